@@ -1,0 +1,37 @@
+"""The ``vigil`` command line: a thin adapter over the library.
+
+Each command group lives in its own module and is registered here, explicitly.
+Settings are loaded once, at the entry point, and handed down through the Typer context.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from vigil import __version__
+from vigil.cli import broker, topics
+from vigil.cli._common import console, run_guarded
+
+app = typer.Typer(
+    name="vigil",
+    help="Vigil: real-time threat intelligence and fraud detection on Apache Kafka.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# The explicit registry of command groups and top-level commands.
+app.add_typer(broker.app, name="broker", help="Run the local Apache Kafka broker (KRaft, no Docker).")
+app.add_typer(topics.app, name="topics", help="Declared topics: apply and compare with the live cluster.")
+app.command("produce", help="Validate a JSONL file against a topic's contract and produce it.")(topics.produce)
+app.command("tail", help="Read a topic, decoded, with partition/offset/key.")(topics.tail)
+
+
+@app.command("version")
+def version() -> None:
+    """Print Vigil's version."""
+    console.print(f"vigil {__version__}")
+
+
+def main() -> None:
+    run_guarded(app)

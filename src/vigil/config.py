@@ -1,0 +1,130 @@
+"""One settings model for every Vigil process.
+
+Values come from, in order of precedence: keyword arguments, ``VIGIL_*`` environment
+variables, then the optional TOML file (``vigil.toml`` in the working directory, or the
+file named by ``VIGIL_CONFIG``).  Environment variables are read only here, and only
+when the entry point calls :func:`load_settings`.
+
+Secrets are :class:`~pydantic.SecretStr`: they print as ``**********`` in every dump.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from vigil.errors import ConfigError
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class Settings(BaseSettings):
+    """Every setting Vigil reads, validated at start.
+
+    ``kafka_bootstrap`` unset means "use the local broker that Vigil manages under
+    ``home``"; set, every command talks to that existing cluster and starts nothing.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="VIGIL_",
+        frozen=True,
+        extra="forbid",
+        toml_file="vigil.toml",
+    )
+
+    # --- where Vigil keeps its local files (broker jars and data, state stores, warehouse)
+    home: Path = Field(default=Path(".vigil"), description="Directory for local broker, state and data")
+
+    # --- Kafka connection
+    kafka_bootstrap: str | None = Field(default=None, description="Existing cluster, host:port[,host:port]")
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: Path | None = None
+    kafka_client_id: str = "vigil"
+
+    # --- the local broker Vigil starts when kafka_bootstrap is unset
+    broker_host: str = "127.0.0.1"
+    broker_port: int = Field(default=19092, ge=1024, le=65535, description="First broker's client port")
+    broker_heap_mb: int = Field(default=512, ge=128)
+    broker_start_timeout_s: float = Field(default=90.0, gt=0)
+
+    # --- topics
+    default_partitions: int = Field(default=6, ge=1)
+    default_replication: int = Field(default=1, ge=1)
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_has_ports(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        for part in value.split(","):
+            host, sep, port = part.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                msg = f"expected host:port[,host:port...], got {value!r}"
+                raise ValueError(msg)
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = os.environ.get("VIGIL_CONFIG")
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_path) if toml_path else (
+            TomlConfigSettingsSource(settings_cls)
+        )
+        return (init_settings, env_settings, toml)
+
+    @property
+    def uses_external_cluster(self) -> bool:
+        return self.kafka_bootstrap is not None
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        """librdkafka settings for connection and security (never logged: holds the password)."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.kafka_bootstrap or f"{self.broker_host}:{self.broker_port}",
+            "security.protocol": self.kafka_security_protocol,
+            "client.id": self.kafka_client_id,
+        }
+        if self.kafka_sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username:
+            conf["sasl.username"] = self.kafka_sasl_username
+        if self.kafka_sasl_password:
+            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_ca_location:
+            conf["ssl.ca.location"] = str(self.kafka_ssl_ca_location)
+        return conf
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings from environment and file; a bad value raises :class:`ConfigError`
+    naming the setting (as its environment variable) and what was wrong."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "settings"
+            env = f"VIGIL_{name.upper()}" if err["loc"] else name
+            secret = any(word in name for word in ("password", "secret", "token", "key"))
+            got = "<hidden>" if secret else repr(err.get("input"))
+            problems.append(f"{env} ({name}): {err['msg']}; got {got}")
+        msg = "invalid settings:\n  " + "\n  ".join(problems)
+        raise ConfigError(msg) from None

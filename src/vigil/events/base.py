@@ -1,0 +1,101 @@
+"""The canonical envelope every Vigil event shares.
+
+An event is a msgspec ``Struct`` tagged by ``type``.  The envelope carries what every
+stage needs without looking inside the payload: a stable ``event_id`` (deduplication),
+the ``source`` system, the event time ``occurred_at`` (windows run on it, never on
+arrival time), ``ingested_at``, the entity keys present, and ``schema_version``.
+Each subclass adds one ``payload`` struct of its own.
+
+Structs are frozen (events are facts) and ``gc=False``: they hold no reference cycles,
+and untracked objects make large decoded batches cheap for the garbage collector.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, ClassVar
+
+import msgspec
+
+#: A datetime that must carry a timezone; naive datetimes are rejected at decode.
+UtcDateTime = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Struct(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True, omit_defaults=True):
+    """Base for payloads and nested records: frozen, strict about unknown fields."""
+
+
+class Entities(Struct, kw_only=True):
+    """The entity keys an event is about, as present.
+
+    Detection groups and joins on these; they are the keys of the canonical topics.
+    Addresses are stored normalised (EVM addresses lower-case).
+    """
+
+    customer: str | None = None
+    account: str | None = None
+    wallet: str | None = None
+    counterparty: str | None = None
+    device: str | None = None
+    ip: str | None = None
+    employee: str | None = None
+    vendor: str | None = None
+    api_key: str | None = None
+    email: str | None = None
+    domain: str | None = None
+
+    KINDS: ClassVar[tuple[str, ...]] = (
+        "customer",
+        "account",
+        "wallet",
+        "counterparty",
+        "device",
+        "ip",
+        "employee",
+        "vendor",
+        "api_key",
+        "email",
+        "domain",
+    )
+
+    def get(self, kind: str) -> str | None:
+        value: str | None = getattr(self, kind, None)
+        return value
+
+
+class Event(
+    msgspec.Struct,
+    kw_only=True,
+    frozen=True,
+    gc=False,
+    forbid_unknown_fields=True,
+    omit_defaults=True,
+    tag_field="type",
+):
+    """The envelope.  Subclasses set ``tag=`` (their ``type``) and add ``payload``."""
+
+    event_id: str
+    source: str
+    occurred_at: UtcDateTime
+    ingested_at: UtcDateTime | None = None
+    entities: Entities = Entities()
+    schema_version: int = 1
+
+    #: Topic domain this type belongs to (``events.<domain>``); set on each subclass.
+    domain: ClassVar[str] = ""
+    #: Entity kind used as the Kafka key on the canonical topic.
+    key_entity: ClassVar[str] = "customer"
+
+    @property
+    def type(self) -> str:
+        tag = type(self).__struct_config__.tag
+        assert isinstance(tag, str)
+        return tag
+
+    def key(self) -> str | None:
+        """The Kafka key: the entity named by ``key_entity``, else the event id."""
+        return self.entities.get(self.key_entity) or self.event_id

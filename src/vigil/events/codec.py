@@ -1,0 +1,69 @@
+"""Encoding and decoding events with msgspec.
+
+Decoders are built once per set of types and reused: msgspec decodes a tagged union
+straight into the right struct, validating types, required fields and time zones.
+A failure becomes :class:`~vigil.errors.DecodeError` naming the field path, what was
+expected and what was received, e.g. ``Expected `float`, got `str` - at `$.payload.amount```.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import reduce
+from operator import or_
+from typing import Any
+
+import msgspec
+
+from vigil.errors import DecodeError
+from vigil.events.base import Event
+from vigil.events.types import AnyEvent
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(record: msgspec.Struct) -> bytes:
+    """JSON bytes of an event or record (UTC datetimes as RFC 3339)."""
+    return _encoder.encode(record)
+
+
+def _path_of(message: str) -> str | None:
+    marker = " - at `"
+    if marker in message and message.endswith("`"):
+        return message.rsplit(marker, 1)[1][:-1]
+    return None
+
+
+class EventCodec:
+    """Decodes bytes into one of a fixed set of event types (a topic's contract)."""
+
+    def __init__(self, types: Iterable[type[Event]] | None = None) -> None:
+        classes = tuple(types) if types is not None else None
+        target: Any = AnyEvent if not classes else reduce(or_, classes) if len(classes) > 1 else classes[0]
+        self.types = classes
+        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(target)
+
+    def decode(self, data: bytes | str, *, where: str | None = None) -> Event:
+        try:
+            event: Event = self._decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            raise DecodeError(str(exc), where=where, path=_path_of(str(exc))) from None
+        except msgspec.DecodeError as exc:
+            raise DecodeError(f"not valid JSON: {exc}", where=where) from None
+        return event
+
+    def decode_lines(self, data: bytes) -> list[Event]:
+        """Decode newline-delimited JSON; raises on the first bad line (with its 1-based number)."""
+        out = []
+        for n, line in enumerate(data.splitlines(), 1):
+            if line.strip():
+                out.append(self.decode(line, where=f"line {n}"))
+        return out
+
+
+_any = EventCodec()
+
+
+def decode_event(data: bytes | str, *, where: str | None = None) -> Event:
+    """Decode any canonical event type."""
+    return _any.decode(data, where=where)

@@ -1,0 +1,597 @@
+"""The catalogue of canonical event types.
+
+Each type is an envelope subclass with a ``payload`` struct.  ``domain`` says which
+``events.<domain>`` topic carries it; ``key_entity`` says which entity keys it there.
+Amounts are floats in the asset's units (detection scores, it does not keep ledgers);
+on-chain values also keep the exact integer in base units (``value_raw``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import msgspec
+
+from vigil.events.base import Entities, Event, Struct, UtcDateTime
+
+# --------------------------------------------------------------------------- identity
+
+
+class Geo(Struct, kw_only=True):
+    country: str | None = None
+    city: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+
+
+class LoginPayload(Struct, kw_only=True):
+    method: Literal["password", "sso", "passkey", "api"] = "password"
+    mfa_used: bool = False
+    user_agent: str | None = None
+    geo: Geo | None = None
+    session_id: str | None = None
+
+
+class Login(Event, tag="login"):
+    domain: ClassVar[str] = "identity"
+    payload: LoginPayload = LoginPayload()
+
+
+class FailedLoginPayload(Struct, kw_only=True):
+    reason: Literal["bad_password", "unknown_user", "mfa_failed", "locked", "captcha"] = "bad_password"
+    username: str | None = None
+    user_agent: str | None = None
+    geo: Geo | None = None
+
+
+class FailedLogin(Event, tag="failed_login"):
+    domain: ClassVar[str] = "identity"
+    payload: FailedLoginPayload = FailedLoginPayload()
+
+
+class LogoutPayload(Struct, kw_only=True):
+    session_id: str | None = None
+    reason: Literal["user", "timeout", "forced"] = "user"
+
+
+class Logout(Event, tag="logout"):
+    domain: ClassVar[str] = "identity"
+    payload: LogoutPayload = LogoutPayload()
+
+
+class PasswordResetPayload(Struct, kw_only=True):
+    stage: Literal["requested", "completed"] = "completed"
+    channel: Literal["email", "sms", "support", "app"] = "email"
+
+
+class PasswordReset(Event, tag="password_reset"):
+    domain: ClassVar[str] = "identity"
+    payload: PasswordResetPayload = PasswordResetPayload()
+
+
+class MfaChangePayload(Struct, kw_only=True):
+    action: Literal["enabled", "disabled", "reset", "device_added", "device_removed"]
+    method: Literal["totp", "sms", "push", "webauthn", "email"] = "totp"
+    via_support: bool = False
+
+
+class MfaChange(Event, tag="mfa_change"):
+    domain: ClassVar[str] = "identity"
+    payload: MfaChangePayload
+
+
+class MfaChallengePayload(Struct, kw_only=True):
+    result: Literal["approved", "denied", "timeout"]
+    method: Literal["totp", "sms", "push", "webauthn", "email"] = "push"
+
+
+class MfaChallenge(Event, tag="mfa_challenge"):
+    """A second-factor prompt and its answer (MFA fatigue is many denied pushes, then one approved)."""
+
+    domain: ClassVar[str] = "identity"
+    payload: MfaChallengePayload
+
+
+class EmailChangePayload(Struct, kw_only=True):
+    old_email: str | None = None
+    new_email: str
+
+
+class EmailChange(Event, tag="email_change"):
+    domain: ClassVar[str] = "identity"
+    payload: EmailChangePayload
+
+
+class ApiKeyCreatedPayload(Struct, kw_only=True):
+    key_id: str
+    permissions: list[Literal["read", "trade", "withdraw", "transfer"]] = msgspec.field(default_factory=list)
+    ip_allowlist: list[str] = msgspec.field(default_factory=list)
+    label: str | None = None
+
+
+class ApiKeyCreated(Event, tag="api_key_created"):
+    domain: ClassVar[str] = "identity"
+    payload: ApiKeyCreatedPayload
+
+
+class WithdrawalAddressAddedPayload(Struct, kw_only=True):
+    address: str
+    asset: str
+    chain: str
+    label: str | None = None
+
+
+class WithdrawalAddressAdded(Event, tag="withdrawal_address_added"):
+    domain: ClassVar[str] = "identity"
+    payload: WithdrawalAddressAddedPayload
+
+
+# --------------------------------------------------------------------------- payments
+
+
+class DepositPayload(Struct, kw_only=True):
+    deposit_id: str
+    asset: str
+    amount: float
+    amount_usd: float | None = None
+    method: Literal["crypto", "bank", "card"] = "crypto"
+    chain: str | None = None
+    tx_hash: str | None = None
+    from_address: str | None = None
+
+
+class Deposit(Event, tag="deposit"):
+    domain: ClassVar[str] = "payments"
+    payload: DepositPayload
+
+
+class WithdrawalRequestPayload(Struct, kw_only=True):
+    withdrawal_id: str
+    asset: str
+    amount: float
+    amount_usd: float | None = None
+    method: Literal["crypto", "bank"] = "crypto"
+    chain: str | None = None
+    to_address: str | None = None
+    channel: Literal["web", "app", "api"] = "web"
+
+
+class WithdrawalRequest(Event, tag="withdrawal_request"):
+    domain: ClassVar[str] = "payments"
+    payload: WithdrawalRequestPayload
+
+
+class WithdrawalSentPayload(Struct, kw_only=True):
+    withdrawal_id: str
+    asset: str
+    amount: float
+    amount_usd: float | None = None
+    chain: str | None = None
+    to_address: str | None = None
+    tx_hash: str | None = None
+
+
+class WithdrawalSent(Event, tag="withdrawal_sent"):
+    domain: ClassVar[str] = "payments"
+    payload: WithdrawalSentPayload
+
+
+class PaymentPayload(Struct, kw_only=True):
+    payment_id: str
+    amount: float
+    currency: str
+    amount_usd: float | None = None
+    method: Literal["card", "bank", "wallet"] = "card"
+    merchant: str | None = None
+    card_fingerprint: str | None = None
+    status: Literal["approved", "declined"] = "approved"
+    decline_reason: str | None = None
+
+
+class Payment(Event, tag="payment"):
+    domain: ClassVar[str] = "payments"
+    payload: PaymentPayload
+
+
+class LoyaltyRedemptionPayload(Struct, kw_only=True):
+    redemption_id: str
+    points: int
+    reward: str
+    value_usd: float | None = None
+
+
+class LoyaltyRedemption(Event, tag="loyalty_redemption"):
+    domain: ClassVar[str] = "payments"
+    payload: LoyaltyRedemptionPayload
+
+
+# --------------------------------------------------------------------------- market
+
+
+Side = Literal["buy", "sell"]
+
+
+class OrderPayload(Struct, kw_only=True):
+    order_id: str
+    symbol: str
+    side: Side
+    order_type: Literal["limit", "market", "stop"] = "limit"
+    price: float | None = None
+    quantity: float
+    notional_usd: float | None = None
+
+
+class Order(Event, tag="order"):
+    domain: ClassVar[str] = "market"
+    key_entity: ClassVar[str] = "account"
+    payload: OrderPayload
+
+
+class OrderCancelPayload(Struct, kw_only=True):
+    order_id: str
+    symbol: str
+    side: Side
+    price: float | None = None
+    remaining_quantity: float = 0.0
+    placed_at: UtcDateTime | None = None
+
+
+class OrderCancel(Event, tag="order_cancel"):
+    domain: ClassVar[str] = "market"
+    key_entity: ClassVar[str] = "account"
+    payload: OrderCancelPayload
+
+
+class TradePayload(Struct, kw_only=True):
+    trade_id: str
+    symbol: str
+    price: float
+    quantity: float
+    taker_side: Side
+    maker_account: str | None = None
+    taker_account: str | None = None
+    maker_order_id: str | None = None
+    taker_order_id: str | None = None
+    venue: str = "internal"
+    notional_usd: float | None = None
+
+
+class Trade(Event, tag="trade"):
+    domain: ClassVar[str] = "market"
+    key_entity: ClassVar[str] = "account"
+    payload: TradePayload
+
+
+# --------------------------------------------------------------------------- SaaS (CRM, e-mail)
+
+Platform = Literal["hubspot", "salesforce", "mailchimp"]
+
+
+class CrmLoginPayload(Struct, kw_only=True):
+    platform: Platform
+    user: str
+    user_agent: str | None = None
+    geo: Geo | None = None
+    success: bool = True
+
+
+class CrmLogin(Event, tag="crm_login"):
+    domain: ClassVar[str] = "saas"
+    key_entity: ClassVar[str] = "vendor"
+    payload: CrmLoginPayload
+
+
+class CrmRecordExportPayload(Struct, kw_only=True):
+    platform: Platform
+    object_type: str = "contacts"
+    record_count: int
+    export_id: str
+    actor: str | None = None
+    #: Customer ids whose records were exported, when the platform reports them.
+    customer_ids: list[str] = msgspec.field(default_factory=list)
+    geo: Geo | None = None
+
+
+class CrmRecordExport(Event, tag="crm_record_export"):
+    domain: ClassVar[str] = "saas"
+    key_entity: ClassVar[str] = "vendor"
+    payload: CrmRecordExportPayload
+
+
+class CrmApiTokenUsedPayload(Struct, kw_only=True):
+    platform: Platform
+    token_id: str
+    operation: str
+    records_accessed: int = 0
+    geo: Geo | None = None
+    user_agent: str | None = None
+
+
+class CrmApiTokenUsed(Event, tag="crm_api_token_used"):
+    domain: ClassVar[str] = "saas"
+    key_entity: ClassVar[str] = "vendor"
+    payload: CrmApiTokenUsedPayload
+
+
+class EmailCampaignSentPayload(Struct, kw_only=True):
+    platform: Platform
+    campaign_id: str
+    subject: str
+    sender_domain: str
+    recipient_count: int
+    link_domains: list[str] = msgspec.field(default_factory=list)
+    recipient_customer_ids: list[str] = msgspec.field(default_factory=list)
+
+
+class EmailCampaignSent(Event, tag="email_campaign_sent"):
+    domain: ClassVar[str] = "saas"
+    key_entity: ClassVar[str] = "vendor"
+    payload: EmailCampaignSentPayload
+
+
+class EmailLinkClickedPayload(Struct, kw_only=True):
+    platform: Platform
+    campaign_id: str
+    url: str
+    url_domain: str
+
+
+class EmailLinkClicked(Event, tag="email_link_clicked"):
+    domain: ClassVar[str] = "saas"
+    payload: EmailLinkClickedPayload
+
+
+# --------------------------------------------------------------------------- chain
+
+Chain = Literal["ethereum", "bitcoin"]
+
+
+class ChainTransferPayload(Struct, kw_only=True):
+    chain: Chain
+    tx_hash: str
+    #: Log index of an ERC-20 Transfer; ``None`` for a native transfer (ETH value, BTC output).
+    log_index: int | None = None
+    block_number: int
+    from_address: str
+    to_address: str
+    asset: str
+    token_contract: str | None = None
+    value_raw: int
+    decimals: int
+    amount: float
+    amount_usd: float | None = None
+
+
+class ChainTransfer(Event, tag="chain_transfer"):
+    """A native or token transfer; ``entities.wallet`` is the sender, ``counterparty`` the receiver."""
+
+    domain: ClassVar[str] = "chain"
+    key_entity: ClassVar[str] = "wallet"
+    payload: ChainTransferPayload
+
+
+class TokenApprovalPayload(Struct, kw_only=True):
+    chain: Chain = "ethereum"
+    tx_hash: str
+    log_index: int | None = None
+    block_number: int
+    owner: str
+    spender: str
+    token_contract: str
+    asset: str
+    amount_raw: int
+    unlimited: bool
+    kind: Literal["approve", "permit", "set_approval_for_all"] = "approve"
+
+
+class TokenApproval(Event, tag="token_approval"):
+    domain: ClassVar[str] = "chain"
+    key_entity: ClassVar[str] = "wallet"
+    payload: TokenApprovalPayload
+
+
+# --------------------------------------------------------------------------- security logs
+
+
+class SecurityEventPayload(Struct, kw_only=True):
+    provider: Literal["aws", "syslog", "okta", "other"]
+    action: str
+    outcome: Literal["success", "failure", "unknown"] = "unknown"
+    principal: str | None = None
+    resource: str | None = None
+    severity: int | None = None
+    message: str | None = None
+    geo: Geo | None = None
+
+
+class SecurityEvent(Event, tag="security_event"):
+    """A technical log record (CloudTrail, syslog) about a person, key or host."""
+
+    domain: ClassVar[str] = "security"
+    key_entity: ClassVar[str] = "employee"
+    payload: SecurityEventPayload
+
+
+# --------------------------------------------------------------------------- intelligence
+
+IndicatorType = Literal[
+    "eth_address", "btc_address", "crypto_address", "ipv4", "ipv6", "domain", "url", "email", "vendor_token"
+]
+IndicatorCategory = Literal[
+    "sanctioned", "scam", "drainer", "phishing", "mixer", "c2", "malware", "compromised_vendor", "other"
+]
+
+
+class IntelIndicatorPayload(Struct, kw_only=True):
+    indicator_type: IndicatorType
+    value: str
+    category: IndicatorCategory
+    feed: str
+    list_version: str
+    valid_from: UtcDateTime | None = None
+    valid_until: UtcDateTime | None = None
+    revoked: bool = False
+    confidence: int = 100
+    description: str | None = None
+    stix_id: str | None = None
+
+
+class IntelIndicator(Event, tag="intel_indicator"):
+    """One indicator; keyed by ``<type>:<value>`` on the compacted ``intel.indicators`` topic."""
+
+    domain: ClassVar[str] = "intel"
+
+    def key(self) -> str:
+        return f"{self.payload.indicator_type}:{self.payload.value}"
+
+    payload: IntelIndicatorPayload
+
+
+# --------------------------------------------------------------------------- alerts & decisions
+
+Severity = Literal["low", "medium", "high", "critical"]
+
+
+class EntityRef(Struct, kw_only=True):
+    kind: str
+    id: str
+
+
+class Evidence(Struct, kw_only=True):
+    event_id: str
+    type: str
+    occurred_at: UtcDateTime
+    fields: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class AlertPayload(Struct, kw_only=True):
+    rule_id: str
+    rule_version: int
+    severity: Severity
+    score: float
+    entity: EntityRef
+    related: list[EntityRef] = msgspec.field(default_factory=list)
+    explanation: str
+    evidence: list[Evidence] = msgspec.field(default_factory=list)
+    typology: str
+    attack: list[str] = msgspec.field(default_factory=list)
+    first_evidence_at: UtcDateTime
+    last_evidence_at: UtcDateTime
+    detection_latency_ms: float | None = None
+    intel_version: str | None = None
+
+
+class Alert(Event, tag="alert"):
+    """A detection.  ``event_id`` is the deterministic alert id; ``occurred_at`` the last evidence time."""
+
+    domain: ClassVar[str] = "alerts"
+    payload: AlertPayload
+
+    def key(self) -> str:
+        return f"{self.payload.entity.kind}:{self.payload.entity.id}"
+
+
+DecisionAction = Literal["hold_withdrawal", "require_step_up", "block", "release"]
+
+
+class DecisionPayload(Struct, kw_only=True):
+    action: DecisionAction
+    entity: EntityRef
+    rule_id: str
+    alert_id: str
+    reason: str
+    withdrawal_id: str | None = None
+    expires_at: UtcDateTime | None = None
+
+
+class Decision(Event, tag="decision"):
+    """What the platform asks the back end to do ("may this withdrawal leave?")."""
+
+    domain: ClassVar[str] = "decisions"
+    payload: DecisionPayload
+
+    def key(self) -> str:
+        return f"{self.payload.entity.kind}:{self.payload.entity.id}"
+
+
+# --------------------------------------------------------------------------- registry
+
+#: Every canonical event type, by its ``type`` tag.  Explicit: adding a type means adding it here.
+EVENT_CLASSES: tuple[type[Event], ...] = (
+    Login,
+    FailedLogin,
+    Logout,
+    PasswordReset,
+    MfaChange,
+    MfaChallenge,
+    EmailChange,
+    ApiKeyCreated,
+    WithdrawalAddressAdded,
+    Deposit,
+    WithdrawalRequest,
+    WithdrawalSent,
+    Payment,
+    LoyaltyRedemption,
+    Order,
+    OrderCancel,
+    Trade,
+    CrmLogin,
+    CrmRecordExport,
+    CrmApiTokenUsed,
+    EmailCampaignSent,
+    EmailLinkClicked,
+    ChainTransfer,
+    TokenApproval,
+    SecurityEvent,
+    IntelIndicator,
+    Alert,
+    Decision,
+)
+
+EVENT_TYPES: dict[str, type[Event]] = {cls.__struct_config__.tag: cls for cls in EVENT_CLASSES}  # type: ignore[misc]
+
+AnyEvent = (
+    Login
+    | FailedLogin
+    | Logout
+    | PasswordReset
+    | MfaChange
+    | MfaChallenge
+    | EmailChange
+    | ApiKeyCreated
+    | WithdrawalAddressAdded
+    | Deposit
+    | WithdrawalRequest
+    | WithdrawalSent
+    | Payment
+    | LoyaltyRedemption
+    | Order
+    | OrderCancel
+    | Trade
+    | CrmLogin
+    | CrmRecordExport
+    | CrmApiTokenUsed
+    | EmailCampaignSent
+    | EmailLinkClicked
+    | ChainTransfer
+    | TokenApproval
+    | SecurityEvent
+    | IntelIndicator
+    | Alert
+    | Decision
+)
+
+
+def event_class(type_name: str) -> type[Event]:
+    try:
+        return EVENT_TYPES[type_name]
+    except KeyError:
+        known = ", ".join(sorted(EVENT_TYPES))
+        msg = f"unknown event type {type_name!r}; expected one of: {known}"
+        raise KeyError(msg) from None
+
+
+def types_in_domain(domain: str) -> tuple[type[Event], ...]:
+    return tuple(cls for cls in EVENT_CLASSES if cls.domain == domain)
+
+

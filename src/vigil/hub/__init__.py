@@ -1,0 +1,1 @@
+"""The hub: Kafka topics, clients and the local broker Vigil can run for itself."""

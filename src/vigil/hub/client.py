@@ -1,0 +1,135 @@
+"""Kafka clients configured from the one settings model.
+
+Producers are idempotent (``enable.idempotence``): a retried send is written once and
+in order per partition.  Keys are the event's entity key, so everything about one
+customer / wallet / vendor stays ordered in one partition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient
+
+from vigil.config import Settings
+from vigil.errors import BrokerError
+from vigil.events.base import Event
+from vigil.events.codec import encode
+from vigil.hub.topics import TOPICS, TopicRegistry
+
+
+def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    conf = settings.kafka_client_config()
+    conf.update(
+        {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "compression.type": "lz4",
+            "batch.size": 256 * 1024,
+            "queue.buffering.max.messages": 500_000,
+        }
+    )
+    conf.update(overrides)
+    return conf
+
+
+def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
+    conf = settings.kafka_client_config()
+    conf.update(
+        {
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "partition.assignment.strategy": "cooperative-sticky",
+        }
+    )
+    conf.update(overrides)
+    return conf
+
+
+def make_producer(settings: Settings, **overrides: Any) -> Producer:
+    return Producer(producer_config(settings, **overrides))
+
+
+def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:
+    return Consumer(consumer_config(settings, group_id, **overrides))
+
+
+def make_admin(settings: Settings) -> AdminClient:
+    return AdminClient(settings.kafka_client_config())
+
+
+def check_reachable(settings: Settings, timeout: float = 10.0) -> int:
+    """Ask the cluster for metadata; returns the broker count or raises BrokerError saying where."""
+    admin = make_admin(settings)
+    bootstrap = settings.kafka_client_config()["bootstrap.servers"]
+    try:
+        meta = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        hint = "" if settings.uses_external_cluster else " (start it with `vigil broker start`)"
+        msg = f"Kafka at {bootstrap} did not answer a metadata request within {timeout:g}s{hint}: {exc}"
+        raise BrokerError(msg) from None
+    return len(meta.brokers)
+
+
+class DeliveryFailed(BrokerError):
+    pass
+
+
+class EventProducer:
+    """Produces canonical events to their declared topics, keyed by entity.
+
+    ``flush()`` returns only when every event produced so far is acknowledged by the
+    cluster, and raises :class:`DeliveryFailed` if any was not.
+    """
+
+    def __init__(self, settings: Settings, registry: TopicRegistry = TOPICS, **overrides: Any) -> None:
+        self._producer = make_producer(settings, **overrides)
+        self._registry = registry
+        self._topic_of: dict[type[Event], str] = {}
+        self._errors: list[str] = []
+        self.delivered = 0
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._errors.append(f"{msg.topic()}: {err.str()}")
+        else:
+            self.delivered += 1
+
+    def topic_for(self, event: Event) -> str:
+        cls = type(event)
+        topic = self._topic_of.get(cls)
+        if topic is None:
+            topic = self._topic_of[cls] = self._registry.for_event(cls).name
+        return topic
+
+    def produce(self, event: Event, topic: str | None = None) -> None:
+        self.produce_raw(topic or self.topic_for(event), event.key(), encode(event))
+
+    def produce_raw(self, topic: str, key: str | bytes | None, value: bytes) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                # Local queue full: serve delivery callbacks until there is room.
+                self._producer.poll(0.05)
+        self._producer.poll(0)
+
+    def produce_all(self, events: Iterable[Event]) -> None:
+        for event in events:
+            self.produce(event)
+
+    def flush(self, timeout: float = 60.0) -> None:
+        remaining = self._producer.flush(timeout)
+        if remaining:
+            msg = f"{remaining} messages not delivered within {timeout:g}s"
+            raise DeliveryFailed(msg)
+        if self._errors:
+            errors, self._errors = self._errors, []
+            msg = f"{len(errors)} deliveries failed; first: {errors[0]}"
+            raise DeliveryFailed(msg)

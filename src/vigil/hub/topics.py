@@ -1,0 +1,166 @@
+"""Topics as code: the one declared registry of every topic Vigil uses.
+
+Naming: ``raw.<source>`` (bytes exactly as the source sent them), ``events.<domain>``
+(canonical events), ``intel.indicators`` (compacted), ``alerts``, ``decisions``,
+``labels``, ``dlq.<stage>``.  Internal topics of stream applications (changelogs,
+repartitions) are named by the runtime from the application and store ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Literal
+
+from vigil.errors import TopicError
+from vigil.events.base import Event
+from vigil.events.records import DeadLetter, EpisodeLabel
+from vigil.events.types import Alert, Decision, IntelIndicator, types_in_domain
+
+Cleanup = Literal["delete", "compact"]
+
+DAY = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One declared topic.
+
+    ``value`` is what the topic carries: a tuple of event classes (a canonical contract),
+    ``"raw"`` for source bytes, or a record type name (``"label"``, ``"dead_letter"``).
+    ``partitions``/``replication`` of ``None`` take the settings' defaults.
+    """
+
+    name: str
+    key: str
+    value: tuple[type[Event], ...] | Literal["raw", "label", "dead_letter"]
+    description: str
+    partitions: int | None = None
+    replication: int | None = None
+    retention: timedelta | None = field(default=7 * DAY)
+    cleanup: Cleanup = "delete"
+
+    @property
+    def event_types(self) -> tuple[type[Event], ...]:
+        return self.value if isinstance(self.value, tuple) else ()
+
+    @property
+    def value_name(self) -> str:
+        if isinstance(self.value, tuple):
+            return " | ".join(cls.__struct_config__.tag for cls in self.value)  # type: ignore[misc]
+        return self.value
+
+    def config(self) -> dict[str, str]:
+        """Kafka topic configs this declaration implies."""
+        conf = {"cleanup.policy": self.cleanup}
+        conf["retention.ms"] = "-1" if self.retention is None else str(int(self.retention.total_seconds() * 1000))
+        if self.cleanup == "compact":
+            # Compacted topics keep the latest value per key; let the cleaner run promptly.
+            conf["min.cleanable.dirty.ratio"] = "0.1"
+            conf["segment.ms"] = str(int(DAY.total_seconds() * 1000))
+        return conf
+
+
+RAW_SOURCES: dict[str, str] = {
+    "ethereum": "Ethereum JSON-RPC blocks, transactions and receipt logs",
+    "bitcoin": "Bitcoin Core getblock verbosity 2 blocks",
+    "coinbase": "Coinbase Exchange websocket messages",
+    "binance": "Binance websocket messages",
+    "backend": "The exchange's own back-end events (canonical JSON, unvalidated)",
+    "hubspot": "HubSpot webhook deliveries",
+    "salesforce": "Salesforce outbound messages and event-monitoring records",
+    "mailchimp": "Mailchimp audience webhooks",
+    "syslog": "Syslog RFC 5424 messages",
+    "cloudtrail": "AWS CloudTrail records",
+    "intel": "Threat-intelligence feeds (STIX bundles, OFAC and scam lists)",
+}
+
+DOMAINS: dict[str, tuple[str, str]] = {
+    # domain: (key entity, description)
+    "identity": ("customer", "Logins, credential and MFA changes, API keys, withdrawal addresses"),
+    "payments": ("customer", "Deposits, withdrawals, card payments, loyalty redemptions"),
+    "market": ("account", "Orders, cancels and trades"),
+    "saas": ("vendor", "CRM and e-mail platform activity"),
+    "chain": ("wallet", "On-chain transfers and token approvals"),
+    "security": ("employee", "CloudTrail and syslog security events"),
+}
+
+
+def _declared() -> tuple[TopicSpec, ...]:
+    specs: list[TopicSpec] = [
+        TopicSpec(name=f"raw.{src}", key="source-specific", value="raw", description=desc, retention=3 * DAY)
+        for src, desc in RAW_SOURCES.items()
+    ]
+    specs += [
+        TopicSpec(name=f"events.{dom}", key=key, value=types_in_domain(dom), description=desc, retention=30 * DAY)
+        for dom, (key, desc) in DOMAINS.items()
+    ]
+    specs += [
+        TopicSpec(
+            name="intel.indicators",
+            key="<indicator_type>:<value>",
+            value=(IntelIndicator,),
+            description="Threat indicators; the latest version per indicator (tombstone = withdrawn)",
+            partitions=3,
+            retention=None,
+            cleanup="compact",
+        ),
+        TopicSpec(name="alerts", key="<entity kind>:<id>", value=(Alert,), description="Detections",
+                  retention=365 * DAY),
+        TopicSpec(name="decisions", key="<entity kind>:<id>", value=(Decision,),
+                  description="Hold / step-up / block decisions for the back end", retention=365 * DAY),
+        TopicSpec(name="labels", key="episode_id", value="label", partitions=1,
+                  description="Ground truth of simulated attack episodes", retention=None),
+        TopicSpec(name="dlq.normalize", key="original key", value="dead_letter", partitions=1,
+                  description="Raw records the normalisers could not parse, with the reason", retention=30 * DAY),
+        TopicSpec(name="dlq.detect", key="original key", value="dead_letter", partitions=1,
+                  description="Canonical records detection could not decode or process", retention=30 * DAY),
+        TopicSpec(name="dlq.ingest", key="original key", value="dead_letter", partitions=1,
+                  description="Records rejected at the ingest edge (HTTP, produce)", retention=30 * DAY),
+    ]
+    return tuple(specs)
+
+
+class TopicRegistry:
+    """The declared topics, by name.  Duplicates fail at construction."""
+
+    def __init__(self, specs: tuple[TopicSpec, ...]) -> None:
+        self._specs: dict[str, TopicSpec] = {}
+        for spec in specs:
+            if spec.name in self._specs:
+                msg = f"topic {spec.name!r} declared twice"
+                raise TopicError(msg)
+            self._specs[spec.name] = spec
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._specs.values())
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def get(self, name: str) -> TopicSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            msg = f"topic {name!r} is not declared; declared topics: {', '.join(sorted(self._specs))}"
+            raise TopicError(msg) from None
+
+    def for_event(self, event_type: type[Event]) -> TopicSpec:
+        """The canonical topic that carries ``event_type``."""
+        for spec in self._specs.values():
+            if event_type in spec.event_types:
+                return spec
+        msg = f"no declared topic carries event type {event_type.__name__}"
+        raise TopicError(msg)
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+
+TOPICS = TopicRegistry(_declared())
+
+# Records carried by non-event topics, for decoding in tools (tail) and tests.
+RECORD_TYPES = {"label": EpisodeLabel, "dead_letter": DeadLetter}

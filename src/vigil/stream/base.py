@@ -1,0 +1,115 @@
+"""The runtime's interfaces: what an operator sees and may do.
+
+An application consumes micro-batches from Kafka, decodes them into typed events and
+hands each batch to its operators.  An operator is given a :class:`Context` per batch
+and *per input partition*: keyed state lives with the partition that owns the key, so
+a rebalance moves the state with it.  Everything an operator emits and every state
+write become durable together at the next checkpoint (in exactly-once mode, in one
+Kafka transaction with the input offsets).
+
+Implementations: the Kafka-backed runtime in :mod:`vigil.stream.app`, and the
+in-memory harness in :mod:`vigil.testing` for unit tests without a broker.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+from vigil.events.base import Event
+
+E = TypeVar("E", bound=Event)
+Guarantee = Literal["exactly_once", "at_least_once"]
+
+
+@dataclass(frozen=True, slots=True)
+class Record(Generic[E]):
+    """A decoded input record with where it came from."""
+
+    event: E
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    #: Broker timestamp in ms (arrival); windows use ``event.occurred_at`` instead.
+    timestamp_ms: int
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """A named, versioned state store.  Renaming or bumping the version starts empty state,
+    on purpose and visibly: the changelog topic is named after both."""
+
+    name: str
+    version: int = 1
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}.v{self.version}"
+
+
+class State(ABC):
+    """Keyed state of one store for one input partition.
+
+    Values are msgspec-encodable (structs, dicts, lists, numbers, strings, datetimes).
+    Writes are visible to later reads at once; they become durable at checkpoint.
+    """
+
+    @abstractmethod
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+    @abstractmethod
+    def set(self, key: str, value: Any) -> None: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
+        """Committed and pending entries whose key starts with ``prefix``, in key order."""
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key, _MISSING) is not _MISSING
+
+
+_MISSING = object()
+
+
+class Context(Protocol):
+    """What an operator may do while processing one batch of one partition."""
+
+    @property
+    def partition(self) -> int: ...
+
+    def state(self, store: StoreSpec) -> State:
+        """The store's state for this partition (declared in ``Operator.stores``)."""
+        ...
+
+    def emit(self, topic: str, event: Event, key: str | None = None) -> None:
+        """Send an event downstream (key defaults to ``event.key()``).  Durable at checkpoint."""
+        ...
+
+    def dead_letter(self, record: Record[Any], reason: str) -> None:
+        """Send the record to this stage's dead-letter topic with the reason, and go on."""
+        ...
+
+
+class Operator(ABC, Generic[E]):
+    """A processing step.  ``id`` is explicit and versioned; duplicates fail at build time.
+
+    ``process`` is called once per batch per partition with records in offset order.
+    An exception stops the application loudly with topic/partition/offset, unless
+    ``dead_letter_errors`` is set, in which case the failing record is dead-lettered.
+    """
+
+    id: str
+    stores: tuple[StoreSpec, ...] = ()
+    dead_letter_errors: bool = False
+
+    @abstractmethod
+    def process(self, batch: Sequence[Record[E]], ctx: Context) -> None: ...
+
+    def on_assign(self, ctx: Context) -> None:  # noqa: B027 - optional hook
+        """Called when a partition is assigned, after its state is restored."""
