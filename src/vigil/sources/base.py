@@ -1,0 +1,78 @@
+"""Connector and normaliser interfaces.
+
+A **source** talks to one technology in its own protocol and publishes what it
+receives, unchanged, to ``raw.<name>`` through a :class:`RawSink`.  It never calls
+detection code.  A **normaliser** turns one raw record into canonical events; it is
+run by the normalise stream application, which dead-letters what it rejects.
+
+Resumable sources (a block height, a cursor) hand their cursor to the sink with the
+records it covers; the Kafka sink writes both in one transaction, so a restart resumes
+exactly after the last published record: no gap, no duplicate.  The cursor is the
+position of the *next* item to fetch, not of the last one fetched (the classic
+off-by-one: resuming from "last seen" re-publishes it).
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from vigil.events.base import Event
+from vigil.hub.raw import RawRecord
+
+
+class RawSink(Protocol):
+    """Where sources publish.  ``publish`` returns once the records (and the cursor, if
+    given) are durably in Kafka; it raises if they are not."""
+
+    def publish(self, records: Sequence[RawRecord], cursor: dict[str, Any] | None = None) -> None: ...
+
+    def last_cursor(self, source_id: str) -> dict[str, Any] | None:
+        """The cursor last published with records for ``source_id``, or None on first run."""
+        ...
+
+
+class Source(ABC):
+    """A connector.  ``run`` blocks until ``stop`` is called (from another thread or a signal)."""
+
+    #: Technology name; the default topic is ``raw.<name>``.
+    name: str
+
+    def __init__(self, source_id: str | None = None) -> None:
+        #: Identity of this connector instance (its checkpoint key); defaults to the name.
+        self.source_id = source_id or self.name
+        self._stop = threading.Event()
+
+    @property
+    def default_topic(self) -> str:
+        return f"raw.{self.name}"
+
+    @property
+    def running(self) -> bool:
+        return not self._stop.is_set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds`` unless stopped; True if stopped."""
+        return self._stop.wait(seconds)
+
+    @abstractmethod
+    def run(self, sink: RawSink) -> None: ...
+
+
+class Normalizer(ABC):
+    """Raw record -> canonical events.  Raises :class:`~vigil.errors.ContractError` (or
+    ``DecodeError``) with a reason naming what was wrong and where; never returns partial junk.
+
+    A record may yield zero events (a heartbeat) or many (a block's transfers).  Event ids
+    must be stable: the same raw record always yields the same ids.
+    """
+
+    source: str
+
+    @abstractmethod
+    def normalize(self, record: RawRecord) -> list[Event]: ...

@@ -1,0 +1,38 @@
+"""The explicit registry of connectors and normalisers, by source name.
+
+Adding a technology means adding a line here; nothing is discovered by scanning.
+Factories are referenced by import path and imported only when used, so importing
+this module does no I/O and pulls in no connector's dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: source name -> "module:ClassName" of its Source implementation
+SOURCES: dict[str, str] = {}
+
+#: source name -> "module:ClassName" of its Normalizer
+NORMALIZERS: dict[str, str] = {}
+
+
+def _load(path: str) -> Any:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def source_class(name: str) -> Any:
+    try:
+        return _load(SOURCES[name])
+    except KeyError:
+        msg = f"unknown source {name!r}; known: {', '.join(sorted(SOURCES)) or 'none'}"
+        raise KeyError(msg) from None
+
+
+def normalizer_for(name: str) -> Any:
+    try:
+        return _load(NORMALIZERS[name])()
+    except KeyError:
+        msg = f"no normaliser for source {name!r}; known: {', '.join(sorted(NORMALIZERS)) or 'none'}"
+        raise KeyError(msg) from None
