@@ -86,8 +86,10 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml_path = os.environ.get("VIGIL_CONFIG")
-        toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_path) if toml_path else (
-            TomlConfigSettingsSource(settings_cls)
+        toml = (
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_path)
+            if toml_path
+            else (TomlConfigSettingsSource(settings_cls))
         )
         return (init_settings, env_settings, toml)
 

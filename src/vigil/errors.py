@@ -72,7 +72,7 @@ class SourceError(VigilError):
     """A connector failed talking to its counterpart."""
 
 
-class Retry(SourceError):  # noqa: N818 - a signal, named for what the caller should do
+class Retry(SourceError):
     """Raised by a polling source to be called again after ``after``."""
 
     def __init__(self, after: timedelta, reason: str = "") -> None:

@@ -117,20 +117,18 @@ def run_operators(
                     for rec in records:
                         try:
                             op.process([rec], ctx)
-                        except Exception as exc:  # noqa: BLE001 - declared dead-letter policy
+                        except Exception as exc:
                             ctx.dead_letter(rec, f"{type(exc).__name__}: {exc}")
                 else:
                     op.process(records, ctx)
         batch.clear()
 
-    count = 0
-    for event in events:
+    for count, event in enumerate(events, 1):
         key = event.key()
         part = partition_for(key, partitions)
         rec = Record(event, topic, part, offsets[part], key.encode() if key else None, 0)
         offsets[part] += 1
         batch[part].append(rec)
-        count += 1
         if count % batch_size == 0:
             flush()
     flush()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from vigil import __version__
-from vigil.cli import broker, topics
+from vigil.cli import broker, schemas, topics
 from vigil.cli._common import console, run_guarded
 
 app = typer.Typer(
@@ -23,7 +23,10 @@ app = typer.Typer(
 # The explicit registry of command groups and top-level commands.
 app.add_typer(broker.app, name="broker", help="Run the local Apache Kafka broker (KRaft, no Docker).")
 app.add_typer(topics.app, name="topics", help="Declared topics: apply and compare with the live cluster.")
-app.command("produce", help="Validate a JSONL file against a topic's contract and produce it.")(topics.produce)
+app.add_typer(schemas.app, name="schemas", help="JSON Schema contract files generated from the models.")
+app.command("produce", help="Validate a JSONL file against a topic's contract and produce it.")(
+    topics.produce
+)
 app.command("tail", help="Read a topic, decoded, with partition/offset/key.")(topics.tail)
 
 

@@ -29,7 +29,7 @@ class Struct(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True, 
     """Base for payloads and nested records: frozen, strict about unknown fields."""
 
 
-class Entities(Struct, kw_only=True):
+class Entities(Struct, kw_only=True, frozen=True):
     """The entity keys an event is about, as present.
 
     Detection groups and joins on these; they are the keys of the canonical topics.
@@ -92,9 +92,7 @@ class Event(
 
     @property
     def type(self) -> str:
-        tag = type(self).__struct_config__.tag
-        assert isinstance(tag, str)
-        return tag
+        return str(type(self).__struct_config__.tag)
 
     def key(self) -> str | None:
         """The Kafka key: the entity named by ``key_entity``, else the event id."""

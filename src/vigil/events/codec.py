@@ -49,7 +49,8 @@ class EventCodec:
         except msgspec.ValidationError as exc:
             raise DecodeError(str(exc), where=where, path=_path_of(str(exc))) from None
         except msgspec.DecodeError as exc:
-            raise DecodeError(f"not valid JSON: {exc}", where=where) from None
+            msg = f"not valid JSON: {exc}"
+            raise DecodeError(msg, where=where) from None
         return event
 
     def decode_lines(self, data: bytes) -> list[Event]:

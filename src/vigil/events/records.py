@@ -8,7 +8,7 @@ from vigil.events.base import Struct, UtcDateTime
 from vigil.events.types import EntityRef
 
 
-class EpisodeLabel(Struct, kw_only=True):
+class EpisodeLabel(Struct, kw_only=True, frozen=True):
     """Ground truth for one injected attack episode (the simulator writes these to ``labels``)."""
 
     episode_id: str
@@ -23,7 +23,7 @@ class EpisodeLabel(Struct, kw_only=True):
     params: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-class DeadLetter(Struct, kw_only=True):
+class DeadLetter(Struct, kw_only=True, frozen=True):
     """A record a stage could not process, with why and where it came from; ``raw`` is kept byte for byte."""
 
     stage: str

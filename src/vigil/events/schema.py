@@ -19,7 +19,11 @@ SCHEMA_BASE_URI = "https://vigil.dev/schemas/"
 
 
 def _document(name: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_BASE_URI + name, **schema}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_BASE_URI + name,
+        **schema,
+    }
 
 
 def generate() -> dict[str, str]:
@@ -54,7 +58,10 @@ def export(directory: Path) -> list[Path]:
 def drift(directory: Path) -> list[str]:
     """Names of schema files that are missing, stale or differ from the models."""
     files = generate()
-    problems = [name for name, text in files.items() if not (directory / name).exists()
-                or (directory / name).read_text() != text]
+    problems = [
+        name
+        for name, text in files.items()
+        if not (directory / name).exists() or (directory / name).read_text() != text
+    ]
     problems += [p.name for p in directory.glob("*.schema.json") if p.name not in files]
     return sorted(problems)

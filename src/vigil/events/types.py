@@ -12,19 +12,19 @@ from typing import ClassVar, Literal
 
 import msgspec
 
-from vigil.events.base import Entities, Event, Struct, UtcDateTime
+from vigil.events.base import Event, Struct, UtcDateTime
 
 # --------------------------------------------------------------------------- identity
 
 
-class Geo(Struct, kw_only=True):
+class Geo(Struct, kw_only=True, frozen=True):
     country: str | None = None
     city: str | None = None
     lat: float | None = None
     lon: float | None = None
 
 
-class LoginPayload(Struct, kw_only=True):
+class LoginPayload(Struct, kw_only=True, frozen=True):
     method: Literal["password", "sso", "passkey", "api"] = "password"
     mfa_used: bool = False
     user_agent: str | None = None
@@ -32,96 +32,96 @@ class LoginPayload(Struct, kw_only=True):
     session_id: str | None = None
 
 
-class Login(Event, tag="login"):
+class Login(Event, tag="login", frozen=True):
     domain: ClassVar[str] = "identity"
     payload: LoginPayload = LoginPayload()
 
 
-class FailedLoginPayload(Struct, kw_only=True):
+class FailedLoginPayload(Struct, kw_only=True, frozen=True):
     reason: Literal["bad_password", "unknown_user", "mfa_failed", "locked", "captcha"] = "bad_password"
     username: str | None = None
     user_agent: str | None = None
     geo: Geo | None = None
 
 
-class FailedLogin(Event, tag="failed_login"):
+class FailedLogin(Event, tag="failed_login", frozen=True):
     domain: ClassVar[str] = "identity"
     payload: FailedLoginPayload = FailedLoginPayload()
 
 
-class LogoutPayload(Struct, kw_only=True):
+class LogoutPayload(Struct, kw_only=True, frozen=True):
     session_id: str | None = None
     reason: Literal["user", "timeout", "forced"] = "user"
 
 
-class Logout(Event, tag="logout"):
+class Logout(Event, tag="logout", frozen=True):
     domain: ClassVar[str] = "identity"
     payload: LogoutPayload = LogoutPayload()
 
 
-class PasswordResetPayload(Struct, kw_only=True):
+class PasswordResetPayload(Struct, kw_only=True, frozen=True):
     stage: Literal["requested", "completed"] = "completed"
     channel: Literal["email", "sms", "support", "app"] = "email"
 
 
-class PasswordReset(Event, tag="password_reset"):
+class PasswordReset(Event, tag="password_reset", frozen=True):
     domain: ClassVar[str] = "identity"
     payload: PasswordResetPayload = PasswordResetPayload()
 
 
-class MfaChangePayload(Struct, kw_only=True):
+class MfaChangePayload(Struct, kw_only=True, frozen=True):
     action: Literal["enabled", "disabled", "reset", "device_added", "device_removed"]
     method: Literal["totp", "sms", "push", "webauthn", "email"] = "totp"
     via_support: bool = False
 
 
-class MfaChange(Event, tag="mfa_change"):
+class MfaChange(Event, tag="mfa_change", frozen=True):
     domain: ClassVar[str] = "identity"
     payload: MfaChangePayload
 
 
-class MfaChallengePayload(Struct, kw_only=True):
+class MfaChallengePayload(Struct, kw_only=True, frozen=True):
     result: Literal["approved", "denied", "timeout"]
     method: Literal["totp", "sms", "push", "webauthn", "email"] = "push"
 
 
-class MfaChallenge(Event, tag="mfa_challenge"):
+class MfaChallenge(Event, tag="mfa_challenge", frozen=True):
     """A second-factor prompt and its answer (MFA fatigue is many denied pushes, then one approved)."""
 
     domain: ClassVar[str] = "identity"
     payload: MfaChallengePayload
 
 
-class EmailChangePayload(Struct, kw_only=True):
+class EmailChangePayload(Struct, kw_only=True, frozen=True):
     old_email: str | None = None
     new_email: str
 
 
-class EmailChange(Event, tag="email_change"):
+class EmailChange(Event, tag="email_change", frozen=True):
     domain: ClassVar[str] = "identity"
     payload: EmailChangePayload
 
 
-class ApiKeyCreatedPayload(Struct, kw_only=True):
+class ApiKeyCreatedPayload(Struct, kw_only=True, frozen=True):
     key_id: str
     permissions: list[Literal["read", "trade", "withdraw", "transfer"]] = msgspec.field(default_factory=list)
     ip_allowlist: list[str] = msgspec.field(default_factory=list)
     label: str | None = None
 
 
-class ApiKeyCreated(Event, tag="api_key_created"):
+class ApiKeyCreated(Event, tag="api_key_created", frozen=True):
     domain: ClassVar[str] = "identity"
     payload: ApiKeyCreatedPayload
 
 
-class WithdrawalAddressAddedPayload(Struct, kw_only=True):
+class WithdrawalAddressAddedPayload(Struct, kw_only=True, frozen=True):
     address: str
     asset: str
     chain: str
     label: str | None = None
 
 
-class WithdrawalAddressAdded(Event, tag="withdrawal_address_added"):
+class WithdrawalAddressAdded(Event, tag="withdrawal_address_added", frozen=True):
     domain: ClassVar[str] = "identity"
     payload: WithdrawalAddressAddedPayload
 
@@ -129,7 +129,7 @@ class WithdrawalAddressAdded(Event, tag="withdrawal_address_added"):
 # --------------------------------------------------------------------------- payments
 
 
-class DepositPayload(Struct, kw_only=True):
+class DepositPayload(Struct, kw_only=True, frozen=True):
     deposit_id: str
     asset: str
     amount: float
@@ -140,12 +140,12 @@ class DepositPayload(Struct, kw_only=True):
     from_address: str | None = None
 
 
-class Deposit(Event, tag="deposit"):
+class Deposit(Event, tag="deposit", frozen=True):
     domain: ClassVar[str] = "payments"
     payload: DepositPayload
 
 
-class WithdrawalRequestPayload(Struct, kw_only=True):
+class WithdrawalRequestPayload(Struct, kw_only=True, frozen=True):
     withdrawal_id: str
     asset: str
     amount: float
@@ -156,12 +156,12 @@ class WithdrawalRequestPayload(Struct, kw_only=True):
     channel: Literal["web", "app", "api"] = "web"
 
 
-class WithdrawalRequest(Event, tag="withdrawal_request"):
+class WithdrawalRequest(Event, tag="withdrawal_request", frozen=True):
     domain: ClassVar[str] = "payments"
     payload: WithdrawalRequestPayload
 
 
-class WithdrawalSentPayload(Struct, kw_only=True):
+class WithdrawalSentPayload(Struct, kw_only=True, frozen=True):
     withdrawal_id: str
     asset: str
     amount: float
@@ -171,12 +171,12 @@ class WithdrawalSentPayload(Struct, kw_only=True):
     tx_hash: str | None = None
 
 
-class WithdrawalSent(Event, tag="withdrawal_sent"):
+class WithdrawalSent(Event, tag="withdrawal_sent", frozen=True):
     domain: ClassVar[str] = "payments"
     payload: WithdrawalSentPayload
 
 
-class PaymentPayload(Struct, kw_only=True):
+class PaymentPayload(Struct, kw_only=True, frozen=True):
     payment_id: str
     amount: float
     currency: str
@@ -188,19 +188,19 @@ class PaymentPayload(Struct, kw_only=True):
     decline_reason: str | None = None
 
 
-class Payment(Event, tag="payment"):
+class Payment(Event, tag="payment", frozen=True):
     domain: ClassVar[str] = "payments"
     payload: PaymentPayload
 
 
-class LoyaltyRedemptionPayload(Struct, kw_only=True):
+class LoyaltyRedemptionPayload(Struct, kw_only=True, frozen=True):
     redemption_id: str
     points: int
     reward: str
     value_usd: float | None = None
 
 
-class LoyaltyRedemption(Event, tag="loyalty_redemption"):
+class LoyaltyRedemption(Event, tag="loyalty_redemption", frozen=True):
     domain: ClassVar[str] = "payments"
     payload: LoyaltyRedemptionPayload
 
@@ -211,7 +211,7 @@ class LoyaltyRedemption(Event, tag="loyalty_redemption"):
 Side = Literal["buy", "sell"]
 
 
-class OrderPayload(Struct, kw_only=True):
+class OrderPayload(Struct, kw_only=True, frozen=True):
     order_id: str
     symbol: str
     side: Side
@@ -221,13 +221,13 @@ class OrderPayload(Struct, kw_only=True):
     notional_usd: float | None = None
 
 
-class Order(Event, tag="order"):
+class Order(Event, tag="order", frozen=True):
     domain: ClassVar[str] = "market"
     key_entity: ClassVar[str] = "account"
     payload: OrderPayload
 
 
-class OrderCancelPayload(Struct, kw_only=True):
+class OrderCancelPayload(Struct, kw_only=True, frozen=True):
     order_id: str
     symbol: str
     side: Side
@@ -236,13 +236,13 @@ class OrderCancelPayload(Struct, kw_only=True):
     placed_at: UtcDateTime | None = None
 
 
-class OrderCancel(Event, tag="order_cancel"):
+class OrderCancel(Event, tag="order_cancel", frozen=True):
     domain: ClassVar[str] = "market"
     key_entity: ClassVar[str] = "account"
     payload: OrderCancelPayload
 
 
-class TradePayload(Struct, kw_only=True):
+class TradePayload(Struct, kw_only=True, frozen=True):
     trade_id: str
     symbol: str
     price: float
@@ -256,7 +256,7 @@ class TradePayload(Struct, kw_only=True):
     notional_usd: float | None = None
 
 
-class Trade(Event, tag="trade"):
+class Trade(Event, tag="trade", frozen=True):
     domain: ClassVar[str] = "market"
     key_entity: ClassVar[str] = "account"
     payload: TradePayload
@@ -267,7 +267,7 @@ class Trade(Event, tag="trade"):
 Platform = Literal["hubspot", "salesforce", "mailchimp"]
 
 
-class CrmLoginPayload(Struct, kw_only=True):
+class CrmLoginPayload(Struct, kw_only=True, frozen=True):
     platform: Platform
     user: str
     user_agent: str | None = None
@@ -275,13 +275,13 @@ class CrmLoginPayload(Struct, kw_only=True):
     success: bool = True
 
 
-class CrmLogin(Event, tag="crm_login"):
+class CrmLogin(Event, tag="crm_login", frozen=True):
     domain: ClassVar[str] = "saas"
     key_entity: ClassVar[str] = "vendor"
     payload: CrmLoginPayload
 
 
-class CrmRecordExportPayload(Struct, kw_only=True):
+class CrmRecordExportPayload(Struct, kw_only=True, frozen=True):
     platform: Platform
     object_type: str = "contacts"
     record_count: int
@@ -292,13 +292,13 @@ class CrmRecordExportPayload(Struct, kw_only=True):
     geo: Geo | None = None
 
 
-class CrmRecordExport(Event, tag="crm_record_export"):
+class CrmRecordExport(Event, tag="crm_record_export", frozen=True):
     domain: ClassVar[str] = "saas"
     key_entity: ClassVar[str] = "vendor"
     payload: CrmRecordExportPayload
 
 
-class CrmApiTokenUsedPayload(Struct, kw_only=True):
+class CrmApiTokenUsedPayload(Struct, kw_only=True, frozen=True):
     platform: Platform
     token_id: str
     operation: str
@@ -307,13 +307,13 @@ class CrmApiTokenUsedPayload(Struct, kw_only=True):
     user_agent: str | None = None
 
 
-class CrmApiTokenUsed(Event, tag="crm_api_token_used"):
+class CrmApiTokenUsed(Event, tag="crm_api_token_used", frozen=True):
     domain: ClassVar[str] = "saas"
     key_entity: ClassVar[str] = "vendor"
     payload: CrmApiTokenUsedPayload
 
 
-class EmailCampaignSentPayload(Struct, kw_only=True):
+class EmailCampaignSentPayload(Struct, kw_only=True, frozen=True):
     platform: Platform
     campaign_id: str
     subject: str
@@ -323,20 +323,20 @@ class EmailCampaignSentPayload(Struct, kw_only=True):
     recipient_customer_ids: list[str] = msgspec.field(default_factory=list)
 
 
-class EmailCampaignSent(Event, tag="email_campaign_sent"):
+class EmailCampaignSent(Event, tag="email_campaign_sent", frozen=True):
     domain: ClassVar[str] = "saas"
     key_entity: ClassVar[str] = "vendor"
     payload: EmailCampaignSentPayload
 
 
-class EmailLinkClickedPayload(Struct, kw_only=True):
+class EmailLinkClickedPayload(Struct, kw_only=True, frozen=True):
     platform: Platform
     campaign_id: str
     url: str
     url_domain: str
 
 
-class EmailLinkClicked(Event, tag="email_link_clicked"):
+class EmailLinkClicked(Event, tag="email_link_clicked", frozen=True):
     domain: ClassVar[str] = "saas"
     payload: EmailLinkClickedPayload
 
@@ -346,7 +346,7 @@ class EmailLinkClicked(Event, tag="email_link_clicked"):
 Chain = Literal["ethereum", "bitcoin"]
 
 
-class ChainTransferPayload(Struct, kw_only=True):
+class ChainTransferPayload(Struct, kw_only=True, frozen=True):
     chain: Chain
     tx_hash: str
     #: Log index of an ERC-20 Transfer; ``None`` for a native transfer (ETH value, BTC output).
@@ -362,7 +362,7 @@ class ChainTransferPayload(Struct, kw_only=True):
     amount_usd: float | None = None
 
 
-class ChainTransfer(Event, tag="chain_transfer"):
+class ChainTransfer(Event, tag="chain_transfer", frozen=True):
     """A native or token transfer; ``entities.wallet`` is the sender, ``counterparty`` the receiver."""
 
     domain: ClassVar[str] = "chain"
@@ -370,7 +370,7 @@ class ChainTransfer(Event, tag="chain_transfer"):
     payload: ChainTransferPayload
 
 
-class TokenApprovalPayload(Struct, kw_only=True):
+class TokenApprovalPayload(Struct, kw_only=True, frozen=True):
     chain: Chain = "ethereum"
     tx_hash: str
     log_index: int | None = None
@@ -384,7 +384,7 @@ class TokenApprovalPayload(Struct, kw_only=True):
     kind: Literal["approve", "permit", "set_approval_for_all"] = "approve"
 
 
-class TokenApproval(Event, tag="token_approval"):
+class TokenApproval(Event, tag="token_approval", frozen=True):
     domain: ClassVar[str] = "chain"
     key_entity: ClassVar[str] = "wallet"
     payload: TokenApprovalPayload
@@ -393,7 +393,7 @@ class TokenApproval(Event, tag="token_approval"):
 # --------------------------------------------------------------------------- security logs
 
 
-class SecurityEventPayload(Struct, kw_only=True):
+class SecurityEventPayload(Struct, kw_only=True, frozen=True):
     provider: Literal["aws", "syslog", "okta", "other"]
     action: str
     outcome: Literal["success", "failure", "unknown"] = "unknown"
@@ -404,7 +404,7 @@ class SecurityEventPayload(Struct, kw_only=True):
     geo: Geo | None = None
 
 
-class SecurityEvent(Event, tag="security_event"):
+class SecurityEvent(Event, tag="security_event", frozen=True):
     """A technical log record (CloudTrail, syslog) about a person, key or host."""
 
     domain: ClassVar[str] = "security"
@@ -422,7 +422,7 @@ IndicatorCategory = Literal[
 ]
 
 
-class IntelIndicatorPayload(Struct, kw_only=True):
+class IntelIndicatorPayload(Struct, kw_only=True, frozen=True):
     indicator_type: IndicatorType
     value: str
     category: IndicatorCategory
@@ -436,7 +436,7 @@ class IntelIndicatorPayload(Struct, kw_only=True):
     stix_id: str | None = None
 
 
-class IntelIndicator(Event, tag="intel_indicator"):
+class IntelIndicator(Event, tag="intel_indicator", frozen=True):
     """One indicator; keyed by ``<type>:<value>`` on the compacted ``intel.indicators`` topic."""
 
     domain: ClassVar[str] = "intel"
@@ -452,19 +452,19 @@ class IntelIndicator(Event, tag="intel_indicator"):
 Severity = Literal["low", "medium", "high", "critical"]
 
 
-class EntityRef(Struct, kw_only=True):
+class EntityRef(Struct, kw_only=True, frozen=True):
     kind: str
     id: str
 
 
-class Evidence(Struct, kw_only=True):
+class Evidence(Struct, kw_only=True, frozen=True):
     event_id: str
     type: str
     occurred_at: UtcDateTime
     fields: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-class AlertPayload(Struct, kw_only=True):
+class AlertPayload(Struct, kw_only=True, frozen=True):
     rule_id: str
     rule_version: int
     severity: Severity
@@ -481,7 +481,7 @@ class AlertPayload(Struct, kw_only=True):
     intel_version: str | None = None
 
 
-class Alert(Event, tag="alert"):
+class Alert(Event, tag="alert", frozen=True):
     """A detection.  ``event_id`` is the deterministic alert id; ``occurred_at`` the last evidence time."""
 
     domain: ClassVar[str] = "alerts"
@@ -494,7 +494,7 @@ class Alert(Event, tag="alert"):
 DecisionAction = Literal["hold_withdrawal", "require_step_up", "block", "release"]
 
 
-class DecisionPayload(Struct, kw_only=True):
+class DecisionPayload(Struct, kw_only=True, frozen=True):
     action: DecisionAction
     entity: EntityRef
     rule_id: str
@@ -504,7 +504,7 @@ class DecisionPayload(Struct, kw_only=True):
     expires_at: UtcDateTime | None = None
 
 
-class Decision(Event, tag="decision"):
+class Decision(Event, tag="decision", frozen=True):
     """What the platform asks the back end to do ("may this withdrawal leave?")."""
 
     domain: ClassVar[str] = "decisions"
@@ -593,5 +593,3 @@ def event_class(type_name: str) -> type[Event]:
 
 def types_in_domain(domain: str) -> tuple[type[Event], ...]:
     return tuple(cls for cls in EVENT_CLASSES if cls.domain == domain)
-
-

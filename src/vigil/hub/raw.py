@@ -48,6 +48,8 @@ class RawRecord:
         found = dict(headers or [])
         kind = found.get(KIND, b"").decode() or "unknown"
         received = found.get(RECEIVED_AT)
-        received_at = datetime.fromisoformat(received.decode()) if received else datetime.fromtimestamp(0, UTC)
+        received_at = (
+            datetime.fromisoformat(received.decode()) if received else datetime.fromtimestamp(0, UTC)
+        )
         meta = json.loads(found[META]) if META in found else {}
         return cls(source=source, kind=kind, value=value, received_at=received_at, key=key, meta=meta)

@@ -52,8 +52,10 @@ class TopicSpec:
 
     def config(self) -> dict[str, str]:
         """Kafka topic configs this declaration implies."""
-        conf = {"cleanup.policy": self.cleanup}
-        conf["retention.ms"] = "-1" if self.retention is None else str(int(self.retention.total_seconds() * 1000))
+        conf: dict[str, str] = {"cleanup.policy": self.cleanup}
+        conf["retention.ms"] = (
+            "-1" if self.retention is None else str(int(self.retention.total_seconds() * 1000))
+        )
         if self.cleanup == "compact":
             # Compacted topics keep the latest value per key; let the cleaner run promptly.
             conf["min.cleanable.dirty.ratio"] = "0.1"
@@ -92,7 +94,9 @@ def _declared() -> tuple[TopicSpec, ...]:
         for src, desc in RAW_SOURCES.items()
     ]
     specs += [
-        TopicSpec(name=f"events.{dom}", key=key, value=types_in_domain(dom), description=desc, retention=30 * DAY)
+        TopicSpec(
+            name=f"events.{dom}", key=key, value=types_in_domain(dom), description=desc, retention=30 * DAY
+        )
         for dom, (key, desc) in DOMAINS.items()
     ]
     specs += [
@@ -105,18 +109,52 @@ def _declared() -> tuple[TopicSpec, ...]:
             retention=None,
             cleanup="compact",
         ),
-        TopicSpec(name="alerts", key="<entity kind>:<id>", value=(Alert,), description="Detections",
-                  retention=365 * DAY),
-        TopicSpec(name="decisions", key="<entity kind>:<id>", value=(Decision,),
-                  description="Hold / step-up / block decisions for the back end", retention=365 * DAY),
-        TopicSpec(name="labels", key="episode_id", value="label", partitions=1,
-                  description="Ground truth of simulated attack episodes", retention=None),
-        TopicSpec(name="dlq.normalize", key="original key", value="dead_letter", partitions=1,
-                  description="Raw records the normalisers could not parse, with the reason", retention=30 * DAY),
-        TopicSpec(name="dlq.detect", key="original key", value="dead_letter", partitions=1,
-                  description="Canonical records detection could not decode or process", retention=30 * DAY),
-        TopicSpec(name="dlq.ingest", key="original key", value="dead_letter", partitions=1,
-                  description="Records rejected at the ingest edge (HTTP, produce)", retention=30 * DAY),
+        TopicSpec(
+            name="alerts",
+            key="<entity kind>:<id>",
+            value=(Alert,),
+            description="Detections",
+            retention=365 * DAY,
+        ),
+        TopicSpec(
+            name="decisions",
+            key="<entity kind>:<id>",
+            value=(Decision,),
+            description="Hold / step-up / block decisions for the back end",
+            retention=365 * DAY,
+        ),
+        TopicSpec(
+            name="labels",
+            key="episode_id",
+            value="label",
+            partitions=1,
+            description="Ground truth of simulated attack episodes",
+            retention=None,
+        ),
+        TopicSpec(
+            name="dlq.normalize",
+            key="original key",
+            value="dead_letter",
+            partitions=1,
+            description="Raw records the normalisers could not parse, with the reason",
+            retention=30 * DAY,
+        ),
+        TopicSpec(
+            name="dlq.detect",
+            key="original key",
+            value="dead_letter",
+            partitions=1,
+            description="Canonical records detection could not decode or process",
+            retention=30 * DAY,
+        ),
+        TopicSpec(
+            name="dlq.ingest",
+            key="original key",
+            value="dead_letter",
+            partitions=1,
+            description="Records rejected at the ingest edge (HTTP, produce)",
+            retention=30 * DAY,
+        ),
     ]
     return tuple(specs)
 

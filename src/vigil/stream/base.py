@@ -111,5 +111,5 @@ class Operator(ABC, Generic[E]):
     @abstractmethod
     def process(self, batch: Sequence[Record[E]], ctx: Context) -> None: ...
 
-    def on_assign(self, ctx: Context) -> None:  # noqa: B027 - optional hook
+    def on_assign(self, ctx: Context) -> None:
         """Called when a partition is assigned, after its state is restored."""

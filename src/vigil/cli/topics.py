@@ -1,0 +1,177 @@
+"""`vigil topics apply|list`, `vigil produce` and `vigil tail`: the hub's debugging tools."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import typer
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, TopicPartition
+from rich.markup import escape
+from rich.table import Table
+
+from vigil.cli._common import console, err_console, settings
+from vigil.errors import DecodeError, TopicError
+from vigil.events.codec import EventCodec
+from vigil.events.ids import stable_id
+from vigil.hub import admin as topic_admin
+from vigil.hub.client import EventProducer, check_reachable, make_admin, make_consumer
+from vigil.hub.topics import RECORD_TYPES, TOPICS, TopicSpec
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("apply")
+def apply_cmd() -> None:
+    """Create or update every declared topic; a second run changes nothing and says so."""
+    cfg = settings()
+    check_reachable(cfg)
+    changed = topic_admin.apply(make_admin(cfg), TOPICS, cfg)
+    if not changed:
+        console.print(f"[green]all {len(TOPICS)} declared topics are in sync; nothing to do[/]")
+        return
+    for diff in changed:
+        console.print(f"[yellow]{diff.spec.name}[/]: {diff.describe()}")
+    console.print(f"applied {len(changed)} change(s); {len(TOPICS) - len(changed)} topic(s) already in sync")
+
+
+@app.command("list")
+def list_cmd(
+    all_live: Annotated[
+        bool, typer.Option("--all", help="Also show live topics that are not declared")
+    ] = False,
+) -> None:
+    """Declared topics against the live cluster, with any difference."""
+    cfg = settings()
+    check_reachable(cfg)
+    live = topic_admin.describe_live(make_admin(cfg))
+    table = Table("topic", "partitions", "rf", "cleanup", "key", "value", "status")
+    for diff in topic_admin.plan(TOPICS, live, cfg):
+        status = "[red]missing[/]" if diff.missing else ("[green]ok[/]" if diff.in_sync else diff.describe())
+        table.add_row(
+            diff.spec.name,
+            str(diff.live.partitions if diff.live else diff.partitions),
+            str(diff.live.replication if diff.live else diff.replication),
+            diff.spec.cleanup,
+            diff.spec.key,
+            escape(diff.spec.value_name),
+            status,
+        )
+    if all_live:
+        for name in sorted(set(live) - set(TOPICS.names())):
+            t = live[name]
+            table.add_row(
+                name,
+                str(t.partitions),
+                str(t.replication),
+                t.config.get("cleanup.policy", "?"),
+                "",
+                "",
+                "[dim]not declared[/]",
+            )
+    console.print(table)
+
+
+def _value_decoder(spec: TopicSpec) -> Any:
+    if spec.event_types:
+        return EventCodec(spec.event_types)
+    if spec.value in RECORD_TYPES:
+        return msgspec.json.Decoder(RECORD_TYPES[spec.value])
+    return None
+
+
+def produce(
+    topic: Annotated[str, typer.Argument(help="A declared topic, e.g. events.identity")],
+    file: Annotated[
+        Path, typer.Argument(help="JSON lines, one record per line", exists=True, dir_okay=False)
+    ],
+) -> None:
+    """Validate each line against the topic's contract; report bad lines by number and produce the rest."""
+    cfg = settings()
+    spec = TOPICS.get(topic)
+    if not spec.event_types:
+        msg = (
+            f"topic {topic!r} carries {spec.value_name!r}, not canonical events; "
+            "`produce` validates events only"
+        )
+        raise TopicError(msg)
+    codec = EventCodec(spec.event_types)
+    check_reachable(cfg)
+    producer = EventProducer(cfg)
+    good = bad = 0
+    with file.open("rb") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                event = codec.decode(line, where=f"{file}:{n}")
+            except DecodeError as exc:
+                bad += 1
+                err_console.print(f"[red]{escape(str(exc))}[/]", highlight=False)
+                continue
+            producer.produce(event, topic=topic)
+            good += 1
+    producer.flush()
+    colour = "green" if not bad else "yellow"
+    console.print(f"[{colour}]produced {good} event(s) to {topic}; rejected {bad} line(s)[/]")
+    if bad:
+        raise typer.Exit(code=2)
+
+
+def tail(
+    topic: Annotated[str, typer.Argument(help="Topic to read")],
+    from_beginning: Annotated[
+        bool, typer.Option("--from-beginning", help="Start at the earliest offset")
+    ] = False,
+    n: Annotated[int | None, typer.Option("-n", help="Stop after N records")] = None,
+    timeout: Annotated[float, typer.Option(help="Stop after this many idle seconds (0: never)")] = 0.0,
+) -> None:
+    """Print records decoded, with partition/offset/key.  Ctrl-C stops."""
+    cfg = settings()
+    spec = TOPICS.get(topic) if topic in TOPICS else None
+    decoder = _value_decoder(spec) if spec else None
+    check_reachable(cfg)
+    group = stable_id("tail", topic, prefix="vigil-tail-")[:40]
+    consumer = make_consumer(cfg, group, **{"enable.partition.eof": False})
+    start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+
+    def on_assign(c: Any, partitions: list[TopicPartition]) -> None:
+        for p in partitions:
+            p.offset = start
+        c.assign(partitions)
+
+    consumer.subscribe([topic], on_assign=on_assign)
+    stop = {"now": False}
+    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    seen = 0
+    idle = 0.0
+    try:
+        while not stop["now"] and (n is None or seen < n):
+            msg = consumer.poll(0.5)
+            if msg is None:
+                idle += 0.5
+                if timeout and idle >= timeout:
+                    break
+                continue
+            idle = 0.0
+            if msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    err_console.print(f"[red]{msg.error()}[/]")
+                continue
+            seen += 1
+            key = (msg.key() or b"").decode(errors="replace")
+            head = f"[dim]{msg.topic()}[{msg.partition()}]@{msg.offset()}[/] key=[cyan]{escape(key)}[/]"
+            value = msg.value() or b""
+            if decoder is None:
+                body = escape(value[:2000].decode(errors="replace"))
+            else:
+                try:
+                    record = decoder.decode(value)
+                    body = escape(msgspec.json.encode(record).decode())
+                except (DecodeError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+                    body = f"[red]undecodable: {escape(str(exc))}[/]"
+            console.print(f"{head} {body}", highlight=False, soft_wrap=True)
+    finally:
+        consumer.close()

@@ -1,0 +1,196 @@
+"""Apply the declared topics to a cluster and compare declared with live.
+
+``apply`` is idempotent: it creates missing topics, raises partition counts that are
+below the declaration (Kafka cannot lower them; that is reported, not attempted) and
+sets configs that differ.  A second run finds nothing to do and says so.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+    ResourceType,
+)
+
+from vigil.config import Settings
+from vigil.errors import TopicError
+from vigil.hub.topics import TopicSpec
+
+_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class LiveTopic:
+    name: str
+    partitions: int
+    replication: int
+    config: dict[str, str]
+
+
+@dataclass
+class TopicDiff:
+    """What differs between a declaration and the live topic (empty: in sync)."""
+
+    spec: TopicSpec
+    live: LiveTopic | None
+    partitions: int
+    replication: int
+    config_changes: dict[str, tuple[str | None, str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def missing(self) -> bool:
+        return self.live is None
+
+    @property
+    def partitions_to_add(self) -> int:
+        return 0 if self.live is None else max(0, self.partitions - self.live.partitions)
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.missing and not self.partitions_to_add and not self.config_changes
+
+    def describe(self) -> str:
+        if self.missing:
+            return f"create ({self.partitions} partitions, rf {self.replication})"
+        parts = []
+        if self.partitions_to_add:
+            parts.append(f"partitions {self.live.partitions if self.live else 0} -> {self.partitions}")
+        parts += [f"{k}: {old} -> {new}" for k, (old, new) in sorted(self.config_changes.items())]
+        parts += self.notes
+        return "; ".join(parts) or "in sync"
+
+
+def describe_live(admin: AdminClient, names: Iterable[str] | None = None) -> dict[str, LiveTopic]:
+    """Live topics (excluding Kafka's internal ones) with partitions, replication and configs."""
+    meta = admin.list_topics(timeout=_TIMEOUT)
+    wanted = set(names) if names is not None else None
+    topics = {
+        name: t
+        for name, t in meta.topics.items()
+        if not name.startswith("__") and (wanted is None or name in wanted) and t.error is None
+    }
+    if not topics:
+        return {}
+    resources = [ConfigResource(ResourceType.TOPIC, name) for name in topics]
+    configs: dict[str, dict[str, str]] = {}
+    for resource, future in admin.describe_configs(resources).items():
+        entries = future.result(timeout=_TIMEOUT)
+        configs[resource.name] = {k: v.value for k, v in entries.items() if v.value is not None}
+    return {
+        name: LiveTopic(
+            name=name,
+            partitions=len(t.partitions),
+            replication=len(next(iter(t.partitions.values())).replicas) if t.partitions else 0,
+            config=configs.get(name, {}),
+        )
+        for name, t in topics.items()
+    }
+
+
+def plan(specs: Iterable[TopicSpec], live: dict[str, LiveTopic], settings: Settings) -> list[TopicDiff]:
+    diffs = []
+    for spec in specs:
+        partitions = spec.partitions or settings.default_partitions
+        replication = spec.replication or settings.default_replication
+        current = live.get(spec.name)
+        diff = TopicDiff(spec=spec, live=current, partitions=partitions, replication=replication)
+        if current is not None:
+            for key, value in spec.config().items():
+                if current.config.get(key) != value:
+                    diff.config_changes[key] = (current.config.get(key), value)
+            if current.partitions > partitions:
+                diff.notes.append(
+                    f"has {current.partitions} partitions, declared {partitions} (cannot shrink)"
+                )
+            if current.replication != replication:
+                diff.notes.append(f"replication {current.replication}, declared {replication} (not changed)")
+        diffs.append(diff)
+    return diffs
+
+
+def apply(admin: AdminClient, specs: Iterable[TopicSpec], settings: Settings) -> list[TopicDiff]:
+    """Make the cluster match the declarations; returns the diffs that were acted upon."""
+    specs = list(specs)
+    diffs = plan(specs, describe_live(admin, [s.name for s in specs]), settings)
+    create = [
+        NewTopic(
+            d.spec.name, num_partitions=d.partitions, replication_factor=d.replication, config=d.spec.config()
+        )
+        for d in diffs
+        if d.missing
+    ]
+    grow = [NewPartitions(d.spec.name, d.partitions) for d in diffs if d.partitions_to_add]
+    alter = [
+        ConfigResource(
+            ResourceType.TOPIC,
+            d.spec.name,
+            incremental_configs=[
+                ConfigEntry(k, new, incremental_operation=AlterConfigOpType.SET)
+                for k, (_, new) in d.config_changes.items()
+            ],
+        )
+        for d in diffs
+        if d.config_changes and not d.missing
+    ]
+    errors: list[str] = []
+    if create:
+        for name, fut in admin.create_topics(create, request_timeout=_TIMEOUT).items():
+            _collect(errors, f"create {name}", fut, ignore="TOPIC_ALREADY_EXISTS")
+    if grow:
+        for name, fut in admin.create_partitions(grow, request_timeout=_TIMEOUT).items():
+            _collect(errors, f"add partitions to {name}", fut)
+    if alter:
+        for res, fut in admin.incremental_alter_configs(alter).items():
+            _collect(errors, f"alter configs of {res.name}", fut)
+    if errors:
+        raise TopicError("applying topics failed:\n  " + "\n  ".join(errors))
+    if create or grow:
+        _wait_visible(admin, {d.spec.name: d.partitions for d in diffs if d.missing or d.partitions_to_add})
+    return [d for d in diffs if not d.in_sync]
+
+
+def _wait_visible(admin: AdminClient, expected: dict[str, int], timeout: float = _TIMEOUT) -> None:
+    """Return once metadata shows every topic with its partitions: creation is asynchronous in
+    Kafka, and a producer or a second ``apply`` right after would otherwise see a stale cluster."""
+    deadline = time.monotonic() + timeout
+    while True:
+        topics = admin.list_topics(timeout=_TIMEOUT).topics
+        pending = [
+            n
+            for n, parts in expected.items()
+            if n not in topics or topics[n].error is not None or len(topics[n].partitions) < parts
+        ]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            msg = f"topics not visible in metadata after {timeout:g}s: {', '.join(sorted(pending))}"
+            raise TopicError(msg)
+        time.sleep(0.05)  # metadata poll interval, not a synchronisation guess: the loop checks the state
+
+
+def _collect(errors: list[str], what: str, future: object, ignore: str | None = None) -> None:
+    try:
+        future.result(timeout=_TIMEOUT)  # type: ignore[attr-defined]
+    except KafkaException as exc:
+        err = exc.args[0]
+        if ignore and getattr(err, "name", lambda: "")() == ignore:
+            return
+        errors.append(f"{what}: {err}")
+
+
+def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> None:
+    """Create what is missing (used by applications and tests before they produce)."""
+    from vigil.hub.client import make_admin
+
+    apply(make_admin(settings), specs, settings)
