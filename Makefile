@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/python -m vigil.demo
+	$(VIGIL) demo
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests

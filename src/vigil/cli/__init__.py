@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from vigil import __version__
-from vigil.cli import broker, schemas, topics
+from vigil.cli import broker, demo, schemas, topics
 from vigil.cli._common import console, run_guarded
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.command("produce", help="Validate a JSONL file against a topic's contract an
     topics.produce
 )
 app.command("tail", help="Read a topic, decoded, with partition/offset/key.")(topics.tail)
+app.command("demo", help="The Quickstart: broker, topics, events flowing.")(demo.demo)
 
 
 @app.command("version")

@@ -2,8 +2,9 @@
 
 Naming: ``raw.<source>`` (bytes exactly as the source sent them), ``events.<domain>``
 (canonical events), ``intel.indicators`` (compacted), ``alerts``, ``decisions``,
-``labels``, ``dlq.<stage>``.  Internal topics of stream applications (changelogs,
-repartitions) are named by the runtime from the application and store ids.
+``labels``, ``dlq.<stage>``, and ``vigil.cursors`` (connector checkpoints, compacted).
+Internal topics of stream applications (changelogs, repartitions) are named by the
+runtime from the application and store ids.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class TopicSpec:
 
     name: str
     key: str
-    value: tuple[type[Event], ...] | Literal["raw", "label", "dead_letter"]
+    value: tuple[type[Event], ...] | Literal["raw", "label", "dead_letter", "cursor"]
     description: str
     partitions: int | None = None
     replication: int | None = None
@@ -154,6 +155,15 @@ def _declared() -> tuple[TopicSpec, ...]:
             partitions=1,
             description="Records rejected at the ingest edge (HTTP, produce)",
             retention=30 * DAY,
+        ),
+        TopicSpec(
+            name="vigil.cursors",
+            key="source_id",
+            value="cursor",
+            partitions=1,
+            description="Connector checkpoints (block height, cursor), written with their records",
+            retention=None,
+            cleanup="compact",
         ),
     ]
     return tuple(specs)

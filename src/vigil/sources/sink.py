@@ -1,0 +1,165 @@
+"""Where connectors publish: raw records and their checkpoint, together.
+
+:class:`KafkaRawSink` writes a batch of raw records and, when given, the connector's
+cursor (to the compacted ``vigil.cursors`` topic, keyed by source id) in **one Kafka
+transaction**.  Either both are visible to ``read_committed`` readers or neither is,
+so a connector killed at any point resumes from a cursor that matches exactly what was
+published: no gap, no duplicate.  The transactional id is derived from the source id,
+so a restarted connector fences its predecessor (a zombie cannot commit stale data).
+
+:class:`MemorySink` has the same interface and keeps everything in lists, for unit tests
+of connector parsing that need no broker.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+from confluent_kafka import KafkaException, TopicPartition
+
+from vigil.config import Settings
+from vigil.errors import BrokerError
+from vigil.hub.admin import ensure_topics
+from vigil.hub.client import make_consumer, make_producer
+from vigil.hub.raw import RawRecord
+from vigil.hub.topics import TOPICS
+
+CURSOR_TOPIC = "vigil.cursors"
+
+
+def raw_topic(record: RawRecord) -> str:
+    return f"raw.{record.source}"
+
+
+class KafkaRawSink:
+    """Transactional publisher of raw records and connector cursors."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        source_id: str | None = None,
+        topic_for: Callable[[RawRecord], str] = raw_topic,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self._settings = settings
+        self._source_id = source_id
+        self._topic_for = topic_for
+        self._timeout = timeout_s
+        self._lock = threading.Lock()
+        self._producer: Any = None
+        self._cursor_topic_ready = False
+
+    def _ensure_producer(self, source_id: str) -> Any:
+        if self._producer is None:
+            self._source_id = self._source_id or source_id
+            producer = make_producer(
+                self._settings,
+                **{"transactional.id": f"vigil.source.{self._source_id}", "linger.ms": 1},
+            )
+            try:
+                producer.init_transactions(self._timeout)
+            except KafkaException as exc:
+                msg = f"source {self._source_id!r}: cannot start a Kafka transaction: {exc.args[0]}"
+                raise BrokerError(msg) from None
+            self._producer = producer
+        return self._producer
+
+    def _ensure_cursor_topic(self) -> None:
+        if not self._cursor_topic_ready:
+            ensure_topics(self._settings, [TOPICS.get(CURSOR_TOPIC)])
+            self._cursor_topic_ready = True
+
+    def publish(self, records: Sequence[RawRecord], cursor: dict[str, Any] | None = None) -> None:
+        """Durably publish ``records`` (and ``cursor``) or raise :class:`BrokerError`."""
+        if not records and cursor is None:
+            return
+        source_id = self._source_id or (records[0].source if records else "unknown")
+        with self._lock:
+            if cursor is not None:
+                self._ensure_cursor_topic()
+            producer = self._ensure_producer(source_id)
+            try:
+                producer.begin_transaction()
+                for rec in records:
+                    producer.produce(
+                        self._topic_for(rec), value=rec.value, key=rec.key, headers=rec.headers()
+                    )
+                    producer.poll(0)
+                if cursor is not None:
+                    producer.produce(CURSOR_TOPIC, key=self._source_id, value=msgspec.json.encode(cursor))
+                producer.commit_transaction(self._timeout)
+            except (KafkaException, BufferError) as exc:
+                detail = exc.args[0] if exc.args else exc
+                try:
+                    producer.abort_transaction(self._timeout)
+                except KafkaException:
+                    # Fatal (e.g. fenced by a newer instance): drop the producer; the next
+                    # publish re-initialises and Kafka aborts whatever was left open.
+                    self._producer = None
+                msg = (
+                    f"source {self._source_id!r}: publishing {len(records)} record(s) "
+                    f"to Kafka failed, nothing was committed: {detail}"
+                )
+                raise BrokerError(msg) from None
+
+    def last_cursor(self, source_id: str) -> dict[str, Any] | None:
+        """The latest committed cursor of ``source_id`` (None on a first run or after a reset)."""
+        self._ensure_cursor_topic()
+        consumer = make_consumer(self._settings, group_id=f"vigil.cursor-reader.{source_id}")
+        try:
+            tp = TopicPartition(CURSOR_TOPIC, 0)
+            low, high = consumer.get_watermark_offsets(tp, timeout=self._timeout)
+            if high <= low:
+                return None
+            consumer.assign([TopicPartition(CURSOR_TOPIC, 0, low)])
+            latest: dict[str, Any] | None = None
+            deadline = time.monotonic() + self._timeout
+            # Under read_committed the high watermark is the last stable offset.  Transaction
+            # markers take offsets too and are never delivered, so progress is judged by the
+            # consumer's position, not by counting messages.
+            while time.monotonic() < deadline:
+                msg = consumer.poll(0.2)
+                if msg is not None and not msg.error():
+                    key = msg.key()
+                    if key is not None and key.decode() == source_id:
+                        value = msg.value()
+                        latest = None if value is None else msgspec.json.decode(value)
+                position = consumer.position([tp])[0].offset
+                if position >= high:
+                    return latest
+            msg_ = f"reading the cursor of {source_id!r} from {CURSOR_TOPIC} took over {self._timeout:g}s"
+            raise BrokerError(msg_)
+        finally:
+            consumer.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._producer is not None:
+                self._producer.flush(self._timeout)
+                self._producer = None
+
+
+class MemorySink:
+    """The RawSink interface over lists (unit tests of parsing; no durability)."""
+
+    def __init__(self) -> None:
+        self.records: list[RawRecord] = []
+        self.cursors: dict[str, dict[str, Any]] = {}
+        self.source_id: str | None = None
+
+    def publish(self, records: Sequence[RawRecord], cursor: dict[str, Any] | None = None) -> None:
+        self.records.extend(records)
+        if cursor is not None:
+            key = self.source_id or (records[0].source if records else "unknown")
+            self.cursors[key] = dict(cursor)
+
+    def last_cursor(self, source_id: str) -> dict[str, Any] | None:
+        return self.cursors.get(source_id)
+
+    def close(self) -> None:
+        return None

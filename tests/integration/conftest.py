@@ -1,0 +1,52 @@
+"""The real broker for integration tests.
+
+With ``VIGIL_KAFKA_BOOTSTRAP`` set the tests use that cluster and start nothing.
+Otherwise one single-node KRaft broker is started for the session through the project's
+own :class:`~vigil.hub.broker.LocalBroker`, in a temporary home on free loopback ports
+(reusing the jar cache in ``.vigil/kafka-dist``), and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vigil.config import Settings, load_settings
+from vigil.hub.broker import LocalBroker, free_port_block
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("VIGIL_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    home = tmp_path_factory.mktemp("vigil-home")
+    broker = LocalBroker(
+        home=home,
+        port=free_port_block(2),
+        dist_root=REPO / ".vigil" / "kafka-dist",
+        heap_mb=768,
+    )
+    info = broker.start(nodes=1)
+    try:
+        yield info.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return load_settings(kafka_bootstrap=kafka_bootstrap, home=tmp_path_factory.mktemp("vigil-state"))
+
+
+@pytest.fixture
+def unique_topic(request: pytest.FixtureRequest) -> str:
+    """A topic name no other test (or concurrent run on a shared broker) uses."""
+    return f"test.{request.node.name[:40]}.{uuid.uuid4().hex[:8]}".replace("[", "-").replace("]", "")

@@ -1,0 +1,107 @@
+"""The project's own broker lifecycle: start, find running, status, stop, and a 3-node cluster."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from vigil.config import load_settings
+from vigil.hub.admin import describe_live, ensure_topics
+from vigil.hub.broker import LocalBroker, free_port_block
+from vigil.hub.client import make_admin, make_producer
+from vigil.hub.topics import TopicSpec
+
+REPO = Path(__file__).resolve().parents[2]
+DIST = REPO / ".vigil" / "kafka-dist"
+
+
+def _vigil(home: Path, port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    env |= {"VIGIL_HOME": str(home), "VIGIL_BROKER_PORT": str(port)}
+    # The CLI would fetch jars into <home>/kafka-dist; share the suite's cache instead.
+    (home / "kafka-dist").parent.mkdir(parents=True, exist_ok=True)
+    if not (home / "kafka-dist").exists():
+        (home / "kafka-dist").symlink_to(DIST, target_is_directory=True)
+    return subprocess.run(
+        [sys.executable, "-m", "vigil.cli", *args], env=env, capture_output=True, text=True, timeout=180
+    )
+
+
+def test_cli_start_is_idempotent_and_stop_is_clean(tmp_path: Path) -> None:
+    port = free_port_block(2)
+    first = _vigil(tmp_path, port, "broker", "start")
+    try:
+        assert first.returncode == 0, first.stderr
+        assert f"127.0.0.1:{port}" in first.stdout
+        assert "started in" in first.stdout
+        second = _vigil(tmp_path, port, "broker", "start")
+        assert second.returncode == 0, second.stderr
+        assert "already running" in second.stdout
+        status = _vigil(tmp_path, port, "broker", "status")
+        assert status.returncode == 0
+        assert "up" in status.stdout
+        assert "4." in status.stdout  # the Kafka 4.x version is reported
+    finally:
+        stopped = _vigil(tmp_path, port, "broker", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped node(s) [1]" in stopped.stdout
+    down = _vigil(tmp_path, port, "broker", "status")
+    assert down.returncode == 3
+    assert "down" in down.stdout
+
+
+def test_external_cluster_setting_starts_nothing(tmp_path: Path, kafka_bootstrap: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    env |= {"VIGIL_HOME": str(tmp_path), "VIGIL_KAFKA_BOOTSTRAP": kafka_bootstrap}
+    out = subprocess.run(
+        [sys.executable, "-m", "vigil.cli", "broker", "start"], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0
+    assert "does nothing" in out.stderr
+    assert not (tmp_path / "kafka").exists()
+
+
+@pytest.mark.slow
+def test_three_node_cluster_replicates(tmp_path: Path) -> None:
+    broker = LocalBroker(tmp_path, port=free_port_block(6), dist_root=DIST, heap_mb=384)
+    result = broker.start(nodes=3)
+    try:
+        assert len(result.bootstrap.split(",")) == 3
+        assert broker.running_nodes() == (1, 2, 3)
+        settings = load_settings(kafka_bootstrap=result.bootstrap)
+        name = f"test.rf3.{uuid.uuid4().hex[:8]}"
+        ensure_topics(settings, [TopicSpec(name=name, key="k", value="raw", description="d", replication=3)])
+        live = describe_live(make_admin(settings), [name])
+        assert live[name].replication == 3
+
+        producer = make_producer(settings)
+        for i in range(20):
+            producer.produce(name, key=str(i).encode(), value=f"v{i}".encode())
+        assert producer.flush(30) == 0
+
+        # Kill one node: with RF 3 the topic stays readable and writable.
+        broker.kill_node(2)
+        assert broker.running_nodes() == (1, 3)
+        producer.produce(name, key=b"after", value=b"after-kill")
+        assert producer.flush(60) == 0
+        group = f"g-{uuid.uuid4().hex}"
+        consumer = Consumer({"bootstrap.servers": result.bootstrap, "group.id": group})
+        meta = consumer.list_topics(name, timeout=10).topics[name]
+        consumer.assign([TopicPartition(name, p, 0) for p in meta.partitions])
+        seen: set[bytes] = set()
+        while len(seen) < 21:
+            msg = consumer.poll(30)
+            assert msg is not None, f"only {len(seen)} of 21 records came back after a node was killed"
+            if not msg.error():
+                seen.add(msg.value())
+        consumer.close()
+        assert b"after-kill" in seen
+    finally:
+        broker.stop()
+    assert broker.running_nodes() == ()
