@@ -12,7 +12,7 @@ from vigil.hub.topics import TOPICS, TopicRegistry, TopicSpec
 
 NAMING = re.compile(
     r"^(raw\.[a-z0-9]+|events\.[a-z]+|intel\.indicators|alerts|decisions|labels|dlq\.[a-z]+|"
-    r"sources\.checkpoints)$"
+    r"vigil\.cursors)$"
 )
 
 
