@@ -11,10 +11,16 @@ import importlib
 from typing import Any
 
 #: source name -> "module:ClassName" of its Source implementation
-SOURCES: dict[str, str] = {}
+SOURCES: dict[str, str] = {
+    "ethereum": "vigil.sources.ethereum:EthereumSource",
+    "bitcoin": "vigil.sources.bitcoin:BitcoinSource",
+}
 
 #: source name -> "module:ClassName" of its Normalizer
-NORMALIZERS: dict[str, str] = {}
+NORMALIZERS: dict[str, str] = {
+    "ethereum": "vigil.sources.ethereum_normalize:EthereumNormalizer",
+    "bitcoin": "vigil.sources.bitcoin_normalize:BitcoinNormalizer",
+}
 
 
 def _load(path: str) -> Any:

@@ -108,8 +108,16 @@ class KafkaRawSink:
                 raise BrokerError(msg) from None
 
     def last_cursor(self, source_id: str) -> dict[str, Any] | None:
-        """The latest committed cursor of ``source_id`` (None on a first run or after a reset)."""
+        """The latest committed cursor of ``source_id`` (None on a first run or after a reset).
+
+        For this sink's own source id the transactional producer is initialised first: that
+        fences any older instance and makes Kafka finish (commit or abort) its last
+        transaction, so the cursor read here is final rather than racing commit markers.
+        """
         self._ensure_cursor_topic()
+        if self._source_id in (None, source_id):
+            with self._lock:
+                self._ensure_producer(source_id)
         consumer = make_consumer(self._settings, group_id=f"vigil.cursor-reader.{source_id}")
         try:
             tp = TopicPartition(CURSOR_TOPIC, 0)

@@ -1,0 +1,257 @@
+"""Following a blockchain head, reorg-safe, with a resumable cursor.
+
+:class:`ChainFollower` is the polling loop the Ethereum and Bitcoin connectors share; a
+subclass only says how to read the head height, the canonical hash at a height, and a
+block with the raw records to publish for it.
+
+Positions and the off-by-one trap: the cursor names the **next** height to fetch
+(``next_block`` / ``next_height``), never the last one published, so a restart neither
+re-publishes nor skips.  It is written with the records it covers, in one Kafka
+transaction, by the sink.
+
+Reorg safety has two layers:
+
+1. a confirmation depth: only blocks at ``head - confirmations`` or lower are published;
+2. the cursor keeps the hashes of the last ``window`` published blocks.  When a new
+   block's parent hash differs from the hash remembered for the height below it, the
+   chain under us changed: the follower walks back to the highest height whose
+   canonical hash still equals the remembered one (the fork point) and re-publishes the
+   canonical blocks above it, each record marked ``meta["reorg"] = True``, before going
+   on.  A reorg deeper than the window cannot be repaired safely and stops the
+   connector with a :class:`~vigil.errors.SourceError` saying so.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from vigil.errors import Retry, SourceError
+from vigil.hub.raw import RawRecord
+from vigil.sources.base import RawSink, Source
+
+log = logging.getLogger(__name__)
+
+#: Longest wait between attempts while a node keeps failing transiently.
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass(frozen=True)
+class Block:
+    """A fetched block: its position, its link to the parent and the records to publish."""
+
+    height: int
+    hash: str
+    parent_hash: str
+    records: Sequence[RawRecord]
+
+
+@dataclass
+class FollowState:
+    """Where the follower is: the next height and the hashes of recent published blocks."""
+
+    next_height: int
+    recent: dict[int, str]
+
+
+class ChainFollower(Source):
+    """Polls a chain and publishes each confirmed block once, replacing reorged ones.
+
+    ``run`` blocks until :meth:`stop`; transient node errors (:class:`Retry`) are waited
+    out, anything else is raised (the caller sees the connector die, loudly).
+    """
+
+    #: Name of the height field in the cursor (``next_block`` for Ethereum, ...).
+    cursor_field: str = "next_height"
+
+    def __init__(
+        self,
+        *,
+        source_id: str | None = None,
+        confirmations: int = 0,
+        start: int | None = None,
+        poll_interval: timedelta = timedelta(seconds=2),
+        window: int = 64,
+        batch_blocks: int = 20,
+    ) -> None:
+        super().__init__(source_id)
+        if confirmations < 0 or window < 1 or batch_blocks < 1:
+            msg = (
+                f"{self.name} source: confirmations must be >= 0, window and batch_blocks >= 1; "
+                f"got confirmations={confirmations}, window={window}, batch_blocks={batch_blocks}"
+            )
+            raise ValueError(msg)
+        self.confirmations = confirmations
+        self.start = start
+        self.poll_interval = poll_interval
+        self.window = window
+        self.batch_blocks = batch_blocks
+        self.state: FollowState | None = None
+        #: Blocks published / re-published because of a reorg, since start (for status and tests).
+        self.published = 0
+        self.replaced = 0
+
+    # ------------------------------------------------------------------ what a chain provides
+
+    @abstractmethod
+    def head(self) -> int:
+        """The height of the node's current best block."""
+
+    @abstractmethod
+    def hash_at(self, height: int) -> str | None:
+        """The canonical block hash at ``height``, or None if the node has no block there."""
+
+    @abstractmethod
+    def fetch(self, height: int, *, reorg: bool) -> Block | None:
+        """The canonical block at ``height`` with its raw records (marked ``reorg`` when it
+        replaces a block published before), or None if the node has no block there."""
+
+    def close(self) -> None:
+        """Release connections; called when ``run`` returns."""
+
+    # ------------------------------------------------------------------ the cursor
+
+    def cursor(self, state: FollowState) -> dict[str, Any]:
+        recent = sorted(state.recent.items())[-self.window :]
+        hash_below = state.recent.get(state.next_height - 1)
+        return {
+            self.cursor_field: state.next_height,
+            "hash": hash_below,
+            "recent": [[height, block_hash] for height, block_hash in recent],
+        }
+
+    def restore(self, cursor: dict[str, Any]) -> FollowState:
+        """The state saved in ``cursor``; a malformed cursor stops the connector by name."""
+        try:
+            next_height = cursor[self.cursor_field]
+            recent = {int(h): str(x) for h, x in cursor.get("recent", [])}
+            if not isinstance(next_height, int) or next_height < 0:
+                raise TypeError(next_height)
+        except (KeyError, TypeError, ValueError) as exc:
+            msg = (
+                f"{self.name} source {self.source_id!r}: stored cursor is malformed "
+                f"(expected {{{self.cursor_field!r}: int >= 0, 'recent': [[height, hash], ...]}}): {exc!r}"
+            )
+            raise SourceError(msg) from None
+        return FollowState(next_height=next_height, recent=recent)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, sink: RawSink) -> None:
+        try:
+            saved = sink.last_cursor(self.source_id)
+            if saved is not None:
+                self.state = self.restore(saved)
+                log.info("%s: resuming at %s=%d", self.source_id, self.cursor_field, self.state.next_height)
+            failures = 0
+            while self.running:
+                try:
+                    caught_up = self.poll(sink)
+                except Retry as retry:
+                    # Back off while the node stays unavailable (at least what it asked for,
+                    # doubling per consecutive failure up to MAX_BACKOFF) so a long outage is
+                    # neither a busy loop nor a log flood.
+                    failures += 1
+                    backoff = min(retry.after.total_seconds() * 2 ** (failures - 1), MAX_BACKOFF_S)
+                    delay = max(retry.after.total_seconds(), backoff)
+                    log.warning("%s: %s (attempt %d, next in %.1fs)", self.source_id, retry, failures, delay)
+                    self.wait(delay)
+                    continue
+                failures = 0
+                if caught_up:
+                    self.wait(self.poll_interval.total_seconds())
+        finally:
+            self.close()
+
+    def poll(self, sink: RawSink) -> bool:
+        """Publish every confirmed block not yet published; True when caught up with the head.
+
+        ``self.state`` only ever moves to a position the sink has made durable: blocks are
+        fetched into a working copy, and if anything fails before their publish returns
+        (a :class:`Retry` from the node, a broker error) the next poll starts again from
+        the last published block, so nothing fetched-but-unpublished is skipped.
+        """
+        target = self.head() - self.confirmations
+        if self.state is None:
+            first = self.start if self.start is not None else max(target, 0)
+            self.state = FollowState(next_height=first, recent={})
+        work = self._copy(self.state)
+        pending: list[RawRecord] = []
+        blocks_pending = 0
+        while work.next_height <= target and self.running:
+            block = self.fetch(work.next_height, reorg=False)
+            if block is None:
+                break
+            remembered = work.recent.get(block.height - 1)
+            if remembered is not None and remembered != block.parent_hash:
+                # Publish what precedes the fork first: the walk-back starts from durable state.
+                self._flush(sink, pending, blocks_pending, work)
+                pending, blocks_pending = [], 0
+                self._repair(sink)
+                work = self._copy(self.state)
+                continue
+            pending.extend(block.records)
+            self._advance(work, block)
+            blocks_pending += 1
+            if blocks_pending >= self.batch_blocks:
+                self._flush(sink, pending, blocks_pending, work)
+                pending, blocks_pending = [], 0
+        self._flush(sink, pending, blocks_pending, work)
+        return self.state.next_height > target
+
+    @staticmethod
+    def _copy(state: FollowState) -> FollowState:
+        return FollowState(next_height=state.next_height, recent=dict(state.recent))
+
+    def _advance(self, state: FollowState, block: Block) -> None:
+        state.recent[block.height] = block.hash
+        for old in [h for h in state.recent if h <= block.height - self.window]:
+            del state.recent[old]
+        state.next_height = block.height + 1
+
+    def _flush(self, sink: RawSink, records: list[RawRecord], blocks: int, work: FollowState) -> None:
+        if blocks:
+            sink.publish(records, self.cursor(work))
+            self.published += blocks
+        self.state = self._copy(work)
+
+    def _repair(self, sink: RawSink) -> None:
+        """Find the fork point below the next height and re-publish the canonical blocks above it."""
+        state = self.state
+        if state is None:
+            msg = f"{self.name} source {self.source_id!r}: reorg repair needs a position; poll() sets one"
+            raise SourceError(msg)
+        height = state.next_height - 1
+        while height in state.recent and self.hash_at(height) != state.recent[height]:
+            height -= 1
+        if height not in state.recent:
+            lowest = min(state.recent)
+            msg = (
+                f"{self.name} source {self.source_id!r}: reorg below height {state.next_height} is deeper "
+                f"than the {self.window} remembered blocks ({lowest}..{state.next_height - 1}); "
+                "cannot tell which published blocks were replaced - restart from an earlier cursor"
+            )
+            raise SourceError(msg)
+        fork = height
+        log.warning(
+            "%s: reorg detected; re-publishing heights %d..%d",
+            self.source_id,
+            fork + 1,
+            state.next_height - 1,
+        )
+        for replaced in range(fork + 1, state.next_height):
+            block = self.fetch(replaced, reorg=True)
+            if block is None or block.parent_hash != state.recent.get(replaced - 1, block.parent_hash):
+                # The chain moved again (or shrank) while we walked: start over on the next poll.
+                reason = f"chain changed again at height {replaced} during reorg repair"
+                raise Retry(self.poll_interval, reason)
+            work = self._copy(state)
+            work.recent[replaced] = block.hash
+            # The cursor keeps next_height: these heights were published before, this is a replacement.
+            sink.publish(block.records, self.cursor(work))
+            self.state = state = work
+            self.replaced += 1

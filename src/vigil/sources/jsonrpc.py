@@ -1,0 +1,152 @@
+"""A small JSON-RPC 2.0 client over HTTP, shared by the chain connectors.
+
+Ethereum nodes and Bitcoin Core both speak JSON-RPC over HTTP POST.  The client keeps
+the ``result`` exactly as the node sent it (:meth:`JsonRpcClient.call_raw` returns its
+bytes, sliced out of the response without re-encoding) because connectors publish what
+they received, unchanged.
+
+Failures are split the way a poller needs them:
+
+- transient (connection refused or reset, timeout, HTTP 429/502/503/504, a node's
+  "busy / rate limited" error codes) raise :class:`~vigil.errors.Retry` with a delay,
+  honouring ``Retry-After`` when the server sends one;
+- everything else raises :class:`JsonRpcError` (a :class:`~vigil.errors.SourceError`)
+  naming the method, the endpoint and what the node answered.
+
+Messages name the endpoint by scheme, host and port only: hosted nodes put API keys in
+the user-info (``https://user:secret@host``) or the path (``/v3/<key>``), and neither is
+ever printed.  HTTP basic-auth credentials are never part of a message either.
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import msgspec
+
+from vigil.errors import Retry, SourceError
+
+#: HTTP statuses that mean "try again later" rather than "your request is wrong".
+TRANSIENT_STATUS = frozenset({408, 425, 429, 502, 503, 504})
+
+#: JSON-RPC error codes nodes use for overload or warm-up, not for bad requests:
+#: -32005 limit exceeded (geth/infura), -28 Bitcoin Core still warming up (RPC_IN_WARMUP).
+TRANSIENT_CODES = frozenset({-32005, -28})
+
+
+class JsonRpcError(SourceError):
+    """The node answered with a JSON-RPC error, or with something that is not JSON-RPC."""
+
+    def __init__(self, message: str, *, method: str, code: int | None = None) -> None:
+        self.method = method
+        self.code = code
+        super().__init__(message)
+
+
+class _Envelope(msgspec.Struct):
+    """A JSON-RPC response; ``result`` stays raw bytes so it can be published unchanged."""
+
+    id: Any = None
+    result: msgspec.Raw = msgspec.Raw()
+    error: dict[str, Any] | None = None
+    jsonrpc: str | None = None
+
+
+_decoder = msgspec.json.Decoder(_Envelope)
+
+
+def redact_url(url: str) -> str:
+    """``scheme://host:port`` of ``url``, for messages (user-info and path may hold secrets)."""
+    parsed = httpx.URL(url)
+    port = f":{parsed.port}" if parsed.port is not None else ""
+    return f"{parsed.scheme}://{parsed.host}{port}"
+
+
+class JsonRpcClient:
+    """Calls one JSON-RPC endpoint.  Thread-compatible, not thread-safe (one per connector)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        auth: tuple[str, str] | None = None,
+        timeout_s: float = 10.0,
+        retry_after: timedelta = timedelta(seconds=1),
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.endpoint = redact_url(url)
+        self._retry_after = retry_after
+        self._ids = itertools.count(1)
+        self._http = httpx.Client(
+            base_url=url,
+            auth=httpx.BasicAuth(*auth) if auth else None,
+            timeout=timeout_s,
+            headers={"content-type": "application/json", **(headers or {})},
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> JsonRpcClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, method: str, params: list[Any] | None = None) -> Any:
+        """The decoded ``result`` of ``method(params)``."""
+        return msgspec.json.decode(self.call_raw(method, params))
+
+    def call_raw(self, method: str, params: list[Any] | None = None) -> bytes:
+        """The ``result`` of ``method(params)`` as the exact bytes the node sent."""
+        request_id = next(self._ids)
+        body = msgspec.json.encode(
+            {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or []}
+        )
+        where = f"{method} at {self.endpoint}"
+        try:
+            response = self._http.post("", content=body)
+        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            raise Retry(self._retry_after, f"{where}: {type(exc).__name__}: {exc}") from None
+        if response.status_code in TRANSIENT_STATUS:
+            raise Retry(self._delay(response), f"{where}: HTTP {response.status_code}")
+        if response.status_code in (401, 403):
+            msg = f"{where}: HTTP {response.status_code}, the node refused the credentials"
+            raise JsonRpcError(msg, method=method)
+        # Bitcoin Core answers JSON-RPC errors with HTTP 500 (or 404 for unknown methods)
+        # and a JSON body, so the body is read before judging the status.
+        try:
+            envelope = _decoder.decode(response.content)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            snippet = response.content[:120].decode("utf-8", "replace")
+            msg = (
+                f"{where}: HTTP {response.status_code}, expected a JSON-RPC response object; "
+                f"got {snippet!r} ({exc})"
+            )
+            raise JsonRpcError(msg, method=method) from None
+        if envelope.error is not None:
+            code = envelope.error.get("code")
+            text = str(envelope.error.get("message", ""))[:300]
+            if code in TRANSIENT_CODES:
+                raise Retry(self._retry_after, f"{where}: node busy ({code}: {text})")
+            msg = f"{where}: the node returned error {code}: {text}"
+            raise JsonRpcError(msg, method=method, code=code if isinstance(code, int) else None)
+        if response.status_code >= 400:
+            msg = f"{where}: HTTP {response.status_code} without a JSON-RPC error"
+            raise JsonRpcError(msg, method=method)
+        if envelope.id != request_id:
+            msg = f"{where}: response id {envelope.id!r} does not match request id {request_id}"
+            raise JsonRpcError(msg, method=method)
+        if not envelope.result:
+            msg = f"{where}: the response has neither `result` nor `error`"
+            raise JsonRpcError(msg, method=method)
+        return bytes(envelope.result)
+
+    def _delay(self, response: httpx.Response) -> timedelta:
+        header = response.headers.get("retry-after", "")
+        if header.strip().isdigit():
+            return timedelta(seconds=int(header))
+        return self._retry_after

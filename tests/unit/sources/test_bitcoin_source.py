@@ -1,0 +1,173 @@
+"""The Bitcoin connector against a local JSON-RPC server serving real recorded blocks.
+
+The sink is the in-memory one (no broker); the Kafka path is in tests/integration.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from tests.integration.sources.bitcoin_rpc import BitcoinRpcServer
+
+from vigil.config import Settings
+from vigil.errors import Retry
+from vigil.sources.bitcoin import BitcoinSource
+from vigil.sources.bitcoin_normalize import BitcoinNormalizer
+from vigil.sources.jsonrpc import JsonRpcClient, JsonRpcError
+from vigil.sources.sink import MemorySink
+
+AUTH = ("vigil", "s3cret-test-pw")
+
+
+@pytest.fixture
+def node() -> Iterator[BitcoinRpcServer]:
+    with BitcoinRpcServer() as server:
+        yield server
+
+
+def _source(node: BitcoinRpcServer, **kw: Any) -> BitcoinSource:
+    options: dict[str, Any] = {"confirmations": 0, "start_height": 50000, **kw}
+    return BitcoinSource(node.url, auth=AUTH, **options)
+
+
+def test_publishes_each_block_once_with_the_cursor_of_the_next(node: BitcoinRpcServer) -> None:
+    sink = MemorySink()
+    source = _source(node)
+    assert source.poll(sink) is True
+    assert [(r.kind, r.key) for r in sink.records] == [
+        ("btc_block", b"50000"),
+        ("btc_block", b"50001"),
+        ("btc_block", b"50002"),
+    ]
+    # Bytes as the node sent them: byte-for-byte the recorded getblock result.
+    assert sink.records[1].value == node.blocks[node.heights[50001]]
+    assert sink.records[1].meta == {"height": 50001, "hash": node.heights[50001]}
+    cursor = sink.cursors["bitcoin"]
+    assert cursor["next_height"] == 50003
+    assert cursor["hash"] == node.heights[50002]
+    events = [e for r in sink.records for e in BitcoinNormalizer().normalize(r)]
+    assert len(events) == 5
+
+
+def test_confirmations_hold_back_the_newest_blocks(node: BitcoinRpcServer) -> None:
+    sink = MemorySink()
+    _source(node, confirmations=2).poll(sink)
+    assert [r.key for r in sink.records] == [b"50000"]
+
+
+def test_resumes_from_the_stored_cursor_without_gap_or_duplicate(node: BitcoinRpcServer) -> None:
+    sink = MemorySink()
+    node.head = 50000
+    _source(node).poll(sink)
+    node.head = 50002
+    # A new instance (a restart) reads the cursor back from the sink and goes on from there.
+    restarted = _source(node)
+    restarted.state = restarted.restore(sink.last_cursor("bitcoin") or {})
+    restarted.poll(sink)
+    assert [r.key for r in sink.records] == [b"50000", b"50001", b"50002"]
+
+
+def test_blocks_fetched_before_a_node_error_are_fetched_again_not_skipped(node: BitcoinRpcServer) -> None:
+    sink = MemorySink()
+    source = _source(node)
+    # 1 getblockcount, 2-3 getblockhash/getblock 50000, 4 getblockhash 50001 -> 503
+    node.fail_nth = 4
+    with pytest.raises(Retry):
+        source.poll(sink)
+    assert sink.records == []
+    assert source.state is not None
+    assert source.state.next_height == 50000  # 50000 was fetched, not published: not skipped
+    source.poll(sink)
+    assert [r.key for r in sink.records] == [b"50000", b"50001", b"50002"]
+
+
+def test_run_waits_out_a_restarting_node_and_stops_on_request(node: BitcoinRpcServer) -> None:
+    sink = MemorySink()
+    node.fail_next = 2
+    source = _source(node, poll_interval=timedelta(milliseconds=20))
+    source.rpc = JsonRpcClient(node.url, auth=AUTH, retry_after=timedelta(milliseconds=10))
+    thread = threading.Thread(target=source.run, args=(sink,))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while len(sink.records) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    source.stop()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert [r.key for r in sink.records] == [b"50000", b"50001", b"50002"]
+    assert node.fail_next == 0
+
+
+def test_malformed_cursor_stops_the_connector_by_name(node: BitcoinRpcServer) -> None:
+    with pytest.raises(Exception, match="stored cursor is malformed"):
+        _source(node).restore({"next_block": 3})
+
+
+def test_from_settings_parses_options(tmp_path: object) -> None:
+    settings = Settings(home=tmp_path)  # type: ignore[arg-type]
+    source = BitcoinSource.from_settings(
+        settings,
+        url="http://127.0.0.1:1",
+        rpc_user="u",
+        rpc_password="p",  # noqa: S106 - a throwaway test value
+        confirmations="3",
+        start_height="7",
+    )
+    assert (source.confirmations, source.start, source.source_id) == (3, 7, "bitcoin")
+    source.close()
+    with pytest.raises(ValueError, match="unknown option"):
+        BitcoinSource.from_settings(settings, rpcuser="u")
+    with pytest.raises(ValueError, match="go together"):
+        BitcoinSource.from_settings(settings, rpc_user="u")
+
+
+# ---------------------------------------------------------------------- the JSON-RPC client
+
+
+def test_wrong_credentials_are_an_error_that_does_not_show_them(node: BitcoinRpcServer) -> None:
+    with (
+        JsonRpcClient(node.url, auth=("vigil", "wrong-password")) as rpc,
+        pytest.raises(JsonRpcError) as info,
+    ):
+        rpc.call("getblockcount")
+    assert "refused the credentials" in str(info.value)
+    assert "wrong-password" not in str(info.value)
+
+
+def test_node_error_carries_method_and_code(node: BitcoinRpcServer) -> None:
+    with (
+        JsonRpcClient(node.url, auth=AUTH) as rpc,
+        pytest.raises(JsonRpcError, match="Block not found") as info,
+    ):
+        rpc.call("getblock", ["00" * 32, 2])
+    assert (info.value.method, info.value.code) == ("getblock", -5)
+
+
+def test_unavailable_node_is_a_retry(node: BitcoinRpcServer) -> None:
+    node.fail_next = 1
+    with JsonRpcClient(node.url, auth=AUTH) as rpc:
+        with pytest.raises(Retry, match="HTTP 503") as info:
+            rpc.call("getblockcount")
+        assert info.value.after.total_seconds() == 0  # the server's Retry-After: 0
+        assert rpc.call("getblockcount") == 50002
+
+
+def test_refused_connection_is_a_retry_and_hides_secrets_in_the_url() -> None:
+    with JsonRpcClient("http://user:hunter2@127.0.0.1:9/v3/apikey42") as rpc, pytest.raises(Retry) as info:
+        rpc.call("getblockcount")
+    assert "hunter2" not in str(info.value)
+    assert "apikey42" not in str(info.value)
+    assert "http://127.0.0.1:9" in str(info.value)
+
+
+def test_raw_result_is_sliced_not_reencoded(node: BitcoinRpcServer) -> None:
+    with JsonRpcClient(node.url, auth=AUTH) as rpc:
+        raw = rpc.call_raw("getblock", [node.heights[0], 2])
+    assert raw == node.blocks[node.heights[0]]
+    assert json.loads(raw)["height"] == 0

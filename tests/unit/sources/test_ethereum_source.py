@@ -1,0 +1,55 @@
+"""Ethereum connector construction (its node behaviour is tested against anvil in tests/integration)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vigil.config import Settings
+from vigil.errors import SourceError
+from vigil.sources.ethereum import EthereumSource
+
+
+def test_from_settings_parses_options(tmp_path: Path) -> None:
+    source = EthereumSource.from_settings(
+        Settings(home=tmp_path),
+        url="http://127.0.0.1:1",
+        confirmations="3",
+        start_block="100",
+        poll_interval="0.5",
+        source_id="eth-main",
+    )
+    try:
+        assert (source.confirmations, source.start, source.source_id) == (3, 100, "eth-main")
+        assert source.poll_interval.total_seconds() == 0.5
+        assert source.default_topic == "raw.ethereum"
+    finally:
+        source.close()
+
+
+def test_unknown_option_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown option.*'confirmation'"):
+        EthereumSource.from_settings(Settings(home=tmp_path), confirmation="3")
+
+
+def test_negative_confirmations_are_rejected() -> None:
+    with pytest.raises(ValueError, match="confirmations must be >= 0"):
+        EthereumSource("http://127.0.0.1:1", confirmations=-1)
+
+
+def test_cursor_round_trips_and_a_malformed_one_is_refused() -> None:
+    source = EthereumSource("http://127.0.0.1:1", source_id="eth-x")
+    try:
+        state = source.restore({"next_block": 11, "hash": "0xab", "recent": [[9, "0xaa"], [10, "0xab"]]})
+        assert source.cursor(state) == {
+            "next_block": 11,
+            "hash": "0xab",
+            "recent": [[9, "0xaa"], [10, "0xab"]],
+        }
+        with pytest.raises(SourceError, match=r"eth-x.*stored cursor is malformed"):
+            source.restore({"next_height": 11})
+        with pytest.raises(SourceError, match="malformed"):
+            source.restore({"next_block": -1})
+    finally:
+        source.close()
