@@ -14,12 +14,22 @@ from typing import Any
 SOURCES: dict[str, str] = {
     "ethereum": "vigil.sources.ethereum:EthereumSource",
     "bitcoin": "vigil.sources.bitcoin:BitcoinSource",
+    "coinbase": "vigil.sources.coinbase:CoinbaseSource",
+    "binance": "vigil.sources.binance:BinanceSource",
+    "hubspot": "vigil.sources.hubspot:HubSpotSource",
+    "salesforce": "vigil.sources.salesforce:SalesforceSource",
+    "mailchimp": "vigil.sources.mailchimp:MailchimpSource",
 }
 
 #: source name -> "module:ClassName" of its Normalizer
 NORMALIZERS: dict[str, str] = {
     "ethereum": "vigil.sources.ethereum_normalize:EthereumNormalizer",
     "bitcoin": "vigil.sources.bitcoin_normalize:BitcoinNormalizer",
+    "coinbase": "vigil.sources.coinbase:CoinbaseNormalizer",
+    "binance": "vigil.sources.binance:BinanceNormalizer",
+    "hubspot": "vigil.sources.hubspot:HubSpotNormalizer",
+    "salesforce": "vigil.sources.salesforce:SalesforceNormalizer",
+    "mailchimp": "vigil.sources.mailchimp:MailchimpNormalizer",
 }
 
 

@@ -1,0 +1,265 @@
+"""Binance websocket market streams: connector and normaliser.
+
+Protocol (https://developers.binance.com/docs/binance-spot-api-docs/web-socket-streams):
+combined streams are named in the URL, ``/stream?streams=btcusdt@trade/ethusdt@aggTrade``,
+and every message arrives wrapped as ``{"stream": name, "data": payload}``.  Nothing
+needs to be sent after connecting.  The server sends a websocket ping every 20 s and
+drops clients that do not answer with a pong (the websockets library answers them);
+it also closes every connection after 24 h, which the reconnect loop absorbs.
+
+Gap detection per symbol:
+
+- ``trade``: the trade id ``t`` is contiguous;
+- ``aggTrade``: the aggregate id ``a`` is contiguous;
+- ``depthUpdate`` (spot): ``U`` is the previous update's ``u + 1``; on futures the
+  update names its predecessor in ``pu``, which must equal the previous ``u``.
+
+Binance offers no way to replay a stream, so resync only re-baselines the counter
+(and the ``ws_gap`` note records exactly which ids are missing; they can be fetched
+from the REST ``historicalTrades`` endpoint, which Vigil does not do).
+
+Normaliser: ``trade`` and ``aggTrade`` become canonical ``trade`` events (``m`` true
+means the buyer was the maker, so the taker sold).  Aggregate trades get trade ids
+``agg-<a>`` so they can never collide with individual trade ids; subscribe to one of
+the two per symbol, not both, or volumes count twice.  Book, ticker and kline updates
+yield nothing; a subscription reply yields nothing; an error or unknown event is rejected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from vigil.config import Settings
+from vigil.errors import ContractError, DecodeError
+from vigil.events.base import Event
+from vigil.events.ids import stable_id
+from vigil.events.types import Side, Trade, TradePayload
+from vigil.hub.raw import RawRecord
+from vigil.sources.base import Normalizer
+from vigil.sources.websocket import WS_GAP, Gap, Inspected, WebsocketFeed, str_list
+
+DEFAULT_BASE_URL = "wss://stream.binance.com:9443"
+
+
+def combined_url(base_url: str, streams: Sequence[str]) -> str:
+    return f"{base_url.rstrip('/')}/stream?streams={'/'.join(streams)}"
+
+
+class BinanceSource(WebsocketFeed):
+    """Options (``vigil source binance``): ``streams`` (comma-separated, e.g.
+    ``btcusdt@trade,ethusdt@trade``; required), ``url`` (base, default the spot endpoint),
+    ``heartbeat_timeout`` (s)."""
+
+    name = "binance"
+
+    def __init__(self, streams: Sequence[str], *, base_url: str = DEFAULT_BASE_URL, **kwargs: Any) -> None:
+        if not streams:
+            msg = "binance: at least one stream is needed (e.g. streams=btcusdt@trade)"
+            raise ValueError(msg)
+        self.streams = list(streams)
+        super().__init__(combined_url(base_url, self.streams), **kwargs)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: str) -> BinanceSource:
+        unknown = set(options) - {"url", "streams", "heartbeat_timeout", "source_id"}
+        if unknown:
+            known = "url, streams, heartbeat_timeout, source_id"
+            msg = f"binance: unknown option(s) {sorted(unknown)}; known: {known}"
+            raise ValueError(msg)
+        return cls(
+            str_list(options.get("streams", "")),
+            base_url=options.get("url", DEFAULT_BASE_URL),
+            heartbeat_timeout=float(options.get("heartbeat_timeout", "30")),
+            source_id=options.get("source_id"),
+        )
+
+    def subscribe_messages(self) -> list[str]:
+        # Nothing to send: the URL names the streams.  Counters survive a reconnect, so trades
+        # missed while away show up as a gap on the first one after it.
+        return []
+
+    def inspect(self, message: Any) -> Inspected:
+        if not isinstance(message, dict):
+            return Inspected()
+        stream = message.get("stream")
+        data = message.get("data", message)
+        if not isinstance(data, dict):
+            return Inspected(channel=stream if isinstance(stream, str) else None)
+        symbol = data.get("s")
+        channel = stream if isinstance(stream, str) else data.get("e")
+        if not isinstance(symbol, str):
+            return Inspected(channel=channel)
+        event = data.get("e")
+        gap: Gap | None = None
+        if event == "trade" and isinstance(data.get("t"), int):
+            gap = self.tracker.check(f"{symbol}:trade", data["t"])
+        elif event == "aggTrade" and isinstance(data.get("a"), int):
+            gap = self.tracker.check(f"{symbol}:aggTrade", data["a"])
+        elif event == "depthUpdate" and isinstance(data.get("U"), int) and isinstance(data.get("u"), int):
+            previous = data.get("pu")
+            gap = self.tracker.check(
+                f"{symbol}:depth",
+                data["U"],
+                data["u"],
+                previous=previous if isinstance(previous, int) else None,
+            )
+        return Inspected(key=symbol.encode(), channel=channel, gaps=(gap,) if gap else ())
+
+
+# ---------------------------------------------------------------------------- normaliser
+
+
+class _Envelope(msgspec.Struct):
+    stream: str | None = None
+    data: msgspec.Raw = msgspec.Raw(b"")  # empty when absent (msgspec cannot make Raw optional)
+    # A subscription reply ({"result": null, "id": 1}) or an error ({"code": ..., "msg": ...}).
+    id: int | str | None = None
+    code: int | None = None
+    msg: str | None = None
+    e: str | None = None
+
+
+class _Event(msgspec.Struct):
+    e: str | None = None
+
+
+class _Trade(msgspec.Struct):
+    e: str
+    s: str
+    t: int
+    p: str
+    q: str
+    T: int
+    m: bool
+    b: int | None = None
+    a: int | None = None
+
+
+class _AggTrade(msgspec.Struct):
+    e: str
+    s: str
+    a: int
+    p: str
+    q: str
+    T: int
+    m: bool
+
+
+_NO_EVENT = frozenset(
+    {"depthUpdate", "bookTicker", "kline", "24hrTicker", "24hrMiniTicker", "markPriceUpdate"}
+)
+
+
+def _positive(value: str, field: str, where: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        msg = f"expected a decimal string at $.data.{field}, got {value[:40]!r}"
+        raise DecodeError(msg, where=where, path=f"$.data.{field}") from None
+    if not math.isfinite(number) or number <= 0:
+        msg = f"expected a positive finite number at $.data.{field}, got {value[:40]!r}"
+        raise DecodeError(msg, where=where, path=f"$.data.{field}")
+    return number
+
+
+def _time(ms: int, where: str) -> datetime:
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC)
+    except (OverflowError, OSError, ValueError):
+        msg = f"expected a trade time in epoch milliseconds, got {ms}"
+        raise DecodeError(msg, where=where, path="$.data.T") from None
+
+
+class BinanceNormalizer(Normalizer):
+    """Binance ``ws_message`` records -> canonical ``trade`` events (see the module docstring)."""
+
+    source = "binance"
+
+    def normalize(self, record: RawRecord) -> list[Event]:
+        if record.kind == WS_GAP:
+            return []
+        where = f"raw.binance ({record.kind})"
+        if record.kind != "ws_message":
+            msg = f"{where}: expected kind 'ws_message' or 'ws_gap', got {record.kind!r}"
+            raise ContractError(msg)
+        try:
+            envelope = msgspec.json.decode(record.value, type=_Envelope)
+        except msgspec.DecodeError as exc:
+            msg_0 = f"not a Binance stream message: {exc}"
+            raise DecodeError(msg_0, where=where) from None
+        if envelope.code is not None:
+            msg = f"{where}: Binance sent an error: code {envelope.code}: {(envelope.msg or '')[:200]!r}"
+            raise ContractError(msg)
+        if not envelope.data:
+            if envelope.e is not None:  # a raw (not combined) stream: the payload is the message
+                return self._payload(record.value, where, record.received_at)
+            if envelope.id is not None:
+                return []  # reply to a SUBSCRIBE/UNSUBSCRIBE request
+            msg = f"{where}: expected a combined-stream message with 'data', got neither 'data' nor 'e'"
+            raise ContractError(msg)
+        where = f"{where} {envelope.stream or ''}".rstrip()
+        return self._payload(bytes(envelope.data), where, record.received_at, envelope.stream)
+
+    def _payload(
+        self, data: bytes, where: str, received_at: datetime, stream: str | None = None
+    ) -> list[Event]:
+        try:
+            event = msgspec.json.decode(data, type=_Event).e
+        except msgspec.DecodeError as exc:
+            msg = f"expected an object with a string 'e': {exc}"
+            raise DecodeError(msg, where=where, path="$.data") from None
+        if event is None:
+            # Spot bookTicker and partial-depth payloads carry no "e"; the stream name says what they are.
+            kind = (stream or "").partition("@")[2]
+            if kind.startswith(("bookTicker", "depth")):
+                return []
+            msg = f"{where}: expected an event type 'e' (or a bookTicker/depth stream), got neither"
+            raise ContractError(msg)
+        if event in _NO_EVENT:
+            return []
+        try:
+            if event == "trade":
+                trade = msgspec.json.decode(data, type=_Trade)
+                trade_id, id_parts = str(trade.t), ("trade", trade.t)
+                symbol, price, qty, at, maker = trade.s, trade.p, trade.q, trade.T, trade.m
+                orders = (trade.b, trade.a)
+            elif event == "aggTrade":
+                agg = msgspec.json.decode(data, type=_AggTrade)
+                trade_id, id_parts = f"agg-{agg.a}", ("aggTrade", agg.a)
+                symbol, price, qty, at, maker = agg.s, agg.p, agg.q, agg.T, agg.m
+                orders = (None, None)
+            else:
+                msg = f"{where}: unknown Binance event type {event[:40]!r}"
+                raise ContractError(msg)
+        except msgspec.ValidationError as exc:
+            raise DecodeError(str(exc), where=f"{where} {event}") from None
+        buyer_order, seller_order = orders
+        taker_side: Side = "sell" if maker else "buy"
+        return [
+            Trade(
+                event_id=stable_id("binance", symbol, *id_parts, prefix="trade-"),
+                source="binance",
+                occurred_at=_time(at, where),
+                ingested_at=received_at,
+                payload=TradePayload(
+                    trade_id=trade_id,
+                    symbol=symbol,
+                    price=_positive(price, "p", where),
+                    quantity=_positive(qty, "q", where),
+                    taker_side=taker_side,
+                    # The maker is the buyer when m is true; the order ids follow that role.
+                    maker_order_id=_order(buyer_order if maker else seller_order),
+                    taker_order_id=_order(seller_order if maker else buyer_order),
+                    venue="binance",
+                ),
+            )
+        ]
+
+
+def _order(order_id: int | None) -> str | None:
+    return None if order_id is None else str(order_id)

@@ -1,0 +1,253 @@
+"""Coinbase Exchange websocket feed: connector and normaliser.
+
+Protocol (https://docs.cdp.coinbase.com/exchange/docs/websocket-overview): after
+connecting, the client sends ``{"type": "subscribe", "product_ids": [...], "channels":
+[...]}``; the server answers ``subscriptions`` and then streams per product.  Messages
+of one product carry a ``sequence`` that is contiguous only across the ``full``
+channel; on ``matches`` the ``trade_id`` is contiguous per product, and ``heartbeat``
+messages carry ``last_trade_id``.  Gaps are detected on those counters:
+
+- ``match`` / ``last_match``: ``trade_id`` per product (``last_match`` is the baseline a
+  subscription starts from);
+- ``heartbeat``: its ``last_trade_id`` beyond the last trade seen means trades were missed;
+- with the ``full`` channel subscribed, ``sequence`` per product.
+
+Resync: the product is unsubscribed and subscribed again, which makes Coinbase send a
+fresh ``last_match`` (and ``snapshot`` on level2), and its counters start again from it.
+
+Normaliser: ``match`` and ``last_match`` become canonical ``trade`` events.  Coinbase's
+``side`` is the *maker* order's side, so the taker side is its opposite.  The event id
+is derived from (product, trade id), so a trade re-sent after a resubscribe has the
+same id and is deduplicated downstream.  Subscriptions, heartbeats, tickers and book
+updates carry no canonical event and yield nothing; an ``error`` message or an unknown
+type is rejected (dead-lettered with the reason).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+from websockets.asyncio.client import ClientConnection
+
+from vigil.config import Settings
+from vigil.errors import ContractError, DecodeError
+from vigil.events.base import Event
+from vigil.events.ids import stable_id
+from vigil.events.types import Trade, TradePayload
+from vigil.hub.raw import RawRecord
+from vigil.sources.base import Normalizer
+from vigil.sources.websocket import WS_GAP, Gap, Inspected, WebsocketFeed, str_list
+
+DEFAULT_URL = "wss://ws-feed.exchange.coinbase.com"
+DEFAULT_CHANNELS = ("matches", "ticker", "heartbeat")
+
+# Which channel a message type arrives on (for the record's meta; ``None``: control messages).
+_CHANNEL_OF = {
+    "match": "matches",
+    "last_match": "matches",
+    "ticker": "ticker",
+    "heartbeat": "heartbeat",
+    "snapshot": "level2",
+    "l2update": "level2",
+    "received": "full",
+    "open": "full",
+    "done": "full",
+    "change": "full",
+    "activate": "full",
+    "subscriptions": "control",
+    "error": "control",
+}
+
+
+class CoinbaseSource(WebsocketFeed):
+    """Options (``vigil source coinbase``): ``url``, ``products`` (comma-separated, required),
+    ``channels`` (comma-separated; default matches,ticker,heartbeat), ``heartbeat_timeout`` (s)."""
+
+    name = "coinbase"
+
+    def __init__(
+        self,
+        product_ids: Sequence[str],
+        *,
+        url: str = DEFAULT_URL,
+        channels: Sequence[str] = DEFAULT_CHANNELS,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(url, **kwargs)
+        if not product_ids:
+            msg = "coinbase: at least one product id is needed (e.g. products=BTC-USD,ETH-USD)"
+            raise ValueError(msg)
+        if not channels:
+            msg = "coinbase: at least one channel is needed (e.g. channels=matches,heartbeat)"
+            raise ValueError(msg)
+        self.product_ids = list(product_ids)
+        self.channels = list(channels)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: str) -> CoinbaseSource:
+        unknown = set(options) - {"url", "products", "channels", "heartbeat_timeout", "source_id"}
+        if unknown:
+            known = "url, products, channels, heartbeat_timeout, source_id"
+            msg = f"coinbase: unknown option(s) {sorted(unknown)}; known: {known}"
+            raise ValueError(msg)
+        return cls(
+            str_list(options.get("products", "")),
+            url=options.get("url", DEFAULT_URL),
+            channels=str_list(options.get("channels", ",".join(DEFAULT_CHANNELS))),
+            heartbeat_timeout=float(options.get("heartbeat_timeout", "30")),
+            source_id=options.get("source_id"),
+        )
+
+    def _subscription(self, kind: Literal["subscribe", "unsubscribe"], products: Sequence[str]) -> str:
+        return json.dumps({"type": kind, "product_ids": list(products), "channels": self.channels})
+
+    def subscribe_messages(self) -> list[str]:
+        # Counters survive a reconnect on purpose: the first trade after it (Coinbase re-sends the
+        # last one as last_match) reveals how many were missed while away, and that is a gap.
+        return [self._subscription("subscribe", self.product_ids)]
+
+    def inspect(self, message: Any) -> Inspected:
+        if not isinstance(message, dict):
+            return Inspected()
+        kind = message.get("type")
+        product = message.get("product_id")
+        channel = _CHANNEL_OF.get(kind) if isinstance(kind, str) else None
+        if not isinstance(product, str):
+            return Inspected(channel=channel)
+        gaps: list[Gap] = []
+        trade_id = message.get("trade_id")
+        if kind in ("match", "last_match") and isinstance(trade_id, int):
+            gap = self.tracker.check(f"{product}:trade_id", trade_id)
+            if gap:
+                gaps.append(gap)
+        last_trade = message.get("last_trade_id")
+        key = f"{product}:trade_id"
+        if kind == "heartbeat" and isinstance(last_trade, int) and self.tracker.last(key) is not None:
+            gap = self.tracker.check(key, last_trade)
+            if gap:
+                # The heartbeat names the last trade, so the missing ones end *at* it.
+                gaps.append(Gap(gap.key, gap.expected, last_trade + 1))
+        sequence = message.get("sequence")
+        # Sequences are contiguous per product only across the full channel (matches are part
+        # of it); a last_match repeats an old trade and would read as going backwards.
+        full = "full" in self.channels and channel in ("full", "matches") and kind != "last_match"
+        if full and isinstance(sequence, int):
+            gap = self.tracker.check(f"{product}:sequence", sequence)
+            if gap:
+                gaps.append(gap)
+        return Inspected(key=product.encode(), channel=channel, gaps=tuple(gaps))
+
+    async def resync(self, ws: ClientConnection, gaps: Sequence[Gap]) -> None:
+        products = sorted({gap.key.partition(":")[0] for gap in gaps})
+        for product in products:
+            self.tracker.reset(f"{product}:")
+        await ws.send(self._subscription("unsubscribe", products))
+        await ws.send(self._subscription("subscribe", products))
+
+
+# ---------------------------------------------------------------------------- normaliser
+
+
+class _Typed(msgspec.Struct):
+    type: str
+
+
+class _Match(msgspec.Struct):
+    type: str
+    trade_id: int
+    product_id: str
+    side: Literal["buy", "sell"]
+    size: str
+    price: str
+    time: datetime
+    maker_order_id: str | None = None
+    taker_order_id: str | None = None
+    sequence: int | None = None
+
+
+# Message types that carry no canonical event (market data Vigil does not model, control).
+_NO_EVENT = frozenset(
+    {
+        "subscriptions",
+        "heartbeat",
+        "ticker",
+        "snapshot",
+        "l2update",
+        "received",
+        "open",
+        "done",
+        "change",
+        "activate",
+    }
+)
+
+
+def _positive(value: str, field: str, where: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        msg = f"expected a decimal string at $.{field}, got {value[:40]!r}"
+        raise DecodeError(msg, where=where, path=f"$.{field}") from None
+    if not math.isfinite(number) or number <= 0:
+        msg = f"expected a positive finite number at $.{field}, got {value[:40]!r}"
+        raise DecodeError(msg, where=where, path=f"$.{field}")
+    return number
+
+
+class CoinbaseNormalizer(Normalizer):
+    """Coinbase ``ws_message`` records -> canonical ``trade`` events (see the module docstring)."""
+
+    source = "coinbase"
+
+    def normalize(self, record: RawRecord) -> list[Event]:
+        if record.kind == WS_GAP:
+            return []  # a connector note about missing data, not market data
+        where = f"raw.coinbase ({record.kind})"
+        if record.kind != "ws_message":
+            msg = f"{where}: expected kind 'ws_message' or 'ws_gap', got {record.kind!r}"
+            raise ContractError(msg)
+        try:
+            kind = msgspec.json.decode(record.value, type=_Typed).type
+        except msgspec.DecodeError as exc:
+            msg = f"not a Coinbase message (a JSON object with a string 'type'): {exc}"
+            raise DecodeError(msg, where=where) from None
+        if kind in _NO_EVENT:
+            return []
+        if kind == "error":
+            msg = f"{where}: Coinbase sent an error message (a subscription was refused or dropped)"
+            raise ContractError(msg)
+        if kind not in ("match", "last_match"):
+            msg = f"{where}: unknown Coinbase message type {kind[:40]!r}"
+            raise ContractError(msg)
+        try:
+            match = msgspec.json.decode(record.value, type=_Match)
+        except msgspec.ValidationError as exc:
+            raise DecodeError(str(exc), where=f"{where} {kind}") from None
+        if match.time.tzinfo is None:
+            msg = f"expected an RFC 3339 time with a zone, got {match.time.isoformat()!r}"
+            raise DecodeError(msg, where=where, path="$.time")
+        price = _positive(match.price, "price", where)
+        quantity = _positive(match.size, "size", where)
+        return [
+            Trade(
+                event_id=stable_id("coinbase", match.product_id, match.trade_id, prefix="trade-"),
+                source="coinbase",
+                occurred_at=match.time,
+                ingested_at=record.received_at,
+                payload=TradePayload(
+                    trade_id=str(match.trade_id),
+                    symbol=match.product_id,
+                    price=price,
+                    quantity=quantity,
+                    taker_side="buy" if match.side == "sell" else "sell",
+                    maker_order_id=match.maker_order_id,
+                    taker_order_id=match.taker_order_id,
+                    venue="coinbase",
+                ),
+            )
+        ]

@@ -1,0 +1,224 @@
+"""HubSpot webhooks: v3 request-signature verification and the normaliser.
+
+Verification (https://developers.hubspot.com/docs/api/webhooks/validating-requests):
+``X-HubSpot-Signature-v3`` is the base64 HMAC-SHA256, keyed with the app's client
+secret, of ``method + uri + body + timestamp``, where ``timestamp`` is the
+``X-HubSpot-Request-Timestamp`` header (epoch milliseconds) and ``uri`` is the full URL
+HubSpot called, with the URL-encoded characters ``: / ? @ ! $ ' ( ) * , ;`` decoded.
+A timestamp more than five minutes old (or ahead) is rejected, and a signature already
+seen within those five minutes is rejected as a replay (HubSpot signs every retry anew).
+Behind a TLS terminator the app sees another URL than HubSpot called: give
+``public_url`` (scheme and host HubSpot uses) so the signed URI can be rebuilt.
+
+Normaliser: a delivery is a JSON array of events (``eventId``, ``subscriptionType``,
+``portalId``, ``occurredAt`` ms, ``objectId``, ``changeSource``, ``sourceId`` ...).
+HubSpot webhooks report CRM object changes, not logins or exports, so only changes
+made through the API by an app or private-app token are canonical: they become
+``crm_api_token_used`` (token = ``sourceId``, else ``app:<appId>``; operation = the
+subscription type).  Changes made in the UI, by imports or workflows yield nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+from collections import OrderedDict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from vigil.config import Settings
+from vigil.errors import ContractError, DecodeError
+from vigil.events.base import Entities, Event
+from vigil.events.ids import stable_id
+from vigil.events.types import CrmApiTokenUsed, CrmApiTokenUsedPayload
+from vigil.hub.raw import RawRecord
+from vigil.sources.base import Normalizer
+from vigil.sources.webhooks import (
+    WEBHOOK,
+    Delivery,
+    Rejected,
+    WebhookPlatform,
+    WebhookSource,
+    check_options,
+    secret_option,
+)
+
+NAME = "hubspot"
+SIGNATURE = "x-hubspot-signature-v3"
+TIMESTAMP = "x-hubspot-request-timestamp"
+MAX_AGE = timedelta(minutes=5)
+
+# HubSpot decodes these percent-escapes in the URI before signing.
+_DECODED = {
+    "%3A": ":", "%2F": "/", "%3F": "?", "%40": "@", "%21": "!", "%24": "$",
+    "%27": "'", "%28": "(", "%29": ")", "%2A": "*", "%2C": ",", "%3B": ";",
+}  # fmt: skip
+_ESCAPE = re.compile("|".join(_DECODED), re.IGNORECASE)
+
+
+def signed_uri(uri: str) -> str:
+    return _ESCAPE.sub(lambda m: _DECODED[m.group(0).upper()], uri)
+
+
+def sign_v3(secret: str, method: str, uri: str, body: bytes, timestamp: str) -> str:
+    """The v3 signature HubSpot sends for this request (also used by tests as HubSpot would)."""
+    message = method.encode() + signed_uri(uri).encode() + body + timestamp.encode()
+    return base64.b64encode(hmac.new(secret.encode(), message, hashlib.sha256).digest()).decode()
+
+
+class HubSpotWebhook(WebhookPlatform):
+    name = NAME
+
+    def __init__(
+        self, client_secret: str, *, public_url: str | None = None, max_age: timedelta = MAX_AGE
+    ) -> None:
+        if not client_secret:
+            msg = "hubspot: the app client secret is empty"
+            raise ValueError(msg)
+        self._secret = client_secret
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self.max_age = max_age
+        self.max_remembered = 100_000
+        self._seen: OrderedDict[str, datetime] = OrderedDict()
+
+    def uri(self, delivery: Delivery) -> str:
+        if self.public_url is None:
+            return delivery.url
+        return self.public_url + delivery.path + (f"?{delivery.query}" if delivery.query else "")
+
+    def verify(self, delivery: Delivery) -> None:
+        signature = delivery.headers.get(SIGNATURE)
+        stamp = delivery.headers.get(TIMESTAMP)
+        if not signature or not stamp:
+            raise Rejected(
+                reason="missing_signature", detail=f"{SIGNATURE} and {TIMESTAMP} headers are required"
+            )
+        if not stamp.isdigit() or len(stamp) > 16:
+            raise Rejected(reason="bad_timestamp", detail=f"{TIMESTAMP} must be epoch milliseconds")
+        sent = datetime.fromtimestamp(int(stamp) / 1000, UTC)
+        if abs(delivery.received_at - sent) > self.max_age:
+            raise Rejected(reason="stale", detail=f"request timestamp is more than {self.max_age} from now")
+        expected = sign_v3(self._secret, delivery.method, self.uri(delivery), delivery.body, stamp)
+        if not hmac.compare_digest(signature.encode(), expected.encode()):
+            raise Rejected(reason="bad_signature", detail="signature does not match")
+        if self._replayed(signature, delivery.received_at):
+            raise Rejected(reason="replayed", detail="this signed request was already received")
+
+    def _replayed(self, signature: str, now: datetime) -> bool:
+        """True if this exact signed request came before within ``max_age``.  HubSpot signs each
+        attempt with a new timestamp, so a repeated signature is a replay, not a retry.  Memory is
+        per process and bounded; across processes, stable event ids deduplicate downstream."""
+        horizon = now - self.max_age
+        while self._seen and (
+            next(iter(self._seen.values())) < horizon or len(self._seen) >= self.max_remembered
+        ):
+            self._seen.popitem(last=False)
+        if signature in self._seen:
+            return True
+        self._seen[signature] = now
+        return False
+
+    def key(self, delivery: Delivery) -> bytes | None:
+        try:
+            events = msgspec.json.decode(delivery.body)
+        except msgspec.DecodeError:
+            return None  # published anyway; the normaliser dead-letters it with the reason
+        if isinstance(events, list) and events and isinstance(events[0], dict):
+            portal = events[0].get("portalId")
+            return str(portal).encode() if isinstance(portal, int) else None
+        return None
+
+    def meta(self, delivery: Delivery) -> dict[str, Any]:
+        return {"signature": "v3"}
+
+
+class HubSpotSource(WebhookSource):
+    """``vigil source hubspot``: options ``host``, ``port``, ``public_url``; the client secret
+    comes from ``VIGIL_HUBSPOT_CLIENT_SECRET`` (or the option ``client_secret``)."""
+
+    name = NAME
+
+    def __init__(self, webhook: HubSpotWebhook, **kwargs: Any) -> None:
+        super().__init__(webhook, **kwargs)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: str) -> HubSpotSource:
+        check_options(NAME, options, {"host", "port", "public_url", "client_secret"})
+        secret = secret_option(options, "client_secret", os.environ, "VIGIL_HUBSPOT_CLIENT_SECRET")
+        return cls(
+            HubSpotWebhook(secret, public_url=options.get("public_url")),
+            host=options.get("host", "127.0.0.1"),
+            port=int(options.get("port", "8089")),
+        )
+
+
+# ---------------------------------------------------------------------------- normaliser
+
+
+class _Event(msgspec.Struct):
+    eventId: int
+    subscriptionType: str
+    portalId: int
+    occurredAt: int
+    appId: int | None = None
+    objectId: int | None = None
+    changeSource: str | None = None
+    sourceId: str | None = None
+    propertyName: str | None = None
+
+
+_decoder = msgspec.json.Decoder(list[_Event])
+
+#: ``changeSource`` values meaning "done through the API by an app or token".
+API_SOURCES = frozenset({"API", "INTEGRATION", "APP"})
+
+
+class HubSpotNormalizer(Normalizer):
+    source = NAME
+
+    def normalize(self, record: RawRecord) -> list[Event]:
+        where = f"raw.hubspot ({record.kind})"
+        if record.kind != WEBHOOK:
+            msg = f"{where}: expected kind {WEBHOOK!r}, got {record.kind!r}"
+            raise ContractError(msg)
+        try:
+            events = _decoder.decode(record.value)
+        except msgspec.ValidationError as exc:
+            raise DecodeError(str(exc), where=where) from None
+        except msgspec.DecodeError as exc:
+            msg = f"expected a JSON array of HubSpot webhook events: {exc}"
+            raise DecodeError(msg, where=where) from None
+        out: list[Event] = []
+        for i, event in enumerate(events):
+            if (event.changeSource or "").upper() not in API_SOURCES:
+                continue
+            token = event.sourceId or (f"app:{event.appId}" if event.appId is not None else None)
+            if token is None:
+                msg = "an API change names neither sourceId nor appId"
+                raise DecodeError(msg, where=where, path=f"$[{i}]")
+            try:
+                occurred = datetime.fromtimestamp(event.occurredAt / 1000, UTC)
+            except (OverflowError, OSError, ValueError):
+                msg = f"expected epoch milliseconds, got {event.occurredAt}"
+                raise DecodeError(msg, where=where, path=f"$[{i}].occurredAt") from None
+            out.append(
+                CrmApiTokenUsed(
+                    event_id=stable_id(NAME, event.portalId, event.eventId, prefix="hubspot-"),
+                    source=NAME,
+                    occurred_at=occurred,
+                    ingested_at=record.received_at,
+                    entities=Entities(vendor=NAME, api_key=token),
+                    payload=CrmApiTokenUsedPayload(
+                        platform="hubspot",
+                        token_id=token,
+                        operation=event.subscriptionType,
+                        records_accessed=1,
+                    ),
+                )
+            )
+        return out

@@ -1,0 +1,239 @@
+"""Mailchimp audience webhooks: verification by a secret path token, and the normaliser.
+
+Mailchimp does not sign audience webhooks; its documented protection is a secret you
+put in the webhook URL yourself (https://mailchimp.com/developer/marketing/guides/
+sync-audience-data-webhooks/).  The receiver's URL is
+``/webhooks/mailchimp/<secret>``; the token is compared in constant time and redacted
+from everything Vigil keeps.  Mailchimp checks a new webhook URL with a ``GET``, which
+is answered 200 when the token is right.
+
+Deliveries are form-encoded (``type=campaign&fired_at=2009-03-26 21:31:21&data[id]=...``).
+``fired_at`` is taken as UTC.  Mailchimp Transactional (Mandrill) posts
+``mandrill_events=<JSON array>`` to the same kind of URL.
+
+Normaliser:
+
+- ``type=campaign`` with ``data[status]=sent`` -> ``email_campaign_sent``.  The webhook
+  carries the campaign id, subject and list, not the sender or the recipient count: the
+  sender domain comes from the receiver's ``sender_domain`` option (kept in the record's
+  meta; ``"unknown"`` without it) and ``recipient_count`` is 0 (not reported);
+- Mandrill ``click`` events -> ``email_link_clicked`` (url and its domain; the campaign
+  is ``metadata.campaign_id`` when the sender tagged it, else the message id);
+- subscribe, unsubscribe, profile, upemail, cleaned and other Mandrill events carry no
+  canonical event and yield nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from vigil.config import Settings
+from vigil.errors import ContractError, DecodeError
+from vigil.events.base import Entities, Event
+from vigil.events.ids import stable_id
+from vigil.events.types import (
+    EmailCampaignSent,
+    EmailCampaignSentPayload,
+    EmailLinkClicked,
+    EmailLinkClickedPayload,
+)
+from vigil.hub.raw import RawRecord
+from vigil.sources.base import Normalizer
+from vigil.sources.webhooks import (
+    WEBHOOK,
+    Delivery,
+    Rejected,
+    WebhookPlatform,
+    WebhookSource,
+    check_options,
+    constant_time_equal,
+    secret_option,
+)
+
+NAME = "mailchimp"
+MAX_FIELDS = 2000
+
+
+def parse_form(body: bytes, where: str) -> dict[str, str]:
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FIELDS)
+    except (UnicodeDecodeError, ValueError) as exc:
+        msg = f"expected a form-encoded body (application/x-www-form-urlencoded): {exc}"
+        raise DecodeError(msg, where=where) from None
+    return dict(pairs)
+
+
+class MailchimpWebhook(WebhookPlatform):
+    name = NAME
+
+    def __init__(self, secret: str, *, sender_domain: str | None = None) -> None:
+        if len(secret) < 16:
+            msg = "mailchimp: the webhook path secret must be at least 16 characters"
+            raise ValueError(msg)
+        self._secret = secret
+        self.sender_domain = sender_domain
+
+    def verify(self, delivery: Delivery) -> None:
+        if delivery.token is None:
+            raise Rejected(reason="missing_token", detail="the webhook URL must end with its secret token")
+        if not constant_time_equal(delivery.token, self._secret):
+            raise Rejected(reason="bad_token", detail="unknown webhook token")
+
+    def answers_get(self) -> bool:
+        return True
+
+    def key(self, delivery: Delivery) -> bytes | None:
+        try:
+            form = parse_form(delivery.body, "mailchimp")
+        except DecodeError:
+            return None
+        list_id = form.get("data[list_id]")
+        return list_id.encode() if list_id else None
+
+    def meta(self, delivery: Delivery) -> dict[str, Any]:
+        return {"sender_domain": self.sender_domain} if self.sender_domain else {}
+
+
+class MailchimpSource(WebhookSource):
+    """``vigil source mailchimp``: options ``host``, ``port``, ``sender_domain``; the path secret
+    comes from ``VIGIL_MAILCHIMP_WEBHOOK_SECRET`` (or the option ``secret``)."""
+
+    name = NAME
+
+    def __init__(self, webhook: MailchimpWebhook, **kwargs: Any) -> None:
+        super().__init__(webhook, **kwargs)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: str) -> MailchimpSource:
+        check_options(NAME, options, {"host", "port", "sender_domain", "secret"})
+        secret = secret_option(options, "secret", os.environ, "VIGIL_MAILCHIMP_WEBHOOK_SECRET")
+        return cls(
+            MailchimpWebhook(secret, sender_domain=options.get("sender_domain")),
+            host=options.get("host", "127.0.0.1"),
+            port=int(options.get("port", "8091")),
+        )
+
+
+# ---------------------------------------------------------------------------- normaliser
+
+
+def _fired_at(value: str | None, where: str) -> datetime:
+    if not value:
+        msg = "fired_at is missing"
+        raise DecodeError(msg, where=where, path="fired_at")
+    try:
+        return datetime.strptime(value, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:
+        msg = f"expected fired_at like '2009-03-26 21:35:57', got {value[:40]!r}"
+        raise DecodeError(msg, where=where, path="fired_at") from None
+
+
+def _domain(url: str, where: str, path: str) -> str:
+    host = urlsplit(url).hostname if url else None
+    if not host:
+        msg = f"expected an absolute URL, got {url[:80]!r}"
+        raise DecodeError(msg, where=where, path=path)
+    return host.lower()
+
+
+class MailchimpNormalizer(Normalizer):
+    source = NAME
+
+    def normalize(self, record: RawRecord) -> list[Event]:
+        where = f"raw.mailchimp ({record.kind})"
+        if record.kind != WEBHOOK:
+            msg = f"{where}: expected kind {WEBHOOK!r}, got {record.kind!r}"
+            raise ContractError(msg)
+        form = parse_form(record.value, where)
+        if "mandrill_events" in form:
+            return self._mandrill(form["mandrill_events"], record, where)
+        kind = form.get("type")
+        if not kind:
+            msg = "expected a 'type' field (or 'mandrill_events'); got neither"
+            raise DecodeError(msg, where=where, path="type")
+        if kind != "campaign":
+            if kind in ("subscribe", "unsubscribe", "profile", "upemail", "cleaned"):
+                return []
+            msg = f"unknown Mailchimp webhook type {kind[:40]!r}"
+            raise DecodeError(msg, where=where, path="type")
+        if form.get("data[status]") != "sent":
+            return []
+        campaign = form.get("data[id]")
+        if not campaign:
+            msg = "a campaign webhook without data[id]"
+            raise DecodeError(msg, where=where, path="data[id]")
+        sender = record.meta.get("sender_domain")
+        return [
+            EmailCampaignSent(
+                event_id=stable_id(NAME, "campaign", campaign, "sent", prefix="mailchimp-"),
+                source=NAME,
+                occurred_at=_fired_at(form.get("fired_at"), where),
+                ingested_at=record.received_at,
+                entities=Entities(vendor=NAME),
+                payload=EmailCampaignSentPayload(
+                    platform="mailchimp",
+                    campaign_id=campaign,
+                    subject=form.get("data[subject]", ""),
+                    sender_domain=sender if isinstance(sender, str) and sender else "unknown",
+                    recipient_count=0,
+                ),
+            )
+        ]
+
+    def _mandrill(self, text: str, record: RawRecord, where: str) -> list[Event]:
+        try:
+            events = json.loads(text)
+        except ValueError as exc:
+            msg = f"mandrill_events is not JSON: {exc}"
+            raise DecodeError(msg, where=where, path="mandrill_events") from None
+        if not isinstance(events, list):
+            msg = f"mandrill_events must be a JSON array, got {type(events).__name__}"
+            raise DecodeError(msg, where=where, path="mandrill_events")
+        out: list[Event] = []
+        for i, event in enumerate(events):
+            path = f"mandrill_events[{i}]"
+            if not isinstance(event, dict):
+                msg = f"expected an object, got {type(event).__name__}"
+                raise DecodeError(msg, where=where, path=path)
+            if event.get("event") != "click":
+                continue
+            found = event.get("msg")
+            msg_info: dict[str, Any] = found if isinstance(found, dict) else {}
+            url, ts = event.get("url"), event.get("ts")
+            if not isinstance(url, str) or not isinstance(ts, int | float) or isinstance(ts, bool):
+                msg = "a click needs a string 'url' and a numeric 'ts'"
+                raise DecodeError(msg, where=where, path=path)
+            tagged = msg_info.get("metadata")
+            metadata: dict[str, Any] = tagged if isinstance(tagged, dict) else {}
+            campaign = metadata.get("campaign_id") or msg_info.get("_id") or event.get("_id")
+            if not isinstance(campaign, str) or not campaign:
+                msg = "a click names no campaign (metadata.campaign_id) and no message id (msg._id)"
+                raise DecodeError(msg, where=where, path=path)
+            email = msg_info.get("email")
+            ip = event.get("ip")
+            out.append(
+                EmailLinkClicked(
+                    event_id=stable_id(
+                        NAME, "click", event.get("_id") or campaign, ts, url, prefix="mailchimp-"
+                    ),
+                    source=NAME,
+                    occurred_at=datetime.fromtimestamp(ts, UTC),
+                    ingested_at=record.received_at,
+                    entities=Entities(
+                        vendor=NAME,
+                        email=email.lower() if isinstance(email, str) else None,
+                        ip=ip if isinstance(ip, str) else None,
+                    ),
+                    payload=EmailLinkClickedPayload(
+                        platform="mailchimp",
+                        campaign_id=campaign,
+                        url=url,
+                        url_domain=_domain(url, where, path),
+                    ),
+                )
+            )
+        return out

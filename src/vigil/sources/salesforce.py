@@ -1,0 +1,386 @@
+"""Salesforce: outbound messages and Event Monitoring records, verified and normalised.
+
+Two kinds of delivery reach ``/webhooks/salesforce/<token>``:
+
+- **Outbound messages** (SOAP 1.1 XML, ``text/xml``): a ``notifications`` element with
+  ``OrganizationId`` and one ``Notification`` per record, each with an ``sObject`` whose
+  ``xsi:type`` names the object.  Salesforce expects the SOAP ``notificationsResponse``
+  with ``<Ack>true</Ack>`` and retries until it gets it.
+- **Event Monitoring records** (JSON), relayed from the REST API or an event-log file:
+  one record, a list, or a query result ``{"records": [...]}``; the object type is in
+  ``attributes.type`` (``LoginEvent``, ``ReportEvent``, ``ApiEvent`` ...) or, for
+  event-log-file rows, in ``EVENT_TYPE`` (``Login``, ``ReportExport``, ``API`` ...).
+
+Verification, and why: outbound messages cannot carry custom headers or an HMAC, so
+Vigil checks (1) a **secret token in the endpoint path**, compared in constant time,
+which the admin puts in the outbound message's endpoint URL, and (2) for XML, that
+``OrganizationId`` is in the **allowlist** of the org ids Vigil monitors (the 15-char
+form is compared, so 15- and 18-char ids both match).  Salesforce's client certificate
+(mutual TLS) is the stronger option where a TLS terminator can check it; that is the
+proxy's job, not this app's.  XML is parsed with ``defusedxml``: a DTD, entity
+declaration or external reference is refused (400), so XXE and entity expansion are
+inert.
+
+Normaliser, by object type (other objects yield nothing):
+
+- ``LoginEvent``, ``LoginEventStream``, ``LoginHistory``, ELF ``Login`` -> ``crm_login``;
+- ``ReportEvent``, ``ReportEventStream``, ELF ``ReportExport`` -> ``crm_record_export``
+  (``record_count`` from ``RowsProcessed``/``ROWS_PROCESSED``, 0 when not reported;
+  ``customer_ids`` from ``Records`` when it is a JSON list of ids or of ``{"Id": ...}``);
+- ``ApiEvent``, ``ApiEventStream``, ELF ``API``/``RestApi`` -> ``crm_api_token_used``
+  (token = connected app id, else the session key; operation = ``Operation`` / method).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import defusedxml
+import defusedxml.ElementTree as SafeET
+from fastapi import Response
+
+from vigil.config import Settings
+from vigil.errors import ContractError, DecodeError, SourceError
+from vigil.events.base import Entities, Event
+from vigil.events.ids import stable_id
+from vigil.events.types import (
+    CrmApiTokenUsed,
+    CrmApiTokenUsedPayload,
+    CrmLogin,
+    CrmLoginPayload,
+    CrmRecordExport,
+    CrmRecordExportPayload,
+    Geo,
+)
+from vigil.hub.raw import RawRecord
+from vigil.sources.base import Normalizer
+from vigil.sources.webhooks import (
+    WEBHOOK,
+    Delivery,
+    Rejected,
+    WebhookPlatform,
+    WebhookSource,
+    check_options,
+    constant_time_equal,
+    secret_option,
+)
+
+NAME = "salesforce"
+SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
+OUTBOUND_NS = "http://soap.sforce.com/2005/09/outbound"
+XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
+
+ACK = (
+    '<?xml version="1.0" encoding="UTF-8"?>'
+    f'<soapenv:Envelope xmlns:soapenv="{SOAP_NS}"><soapenv:Body>'
+    f'<notificationsResponse xmlns="{OUTBOUND_NS}"><Ack>true</Ack></notificationsResponse>'
+    "</soapenv:Body></soapenv:Envelope>"
+)
+
+
+class OutboundMessage:
+    """A parsed outbound message: the org id and (object type, fields) per notification."""
+
+    def __init__(self, organization_id: str, notifications: list[tuple[str, str, dict[str, str]]]) -> None:
+        self.organization_id = organization_id
+        #: (notification id, sObject type, field name -> text)
+        self.notifications = notifications
+
+
+def is_xml(body: bytes) -> bool:
+    return body.lstrip()[:1] == b"<"
+
+
+def parse_outbound(body: bytes, where: str) -> OutboundMessage:
+    """Parse safely; raises :class:`DecodeError` on malformed XML, a DTD or entities."""
+    try:
+        root = SafeET.fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except defusedxml.DefusedXmlException as exc:
+        msg = f"XML with a DTD, entities or external references is refused ({type(exc).__name__})"
+        raise DecodeError(msg, where=where) from None
+    except ET.ParseError as exc:
+        msg = f"not well-formed XML: {exc}"
+        raise DecodeError(msg, where=where) from None
+    notifications = root.find(f".//{{{OUTBOUND_NS}}}notifications")
+    if notifications is None:
+        msg = "expected a SOAP outbound message with a 'notifications' element"
+        raise DecodeError(msg, where=where, path="Envelope/Body/notifications")
+    org = (notifications.findtext(f"{{{OUTBOUND_NS}}}OrganizationId") or "").strip()
+    if not org:
+        msg = "the outbound message has no OrganizationId"
+        raise DecodeError(msg, where=where, path="notifications/OrganizationId")
+    parsed: list[tuple[str, str, dict[str, str]]] = []
+    for i, note in enumerate(notifications.findall(f"{{{OUTBOUND_NS}}}Notification")):
+        sobject = note.find(f"{{{OUTBOUND_NS}}}sObject")
+        if sobject is None:
+            msg = "a Notification without an sObject"
+            raise DecodeError(msg, where=where, path=f"notifications/Notification[{i}]")
+        kind = sobject.get(f"{{{XSI_NS}}}type", "").rpartition(":")[2]
+        fields = {child.tag.rpartition("}")[2]: (child.text or "").strip() for child in sobject}
+        parsed.append(((note.findtext(f"{{{OUTBOUND_NS}}}Id") or "").strip(), kind, fields))
+    return OutboundMessage(org, parsed)
+
+
+def _org15(org_id: str) -> str:
+    return org_id.strip()[:15]
+
+
+class SalesforceWebhook(WebhookPlatform):
+    name = NAME
+
+    def __init__(self, token: str, organization_ids: Iterable[str]) -> None:
+        if len(token) < 16:
+            msg = "salesforce: the endpoint path token must be at least 16 characters"
+            raise ValueError(msg)
+        self._token = token
+        self.organization_ids = frozenset(_org15(o) for o in organization_ids if o.strip())
+        if not self.organization_ids:
+            msg = "salesforce: at least one allowed organization id is needed"
+            raise ValueError(msg)
+
+    def verify(self, delivery: Delivery) -> None:
+        if delivery.token is None:
+            raise Rejected(reason="missing_token", detail="the endpoint URL must end with its secret token")
+        if not constant_time_equal(delivery.token, self._token):
+            raise Rejected(reason="bad_token", detail="unknown endpoint token")
+        if is_xml(delivery.body):
+            try:
+                message = parse_outbound(delivery.body, "salesforce")
+            except DecodeError as exc:
+                raise Rejected(reason="malformed", detail=exc.reason, status=400) from None
+            if _org15(message.organization_id) not in self.organization_ids:
+                raise Rejected(reason="unknown_org", detail="organization is not allowed")
+
+    def key(self, delivery: Delivery) -> bytes | None:
+        if is_xml(delivery.body):
+            return _org15(parse_outbound(delivery.body, "salesforce").organization_id).encode()
+        return None
+
+    def meta(self, delivery: Delivery) -> dict[str, Any]:
+        return {"format": "soap" if is_xml(delivery.body) else "json"}
+
+    def acknowledge(self, delivery: Delivery) -> Response:
+        if is_xml(delivery.body):
+            return Response(ACK, media_type="text/xml")
+        return Response(status_code=204)
+
+
+class SalesforceSource(WebhookSource):
+    """``vigil source salesforce``: options ``host``, ``port``, ``org_ids`` (comma-separated
+    allowlist); the path token comes from ``VIGIL_SALESFORCE_WEBHOOK_TOKEN`` (or option ``token``)."""
+
+    name = NAME
+
+    def __init__(self, webhook: SalesforceWebhook, **kwargs: Any) -> None:
+        super().__init__(webhook, **kwargs)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: str) -> SalesforceSource:
+        check_options(NAME, options, {"host", "port", "org_ids", "token"})
+        token = secret_option(options, "token", os.environ, "VIGIL_SALESFORCE_WEBHOOK_TOKEN")
+        orgs = [o for o in options.get("org_ids", "").split(",") if o.strip()]
+        if not orgs:
+            msg = "salesforce: org_ids (the allowed Salesforce organization ids, comma-separated) is required"
+            raise SourceError(msg)
+        return cls(
+            SalesforceWebhook(token, orgs),
+            host=options.get("host", "127.0.0.1"),
+            port=int(options.get("port", "8090")),
+        )
+
+
+# ---------------------------------------------------------------------------- normaliser
+
+LOGIN_TYPES = frozenset({"LoginEvent", "LoginEventStream", "LoginHistory", "Login"})
+EXPORT_TYPES = frozenset({"ReportEvent", "ReportEventStream", "ReportExport"})
+API_TYPES = frozenset({"ApiEvent", "ApiEventStream", "API", "RestApi"})
+
+
+def _first(fields: Mapping[str, Any], *names: str) -> str | None:
+    for name in names:
+        value = fields.get(name)
+        if value is not None and str(value).strip():
+            return str(value).strip()
+    return None
+
+
+def _time(fields: Mapping[str, Any], where: str) -> datetime:
+    text = _first(fields, "EventDate", "LoginTime", "TIMESTAMP_DERIVED", "CreatedDate")
+    if text is None:
+        msg = "no event time (EventDate, LoginTime or TIMESTAMP_DERIVED)"
+        raise DecodeError(msg, where=where, path="EventDate")
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        msg = f"expected an ISO 8601 time, got {text[:40]!r}"
+        raise DecodeError(msg, where=where, path="EventDate") from None
+    if when.tzinfo is None:
+        msg = f"expected a time with a zone, got {text[:40]!r}"
+        raise DecodeError(msg, where=where, path="EventDate")
+    return when.astimezone(UTC)
+
+
+def _int(fields: Mapping[str, Any], where: str, *names: str) -> int:
+    text = _first(fields, *names)
+    if text is None:
+        return 0
+    try:
+        number = int(float(text))
+    except ValueError:
+        msg = f"expected a count, got {text[:40]!r}"
+        raise DecodeError(msg, where=where, path=names[0]) from None
+    if number < 0:
+        msg = f"expected a count >= 0, got {number}"
+        raise DecodeError(msg, where=where, path=names[0])
+    return number
+
+
+def _geo(fields: Mapping[str, Any]) -> Geo | None:
+    country = _first(fields, "CountryIso", "COUNTRY_CODE")
+    city = _first(fields, "City", "CITY")
+    lat, lon = _first(fields, "Latitude"), _first(fields, "Longitude")
+    try:
+        lat_f = float(lat) if lat else None
+        lon_f = float(lon) if lon else None
+    except ValueError:
+        lat_f = lon_f = None
+    if not (country or city or lat_f is not None):
+        return None
+    return Geo(country=country, city=city, lat=lat_f, lon=lon_f)
+
+
+def _customer_ids(fields: Mapping[str, Any]) -> list[str]:
+    raw = fields.get("Records")
+    if raw is None:
+        return []
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return []
+    if not isinstance(value, list):
+        return []
+    ids = [item.get("Id") if isinstance(item, dict) else item for item in value]
+    return [i for i in ids if isinstance(i, str) and i]
+
+
+def record_to_event(
+    kind: str, fields: Mapping[str, Any], fallback_id: str, where: str, received_at: datetime | None = None
+) -> Event | None:
+    """One Salesforce record (XML sObject fields or JSON) as a canonical event, or None."""
+    if kind not in LOGIN_TYPES | EXPORT_TYPES | API_TYPES:
+        return None
+    ident = _first(fields, "EventIdentifier", "Id", "REQUEST_ID") or fallback_id
+    if not ident:
+        msg = f"a {kind} record without EventIdentifier, Id or REQUEST_ID"
+        raise DecodeError(msg, where=where, path="EventIdentifier")
+    user = _first(fields, "Username", "USER_NAME", "UserId", "USER_ID")
+    ip = _first(fields, "SourceIp", "SOURCE_IP", "CLIENT_IP")
+    common: dict[str, Any] = {
+        "event_id": stable_id(NAME, kind, ident, prefix="salesforce-"),
+        "source": NAME,
+        "occurred_at": _time(fields, where),
+        "ingested_at": received_at,
+    }
+    if kind in LOGIN_TYPES:
+        if user is None:
+            msg = f"a {kind} record without Username or UserId"
+            raise DecodeError(msg, where=where, path="Username")
+        status = _first(fields, "Status", "LOGIN_STATUS") or "Success"
+        return CrmLogin(
+            **common,
+            entities=Entities(vendor=NAME, employee=user, ip=ip),
+            payload=CrmLoginPayload(
+                platform="salesforce",
+                user=user,
+                user_agent=_first(fields, "Browser", "BROWSER_TYPE", "USER_AGENT"),
+                geo=_geo(fields),
+                success=status in ("Success", "LOGIN_NO_ERROR"),
+            ),
+        )
+    if kind in EXPORT_TYPES:
+        return CrmRecordExport(
+            **common,
+            entities=Entities(vendor=NAME, employee=user, ip=ip),
+            payload=CrmRecordExportPayload(
+                platform="salesforce",
+                object_type=_first(fields, "QueriedEntities", "ENTITY_NAME") or "report",
+                record_count=_int(fields, where, "RowsProcessed", "ROWS_PROCESSED", "RecordCount"),
+                export_id=_first(fields, "ReportId", "REPORT_ID") or ident,
+                actor=user,
+                customer_ids=_customer_ids(fields),
+                geo=_geo(fields),
+            ),
+        )
+    token = _first(fields, "ConnectedAppId", "CONNECTED_APP_ID", "CLIENT_ID", "SessionKey", "SESSION_KEY")
+    if token is None:
+        msg = f"an {kind} record names no connected app and no session"
+        raise DecodeError(msg, where=where, path="ConnectedAppId")
+    operation = _first(fields, "Operation", "METHOD", "API_TYPE", "ApiType") or "unknown"
+    entity = _first(fields, "QueriedEntities", "ENTITY_NAME")
+    return CrmApiTokenUsed(
+        **common,
+        entities=Entities(vendor=NAME, employee=user, ip=ip, api_key=token),
+        payload=CrmApiTokenUsedPayload(
+            platform="salesforce",
+            token_id=token,
+            operation=f"{operation} {entity}" if entity else operation,
+            records_accessed=_int(fields, where, "RowsProcessed", "ROWS_PROCESSED", "RowsReturned"),
+            user_agent=_first(fields, "UserAgent", "USER_AGENT", "Client"),
+        ),
+    )
+
+
+def _json_records(value: Any, where: str) -> Sequence[Any]:
+    if isinstance(value, dict) and isinstance(value.get("records"), list):
+        return list(value["records"])
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict):
+        return [value]
+    msg = f"expected a record, a list of records or {{'records': [...]}}, got {type(value).__name__}"
+    raise DecodeError(msg, where=where)
+
+
+class SalesforceNormalizer(Normalizer):
+    source = NAME
+
+    def normalize(self, record: RawRecord) -> list[Event]:
+        where = f"raw.salesforce ({record.kind})"
+        if record.kind != WEBHOOK:
+            msg = f"{where}: expected kind {WEBHOOK!r}, got {record.kind!r}"
+            raise ContractError(msg)
+        out: list[Event] = []
+        if is_xml(record.value):
+            message = parse_outbound(record.value, where)
+            for i, (note_id, kind, fields) in enumerate(message.notifications):
+                event = record_to_event(
+                    kind, fields, note_id, f"{where} Notification[{i}]", record.received_at
+                )
+                if event is not None:
+                    out.append(event)
+            return out
+        try:
+            value = json.loads(record.value)
+        except ValueError as exc:
+            msg = f"neither XML nor JSON: {exc}"
+            raise DecodeError(msg, where=where) from None
+        for i, item in enumerate(_json_records(value, where)):
+            if not isinstance(item, dict):
+                msg = f"expected a record object, got {type(item).__name__}"
+                raise DecodeError(msg, where=where, path=f"records[{i}]")
+            attributes = item.get("attributes")
+            type_name: Any = (
+                attributes.get("type") if isinstance(attributes, dict) else item.get("EVENT_TYPE")
+            )
+            if not isinstance(type_name, str):
+                msg = "a record names no type (attributes.type or EVENT_TYPE)"
+                raise DecodeError(msg, where=where, path=f"records[{i}].attributes.type")
+            event = record_to_event(type_name, item, "", f"{where} records[{i}]", record.received_at)
+            if event is not None:
+                out.append(event)
+        return out

@@ -1,0 +1,375 @@
+"""The reconnecting websocket client shared by the exchange market-feed connectors.
+
+A :class:`WebsocketFeed` connects, sends the exchange's subscribe messages, and
+publishes every message exactly as received (the frame's bytes) to ``raw.<name>`` as a
+``ws_message`` record.  Around that loop it keeps the connection honest:
+
+- **reconnect** on any disconnect, handshake failure or silence, with exponential
+  backoff and jitter (``initial * 2**attempt``, capped, then randomised between half and
+  all of it, so a fleet of connectors does not reconnect in lock-step); the backoff
+  resets once a connection delivers a message;
+- **heartbeats**: websocket pings (the library answers the server's pings with pongs,
+  which Binance requires) and an application-level silence timeout: no message for
+  ``heartbeat_timeout`` seconds means the feed is dead even if TCP is not;
+- **sequence gaps**: each exchange subclass reports the counters its messages carry
+  (Coinbase trade ids and sequences per product, Binance trade/aggregate/depth ids per
+  symbol) to a :class:`SequenceTracker`.  A gap is counted, published as a ``ws_gap``
+  note right after the message that revealed it (so the raw topic says where data is
+  missing), and handed to the subclass's :meth:`WebsocketFeed.resync` hook.
+
+A live feed has no cursor to resume from: what the exchange sent while the connector
+was away is gone, and the gap notes say so.  Publishing is synchronous
+(:meth:`RawSink.publish` returns once Kafka has the batch); if the broker fails the
+connector stops and ``run`` raises the :class:`~vigil.errors.BrokerError`, rather than
+silently dropping market data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import random
+import time
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from prometheus_client import Counter
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidHandshake, WebSocketException
+
+from vigil.hub.raw import RawRecord
+from vigil.sources.base import RawSink, Source
+
+log = logging.getLogger(__name__)
+
+WS_MESSAGE = "ws_message"
+WS_GAP = "ws_gap"
+#: Key of messages about no product (subscription replies, errors): one key keeps them in order.
+CONTROL_KEY = b"_control"
+
+
+@functools.cache
+def _counters() -> dict[str, Counter]:
+    """Prometheus counters, created on first use (importing this module registers nothing)."""
+    return {
+        "messages": Counter("vigil_ws_messages", "Websocket messages published", ["source"]),
+        "reconnects": Counter("vigil_ws_reconnects", "Websocket reconnect attempts", ["source"]),
+        "gaps": Counter("vigil_ws_sequence_gaps", "Sequence gaps detected in a feed", ["source"]),
+        "resyncs": Counter("vigil_ws_resyncs", "Resyncs requested after a gap", ["source"]),
+    }
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Messages between ``expected`` and ``received`` (exclusive) never arrived for ``key``."""
+
+    key: str
+    expected: int
+    received: int
+
+    @property
+    def missing(self) -> int:
+        return self.received - self.expected
+
+    def as_json(self) -> bytes:
+        return json.dumps(
+            {"key": self.key, "expected": self.expected, "received": self.received, "missing": self.missing},
+            separators=(",", ":"),
+        ).encode()
+
+
+class SequenceTracker:
+    """The last counter seen per key; reports gaps, ignores replays.
+
+    ``check(key, first, last)`` records a message covering counters ``first..last``
+    (equal for a single trade).  It is a gap when ``first`` is beyond ``last seen + 1``;
+    a message at or below what was already seen (a re-sent ``last_match`` after a
+    resubscribe, an overlapping depth update) is a replay, not a gap, and does not move
+    the counter back.  ``previous`` is for feeds that name the counter they follow
+    (Binance futures depth ``pu``): then it must equal the last one seen.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, int] = {}
+
+    def check(
+        self, key: str, first: int, last: int | None = None, *, previous: int | None = None
+    ) -> Gap | None:
+        end = first if last is None else last
+        seen = self._last.get(key)
+        if seen is None:
+            self._last[key] = end
+            return None
+        if end <= seen:
+            return None
+        self._last[key] = end
+        if previous is not None:
+            return None if previous == seen else Gap(key, seen + 1, first)
+        return Gap(key, seen + 1, first) if first > seen + 1 else None
+
+    def last(self, key: str) -> int | None:
+        return self._last.get(key)
+
+    def reset(self, prefix: str = "") -> None:
+        """Forget counters whose key starts with ``prefix`` (the next message is a new baseline)."""
+        for key in [k for k in self._last if k.startswith(prefix)]:
+            del self._last[key]
+
+
+@dataclass
+class FeedStats:
+    """What the feed did so far (plain numbers, read by tests and the CLI)."""
+
+    connections: int = 0
+    reconnects: int = 0
+    messages: int = 0
+    gaps: int = 0
+    resyncs: int = 0
+    heartbeat_timeouts: int = 0
+
+
+class HeartbeatTimeout(Exception):
+    """No message within the heartbeat timeout: treat the connection as dead."""
+
+
+@dataclass(frozen=True)
+class Inspected:
+    """What a subclass read from one message: its Kafka key, channel and any gaps it revealed."""
+
+    key: bytes | None = None
+    channel: str | None = None
+    gaps: tuple[Gap, ...] = ()
+
+
+class _Receiver:
+    """``recv`` with a timeout that never loses a message.
+
+    ``asyncio.wait_for`` on Python 3.11 can drop a result that arrives as the timeout
+    fires (the receive completed, then the task was cancelled).  Instead one receive is
+    kept pending across calls and only waited on, never cancelled, until the session ends.
+    """
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self._ws = ws
+        self._pending: asyncio.Future[Any] | None = None
+
+    async def __call__(self, timeout: float) -> bytes | None:
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self._ws.recv(decode=False))
+        done, _ = await asyncio.wait({self._pending}, timeout=timeout)
+        if not done:
+            return None
+        task, self._pending = self._pending, None
+        frame = task.result()  # raises ConnectionClosed when the connection died
+        return frame if isinstance(frame, bytes) else bytes(frame)
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+
+
+class WebsocketFeed(Source):
+    """Base of the exchange feed connectors; subclasses speak the exchange's protocol.
+
+    Subclasses implement :meth:`subscribe_messages` (texts sent after each connect) and
+    :meth:`inspect` (key, channel and sequence gaps of one decoded message), and may
+    override :meth:`resync`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        source_id: str | None = None,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        heartbeat_timeout: float = 30.0,
+        ping_interval: float | None = 20.0,
+        open_timeout: float = 10.0,
+        batch_max: int = 500,
+        batch_linger: float = 0.02,
+        max_message_bytes: int = 8 * 1024 * 1024,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(source_id)
+        if backoff_initial <= 0 or backoff_max < backoff_initial:
+            got = f"initial={backoff_initial}, max={backoff_max}"
+            msg = f"{self.name}: backoff needs 0 < initial <= max; got {got}"
+            raise ValueError(msg)
+        self.url = url
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.heartbeat_timeout = heartbeat_timeout
+        self.ping_interval = ping_interval
+        self.open_timeout = open_timeout
+        self.batch_max = batch_max
+        self.batch_linger = batch_linger
+        self.max_message_bytes = max_message_bytes
+        self.tracker = SequenceTracker()
+        self.stats = FeedStats()
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+
+    # ------------------------------------------------------------------ protocol hooks
+
+    @abstractmethod
+    def subscribe_messages(self) -> list[str]:
+        """JSON texts to send after every (re)connect, in order."""
+
+    @abstractmethod
+    def inspect(self, message: Any) -> Inspected:
+        """Key, channel and sequence gaps of one decoded message (``message`` is any JSON value)."""
+
+    async def resync(self, ws: ClientConnection, gaps: Sequence[Gap]) -> None:
+        """Called after a batch revealed ``gaps``; the default only re-baselines (the tracker
+        already accepted the new counter).  Coinbase re-subscribes the affected products."""
+        return None
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self, sink: RawSink) -> None:
+        asyncio.run(self._run(sink))
+
+    def backoff_delay(self, attempt: int) -> float:
+        """Delay before reconnect ``attempt`` (0-based): capped exponential with jitter in [d/2, d]."""
+        delay: float = min(self.backoff_max, self.backoff_initial * float(2 ** min(attempt, 30)))
+        return delay / 2 + self._rng.uniform(0, delay / 2)
+
+    async def _run(self, sink: RawSink) -> None:
+        attempt = 0
+        while self.running:
+            delivered_before = self.stats.messages
+            try:
+                await self._session(sink)
+            except HeartbeatTimeout:
+                self.stats.heartbeat_timeouts += 1
+                log.warning(
+                    "%s: no message for %.1fs from %s; reconnecting",
+                    self.name,
+                    self.heartbeat_timeout,
+                    self.url,
+                )
+            except (OSError, TimeoutError, InvalidHandshake, WebSocketException) as exc:
+                log.warning(
+                    "%s: connection to %s failed or dropped: %s", self.name, self.url, type(exc).__name__
+                )
+            if not self.running:
+                break
+            if self.stats.messages > delivered_before:
+                attempt = 0  # the last connection worked: start the backoff again from the bottom
+            delay = self.backoff_delay(attempt)
+            attempt += 1
+            self.stats.reconnects += 1
+            _counters()["reconnects"].labels(self.name).inc()
+            await self._sleep(delay)
+
+    async def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while self.running and (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, 0.05))
+
+    async def _session(self, sink: RawSink) -> None:
+        async with connect(
+            self.url,
+            open_timeout=self.open_timeout,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_interval,
+            max_size=self.max_message_bytes,
+            # A feed that is going away need not wait long for a polite close handshake.
+            close_timeout=2.0,
+            proxy=None,
+        ) as ws:
+            self.stats.connections += 1
+            for text in self.subscribe_messages():
+                await ws.send(text)
+            recv = _Receiver(ws)
+            try:
+                await self._receive(ws, recv, sink)
+            finally:
+                recv.close()
+
+    async def _receive(self, ws: ClientConnection, recv: _Receiver, sink: RawSink) -> None:
+        last_message = time.monotonic()
+        while self.running:
+            first = await recv(0.1)
+            if first is None:
+                if time.monotonic() - last_message > self.heartbeat_timeout:
+                    raise HeartbeatTimeout
+                continue
+            frames = [first]
+            linger_until = time.monotonic() + self.batch_linger
+            try:
+                while len(frames) < self.batch_max and (left := linger_until - time.monotonic()) > 0:
+                    more = await recv(left)
+                    if more is None:
+                        break
+                    frames.append(more)
+            except WebSocketException:
+                # The connection died mid-batch: what did arrive is still published.
+                await self._publish(ws, sink, frames, resync=False)
+                raise
+            last_message = time.monotonic()
+            await self._publish(ws, sink, frames)
+
+    async def _publish(
+        self, ws: ClientConnection, sink: RawSink, frames: list[bytes], *, resync: bool = True
+    ) -> None:
+        now = datetime.now(UTC)
+        records: list[RawRecord] = []
+        gaps: list[Gap] = []
+        for frame in frames:
+            try:
+                found = self.inspect(msgspec.json.decode(frame))
+            except (msgspec.DecodeError, TypeError, ValueError, KeyError):
+                # Published anyway, unchanged: the normaliser dead-letters it with the reason.
+                found = Inspected()
+            meta: dict[str, Any] = {"url": self.url, "conn": self.stats.connections}
+            if found.channel:
+                meta["channel"] = found.channel
+            records.append(
+                RawRecord(
+                    self.name, WS_MESSAGE, frame, received_at=now, key=found.key or CONTROL_KEY, meta=meta
+                )
+            )
+            for gap in found.gaps:
+                gaps.append(gap)
+                log.warning(
+                    "%s: sequence gap on %r: expected %d, received %d",
+                    self.name,
+                    gap.key,
+                    gap.expected,
+                    gap.received,
+                )
+                records.append(
+                    RawRecord(
+                        self.name,
+                        WS_GAP,
+                        gap.as_json(),
+                        received_at=now,
+                        key=found.key or CONTROL_KEY,
+                        meta={"url": self.url, "conn": self.stats.connections},
+                    )
+                )
+        await asyncio.to_thread(sink.publish, records)
+        counters = _counters()
+        self.stats.messages += len(frames)
+        counters["messages"].labels(self.name).inc(len(frames))
+        if gaps:
+            self.stats.gaps += len(gaps)
+            counters["gaps"].labels(self.name).inc(len(gaps))
+            if resync:  # a dead connection cannot resync; the next one starts from new baselines
+                self.stats.resyncs += 1
+                counters["resyncs"].labels(self.name).inc()
+                await self.resync(ws, gaps)
+
+
+def str_list(value: str | Sequence[str]) -> list[str]:
+    """A comma-separated option (``"BTC-USD,ETH-USD"``) or a list, as a list of non-empty items."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [item.strip() for item in items if item.strip()]

@@ -1,0 +1,174 @@
+"""Coinbase Exchange: gap detection on the recorded session and the trade normaliser."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from vigil.errors import ContractError, DecodeError
+from vigil.events.types import Trade
+from vigil.hub.raw import RawRecord
+from vigil.sources.coinbase import CoinbaseNormalizer, CoinbaseSource
+from vigil.sources.websocket import WS_GAP
+
+RECORDING = Path("/work/shared/data/feeds/COINBASE.ws.28.0")
+
+
+def exchange_messages() -> list[bytes]:
+    """What the exchange sent in the recorded session (lines ``ts: {json}``)."""
+    lines = RECORDING.read_bytes().split(b"\n")[1:]
+    return [line.partition(b": ")[2] for line in lines if line.strip() and b" <- " not in line]
+
+
+def record(value: bytes, kind: str = "ws_message") -> RawRecord:
+    return RawRecord("coinbase", kind, value, received_at=datetime(2026, 1, 1, tzinfo=UTC))
+
+
+MATCH = {
+    "type": "match",
+    "trade_id": 1568268,
+    "maker_order_id": "cac01d6d-8009-4c33-8e0d-f7f853d7c1bc",
+    "taker_order_id": "3dec64e4-f6ad-4ca8-ad3f-e5b1a0eb0d06",
+    "side": "sell",
+    "size": "450",
+    "price": "0.791",
+    "product_id": "SKL-USD",
+    "sequence": 201390075,
+    "time": "2021-04-17T16:43:37.121358Z",
+}
+
+
+def source(channels: tuple[str, ...] = ("matches", "ticker")) -> CoinbaseSource:
+    return CoinbaseSource(["SKL-USD", "BAND-GBP"], url="ws://127.0.0.1:1", channels=channels)
+
+
+def test_recorded_session_has_no_gap_and_every_trade_normalises() -> None:
+    feed = source(("level2", "ticker", "matches"))
+    feed.subscribe_messages()
+    messages = exchange_messages()
+    gaps = [gap for m in messages for gap in feed.inspect(json.loads(m)).gaps]
+    assert gaps == []
+    normalizer = CoinbaseNormalizer()
+    trades = [e for m in messages for e in normalizer.normalize(record(m)) if isinstance(e, Trade)]
+    expected = [json.loads(m) for m in messages if json.loads(m)["type"] in ("match", "last_match")]
+    assert [t.payload.trade_id for t in trades] == [str(m["trade_id"]) for m in expected]
+    assert all(t.payload.venue == "coinbase" and t.occurred_at.tzinfo is not None for t in trades)
+
+
+def test_match_becomes_a_trade_with_the_taker_side_inverted_from_the_maker_side() -> None:
+    [trade] = CoinbaseNormalizer().normalize(record(json.dumps(MATCH).encode()))
+    assert isinstance(trade, Trade)
+    assert trade.payload.taker_side == "buy"  # the maker sold
+    assert (trade.payload.symbol, trade.payload.price, trade.payload.quantity) == ("SKL-USD", 0.791, 450.0)
+    assert trade.payload.maker_order_id == MATCH["maker_order_id"]
+    assert trade.occurred_at == datetime(2021, 4, 17, 16, 43, 37, 121358, tzinfo=UTC)
+    buy = CoinbaseNormalizer().normalize(record(json.dumps(MATCH | {"side": "buy"}).encode()))
+    assert buy[0].payload.taker_side == "sell"  # type: ignore[attr-defined]
+
+
+def test_the_same_trade_resent_as_last_match_keeps_its_event_id() -> None:
+    normalizer = CoinbaseNormalizer()
+    [first] = normalizer.normalize(record(json.dumps(MATCH).encode()))
+    [again] = normalizer.normalize(record(json.dumps(MATCH | {"type": "last_match"}).encode()))
+    [other] = normalizer.normalize(record(json.dumps(MATCH | {"trade_id": 1568269}).encode()))
+    assert first.event_id == again.event_id != other.event_id
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"type": "subscriptions", "channels": []},
+        {"type": "heartbeat", "sequence": 1, "last_trade_id": 2, "product_id": "SKL-USD", "time": "x"},
+        {"type": "l2update", "product_id": "SKL-USD", "changes": [], "time": "2021-04-17T16:43:37Z"},
+    ],
+)
+def test_control_and_book_messages_yield_nothing(message: dict[str, object]) -> None:
+    assert CoinbaseNormalizer().normalize(record(json.dumps(message).encode())) == []
+
+
+def test_gap_notes_yield_nothing() -> None:
+    assert CoinbaseNormalizer().normalize(record(b'{"key":"SKL-USD:trade_id"}', kind=WS_GAP)) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [
+        (b"not json", DecodeError, "not a Coinbase message"),
+        (b'{"type": "error", "message": "Failed to subscribe"}', ContractError, "error message"),
+        (b'{"type": "mystery"}', ContractError, "unknown Coinbase message type 'mystery'"),
+        (json.dumps(MATCH | {"price": "abc"}).encode(), DecodeError, r"\$\.price"),
+        (json.dumps(MATCH | {"size": "-1"}).encode(), DecodeError, "positive"),
+        (json.dumps(MATCH | {"side": "up"}).encode(), DecodeError, r"\$\.side"),
+        (json.dumps({k: v for k, v in MATCH.items() if k != "trade_id"}).encode(), DecodeError, "trade_id"),
+        (json.dumps(MATCH | {"time": "2021-04-17T16:43:37"}).encode(), DecodeError, "zone"),
+    ],
+)
+def test_bad_messages_are_rejected_with_the_reason(value: bytes, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        CoinbaseNormalizer().normalize(record(value))
+
+
+def test_skipped_trade_id_is_a_gap_and_a_resent_one_is_not() -> None:
+    feed = source()
+    assert feed.inspect(MATCH | {"type": "last_match"}).gaps == ()
+    assert feed.inspect(MATCH | {"trade_id": 1568269}).gaps == ()
+    [gap] = feed.inspect(MATCH | {"trade_id": 1568272}).gaps
+    assert (gap.key, gap.expected, gap.received, gap.missing) == ("SKL-USD:trade_id", 1568270, 1568272, 2)
+    assert feed.inspect(MATCH | {"trade_id": 1568272}).gaps == ()  # a replay, not a gap
+    # Another product's counter is its own.
+    assert feed.inspect(MATCH | {"product_id": "BAND-GBP", "trade_id": 5}).gaps == ()
+
+
+def test_heartbeat_naming_a_trade_never_seen_is_a_gap() -> None:
+    feed = source(("matches", "heartbeat"))
+    feed.inspect(MATCH)
+    heartbeat = {"type": "heartbeat", "product_id": "SKL-USD", "sequence": 9, "last_trade_id": 1568270}
+    [gap] = feed.inspect(heartbeat).gaps
+    assert (gap.expected, gap.received) == (1568269, 1568271)
+
+
+def test_full_channel_sequence_gap_is_detected() -> None:
+    feed = source(("full",))
+    opened = {"type": "open", "product_id": "SKL-USD", "sequence": 10, "order_id": "o", "side": "buy"}
+    assert feed.inspect(opened).gaps == ()
+    assert feed.inspect(opened | {"type": "done", "sequence": 11}).gaps == ()
+    [gap] = feed.inspect(opened | {"type": "received", "sequence": 14}).gaps
+    assert (gap.key, gap.expected, gap.received) == ("SKL-USD:sequence", 12, 14)
+
+
+def test_inspect_keys_by_product_and_names_the_channel() -> None:
+    found = source().inspect(MATCH)
+    assert (found.key, found.channel) == (b"SKL-USD", "matches")
+    assert source().inspect({"type": "subscriptions", "channels": []}).key is None
+
+
+def test_subscribe_message_names_products_and_channels() -> None:
+    assert json.loads(source().subscribe_messages()[0]) == {
+        "type": "subscribe",
+        "product_ids": ["SKL-USD", "BAND-GBP"],
+        "channels": ["matches", "ticker"],
+    }
+
+
+def test_from_settings_reads_options_and_rejects_unknown_ones() -> None:
+    from vigil.config import Settings
+
+    feed = CoinbaseSource.from_settings(Settings(), products="BTC-USD, ETH-USD", channels="matches")
+    assert (feed.product_ids, feed.channels) == (["BTC-USD", "ETH-USD"], ["matches"])
+    with pytest.raises(ValueError, match="unknown option"):
+        CoinbaseSource.from_settings(Settings(), products="BTC-USD", colour="x")
+    with pytest.raises(ValueError, match="at least one product"):
+        CoinbaseSource.from_settings(Settings())
+
+
+def test_trades_missed_while_disconnected_are_a_gap_after_the_reconnect() -> None:
+    feed = source()
+    feed.subscribe_messages()
+    feed.inspect(MATCH)
+    feed.subscribe_messages()  # a new connection
+    assert feed.inspect(MATCH | {"type": "last_match"}).gaps == ()  # the re-sent last trade
+    [gap] = feed.inspect(MATCH | {"trade_id": 1568275}).gaps
+    assert (gap.expected, gap.received) == (1568269, 1568275)

@@ -1,0 +1,182 @@
+"""HubSpot v3 signatures and the webhook normaliser."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from vigil.errors import ContractError, DecodeError
+from vigil.events.types import CrmApiTokenUsed
+from vigil.hub.raw import RawRecord
+from vigil.sources.hubspot import HubSpotNormalizer, HubSpotWebhook, sign_v3, signed_uri
+from vigil.sources.webhooks import Delivery, Rejected
+
+SECRET = "hubspot-client-secret-for-tests"  # noqa: S105 - a test secret
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+EVENTS = [
+    {
+        "eventId": 1001,
+        "subscriptionId": 7,
+        "portalId": 62515,
+        "appId": 54321,
+        "occurredAt": 1772366400000,
+        "subscriptionType": "contact.propertyChange",
+        "attemptNumber": 0,
+        "objectId": 123,
+        "propertyName": "email",
+        "propertyValue": "x@example.com",
+        "changeSource": "INTEGRATION",
+        "sourceId": "app:54321",
+    },
+    {
+        "eventId": 1002,
+        "subscriptionId": 8,
+        "portalId": 62515,
+        "appId": 54321,
+        "occurredAt": 1772366401000,
+        "subscriptionType": "contact.creation",
+        "attemptNumber": 0,
+        "objectId": 124,
+        "changeSource": "CRM_UI",
+        "sourceId": "userId:99",
+    },
+    {
+        "eventId": 1003,
+        "subscriptionId": 9,
+        "portalId": 62515,
+        "appId": 54321,
+        "occurredAt": 1772366402000,
+        "subscriptionType": "contact.deletion",
+        "attemptNumber": 0,
+        "objectId": 125,
+        "changeSource": "API",
+    },
+]
+BODY = json.dumps(EVENTS).encode()
+
+
+def delivery(
+    body: bytes = BODY, *, stamp: datetime = NOW, signature: str | None = None, **headers: str
+) -> Delivery:
+    ts = str(int(stamp.timestamp() * 1000))
+    url = "https://hooks.example.com/webhooks/hubspot?tenant=a%3Ab"
+    sig = signature if signature is not None else sign_v3(SECRET, "POST", url, body, ts)
+    hdrs = {"x-hubspot-signature-v3": sig, "x-hubspot-request-timestamp": ts} | headers
+    return Delivery("hubspot", "POST", url, "/webhooks/hubspot", "tenant=a%3Ab", hdrs, body, NOW)
+
+
+def test_signature_is_base64_hmac_sha256_of_method_uri_body_timestamp() -> None:
+    expected = base64.b64encode(
+        hmac.new(SECRET.encode(), b"POSThttps://h/p?a=b:c" + b"{}" + b"1700", hashlib.sha256).digest()
+    ).decode()
+    assert sign_v3(SECRET, "POST", "https://h/p?a=b%3Ac", b"{}", "1700") == expected
+
+
+def test_signed_uri_decodes_the_characters_hubspot_decodes() -> None:
+    assert (
+        signed_uri("https://h/p%3Fq%3Dx%2Fy%40z%21%24%27%28%29%2A%2C%3B%20")
+        == "https://h/p?q%3Dx/y@z!$'()*,;%20"
+    )
+
+
+def test_valid_signature_is_accepted() -> None:
+    HubSpotWebhook(SECRET).verify(delivery())
+
+
+@pytest.mark.parametrize(
+    ("changed", "reason"),
+    [
+        ({"signature": "AAAA"}, "bad_signature"),
+        ({"signature": sign_v3("other-secret", "POST", "https://x", BODY, "1")}, "bad_signature"),
+        ({"stamp": NOW - timedelta(minutes=5, seconds=1)}, "stale"),
+        ({"stamp": NOW + timedelta(minutes=6)}, "stale"),
+        ({"signature": ""}, "missing_signature"),
+        ({"x-hubspot-request-timestamp": "yesterday"}, "bad_timestamp"),
+    ],
+)
+def test_forged_stale_or_incomplete_requests_are_rejected(changed: dict[str, object], reason: str) -> None:
+    with pytest.raises(Rejected) as caught:
+        HubSpotWebhook(SECRET).verify(delivery(**changed))  # type: ignore[arg-type]
+    assert caught.value.reason == reason
+    assert caught.value.status == 401
+    assert SECRET not in caught.value.detail
+
+
+def test_the_same_signed_request_twice_is_a_replay() -> None:
+    hook = HubSpotWebhook(SECRET)
+    hook.verify(delivery())
+    with pytest.raises(Rejected, match="replayed"):
+        hook.verify(delivery())
+    # A retry is signed anew (new timestamp) and passes.
+    hook.verify(delivery(stamp=NOW - timedelta(seconds=1)))
+
+
+def test_a_tampered_body_fails_the_signature() -> None:
+    good = delivery()
+    tampered = Delivery(**{**good.__dict__, "body": BODY.replace(b"1001", b"1009")})
+    with pytest.raises(Rejected, match="bad_signature"):
+        HubSpotWebhook(SECRET).verify(tampered)
+
+
+def test_public_url_rebuilds_the_uri_hubspot_signed() -> None:
+    ts = str(int(NOW.timestamp() * 1000))
+    sig = sign_v3(SECRET, "POST", "https://public.example.com/webhooks/hubspot", BODY, ts)
+    seen = Delivery(
+        "hubspot",
+        "POST",
+        "http://127.0.0.1:8089/webhooks/hubspot",
+        "/webhooks/hubspot",
+        "",
+        {"x-hubspot-signature-v3": sig, "x-hubspot-request-timestamp": ts},
+        BODY,
+        NOW,
+    )
+    with pytest.raises(Rejected):
+        HubSpotWebhook(SECRET).verify(seen)
+    HubSpotWebhook(SECRET, public_url="https://public.example.com/").verify(seen)
+
+
+def record(body: bytes = BODY, kind: str = "webhook") -> RawRecord:
+    return RawRecord("hubspot", kind, body, received_at=NOW)
+
+
+def test_api_changes_become_token_use_and_ui_changes_yield_nothing() -> None:
+    events = HubSpotNormalizer().normalize(record())
+    assert all(isinstance(e, CrmApiTokenUsed) for e in events)
+    got = [(e.payload.token_id, e.payload.operation, e.entities.api_key) for e in events]  # type: ignore[attr-defined]
+    assert got == [
+        ("app:54321", "contact.propertyChange", "app:54321"),
+        ("app:54321", "contact.deletion", "app:54321"),  # no sourceId: the app id names the token
+    ]
+    assert events[0].occurred_at == datetime.fromtimestamp(1772366400, UTC)
+    assert events[0].entities.vendor == "hubspot"
+    assert len({e.event_id for e in events}) == 2
+    assert [e.event_id for e in HubSpotNormalizer().normalize(record())] == [e.event_id for e in events]
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (b"[not json", "JSON array"),
+        (b'{"eventId": 1}', "Expected `array`"),
+        (json.dumps([{**EVENTS[0], "eventId": "x"}]).encode(), r"\$\[0\]\.eventId"),
+        (json.dumps([{k: v for k, v in EVENTS[0].items() if k != "portalId"}]).encode(), "portalId"),
+        (
+            json.dumps([{k: v for k, v in EVENTS[2].items() if k != "appId"}]).encode(),
+            "neither sourceId nor appId",
+        ),
+    ],
+)
+def test_malformed_deliveries_are_rejected_with_the_reason(body: bytes, match: str) -> None:
+    with pytest.raises(DecodeError, match=match):
+        HubSpotNormalizer().normalize(record(body))
+
+
+def test_unexpected_record_kind_is_rejected() -> None:
+    with pytest.raises(ContractError, match="expected kind 'webhook'"):
+        HubSpotNormalizer().normalize(record(kind="ws_message"))

@@ -1,0 +1,142 @@
+"""Mailchimp audience (and Transactional) webhooks: path-secret verification and normalisation."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from urllib.parse import urlencode
+
+import pytest
+
+from vigil.errors import DecodeError
+from vigil.events.types import EmailCampaignSent, EmailLinkClicked
+from vigil.hub.raw import RawRecord
+from vigil.sources.mailchimp import MailchimpNormalizer, MailchimpWebhook
+from vigil.sources.webhooks import Delivery, Rejected
+
+SECRET = "mc-secret-0123456789abcdef"  # noqa: S105 - a test secret
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+CAMPAIGN = urlencode(
+    {
+        "type": "campaign",
+        "fired_at": "2026-03-01 11:30:00",
+        "data[id]": "5aa2102003",
+        "data[subject]": "Verify your wallet now",
+        "data[status]": "sent",
+        "data[reason]": "",
+        "data[list_id]": "a6b5da1054",
+    }
+).encode()
+SUBSCRIBE = urlencode(
+    {
+        "type": "subscribe",
+        "fired_at": "2026-03-01 11:00:00",
+        "data[id]": "8a25ff1d98",
+        "data[list_id]": "a6b5da1054",
+        "data[email]": "api@mailchimp.com",
+        "data[email_type]": "html",
+        "data[merges][EMAIL]": "api@mailchimp.com",
+        "data[ip_opt]": "10.20.10.30",
+    }
+).encode()
+CLICKS = [
+    {
+        "event": "click",
+        "_id": "evt-1",
+        "ts": 1772364600,
+        "url": "https://wallet-verify.example.net/login?u=1",
+        "ip": "203.0.113.50",
+        "user_agent": "Mozilla/5.0",
+        "msg": {
+            "_id": "msg-1",
+            "email": "Bob@Example.com",
+            "subject": "Verify",
+            "metadata": {"campaign_id": "cmp-77"},
+        },
+    },
+    {"event": "open", "_id": "evt-2", "ts": 1772364601, "msg": {"_id": "msg-1"}},
+]
+MANDRILL = urlencode({"mandrill_events": json.dumps(CLICKS)}).encode()
+
+
+def delivery(token: str | None = SECRET, body: bytes = CAMPAIGN) -> Delivery:
+    return Delivery("mailchimp", "POST", "http://h/", "/webhooks/mailchimp/t", "", {}, body, NOW, token=token)
+
+
+def record(body: bytes, meta: dict[str, object] | None = None) -> RawRecord:
+    return RawRecord("mailchimp", "webhook", body, received_at=NOW, meta=meta or {})
+
+
+def test_the_path_secret_is_required_and_compared() -> None:
+    hook = MailchimpWebhook(SECRET, sender_domain="news.acme.example")
+    hook.verify(delivery())
+    assert hook.key(delivery()) == b"a6b5da1054"
+    assert hook.meta(delivery()) == {"sender_domain": "news.acme.example"}
+    assert hook.answers_get()
+    for token, reason in [
+        (None, "missing_token"),
+        ("mc-secret-0123456789abcdeX", "bad_token"),
+        ("", "bad_token"),
+    ]:
+        with pytest.raises(Rejected) as caught:
+            hook.verify(delivery(token))
+        assert caught.value.reason == reason
+    with pytest.raises(ValueError, match="at least 16"):
+        MailchimpWebhook("short")
+
+
+def test_sent_campaign_becomes_email_campaign_sent() -> None:
+    [event] = MailchimpNormalizer().normalize(record(CAMPAIGN, {"sender_domain": "news.acme.example"}))
+    assert isinstance(event, EmailCampaignSent)
+    p = event.payload
+    assert (p.campaign_id, p.subject, p.sender_domain, p.recipient_count) == (
+        "5aa2102003",
+        "Verify your wallet now",
+        "news.acme.example",
+        0,
+    )
+    assert event.occurred_at == datetime(2026, 3, 1, 11, 30, tzinfo=UTC)
+    assert MailchimpNormalizer().normalize(record(CAMPAIGN))[0].payload.sender_domain == "unknown"  # type: ignore[attr-defined]
+
+
+def test_audience_changes_and_unsent_campaigns_yield_nothing() -> None:
+    assert MailchimpNormalizer().normalize(record(SUBSCRIBE)) == []
+    assert (
+        MailchimpNormalizer().normalize(record(CAMPAIGN.replace(b"status%5D=sent", b"status%5D=canceled")))
+        == []
+    )
+
+
+def test_transactional_clicks_become_link_clicks() -> None:
+    [event] = MailchimpNormalizer().normalize(record(MANDRILL))
+    assert isinstance(event, EmailLinkClicked)
+    assert (event.payload.campaign_id, event.payload.url_domain) == ("cmp-77", "wallet-verify.example.net")
+    assert (event.entities.email, event.entities.ip) == ("bob@example.com", "203.0.113.50")
+    assert event.occurred_at == datetime.fromtimestamp(1772364600, UTC)
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (b"\xff\xfe", "form-encoded"),
+        (b"fired_at=2026-03-01+11%3A00%3A00", "'type'"),
+        (b"type=weird", "unknown Mailchimp webhook type 'weird'"),
+        (CAMPAIGN.replace(b"fired_at=2026-03-01+11%3A30%3A00", b"fired_at=soon"), "fired_at"),
+        (CAMPAIGN.replace(b"data%5Bid%5D=5aa2102003", b"data%5Bid%5D="), r"data\[id\]"),
+        (urlencode({"mandrill_events": "{"}).encode(), "not JSON"),
+        (urlencode({"mandrill_events": "{}"}).encode(), "JSON array"),
+        (
+            urlencode({"mandrill_events": json.dumps([{**CLICKS[0], "url": "/relative"}])}).encode(),
+            "absolute URL",
+        ),
+        (
+            urlencode(
+                {"mandrill_events": json.dumps([{"event": "click", "url": "https://x", "ts": 1}])}
+            ).encode(),
+            "names no campaign",
+        ),
+    ],
+)
+def test_malformed_deliveries_are_rejected_with_the_reason(body: bytes, match: str) -> None:
+    with pytest.raises(DecodeError, match=match):
+        MailchimpNormalizer().normalize(record(body))

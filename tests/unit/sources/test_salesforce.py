@@ -1,0 +1,259 @@
+"""Salesforce outbound messages and Event Monitoring records: verification and normalisation."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from vigil.errors import ContractError, DecodeError
+from vigil.events.types import CrmApiTokenUsed, CrmLogin, CrmRecordExport
+from vigil.hub.raw import RawRecord
+from vigil.sources.salesforce import ACK, SalesforceNormalizer, SalesforceWebhook
+from vigil.sources.webhooks import Delivery, Rejected
+
+TOKEN = "sf-path-token-0123456789abcdef"  # noqa: S105 - a test token
+ORG = "00D5e000000AbCdEAK"
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def outbound(org: str = ORG, sobjects: str = "") -> bytes:
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"
+  xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+ <soapenv:Body>
+  <notifications xmlns="http://soap.sforce.com/2005/09/outbound">
+   <OrganizationId>{org}</OrganizationId>
+   <ActionId>04k5e000000AAAAAA2</ActionId>
+   <SessionId xsi:nil="true"/>
+   <EnterpriseUrl>https://acme.my.salesforce.com/services/Soap/c/60.0/00D5e000000AbCd</EnterpriseUrl>
+   <PartnerUrl>https://acme.my.salesforce.com/services/Soap/u/60.0/00D5e000000AbCd</PartnerUrl>
+   {sobjects}
+  </notifications>
+ </soapenv:Body>
+</soapenv:Envelope>""".encode()
+
+
+REPORT = """<Notification><Id>04l5e00000AAAAA1</Id>
+ <sObject xsi:type="sf:ReportEvent" xmlns:sf="urn:sobject.enterprise.soap.sforce.com">
+  <sf:Id>0Xx5e000000001</sf:Id>
+  <sf:EventIdentifier>8a1c-report-1</sf:EventIdentifier>
+  <sf:EventDate>2026-03-01T11:58:00.000+0000</sf:EventDate>
+  <sf:Username>mallory@acme.example</sf:Username>
+  <sf:SourceIp>198.51.100.23</sf:SourceIp>
+  <sf:RowsProcessed>48210</sf:RowsProcessed>
+  <sf:QueriedEntities>Contact</sf:QueriedEntities>
+  <sf:ReportId>00O5e000000XyZ</sf:ReportId>
+  <sf:Records>["0035e00000A1","0035e00000A2"]</sf:Records>
+ </sObject></Notification>"""
+CONTACT = """<Notification><Id>04l5e00000AAAAA2</Id>
+ <sObject xsi:type="sf:Contact" xmlns:sf="urn:sobject.enterprise.soap.sforce.com">
+  <sf:Id>0035e00000A1</sf:Id><sf:Email>a@example.com</sf:Email>
+ </sObject></Notification>"""
+
+XXE = b"""<?xml version="1.0"?>
+<!DOCTYPE foo [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body>
+<notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>&xxe;</OrganizationId>
+</notifications></soapenv:Body></soapenv:Envelope>"""
+LAUGHS = b"""<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>
+<notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>&lol2;</OrganizationId></notifications>"""
+
+LOGIN_EVENTS = {
+    "totalSize": 2,
+    "done": True,
+    "records": [
+        {
+            "attributes": {"type": "LoginEvent", "url": "/services/data/v60.0/sobjects/LoginEvent/1"},
+            "EventIdentifier": "login-1",
+            "EventDate": "2026-03-01T11:00:00.000Z",
+            "Username": "alice@acme.example",
+            "SourceIp": "203.0.113.9",
+            "Status": "Success",
+            "Browser": "Chrome 121",
+            "CountryIso": "RO",
+            "City": "Bucharest",
+            "Latitude": 44.43,
+            "Longitude": 26.1,
+        },
+        {
+            "attributes": {"type": "LoginEvent"},
+            "EventIdentifier": "login-2",
+            "EventDate": "2026-03-01T11:01:00Z",
+            "Username": "alice@acme.example",
+            "Status": "Invalid Password",
+        },
+    ],
+}
+API_EVENT = {
+    "attributes": {"type": "ApiEvent"},
+    "EventIdentifier": "api-1",
+    "EventDate": "2026-03-01T11:05:00Z",
+    "Username": "svc@acme.example",
+    "ConnectedAppId": "0H45e000000001",
+    "Operation": "Query",
+    "QueriedEntities": "Contact",
+    "RowsProcessed": 9000,
+    "SourceIp": "192.0.2.55",
+}
+ELF_EXPORT = {
+    "EVENT_TYPE": "ReportExport",
+    "REQUEST_ID": "4exLFFQZ1234",
+    "TIMESTAMP_DERIVED": "2026-03-01T10:00:00.123Z",
+    "USER_ID": "0055e000001",
+    "REPORT_ID": "00O5e000000AbC",
+    "CLIENT_IP": "198.51.100.7",
+}
+
+
+def delivery(body: bytes, token: str | None = TOKEN) -> Delivery:
+    return Delivery(
+        "salesforce",
+        "POST",
+        "http://h/webhooks/salesforce/x",
+        "/webhooks/salesforce/x",
+        "",
+        {"content-type": "text/xml"},
+        body,
+        NOW,
+        token=token,
+    )
+
+
+def webhook() -> SalesforceWebhook:
+    return SalesforceWebhook(TOKEN, [ORG[:15]])
+
+
+def record(body: bytes) -> RawRecord:
+    return RawRecord("salesforce", "webhook", body, received_at=NOW)
+
+
+def test_outbound_message_from_an_allowed_org_with_the_token_is_accepted_and_acked() -> None:
+    hook = webhook()
+    good = delivery(outbound(sobjects=REPORT))
+    hook.verify(good)  # the 18-char org id matches the 15-char allowlist entry
+    assert hook.key(good) == ORG[:15].encode()
+    ack = hook.acknowledge(good)
+    assert ack.body == ACK.encode()
+    assert b"<Ack>true</Ack>" in ack.body
+
+
+@pytest.mark.parametrize(
+    ("body", "token", "reason", "status"),
+    [
+        (outbound(), "wrong-token-0123456789", "bad_token", 401),
+        (outbound(), None, "missing_token", 401),
+        (outbound(org="00D000000000001AAA"), TOKEN, "unknown_org", 401),
+        (XXE, TOKEN, "malformed", 400),
+        (LAUGHS, TOKEN, "malformed", 400),
+        (b"<notifications><unclosed>", TOKEN, "malformed", 400),
+    ],
+)
+def test_forged_or_hostile_deliveries_are_rejected(
+    body: bytes, token: str | None, reason: str, status: int
+) -> None:
+    with pytest.raises(Rejected) as caught:
+        webhook().verify(delivery(body, token))
+    assert (caught.value.reason, caught.value.status) == (reason, status)
+    assert "root:" not in caught.value.detail  # nothing of a local file ever surfaces
+
+
+def test_xml_entities_are_refused_by_the_normaliser_too() -> None:
+    with pytest.raises(DecodeError, match="DTD, entities or external"):
+        SalesforceNormalizer().normalize(record(XXE))
+
+
+def test_report_event_becomes_an_export_with_row_count_and_customer_ids() -> None:
+    [event] = SalesforceNormalizer().normalize(record(outbound(sobjects=REPORT + CONTACT)))
+    assert isinstance(event, CrmRecordExport)
+    p = event.payload
+    assert (p.record_count, p.object_type, p.export_id, p.actor) == (
+        48210,
+        "Contact",
+        "00O5e000000XyZ",
+        "mallory@acme.example",
+    )
+    assert p.customer_ids == ["0035e00000A1", "0035e00000A2"]
+    assert event.occurred_at == datetime(2026, 3, 1, 11, 58, tzinfo=UTC)
+    assert (event.entities.ip, event.entities.vendor) == ("198.51.100.23", "salesforce")
+
+
+def test_login_events_from_a_query_result_become_logins() -> None:
+    ok, failed = SalesforceNormalizer().normalize(record(json.dumps(LOGIN_EVENTS).encode()))
+    assert isinstance(ok, CrmLogin)
+    assert isinstance(failed, CrmLogin)
+    assert (ok.payload.user, ok.payload.success, failed.payload.success) == (
+        "alice@acme.example",
+        True,
+        False,
+    )
+    assert ok.payload.geo is not None
+    assert (ok.payload.geo.country, ok.payload.geo.lat) == ("RO", 44.43)
+    assert ok.entities.ip == "203.0.113.9"
+    assert ok.event_id != failed.event_id
+
+
+def test_api_event_becomes_token_use() -> None:
+    [event] = SalesforceNormalizer().normalize(record(json.dumps(API_EVENT).encode()))
+    assert isinstance(event, CrmApiTokenUsed)
+    assert (event.payload.token_id, event.payload.operation, event.payload.records_accessed) == (
+        "0H45e000000001",
+        "Query Contact",
+        9000,
+    )
+
+
+def test_event_log_file_report_export_without_row_count() -> None:
+    [event] = SalesforceNormalizer().normalize(record(json.dumps([ELF_EXPORT]).encode()))
+    assert isinstance(event, CrmRecordExport)
+    assert (event.payload.record_count, event.payload.export_id, event.payload.actor) == (
+        0,
+        "00O5e000000AbC",
+        "0055e000001",
+    )
+
+
+def test_event_ids_are_stable() -> None:
+    body = record(json.dumps(API_EVENT).encode())
+    assert (
+        SalesforceNormalizer().normalize(body)[0].event_id
+        == SalesforceNormalizer().normalize(body)[0].event_id
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (b"neither", "neither XML nor JSON"),
+        (b"42", "expected a record"),
+        (json.dumps([{"no": "type"}]).encode(), "names no type"),
+        (json.dumps({**API_EVENT, "EventDate": "yesterday"}).encode(), "ISO 8601"),
+        (json.dumps({**API_EVENT, "EventDate": "2026-03-01T11:05:00"}).encode(), "zone"),
+        (
+            json.dumps({k: v for k, v in API_EVENT.items() if k != "ConnectedAppId"}).encode(),
+            "no connected app",
+        ),
+        (json.dumps({**API_EVENT, "RowsProcessed": "many"}).encode(), "expected a count"),
+        (
+            outbound().replace(b"<OrganizationId>" + ORG.encode() + b"</OrganizationId>", b""),
+            "no OrganizationId",
+        ),
+    ],
+)
+def test_malformed_records_are_rejected_with_the_reason(body: bytes, match: str) -> None:
+    with pytest.raises(DecodeError, match=match):
+        SalesforceNormalizer().normalize(record(body))
+
+
+def test_other_objects_yield_nothing_and_other_kinds_are_refused() -> None:
+    assert SalesforceNormalizer().normalize(record(outbound(sobjects=CONTACT))) == []
+    with pytest.raises(ContractError, match="expected kind"):
+        SalesforceNormalizer().normalize(RawRecord("salesforce", "x", b"{}", received_at=NOW))
+
+
+def test_configuration_is_checked() -> None:
+    with pytest.raises(ValueError, match="at least 16"):
+        SalesforceWebhook("short", [ORG])
+    with pytest.raises(ValueError, match="organization id"):
+        SalesforceWebhook(TOKEN, [" "])

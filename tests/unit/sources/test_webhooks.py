@@ -1,0 +1,167 @@
+"""The shared webhook receiver app: publish-then-acknowledge, rejection accounting, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from vigil.errors import BrokerError, SourceError
+from vigil.hub.raw import RawRecord
+from vigil.sources.hubspot import HubSpotWebhook
+from vigil.sources.mailchimp import MailchimpSource, MailchimpWebhook
+from vigil.sources.sink import MemorySink
+from vigil.sources.webhooks import REDACTED, WebhookMetrics, create_app, secret_option
+
+SECRET = "mailchimp-path-secret-0123456789"  # noqa: S105 - a test secret
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+FORM = b"type=campaign&fired_at=2026-03-01+11%3A30%3A00&data%5Bid%5D=c1&data%5Bstatus%5D=sent"
+
+
+class FailingSink:
+    """A sink whose broker is down (the Kafka case is in the integration tests)."""
+
+    def publish(self, records: Sequence[RawRecord], cursor: dict[str, Any] | None = None) -> None:
+        raise BrokerError("Kafka unreachable")
+
+    def last_cursor(self, source_id: str) -> dict[str, Any] | None:
+        return None
+
+
+class Client:
+    """Requests straight into the ASGI app (the real-server path is in the integration tests)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        async def send() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                return await http.request(method, path, **kwargs)
+
+        return asyncio.run(send())
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", path, **kwargs)
+
+    def get(self, path: str) -> httpx.Response:
+        return self.request("GET", path)
+
+
+def client(sink: Any, **kwargs: Any) -> tuple[Client, WebhookMetrics]:
+    metrics = WebhookMetrics()
+    platforms = [MailchimpWebhook(SECRET), HubSpotWebhook("hs-secret")]
+    app = create_app(sink, platforms, metrics=metrics, clock=lambda: NOW, **kwargs)
+    return Client(app), metrics
+
+
+def count(metrics: WebhookMetrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_accepted_delivery_is_published_with_the_token_redacted_then_acknowledged() -> None:
+    sink = MemorySink()
+    http, metrics = client(sink)
+    answer = http.post(f"/webhooks/mailchimp/{SECRET}", content=FORM)
+    assert answer.status_code == 204
+    [record] = sink.records
+    assert (record.source, record.kind, record.value, record.received_at) == (
+        "mailchimp",
+        "webhook",
+        FORM,
+        NOW,
+    )
+    assert record.meta["path"] == f"/webhooks/mailchimp/{REDACTED}"
+    assert SECRET not in repr(record)
+    assert count(metrics, "vigil_webhook_accepted_total", platform="mailchimp") == 1
+
+
+def test_rejected_delivery_is_counted_and_not_published() -> None:
+    sink = MemorySink()
+    http, metrics = client(sink)
+    assert http.post("/webhooks/mailchimp/wrong", content=FORM).status_code == 401
+    assert http.post("/webhooks/hubspot", content=b"[]").status_code == 401
+    assert sink.records == []
+    assert count(metrics, "vigil_webhook_rejected_total", platform="mailchimp", reason="bad_token") == 1
+    assert count(metrics, "vigil_webhook_rejected_total", platform="hubspot", reason="missing_signature") == 1
+
+
+def test_broker_failure_is_503_with_retry_after_and_counted() -> None:
+    http, metrics = client(FailingSink(), retry_after_s=7)
+    answer = http.post(f"/webhooks/mailchimp/{SECRET}", content=FORM)
+    assert (answer.status_code, answer.headers["retry-after"]) == (503, "7")
+    assert count(metrics, "vigil_webhook_unavailable_total", platform="mailchimp") == 1
+    assert count(metrics, "vigil_webhook_accepted_total", platform="mailchimp") == 0
+
+
+def test_oversized_bodies_are_413_before_anything_else() -> None:
+    sink = MemorySink()
+    http, metrics = client(sink, max_body_bytes=64)
+    assert http.post(f"/webhooks/mailchimp/{SECRET}", content=b"x" * 65).status_code == 413
+
+    async def chunks() -> Any:  # no content-length: the limit applies while streaming
+        yield b"x" * 40
+        yield b"x" * 40
+
+    assert http.post(f"/webhooks/mailchimp/{SECRET}", content=chunks()).status_code == 413
+    assert sink.records == []
+    assert count(metrics, "vigil_webhook_rejected_total", platform="mailchimp", reason="too_large") == 2
+
+
+def test_unknown_platforms_and_methods() -> None:
+    http, _ = client(MemorySink())
+    assert http.post("/webhooks/zendesk", content=b"{}").status_code == 404
+    assert http.get("/webhooks/hubspot/x").status_code == 405  # only Mailchimp verifies URLs by GET
+    assert http.get(f"/webhooks/mailchimp/{SECRET}").status_code == 200
+    assert http.get("/healthz").json() == {"ok": True, "platforms": ["hubspot", "mailchimp"]}
+
+
+def test_platform_names_must_be_distinct() -> None:
+    with pytest.raises(ValueError, match="distinct names"):
+        create_app(MemorySink(), [MailchimpWebhook(SECRET), MailchimpWebhook(SECRET)])
+
+
+def test_source_reports_a_port_it_cannot_bind() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        source = MailchimpSource(MailchimpWebhook(SECRET), port=taken.getsockname()[1])
+        with pytest.raises(SourceError, match=r"cannot listen on 127\.0\.0\.1"):
+            source.run(MemorySink())
+
+
+def test_secret_option_names_the_variable_without_a_value() -> None:
+    assert secret_option({"secret": "a"}, "secret", {}, "VIGIL_X") == "a"
+    assert secret_option({}, "secret", {"VIGIL_X": "b"}, "VIGIL_X") == "b"
+    with pytest.raises(SourceError, match="set VIGIL_X"):
+        secret_option({}, "secret", {}, "VIGIL_X")
+
+
+def test_sources_are_built_from_options_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vigil.config import Settings
+    from vigil.sources.hubspot import HubSpotSource
+    from vigil.sources.salesforce import SalesforceSource
+
+    monkeypatch.setenv("VIGIL_HUBSPOT_CLIENT_SECRET", "from-the-environment")
+    hubspot = HubSpotSource.from_settings(Settings(), port="0", public_url="https://hooks.example.com")
+    assert (hubspot.name, hubspot.port, hubspot.default_topic) == ("hubspot", 0, "raw.hubspot")
+    mailchimp = MailchimpSource.from_settings(Settings(), secret=SECRET, sender_domain="news.example.com")
+    salesforce = SalesforceSource.from_settings(
+        Settings(), token=SECRET, org_ids="00D5e000000AbCd,00D5e000000XyZw"
+    )
+    # Distinct default ports, so the three receivers can run side by side.
+    assert len({hubspot.port, mailchimp.port, salesforce.port}) == 3
+    monkeypatch.delenv("VIGIL_HUBSPOT_CLIENT_SECRET")
+    with pytest.raises(SourceError, match="VIGIL_HUBSPOT_CLIENT_SECRET"):
+        HubSpotSource.from_settings(Settings())
+    with pytest.raises(SourceError, match="org_ids"):
+        SalesforceSource.from_settings(Settings(), token=SECRET)
+    with pytest.raises(SourceError, match=r"unknown option\(s\) \['prot'\]"):
+        MailchimpSource.from_settings(Settings(), secret=SECRET, prot="1")
