@@ -11,7 +11,7 @@ import typer
 from vigil.cli._common import console, settings
 from vigil.errors import ConfigError
 from vigil.sources.registry import SOURCES, source_class
-from vigil.sources.sink import KafkaRawSink
+from vigil.sources.sink import KafkaRawSink, raw_topic
 
 
 def _options(pairs: list[str]) -> dict[str, str]:
@@ -43,7 +43,11 @@ def source(
         raise ConfigError(msg)
     cfg = settings()
     connector = source_class(name).from_settings(cfg, **_options(option or []))
-    sink = KafkaRawSink(cfg, source_id=connector.source_id)
+    # A connector may route some records elsewhere (the ingest API sends rejected lines to
+    # dlq.ingest); by default everything goes to raw.<source>.
+    sink = KafkaRawSink(
+        cfg, source_id=connector.source_id, topic_for=getattr(connector, "topic_for", raw_topic)
+    )
     _stop_on_signals(connector.stop)
     console.print(
         f"[green]{name}[/] -> {connector.default_topic} (source id {connector.source_id}); Ctrl-C stops"

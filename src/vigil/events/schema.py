@@ -6,6 +6,7 @@ regenerates them and fails when the committed files drift from the models.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,19 @@ def _document(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _clean_descriptions(node: Any) -> Any:
+    """Docstring-derived descriptions, dedented the same way whatever the msgspec version
+    (versions differ in whether they clean docstrings), so the files do not drift spuriously."""
+    if isinstance(node, dict):
+        return {
+            k: inspect.cleandoc(v) if k == "description" and isinstance(v, str) else _clean_descriptions(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_clean_descriptions(v) for v in node]
+    return node
+
+
 def generate() -> dict[str, str]:
     """File name -> schema text, for every event type and record."""
     out: dict[str, str] = {}
@@ -34,7 +48,7 @@ def generate() -> dict[str, str]:
     targets["record.dead_letter"] = DeadLetter
     for name, target in sorted(targets.items()):
         file = f"{name}.schema.json"
-        schema = msgspec.json.schema(target)
+        schema = _clean_descriptions(msgspec.json.schema(target))
         out[file] = json.dumps(_document(file, schema), indent=2, sort_keys=True) + "\n"
     return out
 

@@ -402,6 +402,9 @@ class SecurityEventPayload(Struct, kw_only=True, frozen=True):
     severity: int | None = None
     message: str | None = None
     geo: Geo | None = None
+    #: Source-specific facts worth keeping as data (syslog host/app/structured data, CloudTrail
+    #: MFAUsed, region, user agent ...), flattened to strings; never interpreted as code.
+    attributes: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class SecurityEvent(Event, tag="security_event", frozen=True):

@@ -19,6 +19,12 @@ SOURCES: dict[str, str] = {
     "hubspot": "vigil.sources.hubspot:HubSpotSource",
     "salesforce": "vigil.sources.salesforce:SalesforceSource",
     "mailchimp": "vigil.sources.mailchimp:MailchimpSource",
+    "backend": "vigil.sources.backend:BackendIngestSource",
+    "syslog": "vigil.sources.syslog:SyslogSource",
+    "cloudtrail": "vigil.sources.cloudtrail:CloudTrailSource",
+    "intel": "vigil.sources.intel.lists:IntelListSource",
+    # TAXII publishes to raw.intel too (its name is "intel"); the intel normaliser reads both.
+    "taxii": "vigil.sources.intel.taxii:TaxiiSource",
 }
 
 #: source name -> "module:ClassName" of its Normalizer
@@ -30,6 +36,10 @@ NORMALIZERS: dict[str, str] = {
     "hubspot": "vigil.sources.hubspot:HubSpotNormalizer",
     "salesforce": "vigil.sources.salesforce:SalesforceNormalizer",
     "mailchimp": "vigil.sources.mailchimp:MailchimpNormalizer",
+    "backend": "vigil.sources.backend:BackendNormalizer",
+    "syslog": "vigil.sources.syslog:SyslogNormalizer",
+    "cloudtrail": "vigil.sources.cloudtrail:CloudTrailNormalizer",
+    "intel": "vigil.sources.intel.normalize:IntelNormalizer",
 }
 
 

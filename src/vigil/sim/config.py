@@ -1,0 +1,77 @@
+"""What a simulation is asked to produce: seed, size, span, scenarios and intel location."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from vigil.errors import ConfigError
+
+#: Benign events per customer per simulated day when only a duration is given.
+EVENTS_PER_CUSTOMER_DAY = 60
+DEFAULT_SPAN = timedelta(days=1)
+DEFAULT_START = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def default_data_dir() -> Path:
+    """The shared data directory (``../shared/data`` beside the repository), or the cwd-relative one."""
+    here = Path(__file__).resolve()
+    candidates = [Path.cwd() / ".." / "shared" / "data", *(p / "shared" / "data" for p in here.parents)]
+    for candidate in candidates:
+        if (candidate / "intel" / "ofac").is_dir():
+            return candidate.resolve()
+    return candidates[0]
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """A simulation request.
+
+    ``events`` is the total number of events (benign and attack); ``duration`` the simulated
+    span.  Given only ``events`` the span is one day; given only ``duration`` the volume is
+    :data:`EVENTS_PER_CUSTOMER_DAY` per customer per day.  ``scenarios`` of ``None`` means
+    every registered scenario; ``attack_rate`` multiplies each scenario's default number of
+    episodes (0 disables attacks).  ``data_dir`` holds ``intel/ofac`` and ``intel/scamsniffer``.
+    """
+
+    seed: int = 7
+    customers: int = 2000
+    events: int | None = 100_000
+    duration: timedelta | None = None
+    start: datetime = DEFAULT_START
+    scenarios: list[str] | None = None
+    attack_rate: float = 1.0
+    lookalikes: bool = True
+    data_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.start.tzinfo is None or self.start.utcoffset() != timedelta(0):
+            msg = f"SimConfig.start must be a UTC-aware datetime; got {self.start!r}"
+            raise ConfigError(msg)
+        if self.customers < 10:
+            msg = f"SimConfig.customers must be at least 10 (scenarios need victims); got {self.customers}"
+            raise ConfigError(msg)
+        if self.events is not None and self.events < 0:
+            msg = f"SimConfig.events must be >= 0; got {self.events}"
+            raise ConfigError(msg)
+        if self.duration is not None and self.duration <= timedelta(0):
+            msg = f"SimConfig.duration must be positive; got {self.duration}"
+            raise ConfigError(msg)
+        if self.attack_rate < 0:
+            msg = f"SimConfig.attack_rate must be >= 0; got {self.attack_rate}"
+            raise ConfigError(msg)
+
+    @property
+    def span(self) -> timedelta:
+        return self.duration if self.duration is not None else DEFAULT_SPAN
+
+    @property
+    def total_events(self) -> int:
+        if self.events is not None:
+            return self.events
+        return int(self.customers * EVENTS_PER_CUSTOMER_DAY * self.span / timedelta(days=1))
+
+    @property
+    def intel_dir(self) -> Path:
+        return (self.data_dir or default_data_dir()) / "intel"

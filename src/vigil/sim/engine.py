@@ -1,0 +1,111 @@
+"""The simulation: a population, benign life, and injected labelled episodes, merged in event time."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from operator import attrgetter
+
+from vigil.errors import ConfigError
+from vigil.events.base import Event
+from vigil.events.records import EpisodeLabel
+from vigil.hub.raw import RawRecord
+from vigil.sim.benign import BenignTraffic
+from vigil.sim.config import SimConfig
+from vigil.sim.intel import IntelLists, load_intel
+from vigil.sim.population import Population, build_population
+from vigil.sim.scenarios import LOOKALIKES, SCENARIOS, Episode, Scenario, World
+
+_BY_TIME = attrgetter("occurred_at")
+
+
+def resolve_scenarios(names: list[str] | None) -> list[type[Scenario]]:
+    if names is None:
+        return list(SCENARIOS.values())
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        msg = f"unknown scenario(s) {', '.join(map(repr, unknown))}; known: {', '.join(SCENARIOS)}"
+        raise ConfigError(msg)
+    return [SCENARIOS[n] for n in dict.fromkeys(names)]
+
+
+class Simulation:
+    """A deterministic simulated exchange.
+
+    ``canonical()`` yields every event (benign and attack) sorted by ``occurred_at``; it can
+    be iterated again and yields the same stream.  ``labels`` (attacks) and ``lookalikes``
+    (benign look-alikes, scenario ``benign:<name>``) are known from construction on.
+    """
+
+    def __init__(self, config: SimConfig, intel: IntelLists | None = None) -> None:
+        self.config = config
+        self.intel = intel or load_intel(config.intel_dir)
+        self.population: Population = build_population(config.seed, config.customers, self.intel)
+        self.start = config.start.timestamp()
+        self.span = config.span.total_seconds()
+        self.labels: list[EpisodeLabel] = []
+        self.lookalikes: list[EpisodeLabel] = []
+        self._episode_events: list[Event] = []
+        self._build_episodes()
+
+    # ------------------------------------------------------------------ episodes
+
+    def _count(self, cls: type[Scenario], rate: float) -> int:
+        if rate <= 0:
+            return 0
+        days = self.span / 86400
+        return max(1, round(cls.per_day * days * rate))
+
+    def _build_episodes(self) -> None:
+        cfg = self.config
+        world = World(self.population, cfg.seed, self.start, self.start + self.span)
+        plan: list[tuple[type[Scenario], bool]] = [(cls, False) for cls in resolve_scenarios(cfg.scenarios)]
+        if cfg.lookalikes:
+            plan += [(cls, True) for cls in LOOKALIKES.values()]
+        events: list[Event] = []
+        for cls, benign in plan:
+            rate = 1.0 if benign else cfg.attack_rate
+            place = random.Random(f"vigil-sim:{cfg.seed}:{cls.name}:placement")
+            scenario = cls()
+            for index in range(self._count(cls, rate)):
+                room = max(0.0, self.span - cls.length)
+                t0 = self.start + self.span * 0.01 + place.random() * room * 0.95
+                ep = Episode(world, cls.name, index, t0)
+                labels = scenario.build(ep)
+                (self.lookalikes if benign else self.labels).extend(labels)
+                events.extend(ep.events)
+        events.sort(key=_BY_TIME)
+        self._episode_events = events
+
+    @property
+    def episode_events(self) -> list[Event]:
+        """Every attack and look-alike event, sorted by time."""
+        return list(self._episode_events)
+
+    # ------------------------------------------------------------------ streams
+
+    def canonical(self) -> Iterator[Event]:
+        """All events, benign and injected, in event-time order."""
+        injected = self._episode_events
+        target = max(0, self.config.total_events - len(injected))
+        benign = BenignTraffic(self.population, self.config.seed, self.start, self.span, target)
+        j = 0
+        n = len(injected)
+        for _lo, hi, events in benign.slices():
+            k = j
+            while k < n and injected[k].occurred_at.timestamp() < hi:
+                k += 1
+            if k > j:
+                events = sorted(events + injected[j:k], key=_BY_TIME)
+                j = k
+            yield from events
+        yield from injected[j:]
+
+    def native(self) -> Iterator[tuple[str, RawRecord]]:
+        """The same stream in each source's native shape: ``(raw topic, record)``."""
+        from vigil.sim.native import NativeEncoder
+
+        encoder = NativeEncoder(self.population, self.config.seed)
+        for event in self.canonical():
+            yield from encoder.encode(event)
+        yield from encoder.flush()

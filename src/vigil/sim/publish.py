@@ -1,0 +1,210 @@
+"""Producing a simulation to Kafka: events (canonical or native), then the ground truth.
+
+Canonical events go to their declared ``events.<domain>`` topic keyed by entity (the
+same routing as :meth:`vigil.hub.client.EventProducer.topic_for`); native records go to
+``raw.<source>`` with the raw-topic headers.  Labels (attacks and look-alikes, the
+latter with scenario ``benign:<name>``) follow on ``labels`` keyed by episode id, and
+to a JSONL file when asked.
+
+Pacing: ``rate`` caps events per wall second; ``speed`` is simulated seconds per wall
+second (86400/60 plays a day in a minute).  Both only delay producing: event times are
+those of the simulation, so windows see the same stream at any pace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from confluent_kafka import KafkaError, Message
+
+from vigil.config import Settings
+from vigil.events.base import Event
+from vigil.events.codec import encode
+from vigil.events.records import EpisodeLabel
+from vigil.hub.admin import ensure_topics
+from vigil.hub.client import DeliveryFailed, make_producer
+from vigil.hub.topics import TOPICS, TopicSpec
+from vigil.sim.engine import Simulation
+
+LABELS_TOPIC = "labels"
+_CHECK_EVERY = 512
+
+
+@dataclass
+class PublishStats:
+    events: int = 0
+    labels: int = 0
+    seconds: float = 0.0
+    #: The topics written to.
+    topics: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+def write_labels(path: Path, labels: Iterable[EpisodeLabel]) -> int:
+    """Write labels as JSON lines (one episode per line); returns how many."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with path.open("wb") as fh:
+        for label in labels:
+            fh.write(encode(label) + b"\n")
+            n += 1
+    return n
+
+
+class _Pacer:
+    """Delays the producer so that neither the wall rate nor the simulated speed is exceeded."""
+
+    def __init__(self, rate: float | None, speed: float | None) -> None:
+        self.rate = rate
+        self.speed = speed
+        self.wall0 = time.monotonic()
+        self.sim0: float | None = None
+
+    def wait(self, count: int, event_ts: float) -> None:
+        if self.sim0 is None:
+            self.sim0 = event_ts
+        target = 0.0
+        if self.rate:
+            target = count / self.rate
+        if self.speed:
+            target = max(target, (event_ts - self.sim0) / self.speed)
+        delay = self.wall0 + target - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+class SimPublisher:
+    """Produces one simulation's stream and labels.  ``topic_prefix`` renames every topic
+    (``<prefix>events.identity``), for tests and demos on a shared cluster."""
+
+    def __init__(self, settings: Settings, *, topic_prefix: str = "", **producer_overrides: Any) -> None:
+        self.settings = settings
+        self.prefix = topic_prefix
+        self._errors: list[str] = []
+        # Throughput settings: larger, later batches (the simulator produces in bursts, and
+        # per-request overhead dominates at 5 ms linger), and delivery reports only for
+        # failures, so Python is not called back once per acknowledged record.
+        overrides = {
+            "linger.ms": 50,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1024 * 1024,
+            "delivery.report.only.error": True,
+            "on_delivery": self._on_delivery,
+            **producer_overrides,
+        }
+        self._producer = make_producer(settings, **overrides)
+        self._topic_of: dict[type[Event], str] = {}
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None and len(self._errors) < 100:
+            self._errors.append(f"{msg.topic()}: {err.str()}")
+
+    def topic_for(self, event: Event) -> str:
+        cls = type(event)
+        topic = self._topic_of.get(cls)
+        if topic is None:
+            topic = self._topic_of[cls] = self.prefix + TOPICS.for_event(cls).name
+        return topic
+
+    def ensure_topics(self, *, canonical: bool) -> list[str]:
+        """Create the topics this publisher writes to (declared settings, prefixed names)."""
+        specs: list[TopicSpec] = [
+            s
+            for s in TOPICS
+            if s.name == LABELS_TOPIC
+            or (canonical and s.name.startswith("events."))
+            or (not canonical and s.name.startswith("raw."))
+        ]
+        if self.prefix:
+            specs = [dataclasses.replace(s, name=self.prefix + s.name) for s in specs]
+        ensure_topics(self.settings, specs)
+        return [s.name for s in specs]
+
+    def _produce(self, topic: str, key: bytes | str | None, value: bytes, headers: Any = None) -> None:
+        producer = self._producer
+        while True:
+            try:
+                producer.produce(topic, value, key, headers=headers)
+                return
+            except BufferError:
+                # Local queue full: serve delivery reports until there is room.
+                producer.poll(0.05)
+
+    def publish(
+        self,
+        sim: Simulation,
+        *,
+        canonical: bool = True,
+        rate: float | None = None,
+        speed: float | None = None,
+        labels_file: Path | None = None,
+        progress: Callable[[int], None] | None = None,
+        flush_timeout: float = 120.0,
+    ) -> PublishStats:
+        """Produce the whole simulation, then its labels; returns when all are acknowledged."""
+        stats = PublishStats()
+        started = time.perf_counter()
+        pacer = _Pacer(rate, speed) if (rate or speed) else None
+        producer = self._producer
+        count = 0
+        native_topics: set[str] = set()
+        if canonical:
+            # The hot loop: bound methods and no per-record bookkeeping beyond the count.
+            produce = producer.produce
+            topic_of = self._topic_of
+            enc = msgspec.json.Encoder().encode
+            for event in sim.canonical():
+                topic = topic_of.get(type(event)) or self.topic_for(event)
+                value = enc(event)
+                try:
+                    produce(topic, value, event.key())
+                except BufferError:
+                    self._produce(topic, event.key(), value)
+                count += 1
+                if count % _CHECK_EVERY == 0:
+                    producer.poll(0)
+                    if progress:
+                        progress(count)
+                    if pacer:
+                        pacer.wait(count, event.occurred_at.timestamp())
+        else:
+            for raw_topic, record in sim.native():
+                topic = self.prefix + raw_topic
+                self._produce(topic, record.key, record.value, record.headers())
+                count += 1
+                native_topics.add(topic)
+                if count % _CHECK_EVERY == 0:
+                    producer.poll(0)
+                    if progress:
+                        progress(count)
+                    if pacer:
+                        pacer.wait(count, record.received_at.timestamp())
+        if progress:
+            progress(count)
+        labels = sim.labels + sim.lookalikes
+        for label in labels:
+            self._produce(self.prefix + LABELS_TOPIC, label.episode_id, encode(label))
+        remaining = producer.flush(flush_timeout)
+        if remaining:
+            msg = f"{remaining} simulated records not delivered within {flush_timeout:g}s"
+            raise DeliveryFailed(msg)
+        if self._errors:
+            msg = f"{len(self._errors)}+ simulated records failed delivery; first: {self._errors[0]}"
+            raise DeliveryFailed(msg)
+        if labels_file is not None:
+            write_labels(labels_file, labels)
+        stats.events = count
+        stats.labels = len(labels)
+        stats.topics = sorted(native_topics | set(self._topic_of.values()))
+        stats.seconds = time.perf_counter() - started
+        return stats

@@ -1,0 +1,172 @@
+"""The scenario interface: a named, parameterised generator of one labelled episode.
+
+A scenario is given an :class:`Episode` (its own seeded generator, id namespace, start
+time and the shared population) and builds the episode's events through
+``ep.make``; it returns the ground-truth labels (usually one; a supply-chain
+compromise also labels the account takeovers it leads to).  Scenarios never pick
+entities that do not exist: victims, employees, vendors and wallets come from the
+population, and what attackers bring (their IPs, devices, fresh addresses) is named in
+the label's ``related`` list.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import ClassVar
+
+from vigil.events.base import Entities, Event
+from vigil.events.ids import stable_id
+from vigil.events.records import EpisodeLabel
+from vigil.events.types import EntityRef, Geo
+from vigil.sim.factory import Make, at
+from vigil.sim.population import (
+    ATTACKER_PLACES,
+    USER_AGENTS,
+    Customer,
+    Place,
+    Population,
+    evm_address,
+    hex_id,
+    ip_in,
+)
+
+
+@dataclass
+class World:
+    """What every episode shares: the population, the time frame, and who is already a victim."""
+
+    pop: Population
+    seed: int
+    start: float
+    end: float
+    used: set[str] = field(default_factory=set)
+
+    def pick_customer(self, rng: random.Random, ok: Callable[[Customer], bool] | None = None) -> Customer:
+        """A customer no other episode uses (so labels do not overlap), satisfying ``ok``."""
+        custs = self.pop.customers
+        for _ in range(200):
+            c = custs[rng.randrange(len(custs))]
+            if c.id not in self.used and (ok is None or ok(c)):
+                self.used.add(c.id)
+                return c
+        # Small populations: allow reuse rather than fail.
+        return custs[rng.randrange(len(custs))]
+
+
+@dataclass
+class Attacker:
+    place: Place
+    ip: str
+    device: str
+    user_agent: str
+
+    @property
+    def geo(self) -> Geo:
+        return self.place.geo()
+
+
+class Episode:
+    """One episode under construction."""
+
+    def __init__(self, world: World, scenario: str, index: int, t0: float) -> None:
+        self.world = world
+        self.pop = world.pop
+        self.scenario = scenario
+        self.index = index
+        self.rng = random.Random(f"vigil-sim:{world.seed}:{scenario}:{index}")
+        self.t0 = t0
+        self.make = Make(world.seed, f"{scenario}:{index}", world.start)
+        self.id = stable_id("vigil-sim-episode", world.seed, scenario, index)
+
+    @property
+    def events(self) -> list[Event]:
+        return self.make.out
+
+    @property
+    def room(self) -> float:
+        """Seconds left between the episode start and the end of the simulation."""
+        return max(60.0, self.world.end - self.t0)
+
+    def attacker(self) -> Attacker:
+        rng = self.rng
+        place = rng.choice(ATTACKER_PLACES)
+        return Attacker(place, ip_in(rng, place), f"dev-{hex_id(rng, 10)}", rng.choice(USER_AGENTS[:4]))
+
+    def fresh_address(self) -> str:
+        return evm_address(self.rng)
+
+    def hour_of(self, ts: float) -> int:
+        return datetime.fromtimestamp(ts, UTC).hour
+
+    def within(self, hours: frozenset[int], ts: float, *, inside: bool = True) -> float:
+        """``ts``, or the first later top-of-the-hour (plus a minute) inside (or outside) ``hours``."""
+        for _ in range(48):
+            if (self.hour_of(ts) in hours) == inside:
+                return ts
+            ts += 3600 - (ts % 3600) + 60
+        return ts
+
+    def label(
+        self,
+        entity: EntityRef,
+        *,
+        related: list[EntityRef] | None = None,
+        events: list[Event] | None = None,
+        funds_leave_at: float | None = None,
+        params: dict[str, str] | None = None,
+        scenario: str | None = None,
+        suffix: str = "",
+    ) -> EpisodeLabel:
+        evs = events if events is not None else self.events
+        times = [e.occurred_at for e in evs]
+        leave = None
+        if funds_leave_at is not None:
+            # The time of the event that moves the money out (chain events sit at block time).
+            moves = [
+                e.occurred_at
+                for e in evs
+                if e.type in ("withdrawal_sent", "chain_transfer")
+                and e.occurred_at.timestamp() >= funds_leave_at - 1e-3
+            ]
+            leave = min(moves) if moves else at(funds_leave_at)
+        return EpisodeLabel(
+            episode_id=self.id + suffix,
+            scenario=scenario or self.scenario,
+            entity=entity,
+            related=related or [],
+            event_ids=[e.event_id for e in evs],
+            start=min(times),
+            end=max(times),
+            funds_leave_at=leave,
+            params=params or {},
+        )
+
+
+def ref(kind: str, id_: str) -> EntityRef:
+    return EntityRef(kind=kind, id=id_)
+
+
+def victim_entities(c: Customer, a: Attacker) -> Entities:
+    """The victim's account as seen from the attacker's device and IP."""
+    return Entities(customer=c.id, account=c.account, device=a.device, ip=a.ip, email=c.email)
+
+
+class Scenario(ABC):
+    """A named attack (or benign look-alike) generator."""
+
+    #: Stable snake_case name (``benign:<name>`` for look-alikes).
+    name: ClassVar[str]
+    #: Kind of the entity the detection should alert on.
+    entity_kind: ClassVar[str]
+    #: Episodes per simulated day at attack rate 1.
+    per_day: ClassVar[float] = 2.0
+    #: Typical length in seconds (used to place episodes inside the simulated span).
+    length: ClassVar[float] = 3600.0
+
+    @abstractmethod
+    def build(self, ep: Episode) -> list[EpisodeLabel]:
+        """Build the episode's events through ``ep.make`` and return its labels."""

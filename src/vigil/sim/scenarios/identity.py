@@ -1,0 +1,219 @@
+"""Account-level attacks: takeover after phishing, credential stuffing, API-key abuse, loyalty theft."""
+
+from __future__ import annotations
+
+from vigil.events.base import Entities
+from vigil.events.records import EpisodeLabel
+from vigil.sim.population import EXCHANGE_DOMAIN, Customer, phishing_domain
+from vigil.sim.scenarios.base import Attacker, Episode, Scenario, ref, victim_entities
+
+
+def takeover(
+    ep: Episode, c: Customer, t: float, domain: str, campaign: str, vendor: str = "mailchimp"
+) -> tuple[float, float, Attacker, str]:
+    """Phishing click -> new device/IP login -> credential change -> new address -> withdrawal.
+
+    Returns (end time, funds-leave time, the attacker, the attacker's address).  The request
+    precedes the send by 1-20 minutes so a hold decision can come first.
+    """
+    rng, m = ep.rng, ep.make
+    a = ep.attacker()
+    m.click(t, c, vendor, campaign, f"https://{domain}/account/verify?c={c.index}", domain, c.ips[0])
+    t += 120 + rng.random() * 1500
+    ents = victim_entities(c, a)
+    for _ in range(rng.randrange(0, 3)):
+        m.failed_login(t, ents, c.email, a.geo, a.user_agent, "bad_password")
+        t += 5 + rng.random() * 20
+    fatigue = rng.random() < 0.3
+    if fatigue:
+        # MFA fatigue: push prompts denied until the tired victim approves one.
+        for _ in range(rng.randrange(3, 9)):
+            m.mfa_challenge(t, ents, "denied", "push")
+            t += 10 + rng.random() * 40
+        m.mfa_challenge(t, ents, "approved", "push")
+        t += 3
+    m.login(t, ents, a.geo, a.user_agent, mfa=fatigue)
+    t += 30 + rng.random() * 150
+    if rng.random() < 0.5:
+        m.password_reset(t, ents, "email", "completed")
+    else:
+        m.mfa_change(t, ents, "reset", "totp", via_support=rng.random() < 0.3)
+    if rng.random() < 0.3:
+        t += 20 + rng.random() * 60
+        m.email_change(t, ents, c.email, f"{c.email.split('@')[0]}.{rng.randrange(1000)}@proton.me")
+    t += 60 + rng.random() * 240
+    dest = ep.fresh_address()
+    asset = "USDT" if rng.random() < 0.6 else "ETH"
+    m.withdrawal_address_added(t, c, dest, asset, "ethereum", ents)
+    t += 60 + rng.random() * 540
+    amount = round(max(c.balances[asset], 500.0 if asset == "USDT" else 0.2) * (0.8 + rng.random() * 0.2), 6)
+    delay = 60 + rng.random() * 1140
+    m.withdrawal(
+        t,
+        c,
+        asset,
+        amount,
+        "ethereum",
+        dest,
+        delay=delay,
+        hot_wallet=ep.pop.hot_wallets["ethereum"],
+        ents=ents,
+    )
+    return t + delay + 15, t + delay, a, dest
+
+
+class AccountTakeover(Scenario):
+    """Phishing click, new device and country, credential change, new address, withdrawal."""
+
+    name = "account_takeover"
+    entity_kind = "customer"
+    per_day = 3.0
+    length = 3 * 3600.0
+
+    def build(self, ep: Episode) -> list[EpisodeLabel]:
+        c = ep.world.pick_customer(ep.rng, lambda c: c.balances["USDT"] > 300)
+        domain = phishing_domain(ep.rng)
+        _, leave, a, dest = takeover(ep, c, ep.t0, domain, f"cmp-x{ep.id[:8]}")
+        return [
+            ep.label(
+                ref("customer", c.id),
+                related=[
+                    ref("account", c.account),
+                    ref("device", a.device),
+                    ref("ip", a.ip),
+                    ref("wallet", dest),
+                ],
+                funds_leave_at=leave,
+                params={"phishing_domain": domain, "attacker_country": a.place.country},
+            )
+        ]
+
+
+class CredentialStuffing(Scenario):
+    """Many accounts tried from a few IPs, mostly failing, a few logins succeeding."""
+
+    name = "credential_stuffing"
+    entity_kind = "ip"
+    per_day = 1.5
+    length = 1800.0
+
+    def build(self, ep: Episode) -> list[EpisodeLabel]:
+        rng, m = ep.rng, ep.make
+        attackers = [ep.attacker() for _ in range(rng.randrange(2, 5))]
+        attempts = rng.randrange(150, 400)
+        t = ep.t0
+        custs = ep.pop.customers
+        hits: list[str] = []
+        for i in range(attempts):
+            a = attackers[i % len(attackers)]
+            t += rng.expovariate(1 / 4.0)
+            if rng.random() < 0.25:
+                user = f"{rng.choice(('admin', 'test', 'crypto', 'trader'))}{rng.randrange(10**4)}@gmail.com"
+                m.failed_login(
+                    t, Entities(device=a.device, ip=a.ip), user, a.geo, a.user_agent, "unknown_user"
+                )
+                continue
+            c = custs[rng.randrange(len(custs))]
+            ents = Entities(customer=c.id, account=c.account, device=a.device, ip=a.ip, email=c.email)
+            if rng.random() < 0.015:
+                m.login(t, ents, a.geo, a.user_agent, mfa=False)
+                hits.append(c.id)
+            else:
+                reason = (
+                    "bad_password" if rng.random() < 0.9 else rng.choice(("captcha", "locked", "mfa_failed"))
+                )
+                m.failed_login(t, ents, c.email, a.geo, a.user_agent, reason)
+        return [
+            ep.label(
+                ref("ip", attackers[0].ip),
+                related=[ref("ip", a.ip) for a in attackers[1:]] + [ref("customer", h) for h in hits],
+                params={"attempts": str(attempts), "ips": str(len(attackers)), "successes": str(len(hits))},
+            )
+        ]
+
+
+class ApiKeyAbuse(Scenario):
+    """A new API key with withdrawal rights, used from a new IP to withdraw."""
+
+    name = "api_key_abuse"
+    entity_kind = "customer"
+    per_day = 1.5
+    length = 2 * 3600.0
+
+    def build(self, ep: Episode) -> list[EpisodeLabel]:
+        rng, m = ep.rng, ep.make
+        c = ep.world.pick_customer(rng, lambda c: c.balances["USDT"] > 300)
+        a = ep.attacker()
+        t = ep.t0
+        # A hijacked session (stolen cookie) creates the key from the victim's usual device...
+        m.login(t, c.entities, c.geo, c.user_agent, mfa=True)
+        t += 60 + rng.random() * 600
+        key = "key-" + ep.make.ids.derived("apikey")[:12]
+        m.api_key_created(
+            t,
+            Entities(customer=c.id, api_key=key, ip=c.ips[0], device=c.devices[0]),
+            key,
+            ["read", "trade", "withdraw"],
+        )
+        # ...and it is used from a new IP far away.
+        t += 300 + rng.random() * 1800
+        api = Entities(customer=c.id, account=c.account, api_key=key, ip=a.ip)
+        dest = ep.fresh_address()
+        m.withdrawal_address_added(t, c, dest, "USDT", "ethereum", api)
+        t += 30 + rng.random() * 120
+        amount = round(max(c.balances["USDT"], 800.0) * (0.7 + rng.random() * 0.3), 2)
+        delay = 60 + rng.random() * 900
+        m.withdrawal(
+            t,
+            c,
+            "USDT",
+            amount,
+            "ethereum",
+            dest,
+            delay=delay,
+            hot_wallet=ep.pop.hot_wallets["ethereum"],
+            channel="api",
+            ents=api,
+        )
+        return [
+            ep.label(
+                ref("customer", c.id),
+                related=[ref("api_key", key), ref("ip", a.ip), ref("wallet", dest)],
+                funds_leave_at=t + delay,
+                params={"attacker_country": a.place.country},
+            )
+        ]
+
+
+class LoyaltyTheft(Scenario):
+    """A takeover login from a new device, then the loyalty points redeemed as gift cards."""
+
+    name = "loyalty_theft"
+    entity_kind = "customer"
+    per_day = 1.5
+    length = 3600.0
+
+    def build(self, ep: Episode) -> list[EpisodeLabel]:
+        rng, m = ep.rng, ep.make
+        c = ep.world.pick_customer(rng, lambda c: c.loyalty_points >= 3000)
+        a = ep.attacker()
+        ents = victim_entities(c, a)
+        t = ep.t0
+        m.login(t, ents, a.geo, a.user_agent, mfa=False)
+        t += 60 + rng.random() * 300
+        if rng.random() < 0.6:
+            m.email_change(t, ents, c.email, f"x{rng.randrange(10**6)}@tutanota.com")
+            t += 30 + rng.random() * 120
+        left = max(c.loyalty_points, 3000)
+        while left >= 1000:
+            pts = min(left, rng.choice((5000, 10000, 2500)))
+            m.loyalty(t, ents, pts, "gift-card")
+            left -= pts
+            t += 10 + rng.random() * 60
+        return [
+            ep.label(
+                ref("customer", c.id),
+                related=[ref("device", a.device), ref("ip", a.ip)],
+                params={"points": str(max(c.loyalty_points, 3000)), "domain": EXCHANGE_DOMAIN},
+            )
+        ]

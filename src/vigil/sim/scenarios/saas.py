@@ -1,0 +1,125 @@
+"""Attacks through the exchange's SaaS: a compromised CRM/e-mail vendor, and an insider's bulk export."""
+
+from __future__ import annotations
+
+from vigil.events.base import Entities
+from vigil.events.records import EpisodeLabel
+from vigil.sim.population import phishing_domain
+from vigil.sim.scenarios.base import Episode, Scenario, ref
+from vigil.sim.scenarios.identity import takeover
+
+
+class SupplyChainCompromise(Scenario):
+    """A vendor API token abused: bulk export, phishing to exactly those customers, takeovers.
+
+    The token is used from an unusual place, the export takes a share of the customers the
+    vendor holds, the phishing wave reaches exactly them, and a few lose their funds.
+    """
+
+    name = "supply_chain_compromise"
+    entity_kind = "vendor"
+    per_day = 0.7
+    length = 8 * 3600.0
+
+    def build(self, ep: Episode) -> list[EpisodeLabel]:
+        rng, m = ep.rng, ep.make
+        vendor = ep.pop.vendors[rng.choice(("hubspot", "salesforce"))]
+        a = ep.attacker()
+        token = vendor.api_tokens[0]
+        ents = Entities(vendor=vendor.id, ip=a.ip, api_key=token)
+        t = ep.t0
+        holders = [c for c in vendor.customer_ids if c not in ep.world.used]
+        size = min(len(holders), max(20, int(len(holders) * (0.2 + rng.random() * 0.3))))
+        stolen = sorted(rng.sample(holders, size))
+        op = "crm.objects.contacts.read" if vendor.platform == "hubspot" else "query"
+        for _ in range(rng.randrange(2, 5)):
+            m.crm_token(
+                t, ents, vendor.platform, token, op, rng.randrange(100, 1000), a.geo, "python-requests/2.32"
+            )
+            t += 5 + rng.random() * 30
+        m.crm_export(t, ents, vendor.platform, stolen, f"api:{token[:8]}", a.geo)
+        # The phishing wave: sent hours later through the e-mail platform to exactly those customers.
+        t += min(ep.room * 0.3, 3600 + rng.random() * 3 * 3600)
+        domain = phishing_domain(rng)
+        campaign = f"cmp-x{ep.id[:8]}"
+        m.campaign(t, "mailchimp", campaign, "Action required: verify your account", domain, stolen, [domain])
+        # Takeovers among the recipients; each is also an account_takeover episode of its own.
+        labels: list[EpisodeLabel] = []
+        victims = rng.sample(stolen, min(len(stolen), rng.randrange(2, 4)))
+        first_leave: float | None = None
+        for n, cid in enumerate(victims):
+            c = ep.pop.customer(cid)
+            ep.world.used.add(cid)
+            before = len(ep.events)
+            _, leave, att, dest = takeover(ep, c, t + 300 + rng.random() * 1800, domain, campaign)
+            first_leave = leave if first_leave is None else min(first_leave, leave)
+            labels.append(
+                ep.label(
+                    ref("customer", c.id),
+                    related=[ref("vendor", vendor.id), ref("ip", att.ip), ref("wallet", dest)],
+                    events=ep.events[before:],
+                    funds_leave_at=leave,
+                    params={"parent_episode": ep.id, "phishing_domain": domain},
+                    scenario="account_takeover",
+                    suffix=f"-ato{n}",
+                )
+            )
+        # Clicks by other recipients who did not lose money (they still clicked).
+        for cid in rng.sample(stolen, min(len(stolen), rng.randrange(3, 10))):
+            if cid in victims:
+                continue
+            c = ep.pop.customer(cid)
+            m.click(
+                t + 120 + rng.random() * 3600,
+                c,
+                "mailchimp",
+                campaign,
+                f"https://{domain}/verify",
+                domain,
+                c.ips[0],
+            )
+        main = ep.label(
+            ref("vendor", vendor.id),
+            related=[ref("ip", a.ip), ref("api_key", token)] + [ref("customer", v) for v in victims],
+            funds_leave_at=first_leave,
+            params={"exported": str(len(stolen)), "phishing_domain": domain, "campaign": campaign},
+        )
+        return [main, *labels]
+
+
+class InsiderExport(Scenario):
+    """An employee logs in to the CRM at night and exports most customer records."""
+
+    name = "insider_export"
+    entity_kind = "employee"
+    per_day = 1.0
+    length = 1800.0
+
+    def build(self, ep: Episode) -> list[EpisodeLabel]:
+        rng, m = ep.rng, ep.make
+        e = rng.choice(ep.pop.employees)
+        # At night: outside the working hours and the hour after them.
+        t = ep.within(e.work_hours | {(h + 1) % 24 for h in e.work_hours}, ep.t0, inside=False)
+        ip = f"{rng.choice((89, 94, 176))}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+        ents = Entities(employee=e.id, vendor=e.crm, ip=ip, email=e.email)
+        m.crm_login(t, ents, e.crm, e.email, None, "Mozilla/5.0 (X11; Linux x86_64) Firefox/132.0")
+        vendor = ep.pop.vendors[e.crm]
+        ids = list(vendor.customer_ids)
+        total = 0
+        for _ in range(rng.randrange(2, 5)):
+            t += 60 + rng.random() * 300
+            chunk = sorted(rng.sample(ids, min(len(ids), max(200, int(len(ids) * 0.3)))))
+            total += len(chunk)
+            m.crm_export(t, ents, e.crm, chunk, e.email, None)
+        t += 30
+        m.cloudtrail(t, e.id, ip, "GetObject", resource="arn:aws:s3:::crm-exports/contacts.csv")
+        return [
+            ep.label(
+                ref("employee", e.id),
+                related=[ref("vendor", e.crm), ref("ip", ip)],
+                params={
+                    "records": str(total),
+                    "hour_utc": str(ep.hour_of(ep.events[0].occurred_at.timestamp())),
+                },
+            )
+        ]

@@ -1,0 +1,509 @@
+"""The back-end ingest API: the exchange's own services POST canonical events over HTTP.
+
+``POST /v1/events`` takes one JSON object, a JSON array of objects (``application/json``)
+or newline-delimited JSON (``application/x-ndjson``; also ``application/ndjson`` and
+``application/jsonl``).  Each line (or array item) is validated against the canonical
+contract with :mod:`vigil.events.codec`; valid ones are published unchanged (their exact
+bytes) to ``raw.backend`` as kind ``canonical``, keyed by the event's entity key; invalid
+ones are listed in the response by line (or item) number with the codec's message, and
+dead-lettered to ``dlq.ingest`` with the same reason.
+
+Authentication: ``Authorization: Bearer <key>``, one key per calling service.  Only the
+SHA-256 of each key is configured (``service -> hex digest``); the presented key is hashed
+and compared with every configured digest in constant time.  Keys are never logged, put
+in records or echoed; a failed attempt gets 401 and is counted per reason.
+
+Durability: a request is answered **200** only once Kafka has its records (the sink's
+transaction committed).  Between the handlers and Kafka sits a bounded in-memory buffer
+drained by one publisher thread that retries, in order, while the broker is unavailable.
+If a batch is not durable within ``ack_timeout`` the answer is **202** (accepted, queued:
+it will be written when the broker is back; its events keep their ``event_id`` so a client
+that resends anyway is deduplicated downstream).  When the buffer is full the answer is
+**503** with ``Retry-After`` and nothing of that request is accepted.  On shutdown the
+server stops accepting first, then drains the buffer (up to ``drain_timeout``).  The
+buffer is memory: a crash of this process while the broker is down loses the 202 batches,
+which is what the 202 (rather than 200) tells the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections import Counter, deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from vigil.config import Settings
+from vigil.errors import ContractError, SourceError
+from vigil.events.base import Event
+from vigil.events.codec import EventCodec, encode
+from vigil.events.records import DeadLetter
+from vigil.hub.raw import RawRecord
+from vigil.sources.base import Normalizer, RawSink, Source
+
+log = logging.getLogger(__name__)
+
+NAME = "backend"
+KIND = "canonical"
+KIND_REJECTED = "rejected"
+DLQ_TOPIC = "dlq.ingest"
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines")
+
+
+def topic_for(record: RawRecord) -> str:
+    """Where the ingest source's records go: accepted events to ``raw.backend``, rejected
+    lines (already wrapped as dead letters) to ``dlq.ingest``.  Pass it as the sink's ``topic_for``."""
+    return DLQ_TOPIC if record.kind == KIND_REJECTED else f"raw.{record.source}"
+
+
+def hash_key(key: str) -> str:
+    """The digest to configure for an API key (``vigil`` never stores the key itself)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- buffer
+
+
+class BufferFull(SourceError):
+    """The in-memory buffer has no room for this batch; the caller should retry later."""
+
+
+@dataclass
+class _Batch:
+    records: list[RawRecord]
+    done: Future[None] = field(default_factory=Future)
+
+
+class IngestBuffer:
+    """A bounded FIFO of batches between the HTTP handlers and Kafka.
+
+    ``submit`` either takes the whole batch (and returns a future that completes when the
+    batch is durable) or raises :class:`BufferFull`; it never takes part of a batch.  A
+    batch larger than the whole buffer is taken only when the buffer is empty.
+    One publisher thread writes batches in arrival order and retries the head batch with
+    backoff until the sink accepts it, so a broker outage delays records but loses none.
+    """
+
+    def __init__(self, sink: RawSink, *, max_records: int = 10_000, max_backoff: float = 2.0) -> None:
+        self._sink = sink
+        self.max_records = max_records
+        self._max_backoff = max_backoff
+        self._queue: deque[_Batch] = deque()
+        self._size = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+        self.failures = 0
+        self.published = 0
+
+    @property
+    def buffered(self) -> int:
+        with self._cond:
+            return self._size
+
+    def submit(self, records: list[RawRecord]) -> Future[None]:
+        with self._cond:
+            if self._closing:
+                msg = "ingest buffer is shutting down"
+                raise BufferFull(msg)
+            if self._size + len(records) > self.max_records and self._size > 0:
+                msg = f"ingest buffer full ({self._size} of {self.max_records} records waiting for Kafka)"
+                raise BufferFull(msg)
+            batch = _Batch(records)
+            self._queue.append(batch)
+            self._size += len(records)
+            self._cond.notify()
+            return batch.done
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="backend-ingest-publisher", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float) -> bool:
+        """Stop taking batches, then wait up to ``timeout`` for the buffer to drain.  True if drained."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            while self._queue and time.monotonic() < deadline:
+                self._cond.wait(timeout=max(0.0, deadline - time.monotonic()))
+            drained = not self._queue
+        if self._thread is not None:
+            self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        return drained
+
+    def _take(self) -> list[_Batch] | None:
+        with self._cond:
+            while not self._queue:
+                if self._closing:
+                    return None
+                self._cond.wait(timeout=0.5)
+            # Several small batches go in one transaction: fewer commits under load.
+            taken: list[_Batch] = []
+            count = 0
+            for batch in self._queue:
+                if taken and count + len(batch.records) > 5_000:
+                    break
+                taken.append(batch)
+                count += len(batch.records)
+            return taken
+
+    def _loop(self) -> None:
+        backoff = 0.05
+        while True:
+            taken = self._take()
+            if taken is None:
+                return
+            records = [r for b in taken for r in b.records]
+            try:
+                self._sink.publish(records)
+            except Exception as exc:  # any failure means "not durable yet": retry, in order
+                self.failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("ingest: publishing %d buffered records failed, retrying: %s", len(records), exc)
+                with self._cond:
+                    self._cond.wait(timeout=backoff)
+                backoff = min(self._max_backoff, backoff * 2)
+                continue
+            backoff = 0.05
+            self.last_error = None
+            self.published += len(records)
+            with self._cond:
+                for batch in taken:
+                    self._queue.popleft()
+                    self._size -= len(batch.records)
+                self._cond.notify_all()
+            for batch in taken:
+                batch.done.set_result(None)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass
+class ParsedBody:
+    accepted: list[tuple[bytes, Event]] = field(default_factory=list)
+    #: (position label, number, raw bytes, reason)
+    errors: list[tuple[str, int, bytes, str]] = field(default_factory=list)
+
+
+class UnsupportedMediaType(ContractError):
+    """The request's Content-Type is not one the API reads (answered 415)."""
+
+
+_codec = EventCodec()
+_array = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def parse_body(body: bytes, content_type: str) -> ParsedBody:
+    """Split and validate a request body.  Raises ContractError if the body as a whole is
+    unusable (unsupported content type, not JSON at all)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    out = ParsedBody()
+
+    def check(label: str, n: int, raw: bytes) -> None:
+        try:
+            out.accepted.append((raw, _codec.decode(raw)))
+        except ContractError as exc:
+            out.errors.append((label, n, raw, getattr(exc, "reason", str(exc))))
+
+    if media in NDJSON_TYPES:
+        for n, line in enumerate(body.split(b"\n"), 1):
+            line = line.rstrip(b"\r")
+            if line.strip():
+                check("line", n, line)
+    elif media == "application/json":
+        stripped = body.lstrip()
+        if stripped.startswith(b"["):
+            try:
+                items = _array.decode(body)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                msg = f"body is not a JSON array of objects: {exc}"
+                raise ContractError(msg) from None
+            for n, item in enumerate(items, 1):
+                check("item", n, bytes(item))
+        else:
+            check("item", 1, body.strip())
+    else:
+        msg = (
+            f"unsupported Content-Type {media or '(none)'!r}; expected application/json or "
+            "application/x-ndjson"
+        )
+        raise UnsupportedMediaType(msg)
+    return out
+
+
+# --------------------------------------------------------------------------- the app
+
+
+class Authenticator:
+    """Maps a presented bearer key to its service, comparing digests in constant time."""
+
+    def __init__(self, keys: dict[str, str]) -> None:
+        bad = [svc for svc, digest in keys.items() if len(digest) != 64 or not _is_hex(digest)]
+        if bad:
+            msg = f"backend ingest: keys of {bad} are not SHA-256 hex digests (64 hex digits)"
+            raise SourceError(msg)
+        self._keys = {svc: bytes.fromhex(digest) for svc, digest in keys.items()}
+        self.failures: Counter[str] = Counter()
+
+    def service(self, authorization: str | None) -> str | None:
+        if not authorization or not authorization.startswith("Bearer "):
+            self.failures["missing"] += 1
+            return None
+        presented = hashlib.sha256(authorization[7:].strip().encode()).digest()
+        found = None
+        for svc, digest in self._keys.items():
+            # Compare against every key, whatever matched, so timing says nothing about which.
+            if hmac.compare_digest(presented, digest):
+                found = svc
+        if found is None:
+            self.failures["invalid"] += 1
+        return found
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return True
+
+
+def create_app(
+    buffer: IngestBuffer,
+    auth: Authenticator,
+    *,
+    ack_timeout: float = 5.0,
+    retry_after: int = 5,
+    max_body_bytes: int = 10 * 1024 * 1024,
+) -> FastAPI:
+    app = FastAPI(title="Vigil back-end ingest", docs_url=None, redoc_url=None, openapi_url=None)
+    stats: Counter[str] = Counter()
+
+    @app.post("/v1/events")
+    async def ingest(request: Request) -> JSONResponse:
+        service = auth.service(request.headers.get("authorization"))
+        if service is None:
+            return JSONResponse(
+                {"error": "missing or invalid API key (Authorization: Bearer <key>)"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        body = await request.body()
+        if len(body) > max_body_bytes:
+            return JSONResponse({"error": f"body larger than {max_body_bytes} bytes"}, status_code=413)
+        try:
+            parsed = parse_body(body, request.headers.get("content-type", ""))
+        except UnsupportedMediaType as exc:
+            return JSONResponse({"error": str(exc)}, status_code=415)
+        except ContractError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        now = datetime.now(UTC)
+        records = [
+            RawRecord(
+                source=NAME,
+                kind=KIND,
+                value=raw,
+                received_at=now,
+                key=(event.key() or event.event_id).encode(),
+                meta={"service": service},
+            )
+            for raw, event in parsed.accepted
+        ]
+        records += [
+            RawRecord(
+                source=NAME,
+                kind=KIND_REJECTED,
+                value=encode(
+                    DeadLetter(
+                        stage="ingest",
+                        reason=f"{label} {n}: {reason}",
+                        topic="http:/v1/events",
+                        partition=-1,
+                        offset=-1,
+                        key=service.encode(),
+                        raw=raw,
+                        failed_at=now,
+                    )
+                ),
+                received_at=now,
+                key=service.encode(),
+                meta={"service": service},
+            )
+            for label, n, raw, reason in parsed.errors
+        ]
+        errors = [{label: n, "error": reason} for label, n, _, reason in parsed.errors]
+        result: dict[str, Any] = {"accepted": len(parsed.accepted), "rejected": len(errors), "errors": errors}
+        if not records:
+            return JSONResponse({**result, "error": "empty body: no events"}, status_code=400)
+        try:
+            done = buffer.submit(records)
+        except BufferFull as exc:
+            stats["buffer_full"] += 1
+            return JSONResponse(
+                {"error": f"{exc}; nothing from this request was accepted, retry later"},
+                status_code=503,
+                headers={"Retry-After": str(retry_after)},
+            )
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(done)), ack_timeout)
+        except TimeoutError:
+            stats["queued"] += 1
+            return JSONResponse({**result, "queued": True}, status_code=202)
+        stats["durable"] += 1
+        status = 200 if parsed.accepted else 422
+        return JSONResponse({**result, "queued": False}, status_code=status)
+
+    @app.get("/v1/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "buffered_records": buffer.buffered,
+            "buffer_capacity": buffer.max_records,
+            "published_records": buffer.published,
+            "publish_failures": buffer.failures,
+            "last_error": buffer.last_error,
+            "auth_failures": dict(auth.failures),
+            "responses": dict(stats),
+        }
+
+    return app
+
+
+class BackendIngestSource(Source):
+    """Serves the ingest API on ``host:port`` (0 = a free port; see ``port`` once ``ready``).
+
+    Build its sink with ``topic_for=source.topic_for`` so rejected lines reach ``dlq.ingest``;
+    with the default routing they land in ``raw.backend`` as kind ``rejected``, which the
+    normaliser refuses, so they still end in ``dlq.normalize`` with the reason (not lost).
+    """
+
+    name = NAME
+    topic_for = staticmethod(topic_for)
+
+    def __init__(
+        self,
+        *,
+        keys: dict[str, str],
+        host: str = "127.0.0.1",
+        port: int = 8088,
+        max_buffered_records: int = 10_000,
+        ack_timeout: float = 5.0,
+        retry_after: int = 5,
+        drain_timeout: float = 30.0,
+        source_id: str | None = None,
+    ) -> None:
+        super().__init__(source_id)
+        self.auth = Authenticator(keys)
+        self.host = host
+        self.port = port
+        self.max_buffered_records = max_buffered_records
+        self.ack_timeout = ack_timeout
+        self.retry_after = retry_after
+        self.drain_timeout = drain_timeout
+        self.ready = threading.Event()
+        self.buffer: IngestBuffer | None = None
+        self.drained: bool | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: str) -> BackendIngestSource:
+        """Options: ``host`` (127.0.0.1), ``port`` (8088), ``keys_file`` (a JSON object
+        ``{service: sha256 hex of its key}``; default: the JSON in ``VIGIL_BACKEND_KEYS``),
+        ``max_buffered_records`` (10000), ``ack_timeout`` (s, 5)."""
+        del settings
+        if "keys_file" in options:
+            with open(options["keys_file"], encoding="utf-8") as fh:
+                text = fh.read()
+        else:
+            text = os.environ.get("VIGIL_BACKEND_KEYS", "")
+        try:
+            keys = json.loads(text)
+        except ValueError:
+            keys = None
+        if not isinstance(keys, dict) or not keys or not all(isinstance(v, str) for v in keys.values()):
+            msg = (
+                "backend ingest: no API keys configured; give keys_file=<path> or VIGIL_BACKEND_KEYS, "
+                'a JSON object {"service": "<sha256 hex of its key>"}'
+            )
+            raise SourceError(msg)
+        return cls(
+            keys=keys,
+            host=options.get("host", "127.0.0.1"),
+            port=int(options.get("port", "8088")),
+            max_buffered_records=int(options.get("max_buffered_records", "10000")),
+            ack_timeout=float(options.get("ack_timeout", "5")),
+        )
+
+    def run(self, sink: RawSink) -> None:
+        buffer = self.buffer = IngestBuffer(sink, max_records=self.max_buffered_records)
+        app = create_app(buffer, self.auth, ack_timeout=self.ack_timeout, retry_after=self.retry_after)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            msg = f"backend ingest: cannot listen on {self.host}:{self.port}: {exc}"
+            raise SourceError(msg) from None
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        server = uvicorn.Server(config)
+        buffer.start()
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        try:
+            while not server.started:
+                if not thread.is_alive():
+                    msg = f"backend ingest: the HTTP server on {self.host}:{self.port} exited at start-up"
+                    raise SourceError(msg)
+                if self.wait(0.02):  # start-up poll of the server's own flag
+                    break
+            self.ready.set()
+            self._stop.wait()
+        finally:
+            # Stop taking requests first, then drain what was accepted.
+            server.should_exit = True
+            thread.join(timeout=10)
+            sock.close()
+            self.drained = buffer.close(self.drain_timeout)
+            if not self.drained:
+                log.error(
+                    "ingest: %d accepted records were still waiting for Kafka at shutdown: %s",
+                    buffer.buffered,
+                    buffer.last_error,
+                )
+
+
+# --------------------------------------------------------------------------- normaliser
+
+
+class BackendNormalizer(Normalizer):
+    """``canonical`` records are already canonical: validate again (the topic is the contract's
+    edge, and a record may have been produced by something else) and pass through, filling
+    ``ingested_at`` with the time the API received it when the service did not set it."""
+
+    source = NAME
+
+    def normalize(self, record: RawRecord) -> list[Event]:
+        if record.kind != KIND:
+            msg = f"raw.backend record of kind {record.kind!r}; expected {KIND!r}"
+            raise ContractError(msg)
+        event = _codec.decode(record.value, where="raw.backend")
+        if event.ingested_at is None:
+            event = msgspec.structs.replace(event, ingested_at=record.received_at)
+        return [event]

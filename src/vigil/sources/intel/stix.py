@@ -1,0 +1,193 @@
+"""STIX 2.1 (and 2.0) objects -> indicator values.
+
+Objects are parsed with :mod:`stix2` (which validates them, patterns included) and
+each ``indicator`` whose pattern is a simple IOC -- one or more ``=`` comparisons joined
+by ``OR`` on a supported observable -- yields one :class:`ParsedIndicator` per value.
+Patterns that need several observations together (``AND``, ``FOLLOWEDBY``) describe a
+behaviour, not a value to match, and are skipped on purpose (counted in ``skipped``).
+
+Supported observables: ``ipv4-addr``, ``ipv6-addr``, ``domain-name``, ``url``,
+``email-addr`` and crypto addresses, which STIX 2.1 has no standard object for:
+``x-crypto-address:value``, ``cryptocurrency-wallet:address`` / ``:value`` and
+``x-cryptocurrency-wallet:address`` / ``:value`` (the names in use in the wild).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import stix2
+from stix2patterns.exceptions import ParseException  # type: ignore[import-untyped]
+from stix2patterns.v21.pattern import Pattern  # type: ignore[import-untyped]
+
+from vigil.errors import ContractError
+
+#: (object type, property) -> our indicator type (crypto types refined by address shape)
+OBSERVABLES: dict[tuple[str, str], str] = {
+    ("ipv4-addr", "value"): "ipv4",
+    ("ipv6-addr", "value"): "ipv6",
+    ("domain-name", "value"): "domain",
+    ("url", "value"): "url",
+    ("email-addr", "value"): "email",
+    ("x-crypto-address", "value"): "crypto_address",
+    ("cryptocurrency-wallet", "address"): "crypto_address",
+    ("cryptocurrency-wallet", "value"): "crypto_address",
+    ("x-cryptocurrency-wallet", "address"): "crypto_address",
+    ("x-cryptocurrency-wallet", "value"): "crypto_address",
+}
+
+_EVM = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_BTC = re.compile(r"^(?:[13][1-9A-HJ-NP-Za-km-z]{25,34}|bc1[02-9ac-hj-np-z]{11,71})$")
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'")
+_COMPOUND = re.compile(r"\b(?:AND|FOLLOWEDBY)\b")
+
+#: Words in an indicator's types, labels or name -> our category (first match wins).
+_CATEGORY_WORDS: tuple[tuple[str, str], ...] = (
+    ("sanction", "sanctioned"),
+    ("drainer", "drainer"),
+    ("phish", "phishing"),
+    ("scam", "scam"),
+    ("mixer", "mixer"),
+    ("c2", "c2"),
+    ("command-and-control", "c2"),
+    ("command and control", "c2"),
+    ("compromised", "compromised_vendor"),
+    ("malicious-activity", "malware"),
+    ("malware", "malware"),
+    ("watchlist", "malware"),
+)
+
+
+def classify_address(value: str) -> tuple[str, str]:
+    """(indicator type, normalised value) of a crypto address: EVM addresses lower-cased
+    (they are case-insensitive; the mixed case is only a checksum), others kept as written
+    (base58 is case-sensitive)."""
+    value = value.strip()
+    if _EVM.match(value):
+        return "eth_address", value.lower()
+    if _BTC.match(value):
+        return "btc_address", value
+    return "crypto_address", value
+
+
+def normalise_value(indicator_type: str, value: str) -> tuple[str, str]:
+    value = value.strip()
+    if indicator_type == "crypto_address":
+        return classify_address(value)
+    if indicator_type in ("domain", "email"):
+        return indicator_type, value.lower().rstrip(".")
+    return indicator_type, value
+
+
+@dataclass(frozen=True)
+class ParsedIndicator:
+    indicator_type: str
+    value: str
+    category: str
+    stix_id: str
+    version: str
+    valid_from: datetime | None
+    valid_until: datetime | None
+    revoked: bool
+    confidence: int
+    description: str | None
+
+
+@dataclass
+class StixResult:
+    indicators: list[ParsedIndicator] = field(default_factory=list)
+    #: indicator ids whose pattern carried no supported simple IOC (file hashes, AND ...)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _utc(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    dt: datetime = value.astimezone(UTC)
+    # stix2 returns its own datetime subclass; the codec encodes only plain datetimes.
+    return datetime(dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second, dt.microsecond, tzinfo=UTC)
+
+
+def _category(ind: Any) -> str:
+    words = " ".join(
+        [*(ind.get("indicator_types") or []), *(ind.get("labels") or []), str(ind.get("name") or "")]
+    ).lower()
+    for word, category in _CATEGORY_WORDS:
+        if word in words:
+            return category
+    return "other"
+
+
+def _unquote(literal: str) -> str:
+    if len(literal) >= 2 and literal[0] == literal[-1] == "'":
+        return literal[1:-1].replace("\\'", "'").replace("\\\\", "\\")
+    return literal
+
+
+def pattern_values(pattern: str, *, where: str) -> list[tuple[str, str]] | None:
+    """(type, value) pairs of a simple IOC pattern; None if the pattern is compound or has
+    no supported observable.  Raises ContractError if the pattern does not parse."""
+    try:
+        inspected = Pattern(pattern).inspect()
+    except ParseException as exc:
+        msg = f"{where}: STIX pattern does not parse: {exc}"
+        raise ContractError(msg) from None
+    if _COMPOUND.search(_QUOTED.sub("''", pattern)):
+        return None
+    out: list[tuple[str, str]] = []
+    for obj_type, comparisons in inspected.comparisons.items():
+        for path, op, literal in comparisons:
+            kind = OBSERVABLES.get((obj_type, ".".join(str(p) for p in path)))
+            if kind is None or op != "=":
+                return None
+            out.append(normalise_value(kind, _unquote(literal)))
+    return out or None
+
+
+def parse_objects(objects: list[dict[str, Any]], *, where: str) -> StixResult:
+    """Indicators of a list of STIX objects (a bundle's or a TAXII envelope's ``objects``)."""
+    result = StixResult()
+    for n, raw in enumerate(objects):
+        if not isinstance(raw, dict):
+            msg = f"{where}: objects[{n}] must be a JSON object, got {type(raw).__name__}"
+            raise ContractError(msg)
+        if raw.get("type") != "indicator":
+            continue
+        here = f"{where}: {raw.get('id', f'objects[{n}]')}"
+        try:
+            ind = stix2.parse(raw, allow_custom=True)
+        except (stix2.exceptions.STIXError, ValueError) as exc:
+            msg = f"{here}: not a valid STIX indicator: {exc}"
+            raise ContractError(msg) from None
+        if isinstance(ind, dict):
+            # stix2 hands back a plain dict when it cannot tell the spec version.
+            msg = f"{here}: not a STIX 2.0/2.1 indicator (spec_version {raw.get('spec_version')!r:.20})"
+            raise ContractError(msg)
+        if ind.get("pattern_type", "stix") != "stix":
+            result.skipped.append(str(ind.id))
+            continue
+        values = pattern_values(str(ind.pattern), where=here)
+        if not values:
+            result.skipped.append(str(ind.id))
+            continue
+        category = _category(ind)
+        confidence = ind.get("confidence")
+        for indicator_type, value in dict.fromkeys(values):
+            result.indicators.append(
+                ParsedIndicator(
+                    indicator_type=indicator_type,
+                    value=value,
+                    category=category,
+                    stix_id=str(ind.id),
+                    version=_utc(ind.modified).isoformat() if ind.get("modified") else "",  # type: ignore[union-attr]
+                    valid_from=_utc(ind.get("valid_from")),
+                    valid_until=_utc(ind.get("valid_until")),
+                    revoked=bool(ind.get("revoked", False)),
+                    confidence=int(confidence) if confidence is not None else 100,
+                    description=ind.get("description") or ind.get("name"),
+                )
+            )
+    return result

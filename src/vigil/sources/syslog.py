@@ -1,0 +1,478 @@
+"""Syslog (RFC 5424) receiver over UDP and TCP, and its normaliser.
+
+:class:`SyslogSource` listens on a UDP port (one message per datagram, RFC 5426) and a
+TCP port (RFC 6587: octet-counting ``"<len> <msg>"`` or LF-terminated non-transparent
+framing, detected per frame by the first byte: a digit starts an octet count, ``<`` a
+PRI).  Each message is published unchanged to ``raw.syslog`` (kind ``syslog``) with the
+transport and peer in ``meta``.  Syslog has no acknowledgement, so a message is only
+as safe as the batch it is published in; batches are small and flushed on a short timer.
+While Kafka is unavailable the batch is retried with backoff and new messages wait in a
+bounded buffer: when it is full, TCP senders are slowed down (flow control) and UDP
+datagrams are dropped and counted in ``dropped``.
+
+:class:`SyslogNormalizer` parses the RFC 5424 header, structured data and message into a
+``security_event``.  Anything that is not RFC 5424 raises :class:`ContractError` naming
+the field and the offset where parsing stopped.  Message text is attacker-controlled:
+it is kept as data (``payload.message``), never interpreted.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import socket
+import socketserver
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from vigil.config import Settings
+from vigil.errors import ContractError, SourceError
+from vigil.events.base import Entities, Event
+from vigil.events.ids import stable_id
+from vigil.events.types import SecurityEvent, SecurityEventPayload
+from vigil.hub.raw import RawRecord
+from vigil.sources.base import Normalizer, RawSink, Source
+
+log = logging.getLogger(__name__)
+
+NAME = "syslog"
+Outcome = Literal["success", "failure", "unknown"]
+KIND = "syslog"
+#: Longest frame accepted on TCP; a larger octet count is a framing error (or an attack).
+MAX_FRAME = 64 * 1024
+
+
+# --------------------------------------------------------------------------- receiver
+
+
+@dataclass(frozen=True)
+class _Received:
+    data: bytes
+    transport: str
+    peer: str
+    received_at: datetime
+
+
+class _TcpHandler(socketserver.StreamRequestHandler):
+    server: _TcpServer
+
+    def handle(self) -> None:
+        peer = f"{self.client_address[0]}:{self.client_address[1]}"
+        for frame in iter_frames(self.rfile):
+            self.server.deliver(_Received(frame, "tcp", peer, datetime.now(UTC)))
+
+
+class _TcpServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, addr: tuple[str, int], out: queue.Queue[_Received]) -> None:
+        self._out = out
+        super().__init__(addr, _TcpHandler)
+
+    def deliver(self, item: _Received) -> None:
+        # Blocks while the buffer is full, which stops reading the socket: TCP flow control
+        # then slows the sender instead of losing messages.
+        self._out.put(item)
+
+
+def iter_frames(stream: Any) -> Any:
+    """Yield the messages of an RFC 6587 TCP stream (octet-counting or LF framing).
+
+    A stream that starts a frame with neither a digit nor ``<`` is not syslog; the rest of
+    the connection is dropped (there is no way to resynchronise), which the sender sees as
+    a closed connection.
+    """
+    while True:
+        first = stream.read(1)
+        if not first:
+            return
+        if first.isdigit():
+            digits = first
+            while True:
+                ch = stream.read(1)
+                if not ch:
+                    return
+                if ch == b" ":
+                    break
+                if not ch.isdigit() or len(digits) > 6:
+                    return
+                digits += ch
+            length = int(digits)
+            if length > MAX_FRAME:
+                return
+            frame = stream.read(length)
+            if len(frame) < length:
+                return
+            yield frame
+        elif first == b"<":
+            line = stream.readline(MAX_FRAME)
+            yield first + line.rstrip(b"\r\n")
+        elif first in b"\r\n":
+            continue
+        else:
+            return
+
+
+class SyslogSource(Source):
+    """Receives syslog on ``host``: UDP on ``udp_port`` and TCP on ``tcp_port`` (0 = any free port).
+
+    ``bound`` (set once listening) says which ports were actually bound, so tests and the
+    CLI can print them.  Messages are published in batches of up to ``batch_size`` or every
+    ``flush_interval`` seconds.
+    """
+
+    name = NAME
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        udp_port: int | None = 5514,
+        tcp_port: int | None = 5514,
+        batch_size: int = 500,
+        flush_interval: float = 0.2,
+        max_buffered: int = 100_000,
+        source_id: str | None = None,
+    ) -> None:
+        super().__init__(source_id)
+        self.host = host
+        self.udp_port = udp_port
+        self.tcp_port = tcp_port
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.bound: dict[str, int] = {}
+        self.ready = threading.Event()
+        self.published = 0
+        #: UDP datagrams dropped because the buffer was full (TCP senders are slowed down instead).
+        self.dropped = 0
+        self.publish_failures = 0
+        self.last_error: str | None = None
+        self._queue: queue.Queue[_Received] = queue.Queue(maxsize=max_buffered)
+        self._pending: list[RawRecord] = []
+        self._backoff = 0.1
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: str) -> SyslogSource:
+        """Options: ``host`` (127.0.0.1), ``udp_port`` / ``tcp_port`` (5514; ``off`` disables one)."""
+        del settings  # nothing from the shared settings is needed
+
+        def port(name: str) -> int | None:
+            value = options.get(name, "5514")
+            return None if value == "off" else int(value)
+
+        return cls(
+            host=options.get("host", "127.0.0.1"), udp_port=port("udp_port"), tcp_port=port("tcp_port")
+        )
+
+    def run(self, sink: RawSink) -> None:
+        threads: list[threading.Thread] = []
+        udp: socket.socket | None = None
+        tcp: _TcpServer | None = None
+        try:
+            if self.udp_port is not None:
+                udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                udp.bind((self.host, self.udp_port))
+                udp.settimeout(0.2)
+                self.bound["udp"] = udp.getsockname()[1]
+                threads.append(threading.Thread(target=self._udp_loop, args=(udp,), daemon=True))
+            if self.tcp_port is not None:
+                tcp = _TcpServer((self.host, self.tcp_port), self._queue)
+                self.bound["tcp"] = tcp.server_address[1]
+                threads.append(
+                    threading.Thread(target=tcp.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+                )
+        except OSError as exc:
+            if udp is not None:
+                udp.close()
+            msg = f"syslog: cannot listen on {self.host} (udp {self.udp_port}, tcp {self.tcp_port}): {exc}"
+            raise SourceError(msg) from None
+        for t in threads:
+            t.start()
+        self.ready.set()
+        try:
+            while self.running:
+                self._publish_batch(sink)
+            # Stopping: one last attempt to publish what was received.
+            while self._publish_batch(sink, drain=True):
+                pass
+            undelivered = len(self._pending) + self._queue.qsize()
+            if undelivered:
+                log.error("syslog: stopped with %d messages not published: %s", undelivered, self.last_error)
+        finally:
+            if tcp is not None:
+                tcp.shutdown()
+                tcp.server_close()
+            if udp is not None:
+                udp.close()
+
+    def _udp_loop(self, sock: socket.socket) -> None:
+        while self.running:
+            try:
+                data, addr = sock.recvfrom(MAX_FRAME)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                self._queue.put_nowait(
+                    _Received(data.rstrip(b"\r\n"), "udp", f"{addr[0]}:{addr[1]}", datetime.now(UTC))
+                )
+            except queue.Full:
+                self.dropped += 1  # UDP has no back-pressure: count what the full buffer refused
+
+    def _publish_batch(self, sink: RawSink, *, drain: bool = False) -> bool:
+        """Publish what is pending, or the next batch from the queue.  False if nothing was
+        published (queue empty, or the sink failed and the batch is kept for a retry)."""
+        if not self._pending:
+            items: list[_Received] = []
+            try:
+                items.append(self._queue.get(timeout=0 if drain else self.flush_interval))
+            except queue.Empty:
+                return False
+            while len(items) < self.batch_size:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._pending = [
+                RawRecord(
+                    source=self.name,
+                    kind=KIND,
+                    value=item.data,
+                    received_at=item.received_at,
+                    key=item.peer.rsplit(":", 1)[0].encode(),
+                    meta={"transport": item.transport, "peer": item.peer},
+                )
+                for item in items
+            ]
+        try:
+            sink.publish(self._pending)
+        except Exception as exc:  # not durable: keep the batch, retry after a pause
+            self.publish_failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("syslog: publishing %d messages failed, will retry: %s", len(self._pending), exc)
+            self._backoff = min(self._backoff * 2, 5.0)
+            if not drain:
+                self.wait(self._backoff)
+            return False
+        self._backoff = 0.1
+        self.last_error = None
+        self.published += len(self._pending)
+        self._pending = []
+        return True
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class SyslogMessage:
+    """An RFC 5424 message; ``None`` where the sender wrote the NILVALUE ``-``."""
+
+    facility: int
+    severity: int
+    version: int
+    timestamp: datetime | None
+    hostname: str | None
+    app_name: str | None
+    procid: str | None
+    msgid: str | None
+    structured_data: dict[str, dict[str, str]]
+    msg: str | None
+
+
+_PRI = re.compile(rb"<(\d{1,3})>(\d{1,2}) ")
+_SD_NAME = re.compile(r"[^= \]\"]{1,32}")
+_SD_VALUE = re.compile(r'((?:[^"\\]|\\.)*)"', re.DOTALL)
+_SD_ESCAPE = re.compile(r'\\(["\\\]])')
+_BOM = "\ufeff"
+
+
+def _bad(reason: str, offset: int) -> ContractError:
+    return ContractError(f"not RFC 5424 syslog: {reason} (at byte {offset})")
+
+
+def parse_rfc5424(data: bytes) -> SyslogMessage:
+    """Parse one RFC 5424 message; raises :class:`ContractError` saying what and where."""
+    m = _PRI.match(data)
+    if m is None:
+        msg = "expected '<PRI>VERSION ' with PRI 0-191 and VERSION 1"
+        raise _bad(msg, 0)
+    pri, version = int(m.group(1)), int(m.group(2))
+    if pri > 191:
+        msg = f"PRI {pri} is out of range 0-191"
+        raise _bad(msg, 1)
+    if version != 1:
+        msg = f"VERSION must be 1, got {version}"
+        raise _bad(msg, m.start(2))
+    try:
+        text = data[m.end() :].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        msg = f"header or message is not UTF-8 ({exc.reason})"
+        raise _bad(msg, m.end() + exc.start) from None
+    pos = 0
+    fields: list[str] = []
+    for name in ("TIMESTAMP", "HOSTNAME", "APP-NAME", "PROCID", "MSGID"):
+        end = text.find(" ", pos)
+        if end <= pos:
+            msg = f"missing {name} (header fields are separated by single spaces)"
+            raise _bad(msg, m.end() + pos)
+        fields.append(text[pos:end])
+        pos = end + 1
+    ts_text, host, app, procid, msgid = fields
+    timestamp = None
+    if ts_text != "-":
+        try:
+            timestamp = datetime.fromisoformat(ts_text.replace("Z", "+00:00"))
+        except ValueError:
+            msg = f"TIMESTAMP {ts_text[:40]!r} is not RFC 3339"
+            raise _bad(msg, m.end()) from None
+        if timestamp.tzinfo is None:
+            msg = f"TIMESTAMP {ts_text[:40]!r} has no time zone"
+            raise _bad(msg, m.end())
+        timestamp = timestamp.astimezone(UTC)
+    sd, pos = _parse_sd(text, pos, m.end())
+    body: str | None = None
+    if pos < len(text):
+        if text[pos] != " ":
+            msg = "expected a space between STRUCTURED-DATA and MSG"
+            raise _bad(msg, m.end() + pos)
+        body = text[pos + 1 :].removeprefix(_BOM)
+    return SyslogMessage(
+        facility=pri // 8,
+        severity=pri % 8,
+        version=version,
+        timestamp=timestamp,
+        hostname=None if host == "-" else host,
+        app_name=None if app == "-" else app,
+        procid=None if procid == "-" else procid,
+        msgid=None if msgid == "-" else msgid,
+        structured_data=sd,
+        msg=body,
+    )
+
+
+def _parse_sd(text: str, pos: int, base: int) -> tuple[dict[str, dict[str, str]], int]:
+    if text.startswith("-", pos):
+        return {}, pos + 1
+    if not text.startswith("[", pos):
+        msg = "STRUCTURED-DATA must be '-' or start with '['"
+        raise _bad(msg, base + pos)
+    out: dict[str, dict[str, str]] = {}
+    while text.startswith("[", pos):
+        pos += 1
+        m = _SD_NAME.match(text, pos)
+        if m is None:
+            msg = "SD-ID missing"
+            raise _bad(msg, base + pos)
+        sd_id = m.group()
+        pos = m.end()
+        params: dict[str, str] = {}
+        while text.startswith(" ", pos):
+            pos += 1
+            m = _SD_NAME.match(text, pos)
+            if m is None or not text.startswith('="', m.end()):
+                msg = f'SD-PARAM in [{sd_id}] must be name="value"'
+                raise _bad(msg, base + pos)
+            name = m.group()
+            pos = m.end() + 2
+            v = _SD_VALUE.match(text, pos)
+            if v is None:
+                msg = f"unterminated value of {sd_id}.{name}"
+                raise _bad(msg, base + pos)
+            value = v.group(1)
+            # RFC 5424 escapes only '"', '\\' and ']'; any other backslash is kept as written.
+            params[name] = _SD_ESCAPE.sub(r"\1", value) if "\\" in value else value
+            pos = v.end()
+        if not text.startswith("]", pos):
+            msg = f"expected ']' closing [{sd_id}]"
+            raise _bad(msg, base + pos)
+        pos += 1
+        out[sd_id] = params
+    return out, pos
+
+
+# --------------------------------------------------------------------------- normaliser
+
+#: SD parameter names that, in common practice (RFC 5424 examples, rsyslog, auditd
+#: forwarders), carry who did it, from where, and whether it worked.
+_PRINCIPAL_KEYS = ("user", "username", "acct", "principal", "uid")
+_IP_KEYS = ("src", "srcip", "src_ip", "ip", "addr", "client_ip")
+_OUTCOME_KEYS = ("outcome", "res", "result", "status")
+_SUCCESS = {"success", "succeeded", "ok", "allow", "allowed", "accept", "accepted", "true"}
+_FAILURE = {"failure", "failed", "fail", "deny", "denied", "reject", "rejected", "false", "error"}
+
+
+def _first(sd: dict[str, dict[str, str]], keys: tuple[str, ...]) -> str | None:
+    for params in sd.values():
+        for key in keys:
+            value = params.get(key)
+            if value:
+                return value
+    return None
+
+
+class SyslogNormalizer(Normalizer):
+    """``syslog`` raw records -> ``security_event`` (provider ``syslog``).
+
+    Syslog carries no message id, so the event id hashes the message bytes: a message
+    delivered twice (a TCP resend) is deduplicated downstream, and so would be two truly
+    identical lines -- same timestamp to the sub-second, host, process and text -- which
+    is accepted as the price of a stable id.  Who/where/outcome come from structured data
+    parameters in common use (``user``, ``src``, ``outcome`` ...); everything else is kept
+    in ``attributes`` (``sd.<SD-ID>.<name>``).
+    """
+
+    source = NAME
+
+    def normalize(self, record: RawRecord) -> list[Event]:
+        if record.kind != KIND:
+            msg = f"raw.syslog record of kind {record.kind!r}; expected {KIND!r}"
+            raise ContractError(msg)
+        parsed = parse_rfc5424(record.value)
+        sd = parsed.structured_data
+        outcome_text = (_first(sd, _OUTCOME_KEYS) or "").lower()
+        outcome: Outcome = "unknown"
+        if outcome_text in _SUCCESS:
+            outcome = "success"
+        elif outcome_text in _FAILURE:
+            outcome = "failure"
+        principal = _first(sd, _PRINCIPAL_KEYS)
+        attributes = {
+            k: v
+            for k, v in {
+                "host": parsed.hostname,
+                "app": parsed.app_name,
+                "procid": parsed.procid,
+                "msgid": parsed.msgid,
+                "facility": str(parsed.facility),
+            }.items()
+            if v is not None
+        }
+        for sd_id, params in sd.items():
+            for name, value in params.items():
+                attributes[f"sd.{sd_id}.{name}"] = value
+        action = parsed.msgid or parsed.app_name or "syslog"
+        return [
+            SecurityEvent(
+                event_id=stable_id(NAME, record.value, prefix="syslog-"),
+                source=NAME,
+                occurred_at=parsed.timestamp or record.received_at,
+                ingested_at=record.received_at,
+                entities=Entities(employee=principal, ip=_first(sd, _IP_KEYS)),
+                payload=SecurityEventPayload(
+                    provider="syslog",
+                    action=action,
+                    outcome=outcome,
+                    principal=principal,
+                    resource=parsed.hostname,
+                    severity=parsed.severity,
+                    message=parsed.msg,
+                    attributes=attributes,
+                ),
+            )
+        ]

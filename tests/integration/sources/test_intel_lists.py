@@ -1,0 +1,185 @@
+"""Intelligence lists (real OFAC and ScamSniffer files) -> real Kafka: refreshed without
+restart, the diff survives a restart through the cursor, and removed entries are revoked in
+a compacted indicators topic."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from vigil.config import Settings
+from vigil.events.codec import EventCodec
+from vigil.events.types import IntelIndicator
+from vigil.hub.admin import ensure_topics
+from vigil.hub.client import EventProducer
+from vigil.hub.raw import RawRecord
+from vigil.hub.topics import TopicSpec
+from vigil.sources.intel import ofac, scamlists
+from vigil.sources.intel.lists import IntelListSource, ListSpec, content_version
+from vigil.sources.intel.normalize import IntelNormalizer
+from vigil.sources.sink import KafkaRawSink
+
+DATA = Path("/work/shared/data/intel")
+
+
+def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
+    """(low, high) of a partition; retried while a just-created topic elects its leader."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=5)
+            return int(low), int(high)
+        except KafkaException as exc:
+            if not exc.args[0].retriable() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)  # leader election in progress; the loop re-checks the state
+
+
+def read(settings: Settings, topic: str, source: str = "intel") -> list[tuple[bytes | None, bytes]]:
+    consumer = Consumer(
+        settings.kafka_client_config()
+        | {
+            "group.id": f"g-{uuid.uuid4().hex}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        }
+    )
+    tp = TopicPartition(topic, 0)
+    low, high = watermarks(consumer, tp)
+    out: list[tuple[bytes | None, bytes]] = []
+    if high > low:
+        consumer.assign([TopicPartition(topic, 0, low)])
+        deadline = time.monotonic() + 30
+        while consumer.position([tp])[0].offset < high:
+            assert time.monotonic() < deadline
+            msg = consumer.poll(0.5)
+            if msg is not None and not msg.error():
+                out.append((msg.key(), msg.value()))
+    consumer.close()
+    return out
+
+
+def raw_records(settings: Settings, topic: str) -> list[RawRecord]:
+    consumer = Consumer(
+        settings.kafka_client_config()
+        | {
+            "group.id": f"g-{uuid.uuid4().hex}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        }
+    )
+    tp = TopicPartition(topic, 0)
+    _, high = watermarks(consumer, tp)
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    out = []
+    while high and consumer.position([tp])[0].offset < high:
+        msg = consumer.poll(0.5)
+        if msg is not None and not msg.error():
+            out.append(RawRecord.from_headers("intel", msg.value(), msg.key(), msg.headers()))
+    consumer.close()
+    return out
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_lists_refresh_without_restart_and_revoke_after_restart(settings: Settings, tmp_path: Path) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    raw_topic, indicators = f"test.intel.raw.{suffix}", f"test.intel.indicators.{suffix}"
+    ensure_topics(
+        settings,
+        [
+            TopicSpec(name=raw_topic, key="list", value="raw", description="t", partitions=1),
+            TopicSpec(
+                name=indicators,
+                key="<type>:<value>",
+                value=(IntelIndicator,),
+                description="t",
+                partitions=1,
+                cleanup="compact",
+                retention=None,
+            ),
+        ],
+    )
+    eth = tmp_path / "sanctioned_addresses_ETH.txt"
+    scam = tmp_path / "address.json"
+    shutil.copy(DATA / "ofac" / eth.name, eth)
+    shutil.copy(DATA / "scamsniffer" / "address.json", scam)
+    specs = [
+        ListSpec("ofac.ETH", str(eth), ofac.FORMAT, ofac.FEED),
+        ListSpec("scamsniffer.address", str(scam), scamlists.ADDRESSES, scamlists.FEED),
+    ]
+    source_id = f"intel-lists-{suffix}"
+
+    def new_sink() -> KafkaRawSink:
+        return KafkaRawSink(settings, source_id=source_id, topic_for=lambda _r: raw_topic)
+
+    # 1. A running source picks up a changed list at its next poll, without a restart.
+    sink = new_sink()
+    source = IntelListSource(specs, poll_interval=0.1, source_id=source_id)
+    thread = threading.Thread(target=source.run, args=(sink,))
+    thread.start()
+    try:
+        wait_for(lambda: len(raw_records(settings, raw_topic)) == 2, 30, "both lists")
+        lines = eth.read_text().splitlines()
+        added = "0x00000000000000000000000000000000DeaDBeef"
+        eth.write_text("\n".join([*lines[1:], added]) + "\n")  # first address delisted, one added
+        wait_for(lambda: len(raw_records(settings, raw_topic)) == 4, 30, "the refreshed list")
+    finally:
+        source.stop()
+        thread.join(30)
+        sink.close()
+
+    # 2. Restarted (new sink, new source): the cursor has the last versions, so an unchanged
+    #    list publishes nothing and a change made while it was down is diffed correctly.
+    scam_doc = scam.read_text()
+    scam.write_text(scam_doc.replace(scam_doc.split('"')[1], "0x00000000000000000000000000000000000f00d1", 1))
+    sink = new_sink()
+    restarted = IntelListSource(specs, poll_interval=60, source_id=source_id)
+    state = dict((sink.last_cursor(source_id) or {}).get("lists", {}))
+    assert state["ofac.ETH"]["version"] == content_version(eth.read_bytes())
+    assert restarted.poll_once(sink, state) == 1
+    sink.close()
+
+    records = raw_records(settings, raw_topic)
+    assert [(r.kind, r.meta["list"]) for r in records] == [
+        ("address_list", "ofac.ETH"),
+        ("address_list", "scamsniffer.address"),
+        ("address_list", "ofac.ETH"),
+        ("address_list_removed", "ofac.ETH"),
+        ("address_list", "scamsniffer.address"),
+        ("address_list_removed", "scamsniffer.address"),
+    ]
+
+    # 3. Normalised into a compacted indicators topic: the latest value per key says revoked
+    #    for what left the lists, and carries the version each live entry came from.
+    producer = EventProducer(settings)
+    for rec in records:
+        for event in IntelNormalizer().normalize(rec):
+            producer.produce(event, topic=indicators)
+    producer.flush()
+    codec = EventCodec([IntelIndicator])
+    latest: dict[str, IntelIndicator] = {}
+    for key, value in read(settings, indicators):
+        event = codec.decode(value)
+        assert isinstance(event, IntelIndicator)
+        assert key == event.key().encode()
+        latest[event.key()] = event
+    delisted_eth = f"eth_address:{lines[0].strip().lower()}"
+    delisted_scam = f"eth_address:{scam_doc.split(chr(34))[1].lower()}"
+    assert latest[delisted_eth].payload.revoked is True
+    assert latest[delisted_scam].payload.revoked is True
+    assert latest[f"eth_address:{added.lower()}"].payload.revoked is False
+    assert latest[f"eth_address:{added.lower()}"].payload.list_version == content_version(eth.read_bytes())
+    live = [e for e in latest.values() if not e.payload.revoked]
+    assert len(live) == len(latest) - 2

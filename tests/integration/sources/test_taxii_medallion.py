@@ -1,0 +1,252 @@
+"""The TAXII 2.1 client against a real `medallion` server (memory backend loaded with the
+OASIS default data), publishing to real Kafka; resuming from the `added_after` cursor after a
+SIGKILL neither skips nor repeats an object."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from taxii2client.v21 import Collection
+
+from vigil.config import Settings
+from vigil.events.types import IntelIndicator
+from vigil.hub.admin import ensure_topics
+from vigil.hub.raw import RawRecord
+from vigil.hub.topics import TopicSpec
+from vigil.sources.intel.normalize import IntelNormalizer
+from vigil.sources.intel.taxii import TaxiiSource
+from vigil.sources.sink import KafkaRawSink
+
+DATA = Path("/work/shared/data/intel/taxii/medallion_default_data.json")
+MEDALLION = Path(sys.executable).parent / "medallion"
+USER, PASSWORD = "analyst", "medallion-test-password"  # test values for a throwaway local server
+HIGH_VALUE = "91a7b528-80eb-42ed-a74d-c6fbd5a26116"  # the read/write collection with 5 objects
+TAXII_ACCEPT = {"Accept": "application/taxii+json;version=2.1"}
+WRONG = "guess"  # a wrong password, on purpose
+WRITABLE = "365fed99-08fa-fdcd-a1b3-fb247eb41d01"  # empty, can_write
+
+RUNNER = """
+import sys
+from vigil.config import load_settings
+from vigil.sources.intel.taxii import TaxiiSource
+from vigil.sources.sink import KafkaRawSink
+url, user, topic, source_id = sys.argv[1:5]
+import os
+sink = KafkaRawSink(load_settings(), source_id=source_id, topic_for=lambda _r: topic)
+TaxiiSource(url, user=user, password=os.environ["VIGIL_TAXII_PASSWORD"], poll_interval=0.1,
+            page_size=1, source_id=source_id).run(sink)
+"""
+
+
+def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
+    """(low, high) of a partition; retried while a just-created topic elects its leader."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=5)
+            return int(low), int(high)
+        except KafkaException as exc:
+            if not exc.args[0].retriable() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)  # leader election in progress; the loop re-checks the state
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def medallion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    home = tmp_path_factory.mktemp("medallion")
+    config = {
+        "backend": {
+            "module": "medallion.backends.memory_backend",
+            "module_class": "MemoryBackend",
+            "filename": str(DATA),
+        },
+        "users": {USER: PASSWORD},
+        "taxii": {"max_page_size": 100},
+    }
+    (home / "config.json").write_text(json.dumps(config))
+    port = free_port()
+    with (home / "medallion.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [str(MEDALLION), "--host", "127.0.0.1", "--port", str(port), str(home / "config.json")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, (home / "medallion.log").read_text()
+            try:
+                resp = httpx.get(f"{base}/taxii2/", auth=(USER, PASSWORD), headers=TAXII_ACCEPT, timeout=2)
+                if resp.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "medallion did not start"
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def read_committed(settings: Settings, topic: str, until: int, timeout: float = 60.0) -> list[RawRecord]:
+    """Records of the topic until ``until`` objects were seen, plus a short quiet period."""
+    consumer = Consumer(
+        settings.kafka_client_config()
+        | {
+            "group.id": f"g-{uuid.uuid4().hex}",
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    out: list[RawRecord] = []
+    seen = 0
+    deadline = time.monotonic() + timeout
+    quiet_until = None
+    while True:
+        assert time.monotonic() < deadline, f"only {seen} of {until} objects in {topic}"
+        msg = consumer.poll(0.2)
+        if msg is not None and not msg.error():
+            rec = RawRecord.from_headers("intel", msg.value(), msg.key(), msg.headers())
+            out.append(rec)
+            seen += len(json.loads(rec.value)["objects"])
+            quiet_until = None
+        elif seen >= until:
+            quiet_until = quiet_until or time.monotonic() + 1.0
+            if time.monotonic() > quiet_until:
+                break
+    consumer.close()
+    return out
+
+
+def make_topic(settings: Settings) -> str:
+    topic = f"test.taxii.{uuid.uuid4().hex[:8]}"
+    ensure_topics(settings, [TopicSpec(name=topic, key="k", value="raw", description="t", partitions=1)])
+    return topic
+
+
+def test_poll_publishes_pages_and_resumes_from_cursor(medallion: str, settings: Settings) -> None:
+    topic = make_topic(settings)
+    source_id = f"taxii-{uuid.uuid4().hex[:8]}"
+    url = f"{medallion}/trustgroup1/collections/{HIGH_VALUE}/"
+    sink = KafkaRawSink(settings, source_id=source_id, topic_for=lambda _r: topic)
+    source = TaxiiSource(url, user=USER, password=PASSWORD, page_size=2, source_id=source_id)
+    assert source.poll_once(sink, {}) == 5
+    sink.close()
+
+    records = read_committed(settings, topic, 5)
+    assert [r.kind for r in records] == ["taxii_objects"] * 3  # pages of 2, 2, 1
+    assert PASSWORD.encode() not in b"".join(r.value + json.dumps(r.meta).encode() for r in records)
+    events = [e for r in records for e in IntelNormalizer().normalize(r) if isinstance(e, IntelIndicator)]
+    assert len(events) == sum(len(IntelNormalizer().normalize(r)) for r in records)
+    # The collection's only IP/domain/URL indicator, at its latest version; the file-hash one is skipped.
+    assert [(e.key(), e.payload.list_version) for e in events] == [
+        ("url:http://x4z9arb.cn/4712", "2017-01-27T13:49:53.935000+00:00")
+    ]
+
+    # A restarted connector (new sink, new source) resumes after the last page: nothing new.
+    restarted_sink = KafkaRawSink(settings, source_id=source_id, topic_for=lambda _r: topic)
+    cursor = restarted_sink.last_cursor(source_id)
+    assert cursor == {"collections": {url: records[-1].meta["added_last"]}}
+    assert (
+        TaxiiSource(url, user=USER, password=PASSWORD, source_id=source_id).poll_once(restarted_sink, cursor)
+        == 0
+    )
+    restarted_sink.close()
+
+
+def test_wrong_password_is_a_source_error_without_the_password(medallion: str) -> None:
+    from vigil.errors import SourceError
+    from vigil.sources.sink import MemorySink
+
+    source = TaxiiSource(f"{medallion}/trustgroup1/collections/{HIGH_VALUE}/", user=USER, password=WRONG)
+    with pytest.raises(SourceError, match="401") as info:
+        source.poll_once(MemorySink(), {})
+    assert WRONG not in str(info.value)
+
+
+def test_kill_and_restart_neither_skips_nor_duplicates(medallion: str, settings: Settings) -> None:
+    url = f"{medallion}/trustgroup1/collections/{WRITABLE}/"
+    collection = Collection(url, user=USER, password=PASSWORD)
+    ids = []
+    for i in range(40):
+        # One object per request so every object gets its own date_added (see taxii.py caveat).
+        ind = {
+            "type": "indicator",
+            "spec_version": "2.1",
+            "id": f"indicator--{uuid.uuid4()}",
+            "created": "2026-11-29T00:00:00.000Z",
+            "modified": "2026-11-29T00:00:00.000Z",
+            "pattern": f"[ipv4-addr:value = '198.51.100.{i}']",
+            "pattern_type": "stix",
+            "valid_from": "2026-11-29T00:00:00Z",
+            "indicator_types": ["malicious-activity"],
+        }
+        status = collection.add_objects({"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": [ind]})
+        assert status.success_count == 1
+        ids.append(ind["id"])
+
+    topic = make_topic(settings)
+    source_id = f"taxii-kill-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "VIGIL_KAFKA_BOOTSTRAP": settings.kafka_client_config()["bootstrap.servers"],
+        "VIGIL_TAXII_PASSWORD": PASSWORD,
+    }
+    cmd = [sys.executable, "-c", RUNNER, url, USER, topic, source_id]
+    watcher = Consumer(settings.kafka_client_config() | {"group.id": f"w-{uuid.uuid4().hex}"})
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while watermarks(watcher, TopicPartition(topic, 0))[1] < 10:
+            assert proc.poll() is None, "connector exited early"
+            assert time.monotonic() < deadline, "connector published nothing"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        proc = subprocess.Popen(cmd, env=env)
+        records = read_committed(settings, topic, len(ids))
+    finally:
+        proc.kill()
+        proc.wait(10)
+        watcher.close()
+    got = [obj["id"] for r in records for obj in json.loads(r.value)["objects"]]
+    assert got == ids  # every object once, in order
+    values = [e.payload.value for r in records for e in IntelNormalizer().normalize(r)]  # type: ignore[attr-defined]
+    assert values == [f"198.51.100.{i}" for i in range(40)]
+
+
+def test_api_root_discovery_polls_every_readable_collection(medallion: str) -> None:
+    from vigil.sources.sink import MemorySink
+
+    source = TaxiiSource(api_root=f"{medallion}/trustgroup1/", user=USER, password=PASSWORD)
+    urls = source.collections()
+    # Every collection of the data set the server lets us read; write-only ones are left out.
+    readable = [c["id"] for c in json.loads(DATA.read_text())["trustgroup1"]["collections"] if c["can_read"]]
+    assert sorted(u.rstrip("/").rsplit("/", 1)[-1] for u in urls) == sorted(readable)
+    sink = MemorySink()
+    cursor: dict[str, dict[str, str]] = {}
+    assert source.poll_once(sink, cursor) >= 5
+    polled = {r.meta["collection"] for r in sink.records}
+    assert f"{medallion}/trustgroup1/collections/{HIGH_VALUE}/" in polled
+    assert polled == set(cursor["collections"])

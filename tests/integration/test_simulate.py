@@ -1,0 +1,144 @@
+"""The simulator against a real broker: events and labels produced, read back and matched."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import typer
+from confluent_kafka import Consumer
+from typer.testing import CliRunner
+
+from vigil.config import Settings
+from vigil.events.codec import EventCodec
+from vigil.events.records import EpisodeLabel
+from vigil.hub.client import make_admin
+from vigil.hub.raw import RawRecord
+from vigil.hub.topics import TOPICS
+from vigil.sim import SimConfig, Simulation
+from vigil.sim.publish import SimPublisher
+
+
+@pytest.fixture
+def prefix(settings: Settings) -> Iterator[str]:
+    """A unique topic prefix; the topics created under it are deleted afterwards."""
+    name = f"test.sim.{uuid.uuid4().hex[:8]}."
+    yield name
+    admin = make_admin(settings)
+    mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(name)]
+    if mine:
+        admin.delete_topics(mine)
+
+
+def _read(settings: Settings, topics: list[str], expected: int, timeout: float = 60.0) -> list[Any]:
+    consumer = Consumer(
+        {
+            **settings.kafka_client_config(),
+            "group.id": f"test-sim-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe(topics)
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < expected and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, 0.5):
+                if msg.error() is None:
+                    out.append(msg)
+    finally:
+        consumer.close()
+    return out
+
+
+def test_canonical_simulation_and_labels_reach_kafka(settings: Settings, tmp_path: Path, prefix: str) -> None:
+    sim = Simulation(
+        SimConfig(seed=21, customers=200, events=6_000, scenarios=["account_takeover", "structuring"])
+    )
+    publisher = SimPublisher(settings, topic_prefix=prefix)
+    created = publisher.ensure_topics(canonical=True)
+    assert f"{prefix}labels" in created
+    labels_file = tmp_path / "labels.jsonl"
+    stats = publisher.publish(sim, canonical=True, labels_file=labels_file)
+    expected = list(sim.canonical())
+    assert stats.events == len(expected)
+    event_topics = [t for t in created if ".events." in t]
+    got = _read(settings, event_topics, len(expected))
+    assert len(got) == len(expected)
+    # Each event sits on its declared topic, keyed by its entity, and decodes to what was simulated.
+    by_id = {e.event_id: e for e in expected}
+    codec = EventCodec()
+    for msg in got:
+        event = codec.decode(msg.value())
+        assert event == by_id[event.event_id]
+        assert msg.topic() == prefix + TOPICS.for_event(type(event)).name
+        assert msg.key().decode() == event.key()
+    labels = _read(settings, [f"{prefix}labels"], len(sim.labels) + len(sim.lookalikes))
+    decoded = [msgspec.json.decode(m.value(), type=EpisodeLabel) for m in labels]
+    assert sorted(lb.episode_id for lb in decoded) == sorted(
+        lb.episode_id for lb in sim.labels + sim.lookalikes
+    )
+    assert {lb.scenario for lb in decoded} >= {"account_takeover", "structuring"}
+    in_file = [msgspec.json.decode(line, type=EpisodeLabel) for line in labels_file.read_bytes().splitlines()]
+    assert in_file == sim.labels + sim.lookalikes
+    assert all(eid in by_id for lb in decoded for eid in lb.event_ids)
+
+
+def test_native_simulation_goes_to_raw_topics_with_headers(settings: Settings, prefix: str) -> None:
+    sim = Simulation(
+        SimConfig(seed=22, customers=100, events=3_000, scenarios=["drainer_approval"], lookalikes=False)
+    )
+    publisher = SimPublisher(settings, topic_prefix=prefix)
+    raw_topics = [t for t in publisher.ensure_topics(canonical=False) if ".raw." in t]
+    stats = publisher.publish(sim, canonical=False)
+    got = _read(settings, raw_topics, stats.events)
+    assert len(got) == stats.events
+    records = [
+        RawRecord.from_headers(m.topic().removeprefix(prefix + "raw."), m.value(), m.key(), m.headers())
+        for m in got
+    ]
+    kinds = {(r.source, r.kind) for r in records}
+    assert {("backend", "canonical"), ("ethereum", "eth_block"), ("ethereum", "eth_logs")} <= kinds
+    label = sim.labels[0]
+    carried = {eid for r in records for eid in r.meta["sim_event_ids"]}
+    assert set(label.event_ids) <= carried
+
+
+@pytest.fixture
+def cli() -> typer.Typer:
+    from vigil.cli.simulate import simulate
+
+    app = typer.Typer()
+    app.command("simulate")(simulate)
+    return app
+
+
+def test_vigil_simulate_command(
+    cli: typer.Typer,
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    prefix: str,
+) -> None:
+    monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", kafka_bootstrap)
+    monkeypatch.setenv("VIGIL_HOME", str(tmp_path))
+    labels = tmp_path / "labels.jsonl"
+    args = ["--seed", "5", "--customers", "100", "--events", "2000", "--scenario", "spoofing", "--canonical"]
+    args += ["--labels-file", str(labels), "--topic-prefix", prefix, "--no-lookalikes", "--rate", "100000"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "produced" in result.output
+    written = [msgspec.json.decode(line, type=EpisodeLabel) for line in labels.read_bytes().splitlines()]
+    assert {lb.scenario for lb in written} == {"spoofing"}
+    back = _read(settings, [f"{prefix}labels"], len(written))
+    assert len(back) == len(written)
+    bad = CliRunner().invoke(cli, ["--duration", "ten minutes", "--canonical"])
+    assert bad.exit_code != 0
+    assert "--duration must be a duration" in str(bad.exception)

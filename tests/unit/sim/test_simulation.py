@@ -1,0 +1,231 @@
+"""The canonical stream: scenarios labelled, real entities, deterministic, sorted, look-alikes present."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vigil.errors import ConfigError
+from vigil.events.base import Event
+from vigil.events.codec import encode
+from vigil.sim import LOOKALIKES, SCENARIOS, SimConfig, Simulation
+from vigil.sim.benign import MAX_SESSION
+from vigil.sim.config import default_data_dir
+
+STRICT_KINDS = ("customer", "account", "employee", "vendor")
+
+
+def _digest(events: list[Event]) -> str:
+    h = hashlib.sha256()
+    for e in events:
+        h.update(encode(e))
+    return h.hexdigest()
+
+
+def test_every_scenario_appears_with_labels(sim: Simulation) -> None:
+    assert {label.scenario for label in sim.labels} == set(SCENARIOS)
+    for label in sim.labels:
+        assert label.event_ids, label.scenario
+        assert label.start <= label.end
+
+
+def test_label_events_are_in_the_stream_and_reference_real_entities(
+    sim: Simulation, stream: list[Event]
+) -> None:
+    by_id = {e.event_id: e for e in stream}
+    known = sim.population.known_entities()
+    intel = {*sim.intel.ofac_eth, *sim.intel.ofac_btc, *sim.intel.drainers}
+    for label in sim.labels + sim.lookalikes:
+        related = {r.id for r in label.related} | {label.entity.id}
+        for eid in label.event_ids:
+            event = by_id[eid]
+            ents = event.entities
+            for kind in STRICT_KINDS:
+                value = ents.get(kind)
+                assert value is None or value in known[kind], (label.scenario, kind, value)
+            # Every event touches something the population or the real intel lists define, or
+            # what the attacker brought (their IPs, fresh addresses), which the label names.
+            touches = [ents.get(k) for k in known if ents.get(k) in known[k]]
+            addresses = {ents.wallet, ents.counterparty} & (intel | known["wallet"] | known["counterparty"])
+            brought = {ents.ip, ents.wallet, ents.counterparty} & related
+            assert touches or addresses or brought, (label.scenario, event)
+        assert label.entity.id in (known.get(label.entity.kind, set()) | related), label
+
+
+def test_same_seed_gives_the_same_stream(sim: Simulation, stream: list[Event]) -> None:
+    again = Simulation(SimConfig(seed=11, customers=400, events=30_000))
+    assert _digest(list(again.canonical())) == _digest(stream)
+    assert [lb.event_ids for lb in again.labels] == [lb.event_ids for lb in sim.labels]
+
+
+def test_another_seed_gives_another_stream(stream: list[Event]) -> None:
+    other = Simulation(SimConfig(seed=12, customers=400, events=30_000))
+    assert _digest(list(other.canonical())) != _digest(stream)
+
+
+def test_stream_is_sorted_with_unique_ids_and_near_the_requested_size(stream: list[Event]) -> None:
+    times = [e.occurred_at for e in stream]
+    assert times == sorted(times)
+    assert all(t.tzinfo is not None and t.utcoffset() == timedelta(0) for t in times[:1000])
+    assert len({e.event_id for e in stream}) == len(stream)
+    assert abs(len(stream) - 30_000) / 30_000 < 0.05
+
+
+def test_benign_lookalikes_are_in_the_default_mix(sim: Simulation, stream: list[Event]) -> None:
+    assert {lb.scenario for lb in sim.lookalikes} == set(LOOKALIKES)
+    assert all(lb.scenario.startswith("benign:") for lb in sim.lookalikes)
+    ids = {e.event_id for e in stream}
+    assert all(eid in ids for lb in sim.lookalikes for eid in lb.event_ids)
+
+
+def test_account_takeover_follows_the_phishing_sequence(sim: Simulation, stream: list[Event]) -> None:
+    by_id = {e.event_id: e for e in stream}
+    atos = [lb for lb in sim.labels if lb.scenario == "account_takeover"]
+    assert atos
+    for label in atos:
+        events = sorted((by_id[i] for i in label.event_ids), key=lambda e: e.occurred_at)
+        types = [e.type for e in events]
+        assert types[0] == "email_link_clicked"
+        cust = sim.population.customer(label.entity.id)
+        login = next(e for e in events if e.type == "login")
+        assert login.entities.device not in cust.devices
+        assert login.entities.ip not in cust.ips
+        assert login.payload.geo.country != cust.place.country  # type: ignore[attr-defined]
+        assert {"password_reset", "mfa_change"} & set(types)
+        order = [
+            t for t in types if t in ("withdrawal_address_added", "withdrawal_request", "withdrawal_sent")
+        ]
+        assert order == ["withdrawal_address_added", "withdrawal_request", "withdrawal_sent"]
+        req = next(e for e in events if e.type == "withdrawal_request")
+        sent = next(e for e in events if e.type == "withdrawal_sent")
+        assert timedelta(minutes=1) <= sent.occurred_at - req.occurred_at <= timedelta(minutes=20)
+        assert label.funds_leave_at == sent.occurred_at
+        assert req.payload.to_address == sent.payload.to_address  # type: ignore[attr-defined]
+
+
+def test_address_poisoning_uses_a_lookalike_of_a_usual_counterparty(
+    sim: Simulation, stream: list[Event]
+) -> None:
+    by_id = {e.event_id: e for e in stream}
+    labels = [lb for lb in sim.labels if lb.scenario == "address_poisoning"]
+    assert labels
+    for label in labels:
+        cust = sim.population.customer(label.entity.id)
+        usual, fake = label.params["lookalike_of"], label.params["lookalike"]
+        assert usual in cust.address_book
+        assert fake != usual
+        assert fake[:7] == usual[:7]
+        assert fake[-5:] == usual[-5:]
+        events = [by_id[i] for i in label.event_ids]
+        dust: Any = events[0]
+        assert dust.type == "chain_transfer"
+        assert dust.payload.from_address == fake
+        assert dust.payload.to_address == cust.deposit_wallet
+        assert dust.payload.amount < 0.001
+        sent = [e for e in events if e.type == "withdrawal_sent"]
+        assert [e.payload.to_address for e in sent] == [fake]  # type: ignore[attr-defined]
+
+
+def _ofac_eth() -> set[str]:
+    path = default_data_dir() / "intel" / "ofac" / "sanctioned_addresses_ETH.txt"
+    return {line.strip().lower() for line in path.read_text().splitlines() if line.strip()}
+
+
+def test_sanctioned_exposure_touches_real_ofac_addresses_through_connected_hops(
+    sim: Simulation, stream: list[Event]
+) -> None:
+    by_id = {e.event_id: e for e in stream}
+    ofac = _ofac_eth() | set(sim.intel.ofac_btc)
+    labels = [lb for lb in sim.labels if lb.scenario == "sanctioned_exposure"]
+    assert {lb.params["hops"] for lb in labels} >= {"0", "1", "2"} or len(labels) < 4
+    for label in labels:
+        sdn = label.params["sanctioned"]
+        assert sdn in ofac
+        transfers = [by_id[i] for i in label.event_ids if by_id[i].type == "chain_transfer"]
+        # The transfers form one path that has the sanctioned address at one end.
+        edges = {(e.payload.from_address, e.payload.to_address) for e in transfers}  # type: ignore[attr-defined]
+        nodes = {a for edge in edges for a in edge}
+        assert sdn in nodes
+        assert len(transfers) == int(label.params["hops"]) + 1
+
+
+def test_drainer_approval_goes_to_a_scam_list_spender_then_drains(
+    sim: Simulation, stream: list[Event]
+) -> None:
+    by_id = {e.event_id: e for e in stream}
+    scam_dir = default_data_dir() / "intel" / "scamsniffer"
+    drainers = set(json.loads((scam_dir / "address.json").read_text()))
+    domains = json.loads((scam_dir / "combined.json").read_text())
+    labels = [lb for lb in sim.labels if lb.scenario == "drainer_approval"]
+    assert labels
+    for label in labels:
+        events = sorted((by_id[i] for i in label.event_ids), key=lambda e: e.occurred_at)
+        assert next(e.type for e in events) == "email_link_clicked"
+        spender = label.params["spender"]
+        assert spender in drainers
+        assert spender in domains[label.params["phishing_domain"]]
+        approvals = [e for e in events if e.type == "token_approval"]
+        drains = [e for e in events if e.type == "chain_transfer"]
+        assert approvals
+        assert drains
+        assert all(a.payload.unlimited and a.payload.spender == spender for a in approvals)  # type: ignore[attr-defined]
+        assert max(a.occurred_at for a in approvals) < min(d.occurred_at for d in drains)
+        assert label.funds_leave_at == drains[0].occurred_at
+
+
+def test_funds_leave_at_is_an_event_of_the_episode(sim: Simulation, stream: list[Event]) -> None:
+    by_id = {e.event_id: e for e in stream}
+    with_leave = [lb for lb in sim.labels if lb.funds_leave_at is not None]
+    assert {lb.scenario for lb in with_leave} >= {"account_takeover", "address_poisoning", "drainer_approval"}
+    for label in with_leave:
+        times = {by_id[i].occurred_at for i in label.event_ids}
+        assert label.funds_leave_at in times, label.scenario
+
+
+def test_scenario_filter_and_attack_rate() -> None:
+    sim = Simulation(SimConfig(seed=3, customers=100, events=2_000, scenarios=["spoofing"], attack_rate=4.0))
+    assert {lb.scenario for lb in sim.labels} == {"spoofing"}
+    assert len(sim.labels) == round(SCENARIOS["spoofing"].per_day * 4.0)
+    none = Simulation(SimConfig(seed=3, customers=100, events=2_000, attack_rate=0.0, lookalikes=False))
+    assert none.labels == []
+    assert none.lookalikes == []
+
+
+def test_duration_sets_the_span_and_volume() -> None:
+    start = datetime(2026, 11, 2, tzinfo=UTC)
+    sim = Simulation(
+        SimConfig(
+            seed=5,
+            customers=50,
+            events=None,
+            duration=timedelta(hours=2),
+            start=start,
+            scenarios=["card_testing"],
+            lookalikes=False,
+        )
+    )
+    events = list(sim.canonical())
+    benign = [e for e in events if e.event_id not in set(sim.labels[0].event_ids)]
+    assert benign[0].occurred_at >= start
+    # Consequences (a session's logout, a cancel) may trail the span, the longest by a session.
+    end = start + timedelta(hours=2)
+    assert benign[-1].occurred_at <= end + timedelta(seconds=MAX_SESSION)
+    assert sum(e.occurred_at < end for e in benign) > 0.97 * len(benign)
+    assert (
+        abs(len(events) - SimConfig(customers=50, events=None, duration=timedelta(hours=2)).total_events)
+        < 200
+    )
+
+
+def test_bad_config_is_rejected_with_the_reason(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown scenario.*'phishing_only'"):
+        Simulation(SimConfig(customers=50, events=100, scenarios=["phishing_only"]))
+    with pytest.raises(ConfigError, match="UTC-aware"):
+        SimConfig(start=datetime(2026, 11, 1))  # noqa: DTZ001 - the naive datetime is the point
+    with pytest.raises(ConfigError, match="cannot load intel lists"):
+        Simulation(SimConfig(customers=50, events=100, data_dir=tmp_path))

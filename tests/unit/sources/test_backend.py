@@ -1,0 +1,206 @@
+"""Back-end ingest API: body parsing, authentication, and the real HTTP server over a memory sink."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+
+from vigil.config import Settings
+from vigil.errors import ContractError, SourceError
+from vigil.events.codec import decode_event, encode
+from vigil.events.examples import example_events
+from vigil.events.records import DeadLetter
+from vigil.hub.raw import RawRecord
+from vigil.sources.backend import (
+    Authenticator,
+    BackendIngestSource,
+    BackendNormalizer,
+    hash_key,
+    parse_body,
+    topic_for,
+)
+from vigil.sources.sink import MemorySink
+
+KEY = "test-key-wallet-service-7f3a"  # a test value, not a secret
+OTHER_KEY = "test-key-kyc-service-19bc"
+
+
+def examples(n: int) -> list[bytes]:
+    return [encode(e) for e in example_events(datetime(2026, 11, 29, 9, tzinfo=UTC))[:n]]
+
+
+def test_ndjson_lines_are_validated_one_by_one_with_line_numbers() -> None:
+    good = examples(2)
+    body = good[0] + b"\n\n" + b'{"type": "login", "event_id": 5}\n' + good[1] + b"\r\n"
+    parsed = parse_body(body, "application/x-ndjson")
+    assert [raw for raw, _ in parsed.accepted] == good
+    ((label, n, raw, reason),) = parsed.errors
+    assert (label, n, raw) == ("line", 3, b'{"type": "login", "event_id": 5}')
+    assert "Expected `str`, got `int`" in reason
+    assert "$.event_id" in reason
+
+
+def test_json_array_items_keep_their_exact_bytes() -> None:
+    good = examples(3)
+    body = b"[ " + b",\n  ".join(good) + b" ]"
+    parsed = parse_body(body, "application/json; charset=utf-8")
+    assert [raw for raw, _ in parsed.accepted] == good
+    assert parsed.errors == []
+
+
+def test_single_json_object() -> None:
+    (good,) = examples(1)
+    parsed = parse_body(good, "application/json")
+    assert [raw for raw, _ in parsed.accepted] == [good]
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "reason"),
+    [
+        (b"x", "text/csv", "unsupported Content-Type 'text/csv'"),
+        (b"[1, ", "application/json", "not a JSON array"),
+    ],
+)
+def test_unusable_bodies(body: bytes, ctype: str, reason: str) -> None:
+    with pytest.raises(ContractError, match=reason):
+        parse_body(body, ctype)
+
+
+def test_authenticator_maps_keys_to_services_and_counts_failures() -> None:
+    auth = Authenticator({"wallet": hash_key(KEY), "kyc": hash_key(OTHER_KEY)})
+    assert auth.service(f"Bearer {KEY}") == "wallet"
+    assert auth.service(f"Bearer {OTHER_KEY}") == "kyc"
+    assert auth.service("Bearer nope") is None
+    assert auth.service(KEY) is None
+    assert auth.service(None) is None
+    assert dict(auth.failures) == {"invalid": 1, "missing": 2}
+
+
+def test_keys_must_be_sha256_digests() -> None:
+    with pytest.raises(SourceError, match=r"keys of \['wallet'\] are not SHA-256"):
+        Authenticator({"wallet": KEY})
+
+
+def test_topic_for_routes_rejected_lines_to_the_ingest_dlq() -> None:
+    now = datetime.now(UTC)
+    assert topic_for(RawRecord("backend", "canonical", b"", now)) == "raw.backend"
+    assert topic_for(RawRecord("backend", "rejected", b"", now)) == "dlq.ingest"
+
+
+def test_normalizer_passes_canonical_events_through_and_fills_ingested_at() -> None:
+    (good,) = examples(1)
+    received = datetime(2026, 11, 29, 8, tzinfo=UTC)
+    (event,) = BackendNormalizer().normalize(RawRecord("backend", "canonical", good, received))
+    original = decode_event(good)
+    assert event.event_id == original.event_id
+    assert event.ingested_at == (original.ingested_at or received)
+
+
+def test_normalizer_rejects_invalid_canonical_record() -> None:
+    with pytest.raises(ContractError, match=r"raw\.backend: .*event_id"):
+        BackendNormalizer().normalize(
+            RawRecord("backend", "canonical", b'{"type":"login","event_id":1}', datetime.now(UTC))
+        )
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[BackendIngestSource, MemorySink, str]]:
+    sink = MemorySink()
+    source = BackendIngestSource(keys={"wallet": hash_key(KEY)}, port=0, ack_timeout=5)
+    thread = threading.Thread(target=source.run, args=(sink,))
+    thread.start()
+    assert source.ready.wait(15)
+    try:
+        yield source, sink, f"http://127.0.0.1:{source.port}"
+    finally:
+        source.stop()
+        thread.join(15)
+        assert not thread.is_alive()
+        assert source.drained is True
+
+
+def test_server_accepts_valid_lines_and_lists_errors(
+    server: tuple[BackendIngestSource, MemorySink, str],
+) -> None:
+    _, sink, url = server
+    good = examples(2)
+    body = good[0] + b"\nnot json\n" + good[1] + b"\n"
+    resp = httpx.post(
+        f"{url}/v1/events",
+        content=body,
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/x-ndjson"},
+    )
+    assert resp.status_code == 200, resp.text
+    doc = resp.json()
+    assert (doc["accepted"], doc["rejected"], doc["queued"]) == (2, 1, False)
+    assert doc["errors"][0]["line"] == 2
+    assert "not valid JSON" in doc["errors"][0]["error"]
+    canonical = [r for r in sink.records if r.kind == "canonical"]
+    assert [r.value for r in canonical] == good
+    assert all(r.meta == {"service": "wallet"} for r in canonical)
+    (rejected,) = [r for r in sink.records if r.kind == "rejected"]
+    letter = msgspec.json.decode(rejected.value, type=DeadLetter)
+    assert letter.raw == b"not json"
+    assert letter.stage == "ingest"
+    assert "line 2" in letter.reason
+    assert KEY.encode() not in b"".join(r.value + (r.key or b"") for r in sink.records)
+
+
+def test_server_rejects_missing_and_wrong_keys(server: tuple[BackendIngestSource, MemorySink, str]) -> None:
+    _source, sink, url = server
+    (good,) = examples(1)
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}):
+        resp = httpx.post(
+            f"{url}/v1/events", content=good, headers={**headers, "Content-Type": "application/json"}
+        )
+        assert resp.status_code == 401
+        assert resp.headers["WWW-Authenticate"] == "Bearer"
+        assert KEY not in resp.text
+    assert sink.records == []
+    health = httpx.get(f"{url}/v1/health").json()
+    assert health["auth_failures"] == {"missing": 2, "invalid": 1}
+
+
+def test_server_status_codes_for_bad_bodies(server: tuple[BackendIngestSource, MemorySink, str]) -> None:
+    _, sink, url = server
+    auth = {"Authorization": f"Bearer {KEY}"}
+    resp = httpx.post(f"{url}/v1/events", content=b"a,b", headers={**auth, "Content-Type": "text/csv"})
+    assert resp.status_code == 415
+    resp = httpx.post(
+        f"{url}/v1/events", content=b"", headers={**auth, "Content-Type": "application/x-ndjson"}
+    )
+    assert resp.status_code == 400
+    resp = httpx.post(
+        f"{url}/v1/events", content=b'{"type": "nope"}', headers={**auth, "Content-Type": "application/json"}
+    )
+    assert resp.status_code == 422
+    assert json.loads(resp.text)["accepted"] == 0
+    assert [r.kind for r in sink.records] == ["rejected"]
+
+
+def test_from_settings_reads_keys_from_a_file(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"wallet": hash_key(KEY)}))
+    source = BackendIngestSource.from_settings(Settings(), keys_file=str(keys), port="0", ack_timeout="2")
+    assert (source.port, source.ack_timeout) == (0, 2.0)
+    assert source.auth.service(f"Bearer {KEY}") == "wallet"
+    keys.write_text("[]")
+    with pytest.raises(SourceError, match="no API keys configured"):
+        BackendIngestSource.from_settings(Settings(), keys_file=str(keys))
+
+
+def test_rejected_records_in_raw_backend_are_refused_by_the_normalizer() -> None:
+    # If a sink routes everything to raw.backend, dead letters are still dead-lettered downstream.
+    assert (
+        BackendIngestSource.topic_for(RawRecord("backend", "rejected", b"", datetime.now(UTC)))
+        == "dlq.ingest"
+    )
+    with pytest.raises(ContractError, match="kind 'rejected'"):
+        BackendNormalizer().normalize(RawRecord("backend", "rejected", b"{}", datetime.now(UTC)))

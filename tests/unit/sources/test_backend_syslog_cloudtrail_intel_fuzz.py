@@ -1,0 +1,136 @@
+"""Malformed input of every kind: each normaliser either returns valid events or raises
+ContractError (which the normalise stage dead-letters) -- never another exception, which
+would stop the stream.  Inputs are seeded random mutations of real records."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vigil.errors import ContractError
+from vigil.events.base import Event
+from vigil.events.codec import decode_event, encode
+from vigil.events.examples import example_events
+from vigil.hub.raw import RawRecord
+from vigil.sources.backend import BackendNormalizer
+from vigil.sources.cloudtrail import CloudTrailNormalizer
+from vigil.sources.intel.lists import content_version
+from vigil.sources.intel.normalize import IntelNormalizer
+from vigil.sources.syslog import SyslogNormalizer
+
+NOW = datetime(2026, 11, 29, tzinfo=UTC)
+STIX = Path("/work/shared/data/intel/stix/indicators-for-C2-with-COA.json")
+
+SYSLOG = (
+    b'<38>1 2026-11-29T09:00:01.123456Z bastion-1 sshd 4242 AUTH_FAIL [auth@32473 user="alice" '
+    b'src="203.0.113.7" outcome="failure"] Failed password for alice'
+)
+CLOUDTRAIL: dict[str, Any] = {
+    "eventVersion": "1.08",
+    "userIdentity": {"type": "IAMUser", "userName": "alice", "arn": "arn:aws:iam::111122223333:user/alice"},
+    "eventTime": "2026-11-28T09:20:11Z",
+    "eventSource": "iam.amazonaws.com",
+    "eventName": "CreateAccessKey",
+    "sourceIPAddress": "198.51.100.23",
+    "requestParameters": {"userName": "deploy-bot"},
+    "responseElements": {"accessKey": {"accessKeyId": "AKIAIOSFODNN7EXAMPLE", "status": "Active"}},
+    "additionalEventData": {"MFAUsed": "Yes"},
+    "eventID": "3fcfb586-5d2b-4d4e-a9b7-0c1f5b1c0003",
+}
+
+
+def mutate_bytes(data: bytes, rng: random.Random) -> bytes:
+    b = bytearray(data)
+    op = rng.randrange(4)
+    if op == 0 and b:
+        del b[rng.randrange(len(b)) :]
+    elif op == 1 and b:
+        b[rng.randrange(len(b))] = rng.randrange(256)
+    elif op == 2 and b:
+        i = rng.randrange(len(b))
+        del b[i : i + rng.randrange(1, 8)]
+    else:
+        i = rng.randrange(len(b) + 1)
+        b[i:i] = rng.choice([b"\x00", b'"', b"]", b"[", b"\\", b" ", b"\xff", b"{", b"-"])
+    return bytes(b)
+
+
+_ODD: list[Any] = [None, 0, -1, 1.5, "", "x", [], {}, True, [1, "a"], {"a": None}]
+
+
+def mutate_json(doc: Any, rng: random.Random) -> Any:
+    """Replace one value somewhere in the document with a value of another type."""
+    if isinstance(doc, dict) and doc and rng.random() < 0.8:
+        key = rng.choice(list(doc))
+        return {**doc, key: mutate_json(doc[key], rng)}
+    if isinstance(doc, list) and doc and rng.random() < 0.8:
+        i = rng.randrange(len(doc))
+        return [*doc[:i], mutate_json(doc[i], rng), *doc[i + 1 :]]
+    return rng.choice(_ODD)
+
+
+def check(normalize: Callable[[RawRecord], list[Event]], record: RawRecord) -> str:
+    try:
+        events = normalize(record)
+    except ContractError:
+        return "rejected"
+    for event in events:
+        assert decode_event(encode(event)) == event  # anything returned is a valid contract instance
+    return "ok"
+
+
+def _records(
+    kind: str, source: str, base: bytes, rng: random.Random, meta: dict[str, Any]
+) -> list[RawRecord]:
+    out = [RawRecord(source, kind, mutate_bytes(base, rng), NOW, meta=meta) for _ in range(150)]
+    try:
+        doc = json.loads(base)
+    except ValueError:
+        return out
+    out += [
+        RawRecord(source, kind, json.dumps(mutate_json(doc, rng)).encode(), NOW, meta=meta)
+        for _ in range(150)
+    ]
+    return out
+
+
+def _list_meta(data: bytes) -> dict[str, Any]:
+    return {"list": "t", "format": "json_domain_map", "feed": "scamsniffer", "version": content_version(data)}
+
+
+CASES: list[tuple[str, Callable[[RawRecord], list[Event]], str, bytes, dict[str, Any]]] = [
+    ("syslog", SyslogNormalizer().normalize, "syslog", SYSLOG, {}),
+    (
+        "cloudtrail",
+        CloudTrailNormalizer().normalize,
+        "cloudtrail_record",
+        json.dumps(CLOUDTRAIL).encode(),
+        {},
+    ),
+    ("backend", BackendNormalizer().normalize, "canonical", encode(example_events(NOW)[0]), {}),
+    ("intel", IntelNormalizer().normalize, "stix_bundle", STIX.read_bytes(), {"feed": "oasis"}),
+    (
+        "intel",
+        IntelNormalizer().normalize,
+        "address_list",
+        b'{"evil.example": ["0x00000000000000000000000000000000000dead1"], "b.example": []}',
+        _list_meta(b"x"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("source", "normalize", "kind", "base", "meta"), CASES, ids=[c[2] for c in CASES])
+def test_mutated_records_are_events_or_contract_errors(
+    source: str, normalize: Callable[[RawRecord], list[Event]], kind: str, base: bytes, meta: dict[str, Any]
+) -> None:
+    rng = random.Random(f"{kind}-5424")
+    outcomes = [check(normalize, rec) for rec in _records(kind, source, base, rng, meta)]
+    # Both paths are exercised, so the test really probes the error handling.
+    assert "rejected" in outcomes
+    assert check(normalize, RawRecord(source, kind, base, NOW, meta=meta)) == "ok"

@@ -1,0 +1,380 @@
+"""CloudTrail: reading delivered log files, the directory source's cursor, the normaliser."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vigil.errors import ContractError, SourceError
+from vigil.events.codec import decode_event, encode
+from vigil.events.types import SecurityEvent
+from vigil.hub.raw import RawRecord
+from vigil.sources.cloudtrail import CloudTrailNormalizer, CloudTrailSource, read_log_file
+from vigil.sources.sink import MemorySink
+
+# Realistic CloudTrail records, in the shape AWS documents (CloudTrail User Guide, "CloudTrail
+# record contents" and the IAM / sign-in / S3 examples). Ids, keys and addresses are
+# documentation values (111122223333, AKIAIOSFODNN7EXAMPLE, 192.0.2.x, 198.51.100.x, 203.0.113.x).
+
+ALICE = {
+    "type": "IAMUser",
+    "principalId": "AIDACKCEVSQ6C2EXAMPLE",
+    "arn": "arn:aws:iam::111122223333:user/alice",
+    "accountId": "111122223333",
+    "userName": "alice",
+}
+
+
+def _base(event_id: str, name: str, source: str, time: str, ip: str, **extra: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "eventVersion": "1.08",
+        "userIdentity": ALICE,
+        "eventTime": time,
+        "eventSource": source,
+        "eventName": name,
+        "awsRegion": "us-east-1",
+        "sourceIPAddress": ip,
+        "userAgent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36",
+        "requestParameters": None,
+        "responseElements": None,
+        "eventID": event_id,
+        "readOnly": False,
+        "eventType": "AwsApiCall",
+        "managementEvent": True,
+        "recipientAccountId": "111122223333",
+        "eventCategory": "Management",
+    }
+    record.update(extra)
+    return record
+
+
+CONSOLE_LOGIN_OK = _base(
+    "3fcfb586-5d2b-4d4e-a9b7-0c1f5b1c0001",
+    "ConsoleLogin",
+    "signin.amazonaws.com",
+    "2026-11-28T09:15:02Z",
+    "198.51.100.23",
+    eventType="AwsConsoleSignIn",
+    responseElements={"ConsoleLogin": "Success"},
+    additionalEventData={
+        "LoginTo": "https://console.aws.amazon.com/console/home",
+        "MobileVersion": "No",
+        "MFAUsed": "Yes",
+    },
+)
+
+CONSOLE_LOGIN_FAIL = _base(
+    "3fcfb586-5d2b-4d4e-a9b7-0c1f5b1c0002",
+    "ConsoleLogin",
+    "signin.amazonaws.com",
+    "2026-11-28T09:14:40Z",
+    "203.0.113.77",
+    eventType="AwsConsoleSignIn",
+    errorMessage="Failed authentication",
+    responseElements={"ConsoleLogin": "Failure"},
+    additionalEventData={
+        "LoginTo": "https://console.aws.amazon.com/console/home",
+        "MobileVersion": "No",
+        "MFAUsed": "No",
+    },
+)
+
+CREATE_ACCESS_KEY = _base(
+    "3fcfb586-5d2b-4d4e-a9b7-0c1f5b1c0003",
+    "CreateAccessKey",
+    "iam.amazonaws.com",
+    "2026-11-28T09:20:11Z",
+    "198.51.100.23",
+    requestParameters={"userName": "deploy-bot"},
+    responseElements={
+        "accessKey": {
+            "accessKeyId": "AKIAIOSFODNN7EXAMPLE",
+            "status": "Active",
+            "userName": "deploy-bot",
+            "createDate": "Nov 28, 2026 9:20:11 AM",
+        }
+    },
+)
+
+CREATE_VIRTUAL_MFA = _base(
+    "3fcfb586-5d2b-4d4e-a9b7-0c1f5b1c0004",
+    "CreateVirtualMFADevice",
+    "iam.amazonaws.com",
+    "2026-11-28T09:21:00Z",
+    "198.51.100.23",
+    requestParameters={"virtualMFADeviceName": "alice-phone", "path": "/"},
+    responseElements={"virtualMFADevice": {"serialNumber": "arn:aws:iam::111122223333:mfa/alice-phone"}},
+)
+
+ENABLE_MFA = _base(
+    "3fcfb586-5d2b-4d4e-a9b7-0c1f5b1c0005",
+    "EnableMFADevice",
+    "iam.amazonaws.com",
+    "2026-11-28T09:21:30Z",
+    "198.51.100.23",
+    requestParameters={"userName": "alice", "serialNumber": "arn:aws:iam::111122223333:mfa/alice-phone"},
+)
+
+DEACTIVATE_MFA = _base(
+    "3fcfb586-5d2b-4d4e-a9b7-0c1f5b1c0006",
+    "DeactivateMFADevice",
+    "iam.amazonaws.com",
+    "2026-11-28T09:22:00Z",
+    "203.0.113.77",
+    requestParameters={"userName": "bob", "serialNumber": "arn:aws:iam::111122223333:mfa/bob"},
+)
+
+GET_OBJECT = _base(
+    "3fcfb586-5d2b-4d4e-a9b7-0c1f5b1c0007",
+    "GetObject",
+    "s3.amazonaws.com",
+    "2026-11-28T09:30:45Z",
+    "203.0.113.77",
+    userAgent="[aws-cli/2.15.0 Python/3.11.6 Linux/6.5 exe/x86_64]",
+    readOnly=True,
+    eventType="AwsApiCall",
+    managementEvent=False,
+    eventCategory="Data",
+    requestParameters={
+        "bucketName": "exchange-kyc-exports",
+        "Host": "exchange-kyc-exports.s3.us-east-1.amazonaws.com",
+        "key": "customers/2026-11-27.csv.gz",
+    },
+    additionalEventData={"bytesTransferredIn": 0, "bytesTransferredOut": 734003200},
+    resources=[
+        {"type": "AWS::S3::Object", "ARN": "arn:aws:s3:::exchange-kyc-exports/customers/2026-11-27.csv.gz"},
+        {"accountId": "111122223333", "type": "AWS::S3::Bucket", "ARN": "arn:aws:s3:::exchange-kyc-exports"},
+    ],
+)
+
+ASSUMED_ROLE_BUCKET_POLICY = _base(
+    "3fcfb586-5d2b-4d4e-a9b7-0c1f5b1c0008",
+    "PutBucketPolicy",
+    "s3.amazonaws.com",
+    "2026-11-28T09:31:00Z",
+    "192.0.2.10",
+    userIdentity={
+        "type": "AssumedRole",
+        "principalId": "AROAEXAMPLEID:carol@example.com",
+        "arn": "arn:aws:sts::111122223333:assumed-role/Admin/carol@example.com",
+        "accountId": "111122223333",
+        "sessionContext": {
+            "sessionIssuer": {
+                "type": "Role",
+                "arn": "arn:aws:iam::111122223333:role/Admin",
+                "userName": "Admin",
+            }
+        },
+    },
+    requestParameters={"bucketName": "exchange-kyc-exports", "bucketPolicy": {"Version": "2012-10-17"}},
+)
+
+SERVICE_CALL = _base(
+    "3fcfb586-5d2b-4d4e-a9b7-0c1f5b1c0009",
+    "DescribeInstances",
+    "ec2.amazonaws.com",
+    "2026-11-28T09:32:00Z",
+    "autoscaling.amazonaws.com",
+    errorCode="Client.UnauthorizedOperation",
+    errorMessage="You are not authorized to perform this operation.",
+)
+
+ALL = [
+    CONSOLE_LOGIN_OK,
+    CONSOLE_LOGIN_FAIL,
+    CREATE_ACCESS_KEY,
+    CREATE_VIRTUAL_MFA,
+    ENABLE_MFA,
+    DEACTIVATE_MFA,
+    GET_OBJECT,
+    ASSUMED_ROLE_BUCKET_POLICY,
+    SERVICE_CALL,
+]
+
+
+def write_log(root: Path, name: str, records: list[dict[str, Any]], *, gz: bool = True) -> Path:
+    """A file where CloudTrail would deliver it in S3."""
+    path = root / "AWSLogs/111122223333/CloudTrail/us-east-1/2026/11/28" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Pretty-printed like some delivery pipelines do, so exact slicing is really tested.
+    data = json.dumps({"Records": records}, indent=2).encode()
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def normalize(record: dict[str, Any]) -> SecurityEvent:
+    raw = RawRecord(
+        source="cloudtrail",
+        kind="cloudtrail_record",
+        value=json.dumps(record).encode(),
+        received_at=datetime(2026, 11, 28, 10, tzinfo=UTC),
+    )
+    (event,) = CloudTrailNormalizer().normalize(raw)
+    assert isinstance(event, SecurityEvent)
+    assert decode_event(encode(event)) == event
+    return event
+
+
+def test_read_log_file_returns_each_record_as_its_exact_bytes(tmp_path: Path) -> None:
+    path = write_log(tmp_path, "a.json.gz", ALL[:3])
+    values = read_log_file(path)
+    text = gzip.decompress(path.read_bytes())
+    assert [json.loads(v) for v in values] == ALL[:3]
+    assert all(v in text for v in values)  # slices of the file, not re-encodings
+
+
+def test_read_log_file_rejects_non_cloudtrail_files(tmp_path: Path) -> None:
+    bad = tmp_path / "x.json"
+    bad.write_text('{"records": []}')
+    with pytest.raises(SourceError, match=r"x.json is not a CloudTrail log file"):
+        read_log_file(bad)
+    broken = tmp_path / "y.json.gz"
+    broken.write_bytes(gzip.compress(b'{"Records": [')[:-4])
+    with pytest.raises(SourceError, match="cannot read"):
+        read_log_file(broken)
+
+
+def test_console_login_success_with_mfa() -> None:
+    e = normalize(CONSOLE_LOGIN_OK)
+    assert (e.payload.provider, e.payload.action, e.payload.outcome) == ("aws", "console_login", "success")
+    assert e.payload.attributes["mfa_used"] == "true"
+    assert e.entities.employee == "alice"
+    assert e.entities.ip == "198.51.100.23"
+    assert e.occurred_at == datetime(2026, 11, 28, 9, 15, 2, tzinfo=UTC)
+
+
+def test_console_login_failure_without_mfa() -> None:
+    e = normalize(CONSOLE_LOGIN_FAIL)
+    assert (e.payload.action, e.payload.outcome) == ("console_login", "failure")
+    assert e.payload.attributes["mfa_used"] == "false"
+    assert e.payload.attributes["error_message"] == "Failed authentication"
+    assert e.entities.ip == "203.0.113.77"
+
+
+def test_create_access_key_names_key_and_target_user() -> None:
+    e = normalize(CREATE_ACCESS_KEY)
+    assert e.payload.action == "access_key_created"
+    assert e.payload.resource == "AKIAIOSFODNN7EXAMPLE"
+    assert e.entities.api_key == "AKIAIOSFODNN7EXAMPLE"
+    assert e.payload.attributes["target_user"] == "deploy-bot"
+    assert e.entities.employee == "alice"
+
+
+@pytest.mark.parametrize(
+    ("record", "action", "resource"),
+    [
+        (CREATE_VIRTUAL_MFA, "mfa_device_created", "alice-phone"),
+        (ENABLE_MFA, "mfa_enabled", "arn:aws:iam::111122223333:mfa/alice-phone"),
+        (DEACTIVATE_MFA, "mfa_deactivated", "arn:aws:iam::111122223333:mfa/bob"),
+    ],
+)
+def test_mfa_changes(record: dict[str, Any], action: str, resource: str) -> None:
+    e = normalize(record)
+    assert (e.payload.action, e.payload.outcome, e.payload.resource) == (action, "success", resource)
+
+
+def test_s3_get_object_is_an_export_with_size_and_object_arn() -> None:
+    e = normalize(GET_OBJECT)
+    assert e.payload.action == "s3_object_read"
+    assert e.payload.resource == "arn:aws:s3:::exchange-kyc-exports/customers/2026-11-27.csv.gz"
+    assert e.payload.attributes["bytes_out"] == "734003200"
+
+
+def test_assumed_role_principal_is_the_session_name() -> None:
+    e = normalize(ASSUMED_ROLE_BUCKET_POLICY)
+    assert e.entities.employee == "carol@example.com"
+    assert e.payload.action == "s3_bucket_policy_changed"
+    assert e.payload.resource == "arn:aws:s3:::exchange-kyc-exports"
+
+
+def test_unknown_event_kept_with_its_name_and_service_source_is_not_an_ip() -> None:
+    e = normalize(SERVICE_CALL)
+    assert e.payload.action == "DescribeInstances"
+    assert e.payload.outcome == "failure"
+    assert e.entities.ip is None
+    assert e.payload.attributes["error_code"] == "Client.UnauthorizedOperation"
+
+
+def test_event_id_is_stable_per_cloudtrail_event_id() -> None:
+    assert normalize(CONSOLE_LOGIN_OK).event_id == normalize(CONSOLE_LOGIN_OK).event_id
+    assert normalize(CONSOLE_LOGIN_OK).event_id != normalize(CONSOLE_LOGIN_FAIL).event_id
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"not json", "CloudTrail record"),
+        (b'{"eventTime": "2026-11-28T09:15:02Z", "eventName": "X", "eventSource": "y"}', "eventID"),
+        (
+            b'{"eventID": "1", "eventTime": "yesterday", "eventName": "X", "eventSource": "y"}',
+            "eventTime",
+        ),
+        (
+            b'{"eventID": "1", "eventTime": "2026-11-28T09:15:02Z", "eventName": "X", "eventSource": "y",'
+            b' "userIdentity": "root"}',
+            "userIdentity must be an object",
+        ),
+    ],
+)
+def test_malformed_records_raise_contract_error(value: bytes, reason: str) -> None:
+    raw = RawRecord("cloudtrail", "cloudtrail_record", value, datetime.now(UTC))
+    with pytest.raises(ContractError, match=reason):
+        CloudTrailNormalizer().normalize(raw)
+
+
+def _run_until(source: CloudTrailSource, sink: MemorySink, files: int) -> None:
+    thread = threading.Thread(target=source.run, args=(sink,))
+    thread.start()
+    end = time.monotonic() + 10.0
+    while source.published_files < files and time.monotonic() < end and thread.is_alive():
+        time.sleep(0.01)
+    source.stop()
+    thread.join(10)
+    assert source.published_files == files
+
+
+def test_source_publishes_each_file_once_and_resumes_from_cursor(tmp_path: Path) -> None:
+    write_log(tmp_path, "111122223333_CloudTrail_us-east-1_20261128T0915Z_a.json.gz", ALL[:4])
+    write_log(tmp_path, "111122223333_CloudTrail_us-east-1_20261128T0920Z_b.json", ALL[4:], gz=False)
+    sink = MemorySink()
+    sink.source_id = "cloudtrail"
+    _run_until(CloudTrailSource(tmp_path, poll_interval=0.05), sink, 2)
+    assert [json.loads(r.value)["eventID"] for r in sink.records] == [r["eventID"] for r in ALL]
+    assert [r.key for r in sink.records] == [r["eventID"].encode() for r in ALL]
+    assert len(sink.cursors["cloudtrail"]["files"]) == 2
+    # A restart with the same cursor publishes only what is new.
+    write_log(tmp_path, "111122223333_CloudTrail_us-east-1_20261128T0925Z_c.json.gz", [CONSOLE_LOGIN_OK])
+    before = len(sink.records)
+    _run_until(CloudTrailSource(tmp_path, poll_interval=0.05), sink, 1)
+    assert len(sink.records) == before + 1
+    assert len(sink.cursors["cloudtrail"]["files"]) == 3
+
+
+def test_bad_file_stops_the_source_unless_skipping(tmp_path: Path) -> None:
+    (tmp_path / "broken.json").write_text("{}")
+    with pytest.raises(SourceError, match=r"broken\.json"):
+        CloudTrailSource(tmp_path, poll_interval=0.05).run(MemorySink())
+    write_log(tmp_path, "good.json.gz", ALL[:1])
+    source = CloudTrailSource(tmp_path, poll_interval=0.05, skip_bad_files=True)
+    sink = MemorySink()
+    _run_until(source, sink, 1)
+    assert list(source.bad_files) == ["broken.json"]
+    assert len(sink.records) == 1
+
+
+def test_from_settings_options(tmp_path: Path) -> None:
+    from vigil.config import Settings
+
+    source = CloudTrailSource.from_settings(
+        Settings(), dir=str(tmp_path), poll_interval="2", skip_bad_files="true"
+    )
+    assert (source.directory, source.poll_interval, source.skip_bad_files) == (tmp_path, 2.0, True)
+    with pytest.raises(SourceError, match="option 'dir'"):
+        CloudTrailSource.from_settings(Settings())

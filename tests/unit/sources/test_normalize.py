@@ -1,0 +1,199 @@
+"""The normalise stage without a broker: raw-record decoding, routing, dead-lettering, wiring."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vigil.config import load_settings
+from vigil.errors import ConfigError, DecodeError
+from vigil.events.base import Event
+from vigil.events.codec import encode
+from vigil.hub.raw import RawRecord
+from vigil.sources.base import Normalizer
+from vigil.sources.bitcoin_normalize import BitcoinNormalizer
+from vigil.sources.coinbase import CoinbaseNormalizer
+from vigil.sources.normalize import DLQ, NormalizeOperator, build, decode_raw, output_specs, source_of
+from vigil.stream.base import Record, State, StoreSpec
+
+DATA = Path("/work/shared/data")
+RECEIVED = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+GENESIS = "000000000019d6689c085ae165831e934ff763ae46a2a6c172b3f1b60a8ce26f"
+MATCH = (
+    b'{"type":"match","trade_id":1,"maker_order_id":"m","taker_order_id":"t","side":"sell",'
+    b'"size":"2.5","price":"10.0","product_id":"SKL-USD","sequence":5,"time":"2021-04-17T16:43:37.1Z"}'
+)
+
+
+class ListContext:
+    """An in-memory Context: what the operator emitted and dead-lettered, in order."""
+
+    def __init__(self) -> None:
+        self.emitted: list[tuple[str, Event]] = []
+        self.dead: list[tuple[Record[Any], str]] = []
+
+    @property
+    def partition(self) -> int:
+        return 0
+
+    def state(self, store: StoreSpec) -> State:
+        raise KeyError(store.id)
+
+    def emit(self, topic: str, event: Event, key: str | None = None) -> None:
+        self.emitted.append((topic, event))
+
+    def dead_letter(self, record: Record[Any], reason: str) -> None:
+        self.dead.append((record, reason))
+
+    def late(self, record: Record[Any]) -> None:
+        raise AssertionError("normalise has no windows")
+
+
+def _genesis() -> bytes:
+    doc = json.loads(next((DATA / "chain" / "bitcoin").glob(f"block_0_*_{GENESIS}_2.json")).read_bytes())
+    return json.dumps(doc.get("result", doc)).encode()
+
+
+def _record(source: str, kind: str, value: bytes, offset: int) -> Record[Any]:
+    raw = RawRecord(source, kind, value, RECEIVED, b"k")
+    return Record(raw, f"raw.{source}", 0, offset, b"k", 0)
+
+
+def _operator(prefix: str = "") -> NormalizeOperator:
+    normalizers: dict[str, Normalizer] = {"bitcoin": BitcoinNormalizer(), "coinbase": CoinbaseNormalizer()}
+    return NormalizeOperator(normalizers, prefix)
+
+
+# ---------------------------------------------------------------------------- decode_raw
+
+
+def test_source_is_the_part_after_raw_with_or_without_a_prefix() -> None:
+    assert source_of("raw.coinbase") == "coinbase"
+    assert source_of("test.normalize.ab12.raw.coinbase") == "coinbase"
+
+
+@pytest.mark.parametrize("topic", ["events.market", "raw.", "xraw.coinbase"])
+def test_a_topic_that_is_not_raw_is_refused_by_name(topic: str) -> None:
+    with pytest.raises(ConfigError, match=f"topic {topic!r} is not a raw topic"):
+        source_of(topic)
+
+
+def test_decode_raw_reads_kind_time_and_meta_from_the_headers() -> None:
+    sent = RawRecord("ethereum", "eth_logs", b"[]", RECEIVED, b"17", {"block_timestamp": 5})
+    got = decode_raw("raw.ethereum", b"[]", b"17", sent.headers())
+    assert got == sent
+
+
+def test_decode_raw_without_headers_gives_kind_unknown() -> None:
+    assert decode_raw("raw.bitcoin", b"{}", None, None).kind == "unknown"
+
+
+@pytest.mark.parametrize(
+    ("headers", "match"),
+    [
+        (
+            [("vigil.kind", b"x"), ("vigil.received_at", b"yesterday")],
+            "Invalid isoformat string: 'yesterday'",
+        ),
+        ([("vigil.kind", b"x"), ("vigil.received_at", b"2026-01-01T00:00:00")], "with a zone"),
+        ([("vigil.kind", b"x"), ("vigil.meta", b"{not json")], "JSONDecodeError"),
+        ([("vigil.kind", b"x"), ("vigil.meta", b"[1]")], "'vigil.meta' must be a JSON object"),
+        ([("vigil.kind", b"\xff")], "UnicodeDecodeError"),
+    ],
+)
+def test_unreadable_headers_are_a_decode_error_naming_them(
+    headers: list[tuple[str, bytes]], match: str
+) -> None:
+    with pytest.raises(DecodeError, match=match) as info:
+        decode_raw("raw.bitcoin", b"{}", None, headers)
+    assert info.value.where == "raw.bitcoin"
+
+
+# ---------------------------------------------------------------------------- the operator
+
+
+def test_events_go_to_the_topic_declaring_their_type() -> None:
+    ctx = ListContext()
+    _operator().process(
+        [_record("bitcoin", "btc_block", _genesis(), 0), _record("coinbase", "ws_message", MATCH, 0)], ctx
+    )
+    topics = [topic for topic, _ in ctx.emitted]
+    assert topics == ["events.chain", "events.market"]
+    assert ctx.emitted[1][1].type == "trade"
+    assert not ctx.dead
+
+
+def test_a_prefix_renames_the_output_topics() -> None:
+    ctx = ListContext()
+    _operator("t.1.").process([_record("coinbase", "ws_message", MATCH, 0)], ctx)
+    assert [topic for topic, _ in ctx.emitted] == ["t.1.events.market"]
+
+
+def test_rejected_records_are_dead_lettered_with_source_kind_reason_and_exact_bytes() -> None:
+    ctx = ListContext()
+    garbage = b'{"hash": "00'
+    batch: Sequence[Record[Any]] = [
+        _record("bitcoin", "btc_block", garbage, 0),
+        _record("bitcoin", "eth_block", _genesis(), 1),
+        _record("coinbase", "ws_message", MATCH, 2),
+    ]
+    _operator().process(batch, ctx)
+    assert [(r.offset, reason.split(":", 1)[0]) for r, reason in ctx.dead] == [
+        (0, "bitcoin/btc_block"),
+        (1, "bitcoin/eth_block"),
+    ]
+    assert "not valid JSON" in ctx.dead[0][1]
+    assert "unknown record kind 'eth_block'" in ctx.dead[1][1]
+    assert encode(ctx.dead[0][0].event) == garbage, (
+        "the runtime encodes the dead record's event as its raw bytes"
+    )
+    assert len(ctx.emitted) == 1, "the good record after the bad ones is still normalised"
+
+
+def test_a_source_without_normaliser_is_dead_lettered() -> None:
+    ctx = ListContext()
+    _operator().process([_record("kraken", "ws_message", b"{}", 7)], ctx)
+    ((record, reason),) = ctx.dead
+    assert record.offset == 7
+    assert "no normaliser for source 'kraken'" in reason
+
+
+def test_a_normaliser_bug_is_not_dead_lettered_but_raised() -> None:
+    class Broken(Normalizer):
+        source = "broken"
+
+        def normalize(self, record: RawRecord) -> list[Event]:
+            raise ZeroDivisionError("bug")
+
+    with pytest.raises(ZeroDivisionError):
+        NormalizeOperator({"broken": Broken()}).process([_record("broken", "x", b"", 0)], ListContext())
+
+
+# ---------------------------------------------------------------------------- build
+
+
+def test_build_wires_inputs_dead_letters_and_outputs(tmp_path: Path) -> None:
+    settings = load_settings(kafka_bootstrap="127.0.0.1:1", home=tmp_path)
+    app = build(
+        settings, ["bitcoin", "coinbase"], name="n-unit", normalizers={"coinbase": CoinbaseNormalizer()}
+    )
+    assert app.inputs == ["raw.bitcoin", "raw.coinbase"]
+    assert app.dlq_topic == DLQ
+    assert {s.name for s in app.internal_topics} == {s.name for s in output_specs()}
+    assert "events.market" in {s.name for s in app.internal_topics}
+    prefixed = build(settings, ["bitcoin"], name="n-unit-2", topic_prefix="t.9.", batch_size=7)
+    assert prefixed.inputs == ["t.9.raw.bitcoin"]
+    assert prefixed.dlq_topic == "t.9.dlq.normalize"
+    assert prefixed.batch_size == 7
+    assert all(s.name.startswith("t.9.events.") for s in prefixed.internal_topics)
+
+
+def test_build_refuses_a_source_without_normaliser(tmp_path: Path) -> None:
+    settings = load_settings(kafka_bootstrap="127.0.0.1:1", home=tmp_path)
+    with pytest.raises(ConfigError, match=r"no normaliser for source\(s\) \['nope'\]; known: .*bitcoin"):
+        build(settings, ["bitcoin", "nope"])

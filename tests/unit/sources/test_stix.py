@@ -1,0 +1,192 @@
+"""STIX 2.x bundles -> intel_indicator events, on the OASIS example bundles and hand-written cases."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from stix2patterns.v21.pattern import Pattern  # type: ignore[import-untyped]
+
+from vigil.errors import ContractError
+from vigil.events.codec import decode_event, encode
+from vigil.events.types import IntelIndicator
+from vigil.hub.raw import RawRecord
+from vigil.sources.intel.normalize import IntelNormalizer
+from vigil.sources.intel.stix import pattern_values
+
+STIX = Path("/work/shared/data/intel/stix")
+NOW = datetime(2026, 11, 29, tzinfo=UTC)
+
+
+def normalize(doc: dict[str, Any] | bytes, kind: str = "stix_bundle") -> list[IntelIndicator]:
+    value = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    events = IntelNormalizer().normalize(RawRecord("intel", kind, value, NOW, meta={"feed": "oasis"}))
+    for e in events:
+        assert isinstance(e, IntelIndicator)
+        assert decode_event(encode(e)) == e
+    return events  # type: ignore[return-value]
+
+
+def indicator(pattern: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": "indicator--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f",
+        "created": "2026-01-01T00:00:00.000Z",
+        "modified": "2026-02-01T00:00:00.000Z",
+        "pattern": pattern,
+        "pattern_type": "stix",
+        "valid_from": "2026-01-01T00:00:00Z",
+        **extra,
+    }
+
+
+def bundle(*objects: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "bundle", "id": "bundle--0a7c3a02-7b4b-4a1a-8d0e-1c0f5a9b3c11", "objects": list(objects)}
+
+
+def expected_values(path: Path) -> set[tuple[str, str]]:
+    """Independently of the connector: every `ipv4-addr`/`domain-name` value of every simple
+    (OR-only) indicator pattern in the file, via the reference pattern parser."""
+    names = {"ipv4-addr": "ipv4", "domain-name": "domain"}
+    out = set()
+    for obj in json.loads(path.read_text())["objects"]:
+        if obj["type"] != "indicator" or " AND " in obj["pattern"]:
+            continue
+        comparisons = Pattern(obj["pattern"]).inspect().comparisons
+        if set(comparisons) <= set(names):
+            for kind, items in comparisons.items():
+                out |= {(names[kind], v.strip("'").lower()) for _, _, v in items}
+    return out
+
+
+@pytest.mark.parametrize("name", ["poisonivy.json", "apt1.json"])
+def test_oasis_bundles_yield_every_ip_and_domain(name: str) -> None:
+    events = normalize((STIX / name).read_bytes())
+    got = {(e.payload.indicator_type, e.payload.value) for e in events}
+    assert got == expected_values(STIX / name)
+    assert all(e.payload.stix_id and e.payload.stix_id.startswith("indicator--") for e in events)
+    assert all(e.payload.list_version for e in events)
+
+
+def test_c2_indicator_is_categorised_and_keeps_validity() -> None:
+    (event,) = normalize((STIX / "indicator-for-c2-ip-address.json").read_bytes())
+    assert (event.payload.indicator_type, event.payload.value) == ("ipv4", "10.0.0.0")
+    assert event.payload.category == "c2"
+    assert event.payload.valid_from is not None
+    assert event.key() == "ipv4:10.0.0.0"
+
+
+def test_file_hash_and_email_subject_patterns_are_skipped_not_errors() -> None:
+    assert normalize((STIX / "malicious-email-indicator-with-attachment.json").read_bytes()) == []
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        ("[ipv6-addr:value = '2001:db8::1']", [("ipv6", "2001:db8::1")]),
+        ("[url:value = 'http://x4z9arb.cn/4712']", [("url", "http://x4z9arb.cn/4712")]),
+        ("[email-addr:value = 'Support@Evil.example']", [("email", "support@evil.example")]),
+        (
+            "[x-crypto-address:value = '0x098B716B8Aaf21512996dC57EB0615e2383E2f96']",
+            [("eth_address", "0x098b716b8aaf21512996dc57eb0615e2383e2f96")],
+        ),
+        (
+            "[cryptocurrency-wallet:address = '1Ez69SnzzmePmZX3WpEzMKTrcBF2gpNQ55']",
+            [("btc_address", "1Ez69SnzzmePmZX3WpEzMKTrcBF2gpNQ55")],
+        ),
+        (
+            "[x-crypto-address:value = 'TX3dXxHcDoEiaRMCRXDJLvGL6vSPDMnLkd']",
+            [("crypto_address", "TX3dXxHcDoEiaRMCRXDJLvGL6vSPDMnLkd")],
+        ),
+        ("[domain-name:value = 'o\\'reilly.example']", [("domain", "o'reilly.example")]),
+        ("[domain-name:value = 'a.example' AND ipv4-addr:value = '192.0.2.1']", None),
+        ("[ipv4-addr:value = '192.0.2.1'] FOLLOWEDBY [url:value = 'http://a.example/']", None),
+        ("[ipv4-addr:value != '192.0.2.1']", None),
+        ("[file:hashes.MD5 = 'd41d8cd98f00b204e9800998ecf8427e']", None),
+    ],
+)
+def test_pattern_values(pattern: str, expected: list[tuple[str, str]] | None) -> None:
+    assert pattern_values(pattern, where="t") == expected
+
+
+def test_revoked_and_valid_until_are_carried() -> None:
+    (event,) = normalize(
+        bundle(
+            indicator(
+                "[domain-name:value = 'drainer.example']",
+                revoked=True,
+                valid_until="2026-06-01T00:00:00Z",
+                indicator_types=["malicious-activity"],
+                name="wallet drainer kit",
+                confidence=80,
+            )
+        )
+    )
+    assert event.payload.revoked is True
+    assert event.payload.valid_until == datetime(2026, 6, 1, tzinfo=UTC)
+    assert event.payload.category == "drainer"
+    assert event.payload.confidence == 80
+    assert event.payload.list_version == "2026-02-01T00:00:00+00:00"
+
+
+def test_versions_get_distinct_ids_and_same_version_same_id() -> None:
+    a = normalize(bundle(indicator("[ipv4-addr:value = '192.0.2.7']")))[0]
+    b = normalize(bundle(indicator("[ipv4-addr:value = '192.0.2.7']", modified="2026-03-01T00:00:00Z")))[0]
+    again = normalize(bundle(indicator("[ipv4-addr:value = '192.0.2.7']")))[0]
+    assert a.event_id == again.event_id != b.event_id
+    assert a.key() == b.key()
+
+
+def test_taxii_envelope_is_normalised_like_a_bundle() -> None:
+    events = normalize(
+        {"more": False, "objects": [indicator("[url:value = 'http://a.example/x']")]}, "taxii_objects"
+    )
+    assert [(e.payload.indicator_type, e.payload.feed) for e in events] == [("url", "oasis")]
+
+
+@pytest.mark.parametrize(
+    ("doc", "reason"),
+    [
+        (b"{not json", "not valid JSON"),
+        (json.dumps({"type": "campaign"}).encode(), "expected a STIX bundle"),
+        (
+            json.dumps(bundle(indicator("[ipv4-addr:value = "))).encode(),
+            "not a valid STIX indicator|does not parse",
+        ),
+        (
+            json.dumps({"type": "bundle", "id": "bundle--x", "objects": {}}).encode(),
+            "'objects' must be an array",
+        ),
+        (
+            json.dumps(bundle({**indicator("[ipv4-addr:value = '1.2.3.4']"), "valid_from": "soon"})).encode(),
+            "valid",
+        ),
+    ],
+)
+def test_bad_bundles_raise_contract_error(doc: bytes, reason: str) -> None:
+    with pytest.raises(ContractError, match=reason):
+        normalize(doc)
+
+
+def test_taxii_from_settings_takes_urls_and_password_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vigil.config import Settings
+    from vigil.errors import SourceError
+    from vigil.sources.intel.taxii import TaxiiSource
+
+    env_value = f"from-env-{id(monkeypatch)}"  # a test value, not a secret
+    monkeypatch.setenv("VIGIL_TAXII_PASSWORD", env_value)
+    source = TaxiiSource.from_settings(
+        Settings(), url="http://127.0.0.1:1/r/collections/a, http://127.0.0.1:1/r/collections/b/", user="u"
+    )
+    assert source.collection_urls == [
+        "http://127.0.0.1:1/r/collections/a/",
+        "http://127.0.0.1:1/r/collections/b/",
+    ]
+    assert source.feed_for(source.collection_urls[0]) == "taxii:a"
+    assert source._password == env_value
+    with pytest.raises(SourceError, match="'url'"):
+        TaxiiSource.from_settings(Settings())

@@ -1,0 +1,228 @@
+"""Syslog: RFC 5424 parsing, RFC 6587 framing, the receiver on real sockets, the normaliser."""
+
+from __future__ import annotations
+
+import io
+import re
+import socket
+import threading
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from vigil.errors import ContractError
+from vigil.events.codec import decode_event, encode
+from vigil.events.types import SecurityEvent
+from vigil.hub.raw import RawRecord
+from vigil.sources.sink import MemorySink
+from vigil.sources.syslog import SyslogNormalizer, SyslogSource, iter_frames, parse_rfc5424
+
+# The examples of RFC 5424 section 6.5 (example 1 has no BOM here; example 4 is verbatim).
+RFC_EX1 = (
+    b"<34>1 2003-10-11T22:14:15.003Z mymachine.example.com su - ID47 - "
+    b"'su root' failed for lonvick on /dev/pts/8"
+)
+RFC_EX2 = (
+    b"<165>1 2003-08-24T05:14:15.000003-07:00 192.0.2.1 myproc 8710 - - %% It's time to make the do-nuts."
+)
+RFC_EX3 = (
+    b'<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 [exampleSDID@32473 iut="3" '
+    b'eventSource="Application" eventID="1011"] \xef\xbb\xbfAn application event log entry...'
+)
+RFC_EX4 = (
+    b'<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 [exampleSDID@32473 iut="3" '
+    b'eventSource="Application" eventID="1011"][examplePriority@32473 class="high"]'
+)
+SSHD_FAIL = (
+    b'<38>1 2026-11-29T09:00:01.123456Z bastion-1 sshd 4242 AUTH_FAIL [auth@32473 user="alice" '
+    b'src="203.0.113.7" outcome="failure" note="quote \\" and bracket \\] kept"] Failed password for alice'
+)
+
+
+def _raw(value: bytes) -> RawRecord:
+    return RawRecord(
+        source="syslog", kind="syslog", value=value, received_at=datetime(2026, 11, 29, tzinfo=UTC)
+    )
+
+
+def test_rfc_example_1_header_fields() -> None:
+    m = parse_rfc5424(RFC_EX1)
+    assert (m.facility, m.severity, m.version) == (4, 2, 1)
+    assert m.timestamp == datetime(2003, 10, 11, 22, 14, 15, 3000, tzinfo=UTC)
+    assert (m.hostname, m.app_name, m.procid, m.msgid) == ("mymachine.example.com", "su", None, "ID47")
+    assert m.structured_data == {}
+    assert m.msg == "'su root' failed for lonvick on /dev/pts/8"
+
+
+def test_rfc_example_2_offset_timestamp_is_converted_to_utc() -> None:
+    m = parse_rfc5424(RFC_EX2)
+    assert m.timestamp == datetime(2003, 8, 24, 12, 14, 15, 3, tzinfo=UTC)
+    assert m.procid == "8710"
+    assert m.msgid is None
+
+
+def test_rfc_example_3_structured_data_and_bom() -> None:
+    m = parse_rfc5424(RFC_EX3)
+    assert m.structured_data == {
+        "exampleSDID@32473": {"iut": "3", "eventSource": "Application", "eventID": "1011"}
+    }
+    assert m.msg == "An application event log entry..."
+
+
+def test_rfc_example_4_two_sd_elements_no_msg() -> None:
+    m = parse_rfc5424(RFC_EX4)
+    assert set(m.structured_data) == {"exampleSDID@32473", "examplePriority@32473"}
+    assert m.msg is None
+
+
+def test_sd_escapes_are_unescaped() -> None:
+    m = parse_rfc5424(SSHD_FAIL)
+    assert m.structured_data["auth@32473"]["note"] == 'quote " and bracket ] kept'
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"Oct 11 22:14:15 mymachine su: 'su root' failed", "expected '<PRI>VERSION '"),
+        (b"<192>1 2003-10-11T22:14:15Z h a - - -", "PRI 192 is out of range"),
+        (b"<34>2 2003-10-11T22:14:15Z h a - - -", "VERSION must be 1"),
+        (b"<34>1 2003-10-11T22:14:15Z h a -", "missing PROCID"),
+        (b"<34>1 yesterday h a - - -", "TIMESTAMP 'yesterday' is not RFC 3339"),
+        (b"<34>1 2003-10-11T22:14:15 h a - - -", "has no time zone"),
+        (b"<34>1 2003-10-11T22:14:15Z h a - - x", "STRUCTURED-DATA must be '-'"),
+        (b'<34>1 2003-10-11T22:14:15Z h a - - [id a="1"', "expected ']' closing"),
+        (b'<34>1 2003-10-11T22:14:15Z h a - - [id a="1', "unterminated value of id.a"),
+        (b"<34>1 2003-10-11T22:14:15Z h a - - [id a=1]", 'must be name="value"'),
+        (b"<34>1 2003-10-11T22:14:15Z h a - - -msg", "expected a space between STRUCTURED-DATA and MSG"),
+        (b"<34>1 2003-10-11T22:14:15Z h \xff - - - x", "not UTF-8"),
+    ],
+)
+def test_malformed_lines_raise_contract_error_with_reason(line: bytes, reason: str) -> None:
+    with pytest.raises(ContractError, match=re.escape(reason)):
+        SyslogNormalizer().normalize(_raw(line))
+
+
+def test_normalizer_maps_auth_failure_to_security_event() -> None:
+    (event,) = SyslogNormalizer().normalize(_raw(SSHD_FAIL))
+    assert isinstance(event, SecurityEvent)
+    assert event.payload.provider == "syslog"
+    assert event.payload.action == "AUTH_FAIL"
+    assert event.payload.outcome == "failure"
+    assert event.payload.principal == "alice"
+    assert event.payload.severity == 6
+    assert event.payload.resource == "bastion-1"
+    assert event.entities.employee == "alice"
+    assert event.entities.ip == "203.0.113.7"
+    assert event.payload.attributes["app"] == "sshd"
+    assert event.payload.attributes["sd.auth@32473.src"] == "203.0.113.7"
+    assert event.occurred_at == datetime(2026, 11, 29, 9, 0, 1, 123456, tzinfo=UTC)
+    # The event survives the canonical codec round trip (it is a valid contract instance).
+    assert decode_event(encode(event)) == event
+
+
+def test_event_ids_are_stable_and_content_derived() -> None:
+    norm = SyslogNormalizer()
+    a = norm.normalize(_raw(RFC_EX1))[0].event_id
+    assert a == norm.normalize(_raw(RFC_EX1))[0].event_id
+    assert a != norm.normalize(_raw(RFC_EX3))[0].event_id
+
+
+def test_nil_timestamp_falls_back_to_received_at() -> None:
+    (event,) = SyslogNormalizer().normalize(_raw(b"<13>1 - host app - - - hello"))
+    assert isinstance(event, SecurityEvent)
+    assert event.occurred_at == datetime(2026, 11, 29, tzinfo=UTC)
+    assert event.payload.message == "hello"
+
+
+def test_wrong_kind_is_rejected() -> None:
+    rec = RawRecord(source="syslog", kind="ws_message", value=RFC_EX1, received_at=datetime.now(UTC))
+    with pytest.raises(ContractError, match="kind 'ws_message'"):
+        SyslogNormalizer().normalize(rec)
+
+
+def test_tcp_framing_octet_counting_and_lf_mixed() -> None:
+    stream = io.BytesIO(
+        b"%d %s" % (len(RFC_EX3), RFC_EX3) + RFC_EX1 + b"\n" + b"%d %s" % (len(RFC_EX4), RFC_EX4)
+    )
+    assert list(iter_frames(stream)) == [RFC_EX3, RFC_EX1, RFC_EX4]
+
+
+def test_tcp_framing_stops_on_garbage_and_oversized_counts() -> None:
+    assert list(iter_frames(io.BytesIO(RFC_EX1 + b"\nGARBAGE\n" + RFC_EX2 + b"\n"))) == [RFC_EX1]
+    assert list(iter_frames(io.BytesIO(b"99999999 x"))) == []
+    assert list(iter_frames(io.BytesIO(b"10 short"))) == []
+
+
+def _wait_for(predicate: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met within deadline")
+        time.sleep(0.01)
+
+
+def test_receiver_publishes_udp_and_tcp_messages_unchanged() -> None:
+    sink = MemorySink()
+    source = SyslogSource(udp_port=0, tcp_port=0, flush_interval=0.05)
+    thread = threading.Thread(target=source.run, args=(sink,))
+    thread.start()
+    try:
+        assert source.ready.wait(10)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.sendto(RFC_EX1, ("127.0.0.1", source.bound["udp"]))
+        with socket.create_connection(("127.0.0.1", source.bound["tcp"])) as tcp:
+            tcp.sendall(b"%d %s" % (len(RFC_EX3), RFC_EX3) + SSHD_FAIL + b"\n")
+        _wait_for(lambda: len(sink.records) == 3)
+    finally:
+        source.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    by_value = {r.value: r for r in sink.records}
+    assert set(by_value) == {RFC_EX1, RFC_EX3, SSHD_FAIL}
+    assert by_value[RFC_EX1].meta["transport"] == "udp"
+    assert by_value[SSHD_FAIL].meta["transport"] == "tcp"
+    assert all(r.kind == "syslog" and r.source == "syslog" for r in sink.records)
+
+
+def test_from_settings_options() -> None:
+    from vigil.config import Settings
+
+    source = SyslogSource.from_settings(Settings(), udp_port="off", tcp_port="6514")
+    assert (source.udp_port, source.tcp_port, source.host) == (None, 6514, "127.0.0.1")
+
+
+def test_unreachable_kafka_keeps_messages_pending_and_does_not_crash_the_receiver() -> None:
+    """A real Kafka client aimed at a port where no broker listens: publishing fails for real."""
+    from vigil.config import Settings
+    from vigil.sources.sink import KafkaRawSink
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    sink = KafkaRawSink(Settings(kafka_bootstrap=f"127.0.0.1:{dead}"), source_id="syslog-dead", timeout_s=0.5)
+    source = SyslogSource(udp_port=0, tcp_port=None, flush_interval=0.05)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            source.run(sink)
+        except BaseException as exc:  # the test asserts there is none
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert source.ready.wait(10)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.sendto(RFC_EX1, ("127.0.0.1", source.bound["udp"]))
+        _wait_for(lambda: source.publish_failures >= 2)
+        assert thread.is_alive()
+    finally:
+        source.stop()
+        thread.join(30)
+    assert errors == []
+    assert source.published == 0
+    assert [r.value for r in source._pending] == [RFC_EX1]  # kept, not lost, while it ran
+    assert source.last_error is not None
+    assert "Kafka" in source.last_error
