@@ -41,7 +41,9 @@ def _read_committed(settings: Settings, topic: str) -> list[bytes]:
 
 @pytest.fixture
 def topic(settings: Settings, unique_topic: str) -> str:
-    ensure_topics(settings, [TopicSpec(name=unique_topic, key="k", value="raw", description="t", partitions=1)])
+    ensure_topics(
+        settings, [TopicSpec(name=unique_topic, key="k", value="raw", description="t", partitions=1)]
+    )
     return unique_topic
 
 
