@@ -14,11 +14,21 @@ from vigil.config import load_settings
 from vigil.errors import ConfigError, DecodeError
 from vigil.events.base import Event
 from vigil.events.codec import encode
+from vigil.events.types import EVENT_CLASSES, Alert, Decision, IntelIndicator
 from vigil.hub.raw import RawRecord
+from vigil.hub.topics import TOPICS
 from vigil.sources.base import Normalizer
 from vigil.sources.bitcoin_normalize import BitcoinNormalizer
 from vigil.sources.coinbase import CoinbaseNormalizer
-from vigil.sources.normalize import DLQ, NormalizeOperator, build, decode_raw, output_specs, source_of
+from vigil.sources.normalize import (
+    DLQ,
+    OUTPUTS,
+    NormalizeOperator,
+    build,
+    decode_raw,
+    output_specs,
+    source_of,
+)
 from vigil.stream.base import Record, State, StoreSpec
 
 DATA = Path("/work/shared/data")
@@ -190,10 +200,17 @@ def test_build_wires_inputs_dead_letters_and_outputs(tmp_path: Path) -> None:
     assert prefixed.inputs == ["t.9.raw.bitcoin"]
     assert prefixed.dlq_topic == "t.9.dlq.normalize"
     assert prefixed.batch_size == 7
-    assert all(s.name.startswith("t.9.events.") for s in prefixed.internal_topics)
+    assert [s.name for s in prefixed.internal_topics] == [f"t.9.{name}" for name in OUTPUTS]
 
 
 def test_build_refuses_a_source_without_normaliser(tmp_path: Path) -> None:
     settings = load_settings(kafka_bootstrap="127.0.0.1:1", home=tmp_path)
     with pytest.raises(ConfigError, match=r"no normaliser for source\(s\) \['nope'\]; known: .*bitcoin"):
         build(settings, ["bitcoin", "nope"])
+
+
+def test_outputs_cover_every_canonical_topic_and_the_indicator_topic() -> None:
+    canonical = {cls for cls in EVENT_CLASSES if cls not in (Alert, Decision)}
+    assert {TOPICS.for_event(cls).name for cls in canonical} == set(OUTPUTS)
+    assert [s.name for s in output_specs("p.")] == [f"p.{name}" for name in OUTPUTS]
+    assert TOPICS.for_event(IntelIndicator).name == "intel.indicators"

@@ -1,0 +1,184 @@
+"""The normalise stream application: ``raw.<source>`` -> canonical ``events.<domain>``.
+
+One operator holds the registered normaliser of every source it reads.  Each raw record
+is decoded from its headers (:func:`decode_raw`), handed to its source's normaliser, and
+every canonical event it yields is emitted to the topic that declares its type
+(:meth:`~vigil.hub.topics.TopicRegistry.for_event`), keyed by the event's entity.
+
+Failures per record:
+
+- headers that cannot be read (a ``vigil.received_at`` that is not RFC 3339, a
+  ``vigil.meta`` that is not a JSON object) are a :class:`~vigil.errors.DecodeError`
+  raised by :func:`decode_raw`; the runtime dead-letters the record;
+- a record a normaliser rejects (:class:`~vigil.errors.VigilError`: a contract or decode
+  error naming what was wrong, an unknown ``vigil.kind``) goes to ``dlq.normalize`` with
+  ``<source>/<kind>: <reason>`` and the raw bytes *exactly as received*, and the flow goes on;
+- anything else a normaliser raises is a bug: the application stops loudly with a
+  :class:`~vigil.errors.PipelineError` naming topic, partition and offsets, and nothing
+  of the failing checkpoint is committed.
+
+Under ``exactly_once`` (the default) outputs, dead letters and input offsets are committed
+in one Kafka transaction, so a restart neither loses nor duplicates output for
+``read_committed`` readers.  Under ``at_least_once`` a restart may re-emit the records
+since the last checkpoint; event ids are stable, so downstream deduplicates.
+
+``topic_prefix`` renames every topic the application touches (``<prefix>raw.<source>``,
+``<prefix>events.<domain>``, ``<prefix>dlq.normalize``): isolated runs on a shared
+cluster (tests, benchmarks) without touching the real topics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from vigil.config import Settings
+from vigil.errors import ConfigError, DecodeError, VigilError
+from vigil.events.base import Event
+from vigil.hub.raw import META, RECEIVED_AT, RawRecord
+from vigil.hub.topics import DOMAINS, TOPICS, TopicSpec
+from vigil.sources.base import Normalizer
+from vigil.sources.registry import NORMALIZERS, normalizer_for
+from vigil.stream.base import Context, Guarantee, Operator, Record
+
+if TYPE_CHECKING:
+    from vigil.stream.app import Application
+
+DLQ = "dlq.normalize"
+RAW_PREFIX = "raw."
+
+
+@functools.lru_cache(maxsize=256)
+def source_of(topic: str) -> str:
+    """The source a raw topic belongs to: ``raw.coinbase`` and ``<prefix>raw.coinbase`` -> ``coinbase``."""
+    head, sep, source = topic.rpartition(RAW_PREFIX)
+    if not sep or not source or (head and not head.endswith(".")):
+        msg = f"topic {topic!r} is not a raw topic; expected '[<prefix>]raw.<source>'"
+        raise ConfigError(msg)
+    return source
+
+
+def decode_raw(topic: str, value: bytes, key: bytes | None, headers: Any) -> RawRecord:
+    """Raw topics carry bytes as received; what they are is in the headers.
+
+    Raises :class:`~vigil.errors.DecodeError` naming the header when one cannot be read.
+    """
+    source = source_of(topic)
+    try:
+        record = RawRecord.from_headers(source, value, key, headers)
+    except (ValueError, TypeError, AttributeError) as exc:
+        # json.JSONDecodeError and UnicodeDecodeError are ValueErrors; so is a bad RFC 3339 time.
+        msg = f"unreadable raw-record headers {_shown(headers)}: {type(exc).__name__}: {exc}"
+        raise DecodeError(msg, where=topic) from None
+    if type(record.meta) is not dict:
+        msg = f"header {META!r} must be a JSON object; got {_shown(headers)}"
+        raise DecodeError(msg, where=topic)
+    if record.received_at.tzinfo is None:
+        msg = f"header {RECEIVED_AT!r} must be an RFC 3339 time with a zone; got {_shown(headers)}"
+        raise DecodeError(msg, where=topic)
+    return record
+
+
+def _shown(headers: Any) -> str:
+    return repr({str(name): bytes(v or b"")[:80] for name, v in headers or []})
+
+
+class NormalizeOperator(Operator[Any]):
+    """Raw records of several sources -> canonical events (see the module docstring)."""
+
+    id = "normalize.v1"
+
+    def __init__(self, normalizers: Mapping[str, Normalizer], topic_prefix: str = "") -> None:
+        self._normalizers = dict(normalizers)
+        self._prefix = topic_prefix
+        self._topics: dict[type[Event], str] = {}
+
+    def topic_for(self, event: Event) -> str:
+        """The (prefixed) canonical topic that carries ``event``'s type."""
+        cls = type(event)
+        topic = self._topics.get(cls)
+        if topic is None:
+            topic = self._topics[cls] = self._prefix + TOPICS.for_event(cls).name
+        return topic
+
+    def normalize(self, raw: RawRecord) -> list[Event]:
+        """One raw record -> its events; raises :class:`VigilError` with the reason to dead-letter."""
+        normalizer = self._normalizers.get(raw.source)
+        if normalizer is None:
+            msg = f"no normaliser for source {raw.source!r}; this application has {sorted(self._normalizers)}"
+            raise ConfigError(msg)
+        return normalizer.normalize(raw)
+
+    def process(self, batch: Sequence[Record[Any]], ctx: Context) -> None:
+        normalizers, topics, emit = self._normalizers, self._topics, ctx.emit
+        for rec in batch:
+            raw: RawRecord = rec.event
+            normalizer = normalizers.get(raw.source)
+            try:
+                events = self.normalize(raw) if normalizer is None else normalizer.normalize(raw)
+            except VigilError as exc:
+                # The dead letter keeps the bytes as received: msgspec.Raw encodes to itself.
+                as_received: Record[Any] = dataclasses.replace(rec, event=msgspec.Raw(raw.value))
+                ctx.dead_letter(as_received, f"{raw.source}/{raw.kind}: {exc}")
+                continue
+            for event in events:
+                emit(topics.get(type(event)) or self.topic_for(event), event)
+
+
+#: What normalisers emit to: the canonical event topics and the compacted indicator topic.
+OUTPUTS: tuple[str, ...] = (*(f"events.{domain}" for domain in DOMAINS), "intel.indicators")
+
+
+def output_specs(topic_prefix: str = "") -> list[TopicSpec]:
+    """The declared topics normalise writes to (renamed with ``topic_prefix``)."""
+    return [dataclasses.replace(TOPICS.get(name), name=topic_prefix + name) for name in OUTPUTS]
+
+
+def build(
+    settings: Settings,
+    sources: Sequence[str] | None = None,
+    *,
+    guarantee: Guarantee = "exactly_once",
+    name: str = "normalize",
+    topic_prefix: str = "",
+    normalizers: Mapping[str, Normalizer] | None = None,
+    **options: Any,
+) -> Application:
+    """The normalise :class:`~vigil.stream.app.Application` over the given (default: all) sources.
+
+    ``normalizers`` supplies normaliser instances by source name (configured ones, or
+    sources not in the registry yet); the rest come from
+    :data:`~vigil.sources.registry.NORMALIZERS`.  ``options`` go to the Application
+    (``batch_size``, ``checkpoint_interval_s``, ``instance_id``, ...).  The raw input
+    topics must exist and have equal partition counts (the runtime co-partitions inputs);
+    the canonical output topics and the dead-letter topic are created when missing.
+    """
+    from vigil.stream.app import Application
+
+    given = dict(normalizers or {})
+    names = list(sources) if sources else sorted({*NORMALIZERS, *given})
+    unknown = [n for n in names if n not in NORMALIZERS and n not in given]
+    if unknown:
+        known = ", ".join(sorted({*NORMALIZERS, *given}))
+        msg = f"no normaliser for source(s) {unknown}; known: {known}"
+        raise ConfigError(msg)
+    if not names:
+        msg = "normalise needs at least one source; none given and none registered"
+        raise ConfigError(msg)
+    chosen: dict[str, Normalizer] = {n: given[n] if n in given else normalizer_for(n) for n in names}
+    operator = NormalizeOperator(chosen, topic_prefix)
+    return Application(
+        settings,
+        name=name,
+        inputs=[f"{topic_prefix}{RAW_PREFIX}{n}" for n in names],
+        operators=[operator],
+        guarantee=guarantee,
+        dlq_topic=topic_prefix + DLQ,
+        decode=decode_raw,
+        internal_topics=output_specs(topic_prefix),
+        **options,
+    )
