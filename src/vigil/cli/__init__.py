@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from vigil import __version__
-from vigil.cli import broker, demo, schemas, source, topics
+from vigil.cli import broker, demo, run, schemas, source, topics
 from vigil.cli._common import console, run_guarded
 from vigil.cli.simulate import simulate
 
@@ -31,6 +31,7 @@ app.command("produce", help="Validate a JSONL file against a topic's contract an
 app.command("tail", help="Read a topic, decoded, with partition/offset/key.")(topics.tail)
 app.command("demo", help="The Quickstart: broker, topics, events flowing.")(demo.demo)
 app.command("simulate", help="Simulate an exchange with injected, labelled attacks.")(simulate)
+app.command("run", help="Connectors, normalise and detection together in one process.")(run.run)
 app.command("source", help="Run one connector: publish what it receives to raw.<source>.")(source.source)
 app.command("normalize", help="Run the normalise application: raw.<source> -> events.<domain>.")(
     source.normalize

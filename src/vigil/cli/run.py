@@ -1,0 +1,125 @@
+"""``vigil run``: the whole platform in one process — connectors, normalise, detection.
+
+Each part is what its own command runs (``vigil source``, ``vigil normalize``,
+``vigil detect``), here in threads of one process for a single machine.  Every part is
+a Kafka client in its own consumer group, so the same parts can be moved to separate
+processes or machines (or run several times) without changing anything else.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from vigil.cli._common import console, settings
+from vigil.cli.source import _options
+from vigil.errors import ConfigError
+from vigil.hub import admin as topic_admin
+from vigil.hub.broker import from_settings
+from vigil.hub.client import check_reachable, make_admin
+from vigil.hub.topics import TOPICS
+from vigil.sources.registry import SOURCES, source_class
+from vigil.sources.sink import KafkaRawSink, raw_topic
+from vigil.stream.base import Guarantee
+
+
+def _split_options(names: list[str], pairs: list[str]) -> dict[str, dict[str, str]]:
+    """``--option coinbase.products=BTC-USD`` -> {"coinbase": {"products": "BTC-USD"}}."""
+    out: dict[str, dict[str, str]] = {n: {} for n in names}
+    for pair in pairs:
+        target, dot, rest = pair.partition(".")
+        if not dot or target not in out:
+            known = sorted(out) or "the --source names"
+            msg = f"--option {pair!r}: expected SOURCE.KEY=VALUE with SOURCE one of {known}"
+            raise ConfigError(msg)
+        out[target].update(_options([rest]))
+    return out
+
+
+def run(
+    source_names: Annotated[
+        list[str] | None, typer.Option("--source", "-s", help="Also run this connector (repeatable).")
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-o", help="Connector option SOURCE.KEY=VALUE (repeatable)."),
+    ] = None,
+    rules: Annotated[Path, typer.Option(help="Rule file or directory.")] = Path("rules"),
+    at_least_once: Annotated[
+        bool, typer.Option(help="Lower latency; duplicates possible downstream.")
+    ] = False,
+) -> None:
+    """Run connectors, the normalise application and detection together until Ctrl-C."""
+    from vigil.detect.app import DetectionService
+    from vigil.detect.rules.validate import load_rules
+    from vigil.sources.normalize import build
+
+    names = list(source_names or [])
+    unknown = [n for n in names if n not in SOURCES]
+    if unknown:
+        msg = f"unknown source(s) {unknown}; known: {', '.join(sorted(SOURCES))}"
+        raise ConfigError(msg)
+    options = _split_options(names, list(option or []))
+    cfg = settings()
+    if not cfg.uses_external_cluster:
+        started = from_settings(cfg).start()
+        cfg = cfg.model_copy(update={"kafka_bootstrap": started.bootstrap})
+        console.print(f"[green]broker[/] Kafka {started.info.version} at {started.bootstrap}")
+    check_reachable(cfg)
+    topic_admin.apply(make_admin(cfg), TOPICS, cfg)
+    guarantee: Guarantee = "at_least_once" if at_least_once else "exactly_once"
+
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    stoppers: list[Any] = []
+    threads: list[threading.Thread] = []
+
+    def guarded(name: str, target: Any) -> None:
+        try:
+            target()
+        except BaseException as exc:  # a dead part stops the whole process, loudly
+            failures.append(exc)
+            console.print(f"[red]{name} failed:[/] {exc}")
+            stop.set()
+
+    def spawn(name: str, target: Any) -> None:
+        thread = threading.Thread(target=guarded, args=(name, target), name=name, daemon=True)
+        thread.start()
+        threads.append(thread)
+
+    normalize = build(cfg, guarantee=guarantee)
+    stoppers.append(normalize.stop)
+    spawn("normalize", normalize.run)
+    service = DetectionService(cfg, load_rules([rules]), guarantee=guarantee)
+    service.start()
+    stoppers.append(service.stop)
+    for name in names:
+        connector = source_class(name).from_settings(cfg, **options[name])
+        sink = KafkaRawSink(
+            cfg, source_id=connector.source_id, topic_for=getattr(connector, "topic_for", raw_topic)
+        )
+        stoppers.append(connector.stop)
+        spawn(f"source-{name}", lambda c=connector, s=sink: c.run(s))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    console.print(
+        f"running: {', '.join(names) or 'no connectors'} -> normalise -> detection "
+        f"({len(service.rules)} rules, {guarantee}); Ctrl-C stops"
+    )
+    while not stop.wait(0.5):
+        try:
+            service.check()
+        except BaseException as exc:
+            failures.append(exc)
+            break
+    for stopper in reversed(stoppers):
+        stopper()
+    for thread in threads:
+        thread.join(timeout=30)
+    if failures:
+        raise failures[0]
+    console.print("stopped")
