@@ -12,7 +12,7 @@ partition, so a test can also inspect it.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,8 @@ class Emitted:
 class HarnessResult:
     emits: list[Emitted] = field(default_factory=list)
     dead_letters: list[tuple[Record[Any], str]] = field(default_factory=list)
+    #: Records operators reported as too late for their window (``ctx.late``).
+    late: list[Record[Any]] = field(default_factory=list)
     states: dict[tuple[str, int], MemoryState] = field(default_factory=dict)
 
     def emitted(self, topic: str | None = None) -> list[Any]:
@@ -80,6 +82,9 @@ class _MemoryContext:
     def dead_letter(self, record: Record[Any], reason: str) -> None:
         self._result.dead_letters.append((record, reason))
 
+    def late(self, record: Record[Any]) -> None:
+        self._result.late.append(record)
+
 
 def partition_for(key: str | bytes | None, partitions: int) -> int:
     """The partition a key lands on (stable across processes)."""
@@ -96,17 +101,21 @@ def run_operators(
     partitions: int = 1,
     batch_size: int = 500,
     result: HarnessResult | None = None,
+    topic_of: Callable[[Event], str] | None = None,
 ) -> HarnessResult:
     """Feed ``events`` through each operator in turn (each sees the same input), in batches.
 
     Pass the ``result`` of an earlier call to continue with its state (a "restart").
+    ``topic_of`` names each event's input topic (default: ``topic`` for all), for operators
+    that read several co-partitioned inputs (joins): like the Kafka runtime, records of one
+    partition number share state whatever their topic.
     """
     ids = [op.id for op in operators]
     if len(set(ids)) != len(ids):
         msg = f"duplicate operator ids: {ids}"
         raise ValueError(msg)
     result = result or HarnessResult()
-    offsets: dict[int, int] = defaultdict(int)
+    offsets: dict[tuple[str, int], int] = defaultdict(int)
     batch: dict[int, list[Record[Any]]] = defaultdict(list)
 
     def flush() -> None:
@@ -126,8 +135,9 @@ def run_operators(
     for count, event in enumerate(events, 1):
         key = event.key()
         part = partition_for(key, partitions)
-        rec = Record(event, topic, part, offsets[part], key.encode() if key else None, 0)
-        offsets[part] += 1
+        source = topic_of(event) if topic_of is not None else topic
+        rec = Record(event, source, part, offsets[(source, part)], key.encode() if key else None, 0)
+        offsets[(source, part)] += 1
         batch[part].append(rec)
         if count % batch_size == 0:
             flush()

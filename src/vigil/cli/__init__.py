@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from vigil import __version__
-from vigil.cli import broker, demo, run, schemas, source, topics
+from vigil.cli import broker, demo, detect, rules, run, schemas, source, topics
 from vigil.cli._common import console, run_guarded
 from vigil.cli.simulate import simulate
 
@@ -29,8 +29,14 @@ app.command("produce", help="Validate a JSONL file against a topic's contract an
     topics.produce
 )
 app.command("tail", help="Read a topic, decoded, with partition/offset/key.")(topics.tail)
-app.command("demo", help="The Quickstart: broker, topics, events flowing.")(demo.demo)
+app.command(
+    "demo",
+    help="The Quickstart: a simulated exchange through detection on Kafka, live alerts, a score table.",
+)(demo.demo)
 app.command("simulate", help="Simulate an exchange with injected, labelled attacks.")(simulate)
+app.add_typer(rules.app, name="rules", help="Check rule files and run their example cases.")
+app.command("detect", help="Run detection: canonical topics -> alerts and decisions.")(detect.detect)
+app.command("eval", help="Detection quality per scenario against the simulator's ground truth.")(detect.eval_)
 app.command("run", help="Connectors, normalise and detection together in one process.")(run.run)
 app.command("source", help="Run one connector: publish what it receives to raw.<source>.")(source.source)
 app.command("normalize", help="Run the normalise application: raw.<source> -> events.<domain>.")(

@@ -1,1 +1,13 @@
-"""vigil.stream"""
+"""vigil.stream: the stream runtime.
+
+- :mod:`vigil.stream.base`: what operators see (``Operator``, ``Context``, ``State``, ``StoreSpec``);
+- :mod:`vigil.stream.app`: ``Application``, the Kafka-backed runtime (batches, checkpoints, guarantees);
+- :mod:`vigil.stream.state`: RocksDB state buffered between checkpoints;
+- :mod:`vigil.stream.changelog`: changelog topics and restore;
+- :mod:`vigil.stream.windows`: event-time windows and aggregations over state;
+- :mod:`vigil.stream.repartition`: ``group_by`` through a repartition topic;
+- :mod:`vigil.stream.table`: ``GlobalTable``, a compacted topic as a local lookup table;
+- :mod:`vigil.stream.metrics`: counters for tests, Prometheus metrics for operations.
+
+Nothing is imported here: importing the package has no side effects and pulls in no client library.
+"""

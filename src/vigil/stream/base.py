@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from vigil.events.base import Event
@@ -44,6 +44,8 @@ class StoreSpec:
 
     name: str
     version: int = 1
+    #: Type values decode to after a checkpoint (``Any``: msgspec builtins, Structs as dicts).
+    value_type: Any = field(default=Any, compare=False)
 
     @property
     def id(self) -> str:
@@ -93,6 +95,10 @@ class Context(Protocol):
 
     def dead_letter(self, record: Record[Any], reason: str) -> None:
         """Send the record to this stage's dead-letter topic with the reason, and go on."""
+        ...
+
+    def late(self, record: Record[Any]) -> None:
+        """Count the record as too late for its window and send it to the late-events topic."""
         ...
 
 

@@ -1,0 +1,164 @@
+"""`vigil detect` (the detection applications on Kafka) and `vigil eval` (quality against the simulator).
+
+The lead registers them: ``app.command("detect")(detect.detect)`` and
+``app.command("eval")(detect.eval_)``.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from vigil.cli._common import console, err_console, settings
+from vigil.detect.eval import HOLD_SCENARIOS, EvalResult, evaluate
+from vigil.detect.rules.validate import load_rules
+from vigil.errors import ConfigError
+from vigil.hub.client import check_reachable
+
+RulesOpt = Annotated[Path, typer.Option("--rules", help="Rule file or directory")]
+
+
+def detect(
+    rules: RulesOpt = Path("rules"),
+    guarantee: Annotated[
+        str, typer.Option(help="exactly_once (Kafka transactions) or at_least_once")
+    ] = "exactly_once",
+    batch_size: Annotated[int, typer.Option(help="Records per micro-batch, at most")] = 5000,
+) -> None:
+    """Run detection over the canonical topics; alerts go to `alerts`, decisions to `decisions`."""
+    from vigil.detect.app import DetectionService
+
+    if guarantee not in ("exactly_once", "at_least_once"):
+        msg = f"--guarantee must be exactly_once or at_least_once; got {guarantee!r}"
+        raise ConfigError(msg)
+    cfg = settings()
+    check_reachable(cfg)
+    ruleset = load_rules([rules])
+    service = DetectionService(cfg, ruleset, guarantee=guarantee, batch_size=batch_size)  # type: ignore[arg-type]
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    console.print(
+        f"detection: {len(ruleset)} rules from {rules}; loading intel, then consuming (Ctrl-C stops)"
+    )
+    try:
+        service.start()
+        console.print(
+            f"intel index: {len(service.index)} indicators ({escape(service.index.version or 'none')})"
+        )
+        last = 0.0
+        while not stop.wait(0.5):
+            service.check()
+            now = time.monotonic()
+            if now - last >= 10:
+                last = now
+                m = service.detect_app.metrics
+                console.print(
+                    f"processed {m.processed} routed records; {service.alerts} alerts, "
+                    f"{service.decisions} decisions"
+                )
+        service.check()
+    finally:
+        service.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    console.print(f"stopped: {service.alerts} alerts, {service.decisions} decisions")
+
+
+def eval_(
+    seed: Annotated[int, typer.Option(help="Simulator seed")] = 7,
+    events: Annotated[int, typer.Option(help="Events to simulate")] = 200_000,
+    customers: Annotated[int, typer.Option(help="Simulated customers")] = 2000,
+    attack_rate: Annotated[
+        float, typer.Option(help="Episodes per scenario relative to the default (more for tighter estimates)")
+    ] = 1.0,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Write the scores to this JSON file")
+    ] = None,
+    rules: RulesOpt = Path("rules"),
+    kafka: Annotated[
+        bool, typer.Option("--kafka", help="Run detection through the broker (starts the local one if none)")
+    ] = False,
+) -> None:
+    """Simulate every scenario and the benign look-alikes, detect, and score per scenario.
+
+    By default detection runs in memory through the same operator the Kafka application
+    runs (one partition, so no re-keying stage is needed); with --kafka it runs the route
+    and detect applications on the broker.  See `vigil.detect.eval` for the definitions.
+    """
+    ruleset = load_rules([rules])
+    started = time.perf_counter()
+    if kafka:
+        from vigil.detect.eval import evaluate_kafka
+        from vigil.hub.broker import from_settings
+
+        cfg = settings()
+        if not cfg.uses_external_cluster:
+            with console.status("starting the local Apache Kafka broker ..."):
+                started_broker = from_settings(cfg).start()
+            cfg = cfg.model_copy(update={"kafka_bootstrap": started_broker.bootstrap})
+        check_reachable(cfg)
+        result = evaluate_kafka(
+            cfg, ruleset, seed=seed, events=events, customers=customers, attack_rate=attack_rate
+        )
+    else:
+        result = evaluate(ruleset, seed=seed, events=events, customers=customers, attack_rate=attack_rate)
+    render(result, time.perf_counter() - started)
+    if json_file is not None:
+        json_file.write_text(json.dumps(result.as_json(), indent=2) + "\n")
+        console.print(f"wrote {json_file}")
+
+
+def render(result: EvalResult, seconds: float) -> None:
+    table = Table(
+        "scenario", "episodes", "alerts", "recall", "precision", "ttd p50 s", "ttd p95 s", "hold first"
+    )
+    for name, s in sorted(result.scenarios.items()):
+        ok = s.recall >= 0.95 and s.precision >= 0.90
+        hold = "" if s.hold_before_funds_leave is None else f"{s.hold_before_funds_leave:.2f}"
+        if (
+            name in HOLD_SCENARIOS
+            and s.hold_before_funds_leave is not None
+            and s.hold_before_funds_leave < 0.95
+        ):
+            ok = False
+        colour = "green" if ok else "red"
+        table.add_row(
+            f"[{colour}]{escape(name)}[/]",
+            str(s.episodes),
+            str(s.alerts),
+            f"{s.recall:.2f}",
+            f"{s.precision:.2f}",
+            "" if s.ttd_p50_s is None else f"{s.ttd_p50_s:.0f}",
+            "" if s.ttd_p95_s is None else f"{s.ttd_p95_s:.0f}",
+            hold,
+        )
+    console.print(table)
+    where = "in memory" if result.mode == "memory" else "through Kafka, produced a chunk at a time"
+    console.print(
+        f"{result.events} events ({result.benign_events} benign), {result.alerts} alerts, "
+        f"{result.decisions} decisions; false positives per 10k benign events: "
+        f"{result.false_positives_per_10k:.2f}; detection {result.events / max(result.seconds, 1e-9):,.0f} "
+        f"events/s ({where}); {seconds:.1f}s in all"
+    )
+    fooled = [f"{name} {hit}/{n}" for name, (n, hit) in result.lookalikes.items() if hit]
+    if result.lookalikes:
+        console.print(
+            "benign look-alikes that drew an alert: " + (", ".join(fooled) if fooled else "none"),
+            highlight=False,
+        )
+    noisy = [(rule, fp) for rule, (_, fp) in result.per_rule.items() if fp]
+    if noisy:
+        err_console.print("false positives by rule: " + ", ".join(f"{r} {n}" for r, n in noisy))

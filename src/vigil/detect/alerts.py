@@ -1,0 +1,171 @@
+"""Turning a rule's hit into an alert, and an alert into a decision.
+
+Alert id
+    ``stable_id(rule id, rule version, entity kind, entity id, first evidence event id)``:
+    the same detection replayed (a retry, a restart from an earlier offset, the same
+    events through the Kafka app or in memory) gets the same id, so downstream deduplicates
+    exactly; a new rule version yields new ids.
+
+Evidence
+    the events that made the rule fire, in event-time order, each with its id, type, time
+    and the key fields that matched.  ``first_evidence_at`` / ``last_evidence_at`` are
+    their event times; the alert's ``occurred_at`` is the last (when it became knowable).
+
+Detection latency
+    ``detection_latency_ms`` is wall-clock time from when Vigil received the last evidence
+    event (its ``ingested_at``, else the broker's append timestamp) to when the alert was
+    built: the pipeline's own delay, measured per alert.  How long after an attack began it
+    was caught (event time) is the evaluation's time-to-detect, not this.
+
+Explanation
+    a one-paragraph plain-text template from the rule (``{name}`` placeholders only, checked
+    at load).  Values taken from events are attacker-controlled: they are inserted as data,
+    quoted, with control characters escaped and length bounded, never interpreted; readers
+    must still escape the text for their medium (HTML, Rich markup).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from vigil.detect.kinds.base import Hit, to_evidence
+from vigil.detect.rules.models import Rule
+from vigil.events.base import Entities
+from vigil.events.ids import stable_id
+from vigil.events.types import Alert, AlertPayload, Decision, DecisionPayload, EntityRef
+
+_MAX_VALUE = 120
+_PLAIN = re.compile(r"[0-9][0-9.,]*\s?[a-z]{0,3}")
+_NUMERIC_CONTEXT = frozenset(
+    {
+        "count",
+        "value",
+        "span",
+        "evidence_count",
+        "hops",
+        "score",
+        "speed_kmh",
+        "ratio",
+        "history_count",
+        "chars",
+    }
+)
+#: Context the rule or the intel list supplies (not the event): bare when it is a plain word.
+_SYSTEM_CONTEXT = frozenset(
+    {"field", "category", "feed", "list_version", "direction", "measure", "mark_type"}
+)
+_WORD = re.compile(r"[\w.@:+ -]{1,60}")
+
+
+def alert_id(rule: Rule, entity: EntityRef, first_event_id: str) -> str:
+    return stable_id(rule.id, rule.version, entity.kind, entity.id, first_event_id, prefix="alert-")
+
+
+def as_data(value: str) -> str:
+    """An attacker-controlled value made safe to place in prose: quoted, escaped, bounded."""
+    cleaned = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in value)
+    cleaned = cleaned.replace('"', '\\"')
+    if len(cleaned) > _MAX_VALUE:
+        cleaned = cleaned[: _MAX_VALUE - 1] + "…"
+    return f'"{cleaned}"'
+
+
+class _Context(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "(unknown)"
+
+
+def explain(rule: Rule, hit: Hit) -> str:
+    ctx = _Context()
+    for item in hit.evidence:
+        for name, value in item[3].items():
+            ctx[name] = as_data(value)
+    for name, value in hit.context.items():
+        # Counts, spans and scores read better bare; anything that is not plainly one is quoted.
+        plain = (name in _NUMERIC_CONTEXT and _PLAIN.fullmatch(value) is not None) or (
+            name in _SYSTEM_CONTEXT and _WORD.fullmatch(value) is not None
+        )
+        ctx[name] = value if plain else as_data(value)
+    ctx["entity"] = as_data(hit.entity.id)
+    ctx["entity_kind"] = hit.entity.kind
+    ctx["rule"] = rule.id
+    ctx["title"] = rule.title
+    ctx["severity"] = rule.severity
+    ctx["evidence_count"] = str(len(hit.evidence))
+    if hit.evidence:
+        ctx["first_at"] = _iso(hit.evidence[0][2])
+        ctx["last_at"] = _iso(hit.evidence[-1][2])
+    # format_map over a plain-name template (validated at load) cannot reach attributes.
+    return rule.explanation.strip().format_map(ctx)
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _entities(ref: EntityRef) -> Entities:
+    if ref.kind in Entities.KINDS:
+        return Entities(**{ref.kind: ref.id})
+    return Entities()
+
+
+def make_alert(rule: Rule, hit: Hit, *, latency_ms: float | None) -> Alert:
+    if rule.entity and hit.entity.kind != rule.entity:
+        # The rule names what the alert is about (a maker_account is an account).
+        hit.entity = EntityRef(kind=rule.entity, id=hit.entity.id)
+    evidence = to_evidence(sorted(hit.evidence, key=lambda e: e[2]))
+    first, last = evidence[0], evidence[-1]
+    return Alert(
+        event_id=alert_id(rule, hit.entity, first.event_id),
+        source="vigil.detect",
+        occurred_at=last.occurred_at,
+        entities=_entities(hit.entity),
+        payload=AlertPayload(
+            rule_id=rule.id,
+            rule_version=rule.version,
+            severity=rule.severity,
+            score=hit.score if hit.score is not None else rule.score,
+            entity=hit.entity,
+            related=hit.related,
+            explanation=explain(rule, hit),
+            evidence=evidence,
+            typology=rule.typology,
+            attack=list(rule.attack),
+            first_evidence_at=first.occurred_at,
+            last_evidence_at=last.occurred_at,
+            detection_latency_ms=latency_ms,
+            intel_version=hit.intel_version,
+        ),
+    )
+
+
+def make_decision(rule: Rule, alert: Alert, hit: Hit) -> Decision | None:
+    if rule.decision is None:
+        return None
+    withdrawal = hit.withdrawal_id or _last_field(hit, "withdrawal_id")
+    p = alert.payload
+    return Decision(
+        event_id=stable_id(alert.event_id, rule.decision.action, prefix="decision-"),
+        source="vigil.detect",
+        occurred_at=alert.occurred_at,
+        entities=alert.entities,
+        payload=DecisionPayload(
+            action=rule.decision.action,
+            entity=p.entity,
+            rule_id=rule.id,
+            alert_id=alert.event_id,
+            reason=f"{rule.title} ({rule.id} v{rule.version}, severity {rule.severity})",
+            withdrawal_id=withdrawal,
+            expires_at=alert.occurred_at + rule.decision.ttl if rule.decision.ttl > timedelta(0) else None,
+        ),
+    )
+
+
+def _last_field(hit: Hit, name: str) -> str | None:
+    for item in reversed(hit.evidence):
+        value: Any = item[3].get(name)
+        if value:
+            return str(value)
+    return None

@@ -1,0 +1,257 @@
+"""From rules to operators: the same detection code in memory and on the Kafka runtime.
+
+:class:`RuleSet` compiles validated rules into detectors and indexes them by event type,
+so each event reaches only the rules that look at it.  :class:`DetectOperator` runs a
+rule set over a batch: it feeds intel records to the shared index (hot reload), gives
+each detector its own versioned store (``detect.<rule id>.v<version>``) and turns hits
+into alerts on ``alerts`` and decisions on ``decisions``.
+
+Partitioning (why there are two stages on Kafka)
+    A rule correlates events by one key: a customer, an IP, a vendor's customers, the
+    transfer graph.  The canonical topics are keyed by their own entity (customer for
+    identity and payments, account for market, vendor for saas, wallet for chain), so an
+    IP's failed logins or a vendor export and its customers' later logins can sit in
+    different partitions, even different processes.  On Kafka detection is therefore two
+    applications:
+
+    1. ``detect-route`` (:class:`RouteOperator`, stateless) reads the canonical topics and
+       writes each event to the internal topic ``detect.routed`` once per distinct key
+       some rule needs it under (``customer:c1``, ``ip:203.0.113.9``, and for a vendor
+       export one copy per customer it names).  Keys are hashed to partitions the same way
+       in every process, so every event a rule correlates meets in one partition.
+    2. ``detect`` (:class:`DetectOperator` with ``routed=True``) reads ``detect.routed``;
+       for a record keyed K it runs only the rules that routed that event under K, so no
+       rule sees an event twice.  State moves with its partition on rebalance.
+
+    ``DetectionService(local_stage=True)`` instead runs the rules whose events are already
+    keyed by their group entity (:func:`is_local`) in stage 1 and routes only the others:
+    fewer routed records, one hop less, but those rules then depend on the input topics'
+    fetch order (see below); off by default.
+
+    Rules whose state is one graph (exposure, linked accounts) route under one constant
+    key: correct with any number of partitions and processes, at the cost of that rule's
+    events sharing one partition.  Intel indicators are a global table: every process
+    holds the whole index (read from the compacted ``intel.indicators``), so intel rules
+    need no re-keying.
+
+    In memory (:func:`vigil.testing.run_operators`, one partition) the router is not
+    needed: every key's state is in the one partition's stores.
+
+Event-time order (a known limit)
+    Windows and sequences assume each key's events arrive roughly in event-time order.
+    Each stage sorts its batch by ``occurred_at``, and the route stage fetches in small
+    chunks so the input topics interleave finely: with events arriving as they happen this
+    reproduces in-memory detection exactly (``tests/integration/test_detect.py``).  Replaying
+    a large backlog is different: a sparse topic's fetch can span hours of event time, so a
+    customer's withdrawal may reach detection before the login that preceded it.  Correct
+    backlog replay needs event-time-aligned consumption in the runtime (pausing partitions
+    that run ahead, as Kafka Streams picks the record with the lowest timestamp).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from vigil.detect.alerts import make_alert, make_decision
+from vigil.detect.fields import tag_of
+from vigil.detect.intel import IntelIndex
+from vigil.detect.kinds.base import Detector, Env, Hit
+from vigil.detect.rules.models import Rule
+from vigil.detect.rules.registry import KINDS
+from vigil.events.base import Event
+from vigil.events.types import EVENT_TYPES, IntelIndicator
+from vigil.stream.base import Context, Operator, Record, State
+
+ALERTS_TOPIC = "alerts"
+DECISIONS_TOPIC = "decisions"
+ROUTED_TOPIC = "detect.routed"
+#: Records per partition between sweeps of expired state.
+SWEEP_EVERY = 50_000
+
+
+class RuleSet:
+    """Compiled detectors for a list of rules, sharing one intel index."""
+
+    def __init__(self, rules: Sequence[Rule], intel: IntelIndex | None = None) -> None:
+        ids = [r.id for r in rules]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            msg = f"duplicate rule ids {dupes}; every rule needs its own id"
+            raise ValueError(msg)
+        self.rules = list(rules)
+        self.intel = intel if intel is not None else IntelIndex()
+        env = Env(self.intel)
+        self.detectors: list[Detector] = [KINDS[r.kind].detector(r, env) for r in self.rules]
+        self.local = [d for d in self.detectors if is_local(d)]
+        self.remote = [d for d in self.detectors if not is_local(d)]
+        self.by_type = _by_type(self.detectors)
+        self._remote_by_type = _by_type(self.remote)
+
+    def routes_for(self, event: Event, *, remote_only: bool) -> list[str]:
+        """Keys under which ``event`` must reach the detectors of the routed stage."""
+        if remote_only:
+            return self.routes(event)
+        keys: dict[str, None] = {}
+        for det in self.by_type.get(tag_of(event), ()):
+            for key in det.routes(event):
+                keys[key] = None
+        return list(keys)
+
+    def subset(self, which: str) -> list[Detector]:
+        return {"all": self.detectors, "local": self.local, "remote": self.remote}[which]
+
+    def routes(self, event: Event) -> list[str]:
+        """Keys under which ``event`` must reach the remote (re-keyed) detectors."""
+        keys: dict[str, None] = {}
+        for det in self._remote_by_type.get(tag_of(event), ()):
+            for key in det.routes(event):
+                keys[key] = None
+        return list(keys)
+
+
+def _by_type(detectors: Sequence[Detector]) -> dict[str, list[Detector]]:
+    out: dict[str, list[Detector]] = {}
+    for det in detectors:
+        for t in sorted(det.types):
+            out.setdefault(t, []).append(det)
+    return out
+
+
+def is_local(det: Detector) -> bool:
+    """Whether every event this detector reads is already keyed on its topic by the entity the
+    detector groups by (a customer's logins and withdrawals): then it can run where the
+    canonical topics are consumed, without re-keying."""
+    # Grouping by (customer, asset) needs no more than all of a customer's events in one place.
+    if not det.group_paths or not det.group_paths[0].startswith("entities."):
+        return False
+    kind = det.group_paths[0].removeprefix("entities.")
+    return all(EVENT_TYPES[t].key_entity == kind for t in det.types)
+
+
+def _latency_ms(record: Record[Any] | None, event: Event, wall: float) -> float | None:
+    if event.ingested_at is not None:
+        return max(0.0, (wall - event.ingested_at.timestamp()) * 1000)
+    if record is not None and record.timestamp_ms > 0:
+        return max(0.0, wall * 1000 - record.timestamp_ms)
+    return None
+
+
+class DetectOperator(Operator[Event]):
+    """Runs a rule set over each batch (see the module docstring for ``routed``)."""
+
+    dead_letter_errors = False
+
+    def __init__(
+        self,
+        ruleset: RuleSet,
+        *,
+        routed: bool = False,
+        op_id: str = "detect.rules.v1",
+        alerts_topic: str = ALERTS_TOPIC,
+        decisions_topic: str = DECISIONS_TOPIC,
+        detectors: str = "all",
+    ) -> None:
+        self.id = op_id
+        self.subset = ruleset.subset(detectors)
+        self.by_type = _by_type(self.subset)
+        self.alerts_topic = alerts_topic
+        self.decisions_topic = decisions_topic
+        self.ruleset = ruleset
+        self.routed = routed
+        self.stores = tuple(d.store for d in self.subset)
+        self.alerts = 0
+        self.decisions = 0
+        self.swept = 0
+        self._since_sweep: dict[int, int] = {}
+
+    def process(self, batch: Sequence[Record[Event]], ctx: Context) -> None:
+        states: dict[str, State] = {}
+        by_type = self.by_type
+        intel = self.ruleset.intel
+        # Windows and sequences run on event time: put a batch back in event-time order
+        # (records of one key from different input topics may interleave out of order).
+        ordered = sorted(batch, key=lambda r: r.event.occurred_at)
+        for rec in ordered:
+            event = rec.event
+            if isinstance(event, IntelIndicator):
+                intel.apply(event)
+                continue
+            detectors = by_type.get(tag_of(event))
+            if not detectors:
+                continue
+            key = rec.key.decode() if self.routed and rec.key is not None else None
+            for det in detectors:
+                if key is not None and key not in det.routes(event):
+                    continue
+                state = states.get(det.store_id)
+                if state is None:
+                    state = states[det.store_id] = ctx.state(det.store)
+                hits: list[Hit] = []
+                det.process(event, state, hits, key)
+                for hit in hits:
+                    self._emit(det, hit, rec, event, ctx)
+        self._maybe_sweep(ordered, ctx, states)
+
+    def _maybe_sweep(self, batch: Sequence[Record[Event]], ctx: Context, states: dict[str, State]) -> None:
+        """Every SWEEP_EVERY records of a partition, drop its expired windows and marks."""
+        if not batch:
+            return
+        seen = self._since_sweep.get(ctx.partition, 0) + len(batch)
+        if seen < SWEEP_EVERY:
+            self._since_sweep[ctx.partition] = seen
+            return
+        self._since_sweep[ctx.partition] = 0
+        now = max(r.event.occurred_at for r in batch).timestamp()
+        for det in self.subset:
+            state = states.get(det.store_id) or ctx.state(det.store)
+            self.swept += det.sweep(state, now)
+
+    def _emit(self, det: Detector, hit: Hit, rec: Record[Event], event: Event, ctx: Context) -> None:
+        alert = make_alert(det.rule, hit, latency_ms=_latency_ms(rec, event, time.time()))
+        ctx.emit(self.alerts_topic, alert)
+        self.alerts += 1
+        decision = make_decision(det.rule, alert, hit)
+        if decision is not None:
+            ctx.emit(self.decisions_topic, decision)
+            self.decisions += 1
+
+
+class RouteOperator(Operator[Event]):
+    """Stage 1 on Kafka: re-key each event under every key a rule correlates it by."""
+
+    stores = ()
+
+    def __init__(
+        self,
+        ruleset: RuleSet,
+        *,
+        topic: str = ROUTED_TOPIC,
+        op_id: str = "detect.route.v1",
+        remote_only: bool = False,
+    ) -> None:
+        self.id = op_id
+        self.ruleset = ruleset
+        self.topic = topic
+        self.remote_only = remote_only
+        self.routed = 0
+
+    def process(self, batch: Sequence[Record[Event]], ctx: Context) -> None:
+        # One batch holds this partition's records of every input topic: write them on in
+        # event-time order so the detect stage sees a customer's logins and withdrawals in
+        # the order they happened (see DetectionService for the fetch sizes that keep the
+        # topics interleaved finely).
+        for rec in sorted(batch, key=lambda r: r.event.occurred_at):
+            for key in self.ruleset.routes_for(rec.event, remote_only=self.remote_only):
+                ctx.emit(self.topic, rec.event, key=key)
+                self.routed += 1
+
+
+def detect_events(ruleset: RuleSet, events: Iterable[Event]) -> tuple[list[Any], list[Any]]:
+    """Run a rule set over events in memory; returns (alerts, decisions) in emission order."""
+    from vigil.testing import run_operators
+
+    op = DetectOperator(ruleset)
+    result = run_operators([op], events, batch_size=2000)
+    return result.emitted(ALERTS_TOPIC), result.emitted(DECISIONS_TOPIC)

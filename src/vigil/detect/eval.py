@@ -1,0 +1,403 @@
+"""Detection quality against the simulator's ground truth.
+
+Definitions (the numbers ``vigil eval`` prints):
+
+- An alert *matches* an episode when an entity of the alert (its ``entity`` or one of its
+  ``related``) is an entity of the episode (its label's ``entity`` or ``related``), and its
+  last evidence time lies inside the episode window ``[start, end]``.  Addresses compare
+  case-insensitively whatever their kind (wallet, counterparty, address).
+- **recall** of a scenario: the share of its episodes matched by at least one alert.
+- **precision** of a scenario: of the alerts attributed to it (those of rules whose
+  ``typology`` is the scenario, and those matching one of its episodes), the share that
+  match some attack episode.  ``1.0`` when there are none.
+- **ttd** (time to detect): from the episode start to the last evidence time of its first
+  matching alert, in event time (seconds); p50 and p95 over detected episodes.
+- **hold_before_funds_leave** (account takeover, address poisoning, drainer approval): the
+  share of episodes with a ``funds_leave_at`` that got a ``hold_withdrawal`` or ``block``
+  decision on a matching entity whose time (the alert's last evidence) is before it.
+- **benign_events**: events that belong to no attack episode (look-alikes included);
+  **false_positives_per_10k**: alerts matching no attack episode per 10,000 benign events.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from vigil.detect.engine import ALERTS_TOPIC, DECISIONS_TOPIC, DetectOperator, RuleSet
+from vigil.detect.intel import IntelIndex, indicators_from_files
+from vigil.detect.rules.models import Rule
+from vigil.events.base import Event
+from vigil.events.records import EpisodeLabel
+from vigil.events.types import Alert, Decision, EntityRef
+from vigil.testing import run_operators
+
+HOLD_SCENARIOS = ("account_takeover", "address_poisoning", "drainer_approval")
+HOLD_ACTIONS = ("hold_withdrawal", "block")
+_ADDRESS_KINDS = frozenset({"wallet", "counterparty", "address", "from_address", "to_address"})
+
+
+def entity_key(ref: EntityRef) -> str:
+    if ref.kind in _ADDRESS_KINDS or ref.id.startswith("0x"):
+        return f"address:{ref.id.lower()}"
+    return f"{ref.kind}:{ref.id}"
+
+
+def _alert_keys(alert: Alert) -> set[str]:
+    p = alert.payload
+    return {entity_key(p.entity), *(entity_key(r) for r in p.related)}
+
+
+def _label_keys(label: EpisodeLabel) -> set[str]:
+    return {entity_key(label.entity), *(entity_key(r) for r in label.related)}
+
+
+class EpisodeIndex:
+    def __init__(self, labels: Sequence[EpisodeLabel]) -> None:
+        self.labels = list(labels)
+        self._by_key: dict[str, list[int]] = {}
+        for i, label in enumerate(self.labels):
+            for key in _label_keys(label):
+                self._by_key.setdefault(key, []).append(i)
+
+    def matches(self, keys: Iterable[str], at: datetime) -> list[int]:
+        out: set[int] = set()
+        for key in keys:
+            for i in self._by_key.get(key, ()):
+                label = self.labels[i]
+                if label.start <= at <= label.end:
+                    out.add(i)
+        return sorted(out)
+
+
+@dataclass
+class ScenarioScore:
+    episodes: int = 0
+    alerts: int = 0
+    recall: float = 0.0
+    precision: float = 1.0
+    ttd_p50_s: float | None = None
+    ttd_p95_s: float | None = None
+    hold_before_funds_leave: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "episodes": self.episodes,
+            "alerts": self.alerts,
+            "recall": round(self.recall, 4),
+            "precision": round(self.precision, 4),
+            "ttd_p50_s": None if self.ttd_p50_s is None else round(self.ttd_p50_s, 1),
+            "ttd_p95_s": None if self.ttd_p95_s is None else round(self.ttd_p95_s, 1),
+            "hold_before_funds_leave": None
+            if self.hold_before_funds_leave is None
+            else round(self.hold_before_funds_leave, 4),
+        }
+
+
+@dataclass
+class EvalResult:
+    scenarios: dict[str, ScenarioScore]
+    benign_events: int
+    false_positives: int
+    events: int
+    alerts: int
+    decisions: int
+    seconds: float
+    per_rule: dict[str, tuple[int, int]] = field(default_factory=dict)  # rule -> (alerts, false positives)
+    missed: dict[str, list[str]] = field(default_factory=dict)  # scenario -> missed episode ids
+    #: Where detection ran: "memory" (the operator in process) or "kafka" (both applications).
+    mode: str = "memory"
+    #: Benign look-alike scenario -> (episodes, episodes that drew an alert): what fooled the rules.
+    lookalikes: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def false_positives_per_10k(self) -> float:
+        return 10_000 * self.false_positives / self.benign_events if self.benign_events else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "scenarios": {name: s.as_json() for name, s in sorted(self.scenarios.items())},
+            "benign_events": self.benign_events,
+            "false_positives_per_10k": round(self.false_positives_per_10k, 4),
+        }
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def score(
+    labels: Sequence[EpisodeLabel],
+    alerts: Sequence[Alert],
+    decisions: Sequence[Decision],
+    *,
+    rules: Sequence[Rule],
+    events: int,
+    benign_events: int,
+    seconds: float = 0.0,
+    lookalikes: Sequence[EpisodeLabel] = (),
+) -> EvalResult:
+    index = EpisodeIndex(labels)
+    fooled = EpisodeIndex(lookalikes)
+    fooled_by: set[int] = set()
+    typology = {r.id: r.typology for r in rules}
+    names = sorted({label.scenario for label in labels})
+    scores = {name: ScenarioScore() for name in names}
+    first_alert_at: dict[int, datetime] = {}
+    attributed: dict[str, list[bool]] = {name: [] for name in names}
+    false_positives = 0
+    per_rule: dict[str, list[int]] = {}
+    alert_matches: dict[str, list[int]] = {}
+    for alert in alerts:
+        p = alert.payload
+        hit = index.matches(_alert_keys(alert), p.last_evidence_at)
+        alert_matches[alert.event_id] = hit
+        counts = per_rule.setdefault(p.rule_id, [0, 0])
+        counts[0] += 1
+        if not hit:
+            false_positives += 1
+            counts[1] += 1
+            fooled_by.update(fooled.matches(_alert_keys(alert), p.last_evidence_at))
+        for i in hit:
+            at = first_alert_at.get(i)
+            if at is None or p.last_evidence_at < at:
+                first_alert_at[i] = p.last_evidence_at
+        scenarios_of_alert = {labels[i].scenario for i in hit}
+        own = typology.get(p.rule_id)
+        if own in attributed:
+            scenarios_of_alert.add(own)
+        for name in scenarios_of_alert:
+            attributed[name].append(bool(hit))
+    holds: dict[int, datetime] = {}
+    for d in decisions:
+        if d.payload.action not in HOLD_ACTIONS:
+            continue
+        for i in alert_matches.get(d.payload.alert_id, ()):
+            if i not in holds or d.occurred_at < holds[i]:
+                holds[i] = d.occurred_at
+    missed: dict[str, list[str]] = {}
+    for name in names:
+        idx = [i for i, label in enumerate(labels) if label.scenario == name]
+        s = scores[name]
+        s.episodes = len(idx)
+        detected = [i for i in idx if i in first_alert_at]
+        missed[name] = [labels[i].episode_id for i in idx if i not in first_alert_at]
+        s.recall = len(detected) / len(idx) if idx else 0.0
+        ttd = [(first_alert_at[i] - labels[i].start).total_seconds() for i in detected]
+        s.ttd_p50_s = statistics.median(ttd) if ttd else None
+        s.ttd_p95_s = _quantile(ttd, 0.95)
+        s.alerts = len(attributed[name])
+        s.precision = sum(attributed[name]) / len(attributed[name]) if attributed[name] else 1.0
+        if name in HOLD_SCENARIOS:
+            leaving = [i for i in idx if labels[i].funds_leave_at is not None]
+            held = [i for i in leaving if i in holds and holds[i] < labels[i].funds_leave_at]  # type: ignore[operator]
+            s.hold_before_funds_leave = len(held) / len(leaving) if leaving else None
+    look: dict[str, list[int]] = {}
+    for i, label in enumerate(fooled.labels):
+        tally = look.setdefault(label.scenario, [0, 0])
+        tally[0] += 1
+        tally[1] += i in fooled_by
+    return EvalResult(
+        lookalikes={k: (v[0], v[1]) for k, v in sorted(look.items())},
+        scenarios=scores,
+        benign_events=benign_events,
+        false_positives=false_positives,
+        events=events,
+        alerts=len(alerts),
+        decisions=len(decisions),
+        seconds=seconds,
+        per_rule={k: (v[0], v[1]) for k, v in sorted(per_rule.items())},
+        missed=missed,
+    )
+
+
+def intel_for(intel_dir: Path, before: datetime) -> list[Event]:
+    """The shared OFAC and ScamSniffer lists as indicator records, just before the stream starts."""
+    return list(indicators_from_files(intel_dir, before - timedelta(seconds=1)))
+
+
+def evaluate(
+    rules: Sequence[Rule],
+    *,
+    seed: int = 7,
+    events: int = 200_000,
+    customers: int = 2000,
+    data_dir: Path | None = None,
+    attack_rate: float = 1.0,
+) -> EvalResult:
+    """Simulate, detect in memory (the production operator, one partition) and score."""
+    from vigil.sim import SimConfig, Simulation
+
+    config = SimConfig(
+        seed=seed,
+        customers=customers,
+        events=events,
+        lookalikes=True,
+        data_dir=data_dir,
+        attack_rate=attack_rate,
+    )
+    sim = Simulation(config)
+    stream = list(sim.canonical())
+    attack_ids = {eid for label in sim.labels for eid in label.event_ids}
+    benign = sum(1 for e in stream if e.event_id not in attack_ids)
+    started = time.perf_counter()
+    ruleset = RuleSet(rules, IntelIndex())
+    op = DetectOperator(ruleset)
+    result = run_operators([op], [*intel_for(config.intel_dir, config.start), *stream], batch_size=2000)
+    seconds = time.perf_counter() - started
+    alerts: list[Alert] = result.emitted(ALERTS_TOPIC)
+    decisions: list[Decision] = result.emitted(DECISIONS_TOPIC)
+    return score(
+        sim.labels,
+        alerts,
+        decisions,
+        rules=rules,
+        events=len(stream),
+        benign_events=benign,
+        seconds=seconds,
+        lookalikes=sim.lookalikes,
+    )
+
+
+def evaluate_kafka(
+    settings: Any,
+    rules: Sequence[Rule],
+    *,
+    seed: int = 7,
+    events: int = 200_000,
+    customers: int = 2000,
+    data_dir: Path | None = None,
+    attack_rate: float = 1.0,
+    chunk: int = 2000,
+    partitions: int = 3,
+) -> EvalResult:
+    """The same evaluation through the real broker: both detection applications, own topics.
+
+    Topics and consumer groups carry a unique prefix, so a shared cluster is not disturbed.
+    Events are produced as a live exchange would (in event-time order, a chunk at a time,
+    each chunk through both stages before the next), then alerts and decisions are read
+    back from Kafka and scored like the in-memory run.
+    """
+    import uuid
+    from dataclasses import replace as dc_replace
+
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    from vigil.detect.app import DetectionService, DetectTopology
+    from vigil.events.codec import EventCodec
+    from vigil.hub.admin import ensure_topics
+    from vigil.hub.client import EventProducer, make_consumer
+    from vigil.hub.topics import DOMAINS, TOPICS
+    from vigil.sim import SimConfig, Simulation
+
+    config = SimConfig(
+        seed=seed,
+        customers=customers,
+        events=events,
+        lookalikes=True,
+        data_dir=data_dir,
+        attack_rate=attack_rate,
+    )
+    sim = Simulation(config)
+    stream = list(sim.canonical())
+    attack_ids = {eid for label in sim.labels for eid in label.event_ids}
+    benign = sum(1 for e in stream if e.event_id not in attack_ids)
+    prefix = f"eval-{uuid.uuid4().hex[:8]}."
+    topo = DetectTopology(
+        inputs=tuple(f"{prefix}events.{d}" for d in DOMAINS),
+        routed=f"{prefix}detect.routed",
+        alerts=f"{prefix}alerts",
+        decisions=f"{prefix}decisions",
+        intel=f"{prefix}intel.indicators",
+        dlq=f"{prefix}dlq.detect",
+        route_app=f"{prefix}detect-route",
+        detect_app=f"{prefix}detect",
+        routed_partitions=partitions,
+    )
+    specs = [
+        dc_replace(TOPICS.get(f"events.{d}"), name=f"{prefix}events.{d}", partitions=partitions)
+        for d in DOMAINS
+    ]
+    specs += [
+        dc_replace(TOPICS.get("alerts"), name=topo.alerts, partitions=partitions),
+        dc_replace(TOPICS.get("decisions"), name=topo.decisions, partitions=partitions),
+        dc_replace(TOPICS.get("intel.indicators"), name=topo.intel, partitions=partitions),
+        dc_replace(TOPICS.get("dlq.detect"), name=topo.dlq),
+    ]
+    ensure_topics(settings, specs)
+    producer = EventProducer(settings)
+    for ind in intel_for(config.intel_dir, config.start):
+        producer.produce(ind, topic=topo.intel)
+    producer.flush()
+    service = DetectionService(settings, rules, topology=topo, checkpoint_interval_s=0.3)
+    started = time.perf_counter()
+    service.start()
+    try:
+        sent = 0
+        for begin in range(0, len(stream), chunk):
+            part = stream[begin : begin + chunk]
+            for event in part:
+                producer.produce(event, topic=f"{prefix}events.{type(event).domain}")
+            producer.flush()
+            sent += len(part)
+            _wait_caught_up(service, sent, timeout_s=120)
+    finally:
+        service.stop()
+    seconds = time.perf_counter() - started
+    codec = EventCodec()
+    # (Reading back below is not part of the timed run.)
+    read: dict[str, list[Any]] = {topo.alerts: [], topo.decisions: []}
+    for topic, out in read.items():
+        consumer = make_consumer(settings, f"{prefix}read-{uuid.uuid4().hex[:6]}")
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        idle_until = time.monotonic() + 5.0
+        try:
+            while time.monotonic() < idle_until:
+                msgs = consumer.consume(1000, 0.5)
+                if msgs:
+                    idle_until = time.monotonic() + 2.0
+                out += [codec.decode(m.value()) for m in msgs if m.error() is None and m.value() is not None]
+        finally:
+            consumer.close()
+    alerts = list({a.event_id: a for a in read[topo.alerts]}.values())
+    decisions = list({d.event_id: d for d in read[topo.decisions]}.values())
+    result = score(
+        sim.labels,
+        alerts,
+        decisions,
+        rules=rules,
+        events=len(stream),
+        benign_events=benign,
+        seconds=seconds,
+        lookalikes=sim.lookalikes,
+    )
+    result.mode = "kafka"
+    return result
+
+
+def _wait_caught_up(service: Any, records: int, timeout_s: float) -> None:
+    """Poll (with a deadline) until both stages have processed everything produced so far."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        service.check()
+        if service.route_app.metrics.processed >= records and (
+            service.detect_app.metrics.processed >= service.router.routed
+        ):
+            return
+        if time.monotonic() > deadline:
+            msg = f"detection did not catch up with {records} records within {timeout_s:g}s"
+            raise TimeoutError(msg)
+        time.sleep(0.02)

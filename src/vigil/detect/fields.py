@@ -1,0 +1,234 @@
+"""Field paths and conditions over canonical events, compiled once per rule.
+
+A rule names event fields by dotted path: ``payload.amount_usd``, ``entities.ip``,
+``payload.geo.country``; a bare entity kind (``customer``, ``ip``) means
+``entities.<kind>``; ``type`` and ``occurred_at`` are the envelope's.  A virtual field
+``elapsed:<path>`` is the seconds between that datetime field and ``occurred_at``
+(``elapsed:payload.placed_at`` is an order's lifetime at its cancel), and ``<path>*<path>``
+is the product of two numeric fields (``payload.price*payload.remaining_quantity``, a notional).
+
+Paths are checked at load time against the event types a rule matches (so a typo fails
+validation with its line), then compiled into plain getters: evaluation is attribute
+access, never ``eval``.
+"""
+
+from __future__ import annotations
+
+import types as pytypes
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+import msgspec
+
+from vigil.events.base import Entities, Event
+from vigil.events.types import EVENT_CLASSES, EVENT_TYPES
+
+Getter = Callable[[Event], Any]
+
+#: Event class -> its ``type`` tag (``Event.type`` builds the string on every call; this is
+#: one dict lookup on the hot path).
+TAGS: dict[type, str] = {cls: str(cls.__struct_config__.tag) for cls in EVENT_CLASSES}
+
+
+def tag_of(event: Event) -> str:
+    return TAGS[type(event)]
+
+
+_MISSING = object()
+
+#: Comparison operators a condition may use, with the expected operand form for messages.
+OPERATORS: dict[str, str] = {
+    "eq": "a scalar",
+    "ne": "a scalar",
+    "in": "a list of scalars",
+    "not_in": "a list of scalars",
+    "gt": "a number",
+    "gte": "a number",
+    "lt": "a number",
+    "lte": "a number",
+    "exists": "true or false",
+    "contains": "a scalar (the list or string field must contain it)",
+}
+
+
+def normalise_path(path: str) -> str:
+    if path in Entities.KINDS:
+        return f"entities.{path}"
+    return path
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _struct_of(tp: Any) -> type | None:
+    """The msgspec Struct class inside ``tp`` (unwrapping ``X | None``), if any."""
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return tp
+    if isinstance(tp, pytypes.UnionType) or typing.get_origin(tp) is typing.Union:
+        for arg in typing.get_args(tp):
+            found = _struct_of(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def path_exists(event_type: str, path: str) -> bool:
+    """Whether ``path`` names a field of ``event_type`` (checked statically, from the contract)."""
+    path = normalise_path(path)
+    if path.startswith("elapsed:"):
+        path = path.removeprefix("elapsed:")
+    if "*" in path:
+        return all(path_exists(event_type, part) for part in path.split("*"))
+    if path in ("type", "event_id", "source", "occurred_at", "ingested_at"):
+        return True
+    cls: type | None = EVENT_TYPES.get(event_type)
+    for part in path.split("."):
+        if cls is None:
+            return False
+        hints = _hints(cls)
+        if part not in hints:
+            return False
+        cls = _struct_of(hints[part])
+    return True
+
+
+def compile_getter(path: str) -> Getter:
+    """A function returning the value at ``path`` of an event, or ``None`` when absent."""
+    path = normalise_path(path)
+    if path == "type":
+        return tag_of
+    if path.startswith("elapsed:"):
+        inner = compile_getter(path.removeprefix("elapsed:"))
+
+        def elapsed(e: Event) -> float | None:
+            then = inner(e)
+            if not isinstance(then, datetime):
+                return None
+            return (e.occurred_at - then).total_seconds()
+
+        return elapsed
+    if "*" in path:
+        factors = [compile_getter(p) for p in path.split("*")]
+
+        def product(e: Event) -> float | None:
+            out = 1.0
+            for get in factors:
+                value = _number(get(e))
+                if value is None:
+                    return None
+                out *= value
+            return out
+
+        return product
+    parts = tuple(path.split("."))
+    if len(parts) == 1:
+        name = parts[0]
+        return lambda e: getattr(e, name, None)
+    if len(parts) == 2:
+        a, b = parts
+        return lambda e: getattr(getattr(e, a, None), b, None)
+
+    def deep(e: Event) -> Any:
+        value: Any = e
+        for part in parts:
+            value = getattr(value, part, None)
+            if value is None:
+                return None
+        return value
+
+    return deep
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """``<path> <op> <value>``; a missing field satisfies only ``exists: false`` and ``ne``/``not_in``."""
+
+    path: str
+    op: str
+    value: Any
+
+    def compile(self) -> Callable[[Event], bool]:
+        get = compile_getter(self.path)
+        op, want = self.op, self.value
+        if op == "eq":
+            return lambda e: get(e) == want
+        if op == "ne":
+            return lambda e: get(e) != want
+        if op in ("in", "not_in"):
+            allowed = frozenset(want)
+            if op == "in":
+                return lambda e: get(e) in allowed
+            return lambda e: get(e) not in allowed
+        if op == "exists":
+            return lambda e: (get(e) is not None) is bool(want)
+        if op == "contains":
+
+            def contains(e: Event) -> bool:
+                got = get(e)
+                return isinstance(got, list | tuple | str) and want in got
+
+            return contains
+        bound = float(want)
+        compare: Callable[[float, float], bool] = {
+            "gt": float.__gt__,
+            "gte": float.__ge__,
+            "lt": float.__lt__,
+            "lte": float.__le__,
+        }[op]
+
+        def numeric(e: Event) -> bool:
+            got = _number(get(e))
+            return got is not None and compare(got, bound)
+
+        return numeric
+
+
+@dataclass(frozen=True)
+class Match:
+    """Which events a rule (or a step of it) looks at: a set of types and conditions, all of which hold."""
+
+    types: frozenset[str]
+    where: tuple[Condition, ...] = ()
+
+    def compile(self) -> Callable[[Event], bool]:
+        checks = [c.compile() for c in self.where]
+        classes = frozenset(EVENT_TYPES[t] for t in self.types)
+        if not checks:
+            return lambda e: type(e) in classes
+        if len(checks) == 1:
+            only = checks[0]
+            return lambda e: type(e) in classes and only(e)
+        return lambda e: type(e) in classes and all(check(e) for check in checks)
+
+    @property
+    def paths(self) -> list[str]:
+        return [c.path for c in self.where]
+
+
+def key_of(getters: Sequence[tuple[str, Getter]], event: Event) -> str | None:
+    """The group key ``<kind>:<value>[|<kind>:<value>]`` of an event, or ``None`` if a part is missing."""
+    parts = []
+    for name, get in getters:
+        value = get(event)
+        if value is None or value == "":
+            return None
+        parts.append(f"{name}:{value}")
+    return "|".join(parts)
+
+
+def short_name(path: str) -> str:
+    """The name a field goes by in evidence and explanations: its last path element."""
+    path = normalise_path(path).removeprefix("elapsed:")
+    return "_x_".join(p.rsplit(".", 1)[-1] for p in path.split("*"))

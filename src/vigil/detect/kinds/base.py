@@ -1,0 +1,182 @@
+"""The detector interface every rule kind implements, and what a detection reports.
+
+A :class:`Detector` is one rule compiled for evaluation.  It names the event types it
+wants (the engine dispatches only those), the keys an event must be delivered under
+(``routes``: how the Kafka app re-keys input so that everything a rule correlates
+lands in one partition), and ``process``: look at one event with the rule's keyed
+state and append a :class:`Hit` when the rule fires.  Detectors never emit directly:
+the engine turns hits into alerts and decisions (:mod:`vigil.detect.alerts`), so ids,
+explanations and decisions are made the same way for every kind.
+
+State values are plain lists/dicts/numbers/strings (msgspec-encodable), timestamps are
+epoch seconds, and every write is an explicit ``state.set`` (a durable store sees only
+what is set).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from vigil.detect.fields import Getter, compile_getter, short_name, tag_of
+from vigil.detect.rules.models import Rule
+from vigil.events.base import Event
+from vigil.events.types import EntityRef, Evidence
+from vigil.stream.base import State, StoreSpec
+
+if TYPE_CHECKING:
+    from vigil.detect.intel import IntelIndex
+
+#: At most this many evidence items are kept per alert (first ones, and the last one).
+MAX_EVIDENCE = 25
+_MAX_FIELD = 200
+
+#: The fields worth showing for each event type, besides those a rule's conditions name.
+KEY_FIELDS: dict[str, tuple[str, ...]] = {
+    "login": ("entities.device", "entities.ip", "payload.geo.country", "payload.method"),
+    "failed_login": ("entities.ip", "payload.username", "payload.reason"),
+    "password_reset": ("payload.stage", "payload.channel"),
+    "mfa_change": ("payload.action", "payload.method", "payload.via_support"),
+    "mfa_challenge": ("payload.result", "payload.method", "entities.ip"),
+    "email_change": ("payload.new_email",),
+    "api_key_created": ("payload.key_id", "payload.permissions", "entities.ip"),
+    "withdrawal_address_added": ("payload.address", "payload.chain"),
+    "deposit": ("payload.amount_usd", "payload.asset", "payload.from_address"),
+    "withdrawal_request": (
+        "payload.withdrawal_id",
+        "payload.amount_usd",
+        "payload.asset",
+        "payload.to_address",
+        "entities.ip",
+    ),
+    "withdrawal_sent": ("payload.withdrawal_id", "payload.amount_usd", "payload.to_address"),
+    "payment": ("payload.amount_usd", "payload.status", "payload.merchant", "payload.card_fingerprint"),
+    "loyalty_redemption": ("payload.points", "payload.value_usd", "payload.reward"),
+    "order": ("payload.symbol", "payload.side", "payload.quantity", "payload.notional_usd"),
+    "order_cancel": ("payload.symbol", "payload.side", "payload.remaining_quantity"),
+    "trade": ("payload.symbol", "payload.maker_account", "payload.taker_account", "payload.notional_usd"),
+    "crm_login": ("payload.user", "entities.ip", "payload.geo.country"),
+    "crm_record_export": ("payload.record_count", "payload.actor", "payload.object_type"),
+    "crm_api_token_used": (
+        "payload.token_id",
+        "payload.operation",
+        "payload.records_accessed",
+        "entities.ip",
+    ),
+    "email_campaign_sent": ("payload.campaign_id", "payload.sender_domain", "payload.recipient_count"),
+    "email_link_clicked": ("payload.url_domain",),
+    "chain_transfer": ("payload.from_address", "payload.to_address", "payload.amount_usd", "payload.asset"),
+    "token_approval": ("payload.owner", "payload.spender", "payload.unlimited"),
+    "security_event": ("payload.action", "payload.principal", "payload.resource", "entities.ip"),
+}
+
+_key_getters: dict[str, tuple[tuple[str, Getter], ...]] = {
+    t: tuple((short_name(p), compile_getter(p)) for p in paths) for t, paths in KEY_FIELDS.items()
+}
+
+#: Evidence as kept in state: [event_id, type, epoch seconds, {field: text}].
+StoredEvidence = list[Any]
+
+
+def as_text(value: Any) -> str:
+    """A field value as evidence text: lists joined, long values cut (the value is data, never markup)."""
+    if isinstance(value, list | tuple):
+        value = ",".join(str(v) for v in value)
+    elif isinstance(value, float):
+        value = f"{value:.2f}"
+    text = str(value)
+    return text if len(text) <= _MAX_FIELD else text[: _MAX_FIELD - 1] + "…"
+
+
+def ts(event: Event) -> float:
+    return event.occurred_at.timestamp()
+
+
+class EvidenceMaker:
+    """Builds the stored evidence of an event: its key fields plus those the rule looks at."""
+
+    def __init__(self, extra_paths: Sequence[str] = ()) -> None:
+        self._extra = tuple((short_name(p), compile_getter(p)) for p in dict.fromkeys(extra_paths))
+
+    def __call__(self, event: Event) -> StoredEvidence:
+        fields: dict[str, str] = {}
+        for name, get in (*_key_getters.get(tag_of(event), ()), *self._extra):
+            value = get(event)
+            if value is not None and value != "" and value != []:
+                fields[name] = as_text(value)
+        return [event.event_id, tag_of(event), ts(event), fields]
+
+
+def to_evidence(stored: Sequence[StoredEvidence]) -> list[Evidence]:
+    items = list(stored)
+    if len(items) > MAX_EVIDENCE:
+        items = [*items[: MAX_EVIDENCE - 1], items[-1]]
+    return [
+        Evidence(event_id=e[0], type=e[1], occurred_at=datetime.fromtimestamp(e[2], UTC), fields=dict(e[3]))
+        for e in items
+    ]
+
+
+def entity_ref(group_key: str) -> EntityRef:
+    """``customer:c1`` (or the first part of ``a:x|b:y``) as an entity reference."""
+    first = group_key.split("|", 1)[0]
+    kind, _, value = first.partition(":")
+    return EntityRef(kind=kind.rsplit(".", 1)[-1], id=value)
+
+
+@dataclass
+class Hit:
+    """A rule firing: about whom, on what evidence (in event-time order), with what context."""
+
+    entity: EntityRef
+    evidence: list[StoredEvidence]
+    related: list[EntityRef] = field(default_factory=list)
+    context: dict[str, str] = field(default_factory=dict)
+    score: float | None = None
+    intel_version: str | None = None
+    #: The withdrawal a hold decision is about, when the evidence names one.
+    withdrawal_id: str | None = None
+
+
+@dataclass
+class Env:
+    """What detectors share beyond keyed state: the intel index (a global table)."""
+
+    intel: IntelIndex
+
+
+class Detector(ABC):
+    kind: ClassVar[str]
+    #: The paths this detector's state is keyed by (empty: one global key, e.g. a graph).
+    group_paths: tuple[str, ...] = ()
+
+    def __init__(self, rule: Rule, env: Env) -> None:
+        self.rule = rule
+        self.env = env
+        self.store = StoreSpec(f"detect.{rule.id}", rule.version)
+        self.store_id = self.store.id
+
+    @property
+    @abstractmethod
+    def types(self) -> frozenset[str]:
+        """Event types this detector looks at."""
+
+    @abstractmethod
+    def routes(self, event: Event) -> list[str]:
+        """The keys under which ``event`` must reach this detector (one partition per key)."""
+
+    def sweep(self, state: State, now: float) -> int:
+        """Delete state that can no longer matter at event time ``now`` (expired windows and
+        marks); returns how many keys went.  Called now and then by the engine: without it a
+        group seen once would keep its window forever."""
+        return 0
+
+    @abstractmethod
+    def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
+        """Evaluate one event (of ``types``) against keyed state; append a hit when the rule fires.
+
+        ``route`` is the key the event was delivered under on Kafka (``None`` in memory,
+        where one call must do the work of every key)."""

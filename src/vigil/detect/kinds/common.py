@@ -1,0 +1,71 @@
+"""Parsing shared by kinds that take lists of ``{type, where, field, group_by}`` entries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vigil.detect.fields import Getter, Match, compile_getter, key_of, short_name
+from vigil.detect.rules.loader import LocDict, LocList
+from vigil.detect.rules.parse import Parser
+from vigil.events.base import Event
+
+
+@dataclass(frozen=True)
+class FieldEntry:
+    """Events of ``match`` contribute the value at ``field`` (grouped by ``group_by`` when given)."""
+
+    match: Match
+    field: str
+    group_by: tuple[str, ...] = ()
+    alert: bool = True
+    remember: bool = False
+
+
+def parse_entries(
+    d: LocDict, key: str, p: Parser, what: str, *, group_required: bool = False, extra: tuple[str, ...] = ()
+) -> list[FieldEntry] | None:
+    raw = d.get(key)
+    if not isinstance(raw, LocList) or not raw:
+        p.error(d.mark(key), f"{what}.{key} must be a non-empty list of {{type, where, field}}; got {raw!r}")
+        return None
+    out: list[FieldEntry] = []
+    ok = True
+    for i, item in enumerate(raw):
+        ew = f"{what}.{key}[{i}]"
+        e = p.mapping(item, raw.mark(i), ew)
+        if e is None:
+            ok = False
+            continue
+        p.keys(
+            e,
+            ew,
+            required=("type", "field", *(("group_by",) if group_required else ())),
+            optional=("where", "group_by", *extra),
+        )
+        m = p.match(e, ew)
+        f = (
+            p.path(e.get("field"), e.mark("field"), f"{ew}.field", m.types if m else None)
+            if "field" in e
+            else None
+        )
+        groups = p.strings(e, "group_by", ew) or []
+        gp = [p.path(g, e.mark("group_by"), f"{ew}.group_by", m.types if m else None) for g in groups]
+        alert = p.boolean(e, "alert", ew, default=True) if "alert" in extra else True
+        remember = p.boolean(e, "remember", ew, default=False) if "remember" in extra else False
+        if m is None or f is None or None in gp:
+            ok = False
+            continue
+        out.append(FieldEntry(m, f, tuple(g for g in gp if g), alert, remember))
+    return out if ok else None
+
+
+class CompiledEntry:
+    def __init__(self, entry: FieldEntry) -> None:
+        self.entry = entry
+        self.types = entry.match.types
+        self.match = entry.match.compile()
+        self.value: Getter = compile_getter(entry.field)
+        self.group = tuple((short_name(g), compile_getter(g)) for g in entry.group_by)
+
+    def group_key(self, event: Event) -> str | None:
+        return key_of(self.group, event) if self.group else None

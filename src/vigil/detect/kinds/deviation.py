@@ -1,0 +1,338 @@
+"""Deviation from an entity's own history.
+
+::
+
+    type: deviation
+    match: {type: withdrawal_request}
+    group_by: customer
+    measure: amount            # amount | new_value | travel | hour | gap | passthrough
+    field: payload.amount_usd
+    min_history: 5             # score only once this many events are known
+    min_value: 1000            # and only values at least this large (amount, passthrough)
+    condition: {gte: 10}
+
+Measures (the score the condition is applied to):
+
+- ``amount``: the value over the largest value seen before for the group;
+- ``new_value``: 1 when the value was never seen for the group (else 0);
+- ``travel``: km/h needed to get from the previous event's place (``field`` is a Geo with
+  lat/lon) to this one: impossible travel;
+- ``hour``: the share of the group's past events in this UTC hour (low = unusual);
+- ``gap``: days since the group's previous event (dormancy);
+- ``passthrough``: the value over the sum of ``history.field`` of the ``history`` events in
+  the last ``history.window`` (money in, then out: rapid in-out), counting distinct
+  ``history.source`` values toward ``min_history``.
+
+History is updated after scoring, with every matching event.  ``only`` adds conditions an
+event must meet to be *scored* (it still feeds the history); ``first_seen: <path>`` (with
+``seen_also`` entries feeding the same history) scores only events whose value there is new
+for the group, e.g. money passed on to an address the customer never used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from vigil.detect.fields import Condition, Getter, Match, compile_getter, key_of, short_name, tag_of
+from vigil.detect.kinds.base import Detector, EvidenceMaker, Hit, entity_ref, ts
+from vigil.detect.kinds.common import CompiledEntry, FieldEntry, parse_entries
+from vigil.detect.rules.loader import LocDict
+from vigil.detect.rules.parse import Parser, compare
+from vigil.events.base import Event
+from vigil.stream.base import State
+
+CONTEXT = frozenset({"measure", "score", "baseline", "history_count", "group", "speed_kmh", "ratio"})
+MEASURES = ("amount", "new_value", "travel", "hour", "gap", "passthrough")
+MAX_SEEN = 256
+MAX_INFLOWS = 64
+
+
+@dataclass(frozen=True)
+class HistorySpec:
+    match: Match
+    field: str
+    source: str | None
+    window: timedelta
+    #: Count only inflows from sources new to the group (money from strangers).
+    new_sources_only: bool = False
+
+
+@dataclass(frozen=True)
+class DeviationParams:
+    match: Match
+    group_by: tuple[str, ...]
+    measure: str
+    field: str | None
+    min_history: int
+    condition: tuple[str, float]
+    min_value: float | None = None
+    history: HistorySpec | None = None
+    #: Conditions an event must also meet to be scored (it still updates the history).
+    only: tuple[Condition, ...] = ()
+    #: Score only events whose value here is new for the group (fed also by ``seen_also``).
+    first_seen: str | None = None
+    seen_also: tuple[FieldEntry, ...] = ()
+
+
+def parse(d: LocDict, p: Parser, what: str) -> DeviationParams | None:
+    m = p.mapping(d.get("match"), d.mark("match"), f"{what}.match")
+    match = p.match(m, f"{what}.match") if m is not None else None
+    types = match.types if match else None
+    measure = p.choice(d, "measure", what, MEASURES)
+    field_path = None
+    if measure not in ("gap", "hour"):
+        if "field" not in d:
+            p.error(d.loc, f"{what}: measure {measure!r} needs 'field' (the path it measures)")
+        else:
+            field_path = p.path(d["field"], d.mark("field"), f"{what}.field", types)
+    groups = p.strings(d, "group_by", what) or []
+    if not groups:
+        p.error(d.mark("group_by"), f"{what} needs 'group_by' (whose history: an entity kind or path)")
+    gpaths = [p.path(g, d.mark("group_by"), f"{what}.group_by", types) for g in groups]
+    min_history = p.integer(d, "min_history", what, default=1, minimum=0)
+    condition = p.comparison(d, "condition", what)
+    min_value = p.number(d, "min_value", what)
+    history = None
+    if measure == "passthrough":
+        h = p.mapping(d.get("history"), d.mark("history"), f"{what}.history")
+        if h is not None:
+            p.keys(
+                h,
+                f"{what}.history",
+                required=("type", "field", "window"),
+                optional=("where", "source", "new_sources_only"),
+            )
+            hm = p.match(h, f"{what}.history")
+            hf = p.path(h.get("field"), h.mark("field"), f"{what}.history.field", hm.types if hm else None)
+            hs = (
+                p.path(h["source"], h.mark("source"), f"{what}.history.source", hm.types if hm else None)
+                if "source" in h
+                else None
+            )
+            hw = p.duration(h, "window", f"{what}.history")
+            if hm and hf and hw:
+                history = HistorySpec(hm, hf, hs, hw, p.boolean(h, "new_sources_only", f"{what}.history"))
+        if history is None:
+            return None
+    only: list[Condition] = []
+    if "only" in d:
+        o = p.mapping(d["only"], d.mark("only"), f"{what}.only")
+        if o is not None:
+            for path, spec in o.items():
+                only += p.conditions(path, spec, o.mark(path), f"{what}.only", types)
+    first_seen = (
+        p.path(d["first_seen"], d.mark("first_seen"), f"{what}.first_seen", types)
+        if "first_seen" in d
+        else None
+    )
+    also = parse_entries(d, "seen_also", p, what) if "seen_also" in d else []
+    if also is None:
+        return None
+    if not match or not measure or not gpaths or None in gpaths or min_history is None or not condition:
+        return None
+    if measure not in ("gap", "hour") and field_path is None:
+        return None
+    return DeviationParams(
+        match,
+        tuple(g for g in gpaths if g),
+        measure,
+        field_path,
+        min_history,
+        condition,
+        min_value,
+        history,
+        tuple(only),
+        first_seen,
+        tuple(also),
+    )
+
+
+def _km(a: tuple[float, float], b: tuple[float, float]) -> float:
+    lat1, lon1, lat2, lon2 = map(math.radians, (*a, *b))
+    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    return 2 * 6371.0 * math.asin(math.sqrt(h))
+
+
+class DeviationDetector(Detector):
+    kind = "deviation"
+
+    def __init__(self, rule: Any, env: Any) -> None:
+        super().__init__(rule, env)
+        params: DeviationParams = rule.params
+        self.p = params
+        self.group_paths = params.group_by
+        self._match = params.match.compile()
+        self._only = [c.compile() for c in params.only]
+        self._first_seen = compile_getter(params.first_seen) if params.first_seen else None
+        self._also = [CompiledEntry(e) for e in params.seen_also]
+        self._group = tuple((short_name(g), compile_getter(g)) for g in params.group_by)
+        self._value: Getter | None = compile_getter(params.field) if params.field else None
+        self._types = (
+            params.match.types
+            | (params.history.match.types if params.history else frozenset())
+            | frozenset().union(*(e.types for e in self._also))
+        )
+        hist = params.history
+        self._hist_match = hist.match.compile() if hist else None
+        self._hist_value = compile_getter(hist.field) if hist else None
+        self._hist_source = compile_getter(hist.source) if hist and hist.source else None
+        self._hist_group = self._group
+        self._window = hist.window.total_seconds() if hist else 0.0
+        extra = [*params.match.paths, *([params.field] if params.field else [])]
+        self._evidence = EvidenceMaker([*extra, *([hist.field] if hist else [])])
+
+    @property
+    def types(self) -> frozenset[str]:
+        return self._types
+
+    def routes(self, event: Event) -> list[str]:
+        key = key_of(self._group, event)
+        return [key] if key else []
+
+    def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
+        key = key_of(self._group, event)
+        if key is None:
+            return
+        now = ts(event)
+        if self._hist_match is not None and self._hist_match(event):
+            self._inflow(key, event, state, now)
+        for entry in self._also:
+            if tag_of(event) in entry.types and entry.match(event):
+                self._remember(state, key, entry.value(event))
+        if tag_of(event) not in self.p.match.types or not self._match(event):
+            return
+        new = True
+        if self._first_seen is not None:
+            value = self._first_seen(event)
+            new = value is not None and str(value).lower() not in (state.get(f"s:{key}") or ())
+            self._remember(state, key, value)
+        skey = f"h:{key}"
+        h: dict[str, Any] = state.get(skey) or {"n": 0}
+        scored = self._score(h, event, now, state, key) if new and all(c(event) for c in self._only) else None
+        if scored is not None:
+            score, context, evidence = scored
+            op, bound = self.p.condition
+            if compare(op, score, bound):
+                hits.append(
+                    Hit(
+                        entity=entity_ref(key),
+                        evidence=[*evidence, self._evidence(event)],
+                        context={"measure": self.p.measure, "score": f"{score:.2f}", "group": key, **context},
+                    )
+                )
+        self._update(h, event, now)
+        state.set(skey, h)
+
+    def _remember(self, state: State, key: str, value: Any) -> None:
+        if value is None:
+            return
+        seen: list[str] = state.get(f"s:{key}") or []
+        text = str(value).lower()
+        if text not in seen:
+            state.set(f"s:{key}", [*seen[-MAX_SEEN + 1 :], text])
+
+    def _inflow(self, key: str, event: Event, state: State, now: float) -> None:
+        if self._hist_value is None:
+            return
+        value = self._hist_value(event)
+        if not isinstance(value, int | float):
+            return
+        source = self._hist_source(event) if self._hist_source else None
+        spec = self.p.history
+        known = state.get(f"s:{key}") or ()
+        if spec is not None and spec.new_sources_only and (source is None or str(source).lower() in known):
+            return
+        ikey = f"i:{key}"
+        flows: list[list[Any]] = state.get(ikey) or []
+        flows = [f for f in flows if now - f[0] <= self._window][-MAX_INFLOWS + 1 :]
+        flows.append([now, float(value), str(source) if source is not None else None, self._evidence(event)])
+        state.set(ikey, flows)
+
+    def _score(
+        self, h: dict[str, Any], event: Event, now: float, state: State, key: str
+    ) -> tuple[float, dict[str, str], list[Any]] | None:
+        p = self.p
+        n = int(h["n"])
+        value = self._value(event) if self._value else None
+        measure = p.measure
+        if measure == "passthrough":
+            if not isinstance(value, int | float) or (p.min_value is not None and value < p.min_value):
+                return None
+            flows = [f for f in state.get(f"i:{key}") or [] if now - f[0] <= self._window and f[0] <= now]
+            sources = (
+                {f[2] for f in flows if f[2] is not None} if self._hist_source else set(range(len(flows)))
+            )
+            total = sum(f[1] for f in flows)
+            if len(sources) < p.min_history or total <= 0:
+                return None
+            ratio = float(value) / total
+            return (
+                ratio,
+                {"ratio": f"{ratio:.2f}", "baseline": f"{total:.2f}", "history_count": str(len(flows))},
+                [f[3] for f in flows],
+            )
+        if n < p.min_history:
+            return None
+        if measure == "amount":
+            if not isinstance(value, int | float) or (p.min_value is not None and value < p.min_value):
+                return None
+            base = float(h.get("max", 0.0))
+            if base <= 0:
+                return None
+            return float(value) / base, {"baseline": f"{base:.2f}", "history_count": str(n)}, []
+        if measure == "new_value":
+            if value is None:
+                return None
+            return (0.0 if str(value) in h.get("seen", ()) else 1.0), {"history_count": str(n)}, []
+        if measure == "travel":
+            point = _point(value)
+            last = h.get("geo")
+            if point is None or last is None:
+                return None
+            hours = max((now - last[2]) / 3600.0, 1 / 60)
+            km = _km((last[0], last[1]), point)
+            speed = km / hours
+            return (
+                speed,
+                {"speed_kmh": f"{speed:.0f}", "baseline": f"{km:.0f} km"},
+                [last[3]] if last[3] else [],
+            )
+        if measure == "hour":
+            hours = h.get("hours") or [0] * 24
+            share = hours[int(now // 3600) % 24] / max(1, sum(hours))
+            return share, {"history_count": str(n)}, []
+        last_ts = h.get("last")
+        if last_ts is None:
+            return None
+        return (now - last_ts) / 86400.0, {"history_count": str(n)}, []
+
+    def _update(self, h: dict[str, Any], event: Event, now: float) -> None:
+        h["n"] = int(h["n"]) + 1
+        value = self._value(event) if self._value else None
+        measure = self.p.measure
+        if measure == "amount" and isinstance(value, int | float):
+            h["max"] = max(float(h.get("max", 0.0)), float(value))
+        elif measure == "new_value" and value is not None:
+            seen = h.setdefault("seen", [])
+            if str(value) not in seen:
+                seen.append(str(value))
+                del seen[:-MAX_SEEN]
+        elif measure == "travel":
+            point = _point(value)
+            if point is not None:
+                h["geo"] = [point[0], point[1], now, self._evidence(event)]
+        elif measure == "hour":
+            hours = h.get("hours") or [0] * 24
+            hours[int(now // 3600) % 24] += 1
+            h["hours"] = hours
+        h["last"] = now
+
+
+def _point(geo: Any) -> tuple[float, float] | None:
+    lat, lon = getattr(geo, "lat", None), getattr(geo, "lon", None)
+    if isinstance(lat, int | float) and isinstance(lon, int | float):
+        return float(lat), float(lon)
+    return None

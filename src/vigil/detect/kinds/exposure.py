@@ -1,0 +1,225 @@
+"""Exposure: 1-2 hop proximity on the transfer graph to sanctioned or scam addresses.
+
+::
+
+    type: exposure
+    edges: {type: chain_transfer}                # transfers that make the graph
+    categories: [sanctioned]                     # which listed addresses taint
+    hops: 2
+    min_hops: 1                                  # direct hits are the intel rule's job
+    check:
+      - {type: deposit, field: payload.from_address, group_by: customer}
+      - {type: withdrawal_request, field: payload.to_address, group_by: customer}
+
+Each edge A -> B propagates taint both ways: B *received from* a listed address within n
+hops (funds whose origin is tainted), A *sent to* one within n hops (a destination that
+feeds a listed address).  A checked address within ``min_hops``..``hops`` alerts at once.
+A withdrawal destination that is clean when checked is watched for 7 days: if it later
+sends to a listed address (directly or through one more hop) the customer who withdrew to
+it is alerted then, with the withdrawal and the tainting transfer as evidence.
+
+Service hubs (senders with 100+ transfers seen, like an exchange hot wallet) neither pass
+taint on nor receive sent-to taint: exposure measured through a hub says nothing about
+its users.  Sent-to taint reaches back one level through remembered senders (16 per
+address).  The graph is one state, so on Kafka the rule's events route under one key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vigil.detect.fields import Match, compile_getter, tag_of
+from vigil.detect.kinds.base import Detector, EvidenceMaker, Hit, StoredEvidence, entity_ref, ts
+from vigil.detect.kinds.common import CompiledEntry, FieldEntry, parse_entries
+from vigil.detect.kinds.intel import CATEGORIES
+from vigil.detect.rules.loader import LocDict
+from vigil.detect.rules.parse import Parser
+from vigil.events.base import Event
+from vigil.events.types import EntityRef
+from vigil.stream.base import State
+
+CONTEXT = frozenset({"address", "hops", "origin", "category", "direction", "group"})
+HUB_DEGREE = 100
+MAX_SENDERS = 16
+MAX_WATCHERS = 32
+WATCH_SECONDS = 7 * 86400.0
+
+
+@dataclass(frozen=True)
+class ExposureParams:
+    edges: Match
+    categories: frozenset[str]
+    hops: int
+    min_hops: int
+    check: tuple[FieldEntry, ...]
+
+
+def parse(d: LocDict, p: Parser, what: str) -> ExposureParams | None:
+    e = p.mapping(d.get("edges"), d.mark("edges"), f"{what}.edges")
+    edges = p.match(e, f"{what}.edges") if e is not None else None
+    if edges is not None and edges.types != frozenset({"chain_transfer"}):
+        p.error(
+            d.mark("edges"),
+            f"{what}.edges.type must be chain_transfer (the transfer graph); got {sorted(edges.types)}",
+        )
+        edges = None
+    cats = p.strings(d, "categories", what) or []
+    bad = [c for c in cats if c not in CATEGORIES]
+    if bad or not cats:
+        p.error(
+            d.mark("categories"),
+            f"{what}.categories must list some of: {', '.join(CATEGORIES)}; got {cats or None}",
+        )
+    hops = p.integer(d, "hops", what, default=2, minimum=1)
+    min_hops = p.integer(d, "min_hops", what, default=1, minimum=0)
+    if hops is not None and hops > 2:
+        p.error(d.mark("hops"), f"{what}.hops must be 1 or 2 (state grows with every hop); got {hops}")
+        hops = None
+    check = parse_entries(d, "check", p, what, group_required=True)
+    if edges is None or bad or not cats or hops is None or min_hops is None or check is None:
+        return None
+    return ExposureParams(edges, frozenset(cats), hops, min_hops, tuple(check))
+
+
+class ExposureDetector(Detector):
+    kind = "exposure"
+
+    def __init__(self, rule: Any, env: Any) -> None:
+        super().__init__(rule, env)
+        params: ExposureParams = rule.params
+        self.p = params
+        self._edge = params.edges.compile()
+        self._from = compile_getter("payload.from_address")
+        self._to = compile_getter("payload.to_address")
+        self._checks = [CompiledEntry(c) for c in params.check]
+        self._types = params.edges.types.union(*(c.types for c in self._checks))
+        self._evidence = EvidenceMaker([c.field for c in params.check])
+        self._route = [f"graph:{rule.id}"]
+
+    @property
+    def types(self) -> frozenset[str]:
+        return self._types
+
+    def routes(self, event: Event) -> list[str]:
+        return self._route
+
+    def sweep(self, state: State, now: float) -> int:
+        stale = [
+            key for key, watchers in state.items("w:") if all(now - w[2] > WATCH_SECONDS for w in watchers)
+        ]
+        for key in stale:
+            state.delete(key)
+        return len(stale)
+
+    def _listed(self, address: str) -> str | None:
+        entry = self.env.intel.lookup(address)
+        if entry is not None and entry.category in self.p.categories:
+            return str(entry.category)
+        return None
+
+    def _taint(self, state: State, address: str, direction: str) -> list[Any] | None:
+        """[hops, origin, category] for ``address`` in ``direction`` ('in' or 'out'), 0 hops if listed."""
+        category = self._listed(address)
+        if category is not None:
+            return [0, address, category]
+        got = state.get(f"t:{direction}:{address}")
+        return list(got) if got is not None else None
+
+    def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
+        now = ts(event)
+        for check in self._checks:
+            if tag_of(event) in check.types and check.match(event):
+                self._check(check, event, state, hits, now)
+        if tag_of(event) == "chain_transfer" and self._edge(event):
+            self._edge_seen(event, state, hits, now)
+
+    def _check(self, check: CompiledEntry, event: Event, state: State, hits: list[Hit], now: float) -> None:
+        value = check.value(event)
+        group = check.group_key(event)
+        if not isinstance(value, str) or group is None:
+            return
+        address = value.lower()
+        best = None
+        for direction in ("in", "out"):
+            taint = self._taint(state, address, direction)
+            if taint is not None and (best is None or taint[0] < best[0]):
+                best = [*taint, direction]
+        if best is not None and self.p.min_hops <= best[0] <= self.p.hops:
+            hits.append(self._hit(group, [self._evidence(event)], address, best))
+            return
+        if tag_of(event) == "withdrawal_request":
+            watchers = state.get(f"w:{address}") or []
+            watchers = [w for w in watchers if now - w[2] <= WATCH_SECONDS][-MAX_WATCHERS + 1 :]
+            watchers.append([group, self._evidence(event), now])
+            state.set(f"w:{address}", watchers)
+
+    def _edge_seen(self, event: Event, state: State, hits: list[Hit], now: float) -> None:
+        a, b = self._from(event), self._to(event)
+        if not isinstance(a, str) or not isinstance(b, str):
+            return
+        a, b = a.lower(), b.lower()
+        degree = int(state.get(f"o:{a}", 0)) + 1
+        state.set(f"o:{a}", degree)
+        senders: list[str] = state.get(f"e:{b}") or []
+        if a not in senders:
+            senders = [*senders[-MAX_SENDERS + 1 :], a]
+            state.set(f"e:{b}", senders)
+        stored = self._evidence(event)
+        # Received-from taint flows forward along the edge (not out of hubs).
+        src = self._taint(state, a, "in")
+        if src is not None and src[0] < self.p.hops and degree < HUB_DEGREE:
+            self._improve(state, b, "in", [src[0] + 1, src[1], src[2]])
+        # Sent-to taint flows backward: A fed B, which is (or feeds) a listed address.
+        dst = self._taint(state, b, "out")
+        if dst is not None and dst[0] < self.p.hops and degree < HUB_DEGREE:
+            level = [dst[0] + 1, dst[1], dst[2]]
+            if self._improve(state, a, "out", level):
+                self._wake(state, a, level, stored, hits)
+                if level[0] < self.p.hops:
+                    for s in state.get(f"e:{a}") or []:
+                        if int(state.get(f"o:{s}", 0)) >= HUB_DEGREE:
+                            continue
+                        up = [level[0] + 1, level[1], level[2]]
+                        if self._improve(state, s, "out", up):
+                            self._wake(state, s, up, stored, hits)
+
+    def _improve(self, state: State, address: str, direction: str, taint: list[Any]) -> bool:
+        if self._listed(address) is not None:
+            return False
+        key = f"t:{direction}:{address}"
+        current = state.get(key)
+        if current is not None and current[0] <= taint[0]:
+            return False
+        state.set(key, taint)
+        return True
+
+    def _wake(
+        self, state: State, address: str, taint: list[Any], edge: StoredEvidence, hits: list[Hit]
+    ) -> None:
+        watchers = state.get(f"w:{address}")
+        if not watchers:
+            return
+        state.delete(f"w:{address}")
+        if not self.p.min_hops <= taint[0] <= self.p.hops:
+            return
+        for group, evidence, when in watchers:
+            if edge[2] - when <= WATCH_SECONDS:
+                hits.append(self._hit(group, [evidence, edge], address, [*taint, "out"]))
+
+    def _hit(self, group: str, evidence: list[StoredEvidence], address: str, taint: list[Any]) -> Hit:
+        hops, origin, category, direction = taint
+        return Hit(
+            entity=entity_ref(group),
+            evidence=evidence,
+            related=[EntityRef(kind="wallet", id=address), EntityRef(kind="counterparty", id=str(origin))],
+            context={
+                "address": address,
+                "hops": str(hops),
+                "origin": str(origin),
+                "category": str(category),
+                "direction": "received from" if direction == "in" else "sends to",
+                "group": group,
+            },
+            score=None,
+        )

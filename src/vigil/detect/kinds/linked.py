@@ -1,0 +1,169 @@
+"""Linked parties: events between entities that share an identity attribute (wash trading).
+
+::
+
+    type: linked
+    links: {type: [login], party: account, attributes: [device, ip]}   # who uses what
+    match: {type: trade}
+    parties: [payload.maker_account, payload.taker_account]
+    timespan: 1h
+    condition: {gte: 3}
+
+Link events tie a party (an account) to attribute values (devices, IPs).  A matching event
+between two different parties that share any attribute counts for that pair; the rule
+fires when the pair's count in ``timespan`` meets the condition, then stays quiet for one
+``timespan``.  The link graph spans all accounts, so on Kafka the rule routes under one key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from vigil.detect.fields import Match, compile_getter, short_name, tag_of
+from vigil.detect.kinds.base import Detector, EvidenceMaker, Hit, ts
+from vigil.detect.rules.loader import LocDict
+from vigil.detect.rules.parse import Parser, compare
+from vigil.events.base import Event
+from vigil.events.types import EntityRef
+from vigil.stream.base import State
+
+CONTEXT = frozenset({"count", "span", "other", "shared", "group"})
+MAX_LINKS = 16
+
+
+@dataclass(frozen=True)
+class LinkedParams:
+    links: Match
+    party: str
+    attributes: tuple[str, ...]
+    match: Match
+    parties: tuple[str, str]
+    timespan: timedelta
+    condition: tuple[str, float]
+
+
+def parse(d: LocDict, p: Parser, what: str) -> LinkedParams | None:
+    lk = p.mapping(d.get("links"), d.mark("links"), f"{what}.links")
+    links = party = None
+    attrs: list[str | None] = []
+    if lk is not None:
+        p.keys(lk, f"{what}.links", required=("type", "party", "attributes"), optional=("where",))
+        links = p.match(lk, f"{what}.links")
+        types = links.types if links else None
+        party = p.path(lk.get("party"), lk.mark("party"), f"{what}.links.party", types)
+        attrs = [
+            p.path(a, lk.mark("attributes"), f"{what}.links.attributes", types)
+            for a in p.strings(lk, "attributes", f"{what}.links") or []
+        ]
+    m = p.mapping(d.get("match"), d.mark("match"), f"{what}.match")
+    match = p.match(m, f"{what}.match") if m is not None else None
+    names = p.strings(d, "parties", what) or []
+    if len(names) != 2:
+        p.error(
+            d.mark("parties"), f"{what}.parties must name exactly two fields (the two sides); got {names}"
+        )
+    parties = [p.path(n, d.mark("parties"), f"{what}.parties", match.types if match else None) for n in names]
+    span = p.duration(d, "timespan", what)
+    condition = p.comparison(d, "condition", what)
+    if (
+        not links
+        or not party
+        or not attrs
+        or None in attrs
+        or not match
+        or len(parties) != 2
+        or None in parties
+    ):
+        return None
+    if span is None or condition is None:
+        return None
+    return LinkedParams(
+        links, party, tuple(a for a in attrs if a), match, (str(parties[0]), str(parties[1])), span, condition
+    )
+
+
+class LinkedDetector(Detector):
+    kind = "linked"
+
+    def __init__(self, rule: Any, env: Any) -> None:
+        super().__init__(rule, env)
+        params: LinkedParams = rule.params
+        self.p = params
+        self._links = params.links.compile()
+        self._party = compile_getter(params.party)
+        self._attrs = [(short_name(a), compile_getter(a)) for a in params.attributes]
+        self._match = params.match.compile()
+        self._a, self._b = compile_getter(params.parties[0]), compile_getter(params.parties[1])
+        self._kind = short_name(params.party)
+        self._span = params.timespan.total_seconds()
+        self._evidence = EvidenceMaker([*params.match.paths, *params.parties])
+        self._types = params.links.types | params.match.types
+        self._route = [f"linked:{rule.id}"]
+
+    @property
+    def types(self) -> frozenset[str]:
+        return self._types
+
+    def routes(self, event: Event) -> list[str]:
+        return self._route
+
+    def sweep(self, state: State, now: float) -> int:
+        stale = [
+            key
+            for key, window in state.items("w:")
+            if now >= window["quiet"] and all(now - item[0] > self._span for item in window["items"])
+        ]
+        for key in stale:
+            state.delete(key)
+        return len(stale)
+
+    def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
+        if tag_of(event) in self.p.links.types and self._links(event):
+            party = self._party(event)
+            if party:
+                mine: list[str] = state.get(f"p:{party}") or []
+                changed = False
+                for name, get in self._attrs:
+                    value = get(event)
+                    if value and f"{name}:{value}" not in mine:
+                        mine = [*mine[-MAX_LINKS + 1 :], f"{name}:{value}"]
+                        changed = True
+                if changed:
+                    state.set(f"p:{party}", mine)
+        if tag_of(event) not in self.p.match.types or not self._match(event):
+            return
+        a, b = self._a(event), self._b(event)
+        if not a or not b or a == b:
+            return
+        shared = sorted(set(state.get(f"p:{a}") or ()) & set(state.get(f"p:{b}") or ()))
+        if not shared:
+            return
+        now = ts(event)
+        first, second = sorted((str(a), str(b)))
+        wkey = f"w:{first}|{second}"
+        window: dict[str, Any] = state.get(wkey) or {"items": [], "quiet": 0.0}
+        items = [i for i in window["items"] if now - i[0] <= self._span]
+        items.append([now, self._evidence(event)])
+        if now >= window["quiet"] and compare(self.p.condition[0], float(len(items)), self.p.condition[1]):
+            related = [EntityRef(kind=self._kind, id=second)]
+            related += [EntityRef(kind=s.split(":", 1)[0], id=s.split(":", 1)[1]) for s in shared]
+            hits.append(
+                Hit(
+                    entity=EntityRef(kind=self._kind, id=first),
+                    evidence=[i[1] for i in items],
+                    related=related,
+                    context={
+                        "count": str(len(items)),
+                        "span": f"{self._span / 60:.0f}m",
+                        "other": second,
+                        "shared": ", ".join(shared),
+                        "group": first,
+                    },
+                )
+            )
+            window["quiet"] = now + self._span
+            items = []
+        window["items"] = items
+        state.set(wkey, window)

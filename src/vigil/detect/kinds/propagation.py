@@ -1,0 +1,213 @@
+"""Cross-entity propagation: an event about one entity marks related entities for a period.
+
+::
+
+    type: propagation
+    mark:
+      type: crm_record_export
+      where: {payload.record_count: {gte: 20}, api_key: {exists: true}}
+      targets: payload.customer_ids        # the list of related entity ids
+      target_kind: customer
+      for: 14d
+    trigger:
+      type: [password_reset, mfa_change, withdrawal_address_added, email_link_clicked]
+      group_by: customer
+
+A vendor whose API token exported customer records, or whose campaign went to a list of
+customers, raises the risk of every customer it names: the next risky action of a marked
+customer within the period alerts, with the marking event as first evidence and the
+marking entity (the vendor) as related.  One alert per mark and customer.
+
+On Kafka the mark is routed to each target's key (one copy per customer named), so the
+mark and the customer's own events meet in the customer's partition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from vigil.detect.fields import Match, compile_getter, key_of, short_name, tag_of
+from vigil.detect.kinds.base import Detector, EvidenceMaker, Hit, entity_ref, ts
+from vigil.detect.rules.loader import LocDict
+from vigil.detect.rules.parse import Parser
+from vigil.events.base import Entities, Event
+from vigil.events.types import EntityRef
+from vigil.stream.base import State
+
+CONTEXT = frozenset({"marked_by", "mark_type", "group"})
+
+
+@dataclass(frozen=True)
+class PropagationParams:
+    mark: Match
+    targets: str
+    target_kind: str
+    period: timedelta
+    source: tuple[str, ...]
+    trigger: Match
+    group_by: tuple[str, ...]
+    #: The trigger counts only when this field's value is new for the group...
+    first_seen: str | None = None
+    #: ...and the field was already observed this many times (a history to differ from).
+    min_seen: int = 0
+
+
+def parse(d: LocDict, p: Parser, what: str) -> PropagationParams | None:
+    m = p.mapping(d.get("mark"), d.mark("mark"), f"{what}.mark")
+    t = p.mapping(d.get("trigger"), d.mark("trigger"), f"{what}.trigger")
+    if m is None or t is None:
+        return None
+    p.keys(
+        m, f"{what}.mark", required=("type", "targets", "for"), optional=("where", "target_kind", "source")
+    )
+    p.keys(t, f"{what}.trigger", required=("type", "group_by"), optional=("where", "first_seen", "min_seen"))
+    mark = p.match(m, f"{what}.mark")
+    trigger = p.match(t, f"{what}.trigger")
+    targets = p.path(
+        m.get("targets"), m.mark("targets"), f"{what}.mark.targets", mark.types if mark else None
+    )
+    kind = p.choice(m, "target_kind", f"{what}.mark", Entities.KINDS, default="customer")
+    period = p.duration(m, "for", f"{what}.mark")
+    source_names = p.strings(m, "source", f"{what}.mark") or ["vendor"]
+    source = [
+        p.path(s, m.mark("source"), f"{what}.mark.source", mark.types if mark else None) for s in source_names
+    ]
+    group = p.strings(t, "group_by", f"{what}.trigger") or []
+    gpaths = [
+        p.path(g, t.mark("group_by"), f"{what}.trigger.group_by", trigger.types if trigger else None)
+        for g in group
+    ]
+    first_seen = (
+        p.path(
+            t["first_seen"],
+            t.mark("first_seen"),
+            f"{what}.trigger.first_seen",
+            trigger.types if trigger else None,
+        )
+        if "first_seen" in t
+        else None
+    )
+    min_seen = p.integer(t, "min_seen", f"{what}.trigger", default=0, minimum=0) or 0
+    if (
+        not mark
+        or not trigger
+        or not targets
+        or not kind
+        or not period
+        or None in source
+        or not gpaths
+        or None in gpaths
+    ):
+        return None
+    return PropagationParams(
+        mark,
+        targets,
+        kind,
+        period,
+        tuple(s for s in source if s),
+        trigger,
+        tuple(g for g in gpaths if g),
+        first_seen,
+        min_seen,
+    )
+
+
+class PropagationDetector(Detector):
+    kind = "propagation"
+
+    def __init__(self, rule: Any, env: Any) -> None:
+        super().__init__(rule, env)
+        params: PropagationParams = rule.params
+        self.p = params
+        self._mark = params.mark.compile()
+        self._trigger = params.trigger.compile()
+        self._targets = compile_getter(params.targets)
+        self._source = tuple((short_name(s), compile_getter(s)) for s in params.source)
+        self._group = tuple((short_name(g), compile_getter(g)) for g in params.group_by)
+        self._period = params.period.total_seconds()
+        self._evidence = EvidenceMaker([*params.mark.paths, *params.trigger.paths])
+        self._types = params.mark.types | params.trigger.types
+        self._first_seen = compile_getter(params.first_seen) if params.first_seen else None
+
+    @property
+    def types(self) -> frozenset[str]:
+        return self._types
+
+    def _target_keys(self, event: Event) -> list[str]:
+        ids = self._targets(event)
+        if isinstance(ids, str):
+            ids = [ids]
+        if not isinstance(ids, list | tuple):
+            return []
+        # The trigger's group key names the same entity kind, so both meet under one key.
+        name = self._group[0][0] if self._group else self.p.target_kind
+        return [f"{name}:{i}" for i in ids if i]
+
+    def routes(self, event: Event) -> list[str]:
+        keys: list[str] = []
+        if tag_of(event) in self.p.mark.types and self._mark(event):
+            keys += self._target_keys(event)
+        if tag_of(event) in self.p.trigger.types:
+            key = key_of(self._group, event)
+            if key:
+                keys.append(key)
+        return keys
+
+    def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
+        now = ts(event)
+        if tag_of(event) in self.p.mark.types and self._mark(event):
+            source = [[n, str(v)] for n, g in self._source if (v := g(event)) is not None]
+            stored = self._evidence(event)
+            keys = self._target_keys(event)
+            for key in keys if route is None else [k for k in keys if k == route]:
+                state.set(
+                    f"m:{key}", {"until": now + self._period, "ev": stored, "src": source, "done": False}
+                )
+        if tag_of(event) in self.p.trigger.types and self._trigger(event):
+            group = key_of(self._group, event)
+            if group is None:
+                return
+            key = group
+            if self._first_seen is not None and not self._new(state, key, self._first_seen(event)):
+                return
+            mark = state.get(f"m:{key}")
+            if mark is None or mark["done"]:
+                return
+            if now > mark["until"]:
+                state.delete(f"m:{key}")
+                return
+            mark["done"] = True
+            state.set(f"m:{key}", mark)
+            hits.append(
+                Hit(
+                    entity=entity_ref(key),
+                    evidence=[mark["ev"], self._evidence(event)],
+                    related=[EntityRef(kind=k, id=v) for k, v in mark["src"]],
+                    context={
+                        "marked_by": ", ".join(f"{k} {v}" for k, v in mark["src"]) or "unknown",
+                        "mark_type": str(mark["ev"][1]),
+                        "group": key,
+                    },
+                )
+            )
+
+    def sweep(self, state: State, now: float) -> int:
+        stale = [key for key, mark in state.items("m:") if now > mark["until"]]
+        for key in stale:
+            state.delete(key)
+        return len(stale)
+
+    def _new(self, state: State, key: str, value: Any) -> bool:
+        """Whether ``value`` is new for ``key`` (with enough history); remembers it either way."""
+        if value is None:
+            return False
+        got = state.get(f"s:{key}") or {"v": [], "n": 0}
+        seen: list[str] = got["v"]
+        text = str(value).lower()
+        new = text not in seen and got["n"] >= self.p.min_seen
+        if text not in seen:
+            seen = [*seen[-255:], text]
+        state.set(f"s:{key}", {"v": seen, "n": got["n"] + 1})
+        return new

@@ -1,0 +1,393 @@
+"""Sequence rules: ordered steps by the same entity within a time span.
+
+::
+
+    type: sequence
+    group_by: customer
+    within: 2h
+    steps:
+      - name: new_device_login
+        type: login
+        first_seen: device            # the value was never seen for this group before
+      - {name: mfa_reset, type: mfa_change, where: {payload.action: {in: [reset, disabled]}}}
+      - {name: new_address, type: withdrawal_address_added}
+      - name: withdrawal
+        type: withdrawal_request
+        same_as: {payload.to_address: new_address.payload.address}   # ties steps together
+    absent:                           # "and no X in between": X clears any partial match
+      - {type: mfa_challenge, where: {payload.result: approved}}
+
+Step qualifiers: ``first_seen: <path>`` (value new for the group), ``after_idle: 90d`` (the
+group was silent that long before this step), ``same_as`` (equal to a field captured by an
+earlier step), ``ratio_to: {step: <name>, field: <path>, of: <path>, gte: 0.8}`` (this
+step's field over the earlier step's field).
+
+Matching keeps, per step, the most recent partial chain that reached it (greedy, latest
+start); an event is tried against the later steps first, so one event never advances two
+steps.  Seen-value histories are updated after the event is evaluated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from vigil.detect.fields import Getter, Match, compile_getter, key_of, short_name, tag_of
+from vigil.detect.kinds.base import Detector, EvidenceMaker, Hit, entity_ref, ts
+from vigil.detect.kinds.common import CompiledEntry, FieldEntry, parse_entries
+from vigil.detect.rules.loader import LocDict, LocList
+from vigil.detect.rules.parse import Parser, compare
+from vigil.events.base import Event
+from vigil.stream.base import State
+
+CONTEXT = frozenset({"steps", "span", "group"})
+#: Distinct values remembered per group and path for ``first_seen`` (oldest forgotten first).
+MAX_SEEN = 256
+
+
+@dataclass(frozen=True)
+class Ratio:
+    step: str
+    field: str
+    of: str
+    op: str
+    bound: float
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    match: Match
+    first_seen: str | None = None
+    after_idle: timedelta | None = None
+    same_as: tuple[tuple[str, str, str], ...] = ()  # (this path, earlier step, its path)
+    ratio_to: Ratio | None = None
+    differs: tuple[tuple[str, str, str], ...] = ()  # like same_as, but must differ
+    #: ``first_seen`` counts only after this many observations of the field (0: always):
+    #: a value is "new" only against a history long enough to know what is usual.
+    min_seen: int = 0
+    #: Other events whose field values count as seen for ``first_seen`` (known counterparties).
+    seen_also: tuple[FieldEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class SequenceParams:
+    group_by: tuple[str, ...]
+    within: timedelta
+    steps: tuple[Step, ...]
+    absent: tuple[Match, ...] = field(default=())
+
+
+def parse(d: LocDict, p: Parser, what: str) -> SequenceParams | None:
+    ok = True
+    group = p.strings(d, "group_by", what)
+    if group is None:
+        if "group_by" not in d:
+            p.error(d.loc, f"{what} is missing required key 'group_by' (an entity kind or field path)")
+        ok = False
+    within = p.duration(d, "within", what)
+    steps: list[Step] = []
+    raw_steps = d.get("steps")
+    if not isinstance(raw_steps, LocList) or len(raw_steps) < 2:
+        p.error(d.mark("steps"), f"{what}.steps must be a list of at least two steps; got {raw_steps!r}")
+        ok = False
+        raw_steps = LocList()
+    names: set[str] = set()
+    for i, raw in enumerate(raw_steps):
+        sw = f"{what}.steps[{i}]"
+        s = p.mapping(raw, raw_steps.mark(i), sw)
+        if s is None:
+            ok = False
+            continue
+        step = _step(s, p, sw, i, steps, names)
+        if step is None:
+            ok = False
+        else:
+            steps.append(step)
+            names.add(step.name)
+    absent: list[Match] = []
+    if "absent" in d:
+        raw_absent = d["absent"]
+        if not isinstance(raw_absent, LocList):
+            p.error(d.mark("absent"), f"{what}.absent must be a list of {{type: ..., where: ...}}")
+            ok = False
+        else:
+            for i, raw in enumerate(raw_absent):
+                a = p.mapping(raw, raw_absent.mark(i), f"{what}.absent[{i}]")
+                if a is not None:
+                    p.keys(a, f"{what}.absent[{i}]", required=("type",), optional=("where",))
+                    m = p.match(a, f"{what}.absent[{i}]")
+                    if m is None:
+                        ok = False
+                    else:
+                        absent.append(m)
+    all_types = frozenset().union(*(s.match.types for s in steps)) if steps else None
+    paths = [p.path(g, d.mark("group_by"), f"{what}.group_by", all_types) for g in group or []]
+    if not ok or within is None or None in paths:
+        return None
+    return SequenceParams(tuple(x for x in paths if x), within, tuple(steps), tuple(absent))
+
+
+def _step(s: LocDict, p: Parser, sw: str, i: int, earlier: list[Step], names: set[str]) -> Step | None:
+    p.keys(
+        s,
+        sw,
+        required=("type",),
+        optional=(
+            "name",
+            "where",
+            "first_seen",
+            "min_seen",
+            "seen_also",
+            "after_idle",
+            "same_as",
+            "differs",
+            "ratio_to",
+        ),
+    )
+    name = p.string(s, "name", sw, default=f"step{i + 1}") or f"step{i + 1}"
+    if name in names:
+        p.error(s.mark("name"), f"{sw}.name {name!r} is used by an earlier step; step names must be unique")
+        return None
+    match = p.match(s, sw)
+    if match is None:
+        return None
+    first_seen = (
+        p.path(s["first_seen"], s.mark("first_seen"), f"{sw}.first_seen", match.types)
+        if "first_seen" in s
+        else None
+    )
+    after_idle = p.duration(s, "after_idle", sw, default=timedelta(0)) if "after_idle" in s else None
+    by_name = {st.name: st for st in earlier}
+    links: dict[str, list[tuple[str, str, str]]] = {"same_as": [], "differs": []}
+    for key, found in links.items():
+        if key not in s:
+            continue
+        m = p.mapping(s[key], s.mark(key), f"{sw}.{key}")
+        for here, ref in (m or {}).items():
+            here_path = p.path(here, m.mark(here) if m else s.loc, f"{sw}.{key}", match.types)
+            target = _step_ref(p, ref, m.mark(here) if m else s.loc, f"{sw}.{key}.{here}", by_name)
+            if here_path is None or target is None:
+                return None
+            found.append((here_path, *target))
+    min_seen = p.integer(s, "min_seen", sw, default=0, minimum=0) or 0
+    also: list[FieldEntry] = []
+    if "seen_also" in s:
+        if first_seen is None:
+            p.error(s.mark("seen_also"), f"{sw}.seen_also needs first_seen (the history it adds to)")
+            return None
+        parsed = parse_entries(s, "seen_also", p, sw)
+        if parsed is None:
+            return None
+        also = parsed
+    ratio = None
+    if "ratio_to" in s:
+        r = p.mapping(s["ratio_to"], s.mark("ratio_to"), f"{sw}.ratio_to")
+        if r is None:
+            return None
+        rw = f"{sw}.ratio_to"
+        step_name = p.string(r, "step", rw)
+        if step_name not in by_name:
+            p.error(
+                r.mark("step"),
+                f"{rw}.step must name an earlier step ({', '.join(by_name)}); got {step_name!r}",
+            )
+            return None
+        f_here = p.path(r.get("field"), r.mark("field"), f"{rw}.field", match.types)
+        f_of = p.path(r.get("of"), r.mark("of"), f"{rw}.of", by_name[step_name].match.types)
+        ops = [k for k in r if k in ("gt", "gte", "lt", "lte")]
+        if len(ops) != 1 or isinstance(r[ops[0]], bool) or not isinstance(r[ops[0]], int | float):
+            p.error(r.loc, f"{rw} needs exactly one of gt/gte/lt/lte with a number (e.g. gte: 0.8)")
+            return None
+        if f_here is None or f_of is None:
+            return None
+        ratio = Ratio(step_name, f_here, f_of, ops[0], float(r[ops[0]]))
+    return Step(
+        name,
+        match,
+        first_seen,
+        after_idle,
+        tuple(links["same_as"]),
+        ratio,
+        tuple(links["differs"]),
+        min_seen,
+        tuple(also),
+    )
+
+
+def _step_ref(
+    p: Parser, ref: Any, loc: tuple[int, int], what: str, by_name: dict[str, Step]
+) -> tuple[str, str] | None:
+    if not isinstance(ref, str) or "." not in ref:
+        p.error(loc, f"{what} must be '<earlier step>.<field path>'; got {ref!r}")
+        return None
+    step_name, path = ref.split(".", 1)
+    if step_name not in by_name:
+        p.error(
+            loc,
+            f"{what}: {step_name!r} is not an earlier step; "
+            f"expected one of: {', '.join(by_name) or '(none)'}",
+        )
+        return None
+    checked = p.path(path, loc, what, by_name[step_name].match.types)
+    return (step_name, checked) if checked else None
+
+
+class _CompiledStep:
+    def __init__(self, step: Step) -> None:
+        self.step = step
+        self.match = step.match.compile()
+        self.first_seen: Getter | None = compile_getter(step.first_seen) if step.first_seen else None
+        self.idle = step.after_idle.total_seconds() if step.after_idle else None
+        self.same = tuple((compile_getter(here), name, path) for here, name, path in step.same_as)
+        self.differs = tuple((compile_getter(here), name, path) for here, name, path in step.differs)
+        self.ratio = (compile_getter(step.ratio_to.field), step.ratio_to) if step.ratio_to else None
+
+
+class SequenceDetector(Detector):
+    kind = "sequence"
+
+    def __init__(self, rule: Any, env: Any) -> None:
+        super().__init__(rule, env)
+        params: SequenceParams = rule.params
+        self.p = params
+        self.group_paths = params.group_by
+        self._steps = [_CompiledStep(s) for s in params.steps]
+        self._absent = [m.compile() for m in params.absent]
+        self._group = tuple((short_name(g), compile_getter(g)) for g in params.group_by)
+        self._within = params.within.total_seconds()
+        self._also = [
+            (s.first_seen, CompiledEntry(e)) for s in params.steps if s.first_seen for e in s.seen_also
+        ]
+        self._types = frozenset().union(
+            *(s.match.types for s in params.steps),
+            *(m.types for m in params.absent),
+            *(e.types for _, e in self._also),
+        )
+        # Fields later steps refer to are captured with each step's evidence.
+        self._captures: dict[str, list[tuple[str, Getter]]] = {s.name: [] for s in params.steps}
+        for s in params.steps:
+            for _, name, path in (*s.same_as, *s.differs):
+                self._captures[name].append((path, compile_getter(path)))
+            if s.ratio_to:
+                self._captures[s.ratio_to.step].append((s.ratio_to.of, compile_getter(s.ratio_to.of)))
+        extra = [p for s in params.steps for p in (*s.match.paths, *([s.first_seen] if s.first_seen else []))]
+        self._evidence = EvidenceMaker(extra)
+        self._seen_paths = sorted({s.first_seen for s in params.steps if s.first_seen})
+        self._seen_getters = [(p, compile_getter(p)) for p in self._seen_paths]
+        self._seen_types = frozenset().union(*(s.match.types for s in params.steps if s.first_seen))
+
+    @property
+    def types(self) -> frozenset[str]:
+        return self._types
+
+    def routes(self, event: Event) -> list[str]:
+        key = key_of(self._group, event)
+        return [key] if key else []
+
+    def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
+        key = key_of(self._group, event)
+        if key is None:
+            return
+        skey = f"s:{key}"
+        st: dict[str, Any] = state.get(skey) or {"p": [None] * len(self._steps), "seen": {}, "last": None}
+        now = ts(event)
+        progress: list[Any] = st["p"]
+        if any(check(event) for check in self._absent):
+            progress = [None] * len(self._steps)
+        last_step = len(self._steps) - 1
+        for i in range(last_step, -1, -1):
+            cs = self._steps[i]
+            if not cs.match(event) or not self._qualifies(cs, event, st, now):
+                continue
+            caps = {path: get(event) for path, get in self._captures[cs.step.name]}
+            if i == 0:
+                progress[0] = [now, [self._evidence(event)], {cs.step.name: caps}]
+                continue
+            prev = progress[i - 1]
+            if prev is None or now - prev[0] > self._within or not self._linked(cs, event, prev[2]):
+                continue
+            progress[i] = [prev[0], [*prev[1], self._evidence(event)], {**prev[2], cs.step.name: caps}]
+            if i == last_step:
+                hits.append(
+                    Hit(
+                        entity=entity_ref(key),
+                        evidence=progress[i][1],
+                        context={
+                            "steps": " -> ".join(s.step.name for s in self._steps),
+                            "span": _minutes(now - prev[0]),
+                            "group": key,
+                        },
+                    )
+                )
+                progress = [None] * len(self._steps)
+                break
+        # Forget chains that can no longer complete.
+        progress = [p if p is not None and now - p[0] <= self._within else None for p in progress]
+        seen: dict[str, list[str]] = st["seen"]
+        counts: dict[str, int] = st.setdefault("n", {})
+        if self._seen_getters and tag_of(event) in self._seen_types:
+            for path, get in self._seen_getters:
+                _remember(seen, path, get(event), counts)
+        for path, entry in self._also:
+            if tag_of(event) in entry.types and entry.match(event):
+                _remember(seen, path, entry.value(event), counts)
+        st["p"] = progress
+        st["last"] = now
+        state.set(skey, st)
+
+    def _qualifies(self, cs: _CompiledStep, event: Event, st: dict[str, Any], now: float) -> bool:
+        if cs.first_seen is not None:
+            value = cs.first_seen(event)
+            seen = st["seen"].get(cs.step.first_seen, ())
+            observed = st.get("n", {}).get(cs.step.first_seen, 0)
+            if value is None or str(value).lower() in seen or observed < cs.step.min_seen:
+                return False
+        if cs.idle is not None:
+            last = st["last"]
+            # No history at all is not evidence of dormancy: the account may simply be new to us.
+            if last is None or now - last < cs.idle:
+                return False
+        return True
+
+    def _linked(self, cs: _CompiledStep, event: Event, caps: dict[str, dict[str, Any]]) -> bool:
+        for get, name, path in cs.same:
+            want = caps.get(name, {}).get(path)
+            got = get(event)
+            if want is None or got is None or str(got).lower() != str(want).lower():
+                return False
+        for get, name, path in cs.differs:
+            other = caps.get(name, {}).get(path)
+            got = get(event)
+            if got is None or (other is not None and str(got).lower() == str(other).lower()):
+                return False
+        if cs.ratio is not None:
+            get, ratio = cs.ratio
+            base = caps.get(ratio.step, {}).get(ratio.of)
+            got = get(event)
+            if not isinstance(base, int | float) or not isinstance(got, int | float) or base <= 0:
+                return False
+            if not compare(ratio.op, float(got) / float(base), ratio.bound):
+                return False
+        return True
+
+
+def _remember(seen: dict[str, list[str]], path: str, value: Any, counts: dict[str, int]) -> None:
+    if value is None:
+        return
+    counts[path] = counts.get(path, 0) + 1
+    values = seen.setdefault(path, [])
+    text = str(value).lower()
+    if text not in values:
+        values.append(text)
+        if len(values) > MAX_SEEN:
+            del values[0]
+
+
+def _minutes(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"

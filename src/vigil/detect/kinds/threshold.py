@@ -1,0 +1,199 @@
+"""Threshold / velocity rules: count, sum or distinct count over a sliding window, per group.
+
+Sigma's correlation shape::
+
+    type: threshold
+    match: {type: mfa_challenge, where: {payload.result: denied}}
+    group_by: [customer]            # any entity kind or field path; several make a composite key
+    timespan: 10m                   # sliding window on event time
+    aggregate: count                # count | sum | distinct
+    field: payload.amount_usd       # for sum and distinct
+    condition: {gte: 5}
+    related: [ip]                   # optional: distinct values listed as related entities
+    cooldown: 5m                    # optional: quiet time after firing (default: the timespan)
+
+The window keeps the matching events of the last ``timespan`` per group; the rule fires
+on the event that makes the condition true, then stays quiet for that group for
+``cooldown`` (one ``timespan`` unless set) so one burst is one alert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from vigil.detect.fields import Match, compile_getter, key_of, short_name
+from vigil.detect.kinds.base import Detector, EvidenceMaker, Hit, entity_ref, ts
+from vigil.detect.rules.loader import LocDict
+from vigil.detect.rules.parse import Parser, compare
+from vigil.events.base import Event
+from vigil.events.types import EntityRef
+from vigil.stream.base import State
+
+CONTEXT = frozenset({"count", "value", "span", "group"})
+#: Bound on events kept per group window (a runaway group must not exhaust memory).
+MAX_WINDOW = 2000
+
+
+@dataclass(frozen=True)
+class ThresholdParams:
+    match: Match
+    group_by: tuple[str, ...]
+    timespan: timedelta
+    aggregate: str
+    field: str | None
+    condition: tuple[str, float]
+    related: tuple[str, ...] = ()
+    cooldown: timedelta | None = None
+
+
+def parse(d: LocDict, p: Parser, what: str) -> ThresholdParams | None:
+    m = p.mapping(d.get("match"), d.mark("match"), f"{what}.match") if "match" in d else None
+    if "match" not in d:
+        p.error(d.loc, f"{what} is missing required key 'match' ({{type: ..., where: ...}})")
+    match = p.match(m, f"{what}.match") if m is not None else None
+    types = match.types if match else None
+    group_by = _paths(p, d, "group_by", what, types, required=True)
+    timespan = p.duration(d, "timespan", what)
+    aggregate = p.choice(d, "aggregate", what, ("count", "sum", "distinct"), default="count")
+    field_path = None
+    if aggregate in ("sum", "distinct"):
+        if "field" not in d:
+            p.error(
+                d.loc, f"{what}: aggregate {aggregate!r} needs 'field' (the path to sum or count distinct)"
+            )
+        else:
+            field_path = p.path(d["field"], d.mark("field"), f"{what}.field", types)
+    condition = p.comparison(d, "condition", what)
+    related = _paths(p, d, "related", what, types, required=False)
+    cooldown = p.duration(d, "cooldown", what, default=timedelta(0)) if "cooldown" in d else None
+    if (
+        match is None
+        or not group_by
+        or timespan is None
+        or aggregate is None
+        or condition is None
+        or related is None
+    ):
+        return None
+    return ThresholdParams(match, group_by, timespan, aggregate, field_path, condition, related, cooldown)
+
+
+def _paths(
+    p: Parser, d: LocDict, key: str, what: str, types: frozenset[str] | None, *, required: bool
+) -> tuple[str, ...] | None:
+    names = p.strings(d, key, what)
+    if names is None:
+        if key in d:
+            return None
+        if required:
+            p.error(
+                d.loc, f"{what} is missing required key {key!r} (an entity kind or field path, or a list)"
+            )
+            return None
+        return ()
+    out = [p.path(n, d.mark(key), f"{what}.{key}", types) for n in names]
+    return None if None in out else tuple(o for o in out if o)
+
+
+class ThresholdDetector(Detector):
+    kind = "threshold"
+
+    def __init__(self, rule: Any, env: Any) -> None:
+        super().__init__(rule, env)
+        params: ThresholdParams = rule.params
+        self.p = params
+        self.group_paths = params.group_by
+        self._match = params.match.compile()
+        self._group = tuple((short_name(g), compile_getter(g)) for g in params.group_by)
+        self._value = compile_getter(params.field) if params.field else None
+        self._related = tuple((short_name(r), compile_getter(r)) for r in params.related)
+        self._span = params.timespan.total_seconds()
+        self._cooldown = (params.cooldown or params.timespan).total_seconds()
+        self._evidence = EvidenceMaker(
+            [*params.match.paths, *params.group_by, *([params.field] if params.field else [])]
+        )
+
+    @property
+    def types(self) -> frozenset[str]:
+        return self.p.match.types
+
+    def routes(self, event: Event) -> list[str]:
+        key = key_of(self._group, event)
+        return [key] if key else []
+
+    def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
+        if not self._match(event):
+            return
+        key = key_of(self._group, event)
+        if key is None:
+            return
+        now = ts(event)
+        skey = f"w:{key}"
+        window: dict[str, Any] = state.get(skey) or {"items": [], "quiet": 0.0}
+        items: list[list[Any]] = window["items"]
+        value: Any = self._value(event) if self._value else 1
+        if value is None:
+            return
+        related = [[name, str(v)] for name, get in self._related if (v := get(event)) is not None]
+        items.append([now, value, self._evidence(event), related])
+        cutoff = now - self._span
+        drop = 0
+        while drop < len(items) and items[drop][0] < cutoff:
+            drop += 1
+        if drop or len(items) > MAX_WINDOW:
+            del items[: max(drop, len(items) - MAX_WINDOW)]
+        if now >= window["quiet"]:
+            agg = self._aggregate(items)
+            op, bound = self.p.condition
+            if compare(op, agg, bound):
+                hits.append(self._hit(key, items, agg))
+                window["quiet"] = now + self._cooldown
+                items.clear()
+        window["items"] = items
+        state.set(skey, window)
+
+    def sweep(self, state: State, now: float) -> int:
+        stale = [
+            key
+            for key, window in state.items("w:")
+            if now >= window["quiet"] and all(item[0] < now - self._span for item in window["items"])
+        ]
+        for key in stale:
+            state.delete(key)
+        return len(stale)
+
+    def _aggregate(self, items: list[list[Any]]) -> float:
+        if self.p.aggregate == "count":
+            return float(len(items))
+        if self.p.aggregate == "sum":
+            return float(sum(float(i[1]) for i in items if isinstance(i[1], int | float)))
+        return float(len({str(i[1]) for i in items}))
+
+    def _hit(self, key: str, items: list[list[Any]], agg: float) -> Hit:
+        related: dict[tuple[str, str], None] = {}
+        for item in items:
+            for name, value in item[3]:
+                related[(name, value)] = None
+        entity = entity_ref(key)
+        refs = [EntityRef(kind=k, id=v) for k, v in related if (k, v) != (entity.kind, entity.id)]
+        return Hit(
+            entity=entity,
+            evidence=[i[2] for i in items],
+            related=refs[:50],
+            context={
+                "count": str(len(items)),
+                "value": f"{agg:g}",
+                "span": _span_text(self.p.timespan),
+                "group": key,
+            },
+        )
+
+
+def _span_text(span: timedelta) -> str:
+    seconds = int(span.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0 and seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

@@ -1,0 +1,271 @@
+"""Parsing helpers shared by the validation pass and each rule kind.
+
+A :class:`Parser` walks the located YAML values of one file and records every problem as
+an :class:`~vigil.detect.rules.models.Issue` with file, line and column and the expected
+form, instead of stopping at the first one: ``vigil rules validate`` reports all at once.
+Helpers return ``None`` after recording a problem, so callers keep going.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from vigil.detect.fields import OPERATORS, Condition, Match, normalise_path, path_exists
+from vigil.detect.rules.loader import Loc, LocDict, LocList
+from vigil.detect.rules.models import Issue
+from vigil.events.base import Entities
+from vigil.events.types import EVENT_TYPES
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+DURATION_FORM = "a duration like '30s', '10m', '2h' or '14d'"
+#: Event types a rule may match: the canonical catalogue without detection's own outputs.
+MATCHABLE = frozenset(EVENT_TYPES) - {"alert", "decision"}
+
+
+def parse_duration(value: Any) -> timedelta | None:
+    if not isinstance(value, str):
+        return None
+    m = _DURATION.match(value.strip())
+    if not m:
+        return None
+    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+
+
+class Parser:
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.issues: list[Issue] = []
+
+    # ------------------------------------------------------------------ reporting
+    def error(self, loc: Loc, message: str) -> None:
+        self.issues.append(Issue(self.file, loc[0], loc[1], message))
+
+    def warn(self, loc: Loc, message: str) -> None:
+        self.issues.append(Issue(self.file, loc[0], loc[1], message, "warning"))
+
+    # ------------------------------------------------------------------ shapes
+    def mapping(self, value: Any, loc: Loc, what: str) -> LocDict | None:
+        if isinstance(value, LocDict):
+            return value
+        self.error(loc, f"{what} must be a mapping (key: value lines); got {_show(value)}")
+        return None
+
+    def keys(
+        self, d: LocDict, what: str, *, required: Iterable[str] = (), optional: Iterable[str] = ()
+    ) -> None:
+        req, opt = list(required), list(optional)
+        allowed = set(req) | set(opt)
+        for key in d:
+            if key not in allowed:
+                self.error(
+                    d.key_marks.get(key, d.loc),
+                    f"unknown key {key!r} in {what}; expected one of: {', '.join(sorted(allowed))}",
+                )
+        for key in req:
+            if key not in d:
+                self.error(d.loc, f"{what} is missing required key {key!r}")
+
+    def string(self, d: LocDict, key: str, what: str, default: str | None = None) -> str | None:
+        if key not in d:
+            return default
+        value = d[key]
+        if isinstance(value, str) and value.strip():
+            return value
+        self.error(d.mark(key), f"{what}.{key} must be a non-empty string; got {_show(value)}")
+        return default
+
+    def integer(
+        self, d: LocDict, key: str, what: str, *, default: int | None = None, minimum: int = 0
+    ) -> int | None:
+        if key not in d:
+            return default
+        value = d[key]
+        if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
+            return value
+        self.error(d.mark(key), f"{what}.{key} must be an integer >= {minimum}; got {_show(value)}")
+        return default
+
+    def number(
+        self, d: LocDict, key: str, what: str, *, default: float | None = None, minimum: float | None = None
+    ) -> float | None:
+        if key not in d:
+            return default
+        value = d[key]
+        if (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and (minimum is None or value >= minimum)
+        ):
+            return float(value)
+        bound = f" >= {minimum:g}" if minimum is not None else ""
+        self.error(d.mark(key), f"{what}.{key} must be a number{bound}; got {_show(value)}")
+        return default
+
+    def boolean(self, d: LocDict, key: str, what: str, default: bool = False) -> bool:
+        if key not in d:
+            return default
+        value = d[key]
+        if isinstance(value, bool):
+            return value
+        self.error(d.mark(key), f"{what}.{key} must be true or false; got {_show(value)}")
+        return default
+
+    def duration(self, d: LocDict, key: str, what: str, default: timedelta | None = None) -> timedelta | None:
+        if key not in d:
+            if default is None:
+                self.error(d.loc, f"{what} is missing required key {key!r} ({DURATION_FORM})")
+            return default
+        got = parse_duration(d[key])
+        if got is None or got <= timedelta(0):
+            self.error(d.mark(key), f"{what}.{key} must be {DURATION_FORM}; got {_show(d[key])}")
+            return default
+        return got
+
+    def choice(
+        self, d: LocDict, key: str, what: str, options: Iterable[str], default: str | None = None
+    ) -> str | None:
+        opts = list(options)
+        if key not in d:
+            if default is None:
+                self.error(d.loc, f"{what} is missing required key {key!r} (one of: {', '.join(opts)})")
+            return default
+        value = d[key]
+        if value in opts:
+            return str(value)
+        self.error(d.mark(key), f"{what}.{key} must be one of: {', '.join(opts)}; got {_show(value)}")
+        return default
+
+    def strings(self, d: LocDict, key: str, what: str, *, allow_single: bool = True) -> list[str] | None:
+        """A list of strings (or, with ``allow_single``, one string standing for a list of one)."""
+        if key not in d:
+            return None
+        value = d[key]
+        if allow_single and isinstance(value, str):
+            return [value]
+        if isinstance(value, LocList) and all(isinstance(v, str) for v in value):
+            return list(value)
+        self.error(d.mark(key), f"{what}.{key} must be a list of strings; got {_show(value)}")
+        return None
+
+    # ------------------------------------------------------------------ the rule language
+    def event_types(self, d: LocDict, key: str, what: str) -> frozenset[str] | None:
+        names = self.strings(d, key, what)
+        if names is None:
+            if key not in d:
+                self.error(d.loc, f"{what} is missing required key {key!r} (an event type or a list of them)")
+            return None
+        bad = [n for n in names if n not in MATCHABLE]
+        if bad:
+            self.error(
+                d.mark(key),
+                f"{what}.{key}: unknown event type(s) {', '.join(map(repr, bad))}; "
+                f"expected one of: {', '.join(sorted(MATCHABLE))}",
+            )
+            return None
+        return frozenset(names)
+
+    def path(self, value: Any, loc: Loc, what: str, types: frozenset[str] | None) -> str | None:
+        if not isinstance(value, str) or not value:
+            self.error(
+                loc, f"{what} must be a field path like 'payload.amount_usd' or 'ip'; got {_show(value)}"
+            )
+            return None
+        path = normalise_path(value)
+        if types and not any(path_exists(t, path) for t in types):
+            self.error(
+                loc,
+                f"{what}: no field {value!r} on event type(s) {', '.join(sorted(types))}; "
+                f"expected a path like 'payload.<field>' or an entity kind ({', '.join(Entities.KINDS)})",
+            )
+            return None
+        return path
+
+    def match(self, d: LocDict, what: str) -> Match | None:
+        """``type: <type or list>`` plus optional ``where: {path: value | {op: value}}``."""
+        types = self.event_types(d, "type", what)
+        where: list[Condition] = []
+        if "where" in d:
+            w = self.mapping(d["where"], d.mark("where"), f"{what}.where")
+            if w is not None:
+                for field_path, spec in w.items():
+                    where += self.conditions(field_path, spec, w.mark(field_path), f"{what}.where", types)
+        if types is None:
+            return None
+        return Match(types, tuple(where))
+
+    def conditions(
+        self, field_path: str, spec: Any, loc: Loc, what: str, types: frozenset[str] | None
+    ) -> list[Condition]:
+        path = self.path(field_path, loc, f"{what}.{field_path}", types)
+        if path is None:
+            return []
+        if not isinstance(spec, LocDict):
+            if isinstance(spec, LocList):
+                return [Condition(path, "in", tuple(spec))]
+            return [Condition(path, "eq", spec)]
+        out = []
+        for op, operand in spec.items():
+            if op not in OPERATORS:
+                self.error(
+                    spec.key_marks.get(op, loc),
+                    f"{what}.{field_path}: unknown operator {op!r}; expected one of: {', '.join(OPERATORS)}",
+                )
+                continue
+            if not _operand_ok(op, operand):
+                self.error(
+                    spec.mark(op), f"{what}.{field_path}.{op} must be {OPERATORS[op]}; got {_show(operand)}"
+                )
+                continue
+            out.append(Condition(path, op, tuple(operand) if isinstance(operand, list) else operand))
+        return out
+
+    def comparison(self, d: LocDict, key: str, what: str) -> tuple[str, float] | None:
+        """``{gte: 5}``-style condition on a number (exactly one operator)."""
+        if key not in d:
+            self.error(d.loc, f"{what} is missing required key {key!r} (e.g. {{gte: 5}})")
+            return None
+        c = self.mapping(d[key], d.mark(key), f"{what}.{key}")
+        if c is None:
+            return None
+        ops = [op for op in c if op in ("gt", "gte", "lt", "lte", "eq")]
+        if len(c) != 1 or len(ops) != 1:
+            self.error(
+                c.loc, f"{what}.{key} must have exactly one of gt, gte, lt, lte, eq; got {_show(dict(c))}"
+            )
+            return None
+        operand = c[ops[0]]
+        if isinstance(operand, bool) or not isinstance(operand, int | float):
+            self.error(c.mark(ops[0]), f"{what}.{key}.{ops[0]} must be a number; got {_show(operand)}")
+            return None
+        return ops[0], float(operand)
+
+
+def _operand_ok(op: str, operand: Any) -> bool:
+    if op in ("in", "not_in"):
+        return isinstance(operand, list) and all(not isinstance(v, dict | list) for v in operand)
+    if op in ("gt", "gte", "lt", "lte"):
+        return isinstance(operand, int | float) and not isinstance(operand, bool)
+    if op == "exists":
+        return isinstance(operand, bool)
+    return not isinstance(operand, dict | list)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def compare(op: str, got: float, bound: float) -> bool:
+    if op == "gt":
+        return got > bound
+    if op == "gte":
+        return got >= bound
+    if op == "lt":
+        return got < bound
+    if op == "lte":
+        return got <= bound
+    return got == bound

@@ -1,0 +1,89 @@
+"""The explicit registry of rule kinds: a rule's ``type`` picks its parser and detector here.
+
+Adding a kind means adding a line to :data:`KINDS`; an unknown ``type`` fails validation by
+name with the list of known kinds.  Nothing is discovered by scanning modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from vigil.detect.kinds import deviation, exposure, intel, linked, lookalike, propagation, sequence, threshold
+from vigil.detect.kinds.base import Detector
+from vigil.detect.rules.loader import LocDict
+from vigil.detect.rules.parse import Parser
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    parse: Callable[[LocDict, Parser, str], Any]
+    detector: type[Detector]
+    #: Names this kind offers to explanation templates (besides the common ones).
+    context: frozenset[str]
+    #: The rule keys this kind reads (besides the common ones); any other key is an error.
+    keys: tuple[str, ...]
+
+
+KINDS: dict[str, KindSpec] = {
+    "threshold": KindSpec(
+        threshold.parse,
+        threshold.ThresholdDetector,
+        threshold.CONTEXT,
+        ("match", "group_by", "timespan", "aggregate", "field", "condition", "related", "cooldown"),
+    ),
+    "sequence": KindSpec(
+        sequence.parse, sequence.SequenceDetector, sequence.CONTEXT, ("group_by", "within", "steps", "absent")
+    ),
+    "propagation": KindSpec(
+        propagation.parse, propagation.PropagationDetector, propagation.CONTEXT, ("mark", "trigger")
+    ),
+    "intel": KindSpec(
+        intel.parse, intel.IntelDetector, intel.CONTEXT, ("match", "fields", "categories", "group_by")
+    ),
+    "exposure": KindSpec(
+        exposure.parse,
+        exposure.ExposureDetector,
+        exposure.CONTEXT,
+        ("edges", "check", "categories", "hops", "min_hops", "group_by"),
+    ),
+    "lookalike": KindSpec(
+        lookalike.parse,
+        lookalike.LookalikeDetector,
+        lookalike.CONTEXT,
+        ("group_by", "known", "check", "chars", "max_known"),
+    ),
+    "deviation": KindSpec(
+        deviation.parse,
+        deviation.DeviationDetector,
+        deviation.CONTEXT,
+        (
+            "match",
+            "group_by",
+            "measure",
+            "field",
+            "min_history",
+            "condition",
+            "min_value",
+            "history",
+            "only",
+            "first_seen",
+            "seen_also",
+        ),
+    ),
+    "linked": KindSpec(
+        linked.parse,
+        linked.LinkedDetector,
+        linked.CONTEXT,
+        ("links", "match", "parties", "timespan", "condition"),
+    ),
+}
+
+
+def kind(name: str) -> KindSpec:
+    try:
+        return KINDS[name]
+    except KeyError:
+        msg = f"unknown rule type {name!r}; expected one of: {', '.join(KINDS)}"
+        raise KeyError(msg) from None

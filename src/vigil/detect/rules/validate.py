@@ -1,0 +1,395 @@
+"""The validation pass: rule files in, rule models and every located problem out.
+
+``validate_paths`` reads each file, checks every rule and example case, then checks the
+set as a whole (duplicate ``id``s across files, cases naming rules that do not exist) and
+returns all issues at once, each with ``file:line:column`` and the expected form.  Models
+are built only from rules without errors; :func:`load_rules` raises
+:class:`~vigil.errors.RuleError` listing every error when there is any.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import typing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from vigil.detect.rules import registry
+from vigil.detect.rules.loader import LocDict, LocList, load_file, rule_files
+from vigil.detect.rules.models import (
+    DECISION_ACTIONS,
+    SEVERITIES,
+    Case,
+    DecisionSpec,
+    Expectation,
+    Issue,
+    Rule,
+    RuleFile,
+)
+from vigil.detect.rules.parse import Parser, parse_duration
+from vigil.errors import DecodeError, RuleError
+from vigil.events.base import Entities, Event
+from vigil.events.codec import decode_event
+from vigil.events.types import EVENT_CLASSES
+
+RULE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,63}$")
+ATTACK_ID = re.compile(r"^T\d{4}(\.\d{3})?$")
+COMMON_KEYS = (
+    "id",
+    "version",
+    "title",
+    "type",
+    "typology",
+    "attack",
+    "severity",
+    "score",
+    "explanation",
+    "decision",
+    "entity",
+    "description",
+    "references",
+)
+COMMON_CONTEXT = frozenset(
+    {"entity", "entity_kind", "rule", "title", "severity", "first_at", "last_at", "evidence_count"}
+)
+#: Case events are placed relative to this instant unless they give an absolute ``at``.
+CASE_BASE = datetime(2026, 1, 1, tzinfo=UTC)
+_CASE_EVENT_KEYS = frozenset({"type", "id", "at", "source", "payload", *Entities.KINDS})
+
+
+def _field_names() -> frozenset[str]:
+    names: set[str] = set(Entities.KINDS)
+    for cls in EVENT_CLASSES:
+        payload = typing.get_type_hints(cls).get("payload")
+        if isinstance(payload, type) and issubclass(payload, msgspec.Struct):
+            names |= set(payload.__struct_fields__)
+    names |= {"country", "city"}
+    return frozenset(names)
+
+
+FIELD_NAMES = _field_names()
+
+
+@dataclass
+class Validation:
+    files: list[RuleFile] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "error"]
+
+    @property
+    def rules(self) -> list[Rule]:
+        return [r for f in self.files for r in f.rules]
+
+    @property
+    def cases(self) -> list[Case]:
+        return [c for f in self.files for c in f.cases]
+
+
+def validate_paths(paths: list[Path]) -> Validation:
+    out = Validation()
+    files = rule_files(paths)
+    if not files:
+        out.issues.append(Issue(",".join(map(str, paths)) or ".", 0, 0, "no rule files (*.yaml) found"))
+    for path in files:
+        rf, issues = validate_file(path)
+        out.files.append(rf)
+        out.issues += issues
+    _check_set(out)
+    return out
+
+
+def load_rules(paths: list[Path]) -> list[Rule]:
+    """Every rule under ``paths``; raises RuleError listing every error if any file is invalid."""
+    v = validate_paths(paths)
+    if v.errors:
+        first = v.errors[0]
+        listing = "\n".join(str(i) for i in v.errors)
+        msg = f"{len(v.errors)} error(s) in rule files:\n{listing}"
+        raise RuleError(msg, file=first.file, line=first.line, column=first.column)
+    return v.rules
+
+
+def validate_file(path: Path) -> tuple[RuleFile, list[Issue]]:
+    name = str(path)
+    p = Parser(name)
+    loaded = load_file(path)
+    for (line, col), message in loaded.problems:
+        p.error((line, col), message)
+    rf = RuleFile(name)
+    doc = loaded.data
+    if doc is None:
+        if not loaded.problems:
+            p.error((1, 1), "empty file; expected a mapping with 'rules' (and 'cases')")
+        return rf, p.issues
+    top = p.mapping(doc, (1, 1), "the file")
+    if top is None:
+        return rf, p.issues
+    p.keys(top, "the file", required=("rules",), optional=("cases", "description"))
+    raw_rules = top.get("rules")
+    if "rules" in top and not (isinstance(raw_rules, LocList) and raw_rules):
+        p.error(top.mark("rules"), "'rules' must be a non-empty list of rules")
+    elif isinstance(raw_rules, LocList):
+        for i, raw in enumerate(raw_rules):
+            d = p.mapping(raw, raw_rules.mark(i), f"rules[{i}]")
+            if d is not None:
+                if isinstance(d.get("id"), str):
+                    rf.declared.add(d["id"])
+                rule = parse_rule(d, p, name)
+                if rule is not None:
+                    rf.rules.append(rule)
+    raw_cases = top.get("cases", LocList())
+    if not isinstance(raw_cases, LocList):
+        p.error(top.mark("cases"), "'cases' must be a list of {name, events, expect}")
+    else:
+        for i, raw in enumerate(raw_cases):
+            d = p.mapping(raw, raw_cases.mark(i), f"cases[{i}]")
+            if d is not None:
+                case = parse_case(d, p, name, i)
+                if case is not None:
+                    rf.cases.append(case)
+    if isinstance(raw_rules, LocList) and raw_rules and not raw_cases:
+        p.warn(
+            top.loc, "no example cases; every rule file should carry events in and the alert (or none) out"
+        )
+    return rf, p.issues
+
+
+def parse_rule(d: LocDict, p: Parser, file: str) -> Rule | None:
+    before = sum(i.severity == "error" for i in p.issues)
+    rid = p.string(d, "id", "rule")
+    what = f"rule {rid!r}" if rid else "rule"
+    if rid is None and "id" not in d:
+        p.error(
+            d.loc,
+            "rule is missing required key 'id' (lower-case letters, digits and '-', e.g. 'ato-sequence')",
+        )
+    elif rid is not None and not RULE_ID.match(rid):
+        p.error(
+            d.mark("id"), f"{what}: id must be lower-case letters, digits and '-' (2-64 chars); got {rid!r}"
+        )
+    version = p.integer(d, "version", what, minimum=1)
+    if "version" not in d:
+        p.error(d.loc, f"{what} is missing required key 'version' (an integer >= 1, bumped on any change)")
+    kind_name = p.choice(d, "type", what, registry.KINDS)
+    spec = registry.KINDS.get(kind_name or "")
+    allowed = set(COMMON_KEYS) | set(spec.keys if spec else ())
+    if spec:
+        p.keys(
+            d,
+            what,
+            required=("id", "version", "type", "typology", "severity", "score", "explanation"),
+            optional=allowed,
+        )
+    title = p.string(d, "title", what, default=rid or "")
+    typology = p.string(d, "typology", what)
+    severity = p.choice(d, "severity", what, SEVERITIES)
+    score = p.number(d, "score", what, minimum=0)
+    if score is not None and score > 100:
+        p.error(d.mark("score"), f"{what}.score must be between 0 and 100; got {score:g}")
+    attack = p.strings(d, "attack", what) or []
+    for tech in attack:
+        if not ATTACK_ID.match(tech):
+            p.error(
+                d.mark("attack"),
+                f"{what}.attack: {tech!r} is not a MITRE ATT&CK technique id like 'T1078' or 'T1110.004'",
+            )
+    decision = None
+    if "decision" in d:
+        dd = p.mapping(d["decision"], d.mark("decision"), f"{what}.decision")
+        if dd is not None:
+            p.keys(dd, f"{what}.decision", required=("action",), optional=("ttl",))
+            action = p.choice(dd, "action", f"{what}.decision", DECISION_ACTIONS)
+            ttl = p.duration(dd, "ttl", f"{what}.decision", default=timedelta(hours=24))
+            if action and ttl:
+                decision = DecisionSpec(action, ttl)  # type: ignore[arg-type]
+    entity = p.string(d, "entity", what)
+    params = spec.parse(d, p, what) if spec else None
+    explanation = p.string(d, "explanation", what)
+    if explanation is not None and spec is not None:
+        _check_template(
+            explanation, d.mark("explanation"), p, what, COMMON_CONTEXT | spec.context | FIELD_NAMES
+        )
+    errors_now = sum(i.severity == "error" for i in p.issues)
+    if errors_now > before or params is None:
+        return None
+    if not (rid and version and kind_name and typology and severity and score is not None and explanation):
+        return None  # every missing piece was reported above
+    return Rule(
+        id=rid,
+        version=version,
+        title=title or rid,
+        kind=kind_name,
+        typology=typology,
+        severity=severity,  # type: ignore[arg-type]
+        score=score,
+        explanation=explanation,
+        params=params,
+        attack=tuple(attack),
+        decision=decision,
+        entity=entity,
+        file=file,
+        line=d.loc[0],
+    )
+
+
+def _check_template(text: str, loc: tuple[int, int], p: Parser, what: str, context: frozenset[str]) -> None:
+    allowed = context | FIELD_NAMES
+    try:
+        parts = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        p.error(
+            loc,
+            f"{what}.explanation is not a valid template ({exc}); "
+            "use {name} placeholders, '{{' for a brace",
+        )
+        return
+    for _, name, spec, conv in parts:
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conv:
+            p.error(
+                loc,
+                f"{what}.explanation: placeholder {{{name}}} must be a plain name like {{entity}} "
+                "(no attribute access, index, format spec or conversion)",
+            )
+        elif name not in allowed:
+            p.error(
+                loc,
+                f"{what}.explanation: unknown placeholder {{{name}}}; expected one of the rule's "
+                f"context names ({', '.join(sorted(context))}) or an event field name",
+            )
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def parse_case(d: LocDict, p: Parser, file: str, index: int) -> Case | None:
+    what = f"cases[{index}]"
+    p.keys(d, what, required=("name", "events", "expect"))
+    name = p.string(d, "name", what, default=f"case {index + 1}") or f"case {index + 1}"
+    what = f"case {name!r}"
+    raw_events = d.get("events")
+    events: list[Event] = []
+    ok = True
+    if not isinstance(raw_events, LocList) or not raw_events:
+        p.error(d.mark("events"), f"{what}.events must be a non-empty list of events")
+        ok = False
+    else:
+        stem = Path(file).stem
+        for i, raw in enumerate(raw_events):
+            e = p.mapping(raw, raw_events.mark(i), f"{what}.events[{i}]")
+            event = (
+                _case_event(e, p, f"{what}.events[{i}]", f"{stem}-{index + 1}-{i + 1}")
+                if e is not None
+                else None
+            )
+            if event is None:
+                ok = False
+            else:
+                events.append(event)
+    expects: list[Expectation] = []
+    raw_expect = d.get("expect")
+    if raw_expect in ("none", None) or raw_expect == []:
+        pass
+    elif not isinstance(raw_expect, LocList):
+        p.error(d.mark("expect"), f"{what}.expect must be a list of {{rule, entity, decision}} or 'none'")
+        ok = False
+    else:
+        for i, raw in enumerate(raw_expect):
+            x = p.mapping(raw, raw_expect.mark(i), f"{what}.expect[{i}]")
+            if x is None:
+                ok = False
+                continue
+            p.keys(x, f"{what}.expect[{i}]", required=("rule",), optional=("entity", "decision"))
+            rule = p.string(x, "rule", f"{what}.expect[{i}]")
+            entity = p.string(x, "entity", f"{what}.expect[{i}]")
+            decision = p.choice(x, "decision", f"{what}.expect[{i}]", DECISION_ACTIONS, default="") or None
+            if rule:
+                expects.append(Expectation(rule, entity, decision))
+    if not ok:
+        return None
+    return Case(name, tuple(events), tuple(expects), file, d.loc[0])
+
+
+def _case_time(value: Any) -> datetime | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return CASE_BASE + timedelta(seconds=float(value))
+    if isinstance(value, str):
+        offset = parse_duration(value.lstrip("+"))
+        if offset is not None or value.strip() in ("0", "+0"):
+            return CASE_BASE + (offset or timedelta(0))
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo is not None else None
+    return None
+
+
+def _payload_times(value: Any) -> Any:
+    """Case payloads may give ``*_at`` fields as offsets ('+5m') like ``at``."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if k.endswith("_at") and (t := _case_time(v)) is not None:
+                out[k] = t.isoformat()
+            else:
+                out[k] = _payload_times(v)
+        return out
+    if isinstance(value, list):
+        return [_payload_times(v) for v in value]
+    return value
+
+
+def _case_event(e: LocDict, p: Parser, what: str, default_id: str) -> Event | None:
+    p.keys(e, what, required=("type",), optional=_CASE_EVENT_KEYS)
+    at = _case_time(e.get("at", 0))
+    if at is None:
+        p.error(
+            e.mark("at"),
+            f"{what}.at must be an offset like '90s' or '2h' from the case start, or a UTC "
+            f"timestamp like '2026-01-01T10:00:00Z'; got {e.get('at')!r}",
+        )
+        return None
+    doc = {
+        "type": e.get("type"),
+        "event_id": str(e.get("id", default_id)),
+        "source": str(e.get("source", "case")),
+        "occurred_at": at.isoformat(),
+        "entities": {k: str(e[k]) for k in Entities.KINDS if k in e},
+    }
+    if "payload" in e:
+        doc["payload"] = _payload_times(e["payload"])
+    try:
+        return decode_event(msgspec.json.encode(doc))
+    except DecodeError as exc:
+        loc = e.mark("payload") if exc.path and exc.path.startswith("$.payload") else e.loc
+        p.error(loc, f"{what} is not a valid {e.get('type')!r} event: {exc.reason}")
+        return None
+
+
+def _check_set(v: Validation) -> None:
+    seen: dict[str, Rule] = {}
+    for rule in v.rules:
+        if rule.id in seen:
+            first = seen[rule.id]
+            v.issues.append(
+                Issue(rule.file, rule.line, 1, f"duplicate rule id {rule.id!r} (also at {first.where})")
+            )
+        else:
+            seen[rule.id] = rule
+    declared = set().union(*(f.declared for f in v.files)) if v.files else set()
+    for case in v.cases:
+        for x in case.expect:
+            if x.rule not in declared:
+                v.issues.append(
+                    Issue(case.file, case.line, 1, f"case {case.name!r} expects unknown rule {x.rule!r}")
+                )

@@ -1,0 +1,116 @@
+"""Changelog topics: naming, declaration and restore.
+
+Every store of an application has one compacted topic ``<app>.changelog.<store id>``
+with as many partitions as the inputs; partition ``p`` of the changelog holds the state
+of input partition ``p``.  Restore starts from the changelog offset RocksDB recorded
+with its last write (not from zero) and reads committed records only, up to the end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from vigil.config import Settings
+from vigil.errors import PipelineError
+from vigil.hub.topics import TopicSpec
+from vigil.stream.state import RocksState
+
+#: Writes applied to RocksDB in one batch during restore.
+_RESTORE_CHUNK = 50_000
+
+
+def changelog_topic(app: str, store_id: str) -> str:
+    return f"{app}.changelog.{store_id}"
+
+
+def changelog_spec(app: str, store_id: str, partitions: int) -> TopicSpec:
+    return TopicSpec(
+        name=changelog_topic(app, store_id),
+        key="state key",
+        value="raw",
+        description=f"State store {store_id!r} of stream application {app!r}",
+        partitions=partitions,
+        retention=None,
+        cleanup="compact",
+    )
+
+
+@dataclass
+class RestoreTask:
+    state: RocksState
+    topic: str
+    partition: int
+
+
+def restore(settings: Settings, app: str, tasks: Sequence[RestoreTask], timeout_s: float = 120.0) -> int:
+    """Bring each store up to the end of its changelog partition; returns records applied."""
+    if not tasks:
+        return 0
+    conf = settings.kafka_client_config()
+    conf.update(
+        {
+            "group.id": f"{app}.restore",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer = Consumer(conf)
+    try:
+        assign: list[TopicPartition] = []
+        by_tp: dict[tuple[str, int], RestoreTask] = {}
+        for task in tasks:
+            start = task.state.changelog_offset()
+            low, high = consumer.get_watermark_offsets(TopicPartition(task.topic, task.partition), timeout=30)
+            begin = start if start is not None else low
+            task.state.changelog_next = high
+            if begin >= high:
+                continue
+            assign.append(
+                TopicPartition(task.topic, task.partition, begin if start is not None else OFFSET_BEGINNING)
+            )
+            by_tp[(task.topic, task.partition)] = task
+        if not assign:
+            return 0
+        consumer.assign(assign)
+        pending: dict[tuple[str, int], list[tuple[bytes, bytes | None]]] = {tp: [] for tp in by_tp}
+        last: dict[tuple[str, int], int] = {}
+        remaining = set(by_tp)
+        applied = 0
+        deadline = time.monotonic() + timeout_s
+        while remaining:
+            if time.monotonic() > deadline:
+                msg = (
+                    f"restoring {sorted(remaining)} did not reach the end of the changelog in {timeout_s:g}s"
+                )
+                raise PipelineError(msg)
+            for msg in consumer.consume(10_000, 0.5):
+                tp = (msg.topic(), msg.partition())
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        remaining.discard(tp)
+                        continue
+                    text = f"restoring changelog {tp[0]}[{tp[1]}]: {err.str()}"
+                    raise PipelineError(text)
+                key = msg.key()
+                if key is None:
+                    continue
+                pending[tp].append((key, msg.value()))
+                last[tp] = msg.offset()
+                if len(pending[tp]) >= _RESTORE_CHUNK:
+                    by_tp[tp].state.write_committed(pending[tp], last[tp] + 1)
+                    applied += len(pending[tp])
+                    pending[tp] = []
+        for tp, writes in pending.items():
+            if tp in last:
+                by_tp[tp].state.write_committed(writes, last[tp] + 1)
+                applied += len(writes)
+        return applied
+    finally:
+        consumer.close()

@@ -1,0 +1,72 @@
+"""Re-keying through a repartition topic (``group_by``).
+
+Canonical topics are keyed by one entity (payments by customer).  To correlate by
+another (wallet, IP, device, employee, vendor) an application re-publishes each event
+keyed by that entity to ``<app>.repartition.<id>``; an application reading that topic
+(or the same one, listing it as an input) then sees every event of one wallet in one
+partition, with that wallet's state.  Events without the entity are not re-published:
+they cannot belong to any group (they remain on their canonical topic).
+
+Partitioning is librdkafka's default partitioner on the key, the same as every Vigil
+producer's, so a repartition topic with the same partition count is co-partitioned with
+the canonical topics (JVM producers hash differently: do not mix them on one topic).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from vigil.events.base import Event
+from vigil.hub.topics import TopicSpec
+from vigil.stream.base import Context, Operator, Record
+
+
+def repartition_topic(app: str, group_id: str) -> str:
+    return f"{app}.repartition.{group_id}"
+
+
+def repartition_spec(app: str, group_id: str, partitions: int) -> TopicSpec:
+    """The topic to pass in ``Application(internal_topics=...)`` so the application creates it."""
+    return TopicSpec(
+        name=repartition_topic(app, group_id),
+        key=f"re-keyed by {group_id}",
+        value="raw",
+        description=f"Events of application {app!r} re-keyed by {group_id!r}",
+        partitions=partitions,
+    )
+
+
+def entity_key(kind: str) -> Callable[[Event], str | None]:
+    """Key function for an entity kind (``"wallet"``, ``"ip"`` ...), validated against ``Entities``."""
+    from vigil.events.base import Entities
+
+    if kind not in Entities.KINDS:
+        msg = f"unknown entity kind {kind!r}; expected one of: {', '.join(Entities.KINDS)}"
+        raise ValueError(msg)
+    return lambda event: event.entities.get(kind)
+
+
+class GroupBy(Operator[Event]):
+    """Re-publishes each event to ``topic`` keyed by ``key(event)``; keyless events are skipped."""
+
+    def __init__(self, id: str, topic: str, key: Callable[[Event], str | None]) -> None:
+        self.id = id
+        self.topic = topic
+        self.key = key
+        self.skipped = 0
+
+    def process(self, batch: Sequence[Record[Any]], ctx: Context) -> None:
+        topic, key = self.topic, self.key
+        for rec in batch:
+            k = key(rec.event)
+            if k is None:
+                self.skipped += 1
+                continue
+            ctx.emit(topic, rec.event, k)
+
+
+def group_by(app: str, kind: str, partitions: int) -> tuple[GroupBy, TopicSpec]:
+    """``group_by(entity)``: the operator and the topic spec for re-keying events by ``kind``."""
+    spec = repartition_spec(app, f"by-{kind}", partitions)
+    return GroupBy(f"group-by-{kind}", spec.name, entity_key(kind)), spec

@@ -1,0 +1,170 @@
+"""Keyed state in RocksDB, buffered in memory between checkpoints.
+
+One :class:`RocksState` per store per partition.  Reads see pending writes at once;
+writes stay in memory until :meth:`RocksState.take_pending` hands them to the
+checkpoint, which sends them to the changelog topic and, once Kafka has them, calls
+:meth:`RocksState.write_committed` to put them in RocksDB *together with* the changelog
+offset they reach.  Writing RocksDB only after Kafka acknowledged (or the transaction
+committed) is what makes the local store never ahead of the changelog: a crash
+anywhere leaves RocksDB at an older, consistent point that restore catches up from.
+
+Values are encoded with msgspec MessagePack.  With ``StoreSpec.value_type`` unset they
+come back as msgspec builtins after a checkpoint (a Struct comes back as a dict);
+declare the type to get the Struct back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+
+from vigil.stream.base import State, StoreSpec
+
+#: Reserved key (outside the UTF-8 text keys operators use) holding the next changelog offset.
+OFFSET_KEY = b"\x00vigil:changelog-offset"
+_RESERVED = b"\x00vigil:"
+_DELETED = object()
+_MISSING = object()
+#: Decoded values kept after a checkpoint; past this the cache is dropped (RocksDB has them).
+CACHE_LIMIT = 200_000
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def _options() -> Options:
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    return opts
+
+
+class RocksState(State):
+    """State of one store for one partition (see the module docstring for durability)."""
+
+    def __init__(self, path: Path, spec: StoreSpec) -> None:
+        self.path = path
+        self.spec = spec
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = Rdict(str(path), options=_options())
+        # No write-ahead log: the changelog is the log.  A crash loses at most the memtable, and
+        # since the changelog offset is written in the same batches, what survives is a consistent
+        # older point that restore catches up from (Kafka Streams makes the same choice).
+        no_wal = WriteOptions()
+        no_wal.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; the stub is wrong
+        self._db.set_write_options(no_wal)
+        value_type = getattr(spec, "value_type", Any)
+        self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(value_type)
+        self._cache: dict[str, Any] = {}
+        self._dirty: set[str] = set()
+        #: Batches handed out by take_pending and not yet back through write_committed.
+        self._unwritten = 0
+        self.closed = False
+        #: Next changelog offset as far as this process knows (set by restore at assignment).
+        self.changelog_next: int | None = None
+
+    # ------------------------------------------------------------------ State API
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._cache.get(key, _MISSING)
+        if value is _MISSING:
+            raw = self._db.get(key.encode())
+            if raw is None:
+                return default
+            value = self._decoder.decode(raw)
+            self._cache[key] = value
+        return default if value is _DELETED else value
+
+    def set(self, key: str, value: Any) -> None:
+        self._cache[key] = value
+        self._dirty.add(key)
+
+    def delete(self, key: str) -> None:
+        self._cache[key] = _DELETED
+        self._dirty.add(key)
+
+    def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
+        start = prefix.encode()
+        pending = {k: v for k, v in self._cache.items() if k in self._dirty and k.startswith(prefix)}
+        merged: dict[str, Any] = {}
+        for item_key, raw in self._db.items(from_key=start):
+            raw_key = bytes(item_key)  # type: ignore[arg-type]  # raw mode: keys are bytes
+            if not raw_key.startswith(start):
+                break
+            if raw_key.startswith(_RESERVED):
+                continue
+            key = raw_key.decode()
+            merged[key] = self._cache.get(key, _MISSING)
+            if merged[key] is _MISSING:
+                merged[key] = self._decoder.decode(raw)
+        merged.update(pending)
+        for key in sorted(merged):
+            value = merged[key]
+            if value is not _DELETED:
+                yield key, value
+
+    # ------------------------------------------------------------------ checkpoint side
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._dirty)
+
+    def take_pending(self) -> list[tuple[bytes, bytes | None]]:
+        """Encoded pending writes (``None`` = delete), clearing the dirty set."""
+        out: list[tuple[bytes, bytes | None]] = []
+        cache = self._cache
+        for key in self._dirty:
+            value = cache[key]
+            out.append((key.encode(), None if value is _DELETED else _encoder.encode(value)))
+        self._dirty = set()
+        self._unwritten += 1
+        return out
+
+    def write_committed(self, writes: list[tuple[bytes, bytes | None]], changelog_offset: int | None) -> None:
+        """Apply writes that Kafka now has, with the changelog offset they reach, atomically."""
+        batch = WriteBatch(raw_mode=True)
+        for key, value in writes:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        if changelog_offset is not None:
+            batch.put(OFFSET_KEY, str(changelog_offset).encode())
+        self._db.write(batch)
+        self._unwritten = max(0, self._unwritten - 1)
+        if self._unwritten == 0 and len(self._cache) > CACHE_LIMIT:
+            # Keep memory bounded.  Only when RocksDB has every value taken so far: until then the
+            # cache is the only place they are readable.  Writes made since stay.
+            self._cache = {key: self._cache[key] for key in self._dirty}
+            return
+        # Forget DELETED markers now that RocksDB itself has the deletion (unless the key was
+        # written again since: then the cache holds the newer value, which must stay).
+        cache = self._cache
+        for key, value in writes:
+            if value is None:
+                text = key.decode()
+                if cache.get(text) is _DELETED and text not in self._dirty:
+                    del cache[text]
+
+    def changelog_offset(self) -> int | None:
+        """The next changelog offset RocksDB does not yet reflect (None: nothing restored yet)."""
+        raw = self._db.get(OFFSET_KEY)
+        return int(raw.decode()) if raw is not None else None
+
+    def discard_pending(self) -> None:
+        """Forget uncommitted writes (after an aborted transaction)."""
+        self._cache = {}
+        self._dirty = set()
+        self._unwritten = 0
+
+    def key_count_estimate(self) -> int:
+        value = self._db.property_int_value("rocksdb.estimate-num-keys")
+        return int(value or 0)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._db.flush()  # without a WAL, the memtable is only durable once flushed
+            self._db.close()
+            self.closed = True

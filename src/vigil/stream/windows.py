@@ -1,0 +1,321 @@
+"""Event-time windows over keyed state, for use inside operators.
+
+    per_account = WindowedAggregate(
+        StoreSpec("velocity", 1), Window.sliding("5m", lateness="30s"), {"n": Count(), "total": Sum()}
+    )
+
+    def process(self, batch, ctx):
+        state = ctx.state(per_account.store)
+        for rec in batch:
+            e = rec.event
+            result = per_account.update(state, e.key(), e.occurred_at, e.payload.amount)
+            if result is None:
+                ctx.late(rec)          # counted and sent to the late-events topic, never dropped silently
+                continue
+            (window,) = result
+            if window.values["n"] >= 10 or window.values["total"] >= 10_000: ...
+
+Semantics (the property tests check them against a brute-force reference):
+
+- times are event times (``occurred_at``) in integer milliseconds;
+- **tumbling** windows of size S are ``[kS, (k+1)S)``; **hopping** windows of size S and
+  step H are ``[kH, kH+S)``, an event falls in every one that contains it; **sliding**
+  windows of size S end at each event: ``(t-S, t]``;
+- the **watermark** of a partition is the largest event time seen there minus the
+  allowed lateness; an event older than the watermark is *late*: ``update`` returns
+  ``None`` and changes nothing;
+- ``update`` returns the windows the event fell into with their aggregates over every
+  accepted event of the key so far;
+- state past the window and the lateness is deleted when its key is next touched, or by
+  :meth:`WindowedAggregate.expire` for keys that went quiet.
+
+The watermark is kept in the same store (one entry per partition), so it survives restarts
+and moves with the partition.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from bisect import bisect_right
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal, NamedTuple
+
+from vigil.stream.base import State, StoreSpec
+
+WindowKind = Literal["tumbling", "hopping", "sliding"]
+
+_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
+_WATERMARK_KEY = "\x00wm"
+_KEY_PREFIX = "w:"
+
+
+def duration_ms(value: timedelta | str | int) -> int:
+    """Milliseconds of a ``timedelta``, an int (ms) or a string like ``"10m"``, ``"30s"``, ``"500ms"``."""
+    if isinstance(value, timedelta):
+        return int(value.total_seconds() * 1000)
+    if isinstance(value, int):
+        return value
+    match = _DURATION.match(value)
+    if not match:
+        msg = f"expected a duration like '10m', '30s', '500ms', '2h' or '1d'; got {value!r}"
+        raise ValueError(msg)
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def to_ms(when: datetime | int) -> int:
+    """Event time in ms since the epoch (datetimes must be timezone-aware)."""
+    if type(when) is int:
+        return when
+    if isinstance(when, int):
+        return int(when)
+    if when.tzinfo is None:
+        msg = f"event times must be timezone-aware (UTC); got naive {when.isoformat()}"
+        raise ValueError(msg)
+    return int(when.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class Window:
+    kind: WindowKind
+    size_ms: int
+    step_ms: int
+    lateness_ms: int = 0
+
+    def __post_init__(self) -> None:
+        if self.size_ms <= 0 or self.step_ms <= 0 or self.lateness_ms < 0:
+            msg = f"{self.kind} window: size and step must be > 0 and lateness >= 0; got {self}"
+            raise ValueError(msg)
+        if self.kind == "hopping" and self.step_ms > self.size_ms:
+            msg = f"hopping window: step ({self.step_ms} ms) must not exceed size ({self.size_ms} ms)"
+            raise ValueError(msg)
+
+    @classmethod
+    def tumbling(cls, size: timedelta | str | int, lateness: timedelta | str | int = 0) -> Window:
+        ms = duration_ms(size)
+        return cls("tumbling", ms, ms, duration_ms(lateness))
+
+    @classmethod
+    def hopping(
+        cls, size: timedelta | str | int, step: timedelta | str | int, lateness: timedelta | str | int = 0
+    ) -> Window:
+        return cls("hopping", duration_ms(size), duration_ms(step), duration_ms(lateness))
+
+    @classmethod
+    def sliding(cls, size: timedelta | str | int, lateness: timedelta | str | int = 0) -> Window:
+        ms = duration_ms(size)
+        return cls("sliding", ms, ms, duration_ms(lateness))
+
+    def starts(self, t: int) -> list[int]:
+        """Starts of the tumbling/hopping windows containing ``t``, oldest first."""
+        last = t - t % self.step_ms
+        first = last - ((self.size_ms - 1) // self.step_ms) * self.step_ms
+        return [s for s in range(first, last + 1, self.step_ms) if s <= t < s + self.size_ms]
+
+
+# ---------------------------------------------------------------------------- aggregations
+
+
+class Aggregation(ABC):
+    """An aggregation: an accumulator built with ``initial``/``add``, read with ``result``.
+
+    Accumulators must be msgspec-encodable (they live in the state store).
+    """
+
+    @abstractmethod
+    def initial(self) -> Any: ...
+
+    @abstractmethod
+    def add(self, acc: Any, value: Any) -> Any: ...
+
+    def result(self, acc: Any) -> Any:
+        return acc
+
+    def over(self, values: list[Any]) -> Any:
+        """The result over a whole list of values (sliding windows recompute; override when faster)."""
+        acc = self.initial()
+        for value in values:
+            acc = self.add(acc, value)
+        return self.result(acc)
+
+
+class Count(Aggregation):
+    def initial(self) -> int:
+        return 0
+
+    def add(self, acc: int, value: Any) -> int:
+        return acc + 1
+
+    def over(self, values: list[Any]) -> int:
+        return len(values)
+
+
+class Sum(Aggregation):
+    def initial(self) -> float:
+        return 0.0
+
+    def add(self, acc: float, value: float) -> float:
+        return acc + value
+
+    def over(self, values: list[Any]) -> float:
+        return float(sum(values, 0.0))
+
+
+class Min(Aggregation):
+    def initial(self) -> float | None:
+        return None
+
+    def add(self, acc: float | None, value: float) -> float:
+        return value if acc is None or value < acc else acc
+
+
+class Max(Aggregation):
+    def initial(self) -> float | None:
+        return None
+
+    def add(self, acc: float | None, value: float) -> float:
+        return value if acc is None or value > acc else acc
+
+
+class DistinctCount(Aggregation):
+    """Distinct values (kept as a dict: msgpack has no sets)."""
+
+    def initial(self) -> dict[Any, int]:
+        return {}
+
+    def add(self, acc: dict[Any, int], value: Any) -> dict[Any, int]:
+        acc[value] = 1
+        return acc
+
+    def result(self, acc: dict[Any, int]) -> int:
+        return len(acc)
+
+    def over(self, values: list[Any]) -> int:
+        return len(set(values))
+
+
+#: Aggregations by name, for rules that name them in YAML (explicit: add new ones here).
+AGGREGATIONS: dict[str, type[Aggregation]] = {
+    "count": Count,
+    "sum": Sum,
+    "min": Min,
+    "max": Max,
+    "distinct_count": DistinctCount,
+}
+
+
+# ---------------------------------------------------------------------------- the helper
+
+
+class WindowValue(NamedTuple):
+    """One window's aggregates after an update: ``[start_ms, end_ms)`` (sliding: ``(start, end]``)."""
+
+    start_ms: int
+    end_ms: int
+    values: dict[str, Any]
+
+
+class WindowedAggregate:
+    """Keyed event-time window aggregation stored in ``store`` (see the module docstring)."""
+
+    def __init__(self, store: StoreSpec, window: Window, aggregations: Mapping[str, Aggregation]) -> None:
+        if not aggregations:
+            msg = f"windowed aggregate on store {store.id!r}: expected at least one aggregation"
+            raise ValueError(msg)
+        self.store = store
+        self.window = window
+        self.aggregations = dict(aggregations)
+        self._aggs = list(self.aggregations.items())
+        self._over = [(name, agg.over) for name, agg in self._aggs]
+        self._lateness = window.lateness_ms
+        self._sliding = window.kind == "sliding"
+
+    # -- watermark
+
+    def watermark(self, state: State) -> int | None:
+        """The partition's watermark in ms (None before the first event)."""
+        wm: int | None = state.get(_WATERMARK_KEY)
+        return wm
+
+    # -- updates
+
+    def update(
+        self, state: State, key: str, when: datetime | int, value: Any = 1
+    ) -> list[WindowValue] | None:
+        """Add one event; the windows it fell into with their aggregates, or ``None`` if it is late."""
+        if type(when) is int:
+            t = when
+        elif isinstance(when, datetime) and when.tzinfo is not None:
+            t = int(when.timestamp() * 1000)  # inline to_ms: this is the hot path
+        else:
+            t = to_ms(when)  # raises for naive datetimes
+        wm: int | None = state.get(_WATERMARK_KEY)
+        if wm is None or t - self._lateness > wm:
+            wm = t - self._lateness
+            state.set(_WATERMARK_KEY, wm)
+        elif t < wm:
+            return None
+        if self._sliding:
+            return self._update_sliding(state, _KEY_PREFIX + key, t, value, wm)
+        return self._update_fixed(state, _KEY_PREFIX + key, t, value, wm)
+
+    def _update_sliding(self, state: State, skey: str, t: int, value: Any, wm: int) -> list[WindowValue]:
+        # Stored as [times, values], sorted by time: expiry and the window are two bisects and a slice.
+        size = self.window.size_ms
+        stored = state.get(skey)
+        if stored is None:
+            times: list[int] = [t]
+            values: list[Any] = [value]
+        else:
+            times, values = stored
+            cut = bisect_right(times, wm - size)  # at or before: never in an accepted event's window
+            if cut:
+                del times[:cut]
+                del values[:cut]
+            at = bisect_right(times, t)
+            times.insert(at, t)
+            values.insert(at, value)
+        state.set(skey, [times, values])
+        lo = t - size
+        inside = values[bisect_right(times, lo) : bisect_right(times, t)]
+        return [WindowValue(lo, t, {name: over(inside) for name, over in self._over})]
+
+    def _update_fixed(self, state: State, skey: str, t: int, value: Any, wm: int) -> list[WindowValue]:
+        size = self.window.size_ms
+        stored: dict[str, list[Any]] = state.get(skey) or {}
+        windows = {start: accs for start, accs in stored.items() if int(start) + size > wm}
+        out = []
+        for start in self.window.starts(t):
+            skey_start = str(start)
+            accs = windows.get(skey_start)
+            if accs is None:
+                accs = [agg.initial() for _, agg in self._aggs]
+            accs = [agg.add(accs[i], value) for i, (_, agg) in enumerate(self._aggs)]
+            windows[skey_start] = accs
+            values = {name: agg.result(accs[i]) for i, (name, agg) in enumerate(self._aggs)}
+            out.append(WindowValue(start, start + size, values))
+        state.set(skey, windows)
+        return out
+
+    # -- housekeeping
+
+    def expire(self, state: State) -> int:
+        """Delete state of quiet keys past window + lateness; returns how many keys were deleted."""
+        wm = self.watermark(state)
+        if wm is None:
+            return 0
+        size = self.window.size_ms
+        dead = []
+        for skey, stored in state.items(_KEY_PREFIX):
+            if self.window.kind == "sliding":
+                alive = bool(stored[0]) and stored[0][-1] > wm - size
+            else:
+                alive = any(int(start) + size > wm for start in stored)
+            if not alive:
+                dead.append(skey)
+        for skey in dead:
+            state.delete(skey)
+        return len(dead)

@@ -1,0 +1,142 @@
+"""Operators and a worker entry point shared by the stream integration tests.
+
+``python -m tests.integration.stream.apps <config.json>`` runs one worker process of
+the counting application (the kill -9 tests start and kill these).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+from vigil.config import Settings, load_settings
+from vigil.events.base import Entities
+from vigil.events.types import Payment, PaymentPayload
+from vigil.stream.base import Context, Operator, Record, StoreSpec
+
+COUNTS = StoreSpec("counts", 1)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class RunningCount(Operator[Payment]):
+    """Emits, per input payment, a copy whose id says how many payments its customer made so far.
+
+    If state were lost, replayed twice or shared wrongly the ids would differ from the expected ones.
+    """
+
+    id = "running-count"
+    stores = (COUNTS,)
+
+    def __init__(self, output: str, pause_s: float = 0.0) -> None:
+        self.output = output
+        # Simulated per-batch work, so a kill lands while a transaction is open.
+        self.pause_s = pause_s
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        if self.pause_s:
+            time.sleep(self.pause_s)
+        state = ctx.state(COUNTS)
+        for rec in batch:
+            customer = rec.event.entities.customer or "?"
+            n = state.get(customer, 0) + 1
+            state.set(customer, n)
+            out = Payment(
+                event_id=f"{rec.event.event_id}#{n}",
+                source="test",
+                occurred_at=rec.event.occurred_at,
+                entities=rec.event.entities,
+                payload=rec.event.payload,
+            )
+            ctx.emit(self.output, out)
+
+
+def payments(n: int, customers: int, prefix: str = "p") -> list[Payment]:
+    return [
+        Payment(
+            event_id=f"{prefix}{i}",
+            source="test",
+            occurred_at=T0 + timedelta(seconds=i),
+            entities=Entities(customer=f"c{i % customers}"),
+            payload=PaymentPayload(payment_id=f"{prefix}{i}", amount=float(i % 97), currency="USD"),
+        )
+        for i in range(n)
+    ]
+
+
+def expected_ids(events: Sequence[Payment]) -> set[str]:
+    seen: dict[str, int] = {}
+    out = set()
+    for e in events:
+        c = e.entities.customer or "?"
+        seen[c] = seen.get(c, 0) + 1
+        out.add(f"{e.event_id}#{seen[c]}")
+    return out
+
+
+def read_all(settings: Settings, topic: str, partitions: int) -> list[tuple[bytes | None, bytes]]:
+    """Every committed record of ``topic`` (read_committed), read up to the end."""
+    conf = settings.kafka_client_config()
+    conf.update(
+        {
+            "group.id": "reader",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
+    consumer = Consumer(conf)
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out: list[tuple[bytes | None, bytes]] = []
+    done: set[int] = set()
+    try:
+        while len(done) < partitions:
+            for msg in consumer.consume(10_000, 1.0):
+                if msg.error() is not None:
+                    done.add(msg.partition())
+                    continue
+                out.append((msg.key(), msg.value()))
+    finally:
+        consumer.close()
+    return out
+
+
+def worker(config: dict[str, Any]) -> None:
+    from vigil.stream.app import Application
+
+    settings = load_settings(kafka_bootstrap=config["bootstrap"], home=Path(config["home"]))
+    app = Application(
+        settings,
+        name=config["name"],
+        inputs=[config["input"]],
+        operators=[RunningCount(config["output"], config.get("pause_s", 0.0))],
+        guarantee=config.get("guarantee", "exactly_once"),
+        instance_id=config["instance"],
+        batch_size=config.get("batch_size", 200),
+        checkpoint_interval_s=config.get("checkpoint_interval_s", 0.1),
+        consumer_overrides={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
+        producer_overrides={"transaction.timeout.ms": 8000},
+    )
+    status = Path(config["status"])
+
+    def report() -> None:
+        # The test reads which partitions this worker owns (tmp file + rename: never half-written).
+        while True:
+            tmp = status.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"assigned": app.metrics.assigned, "processed": app.metrics.processed}))
+            tmp.replace(status)
+            time.sleep(0.1)
+
+    threading.Thread(target=report, daemon=True).start()
+    app.run()
+
+
+if __name__ == "__main__":
+    worker(json.loads(Path(sys.argv[1]).read_text()))

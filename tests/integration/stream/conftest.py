@@ -1,0 +1,85 @@
+"""Helpers for the stream integration tests: topics, producing, running an app in a thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
+from vigil.config import Settings
+from vigil.events.base import Event
+from vigil.hub.admin import ensure_topics
+from vigil.hub.client import EventProducer
+from vigil.hub.topics import TopicSpec
+from vigil.stream.app import Application
+
+
+def make_topics(settings: Settings, *names: str, partitions: int = 3) -> None:
+    ensure_topics(
+        settings,
+        [
+            TopicSpec(name=n, key="test", value="raw", description="test", partitions=partitions)
+            for n in names
+        ],
+    )
+
+
+def produce(settings: Settings, topic: str, events: Sequence[Event]) -> None:
+    producer = EventProducer(settings)
+    for event in events:
+        producer.produce(event, topic=topic)
+    producer.flush()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.05)  # poll interval; the condition is what synchronises
+
+
+@dataclass
+class Running:
+    app: Application
+    thread: threading.Thread
+    errors: list[BaseException] = field(default_factory=list)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.app.stop()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "application did not stop"
+
+
+@pytest.fixture
+def run_app() -> Iterator[Callable[[Application], Running]]:
+    started: list[Running] = []
+
+    def start(app: Application) -> Running:
+        running = Running(app, threading.Thread(target=lambda: None))
+
+        def target() -> None:
+            try:
+                app.run()
+            except BaseException as exc:
+                running.errors.append(exc)
+
+        running.thread = threading.Thread(target=target, daemon=True)
+        running.thread.start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        if running.thread.is_alive():
+            running.stop()
+
+
+@pytest.fixture
+def names() -> Callable[[str], str]:
+    suffix = uuid.uuid4().hex[:8]
+    return lambda base: f"test.stream.{base}.{suffix}"

@@ -1,0 +1,224 @@
+"""The runtime against a real broker: outputs, state, restore, dead letters, errors, co-partitioning."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import msgspec
+import pytest
+from tests.integration.stream.apps import COUNTS, RunningCount, expected_ids, payments, read_all
+from tests.integration.stream.conftest import Running, make_topics, produce, wait_for
+
+from vigil.config import Settings, load_settings
+from vigil.errors import ConfigError, PipelineError
+from vigil.events.codec import decode_event
+from vigil.events.records import DeadLetter
+from vigil.events.types import Payment
+from vigil.hub.client import EventProducer
+from vigil.stream.app import Application
+from vigil.stream.base import Context, Operator, Record
+
+Start = Callable[[Application], Running]
+
+
+def output_ids(settings: Settings, topic: str, partitions: int = 3) -> list[str]:
+    return [decode_event(value).event_id for _, value in read_all(settings, topic, partitions)]
+
+
+def counting_app(settings: Settings, name: str, src: str, out: str, **kw: object) -> Application:
+    return Application(
+        settings,
+        name=name,
+        inputs=[src],
+        operators=[RunningCount(out)],
+        checkpoint_interval_s=0.1,
+        instance_id="t1",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_outputs_and_state_survive_restart_and_restore(
+    settings: Settings, tmp_path: Path, names: Callable[[str], str], run_app: Start, guarantee: str
+) -> None:
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out)
+    first, second = payments(600, 37, "a"), payments(400, 37, "b")
+    produce(settings, src, first)
+
+    running = run_app(counting_app(settings, name, src, out, guarantee=guarantee))
+    wait_for(lambda: running.app.metrics.processed >= 600, 60, "600 records processed")
+    running.stop()
+    assert not running.errors
+    assert sorted(output_ids(settings, out)) == sorted(expected_ids(first))
+    assert (settings.home / "state" / name / COUNTS.id).is_dir()
+
+    # Same home: RocksDB already holds everything; restore reads nothing from the changelog.
+    produce(settings, src, second)
+    again = run_app(counting_app(settings, name, src, out, guarantee=guarantee))
+    wait_for(lambda: again.app.metrics.processed >= 400, 60, "400 more records processed")
+    again.stop()
+    assert not again.errors
+    assert again.app.metrics.restored_records == 0
+    ids = output_ids(settings, out)
+    assert len(ids) == len(set(ids)) == 1000
+    assert set(ids) == expected_ids(first + second)
+
+    # A fresh home (another machine): state comes back from the changelog topic.
+    fresh = load_settings(kafka_bootstrap=settings.kafka_bootstrap, home=tmp_path / "fresh")
+    third = payments(100, 37, "c")
+    produce(settings, src, third)
+    moved = run_app(counting_app(fresh, name, src, out, guarantee=guarantee))
+    wait_for(lambda: moved.app.metrics.processed >= 100, 60, "100 more records processed")
+    moved.stop()
+    assert not moved.errors
+    assert moved.app.metrics.restored_records >= 37  # at least one record per customer
+    assert set(output_ids(settings, out)) == expected_ids(first + second + third)
+
+
+def test_undecodable_records_are_dead_lettered_and_processing_goes_on(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    src, out, name, dlq = names("in"), names("out"), names("app"), names("dlq")
+    make_topics(settings, src, out)
+    good = payments(50, 5)
+    producer = EventProducer(settings)
+    producer.produce_raw(src, "c1", b'{"type": "payment", "event_id": 1}')
+    producer.produce_raw(src, "c2", b"\xff not json <script>")
+    producer.produce_raw(src, "c3", None)  # type: ignore[arg-type]
+    producer.flush()
+    produce(settings, src, good)
+
+    running = run_app(counting_app(settings, name, src, out, dlq_topic=dlq))
+    wait_for(lambda: running.app.metrics.processed >= 53, 60, "53 records consumed")
+    running.stop()
+    assert not running.errors
+    assert running.app.metrics.dead_lettered == 3
+    assert set(output_ids(settings, out)) == expected_ids(good)
+    letters = [msgspec.json.decode(v, type=DeadLetter) for _, v in read_all(settings, dlq, 1)]
+    assert sorted(bytes(letter.raw) for letter in letters) == sorted(
+        [b"", b'{"type": "payment", "event_id": 1}', b"\xff not json <script>"]
+    )
+    for letter in letters:
+        assert letter.stage == name
+        assert letter.topic == src
+        assert letter.offset >= 0
+        assert letter.reason
+    assert any("event_id" in letter.reason for letter in letters)
+
+
+class Exploding(Operator[Payment]):
+    id = "exploding"
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        for rec in batch:
+            if rec.event.event_id == "p7":
+                raise ValueError("amount out of range")
+            ctx.emit(self.output, rec.event)
+
+    def __init__(self, output: str, dead_letter: bool = False) -> None:
+        self.output = output
+        self.dead_letter_errors = dead_letter
+
+
+def test_operator_error_stops_loudly_with_topic_partition_offset(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out, partitions=1)
+    produce(settings, src, payments(20, 3))
+    app = Application(settings, name=name, inputs=[src], operators=[Exploding(out)], instance_id="t1")
+    with pytest.raises(PipelineError, match=rf"operator 'exploding' failed on {src}\[0\] offsets .*@0\.\..*"):
+        app.run()
+    # Exactly-once: the failed checkpoint's outputs were aborted, nothing is visible.
+    assert output_ids(settings, out, 1) == []
+
+
+def test_operator_with_dead_letter_policy_continues(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    src, out, name, dlq = names("in"), names("out"), names("app"), names("dlq")
+    make_topics(settings, src, out, partitions=1)
+    produce(settings, src, payments(20, 3))
+    running = run_app(
+        Application(
+            settings,
+            name=name,
+            inputs=[src],
+            operators=[Exploding(out, True)],
+            dlq_topic=dlq,
+            instance_id="t1",
+        )
+    )
+    wait_for(lambda: running.app.metrics.processed >= 20, 60, "20 records processed")
+    running.stop()
+    assert not running.errors
+    assert len(output_ids(settings, out, 1)) == 19
+    (letter,) = [msgspec.json.decode(v, type=DeadLetter) for _, v in read_all(settings, dlq, 1)]
+    assert letter.offset == 7
+    assert "amount out of range" in letter.reason
+    assert decode_event(letter.raw).event_id == "p7"
+
+
+def test_co_partitioned_inputs_share_state(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    src1, src2, out, name = names("in1"), names("in2"), names("out"), names("app")
+    make_topics(settings, src1, src2, out)
+    a, b = payments(300, 11, "x"), payments(300, 11, "y")
+    produce(settings, src1, a)
+    produce(settings, src2, b)
+    running = run_app(
+        Application(settings, name=name, inputs=[src1, src2], operators=[RunningCount(out)], instance_id="t1")
+    )
+    wait_for(lambda: running.app.metrics.processed >= 600, 60, "600 records processed")
+    assigned = running.app.metrics.assigned
+    running.stop()
+    assert not running.errors
+    assert {t for t, _ in assigned} == {src1, src2}
+    assert len(assigned) == 6
+    # Each customer's count runs over both topics: the highest count per customer is its total.
+    ids = output_ids(settings, out)
+    best: dict[str, int] = {}
+    events = {e.event_id: e for e in a + b}
+    for i in ids:
+        eid, n = i.split("#")
+        customer = events[eid].entities.customer or "?"
+        best[customer] = max(best.get(customer, 0), int(n))
+    totals: dict[str, int] = {}
+    for e in a + b:
+        totals[e.entities.customer or "?"] = totals.get(e.entities.customer or "?", 0) + 1
+    assert best == totals
+
+
+class Forward(Operator[Payment]):
+    """Stateless: forwards every payment."""
+
+    id = "forward"
+
+    def __init__(self, output: str) -> None:
+        self.output = output
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        for rec in batch:
+            ctx.emit(self.output, rec.event)
+
+
+def test_stateless_inputs_with_unequal_partition_counts_are_each_assigned(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    one, three, out, name = names("one"), names("three"), names("out"), names("app")
+    make_topics(settings, one, partitions=1)
+    make_topics(settings, three, out)
+    produce(settings, one, payments(40, 7, "o"))
+    produce(settings, three, payments(60, 7, "t"))
+    running = run_app(Application(settings, name=name, inputs=[one, three], operators=[Forward(out)]))
+    wait_for(lambda: running.app.metrics.processed >= 100, 60, "100 records processed")
+    running.stop()
+    assert not running.errors
+    assert len(output_ids(settings, out)) == 100
+
+    stateful = Application(settings, name=names("bad"), inputs=[one, three], operators=[RunningCount(out)])
+    with pytest.raises(ConfigError, match=r"stateful applications need co-partitioned inputs .*got \{"):
+        stateful.run()

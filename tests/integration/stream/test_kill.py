@@ -1,0 +1,157 @@
+"""Crash tests: ``kill -9`` of worker processes in exactly-once mode loses and duplicates nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from tests.integration.stream.apps import expected_ids, payments, read_all
+from tests.integration.stream.conftest import make_topics, produce, wait_for
+
+from vigil.config import Settings
+from vigil.events.codec import decode_event
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+class Workers:
+    def __init__(self, tmp: Path, base: dict[str, object]) -> None:
+        self.tmp = tmp
+        self.base = base
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, instance: str) -> None:
+        config = dict(
+            self.base, instance=instance, home=str(self.tmp / instance), status=str(self.status(instance))
+        )
+        path = self.tmp / f"{instance}.json"
+        path.write_text(json.dumps(config))
+        with (self.tmp / f"{instance}.log").open("ab") as log:
+            self.procs[instance] = subprocess.Popen(
+                [sys.executable, "-m", "tests.integration.stream.apps", str(path)],
+                cwd=REPO,
+                stdout=log,
+                stderr=log,
+            )
+
+    def status(self, instance: str) -> Path:
+        return self.tmp / f"{instance}.status"
+
+    def assigned(self, instance: str) -> list[object]:
+        try:
+            return list(json.loads(self.status(instance).read_text())["assigned"])
+        except (OSError, ValueError):
+            return []
+
+    def kill(self, instance: str) -> None:
+        proc = self.procs.pop(instance)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        self.status(instance).unlink(missing_ok=True)
+
+    def stop_all(self) -> None:
+        for instance, proc in list(self.procs.items()):
+            proc.send_signal(signal.SIGTERM)
+            try:
+                code = proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+            assert code == 0, f"worker {instance} exited with {code}: {self.log(instance)}"
+        self.procs.clear()
+
+    def log(self, instance: str) -> str:
+        return (self.tmp / f"{instance}.log").read_text()[-3000:]
+
+
+@pytest.fixture
+def workers_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, object]], Workers]]:
+    made: list[Workers] = []
+
+    def make(base: dict[str, object]) -> Workers:
+        made.append(Workers(tmp_path, base))
+        return made[-1]
+
+    yield make
+    for w in made:
+        for proc in w.procs.values():
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+def committed_ids(settings: Settings, topic: str) -> list[str]:
+    return [decode_event(v).event_id for _, v in read_all(settings, topic, 3)]
+
+
+def test_kill_9_mid_stream_then_restart_is_exactly_once(
+    settings: Settings, names: Callable[[str], str], workers_factory: Callable[[dict[str, object]], Workers]
+) -> None:
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out)
+    events = payments(3000, 101)
+    produce(settings, src, events)
+    workers = workers_factory(
+        {
+            "bootstrap": settings.kafka_bootstrap,
+            "name": name,
+            "input": src,
+            "output": out,
+            "pause_s": 0.05,
+            "batch_size": 50,
+        }
+    )
+    workers.start("w1")
+    wait_for(lambda: len(committed_ids(settings, out)) >= 600, 60, "600 committed outputs")
+    workers.kill("w1")
+    killed_at = len(committed_ids(settings, out))
+    assert killed_at < 3000, "the worker finished before it was killed; the test proves nothing"
+
+    workers.start("w1")  # same instance id: fences the dead one's open transaction at once
+    wait_for(lambda: len(committed_ids(settings, out)) >= 3000, 90, "3000 committed outputs")
+    workers.stop_all()
+    ids = committed_ids(settings, out)
+    assert len(ids) == len(set(ids)), "duplicate outputs"
+    assert set(ids) == expected_ids(events)
+
+
+def test_two_workers_one_killed_survivor_completes_without_duplicates(
+    settings: Settings, names: Callable[[str], str], workers_factory: Callable[[dict[str, object]], Workers]
+) -> None:
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out)
+    workers = workers_factory(
+        {
+            "bootstrap": settings.kafka_bootstrap,
+            "name": name,
+            "input": src,
+            "output": out,
+            "pause_s": 0.05,
+            "batch_size": 50,
+        }
+    )
+    workers.start("w1")
+    workers.start("w2")
+    wait_for(
+        lambda: bool(workers.assigned("w1")) and bool(workers.assigned("w2")),
+        60,
+        "both workers own partitions",
+    )
+    events = payments(3000, 101)
+    produce(settings, src, events)
+    wait_for(lambda: len(committed_ids(settings, out)) >= 600, 60, "600 committed outputs")
+    assert workers.assigned("w1")
+    assert workers.assigned("w2")
+    workers.kill("w1")
+    wait_for(lambda: len(workers.assigned("w2")) == 3, 60, "the survivor owns every partition")
+    wait_for(lambda: len(committed_ids(settings, out)) >= 3000, 90, "3000 committed outputs")
+    workers.stop_all()
+    ids = committed_ids(settings, out)
+    assert len(ids) == len(set(ids)), "duplicate outputs"
+    assert set(ids) == expected_ids(events)

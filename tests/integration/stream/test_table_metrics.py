@@ -1,0 +1,232 @@
+"""Global table over a compacted topic; repartitioning through a real topic; Prometheus metrics."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+from tests.integration.stream.apps import RunningCount, payments, read_all
+from tests.integration.stream.conftest import Running, make_topics, produce, wait_for
+
+from vigil.config import Settings
+from vigil.events.base import Entities, Event
+from vigil.events.codec import decode_event
+from vigil.events.types import IntelIndicator, IntelIndicatorPayload, Login, Payment
+from vigil.hub.admin import ensure_topics
+from vigil.hub.broker import free_port_block
+from vigil.hub.client import EventProducer, make_admin
+from vigil.hub.topics import TopicSpec
+from vigil.stream.app import Application
+from vigil.stream.base import Context, Operator, Record, StoreSpec
+from vigil.stream.join import IntervalJoin
+from vigil.stream.metrics import serve_metrics
+from vigil.stream.repartition import group_by
+from vigil.stream.table import GlobalTable
+from vigil.stream.windows import Count, Window, WindowedAggregate
+
+Start = Callable[[Application], Running]
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def indicator(address: str, category: str = "sanctioned", version: str = "v1") -> IntelIndicator:
+    return IntelIndicator(
+        event_id=f"ind-{address}-{version}",
+        source="ofac",
+        occurred_at=T0,
+        payload=IntelIndicatorPayload(
+            indicator_type="eth_address",
+            value=address,
+            category=category,  # type: ignore[arg-type]
+            feed="ofac",
+            list_version=version,
+        ),
+    )
+
+
+def test_global_table_loads_compacted_topic_and_follows_updates(
+    settings: Settings, names: Callable[[str], str]
+) -> None:
+    topic = names("intel")
+    ensure_topics(
+        settings,
+        [TopicSpec(topic, "indicator", "raw", "test", partitions=3, retention=None, cleanup="compact")],
+    )
+    producer = EventProducer(settings)
+    for addr in ("0xa1", "0xb2", "0xc3"):
+        producer.produce(indicator(addr), topic=topic)
+    producer.produce_raw(topic, "eth_address:0xb2", None)  # type: ignore[arg-type]  # withdrawn
+    producer.produce_raw(topic, "eth_address:0xbad", b"{not an indicator")
+    producer.flush()
+
+    table: GlobalTable[object] = GlobalTable(settings, topic).start(timeout_s=30)
+    try:
+        assert table.ready
+        assert sorted(k for k, _ in table.items()) == ["eth_address:0xa1", "eth_address:0xc3"]
+        assert table.errors == 1
+        got = table.get("eth_address:0xa1")
+        assert isinstance(got, IntelIndicator)
+        assert got.payload.category == "sanctioned"
+
+        producer.produce(indicator("0xa1", "mixer", "v2"), topic=topic)
+        producer.flush()
+
+        def updated() -> bool:
+            current = table.get("eth_address:0xa1")
+            return isinstance(current, IntelIndicator) and current.payload.list_version == "v2"
+
+        wait_for(updated, 30, "the table to see the new version")
+    finally:
+        table.stop()
+
+
+def test_group_by_repartitions_through_a_topic_to_a_second_application(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    src, out, first, second = names("in"), names("out"), names("rekey"), names("byip")
+    make_topics(settings, src, out)
+    op, spec = group_by(first, "ip", partitions=3)
+    events = [
+        e.__class__(
+            event_id=e.event_id,
+            source=e.source,
+            occurred_at=e.occurred_at,
+            entities=Entities(customer=e.entities.customer, ip=f"10.0.0.{i % 4}"),
+            payload=e.payload,
+        )
+        for i, e in enumerate(payments(120, 30))
+    ]
+    produce(settings, src, events)
+    rekey = run_app(Application(settings, name=first, inputs=[src], operators=[op], internal_topics=[spec]))
+    wait_for(lambda: rekey.app.metrics.processed >= 120, 60, "re-keying")
+    byip = run_app(Application(settings, name=second, inputs=[spec.name], operators=[RunningCount(out)]))
+    wait_for(lambda: byip.app.metrics.processed >= 120, 60, "the second application")
+    rekey.stop()
+    byip.stop()
+    assert not rekey.errors
+    assert not byip.errors
+    # Keys on the repartition topic are IPs, and all events of one IP share one partition.
+    keyed = read_all(settings, spec.name, 3)
+    assert {k for k, _ in keyed} == {f"10.0.0.{i}".encode() for i in range(4)}
+    meta = make_admin(settings).list_topics(spec.name, timeout=10).topics[spec.name]
+    assert len(meta.partitions) == 3
+    assert len(read_all(settings, out, 3)) == 120
+    assert {decode_event(v).event_id.split("#")[0] for _, v in read_all(settings, out, 3)} == {
+        e.event_id for e in events
+    }
+
+
+def test_prometheus_metrics_expose_progress_lag_and_checkpoints(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out)
+    produce(settings, src, payments(300, 17))
+    running = run_app(Application(settings, name=name, inputs=[src], operators=[RunningCount(out)]))
+    wait_for(lambda: running.app.metrics.processed >= 300, 60, "300 records processed")
+    wait_for(lambda: running.app.metrics.checkpoints >= 1, 30, "a checkpoint")
+    port = free_port_block(1)
+    serve_metrics(running.app.prometheus.registry, port)
+    wait_for(
+        lambda: "vigil_stream_consumer_lag{" in _scrape(port), 30, "the lag gauge (updated once a second)"
+    )
+    text = _scrape(port)
+    running.stop()
+    assert f'vigil_stream_records_total{{app="{name}"}} 300.0' in text
+    assert "vigil_stream_checkpoint_seconds_count" in text
+    assert "vigil_stream_batch_size_bucket" in text
+    assert "vigil_stream_state_keys{" in text
+    lags = [line for line in text.splitlines() if line.startswith("vigil_stream_consumer_lag{")]
+    assert lags
+    assert all(line.endswith(" 0.0") for line in lags), lags
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+class Velocity(Operator[Payment]):
+    """Windowed count per customer; late events go to the late topic."""
+
+    id = "velocity"
+    stores = (StoreSpec("velocity", 1),)
+    agg = WindowedAggregate(StoreSpec("velocity", 1), Window.sliding("5m", lateness="10s"), {"n": Count()})
+
+    def __init__(self, output: str) -> None:
+        self.output = output
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        state = ctx.state(self.agg.store)
+        for rec in batch:
+            if self.agg.update(state, rec.event.key() or "", rec.event.occurred_at) is None:
+                ctx.late(rec)
+            else:
+                ctx.emit(self.output, rec.event)
+
+
+def test_late_events_are_counted_and_sent_to_the_late_topic(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    src, out, late, name = names("in"), names("out"), names("late"), names("app")
+    make_topics(settings, src, out, partitions=1)
+    events = payments(10, 1)  # one customer, one second apart
+    # 14 s behind the newest event (T0 + 9 s) with 10 s allowed: late.
+    stale = msgspec.structs.replace(events[0], event_id="stale")
+    stale = msgspec.structs.replace(stale, occurred_at=events[0].occurred_at - timedelta(seconds=5))
+    produce(settings, src, [*events, stale])
+    app = Application(settings, name=name, inputs=[src], operators=[Velocity(out)], late_topic=late)
+    running = run_app(app)
+    wait_for(lambda: running.app.metrics.processed >= 11, 60, "11 records processed")
+    running.stop()
+    assert not running.errors
+    assert running.app.metrics.late == 1
+    assert [decode_event(v).event_id for _, v in read_all(settings, late, 1)] == ["stale"]
+    assert len(read_all(settings, out, 1)) == 10
+
+
+def test_interval_join_pairs_co_partitioned_topics_on_kafka(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    logins, withdrawals, out, name = names("identity"), names("payments"), names("out"), names("app")
+    make_topics(settings, logins, withdrawals, out)
+
+    def pair(left: Event, right: Event, ctx: Context) -> None:
+        ctx.emit(out, msgspec.structs.replace(right, event_id=f"{left.event_id}+{right.event_id}"))
+
+    join = IntervalJoin(
+        "login-then-withdrawal",
+        StoreSpec("ltw", 1),
+        left=logins,
+        right=withdrawals,
+        within="2m",
+        on_match=pair,
+        lateness="10m",  # the two topics are read concurrently: allow for their skew
+    )
+    customers = [f"c{i}" for i in range(12)]
+    produce(
+        settings,
+        logins,
+        [
+            Login(event_id=f"l-{c}", source="t", occurred_at=T0, entities=Entities(customer=c))
+            for c in customers
+        ],
+    )
+    wds = [
+        msgspec.structs.replace(p, event_id=f"w-{c}", entities=Entities(customer=c), occurred_at=T0 + delay)
+        for c, p, delay in zip(
+            customers,
+            payments(12, 12),
+            [timedelta(minutes=1 if i % 2 == 0 else 5) for i in range(12)],
+            strict=True,
+        )
+    ]
+    produce(settings, withdrawals, wds)
+    running = run_app(Application(settings, name=name, inputs=[logins, withdrawals], operators=[join]))
+    wait_for(lambda: running.app.metrics.processed >= 24, 60, "24 records processed")
+    running.stop()
+    assert not running.errors
+    got = sorted(decode_event(v).event_id for _, v in read_all(settings, out, 3))
+    # Only the withdrawals within 2 minutes of their customer's login pair up, across the two topics.
+    assert got == sorted(f"l-{c}+w-{c}" for i, c in enumerate(customers) if i % 2 == 0)

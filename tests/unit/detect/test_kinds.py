@@ -1,0 +1,208 @@
+"""Rule-kind behaviours the shipped rules do not all exercise: negation, deviation measures,
+threshold windows sliding and cooling down, look-alike keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vigil.detect.cases import run_case
+from vigil.detect.kinds.lookalike import imitation_key
+from vigil.detect.rules.validate import validate_paths
+
+HEAD = """\
+rules:
+  - id: rule-under-test
+    version: 1
+    typology: test
+    severity: low
+    score: 10
+    explanation: "{entity}"
+"""
+
+
+def run(tmp_path: Path, rule: str, events: str) -> list[str]:
+    """Alerts (entity ids) the rule raises over the events; a validation error fails loudly."""
+    text = HEAD + rule + "cases:\n  - name: c\n    events:\n" + events + "    expect: none\n"
+    (tmp_path / "r.yaml").write_text(text)
+    v = validate_paths([tmp_path])
+    assert [str(i) for i in v.errors] == []
+    result = run_case(v.cases[0], v.rules)
+    return [a.payload.entity.id for a in result.alerts]
+
+
+SEQUENCE = """\
+    type: sequence
+    group_by: customer
+    within: 1h
+    steps:
+      - {name: a, type: password_reset}
+      - {name: b, type: withdrawal_address_added}
+    absent:
+      - {type: mfa_challenge, where: {payload.result: approved}}
+"""
+
+
+def test_sequence_negation_clears_a_partial_match(tmp_path: Path) -> None:
+    addr = 'payload: {address: "0x1", asset: ETH, chain: ethereum}'
+    plain = (
+        "      - {type: password_reset, at: 0, customer: c1}\n"
+        f"      - {{type: withdrawal_address_added, at: 5m, customer: c1, {addr}}}\n"
+    )
+    assert run(tmp_path, SEQUENCE, plain) == ["c1"]
+    negated = (
+        "      - {type: password_reset, at: 0, customer: c1}\n"
+        "      - {type: mfa_challenge, at: 1m, customer: c1, payload: {result: approved}}\n"
+        f"      - {{type: withdrawal_address_added, at: 5m, customer: c1, {addr}}}\n"
+    )
+    assert run(tmp_path, SEQUENCE, negated) == []
+    too_late = (
+        "      - {type: password_reset, at: 0, customer: c1}\n"
+        f"      - {{type: withdrawal_address_added, at: 2h, customer: c1, {addr}}}\n"
+    )
+    assert run(tmp_path, SEQUENCE, too_late) == []
+
+
+def withdrawals(*amounts: float, gap: str = "1h") -> str:
+    hours = int(gap.rstrip("h"))
+    return "".join(
+        f"      - {{type: withdrawal_request, at: {i * hours}h, customer: c1, "
+        f"payload: {{withdrawal_id: w{i}, asset: USD, amount: {a}, amount_usd: {a}}}}}\n"
+        for i, a in enumerate(amounts)
+    )
+
+
+def test_deviation_amount_is_relative_to_the_entitys_own_largest(tmp_path: Path) -> None:
+    rule = """\
+    type: deviation
+    match: {type: withdrawal_request}
+    group_by: customer
+    measure: amount
+    field: payload.amount_usd
+    min_history: 3
+    condition: {gte: 10}
+"""
+    assert run(tmp_path, rule, withdrawals(100, 120, 90, 1500)) == ["c1"]
+    assert run(tmp_path, rule, withdrawals(100, 120, 90, 1100)) == []  # under 10x the largest
+    assert run(tmp_path, rule, withdrawals(100, 5000)) == []  # too little history to judge
+
+
+def test_deviation_gap_measures_dormancy(tmp_path: Path) -> None:
+    rule = """\
+    type: deviation
+    match: {type: withdrawal_request}
+    group_by: customer
+    measure: gap
+    min_history: 1
+    condition: {gte: 30}
+"""
+    assert run(tmp_path, rule, withdrawals(10, 10, gap="1000h")) == ["c1"]
+    assert run(tmp_path, rule, withdrawals(10, 10, gap="24h")) == []
+
+
+def test_deviation_hour_flags_an_unusual_time(tmp_path: Path) -> None:
+    rule = """\
+    type: deviation
+    match: {type: login}
+    group_by: customer
+    measure: hour
+    min_history: 5
+    condition: {lte: 0.0}
+"""
+    usual = "".join(f"      - {{type: login, at: {d * 24 + 9}h, customer: c1}}\n" for d in range(6))
+    assert run(tmp_path, rule, usual + "      - {type: login, at: 147h, customer: c1}\n") == ["c1"]
+    assert run(tmp_path, rule, usual + "      - {type: login, at: 153h, customer: c1}\n") == []
+
+
+def test_threshold_window_slides_and_cools_down(tmp_path: Path) -> None:
+    rule = """\
+    type: threshold
+    match: {type: failed_login}
+    group_by: ip
+    timespan: 10m
+    condition: {gte: 3}
+    cooldown: 30m
+"""
+    spread = "".join(f"      - {{type: failed_login, at: {i * 6}m, ip: 192.0.2.1}}\n" for i in range(6))
+    assert run(tmp_path, rule, spread) == []  # never three inside ten minutes
+    burst = "".join(f"      - {{type: failed_login, at: {i}m, ip: 192.0.2.1}}\n" for i in range(8))
+    assert run(tmp_path, rule, burst) == ["192.0.2.1"]  # one alert per burst, then quiet
+    two = burst + "".join(f"      - {{type: failed_login, at: {40 + i}m, ip: 192.0.2.1}}\n" for i in range(3))
+    assert run(tmp_path, rule, two) == ["192.0.2.1", "192.0.2.1"]
+
+
+def test_imitation_key_uses_head_and_tail_case_folded() -> None:
+    a = "0xAbCd1234567890abcdef1234567890abcdef9876"
+    assert imitation_key(a, 4) == "abcd|9876"
+    assert imitation_key("0xabcd" + "0" * 32 + "9876", 4) == imitation_key(a, 4)
+    assert imitation_key("0x1234", 4) is None  # too short to imitate anything
+
+
+def test_sweep_drops_expired_windows_and_keeps_live_ones(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from vigil.detect.engine import DetectOperator, RuleSet
+    from vigil.detect.rules.validate import CASE_BASE
+    from vigil.events.base import Entities
+    from vigil.events.types import FailedLogin
+    from vigil.testing import run_operators
+
+    rule = """\
+    type: threshold
+    match: {type: failed_login}
+    group_by: ip
+    timespan: 10m
+    condition: {gte: 100}
+"""
+    (tmp_path / "r.yaml").write_text(HEAD + rule)
+    rules = validate_paths([tmp_path]).rules
+    events = [
+        FailedLogin(
+            event_id=f"f{i}",
+            source="t",
+            occurred_at=CASE_BASE + timedelta(minutes=m),
+            entities=Entities(ip=ip),
+        )
+        for i, (m, ip) in enumerate([(0, "192.0.2.1"), (1, "192.0.2.2"), (30, "192.0.2.3")])
+    ]
+    op = DetectOperator(RuleSet(rules))
+    result = run_operators([op], events)
+    det = op.ruleset.detectors[0]
+    state = result.states[(det.store_id, 0)]
+    assert sorted(state.data) == ["w:ip:192.0.2.1", "w:ip:192.0.2.2", "w:ip:192.0.2.3"]
+    assert det.sweep(state, (CASE_BASE + timedelta(minutes=35)).timestamp()) == 2
+    assert sorted(state.data) == ["w:ip:192.0.2.3"]
+
+
+RATIO = """\
+    type: sequence
+    group_by: customer
+    within: 2h
+    steps:
+      - name: deposit
+        type: deposit
+      - name: out
+        type: withdrawal_request
+        ratio_to: {step: deposit, field: payload.amount_usd, of: payload.amount_usd, gte: 0.9}
+        first_seen: payload.to_address
+        seen_also:
+          - {type: deposit, field: payload.from_address}
+"""
+
+
+def money(kind: str, at: str, amount: float, address: str) -> str:
+    ids = {"deposit": ("deposit_id", "from_address"), "withdrawal_request": ("withdrawal_id", "to_address")}
+    id_key, address_key = ids[kind]
+    payload = (
+        f"{id_key}: x{at}, asset: USDT, amount: {amount}, amount_usd: {amount}, {address_key}: {address}"
+    )
+    return f"      - {{type: {kind}, at: {at}, customer: c1, payload: {{{payload}}}}}\n"
+
+
+def test_sequence_ratio_and_known_counterparties(tmp_path: Path) -> None:
+    passed_on = money("deposit", "0", 1000, "'0xa'") + money("withdrawal_request", "10m", 950, "'0xb'")
+    assert run(tmp_path, RATIO, passed_on) == ["c1"]
+    too_little = money("deposit", "0", 1000, "'0xa'") + money("withdrawal_request", "10m", 500, "'0xb'")
+    assert run(tmp_path, RATIO, too_little) == []
+    # Sending back to where the money came from is not "new": seen_also fed the history.
+    back_home = money("deposit", "0", 1000, "'0xa'") + money("withdrawal_request", "10m", 950, "'0xa'")
+    assert run(tmp_path, RATIO, back_home) == []

@@ -1,0 +1,181 @@
+"""Poisoning and exposure detectors on the real OFAC and ScamSniffer addresses (loaded at test time)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from vigil.detect.engine import RuleSet, detect_events
+from vigil.detect.intel import IntelIndex, indicators_from_files
+from vigil.detect.kinds.lookalike import imitation_key
+from vigil.detect.rules.models import Rule
+from vigil.detect.rules.validate import load_rules
+from vigil.events.base import Entities, Event
+from vigil.events.types import (
+    ChainTransfer,
+    ChainTransferPayload,
+    Deposit,
+    DepositPayload,
+    WithdrawalRequest,
+    WithdrawalRequestPayload,
+)
+
+ROOT = Path(__file__).resolve().parents[3]
+INTEL = ROOT.parent / "shared" / "data" / "intel"
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+pytestmark = pytest.mark.skipif(
+    not (INTEL / "ofac").is_dir(), reason=f"shared intel data not found at {INTEL}"
+)
+
+
+def shipped(*ids: str) -> list[Rule]:
+    rules = {r.id: r for r in load_rules([ROOT / "rules"])}
+    return [rules[i] for i in ids]
+
+
+def ofac_eth() -> list[str]:
+    return sorted(
+        {a.strip().lower() for a in (INTEL / "ofac" / "sanctioned_addresses_ETH.txt").read_text().split()}
+    )
+
+
+def scam() -> list[str]:
+    return sorted({a.lower() for a in json.loads((INTEL / "scamsniffer" / "address.json").read_text())})
+
+
+def deposit(n: int, customer: str, source: str, at: datetime) -> Deposit:
+    return Deposit(
+        event_id=f"dep-{n}",
+        source="test",
+        occurred_at=at,
+        entities=Entities(customer=customer),
+        payload=DepositPayload(
+            deposit_id=f"d{n}", asset="ETH", amount=1.0, amount_usd=3000.0, from_address=source
+        ),
+    )
+
+
+def withdrawal(n: int, customer: str, dest: str, at: datetime) -> WithdrawalRequest:
+    return WithdrawalRequest(
+        event_id=f"wd-{n}",
+        source="test",
+        occurred_at=at,
+        entities=Entities(customer=customer),
+        payload=WithdrawalRequestPayload(
+            withdrawal_id=f"w{n}", asset="ETH", amount=1.0, amount_usd=3000.0, to_address=dest
+        ),
+    )
+
+
+def transfer(n: int, a: str, b: str, at: datetime) -> ChainTransfer:
+    return ChainTransfer(
+        event_id=f"tx-{n}",
+        source="ethereum",
+        occurred_at=at,
+        entities=Entities(wallet=a, counterparty=b),
+        payload=ChainTransferPayload(
+            chain="ethereum",
+            tx_hash=f"0x{n:064x}",
+            block_number=n,
+            from_address=a,
+            to_address=b,
+            asset="ETH",
+            value_raw=10**18,
+            decimals=18,
+            amount=1.0,
+            amount_usd=3000.0,
+        ),
+    )
+
+
+def imitate(address: str, chars: int) -> str:
+    """A look-alike: same first and last ``chars`` hex digits, every middle digit changed."""
+    body = address[2:]
+    middle = "".join("0" if c != "0" else "1" for c in body[chars:-chars])
+    return "0x" + body[:chars] + middle + body[-chars:]
+
+
+def test_withdrawals_to_lookalikes_of_real_listed_addresses_are_held() -> None:
+    real = [*ofac_eth(), *scam()]
+    assert len(real) > 2500
+    sample = real[:: max(1, len(real) // 200)]
+    events: list[Event] = [deposit(i, f"c{i}", a, T0 + timedelta(seconds=i)) for i, a in enumerate(real)]
+    later = T0 + timedelta(days=1)
+    events += [
+        withdrawal(i, f"v{i}", imitate(a, 4), later + timedelta(seconds=i)) for i, a in enumerate(sample)
+    ]
+    events += [
+        withdrawal(10_000 + i, f"h{i}", a, later + timedelta(hours=1, seconds=i))
+        for i, a in enumerate(sample)
+    ]
+    alerts, decisions = detect_events(RuleSet(shipped("poisoning-withdrawal")), events)
+    held = {a.payload.entity.id for a in alerts}
+    assert held == {f"v{i}" for i in range(len(sample))}  # every imitation, and no real address
+    assert {d.payload.action for d in decisions} == {"hold_withdrawal"}
+    first = next(a for a in alerts if a.payload.entity.id == "v0")
+    assert first.payload.related[1].id == sample[0]
+
+
+def test_real_addresses_flag_each_other_only_where_they_truly_share_head_and_tail() -> None:
+    real = [*ofac_eth(), *scam()]
+    keys = Counter(imitation_key(a, 4) for a in real)
+    expected = sorted(a for a in real if keys[imitation_key(a, 4)] > 1)
+    events: list[Event] = [deposit(i, "book", a, T0 + timedelta(seconds=i)) for i, a in enumerate(real)]
+    later = T0 + timedelta(days=1)
+    events += [withdrawal(i, f"c{i}", a, later + timedelta(seconds=i)) for i, a in enumerate(real)]
+    alerts, _ = detect_events(RuleSet(shipped("poisoning-withdrawal")), events)
+    flagged = sorted(str(a.payload.evidence[0].fields["to_address"]) for a in alerts)
+    assert flagged == expected
+
+
+def test_exposure_one_and_two_hops_from_a_real_sanctioned_address() -> None:
+    sdn = ofac_eth()[7]
+    hop1, hop2, hop3 = (f"0x{n:040x}" for n in (0xA1, 0xA2, 0xA3))
+    intel = IntelIndex()
+    for ind in indicators_from_files(INTEL, T0):
+        intel.apply(ind)
+    assert sdn in intel
+    events: list[Event] = [
+        transfer(1, sdn, hop1, T0 + timedelta(minutes=1)),
+        transfer(2, hop1, hop2, T0 + timedelta(minutes=2)),
+        transfer(3, hop2, hop3, T0 + timedelta(minutes=3)),
+        deposit(1, "one-hop", hop1, T0 + timedelta(minutes=10)),
+        deposit(2, "two-hops", hop2, T0 + timedelta(minutes=11)),
+        deposit(3, "three-hops", hop3, T0 + timedelta(minutes=12)),
+        deposit(4, "direct", sdn, T0 + timedelta(minutes=13)),
+    ]
+    alerts, _ = detect_events(
+        RuleSet(shipped("sanctioned-exposure", "sanctioned-counterparty"), intel), events
+    )
+    got = sorted((a.payload.rule_id, a.payload.entity.id) for a in alerts)
+    assert got == [
+        ("sanctioned-counterparty", "direct"),
+        ("sanctioned-exposure", "one-hop"),
+        ("sanctioned-exposure", "two-hops"),
+    ]
+    direct = next(a for a in alerts if a.payload.entity.id == "direct")
+    assert direct.payload.intel_version is not None
+    assert direct.payload.intel_version.startswith("ofac@")
+    two = next(a for a in alerts if a.payload.entity.id == "two-hops")
+    assert sdn in two.payload.explanation
+
+
+def test_withdrawal_destination_that_later_pays_a_real_sanctioned_address() -> None:
+    sdn = ofac_eth()[3]
+    dest, middle = "0x" + "b1" * 20, "0x" + "c2" * 20
+    intel = IntelIndex()
+    intel.add(ofac_eth(), indicator_type="eth_address", category="sanctioned", feed="ofac", list_version="t")
+    events: list[Event] = [
+        withdrawal(1, "cust", dest, T0),
+        transfer(1, dest, middle, T0 + timedelta(hours=1)),
+        transfer(2, middle, sdn, T0 + timedelta(hours=2)),
+    ]
+    alerts, _ = detect_events(RuleSet(shipped("sanctioned-exposure"), intel), events)
+    assert [(a.payload.entity.id, [e.event_id for e in a.payload.evidence]) for a in alerts] == [
+        ("cust", ["wd-1", "tx-2"])
+    ]

@@ -1,0 +1,133 @@
+"""The validation pass: every problem reported at once, located, with the expected form."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from vigil.detect.rules.validate import load_rules, validate_paths
+from vigil.errors import RuleError
+
+GOOD = """\
+rules:
+  - id: fatigue
+    version: 1
+    type: threshold
+    typology: mfa_fatigue
+    severity: high
+    score: 70
+    explanation: "{count} denied prompts for {entity}"
+    match: {type: mfa_challenge, where: {payload.result: denied}}
+    group_by: customer
+    timespan: 10m
+    condition: {gte: 3}
+cases:
+  - name: three denials
+    events:
+      - {type: mfa_challenge, at: 0, customer: c1, payload: {result: denied}}
+      - {type: mfa_challenge, at: 1m, customer: c1, payload: {result: denied}}
+      - {type: mfa_challenge, at: 2m, customer: c1, payload: {result: denied}}
+    expect: [{rule: fatigue, entity: "customer:c1"}]
+"""
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def messages(tmp_path: Path) -> list[str]:
+    return [str(i) for i in validate_paths([tmp_path]).errors]
+
+
+def test_a_valid_file_loads_into_rules_and_cases(tmp_path: Path) -> None:
+    write(tmp_path, "ok.yaml", GOOD)
+    v = validate_paths([tmp_path])
+    assert v.errors == []
+    assert [r.key for r in v.rules] == ["fatigue.v1"]
+    assert v.rules[0].line == 2
+    assert [c.name for c in v.cases] == ["three denials"]
+
+
+def test_every_error_is_reported_with_file_line_and_column(tmp_path: Path) -> None:
+    bad = (
+        GOOD.replace("timespan: 10m", "timespan: 10 minutes")
+        .replace("severity: high", "severity: extreme")
+        .replace("type: mfa_challenge, where", "type: mfa_chalenge, where")
+    )
+    path = write(tmp_path, "bad.yaml", bad)
+    errors = messages(tmp_path)
+    assert f"{path}:11:15: error: rule 'fatigue'.timespan must be a duration like '30s'" in "\n".join(errors)
+    assert any(e.startswith(f"{path}:6:15:") and "one of: low, medium, high, critical" in e for e in errors)
+    assert any(e.startswith(f"{path}:9:") and "unknown event type(s) 'mfa_chalenge'" in e for e in errors)
+    assert len(errors) >= 3
+
+
+def test_unknown_keys_and_fields_name_what_is_expected(tmp_path: Path) -> None:
+    bad = GOOD.replace("    group_by: customer\n", "    group_by: customer\n    windw: 5m\n").replace(
+        "payload.result", "payload.reslt"
+    )
+    path = write(tmp_path, "typo.yaml", bad)
+    text = "\n".join(messages(tmp_path))
+    assert f"{path}:11:5: error: unknown key 'windw' in rule 'fatigue'; expected one of:" in text
+    assert "no field 'payload.reslt' on event type(s) mfa_challenge" in text
+
+
+def test_unknown_rule_type_fails_by_name(tmp_path: Path) -> None:
+    write(tmp_path, "kind.yaml", GOOD.replace("type: threshold", "type: thresold"))
+    text = "\n".join(messages(tmp_path))
+    assert (
+        "type must be one of: threshold, sequence, propagation, intel, exposure, lookalike, deviation" in text
+    )
+
+
+def test_explanation_placeholders_are_plain_known_names(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "tpl.yaml",
+        GOOD.replace('"{count} denied prompts for {entity}"', '"{entity.__class__} {nope}"'),
+    )
+    text = "\n".join(messages(tmp_path))
+    assert "placeholder {entity.__class__} must be a plain name" in text
+    assert "unknown placeholder {nope}" in text
+
+
+def test_yaml_syntax_error_is_located(tmp_path: Path) -> None:
+    path = write(tmp_path, "syntax.yaml", "rules:\n  - id: x\n    version: [1\n")
+    errors = messages(tmp_path)
+    assert len(errors) == 1
+    assert re.match(rf"{re.escape(str(path))}:\d+:\d+: error: not valid YAML", errors[0])
+
+
+def test_duplicate_keys_and_duplicate_ids_across_files(tmp_path: Path) -> None:
+    write(tmp_path, "a.yaml", GOOD)
+    write(tmp_path, "b.yaml", GOOD.replace("    score: 70\n", "    score: 70\n    score: 71\n"))
+    text = "\n".join(messages(tmp_path))
+    assert "duplicate key 'score'" in text
+    assert "duplicate rule id 'fatigue'" in text
+
+
+def test_bad_case_event_is_reported_with_the_contract_error(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "case.yaml",
+        GOOD.replace("payload: {result: denied}}\n    expect", "payload: {result: maybe}}\n    expect"),
+    )
+    text = "\n".join(messages(tmp_path))
+    assert f"{path}:18:" in text
+    assert "is not a valid 'mfa_challenge' event" in text
+
+
+def test_case_expecting_an_unknown_rule(tmp_path: Path) -> None:
+    write(tmp_path, "x.yaml", GOOD.replace("expect: [{rule: fatigue", "expect: [{rule: fatigue-2"))
+    assert any("expects unknown rule 'fatigue-2'" in e for e in messages(tmp_path))
+
+
+def test_load_rules_raises_with_every_error(tmp_path: Path) -> None:
+    write(tmp_path, "bad.yaml", GOOD.replace("version: 1", "version: 0").replace("score: 70", "score: 700"))
+    with pytest.raises(RuleError, match=r"2 error\(s\) in rule files") as info:
+        load_rules([tmp_path])
+    assert info.value.line == 3

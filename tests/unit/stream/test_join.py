@@ -1,0 +1,73 @@
+"""Interval join of two co-partitioned streams, through the in-memory harness."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from vigil.events.base import Entities, Event
+from vigil.events.types import Login, WithdrawalRequest, WithdrawalRequestPayload
+from vigil.stream.base import Context, StoreSpec
+from vigil.stream.join import IntervalJoin
+from vigil.testing import run_operators
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def login(i: int, customer: str, minute: float) -> Login:
+    return Login(
+        event_id=f"l{i}",
+        source="t",
+        occurred_at=T0 + timedelta(minutes=minute),
+        entities=Entities(customer=customer),
+    )
+
+
+def withdrawal(i: int, customer: str, minute: float) -> WithdrawalRequest:
+    return WithdrawalRequest(
+        event_id=f"w{i}",
+        source="t",
+        occurred_at=T0 + timedelta(minutes=minute),
+        entities=Entities(customer=customer),
+        payload=WithdrawalRequestPayload(withdrawal_id=f"w{i}", asset="BTC", amount=1.0),
+    )
+
+
+def topic_of(event: Event) -> str:
+    return f"events.{event.domain}"
+
+
+def test_pairs_within_the_interval_whichever_side_comes_first() -> None:
+    pairs: list[tuple[str, str]] = []
+
+    def matched(left: Event, right: Event, ctx: Context) -> None:
+        pairs.append((left.event_id, right.event_id))
+
+    join = IntervalJoin(
+        "login-withdrawal",
+        StoreSpec("login-withdrawal", 1),
+        left="events.identity",
+        right="events.payments",
+        within="10m",
+        lateness="1m",
+        on_match=matched,
+    )
+    events = [
+        login(1, "c1", 0),
+        withdrawal(1, "c1", 5),  # 5 min after l1: pair
+        withdrawal(2, "c2", 6),  # other customer: waits
+        login(2, "c2", 7),  # arrives after w2, 1 min apart: pair
+        withdrawal(3, "c1", 11),  # 11 min after l1: too far
+        login(3, "c1", 4.5),  # 6.5 min late: past the 1 min lateness, joins nothing
+    ]
+    result = run_operators([join], events, partitions=3, batch_size=2, topic_of=topic_of)
+    assert sorted(pairs) == [("l1", "w1"), ("l2", "w2")]
+    assert [r.event.event_id for r in result.late] == ["l3"]
+
+
+def test_join_needs_two_different_topics() -> None:
+    with pytest.raises(ValueError, match="left and right must be different topics"):
+        IntervalJoin(
+            "j", StoreSpec("j"), left="a", right="a", within="1m", on_match=lambda left, right, ctx: None
+        )

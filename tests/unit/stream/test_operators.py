@@ -1,0 +1,110 @@
+"""Operators and helpers through the in-memory harness (no broker)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from vigil.errors import ConfigError
+from vigil.events.base import Entities
+from vigil.events.types import ChainTransfer, ChainTransferPayload, Payment, PaymentPayload
+from vigil.stream.app import Application
+from vigil.stream.base import Context, Operator, Record, StoreSpec
+from vigil.stream.repartition import GroupBy, entity_key, group_by
+from vigil.stream.windows import Count, Sum, Window, WindowedAggregate
+from vigil.testing import run_operators
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+STORE = StoreSpec("velocity", 1)
+AGG = WindowedAggregate(STORE, Window.sliding("5m", lateness="30s"), {"n": Count(), "total": Sum()})
+
+
+def payment(i: int, customer: str, at: timedelta, amount: float = 10.0, ip: str | None = None) -> Payment:
+    return Payment(
+        event_id=f"p{i}",
+        source="t",
+        occurred_at=T0 + at,
+        entities=Entities(customer=customer, ip=ip),
+        payload=PaymentPayload(payment_id=f"p{i}", amount=amount, currency="USD"),
+    )
+
+
+class Velocity(Operator[Payment]):
+    id = "velocity"
+    stores = (STORE,)
+
+    def __init__(self) -> None:
+        self.hits: list[tuple[str, int, float]] = []
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        state = ctx.state(STORE)
+        for rec in batch:
+            res = AGG.update(state, rec.event.key() or "", rec.event.occurred_at, rec.event.payload.amount)
+            if res is None:
+                ctx.late(rec)
+                continue
+            self.hits.append((rec.event.event_id, res[0].values["n"], res[0].values["total"]))
+
+
+def test_window_helper_in_an_operator_counts_and_reports_late_events() -> None:
+    op = Velocity()
+    events = [
+        payment(1, "c1", timedelta(minutes=0), 5),
+        payment(2, "c1", timedelta(minutes=2), 7),
+        payment(3, "c1", timedelta(minutes=6), 1),  # p1 has left the 5-minute window
+        payment(4, "c1", timedelta(minutes=5)),  # 60 s behind: later than the 30 s allowed
+        payment(5, "c2", timedelta(minutes=6, seconds=1), 3),
+    ]
+    result = run_operators([op], events, batch_size=2)
+    assert op.hits == [("p1", 1, 5.0), ("p2", 2, 12.0), ("p3", 2, 8.0), ("p5", 1, 3.0)]
+    assert [r.event.event_id for r in result.late] == ["p4"]
+
+
+def test_group_by_rekeys_by_entity_and_skips_events_without_it() -> None:
+    op, spec = group_by("detect", "ip", partitions=6)
+    assert spec.name == "detect.repartition.by-ip"
+    assert spec.partitions == 6
+    events = [payment(1, "c1", timedelta(0), ip="1.2.3.4"), payment(2, "c2", timedelta(0))]
+    result = run_operators([op], events)
+    assert [(e.topic, e.key, e.event.event_id) for e in result.emits] == [
+        ("detect.repartition.by-ip", "1.2.3.4", "p1")
+    ]
+    assert op.skipped == 1
+
+
+def test_entity_key_rejects_unknown_kinds() -> None:
+    with pytest.raises(ValueError, match="unknown entity kind 'walet'; expected one of: customer"):
+        entity_key("walet")
+    transfer = ChainTransfer(
+        event_id="t1",
+        source="t",
+        occurred_at=T0,
+        entities=Entities(wallet="0xabc"),
+        payload=ChainTransferPayload(
+            chain="ethereum",
+            tx_hash="0x1",
+            block_number=1,
+            from_address="0xabc",
+            to_address="0xdef",
+            asset="ETH",
+            value_raw=1,
+            decimals=18,
+            amount=1e-18,
+        ),
+    )
+    assert entity_key("wallet")(transfer) == "0xabc"
+    assert isinstance(GroupBy("g", "t", entity_key("wallet")), Operator)
+
+
+def test_application_rejects_duplicate_operator_ids_and_bad_guarantee(tmp_path: object) -> None:
+    from vigil.config import Settings
+
+    settings = Settings(kafka_bootstrap="127.0.0.1:1")
+    with pytest.raises(ConfigError, match=r"duplicate operator ids \['velocity'\]"):
+        Application(settings, name="a", inputs=["x"], operators=[Velocity(), Velocity()])
+    with pytest.raises(ConfigError, match="guarantee must be exactly_once or at_least_once, got 'maybe'"):
+        Application(settings, name="a", inputs=["x"], operators=[], guarantee="maybe")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="expected at least one input topic"):
+        Application(settings, name="a", inputs=[], operators=[])
