@@ -118,10 +118,13 @@ class IntelFeed:
                         continue
                     value = msg.value()
                     if value is None:
-                        # A tombstone withdraws the indicator; its key is "<type>:<value>".
+                        # A tombstone withdraws one feed's listing; its key is "<type>:<value>@<feed>"
+                        # (values never contain "@" except e-mail addresses, hence rpartition).
                         key = (msg.key() or b"").decode("utf-8", "replace")
                         if ":" in key:
-                            self.index.remove(key.split(":", 1)[1])
+                            listed, at, feed = key.split(":", 1)[1].rpartition("@")
+                            if at:
+                                self.index.remove(listed, feed)
                         continue
                     try:
                         event = self._codec.decode(

@@ -3,9 +3,10 @@
 Indicators arrive as :class:`~vigil.events.types.IntelIndicator` records (the compacted
 ``intel.indicators`` topic, read whole by every detection process as a global table; or,
 in memory, inline in the event stream).  Each record replaces the previous version of
-that indicator, a revoked one removes it: the index is always the latest list, without a
-restart.  Every match reports the ``feed@list_version`` it was made against, which the
-alert records as ``intel_version``.
+that indicator *from its feed*, a revoked one removes that feed's listing: the index is
+always the latest lists, without a restart.  A value several feeds list stays indexed
+until every one of them has withdrawn it.  Every match reports the ``feed@list_version``
+it was made against, which the alert records as ``intel_version``.
 
 Values are normalised the way events carry them: EVM addresses and domains lower-case,
 other values as given.  Millions of indicators are one dict each (a few hundred bytes per
@@ -48,7 +49,8 @@ def normalise(value: str) -> str:
 
 class IntelIndex:
     def __init__(self) -> None:
-        self._entries: dict[str, IndicatorEntry] = {}
+        # value -> feed -> entry: one feed withdrawing a value leaves the others' listings.
+        self._entries: dict[str, dict[str, IndicatorEntry]] = {}
         self._feeds: dict[str, str] = {}
         self.updates = 0
 
@@ -63,19 +65,33 @@ class IntelIndex:
         """Every feed's current list version, e.g. ``ofac@2024-09-27,scamsniffer@2024-10-01``."""
         return ",".join(f"{feed}@{ver}" for feed, ver in sorted(self._feeds.items()))
 
+    def _put(self, key: str, entry: IndicatorEntry) -> None:
+        self._entries.setdefault(key, {})[entry.feed] = entry
+
+    def _drop(self, key: str, feed: str | None) -> bool:
+        listings = self._entries.get(key)
+        if listings is None:
+            return False
+        if feed is None:
+            del self._entries[key]
+            return True
+        found = listings.pop(feed, None) is not None
+        if not listings:
+            del self._entries[key]
+        return found
+
     def apply(self, indicator: IntelIndicator, now: datetime | None = None) -> None:
-        """Take one indicator record: add or replace it, or remove it when revoked or expired."""
+        """Take one indicator record: add or replace its feed's listing, or remove that listing
+        when revoked or expired."""
         p = indicator.payload
         key = normalise(p.value)
         self.updates += 1
         self._feeds[p.feed] = p.list_version
         expired = now is not None and p.valid_until is not None and p.valid_until <= now
         if p.revoked or expired:
-            self._entries.pop(key, None)
+            self._drop(key, p.feed)
             return
-        self._entries[key] = IndicatorEntry(
-            p.indicator_type, p.category, p.feed, p.list_version, p.description
-        )
+        self._put(key, IndicatorEntry(p.indicator_type, p.category, p.feed, p.list_version, p.description))
 
     @classmethod
     def from_events(cls, events: Iterable[object]) -> IntelIndex:
@@ -91,25 +107,39 @@ class IntelIndex:
     ) -> int:
         """Bulk load (a list file); returns how many values were added."""
         n = 0
+        entry = IndicatorEntry(indicator_type, category, feed, list_version)
         for value in values:
-            self._entries[normalise(value)] = IndicatorEntry(indicator_type, category, feed, list_version)
+            self._put(normalise(value), entry)
             n += 1
         self._feeds[feed] = list_version
         self.updates += n
         return n
 
-    def remove(self, value: str) -> bool:
-        """Withdraw an indicator (a tombstone on the compacted topic); True if it was there."""
+    def remove(self, value: str, feed: str | None = None) -> bool:
+        """Withdraw an indicator (every feed's listing, or one feed's); True if it was there."""
         self.updates += 1
-        return self._entries.pop(normalise(value), None) is not None
+        return self._drop(normalise(value), feed)
 
     def lookup(self, value: str | None) -> IndicatorEntry | None:
+        """The value's listing; with several feeds, the most severe category wins
+        (sanctioned before drainer/scam before the rest), then the feed name, for determinism."""
         if not value:
             return None
-        return self._entries.get(normalise(value))
+        listings = self._entries.get(normalise(value))
+        if not listings:
+            return None
+        if len(listings) == 1:
+            return next(iter(listings.values()))
+        return min(listings.values(), key=lambda e: (_SEVERITY.get(e.category, 9), e.feed))
 
     def items(self) -> Iterator[tuple[str, IndicatorEntry]]:
-        return iter(self._entries.items())
+        for key, listings in self._entries.items():
+            entry = self.lookup(key)
+            if entry is not None and listings:
+                yield key, entry
+
+
+_SEVERITY = {"sanctioned": 0, "drainer": 1, "scam": 2, "phishing": 3, "mixer": 4}
 
 
 # --------------------------------------------------------------------------- the public list files

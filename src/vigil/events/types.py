@@ -445,7 +445,9 @@ class IntelIndicator(Event, tag="intel_indicator", frozen=True):
     domain: ClassVar[str] = "intel"
 
     def key(self) -> str:
-        return f"{self.payload.indicator_type}:{self.payload.value}"
+        # The feed is part of the key: two feeds may list the same value, and on the
+        # compacted topic one feed's revocation must not erase the other's listing.
+        return f"{self.payload.indicator_type}:{self.payload.value}@{self.payload.feed}"
 
     payload: IntelIndicatorPayload
 

@@ -103,7 +103,7 @@ def _declared() -> tuple[TopicSpec, ...]:
     specs += [
         TopicSpec(
             name="intel.indicators",
-            key="<indicator_type>:<value>",
+            key="<indicator_type>:<value>@<feed>",
             value=(IntelIndicator,),
             description="Threat indicators; the latest version per indicator (tombstone = withdrawn)",
             partitions=3,

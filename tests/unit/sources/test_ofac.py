@@ -47,7 +47,7 @@ def test_eth_addresses_are_lower_cased_and_typed() -> None:
     first = path.read_text().split()[0]
     events = indicators(list_record(path))
     keys = {e.key() for e in events}
-    assert f"eth_address:{first.lower()}" in keys
+    assert f"eth_address:{first.lower()}@{events[0].payload.feed}" in keys
     assert all(e.payload.value == e.payload.value.lower() for e in events)
     assert all(e.entities.wallet == e.payload.value for e in events)
 
