@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from vigil.events.records import DeadLetter
 from vigil.events.types import Alert, Decision, IntelIndicator, IntelIndicatorPayload
 from vigil.hub.admin import ensure_topics
 from vigil.hub.client import EventProducer, make_consumer
-from vigil.hub.topics import DOMAINS, TOPICS, TopicSpec
 from vigil.sim import SimConfig, Simulation
 from vigil.testing import run_operators
 
@@ -44,22 +42,6 @@ def what(alert: Alert) -> tuple[str, str]:
 def decided(decision: Decision) -> tuple[str, str, str]:
     p = decision.payload
     return p.rule_id, p.action, f"{p.entity.kind}:{p.entity.id}"
-
-
-def wait_for(condition: Any, *, what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def caught_up(service: DetectionService, records: int) -> bool:
-    service.check()
-    return (
-        service.route_app.metrics.processed >= records
-        and service.detect_app.metrics.processed >= service.router.routed
-    )
 
 
 def read_all(
@@ -89,29 +71,8 @@ def read_all(
 
 def test_detection_application_on_the_broker_matches_in_memory_detection(settings: Settings) -> None:
     prefix = f"t-detect-{uuid.uuid4().hex[:8]}."
-    topo = DetectTopology(
-        inputs=tuple(f"{prefix}events.{d}" for d in DOMAINS),
-        routed=f"{prefix}detect.routed",
-        alerts=f"{prefix}alerts",
-        decisions=f"{prefix}decisions",
-        intel=f"{prefix}intel.indicators",
-        dlq=f"{prefix}dlq.detect",
-        route_app=f"{prefix}detect-route",
-        detect_app=f"{prefix}detect",
-        routed_partitions=PARTITIONS,
-    )
-    specs = [
-        replace(TOPICS.get(f"events.{d}"), name=f"{prefix}events.{d}", partitions=PARTITIONS) for d in DOMAINS
-    ]
-    specs += [
-        replace(TOPICS.get("alerts"), name=topo.alerts, partitions=PARTITIONS),
-        replace(TOPICS.get("decisions"), name=topo.decisions, partitions=PARTITIONS),
-        replace(TOPICS.get("intel.indicators"), name=topo.intel, partitions=PARTITIONS),
-        TopicSpec(
-            name=topo.dlq, key="original key", value="dead_letter", description="test dlq", partitions=1
-        ),
-    ]
-    ensure_topics(settings, specs)
+    topo = DetectTopology.scoped(prefix, PARTITIONS)
+    ensure_topics(settings, topo.topic_specs(PARTITIONS))
 
     rules = load_rules([ROOT / "rules"])
     config = SimConfig(seed=3, customers=300, events=12_000, attack_rate=2.0)
@@ -164,7 +125,7 @@ def test_detection_application_on_the_broker_matches_in_memory_detection(setting
                 sent += 1
             producer.flush()
             sent += len(events[start : start + CHUNK])
-            wait_for(lambda n=sent: caught_up(service, n), what=f"both stages past record {sent}")
+            service.wait_caught_up(sent, timeout_s=30)
 
         def done(got: list[Alert]) -> bool:
             service.check()  # a failed stage ends the wait at once, with its error

@@ -14,8 +14,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
@@ -31,11 +31,12 @@ from vigil.detect.engine import (
 from vigil.detect.intel import IntelIndex
 from vigil.detect.rules.models import Rule
 from vigil.errors import BrokerError, DecodeError
+from vigil.events.base import Event
 from vigil.events.codec import EventCodec
 from vigil.events.types import EVENT_CLASSES, IntelIndicator
 from vigil.hub.admin import ensure_topics
-from vigil.hub.client import make_consumer
-from vigil.hub.topics import DOMAINS, TopicSpec
+from vigil.hub.client import EventProducer, make_consumer
+from vigil.hub.topics import DOMAINS, TOPICS, TopicSpec
 from vigil.stream.app import Application
 from vigil.stream.base import Guarantee
 
@@ -68,6 +69,49 @@ class DetectTopology:
     route_app: str = "detect-route"
     detect_app: str = "detect"
     routed_partitions: int | None = None
+
+    @classmethod
+    def scoped(cls, prefix: str, partitions: int) -> DetectTopology:
+        """Every topic and consumer group named under ``prefix`` (a unique one keeps a run on a
+        shared cluster apart from everyone else's), the routed topic with ``partitions``."""
+        return cls(
+            inputs=tuple(f"{prefix}events.{d}" for d in DOMAINS),
+            routed=f"{prefix}detect.routed",
+            alerts=f"{prefix}alerts",
+            decisions=f"{prefix}decisions",
+            intel=f"{prefix}intel.indicators",
+            dlq=f"{prefix}dlq.detect",
+            route_app=f"{prefix}detect-route",
+            detect_app=f"{prefix}detect",
+            routed_partitions=partitions,
+        )
+
+    def topic_specs(self, partitions: int) -> list[TopicSpec]:
+        """The registry's specs of the input, alert, decision, intel and dead-letter topics under
+        this topology's names, with ``partitions`` each (the dead-letter topic keeps its one)."""
+        specs = [
+            replace(TOPICS.get(canonical), name=name, partitions=partitions)
+            for canonical, name in zip(CANONICAL_INPUTS, self.inputs, strict=True)
+        ]
+        specs += [
+            replace(TOPICS.get("alerts"), name=self.alerts, partitions=partitions),
+            replace(TOPICS.get("decisions"), name=self.decisions, partitions=partitions),
+            replace(TOPICS.get("intel.indicators"), name=self.intel, partitions=partitions),
+            replace(TOPICS.get("dlq.detect"), name=self.dlq),
+        ]
+        return specs
+
+
+def create_topics(
+    settings: Settings, topology: DetectTopology, partitions: int, intel: Iterable[Event] = ()
+) -> None:
+    """Create ``topology``'s topics (:meth:`DetectTopology.topic_specs`) and publish ``intel``
+    to its indicator topic, flushed before this returns."""
+    ensure_topics(settings, topology.topic_specs(partitions))
+    producer = EventProducer(settings)
+    for indicator in intel:
+        producer.produce(indicator, topic=topology.intel)
+    producer.flush()
 
 
 class IntelFeed:
@@ -244,6 +288,23 @@ class DetectionService:
         """Raise the first failure of a stage, if any (call it from the supervising loop)."""
         if self.failures:
             raise self.failures[0]
+
+    def caught_up(self, records: int) -> bool:
+        """Whether the route stage has processed ``records`` input records and the detect stage
+        everything routed so far; raises a stage's failure first (:meth:`check`)."""
+        self.check()
+        return self.route_app.metrics.processed >= records and (
+            self.detect_app.metrics.processed >= self.router.routed
+        )
+
+    def wait_caught_up(self, records: int, timeout_s: float, poll_s: float = 0.02) -> None:
+        """Poll every ``poll_s`` until :meth:`caught_up` holds; ``TimeoutError`` after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while not self.caught_up(records):
+            if time.monotonic() > deadline:
+                msg = f"detection did not catch up with {records} records within {timeout_s:g}s"
+                raise TimeoutError(msg)
+            time.sleep(poll_s)
 
     def stop(self) -> None:
         for app in (self.route_app, self.detect_app):

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vigil.detect.engine import ALERTS_TOPIC, DECISIONS_TOPIC, DetectOperator, RuleSet
 from vigil.detect.intel import IntelIndex, indicators_from_files
@@ -36,6 +36,9 @@ from vigil.events.base import Event
 from vigil.events.records import EpisodeLabel
 from vigil.events.types import Alert, Decision, EntityRef
 from vigil.testing import run_operators
+
+if TYPE_CHECKING:
+    from vigil.sim import Simulation
 
 HOLD_SCENARIOS = ("account_takeover", "address_poisoning", "drainer_approval")
 HOLD_ACTIONS = ("hold_withdrawal", "block")
@@ -229,6 +232,54 @@ def intel_for(intel_dir: Path, before: datetime) -> list[Event]:
     return list(indicators_from_files(intel_dir, before - timedelta(seconds=1)))
 
 
+@dataclass
+class _Run:
+    """A simulated stream with its ground truth, as both evaluations score it."""
+
+    sim: Simulation
+    intel_dir: Path
+    start: datetime
+    stream: list[Event]
+    benign: int
+
+    @classmethod
+    def simulate(
+        cls, *, seed: int, events: int, customers: int, data_dir: Path | None, attack_rate: float
+    ) -> _Run:
+        from vigil.sim import SimConfig, Simulation
+
+        config = SimConfig(
+            seed=seed,
+            customers=customers,
+            events=events,
+            lookalikes=True,
+            data_dir=data_dir,
+            attack_rate=attack_rate,
+        )
+        sim = Simulation(config)
+        stream = list(sim.canonical())
+        attack_ids = {eid for label in sim.labels for eid in label.event_ids}
+        benign = sum(1 for e in stream if e.event_id not in attack_ids)
+        return cls(sim, config.intel_dir, config.start, stream, benign)
+
+    def intel(self) -> list[Event]:
+        return intel_for(self.intel_dir, self.start)
+
+    def score(
+        self, alerts: Sequence[Alert], decisions: Sequence[Decision], *, rules: Sequence[Rule], seconds: float
+    ) -> EvalResult:
+        return score(
+            self.sim.labels,
+            alerts,
+            decisions,
+            rules=rules,
+            events=len(self.stream),
+            benign_events=self.benign,
+            seconds=seconds,
+            lookalikes=self.sim.lookalikes,
+        )
+
+
 def evaluate(
     rules: Sequence[Rule],
     *,
@@ -239,37 +290,17 @@ def evaluate(
     attack_rate: float = 1.0,
 ) -> EvalResult:
     """Simulate, detect in memory (the production operator, one partition) and score."""
-    from vigil.sim import SimConfig, Simulation
-
-    config = SimConfig(
-        seed=seed,
-        customers=customers,
-        events=events,
-        lookalikes=True,
-        data_dir=data_dir,
-        attack_rate=attack_rate,
+    run = _Run.simulate(
+        seed=seed, events=events, customers=customers, data_dir=data_dir, attack_rate=attack_rate
     )
-    sim = Simulation(config)
-    stream = list(sim.canonical())
-    attack_ids = {eid for label in sim.labels for eid in label.event_ids}
-    benign = sum(1 for e in stream if e.event_id not in attack_ids)
     started = time.perf_counter()
     ruleset = RuleSet(rules, IntelIndex())
     op = DetectOperator(ruleset)
-    result = run_operators([op], [*intel_for(config.intel_dir, config.start), *stream], batch_size=2000)
+    result = run_operators([op], [*run.intel(), *run.stream], batch_size=2000)
     seconds = time.perf_counter() - started
     alerts: list[Alert] = result.emitted(ALERTS_TOPIC)
     decisions: list[Decision] = result.emitted(DECISIONS_TOPIC)
-    return score(
-        sim.labels,
-        alerts,
-        decisions,
-        rules=rules,
-        events=len(stream),
-        benign_events=benign,
-        seconds=seconds,
-        lookalikes=sim.lookalikes,
-    )
+    return run.score(alerts, decisions, rules=rules, seconds=seconds)
 
 
 def evaluate_kafka(
@@ -292,56 +323,21 @@ def evaluate_kafka(
     back from Kafka and scored like the in-memory run.
     """
     import uuid
-    from dataclasses import replace as dc_replace
 
     from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-    from vigil.detect.app import DetectionService, DetectTopology
+    from vigil.detect.app import DetectionService, DetectTopology, create_topics
     from vigil.events.codec import EventCodec
-    from vigil.hub.admin import ensure_topics
     from vigil.hub.client import EventProducer, make_consumer
-    from vigil.hub.topics import DOMAINS, TOPICS
-    from vigil.sim import SimConfig, Simulation
 
-    config = SimConfig(
-        seed=seed,
-        customers=customers,
-        events=events,
-        lookalikes=True,
-        data_dir=data_dir,
-        attack_rate=attack_rate,
+    run = _Run.simulate(
+        seed=seed, events=events, customers=customers, data_dir=data_dir, attack_rate=attack_rate
     )
-    sim = Simulation(config)
-    stream = list(sim.canonical())
-    attack_ids = {eid for label in sim.labels for eid in label.event_ids}
-    benign = sum(1 for e in stream if e.event_id not in attack_ids)
+    stream = run.stream
     prefix = f"eval-{uuid.uuid4().hex[:8]}."
-    topo = DetectTopology(
-        inputs=tuple(f"{prefix}events.{d}" for d in DOMAINS),
-        routed=f"{prefix}detect.routed",
-        alerts=f"{prefix}alerts",
-        decisions=f"{prefix}decisions",
-        intel=f"{prefix}intel.indicators",
-        dlq=f"{prefix}dlq.detect",
-        route_app=f"{prefix}detect-route",
-        detect_app=f"{prefix}detect",
-        routed_partitions=partitions,
-    )
-    specs = [
-        dc_replace(TOPICS.get(f"events.{d}"), name=f"{prefix}events.{d}", partitions=partitions)
-        for d in DOMAINS
-    ]
-    specs += [
-        dc_replace(TOPICS.get("alerts"), name=topo.alerts, partitions=partitions),
-        dc_replace(TOPICS.get("decisions"), name=topo.decisions, partitions=partitions),
-        dc_replace(TOPICS.get("intel.indicators"), name=topo.intel, partitions=partitions),
-        dc_replace(TOPICS.get("dlq.detect"), name=topo.dlq),
-    ]
-    ensure_topics(settings, specs)
+    topo = DetectTopology.scoped(prefix, partitions)
+    create_topics(settings, topo, partitions, run.intel())
     producer = EventProducer(settings)
-    for ind in intel_for(config.intel_dir, config.start):
-        producer.produce(ind, topic=topo.intel)
-    producer.flush()
     service = DetectionService(settings, rules, topology=topo, checkpoint_interval_s=0.3)
     started = time.perf_counter()
     service.start()
@@ -353,7 +349,7 @@ def evaluate_kafka(
                 producer.produce(event, topic=f"{prefix}events.{type(event).domain}")
             producer.flush()
             sent += len(part)
-            _wait_caught_up(service, sent, timeout_s=120)
+            service.wait_caught_up(sent, timeout_s=120)
     finally:
         service.stop()
     seconds = time.perf_counter() - started
@@ -374,30 +370,6 @@ def evaluate_kafka(
             consumer.close()
     alerts = list({a.event_id: a for a in read[topo.alerts]}.values())
     decisions = list({d.event_id: d for d in read[topo.decisions]}.values())
-    result = score(
-        sim.labels,
-        alerts,
-        decisions,
-        rules=rules,
-        events=len(stream),
-        benign_events=benign,
-        seconds=seconds,
-        lookalikes=sim.lookalikes,
-    )
+    result = run.score(alerts, decisions, rules=rules, seconds=seconds)
     result.mode = "kafka"
     return result
-
-
-def _wait_caught_up(service: Any, records: int, timeout_s: float) -> None:
-    """Poll (with a deadline) until both stages have processed everything produced so far."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        service.check()
-        if service.route_app.metrics.processed >= records and (
-            service.detect_app.metrics.processed >= service.router.routed
-        ):
-            return
-        if time.monotonic() > deadline:
-            msg = f"detection did not catch up with {records} records within {timeout_s:g}s"
-            raise TimeoutError(msg)
-        time.sleep(0.02)

@@ -33,7 +33,6 @@ import hmac
 import json
 import logging
 import os
-import socket
 import threading
 import time
 from collections import Counter, deque
@@ -43,7 +42,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -54,6 +52,7 @@ from vigil.events.codec import EventCodec, encode
 from vigil.events.records import DeadLetter
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer, RawSink, Source
+from vigil.sources.http_server import listen, serving
 
 log = logging.getLogger(__name__)
 
@@ -452,34 +451,15 @@ class BackendIngestSource(Source):
     def run(self, sink: RawSink) -> None:
         buffer = self.buffer = IngestBuffer(sink, max_records=self.max_buffered_records)
         app = create_app(buffer, self.auth, ack_timeout=self.ack_timeout, retry_after=self.retry_after)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.port))
-        except OSError as exc:
-            sock.close()
-            msg = f"backend ingest: cannot listen on {self.host}:{self.port}: {exc}"
-            raise SourceError(msg) from None
+        sock = listen(self.host, self.port, "backend ingest")
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        server = uvicorn.Server(config)
         buffer.start()
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
         try:
-            while not server.started:
-                if not thread.is_alive():
-                    msg = f"backend ingest: the HTTP server on {self.host}:{self.port} exited at start-up"
-                    raise SourceError(msg)
-                if self.wait(0.02):  # start-up poll of the server's own flag
-                    break
-            self.ready.set()
-            self._stop.wait()
+            with serving(app, sock, label="backend ingest", host=self.host, wait=self.wait):
+                self.ready.set()
+                self._stop.wait()
         finally:
-            # Stop taking requests first, then drain what was accepted.
-            server.should_exit = True
-            thread.join(timeout=10)
-            sock.close()
+            # Leaving ``serving`` stopped taking requests; now drain what was accepted.
             self.drained = buffer.close(self.drain_timeout)
             if not self.drained:
                 log.error(

@@ -27,7 +27,6 @@ yield nothing; a subscription reply yields nothing; an error or unknown event is
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -41,7 +40,8 @@ from vigil.events.ids import stable_id
 from vigil.events.types import Side, Trade, TradePayload
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer
-from vigil.sources.websocket import WS_GAP, Gap, Inspected, WebsocketFeed, str_list
+from vigil.sources.trade_normalize import message_where, positive_decimal
+from vigil.sources.websocket import Gap, Inspected, WebsocketFeed, str_list
 
 DEFAULT_BASE_URL = "wss://stream.binance.com:9443"
 
@@ -155,18 +155,6 @@ _NO_EVENT = frozenset(
 )
 
 
-def _positive(value: str, field: str, where: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        msg = f"expected a decimal string at $.data.{field}, got {value[:40]!r}"
-        raise DecodeError(msg, where=where, path=f"$.data.{field}") from None
-    if not math.isfinite(number) or number <= 0:
-        msg = f"expected a positive finite number at $.data.{field}, got {value[:40]!r}"
-        raise DecodeError(msg, where=where, path=f"$.data.{field}")
-    return number
-
-
 def _time(ms: int, where: str) -> datetime:
     try:
         return datetime.fromtimestamp(ms / 1000, UTC)
@@ -181,12 +169,9 @@ class BinanceNormalizer(Normalizer):
     source = "binance"
 
     def normalize(self, record: RawRecord) -> list[Event]:
-        if record.kind == WS_GAP:
+        where = message_where("binance", record)
+        if where is None:
             return []
-        where = f"raw.binance ({record.kind})"
-        if record.kind != "ws_message":
-            msg = f"{where}: expected kind 'ws_message' or 'ws_gap', got {record.kind!r}"
-            raise ContractError(msg)
         try:
             envelope = msgspec.json.decode(record.value, type=_Envelope)
         except msgspec.DecodeError as exc:
@@ -249,8 +234,8 @@ class BinanceNormalizer(Normalizer):
                 payload=TradePayload(
                     trade_id=trade_id,
                     symbol=symbol,
-                    price=_positive(price, "p", where),
-                    quantity=_positive(qty, "q", where),
+                    price=positive_decimal(price, "$.data.p", where),
+                    quantity=positive_decimal(qty, "$.data.q", where),
                     taker_side=taker_side,
                     # The maker is the buyer when m is true; the order ids follow that role.
                     maker_order_id=_order(buyer_order if maker else seller_order),

@@ -30,18 +30,17 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any
 
 import msgspec
 
 from vigil.errors import ContractError, DecodeError
-from vigil.events.base import Entities, Event
-from vigil.events.ids import stable_id
-from vigil.events.types import ChainTransfer, ChainTransferPayload
+from vigil.events.base import Event
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer
+from vigil.sources.chain_normalize import chain_transfer, decode_record
 
-SATOSHI_PER_BTC = 100_000_000
+BTC_DECIMALS = 8
+SATOSHI_PER_BTC = 10**BTC_DECIMALS
 MAX_SATOSHI = 21_000_000 * SATOSHI_PER_BTC
 COINBASE = "coinbase"
 UNKNOWN = "unknown"
@@ -111,7 +110,7 @@ class BitcoinNormalizer(Normalizer):
         if record.kind != "btc_block":
             msg = f"{where}: unknown record kind {record.kind!r}; expected 'btc_block'"
             raise ContractError(msg)
-        block = _decode(record.value, where)
+        block = decode_record(_decoder, record.value, where)
         if not _HEX64.fullmatch(block.hash):
             msg = f"expected a 64-hex block hash; got {block.hash[:80]!r}"
             raise DecodeError(msg, where=where, path="$.hash")
@@ -142,23 +141,19 @@ class BitcoinNormalizer(Normalizer):
                 if to is None or satoshi == 0:
                     continue
                 events.append(
-                    ChainTransfer(
-                        event_id=stable_id("chain_transfer", "bitcoin", tx.txid, out.n),
-                        source="bitcoin",
+                    chain_transfer(
+                        record,
+                        chain="bitcoin",
+                        tx_hash=tx.txid,
+                        part=out.n,
                         occurred_at=occurred_at,
-                        ingested_at=record.received_at,
-                        entities=Entities(wallet=wallet, counterparty=to),
-                        payload=ChainTransferPayload(
-                            chain="bitcoin",
-                            tx_hash=tx.txid,
-                            block_number=block.height,
-                            from_address=sender,
-                            to_address=to,
-                            asset="BTC",
-                            value_raw=satoshi,
-                            decimals=8,
-                            amount=satoshi / SATOSHI_PER_BTC,
-                        ),
+                        block_number=block.height,
+                        from_address=sender,
+                        wallet=wallet,
+                        to_address=to,
+                        asset="BTC",
+                        value_raw=satoshi,
+                        decimals=BTC_DECIMALS,
                     )
                 )
         return events
@@ -179,15 +174,3 @@ class BitcoinNormalizer(Normalizer):
                 if found is not None:
                     return found
         return UNKNOWN
-
-
-def _decode(value: bytes, where: str) -> Any:
-    try:
-        return _decoder.decode(value)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        path = text.rsplit(" - at `", 1)[1][:-1] if " - at `" in text else None
-        raise DecodeError(text, where=where, path=path) from None
-    except msgspec.DecodeError as exc:
-        msg = f"not valid JSON: {exc}"
-        raise DecodeError(msg, where=where) from None

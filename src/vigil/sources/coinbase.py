@@ -26,7 +26,6 @@ type is rejected (dead-lettered with the reason).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
@@ -41,7 +40,8 @@ from vigil.events.ids import stable_id
 from vigil.events.types import Trade, TradePayload
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer
-from vigil.sources.websocket import WS_GAP, Gap, Inspected, WebsocketFeed, str_list
+from vigil.sources.trade_normalize import message_where, positive_decimal
+from vigil.sources.websocket import Gap, Inspected, WebsocketFeed, str_list
 
 DEFAULT_URL = "wss://ws-feed.exchange.coinbase.com"
 DEFAULT_CHANNELS = ("matches", "ticker", "heartbeat")
@@ -187,30 +187,15 @@ _NO_EVENT = frozenset(
 )
 
 
-def _positive(value: str, field: str, where: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        msg = f"expected a decimal string at $.{field}, got {value[:40]!r}"
-        raise DecodeError(msg, where=where, path=f"$.{field}") from None
-    if not math.isfinite(number) or number <= 0:
-        msg = f"expected a positive finite number at $.{field}, got {value[:40]!r}"
-        raise DecodeError(msg, where=where, path=f"$.{field}")
-    return number
-
-
 class CoinbaseNormalizer(Normalizer):
     """Coinbase ``ws_message`` records -> canonical ``trade`` events (see the module docstring)."""
 
     source = "coinbase"
 
     def normalize(self, record: RawRecord) -> list[Event]:
-        if record.kind == WS_GAP:
-            return []  # a connector note about missing data, not market data
-        where = f"raw.coinbase ({record.kind})"
-        if record.kind != "ws_message":
-            msg = f"{where}: expected kind 'ws_message' or 'ws_gap', got {record.kind!r}"
-            raise ContractError(msg)
+        where = message_where("coinbase", record)
+        if where is None:
+            return []
         try:
             kind = msgspec.json.decode(record.value, type=_Typed).type
         except msgspec.DecodeError as exc:
@@ -231,8 +216,8 @@ class CoinbaseNormalizer(Normalizer):
         if match.time.tzinfo is None:
             msg = f"expected an RFC 3339 time with a zone, got {match.time.isoformat()!r}"
             raise DecodeError(msg, where=where, path="$.time")
-        price = _positive(match.price, "price", where)
-        quantity = _positive(match.size, "size", where)
+        price = positive_decimal(match.price, "$.price", where)
+        quantity = positive_decimal(match.size, "$.size", where)
         return [
             Trade(
                 event_id=stable_id("coinbase", match.product_id, match.trade_id, prefix="trade-"),

@@ -44,9 +44,10 @@ import msgspec
 from vigil.errors import ContractError, DecodeError
 from vigil.events.base import Entities, Event
 from vigil.events.ids import stable_id
-from vigil.events.types import ChainTransfer, ChainTransferPayload, TokenApproval, TokenApprovalPayload
+from vigil.events.types import TokenApproval, TokenApprovalPayload
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer
+from vigil.sources.chain_normalize import chain_transfer, decode_record
 from vigil.sources.ethereum import APPROVAL_TOPIC, TRANSFER_TOPIC
 
 UNLIMITED = 2**255
@@ -142,7 +143,7 @@ class EthereumNormalizer(Normalizer):
     # ------------------------------------------------------------------ native transfers
 
     def _block(self, record: RawRecord, where: str) -> list[Event]:
-        block = _decode(_block_decoder, record.value, where)
+        block = decode_record(_block_decoder, record.value, where)
         number = _quantity(block.number, "number", where, "$.number")
         occurred_at = datetime.fromtimestamp(
             _quantity(block.timestamp, "timestamp", where, "$.timestamp"), UTC
@@ -168,23 +169,19 @@ class EthereumNormalizer(Normalizer):
                 continue
             to = _check(_ADDRESS, tx.to, "to", where, f"{path}.to")
             events.append(
-                ChainTransfer(
-                    event_id=stable_id("chain_transfer", "ethereum", tx_hash, "native"),
-                    source="ethereum",
+                chain_transfer(
+                    record,
+                    chain="ethereum",
+                    tx_hash=tx_hash,
+                    part="native",
                     occurred_at=occurred_at,
-                    ingested_at=record.received_at,
-                    entities=Entities(wallet=sender, counterparty=to),
-                    payload=ChainTransferPayload(
-                        chain="ethereum",
-                        tx_hash=tx_hash,
-                        block_number=number,
-                        from_address=sender,
-                        to_address=to,
-                        asset="ETH",
-                        value_raw=value,
-                        decimals=NATIVE_DECIMALS,
-                        amount=value / 10**NATIVE_DECIMALS,
-                    ),
+                    block_number=number,
+                    from_address=sender,
+                    wallet=sender,
+                    to_address=to,
+                    asset="ETH",
+                    value_raw=value,
+                    decimals=NATIVE_DECIMALS,
                 )
             )
         return events
@@ -192,7 +189,7 @@ class EthereumNormalizer(Normalizer):
     # ------------------------------------------------------------------ ERC-20 logs
 
     def _logs(self, record: RawRecord, where: str) -> list[Event]:
-        logs = _decode(_logs_decoder, record.value, where)
+        logs = decode_record(_logs_decoder, record.value, where)
         fallback_ts: Any = record.meta.get("block_timestamp")
         events: list[Event] = []
         for i, log in enumerate(logs):
@@ -229,25 +226,21 @@ class EthereumNormalizer(Normalizer):
             if topics[0] == TRANSFER_TOPIC:
                 decimals = token.decimals if token else DEFAULT_TOKEN_DECIMALS
                 events.append(
-                    ChainTransfer(
-                        event_id=stable_id("chain_transfer", "ethereum", tx_hash, log_index),
-                        source="ethereum",
+                    chain_transfer(
+                        record,
+                        chain="ethereum",
+                        tx_hash=tx_hash,
+                        part=log_index,
                         occurred_at=occurred_at,
-                        ingested_at=record.received_at,
-                        entities=Entities(wallet=first, counterparty=second),
-                        payload=ChainTransferPayload(
-                            chain="ethereum",
-                            tx_hash=tx_hash,
-                            log_index=log_index,
-                            block_number=number,
-                            from_address=first,
-                            to_address=second,
-                            asset=asset,
-                            token_contract=contract,
-                            value_raw=amount,
-                            decimals=decimals,
-                            amount=amount / 10**decimals,
-                        ),
+                        block_number=number,
+                        from_address=first,
+                        wallet=first,
+                        to_address=second,
+                        asset=asset,
+                        value_raw=amount,
+                        decimals=decimals,
+                        log_index=log_index,
+                        token_contract=contract,
                     )
                 )
             else:
@@ -273,15 +266,3 @@ class EthereumNormalizer(Normalizer):
                     )
                 )
         return events
-
-
-def _decode(decoder: msgspec.json.Decoder[Any], value: bytes, where: str) -> Any:
-    try:
-        return decoder.decode(value)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        path = text.rsplit(" - at `", 1)[1][:-1] if " - at `" in text else None
-        raise DecodeError(text, where=where, path=path) from None
-    except msgspec.DecodeError as exc:
-        msg = f"not valid JSON: {exc}"
-        raise DecodeError(msg, where=where) from None

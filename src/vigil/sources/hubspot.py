@@ -32,20 +32,21 @@ from typing import Any
 import msgspec
 
 from vigil.config import Settings
-from vigil.errors import ContractError, DecodeError
+from vigil.errors import DecodeError
 from vigil.events.base import Entities, Event
 from vigil.events.ids import stable_id
 from vigil.events.types import CrmApiTokenUsed, CrmApiTokenUsedPayload
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer
 from vigil.sources.webhooks import (
-    WEBHOOK,
     Delivery,
     Rejected,
     WebhookPlatform,
     WebhookSource,
     check_options,
+    listen_options,
     secret_option,
+    webhook_where,
 )
 
 NAME = "hubspot"
@@ -152,8 +153,7 @@ class HubSpotSource(WebhookSource):
         secret = secret_option(options, "client_secret", os.environ, "VIGIL_HUBSPOT_CLIENT_SECRET")
         return cls(
             HubSpotWebhook(secret, public_url=options.get("public_url")),
-            host=options.get("host", "127.0.0.1"),
-            port=int(options.get("port", "8089")),
+            **listen_options(options, 8089),
         )
 
 
@@ -182,10 +182,7 @@ class HubSpotNormalizer(Normalizer):
     source = NAME
 
     def normalize(self, record: RawRecord) -> list[Event]:
-        where = f"raw.hubspot ({record.kind})"
-        if record.kind != WEBHOOK:
-            msg = f"{where}: expected kind {WEBHOOK!r}, got {record.kind!r}"
-            raise ContractError(msg)
+        where = webhook_where(NAME, record)
         try:
             events = _decoder.decode(record.value)
         except msgspec.ValidationError as exc:

@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from vigil.config import Settings
-from vigil.errors import ContractError, DecodeError
+from vigil.errors import DecodeError
 from vigil.events.base import Entities, Event
 from vigil.events.ids import stable_id
 from vigil.events.types import (
@@ -44,14 +44,14 @@ from vigil.events.types import (
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer
 from vigil.sources.webhooks import (
-    WEBHOOK,
     Delivery,
-    Rejected,
     WebhookPlatform,
     WebhookSource,
     check_options,
-    constant_time_equal,
+    listen_options,
     secret_option,
+    verify_path_token,
+    webhook_where,
 )
 
 NAME = "mailchimp"
@@ -78,10 +78,7 @@ class MailchimpWebhook(WebhookPlatform):
         self.sender_domain = sender_domain
 
     def verify(self, delivery: Delivery) -> None:
-        if delivery.token is None:
-            raise Rejected(reason="missing_token", detail="the webhook URL must end with its secret token")
-        if not constant_time_equal(delivery.token, self._secret):
-            raise Rejected(reason="bad_token", detail="unknown webhook token")
+        verify_path_token(delivery, self._secret, "webhook")
 
     def answers_get(self) -> bool:
         return True
@@ -113,8 +110,7 @@ class MailchimpSource(WebhookSource):
         secret = secret_option(options, "secret", os.environ, "VIGIL_MAILCHIMP_WEBHOOK_SECRET")
         return cls(
             MailchimpWebhook(secret, sender_domain=options.get("sender_domain")),
-            host=options.get("host", "127.0.0.1"),
-            port=int(options.get("port", "8091")),
+            **listen_options(options, 8091),
         )
 
 
@@ -144,10 +140,7 @@ class MailchimpNormalizer(Normalizer):
     source = NAME
 
     def normalize(self, record: RawRecord) -> list[Event]:
-        where = f"raw.mailchimp ({record.kind})"
-        if record.kind != WEBHOOK:
-            msg = f"{where}: expected kind {WEBHOOK!r}, got {record.kind!r}"
-            raise ContractError(msg)
+        where = webhook_where(NAME, record)
         form = parse_form(record.value, where)
         if "mandrill_events" in form:
             return self._mandrill(form["mandrill_events"], record, where)

@@ -45,7 +45,7 @@ import defusedxml.ElementTree as SafeET
 from fastapi import Response
 
 from vigil.config import Settings
-from vigil.errors import ContractError, DecodeError, SourceError
+from vigil.errors import DecodeError, SourceError
 from vigil.events.base import Entities, Event
 from vigil.events.ids import stable_id
 from vigil.events.types import (
@@ -60,14 +60,15 @@ from vigil.events.types import (
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer
 from vigil.sources.webhooks import (
-    WEBHOOK,
     Delivery,
     Rejected,
     WebhookPlatform,
     WebhookSource,
     check_options,
-    constant_time_equal,
+    listen_options,
     secret_option,
+    verify_path_token,
+    webhook_where,
 )
 
 NAME = "salesforce"
@@ -144,10 +145,7 @@ class SalesforceWebhook(WebhookPlatform):
             raise ValueError(msg)
 
     def verify(self, delivery: Delivery) -> None:
-        if delivery.token is None:
-            raise Rejected(reason="missing_token", detail="the endpoint URL must end with its secret token")
-        if not constant_time_equal(delivery.token, self._token):
-            raise Rejected(reason="bad_token", detail="unknown endpoint token")
+        verify_path_token(delivery, self._token, "endpoint")
         if is_xml(delivery.body):
             try:
                 message = parse_outbound(delivery.body, "salesforce")
@@ -189,8 +187,7 @@ class SalesforceSource(WebhookSource):
             raise SourceError(msg)
         return cls(
             SalesforceWebhook(token, orgs),
-            host=options.get("host", "127.0.0.1"),
-            port=int(options.get("port", "8090")),
+            **listen_options(options, 8090),
         )
 
 
@@ -350,10 +347,7 @@ class SalesforceNormalizer(Normalizer):
     source = NAME
 
     def normalize(self, record: RawRecord) -> list[Event]:
-        where = f"raw.salesforce ({record.kind})"
-        if record.kind != WEBHOOK:
-            msg = f"{where}: expected kind {WEBHOOK!r}, got {record.kind!r}"
-            raise ContractError(msg)
+        where = webhook_where(NAME, record)
         out: list[Event] = []
         if is_xml(record.value):
             message = parse_outbound(record.value, where)

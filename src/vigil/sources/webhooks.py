@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import socket
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -33,14 +32,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
-from vigil.errors import BrokerError, SourceError
+from vigil.errors import BrokerError, ContractError, SourceError
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import RawSink, Source
+from vigil.sources.http_server import listen, serving
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +106,16 @@ def constant_time_equal(given: str | bytes, expected: str | bytes) -> bool:
     a = given.encode() if isinstance(given, str) else given
     b = expected.encode() if isinstance(expected, str) else expected
     return hmac.compare_digest(a, b)
+
+
+def verify_path_token(delivery: Delivery, secret: str, url: str) -> None:
+    """Reject a delivery whose path token is missing or is not ``secret``, for platforms that
+    sign nothing and are protected only by a secret in the URL they call.  ``url`` names that
+    URL in the answer ("webhook", "endpoint"), as the platform's documentation does."""
+    if delivery.token is None:
+        raise Rejected(reason="missing_token", detail=f"the {url} URL must end with its secret token")
+    if not constant_time_equal(delivery.token, secret):
+        raise Rejected(reason="bad_token", detail=f"unknown {url} token")
 
 
 @dataclass
@@ -266,34 +275,12 @@ class WebhookSource(Source):
 
     def run(self, sink: RawSink) -> None:
         app = create_app(sink, [self.platform], metrics=self.metrics)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.port))
-        except OSError as exc:
-            sock.close()
-            msg = f"{self.name} webhooks: cannot listen on {self.host}:{self.port}: {exc}"
-            raise SourceError(msg) from None
+        label = f"{self.name} webhooks"
+        sock = listen(self.host, self.port, label)
         self.port = sock.getsockname()[1]
-        # access_log off: request lines carry path tokens (secrets).
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        try:
-            while not server.started:
-                if not thread.is_alive():
-                    msg = (
-                        f"{self.name} webhooks: the HTTP server on {self.host}:{self.port} exited at start-up"
-                    )
-                    raise SourceError(msg)
-                if self.wait(0.02):  # start-up poll of uvicorn's own flag
-                    break
+        with serving(app, sock, label=label, host=self.host, wait=self.wait):
             self.ready.set()
             self._stop.wait()
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
-            sock.close()
 
 
 def check_options(source: str, options: Mapping[str, str], known: set[str]) -> None:
@@ -310,3 +297,18 @@ def secret_option(options: Mapping[str, str], name: str, env: Mapping[str, str],
         msg = f"{name} is required: set {env_var} (or pass the option {name}=...)"
         raise SourceError(msg)
     return value
+
+
+def listen_options(options: Mapping[str, str], default_port: int) -> dict[str, Any]:
+    """The ``host`` and ``port`` options as keyword arguments of :class:`WebhookSource`."""
+    return {"host": options.get("host", "127.0.0.1"), "port": int(options.get("port", str(default_port)))}
+
+
+def webhook_where(source: str, record: RawRecord) -> str:
+    """Where a normaliser's errors for ``record`` happened; a :class:`ContractError` unless the
+    record is a delivery this receiver published (kind ``webhook``)."""
+    where = f"raw.{source} ({record.kind})"
+    if record.kind != WEBHOOK:
+        msg = f"{where}: expected kind {WEBHOOK!r}, got {record.kind!r}"
+        raise ContractError(msg)
+    return where

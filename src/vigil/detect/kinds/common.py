@@ -1,13 +1,59 @@
-"""Parsing shared by kinds that take lists of ``{type, where, field, group_by}`` entries."""
+"""What several kinds share: how their state is routed, and the parsing of lists of
+``{type, where, field, group_by}`` entries.
+
+- :class:`GroupedDetector`: state keyed by the rule's ``group_by`` entity (threshold,
+  deviation, sequence, intel).
+- :class:`SingleRouteDetector`: one state for the whole rule, under one key (exposure,
+  linked, lookalike).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from vigil.detect.fields import Getter, Match, compile_getter, key_of, short_name
+from vigil.detect.kinds.base import Detector
 from vigil.detect.rules.loader import LocDict, LocList
 from vigil.detect.rules.parse import Parser
 from vigil.events.base import Event
+from vigil.stream.base import State
+
+
+class GroupedDetector(Detector):
+    """A detector whose state is keyed by the rule's ``group_by`` entity.
+
+    An event reaches it under its group key, and not at all when a group path is missing
+    from it; ``group_paths`` tells the engine whether the input is keyed that way already."""
+
+    def __init__(self, rule: Any, env: Any, group_by: tuple[str, ...]) -> None:
+        super().__init__(rule, env)
+        self.group_paths = group_by
+        self._group = tuple((short_name(g), compile_getter(g)) for g in group_by)
+
+    def routes(self, event: Event) -> list[str]:
+        key = key_of(self._group, event)
+        return [key] if key else []
+
+
+class SingleRouteDetector(Detector):
+    """A detector with one state for the whole rule (a graph or table across all entities):
+    every event reaches it under the one key ``{route}:{rule id}``, so one partition holds it all."""
+
+    def __init__(self, rule: Any, env: Any, route: str) -> None:
+        super().__init__(rule, env)
+        self._route = [f"{route}:{rule.id}"]
+
+    def routes(self, event: Event) -> list[str]:
+        return self._route
+
+
+def delete_keys(state: State, keys: Sequence[str]) -> int:
+    """Delete ``keys`` from ``state``; returns how many went (what :meth:`Detector.sweep` reports)."""
+    for key in keys:
+        state.delete(key)
+    return len(keys)
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from vigil.detect.fields import Condition, Getter, Match, compile_getter, key_of, short_name, tag_of
-from vigil.detect.kinds.base import Detector, EvidenceMaker, Hit, entity_ref, ts
-from vigil.detect.kinds.common import CompiledEntry, FieldEntry, parse_entries
+from vigil.detect.fields import Condition, Getter, Match, compile_getter, key_of, tag_of
+from vigil.detect.kinds.base import EvidenceMaker, Hit, entity_ref, ts
+from vigil.detect.kinds.common import CompiledEntry, FieldEntry, GroupedDetector, parse_entries
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser, compare
 from vigil.events.base import Event
@@ -156,19 +156,17 @@ def _km(a: tuple[float, float], b: tuple[float, float]) -> float:
     return 2 * 6371.0 * math.asin(math.sqrt(h))
 
 
-class DeviationDetector(Detector):
+class DeviationDetector(GroupedDetector):
     kind = "deviation"
 
     def __init__(self, rule: Any, env: Any) -> None:
-        super().__init__(rule, env)
         params: DeviationParams = rule.params
+        super().__init__(rule, env, params.group_by)
         self.p = params
-        self.group_paths = params.group_by
         self._match = params.match.compile()
         self._only = [c.compile() for c in params.only]
         self._first_seen = compile_getter(params.first_seen) if params.first_seen else None
         self._also = [CompiledEntry(e) for e in params.seen_also]
-        self._group = tuple((short_name(g), compile_getter(g)) for g in params.group_by)
         self._value: Getter | None = compile_getter(params.field) if params.field else None
         self._types = (
             params.match.types
@@ -187,10 +185,6 @@ class DeviationDetector(Detector):
     @property
     def types(self) -> frozenset[str]:
         return self._types
-
-    def routes(self, event: Event) -> list[str]:
-        key = key_of(self._group, event)
-        return [key] if key else []
 
     def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
         key = key_of(self._group, event)

@@ -30,8 +30,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from vigil.detect.fields import Match, compile_getter, tag_of
-from vigil.detect.kinds.base import Detector, EvidenceMaker, Hit, StoredEvidence, entity_ref, ts
-from vigil.detect.kinds.common import CompiledEntry, FieldEntry, parse_entries
+from vigil.detect.kinds.base import EvidenceMaker, Hit, StoredEvidence, entity_ref, ts
+from vigil.detect.kinds.common import (
+    CompiledEntry,
+    FieldEntry,
+    SingleRouteDetector,
+    delete_keys,
+    parse_entries,
+)
 from vigil.detect.kinds.intel import CATEGORIES
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
@@ -82,11 +88,11 @@ def parse(d: LocDict, p: Parser, what: str) -> ExposureParams | None:
     return ExposureParams(edges, frozenset(cats), hops, min_hops, tuple(check))
 
 
-class ExposureDetector(Detector):
+class ExposureDetector(SingleRouteDetector):
     kind = "exposure"
 
     def __init__(self, rule: Any, env: Any) -> None:
-        super().__init__(rule, env)
+        super().__init__(rule, env, "graph")
         params: ExposureParams = rule.params
         self.p = params
         self._edge = params.edges.compile()
@@ -95,22 +101,16 @@ class ExposureDetector(Detector):
         self._checks = [CompiledEntry(c) for c in params.check]
         self._types = params.edges.types.union(*(c.types for c in self._checks))
         self._evidence = EvidenceMaker([c.field for c in params.check])
-        self._route = [f"graph:{rule.id}"]
 
     @property
     def types(self) -> frozenset[str]:
         return self._types
 
-    def routes(self, event: Event) -> list[str]:
-        return self._route
-
     def sweep(self, state: State, now: float) -> int:
         stale = [
             key for key, watchers in state.items("w:") if all(now - w[2] > WATCH_SECONDS for w in watchers)
         ]
-        for key in stale:
-            state.delete(key)
-        return len(stale)
+        return delete_keys(state, stale)
 
     def _listed(self, address: str) -> str | None:
         entry = self.env.intel.lookup(address)

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from vigil.detect.fields import Match, compile_getter, key_of, short_name
-from vigil.detect.kinds.base import Detector, EvidenceMaker, Hit, entity_ref
+from vigil.detect.kinds.base import EvidenceMaker, Hit, entity_ref
+from vigil.detect.kinds.common import GroupedDetector
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
 from vigil.events.base import Event
@@ -74,26 +75,20 @@ def parse(d: LocDict, p: Parser, what: str) -> IntelParams | None:
     return IntelParams(match, tuple(x for x in paths if x), frozenset(cats), tuple(x for x in gpaths if x))
 
 
-class IntelDetector(Detector):
+class IntelDetector(GroupedDetector):
     kind = "intel"
 
     def __init__(self, rule: Any, env: Any) -> None:
-        super().__init__(rule, env)
         params: IntelParams = rule.params
+        super().__init__(rule, env, params.group_by)
         self.p = params
-        self.group_paths = params.group_by
         self._match = params.match.compile()
         self._fields = tuple((short_name(f), compile_getter(f)) for f in params.fields)
-        self._group = tuple((short_name(g), compile_getter(g)) for g in params.group_by)
         self._evidence = EvidenceMaker([*params.match.paths, *params.fields])
 
     @property
     def types(self) -> frozenset[str]:
         return self.p.match.types
-
-    def routes(self, event: Event) -> list[str]:
-        key = key_of(self._group, event)
-        return [key] if key else []
 
     def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
         if not self._match(event):

@@ -22,7 +22,8 @@ from datetime import timedelta
 from typing import Any
 
 from vigil.detect.fields import Match, compile_getter, short_name, tag_of
-from vigil.detect.kinds.base import Detector, EvidenceMaker, Hit, ts
+from vigil.detect.kinds.base import EvidenceMaker, Hit, ts
+from vigil.detect.kinds.common import SingleRouteDetector, delete_keys
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser, compare
 from vigil.events.base import Event
@@ -84,11 +85,11 @@ def parse(d: LocDict, p: Parser, what: str) -> LinkedParams | None:
     )
 
 
-class LinkedDetector(Detector):
+class LinkedDetector(SingleRouteDetector):
     kind = "linked"
 
     def __init__(self, rule: Any, env: Any) -> None:
-        super().__init__(rule, env)
+        super().__init__(rule, env, "linked")
         params: LinkedParams = rule.params
         self.p = params
         self._links = params.links.compile()
@@ -100,14 +101,10 @@ class LinkedDetector(Detector):
         self._span = params.timespan.total_seconds()
         self._evidence = EvidenceMaker([*params.match.paths, *params.parties])
         self._types = params.links.types | params.match.types
-        self._route = [f"linked:{rule.id}"]
 
     @property
     def types(self) -> frozenset[str]:
         return self._types
-
-    def routes(self, event: Event) -> list[str]:
-        return self._route
 
     def sweep(self, state: State, now: float) -> int:
         stale = [
@@ -115,9 +112,7 @@ class LinkedDetector(Detector):
             for key, window in state.items("w:")
             if now >= window["quiet"] and all(now - item[0] > self._span for item in window["items"])
         ]
-        for key in stale:
-            state.delete(key)
-        return len(stale)
+        return delete_keys(state, stale)
 
     def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
         if tag_of(event) in self.p.links.types and self._links(event):

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from vigil.detect.fields import tag_of
-from vigil.detect.kinds.base import Detector, EvidenceMaker, Hit, entity_ref
-from vigil.detect.kinds.common import CompiledEntry, FieldEntry, parse_entries
+from vigil.detect.kinds.base import EvidenceMaker, Hit, entity_ref
+from vigil.detect.kinds.common import CompiledEntry, FieldEntry, SingleRouteDetector, parse_entries
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
 from vigil.events.base import Event
@@ -76,25 +76,21 @@ def imitation_key(address: str, chars: int) -> str | None:
     return f"{b[:chars]}|{b[-chars:]}"
 
 
-class LookalikeDetector(Detector):
+class LookalikeDetector(SingleRouteDetector):
     kind = "lookalike"
 
     def __init__(self, rule: Any, env: Any) -> None:
-        super().__init__(rule, env)
+        super().__init__(rule, env, "lookalike")
         params: LookalikeParams = rule.params
         self.p = params
         self._known = [CompiledEntry(k) for k in params.known]
         self._checks = [CompiledEntry(c) for c in params.check]
         self._types = frozenset().union(*(k.types for k in self._known), *(c.types for c in self._checks))
         self._evidence = EvidenceMaker([c.field for c in params.check])
-        self._route = [f"lookalike:{rule.id}"]
 
     @property
     def types(self) -> frozenset[str]:
         return self._types
-
-    def routes(self, event: Event) -> list[str]:
-        return self._route
 
     def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
         chars = self.p.chars

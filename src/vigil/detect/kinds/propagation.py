@@ -30,6 +30,7 @@ from typing import Any
 
 from vigil.detect.fields import Match, compile_getter, key_of, short_name, tag_of
 from vigil.detect.kinds.base import Detector, EvidenceMaker, Hit, entity_ref, ts
+from vigil.detect.kinds.common import delete_keys
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
 from vigil.events.base import Entities, Event
@@ -195,9 +196,7 @@ class PropagationDetector(Detector):
 
     def sweep(self, state: State, now: float) -> int:
         stale = [key for key, mark in state.items("m:") if now > mark["until"]]
-        for key in stale:
-            state.delete(key)
-        return len(stale)
+        return delete_keys(state, stale)
 
     def _new(self, state: State, key: str, value: Any) -> bool:
         """Whether ``value`` is new for ``key`` (with enough history); remembers it either way."""

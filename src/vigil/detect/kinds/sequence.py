@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from vigil.detect.fields import Getter, Match, compile_getter, key_of, short_name, tag_of
-from vigil.detect.kinds.base import Detector, EvidenceMaker, Hit, entity_ref, ts
-from vigil.detect.kinds.common import CompiledEntry, FieldEntry, parse_entries
+from vigil.detect.fields import Getter, Match, compile_getter, key_of, tag_of
+from vigil.detect.kinds.base import EvidenceMaker, Hit, entity_ref, ts
+from vigil.detect.kinds.common import CompiledEntry, FieldEntry, GroupedDetector, parse_entries
 from vigil.detect.rules.loader import LocDict, LocList
 from vigil.detect.rules.parse import Parser, compare
 from vigil.events.base import Event
@@ -245,17 +245,15 @@ class _CompiledStep:
         self.ratio = (compile_getter(step.ratio_to.field), step.ratio_to) if step.ratio_to else None
 
 
-class SequenceDetector(Detector):
+class SequenceDetector(GroupedDetector):
     kind = "sequence"
 
     def __init__(self, rule: Any, env: Any) -> None:
-        super().__init__(rule, env)
         params: SequenceParams = rule.params
+        super().__init__(rule, env, params.group_by)
         self.p = params
-        self.group_paths = params.group_by
         self._steps = [_CompiledStep(s) for s in params.steps]
         self._absent = [m.compile() for m in params.absent]
-        self._group = tuple((short_name(g), compile_getter(g)) for g in params.group_by)
         self._within = params.within.total_seconds()
         self._also = [
             (s.first_seen, CompiledEntry(e)) for s in params.steps if s.first_seen for e in s.seen_also
@@ -281,10 +279,6 @@ class SequenceDetector(Detector):
     @property
     def types(self) -> frozenset[str]:
         return self._types
-
-    def routes(self, event: Event) -> list[str]:
-        key = key_of(self._group, event)
-        return [key] if key else []
 
     def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
         key = key_of(self._group, event)

@@ -24,7 +24,8 @@ from datetime import timedelta
 from typing import Any
 
 from vigil.detect.fields import Match, compile_getter, key_of, short_name
-from vigil.detect.kinds.base import Detector, EvidenceMaker, Hit, entity_ref, ts
+from vigil.detect.kinds.base import EvidenceMaker, Hit, entity_ref, ts
+from vigil.detect.kinds.common import GroupedDetector, delete_keys
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser, compare
 from vigil.events.base import Event
@@ -97,16 +98,14 @@ def _paths(
     return None if None in out else tuple(o for o in out if o)
 
 
-class ThresholdDetector(Detector):
+class ThresholdDetector(GroupedDetector):
     kind = "threshold"
 
     def __init__(self, rule: Any, env: Any) -> None:
-        super().__init__(rule, env)
         params: ThresholdParams = rule.params
+        super().__init__(rule, env, params.group_by)
         self.p = params
-        self.group_paths = params.group_by
         self._match = params.match.compile()
-        self._group = tuple((short_name(g), compile_getter(g)) for g in params.group_by)
         self._value = compile_getter(params.field) if params.field else None
         self._related = tuple((short_name(r), compile_getter(r)) for r in params.related)
         self._span = params.timespan.total_seconds()
@@ -118,10 +117,6 @@ class ThresholdDetector(Detector):
     @property
     def types(self) -> frozenset[str]:
         return self.p.match.types
-
-    def routes(self, event: Event) -> list[str]:
-        key = key_of(self._group, event)
-        return [key] if key else []
 
     def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
         if not self._match(event):
@@ -160,9 +155,7 @@ class ThresholdDetector(Detector):
             for key, window in state.items("w:")
             if now >= window["quiet"] and all(item[0] < now - self._span for item in window["items"])
         ]
-        for key in stale:
-            state.delete(key)
-        return len(stale)
+        return delete_keys(state, stale)
 
     def _aggregate(self, items: list[list[Any]]) -> float:
         if self.p.aggregate == "count":

@@ -1,0 +1,1 @@
+"""Vigil's benchmarks: ``python -m benchmarks.run <name>|all`` (see benchmarks/run.py)."""

@@ -1,0 +1,292 @@
+"""Detection benchmark: the full shipped ruleset, events/s per core and event-to-alert latency.
+
+1. In memory, one core: the detection operator over a simulated exchange day (the same
+   operator the Kafka application runs), no broker: the ruleset's own cost.
+2. On Kafka, the process pinned to one core: both stages (route, detect) and the intel
+   feed.  Throughput: a pre-filled backlog of canonical events, time from the first routed
+   record to the last routed record detected (the producer runs off the pinned core, before
+   or beside the service).  Latency: the same stream produced at 80% of
+   that throughput with ``ingested_at`` stamped at produce time; an alert's
+   ``detection_latency_ms`` is from its last evidence event's ``ingested_at`` to the alert
+   being built (p50/p99 over alerts).
+3. Beside them, the runtime floor from ``benchmarks/results/runtime.json`` (bare consume +
+   decode on one core), when that benchmark has been run.
+
+``run(quick)`` returns the figures; ``markdown(result)`` renders them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from vigil.config import Settings, load_settings
+from vigil.detect.app import DetectionService, DetectTopology, create_topics
+from vigil.detect.engine import DetectOperator, RuleSet
+from vigil.detect.eval import intel_for
+from vigil.detect.rules.validate import load_rules
+from vigil.events.base import Event, utcnow
+from vigil.hub.client import EventProducer
+from vigil.sim import SimConfig, Simulation
+from vigil.stream.base import Record, State, StoreSpec
+from vigil.testing import MemoryState
+
+REPO = Path(__file__).resolve().parents[1]
+PARTITIONS = 3
+TARGET_EPS = 50_000
+
+
+class _Ctx:
+    partition = 0
+
+    def __init__(self) -> None:
+        self.states: dict[str, MemoryState] = {}
+        self.emitted = 0
+
+    def state(self, store: StoreSpec) -> State:
+        return self.states.setdefault(store.id, MemoryState())
+
+    def emit(self, topic: str, event: Event, key: str | None = None) -> None:
+        self.emitted += 1
+
+    def dead_letter(self, record: Record[Any], reason: str) -> None:
+        raise RuntimeError(reason)
+
+    def late(self, record: Record[Any]) -> None:
+        raise RuntimeError(f"detection marks nothing late; got {record}")
+
+
+def _pin() -> tuple[int, set[int]]:
+    """Pin the calling thread (and the threads it starts) to one CPU; returns it and the old set."""
+    before = set(os.sched_getaffinity(0))
+    cpu = max(before)
+    os.sched_setaffinity(0, {cpu})
+    return cpu, before
+
+
+def _start_pinned(service: DetectionService, cpu: int) -> None:
+    """Start the service's threads (and librdkafka's, which inherit it) on one CPU; the
+    benchmark's own producer stays off it."""
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        os.sched_setaffinity(0, {cpu})
+        try:
+            service.start()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=start, name="pinned-start")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _stream(events: int) -> tuple[SimConfig, list[Event]]:
+    config = SimConfig(seed=7, customers=2000, events=events)
+    return config, list(Simulation(config).canonical())
+
+
+def in_memory(rules: list[Any], events: int) -> dict[str, Any]:
+    config, stream = _stream(events)
+    op = DetectOperator(RuleSet(rules))
+    ctx = _Ctx()
+    intel = intel_for(config.intel_dir, config.start)
+    op.process([Record(e, "intel", 0, n, None, 0) for n, e in enumerate(intel)], ctx)
+    records = [Record(e, "in", 0, n, None, 0) for n, e in enumerate(stream)]
+    started = time.perf_counter()
+    for i in range(0, len(records), 5000):
+        op.process(records[i : i + 5000], ctx)
+    elapsed = time.perf_counter() - started
+    return {
+        "events": len(records),
+        "seconds": round(elapsed, 2),
+        "events_per_s": round(len(records) / elapsed),
+        "alerts": op.alerts,
+        "decisions": op.decisions,
+    }
+
+
+def _prepare(settings: Settings, prefix: str, intel: list[Event]) -> DetectTopology:
+    topo = DetectTopology.scoped(prefix, PARTITIONS)
+    create_topics(settings, topo, PARTITIONS, intel)
+    return topo
+
+
+def on_kafka(settings: Settings, rules: list[Any], events: int, cpu: int) -> dict[str, Any]:
+    config, stream = _stream(events)
+    intel = intel_for(config.intel_dir, config.start)
+    out: dict[str, Any] = {"events": len(stream)}
+    # Throughput: a backlog.
+    prefix = f"bench-detect-{uuid.uuid4().hex[:8]}."
+    topo = _prepare(settings, prefix, intel)
+    producer = EventProducer(settings)
+    for event in stream:
+        producer.produce(event, topic=f"{prefix}events.{type(event).domain}")
+    producer.flush()
+    service = DetectionService(
+        settings, rules, topology=topo, guarantee="at_least_once", checkpoint_interval_s=1.0
+    )
+    _start_pinned(service, cpu)
+    try:
+        # From the first record processed (group join and restore excluded) to the last.
+        deadline = time.monotonic() + 60
+        while service.route_app.metrics.processed == 0 and time.monotonic() < deadline:
+            service.check()
+            time.sleep(0.005)
+        started = time.perf_counter()
+        service.wait_caught_up(len(stream), 600, poll_s=0.01)
+        finished = time.perf_counter()
+    finally:
+        service.stop()
+    elapsed = finished - started
+    out["backlog_seconds"] = round(elapsed, 2)
+    out["events_per_s"] = round(len(stream) / elapsed)
+    out["routed_records"] = service.router.routed
+    out["backlog_alerts"] = service.alerts
+    for load in (0.5, 0.8):
+        out[f"latency_{int(load * 100)}"] = _latency(
+            settings, rules, stream, intel, cpu, max(1000, int(out["events_per_s"] * load))
+        )
+    return out
+
+
+def _latency(
+    settings: Settings, rules: list[Any], stream: list[Event], intel: list[Event], cpu: int, rate: int
+) -> dict[str, Any]:
+    """Produce ``stream`` at ``rate`` with ``ingested_at`` stamped; alert latencies p50/p99."""
+    prefix = f"bench-detect-{uuid.uuid4().hex[:8]}."
+    topo = _prepare(settings, prefix, intel)
+    service = DetectionService(
+        settings, rules, topology=topo, guarantee="at_least_once", checkpoint_interval_s=0.2
+    )
+    _start_pinned(service, cpu)
+    try:
+        collector = _AlertCollector(settings, topo.alerts)
+        producer = EventProducer(settings)
+        started = time.perf_counter()
+        for n, event in enumerate(stream):
+            due = started + n / rate
+            now = time.perf_counter()
+            if due > now:
+                time.sleep(due - now)
+            stamped = msgspec.structs.replace(event, ingested_at=utcnow())
+            producer.produce(stamped, topic=f"{prefix}events.{type(event).domain}")
+        producer.flush()
+        achieved = len(stream) / (time.perf_counter() - started)
+        service.wait_caught_up(len(stream), 300, poll_s=0.01)
+        latencies = sorted(collector.collect(service.alerts, timeout_s=30))
+    finally:
+        service.stop()
+    out: dict[str, Any] = {"rate": rate, "achieved": round(achieved), "alerts": len(latencies)}
+    if latencies:
+        out["p50_ms"] = round(statistics.median(latencies), 1)
+        out["p99_ms"] = round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1)
+    return out
+
+
+class _AlertCollector:
+    def __init__(self, settings: Settings, topic: str) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        from vigil.hub.client import make_consumer
+
+        self.consumer = make_consumer(settings, f"bench-alerts-{uuid.uuid4().hex[:8]}")
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+
+    def collect(self, expected: int, timeout_s: float) -> list[float]:
+        from vigil.events.types import Alert
+
+        decoder = msgspec.json.Decoder(Alert)
+        out: list[float] = []
+        deadline = time.monotonic() + timeout_s
+        try:
+            while len(out) < expected and time.monotonic() < deadline:
+                for msg in self.consumer.consume(500, 0.2):
+                    if msg.error() is None and msg.value() is not None:
+                        alert = decoder.decode(msg.value())
+                        if alert.payload.detection_latency_ms is not None:
+                            out.append(alert.payload.detection_latency_ms)
+        finally:
+            self.consumer.close()
+        return out
+
+
+def _runtime_floor() -> dict[str, Any] | None:
+    path = REPO / "benchmarks" / "results" / "runtime.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return {k: data.get(k) for k in ("floor_eps", "p50_ms_at_80", "p99_ms_at_80", "hop_p99_ms_at_80")}
+
+
+def run(quick: bool) -> dict[str, Any]:
+    rules = load_rules([REPO / "rules"])
+    cpu, cpus = _pin()
+    try:
+        result: dict[str, Any] = {"rules": len(rules), "cpu_pinned": cpu, "target_events_per_s": TARGET_EPS}
+        result["in_memory"] = in_memory(rules, 100_000 if quick else 300_000)
+    finally:
+        os.sched_setaffinity(0, cpus)
+    work = Path(tempfile.mkdtemp(prefix="vigil-bench-detect-"))
+    from benchmarks.runtime import _broker  # the runtime benchmark's broker helper (external or local)
+
+    bootstrap, broker = _broker(work)
+    try:
+        settings = load_settings(kafka_bootstrap=bootstrap, home=work / "home")
+        result["kafka"] = on_kafka(settings, rules, 50_000 if quick else 200_000, cpu)
+    finally:
+        if broker is not None:
+            broker.stop()
+    result["runtime_floor"] = _runtime_floor()
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    mem, kafka, floor = result["in_memory"], result.get("kafka", {}), result.get("runtime_floor") or {}
+    met = "yes" if mem["events_per_s"] >= result["target_events_per_s"] else "no"
+    lines = [
+        f"The whole shipped ruleset ({result['rules']} rules), one core (CPU {result['cpu_pinned']}).",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| in memory: events/s per core ({mem['events']:,} simulated events) | {mem['events_per_s']:,} |",
+        f"| target >= {result['target_events_per_s']:,} events/s per core met (in memory) | {met} |",
+    ]
+    if kafka:
+        lines += [
+            f"| Kafka, route + detect on one core: events/s ({kafka['events']:,}-event backlog) "
+            f"| {kafka['events_per_s']:,} |",
+            f"| Kafka: routed records per event | {kafka['routed_records'] / max(1, kafka['events']):.2f} |",
+        ]
+        for load in (50, 80):
+            lat = kafka.get(f"latency_{load}", {})
+            lines.append(
+                f"| Kafka at {load}% load ({lat.get('achieved', 0):,} events/s): p50 / p99 event-to-alert ms "
+                f"| {lat.get('p50_ms', 'n/a')} / {lat.get('p99_ms', 'n/a')} ({lat.get('alerts', 0)} alerts) |"
+            )
+    if floor:
+        lines += [
+            f"| runtime floor (bare consume + decode, one core), events/s "
+            f"| {floor.get('floor_eps') or 0:,} |",
+            f"| runtime velocity rule at 80% load: p99 ms | {floor.get('p99_ms_at_80', 'n/a')} |",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    res = run(quick="--quick" in sys.argv)
+    print(json.dumps(res, indent=2))
+    print(markdown(res))

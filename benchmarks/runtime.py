@@ -1,0 +1,772 @@
+"""Runtime benchmark: Vigil's stream runtime against the floor and quix-streams, one core each.
+
+The rule: per account, count and sum over a 5-minute sliding event-time window; alert
+when count >= 10 or sum >= 10,000.  Every engine reads the same pre-filled topic of
+~250-byte JSON payment events (same broker, same payload) in its own consumer group, in
+its own process pinned to one CPU (``os.sched_setaffinity``, inherited by librdkafka's
+threads), so "per core" counts everything the engine does.
+
+- floor: bare confluent-kafka batch consume + msgspec decode into the typed event;
+- quix-streams (3.x) at-least-once and exactly-once: ``sliding_window(5 min)`` with
+  ``Count()`` and ``Sum("amount")``, ``.current()``, filter, ``to_topic``;
+- Vigil at-least-once and exactly-once: :class:`VelocityRule` over
+  :class:`~vigil.stream.windows.WindowedAggregate`.
+
+Throughput is input records / time from the first processed record to the N-th (startup,
+group join and the last commit are excluded, the same way for every engine).  Latency:
+a paced producer sends at 50% and 80% of Vigil's at-least-once maximum; the latency of an
+alert is the time from ``produce()`` of its triggering event to the alert's arrival at a
+consumer.  Restore: 1M keys written to a changelog topic, restored into an empty RocksDB.
+
+``python -m benchmarks.runtime <config.json>`` runs one engine (used by :func:`run`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from vigil.config import Settings, load_settings
+from vigil.events.base import Entities
+from vigil.events.codec import EventCodec, encode
+from vigil.events.ids import stable_hash, stable_id
+from vigil.events.types import Alert, AlertPayload, EntityRef, Evidence, Payment, PaymentPayload
+from vigil.hub.admin import ensure_topics
+from vigil.hub.client import consumer_config, make_admin, producer_config
+from vigil.hub.topics import TopicSpec
+from vigil.stream.base import Context, Operator, Record, StoreSpec
+from vigil.stream.windows import Count, Sum, Window, WindowedAggregate
+
+REPO = Path(__file__).resolve().parents[1]
+WINDOW = "5m"
+COUNT_AT, SUM_AT = 10, 10_000.0
+PARTITIONS = 4
+ACCOUNTS = 50_000
+#: Event-time spacing: about one payment per account per minute, so a 5-minute window
+#: holds ~5 and a few percent of events reach 10 (alerts are a small, steady fraction).
+STEP_MS = 60_000 / ACCOUNTS
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+VELOCITY = StoreSpec("velocity", 1)
+AGG = WindowedAggregate(VELOCITY, Window.sliding(WINDOW, lateness="1m"), {"n": Count(), "total": Sum()})
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def make_event(i: int) -> Payment:
+    # Accounts drawn by a stable hash: per-account counts in a window are Poisson-like, so a few
+    # percent of events see >= 10 payments within 5 minutes.
+    account = f"acct-{stable_hash(str(i)) % ACCOUNTS:06d}"
+    # Mostly small amounts; one in 200 large, so the sum condition fires too.
+    amount = 9_000.0 + (i % 13) * 100 if i % 200 == 0 else float(5 + (i * 31) % 400)
+    when = T0 + timedelta(milliseconds=int(i * STEP_MS))
+    return Payment(
+        event_id=f"{i:032x}",
+        source="bench",
+        occurred_at=when,
+        entities=Entities(customer=account, account=account),
+        payload=PaymentPayload(payment_id=f"pay-{i:09d}", amount=amount, currency="USD"),
+    )
+
+
+def fill(settings: Settings, topic: str, start: int, n: int) -> int:
+    """Produce events ``start..start+n``; returns total bytes of values."""
+    producer = Producer(producer_config(settings, **{"linger.ms": 20}))
+    total = 0
+    for i in range(start, start + n):
+        event = make_event(i)
+        value = encode(event)
+        total += len(value)
+        while True:
+            try:
+                producer.produce(topic, value=value, key=event.key())
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if i % 10_000 == 0:
+            producer.poll(0)
+    if producer.flush(120):
+        raise RuntimeError(f"could not deliver the benchmark input to {topic}")
+    return total
+
+
+# ----------------------------------------------------------------------------- the rule in Vigil
+
+
+def velocity_alert(event: Payment, key: str, values: dict[str, Any]) -> Alert:
+    return Alert(
+        event_id=stable_id("velocity", event.event_id, prefix="al-"),
+        source="vigil",
+        occurred_at=event.occurred_at,
+        payload=AlertPayload(
+            rule_id="velocity",
+            rule_version=1,
+            severity="medium",
+            score=min(1.0, values["n"] / 20 + values["total"] / 20_000),
+            entity=EntityRef(kind="account", id=key),
+            explanation=f"{values['n']} payments totalling {values['total']:.2f} within {WINDOW}",
+            evidence=[Evidence(event_id=event.event_id, type="payment", occurred_at=event.occurred_at)],
+            typology="velocity",
+            first_evidence_at=event.occurred_at,
+            last_evidence_at=event.occurred_at,
+        ),
+    )
+
+
+class VelocityRule(Operator[Payment]):
+    id = "velocity.v1"
+    stores: tuple[StoreSpec, ...] = (VELOCITY,)
+
+    def __init__(self, output: str, target: int, done: threading.Event | None = None) -> None:
+        self.output = output
+        self.target = target
+        self.done = done or threading.Event()
+        self.seen = 0
+        self.first: float | None = None
+        self.last: float | None = None
+        self.alerts = 0
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+        state = ctx.state(VELOCITY)
+        update = AGG.update
+        for rec in batch:
+            event = rec.event
+            key = event.entities.account or event.key() or ""
+            result = update(state, key, event.occurred_at, event.payload.amount)
+            if result is None:
+                ctx.late(rec)
+                continue
+            values = result[0].values
+            if values["n"] >= COUNT_AT or values["total"] >= SUM_AT:
+                ctx.emit(self.output, velocity_alert(event, key, values), key)
+                self.alerts += 1
+        self.seen += len(batch)
+        if self.seen >= self.target and not self.done.is_set():
+            self.last = time.perf_counter()
+            self.done.set()
+
+
+class PassThrough(VelocityRule):
+    """No state, no output: what the runtime itself costs (consume, decode, batch, commit)."""
+
+    id = "passthrough"
+    stores = ()
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+        self.seen += len(batch)
+        if self.seen >= self.target and not self.done.is_set():
+            self.last = time.perf_counter()
+            self.done.set()
+
+
+# ----------------------------------------------------------------------------- engines (subprocess side)
+
+
+def _settings(cfg: dict[str, Any]) -> Settings:
+    return load_settings(kafka_bootstrap=cfg["bootstrap"], home=Path(cfg["home"]))
+
+
+def engine_floor(cfg: dict[str, Any]) -> dict[str, Any]:
+    settings = _settings(cfg)
+    consumer = Consumer(consumer_config(settings, cfg["group"], **{"fetch.wait.max.ms": 10}))
+    consumer.subscribe([cfg["input"]])
+    decode = EventCodec()._decoder.decode
+    target, seen, first = cfg["target"], 0, None
+    while seen < target:
+        msgs = consumer.consume(5000, 0.1)
+        if msgs and first is None:
+            first = time.perf_counter()
+        for msg in msgs:
+            if msg.error() is None:
+                decode(msg.value())
+                seen += 1
+    elapsed = time.perf_counter() - (first or time.perf_counter())
+    consumer.close()
+    return {"processed": seen, "elapsed_s": elapsed}
+
+
+def engine_vigil(cfg: dict[str, Any]) -> dict[str, Any]:
+    from vigil.stream.app import Application
+
+    settings = _settings(cfg)
+    done = threading.Event()
+    rule = (PassThrough if cfg.get("passthrough") else VelocityRule)(cfg["output"], cfg["target"], done)
+    app = Application(
+        settings,
+        name=cfg["group"],
+        inputs=[cfg["input"]],
+        operators=[rule],
+        guarantee=cfg["guarantee"],
+        instance_id="bench",
+        batch_size=cfg.get("batch_size", 5000),
+        **cfg.get("app_options", {}),
+    )
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            app.run()
+        except BaseException as exc:
+            errors.append(exc)
+            done.set()
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    ready = cfg.get("ready")
+    if ready:
+        while not app.assigned.wait(0.1):
+            if errors:
+                break
+        Path(ready).write_text("ready")
+        stop_file = Path(cfg["stop"])
+        while not stop_file.exists() and not errors:
+            time.sleep(0.05)  # the parent creates the stop file when the latency run is over
+    else:
+        done.wait()
+    app.stop()
+    thread.join()
+    if errors:
+        raise errors[0]
+    elapsed = (rule.last or 0) - (rule.first or 0)
+    state_bytes = sum(f.stat().st_size for f in app.state_dir.rglob("*") if f.is_file())
+    return {
+        "processed": rule.seen,
+        "elapsed_s": elapsed,
+        "alerts": rule.alerts,
+        "late": app.metrics.late,
+        "checkpoints": app.metrics.checkpoints,
+        "batches": app.metrics.batches,
+        # Time inside the loop's own work, to tell "busy" from "waiting" in live runs.
+        "processing_s": round(_sample(app, "vigil_stream_batch_processing_seconds_sum"), 2),
+        "checkpoint_s": round(_sample(app, "vigil_stream_checkpoint_seconds_sum"), 2),
+        "state_mb": round(state_bytes / 1e6, 1),
+    }
+
+
+def _sample(app: Any, name: str) -> float:
+    value = app.prometheus.registry.get_sample_value(name, {"app": app.name})
+    return float(value or 0.0)
+
+
+def engine_quix(cfg: dict[str, Any]) -> dict[str, Any]:
+    from quixstreams import Application as QuixApplication
+    from quixstreams.dataframe.windows import Count as QCount
+    from quixstreams.dataframe.windows import Sum as QSum
+
+    app = QuixApplication(
+        broker_address=cfg["bootstrap"],
+        consumer_group=cfg["group"],
+        auto_offset_reset="earliest",
+        processing_guarantee=cfg["guarantee"].replace("_", "-"),
+        state_dir=str(Path(cfg["home"]) / "quix-state"),
+        loglevel="WARNING",
+    )
+
+    def event_time(value: Any, headers: Any, timestamp: int, timestamp_type: Any) -> int:
+        return int(datetime.fromisoformat(value["occurred_at"]).timestamp() * 1000)
+
+    source = app.topic(cfg["input"], value_deserializer="json", timestamp_extractor=event_time)
+    output = app.topic(cfg["output"], value_serializer="json")
+    target = cfg["target"]
+    progress = {"seen": 0, "first": 0.0, "last": 0.0, "alerts": 0}
+
+    def tick(value: Any) -> None:
+        if not progress["seen"]:
+            progress["first"] = time.perf_counter()
+        progress["seen"] += 1
+        if progress["seen"] == target:
+            progress["last"] = time.perf_counter()
+            app.stop()
+
+    def is_alert(window: dict[str, Any]) -> bool:
+        hit = window["n"] >= COUNT_AT or window["total"] >= SUM_AT
+        if hit:
+            progress["alerts"] += 1
+        return bool(hit)
+
+    sdf = app.dataframe(source)
+    sdf = sdf.update(tick)
+    sdf = sdf.apply(lambda v: {"amount": v["payload"]["amount"], "event_id": v["event_id"]})
+    windows = sdf.sliding_window(duration_ms=300_000, grace_ms=60_000).agg(n=QCount(), total=QSum("amount"))
+    alerts = windows.current().filter(is_alert)
+    alerts.to_topic(output)
+    app.run()
+    return {
+        "processed": progress["seen"],
+        "elapsed_s": progress["last"] - progress["first"],
+        "alerts": progress["alerts"],
+    }
+
+
+ENGINES = {"floor": engine_floor, "vigil": engine_vigil, "quix": engine_quix}
+
+
+def engine_main(config_path: str) -> None:
+    cfg = json.loads(Path(config_path).read_text())
+    os.sched_setaffinity(0, {cfg["cpu"]})
+    result = ENGINES[cfg["engine"]](cfg)
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    Path(cfg["result"]).write_text(json.dumps(result))
+
+
+# ----------------------------------------------------------------------------- orchestration (parent side)
+
+
+class Bench:
+    def __init__(self, settings: Settings, work: Path, cpu: int) -> None:
+        self.settings = settings
+        self.work = work
+        self.cpu = cpu
+        self.run_id = uuid.uuid4().hex[:8]
+        self.topics: list[str] = []
+        self.runs = 0
+
+    def topic(self, base: str, partitions: int = PARTITIONS, compact: bool = False) -> str:
+        name = f"bench.runtime.{base}.{self.run_id}"
+        spec = TopicSpec(
+            name=name,
+            key="account",
+            value="raw",
+            description="benchmark",
+            partitions=partitions,
+            cleanup="compact" if compact else "delete",
+            retention=None if compact else timedelta(hours=6),
+        )
+        ensure_topics(self.settings, [spec])
+        self.topics.append(name)
+        return name
+
+    def start_engine(self, engine: str, label: str, **cfg: Any) -> tuple[subprocess.Popen[bytes], Path]:
+        home = self.work / label
+        home.mkdir(parents=True, exist_ok=True)
+        result = home / "result.json"
+        full = {
+            "engine": engine,
+            "cpu": self.cpu,
+            "bootstrap": self.settings.kafka_client_config()["bootstrap.servers"],
+            "home": str(home),
+            "group": f"bench-{label}-{self.run_id}",
+            "result": str(result),
+            **cfg,
+        }
+        path = home / "config.json"
+        path.write_text(json.dumps(full))
+        log = (home / "engine.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.runtime", str(path)], cwd=REPO, stdout=log, stderr=log
+        )
+        log.close()
+        return proc, result
+
+    def engine(self, engine: str, label: str, timeout: float = 300, **cfg: Any) -> dict[str, Any]:
+        proc, result = self.start_engine(engine, label, **cfg)
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = -9
+        if code != 0 or not result.exists():
+            tail = (self.work / label / "engine.log").read_text()[-2000:]
+            raise RuntimeError(f"engine {label} failed (exit {code}):\n{tail}")
+        out: dict[str, Any] = json.loads(result.read_text())
+        out["eps"] = round(out["processed"] / out["elapsed_s"]) if out["elapsed_s"] > 0 else 0
+        return out
+
+    def latency(self, rate: float, seconds: float, start_index: int, **engine: Any) -> dict[str, Any]:
+        """Vigil at-least-once under a paced load; alert latency percentiles in ms."""
+        self.runs += 1
+        tag = f"{int(rate)}-{self.runs}"
+        src, out = self.topic(f"lat{tag}"), self.topic(f"lat{tag}-alerts")
+        label = f"vigil-lat-{tag}"
+        ready, stop = self.work / f"{label}.ready", self.work / f"{label}.stop"
+        proc, _ = self.start_engine(
+            "vigil",
+            label,
+            input=src,
+            output=out,
+            guarantee="at_least_once",
+            target=10**12,
+            ready=str(ready),
+            **engine,
+            stop=str(stop),
+        )
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError(f"latency engine did not become ready: {self.work / label / 'engine.log'}")
+            time.sleep(0.05)
+        n = int(rate * seconds)
+        values = [(encode(e), e.key()) for e in (make_event(start_index + i) for i in range(n))]
+        sent_at = [0.0] * n
+        latencies: list[float] = []
+        consumer = Consumer(
+            consumer_config(
+                self.settings, f"lat-reader-{self.run_id}-{int(rate)}", **{"fetch.wait.max.ms": 2}
+            )
+        )
+        consumer.assign([TopicPartition(out, p, 0) for p in range(PARTITIONS)])
+        finished = threading.Event()
+        decoder = msgspec.json.Decoder(Alert)
+
+        def read() -> None:
+            while not finished.is_set():
+                for msg in consumer.consume(1000, 0.05):
+                    if msg.error() is None:
+                        now = time.perf_counter()
+                        alert = decoder.decode(msg.value())
+                        idx = int(alert.payload.evidence[0].event_id, 16) - start_index
+                        if 0 <= idx < n and sent_at[idx]:
+                            latencies.append((now - sent_at[idx]) * 1000)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        producer = Producer(producer_config(self.settings, **{"linger.ms": 1}))
+        began = time.perf_counter()
+        i = 0
+        while i < n:
+            due = min(n, int((time.perf_counter() - began) * rate))
+            while i < due:
+                value, key = values[i]
+                sent_at[i] = time.perf_counter()
+                try:
+                    producer.produce(src, value=value, key=key)
+                except BufferError:
+                    producer.poll(0.01)
+                    continue
+                i += 1
+            producer.poll(0)
+            time.sleep(0.002)  # pacing tick of the load generator
+        producer.flush(30)
+        achieved = n / (time.perf_counter() - began)
+        drain = time.monotonic() + 10
+        expected_floor = len(latencies)
+        while time.monotonic() < drain:
+            time.sleep(0.2)  # let the last alerts arrive; stop once no new ones come in
+            if len(latencies) == expected_floor:
+                break
+            expected_floor = len(latencies)
+        finished.set()
+        reader.join()
+        consumer.close()
+        stop.write_text("stop")
+        proc.wait(60)
+        warm = list(latencies)
+        # Skip the first second of traffic (first batches open RocksDB and warm caches).
+        skip = int(len(warm) * min(0.9, 1.0 / max(seconds, 1.0)))
+        sample = sorted(warm[skip:])
+        if not sample:
+            return {"rate": rate, "achieved": achieved, "alerts": 0}
+        # Median of the first and of the second half of the run (in arrival order): a second half
+        # much slower than the first means the engine fell behind (a growing backlog), not jitter.
+        kept = warm[skip:]
+        halves = [sorted(kept[: len(kept) // 2]), sorted(kept[len(kept) // 2 :])]
+        return {
+            "rate": round(rate),
+            "achieved": round(achieved),
+            "alerts": len(sample),
+            "p50_ms": round(sample[len(sample) // 2], 1),
+            "p99_ms": round(sample[min(len(sample) - 1, int(len(sample) * 0.99))], 1),
+            "p50_ms_halves": [round(h[len(h) // 2], 1) if h else None for h in halves],
+        }
+
+    def hop(self, rate: float, seconds: float) -> dict[str, Any]:
+        """The broker's own produce -> consume latency at ``rate`` (one hop; an engine adds a second)."""
+        topic = self.topic(f"hop{int(rate)}")
+        consumer = Consumer(
+            consumer_config(self.settings, f"hop-{self.run_id}-{int(rate)}", **{"fetch.wait.max.ms": 2})
+        )
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+        latencies: list[float] = []
+        finished = threading.Event()
+
+        def read() -> None:
+            while not finished.is_set():
+                for msg in consumer.consume(1000, 0.05):
+                    if msg.error() is None:
+                        latencies.append((time.perf_counter() - float(msg.value())) * 1000)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        producer = Producer(producer_config(self.settings, **{"linger.ms": 1}))
+        n = int(rate * seconds)
+        began = time.perf_counter()
+        i = 0
+        while i < n:
+            due = min(n, int((time.perf_counter() - began) * rate))
+            while i < due:
+                producer.produce(topic, str(time.perf_counter()).encode(), str(i).encode())
+                i += 1
+            producer.poll(0)
+            time.sleep(0.002)  # pacing tick of the load generator
+        producer.flush(30)
+        deadline = time.monotonic() + 10
+        while len(latencies) < n and time.monotonic() < deadline:
+            time.sleep(0.05)  # wait for the reader to see every record (bounded)
+        finished.set()
+        reader.join()
+        consumer.close()
+        sample = sorted(latencies)
+        return {
+            "rate": round(rate),
+            "p50_ms": round(sample[len(sample) // 2], 1),
+            "p99_ms": round(sample[int(len(sample) * 0.99)], 1),
+        }
+
+    def restore(self, keys: int) -> dict[str, Any]:
+        """Time restoring ``keys`` keys from a changelog topic into an empty RocksDB."""
+        app = f"bench-restore-{self.run_id}"
+        topic = f"{app}.changelog.{VELOCITY.id}"
+        ensure_topics(
+            self.settings,
+            [
+                TopicSpec(
+                    name=topic,
+                    key="state key",
+                    value="raw",
+                    description="benchmark",
+                    partitions=PARTITIONS,
+                    cleanup="compact",
+                    retention=None,
+                )
+            ],
+        )
+        self.topics.append(topic)
+        producer = Producer(producer_config(self.settings, **{"linger.ms": 20}))
+        enc = msgspec.msgpack.Encoder()
+        for k in range(keys):
+            value = enc.encode([[1_767_225_600_000 + k, float(k % 400)]])
+            while True:
+                try:
+                    producer.produce(
+                        topic, key=f"w:acct-{k:07d}".encode(), value=value, partition=k % PARTITIONS
+                    )
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        producer.flush(120)
+        return self.engine("restore", "restore", app=app, partitions=PARTITIONS)
+
+    def cleanup(self) -> None:
+        if self.topics:
+            admin = make_admin(self.settings)
+            for fut in admin.delete_topics(self.topics, operation_timeout=30).values():
+                try:
+                    fut.result(30)
+                except Exception as exc:  # cleanup is best effort: say what failed and go on
+                    print(f"could not delete a benchmark topic: {exc}", file=sys.stderr)
+
+
+def engine_restore(cfg: dict[str, Any]) -> dict[str, Any]:
+    from vigil.stream.changelog import RestoreTask, changelog_topic, restore
+    from vigil.stream.state import RocksState
+
+    settings = _settings(cfg)
+    topic = changelog_topic(cfg["app"], VELOCITY.id)
+    states = [RocksState(Path(cfg["home"]) / "restore" / str(p), VELOCITY) for p in range(cfg["partitions"])]
+    started = time.perf_counter()
+    applied = restore(settings, cfg["app"], [RestoreTask(s, topic, p) for p, s in enumerate(states)])
+    elapsed = time.perf_counter() - started
+    for s in states:
+        s.close()
+    return {"processed": applied, "elapsed_s": elapsed}
+
+
+ENGINES["restore"] = engine_restore
+
+
+def reference_alerts(n: int) -> int:
+    """Alerts the rule must raise on the first ``n`` events, computed in memory (no Kafka)."""
+    from vigil.testing import run_operators
+
+    rule = VelocityRule("alerts", n)
+    run_operators([rule], (make_event(i) for i in range(n)), batch_size=5000)
+    return rule.alerts
+
+
+def _broker(work: Path) -> tuple[str, Any]:
+    external = os.environ.get("VIGIL_KAFKA_BOOTSTRAP")
+    if external:
+        return external, None
+    from vigil.hub.broker import LocalBroker, free_port_block
+
+    broker = LocalBroker(
+        home=work / "broker", port=free_port_block(2), dist_root=REPO / ".vigil" / "kafka-dist", heap_mb=1024
+    )
+    info = broker.start(nodes=1)
+    return info.bootstrap, broker
+
+
+def run(quick: bool) -> dict[str, Any]:
+    n = 200_000 if quick else 1_000_000
+    nq = 50_000 if quick else 200_000
+    lat_seconds = 4.0 if quick else 8.0
+    repeats = 1 if quick else 2
+    restore_keys = 1_000_000
+    # Engines are pinned to the last CPU.  The broker and this process (load generator, latency
+    # reader) are left to the scheduler: on two cores, pinning them all to the other one starved
+    # the load generator (measured: it fell 15% short of the target rate and latency became its
+    # own queueing).
+    cpu = max(os.sched_getaffinity(0))
+    work = Path(tempfile.mkdtemp(prefix="vigil-bench-"))
+    bootstrap, broker = _broker(work)
+    settings = load_settings(kafka_bootstrap=bootstrap, home=work / "home")
+    bench = Bench(settings, work, cpu)
+    result: dict[str, Any] = {
+        "events": n,
+        "quix_events": nq,
+        "cpu_pinned": cpu,
+        "rule": (
+            f"per account: count and sum over a {WINDOW} sliding window; alert when count >= {COUNT_AT} "
+            f"or sum >= {SUM_AT:,.0f}"
+        ),
+    }
+    try:
+        src = bench.topic("input")
+        started = time.perf_counter()
+        result["payload_bytes_avg"] = round(fill(settings, src, 0, n) / n)
+        result["fill_s"] = round(time.perf_counter() - started, 1)
+        runs: dict[str, dict[str, Any]] = {}
+        samples: dict[str, list[dict[str, Any]]] = {}
+        plan: list[tuple[str, str, dict[str, Any]]] = [("floor", "floor", {"target": n})]
+        for guarantee, short in (("at_least_once", "alo"), ("exactly_once", "eos")):
+            plan.append(("vigil", f"vigil_{short}", {"guarantee": guarantee, "target": n}))
+            plan.append(("quix", f"quix_{short}", {"guarantee": guarantee, "target": nq}))
+        # The machine is shared and noisy: every engine runs `repeats` times (interleaved, so a
+        # noisy minute hurts all alike) and keeps its best run; every run is kept in the JSON.
+        for attempt in range(repeats):
+            for engine, key, cfg in plan:
+                label = f"{key}-{attempt}"
+                output = bench.topic(f"{label}-alerts") if engine != "floor" else None
+                one = bench.engine(engine, label, input=src, output=output, **cfg)
+                samples.setdefault(key, []).append(one)
+        for key, tries in samples.items():
+            runs[key] = max(tries, key=lambda one: one["eps"])
+            runs[key]["eps_all"] = [one["eps"] for one in tries]
+        result["runs"] = runs
+        # The same rule must give the same alerts: check every engine against an in-memory run.
+        result["reference_alerts"] = reference_alerts(n)
+        result["reference_alerts_quix_events"] = reference_alerts(nq)
+        for name, r in runs.items():
+            result[f"{name}_eps"] = r["eps"]
+        result["peak_rss_mb"] = runs["vigil_alo"]["peak_rss_mb"]
+        result["state_mb"] = runs["vigil_alo"].get("state_mb")
+        lat: dict[str, Any] = {}
+        for pct in (50, 80):
+            lat[str(pct)] = bench.latency(
+                result["vigil_alo_eps"] * pct / 100, lat_seconds, n + pct * 10_000_000
+            )
+        result["latency"] = lat
+        hop = bench.hop(result["vigil_alo_eps"] * 0.8, lat_seconds)
+        result["hop_p50_ms_at_80"], result["hop_p99_ms_at_80"] = hop["p50_ms"], hop["p99_ms"]
+        result["p50_ms_at_50"] = lat["50"].get("p50_ms")
+        result["p99_ms_at_50"] = lat["50"].get("p99_ms")
+        result["p50_ms_at_80"] = lat["80"].get("p50_ms")
+        result["p99_ms_at_80"] = lat["80"].get("p99_ms")
+        rest = bench.restore(restore_keys)
+        result["restore_keys"] = rest["processed"]
+        result["restore_s_1m_keys"] = round(rest["elapsed_s"] * 1_000_000 / max(1, rest["processed"]), 2)
+    finally:
+        bench.cleanup()
+        if broker is not None:
+            broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else "n/a"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    r = result
+    runs = r.get("runs", {})
+    lat = r.get("latency", {})
+    rows = [
+        ("floor: confluent-kafka batch consume + msgspec decode", "floor"),
+        ("quix-streams, at-least-once", "quix_alo"),
+        ("quix-streams, exactly-once", "quix_eos"),
+        ("Vigil, at-least-once", "vigil_alo"),
+        ("Vigil, exactly-once", "vigil_eos"),
+    ]
+    lines = [
+        "## Stream runtime",
+        "",
+        f"Rule: {r.get('rule')}. Input: {r.get('events'):,} payment events "
+        f"(~{r.get('payload_bytes_avg')} bytes JSON, {PARTITIONS} partitions, {ACCOUNTS:,} accounts; "
+        f"quix-streams measured on the first {r.get('quix_events'):,}). Each engine in its own process "
+        f"pinned to CPU {r.get('cpu_pinned')} (its librdkafka threads included).",
+        "",
+        "| engine | events/s per core | events | alerts (expected) | peak RSS MB |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label, key in rows:
+        run_ = runs.get(key, {})
+        expected = (
+            r.get("reference_alerts_quix_events") if key.startswith("quix") else r.get("reference_alerts")
+        )
+        alerts = "-" if key == "floor" else f"{run_.get('alerts', '-')} ({expected})"
+        lines.append(
+            f"| {label} | {run_.get('eps', 0):,} | {run_.get('processed', 0):,} | {alerts} "
+            f"| {run_.get('peak_rss_mb', '-')} |"
+        )
+    va, ve = r.get("vigil_alo_eps"), r.get("vigil_eos_eps")
+    lines += [
+        "",
+        f"- Vigil / quix-streams: at-least-once {_ratio(va, r.get('quix_alo_eps'))}, "
+        f"exactly-once {_ratio(ve, r.get('quix_eos_eps'))} (target >= 3x).",
+        f"- Vigil at-least-once / floor: {_ratio(va, r.get('floor_eps'))} (target >= 0.5x); "
+        f"target >= 100,000 events/s per core at-least-once.",
+        f"- Latency (Vigil at-least-once, produce() of the event to the alert at a consumer): "
+        f"at 50% load p50 {r.get('p50_ms_at_50')} ms / p99 {r.get('p99_ms_at_50')} ms; "
+        f"at 80% load p50 {r.get('p50_ms_at_80')} ms / p99 {r.get('p99_ms_at_80')} ms (target p99 <= 50 ms). "
+        f"For scale, this broker's own produce -> consume hop at the same rate: p50 "
+        f"{r.get('hop_p50_ms_at_80')} ms / p99 {r.get('hop_p99_ms_at_80')} ms (an alert takes two hops). "
+        f"Median latency in the first / second half of each run: at 50% "
+        f"{lat.get('50', {}).get('p50_ms_halves')} ms, at 80% {lat.get('80', {}).get('p50_ms_halves')} ms; "
+        f"a second half much slower than the first means the engine fell behind the live load.",
+        f"- State on disk after the at-least-once run: {r.get('state_mb')} MB "
+        f"(RocksDB, {ACCOUNTS:,} accounts).",
+        f"- Restore of {r.get('restore_keys', 0):,} keys from the changelog into empty RocksDB: "
+        f"{r.get('restore_s_1m_keys')} s per 1M keys.",
+        "",
+        "Caveats: the machine is shared (2 cores, one broker for several developers' test runs, load "
+        "average often above 2), so absolute numbers are noisy: each engine ran "
+        f"{len(runs.get('floor', {}).get('eps_all', [1]))} time(s), interleaved; the table keeps its best "
+        "(every run is in benchmarks/results/runtime.json). Only the engines are pinned (to one CPU); the "
+        "broker, the load generator and the latency reader run wherever the scheduler puts them, so they "
+        "also take time from the engine's CPU, more so in the latency runs, where the broker ingests the "
+        "input, the changelog and the alerts at once: the engine sustains less live than on a pre-filled "
+        "topic, and where the halves above grow, the load was beyond what it sustained live. "
+        "The load generator's `achieved` rate is in the JSON; below the target rate, it was starved too. "
+        "Throughput excludes group join and the final commit for every engine alike. quix-streams runs "
+        "with its defaults (commit every 5 s); Vigil checkpoints every 0.2 s. Alert counts are checked "
+        "against an in-memory run of the same rule (expected); quix-streams' sliding windows differ in "
+        "detail (it emits every window an event updates, boundaries included), so its count differs.",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    engine_main(sys.argv[1])

@@ -1,0 +1,176 @@
+"""Simulator throughput: in-memory generation, and generation into Kafka with ``--canonical``.
+
+Measured on one core (the process is pinned with ``sched_setaffinity``, librdkafka's
+threads included) so the figure says what one simulator process sustains.  The machine's
+load average is recorded beside the figures: on a shared host they move with it.
+
+    run(quick=True)  -> dict of figures
+    markdown(result) -> a section for docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from vigil.config import Settings, load_settings
+from vigil.errors import VigilError
+from vigil.events.codec import encode
+from vigil.hub.broker import LocalBroker, free_port_block
+from vigil.hub.client import check_reachable, make_admin
+from vigil.sim import SimConfig, Simulation
+from vigil.sim.publish import SimPublisher
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _pin_one_core() -> tuple[set[int] | None, int | None]:
+    if not hasattr(os, "sched_setaffinity"):
+        return None, None
+    before = os.sched_getaffinity(0)
+    core = max(before)
+    os.sched_setaffinity(0, {core})
+    return before, core
+
+
+def _rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 1) if seconds > 0 else 0.0
+
+
+def _generation(cfg: SimConfig) -> dict[str, Any]:
+    started = time.perf_counter()
+    sim = Simulation(cfg)
+    setup = time.perf_counter() - started
+    t0 = time.perf_counter()
+    n = sum(1 for _ in sim.canonical())
+    gen = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    size = 0
+    for event in sim.canonical():
+        size += len(encode(event))
+    enc = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    raw = sum(1 for _ in sim.native())
+    nat = time.perf_counter() - t0
+    return {
+        "setup_s": round(setup, 3),
+        "events": n,
+        "generate_events_per_s": _rate(n, gen),
+        "generate_and_encode_events_per_s": _rate(n, enc),
+        "mean_event_bytes": round(size / n, 1) if n else 0,
+        "native_records": raw,
+        "native_records_per_s": _rate(raw, nat),
+        "episodes": len(sim.labels),
+        "lookalikes": len(sim.lookalikes),
+    }
+
+
+def _broker(work: Path) -> tuple[Settings, LocalBroker | None]:
+    """The cluster named by VIGIL_KAFKA_BOOTSTRAP, else a local single-node broker of our own."""
+    settings = load_settings()
+    if settings.uses_external_cluster:
+        return settings, None
+    broker = LocalBroker(
+        home=work / "broker", port=free_port_block(2), dist_root=REPO / ".vigil" / "kafka-dist", heap_mb=1024
+    )
+    info = broker.start(nodes=1)
+    return load_settings(kafka_bootstrap=info.bootstrap, home=work / "home"), broker
+
+
+def _kafka(settings: Settings, cfg: SimConfig) -> dict[str, Any]:
+    try:
+        check_reachable(settings, timeout=5.0)
+    except VigilError as exc:
+        return {"skipped": str(exc)}
+    prefix = f"bench.sim.{uuid.uuid4().hex[:8]}."
+    publisher = SimPublisher(settings, topic_prefix=prefix)
+    created = publisher.ensure_topics(canonical=True)
+    try:
+        sim = Simulation(cfg)
+        stats = publisher.publish(sim, canonical=True)
+    finally:
+        # Only the topics this benchmark created.
+        admin = make_admin(settings)
+        for future in admin.delete_topics(created).values():
+            future.result()
+    return {
+        "bootstrap": settings.kafka_client_config()["bootstrap.servers"],
+        "events": stats.events,
+        "labels": stats.labels,
+        "seconds": round(stats.seconds, 3),
+        "events_per_s": round(stats.rate, 1),
+        "topics": len(stats.topics),
+    }
+
+
+def run(quick: bool) -> dict[str, Any]:
+    events = 100_000 if quick else 1_000_000
+    customers = 2_000 if quick else 20_000
+    cfg = SimConfig(seed=7, customers=customers, events=events)
+    work = Path(tempfile.mkdtemp(prefix="vigil-bench-sim-"))
+    # The broker starts before the pinning, so it does not share the simulator's core.
+    settings, broker = _broker(work)
+    before, core = _pin_one_core()
+    try:
+        result: dict[str, Any] = {
+            "config": {"seed": cfg.seed, "customers": customers, "events": events, "span": str(cfg.span)},
+            "pinned_core": core,
+            "broker": "external (VIGIL_KAFKA_BOOTSTRAP)"
+            if broker is None
+            else "local single node, started here",
+            "load_average_1m_before": round(os.getloadavg()[0], 2),
+            "memory": _generation(cfg),
+            "kafka_canonical": _kafka(settings, cfg),
+            "load_average_1m_after": round(os.getloadavg()[0], 2),
+        }
+    finally:
+        if before is not None:
+            os.sched_setaffinity(0, before)
+        if broker is not None:
+            broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    mem = result["memory"]
+    kafka = result["kafka_canonical"]
+    cfg = result["config"]
+    lines = [
+        "## Simulator",
+        "",
+        f"{cfg['events']:,} events, {cfg['customers']:,} customers, seed {cfg['seed']}, span {cfg['span']}; "
+        f"one core (pinned to cpu {result['pinned_core']}); broker: {result['broker']}; load average "
+        f"{result['load_average_1m_before']} before, {result['load_average_1m_after']} after.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| in-memory generation (canonical events) | {mem['generate_events_per_s']:,.0f} events/s |",
+        f"| generation + JSON encoding | {mem['generate_and_encode_events_per_s']:,.0f} events/s |",
+        f"| native shapes (raw records) | {mem['native_records_per_s']:,.0f} records/s |",
+        f"| mean canonical event size | {mem['mean_event_bytes']} bytes |",
+        f"| attack episodes / benign look-alikes | {mem['episodes']} / {mem['lookalikes']} |",
+    ]
+    if "skipped" in kafka:
+        lines.append(f"| into Kafka, `--canonical` | skipped: {kafka['skipped']} |")
+    else:
+        lines.append(
+            f"| into Kafka, `--canonical` (acknowledged, acks=all, lz4) "
+            f"| {kafka['events_per_s']:,.0f} events/s ({kafka['events']:,} events in {kafka['seconds']} s) |"
+        )
+    lines += ["", "Target: >= 200,000 events/s into Kafka with `--canonical` on one core."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    res = run(quick="--full" not in sys.argv)
+    print(json.dumps(res, indent=2))
+    print(markdown(res))

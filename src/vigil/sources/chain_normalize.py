@@ -1,0 +1,78 @@
+"""What the Bitcoin and Ethereum normalisers share: decoding a raw block or log record
+with the JSON path of the first bad field, and building a ``chain_transfer`` event.
+
+Event ids are ``stable_id("chain_transfer", chain, tx_hash, part)``, where ``part`` tells
+transfers of one transaction apart (a Bitcoin output index, an ERC-20 log index, or
+``"native"`` for the ether a transaction carries), so a re-published block yields the
+same ids.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TypeVar
+
+import msgspec
+
+from vigil.errors import DecodeError
+from vigil.events.base import Entities
+from vigil.events.ids import stable_id
+from vigil.events.types import Chain, ChainTransfer, ChainTransferPayload
+from vigil.hub.raw import RawRecord
+
+T = TypeVar("T")
+
+
+def decode_record(decoder: msgspec.json.Decoder[T], value: bytes, where: str) -> T:
+    """``value`` decoded, or a :class:`~vigil.errors.DecodeError` naming ``where`` and, for a
+    value of the wrong shape, the JSON path msgspec reports."""
+    try:
+        return decoder.decode(value)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        path = text.rsplit(" - at `", 1)[1][:-1] if " - at `" in text else None
+        raise DecodeError(text, where=where, path=path) from None
+    except msgspec.DecodeError as exc:
+        msg = f"not valid JSON: {exc}"
+        raise DecodeError(msg, where=where) from None
+
+
+def chain_transfer(
+    record: RawRecord,
+    *,
+    chain: Chain,
+    tx_hash: str,
+    part: str | int,
+    occurred_at: datetime,
+    block_number: int,
+    from_address: str,
+    wallet: str | None,
+    to_address: str,
+    asset: str,
+    value_raw: int,
+    decimals: int,
+    log_index: int | None = None,
+    token_contract: str | None = None,
+) -> ChainTransfer:
+    """A transfer seen in ``record``.  ``wallet`` is the sender as an entity: ``None`` where
+    ``from_address`` is a placeholder (a coinbase or an unresolved sender), not a wallet."""
+    return ChainTransfer(
+        event_id=stable_id("chain_transfer", chain, tx_hash, part),
+        source=chain,
+        occurred_at=occurred_at,
+        ingested_at=record.received_at,
+        entities=Entities(wallet=wallet, counterparty=to_address),
+        payload=ChainTransferPayload(
+            chain=chain,
+            tx_hash=tx_hash,
+            log_index=log_index,
+            block_number=block_number,
+            from_address=from_address,
+            to_address=to_address,
+            asset=asset,
+            token_contract=token_contract,
+            value_raw=value_raw,
+            decimals=decimals,
+            amount=value_raw / 10**decimals,
+        ),
+    )

@@ -1,0 +1,23 @@
+"""Detection's topology helpers: names under a prefix, topic specs from the registry."""
+
+from __future__ import annotations
+
+from vigil.detect.app import CANONICAL_INPUTS, DetectTopology
+
+
+def test_a_scoped_topology_names_every_topic_and_group_under_its_prefix() -> None:
+    topo = DetectTopology.scoped("p.", 3)
+    default = DetectTopology()
+    assert topo.inputs == tuple(f"p.{t}" for t in CANONICAL_INPUTS)
+    for name in ("routed", "alerts", "decisions", "intel", "dlq", "route_app", "detect_app"):
+        assert getattr(topo, name) == f"p.{getattr(default, name)}"
+    assert topo.routed_partitions == 3
+
+
+def test_topic_specs_rename_the_registry_specs_and_keep_one_dead_letter_partition() -> None:
+    topo = DetectTopology.scoped("p.", 3)
+    specs = {s.name: s for s in topo.topic_specs(3)}
+    assert set(specs) == {*topo.inputs, topo.alerts, topo.decisions, topo.intel, topo.dlq}
+    assert {s.partitions for n, s in specs.items() if n != topo.dlq} == {3}
+    assert specs[topo.dlq].partitions == 1
+    assert specs[topo.dlq].value == "dead_letter"
