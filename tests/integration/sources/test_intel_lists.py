@@ -102,7 +102,7 @@ def test_lists_refresh_without_restart_and_revoke_after_restart(settings: Settin
             TopicSpec(name=raw_topic, key="list", value="raw", description="t", partitions=1),
             TopicSpec(
                 name=indicators,
-                key="<type>:<value>",
+                key="<type>:<value>@<feed>",
                 value=(IntelIndicator,),
                 description="t",
                 partitions=1,
@@ -174,7 +174,8 @@ def test_lists_refresh_without_restart_and_revoke_after_restart(settings: Settin
         event = codec.decode(value)
         assert isinstance(event, IntelIndicator)
         assert key == event.key().encode()
-        latest[event.key()] = event
+        # Keys are "<type>:<value>@<feed>"; these values are each listed by one feed only.
+        latest[event.key().rpartition("@")[0]] = event
     delisted_eth = f"eth_address:{lines[0].strip().lower()}"
     delisted_scam = f"eth_address:{scam_doc.split(chr(34))[1].lower()}"
     assert latest[delisted_eth].payload.revoked is True
