@@ -34,7 +34,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from vigil.config import Settings, load_settings
+from vigil.config import Settings, load_settings, shared_data_dir
 from vigil.events.codec import encode
 from vigil.hub.admin import ensure_topics
 from vigil.hub.client import consumer_config, make_admin, producer_config
@@ -48,7 +48,7 @@ from vigil.sources.ethereum_normalize import EthereumNormalizer
 from vigil.sources.normalize import build, decode_raw
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("VIGIL_SHARED_DATA", REPO.parent / "shared" / "data"))
+DATA = shared_data_dir()
 RECEIVED = datetime(2026, 11, 29, tzinfo=UTC)
 TARGET = 100_000
 

@@ -130,3 +130,22 @@ def load_settings(**overrides: Any) -> Settings:
             problems.append(f"{env} ({name}): {err['msg']}; got {got}")
         msg = "invalid settings:\n  " + "\n  ".join(problems)
         raise ConfigError(msg) from None
+
+
+def shared_data_dir() -> Path:
+    """The shared public data: OFAC and scam lists, STIX bundles, feed recordings, chain responses.
+
+    ``VIGIL_SHARED_DATA`` if set; else a ``shared/data`` beside the working directory or beside
+    any parent of this package (the usual ``../shared/data`` next to a checkout); else this
+    machine's ``/work/shared/data``, so a clone made elsewhere (CI) still finds it.
+    """
+    explicit = os.environ.get("VIGIL_SHARED_DATA")
+    if explicit:
+        return Path(explicit)
+    here = Path(__file__).resolve()
+    candidates = [Path.cwd().parent / "shared" / "data", *(p / "shared" / "data" for p in here.parents)]
+    candidates.append(Path("/work/shared/data"))
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate.resolve()
+    return candidates[0]

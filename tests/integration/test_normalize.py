@@ -17,14 +17,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from vigil.config import Settings
+from vigil.config import Settings, shared_data_dir
 from vigil.errors import PipelineError
 from vigil.events.base import Event
 from vigil.events.codec import decode_event
@@ -40,7 +39,7 @@ from vigil.sources.ethereum_normalize import EthereumNormalizer
 from vigil.sources.normalize import build
 from vigil.stream.app import Application
 
-DATA = Path("/work/shared/data")
+DATA = shared_data_dir()
 RECEIVED = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 SOURCES = ("bitcoin", "coinbase", "ethereum")
 TIMEOUT = 45.0

@@ -12,8 +12,10 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
+from vigil.config import shared_data_dir
+
 REPO = Path(__file__).resolve().parents[2]
-INTEL = REPO.parent / "shared" / "data" / "intel"
+INTEL = shared_data_dir() / "intel"
 
 
 def _count(bootstrap: str, topic: str) -> int:

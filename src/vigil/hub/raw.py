@@ -19,9 +19,31 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 KIND = "vigil.kind"
 RECEIVED_AT = "vigil.received_at"
 META = "vigil.meta"
+
+_EPOCH = datetime.fromtimestamp(0, UTC)
+
+
+#: Nesting up to which msgspec decodes ``vigil.meta``, far below the recursion limit.
+_FAST_JSON_MAX_NESTING = 32
+_UNDECODED = object()
+
+
+def _fast_json(raw: Any) -> Any:
+    """``raw`` decoded by msgspec, which gives the same values as ``json.loads`` for the JSON
+    it accepts, or ``_UNDECODED`` for what it refuses (NaN, out-of-range floats, lone
+    surrogates, non-UTF-8 encodings, not JSON at all, not bytes, deep nesting): the caller
+    then calls ``json.loads`` itself, which decodes it or raises its own error."""
+    if type(raw) is bytes and raw.count(b"{") + raw.count(b"[") <= _FAST_JSON_MAX_NESTING:
+        try:
+            return msgspec.json.decode(raw)
+        except (msgspec.DecodeError, RecursionError):
+            pass
+    return _UNDECODED
 
 
 @dataclass(frozen=True)
@@ -48,8 +70,17 @@ class RawRecord:
         found = dict(headers or [])
         kind = found.get(KIND, b"").decode() or "unknown"
         received = found.get(RECEIVED_AT)
-        received_at = (
-            datetime.fromisoformat(received.decode()) if received else datetime.fromtimestamp(0, UTC)
+        received_at = datetime.fromisoformat(received.decode()) if received else _EPOCH
+        if META in found:
+            meta = _fast_json(found[META])
+            if meta is _UNDECODED:
+                meta = json.loads(found[META])
+        else:
+            meta = {}
+        # The fields exactly as __init__ sets them, without a frozen dataclass's object.__setattr__
+        # per field (half the cost of this method).  A field added to the class must be added here.
+        record = object.__new__(cls)
+        record.__dict__.update(
+            source=source, kind=kind, value=value, received_at=received_at, key=key, meta=meta
         )
-        meta = json.loads(found[META]) if META in found else {}
-        return cls(source=source, kind=kind, value=value, received_at=received_at, key=key, meta=meta)
+        return record

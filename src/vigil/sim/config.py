@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from vigil.config import shared_data_dir
 from vigil.errors import ConfigError
 
 #: Benign events per customer per simulated day when only a duration is given.
@@ -15,13 +16,8 @@ DEFAULT_START = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def default_data_dir() -> Path:
-    """The shared data directory (``../shared/data`` beside the repository), or the cwd-relative one."""
-    here = Path(__file__).resolve()
-    candidates = [Path.cwd() / ".." / "shared" / "data", *(p / "shared" / "data" for p in here.parents)]
-    for candidate in candidates:
-        if (candidate / "intel" / "ofac").is_dir():
-            return candidate.resolve()
-    return candidates[0]
+    """The shared data directory (see :func:`vigil.config.shared_data_dir`)."""
+    return shared_data_dir()
 
 
 @dataclass(frozen=True)

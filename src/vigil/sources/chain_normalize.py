@@ -9,6 +9,8 @@ same ids.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from datetime import datetime
 from typing import TypeVar
 
@@ -16,7 +18,6 @@ import msgspec
 
 from vigil.errors import DecodeError
 from vigil.events.base import Entities
-from vigil.events.ids import stable_id
 from vigil.events.types import Chain, ChainTransfer, ChainTransferPayload
 from vigil.hub.raw import RawRecord
 
@@ -35,6 +36,33 @@ def decode_record(decoder: msgspec.json.Decoder[T], value: bytes, where: str) ->
     except msgspec.DecodeError as exc:
         msg = f"not valid JSON: {exc}"
         raise DecodeError(msg, where=where) from None
+
+
+@functools.cache
+def _id_hasher(*parts: str) -> hashlib.blake2b:
+    """A blake2b fed with the leading ``parts`` as :func:`~vigil.events.ids.stable_id` feeds them."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        data = part.encode()
+        h.update(len(data).to_bytes(4, "big"))
+        h.update(data)
+    return h
+
+
+def event_id(event_type: str, chain: str, tx_hash: str, part: str | int) -> str:
+    """``stable_id(event_type, chain, tx_hash, part)``, without re-hashing the constant leading parts."""
+    h = _id_hasher(event_type, chain).copy()
+    tx = tx_hash.encode()
+    tail = str(part).encode()
+    h.update(b"".join((len(tx).to_bytes(4, "big"), tx, len(tail).to_bytes(4, "big"), tail)))
+    return h.hexdigest()
+
+
+@functools.cache
+def scale(decimals: int) -> int:
+    """``10**decimals``, computed once per number of decimals."""
+    factor: int = 10**decimals
+    return factor
 
 
 def chain_transfer(
@@ -57,7 +85,7 @@ def chain_transfer(
     """A transfer seen in ``record``.  ``wallet`` is the sender as an entity: ``None`` where
     ``from_address`` is a placeholder (a coinbase or an unresolved sender), not a wallet."""
     return ChainTransfer(
-        event_id=stable_id("chain_transfer", chain, tx_hash, part),
+        event_id=event_id("chain_transfer", chain, tx_hash, part),
         source=chain,
         occurred_at=occurred_at,
         ingested_at=record.received_at,
@@ -73,6 +101,6 @@ def chain_transfer(
             token_contract=token_contract,
             value_raw=value_raw,
             decimals=decimals,
-            amount=value_raw / 10**decimals,
+            amount=value_raw / scale(decimals),
         ),
     )

@@ -34,21 +34,22 @@ Bad input (not JSON, a missing field, malformed hex, hashes-only transactions) r
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
 from vigil.errors import ContractError, DecodeError
 from vigil.events.base import Entities, Event
-from vigil.events.ids import stable_id
 from vigil.events.types import TokenApproval, TokenApprovalPayload
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer
-from vigil.sources.chain_normalize import chain_transfer, decode_record
+from vigil.sources.chain_normalize import chain_transfer, decode_record, event_id
 from vigil.sources.ethereum import APPROVAL_TOPIC, TRANSFER_TOPIC
+
+T = TypeVar("T")
 
 UNLIMITED = 2**255
 NATIVE_DECIMALS = 18
@@ -75,21 +76,21 @@ _QUANTITY = re.compile(r"0x[0-9a-fA-F]{1,64}")
 _DATA = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
 
 
-class _Tx(msgspec.Struct):
+class _Tx(msgspec.Struct, gc=False):
     hash: str
     sender: str = msgspec.field(name="from")
     value: str
     to: str | None = None
 
 
-class _Block(msgspec.Struct):
+class _Block(msgspec.Struct, gc=False):
     number: str
     hash: str
     timestamp: str
     transactions: list[_Tx | str]
 
 
-class _Log(msgspec.Struct):
+class _Log(msgspec.Struct, gc=False):
     address: str
     topics: list[str]
     data: str
@@ -104,10 +105,22 @@ _block_decoder = msgspec.json.Decoder(_Block)
 _logs_decoder = msgspec.json.Decoder(list[_Log])
 
 
-def _check(pattern: re.Pattern[str], value: str, what: str, where: str, path: str) -> str:
+def _where(record: RawRecord) -> str:
+    """The record as error messages name it (built only for an error)."""
+    return f"raw.ethereum {record.kind} (key {record.key!r})"
+
+
+def _decode(decoder: msgspec.json.Decoder[T], record: RawRecord) -> T:
+    try:
+        return decoder.decode(record.value)
+    except msgspec.DecodeError:  # ValidationError included: decode again for the error message
+        return decode_record(decoder, record.value, _where(record))
+
+
+def _check(pattern: re.Pattern[str], value: str, what: str, record: RawRecord, path: str) -> str:
     if not pattern.fullmatch(value):
         msg = f"{what} must be {_EXPECTED[pattern]}; got {value[:80]!r}"
-        raise DecodeError(msg, where=where, path=path)
+        raise DecodeError(msg, where=_where(record), path=path)
     return value.lower()
 
 
@@ -119,8 +132,38 @@ _EXPECTED = {
 }
 
 
-def _quantity(value: str, what: str, where: str, path: str) -> int:
-    return int(_check(_QUANTITY, value, what, where, path), 16)
+def _quantity(value: str, what: str, record: RawRecord, path: str) -> int:
+    return int(_check(_QUANTITY, value, what, record, path), 16)
+
+
+# The hot loops below test values with these bound methods and build a JSON path only for a
+# value that fails (then ``_check`` raises with the message).  Values that repeat within a
+# record (topics, transaction hashes, contracts, block numbers) are checked once per record.
+_is_quantity = _QUANTITY.fullmatch
+_is_data = _DATA.fullmatch
+# Several fields of a block or transaction in one match, joined by newlines: no hex value holds
+# one, so this matches exactly when each field matches its own pattern.  When it does not,
+# the fields are checked one by one, in order, for the message.
+_is_block_head = re.compile(rf"{_QUANTITY.pattern}\n{_QUANTITY.pattern}\n{_HASH.pattern}").fullmatch
+_is_tx = re.compile(rf"{_QUANTITY.pattern}\n{_HASH.pattern}\n{_ADDRESS.pattern}").fullmatch
+
+#: ``meta`` without ``failed_txs``: every transaction succeeded.
+_ABSENT = object()
+_NONE_FAILED: frozenset[str] = frozenset()
+
+#: The signatures the log filter compares with, checked already: seeds each record's hash cache.
+_SIGNATURES = {TRANSFER_TOPIC: TRANSFER_TOPIC, APPROVAL_TOPIC: APPROVAL_TOPIC}
+
+
+def _topics(raw: list[str], hashes: dict[str, str], record: RawRecord, i: int) -> list[str]:
+    """``raw`` checked in order and lower-cased, each new one added to ``hashes``."""
+    topics = []
+    for j, topic in enumerate(raw):
+        lowered = hashes.get(topic)
+        if lowered is None:
+            lowered = hashes[topic] = _check(_HASH, topic, "topic", record, f"$[{i}].topics[{j}]")
+        topics.append(lowered)
+    return topics
 
 
 class EthereumNormalizer(Normalizer):
@@ -132,42 +175,55 @@ class EthereumNormalizer(Normalizer):
         self.tokens = {**KNOWN_TOKENS, **{addr.lower(): t for addr, t in (tokens or {}).items()}}
 
     def normalize(self, record: RawRecord) -> list[Event]:
-        where = f"raw.ethereum {record.kind} (key {record.key!r})"
         if record.kind == "eth_block":
-            return self._block(record, where)
+            return self._block(record)
         if record.kind == "eth_logs":
-            return self._logs(record, where)
-        msg = f"{where}: unknown record kind {record.kind!r}; expected 'eth_block' or 'eth_logs'"
+            return self._logs(record)
+        msg = f"{_where(record)}: unknown record kind {record.kind!r}; expected 'eth_block' or 'eth_logs'"
         raise ContractError(msg)
 
     # ------------------------------------------------------------------ native transfers
 
-    def _block(self, record: RawRecord, where: str) -> list[Event]:
-        block = decode_record(_block_decoder, record.value, where)
-        number = _quantity(block.number, "number", where, "$.number")
+    def _block(self, record: RawRecord) -> list[Event]:
+        block = _decode(_block_decoder, record)
+        valid = _is_block_head(f"{block.number}\n{block.timestamp}\n{block.hash}") is not None
+        number = int(block.number, 16) if valid else _quantity(block.number, "number", record, "$.number")
         occurred_at = datetime.fromtimestamp(
-            _quantity(block.timestamp, "timestamp", where, "$.timestamp"), UTC
+            int(block.timestamp, 16)
+            if valid
+            else _quantity(block.timestamp, "timestamp", record, "$.timestamp"),
+            UTC,
         )
-        _check(_HASH, block.hash, "hash", where, "$.hash")
-        failed_txs = record.meta.get("failed_txs", [])
-        if not isinstance(failed_txs, list) or not all(isinstance(h, str) for h in failed_txs):
+        if not valid:
+            _check(_HASH, block.hash, "hash", record, "$.hash")
+        failed_txs = record.meta.get("failed_txs", _ABSENT)
+        if failed_txs is _ABSENT:
+            failed: Collection[str] = _NONE_FAILED
+        elif not isinstance(failed_txs, list) or not all(isinstance(h, str) for h in failed_txs):
             msg = (
-                f"{where}: meta.failed_txs must be a list of transaction hashes; got {str(failed_txs)[:80]!r}"
+                f"{_where(record)}: meta.failed_txs must be a list of transaction hashes; "
+                f"got {str(failed_txs)[:80]!r}"
             )
             raise ContractError(msg)
-        failed = {h.lower() for h in failed_txs}
+        else:
+            failed = {h.lower() for h in failed_txs}
         events: list[Event] = []
         for i, tx in enumerate(block.transactions):
-            path = f"$.transactions[{i}]"
             if isinstance(tx, str):
                 msg = "expected full transaction objects (eth_getBlockByNumber(n, true)); got a hash"
-                raise DecodeError(msg, where=where, path=path)
-            value = _quantity(tx.value, "value", where, f"{path}.value")
-            tx_hash = _check(_HASH, tx.hash, "hash", where, f"{path}.hash")
-            sender = _check(_ADDRESS, tx.sender, "from", where, f"{path}.from")
-            if value == 0 or tx.to is None or tx_hash in failed:
+                raise DecodeError(msg, where=_where(record), path=f"$.transactions[{i}]")
+            value_hex, tx_hash, sender, to = tx.value, tx.hash, tx.sender, tx.to
+            if _is_tx(f"{value_hex}\n{tx_hash}\n{sender}") is None:
+                _check(_QUANTITY, value_hex, "value", record, f"$.transactions[{i}].value")
+                _check(_HASH, tx_hash, "hash", record, f"$.transactions[{i}].hash")
+                _check(_ADDRESS, sender, "from", record, f"$.transactions[{i}].from")
+            value = int(value_hex, 16)
+            if value == 0 or to is None:
                 continue
-            to = _check(_ADDRESS, tx.to, "to", where, f"{path}.to")
+            tx_hash = tx_hash.lower()
+            if tx_hash in failed:
+                continue
+            sender = sender.lower()
             events.append(
                 chain_transfer(
                     record,
@@ -178,7 +234,7 @@ class EthereumNormalizer(Normalizer):
                     block_number=number,
                     from_address=sender,
                     wallet=sender,
-                    to_address=to,
+                    to_address=_check(_ADDRESS, to, "to", record, f"$.transactions[{i}].to"),
                     asset="ETH",
                     value_raw=value,
                     decimals=NATIVE_DECIMALS,
@@ -188,43 +244,83 @@ class EthereumNormalizer(Normalizer):
 
     # ------------------------------------------------------------------ ERC-20 logs
 
-    def _logs(self, record: RawRecord, where: str) -> list[Event]:
-        logs = decode_record(_logs_decoder, record.value, where)
+    def _logs(self, record: RawRecord) -> list[Event]:
+        logs = _decode(_logs_decoder, record)
         fallback_ts: Any = record.meta.get("block_timestamp")
+        tokens = self.tokens
+        # Checked values of this record, as given -> as used (lower-case hex, or the quantity).
+        hashes = dict(_SIGNATURES)
+        addresses: dict[str, str] = {}
+        quantities: dict[str, int] = {}
+        times: dict[int, datetime] = {}
         events: list[Event] = []
         for i, log in enumerate(logs):
-            path = f"$[{i}]"
             if log.removed:
                 continue
-            topics = [
-                _check(_HASH, t, "topic", where, f"{path}.topics[{j}]") for j, t in enumerate(log.topics)
-            ]
-            if not topics or topics[0] not in (TRANSFER_TOPIC, APPROVAL_TOPIC):
+            topics = [hashes.get(t, "") for t in log.topics]
+            if "" in topics:
+                topics = _topics(log.topics, hashes, record, i)
+            if not topics:
                 continue
-            data = _check(_DATA, log.data, "data", where, f"{path}.data")[2:]
-            if len(topics) == 4:
+            signature = topics[0]
+            if signature != TRANSFER_TOPIC and signature != APPROVAL_TOPIC:
+                continue
+            data = log.data
+            if _is_data(data) is None:
+                _check(_DATA, data, "data", record, f"$[{i}].data")
+            n_topics = len(topics)
+            if n_topics == 4:
                 continue  # ERC-721: the third indexed topic is a token id, not an amount
-            words = topics[1:] + [data[k : k + 64] for k in range(0, len(data), 64)]
-            if len(words) != 3 or len(words[0]) < 40 or len(words[1]) < 40:
+            # Three parameters: the indexed topics after the signature, then the data's 32-byte
+            # words (the last one possibly short).  Only the amount can be a short word.
+            data = data[2:].lower()
+            if n_topics + (len(data) + 63) // 64 != 4:
                 continue
-            contract = _check(_ADDRESS, log.address, "address", where, f"{path}.address")
-            tx_hash = _check(_HASH, log.transactionHash, "transactionHash", where, f"{path}.transactionHash")
-            log_index = _quantity(log.logIndex, "logIndex", where, f"{path}.logIndex")
-            number = _quantity(log.blockNumber, "blockNumber", where, f"{path}.blockNumber")
+            if n_topics == 3:
+                first, second, word = topics[1], topics[2], data
+            elif n_topics == 2:
+                first, second, word = topics[1], data[:64], data[64:]
+            else:
+                first, second, word = data[:64], data[64:128], data[128:]
+            address = log.address
+            contract = addresses.get(address)
+            if contract is None:
+                contract = addresses[address] = _check(
+                    _ADDRESS, address, "address", record, f"$[{i}].address"
+                )
+            tx_hash = hashes.get(log.transactionHash)
+            if tx_hash is None:
+                tx_hash = hashes[log.transactionHash] = _check(
+                    _HASH, log.transactionHash, "transactionHash", record, f"$[{i}].transactionHash"
+                )
+            index_hex = log.logIndex
+            if _is_quantity(index_hex) is None:
+                _check(_QUANTITY, index_hex, "logIndex", record, f"$[{i}].logIndex")
+            log_index = int(index_hex, 16)
+            number = quantities.get(log.blockNumber)
+            if number is None:
+                number = quantities[log.blockNumber] = _quantity(
+                    log.blockNumber, "blockNumber", record, f"$[{i}].blockNumber"
+                )
             if log.blockTimestamp is not None:
-                ts = _quantity(log.blockTimestamp, "blockTimestamp", where, f"{path}.blockTimestamp")
+                ts = quantities.get(log.blockTimestamp)
+                if ts is None:
+                    ts = quantities[log.blockTimestamp] = _quantity(
+                        log.blockTimestamp, "blockTimestamp", record, f"$[{i}].blockTimestamp"
+                    )
             elif isinstance(fallback_ts, int) and not isinstance(fallback_ts, bool):
                 ts = fallback_ts
             else:
                 msg = "no block time: the log has no blockTimestamp and meta has no integer block_timestamp"
-                raise DecodeError(msg, where=where, path=f"{path}.blockTimestamp")
-            occurred_at = datetime.fromtimestamp(ts, UTC)
-            first, second = ("0x" + words[0][-40:]), ("0x" + words[1][-40:])
-            amount = int(words[2], 16) if words[2] else 0
-            token = self.tokens.get(contract)
+                raise DecodeError(msg, where=_where(record), path=f"$[{i}].blockTimestamp")
+            occurred_at = times.get(ts)
+            if occurred_at is None:
+                occurred_at = times[ts] = datetime.fromtimestamp(ts, UTC)
+            first, second = "0x" + first[-40:], "0x" + second[-40:]
+            amount = int(word, 16)
+            token = tokens.get(contract)
             asset = token.symbol if token else contract
-            if topics[0] == TRANSFER_TOPIC:
-                decimals = token.decimals if token else DEFAULT_TOKEN_DECIMALS
+            if signature == TRANSFER_TOPIC:
                 events.append(
                     chain_transfer(
                         record,
@@ -238,7 +334,7 @@ class EthereumNormalizer(Normalizer):
                         to_address=second,
                         asset=asset,
                         value_raw=amount,
-                        decimals=decimals,
+                        decimals=token.decimals if token else DEFAULT_TOKEN_DECIMALS,
                         log_index=log_index,
                         token_contract=contract,
                     )
@@ -246,7 +342,7 @@ class EthereumNormalizer(Normalizer):
             else:
                 events.append(
                     TokenApproval(
-                        event_id=stable_id("token_approval", "ethereum", tx_hash, log_index),
+                        event_id=event_id("token_approval", "ethereum", tx_hash, log_index),
                         source="ethereum",
                         occurred_at=occurred_at,
                         ingested_at=record.received_at,

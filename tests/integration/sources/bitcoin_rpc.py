@@ -18,8 +18,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from vigil.config import shared_data_dir
+
 REPO = Path(__file__).resolve().parents[3]
-DATA = REPO.parent / "shared" / "data" / "chain" / "bitcoin"
+DATA = shared_data_dir() / "chain" / "bitcoin"
 
 
 def recorded_blocks() -> dict[str, bytes]:

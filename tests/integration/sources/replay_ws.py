@@ -27,7 +27,9 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-FEEDS = Path("/work/shared/data/feeds")
+from vigil.config import shared_data_dir
+
+FEEDS = shared_data_dir() / "feeds"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from vigil.config import Settings
+from vigil.config import Settings, shared_data_dir
 from vigil.events.codec import EventCodec
 from vigil.events.types import IntelIndicator
 from vigil.hub.admin import ensure_topics
@@ -25,7 +25,7 @@ from vigil.sources.intel.lists import IntelListSource, ListSpec, content_version
 from vigil.sources.intel.normalize import IntelNormalizer
 from vigil.sources.sink import KafkaRawSink
 
-DATA = Path("/work/shared/data/intel")
+DATA = shared_data_dir() / "intel"
 
 
 def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:

@@ -20,7 +20,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from taxii2client.v21 import Collection
 
-from vigil.config import Settings
+from vigil.config import Settings, shared_data_dir
 from vigil.events.types import IntelIndicator
 from vigil.hub.admin import ensure_topics
 from vigil.hub.raw import RawRecord
@@ -29,7 +29,7 @@ from vigil.sources.intel.normalize import IntelNormalizer
 from vigil.sources.intel.taxii import TaxiiSource
 from vigil.sources.sink import KafkaRawSink
 
-DATA = Path("/work/shared/data/intel/taxii/medallion_default_data.json")
+DATA = shared_data_dir() / "intel" / "taxii" / "medallion_default_data.json"
 MEDALLION = Path(sys.executable).parent / "medallion"
 USER, PASSWORD = "analyst", "medallion-test-password"  # test values for a throwaway local server
 HIGH_VALUE = "91a7b528-80eb-42ed-a74d-c6fbd5a26116"  # the read/write collection with 5 objects

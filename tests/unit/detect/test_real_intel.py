@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from vigil.config import shared_data_dir
 from vigil.detect.engine import RuleSet, detect_events
 from vigil.detect.intel import IntelIndex, indicators_from_files
 from vigil.detect.kinds.lookalike import imitation_key
@@ -25,7 +26,7 @@ from vigil.events.types import (
 )
 
 ROOT = Path(__file__).resolve().parents[3]
-INTEL = ROOT.parent / "shared" / "data" / "intel"
+INTEL = shared_data_dir() / "intel"
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 pytestmark = pytest.mark.skipif(

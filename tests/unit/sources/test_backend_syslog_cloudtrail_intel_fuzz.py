@@ -8,11 +8,11 @@ import json
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from vigil.config import shared_data_dir
 from vigil.errors import ContractError
 from vigil.events.base import Event
 from vigil.events.codec import decode_event, encode
@@ -25,7 +25,7 @@ from vigil.sources.intel.normalize import IntelNormalizer
 from vigil.sources.syslog import SyslogNormalizer
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
-STIX = Path("/work/shared/data/intel/stix/indicators-for-C2-with-COA.json")
+STIX = shared_data_dir() / "intel" / "stix" / "indicators-for-C2-with-COA.json"
 
 SYSLOG = (
     b'<38>1 2026-11-29T09:00:01.123456Z bastion-1 sshd 4242 AUTH_FAIL [auth@32473 user="alice" '

@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import random
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
+from vigil.config import shared_data_dir
 from vigil.errors import ContractError, DecodeError
 from vigil.hub.raw import RawRecord
 from vigil.sources.binance import BinanceNormalizer, BinanceSource
 from vigil.sources.websocket import SequenceTracker
 
-FEEDS = Path("/work/shared/data/feeds")
+FEEDS = shared_data_dir() / "feeds"
 
 
 def exchange_messages(name: str) -> list[bytes]:

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from vigil.config import shared_data_dir
 from vigil.errors import ContractError, DecodeError
 from vigil.events.codec import decode_event, encode
 from vigil.events.types import ChainTransfer
 from vigil.hub.raw import RawRecord
 from vigil.sources.bitcoin_normalize import BitcoinNormalizer
 
-DATA = Path(__file__).resolve().parents[4] / "shared" / "data" / "chain" / "bitcoin"
+DATA = shared_data_dir() / "chain" / "bitcoin"
 GENESIS = "000000000019d6689c085ae165831e934ff763ae46a2a6c172b3f1b60a8ce26f"
 BLOCK_50001 = "000000001c920d495e1eeef2452b6d1c6c229a919b28196c103ecffebabee141"
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
+from vigil.config import shared_data_dir
 from vigil.errors import ContractError, DecodeError
 from vigil.events.types import Trade
 from vigil.hub.raw import RawRecord
 from vigil.sources.coinbase import CoinbaseNormalizer, CoinbaseSource
 from vigil.sources.websocket import WS_GAP
 
-RECORDING = Path("/work/shared/data/feeds/COINBASE.ws.28.0")
+RECORDING = shared_data_dir() / "feeds" / "COINBASE.ws.28.0"
 
 
 def exchange_messages() -> list[bytes]:

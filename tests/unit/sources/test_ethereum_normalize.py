@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from vigil.config import shared_data_dir
 from vigil.errors import ContractError, DecodeError
 from vigil.events.codec import decode_event, encode
 from vigil.events.types import ChainTransfer, TokenApproval
@@ -22,7 +22,7 @@ from vigil.hub.raw import RawRecord
 from vigil.sources.ethereum import APPROVAL_TOPIC, TRANSFER_TOPIC
 from vigil.sources.ethereum_normalize import EthereumNormalizer, Token
 
-DATA = Path(__file__).resolve().parents[4] / "shared" / "data" / "chain" / "ethereum"
+DATA = shared_data_dir() / "chain" / "ethereum"
 RECEIVED = datetime(2026, 1, 1, tzinfo=UTC)
 
 

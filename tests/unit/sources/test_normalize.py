@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from vigil.config import load_settings
+from vigil.config import load_settings, shared_data_dir
 from vigil.errors import ConfigError, DecodeError
 from vigil.events.base import Event
 from vigil.events.codec import encode
@@ -31,7 +31,7 @@ from vigil.sources.normalize import (
 )
 from vigil.stream.base import Record, State, StoreSpec
 
-DATA = Path("/work/shared/data")
+DATA = shared_data_dir()
 RECEIVED = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 GENESIS = "000000000019d6689c085ae165831e934ff763ae46a2a6c172b3f1b60a8ce26f"
 MATCH = (

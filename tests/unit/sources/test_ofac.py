@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from vigil.config import shared_data_dir
 from vigil.errors import ContractError
 from vigil.events.codec import decode_event, encode
 from vigil.events.types import IntelIndicator
@@ -16,7 +17,7 @@ from vigil.sources.intel import ofac
 from vigil.sources.intel.lists import content_version
 from vigil.sources.intel.normalize import IntelNormalizer
 
-OFAC = Path("/work/shared/data/intel/ofac")
+OFAC = shared_data_dir() / "intel" / "ofac"
 
 
 def list_record(path: Path, data: bytes | None = None) -> RawRecord:

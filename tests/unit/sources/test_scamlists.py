@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from vigil.config import shared_data_dir
 from vigil.errors import ContractError, SourceError
 from vigil.events.types import IntelIndicator
 from vigil.hub.raw import RawRecord
@@ -17,7 +18,7 @@ from vigil.sources.intel.lists import IntelListSource, ListSpec, content_version
 from vigil.sources.intel.normalize import IntelNormalizer
 from vigil.sources.sink import MemorySink
 
-DATA = Path("/work/shared/data/intel")
+DATA = shared_data_dir() / "intel"
 SCAM = DATA / "scamsniffer"
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from stix2patterns.v21.pattern import Pattern  # type: ignore[import-untyped]
 
+from vigil.config import shared_data_dir
 from vigil.errors import ContractError
 from vigil.events.codec import decode_event, encode
 from vigil.events.types import IntelIndicator
@@ -17,7 +18,7 @@ from vigil.hub.raw import RawRecord
 from vigil.sources.intel.normalize import IntelNormalizer
 from vigil.sources.intel.stix import pattern_values
 
-STIX = Path("/work/shared/data/intel/stix")
+STIX = shared_data_dir() / "intel" / "stix"
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
 
 
