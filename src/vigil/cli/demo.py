@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -236,9 +237,15 @@ def _delete_prefixed(cfg: Settings, prefix: str) -> None:
 
 
 def _summary(scenarios: dict[str, Any], fp_per_10k: float, alerts: int, decisions: int) -> None:
-    table = Table(title="Detection on the simulated exchange, per scenario", title_justify="left")
-    table.add_column("scenario", no_wrap=True, min_width=24)
-    # Short headers: the table must fit an 80-column terminal (and CI logs).
+    # A light box: the table must fit an 80-column terminal (and CI logs) with its short headers.
+    table = Table(
+        title="Detection on the simulated exchange, per scenario",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )
+    table.add_column("scenario", no_wrap=True, min_width=23)
     for col in ("eps", "alerts", "recall", "prec", "ttd50", "ttd95", "held"):
         table.add_column(col, justify="right", no_wrap=True)
 
