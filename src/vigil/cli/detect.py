@@ -91,6 +91,12 @@ def eval_(
     kafka: Annotated[
         bool, typer.Option("--kafka", help="Run detection through the broker (starts the local one if none)")
     ] = False,
+    backlog: Annotated[
+        bool,
+        typer.Option(
+            help="With --kafka: produce every event before detection starts (a replay) instead of live"
+        ),
+    ] = False,
 ) -> None:
     """Simulate every scenario and the benign look-alikes, detect, and score per scenario.
 
@@ -111,7 +117,13 @@ def eval_(
             cfg = cfg.model_copy(update={"kafka_bootstrap": started_broker.bootstrap})
         check_reachable(cfg)
         result = evaluate_kafka(
-            cfg, ruleset, seed=seed, events=events, customers=customers, attack_rate=attack_rate
+            cfg,
+            ruleset,
+            seed=seed,
+            events=events,
+            customers=customers,
+            attack_rate=attack_rate,
+            backlog=backlog,
         )
     else:
         result = evaluate(ruleset, seed=seed, events=events, customers=customers, attack_rate=attack_rate)
@@ -146,7 +158,11 @@ def render(result: EvalResult, seconds: float) -> None:
             hold,
         )
     console.print(table)
-    where = "in memory" if result.mode == "memory" else "through Kafka, produced a chunk at a time"
+    where = {
+        "memory": "in memory",
+        "kafka": "through Kafka, produced a chunk at a time",
+        "kafka-backlog": "through Kafka, replaying a backlog",
+    }.get(result.mode, result.mode)
     console.print(
         f"{result.events} events ({result.benign_events} benign), {result.alerts} alerts, "
         f"{result.decisions} decisions; false positives per 10k benign events: "

@@ -37,15 +37,15 @@ Partitioning (why there are two stages on Kafka)
     In memory (:func:`vigil.testing.run_operators`, one partition) the router is not
     needed: every key's state is in the one partition's stores.
 
-Event-time order (a known limit)
+Event-time order
     Windows and sequences assume each key's events arrive roughly in event-time order.
     Each stage sorts its batch by ``occurred_at``, and the route stage fetches in small
-    chunks so the input topics interleave finely: with events arriving as they happen this
-    reproduces in-memory detection exactly (``tests/integration/test_detect.py``).  Replaying
-    a large backlog is different: a sparse topic's fetch can span hours of event time, so a
-    customer's withdrawal may reach detection before the login that preceded it.  Correct
-    backlog replay needs event-time-aligned consumption in the runtime (pausing partitions
-    that run ahead, as Kafka Streams picks the record with the lowest timestamp).
+    chunks so the input topics interleave finely.  Replaying a large backlog (a Kappa
+    replay) would still deliver a sparse topic hours of event time ahead of a busy one, so
+    the route application runs with the runtime's event-time alignment
+    (``max_event_time_skew_s``): records are held until the slowest partition with data to
+    read has caught up, and partitions far ahead are paused.  ``vigil eval --kafka
+    --backlog`` measures exactly that case against the in-memory scores.
 """
 
 from __future__ import annotations

@@ -314,13 +314,16 @@ def evaluate_kafka(
     attack_rate: float = 1.0,
     chunk: int = 2000,
     partitions: int = 3,
+    backlog: bool = False,
 ) -> EvalResult:
     """The same evaluation through the real broker: both detection applications, own topics.
 
     Topics and consumer groups carry a unique prefix, so a shared cluster is not disturbed.
     Events are produced as a live exchange would (in event-time order, a chunk at a time,
-    each chunk through both stages before the next), then alerts and decisions are read
-    back from Kafka and scored like the in-memory run.
+    each chunk through both stages before the next) or, with ``backlog``, all of them before
+    detection starts (a Kappa replay: the runtime's event-time alignment must restore the
+    order across topics); then alerts and decisions are read back from Kafka and scored
+    like the in-memory run.
     """
     import uuid
 
@@ -339,11 +342,17 @@ def evaluate_kafka(
     create_topics(settings, topo, partitions, run.intel())
     producer = EventProducer(settings)
     service = DetectionService(settings, rules, topology=topo, checkpoint_interval_s=0.3)
+    if backlog:
+        for event in stream:
+            producer.produce(event, topic=f"{prefix}events.{type(event).domain}")
+        producer.flush()
     started = time.perf_counter()
     service.start()
     try:
+        if backlog:
+            service.wait_caught_up(len(stream), timeout_s=600)
         sent = 0
-        for begin in range(0, len(stream), chunk):
+        for begin in range(0, 0 if backlog else len(stream), chunk):
             part = stream[begin : begin + chunk]
             for event in part:
                 producer.produce(event, topic=f"{prefix}events.{type(event).domain}")
@@ -371,5 +380,5 @@ def evaluate_kafka(
     alerts = list({a.event_id: a for a in read[topo.alerts]}.values())
     decisions = list({d.event_id: d for d in read[topo.decisions]}.values())
     result = run.score(alerts, decisions, rules=rules, seconds=seconds)
-    result.mode = "kafka"
+    result.mode = "kafka-backlog" if backlog else "kafka"
     return result

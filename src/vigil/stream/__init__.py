@@ -4,6 +4,7 @@
 - :mod:`vigil.stream.app`: ``Application``, the Kafka-backed runtime (batches, checkpoints, guarantees);
 - :mod:`vigil.stream.state`: RocksDB state buffered between checkpoints;
 - :mod:`vigil.stream.changelog`: changelog topics and restore;
+- :mod:`vigil.stream.alignment`: event-time alignment (which input partitions to pause, what to release);
 - :mod:`vigil.stream.windows`: event-time windows and aggregations over state;
 - :mod:`vigil.stream.repartition`: ``group_by`` through a repartition topic;
 - :mod:`vigil.stream.table`: ``GlobalTable``, a compacted topic as a local lookup table;

@@ -39,6 +39,21 @@ state of partition ``p``: a customer's logins and withdrawals, both keyed by cus
 meet in one store.  The assignor (cooperative-sticky) alone would not keep them
 together.  State lives in ``<home>/state/<name>/<store id>/<p>``.
 
+Event-time alignment.  With ``max_event_time_skew_s`` (off by default) a replayed backlog
+reaches the operators in event-time order, as live traffic would (Kafka Streams' rule of
+the lowest timestamp, Flink's watermark alignment; see :mod:`vigil.stream.alignment`).
+Decoded records wait in a buffer per input partition until the *floor*, the latest event
+time of the slowest partition that still has records to read, has reached them; the
+released records of all partitions are merged by event time and handed over in slices of
+one second of event time (one call per partition number per slice).  A partition more than
+the skew ahead of the floor is paused (``consumer.pause``) and resumed once the floor is
+close enough: the skew bounds the buffered records.  A partition at its end (consumer
+position at its high watermark, or, before it delivered anything, its committed offset),
+or that delivered nothing for ``alignment_idle_s``, holds nobody back, so live traffic is
+not delayed.  Only released records count as processed and only their offsets are
+committed (buffered ones are read again after a restart or rebalance), so both guarantees
+hold as before.  Decoded records must have ``occurred_at``.
+
 Rebalancing.  Cooperative-sticky: only moved partitions stop.  On revocation the
 application checkpoints, then closes the stores; on assignment it restores the stores
 from their changelogs before processing.  A lost assignment (session timeout) aborts
@@ -54,7 +69,9 @@ dead-lettered instead.
 from __future__ import annotations
 
 import gc
+import heapq
 import logging
+import math
 import os
 import signal
 import socket
@@ -62,6 +79,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
@@ -77,6 +95,7 @@ from vigil.events.records import DeadLetter
 from vigil.hub.admin import ensure_topics
 from vigil.hub.client import consumer_config, make_admin, producer_config
 from vigil.hub.topics import TOPICS, TopicSpec
+from vigil.stream.alignment import TP, Alignment
 from vigil.stream.base import Guarantee, Operator, Record, State, StoreSpec
 from vigil.stream.changelog import RestoreTask, changelog_spec, changelog_topic, restore
 from vigil.stream.metrics import AppMetrics, PrometheusMetrics
@@ -87,10 +106,18 @@ log = logging.getLogger(__name__)
 Decoder = Callable[[str, bytes, bytes | None, Any], Any]
 
 _TIMEOUT = 30.0
+#: Aligned: event time per slice of released records (see Application._release).
+_SLICE = timedelta(seconds=1)
+#: Aligned: timeout of the broker queries for partitions nothing was consumed from yet.
+_ALIGN_TIMEOUT = 5.0
 _TOMBSTONE = "record has no value (a tombstone); expected an encoded event"
 
 
 _Writes = list[tuple[RocksState, list[tuple[bytes, bytes | None]], str, int]]
+
+
+def _event_time(record: Record[Any]) -> Any:
+    return record.event.occurred_at
 
 
 class _PartitionTask:
@@ -162,6 +189,8 @@ class Application:
         consumer_overrides: dict[str, Any] | None = None,
         producer_overrides: dict[str, Any] | None = None,
         gc_threshold: int | None = 50_000,
+        max_event_time_skew_s: float | None = None,
+        alignment_idle_s: float = 1.0,
     ) -> None:
         if not inputs:
             msg = f"application {name!r}: expected at least one input topic, got none"
@@ -180,6 +209,15 @@ class Application:
                 f"expected; got {batch_size}, {batch_timeout_s}, {checkpoint_interval_s}"
             )
             raise ConfigError(msg)
+        if max_event_time_skew_s is not None and not 0 <= max_event_time_skew_s < float("inf"):
+            msg = (
+                f"application {name!r}: max_event_time_skew_s must be >= 0 seconds (or None: off); "
+                f"got {max_event_time_skew_s}"
+            )
+            raise ConfigError(msg)
+        if not alignment_idle_s > 0:
+            msg = f"application {name!r}: alignment_idle_s must be > 0 seconds; got {alignment_idle_s}"
+            raise ConfigError(msg)
         self.settings = settings
         self.name = name
         self.inputs = list(inputs)
@@ -193,6 +231,10 @@ class Application:
         self.instance_id = instance_id or f"{socket.gethostname()}-{os.getpid()}"
         self.internal_topics = list(internal_topics)
         self.gc_threshold = gc_threshold
+        #: Event-time alignment (see the module docstring); ``None``: off.  Read when run() starts.
+        self.max_event_time_skew_s = max_event_time_skew_s
+        self.alignment_idle_s = alignment_idle_s
+        self.alignment: Alignment | None = None
         self._consumer_overrides = dict(consumer_overrides or {})
         self._producer_overrides = dict(producer_overrides or {})
         self.stores: dict[str, StoreSpec] = {}
@@ -210,6 +252,10 @@ class Application:
         self._tasks: dict[int, _PartitionTask] = {}
         self._owned: set[tuple[str, int]] = set()
         self._next_offsets: dict[tuple[str, int], int] = {}
+        #: Aligned: decoded records (or dead letters, at -inf) not yet released, by partition.
+        self._buffers: dict[TP, deque[tuple[float, Any]]] = {}
+        #: Aligned: records left in partitions nothing was consumed from yet (see _start_lag).
+        self._start_lags: dict[TP, tuple[float, int | None]] = {}
         self._delivery_errors: list[str] = []
         #: At-least-once checkpoints waiting for Kafka's acknowledgement: (sealed at, offsets, writes).
         self._sealed: deque[tuple[float, list[TopicPartition], _Writes]] = deque()
@@ -264,6 +310,11 @@ class Application:
         self.stop()
 
     def _setup(self) -> None:
+        self.alignment = (
+            None
+            if self.max_event_time_skew_s is None
+            else Alignment(self.max_event_time_skew_s, self.alignment_idle_s)
+        )
         admin = make_admin(self.settings)
         topics = admin.list_topics(timeout=_TIMEOUT).topics
         counts: dict[str, int] = {}
@@ -373,6 +424,8 @@ class Application:
                 self._rewind()
             if msgs:
                 self._process(msgs)
+            if self.alignment is not None:
+                self._align()
             if self._sealed:
                 self._complete_epochs()
             now = time.monotonic()
@@ -387,6 +440,11 @@ class Application:
         owned = self._owned
         decode = self._decode
         codec_decode = self._codec._decoder.decode
+        # Aligned: records wait in per-partition buffers until _align releases them.
+        aligned = self.alignment is not None
+        buffers = self._buffers
+        buf: deque[tuple[float, Any]] = deque()
+        touched: set[TP] = set()
         count = 0
         # Messages arrive in runs of one partition: look the partition up once per run.
         run_topic: str | None = None
@@ -410,13 +468,18 @@ class Application:
                 run_topic, run_part, run_tp = topic, part, (topic, part)
                 # Not owned: fetched before a revocation; the new owner reads it from the committed offset.
                 run_owned = run_tp in owned
-                group = groups.setdefault(part, [])
+                if aligned and run_owned:
+                    buf = buffers.setdefault(run_tp, deque())
+                    touched.add(run_tp)
+                else:
+                    group = groups.setdefault(part, [])
             if not run_owned:
                 continue
             offset = msg.offset()
             value = msg.value()
-            offsets[run_tp] = offset + 1
-            count += 1
+            if not aligned:
+                offsets[run_tp] = offset + 1
+                count += 1
             try:
                 if value is None:
                     raise ContractError(_TOMBSTONE)
@@ -425,13 +488,49 @@ class Application:
                 else:
                     event = decode(topic, value, msg.key(), msg.headers())
             except ContractError as exc:
-                self._dead_letter(topic, part, offset, msg.key(), value or b"", str(exc), type(exc).__name__)
+                letter = (topic, part, offset, msg.key(), value or b"", str(exc), type(exc).__name__)
+                if aligned:
+                    buf.append((-math.inf, letter))
+                else:
+                    self._dead_letter(*letter)
                 continue
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 # The default decoder's own errors (the fast path skips EventCodec's wrapping).
-                self._dead_letter(topic, part, offset, msg.key(), value or b"", str(exc), "DecodeError")
+                letter = (topic, part, offset, msg.key(), value or b"", str(exc), "DecodeError")
+                if aligned:
+                    buf.append((-math.inf, letter))
+                else:
+                    self._dead_letter(*letter)
                 continue
-            group.append(Record(event, topic, part, offset, msg.key(), msg.timestamp()[1]))
+            record = Record(event, topic, part, offset, msg.key(), msg.timestamp()[1])
+            if aligned:
+                try:
+                    occurred = event.occurred_at.timestamp()
+                except AttributeError:
+                    text = (
+                        f"application {self.name!r}: max_event_time_skew_s needs records with an "
+                        f"`occurred_at`; {topic}[{part}]@{offset} decoded to {type(event).__name__}"
+                    )
+                    raise PipelineError(text) from None
+                buf.append((occurred, record))
+            else:
+                group.append(record)
+        if self.alignment is not None:
+            now = time.monotonic()
+            for tp in touched:
+                waiting = buffers[tp]
+                if waiting and tp in owned:
+                    self.alignment.observe(tp, max(t for t, _ in waiting), now)
+            return
+        self._run_operators(groups, count, len(msgs), started)
+
+    def _run_operators(
+        self, groups: dict[int, list[Record[Any]]], count: int, batch: int, started: float
+    ) -> None:
+        self._call_operators(groups)
+        self._count_batch(count, batch, started)
+
+    def _call_operators(self, groups: dict[int, list[Record[Any]]]) -> None:
         for part, records in groups.items():
             if not records:
                 continue
@@ -455,12 +554,126 @@ class Application:
                         f"{type(exc).__name__}: {exc}"
                     )
                     raise PipelineError(msg_text) from exc
+
+    def _count_batch(self, count: int, batch: int, started: float) -> None:
         self.metrics.processed += count
         self.metrics.batches += 1
         prom = self.prometheus
         prom.processed.labels(self.name).inc(count)
-        prom.batch_size.labels(self.name).observe(len(msgs))
+        prom.batch_size.labels(self.name).observe(batch)
         prom.processing.labels(self.name).observe(time.perf_counter() - started)
+
+    def _release(self, limit: float) -> None:
+        """Aligned: hand the buffered records up to event time ``limit`` to the operators.
+
+        Each partition's records go in offset order (a partition stops at its first record past
+        the limit), so the offsets to commit are always those of a released prefix.  The released
+        records of all partitions are merged by event time (a merge, not a sort: each partition
+        keeps its order) and handed over in slices of ``_SLICE`` of event time, each slice one call
+        per partition number: so what the operators emit for one key from several partitions
+        (an IP's logins by many customers) is out of event-time order by less than a slice."""
+        started = time.perf_counter()
+        owned = self._owned
+        offsets = self._next_offsets
+        runs: list[list[Record[Any]]] = []
+        parts: set[int] = set()
+        count = 0
+        for tp, buf in self._buffers.items():
+            if not buf or tp not in owned or buf[0][0] > limit:
+                continue
+            out: list[Record[Any]] = []
+            last = -1
+            while buf and buf[0][0] <= limit:
+                _, item = buf.popleft()
+                if isinstance(item, Record):
+                    out.append(item)
+                    last = item.offset
+                else:
+                    self._dead_letter(*item)
+                    last = item[2]
+                count += 1
+            offsets[tp] = last + 1
+            if out:
+                runs.append(out)
+                parts.add(tp[1])
+        if not count:
+            return
+        if len(parts) == 1:
+            part = parts.pop()
+            self._call_operators(
+                {part: runs[0] if len(runs) == 1 else list(heapq.merge(*runs, key=_event_time))}
+            )
+        elif runs:
+            segment: dict[int, list[Record[Any]]] = {}
+            end: Any = None
+            for rec in heapq.merge(*runs, key=_event_time):
+                occurred = rec.event.occurred_at
+                if end is None:
+                    end = occurred + _SLICE
+                elif occurred >= end:
+                    self._call_operators(segment)
+                    segment = {}
+                    end = occurred + _SLICE
+                segment.setdefault(rec.partition, []).append(rec)
+            self._call_operators(segment)
+        self._count_batch(count, count, started)
+
+    def _align(self) -> None:
+        """Pause the partitions too far ahead in event time, resume those no longer ahead, and
+        release the buffered records the slowest partitions have caught up with."""
+        alignment = self.alignment
+        consumer = self._consumer
+        if alignment is None or consumer is None:
+            return
+        now = time.monotonic()
+        positions: dict[TP, int] = {}
+        try:
+            if alignment.lanes:
+                for tp in consumer.position([TopicPartition(t, p) for t, p in alignment.lanes]):
+                    positions[tp.topic, tp.partition] = int(tp.offset)
+        except KafkaException:
+            pass  # unknown positions: asked of the broker (_start_lag), or idle in the end
+
+        def lag(tp: TP) -> int | None:
+            pos = positions.get(tp, -1)
+            if pos < 0:
+                return self._start_lag(consumer, tp, now)
+            try:
+                marks = consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
+            except KafkaException:
+                return None
+            high = -1 if marks is None else int(marks[1])
+            return None if high < 0 else max(0, high - pos)
+
+        pause, resume, limit = alignment.plan(now, lag)
+        if pause:
+            consumer.pause([TopicPartition(t, p) for t, p in pause])
+            alignment.paused(pause, now)
+        if resume:
+            consumer.resume([TopicPartition(t, p) for t, p in resume])
+            alignment.resumed(resume, now)
+        self._release(limit)
+        self.metrics.paused = sorted(tp for tp, lane in alignment.lanes.items() if lane.paused)
+        self.metrics.alignment_pauses = alignment.pauses
+
+    def _start_lag(self, consumer: Consumer, tp: TP, now: float) -> int | None:
+        """Records left in a partition nothing was consumed from since its assignment: from its
+        committed offset (or its start) to its end, asked of the broker at most once a second
+        per partition.  So an empty partition, or one whose group is already at its end (after
+        a restart), holds nobody back, and one with a backlog holds the others until it delivers."""
+        known = self._start_lags.get(tp)
+        if known is not None and (known[1] is not None or now - known[0] < 1.0):
+            return known[1]
+        left: int | None = None
+        try:
+            (committed,) = consumer.committed([TopicPartition(*tp)], timeout=_ALIGN_TIMEOUT)
+            low, high = consumer.get_watermark_offsets(TopicPartition(*tp), timeout=_ALIGN_TIMEOUT)
+            start = committed.offset if committed.offset >= 0 else low
+            left = max(0, high - max(start, low))
+        except (KafkaException, TypeError, ValueError) as exc:
+            log.debug("application %s: end offsets of %s[%d]: %s", self.name, tp[0], tp[1], exc)
+        self._start_lags[tp] = (now, left)
+        return left
 
     # ------------------------------------------------------------------ producing
 
@@ -684,6 +897,10 @@ class Application:
         consumer.incremental_assign(list(partitions) + followers)
         for tp in list(partitions) + followers:
             self._owned.add((tp.topic, tp.partition))
+        if self.alignment is not None:
+            self.alignment.add(
+                [(tp.topic, tp.partition) for tp in list(partitions) + followers], time.monotonic()
+            )
         for n, task in tasks.items():
             self._tasks[n] = task
             for op in self.operators:
@@ -715,12 +932,28 @@ class Application:
         for tp in gone:
             self._owned.discard((tp.topic, tp.partition))
             self._next_offsets.pop((tp.topic, tp.partition), None)
+        self._forget_alignment(consumer, [(tp.topic, tp.partition) for tp in gone])
         still = {part for _, part in self._owned}
         for n in {tp.partition for tp in gone} - still:
             self._close_task(n)
         consumer.incremental_unassign(gone)
         self.metrics.rebalances += 1
         self.metrics.assigned = sorted(self._owned)
+
+    def _forget_alignment(self, consumer: Consumer, tps: list[TP]) -> None:
+        """Resume ``tps`` if alignment paused them (a pause must not outlive the assignment) and
+        drop what alignment knew of them."""
+        alignment = self.alignment
+        if alignment is None:
+            return
+        paused = [tp for tp in tps if tp in alignment.lanes and alignment.lanes[tp].paused]
+        if paused:
+            consumer.resume([TopicPartition(t, p) for t, p in paused])
+        alignment.remove(tps)
+        for tp in tps:
+            # Not released, so not committed: the next owner (or the rewind) reads them again.
+            self._buffers.pop(tp, None)
+            self._start_lags.pop(tp, None)
 
     def _close_task(self, number: int) -> None:
         task = self._tasks.pop(number, None)
@@ -736,6 +969,10 @@ class Application:
         for task in self._tasks.values():
             for state in task.stores.values():
                 state.discard_pending()
+        if self.alignment is not None:
+            # The event times seen since the committed offsets are processed again: start afresh.
+            self._forget_alignment(consumer, sorted(self._owned))
+            self.alignment.add(sorted(self._owned), time.monotonic())
         owned = [TopicPartition(t, p) for t, p in sorted(self._owned)]
         if owned:
             for tp in consumer.committed(owned, timeout=_TIMEOUT):

@@ -105,7 +105,10 @@ class Context(Protocol):
 class Operator(ABC, Generic[E]):
     """A processing step.  ``id`` is explicit and versioned; duplicates fail at build time.
 
-    ``process`` is called once per batch per partition with records in offset order.
+    ``process`` is called once per batch per partition with records in offset order (with
+    several co-partitioned inputs, each input's records in offset order; with event-time
+    alignment, ``Application(max_event_time_skew_s=...)``, the inputs interleaved by event time
+    and a batch possibly handed over in several calls, in slices of event time).
     An exception stops the application loudly with topic/partition/offset, unless
     ``dead_letter_errors`` is set, in which case the failing record is dead-lettered.
     """

@@ -27,6 +27,9 @@ class AppMetrics:
     rebalances: int = 0
     last_checkpoint_s: float = 0.0
     assigned: list[tuple[str, int]] = field(default_factory=list)
+    #: Event-time alignment: partitions paused now, and pauses so far.
+    paused: list[tuple[str, int]] = field(default_factory=list)
+    alignment_pauses: int = 0
 
 
 class PrometheusMetrics:

@@ -1,0 +1,133 @@
+"""Event-time alignment: which input partitions to pause so none runs far ahead of the others.
+
+Windows and sequences assume each key's events arrive roughly in event-time order.  With
+live traffic they do; when an application replays a backlog, the consumer drains some
+partitions (and topics) far ahead of others, so a customer's withdrawal can be processed
+long before the login that preceded it.  Like Flink's watermark alignment and Kafka
+Streams' choice of the record with the lowest timestamp, an application with
+``max_event_time_skew_s`` keeps its assigned partitions within that much event time of
+each other: a partition whose latest event time is more than the skew ahead of the
+slowest partition that still *holds* the others back is paused, and resumed once that
+slowest one has caught up.  Consumed records wait in the application until the floor
+(the slowest holding partition's latest event time) has reached them, so records of
+different partitions reach the operators in event-time order (Kafka Streams' rule); the
+skew bounds how much each partition reads ahead, and so the buffered records and the
+pause/resume churn.
+
+A partition holds the others back while it is owned, has records left to read (its
+consumed position is below its high watermark) and has delivered a record, or been
+assigned, paused or resumed, within ``idle_s``.  So a partition that has reached its
+end, or an empty or slow one, never stalls live traffic for longer than ``idle_s``.
+A partition that has delivered nothing yet holds the others back as if it were at the
+beginning of time (until it delivers or goes idle): on a replay the first fetch decides
+where every partition stands.
+
+This module only decides; :class:`~vigil.stream.app.Application` pauses and resumes its
+consumer, buffers and releases the records, and feeds back what it consumed.  Neither
+pausing nor buffering touches committed offsets: only released records' offsets are
+committed, so buffered ones are simply read again after a restart or rebalance, and both
+guarantees are unaffected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+TP = tuple[str, int]
+
+
+@dataclass
+class Lane:
+    """What alignment knows about one input partition."""
+
+    #: Latest (largest) event time delivered, in epoch seconds; ``None`` before the first record.
+    event_time: float | None
+    #: Monotonic time of the last record, assignment, pause or resume.
+    active_at: float
+    paused: bool = False
+
+
+class Alignment:
+    """Bookkeeping and the pause/resume decision for a set of input partitions."""
+
+    def __init__(self, skew_s: float, idle_s: float) -> None:
+        if not (skew_s >= 0 and math.isfinite(skew_s)) or not idle_s > 0:
+            msg = f"event-time alignment: skew_s >= 0 and idle_s > 0 expected; got {skew_s}, {idle_s}"
+            raise ValueError(msg)
+        self.skew_s = skew_s
+        self.idle_s = idle_s
+        self.lanes: dict[TP, Lane] = {}
+        #: Times a partition was paused (for metrics and tests).
+        self.pauses = 0
+
+    def add(self, tps: Iterable[TP], now: float) -> None:
+        for tp in tps:
+            self.lanes[tp] = Lane(None, now)
+
+    def remove(self, tps: Iterable[TP]) -> None:
+        for tp in tps:
+            self.lanes.pop(tp, None)
+
+    def observe(self, tp: TP, event_time: float, now: float) -> None:
+        """Records of ``tp`` up to ``event_time`` (their largest) were consumed at ``now``."""
+        lane = self.lanes.get(tp)
+        if lane is None:
+            return
+        if lane.event_time is None or event_time > lane.event_time:
+            lane.event_time = event_time
+        lane.active_at = now
+
+    def holds(self, tp: TP, lane: Lane, now: float, lag: Callable[[TP], int | None]) -> bool:
+        """Whether ``tp`` holds the others back (see the module docstring)."""
+        if lane.paused:
+            return True  # paused for being ahead: it has records left, and its time counts
+        if now - lane.active_at >= self.idle_s:
+            return False
+        left = lag(tp)
+        return left is None or left > 0
+
+    def floor(self, now: float, lag: Callable[[TP], int | None]) -> float | None:
+        """Event time of the slowest partition that holds the others back; ``None``: none does."""
+        times = [
+            -math.inf if lane.event_time is None else lane.event_time
+            for tp, lane in self.lanes.items()
+            if self.holds(tp, lane, now, lag)
+        ]
+        return min(times) if times else None
+
+    def plan(self, now: float, lag: Callable[[TP], int | None]) -> tuple[list[TP], list[TP], float]:
+        """Partitions to pause and to resume now, and the event time up to which consumed records
+        may be released to the operators: the floor (``inf``: all).  ``lag(tp)``: records left
+        to read in ``tp`` (``None`` when unknown).  The caller applies the plan and reports it
+        with :meth:`paused`/:meth:`resumed`."""
+        floor = self.floor(now, lag)
+        release = math.inf if floor is None else floor
+        limit = release + self.skew_s
+        pause: list[TP] = []
+        resume: list[TP] = []
+        for tp, lane in self.lanes.items():
+            ahead = lane.event_time is not None and lane.event_time > limit
+            if ahead and not lane.paused:
+                pause.append(tp)
+            elif not ahead and lane.paused:
+                resume.append(tp)
+        return pause, resume, release
+
+    def paused(self, tps: Iterable[TP], now: float) -> None:
+        for tp in tps:
+            lane = self.lanes[tp]
+            lane.paused = True
+            lane.active_at = now
+            self.pauses += 1
+
+    def resumed(self, tps: Iterable[TP], now: float) -> None:
+        for tp in tps:
+            lane = self.lanes[tp]
+            lane.paused = False
+            lane.active_at = now
+
+    @property
+    def paused_count(self) -> int:
+        return sum(1 for lane in self.lanes.values() if lane.paused)

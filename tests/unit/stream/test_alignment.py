@@ -1,0 +1,88 @@
+"""The event-time alignment decision (no broker): who is paused, resumed, and what is released."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from vigil.stream.alignment import TP, Alignment
+
+A: TP = ("a", 0)
+B: TP = ("b", 0)
+C: TP = ("c", 0)
+
+
+def lags(**left: int | None) -> dict[TP, int | None]:
+    return {(name, 0): n for name, n in left.items()}
+
+
+def aligned(skew: float = 10.0, idle: float = 1.0, now: float = 0.0) -> Alignment:
+    al = Alignment(skew, idle)
+    al.add([A, B, C], now)
+    return al
+
+
+def test_a_partition_ahead_by_more_than_the_skew_is_paused_and_records_wait_for_the_slowest() -> None:
+    al = aligned()
+    al.observe(A, 100.0, 0.0)
+    al.observe(B, 150.0, 0.0)
+    al.observe(C, 105.0, 0.0)
+    left = lags(a=5, b=5, c=5)
+    pause, resume, release = al.plan(0.1, left.get)
+    assert pause == [B]
+    assert resume == []
+    assert release == 100.0  # only what the slowest partition has reached
+
+
+def test_a_paused_partition_resumes_when_the_slowest_catches_up() -> None:
+    al = aligned()
+    al.observe(A, 100.0, 0.0)
+    al.observe(B, 150.0, 0.0)
+    al.observe(C, 200.0, 0.0)
+    left = lags(a=5, b=5, c=5)
+    pause, _, _ = al.plan(0.1, left.get)
+    al.paused(pause, 0.1)
+    assert sorted(pause) == [B, C]
+    al.observe(A, 145.0, 0.2)
+    pause, resume, release = al.plan(0.2, left.get)
+    assert (pause, resume, release) == ([], [B], 145.0)
+
+
+def test_partitions_at_their_end_hold_nobody_back() -> None:
+    al = aligned()
+    al.observe(A, 100.0, 0.0)
+    al.observe(B, 5000.0, 0.0)
+    al.observe(C, 5010.0, 0.0)
+    pause, _, release = al.plan(0.1, lags(a=0, b=7, c=7).get)
+    assert pause == []
+    assert release == 5000.0
+    pause, _, release = al.plan(0.1, lags(a=0, b=0, c=0).get)
+    assert (pause, release) == ([], math.inf)
+
+
+def test_a_partition_that_delivered_nothing_holds_the_others_until_it_goes_idle() -> None:
+    al = aligned(idle=1.0, now=0.0)
+    al.observe(A, 100.0, 0.5)
+    al.observe(B, 100.0, 0.5)
+    left = lags(a=5, b=5, c=None)  # C: unknown position and end
+    pause, _, release = al.plan(0.6, left.get)
+    assert release == -math.inf
+    assert sorted(pause) == [A, B]  # ahead of "the beginning of time"
+    al.paused(pause, 0.6)
+    pause, resume, release = al.plan(1.0, left.get)  # C idle since 1.0 s after assignment
+    assert (pause, sorted(resume), release) == ([], [A, B], 100.0)
+
+
+def test_forgotten_partitions_no_longer_count() -> None:
+    al = aligned()
+    al.observe(A, 0.0, 0.0)
+    al.observe(B, 100.0, 0.0)
+    al.remove([A, C])
+    assert al.plan(0.1, lags(b=5).get) == ([], [], 100.0)
+
+
+@pytest.mark.parametrize(("skew", "idle"), [(-1.0, 1.0), (math.inf, 1.0), (math.nan, 1.0), (1.0, 0.0)])
+def test_bad_parameters_are_refused(skew: float, idle: float) -> None:
+    with pytest.raises(ValueError, match="skew_s >= 0 and idle_s > 0"):
+        Alignment(skew, idle)
