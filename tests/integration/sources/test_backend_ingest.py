@@ -4,16 +4,15 @@ is absorbed by the bounded buffer (202, then 503 + Retry-After) and nothing acce
 from __future__ import annotations
 
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import msgspec
 import pytest
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from tests.integration.kafka_read import read_raw, wait_for
 
 from vigil.config import Settings, load_settings
 from vigil.events.codec import decode_event, encode
@@ -21,7 +20,6 @@ from vigil.events.examples import example_events
 from vigil.events.records import DeadLetter
 from vigil.hub.admin import ensure_topics
 from vigil.hub.broker import LocalBroker, free_port_block
-from vigil.hub.raw import RawRecord
 from vigil.hub.topics import TopicSpec
 from vigil.sources.backend import BackendIngestSource, BackendNormalizer, hash_key
 from vigil.sources.sink import KafkaRawSink
@@ -29,53 +27,6 @@ from vigil.sources.sink import KafkaRawSink
 REPO = Path(__file__).resolve().parents[3]
 KEY = "integration-test-key-3c1d"  # a test value, not a secret
 AUTH = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/x-ndjson"}
-
-
-def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
-    """(low, high) of a partition; retried while a just-created topic elects its leader."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            low, high = consumer.get_watermark_offsets(tp, timeout=5)
-            return int(low), int(high)
-        except KafkaException as exc:
-            if not exc.args[0].retriable() or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)  # leader election in progress; the loop re-checks the state
-
-
-def read_all(settings: Settings, topic: str, timeout: float = 30.0) -> list[RawRecord]:
-    """Every committed record of a one-partition topic, as raw records."""
-    consumer = Consumer(
-        settings.kafka_client_config()
-        | {
-            "group.id": f"g-{uuid.uuid4().hex}",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-        }
-    )
-    tp = TopicPartition(topic, 0)
-    low, high = watermarks(consumer, tp, timeout)
-    if high <= low:
-        consumer.close()
-        return []
-    consumer.assign([TopicPartition(topic, 0, 0)])
-    out: list[RawRecord] = []
-    deadline = time.monotonic() + timeout
-    while consumer.position([tp])[0].offset < high:
-        assert time.monotonic() < deadline, f"reading {topic} did not finish"
-        msg = consumer.poll(1)
-        if msg is not None and not msg.error():
-            out.append(RawRecord.from_headers("backend", msg.value(), msg.key(), msg.headers()))
-    consumer.close()
-    return out
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def events(n: int, tag: str) -> list[bytes]:
@@ -142,12 +93,12 @@ def test_acknowledged_events_are_in_kafka_and_bad_lines_dead_lettered(
     assert resp.json()["accepted"] == 5
     assert resp.json()["errors"][0]["line"] == 4
     # 200 means committed: read right away, no waiting.
-    records = read_all(settings, raw)
+    records = read_raw(settings, raw, "backend")
     assert [r.value for r in records] == good
     assert {r.kind for r in records} == {"canonical"}
     normalised = [BackendNormalizer().normalize(r)[0].event_id for r in records]
     assert normalised == [decode_event(g).event_id for g in good]
-    (letter,) = read_all(settings, dlq)
+    (letter,) = read_raw(settings, dlq, "backend")
     dead = msgspec.json.decode(letter.value, type=DeadLetter)
     assert dead.raw == b'{"type": "withdrawal_request"}'
     assert "line 4" in dead.reason
@@ -161,7 +112,7 @@ def test_unauthenticated_requests_write_nothing(ingest: tuple[Running, str, str]
         headers={**AUTH, "Authorization": "Bearer stolen?"},
     )
     assert resp.status_code == 401
-    assert read_all(settings, raw) == []
+    assert read_raw(settings, raw, "backend") == []
 
 
 def test_broker_outage_buffers_then_503_and_loses_nothing(tmp_path: Path) -> None:
@@ -225,7 +176,7 @@ def test_broker_outage_buffers_then_503_and_loses_nothing(tmp_path: Path) -> Non
             accepted += after
         finally:
             running.close()
-        got = [r.value for r in read_all(own, raw)]
+        got = [r.value for r in read_raw(own, raw, "backend")]
         assert sorted(got) == sorted(accepted)  # everything accepted, nothing twice
         assert got[:3] == first  # and in order
         assert len(set(got)) == len(got)

@@ -13,7 +13,8 @@ import time
 import uuid
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
+from tests.integration.kafka_read import watermarks
 
 from vigil.config import Settings
 from vigil.events.types import SecurityEvent
@@ -35,19 +36,6 @@ CloudTrailSource(Path(directory), poll_interval=0.05, source_id=source_id).run(s
 """
 
 FILES, PER_FILE = 80, 3
-
-
-def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
-    """(low, high) of a partition; retried while a just-created topic elects its leader."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            low, high = consumer.get_watermark_offsets(tp, timeout=5)
-            return int(low), int(high)
-        except KafkaException as exc:
-            if not exc.args[0].retriable() or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)  # leader election in progress; the loop re-checks the state
 
 
 def record(i: int) -> dict[str, object]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from tests.integration.kafka_read import read_raw
 from tests.integration.sources.replay_ws import FEEDS, Recording, ReplayServer, load_recording
 
 from vigil.config import Settings, load_settings
@@ -98,40 +98,6 @@ def run_feed(settings: Settings, topic: str) -> Iterator[Callable[[WebsocketFeed
     for running in started:
         running.source.stop()
         running.thread.join(15)
-
-
-def read_raw(settings: Settings, topic: str, source: str) -> list[RawRecord]:
-    """Every committed record of ``topic`` (per partition in offset order).  The transactional
-    producer's commit markers take offsets too, so the end is judged by position, not by count."""
-    consumer = Consumer(
-        settings.kafka_client_config()
-        | {
-            "group.id": f"g-{uuid.uuid4().hex}",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 50,
-        }
-    )
-    out: list[RawRecord] = []
-    try:
-        ends: dict[int, int] = {}
-        for partition in range(PARTITIONS):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            if high > low:  # partitions no key hashed to stay empty
-                ends[partition] = high
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        deadline = time.monotonic() + 30
-        while any(
-            tp.offset < ends[tp.partition]
-            for tp in consumer.position([TopicPartition(topic, p) for p in ends])
-        ):
-            assert time.monotonic() < deadline, f"reading {topic} took over 30s"
-            msg = consumer.poll(0.2)
-            if msg is not None and not msg.error():
-                out.append(RawRecord.from_headers(source, msg.value(), msg.key(), msg.headers()))
-    finally:
-        consumer.close()
-    return out
 
 
 def by_key(records: list[RawRecord]) -> dict[bytes | None, list[bytes]]:

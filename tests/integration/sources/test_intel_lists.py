@@ -8,17 +8,16 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
+from tests.integration.kafka_read import read_raw, wait_for, watermarks
 
 from vigil.config import Settings, shared_data_dir
 from vigil.events.codec import EventCodec
 from vigil.events.types import IntelIndicator
 from vigil.hub.admin import ensure_topics
 from vigil.hub.client import EventProducer
-from vigil.hub.raw import RawRecord
 from vigil.hub.topics import TopicSpec
 from vigil.sources.intel import ofac, scamlists
 from vigil.sources.intel.lists import IntelListSource, ListSpec, content_version
@@ -26,19 +25,6 @@ from vigil.sources.intel.normalize import IntelNormalizer
 from vigil.sources.sink import KafkaRawSink
 
 DATA = shared_data_dir() / "intel"
-
-
-def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
-    """(low, high) of a partition; retried while a just-created topic elects its leader."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            low, high = consumer.get_watermark_offsets(tp, timeout=5)
-            return int(low), int(high)
-        except KafkaException as exc:
-            if not exc.args[0].retriable() or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)  # leader election in progress; the loop re-checks the state
 
 
 def read(settings: Settings, topic: str, source: str = "intel") -> list[tuple[bytes | None, bytes]]:
@@ -63,34 +49,6 @@ def read(settings: Settings, topic: str, source: str = "intel") -> list[tuple[by
                 out.append((msg.key(), msg.value()))
     consumer.close()
     return out
-
-
-def raw_records(settings: Settings, topic: str) -> list[RawRecord]:
-    consumer = Consumer(
-        settings.kafka_client_config()
-        | {
-            "group.id": f"g-{uuid.uuid4().hex}",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-        }
-    )
-    tp = TopicPartition(topic, 0)
-    _, high = watermarks(consumer, tp)
-    consumer.assign([TopicPartition(topic, 0, 0)])
-    out = []
-    while high and consumer.position([tp])[0].offset < high:
-        msg = consumer.poll(0.5)
-        if msg is not None and not msg.error():
-            out.append(RawRecord.from_headers("intel", msg.value(), msg.key(), msg.headers()))
-    consumer.close()
-    return out
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_lists_refresh_without_restart_and_revoke_after_restart(settings: Settings, tmp_path: Path) -> None:
@@ -130,11 +88,11 @@ def test_lists_refresh_without_restart_and_revoke_after_restart(settings: Settin
     thread = threading.Thread(target=source.run, args=(sink,))
     thread.start()
     try:
-        wait_for(lambda: len(raw_records(settings, raw_topic)) == 2, 30, "both lists")
+        wait_for(lambda: len(read_raw(settings, raw_topic, "intel")) == 2, 30, "both lists")
         lines = eth.read_text().splitlines()
         added = "0x00000000000000000000000000000000DeaDBeef"
         eth.write_text("\n".join([*lines[1:], added]) + "\n")  # first address delisted, one added
-        wait_for(lambda: len(raw_records(settings, raw_topic)) == 4, 30, "the refreshed list")
+        wait_for(lambda: len(read_raw(settings, raw_topic, "intel")) == 4, 30, "the refreshed list")
     finally:
         source.stop()
         thread.join(30)
@@ -151,7 +109,7 @@ def test_lists_refresh_without_restart_and_revoke_after_restart(settings: Settin
     assert restarted.poll_once(sink, state) == 1
     sink.close()
 
-    records = raw_records(settings, raw_topic)
+    records = read_raw(settings, raw_topic, "intel")
     assert [(r.kind, r.meta["list"]) for r in records] == [
         ("address_list", "ofac.ETH"),
         ("address_list", "scamsniffer.address"),

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from taxii2client.v21 import Collection
+from tests.integration.kafka_read import watermarks
 
 from vigil.config import Settings, shared_data_dir
 from vigil.events.types import IntelIndicator
@@ -48,19 +49,6 @@ sink = KafkaRawSink(load_settings(), source_id=source_id, topic_for=lambda _r: t
 TaxiiSource(url, user=user, password=os.environ["VIGIL_TAXII_PASSWORD"], poll_interval=0.1,
             page_size=1, source_id=source_id).run(sink)
 """
-
-
-def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
-    """(low, high) of a partition; retried while a just-created topic elects its leader."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            low, high = consumer.get_watermark_offsets(tp, timeout=5)
-            return int(low), int(high)
-        except KafkaException as exc:
-            if not exc.args[0].retriable() or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)  # leader election in progress; the loop re-checks the state
 
 
 def free_port() -> int:
