@@ -206,3 +206,74 @@ def test_sequence_ratio_and_known_counterparties(tmp_path: Path) -> None:
     # Sending back to where the money came from is not "new": seen_also fed the history.
     back_home = money("deposit", "0", 1000, "'0xa'") + money("withdrawal_request", "10m", 950, "'0xa'")
     assert run(tmp_path, RATIO, back_home) == []
+
+
+LINKED = """\
+    type: sequence
+    group_by: customer
+    within: 2h
+    steps:
+      - {name: reset, type: password_reset}
+      - {name: added, type: withdrawal_address_added, first_seen: payload.address}
+      - name: out
+        type: withdrawal_request
+        same_as: {payload.to_address: added.payload.address}
+"""
+
+
+def reset(at: str) -> str:
+    return f"      - {{type: password_reset, at: {at}, customer: c1}}\n"
+
+
+def added(at: str, address: str) -> str:
+    return (
+        f"      - {{type: withdrawal_address_added, at: {at}, customer: c1, "
+        f"payload: {{address: '{address}', asset: ETH, chain: ethereum}}}}\n"
+    )
+
+
+def out(at: str, address: str) -> str:
+    return (
+        f"      - {{type: withdrawal_request, at: {at}, customer: c1, "
+        f"payload: {{withdrawal_id: w{at}, asset: ETH, amount: 1, amount_usd: 3000, to_address: '{address}'}}}}\n"
+    )
+
+
+def test_sequence_steps_are_ordered_by_event_time_not_arrival(tmp_path: Path) -> None:
+    # Events are listed in arrival order: the address (10m) arrives after the withdrawal (20m).
+    late_address = reset("0") + out("20m", "0x1") + added("10m", "0x1")
+    assert run(tmp_path, LINKED, late_address) == ["c1"]
+    late_reset = out("20m", "0x1") + added("10m", "0x1") + reset("0")
+    assert run(tmp_path, LINKED, late_reset) == ["c1"]
+    # Replayed in event-time order the links must still hold.
+    other_address = reset("0") + out("20m", "0x2") + added("10m", "0x1")
+    assert run(tmp_path, LINKED, other_address) == []
+    # Arrival order cannot put a step before its predecessor in event time.
+    reversed_in_time = reset("30m") + added("10m", "0x1") + out("40m", "0x1")
+    assert run(tmp_path, LINKED, reversed_in_time) == []
+
+
+def test_a_replay_does_not_report_a_chain_twice(tmp_path: Path) -> None:
+    # The chain completes in order; a late reset then re-runs it from a later start.
+    events = reset("0") + added("10m", "0x1") + out("20m", "0x1") + reset("5m")
+    assert run(tmp_path, LINKED, events) == ["c1"]
+    # A later chain of its own is reported, though, even if it arrives late.
+    events += reset("30m") + out("40m", "0x3") + added("35m", "0x3")
+    assert run(tmp_path, LINKED, events) == ["c1", "c1"]
+
+
+def test_first_seen_is_judged_at_the_event_time(tmp_path: Path) -> None:
+    # 0xb is first seen by a deposit at 20m, which arrives before the withdrawal at 10m:
+    # at 10m the address was still new.
+    later_seen = (
+        money("deposit", "0", 1000, "'0xa'")
+        + money("deposit", "20m", 5, "'0xb'")
+        + money("withdrawal_request", "10m", 950, "'0xb'")
+    )
+    assert run(tmp_path, RATIO, later_seen) == ["c1"]
+    earlier_seen = (
+        money("deposit", "0", 1000, "'0xa'")
+        + money("deposit", "5m", 5, "'0xb'")
+        + money("withdrawal_request", "10m", 950, "'0xb'")
+    )
+    assert run(tmp_path, RATIO, earlier_seen) == []

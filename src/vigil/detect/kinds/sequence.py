@@ -24,7 +24,13 @@ step's field over the earlier step's field).
 
 Matching keeps, per step, the most recent partial chain that reached it (greedy, latest
 start); an event is tried against the later steps first, so one event never advances two
-steps.  Seen-value histories are updated after the event is evaluated.
+steps.  Seen-value histories are updated after the event is evaluated, and remember when
+(in event time) each value was first seen.
+
+Steps are judged in event time, not arrival order: events reach detection through several
+topics and partitions, so a withdrawal can arrive before the address it goes to was added.
+Each group keeps its recent step events; one arriving behind the newest is put in its place
+and the chains are replayed over them (chains already reported are not reported again).
 """
 
 from __future__ import annotations
@@ -44,6 +50,13 @@ from vigil.stream.base import State
 CONTEXT = frozenset({"steps", "span", "group"})
 #: Distinct values remembered per group and path for ``first_seen`` (oldest forgotten first).
 MAX_SEEN = 256
+#: How far (event-time seconds) behind the group's newest step event a late event may
+#: arrive and still be placed in order: events reach detection through several topics and
+#: partitions, so a step can arrive after a later one.  Later than this, it is judged
+#: against the chains as they stand.
+MAX_LATENESS_S = 3600.0
+#: Step events kept per group for such replays.
+MAX_BUFFERED = 32
 
 
 @dataclass(frozen=True)
@@ -240,9 +253,11 @@ class _CompiledStep:
         self.match = step.match.compile()
         self.first_seen: Getter | None = compile_getter(step.first_seen) if step.first_seen else None
         self.idle = step.after_idle.total_seconds() if step.after_idle else None
-        self.same = tuple((compile_getter(here), name, path) for here, name, path in step.same_as)
-        self.differs = tuple((compile_getter(here), name, path) for here, name, path in step.differs)
-        self.ratio = (compile_getter(step.ratio_to.field), step.ratio_to) if step.ratio_to else None
+        #: The paths this step's own link checks read from its event (kept with the event so
+        #: a replay can check links without the event itself).
+        self.own = [here for here, _, _ in (*step.same_as, *step.differs)]
+        if step.ratio_to:
+            self.own.append(step.ratio_to.field)
 
 
 class SequenceDetector(GroupedDetector):
@@ -272,6 +287,16 @@ class SequenceDetector(GroupedDetector):
                 self._captures[s.ratio_to.step].append((s.ratio_to.of, compile_getter(s.ratio_to.of)))
         extra = [p for s in params.steps for p in (*s.match.paths, *([s.first_seen] if s.first_seen else []))]
         self._evidence = EvidenceMaker(extra)
+        # Per step, the field values an event matching it keeps: what later steps compare
+        # against, and what its own link checks need.
+        self._values = [
+            [
+                (path, compile_getter(path))
+                for path in dict.fromkeys([*(p for p, _ in self._captures[cs.step.name]), *cs.own])
+            ]
+            for cs in self._steps
+        ]
+        self._lateness = min(self._within, MAX_LATENESS_S)
         self._seen_paths = sorted({s.first_seen for s in params.steps if s.first_seen})
         self._seen_getters = [(p, compile_getter(p)) for p in self._seen_paths]
         self._seen_types = frozenset().union(*(s.match.types for s in params.steps if s.first_seen))
@@ -287,56 +312,108 @@ class SequenceDetector(GroupedDetector):
         skey = f"s:{key}"
         st: dict[str, Any] = state.get(skey) or {"p": [None] * len(self._steps), "seen": {}, "last": None}
         now = ts(event)
-        progress: list[Any] = st["p"]
-        if any(check(event) for check in self._absent):
-            progress = [None] * len(self._steps)
-        last_step = len(self._steps) - 1
-        for i in range(last_step, -1, -1):
-            cs = self._steps[i]
-            if not cs.match(event) or not self._qualifies(cs, event, st, now):
-                continue
-            caps = {path: get(event) for path, get in self._captures[cs.step.name]}
-            if i == 0:
-                progress[0] = [now, [self._evidence(event)], {cs.step.name: caps}]
-                continue
-            prev = progress[i - 1]
-            if prev is None or now - prev[0] > self._within or not self._linked(cs, event, prev[2]):
-                continue
-            progress[i] = [prev[0], [*prev[1], self._evidence(event)], {**prev[2], cs.step.name: caps}]
-            if i == last_step:
-                hits.append(
-                    Hit(
-                        entity=entity_ref(key),
-                        evidence=progress[i][1],
-                        context={
-                            "steps": " -> ".join(s.step.name for s in self._steps),
-                            "span": _minutes(now - prev[0]),
-                            "group": key,
-                        },
-                    )
-                )
-                progress = [None] * len(self._steps)
-                break
-        # Forget chains that can no longer complete.
-        progress = [p if p is not None and now - p[0] <= self._within else None for p in progress]
-        seen: dict[str, list[str]] = st["seen"]
+        absent = any(check(event) for check in self._absent)
+        matched = [
+            [i, {path: get(event) for path, get in self._values[i]}]
+            for i, cs in enumerate(self._steps)
+            if cs.match(event) and self._qualifies(cs, event, st, now)
+        ]
+        if absent or matched:
+            entry = [now, absent, matched, self._evidence(event)]
+            buf: list[Any] = st.setdefault("buf", [])
+            done: list[Any] = st.setdefault("done", [])
+            newest = buf[-1][0] if buf else now
+            if now >= newest:
+                buf.append(entry)
+                found = self._advance(st["p"], entry)
+                if found is not None:
+                    self._fire(key, found, hits, done)
+            else:
+                # Arrived late (another topic or partition lagged): put it in its event-time
+                # place and replay the recent steps, so the chain is judged as it happened.
+                at = len(buf)
+                while at > 0 and buf[at - 1][0] > now:
+                    at -= 1
+                buf.insert(at, entry)
+                progress: list[Any] = [None] * len(self._steps)
+                for e in buf:
+                    found = self._advance(progress, e)
+                    if found is not None:
+                        self._fire(key, found, hits, done)
+                st["p"] = progress
+            horizon = max(newest, now) - self._within - self._lateness
+            st["buf"] = [e for e in buf if e[0] >= horizon][-MAX_BUFFERED:]
+            st["done"] = [d for d in done if d[0] >= horizon]
+        seen: dict[str, Any] = st["seen"]
         counts: dict[str, int] = st.setdefault("n", {})
         if self._seen_getters and tag_of(event) in self._seen_types:
             for path, get in self._seen_getters:
-                _remember(seen, path, get(event), counts)
-        for path, entry in self._also:
-            if tag_of(event) in entry.types and entry.match(event):
-                _remember(seen, path, entry.value(event), counts)
-        st["p"] = progress
-        st["last"] = now
+                _remember(seen, path, get(event), now, counts)
+        for path, entry_ in self._also:
+            if tag_of(event) in entry_.types and entry_.match(event):
+                _remember(seen, path, entry_.value(event), now, counts)
+        last = st["last"]
+        st["last"] = now if last is None else max(last, now)
         state.set(skey, st)
+
+    def _advance(self, progress: list[Any], entry: list[Any]) -> list[Any] | None:
+        """Apply one buffered event to the partial chains (in place); the completed chain, if any.
+
+        Later steps are tried first, so one event never advances two steps."""
+        now, absent, matched, evidence = entry
+        if absent:
+            progress[:] = [None] * len(progress)
+        last_step = len(self._steps) - 1
+        completed = None
+        for i, values in reversed(matched):
+            cs = self._steps[i]
+            if i == 0:
+                progress[0] = [now, [evidence], {cs.step.name: values}]
+                continue
+            prev = progress[i - 1]
+            if prev is None or now - prev[0] > self._within or not self._linked(cs, values, prev[2]):
+                continue
+            progress[i] = [prev[0], [*prev[1], evidence], {**prev[2], cs.step.name: values}]
+            if i == last_step:
+                completed = progress[i]
+                progress[:] = [None] * len(progress)
+                break
+        # Forget chains that can no longer complete.
+        progress[:] = [p if p is not None and now - p[0] <= self._within else None for p in progress]
+        return completed
+
+    def _fire(self, key: str, chain: list[Any], hits: list[Hit], done: list[Any]) -> None:
+        evidence: list[Any] = chain[1]
+        # A chain is identified by the event that completed it: a replay that completes it
+        # again (perhaps from another start) found what was already reported.
+        last_id = evidence[-1][0]
+        if any(d[1] == last_id for d in done):
+            return
+        done.append([evidence[-1][2], last_id])
+        hits.append(
+            Hit(
+                entity=entity_ref(key),
+                evidence=evidence,
+                context={
+                    "steps": " -> ".join(s.step.name for s in self._steps),
+                    "span": _minutes(evidence[-1][2] - chain[0]),
+                    "group": key,
+                },
+            )
+        )
 
     def _qualifies(self, cs: _CompiledStep, event: Event, st: dict[str, Any], now: float) -> bool:
         if cs.first_seen is not None:
             value = cs.first_seen(event)
-            seen = st["seen"].get(cs.step.first_seen, ())
+            seen = st["seen"].get(cs.step.first_seen, {})
             observed = st.get("n", {}).get(cs.step.first_seen, 0)
-            if value is None or str(value).lower() in seen or observed < cs.step.min_seen:
+            if value is None or observed < cs.step.min_seen:
+                return False
+            first = seen.get(str(value).lower()) if isinstance(seen, dict) else None
+            # Seen only at a later event time (that event arrived first) is still new here.
+            if first is not None and first <= now:
+                return False
+            if isinstance(seen, list) and str(value).lower() in seen:  # state written before v2
                 return False
         if cs.idle is not None:
             last = st["last"]
@@ -345,21 +422,21 @@ class SequenceDetector(GroupedDetector):
                 return False
         return True
 
-    def _linked(self, cs: _CompiledStep, event: Event, caps: dict[str, dict[str, Any]]) -> bool:
-        for get, name, path in cs.same:
+    def _linked(self, cs: _CompiledStep, values: dict[str, Any], caps: dict[str, dict[str, Any]]) -> bool:
+        for here, name, path in cs.step.same_as:
             want = caps.get(name, {}).get(path)
-            got = get(event)
+            got = values.get(here)
             if want is None or got is None or str(got).lower() != str(want).lower():
                 return False
-        for get, name, path in cs.differs:
+        for here, name, path in cs.step.differs:
             other = caps.get(name, {}).get(path)
-            got = get(event)
+            got = values.get(here)
             if got is None or (other is not None and str(got).lower() == str(other).lower()):
                 return False
-        if cs.ratio is not None:
-            get, ratio = cs.ratio
+        ratio = cs.step.ratio_to
+        if ratio is not None:
             base = caps.get(ratio.step, {}).get(ratio.of)
-            got = get(event)
+            got = values.get(ratio.field)
             if not isinstance(base, int | float) or not isinstance(got, int | float) or base <= 0:
                 return False
             if not compare(ratio.op, float(got) / float(base), ratio.bound):
@@ -367,16 +444,23 @@ class SequenceDetector(GroupedDetector):
         return True
 
 
-def _remember(seen: dict[str, list[str]], path: str, value: Any, counts: dict[str, int]) -> None:
+def _remember(seen: dict[str, Any], path: str, value: Any, now: float, counts: dict[str, int]) -> None:
+    """Record ``value`` as seen at ``now`` (its earliest event time is what counts)."""
     if value is None:
         return
     counts[path] = counts.get(path, 0) + 1
-    values = seen.setdefault(path, [])
+    values = seen.get(path)
+    if not isinstance(values, dict):  # absent, or a list from before event times were kept
+        values = dict.fromkeys(values or (), 0.0)
+        seen[path] = values
     text = str(value).lower()
-    if text not in values:
-        values.append(text)
+    first = values.get(text)
+    if first is None:
+        values[text] = now
         if len(values) > MAX_SEEN:
-            del values[0]
+            del values[next(iter(values))]
+    elif now < first:
+        values[text] = now
 
 
 def _minutes(seconds: float) -> str:
