@@ -16,6 +16,18 @@ HubSpot webhooks report CRM object changes, not logins or exports, so only chang
 made through the API by an app or private-app token are canonical: they become
 ``crm_api_token_used`` (token = ``sourceId``, else ``app:<appId>``; operation = the
 subscription type).  Changes made in the UI, by imports or workflows yield nothing.
+
+Audit log (kind ``audit_log``): what the account activity API
+(``GET /account-info/v3/activity/audit-logs``, Enterprise) returns, one record or a page
+(``{"results": [...]}``): ``id``, ``category``, ``subCategory``, ``action``,
+``targetObjectId``, ``occurredAt`` (RFC 3339, or epoch milliseconds), ``actingUser``
+(``userId``, ``userEmail``).  Webhooks never report logins or exports; the audit log does.
+``LOGIN`` records become ``crm_login`` (failed when ``subCategory`` is ``LOGIN_FAILED``),
+``EXPORT`` records ``crm_record_export``; other categories yield nothing.  The acting
+user's e-mail (else ``hubspot-user:<userId>``) is the employee.  Optional fields an export
+may add (``ipAddress``, ``countryCode``, ``userAgent``, ``details.objectType``,
+``details.recordCount``, ``details.objectIds``) are used when present; without a record
+count, the number of listed object ids is taken (0 when none are listed).
 """
 
 from __future__ import annotations
@@ -35,7 +47,15 @@ from vigil.config import Settings
 from vigil.errors import DecodeError
 from vigil.events.base import Entities, Event
 from vigil.events.ids import stable_id
-from vigil.events.types import CrmApiTokenUsed, CrmApiTokenUsedPayload
+from vigil.events.types import (
+    CrmApiTokenUsed,
+    CrmApiTokenUsedPayload,
+    CrmLogin,
+    CrmLoginPayload,
+    CrmRecordExport,
+    CrmRecordExportPayload,
+    Geo,
+)
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer
 from vigil.sources.webhooks import (
@@ -178,10 +198,49 @@ _decoder = msgspec.json.Decoder(list[_Event])
 API_SOURCES = frozenset({"API", "INTEGRATION", "APP"})
 
 
+AUDIT_LOG = "audit_log"
+
+
+class _Actor(msgspec.Struct):
+    userId: int | None = None
+    userEmail: str | None = None
+
+
+class _Details(msgspec.Struct):
+    objectType: str | None = None
+    recordCount: int | None = None
+    objectIds: list[str | int] = msgspec.field(default_factory=list)
+
+
+class _Audit(msgspec.Struct):
+    id: str
+    category: str
+    occurredAt: str | int
+    subCategory: str | None = None
+    action: str | None = None
+    targetObjectId: str | None = None
+    actingUser: _Actor | None = None
+    ipAddress: str | None = None
+    countryCode: str | None = None
+    userAgent: str | None = None
+    details: _Details | None = None
+
+
+class _AuditPage(msgspec.Struct):
+    #: Absent: the record is a single audit record, not a page.
+    results: list[_Audit] | None = None
+
+
+_page_decoder = msgspec.json.Decoder(_AuditPage)
+_audit_decoder = msgspec.json.Decoder(_Audit)
+
+
 class HubSpotNormalizer(Normalizer):
     source = NAME
 
     def normalize(self, record: RawRecord) -> list[Event]:
+        if record.kind == AUDIT_LOG:
+            return _audit_events(record)
         where = webhook_where(NAME, record)
         try:
             events = _decoder.decode(record.value)
@@ -219,3 +278,78 @@ class HubSpotNormalizer(Normalizer):
                 )
             )
         return out
+
+
+def _audit_events(record: RawRecord) -> list[Event]:
+    where = f"raw.{NAME} ({AUDIT_LOG})"
+    try:
+        results = _page_decoder.decode(record.value).results
+        page = results if results is not None else [_audit_decoder.decode(record.value)]
+    except msgspec.ValidationError as exc:
+        raise DecodeError(str(exc), where=where) from None
+    except msgspec.DecodeError as exc:
+        msg = f'expected a HubSpot audit-log record or a page of them ({{"results": [...]}}): {exc}'
+        raise DecodeError(msg, where=where) from None
+    out: list[Event] = []
+    for i, audit in enumerate(page):
+        path = f"$.results[{i}]" if results is not None else "$"
+        category = audit.category.upper()
+        if category not in ("LOGIN", "EXPORT"):
+            continue
+        actor = audit.actingUser
+        user = (actor.userEmail if actor else None) or (
+            f"hubspot-user:{actor.userId}" if actor and actor.userId is not None else None
+        )
+        if user is None:
+            msg = f"a {category} record names no acting user (actingUser.userEmail or userId)"
+            raise DecodeError(msg, where=where, path=f"{path}.actingUser")
+        common: dict[str, Any] = {
+            "event_id": stable_id(NAME, AUDIT_LOG, audit.id, prefix="hubspot-"),
+            "source": NAME,
+            "occurred_at": _audit_time(audit.occurredAt, where, f"{path}.occurredAt"),
+            "ingested_at": record.received_at,
+            "entities": Entities(vendor=NAME, employee=user, ip=audit.ipAddress),
+        }
+        geo = Geo(country=audit.countryCode.upper()) if audit.countryCode else None
+        if category == "LOGIN":
+            failed = (audit.subCategory or "").upper() == "LOGIN_FAILED"
+            out.append(
+                CrmLogin(
+                    **common,
+                    payload=CrmLoginPayload(
+                        platform="hubspot", user=user, user_agent=audit.userAgent, geo=geo, success=not failed
+                    ),
+                )
+            )
+            continue
+        details = audit.details or _Details()
+        ids = [str(x) for x in details.objectIds]
+        out.append(
+            CrmRecordExport(
+                **common,
+                payload=CrmRecordExportPayload(
+                    platform="hubspot",
+                    object_type=details.objectType or (audit.subCategory or "unknown").lower(),
+                    record_count=details.recordCount if details.recordCount is not None else len(ids),
+                    export_id=audit.targetObjectId or audit.id,
+                    actor=user,
+                    customer_ids=ids,
+                    geo=geo,
+                ),
+            )
+        )
+    return out
+
+
+def _audit_time(value: str | int, where: str, path: str) -> datetime:
+    try:
+        if isinstance(value, int):
+            return datetime.fromtimestamp(value / 1000, UTC)
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (OverflowError, OSError, ValueError):
+        msg = f"expected an RFC 3339 time or epoch milliseconds, got {value!r}"
+        raise DecodeError(msg, where=where, path=path) from None
+    if parsed.tzinfo is None:
+        msg = f"expected a time with its UTC offset, got {value!r}"
+        raise DecodeError(msg, where=where, path=path)
+    return parsed.astimezone(UTC)

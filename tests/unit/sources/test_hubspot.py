@@ -7,11 +7,12 @@ import hashlib
 import hmac
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from vigil.errors import ContractError, DecodeError
-from vigil.events.types import CrmApiTokenUsed
+from vigil.events.types import CrmApiTokenUsed, CrmLogin, CrmRecordExport
 from vigil.hub.raw import RawRecord
 from vigil.sources.hubspot import HubSpotNormalizer, HubSpotWebhook, sign_v3, signed_uri
 from vigil.sources.webhooks import Delivery, Rejected
@@ -180,3 +181,78 @@ def test_malformed_deliveries_are_rejected_with_the_reason(body: bytes, match: s
 def test_unexpected_record_kind_is_rejected() -> None:
     with pytest.raises(ContractError, match="expected kind 'webhook'"):
         HubSpotNormalizer().normalize(record(kind="ws_message"))
+
+
+# The account activity API's audit-log page, as documented (one record per category the
+# normaliser knows, and one it ignores).
+AUDIT_PAGE: dict[str, Any] = {
+    "results": [
+        {
+            "id": "jAzNiQgaEZUTlJISRtESldLGFNM",
+            "category": "PIPELINE",
+            "subCategory": "DEAL",
+            "action": "UPDATE",
+            "targetObjectId": "Sales Pipeline",
+            "occurredAt": "2026-03-01T12:00:00.529Z",
+            "actingUser": {"userId": 89274502, "userEmail": "mark.scout@example.com"},
+        },
+        {
+            "id": "a1",
+            "category": "LOGIN",
+            "subCategory": "LOGIN_FAILED",
+            "action": "PERFORM",
+            "occurredAt": "2026-03-01T12:01:00Z",
+            "actingUser": {"userId": 89274502, "userEmail": "mark.scout@example.com"},
+            "ipAddress": "198.51.100.7",
+            "countryCode": "ie",
+        },
+        {
+            "id": "a2",
+            "category": "EXPORT",
+            "subCategory": "CRM_OBJECT_EXPORT",
+            "action": "CREATE",
+            "targetObjectId": "export-9",
+            "occurredAt": "2026-03-01T12:02:00Z",
+            "actingUser": {"userId": 89274502},
+        },
+    ],
+    "paging": {"next": {"after": "NTI1Cg%3D%3D"}},
+}
+
+
+def test_audit_log_logins_and_exports_become_canonical() -> None:
+    events = HubSpotNormalizer().normalize(record(json.dumps(AUDIT_PAGE).encode(), kind="audit_log"))
+    assert [e.type for e in events] == ["crm_login", "crm_record_export"]
+    login, export = events
+    assert isinstance(login, CrmLogin)
+    assert isinstance(export, CrmRecordExport)
+    assert login.payload.success is False
+    assert (login.entities.employee, login.entities.ip) == ("mark.scout@example.com", "198.51.100.7")
+    assert login.payload.geo is not None
+    assert login.payload.geo.country == "IE"
+    assert login.occurred_at == datetime(2026, 3, 1, 12, 1, tzinfo=UTC)
+    # No e-mail: the user id names the employee; no count or ids listed: zero records known.
+    assert export.entities.employee == "hubspot-user:89274502"
+    assert (export.payload.export_id, export.payload.record_count) == ("export-9", 0)
+    assert export.payload.object_type == "crm_object_export"
+    one = HubSpotNormalizer().normalize(
+        record(json.dumps(AUDIT_PAGE["results"][1]).encode(), kind="audit_log")
+    )
+    assert [e.event_id for e in one] == [login.event_id]
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"actingUser": None}, "names no acting user"),
+        ({"occurredAt": "yesterday"}, r"RFC 3339 .*'yesterday'"),
+        ({"occurredAt": "2026-03-01T12:01:00"}, "UTC offset"),
+        ({"category": 7}, r"Expected `str`, got `int` - at `\$\.results\[0\]\.category`"),
+    ],
+)
+def test_malformed_audit_records_are_rejected_with_the_reason(change: dict[str, object], match: str) -> None:
+    page = {"results": [{**AUDIT_PAGE["results"][1], **change}]}
+    with pytest.raises(DecodeError, match=match) as caught:
+        HubSpotNormalizer().normalize(record(json.dumps(page).encode(), kind="audit_log"))
+    if "category" not in change:  # msgspec names the path in its message instead
+        assert caught.value.path == f"$.results[0].{next(iter(change))}"
