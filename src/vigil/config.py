@@ -57,7 +57,9 @@ class Settings(BaseSettings):
     # --- the local broker Vigil starts when kafka_bootstrap is unset
     broker_host: str = "127.0.0.1"
     broker_port: int = Field(default=19092, ge=1024, le=65535, description="First broker's client port")
-    broker_heap_mb: int = Field(default=512, ge=128)
+    # Every topic partition costs broker heap; stream apps add a changelog per store, so a
+    # development broker gathers thousands of topics (512 MB ran out at about 3,900).
+    broker_heap_mb: int = Field(default=1024, ge=128)
     broker_start_timeout_s: float = Field(default=90.0, gt=0)
 
     # --- topics

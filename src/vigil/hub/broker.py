@@ -152,7 +152,7 @@ class LocalBroker:
         *,
         host: str = "127.0.0.1",
         port: int = 19092,
-        heap_mb: int = 512,
+        heap_mb: int = 1024,
         start_timeout_s: float = 90.0,
         dist_root: Path | None = None,
         pom: Path = POM,
