@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from vigil.config import Settings
 from vigil.detect.engine import (
@@ -35,7 +35,7 @@ from vigil.events.base import Event
 from vigil.events.codec import EventCodec
 from vigil.events.types import EVENT_CLASSES, IntelIndicator
 from vigil.hub.admin import ensure_topics
-from vigil.hub.client import EventProducer, make_consumer
+from vigil.hub.client import EventProducer, make_admin, make_consumer
 from vigil.hub.topics import DOMAINS, TOPICS, TopicSpec
 from vigil.stream.app import Application
 from vigil.stream.base import Guarantee
@@ -112,6 +112,31 @@ def create_topics(
     for indicator in intel:
         producer.produce(indicator, topic=topology.intel)
     producer.flush()
+
+
+def delete_scoped_topics(settings: Settings, prefix: str) -> int:
+    """Delete every topic named under ``prefix`` (a :meth:`DetectTopology.scoped` run's inputs,
+    outputs, routed topic and its applications' changelogs, 40-odd topics); returns how many
+    went.  For runs with throwaway topics (evaluations, benchmarks): a shared cluster should
+    not keep them.  Best effort: what the broker refuses is logged, not raised, so a run's
+    results survive a failed clean-up."""
+    if not prefix:
+        msg = "delete_scoped_topics needs a non-empty prefix; it would delete every topic"
+        raise ValueError(msg)
+    admin = make_admin(settings)
+    try:
+        names = [t for t in admin.list_topics(timeout=30).topics if t.startswith(prefix)]
+    except KafkaException as exc:
+        log.warning("listing topics to delete under %r: %s", prefix, exc)
+        return 0
+    deleted = 0
+    for name, future in (admin.delete_topics(names, operation_timeout=30) if names else {}).items():
+        try:
+            future.result()
+            deleted += 1
+        except KafkaException as exc:
+            log.warning("deleting topic %r: %s", name, exc)
+    return deleted
 
 
 class IntelFeed:
@@ -212,6 +237,9 @@ class DetectionService:
     #: 300 s both score as in memory (300 s ran ~15% faster).  Live traffic is not delayed:
     #: partitions at their end, or idle for a second, hold nobody back.  ``None``: off.
     event_time_skew_s: float | None = 60.0
+    #: Alignment: a partition that delivered nothing for this long holds nobody back
+    #: (``Application.alignment_idle_s``).
+    alignment_idle_s: float = 1.0
 
     def __post_init__(self) -> None:
         self.index = IntelIndex()
@@ -245,6 +273,7 @@ class DetectionService:
             checkpoint_interval_s=self.checkpoint_interval_s,
             internal_topics=[routed_topic_spec(t.routed, t.routed_partitions)],
             max_event_time_skew_s=self.event_time_skew_s,
+            alignment_idle_s=self.alignment_idle_s,
             consumer_overrides={
                 "max.partition.fetch.bytes": self.route_fetch_bytes,
                 "fetch.max.bytes": max(self.route_fetch_bytes * 16, 1024 * 1024),

@@ -329,7 +329,7 @@ def evaluate_kafka(
 
     from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-    from vigil.detect.app import DetectionService, DetectTopology, create_topics
+    from vigil.detect.app import DetectionService, DetectTopology, create_topics, delete_scoped_topics
     from vigil.events.codec import EventCodec
     from vigil.hub.client import EventProducer, make_consumer
 
@@ -377,6 +377,7 @@ def evaluate_kafka(
                 out += [codec.decode(m.value()) for m in msgs if m.error() is None and m.value() is not None]
         finally:
             consumer.close()
+    delete_scoped_topics(settings, prefix)
     alerts = list({a.event_id: a for a in read[topo.alerts]}.values())
     decisions = list({d.event_id: d for d in read[topo.decisions]}.values())
     result = run.score(alerts, decisions, rules=rules, seconds=seconds)

@@ -14,6 +14,7 @@ access, never ``eval``.
 
 from __future__ import annotations
 
+import operator
 import types as pytypes
 import typing
 from collections.abc import Callable, Sequence
@@ -127,6 +128,9 @@ def compile_getter(path: str) -> Getter:
 
         return product
     parts = tuple(path.split("."))
+    if len(parts) == 2 and parts[0] == "entities" and parts[1] in Entities.KINDS:
+        # Every event has every entity field (None when absent), so the C getter cannot fail.
+        return operator.attrgetter(path)
     if len(parts) == 1:
         name = parts[0]
         return lambda e: getattr(e, name, None)
@@ -219,6 +223,10 @@ class Match:
 
 def key_of(getters: Sequence[tuple[str, Getter]], event: Event) -> str | None:
     """The group key ``<kind>:<value>[|<kind>:<value>]`` of an event, or ``None`` if a part is missing."""
+    if len(getters) == 1:  # the common case, on the hot path of every grouped rule
+        name, get = getters[0]
+        value = get(event)
+        return None if value is None or value == "" else f"{name}:{value}"
     parts = []
     for name, get in getters:
         value = get(event)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from vigil.detect.app import CANONICAL_INPUTS, DetectTopology
+from pathlib import Path
+
+import pytest
+
+from vigil.config import load_settings
+from vigil.detect.app import CANONICAL_INPUTS, DetectTopology, delete_scoped_topics
 
 
 def test_a_scoped_topology_names_every_topic_and_group_under_its_prefix() -> None:
@@ -21,3 +26,10 @@ def test_topic_specs_rename_the_registry_specs_and_keep_one_dead_letter_partitio
     assert {s.partitions for n, s in specs.items() if n != topo.dlq} == {3}
     assert specs[topo.dlq].partitions == 1
     assert specs[topo.dlq].value == "dead_letter"
+
+
+def test_deleting_scoped_topics_refuses_an_empty_prefix_before_asking_the_broker(tmp_path: Path) -> None:
+    # An empty prefix matches every topic on the cluster; no broker runs at this address.
+    settings = load_settings(kafka_bootstrap="127.0.0.1:1", home=tmp_path)
+    with pytest.raises(ValueError, match="non-empty prefix"):
+        delete_scoped_topics(settings, "")

@@ -205,3 +205,55 @@ def test_intel_hot_reload_records_the_list_version_matched() -> None:
         ("w3", "ofac@2026-05-02"),
     ]
     assert index.version == "ofac@2026-05-03"
+
+
+def test_composite_groups_route_under_their_first_part_once_for_all_rules() -> None:
+    # rapid-in-out groups by (customer, asset), ato-sequence by customer: one record serves both.
+    ruleset = RuleSet(RULES)
+    event = withdrawal(1, "0x" + "cd" * 20)
+    composite = [d for d in ruleset.by_type["withdrawal_request"] if len(d.group_paths) > 1]
+    assert composite, "the shipped rules group some withdrawal rule by (customer, asset)"
+    assert all(d.routes(event) == ["customer:c1"] for d in composite)
+    keys = ruleset.routes_for(event, remote_only=False)
+    assert "customer:c1" in keys
+    assert not [k for k in keys if "|" in k]
+    assert len(keys) == len(set(keys))
+
+
+def test_events_no_rule_wants_are_not_routed() -> None:
+    # The wash-trading rule keeps one graph under one key: only trades between linked accounts
+    # (and logins naming an account) reach it, not every trade.
+    ruleset = RuleSet(RULES)
+    events = small_sim()
+    trades = [e for e in events if e.type == "trade"]
+    linked = [e for e in trades if "linked:wash-trading-linked" in ruleset.routes_for(e, remote_only=False)]
+    assert trades
+    assert len(linked) < len(trades)
+    total = sum(len(ruleset.routes_for(e, remote_only=False)) for e in events)
+    unfiltered = sum(len({k for d in ruleset.by_type.get(e.type, ()) for k in d.routes(e)}) for e in events)
+    assert total < unfiltered
+
+
+def test_wants_is_false_only_when_process_would_do_nothing() -> None:
+    """``Detector.wants`` lets the route stage drop events; it must never drop one that matters:
+    replay a simulated stream and check that, whenever a detector does not want an event,
+    processing it changes no state and fires nothing."""
+    import msgspec
+
+    encode = msgspec.msgpack.Encoder().encode
+    ruleset = RuleSet(RULES)
+    states = {d.store_id: MemoryState() for d in ruleset.detectors}
+    skipped = 0
+    for event in small_sim():
+        for det in ruleset.by_type.get(event.type, ()):
+            state = states[det.store_id]
+            hits: list[Any] = []
+            if det.wants(event):
+                det.process(event, state, hits)
+                continue
+            before = encode(state.data)
+            det.process(event, state, hits)
+            assert not hits, (det.rule.id, event)
+            assert encode(state.data) == before, (det.rule.id, event)
+            skipped += 1
+    assert skipped > 1000  # the property was exercised

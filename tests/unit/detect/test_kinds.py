@@ -235,7 +235,8 @@ def added(at: str, address: str) -> str:
 def out(at: str, address: str) -> str:
     return (
         f"      - {{type: withdrawal_request, at: {at}, customer: c1, "
-        f"payload: {{withdrawal_id: w{at}, asset: ETH, amount: 1, amount_usd: 3000, to_address: '{address}'}}}}\n"
+        f"payload: {{withdrawal_id: w{at}, asset: ETH, amount: 1, amount_usd: 3000, "
+        f"to_address: '{address}'}}}}\n"
     )
 
 

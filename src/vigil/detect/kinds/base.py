@@ -83,6 +83,8 @@ StoredEvidence = list[Any]
 
 def as_text(value: Any) -> str:
     """A field value as evidence text: lists joined, long values cut (the value is data, never markup)."""
+    if type(value) is str:  # most fields: skip the conversions below
+        return value if len(value) <= _MAX_FIELD else value[: _MAX_FIELD - 1] + "…"
     if isinstance(value, list | tuple):
         value = ",".join(str(v) for v in value)
     elif isinstance(value, float):
@@ -91,8 +93,21 @@ def as_text(value: Any) -> str:
     return text if len(text) <= _MAX_FIELD else text[: _MAX_FIELD - 1] + "…"
 
 
+#: The last event ts() converted and its result: the engine hands one event to every rule that
+#: looks at it in a row, and an aware datetime's timestamp() costs more than this check.  One
+#: tuple, replaced whole, so threads running detectors side by side never see a torn pair.
+_last_ts: tuple[Event | None, float] = (None, 0.0)
+
+
 def ts(event: Event) -> float:
-    return event.occurred_at.timestamp()
+    """An event's time in epoch seconds."""
+    global _last_ts
+    last = _last_ts
+    if last[0] is event:
+        return last[1]
+    value = event.occurred_at.timestamp()
+    _last_ts = (event, value)
+    return value
 
 
 class EvidenceMaker:
@@ -100,14 +115,20 @@ class EvidenceMaker:
 
     def __init__(self, extra_paths: Sequence[str] = ()) -> None:
         self._extra = tuple((short_name(p), compile_getter(p)) for p in dict.fromkeys(extra_paths))
+        #: Per event type: its key fields' getters, then the rule's (built on first use).
+        self._getters: dict[str, tuple[tuple[str, Getter], ...]] = {}
 
     def __call__(self, event: Event) -> StoredEvidence:
+        tag = tag_of(event)
+        getters = self._getters.get(tag)
+        if getters is None:
+            getters = self._getters[tag] = (*_key_getters.get(tag, ()), *self._extra)
         fields: dict[str, str] = {}
-        for name, get in (*_key_getters.get(tag_of(event), ()), *self._extra):
+        for name, get in getters:
             value = get(event)
             if value is not None and value != "" and value != []:
                 fields[name] = as_text(value)
-        return [event.event_id, tag_of(event), ts(event), fields]
+        return [event.event_id, tag, ts(event), fields]
 
 
 def to_evidence(stored: Sequence[StoredEvidence]) -> list[Evidence]:
@@ -167,6 +188,24 @@ class Detector(ABC):
     @abstractmethod
     def routes(self, event: Event) -> list[str]:
         """The keys under which ``event`` must reach this detector (one partition per key)."""
+
+    @property
+    def route_id(self) -> object:
+        """Detectors with equal route ids route every event under the same keys, so the engine
+        computes those keys once per event for all of them; the default is unique to this one."""
+        return id(self)
+
+    @property
+    def route_prefix(self) -> str:
+        """What every key ``routes`` returns starts with (``""``: not known), so the routed stage
+        can tell a record keyed otherwise is not this detector's without computing its keys."""
+        return ""
+
+    def wants(self, event: Event) -> bool:
+        """Whether ``event`` (of ``types``) may change this detector's state or fire it.  The
+        route stage does not re-key events no detector wants (a trade between unlinked
+        accounts), so ``False`` must be exact: only when ``process`` would do nothing."""
+        return True
 
     def sweep(self, state: State, now: float) -> int:
         """Delete state that can no longer matter at event time ``now`` (expired windows and

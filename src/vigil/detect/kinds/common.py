@@ -34,7 +34,24 @@ class GroupedDetector(Detector):
 
     def routes(self, event: Event) -> list[str]:
         key = key_of(self._group, event)
-        return [key] if key else []
+        if not key:
+            return []
+        # A composite group (customer and asset) is routed by its first part alone: that puts
+        # all of its events in one partition too, and under the same key as the rules grouping
+        # by that entity alone, so the event is re-keyed once for all of them, not once each.
+        return [key.split("|", 1)[0]] if len(self._group) > 1 else [key]
+
+    @property
+    def route_id(self) -> object:
+        if type(self).routes is not GroupedDetector.routes:
+            return id(self)  # a kind that routes its own way
+        return ("group", self.group_paths)
+
+    @property
+    def route_prefix(self) -> str:
+        if type(self).routes is not GroupedDetector.routes:
+            return ""
+        return f"{self._group[0][0]}:"
 
 
 class SingleRouteDetector(Detector):
@@ -47,6 +64,16 @@ class SingleRouteDetector(Detector):
 
     def routes(self, event: Event) -> list[str]:
         return self._route
+
+    @property
+    def route_id(self) -> object:
+        if type(self).routes is not SingleRouteDetector.routes:
+            return id(self)
+        return ("single", self._route[0])
+
+    @property
+    def route_prefix(self) -> str:
+        return self._route[0] if type(self).routes is SingleRouteDetector.routes else ""
 
 
 def delete_keys(state: State, keys: Sequence[str]) -> int:

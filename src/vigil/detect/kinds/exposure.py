@@ -101,6 +101,8 @@ class ExposureDetector(SingleRouteDetector):
         self._checks = [CompiledEntry(c) for c in params.check]
         self._types = params.edges.types.union(*(c.types for c in self._checks))
         self._evidence = EvidenceMaker([c.field for c in params.check])
+        #: Per event type, the checks that may match it.
+        self._checks_of = {t: [c for c in self._checks if t in c.types] for t in self._types}
 
     @property
     def types(self) -> frozenset[str]:
@@ -125,6 +127,16 @@ class ExposureDetector(SingleRouteDetector):
             return [0, address, category]
         got = state.get(f"t:{direction}:{address}")
         return list(got) if got is not None else None
+
+    def wants(self, event: Event) -> bool:
+        # process() acts on a checked address (a matching entry with a text value) or an edge.
+        tag = tag_of(event)
+        if tag == "chain_transfer" and self._edge(event):
+            return True
+        for check in self._checks_of.get(tag, ()):
+            if check.match(event) and isinstance(check.value(event), str):
+                return True
+        return False
 
     def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
         now = ts(event)

@@ -114,6 +114,16 @@ class LinkedDetector(SingleRouteDetector):
         ]
         return delete_keys(state, stale)
 
+    def wants(self, event: Event) -> bool:
+        # What process() acts on: a link event naming its party, or a match between two parties.
+        tag = tag_of(event)
+        if tag in self.p.links.types and self._links(event) and self._party(event):
+            return True
+        if tag in self.p.match.types and self._match(event):
+            a, b = self._a(event), self._b(event)
+            return bool(a and b and a != b)
+        return False
+
     def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
         if tag_of(event) in self.p.links.types and self._links(event):
             party = self._party(event)
@@ -132,7 +142,10 @@ class LinkedDetector(SingleRouteDetector):
         a, b = self._a(event), self._b(event)
         if not a or not b or a == b:
             return
-        shared = sorted(set(state.get(f"p:{a}") or ()) & set(state.get(f"p:{b}") or ()))
+        links_a = state.get(f"p:{a}")
+        if not links_a:
+            return
+        shared = sorted(set(links_a).intersection(state.get(f"p:{b}") or ()))
         if not shared:
             return
         now = ts(event)

@@ -87,10 +87,19 @@ class LookalikeDetector(SingleRouteDetector):
         self._checks = [CompiledEntry(c) for c in params.check]
         self._types = frozenset().union(*(k.types for k in self._known), *(c.types for c in self._checks))
         self._evidence = EvidenceMaker([c.field for c in params.check])
+        #: Per event type, the entries (checks and known) that may match it.
+        self._entries = {t: [e for e in (*self._checks, *self._known) if t in e.types] for t in self._types}
 
     @property
     def types(self) -> frozenset[str]:
         return self._types
+
+    def wants(self, event: Event) -> bool:
+        # process() reads and writes only for an entry matching the event with an address value.
+        for entry in self._entries.get(tag_of(event), ()):
+            if entry.match(event) and isinstance(entry.value(event), str):
+                return True
+        return False
 
     def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
         chars = self.p.chars

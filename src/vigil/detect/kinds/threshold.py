@@ -118,6 +118,9 @@ class ThresholdDetector(GroupedDetector):
     def types(self) -> frozenset[str]:
         return self.p.match.types
 
+    def wants(self, event: Event) -> bool:
+        return self._match(event)
+
     def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
         if not self._match(event):
             return
