@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from vigil.config import Settings
 from vigil.events.codec import EventCodec
 from vigil.events.records import EpisodeLabel
-from vigil.hub.client import make_admin
+from vigil.hub.client import DeliveryFailed, make_admin
 from vigil.hub.raw import RawRecord
 from vigil.hub.topics import TOPICS
 from vigil.sim import SimConfig, Simulation
@@ -32,7 +32,9 @@ def prefix(settings: Settings) -> Iterator[str]:
     admin = make_admin(settings)
     mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(name)]
     if mine:
-        admin.delete_topics(mine)
+        # Wait for the deletions: the admin client going away would abandon them.
+        for future in admin.delete_topics(mine).values():
+            future.result()
 
 
 def _read(settings: Settings, topics: list[str], expected: int, timeout: float = 60.0) -> list[Any]:
@@ -108,6 +110,17 @@ def test_native_simulation_goes_to_raw_topics_with_headers(settings: Settings, p
     label = sim.labels[0]
     carried = {eid for r in records for eid in r.meta["sim_event_ids"]}
     assert set(label.event_ids) <= carried
+
+
+def test_failed_deliveries_are_reported(settings: Settings, prefix: str) -> None:
+    sim = Simulation(SimConfig(seed=23, customers=50, events=500, scenarios=["spoofing"], lookalikes=False))
+    # The topics were never created and this producer may not create them: no record can be
+    # delivered, and publish() must say so (only failures call back into Python).
+    publisher = SimPublisher(
+        settings, topic_prefix=prefix, **{"allow.auto.create.topics": False, "message.timeout.ms": 3000}
+    )
+    with pytest.raises(DeliveryFailed, match=rf"records failed delivery; first: {prefix}events\.\w+: "):
+        publisher.publish(sim, canonical=True, flush_timeout=30)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ hubspot              ``webhook``            a HubSpot webhook delivery (JSON arr
                                             changes made through the token (``changeSource``
                                             ``INTEGRATION``, ``sourceId`` = the token)
 hubspot              ``audit_log``          an account-activity audit record (logins, exports), which
-                                            HubSpot webhooks do not report (no normaliser yet)
+                                            HubSpot webhooks do not report (the audit-log normaliser)
 salesforce           ``webhook``            an Event Monitoring record (``attributes.type``
                                             ``LoginEventStream``, ``ReportEventStream``,
                                             ``ApiEventStream``)
