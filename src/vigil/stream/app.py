@@ -8,8 +8,12 @@ One :class:`Application` is one consumer-group member.  Its loop:
    dead-letter topic with the reason, topic/partition/offset and the raw bytes;
 3. group records by partition and hand each group to every operator with a
    :class:`~vigil.stream.base.Context` for that partition;
-4. every ``checkpoint_interval_s``: send pending state writes to the changelog topics,
-   then make outputs, changelog writes and input offsets durable together.
+4. every ``checkpoint_interval_s`` (default 0.2 s exactly-once, 5 s at-least-once; see
+   ``EXACTLY_ONCE_CHECKPOINT_S``): send pending state writes to the changelog topics, then make
+   outputs, changelog writes and input offsets durable together.
+
+Outputs are produced as the operators emit them (``linger.ms`` 5), never held for a
+checkpoint; in exactly-once mode ``read_committed`` readers see them when it commits.
 
 Guarantees.  ``exactly_once``: one transactional producer per process
 (``transactional.id = <name>-<instance_id>``); each checkpoint sends the consumed offsets
@@ -17,11 +21,15 @@ to the transaction and commits it, so outputs, changelog records and offsets bec
 visible atomically to ``read_committed`` readers.  ``at_least_once``: an idempotent
 producer; a checkpoint *seals* the records produced since the last one (outputs and
 changelog writes), and once Kafka has acknowledged all of them, their input offsets are
-committed and their state writes go to RocksDB, oldest first.  "Acknowledged" is
-librdkafka's out-queue running empty; under steady load the loop waits for a flush at most
-once per ``max(1 s, 5 checkpoint intervals)``, and before giving up partitions.  After a crash the
-records since the last acknowledged checkpoint are processed again, so outputs must carry
-deterministic ids (events do: ``event_id`` is derived from content).
+committed and their state writes go to RocksDB, oldest first.  A seal sets the changed keys
+aside and encodes them for the changelog a chunk per loop iteration, between batches (a key
+touched before its turn is encoded first, as it was at the seal): with tens of thousands of
+keys, doing it at once stalled the loop for ~100 ms.  Writes to RocksDB, in both modes, also
+go a chunk per iteration.  "Acknowledged" is librdkafka's out-queue running empty; under
+steady load the loop waits for a flush at most once per ``max(1 s, 5 checkpoint intervals)``,
+and before giving up partitions.  After a crash the records since the last acknowledged
+checkpoint are processed again, so outputs must carry deterministic ids (events do:
+``event_id`` is derived from content).
 
 RocksDB is written only with what Kafka already has, together with the changelog offset it
 reaches; it runs without a write-ahead log (the changelog is the log), so after a crash it
@@ -106,6 +114,25 @@ log = logging.getLogger(__name__)
 Decoder = Callable[[str, bytes, bytes | None, Any], Any]
 
 _TIMEOUT = 30.0
+#: Default checkpoint intervals.  Exactly-once outputs become visible when a checkpoint commits,
+#: so the interval is their latency: short.  At-least-once outputs go out at once; the interval
+#: only bounds what is processed again after a crash, and every checkpoint writes each key changed
+#: since the last one to the changelog: long (Kafka Streams: 100 ms and 30 s; quix-streams: 5 s).
+EXACTLY_ONCE_CHECKPOINT_S = 0.2
+AT_LEAST_ONCE_CHECKPOINT_S = 5.0
+#: The consumer's fetching, changed from librdkafka's defaults because those trade latency (or
+#: throughput) for nothing here.  ``fetch.wait.max.ms``: an idle partition's fetch returns after
+#: 10 ms, not 500.  ``fetch.queue.backoff.ms``: once the local queue is over its thresholds,
+#: librdkafka waits this long before fetching again; its 1 s default idled a fast consumer that
+#: drained the queue sooner (measured on a backlog: bare consume + decode 170-190k events/s with
+#: 1 s, ~710k with 10 ms; a stateless pass-through stage 155-186k vs 227-247k).
+#: ``socket.nagle.disable``: TCP_NODELAY (Nagle is librdkafka's default; Kafka's Java clients turn
+#: it off): librdkafka batches by itself, and Nagle only holds small requests back.
+FETCH_DEFAULTS: dict[str, Any] = {
+    "fetch.wait.max.ms": 10,
+    "fetch.queue.backoff.ms": 10,
+    "socket.nagle.disable": True,
+}
 #: Aligned: event time per slice of released records (see Application._release).
 _SLICE = timedelta(seconds=1)
 #: Aligned: timeout of the broker queries for partitions nothing was consumed from yet.
@@ -114,6 +141,49 @@ _TOMBSTONE = "record has no value (a tombstone); expected an encoded event"
 
 
 _Writes = list[tuple[RocksState, list[tuple[bytes, bytes | None]], str, int]]
+#: Checkpoint work done per loop iteration between batches, in keys: state writes encoded and
+#: sent to the changelog (at-least-once), and written to RocksDB (both guarantees).  A checkpoint
+#: of 50,000 keys in one go stalled the loop for ~100 ms; a fixed 2,000 keys per iteration (5 ms)
+#: still slowed live processing to a sixth while it lasted (iterations of ~150 records, 1 ms) and
+#: doubled p99 latency at half load.  So: (keys per record just processed, at least, when idle).
+#: An encoded key costs about a third of a processed record, a RocksDB write a tenth.
+_ENCODE_BUDGET = (1, 100, 2000)
+_WRITE_BUDGET = (2, 200, 5000)
+
+
+def _budget(records: int, budget: tuple[int, int, int]) -> int:
+    per_record, least, idle = budget
+    return max(least, per_record * records) if records else idle
+
+
+class _SealPart:
+    """One store partition's writes of an at-least-once checkpoint, encoded and sent so far."""
+
+    def __init__(self, state: RocksState, topic: str, partition: int) -> None:
+        self.state = state
+        self.topic = topic
+        self.partition = partition
+        self.writes: list[tuple[bytes, bytes | None]] = []
+
+
+class _Seal:
+    """An at-least-once checkpoint whose state writes are still being encoded and sent."""
+
+    def __init__(self, offsets: list[TopicPartition], parts: list[_SealPart]) -> None:
+        self.offsets = offsets
+        self.parts = parts
+
+
+class _PendingWrite:
+    """State writes Kafka has, on their way to RocksDB (``done`` of them written)."""
+
+    def __init__(
+        self, state: RocksState, writes: list[tuple[bytes, bytes | None]], offset: int | None
+    ) -> None:
+        self.state = state
+        self.writes = writes
+        self.offset = offset
+        self.done = 0
 
 
 def _event_time(record: Record[Any]) -> Any:
@@ -183,7 +253,7 @@ class Application:
         decode: Decoder | None = None,
         batch_size: int = 5000,
         batch_timeout_s: float = 0.05,
-        checkpoint_interval_s: float = 0.2,
+        checkpoint_interval_s: float | None = None,
         instance_id: str | None = None,
         internal_topics: Sequence[TopicSpec] = (),
         consumer_overrides: dict[str, Any] | None = None,
@@ -203,6 +273,10 @@ class Application:
         if dupes:
             msg = f"application {name!r}: duplicate operator ids {dupes}; every operator needs its own id"
             raise ConfigError(msg)
+        if checkpoint_interval_s is None:
+            checkpoint_interval_s = (
+                EXACTLY_ONCE_CHECKPOINT_S if guarantee == "exactly_once" else AT_LEAST_ONCE_CHECKPOINT_S
+            )
         if batch_size < 1 or batch_timeout_s < 0 or checkpoint_interval_s <= 0:
             msg = (
                 f"application {name!r}: batch_size >= 1, batch_timeout_s >= 0 and checkpoint_interval_s > 0 "
@@ -223,6 +297,7 @@ class Application:
         self.inputs = list(inputs)
         self.operators = list(operators)
         self.guarantee: Guarantee = guarantee
+        self._eos = guarantee == "exactly_once"
         self.dlq_topic = dlq_topic or f"dlq.{name}"
         self.late_topic = late_topic or f"{name}.late"
         self.batch_size = batch_size
@@ -259,6 +334,10 @@ class Application:
         self._delivery_errors: list[str] = []
         #: At-least-once checkpoints waiting for Kafka's acknowledgement: (sealed at, offsets, writes).
         self._sealed: deque[tuple[float, list[TopicPartition], _Writes]] = deque()
+        #: At-least-once: the checkpoint whose writes are being encoded and sent (see _seal).
+        self._sealing: _Seal | None = None
+        #: State writes Kafka has, waiting for RocksDB (see _write_step).
+        self._writes: deque[_PendingWrite] = deque()
         self._in_txn = False
         self._failed = False
         self._lost = False
@@ -352,9 +431,12 @@ class Application:
             ensure_topics(self.settings, specs)
 
         # Delivery reports only for failures, to one callback: a Python call per record would cost
-        # as much as the record itself.  Changelog offsets are counted instead (see _write_state).
+        # as much as the record itself.  Changelog offsets are counted instead (see _queue_writes).
+        # TCP_NODELAY, as for the consumer (FETCH_DEFAULTS): Nagle would hold a small request (a few
+        # alerts) back until the previous segment is acknowledged.
         pconf: dict[str, Any] = {
             "linger.ms": 5,
+            "socket.nagle.disable": True,
             "delivery.report.only.error": True,
             "on_delivery": self._on_delivery_error,
         }
@@ -368,7 +450,7 @@ class Application:
         cconf: dict[str, Any] = {
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 1_000,
-            "fetch.wait.max.ms": 10,
+            **FETCH_DEFAULTS,
         }
         cconf.update(self._consumer_overrides)
         self._consumer = Consumer(consumer_config(self.settings, self.name, **cconf))
@@ -426,60 +508,55 @@ class Application:
                 self._process(msgs)
             if self.alignment is not None:
                 self._align()
+            if self._sealing is not None:
+                self._encode_step(_budget(len(msgs), _ENCODE_BUDGET))
             if self._sealed:
                 self._complete_epochs()
+            if self._writes:
+                self._write_step(_budget(len(msgs), _WRITE_BUDGET))
             now = time.monotonic()
             if now - last_checkpoint >= self.checkpoint_interval_s:
                 self._checkpoint()
                 last_checkpoint = time.monotonic()
 
     def _process(self, msgs: list[Message]) -> None:
+        if self.alignment is not None:
+            self._buffer(msgs, self.alignment)
+            return
         started = time.perf_counter()
         groups: dict[int, list[Record[Any]]] = {}
         offsets = self._next_offsets
         owned = self._owned
         decode = self._decode
         codec_decode = self._codec._decoder.decode
-        # Aligned: records wait in per-partition buffers until _align releases them.
-        aligned = self.alignment is not None
-        buffers = self._buffers
-        buf: deque[tuple[float, Any]] = deque()
-        touched: set[TP] = set()
-        count = 0
-        # Messages arrive in runs of one partition: look the partition up once per run.
+        letters = 0
+        only_topic = self.inputs[0] if len(self.inputs) == 1 else None
+        # The per-record loop is the runtime's own hot path: messages arrive in runs of one
+        # partition, so the partition is looked up (and its next offset stored) once per run.
         run_topic: str | None = None
         run_part = -1
-        run_tp: tuple[str, int] = ("", -1)
         run_owned = False
+        offset = -1
         group: list[Record[Any]] = []
         for msg in msgs:
             err = msg.error()
             if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                if err.fatal():
-                    text = f"application {self.name!r}: fatal consumer error: {err.str()}"
-                    raise PipelineError(text)
-                log.warning("application %s: consumer error: %s", self.name, err.str())
+                self._consumer_error(err)
                 continue
-            topic = msg.topic()
+            topic = msg.topic() if only_topic is None else only_topic
             part = msg.partition()
             if part != run_part or topic != run_topic:
-                run_topic, run_part, run_tp = topic, part, (topic, part)
+                if run_owned and offset >= 0:
+                    offsets[run_topic, run_part] = offset + 1  # type: ignore[index]
+                run_topic, run_part = topic, part
                 # Not owned: fetched before a revocation; the new owner reads it from the committed offset.
-                run_owned = run_tp in owned
-                if aligned and run_owned:
-                    buf = buffers.setdefault(run_tp, deque())
-                    touched.add(run_tp)
-                else:
-                    group = groups.setdefault(part, [])
+                run_owned = (topic, part) in owned
+                group = groups.setdefault(part, [])
+                offset = -1
             if not run_owned:
                 continue
             offset = msg.offset()
             value = msg.value()
-            if not aligned:
-                offsets[run_tp] = offset + 1
-                count += 1
             try:
                 if value is None:
                     raise ContractError(_TOMBSTONE)
@@ -488,41 +565,87 @@ class Application:
                 else:
                     event = decode(topic, value, msg.key(), msg.headers())
             except ContractError as exc:
-                letter = (topic, part, offset, msg.key(), value or b"", str(exc), type(exc).__name__)
-                if aligned:
-                    buf.append((-math.inf, letter))
-                else:
-                    self._dead_letter(*letter)
+                self._dead_letter(topic, part, offset, msg.key(), value or b"", str(exc), type(exc).__name__)
+                letters += 1
                 continue
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 # The default decoder's own errors (the fast path skips EventCodec's wrapping).
-                letter = (topic, part, offset, msg.key(), value or b"", str(exc), "DecodeError")
-                if aligned:
-                    buf.append((-math.inf, letter))
-                else:
-                    self._dead_letter(*letter)
+                self._dead_letter(topic, part, offset, msg.key(), value or b"", str(exc), "DecodeError")
+                letters += 1
                 continue
-            record = Record(event, topic, part, offset, msg.key(), msg.timestamp()[1])
-            if aligned:
-                try:
-                    occurred = event.occurred_at.timestamp()
-                except AttributeError:
-                    text = (
-                        f"application {self.name!r}: max_event_time_skew_s needs records with an "
-                        f"`occurred_at`; {topic}[{part}]@{offset} decoded to {type(event).__name__}"
-                    )
-                    raise PipelineError(text) from None
-                buf.append((occurred, record))
-            else:
-                group.append(record)
-        if self.alignment is not None:
-            now = time.monotonic()
-            for tp in touched:
-                waiting = buffers[tp]
-                if waiting and tp in owned:
-                    self.alignment.observe(tp, max(t for t, _ in waiting), now)
-            return
+            group.append(Record(event, topic, part, offset, msg.key(), msg.timestamp()[1]))
+        if run_owned and offset >= 0:
+            offsets[run_topic, run_part] = offset + 1  # type: ignore[index]
+        count = letters + sum(len(g) for g in groups.values())
         self._run_operators(groups, count, len(msgs), started)
+
+    def _consumer_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._PARTITION_EOF:
+            return
+        if err.fatal():
+            text = f"application {self.name!r}: fatal consumer error: {err.str()}"
+            raise PipelineError(text)
+        log.warning("application %s: consumer error: %s", self.name, err.str())
+
+    def _buffer(self, msgs: list[Message], alignment: Alignment) -> None:
+        """Aligned: decode into the per-partition buffers that :meth:`_align` releases from."""
+        owned = self._owned
+        decode = self._decode
+        codec_decode = self._codec._decoder.decode
+        buffers = self._buffers
+        buf: deque[tuple[float, Any]] = deque()
+        touched: set[TP] = set()
+        run_topic: str | None = None
+        run_part = -1
+        run_owned = False
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                self._consumer_error(err)
+                continue
+            topic = msg.topic()
+            part = msg.partition()
+            if part != run_part or topic != run_topic:
+                run_topic, run_part = topic, part
+                run_owned = (topic, part) in owned
+                if run_owned:
+                    buf = buffers.setdefault((topic, part), deque())
+                    touched.add((topic, part))
+            if not run_owned:
+                continue
+            offset = msg.offset()
+            value = msg.value()
+            try:
+                if value is None:
+                    raise ContractError(_TOMBSTONE)
+                if decode is None:
+                    event = codec_decode(value)
+                else:
+                    event = decode(topic, value, msg.key(), msg.headers())
+            except ContractError as exc:
+                buf.append(
+                    (-math.inf, (topic, part, offset, msg.key(), value or b"", str(exc), type(exc).__name__))
+                )
+                continue
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                buf.append(
+                    (-math.inf, (topic, part, offset, msg.key(), value or b"", str(exc), "DecodeError"))
+                )
+                continue
+            try:
+                occurred = event.occurred_at.timestamp()
+            except AttributeError:
+                text = (
+                    f"application {self.name!r}: max_event_time_skew_s needs records with an "
+                    f"`occurred_at`; {topic}[{part}]@{offset} decoded to {type(event).__name__}"
+                )
+                raise PipelineError(text) from None
+            buf.append((occurred, Record(event, topic, part, offset, msg.key(), msg.timestamp()[1])))
+        now = time.monotonic()
+        for tp in touched:
+            waiting = buffers[tp]
+            if waiting and tp in owned:
+                alignment.observe(tp, max(t for t, _ in waiting), now)
 
     def _run_operators(
         self, groups: dict[int, list[Record[Any]]], count: int, batch: int, started: float
@@ -687,9 +810,11 @@ class Application:
             self._delivery_errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
 
     def _produce(self, topic: str, value: bytes | None, key: str | bytes | None) -> None:
-        if self.exactly_once and not self._in_txn:
+        producer = self._producer
+        if producer is None:
+            producer = self._running_clients()[0]  # raises: not running
+        if self._eos and not self._in_txn:
             self._ensure_txn()
-        producer = self._running_clients()[0]
         while True:
             try:
                 producer.produce(topic, value, key)
@@ -740,33 +865,35 @@ class Application:
     def _checkpoint(self, sync: bool = False) -> None:
         """Make outputs, state and offsets durable together (see the module docstring).
 
-        ``sync``: in at-least-once mode, wait for the offset commit too (before giving up
-        partitions, so their next owner starts where this one ended)."""
+        ``sync``: in at-least-once mode, finish everything now and wait for the offset commit
+        too (before giving up partitions, so their next owner starts where this one ended)."""
         producer, consumer = self._producer, self._consumer
         if producer is None or consumer is None or self._failed:
             return
         started = time.perf_counter()
-        writes: list[tuple[RocksState, list[tuple[bytes, bytes | None]], str, int]] = []
-        for task in self._tasks.values():
-            for store_id, state in task.stores.items():
-                if not state.pending_count:
-                    continue
-                topic = changelog_topic(self.name, store_id)
-                pending = state.take_pending()
-                self._send_changelog(topic, task.number, pending)
-                writes.append((state, pending, topic, task.number))
-        offsets = [TopicPartition(topic, part, off) for (topic, part), off in self._next_offsets.items()]
-        if not offsets and not writes and not self._in_txn:
-            if sync and self._sealed:
-                producer.flush(_TIMEOUT)
-                self._complete_epochs(sync=True)
-            self._update_gauges()
-            return
         if not self.exactly_once:
-            self._sealed.append((time.monotonic(), offsets, writes))
-            self._next_offsets = {}
+            sealed = self._seal(sync)
             self._complete_epochs(sync)
+            if sync:
+                self._write_step(None)
+            if not sealed:
+                self._update_gauges()
+                return
         else:
+            writes: _Writes = []
+            for task in self._tasks.values():
+                for store_id, state in task.stores.items():
+                    if not state.pending_count:
+                        continue
+                    topic = changelog_topic(self.name, store_id)
+                    pending = state.take_pending()
+                    self._send_changelog(topic, task.number, pending)
+                    writes.append((state, pending, topic, task.number))
+            offsets = self._offsets_to_commit()
+            if not offsets and not writes and not self._in_txn:
+                self._write_step(None if sync else _WRITE_BUDGET[1])
+                self._update_gauges()
+                return
             try:
                 self._ensure_txn()
                 if offsets:
@@ -783,15 +910,65 @@ class Application:
                 errors, self._delivery_errors = self._delivery_errors, []
                 msg = f"application {self.name!r}: {len(errors)} deliveries failed; first: {errors[0]}"
                 raise PipelineError(msg)
-            self._next_offsets = {}
-            self._write_state(writes)
+            self._queue_writes(writes)
+            self._write_step(None if sync else _WRITE_BUDGET[1])
         elapsed = time.perf_counter() - started
         self.metrics.checkpoints += 1
         self.metrics.last_checkpoint_s = elapsed
         self.prometheus.checkpoint.labels(self.name).observe(elapsed)
         self._update_gauges()
 
-    def _write_state(self, writes: _Writes) -> None:
+    def _offsets_to_commit(self) -> list[TopicPartition]:
+        offsets = [TopicPartition(topic, part, off) for (topic, part), off in self._next_offsets.items()]
+        self._next_offsets = {}
+        return offsets
+
+    def _seal(self, sync: bool) -> bool:
+        """At-least-once: set this checkpoint's state writes and offsets aside (False: nothing to).
+
+        The writes are encoded and sent to the changelog a chunk per loop iteration
+        (:meth:`_encode_step`; all at once when ``sync``), so a checkpoint of tens of thousands
+        of keys does not stall the loop; the state stays as it was at the seal (see
+        :mod:`vigil.stream.state`).  Once all are sent, the seal waits for Kafka's acknowledgement
+        (:meth:`_complete_epochs`)."""
+        if self._sealing is not None:
+            self._encode_step(None)  # the previous one first (rare: a chunk per loop iteration)
+        parts: list[_SealPart] = []
+        for task in self._tasks.values():
+            for store_id, state in task.stores.items():
+                if state.pending_count:
+                    state.seal()
+                    parts.append(_SealPart(state, changelog_topic(self.name, store_id), task.number))
+        offsets = self._offsets_to_commit()
+        if not offsets and not parts:
+            return False
+        self._sealing = _Seal(offsets, parts)
+        self._encode_step(None if sync else _ENCODE_BUDGET[1])
+        return True
+
+    def _encode_step(self, limit: int | None) -> None:
+        """Encode and send up to ``limit`` (None: all) of the open seal's state writes."""
+        seal = self._sealing
+        if seal is None:
+            return
+        budget = limit
+        for part in seal.parts:
+            if not part.state.sealed_count:
+                continue
+            chunk = part.state.encode_sealed(budget)
+            self._send_changelog(part.topic, part.partition, chunk)
+            part.writes += chunk
+            if budget is not None:
+                budget -= len(chunk)
+                if budget <= 0 and part.state.sealed_count:
+                    return
+        if all(not part.state.sealed_count for part in seal.parts):
+            self._sealing = None
+            writes = [(part.state, part.writes, part.topic, part.partition) for part in seal.parts]
+            self._sealed.append((time.monotonic(), seal.offsets, writes))
+
+    def _queue_writes(self, writes: _Writes) -> None:
+        """State writes Kafka has (acknowledged or committed): to RocksDB, a chunk per loop iteration."""
         for state, pending, _topic, _part in writes:
             # Every record takes at least one offset and only this owner writes the partition, so
             # "offset at assignment + records written since" never overshoots the changelog's end;
@@ -799,11 +976,37 @@ class Application:
             # which is harmless: each record is a whole value, last one wins.
             if state.changelog_next is not None:
                 state.changelog_next += len(pending)
-            state.write_committed(pending, state.changelog_next)
+            self._writes.append(_PendingWrite(state, pending, state.changelog_next))
+
+    def _write_step(self, limit: int | None) -> None:
+        """Write up to ``limit`` (None: all) queued writes to RocksDB, oldest first.
+
+        A store's writes go in order, and its changelog offset with the last chunk of each
+        checkpoint; a store closed meanwhile is skipped (its changelog has the writes: restore
+        applies them)."""
+        budget = limit
+        queue = self._writes
+        while queue:
+            item = queue[0]
+            if item.state.closed:
+                queue.popleft()
+                continue
+            left = len(item.writes) - item.done
+            n = left if budget is None else min(budget, left)
+            final = n == left
+            chunk = item.writes[item.done : item.done + n] if item.done or not final else item.writes
+            item.state.write_committed(chunk, item.offset if final else None, final=final)
+            item.done += n
+            if final:
+                queue.popleft()
+            if budget is not None:
+                budget -= n
+                if budget <= 0:
+                    return
 
     def _complete_epochs(self, sync: bool = False) -> None:
         """At-least-once: once Kafka has acknowledged every record produced so far, commit the sealed
-        checkpoints' offsets and write their state to RocksDB, oldest first (so both only move
+        checkpoints' offsets and queue their state for RocksDB, oldest first (so both only move
         forward).  "Everything acknowledged" is librdkafka's out-queue being empty, which under
         steady load it may not be for long: then, once the oldest sealed checkpoint is older than
         ``max(1 s, 5 checkpoint intervals)``, or when ``sync``, the loop waits for a flush."""
@@ -833,7 +1036,7 @@ class Application:
                 except KafkaException as exc:
                     msg = f"application {self.name!r}: committing offsets failed: {exc.args[0]}"
                     raise PipelineError(msg) from exc
-            self._write_state(writes)
+            self._queue_writes(writes)
 
     def _abort_txn(self) -> None:
         if self._producer is None:
@@ -919,7 +1122,11 @@ class Application:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("application %s: lost %d partitions (session timeout?)", self.name, len(partitions))
         self._lost = True
-        self._sealed.clear()  # not acknowledged yet: their records are processed again
+        # Queued writes are in Kafka and their offsets committed: RocksDB must have them before the
+        # stores forget their pending writes.  Sealed ones are not acknowledged: processed again.
+        self._write_step(None)
+        self._sealing = None
+        self._sealed.clear()
         if self.exactly_once and self._in_txn:
             self._abort_txn()
         for task in self._tasks.values():
@@ -966,6 +1173,8 @@ class Application:
         _, consumer = self._running_clients()
         self._lost = False
         self._next_offsets = {}
+        self._write_step(None)
+        self._sealing = None
         for task in self._tasks.values():
             for state in task.stores.values():
                 state.discard_pending()

@@ -8,6 +8,14 @@ offset they reach.  Writing RocksDB only after Kafka acknowledged (or the transa
 committed) is what makes the local store never ahead of the changelog: a crash
 anywhere leaves RocksDB at an older, consistent point that restore catches up from.
 
+At-least-once checkpoints do not encode every pending write at once (with tens of thousands
+of keys that stalled the loop for tens of milliseconds): :meth:`RocksState.seal` only sets the
+pending keys aside, :meth:`RocksState.encode_sealed` encodes them a chunk at a time between
+batches, and a sealed key that is read or written before its turn is encoded first, as it was
+at the seal.  So what a seal produces is the state at the seal, however long encoding takes.
+(Operators change values in place between ``get`` and ``set``; a value kept across batches and
+changed without a ``get`` would escape this, as it would escape the dirty tracking itself.)
+
 Values are encoded with msgspec MessagePack.  With ``StoreSpec.value_type`` unset they
 come back as msgspec builtins after a checkpoint (a Struct comes back as a dict);
 declare the type to get the Struct back.
@@ -59,6 +67,9 @@ class RocksState(State):
         self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(value_type)
         self._cache: dict[str, Any] = {}
         self._dirty: set[str] = set()
+        #: Sealed keys not encoded yet, and sealed keys encoded early because they were touched.
+        self._sealed: set[str] = set()
+        self._early: list[tuple[bytes, bytes | None]] = []
         #: Batches handed out by take_pending and not yet back through write_committed.
         self._unwritten = 0
         self.closed = False
@@ -68,8 +79,11 @@ class RocksState(State):
     # ------------------------------------------------------------------ State API
 
     def get(self, key: str, default: Any = None) -> Any:
-        value = self._cache.get(key, _MISSING)
-        if value is _MISSING:
+        if self._sealed and key in self._sealed:
+            self._encode_early(key)
+        try:
+            value = self._cache[key]  # a subscript, not .get(): this runs several times per event
+        except KeyError:
             raw = self._db.get(key.encode())
             if raw is None:
                 return default
@@ -78,16 +92,28 @@ class RocksState(State):
         return default if value is _DELETED else value
 
     def set(self, key: str, value: Any) -> None:
+        if self._sealed and key in self._sealed:
+            self._encode_early(key)
         self._cache[key] = value
         self._dirty.add(key)
 
     def delete(self, key: str) -> None:
+        if self._sealed and key in self._sealed:
+            self._encode_early(key)
         self._cache[key] = _DELETED
         self._dirty.add(key)
 
+    def _encode_early(self, key: str) -> None:
+        self._sealed.discard(key)
+        value = self._cache[key]
+        self._early.append((key.encode(), None if value is _DELETED else _encoder.encode(value)))
+
     def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         start = prefix.encode()
-        pending = {k: v for k, v in self._cache.items() if k in self._dirty and k.startswith(prefix)}
+        # Every cached value is at least as new as RocksDB's (RocksDB only gets values from here),
+        # and some are not in RocksDB yet though no longer pending (sealed or taken, on their way
+        # through Kafka): the cache wins.
+        pending = {k: v for k, v in self._cache.items() if k.startswith(prefix)}
         merged: dict[str, Any] = {}
         for item_key, raw in self._db.items(from_key=start):
             raw_key = bytes(item_key)  # type: ignore[arg-type]  # raw mode: keys are bytes
@@ -122,22 +148,57 @@ class RocksState(State):
         self._unwritten += 1
         return out
 
-    def write_committed(self, writes: list[tuple[bytes, bytes | None]], changelog_offset: int | None) -> None:
-        """Apply writes that Kafka now has, with the changelog offset they reach, atomically."""
+    def seal(self) -> int:
+        """Set the pending writes aside as one checkpoint's, to encode with :meth:`encode_sealed`;
+        returns how many keys.  The previous seal must be fully encoded first."""
+        if self._sealed or self._early:
+            msg = f"state {self.path}: sealed before the previous seal was fully encoded"
+            raise RuntimeError(msg)
+        self._sealed, self._dirty = self._dirty, set()
+        self._unwritten += 1
+        return len(self._sealed)
+
+    @property
+    def sealed_count(self) -> int:
+        """Sealed writes not handed out by :meth:`encode_sealed` yet."""
+        return len(self._sealed) + len(self._early)
+
+    def encode_sealed(self, limit: int | None = None) -> list[tuple[bytes, bytes | None]]:
+        """Up to ``limit`` (None: all) of the sealed writes, encoded as they were at the seal."""
+        out, self._early = self._early, []
+        sealed = self._sealed
+        cache = self._cache
+        pop = sealed.pop
+        for _ in range(len(sealed) if limit is None else min(len(sealed), max(0, limit - len(out)))):
+            key = pop()
+            value = cache[key]
+            out.append((key.encode(), None if value is _DELETED else _encoder.encode(value)))
+        return out
+
+    def write_committed(
+        self, writes: list[tuple[bytes, bytes | None]], changelog_offset: int | None, *, final: bool = True
+    ) -> None:
+        """Apply writes that Kafka now has, with the changelog offset they reach, atomically.
+
+        ``final=False``: a chunk of a larger set of writes, applied without an offset; a crash
+        before the final chunk leaves RocksDB with some newer values and the older offset, from
+        which restore replays whole values up to the changelog's end (last one wins)."""
         batch = WriteBatch(raw_mode=True)
+        put, delete = batch.put, batch.delete
         for key, value in writes:
             if value is None:
-                batch.delete(key)
+                delete(key)
             else:
-                batch.put(key, value)
+                put(key, value)
         if changelog_offset is not None:
             batch.put(OFFSET_KEY, str(changelog_offset).encode())
         self._db.write(batch)
-        self._unwritten = max(0, self._unwritten - 1)
+        if final:
+            self._unwritten = max(0, self._unwritten - 1)
         if self._unwritten == 0 and len(self._cache) > CACHE_LIMIT:
             # Keep memory bounded.  Only when RocksDB has every value taken so far: until then the
             # cache is the only place they are readable.  Writes made since stay.
-            self._cache = {key: self._cache[key] for key in self._dirty}
+            self._cache = {key: self._cache[key] for key in self._dirty | self._sealed}
             return
         # Forget DELETED markers now that RocksDB itself has the deletion (unless the key was
         # written again since: then the cache holds the newer value, which must stay).
@@ -145,7 +206,7 @@ class RocksState(State):
         for key, value in writes:
             if value is None:
                 text = key.decode()
-                if cache.get(text) is _DELETED and text not in self._dirty:
+                if cache.get(text) is _DELETED and text not in self._dirty and text not in self._sealed:
                     del cache[text]
 
     def changelog_offset(self) -> int | None:
@@ -157,6 +218,8 @@ class RocksState(State):
         """Forget uncommitted writes (after an aborted transaction)."""
         self._cache = {}
         self._dirty = set()
+        self._sealed = set()
+        self._early = []
         self._unwritten = 0
 
     def key_count_estimate(self) -> int:

@@ -38,9 +38,10 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from bisect import bisect_right
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Literal, NamedTuple
 
 from vigil.stream.base import State, StoreSpec
@@ -210,12 +211,47 @@ AGGREGATIONS: dict[str, type[Aggregation]] = {
 # ---------------------------------------------------------------------------- the helper
 
 
+_Over = Callable[[list[Any]], Any]
+_sum_floats: _Over = partial(sum, start=0.0)
+
+
+def _fast_over(agg: Aggregation) -> _Over:
+    """``agg.over``, or for the built-in count and sum the C function it amounts to (a Python
+    method call per event and aggregation is a tenth of a sliding update)."""
+    if type(agg) is Count:
+        return len
+    if type(agg) is Sum:
+        return _sum_floats
+    return agg.over
+
+
+def _results_of(over: Sequence[tuple[str, _Over]]) -> Callable[[list[Any]], dict[str, Any]]:
+    """One function computing every aggregation's result over a list of values.
+
+    Sliding windows call it once per event: for up to three aggregations it is a dict display,
+    half the cost of a comprehension over ``(name, over)`` pairs (measured 0.18 vs 0.39 µs)."""
+    if len(over) == 1:
+        ((n0, o0),) = over
+        return lambda v: {n0: o0(v)}
+    if len(over) == 2:
+        (n0, o0), (n1, o1) = over
+        return lambda v: {n0: o0(v), n1: o1(v)}
+    if len(over) == 3:
+        (n0, o0), (n1, o1), (n2, o2) = over
+        return lambda v: {n0: o0(v), n1: o1(v), n2: o2(v)}
+    return lambda v: {name: fn(v) for name, fn in over}
+
+
 class WindowValue(NamedTuple):
     """One window's aggregates after an update: ``[start_ms, end_ms)`` (sliding: ``(start, end]``)."""
 
     start_ms: int
     end_ms: int
     values: dict[str, Any]
+
+
+#: Builds a WindowValue from a tuple without the NamedTuple's Python-level ``__new__`` (0.2 µs).
+_window_value = tuple.__new__
 
 
 class WindowedAggregate:
@@ -229,9 +265,11 @@ class WindowedAggregate:
         self.window = window
         self.aggregations = dict(aggregations)
         self._aggs = list(self.aggregations.items())
-        self._over = [(name, agg.over) for name, agg in self._aggs]
+        self._over = [(name, _fast_over(agg)) for name, agg in self._aggs]
+        self._results = _results_of(self._over)
         self._lateness = window.lateness_ms
         self._sliding = window.kind == "sliding"
+        self._size = window.size_ms
 
     # -- watermark
 
@@ -246,42 +284,50 @@ class WindowedAggregate:
         self, state: State, key: str, when: datetime | int, value: Any = 1
     ) -> list[WindowValue] | None:
         """Add one event; the windows it fell into with their aggregates, or ``None`` if it is late."""
+        # The hot path of every windowed rule: called once per event, so it avoids helper calls,
+        # re-reads of attributes and per-event allocations beyond the result itself.
         if type(when) is int:
             t = when
         elif isinstance(when, datetime) and when.tzinfo is not None:
-            t = int(when.timestamp() * 1000)  # inline to_ms: this is the hot path
+            t = int(when.timestamp() * 1000)  # inline to_ms
         else:
             t = to_ms(when)  # raises for naive datetimes
-        wm: int | None = state.get(_WATERMARK_KEY)
+        get = state.get
+        wm: int | None = get(_WATERMARK_KEY)
         if wm is None or t - self._lateness > wm:
             wm = t - self._lateness
             state.set(_WATERMARK_KEY, wm)
         elif t < wm:
             return None
-        if self._sliding:
-            return self._update_sliding(state, _KEY_PREFIX + key, t, value, wm)
-        return self._update_fixed(state, _KEY_PREFIX + key, t, value, wm)
-
-    def _update_sliding(self, state: State, skey: str, t: int, value: Any, wm: int) -> list[WindowValue]:
-        # Stored as [times, values], sorted by time: expiry and the window are two bisects and a slice.
-        size = self.window.size_ms
-        stored = state.get(skey)
+        if not self._sliding:
+            return self._update_fixed(state, _KEY_PREFIX + key, t, value, wm)
+        # Sliding (inline: a call per event costs as much as a line of it).  Stored as
+        # [times, values], sorted by time, and changed in place: expiry and the window are a
+        # bisect and a slice each; in-order events (the usual case) append.
+        size = self._size
+        skey = _KEY_PREFIX + key
+        stored: list[list[Any]] | None = get(skey)
         if stored is None:
-            times: list[int] = [t]
             values: list[Any] = [value]
+            state.set(skey, [[t], values])
+            return [_window_value(WindowValue, (t - size, t, self._results(values)))]
+        times, values = stored
+        if times and times[0] <= wm - size:  # at or before: never in an accepted event's window
+            cut = bisect_right(times, wm - size)
+            del times[:cut]
+            del values[:cut]
+        if not times or t >= times[-1]:
+            times.append(t)
+            values.append(value)
+            end = len(times)
         else:
-            times, values = stored
-            cut = bisect_right(times, wm - size)  # at or before: never in an accepted event's window
-            if cut:
-                del times[:cut]
-                del values[:cut]
-            at = bisect_right(times, t)
-            times.insert(at, t)
-            values.insert(at, value)
-        state.set(skey, [times, values])
-        lo = t - size
-        inside = values[bisect_right(times, lo) : bisect_right(times, t)]
-        return [WindowValue(lo, t, {name: over(inside) for name, over in self._over})]
+            end = bisect_right(times, t)
+            times.insert(end, t)
+            values.insert(end, value)
+            end += 1
+        state.set(skey, stored)  # the same object: marks it written
+        inside = values[bisect_right(times, t - size) : end] if times[0] <= t - size else values[:end]
+        return [_window_value(WindowValue, (t - size, t, self._results(inside)))]
 
     def _update_fixed(self, state: State, skey: str, t: int, value: Any, wm: int) -> list[WindowValue]:
         size = self.window.size_ms

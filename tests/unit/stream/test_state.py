@@ -88,3 +88,69 @@ def test_cache_is_only_dropped_once_rocksdb_has_every_taken_batch(
     assert [state.get(f"k{i}") for i in range(5)] == [-1, 101, 102, 103, None]
     assert state.changelog_offset() == 20
     state.close()
+
+
+def test_a_seal_encodes_values_as_they_were_when_sealed_however_late(tmp_path: Path) -> None:
+    state = RocksState(tmp_path / "db", StoreSpec("s"))
+    for key in ("a", "b", "c", "d", "e"):
+        state.set(key, [1])
+    assert state.seal() == 5
+    assert state.pending_count == 0
+    # After the seal, before encoding: changed in place (get, then set), replaced, deleted, or only read.
+    value = state.get("a")
+    value.append(2)
+    state.set("a", value)
+    state.set("b", [9])
+    state.delete("c")
+    assert state.get("d") == [1]
+    first = state.encode_sealed(2)
+    rest = state.encode_sealed(None)
+    assert state.sealed_count == 0
+    decode = msgspec.msgpack.decode
+    sealed = {key: None if raw is None else decode(raw) for key, raw in first + rest}
+    assert sealed == {b"a": [1], b"b": [1], b"c": [1], b"d": [1], b"e": [1]}  # each once, as at the seal
+    # The changes after the seal are the next checkpoint's, and reads see them.
+    assert state.pending_count == 3
+    assert (state.get("a"), state.get("b"), state.get("c")) == ([1, 2], [9], None)
+    pending = {key: None if raw is None else decode(raw) for key, raw in state.take_pending()}
+    assert pending == {b"a": [1, 2], b"b": [9], b"c": None}
+    state.close()
+
+
+def test_a_seal_waits_for_the_previous_one_and_discard_forgets_it(tmp_path: Path) -> None:
+    state = RocksState(tmp_path / "db", StoreSpec("s"))
+    state.set("a", 1)
+    state.seal()
+    state.set("b", 2)
+    with pytest.raises(RuntimeError, match="previous seal"):
+        state.seal()
+    state.discard_pending()
+    assert state.sealed_count == 0
+    assert state.encode_sealed() == []
+    state.close()
+
+
+def test_chunks_without_an_offset_leave_the_recorded_changelog_offset_alone(tmp_path: Path) -> None:
+    state = RocksState(tmp_path / "db", StoreSpec("s"))
+    state.write_committed([(b"a", msgspec.msgpack.encode(1))], 5)
+    state.write_committed([(b"b", msgspec.msgpack.encode(2))], None, final=False)
+    assert state.changelog_offset() == 5
+    state.write_committed([(b"c", msgspec.msgpack.encode(3))], 8)
+    assert state.changelog_offset() == 8
+    assert [state.get(k) for k in "abc"] == [1, 2, 3]
+    state.close()
+
+
+def test_items_include_writes_on_their_way_to_rocksdb(tmp_path: Path) -> None:
+    state = RocksState(tmp_path / "db", StoreSpec("s"))
+    state.set("w:a", 1)
+    state.write_committed(state.take_pending(), 1)
+    state.set("w:b", 2)
+    taken = state.take_pending()  # sent to the changelog, not acknowledged yet
+    state.set("w:c", 3)
+    state.seal()  # set aside for the next checkpoint, not even encoded yet
+    assert list(state.items("w:")) == [("w:a", 1), ("w:b", 2), ("w:c", 3)]
+    state.write_committed(taken, 2)
+    state.write_committed(state.encode_sealed(), 3)
+    assert list(state.items("w:")) == [("w:a", 1), ("w:b", 2), ("w:c", 3)]
+    state.close()
