@@ -137,6 +137,9 @@ FETCH_DEFAULTS: dict[str, Any] = {
 _SLICE = timedelta(seconds=1)
 #: Aligned: timeout of the broker queries for partitions nothing was consumed from yet.
 _ALIGN_TIMEOUT = 5.0
+#: Aligned apps re-plan pauses and releases after every batch, and at least this often when
+#: nothing arrives (idle partitions stop holding the others back after ``idle_s``).
+_ALIGN_IDLE_EVERY_S = 0.01
 _TOMBSTONE = "record has no value (a tombstone); expected an encoded event"
 
 
@@ -331,6 +334,9 @@ class Application:
         self._buffers: dict[TP, deque[tuple[float, Any]]] = {}
         #: Aligned: records left in partitions nothing was consumed from yet (see _start_lag).
         self._start_lags: dict[TP, tuple[float, int | None]] = {}
+        #: Aligned: the next offset to consume per partition, as consumed (asking the consumer
+        #: for its positions on every plan cost ~1 ms with a few dozen partitions).
+        self._consumed: dict[TP, int] = {}
         self._delivery_errors: list[str] = []
         #: At-least-once checkpoints waiting for Kafka's acknowledgement: (sealed at, offsets, writes).
         self._sealed: deque[tuple[float, list[TopicPartition], _Writes]] = deque()
@@ -495,6 +501,7 @@ class Application:
     def _loop(self) -> None:
         _, consumer = self._running_clients()
         last_checkpoint = time.monotonic()
+        last_align = 0.0
         while not self._stop.is_set():
             msgs = consumer.consume(self.batch_size, 0)
             if not msgs:
@@ -506,8 +513,9 @@ class Application:
                 self._rewind()
             if msgs:
                 self._process(msgs)
-            if self.alignment is not None:
+            if self.alignment is not None and (msgs or time.monotonic() - last_align >= _ALIGN_IDLE_EVERY_S):
                 self._align()
+                last_align = time.monotonic()
             if self._sealing is not None:
                 self._encode_step(_budget(len(msgs), _ENCODE_BUDGET))
             if self._sealed:
@@ -593,6 +601,7 @@ class Application:
         decode = self._decode
         codec_decode = self._codec._decoder.decode
         buffers = self._buffers
+        consumed = self._consumed
         buf: deque[tuple[float, Any]] = deque()
         touched: set[TP] = set()
         run_topic: str | None = None
@@ -614,6 +623,7 @@ class Application:
             if not run_owned:
                 continue
             offset = msg.offset()
+            consumed[topic, part] = offset + 1
             value = msg.value()
             try:
                 if value is None:
@@ -749,13 +759,7 @@ class Application:
         if alignment is None or consumer is None:
             return
         now = time.monotonic()
-        positions: dict[TP, int] = {}
-        try:
-            if alignment.lanes:
-                for tp in consumer.position([TopicPartition(t, p) for t, p in alignment.lanes]):
-                    positions[tp.topic, tp.partition] = int(tp.offset)
-        except KafkaException:
-            pass  # unknown positions: asked of the broker (_start_lag), or idle in the end
+        positions = self._consumed  # none yet: asked of the broker (_start_lag)
 
         def lag(tp: TP) -> int | None:
             pos = positions.get(tp, -1)
@@ -1161,6 +1165,7 @@ class Application:
             # Not released, so not committed: the next owner (or the rewind) reads them again.
             self._buffers.pop(tp, None)
             self._start_lags.pop(tp, None)
+            self._consumed.pop(tp, None)
 
     def _close_task(self, number: int) -> None:
         task = self._tasks.pop(number, None)
