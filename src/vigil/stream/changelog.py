@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from vigil.config import Settings
 from vigil.errors import PipelineError
@@ -21,6 +21,17 @@ from vigil.stream.state import RocksState
 
 #: Writes applied to RocksDB in one batch during restore.
 _RESTORE_CHUNK = 50_000
+#: Errors a just-created (or just-moved) changelog partition answers with until its leader is
+#: elected; worth asking again rather than failing the assignment.
+_TRANSIENT = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+    }
+)
 
 
 def changelog_topic(app: str, store_id: str) -> str:
@@ -66,7 +77,7 @@ def restore(settings: Settings, app: str, tasks: Sequence[RestoreTask], timeout_
         by_tp: dict[tuple[str, int], RestoreTask] = {}
         for task in tasks:
             start = task.state.changelog_offset()
-            low, high = consumer.get_watermark_offsets(TopicPartition(task.topic, task.partition), timeout=30)
+            low, high = end_offsets(consumer, task.topic, task.partition, time.monotonic() + 30)
             begin = start if start is not None else low
             task.state.changelog_next = high
             if begin >= high:
@@ -114,3 +125,24 @@ def restore(settings: Settings, app: str, tasks: Sequence[RestoreTask], timeout_
         return applied
     finally:
         consumer.close()
+
+
+def end_offsets(consumer: Consumer, topic: str, partition: int, deadline: float) -> tuple[int, int]:
+    """Low and high watermarks of a changelog partition, asked again (with a growing pause)
+    while the broker answers with a transient error, until ``deadline`` (monotonic)."""
+    pause = 0.05
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=max(0.1, deadline - time.monotonic())
+            )
+            return int(low), int(high)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            transient = err is not None and (err.code() in _TRANSIENT or err.retriable())
+            if not transient or time.monotonic() + pause > deadline:
+                reason = err.str() if err is not None else str(exc)
+                msg = f"restoring changelog {topic}[{partition}]: could not read its end offsets: {reason}"
+                raise PipelineError(msg) from exc
+            time.sleep(pause)  # the broker is electing a leader: back off, not a sync point
+            pause = min(pause * 2, 1.0)
