@@ -6,8 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from vigil.detect.cases import run_case
+from vigil.detect.engine import ALERTS_TOPIC, DetectOperator, RuleSet
+from vigil.detect.intel import IntelIndex
 from vigil.detect.kinds.lookalike import imitation_key
 from vigil.detect.rules.validate import validate_paths
+from vigil.events.types import Alert
+from vigil.testing import run_operators
 
 HEAD = """\
 rules:
@@ -20,12 +24,19 @@ rules:
 """
 
 
-def run(tmp_path: Path, rule: str, events: str) -> list[str]:
-    """Alerts (entity ids) the rule raises over the events; a validation error fails loudly."""
+def run(tmp_path: Path, rule: str, events: str, *, arrival: bool = False) -> list[str]:
+    """Alerts (entity ids) the rule raises over the events; a validation error fails loudly.
+
+    ``arrival``: deliver the events one batch each, in the order listed (the detect operator
+    orders each batch by event time, so only separate batches arrive out of order)."""
     text = HEAD + rule + "cases:\n  - name: c\n    events:\n" + events + "    expect: none\n"
     (tmp_path / "r.yaml").write_text(text)
     v = validate_paths([tmp_path])
     assert [str(i) for i in v.errors] == []
+    if arrival:
+        op = DetectOperator(RuleSet(v.rules, IntelIndex()))
+        alerts: list[Alert] = run_operators([op], v.cases[0].events, batch_size=1).emitted(ALERTS_TOPIC)
+        return [a.payload.entity.id for a in alerts]
     result = run_case(v.cases[0], v.rules)
     return [a.payload.entity.id for a in result.alerts]
 
@@ -243,24 +254,24 @@ def out(at: str, address: str) -> str:
 def test_sequence_steps_are_ordered_by_event_time_not_arrival(tmp_path: Path) -> None:
     # Events are listed in arrival order: the address (10m) arrives after the withdrawal (20m).
     late_address = reset("0") + out("20m", "0x1") + added("10m", "0x1")
-    assert run(tmp_path, LINKED, late_address) == ["c1"]
+    assert run(tmp_path, LINKED, late_address, arrival=True) == ["c1"]
     late_reset = out("20m", "0x1") + added("10m", "0x1") + reset("0")
-    assert run(tmp_path, LINKED, late_reset) == ["c1"]
+    assert run(tmp_path, LINKED, late_reset, arrival=True) == ["c1"]
     # Replayed in event-time order the links must still hold.
     other_address = reset("0") + out("20m", "0x2") + added("10m", "0x1")
-    assert run(tmp_path, LINKED, other_address) == []
+    assert run(tmp_path, LINKED, other_address, arrival=True) == []
     # Arrival order cannot put a step before its predecessor in event time.
     reversed_in_time = reset("30m") + added("10m", "0x1") + out("40m", "0x1")
-    assert run(tmp_path, LINKED, reversed_in_time) == []
+    assert run(tmp_path, LINKED, reversed_in_time, arrival=True) == []
 
 
 def test_a_replay_does_not_report_a_chain_twice(tmp_path: Path) -> None:
     # The chain completes in order; a late reset then re-runs it from a later start.
     events = reset("0") + added("10m", "0x1") + out("20m", "0x1") + reset("5m")
-    assert run(tmp_path, LINKED, events) == ["c1"]
+    assert run(tmp_path, LINKED, events, arrival=True) == ["c1"]
     # A later chain of its own is reported, though, even if it arrives late.
     events += reset("30m") + out("40m", "0x3") + added("35m", "0x3")
-    assert run(tmp_path, LINKED, events) == ["c1", "c1"]
+    assert run(tmp_path, LINKED, events, arrival=True) == ["c1", "c1"]
 
 
 def test_first_seen_is_judged_at_the_event_time(tmp_path: Path) -> None:
@@ -271,10 +282,35 @@ def test_first_seen_is_judged_at_the_event_time(tmp_path: Path) -> None:
         + money("deposit", "20m", 5, "'0xb'")
         + money("withdrawal_request", "10m", 950, "'0xb'")
     )
-    assert run(tmp_path, RATIO, later_seen) == ["c1"]
+    assert run(tmp_path, RATIO, later_seen, arrival=True) == ["c1"]
     earlier_seen = (
         money("deposit", "0", 1000, "'0xa'")
         + money("deposit", "5m", 5, "'0xb'")
         + money("withdrawal_request", "10m", 950, "'0xb'")
     )
-    assert run(tmp_path, RATIO, earlier_seen) == []
+    assert run(tmp_path, RATIO, earlier_seen, arrival=True) == []
+
+
+TRAVEL = """\
+    type: deviation
+    match: {type: login}
+    group_by: customer
+    measure: travel
+    field: payload.geo
+    min_history: 1
+    condition: {gte: 1000}
+"""
+
+
+def login(at: str, lat: float, lon: float) -> str:
+    return f"      - {{type: login, at: {at}, customer: c1, payload: {{geo: {{lat: {lat}, lon: {lon}}}}}}}\n"
+
+
+def test_travel_compares_logins_in_event_time_whatever_their_arrival(tmp_path: Path) -> None:
+    # Singapore on day 1 arrives before Lisbon on day 0: a day apart is no impossible travel,
+    # and the later Singapore login is compared with Singapore, the latest in event time.
+    late = login("24h", 1.35, 103.82) + login("0", 38.72, -9.14) + login("25h", 1.36, 103.80)
+    assert run(tmp_path, TRAVEL, late, arrival=True) == []
+    # Lisbon then Singapore an hour later is impossible, whichever arrives first.
+    fast = login("1h", 1.35, 103.82) + login("0", 38.72, -9.14)
+    assert run(tmp_path, TRAVEL, fast, arrival=True) == ["c1"]

@@ -286,7 +286,9 @@ class DeviationDetector(GroupedDetector):
             last = h.get("geo")
             if point is None or last is None:
                 return None
-            hours = max((now - last[2]) / 3600.0, 1 / 60)
+            # Either order: a login that arrives late (another partition lagged) is compared with
+            # the latest one in event time, and the speed between two places is the same.
+            hours = max(abs(now - last[2]) / 3600.0, 1 / 60)
             km = _km((last[0], last[1]), point)
             speed = km / hours
             return (
@@ -316,13 +318,15 @@ class DeviationDetector(GroupedDetector):
                 del seen[:-MAX_SEEN]
         elif measure == "travel":
             point = _point(value)
-            if point is not None:
+            last_geo = h.get("geo")
+            if point is not None and (last_geo is None or now >= last_geo[2]):
                 h["geo"] = [point[0], point[1], now, self._evidence(event)]
         elif measure == "hour":
             hours = h.get("hours") or [0] * 24
             hours[int(now // 3600) % 24] += 1
             h["hours"] = hours
-        h["last"] = now
+        last = h.get("last")
+        h["last"] = now if last is None else max(last, now)  # a late event does not move it back
 
 
 def _point(geo: Any) -> tuple[float, float] | None:
