@@ -11,8 +11,12 @@ slowest partition that still *holds* the others back is paused, and resumed once
 slowest one has caught up.  Consumed records wait in the application until the floor
 (the slowest holding partition's latest event time) has reached them, so records of
 different partitions reach the operators in event-time order (Kafka Streams' rule); the
-skew bounds how much each partition reads ahead, and so the buffered records and the
-pause/resume churn.
+skew says how far ahead in event time a partition may read before it *may* be paused; it is
+paused only once it also buffers ``max_buffered`` records (and resumed when it is no longer
+ahead, or its buffer has drained to half).  Pausing exists to bound memory, and each pause
+costs a refetch (the consumer drops what it prefetched): bounding by records, not by event
+time alone, keeps a fast replay (event time racing ahead of the wall clock) from pausing and
+resuming partitions every few milliseconds.
 
 A partition holds the others back while it is owned, has records left to read (its
 consumed position is below its high watermark) and has delivered a record, or been
@@ -52,12 +56,16 @@ class Lane:
 class Alignment:
     """Bookkeeping and the pause/resume decision for a set of input partitions."""
 
-    def __init__(self, skew_s: float, idle_s: float) -> None:
-        if not (skew_s >= 0 and math.isfinite(skew_s)) or not idle_s > 0:
-            msg = f"event-time alignment: skew_s >= 0 and idle_s > 0 expected; got {skew_s}, {idle_s}"
+    def __init__(self, skew_s: float, idle_s: float, max_buffered: int = 1) -> None:
+        if not (skew_s >= 0 and math.isfinite(skew_s)) or not idle_s > 0 or max_buffered < 1:
+            msg = (
+                "event-time alignment: skew_s >= 0 and idle_s > 0 (and max_buffered >= 1) expected; "
+                f"got {skew_s}, {idle_s}, {max_buffered}"
+            )
             raise ValueError(msg)
         self.skew_s = skew_s
         self.idle_s = idle_s
+        self.max_buffered = max_buffered
         self.lanes: dict[TP, Lane] = {}
         #: Times a partition was paused (for metrics and tests).
         self.pauses = 0
@@ -97,22 +105,27 @@ class Alignment:
         ]
         return min(times) if times else None
 
-    def plan(self, now: float, lag: Callable[[TP], int | None]) -> tuple[list[TP], list[TP], float]:
+    def plan(
+        self, now: float, lag: Callable[[TP], int | None], buffered: Callable[[TP], int] | None = None
+    ) -> tuple[list[TP], list[TP], float]:
         """Partitions to pause and to resume now, and the event time up to which consumed records
         may be released to the operators: the floor (``inf``: all).  ``lag(tp)``: records left
-        to read in ``tp`` (``None`` when unknown).  The caller applies the plan and reports it
-        with :meth:`paused`/:meth:`resumed`."""
+        to read in ``tp`` (``None`` when unknown); ``buffered(tp)``: its records waiting for
+        release (``None``: every partition ahead counts as full).  The caller applies the plan
+        and reports it with :meth:`paused`/:meth:`resumed`."""
         floor = self.floor(now, lag)
         release = math.inf if floor is None else floor
         limit = release + self.skew_s
         pause: list[TP] = []
         resume: list[TP] = []
+        full = self.max_buffered
         for tp, lane in self.lanes.items():
             ahead = lane.event_time is not None and lane.event_time > limit
-            if ahead and not lane.paused:
+            if lane.paused:
+                if not ahead or (buffered is not None and buffered(tp) * 2 <= full):
+                    resume.append(tp)
+            elif ahead and (buffered is None or buffered(tp) >= full):
                 pause.append(tp)
-            elif not ahead and lane.paused:
-                resume.append(tp)
         return pause, resume, release
 
     def paused(self, tps: Iterable[TP], now: float) -> None:

@@ -54,13 +54,14 @@ Decoded records wait in a buffer per input partition until the *floor*, the late
 time of the slowest partition that still has records to read, has reached them; the
 released records of all partitions are merged by event time and handed over in slices of
 one second of event time (one call per partition number per slice).  A partition more than
-the skew ahead of the floor is paused (``consumer.pause``) and resumed once the floor is
-close enough: the skew bounds the buffered records.  A partition at its end (consumer
-position at its high watermark, or, before it delivered anything, its committed offset),
-or that delivered nothing for ``alignment_idle_s``, holds nobody back, so live traffic is
-not delayed.  Only released records count as processed and only their offsets are
-committed (buffered ones are read again after a restart or rebalance), so both guarantees
-hold as before.  Decoded records must have ``occurred_at``.
+the skew ahead of the floor that also buffers ``alignment_max_buffered`` records is paused
+(``consumer.pause``) and resumed once the floor is close enough or its buffer has drained to
+half: memory stays bounded without pausing a partition for every few records it reads ahead.
+A partition at its end (consumer position at its high watermark, or, before it delivered
+anything, its committed offset), or that delivered nothing for ``alignment_idle_s``, holds
+nobody back, so live traffic is not delayed.  Only released records count as processed and
+only their offsets are committed (buffered ones are read again after a restart or
+rebalance), so both guarantees hold as before.  Decoded records must have ``occurred_at``.
 
 Rebalancing.  Cooperative-sticky: only moved partitions stop.  On revocation the
 application checkpoints, then closes the stores; on assignment it restores the stores
@@ -137,6 +138,8 @@ FETCH_DEFAULTS: dict[str, Any] = {
 _SLICE = timedelta(seconds=1)
 #: Aligned: timeout of the broker queries for partitions nothing was consumed from yet.
 _ALIGN_TIMEOUT = 5.0
+#: Aligned apps pause a partition ahead of the others only once it buffers this many records.
+ALIGNMENT_MAX_BUFFERED = 5_000
 #: Aligned apps re-plan pauses and releases after every batch, and at least this often when
 #: nothing arrives (idle partitions stop holding the others back after ``idle_s``).
 _ALIGN_IDLE_EVERY_S = 0.01
@@ -264,6 +267,7 @@ class Application:
         gc_threshold: int | None = 50_000,
         max_event_time_skew_s: float | None = None,
         alignment_idle_s: float = 1.0,
+        alignment_max_buffered: int = ALIGNMENT_MAX_BUFFERED,
     ) -> None:
         if not inputs:
             msg = f"application {name!r}: expected at least one input topic, got none"
@@ -311,6 +315,7 @@ class Application:
         self.gc_threshold = gc_threshold
         #: Event-time alignment (see the module docstring); ``None``: off.  Read when run() starts.
         self.max_event_time_skew_s = max_event_time_skew_s
+        self.alignment_max_buffered = alignment_max_buffered
         self.alignment_idle_s = alignment_idle_s
         self.alignment: Alignment | None = None
         self._consumer_overrides = dict(consumer_overrides or {})
@@ -398,7 +403,7 @@ class Application:
         self.alignment = (
             None
             if self.max_event_time_skew_s is None
-            else Alignment(self.max_event_time_skew_s, self.alignment_idle_s)
+            else Alignment(self.max_event_time_skew_s, self.alignment_idle_s, self.alignment_max_buffered)
         )
         admin = make_admin(self.settings)
         topics = admin.list_topics(timeout=_TIMEOUT).topics
@@ -772,7 +777,8 @@ class Application:
             high = -1 if marks is None else int(marks[1])
             return None if high < 0 else max(0, high - pos)
 
-        pause, resume, limit = alignment.plan(now, lag)
+        buffers = self._buffers
+        pause, resume, limit = alignment.plan(now, lag, lambda tp: len(buffers.get(tp, ())))
         if pause:
             consumer.pause([TopicPartition(t, p) for t, p in pause])
             alignment.paused(pause, now)

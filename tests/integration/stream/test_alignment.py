@@ -113,7 +113,10 @@ def test_backlog_with_alignment_reaches_the_operator_in_event_time_order(
     n = 400
     a, b = backlog(settings, names, n)
     rec = Recorder()
-    running = run_app(app(settings, names("app"), [a, b], rec, max_event_time_skew_s=SKEW_S))
+    # A small buffer bound, so that B (far ahead) is paused rather than only buffered.
+    running = run_app(
+        app(settings, names("app"), [a, b], rec, max_event_time_skew_s=SKEW_S, alignment_max_buffered=20)
+    )
     wait_for(
         lambda: bool(running.errors) or running.app.metrics.processed >= 2 * n,
         60,

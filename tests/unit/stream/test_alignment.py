@@ -86,3 +86,22 @@ def test_forgotten_partitions_no_longer_count() -> None:
 def test_bad_parameters_are_refused(skew: float, idle: float) -> None:
     with pytest.raises(ValueError, match="skew_s >= 0 and idle_s > 0"):
         Alignment(skew, idle)
+
+
+def test_a_partition_ahead_is_paused_only_once_its_buffer_is_full() -> None:
+    al = Alignment(10.0, 1.0, max_buffered=100)
+    al.add([A, B], 0.0)
+    al.observe(A, 100.0, 0.0)
+    al.observe(B, 150.0, 0.0)
+    left = lags(a=5, b=5)
+    waiting = {A: 0, B: 99}
+    pause, _, release = al.plan(0.1, left.get, waiting.__getitem__)
+    assert (pause, release) == ([], 100.0)  # ahead, but few records wait: keep reading
+    waiting[B] = 100
+    pause, _, _ = al.plan(0.1, left.get, waiting.__getitem__)
+    assert pause == [B]
+    al.paused(pause, 0.1)
+    waiting[B] = 51
+    assert al.plan(0.2, left.get, waiting.__getitem__)[1] == []  # still ahead and half full
+    waiting[B] = 50
+    assert al.plan(0.2, left.get, waiting.__getitem__)[1] == [B]  # drained to half: read on
