@@ -608,10 +608,21 @@ class Application:
         buffers = self._buffers
         consumed = self._consumed
         buf: deque[tuple[float, Any]] = deque()
-        touched: set[TP] = set()
+        #: Per partition touched, the latest event time this call buffered (-inf: dead letters only).
+        newest: dict[TP, float] = {}
+        # As in _process, bookkeeping is per run of messages of one partition, not per message.
         run_topic: str | None = None
         run_part = -1
         run_owned = False
+        run_newest = -math.inf
+        offset = -1
+
+        def end_run() -> None:
+            if run_owned and offset >= 0 and run_topic is not None:
+                tp = (run_topic, run_part)
+                consumed[tp] = offset + 1
+                newest[tp] = max(newest.get(tp, -math.inf), run_newest)
+
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -620,15 +631,16 @@ class Application:
             topic = msg.topic()
             part = msg.partition()
             if part != run_part or topic != run_topic:
+                end_run()
                 run_topic, run_part = topic, part
                 run_owned = (topic, part) in owned
+                run_newest = -math.inf
+                offset = -1
                 if run_owned:
                     buf = buffers.setdefault((topic, part), deque())
-                    touched.add((topic, part))
             if not run_owned:
                 continue
             offset = msg.offset()
-            consumed[topic, part] = offset + 1
             value = msg.value()
             try:
                 if value is None:
@@ -655,12 +667,14 @@ class Application:
                     f"`occurred_at`; {topic}[{part}]@{offset} decoded to {type(event).__name__}"
                 )
                 raise PipelineError(text) from None
+            if occurred > run_newest:
+                run_newest = occurred
             buf.append((occurred, Record(event, topic, part, offset, msg.key(), msg.timestamp()[1])))
+        end_run()
         now = time.monotonic()
-        for tp in touched:
-            waiting = buffers[tp]
-            if waiting and tp in owned:
-                alignment.observe(tp, max(t for t, _ in waiting), now)
+        # The lane keeps the maximum, so what this call buffered is all it needs to see.
+        for tp, latest in newest.items():
+            alignment.observe(tp, latest, now)
 
     def _run_operators(
         self, groups: dict[int, list[Record[Any]]], count: int, batch: int, started: float
