@@ -403,17 +403,15 @@ class SequenceDetector(GroupedDetector):
         )
 
     def _qualifies(self, cs: _CompiledStep, event: Event, st: dict[str, Any], now: float) -> bool:
-        if cs.first_seen is not None:
+        path = cs.step.first_seen
+        if cs.first_seen is not None and path is not None:
             value = cs.first_seen(event)
-            seen = st["seen"].get(cs.step.first_seen, {})
-            observed = st.get("n", {}).get(cs.step.first_seen, 0)
+            observed = st.get("n", {}).get(path, 0)
             if value is None or observed < cs.step.min_seen:
                 return False
-            first = seen.get(str(value).lower()) if isinstance(seen, dict) else None
+            first = _seen_at(st["seen"], path).get(str(value).lower())
             # Seen only at a later event time (that event arrived first) is still new here.
             if first is not None and first <= now:
-                return False
-            if isinstance(seen, list) and str(value).lower() in seen:  # state written before v2
                 return False
         if cs.idle is not None:
             last = st["last"]
@@ -449,10 +447,7 @@ def _remember(seen: dict[str, Any], path: str, value: Any, now: float, counts: d
     if value is None:
         return
     counts[path] = counts.get(path, 0) + 1
-    values = seen.get(path)
-    if not isinstance(values, dict):  # absent, or a list from before event times were kept
-        values = dict.fromkeys(values or (), 0.0)
-        seen[path] = values
+    values = _seen_at(seen, path)
     text = str(value).lower()
     first = values.get(text)
     if first is None:
@@ -461,6 +456,15 @@ def _remember(seen: dict[str, Any], path: str, value: Any, now: float, counts: d
             del values[next(iter(values))]
     elif now < first:
         values[text] = now
+
+
+def _seen_at(seen: dict[str, Any], path: str) -> dict[str, float]:
+    """The values seen at ``path`` with the event time each was first seen; a list kept by
+    state from before those times were recorded counts as seen long ago."""
+    values = seen.get(path)
+    if not isinstance(values, dict):
+        values = seen[path] = dict.fromkeys(values or (), 0.0)
+    return values
 
 
 def _minutes(seconds: float) -> str:
