@@ -36,6 +36,7 @@ from typing import Any
 
 import msgspec
 
+from benchmarks.broker import bench_broker
 from vigil.config import Settings, load_settings
 from vigil.detect.app import DetectionService, DetectTopology, create_topics, delete_scoped_topics
 from vigil.detect.engine import DetectOperator, RuleSet
@@ -298,9 +299,7 @@ def run(quick: bool) -> dict[str, Any]:
     finally:
         os.sched_setaffinity(0, cpus)
     work = Path(tempfile.mkdtemp(prefix="vigil-bench-detect-"))
-    from benchmarks.runtime import _broker  # the runtime benchmark's broker helper (external or local)
-
-    bootstrap, broker = _broker(work)
+    bootstrap, broker = bench_broker(work)
     try:
         settings = load_settings(kafka_bootstrap=bootstrap, home=work / "home")
         result["kafka"] = on_kafka(settings, rules, 50_000 if quick else 200_000, cpu)

@@ -25,7 +25,7 @@ from typing import Any
 
 from tests.integration.sources.replay_ws import FEEDS, ReplayServer, load_recording
 
-from benchmarks.runtime import _broker
+from benchmarks.broker import bench_broker
 from vigil.config import load_settings
 from vigil.hub.admin import ensure_topics
 from vigil.hub.client import make_admin
@@ -76,7 +76,7 @@ def run(quick: bool) -> dict[str, Any]:
 
     recording = load_recording(FEEDS / "COINBASE.ws.28.0")
     work = Path(tempfile.mkdtemp(prefix="vigil-bench-feeds-"))
-    bootstrap, broker = _broker(work)
+    bootstrap, broker = bench_broker(work)
     settings = load_settings(kafka_bootstrap=bootstrap, home=work / "home")
     topic = f"bench.feeds.{uuid.uuid4().hex[:8]}"
     try:

@@ -34,6 +34,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from benchmarks.broker import bench_broker
 from vigil.config import Settings, load_settings, shared_data_dir
 from vigil.events.codec import encode
 from vigil.hub.admin import ensure_topics
@@ -269,18 +270,6 @@ def _drain(config: dict[str, Any], cpu: int, results: Any) -> None:
     )
 
 
-def _broker(work: Path) -> tuple[str, Any]:
-    external = os.environ.get("VIGIL_KAFKA_BOOTSTRAP")
-    if external:
-        return external, None
-    from vigil.hub.broker import LocalBroker, free_port_block
-
-    broker = LocalBroker(
-        home=work / "broker", port=free_port_block(2), dist_root=REPO / ".vigil" / "kafka-dist", heap_mb=1024
-    )
-    return broker.start(nodes=1).bootstrap, broker
-
-
 def on_broker(repeats: int, guarantee: str = "exactly_once") -> dict[str, Any]:
     messages = feed_messages("COINBASE.ws.28.0")
     trades_per_pass = sum(
@@ -288,7 +277,7 @@ def on_broker(repeats: int, guarantee: str = "exactly_once") -> dict[str, Any]:
         for m in messages
     )
     work = Path(tempfile.mkdtemp(prefix="vigil-bench-normalize-"))
-    bootstrap, broker = _broker(work)
+    bootstrap, broker = bench_broker(work)
     settings = load_settings(kafka_bootstrap=bootstrap, home=work / "home")
     prefix = f"bench.normalize.{uuid.uuid4().hex[:8]}."
     name = f"{prefix}normalize"

@@ -42,6 +42,7 @@ from typing import Any
 import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from benchmarks.broker import bench_broker
 from vigil.config import Settings, load_settings
 from vigil.events.base import Entities
 from vigil.events.codec import EventCodec, encode
@@ -723,19 +724,6 @@ def reference_alerts(n: int) -> int:
     return rule.alerts
 
 
-def _broker(work: Path) -> tuple[str, Any]:
-    external = os.environ.get("VIGIL_KAFKA_BOOTSTRAP")
-    if external:
-        return external, None
-    from vigil.hub.broker import LocalBroker, free_port_block
-
-    broker = LocalBroker(
-        home=work / "broker", port=free_port_block(2), dist_root=REPO / ".vigil" / "kafka-dist", heap_mb=1024
-    )
-    info = broker.start(nodes=1)
-    return info.bootstrap, broker
-
-
 def run(quick: bool) -> dict[str, Any]:
     n = 200_000 if quick else 1_000_000
     nq = 50_000 if quick else 200_000
@@ -748,7 +736,7 @@ def run(quick: bool) -> dict[str, Any]:
     # the load generator (measured: it fell 15% short of the target rate).
     cpu = max(os.sched_getaffinity(0))
     work = Path(tempfile.mkdtemp(prefix="vigil-bench-"))
-    bootstrap, broker = _broker(work)
+    bootstrap, broker = bench_broker(work)
     settings = load_settings(kafka_bootstrap=bootstrap, home=work / "home")
     bench = Bench(settings, work, cpu)
     result: dict[str, Any] = {

@@ -22,10 +22,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from benchmarks.broker import bench_broker
 from vigil.config import Settings, load_settings
 from vigil.errors import VigilError
 from vigil.events.codec import encode
-from vigil.hub.broker import LocalBroker, free_port_block
+from vigil.hub.broker import LocalBroker
 from vigil.hub.client import check_reachable, make_admin
 from vigil.sim import SimConfig, Simulation
 from vigil.sim.publish import SimPublisher
@@ -87,15 +88,8 @@ def _generation(cfg: SimConfig) -> dict[str, Any]:
 
 
 def _broker(work: Path) -> tuple[Settings, LocalBroker | None]:
-    """The cluster named by VIGIL_KAFKA_BOOTSTRAP, else a local single-node broker of our own."""
-    settings = load_settings()
-    if settings.uses_external_cluster:
-        return settings, None
-    broker = LocalBroker(
-        home=work / "broker", port=free_port_block(2), dist_root=REPO / ".vigil" / "kafka-dist", heap_mb=1024
-    )
-    info = broker.start(nodes=1)
-    return load_settings(kafka_bootstrap=info.bootstrap, home=work / "home"), broker
+    bootstrap, broker = bench_broker(work)
+    return load_settings(kafka_bootstrap=bootstrap, home=work / "home"), broker
 
 
 def _kafka(settings: Settings, cfg: SimConfig) -> dict[str, Any]:
