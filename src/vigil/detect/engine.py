@@ -327,10 +327,15 @@ class RouteOperator(Operator[Event]):
         self.routed += routed
 
 
-def detect_events(ruleset: RuleSet, events: Iterable[Event]) -> tuple[list[Any], list[Any]]:
-    """Run a rule set over events in memory; returns (alerts, decisions) in emission order."""
+def detect_events(
+    ruleset: RuleSet, events: Iterable[Event], *, batch_size: int = 2000
+) -> tuple[list[Any], list[Any]]:
+    """Run a rule set over events in memory; returns (alerts, decisions) in emission order.
+
+    Each batch is put in event-time order by the operator, so ``batch_size=1`` is how to feed
+    events in the order given (arrival order)."""
     from vigil.testing import run_operators
 
     op = DetectOperator(ruleset)
-    result = run_operators([op], events, batch_size=2000)
+    result = run_operators([op], events, batch_size=batch_size)
     return result.emitted(ALERTS_TOPIC), result.emitted(DECISIONS_TOPIC)

@@ -6,12 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from vigil.detect.cases import run_case
-from vigil.detect.engine import ALERTS_TOPIC, DetectOperator, RuleSet
+from vigil.detect.engine import RuleSet, detect_events
 from vigil.detect.intel import IntelIndex
 from vigil.detect.kinds.lookalike import imitation_key
 from vigil.detect.rules.validate import validate_paths
-from vigil.events.types import Alert
-from vigil.testing import run_operators
 
 HEAD = """\
 rules:
@@ -34,8 +32,7 @@ def run(tmp_path: Path, rule: str, events: str, *, arrival: bool = False) -> lis
     v = validate_paths([tmp_path])
     assert [str(i) for i in v.errors] == []
     if arrival:
-        op = DetectOperator(RuleSet(v.rules, IntelIndex()))
-        alerts: list[Alert] = run_operators([op], v.cases[0].events, batch_size=1).emitted(ALERTS_TOPIC)
+        alerts, _ = detect_events(RuleSet(v.rules, IntelIndex()), v.cases[0].events, batch_size=1)
         return [a.payload.entity.id for a in alerts]
     result = run_case(v.cases[0], v.rules)
     return [a.payload.entity.id for a in result.alerts]
