@@ -113,9 +113,19 @@ def test_backlog_with_alignment_reaches_the_operator_in_event_time_order(
     n = 400
     a, b = backlog(settings, names, n)
     rec = Recorder()
-    # A small buffer bound, so that B (far ahead) is paused rather than only buffered.
+    # A small buffer bound, so that B (far ahead) is paused rather than only buffered; small
+    # batches, because the consumer may have prefetched the whole backlog by the first call, and
+    # a single batch holding all of it would be merged in order without any pause.
     running = run_app(
-        app(settings, names("app"), [a, b], rec, max_event_time_skew_s=SKEW_S, alignment_max_buffered=20)
+        app(
+            settings,
+            names("app"),
+            [a, b],
+            rec,
+            max_event_time_skew_s=SKEW_S,
+            alignment_max_buffered=20,
+            batch_size=20,
+        )
     )
     wait_for(
         lambda: bool(running.errors) or running.app.metrics.processed >= 2 * n,
