@@ -177,19 +177,38 @@ def is_local(det: Detector) -> bool:
 
 _event_time = operator.attrgetter("event.occurred_at")
 
-Dispatch = dict[type, tuple[list[tuple[Detector, int]], list[tuple[Router, str]]]]
+Dispatch = dict[type, tuple[list[tuple[Detector, int]], list[tuple[Router, str, bool]]]]
 
 
 def _dispatch(detectors: Sequence[Detector]) -> Dispatch:
     """Per event class: its detectors in rule order, each with the index of its router among
     the class's distinct routers (see :func:`_route_plan`), and those routers with the prefix
-    all their keys share (:attr:`Detector.route_prefix`)."""
+    all their keys share (:attr:`Detector.route_prefix`) and whether that prefix alone tells
+    the router's keys (:func:`_prefix_decides`)."""
     out: Dispatch = {}
     for tag, groups in _route_groups(detectors).items():
         slot_of = {id(det): slot for slot, members in enumerate(groups) for det in members}
         pairs = [(det, slot_of[id(det)]) for det in detectors if tag in det.types]
-        out[EVENT_TYPES[tag]] = (pairs, [(members[0].routes, members[0].route_prefix) for members in groups])
+        prefixes = [members[0].route_prefix for members in groups]
+        out[EVENT_TYPES[tag]] = (
+            pairs,
+            [
+                (members[0].routes, prefixes[slot], _prefix_decides(slot, prefixes))
+                for slot, members in enumerate(groups)
+            ],
+        )
     return out
+
+
+def _prefix_decides(slot: int, prefixes: Sequence[str]) -> bool:
+    """Whether a routed key of an event starting with ``prefixes[slot]`` can only have come from
+    that router: its prefix is known and no other router of the event's type has one a key could
+    share (``""``, unknown, shares with every key).  Then the routed stage need not compute the
+    router's keys again to tell whether a record is its."""
+    mine = prefixes[slot]
+    return bool(mine) and not any(
+        other.startswith(mine) or mine.startswith(other) for i, other in enumerate(prefixes) if i != slot
+    )
 
 
 def _latency_ms(record: Record[Any] | None, event: Event, wall: float) -> float | None:
@@ -249,7 +268,10 @@ class DetectOperator(Operator[Event]):
             # On the routed stage a detector sees the record only if it routed the event under
             # this record's key (each of its keys is a record of its own): one check per router.
             wanted = (
-                [key.startswith(prefix) and key in router(event) for router, prefix in routers]
+                [
+                    key.startswith(prefix) and (decides or key in router(event))
+                    for router, prefix, decides in routers
+                ]
                 if key is not None
                 else None
             )

@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 
-from vigil.detect.engine import ALERTS_TOPIC, ROUTED_TOPIC, DetectOperator, RouteOperator, RuleSet
+from vigil.detect.engine import (
+    ALERTS_TOPIC,
+    ROUTED_TOPIC,
+    DetectOperator,
+    RouteOperator,
+    RuleSet,
+    _dispatch,
+    _prefix_decides,
+)
 from vigil.detect.intel import IntelIndex
 from vigil.detect.rules.validate import load_rules
 from vigil.events.base import Entities, Event
@@ -257,3 +265,34 @@ def test_wants_is_false_only_when_process_would_do_nothing() -> None:
             assert encode(state.data) == before, (det.rule.id, event)
             skipped += 1
     assert skipped > 1000  # the property was exercised
+
+
+def test_a_key_prefix_decides_only_when_no_other_router_could_share_it() -> None:
+    assert _prefix_decides(0, ["customer:", "ip:"])
+    assert not _prefix_decides(0, ["customer:", "customer:"])  # two ways of routing by customer
+    assert not _prefix_decides(0, ["customer:", ""])  # "": any key at all
+    assert not _prefix_decides(1, ["customer:", ""])
+    assert not _prefix_decides(0, ["lookalike:a", "lookalike:ab"])  # one prefix of the other
+
+
+def test_the_routed_stage_tells_a_records_routers_by_prefix_as_by_their_keys() -> None:
+    # For every record the route stage writes, the cheap test (prefix, when it decides) picks
+    # exactly the routers that computing every router's keys picks.
+    ruleset = RuleSet(RULES)
+    dispatch = _dispatch(ruleset.detectors)
+    checked = decided = 0
+    for event in small_sim():
+        entry = dispatch.get(type(event))
+        if entry is None:
+            continue
+        for key in ruleset.routes_for(event, remote_only=False):
+            full = [key.startswith(prefix) and key in router(event) for router, prefix, _ in entry[1]]
+            fast = [
+                key.startswith(prefix) and (decides or key in router(event))
+                for router, prefix, decides in entry[1]
+            ]
+            assert fast == full, (event.type, key)
+            checked += 1
+            decided += sum(decides and hit for (_, _, decides), hit in zip(entry[1], fast, strict=True))
+    assert checked > 1000
+    assert decided > checked // 2  # the shortcut is taken for most records
