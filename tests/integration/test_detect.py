@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from tests.integration.kafka_read import read_raw
 
 from vigil.config import Settings
 from vigil.detect.app import DetectionService, DetectTopology
@@ -44,19 +45,11 @@ def decided(decision: Decision) -> tuple[str, str, str]:
     return p.rule_id, p.action, f"{p.entity.kind}:{p.entity.id}"
 
 
-def read_all(
-    settings: Settings,
-    topic: str,
-    until: Any,
-    timeout_s: float,
-    *,
-    partitions: int = PARTITIONS,
-    decode: Any = None,
-) -> list[Any]:
+def read_all(settings: Settings, topic: str, until: Any, timeout_s: float) -> list[Any]:
     """Read ``topic`` from the start until ``until(records)`` holds or the deadline passes."""
-    decode = decode or EventCodec().decode
+    decode = EventCodec().decode
     consumer = make_consumer(settings, f"test-read-{uuid.uuid4().hex[:8]}")
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
     out: list[Any] = []
     deadline = time.monotonic() + timeout_s
     try:
@@ -153,18 +146,13 @@ def test_detection_application_on_the_broker_matches_in_memory_detection(setting
     assert {i for i in got if got[i].payload.rule_id in same_key} == {
         i for i in expected if expected[i].payload.rule_id in same_key
     }
-    decisions: list[Decision] = read_all(settings, topo.decisions, lambda got: False, timeout_s=3)
+    # The service has stopped (everything committed): read the decisions to the end.
+    codec = EventCodec()
+    decisions: list[Decision] = [codec.decode(r.value) for r in read_raw(settings, topo.decisions, "detect")]
     expected_decisions = expected_result.emitted("decisions")
     assert len(decisions) == len({d.event_id for d in decisions})
     assert {decided(d) for d in decisions} == {decided(d) for d in expected_decisions}
-    letters: list[DeadLetter] = read_all(
-        settings,
-        topo.dlq,
-        bool,
-        timeout_s=10,
-        partitions=1,
-        decode=lambda v: msgspec.json.decode(v, type=DeadLetter),
-    )
+    letters = [msgspec.json.decode(r.value, type=DeadLetter) for r in read_raw(settings, topo.dlq, "detect")]
     assert [(x.topic, x.raw) for x in letters] == [(f"{prefix}events.identity", BAD)]
     assert "event_id" in letters[0].reason
     by_rule: dict[str, int] = defaultdict(int)

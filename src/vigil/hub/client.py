@@ -7,10 +7,12 @@ customer / wallet / vendor stays ordered in one partition.
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from vigil.config import Settings
@@ -74,6 +76,51 @@ def check_reachable(settings: Settings, timeout: float = 10.0) -> int:
         msg = f"Kafka at {bootstrap} did not answer a metadata request within {timeout:g}s{hint}: {exc}"
         raise BrokerError(msg) from None
     return len(meta.brokers)
+
+
+def watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> tuple[int, int]:
+    """(low, high) offsets of a partition, retrying while a just-created topic has no leader."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=5)
+            return int(low), int(high)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not error.retriable() or time.monotonic() > deadline:
+                msg = f"offsets of {tp.topic}[{tp.partition}]: {error.str()}"
+                raise BrokerError(msg) from None
+            time.sleep(0.1)  # leader election in progress; the loop asks again
+
+
+def read_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> list[Message]:
+    """Every committed record of ``topic`` as it is now, partition by partition in offset order.
+
+    Read under ``read_committed``, up to each partition's end at the time of the call: what a
+    finished run wrote, without guessing when it is done by waiting for silence.  Transaction
+    markers take offsets and are never delivered, so the end is judged by the consumer's
+    position, never by counting messages."""
+    consumer = make_consumer(settings, group_id=f"vigil.reader.{uuid.uuid4().hex[:8]}")
+    try:
+        partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        out: list[Message] = []
+        for p in partitions:
+            tp = TopicPartition(topic, p)
+            low, high = watermarks(consumer, tp, timeout_s)
+            if high <= low:
+                continue
+            consumer.assign([TopicPartition(topic, p, low)])
+            deadline = time.monotonic() + timeout_s
+            while consumer.position([tp])[0].offset < high:
+                if time.monotonic() > deadline:
+                    msg = f"reading {topic}[{p}] did not reach offset {high} within {timeout_s:g}s"
+                    raise BrokerError(msg)
+                for message in consumer.consume(1000, 0.2):
+                    if message.error() is None:
+                        out.append(message)
+        return out
+    finally:
+        consumer.close()
 
 
 class DeliveryFailed(BrokerError):

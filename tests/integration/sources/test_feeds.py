@@ -214,14 +214,17 @@ def test_silent_feed_times_out_on_heartbeat_and_reconnects(
     streams = binance.url.split("streams=")[1].split("/")
     with ReplayServer(binance, speed=None, stall_after=[100]) as server:
         source = BinanceSource(
-            streams, base_url=server.url, heartbeat_timeout=0.5, backoff_initial=0.05, backoff_max=0.1
+            streams, base_url=server.url, heartbeat_timeout=1.0, backoff_initial=0.05, backoff_max=0.1
         )
         feed = run_feed(source)
         feed.wait_for(lambda: source.stats.messages == len(binance.messages))
+        # Read before stopping: after the replay the server is silent too, and a slow stop()
+        # would let the client time out (and reconnect) once more.
+        timeouts, connections = source.stats.heartbeat_timeouts, server.stats.connections
         feed.stop()
         assert server.stats.stalled == [100]
-        assert server.stats.connections == 2
-    assert source.stats.heartbeat_timeouts == 1
+        assert connections == 2
+    assert timeouts == 1
     assert by_key(read_raw(settings, topic, "binance")) == expected_by_key(binance, binance_key)
 
 

@@ -27,6 +27,13 @@ from vigil.sources.sink import KafkaRawSink
 DATA = shared_data_dir() / "intel"
 
 
+def replace_text(path: Path, text: str) -> None:
+    """Write ``path`` atomically (a new file renamed over it)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def read(settings: Settings, topic: str, source: str = "intel") -> list[tuple[bytes | None, bytes]]:
     consumer = Consumer(
         settings.kafka_client_config()
@@ -91,7 +98,9 @@ def test_lists_refresh_without_restart_and_revoke_after_restart(settings: Settin
         wait_for(lambda: len(read_raw(settings, raw_topic, "intel")) == 2, 30, "both lists")
         lines = eth.read_text().splitlines()
         added = "0x00000000000000000000000000000000DeaDBeef"
-        eth.write_text("\n".join([*lines[1:], added]) + "\n")  # first address delisted, one added
+        # First address delisted, one added; replaced whole, as a download would be, so the
+        # polling source never reads it half-written.
+        replace_text(eth, "\n".join([*lines[1:], added]) + "\n")
         wait_for(lambda: len(read_raw(settings, raw_topic, "intel")) == 4, 30, "the refreshed list")
     finally:
         source.stop()
@@ -101,7 +110,8 @@ def test_lists_refresh_without_restart_and_revoke_after_restart(settings: Settin
     # 2. Restarted (new sink, new source): the cursor has the last versions, so an unchanged
     #    list publishes nothing and a change made while it was down is diffed correctly.
     scam_doc = scam.read_text()
-    scam.write_text(scam_doc.replace(scam_doc.split('"')[1], "0x00000000000000000000000000000000000f00d1", 1))
+    first_scam = scam_doc.split('"')[1]
+    replace_text(scam, scam_doc.replace(first_scam, "0x00000000000000000000000000000000000f00d1", 1))
     sink = new_sink()
     restarted = IntelListSource(specs, poll_interval=60, source_id=source_id)
     state = dict((sink.last_cursor(source_id) or {}).get("lists", {}))

@@ -125,6 +125,9 @@ def test_backlog_with_alignment_reaches_the_operator_in_event_time_order(
             max_event_time_skew_s=SKEW_S,
             alignment_max_buffered=20,
             batch_size=20,
+            # Only "at its end" releases a partition: a loaded machine's slow first fetch of A
+            # must not count as A going idle (which would let B through early).
+            alignment_idle_s=600,
         )
     )
     wait_for(

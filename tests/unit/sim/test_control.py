@@ -17,8 +17,8 @@ from vigil.sim.publish import _Pacer, write_labels
 
 
 def test_speed_paces_by_simulated_time() -> None:
+    started = time.monotonic()  # before the pacer, which starts its clock when made
     pacer = _Pacer(rate=None, speed=200.0)
-    started = time.monotonic()
     for n, sim_ts in enumerate(range(1_000_000, 1_000_061, 10), 1):
         pacer.wait(n, float(sim_ts))
     # 60 simulated seconds at 200x take at least 0.3 wall seconds.
@@ -26,8 +26,8 @@ def test_speed_paces_by_simulated_time() -> None:
 
 
 def test_rate_caps_events_per_wall_second() -> None:
-    pacer = _Pacer(rate=1000.0, speed=None)
     started = time.monotonic()
+    pacer = _Pacer(rate=1000.0, speed=None)
     for n in range(0, 301, 50):
         pacer.wait(n, 0.0)
     assert time.monotonic() - started >= 0.3 - 0.01
