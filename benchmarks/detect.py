@@ -66,6 +66,9 @@ class _Ctx:
     def emit(self, topic: str, event: Event, key: str | None = None) -> None:
         self.emitted += 1
 
+    def forward(self, topic: str, record: Record[Any], key: str) -> None:
+        self.emitted += 1
+
     def dead_letter(self, record: Record[Any], reason: str) -> None:
         raise RuntimeError(reason)
 

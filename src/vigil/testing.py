@@ -79,6 +79,9 @@ class _MemoryContext:
     def emit(self, topic: str, event: Event, key: str | None = None) -> None:
         self._result.emits.append(Emitted(topic, key if key is not None else event.key(), event))
 
+    def forward(self, topic: str, record: Record[Any], key: str) -> None:
+        self.emit(topic, record.event, key)
+
     def dead_letter(self, record: Record[Any], reason: str) -> None:
         self._result.dead_letters.append((record, reason))
 

@@ -339,12 +339,12 @@ class RouteOperator(Operator[Event]):
         # (With the runtime's event-time alignment a batch is often a record or two: keep the
         # per-call work small.)
         routes_for, remote_only = self.ruleset.routes_for, self.remote_only
-        emit, topic = ctx.emit, self.topic
+        # Forwarded, not emitted: the event goes on as it came, in the bytes it was read as.
+        forward, topic = ctx.forward, self.topic
         routed = 0
         for rec in sorted(batch, key=_event_time) if len(batch) > 1 else batch:
-            event = rec.event
-            for key in routes_for(event, remote_only=remote_only):
-                emit(topic, event, key)
+            for key in routes_for(rec.event, remote_only=remote_only):
+                forward(topic, rec, key)
                 routed += 1
         self.routed += routed
 

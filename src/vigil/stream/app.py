@@ -226,13 +226,20 @@ class _KafkaContext:
         self._app._produce(topic, encode(event), key if key is not None else event.key())
         self._app.metrics.emitted += 1
 
+    def forward(self, topic: str, record: Record[Any], key: str) -> None:
+        # The bytes read are the event's own encoding only when the default codec decoded them
+        # (a custom decoder reads some other format: a source's raw records).
+        value = record.value if self._app._decode is None and record.value is not None else None
+        self._app._produce(topic, value if value is not None else encode(record.event), key)
+        self._app.metrics.emitted += 1
+
     def dead_letter(self, record: Record[Any], reason: str) -> None:
         self._app._dead_letter(
             record.topic,
             record.partition,
             record.offset,
             record.key,
-            encode(record.event),
+            record.value if record.value is not None else encode(record.event),
             reason,
             "OperatorError",
         )
@@ -586,7 +593,7 @@ class Application:
                 self._dead_letter(topic, part, offset, msg.key(), value or b"", str(exc), "DecodeError")
                 letters += 1
                 continue
-            group.append(Record(event, topic, part, offset, msg.key(), msg.timestamp()[1]))
+            group.append(Record(event, topic, part, offset, msg.key(), msg.timestamp()[1], value))
         if run_owned and offset >= 0:
             offsets[run_topic, run_part] = offset + 1  # type: ignore[index]
         count = letters + sum(len(g) for g in groups.values())
@@ -669,7 +676,7 @@ class Application:
                 raise PipelineError(text) from None
             if occurred > run_newest:
                 run_newest = occurred
-            buf.append((occurred, Record(event, topic, part, offset, msg.key(), msg.timestamp()[1])))
+            buf.append((occurred, Record(event, topic, part, offset, msg.key(), msg.timestamp()[1], value)))
         end_run()
         now = time.monotonic()
         # The lane keeps the maximum, so what this call buffered is all it needs to see.

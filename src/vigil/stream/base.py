@@ -39,6 +39,9 @@ class Record(Generic[E]):
     key: bytes | None
     #: Broker timestamp in ms (arrival); windows use ``event.occurred_at`` instead.
     timestamp_ms: int
+    #: The bytes the record was read as (``None`` in memory): dead letters carry them as they
+    #: came, and ``Context.forward`` sends them on without encoding the event again.
+    value: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,11 @@ class Context(Protocol):
 
     def emit(self, topic: str, event: Event, key: str | None = None) -> None:
         """Send an event downstream (key defaults to ``event.key()``).  Durable at checkpoint."""
+        ...
+
+    def forward(self, topic: str, record: Record[Any], key: str) -> None:
+        """Send a record's event on unchanged under ``key`` (re-keying): like ``emit``, but the
+        runtime may send the bytes the record was read as instead of encoding it again."""
         ...
 
     def dead_letter(self, record: Record[Any], reason: str) -> None:

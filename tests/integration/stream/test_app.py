@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -150,12 +151,27 @@ def test_operator_error_stops_loudly_with_topic_partition_offset(
     assert output_ids(settings, out, 1) == []
 
 
+def as_read(event: Payment) -> bytes:
+    """The event as some other writer may have encoded it: the same JSON, laid out otherwise
+    (what a re-encoding of the decoded event would not give back)."""
+    return json.dumps(msgspec.json.decode(msgspec.json.encode(event)), indent=1).encode()
+
+
+def produce_as_read(settings: Settings, topic: str, events: Sequence[Payment]) -> list[bytes]:
+    producer = EventProducer(settings)
+    values = [as_read(e) for e in events]
+    for event, value in zip(events, values, strict=True):
+        producer.produce_raw(topic, event.key(), value)
+    producer.flush()
+    return values
+
+
 def test_operator_with_dead_letter_policy_continues(
     settings: Settings, names: Callable[[str], str], run_app: Start
 ) -> None:
     src, out, name, dlq = names("in"), names("out"), names("app"), names("dlq")
     make_topics(settings, src, out, partitions=1)
-    produce(settings, src, payments(20, 3))
+    sent = produce_as_read(settings, src, payments(20, 3))
     running = run_app(
         Application(
             settings,
@@ -174,6 +190,35 @@ def test_operator_with_dead_letter_policy_continues(
     assert letter.offset == 7
     assert "amount out of range" in letter.reason
     assert decode_event(letter.raw).event_id == "p7"
+    assert letter.raw == sent[7]  # the bytes as read, not the event encoded again
+
+
+class Forwarding(Operator[Payment]):
+    """Re-keys every record by its payment id."""
+
+    id = "forwarding"
+
+    def __init__(self, output: str) -> None:
+        self.output = output
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        for rec in batch:
+            ctx.forward(self.output, rec, rec.event.payload.payment_id)
+
+
+def test_forwarded_records_go_on_in_the_bytes_they_were_read_as(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out, partitions=1)
+    events = payments(30, 5)
+    sent = produce_as_read(settings, src, events)
+    running = run_app(Application(settings, name=name, inputs=[src], operators=[Forwarding(out)]))
+    wait_for(lambda: running.app.metrics.emitted >= 30, 60, "30 records forwarded")
+    running.stop()
+    assert not running.errors
+    got = {key: value for key, value in read_all(settings, out, 1)}
+    assert got == {e.payload.payment_id.encode(): v for e, v in zip(events, sent, strict=True)}
 
 
 def test_co_partitioned_inputs_share_state(

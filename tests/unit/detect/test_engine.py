@@ -89,6 +89,9 @@ class _Ctx:
     def emit(self, topic: str, event: Event, key: str | None = None) -> None:
         self._out.append((topic, key, event))
 
+    def forward(self, topic: str, record: Record[Any], key: str) -> None:
+        self._out.append((topic, key, record.event))
+
     def dead_letter(self, record: Record[Any], reason: str) -> None:
         raise AssertionError(reason)
 

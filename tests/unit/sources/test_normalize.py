@@ -57,6 +57,9 @@ class ListContext:
     def emit(self, topic: str, event: Event, key: str | None = None) -> None:
         self.emitted.append((topic, event))
 
+    def forward(self, topic: str, record: Record[Any], key: str) -> None:
+        self.emitted.append((topic, record.event))
+
     def dead_letter(self, record: Record[Any], reason: str) -> None:
         self.dead.append((record, reason))
 
