@@ -24,7 +24,7 @@ from confluent_kafka import KafkaException, TopicPartition
 from vigil.config import Settings
 from vigil.errors import BrokerError
 from vigil.hub.admin import ensure_topics
-from vigil.hub.client import make_consumer, make_producer
+from vigil.hub.client import make_consumer, make_producer, watermarks
 from vigil.hub.raw import RawRecord
 from vigil.hub.topics import TOPICS
 
@@ -121,7 +121,7 @@ class KafkaRawSink:
         consumer = make_consumer(self._settings, group_id=f"vigil.cursor-reader.{source_id}")
         try:
             tp = TopicPartition(CURSOR_TOPIC, 0)
-            low, high = self._watermarks(consumer, tp)
+            low, high = watermarks(consumer, tp, self._timeout)
             if high <= low:
                 return None
             consumer.assign([TopicPartition(CURSOR_TOPIC, 0, low)])
@@ -144,20 +144,6 @@ class KafkaRawSink:
             raise BrokerError(msg_)
         finally:
             consumer.close()
-
-    def _watermarks(self, consumer: Any, tp: TopicPartition) -> tuple[int, int]:
-        """Watermarks, retrying the transient errors of a just-created topic (no leader yet)."""
-        deadline = time.monotonic() + self._timeout
-        while True:
-            try:
-                low, high = consumer.get_watermark_offsets(tp, timeout=5)
-                return int(low), int(high)
-            except KafkaException as exc:
-                error = exc.args[0]
-                if not getattr(error, "retriable", lambda: False)() or time.monotonic() > deadline:
-                    msg = f"reading {CURSOR_TOPIC} offsets failed: {error}"
-                    raise BrokerError(msg) from None
-                time.sleep(0.2)
 
     def close(self) -> None:
         with self._lock:
