@@ -207,14 +207,24 @@ class Match:
     where: tuple[Condition, ...] = ()
 
     def compile(self) -> Callable[[Event], bool]:
-        checks = [c.compile() for c in self.where]
+        where = self.compile_where()
         classes = frozenset(EVENT_TYPES[t] for t in self.types)
-        if not checks:
+        if where is None:
             return lambda e: type(e) in classes
+        return lambda e: type(e) in classes and where(e)
+
+    def compile_where(self) -> Callable[[Event], bool] | None:
+        """The conditions alone (``None`` when there are none), for a caller that already
+        knows the event is of one of ``types``: it need not check the type again per event."""
+        checks = [c.compile() for c in self.where]
+        if not checks:
+            return None
         if len(checks) == 1:
-            only = checks[0]
-            return lambda e: type(e) in classes and only(e)
-        return lambda e: type(e) in classes and all(check(e) for check in checks)
+            return checks[0]
+        if len(checks) == 2:  # most rules' conditions: two calls, without a generator
+            first, second = checks
+            return lambda e: first(e) and second(e)
+        return lambda e: all(check(e) for check in checks)
 
     @property
     def paths(self) -> list[str]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from vigil.detect.fields import Getter, compile_getter, short_name, tag_of
+from vigil.detect.fields import TAGS, Getter, compile_getter, normalise_path, short_name
 from vigil.detect.rules.models import Rule
 from vigil.events.base import Event
 from vigil.events.types import EntityRef, Evidence
@@ -73,8 +73,14 @@ KEY_FIELDS: dict[str, tuple[str, ...]] = {
     "security_event": ("payload.action", "payload.principal", "payload.resource", "entities.ip"),
 }
 
-_key_getters: dict[str, tuple[tuple[str, Getter], ...]] = {
-    t: tuple((short_name(p), compile_getter(p)) for p in paths) for t, paths in KEY_FIELDS.items()
+
+def _field(path: str) -> tuple[str, str, Getter]:
+    """An evidence field: its name, its normalised path (equal paths read equal values) and getter."""
+    return short_name(path), normalise_path(path), compile_getter(path)
+
+
+_key_fields: dict[str, tuple[tuple[str, str, Getter], ...]] = {
+    t: tuple(_field(p) for p in paths) for t, paths in KEY_FIELDS.items()
 }
 
 #: Evidence as kept in state: [event_id, type, epoch seconds, {field: text}].
@@ -114,19 +120,38 @@ class EvidenceMaker:
     """Builds the stored evidence of an event: its key fields plus those the rule looks at."""
 
     def __init__(self, extra_paths: Sequence[str] = ()) -> None:
-        self._extra = tuple((short_name(p), compile_getter(p)) for p in dict.fromkeys(extra_paths))
-        #: Per event type: its key fields' getters, then the rule's (built on first use).
-        self._getters: dict[str, tuple[tuple[str, Getter], ...]] = {}
+        self._extra = tuple(_field(p) for p in dict.fromkeys(extra_paths))
+        #: Per event class: its tag, then its key fields' getters and the rule's (built on first use).
+        self._getters: dict[type, tuple[str, tuple[tuple[str, Getter], ...]]] = {}
+
+    def _for(self, cls: type) -> tuple[str, tuple[tuple[str, Getter], ...]]:
+        tag = TAGS[cls]
+        every = (*_key_fields.get(tag, ()), *self._extra)
+        paths: dict[str, set[str]] = {}
+        for name, path, _ in every:
+            paths.setdefault(name, set()).add(path)
+        # A field both a key field and the rule's is read once: reading it again would store the
+        # same value under the same name, in its place.  (A name shared by two paths keeps every
+        # read: which value is stored then depends on the order.)
+        getters: list[tuple[str, Getter]] = []
+        read: set[str] = set()
+        for name, _, get in every:
+            if len(paths[name]) == 1 and name in read:
+                continue
+            read.add(name)
+            getters.append((name, get))
+        built = self._getters[cls] = (tag, tuple(getters))
+        return built
 
     def __call__(self, event: Event) -> StoredEvidence:
-        tag = tag_of(event)
-        getters = self._getters.get(tag)
-        if getters is None:
-            getters = self._getters[tag] = (*_key_getters.get(tag, ()), *self._extra)
+        tag, getters = self._getters.get(type(event)) or self._for(type(event))
         fields: dict[str, str] = {}
         for name, get in getters:
             value = get(event)
-            if value is not None and value != "" and value != []:
+            if type(value) is str:  # most fields: as_text's own first case, without the call
+                if value:
+                    fields[name] = value if len(value) <= _MAX_FIELD else as_text(value)
+            elif value is not None and value != []:
                 fields[name] = as_text(value)
         return [event.event_id, tag, ts(event), fields]
 

@@ -31,6 +31,16 @@ class GroupedDetector(Detector):
         super().__init__(rule, env)
         self.group_paths = group_by
         self._group = tuple((short_name(g), compile_getter(g)) for g in group_by)
+        #: Whether an event's one route (see ``routes``) is its group key itself.
+        self._route_is_key = len(group_by) == 1 and type(self).routes is GroupedDetector.routes
+
+    def group_key(self, event: Event, route: str | None) -> str | None:
+        """The group key of ``event`` (``None`` if a part is missing).  On the routed stage a
+        single-entity group's record key is that already (the engine passes a record only to
+        the detectors whose router gave its key), so it is not built again."""
+        if route is not None and self._route_is_key:
+            return route
+        return key_of(self._group, event)
 
     def routes(self, event: Event) -> list[str]:
         key = key_of(self._group, event)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from vigil.detect.fields import Condition, Getter, Match, compile_getter, key_of, tag_of
+from vigil.detect.fields import Condition, Getter, Match, compile_getter
 from vigil.detect.kinds.base import EvidenceMaker, Hit, entity_ref, ts
 from vigil.detect.kinds.common import CompiledEntry, FieldEntry, GroupedDetector, parse_entries
 from vigil.detect.rules.loader import LocDict
@@ -164,7 +164,8 @@ class DeviationDetector(GroupedDetector):
         super().__init__(rule, env, params.group_by)
         self.p = params
         self._match = params.match.compile()
-        self._only = [c.compile() for c in params.only]
+        #: ``only`` as one check (``None``: no conditions), not a generator per event.
+        self._only = Match(params.match.types, params.only).compile_where()
         self._first_seen = compile_getter(params.first_seen) if params.first_seen else None
         self._also = [CompiledEntry(e) for e in params.seen_also]
         self._value: Getter | None = compile_getter(params.field) if params.field else None
@@ -187,16 +188,16 @@ class DeviationDetector(GroupedDetector):
         return self._types
 
     def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
-        key = key_of(self._group, event)
+        key = self.group_key(event, route)
         if key is None:
             return
         now = ts(event)
         if self._hist_match is not None and self._hist_match(event):
             self._inflow(key, event, state, now)
         for entry in self._also:
-            if tag_of(event) in entry.types and entry.match(event):
+            if entry.match(event):  # (a compiled match checks the event's type first)
                 self._remember(state, key, entry.value(event))
-        if tag_of(event) not in self.p.match.types or not self._match(event):
+        if not self._match(event):
             return
         new = True
         if self._first_seen is not None:
@@ -205,7 +206,12 @@ class DeviationDetector(GroupedDetector):
             self._remember(state, key, value)
         skey = f"h:{key}"
         h: dict[str, Any] = state.get(skey) or {"n": 0}
-        scored = self._score(h, event, now, state, key) if new and all(c(event) for c in self._only) else None
+        value = self._value(event) if self._value else None  # read once, for scoring and history
+        scored = (
+            self._score(h, value, now, state, key)
+            if new and (self._only is None or self._only(event))
+            else None
+        )
         if scored is not None:
             score, context, evidence = scored
             op, bound = self.p.condition
@@ -217,7 +223,7 @@ class DeviationDetector(GroupedDetector):
                         context={"measure": self.p.measure, "score": f"{score:.2f}", "group": key, **context},
                     )
                 )
-        self._update(h, event, now)
+        self._update(h, event, value, now)
         state.set(skey, h)
 
     def _remember(self, state: State, key: str, value: Any) -> None:
@@ -246,11 +252,10 @@ class DeviationDetector(GroupedDetector):
         state.set(ikey, flows)
 
     def _score(
-        self, h: dict[str, Any], event: Event, now: float, state: State, key: str
+        self, h: dict[str, Any], value: Any, now: float, state: State, key: str
     ) -> tuple[float, dict[str, str], list[Any]] | None:
         p = self.p
         n = int(h["n"])
-        value = self._value(event) if self._value else None
         measure = p.measure
         if measure == "passthrough":
             if not isinstance(value, int | float) or (p.min_value is not None and value < p.min_value):
@@ -305,9 +310,8 @@ class DeviationDetector(GroupedDetector):
             return None
         return (now - last_ts) / 86400.0, {"history_count": str(n)}, []
 
-    def _update(self, h: dict[str, Any], event: Event, now: float) -> None:
+    def _update(self, h: dict[str, Any], event: Event, value: Any, now: float) -> None:
         h["n"] = int(h["n"]) + 1
-        value = self._value(event) if self._value else None
         measure = self.p.measure
         if measure == "amount" and isinstance(value, int | float):
             h["max"] = max(float(h.get("max", 0.0)), float(value))

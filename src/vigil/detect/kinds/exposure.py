@@ -140,10 +140,11 @@ class ExposureDetector(SingleRouteDetector):
 
     def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
         now = ts(event)
-        for check in self._checks:
-            if tag_of(event) in check.types and check.match(event):
+        tag = tag_of(event)
+        for check in self._checks_of.get(tag, ()):
+            if check.match(event):
                 self._check(check, event, state, hits, now)
-        if tag_of(event) == "chain_transfer" and self._edge(event):
+        if tag == "chain_transfer" and self._edge(event):
             self._edge_seen(event, state, hits, now)
 
     def _check(self, check: CompiledEntry, event: Event, state: State, hits: list[Hit], now: float) -> None:

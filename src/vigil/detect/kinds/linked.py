@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from vigil.detect.fields import Match, compile_getter, short_name, tag_of
+from vigil.detect.fields import Match, compile_getter, short_name
 from vigil.detect.kinds.base import EvidenceMaker, Hit, ts
 from vigil.detect.kinds.common import SingleRouteDetector, delete_keys
 from vigil.detect.rules.loader import LocDict
@@ -116,16 +116,16 @@ class LinkedDetector(SingleRouteDetector):
 
     def wants(self, event: Event) -> bool:
         # What process() acts on: a link event naming its party, or a match between two parties.
-        tag = tag_of(event)
-        if tag in self.p.links.types and self._links(event) and self._party(event):
+        # (A compiled match checks the event's type first.)
+        if self._links(event) and self._party(event):
             return True
-        if tag in self.p.match.types and self._match(event):
+        if self._match(event):
             a, b = self._a(event), self._b(event)
             return bool(a and b and a != b)
         return False
 
     def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
-        if tag_of(event) in self.p.links.types and self._links(event):
+        if self._links(event):
             party = self._party(event)
             if party:
                 mine: list[str] = state.get(f"p:{party}") or []
@@ -137,7 +137,7 @@ class LinkedDetector(SingleRouteDetector):
                         changed = True
                 if changed:
                     state.set(f"p:{party}", mine)
-        if tag_of(event) not in self.p.match.types or not self._match(event):
+        if not self._match(event):
             return
         a, b = self._a(event), self._b(event)
         if not a or not b or a == b:

@@ -30,13 +30,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vigil.detect.fields import tag_of
 from vigil.detect.kinds.base import EvidenceMaker, Hit, entity_ref
 from vigil.detect.kinds.common import CompiledEntry, FieldEntry, SingleRouteDetector, parse_entries
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
 from vigil.events.base import Event
-from vigil.events.types import EntityRef
+from vigil.events.types import EVENT_TYPES, EntityRef
 from vigil.stream.base import State
 
 CONTEXT = frozenset({"address", "imitates", "chars", "group"})
@@ -87,8 +86,10 @@ class LookalikeDetector(SingleRouteDetector):
         self._checks = [CompiledEntry(c) for c in params.check]
         self._types = frozenset().union(*(k.types for k in self._known), *(c.types for c in self._checks))
         self._evidence = EvidenceMaker([c.field for c in params.check])
-        #: Per event type, the entries (checks and known) that may match it.
-        self._entries = {t: [e for e in (*self._checks, *self._known) if t in e.types] for t in self._types}
+        #: Per event class, the checks and the known entries that may match it (in rule order).
+        self._checks_of = {EVENT_TYPES[t]: [c for c in self._checks if t in c.types] for t in self._types}
+        self._known_of = {EVENT_TYPES[t]: [k for k in self._known if t in k.types] for t in self._types}
+        self._entries_of = {cls: [*checks, *self._known_of[cls]] for cls, checks in self._checks_of.items()}
 
     @property
     def types(self) -> frozenset[str]:
@@ -96,15 +97,15 @@ class LookalikeDetector(SingleRouteDetector):
 
     def wants(self, event: Event) -> bool:
         # process() reads and writes only for an entry matching the event with an address value.
-        for entry in self._entries.get(tag_of(event), ()):
+        for entry in self._entries_of.get(type(event), ()):
             if entry.match(event) and isinstance(entry.value(event), str):
                 return True
         return False
 
     def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
         chars = self.p.chars
-        for check in self._checks:
-            if tag_of(event) not in check.types or not check.match(event):
+        for check in self._checks_of.get(type(event), ()):
+            if not check.match(event):
                 continue
             value = check.value(event)
             group = check.group_key(event)
@@ -145,22 +146,25 @@ class LookalikeDetector(SingleRouteDetector):
                         },
                     )
                 )
-        for known_entry in self._known:
-            if tag_of(event) not in known_entry.types or not known_entry.match(event):
+        for known_entry in self._known_of.get(type(event), ()):
+            if not known_entry.match(event):
                 continue
             value = known_entry.value(event)
             if not isinstance(value, str):
                 continue
             address = value.lower()
-            if state.get(f"f:{address}") is not None:
-                continue  # an imitation never becomes a reference
             key = imitation_key(address, chars)
             if key is None:
                 continue
+            # A reference already known (a customer's usual counterparty) changes nothing: asked
+            # first, it spares the flag lookup, which misses for almost every address.
             current: list[str] = state.get(f"k:{key}") or []
-            if address not in current:
-                state.set(f"k:{key}", [*current[-MAX_PER_KEY + 1 :], address])
-                # Dust senders waiting for an original: this is the one they imitate.
-                for duster in state.get(f"r:{key}") or ():
-                    if duster != address and state.get(f"f:{duster}") == DUST_ONLY:
-                        state.set(f"f:{duster}", address)
+            if address in current:
+                continue
+            if state.get(f"f:{address}") is not None:
+                continue  # an imitation never becomes a reference
+            state.set(f"k:{key}", [*current[-MAX_PER_KEY + 1 :], address])
+            # Dust senders waiting for an original: this is the one they imitate.
+            for duster in state.get(f"r:{key}") or ():
+                if duster != address and state.get(f"f:{duster}") == DUST_ONLY:
+                    state.set(f"f:{duster}", address)

@@ -131,6 +131,8 @@ class PropagationDetector(Detector):
         self._evidence = EvidenceMaker([*params.mark.paths, *params.trigger.paths])
         self._types = params.mark.types | params.trigger.types
         self._first_seen = compile_getter(params.first_seen) if params.first_seen else None
+        # The trigger's group key names the same entity kind, so both meet under one key.
+        self._target_name = self._group[0][0] if self._group else params.target_kind
 
     @property
     def types(self) -> frozenset[str]:
@@ -142,9 +144,13 @@ class PropagationDetector(Detector):
             ids = [ids]
         if not isinstance(ids, list | tuple):
             return []
-        # The trigger's group key names the same entity kind, so both meet under one key.
-        name = self._group[0][0] if self._group else self.p.target_kind
+        name = self._target_name
         return [f"{name}:{i}" for i in ids if i]
+
+    @property
+    def route_prefix(self) -> str:
+        # Marks go under the target kind, triggers under their group key, which names it first.
+        return f"{self._target_name}:"
 
     def routes(self, event: Event) -> list[str]:
         keys: list[str] = []
@@ -158,7 +164,8 @@ class PropagationDetector(Detector):
 
     def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
         now = ts(event)
-        if tag_of(event) in self.p.mark.types and self._mark(event):
+        # (A compiled match checks the event's type first.)
+        if self._mark(event):
             source = [[n, str(v)] for n, g in self._source if (v := g(event)) is not None]
             stored = self._evidence(event)
             keys = self._target_keys(event)
@@ -166,7 +173,7 @@ class PropagationDetector(Detector):
                 state.set(
                     f"m:{key}", {"until": now + self._period, "ev": stored, "src": source, "done": False}
                 )
-        if tag_of(event) in self.p.trigger.types and self._trigger(event):
+        if self._trigger(event):
             group = key_of(self._group, event)
             if group is None:
                 return

@@ -35,16 +35,18 @@ and the chains are replayed over them (chains already reported are not reported 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-from vigil.detect.fields import Getter, Match, compile_getter, key_of, tag_of
+from vigil.detect.fields import Getter, Match, compile_getter
 from vigil.detect.kinds.base import EvidenceMaker, Hit, entity_ref, ts
 from vigil.detect.kinds.common import CompiledEntry, FieldEntry, GroupedDetector, parse_entries
 from vigil.detect.rules.loader import LocDict, LocList
 from vigil.detect.rules.parse import Parser, compare
 from vigil.events.base import Event
+from vigil.events.types import EVENT_TYPES
 from vigil.stream.base import State
 
 CONTEXT = frozenset({"steps", "span", "group"})
@@ -250,7 +252,6 @@ def _step_ref(
 class _CompiledStep:
     def __init__(self, step: Step) -> None:
         self.step = step
-        self.match = step.match.compile()
         self.first_seen: Getter | None = compile_getter(step.first_seen) if step.first_seen else None
         self.idle = step.after_idle.total_seconds() if step.after_idle else None
         #: The paths this step's own link checks read from its event (kept with the event so
@@ -258,6 +259,17 @@ class _CompiledStep:
         self.own = [here for here, _, _ in (*step.same_as, *step.differs)]
         if step.ratio_to:
             self.own.append(step.ratio_to.field)
+
+
+class _TypePlan(NamedTuple):
+    """A sequence rule's checks for one event type (see :meth:`SequenceDetector._plan`)."""
+
+    #: (index, step, its conditions or None, the values a match keeps) of the type's steps.
+    steps: tuple[tuple[int, _CompiledStep, Callable[[Event], bool] | None, list[tuple[str, Getter]]], ...]
+    absent: tuple[Callable[[Event], bool], ...]
+    #: The first_seen paths to remember (empty unless a first_seen step is of the type).
+    seen: tuple[tuple[str, Getter], ...]
+    also: tuple[tuple[str, CompiledEntry], ...]
 
 
 class SequenceDetector(GroupedDetector):
@@ -300,23 +312,49 @@ class SequenceDetector(GroupedDetector):
         self._seen_paths = sorted({s.first_seen for s in params.steps if s.first_seen})
         self._seen_getters = [(p, compile_getter(p)) for p in self._seen_paths]
         self._seen_types = frozenset().union(*(s.match.types for s in params.steps if s.first_seen))
+        # The group's last event time is read only by after_idle steps.
+        self._uses_last = any(cs.idle is not None for cs in self._steps)
+        self._plans = {EVENT_TYPES[t]: self._plan(t) for t in self._types}
+
+    def _plan(self, tag: str) -> _TypePlan:
+        """What an event of type ``tag`` is checked against: an event reaches every rule that
+        names its type, but most of a rule's steps are of other types."""
+        return _TypePlan(
+            tuple(
+                (i, cs, cs.step.match.compile_where(), self._values[i])
+                for i, cs in enumerate(self._steps)
+                if tag in cs.step.match.types
+            ),
+            tuple(m.compile() for m in self.p.absent if tag in m.types),
+            tuple(self._seen_getters) if tag in self._seen_types else (),
+            tuple((path, e) for path, e in self._also if tag in e.types),
+        )
 
     @property
     def types(self) -> frozenset[str]:
         return self._types
 
     def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
-        key = key_of(self._group, event)
+        plan = self._plans[type(event)]
+        key = self.group_key(event, route)
         if key is None:
+            return
+        # What needs no state is judged first: an event that can take no step, clear no chain
+        # and add to no seen history changes nothing this rule reads, so it costs no state
+        # round trip (only after_idle steps read the group's last event time it would move).
+        steps = [(i, cs, values) for i, cs, where, values in plan.steps if where is None or where(event)]
+        # (Most types have no absent or seen_also entry: no generator or list built for them.)
+        absent = bool(plan.absent) and any(check(event) for check in plan.absent)
+        also = [(path, e) for path, e in plan.also if e.match(event)] if plan.also else plan.also
+        if not (steps or absent or also or plan.seen or self._uses_last):
             return
         skey = f"s:{key}"
         st: dict[str, Any] = state.get(skey) or {"p": [None] * len(self._steps), "seen": {}, "last": None}
         now = ts(event)
-        absent = any(check(event) for check in self._absent)
         matched = [
-            [i, {path: get(event) for path, get in self._values[i]}]
-            for i, cs in enumerate(self._steps)
-            if cs.match(event) and self._qualifies(cs, event, st, now)
+            [i, {path: get(event) for path, get in values}]
+            for i, cs, values in steps
+            if self._qualifies(cs, event, st, now)
         ]
         if absent or matched:
             entry = [now, absent, matched, self._evidence(event)]
@@ -346,12 +384,10 @@ class SequenceDetector(GroupedDetector):
             st["done"] = [d for d in done if d[0] >= horizon]
         seen: dict[str, Any] = st["seen"]
         counts: dict[str, int] = st.setdefault("n", {})
-        if self._seen_getters and tag_of(event) in self._seen_types:
-            for path, get in self._seen_getters:
-                _remember(seen, path, get(event), now, counts)
-        for path, entry_ in self._also:
-            if tag_of(event) in entry_.types and entry_.match(event):
-                _remember(seen, path, entry_.value(event), now, counts)
+        for path, get in plan.seen:
+            _remember(seen, path, get(event), now, counts)
+        for path, entry_ in also:
+            _remember(seen, path, entry_.value(event), now, counts)
         last = st["last"]
         st["last"] = now if last is None else max(last, now)
         state.set(skey, st)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from vigil.detect.fields import Match, compile_getter, key_of, short_name
+from vigil.detect.fields import Match, compile_getter, short_name
 from vigil.detect.kinds.base import EvidenceMaker, Hit, entity_ref, ts
 from vigil.detect.kinds.common import GroupedDetector, delete_keys
 from vigil.detect.rules.loader import LocDict
@@ -124,7 +124,7 @@ class ThresholdDetector(GroupedDetector):
     def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
         if not self._match(event):
             return
-        key = key_of(self._group, event)
+        key = self.group_key(event, route)
         if key is None:
             return
         now = ts(event)
