@@ -86,6 +86,11 @@ class RocksState(State):
         except KeyError:
             raw = self._db.get(key.encode())
             if raw is None:
+                # Remembered as absent (a deletion RocksDB already has): rules ask for many keys
+                # that were never written (first sightings, unflagged addresses), and a RocksDB
+                # miss costs more than the cache entry.  RocksDB gets writes only from this cache
+                # (restore fills it before the first read), so the key stays absent until set here.
+                self._cache[key] = _DELETED
                 return default
             value = self._decoder.decode(raw)
             self._cache[key] = value

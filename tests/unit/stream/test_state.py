@@ -154,3 +154,38 @@ def test_items_include_writes_on_their_way_to_rocksdb(tmp_path: Path) -> None:
     state.write_committed(state.encode_sealed(), 3)
     assert list(state.items("w:")) == [("w:a", 1), ("w:b", 2), ("w:c", 3)]
     state.close()
+
+
+class _CountingDb:
+    """RocksDB with its point reads counted."""
+
+    def __init__(self, db: object) -> None:
+        self._db = db
+        self.gets = 0
+
+    def get(self, key: bytes) -> object:
+        self.gets += 1
+        return self._db.get(key)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._db, name)
+
+
+def test_a_miss_is_remembered_until_the_key_is_written(tmp_path: Path) -> None:
+    state = RocksState(tmp_path / "db", StoreSpec("s", 1))
+    db = _CountingDb(state._db)
+    state._db = db  # type: ignore[assignment]
+    assert state.get("never") is None
+    assert state.get("never", 7) == 7
+    assert "never" not in state
+    assert db.gets == 1  # asked RocksDB once
+    assert list(state.items()) == []
+    assert state.take_pending() == []  # a remembered miss is not a write
+    state.set("never", 1)
+    assert state.get("never") == 1
+    state.write_committed(state.take_pending(), 1)
+    assert list(state.items()) == [("never", 1)]
+    state.delete("never")
+    state.write_committed(state.take_pending(), 2)
+    assert state.get("never") is None
+    state.close()
