@@ -730,7 +730,10 @@ class Application:
         records of all partitions are merged by event time (a merge, not a sort: each partition
         keeps its order) and handed over in slices of ``_SLICE`` of event time, each slice one call
         per partition number: so what the operators emit for one key from several partitions
-        (an IP's logins by many customers) is out of event-time order by less than a slice."""
+        (an IP's logins by many customers) is out of event-time order by less than a slice.
+        Operators without state get all of them in one call, in merged order: nothing of theirs
+        belongs to a partition, and a slice holds only a record or two when a backlog is replayed
+        (event time racing ahead of the wall clock), so per-call costs would dominate."""
         started = time.perf_counter()
         owned = self._owned
         offsets = self._next_offsets
@@ -757,8 +760,9 @@ class Application:
                 parts.add(tp[1])
         if not count:
             return
-        if len(parts) == 1:
-            part = parts.pop()
+        if len(parts) == 1 or (runs and not self.stores):
+            # One partition, or operators without state (a router): one call in merged order.
+            part = min(parts)
             self._call_operators(
                 {part: runs[0] if len(runs) == 1 else list(heapq.merge(*runs, key=_event_time))}
             )
