@@ -43,6 +43,8 @@ from vigil.stream.base import Guarantee
 log = logging.getLogger(__name__)
 
 CANONICAL_INPUTS = tuple(f"events.{d}" for d in DOMAINS)
+#: Exactly-once checkpoint interval of both stages (see ``DetectionService.checkpoint_interval_s``).
+EXACTLY_ONCE_INTERVAL_S = 0.5
 _ROUTED_TYPES = tuple(c for c in EVENT_CLASSES if c.domain not in ("intel", "alerts", "decisions"))
 
 
@@ -217,7 +219,11 @@ class DetectionService:
     topology: DetectTopology = field(default_factory=DetectTopology)
     guarantee: Guarantee = "exactly_once"
     batch_size: int = 5000
-    checkpoint_interval_s: float = 0.5
+    #: Checkpoint interval of both stages.  ``None``: 0.5 s exactly-once (an alert is visible once
+    #: both stages have committed, so this bounds its latency); at-least-once the runtime's own
+    #: default (outputs go out at once, so the interval only bounds what a crash replays, and a
+    #: longer one writes a busy customer's state to the changelog once rather than every second).
+    checkpoint_interval_s: float | None = None
     #: Small fetches keep the input topics finely interleaved in each batch, so sorting a
     #: batch by event time restores the cross-topic order sequences depend on.
     route_fetch_bytes: int = 32 * 1024
@@ -242,6 +248,9 @@ class DetectionService:
     alignment_idle_s: float = 1.0
 
     def __post_init__(self) -> None:
+        interval = self.checkpoint_interval_s
+        if interval is None and self.guarantee == "exactly_once":
+            interval = EXACTLY_ONCE_INTERVAL_S
         self.index = IntelIndex()
         self.ruleset = RuleSet(self.rules, self.index)
         t = self.topology
@@ -270,7 +279,7 @@ class DetectionService:
             guarantee=self.guarantee,
             dlq_topic=t.dlq,
             batch_size=self.batch_size,
-            checkpoint_interval_s=self.checkpoint_interval_s,
+            checkpoint_interval_s=interval,
             internal_topics=[routed_topic_spec(t.routed, t.routed_partitions)],
             max_event_time_skew_s=self.event_time_skew_s,
             alignment_idle_s=self.alignment_idle_s,
@@ -287,7 +296,7 @@ class DetectionService:
             guarantee=self.guarantee,
             dlq_topic=t.dlq,
             batch_size=self.batch_size,
-            checkpoint_interval_s=self.checkpoint_interval_s,
+            checkpoint_interval_s=interval,
         )
         self.feed = IntelFeed(self.settings, t.intel, self.index)
         self._threads: list[threading.Thread] = []
