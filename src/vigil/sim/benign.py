@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from operator import attrgetter
+from operator import attrgetter, itemgetter
+from typing import Any, TypeVar
 
 import numpy as np
 
 from vigil.events.base import Entities, Event
 from vigil.events.types import Geo
 from vigil.sim.draws import generator, normals, pick, uniforms
-from vigil.sim.factory import UNLIMITED, Make
+from vigil.sim.factory import UNLIMITED, Make, Trades, stamps
 from vigil.sim.population import (
     EXCHANGE_DOMAIN,
     PRICES,
@@ -48,6 +49,7 @@ HOME_GEO = Geo(country="PT", city="Lisbon", lat=38.72, lon=-9.14)
 INTEGRATION_GEO = Geo(country="US", city="Ashburn", lat=39.04, lon=-77.49)
 _EMPTY = Entities()
 _BY_TIME = attrgetter("occurred_at")
+T = TypeVar("T")
 
 #: kind -> (weight, mean events per action); the weights are the benign mix.
 MIX: dict[str, tuple[float, float]] = {
@@ -84,6 +86,10 @@ _ORDER_USD_ARRAY = np.array([_ORDER_USD[s] for s in _ORDER_SYMBOLS])
 #: Object arrays, so that indexing with drawn indices hands back the shared str objects.
 _ORDER_SYMBOL_ARRAY = np.array(_ORDER_SYMBOLS, dtype=object)
 _SIDE_ARRAY = np.array(["sell", "buy"], dtype=object)
+_TRADED_ARRAY = np.array(_TRADED, dtype=object)
+_TRADED_USDT_ARRAY = np.array(_TRADED_USDT, dtype=object)
+_VENUE_ARRAY = np.array(["binance", "coinbase"], dtype=object)
+_LOGOUT_REASON_ARRAY = np.array(["timeout", "user"], dtype=object)
 #: What staff do in AWS on a normal day: (eventName, resource).
 _STAFF_CALLS = (
     ("ConsoleLogin", None),
@@ -92,6 +98,31 @@ _STAFF_CALLS = (
     ("DescribeInstances", None),
 )
 MERCHANTS = ("amazon", "uber", "spotify", "steam", "airbnb", "starbucks", "netflix", "apple")
+
+
+def _objects(values: list[Any]) -> np.ndarray[Any, Any]:
+    """An object array holding ``values`` themselves (no conversion of any element)."""
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
+
+
+def _search(cum: np.ndarray[Any, Any], draws: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """``np.searchsorted(cum, draws, side="right")``, the draws looked up in increasing order:
+    then the search walks the customers' weights once, where random draws (and a slice's
+    events evicting the array in between) made nearly every step a cache miss."""
+    order = np.argsort(draws)
+    found = np.empty(len(draws), dtype=np.intp)
+    found[order] = np.searchsorted(cum, draws[order], side="right")
+    return found
+
+
+def _rows(ks: list[int]) -> Callable[[Sequence[T]], Sequence[T]]:
+    """``seq -> [seq[k] for k in ks]``, picking the rows in C (``itemgetter``) for every column
+    of a batch that follows up some of another's rows (the cancelled orders, the filled ones)."""
+    if len(ks) > 1:
+        return itemgetter(*ks)
+    return lambda seq: [seq[k] for k in ks]
 
 
 class BenignTraffic:
@@ -123,7 +154,8 @@ class BenignTraffic:
         mean_events = sum(MIX[k][0] * MIX[k][1] for k in kinds) / float(self._kind_cum[-1])
         self._vec_gen = generator(seed, "benign", "vectorised")
         # By kind index: the kinds handled a slice at a time, and the rest, one action at a time.
-        self._batched: dict[int, Callable[[list[float], list[Customer]], None]] = {
+        # Batched handlers take the action times and the customers' indices.
+        self._batched: dict[int, Callable[[np.ndarray[Any, Any], np.ndarray[Any, Any]], None]] = {
             kinds.index("session"): self._sessions,
             kinds.index("order"): self._orders,
             kinds.index("trade"): self._trades,
@@ -134,16 +166,28 @@ class BenignTraffic:
             i: getattr(self, f"_{k}") for i, k in enumerate(kinds) if i not in self._batched
         }
         self._custs = pop.customers
-        # Indexing an object array with the drawn indices hands back the customers in one C loop.
-        self._cust_array = np.empty(len(pop.customers), dtype=object)
-        self._cust_array[:] = pop.customers
+        # Indexing an object array with the drawn indices hands back the customers in one C loop;
+        # the trading handlers index their accounts and entities the same way, without reading
+        # the customers (a cache miss each, for one of 20k customers drawn at random).
+        self._cust_array = _objects(pop.customers)
+        self._account_array = _objects([c.account for c in pop.customers])
+        self._money_ents_array = _objects([c.money_entities for c in pop.customers])
         # Per UTC hour: customers' cumulative weights (heavy-tailed activity, usual hours).
         custs = pop.customers
         activity = np.array([c.activity for c in custs])
+        # Customer by UTC hour: is it one of their usual hours.  Customers share a few hundred
+        # sets of hours, so a row per set, picked per customer (a membership test per customer
+        # and hour was a tenth of a 300k-event run).
+        sets: dict[frozenset[int], int] = {}
+        which = [sets.setdefault(c.login_hours, len(sets)) for c in custs]
+        rows = np.zeros((len(sets), 24), dtype=bool)
+        for hours, row in sets.items():
+            rows[row, sorted(hours)] = True
+        usual = rows[which]
         self._hour_cum: list[np.ndarray] = []
         hour_weight: list[float] = []
         for h in range(24):
-            weights = activity * np.array([1.0 if h in c.login_hours else 0.08 for c in custs])
+            weights = activity * np.where(usual[:, h], 1.0, 0.08)
             cum = np.cumsum(weights)
             self._hour_cum.append(cum)
             hour_weight.append(float(cum[-1]))
@@ -204,7 +248,7 @@ class BenignTraffic:
             # Market moves: a share of the actions turn into trading.
             kinds = np.where(g.random(count) < 0.5, kinds, self._order_kind)
         cum = self._hour_cum[hour]
-        who = self._cust_array[np.searchsorted(cum, g.random(count) * cum[-1], side="right")]
+        who = _search(cum, g.random(count) * cum[-1])
         self.out.clear()
         day = f"cmp-{int(lo // 86400)}"
         if self._campaign != day:
@@ -212,10 +256,11 @@ class BenignTraffic:
         for kind, handle_all in self._batched.items():
             mine = kinds == kind
             if mine.any():
-                handle_all(times[mine].tolist(), who[mine].tolist())
+                handle_all(times[mine], who[mine])
         rest = ~np.isin(kinds, self._batched_kinds)
         single = self._single
-        for ts, kind, c in zip(times[rest].tolist(), kinds[rest].tolist(), who[rest].tolist(), strict=True):
+        custs = self._cust_array[who[rest]].tolist()
+        for ts, kind, c in zip(times[rest].tolist(), kinds[rest].tolist(), custs, strict=True):
             single[kind](ts, c)
         events = self.out
         later = self.later
@@ -283,23 +328,32 @@ class BenignTraffic:
     # in numpy over all of a slice's actions of the kind at once; the Python loop is left
     # with building the events.  (Same distributions as a per-action draw would give.)
 
-    def _sessions(self, times: list[float], custs: list[Customer]) -> None:
+    def _sessions(self, times: np.ndarray[Any, Any], who: np.ndarray[Any, Any]) -> None:
+        custs: list[Customer] = self._cust_array[who].tolist()
         n = len(times)
         u = self._vec_gen.random((3, n))
         # Sessions last minutes to hours; the idle timeout ends the longest at MAX_SESSION.
         length = np.minimum(60.0 - 1500.0 * np.log1p(-u[1]), MAX_SESSION)
         ends = length + times
-        by_user = ((length < MAX_SESSION) & (u[2] < 0.6)).tolist()
-        m = self.make
+        by_user = (length < MAX_SESSION) & (u[2] < 0.6)
         ents = [self._ents(c) for c in custs]
-        for ts, c, e, mfa in zip(times, custs, ents, (u[0] < 0.5).tolist(), strict=True):
-            m.login(ts, e, c.geo, c.user_agent, mfa=c.kyc_tier > 1 or mfa)
+        mfa = (u[0] < 0.5).tolist()
+        self.make.logins(
+            stamps(times),
+            ents,
+            [c.geo for c in custs],
+            [c.user_agent for c in custs],
+            [c.kyc_tier > 1 or m for c, m in zip(custs, mfa, strict=True)],
+        )
         # The logouts in the order they happen: the slice's sort then merges sorted runs.
-        end_at = ends.tolist()
-        for k in np.argsort(ends, kind="stable").tolist():
-            m.logout(end_at[k], ents[k], "user" if by_user[k] else "timeout")
+        order = np.argsort(ends, kind="stable")
+        self.make.logouts(
+            stamps(ends[order]),
+            _rows(order.tolist())(ents),
+            _LOGOUT_REASON_ARRAY[by_user[order].view(np.int8)].tolist(),
+        )
 
-    def _orders(self, times: list[float], custs: list[Customer]) -> None:
+    def _orders(self, times: np.ndarray[Any, Any], who: np.ndarray[Any, Any]) -> None:
         n = len(times)
         u = self._vec_gen.random((6, n))
         z = self._vec_gen.standard_normal(n)
@@ -314,47 +368,45 @@ class BenignTraffic:
         sides = _SIDE_ARRAY[(u[1] < 0.5).view(np.int8)].tolist()
         prices, quantities = px.tolist(), qty.tolist()
         m = self.make
-        orders = [
-            m.order(t, c.money_entities, None, symbol, side, p, q)
-            for t, c, symbol, side, p, q in zip(times, custs, symbols, sides, prices, quantities, strict=True)
-        ]
+        ents = self._money_ents_array[who].tolist()
+        placed = stamps(times)
+        orders = m.orders(placed, ents, symbols, sides, prices, quantities)
         # Half are cancelled, four in ten fill against another customer, the rest rest.  Each
         # follow-up kind is emitted in time order: sorted runs, cheap for the slice's sort.
-        ts = np.asarray(times)
         cancelled = np.flatnonzero(u[3] < 0.5)
-        cancel_at = ts[cancelled] - 300 * np.log1p(-u[4][cancelled])
+        cancel_at = times[cancelled] - 300 * np.log1p(-u[4][cancelled])
         by_time = np.argsort(cancel_at, kind="stable")
-        for k, t in zip(cancelled[by_time].tolist(), cancel_at[by_time].tolist(), strict=True):
-            o = orders[k]
-            m.cancel(
-                t,
-                o.entities,
-                o.payload.order_id,
-                symbols[k],
-                sides[k],
-                prices[k],
-                quantities[k],
-                o.occurred_at,
-            )
+        rows = _rows(cancelled[by_time].tolist())
+        m.cancels(
+            stamps(cancel_at[by_time]),
+            rows(ents),
+            [o.payload.order_id for o in rows(orders)],
+            rows(symbols),
+            rows(sides),
+            rows(prices),
+            rows(quantities),
+            rows(placed),
+        )
         filled = np.flatnonzero((u[3] >= 0.5) & (u[3] < 0.9))
-        fill_at = ts[filled] - 60 * np.log1p(-u[4][filled])
+        fill_at = times[filled] - 60 * np.log1p(-u[4][filled])
         by_time = np.argsort(fill_at, kind="stable")
-        everyone = self._custs
-        others = (u[5][filled][by_time] * len(everyone)).astype(np.intp).tolist()
-        for k, t, other in zip(filled[by_time].tolist(), fill_at[by_time].tolist(), others, strict=True):
-            c = custs[k]
-            m.trade(
-                t,
-                c.money_entities,
-                symbols[k],
-                prices[k],
-                quantities[k],
-                sides[k],
-                everyone[other].account,
-                c.account,
+        others = (u[5][filled][by_time] * len(self._custs)).astype(np.intp)
+        filled = filled[by_time]
+        rows = _rows(filled.tolist())
+        m.trades(
+            Trades(
+                stamps(fill_at[by_time]),
+                rows(ents),
+                rows(symbols),
+                rows(prices),
+                rows(quantities),
+                rows(sides),
+                self._account_array[others].tolist(),
+                self._account_array[who[filled]].tolist(),
             )
+        )
 
-    def _trades(self, times: list[float], custs: list[Customer]) -> None:
+    def _trades(self, times: np.ndarray[Any, Any], who: np.ndarray[Any, Any]) -> None:
         n = len(times)
         u = self._vec_gen.random((3, n))
         z = self._vec_gen.standard_normal(n)
@@ -362,23 +414,21 @@ class BenignTraffic:
         price = np.array([self.prices[s] for s in _TRADED])[sym]
         qty = np.rint(np.exp(z) * 300e6 / price) / 1e6
         qty[qty == 0] = 0.0001
-        other = (u[1] * len(self._custs)).astype(np.intp).tolist()
-        everyone = self._custs
-        m = self.make
-        for t, c, si, p, q, o, buy in zip(
-            times,
-            custs,
-            sym.tolist(),
-            price.tolist(),
-            qty.tolist(),
-            other,
-            (u[2] < 0.5).tolist(),
-            strict=True,
-        ):
-            side = "buy" if buy else "sell"
-            m.trade(t, c.money_entities, _TRADED[si], p, q, side, everyone[o].account, c.account)
+        others = (u[1] * len(self._custs)).astype(np.intp)
+        self.make.trades(
+            Trades(
+                stamps(times),
+                self._money_ents_array[who].tolist(),
+                _TRADED_ARRAY[sym].tolist(),
+                price.tolist(),
+                qty.tolist(),
+                _SIDE_ARRAY[(u[2] < 0.5).view(np.int8)].tolist(),
+                self._account_array[others].tolist(),
+                self._account_array[who].tolist(),
+            )
+        )
 
-    def _venue_trades(self, times: list[float], custs: list[Customer]) -> None:
+    def _venue_trades(self, times: np.ndarray[Any, Any], who: np.ndarray[Any, Any]) -> None:
         n = len(times)
         u = self._vec_gen.random((4, n))
         z = self._vec_gen.standard_normal(n)
@@ -396,23 +446,22 @@ class BenignTraffic:
         n_coinbase = int(on_coinbase.sum())
         ids["coinbase"] += n_coinbase
         ids["binance"] += n - n_coinbase
-        m = self.make
-        for t, si, cb, p, q, number, buy in zip(
-            times,
-            sym.tolist(),
-            on_coinbase.tolist(),
-            px.tolist(),
-            qty.tolist(),
-            numbers.tolist(),
-            (u[3] < 0.5).tolist(),
-            strict=True,
-        ):
-            venue = "coinbase" if cb else "binance"
-            symbol = _TRADED[si] if cb else _TRADED_USDT[si]
-            side = "buy" if buy else "sell"
-            m.trade(
-                t, _EMPTY, symbol, p, q, side, None, None, venue=venue, source=venue, trade_id=str(number)
-            )
+        venues = _VENUE_ARRAY[on_coinbase.view(np.int8)].tolist()
+        self.make.trades(
+            Trades(
+                stamps(times),
+                [_EMPTY] * n,
+                np.where(on_coinbase, _TRADED_ARRAY[sym], _TRADED_USDT_ARRAY[sym]).tolist(),
+                px.tolist(),
+                qty.tolist(),
+                _SIDE_ARRAY[(u[3] < 0.5).view(np.int8)].tolist(),
+                [None] * n,
+                [None] * n,
+            ),
+            venues=venues,
+            sources=venues,
+            trade_ids=list(map(str, numbers.tolist())),
+        )
 
     # ------------------------------------------------------------------ the rest, one by one
 

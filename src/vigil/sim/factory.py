@@ -18,9 +18,11 @@ import hashlib
 import itertools
 import math
 import struct
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
-from typing import TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, date, datetime, tzinfo
+from typing import Any, NamedTuple, TypeVar
+
+import numpy as np
 
 from vigil.events import types as t
 from vigil.events.base import Entities, Event
@@ -59,13 +61,73 @@ _fromts = datetime.fromtimestamp
 _PACK = struct.Struct(">Q").pack
 
 
-#: Payloads that take a handful of values, built once: structs are frozen, so events can
-#: share them, and a logout then costs one struct instead of two.
-_LOGOUTS = {r: t.LogoutPayload(reason=r) for r in ("user", "timeout", "forced")}
+class _Logouts(dict[str, t.LogoutPayload]):
+    """Logout payloads by reason, each built once: structs are frozen, so events can share
+    them, and a logout then costs one struct instead of two."""
+
+    def __missing__(self, reason: str) -> t.LogoutPayload:
+        payload = self[reason] = t.LogoutPayload(reason=reason)  # type: ignore[arg-type]
+        return payload
+
+
+_LOGOUTS = _Logouts()
 
 
 def at(ts: float) -> datetime:
     return _fromts(ts, UTC)
+
+
+# ---------------------------------------------------------------------- datetimes in bulk
+# ``datetime.fromtimestamp(ts, UTC)`` is a fifth of an event's cost: it parses the float,
+# calls gmtime, builds a naive datetime and converts it again.  :func:`stamps` does the same
+# arithmetic in numpy and hands each datetime its pickled state (``datetime(state, tz)`` is
+# a copy of ten bytes), so a datetime costs about half.
+
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+#: ``datetime(state, tz)``: the constructor unpickling uses, from the 10-byte state.
+_from_state: Callable[[bytes, tzinfo], datetime] = datetime  # type: ignore[assignment]
+#: A datetime's pickled state: the year, then month, day, hour, minute, second, microsecond
+#: in 8 big-endian bytes (bits 56, 48, 40, 32, 24 and 0).
+_STATE = np.dtype([("year", ">u2"), ("rest", ">u8")])
+_SOD = np.arange(86400, dtype=np.uint64)
+#: Second of the day -> its hour, minute and second, in place in the state's last 8 bytes.
+_CLOCK = (_SOD // 3600) << 40 | (_SOD // 60 % 60) << 32 | (_SOD % 60) << 24
+
+
+@functools.lru_cache(maxsize=64)
+def _calendar(first: int, count: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Years, and months and days in place, of ``count`` days from epoch day ``first``
+    (cached: a stream asks for the same day or two thousands of times; only ever indexed)."""
+    days = [date.fromordinal(_EPOCH_ORDINAL + first + k) for k in range(count)]
+    years = np.array([d.year for d in days], dtype=np.uint16)
+    return years, np.array([d.month << 56 | d.day << 48 for d in days], dtype=np.uint64)
+
+
+def stamps(times: Sequence[float] | np.ndarray[Any, Any]) -> list[datetime]:
+    """``[at(ts) for ts in times]``, equal to the microsecond, for a few hundred at a time.
+
+    As ``fromtimestamp``: whole seconds, and the fraction rounded half-even to microseconds
+    (``np.rint`` of the same product), carrying into the next second."""
+    ts = np.asarray(times, dtype=np.float64)
+    if not len(ts):
+        return []
+    whole = np.floor(ts)
+    micro = np.rint((ts - whole) * 1e6).astype(np.uint64)
+    day, sod = np.divmod(whole.astype(np.int64) + (micro == 1_000_000), 86400)
+    micro %= 1_000_000
+    first = int(day.min())
+    years, month_day = _calendar(first, int(day.max()) - first + 1)
+    day -= first
+    state = np.empty(len(ts), dtype=_STATE)
+    state["year"] = years[day]
+    state["rest"] = month_day[day] + _CLOCK[sod] + micro
+    return list(map(_from_state, state.view("V10").tolist(), [UTC] * len(ts)))
+
+
+def cents(prices: Sequence[float], quantities: Sequence[float]) -> list[float]:
+    """``round(p * q * 100) / 100`` of each pair (the same float: both round half-even)."""
+    values: list[float] = (np.rint(np.multiply(prices, quantities) * 100) / 100).tolist()
+    return values
 
 
 #: Ids read out of one SHAKE-256 call: amortises the hashing, and a block is only 16 KiB.
@@ -86,13 +148,18 @@ def _id_stream(key: bytes) -> Iterator[str]:
 class IdMint:
     """Deterministic ids for one namespace: ``mint()`` returns the next one."""
 
-    __slots__ = ("_base", "mint")
+    __slots__ = ("_base", "_stream", "mint")
 
     def __init__(self, seed: int, namespace: str) -> None:
         key = stable_id("vigil-sim", seed, namespace).encode()
         self._base = hashlib.blake2b(key, digest_size=32)
+        self._stream = _id_stream(key)
         #: The next 32-hex id.
-        self.mint: Callable[[], str] = _id_stream(key).__next__
+        self.mint: Callable[[], str] = self._stream.__next__
+
+    def take(self, n: int) -> list[str]:
+        """The next ``n`` ids (the ones ``n`` calls of ``mint()`` would return)."""
+        return list(itertools.islice(self._stream, n))
 
     def derived(self, *parts: object) -> str:
         """A 64-hex digest of this namespace and ``parts`` (transaction hashes named by content)."""
@@ -110,6 +177,19 @@ def decimals_of(asset: str) -> int:
     if asset in TOKENS:
         return TOKENS[asset][1]
     return 8 if asset == "BTC" else 18
+
+
+class Trades(NamedTuple):
+    """Columns of trades to build at once (:meth:`Make.trades`): one row per trade."""
+
+    times: Sequence[datetime]
+    ents: Sequence[Entities]
+    symbols: Sequence[str]
+    prices: Sequence[float]
+    qtys: Sequence[float]
+    taker_sides: Sequence[str]
+    maker_accounts: Sequence[str | None]
+    taker_accounts: Sequence[str | None]
 
 
 class Make:
@@ -161,15 +241,34 @@ class Make:
         mfa: bool = True,
         method: str = "password",
     ) -> Event:
-        ev = t.Login(
-            event_id=self.mint(),
-            source="backend",
-            occurred_at=_fromts(ts, UTC),
-            entities=ents,
-            payload=t.LoginPayload(method=method, mfa_used=mfa, user_agent=ua, geo=geo),  # type: ignore[arg-type]
-        )
-        self._append(ev)
-        return ev
+        return self.logins([at(ts)], [ents], [geo], [ua], [mfa], method=method)[0]
+
+    def logins(
+        self,
+        times: Sequence[datetime],
+        ents: Sequence[Entities],
+        geos: Sequence[t.Geo | None],
+        uas: Sequence[str | None],
+        mfas: Sequence[bool],
+        *,
+        method: str = "password",
+    ) -> list[t.Login]:
+        """One login per row (the batched form of :meth:`login`: no call per event)."""
+        login, payload = t.Login, t.LoginPayload
+        events = [
+            login(
+                event_id=eid,
+                source="backend",
+                occurred_at=when,
+                entities=e,
+                payload=payload(method=method, mfa_used=mfa, user_agent=ua, geo=geo),  # type: ignore[arg-type]
+            )
+            for eid, when, e, geo, ua, mfa in zip(
+                self.ids.take(len(times)), times, ents, geos, uas, mfas, strict=True
+            )
+        ]
+        self.out.extend(events)
+        return events
 
     def failed_login(
         self, ts: float, ents: Entities, username: str, geo: t.Geo | None, ua: str | None, reason: str
@@ -185,15 +284,21 @@ class Make:
         return ev
 
     def logout(self, ts: float, ents: Entities, reason: str = "user") -> Event:
-        ev = t.Logout(
-            event_id=self.mint(),
-            source="backend",
-            occurred_at=_fromts(ts, UTC),
-            entities=ents,
-            payload=_LOGOUTS.get(reason) or t.LogoutPayload(reason=reason),  # type: ignore[arg-type]
-        )
-        self._append(ev)
-        return ev
+        return self.logouts([at(ts)], [ents], [reason])[0]
+
+    def logouts(
+        self, times: Sequence[datetime], ents: Sequence[Entities], reasons: Sequence[str]
+    ) -> list[t.Logout]:
+        """One logout per row (the batched form of :meth:`logout`)."""
+        logout = t.Logout
+        events = [
+            logout(event_id=eid, source="backend", occurred_at=when, entities=e, payload=payload)
+            for eid, when, e, payload in zip(
+                self.ids.take(len(times)), times, ents, map(_LOGOUTS.__getitem__, reasons), strict=True
+            )
+        ]
+        self.out.extend(events)
+        return events
 
     def password_reset(
         self, ts: float, ents: Entities, channel: str = "email", stage: str = "completed"
@@ -534,24 +639,55 @@ class Make:
         qty: float,
         order_type: str = "limit",
     ) -> t.Order:
-        eid = self.mint()
-        ev = t.Order(
-            event_id=eid,
-            source="backend",
-            occurred_at=_fromts(ts, UTC),
-            entities=ents,
-            payload=t.OrderPayload(
-                order_id=order_id or "o-" + eid[:16],
-                symbol=symbol,
-                side=side,  # type: ignore[arg-type]
-                order_type=order_type,  # type: ignore[arg-type]
-                price=price,
-                quantity=qty,
-                notional_usd=round(price * qty * 100) / 100 if symbol.endswith("USD") else None,
-            ),
-        )
-        self._append(ev)
-        return ev
+        return self.orders([at(ts)], [ents], [symbol], [side], [price], [qty], [order_id], order_type)[0]
+
+    def orders(
+        self,
+        times: Sequence[datetime],
+        ents: Sequence[Entities],
+        symbols: Sequence[str],
+        sides: Sequence[str],
+        prices: Sequence[float],
+        qtys: Sequence[float],
+        order_ids: Sequence[str | None] | None = None,
+        order_type: str = "limit",
+    ) -> list[t.Order]:
+        """One order per row (the batched form of :meth:`order`); ``order_ids`` of ``None``
+        (or a ``None`` in it) names the order by its event id.  Notional only for USD quotes."""
+        ids = self.ids.take(len(times))
+        usd_quoted = {s for s in set(symbols) if s.endswith("USD")}
+        order, payload = t.Order, t.OrderPayload
+        events = [
+            order(
+                event_id=eid,
+                source="backend",
+                occurred_at=when,
+                entities=e,
+                payload=payload(
+                    order_id=oid or "o-" + eid[:16],
+                    symbol=symbol,
+                    side=side,
+                    order_type=order_type,  # type: ignore[arg-type]
+                    price=price,
+                    quantity=qty,
+                    notional_usd=notional if symbol in usd_quoted else None,
+                ),
+            )
+            for eid, when, e, symbol, side, price, qty, oid, notional in zip(
+                ids,
+                times,
+                ents,
+                symbols,
+                sides,
+                prices,
+                qtys,
+                order_ids or [None] * len(ids),
+                cents(prices, qtys),
+                strict=True,
+            )
+        ]
+        self.out.extend(events)
+        return events
 
     def cancel(
         self,
@@ -564,22 +700,52 @@ class Make:
         qty: float,
         placed: float | datetime,
     ) -> Event:
-        ev = t.OrderCancel(
-            event_id=self.mint(),
-            source="backend",
-            occurred_at=_fromts(ts, UTC),
-            entities=ents,
-            payload=t.OrderCancelPayload(
-                order_id=order_id,
-                symbol=symbol,
-                side=side,  # type: ignore[arg-type]
-                price=price,
-                remaining_quantity=qty,
-                placed_at=placed if isinstance(placed, datetime) else _fromts(placed, UTC),
-            ),
-        )
-        self._append(ev)
-        return ev
+        placed_at = placed if isinstance(placed, datetime) else at(placed)
+        return self.cancels([at(ts)], [ents], [order_id], [symbol], [side], [price], [qty], [placed_at])[0]
+
+    def cancels(
+        self,
+        times: Sequence[datetime],
+        ents: Sequence[Entities],
+        order_ids: Sequence[str],
+        symbols: Sequence[str],
+        sides: Sequence[str],
+        prices: Sequence[float],
+        qtys: Sequence[float],
+        placed: Sequence[datetime],
+    ) -> list[t.OrderCancel]:
+        """One cancel per row (the batched form of :meth:`cancel`)."""
+        cancel, payload = t.OrderCancel, t.OrderCancelPayload
+        events = [
+            cancel(
+                event_id=eid,
+                source="backend",
+                occurred_at=when,
+                entities=e,
+                payload=payload(
+                    order_id=oid,
+                    symbol=symbol,
+                    side=side,
+                    price=price,
+                    remaining_quantity=qty,
+                    placed_at=placed_at,
+                ),
+            )
+            for eid, when, e, oid, symbol, side, price, qty, placed_at in zip(
+                self.ids.take(len(times)),
+                times,
+                ents,
+                order_ids,
+                symbols,
+                sides,
+                prices,
+                qtys,
+                placed,
+                strict=True,
+            )
+        ]
+        self.out.extend(events)
+        return events
 
     def trade(
         self,
@@ -596,26 +762,55 @@ class Make:
         source: str = "backend",
         trade_id: str | None = None,
     ) -> Event:
-        eid = self.mint()
-        ev = t.Trade(
-            event_id=eid,
-            source=source,
-            occurred_at=_fromts(ts, UTC),
-            entities=ents,
-            payload=t.TradePayload(
-                trade_id=trade_id or "t-" + eid[:16],
-                symbol=symbol,
-                price=price,
-                quantity=qty,
-                taker_side=taker_side,  # type: ignore[arg-type]
-                maker_account=maker_account,
-                taker_account=taker_account,
-                venue=venue,
-                notional_usd=round(price * qty * 100) / 100 if symbol.endswith(("USD", "USDT")) else None,
-            ),
+        row = Trades(
+            [at(ts)], [ents], [symbol], [price], [qty], [taker_side], [maker_account], [taker_account]
         )
-        self._append(ev)
-        return ev
+        return self.trades(row, venues=[venue], sources=[source], trade_ids=[trade_id])[0]
+
+    def trades(
+        self,
+        rows: Trades,
+        *,
+        venues: Sequence[str] | None = None,
+        sources: Sequence[str] | None = None,
+        trade_ids: Sequence[str | None] | None = None,
+    ) -> list[t.Trade]:
+        """One trade per row (the batched form of :meth:`trade`).  By default internal trades
+        from the backend, each named by its event id.  Notional for USD and USDT quotes."""
+        n = len(rows.times)
+        ids = self.ids.take(n)
+        usd_quoted = {s for s in set(rows.symbols) if s.endswith(("USD", "USDT"))}
+        trade, payload = t.Trade, t.TradePayload
+        events = [
+            trade(
+                event_id=eid,
+                source=source,
+                occurred_at=when,
+                entities=e,
+                payload=payload(
+                    trade_id=tid or "t-" + eid[:16],
+                    symbol=symbol,
+                    price=price,
+                    quantity=qty,
+                    taker_side=side,
+                    maker_account=maker,
+                    taker_account=taker,
+                    venue=venue,
+                    notional_usd=notional if symbol in usd_quoted else None,
+                ),
+            )
+            for eid, when, e, symbol, price, qty, side, maker, taker, notional, venue, source, tid in zip(
+                ids,
+                *rows,
+                cents(rows.prices, rows.qtys),
+                venues or ["internal"] * n,
+                sources or ["backend"] * n,
+                trade_ids or [None] * n,
+                strict=True,
+            )
+        ]
+        self.out.extend(events)
+        return events
 
     # ------------------------------------------------------------------ SaaS
 
