@@ -12,7 +12,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from vigil.config import Settings
 from vigil.errors import PipelineError
@@ -71,13 +79,17 @@ def restore(settings: Settings, app: str, tasks: Sequence[RestoreTask], timeout_
             "auto.offset.reset": "earliest",
         }
     )
+    # Every partition's offsets in two requests, not two per partition: an application with
+    # dozens of stores (detection: one per rule) restores each of them on every assignment.
+    admin = AdminClient(settings.kafka_client_config())
+    offsets = end_offsets(admin, [(t.topic, t.partition) for t in tasks], time.monotonic() + 30)
     consumer = Consumer(conf)
     try:
         assign: list[TopicPartition] = []
         by_tp: dict[tuple[str, int], RestoreTask] = {}
         for task in tasks:
             start = task.state.changelog_offset()
-            low, high = end_offsets(consumer, task.topic, task.partition, time.monotonic() + 30)
+            low, high = offsets[task.topic, task.partition]
             begin = start if start is not None else low
             task.state.changelog_next = high
             if begin >= high:
@@ -127,22 +139,43 @@ def restore(settings: Settings, app: str, tasks: Sequence[RestoreTask], timeout_
         consumer.close()
 
 
-def end_offsets(consumer: Consumer, topic: str, partition: int, deadline: float) -> tuple[int, int]:
-    """Low and high watermarks of a changelog partition, asked again (with a growing pause)
-    while the broker answers with a transient error, until ``deadline`` (monotonic)."""
+def end_offsets(
+    admin: AdminClient, partitions: Sequence[tuple[str, int]], deadline: float
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """Low and high offsets of changelog partitions (high: the last stable offset, as a
+    ``read_committed`` consumer sees the end), asked for all at once.  Partitions the broker
+    answers with a transient error (a just-created topic electing its leader) are asked again,
+    with a growing pause, until ``deadline`` (monotonic); anything else fails naming the partition."""
+    out: dict[tuple[str, int], tuple[int, int]] = {}
+    left = list(dict.fromkeys(partitions))
     pause = 0.05
     while True:
-        try:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=max(0.1, deadline - time.monotonic())
-            )
-            return int(low), int(high)
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-            transient = err is not None and (err.code() in _TRANSIENT or err.retriable())
-            if not transient or time.monotonic() + pause > deadline:
-                reason = err.str() if err is not None else str(exc)
-                msg = f"restoring changelog {topic}[{partition}]: could not read its end offsets: {reason}"
-                raise PipelineError(msg) from exc
-            time.sleep(pause)  # the broker is electing a leader: back off, not a sync point
-            pause = min(pause * 2, 1.0)
+        timeout = max(0.1, deadline - time.monotonic())
+        answers = [
+            {
+                (tp.topic, tp.partition): future
+                for tp, future in admin.list_offsets(
+                    {TopicPartition(t, p): spec for t, p in left},
+                    isolation_level=IsolationLevel.READ_COMMITTED,
+                    request_timeout=timeout,
+                ).items()
+            }
+            for spec in (OffsetSpec.earliest(), OffsetSpec.latest())
+        ]
+        retry: list[tuple[str, int]] = []
+        for tp in left:
+            try:
+                out[tp] = (int(answers[0][tp].result().offset), int(answers[1][tp].result().offset))
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                transient = err is not None and (err.code() in _TRANSIENT or err.retriable())
+                if not transient or time.monotonic() + pause > deadline:
+                    reason = err.str() if err is not None else str(exc)
+                    msg = f"restoring changelog {tp[0]}[{tp[1]}]: could not read its end offsets: {reason}"
+                    raise PipelineError(msg) from exc
+                retry.append(tp)
+        if not retry:
+            return out
+        left = retry
+        time.sleep(pause)  # the broker is electing a leader: back off, not a sync point
+        pause = min(pause * 2, 1.0)
