@@ -78,6 +78,26 @@ def check_reachable(settings: Settings, timeout: float = 10.0) -> int:
     return len(meta.brokers)
 
 
+#: Errors a just-created (or just-moved) partition answers offset requests with until its leader
+#: is elected.  librdkafka does not flag all of them retriable (NOT_LEADER_FOR_PARTITION from a
+#: watermark query is not), yet asking again a moment later is all they need.
+TRANSIENT_OFFSET_ERRORS = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+    }
+)
+
+
+def is_transient(exc: KafkaException) -> bool:
+    """Whether an offsets request failed only for now (see ``TRANSIENT_OFFSET_ERRORS``)."""
+    err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+    return err is not None and (err.code() in TRANSIENT_OFFSET_ERRORS or err.retriable())
+
+
 def watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> tuple[int, int]:
     """(low, high) offsets of a partition, retrying while a just-created topic has no leader."""
     deadline = time.monotonic() + timeout_s
@@ -86,9 +106,10 @@ def watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) 
             low, high = consumer.get_watermark_offsets(tp, timeout=5)
             return int(low), int(high)
         except KafkaException as exc:
-            error = exc.args[0]
-            if not error.retriable() or time.monotonic() > deadline:
-                msg = f"offsets of {tp.topic}[{tp.partition}]: {error.str()}"
+            if not is_transient(exc) or time.monotonic() > deadline:
+                err = exc.args[0] if exc.args else exc
+                reason = err.str() if isinstance(err, KafkaError) else str(err)
+                msg = f"offsets of {tp.topic}[{tp.partition}]: {reason}"
                 raise BrokerError(msg) from None
             time.sleep(0.1)  # leader election in progress; the loop asks again
 

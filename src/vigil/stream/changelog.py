@@ -24,22 +24,12 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from vigil.config import Settings
 from vigil.errors import PipelineError
+from vigil.hub.client import is_transient
 from vigil.hub.topics import TopicSpec
 from vigil.stream.state import RocksState
 
 #: Writes applied to RocksDB in one batch during restore.
 _RESTORE_CHUNK = 50_000
-#: Errors a just-created (or just-moved) changelog partition answers with until its leader is
-#: elected; worth asking again rather than failing the assignment.
-_TRANSIENT = frozenset(
-    {
-        KafkaError.NOT_LEADER_FOR_PARTITION,
-        KafkaError.LEADER_NOT_AVAILABLE,
-        KafkaError.UNKNOWN_TOPIC_OR_PART,
-        KafkaError._TIMED_OUT,
-        KafkaError._TRANSPORT,
-    }
-)
 
 
 def changelog_topic(app: str, store_id: str) -> str:
@@ -167,9 +157,8 @@ def end_offsets(
             try:
                 out[tp] = (int(answers[0][tp].result().offset), int(answers[1][tp].result().offset))
             except KafkaException as exc:
-                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-                transient = err is not None and (err.code() in _TRANSIENT or err.retriable())
-                if not transient or time.monotonic() + pause > deadline:
+                if not is_transient(exc) or time.monotonic() + pause > deadline:
+                    err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
                     reason = err.str() if err is not None else str(exc)
                     msg = f"restoring changelog {tp[0]}[{tp[1]}]: could not read its end offsets: {reason}"
                     raise PipelineError(msg) from exc
