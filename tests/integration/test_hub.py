@@ -16,7 +16,7 @@ from vigil.events.examples import example_events
 from vigil.events.records import DeadLetter, EpisodeLabel
 from vigil.events.types import EntityRef
 from vigil.hub import admin as topic_admin
-from vigil.hub.client import EventProducer, make_admin
+from vigil.hub.client import EventProducer, make_admin, watermarks
 from vigil.hub.raw import RawRecord
 from vigil.hub.topics import TOPICS, TopicSpec
 
@@ -82,10 +82,7 @@ def _high_watermarks(settings: Settings, topic: str) -> dict[int, int]:
     consumer = Consumer({**settings.kafka_client_config(), "group.id": f"t-{uuid.uuid4().hex}"})
     try:
         meta = consumer.list_topics(topic, timeout=10)
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in meta.topics[topic].partitions
-        }
+        return {p: watermarks(consumer, TopicPartition(topic, p))[1] for p in meta.topics[topic].partitions}
     finally:
         consumer.close()
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, TopicPartition
 
 from vigil.config import shared_data_dir
+from vigil.hub.client import watermarks
 
 REPO = Path(__file__).resolve().parents[2]
 INTEL = shared_data_dir() / "intel"
@@ -26,7 +27,7 @@ def _count(bootstrap: str, topic: str) -> int:
             return 0
         total = 0
         for p in meta.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            low, high = watermarks(consumer, TopicPartition(topic, p))
             total += high - low
         return total
     finally:

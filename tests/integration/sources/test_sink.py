@@ -6,11 +6,11 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from vigil.config import Settings
 from vigil.errors import BrokerError
 from vigil.hub.admin import ensure_topics
+from vigil.hub.client import read_committed
 from vigil.hub.raw import RawRecord
 from vigil.hub.topics import TopicSpec
 from vigil.sources.sink import KafkaRawSink
@@ -23,20 +23,7 @@ def _record(i: int) -> RawRecord:
 
 
 def _read_committed(settings: Settings, topic: str) -> list[bytes]:
-    consumer = Consumer(
-        settings.kafka_client_config()
-        | {"group.id": f"g-{uuid.uuid4().hex}", "isolation.level": "read_committed"}
-    )
-    tp = TopicPartition(topic, 0)
-    _, high = consumer.get_watermark_offsets(tp, timeout=10)
-    consumer.assign([TopicPartition(topic, 0, 0)])
-    keys: list[bytes] = []
-    while consumer.position([tp])[0].offset < high:
-        msg = consumer.poll(5)
-        if msg is not None and not msg.error():
-            keys.append(msg.key())
-    consumer.close()
-    return keys
+    return [msg.key() for msg in read_committed(settings, topic)]
 
 
 @pytest.fixture
