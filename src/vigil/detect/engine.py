@@ -121,10 +121,6 @@ class RuleSet:
     def subset(self, which: str) -> list[Detector]:
         return {"all": self.detectors, "local": self.local, "remote": self.remote}[which]
 
-    def routes(self, event: Event) -> list[str]:
-        """Keys under which ``event`` must reach the remote (re-keyed) detectors."""
-        return self.routes_for(event, remote_only=True)
-
 
 Router = Callable[[Event], list[str]]
 
@@ -236,7 +232,6 @@ class DetectOperator(Operator[Event]):
     ) -> None:
         self.id = op_id
         self.subset = ruleset.subset(detectors)
-        self.by_type = _by_type(self.subset)
         self._dispatch = _dispatch(self.subset)
         self.alerts_topic = alerts_topic
         self.decisions_topic = decisions_topic

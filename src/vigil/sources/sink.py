@@ -14,17 +14,16 @@ of connector parsing that need no broker.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 
 from vigil.config import Settings
 from vigil.errors import BrokerError
 from vigil.hub.admin import ensure_topics
-from vigil.hub.client import make_consumer, make_producer, watermarks
+from vigil.hub.client import make_producer, read_committed
 from vigil.hub.raw import RawRecord
 from vigil.hub.topics import TOPICS
 
@@ -118,32 +117,15 @@ class KafkaRawSink:
         if self._source_id in (None, source_id):
             with self._lock:
                 self._ensure_producer(source_id)
-        consumer = make_consumer(self._settings, group_id=f"vigil.cursor-reader.{source_id}")
-        try:
-            tp = TopicPartition(CURSOR_TOPIC, 0)
-            low, high = watermarks(consumer, tp, self._timeout)
-            if high <= low:
-                return None
-            consumer.assign([TopicPartition(CURSOR_TOPIC, 0, low)])
-            latest: dict[str, Any] | None = None
-            deadline = time.monotonic() + self._timeout
-            # Under read_committed the high watermark is the last stable offset.  Transaction
-            # markers take offsets too and are never delivered, so progress is judged by the
-            # consumer's position, not by counting messages.
-            while time.monotonic() < deadline:
-                msg = consumer.poll(0.2)
-                if msg is not None and not msg.error():
-                    key = msg.key()
-                    if key is not None and key.decode() == source_id:
-                        value = msg.value()
-                        latest = None if value is None else msgspec.json.decode(value)
-                position = consumer.position([tp])[0].offset
-                if position >= high:
-                    return latest
-            msg_ = f"reading the cursor of {source_id!r} from {CURSOR_TOPIC} took over {self._timeout:g}s"
-            raise BrokerError(msg_)
-        finally:
-            consumer.close()
+        latest: dict[str, Any] | None = None
+        # Read to the end (read_committed): the last record under this source id wins, as
+        # compaction will leave it.
+        for msg in read_committed(self._settings, CURSOR_TOPIC, self._timeout):
+            key = msg.key()
+            if key is not None and key.decode() == source_id:
+                value = msg.value()
+                latest = None if value is None else msgspec.json.decode(value)
+        return latest
 
     def close(self) -> None:
         with self._lock:

@@ -143,6 +143,16 @@ ALIGNMENT_MAX_BUFFERED = 5_000
 #: Aligned apps re-plan pauses and releases after every batch, and at least this often when
 #: nothing arrives (idle partitions stop holding the others back after ``idle_s``).
 _ALIGN_IDLE_EVERY_S = 0.01
+#: What decoding a record may raise: the contract's errors (EventCodec, custom decoders) and the
+#: default decoder's own (the fast path calls msgspec directly, without EventCodec's wrapping).
+_DECODE_ERRORS = (ContractError, msgspec.ValidationError, msgspec.DecodeError)
+
+
+def _error_kind(exc: Exception) -> str:
+    """A dead letter's error kind: the contract error's class, ``DecodeError`` for msgspec's own."""
+    return type(exc).__name__ if isinstance(exc, ContractError) else "DecodeError"
+
+
 _TOMBSTONE = "record has no value (a tombstone); expected an encoded event"
 
 
@@ -584,13 +594,8 @@ class Application:
                     event = codec_decode(value)
                 else:
                     event = decode(topic, value, msg.key(), msg.headers())
-            except ContractError as exc:
-                self._dead_letter(topic, part, offset, msg.key(), value or b"", str(exc), type(exc).__name__)
-                letters += 1
-                continue
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                # The default decoder's own errors (the fast path skips EventCodec's wrapping).
-                self._dead_letter(topic, part, offset, msg.key(), value or b"", str(exc), "DecodeError")
+            except _DECODE_ERRORS as exc:
+                self._dead_letter(topic, part, offset, msg.key(), value or b"", str(exc), _error_kind(exc))
                 letters += 1
                 continue
             group.append(Record(event, topic, part, offset, msg.key(), msg.timestamp()[1], value))
@@ -656,15 +661,9 @@ class Application:
                     event = codec_decode(value)
                 else:
                     event = decode(topic, value, msg.key(), msg.headers())
-            except ContractError as exc:
-                buf.append(
-                    (-math.inf, (topic, part, offset, msg.key(), value or b"", str(exc), type(exc).__name__))
-                )
-                continue
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                buf.append(
-                    (-math.inf, (topic, part, offset, msg.key(), value or b"", str(exc), "DecodeError"))
-                )
+            except _DECODE_ERRORS as exc:
+                letter = (topic, part, offset, msg.key(), value or b"", str(exc), _error_kind(exc))
+                buf.append((-math.inf, letter))  # dead-lettered when released, in offset order
                 continue
             try:
                 occurred = event.occurred_at.timestamp()
