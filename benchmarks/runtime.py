@@ -920,7 +920,7 @@ def markdown(result: dict[str, Any]) -> str:
         "so in the latency runs, where the broker ingests the input, the changelog and the alerts at "
         "once. Throughput excludes group join and the final commit for every engine alike. quix-streams "
         "runs with its defaults (commit every 5 s); Vigil with its own: a checkpoint every 5 s "
-        "at-least-once (outputs go out at once; state goes to the changelog a chunk per loop iteration) "
+        "at-least-once (outputs go out at once; state goes to the changelog spread over half the interval) "
         "and every 0.2 s exactly-once (outputs are visible when the checkpoint commits). Alert counts "
         "are checked against an in-memory run of the same rule (expected); quix-streams' sliding windows "
         "differ in detail (it emits every window an event updates, boundaries included), so its count "

@@ -22,12 +22,13 @@ visible atomically to ``read_committed`` readers.  ``at_least_once``: an idempot
 producer; a checkpoint *seals* the records produced since the last one (outputs and
 changelog writes), and once Kafka has acknowledged all of them, their input offsets are
 committed and their state writes go to RocksDB, oldest first.  A seal sets the changed keys
-aside and encodes them for the changelog a chunk per loop iteration, between batches (a key
-touched before its turn is encoded first, as it was at the seal): with tens of thousands of
-keys, doing it at once stalled the loop for ~100 ms.  Writes to RocksDB, in both modes, also
-go a chunk per iteration.  "Acknowledged" is librdkafka's out-queue running empty; under
-steady load the loop waits for a flush at most once per ``max(1 s, 5 checkpoint intervals)``,
-and before giving up partitions.  After a crash the records since the last acknowledged
+aside and encodes them for the changelog between batches, spread evenly over half the
+checkpoint interval (:mod:`vigil.stream.pace`; a key touched before its turn is encoded
+first, as it was at the seal): with tens of thousands of keys, doing it at once stalled the
+loop for ~100 ms.  Writes to RocksDB, in both modes, are spread the same way.
+"Acknowledged" is librdkafka's out-queue running empty; under steady load the loop waits
+for a flush at most once per ``max(1 s, 5 checkpoint intervals)``, and before giving up
+partitions.  After a crash the records since the last acknowledged
 checkpoint are processed again, so outputs must carry deterministic ids (events do:
 ``event_id`` is derived from content).
 
@@ -108,6 +109,7 @@ from vigil.stream.alignment import TP, Alignment
 from vigil.stream.base import Guarantee, Operator, Record, State, StoreSpec
 from vigil.stream.changelog import RestoreTask, changelog_spec, changelog_topic, restore
 from vigil.stream.metrics import AppMetrics, PrometheusMetrics
+from vigil.stream.pace import Pace
 from vigil.stream.state import RocksState
 
 log = logging.getLogger(__name__)
@@ -157,19 +159,14 @@ _TOMBSTONE = "record has no value (a tombstone); expected an encoded event"
 
 
 _Writes = list[tuple[RocksState, list[tuple[bytes, bytes | None]], str, int]]
-#: Checkpoint work done per loop iteration between batches, in keys: state writes encoded and
-#: sent to the changelog (at-least-once), and written to RocksDB (both guarantees).  A checkpoint
-#: of 50,000 keys in one go stalled the loop for ~100 ms; a fixed 2,000 keys per iteration (5 ms)
-#: still slowed live processing to a sixth while it lasted (iterations of ~150 records, 1 ms) and
-#: doubled p99 latency at half load.  So: (keys per record just processed, at least, when idle).
-#: An encoded key costs about a third of a processed record, a RocksDB write a tenth.
-_ENCODE_BUDGET = (1, 100, 2000)
-_WRITE_BUDGET = (2, 200, 5000)
-
-
-def _budget(records: int, budget: tuple[int, int, int]) -> int:
-    per_record, least, idle = budget
-    return max(least, per_record * records) if records else idle
+#: Checkpoint work between batches: a checkpoint's state writes are encoded and sent to the
+#: changelog (at-least-once), then written to RocksDB (both guarantees), each spread evenly over
+#: this fraction of the checkpoint interval.  All at once, 50,000 keys stalled the loop for
+#: ~100 ms; a fixed 2,000 keys per iteration slowed live processing to a sixth while it lasted;
+#: a key per record just processed (the previous rule) made a 5,000-record batch take a third
+#: longer for about a second, and at 80% load that backlog alone set p99 latency (~230 ms,
+#: measured).  Spread by wall time, a checkpoint adds the same small share to every iteration.
+_SPREAD = 0.5
 
 
 class _SealPart:
@@ -366,6 +363,9 @@ class Application:
         self._sealing: _Seal | None = None
         #: State writes Kafka has, waiting for RocksDB (see _write_step).
         self._writes: deque[_PendingWrite] = deque()
+        #: Checkpoint work spread over time (see _SPREAD): encoding a seal, writing to RocksDB.
+        self._encode_pace = Pace()
+        self._write_pace = Pace()
         self._in_txn = False
         self._failed = False
         self._lost = False
@@ -539,11 +539,11 @@ class Application:
                 self._align()
                 last_align = time.monotonic()
             if self._sealing is not None:
-                self._encode_step(_budget(len(msgs), _ENCODE_BUDGET))
+                self._encode_step(self._encode_pace.take(time.monotonic()))
             if self._sealed:
                 self._complete_epochs()
             if self._writes:
-                self._write_step(_budget(len(msgs), _WRITE_BUDGET))
+                self._write_step(self._write_pace.take(time.monotonic()))
             now = time.monotonic()
             if now - last_checkpoint >= self.checkpoint_interval_s:
                 self._checkpoint()
@@ -925,7 +925,8 @@ class Application:
                     writes.append((state, pending, topic, task.number))
             offsets = self._offsets_to_commit()
             if not offsets and not writes and not self._in_txn:
-                self._write_step(None if sync else _WRITE_BUDGET[1])
+                if sync:
+                    self._write_step(None)
                 self._update_gauges()
                 return
             try:
@@ -945,7 +946,8 @@ class Application:
                 msg = f"application {self.name!r}: {len(errors)} deliveries failed; first: {errors[0]}"
                 raise PipelineError(msg)
             self._queue_writes(writes)
-            self._write_step(None if sync else _WRITE_BUDGET[1])
+            if sync:
+                self._write_step(None)
         elapsed = time.perf_counter() - started
         self.metrics.checkpoints += 1
         self.metrics.last_checkpoint_s = elapsed
@@ -960,13 +962,13 @@ class Application:
     def _seal(self, sync: bool) -> bool:
         """At-least-once: set this checkpoint's state writes and offsets aside (False: nothing to).
 
-        The writes are encoded and sent to the changelog a chunk per loop iteration
+        The writes are encoded and sent to the changelog spread over the loop's iterations
         (:meth:`_encode_step`; all at once when ``sync``), so a checkpoint of tens of thousands
         of keys does not stall the loop; the state stays as it was at the seal (see
         :mod:`vigil.stream.state`).  Once all are sent, the seal waits for Kafka's acknowledgement
         (:meth:`_complete_epochs`)."""
         if self._sealing is not None:
-            self._encode_step(None)  # the previous one first (rare: a chunk per loop iteration)
+            self._encode_step(None)  # the previous one first (rare: spread over half an interval)
         parts: list[_SealPart] = []
         for task in self._tasks.values():
             for store_id, state in task.stores.items():
@@ -977,7 +979,11 @@ class Application:
         if not offsets and not parts:
             return False
         self._sealing = _Seal(offsets, parts)
-        self._encode_step(None if sync else _ENCODE_BUDGET[1])
+        if sync:
+            self._encode_step(None)
+        else:
+            keys = sum(part.state.sealed_count for part in parts)
+            self._encode_pace.spread(keys, _SPREAD * self.checkpoint_interval_s, time.monotonic())
         return True
 
     def _encode_step(self, limit: int | None) -> None:
@@ -1002,7 +1008,7 @@ class Application:
             self._sealed.append((time.monotonic(), seal.offsets, writes))
 
     def _queue_writes(self, writes: _Writes) -> None:
-        """State writes Kafka has (acknowledged or committed): to RocksDB, a chunk per loop iteration."""
+        """State writes Kafka has (acknowledged or committed): to RocksDB, spread over time (Pace)."""
         for state, pending, _topic, _part in writes:
             # Every record takes at least one offset and only this owner writes the partition, so
             # "offset at assignment + records written since" never overshoots the changelog's end;
@@ -1011,6 +1017,8 @@ class Application:
             if state.changelog_next is not None:
                 state.changelog_next += len(pending)
             self._writes.append(_PendingWrite(state, pending, state.changelog_next))
+        waiting = sum(len(item.writes) - item.done for item in self._writes)
+        self._write_pace.spread(waiting, _SPREAD * self.checkpoint_interval_s, time.monotonic())
 
     def _write_step(self, limit: int | None) -> None:
         """Write up to ``limit`` (None: all) queued writes to RocksDB, oldest first.

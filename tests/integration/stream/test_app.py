@@ -56,8 +56,7 @@ def test_outputs_and_state_survive_restart_and_restore(
     if chunk is not None:
         # Checkpoints spread over many loop iterations (sealed state encoded a few keys at a time,
         # RocksDB written a few keys at a time) must give the same outputs and restored state.
-        monkeypatch.setattr("vigil.stream.app._ENCODE_BUDGET", (0, chunk, chunk))
-        monkeypatch.setattr("vigil.stream.app._WRITE_BUDGET", (0, chunk + 2, chunk + 2))
+        monkeypatch.setattr("vigil.stream.pace.Pace.take", lambda self, now: chunk)
     src, out, name = names("in"), names("out"), names("app")
     make_topics(settings, src, out)
     first, second = payments(600, 37, "a"), payments(400, 37, "b")
