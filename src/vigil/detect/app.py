@@ -227,6 +227,16 @@ class DetectionService:
     #: Small fetches keep the input topics finely interleaved in each batch, so sorting a
     #: batch by event time restores the cross-topic order sequences depend on.
     route_fetch_bytes: int = 32 * 1024
+    #: Both stages ask the broker to hold a fetch until it has ``fetch_min_bytes`` or
+    #: ``fetch_linger_ms`` passed.  Live traffic trickles in, and answered at once each fetch
+    #: carried a few records: every one a round trip through librdkafka and a turn of the loop.
+    #: Measured with the shipped rules and the detect benchmark's paced sender (one core, both
+    #: stages): at 8,000 events/s the stages' CPU per event fell from 75 to 54 µs and the median
+    #: alert latency rose from 11 to 17 ms; at 16,000 events/s CPU fell from 46 to 37 µs and
+    #: p50 / p99 alert latency from 49 / 287 ms to 22 / 55 ms.  ``fetch_linger_ms=0``: answered
+    #: at once (the runtime's default, which serves latency first).
+    fetch_linger_ms: int = 5
+    fetch_min_bytes: int = 64 * 1024
     #: Run rules whose events are already keyed by their group entity (a customer's logins
     #: and withdrawals) in stage 1, without re-keying.  Fewer routed records and one hop less,
     #: but those rules then see the input topics in fetch order; off by default because the
@@ -271,6 +281,11 @@ class DetectionService:
             alerts_topic=t.alerts,
             decisions_topic=t.decisions,
         )
+        linger: dict[str, int] = (
+            {"fetch.wait.max.ms": self.fetch_linger_ms, "fetch.min.bytes": self.fetch_min_bytes}
+            if self.fetch_linger_ms > 0
+            else {}
+        )
         self.route_app = Application(
             self.settings,
             name=t.route_app,
@@ -284,6 +299,7 @@ class DetectionService:
             max_event_time_skew_s=self.event_time_skew_s,
             alignment_idle_s=self.alignment_idle_s,
             consumer_overrides={
+                **linger,
                 "max.partition.fetch.bytes": self.route_fetch_bytes,
                 "fetch.max.bytes": max(self.route_fetch_bytes * 16, 1024 * 1024),
             },
@@ -297,6 +313,7 @@ class DetectionService:
             dlq_topic=t.dlq,
             batch_size=self.batch_size,
             checkpoint_interval_s=interval,
+            consumer_overrides=linger,
         )
         self.feed = IntelFeed(self.settings, t.intel, self.index)
         self._threads: list[threading.Thread] = []

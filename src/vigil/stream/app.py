@@ -381,6 +381,20 @@ class Application:
     def exactly_once(self) -> bool:
         return self.guarantee == "exactly_once"
 
+    def consumer_settings(self) -> dict[str, Any]:
+        """The librdkafka configuration of this application's consumer: the cluster's client
+        settings, the runtime's fetch defaults (:data:`FETCH_DEFAULTS`), then the overrides."""
+        return consumer_config(
+            self.settings,
+            self.name,
+            **{
+                "session.timeout.ms": 10_000,
+                "heartbeat.interval.ms": 1_000,
+                **FETCH_DEFAULTS,
+                **self._consumer_overrides,
+            },
+        )
+
     def stop(self) -> None:
         """Ask the loop to finish: it checkpoints, closes its stores and returns (thread-safe)."""
         self._stop.set()
@@ -475,13 +489,7 @@ class Application:
         self._producer = Producer(producer_config(self.settings, **pconf))
         if self.exactly_once:
             self._producer.init_transactions(_TIMEOUT)
-        cconf: dict[str, Any] = {
-            "session.timeout.ms": 10_000,
-            "heartbeat.interval.ms": 1_000,
-            **FETCH_DEFAULTS,
-        }
-        cconf.update(self._consumer_overrides)
-        self._consumer = Consumer(consumer_config(self.settings, self.name, **cconf))
+        self._consumer = Consumer(self.consumer_settings())
         # Co-partitioned: the group assigns the first input; the others follow (see the module docstring).
         # Otherwise (stateless, unequal partition counts) every input is assigned on its own.
         self._consumer.subscribe(

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from vigil.config import load_settings
-from vigil.detect.app import CANONICAL_INPUTS, DetectTopology, delete_scoped_topics
+from vigil.detect.app import CANONICAL_INPUTS, DetectionService, DetectTopology, delete_scoped_topics
+from vigil.stream.app import FETCH_DEFAULTS
 
 
 def test_a_scoped_topology_names_every_topic_and_group_under_its_prefix() -> None:
@@ -33,3 +34,21 @@ def test_deleting_scoped_topics_refuses_an_empty_prefix_before_asking_the_broker
     settings = load_settings(kafka_bootstrap="127.0.0.1:1", home=tmp_path)
     with pytest.raises(ValueError, match="non-empty prefix"):
         delete_scoped_topics(settings, "")
+
+
+def test_both_stages_ask_the_broker_to_gather_fetches_and_zero_turns_it_off(tmp_path: Path) -> None:
+    # Built, not started: no broker is asked anything.
+    settings = load_settings(kafka_bootstrap="127.0.0.1:1", home=tmp_path)
+    service = DetectionService(settings, [], fetch_linger_ms=7, fetch_min_bytes=12_345)
+    for app in (service.route_app, service.detect_app):
+        conf = app.consumer_settings()
+        assert conf["fetch.wait.max.ms"] == 7
+        assert conf["fetch.min.bytes"] == 12_345
+    # The route stage's own fetch sizes stay beside the linger.
+    assert service.route_app.consumer_settings()["max.partition.fetch.bytes"] == service.route_fetch_bytes
+
+    off = DetectionService(settings, [], fetch_linger_ms=0)
+    for app in (off.route_app, off.detect_app):
+        conf = app.consumer_settings()
+        assert conf["fetch.wait.max.ms"] == FETCH_DEFAULTS["fetch.wait.max.ms"]
+        assert "fetch.min.bytes" not in conf
