@@ -238,10 +238,15 @@ class DetectionService:
     fetch_linger_ms: int = 5
     fetch_min_bytes: int = 64 * 1024
     #: Run rules whose events are already keyed by their group entity (a customer's logins
-    #: and withdrawals) in stage 1, without re-keying.  Fewer routed records and one hop less,
-    #: but those rules then see the input topics in fetch order; off by default because the
-    #: detect stage reads the route stage's committed checkpoints whole, which keeps a key's
-    #: events together and lets the batch sort restore their event-time order.
+    #: and withdrawals) in stage 1, on the input topics as aligned, without re-keying.  On the
+    #: backlog benchmark: 15% fewer routed records and 13% less CPU per event, the same alerts
+    #: (measured side by side).  Off by default because those rules then see the inputs in the
+    #: order the route stage releases them, and live, alignment cannot wait for records a
+    #: partition has not delivered yet: the routed stage re-sorts each batch by event time,
+    #: which absorbs such near-simultaneous arrivals across topics, and stage 1 does not.  With
+    #: it on, the broker test that compares detection with the in-memory run drew one extra
+    #: alert in about one run in four (a customer's payment from a device arrived after their
+    #: login from it, so the device looked new).
     local_stage: bool = False
     #: Event-time alignment of the route stage (``Application.max_event_time_skew_s``): records
     #: reach the router in event-time order across the input topics and partitions (each waits

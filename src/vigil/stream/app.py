@@ -53,8 +53,9 @@ reaches the operators in event-time order, as live traffic would (Kafka Streams'
 the lowest timestamp, Flink's watermark alignment; see :mod:`vigil.stream.alignment`).
 Decoded records wait in a buffer per input partition until the *floor*, the latest event
 time of the slowest partition that still has records to read, has reached them; the
-released records of all partitions are merged by event time and handed over in slices of
-one second of event time (one call per partition number per slice).  A partition more than
+released records are merged by event time and handed over once per release: to operators
+with state one call per partition number, to those without one call for all partitions
+(see ``Application._release``).  A partition more than
 the skew ahead of the floor that also buffers ``alignment_max_buffered`` records is paused
 (``consumer.pause``) and resumed once the floor is close enough or its buffer has drained to
 half: memory stays bounded without pausing a partition for every few records it reads ahead.
@@ -89,7 +90,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
@@ -136,8 +136,6 @@ FETCH_DEFAULTS: dict[str, Any] = {
     "fetch.queue.backoff.ms": 10,
     "socket.nagle.disable": True,
 }
-#: Aligned: event time per slice of released records (see Application._release).
-_SLICE = timedelta(seconds=1)
 #: Aligned: timeout of the broker queries for partitions nothing was consumed from yet.
 _ALIGN_TIMEOUT = 5.0
 #: Aligned apps pause a partition ahead of the others only once it buffers this many records.
@@ -197,6 +195,11 @@ class _PendingWrite:
         self.writes = writes
         self.offset = offset
         self.done = 0
+
+
+def _merged(runs: list[list[Record[Any]]]) -> list[Record[Any]]:
+    """Runs each in event-time order, merged into one (a merge, not a sort)."""
+    return runs[0] if len(runs) == 1 else list(heapq.merge(*runs, key=_event_time))
 
 
 def _event_time(record: Record[Any]) -> Any:
@@ -338,6 +341,9 @@ class Application:
         for op in self.operators:
             for spec in op.stores:
                 self.stores[spec.id] = spec
+        #: Aligned release (see _release): the ids of the operators with state, and without.
+        self._stateful = frozenset(op.id for op in self.operators if op.stores)
+        self._stateless = frozenset(op.id for op in self.operators if not op.stores)
         self.metrics = AppMetrics()
         self.prometheus = PrometheusMetrics(name)
         self.state_dir = settings.home / "state" / name
@@ -696,12 +702,17 @@ class Application:
         self._call_operators(groups)
         self._count_batch(count, batch, started)
 
-    def _call_operators(self, groups: dict[int, list[Record[Any]]]) -> None:
+    def _call_operators(
+        self, groups: dict[int, list[Record[Any]]], only: frozenset[str] | None = None
+    ) -> None:
+        """Hand each partition's records to its operators (``only``: those with these ids)."""
         for part, records in groups.items():
             if not records:
                 continue
             task = self._tasks[part]
             for op, ctx in task.contexts:
+                if only is not None and op.id not in only:
+                    continue
                 if op.dead_letter_errors:
                     for rec in records:
                         try:
@@ -734,18 +745,18 @@ class Application:
 
         Each partition's records go in offset order (a partition stops at its first record past
         the limit), so the offsets to commit are always those of a released prefix.  The released
-        records of all partitions are merged by event time (a merge, not a sort: each partition
-        keeps its order) and handed over in slices of ``_SLICE`` of event time, each slice one call
-        per partition number: so what the operators emit for one key from several partitions
-        (an IP's logins by many customers) is out of event-time order by less than a slice.
-        Operators without state get all of them in one call, in merged order: nothing of theirs
-        belongs to a partition, and a slice holds only a record or two when a backlog is replayed
-        (event time racing ahead of the wall clock), so per-call costs would dominate."""
+        records are merged by event time (a merge, not a sort: each partition keeps its order).
+        Operators with state get one call per partition number, its records of every input
+        merged: their state is the partition's, so that is all the order they need.  Operators
+        without state (a router) get every partition's records in one call, merged: what they
+        emit for one key from several partitions (an IP's logins by many customers) goes on in
+        event-time order.  Calls are per release, not per slice of event time: a slice holds only
+        a record or two when a backlog is replayed (event time racing ahead of the wall clock),
+        so per-call costs would dominate."""
         started = time.perf_counter()
         owned = self._owned
         offsets = self._next_offsets
-        runs: list[list[Record[Any]]] = []
-        parts: set[int] = set()
+        runs: dict[int, list[list[Record[Any]]]] = {}
         count = 0
         for tp, buf in self._buffers.items():
             if not buf or tp not in owned or buf[0][0] > limit:
@@ -763,29 +774,18 @@ class Application:
                 count += 1
             offsets[tp] = last + 1
             if out:
-                runs.append(out)
-                parts.add(tp[1])
+                runs.setdefault(tp[1], []).append(out)
         if not count:
             return
-        if len(parts) == 1 or (runs and not self.stores):
-            # One partition, or operators without state (a router): one call in merged order.
-            part = min(parts)
-            self._call_operators(
-                {part: runs[0] if len(runs) == 1 else list(heapq.merge(*runs, key=_event_time))}
-            )
-        elif runs:
-            segment: dict[int, list[Record[Any]]] = {}
-            end: Any = None
-            for rec in heapq.merge(*runs, key=_event_time):
-                occurred = rec.event.occurred_at
-                if end is None:
-                    end = occurred + _SLICE
-                elif occurred >= end:
-                    self._call_operators(segment)
-                    segment = {}
-                    end = occurred + _SLICE
-                segment.setdefault(rec.partition, []).append(rec)
-            self._call_operators(segment)
+        merged = {part: _merged(rs) for part, rs in runs.items()}
+        if len(merged) <= 1:
+            self._call_operators(merged)
+        else:
+            if self._stateful:
+                self._call_operators(merged, self._stateful)
+            if self._stateless:
+                every = _merged(list(merged.values()))
+                self._call_operators({min(merged): every}, self._stateless)
         self._count_batch(count, count, started)
 
     def _align(self) -> None:

@@ -119,10 +119,9 @@ class Operator(ABC, Generic[E]):
 
     ``process`` is called once per batch per partition with records in offset order (with
     several co-partitioned inputs, each input's records in offset order; with event-time
-    alignment, ``Application(max_event_time_skew_s=...)``, the inputs interleaved by event time
-    and a batch possibly handed over in several calls, in slices of event time; an application
-    whose operators declare no stores then hands over the released records of every partition
-    in one call, merged by event time, with the context of the lowest partition number).
+    alignment, ``Application(max_event_time_skew_s=...)``, the inputs interleaved by event time;
+    an operator that declares no stores then gets the released records of every partition in
+    one call, merged by event time, with the context of the lowest partition number).
     An exception stops the application loudly with topic/partition/offset, unless
     ``dead_letter_errors`` is set, in which case the failing record is dead-lettered.
     """

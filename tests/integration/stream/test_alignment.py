@@ -23,7 +23,7 @@ from vigil.errors import ConfigError
 from vigil.events.base import Entities
 from vigil.events.types import Payment, PaymentPayload
 from vigil.stream.app import Application
-from vigil.stream.base import Context, Operator, Record
+from vigil.stream.base import Context, Operator, Record, StoreSpec
 
 Start = Callable[[Application], Running]
 
@@ -51,6 +51,56 @@ class Recorder(Operator[Payment]):
         for _, at in self.seen:
             worst = max(worst, latest - at)
             latest = max(latest, at)
+        return worst
+
+
+class CallRecorder(Recorder):
+    """A Recorder that also notes which partitions each call held."""
+
+    id = "call-recorder"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[set[int]] = []
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        super().process(batch, ctx)
+        self.calls.append({rec.partition for rec in batch})
+
+
+class StatefulRecorder(Recorder):
+    """A Recorder with a store: handed each partition's released records in its own call."""
+
+    id = "stateful-recorder"
+    stores = (StoreSpec("recorded", 1),)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.partitions: set[int] = set()
+        self.by_partition: dict[int, list[float]] = {}
+        self.mixed_calls = 0
+        self.unordered_calls = 0
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        super().process(batch, ctx)
+        state = ctx.state(self.stores[0])
+        if any(rec.partition != ctx.partition for rec in batch):
+            self.mixed_calls += 1
+        times = [rec.event.occurred_at.timestamp() for rec in batch]
+        if times != sorted(times):
+            self.unordered_calls += 1
+        self.partitions.add(ctx.partition)
+        for rec in batch:
+            state.set(rec.event.key(), rec.offset)
+            self.by_partition.setdefault(rec.partition, []).append(rec.event.occurred_at.timestamp())
+
+    def max_lateness_per_partition_s(self) -> float:
+        worst = 0.0
+        for times in self.by_partition.values():
+            latest = float("-inf")
+            for at in times:
+                worst = max(worst, latest - at)
+                latest = max(latest, at)
         return worst
 
 
@@ -107,12 +157,13 @@ def test_backlog_without_alignment_runs_one_topic_far_ahead(
     assert rec.max_lateness_s() > 10 * SKEW_S
 
 
+@pytest.mark.parametrize("stateful", [False, True], ids=["stateless", "stateful"])
 def test_backlog_with_alignment_reaches_the_operator_in_event_time_order(
-    settings: Settings, names: Callable[[str], str], run_app: Start
+    settings: Settings, names: Callable[[str], str], run_app: Start, stateful: bool
 ) -> None:
     n = 400
     a, b = backlog(settings, names, n)
-    rec = Recorder()
+    rec = StatefulRecorder() if stateful else Recorder()
     # A small buffer bound, so that B (far ahead) is paused rather than only buffered; small
     # batches, because the consumer may have prefetched the whole backlog by the first call, and
     # a single batch holding all of it would be merged in order without any pause.
@@ -139,10 +190,52 @@ def test_backlog_with_alignment_reaches_the_operator_in_event_time_order(
     assert not running.errors
     assert len(rec.seen) == 2 * n
     assert {topic for topic, _ in rec.seen} == {a, b}
-    # Released records are merged by event time; across partitions they may differ by < 1 s.
-    assert rec.max_lateness_s() <= SKEW_S
+    if isinstance(rec, StatefulRecorder):
+        # Its state is per partition: each call holds one partition's records of both topics,
+        # merged by event time (across partitions, calls follow one another per release).
+        assert rec.max_lateness_per_partition_s() <= SKEW_S
+        assert rec.mixed_calls == 0
+        assert rec.unordered_calls == 0
+        assert rec.partitions == {0, 1}
+    else:
+        # Released records are merged by event time across partitions too.
+        assert rec.max_lateness_s() <= SKEW_S
     assert running.app.metrics.alignment_pauses > 0  # B was held back by pausing, not only buffered
     assert running.app.metrics.paused == []  # at the end nothing stays paused
+
+
+def test_beside_a_stateful_operator_a_stateless_one_gets_every_partition_in_one_call(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    # A router beside a detector (detection's local stage): the detector's state is per
+    # partition, the router's output is not, so the router gets all partitions merged.
+    n = 400
+    a, b = backlog(settings, names, n)
+    stateful, stateless = StatefulRecorder(), CallRecorder()
+    running = run_app(
+        Application(
+            settings,
+            name=names("app"),
+            inputs=[a, b],
+            operators=[stateful, stateless],
+            instance_id="t1",
+            checkpoint_interval_s=0.1,
+            consumer_overrides=SMALL_FETCHES,
+            max_event_time_skew_s=SKEW_S,
+            alignment_idle_s=600,
+        )
+    )
+    wait_for(
+        lambda: bool(running.errors) or running.app.metrics.processed >= 2 * n,
+        60,
+        f"{2 * n} records processed",
+    )
+    running.stop()
+    assert not running.errors
+    assert len(stateful.seen) == len(stateless.seen) == 2 * n
+    assert stateful.mixed_calls == 0
+    assert any(len(parts) == 2 for parts in stateless.calls)
+    assert stateless.max_lateness_s() <= SKEW_S
 
 
 def test_partitions_at_their_end_and_empty_ones_do_not_stall_the_others(
