@@ -311,3 +311,13 @@ def test_travel_compares_logins_in_event_time_whatever_their_arrival(tmp_path: P
     # Lisbon then Singapore an hour later is impossible, whichever arrives first.
     fast = login("1h", 1.35, 103.82) + login("0", 38.72, -9.14)
     assert run(tmp_path, TRAVEL, fast, arrival=True) == ["c1"]
+
+
+def test_a_location_reads_as_a_place_in_evidence() -> None:
+    from vigil.detect.kinds.base import as_text
+    from vigil.events.types import Geo
+
+    assert as_text(Geo(country="AU", city="Sydney", lat=-33.87, lon=151.21)) == "Sydney, AU (-33.87, 151.21)"
+    assert as_text(Geo(country="DE")) == "DE"
+    assert as_text(Geo(lat=1.0, lon=2.5)) == "(1.00, 2.50)"
+    assert as_text(Geo()) == "unknown"

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from vigil.detect.fields import TAGS, Getter, compile_getter, normalise_path, short_name
 from vigil.detect.rules.models import Rule
 from vigil.events.base import Event
-from vigil.events.types import EntityRef, Evidence
+from vigil.events.types import EntityRef, Evidence, Geo
 from vigil.stream.base import State, StoreSpec
 
 if TYPE_CHECKING:
@@ -95,8 +95,17 @@ def as_text(value: Any) -> str:
         value = ",".join(str(v) for v in value)
     elif isinstance(value, float):
         value = f"{value:.2f}"
+    elif isinstance(value, Geo):
+        value = geo_text(value)
     text = str(value)
     return text if len(text) <= _MAX_FIELD else text[: _MAX_FIELD - 1] + "…"
+
+
+def geo_text(geo: Geo) -> str:
+    """A location as an analyst reads it: ``Sydney, AU (-33.87, 151.21)``."""
+    place = ", ".join(p for p in (geo.city, geo.country) if p)
+    where = f"({geo.lat:.2f}, {geo.lon:.2f})" if geo.lat is not None and geo.lon is not None else ""
+    return " ".join(p for p in (place, where) if p) or "unknown"
 
 
 #: The last event ts() converted and its result: the engine hands one event to every rule that
