@@ -321,3 +321,45 @@ def test_a_location_reads_as_a_place_in_evidence() -> None:
     assert as_text(Geo(country="DE")) == "DE"
     assert as_text(Geo(lat=1.0, lon=2.5)) == "(1.00, 2.50)"
     assert as_text(Geo()) == "unknown"
+
+
+NEW_DEVICE = """\
+    type: sequence
+    group_by: customer
+    within: 1h
+    steps:
+      - name: login
+        type: login
+        first_seen: device
+        min_seen: 1
+        seen_also: [{type: payment, field: device}]
+      - {name: redemption, type: loyalty_redemption, same_as: {device: login.device}}
+"""
+
+
+def _login(at: str, device: str) -> str:
+    return f"      - {{type: login, at: {at}, customer: c1, device: {device}}}\n"
+
+
+def test_a_device_seen_earlier_but_reported_late_is_not_new_when_the_chain_completes(
+    tmp_path: Path,
+) -> None:
+    home = _login("0", "d-home")
+    payment = (
+        "      - {type: payment, at: 10m, customer: c1, device: d2,"
+        " payload: {payment_id: p1, amount: 5, currency: USD}}\n"
+    )
+    redemption = (
+        "      - {type: loyalty_redemption, at: 40m, customer: c1, device: d2,"
+        " payload: {redemption_id: r1, points: 3000, reward: gift-card}}\n"
+    )
+    # d2 paid at 10m; the login from it at 20m is not from a new device.  In event-time order:
+    in_order = home + payment + _login("20m", "d2") + redemption
+    assert run(tmp_path, NEW_DEVICE, in_order, arrival=True) == []
+    # The payment reaches detection after the login (its topic lagged): judged at the login,
+    # d2 looked new; the chain is judged again when it completes.
+    late = home + _login("20m", "d2") + payment + redemption
+    assert run(tmp_path, NEW_DEVICE, late, arrival=True) == []
+    # A device first seen at the login itself still makes the chain.
+    new = home + _login("20m", "d2") + redemption
+    assert run(tmp_path, NEW_DEVICE, new, arrival=True) == ["c1"]

@@ -259,6 +259,9 @@ class _CompiledStep:
         self.own = [here for here, _, _ in (*step.same_as, *step.differs)]
         if step.ratio_to:
             self.own.append(step.ratio_to.field)
+        if step.first_seen:
+            # Kept too, to judge "first seen" again when the chain completes (see _fire).
+            self.own.append(step.first_seen)
 
 
 class _TypePlan(NamedTuple):
@@ -365,7 +368,7 @@ class SequenceDetector(GroupedDetector):
                 buf.append(entry)
                 found = self._advance(st["p"], entry)
                 if found is not None:
-                    self._fire(key, found, hits, done)
+                    self._fire(key, found, hits, done, st)
             else:
                 # Arrived late (another topic or partition lagged): put it in its event-time
                 # place and replay the recent steps, so the chain is judged as it happened.
@@ -377,7 +380,7 @@ class SequenceDetector(GroupedDetector):
                 for e in buf:
                     found = self._advance(progress, e)
                     if found is not None:
-                        self._fire(key, found, hits, done)
+                        self._fire(key, found, hits, done, st)
                 st["p"] = progress
             horizon = max(newest, now) - self._within - self._lateness
             st["buf"] = [e for e in buf if e[0] >= horizon][-MAX_BUFFERED:]
@@ -418,12 +421,14 @@ class SequenceDetector(GroupedDetector):
         progress[:] = [p if p is not None and now - p[0] <= self._within else None for p in progress]
         return completed
 
-    def _fire(self, key: str, chain: list[Any], hits: list[Hit], done: list[Any]) -> None:
+    def _fire(self, key: str, chain: list[Any], hits: list[Hit], done: list[Any], st: dict[str, Any]) -> None:
         evidence: list[Any] = chain[1]
         # A chain is identified by the event that completed it: a replay that completes it
         # again (perhaps from another start) found what was already reported.
         last_id = evidence[-1][0]
         if any(d[1] == last_id for d in done):
+            return
+        if not self._still_first_seen(chain, st):
             return
         done.append([evidence[-1][2], last_id])
         hits.append(
@@ -437,6 +442,27 @@ class SequenceDetector(GroupedDetector):
                 },
             )
         )
+
+    def _still_first_seen(self, chain: list[Any], st: dict[str, Any]) -> bool:
+        """Whether each first_seen step of a completed chain still saw its value first.
+
+        A step is judged new when its event is processed; a sighting at an earlier event time
+        may arrive only after it (another input topic lagged: a payment from a device fetched
+        after the login from it).  The seen history keeps each value's earliest event time, so
+        at completion the chain is judged again as a run in event-time order would have."""
+        seen = st["seen"]
+        steps: dict[str, Any] = chain[2]
+        for i, cs in enumerate(self._steps):
+            path = cs.step.first_seen
+            if path is None:
+                continue
+            value = steps.get(cs.step.name, {}).get(path)
+            if value is None:
+                continue
+            first = _seen_at(seen, path).get(str(value).lower())
+            if first is not None and first < chain[1][i][2]:
+                return False
+        return True
 
     def _qualifies(self, cs: _CompiledStep, event: Event, st: dict[str, Any], now: float) -> bool:
         path = cs.step.first_seen
