@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from tests.integration.kafka_read import read_raw
 
 from vigil.config import Settings
-from vigil.detect.app import DetectionService, DetectTopology
+from vigil.detect.app import DetectionService, DetectTopology, delete_scoped_topics
 from vigil.detect.engine import ALERTS_TOPIC, DetectOperator, RuleSet
 from vigil.detect.eval import intel_for
 from vigil.detect.intel import IntelIndex
@@ -176,3 +177,33 @@ def test_replaying_a_backlog_scores_like_in_memory_detection(settings: Settings)
         assert got["recall"] == expected["recall"], name
         assert got["hold_before_funds_leave"] == expected["hold_before_funds_leave"], name
     assert replayed["false_positives_per_10k"] <= in_memory["false_positives_per_10k"] + 1.0
+
+
+def test_unequal_input_partitions_turn_the_local_stage_off_and_detection_still_runs(
+    settings: Settings,
+) -> None:
+    prefix = f"t-detect-{uuid.uuid4().hex[:8]}."
+    topo = DetectTopology.scoped(prefix, PARTITIONS)
+    specs = topo.topic_specs(PARTITIONS)
+    # One input topic with more partitions than the others: stage 1 cannot keep state.
+    market = f"{prefix}events.market"
+    ensure_topics(settings, [replace(s, partitions=PARTITIONS + 1) if s.name == market else s for s in specs])
+    rules = load_rules([ROOT / "rules"])
+    service = DetectionService(settings, rules, topology=topo, guarantee="at_least_once")
+    assert service.local_stage  # as built, before start
+    assert service.route_app.stores
+    try:
+        service.start(intel_timeout_s=60)
+        assert not service.local_stage
+        assert not service.route_app.stores  # the route stage holds no state now
+        assert service.detector.subset == service.ruleset.detectors  # every rule in stage 2
+        config = SimConfig(seed=5, customers=100, events=2_000)
+        events = list(Simulation(config).canonical())
+        producer = EventProducer(settings)
+        for event in events:
+            producer.produce(event, topic=f"{prefix}events.{type(event).domain}")
+        producer.flush()
+        service.wait_caught_up(len(events), timeout_s=60)
+    finally:
+        service.stop()
+        delete_scoped_topics(settings, prefix)

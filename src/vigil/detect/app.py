@@ -238,16 +238,17 @@ class DetectionService:
     fetch_linger_ms: int = 5
     fetch_min_bytes: int = 64 * 1024
     #: Run rules whose events are already keyed by their group entity (a customer's logins
-    #: and withdrawals) in stage 1, on the input topics as aligned, without re-keying.  On the
-    #: backlog benchmark: 15% fewer routed records and 13% less CPU per event, the same alerts
-    #: (measured side by side).  Off by default because those rules then see the inputs in the
-    #: order the route stage releases them, and live, alignment cannot wait for records a
-    #: partition has not delivered yet: the routed stage re-sorts each batch by event time,
-    #: which absorbs such near-simultaneous arrivals across topics, and stage 1 does not.  With
-    #: it on, the broker test that compares detection with the in-memory run drew one extra
-    #: alert in about one run in four (a customer's payment from a device arrived after their
-    #: login from it, so the device looked new).
-    local_stage: bool = False
+    #: and withdrawals) in stage 1, on the input topics as aligned, without re-keying: their
+    #: alerts take one hop less (measured live at 8,000 and 16,000 events/s: median alert
+    #: latency 10 and 13-18 ms against 18-20 and 22-25 ms), 15% fewer records are routed, and
+    #: CPU per event is about the same.  Those rules see the inputs in the order the route stage
+    #: releases them, with no batch re-sort after a hop: sequence rules judge "first seen" and
+    #: "seen that often before" in event time, so a sighting that arrives after a later event
+    #: changes nothing (``vigil eval --kafka``, live and ``--backlog``, scores as in memory; the
+    #: broker test comparing with the in-memory run passed 8 runs of 8).  Needs co-partitioned
+    #: input topics (stage 1 then keeps state); with unequal partition counts ``start`` turns it
+    #: off and says so.  Every process of one deployment must run with the same setting.
+    local_stage: bool = True
     #: Event-time alignment of the route stage (``Application.max_event_time_skew_s``): records
     #: reach the router in event-time order across the input topics and partitions (each waits
     #: until the slowest partition that still has records to read has reached its time), and no
@@ -263,11 +264,18 @@ class DetectionService:
     alignment_idle_s: float = 1.0
 
     def __post_init__(self) -> None:
+        self.index = IntelIndex()
+        self.ruleset = RuleSet(self.rules, self.index)
+        self.feed = IntelFeed(self.settings, self.topology.intel, self.index)
+        self._threads: list[threading.Thread] = []
+        self.failures: list[BaseException] = []
+        self._build()
+
+    def _build(self) -> None:
+        """The operators and both applications, for the current ``local_stage``."""
         interval = self.checkpoint_interval_s
         if interval is None and self.guarantee == "exactly_once":
             interval = EXACTLY_ONCE_INTERVAL_S
-        self.index = IntelIndex()
-        self.ruleset = RuleSet(self.rules, self.index)
         t = self.topology
         self.router = RouteOperator(self.ruleset, topic=t.routed, remote_only=self.local_stage)
         # Rules whose events are already keyed by the entity they group by run in stage 1,
@@ -320,9 +328,6 @@ class DetectionService:
             checkpoint_interval_s=interval,
             consumer_overrides=linger,
         )
-        self.feed = IntelFeed(self.settings, t.intel, self.index)
-        self._threads: list[threading.Thread] = []
-        self.failures: list[BaseException] = []
 
     @property
     def alerts(self) -> int:
@@ -339,6 +344,17 @@ class DetectionService:
         ensure_topics(
             self.settings, [routed_topic_spec(self.topology.routed, self.topology.routed_partitions)]
         )
+        if self.local_stage:
+            counts = self._input_partitions()
+            if len(set(counts.values())) > 1:
+                # Stage 1 keeps state per partition number, which needs co-partitioned inputs.
+                log.warning(
+                    "detection: the input topics have unequal partition counts %s; every rule runs "
+                    "in the routed stage (local_stage off)",
+                    counts,
+                )
+                self.local_stage = False
+                self._build()
         self.feed.start()
         if not self.feed.caught_up.wait(intel_timeout_s):
             msg = f"intel feed did not catch up with {self.topology.intel!r} within {intel_timeout_s:g}s"
@@ -347,6 +363,15 @@ class DetectionService:
             thread = threading.Thread(target=self._run, args=(app,), name=f"app-{app.name}", daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def _input_partitions(self) -> dict[str, int]:
+        """Partition counts of the input topics that exist (a missing one fails at start)."""
+        topics = make_admin(self.settings).list_topics(timeout=30).topics
+        return {
+            name: len(topics[name].partitions)
+            for name in self.topology.inputs
+            if name in topics and topics[name].error is None
+        }
 
     def _run(self, app: Application) -> None:
         try:

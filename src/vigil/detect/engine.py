@@ -28,10 +28,10 @@ Partitioning (why there are two stages on Kafka)
        for a record keyed K it runs only the rules that routed that event under K, so no
        rule sees an event twice.  State moves with its partition on rebalance.
 
-    ``DetectionService(local_stage=True)`` instead runs the rules whose events are already
-    keyed by their group entity (:func:`is_local`) in stage 1 and routes only the others:
-    fewer routed records, one hop less, but those rules then depend on the input topics'
-    fetch order (see below); off by default.
+    ``DetectionService`` by default (``local_stage``) runs the rules whose events are already
+    keyed by their group entity (:func:`is_local`) in stage 1, on the aligned inputs, and
+    routes only the events other rules need: fewer routed records and one hop less for those
+    rules' alerts.  ``local_stage=False`` runs every rule in stage 2.
 
     Rules whose state is one graph (exposure, linked accounts) route under one constant
     key: correct with any number of partitions and processes, at the cost of that rule's

@@ -363,3 +363,23 @@ def test_a_device_seen_earlier_but_reported_late_is_not_new_when_the_chain_compl
     # A device first seen at the login itself still makes the chain.
     new = home + _login("20m", "d2") + redemption
     assert run(tmp_path, NEW_DEVICE, new, arrival=True) == ["c1"]
+
+
+def test_min_seen_counts_only_sightings_before_the_step_whatever_arrived_first(tmp_path: Path) -> None:
+    rule = NEW_DEVICE.replace(
+        "seen_also: [{type: payment, field: device}]",
+        "seen_also: [{type: payment, field: device}, {type: loyalty_redemption, field: device}]",
+    )
+    redemption = (
+        "      - {type: loyalty_redemption, at: 5m, customer: c1, device: d2,"
+        " payload: {redemption_id: r1, points: 3000, reward: gift-card}}\n"
+    )
+    # The customer's first login ever: no history to call a device new against (min_seen 1),
+    # even when the redemption after it reaches detection first.
+    assert run(tmp_path, rule, _login("0", "d2") + redemption, arrival=True) == []
+    assert run(tmp_path, rule, redemption + _login("0", "d2"), arrival=True) == []
+    # With a device seen before, the same pair is a new-device chain in either arrival order.
+    later = redemption.replace("at: 5m", "at: 65m")
+    home = _login("0", "d-home")
+    assert run(tmp_path, rule, home + _login("1h", "d2") + later, arrival=True) == ["c1"]
+    assert run(tmp_path, rule, home + later + _login("1h", "d2"), arrival=True) == ["c1"]

@@ -35,6 +35,7 @@ and the chains are replayed over them (chains already reported are not reported 
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -315,6 +316,12 @@ class SequenceDetector(GroupedDetector):
         self._seen_paths = sorted({s.first_seen for s in params.steps if s.first_seen})
         self._seen_getters = [(p, compile_getter(p)) for p in self._seen_paths]
         self._seen_types = frozenset().union(*(s.match.types for s in params.steps if s.first_seen))
+        #: Per first_seen path a min_seen step reads: how many of its earliest sighting times
+        #: to keep (the largest min_seen), so "seen that often before" is judged in event time.
+        self._keep_early: dict[str, int] = {}
+        for s in params.steps:
+            if s.first_seen and s.min_seen:
+                self._keep_early[s.first_seen] = max(self._keep_early.get(s.first_seen, 0), s.min_seen)
         # The group's last event time is read only by after_idle steps.
         self._uses_last = any(cs.idle is not None for cs in self._steps)
         self._plans = {EVENT_TYPES[t]: self._plan(t) for t in self._types}
@@ -387,10 +394,12 @@ class SequenceDetector(GroupedDetector):
             st["done"] = [d for d in done if d[0] >= horizon]
         seen: dict[str, Any] = st["seen"]
         counts: dict[str, int] = st.setdefault("n", {})
+        keep = self._keep_early
+        early: dict[str, list[float]] = st.setdefault("e", {}) if keep else {}
         for path, get in plan.seen:
-            _remember(seen, path, get(event), now, counts)
+            _remember(seen, path, get(event), now, counts, early, keep.get(path, 0))
         for path, entry_ in also:
-            _remember(seen, path, entry_.value(event), now, counts)
+            _remember(seen, path, entry_.value(event), now, counts, early, keep.get(path, 0))
         last = st["last"]
         st["last"] = now if last is None else max(last, now)
         state.set(skey, st)
@@ -468,9 +477,15 @@ class SequenceDetector(GroupedDetector):
         path = cs.step.first_seen
         if cs.first_seen is not None and path is not None:
             value = cs.first_seen(event)
-            observed = st.get("n", {}).get(path, 0)
-            if value is None or observed < cs.step.min_seen:
+            if value is None:
                 return False
+            if cs.step.min_seen:
+                # Sightings before this event's time, whatever arrived first (see _remember);
+                # state from before those times were kept has only the count.
+                times = st.get("e", {}).get(path)
+                observed = bisect_left(times, now) if times is not None else st.get("n", {}).get(path, 0)
+                if observed < cs.step.min_seen:
+                    return False
             first = _seen_at(st["seen"], path).get(str(value).lower())
             # Seen only at a later event time (that event arrived first) is still new here.
             if first is not None and first <= now:
@@ -504,10 +519,26 @@ class SequenceDetector(GroupedDetector):
         return True
 
 
-def _remember(seen: dict[str, Any], path: str, value: Any, now: float, counts: dict[str, int]) -> None:
-    """Record ``value`` as seen at ``now`` (its earliest event time is what counts)."""
+def _remember(
+    seen: dict[str, Any],
+    path: str,
+    value: Any,
+    now: float,
+    counts: dict[str, int],
+    early: dict[str, list[float]],
+    keep: int,
+) -> None:
+    """Record ``value`` as seen at ``now`` (its earliest event time is what counts), and, for a
+    path a ``min_seen`` step reads, the ``keep`` earliest event times anything was seen at."""
     if value is None:
         return
+    if keep:
+        times = early.get(path)
+        if times is None:
+            # Sightings counted before their times were kept count as long ago (as in _seen_at).
+            times = early[path] = [0.0] * min(keep, counts.get(path, 0))
+        insort(times, now)
+        del times[keep:]
     counts[path] = counts.get(path, 0) + 1
     values = _seen_at(seen, path)
     text = str(value).lower()
