@@ -126,17 +126,32 @@ def backlog(settings: Settings, names: Callable[[str], str], n: int) -> tuple[st
     return a, b
 
 
-def app(settings: Settings, name: str, inputs: list[str], op: Operator[Any], **kw: Any) -> Application:
+def app(
+    settings: Settings, name: str, inputs: list[str], op: Operator[Any] | list[Operator[Any]], **kw: Any
+) -> Application:
     return Application(
         settings,
         name=name,
         inputs=inputs,
-        operators=[op],
+        operators=op if isinstance(op, list) else [op],
         instance_id="t1",
         checkpoint_interval_s=0.1,
         consumer_overrides=SMALL_FETCHES,
         **kw,
     )
+
+
+def processed(running: Running, records: int, timeout_s: float = 60, *, stop: bool = True) -> None:
+    """Wait until the application has processed ``records`` (or failed), stop it unless told
+    not to, and fail the test if it failed."""
+    wait_for(
+        lambda: bool(running.errors) or running.app.metrics.processed >= records,
+        timeout_s,
+        f"{records} records processed",
+    )
+    if stop:
+        running.stop()
+    assert not running.errors
 
 
 def test_backlog_without_alignment_runs_one_topic_far_ahead(
@@ -146,13 +161,7 @@ def test_backlog_without_alignment_runs_one_topic_far_ahead(
     a, b = backlog(settings, names, n)
     rec = Recorder()
     running = run_app(app(settings, names("app"), [a, b], rec))
-    wait_for(
-        lambda: bool(running.errors) or running.app.metrics.processed >= 2 * n,
-        60,
-        f"{2 * n} records processed",
-    )
-    running.stop()
-    assert not running.errors
+    processed(running, 2 * n)
     # B (small records) was drained long before A: the test below can fail.
     assert rec.max_lateness_s() > 10 * SKEW_S
 
@@ -181,13 +190,7 @@ def test_backlog_with_alignment_reaches_the_operator_in_event_time_order(
             alignment_idle_s=600,
         )
     )
-    wait_for(
-        lambda: bool(running.errors) or running.app.metrics.processed >= 2 * n,
-        60,
-        f"{2 * n} records processed",
-    )
-    running.stop()
-    assert not running.errors
+    processed(running, 2 * n)
     assert len(rec.seen) == 2 * n
     assert {topic for topic, _ in rec.seen} == {a, b}
     if isinstance(rec, StatefulRecorder):
@@ -213,25 +216,16 @@ def test_beside_a_stateful_operator_a_stateless_one_gets_every_partition_in_one_
     a, b = backlog(settings, names, n)
     stateful, stateless = StatefulRecorder(), CallRecorder()
     running = run_app(
-        Application(
+        app(
             settings,
-            name=names("app"),
-            inputs=[a, b],
-            operators=[stateful, stateless],
-            instance_id="t1",
-            checkpoint_interval_s=0.1,
-            consumer_overrides=SMALL_FETCHES,
+            names("app"),
+            [a, b],
+            [stateful, stateless],
             max_event_time_skew_s=SKEW_S,
             alignment_idle_s=600,
         )
     )
-    wait_for(
-        lambda: bool(running.errors) or running.app.metrics.processed >= 2 * n,
-        60,
-        f"{2 * n} records processed",
-    )
-    running.stop()
-    assert not running.errors
+    processed(running, 2 * n)
     assert len(stateful.seen) == len(stateless.seen) == 2 * n
     assert stateful.mixed_calls == 0
     assert any(len(parts) == 2 for parts in stateless.calls)
@@ -252,19 +246,12 @@ def test_partitions_at_their_end_and_empty_ones_do_not_stall_the_others(
             settings, names("app"), [old, new, empty], rec, max_event_time_skew_s=SKEW_S, alignment_idle_s=600
         )
     )
-    wait_for(
-        lambda: bool(running.errors) or running.app.metrics.processed >= 104, 60, "the backlog processed"
-    )
-    assert not running.errors
+    processed(running, 104, stop=False)
     assert rec.max_lateness_s() <= SKEW_S
     # Live traffic on one topic only goes through at once.  (Live, partitions at their end do not
     # wait for each other, so records produced together may cross: no order is asserted here.)
     produce(settings, new, events("m", 10, 7200.0))
-    wait_for(
-        lambda: bool(running.errors) or running.app.metrics.processed >= 114, 30, "live records processed"
-    )
-    running.stop()
-    assert not running.errors
+    processed(running, 114, 30)
     assert sorted(at for _, at in rec.seen)[-10:] == [
         (T0 + timedelta(seconds=7200 + 10 * i)).timestamp() for i in range(10)
     ]
@@ -278,9 +265,7 @@ def test_after_a_restart_a_quiet_topic_at_its_end_does_not_hold_the_others(
     produce(settings, quiet, events("q", 10, 0.0))
     produce(settings, busy, events("b", 10, 0.0))
     first = run_app(app(settings, name, [quiet, busy], Recorder(), max_event_time_skew_s=SKEW_S))
-    wait_for(lambda: bool(first.errors) or first.app.metrics.processed >= 20, 60, "the first records")
-    first.stop()
-    assert not first.errors
+    processed(first, 20)
     # Restarted, nothing is consumed from the quiet topic (its group is at its end), so its
     # consumer position stays unknown: the committed offset tells it has nothing left.  The idle
     # timeout is out of reach, so only that can let the busy topic's later records through.
@@ -289,9 +274,7 @@ def test_after_a_restart_a_quiet_topic_at_its_end_does_not_hold_the_others(
     again = run_app(
         app(settings, name, [quiet, busy], rec, max_event_time_skew_s=SKEW_S, alignment_idle_s=600)
     )
-    wait_for(lambda: bool(again.errors) or again.app.metrics.processed >= 10, 30, "the later records")
-    again.stop()
-    assert not again.errors
+    processed(again, 10, 30)
     assert [topic for topic, _ in rec.seen] == [busy] * 10
 
 
