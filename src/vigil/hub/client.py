@@ -121,24 +121,36 @@ def read_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> l
     finished run wrote, without guessing when it is done by waiting for silence.  Transaction
     markers take offsets and are never delivered, so the end is judged by the consumer's
     position, never by counting messages."""
-    consumer = make_consumer(settings, group_id=f"vigil.reader.{uuid.uuid4().hex[:8]}")
+    # All partitions at once (one at a time, each new assignment waited out a fetch round), and
+    # short fetch waits: the reader stops at known ends, so an idle partition need not be held.
+    consumer = make_consumer(
+        settings, group_id=f"vigil.reader.{uuid.uuid4().hex[:8]}", **{"fetch.wait.max.ms": 20}
+    )
     try:
         partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
-        out: list[Message] = []
+        ends: dict[int, int] = {}
+        starts: list[TopicPartition] = []
         for p in partitions:
-            tp = TopicPartition(topic, p)
-            low, high = watermarks(consumer, tp, timeout_s)
-            if high <= low:
-                continue
-            consumer.assign([TopicPartition(topic, p, low)])
-            deadline = time.monotonic() + timeout_s
-            while consumer.position([tp])[0].offset < high:
-                if time.monotonic() > deadline:
-                    msg = f"reading {topic}[{p}] did not reach offset {high} within {timeout_s:g}s"
-                    raise BrokerError(msg)
-                for message in consumer.consume(1000, 0.2):
-                    if message.error() is None:
-                        out.append(message)
+            low, high = watermarks(consumer, TopicPartition(topic, p), timeout_s)
+            if high > low:
+                ends[p] = high
+                starts.append(TopicPartition(topic, p, low))
+        out: list[Message] = []
+        if starts:
+            consumer.assign(starts)
+        deadline = time.monotonic() + timeout_s
+        while ends:
+            if time.monotonic() > deadline:
+                behind = ", ".join(f"{topic}[{p}] (end {end})" for p, end in sorted(ends.items()))
+                msg = f"reading did not reach the end of {behind} within {timeout_s:g}s"
+                raise BrokerError(msg)
+            for message in consumer.consume(1000, 0.2):
+                if message.error() is None:
+                    out.append(message)
+            for tp in consumer.position([TopicPartition(topic, p) for p in ends]):
+                if tp.offset >= ends[tp.partition]:
+                    del ends[tp.partition]
+        out.sort(key=lambda m: (m.partition(), m.offset()))
         return out
     finally:
         consumer.close()
