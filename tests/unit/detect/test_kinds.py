@@ -383,3 +383,41 @@ def test_min_seen_counts_only_sightings_before_the_step_whatever_arrived_first(t
     home = _login("0", "d-home")
     assert run(tmp_path, rule, home + _login("1h", "d2") + later, arrival=True) == ["c1"]
     assert run(tmp_path, rule, home + later + _login("1h", "d2"), arrival=True) == ["c1"]
+
+
+PROPAGATION = """\
+    type: propagation
+    mark:
+      type: crm_record_export
+      targets: payload.customer_ids
+      target_kind: customer
+      for: 3d
+    trigger:
+      type: login
+      first_seen: payload.geo.country
+      min_seen: 2
+      group_by: customer
+"""
+
+EXPORT = (
+    "      - {type: crm_record_export, at: 0, vendor: hubspot, ip: 45.77.1.2, api_key: tok,"
+    " payload: {platform: hubspot, record_count: 300, export_id: x1, customer_ids: [c1]}}\n"
+)
+
+
+def _login_from(at: str, country: str) -> str:
+    return f"      - {{type: login, at: {at}, customer: c1, payload: {{geo: {{country: {country}}}}}}}\n"
+
+
+def test_propagation_counts_only_the_history_before_the_trigger_whatever_arrived_first(
+    tmp_path: Path,
+) -> None:
+    # NG is the customer's first country ever: no history to call it new against (min_seen 2),
+    # even when the two later logins from PT reach detection first.
+    first_ever = _login_from("1h", "NG")
+    later = _login_from("2h", "PT") + _login_from("3h", "PT")
+    assert run(tmp_path, PROPAGATION, EXPORT + first_ever + later, arrival=True) == []
+    assert run(tmp_path, PROPAGATION, EXPORT + later + first_ever, arrival=True) == []
+    # After two logins from PT, NG is new: the marked customer's risky login alerts.
+    history = _login_from("1h", "PT") + _login_from("2h", "PT")
+    assert run(tmp_path, PROPAGATION, EXPORT + history + _login_from("3h", "NG"), arrival=True) == ["c1"]

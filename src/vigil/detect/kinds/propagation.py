@@ -24,6 +24,7 @@ mark and the customer's own events meet in the customer's partition.
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -38,6 +39,8 @@ from vigil.events.types import EntityRef
 from vigil.stream.base import State
 
 CONTEXT = frozenset({"marked_by", "mark_type", "group"})
+#: Values remembered per group for ``first_seen`` (the oldest first seen is dropped past this).
+MAX_SEEN = 256
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,7 @@ class PropagationDetector(Detector):
             if group is None:
                 return
             key = group
-            if self._first_seen is not None and not self._new(state, key, self._first_seen(event)):
+            if self._first_seen is not None and not self._new(state, key, self._first_seen(event), now):
                 return
             mark = state.get(f"m:{key}")
             if mark is None or mark["done"]:
@@ -205,15 +208,28 @@ class PropagationDetector(Detector):
         stale = [key for key, mark in state.items("m:") if now > mark["until"]]
         return delete_keys(state, stale)
 
-    def _new(self, state: State, key: str, value: Any) -> bool:
-        """Whether ``value`` is new for ``key`` (with enough history); remembers it either way."""
+    def _new(self, state: State, key: str, value: Any, now: float) -> bool:
+        """Whether ``value`` is new for ``key`` at event time ``now`` (with enough history before
+        it); remembers it either way.  Judged in event time, as in sequence rules: a value seen
+        only at a later time (that event arrived first) is still new, and sightings at later times
+        are no history yet."""
         if value is None:
             return False
-        got = state.get(f"s:{key}") or {"v": [], "n": 0}
-        seen: list[str] = got["v"]
+        got = state.get(f"s:{key}") or {"v": {}, "n": 0}
+        # Each value with the earliest time it was seen; state kept before the times were (a
+        # list) counts as seen long ago, as do sightings counted before their times were kept.
+        seen: dict[str, float] = got["v"] if isinstance(got["v"], dict) else dict.fromkeys(got["v"], 0.0)
+        keep = self.p.min_seen
+        early: list[float] = got["e"] if "e" in got else [0.0] * min(keep, got["n"])
         text = str(value).lower()
-        new = text not in seen and got["n"] >= self.p.min_seen
-        if text not in seen:
-            seen = [*seen[-255:], text]
-        state.set(f"s:{key}", {"v": seen, "n": got["n"] + 1})
+        first = seen.get(text)
+        new = (first is None or first > now) and bisect_left(early, now) >= keep
+        if first is None or now < first:
+            seen[text] = now
+            if len(seen) > MAX_SEEN:
+                del seen[next(iter(seen))]
+        if keep:
+            insort(early, now)
+            del early[keep:]
+        state.set(f"s:{key}", {"v": seen, "n": got["n"] + 1, "e": early})
         return new
