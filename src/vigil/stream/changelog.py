@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
-    Consumer,
     IsolationLevel,
     KafkaError,
     KafkaException,
@@ -24,7 +23,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from vigil.config import Settings
 from vigil.errors import PipelineError
-from vigil.hub.client import is_transient
+from vigil.hub.client import is_transient, make_admin, make_consumer
 from vigil.hub.topics import TopicSpec
 from vigil.stream.state import RocksState
 
@@ -59,21 +58,12 @@ def restore(settings: Settings, app: str, tasks: Sequence[RestoreTask], timeout_
     """Bring each store up to the end of its changelog partition; returns records applied."""
     if not tasks:
         return 0
-    conf = settings.kafka_client_config()
-    conf.update(
-        {
-            "group.id": f"{app}.restore",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "isolation.level": "read_committed",
-            "auto.offset.reset": "earliest",
-        }
-    )
     # Every partition's offsets in two requests, not two per partition: an application with
     # dozens of stores (detection: one per rule) restores each of them on every assignment.
-    admin = AdminClient(settings.kafka_client_config())
-    offsets = end_offsets(admin, [(t.topic, t.partition) for t in tasks], time.monotonic() + 30)
-    consumer = Consumer(conf)
+    offsets = end_offsets(
+        make_admin(settings), [(t.topic, t.partition) for t in tasks], time.monotonic() + 30
+    )
+    consumer = make_consumer(settings, f"{app}.restore", **{"enable.partition.eof": True})
     try:
         assign: list[TopicPartition] = []
         by_tp: dict[tuple[str, int], RestoreTask] = {}

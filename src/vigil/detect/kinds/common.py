@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from bisect import insort
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -152,3 +153,40 @@ class CompiledEntry:
 
     def group_key(self, event: Event) -> str | None:
         return key_of(self.group, event) if self.group else None
+
+
+# ---------------------------------------------------------------------------- seen histories
+
+#: Values a history remembers for ``first_seen`` (past this the first remembered is dropped).
+MAX_SEEN = 256
+
+
+def first_seen_times(stored: Any) -> dict[str, float]:
+    """A history's values, each with the earliest event time it was seen at.  A list (state
+    kept before those times were) counts as seen long ago."""
+    return stored if isinstance(stored, dict) else dict.fromkeys(stored or (), 0.0)
+
+
+def see(values: dict[str, float], text: str, now: float) -> None:
+    """Remember ``text`` as seen at event time ``now``: its earliest time is what counts, so a
+    sighting that arrives after a later one still moves it back."""
+    first = values.get(text)
+    if first is None:
+        values[text] = now
+        if len(values) > MAX_SEEN:
+            del values[next(iter(values))]
+    elif now < first:
+        values[text] = now
+
+
+def earliest_times(kept: list[float] | None, counted: int, keep: int) -> list[float]:
+    """The ``keep`` earliest event times anything was seen at, for "seen that often before"
+    (``min_seen``) judged in event time.  State kept before those times were has only a count:
+    those sightings count as long ago."""
+    return kept if kept is not None else [0.0] * min(keep, counted)
+
+
+def add_time(times: list[float], now: float, keep: int) -> None:
+    """Add a sighting at ``now`` to ``times`` (sorted), keeping the ``keep`` earliest."""
+    insort(times, now)
+    del times[keep:]

@@ -38,7 +38,7 @@ from typing import Any
 
 from vigil.detect.fields import Condition, Getter, Match, compile_getter
 from vigil.detect.kinds.base import EvidenceMaker, Hit, entity_ref, ts
-from vigil.detect.kinds.common import CompiledEntry, FieldEntry, GroupedDetector, parse_entries
+from vigil.detect.kinds.common import MAX_SEEN, CompiledEntry, FieldEntry, GroupedDetector, parse_entries
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser, compare
 from vigil.events.base import Event
@@ -46,7 +46,6 @@ from vigil.stream.base import State
 
 CONTEXT = frozenset({"measure", "score", "baseline", "history_count", "group", "speed_kmh", "ratio"})
 MEASURES = ("amount", "new_value", "travel", "hour", "gap", "passthrough")
-MAX_SEEN = 256
 MAX_INFLOWS = 64
 
 

@@ -24,14 +24,14 @@ mark and the customer's own events meet in the customer's partition.
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from vigil.detect.fields import Match, compile_getter, key_of, short_name, tag_of
 from vigil.detect.kinds.base import Detector, EvidenceMaker, Hit, entity_ref, ts
-from vigil.detect.kinds.common import delete_keys
+from vigil.detect.kinds.common import add_time, delete_keys, earliest_times, first_seen_times, see
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
 from vigil.events.base import Entities, Event
@@ -39,8 +39,6 @@ from vigil.events.types import EntityRef
 from vigil.stream.base import State
 
 CONTEXT = frozenset({"marked_by", "mark_type", "group"})
-#: Values remembered per group for ``first_seen`` (the oldest first seen is dropped past this).
-MAX_SEEN = 256
 
 
 @dataclass(frozen=True)
@@ -216,20 +214,14 @@ class PropagationDetector(Detector):
         if value is None:
             return False
         got = state.get(f"s:{key}") or {"v": {}, "n": 0}
-        # Each value with the earliest time it was seen; state kept before the times were (a
-        # list) counts as seen long ago, as do sightings counted before their times were kept.
-        seen: dict[str, float] = got["v"] if isinstance(got["v"], dict) else dict.fromkeys(got["v"], 0.0)
+        seen = first_seen_times(got["v"])
         keep = self.p.min_seen
-        early: list[float] = got["e"] if "e" in got else [0.0] * min(keep, got["n"])
+        early = earliest_times(got.get("e"), got["n"], keep)
         text = str(value).lower()
         first = seen.get(text)
         new = (first is None or first > now) and bisect_left(early, now) >= keep
-        if first is None or now < first:
-            seen[text] = now
-            if len(seen) > MAX_SEEN:
-                del seen[next(iter(seen))]
+        see(seen, text, now)
         if keep:
-            insort(early, now)
-            del early[keep:]
+            add_time(early, now, keep)
         state.set(f"s:{key}", {"v": seen, "n": got["n"] + 1, "e": early})
         return new

@@ -35,7 +35,7 @@ and the chains are replayed over them (chains already reported are not reported 
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -43,7 +43,16 @@ from typing import Any, NamedTuple
 
 from vigil.detect.fields import Getter, Match, compile_getter
 from vigil.detect.kinds.base import EvidenceMaker, Hit, entity_ref, ts
-from vigil.detect.kinds.common import CompiledEntry, FieldEntry, GroupedDetector, parse_entries
+from vigil.detect.kinds.common import (
+    CompiledEntry,
+    FieldEntry,
+    GroupedDetector,
+    add_time,
+    earliest_times,
+    first_seen_times,
+    parse_entries,
+    see,
+)
 from vigil.detect.rules.loader import LocDict, LocList
 from vigil.detect.rules.parse import Parser, compare
 from vigil.events.base import Event
@@ -51,8 +60,6 @@ from vigil.events.types import EVENT_TYPES
 from vigil.stream.base import State
 
 CONTEXT = frozenset({"steps", "span", "group"})
-#: Distinct values remembered per group and path for ``first_seen`` (oldest forgotten first).
-MAX_SEEN = 256
 #: How far (event-time seconds) behind the group's newest step event a late event may
 #: arrive and still be placed in order: events reach detection through several topics and
 #: partitions, so a step can arrive after a later one.  Later than this, it is judged
@@ -533,30 +540,18 @@ def _remember(
     if value is None:
         return
     if keep:
-        times = early.get(path)
-        if times is None:
-            # Sightings counted before their times were kept count as long ago (as in _seen_at).
-            times = early[path] = [0.0] * min(keep, counts.get(path, 0))
-        insort(times, now)
-        del times[keep:]
+        times = early[path] = earliest_times(early.get(path), counts.get(path, 0), keep)
+        add_time(times, now, keep)
     counts[path] = counts.get(path, 0) + 1
-    values = _seen_at(seen, path)
-    text = str(value).lower()
-    first = values.get(text)
-    if first is None:
-        values[text] = now
-        if len(values) > MAX_SEEN:
-            del values[next(iter(values))]
-    elif now < first:
-        values[text] = now
+    see(_seen_at(seen, path), str(value).lower(), now)
 
 
 def _seen_at(seen: dict[str, Any], path: str) -> dict[str, float]:
-    """The values seen at ``path`` with the event time each was first seen; a list kept by
-    state from before those times were recorded counts as seen long ago."""
+    """The values seen at ``path`` with the event time each was first seen (see
+    :func:`first_seen_times`), stored back as such."""
     values = seen.get(path)
     if not isinstance(values, dict):
-        values = seen[path] = dict.fromkeys(values or (), 0.0)
+        values = seen[path] = first_seen_times(values)
     return values
 
 
