@@ -35,7 +35,9 @@ Partitioning (why there are two stages on Kafka)
 
     Rules whose state is one graph (exposure, linked accounts) route under one constant
     key: correct with any number of partitions and processes, at the cost of that rule's
-    events sharing one partition.  Intel indicators are a global table: every process
+    events sharing one partition.  The look-alike index is global too, but everything it
+    keeps about an address is keyed by the address's head and tail, so it routes by those
+    and spreads over every partition.  Intel indicators are a global table: every process
     holds the whole index (read from the compacted ``intel.indicators``), so intel rules
     need no re-keying.
 

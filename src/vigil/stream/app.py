@@ -37,9 +37,9 @@ reaches; it runs without a write-ahead log (the changelog is the log), so after 
 is at a consistent older point and restore catches up from there.
 
 Garbage collection.  While running, the gen-0 threshold of Python's collector is raised
-(``gc_threshold``, restored on return): batches allocate many short-lived objects, and
-with the default the collector ran every few records and walked the state values, which
-halved throughput and added tens of milliseconds of pause.
+(``gc_threshold``, put back on return; :mod:`vigil.stream.collector`): batches allocate many
+short-lived objects, and with the default the collector ran every few records and walked the
+state values, which halved throughput and added tens of milliseconds of pause.
 
 Co-partitioned inputs.  With several input topics the group subscribes to the first and
 partition ``p`` of every other input follows partition ``p`` of the first (all inputs
@@ -79,7 +79,6 @@ dead-lettered instead.
 
 from __future__ import annotations
 
-import gc
 import heapq
 import logging
 import math
@@ -108,6 +107,7 @@ from vigil.hub.topics import TOPICS, TopicSpec
 from vigil.stream.alignment import TP, Alignment
 from vigil.stream.base import Guarantee, Operator, Record, State, StoreSpec
 from vigil.stream.changelog import RestoreTask, changelog_spec, changelog_topic, restore
+from vigil.stream.collector import GC_THRESHOLD, collecting_rarely
 from vigil.stream.metrics import AppMetrics, PrometheusMetrics
 from vigil.stream.pace import Pace
 from vigil.stream.state import RocksState
@@ -281,7 +281,7 @@ class Application:
         internal_topics: Sequence[TopicSpec] = (),
         consumer_overrides: dict[str, Any] | None = None,
         producer_overrides: dict[str, Any] | None = None,
-        gc_threshold: int | None = 50_000,
+        gc_threshold: int | None = GC_THRESHOLD,
         max_event_time_skew_s: float | None = None,
         alignment_idle_s: float = 1.0,
         alignment_max_buffered: int = ALIGNMENT_MAX_BUFFERED,
@@ -411,24 +411,18 @@ class Application:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, self._on_signal)
-        gc_before = gc.get_threshold()
-        if self.gc_threshold:
-            # Each batch allocates thousands of short-lived records; with the default gen-0
-            # threshold (700) the collector runs every few records and, in the older
-            # generations, walks every state value: measured, it halved throughput and added
-            # tens of ms to p99.  Process-wide, so restored on return.
-            gc.set_threshold(self.gc_threshold, 20, 50)
         try:
-            self._setup()
-            try:
-                self._loop()
-            except BaseException:
-                self._fail()
-                raise
-            self._checkpoint(sync=True)
+            # (See vigil.stream.collector: process-wide, put back on return.)
+            with collecting_rarely(self.gc_threshold):
+                self._setup()
+                try:
+                    self._loop()
+                except BaseException:
+                    self._fail()
+                    raise
+                self._checkpoint(sync=True)
         finally:
             self._close()
-            gc.set_threshold(*gc_before)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 

@@ -4,7 +4,7 @@
 - :class:`GroupedDetector`: state keyed by the rule's ``group_by`` entity (threshold,
   deviation, sequence, intel).
 - :class:`SingleRouteDetector`: one state for the whole rule, under one key (exposure,
-  linked, lookalike).
+  linked).  (Look-alike addresses route their own way: by each address's head and tail.)
 """
 
 from __future__ import annotations

@@ -1,0 +1,48 @@
+"""Python's cyclic garbage collector, tuned while a stream is processed.
+
+Batches allocate many short-lived containers (records, events, lists of hits), and state
+keeps many long-lived ones.  With the default gen-0 threshold (700) the collector runs every
+few records and its older generations walk every state value: measured on the Kafka runtime,
+it halved throughput and added tens of milliseconds of pause; on the in-memory harness over
+the shipped rules, 15% of the time.  Almost everything here is freed by reference counting
+anyway (events and state values hold no cycles), so collecting rarely costs little memory.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+#: Allocations between gen-0 collections while processing (the default is 700).
+GC_THRESHOLD = 50_000
+
+_lock = threading.Lock()
+#: Blocks inside :func:`collecting_rarely` (all threads), and the thresholds from before the first.
+_active: list[tuple[int, ...]] = []
+
+
+@contextmanager
+def collecting_rarely(threshold: int | None = GC_THRESHOLD) -> Iterator[None]:
+    """Raise the gen-0 threshold to at least ``threshold`` (``None`` or 0: leave it) for the block.
+
+    The setting is process-wide.  Blocks may overlap (two applications on threads of one
+    process): the threshold stays raised while any of them runs, and the last one out puts
+    back what was there before the first one came in."""
+    if not threshold:
+        yield
+        return
+    with _lock:
+        current = gc.get_threshold()
+        _active.append(current)
+        if current[0] < threshold:
+            gc.set_threshold(threshold, 20, 50)
+    try:
+        yield
+    finally:
+        with _lock:
+            first = _active[0]
+            _active.pop()
+            if not _active:
+                gc.set_threshold(*first)
