@@ -157,7 +157,9 @@ class PropagationDetector(Detector):
         keys: list[str] = []
         if tag_of(event) in self.p.mark.types and self._mark(event):
             keys += self._target_keys(event)
-        if tag_of(event) in self.p.trigger.types:
+        # Only what process() acts on: a trigger failing its conditions (a login with a second
+        # factor) neither fires nor joins the history, so it need not be re-keyed.
+        if tag_of(event) in self.p.trigger.types and self._trigger(event):
             key = key_of(self._group, event)
             if key:
                 keys.append(key)
