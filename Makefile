@@ -5,15 +5,42 @@ BIN       := $(VENV)/bin
 VIGIL     := $(BIN)/vigil
 STAMP     := $(VENV)/.installed
 
-.PHONY: install demo test test-unit test-integration check lint typecheck schemas bench bench-runtime clean broker-stop
+.PHONY: install compile uncompiled demo test test-unit test-integration check lint typecheck schemas bench bench-runtime clean broker-stop
 
-install: $(STAMP)
+# The per-event paths, compiled by mypyc into C extensions beside their sources (see
+# src/vigil/compiled.py): rebuilt whenever one of them changes.
+COMPILED := \
+	src/vigil/detect/fields.py src/vigil/detect/engine.py src/vigil/detect/intel.py \
+	src/vigil/detect/kinds/base.py src/vigil/detect/kinds/common.py \
+	src/vigil/detect/kinds/deviation.py src/vigil/detect/kinds/exposure.py \
+	src/vigil/detect/kinds/intel.py src/vigil/detect/kinds/linked.py \
+	src/vigil/detect/kinds/lookalike.py src/vigil/detect/kinds/propagation.py \
+	src/vigil/detect/kinds/sequence.py src/vigil/detect/kinds/threshold.py \
+	src/vigil/stream/app.py src/vigil/stream/alignment.py src/vigil/stream/state.py \
+	src/vigil/stream/windows.py \
+	src/vigil/sim/benign.py src/vigil/sim/draws.py src/vigil/sim/factory.py src/vigil/sim/publish.py
+COMPILED_STAMP := $(VENV)/.compiled
+
+install: $(STAMP) $(COMPILED_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	touch $(STAMP)
+
+compile: $(COMPILED_STAMP)
+
+# mypyc reads the project's mypy settings; its C files go to src/build/ (ignored by git).
+$(COMPILED_STAMP): $(STAMP) $(COMPILED)
+	@echo "compiling $(words $(COMPILED)) modules with mypyc (about a minute)"
+	cd src && ../$(BIN)/mypyc $(patsubst src/%,%,$(COMPILED)) > ../$(VENV)/mypyc.log 2>&1 \
+		|| { tail -40 ../$(VENV)/mypyc.log; exit 1; }
+	touch $@
+
+uncompiled:
+	find src -name '*.so' -delete
+	rm -rf src/build $(COMPILED_STAMP)
 
 demo: install
 	$(VIGIL) demo

@@ -48,7 +48,15 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version()}
+    from vigil.compiled import extensions
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        # Modules running as mypyc-compiled extensions (0: every module as Python source).
+        "compiled_modules": len(extensions()),
+    }
 
 
 def write_section(name: str, body: str, doc: Path = DOC) -> None:
@@ -80,8 +88,9 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     m = result["_meta"]
     header = (
-        f"Command: `{m['command']}` · machine: {m['nproc']} CPUs, {m['cpu']} · Python {m['python']} · "
-        f"{m['date']} · run took {m['duration_s']} s\n\n"
+        f"Command: `{m['command']}` · machine: {m['nproc']} CPUs, {m['cpu']} · Python {m['python']} "
+        f"({m['compiled_modules']} modules compiled by mypyc) · {m['date']} · "
+        f"run took {m['duration_s']} s\n\n"
     )
     write_section(name, header + module.markdown(result))
     return result

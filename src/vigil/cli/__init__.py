@@ -7,11 +7,13 @@ Settings are loaded once, at the entry point, and handed down through the Typer 
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 
 from vigil import __version__
 from vigil.cli import broker, demo, detect, rules, run, schemas, source, topics
-from vigil.cli._common import console, run_guarded
+from vigil.cli._common import console, err_console, run_guarded
 from vigil.cli.simulate import simulate
+from vigil.compiled import stale, stale_message
 
 app = typer.Typer(
     name="vigil",
@@ -51,4 +53,7 @@ def version() -> None:
 
 
 def main() -> None:
+    old = stale()
+    if old:
+        err_console.print(f"[yellow]warning:[/yellow] {escape(stale_message(old))}")
     run_guarded(app)

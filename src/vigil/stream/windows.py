@@ -44,6 +44,8 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Literal, NamedTuple
 
+from mypy_extensions import mypyc_attr
+
 from vigil.stream.base import State, StoreSpec
 
 WindowKind = Literal["tumbling", "hopping", "sliding"]
@@ -120,6 +122,8 @@ class Window:
 # ---------------------------------------------------------------------------- aggregations
 
 
+# Compiled (see vigil.compiled), yet open to aggregations written in plain Python.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Aggregation(ABC):
     """An aggregation: an accumulator built with ``initial``/``add``, read with ``result``.
 
@@ -158,8 +162,8 @@ class Sum(Aggregation):
     def initial(self) -> float:
         return 0.0
 
-    def add(self, acc: float, value: float) -> float:
-        return acc + value
+    def add(self, acc: Any, value: Any) -> float:
+        return float(acc) + float(value)
 
     def over(self, values: list[Any]) -> float:
         return float(sum(values, 0.0))
@@ -169,16 +173,16 @@ class Min(Aggregation):
     def initial(self) -> float | None:
         return None
 
-    def add(self, acc: float | None, value: float) -> float:
-        return value if acc is None or value < acc else acc
+    def add(self, acc: float | None, value: Any) -> float:
+        return float(value) if acc is None or value < acc else acc
 
 
 class Max(Aggregation):
     def initial(self) -> float | None:
         return None
 
-    def add(self, acc: float | None, value: float) -> float:
-        return value if acc is None or value > acc else acc
+    def add(self, acc: float | None, value: Any) -> float:
+        return float(value) if acc is None or value > acc else acc
 
 
 class DistinctCount(Aggregation):

@@ -371,3 +371,28 @@ def test_look_alike_state_spreads_over_partitions() -> None:
     }
     assert len(keys) > 100
     assert len({partition_for(k, 8) for k in keys}) == 8
+
+
+def test_a_rule_kind_written_in_plain_python_runs_beside_the_shipped_ones() -> None:
+    # The kinds' base class may be compiled; a kind of one's own still subclasses it.
+    from vigil.detect.kinds.base import Detector, Env, Hit, entity_ref
+
+    class EveryWithdrawal(Detector):
+        kind = "every-withdrawal"
+
+        @property
+        def types(self) -> frozenset[str]:
+            return frozenset({"withdrawal_request"})
+
+        def routes(self, event: Event) -> list[str]:
+            return [f"customer:{event.entities.customer}"]
+
+        def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
+            hits.append(Hit(entity=entity_ref(f"customer:{event.entities.customer}"), evidence=[]))
+
+    rule = next(r for r in RULES if r.id == "sanctioned-counterparty")
+    det = EveryWithdrawal(rule, Env(IntelIndex()))
+    hits: list[Hit] = []
+    det.process(withdrawal(1, "0x" + "ab" * 20), MemoryState(), hits)
+    assert [h.entity.id for h in hits] == ["c1"]
+    assert det.routes(withdrawal(2, "0x" + "ab" * 20)) == ["customer:c1"]

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from vigil.stream.base import StoreSpec
 from vigil.stream.windows import (
     AGGREGATIONS,
+    Aggregation,
     Count,
     DistinctCount,
     Max,
@@ -126,3 +127,26 @@ def test_durations_and_bad_inputs_are_explained() -> None:
     with pytest.raises(ValueError, match=r"step .* must not exceed size"):
         Window.hopping("1m", "2m")
     assert set(AGGREGATIONS) == {"count", "sum", "min", "max", "distinct_count"}
+
+
+class _Spread(Aggregation):
+    """An aggregation written in plain Python (the module it extends may be compiled)."""
+
+    def initial(self) -> list[float]:
+        return []
+
+    def add(self, acc: list[float], value: Any) -> list[float]:
+        return [*acc, float(value)]
+
+    def result(self, acc: list[float]) -> float:
+        return max(acc) - min(acc) if acc else 0.0
+
+
+def test_an_aggregation_written_in_plain_python_plugs_in() -> None:
+    agg = WindowedAggregate(STORE, Window.tumbling("1m"), {"spread": _Spread(), "n": Count()})
+    state = MemoryState()
+    out = None
+    for when, value in ((1_000, 5), (2_000, 12), (3_000, 7)):
+        out = agg.update(state, "k", when, value)
+    assert out is not None
+    assert out[0].values == {"spread": 7.0, "n": 3}

@@ -19,16 +19,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
+
+from mypy_extensions import mypyc_attr
 
 from vigil.detect.fields import TAGS, Getter, compile_getter, normalise_path, short_name
+from vigil.detect.intel import IntelIndex
 from vigil.detect.rules.models import Rule
 from vigil.events.base import Event
 from vigil.events.types import EntityRef, Evidence, Geo
 from vigil.stream.base import State, StoreSpec
-
-if TYPE_CHECKING:
-    from vigil.detect.intel import IntelIndex
 
 #: At most this many evidence items are kept per alert (first ones, and the last one).
 MAX_EVIDENCE = 25
@@ -203,6 +203,8 @@ class Env:
     intel: IntelIndex
 
 
+# Compiled (see vigil.compiled), yet open to rule kinds written in plain Python.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Detector(ABC):
     kind: ClassVar[str]
     #: The paths this detector's state is keyed by (empty: one global key, e.g. a graph).

@@ -1,0 +1,41 @@
+"""Which modules run compiled, and whether a compiled one is older than its source.
+
+The per-event paths (detectors, the runtime's loop, state and windows, the simulator's
+factories; the list is ``COMPILED`` in the Makefile) are compiled by mypyc into C extensions
+beside their sources: the same typed Python, checked by the same mypy, at about a third less
+CPU per event (docs/benchmarks.md).  Python imports an extension before a source of the same
+name, so an edited source whose extension was not rebuilt would silently not run: ``make``
+rebuilds them when a source changes, the test suite refuses to start with a stale one, and
+the command line warns.  ``make uncompiled`` removes them (the sources run as they are).
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def extensions(root: Path = _PACKAGE) -> dict[Path, Path]:
+    """Each compiled module's extension file under ``root``, by its source file."""
+    out: dict[Path, Path] = {}
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        for ext in root.rglob(f"*{suffix}"):
+            source = ext.with_name(ext.name[: -len(suffix)] + ".py")
+            if source.exists():
+                out[source] = ext
+    return out
+
+
+def stale(root: Path = _PACKAGE) -> list[Path]:
+    """Sources changed since their extension was built (their edits would not run)."""
+    return sorted(src for src, ext in extensions(root).items() if src.stat().st_mtime > ext.stat().st_mtime)
+
+
+def stale_message(paths: list[Path]) -> str:
+    names = ", ".join(str(p.relative_to(_PACKAGE.parent)) for p in paths)
+    return (
+        f"compiled modules older than their sources: {names}; the old compiled code would run. "
+        "Rebuild with `make compile` (or `make uncompiled` to run the sources)."
+    )
