@@ -36,6 +36,9 @@ $(COMPILED_STAMP): $(STAMP) $(COMPILED)
 	@echo "compiling $(words $(COMPILED)) modules with mypyc (about a minute)"
 	cd src && ../$(BIN)/mypyc $(patsubst src/%,%,$(COMPILED)) > ../$(VENV)/mypyc.log 2>&1 \
 		|| { tail -40 ../$(VENV)/mypyc.log; exit 1; }
+	@# A module's own extension is a thin shim that is not rebuilt when only its code (in the
+	@# shared library beside it) changed: mark them all as built now, for the staleness check.
+	find src/vigil -name '*.so' -exec touch {} +
 	touch $@
 
 uncompiled:

@@ -128,12 +128,12 @@ Router = Callable[[Event], list[str]]
 
 
 def _route_groups(detectors: Sequence[Detector]) -> dict[str, list[list[Detector]]]:
-    """Per event type, its detectors grouped by how they route (:attr:`Detector.route_id`)."""
+    """Per event type, its detectors grouped by how they route it (:meth:`Detector.route_id_for`)."""
     out: dict[str, list[list[Detector]]] = {}
     for t, dets in _by_type(detectors).items():
         groups: dict[object, list[Detector]] = {}
         for det in dets:
-            groups.setdefault(det.route_id, []).append(det)
+            groups.setdefault(det.route_id_for(t), []).append(det)
         out[t] = list(groups.values())
     return out
 

@@ -231,6 +231,11 @@ class Detector(ABC):
         computes those keys once per event for all of them; the default is unique to this one."""
         return id(self)
 
+    def route_id_for(self, tag: str) -> object:
+        """:attr:`route_id` for events of type ``tag`` alone (detectors that route some types
+        the same way and others not may share the first)."""
+        return self.route_id
+
     @property
     def route_prefix(self) -> str:
         """What every key ``routes`` returns starts with (``""``: not known), so the routed stage
