@@ -157,11 +157,36 @@ def _prepare(settings: Settings, prefix: str, intel: list[Event]) -> DetectTopol
     return topo
 
 
+#: Backlog throughput runs on Kafka; the best is kept (as in the runtime benchmark: on this shared
+#: machine noise only ever slows a run down), every run is in the JSON.
+BACKLOG_RUNS = 2
+
+
 def on_kafka(settings: Settings, rules: list[Any], events: int, cpu: int) -> dict[str, Any]:
     config, stream = _stream(events)
     intel = intel_for(config.intel_dir, config.start)
+    runs = [_backlog(settings, rules, stream, intel, cpu) for _ in range(BACKLOG_RUNS)]
+    out: dict[str, Any] = min(runs, key=lambda r: r["cpu_us_per_event"]["process"])
+    out = {**out, "runs": [{k: r[k] for k in ("cpu_us_per_event", "cpu_bound_events_per_s")} for r in runs]}
+    for load in (0.5, 0.8):
+        out[f"latency_{int(load * 100)}"] = _latency(
+            settings, rules, stream, intel, cpu, max(1000, int(out["events_per_s"] * load))
+        )
+    # The simulated day is replayed ~5,000x faster than its event time passes, so the route
+    # stage's event-time alignment (a 60 s skew: a few dozen events here) pauses and resumes
+    # partitions all the time, which live traffic (event time ~ wall time) never makes it do.
+    # The same 80% run without alignment shows what detection itself costs in latency.
+    out["latency_80_unaligned"] = _latency(
+        settings, rules, stream, intel, cpu, max(1000, int(out["events_per_s"] * 0.8)), aligned=False
+    )
+    return out
+
+
+def _backlog(
+    settings: Settings, rules: list[Any], stream: list[Event], intel: list[Event], cpu: int
+) -> dict[str, Any]:
+    """One throughput run: the whole stream produced first, then detected on fresh topics."""
     out: dict[str, Any] = {"events": len(stream)}
-    # Throughput: a backlog.
     prefix = f"bench-detect-{uuid.uuid4().hex[:8]}."
     topo = _prepare(settings, prefix, intel)
     producer = EventProducer(settings)
@@ -208,17 +233,6 @@ def on_kafka(settings: Settings, rules: list[Any], events: int, cpu: int) -> dic
     out["cpu_bound_events_per_s"] = round(n / used["process"])
     out["routed_records"] = service.router.routed
     out["backlog_alerts"] = service.alerts
-    for load in (0.5, 0.8):
-        out[f"latency_{int(load * 100)}"] = _latency(
-            settings, rules, stream, intel, cpu, max(1000, int(out["events_per_s"] * load))
-        )
-    # The simulated day is replayed ~5,000x faster than its event time passes, so the route
-    # stage's event-time alignment (a 60 s skew: a few dozen events here) pauses and resumes
-    # partitions all the time, which live traffic (event time ~ wall time) never makes it do.
-    # The same 80% run without alignment shows what detection itself costs in latency.
-    out["latency_80_unaligned"] = _latency(
-        settings, rules, stream, intel, cpu, max(1000, int(out["events_per_s"] * 0.8)), aligned=False
-    )
     return out
 
 
@@ -389,9 +403,12 @@ def markdown(result: dict[str, Any]) -> str:
         f"| target >= {result['target_events_per_s']:,} events/s per core met (in memory) | {met} |",
     ]
     if kafka:
+        runs = kafka.get("runs") or [kafka]
+        runs_text = f"{len(runs)} runs: " + " / ".join(f"{r['cpu_bound_events_per_s']:,}" for r in runs)
         lines += [
             f"| Kafka, route + detect on one core: events/s per core ({kafka['events']:,}-event "
-            f"backlog; 1e6 / the process's CPU µs per event below) | {kafka['cpu_bound_events_per_s']:,} |",
+            f"backlog; 1e6 / the process's CPU µs per event below; the best of {runs_text}) "
+            f"| {kafka['cpu_bound_events_per_s']:,} |",
             f"| target >= {result['target_events_per_s']:,} events/s per core met (Kafka) "
             f"| {'yes' if kafka['cpu_bound_events_per_s'] >= result['target_events_per_s'] else 'no'} |",
             f"| Kafka: wall-clock events/s from the first record (the detect stage opening its "
