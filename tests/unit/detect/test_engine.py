@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.unit.detect.chain_events import transfer
 
 from vigil.detect.engine import (
     ALERTS_TOPIC,
@@ -24,8 +25,6 @@ from vigil.detect.rules.validate import load_rules
 from vigil.events.base import Entities, Event
 from vigil.events.types import (
     Alert,
-    ChainTransfer,
-    ChainTransferPayload,
     FailedLogin,
     FailedLoginPayload,
     IntelIndicator,
@@ -305,27 +304,6 @@ def test_the_routed_stage_tells_a_records_routers_by_prefix_as_by_their_keys() -
     assert decided > checked // 2  # the shortcut is taken for most records
 
 
-def transfer(n: int, sender: str, receiver: str, usd: float) -> ChainTransfer:
-    return ChainTransfer(
-        event_id=f"t{n}",
-        source="t",
-        occurred_at=T0 + timedelta(minutes=n),
-        entities=Entities(wallet=sender, counterparty=receiver),
-        payload=ChainTransferPayload(
-            chain="ethereum",
-            tx_hash=f"0x{n:064x}",
-            block_number=n,
-            from_address=sender,
-            to_address=receiver,
-            asset="ETH",
-            value_raw=1,
-            decimals=18,
-            amount=usd / 3000,
-            amount_usd=usd,
-        ),
-    )
-
-
 def test_look_alike_rules_route_by_each_addresss_head_and_tail() -> None:
     # The look-alike index is global, but what it keeps about an address is keyed by the
     # address's head and tail: its events spread over partitions instead of sharing one.
@@ -334,7 +312,8 @@ def test_look_alike_rules_route_by_each_addresss_head_and_tail() -> None:
     assert len(lookalike) >= 2
     real, other = "0x" + "1234" + "ab" * 16 + "5678", "0x" + "9999" + "cd" * 16 + "0000"
     fake = "0x" + "1234" + "ef" * 16 + "5678"
-    keys = ruleset.routes_for(transfer(1, real, other, 500.0), remote_only=True)
+    first = transfer(1, real, other, T0, 500.0)
+    keys = ruleset.routes_for(first, remote_only=True)
     looks = [k for k in keys if k.startswith("lookalike:")]
     # Both addresses become known, each under its own (head, tail); one record serves every rule.
     assert sorted(looks) == ["lookalike:4:1234-5678", "lookalike:4:9999-0000"]
@@ -343,15 +322,15 @@ def test_look_alike_rules_route_by_each_addresss_head_and_tail() -> None:
     det = next(d for d in lookalike if d.rule.id == "poisoning-dust")
     state = MemoryState()
     for key in looks:
-        det.process(transfer(1, real, other, 500.0), state, [], key)
+        det.process(first, state, [], key)
     assert state.get("k:1234|5678") == [real]
     assert state.get("k:9999|0000") == [other]
     only_real = MemoryState()
-    det.process(transfer(1, real, other, 500.0), only_real, [], "lookalike:4:1234-5678")
+    det.process(first, only_real, [], "lookalike:4:1234-5678")
     assert only_real.get("k:1234|5678") == [real]
     assert only_real.get("k:9999|0000") is None
     hits: list[Any] = []
-    dust = transfer(2, fake, other, 0.0)
+    dust = transfer(2, fake, other, T0 + timedelta(minutes=2), 0.0)
     (dust_key,) = [k for k in ruleset.routes_for(dust, remote_only=True) if k.startswith("lookalike:")]
     assert dust_key == "lookalike:4:1234-5678"
     det.process(dust, state, hits, dust_key)
@@ -359,7 +338,7 @@ def test_look_alike_rules_route_by_each_addresss_head_and_tail() -> None:
     # An address with no head and tail to imitate (too short) is routed nowhere for these rules.
     assert not [
         k
-        for k in ruleset.routes_for(transfer(3, "0x12", "0x34", 500.0), remote_only=True)
+        for k in ruleset.routes_for(transfer(3, "0x12", "0x34", T0, 500.0), remote_only=True)
         if k.startswith("lookalike:")
     ]
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from tests.unit.detect.chain_events import transfer
 
 from vigil.config import shared_data_dir
 from vigil.detect.engine import RuleSet, detect_events
@@ -17,8 +18,6 @@ from vigil.detect.rules.models import Rule
 from vigil.detect.rules.validate import load_rules
 from vigil.events.base import Entities, Event
 from vigil.events.types import (
-    ChainTransfer,
-    ChainTransferPayload,
     Deposit,
     DepositPayload,
     WithdrawalRequest,
@@ -69,27 +68,6 @@ def withdrawal(n: int, customer: str, dest: str, at: datetime) -> WithdrawalRequ
         entities=Entities(customer=customer),
         payload=WithdrawalRequestPayload(
             withdrawal_id=f"w{n}", asset="ETH", amount=1.0, amount_usd=3000.0, to_address=dest
-        ),
-    )
-
-
-def transfer(n: int, a: str, b: str, at: datetime) -> ChainTransfer:
-    return ChainTransfer(
-        event_id=f"tx-{n}",
-        source="ethereum",
-        occurred_at=at,
-        entities=Entities(wallet=a, counterparty=b),
-        payload=ChainTransferPayload(
-            chain="ethereum",
-            tx_hash=f"0x{n:064x}",
-            block_number=n,
-            from_address=a,
-            to_address=b,
-            asset="ETH",
-            value_raw=10**18,
-            decimals=18,
-            amount=1.0,
-            amount_usd=3000.0,
         ),
     )
 
