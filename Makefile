@@ -19,7 +19,9 @@ COMPILED := \
 	src/vigil/stream/app.py src/vigil/stream/alignment.py src/vigil/stream/state.py \
 	src/vigil/stream/windows.py \
 	src/vigil/sim/benign.py src/vigil/sim/draws.py src/vigil/sim/factory.py src/vigil/sim/publish.py
-COMPILED_STAMP := $(VENV)/.compiled
+# VIGIL_COMPILE=0 (no C compiler at hand, or to debug in the sources): every module as Python.
+VIGIL_COMPILE ?= 1
+COMPILED_STAMP := $(VENV)/.compiled-$(VIGIL_COMPILE)
 
 install: $(STAMP) $(COMPILED_STAMP)
 
@@ -33,17 +35,23 @@ compile: $(COMPILED_STAMP)
 
 # mypyc reads the project's mypy settings; its C files go to src/build/ (ignored by git).
 $(COMPILED_STAMP): $(STAMP) $(COMPILED)
-	@echo "compiling $(words $(COMPILED)) modules with mypyc (about a minute)"
-	cd src && ../$(BIN)/mypyc $(patsubst src/%,%,$(COMPILED)) > ../$(VENV)/mypyc.log 2>&1 \
-		|| { tail -40 ../$(VENV)/mypyc.log; exit 1; }
-	@# A module's own extension is a thin shim that is not rebuilt when only its code (in the
-	@# shared library beside it) changed: mark them all as built now, for the staleness check.
-	find src/vigil -name '*.so' -exec touch {} +
+	rm -f $(VENV)/.compiled-*
+	@if [ "$(VIGIL_COMPILE)" = 0 ]; then \
+		echo "VIGIL_COMPILE=0: the sources run uncompiled"; \
+		find src -name '*.so' -delete; rm -rf src/build; \
+	else \
+		echo "compiling $(words $(COMPILED)) modules with mypyc (about a minute)"; \
+		( cd src && ../$(BIN)/mypyc $(patsubst src/%,%,$(COMPILED)) ) > $(VENV)/mypyc.log 2>&1 \
+			|| { tail -40 $(VENV)/mypyc.log; exit 1; }; \
+		: "A module's own extension is a thin shim that is not rebuilt when only its code (in the"; \
+		: "shared library beside it) changed: mark them all as built now, for the staleness check."; \
+		find src/vigil -name '*.so' -exec touch {} +; \
+	fi
 	touch $@
 
 uncompiled:
 	find src -name '*.so' -delete
-	rm -rf src/build $(COMPILED_STAMP)
+	rm -rf src/build $(VENV)/.compiled-*
 
 demo: install
 	$(VIGIL) demo

@@ -6,7 +6,8 @@ beside their sources: the same typed Python, checked by the same mypy, at about 
 CPU per event (docs/benchmarks.md).  Python imports an extension before a source of the same
 name, so an edited source whose extension was not rebuilt would silently not run: ``make``
 rebuilds them when a source changes, the test suite refuses to start with a stale one, and
-the command line warns.  ``make uncompiled`` removes them (the sources run as they are).
+the command line warns.  ``make uncompiled`` removes them, and ``VIGIL_COMPILE=0 make ...``
+builds without them (the sources run as they are).
 """
 
 from __future__ import annotations
