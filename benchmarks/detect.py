@@ -170,14 +170,20 @@ def on_kafka(settings: Settings, rules: list[Any], events: int, cpu: int) -> dic
     out = {**out, "runs": [{k: r[k] for k in ("cpu_us_per_event", "cpu_bound_events_per_s")} for r in runs]}
     for load in (0.5, 0.8):
         out[f"latency_{int(load * 100)}"] = _latency(
-            settings, rules, stream, intel, cpu, max(1000, int(out["events_per_s"] * load))
+            settings, rules, (events, stream), intel, cpu, max(1000, int(out["events_per_s"] * load))
         )
     # The simulated day is replayed ~5,000x faster than its event time passes, so the route
     # stage's event-time alignment (a 60 s skew: a few dozen events here) pauses and resumes
     # partitions all the time, which live traffic (event time ~ wall time) never makes it do.
     # The same 80% run without alignment shows what detection itself costs in latency.
     out["latency_80_unaligned"] = _latency(
-        settings, rules, stream, intel, cpu, max(1000, int(out["events_per_s"] * 0.8)), aligned=False
+        settings,
+        rules,
+        (events, stream),
+        intel,
+        cpu,
+        max(1000, int(out["events_per_s"] * 0.8)),
+        aligned=False,
     )
     return out
 
@@ -239,13 +245,17 @@ def _backlog(
 def _latency(
     settings: Settings,
     rules: list[Any],
-    stream: list[Event],
+    simulated: tuple[int, list[Event]],
     intel: list[Event],
     cpu: int,
     rate: int,
     aligned: bool = True,
 ) -> dict[str, Any]:
-    """Produce ``stream`` at ``rate`` with ``ingested_at`` stamped; alert latencies p50/p99."""
+    """Produce the stream at ``rate`` with ``ingested_at`` stamped; alert latencies p50/p99.
+
+    ``simulated`` is the stream and the event count it was simulated with (``_stream``): the
+    sender rebuilds it from that, and a simulation asked for more events is another stream."""
+    requested, stream = simulated
     prefix = f"bench-detect-{uuid.uuid4().hex[:8]}."
     topo = _prepare(settings, prefix, intel)
     service = DetectionService(
@@ -266,7 +276,7 @@ def _latency(
             time.sleep(0.01)
         collector = _AlertCollector(settings, topo.alerts)
         cpu_before = time.process_time()
-        achieved = _paced_send(settings, prefix, len(stream), rate, cpu)
+        achieved = _paced_send(settings, prefix, (requested, len(stream)), rate, cpu)
         # This process's CPU while the stream went by (the sender is another process): the
         # stages' cost per event live, to set beside the backlog's.
         live_cpu = time.process_time() - cpu_before
@@ -287,16 +297,19 @@ def _latency(
     return out
 
 
-def _paced_send(settings: Settings, prefix: str, events: int, rate: int, engine_cpu: int) -> float:
-    """Send the benchmark stream (``_stream(events)``, rebuilt from its seed) to ``prefix``'s
-    topics at ``rate``, each event stamped with ``ingested_at`` as it goes; returns the rate
-    achieved.  The sender is a process of its own on another CPU than the engine's: in the
-    engine's process it would share the GIL with both stages and add its own waits to theirs."""
+def _paced_send(
+    settings: Settings, prefix: str, events: tuple[int, int], rate: int, engine_cpu: int
+) -> float:
+    """Send the benchmark stream (``_stream(requested)``, rebuilt from its seed; ``events`` is
+    ``(requested, expected length)``, checked) to ``prefix``'s topics at ``rate``, each event
+    stamped with ``ingested_at`` as it goes; returns the rate achieved.  The sender is a process
+    of its own on another CPU than the engine's: in the engine's process it would share the GIL
+    with both stages and add its own waits to theirs."""
     others = sorted(os.sched_getaffinity(0) - {engine_cpu}) or [engine_cpu]
     config = {
         "bootstrap": settings.kafka_client_config()["bootstrap.servers"],
         "prefix": prefix,
-        "events": events,
+        "events": events[0],
         "rate": rate,
         "cpu": others[0],
     }
@@ -310,7 +323,11 @@ def _paced_send(settings: Settings, prefix: str, events: int, rate: int, engine_
     )
     if done.returncode != 0:
         raise RuntimeError(f"the paced sender failed ({done.returncode}): {done.stderr[-2000:]}")
-    achieved: float = json.loads(done.stdout.strip().splitlines()[-1])["achieved"]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    if report["sent"] != events[1]:
+        msg = f"the paced sender rebuilt another stream: {report['sent']} events, expected {events[1]}"
+        raise RuntimeError(msg)
+    achieved: float = report["achieved"]
     return achieved
 
 
@@ -330,7 +347,7 @@ def _send_main(config: dict[str, Any]) -> None:
             time.sleep(due - now)  # pacing the sender, not waiting for a result
         produce(replace(event, ingested_at=utcnow()), topic=f"{prefix}events.{type(event).domain}")
     producer.flush()
-    print(json.dumps({"achieved": len(stream) / (time.perf_counter() - started)}))
+    print(json.dumps({"achieved": len(stream) / (time.perf_counter() - started), "sent": len(stream)}))
 
 
 class _AlertCollector:
