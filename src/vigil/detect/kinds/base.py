@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from mypy_extensions import mypyc_attr
 
-from vigil.detect.fields import TAGS, Getter, compile_getter, normalise_path, short_name
+from vigil.detect.fields import TAGS, Getter, compile_getter, normalise_path, path_exists, short_name
 from vigil.detect.intel import IntelIndex
 from vigil.detect.rules.models import Rule
 from vigil.events.base import Event
@@ -135,7 +135,9 @@ class EvidenceMaker:
 
     def _for(self, cls: type) -> tuple[str, tuple[tuple[str, Getter], ...]]:
         tag = TAGS[cls]
-        every = (*_key_fields.get(tag, ()), *self._extra)
+        # A rule's paths name fields of all its types; one this type lacks would read None (not
+        # stored) at the price of an AttributeError raised and caught inside getattr, per event.
+        every = tuple(f for f in (*_key_fields.get(tag, ()), *self._extra) if path_exists(tag, f[1]))
         paths: dict[str, set[str]] = {}
         for name, path, _ in every:
             paths.setdefault(name, set()).add(path)
