@@ -18,13 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vigil.detect.fields import Match, compile_getter, key_of, short_name
+from vigil.detect.fields import Match, compile_getter, key_of, path_exists, short_name
 from vigil.detect.kinds.base import EvidenceMaker, Hit, entity_ref
 from vigil.detect.kinds.common import GroupedDetector
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
 from vigil.events.base import Event
-from vigil.events.types import EntityRef
+from vigil.events.types import EVENT_TYPES, EntityRef
 from vigil.stream.base import State
 
 CONTEXT = frozenset({"value", "category", "feed", "list_version", "field", "group"})
@@ -83,7 +83,12 @@ class IntelDetector(GroupedDetector):
         super().__init__(rule, env, params.group_by)
         self.p = params
         self._match = params.match.compile()
-        self._fields = tuple((short_name(f), compile_getter(f)) for f in params.fields)
+        fields = tuple((f, short_name(f), compile_getter(f)) for f in params.fields)
+        #: Per event class, the fields it has (reading one it lacks costs a caught AttributeError).
+        self._fields_of = {
+            EVENT_TYPES[t]: tuple((name, get) for f, name, get in fields if path_exists(t, f))
+            for t in params.match.types
+        }
         self._evidence = EvidenceMaker([*params.match.paths, *params.fields])
 
     @property
@@ -97,7 +102,7 @@ class IntelDetector(GroupedDetector):
         if not self._match(event):
             return
         index = self.env.intel
-        for name, get in self._fields:
+        for name, get in self._fields_of.get(type(event), ()):
             value = get(event)
             entry = index.lookup(value) if isinstance(value, str) else None
             if entry is None or entry.category not in self.p.categories:
