@@ -421,3 +421,60 @@ def test_propagation_counts_only_the_history_before_the_trigger_whatever_arrived
     # After two logins from PT, NG is new: the marked customer's risky login alerts.
     history = _login_from("1h", "PT") + _login_from("2h", "PT")
     assert run(tmp_path, PROPAGATION, EXPORT + history + _login_from("3h", "NG"), arrival=True) == ["c1"]
+
+
+PEERS = """\
+    type: deviation
+    match: {type: withdrawal_request}
+    group_by: customer
+    peers: payload.asset
+    measure: amount
+    field: payload.amount_usd
+    min_history: 3
+    condition: {gte: 10}
+"""
+
+
+def peer_withdrawals(*rows: tuple[str, str, float]) -> str:
+    """Withdrawals (customer, asset, USD) an hour apart."""
+    return "".join(
+        f"      - {{type: withdrawal_request, at: {i}h, customer: {c}, "
+        f"payload: {{withdrawal_id: w{i}, asset: {asset}, amount: {a}, amount_usd: {a}}}}}\n"
+        for i, (c, asset, a) in enumerate(rows)
+    )
+
+
+def test_deviation_against_peers_judges_an_entity_with_no_history_of_its_own(tmp_path: Path) -> None:
+    # c9 has never withdrawn: against the customers withdrawing the same asset it stands out.
+    usual = [("c1", "ETH", 100.0), ("c2", "ETH", 120.0), ("c3", "ETH", 80.0)]
+    assert run(tmp_path, PEERS, peer_withdrawals(*usual, ("c9", "ETH", 1500))) == ["c9"]
+    assert run(tmp_path, PEERS, peer_withdrawals(*usual, ("c9", "ETH", 900))) == []  # 9x the mean
+    # Peers are per asset: BTC's history says nothing about an ETH withdrawal.
+    other = [("c1", "BTC", 100.0), ("c2", "BTC", 120.0), ("c3", "BTC", 80.0)]
+    assert run(tmp_path, PEERS, peer_withdrawals(*other, ("c9", "ETH", 1500))) == []
+    # The baseline is the peers' mean, not their largest: after a whale (itself 50x the mean)
+    # 14,000 is 10.6x the mean of 1,325, though under 3x the whale's 5,000.
+    whale = [*usual, ("c4", "ETH", 5000.0)]
+    assert run(tmp_path, PEERS, peer_withdrawals(*whale, ("c9", "ETH", 14_000))) == ["c4", "c9"]
+
+
+def test_peer_deviation_is_routed_by_the_peer_group(tmp_path: Path) -> None:
+    from vigil.detect.engine import is_local
+
+    (tmp_path / "r.yaml").write_text(HEAD + PEERS)
+    v = validate_paths([tmp_path])
+    (det,) = RuleSet(v.rules, IntelIndex()).detectors
+    # Withdrawals are keyed by customer, the history by asset: on Kafka the rule is re-keyed by
+    # asset, where every customer's withdrawals of it meet.
+    assert not is_local(det)
+    assert det.route_prefix == "asset:"
+
+
+def test_peers_work_with_amount_and_hour_only(tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text(HEAD + PEERS.replace("measure: amount", "measure: travel"))
+    errors = [str(i) for i in validate_paths([tmp_path]).errors]
+    assert any("peers works with measure amount or hour; got 'travel'" in e for e in errors), errors
+    assert all(e.startswith(f"{tmp_path / 'r.yaml'}:") for e in errors)
+    (tmp_path / "r.yaml").write_text(HEAD + PEERS + "    first_seen: payload.to_address\n")
+    errors = [str(i) for i in validate_paths([tmp_path]).errors]
+    assert any("peers cannot be combined with first_seen" in e for e in errors), errors

@@ -23,6 +23,13 @@ Measures (the score the condition is applied to):
   the last ``history.window`` (money in, then out: rapid in-out), counting distinct
   ``history.source`` values toward ``min_history``.
 
+Peer groups.  ``peers: <path>`` keeps the history per value of that path instead of per
+entity (``peers: payload.asset``: every customer withdrawing the same asset), so an entity is
+judged against what its peers do, even one with no history of its own (a new account's first
+withdrawal).  With peers, ``amount`` is the value over the peers' mean (their largest would
+be one whale's), and ``hour`` the peers' share of events in this hour; the alert is about the
+``group_by`` entity, with the peer group in ``{peers}``.  Peers work with those two measures.
+
 History is updated after scoring, with every matching event.  ``only`` adds conditions an
 event must meet to be *scored* (it still feeds the history); ``first_seen: <path>`` (with
 ``seen_also`` entries feeding the same history) scores only events whose value there is new
@@ -36,7 +43,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from vigil.detect.fields import Condition, Getter, Match, compile_getter
+from vigil.detect.fields import Condition, Getter, Match, compile_getter, key_of, short_name
 from vigil.detect.kinds.base import EvidenceMaker, Hit, entity_ref, ts
 from vigil.detect.kinds.common import MAX_SEEN, CompiledEntry, FieldEntry, GroupedDetector, parse_entries
 from vigil.detect.rules.loader import LocDict
@@ -44,7 +51,9 @@ from vigil.detect.rules.parse import Parser, compare
 from vigil.events.base import Event
 from vigil.stream.base import State
 
-CONTEXT = frozenset({"measure", "score", "baseline", "history_count", "group", "speed_kmh", "ratio"})
+CONTEXT = frozenset({"measure", "score", "baseline", "history_count", "group", "speed_kmh", "ratio", "peers"})
+#: Measures that can read a peer group's history (see the module docstring).
+PEER_MEASURES = ("amount", "hour")
 MEASURES = ("amount", "new_value", "travel", "hour", "gap", "passthrough")
 MAX_INFLOWS = 64
 
@@ -74,6 +83,8 @@ class DeviationParams:
     #: Score only events whose value here is new for the group (fed also by ``seen_also``).
     first_seen: str | None = None
     seen_also: tuple[FieldEntry, ...] = ()
+    #: Keep the history per value of this path (a peer group) instead of per entity.
+    peers: str | None = None
 
 
 def parse(d: LocDict, p: Parser, what: str) -> DeviationParams | None:
@@ -130,6 +141,19 @@ def parse(d: LocDict, p: Parser, what: str) -> DeviationParams | None:
     also = parse_entries(d, "seen_also", p, what) if "seen_also" in d else []
     if also is None:
         return None
+    peers = p.path(d["peers"], d.mark("peers"), f"{what}.peers", types) if "peers" in d else None
+    if "peers" in d:
+        if measure is not None and measure not in PEER_MEASURES:
+            p.error(
+                d.mark("peers"),
+                f"{what}.peers works with measure {' or '.join(PEER_MEASURES)}; got {measure!r}",
+            )
+            return None
+        if "first_seen" in d or "seen_also" in d:
+            p.error(d.mark("peers"), f"{what}.peers cannot be combined with first_seen or seen_also")
+            return None
+        if peers is None:
+            return None
     if not match or not measure or not gpaths or None in gpaths or min_history is None or not condition:
         return None
     if measure not in ("gap", "hour") and field_path is None:
@@ -146,6 +170,7 @@ def parse(d: LocDict, p: Parser, what: str) -> DeviationParams | None:
         tuple(only),
         first_seen,
         tuple(also),
+        peers,
     )
 
 
@@ -160,8 +185,13 @@ class DeviationDetector(GroupedDetector):
 
     def __init__(self, rule: Any, env: Any) -> None:
         params: DeviationParams = rule.params
-        super().__init__(rule, env, params.group_by)
+        # With peers the history (the state, and so the routing) is the peer group's; the
+        # alert is still about the group_by entity.
+        super().__init__(rule, env, (params.peers,) if params.peers else params.group_by)
         self.p = params
+        self._entity = (
+            tuple((short_name(g), compile_getter(g)) for g in params.group_by) if params.peers else None
+        )
         self._match = params.match.compile()
         #: ``only`` as one check (``None``: no conditions), not a generator per event.
         self._only = Match(params.match.types, params.only).compile_where()
@@ -214,12 +244,21 @@ class DeviationDetector(GroupedDetector):
         if scored is not None:
             score, context, evidence = scored
             op, bound = self.p.condition
-            if compare(op, score, bound):
+            # Whom the alert is about: the group itself, or with peers the event's entity.
+            entity = key if self._entity is None else key_of(self._entity, event)
+            if entity is not None and compare(op, score, bound):
+                if self._entity is not None:
+                    context = {**context, "peers": key}
                 hits.append(
                     Hit(
-                        entity=entity_ref(key),
+                        entity=entity_ref(entity),
                         evidence=[*evidence, self._evidence(event)],
-                        context={"measure": self.p.measure, "score": f"{score:.2f}", "group": key, **context},
+                        context={
+                            "measure": self.p.measure,
+                            "score": f"{score:.2f}",
+                            "group": entity,
+                            **context,
+                        },
                     )
                 )
         self._update(h, event, value, now)
@@ -277,7 +316,13 @@ class DeviationDetector(GroupedDetector):
         if measure == "amount":
             if not isinstance(value, int | float) or (p.min_value is not None and value < p.min_value):
                 return None
-            base = float(h.get("max", 0.0))
+            # Against peers, their mean (their largest would be one whale's); else the own largest.
+            counted = int(h.get("k", 0))
+            base = (
+                (float(h.get("sum", 0.0)) / counted if counted else 0.0)
+                if p.peers
+                else float(h.get("max", 0.0))
+            )
             if base <= 0:
                 return None
             return float(value) / base, {"baseline": f"{base:.2f}", "history_count": str(n)}, []
@@ -313,7 +358,11 @@ class DeviationDetector(GroupedDetector):
         h["n"] = int(h["n"]) + 1
         measure = self.p.measure
         if measure == "amount" and isinstance(value, int | float):
-            h["max"] = max(float(h.get("max", 0.0)), float(value))
+            if self.p.peers:
+                h["sum"] = float(h.get("sum", 0.0)) + float(value)
+                h["k"] = int(h.get("k", 0)) + 1
+            else:
+                h["max"] = max(float(h.get("max", 0.0)), float(value))
         elif measure == "new_value" and value is not None:
             seen = h.setdefault("seen", [])
             if str(value) not in seen:

@@ -70,6 +70,7 @@ KINDS: dict[str, KindSpec] = {
             "only",
             "first_seen",
             "seen_also",
+            "peers",
         ),
     ),
     "linked": KindSpec(
