@@ -20,12 +20,17 @@ _PACKAGE = Path(__file__).resolve().parent
 
 def extensions(root: Path = _PACKAGE) -> dict[Path, Path]:
     """Each compiled module's extension file under ``root``, by its source file."""
+    # One walk of the package (the command line asks at every start); the longest suffix
+    # first, so ``x.cpython-311-x86_64-linux-gnu.so`` is x's, not ``x.cpython-311-...``'s.
+    suffixes = sorted(importlib.machinery.EXTENSION_SUFFIXES, key=len, reverse=True)
     out: dict[Path, Path] = {}
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        for ext in root.rglob(f"*{suffix}"):
-            source = ext.with_name(ext.name[: -len(suffix)] + ".py")
-            if source.exists():
-                out[source] = ext
+    for ext in root.rglob("*"):
+        suffix = next((s for s in suffixes if ext.name.endswith(s)), None)
+        if suffix is None:
+            continue
+        source = ext.with_name(ext.name[: -len(suffix)] + ".py")
+        if source.exists():
+            out[source] = ext
     return out
 
 

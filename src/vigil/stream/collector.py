@@ -23,8 +23,10 @@ from contextlib import contextmanager
 GC_THRESHOLD = 200_000
 
 _lock = threading.Lock()
-#: Blocks inside :func:`collecting_rarely` (all threads), and the thresholds from before the first.
-_active: list[tuple[int, ...]] = []
+#: Blocks inside :func:`collecting_rarely` now (all threads).
+_depth = 0
+#: The thresholds from before the first of them.
+_before: tuple[int, ...] = ()
 
 
 @contextmanager
@@ -34,19 +36,20 @@ def collecting_rarely(threshold: int | None = GC_THRESHOLD) -> Iterator[None]:
     The setting is process-wide.  Blocks may overlap (two applications on threads of one
     process): the threshold stays raised while any of them runs, and the last one out puts
     back what was there before the first one came in."""
+    global _depth, _before
     if not threshold:
         yield
         return
     with _lock:
-        current = gc.get_threshold()
-        _active.append(current)
-        if current[0] < threshold:
+        if _depth == 0:
+            _before = gc.get_threshold()
+        _depth += 1
+        if gc.get_threshold()[0] < threshold:
             gc.set_threshold(threshold, 20, 50)
     try:
         yield
     finally:
         with _lock:
-            first = _active[0]
-            _active.pop()
-            if not _active:
-                gc.set_threshold(*first)
+            _depth -= 1
+            if _depth == 0:
+                gc.set_threshold(*_before)

@@ -103,23 +103,16 @@ class LookalikeDetector(Detector):
     def types(self) -> frozenset[str]:
         return self._types
 
-    @property
-    def route_id(self) -> object:
-        return self.route_id_for("")
-
     def route_id_for(self, tag: str) -> object:
         # Rules reading the same addresses of an event type route it under the same keys (the
         # shipped poisoning rules read the same addresses of deposits, sends and transfers):
         # one router for all of them, and a key prefix that alone tells their records.  Each
         # rule's process() handles only the addresses of the record's key.
-        def reads(entry: FieldEntry) -> bool:
-            return not tag or tag in entry.match.types
-
         return (
             "lookalike",
             self.p.chars,
-            tuple((c.match, c.field, c.group_by) for c in self.p.check if reads(c)),
-            tuple((k.match, k.field) for k in self.p.known if reads(k)),
+            tuple((c.match, c.field, c.group_by) for c in self.p.check if tag in c.match.types),
+            tuple((k.match, k.field) for k in self.p.known if tag in k.match.types),
         )
 
     @property

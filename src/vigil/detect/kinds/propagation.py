@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from vigil.detect.fields import Match, compile_getter, key_of, short_name, tag_of
+from vigil.detect.fields import Match, compile_getter, key_of, short_name
 from vigil.detect.kinds.base import Detector, EvidenceMaker, Hit, entity_ref, ts
 from vigil.detect.kinds.common import add_time, delete_keys, earliest_times, first_seen_times, see
 from vigil.detect.rules.loader import LocDict
@@ -155,11 +155,12 @@ class PropagationDetector(Detector):
 
     def routes(self, event: Event) -> list[str]:
         keys: list[str] = []
-        if tag_of(event) in self.p.mark.types and self._mark(event):
+        # (A compiled match checks the event's type first.)
+        if self._mark(event):
             keys += self._target_keys(event)
         # Only what process() acts on: a trigger failing its conditions (a login with a second
         # factor) neither fires nor joins the history, so it need not be re-keyed.
-        if tag_of(event) in self.p.trigger.types and self._trigger(event):
+        if self._trigger(event):
             key = key_of(self._group, event)
             if key:
                 keys.append(key)
