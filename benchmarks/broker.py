@@ -3,6 +3,7 @@ else a single-node local broker of its own in the benchmark's work directory."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from vigil.config import load_settings
@@ -11,12 +12,23 @@ from vigil.hub.broker import LocalBroker, free_port_block
 REPO = Path(__file__).resolve().parents[1]
 
 
-def bench_broker(work: Path) -> tuple[str, LocalBroker | None]:
-    """The bootstrap address, and the broker to stop afterwards (``None``: an external cluster)."""
+def bench_broker(work: Path, *, cpus: set[int] | None = None) -> tuple[str, LocalBroker | None]:
+    """The bootstrap address, and the broker to stop afterwards (``None``: an external cluster).
+
+    ``cpus``: the CPUs the local broker may run on (it inherits this process's affinity
+    while it starts), so that a benchmark pinned to the other CPUs measures its own work,
+    not the broker's, as it would against a broker on other machines."""
     external = load_settings().kafka_bootstrap
     if external:
         return external, None
     broker = LocalBroker(
         home=work / "broker", port=free_port_block(2), dist_root=REPO / ".vigil" / "kafka-dist", heap_mb=1024
     )
-    return broker.start(nodes=1).bootstrap, broker
+    before = os.sched_getaffinity(0) if cpus and hasattr(os, "sched_setaffinity") else None
+    if before is not None and cpus:
+        os.sched_setaffinity(0, cpus)
+    try:
+        return broker.start(nodes=1).bootstrap, broker
+    finally:
+        if before is not None:
+            os.sched_setaffinity(0, before)
