@@ -32,3 +32,16 @@ def bench_broker(work: Path, *, cpus: set[int] | None = None) -> tuple[str, Loca
     finally:
         if before is not None:
             os.sched_setaffinity(0, before)
+
+
+def set_broker_cpus(broker: LocalBroker | None, cpus: set[int]) -> None:
+    """Move a running local broker (every thread of it) onto ``cpus``; nothing for an external one."""
+    if broker is None or not hasattr(os, "sched_setaffinity"):
+        return
+    for node in broker.running_nodes():
+        pid = int((broker.node_dir(node) / "pid").read_text())
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                os.sched_setaffinity(int(tid), cpus)
+            except ProcessLookupError:  # a thread that ended meanwhile
+                continue

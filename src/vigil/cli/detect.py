@@ -32,7 +32,9 @@ def detect(
     guarantee: Annotated[
         str, typer.Option(help="exactly_once (Kafka transactions) or at_least_once")
     ] = "exactly_once",
-    batch_size: Annotated[int, typer.Option(help="Records per micro-batch, at most")] = 5000,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Records per micro-batch, at most [default: the runtime's, 500]")
+    ] = None,
 ) -> None:
     """Run detection over the canonical topics; alerts go to `alerts`, decisions to `decisions`."""
     from vigil.detect.app import DetectionService
@@ -43,7 +45,8 @@ def detect(
     cfg = settings()
     check_reachable(cfg)
     ruleset = load_rules([rules])
-    service = DetectionService(cfg, ruleset, guarantee=guarantee, batch_size=batch_size)  # type: ignore[arg-type]
+    sizing = {} if batch_size is None else {"batch_size": batch_size}
+    service = DetectionService(cfg, ruleset, guarantee=guarantee, **sizing)  # type: ignore[arg-type]
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

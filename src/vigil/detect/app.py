@@ -37,7 +37,7 @@ from vigil.events.types import EVENT_CLASSES, IntelIndicator
 from vigil.hub.admin import ensure_topics
 from vigil.hub.client import EventProducer, make_admin, make_consumer
 from vigil.hub.topics import DOMAINS, TOPICS, TopicSpec
-from vigil.stream.app import Application
+from vigil.stream.app import DEFAULT_BATCH_SIZE, Application
 from vigil.stream.base import Guarantee
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ class DetectionService:
     rules: Sequence[Rule]
     topology: DetectTopology = field(default_factory=DetectTopology)
     guarantee: Guarantee = "exactly_once"
-    batch_size: int = 5000
+    batch_size: int = DEFAULT_BATCH_SIZE
     #: Checkpoint interval of both stages.  ``None``: 0.5 s exactly-once (an alert is visible once
     #: both stages have committed, so this bounds its latency); at-least-once the runtime's own
     #: default (outputs go out at once, so the interval only bounds what a crash replays, and a

@@ -56,6 +56,22 @@ OPERATORS: dict[str, str] = {
 }
 
 
+def compare(op: str, got: float, bound: float) -> bool:
+    """A rule's numeric condition (``gt``, ``gte``, ``lt``, ``lte``, else equality).
+
+    Here, in a compiled module, because detectors call it per event: from compiled code, a
+    call into an interpreted module cost 5% of a detection stage (measured with py-spy)."""
+    if op == "gt":
+        return got > bound
+    if op == "gte":
+        return got >= bound
+    if op == "lt":
+        return got < bound
+    if op == "lte":
+        return got <= bound
+    return got == bound
+
+
 def normalise_path(path: str) -> str:
     if path in Entities.KINDS:
         return f"entities.{path}"

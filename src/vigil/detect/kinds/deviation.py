@@ -43,11 +43,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from vigil.detect.fields import Condition, Getter, Match, compile_getter, key_of, short_name
+from vigil.detect.fields import Condition, Getter, Match, compare, compile_getter, key_of, short_name
 from vigil.detect.kinds.base import EvidenceMaker, Hit, entity_ref, ts
 from vigil.detect.kinds.common import MAX_SEEN, CompiledEntry, FieldEntry, GroupedDetector, parse_entries
 from vigil.detect.rules.loader import LocDict
-from vigil.detect.rules.parse import Parser, compare
+from vigil.detect.rules.parse import Parser
 from vigil.events.base import Event
 from vigil.stream.base import State
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, NamedTuple
 
-from vigil.detect.fields import Getter, Match, compile_getter
+from vigil.detect.fields import Getter, Match, compare, compile_getter
 from vigil.detect.kinds.base import EvidenceMaker, Hit, entity_ref, ts
 from vigil.detect.kinds.common import (
     CompiledEntry,
@@ -54,7 +54,7 @@ from vigil.detect.kinds.common import (
     see,
 )
 from vigil.detect.rules.loader import LocDict, LocList
-from vigil.detect.rules.parse import Parser, compare
+from vigil.detect.rules.parse import Parser
 from vigil.events.base import Event
 from vigil.events.types import EVENT_TYPES
 from vigil.stream.base import State

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from vigil.detect.fields import Match, compile_getter, short_name
+from vigil.detect.fields import Match, compare, compile_getter, short_name
 from vigil.detect.kinds.base import EvidenceMaker, Hit, entity_ref, ts
 from vigil.detect.kinds.common import GroupedDetector, delete_keys
 from vigil.detect.rules.loader import LocDict
-from vigil.detect.rules.parse import Parser, compare
+from vigil.detect.rules.parse import Parser
 from vigil.events.base import Event
 from vigil.events.types import EntityRef
 from vigil.stream.base import State

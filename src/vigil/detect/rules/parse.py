@@ -257,15 +257,3 @@ def _operand_ok(op: str, operand: Any) -> bool:
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def compare(op: str, got: float, bound: float) -> bool:
-    if op == "gt":
-        return got > bound
-    if op == "gte":
-        return got >= bound
-    if op == "lt":
-        return got < bound
-    if op == "lte":
-        return got <= bound
-    return got == bound
