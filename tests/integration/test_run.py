@@ -40,9 +40,13 @@ def test_run_flows_a_connector_through_normalise_into_the_indicator_topic(
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
     env |= {"VIGIL_KAFKA_BOOTSTRAP": kafka_bootstrap, "VIGIL_HOME": str(tmp_path)}
     before = _count(kafka_bootstrap, "intel.indicators")
+    # A source id of its own, so that its cursor starts empty: on a cluster where the lists were
+    # published before (a long-lived one), the default id's cursor knows their versions and,
+    # rightly, publishes nothing new.
+    source_id = f"intel.lists.test-{uuid.uuid4().hex[:8]}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "vigil.cli", "run", "--source", "intel", "-o", f"intel.data_dir={INTEL}",
-         "--rules", str(REPO / "rules"), "--at-least-once"],
+         "-o", f"intel.source_id={source_id}", "--rules", str(REPO / "rules"), "--at-least-once"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
     )  # fmt: skip
     try:
