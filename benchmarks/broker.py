@@ -35,13 +35,25 @@ def bench_broker(work: Path, *, cpus: set[int] | None = None) -> tuple[str, Loca
 
 
 def set_broker_cpus(broker: LocalBroker | None, cpus: set[int]) -> None:
-    """Move a running local broker (every thread of it) onto ``cpus``; nothing for an external one."""
+    """Move a running local broker (every thread of it) onto ``cpus``; nothing for an external one.
+
+    Threads inherit their creator's CPUs, so the walk repeats until it finds no thread left to
+    move (one started during a walk by a thread not moved yet).  The JVM's pools keep the sizes
+    it chose for the CPUs it started on."""
     if broker is None or not hasattr(os, "sched_setaffinity"):
         return
     for node in broker.running_nodes():
-        pid = int((broker.node_dir(node) / "pid").read_text())
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                os.sched_setaffinity(int(tid), cpus)
-            except ProcessLookupError:  # a thread that ended meanwhile
-                continue
+        try:
+            pid = int((broker.node_dir(node) / "pid").read_text())
+            moved = True
+            while moved:
+                moved = False
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    try:
+                        if os.sched_getaffinity(int(tid)) != cpus:
+                            os.sched_setaffinity(int(tid), cpus)
+                            moved = True
+                    except ProcessLookupError:  # a thread that ended meanwhile
+                        continue
+        except FileNotFoundError:  # the node stopped meanwhile
+            continue

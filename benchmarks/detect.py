@@ -19,7 +19,8 @@
    alignment pause partitions as live traffic never would (see ``on_kafka``).
    For the backlog runs a local broker (the default) runs on the other CPUs, and one
    unrecorded warm-up backlog run comes first, so that the broker's own start (JIT
-   compilation) is not in the figures; for the latency runs it may use every CPU again.
+   compilation) is not in the figures; for the latency runs it may use every CPU again (its
+   JVM keeps the thread pools it sized for the one CPU it started on).
 3. Beside them, the runtime floor from ``benchmarks/results/runtime.json`` (bare consume +
    decode on one core), when that benchmark has been run.
 
@@ -53,7 +54,7 @@ from vigil.detect.rules.validate import load_rules
 from vigil.events.base import Event, utcnow
 from vigil.hub.client import EventProducer
 from vigil.sim import SimConfig, Simulation
-from vigil.stream.app import AT_LEAST_ONCE_CHECKPOINT_S
+from vigil.stream.app import AT_LEAST_ONCE_CHECKPOINT_S, DEFAULT_BATCH_SIZE
 from vigil.stream.base import Record, State, StoreSpec
 from vigil.stream.collector import collecting_rarely
 from vigil.testing import MemoryState
@@ -143,11 +144,11 @@ def in_memory(rules: list[Any], events: int) -> dict[str, Any]:
     intel = intel_for(config.intel_dir, config.start)
     op.process([Record(e, "intel", 0, n, None, 0) for n, e in enumerate(intel)], ctx)
     records = [Record(e, "in", 0, n, None, 0) for n, e in enumerate(stream)]
-    # With the collector as the runtime sets it while it processes (Application.run).
+    # With the runtime's batch size, and the collector as the runtime sets it while it processes.
     with collecting_rarely():
         started = time.perf_counter()
-        for i in range(0, len(records), 5000):
-            op.process(records[i : i + 5000], ctx)
+        for i in range(0, len(records), DEFAULT_BATCH_SIZE):
+            op.process(records[i : i + DEFAULT_BATCH_SIZE], ctx)
         elapsed = time.perf_counter() - started
     return {
         "events": len(records),

@@ -33,7 +33,7 @@ def detect(
         str, typer.Option(help="exactly_once (Kafka transactions) or at_least_once")
     ] = "exactly_once",
     batch_size: Annotated[
-        int | None, typer.Option(help="Records per micro-batch, at most [default: the runtime's, 500]")
+        int | None, typer.Option(help="Records per micro-batch, at most", show_default="the runtime's, 500")
     ] = None,
 ) -> None:
     """Run detection over the canonical topics; alerts go to `alerts`, decisions to `decisions`."""
