@@ -24,14 +24,14 @@ def bench_broker(work: Path, *, cpus: set[int] | None = None) -> tuple[str, Loca
     broker = LocalBroker(
         home=work / "broker", port=free_port_block(2), dist_root=REPO / ".vigil" / "kafka-dist", heap_mb=1024
     )
-    before = os.sched_getaffinity(0) if cpus and hasattr(os, "sched_setaffinity") else None
-    if before is not None and cpus:
-        os.sched_setaffinity(0, cpus)
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        return broker.start(nodes=1).bootstrap, broker
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
     try:
         return broker.start(nodes=1).bootstrap, broker
     finally:
-        if before is not None:
-            os.sched_setaffinity(0, before)
+        os.sched_setaffinity(0, before)
 
 
 def set_broker_cpus(broker: LocalBroker | None, cpus: set[int]) -> None:
@@ -45,15 +45,20 @@ def set_broker_cpus(broker: LocalBroker | None, cpus: set[int]) -> None:
     for node in broker.running_nodes():
         try:
             pid = int((broker.node_dir(node) / "pid").read_text())
-            moved = True
-            while moved:
-                moved = False
-                for tid in os.listdir(f"/proc/{pid}/task"):
-                    try:
-                        if os.sched_getaffinity(int(tid)) != cpus:
-                            os.sched_setaffinity(int(tid), cpus)
-                            moved = True
-                    except ProcessLookupError:  # a thread that ended meanwhile
-                        continue
+            while _move_threads(pid, cpus):
+                pass
         except FileNotFoundError:  # the node stopped meanwhile
             continue
+
+
+def _move_threads(pid: int, cpus: set[int]) -> bool:
+    """Put every thread of ``pid`` on ``cpus``; whether any had to move."""
+    moved = False
+    for tid in map(int, os.listdir(f"/proc/{pid}/task")):
+        try:
+            if os.sched_getaffinity(tid) != cpus:
+                os.sched_setaffinity(tid, cpus)
+                moved = True
+        except ProcessLookupError:  # a thread that ended meanwhile
+            continue
+    return moved

@@ -150,7 +150,7 @@ def run(quick: bool) -> dict[str, Any]:
     before, core = _cores()
     others = (before - {core}) if before is not None and core is not None else None
     settings, broker = _broker(work, others or None)
-    broker_cpus = ", ".join(map(str, sorted(others or before or set[int]())))
+    broker_cpus = ", ".join(map(str, sorted(others or before or ())))
     if core is not None:
         os.sched_setaffinity(0, {core})
     try:
