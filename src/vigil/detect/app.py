@@ -33,7 +33,7 @@ from vigil.detect.rules.models import Rule
 from vigil.errors import BrokerError, DecodeError
 from vigil.events.base import Event
 from vigil.events.codec import EventCodec
-from vigil.events.types import EVENT_CLASSES, IntelIndicator
+from vigil.events.types import EVENT_CLASSES, EVENT_TYPES, IntelIndicator
 from vigil.hub.admin import ensure_topics
 from vigil.hub.client import EventProducer, make_admin, make_consumer
 from vigil.hub.topics import DOMAINS, TOPICS, TopicSpec
@@ -283,6 +283,7 @@ class DetectionService:
         self.local_detector = DetectOperator(
             self.ruleset,
             detectors="local",
+            dedup=True,
             op_id="detect.local.v1",
             alerts_topic=t.alerts,
             decisions_topic=t.decisions,
@@ -299,9 +300,13 @@ class DetectionService:
             if self.fetch_linger_ms > 0
             else {}
         )
+        # Records of a type no rule reads (orders, logouts: a third of an exchange's events) are
+        # committed past undecoded.  Intel indicators update the index wherever they arrive.
+        read = {*self.ruleset.by_type, "intel_indicator"}
         self.route_app = Application(
             self.settings,
             name=t.route_app,
+            skip_types=sorted(t for t in EVENT_TYPES if t not in read),
             inputs=list(t.inputs),
             operators=[self.local_detector, self.router] if self.local_stage else [self.router],
             guarantee=self.guarantee,

@@ -31,7 +31,10 @@ Partitioning (why there are two stages on Kafka)
     ``DetectionService`` by default (``local_stage``) runs the rules whose events are already
     keyed by their group entity (:func:`is_local`) in stage 1, on the aligned inputs, and
     routes only the events other rules need: fewer routed records and one hop less for those
-    rules' alerts.  ``local_stage=False`` runs every rule in stage 2.
+    rules' alerts.  ``local_stage=False`` runs every rule in stage 2.  Stage 1 also keeps what
+    a routed rule needs to tell which of its events would change nothing (wash trading's
+    links, which a customer's usual logins repeat: :meth:`Detector.is_redundant`), and the
+    router leaves those out.
 
     Rules whose state is one graph (exposure, linked accounts) route under one constant
     key: correct with any number of partitions and processes, at the cost of that rule's
@@ -94,6 +97,8 @@ class RuleSet:
         self.detectors: list[Detector] = [KINDS[r.kind].detector(r, env) for r in self.rules]
         self.local = [d for d in self.detectors if is_local(d)]
         self.remote = [d for d in self.detectors if not is_local(d)]
+        #: Routed detectors whose redundant events stage 1 can tell (:meth:`Detector.is_redundant`).
+        self.dedup = [d for d in self.remote if d.dedup_store is not None]
         self.by_type = _by_type(self.detectors)
         self._plan = _route_plan(self.detectors)
         self._remote_plan = _route_plan(self.remote)
@@ -231,6 +236,7 @@ class DetectOperator(Operator[Event]):
         alerts_topic: str = ALERTS_TOPIC,
         decisions_topic: str = DECISIONS_TOPIC,
         detectors: str = "all",
+        dedup: bool = False,
     ) -> None:
         self.id = op_id
         self.subset = ruleset.subset(detectors)
@@ -239,7 +245,15 @@ class DetectOperator(Operator[Event]):
         self.decisions_topic = decisions_topic
         self.ruleset = ruleset
         self.routed = routed
-        self.stores = tuple(d.store for d in self.subset)
+        # Stage 1 beside a router of the remote rules only: judge here which events would change
+        # nothing in those rules' state, so the router leaves them out (Detector.is_redundant).
+        self._dedup: dict[type, list[Detector]] = {}
+        for det in ruleset.dedup if dedup else ():
+            for tag in sorted(det.dedup_types):
+                self._dedup.setdefault(EVENT_TYPES[tag], []).append(det)
+        self.stores = tuple(d.store for d in self.subset) + tuple(
+            d.dedup_store for d in ruleset.dedup if dedup and d.dedup_store is not None
+        )
         self.alerts = 0
         self.decisions = 0
         self.swept = 0
@@ -253,8 +267,13 @@ class DetectOperator(Operator[Event]):
         # (records of one key from different input topics may interleave out of order).
         ordered = sorted(batch, key=_event_time)
         hits: list[Hit] = []
+        dedup = self._dedup
         for rec in ordered:
             event = rec.event
+            if dedup:
+                judges = dedup.get(type(event))
+                if judges is not None:
+                    self._judge(judges, event, ctx, states)
             entry = dispatch.get(type(event))
             if entry is None:
                 if isinstance(event, IntelIndicator):
@@ -284,6 +303,18 @@ class DetectOperator(Operator[Event]):
                         self._emit(det, hit, rec, event, ctx)
                     hits = []
         self._maybe_sweep(ordered, ctx, states)
+
+    @staticmethod
+    def _judge(judges: list[Detector], event: Event, ctx: Context, states: dict[str, State]) -> None:
+        for det in judges:
+            store = det.dedup_store
+            if store is None:  # only detectors with a store are judges
+                continue
+            state = states.get(store.id)
+            if state is None:
+                state = states[store.id] = ctx.state(store)
+            if det.is_redundant(event, state):
+                det.redundant.add(event.event_id)
 
     def _maybe_sweep(self, batch: Sequence[Record[Event]], ctx: Context, states: dict[str, State]) -> None:
         """Every SWEEP_EVERY records of a partition, drop its expired windows and marks."""
@@ -327,6 +358,9 @@ class RouteOperator(Operator[Event]):
         self.topic = topic
         self.remote_only = remote_only
         self.routed = 0
+        #: Detectors whose redundant events stage 1 marks (DetectOperator ``dedup``) for this
+        #: router to leave out; the marks are for the batch at hand.
+        self._dedup = ruleset.dedup if remote_only else []
 
     def process(self, batch: Sequence[Record[Event]], ctx: Context) -> None:
         # One batch holds this partition's records of every input topic: write them on in
@@ -344,6 +378,9 @@ class RouteOperator(Operator[Event]):
                 forward(topic, rec, key)
                 routed += 1
         self.routed += routed
+        for det in self._dedup:
+            if det.redundant:
+                det.redundant.clear()
 
 
 def detect_events(

@@ -65,6 +65,13 @@ nobody back, so live traffic is not delayed.  Only released records count as pro
 only their offsets are committed (buffered ones are read again after a restart or
 rebalance), so both guarantees hold as before.  Decoded records must have ``occurred_at``.
 
+Skipped types.  An application whose operators read only some event types (detection reads
+20 of the canonical types; orders and logouts, a third of an exchange's events, no rule reads)
+names the others in ``skip_types``.  A record of one of them is told by its first bytes (the
+canonical codec writes the type tag first: ``{"type":"order",``), counted as processed and
+committed past without being decoded or handed to an operator.  Bytes laid out otherwise
+(another JSON writer's) are decoded as usual, and then handed over whatever their type.
+
 Rebalancing.  Cooperative-sticky: only moved partitions stop.  On revocation the
 application checkpoints, then closes the stores; on assignment it restores the stores
 from their changelogs before processing.  A lost assignment (session timeout) aborts
@@ -154,6 +161,20 @@ _ALIGN_IDLE_EVERY_S = 0.01
 #: What decoding a record may raise: the contract's errors (EventCodec, custom decoders) and the
 #: default decoder's own (the fast path calls msgspec directly, without EventCodec's wrapping).
 _DECODE_ERRORS = (ContractError, msgspec.ValidationError, msgspec.DecodeError)
+#: How every canonical record begins (see _skipped).
+_TAG_HEAD = b'{"type":"'
+_TAG_START = len(_TAG_HEAD)
+#: Type tags are short: a record whose tag does not end within this many bytes is decoded.
+_TAG_SCAN = 64
+
+
+def _skipped(value: bytes, skip: frozenset[bytes]) -> bool:
+    """Whether a canonical record is of a type in ``skip``, told from its first bytes (see the
+    module docstring): the tag, then a comma or the object's end.  Anything else: ``False``."""
+    if not value.startswith(_TAG_HEAD):
+        return False
+    end = value.find(b'"', _TAG_START, _TAG_SCAN)
+    return end > 0 and value[_TAG_START:end] in skip and value[end + 1 : end + 2] in (b",", b"}")
 
 
 def _error_kind(exc: Exception) -> str:
@@ -334,6 +355,7 @@ class Application:
         max_event_time_skew_s: float | None = None,
         alignment_idle_s: float = 1.0,
         alignment_max_buffered: int = ALIGNMENT_MAX_BUFFERED,
+        skip_types: Sequence[str] = (),
     ) -> None:
         if not inputs:
             msg = f"application {name!r}: expected at least one input topic, got none"
@@ -360,6 +382,12 @@ class Application:
             msg = (
                 f"application {name!r}: max_event_time_skew_s must be >= 0 seconds (or None: off); "
                 f"got {max_event_time_skew_s}"
+            )
+            raise ConfigError(msg)
+        if skip_types and decode is not None:
+            msg = (
+                f"application {name!r}: skip_types tells canonical records by their type tag; "
+                f"with a decoder of its own ({decode!r}) the records are not canonical"
             )
             raise ConfigError(msg)
         if not alignment_idle_s > 0:
@@ -400,11 +428,15 @@ class Application:
 
         self._codec = EventCodec()
         self._decode = decode
+        #: Type tags of the records counted and committed past undecoded (see the module docstring).
+        self.skip_types = frozenset(skip_types)
+        self._skip = frozenset(t.encode() for t in skip_types)
         self._stop = threading.Event()
         self._tasks: dict[int, _PartitionTask] = {}
         self._owned: set[tuple[str, int]] = set()
         self._next_offsets: dict[tuple[str, int], int] = {}
-        #: Aligned: decoded records (or dead letters, at -inf) not yet released, by partition.
+        #: Aligned: decoded records (or dead letters, at -inf, or the offsets of skipped records)
+        #: not yet released, by partition.
         self._buffers: dict[TP, deque[tuple[float, Any]]] = {}
         #: Aligned: records left in partitions nothing was consumed from yet (see _start_lag).
         self._start_lags: dict[TP, tuple[float, int | None]] = {}
@@ -617,6 +649,8 @@ class Application:
         decode = self._decode
         codec_decode = self._codec._decoder.decode
         letters = 0
+        skipped = 0
+        skip = self._skip
         only_topic = self.inputs[0] if len(self.inputs) == 1 else None
         # The per-record loop is the runtime's own hot path: messages arrive in runs of one
         # partition, so the partition is looked up (and its next offset stored) once per run.
@@ -644,6 +678,9 @@ class Application:
                 continue
             offset = msg.offset()
             value = msg.value()
+            if skip and value is not None and _skipped(value, skip):
+                skipped += 1
+                continue
             try:
                 if value is None:
                     raise ContractError(_TOMBSTONE)
@@ -658,7 +695,7 @@ class Application:
             group.append(Record(event, topic, part, offset, msg.key(), msg.timestamp()[1], value))
         if run_owned and offset >= 0:
             offsets[run_topic, run_part] = offset + 1  # type: ignore[index]
-        count = letters + sum(len(g) for g in groups.values())
+        count = letters + skipped + sum(len(g) for g in groups.values())
         self._run_operators(groups, count, len(msgs), started)
 
     def _consumer_error(self, err: KafkaError) -> None:
@@ -676,6 +713,9 @@ class Application:
         codec_decode = self._codec._decoder.decode
         buffers = self._buffers
         consumed = self._consumed
+        offsets = self._next_offsets
+        skip = self._skip
+        skipped = 0
         buf: deque[tuple[float, Any]] = deque()
         #: Per partition touched, the latest event time this call buffered (-inf: dead letters only).
         newest: dict[TP, float] = {}
@@ -711,6 +751,14 @@ class Application:
                 continue
             offset = msg.offset()
             value = msg.value()
+            if skip and value is not None and _skipped(value, skip):
+                if buf:
+                    # Committed past once what came before it is released, right after that.
+                    buf.append((buf[-1][0], offset))
+                else:
+                    offsets[topic, part] = offset + 1
+                    skipped += 1
+                continue
             try:
                 if value is None:
                     raise ContractError(_TOMBSTONE)
@@ -734,6 +782,9 @@ class Application:
                 run_newest = occurred
             buf.append((occurred, Record(event, topic, part, offset, msg.key(), msg.timestamp()[1], value)))
         end_run()
+        if skipped:
+            self.metrics.processed += skipped
+            self.prometheus.processed.labels(self.name).inc(skipped)
         now = time.monotonic()
         # The lane keeps the maximum, so what this call buffered is all it needs to see.
         for tp, latest in newest.items():
@@ -811,6 +862,8 @@ class Application:
                 if isinstance(item, Record):
                     out.append(item)
                     last = item.offset
+                elif isinstance(item, int):  # a skipped record (see _buffer)
+                    last = item
                 else:
                     self._dead_letter(*item)
                     last = item[2]

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import msgspec
 import pytest
-from tests.integration.stream.apps import COUNTS, RunningCount, expected_ids, payments, read_all
+from confluent_kafka import TopicPartition
+from tests.integration.stream.apps import COUNTS, T0, RunningCount, expected_ids, payments, read_all
 from tests.integration.stream.conftest import Running, make_topics, produce, wait_for
 
 from vigil.config import Settings, load_settings
 from vigil.errors import ConfigError, PipelineError
-from vigil.events.codec import decode_event
+from vigil.events.base import Entities, Event
+from vigil.events.codec import decode_event, encode
 from vigil.events.records import DeadLetter
-from vigil.events.types import Payment
-from vigil.hub.client import EventProducer
+from vigil.events.types import Logout, Payment
+from vigil.hub.client import EventProducer, make_consumer
 from vigil.stream.app import Application
 from vigil.stream.base import Context, Operator, Record
 
@@ -281,3 +284,81 @@ def test_stateless_inputs_with_unequal_partition_counts_are_each_assigned(
     stateful = Application(settings, name=names("bad"), inputs=[one, three], operators=[RunningCount(out)])
     with pytest.raises(ConfigError, match=r"stateful applications need co-partitioned inputs .*got \{"):
         stateful.run()
+
+
+class Seen(Operator[Event]):
+    id = "seen"
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    def process(self, batch: Sequence[Record[Event]], ctx: Context) -> None:
+        self.ids += [rec.event.event_id for rec in batch]
+
+
+@pytest.mark.parametrize("skew", [None, 30.0], ids=["unaligned", "aligned"])
+def test_skipped_types_are_committed_past_without_reaching_the_operators(
+    settings: Settings, names: Callable[[str], str], run_app: Start, skew: float | None
+) -> None:
+    src, name = names("in"), names("app")
+    make_topics(settings, src)
+    pays = payments(60, 7)
+    logouts = [
+        Logout(
+            event_id=f"l{i}",
+            source="test",
+            occurred_at=T0 + timedelta(seconds=i, milliseconds=500),
+            entities=Entities(customer=f"c{i % 7}"),
+        )
+        for i in range(60)
+    ]
+    produce(settings, src, [e for pair in zip(pays, logouts, strict=True) for e in pair])
+    # A logout laid out by another JSON writer (the tag not first) is decoded and handed over.
+    other = json.loads(
+        encode(Logout(event_id="other", source="test", occurred_at=T0, entities=Entities(customer="c1")))
+    )
+    producer = EventProducer(settings)
+    producer.produce_raw(src, "c1", json.dumps({"event_id": other.pop("event_id"), **other}).encode())
+    producer.flush()
+
+    seen = Seen()
+    running = run_app(
+        Application(
+            settings,
+            name=name,
+            inputs=[src],
+            operators=[seen],
+            skip_types=["logout"],
+            max_event_time_skew_s=skew,
+            checkpoint_interval_s=0.1,
+            instance_id="t1",
+        )
+    )
+    wait_for(
+        lambda: bool(running.errors) or running.app.metrics.processed >= 121, 60, "121 records processed"
+    )
+    running.stop()
+    assert not running.errors
+    assert running.app.metrics.processed == 121
+    assert sorted(seen.ids) == sorted([p.event_id for p in pays] + ["other"])
+    # Committed to the end of every partition, skipped records included: nothing is read again.
+    consumer = make_consumer(settings, name)
+    try:
+        parts = [TopicPartition(src, p) for p in range(3)]
+        committed = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=30)}
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(src, p), timeout=30)[1] for p in range(3)}
+    finally:
+        consumer.close()
+    assert committed == ends
+
+
+def test_skip_types_needs_the_canonical_codec(settings: Settings) -> None:
+    with pytest.raises(ConfigError, match="skip_types"):
+        Application(
+            settings,
+            name="x",
+            inputs=["in"],
+            operators=[Seen()],
+            skip_types=["logout"],
+            decode=lambda topic, value, key, headers: value,
+        )

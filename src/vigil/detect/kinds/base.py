@@ -212,11 +212,20 @@ class Detector(ABC):
     #: The paths this detector's state is keyed by (empty: one global key, e.g. a graph).
     group_paths: tuple[str, ...] = ()
 
+    #: Stage 1's store for :meth:`is_redundant` (``None``: this detector judges nothing there).
+    dedup_store: StoreSpec | None = None
+    #: The event types :meth:`is_redundant` judges (none of which ``process`` could fire on).
+    dedup_types: frozenset[str] = frozenset()
+
     def __init__(self, rule: Rule, env: Env) -> None:
         self.rule = rule
         self.env = env
         self.store = StoreSpec(f"detect.{rule.id}", rule.version)
         self.store_id = self.store.id
+        #: Ids of the events of the batch stage 1 is on that :meth:`is_redundant` judged
+        #: redundant: :meth:`wants` says no to them, and the route stage clears the set once it
+        #: has routed the batch.
+        self.redundant: set[str] = set()
 
     @property
     @abstractmethod
@@ -249,6 +258,13 @@ class Detector(ABC):
         route stage does not re-key events no detector wants (a trade between unlinked
         accounts), so ``False`` must be exact: only when ``process`` would do nothing."""
         return True
+
+    def is_redundant(self, event: Event, state: State) -> bool:
+        """Stage 1 on Kafka, for a rule whose state is routed elsewhere: whether ``event`` (of
+        ``dedup_types``) would change nothing in that state, judged from what this partition of
+        the input saw before, kept in ``state`` (the ``dedup_store``'s).  ``True`` must be
+        exact, as for :meth:`wants`: the event is then not routed to this rule at all."""
+        return False
 
     def sweep(self, state: State, now: float) -> int:
         """Delete state that can no longer matter at event time ``now`` (expired windows and
