@@ -69,8 +69,9 @@ Skipped types.  An application whose operators read only some event types (detec
 20 of the canonical types; orders and logouts, a third of an exchange's events, no rule reads)
 names the others in ``skip_types``.  A record of one of them is told by its first bytes (the
 canonical codec writes the type tag first: ``{"type":"order",``), counted as processed and
-committed past without being decoded or handed to an operator.  Bytes laid out otherwise
-(another JSON writer's) are decoded as usual, and then handed over whatever their type.
+committed past without being decoded or handed to an operator (nor validated: a skipped
+record is the business of the applications that read it).  Bytes laid out otherwise (another
+JSON writer's) are decoded as usual, and then handed over whatever their type.
 
 Rebalancing.  Cooperative-sticky: only moved partitions stop.  On revocation the
 application checkpoints, then closes the stores; on assignment it restores the stores
@@ -695,6 +696,7 @@ class Application:
             group.append(Record(event, topic, part, offset, msg.key(), msg.timestamp()[1], value))
         if run_owned and offset >= 0:
             offsets[run_topic, run_part] = offset + 1  # type: ignore[index]
+        self.metrics.skipped += skipped
         count = letters + skipped + sum(len(g) for g in groups.values())
         self._run_operators(groups, count, len(msgs), started)
 
@@ -715,7 +717,7 @@ class Application:
         consumed = self._consumed
         offsets = self._next_offsets
         skip = self._skip
-        skipped = 0
+        skipped = done = 0
         buf: deque[tuple[float, Any]] = deque()
         #: Per partition touched, the latest event time this call buffered (-inf: dead letters only).
         newest: dict[TP, float] = {}
@@ -752,12 +754,13 @@ class Application:
             offset = msg.offset()
             value = msg.value()
             if skip and value is not None and _skipped(value, skip):
+                skipped += 1
                 if buf:
                     # Committed past once what came before it is released, right after that.
                     buf.append((buf[-1][0], offset))
                 else:
                     offsets[topic, part] = offset + 1
-                    skipped += 1
+                    done += 1
                 continue
             try:
                 if value is None:
@@ -782,9 +785,11 @@ class Application:
                 run_newest = occurred
             buf.append((occurred, Record(event, topic, part, offset, msg.key(), msg.timestamp()[1], value)))
         end_run()
-        if skipped:
-            self.metrics.processed += skipped
-            self.prometheus.processed.labels(self.name).inc(skipped)
+        self.metrics.skipped += skipped
+        if done:
+            # Processed now (the others when released, after what came before them).
+            self.metrics.processed += done
+            self.prometheus.processed.labels(self.name).inc(done)
         now = time.monotonic()
         # The lane keeps the maximum, so what this call buffered is all it needs to see.
         for tp, latest in newest.items():

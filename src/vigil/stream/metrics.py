@@ -18,6 +18,8 @@ class AppMetrics:
     """Counters a test (or a benchmark) can read while the application runs."""
 
     processed: int = 0
+    #: Of those, records of ``skip_types`` committed past undecoded.
+    skipped: int = 0
     batches: int = 0
     emitted: int = 0
     dead_lettered: int = 0
