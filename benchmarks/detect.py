@@ -535,9 +535,9 @@ def markdown(result: dict[str, Any]) -> str:
             "saturated (its row is what the core gave it over the send), the stages fall behind and "
             "alerts queue.  With 64-69 alerts per run, p99 is close to the slowest alert.  The stages "
             "start with empty state: the first sightings of every customer and key cost more than "
-            "the steady state, so the first part of a run builds a backlog that later drains; "
-            "alerts on events sent after the first part are shown apart (what a process that has "
-            "run a while serves).",
+            "the steady state, so the first part of a run may build a backlog; the alerts on events "
+            "sent after the first part, shown apart, tell whether it drained: lower than the whole "
+            "run's, it did; as high, the stages kept a backlog throughout.",
         ]
     return "\n".join(lines) + "\n"
 

@@ -314,7 +314,7 @@ class DetectOperator(Operator[Event]):
             if state is None:
                 state = states[store.id] = ctx.state(store)
             if det.is_redundant(event, state):
-                det.redundant.add(event.event_id)
+                det.redundant.add(id(event))
 
     def _maybe_sweep(self, batch: Sequence[Record[Event]], ctx: Context, states: dict[str, State]) -> None:
         """Every SWEEP_EVERY records of a partition, drop its expired windows and marks."""
@@ -360,7 +360,7 @@ class RouteOperator(Operator[Event]):
         self.routed = 0
         #: Detectors whose redundant events stage 1 marks (DetectOperator ``dedup``) for this
         #: router to leave out; the marks are for the batch at hand.
-        self._dedup = ruleset.dedup if remote_only else []
+        self._dedup = ruleset.dedup
 
     def process(self, batch: Sequence[Record[Event]], ctx: Context) -> None:
         # One batch holds this partition's records of every input topic: write them on in
@@ -373,14 +373,17 @@ class RouteOperator(Operator[Event]):
         # Forwarded, not emitted: the event goes on as it came, in the bytes it was read as.
         forward, topic = ctx.forward, self.topic
         routed = 0
-        for rec in sorted(batch, key=_event_time) if len(batch) > 1 else batch:
-            for key in routes_for(rec.event, remote_only=remote_only):
-                forward(topic, rec, key)
-                routed += 1
+        try:
+            for rec in sorted(batch, key=_event_time) if len(batch) > 1 else batch:
+                for key in routes_for(rec.event, remote_only=remote_only):
+                    forward(topic, rec, key)
+                    routed += 1
+        finally:
+            # The marks name event objects of this batch: once it is gone, another may take an id.
+            for det in self._dedup:
+                if det.redundant:
+                    det.redundant.clear()
         self.routed += routed
-        for det in self._dedup:
-            if det.redundant:
-                det.redundant.clear()
 
 
 def detect_events(

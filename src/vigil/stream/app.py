@@ -717,7 +717,7 @@ class Application:
         consumed = self._consumed
         offsets = self._next_offsets
         skip = self._skip
-        skipped = done = 0
+        done = 0
         buf: deque[tuple[float, Any]] = deque()
         #: Per partition touched, the latest event time this call buffered (-inf: dead letters only).
         newest: dict[TP, float] = {}
@@ -726,13 +726,17 @@ class Application:
         run_part = -1
         run_owned = False
         run_newest = -math.inf
+        #: Whether the run buffered a record or a dead letter (skipped records alone tell
+        #: alignment nothing: no event time, and the partition delivered nothing).
+        run_buffered = False
         offset = -1
 
         def end_run() -> None:
             if run_owned and offset >= 0 and run_topic is not None:
                 tp = (run_topic, run_part)
                 consumed[tp] = offset + 1
-                newest[tp] = max(newest.get(tp, -math.inf), run_newest)
+                if run_buffered:
+                    newest[tp] = max(newest.get(tp, -math.inf), run_newest)
 
         for msg in msgs:
             err = msg.error()
@@ -746,6 +750,7 @@ class Application:
                 run_topic, run_part = topic, part
                 run_owned = (topic, part) in owned
                 run_newest = -math.inf
+                run_buffered = False
                 offset = -1
                 if run_owned:
                     buf = buffers.setdefault((topic, part), deque())
@@ -754,14 +759,15 @@ class Application:
             offset = msg.offset()
             value = msg.value()
             if skip and value is not None and _skipped(value, skip):
-                skipped += 1
                 if buf:
-                    # Committed past once what came before it is released, right after that.
+                    # Committed past once what came before it is released, right after that
+                    # (and counted then: a revocation drops it, to be read again).
                     buf.append((buf[-1][0], offset))
                 else:
                     offsets[topic, part] = offset + 1
                     done += 1
                 continue
+            run_buffered = True
             try:
                 if value is None:
                     raise ContractError(_TOMBSTONE)
@@ -785,9 +791,9 @@ class Application:
                 run_newest = occurred
             buf.append((occurred, Record(event, topic, part, offset, msg.key(), msg.timestamp()[1], value)))
         end_run()
-        self.metrics.skipped += skipped
         if done:
-            # Processed now (the others when released, after what came before them).
+            # Skipped records with nothing buffered before them are processed now.
+            self.metrics.skipped += done
             self.metrics.processed += done
             self.prometheus.processed.labels(self.name).inc(done)
         now = time.monotonic()
@@ -856,7 +862,7 @@ class Application:
         owned = self._owned
         offsets = self._next_offsets
         runs: dict[int, list[list[Record[Any]]]] = {}
-        count = 0
+        count = skipped = 0
         for tp, buf in self._buffers.items():
             if not buf or tp not in owned or buf[0][0] > limit:
                 continue
@@ -869,6 +875,7 @@ class Application:
                     last = item.offset
                 elif isinstance(item, int):  # a skipped record (see _buffer)
                     last = item
+                    skipped += 1
                 else:
                     self._dead_letter(*item)
                     last = item[2]
@@ -878,6 +885,7 @@ class Application:
                 runs.setdefault(tp[1], []).append(out)
         if not count:
             return
+        self.metrics.skipped += skipped
         merged = {part: _merged(rs) for part, rs in runs.items()}
         if len(merged) <= 1:
             self._call_operators(merged)

@@ -300,8 +300,8 @@ class Seen(Operator[Event]):
 def test_skipped_types_are_committed_past_without_reaching_the_operators(
     settings: Settings, names: Callable[[str], str], run_app: Start, skew: float | None
 ) -> None:
-    src, name = names("in"), names("app")
-    make_topics(settings, src)
+    src, quiet, name = names("in"), names("logouts"), names("app")
+    make_topics(settings, src, quiet)
     pays = payments(60, 7)
     logouts = [
         Logout(
@@ -320,13 +320,15 @@ def test_skipped_types_are_committed_past_without_reaching_the_operators(
     producer = EventProducer(settings)
     producer.produce_raw(src, "c1", json.dumps({"event_id": other.pop("event_id"), **other}).encode())
     producer.flush()
+    # A second input of nothing but skipped records.
+    produce(settings, quiet, [msgspec.structs.replace(e, event_id=f"q{e.event_id}") for e in logouts])
 
     seen = Seen()
     running = run_app(
         Application(
             settings,
             name=name,
-            inputs=[src],
+            inputs=[src, quiet],
             operators=[seen],
             skip_types=["logout"],
             max_event_time_skew_s=skew,
@@ -335,19 +337,24 @@ def test_skipped_types_are_committed_past_without_reaching_the_operators(
         )
     )
     wait_for(
-        lambda: bool(running.errors) or running.app.metrics.processed >= 121, 60, "121 records processed"
+        lambda: bool(running.errors) or running.app.metrics.processed >= 181, 60, "181 records processed"
     )
+    alignment = running.app.alignment
+    # Skipped records give alignment no event time: the input of nothing else is a partition that
+    # never delivered (holding nobody back once idle), not one stuck at the start of time.
+    quiet_times = [alignment.lanes[quiet, p].event_time for p in range(3)] if alignment else []
     running.stop()
     assert not running.errors
-    assert running.app.metrics.processed == 121
-    assert running.app.metrics.skipped == 60
+    assert running.app.metrics.processed == 181
+    assert running.app.metrics.skipped == 120
     assert sorted(seen.ids) == sorted([p.event_id for p in pays] + ["other"])
+    assert quiet_times == ([None] * 3 if skew is not None else [])
     # Committed to the end of every partition, skipped records included: nothing is read again.
     consumer = make_consumer(settings, name)
     try:
-        parts = [TopicPartition(src, p) for p in range(3)]
-        committed = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=30)}
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(src, p), timeout=30)[1] for p in range(3)}
+        parts = [TopicPartition(t, p) for t in (src, quiet) for p in range(3)]
+        committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(parts, timeout=30)}
+        ends = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=30)[1] for tp in parts}
     finally:
         consumer.close()
     assert committed == ends

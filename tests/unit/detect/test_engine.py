@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import msgspec
 import pytest
 from tests.unit.detect.chain_events import transfer
 
@@ -29,6 +30,7 @@ from vigil.events.types import (
     FailedLoginPayload,
     IntelIndicator,
     IntelIndicatorPayload,
+    Login,
     WithdrawalRequest,
     WithdrawalRequestPayload,
 )
@@ -163,8 +165,8 @@ def test_routed_detection_on_many_partitions_equals_single_partition_detection(l
 
 def test_stage_one_leaves_out_link_events_that_change_no_links() -> None:
     """Wash trading keeps every account's devices and IPs under one key, and most logins repeat
-    them.  Stage 1 keeps the links as well and routes only the link events that change them: the
-    rule ends with the same links and alerts from far fewer records."""
+    them.  Stage 1 keeps what it routed and leaves out link events whose links it routed
+    recently: the rule ends with the same links and alerts from far fewer records."""
     events = small_sim()
     key = "linked:wash-trading-linked"
     full = routed_run(events, partitions=4, local_stage=True, dedup=False)
@@ -190,6 +192,60 @@ def test_stage_one_leaves_out_link_events_that_change_no_links() -> None:
     # Stage 1 did mark events, and the marks were for one batch: the router cleared them.
     assert deduped.ruleset.dedup
     assert not any(d.redundant for d in deduped.ruleset.dedup)
+
+
+LINKED = "linked:wash-trading-linked"
+
+
+def _login(n: int, device: str, at: timedelta, event_id: str | None = None) -> Login:
+    return Login(
+        event_id=event_id or f"login-{n}",
+        source="test",
+        occurred_at=T0 + at,
+        entities=Entities(customer="c1", account="a1", device=device),
+    )
+
+
+def _routed_to_linked(
+    ruleset: RuleSet, batch: list[Event], states: dict[tuple[str, int], MemoryState]
+) -> list[str]:
+    """Stage 1 over one batch (local rules with the dedup, then the router): the event ids
+    routed to the wash-trading rule."""
+    local = DetectOperator(ruleset, detectors="local", op_id="local", dedup=True)
+    router = RouteOperator(ruleset, remote_only=True)
+    records = [Record(e, "in", 0, n, None, 0) for n, e in enumerate(batch)]
+    out: list[Any] = []
+    local.process(records, _Ctx(0, states, out))
+    router.process(records, _Ctx(0, states, out))
+    return [e.event_id for _, key, e in out if key == LINKED]
+
+
+def test_a_duplicate_of_a_new_link_does_not_hide_it() -> None:
+    # The same event twice in one batch (an at-least-once source): the first adds the link, the
+    # second repeats it.  The first must still reach the rule.
+    ruleset = RuleSet(RULES)
+    first = _login(1, "dev-new", timedelta(0))
+    again = msgspec.structs.replace(first)
+    assert again is not first
+    assert again.event_id == first.event_id
+    assert _routed_to_linked(ruleset, [first, again], {}) == [first.event_id]
+
+
+def test_stage_one_routes_a_link_again_when_old_or_a_day_on() -> None:
+    ruleset = RuleSet(RULES)
+    states: dict[tuple[str, int], MemoryState] = {}
+    # Twelve devices: the first four are the older half of the sixteen links a party keeps.
+    devices = [f"dev-{i}" for i in range(12)]
+    batch: list[Event] = [_login(i, d, timedelta(minutes=i)) for i, d in enumerate(devices)]
+    assert len(_routed_to_linked(ruleset, batch, states)) == 12  # each one new
+    recent = _login(20, "dev-11", timedelta(minutes=20))
+    old = _login(21, "dev-0", timedelta(minutes=21))
+    # A repeat of a recent link is left out; one of the older half goes again (the routed stage,
+    # applying events in another order, may have dropped it to make room).
+    assert _routed_to_linked(ruleset, [recent, old], states) == [old.event_id]
+    # A day on, a recent link goes again too: whatever the routed stage lost comes back.
+    later = _login(22, "dev-11", timedelta(days=1, minutes=21))
+    assert _routed_to_linked(ruleset, [later], states) == [later.event_id]
 
 
 def test_explanation_treats_attacker_strings_as_data() -> None:

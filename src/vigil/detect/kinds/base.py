@@ -214,7 +214,7 @@ class Detector(ABC):
 
     #: Stage 1's store for :meth:`is_redundant` (``None``: this detector judges nothing there).
     dedup_store: StoreSpec | None = None
-    #: The event types :meth:`is_redundant` judges (none of which ``process`` could fire on).
+    #: The event types :meth:`is_redundant` judges.
     dedup_types: frozenset[str] = frozenset()
 
     def __init__(self, rule: Rule, env: Env) -> None:
@@ -222,10 +222,11 @@ class Detector(ABC):
         self.env = env
         self.store = StoreSpec(f"detect.{rule.id}", rule.version)
         self.store_id = self.store.id
-        #: Ids of the events of the batch stage 1 is on that :meth:`is_redundant` judged
-        #: redundant: :meth:`wants` says no to them, and the route stage clears the set once it
-        #: has routed the batch.
-        self.redundant: set[str] = set()
+        #: ``id()`` of the event objects of the batch stage 1 is on that :meth:`is_redundant`
+        #: judged redundant (objects, not event ids: a duplicate of an event that mattered may be
+        #: judged redundant itself): :meth:`wants` says no to them, and the route stage clears
+        #: the set once it has routed the batch, while the batch holds them.
+        self.redundant: set[int] = set()
 
     @property
     @abstractmethod
@@ -262,8 +263,9 @@ class Detector(ABC):
     def is_redundant(self, event: Event, state: State) -> bool:
         """Stage 1 on Kafka, for a rule whose state is routed elsewhere: whether ``event`` (of
         ``dedup_types``) would change nothing in that state, judged from what this partition of
-        the input saw before, kept in ``state`` (the ``dedup_store``'s).  ``True`` must be
-        exact, as for :meth:`wants`: the event is then not routed to this rule at all."""
+        the input routed before, kept in ``state`` (the ``dedup_store``'s).  The event is then
+        not routed to this rule at all, so ``True`` must hold whenever stage 1 can tell, and a
+        kind that cannot always tell must route again now and then (see the linked kind)."""
         return False
 
     def sweep(self, state: State, now: float) -> int:

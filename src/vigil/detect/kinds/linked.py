@@ -16,12 +16,14 @@ fires when the pair's count in ``timespan`` meets the condition, then stays quie
 
 Most link events repeat a link the rule already has (a customer's usual phone and home IP).
 Where the link events are all keyed on their topics by one entity (a customer's logins and
-withdrawals), the route stage keeps each party's links too, in the same order and bounds,
-and routes only the link events that change them (:meth:`LinkedDetector.is_redundant`): on
-the simulated exchange six in seven are not, which is a fifth of all routed records and
-less load on the one partition the rule's key lands on.  That assumes a party's link events
-share that key (an account belongs to one customer); where they do not, only a party with
-more than ``MAX_LINKS`` attributes could see a link learnt again late.
+withdrawals), the route stage keeps what it routed of each party's links, within the same
+bounds, and leaves out a link event whose every link it routed recently
+(:meth:`LinkedDetector.is_redundant`): on the simulated exchange six in seven, a fifth of all
+routed records, and less load on the one partition the rule's key lands on.  A link is routed
+again when it is among the older half of the party's links (the routed stage, applying the
+same events in a slightly different order, may have dropped it to make room) and once a day
+(``RELINK_S``): whatever made the two stages' links differ (the routed stage's state lost, a
+party's link events under two keys) heals within a day.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from vigil.stream.base import State, StoreSpec
 
 CONTEXT = frozenset({"count", "span", "other", "shared", "group"})
 MAX_LINKS = 16
+#: The route stage routes a link it routed before again once this much event time has passed.
+RELINK_S = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -111,9 +115,8 @@ class LinkedDetector(SingleRouteDetector):
         self._evidence = EvidenceMaker([*params.match.paths, *params.parties])
         self._types = params.links.types | params.match.types
         if len({EVENT_TYPES[t].key_entity for t in params.links.types}) == 1:
-            self.dedup_store = StoreSpec(f"detect.{rule.id}.links", rule.version)
-            # An event that may also be a match is routed as one.
-            self.dedup_types = params.links.types - params.match.types
+            self.dedup_store = StoreSpec(f"detect.{rule.id}.links-routed", rule.version)
+            self.dedup_types = params.links.types
 
     @property
     def types(self) -> frozenset[str]:
@@ -131,15 +134,40 @@ class LinkedDetector(SingleRouteDetector):
         # What process() acts on: a link event naming its party, or a match between two parties.
         # (A compiled match checks the event's type first.)
         if self._links(event) and self._party(event):
-            return event.event_id not in self.redundant
+            return id(event) not in self.redundant
         if self._match(event):
             a, b = self._a(event), self._b(event)
             return bool(a and b and a != b)
         return False
 
     def is_redundant(self, event: Event, state: State) -> bool:
-        # Stage 1 keeps the links as process() does, from the same events in the same order.
-        return bool(self._links(event)) and not self._learn(event, state)
+        if not self._links(event):
+            return False
+        party = self._party(event)
+        if not party:
+            return not self._match(event)  # no link to learn
+        key = f"r:{party}"
+        # The party's links as routed: [link, event time last routed], oldest first, bounded as
+        # process() bounds the links it keeps.
+        routed: list[list[Any]] = state.get(key) or []
+        now = ts(event)
+        again = False
+        for name, get in self._attrs:
+            value = get(event)
+            if not value:
+                continue
+            link = f"{name}:{value}"
+            at = next((i for i, item in enumerate(routed) if item[0] == link), -1)
+            if at < 0:
+                routed = [*routed[-MAX_LINKS + 1 :], [link, now]]
+                again = True
+            elif at < len(routed) - MAX_LINKS // 2 or now - routed[at][1] >= RELINK_S:
+                routed[at][1] = now
+                again = True
+        if again:
+            state.set(key, routed)
+        # A link event that is also a match is routed as one.
+        return not again and not self._match(event)
 
     def _learn(self, event: Event, state: State) -> bool:
         """Add a link event's attributes to its party's links; whether they changed."""
