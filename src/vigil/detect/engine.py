@@ -32,9 +32,9 @@ Partitioning (why there are two stages on Kafka)
     keyed by their group entity (:func:`is_local`) in stage 1, on the aligned inputs, and
     routes only the events other rules need: fewer routed records and one hop less for those
     rules' alerts.  ``local_stage=False`` runs every rule in stage 2.  Stage 1 also keeps what
-    a routed rule needs to tell which of its events would change nothing (wash trading's
-    links, which a customer's usual logins repeat: :meth:`Detector.is_redundant`), and the
-    router leaves those out.
+    it routed to a rule that can tell, from that, which of its events repeat what it already
+    has (wash trading's links, which a customer's usual logins repeat:
+    :meth:`Detector.is_redundant`), and the router leaves those out.
 
     Rules whose state is one graph (exposure, linked accounts) route under one constant
     key: correct with any number of partitions and processes, at the cost of that rule's
@@ -245,8 +245,8 @@ class DetectOperator(Operator[Event]):
         self.decisions_topic = decisions_topic
         self.ruleset = ruleset
         self.routed = routed
-        # Stage 1 beside a router of the remote rules only: judge here which events would change
-        # nothing in those rules' state, so the router leaves them out (Detector.is_redundant).
+        # Stage 1 beside a router of the remote rules only: judge here which events repeat what
+        # those rules have already, so the router leaves them out (Detector.is_redundant).
         self._dedup: dict[type, list[Detector]] = {}
         for det in ruleset.dedup if dedup else ():
             for tag in sorted(det.dedup_types):

@@ -20,7 +20,8 @@ resuming partitions every few milliseconds.
 
 A partition holds the others back while it is owned, has records left to read (its
 consumed position is below its high watermark) and has delivered a record, or been
-assigned, paused or resumed, within ``idle_s``.  So a partition that has reached its
+assigned, paused or resumed, within ``idle_s``.  (Records an application skips undecoded,
+``Application.skip_types``, deliver nothing: no event time.)  So a partition that has reached its
 end, or an empty or slow one, never stalls live traffic for longer than ``idle_s``.
 A partition that has delivered nothing yet holds the others back as if it were at the
 beginning of time (until it delivers or goes idle): on a replay the first fetch decides

@@ -257,15 +257,18 @@ class Detector(ABC):
     def wants(self, event: Event) -> bool:
         """Whether ``event`` (of ``types``) may change this detector's state or fire it.  The
         route stage does not re-key events no detector wants (a trade between unlinked
-        accounts), so ``False`` must be exact: only when ``process`` would do nothing."""
+        accounts), so ``False`` must be exact: only when ``process`` would do nothing.  (Or,
+        for an event stage 1 marked :attr:`redundant`, its judgement: see :meth:`is_redundant`.)"""
         return True
 
     def is_redundant(self, event: Event, state: State) -> bool:
         """Stage 1 on Kafka, for a rule whose state is routed elsewhere: whether ``event`` (of
         ``dedup_types``) would change nothing in that state, judged from what this partition of
         the input routed before, kept in ``state`` (the ``dedup_store``'s).  The event is then
-        not routed to this rule at all, so ``True`` must hold whenever stage 1 can tell, and a
-        kind that cannot always tell must route again now and then (see the linked kind)."""
+        not routed to this rule at all: answer ``True`` only for what stage 1 believes the
+        routed stage already has.  Stage 1 sees one partition and not the routed stage's state,
+        so a belief can go wrong (that state lost, say), and the rule misses what it hid until
+        it is routed again: a kind must route again now and then (see the linked kind)."""
         return False
 
     def sweep(self, state: State, now: float) -> int:

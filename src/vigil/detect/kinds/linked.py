@@ -23,7 +23,9 @@ routed records, and less load on the one partition the rule's key lands on.  A l
 again when it is among the older half of the party's links (the routed stage, applying the
 same events in a slightly different order, may have dropped it to make room) and once a day
 (``RELINK_S``): whatever made the two stages' links differ (the routed stage's state lost, a
-party's link events under two keys) heals within a day.
+party's link events under two keys) heals within a day, and until then the rule may miss
+trades over the links it lost.  A party with more than eight links routes its older ones at
+every sighting: safe, and on the simulated exchange no party had that many.
 """
 
 from __future__ import annotations
