@@ -696,7 +696,8 @@ class Application:
             group.append(Record(event, topic, part, offset, msg.key(), msg.timestamp()[1], value))
         if run_owned and offset >= 0:
             offsets[run_topic, run_part] = offset + 1  # type: ignore[index]
-        self.metrics.skipped += skipped
+        if skipped:
+            self._count_skipped(skipped)
         count = letters + skipped + sum(len(g) for g in groups.values())
         self._run_operators(groups, count, len(msgs), started)
 
@@ -793,7 +794,7 @@ class Application:
         end_run()
         if done:
             # Skipped records with nothing buffered before them are processed now.
-            self.metrics.skipped += done
+            self._count_skipped(done)
             self.metrics.processed += done
             self.prometheus.processed.labels(self.name).inc(done)
         now = time.monotonic()
@@ -836,6 +837,10 @@ class Application:
                         f"{type(exc).__name__}: {exc}"
                     )
                     raise PipelineError(msg_text) from exc
+
+    def _count_skipped(self, count: int) -> None:
+        self.metrics.skipped += count
+        self.prometheus.skipped.labels(self.name).inc(count)
 
     def _count_batch(self, count: int, batch: int, started: float) -> None:
         self.metrics.processed += count
@@ -885,7 +890,8 @@ class Application:
                 runs.setdefault(tp[1], []).append(out)
         if not count:
             return
-        self.metrics.skipped += skipped
+        if skipped:
+            self._count_skipped(skipped)
         merged = {part: _merged(rs) for part, rs in runs.items()}
         if len(merged) <= 1:
             self._call_operators(merged)

@@ -45,6 +45,12 @@ class PrometheusMetrics:
         self.dead_lettered = Counter(
             "vigil_stream_dead_letters", "Records dead-lettered", ["app"], registry=r
         )
+        self.skipped = Counter(
+            "vigil_stream_skipped_records",
+            "Records of skip_types committed past undecoded (counted as records processed too)",
+            ["app"],
+            registry=r,
+        )
         self.late = Counter(
             "vigil_stream_late_events", "Events too late for their window", ["app"], registry=r
         )

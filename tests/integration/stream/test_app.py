@@ -347,6 +347,10 @@ def test_skipped_types_are_committed_past_without_reaching_the_operators(
     assert not running.errors
     assert running.app.metrics.processed == 181
     assert running.app.metrics.skipped == 120
+    exported = running.app.prometheus.registry.get_sample_value(
+        "vigil_stream_skipped_records_total", {"app": name}
+    )
+    assert exported == 120
     assert sorted(seen.ids) == sorted([p.event_id for p in pays] + ["other"])
     assert quiet_times == ([None] * 3 if skew is not None else [])
     # Committed to the end of every partition, skipped records included: nothing is read again.
