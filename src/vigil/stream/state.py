@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
 
 from vigil.stream.base import State, StoreSpec
 
@@ -43,9 +43,20 @@ CACHE_LIMIT = 200_000
 _encoder = msgspec.msgpack.Encoder()
 
 
+#: Bloom filter bits per key in each table file.  Rules ask for many keys never written (first
+#: sightings), and after a restart or past the cache every one of them is a RocksDB read: with
+#: the filter a miss mostly skips the table files.  Measured on 1M keys in 10 flushed files: a
+#: miss 1.15-1.18 µs without, 0.39-0.43 µs with; a hit the same (1.9-2.2 µs); writing and
+#: flushing 1M keys the same (0.63-0.73 s).  (Kafka Streams' RocksDB stores use a 10-bit filter.)
+BLOOM_BITS_PER_KEY = 10
+
+
 def _options() -> Options:
     opts = Options(raw_mode=True)
     opts.create_if_missing(True)
+    table = BlockBasedOptions()
+    table.set_bloom_filter(BLOOM_BITS_PER_KEY, False)  # full filters, not block-based ones
+    opts.set_block_based_table_factory(table)
     return opts
 
 

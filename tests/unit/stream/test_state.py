@@ -189,3 +189,23 @@ def test_a_miss_is_remembered_until_the_key_is_written(tmp_path: Path) -> None:
     state.write_committed(state.take_pending(), 2)
     assert state.get("never") is None
     state.close()
+
+
+def _table_property(state: RocksState, name: str) -> int:
+    """One number of ``rocksdb.aggregated-table-properties`` (``name=value; ...``)."""
+    text = state._db.property_value("rocksdb.aggregated-table-properties") or ""
+    fields = dict(part.strip().split("=", 1) for part in text.split(";") if "=" in part)
+    return int(fields[name])
+
+
+def test_table_files_carry_a_bloom_filter_for_misses(tmp_path: Path) -> None:
+    # Rules ask for many keys never written; the filter lets a miss skip the table files.
+    state = RocksState(tmp_path / "db", StoreSpec("s", 1))
+    value = msgspec.msgpack.encode("v")
+    state.write_committed([(f"k{i}".encode(), value) for i in range(500)], 1)
+    state.close()  # flushes the memtable to a table file
+    again = RocksState(tmp_path / "db", StoreSpec("s", 1))
+    assert _table_property(again, "# entries for filter") >= 500
+    assert again.get("k7") == "v"
+    assert again.get("never-written") is None
+    again.close()
