@@ -73,7 +73,7 @@ from vigil.detect.rules.models import Rule
 from vigil.detect.rules.registry import KINDS
 from vigil.events.base import Event
 from vigil.events.types import EVENT_TYPES, IntelIndicator
-from vigil.stream.base import Context, Operator, Record, State
+from vigil.stream.base import Context, Operator, Record, State, StoreSpec
 
 ALERTS_TOPIC = "alerts"
 DECISIONS_TOPIC = "decisions"
@@ -247,13 +247,12 @@ class DetectOperator(Operator[Event]):
         self.routed = routed
         # Stage 1 beside a router of the remote rules only: judge here which events repeat what
         # those rules have already, so the router leaves them out (Detector.is_redundant).
-        self._dedup: dict[type, list[Detector]] = {}
-        for det in ruleset.dedup if dedup else ():
+        judges = [(d, d.dedup_store) for d in ruleset.dedup if d.dedup_store is not None] if dedup else []
+        self._dedup: dict[type, list[tuple[Detector, StoreSpec]]] = {}
+        for det, store in judges:
             for tag in sorted(det.dedup_types):
-                self._dedup.setdefault(EVENT_TYPES[tag], []).append(det)
-        self.stores = tuple(d.store for d in self.subset) + tuple(
-            d.dedup_store for d in ruleset.dedup if dedup and d.dedup_store is not None
-        )
+                self._dedup.setdefault(EVENT_TYPES[tag], []).append((det, store))
+        self.stores = tuple(d.store for d in self.subset) + tuple(store for _, store in judges)
         self.alerts = 0
         self.decisions = 0
         self.swept = 0
@@ -305,11 +304,10 @@ class DetectOperator(Operator[Event]):
         self._maybe_sweep(ordered, ctx, states)
 
     @staticmethod
-    def _judge(judges: list[Detector], event: Event, ctx: Context, states: dict[str, State]) -> None:
-        for det in judges:
-            store = det.dedup_store
-            if store is None:  # only detectors with a store are judges
-                continue
+    def _judge(
+        judges: list[tuple[Detector, StoreSpec]], event: Event, ctx: Context, states: dict[str, State]
+    ) -> None:
+        for det, store in judges:
             state = states.get(store.id)
             if state is None:
                 state = states[store.id] = ctx.state(store)

@@ -429,8 +429,8 @@ class Application:
 
         self._codec = EventCodec()
         self._decode = decode
-        #: Type tags of the records counted and committed past undecoded (see the module docstring).
-        self.skip_types = frozenset(skip_types)
+        #: Type tags (``skip_types``, as bytes) of the records counted and committed past undecoded
+        #: (see the module docstring).
         self._skip = frozenset(t.encode() for t in skip_types)
         self._stop = threading.Event()
         self._tasks: dict[int, _PartitionTask] = {}

@@ -171,25 +171,19 @@ class LinkedDetector(SingleRouteDetector):
         # A link event that is also a match is routed as one.
         return not again and not self._match(event)
 
-    def _learn(self, event: Event, state: State) -> bool:
-        """Add a link event's attributes to its party's links; whether they changed."""
-        party = self._party(event)
-        if not party:
-            return False
-        mine: list[str] = state.get(f"p:{party}") or []
-        changed = False
-        for name, get in self._attrs:
-            value = get(event)
-            if value and f"{name}:{value}" not in mine:
-                mine = [*mine[-MAX_LINKS + 1 :], f"{name}:{value}"]
-                changed = True
-        if changed:
-            state.set(f"p:{party}", mine)
-        return changed
-
     def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
         if self._links(event):
-            self._learn(event, state)
+            party = self._party(event)
+            if party:
+                mine: list[str] = state.get(f"p:{party}") or []
+                changed = False
+                for name, get in self._attrs:
+                    value = get(event)
+                    if value and f"{name}:{value}" not in mine:
+                        mine = [*mine[-MAX_LINKS + 1 :], f"{name}:{value}"]
+                        changed = True
+                if changed:
+                    state.set(f"p:{party}", mine)
         if not self._match(event):
             return
         a, b = self._a(event), self._b(event)
