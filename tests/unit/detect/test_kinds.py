@@ -4,12 +4,14 @@ threshold windows sliding and cooling down, look-alike keys."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from vigil.detect.cases import run_case
 from vigil.detect.engine import RuleSet, detect_events
 from vigil.detect.intel import IntelIndex
 from vigil.detect.kinds.lookalike import imitation_key
 from vigil.detect.rules.validate import validate_paths
+from vigil.testing import MemoryState
 
 HEAD = """\
 rules:
@@ -421,6 +423,53 @@ def test_propagation_counts_only_the_history_before_the_trigger_whatever_arrived
     # After two logins from PT, NG is new: the marked customer's risky login alerts.
     history = _login_from("1h", "PT") + _login_from("2h", "PT")
     assert run(tmp_path, PROPAGATION, EXPORT + history + _login_from("3h", "NG"), arrival=True) == ["c1"]
+
+
+class _CountingState(MemoryState):
+    """Memory state that counts writes: every write is a changelog record at the checkpoint."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def set(self, key: str, value: Any) -> None:
+        self.writes += 1
+        super().set(key, value)
+
+
+def _writes_per_event(tmp_path: Path, rule: str, events: str) -> list[int]:
+    """State writes the rule's detector makes for each event (fed in order, one at a time)."""
+    text = HEAD + rule + "cases:\n  - name: c\n    events:\n" + events + "    expect: none\n"
+    (tmp_path / "r.yaml").write_text(text)
+    v = validate_paths([tmp_path])
+    assert [str(i) for i in v.errors] == []
+    (det,) = RuleSet(v.rules, IntelIndex()).detectors
+    state, hits, out = _CountingState(), [], []
+    for event in v.cases[0].events:
+        before = state.writes
+        det.process(event, state, hits)
+        out.append(state.writes - before)
+    return out
+
+
+def test_a_sighting_that_changes_no_history_writes_no_state(tmp_path: Path) -> None:
+    # A login from a device seen before changes nothing the rule keeps: no state write, so
+    # no changelog record.  New devices, earlier sightings and a step taken are written.
+    logins = _login("0", "d1") + _login("1h", "d1") + _login("2h", "d2") + _login("3h", "d1")
+    assert _writes_per_event(tmp_path, NEW_DEVICE, logins + _login("30m", "d2")) == [1, 0, 1, 0, 1]
+    # The same with a min_seen step (earliest sighting times kept) and with a step taken.
+    plain = NEW_DEVICE.replace("        min_seen: 1\n", "")
+    assert _writes_per_event(tmp_path, plain, logins) == [1, 0, 1, 0]
+    redemption = (
+        "      - {type: loyalty_redemption, at: 3h, customer: c1, device: d1,"
+        " payload: {redemption_id: r1, points: 3000, reward: gift-card}}\n"
+    )
+    assert _writes_per_event(tmp_path, NEW_DEVICE, _login("0", "d1") + redemption) == [1, 1]
+
+
+def test_a_known_country_writes_no_propagation_history(tmp_path: Path) -> None:
+    logins = "".join(_login_from(at, c) for at, c in (("1h", "PT"), ("2h", "PT"), ("3h", "PT"), ("4h", "NG")))
+    assert _writes_per_event(tmp_path, PROPAGATION, logins) == [1, 1, 0, 1]
 
 
 PEERS = """\

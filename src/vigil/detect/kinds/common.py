@@ -167,16 +167,20 @@ def first_seen_times(stored: Any) -> dict[str, float]:
     return stored if isinstance(stored, dict) else dict.fromkeys(stored or (), 0.0)
 
 
-def see(values: dict[str, float], text: str, now: float) -> None:
+def see(values: dict[str, float], text: str, now: float) -> bool:
     """Remember ``text`` as seen at event time ``now``: its earliest time is what counts, so a
-    sighting that arrives after a later one still moves it back."""
+    sighting that arrives after a later one still moves it back.  Whether ``values`` changed
+    (most sightings repeat a value seen before, and need no state write)."""
     first = values.get(text)
     if first is None:
         values[text] = now
         if len(values) > MAX_SEEN:
             del values[next(iter(values))]
-    elif now < first:
+        return True
+    if now < first:
         values[text] = now
+        return True
+    return False
 
 
 def earliest_times(kept: list[float] | None, counted: int, keep: int) -> list[float]:
@@ -186,7 +190,11 @@ def earliest_times(kept: list[float] | None, counted: int, keep: int) -> list[fl
     return kept if kept is not None else [0.0] * min(keep, counted)
 
 
-def add_time(times: list[float], now: float, keep: int) -> None:
-    """Add a sighting at ``now`` to ``times`` (sorted), keeping the ``keep`` earliest."""
+def add_time(times: list[float], now: float, keep: int) -> bool:
+    """Add a sighting at ``now`` to ``times`` (sorted), keeping the ``keep`` earliest; whether
+    ``times`` changed (not once ``keep`` earlier sightings are in it)."""
+    if len(times) >= keep and (keep == 0 or now >= times[keep - 1]):
+        return False
     insort(times, now)
     del times[keep:]
+    return True

@@ -216,15 +216,20 @@ class PropagationDetector(Detector):
         are no history yet."""
         if value is None:
             return False
-        got = state.get(f"s:{key}") or {"v": {}, "n": 0}
+        skey = f"s:{key}"
+        got = state.get(skey) or {"v": {}, "n": 0}
         seen = first_seen_times(got["v"])
         keep = self.p.min_seen
-        early = earliest_times(got.get("e"), got["n"], keep)
+        kept = got.get("e")
+        early = earliest_times(kept, got["n"], keep)
         text = str(value).lower()
         first = seen.get(text)
         new = (first is None or first > now) and bisect_left(early, now) >= keep
-        see(seen, text, now)
+        # A value seen before, with the earliest times already in, changes nothing to write
+        # (``n`` is read only for state kept before the times were, so it no longer counts).
+        changed = see(seen, text, now)
         if keep:
-            add_time(early, now, keep)
-        state.set(f"s:{key}", {"v": seen, "n": got["n"] + 1, "e": early})
+            changed = add_time(early, now, keep) or changed
+        if changed or kept is None:
+            state.set(skey, {"v": seen, "n": got["n"] + 1, "e": early})
         return new

@@ -399,17 +399,26 @@ class SequenceDetector(GroupedDetector):
             horizon = max(newest, now) - self._within - self._lateness
             st["buf"] = [e for e in buf if e[0] >= horizon][-MAX_BUFFERED:]
             st["done"] = [d for d in done if d[0] >= horizon]
+        # Most events change nothing here (a login from a device seen before): the state is
+        # then not written, so the checkpoint neither encodes it nor sends it to the changelog.
+        changed = bool(absent or matched)
         seen: dict[str, Any] = st["seen"]
-        counts: dict[str, int] = st.setdefault("n", {})
+        counts: dict[str, int] = st.get("n", {})
         keep = self._keep_early
         early: dict[str, list[float]] = st.setdefault("e", {}) if keep else {}
         for path, get in plan.seen:
-            _remember(seen, path, get(event), now, counts, early, keep.get(path, 0))
+            value = get(event)
+            changed = _remember(seen, path, value, now, counts, early, keep.get(path, 0)) or changed
         for path, entry_ in also:
-            _remember(seen, path, entry_.value(event), now, counts, early, keep.get(path, 0))
-        last = st["last"]
-        st["last"] = now if last is None else max(last, now)
-        state.set(skey, st)
+            value = entry_.value(event)
+            changed = _remember(seen, path, value, now, counts, early, keep.get(path, 0)) or changed
+        if self._uses_last:
+            last = st["last"]
+            if last is None or now > last:
+                st["last"] = now
+                changed = True
+        if changed:
+            state.set(skey, st)
 
     def _advance(self, progress: list[Any], entry: list[Any]) -> list[Any] | None:
         """Apply one buffered event to the partial chains (in place); the completed chain, if any.
@@ -534,16 +543,21 @@ def _remember(
     counts: dict[str, int],
     early: dict[str, list[float]],
     keep: int,
-) -> None:
+) -> bool:
     """Record ``value`` as seen at ``now`` (its earliest event time is what counts), and, for a
-    path a ``min_seen`` step reads, the ``keep`` earliest event times anything was seen at."""
+    path a ``min_seen`` step reads, the ``keep`` earliest event times anything was seen at.
+    Whether the state changed.
+
+    ``counts`` is read only for state kept before the sighting times were (it had a count per
+    path): ``early`` holds the times from the first sighting on, so nothing counts any more."""
     if value is None:
-        return
+        return False
+    changed = False
     if keep:
-        times = early[path] = earliest_times(early.get(path), counts.get(path, 0), keep)
-        add_time(times, now, keep)
-    counts[path] = counts.get(path, 0) + 1
-    see(_seen_at(seen, path), str(value).lower(), now)
+        kept = early.get(path)
+        times = early[path] = earliest_times(kept, counts.get(path, 0), keep)
+        changed = add_time(times, now, keep) or kept is None
+    return see(_seen_at(seen, path), str(value).lower(), now) or changed
 
 
 def _seen_at(seen: dict[str, Any], path: str) -> dict[str, float]:
