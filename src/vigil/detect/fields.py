@@ -166,7 +166,7 @@ def compile_getter(path: str) -> Getter:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
 
@@ -197,7 +197,7 @@ class Condition:
 
             def contains(e: Event) -> bool:
                 got = get(e)
-                return isinstance(got, list | tuple | str) and want in got
+                return isinstance(got, (list, tuple, str)) and want in got
 
             return contains
         bound = float(want)
@@ -252,6 +252,8 @@ def key_of(getters: Sequence[tuple[str, Getter]], event: Event) -> str | None:
     if len(getters) == 1:  # the common case, on the hot path of every grouped rule
         name, get = getters[0]
         value = get(event)
+        if type(value) is str:  # entity ids: built without str() or a comparison with ""
+            return f"{name}:{value}" if value else None
         return None if value is None or value == "" else f"{name}:{value}"
     parts = []
     for name, get in getters:

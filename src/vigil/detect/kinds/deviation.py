@@ -276,7 +276,7 @@ class DeviationDetector(GroupedDetector):
         if self._hist_value is None:
             return
         value = self._hist_value(event)
-        if not isinstance(value, int | float):
+        if not isinstance(value, (int, float)):
             return
         source = self._hist_source(event) if self._hist_source else None
         spec = self.p.history
@@ -296,7 +296,7 @@ class DeviationDetector(GroupedDetector):
         n = int(h["n"])
         measure = p.measure
         if measure == "passthrough":
-            if not isinstance(value, int | float) or (p.min_value is not None and value < p.min_value):
+            if not isinstance(value, (int, float)) or (p.min_value is not None and value < p.min_value):
                 return None
             flows = [f for f in state.get(f"i:{key}") or [] if now - f[0] <= self._window and f[0] <= now]
             sources = (
@@ -314,7 +314,7 @@ class DeviationDetector(GroupedDetector):
         if n < p.min_history:
             return None
         if measure == "amount":
-            if not isinstance(value, int | float) or (p.min_value is not None and value < p.min_value):
+            if not isinstance(value, (int, float)) or (p.min_value is not None and value < p.min_value):
                 return None
             # Against peers, their mean (their largest would be one whale's); else the own largest.
             counted = int(h.get("k", 0))
@@ -357,7 +357,7 @@ class DeviationDetector(GroupedDetector):
     def _update(self, h: dict[str, Any], event: Event, value: Any, now: float) -> None:
         h["n"] = int(h["n"]) + 1
         measure = self.p.measure
-        if measure == "amount" and isinstance(value, int | float):
+        if measure == "amount" and isinstance(value, (int, float)):
             if self.p.peers:
                 h["sum"] = float(h.get("sum", 0.0)) + float(value)
                 h["k"] = int(h.get("k", 0)) + 1
@@ -383,6 +383,6 @@ class DeviationDetector(GroupedDetector):
 
 def _point(geo: Any) -> tuple[float, float] | None:
     lat, lon = getattr(geo, "lat", None), getattr(geo, "lon", None)
-    if isinstance(lat, int | float) and isinstance(lon, int | float):
+    if isinstance(lat, (int, float)) and isinstance(lon, (int, float)):
         return float(lat), float(lon)
     return None

@@ -143,7 +143,7 @@ class PropagationDetector(Detector):
         ids = self._targets(event)
         if isinstance(ids, str):
             ids = [ids]
-        if not isinstance(ids, list | tuple):
+        if not isinstance(ids, (list, tuple)):
             return []
         name = self._target_name
         return [f"{name}:{i}" for i in ids if i]

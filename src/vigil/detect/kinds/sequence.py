@@ -528,7 +528,7 @@ class SequenceDetector(GroupedDetector):
         if ratio is not None:
             base = caps.get(ratio.step, {}).get(ratio.of)
             got = values.get(ratio.field)
-            if not isinstance(base, int | float) or not isinstance(got, int | float) or base <= 0:
+            if not isinstance(base, (int, float)) or not isinstance(got, (int, float)) or base <= 0:
                 return False
             if not compare(ratio.op, float(got) / float(base), ratio.bound):
                 return False

@@ -164,7 +164,7 @@ class ThresholdDetector(GroupedDetector):
         if self.p.aggregate == "count":
             return float(len(items))
         if self.p.aggregate == "sum":
-            return float(sum(float(i[1]) for i in items if isinstance(i[1], int | float)))
+            return float(sum(float(i[1]) for i in items if isinstance(i[1], (int, float))))
         return float(len({str(i[1]) for i in items}))
 
     def _hit(self, key: str, items: list[list[Any]], agg: float) -> Hit:
