@@ -122,7 +122,7 @@ class NormalizeOperator(Operator[Any]):
                 events = self.normalize(raw) if normalizer is None else normalizer.normalize(raw)
             except VigilError as exc:
                 # The dead letter keeps the bytes as received: msgspec.Raw encodes to itself.
-                as_received: Record[Any] = dataclasses.replace(rec, event=msgspec.Raw(raw.value))
+                as_received: Record[Any] = msgspec.structs.replace(rec, event=msgspec.Raw(raw.value))
                 ctx.dead_letter(as_received, f"{raw.source}/{raw.kind}: {exc}")
                 continue
             for event in events:

