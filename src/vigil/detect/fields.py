@@ -166,6 +166,8 @@ def compile_getter(path: str) -> Getter:
 
 
 def _number(value: Any) -> float | None:
+    # isinstance against a tuple, here and on the other per-event paths: mypyc checks a tuple's
+    # types inline, where ``int | float`` is a union object built (and searched) on every call.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)

@@ -457,7 +457,15 @@ def test_a_sighting_that_changes_no_history_writes_no_state(tmp_path: Path) -> N
     # no changelog record.  New devices, earlier sightings and a step taken are written.
     logins = _login("0", "d1") + _login("1h", "d1") + _login("2h", "d2") + _login("3h", "d1")
     assert _writes_per_event(tmp_path, NEW_DEVICE, logins + _login("30m", "d2")) == [1, 0, 1, 0, 1]
-    # The same with a min_seen step (earliest sighting times kept) and with a step taken.
+    # A sighting that moves a value's first time back is written, even when it takes no step
+    # (a payment counts as a sighting, seen_also); one that does not move it is not.
+    payment = (
+        "      - {{type: payment, at: {at}, customer: c1, device: d2,"
+        " payload: {{payment_id: p{at}, amount: 5, currency: USD}}}}\n"
+    )
+    paid = logins + payment.format(at="30m") + payment.format(at="4h")
+    assert _writes_per_event(tmp_path, NEW_DEVICE, paid) == [1, 0, 1, 0, 1, 0]
+    # Without min_seen (no sighting times kept): the same.
     plain = NEW_DEVICE.replace("        min_seen: 1\n", "")
     assert _writes_per_event(tmp_path, plain, logins) == [1, 0, 1, 0]
     redemption = (
