@@ -465,10 +465,17 @@ class LocalBroker:
 
 
 def _random_cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (as StorageTool makes)."""
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (as StorageTool makes).
+
+    Never one that starts with "-" (one in 64 would): the storage tool's argument parser reads
+    ``-t -xyz`` as a missing id and an unknown option, and Kafka's own ``Uuid.randomUuid`` skips
+    those ids for the same reason."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 def _is_kafka_process(pid: int) -> bool:
