@@ -790,8 +790,7 @@ class Application:
         if done:
             # Skipped records with nothing buffered before them are processed now.
             self._count_skipped(done)
-            self.metrics.processed += done
-            self.prometheus.processed.labels(self.name).inc(done)
+            self._count_processed(done)
         now = time.monotonic()
         # The lane keeps the maximum, so what this call buffered is all it needs to see.
         for tp, latest in newest.items():
@@ -837,11 +836,14 @@ class Application:
         self.metrics.skipped += count
         self.prometheus.skipped.labels(self.name).inc(count)
 
-    def _count_batch(self, count: int, batch: int, started: float) -> None:
+    def _count_processed(self, count: int) -> None:
         self.metrics.processed += count
+        self.prometheus.processed.labels(self.name).inc(count)
+
+    def _count_batch(self, count: int, batch: int, started: float) -> None:
+        self._count_processed(count)
         self.metrics.batches += 1
         prom = self.prometheus
-        prom.processed.labels(self.name).inc(count)
         prom.batch_size.labels(self.name).observe(batch)
         prom.processing.labels(self.name).observe(time.perf_counter() - started)
 

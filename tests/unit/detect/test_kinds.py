@@ -10,7 +10,7 @@ from vigil.detect.cases import run_case
 from vigil.detect.engine import RuleSet, detect_events
 from vigil.detect.intel import IntelIndex
 from vigil.detect.kinds.lookalike import imitation_key
-from vigil.detect.rules.validate import validate_paths
+from vigil.detect.rules.validate import Validation, validate_paths
 from vigil.testing import MemoryState
 
 HEAD = """\
@@ -24,15 +24,21 @@ rules:
 """
 
 
-def run(tmp_path: Path, rule: str, events: str, *, arrival: bool = False) -> list[str]:
-    """Alerts (entity ids) the rule raises over the events; a validation error fails loudly.
-
-    ``arrival``: deliver the events one batch each, in the order listed (the detect operator
-    orders each batch by event time, so only separate batches arrive out of order)."""
+def validated(tmp_path: Path, rule: str, events: str) -> Validation:
+    """The rule under test with the events as its one case; a validation error fails loudly."""
     text = HEAD + rule + "cases:\n  - name: c\n    events:\n" + events + "    expect: none\n"
     (tmp_path / "r.yaml").write_text(text)
     v = validate_paths([tmp_path])
     assert [str(i) for i in v.errors] == []
+    return v
+
+
+def run(tmp_path: Path, rule: str, events: str, *, arrival: bool = False) -> list[str]:
+    """Alerts (entity ids) the rule raises over the events.
+
+    ``arrival``: deliver the events one batch each, in the order listed (the detect operator
+    orders each batch by event time, so only separate batches arrive out of order)."""
+    v = validated(tmp_path, rule, events)
     if arrival:
         alerts, _ = detect_events(RuleSet(v.rules, IntelIndex()), v.cases[0].events, batch_size=1)
         return [a.payload.entity.id for a in alerts]
@@ -439,10 +445,7 @@ class _CountingState(MemoryState):
 
 def _writes_per_event(tmp_path: Path, rule: str, events: str) -> list[int]:
     """State writes the rule's detector makes for each event (fed in order, one at a time)."""
-    text = HEAD + rule + "cases:\n  - name: c\n    events:\n" + events + "    expect: none\n"
-    (tmp_path / "r.yaml").write_text(text)
-    v = validate_paths([tmp_path])
-    assert [str(i) for i in v.errors] == []
+    v = validated(tmp_path, rule, events)
     (det,) = RuleSet(v.rules, IntelIndex()).detectors
     state, hits, out = _CountingState(), [], []
     for event in v.cases[0].events:

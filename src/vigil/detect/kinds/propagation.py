@@ -217,19 +217,19 @@ class PropagationDetector(Detector):
         if value is None:
             return False
         skey = f"s:{key}"
-        got = state.get(skey) or {"v": {}, "n": 0}
+        got = state.get(skey) or {"v": {}}
         seen = first_seen_times(got["v"])
         keep = self.p.min_seen
         kept = got.get("e")
-        early = earliest_times(kept, got["n"], keep)
+        # ``n`` (a count of sightings) is only in state kept before the sighting times were.
+        early = earliest_times(kept, got.get("n", 0), keep)
         text = str(value).lower()
         first = seen.get(text)
         new = (first is None or first > now) and bisect_left(early, now) >= keep
-        # A value seen before, with the earliest times already in, changes nothing to write
-        # (``n`` is read only for state kept before the times were, so it no longer counts).
+        # A value seen before, with the earliest times already in, changes nothing to write.
         changed = see(seen, text, now)
         if keep:
             changed = add_time(early, now, keep) or changed
         if changed or kept is None:
-            state.set(skey, {"v": seen, "n": got["n"] + 1, "e": early})
+            state.set(skey, {"v": seen, "e": early})
         return new
