@@ -76,7 +76,11 @@ JSON writer's) are decoded as usual, and then handed over whatever their type.
 Rebalancing.  Cooperative-sticky: only moved partitions stop.  On revocation the
 application checkpoints, then closes the stores; on assignment it restores the stores
 from their changelogs before processing.  A lost assignment (session timeout) aborts
-the open transaction and rewinds the partitions still owned to their committed offsets.
+the open transaction and rewinds the partitions still owned to their committed offsets;
+records fetched before the rewind are dropped (they are read again).  So does an
+exactly-once checkpoint the group refuses because it moved on without this member (a stall
+past ``max.poll.interval.ms``): the member rejoins on its next poll and processes again
+from the last checkpoint, with the state it had there.
 
 Errors.  An operator exception stops the application with a
 :class:`~vigil.errors.PipelineError` naming operator, topic, partition and offsets;
@@ -101,7 +105,15 @@ from types import FrameType
 from typing import Any, Literal
 
 import msgspec
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from vigil.config import Settings
 from vigil.errors import ConfigError, ContractError, PipelineError, TopicError
@@ -124,6 +136,19 @@ log = logging.getLogger(__name__)
 Decoder = Callable[[str, bytes, bytes | None, Any], Any]
 
 _TIMEOUT = 30.0
+#: Errors of a transaction's offset commit that mean the consumer group has moved on without this
+#: member (it rejoins on its next poll): the checkpoint is abandoned and its input processed again.
+_GROUP_MOVED_ON = frozenset(
+    {
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.FENCED_INSTANCE_ID,
+    }
+)
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+#: ``auto.offset.reset`` values that start a partition without a committed offset at its beginning.
+_FROM_START = frozenset({"earliest", "smallest", "beginning"})
 #: Default checkpoint intervals.  Exactly-once outputs become visible when a checkpoint commits,
 #: so the interval is their latency: short.  At-least-once outputs go out at once; the interval
 #: only bounds what is processed again after a crash, and every checkpoint writes each key changed
@@ -617,7 +642,10 @@ class Application:
                 if msgs and self.batch_size > 1:
                     msgs += consumer.consume(self.batch_size - 1, 0)
             if self._lost:
-                self._rewind()
+                rewound = self._rewind()
+                # Fetched before the rewind: those partitions are read again from their committed
+                # offsets, and their records here would be processed twice.
+                msgs = [m for m in msgs if (m.topic(), m.partition()) not in rewound]
             if msgs:
                 self._process(msgs)
             if self.alignment is not None and (msgs or time.monotonic() - last_align >= _ALIGN_IDLE_EVERY_S):
@@ -960,7 +988,9 @@ class Application:
             self._in_txn = True
 
     def _on_delivery_error(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
+        # Purged: the record was in a transaction this process aborted (only aborts purge here),
+        # so it was meant to go: it is produced again when its input is processed again.
+        if err is not None and err.code() not in _PURGED:
             self._delivery_errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
 
     def _produce(self, topic: str, value: bytes | None, key: str | bytes | None) -> None:
@@ -1059,6 +1089,20 @@ class Application:
                 self._in_txn = False
                 producer.poll(0)  # serve failure reports, if any
             except KafkaException as exc:
+                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if err is not None and err.code() in _GROUP_MOVED_ON and not err.fatal():
+                    # The group moved on while this process was away (a stall past
+                    # max.poll.interval.ms, a pause in the VM): the offsets may no longer be
+                    # this member's to commit.  As after a lost assignment: the transaction is
+                    # aborted, the state goes back to the last checkpoint and the input is read
+                    # again from there once the group has this member back.
+                    log.warning("application %s: checkpoint refused (%s); processing again", self.name, err)
+                    self._abort_txn()
+                    for task in self._tasks.values():
+                        for state in task.stores.values():
+                            state.discard_pending()
+                    self._lost = True
+                    return
                 msg = f"application {self.name!r}: checkpoint failed: {exc.args[0]}"
                 raise PipelineError(msg) from exc
             if self._delivery_errors:
@@ -1331,8 +1375,10 @@ class Application:
             for state in task.stores.values():
                 state.close()
 
-    def _rewind(self) -> None:
-        """After a lost assignment: restart the partitions still owned from their committed offsets."""
+    def _rewind(self) -> set[TP]:
+        """After a lost assignment: restart the partitions still owned from their committed offsets
+        (those with none yet from the beginning, under ``auto.offset.reset=earliest``); returns
+        the partitions restarted."""
         _, consumer = self._running_clients()
         self._lost = False
         self._next_offsets = {}
@@ -1346,10 +1392,27 @@ class Application:
             self._forget_alignment(consumer, sorted(self._owned))
             self.alignment.add(sorted(self._owned), time.monotonic())
         owned = [TopicPartition(t, p) for t, p in sorted(self._owned)]
-        if owned:
-            for tp in consumer.committed(owned, timeout=_TIMEOUT):
-                if tp.offset >= 0:
-                    consumer.seek(tp)
+        rewound: set[TP] = set()
+        if not owned:
+            return rewound
+        from_start = self.consumer_settings().get("auto.offset.reset") in _FROM_START
+        for tp in consumer.committed(owned, timeout=_TIMEOUT):
+            if tp.offset >= 0:
+                consumer.seek(tp)
+            elif from_start:
+                # Nothing committed yet: what was processed since the assignment came from the start.
+                consumer.seek(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
+            else:
+                log.warning(
+                    "application %s: %s[%d] has no committed offset; records processed since its "
+                    "assignment are not processed again (auto.offset.reset is not earliest)",
+                    self.name,
+                    tp.topic,
+                    tp.partition,
+                )
+                continue
+            rewound.add((tp.topic, tp.partition))
+        return rewound
 
 
 def state_path(settings: Settings, app: str, store: StoreSpec, partition: int) -> Path:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -374,3 +376,52 @@ def test_skip_types_needs_the_canonical_codec(settings: Settings) -> None:
             skip_types=["logout"],
             decode=lambda topic, value, key, headers: value,
         )
+
+
+class StallOnce(RunningCount):
+    """Stops answering the group once, longer than ``max.poll.interval.ms``: the consumer leaves
+    the group and the application hears its partitions were lost, then it rejoins."""
+
+    def __init__(self, output: str, after: int, stall_s: float) -> None:
+        super().__init__(output)
+        self.after, self.stall_s, self.seen, self.stalled = after, stall_s, 0, False
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        super().process(batch, ctx)
+        self.seen += len(batch)
+        if self.seen >= self.after and not self.stalled:
+            self.stalled = True
+            time.sleep(self.stall_s)  # the stall under test, not a synchronisation
+
+
+def test_a_lost_assignment_is_processed_again_exactly_once(
+    settings: Settings, names: Callable[[str], str], run_app: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out)
+    events = payments(3000, 41, "l")
+    produce(settings, src, events)
+    stall = StallOnce(out, after=1000, stall_s=8.0)
+    app = Application(
+        settings,
+        name=name,
+        inputs=[src],
+        operators=[stall],
+        guarantee="exactly_once",
+        checkpoint_interval_s=0.1,
+        batch_size=50,
+        instance_id="t1",
+        consumer_overrides={"max.poll.interval.ms": 6000, "session.timeout.ms": 6000},
+        producer_overrides={"transaction.timeout.ms": 60_000},
+    )
+    with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
+        running = run_app(app)
+        wait_for(lambda: stall.stalled and len(output_ids(settings, out)) >= 3000, 120, "3000 outputs")
+        running.stop()
+    assert not running.errors
+    assert any("lost" in r.getMessage() for r in caplog.records), "the stall should have lost the assignment"
+    ids = output_ids(settings, out)
+    # Records processed before the loss and not committed were processed again; each output is
+    # there once, with the count its customer had: state went back to the last checkpoint too.
+    assert len(ids) == len(set(ids)) == 3000
+    assert set(ids) == expected_ids(events)
