@@ -16,7 +16,7 @@ from vigil.events.examples import example_events
 from vigil.events.records import DeadLetter, EpisodeLabel
 from vigil.events.types import EntityRef
 from vigil.hub import admin as topic_admin
-from vigil.hub.client import EventProducer, make_admin, watermarks
+from vigil.hub.client import EventProducer, make_admin, make_producer, watermarks
 from vigil.hub.raw import RawRecord
 from vigil.hub.topics import TOPICS, TopicSpec
 
@@ -156,3 +156,27 @@ def test_event_producer_routes_by_type_and_keys_by_entity(applied: Settings) -> 
     producer.flush()
     got = _read_from(applied, "events.payments", start, 1)
     assert [(k, v) for k, v, _ in got if v == encode(deposit)] == [(b"cust-000042", encode(deposit))]
+
+
+def test_the_in_memory_harness_partitions_keys_as_the_broker_does(settings: Settings) -> None:
+    # vigil.testing.run_operators promises the broker's split of events over partitions; a test
+    # comparing a Kafka run with an in-memory one relies on it.
+    from vigil.testing import partition_for
+
+    name = f"test.partitions.{uuid.uuid4().hex[:8]}"
+    topic_admin.apply(
+        make_admin(settings),
+        [TopicSpec(name=name, key="k", value="raw", description="d", partitions=7)],
+        settings,
+    )
+    producer = make_producer(settings)  # configured as every Vigil producer is
+    landed: dict[bytes, int] = {}
+    keys = [f"acct-{i}".encode() for i in range(200)] + ["ключ-é".encode(), b"0x" + b"ab" * 20]
+    for key in keys:
+        producer.produce(
+            name, b"x", key, on_delivery=lambda err, msg: landed.__setitem__(msg.key(), msg.partition())
+        )
+    producer.flush()
+    assert len(landed) == len(keys)
+    assert {k: partition_for(k, 7) for k in keys} == landed
+    assert len(set(landed.values())) == 7
