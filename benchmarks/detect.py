@@ -51,7 +51,7 @@ import msgspec
 from benchmarks.broker import bench_broker, set_broker_cpus
 from vigil.config import Settings, load_settings
 from vigil.detect.app import DetectionService, DetectTopology, create_topics, delete_scoped_topics
-from vigil.detect.engine import DetectOperator, RuleSet
+from vigil.detect.engine import DetectOperator, RuleSet, detect_events
 from vigil.detect.eval import intel_for
 from vigil.detect.rules.validate import load_rules
 from vigil.events.base import Event, utcnow
@@ -191,6 +191,7 @@ def on_kafka(
 ) -> dict[str, Any]:
     config, stream = _stream(events)
     intel = intel_for(config.intel_dir, config.start)
+    expected = _alert_names(detect_events(RuleSet(rules), [*intel, *stream])[0])
     # A warm-up run first, not recorded: a freshly started broker compiles its hot paths (JIT)
     # under the first seconds of load, and that is the broker's cost, not detection's.  The whole
     # stream: after a 50,000-event warm-up the first measured run was often the slowest by far
@@ -204,7 +205,13 @@ def on_kafka(
         before_latency()
     for load in (0.5, 0.8):
         out[f"latency_{int(load * 100)}"] = _latency(
-            settings, rules, (events, stream), intel, cpu, max(1000, int(out["events_per_s"] * load))
+            settings,
+            rules,
+            (events, stream),
+            intel,
+            cpu,
+            max(1000, int(out["events_per_s"] * load)),
+            expected=expected,
         )
     # The simulated day is replayed ~5,000x faster than its event time passes, so the route
     # stage's event-time alignment (a 60 s skew: a few dozen events here) pauses and resumes
@@ -218,8 +225,15 @@ def on_kafka(
         cpu,
         max(1000, int(out["events_per_s"] * 0.8)),
         aligned=False,
+        expected=expected,
     )
     return out
+
+
+def _alert_names(alerts: Any) -> set[str]:
+    """``rule@kind:entity`` of each alert: what a live run should raise, whichever of an entity's
+    events (arrival order may differ) triggers it."""
+    return {f"{a.payload.rule_id}@{a.payload.entity.kind}:{a.payload.entity.id}" for a in alerts}
 
 
 def _backlog(
@@ -284,6 +298,7 @@ def _latency(
     cpu: int,
     rate: int,
     aligned: bool = True,
+    expected: set[str] | None = None,
 ) -> dict[str, Any]:
     """Produce the stream at ``rate`` with ``ingested_at`` stamped; alert latencies p50/p99.
 
@@ -315,22 +330,42 @@ def _latency(
         # stages' cost per event live, to set beside the backlog's.
         live_cpu = time.process_time() - cpu_before
         service.wait_caught_up(len(stream), 300, poll_s=0.01)
-        alerts = collector.collect(service.alerts, timeout_s=30)
+        fired = service.alerts
+        alerts = collector.collect(fired, timeout_s=30)
     finally:
         service.stop()
         delete_scoped_topics(settings, prefix)
-    latencies = sorted(latency for latency, _ in alerts)
+    latencies = sorted(latency for latency, _, _ in alerts)
     # An alert's last evidence event was sent when the alert was produced less its latency.
-    warm = sorted(latency for latency, produced_ms in alerts if produced_ms - latency >= warm_at * 1000)
+    warm = sorted(latency for latency, produced_ms, _ in alerts if produced_ms - latency >= warm_at * 1000)
     out: dict[str, Any] = {
         "rate": rate,
         "achieved": round(achieved),
         "alerts": len(latencies),
+        # Raised by the stages (fewer than expected: not raised; more than were read: not read
+        # within the collector's time), and which rule@entity differ from the in-memory run's.
+        "fired": fired,
         "cpu_us_per_event": round(live_cpu / len(stream) * 1e6, 1),
         **_percentiles(latencies),
         "warm": {"alerts": len(warm), **_percentiles(warm)},
     }
+    if expected is not None:
+        got = {name for _, _, name in alerts}
+        out["missing"] = sorted(expected - got)
+        out["unexpected"] = sorted(got - expected)
     return out
+
+
+def _differences(lat: dict[str, Any]) -> str:
+    """A live run's alerts against the in-memory run's, in words (nothing when they agree)."""
+    parts = []
+    if lat.get("missing"):
+        parts.append(f"missing {', '.join(lat['missing'])}")
+    if lat.get("unexpected"):
+        parts.append(f"not in memory {', '.join(lat['unexpected'])}")
+    if lat.get("fired") is not None and lat.get("fired") != lat.get("alerts"):
+        parts.append(f"{lat['fired']} raised, {lat.get('alerts')} read")
+    return f"; against the in-memory run: {'; '.join(parts)}" if parts else ""
 
 
 def _percentiles(latencies: list[float]) -> dict[str, float]:
@@ -411,20 +446,23 @@ class _AlertCollector:
         self.consumer = make_consumer(settings, f"bench-alerts-{uuid.uuid4().hex[:8]}")
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
 
-    def collect(self, expected: int, timeout_s: float) -> list[tuple[float, int]]:
-        """Each alert's detection latency (ms) and when it was produced (epoch ms)."""
+    def collect(self, expected: int, timeout_s: float) -> list[tuple[float, int, str]]:
+        """Each alert's detection latency (ms), when it was produced (epoch ms), and its
+        ``rule@kind:entity``."""
         from vigil.events.types import Alert
 
         decoder = msgspec.json.Decoder(Alert)
-        out: list[tuple[float, int]] = []
+        out: list[tuple[float, int, str]] = []
         deadline = time.monotonic() + timeout_s
         try:
             while len(out) < expected and time.monotonic() < deadline:
                 for msg in self.consumer.consume(500, 0.2):
                     if msg.error() is None and msg.value() is not None:
                         alert = decoder.decode(msg.value())
-                        if alert.payload.detection_latency_ms is not None:
-                            out.append((alert.payload.detection_latency_ms, msg.timestamp()[1]))
+                        p = alert.payload
+                        if p.detection_latency_ms is not None:
+                            name = f"{p.rule_id}@{p.entity.kind}:{p.entity.id}"
+                            out.append((p.detection_latency_ms, msg.timestamp()[1], name))
         finally:
             self.consumer.close()
         return out
@@ -522,7 +560,7 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {lat.get('p50_ms', 'n/a')} / {lat.get('p99_ms', 'n/a')} ({lat.get('alerts', 0)} alerts; "
                 f"process CPU {lat.get('cpu_us_per_event', 'n/a')} µs per event); "
                 f"{warm.get('p50_ms', 'n/a')} / {warm.get('p99_ms', 'n/a')} "
-                f"({warm.get('alerts', 0)} alerts) |"
+                f"({warm.get('alerts', 0)} alerts){_differences(lat)} |"
             )
     if floor:
         lines += [
