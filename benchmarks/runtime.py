@@ -10,7 +10,8 @@ threads), so "per core" counts everything the engine does.
 - quix-streams (3.x) at-least-once and exactly-once: ``sliding_window(5 min)`` with
   ``Count()`` and ``Sum("amount")``, ``.current()``, filter, ``to_topic``;
 - Vigil at-least-once and exactly-once: :class:`VelocityRule` over
-  :class:`~vigil.stream.windows.WindowedAggregate`.
+  :class:`~vigil.stream.windows.WindowedAggregate` (record by record), and
+  :class:`BatchVelocityRule` over :class:`~vigil.stream.vectorised.SlidingCountSum` (vectorised).
 
 Throughput is input records / time from the first processed record to the N-th (startup,
 group join and the last commit are excluded, the same way for every engine).  Latency:
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from benchmarks.broker import bench_broker
@@ -52,6 +54,7 @@ from vigil.hub.admin import ensure_topics
 from vigil.hub.client import consumer_config, make_admin, producer_config
 from vigil.hub.topics import TopicSpec
 from vigil.stream.base import Context, Operator, Record, StoreSpec
+from vigil.stream.vectorised import SlidingCountSum
 from vigil.stream.windows import Count, Sum, Window, WindowedAggregate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,6 +74,9 @@ LOADGEN_LINGER_MS = 5
 
 VELOCITY = StoreSpec("velocity", 1)
 AGG = WindowedAggregate(VELOCITY, Window.sliding(WINDOW, lateness="1m"), {"n": Count(), "total": Sum()})
+#: The same window, computed a batch at a time (its state is laid out per batch, not per key,
+#: hence a store of its own).
+VELOCITY_BATCH = SlidingCountSum(StoreSpec("velocity-batch", 1), WINDOW, lateness="1m")
 
 
 # ----------------------------------------------------------------------------- data
@@ -181,6 +187,46 @@ class VelocityRule(Operator[Payment]):
             self.done.set()
 
 
+class BatchVelocityRule(VelocityRule):
+    """The same rule vectorised: the window over the whole batch in numpy
+    (:class:`~vigil.stream.vectorised.SlidingCountSum`); Python touches each event to read
+    its account, time and amount, and builds alerts for the few that fire."""
+
+    id = "velocity-batch.v1"
+    stores = (VELOCITY_BATCH.store,)
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+            self.cpu_first = time.process_time()
+            self.thread_first = time.thread_time()
+        events = [rec.event for rec in batch]
+        keys = [event.entities.account or event.key() or "" for event in events]
+        cols = VELOCITY_BATCH.update(
+            ctx.state(VELOCITY_BATCH.store),
+            keys,
+            [event.occurred_at for event in events],
+            [event.payload.amount for event in events],
+        )
+        if not cols.accepted.all():
+            for i in np.flatnonzero(~cols.accepted).tolist():
+                ctx.late(batch[i])
+        fired = np.flatnonzero((cols.count >= COUNT_AT) | (cols.total >= SUM_AT)).tolist()
+        if fired:
+            counts, totals = cols.count[fired].tolist(), cols.total[fired].tolist()
+            output = self.output
+            for i, n, total in zip(fired, counts, totals, strict=True):
+                key = keys[i]
+                ctx.emit(output, velocity_alert(events[i], key, {"n": n, "total": total}), key)
+            self.alerts += len(fired)
+        self.seen += len(batch)
+        self.thread_cpu = time.thread_time() - self.thread_first
+        if self.seen >= self.target and not self.done.is_set():
+            self.last = time.perf_counter()
+            self.cpu_last = time.process_time()
+            self.done.set()
+
+
 class PassThrough(VelocityRule):
     """No state, no output: what the runtime itself costs (consume, decode, batch, commit)."""
 
@@ -238,7 +284,8 @@ def engine_vigil(cfg: dict[str, Any]) -> dict[str, Any]:
 
     settings = _settings(cfg)
     done = threading.Event()
-    rule = (PassThrough if cfg.get("passthrough") else VelocityRule)(cfg["output"], cfg["target"], done)
+    kind = PassThrough if cfg.get("passthrough") else BatchVelocityRule if cfg.get("batch") else VelocityRule
+    rule = kind(cfg["output"], cfg["target"], done)
     app = Application(
         settings,
         name=cfg["group"],
@@ -778,6 +825,9 @@ def run(quick: bool) -> dict[str, Any]:
         ]
         for guarantee, short in (("at_least_once", "alo"), ("exactly_once", "eos")):
             plan.append(("vigil", f"vigil_{short}", {"guarantee": guarantee, "target": n}))
+            plan.append(
+                ("vigil", f"vigil_batch_{short}", {"guarantee": guarantee, "target": n, "batch": True})
+            )
             plan.append(("quix", f"quix_{short}", {"guarantee": guarantee, "target": nq}))
         # The machine is shared and noisy: every engine runs `repeats` times (interleaved, so a
         # noisy minute hurts all alike) and keeps its best run; every run is kept in the JSON.
@@ -798,11 +848,23 @@ def run(quick: bool) -> dict[str, Any]:
             result[f"{name}_eps"] = r["eps"]
         result["peak_rss_mb"] = runs["vigil_alo"]["peak_rss_mb"]
         result["state_mb"] = runs["vigil_alo"].get("state_mb")
+        result["batch_peak_rss_mb"] = runs["vigil_batch_alo"]["peak_rss_mb"]
+        result["batch_state_mb"] = runs["vigil_batch_alo"].get("state_mb")
         lat: dict[str, Any] = {}
         for pct in (50, 80):
             lat[str(pct)] = bench.latency(
                 result["vigil_alo_eps"] * pct / 100, lat_seconds, n + pct * 10_000_000
             )
+        for pct in (50, 80):
+            # The vectorised rule at 50% and 80% of its own (higher) maximum.
+            lat[f"batch_{pct}"] = bench.latency(
+                result["vigil_batch_alo_eps"] * pct / 100,
+                lat_seconds,
+                n + (100 + pct) * 10_000_000,
+                batch=True,
+            )
+        result["batch_p50_ms_at_80"] = lat["batch_80"].get("p50_ms")
+        result["batch_p99_ms_at_80"] = lat["batch_80"].get("p99_ms")
         result["latency"] = lat
         hop = bench.hop(result["vigil_alo_eps"] * 0.8, lat_seconds, n + 90 * 10_000_000)
         result["hop"] = hop
@@ -856,6 +918,8 @@ def markdown(result: dict[str, Any]) -> str:
         ("quix-streams, exactly-once", "quix_eos"),
         ("Vigil, at-least-once", "vigil_alo"),
         ("Vigil, exactly-once", "vigil_eos"),
+        ("Vigil, vectorised window, at-least-once", "vigil_batch_alo"),
+        ("Vigil, vectorised window, exactly-once", "vigil_batch_eos"),
     ]
     lines = [
         "## Stream runtime",
@@ -879,26 +943,45 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {run_.get('processed', 0):,} | {alerts} | {run_.get('peak_rss_mb', '-')} |"
         )
     va, ve = r.get("vigil_alo_eps"), r.get("vigil_eos_eps")
+    ba, be = r.get("vigil_batch_alo_eps"), r.get("vigil_batch_eos_eps")
+    batch_cpu_ratio = _ratio(
+        runs.get("vigil_batch_alo", {}).get("cpu_us_per_event"), runs.get("floor", {}).get("cpu_us_per_event")
+    )
     cpu_ratio = _ratio(
         runs.get("vigil_alo", {}).get("cpu_us_per_event"), runs.get("floor", {}).get("cpu_us_per_event")
     )
     lat50, lat80 = _lat(lat.get("50", {})), _lat(lat.get("80", {}))
     lines += [
         "",
-        f"- Vigil / quix-streams: at-least-once {_ratio(va, r.get('quix_alo_eps'))}, "
-        f"exactly-once {_ratio(ve, r.get('quix_eos_eps'))} (target >= 3x).",
-        f"- Vigil at-least-once / floor: {_ratio(va, r.get('floor_eps'))} (target >= 0.5x); against the "
+        "Two ways to write the rule on Vigil's runtime. *Record by record*: "
+        "`WindowedAggregate.update` per event, its state one entry per account (what the detection "
+        "rules use). *Vectorised window*: `vigil.stream.vectorised.SlidingCountSum` over each batch in "
+        "numpy, its state one entry per batch; Python touches each event to read its account, time and "
+        "amount, and builds the alerts. Both give the expected alerts.",
+        "",
+        f"- Vigil / quix-streams: at-least-once {_ratio(va, r.get('quix_alo_eps'))} record by record, "
+        f"{_ratio(ba, r.get('quix_alo_eps'))} vectorised; exactly-once {_ratio(ve, r.get('quix_eos_eps'))} "
+        f"and {_ratio(be, r.get('quix_eos_eps'))} (target >= 3x).",
+        f"- Vigil at-least-once / floor: {_ratio(ba, r.get('floor_eps'))} vectorised (CPU per event "
+        f"{batch_cpu_ratio} the floor's), {_ratio(va, r.get('floor_eps'))} record by record "
+        f"(target >= 0.5x). What the vectorised rule still pays beyond the floor, per event: the "
+        "runtime's records and offsets, reading three fields in Python, the account's dense code (a "
+        "dict lookup), the time's conversion, and building and encoding the alerts (7% of events "
+        "alert). Record by record, the window update alone costs about 3 µs an event.",
+        f"- Record by record at-least-once / floor: {_ratio(va, r.get('floor_eps'))}; against the "
         f"floor with librdkafka's default back-off, as measured before: "
         f"{_ratio(va, r.get('floor_default_backoff_eps'))}. Target >= 100,000 events/s per core "
         f"at-least-once. Both floors use the runtime's fetch settings (vigil.stream.app.FETCH_DEFAULTS) "
         f"but for the back-off; with librdkafka's 1 s the floor mostly waits (compare its CPU µs/event "
         f"with 1e6 / its events/s). By CPU time per event Vigil costs {cpu_ratio} the floor: decoding is "
         f"all the floor does, and the rule's window update, the records and the state cost more.",
-        f"- Latency, Vigil at-least-once, from the send of a payment to its alert at a consumer "
+        f"- Latency, record by record at-least-once, from the send of a payment to its alert at a consumer "
         f"(target p99 <= 50 ms at 80% of the at-least-once rate above): at 50% load {lat50}; "
         f"at 80% load {lat80}. "
         f"This broker's own produce -> consume hop (same payloads, generator and reader) at the 80% rate: "
         f"{_lat(r.get('hop', {}))}; an alert takes two hops.",
+        f"- Latency, vectorised at-least-once, at 50% and 80% of its own rate above: at 50% load "
+        f"{_lat(lat.get('batch_50', {}))}; at 80% load {_lat(lat.get('batch_80', {}))}.",
         "- How latency is measured: the load generator is its own process, pinned to CPU "
         f"{r.get('loadgen_cpu')} (not the engine's), with every payload encoded before the clock starts; "
         f"it sends in bursts on a 1 ms tick (producer linger {LOADGEN_LINGER_MS} ms, included in "
@@ -910,7 +993,8 @@ def markdown(result: dict[str, Any]) -> str:
         "much above the first means the engine fell behind the live load; run-queue wait is time the "
         "engine was ready to run and another process had its CPU (Linux schedstat).",
         f"- State on disk after the at-least-once run: {r.get('state_mb')} MB "
-        f"(RocksDB, {ACCOUNTS:,} accounts).",
+        f"(RocksDB, {ACCOUNTS:,} accounts); vectorised: {r.get('batch_state_mb')} MB (the last "
+        "6 minutes of event time, a chunk per batch).",
         f"- Restore of {r.get('restore_keys', 0):,} keys from the changelog into empty RocksDB: "
         f"{r.get('restore_s_1m_keys')} s per 1M keys.",
         "",

@@ -6,6 +6,7 @@
 - :mod:`vigil.stream.changelog`: changelog topics and restore;
 - :mod:`vigil.stream.alignment`: event-time alignment (which input partitions to pause, what to release);
 - :mod:`vigil.stream.windows`: event-time windows and aggregations over state;
+- :mod:`vigil.stream.vectorised`: a sliding-window count and sum over whole batches in numpy;
 - :mod:`vigil.stream.repartition`: ``group_by`` through a repartition topic;
 - :mod:`vigil.stream.table`: ``GlobalTable``, a compacted topic as a local lookup table;
 - :mod:`vigil.stream.metrics`: counters for tests, Prometheus metrics for operations.

@@ -80,6 +80,11 @@ class State(ABC):
     def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         """Committed and pending entries whose key starts with ``prefix``, in key order."""
 
+    def generation(self) -> int:
+        """Changes when the state goes back to an earlier point (its uncommitted writes thrown
+        away after an aborted checkpoint): anything an operator built from it is stale then."""
+        return 0
+
     def __contains__(self, key: str) -> bool:
         return self.get(key, _MISSING) is not _MISSING
 

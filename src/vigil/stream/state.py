@@ -86,6 +86,7 @@ class RocksState(State):
         self.closed = False
         #: Next changelog offset as far as this process knows (set by restore at assignment).
         self.changelog_next: int | None = None
+        self._generation = 0
 
     # ------------------------------------------------------------------ State API
 
@@ -232,8 +233,12 @@ class RocksState(State):
         raw = self._db.get(OFFSET_KEY)
         return int(raw.decode()) if raw is not None else None
 
+    def generation(self) -> int:
+        return self._generation
+
     def discard_pending(self) -> None:
         """Forget uncommitted writes (after an aborted transaction)."""
+        self._generation += 1
         self._cache = {}
         self._dirty = set()
         self._sealed = set()

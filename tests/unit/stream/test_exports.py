@@ -24,6 +24,7 @@ SURFACE = {
         "duration_ms",
         "to_ms",
     ],
+    "vigil.stream.vectorised": ["SlidingCountSum", "WindowColumns"],
     "vigil.stream.table": ["GlobalTable"],
     "vigil.stream.join": ["IntervalJoin"],
     "vigil.stream.repartition": [

@@ -63,8 +63,11 @@ def test_items_merges_committed_and_pending_in_key_order_by_prefix(tmp_path: Pat
     state.delete("w:b")
     assert list(state.items("w:")) == [("w:a", "new"), ("w:d", "changed")]
     assert [k for k, _ in state.items()] == ["w:a", "w:d", "x:a"]
+    before = state.generation()
     state.discard_pending()
     assert list(state.items("w:")) == [("w:b", "w:b"), ("w:d", "w:d")]
+    # Operators that keep something built from the state (vectorised windows) see it went back.
+    assert state.generation() != before
     state.close()
 
 

@@ -1,0 +1,364 @@
+"""SlidingCountSum, the batch-at-a-time sliding window, against the brute-force reference the
+record-by-record windows are held to (property tests), through restarts and rewinds."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tests.unit.stream.test_windows import reference
+
+from vigil.events.base import Entities
+from vigil.events.types import Payment, PaymentPayload
+from vigil.stream import vectorised
+from vigil.stream.base import Context, Operator, Record, StoreSpec
+from vigil.stream.vectorised import SlidingCountSum, WindowColumns
+from vigil.stream.windows import Count, Sum, Window, WindowedAggregate, to_ms
+from vigil.testing import MemoryState, run_operators
+
+STORE = StoreSpec("v", 1)
+Event = tuple[str, int, int]
+
+events = st.lists(
+    st.tuples(st.sampled_from("abcde"), st.integers(0, 400), st.integers(0, 9)), min_size=1, max_size=100
+)
+batch_sizes = st.lists(st.integers(1, 15), min_size=1, max_size=20)
+
+
+def in_batches(stream: list[Event], sizes: list[int]) -> Iterator[list[Event]]:
+    i = 0
+    for k in range(len(stream)):
+        size = sizes[k % len(sizes)]
+        if i >= len(stream):
+            return
+        yield stream[i : i + size]
+        i += size
+
+
+def rows(cols: WindowColumns) -> list[tuple[bool, int, float]]:
+    return list(zip(cols.accepted.tolist(), cols.count.tolist(), cols.total.tolist(), strict=True))
+
+
+def update(agg: SlidingCountSum, state: Any, batch: Sequence[Event]) -> list[tuple[bool, int, float]]:
+    return rows(agg.update(state, [k for k, _, _ in batch], [t for _, t, _ in batch], [v for *_, v in batch]))
+
+
+def expected(size: int, lateness: int, stream: list[Event]) -> list[tuple[bool, int, float]]:
+    """The record-by-record reference, as (accepted, count, sum) rows."""
+    out: list[tuple[bool, int, float]] = []
+    for answer in reference(Window.sliding(size, lateness), stream):
+        if answer is None:
+            out.append((False, 0, 0.0))
+        else:
+            ((_, _, values),) = answer
+            out.append((True, values["n"], values["sum"]))
+    return out
+
+
+def stored(state: MemoryState) -> MemoryState:
+    """The state as RocksDB gives it back after a restart: every value through MessagePack."""
+    again = MemoryState()
+    again.data = {k: msgspec.msgpack.decode(msgspec.msgpack.encode(v)) for k, v in state.data.items()}
+    return again
+
+
+@settings(max_examples=200, deadline=None)
+@given(size=st.integers(1, 60), lateness=st.integers(0, 50), stream=events, sizes=batch_sizes)
+def test_batches_match_the_brute_force_reference(
+    size: int, lateness: int, stream: list[Event], sizes: list[int]
+) -> None:
+    # Out-of-order times, late events, ties and keys repeated within a batch all occur here.
+    agg = SlidingCountSum(STORE, size, lateness)
+    state = MemoryState()
+    got = [row for batch in in_batches(stream, sizes) for row in update(agg, state, batch)]
+    assert got == expected(size, lateness, stream)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    size=st.integers(1, 60),
+    lateness=st.integers(0, 50),
+    stream=events,
+    sizes=batch_sizes,
+    restarts=st.lists(st.booleans(), min_size=1, max_size=20),
+)
+def test_a_restart_rebuilds_from_stored_state_and_answers_the_same(
+    size: int, lateness: int, stream: list[Event], sizes: list[int], restarts: list[bool]
+) -> None:
+    agg = SlidingCountSum(STORE, size, lateness)
+    state = MemoryState()
+    got = []
+    for i, batch in enumerate(in_batches(stream, sizes)):
+        if restarts[i % len(restarts)]:
+            # Another process (or this one after a crash): a new aggregate, the state decoded.
+            agg, state = SlidingCountSum(STORE, size, lateness), stored(state)
+        got += update(agg, state, batch)
+    assert got == expected(size, lateness, stream)
+
+
+class RewindableState(MemoryState):
+    """A store that can go back to its last checkpoint, as RocksState does after an abort."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._generation = 0
+        self._checkpoint: dict[str, Any] = {}
+
+    def generation(self) -> int:
+        return self._generation
+
+    def checkpoint(self) -> None:
+        self._checkpoint = msgspec.msgpack.decode(msgspec.msgpack.encode(self.data))
+
+    def rewind(self) -> None:
+        self.data = msgspec.msgpack.decode(msgspec.msgpack.encode(self._checkpoint))
+        self._generation += 1
+
+
+def test_a_rewound_state_is_rebuilt_not_counted_twice() -> None:
+    rng = random.Random(5)
+    stream = [(rng.choice("abc"), t * 3 + rng.randint(0, 5), rng.randint(1, 9)) for t in range(120)]
+    batches = list(in_batches(stream, [10]))
+    agg = SlidingCountSum(STORE, 40, 10)
+    state = RewindableState()
+    got = []
+    for batch in batches[:6]:
+        got += update(agg, state, batch)
+    state.checkpoint()
+    for batch in batches[6:9]:  # processed, then the checkpoint after them is aborted
+        update(agg, state, batch)
+    state.rewind()
+    for batch in batches[6:]:
+        got += update(agg, state, batch)
+    assert got == expected(40, 10, stream)
+
+
+def test_state_keeps_only_the_chunks_a_later_window_can_need() -> None:
+    agg = SlidingCountSum(STORE, 50, 10)
+    state = MemoryState()
+    stream = [(f"k{i % 17}", i, 1) for i in range(3000)]
+    for batch in in_batches(stream, [7, 13, 1]):
+        update(agg, state, batch)
+    wm = agg.watermark(state)
+    assert wm == 2999 - 10
+    chunks = [v for k, v in state.items("c:")]
+    assert chunks, "the events still inside the window are kept"
+    for _keys, raw_t, _ in chunks:
+        latest = int(np.frombuffer(raw_t, "<i8").max())
+        assert latest > wm - 50, "a chunk wholly before every later window should have been deleted"
+    assert sum(len(keys) for keys, _, _ in chunks) <= 50 + 10 + 13
+
+
+def test_a_batch_too_big_for_one_changelog_record_is_split_into_chunks() -> None:
+    # Keys of 20,000 characters: a chunk (one changelog record) holds a handful of events.
+    stream = [(f"{'k' * 20_000}{i % 3}", i, i % 7) for i in range(40)]
+    agg = SlidingCountSum(STORE, 30, 0)
+    state = MemoryState()
+    got = update(agg, state, stream[:25])
+    chunks = [v for _, v in state.items("c:")]
+    assert len(chunks) > 1
+    assert all(len(msgspec.msgpack.encode(c)) <= 512 * 1024 for c in chunks)
+    again = stored(state)
+    got += update(SlidingCountSum(STORE, 30, 0), again, stream[25:])
+    assert got == expected(30, 0, stream)
+
+
+def test_key_codes_are_issued_afresh_when_they_run_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vectorised, "_MAX_CODES", 8)
+    rng = random.Random(3)
+    # 200 keys over time, a few live at once: the codes run out many times over.
+    stream = [(f"k{t // 15 + rng.randint(0, 2)}", t, rng.randint(0, 9)) for t in range(3000)]
+    agg = SlidingCountSum(STORE, 20, 5)
+    state = MemoryState()
+    got = [row for batch in in_batches(stream, [4, 9]) for row in update(agg, state, batch)]
+    assert got == expected(20, 5, stream)
+
+    crowded = [(f"x{i}", 5000, 1) for i in range(9)]
+    too_many = r"keys in one partition's window .* at most 8 are supported \(add partitions"
+    with pytest.raises(ValueError, match=too_many):
+        update(agg, state, crowded)
+
+
+def test_fractional_values_sum_to_within_rounding() -> None:
+    rng = random.Random(11)
+    stream = [(rng.choice("ab"), t, rng.randint(0, 10_000)) for t in range(2000)]
+    cents = [(k, t, v / 100) for k, t, v in stream]
+    agg = SlidingCountSum(STORE, 100, 0)
+    state = MemoryState()
+    got = [row for batch in in_batches(cents, [64]) for row in update(agg, state, batch)]
+    want = expected(100, 0, stream)
+    assert [(a, n) for a, n, _ in got] == [(a, n) for a, n, _ in want]
+    assert np.allclose([s for *_, s in got], [s / 100 for *_, s in want], rtol=1e-12, atol=1e-9)
+
+
+def test_bad_input_is_named_and_changes_nothing() -> None:
+    agg = SlidingCountSum(STORE, 100, 10)
+    state = MemoryState()
+    good = [("a", 1, 1), ("b", 2, 2)]
+    update(agg, state, good)
+    before = stored(state).data
+    with pytest.raises(ValueError, match=r"value 1 \(key 'b'\) is nan; expected a finite number"):
+        agg.update(state, ["a", "b"], [3, 4], [1.0, float("nan")])
+    with pytest.raises(ValueError, match=r"value 0 \(key 'a'\) is None; expected a finite number"):
+        agg.update(state, ["a"], [3], [None])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="is inf"):
+        agg.update(state, ["a"], [3], [float("inf")])
+    with pytest.raises(TypeError, match="key 1 is None; expected a string"):
+        agg.update(state, ["a", None], [3, 4], [1.0, 2.0])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="key 0 has 200,000 characters; at most 131,066"):
+        agg.update(state, ["k" * 200_000], [3], [1.0])
+    assert stored(state).data == before
+    # ... and the next good batch answers as if the bad ones never came.
+    rest = [("a", 3, 3), ("b", 4, 4)]
+    assert update(agg, state, rest) == expected(100, 10, good + rest)[2:]
+
+
+def test_one_large_value_does_not_blur_another_keys_sums() -> None:
+    # Sums come from running totals over every key of a partition: a whale's amounts must not
+    # cost a small key its cents.
+    agg = SlidingCountSum(STORE, 1_000, 0)
+    state = MemoryState()
+    whale = [("whale", t, 1e17 + t) for t in range(50)]
+    small = [("small", 50 + t, v) for t, v in enumerate([0.1, 0.07, 0.2, 19.99])]
+    got = [row for batch in in_batches(whale + small, [7]) for row in update(agg, state, batch)]
+    sums = [s for *_, s in got[50:]]
+    want = [sum([0.1, 0.07, 0.2, 19.99][: i + 1], 0.0) for i in range(4)]
+    assert sums == pytest.approx(want, rel=1e-15, abs=1e-15)
+    assert [(a, n) for a, n, _ in got] == [(a, n) for a, n, _ in expected(1_000, 0, whale + small)]
+
+
+def test_a_bad_clock_does_not_wedge_the_partition() -> None:
+    # An event stamped at the epoch (a missing timestamp), then the present: the windows cope,
+    # alone in a batch or together, and after a restart.
+    now = to_ms(datetime(2026, 11, 30, tzinfo=UTC))
+    stream = [("a", 0, 1), *[(k, now + i, i) for i, k in enumerate("abcabc")]]
+    for sizes in ([1], [7], [2, 5]):
+        agg, state = SlidingCountSum(STORE, 60_000, 1_000), MemoryState()
+        got = []
+        for batch in in_batches(stream, sizes):
+            got += update(agg, state, batch)
+            agg, state = SlidingCountSum(STORE, 60_000, 1_000), stored(state)
+        assert got == expected(60_000, 1_000, stream)
+    with pytest.raises(ValueError, match=r"size plus lateness .* at most"):
+        SlidingCountSum(STORE, "1600d", "1d")
+
+
+def test_datetimes_give_what_milliseconds_give_and_bad_input_is_named() -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    when = [t0 + timedelta(seconds=s, microseconds=999) for s in (0, 30, 61, 62)]
+    keys, values = ["a", "a", "a", "b"], [1.0, 2.0, 3.0, 4.0]
+    by_time = SlidingCountSum(STORE, "1m").update(MemoryState(), keys, when, values)
+    by_ms = SlidingCountSum(STORE, 60_000).update(MemoryState(), keys, [to_ms(w) for w in when], values)
+    assert rows(by_time) == rows(by_ms) == [(True, 1, 1.0), (True, 2, 3.0), (True, 2, 5.0), (True, 1, 4.0)]
+
+    agg = SlidingCountSum(STORE, "1m")
+    with pytest.raises(ValueError, match="2 keys, 1 times and 2 values; expected one of each per event"):
+        agg.update(MemoryState(), ["a", "b"], [1], [1.0, 2.0])
+    with pytest.raises(ValueError, match="naive datetime"):
+        agg.update(MemoryState(), ["a"], [datetime(2026, 1, 1)], [1.0])  # noqa: DTZ001
+    with pytest.raises(TypeError, match="got an array of float64"):
+        agg.update(MemoryState(), ["a"], np.array([1.5]), [1.0])
+    with pytest.raises(ValueError, match="size must be positive"):
+        SlidingCountSum(STORE, 0)
+    empty = agg.update(MemoryState(), [], [], [])
+    assert len(empty.accepted) == len(empty.count) == len(empty.total) == 0
+
+
+# ----------------------------------------------------------------------------- as an operator
+
+PER_EVENT = StoreSpec("per-event", 1)
+PER_BATCH = StoreSpec("per-batch", 1)
+WINDOW = WindowedAggregate(PER_EVENT, Window.sliding("5m", lateness="30s"), {"n": Count(), "total": Sum()})
+BATCH_WINDOW = SlidingCountSum(PER_BATCH, "5m", lateness="30s")
+
+
+def _answer(event: Payment, n: int, total: float) -> Payment:
+    return Payment(
+        event_id=f"{event.event_id}#{n}#{total:.2f}",
+        source="test",
+        occurred_at=event.occurred_at,
+        entities=event.entities,
+        payload=event.payload,
+    )
+
+
+class PerEvent(Operator[Payment]):
+    id = "per-event"
+    stores = (PER_EVENT,)
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        state = ctx.state(PER_EVENT)
+        for rec in batch:
+            e = rec.event
+            result = WINDOW.update(state, e.entities.account or "", e.occurred_at, e.payload.amount)
+            if result is None:
+                ctx.late(rec)
+            else:
+                ctx.emit("per-event", _answer(e, result[0].values["n"], result[0].values["total"]))
+
+
+class PerBatch(Operator[Payment]):
+    id = "per-batch"
+    stores = (PER_BATCH,)
+
+    def __init__(self, output: str = "per-batch") -> None:
+        self.output = output
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        events = [rec.event for rec in batch]
+        cols = BATCH_WINDOW.update(
+            ctx.state(PER_BATCH),
+            [e.entities.account or "" for e in events],
+            [e.occurred_at for e in events],
+            [e.payload.amount for e in events],
+        )
+        for i, (ok, n, total) in enumerate(rows(cols)):
+            if ok:
+                ctx.emit(self.output, _answer(events[i], n, total))
+            else:
+                ctx.late(batch[i])
+
+
+def shuffled_payments(n: int, seed: int) -> list[Payment]:
+    """Payments mostly in time order, some minutes late (past the lateness: dropped)."""
+    rng = random.Random(seed)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    out = []
+    for i in range(n):
+        late = rng.random() < 0.05
+        when = t0 + timedelta(seconds=i * 2 - (rng.randint(1, 120) if late else 0))
+        account = f"acct-{rng.randint(0, 40)}"
+        out.append(
+            Payment(
+                event_id=f"p{i}",
+                source="test",
+                occurred_at=when,
+                entities=Entities(customer=account, account=account),
+                payload=PaymentPayload(
+                    payment_id=f"p{i}", amount=float(rng.randint(1, 5000)), currency="USD"
+                ),
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 500])
+def test_a_batch_operator_answers_as_the_record_by_record_one(batch_size: int) -> None:
+    stream = shuffled_payments(3000, 21)
+    result = run_operators([PerEvent(), PerBatch()], stream, partitions=3, batch_size=batch_size)
+    per_event = [e.event_id for e in result.emitted("per-event")]
+    per_batch = [e.event_id for e in result.emitted("per-batch")]
+    # Both answered every accepted event alike (ids carry the count and the total) ...
+    assert len(per_event) > 2500
+    assert sorted(per_batch) == sorted(per_event)
+    # ... and both sent the same events to the late topic.
+    late_ids = [rec.event.event_id for rec in result.late]
+    assert len(late_ids) == 2 * len(set(late_ids)) > 0
+    assert len(per_event) + len(set(late_ids)) == len(stream)
