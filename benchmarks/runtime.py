@@ -161,11 +161,24 @@ class VelocityRule(Operator[Payment]):
         self.thread_cpu = 0.0
         self.alerts = 0
 
-    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+    def _begin(self) -> None:
+        """Clocks at the first record."""
         if self.first is None:
             self.first = time.perf_counter()
             self.cpu_first = time.process_time()
             self.thread_first = time.thread_time()
+
+    def _end(self, count: int) -> None:
+        """Count a batch; clocks at the target's record."""
+        self.seen += count
+        self.thread_cpu = time.thread_time() - self.thread_first
+        if self.seen >= self.target and not self.done.is_set():
+            self.last = time.perf_counter()
+            self.cpu_last = time.process_time()
+            self.done.set()
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        self._begin()
         state = ctx.state(VELOCITY)
         update = AGG.update
         for rec in batch:
@@ -179,12 +192,7 @@ class VelocityRule(Operator[Payment]):
             if values["n"] >= COUNT_AT or values["total"] >= SUM_AT:
                 ctx.emit(self.output, velocity_alert(event, key, values), key)
                 self.alerts += 1
-        self.seen += len(batch)
-        self.thread_cpu = time.thread_time() - self.thread_first
-        if self.seen >= self.target and not self.done.is_set():
-            self.last = time.perf_counter()
-            self.cpu_last = time.process_time()
-            self.done.set()
+        self._end(len(batch))
 
 
 class BatchVelocityRule(VelocityRule):
@@ -196,10 +204,7 @@ class BatchVelocityRule(VelocityRule):
     stores = (VELOCITY_BATCH.store,)
 
     def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
-        if self.first is None:
-            self.first = time.perf_counter()
-            self.cpu_first = time.process_time()
-            self.thread_first = time.thread_time()
+        self._begin()
         events = [rec.event for rec in batch]
         keys = [event.entities.account or event.key() or "" for event in events]
         cols = VELOCITY_BATCH.update(
@@ -219,12 +224,7 @@ class BatchVelocityRule(VelocityRule):
                 key = keys[i]
                 ctx.emit(output, velocity_alert(events[i], key, {"n": n, "total": total}), key)
             self.alerts += len(fired)
-        self.seen += len(batch)
-        self.thread_cpu = time.thread_time() - self.thread_first
-        if self.seen >= self.target and not self.done.is_set():
-            self.last = time.perf_counter()
-            self.cpu_last = time.process_time()
-            self.done.set()
+        self._end(len(batch))
 
 
 class PassThrough(VelocityRule):
@@ -234,14 +234,8 @@ class PassThrough(VelocityRule):
     stores = ()
 
     def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
-        if self.first is None:
-            self.first = time.perf_counter()
-            self.cpu_first = time.process_time()
-        self.seen += len(batch)
-        if self.seen >= self.target and not self.done.is_set():
-            self.last = time.perf_counter()
-            self.cpu_last = time.process_time()
-            self.done.set()
+        self._begin()
+        self._end(len(batch))
 
 
 # ----------------------------------------------------------------------------- engines (subprocess side)
