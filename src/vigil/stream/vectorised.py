@@ -43,6 +43,9 @@ whole dollars, counts) while a run's total stays below 2**53 they are exact, and
 ``Sum()``'s.  Otherwise the running totals restart at each key, so a sum's rounding is
 relative to that key's own amounts (as ``Sum()``'s is), though it may differ from a
 left-to-right sum in the last bits.  Keys are strings; values finite numbers.
+
+Limits (each a clear error): window plus lateness at most about 4 years; at most 2**23 keys
+in one partition's window; keys of at most 131,066 characters (an event fits one chunk).
 """
 
 from __future__ import annotations
