@@ -230,10 +230,15 @@ def on_kafka(
     return out
 
 
+def _alert_name(alert: Any) -> str:
+    """``rule@kind:entity``: what a live run should raise, whichever of an entity's events
+    (arrival order may differ) triggers it."""
+    p = alert.payload
+    return f"{p.rule_id}@{p.entity.kind}:{p.entity.id}"
+
+
 def _alert_names(alerts: Any) -> set[str]:
-    """``rule@kind:entity`` of each alert: what a live run should raise, whichever of an entity's
-    events (arrival order may differ) triggers it."""
-    return {f"{a.payload.rule_id}@{a.payload.entity.kind}:{a.payload.entity.id}" for a in alerts}
+    return {_alert_name(a) for a in alerts}
 
 
 def _backlog(
@@ -459,10 +464,9 @@ class _AlertCollector:
                 for msg in self.consumer.consume(500, 0.2):
                     if msg.error() is None and msg.value() is not None:
                         alert = decoder.decode(msg.value())
-                        p = alert.payload
-                        if p.detection_latency_ms is not None:
-                            name = f"{p.rule_id}@{p.entity.kind}:{p.entity.id}"
-                            out.append((p.detection_latency_ms, msg.timestamp()[1], name))
+                        latency = alert.payload.detection_latency_ms
+                        if latency is not None:
+                            out.append((latency, msg.timestamp()[1], _alert_name(alert)))
         finally:
             self.consumer.close()
         return out

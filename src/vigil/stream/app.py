@@ -1098,9 +1098,7 @@ class Application:
                     # again from there once the group has this member back.
                     log.warning("application %s: checkpoint refused (%s); processing again", self.name, err)
                     self._abort_txn()
-                    for task in self._tasks.values():
-                        for state in task.stores.values():
-                            state.discard_pending()
+                    self._discard_pending()
                     self._lost = True
                     return
                 msg = f"application {self.name!r}: checkpoint failed: {exc.args[0]}"
@@ -1335,9 +1333,7 @@ class Application:
         self._sealed.clear()
         if self.exactly_once and self._in_txn:
             self._abort_txn()
-        for task in self._tasks.values():
-            for state in task.stores.values():
-                state.discard_pending()
+        self._discard_pending()
         self._drop(consumer, partitions)
 
     def _drop(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -1375,6 +1371,12 @@ class Application:
             for state in task.stores.values():
                 state.close()
 
+    def _discard_pending(self) -> None:
+        """Every store back to its last checkpoint (the writes since thrown away)."""
+        for task in self._tasks.values():
+            for state in task.stores.values():
+                state.discard_pending()
+
     def _rewind(self) -> set[TP]:
         """After a lost assignment: restart the partitions still owned from their committed offsets
         (those with none yet from the beginning, under ``auto.offset.reset=earliest``); returns
@@ -1384,9 +1386,7 @@ class Application:
         self._next_offsets = {}
         self._write_step(None)
         self._sealing = None
-        for task in self._tasks.values():
-            for state in task.stores.values():
-                state.discard_pending()
+        self._discard_pending()
         if self.alignment is not None:
             # The event times seen since the committed offsets are processed again: start afresh.
             self._forget_alignment(consumer, sorted(self._owned))

@@ -3,6 +3,7 @@ record-by-record windows are held to (property tests), through restarts and rewi
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -33,9 +34,9 @@ batch_sizes = st.lists(st.integers(1, 15), min_size=1, max_size=20)
 
 
 def in_batches(stream: list[Event], sizes: list[int]) -> Iterator[list[Event]]:
+    """Consecutive batches of the stream, their sizes taken from ``sizes`` in turn."""
     i = 0
-    for k in range(len(stream)):
-        size = sizes[k % len(sizes)]
+    for size in itertools.cycle(sizes):
         if i >= len(stream):
             return
         yield stream[i : i + size]
