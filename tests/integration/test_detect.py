@@ -33,7 +33,7 @@ from vigil.testing import run_operators
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 3
-CHUNK = 400
+CHUNK = 200
 BAD = b'{"type": "login", "event_id": 7}'
 
 
@@ -107,19 +107,29 @@ def test_detection_application_on_the_broker_matches_in_memory_detection(setting
     try:
         assert len(service.index) == len(IntelIndex.from_events(intel))
         assert withdrawn.payload.value not in service.index
-        # Events arrive as they happen (in event-time order, a chunk at a time, each chunk
-        # through both stages before the next), as a live exchange produces them.
+        # Events arrive as they happen, a chunk (some 25 minutes of event time) at a time, each
+        # chunk through both stages before the next, as a live exchange produces them.  In each
+        # chunk one source lags (each in turn): its events go out only once the others' have
+        # been through both stages.  Live, any source can lag, and detection must judge in event
+        # time whatever arrives first.
+        sources = sorted({type(e).domain for e in events})
         sent = 0
-        for start in range(0, len(events), CHUNK):
-            for event in events[start : start + CHUNK]:
-                producer.produce(event, topic=f"{prefix}events.{type(event).domain}")
+        for n, start in enumerate(range(0, len(events), CHUNK)):
+            chunk = events[start : start + CHUNK]
+            lagging = sources[n % len(sources)]
+            for lags in (False, True):
+                part = [e for e in chunk if (type(e).domain == lagging) is lags]
+                for event in part:
+                    producer.produce(event, topic=f"{prefix}events.{type(event).domain}")
+                producer.flush()
+                sent += len(part)
+                service.wait_caught_up(sent, timeout_s=30)
             if start == 0:
                 # A record that is not an event goes to the dead-letter topic, with the reason.
                 producer.produce_raw(f"{prefix}events.identity", b"cust-x", BAD)
+                producer.flush()
                 sent += 1
-            producer.flush()
-            sent += len(events[start : start + CHUNK])
-            service.wait_caught_up(sent, timeout_s=30)
+                service.wait_caught_up(sent, timeout_s=30)
 
         def done(got: list[Alert]) -> bool:
             service.check()  # a failed stage ends the wait at once, with its error

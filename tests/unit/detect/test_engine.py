@@ -463,11 +463,12 @@ def test_look_alike_rules_route_by_each_addresss_head_and_tail() -> None:
     state = MemoryState()
     for key in looks:
         det.process(first, state, [], key)
-    assert state.get("k:1234|5678") == [real]
-    assert state.get("k:9999|0000") == [other]
+    since = T0.timestamp()  # references remember since when they are known
+    assert state.get("k:1234|5678") == [[real, since]]
+    assert state.get("k:9999|0000") == [[other, since]]
     only_real = MemoryState()
     det.process(first, only_real, [], "lookalike:4:1234-5678")
-    assert only_real.get("k:1234|5678") == [real]
+    assert only_real.get("k:1234|5678") == [[real, since]]
     assert only_real.get("k:9999|0000") is None
     hits: list[Any] = []
     dust = transfer(2, fake, other, T0 + timedelta(minutes=2), 0.0)

@@ -538,3 +538,283 @@ def test_peers_work_with_amount_and_hour_only(tmp_path: Path) -> None:
     (tmp_path / "r.yaml").write_text(HEAD + PEERS + "    first_seen: payload.to_address\n")
     errors = [str(i) for i in validate_paths([tmp_path]).errors]
     assert any("peers cannot be combined with first_seen" in e for e in errors), errors
+
+
+WASH = """\
+    type: linked
+    entity: account
+    links: {type: [login], party: account, attributes: [device]}
+    match: {type: trade}
+    parties: [payload.maker_account, payload.taker_account]
+    timespan: 1h
+    condition: {gte: 3}
+"""
+
+
+def _trade(at: str, n: int, maker: str, taker: str) -> str:
+    return (
+        f"      - {{type: trade, at: {at}, account: {taker}, payload: {{trade_id: t{n}, symbol: SOL-USD,"
+        f" price: 150, quantity: 33, taker_side: buy, maker_account: {maker}, taker_account: {taker}}}}}\n"
+    )
+
+
+def test_linked_counts_trades_that_arrive_before_the_login_linking_them(tmp_path: Path) -> None:
+    logins = (
+        "      - {type: login, at: 0, customer: c1, account: a1, device: dev-x}\n"
+        "      - {type: login, at: 10s, customer: c2, account: a2, device: dev-x}\n"
+    )
+    trades = _trade("1m", 1, "a1", "a2") + _trade("2m", 2, "a2", "a1") + _trade("3m", 3, "a1", "a2")
+    assert run(tmp_path, WASH, logins + trades) == ["a1"]
+    # The second login (another topic) arrives after the trades: they still count.
+    late_login = logins.splitlines(keepends=True)
+    assert run(tmp_path, WASH, late_login[0] + trades + late_login[1], arrival=True) == ["a1"]
+    # Both logins late, in either order.
+    assert run(tmp_path, WASH, trades + late_login[1] + late_login[0], arrival=True) == ["a1"]
+    # Trades before the link in event time do not count, whatever the arrival order: the
+    # accounts shared nothing when they traded.
+    after = (
+        "      - {type: login, at: 0, customer: c1, account: a1, device: dev-x}\n"
+        "      - {type: login, at: 150s, customer: c2, account: a2, device: dev-x}\n"
+    ).splitlines(keepends=True)
+    assert run(tmp_path, WASH, after[0] + trades + after[1], arrival=True) == []
+    assert run(tmp_path, WASH, "".join(after) + trades) == []
+    # Strangers stay strangers.
+    stranger = "      - {type: login, at: 10s, customer: c2, account: a2, device: dev-y}\n"
+    assert run(tmp_path, WASH, late_login[0] + trades + stranger, arrival=True) == []
+
+
+def test_linked_forgets_held_trades_past_the_timespan(tmp_path: Path) -> None:
+    trades = _trade("1m", 1, "a1", "a2") + _trade("2m", 2, "a2", "a1") + _trade("3m", 3, "a1", "a2")
+    logins = (
+        "      - {type: login, at: 0, customer: c1, account: a1, device: dev-x}\n"
+        "      - {type: login, at: 10s, customer: c2, account: a2, device: dev-x}\n"
+    )
+    # Arriving out of order but within the hour: counted.  A later trade, two hours on, pushes
+    # the held ones out of a1's and a2's memory first: nothing to count when the logins come.
+    late = _trade("3h", 4, "a1", "a2")
+    assert run(tmp_path, WASH, trades + logins, arrival=True) == ["a1"]
+    assert run(tmp_path, WASH, trades + late + logins, arrival=True) == []
+
+
+EXPOSURE = """\
+    type: exposure
+    edges: {type: chain_transfer}
+    categories: [sanctioned]
+    hops: 2
+    min_hops: 1
+    check:
+      - {type: deposit, field: payload.from_address, group_by: customer}
+      - {type: withdrawal_request, field: payload.to_address, group_by: customer}
+"""
+LISTED = "0x" + "5" * 40
+
+
+def _listed() -> str:
+    return (
+        "      - {type: intel_indicator, at: 0, payload: {indicator_type: eth_address,"
+        f' value: "{LISTED}", category: sanctioned, feed: ofac, list_version: v1}}}}\n'
+    )
+
+
+def _transfer(at: str, n: int, src: str, dst: str) -> str:
+    return (
+        f'      - {{type: chain_transfer, at: {at}, wallet: "{src}", payload: {{chain: ethereum,'
+        f' tx_hash: t{n}, block_number: {n}, from_address: "{src}", to_address: "{dst}",'
+        " asset: ETH, value_raw: 1, decimals: 18, amount: 3, amount_usd: 9000}}\n"
+    )
+
+
+def _deposit(at: str, customer: str, src: str) -> str:
+    return (
+        f"      - {{type: deposit, at: {at}, customer: {customer}, payload: {{deposit_id: d-{customer},"
+        f' asset: ETH, amount: 2.9, from_address: "{src}"}}}}\n'
+    )
+
+
+def test_exposure_judges_a_deposit_by_the_transfers_before_it_whatever_arrives_first(tmp_path: Path) -> None:
+    x, y = "0x" + "a" * 40, "0x" + "b" * 40
+    first, second = _transfer("1m", 1, LISTED, x), _transfer("20m", 2, x, y)
+    one_hop, two_hops = _deposit("1h", "c1", x), _deposit("1h", "c2", y)
+    in_order = _listed() + first + second + one_hop + two_hops
+    assert sorted(run(tmp_path, EXPOSURE, in_order)) == ["c1", "c2"]
+    # The exchange's deposits arrive before the chain's transfers; the transfers in reverse.
+    late_chain = _listed() + one_hop + two_hops + second + first
+    assert sorted(run(tmp_path, EXPOSURE, late_chain, arrival=True)) == ["c1", "c2"]
+    # A deposit made before its sender was tainted stays clean, whatever arrives first.
+    early = _deposit("10m", "c3", y)
+    assert run(tmp_path, EXPOSURE, _listed() + early + first + second) == []
+    assert run(tmp_path, EXPOSURE, _listed() + first + second + early, arrival=True) == []
+    assert run(tmp_path, EXPOSURE, _listed() + second + early + first, arrival=True) == []
+
+
+def test_exposure_still_watches_a_withdrawal_whose_destination_pays_a_listed_address_later(
+    tmp_path: Path,
+) -> None:
+    z = "0x" + "c" * 40
+    withdrawal = (
+        "      - {type: withdrawal_request, at: 1m, customer: c4, payload: {withdrawal_id: w4,"
+        f' asset: ETH, amount: 1, to_address: "{z}"}}}}\n'
+    )
+    pays = _transfer("2h", 3, z, LISTED)
+    assert run(tmp_path, EXPOSURE, _listed() + withdrawal + pays) == ["c4"]
+    assert run(tmp_path, EXPOSURE, _listed() + pays + withdrawal, arrival=True) == ["c4"]
+    # Past the week's watch it is another matter.
+    late = _transfer("8d", 3, z, LISTED)
+    assert run(tmp_path, EXPOSURE, _listed() + withdrawal + late) == []
+    assert run(tmp_path, EXPOSURE, _listed() + late + withdrawal, arrival=True) == []
+
+
+def test_sequence_counts_sightings_that_arrive_after_the_step_they_come_before(tmp_path: Path) -> None:
+    payment = (
+        "      - {type: payment, at: 0, customer: c1, device: d-home, payload: {payment_id: p1,"
+        " amount: 10, currency: USD, method: card, merchant: m1, status: approved}}\n"
+    )
+    login = "      - {type: login, at: 10m, customer: c1, device: d-new}\n"
+    redeem = (
+        "      - {type: loyalty_redemption, at: 11m, customer: c1, device: d-new,"
+        " payload: {redemption_id: r1, points: 5000, reward: gift card}}\n"
+    )
+    assert run(tmp_path, NEW_DEVICE, payment + login + redeem) == ["c1"]
+    # The payment (another topic) arrives after the login: the device history it adds was
+    # there in event time, so the login counts as a new device after all.
+    assert run(tmp_path, NEW_DEVICE, login + payment + redeem, arrival=True) == ["c1"]
+    # With no earlier sighting, in either order, a first device is no new device.
+    later_payment = payment.replace("at: 0,", "at: 20m,")
+    assert run(tmp_path, NEW_DEVICE, login + redeem + later_payment) == []
+    assert run(tmp_path, NEW_DEVICE, later_payment + login + redeem, arrival=True) == []
+
+
+LOOKALIKE = """\
+    type: lookalike
+    chars: 4
+    known:
+      - {type: withdrawal_sent, field: payload.to_address}
+      - {type: chain_transfer, field: payload.to_address, where: {payload.amount_usd: {gte: 1}}}
+    check:
+      - type: chain_transfer
+        field: payload.from_address
+        where: {payload.amount_usd: {lt: 1}}
+        group_by: counterparty
+        alert: false
+        remember: true
+      - {type: withdrawal_request, field: payload.to_address, group_by: customer}
+"""
+
+
+def _send(at: str, n: int, src: str, dst: str, usd: float) -> str:
+    return (
+        f'      - {{type: chain_transfer, at: {at}, wallet: "{src}", payload: {{chain: ethereum,'
+        f' tx_hash: s{n}, block_number: {n}, from_address: "{src}", to_address: "{dst}",'
+        f" asset: ETH, value_raw: 1, decimals: 18, amount: 1, amount_usd: {usd}}}}}\n"
+    )
+
+
+def _withdraw(at: str, n: int, customer: str, dst: str, *, sent: bool = True) -> str:
+    body = f'payload: {{withdrawal_id: w{n}, asset: ETH, amount: 1, to_address: "{dst}"}}'
+    out = f"      - {{type: withdrawal_request, at: {at}, customer: {customer}, {body}}}\n"
+    if sent:
+        out += f"      - {{type: withdrawal_sent, at: {at}, customer: {customer}, {body}}}\n"
+    return out
+
+
+def test_lookalike_judges_a_withdrawal_by_the_chain_before_it_whatever_arrives_first(tmp_path: Path) -> None:
+    wallet = "0x" + "9" * 40
+    real = "0x" + "1234" + "ab" * 16 + "5678"
+    fake = "0x" + "1234" + "ef" * 16 + "5678"
+    chain = _send("0", 1, wallet, real, 500) + _send("5m", 2, fake, wallet, 0)
+    victim = _withdraw("20m", 3, "c1", fake)
+    later = _withdraw("3h", 4, "c2", real)  # another customer paying the real address
+    assert run(tmp_path, LOOKALIKE, chain + victim + later) == ["c1"]
+    # The customer's withdrawal (the exchange's topic) arrives before the chain's transfers: it
+    # alerts when they come, and the imitation it was sent to never becomes a reference (so
+    # the real address is not taken for its imitation later).
+    assert run(tmp_path, LOOKALIKE, victim + chain + later, arrival=True) == ["c1"]
+    # A withdrawal to an address that imitates nothing known stays clean in either order.
+    other = _withdraw("20m", 5, "c3", "0x" + "4321" + "ef" * 16 + "5678")
+    assert run(tmp_path, LOOKALIKE, chain + other) == []
+    assert run(tmp_path, LOOKALIKE, other + chain, arrival=True) == []
+
+
+def test_exposure_deposits_do_not_push_a_withdrawals_watch_out(tmp_path: Path) -> None:
+    x = "0x" + "d" * 40
+    withdrawal = (
+        "      - {type: withdrawal_request, at: 1m, customer: c0, payload: {withdrawal_id: w0,"
+        f' asset: ETH, amount: 1, to_address: "{x}"}}}}\n'
+    )
+    deposits = "".join(_deposit(f"{2 + n}m", f"d{n}", x) for n in range(40))
+    pays = _transfer("2h", 1, x, LISTED)
+    # The deposits were made before x paid the listed address: only the withdrawal is exposed.
+    assert run(tmp_path, EXPOSURE, _listed() + withdrawal + deposits + pays) == ["c0"]
+    assert run(tmp_path, EXPOSURE, _listed() + withdrawal + deposits + pays, arrival=True) == ["c0"]
+
+
+def test_linked_a_late_trade_counts_only_with_trades_within_the_timespan(tmp_path: Path) -> None:
+    b_login = "      - {type: login, at: 0, customer: c2, account: a2, device: dev-x}\n"
+    a_late = "      - {type: login, at: 5s, customer: c1, account: a1, device: dev-x}\n"
+    a_later = "      - {type: login, at: 3000s, customer: c1, account: a1, device: dev-x}\n"
+    trades = _trade("10s", 1, "a1", "a2") + _trade("4000s", 2, "a2", "a1") + _trade("5000s", 3, "a1", "a2")
+    # Three trades, but never three within the hour: no alert, whatever arrives first.
+    assert run(tmp_path, WASH, b_login + a_late + a_later + trades) == []
+    events = (
+        b_login
+        + trades.splitlines(keepends=True)[0]
+        + a_later
+        + "".join(trades.splitlines(keepends=True)[1:])
+    )
+    assert run(tmp_path, WASH, events + a_late, arrival=True) == []
+
+
+def test_linked_a_link_seen_late_at_an_earlier_time_counts_the_trades_since(tmp_path: Path) -> None:
+    b_login = "      - {type: login, at: 0, customer: c2, account: a2, device: dev-x}\n"
+    trades = _trade("20m", 1, "a1", "a2") + _trade("21m", 2, "a2", "a1") + _trade("22m", 3, "a1", "a2")
+    a_late = "      - {type: login, at: 50m, customer: c1, account: a1, device: dev-x}\n"
+    a_early = "      - {type: login, at: 10m, customer: c1, account: a1, device: dev-x}\n"
+    assert run(tmp_path, WASH, b_login + a_early + trades + a_late) == ["a1"]
+    # a1's login at 50m arrives first (another topic), the one at 10m last: the trades between
+    # them happened on a shared device all the same.
+    assert run(tmp_path, WASH, b_login + trades + a_late + a_early, arrival=True) == ["a1"]
+
+
+def test_lookalike_held_checks_alert_when_the_original_turns_out_older(tmp_path: Path) -> None:
+    wallet = "0x" + "9" * 40
+    real = "0x" + "1234" + "ab" * 16 + "5678"
+    fake = "0x" + "1234" + "ef" * 16 + "5678"
+    known_late, known_early = _send("100m", 1, wallet, real, 500), _send("10m", 2, wallet, real, 500)
+    victim = _withdraw("50m", 3, "c1", fake, sent=False)
+    assert run(tmp_path, LOOKALIKE, known_early + victim + known_late) == ["c1"]
+    # The original was first seen (as far as arrivals go) after the withdrawal, then at 10m.
+    assert run(tmp_path, LOOKALIKE, known_late + victim + known_early, arrival=True) == ["c1"]
+    # The imitation dusted someone in between: its held withdrawal still alerts.
+    dust = _send("60m", 4, fake, wallet, 0)
+    assert run(tmp_path, LOOKALIKE, known_early + victim + dust) == ["c1"]
+    assert run(tmp_path, LOOKALIKE, victim + dust + known_early, arrival=True) == ["c1"]
+
+
+DUST = """\
+    type: lookalike
+    chars: 4
+    known:
+      - {type: chain_transfer, field: payload.to_address, where: {payload.amount_usd: {gte: 1}}}
+    check:
+      - type: chain_transfer
+        field: payload.from_address
+        where: {payload.amount_usd: {lt: 1}}
+        group_by: counterparty
+        remember: true
+"""
+
+
+def test_lookalike_dust_from_an_imitation_alerts_when_its_original_arrives_late(tmp_path: Path) -> None:
+    wallet = "0x" + "9" * 40
+    real = "0x" + "1234" + "ab" * 16 + "5678"
+    fake = "0x" + "1234" + "ef" * 16 + "5678"
+    known = _send("10m", 1, wallet, real, 500)
+    dust = _send("60m", 2, fake, wallet, 0).replace(
+        "type: chain_transfer,", f'type: chain_transfer, counterparty: "{wallet}",'
+    )
+    assert run(tmp_path, DUST, known + dust) == [wallet]
+    assert run(tmp_path, DUST, dust + known, arrival=True) == [wallet]
+    # Dust before the original was known (in event time) imitated nothing yet.
+    late_known = known.replace("at: 10m", "at: 2h")
+    assert run(tmp_path, DUST, dust + late_known) == []
+    assert run(tmp_path, DUST, late_known + dust, arrival=True) == []

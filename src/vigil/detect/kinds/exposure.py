@@ -22,6 +22,18 @@ Service hubs (senders with 100+ transfers seen, like an exchange hot wallet) nei
 taint on nor receive sent-to taint: exposure measured through a hub says nothing about
 its users.  Sent-to taint reaches back one level through remembered senders (16 per
 address).  The graph is one state, so on Kafka the rule's events route under one key.
+
+Judged in event time, not arrival order.  Transfers come from the chain's topic, deposits and
+withdrawals from the exchange's: a deposit can arrive before the transfer that tainted its
+sender, and a transfer before the one that tainted its own sender.  Taint remembers since
+when (event time) it holds; a check counts only taint that held at its time (or, for a
+withdrawal, sent-to taint that came within the watch).  A clean check is kept on its address
+for ``LATE_S`` (a withdrawal for the 7-day watch) and alerts when taint that held at its time
+arrives late; received-from taint that arrives late also passes one hop on to the
+receivers its address already paid after it was tainted (16 per address, the latest edge
+time each).  Only the closest taint per address and direction is kept, so a closer taint that
+holds only later hides a farther one that held earlier: a check between the two arriving
+late is judged against the closer one and passes.
 """
 
 from __future__ import annotations
@@ -49,7 +61,13 @@ CONTEXT = frozenset({"address", "hops", "origin", "category", "direction", "grou
 HUB_DEGREE = 100
 MAX_SENDERS = 16
 MAX_WATCHERS = 32
+MAX_RECEIVERS = 16
 WATCH_SECONDS = 7 * 86400.0
+#: How far (event-time seconds) a transfer may arrive behind a deposit or withdrawal it taints
+#: and still be judged as if it had arrived first: the chain topic lags the exchange's own.
+LATE_S = 3600.0
+#: Clean checks watched on an address: withdrawals (``w:``, a week) and the rest (``l:``).
+_WATCHES = ("w:", "l:")
 
 
 @dataclass(frozen=True)
@@ -110,8 +128,12 @@ class ExposureDetector(SingleRouteDetector):
 
     def sweep(self, state: State, now: float) -> int:
         stale = [
-            key for key, watchers in state.items("w:") if all(now - w[2] > WATCH_SECONDS for w in watchers)
+            key
+            for prefix in _WATCHES
+            for key, watchers in state.items(prefix)
+            if all(now - w[2] > _kept(w) for w in watchers)
         ]
+        stale += [key for key, paid in state.items("r:") if all(now - r[1] > LATE_S for r in paid)]
         return delete_keys(state, stale)
 
     def _listed(self, address: str) -> str | None:
@@ -121,12 +143,15 @@ class ExposureDetector(SingleRouteDetector):
         return None
 
     def _taint(self, state: State, address: str, direction: str) -> list[Any] | None:
-        """[hops, origin, category] for ``address`` in ``direction`` ('in' or 'out'), 0 hops if listed."""
+        """[hops, origin, category, since] for ``address`` in ``direction`` ('in' or 'out'): 0
+        hops if listed; ``since``, the event time from which it holds."""
         category = self._listed(address)
         if category is not None:
-            return [0, address, category]
+            return [0, address, category, 0.0]
         got = state.get(f"t:{direction}:{address}")
-        return list(got) if got is not None else None
+        if got is None:
+            return None
+        return [*got, 0.0] if len(got) < 4 else list(got)  # a 3-item entry predates ``since``
 
     def wants(self, event: Event) -> bool:
         # process() acts on a checked address (a matching entry with a text value) or an edge.
@@ -153,19 +178,26 @@ class ExposureDetector(SingleRouteDetector):
         if not isinstance(value, str) or group is None:
             return
         address = value.lower()
+        watch = WATCH_SECONDS if tag_of(event) == "withdrawal_request" else LATE_S
         best = None
         for direction in ("in", "out"):
             taint = self._taint(state, address, direction)
-            if taint is not None and (best is None or taint[0] < best[0]):
-                best = [*taint, direction]
+            if (
+                taint is not None
+                and _counts(taint[3], direction, now, watch)
+                and (best is None or taint[0] < best[0])
+            ):
+                best = [*taint[:3], direction]
         if best is not None and self.p.min_hops <= best[0] <= self.p.hops:
             hits.append(self._hit(group, [self._evidence(event)], address, best))
             return
-        if tag_of(event) == "withdrawal_request":
-            watchers = state.get(f"w:{address}") or []
-            watchers = [w for w in watchers if now - w[2] <= WATCH_SECONDS][-MAX_WATCHERS + 1 :]
-            watchers.append([group, self._evidence(event), now])
-            state.set(f"w:{address}", watchers)
+        # Clean as it stands: watched for taint still on its way (see the module docstring).
+        # Withdrawals (watched for a week) and the rest (for LATE_S) under separate keys, so a
+        # stream of deposits from one address does not push a withdrawal's watch out.
+        wkey = f"{'w' if watch >= WATCH_SECONDS else 'l'}:{address}"
+        watchers = [w for w in state.get(wkey) or [] if now - w[2] <= _kept(w)][-MAX_WATCHERS + 1 :]
+        watchers.append([group, self._evidence(event), now, watch])
+        state.set(wkey, watchers)
 
     def _edge_seen(self, event: Event, state: State, hits: list[Hit], now: float) -> None:
         a, b = self._from(event), self._to(event)
@@ -179,46 +211,90 @@ class ExposureDetector(SingleRouteDetector):
             senders = [*senders[-MAX_SENDERS + 1 :], a]
             state.set(f"e:{b}", senders)
         stored = self._evidence(event)
-        # Received-from taint flows forward along the edge (not out of hubs).
+        if degree < HUB_DEGREE:
+            # The receivers A paid, with the last time: received-from taint reaching A late
+            # passes on to those paid after it (see _spread).
+            paid: list[list[Any]] = state.get(f"r:{a}") or []
+            last = max([now, *(r[1] for r in paid if r[0] == b)])
+            paid = [r for r in paid if r[0] != b]
+            state.set(f"r:{a}", [*paid[-MAX_RECEIVERS + 1 :], [b, last]])
+        # Received-from taint flows forward along the edge (not out of hubs), if A held it then.
         src = self._taint(state, a, "in")
-        if src is not None and src[0] < self.p.hops and degree < HUB_DEGREE:
-            self._improve(state, b, "in", [src[0] + 1, src[1], src[2]])
+        if src is not None and src[0] < self.p.hops and src[3] <= now and degree < HUB_DEGREE:
+            level = [src[0] + 1, src[1], src[2], now]
+            if self._improve(state, b, "in", level):
+                self._wake(state, b, level, "in", stored, hits)
+                self._spread(state, b, level, stored, hits)
         # Sent-to taint flows backward: A fed B, which is (or feeds) a listed address.
         dst = self._taint(state, b, "out")
         if dst is not None and dst[0] < self.p.hops and degree < HUB_DEGREE:
-            level = [dst[0] + 1, dst[1], dst[2]]
+            level = [dst[0] + 1, dst[1], dst[2], max(dst[3], now)]
             if self._improve(state, a, "out", level):
-                self._wake(state, a, level, stored, hits)
+                self._wake(state, a, level, "out", stored, hits)
                 if level[0] < self.p.hops:
                     for s in state.get(f"e:{a}") or []:
                         if int(state.get(f"o:{s}", 0)) >= HUB_DEGREE:
                             continue
-                        up = [level[0] + 1, level[1], level[2]]
+                        up = [level[0] + 1, *level[1:]]
                         if self._improve(state, s, "out", up):
-                            self._wake(state, s, up, stored, hits)
+                            self._wake(state, s, up, "out", stored, hits)
+
+    def _spread(
+        self, state: State, address: str, taint: list[Any], edge: StoredEvidence, hits: list[Hit]
+    ) -> None:
+        """Received-from ``taint`` just reached ``address``: pass it one hop on to the receivers
+        ``address`` paid since (those edges arrived first)."""
+        if taint[0] >= self.p.hops or int(state.get(f"o:{address}", 0)) >= HUB_DEGREE:
+            return
+        for receiver, when in state.get(f"r:{address}") or []:
+            if when >= taint[3]:
+                on = [taint[0] + 1, taint[1], taint[2], when]
+                if self._improve(state, receiver, "in", on):
+                    self._wake(state, receiver, on, "in", edge, hits)
 
     def _improve(self, state: State, address: str, direction: str, taint: list[Any]) -> bool:
+        """Keep ``taint`` for ``address`` when it is closer, or as close and holding earlier."""
         if self._listed(address) is not None:
             return False
         key = f"t:{direction}:{address}"
         current = state.get(key)
-        if current is not None and current[0] <= taint[0]:
+        if current is not None and (current[0], current[3] if len(current) > 3 else 0.0) <= (
+            taint[0],
+            taint[3],
+        ):
             return False
         state.set(key, taint)
         return True
 
     def _wake(
-        self, state: State, address: str, taint: list[Any], edge: StoredEvidence, hits: list[Hit]
+        self,
+        state: State,
+        address: str,
+        taint: list[Any],
+        direction: str,
+        edge: StoredEvidence,
+        hits: list[Hit],
     ) -> None:
-        watchers = state.get(f"w:{address}")
-        if not watchers:
-            return
-        state.delete(f"w:{address}")
+        """Alert the checks watched on ``address`` that ``taint`` (just learned) applies to."""
         if not self.p.min_hops <= taint[0] <= self.p.hops:
             return
-        for group, evidence, when in watchers:
-            if edge[2] - when <= WATCH_SECONDS:
-                hits.append(self._hit(group, [evidence, edge], address, [*taint, "out"]))
+        for prefix in _WATCHES:
+            key = prefix + address
+            watchers = state.get(key)
+            if not watchers:
+                continue
+            kept = []
+            for w in watchers:
+                if _counts(taint[3], direction, w[2], _kept(w)):
+                    hits.append(self._hit(w[0], [w[1], edge], address, [*taint[:3], direction]))
+                else:
+                    kept.append(w)
+            if len(kept) == len(watchers):
+                continue
+            if kept:
+                state.set(key, kept)
+            else:
+                state.delete(key)
 
     def _hit(self, group: str, evidence: list[StoredEvidence], address: str, taint: list[Any]) -> Hit:
         hops, origin, category, direction = taint
@@ -236,3 +312,16 @@ class ExposureDetector(SingleRouteDetector):
             },
             score=None,
         )
+
+
+def _kept(watcher: list[Any]) -> float:
+    """How long (event-time seconds) a clean check is watched: a 3-item entry predates deposits
+    being watched, and was a withdrawal."""
+    return float(watcher[3]) if len(watcher) > 3 else WATCH_SECONDS
+
+
+def _counts(since: float, direction: str, when: float, watch: float) -> bool:
+    """Whether taint holding from ``since`` applies to a check at ``when`` watched for ``watch``:
+    taint that held then, or sent-to taint (funds went on to a listed address) within a
+    withdrawal's watch."""
+    return since <= when or (direction == "out" and watch >= WATCH_SECONDS and since - when <= watch)

@@ -14,6 +14,14 @@ between two different parties that share any attribute counts for that pair; the
 fires when the pair's count in ``timespan`` meets the condition, then stays quiet for one
 ``timespan``.  The link graph spans all accounts, so on Kafka the rule routes under one key.
 
+Link events and matches reach the rule through different topics and partitions, so a login
+can arrive after trades that happened after it (live, one topic's fetch came back first).  A
+match between parties that share nothing yet is held with both parties (the last
+``MAX_HELD`` within ``timespan``); when a party gains a link, its held matches from that
+link's event time on are counted with every counterparty it now shares a link with, as they
+would have been had the link event arrived first.  (A held match older than the new link
+stays uncounted, as in event-time order.)
+
 Most link events repeat a link the rule already has (a customer's usual phone and home IP).
 Where the link events are all keyed on their topics by one entity (a customer's logins and
 withdrawals), the route stage keeps what it routed of each party's links, within the same
@@ -47,6 +55,9 @@ CONTEXT = frozenset({"count", "span", "other", "shared", "group"})
 MAX_LINKS = 16
 #: The route stage routes a link it routed before again once this much event time has passed.
 RELINK_S = 86_400.0
+#: Matches between parties that share nothing yet, kept per party in case a link event that
+#: happened before them arrives after them.
+MAX_HELD = 16
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,7 @@ class LinkedDetector(SingleRouteDetector):
             for key, window in state.items("w:")
             if now >= window["quiet"] and all(now - item[0] > self._span for item in window["items"])
         ]
+        stale += [key for key, held in state.items("u:") if all(now - item[0] > self._span for item in held)]
         return delete_keys(state, stale)
 
     def wants(self, event: Event) -> bool:
@@ -175,50 +187,144 @@ class LinkedDetector(SingleRouteDetector):
         if self._links(event):
             party = self._party(event)
             if party:
-                mine: list[str] = state.get(f"p:{party}") or []
-                changed = False
-                for name, get in self._attrs:
-                    value = get(event)
-                    if value and f"{name}:{value}" not in mine:
-                        mine = [*mine[-MAX_LINKS + 1 :], f"{name}:{value}"]
-                        changed = True
-                if changed:
-                    state.set(f"p:{party}", mine)
+                self._link(str(party), event, state, hits)
         if not self._match(event):
             return
         a, b = self._a(event), self._b(event)
         if not a or not b or a == b:
             return
-        links_a = state.get(f"p:{a}")
-        if not links_a:
-            return
-        shared = sorted(set(links_a).intersection(state.get(f"p:{b}") or ()))
-        if not shared:
-            return
+        a, b = str(a), str(b)
         now = ts(event)
-        first, second = sorted((str(a), str(b)))
+        evidence = self._evidence(event)
+        links_a = state.get(f"p:{a}")
+        shared = sorted(set(links_a).intersection(state.get(f"p:{b}") or ())) if links_a else []
+        if shared:
+            self._count(state, a, b, shared, [[now, evidence]], hits)
+        else:
+            self._hold(state, a, b, now, evidence)
+
+    def _link(self, party: str, event: Event, state: State, hits: list[Hit]) -> None:
+        """Learn the party's links from a link event; count held matches a link makes shared."""
+        mine: list[str] = state.get(f"p:{party}") or []
+        # When (event time) each link was first seen, for links learned since this was kept: a
+        # link event that arrives late moves its link's time earlier.
+        since: dict[str, float] | None = None
+        now = ts(event)
+        recount = False
+        for name, get in self._attrs:
+            value = get(event)
+            if not value:
+                continue
+            link = f"{name}:{value}"
+            if since is None:
+                since = state.get(f"l:{party}") or {}
+            if link not in mine:
+                mine = [*mine[-MAX_LINKS + 1 :], link]
+                state.set(f"p:{party}", mine)
+            elif since.get(link, 0.0) <= now:
+                continue
+            since[link] = now
+            recount = True
+        if recount and since is not None:
+            state.set(f"l:{party}", {k: v for k, v in since.items() if k in mine})
+            self._recount(party, mine, now, state, hits)
+
+    def _count(
+        self, state: State, a: str, b: str, shared: list[str], new: list[list[Any]], hits: list[Hit]
+    ) -> None:
+        """Count matches ``new`` ([event time, evidence]) for the pair.  Each is judged at its
+        time and, when held matches arrive late, so are the pair's later ones: the rule fires
+        the first time the pair's count in ``timespan`` meets the condition, as it would have
+        with everything in event-time order."""
+        first, second = sorted((a, b))
         wkey = f"w:{first}|{second}"
         window: dict[str, Any] = state.get(wkey) or {"items": [], "quiet": 0.0}
-        items = [i for i in window["items"] if now - i[0] <= self._span]
-        items.append([now, self._evidence(event)])
-        if now >= window["quiet"] and compare(self.p.condition[0], float(len(items)), self.p.condition[1]):
-            related = [EntityRef(kind=self._kind, id=second)]
-            related += [EntityRef(kind=s.split(":", 1)[0], id=s.split(":", 1)[1]) for s in shared]
-            hits.append(
-                Hit(
-                    entity=EntityRef(kind=self._kind, id=first),
-                    evidence=[i[1] for i in items],
-                    related=related,
-                    context={
-                        "count": str(len(items)),
-                        "span": f"{self._span / 60:.0f}m",
-                        "other": second,
-                        "shared": ", ".join(shared),
-                        "group": first,
-                    },
+        items: list[list[Any]] = window["items"]
+        new = sorted(new, key=lambda i: float(i[0]))
+        earliest = new[0][0]
+        items = [*items, *new]
+        if len(items) > len(new) and items[-len(new) - 1][0] > earliest:
+            items.sort(key=lambda i: float(i[0]))  # held matches, older than some counted
+        span = self._span
+        j = next(k for k, i in enumerate(items) if i[0] >= earliest)
+        while j < len(items):
+            now = items[j][0]
+            inside = [i for i in items[: j + 1] if now - i[0] <= span]
+            if now >= window["quiet"] and compare(
+                self.p.condition[0], float(len(inside)), self.p.condition[1]
+            ):
+                related = [EntityRef(kind=self._kind, id=second)]
+                related += [EntityRef(kind=s.split(":", 1)[0], id=s.split(":", 1)[1]) for s in shared]
+                hits.append(
+                    Hit(
+                        entity=EntityRef(kind=self._kind, id=first),
+                        evidence=[i[1] for i in inside],
+                        related=related,
+                        context={
+                            "count": str(len(inside)),
+                            "span": f"{self._span / 60:.0f}m",
+                            "other": second,
+                            "shared": ", ".join(shared),
+                            "group": first,
+                        },
+                    )
                 )
-            )
-            window["quiet"] = now + self._span
-            items = []
-        window["items"] = items
+                window["quiet"] = now + span
+                items = items[j + 1 :]
+                j = 0
+                continue
+            j += 1
+        newest = items[-1][0] if items else 0.0
+        window["items"] = [i for i in items if newest - i[0] <= span]
         state.set(wkey, window)
+
+    def _hold(self, state: State, a: str, b: str, now: float, evidence: Any) -> None:
+        """Keep a match between parties that share nothing (yet) with both of them: their link
+        events travel other topics and partitions and may arrive after it (see the module
+        docstring)."""
+        span = self._span
+        for party, other in ((a, b), (b, a)):
+            key = f"u:{party}"
+            held: list[list[Any]] | None = state.get(key)
+            if held is None:
+                held = []
+            elif len(held) >= MAX_HELD or now - held[0][0] > span:
+                # (Most trades only append: the list is trimmed when full or stale.)
+                held = [i for i in held if now - i[0] <= span][-MAX_HELD + 1 :]
+            held.append([now, other, evidence])
+            state.set(key, held)
+
+    def _recount(self, party: str, mine: list[str], since: float, state: State, hits: list[Hit]) -> None:
+        """``party`` has a new link as of ``since``: count its held matches from then on with
+        every counterparty it now shares a link with."""
+        held: list[list[Any]] | None = state.get(f"u:{party}")
+        if not held:
+            return
+        others = {i[1] for i in held if i[0] >= since}
+        counted: set[str] = set()
+        for other in sorted(others):
+            shared = sorted(set(mine).intersection(state.get(f"p:{other}") or ()))
+            if not shared:
+                continue
+            counted.add(other)
+            self._count(
+                state,
+                party,
+                other,
+                shared,
+                [[i[0], i[2]] for i in held if i[1] == other and i[0] >= since],
+                hits,
+            )
+            theirs: list[list[Any]] = state.get(f"u:{other}") or []
+            left = [i for i in theirs if not (i[1] == party and i[0] >= since)]
+            if len(left) != len(theirs):
+                if left:
+                    state.set(f"u:{other}", left)
+                else:
+                    state.delete(f"u:{other}")
+        if counted:
+            left = [i for i in held if not (i[1] in counted and i[0] >= since)]
+            if left:
+                state.set(f"u:{party}", left)
+            else:
+                state.delete(f"u:{party}")

@@ -27,6 +27,18 @@ an imitation) is keyed by that (head, tail): on Kafka an event is routed once pe
 (head, tail) among its addresses (``lookalike:<chars>:<head>-<tail>``) and handled there for
 those addresses only, so the rule's state spreads over every partition.  Rules with the same
 ``chars`` and entries share those records.
+
+Judged in event time, not arrival order.  The dust and the transfers that make an address
+known come from the chain's topic, a customer's withdrawals from the exchange's, and either
+can arrive first.  Known addresses remember since when (event time) they are known.  A
+check that alerts but finds nothing (a dust sender with no original known yet included) is
+held for ``LATE_S`` (the last ``MAX_HELD`` per (head, tail)); when its address is found to
+be an imitation as of a time at or before the check (its dust, or the original it imitates,
+arrived late, or an original's time moved earlier), the held check alerts then.  An address that
+became known only through sends after its own dust (the sends arrived first) is no
+reference once the dust arrives.  A flag keeps no time: a check made before its address was
+found an imitation, arriving after, alerts (in event-time order it would have passed), so
+disorder can add such an alert but not lose one.
 """
 
 from __future__ import annotations
@@ -34,8 +46,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vigil.detect.kinds.base import Detector, EvidenceMaker, Hit, entity_ref
-from vigil.detect.kinds.common import CompiledEntry, FieldEntry, parse_entries
+from vigil.detect.kinds.base import Detector, EvidenceMaker, Hit, entity_ref, ts
+from vigil.detect.kinds.common import CompiledEntry, FieldEntry, delete_keys, parse_entries
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
 from vigil.events.base import Event
@@ -46,6 +58,10 @@ CONTEXT = frozenset({"address", "imitates", "chars", "group"})
 #: Stands in for the original when a flagged address is a dust sender with no known original.
 DUST_ONLY = ""
 MAX_PER_KEY = 8
+#: Clean checks kept per (head, tail), and for how long (event-time seconds), in case what
+#: makes their address an imitation arrives after them (see the module docstring).
+MAX_HELD = 16
+LATE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +118,10 @@ class LookalikeDetector(Detector):
     @property
     def types(self) -> frozenset[str]:
         return self._types
+
+    def sweep(self, state: State, now: float) -> int:
+        stale = [key for key, held in state.items("h:") if all(now - h[3] > LATE_S for h in held)]
+        return delete_keys(state, stale)
 
     def route_id_for(self, tag: str) -> object:
         # Rules reading the same addresses of an event type route it under the same keys (the
@@ -163,7 +183,7 @@ class LookalikeDetector(Detector):
             if group is not None:
                 self._check(entry, event, address, key, group, state, hits)
             else:
-                self._learn(address, key, state)
+                self._learn(address, key, state, ts(event), hits)
 
     def _check(
         self,
@@ -177,49 +197,113 @@ class LookalikeDetector(Detector):
     ) -> None:
         flagged = state.get(f"f:{address}")
         remember = check.entry.remember
+        now = ts(event)
         if flagged is None or (flagged == DUST_ONLY and remember):
-            known = state.get(f"k:{key}")
-            others = [k for k in known or () if k != address]
+            known = _known(state, key)
+            # References known by this check's time (one known later was learned from an event
+            # that arrived first).
+            others = [k[0] for k in known if k[0] != address and k[1] <= now]
             if others:
+                was = flagged
                 flagged = others[0]
                 state.set(f"f:{address}", flagged)
+                if was is None:
+                    self._flagged(address, key, flagged, now, known, state, hits)
             elif remember:
                 if flagged is None:
                     state.set(f"f:{address}", DUST_ONLY)
                     dusters: list[str] = state.get(f"r:{key}") or []
                     state.set(f"r:{key}", [*dusters[-MAX_PER_KEY + 1 :], address])
+                    self._flagged(address, key, DUST_ONLY, now, known, state, hits)
+                if check.entry.alert:  # the original it imitates may yet arrive
+                    self._hold(address, key, group, event, now, state)
                 return
             elif flagged is None:
+                if check.entry.alert:
+                    self._hold(address, key, group, event, now, state)
                 return
         if check.entry.alert:
-            chars = self.p.chars
-            hits.append(
-                Hit(
-                    entity=entity_ref(group),
-                    evidence=[self._evidence(event)],
-                    related=[
-                        EntityRef(kind="wallet", id=address),
-                        EntityRef(kind="counterparty", id=flagged),
-                    ],
-                    context={
-                        "address": address,
-                        "imitates": flagged,
-                        "chars": str(chars),
-                        "group": group,
-                    },
-                )
-            )
+            hits.append(self._hit(group, [self._evidence(event)], address, flagged))
 
-    def _learn(self, address: str, key: str, state: State) -> None:
+    def _hold(self, address: str, key: str, group: str, event: Event, now: float, state: State) -> None:
+        """Keep a check that found nothing, in case what it should have found arrives late."""
+        held = [h for h in state.get(f"h:{key}") or () if now - h[3] <= LATE_S]
+        state.set(f"h:{key}", [*held[-MAX_HELD + 1 :], [address, group, self._evidence(event), now]])
+
+    def _hit(self, group: str, evidence: list[Any], address: str, flagged: str) -> Hit:
+        return Hit(
+            entity=entity_ref(group),
+            evidence=evidence,
+            related=[EntityRef(kind="wallet", id=address), EntityRef(kind="counterparty", id=flagged)],
+            context={"address": address, "imitates": flagged, "chars": str(self.p.chars), "group": group},
+        )
+
+    def _flagged(
+        self,
+        address: str,
+        key: str,
+        imitates: str,
+        since: float,
+        known: list[list[Any]],
+        state: State,
+        hits: list[Hit],
+    ) -> None:
+        """``address`` was just found to imitate ``imitates`` as of ``since``: alert the held
+        checks on it from then on, and unlearn it if it became a reference only later."""
+        if any(k[0] == address and k[1] >= since for k in known):
+            state.set(f"k:{key}", [k for k in known if k[0] != address])
+        held = state.get(f"h:{key}")
+        if not held:
+            return
+        late = [h for h in held if h[0] == address and h[3] >= since]
+        if not late:
+            return
+        for h in late:
+            hits.append(self._hit(h[1], [h[2]], address, imitates))
+        left = [h for h in held if not (h[0] == address and h[3] >= since)]
+        if left:
+            state.set(f"h:{key}", left)
+        else:
+            state.delete(f"h:{key}")
+
+    def _learn(self, address: str, key: str, state: State, now: float, hits: list[Hit]) -> None:
         # A reference already known (a customer's usual counterparty) changes nothing: asked
         # first, it spares the flag lookup, which misses for almost every address.
-        current: list[str] = state.get(f"k:{key}") or []
-        if address in current:
-            return
+        current: list[Any] = state.get(f"k:{key}") or []
+        for known in current:
+            if type(known) is not list:
+                if known == address:
+                    return  # known since before references kept a time
+            elif known[0] == address:
+                if known[1] > now:  # learned first from a later event that arrived first
+                    known[1] = now
+                    state.set(f"k:{key}", current)
+                    self._late_checks(address, key, now, state, hits)
+                return
         if state.get(f"f:{address}") is not None:
             return  # an imitation never becomes a reference
-        state.set(f"k:{key}", [*current[-MAX_PER_KEY + 1 :], address])
+        state.set(f"k:{key}", [*current[-MAX_PER_KEY + 1 :], [address, now]])
         # Dust senders waiting for an original: this is the one they imitate.
         for duster in state.get(f"r:{key}") or ():
             if duster != address and state.get(f"f:{duster}") == DUST_ONLY:
                 state.set(f"f:{duster}", address)
+        self._late_checks(address, key, now, state, hits)
+
+    def _late_checks(self, address: str, key: str, since: float, state: State, hits: list[Hit]) -> None:
+        """``address`` is known as of ``since``, and that arrived late: the held checks made
+        since on other addresses with its head and tail find an imitation of it (as of the
+        first of them), whatever has flagged their address in between."""
+        firsts: dict[str, float] = {}
+        for h in state.get(f"h:{key}") or ():
+            if h[0] != address and h[3] >= since:
+                firsts[h[0]] = min(firsts.get(h[0], h[3]), h[3])
+        for imitation, first in firsts.items():
+            if state.get(f"f:{imitation}") in (None, DUST_ONLY):
+                state.set(f"f:{imitation}", address)
+            self._flagged(imitation, key, address, first, _known(state, key), state, hits)
+
+
+def _known(state: State, key: str) -> list[list[Any]]:
+    """The references known for ``key``, each [address, since] (a bare address predates
+    ``since``: known from the start)."""
+    return [k if isinstance(k, list) else [k, 0.0] for k in state.get(f"k:{key}") or ()]

@@ -453,7 +453,7 @@ class SequenceDetector(GroupedDetector):
         last_id = evidence[-1][0]
         if any(d[1] == last_id for d in done):
             return
-        if not self._still_first_seen(chain, st):
+        if not self._still_qualified(chain, st):
             return
         done.append([evidence[-1][2], last_id])
         hits.append(
@@ -468,24 +468,31 @@ class SequenceDetector(GroupedDetector):
             )
         )
 
-    def _still_first_seen(self, chain: list[Any], st: dict[str, Any]) -> bool:
-        """Whether each first_seen step of a completed chain still saw its value first.
+    def _still_qualified(self, chain: list[Any], st: dict[str, Any]) -> bool:
+        """Whether each first_seen step of a completed chain saw its value first, after
+        ``min_seen`` sightings of others, as of its event time.
 
-        A step is judged new when its event is processed; a sighting at an earlier event time
-        may arrive only after it (another input topic lagged: a payment from a device fetched
-        after the login from it).  The seen history keeps each value's earliest event time, so
-        at completion the chain is judged again as a run in event-time order would have."""
+        A step is judged when its event is processed; a sighting at an earlier event time may
+        arrive only after it (another input topic lagged: a payment from a device fetched after
+        the login from it).  The seen history keeps each value's earliest event time and the
+        earliest sighting times, so at completion the chain is judged again as a run in
+        event-time order would have: a value seen before the step is not new, and sightings
+        that arrived late count towards ``min_seen`` (which :meth:`_qualifies` leaves to
+        here)."""
         seen = st["seen"]
         steps: dict[str, Any] = chain[2]
         for i, cs in enumerate(self._steps):
             path = cs.step.first_seen
             if path is None:
                 continue
+            at = chain[1][i][2]
+            if cs.step.min_seen and _observed(st, path, at) < cs.step.min_seen:
+                return False
             value = steps.get(cs.step.name, {}).get(path)
             if value is None:
                 continue
             first = _seen_at(seen, path).get(str(value).lower())
-            if first is not None and first < chain[1][i][2]:
+            if first is not None and first < at:
                 return False
         return True
 
@@ -495,13 +502,8 @@ class SequenceDetector(GroupedDetector):
             value = cs.first_seen(event)
             if value is None:
                 return False
-            if cs.step.min_seen:
-                # Sightings before this event's time, whatever arrived first (see _remember);
-                # state from before those times were kept has only the count.
-                times = st.get("e", {}).get(path)
-                observed = bisect_left(times, now) if times is not None else st.get("n", {}).get(path, 0)
-                if observed < cs.step.min_seen:
-                    return False
+            # min_seen is judged when the chain completes (_still_qualified): sightings before
+            # this event may still be on their way.
             first = _seen_at(st["seen"], path).get(str(value).lower())
             # Seen only at a later event time (that event arrived first) is still new here.
             if first is not None and first <= now:
@@ -575,3 +577,10 @@ def _minutes(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f}m"
     return f"{seconds / 3600:.1f}h"
+
+
+def _observed(st: dict[str, Any], path: str, at: float) -> int:
+    """Sightings at ``path`` before event time ``at``, whatever arrived first (see _remember);
+    state from before those times were kept has only the count."""
+    times = st.get("e", {}).get(path)
+    return bisect_left(times, at) if times is not None else int(st.get("n", {}).get(path, 0))
