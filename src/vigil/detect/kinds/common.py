@@ -87,6 +87,14 @@ class SingleRouteDetector(Detector):
         return self._route[0] if type(self).routes is SingleRouteDetector.routes else ""
 
 
+def set_or_delete(state: State, key: str, items: list[Any]) -> None:
+    """Store what is left of a list kept under ``key``; no entry at all once it is empty."""
+    if items:
+        state.set(key, items)
+    else:
+        state.delete(key)
+
+
 def delete_keys(state: State, keys: Sequence[str]) -> int:
     """Delete ``keys`` from ``state``; returns how many went (what :meth:`Detector.sweep` reports)."""
     for key in keys:

@@ -49,6 +49,7 @@ from vigil.detect.kinds.common import (
     SingleRouteDetector,
     delete_keys,
     parse_entries,
+    set_or_delete,
 )
 from vigil.detect.kinds.intel import CATEGORIES
 from vigil.detect.rules.loader import LocDict
@@ -214,9 +215,13 @@ class ExposureDetector(SingleRouteDetector):
         if degree < HUB_DEGREE:
             # The receivers A paid, with the last time: received-from taint reaching A late
             # passes on to those paid after it (see _spread).
-            paid: list[list[Any]] = state.get(f"r:{a}") or []
-            last = max([now, *(r[1] for r in paid if r[0] == b)])
-            paid = [r for r in paid if r[0] != b]
+            paid: list[list[Any]] = []
+            last = now
+            for r in state.get(f"r:{a}") or ():
+                if r[0] == b:
+                    last = max(last, r[1])
+                else:
+                    paid.append(r)
             state.set(f"r:{a}", [*paid[-MAX_RECEIVERS + 1 :], [b, last]])
         # Received-from taint flows forward along the edge (not out of hubs), if A held it then.
         src = self._taint(state, a, "in")
@@ -289,12 +294,8 @@ class ExposureDetector(SingleRouteDetector):
                     hits.append(self._hit(w[0], [w[1], edge], address, [*taint[:3], direction]))
                 else:
                     kept.append(w)
-            if len(kept) == len(watchers):
-                continue
-            if kept:
-                state.set(key, kept)
-            else:
-                state.delete(key)
+            if len(kept) != len(watchers):
+                set_or_delete(state, key, kept)
 
     def _hit(self, group: str, evidence: list[StoredEvidence], address: str, taint: list[Any]) -> Hit:
         hops, origin, category, direction = taint

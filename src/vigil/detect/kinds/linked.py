@@ -44,7 +44,7 @@ from typing import Any
 
 from vigil.detect.fields import Match, compare, compile_getter, short_name
 from vigil.detect.kinds.base import EvidenceMaker, Hit, ts
-from vigil.detect.kinds.common import SingleRouteDetector, delete_keys
+from vigil.detect.kinds.common import SingleRouteDetector, delete_keys, set_or_delete
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
 from vigil.events.base import Event
@@ -318,13 +318,6 @@ class LinkedDetector(SingleRouteDetector):
             theirs: list[list[Any]] = state.get(f"u:{other}") or []
             left = [i for i in theirs if not (i[1] == party and i[0] >= since)]
             if len(left) != len(theirs):
-                if left:
-                    state.set(f"u:{other}", left)
-                else:
-                    state.delete(f"u:{other}")
+                set_or_delete(state, f"u:{other}", left)
         if counted:
-            left = [i for i in held if not (i[1] in counted and i[0] >= since)]
-            if left:
-                state.set(f"u:{party}", left)
-            else:
-                state.delete(f"u:{party}")
+            set_or_delete(state, f"u:{party}", [i for i in held if not (i[1] in counted and i[0] >= since)])

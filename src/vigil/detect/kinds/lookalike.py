@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vigil.detect.kinds.base import Detector, EvidenceMaker, Hit, entity_ref, ts
-from vigil.detect.kinds.common import CompiledEntry, FieldEntry, delete_keys, parse_entries
+from vigil.detect.kinds.common import CompiledEntry, FieldEntry, delete_keys, parse_entries, set_or_delete
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
 from vigil.events.base import Event
@@ -260,11 +260,7 @@ class LookalikeDetector(Detector):
             return
         for h in late:
             hits.append(self._hit(h[1], [h[2]], address, imitates))
-        left = [h for h in held if not (h[0] == address and h[3] >= since)]
-        if left:
-            state.set(f"h:{key}", left)
-        else:
-            state.delete(f"h:{key}")
+        set_or_delete(state, f"h:{key}", [h for h in held if not (h[0] == address and h[3] >= since)])
 
     def _learn(self, address: str, key: str, state: State, now: float, hits: list[Hit]) -> None:
         # A reference already known (a customer's usual counterparty) changes nothing: asked
