@@ -106,6 +106,40 @@ def test_failed_deliveries_are_reported(settings: Settings, prefix: str) -> None
         publisher.publish(sim, canonical=True, flush_timeout=30)
 
 
+@pytest.mark.parametrize("canonical", [True, False], ids=["canonical", "native"])
+def test_paced_records_never_go_out_before_their_time(
+    settings: Settings, prefix: str, canonical: bool
+) -> None:
+    # A day of 1,200 events played in about two seconds.  Every record's broker timestamp (its
+    # produce time) must trail the first one's by at least its simulated offset over the speed:
+    # a record that goes out early, at --speed 1, is an event from the future.
+    speed = 86_400 / 2.0
+    sim = Simulation(SimConfig(seed=24, customers=60, events=1_200, scenarios=[], lookalikes=False))
+    publisher = SimPublisher(settings, topic_prefix=prefix)
+    created = publisher.ensure_topics(canonical=canonical)
+    stats = publisher.publish(sim, canonical=canonical, speed=speed)
+    data = [t for t in created if not t.endswith(".labels")]
+    got = _read(settings, data)
+    assert len(got) == stats.events > 1_000
+    if canonical:
+        codec = EventCodec()
+        sim_ts = [codec.decode(m.value()).occurred_at.timestamp() for m in got]
+    else:
+        sim_ts = [
+            RawRecord.from_headers("x", m.value(), m.key(), m.headers()).received_at.timestamp() for m in got
+        ]
+    wall_ms = [m.timestamp()[1] for m in got]
+    sim0, wall0 = min(sim_ts), min(wall_ms)
+    # Broker timestamps are whole milliseconds: one of slack.
+    early = [
+        (s - sim0) / speed - (w - wall0) / 1000
+        for s, w in zip(sim_ts, wall_ms, strict=True)
+        if (w - wall0) / 1000 < (s - sim0) / speed - 0.001
+    ]
+    assert not early, f"{len(early)} records went out early, by up to {max(early):.3f} s"
+    assert (max(wall_ms) - wall0) / 1000 >= (max(sim_ts) - sim0) / speed - 0.001
+
+
 @pytest.fixture
 def cli() -> typer.Typer:
     from vigil.cli.simulate import simulate

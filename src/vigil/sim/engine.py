@@ -94,7 +94,8 @@ class Simulation:
         """The canonical stream in consecutive time-ordered runs (one per benign time slice).
 
         For consumers that pay per item: a loop over each list costs less than a generator
-        step per event."""
+        step per event.  Each list is the caller's: nothing else holds it, so it may be emptied
+        as it is consumed (the publisher does, to free events while they are in the cache)."""
         injected = self._episode_events
         target = max(0, self.config.total_events - len(injected))
         benign = BenignTraffic(self.population, self.config.seed, self.start, self.span, target)

@@ -490,11 +490,13 @@ class NativeEncoder:
         ents = event.entities
         when = _ms(event.occurred_at)
         if isinstance(event, t.CrmApiTokenUsed):
-            # What HubSpot's webhooks deliver for changes made through a private-app token.
+            # What HubSpot's webhooks deliver for changes made through a private-app token: one
+            # event per object changed (at most 20 here), each with its own id.  Webhooks carry
+            # no caller IP: the token's address is seen only in the audit log's export records.
             q = event.payload
             body: Any = [
                 {
-                    "eventId": int(_h(event.event_id, n=6), 16),
+                    "eventId": int(_h(event.event_id, i, n=6), 16),
                     "subscriptionId": 2_417_001,
                     "portalId": HUBSPOT_PORTAL,
                     "appId": 3_871_245,

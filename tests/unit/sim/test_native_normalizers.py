@@ -152,3 +152,24 @@ def test_hubspot_exports_come_back_from_the_audit_log() -> None:
     assert mine, "seed 7 exports from HubSpot"
     back = [e for _, r in sim.native() if r.source == "hubspot" for e in normalizer.normalize(r)]
     assert facts(back) == mine
+
+
+def test_hubspot_token_uses_come_back_one_event_per_object_changed() -> None:
+    # A webhook delivery lists one event per object the token changed, each with its own
+    # eventId: the normalised events must not collapse into one id (downstream dedup is by id).
+    sim = Simulation(SimConfig(seed=7, customers=400, events=30_000, scenarios=["supply_chain_compromise"]))
+    uses = [e for e in sim.canonical() if e.type == "crm_api_token_used" and e.source == "hubspot"]
+    assert uses, "the supply-chain scenario uses a HubSpot token"
+    normalizer = HubSpotNormalizer()
+    back = [
+        e
+        for _, r in sim.native()
+        if r.source == "hubspot" and r.kind == "webhook"
+        for e in normalizer.normalize(r)
+    ]
+    assert len(back) == sum(min(max(e.payload.records_accessed, 1), 20) for e in uses)
+    assert len({e.event_id for e in back}) == len(back)
+    expected: Counter[str] = Counter()
+    for e in uses:
+        expected[e.payload.token_id] += min(max(e.payload.records_accessed, 1), 20)
+    assert Counter(e.payload.token_id for e in back) == expected
