@@ -31,6 +31,7 @@ from vigil.events.base import Entities, Event
 from vigil.events.types import Geo
 from vigil.sim.draws import generator, normals, pick, uniforms
 from vigil.sim.factory import UNLIMITED, Make, Trades, stamps
+from vigil.sim.market import MarketPath
 from vigil.sim.population import (
     EXCHANGE_DOMAIN,
     PRICES,
@@ -42,8 +43,9 @@ from vigil.sim.population import (
     Population,
 )
 
-SLICE_SECONDS = 600.0
 MAX_SESSION = 4 * 3600.0
+#: Customers a day's newsletter goes to (a segment of those Mailchimp holds).
+NEWSLETTER_SIZE = 2_000
 #: Where the exchange's staff work, and where the CRM vendors' integration hosts run.
 HOME_GEO = Geo(country="PT", city="Lisbon", lat=38.72, lon=-9.14)
 INTEGRATION_GEO = Geo(country="US", city="Ashburn", lat=39.04, lon=-77.49)
@@ -117,6 +119,14 @@ def _search(cum: np.ndarray[Any, Any], draws: np.ndarray[Any, Any]) -> np.ndarra
     return found
 
 
+def _not_self(others: np.ndarray[Any, Any], who: np.ndarray[Any, Any], n: int) -> np.ndarray[Any, Any]:
+    """Counterparties drawn at random, moved to the next customer where one drew the taker itself
+    (the exchange prevents self-trades; with one customer there is nobody else to trade with)."""
+    if n < 2:
+        return others
+    return np.where(others == who, (others + 1) % n, others)
+
+
 def _rows(ks: list[int]) -> Callable[[Sequence[T]], Sequence[T]]:
     """``seq -> [seq[k] for k in ks]``, picking the rows in C (``itemgetter``) for every column
     of a batch that follows up some of another's rows (the cancelled orders, the filled ones)."""
@@ -133,8 +143,18 @@ class BenignTraffic:
     ``self.rng``.  Slice-level draws (times, kinds, customers) are vectorised.
     """
 
-    def __init__(self, pop: Population, seed: int, start: float, span: float, events: int) -> None:
+    def __init__(
+        self,
+        pop: Population,
+        seed: int,
+        start: float,
+        span: float,
+        events: int,
+        market: MarketPath | None = None,
+    ) -> None:
         self.pop = pop
+        #: The prices everyone quotes (the episodes' too), and the slices and bursts they move in.
+        self.market = market or MarketPath(seed, start, span)
         self.rng = random.Random(f"vigil-sim:{seed}:benign")
         self.u = uniforms(generator(seed, "benign", "uniform"))
         self.z = normals(generator(seed, "benign", "normal"))
@@ -145,9 +165,13 @@ class BenignTraffic:
         self.make = Make(seed, "benign", start, self.out)
         #: Events placed past their slice, by the index of the slice they fall in.
         self.later: dict[int, list[Event]] = {}
-        self.prices = dict(SYMBOL_PRICES)
+        self.prices: dict[str, float] = self.market.prices(0)
         self._venue_trade_ids = {"coinbase": 880_000_000, "binance": 3_100_000_000}
         self._campaign: str | None = None
+        #: The current newsletter's recipients (see _newsletter).
+        self._by_id = {c.id: c for c in pop.customers}
+        self._readers: list[Customer] = []
+        self._reader_ids: set[str] = set()
         kinds = list(MIX)
         self._kind_cum = np.cumsum([MIX[k][0] for k in kinds])
         self._order_kind = kinds.index("order")
@@ -200,10 +224,9 @@ class BenignTraffic:
             self._working.append([(emps[i], emp_ents[i]) for i in idx])
         self._spenders = list(pop.counterparties.defi_spenders.values())
         self._ents_seen: dict[tuple[int, str, str], Entities] = {}
-        self.slice_len = min(SLICE_SECONDS, max(1.0, span / 10))
-        n_slices = max(1, math.ceil(span / self.slice_len))
-        burst_rng = random.Random(f"vigil-sim:{seed}:bursts")
-        self.bursts = {i for i in range(n_slices) if burst_rng.random() < 0.03}
+        self.slice_len = self.market.slice_len
+        n_slices = self.market.n_slices
+        self.bursts = self.market.bursts
         slice_w = []
         for i in range(n_slices):
             lo = start + i * self.slice_len
@@ -240,7 +263,7 @@ class BenignTraffic:
         g = self._slice_gen
         width = hi - lo
         burst = i in self.bursts
-        self._move_prices(width, burst)
+        self.prices = self.market.prices(i)
         hour = datetime.fromtimestamp(lo, UTC).hour
         times = np.sort(lo + g.random(count) * width)
         kinds = np.searchsorted(self._kind_cum, g.random(count) * self._kind_cum[-1], side="right")
@@ -276,15 +299,17 @@ class BenignTraffic:
         events.clear()
         return out
 
-    def _move_prices(self, width: float, burst: bool) -> None:
-        vol = (0.02 if burst else 0.004) * math.sqrt(width / 3600)
-        z = self.z
-        for sym, p in self.prices.items():
-            self.prices[sym] = round(p * math.exp(vol * z()), 6 if p < 1 else 2)
-
     def _newsletter(self, lo: float, cid: str) -> None:
+        """The day's market update, to a segment of the customers Mailchimp holds (a different
+        one each day); the day's benign clicks come from its recipients."""
         self._campaign = cid
-        recipients = list(self.pop.vendors["mailchimp"].customer_ids[:50])
+        held = self.pop.vendors["mailchimp"].customer_ids
+        k = min(NEWSLETTER_SIZE, len(held))
+        first = int(lo // 86400) * k % max(1, len(held))
+        recipients = (list(held[first:]) + list(held[:first]))[:k]
+        by_id = self._by_id
+        self._readers = [by_id[r] for r in recipients if r in by_id]
+        self._reader_ids = set(recipients)
         self.make.campaign(
             lo,
             "mailchimp",
@@ -392,6 +417,7 @@ class BenignTraffic:
         by_time = np.argsort(fill_at, kind="stable")
         others = (u[5][filled][by_time] * len(self._custs)).astype(np.intp)
         filled = filled[by_time]
+        others = _not_self(others, who[filled], len(self._custs))
         rows = _rows(filled.tolist())
         m.trades(
             Trades(
@@ -414,7 +440,7 @@ class BenignTraffic:
         price = np.array([self.prices[s] for s in _TRADED])[sym]
         qty = np.rint(np.exp(z) * 300e6 / price) / 1e6
         qty[qty == 0] = 0.0001
-        others = (u[1] * len(self._custs)).astype(np.intp)
+        others = _not_self((u[1] * len(self._custs)).astype(np.intp), who, len(self._custs))
         self.make.trades(
             Trades(
                 stamps(times),
@@ -566,6 +592,9 @@ class BenignTraffic:
 
     def _click(self, ts: float, c: Customer) -> None:
         cid = self._campaign or "cmp-0"
+        if c.id not in self._reader_ids and self._readers:
+            # Only those the newsletter reached can click its link.
+            c = self._readers[int(self.u() * len(self._readers))]
         self.make.click(
             ts,
             c,

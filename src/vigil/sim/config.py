@@ -28,7 +28,9 @@ class SimConfig:
     span.  Given only ``events`` the span is one day; given only ``duration`` the volume is
     :data:`EVENTS_PER_CUSTOMER_DAY` per customer per day.  ``scenarios`` of ``None`` means
     every registered scenario; ``attack_rate`` multiplies each scenario's default number of
-    episodes (0 disables attacks).  ``data_dir`` holds ``intel/ofac`` and ``intel/scamsniffer``.
+    episodes (0 disables attacks; at 1 and above each scenario appears at least once, below 1
+    the expected number is rounded at random by the seed).  ``data_dir`` holds ``intel/ofac``
+    and ``intel/scamsniffer``.
     """
 
     seed: int = 7

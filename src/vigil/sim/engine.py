@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 import random
 from collections.abc import Iterator
 from operator import attrgetter
@@ -15,6 +16,7 @@ from vigil.hub.raw import RawRecord
 from vigil.sim.benign import BenignTraffic
 from vigil.sim.config import SimConfig
 from vigil.sim.intel import IntelLists, load_intel
+from vigil.sim.market import MarketPath
 from vigil.sim.population import Population, build_population
 from vigil.sim.scenarios import LOOKALIKES, SCENARIOS, Episode, Scenario, World
 
@@ -45,6 +47,7 @@ class Simulation:
         self.population: Population = build_population(config.seed, config.customers, self.intel)
         self.start = config.start.timestamp()
         self.span = config.span.total_seconds()
+        self.market = MarketPath(config.seed, self.start, self.span)
         self.labels: list[EpisodeLabel] = []
         self.lookalikes: list[EpisodeLabel] = []
         self._episode_events: list[Event] = []
@@ -53,14 +56,22 @@ class Simulation:
     # ------------------------------------------------------------------ episodes
 
     def _count(self, cls: type[Scenario], rate: float) -> int:
+        """Episodes of ``cls``: its daily number over the span, times ``rate``.
+
+        At the default rate and above every scenario appears at least once (a short demo run
+        still shows each); below it the expected number is rounded up or down at random, by the
+        seed, so that a rate of 0.01 gives rare attacks rather than one of each."""
         if rate <= 0:
             return 0
-        days = self.span / 86400
-        return max(1, round(cls.per_day * days * rate))
+        expected = cls.per_day * self.span / 86400 * rate
+        if rate >= 1.0:
+            return max(1, round(expected))
+        draw = random.Random(f"vigil-sim:{self.config.seed}:{cls.name}:count").random()
+        return math.floor(expected) + (draw < expected - math.floor(expected))
 
     def _build_episodes(self) -> None:
         cfg = self.config
-        world = World(self.population, cfg.seed, self.start, self.start + self.span)
+        world = World(self.population, cfg.seed, self.start, self.start + self.span, self.market)
         plan: list[tuple[type[Scenario], bool]] = [(cls, False) for cls in resolve_scenarios(cfg.scenarios)]
         if cfg.lookalikes:
             plan += [(cls, True) for cls in LOOKALIKES.values()]
@@ -98,7 +109,7 @@ class Simulation:
         as it is consumed (the publisher does, to free events while they are in the cache)."""
         injected = self._episode_events
         target = max(0, self.config.total_events - len(injected))
-        benign = BenignTraffic(self.population, self.config.seed, self.start, self.span, target)
+        benign = BenignTraffic(self.population, self.config.seed, self.start, self.span, target, self.market)
         j = 0
         n = len(injected)
         for _lo, hi, events in benign.slices():

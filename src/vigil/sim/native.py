@@ -114,6 +114,7 @@ class NativeEncoder:
         self._btc_block: int | None = None
         self._pending_until: datetime | None = None
         self._emp_index = {e.id: i for i, e in enumerate(pop.employees)}
+        self._nonces: dict[str, int] = {}
         self._miner = btc_address(random.Random(f"vigil-sim:{seed}:miner"))
 
     # ------------------------------------------------------------------ driving
@@ -329,6 +330,15 @@ class NativeEncoder:
                 "ethereum", "eth_logs", _json(logs), events, key, method="eth_getLogs", block_timestamp=ts
             )
 
+    def _nonce(self, sender: str) -> int:
+        """The sender's next nonce: consecutive per account, from a start of its own (accounts
+        have a history before the run)."""
+        nonce = self._nonces.get(sender)
+        if nonce is None:
+            nonce = int(_h(sender, n=2), 16)
+        self._nonces[sender] = nonce + 1
+        return nonce
+
     def _eth_tx(self, e: Event, block_hash: str, number: int, index: int) -> dict[str, Any]:
         value = "0x0"
         if isinstance(e, t.TokenApproval):
@@ -365,7 +375,7 @@ class NativeEncoder:
             "gasPrice": hex(12_000_000_000),
             "hash": tx_hash,
             "input": data,
-            "nonce": hex(int(_h(sender, n=2), 16)),
+            "nonce": hex(self._nonce(sender)),
             "r": "0x" + _h(tx_hash, "r"),
             "s": "0x" + _h(tx_hash, "s"),
             "to": to,

@@ -99,6 +99,18 @@ def test_ethereum_blocks_and_logs_have_the_recorded_shapes(
             assert by_tx[(e.payload.tx_hash, APPROVAL_TOPIC)] == e.payload.amount_raw  # type: ignore[attr-defined]
 
 
+def test_each_ethereum_sender_counts_its_nonces_up(native: list[tuple[str, RawRecord]]) -> None:
+    # A nonce is used once per account, in order: a block with two transactions of one sender
+    # and one nonce is impossible on chain.
+    by_sender: dict[str, list[int]] = {}
+    for block in _values(native, "raw.ethereum", "eth_block"):
+        for tx in block["transactions"]:
+            by_sender.setdefault(tx["from"], []).append(int(tx["nonce"], 16))
+    assert any(len(n) > 1 for n in by_sender.values())
+    for sender, nonces in by_sender.items():
+        assert nonces == list(range(nonces[0], nonces[0] + len(nonces))), sender
+
+
 def test_bitcoin_blocks_have_the_getblock_verbosity_2_shape(native: list[tuple[str, RawRecord]]) -> None:
     fixture = json.loads(
         next((DATA / "chain" / "bitcoin").glob("block_with_transactions_*1c920d495e*_2.json")).read_text()

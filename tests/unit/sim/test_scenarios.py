@@ -128,6 +128,83 @@ def test_market_abuse_shapes(sim: Simulation, by_id: dict[str, Event]) -> None:
         assert max(o.payload.price * o.payload.quantity for o in orders) < 5_000
 
 
+def _benign_prices(stream: list[Event], episode_ids: set[str]) -> dict[str, list[tuple[float, float]]]:
+    """Benign trades' (time, price) by symbol, in time order."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for e in stream:
+        if e.type == "trade" and e.event_id not in episode_ids:
+            p: Any = e.payload
+            out.setdefault(p.symbol, []).append((e.occurred_at.timestamp(), p.price))
+    return out
+
+
+def _market_near(prices: list[tuple[float, float]], ts: float) -> float:
+    """The median benign trade price within ten minutes of ``ts``."""
+    near = sorted(p for t, p in prices if abs(t - ts) <= 600)
+    assert near, "benign trades of the symbol near the episode"
+    return near[len(near) // 2]
+
+
+def test_episodes_trade_at_the_market_benign_traffic_quotes(
+    sim: Simulation, stream: list[Event], by_id: dict[str, Event]
+) -> None:
+    # Prices drift through a day; an episode quoting the day's opening price hours later would
+    # stand out from the market by price alone (several percent), which no real one does.
+    episode_ids = {i for lb in sim.labels + sim.lookalikes for i in lb.event_ids}
+    benign = _benign_prices(stream, episode_ids)
+    checked = 0
+    for scenario in ("wash_trading", "spoofing", "benign:market_maker"):
+        for _, events in _episodes(sim, by_id, scenario):
+            for e in events:
+                if e.type not in ("order", "trade"):
+                    continue
+                market = _market_near(benign[e.payload.symbol], e.occurred_at.timestamp())
+                assert abs(e.payload.price / market - 1) < 0.006, (scenario, e.payload, market)
+                checked += 1
+    assert checked > 100
+    # A spoof rests behind the market, on its own side: it must not fill.
+    for _, events in _episodes(sim, by_id, "spoofing"):
+        for c in (e for e in events if e.type == "order_cancel"):
+            market = sim.market.price(c.payload.symbol, c.payload.placed_at.timestamp())
+            assert (c.payload.price < market) if c.payload.side == "buy" else (c.payload.price > market)
+
+
+def test_the_pump_organiser_never_sells_more_than_it_bought(sim: Simulation, by_id: dict[str, Event]) -> None:
+    for label, events in _episodes(sim, by_id, "pump_and_dump"):
+        org = label.entity.id
+        bought = sold = 0.0
+        for t in (e for e in events if e.type == "trade"):
+            p = t.payload
+            taker, maker = p.taker_account, p.maker_account
+            buyer, seller = (taker, maker) if p.taker_side == "buy" else (maker, taker)
+            assert buyer != seller
+            bought += p.quantity if buyer == org else 0.0
+            sold += p.quantity if seller == org else 0.0
+            assert sold <= bought + 1e-6, "sold what it did not hold"
+        assert sold == pytest.approx(bought), "and sold it all by the end"
+
+
+def test_benign_trades_never_match_an_account_with_itself(stream: list[Event]) -> None:
+    trades = [e for e in stream if e.type == "trade" and e.payload.maker_account is not None]
+    assert len(trades) > 1000
+    assert all(e.payload.maker_account != e.payload.taker_account for e in trades)
+
+
+def test_benign_newsletter_clicks_come_from_its_recipients(sim: Simulation, stream: list[Event]) -> None:
+    episode_ids = {i for lb in sim.labels + sim.lookalikes for i in lb.event_ids}
+    sent: dict[str, set[str]] = {}
+    clicks = 0
+    for e in stream:
+        if e.event_id in episode_ids:
+            continue
+        if e.type == "email_campaign_sent":
+            sent[e.payload.campaign_id] = set(e.payload.recipient_customer_ids)
+        elif e.type == "email_link_clicked":
+            assert e.entities.customer in sent[e.payload.campaign_id]
+            clicks += 1
+    assert clicks > 50
+
+
 def test_hot_wallet_drain_moves_funds_without_withdrawals(sim: Simulation, by_id: dict[str, Event]) -> None:
     hot = sim.population.hot_wallets["ethereum"]
     for label, events in _episodes(sim, by_id, "hot_wallet_drain"):

@@ -210,6 +210,18 @@ def test_scenario_filter_and_attack_rate() -> None:
     assert none.lookalikes == []
 
 
+def test_a_low_attack_rate_gives_rare_attacks_not_one_of_each() -> None:
+    # 0.05 of the default rates over a day: about one episode in all (17 scenarios, 0.5 to 3
+    # a day each), not the one per scenario a floor of one would force.
+    expected = sum(cls.per_day for cls in SCENARIOS.values() if not cls.name.startswith("benign:")) * 0.05
+    configs = [
+        SimConfig(seed=s, customers=100, events=500, attack_rate=0.05, lookalikes=False) for s in range(12)
+    ]
+    counts = [len(Simulation(c).labels) for c in configs]
+    assert max(counts) < 10
+    assert sum(counts) / len(counts) == pytest.approx(expected, abs=1.5)
+
+
 def test_duration_sets_the_span_and_volume() -> None:
     start = datetime(2026, 11, 2, tzinfo=UTC)
     sim = Simulation(

@@ -23,6 +23,7 @@ from vigil.events.ids import stable_id
 from vigil.events.records import EpisodeLabel
 from vigil.events.types import EntityRef, Geo
 from vigil.sim.factory import Make, at
+from vigil.sim.market import MarketPath
 from vigil.sim.population import (
     ATTACKER_PLACES,
     USER_AGENTS,
@@ -43,6 +44,8 @@ class World:
     seed: int
     start: float
     end: float
+    #: The prices benign traffic quotes: episodes trade at them (and may move them).
+    market: MarketPath
     used: set[str] = field(default_factory=set)
 
     def pick_customer(self, rng: random.Random, ok: Callable[[Customer], bool] | None = None) -> Customer:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from vigil.events.base import Entities
 from vigil.events.records import EpisodeLabel
 from vigil.sim.factory import UNLIMITED
-from vigil.sim.population import SYMBOL_PRICES, TRAVEL_PLACES, hex_id, ip_in
+from vigil.sim.population import TRAVEL_PLACES, hex_id, ip_in
 from vigil.sim.scenarios.base import Episode, Scenario, ref
 
 
@@ -34,7 +34,8 @@ class Traveller(Scenario):
         for _ in range(rng.randrange(1, 4)):
             t += 60 + rng.random() * 600
             sym = rng.choice(("BTC-USD", "ETH-USD"))
-            m.order(t, Entities(customer=c.id, account=c.account), None, sym, "buy", SYMBOL_PRICES[sym], 0.01)
+            price = ep.world.market.price(sym, t)
+            m.order(t, Entities(customer=c.id, account=c.account), None, sym, "buy", price, 0.01)
         m.logout(t + 300, ents)
         return [ep.label(ref("customer", c.id), related=[ref("ip", ip)], params={"country": place.country})]
 
@@ -54,7 +55,8 @@ class NewPhone(Scenario):
         m.login(t, ents, c.geo, "ExchangeApp/5.12.0 (iOS 18.1)", mfa=True)
         m.mfa_change(t + 40, ents, "device_added", "push")
         m.mfa_challenge(t + 60, ents, "approved", "push")
-        m.order(t + 300, c.money_entities, None, "BTC-USD", "buy", SYMBOL_PRICES["BTC-USD"], 0.002)
+        price = ep.world.market.price("BTC-USD", t + 300)
+        m.order(t + 300, c.money_entities, None, "BTC-USD", "buy", price, 0.002)
         return [ep.label(ref("customer", c.id), related=[ref("device", device)])]
 
 
@@ -92,12 +94,13 @@ class MarketMaker(Scenario):
         c = ep.world.pick_customer(rng)
         e = c.money_entities
         sym = rng.choice(("BTC-USD", "ETH-USD", "SOL-USD"))
-        price = SYMBOL_PRICES[sym]
         t = ep.t0
+        qty = round(1500 / ep.world.market.price(sym, t), 5)
         for _ in range(rng.randrange(40, 120)):
+            # Quotes either side of the market as it is when they are placed.
+            price = ep.world.market.price(sym, t)
             for side, k in (("buy", 0.9995), ("sell", 1.0005)):
                 px = round(price * k, 2)
-                qty = round(1500 / price, 5)
                 o = m.order(t, e, None, sym, side, px, qty)
                 if rng.random() < 0.92:
                     oid = o.payload.order_id

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vigil.events.base import Entities
 from vigil.events.records import EpisodeLabel
-from vigil.sim.population import SYMBOL_PRICES, THIN_SYMBOL, hex_id
+from vigil.sim.population import THIN_SYMBOL, hex_id
 from vigil.sim.scenarios.base import Episode, Scenario, ref
 
 
@@ -27,9 +27,11 @@ class WashTrading(Scenario):
             m.login(t, e, c.geo, c.user_agent)
             t += 5 + rng.random() * 30
         sym = rng.choice(("SOL-USD", "ETH-USD"))
-        price = SYMBOL_PRICES[sym]
-        qty = round(5000 / price, 4)
+        market = ep.world.market
+        qty = round(5000 / market.price(sym, t), 4)
         for i in range(rng.randrange(20, 60)):
+            # At the market price, so that the prints do not stand out by price.
+            price = market.price(sym, t)
             s, b = i % len(accts), (i + 1) % len(accts)
             m.order(t, ents[s], None, sym, "sell", price, qty)
             t += 0.2 + rng.random()
@@ -58,12 +60,14 @@ class Spoofing(Scenario):
         c = ep.world.pick_customer(rng)
         e = c.money_entities
         sym = rng.choice(("BTC-USD", "ETH-USD"))
-        price = SYMBOL_PRICES[sym]
+        market = ep.world.market
         spoof_side, real_side = ("buy", "sell") if rng.random() < 0.5 else ("sell", "buy")
         t = ep.t0
-        big = round(400_000 / price, 4)
+        big = round(400_000 / market.price(sym, t), 4)
         rounds = rng.randrange(10, 30)
         for _ in range(rounds):
+            # The spoof rests just behind the market (it must not fill); the real order takes it.
+            price = market.price(sym, t)
             px = round(price * (0.999 if spoof_side == "buy" else 1.001), 2)
             o = m.order(t, e, None, sym, spoof_side, px, big)
             oid = o.payload.order_id
@@ -84,7 +88,9 @@ class Spoofing(Scenario):
 
 
 class PumpAndDump(Scenario):
-    """Quiet accumulation of a thin market, a coordinated buying burst, then the organiser sells."""
+    """Quiet accumulation of a thin market, then a coordinated buying burst that lifts the
+    organiser's asks; the organiser sells what it has left as the price collapses.  It never
+    sells more than it bought.  The pump moves the market itself: benign quotes follow it."""
 
     name = "pump_and_dump"
     entity_kind = "account"
@@ -93,54 +99,57 @@ class PumpAndDump(Scenario):
 
     def build(self, ep: Episode) -> list[EpisodeLabel]:
         rng, m = ep.rng, ep.make
+        market = ep.world.market
         org = ep.world.pick_customer(rng)
         crew = [ep.world.pick_customer(rng) for _ in range(rng.randrange(5, 12))]
-        price = SYMBOL_PRICES[THIN_SYMBOL]
         t = ep.t0
+        start_price = market.price(THIN_SYMBOL, t)
         held = 0.0
         for _ in range(rng.randrange(4, 8)):
+            # Bought from whoever sells, at the market.
+            price = market.price(THIN_SYMBOL, t)
             qty = round(rng.uniform(50_000, 150_000), 0)
             m.order(t, org.money_entities, None, THIN_SYMBOL, "buy", price, qty)
-            m.trade(
-                t + 1,
-                org.money_entities,
-                THIN_SYMBOL,
-                price,
-                qty,
-                "buy",
-                rng.choice(ep.pop.customers).account,
-                org.account,
-            )
+            seller = rng.choice(ep.pop.customers)
+            if seller is org:  # no self-trades
+                seller = crew[0]
+            m.trade(t + 1, org.money_entities, THIN_SYMBOL, price, qty, "buy", seller.account, org.account)
             held += qty
             t += min(ep.room / 20, 600 + rng.random() * 1200)
-        peak = price
-        for c in crew:
-            for _ in range(rng.randrange(2, 5)):
-                peak = round(peak * (1.03 + rng.random() * 0.06), 6)
-                qty = round(rng.uniform(10_000, 60_000), 0)
-                m.order(t, c.money_entities, None, THIN_SYMBOL, "buy", peak, qty, "market")
-                m.trade(t + 0.5, c.money_entities, THIN_SYMBOL, peak, qty, "buy", org.account, c.account)
-                t += 5 + rng.random() * 40
+        pump_start = t
+        base = peak = market.price(THIN_SYMBOL, t)
+        # The pump: the crew's market buys lift the organiser's asks, each a few percent higher.
+        # The organiser sells part of what it holds into them, the rest in the dump after.
+        buys = [c for c in crew for _ in range(rng.randrange(2, 5))]
+        weights = [0.5 + rng.random() for _ in buys]
+        into_pump = held * (0.4 + 0.3 * rng.random())
+        left = held
+        for c, w in zip(buys, weights, strict=True):
+            peak = round(peak * (1.03 + rng.random() * 0.06), 6)
+            qty = min(left, round(into_pump * w / sum(weights), 0))
+            left -= qty
+            m.order(t, c.money_entities, None, THIN_SYMBOL, "buy", peak, qty, "market")
+            m.trade(t + 0.5, c.money_entities, THIN_SYMBOL, peak, qty, "buy", org.account, c.account)
+            t += 5 + rng.random() * 40
+        top = peak
         t += 60
-        for _ in range(rng.randrange(3, 6)):
-            qty = round(held / 4, 0)
+        # The dump: whatever the organiser still holds, in tranches, each at a lower price.
+        rounds = rng.randrange(3, 6)
+        tranche = round(left / rounds, 0)
+        for k in range(rounds):
+            qty = left if k == rounds - 1 else tranche
+            left -= qty
             m.order(t, org.money_entities, None, THIN_SYMBOL, "sell", peak, qty)
-            m.trade(
-                t + 0.5,
-                org.money_entities,
-                THIN_SYMBOL,
-                peak,
-                qty,
-                "sell",
-                org.account,
-                rng.choice(crew).account,
-            )
+            buyer = rng.choice(crew).account
+            m.trade(t + 0.5, org.money_entities, THIN_SYMBOL, peak, qty, "sell", buyer, org.account)
             peak = round(peak * 0.85, 6)
             t += 20 + rng.random() * 60
+        # Benign quotes follow the pumped market while it lasts (halfway to the top, on average).
+        market.move(THIN_SYMBOL, pump_start, t, (1 + top / base) / 2)
         return [
             ep.label(
                 ref("account", org.account),
                 related=[ref("account", c.account) for c in crew],
-                params={"symbol": THIN_SYMBOL, "crew": str(len(crew)), "start_price": f"{price:g}"},
+                params={"symbol": THIN_SYMBOL, "crew": str(len(crew)), "start_price": f"{start_price:g}"},
             )
         ]
