@@ -162,13 +162,17 @@ def test_vigil_simulate_command(
     labels = tmp_path / "labels.jsonl"
     args = ["--seed", "5", "--customers", "100", "--events", "2000", "--scenario", "spoofing", "--canonical"]
     args += ["--labels-file", str(labels), "--topic-prefix", prefix, "--no-lookalikes", "--rate", "100000"]
+    args += ["--param", "spoofing.min_rounds=3", "--param", "spoofing.max_rounds=3"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "produced" in result.output
     written = [msgspec.json.decode(line, type=EpisodeLabel) for line in labels.read_bytes().splitlines()]
     assert {lb.scenario for lb in written} == {"spoofing"}
+    assert {lb.params["rounds"] for lb in written} == {"3"}
     back = _read(settings, [f"{prefix}labels"])
     assert len(back) == len(written)
     bad = CliRunner().invoke(cli, ["--duration", "ten minutes", "--canonical"])
     assert bad.exit_code != 0
     assert "--duration must be a duration" in str(bad.exception)
+    wrong = CliRunner().invoke(cli, ["--param", "spoofing.rounds=3", "--canonical"])
+    assert "scenario 'spoofing' has no parameter 'rounds'" in str(wrong.exception)

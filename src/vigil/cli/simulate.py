@@ -31,6 +31,20 @@ def parse_duration(text: str, *, option: str = "--duration") -> timedelta:
     return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
 
 
+def parse_params(items: list[str]) -> dict[str, dict[str, str]]:
+    """``["spoofing.max_rounds=12", ...]`` -> ``{"spoofing": {"max_rounds": "12"}}``; the
+    simulation checks the names and values (and says which scenario and parameter is wrong)."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        head, eq, value = item.partition("=")
+        name, dot, key = head.rpartition(".")
+        if not eq or not dot or not name or not key or not value:
+            msg = f"--param must look like NAME.KEY=VALUE (e.g. spoofing.max_rounds=12); got {item!r}"
+            raise ConfigError(msg)
+        out.setdefault(name.strip(), {})[key.strip()] = value.strip()
+    return out
+
+
 def parse_start(text: str | None, *, paced: bool) -> datetime | None:
     if text is None:
         # A paced run plays live from now; an unpaced one uses the fixed default (reproducible).
@@ -71,6 +85,13 @@ def simulate(
     attack_rate: Annotated[
         float, typer.Option(min=0.0, help="Multiplier on the episodes per scenario")
     ] = 1.0,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            help="A scenario parameter, NAME.KEY=VALUE, e.g. spoofing.max_rounds=12 (repeatable; see --list)",
+        ),
+    ] = None,
     lookalikes: Annotated[bool, typer.Option(help="Mix in benign look-alikes of attacks")] = True,
     canonical: Annotated[
         bool, typer.Option("--canonical", help="Produce canonical events to events.* instead of raw.<source>")
@@ -88,6 +109,8 @@ def simulate(
             console.print(
                 f"{name:<26} alerts on {cls.entity_kind:<9} {doc[0] if doc else ''}", highlight=False
             )
+            knobs = ", ".join(f"{k}={v:g}" for k, v in cls.parameters().items())
+            console.print(f"{'':<26} parameters: {knobs}", highlight=False)
         return
     cfg = settings()
     span = parse_duration(duration) if duration else None
@@ -99,6 +122,7 @@ def simulate(
         duration=span,
         scenarios=list(scenario) if scenario else None,
         attack_rate=attack_rate,
+        scenario_params=parse_params(param or []),
         lookalikes=lookalikes,
         start=begin or DEFAULT_START,
     )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,8 +30,9 @@ class SimConfig:
     :data:`EVENTS_PER_CUSTOMER_DAY` per customer per day.  ``scenarios`` of ``None`` means
     every registered scenario; ``attack_rate`` multiplies each scenario's default number of
     episodes (0 disables attacks; at 1 and above each scenario appears at least once, below 1
-    the expected number is rounded at random by the seed).  ``data_dir`` holds ``intel/ofac``
-    and ``intel/scamsniffer``.
+    the expected number is rounded at random by the seed).  ``scenario_params`` overrides
+    scenarios' parameters by scenario name, then parameter name (see ``Scenario.defaults``).
+    ``data_dir`` holds ``intel/ofac`` and ``intel/scamsniffer``.
     """
 
     seed: int = 7
@@ -42,6 +44,7 @@ class SimConfig:
     attack_rate: float = 1.0
     lookalikes: bool = True
     data_dir: Path | None = None
+    scenario_params: Mapping[str, Mapping[str, int | float | str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.start.tzinfo is None or self.start.utcoffset() != timedelta(0):

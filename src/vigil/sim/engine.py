@@ -55,22 +55,27 @@ class Simulation:
 
     # ------------------------------------------------------------------ episodes
 
-    def _count(self, cls: type[Scenario], rate: float) -> int:
-        """Episodes of ``cls``: its daily number over the span, times ``rate``.
+    def _count(self, scenario: Scenario, rate: float) -> int:
+        """Episodes of ``scenario``: its daily number over the span, times ``rate``.
 
         At the default rate and above every scenario appears at least once (a short demo run
         still shows each); below it the expected number is rounded up or down at random, by the
         seed, so that a rate of 0.01 gives rare attacks rather than one of each."""
         if rate <= 0:
             return 0
-        expected = cls.per_day * self.span / 86400 * rate
+        expected = scenario.amount("per_day") * self.span / 86400 * rate
         if rate >= 1.0:
             return max(1, round(expected))
-        draw = random.Random(f"vigil-sim:{self.config.seed}:{cls.name}:count").random()
+        draw = random.Random(f"vigil-sim:{self.config.seed}:{scenario.name}:count").random()
         return math.floor(expected) + (draw < expected - math.floor(expected))
 
     def _build_episodes(self) -> None:
         cfg = self.config
+        unknown = sorted(set(cfg.scenario_params) - set(SCENARIOS) - set(LOOKALIKES))
+        if unknown:
+            names = ", ".join(map(repr, unknown))
+            msg = f"parameters for unknown scenario(s) {names}; known: {', '.join([*SCENARIOS, *LOOKALIKES])}"
+            raise ConfigError(msg)
         world = World(self.population, cfg.seed, self.start, self.start + self.span, self.market)
         plan: list[tuple[type[Scenario], bool]] = [(cls, False) for cls in resolve_scenarios(cfg.scenarios)]
         if cfg.lookalikes:
@@ -79,9 +84,10 @@ class Simulation:
         for cls, benign in plan:
             rate = 1.0 if benign else cfg.attack_rate
             place = random.Random(f"vigil-sim:{cfg.seed}:{cls.name}:placement")
-            scenario = cls()
-            for index in range(self._count(cls, rate)):
-                room = max(0.0, self.span - cls.length)
+            scenario = cls(**cfg.scenario_params.get(cls.name, {}))
+            length = scenario.amount("length")
+            for index in range(self._count(scenario, rate)):
+                room = max(0.0, self.span - length)
                 t0 = self.start + self.span * 0.01 + place.random() * room * 0.95
                 ep = Episode(world, cls.name, index, t0)
                 labels = scenario.build(ep)

@@ -259,3 +259,69 @@ def test_bad_config_is_rejected_with_the_reason(tmp_path: Path) -> None:
         SimConfig(start=datetime(2026, 11, 1))  # noqa: DTZ001 - the naive datetime is the point
     with pytest.raises(ConfigError, match="cannot load intel lists"):
         Simulation(SimConfig(customers=50, events=100, data_dir=tmp_path))
+
+
+def test_scenario_parameters_change_what_is_generated() -> None:
+    params = {
+        "structuring": {"threshold_usd": "3000", "min_moves": 6, "max_moves": 6, "per_day": 3},
+        "address_poisoning": {"head": "3", "tail": 2},
+    }
+    sim = Simulation(
+        SimConfig(
+            seed=4,
+            customers=200,
+            events=3_000,
+            scenarios=["structuring", "address_poisoning"],
+            scenario_params=params,
+            lookalikes=False,
+        )
+    )
+    by_id = {e.event_id: e for e in sim.episode_events}
+    structuring = [lb for lb in sim.labels if lb.scenario == "structuring"]
+    assert len(structuring) == 3
+    for label in structuring:
+        moves: list[Any] = [
+            by_id[i] for i in label.event_ids if by_id[i].type in ("deposit", "withdrawal_request")
+        ]
+        assert len(moves) == 6
+        assert all(2_700 <= e.payload.amount < 3_000 for e in moves)
+        assert label.params["threshold_usd"] == "3000"
+    poisoning = [lb for lb in sim.labels if lb.scenario == "address_poisoning"]
+    assert poisoning
+    for label in poisoning:
+        usual, fake = label.params["lookalike_of"], label.params["lookalike"]
+        assert fake != usual
+        assert fake[:5] == usual[:5]  # 0x and 3 head characters
+        assert fake[-2:] == usual[-2:]
+        assert (label.params["head"], label.params["tail"]) == ("3", "2")
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"nope": {"x": 1}}, "parameters for unknown scenario\\(s\\) 'nope'"),
+        ({"spoofing": {"rounds": 3}}, "scenario 'spoofing' has no parameter 'rounds'; it has .*max_rounds"),
+        ({"spoofing": {"max_rounds": "many"}}, "'max_rounds': expected a whole number, got 'many'"),
+        ({"spoofing": {"max_rounds": "2.5"}}, "'max_rounds': expected a whole number"),
+        ({"spoofing": {"spoof_usd": "-5"}}, "'spoof_usd': expected a number >= 0"),
+        ({"spoofing": {"min_rounds": 9, "max_rounds": 3}}, "min_rounds \\(9\\) is above max_rounds \\(3\\)"),
+        ({"spoofing": {"length": 0}}, "length must be positive"),
+    ],
+)
+def test_bad_scenario_parameters_fail_naming_what_is_wrong(params: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Simulation(SimConfig(seed=1, customers=50, events=100, scenario_params=params))
+
+
+def test_the_param_option_parses_name_key_value() -> None:
+    from vigil.cli.simulate import parse_params
+
+    assert parse_params(
+        ["spoofing.max_rounds=12", "spoofing.spoof_usd=2e5", "benign:market_maker.per_day=1"]
+    ) == {
+        "spoofing": {"max_rounds": "12", "spoof_usd": "2e5"},
+        "benign:market_maker": {"per_day": "1"},
+    }
+    for bad in ("spoofing=3", "spoofing.max_rounds", ".x=1", "spoofing.=1", "spoofing.x="):
+        with pytest.raises(ConfigError, match=r"--param must look like NAME\.KEY=VALUE"):
+            parse_params([bad])

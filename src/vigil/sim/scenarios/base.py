@@ -11,13 +11,15 @@ the label's ``related`` list.
 
 from __future__ import annotations
 
+import math
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import ClassVar
 
+from vigil.errors import ConfigError
 from vigil.events.base import Entities, Event
 from vigil.events.ids import stable_id
 from vigil.events.records import EpisodeLabel
@@ -158,8 +160,19 @@ def victim_entities(c: Customer, a: Attacker) -> Entities:
     return Entities(customer=c.id, account=c.account, device=a.device, ip=a.ip, email=c.email)
 
 
+#: A scenario parameter's value: a count (int) or an amount, share or rate (float).
+Param = int | float
+
+
 class Scenario(ABC):
-    """A named attack (or benign look-alike) generator."""
+    """A named attack (or benign look-alike) generator, parameterised.
+
+    Every scenario has ``per_day`` and ``length``; ``defaults`` declares its own knobs (sizes,
+    amounts, thresholds), each with the default that sets its type.  A run overrides any of
+    them by name (``SimConfig.scenario_params``, ``vigil simulate --param NAME.KEY=VALUE``);
+    ``build`` reads the values in force from ``self.params``.  ``min_<x>`` and ``max_<x>``
+    pairs bound a draw, both ends included.
+    """
 
     #: Stable snake_case name (``benign:<name>`` for look-alikes).
     name: ClassVar[str]
@@ -169,7 +182,64 @@ class Scenario(ABC):
     per_day: ClassVar[float] = 2.0
     #: Typical length in seconds (used to place episodes inside the simulated span).
     length: ClassVar[float] = 3600.0
+    #: The scenario's own parameters and their defaults.
+    defaults: ClassVar[Mapping[str, Param]] = {}
+
+    def __init__(self, **params: Param | str) -> None:
+        self.params = self.resolve(params)
+
+    @classmethod
+    def parameters(cls) -> dict[str, Param]:
+        """Every parameter with its default."""
+        return {"per_day": cls.per_day, "length": cls.length, **cls.defaults}
+
+    @classmethod
+    def resolve(cls, given: Mapping[str, Param | str]) -> dict[str, Param]:
+        """The defaults with ``given`` applied; raises ConfigError naming a bad name or value."""
+        known = cls.parameters()
+        values = dict(known)
+        for key, raw in given.items():
+            if key not in known:
+                msg = f"scenario {cls.name!r} has no parameter {key!r}; it has {', '.join(sorted(known))}"
+                raise ConfigError(msg)
+            values[key] = _parse(cls.name, key, raw, type(known[key]))
+        for key in values:
+            high = f"max_{key[4:]}"
+            if key.startswith("min_") and high in values and values[key] > values[high]:
+                msg = f"scenario {cls.name!r}: {key} ({values[key]:g}) is above {high} ({values[high]:g})"
+                raise ConfigError(msg)
+        if values["length"] <= 0:
+            msg = f"scenario {cls.name!r}: length must be positive seconds; got {values['length']:g}"
+            raise ConfigError(msg)
+        return values
+
+    def count(self, key: str) -> int:
+        """A whole-number parameter."""
+        return int(self.params[key])
+
+    def amount(self, key: str) -> float:
+        """A parameter as a float (amounts, shares, rates)."""
+        return float(self.params[key])
+
+    def draw(self, rng: random.Random, key: str) -> int:
+        """A count between ``min_<key>`` and ``max_<key>``, both included."""
+        return rng.randint(self.count(f"min_{key}"), self.count(f"max_{key}"))
 
     @abstractmethod
     def build(self, ep: Episode) -> list[EpisodeLabel]:
         """Build the episode's events through ``ep.make`` and return its labels."""
+
+
+def _parse(scenario: str, key: str, raw: Param | str, kind: type) -> Param:
+    where = f"scenario {scenario!r} parameter {key!r}"
+    try:
+        value: Param = int(raw) if kind is int and not isinstance(raw, float) else float(raw)
+    except (TypeError, ValueError):
+        value = math.nan
+    if kind is int and isinstance(value, float):
+        msg = f"{where}: expected a whole number, got {raw!r}"
+        raise ConfigError(msg)
+    if not math.isfinite(value) or value < 0:
+        msg = f"{where}: expected a number >= 0, got {raw!r}"
+        raise ConfigError(msg)
+    return value

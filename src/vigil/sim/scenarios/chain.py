@@ -8,6 +8,7 @@ from vigil.sim.factory import UNLIMITED
 from vigil.sim.population import btc_address, lookalike
 from vigil.sim.scenarios.base import Episode, Scenario, ref
 
+#: The default look-alike: the address's first and last characters after 0x that it copies.
 POISON_HEAD = 5
 POISON_TAIL = 5
 
@@ -19,12 +20,14 @@ class AddressPoisoning(Scenario):
     entity_kind = "customer"
     per_day = 2.0
     length = 4 * 3600.0
+    defaults = {"head": POISON_HEAD, "tail": POISON_TAIL}
 
     def build(self, ep: Episode) -> list[EpisodeLabel]:
         rng, m = ep.rng, ep.make
         c = ep.world.pick_customer(rng, lambda c: len(c.address_book) > 1)
         usual = rng.choice(c.address_book[1:] or c.address_book)
-        fake = lookalike(rng, usual, POISON_HEAD, POISON_TAIL)
+        head, tail = self.count("head"), self.count("tail")
+        fake = lookalike(rng, usual, head, tail)
         t = ep.t0
         zero = rng.random() < 0.5
         # Zero-value USDT transferFrom (anyone can emit it) or a dust ETH send.
@@ -50,8 +53,8 @@ class AddressPoisoning(Scenario):
                 params={
                     "lookalike_of": usual,
                     "lookalike": fake,
-                    "head": str(POISON_HEAD),
-                    "tail": str(POISON_TAIL),
+                    "head": str(head),
+                    "tail": str(tail),
                     "dust": "zero" if zero else "dust",
                 },
             )
@@ -231,6 +234,7 @@ class HotWalletDrain(Scenario):
     entity_kind = "wallet"
     per_day = 0.5
     length = 1800.0
+    defaults = {"min_destinations": 3, "max_destinations": 8}
 
     def build(self, ep: Episode) -> list[EpisodeLabel]:
         rng, m = ep.rng, ep.make
@@ -258,7 +262,7 @@ class HotWalletDrain(Scenario):
             )
             t += 20 + rng.random() * 120
         leave = t
-        dests = [ep.fresh_address() for _ in range(rng.randrange(3, 9))]
+        dests = [ep.fresh_address() for _ in range(self.draw(rng, "destinations"))]
         for i, d in enumerate(dests):
             asset = "ETH" if i % 2 == 0 else "USDT"
             amount = round(rng.uniform(200, 2000), 4) if asset == "ETH" else round(rng.uniform(5e5, 5e6), 2)

@@ -96,11 +96,13 @@ class CredentialStuffing(Scenario):
     entity_kind = "ip"
     per_day = 1.5
     length = 1800.0
+    defaults = {"min_ips": 2, "max_ips": 4, "min_attempts": 150, "max_attempts": 399, "success_rate": 0.015}
 
     def build(self, ep: Episode) -> list[EpisodeLabel]:
         rng, m = ep.rng, ep.make
-        attackers = [ep.attacker() for _ in range(rng.randrange(2, 5))]
-        attempts = rng.randrange(150, 400)
+        attackers = [ep.attacker() for _ in range(self.draw(rng, "ips"))]
+        attempts = self.draw(rng, "attempts")
+        success = self.amount("success_rate")
         t = ep.t0
         custs = ep.pop.customers
         hits: list[str] = []
@@ -115,7 +117,7 @@ class CredentialStuffing(Scenario):
                 continue
             c = custs[rng.randrange(len(custs))]
             ents = Entities(customer=c.id, account=c.account, device=a.device, ip=a.ip, email=c.email)
-            if rng.random() < 0.015:
+            if rng.random() < success:
                 m.login(t, ents, a.geo, a.user_agent, mfa=False)
                 hits.append(c.id)
             else:

@@ -15,10 +15,11 @@ class WashTrading(Scenario):
     entity_kind = "account"
     per_day = 1.5
     length = 3600.0
+    defaults = {"min_accounts": 2, "max_accounts": 3, "min_trades": 20, "max_trades": 59, "trade_usd": 5000.0}
 
     def build(self, ep: Episode) -> list[EpisodeLabel]:
         rng, m = ep.rng, ep.make
-        accts = [ep.world.pick_customer(rng) for _ in range(rng.randrange(2, 4))]
+        accts = [ep.world.pick_customer(rng) for _ in range(self.draw(rng, "accounts"))]
         device = f"dev-{hex_id(rng, 10)}"
         ip = accts[0].ips[0]
         ents = [Entities(customer=c.id, account=c.account, device=device, ip=ip) for c in accts]
@@ -28,8 +29,8 @@ class WashTrading(Scenario):
             t += 5 + rng.random() * 30
         sym = rng.choice(("SOL-USD", "ETH-USD"))
         market = ep.world.market
-        qty = round(5000 / market.price(sym, t), 4)
-        for i in range(rng.randrange(20, 60)):
+        qty = round(self.amount("trade_usd") / market.price(sym, t), 4)
+        for i in range(self.draw(rng, "trades")):
             # At the market price, so that the prints do not stand out by price.
             price = market.price(sym, t)
             s, b = i % len(accts), (i + 1) % len(accts)
@@ -54,6 +55,7 @@ class Spoofing(Scenario):
     entity_kind = "account"
     per_day = 1.5
     length = 1800.0
+    defaults = {"spoof_usd": 400_000.0, "min_rounds": 10, "max_rounds": 29}
 
     def build(self, ep: Episode) -> list[EpisodeLabel]:
         rng, m = ep.rng, ep.make
@@ -63,8 +65,8 @@ class Spoofing(Scenario):
         market = ep.world.market
         spoof_side, real_side = ("buy", "sell") if rng.random() < 0.5 else ("sell", "buy")
         t = ep.t0
-        big = round(400_000 / market.price(sym, t), 4)
-        rounds = rng.randrange(10, 30)
+        big = round(self.amount("spoof_usd") / market.price(sym, t), 4)
+        rounds = self.draw(rng, "rounds")
         for _ in range(rounds):
             # The spoof rests just behind the market (it must not fill); the real order takes it.
             price = market.price(sym, t)
@@ -96,12 +98,13 @@ class PumpAndDump(Scenario):
     entity_kind = "account"
     per_day = 0.7
     length = 4 * 3600.0
+    defaults = {"min_crew": 5, "max_crew": 11}
 
     def build(self, ep: Episode) -> list[EpisodeLabel]:
         rng, m = ep.rng, ep.make
         market = ep.world.market
         org = ep.world.pick_customer(rng)
-        crew = [ep.world.pick_customer(rng) for _ in range(rng.randrange(5, 12))]
+        crew = [ep.world.pick_customer(rng) for _ in range(self.draw(rng, "crew"))]
         t = ep.t0
         start_price = market.price(THIN_SYMBOL, t)
         held = 0.0

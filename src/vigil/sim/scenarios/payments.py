@@ -7,6 +7,7 @@ from vigil.events.records import EpisodeLabel
 from vigil.sim.population import hex_id
 from vigil.sim.scenarios.base import Episode, Scenario, ref
 
+#: The default reporting threshold (the US currency transaction report's).
 REPORTING_THRESHOLD_USD = 10_000.0
 
 
@@ -17,17 +18,19 @@ class Structuring(Scenario):
     entity_kind = "customer"
     per_day = 1.5
     length = 12 * 3600.0
+    defaults = {"threshold_usd": REPORTING_THRESHOLD_USD, "min_moves": 4, "max_moves": 8}
 
     def build(self, ep: Episode) -> list[EpisodeLabel]:
         rng, m = ep.rng, ep.make
         c = ep.world.pick_customer(rng)
-        n = rng.randrange(4, 9)
+        threshold = self.amount("threshold_usd")
+        n = self.draw(rng, "moves")
         gap = min(3 * 3600.0, ep.room / (n + 1))
         t = ep.t0
         outgoing = ep.index % 2 == 1
         total = 0.0
         for _ in range(n):
-            amount = round(REPORTING_THRESHOLD_USD * (0.9 + rng.random() * 0.095), 2)
+            amount = round(threshold * (0.9 + rng.random() * 0.095), 2)
             total += amount
             if outgoing:
                 m.withdrawal(t, c, "USD", amount, None, None, delay=1800 + rng.random() * 1800)
@@ -41,7 +44,7 @@ class Structuring(Scenario):
                 params={
                     "direction": "out" if outgoing else "in",
                     "count": str(n),
-                    "threshold_usd": f"{REPORTING_THRESHOLD_USD:g}",
+                    "threshold_usd": f"{threshold:g}",
                     "total_usd": f"{total:.2f}",
                 },
             )
@@ -93,6 +96,7 @@ class CardTesting(Scenario):
     entity_kind = "customer"
     per_day = 1.5
     length = 1800.0
+    defaults = {"min_tries": 25, "max_tries": 89, "approval_rate": 0.15}
 
     def build(self, ep: Episode) -> list[EpisodeLabel]:
         rng, m = ep.rng, ep.make
@@ -100,12 +104,13 @@ class CardTesting(Scenario):
         a = ep.attacker()
         ents = Entities(customer=c.id, account=c.account, device=a.device, ip=a.ip)
         t = ep.t0
-        tries = rng.randrange(25, 90)
+        tries = self.draw(rng, "tries")
+        approval = self.amount("approval_rate")
         approved = 0
         for _ in range(tries):
             t += 3 + rng.expovariate(1 / 12)
             card = f"fp-{hex_id(rng, 12)}"
-            ok = rng.random() < 0.15
+            ok = rng.random() < approval
             approved += ok
             m.payment(
                 t,

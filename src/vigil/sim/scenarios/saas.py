@@ -20,6 +20,7 @@ class SupplyChainCompromise(Scenario):
     entity_kind = "vendor"
     per_day = 0.7
     length = 8 * 3600.0
+    defaults = {"min_export_share": 0.2, "max_export_share": 0.5, "min_victims": 2, "max_victims": 3}
 
     def build(self, ep: Episode) -> list[EpisodeLabel]:
         rng, m = ep.rng, ep.make
@@ -29,7 +30,8 @@ class SupplyChainCompromise(Scenario):
         ents = Entities(vendor=vendor.id, ip=a.ip, api_key=token)
         t = ep.t0
         holders = [c for c in vendor.customer_ids if c not in ep.world.used]
-        size = min(len(holders), max(20, int(len(holders) * (0.2 + rng.random() * 0.3))))
+        low, high = self.amount("min_export_share"), self.amount("max_export_share")
+        size = min(len(holders), max(20, int(len(holders) * (low + rng.random() * (high - low)))))
         stolen = sorted(rng.sample(holders, size))
         op = "crm.objects.contacts.read" if vendor.platform == "hubspot" else "query"
         for _ in range(rng.randrange(2, 5)):
@@ -45,7 +47,7 @@ class SupplyChainCompromise(Scenario):
         m.campaign(t, "mailchimp", campaign, "Action required: verify your account", domain, stolen, [domain])
         # Takeovers among the recipients; each is also an account_takeover episode of its own.
         labels: list[EpisodeLabel] = []
-        victims = rng.sample(stolen, min(len(stolen), rng.randrange(2, 4)))
+        victims = rng.sample(stolen, min(len(stolen), self.draw(rng, "victims")))
         first_leave: float | None = None
         for n, cid in enumerate(victims):
             c = ep.pop.customer(cid)
