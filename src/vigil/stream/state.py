@@ -219,8 +219,14 @@ class RocksState(State):
             # cache is the only place they are readable.  Writes made since stay.
             self._cache = {key: self._cache[key] for key in self._dirty | self._sealed}
             return
-        # Forget DELETED markers now that RocksDB itself has the deletion (unless the key was
-        # written again since: then the cache holds the newer value, which must stay).
+        # Forget DELETED markers now that RocksDB itself has the deletion, but only once RocksDB
+        # has every write taken so far.  While later checkpoints are still on their way (at-least-
+        # once checkpoints can queue up behind Kafka's acknowledgements), one of them may set the
+        # key again and a later one delete it again: forgetting the marker then would let a read
+        # find the in-between value in RocksDB, and keep it.  A key written again since stays too
+        # (the cache holds the newer value).
+        if self._unwritten:
+            return
         cache = self._cache
         for key, value in writes:
             if value is None:
