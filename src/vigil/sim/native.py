@@ -93,6 +93,10 @@ def _ms(ts: datetime) -> int:
     return int(ts.timestamp() * 1000)
 
 
+#: The price increment of Coinbase's USD books for the simulated products.
+COINBASE_TICK = 0.01
+
+
 def _num(value: float) -> str:
     """Decimal string as the exchanges send them (no exponent)."""
     text = f"{value:.8f}".rstrip("0").rstrip(".")
@@ -115,6 +119,8 @@ class NativeEncoder:
         self._pending_until: datetime | None = None
         self._emp_index = {e.id: i for i, e in enumerate(pop.employees)}
         self._nonces: dict[str, int] = {}
+        #: Per Coinbase product: open, high, low, volume of its trades so far.
+        self._coinbase_day: dict[str, list[float]] = {}
         self._miner = btc_address(random.Random(f"vigil-sim:{seed}:miner"))
 
     # ------------------------------------------------------------------ driving
@@ -210,19 +216,28 @@ class NativeEncoder:
         yield self._record("coinbase", "ws_message", _json(match), event, product, url=COINBASE_URL)
         n = self._coinbase_count.get(product, 0) + 1
         self._coinbase_count[product] = n
+        # The ticker's day: open, high, low and volume of the product's trades so far (the run
+        # stands for the last 24 hours), and a book that the trade just touched, a tick apart.
+        day = self._coinbase_day.setdefault(product, [p.price, p.price, p.price, 0.0])
+        day[1], day[2], day[3] = max(day[1], p.price), min(day[2], p.price), day[3] + p.quantity
+        bid, ask = (
+            (p.price - COINBASE_TICK, p.price)
+            if p.taker_side == "buy"
+            else (p.price, p.price + COINBASE_TICK)
+        )
         if n % 10 == 1:
             ticker = {
                 "type": "ticker",
                 "sequence": seq,
                 "product_id": product,
                 "price": _num(p.price),
-                "open_24h": _num(p.price * 0.99),
-                "volume_24h": f"{p.quantity * 5000:.8f}",
-                "low_24h": _num(p.price * 0.97),
-                "high_24h": _num(p.price * 1.02),
-                "volume_30d": f"{p.quantity * 150000:.8f}",
-                "best_bid": _num(p.price * 0.9999),
-                "best_ask": _num(p.price * 1.0001),
+                "open_24h": _num(day[0]),
+                "volume_24h": f"{day[3]:.8f}",
+                "low_24h": _num(day[2]),
+                "high_24h": _num(day[1]),
+                "volume_30d": f"{day[3] * 30:.8f}",
+                "best_bid": _num(round(bid, 2)),
+                "best_ask": _num(round(ask, 2)),
                 "side": p.taker_side,
                 "time": when,
                 "trade_id": trade_id,
