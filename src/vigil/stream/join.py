@@ -79,7 +79,9 @@ class IntervalJoin(Operator[Event]):
             if wm is None or t - self.lateness > wm:
                 wm = t - self.lateness
                 state.set(_WATERMARK_KEY, wm)
-            horizon = wm - self.within  # entries at or before can no longer match an accepted event
+            # Entries before the horizon can no longer match an accepted event (one at the
+            # watermark matches an entry exactly ``within`` older: the bound is inclusive).
+            horizon = wm - self.within
             for entry_t, raw in self._live(state, other + k, horizon):
                 if abs(t - entry_t) <= self.within:
                     waiting = self._codec.decode(raw)
@@ -93,7 +95,7 @@ class IntervalJoin(Operator[Event]):
 
     def _live(self, state: Any, skey: str, horizon: int) -> list[list[Any]]:
         entries: list[list[Any]] = state.get(skey) or []
-        kept = [e for e in entries if e[0] > horizon]
+        kept = [e for e in entries if e[0] >= horizon]
         if len(kept) != len(entries):
             if kept:
                 state.set(skey, kept)

@@ -22,8 +22,12 @@ Semantics (the property tests check them against a brute-force reference):
   step H are ``[kH, kH+S)``, an event falls in every one that contains it; **sliding**
   windows of size S end at each event: ``(t-S, t]``;
 - the **watermark** of a partition is the largest event time seen there minus the
-  allowed lateness; an event older than the watermark is *late*: ``update`` returns
-  ``None`` and changes nothing;
+  allowed lateness.  A window closes when the watermark reaches its end (for a sliding
+  window, which ends at its event, when the watermark passes the event).  An event whose
+  windows have all closed is *late*: ``update`` returns ``None`` and changes nothing.  An
+  out-of-order event whose window is still open counts, however old within it (as in Flink
+  and Kafka Streams: the window's end plus the lateness decides, not the event's own time);
+  a hopping event whose older windows have closed counts in the open ones only;
 - ``update`` returns the windows the event fell into with their aggregates over every
   accepted event of the key so far;
 - state past the window and the lateness is deleted when its key is next touched, or by
@@ -301,7 +305,9 @@ class WindowedAggregate:
         if wm is None or t - self._lateness > wm:
             wm = t - self._lateness
             state.set(_WATERMARK_KEY, wm)
-        elif t < wm:
+        elif t < wm and (self._sliding or self.window.starts(t)[-1] + self._size <= wm):
+            # Late: a sliding window ends at its event; a fixed one is open until the watermark
+            # reaches its end (the newest window holding t ends last).
             return None
         if not self._sliding:
             return self._update_fixed(state, _KEY_PREFIX + key, t, value, wm)
@@ -339,6 +345,8 @@ class WindowedAggregate:
         windows = {start: accs for start, accs in stored.items() if int(start) + size > wm}
         out = []
         for start in self.window.starts(t):
+            if start + size <= wm:
+                continue  # closed (a hopping event's older windows)
             skey_start = str(start)
             accs = windows.get(skey_start)
             if accs is None:

@@ -66,6 +66,28 @@ def test_pairs_within_the_interval_whichever_side_comes_first() -> None:
     assert [r.event.event_id for r in result.late] == ["l3"]
 
 
+def test_pairs_exactly_within_apart_are_joined() -> None:
+    # |dt| <= within is inclusive, also when the later event sits right at the watermark.
+    pairs: list[tuple[str, str]] = []
+    join = IntervalJoin(
+        "edge",
+        StoreSpec("edge", 1),
+        left="events.identity",
+        right="events.payments",
+        within="10m",
+        on_match=lambda left, right, ctx: pairs.append((left.event_id, right.event_id)),
+    )
+    events = [
+        login(1, "c1", 0),
+        withdrawal(1, "c1", 10),  # exactly 10 min later
+        login(2, "c2", 10),
+        withdrawal(3, "c3", 20),  # the watermark moves to 20 min
+        withdrawal(2, "c2", 20),  # at the watermark, exactly 10 min after l2
+    ]
+    run_operators([join], events, partitions=1, batch_size=1, topic_of=topic_of)
+    assert sorted(pairs) == [("l1", "w1"), ("l2", "w2")]
+
+
 def test_join_needs_two_different_topics() -> None:
     with pytest.raises(ValueError, match="left and right must be different topics"):
         IntervalJoin(

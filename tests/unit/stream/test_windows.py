@@ -46,20 +46,24 @@ def reference(window: Window, stream: list[tuple[str, int, int]]) -> list[Any]:
     out: list[Any] = []
     max_t: int | None = None
     for key, t, v in stream:
-        if max_t is not None and t < max_t - window.lateness_ms:
-            out.append(None)
-            continue
-        max_t = t if max_t is None else max(max_t, t)
-        accepted.append((key, t, v))
+        # The watermark this event is judged against: the largest time so far, this one
+        # included, minus the lateness.  A window is closed once the watermark reaches its end
+        # (a sliding one ends at its event); an event none of whose windows is open is late.
+        wm = (t if max_t is None else max(max_t, t)) - window.lateness_ms
         # (start, end, sliding?): sliding windows are (start, end], the others [start, end).
         if window.kind == "sliding":
-            bounds = [(t - window.size_ms, t, True)]
+            bounds = [(t - window.size_ms, t, True)] if t >= wm else []
         else:
             bounds = [
                 (s, s + window.size_ms, False)
                 for s in range(t - window.size_ms + 1, t + 1)
-                if s % window.step_ms == 0 and s <= t < s + window.size_ms
+                if s % window.step_ms == 0 and s <= t < s + window.size_ms and s + window.size_ms > wm
             ]
+        if not bounds:
+            out.append(None)
+            continue
+        max_t = t if max_t is None else max(max_t, t)
+        accepted.append((key, t, v))
         results = []
         for lo, hi, sliding in bounds:
             vals = [
@@ -109,11 +113,32 @@ def test_late_event_changes_nothing_and_watermark_survives_in_state() -> None:
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     assert agg.update(state, "a", t0 + timedelta(minutes=5)) is not None
     before = dict(state.data)
-    assert agg.update(state, "a", t0 + timedelta(minutes=4, seconds=49)) is None
+    # The watermark is 4:50: the window [3:00, 4:00) has closed, [4:00, 5:00) has not.
+    assert agg.update(state, "a", t0 + timedelta(minutes=3, seconds=59)) is None
     assert state.data == before
     assert agg.watermark(state) == to_ms(t0 + timedelta(minutes=4, seconds=50))
-    (win,) = agg.update(state, "a", t0 + timedelta(minutes=4, seconds=55)) or []
+    (win,) = agg.update(state, "a", t0 + timedelta(minutes=4, seconds=49)) or []
     assert win.values == {"n": 1}
+
+
+def test_an_out_of_order_event_counts_while_its_window_is_open() -> None:
+    # No lateness: an event at 0:30 then one at 0:10 of the same minute.  The minute's window
+    # is still open (the watermark, 0:30, has not reached its end), so the second counts.
+    agg = WindowedAggregate(STORE, Window.tumbling("1m"), {"n": Count()})
+    state = MemoryState()
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    agg.update(state, "a", t0 + timedelta(seconds=30))
+    (win,) = agg.update(state, "a", t0 + timedelta(seconds=10)) or []
+    assert win.values == {"n": 2}
+    # Once an event of the next minute moves the watermark to its start, the first is closed.
+    agg.update(state, "a", t0 + timedelta(seconds=60))
+    assert agg.update(state, "a", t0 + timedelta(seconds=50)) is None
+    # Hopping: an event whose older window has closed counts in the open one only.
+    hop = WindowedAggregate(STORE, Window.hopping("1m", "30s"), {"n": Count()})
+    state = MemoryState()
+    hop.update(state, "a", t0 + timedelta(seconds=75))  # watermark 1:15; [0:30, 1:30) open
+    got = hop.update(state, "a", t0 + timedelta(seconds=40)) or []
+    assert [(w.start_ms - to_ms(t0), w.values["n"]) for w in got] == [(30_000, 2)]
 
 
 def test_durations_and_bad_inputs_are_explained() -> None:
