@@ -17,14 +17,29 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from vigil.events.base import Event
 from vigil.stream.base import Operator, Record, State, StoreSpec
 from vigil.stream.collector import collecting_rarely
 
+_encoder = msgspec.msgpack.Encoder()
+
 
 class MemoryState(State):
-    def __init__(self) -> None:
+    """A store as a dict.  Values are kept as set (as RocksDB-backed state keeps them in its
+    cache) until :meth:`reload`, which turns them into what a restarted process reads back:
+    MessagePack, decoded as ``value_type`` (a ``set`` comes back a list, a tuple a list, a
+    struct as the declared type or a dict)."""
+
+    def __init__(self, value_type: Any = Any) -> None:
         self.data: dict[str, Any] = {}
+        self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(value_type)
+
+    def reload(self) -> None:
+        """Every value as RocksDB would return it after a restart (raises as it would, for a
+        value MessagePack cannot encode)."""
+        self.data = {key: self._decoder.decode(_encoder.encode(value)) for key, value in self.data.items()}
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.data.get(key, default)
@@ -75,7 +90,11 @@ class _MemoryContext:
         if store.id not in self._declared:
             msg = f"operator {self._operator_id!r} used store {store.id!r} it did not declare in `stores`"
             raise KeyError(msg)
-        return self._result.states.setdefault((store.id, self._partition), MemoryState())
+        states = self._result.states
+        found = states.get((store.id, self._partition))
+        if found is None:
+            found = states[(store.id, self._partition)] = MemoryState(store.value_type)
+        return found
 
     def emit(self, topic: str, event: Event, key: str | None = None) -> None:
         self._result.emits.append(Emitted(topic, key if key is not None else event.key(), event))
@@ -111,7 +130,10 @@ def run_operators(
 ) -> HarnessResult:
     """Feed ``events`` through each operator in turn (each sees the same input), in batches.
 
-    Pass the ``result`` of an earlier call to continue with its state (a "restart").
+    Pass the ``result`` of an earlier call to continue with its state (a "restart"): its
+    values are first read back as a restarted process would read them from RocksDB
+    (:meth:`MemoryState.reload`), so an operator that keeps, say, a ``set`` in state and
+    expects a ``set`` back fails here as it would on Kafka.
     ``topic_of`` names each event's input topic (default: ``topic`` for all), for operators
     that read several co-partitioned inputs (joins): like the Kafka runtime, records of one
     partition number share state whatever their topic.
@@ -120,7 +142,11 @@ def run_operators(
     if len(set(ids)) != len(ids):
         msg = f"duplicate operator ids: {ids}"
         raise ValueError(msg)
-    result = result or HarnessResult()
+    if result is None:
+        result = HarnessResult()
+    else:
+        for state in result.states.values():
+            state.reload()
     offsets: dict[tuple[str, int], int] = defaultdict(int)
     batch: dict[int, list[Record[Any]]] = defaultdict(list)
 

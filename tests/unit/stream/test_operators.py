@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 
 from vigil.errors import ConfigError
@@ -108,3 +109,46 @@ def test_application_rejects_duplicate_operator_ids_and_bad_guarantee(tmp_path: 
         Application(settings, name="a", inputs=["x"], operators=[], guarantee="maybe")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="expected at least one input topic"):
         Application(settings, name="a", inputs=[], operators=[])
+
+
+class SeenIps(Operator[Payment]):
+    """Keeps each customer's IPs in a ``set``: fine in one process, a list after a restart."""
+
+    id = "seen-ips"
+    stores = (StoreSpec("seen-ips", 1),)
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        state = ctx.state(self.stores[0])
+        for rec in batch:
+            ips = state.get(rec.event.key() or "") or set()
+            ips.add(rec.event.entities.ip)
+            state.set(rec.event.key() or "", ips)
+
+
+class Tally(msgspec.Struct):
+    n: int
+    ips: list[str]
+
+
+class TypedTally(Operator[Payment]):
+    id = "typed"
+    stores = (StoreSpec("typed", 1, value_type=Tally),)
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        state = ctx.state(self.stores[0])
+        for rec in batch:
+            tally = state.get(rec.event.key() or "") or Tally(0, [])
+            state.set(rec.event.key() or "", Tally(tally.n + 1, [*tally.ips, rec.event.entities.ip or ""]))
+
+
+def test_a_harness_restart_reads_state_back_as_a_restarted_process_would() -> None:
+    first = [payment(1, "c1", timedelta(0), ip="1.1.1.1")]
+    later = [payment(2, "c1", timedelta(minutes=1), ip="2.2.2.2")]
+    # A set in state comes back from RocksDB as a list: the harness must fail as Kafka would.
+    result = run_operators([SeenIps()], first)
+    with pytest.raises(AttributeError, match="'list' object has no attribute 'add'"):
+        run_operators([SeenIps()], later, result=result)
+    # A store that declares its value type gets it back.
+    result = run_operators([TypedTally()], first)
+    result = run_operators([TypedTally()], later, result=result)
+    assert result.states[("typed.v1", 0)].get("c1") == Tally(2, ["1.1.1.1", "2.2.2.2"])
