@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     broker_heap_mb: int = Field(default=1024, ge=128)
     broker_start_timeout_s: float = Field(default=90.0, gt=0)
 
+    # --- operations: Prometheus metrics of the stream applications a command runs
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Serve /metrics on this port (unset: not served)"
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Address /metrics listens on")
+
     # --- topics
     default_partitions: int = Field(default=6, ge=1)
     default_replication: int = Field(default=1, ge=1)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from vigil.config import Settings, load_settings
-from vigil.errors import VigilError
+from vigil.errors import ConfigError, VigilError
+
+if TYPE_CHECKING:
+    from vigil.stream.app import Application
+    from vigil.stream.metrics import MetricsServer
 
 console = Console()
 err_console = Console(stderr=True)
@@ -17,6 +23,37 @@ err_console = Console(stderr=True)
 def settings() -> Settings:
     """Load settings once per command; a bad setting ends the command with its name."""
     return load_settings()
+
+
+MetricsPortOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        min=1,
+        max=65535,
+        help="Serve Prometheus /metrics on this port (default: VIGIL_METRICS_PORT; unset: not served)",
+    ),
+]
+
+
+def serve_metrics_of(
+    cfg: Settings, port: int | None, apps: Callable[[], Iterable[Application]]
+) -> MetricsServer | None:
+    """Start ``/metrics`` for the running applications when a port is given (option, then
+    setting); None when metrics are not served.  A port in use fails naming it."""
+    from vigil.stream.metrics import MetricsServer
+
+    port = port if port is not None else cfg.metrics_port
+    if port is None:
+        return None
+    server = MetricsServer(lambda: [app.prometheus.registry for app in apps()])
+    try:
+        server.start(port, cfg.metrics_host)
+    except OSError as exc:
+        msg = f"--metrics-port {port}: cannot listen on {cfg.metrics_host}:{port} ({exc.strerror or exc})"
+        raise ConfigError(msg) from None
+    console.print(f"metrics: http://{cfg.metrics_host}:{port}/metrics")
+    return server
 
 
 def run_guarded(app: typer.Typer) -> None:

@@ -18,7 +18,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from vigil.cli._common import console, err_console, settings
+from vigil.cli._common import MetricsPortOpt, console, err_console, serve_metrics_of, settings
 from vigil.detect.eval import HOLD_SCENARIOS, EvalResult, evaluate
 from vigil.detect.rules.validate import load_rules
 from vigil.errors import ConfigError
@@ -35,6 +35,7 @@ def detect(
     batch_size: Annotated[
         int | None, typer.Option(help="Records per micro-batch, at most", show_default="the runtime's, 500")
     ] = None,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Run detection over the canonical topics; alerts go to `alerts`, decisions to `decisions`."""
     from vigil.detect.app import DetectionService
@@ -56,6 +57,7 @@ def detect(
     console.print(
         f"detection: {len(ruleset)} rules from {rules}; loading intel, then consuming (Ctrl-C stops)"
     )
+    metrics = serve_metrics_of(cfg, metrics_port, lambda: [service.route_app, service.detect_app])
     try:
         service.start()
         console.print(
@@ -75,6 +77,8 @@ def detect(
         service.check()
     finally:
         service.stop()
+        if metrics is not None:
+            metrics.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     console.print(f"stopped: {service.alerts} alerts, {service.decisions} decisions")

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vigil.cli._common import console, settings
+from vigil.cli._common import MetricsPortOpt, console, serve_metrics_of, settings
 from vigil.cli.source import _options
 from vigil.errors import ConfigError
 from vigil.hub import admin as topic_admin
@@ -52,6 +52,7 @@ def run(
     at_least_once: Annotated[
         bool, typer.Option(help="Lower latency; duplicates possible downstream.")
     ] = False,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Run connectors, the normalise application and detection together until Ctrl-C."""
     from vigil.detect.app import DetectionService
@@ -92,9 +93,12 @@ def run(
         threads.append(thread)
 
     normalize = build(cfg, guarantee=guarantee)
+    service = DetectionService(cfg, load_rules([rules]), guarantee=guarantee)
+    metrics = serve_metrics_of(cfg, metrics_port, lambda: [normalize, service.route_app, service.detect_app])
+    if metrics is not None:
+        stoppers.append(metrics.stop)
     stoppers.append(normalize.stop)
     spawn("normalize", normalize.run)
-    service = DetectionService(cfg, load_rules([rules]), guarantee=guarantee)
     service.start()
     stoppers.append(service.stop)
     for name in names:

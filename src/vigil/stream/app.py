@@ -1256,6 +1256,7 @@ class Application:
         if now - self._last_gauges < 1.0 or self._consumer is None:
             return
         self._last_gauges = now
+        self.prometheus.loop_time.labels(self.name).set(time.time())
         consumer = self._consumer
         owned = [TopicPartition(t, p) for t, p in sorted(self._owned)]
         try:

@@ -2,15 +2,22 @@
 
 Each application gets its own :class:`~prometheus_client.CollectorRegistry` (several
 applications, or several tests, in one process must not collide on metric names);
-:func:`serve_metrics` exposes one on an HTTP port.  Consumer lag is the metric to alert
-on: a loop that silently stopped consuming shows as growing lag (faust#416).
+:class:`MetricsServer` exposes those of a process on an HTTP port (``vigil run`` and
+``vigil detect`` with ``--metrics-port`` or ``VIGIL_METRICS_PORT``).  Consumer lag is the
+metric to alert on: a loop that silently stopped consuming shows as growing lag (faust#416).
+The lag gauge is set by the loop itself, so a loop that stalls outright freezes it: alert
+too on ``time() - vigil_stream_loop_timestamp_seconds``.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric, start_http_server
+from prometheus_client.registry import Collector
 
 
 @dataclass
@@ -73,6 +80,13 @@ class PrometheusMetrics:
             ["app", "topic", "partition"],
             registry=r,
         )
+        self.loop_time = Gauge(
+            "vigil_stream_loop_timestamp_seconds",
+            "When the processing loop last went round (alert when it is old: a stalled loop "
+            "freezes every other gauge, lag included)",
+            ["app"],
+            registry=r,
+        )
         self.state_keys = Gauge(
             "vigil_stream_state_keys",
             "Estimated keys per store and partition",
@@ -81,6 +95,58 @@ class PrometheusMetrics:
         )
 
 
-def serve_metrics(registry: CollectorRegistry, port: int, addr: str = "127.0.0.1") -> None:
-    """Expose ``registry`` at ``http://addr:port/metrics`` (a daemon thread)."""
-    start_http_server(port, addr=addr, registry=registry)
+class _Merged(Collector):
+    """The metrics of several applications' registries as one exposition: families of the same
+    name (every application has ``vigil_stream_records``) become one family with each
+    application's samples, as the text format requires."""
+
+    def __init__(self, registries: Callable[[], Iterable[CollectorRegistry]]) -> None:
+        self._registries = registries
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for registry in self._registries():
+            for family in registry.collect():
+                known = families.get(family.name)
+                if known is None:
+                    families[family.name] = family  # a fresh object per collect(): ours to extend
+                else:
+                    known.samples.extend(family.samples)
+        yield from families.values()
+
+
+class MetricsServer:
+    """``/metrics`` over HTTP for the applications of one process, until :meth:`stop`.
+
+    ``registries`` is asked at each scrape, so applications started later are included."""
+
+    def __init__(self, registries: Callable[[], Iterable[CollectorRegistry]]) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_Merged(registries))
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, port: int, host: str = "127.0.0.1") -> MetricsServer:
+        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        return self
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            msg = "the metrics server is not running"
+            raise RuntimeError(msg)
+        return int(self._server.server_port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+
+def serve_metrics(registry: CollectorRegistry, port: int, addr: str = "127.0.0.1") -> MetricsServer:
+    """Expose one application's ``registry`` at ``http://addr:port/metrics``; ``stop()`` the result."""
+    return MetricsServer(lambda: [registry]).start(port, addr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -127,16 +128,20 @@ def test_prometheus_metrics_expose_progress_lag_and_checkpoints(
     wait_for(lambda: running.app.metrics.processed >= 300, 60, "300 records processed")
     wait_for(lambda: running.app.metrics.checkpoints >= 1, 30, "a checkpoint")
     port = free_port_block(1)
-    serve_metrics(running.app.prometheus.registry, port)
+    server = serve_metrics(running.app.prometheus.registry, port)
     wait_for(
         lambda: "vigil_stream_consumer_lag{" in _scrape(port), 30, "the lag gauge (updated once a second)"
     )
     text = _scrape(port)
+    server.stop()
     running.stop()
     assert f'vigil_stream_records_total{{app="{name}"}} 300.0' in text
     assert "vigil_stream_checkpoint_seconds_count" in text
     assert "vigil_stream_batch_size_bucket" in text
     assert "vigil_stream_state_keys{" in text
+    loop = [line for line in text.splitlines() if line.startswith("vigil_stream_loop_timestamp_seconds{")]
+    assert loop
+    assert abs(float(loop[0].split()[-1]) - time.time()) < 60
     lags = [line for line in text.splitlines() if line.startswith("vigil_stream_consumer_lag{")]
     assert lags
     assert all(line.endswith(" 0.0") for line in lags), lags

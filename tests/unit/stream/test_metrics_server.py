@@ -1,0 +1,69 @@
+"""/metrics for the stream applications of a process: merged families, served and stopped."""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from vigil.cli._common import serve_metrics_of
+from vigil.config import load_settings
+from vigil.errors import ConfigError
+from vigil.stream.metrics import MetricsServer, PrometheusMetrics
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def test_two_applications_are_served_as_one_exposition_until_stopped() -> None:
+    route, detect = PrometheusMetrics("route"), PrometheusMetrics("detect")
+    route.processed.labels("route").inc(3)
+    detect.processed.labels("detect").inc(5)
+    server = MetricsServer(lambda: [route.registry, detect.registry]).start(_free_port())
+    port = server.port
+    try:
+        text = _scrape(port)
+    finally:
+        server.stop()
+    assert 'vigil_stream_records_total{app="route"} 3.0' in text
+    assert 'vigil_stream_records_total{app="detect"} 5.0' in text
+    # One family per name, as the text format requires (Prometheus rejects a repeated TYPE line).
+    assert text.count("# TYPE vigil_stream_records_total counter") == 1
+    # Stopped: the port is closed.
+    with pytest.raises(urllib.error.URLError, match="Connection refused"):
+        _scrape(port)
+    with pytest.raises(RuntimeError, match="not running"):
+        _ = server.port
+
+
+def test_metrics_are_served_only_when_a_port_is_given_and_a_busy_port_is_named() -> None:
+    app: Any = SimpleNamespace(prometheus=PrometheusMetrics("normalize"))
+    app.prometheus.processed.labels("normalize").inc(2)
+    assert serve_metrics_of(load_settings(), None, lambda: [app]) is None
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"--metrics-port {port}: cannot listen on 127.0.0.1:{port}"):
+            serve_metrics_of(load_settings(), port, lambda: [app])
+    port = _free_port()
+    server = serve_metrics_of(load_settings(metrics_port=port), None, lambda: [app])
+    assert server is not None
+    try:
+        assert 'vigil_stream_records_total{app="normalize"} 2.0' in _scrape(port)
+    finally:
+        server.stop()
+    with pytest.raises(urllib.error.URLError, match="Connection refused"):
+        _scrape(port)
