@@ -16,7 +16,9 @@ Outputs are produced as the operators emit them (``linger.ms`` 5), never held fo
 checkpoint; in exactly-once mode ``read_committed`` readers see them when it commits.
 
 Guarantees.  ``exactly_once``: one transactional producer per process
-(``transactional.id = <name>-<instance_id>``); each checkpoint sends the consumed offsets
+(``transactional.id = <name>-<instance_id>``, by default ``<host>-<slot>`` with the lowest slot
+free on the host, so that a process restarted after a crash fences its predecessor's open
+transaction at once: :mod:`vigil.stream.instance`); each checkpoint sends the consumed offsets
 to the transaction and commits it, so outputs, changelog records and offsets become
 visible atomically to ``read_committed`` readers.  ``at_least_once``: an idempotent
 producer; a checkpoint *seals* the records produced since the last one (outputs and
@@ -127,6 +129,7 @@ from vigil.stream.alignment import TP, Alignment
 from vigil.stream.base import Guarantee, Operator, Record, State, StoreSpec
 from vigil.stream.changelog import RestoreTask, changelog_spec, changelog_topic, restore
 from vigil.stream.collector import GC_THRESHOLD, collecting_rarely
+from vigil.stream.instance import InstanceSlot, host_directory
 from vigil.stream.metrics import AppMetrics, PrometheusMetrics
 from vigil.stream.pace import Pace
 from vigil.stream.state import RocksState
@@ -425,7 +428,11 @@ class Application:
         self.batch_size = batch_size
         self.batch_timeout_s = batch_timeout_s
         self.checkpoint_interval_s = checkpoint_interval_s
+        #: Names the transactional producer (exactly-once).  Unset: ``<host>-<slot>``, the lowest
+        #: slot free on this host when run() starts (:mod:`vigil.stream.instance`), so a process
+        #: restarted after a crash fences its predecessor's open transaction at once.
         self.instance_id = instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        self._slot = None if instance_id else InstanceSlot(host_directory(), name)
         self.internal_topics = list(internal_topics)
         self.gc_threshold = gc_threshold
         #: Event-time alignment (see the module docstring); ``None``: off.  Read when run() starts.
@@ -585,6 +592,8 @@ class Application:
             "on_delivery": self._on_delivery_error,
         }
         if self.exactly_once:
+            if self._slot is not None:
+                self.instance_id = f"{socket.gethostname()}-{self._slot.acquire()}"
             pconf["transactional.id"] = f"{self.name}-{self.instance_id}"
             pconf["transaction.timeout.ms"] = 30_000
         pconf.update(self._producer_overrides)
@@ -615,6 +624,8 @@ class Application:
                 self._abort_txn()
             self._producer.flush(10)
             self._producer = None
+        if self._slot is not None:
+            self._slot.release()
 
     def _fail(self) -> None:
         """After an error: commit nothing of the current checkpoint."""

@@ -118,7 +118,7 @@ def worker(config: dict[str, Any]) -> None:
         inputs=[config["input"]],
         operators=[RunningCount(config["output"], config.get("pause_s", 0.0))],
         guarantee=config.get("guarantee", "exactly_once"),
-        instance_id=config["instance"],
+        instance_id=config.get("instance"),
         batch_size=config.get("batch_size", 200),
         checkpoint_interval_s=config.get("checkpoint_interval_s", 0.1),
         consumer_overrides={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
@@ -130,7 +130,8 @@ def worker(config: dict[str, Any]) -> None:
         # The test reads which partitions this worker owns (tmp file + rename: never half-written).
         while True:
             tmp = status.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"assigned": app.metrics.assigned, "processed": app.metrics.processed}))
+            progress = {"assigned": app.metrics.assigned, "processed": app.metrics.processed}
+            tmp.write_text(json.dumps({**progress, "instance_id": app.instance_id}))
             tmp.replace(status)
             time.sleep(0.1)
 

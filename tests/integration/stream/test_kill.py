@@ -26,10 +26,12 @@ class Workers:
         self.base = base
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, instance: str) -> None:
-        config = dict(
-            self.base, instance=instance, home=str(self.tmp / instance), status=str(self.status(instance))
-        )
+    def start(self, instance: str, *, fixed_id: bool = True) -> None:
+        """Start worker ``instance`` (its own home); ``fixed_id=False`` leaves the transactional
+        id to the runtime (a host-local slot) instead of naming it after ``instance``."""
+        config = dict(self.base, home=str(self.tmp / instance), status=str(self.status(instance)))
+        if fixed_id:
+            config["instance"] = instance
         path = self.tmp / f"{instance}.json"
         path.write_text(json.dumps(config))
         with (self.tmp / f"{instance}.log").open("ab") as log:
@@ -48,6 +50,13 @@ class Workers:
             return list(json.loads(self.status(instance).read_text())["assigned"])
         except (OSError, ValueError):
             return []
+
+    def instance_id(self, instance: str) -> str | None:
+        try:
+            value = json.loads(self.status(instance).read_text()).get("instance_id")
+        except (OSError, ValueError):
+            return None
+        return str(value) if value is not None else None
 
     def processed(self, instance: str) -> int:
         """Records the worker has processed (its status file, rewritten every 0.1 s)."""
@@ -114,15 +123,22 @@ def test_kill_9_mid_stream_then_restart_is_exactly_once(
             "batch_size": 50,
         }
     )
-    workers.start("w1")
+    # No instance id given: the runtime's default must name the restart as the dead process,
+    # so that it fences the dead one's open transaction at once.
+    workers.start("w1", fixed_id=False)
     # Killed by its own progress (the status file), not after a read of the output: a read takes
     # over a second, long enough on a fast run for the worker to finish first.
     wait_for(lambda: workers.processed("w1") >= 900, 60, "900 records processed")
+    first_id = workers.instance_id("w1")
+    assert first_id is not None
     workers.kill("w1")
     killed_at = len(committed_ids(settings, out))
     assert 0 < killed_at < 3000, "the worker was not killed mid-stream; the test proves nothing"
 
-    workers.start("w1")  # same instance id: fences the dead one's open transaction at once
+    workers.start("w1", fixed_id=False)
+    # Partitions are assigned after the producer is made: the id in the status is the one in use.
+    wait_for(lambda: bool(workers.assigned("w1")), 60, "the restarted worker owns partitions")
+    assert workers.instance_id("w1") == first_id
     wait_for(lambda: len(committed_ids(settings, out)) >= 3000, 90, "3000 committed outputs")
     workers.stop_all()
     ids = committed_ids(settings, out)
