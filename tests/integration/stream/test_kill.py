@@ -180,3 +180,43 @@ def test_two_workers_one_killed_survivor_completes_without_duplicates(
     ids = committed_ids(settings, out)
     assert len(ids) == len(set(ids)), "duplicate outputs"
     assert set(ids) == expected_ids(events)
+
+
+def test_a_worker_joining_mid_stream_takes_partitions_without_loss_or_duplicates(
+    settings: Settings, names: Callable[[str], str], workers_factory: Callable[[dict[str, object]], Workers]
+) -> None:
+    # Cooperative rebalancing: the first worker hands partitions over (checkpointing them on
+    # revocation) while it keeps processing the rest; the newcomer restores their state from
+    # the changelog and carries on.  Every running count must come out once.
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out)
+    events = payments(3000, 101)
+    produce(settings, src, events)
+    workers = workers_factory(
+        {
+            "bootstrap": settings.kafka_bootstrap,
+            "name": name,
+            "input": src,
+            "output": out,
+            "pause_s": 0.05,
+            "batch_size": 50,
+        }
+    )
+    workers.start("w1")
+    wait_for(lambda: workers.processed("w1") >= 600, 60, "600 records processed by the first worker")
+    workers.start("w2")
+    wait_for(lambda: bool(workers.assigned("w2")), 60, "the newcomer owns partitions")
+    handed_over_at = workers.processed("w1")
+    assert handed_over_at < 3000, (
+        "the first worker finished before the second joined; the test proves nothing"
+    )
+    wait_for(
+        lambda: len(workers.assigned("w1")) + len(workers.assigned("w2")) == 3,
+        60,
+        "the three partitions split between the two workers",
+    )
+    wait_for(lambda: len(committed_ids(settings, out)) >= 3000, 90, "3000 committed outputs")
+    workers.stop_all()
+    ids = committed_ids(settings, out)
+    assert len(ids) == len(set(ids)), "duplicate outputs"
+    assert set(ids) == expected_ids(events)
