@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from vigil.events.base import Event
+from vigil.stream.attempt import attempt
 from vigil.stream.base import Operator, Record, State, StoreSpec
 from vigil.stream.collector import collecting_rarely
 
@@ -156,10 +157,9 @@ def run_operators(
                 ctx = _MemoryContext(part, result, op, stage=topic)
                 if op.dead_letter_errors:
                     for rec in records:
-                        try:
-                            op.process([rec], ctx)
-                        except Exception as exc:
-                            ctx.dead_letter(rec, f"{type(exc).__name__}: {exc}")
+                        error = attempt(op.process, rec, ctx)
+                        if error is not None:
+                            ctx.dead_letter(rec, error)
                 else:
                     op.process(records, ctx)
         batch.clear()

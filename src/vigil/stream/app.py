@@ -88,7 +88,8 @@ Errors.  An operator exception stops the application with a
 :class:`~vigil.errors.PipelineError` naming operator, topic, partition and offsets;
 nothing of the failing checkpoint is committed.  Operators with
 ``dead_letter_errors = True`` are run record by record and a failing record is
-dead-lettered instead.
+dead-lettered instead, with nothing of what the operator did for it kept: its state changes
+are undone and its outputs dropped (:mod:`vigil.stream.attempt`).
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ from vigil.hub.admin import ensure_topics
 from vigil.hub.client import consumer_config, make_admin, producer_config
 from vigil.hub.topics import TOPICS, TopicSpec
 from vigil.stream.alignment import TP, Alignment
+from vigil.stream.attempt import attempt
 from vigil.stream.base import Guarantee, Operator, Record, State, StoreSpec
 from vigil.stream.changelog import RestoreTask, changelog_spec, changelog_topic, restore
 from vigil.stream.collector import GC_THRESHOLD, collecting_rarely
@@ -854,10 +856,9 @@ class Application:
                     continue
                 if op.dead_letter_errors:
                     for rec in records:
-                        try:
-                            op.process((rec,), ctx)
-                        except Exception as exc:
-                            ctx.dead_letter(rec, f"operator {op.id!r}: {type(exc).__name__}: {exc}")
+                        error = attempt(op.process, rec, ctx)
+                        if error is not None:
+                            ctx.dead_letter(rec, f"operator {op.id!r}: {error}")
                     continue
                 try:
                     op.process(records, ctx)

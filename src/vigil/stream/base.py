@@ -129,7 +129,8 @@ class Operator(ABC, Generic[E]):
     an operator that declares no stores then gets the released records of every partition in
     one call, merged by event time, with the context of the lowest partition number).
     An exception stops the application loudly with topic/partition/offset, unless
-    ``dead_letter_errors`` is set, in which case the failing record is dead-lettered.
+    ``dead_letter_errors`` is set, in which case the failing record is dead-lettered and
+    what the operator did for it undone (state put back, outputs dropped).
     """
 
     id: str

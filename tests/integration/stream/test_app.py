@@ -133,9 +133,10 @@ class Exploding(Operator[Payment]):
 
     def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
         for rec in batch:
+            # Emitted first: with the dead-letter policy, a failing record's output must not go out.
+            ctx.emit(self.output, rec.event)
             if rec.event.event_id == "p7":
                 raise ValueError("amount out of range")
-            ctx.emit(self.output, rec.event)
 
     def __init__(self, output: str, dead_letter: bool = False) -> None:
         self.output = output

@@ -152,3 +152,32 @@ def test_a_harness_restart_reads_state_back_as_a_restarted_process_would() -> No
     result = run_operators([TypedTally()], first)
     result = run_operators([TypedTally()], later, result=result)
     assert result.states[("typed.v1", 0)].get("c1") == Tally(2, ["1.1.1.1", "2.2.2.2"])
+
+
+class Fragile(Operator[Payment]):
+    """Counts payments per customer in a list it changes in place, emits, then fails on p3."""
+
+    id = "fragile"
+    stores = (StoreSpec("fragile", 1),)
+    dead_letter_errors = True
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        state = ctx.state(self.stores[0])
+        for rec in batch:
+            seen = state.get("c1") or []
+            seen.append(rec.event.event_id)
+            state.set("c1", seen)
+            state.set(rec.event.event_id, True)
+            ctx.emit("out", rec.event)
+            if rec.event.event_id == "p3":
+                raise ValueError("poison")
+
+
+def test_a_dead_lettered_record_leaves_no_state_change_and_no_output() -> None:
+    events = [payment(i, "c1", timedelta(minutes=i)) for i in range(1, 6)]
+    result = run_operators([Fragile()], events, batch_size=5)
+    assert [(r.event.event_id, reason) for r, reason in result.dead_letters] == [("p3", "ValueError: poison")]
+    assert [e.event_id for e in result.emitted("out")] == ["p1", "p2", "p4", "p5"]
+    state = result.states[("fragile.v1", 0)]
+    assert state.get("c1") == ["p1", "p2", "p4", "p5"]  # the in-place append for p3 undone too
+    assert state.get("p3") is None
