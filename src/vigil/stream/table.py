@@ -75,9 +75,29 @@ class GlobalTable(Generic[V]):
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, timeout_s: float = 60.0) -> GlobalTable[V]:
-        """Start the background reader; return once caught up (raises if not within ``timeout_s``)."""
-        if self._thread is not None:
-            return self
+        """Start the background reader; return once caught up (raises if not within ``timeout_s``;
+        calling again waits again for the same reader)."""
+        if self._thread is None:
+            self._begin()
+        deadline = time.monotonic() + timeout_s
+        while not self._ready.is_set():
+            self.check()
+            if time.monotonic() >= deadline:
+                msg = f"global table {self.name!r} did not catch up with {self.topic!r} in {timeout_s:g}s"
+                raise PipelineError(msg)
+            self._ready.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+        self.check()
+        return self
+
+    def check(self) -> None:
+        """Raise if the background reader has stopped on an error: the table would go stale
+        silently otherwise (call it where the application checks its other parts)."""
+        if self._failure is not None:
+            state = "while loading" if not self._ready.is_set() else "after loading; the table is stale"
+            msg = f"global table {self.name!r} failed {state}: {self._failure}"
+            raise PipelineError(msg) from self._failure
+
+    def _begin(self) -> None:
         conf = self.settings.kafka_client_config()
         conf.update(
             {
@@ -98,15 +118,6 @@ class GlobalTable(Generic[V]):
             target=self._run, args=(consumer, set(meta.partitions)), name=self.name, daemon=True
         )
         self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self._ready.wait(0.05):
-            if self._failure is not None:
-                msg = f"global table {self.name!r} failed while loading: {self._failure}"
-                raise PipelineError(msg) from self._failure
-            if time.monotonic() > deadline:
-                msg = f"global table {self.name!r} did not catch up with {self.topic!r} in {timeout_s:g}s"
-                raise PipelineError(msg)
-        return self
 
     def stop(self) -> None:
         self._stop.set()
@@ -116,7 +127,8 @@ class GlobalTable(Generic[V]):
 
     @property
     def ready(self) -> bool:
-        return self._ready.is_set()
+        """Caught up, and still reading (False once the reader has failed: see :meth:`check`)."""
+        return self._ready.is_set() and self._failure is None
 
     def _run(self, consumer: Consumer, partitions: set[int]) -> None:
         behind = set(partitions)

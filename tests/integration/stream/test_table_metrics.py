@@ -8,10 +8,12 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import msgspec
+import pytest
 from tests.integration.stream.apps import RunningCount, payments, read_all
 from tests.integration.stream.conftest import Running, make_topics, produce, wait_for
 
 from vigil.config import Settings
+from vigil.errors import PipelineError
 from vigil.events.base import Entities, Event
 from vigil.events.codec import decode_event
 from vigil.events.types import IntelIndicator, IntelIndicatorPayload, Login, Payment
@@ -78,6 +80,38 @@ def test_global_table_loads_compacted_topic_and_follows_updates(
             return isinstance(current, IntelIndicator) and current.payload.list_version == "v2"
 
         wait_for(updated, 30, "the table to see the new version")
+    finally:
+        table.stop()
+
+
+def test_a_global_table_that_fails_after_loading_says_so_and_a_timed_out_start_can_wait_again(
+    settings: Settings, names: Callable[[str], str]
+) -> None:
+    topic = names("profiles")
+    ensure_topics(settings, [TopicSpec(topic, "profile", "raw", "test", partitions=2, cleanup="compact")])
+    producer = EventProducer(settings)
+    producer.produce_raw(topic, "c1", b"gold")
+    producer.flush()
+
+    def decode(value: bytes) -> str:
+        if value == b"crash":
+            raise RuntimeError("decoder bug")  # not a bad record: a bug, which must not go unseen
+        return value.decode()
+
+    table: GlobalTable[str] = GlobalTable(settings, topic, decode)
+    try:
+        # Too short to catch up: it says so; asked again, it waits for the same reader.
+        with pytest.raises(PipelineError, match="did not catch up"):
+            table.start(timeout_s=0)
+        table.start(timeout_s=30)
+        assert table.ready
+        assert table.get("c1") == "gold"
+        table.check()
+        producer.produce_raw(topic, "c2", b"crash")
+        producer.flush()
+        wait_for(lambda: not table.ready, 30, "the table to stop being ready after its reader failed")
+        with pytest.raises(PipelineError, match="failed after loading; the table is stale: decoder bug"):
+            table.check()
     finally:
         table.stop()
 
