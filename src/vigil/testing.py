@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from vigil.events.base import Event
-from vigil.stream.attempt import attempt
+from vigil.stream.attempt import Attempt, attempt
 from vigil.stream.base import Operator, Record, State, StoreSpec
 from vigil.stream.collector import collecting_rarely
 
@@ -151,13 +151,23 @@ def run_operators(
     offsets: dict[tuple[str, int], int] = defaultdict(int)
     batch: dict[int, list[Record[Any]]] = defaultdict(list)
 
+    # One context per operator and partition for the whole run, as the runtime keeps one per
+    # assigned partition (operators may keep derived data by context or state object).
+    contexts: dict[tuple[str, int], _MemoryContext] = {}
+    trials: dict[tuple[str, int], Attempt] = {}
+
     def flush() -> None:
         for part, records in sorted(batch.items()):
             for op in operators:
-                ctx = _MemoryContext(part, result, op, stage=topic)
+                ctx = contexts.get((op.id, part))
+                if ctx is None:
+                    ctx = contexts[(op.id, part)] = _MemoryContext(part, result, op, stage=topic)
                 if op.dead_letter_errors:
+                    trial = trials.get((op.id, part))
+                    if trial is None:
+                        trial = trials[(op.id, part)] = Attempt(ctx)
                     for rec in records:
-                        error = attempt(op.process, rec, ctx)
+                        error = attempt(op.process, rec, trial)
                         if error is not None:
                             ctx.dead_letter(rec, error)
                 else:

@@ -53,11 +53,12 @@ def detect(
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    # Before the handlers change: a port in use ends the command with nothing to put back.
+    metrics = serve_metrics_of(cfg, metrics_port, lambda: [service.route_app, service.detect_app])
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     console.print(
         f"detection: {len(ruleset)} rules from {rules}; loading intel, then consuming (Ctrl-C stops)"
     )
-    metrics = serve_metrics_of(cfg, metrics_port, lambda: [service.route_app, service.detect_app])
     try:
         service.start()
         console.print(

@@ -99,7 +99,12 @@ def run(
         stoppers.append(metrics.stop)
     stoppers.append(normalize.stop)
     spawn("normalize", normalize.run)
-    service.start()
+    try:
+        service.start()
+    except BaseException:
+        for stopper in reversed(stoppers):
+            stopper()
+        raise
     stoppers.append(service.stop)
     for name in names:
         connector = source_class(name).from_settings(cfg, **options[name])

@@ -61,7 +61,7 @@ class Simulation:
         At the default rate and above every scenario appears at least once (a short demo run
         still shows each); below it the expected number is rounded up or down at random, by the
         seed, so that a rate of 0.01 gives rare attacks rather than one of each."""
-        if rate <= 0:
+        if rate <= 0 or scenario.amount("per_day") <= 0:
             return 0
         expected = scenario.amount("per_day") * self.span / 86400 * rate
         if rate >= 1.0:
@@ -72,6 +72,10 @@ class Simulation:
     def _build_episodes(self) -> None:
         cfg = self.config
         unknown = sorted(set(cfg.scenario_params) - set(SCENARIOS) - set(LOOKALIKES))
+        for name, given in cfg.scenario_params.items():
+            if name in SCENARIOS or name in LOOKALIKES:
+                # Checked even when the scenario is not selected: a typo must not pass unseen.
+                (SCENARIOS.get(name) or LOOKALIKES[name]).resolve(given)
         if unknown:
             names = ", ".join(map(repr, unknown))
             msg = f"parameters for unknown scenario(s) {names}; known: {', '.join([*SCENARIOS, *LOOKALIKES])}"

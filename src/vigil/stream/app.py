@@ -16,10 +16,10 @@ Outputs are produced as the operators emit them (``linger.ms`` 5), never held fo
 checkpoint; in exactly-once mode ``read_committed`` readers see them when it commits.
 
 Guarantees.  ``exactly_once``: one transactional producer per process
-(``transactional.id = <name>-<instance_id>``, by default ``<host>-<slot>`` with the lowest slot
-free on the host, so that a process restarted after a crash fences its predecessor's open
-transaction at once: :mod:`vigil.stream.instance`); each checkpoint sends the consumed offsets
-to the transaction and commits it, so outputs, changelog records and offsets become
+(``transactional.id = <name>-<instance_id>``, by default ``<host>-<home>-<slot>`` with the
+lowest slot free in the process's home, so that a process restarted after a crash fences
+its predecessor's open transaction at once: :mod:`vigil.stream.instance`); each checkpoint
+sends the consumed offsets to the transaction and commits it, so outputs, changelog records and offsets become
 visible atomically to ``read_committed`` readers.  ``at_least_once``: an idempotent
 producer; a checkpoint *seals* the records produced since the last one (outputs and
 changelog writes), and once Kafka has acknowledged all of them, their input offsets are
@@ -127,11 +127,12 @@ from vigil.hub.admin import ensure_topics
 from vigil.hub.client import consumer_config, make_admin, producer_config
 from vigil.hub.topics import TOPICS, TopicSpec
 from vigil.stream.alignment import TP, Alignment
-from vigil.stream.attempt import attempt
+from vigil.stream.attempt import Attempt, attempt
 from vigil.stream.base import Guarantee, Operator, Record, State, StoreSpec
 from vigil.stream.changelog import RestoreTask, changelog_spec, changelog_topic, restore
 from vigil.stream.collector import GC_THRESHOLD, collecting_rarely
-from vigil.stream.instance import InstanceSlot, host_directory
+from vigil.stream.instance import InstanceSlot, slot_directory
+from vigil.stream.instance import instance_id as default_instance_id
 from vigil.stream.metrics import AppMetrics, PrometheusMetrics
 from vigil.stream.pace import Pace
 from vigil.stream.state import RocksState
@@ -317,6 +318,8 @@ class _KafkaContext:
         self._task = task
         self._declared = {spec.id for spec in operator.stores}
         self._operator_id = operator.id
+        #: This context as a dead-letter operator's attempts see it (made on first use).
+        self.trial: Attempt | None = None
 
     @property
     def partition(self) -> int:
@@ -430,11 +433,11 @@ class Application:
         self.batch_size = batch_size
         self.batch_timeout_s = batch_timeout_s
         self.checkpoint_interval_s = checkpoint_interval_s
-        #: Names the transactional producer (exactly-once).  Unset: ``<host>-<slot>``, the lowest
-        #: slot free on this host when run() starts (:mod:`vigil.stream.instance`), so a process
+        #: Names the transactional producer (exactly-once).  Unset: ``<host>-<home>-<slot>``, the
+        #: lowest slot free in this home when run() starts (:mod:`vigil.stream.instance`), so a process
         #: restarted after a crash fences its predecessor's open transaction at once.
         self.instance_id = instance_id or f"{socket.gethostname()}-{os.getpid()}"
-        self._slot = None if instance_id else InstanceSlot(host_directory(), name)
+        self._slot = None if instance_id else InstanceSlot(slot_directory(settings.home), name)
         self.internal_topics = list(internal_topics)
         self.gc_threshold = gc_threshold
         #: Event-time alignment (see the module docstring); ``None``: off.  Read when run() starts.
@@ -595,7 +598,7 @@ class Application:
         }
         if self.exactly_once:
             if self._slot is not None:
-                self.instance_id = f"{socket.gethostname()}-{self._slot.acquire()}"
+                self.instance_id = default_instance_id(self.settings.home, self._slot.acquire())
             pconf["transactional.id"] = f"{self.name}-{self.instance_id}"
             pconf["transaction.timeout.ms"] = 30_000
         pconf.update(self._producer_overrides)
@@ -855,8 +858,11 @@ class Application:
                 if only is not None and op.id not in only:
                     continue
                 if op.dead_letter_errors:
+                    trial = ctx.trial
+                    if trial is None:
+                        trial = ctx.trial = Attempt(ctx)
                     for rec in records:
-                        error = attempt(op.process, rec, ctx)
+                        error = attempt(op.process, rec, trial)
                         if error is not None:
                             ctx.dead_letter(rec, f"operator {op.id!r}: {error}")
                     continue

@@ -4,49 +4,50 @@ An operator with ``dead_letter_errors = True`` runs record by record, and a reco
 raises is dead-lettered and processing goes on.  What the operator did for that record
 before it raised must not stay behind: a half-updated window or sequence would count a
 record that was never processed, and an alert emitted before the failure would go out for
-it.  So each attempt sees its stores through :class:`UndoableState` (the first time a key
-is touched, its value is copied, as a restart would read it back) and its context through
-:class:`Attempt`, which holds the outputs until the record succeeds.  On failure the
-touched keys are put back and the held outputs dropped; the record is dead-lettered.
+it.  So each attempt sees its stores through :class:`UndoableState` and its context through
+:class:`Attempt`, which holds the outputs until the record succeeds.  On failure the keys
+the attempt changed are put back, the held outputs dropped, and the record dead-lettered.
+
+One :class:`Attempt` serves an operator's context for as long as the context lives (the
+runtime and the harness keep it with the context): operators may keep derived data by state
+object (the vectorised window does), and a state object per record would defeat that.
+After an undo the state's :meth:`~vigil.stream.base.State.generation` changes, so such
+derived data is rebuilt.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from typing import Any
-
-import msgspec
 
 from vigil.events.base import Event
 from vigil.stream.base import Context, Record, State, StoreSpec
 
 _ABSENT = object()
-_encoder = msgspec.msgpack.Encoder()
-_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
-
-
-def _decoder(value_type: Any) -> msgspec.msgpack.Decoder[Any]:
-    found = _decoders.get(value_type)
-    if found is None:
-        found = _decoders[value_type] = msgspec.msgpack.Decoder(value_type)
-    return found
 
 
 class UndoableState(State):
-    """A store as one attempt sees it: reads and writes go through; ``undo()`` puts every key the
-    attempt touched back as it was (values are copied on first touch, since operators change
-    the lists and dicts they read in place)."""
+    """A store as attempts see it: reads and writes go through; :meth:`undo` puts back what the
+    current attempt changed.  The first time an attempt touches a key, its value is copied
+    (``deepcopy``: types kept), since operators change the lists and dicts they read in place;
+    a key only read is put back only if it was changed in place.  Values read through
+    :meth:`items` are not tracked."""
 
-    def __init__(self, state: State, value_type: Any = Any) -> None:
+    def __init__(self, state: State) -> None:
         self._state = state
-        self._decode = _decoder(value_type).decode
         self._before: dict[str, Any] = {}
+        self._written: set[str] = set()
+        self._undos = 0
+
+    def __getattr__(self, name: str) -> Any:
+        # closed, path...: what callers read of the real state.
+        return getattr(self._state, name)
 
     def _remember(self, key: str) -> None:
         if key not in self._before:
             value = self._state.get(key, _ABSENT)
-            # A copy: what the operator changes in place is the live value, not this one.
-            self._before[key] = value if value is _ABSENT else self._decode(_encoder.encode(value))
+            self._before[key] = value if value is _ABSENT else copy.deepcopy(value)
 
     def get(self, key: str, default: Any = None) -> Any:
         self._remember(key)
@@ -54,29 +55,42 @@ class UndoableState(State):
 
     def set(self, key: str, value: Any) -> None:
         self._remember(key)
+        self._written.add(key)
         self._state.set(key, value)
 
     def delete(self, key: str) -> None:
         self._remember(key)
+        self._written.add(key)
         self._state.delete(key)
 
     def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         return self._state.items(prefix)
 
     def generation(self) -> int:
-        return self._state.generation()
+        return self._state.generation() * 1_000_003 + self._undos
+
+    def begin(self) -> None:
+        """A new attempt: forget the last one's copies."""
+        self._before.clear()
+        self._written.clear()
 
     def undo(self) -> None:
-        for key, value in self._before.items():
-            if value is _ABSENT:
-                self._state.delete(key)
+        state = self._state
+        for key, before in self._before.items():
+            if key not in self._written:
+                now = state.get(key, _ABSENT)
+                if before is _ABSENT or now is _ABSENT or now == before:
+                    continue  # only read, and not changed in place
+            if before is _ABSENT:
+                state.delete(key)
             else:
-                self._state.set(key, value)
-        self._before.clear()
+                state.set(key, before)
+        self._undos += 1
+        self.begin()
 
 
 class Attempt:
-    """The context of one record's attempt: stores undoable, outputs held until :meth:`commit`."""
+    """An operator context as attempts see it: stores undoable, outputs held until :meth:`commit`."""
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
@@ -90,7 +104,7 @@ class Attempt:
     def state(self, store: StoreSpec) -> State:
         state = self._states.get(store.id)
         if state is None:
-            state = self._states[store.id] = UndoableState(self._ctx.state(store), store.value_type)
+            state = self._states[store.id] = UndoableState(self._ctx.state(store))
         return state
 
     def emit(self, topic: str, event: Event, key: str | None = None) -> None:
@@ -105,26 +119,35 @@ class Attempt:
     def late(self, record: Record[Any]) -> None:
         self._held.append(lambda: self._ctx.late(record))
 
-    def commit(self) -> None:
-        for send in self._held:
-            send()
+    def begin(self) -> None:
         self._held.clear()
+        for state in self._states.values():
+            state.begin()
+
+    def commit(self) -> None:
+        held, self._held = self._held, []
+        for send in held:
+            send()
 
     def rollback(self) -> None:
+        self._held.clear()
         for state in self._states.values():
             state.undo()
-        self._held.clear()
 
 
 def attempt(
-    process: Callable[[tuple[Record[Any]], Context], None], rec: Record[Any], ctx: Context
+    process: Callable[[tuple[Record[Any]], Context], None], rec: Record[Any], trial: Attempt
 ) -> str | None:
-    """Run ``process`` on one record, all or nothing; the error's description if it failed."""
-    trial = Attempt(ctx)
+    """Run ``process`` on one record, all or nothing; the error's description if it failed.
+
+    Sending the held outputs is part of the attempt: an output that cannot be sent (it does not
+    encode, or is too large) fails the record as it did when it was sent at once.  Outputs sent
+    before it stay sent (at least once, as before); the state is put back."""
+    trial.begin()
     try:
         process((rec,), trial)
+        trial.commit()
     except Exception as exc:
         trial.rollback()
         return f"{type(exc).__name__}: {exc}"
-    trial.commit()
     return None

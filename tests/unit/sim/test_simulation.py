@@ -325,3 +325,43 @@ def test_the_param_option_parses_name_key_value() -> None:
     for bad in ("spoofing=3", "spoofing.max_rounds", ".x=1", "spoofing.=1", "spoofing.x="):
         with pytest.raises(ConfigError, match=r"--param must look like NAME\.KEY=VALUE"):
             parse_params([bad])
+
+
+def test_parameters_that_cannot_work_are_refused_and_per_day_zero_turns_a_scenario_off() -> None:
+    for params, message in (
+        ({"address_poisoning": {"head": 20, "tail": 20}}, "head \\+ tail must leave the address a middle"),
+        ({"wash_trading": {"min_accounts": 0, "max_accounts": 0}}, "accounts must be at least 1"),
+        ({"card_testing": {"min_tries": 0}}, "min_tries must be at least 1"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            # Not selected, still checked: a typo in a parameter must not pass unseen.
+            Simulation(
+                SimConfig(seed=1, customers=50, events=100, scenarios=["spoofing"], scenario_params=params)
+            )
+    off = Simulation(
+        SimConfig(
+            seed=1,
+            customers=50,
+            events=500,
+            scenarios=["spoofing"],
+            scenario_params={"spoofing": {"per_day": 0}},
+        )
+    )
+    assert off.labels == []
+
+
+def test_market_abuse_in_the_smallest_population_never_trades_an_account_with_itself() -> None:
+    # Ten customers: episodes hand customers out again, and must still never self-trade.
+    for seed in range(6):
+        sim = Simulation(
+            SimConfig(
+                seed=seed,
+                customers=10,
+                events=500,
+                scenarios=["pump_and_dump", "wash_trading"],
+                attack_rate=2,
+            )
+        )
+        trades: list[Any] = [e for e in sim.episode_events if e.type == "trade"]
+        assert trades
+        assert all(t.payload.maker_account != t.payload.taker_account for t in trades), seed

@@ -48,3 +48,14 @@ def test_a_process_killed_with_sigkill_leaves_its_slot_to_its_restart(tmp_path: 
     restarted = InstanceSlot(tmp_path, "app")
     assert restarted.acquire() == 0
     restarted.release()
+
+
+def test_the_default_id_is_the_same_for_a_restart_in_one_home_and_differs_between_homes(
+    tmp_path: Path,
+) -> None:
+    from vigil.stream.instance import instance_id
+
+    one, other = tmp_path / "one", tmp_path / "other"
+    assert instance_id(one, 0) == instance_id(one, 0)
+    assert instance_id(one, 0) != instance_id(other, 0)  # other users, deployments, private /tmp
+    assert instance_id(one, 0) != instance_id(one, 1)

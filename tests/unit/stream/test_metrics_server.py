@@ -31,7 +31,7 @@ def test_two_applications_are_served_as_one_exposition_until_stopped() -> None:
     route, detect = PrometheusMetrics("route"), PrometheusMetrics("detect")
     route.processed.labels("route").inc(3)
     detect.processed.labels("detect").inc(5)
-    server = MetricsServer(lambda: [route.registry, detect.registry]).start(_free_port())
+    server = MetricsServer(lambda: [route.registry, detect.registry]).start(0)  # any free port
     port = server.port
     try:
         text = _scrape(port)

@@ -181,3 +181,63 @@ def test_a_dead_lettered_record_leaves_no_state_change_and_no_output() -> None:
     state = result.states[("fragile.v1", 0)]
     assert state.get("c1") == ["p1", "p2", "p4", "p5"]  # the in-place append for p3 undone too
     assert state.get("p3") is None
+
+
+class Reader(Operator[Payment]):
+    """Reads a set it never writes, then fails on p2: the set must stay a set."""
+
+    id = "reader"
+    stores = (StoreSpec("reader", 1),)
+    dead_letter_errors = True
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        state = ctx.state(self.stores[0])
+        for rec in batch:
+            if rec.event.event_id == "p1":
+                state.set("ips", {"1.1.1.1"})
+                continue
+            assert "1.1.1.1" in state.get("ips")
+            state.get("never-written")
+            raise ValueError("poison")
+
+
+def test_a_failed_record_puts_back_only_what_it_changed() -> None:
+    events = [payment(i, "c1", timedelta(minutes=i)) for i in (1, 2)]
+    result = run_operators([Reader()], events, batch_size=2)
+    assert len(result.dead_letters) == 1
+    state = result.states[("reader.v1", 0)]
+    assert state.get("ips") == {"1.1.1.1"}  # still a set: read, not rewritten
+    assert "never-written" not in state.data
+
+
+def test_a_vectorised_window_under_the_dead_letter_policy_keeps_one_log_per_partition() -> None:
+    from vigil.stream.vectorised import SlidingCountSum
+
+    store = StoreSpec("vec", 1)
+    window = SlidingCountSum(store, size="5m", lateness="1m")
+
+    class Counting(Operator[Payment]):
+        id = "counting"
+        stores = (store,)
+        dead_letter_errors = True
+
+        def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+            state = ctx.state(store)
+            events = [r.event for r in batch]
+            window.update(
+                state,
+                [e.key() or "" for e in events],
+                [e.occurred_at for e in events],
+                [e.payload.amount for e in events],
+            )
+            if events[0].event_id == "p5":
+                raise ValueError("poison")
+
+    events = [payment(i, "c1", timedelta(seconds=i)) for i in range(1, 200)]
+    result = run_operators([Counting()], events, batch_size=50)
+    assert [r.event.event_id for r, _ in result.dead_letters] == ["p5"]
+    assert len(window._logs) == 1
+    # The poison record's entry was undone: the next update counts without it.
+    state = next(iter(result.states.values()))
+    got = window.update(state, ["c1"], [T0 + timedelta(seconds=200)], [10.0])
+    assert int(got.count[0]) == 199  # p1..p199 without p5, plus this one

@@ -205,13 +205,22 @@ class Scenario(ABC):
             values[key] = _parse(cls.name, key, raw, type(known[key]))
         for key in values:
             high = f"max_{key[4:]}"
+            if key.startswith(("min_", "max_")) and isinstance(values[key], int) and values[key] < 1:
+                msg = f"scenario {cls.name!r}: {key} must be at least 1; got {values[key]}"
+                raise ConfigError(msg)
             if key.startswith("min_") and high in values and values[key] > values[high]:
                 msg = f"scenario {cls.name!r}: {key} ({values[key]:g}) is above {high} ({values[high]:g})"
                 raise ConfigError(msg)
         if values["length"] <= 0:
             msg = f"scenario {cls.name!r}: length must be positive seconds; got {values['length']:g}"
             raise ConfigError(msg)
+        cls.check(values)
         return values
+
+    @classmethod
+    def check(cls, values: Mapping[str, Param]) -> None:
+        """A scenario's own checks of its parameters together (raise ConfigError); none by default."""
+        return
 
     def count(self, key: str) -> int:
         """A whole-number parameter."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from vigil.errors import ConfigError
 from vigil.events.records import EpisodeLabel
 from vigil.events.types import EntityRef
 from vigil.sim.factory import UNLIMITED
 from vigil.sim.population import btc_address, lookalike
-from vigil.sim.scenarios.base import Episode, Scenario, ref
+from vigil.sim.scenarios.base import Episode, Param, Scenario, ref
 
 #: The default look-alike: the address's first and last characters after 0x that it copies.
 POISON_HEAD = 5
@@ -21,6 +24,13 @@ class AddressPoisoning(Scenario):
     per_day = 2.0
     length = 4 * 3600.0
     defaults = {"head": POISON_HEAD, "tail": POISON_TAIL}
+
+    @classmethod
+    def check(cls, values: Mapping[str, Param]) -> None:
+        # An address has 40 characters after 0x: the look-alike must differ somewhere between.
+        if values["head"] + values["tail"] > 38:
+            msg = f"scenario {cls.name!r}: head + tail must leave the address a middle to differ in (<= 38)"
+            raise ConfigError(msg)
 
     def build(self, ep: Episode) -> list[EpisodeLabel]:
         rng, m = ep.rng, ep.make

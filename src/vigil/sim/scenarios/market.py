@@ -19,7 +19,11 @@ class WashTrading(Scenario):
 
     def build(self, ep: Episode) -> list[EpisodeLabel]:
         rng, m = ep.rng, ep.make
-        accts = [ep.world.pick_customer(rng) for _ in range(self.draw(rng, "accounts"))]
+        picked = [ep.world.pick_customer(rng) for _ in range(self.draw(rng, "accounts"))]
+        # Distinct accounts (a small population hands customers out again), at least two.
+        accts = list({c.id: c for c in picked}.values())
+        if len(accts) < 2:
+            accts.append(next(c for c in ep.pop.customers if c.id != accts[0].id))
         device = f"dev-{hex_id(rng, 10)}"
         ip = accts[0].ips[0]
         ents = [Entities(customer=c.id, account=c.account, device=device, ip=ip) for c in accts]
@@ -104,7 +108,11 @@ class PumpAndDump(Scenario):
         rng, m = ep.rng, ep.make
         market = ep.world.market
         org = ep.world.pick_customer(rng)
-        crew = [ep.world.pick_customer(rng) for _ in range(self.draw(rng, "crew"))]
+        # Never the organiser (a small population hands customers out again): no self-trades.
+        crew = [
+            c for c in (ep.world.pick_customer(rng) for _ in range(self.draw(rng, "crew"))) if c is not org
+        ]
+        crew = crew or [next(c for c in ep.pop.customers if c is not org)]
         t = ep.t0
         start_price = market.price(THIN_SYMBOL, t)
         held = 0.0
