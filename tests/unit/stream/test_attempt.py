@@ -1,0 +1,60 @@
+"""One record's attempt under the dead-letter policy: all or nothing, including its sends."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from vigil.events.base import Event
+from vigil.events.types import Login
+from vigil.stream.attempt import Attempt, attempt
+from vigil.stream.base import Context, Record, State, StoreSpec
+from vigil.testing import MemoryState
+
+STORE = StoreSpec("s", 1)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class Sink:
+    """A context whose second send fails, as producing an event too large for the topic does."""
+
+    def __init__(self) -> None:
+        self.state_ = MemoryState()
+        self.sent: list[str] = []
+
+    @property
+    def partition(self) -> int:
+        return 0
+
+    def state(self, store: StoreSpec) -> State:
+        return self.state_
+
+    def emit(self, topic: str, event: Event, key: str | None = None) -> None:
+        if self.sent:
+            raise ValueError("message too large")
+        self.sent.append(topic)
+
+    def forward(self, topic: str, record: Record[Any], key: str) -> None:
+        self.emit(topic, record.event, key)
+
+    def dead_letter(self, record: Record[Any], reason: str) -> None: ...
+
+    def late(self, record: Record[Any]) -> None: ...
+
+
+def test_a_send_that_fails_fails_the_record_and_puts_its_state_back() -> None:
+    sink = Sink()
+    sink.state_.set("n", 0)
+
+    def process(batch: Sequence[Record[Any]], ctx: Context) -> None:
+        state = ctx.state(STORE)
+        state.set("n", state.get("n") + 1)
+        ctx.emit("a", batch[0].event)
+        ctx.emit("b", batch[0].event)
+
+    rec: Record[Any] = Record(Login(event_id="e1", source="t", occurred_at=T0), "in", 0, 0, None, 0)
+    error = attempt(process, rec, Attempt(sink))
+    assert error == "ValueError: message too large"
+    assert sink.state_.get("n") == 0
+    assert sink.sent == ["a"]  # sent before the failure: at least once, as when sent at once
