@@ -102,6 +102,19 @@ def workers_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, object]], Wo
                 proc.wait(10)
 
 
+def slow_worker(settings: Settings, name: str, src: str, out: str) -> dict[str, object]:
+    """A worker's configuration: small batches with a pause each, so that a kill or a join
+    lands mid-stream."""
+    return {
+        "bootstrap": settings.kafka_bootstrap,
+        "name": name,
+        "input": src,
+        "output": out,
+        "pause_s": 0.05,
+        "batch_size": 50,
+    }
+
+
 def committed_ids(settings: Settings, topic: str) -> list[str]:
     return [decode_event(v).event_id for _, v in read_all(settings, topic, 3)]
 
@@ -113,16 +126,7 @@ def test_kill_9_mid_stream_then_restart_is_exactly_once(
     make_topics(settings, src, out)
     events = payments(3000, 101)
     produce(settings, src, events)
-    workers = workers_factory(
-        {
-            "bootstrap": settings.kafka_bootstrap,
-            "name": name,
-            "input": src,
-            "output": out,
-            "pause_s": 0.05,
-            "batch_size": 50,
-        }
-    )
+    workers = workers_factory(slow_worker(settings, name, src, out))
     # No instance id given: the runtime's default must name the restart as the dead process,
     # so that it fences the dead one's open transaction at once.
     workers.start("w1", fixed_id=False)
@@ -151,16 +155,7 @@ def test_two_workers_one_killed_survivor_completes_without_duplicates(
 ) -> None:
     src, out, name = names("in"), names("out"), names("app")
     make_topics(settings, src, out)
-    workers = workers_factory(
-        {
-            "bootstrap": settings.kafka_bootstrap,
-            "name": name,
-            "input": src,
-            "output": out,
-            "pause_s": 0.05,
-            "batch_size": 50,
-        }
-    )
+    workers = workers_factory(slow_worker(settings, name, src, out))
     workers.start("w1")
     workers.start("w2")
     wait_for(
@@ -192,16 +187,7 @@ def test_a_worker_joining_mid_stream_takes_partitions_without_loss_or_duplicates
     make_topics(settings, src, out)
     events = payments(3000, 101)
     produce(settings, src, events)
-    workers = workers_factory(
-        {
-            "bootstrap": settings.kafka_bootstrap,
-            "name": name,
-            "input": src,
-            "output": out,
-            "pause_s": 0.05,
-            "batch_size": 50,
-        }
-    )
+    workers = workers_factory(slow_worker(settings, name, src, out))
     workers.start("w1")
     wait_for(lambda: workers.processed("w1") >= 600, 60, "600 records processed by the first worker")
     workers.start("w2")
