@@ -20,6 +20,11 @@ from vigil.sim.population import SYMBOL_PRICES
 SLICE_SECONDS = 600.0
 
 
+def quoted(price: float) -> float:
+    """A price to its quoting precision: cents, or six decimals below one unit."""
+    return round(price, 6 if price < 1 else 2)
+
+
 def slice_length(span: float) -> float:
     """Seconds per slice: ten minutes, or a tenth of a shorter run (at least a second)."""
     return min(SLICE_SECONDS, max(1.0, span / 10))
@@ -46,8 +51,7 @@ class MarketPath:
             width = min(self.slice_len, self.end - (start + i * self.slice_len))
             vol = (0.02 if i in self.bursts else 0.004) * math.sqrt(max(width, 0.0) / 3600)
             for sym, step in zip(symbols, z[i], strict=True):
-                p = prices[sym]
-                prices[sym] = round(p * math.exp(vol * step), 6 if p < 1 else 2)
+                prices[sym] = quoted(prices[sym] * math.exp(vol * step))
             self._table.append(dict(prices))
 
     def slice_of(self, ts: float) -> int:
@@ -70,5 +74,4 @@ class MarketPath:
             raise ValueError(msg)
         for i in range(self.slice_of(since), self.slice_of(until) + 1):
             row = self._table[i]
-            p = row[symbol] * factor
-            row[symbol] = round(p, 6 if p < 1 else 2)
+            row[symbol] = quoted(row[symbol] * factor)

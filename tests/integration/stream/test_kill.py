@@ -16,6 +16,7 @@ from tests.integration.stream.conftest import make_topics, produce, wait_for
 
 from vigil.config import Settings
 from vigil.events.codec import decode_event
+from vigil.events.types import Payment
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -115,6 +116,13 @@ def slow_worker(settings: Settings, name: str, src: str, out: str) -> dict[str, 
     }
 
 
+def assert_each_output_once(settings: Settings, out: str, events: list[Payment]) -> None:
+    """Every expected output committed, none twice."""
+    ids = committed_ids(settings, out)
+    assert len(ids) == len(set(ids)), "duplicate outputs"
+    assert set(ids) == expected_ids(events)
+
+
 def committed_ids(settings: Settings, topic: str) -> list[str]:
     return [decode_event(v).event_id for _, v in read_all(settings, topic, 3)]
 
@@ -145,9 +153,7 @@ def test_kill_9_mid_stream_then_restart_is_exactly_once(
     assert workers.instance_id("w1") == first_id
     wait_for(lambda: len(committed_ids(settings, out)) >= 3000, 90, "3000 committed outputs")
     workers.stop_all()
-    ids = committed_ids(settings, out)
-    assert len(ids) == len(set(ids)), "duplicate outputs"
-    assert set(ids) == expected_ids(events)
+    assert_each_output_once(settings, out, events)
 
 
 def test_two_workers_one_killed_survivor_completes_without_duplicates(
@@ -172,9 +178,7 @@ def test_two_workers_one_killed_survivor_completes_without_duplicates(
     wait_for(lambda: len(workers.assigned("w2")) == 3, 60, "the survivor owns every partition")
     wait_for(lambda: len(committed_ids(settings, out)) >= 3000, 90, "3000 committed outputs")
     workers.stop_all()
-    ids = committed_ids(settings, out)
-    assert len(ids) == len(set(ids)), "duplicate outputs"
-    assert set(ids) == expected_ids(events)
+    assert_each_output_once(settings, out, events)
 
 
 def test_a_worker_joining_mid_stream_takes_partitions_without_loss_or_duplicates(
@@ -203,6 +207,4 @@ def test_a_worker_joining_mid_stream_takes_partitions_without_loss_or_duplicates
     )
     wait_for(lambda: len(committed_ids(settings, out)) >= 3000, 90, "3000 committed outputs")
     workers.stop_all()
-    ids = committed_ids(settings, out)
-    assert len(ids) == len(set(ids)), "duplicate outputs"
-    assert set(ids) == expected_ids(events)
+    assert_each_output_once(settings, out, events)
