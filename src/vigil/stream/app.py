@@ -20,10 +20,16 @@ Guarantees.  ``exactly_once``: one transactional producer per process
 lowest slot free in the process's home, so that a process restarted after a crash fences
 its predecessor's open transaction at once: :mod:`vigil.stream.instance`); each checkpoint
 sends the consumed offsets to the transaction and commits it, so outputs, changelog records and offsets become
-visible atomically to ``read_committed`` readers.  ``at_least_once``: an idempotent
-producer; a checkpoint *seals* the records produced since the last one (outputs and
-changelog writes), and once Kafka has acknowledged all of them, their input offsets are
-committed and their state writes go to RocksDB, oldest first.  A seal sets the changed keys
+visible atomically to ``read_committed`` readers.  ``at_least_once``: outputs go out on an
+idempotent producer, visible at once; a checkpoint *seals* the state writes and input offsets
+since the last one, and once Kafka has acknowledged every output so far, the offsets are
+committed and the state writes go to RocksDB, oldest first.  With state, the changelog
+records and the offsets of a seal are committed in one transaction (a second, transactional
+producer, named as above, that carries nothing else): so the state restored after a crash is
+always the state at the committed offsets, the input after them is processed again from
+exactly that state, and the outputs it gives again are the same, with the same ids.  (Without
+it, a changelog written ahead of the offsets counted the replayed input twice: a running
+count came out shifted, under new ids, and downstream dedup could not tell.)  A seal sets the changed keys
 aside and encodes them for the changelog between batches, spread evenly over half the
 checkpoint interval (:mod:`vigil.stream.pace`; a key touched before its turn is encoded
 first, as it was at the seal): with tens of thousands of keys, doing it at once stalled the
@@ -32,7 +38,8 @@ loop for ~100 ms.  Writes to RocksDB, in both modes, are spread the same way.
 for a flush at most once per ``max(1 s, 5 checkpoint intervals)``, and before giving up
 partitions.  After a crash the records since the last acknowledged
 checkpoint are processed again, so outputs must carry deterministic ids (events do:
-``event_id`` is derived from content).
+``event_id`` is derived from content), and operators must be deterministic given their state
+and input, for the outputs processed twice to be the same twice.
 
 RocksDB is written only with what Kafka already has, together with the changelog offset it
 reaches; it runs without a write-ahead log (the changelog is the log), so after a crash it
@@ -433,7 +440,8 @@ class Application:
         self.batch_size = batch_size
         self.batch_timeout_s = batch_timeout_s
         self.checkpoint_interval_s = checkpoint_interval_s
-        #: Names the transactional producer (exactly-once).  Unset: ``<host>-<home>-<slot>``, the
+        #: Names the transactional producer (exactly-once, or at-least-once with state: the one
+        #: that commits state and offsets).  Unset: ``<host>-<home>-<slot>``, the
         #: lowest slot free in this home when run() starts (:mod:`vigil.stream.instance`), so a process
         #: restarted after a crash fences its predecessor's open transaction at once.
         self.instance_id = instance_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -492,6 +500,9 @@ class Application:
         self._partitions = 0
         self._co_partitioned = True
         self._producer: Producer | None = None
+        #: At-least-once with state: the transactional producer of changelog records and offsets
+        #: (exactly-once: ``_producer`` is transactional and carries them; stateless: none).
+        self._state_producer: Producer | None = None
         self._consumer: Consumer | None = None
         self._last_gauges = 0.0
 
@@ -596,15 +607,20 @@ class Application:
             "delivery.report.only.error": True,
             "on_delivery": self._on_delivery_error,
         }
+        transactional = self.exactly_once or bool(self.stores)
+        if transactional and self._slot is not None:
+            self.instance_id = default_instance_id(self.settings.home, self._slot.acquire())
+        txn = {"transactional.id": f"{self.name}-{self.instance_id}", "transaction.timeout.ms": 30_000}
         if self.exactly_once:
-            if self._slot is not None:
-                self.instance_id = default_instance_id(self.settings.home, self._slot.acquire())
-            pconf["transactional.id"] = f"{self.name}-{self.instance_id}"
-            pconf["transaction.timeout.ms"] = 30_000
-        pconf.update(self._producer_overrides)
-        self._producer = Producer(producer_config(self.settings, **pconf))
-        if self.exactly_once:
+            self._producer = Producer(producer_config(self.settings, **{**pconf, **txn, **self._producer_overrides}))
             self._producer.init_transactions(_TIMEOUT)
+        else:
+            self._producer = Producer(producer_config(self.settings, **{**pconf, **self._producer_overrides}))
+            if self.stores:
+                self._state_producer = Producer(
+                    producer_config(self.settings, **{**pconf, **txn, **self._producer_overrides})
+                )
+                self._state_producer.init_transactions(_TIMEOUT)
         self._consumer = Consumer(self.consumer_settings())
         # Co-partitioned: the group assigns the first input; the others follow (see the module docstring).
         # Otherwise (stateless, unequal partition counts) every input is assigned on its own.
@@ -624,18 +640,19 @@ class Application:
                 log.warning("application %s: closing the consumer: %s", self.name, exc)
         for number in list(self._tasks):
             self._close_task(number)
-        if self._producer is not None:
-            if self._in_txn:
-                self._abort_txn()
-            self._producer.flush(10)
-            self._producer = None
+        if self._in_txn:
+            self._abort_txn()
+        for producer in (self._producer, self._state_producer):
+            if producer is not None:
+                producer.flush(10)
+        self._producer = self._state_producer = None
         if self._slot is not None:
             self._slot.release()
 
     def _fail(self) -> None:
         """After an error: commit nothing of the current checkpoint."""
         self._failed = True
-        if self.exactly_once and self._in_txn:
+        if self._in_txn:
             self._abort_txn()
 
     # ------------------------------------------------------------------ the loop
@@ -1000,10 +1017,17 @@ class Application:
 
     # ------------------------------------------------------------------ producing
 
+    def _txn_producer(self) -> Producer | None:
+        """The producer whose transactions carry changelog records and offsets (None: stateless
+        at-least-once, where offsets are committed by the consumer)."""
+        return self._producer if self._eos else self._state_producer
+
     def _ensure_txn(self) -> None:
-        if self.exactly_once and not self._in_txn:
-            self._running_clients()[0].begin_transaction()
-            self._in_txn = True
+        if not self._in_txn:
+            producer = self._txn_producer()
+            if producer is not None:
+                producer.begin_transaction()
+                self._in_txn = True
 
     def _on_delivery_error(self, err: KafkaError | None, msg: Message) -> None:
         # Purged: the record was in a transaction this process aborted (only aborts purge here),
@@ -1054,7 +1078,7 @@ class Application:
     def _send_changelog(self, topic: str, partition: int, pending: list[tuple[bytes, bytes | None]]) -> None:
         """Produce one store partition's writes (failures come back through the delivery callback)."""
         self._ensure_txn()
-        producer = self._running_clients()[0]
+        producer = self._txn_producer() or self._running_clients()[0]
         produce = producer.produce
         for key, value in pending:
             while True:
@@ -1107,17 +1131,7 @@ class Application:
                 self._in_txn = False
                 producer.poll(0)  # serve failure reports, if any
             except KafkaException as exc:
-                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-                if err is not None and err.code() in _GROUP_MOVED_ON and not err.fatal():
-                    # The group moved on while this process was away (a stall past
-                    # max.poll.interval.ms, a pause in the VM): the offsets may no longer be
-                    # this member's to commit.  As after a lost assignment: the transaction is
-                    # aborted, the state goes back to the last checkpoint and the input is read
-                    # again from there once the group has this member back.
-                    log.warning("application %s: checkpoint refused (%s); processing again", self.name, err)
-                    self._abort_txn()
-                    self._discard_pending()
-                    self._lost = True
+                if self._group_moved_on(exc):
                     return
                 msg = f"application {self.name!r}: checkpoint failed: {exc.args[0]}"
                 raise PipelineError(msg) from exc
@@ -1149,6 +1163,14 @@ class Application:
         (:meth:`_complete_epochs`)."""
         if self._sealing is not None:
             self._encode_step(None)  # the previous one first (rare: spread over half an interval)
+        if self._sealed and self._state_producer is not None:
+            # One seal per transaction: its changelog records must not share a transaction with
+            # the next seal's, or a commit would make state durable ahead of its offsets.  So the
+            # previous seal commits first (it waits only if its outputs were not all acknowledged
+            # within a checkpoint interval).
+            self._complete_epochs(sync=True)
+            if self._lost:
+                return False  # refused: what was processed since is processed again (see _rewind)
         parts: list[_SealPart] = []
         for task in self._tasks.values():
             for store_id, state in task.stores.items():
@@ -1252,7 +1274,10 @@ class Application:
         sealed = self._sealed
         while sealed:
             _, offsets, writes = sealed.popleft()
-            if offsets:
+            if self._state_producer is not None:
+                if not self._commit_state(offsets, consumer):
+                    return
+            elif offsets:
                 try:
                     consumer.commit(offsets=offsets, asynchronous=not (sync and not sealed))
                 except KafkaException as exc:
@@ -1260,11 +1285,50 @@ class Application:
                     raise PipelineError(msg) from exc
             self._queue_writes(writes)
 
+    def _commit_state(self, offsets: list[TopicPartition], consumer: Consumer) -> bool:
+        """At-least-once with state: commit a seal's changelog records and offsets in one
+        transaction.  False: the group moved on (the state goes back to the last checkpoint and the
+        input is read again from there, as after a lost assignment)."""
+        producer = self._state_producer
+        if producer is None or (not offsets and not self._in_txn):
+            return True
+        try:
+            self._ensure_txn()
+            if offsets:
+                producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), _TIMEOUT)
+            producer.commit_transaction(_TIMEOUT)
+            self._in_txn = False
+        except KafkaException as exc:
+            if self._group_moved_on(exc):
+                return False
+            msg = f"application {self.name!r}: committing state and offsets failed: {exc.args[0]}"
+            raise PipelineError(msg) from exc
+        return True
+
+    def _group_moved_on(self, exc: KafkaException) -> bool:
+        """Whether a commit failed because the group moved on while this process was away (a
+        stall past max.poll.interval.ms, a pause in the VM): the offsets may no longer be this
+        member's to commit.  Then, as after a lost assignment, the transaction is aborted, the
+        state goes back to the last checkpoint and the input is read again from there once the
+        group has this member back."""
+        err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        if err is None or err.code() not in _GROUP_MOVED_ON or err.fatal():
+            return False
+        log.warning("application %s: checkpoint refused (%s); processing again", self.name, err)
+        self._abort_txn()
+        self._sealing = None
+        self._sealed.clear()
+        self._discard_pending()
+        self._lost = True
+        return True
+
     def _abort_txn(self) -> None:
-        if self._producer is None:
+        producer = self._txn_producer()
+        if producer is None or not self._in_txn:
+            self._in_txn = False
             return
         try:
-            self._producer.abort_transaction(_TIMEOUT)
+            producer.abort_transaction(_TIMEOUT)
         except KafkaException as exc:
             log.warning("application %s: abort_transaction: %s", self.name, exc)
         self._in_txn = False
@@ -1350,7 +1414,7 @@ class Application:
         self._write_step(None)
         self._sealing = None
         self._sealed.clear()
-        if self.exactly_once and self._in_txn:
+        if self._in_txn:
             self._abort_txn()
         self._discard_pending()
         self._drop(consumer, partitions)
