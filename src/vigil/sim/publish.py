@@ -207,7 +207,8 @@ class SimPublisher:
                         route = routes[type(event)] = (self.topic_for(event), event.key_entity)
                     # Encoded before the key is read: the encoder has just brought the event's
                     # entities and their strings into the cache, where reading the key first
-                    # missed it (5% of the loop in a profile, most of it on that one load).
+                    # missed it (that read went from 6.8% to 2.3% of a profile of the publish;
+                    # side by side, 1-4% less CPU per event, within the noise of this machine).
                     value = enc(event)
                     topic = route[0]
                     key = getattr(event.entities, route[1]) or event.event_id

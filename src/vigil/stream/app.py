@@ -542,10 +542,12 @@ class Application:
                 self._setup()
                 try:
                     self._loop()
+                    # Inside: a final checkpoint that fails (deliveries refused) must not be
+                    # committed by the revocation that closing the consumer runs.
+                    self._checkpoint(sync=True)
                 except BaseException:
                     self._fail()
                     raise
-                self._checkpoint(sync=True)
         finally:
             self._close()
             for sig, handler in previous.items():
@@ -610,9 +612,14 @@ class Application:
         transactional = self.exactly_once or bool(self.stores)
         if transactional and self._slot is not None:
             self.instance_id = default_instance_id(self.settings.home, self._slot.acquire())
-        txn = {"transactional.id": f"{self.name}-{self.instance_id}", "transaction.timeout.ms": 30_000}
+        # At-least-once, a state transaction is open from a seal until every output before it is
+        # acknowledged, which _complete_epochs waits for up to max(1 s, 5 intervals): the timeout
+        # leaves room for that.
+        timeout_ms = max(30_000, int(10_000 * self.checkpoint_interval_s))
+        txn = {"transactional.id": f"{self.name}-{self.instance_id}", "transaction.timeout.ms": timeout_ms}
         if self.exactly_once:
-            self._producer = Producer(producer_config(self.settings, **{**pconf, **txn, **self._producer_overrides}))
+            conf = {**pconf, **txn, **self._producer_overrides}
+            self._producer = Producer(producer_config(self.settings, **conf))
             self._producer.init_transactions(_TIMEOUT)
         else:
             self._producer = Producer(producer_config(self.settings, **{**pconf, **self._producer_overrides}))
@@ -1094,8 +1101,8 @@ class Application:
         ``sync``: in at-least-once mode, finish everything now and wait for the offset commit
         too (before giving up partitions, so their next owner starts where this one ended)."""
         producer, consumer = self._producer, self._consumer
-        if producer is None or consumer is None or self._failed:
-            return
+        if producer is None or consumer is None or self._failed or self._lost:
+            return  # lost: nothing since the last checkpoint is this member's to commit (_rewind)
         started = time.perf_counter()
         if not self.exactly_once:
             sealed = self._seal(sync)
@@ -1166,11 +1173,14 @@ class Application:
         if self._sealed and self._state_producer is not None:
             # One seal per transaction: its changelog records must not share a transaction with
             # the next seal's, or a commit would make state durable ahead of its offsets.  So the
-            # previous seal commits first (it waits only if its outputs were not all acknowledged
-            # within a checkpoint interval).
-            self._complete_epochs(sync=True)
+            # previous seal commits first; if its outputs are not all acknowledged yet, this
+            # checkpoint is skipped rather than waited for (its writes and offsets join the next
+            # seal), unless ``sync``.
+            self._complete_epochs(sync)
             if self._lost:
                 return False  # refused: what was processed since is processed again (see _rewind)
+            if self._sealed:
+                return False
         parts: list[_SealPart] = []
         for task in self._tasks.values():
             for store_id, state in task.stores.items():
@@ -1318,6 +1328,7 @@ class Application:
         self._abort_txn()
         self._sealing = None
         self._sealed.clear()
+        self._next_offsets = {}
         self._discard_pending()
         self._lost = True
         return True

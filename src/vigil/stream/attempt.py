@@ -32,7 +32,7 @@ class UndoableState(State):
     current attempt changed.  The first time an attempt touches a key, its value is copied
     (``deepcopy``: types kept), since operators change the lists and dicts they read in place;
     a key only read is put back only if it was changed in place.  Values read through
-    :meth:`items` are not tracked."""
+    :meth:`items` or :meth:`walk` are not tracked."""
 
     def __init__(self, state: State) -> None:
         self._state = state
@@ -65,6 +65,9 @@ class UndoableState(State):
 
     def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         return self._state.items(prefix)
+
+    def walk(self, prefix: str, after: str | None, limit: int) -> list[tuple[str, Any]]:
+        return self._state.walk(prefix, after, limit)
 
     def generation(self) -> int:
         return self._state.generation() * 1_000_003 + self._undos

@@ -80,6 +80,22 @@ class State(ABC):
     def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         """Committed and pending entries whose key starts with ``prefix``, in key order."""
 
+    def walk(self, prefix: str, after: str | None, limit: int) -> list[tuple[str, Any]]:
+        """Up to ``limit`` entries whose key starts with ``prefix`` and sorts after ``after``
+        (None: from the first), in key order: a bounded, resumable walk for housekeeping, such
+        as deleting the windows of keys that went quiet.  Fewer than ``limit``: the walk reached
+        the end.  Unlike :meth:`items` it may leave out keys first written since the last
+        checkpoint (RocksDB-backed state walks RocksDB, at a cost bounded by ``limit``): they
+        are fresh, and a later walk finds them."""
+        out: list[tuple[str, Any]] = []
+        for key, value in self.items(prefix):
+            if after is not None and key <= after:
+                continue
+            out.append((key, value))
+            if len(out) >= limit:
+                break
+        return out
+
     def generation(self) -> int:
         """Changes when the state goes back to an earlier point (its uncommitted writes thrown
         away after an aborted checkpoint): anything an operator built from it is stale then."""

@@ -7,20 +7,23 @@ event with every right event of the same key whose event times are at most ``wit
 apart, whichever arrives first, and hands each pair to ``on_match`` once.
 
 Events wait in the store as their encoded bytes (exactly what arrived) and expire past
-``within`` plus the allowed lateness behind the partition's watermark; events older than
-the watermark are late (``ctx.late``) and join nothing.
+``within`` plus the allowed lateness behind the partition's watermark: when their key comes
+again, or, for keys that went quiet, by a walk over the store a step at a time
+(:class:`~vigil.stream.windows.QuietKeys`); events older than the watermark are late
+(``ctx.late``) and join nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from vigil.events.base import Event
 from vigil.events.codec import EventCodec, encode
 from vigil.stream.base import Context, Operator, Record, StoreSpec
-from vigil.stream.windows import duration_ms, to_ms
+from vigil.stream.windows import QuietKeys, duration_ms, to_ms
 
 OnMatch = Callable[[Event, Event, Context], None]
 
@@ -58,6 +61,8 @@ class IntervalJoin(Operator[Event]):
         self.on_match = on_match
         self.key = key
         self._codec = EventCodec()
+        #: Deletes the waiting events of keys that went quiet (both sides: "L:" and "R:").
+        self.quiet = QuietKeys("")
 
     def process(self, batch: Sequence[Record[Event]], ctx: Context) -> None:
         state = ctx.state(self.store)
@@ -90,6 +95,8 @@ class IntervalJoin(Operator[Event]):
                     else:
                         self.on_match(waiting, rec.event, ctx)
             mine = self._live(state, side + k, horizon)
+            if self.quiet.counted(not mine):
+                self.quiet.step(state, partial(_expired, horizon=horizon))
             mine.append([t, encode(rec.event)])
             state.set(side + k, mine)
 
@@ -102,3 +109,8 @@ class IntervalJoin(Operator[Event]):
             else:
                 state.delete(skey)
         return kept
+
+
+def _expired(stored: Any, horizon: int) -> bool:
+    """Whether a key's waiting events (or the watermark, an int: never) can match nothing more."""
+    return isinstance(stored, list) and all(entry[0] < horizon for entry in stored)

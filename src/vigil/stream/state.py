@@ -150,6 +150,31 @@ class RocksState(State):
             if value is not _DELETED:
                 yield key, value
 
+    def walk(self, prefix: str, after: str | None, limit: int) -> list[tuple[str, Any]]:
+        # RocksDB from ``after`` on, each value as the cache has it if it has it (newer, or
+        # deleted); keys only in the cache so far (first written since the last checkpoint) are
+        # left out, as State.walk allows: collecting them would mean sorting the whole cache.
+        start = prefix if after is None or after < prefix else after
+        raw_prefix = prefix.encode()
+        cache = self._cache
+        out: list[tuple[str, Any]] = []
+        for item_key, raw in self._db.items(from_key=start.encode()):
+            raw_key = bytes(item_key)  # type: ignore[arg-type]  # raw mode: keys are bytes
+            if not raw_key.startswith(raw_prefix):
+                break
+            if raw_key.startswith(_RESERVED):
+                continue
+            key = raw_key.decode()
+            if after is not None and key <= after:
+                continue
+            value = cache.get(key, _MISSING)
+            if value is _DELETED:
+                continue
+            out.append((key, self._decoder.decode(raw) if value is _MISSING else value))
+            if len(out) >= limit:
+                break
+        return out
+
     # ------------------------------------------------------------------ checkpoint side
 
     @property

@@ -30,8 +30,10 @@ Semantics (the property tests check them against a brute-force reference):
   a hopping event whose older windows have closed counts in the open ones only;
 - ``update`` returns the windows the event fell into with their aggregates over every
   accepted event of the key so far;
-- state past the window and the lateness is deleted when its key is next touched, or by
-  :meth:`WindowedAggregate.expire` for keys that went quiet.
+- state past the window and the lateness is deleted when its key is next touched, and for
+  keys that went quiet by a walk over the store that ``update`` takes a step of now and then
+  (:class:`QuietKeys`: it looks at two keys for every new key, so a store of keys seen once
+  stays bounded), or all at once by :meth:`WindowedAggregate.expire`.
 
 The watermark is kept in the same store (one entry per partition), so it survives restarts
 and moves with the partition.
@@ -216,6 +218,66 @@ AGGREGATIONS: dict[str, type[Aggregation]] = {
 }
 
 
+# ---------------------------------------------------------------------------- quiet keys
+
+#: Keys a walk looks at for every key seen for the first time: more than one, so the walk
+#: outpaces the keys being created and the dead ones (seen once, then quiet) stay fewer than
+#: the live ones (with r keys looked at per new key, dead <= live / (r - 1)).
+WALK_PER_NEW_KEY = 2
+#: And one key per this many updates, so every key is looked at now and then even when no new
+#: keys come.
+WALK_EVERY_UPDATES = 64
+#: Keys per walk step (one RocksDB iterator): a step costs tens of microseconds, rarely.
+WALK_STEP = 64
+
+
+class QuietKeys:
+    """Deletes the state of keys that went quiet, a step of a walk over the store at a time.
+
+    Keys are deleted when their owner says they are expired (at the partition's watermark), so
+    an operator whose state is touched only when its key comes again (windows, joins) does not
+    keep every key it ever saw.  :meth:`counted` is called per update; when it says a step is
+    due, :meth:`step` looks at the next ``WALK_STEP`` keys of the store's partition, resuming
+    where the last step on that partition ended and starting over at the end."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        #: Keys deleted so far.
+        self.deleted = 0
+        self._credit = 0
+        self._updates = 0
+        #: Where the walk is, per store partition (the State objects; closed ones are dropped).
+        self._cursors: dict[State, str | None] = {}
+
+    def counted(self, new: bool) -> bool:
+        """Count one update (``new``: of a key not in the store); True when a step is due."""
+        self._updates += 1
+        if new:
+            self._credit += WALK_PER_NEW_KEY
+        if self._updates >= WALK_EVERY_UPDATES:
+            self._updates = 0
+            self._credit += 1
+        if self._credit >= WALK_STEP:
+            self._credit -= WALK_STEP
+            return True
+        return False
+
+    def step(self, state: State, expired: Callable[[Any], bool]) -> int:
+        """Look at the next keys of ``state``'s walk; delete those ``expired`` says are (it is
+        given the stored value); returns how many went."""
+        entries = state.walk(self.prefix, self._cursors.get(state), WALK_STEP)
+        gone = 0
+        for key, value in entries:
+            if expired(value):
+                state.delete(key)
+                gone += 1
+        if len(self._cursors) > 256:
+            self._cursors = {s: c for s, c in self._cursors.items() if not getattr(s, "closed", False)}
+        self._cursors[state] = entries[-1][0] if len(entries) >= WALK_STEP else None
+        self.deleted += gone
+        return gone
+
+
 # ---------------------------------------------------------------------------- the helper
 
 
@@ -278,6 +340,8 @@ class WindowedAggregate:
         self._lateness = window.lateness_ms
         self._sliding = window.kind == "sliding"
         self._size = window.size_ms
+        #: Deletes the windows of keys that went quiet (see the module docstring).
+        self.quiet = QuietKeys(_KEY_PREFIX)
 
     # -- watermark
 
@@ -317,6 +381,8 @@ class WindowedAggregate:
         size = self._size
         skey = _KEY_PREFIX + key
         stored: list[list[Any]] | None = get(skey)
+        if self.quiet.counted(stored is None):
+            self._walk_step(state, wm)
         if stored is None:
             values: list[Any] = [value]
             state.set(skey, [[t], values])
@@ -341,7 +407,10 @@ class WindowedAggregate:
 
     def _update_fixed(self, state: State, skey: str, t: int, value: Any, wm: int) -> list[WindowValue]:
         size = self.window.size_ms
-        stored: dict[str, list[Any]] = state.get(skey) or {}
+        found: dict[str, list[Any]] | None = state.get(skey)
+        if self.quiet.counted(found is None):
+            self._walk_step(state, wm)
+        stored = found or {}
         windows = {start: accs for start, accs in stored.items() if int(start) + size > wm}
         out = []
         for start in self.window.starts(t):
@@ -361,19 +430,23 @@ class WindowedAggregate:
     # -- housekeeping
 
     def expire(self, state: State) -> int:
-        """Delete state of quiet keys past window + lateness; returns how many keys were deleted."""
+        """Delete the state of every key past window + lateness now (``update`` does it a few
+        keys at a time); returns how many keys were deleted."""
         wm = self.watermark(state)
         if wm is None:
             return 0
-        size = self.window.size_ms
-        dead = []
-        for skey, stored in state.items(_KEY_PREFIX):
-            if self.window.kind == "sliding":
-                alive = bool(stored[0]) and stored[0][-1] > wm - size
-            else:
-                alive = any(int(start) + size > wm for start in stored)
-            if not alive:
-                dead.append(skey)
+        dead = [skey for skey, stored in state.items(_KEY_PREFIX) if self._expired(stored, wm)]
         for skey in dead:
             state.delete(skey)
         return len(dead)
+
+    def _expired(self, stored: Any, wm: int) -> bool:
+        """Whether a key's stored windows can no longer change an answer at watermark ``wm``."""
+        size = self._size
+        if self._sliding:
+            times = stored[0]
+            return not times or times[-1] <= wm - size
+        return all(int(start) + size <= wm for start in stored)
+
+    def _walk_step(self, state: State, wm: int) -> None:
+        self.quiet.step(state, lambda stored: self._expired(stored, wm))

@@ -224,11 +224,11 @@ def test_kill_9_at_least_once_replays_from_state_that_matches_the_offsets(
     make_topics(settings, src, out)
     events = payments(3000, 101)
     produce(settings, src, events)
-    config = slow_worker(settings, name, src, out) | {"guarantee": "at_least_once", "checkpoint_interval_s": 0.3}
-    workers = workers_factory(config)
+    alo = {"guarantee": "at_least_once", "checkpoint_interval_s": 0.3}
+    workers = workers_factory(slow_worker(settings, name, src, out) | alo)
     for kill_at in (700, 1500):
         workers.start("w1", fixed_id=False)
-        wait_for(lambda: workers.processed("w1") >= kill_at, 60, f"{kill_at} records processed")
+        wait_for(lambda n=kill_at: workers.processed("w1") >= n, 60, f"{kill_at} records processed")
         workers.kill("w1")
     assert len(set(committed_ids(settings, out))) < 3000, "the worker finished before the kill"
     workers.start("w1", fixed_id=False)

@@ -93,3 +93,20 @@ def test_join_needs_two_different_topics() -> None:
         IntervalJoin(
             "j", StoreSpec("j"), left="a", right="a", within="1m", on_match=lambda left, right, ctx: None
         )
+
+
+def test_keys_that_go_quiet_do_not_stay_in_the_store() -> None:
+    join = IntervalJoin(
+        "login-withdrawal",
+        StoreSpec("login-withdrawal", 1),
+        left="events.identity",
+        right="events.payments",
+        within="1m",
+        on_match=lambda left, right, ctx: None,
+    )
+    # 6,000 customers who log in once, a second apart, and never withdraw.
+    events = [login(i, f"c{i}", i / 60) for i in range(6000)]
+    result = run_operators([join], events, partitions=1, batch_size=100, topic_of=topic_of)
+    waiting = [k for k, _ in result.states[join.store.id, 0].items("L:")]
+    assert join.quiet.deleted > 5000
+    assert len(waiting) < 400, f"{len(waiting)} customers still waiting"

@@ -291,3 +291,34 @@ def test_reads_match_a_plain_dict_through_queued_checkpoints_and_restarts(
             state = RocksState(path, SPEC)
             assert dict(state.items()) == model
     state.close()
+
+
+def test_walk_resumes_through_rocksdb_with_the_cache_s_newer_values(tmp_path: Path) -> None:
+    state = RocksState(tmp_path / "db", StoreSpec("s"))
+    for i in range(10):
+        state.set(f"w:{i}", i)
+    state.set("x:other", 0)
+    state.write_committed(state.take_pending(), 1)
+    state.set("w:3", "changed")
+    state.delete("w:5")
+    state.set("w:99", "only in the cache")  # first written since the checkpoint: may be left out
+
+    def walk_all(limit: int) -> list[tuple[str, object]]:
+        out: list[tuple[str, object]] = []
+        after = None
+        while True:
+            step = state.walk("w:", after, limit)
+            out += step
+            if len(step) < limit:
+                return out
+            after = step[-1][0]
+
+    expected = [(f"w:{i}", "changed" if i == 3 else i) for i in range(10) if i != 5]
+    for limit in (1, 3, 4, 100):
+        assert walk_all(limit) == expected
+    assert state.walk("w:", "w:8", 5) == [("w:9", 9)]
+    assert state.walk("", None, 100)[-1] == ("x:other", 0)
+    # Once RocksDB has it, the walk finds it.
+    state.write_committed(state.take_pending(), 2)
+    assert ("w:99", "only in the cache") in walk_all(4)
+    state.close()

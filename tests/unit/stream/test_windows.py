@@ -175,3 +175,22 @@ def test_an_aggregation_written_in_plain_python_plugs_in() -> None:
         out = agg.update(state, "k", when, value)
     assert out is not None
     assert out[0].values == {"spread": 7.0, "n": 3}
+
+
+@pytest.mark.parametrize(
+    "window", [Window.sliding("10s", lateness="2s"), Window.tumbling("10s"), Window.hopping("10s", "5s")]
+)
+def test_keys_that_go_quiet_are_deleted_as_updates_go_on(window: Window) -> None:
+    # 20,000 keys, each seen once, a second apart: without the walk every one of them would keep
+    # its window forever; with it, the store holds the few live keys plus a bounded tail.
+    agg = WindowedAggregate(STORE, window, AGGS)
+    state = MemoryState()
+    stream = [(f"k{i}", i * 1000, i % 7) for i in range(20_000)]
+    got = []
+    for key, t, v in stream:
+        res = agg.update(state, key, t, v)
+        got.append(None if res is None else [(w.start_ms, w.end_ms, w.values) for w in res])
+    assert got == reference(window, stream)  # deleting quiet keys changes no answer
+    kept = [k for k, _ in state.items("w:")]
+    assert agg.quiet.deleted > 19_000
+    assert len(kept) < 300, f"{len(kept)} keys kept"
