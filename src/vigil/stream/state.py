@@ -128,22 +128,11 @@ class RocksState(State):
         self._early.append((key.encode(), None if value is _DELETED else _encoder.encode(value)))
 
     def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
-        start = prefix.encode()
         # Every cached value is at least as new as RocksDB's (RocksDB only gets values from here),
         # and some are not in RocksDB yet though no longer pending (sealed or taken, on their way
         # through Kafka): the cache wins.
         pending = {k: v for k, v in self._cache.items() if k.startswith(prefix)}
-        merged: dict[str, Any] = {}
-        for item_key, raw in self._db.items(from_key=start):
-            raw_key = bytes(item_key)  # type: ignore[arg-type]  # raw mode: keys are bytes
-            if not raw_key.startswith(start):
-                break
-            if raw_key.startswith(_RESERVED):
-                continue
-            key = raw_key.decode()
-            merged[key] = self._cache.get(key, _MISSING)
-            if merged[key] is _MISSING:
-                merged[key] = self._decoder.decode(raw)
+        merged: dict[str, Any] = dict(self._stored(prefix, prefix))
         merged.update(pending)
         for key in sorted(merged):
             value = merged[key]
@@ -151,13 +140,22 @@ class RocksState(State):
                 yield key, value
 
     def walk(self, prefix: str, after: str | None, limit: int) -> list[tuple[str, Any]]:
-        # RocksDB from ``after`` on, each value as the cache has it if it has it (newer, or
-        # deleted); keys only in the cache so far (first written since the last checkpoint) are
-        # left out, as State.walk allows: collecting them would mean sorting the whole cache.
-        start = prefix if after is None or after < prefix else after
+        # RocksDB from ``after`` on; keys only in the cache so far (first written since the last
+        # checkpoint) are left out, as State.walk allows: finding them would mean sorting the cache.
+        out: list[tuple[str, Any]] = []
+        for key, value in self._stored(prefix, prefix if after is None or after < prefix else after):
+            if value is _DELETED or (after is not None and key <= after):
+                continue
+            out.append((key, value))
+            if len(out) >= limit:
+                break
+        return out
+
+    def _stored(self, prefix: str, start: str) -> Iterator[tuple[str, Any]]:
+        """RocksDB's keys under ``prefix`` from ``start`` on, in order, each with the cache's value
+        if the cache has one (newer, or ``_DELETED``), else RocksDB's, decoded."""
         raw_prefix = prefix.encode()
         cache = self._cache
-        out: list[tuple[str, Any]] = []
         for item_key, raw in self._db.items(from_key=start.encode()):
             raw_key = bytes(item_key)  # type: ignore[arg-type]  # raw mode: keys are bytes
             if not raw_key.startswith(raw_prefix):
@@ -165,15 +163,8 @@ class RocksState(State):
             if raw_key.startswith(_RESERVED):
                 continue
             key = raw_key.decode()
-            if after is not None and key <= after:
-                continue
             value = cache.get(key, _MISSING)
-            if value is _DELETED:
-                continue
-            out.append((key, self._decoder.decode(raw) if value is _MISSING else value))
-            if len(out) >= limit:
-                break
-        return out
+            yield key, self._decoder.decode(raw) if value is _MISSING else value
 
     # ------------------------------------------------------------------ checkpoint side
 
