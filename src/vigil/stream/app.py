@@ -35,7 +35,7 @@ checkpoint interval (:mod:`vigil.stream.pace`; a key touched before its turn is 
 first, as it was at the seal): with tens of thousands of keys, doing it at once stalled the
 loop for ~100 ms.  Writes to RocksDB, in both modes, are spread the same way.
 "Acknowledged" is librdkafka's out-queue running empty; under steady load the loop waits
-for a flush at most once per ``max(1 s, 5 checkpoint intervals)``, and before giving up
+for a flush at most once per ``max(1 s, 5 checkpoint intervals)`` (at most 4 minutes), and before giving up
 partitions.  After a crash the records since the last acknowledged
 checkpoint are processed again, so outputs must carry deterministic ids (events do:
 ``event_id`` is derived from content), and operators must be deterministic given their state
@@ -612,11 +612,7 @@ class Application:
         transactional = self.exactly_once or bool(self.stores)
         if transactional and self._slot is not None:
             self.instance_id = default_instance_id(self.settings.home, self._slot.acquire())
-        # At-least-once, a state transaction is open from a seal until every output before it is
-        # acknowledged, which _complete_epochs waits for up to max(1 s, 5 intervals): the timeout
-        # leaves room for that.
-        timeout_ms = max(30_000, int(10_000 * self.checkpoint_interval_s))
-        txn = {"transactional.id": f"{self.name}-{self.instance_id}", "transaction.timeout.ms": timeout_ms}
+        txn = {"transactional.id": f"{self.name}-{self.instance_id}", "transaction.timeout.ms": 30_000}
         if self.exactly_once:
             conf = {**pconf, **txn, **self._producer_overrides}
             self._producer = Producer(producer_config(self.settings, **conf))
@@ -624,9 +620,12 @@ class Application:
         else:
             self._producer = Producer(producer_config(self.settings, **{**pconf, **self._producer_overrides}))
             if self.stores:
-                self._state_producer = Producer(
-                    producer_config(self.settings, **{**pconf, **txn, **self._producer_overrides})
-                )
+                # A state transaction is open from a seal until every output before it is
+                # acknowledged, which _complete_epochs waits for up to ACK_WAIT_S: the timeout
+                # leaves room for that (under the brokers' default maximum, 15 minutes).
+                txn["transaction.timeout.ms"] = int(1000 * min(max(30.0, 3 * self._ack_wait_s()), 900.0))
+                conf = {**pconf, **txn, **self._producer_overrides}
+                self._state_producer = Producer(producer_config(self.settings, **conf))
                 self._state_producer.init_transactions(_TIMEOUT)
         self._consumer = Consumer(self.consumer_settings())
         # Co-partitioned: the group assigns the first input; the others follow (see the module docstring).
@@ -645,16 +644,19 @@ class Application:
                 consumer.close()  # cooperative: revokes (and so checkpoints) what is left
             except (KafkaException, RuntimeError) as exc:
                 log.warning("application %s: closing the consumer: %s", self.name, exc)
-        for number in list(self._tasks):
-            self._close_task(number)
-        if self._in_txn:
-            self._abort_txn()
-        for producer in (self._producer, self._state_producer):
-            if producer is not None:
-                producer.flush(10)
-        self._producer = self._state_producer = None
-        if self._slot is not None:
-            self._slot.release()
+        try:
+            for number in list(self._tasks):
+                self._close_task(number)
+            if self._in_txn:
+                self._abort_txn()
+            for producer in (self._producer, self._state_producer):
+                if producer is not None:
+                    producer.flush(10)
+        finally:
+            # Also after a fatal producer error (a refused transactional id): the slot is free again.
+            self._producer = self._state_producer = None
+            if self._slot is not None:
+                self._slot.release()
 
     def _fail(self) -> None:
         """After an error: commit nothing of the current checkpoint."""
@@ -1263,14 +1265,15 @@ class Application:
         checkpoints' offsets and queue their state for RocksDB, oldest first (so both only move
         forward).  "Everything acknowledged" is librdkafka's out-queue being empty, which under
         steady load it may not be for long: then, once the oldest sealed checkpoint is older than
-        ``max(1 s, 5 checkpoint intervals)``, or when ``sync``, the loop waits for a flush."""
+        ``max(1 s, 5 checkpoint intervals)`` (``_ack_wait_s``), or when ``sync``, the loop waits
+        for a flush."""
         if not self._sealed:
             return
         producer = self._running_clients()[0]
         producer.poll(0)  # serve failure reports
         if len(producer):
             waited = time.monotonic() - self._sealed[0][0]
-            if not sync and waited < max(1.0, 5 * self.checkpoint_interval_s):
+            if not sync and waited < self._ack_wait_s():
                 return
             remaining = producer.flush(_TIMEOUT)
             if remaining:
@@ -1294,6 +1297,11 @@ class Application:
                     msg = f"application {self.name!r}: committing offsets failed: {exc.args[0]}"
                     raise PipelineError(msg) from exc
             self._queue_writes(writes)
+
+    def _ack_wait_s(self) -> float:
+        """At-least-once: how long a sealed checkpoint waits for librdkafka's out-queue to run
+        empty on its own before the loop flushes it (see :meth:`_complete_epochs`)."""
+        return min(max(1.0, 5 * self.checkpoint_interval_s), 240.0)
 
     def _commit_state(self, offsets: list[TopicPartition], consumer: Consumer) -> bool:
         """At-least-once with state: commit a seal's changelog records and offsets in one
