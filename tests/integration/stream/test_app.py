@@ -426,3 +426,29 @@ def test_a_lost_assignment_is_processed_again_exactly_once(
     # there once, with the count its customer had: state went back to the last checkpoint too.
     assert len(ids) == len(set(ids)) == 3000
     assert set(ids) == expected_ids(events)
+
+
+def test_at_least_once_state_and_offsets_commit_while_running(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    # The state transaction of an at-least-once checkpoint commits in the background, resumed by
+    # the loop (no call blocks on the broker): the offsets must still reach the end while the
+    # application runs, not only when it stops.
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out)
+    produce(settings, src, payments(600, 37))
+    running = run_app(counting_app(settings, name, src, out, guarantee="at_least_once"))
+    reader = make_consumer(settings, name)
+    try:
+
+        def committed() -> int:
+            tps = reader.committed([TopicPartition(src, p) for p in range(3)], timeout=10)
+            return sum(max(tp.offset, 0) for tp in tps)
+
+        wait_for(lambda: committed() == 600, 60, "offsets committed up to the end while running")
+        assert running.thread.is_alive()
+    finally:
+        reader.close()
+    running.stop()
+    assert not running.errors
+    assert set(output_ids(settings, out)) == expected_ids(payments(600, 37))
