@@ -11,6 +11,7 @@ partition, so a test can also inspect it.
 
 from __future__ import annotations
 
+import heapq
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -55,6 +56,13 @@ class MemoryState(State):
         for key in sorted(self.data):
             if key.startswith(prefix):
                 yield key, self.data[key]
+
+    def walk(self, prefix: str, after: str | None, limit: int) -> list[tuple[str, Any]]:
+        # The next ``limit`` keys without sorting them all (items() does, once per walk step).
+        keys = heapq.nsmallest(
+            limit, (k for k in self.data if k.startswith(prefix) and (after is None or k > after))
+        )
+        return [(key, self.data[key]) for key in keys]
 
 
 @dataclass

@@ -48,6 +48,7 @@ class IntervalJoin(Operator[Event]):
         on_match: OnMatch,
         key: Callable[[Event], str | None] = _default_key,
         lateness: timedelta | str | int = 0,
+        quiet: QuietKeys | None = None,
     ) -> None:
         if left == right:
             msg = f"join {id!r}: left and right must be different topics; got {left!r} twice"
@@ -62,7 +63,7 @@ class IntervalJoin(Operator[Event]):
         self.key = key
         self._codec = EventCodec()
         #: Deletes the waiting events of keys that went quiet (both sides: "L:" and "R:").
-        self.quiet = QuietKeys("")
+        self.quiet = quiet if quiet is not None else QuietKeys("L:", "R:")
 
     def process(self, batch: Sequence[Record[Event]], ctx: Context) -> None:
         state = ctx.state(self.store)
@@ -112,5 +113,5 @@ class IntervalJoin(Operator[Event]):
 
 
 def _expired(stored: Any, horizon: int) -> bool:
-    """Whether a key's waiting events (or the watermark, an int: never) can match nothing more."""
-    return isinstance(stored, list) and all(entry[0] < horizon for entry in stored)
+    """Whether a key's waiting events can match nothing more."""
+    return all(entry[0] < horizon for entry in stored)

@@ -237,43 +237,63 @@ class QuietKeys:
     Keys are deleted when their owner says they are expired (at the partition's watermark), so
     an operator whose state is touched only when its key comes again (windows, joins) does not
     keep every key it ever saw.  :meth:`counted` is called per update; when it says a step is
-    due, :meth:`step` looks at the next ``WALK_STEP`` keys of the store's partition, resuming
-    where the last step on that partition ended and starting over at the end."""
+    due, :meth:`step` looks at the next ``step_keys`` keys of the store's partition under
+    ``prefixes`` (each in turn), resuming where the last step on that partition ended and
+    starting over at the end.  Only keys under ``prefixes`` are looked at: they must be the
+    owner's alone (one windowed aggregate per store).  ``every`` and ``step_keys`` are for tests
+    that want a step at every update."""
 
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
+    def __init__(self, *prefixes: str, step_keys: int = WALK_STEP, every: int = WALK_EVERY_UPDATES) -> None:
+        if not prefixes or step_keys < 1 or every < 1:
+            msg = (
+                "quiet keys: expected prefixes, step_keys >= 1 and every >= 1; "
+                f"got {prefixes}, {step_keys}, {every}"
+            )
+            raise ValueError(msg)
+        self.prefixes = prefixes
+        self.step_keys = step_keys
+        self.every = every
         #: Keys deleted so far.
         self.deleted = 0
         self._credit = 0
         self._updates = 0
-        #: Where the walk is, per store partition (the State objects; closed ones are dropped).
-        self._cursors: dict[State, str | None] = {}
+        #: Where the walk is, per store partition (the State objects): the prefix's index and the
+        #: last key looked at under it.
+        self._cursors: dict[State, tuple[int, str | None]] = {}
 
     def counted(self, new: bool) -> bool:
         """Count one update (``new``: of a key not in the store); True when a step is due."""
         self._updates += 1
         if new:
             self._credit += WALK_PER_NEW_KEY
-        if self._updates >= WALK_EVERY_UPDATES:
+        if self._updates >= self.every:
             self._updates = 0
             self._credit += 1
-        if self._credit >= WALK_STEP:
-            self._credit -= WALK_STEP
+        if self._credit >= self.step_keys:
+            self._credit -= self.step_keys
             return True
         return False
 
     def step(self, state: State, expired: Callable[[Any], bool]) -> int:
         """Look at the next keys of ``state``'s walk; delete those ``expired`` says are (it is
         given the stored value); returns how many went."""
-        entries = state.walk(self.prefix, self._cursors.get(state), WALK_STEP)
+        cursor = self._cursors.get(state)
+        if cursor is None:
+            # A store partition not seen before (an assignment): forget the closed ones, whose
+            # stores (and caches) would otherwise stay in memory.
+            self._cursors = {s: c for s, c in self._cursors.items() if not getattr(s, "closed", False)}
+            cursor = (0, None)
+        index, after = cursor
+        entries = state.walk(self.prefixes[index], after, self.step_keys)
         gone = 0
         for key, value in entries:
             if expired(value):
                 state.delete(key)
                 gone += 1
-        if len(self._cursors) > 256:
-            self._cursors = {s: c for s, c in self._cursors.items() if not getattr(s, "closed", False)}
-        self._cursors[state] = entries[-1][0] if len(entries) >= WALK_STEP else None
+        if len(entries) >= self.step_keys:
+            self._cursors[state] = (index, entries[-1][0])
+        else:
+            self._cursors[state] = ((index + 1) % len(self.prefixes), None)
         self.deleted += gone
         return gone
 
@@ -327,7 +347,14 @@ _window_value = tuple.__new__
 class WindowedAggregate:
     """Keyed event-time window aggregation stored in ``store`` (see the module docstring)."""
 
-    def __init__(self, store: StoreSpec, window: Window, aggregations: Mapping[str, Aggregation]) -> None:
+    def __init__(
+        self,
+        store: StoreSpec,
+        window: Window,
+        aggregations: Mapping[str, Aggregation],
+        *,
+        quiet: QuietKeys | None = None,
+    ) -> None:
         if not aggregations:
             msg = f"windowed aggregate on store {store.id!r}: expected at least one aggregation"
             raise ValueError(msg)
@@ -340,8 +367,9 @@ class WindowedAggregate:
         self._lateness = window.lateness_ms
         self._sliding = window.kind == "sliding"
         self._size = window.size_ms
-        #: Deletes the windows of keys that went quiet (see the module docstring).
-        self.quiet = QuietKeys(_KEY_PREFIX)
+        #: Deletes the windows of keys that went quiet (see the module docstring); the store holds
+        #: one aggregate's windows (the walk takes every ``w:`` key for its own).
+        self.quiet = quiet if quiet is not None else QuietKeys(_KEY_PREFIX)
 
     # -- watermark
 

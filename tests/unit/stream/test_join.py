@@ -5,11 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from vigil.events.base import Entities, Event
 from vigil.events.types import Login, WithdrawalRequest, WithdrawalRequestPayload
 from vigil.stream.base import Context, StoreSpec
 from vigil.stream.join import IntervalJoin
+from vigil.stream.windows import QuietKeys
 from vigil.testing import run_operators
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -110,3 +113,40 @@ def test_keys_that_go_quiet_do_not_stay_in_the_store() -> None:
     waiting = [k for k, _ in result.states[join.store.id, 0].items("L:")]
     assert join.quiet.deleted > 5000
     assert len(waiting) < 400, f"{len(waiting)} customers still waiting"
+
+
+@settings(max_examples=200, deadline=None)
+@example(  # a case found by deleting every key a walk step looks at (all waiting events lost)
+    [(False, "c1", 0)] * 4 + [(False, "c1", 9), (False, "c1", 6), (True, "c1", 6), (True, "c1", 6)]
+)
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.sampled_from(["c1", "c2", "c3"]), st.integers(0, 60)),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_walking_for_quiet_keys_at_every_update_changes_no_pair(stream: list[tuple[bool, str, int]]) -> None:
+    # A walk step at every update against none at all, on out-of-order events over a few keys:
+    # deleting waiting events that could still match would lose pairs.
+    def pairs_with(quiet: QuietKeys) -> tuple[list[tuple[str, str]], list[str]]:
+        pairs: list[tuple[str, str]] = []
+        join = IntervalJoin(
+            "j",
+            StoreSpec("j", 1),
+            left="events.identity",
+            right="events.payments",
+            within="5m",
+            lateness="3m",
+            on_match=lambda left, right, ctx: pairs.append((left.event_id, right.event_id)),
+            quiet=quiet,
+        )
+        events = [
+            login(i, c, minute) if is_login else withdrawal(i, c, minute)
+            for i, (is_login, c, minute) in enumerate(stream)
+        ]
+        result = run_operators([join], events, partitions=1, batch_size=3, topic_of=topic_of)
+        return pairs, [r.event.event_id for r in result.late]
+
+    walking = pairs_with(QuietKeys("L:", "R:", step_keys=1, every=1))
+    assert walking == pairs_with(QuietKeys("L:", "R:", step_keys=10**9, every=10**9))
