@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import example, given, settings
@@ -41,21 +43,26 @@ def topic_of(event: Event) -> str:
     return f"events.{event.domain}"
 
 
+def login_withdrawal_join(on_match: Callable[[Event, Event, Context], None], **kw: Any) -> IntervalJoin:
+    """Logins (left) joined with withdrawals (right) by customer."""
+    options: dict[str, Any] = {"within": "10m", **kw}
+    return IntervalJoin(
+        "login-withdrawal",
+        StoreSpec("login-withdrawal", 1),
+        left="events.identity",
+        right="events.payments",
+        on_match=on_match,
+        **options,
+    )
+
+
 def test_pairs_within_the_interval_whichever_side_comes_first() -> None:
     pairs: list[tuple[str, str]] = []
 
     def matched(left: Event, right: Event, ctx: Context) -> None:
         pairs.append((left.event_id, right.event_id))
 
-    join = IntervalJoin(
-        "login-withdrawal",
-        StoreSpec("login-withdrawal", 1),
-        left="events.identity",
-        right="events.payments",
-        within="10m",
-        lateness="1m",
-        on_match=matched,
-    )
+    join = login_withdrawal_join(matched, lateness="1m")
     events = [
         login(1, "c1", 0),
         withdrawal(1, "c1", 5),  # 5 min after l1: pair
@@ -72,14 +79,7 @@ def test_pairs_within_the_interval_whichever_side_comes_first() -> None:
 def test_pairs_exactly_within_apart_are_joined() -> None:
     # |dt| <= within is inclusive, also when the later event sits right at the watermark.
     pairs: list[tuple[str, str]] = []
-    join = IntervalJoin(
-        "edge",
-        StoreSpec("edge", 1),
-        left="events.identity",
-        right="events.payments",
-        within="10m",
-        on_match=lambda left, right, ctx: pairs.append((left.event_id, right.event_id)),
-    )
+    join = login_withdrawal_join(lambda left, right, ctx: pairs.append((left.event_id, right.event_id)))
     events = [
         login(1, "c1", 0),
         withdrawal(1, "c1", 10),  # exactly 10 min later
@@ -99,14 +99,7 @@ def test_join_needs_two_different_topics() -> None:
 
 
 def test_keys_that_go_quiet_do_not_stay_in_the_store() -> None:
-    join = IntervalJoin(
-        "login-withdrawal",
-        StoreSpec("login-withdrawal", 1),
-        left="events.identity",
-        right="events.payments",
-        within="1m",
-        on_match=lambda left, right, ctx: None,
-    )
+    join = login_withdrawal_join(lambda left, right, ctx: None, within="1m")
     # 6,000 customers who log in once, a second apart, and never withdraw.
     events = [login(i, f"c{i}", i / 60) for i in range(6000)]
     result = run_operators([join], events, partitions=1, batch_size=100, topic_of=topic_of)
@@ -131,14 +124,10 @@ def test_walking_for_quiet_keys_at_every_update_changes_no_pair(stream: list[tup
     # deleting waiting events that could still match would lose pairs.
     def pairs_with(quiet: QuietKeys) -> tuple[list[tuple[str, str]], list[str]]:
         pairs: list[tuple[str, str]] = []
-        join = IntervalJoin(
-            "j",
-            StoreSpec("j", 1),
-            left="events.identity",
-            right="events.payments",
+        join = login_withdrawal_join(
+            lambda left, right, ctx: pairs.append((left.event_id, right.event_id)),
             within="5m",
             lateness="3m",
-            on_match=lambda left, right, ctx: pairs.append((left.event_id, right.event_id)),
             quiet=quiet,
         )
         events = [

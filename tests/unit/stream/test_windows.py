@@ -78,16 +78,20 @@ def reference(window: Window, stream: list[tuple[str, int, int]]) -> list[Any]:
     return out
 
 
+def answers(agg: WindowedAggregate, state: MemoryState, stream: list[tuple[str, int, int]]) -> list[Any]:
+    """What ``update`` answers for each event of ``stream``, in the reference's shape."""
+    got: list[Any] = []
+    for key, t, v in stream:
+        res = agg.update(state, key, t, v)
+        got.append(None if res is None else [(w.start_ms, w.end_ms, w.values) for w in res])
+    return got
+
+
 @settings(max_examples=150, deadline=None)
 @given(window=windows, stream=events)
 def test_windows_match_brute_force_reference(window: Window, stream: list[tuple[str, int, int]]) -> None:
     agg = WindowedAggregate(STORE, window, AGGS)
-    state = MemoryState()
-    got = []
-    for key, t, v in stream:
-        res = agg.update(state, key, t, v)
-        got.append(None if res is None else [(w.start_ms, w.end_ms, w.values) for w in res])
-    assert got == reference(window, stream)
+    assert answers(agg, MemoryState(), stream) == reference(window, stream)
 
 
 @settings(max_examples=150, deadline=None)
@@ -98,12 +102,7 @@ def test_walking_for_quiet_keys_at_every_update_changes_no_answer(
     # Out-of-order events over a few keys, and a walk step (one key) at every update: deleting
     # what could still change an answer would show against the brute-force reference.
     agg = WindowedAggregate(STORE, window, AGGS, quiet=QuietKeys("w:", step_keys=1, every=1))
-    state = MemoryState()
-    got = []
-    for key, t, v in stream:
-        res = agg.update(state, key, t, v)
-        got.append(None if res is None else [(w.start_ms, w.end_ms, w.values) for w in res])
-    assert got == reference(window, stream)
+    assert answers(agg, MemoryState(), stream) == reference(window, stream)
 
 
 @settings(max_examples=60, deadline=None)
@@ -203,11 +202,7 @@ def test_keys_that_go_quiet_are_deleted_as_updates_go_on(window: Window) -> None
     agg = WindowedAggregate(STORE, window, AGGS)
     state = MemoryState()
     stream = [(f"k{i}", i * 1000, i % 7) for i in range(20_000)]
-    got = []
-    for key, t, v in stream:
-        res = agg.update(state, key, t, v)
-        got.append(None if res is None else [(w.start_ms, w.end_ms, w.values) for w in res])
-    assert got == reference(window, stream)  # deleting quiet keys changes no answer
+    assert answers(agg, state, stream) == reference(window, stream)  # deleting quiet keys changes no answer
     kept = [k for k, _ in state.items("w:")]
     assert agg.quiet.deleted > 19_000
     assert len(kept) < 300, f"{len(kept)} keys kept"
