@@ -92,9 +92,14 @@ TRANSIENT_OFFSET_ERRORS = frozenset(
 )
 
 
+def kafka_error(exc: KafkaException) -> KafkaError | None:
+    """The KafkaError a KafkaException carries (None: it carries something else)."""
+    return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+
+
 def is_transient(exc: KafkaException) -> bool:
     """Whether an offsets request failed only for now (see ``TRANSIENT_OFFSET_ERRORS``)."""
-    err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+    err = kafka_error(exc)
     return err is not None and (err.code() in TRANSIENT_OFFSET_ERRORS or err.retriable())
 
 

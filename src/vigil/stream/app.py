@@ -131,7 +131,7 @@ from vigil.events.base import Event, utcnow
 from vigil.events.codec import EventCodec, encode
 from vigil.events.records import DeadLetter
 from vigil.hub.admin import ensure_topics
-from vigil.hub.client import consumer_config, make_admin, producer_config
+from vigil.hub.client import consumer_config, kafka_error, make_admin, producer_config
 from vigil.hub.topics import TOPICS, TopicSpec
 from vigil.stream.alignment import TP, Alignment
 from vigil.stream.attempt import Attempt, attempt
@@ -612,21 +612,24 @@ class Application:
         transactional = self.exactly_once or bool(self.stores)
         if transactional and self._slot is not None:
             self.instance_id = default_instance_id(self.settings.home, self._slot.acquire())
-        txn = {"transactional.id": f"{self.name}-{self.instance_id}", "transaction.timeout.ms": 30_000}
-        if self.exactly_once:
-            conf = {**pconf, **txn, **self._producer_overrides}
-            self._producer = Producer(producer_config(self.settings, **conf))
-            self._producer.init_transactions(_TIMEOUT)
-        else:
-            self._producer = Producer(producer_config(self.settings, **{**pconf, **self._producer_overrides}))
-            if self.stores:
-                # A state transaction is open from a seal until every output before it is
-                # acknowledged, which _complete_epochs waits for up to ACK_WAIT_S: the timeout
-                # leaves room for that (under the brokers' default maximum, 15 minutes).
-                txn["transaction.timeout.ms"] = int(1000 * min(max(30.0, 3 * self._ack_wait_s()), 900.0))
-                conf = {**pconf, **txn, **self._producer_overrides}
-                self._state_producer = Producer(producer_config(self.settings, **conf))
-                self._state_producer.init_transactions(_TIMEOUT)
+
+        def producer(timeout_s: float | None = None) -> Producer:
+            """A producer of this application, transactional when given a transaction timeout."""
+            conf = dict(pconf)
+            if timeout_s is not None:
+                conf["transactional.id"] = f"{self.name}-{self.instance_id}"
+                conf["transaction.timeout.ms"] = int(timeout_s * 1000)
+            made = Producer(producer_config(self.settings, **{**conf, **self._producer_overrides}))
+            if timeout_s is not None:
+                made.init_transactions(_TIMEOUT)
+            return made
+
+        self._producer = producer(30.0 if self.exactly_once else None)
+        if not self.exactly_once and self.stores:
+            # A state transaction is open from a seal until every output before it is acknowledged,
+            # which _complete_epochs waits for up to _ack_wait_s(): the timeout leaves room for that
+            # (under the brokers' default maximum, 15 minutes).
+            self._state_producer = producer(min(max(30.0, 3 * self._ack_wait_s()), 900.0))
         self._consumer = Consumer(self.consumer_settings())
         # Co-partitioned: the group assigns the first input; the others follow (see the module docstring).
         # Otherwise (stateless, unequal partition counts) every input is assigned on its own.
@@ -1130,20 +1133,9 @@ class Application:
                     self._write_step(None)
                 self._update_gauges()
                 return
-            try:
-                self._ensure_txn()
-                if offsets:
-                    producer.send_offsets_to_transaction(
-                        offsets, consumer.consumer_group_metadata(), _TIMEOUT
-                    )
-                producer.commit_transaction(_TIMEOUT)
-                self._in_txn = False
-                producer.poll(0)  # serve failure reports, if any
-            except KafkaException as exc:
-                if self._group_moved_on(exc):
-                    return
-                msg = f"application {self.name!r}: checkpoint failed: {exc.args[0]}"
-                raise PipelineError(msg) from exc
+            if not self._commit_txn(offsets, consumer):
+                return
+            producer.poll(0)  # serve failure reports, if any
             if self._delivery_errors:
                 errors, self._delivery_errors = self._delivery_errors, []
                 msg = f"application {self.name!r}: {len(errors)} deliveries failed; first: {errors[0]}"
@@ -1288,7 +1280,7 @@ class Application:
         while sealed:
             _, offsets, writes = sealed.popleft()
             if self._state_producer is not None:
-                if not self._commit_state(offsets, consumer):
+                if (offsets or self._in_txn) and not self._commit_txn(offsets, consumer):
                     return
             elif offsets:
                 try:
@@ -1303,12 +1295,13 @@ class Application:
         empty on its own before the loop flushes it (see :meth:`_complete_epochs`)."""
         return min(max(1.0, 5 * self.checkpoint_interval_s), 240.0)
 
-    def _commit_state(self, offsets: list[TopicPartition], consumer: Consumer) -> bool:
-        """At-least-once with state: commit a seal's changelog records and offsets in one
-        transaction.  False: the group moved on (the state goes back to the last checkpoint and the
-        input is read again from there, as after a lost assignment)."""
-        producer = self._state_producer
-        if producer is None or (not offsets and not self._in_txn):
+    def _commit_txn(self, offsets: list[TopicPartition], consumer: Consumer) -> bool:
+        """Commit the open transaction with the input ``offsets`` (exactly-once: outputs, changelog
+        records and offsets; at-least-once with state: a seal's changelog records and offsets).
+        False: the group moved on (the state goes back to the last checkpoint and the input is read
+        again from there, as after a lost assignment)."""
+        producer = self._txn_producer()
+        if producer is None:
             return True
         try:
             self._ensure_txn()
@@ -1319,7 +1312,7 @@ class Application:
         except KafkaException as exc:
             if self._group_moved_on(exc):
                 return False
-            msg = f"application {self.name!r}: committing state and offsets failed: {exc.args[0]}"
+            msg = f"application {self.name!r}: checkpoint failed: {exc.args[0]}"
             raise PipelineError(msg) from exc
         return True
 
@@ -1329,7 +1322,7 @@ class Application:
         member's to commit.  Then, as after a lost assignment, the transaction is aborted, the
         state goes back to the last checkpoint and the input is read again from there once the
         group has this member back."""
-        err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        err = kafka_error(exc)
         if err is None or err.code() not in _GROUP_MOVED_ON or err.fatal():
             return False
         log.warning("application %s: checkpoint refused (%s); processing again", self.name, err)

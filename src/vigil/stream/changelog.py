@@ -23,7 +23,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from vigil.config import Settings
 from vigil.errors import PipelineError
-from vigil.hub.client import is_transient, make_admin, make_consumer
+from vigil.hub.client import is_transient, kafka_error, make_admin, make_consumer
 from vigil.hub.topics import TopicSpec
 from vigil.stream.state import RocksState
 
@@ -148,7 +148,7 @@ def end_offsets(
                 out[tp] = (int(answers[0][tp].result().offset), int(answers[1][tp].result().offset))
             except KafkaException as exc:
                 if not is_transient(exc) or time.monotonic() + pause > deadline:
-                    err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                    err = kafka_error(exc)
                     reason = err.str() if err is not None else str(exc)
                     msg = f"restoring changelog {tp[0]}[{tp[1]}]: could not read its end offsets: {reason}"
                     raise PipelineError(msg) from exc

@@ -117,6 +117,20 @@ def slow_worker(settings: Settings, name: str, src: str, out: str) -> dict[str, 
     }
 
 
+def made_topics(settings: Settings, names: Callable[[str], str]) -> tuple[str, str, str]:
+    """The input and output topics (made) and the application name of one test."""
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out)
+    return src, out, name
+
+
+def finish_each_output_once(settings: Settings, workers: Workers, out: str, events: list[Payment]) -> None:
+    """Once every output is committed, the workers stop and each output is there once."""
+    wait_for(lambda: len(committed_ids(settings, out)) >= len(events), 90, f"{len(events)} committed outputs")
+    workers.stop_all()
+    assert_each_output_once(settings, out, events)
+
+
 def assert_each_output_once(settings: Settings, out: str, events: list[Payment]) -> None:
     """Every expected output committed, none twice."""
     ids = committed_ids(settings, out)
@@ -131,8 +145,7 @@ def committed_ids(settings: Settings, topic: str) -> list[str]:
 def test_kill_9_mid_stream_then_restart_is_exactly_once(
     settings: Settings, names: Callable[[str], str], workers_factory: Callable[[dict[str, object]], Workers]
 ) -> None:
-    src, out, name = names("in"), names("out"), names("app")
-    make_topics(settings, src, out)
+    src, out, name = made_topics(settings, names)
     events = payments(3000, 101)
     produce(settings, src, events)
     workers = workers_factory(slow_worker(settings, name, src, out))
@@ -152,16 +165,13 @@ def test_kill_9_mid_stream_then_restart_is_exactly_once(
     # Partitions are assigned after the producer is made: the id in the status is the one in use.
     wait_for(lambda: bool(workers.assigned("w1")), 60, "the restarted worker owns partitions")
     assert workers.instance_id("w1") == first_id
-    wait_for(lambda: len(committed_ids(settings, out)) >= 3000, 90, "3000 committed outputs")
-    workers.stop_all()
-    assert_each_output_once(settings, out, events)
+    finish_each_output_once(settings, workers, out, events)
 
 
 def test_two_workers_one_killed_survivor_completes_without_duplicates(
     settings: Settings, names: Callable[[str], str], workers_factory: Callable[[dict[str, object]], Workers]
 ) -> None:
-    src, out, name = names("in"), names("out"), names("app")
-    make_topics(settings, src, out)
+    src, out, name = made_topics(settings, names)
     workers = workers_factory(slow_worker(settings, name, src, out))
     workers.start("w1")
     workers.start("w2")
@@ -177,9 +187,7 @@ def test_two_workers_one_killed_survivor_completes_without_duplicates(
     assert workers.assigned("w2")
     workers.kill("w1")
     wait_for(lambda: len(workers.assigned("w2")) == 3, 60, "the survivor owns every partition")
-    wait_for(lambda: len(committed_ids(settings, out)) >= 3000, 90, "3000 committed outputs")
-    workers.stop_all()
-    assert_each_output_once(settings, out, events)
+    finish_each_output_once(settings, workers, out, events)
 
 
 def test_a_worker_joining_mid_stream_takes_partitions_without_loss_or_duplicates(
@@ -188,8 +196,7 @@ def test_a_worker_joining_mid_stream_takes_partitions_without_loss_or_duplicates
     # Cooperative rebalancing: the first worker hands partitions over (checkpointing them on
     # revocation) while it keeps processing the rest; the newcomer restores their state from
     # the changelog and carries on.  Every running count must come out once.
-    src, out, name = names("in"), names("out"), names("app")
-    make_topics(settings, src, out)
+    src, out, name = made_topics(settings, names)
     events = payments(3000, 101)
     # Most first, the rest once the newcomer owns partitions: at 250 records a second the first
     # worker needs 7 s for what is left after 600, and the last 500 come after the join anyway.
@@ -209,9 +216,7 @@ def test_a_worker_joining_mid_stream_takes_partitions_without_loss_or_duplicates
         60,
         "the three partitions split between the two workers",
     )
-    wait_for(lambda: len(committed_ids(settings, out)) >= 3000, 90, "3000 committed outputs")
-    workers.stop_all()
-    assert_each_output_once(settings, out, events)
+    finish_each_output_once(settings, workers, out, events)
 
 
 def test_kill_9_at_least_once_replays_from_state_that_matches_the_offsets(
@@ -223,8 +228,7 @@ def test_kill_9_at_least_once_replays_from_state_that_matches_the_offsets(
     # offsets: each output's id here carries its customer's running count, so state restored
     # ahead of the offsets (changelog records of a checkpoint whose offsets were not committed)
     # would count replayed payments twice and emit ids outside the expected set.
-    src, out, name = names("in"), names("out"), names("app")
-    make_topics(settings, src, out)
+    src, out, name = made_topics(settings, names)
     events = payments(3000, 101)
     produce(settings, src, events)
     alo = {"guarantee": "at_least_once", "checkpoint_interval_s": 0.3}
