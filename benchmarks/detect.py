@@ -59,7 +59,7 @@ from vigil.hub.client import EventProducer
 from vigil.sim import SimConfig, Simulation
 from vigil.stream.app import AT_LEAST_ONCE_CHECKPOINT_S, DEFAULT_BATCH_SIZE
 from vigil.stream.base import Record, State, StoreSpec
-from vigil.stream.collector import collecting_rarely
+from vigil.stream.collector import collecting_young
 from vigil.testing import MemoryState
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,10 +148,11 @@ def in_memory(rules: list[Any], events: int) -> dict[str, Any]:
     op.process([Record(e, "intel", 0, n, None, 0) for n, e in enumerate(intel)], ctx)
     records = [Record(e, "in", 0, n, None, 0) for n, e in enumerate(stream)]
     # With the runtime's batch size, and the collector as the runtime sets it while it processes.
-    with collecting_rarely():
+    with collecting_young() as collector:
         started = time.perf_counter()
         for i in range(0, len(records), DEFAULT_BATCH_SIZE):
             op.process(records[i : i + DEFAULT_BATCH_SIZE], ctx)
+            collector.step()
         elapsed = time.perf_counter() - started
     return {
         "events": len(records),

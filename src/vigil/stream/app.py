@@ -45,10 +45,11 @@ RocksDB is written only with what Kafka already has, together with the changelog
 reaches; it runs without a write-ahead log (the changelog is the log), so after a crash it
 is at a consistent older point and restore catches up from there.
 
-Garbage collection.  While running, the gen-0 threshold of Python's collector is raised
-(``gc_threshold``, put back on return; :mod:`vigil.stream.collector`): batches allocate many
-short-lived objects, and with the default the collector ran every few records and walked the
-state values, which halved throughput and added tens of milliseconds of pause.
+Garbage collection.  While running, Python's automatic collection is off and the loop
+collects young objects between batches, every ``gc_young`` allocations, freezing what
+survives (:mod:`vigil.stream.collector`; put back on return): with Python's defaults the
+collector walked the state values every few records and halved throughput, and rare large
+collections paused the loop for 70-160 ms.
 
 Co-partitioned inputs.  With several input topics the group subscribes to the first and
 partition ``p`` of every other input follows partition ``p`` of the first (all inputs
@@ -137,7 +138,7 @@ from vigil.stream.alignment import TP, Alignment
 from vigil.stream.attempt import Attempt, attempt
 from vigil.stream.base import Guarantee, Operator, Record, State, StoreSpec
 from vigil.stream.changelog import RestoreTask, changelog_spec, changelog_topic, restore
-from vigil.stream.collector import GC_THRESHOLD, collecting_rarely
+from vigil.stream.collector import YOUNG_OBJECTS, Collector, collecting_young
 from vigil.stream.instance import InstanceSlot, slot_directory
 from vigil.stream.instance import instance_id as default_instance_id
 from vigil.stream.metrics import AppMetrics, PrometheusMetrics
@@ -387,7 +388,7 @@ class Application:
         internal_topics: Sequence[TopicSpec] = (),
         consumer_overrides: dict[str, Any] | None = None,
         producer_overrides: dict[str, Any] | None = None,
-        gc_threshold: int | None = GC_THRESHOLD,
+        gc_young: int | None = YOUNG_OBJECTS,
         max_event_time_skew_s: float | None = None,
         alignment_idle_s: float = 1.0,
         alignment_max_buffered: int = ALIGNMENT_MAX_BUFFERED,
@@ -447,7 +448,8 @@ class Application:
         self.instance_id = instance_id or f"{socket.gethostname()}-{os.getpid()}"
         self._slot = None if instance_id else InstanceSlot(slot_directory(settings.home), name)
         self.internal_topics = list(internal_topics)
-        self.gc_threshold = gc_threshold
+        self.gc_young = gc_young
+        self._collector: Collector | None = None
         #: Event-time alignment (see the module docstring); ``None``: off.  Read when run() starts.
         self.max_event_time_skew_s = max_event_time_skew_s
         self.alignment_max_buffered = alignment_max_buffered
@@ -538,7 +540,8 @@ class Application:
                 previous[sig] = signal.signal(sig, self._on_signal)
         try:
             # (See vigil.stream.collector: process-wide, put back on return.)
-            with collecting_rarely(self.gc_threshold):
+            with collecting_young(self.gc_young) as collector:
+                self._collector = collector
                 self._setup()
                 try:
                     self._loop()
@@ -677,6 +680,7 @@ class Application:
 
     def _loop(self) -> None:
         _, consumer = self._running_clients()
+        collector = self._collector or Collector(None)
         last_checkpoint = time.monotonic()
         last_align = 0.0
         while not self._stop.is_set():
@@ -706,6 +710,12 @@ class Application:
             if now - last_checkpoint >= self.checkpoint_interval_s:
                 self._checkpoint()
                 last_checkpoint = time.monotonic()
+            took = collector.step(not msgs, now)
+            if took:
+                self.prometheus.gc.labels(self.name).observe(took)
+                self.metrics.gc_collections += 1
+                self.metrics.gc_seconds += took
+                self.metrics.gc_longest_s = max(self.metrics.gc_longest_s, took)
 
     def _process(self, msgs: list[Message]) -> None:
         if self.alignment is not None:
@@ -1255,22 +1265,28 @@ class Application:
     def _complete_epochs(self, sync: bool = False) -> None:
         """At-least-once: once Kafka has acknowledged every record produced so far, commit the sealed
         checkpoints' offsets and queue their state for RocksDB, oldest first (so both only move
-        forward).  "Everything acknowledged" is librdkafka's out-queue being empty, which under
-        steady load it may not be for long: then, once the oldest sealed checkpoint is older than
+        forward).  "Everything acknowledged" is librdkafka's out-queues (outputs and, with state,
+        the changelog records of the state transaction) being empty, which under steady load they
+        may not be for long: then, once the oldest sealed checkpoint is older than
         ``max(1 s, 5 checkpoint intervals)`` (``_ack_wait_s``), or when ``sync``, the loop waits
         for a flush."""
         if not self._sealed:
             return
-        producer = self._running_clients()[0]
-        producer.poll(0)  # serve failure reports
-        if len(producer):
-            waited = time.monotonic() - self._sealed[0][0]
-            if not sync and waited < self._ack_wait_s():
-                return
-            remaining = producer.flush(_TIMEOUT)
-            if remaining:
-                msg = f"application {self.name!r}: {remaining} records not acknowledged in {_TIMEOUT:g}s"
-                raise PipelineError(msg)
+        # The state producer's changelog records too: committing its transaction waits for their
+        # acknowledgement, and that wait blocked the loop (the loop spent 12-370 ms in this
+        # method under load, measured before this check).
+        for producer in (self._running_clients()[0], self._state_producer):
+            if producer is None:
+                continue
+            producer.poll(0)  # serve failure reports
+            if len(producer):
+                waited = time.monotonic() - self._sealed[0][0]
+                if not sync and waited < self._ack_wait_s():
+                    return
+                remaining = producer.flush(_TIMEOUT)
+                if remaining:
+                    msg = f"application {self.name!r}: {remaining} records not acknowledged in {_TIMEOUT:g}s"
+                    raise PipelineError(msg)
         if self._delivery_errors:
             errors, self._delivery_errors = self._delivery_errors, []
             msg = f"application {self.name!r}: {len(errors)} deliveries failed; first: {errors[0]}"

@@ -35,6 +35,11 @@ class AppMetrics:
     restored_records: int = 0
     rebalances: int = 0
     last_checkpoint_s: float = 0.0
+    #: Garbage collections the loop ran between batches (vigil.stream.collector): how many, the
+    #: seconds they took in all, and the longest one (each pauses the loop).
+    gc_collections: int = 0
+    gc_seconds: float = 0.0
+    gc_longest_s: float = 0.0
     assigned: list[tuple[str, int]] = field(default_factory=list)
     #: Event-time alignment: partitions paused now, and pauses so far.
     paused: list[tuple[str, int]] = field(default_factory=list)
@@ -73,6 +78,13 @@ class PrometheusMetrics:
         )
         self.checkpoint = Histogram(
             "vigil_stream_checkpoint_seconds", "Checkpoint (flush/commit) duration", ["app"], registry=r
+        )
+        self.gc = Histogram(
+            "vigil_stream_gc_seconds",
+            "Garbage collections run by the loop between batches (each one pauses it)",
+            ["app"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
         )
         self.lag = Gauge(
             "vigil_stream_consumer_lag",
