@@ -22,6 +22,8 @@ from vigil.detect.engine import (
     _prefix_decides,
 )
 from vigil.detect.intel import IntelIndex
+from vigil.detect.kinds.base import Detector
+from vigil.detect.rules.registry import KINDS
 from vigil.detect.rules.validate import load_rules
 from vigil.events.base import Entities, Event
 from vigil.events.types import (
@@ -516,3 +518,53 @@ def test_a_rule_kind_written_in_plain_python_runs_beside_the_shipped_ones() -> N
     det.process(withdrawal(1, "0x" + "ab" * 20), MemoryState(), hits)
     assert [h.entity.id for h in hits] == ["c1"]
     assert det.routes(withdrawal(2, "0x" + "ab" * 20)) == ["customer:c1"]
+
+
+def test_a_sweep_takes_one_store_per_batch_and_reaches_every_store_that_expires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # All at once, a sweep of every store held one batch back for tens of milliseconds: now a
+    # batch carries one detector's store at most, and the sweep still reaches every store that
+    # expires anything.  (Only sweeps list a store's keys: items() calls are sweeps.)
+    monkeypatch.setattr("vigil.detect.engine.SWEEP_EVERY", 500)
+    swept: list[tuple[int, str]] = []
+    batch_no = [0]  # the batch being processed
+
+    class Recording(MemoryState):
+        store = ""
+
+        def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
+            swept.append((batch_no[0], self.store))
+            return super().items(prefix)
+
+    class RecordingCtx(_Ctx):
+        def state(self, store: StoreSpec) -> State:
+            found = self._states.get((store.id, 0))
+            if found is None:
+                found = self._states[(store.id, 0)] = Recording()
+                found.store = store.id  # type: ignore[attr-defined]
+            return found
+
+    states: dict[tuple[str, int], MemoryState] = {}
+    op = DetectOperator(RuleSet(RULES))
+    events = small_sim()
+    for number, start in enumerate(range(0, len(events), 100)):
+        batch_no[0] = number
+        batch = [Record(e, "in", 0, n, None, 0) for n, e in enumerate(events[start : start + 100], start)]
+        op.process(batch, RecordingCtx(0, states, []))
+    stores_by_batch: dict[int, set[str]] = defaultdict(set)
+    for number, store in swept:
+        stores_by_batch[number].add(store)
+    assert stores_by_batch
+    assert all(len(stores) == 1 for stores in stores_by_batch.values())
+    assert {store for _, store in swept} == {det.store_id for det in op.ruleset.detectors if det.sweeps}
+    assert op.swept > 0
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_kind_says_whether_it_sweeps(kind: str) -> None:
+    # The engine skips detectors whose kind says it does not sweep: one that overrides sweep()
+    # must say so, or its state would never expire.
+    detector = KINDS[kind].detector
+    overrides = any("sweep" in vars(cls) for cls in detector.__mro__ if cls is not Detector)
+    assert detector.sweeps == overrides

@@ -97,6 +97,7 @@ def imitation_key(address: str, chars: int) -> str | None:
 
 class LookalikeDetector(Detector):
     kind = "lookalike"
+    sweeps = True
 
     def __init__(self, rule: Any, env: Any) -> None:
         super().__init__(rule, env)

@@ -118,6 +118,7 @@ def parse(d: LocDict, p: Parser, what: str) -> PropagationParams | None:
 
 class PropagationDetector(Detector):
     kind = "propagation"
+    sweeps = True
 
     def __init__(self, rule: Any, env: Any) -> None:
         super().__init__(rule, env)

@@ -100,6 +100,7 @@ def _paths(
 
 class ThresholdDetector(GroupedDetector):
     kind = "threshold"
+    sweeps = True
 
     def __init__(self, rule: Any, env: Any) -> None:
         params: ThresholdParams = rule.params
