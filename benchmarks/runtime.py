@@ -467,7 +467,10 @@ def engine_stalls(cfg: dict[str, Any]) -> dict[str, Any]:
     late: list[float] = []
     clock = time.perf_counter
     last = clock()
-    while not stop.exists():
+    # Also ends if the benchmark died without saying stop (it is then no longer our parent), or
+    # after 10 minutes whatever happens (a latency run takes seconds).
+    parent, give_up = os.getppid(), last + 600
+    while not stop.exists() and os.getppid() == parent and last < give_up:
         time.sleep(0.001)
         now = clock()
         late.append((now - last - 0.001) * 1000)
@@ -520,11 +523,21 @@ ENGINES = {
 }
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since it started its program.  (``ru_maxrss`` carries
+    the parent's peak over through fork and exec, which made every small engine report the
+    benchmark's own 214 MB; the kernel's VmHWM is the new program's alone.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # not Linux
+
+
 def engine_main(config_path: str) -> None:
     cfg = json.loads(Path(config_path).read_text())
     os.sched_setaffinity(0, {cfg["cpu"]})
     result = ENGINES[cfg["engine"]](cfg)
-    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["peak_rss_mb"] = peak_rss_mb()
     Path(cfg["result"]).write_text(json.dumps(result))
 
 
@@ -646,8 +659,10 @@ class Bench:
     def hop(self, rate: float, seconds: float, start_index: int) -> dict[str, Any]:
         """The broker's own produce -> consume latency at ``rate`` (one hop; an engine adds a second),
         with the same payloads, load generator and reader as :meth:`latency`."""
-        topic = self.topic(f"hop{int(rate)}")
-        return self._paced(f"hop{int(rate)}", topic, topic, rate, seconds, start_index, event_index)
+        self.runs += 1
+        tag = f"hop{int(rate)}-{self.runs}"
+        topic = self.topic(tag)
+        return self._paced(tag, topic, topic, rate, seconds, start_index, event_index)
 
     def _paced(
         self,
@@ -695,8 +710,9 @@ class Bench:
         reader = threading.Thread(target=read)
         reader.start()
         stamps = self.work / f"{label}.sent"
-        probes = self._start_stall_probes(label)
+        probes: list[tuple[int, subprocess.Popen[bytes], Path, Path]] = []
         try:
+            self._start_stall_probes(label, probes)
             gen = self.engine(
                 "loadgen",
                 f"loadgen-{label}",
@@ -748,9 +764,11 @@ class Bench:
             "p50_ms_halves": [round(h[len(h) // 2], 1) if h else None for h in halves],
         }
 
-    def _start_stall_probes(self, label: str) -> list[tuple[int, subprocess.Popen[bytes], Path, Path]]:
-        """A stall probe (:func:`engine_stalls`) on every CPU, running once this returns."""
-        probes = []
+    def _start_stall_probes(
+        self, label: str, probes: list[tuple[int, subprocess.Popen[bytes], Path, Path]]
+    ) -> None:
+        """A stall probe (:func:`engine_stalls`) on every CPU, added to ``probes`` as it starts
+        (so that a failure part way still stops those started), running once this returns."""
         for cpu in sorted(os.sched_getaffinity(0)):
             name = f"stalls{cpu}-{label}"
             ready, stop = self.work / f"{name}.ready", self.work / f"{name}.stop"
@@ -759,7 +777,6 @@ class Bench:
             while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)  # polling the probe's ready file (a subprocess)
             probes.append((cpu, proc, stop, result))
-        return probes
 
     def _stop_stall_probes(
         self, probes: list[tuple[int, subprocess.Popen[bytes], Path, Path]]
@@ -949,6 +966,8 @@ def run(quick: bool) -> dict[str, Any]:
         for key, tries in tried.items():
             lat[key] = min(tries, key=lambda one: one.get("p99_ms", float("inf")))
             lat[key]["p99_all"] = [one.get("p99_ms") for one in tries]
+            # Every attempt in brief, to tell a throttled run (its generator's CPU per event) apart.
+            lat[key]["attempts"] = [{k: one.get(k) for k in _ATTEMPT_KEYS} for one in tries]
         hop = lat.pop("hop")
         result["batch_p50_ms_at_80"] = lat["batch_80"].get("p50_ms")
         result["batch_p99_ms_at_80"] = lat["batch_80"].get("p99_ms")
@@ -973,6 +992,19 @@ def run(quick: bool) -> dict[str, Any]:
             broker.stop()
         shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+#: What the results keep of every latency attempt (the kept one in full).
+_ATTEMPT_KEYS = (
+    "p50_ms",
+    "p99_ms",
+    "max_ms",
+    "achieved",
+    "loadgen_cpu_us_per_event",
+    "engine_us_per_event",
+    "engine_gc",
+    "stalls",
+)
 
 
 def _start(n: int, point: int, attempt: int) -> int:

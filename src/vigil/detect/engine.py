@@ -83,6 +83,13 @@ ROUTED_TOPIC = "detect.routed"
 SWEEP_EVERY = 50_000
 
 
+def sweeps(kind: type[Detector]) -> bool:
+    """Whether detectors of ``kind`` expire state (it overrides :meth:`Detector.sweep`): the
+    others are skipped when the engine sweeps.  Read from the class, so a kind written outside
+    Vigil has nothing to declare."""
+    return kind.sweep is not Detector.sweep
+
+
 class RuleSet:
     """Compiled detectors for a list of rules, sharing one intel index."""
 
@@ -334,7 +341,7 @@ class DetectOperator(Operator[Event]):
                 return
             self._since_sweep[part] = 0
             # Reversed: popped from the end, the detectors go in rule order.
-            due = self._to_sweep[part] = [det for det in reversed(self.subset) if det.sweeps]
+            due = self._to_sweep[part] = [det for det in reversed(self.subset) if sweeps(type(det))]
             if not due:
                 return
         det = due.pop()

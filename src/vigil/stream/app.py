@@ -448,6 +448,11 @@ class Application:
         self.instance_id = instance_id or f"{socket.gethostname()}-{os.getpid()}"
         self._slot = None if instance_id else InstanceSlot(slot_directory(settings.home), name)
         self.internal_topics = list(internal_topics)
+        if gc_young is not None and gc_young <= 0:
+            msg = (
+                f"application {name!r}: gc_young must be a positive number of objects or None; got {gc_young}"
+            )
+            raise ConfigError(msg)
         self.gc_young = gc_young
         self._collector: Collector | None = None
         #: Event-time alignment (see the module docstring); ``None``: off.  Read when run() starts.

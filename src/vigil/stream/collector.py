@@ -13,8 +13,9 @@ So while a stream runs, automatic collection is off and the loop calls :meth:`Co
 between batches.  Once ``young`` objects have been allocated (net) since the last step that
 collected, it collects generation 0 only, then *freezes* the survivors (``gc.freeze``): they
 move to the permanent generation, which no collection walks, and are still freed by
-reference counting when nothing refers to them.  Each object is looked at once, while young,
-and a pause is bounded by ``young``.  Measured on the same runs with 20,000: the longest
+reference counting when nothing refers to them.  Each object is looked at once, while young;
+a collection walks about ``young`` objects plus what one loop iteration left alive (more after
+a restore or a large batch).  Measured on the same runs with 20,000: the longest
 collection 6-27 ms (8 runs), 26-57 ms collecting in all per run against 71-234 ms; throughput
 the same within noise (243-247k events/s against 246-254k, the benchmark's record-by-record
 rule, two runs each, side by side).
@@ -22,10 +23,13 @@ rule, two runs each, side by side).
 What that gives up: a reference cycle whose objects survived their young collection is not
 reclaimed when it later becomes garbage, until a full collection.  Events, records and state
 values hold no cycles (the young collections of the runtime benchmark reclaim nothing), so
-:meth:`Collector.step` runs a full one (all objects, some 100 ms with large state) only when
-the loop is idle and ``full_every_s`` has passed since the last, or after ten times that
-whatever the load.  On the way out, the frozen objects are handed back to the collector and
-automatic collection is restored as it was.
+:meth:`Collector.step` runs a full one (all objects: some 100 ms with 50,000 keys of state)
+only when the loop is idle (an iteration with no records) and ``full_every_s`` has passed
+since the last, or after ten times that whatever the load: under steady load that is one
+such pause every ten minutes.  On the way out, the frozen objects are handed back to the
+collector and automatic collection is restored as it was.  (Process-wide: objects a host
+process froze itself before, say to share pages across forks, are unfrozen too; two
+applications in one process each run their own full collections.)
 """
 
 from __future__ import annotations

@@ -34,3 +34,12 @@ def test_a_non_positive_checkpoint_interval_fails_by_name(tmp_path: Path) -> Non
     settings = load_settings(kafka_bootstrap="127.0.0.1:1", home=tmp_path)
     with pytest.raises(ConfigError, match="checkpoint_interval_s > 0"):
         Application(settings, name="a", inputs=["in"], operators=[], checkpoint_interval_s=0)
+
+
+@pytest.mark.parametrize("young", [0, -5])
+def test_a_non_positive_gc_young_fails_by_name(tmp_path: Path, young: int) -> None:
+    settings = load_settings(kafka_bootstrap="127.0.0.1:1", home=tmp_path)
+    with pytest.raises(
+        ConfigError, match=f"gc_young must be a positive number of objects or None; got {young}"
+    ):
+        Application(settings, name="a", inputs=["in"], operators=[], gc_young=young)

@@ -72,11 +72,13 @@ def test_a_cycle_that_survived_young_is_freed_by_the_full_collection_when_idle()
         a, b = Node(), Node()
         a.other, b.other = b, a
         watch = weakref.ref(a)
-        [Node() for _ in range(1_500)]
+        kept = [Node() for _ in range(1_500)]  # alive: the young count passes the limit
         collector.step()  # a and b survive (still referenced here) and are frozen
+        assert collector.collections == 1
         del a, b
-        [Node() for _ in range(1_500)]
+        kept += [Node() for _ in range(1_500)]
         collector.step()  # young only: the frozen cycle stays (the documented trade-off)
+        assert collector.collections == 2
         assert watch() is not None
         now = time.monotonic()
         collector.step(idle=False, now=now + 31)  # busy: no full collection yet

@@ -221,8 +221,6 @@ class Detector(ABC):
     kind: ClassVar[str]
     #: The paths this detector's state is keyed by (empty: one global key, e.g. a graph).
     group_paths: tuple[str, ...] = ()
-    #: Whether :meth:`sweep` does anything (the engine skips the others when it sweeps).
-    sweeps: ClassVar[bool] = False
 
     #: Stage 1's store for :meth:`is_redundant` (``None``: this detector judges nothing there).
     dedup_store: StoreSpec | None = None

@@ -109,7 +109,6 @@ def parse(d: LocDict, p: Parser, what: str) -> ExposureParams | None:
 
 class ExposureDetector(SingleRouteDetector):
     kind = "exposure"
-    sweeps = True
 
     def __init__(self, rule: Any, env: Any) -> None:
         super().__init__(rule, env, "graph")

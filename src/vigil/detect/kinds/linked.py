@@ -113,7 +113,6 @@ def parse(d: LocDict, p: Parser, what: str) -> LinkedParams | None:
 
 class LinkedDetector(SingleRouteDetector):
     kind = "linked"
-    sweeps = True
 
     def __init__(self, rule: Any, env: Any) -> None:
         super().__init__(rule, env, "linked")

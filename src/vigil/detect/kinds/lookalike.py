@@ -97,7 +97,6 @@ def imitation_key(address: str, chars: int) -> str | None:
 
 class LookalikeDetector(Detector):
     kind = "lookalike"
-    sweeps = True
 
     def __init__(self, rule: Any, env: Any) -> None:
         super().__init__(rule, env)

@@ -118,7 +118,6 @@ def parse(d: LocDict, p: Parser, what: str) -> PropagationParams | None:
 
 class PropagationDetector(Detector):
     kind = "propagation"
-    sweeps = True
 
     def __init__(self, rule: Any, env: Any) -> None:
         super().__init__(rule, env)

@@ -100,7 +100,6 @@ def _paths(
 
 class ThresholdDetector(GroupedDetector):
     kind = "threshold"
-    sweeps = True
 
     def __init__(self, rule: Any, env: Any) -> None:
         params: ThresholdParams = rule.params
