@@ -454,7 +454,6 @@ class Application:
             )
             raise ConfigError(msg)
         self.gc_young = gc_young
-        self._collector: Collector | None = None
         #: Event-time alignment (see the module docstring); ``None``: off.  Read when run() starts.
         self.max_event_time_skew_s = max_event_time_skew_s
         self.alignment_max_buffered = alignment_max_buffered
@@ -546,10 +545,9 @@ class Application:
         try:
             # (See vigil.stream.collector: process-wide, put back on return.)
             with collecting_young(self.gc_young) as collector:
-                self._collector = collector
                 self._setup()
                 try:
-                    self._loop()
+                    self._loop(collector)
                     # Inside: a final checkpoint that fails (deliveries refused) must not be
                     # committed by the revocation that closing the consumer runs.
                     self._checkpoint(sync=True)
@@ -683,9 +681,8 @@ class Application:
             raise PipelineError(msg)
         return self._producer, self._consumer
 
-    def _loop(self) -> None:
+    def _loop(self, collector: Collector) -> None:
         _, consumer = self._running_clients()
-        collector = self._collector or Collector(None)
         last_checkpoint = time.monotonic()
         last_align = 0.0
         while not self._stop.is_set():
@@ -718,9 +715,12 @@ class Application:
             took = collector.step(not msgs, now)
             if took:
                 self.prometheus.gc.labels(self.name).observe(took)
-                self.metrics.gc_collections += 1
-                self.metrics.gc_seconds += took
-                self.metrics.gc_longest_s = max(self.metrics.gc_longest_s, took)
+                m = self.metrics
+                m.gc_collections, m.gc_seconds, m.gc_longest_s = (
+                    collector.collections,
+                    collector.seconds,
+                    collector.longest_s,
+                )
 
     def _process(self, msgs: list[Message]) -> None:
         if self.alignment is not None:

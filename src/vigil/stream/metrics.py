@@ -35,8 +35,8 @@ class AppMetrics:
     restored_records: int = 0
     rebalances: int = 0
     last_checkpoint_s: float = 0.0
-    #: Garbage collections the loop ran between batches (vigil.stream.collector): how many, the
-    #: seconds they took in all, and the longest one (each pauses the loop).
+    #: Garbage collections the loop ran between batches, as its Collector counts them
+    #: (vigil.stream.collector): how many, the seconds in all, the longest (each pauses the loop).
     gc_collections: int = 0
     gc_seconds: float = 0.0
     gc_longest_s: float = 0.0

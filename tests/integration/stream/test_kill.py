@@ -117,11 +117,16 @@ def slow_worker(settings: Settings, name: str, src: str, out: str) -> dict[str, 
     }
 
 
-def made_topics(settings: Settings, names: Callable[[str], str]) -> tuple[str, str, str]:
-    """The input and output topics (made) and the application name of one test."""
+def made_input(
+    settings: Settings, names: Callable[[str], str], produced: int = 3000
+) -> tuple[str, str, str, list[Payment]]:
+    """The input and output topics (made), the application name and the 3,000 payments of one
+    test, the first ``produced`` of them produced to the input."""
     src, out, name = names("in"), names("out"), names("app")
     make_topics(settings, src, out)
-    return src, out, name
+    events = payments(3000, 101)
+    produce(settings, src, events[:produced])
+    return src, out, name, events
 
 
 def finish_each_output_once(settings: Settings, workers: Workers, out: str, events: list[Payment]) -> None:
@@ -145,9 +150,7 @@ def committed_ids(settings: Settings, topic: str) -> list[str]:
 def test_kill_9_mid_stream_then_restart_is_exactly_once(
     settings: Settings, names: Callable[[str], str], workers_factory: Callable[[dict[str, object]], Workers]
 ) -> None:
-    src, out, name = made_topics(settings, names)
-    events = payments(3000, 101)
-    produce(settings, src, events)
+    src, out, name, events = made_input(settings, names)
     workers = workers_factory(slow_worker(settings, name, src, out))
     # No instance id given: the runtime's default must name the restart as the dead process,
     # so that it fences the dead one's open transaction at once.
@@ -171,7 +174,7 @@ def test_kill_9_mid_stream_then_restart_is_exactly_once(
 def test_two_workers_one_killed_survivor_completes_without_duplicates(
     settings: Settings, names: Callable[[str], str], workers_factory: Callable[[dict[str, object]], Workers]
 ) -> None:
-    src, out, name = made_topics(settings, names)
+    src, out, name, events = made_input(settings, names, produced=0)
     workers = workers_factory(slow_worker(settings, name, src, out))
     workers.start("w1")
     workers.start("w2")
@@ -180,7 +183,6 @@ def test_two_workers_one_killed_survivor_completes_without_duplicates(
         60,
         "both workers own partitions",
     )
-    events = payments(3000, 101)
     produce(settings, src, events)
     wait_for(lambda: len(committed_ids(settings, out)) >= 600, 60, "600 committed outputs")
     assert workers.assigned("w1")
@@ -196,11 +198,9 @@ def test_a_worker_joining_mid_stream_takes_partitions_without_loss_or_duplicates
     # Cooperative rebalancing: the first worker hands partitions over (checkpointing them on
     # revocation) while it keeps processing the rest; the newcomer restores their state from
     # the changelog and carries on.  Every running count must come out once.
-    src, out, name = made_topics(settings, names)
-    events = payments(3000, 101)
+    src, out, name, events = made_input(settings, names, produced=2500)
     # Most first, the rest once the newcomer owns partitions: at 250 records a second the first
     # worker needs 7 s for what is left after 600, and the last 500 come after the join anyway.
-    produce(settings, src, events[:2500])
     workers = workers_factory(slow_worker(settings, name, src, out) | {"pause_s": 0.2})
     workers.start("w1")
     wait_for(lambda: workers.processed("w1") >= 600, 60, "600 records processed by the first worker")
@@ -228,9 +228,7 @@ def test_kill_9_at_least_once_replays_from_state_that_matches_the_offsets(
     # offsets: each output's id here carries its customer's running count, so state restored
     # ahead of the offsets (changelog records of a checkpoint whose offsets were not committed)
     # would count replayed payments twice and emit ids outside the expected set.
-    src, out, name = made_topics(settings, names)
-    events = payments(3000, 101)
-    produce(settings, src, events)
+    src, out, name, events = made_input(settings, names)
     alo = {"guarantee": "at_least_once", "checkpoint_interval_s": 0.3}
     workers = workers_factory(slow_worker(settings, name, src, out) | alo)
     for kill_at in (700, 1500):
