@@ -11,8 +11,8 @@ partition, so a test can also inspect it.
 
 from __future__ import annotations
 
-import heapq
 import zlib
+from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +37,8 @@ class MemoryState(State):
     def __init__(self, value_type: Any = Any) -> None:
         self.data: dict[str, Any] = {}
         self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(value_type)
+        #: Per prefix, its keys in order as they were when a walk last began from the first key.
+        self._walks: dict[str, list[str]] = {}
 
     def reload(self) -> None:
         """Every value as RocksDB would return it after a restart (raises as it would, for a
@@ -58,11 +60,24 @@ class MemoryState(State):
                 yield key, self.data[key]
 
     def walk(self, prefix: str, after: str | None, limit: int) -> list[tuple[str, Any]]:
-        # The next ``limit`` keys without sorting them all (items() does, once per walk step).
-        keys = heapq.nsmallest(
-            limit, (k for k in self.data if k.startswith(prefix) and (after is None or k > after))
-        )
-        return [(key, self.data[key]) for key in keys]
+        # Keys are sorted once per walk, when it begins (items() sorts them on every call, and a
+        # walk is many calls): keys first written since are left out, as State.walk allows.
+        keys = self._walks.get(prefix)
+        if after is None or keys is None:
+            keys = self._walks[prefix] = sorted(k for k in self.data if k.startswith(prefix))
+        out: list[tuple[str, Any]] = []
+        data = self.data
+        for i in range(0 if after is None else bisect_right(keys, after), len(keys)):
+            key = keys[i]
+            value = data.get(key, _GONE)
+            if value is not _GONE:
+                out.append((key, value))
+                if len(out) >= limit:
+                    break
+        return out
+
+
+_GONE = object()
 
 
 @dataclass

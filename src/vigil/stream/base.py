@@ -85,8 +85,9 @@ class State(ABC):
         (None: from the first), in key order: a bounded, resumable walk for housekeeping, such
         as deleting the windows of keys that went quiet.  Fewer than ``limit``: the walk reached
         the end.  Unlike :meth:`items` it may leave out keys first written since the last
-        checkpoint (RocksDB-backed state walks RocksDB, at a cost bounded by ``limit``): they
-        are fresh, and a later walk finds them."""
+        checkpoint (RocksDB-backed state walks RocksDB, at a cost bounded by ``limit``) or since
+        the walk began from the first key (in-memory state sorts its keys then): they are
+        fresh, and a later walk finds them."""
         out: list[tuple[str, Any]] = []
         for key, value in self.items(prefix):
             if after is not None and key <= after:

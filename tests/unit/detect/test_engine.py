@@ -23,6 +23,7 @@ from vigil.detect.engine import (
     sweeps,
 )
 from vigil.detect.intel import IntelIndex
+from vigil.detect.kinds.base import Expiry
 from vigil.detect.rules.registry import KINDS
 from vigil.detect.rules.validate import load_rules
 from vigil.events.base import Entities, Event
@@ -520,22 +521,27 @@ def test_a_rule_kind_written_in_plain_python_runs_beside_the_shipped_ones() -> N
     assert det.routes(withdrawal(2, "0x" + "ab" * 20)) == ["customer:c1"]
 
 
-def test_a_sweep_takes_one_store_per_batch_and_reaches_every_store_that_expires(
+def test_a_sweep_walks_one_slice_of_one_store_per_batch_and_reaches_every_store_that_expires(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # All at once, a sweep of every store held one batch back for tens of milliseconds: now a
-    # batch carries one detector's store at most, and the sweep still reaches every store that
-    # expires anything.  (Only sweeps list a store's keys: items() calls are sweeps.)
-    monkeypatch.setattr("vigil.detect.engine.SWEEP_EVERY", 500)
-    swept: list[tuple[int, str]] = []
+    # All at once, a sweep held a batch back for tens of milliseconds (every store), then up to
+    # 33 ms (the largest store): now a batch carries one slice of one store's walk at most, and
+    # the sweep still reaches every store that expires anything.
+    monkeypatch.setattr("vigil.detect.engine.SWEEP_EVERY", 100)
+    monkeypatch.setattr("vigil.detect.engine.SWEEP_SLICE", 20)
+    walked: list[tuple[int, str, int]] = []  # (batch, store, keys the step returned)
     batch_no = [0]  # the batch being processed
 
     class Recording(MemoryState):
         store = ""
 
         def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
-            swept.append((batch_no[0], self.store))
-            return super().items(prefix)
+            raise AssertionError(f"store {self.store}: listed whole (a sweep walks it a slice at a time)")
+
+        def walk(self, prefix: str, after: str | None, limit: int) -> list[tuple[str, Any]]:
+            got = super().walk(prefix, after, limit)
+            walked.append((batch_no[0], self.store, len(got)))
+            return got
 
     class RecordingCtx(_Ctx):
         def state(self, store: StoreSpec) -> State:
@@ -552,15 +558,50 @@ def test_a_sweep_takes_one_store_per_batch_and_reaches_every_store_that_expires(
         batch_no[0] = number
         batch = [Record(e, "in", 0, n, None, 0) for n, e in enumerate(events[start : start + 100], start)]
         op.process(batch, RecordingCtx(0, states, []))
-    stores_by_batch: dict[int, set[str]] = defaultdict(set)
-    for number, store in swept:
-        stores_by_batch[number].add(store)
-    assert stores_by_batch
-    assert all(len(stores) == 1 for stores in stores_by_batch.values())
-    assert {store for _, store in swept} == {
+    steps_by_batch: dict[int, int] = defaultdict(int)
+    for number, _, _ in walked:
+        steps_by_batch[number] += 1
+    assert walked
+    assert set(steps_by_batch.values()) == {1}
+    assert max(n for _, _, n in walked) == 20  # a store larger than a slice, walked in several
+    assert {store for _, store, _ in walked} == {
         det.store_id for det in op.ruleset.detectors if sweeps(type(det))
     }
     assert op.swept > 0
+
+
+def test_a_store_is_swept_a_slice_per_batch_to_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 23 expired windows and 7 live ones, 4 keys a slice: the walk takes 8 batches; the expired
+    # go, the live stay, and before the last slice some expired are still there.
+    monkeypatch.setattr("vigil.detect.engine.SWEEP_EVERY", 1)
+    monkeypatch.setattr("vigil.detect.engine.SWEEP_SLICE", 4)
+    rule = next(r for r in RULES if r.kind == "threshold")
+    op = DetectOperator(RuleSet([rule]))
+    det = op.ruleset.detectors[0]
+    event = small_sim()[0]
+    now = event.occurred_at.timestamp()
+    states: dict[tuple[str, int], MemoryState] = {}
+    state = _Ctx(0, states, []).state(det.store)
+    for i in range(30):
+        live = i % 4 == 1 and i < 28
+        when = now if live else now - 400 * 86_400.0
+        state.set(f"w:{i:02d}", {"quiet": when, "items": [[when, 1, None, []]]})
+    expired = {f"w:{i:02d}" for i in range(30) if not (i % 4 == 1 and i < 28)}
+    assert len(expired) == 23
+    sizes: list[int] = []
+
+    def swept_once() -> None:
+        before = set(state.data)  # type: ignore[attr-defined]
+        op._maybe_sweep([Record(event, "in", 0, 0, None, 0)], _Ctx(0, states, []), {})
+        sizes.append(len(before - set(state.data)))  # type: ignore[attr-defined]
+
+    for _ in range(7):
+        swept_once()
+    assert expired & set(state.data)  # type: ignore[attr-defined]
+    swept_once()
+    assert set(state.data) == {f"w:{i:02d}" for i in range(30)} - expired  # type: ignore[attr-defined]
+    assert max(sizes) <= 4
+    assert op.swept == 23
 
 
 EXPIRING_KINDS = {"exposure", "linked", "lookalike", "propagation", "threshold"}
@@ -568,19 +609,19 @@ EXPIRING_KINDS = {"exposure", "linked", "lookalike", "propagation", "threshold"}
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_the_engine_sweeps_the_kinds_that_expire_state(kind: str) -> None:
-    # Told from the class (an override of sweep()), so a kind cannot forget to say it expires.
+    # Told from the class (an override of expiries()), so a kind cannot forget to say it expires.
     detector = next((d for d in RuleSet(RULES).detectors if d.kind == kind), None)
     if detector is None:
         pytest.skip(f"no shipped rule of kind {kind}")
     assert sweeps(type(detector)) == (kind in EXPIRING_KINDS)
 
 
-def test_a_kind_written_outside_vigil_is_swept_if_it_overrides_sweep() -> None:
+def test_a_kind_written_outside_vigil_is_swept_if_it_declares_expiries() -> None:
     base = type(next(d for d in RuleSet(RULES).detectors if d.kind == "sequence"))
 
     class Expiring(base):  # type: ignore[misc,valid-type]
-        def sweep(self, state: State, now: float) -> int:
-            return 0
+        def expiries(self) -> tuple[Expiry, ...]:
+            return (Expiry("w:", lambda value, now: True),)
 
     class Keeping(base):  # type: ignore[misc,valid-type]
         pass

@@ -16,7 +16,7 @@ what is set).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -208,6 +208,15 @@ class Hit:
     withdrawal_id: str | None = None
 
 
+@dataclass(frozen=True)
+class Expiry:
+    """State a detector lets go: an entry whose key starts with ``prefix`` goes once
+    ``stale(value, now)`` is true at event time ``now`` (epoch seconds)."""
+
+    prefix: str
+    stale: Callable[[Any, float], bool]
+
+
 @dataclass
 class Env:
     """What detectors share beyond keyed state: the intel index (a global table)."""
@@ -281,11 +290,12 @@ class Detector(ABC):
         it is routed again: a kind must route again now and then (see the linked kind)."""
         return False
 
-    def sweep(self, state: State, now: float) -> int:
-        """Delete state that can no longer matter at event time ``now`` (expired windows and
-        marks); returns how many keys went.  Called now and then by the engine: without it a
-        group seen once would keep its window forever."""
-        return 0
+    def expiries(self) -> tuple[Expiry, ...]:
+        """The state this detector lets go (expired windows and marks), one :class:`Expiry` per
+        key prefix.  Without it a group seen once would keep its window forever.  The engine
+        walks each prefix a slice of keys per batch (see ``DetectOperator``), so a large store
+        never holds a batch back; a kind that keeps nothing for a limited time has none."""
+        return ()
 
     @abstractmethod
     def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:

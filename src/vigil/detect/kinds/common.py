@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 from bisect import insort
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,13 +92,6 @@ def set_or_delete(state: State, key: str, items: list[Any]) -> None:
         state.set(key, items)
     else:
         state.delete(key)
-
-
-def delete_keys(state: State, keys: Sequence[str]) -> int:
-    """Delete ``keys`` from ``state``; returns how many went (what :meth:`Detector.sweep` reports)."""
-    for key in keys:
-        state.delete(key)
-    return len(keys)
 
 
 @dataclass(frozen=True)

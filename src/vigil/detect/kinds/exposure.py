@@ -42,12 +42,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from vigil.detect.fields import Match, compile_getter, tag_of
-from vigil.detect.kinds.base import EvidenceMaker, Hit, StoredEvidence, entity_ref, ts
+from vigil.detect.kinds.base import EvidenceMaker, Expiry, Hit, StoredEvidence, entity_ref, ts
 from vigil.detect.kinds.common import (
     CompiledEntry,
     FieldEntry,
     SingleRouteDetector,
-    delete_keys,
     parse_entries,
     set_or_delete,
 )
@@ -127,15 +126,8 @@ class ExposureDetector(SingleRouteDetector):
     def types(self) -> frozenset[str]:
         return self._types
 
-    def sweep(self, state: State, now: float) -> int:
-        stale = [
-            key
-            for prefix in _WATCHES
-            for key, watchers in state.items(prefix)
-            if all(now - w[2] > _kept(w) for w in watchers)
-        ]
-        stale += [key for key, paid in state.items("r:") if all(now - r[1] > LATE_S for r in paid)]
-        return delete_keys(state, stale)
+    def expiries(self) -> tuple[Expiry, ...]:
+        return (*(Expiry(prefix, _watch_over) for prefix in _WATCHES), Expiry("r:", _paid_over))
 
     def _listed(self, address: str) -> str | None:
         entry = self.env.intel.lookup(address)
@@ -313,6 +305,14 @@ class ExposureDetector(SingleRouteDetector):
             },
             score=None,
         )
+
+
+def _watch_over(watchers: Any, now: float) -> bool:
+    return all(now - w[2] > _kept(w) for w in watchers)
+
+
+def _paid_over(paid: Any, now: float) -> bool:
+    return all(now - r[1] > LATE_S for r in paid)
 
 
 def _kept(watcher: list[Any]) -> float:

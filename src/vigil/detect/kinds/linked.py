@@ -43,8 +43,8 @@ from datetime import timedelta
 from typing import Any
 
 from vigil.detect.fields import Match, compare, compile_getter, short_name
-from vigil.detect.kinds.base import EvidenceMaker, Hit, ts
-from vigil.detect.kinds.common import SingleRouteDetector, delete_keys, set_or_delete
+from vigil.detect.kinds.base import EvidenceMaker, Expiry, Hit, ts
+from vigil.detect.kinds.common import SingleRouteDetector, set_or_delete
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
 from vigil.events.base import Event
@@ -135,14 +135,14 @@ class LinkedDetector(SingleRouteDetector):
     def types(self) -> frozenset[str]:
         return self._types
 
-    def sweep(self, state: State, now: float) -> int:
-        stale = [
-            key
-            for key, window in state.items("w:")
-            if now >= window["quiet"] and all(now - item[0] > self._span for item in window["items"])
-        ]
-        stale += [key for key, held in state.items("u:") if all(now - item[0] > self._span for item in held)]
-        return delete_keys(state, stale)
+    def expiries(self) -> tuple[Expiry, ...]:
+        return (Expiry("w:", self._stale_window), Expiry("u:", self._stale_held))
+
+    def _stale_window(self, window: Any, now: float) -> bool:
+        return bool(now >= window["quiet"] and all(now - item[0] > self._span for item in window["items"]))
+
+    def _stale_held(self, held: Any, now: float) -> bool:
+        return all(now - item[0] > self._span for item in held)
 
     def wants(self, event: Event) -> bool:
         # What process() acts on: a link event naming its party, or a match between two parties.

@@ -46,8 +46,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vigil.detect.kinds.base import Detector, EvidenceMaker, Hit, entity_ref, ts
-from vigil.detect.kinds.common import CompiledEntry, FieldEntry, delete_keys, parse_entries, set_or_delete
+from vigil.detect.kinds.base import Detector, EvidenceMaker, Expiry, Hit, entity_ref, ts
+from vigil.detect.kinds.common import CompiledEntry, FieldEntry, parse_entries, set_or_delete
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
 from vigil.events.base import Event
@@ -119,9 +119,8 @@ class LookalikeDetector(Detector):
     def types(self) -> frozenset[str]:
         return self._types
 
-    def sweep(self, state: State, now: float) -> int:
-        stale = [key for key, held in state.items("h:") if all(now - h[3] > LATE_S for h in held)]
-        return delete_keys(state, stale)
+    def expiries(self) -> tuple[Expiry, ...]:
+        return (Expiry("h:", _held_over),)
 
     def route_id_for(self, tag: str) -> object:
         # Rules reading the same addresses of an event type route it under the same keys (the
@@ -303,3 +302,7 @@ def _known(state: State, key: str) -> list[list[Any]]:
     """The references known for ``key``, each [address, since] (a bare address predates
     ``since``: known from the start)."""
     return [k if isinstance(k, list) else [k, 0.0] for k in state.get(f"k:{key}") or ()]
+
+
+def _held_over(held: Any, now: float) -> bool:
+    return all(now - h[3] > LATE_S for h in held)

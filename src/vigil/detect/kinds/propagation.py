@@ -30,8 +30,8 @@ from datetime import timedelta
 from typing import Any
 
 from vigil.detect.fields import Match, compile_getter, key_of, short_name
-from vigil.detect.kinds.base import Detector, EvidenceMaker, Hit, entity_ref, ts
-from vigil.detect.kinds.common import add_time, delete_keys, earliest_times, first_seen_times, see
+from vigil.detect.kinds.base import Detector, EvidenceMaker, Expiry, Hit, entity_ref, ts
+from vigil.detect.kinds.common import add_time, earliest_times, first_seen_times, see
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
 from vigil.events.base import Entities, Event
@@ -205,9 +205,8 @@ class PropagationDetector(Detector):
                 )
             )
 
-    def sweep(self, state: State, now: float) -> int:
-        stale = [key for key, mark in state.items("m:") if now > mark["until"]]
-        return delete_keys(state, stale)
+    def expiries(self) -> tuple[Expiry, ...]:
+        return (Expiry("m:", _mark_over),)
 
     def _new(self, state: State, key: str, value: Any, now: float) -> bool:
         """Whether ``value`` is new for ``key`` at event time ``now`` (with enough history before
@@ -233,3 +232,7 @@ class PropagationDetector(Detector):
         if changed or kept is None:
             state.set(skey, {"v": seen, "e": early})
         return new
+
+
+def _mark_over(mark: Any, now: float) -> bool:
+    return bool(now > mark["until"])

@@ -24,8 +24,8 @@ from datetime import timedelta
 from typing import Any
 
 from vigil.detect.fields import Match, compare, compile_getter, short_name
-from vigil.detect.kinds.base import EvidenceMaker, Hit, entity_ref, ts
-from vigil.detect.kinds.common import GroupedDetector, delete_keys
+from vigil.detect.kinds.base import EvidenceMaker, Expiry, Hit, entity_ref, ts
+from vigil.detect.kinds.common import GroupedDetector
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
 from vigil.events.base import Event
@@ -152,13 +152,11 @@ class ThresholdDetector(GroupedDetector):
         window["items"] = items
         state.set(skey, window)
 
-    def sweep(self, state: State, now: float) -> int:
-        stale = [
-            key
-            for key, window in state.items("w:")
-            if now >= window["quiet"] and all(item[0] < now - self._span for item in window["items"])
-        ]
-        return delete_keys(state, stale)
+    def expiries(self) -> tuple[Expiry, ...]:
+        return (Expiry("w:", self._stale_window),)
+
+    def _stale_window(self, window: Any, now: float) -> bool:
+        return bool(now >= window["quiet"] and all(item[0] < now - self._span for item in window["items"]))
 
     def _aggregate(self, items: list[list[Any]]) -> float:
         if self.p.aggregate == "count":
