@@ -341,8 +341,10 @@ class DetectOperator(Operator[Event]):
     def _maybe_sweep(self, batch: Sequence[Record[Event]], ctx: Context, states: dict[str, State]) -> None:
         """Every SWEEP_EVERY records of a partition, drop its expired windows and marks, a slice
         of SWEEP_SLICE keys per batch, store after store.  (Measured in memory on the shipped
-        rules at 20,000 customers: every store at once held a batch back 42-61 ms, one store at
-        once up to 33 ms, the wash-trading rule's 28,600 keys; a store's sweep grows with it.)
+        rules at 20,000 customers, 500-record batches: every store at once held a batch back
+        42-61 ms, one store at once up to 33 ms, the wash-trading rule's 28,600 keys, and a
+        store's sweep grows with it; in slices, the longest batch took 17 ms and the 99th
+        percentile 9, against 48-50 and 23 with a whole key prefix per batch, at the same rate.)
         The walk may pass over keys first written while it goes on: they are fresh, and the
         next sweep looks at them."""
         if not batch:
