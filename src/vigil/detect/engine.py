@@ -85,12 +85,6 @@ SWEEP_EVERY = 50_000
 SWEEP_SLICE = 1000
 
 
-def sweeps(kind: type[Detector]) -> bool:
-    """Whether detectors of ``kind`` expire state (it overrides :meth:`Detector.expiries`): the
-    others are skipped when the engine sweeps."""
-    return kind.expiries is not Detector.expiries
-
-
 class _Sweep:
     """A sweep under way on one partition: the prefixes left to walk (the next one last), and
     the last key looked at under the current one."""

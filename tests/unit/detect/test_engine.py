@@ -20,10 +20,8 @@ from vigil.detect.engine import (
     RuleSet,
     _dispatch,
     _prefix_decides,
-    sweeps,
 )
 from vigil.detect.intel import IntelIndex
-from vigil.detect.kinds.base import Expiry
 from vigil.detect.rules.registry import KINDS
 from vigil.detect.rules.validate import load_rules
 from vigil.events.base import Entities, Event
@@ -565,7 +563,7 @@ def test_a_sweep_walks_one_slice_of_one_store_per_batch_and_reaches_every_store_
     assert set(steps_by_batch.values()) == {1}
     assert max(n for _, _, n in walked) == 20  # a store larger than a slice, walked in several
     assert {store for _, store, _ in walked} == {
-        det.store_id for det in op.ruleset.detectors if sweeps(type(det))
+        det.store_id for det in op.ruleset.detectors if det.expiries()
     }
     assert op.swept > 0
 
@@ -604,28 +602,33 @@ def test_a_store_is_swept_a_slice_per_batch_to_its_end(monkeypatch: pytest.Monke
     assert op.swept == 23
 
 
-EXPIRING_KINDS = {"exposure", "linked", "lookalike", "propagation", "threshold"}
+EXPIRING_KINDS = {"deviation", "exposure", "linked", "lookalike", "propagation", "threshold"}
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_the_engine_sweeps_the_kinds_that_expire_state(kind: str) -> None:
-    # Told from the class (an override of expiries()), so a kind cannot forget to say it expires.
-    detector = next((d for d in RuleSet(RULES).detectors if d.kind == kind), None)
-    if detector is None:
+def test_the_kinds_that_keep_state_for_a_limited_time_declare_what_expires(kind: str) -> None:
+    detectors = [d for d in RuleSet(RULES).detectors if d.kind == kind]
+    if not detectors:
         pytest.skip(f"no shipped rule of kind {kind}")
-    assert sweeps(type(detector)) == (kind in EXPIRING_KINDS)
+    assert any(d.expiries() for d in detectors) == (kind in EXPIRING_KINDS)
 
 
-def test_a_kind_written_outside_vigil_is_swept_if_it_declares_expiries() -> None:
-    base = type(next(d for d in RuleSet(RULES).detectors if d.kind == "sequence"))
+def test_deviation_lets_inflows_go_once_outside_its_window_and_keeps_its_profile() -> None:
+    # The money-mule rule keeps each group's recent deposits (i:) for its 3-hour window; they
+    # were pruned only when the group had a new one, so a group never seen again kept them.
+    ruleset = RuleSet(RULES)
+    mule = next(d for d in ruleset.detectors if d.kind == "deviation" and d.rule.id == "rapid-in-out")
+    (expiry,) = mule.expiries()
+    assert expiry.prefix == "i:"
+    now = 1_000_000.0
+    window = 3 * 3600.0
 
-    class Expiring(base):  # type: ignore[misc,valid-type]
-        def expiries(self) -> tuple[Expiry, ...]:
-            return (Expiry("w:", lambda value, now: True),)
+    def flows(*ages: float) -> list[list[object]]:
+        return [[now - age, 1000.0, "0xsource", None] for age in ages]
 
-    class Keeping(base):  # type: ignore[misc,valid-type]
-        pass
-
-    assert not sweeps(base)
-    assert sweeps(Expiring)
-    assert not sweeps(Keeping)
+    assert expiry.stale(flows(window + 3601, window + 7200), now)
+    assert not expiry.stale(flows(window + 3601, 60), now)  # one still inside
+    assert not expiry.stale(flows(window + 3599), now)  # an event an hour late still counts it
+    # A deviation rule without inflows has nothing that expires: its state is the profile.
+    plain = next(d for d in ruleset.detectors if d.kind == "deviation" and not d.expiries())
+    assert plain.rule.id != mule.rule.id

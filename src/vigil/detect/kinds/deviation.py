@@ -44,7 +44,7 @@ from datetime import timedelta
 from typing import Any
 
 from vigil.detect.fields import Condition, Getter, Match, compare, compile_getter, key_of, short_name
-from vigil.detect.kinds.base import EvidenceMaker, Hit, entity_ref, ts
+from vigil.detect.kinds.base import EvidenceMaker, Expiry, Hit, entity_ref, ts
 from vigil.detect.kinds.common import MAX_SEEN, CompiledEntry, FieldEntry, GroupedDetector, parse_entries
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
@@ -56,6 +56,9 @@ CONTEXT = frozenset({"measure", "score", "baseline", "history_count", "group", "
 PEER_MEASURES = ("amount", "hour")
 MEASURES = ("amount", "new_value", "travel", "hour", "gap", "passthrough")
 MAX_INFLOWS = 64
+#: A group's inflows go (the engine's sweep) once none is inside the history window even for
+#: an event this late (event-time seconds): they were pruned only when the group had a new one.
+INFLOWS_LATE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,13 @@ class DeviationDetector(GroupedDetector):
     @property
     def types(self) -> frozenset[str]:
         return self._types
+
+    def expiries(self) -> tuple[Expiry, ...]:
+        # The baselines (h:) and values seen (s:) are the group's profile, kept by design.
+        return (Expiry("i:", self._inflows_over),) if self._hist_value is not None else ()
+
+    def _inflows_over(self, flows: Any, now: float) -> bool:
+        return all(now - f[0] > self._window + INFLOWS_LATE_S for f in flows)
 
     def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
         key = self.group_key(event, route)
