@@ -322,3 +322,29 @@ def test_walk_resumes_through_rocksdb_with_the_cache_s_newer_values(tmp_path: Pa
     state.write_committed(state.take_pending(), 2)
     assert ("w:99", "only in the cache") in walk_all(4)
     state.close()
+
+
+def test_in_memory_walk_resumes_in_key_order_and_finds_later_keys_on_the_next_walk() -> None:
+    from vigil.testing import MemoryState
+
+    state = MemoryState()
+    for i in (5, 1, 9, 3, 7, 0, 8, 2, 6, 4):
+        state.set(f"w:{i}", i)
+    state.set("x:other", 0)
+    first = state.walk("w:", None, 3)
+    assert first == [("w:0", 0), ("w:1", 1), ("w:2", 2)]
+    state.delete("w:4")
+    state.set("w:3", "changed")
+    state.set("w:35", "first written during the walk")  # may be left out of this walk
+    rest: list[tuple[str, object]] = []
+    after = first[-1][0]
+    while step := state.walk("w:", after, 3):
+        rest += step
+        if len(step) < 3:
+            break
+        after = step[-1][0]
+    assert [entry for entry in rest if entry[0] != "w:35"] == [
+        ("w:3", "changed"),
+        *[(f"w:{i}", i) for i in (5, 6, 7, 8, 9)],
+    ]
+    assert ("w:35", "first written during the walk") in state.walk("w:", None, 100)
