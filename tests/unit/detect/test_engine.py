@@ -602,7 +602,7 @@ def test_a_store_is_swept_a_slice_per_batch_to_its_end(monkeypatch: pytest.Monke
     assert op.swept == 23
 
 
-EXPIRING_KINDS = {"deviation", "exposure", "linked", "lookalike", "propagation", "threshold"}
+EXPIRING_KINDS = {"deviation", "exposure", "linked", "lookalike", "propagation", "sequence", "threshold"}
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))

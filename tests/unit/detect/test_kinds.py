@@ -194,6 +194,44 @@ def test_expired_windows_are_stale_and_live_ones_are_not(tmp_path: Path) -> None
     ]
 
 
+def test_a_sequence_groups_steps_go_once_past_the_span_and_a_profile_stays(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from vigil.detect.engine import DetectOperator, RuleSet
+    from vigil.detect.rules.validate import CASE_BASE
+    from vigil.testing import run_operators
+
+    # A group's state is its recent steps and partial chains: c1's reset at 0 and c2's at 50m.
+    v = validated(
+        tmp_path,
+        SEQUENCE,
+        "      - {type: password_reset, at: 0, customer: c1}\n"
+        "      - {type: password_reset, at: 50m, customer: c2}\n",
+    )
+    op = DetectOperator(RuleSet(v.rules))
+    result = run_operators([op], v.cases[0].events)
+    det = op.ruleset.detectors[0]
+    state = result.states[(det.store_id, 0)]
+    assert sorted(state.data) == ["s:customer:c1", "s:customer:c2"]
+    (expiry,) = det.expiries()
+    assert expiry.prefix == "s:"
+
+    def stale_at(minutes: float) -> list[str]:
+        now = (CASE_BASE + timedelta(minutes=minutes)).timestamp()
+        return [key for key, st in state.items("s:") if expiry.stale(st, now)]
+
+    # Within 1h, plus as much lateness (at most an hour), a late step could still complete a chain.
+    assert stale_at(119) == []
+    assert stale_at(121) == ["s:customer:c1"]
+    assert stale_at(171) == ["s:customer:c1", "s:customer:c2"]
+    # A rule that remembers what a group used (first_seen) keeps that profile: nothing expires.
+    first_step = "{name: a, type: login, first_seen: device}"
+    profile = SEQUENCE.replace("{name: a, type: password_reset}", first_step)
+    (tmp_path / "r.yaml").unlink()
+    login = "      - {type: login, at: 0, customer: c1, device: d1}\n"
+    assert RuleSet(validated(tmp_path, profile, login).rules).detectors[0].expiries() == ()
+
+
 RATIO = """\
     type: sequence
     group_by: customer

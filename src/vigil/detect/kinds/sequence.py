@@ -42,7 +42,7 @@ from datetime import timedelta
 from typing import Any, NamedTuple
 
 from vigil.detect.fields import Getter, Match, compare, compile_getter
-from vigil.detect.kinds.base import EvidenceMaker, Hit, entity_ref, ts
+from vigil.detect.kinds.base import EvidenceMaker, Expiry, Hit, entity_ref, ts
 from vigil.detect.kinds.common import (
     CompiledEntry,
     FieldEntry,
@@ -350,6 +350,23 @@ class SequenceDetector(GroupedDetector):
     @property
     def types(self) -> frozenset[str]:
         return self._types
+
+    def expiries(self) -> tuple[Expiry, ...]:
+        # A rule with first_seen or after_idle steps keeps a profile per group (the values it
+        # used, its last event time): kept by design, one per customer or vendor, and needed
+        # however long the group is quiet (a dormant account's return is the signal).  Without
+        # them a group's state is its recent steps and partial chains alone, of no use once
+        # they are past the span and the lateness: kept otherwise for every group ever seen.
+        if self._seen_paths or self._also or self._uses_last:
+            return ()
+        return (Expiry("s:", self._chains_over),)
+
+    def _chains_over(self, st: Any, now: float) -> bool:
+        """Whether a group's steps are all older than any chain or late event can use (its
+        partial chains started no later than its newest step, and ``done`` is pruned with them)."""
+        buf = st.get("buf") if isinstance(st, dict) else None
+        newest = buf[-1][0] if buf else None
+        return newest is None or now - newest > self._within + self._lateness
 
     def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
         plan = self._plans[type(event)]
