@@ -98,6 +98,8 @@ def test_detection_application_on_the_broker_matches_in_memory_detection(setting
     )
     producer.produce(withdrawn, topic=topo.intel)
     producer.produce_raw(topo.intel, withdrawn.key(), None)  # type: ignore[arg-type]
+    # Not an indicator: skipped and counted; the list loads and detection runs regardless.
+    producer.produce_raw(topo.intel, "eth_address:0xbad@test", b"{not an indicator")
     producer.flush()
 
     service = DetectionService(
@@ -107,6 +109,7 @@ def test_detection_application_on_the_broker_matches_in_memory_detection(setting
     try:
         assert len(service.index) == len(IntelIndex.from_events(intel))
         assert withdrawn.payload.value not in service.index
+        assert service.feed.errors == 1
         # Events arrive as they happen, a chunk (some 25 minutes of event time) at a time, each
         # chunk through both stages before the next, as a live exchange produces them.  In each
         # chunk one source lags (each in turn): its events go out only once the others' have

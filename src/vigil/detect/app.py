@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 
 from vigil.config import Settings
 from vigil.detect.engine import (
@@ -30,15 +30,16 @@ from vigil.detect.engine import (
 )
 from vigil.detect.intel import IntelIndex
 from vigil.detect.rules.models import Rule
-from vigil.errors import BrokerError, DecodeError
+from vigil.errors import DecodeError
 from vigil.events.base import Event
 from vigil.events.codec import EventCodec
 from vigil.events.types import EVENT_CLASSES, EVENT_TYPES, IntelIndicator
 from vigil.hub.admin import ensure_topics
-from vigil.hub.client import EventProducer, make_admin, make_consumer
+from vigil.hub.client import EventProducer, make_admin
 from vigil.hub.topics import DOMAINS, TOPICS, TopicSpec
 from vigil.stream.app import DEFAULT_BATCH_SIZE, Application
 from vigil.stream.base import Guarantee
+from vigil.stream.table import TopicFollower
 
 log = logging.getLogger(__name__)
 
@@ -142,74 +143,57 @@ def delete_scoped_topics(settings: Settings, prefix: str) -> int:
 
 
 class IntelFeed:
-    """Follows the indicator topic into an :class:`IntelIndex` (a global table: all partitions)."""
+    """Follows the indicator topic into an :class:`IntelIndex`: a global table (every
+    partition, in every process) kept in the index's own shape, by indicator value."""
 
     def __init__(self, settings: Settings, topic: str, index: IntelIndex) -> None:
-        self.settings = settings
         self.topic = topic
         self.index = index
-        self.caught_up = threading.Event()
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        #: Records skipped: undecodable (the intel normaliser dead-letters what it cannot parse,
+        #: so these were written by something else) or a tombstone whose key names no feed.
+        self.errors = 0
         self._codec = EventCodec([IntelIndicator])
+        # A group of its own per process (it commits nothing): every process reads the whole list.
+        self._reader = TopicFollower(
+            settings,
+            topic,
+            self._apply,
+            name=f"intel feed {topic!r}",
+            group=f"vigil-intel-{uuid.uuid4().hex[:12]}",
+            missing_ok=True,
+        )
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"intel-feed-{self.topic}", daemon=True)
-        self._thread.start()
+    def start(self, timeout_s: float = 60.0) -> None:
+        """Read the list as it stands (raises if not within ``timeout_s``), then keep following it."""
+        self._reader.start(timeout_s)
+
+    def check(self) -> None:
+        """Raise if the feed has stopped (the list would go stale unnoticed)."""
+        self._reader.check()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._reader.stop()
 
-    def _run(self) -> None:
-        # A group of its own that never commits: every process reads the whole list.
-        consumer = make_consumer(
-            self.settings, f"vigil-intel-{uuid.uuid4().hex[:12]}", **{"enable.partition.eof": True}
-        )
+    def _apply(self, key: str | None, value: bytes | None, where: str) -> None:
+        if value is None:
+            # A tombstone withdraws one feed's listing; its key is "<type>:<value>@<feed>"
+            # (values never contain "@" except e-mail addresses, hence rpartition).
+            listed, at, feed = (key or "").partition(":")[2].rpartition("@")
+            if at:
+                self.index.remove(listed, feed)
+            else:
+                self.errors += 1
+                log.warning("intel feed: tombstone at %s names no feed (key %r)", where, key)
+            return
         try:
-            meta = consumer.list_topics(self.topic, timeout=30)
-            parts = meta.topics[self.topic].partitions if self.topic in meta.topics else {}
-            if not parts:
-                self.caught_up.set()  # no list yet: nothing to wait for
-                return
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])
-            pending = set(parts)
-            while not self._stop.is_set():
-                for msg in consumer.consume(1000, 0.2):
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            pending.discard(msg.partition())
-                            if not pending:
-                                self.caught_up.set()
-                        else:
-                            self.errors.append(err.str())
-                        continue
-                    value = msg.value()
-                    if value is None:
-                        # A tombstone withdraws one feed's listing; its key is "<type>:<value>@<feed>"
-                        # (values never contain "@" except e-mail addresses, hence rpartition).
-                        key = (msg.key() or b"").decode("utf-8", "replace")
-                        if ":" in key:
-                            listed, at, feed = key.split(":", 1)[1].rpartition("@")
-                            if at:
-                                self.index.remove(listed, feed)
-                        continue
-                    try:
-                        event = self._codec.decode(
-                            value, where=f"{self.topic}[{msg.partition()}]@{msg.offset()}"
-                        )
-                    except DecodeError as exc:
-                        # A bad indicator must not stop detection; it is reported, not applied.
-                        self.errors.append(str(exc))
-                        log.warning("intel feed: %s", exc)
-                        continue
-                    if isinstance(event, IntelIndicator):  # the codec admits nothing else
-                        self.index.apply(event)
-        finally:
-            consumer.close()
+            event = self._codec.decode(value, where=where)
+        except DecodeError as exc:
+            # A bad indicator must not stop detection; it is reported, not applied.
+            self.errors += 1
+            log.warning("intel feed: %s", exc)
+            return
+        if isinstance(event, IntelIndicator):  # the codec admits nothing else
+            self.index.apply(event)
 
 
 @dataclass
@@ -360,10 +344,7 @@ class DetectionService:
                 )
                 self.local_stage = False
                 self._build()
-        self.feed.start()
-        if not self.feed.caught_up.wait(intel_timeout_s):
-            msg = f"intel feed did not catch up with {self.topology.intel!r} within {intel_timeout_s:g}s"
-            raise BrokerError(msg)
+        self.feed.start(intel_timeout_s)
         for app in (self.route_app, self.detect_app):
             thread = threading.Thread(target=self._run, args=(app,), name=f"app-{app.name}", daemon=True)
             thread.start()
@@ -386,9 +367,11 @@ class DetectionService:
             self.failures.append(exc)
 
     def check(self) -> None:
-        """Raise the first failure of a stage, if any (call it from the supervising loop)."""
+        """Raise the first failure of a stage or of the intel feed, if any (call it from the
+        supervising loop)."""
         if self.failures:
             raise self.failures[0]
+        self.feed.check()
 
     def caught_up(self, records: int) -> bool:
         """Whether the route stage has processed ``records`` input records and the detect stage

@@ -9,6 +9,9 @@ the topic's end as it was at start, so a detector never runs against a half-load
 Records that cannot be decoded are skipped, counted in ``errors`` and logged with their
 topic/partition/offset (their producer, the intel normaliser, has already dead-lettered
 what it could not parse; the table only reads).
+
+Data kept in a shape of its own (the intel index: by indicator value, across feeds) reads
+its topic with the table's reader, :class:`TopicFollower`, and applies each record itself.
 """
 
 from __future__ import annotations
@@ -29,9 +32,134 @@ log = logging.getLogger(__name__)
 
 V = TypeVar("V")
 
+#: What a follower hands over per record: its key (``None``: a record without one), its value
+#: (``None``: a tombstone) and where it was read (``topic[partition]@offset``, for messages).
+Apply = Callable[[str | None, bytes | None, str], None]
+
 
 def _decode_event(value: bytes) -> Any:
     return decode_event(value)
+
+
+class TopicFollower:
+    """Every partition of ``topic`` from the beginning, record by record to ``apply``, in a
+    background thread that keeps following the topic until :meth:`stop`.
+
+    :meth:`start` returns once every partition has been read to its end as it was at start.
+    ``apply`` runs in the follower's thread; an exception from it (a bug: bad records are
+    ``apply``'s to skip) or a fatal client error stops the follower, and :meth:`check` raises
+    it.  ``name`` is what messages call it; ``group`` its consumer group id (it commits
+    nothing).  ``missing_ok``: a topic that does not exist yet is an empty one (ready at once,
+    and not followed: a list published later is read on the next start)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        apply: Apply,
+        *,
+        name: str,
+        group: str | None = None,
+        missing_ok: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.name = name
+        self.group = group or name
+        self._apply = apply
+        self._missing_ok = missing_ok
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        """Start the background reader; return once caught up (raises if not within ``timeout_s``;
+        calling again waits again for the same reader)."""
+        if self._thread is None and not self._ready.is_set():
+            self._begin()
+        deadline = time.monotonic() + timeout_s
+        while not self._ready.is_set():
+            self.check()
+            if time.monotonic() >= deadline:
+                msg = f"{self.name} did not catch up with {self.topic!r} in {timeout_s:g}s"
+                raise PipelineError(msg)
+            self._ready.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+        self.check()
+
+    def check(self) -> None:
+        """Raise if the background reader has stopped on an error: what it feeds would go stale
+        silently otherwise (call it where the application checks its other parts)."""
+        if self._failure is not None:
+            state = "while loading" if not self._ready.is_set() else "after loading; the table is stale"
+            msg = f"{self.name} failed {state}: {self._failure}"
+            raise PipelineError(msg) from self._failure
+
+    @property
+    def ready(self) -> bool:
+        """Caught up, and still reading (False once the reader has failed: see :meth:`check`)."""
+        return self._ready.is_set() and self._failure is None
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+            self._thread = None
+
+    def _begin(self) -> None:
+        conf = self.settings.kafka_client_config()
+        conf.update(
+            {
+                # Partitions are assigned, never committed: every process reads the whole topic.
+                "group.id": self.group,
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "isolation.level": "read_committed",
+            }
+        )
+        consumer = Consumer(conf)
+        meta = consumer.list_topics(self.topic, timeout=30).topics.get(self.topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            consumer.close()
+            if self._missing_ok:
+                self._ready.set()
+                return
+            msg = f"{self.name}: topic {self.topic!r} does not exist"
+            raise TopicError(msg)
+        consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+        self._thread = threading.Thread(
+            target=self._run, args=(consumer, set(meta.partitions)), name=self.name, daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, consumer: Consumer, partitions: set[int]) -> None:
+        behind = set(partitions)
+        apply, topic = self._apply, self.topic
+        try:
+            while not self._stop.is_set():
+                for msg in consumer.consume(1000, 0.2):
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            behind.discard(msg.partition())
+                            if not behind:
+                                self._ready.set()
+                            continue
+                        if err.fatal():
+                            raise PipelineError(f"{self.name}: {err.str()}")  # noqa: EM102
+                        log.warning("%s: %s", self.name, err.str())
+                        continue
+                    key = msg.key()
+                    apply(
+                        None if key is None else key.decode("utf-8", "replace"),
+                        msg.value(),
+                        f"{topic}[{msg.partition()}]@{msg.offset()}",
+                    )
+        except BaseException as exc:
+            self._failure = exc
+            log.exception("%s stopped", self.name)
+        finally:
+            consumer.close()
 
 
 class GlobalTable(Generic[V]):
@@ -50,10 +178,9 @@ class GlobalTable(Generic[V]):
         self.name = name or f"table.{topic}"
         self._decode = decode
         self._data: dict[str, V] = {}
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._failure: BaseException | None = None
+        self._reader = TopicFollower(
+            settings, topic, self._apply, name=f"global table {self.name!r}", group=self.name
+        )
         #: Updates applied (records and tombstones); a cheap "version" to report with a match.
         self.version = 0
         self.errors = 0
@@ -77,99 +204,34 @@ class GlobalTable(Generic[V]):
     def start(self, timeout_s: float = 60.0) -> GlobalTable[V]:
         """Start the background reader; return once caught up (raises if not within ``timeout_s``;
         calling again waits again for the same reader)."""
-        if self._thread is None:
-            self._begin()
-        deadline = time.monotonic() + timeout_s
-        while not self._ready.is_set():
-            self.check()
-            if time.monotonic() >= deadline:
-                msg = f"global table {self.name!r} did not catch up with {self.topic!r} in {timeout_s:g}s"
-                raise PipelineError(msg)
-            self._ready.wait(min(0.05, max(0.0, deadline - time.monotonic())))
-        self.check()
+        self._reader.start(timeout_s)
         return self
 
     def check(self) -> None:
         """Raise if the background reader has stopped on an error: the table would go stale
         silently otherwise (call it where the application checks its other parts)."""
-        if self._failure is not None:
-            state = "while loading" if not self._ready.is_set() else "after loading; the table is stale"
-            msg = f"global table {self.name!r} failed {state}: {self._failure}"
-            raise PipelineError(msg) from self._failure
-
-    def _begin(self) -> None:
-        conf = self.settings.kafka_client_config()
-        conf.update(
-            {
-                "group.id": self.name,
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "isolation.level": "read_committed",
-            }
-        )
-        consumer = Consumer(conf)
-        meta = consumer.list_topics(self.topic, timeout=30).topics.get(self.topic)
-        if meta is None or meta.error is not None or not meta.partitions:
-            consumer.close()
-            msg = f"global table {self.name!r}: topic {self.topic!r} does not exist"
-            raise TopicError(msg)
-        consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in meta.partitions])
-        self._thread = threading.Thread(
-            target=self._run, args=(consumer, set(meta.partitions)), name=self.name, daemon=True
-        )
-        self._thread.start()
+        self._reader.check()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
-            self._thread = None
+        self._reader.stop()
 
     @property
     def ready(self) -> bool:
         """Caught up, and still reading (False once the reader has failed: see :meth:`check`)."""
-        return self._ready.is_set() and self._failure is None
+        return self._reader.ready
 
-    def _run(self, consumer: Consumer, partitions: set[int]) -> None:
-        behind = set(partitions)
-        try:
-            while not self._stop.is_set():
-                for msg in consumer.consume(1000, 0.2):
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            behind.discard(msg.partition())
-                            if not behind:
-                                self._ready.set()
-                            continue
-                        if err.fatal():
-                            raise PipelineError(f"global table {self.name!r}: {err.str()}")  # noqa: EM102
-                        log.warning("global table %s: %s", self.name, err.str())
-                        continue
-                    self._apply(msg.key(), msg.value(), msg.partition(), msg.offset())
-        except BaseException as exc:
-            self._failure = exc
-            log.exception("global table %s stopped", self.name)
-        finally:
-            consumer.close()
-
-    def _apply(self, key: bytes | None, value: bytes | None, partition: int, offset: int) -> None:
+    def _apply(self, key: str | None, value: bytes | None, where: str) -> None:
         if key is None:
             self.errors += 1
-            log.warning(
-                "global table %s: record without key at %s[%d]@%d", self.name, self.topic, partition, offset
-            )
+            log.warning("global table %s: record without key at %s", self.name, where)
             return
-        text = key.decode("utf-8", "replace")
         if value is None:
-            self._data.pop(text, None)
+            self._data.pop(key, None)
         else:
             try:
-                self._data[text] = self._decode(value)
+                self._data[key] = self._decode(value)
             except (VigilError, ValueError) as exc:
                 self.errors += 1
-                log.warning(
-                    "global table %s: skipped %s[%d]@%d: %s", self.name, self.topic, partition, offset, exc
-                )
+                log.warning("global table %s: skipped %s: %s", self.name, where, exc)
                 return
         self.version += 1

@@ -13,7 +13,7 @@ from tests.integration.stream.apps import RunningCount, payments, read_all
 from tests.integration.stream.conftest import Running, make_topics, produce, wait_for
 
 from vigil.config import Settings
-from vigil.errors import PipelineError
+from vigil.errors import PipelineError, TopicError
 from vigil.events.base import Entities, Event
 from vigil.events.codec import decode_event
 from vigil.events.types import IntelIndicator, IntelIndicatorPayload, Login, Payment
@@ -26,7 +26,7 @@ from vigil.stream.base import Context, Operator, Record, StoreSpec
 from vigil.stream.join import IntervalJoin
 from vigil.stream.metrics import serve_metrics
 from vigil.stream.repartition import group_by
-from vigil.stream.table import GlobalTable
+from vigil.stream.table import GlobalTable, TopicFollower
 from vigil.stream.windows import Count, Window, WindowedAggregate
 
 Start = Callable[[Application], Running]
@@ -114,6 +114,23 @@ def test_a_global_table_that_fails_after_loading_says_so_and_a_timed_out_start_c
             table.check()
     finally:
         table.stop()
+
+
+def test_a_follower_of_a_topic_not_created_yet_is_empty_if_allowed_and_fails_otherwise(
+    settings: Settings, names: Callable[[str], str]
+) -> None:
+    topic = names("absent")
+    seen: list[str | None] = []
+    follower = TopicFollower(
+        settings, topic, lambda key, value, where: seen.append(key), name="f", missing_ok=True
+    )
+    follower.start(timeout_s=30)
+    assert follower.ready
+    follower.check()
+    follower.stop()
+    assert seen == []
+    with pytest.raises(TopicError, match=f"topic {topic!r} does not exist"):
+        TopicFollower(settings, topic, lambda key, value, where: None, name="f").start(timeout_s=30)
 
 
 def test_group_by_repartitions_through_a_topic_to_a_second_application(
