@@ -25,7 +25,7 @@ SURFACE = {
         "to_ms",
     ],
     "vigil.stream.vectorised": ["SlidingCountSum", "WindowColumns"],
-    "vigil.stream.table": ["GlobalTable"],
+    "vigil.stream.table": ["GlobalTable", "TopicFollower"],
     "vigil.stream.join": ["IntervalJoin"],
     "vigil.stream.repartition": [
         "GroupBy",
