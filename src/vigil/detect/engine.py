@@ -83,6 +83,11 @@ SWEEP_EVERY = 50_000
 #: Keys a sweep looks at in one batch of a partition: a store of any size is swept a slice at a
 #: time, so no batch waits for a whole store.
 SWEEP_SLICE = 1000
+#: A sweep judges staleness at the newest event time of its batch, but never more than this
+#: ahead of the wall clock: one event with a wrong or forged time a year ahead would otherwise
+#: make every window and chain in the slice look expired, and delete state still in use.
+#: (Events are not from the future; a source's clock may run a little fast.)
+SWEEP_AHEAD_S = 600.0
 
 
 class _Sweep:
@@ -356,7 +361,7 @@ class DetectOperator(Operator[Event]):
             # Reversed: taken from the end, the prefixes go in rule order.
             sweep = self._sweeps[part] = _Sweep(self._expiring[::-1])
         det, expiry = sweep.due[-1]
-        now = max(r.event.occurred_at for r in batch).timestamp()
+        now = min(max(r.event.occurred_at for r in batch).timestamp(), time.time() + SWEEP_AHEAD_S)
         state = states.get(det.store_id) or ctx.state(det.store)
         entries = state.walk(expiry.prefix, sweep.after, SWEEP_SLICE)
         stale = expiry.stale

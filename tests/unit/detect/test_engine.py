@@ -602,6 +602,28 @@ def test_a_store_is_swept_a_slice_per_batch_to_its_end(monkeypatch: pytest.Monke
     assert op.swept == 23
 
 
+def test_an_event_dated_a_year_ahead_does_not_make_live_state_look_expired(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Live traffic: windows written just now, then a batch holding one event whose clock (or
+    # forged time) is a year ahead.  The sweep judges at most SWEEP_AHEAD_S past the wall clock:
+    # the live windows stay, those stale by that measure go.
+    monkeypatch.setattr("vigil.detect.engine.SWEEP_EVERY", 1)
+    rule = next(r for r in RULES if r.kind == "threshold" and r.params.timespan >= timedelta(hours=1))
+    op = DetectOperator(RuleSet([rule]))
+    det = op.ruleset.detectors[0]
+    wall = datetime.now(UTC)
+    ahead = msgspec.structs.replace(small_sim()[0], occurred_at=wall + timedelta(days=365))
+    states: dict[tuple[str, int], MemoryState] = {}
+    state = _Ctx(0, states, []).state(det.store)
+    for i, age in enumerate((0.0, 60.0, 400 * 86_400.0)):
+        when = wall.timestamp() - age
+        state.set(f"w:{i}", {"quiet": when, "items": [[when, 1, None, []]]})
+    op._maybe_sweep([Record(ahead, "in", 0, 0, None, 0)], _Ctx(0, states, []), {})
+    assert set(state.data) == {"w:0", "w:1"}  # type: ignore[attr-defined]
+    assert op.swept == 1
+
+
 EXPIRING_KINDS = {"deviation", "exposure", "linked", "lookalike", "propagation", "sequence", "threshold"}
 
 
