@@ -3,11 +3,13 @@
 Every store of an application has one compacted topic ``<app>.changelog.<store id>``
 with as many partitions as the inputs; partition ``p`` of the changelog holds the state
 of input partition ``p``.  Restore starts from the changelog offset RocksDB recorded
-with its last write (not from zero) and reads committed records only, up to the end.
+with its last write (not from zero) and reads committed records only, up to the end; a
+store whose offset the changelog does not have is wiped and restored from the start.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ from vigil.errors import PipelineError
 from vigil.hub.client import is_transient, kafka_error, make_admin, make_consumer
 from vigil.hub.topics import TopicSpec
 from vigil.stream.state import RocksState
+
+log = logging.getLogger(__name__)
 
 #: Writes applied to RocksDB in one batch during restore.
 _RESTORE_CHUNK = 50_000
@@ -70,6 +74,23 @@ def restore(settings: Settings, app: str, tasks: Sequence[RestoreTask], timeout_
         for task in tasks:
             start = task.state.changelog_offset()
             low, high = offsets[task.topic, task.partition]
+            if start is not None and not low <= start <= high:
+                # The store reached an offset this changelog does not have (the topic was
+                # recreated, the broker reformatted, records deleted): it is not a prefix of
+                # the changelog any more, and catching up from here would keep keys the
+                # changelog never had, and move the offset backwards.  Restored afresh, as
+                # another host would restore it (Kafka Streams wipes such a store too).
+                log.warning(
+                    "state %s: changelog offset %d is outside %s[%d]'s %d..%d; restoring it from the start",
+                    task.state.path,
+                    start,
+                    task.topic,
+                    task.partition,
+                    low,
+                    high,
+                )
+                task.state.wipe()
+                start = None
             begin = start if start is not None else low
             task.state.changelog_next = high
             if begin >= high:

@@ -67,13 +67,7 @@ class RocksState(State):
         self.path = path
         self.spec = spec
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = Rdict(str(path), options=_options())
-        # No write-ahead log: the changelog is the log.  A crash loses at most the memtable, and
-        # since the changelog offset is written in the same batches, what survives is a consistent
-        # older point that restore catches up from (Kafka Streams makes the same choice).
-        no_wal = WriteOptions()
-        no_wal.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; the stub is wrong
-        self._db.set_write_options(no_wal)
+        self._db = self._open()
         value_type = getattr(spec, "value_type", Any)
         self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(value_type)
         self._cache: dict[str, Any] = {}
@@ -87,6 +81,24 @@ class RocksState(State):
         #: Next changelog offset as far as this process knows (set by restore at assignment).
         self.changelog_next: int | None = None
         self._generation = 0
+
+    def _open(self) -> Rdict:
+        db = Rdict(str(self.path), options=_options())
+        # No write-ahead log: the changelog is the log.  A crash loses at most the memtable, and
+        # since the changelog offset is written in the same batches, what survives is a consistent
+        # older point that restore catches up from (Kafka Streams makes the same choice).
+        no_wal = WriteOptions()
+        no_wal.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; the stub is wrong
+        db.set_write_options(no_wal)
+        return db
+
+    def wipe(self) -> None:
+        """Delete everything, the changelog offset included: for a store that is no longer a
+        prefix of its changelog (see :func:`vigil.stream.changelog.restore`), restored afresh."""
+        self._db.close()
+        Rdict.destroy(str(self.path), _options())
+        self._db = self._open()
+        self.discard_pending()
 
     # ------------------------------------------------------------------ State API
 

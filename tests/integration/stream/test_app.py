@@ -22,9 +22,12 @@ from vigil.events.base import Entities, Event
 from vigil.events.codec import decode_event, encode
 from vigil.events.records import DeadLetter
 from vigil.events.types import Logout, Payment
+from vigil.hub.admin import ensure_topics
 from vigil.hub.client import EventProducer, make_consumer
 from vigil.stream.app import Application
-from vigil.stream.base import Context, Operator, Record
+from vigil.stream.base import Context, Operator, Record, StoreSpec
+from vigil.stream.changelog import RestoreTask, changelog_spec, restore
+from vigil.stream.state import RocksState
 
 Start = Callable[[Application], Running]
 
@@ -484,3 +487,29 @@ def test_the_loop_collects_garbage_between_batches_and_puts_the_collector_back(
     assert exported == metrics.gc_collections
     assert gc.isenabled() == enabled
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.parametrize("changelog_records", [0, 3])
+def test_a_store_ahead_of_its_changelog_is_wiped_and_restored_from_the_start(
+    settings: Settings, tmp_path: Path, names: Callable[[str], str], changelog_records: int
+) -> None:
+    # The store reached offset 5,000 of a changelog that has since been recreated (or the broker
+    # reformatted): what it holds is not in the changelog, and catching up from 5,000 would keep
+    # it and move the offset back.  It is restored as another host would restore it.
+    app, spec = names("app"), StoreSpec("counts", 1)
+    topic = changelog_spec(app, spec.id, 1)
+    ensure_topics(settings, [topic])
+    producer = EventProducer(settings)
+    for i in range(changelog_records):
+        producer.produce_raw(topic.name, f"acct:{i}", msgspec.msgpack.encode(i))
+    producer.flush()
+    state = RocksState(tmp_path / "store", spec)
+    try:
+        state.write_committed([(b"acct:stale", msgspec.msgpack.encode(5))], 5000)
+        assert restore(settings, app, [RestoreTask(state, topic.name, 0)]) == changelog_records
+        assert state.get("acct:stale") is None
+        assert dict(state.items("acct:")) == {f"acct:{i}": i for i in range(changelog_records)}
+        assert state.changelog_offset() == (changelog_records or None)
+        assert state.changelog_next == changelog_records
+    finally:
+        state.close()
