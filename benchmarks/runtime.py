@@ -449,7 +449,6 @@ def engine_loadgen(cfg: dict[str, Any]) -> dict[str, Any]:
     cpu = time.process_time() - cpu_first
     # A broker that cannot take the rate leaves records queued here: give them time, and say how
     # many never went (their latency is unknown; the run reports it instead of failing).
-    flushed = clock()
     undelivered = producer.flush(FLUSH_S)
     Path(cfg["stamps"]).write_bytes(sent.tobytes())
     return {
@@ -457,7 +456,6 @@ def engine_loadgen(cfg: dict[str, Any]) -> dict[str, Any]:
         "elapsed_s": elapsed,
         "achieved": round(n / elapsed),
         "cpu_us_per_event": round(cpu * 1e6 / max(1, n), 2),
-        "flush_s": round(clock() - flushed, 1),
         "undelivered": undelivered,
     }
 
@@ -972,9 +970,9 @@ def run(quick: bool) -> dict[str, Any]:
                     # engine then finds it.  (Run last, after the vectorised 80% point had left
                     # the broker seconds behind, its p99 was 354-398 ms; on a fresh broker, 45-83
                     # ms: 2026-11-30.)
-                    hop = _attempt(rate, bench.hop, rate, lat_seconds, _start(n, 90, attempt))
+                    hop = _attempt(bench.hop, rate, lat_seconds, _start(n, 90, attempt))
                     tried.setdefault("hop", []).append(hop)
-                one = _attempt(rate, bench.latency, rate, lat_seconds, _start(n, point, attempt), batch=batch)
+                one = _attempt(bench.latency, rate, lat_seconds, _start(n, point, attempt), batch=batch)
                 tried.setdefault(key, []).append(one)
         lat: dict[str, Any] = {}
         for key, tries in tried.items():
@@ -1022,11 +1020,11 @@ _ATTEMPT_KEYS = (
 )
 
 
-def _attempt(rate: float, run: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """One latency run; one that fails (on a loaded machine the broker has fallen minutes behind
-    a generator) is kept as its error, and the other points still run."""
+def _attempt(run: Callable[..., dict[str, Any]], rate: float, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """One latency run at ``rate``; one that fails (on a loaded machine the broker has fallen
+    minutes behind a generator) is kept as its error, and the other points still run."""
     try:
-        return run(*args, **kwargs)
+        return run(rate, *args, **kwargs)
     except RuntimeError as exc:
         return {"rate": round(rate), "error": str(exc).splitlines()[0]}
 

@@ -27,6 +27,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from vigil.config import Settings
 from vigil.errors import PipelineError, TopicError, VigilError
 from vigil.events.codec import decode_event
+from vigil.hub.client import make_consumer
 
 log = logging.getLogger(__name__)
 
@@ -107,17 +108,8 @@ class TopicFollower:
             self._thread = None
 
     def _begin(self) -> None:
-        conf = self.settings.kafka_client_config()
-        conf.update(
-            {
-                # Partitions are assigned, never committed: every process reads the whole topic.
-                "group.id": self.group,
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "isolation.level": "read_committed",
-            }
-        )
-        consumer = Consumer(conf)
+        # Partitions are assigned, never committed: every process reads the whole topic.
+        consumer = make_consumer(self.settings, self.group, **{"enable.partition.eof": True})
         meta = consumer.list_topics(self.topic, timeout=30).topics.get(self.topic)
         if meta is None or meta.error is not None or not meta.partitions:
             consumer.close()
