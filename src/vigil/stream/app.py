@@ -84,10 +84,15 @@ record is the business of the applications that read it).  Bytes laid out otherw
 JSON writer's) are decoded as usual, and then handed over whatever their type.
 
 Rebalancing.  Cooperative-sticky: only moved partitions stop.  On revocation the
-application checkpoints, then closes the stores; on assignment it restores the stores
-from their changelogs before processing.  A lost assignment (session timeout) aborts
-the open transaction and rewinds the partitions still owned to their committed offsets;
-records fetched before the rewind are dropped (they are read again).  So does an
+application checkpoints, then closes the stores; on assignment it checkpoints what it has
+processed (restoring may take longer than the transaction timeout, and Kafka would abort the
+open transaction meanwhile), then restores the new partitions' stores from their changelogs
+before processing them.  Restore runs inside the rebalance callback, so it must finish within
+``max.poll.interval.ms`` (5 minutes; about 60M keys at the measured rate).  A lost assignment
+(session timeout) aborts the open transaction and rewinds the partitions still owned to their
+committed offsets (a partition with none yet: to the first offset this member read of it,
+whatever ``auto.offset.reset`` says; one lost with nothing committed and assigned back starts
+there too); records fetched before the rewind are dropped (they are read again).  So does an
 exactly-once checkpoint the group refuses because it moved on without this member (a stall
 past ``max.poll.interval.ms``): the member rejoins on its next poll and processes again
 from the last checkpoint, with the state it had there.
@@ -117,7 +122,6 @@ from typing import Any, Literal
 
 import msgspec
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
@@ -143,7 +147,7 @@ from vigil.stream.instance import InstanceSlot, slot_directory
 from vigil.stream.instance import instance_id as default_instance_id
 from vigil.stream.metrics import AppMetrics, PrometheusMetrics
 from vigil.stream.pace import Pace
-from vigil.stream.state import RocksState
+from vigil.stream.state import RocksState, StoreLocked
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +165,6 @@ _GROUP_MOVED_ON = frozenset(
     }
 )
 _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
-#: ``auto.offset.reset`` values that start a partition without a committed offset at its beginning.
-_FROM_START = frozenset({"earliest", "smallest", "beginning"})
 #: Default checkpoint intervals.  Exactly-once outputs become visible when a checkpoint commits,
 #: so the interval is their latency: short.  At-least-once outputs go out at once; the interval
 #: only bounds what is processed again after a crash, and every checkpoint writes each key changed
@@ -193,6 +195,10 @@ FETCH_DEFAULTS: dict[str, Any] = {
 }
 #: Aligned: timeout of the broker queries for partitions nothing was consumed from yet.
 _ALIGN_TIMEOUT = 5.0
+#: How long a newly assigned partition's store may stay open in another process sharing the
+#: home (the member that had the partition and has not noticed it lost it) before giving up.
+#: Waited inside the rebalance callback: well under max.poll.interval.ms (5 minutes).
+STORE_LOCK_WAIT_S = 60.0
 #: Aligned apps pause a partition ahead of the others only once it buffers this many records.
 ALIGNMENT_MAX_BUFFERED = 5_000
 #: Aligned apps re-plan pauses and releases after every batch, and at least this often when
@@ -393,6 +399,7 @@ class Application:
         alignment_idle_s: float = 1.0,
         alignment_max_buffered: int = ALIGNMENT_MAX_BUFFERED,
         skip_types: Sequence[str] = (),
+        store_lock_wait_s: float = STORE_LOCK_WAIT_S,
     ) -> None:
         if not inputs:
             msg = f"application {name!r}: expected at least one input topic, got none"
@@ -427,6 +434,9 @@ class Application:
                 f"with a decoder of its own ({decode!r}) the records are not canonical"
             )
             raise ConfigError(msg)
+        if not 0 <= store_lock_wait_s < float("inf"):
+            msg = f"application {name!r}: store_lock_wait_s must be >= 0 seconds; got {store_lock_wait_s}"
+            raise ConfigError(msg)
         if not alignment_idle_s > 0:
             msg = f"application {name!r}: alignment_idle_s must be > 0 seconds; got {alignment_idle_s}"
             raise ConfigError(msg)
@@ -458,6 +468,9 @@ class Application:
         self.max_event_time_skew_s = max_event_time_skew_s
         self.alignment_max_buffered = alignment_max_buffered
         self.alignment_idle_s = alignment_idle_s
+        #: How long an assigned partition's store may stay open in another process of this home
+        #: before the application gives up (see _open_store).
+        self.store_lock_wait_s = store_lock_wait_s
         self.alignment: Alignment | None = None
         self._consumer_overrides = dict(consumer_overrides or {})
         self._producer_overrides = dict(producer_overrides or {})
@@ -490,7 +503,14 @@ class Application:
         #: Aligned: the next offset to consume per partition, as consumed (asking the consumer
         #: for its positions on every plan cost ~1 ms with a few dozen partitions).
         self._consumed: dict[TP, int] = {}
+        #: Per partition owned, the first offset read of it since its assignment: where a rewind
+        #: starts while nothing is committed (auto.offset.reset may not say where reading began).
+        self._first_read: dict[TP, int] = {}
+        #: The same for partitions lost (session timeout) before anything of them was committed.
+        self._lost_first_read: dict[TP, int] = {}
         self._delivery_errors: list[str] = []
+        #: Fatal errors the clients reported (a fenced producer), for the message that stops the loop.
+        self._fatal_errors: list[str] = []
         #: At-least-once checkpoints waiting for Kafka's acknowledgement: (sealed at, offsets, writes).
         self._sealed: deque[tuple[float, list[TopicPartition], _Writes]] = deque()
         #: At-least-once: the checkpoint whose writes are being encoded and sent (see _seal).
@@ -551,6 +571,21 @@ class Application:
                     # Inside: a final checkpoint that fails (deliveries refused) must not be
                     # committed by the revocation that closing the consumer runs.
                     self._checkpoint(sync=True)
+                except KafkaException as exc:
+                    # A client's fatal error (a fenced producer, say) surfaces at whichever call
+                    # comes next, often as a bare "fatal error": say which application it stopped
+                    # and what the client's fatal error was.
+                    self._fail()
+                    for producer in (self._producer, self._state_producer):
+                        try:
+                            if producer is not None:
+                                producer.poll(0)  # serves the error callback (_on_client_error)
+                        except KafkaException as fatal:  # or raises the fatal error itself
+                            self._fatal_errors.append(str(fatal.args[0]))
+                    msg = f"application {self.name!r}: Kafka client failed: {exc.args[0]}"
+                    if self._fatal_errors and self._fatal_errors[0] != str(exc.args[0]):
+                        msg += f"; its fatal error: {self._fatal_errors[0]}"
+                    raise PipelineError(msg) from exc
                 except BaseException:
                     self._fail()
                     raise
@@ -614,6 +649,7 @@ class Application:
             "socket.nagle.disable": True,
             "delivery.report.only.error": True,
             "on_delivery": self._on_delivery_error,
+            "error_cb": self._on_client_error,
         }
         transactional = self.exactly_once or bool(self.stores)
         if transactional and self._slot is not None:
@@ -660,7 +696,10 @@ class Application:
                 self._abort_txn()
             for producer in (self._producer, self._state_producer):
                 if producer is not None:
-                    producer.flush(10)
+                    try:
+                        producer.flush(10)
+                    except KafkaException as exc:  # fatal already (fenced): what stopped us says so
+                        log.warning("application %s: flushing a producer: %s", self.name, exc)
         finally:
             # Also after a fatal producer error (a refused transactional id): the slot is free again.
             self._producer = self._state_producer = None
@@ -736,6 +775,7 @@ class Application:
         skipped = 0
         skip = self._skip
         only_topic = self.inputs[0] if len(self.inputs) == 1 else None
+        first_read = self._first_read
         # The per-record loop is the runtime's own hot path: messages arrive in runs of one
         # partition, so the partition is looked up (and its next offset stored) once per run.
         run_topic: str | None = None
@@ -758,6 +798,8 @@ class Application:
                 run_owned = (topic, part) in owned
                 group = groups.setdefault(part, [])
                 offset = -1
+                if run_owned and (topic, part) not in first_read:
+                    first_read[topic, part] = msg.offset()
             if not run_owned:
                 continue
             offset = msg.offset()
@@ -799,6 +841,7 @@ class Application:
         codec_decode = self._codec._decoder.decode
         buffers = self._buffers
         consumed = self._consumed
+        first_read = self._first_read
         offsets = self._next_offsets
         skip = self._skip
         done = 0
@@ -838,6 +881,8 @@ class Application:
                 offset = -1
                 if run_owned:
                     buf = buffers.setdefault((topic, part), deque())
+                    if (topic, part) not in first_read:
+                        first_read[topic, part] = msg.offset()
             if not run_owned:
                 continue
             offset = msg.offset()
@@ -1061,6 +1106,11 @@ class Application:
         # so it was meant to go: it is produced again when its input is processed again.
         if err is not None and err.code() not in _PURGED:
             self._delivery_errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        # Non-fatal ones librdkafka retries, and logs itself.
+        if err.fatal():
+            self._fatal_errors.append(err.str())
 
     def _produce(self, topic: str, value: bytes | None, key: str | bytes | None) -> None:
         producer = self._producer
@@ -1395,11 +1445,49 @@ class Application:
 
     # ------------------------------------------------------------------ rebalancing
 
-    def _open_task(self, number: int) -> _PartitionTask:
+    def _open_task(self, number: int, deadline: float) -> _PartitionTask:
         task = _PartitionTask(number)
-        for store_id, spec in self.stores.items():
-            task.stores[store_id] = RocksState(self.state_dir / store_id / str(number), spec)
+        try:
+            for store_id, spec in self.stores.items():
+                task.stores[store_id] = self._open_store(
+                    self.state_dir / store_id / str(number), spec, deadline
+                )
+        except BaseException:
+            for state in task.stores.values():
+                state.close()
+            raise
         return task
+
+    def _open_store(self, path: Path, spec: StoreSpec, deadline: float) -> RocksState:
+        """The store at ``path``, waiting while another process of this home has it open.
+
+        Processes sharing a home share their stores' directories, so a partition moving between
+        them keeps its local state.  A member that lost the partition without noticing yet (it
+        has not polled since: stuck in a long batch, paused) still holds the store's lock until
+        it does; the new owner waits for it, until ``deadline`` (``store_lock_wait_s`` after
+        the assignment began)."""
+        pause = 0.05
+        while True:
+            try:
+                return RocksState(path, spec)
+            except StoreLocked as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    msg = (
+                        f"application {self.name!r}: {exc}; waited {self.store_lock_wait_s:g}s for "
+                        f"another process of this home to close it"
+                    )
+                    raise PipelineError(msg) from exc
+                if pause == 0.05:
+                    log.warning(
+                        "application %s: store %s is open in another process of this home (a member "
+                        "that had the partition?); waiting up to %gs for it",
+                        self.name,
+                        path,
+                        self.store_lock_wait_s,
+                    )
+                time.sleep(min(pause, left))  # a lock held by another process: nothing to wait on
+                pause = min(2 * pause, 1.0)
 
     def _followers(self, numbers: Sequence[int] | set[int]) -> list[TopicPartition]:
         """Partitions of the other inputs that follow these partition numbers of the first."""
@@ -1409,15 +1497,30 @@ class Application:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = sorted({tp.partition for tp in partitions} - set(self._tasks))
-        tasks = {n: self._open_task(n) for n in numbers}
-        restore_tasks = [
-            RestoreTask(state, changelog_topic(self.name, sid), n)
-            for n, task in tasks.items()
-            for sid, state in task.stores.items()
-        ]
-        self.metrics.restored_records += restore(self.settings, self.name, restore_tasks)
+        if numbers and not self._failed and not self._lost:
+            # Restoring (and the operators' on_assign) may take longer than the transaction
+            # timeout: Kafka would abort the open transaction meanwhile and the next checkpoint
+            # would fail.  What was processed so far becomes durable first.
+            self._checkpoint(sync=True)
+        # One wait for all the stores of this assignment: it runs inside the rebalance callback.
+        deadline = time.monotonic() + self.store_lock_wait_s
+        tasks: dict[int, _PartitionTask] = {}
+        try:
+            for n in numbers:
+                tasks[n] = self._open_task(n, deadline)
+            restore_tasks = [
+                RestoreTask(state, changelog_topic(self.name, sid), n)
+                for n, task in tasks.items()
+                for sid, state in task.stores.items()
+            ]
+            self.metrics.restored_records += restore(self.settings, self.name, restore_tasks)
+        except BaseException:
+            for task in tasks.values():  # their RocksDB locks go with them
+                for state in task.stores.values():
+                    state.close()
+            raise
         followers = self._followers([tp.partition for tp in partitions])
-        consumer.incremental_assign(list(partitions) + followers)
+        consumer.incremental_assign(self._resumed(consumer, list(partitions) + followers))
         for tp in list(partitions) + followers:
             self._owned.add((tp.topic, tp.partition))
         if self.alignment is not None:
@@ -1433,6 +1536,24 @@ class Application:
         self.metrics.rebalances += 1
         self.metrics.assigned = sorted(self._owned)
         self.assigned.set()
+
+    def _resumed(self, consumer: Consumer, tps: list[TopicPartition]) -> list[TopicPartition]:
+        """``tps`` to assign; a partition this member lost before anything of it was committed
+        starts where this member began reading it, not where ``auto.offset.reset`` says: the
+        records it processed then were in an aborted transaction and are to be read again."""
+        back = [tp for tp in tps if (tp.topic, tp.partition) in self._lost_first_read]
+        if not back:
+            return tps
+        begun = {key: self._lost_first_read.pop(key) for key in [(tp.topic, tp.partition) for tp in back]}
+        uncommitted = {
+            (tp.topic, tp.partition) for tp in consumer.committed(back, timeout=_TIMEOUT) if tp.offset < 0
+        }
+        return [
+            TopicPartition(tp.topic, tp.partition, begun[tp.topic, tp.partition])
+            if (tp.topic, tp.partition) in uncommitted
+            else tp
+            for tp in tps
+        ]
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if not self._failed and not self._lost:
@@ -1450,6 +1571,10 @@ class Application:
         if self._in_txn:
             self._abort_txn()
         self._discard_pending()
+        # Where this member began reading each lost partition: if it gets one back with nothing
+        # committed yet, it reads again from there (see _resumed).
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        self._lost_first_read.update({tp: off for tp, off in self._first_read.items() if tp in lost})
         self._drop(consumer, partitions)
 
     def _drop(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -1457,6 +1582,7 @@ class Application:
         for tp in gone:
             self._owned.discard((tp.topic, tp.partition))
             self._next_offsets.pop((tp.topic, tp.partition), None)
+            self._first_read.pop((tp.topic, tp.partition), None)
         self._forget_alignment(consumer, [(tp.topic, tp.partition) for tp in gone])
         still = {part for _, part in self._owned}
         for n in {tp.partition for tp in gone} - still:
@@ -1495,8 +1621,9 @@ class Application:
 
     def _rewind(self) -> set[TP]:
         """After a lost assignment: restart the partitions still owned from their committed offsets
-        (those with none yet from the beginning, under ``auto.offset.reset=earliest``); returns
-        the partitions restarted."""
+        (those with none yet from the first offset read of them since their assignment: whatever
+        ``auto.offset.reset`` says, that is where this member began); returns the partitions
+        restarted."""
         _, consumer = self._running_clients()
         self._lost = False
         self._next_offsets = {}
@@ -1511,23 +1638,15 @@ class Application:
         rewound: set[TP] = set()
         if not owned:
             return rewound
-        from_start = self.consumer_settings().get("auto.offset.reset") in _FROM_START
         for tp in consumer.committed(owned, timeout=_TIMEOUT):
+            key = (tp.topic, tp.partition)
             if tp.offset >= 0:
                 consumer.seek(tp)
-            elif from_start:
-                # Nothing committed yet: what was processed since the assignment came from the start.
-                consumer.seek(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
+            elif key in self._first_read:
+                consumer.seek(TopicPartition(tp.topic, tp.partition, self._first_read[key]))
             else:
-                log.warning(
-                    "application %s: %s[%d] has no committed offset; records processed since its "
-                    "assignment are not processed again (auto.offset.reset is not earliest)",
-                    self.name,
-                    tp.topic,
-                    tp.partition,
-                )
-                continue
-            rewound.add((tp.topic, tp.partition))
+                continue  # nothing read of it yet: nothing to read again
+            rewound.add(key)
         return rewound
 
 

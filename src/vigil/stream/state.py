@@ -30,6 +30,7 @@ from typing import Any
 import msgspec
 from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
 
+from vigil.errors import PipelineError
 from vigil.stream.base import State, StoreSpec
 
 #: Reserved key (outside the UTF-8 text keys operators use) holding the next changelog offset.
@@ -49,6 +50,11 @@ _encoder = msgspec.msgpack.Encoder()
 #: miss 1.15-1.18 µs without, 0.39-0.43 µs with; a hit the same (1.9-2.2 µs); writing and
 #: flushing 1M keys the same (0.63-0.73 s).  (Kafka Streams' RocksDB stores use a 10-bit filter.)
 BLOOM_BITS_PER_KEY = 10
+
+
+class StoreLocked(PipelineError):
+    """The store's RocksDB is open elsewhere: another process sharing this home (a member that
+    lost the partition and has not closed it yet) or another store object of this process."""
 
 
 def _options() -> Options:
@@ -83,7 +89,15 @@ class RocksState(State):
         self._generation = 0
 
     def _open(self) -> Rdict:
-        db = Rdict(str(self.path), options=_options())
+        try:
+            db = Rdict(str(self.path), options=_options())
+        except Exception as exc:  # rocksdict raises Exception itself; RocksDB's text says what
+            # "While lock file: <path>/LOCK: ..." (another process), "lock hold by current
+            # process ... <path>/LOCK: ..." (this one): the lock file named, not any "lock" or "block".
+            if f"{self.path / 'LOCK'}:" not in str(exc):
+                raise
+            msg = f"store {self.path} is open elsewhere (RocksDB: {exc})"
+            raise StoreLocked(msg) from exc
         # No write-ahead log: the changelog is the log.  A crash loses at most the memtable, and
         # since the changelog offset is written in the same batches, what survives is a consistent
         # older point that restore catches up from (Kafka Streams makes the same choice).

@@ -10,6 +10,17 @@ Records that cannot be decoded are skipped, counted in ``errors`` and logged wit
 topic/partition/offset (their producer, the intel normaliser, has already dead-lettered
 what it could not parse; the table only reads).
 
+The topic's partitions are looked up again every ``metadata_every_s`` (10 s): partitions
+added are read from their beginning, and a topic deleted stops the reader, so ``ready`` turns
+false and ``check()`` raises: librdkafka tells a consumer that assigned its partitions itself
+nothing when they disappear (it logs "partition count changed from 1 to 0" and goes on), and
+the table would answer from a list nobody maintains any more.  A topic counts as deleted once
+the broker has called it unknown for ``deleted_after_s`` (30 s, as librdkafka's own
+``topic.metadata.propagation.max.ms``): brokers say so for a while of a topic that exists
+(restarts, metadata not yet propagated).  Other errors (authorisation, no leader) are logged
+and asked again.  (A topic deleted and created again between two lookups, with as many
+partitions, is not noticed.)
+
 Data kept in a shape of its own (the intel index: by indicator value, across feeds) reads
 its topic with the table's reader, :class:`TopicFollower`, and applies each record itself.
 """
@@ -22,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from vigil.config import Settings
 from vigil.errors import PipelineError, TopicError, VigilError
@@ -32,6 +43,11 @@ from vigil.hub.client import make_consumer
 log = logging.getLogger(__name__)
 
 V = TypeVar("V")
+
+#: How often a follower looks its topic's partitions up again (see the module docstring).
+METADATA_EVERY_S = 10.0
+#: How long the broker must call a followed topic unknown before it counts as deleted.
+DELETED_AFTER_S = 30.0
 
 #: What a follower hands over per record: its key (``None``: a record without one), its value
 #: (``None``: a tombstone) and where it was read (``topic[partition]@offset``, for messages).
@@ -62,8 +78,14 @@ class TopicFollower:
         name: str,
         group: str | None = None,
         missing_ok: bool = False,
+        metadata_every_s: float = METADATA_EVERY_S,
+        deleted_after_s: float = DELETED_AFTER_S,
     ) -> None:
         self.settings = settings
+        self.metadata_every_s = metadata_every_s
+        self.deleted_after_s = deleted_after_s
+        #: Since when the broker has called the topic unknown (None: it has not).
+        self._unknown_since: float | None = None
         self.topic = topic
         self.name = name
         self.group = group or name
@@ -127,8 +149,12 @@ class TopicFollower:
     def _run(self, consumer: Consumer, partitions: set[int]) -> None:
         behind = set(partitions)
         apply, topic = self._apply, self.topic
+        looked_up = time.monotonic()
         try:
             while not self._stop.is_set():
+                if time.monotonic() - looked_up >= self.metadata_every_s:
+                    behind |= self._follow_partitions(consumer, partitions)
+                    looked_up = time.monotonic()
                 for msg in consumer.consume(1000, 0.2):
                     err = msg.error()
                     if err is not None:
@@ -153,6 +179,42 @@ class TopicFollower:
         finally:
             consumer.close()
 
+    def _follow_partitions(self, consumer: Consumer, partitions: set[int]) -> set[int]:
+        """Look the topic's partitions up again: read the added ones (returned, and added to
+        ``partitions``) from their beginning; raise if the topic is gone."""
+        try:
+            meta = consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+        except KafkaException as exc:
+            # The broker out of reach for a while: reading waits for it anyway; ask again later.
+            log.warning("%s: looking up the partitions of %r: %s", self.name, self.topic, exc)
+            return set()
+        unknown = meta is None or (
+            meta.error is not None and meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+        )
+        if unknown:
+            now = time.monotonic()
+            if self._unknown_since is None:
+                self._unknown_since = now
+            if now - self._unknown_since >= self.deleted_after_s:
+                msg = (
+                    f"topic {self.topic!r} was deleted while followed (unknown to the broker for "
+                    f"{now - self._unknown_since:.0f}s): what was read of it is stale"
+                )
+                raise TopicError(msg)
+            return set()
+        self._unknown_since = None
+        if meta is None or meta.error is not None or not meta.partitions:
+            log.warning("%s: looking up the partitions of %r: %s", self.name, self.topic, meta and meta.error)
+            return set()
+        added = set(meta.partitions) - partitions
+        if added:
+            log.info("%s: %r has %d new partitions; reading them", self.name, self.topic, len(added))
+            consumer.incremental_assign(
+                [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in sorted(added)]
+            )
+            partitions |= added
+        return added
+
 
 class GlobalTable(Generic[V]):
     """Read-only view of a compacted topic; ``get`` is a dict lookup (thread-safe under the GIL)."""
@@ -164,6 +226,8 @@ class GlobalTable(Generic[V]):
         decode: Callable[[bytes], V] = _decode_event,
         *,
         name: str | None = None,
+        metadata_every_s: float = METADATA_EVERY_S,
+        deleted_after_s: float = DELETED_AFTER_S,
     ) -> None:
         self.settings = settings
         self.topic = topic
@@ -171,7 +235,13 @@ class GlobalTable(Generic[V]):
         self._decode = decode
         self._data: dict[str, V] = {}
         self._reader = TopicFollower(
-            settings, topic, self._apply, name=f"global table {self.name!r}", group=self.name
+            settings,
+            topic,
+            self._apply,
+            name=f"global table {self.name!r}",
+            group=self.name,
+            metadata_every_s=metadata_every_s,
+            deleted_after_s=deleted_after_s,
         )
         #: Updates applied (records and tombstones); a cheap "version" to report with a match.
         self.version = 0

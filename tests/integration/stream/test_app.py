@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import Producer, TopicPartition
 from tests.integration.stream.apps import COUNTS, T0, RunningCount, expected_ids, payments, read_all
 from tests.integration.stream.conftest import Running, make_topics, produce, wait_for
 
@@ -24,7 +24,7 @@ from vigil.events.records import DeadLetter
 from vigil.events.types import Logout, Payment
 from vigil.hub.admin import ensure_topics
 from vigil.hub.client import EventProducer, make_consumer
-from vigil.stream.app import Application
+from vigil.stream.app import Application, state_path
 from vigil.stream.base import Context, Operator, Record, StoreSpec
 from vigil.stream.changelog import RestoreTask, changelog_spec, restore
 from vigil.stream.state import RocksState
@@ -513,3 +513,217 @@ def test_a_store_ahead_of_its_changelog_is_wiped_and_restored_from_the_start(
         assert state.changelog_next == changelog_records
     finally:
         state.close()
+
+
+class SlowToTakeOver(RunningCount):
+    """Once armed, spends ``stall_s`` in the next partition assignment: stands in for the slow
+    part of a takeover (restoring a large store), which runs inside the rebalance callback too."""
+
+    def __init__(self, output: str, stall_s: float, pause_s: float) -> None:
+        super().__init__(output, pause_s)
+        self.stall_s, self.armed, self.stalled = stall_s, False, False
+
+    def on_assign(self, ctx: Context) -> None:
+        if self.armed and not self.stalled:
+            self.stalled = True
+            time.sleep(self.stall_s)  # the slow takeover under test, not a synchronisation
+            self.pause_s = 0.0  # the rest at full speed
+
+
+def test_a_takeover_slower_than_the_transaction_timeout_commits_first(
+    settings: Settings, tmp_path: Path, names: Callable[[str], str], run_app: Start
+) -> None:
+    # A survivor taking over a partition restores its store inside the rebalance callback, while
+    # the survivor's own transaction (outputs of records it processed since its last checkpoint)
+    # is open.  A restore longer than the transaction timeout let Kafka abort that transaction
+    # (the coordinator checks every 10 s), and the survivor's next checkpoint failed: the
+    # application stopped.  Now the survivor checkpoints before it restores.
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out)
+    timeout_ms = 8000
+
+    def member(home: Path, instance: str, op: RunningCount) -> Application:
+        return Application(
+            load_settings(kafka_bootstrap=settings.kafka_bootstrap, home=home),
+            name=name,
+            inputs=[src],
+            operators=[op],
+            guarantee="exactly_once",
+            checkpoint_interval_s=6.0,
+            batch_size=20,
+            instance_id=instance,
+            consumer_overrides={"heartbeat.interval.ms": 300},
+            producer_overrides={"transaction.timeout.ms": timeout_ms},
+        )
+
+    # Past the timeout and the coordinator's 10 s check, with a margin.
+    survivor = SlowToTakeOver(out, stall_s=timeout_ms / 1000 + 12, pause_s=0.05)
+    a = run_app(member(tmp_path / "a", "a", survivor))
+    wait_for(lambda: len(a.app.metrics.assigned) == 3, 60, "the first member to own the input")
+    b = run_app(member(tmp_path / "b", "b", RunningCount(out, pause_s=0.05)))
+    wait_for(
+        lambda: bool(a.app.metrics.assigned) and bool(b.app.metrics.assigned),
+        60,
+        "both members to own partitions",
+    )
+    events = payments(6000, 41, "t")
+    produce(settings, src, events)
+    wait_for(lambda: a.app.metrics.processed >= 200, 60, "the survivor to be processing")
+    # Right after a checkpoint of the survivor, so the rebalance (about 2 s here) is over well
+    # before its next one: a checkpoint during the rebalance waits for it and commits first,
+    # which would hide the failure.
+    done = a.app.metrics.checkpoints
+    wait_for(lambda: a.app.metrics.checkpoints > done, 60, "a checkpoint of the survivor")
+    survivor.armed = True
+    b.stop()  # its partitions go to the survivor, mid-transaction
+    wait_for(lambda: survivor.stalled and len(a.app.metrics.assigned) == 3, 60, "the takeover")
+    wait_for(lambda: len(output_ids(settings, out)) >= 6000 or not a.thread.is_alive(), 120, "6000 outputs")
+    assert not a.errors
+    ids = output_ids(settings, out)
+    assert len(ids) == len(set(ids)) == 6000
+    assert set(ids) == expected_ids(events)
+
+
+def test_a_store_open_in_another_process_of_the_home_is_waited_for(
+    settings: Settings,
+    tmp_path: Path,
+    names: Callable[[str], str],
+    run_app: Start,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Processes sharing a home share their stores' directories.  A member that lost a partition
+    # without polling since still has its store open (RocksDB's lock) when the partition's new
+    # owner opens it: the new owner waits for it instead of failing.
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out, partitions=1)
+    home = load_settings(kafka_bootstrap=settings.kafka_bootstrap, home=tmp_path / "home")
+    previous_owner = RocksState(state_path(home, name, COUNTS, 0), COUNTS)
+    app = counting_app(home, name, src, out)
+    with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
+        running = run_app(app)
+        wait_for(
+            lambda: any("open in another process" in r.getMessage() for r in caplog.records),
+            60,
+            "the new owner to wait for the store",
+        )
+    assert not app.metrics.assigned
+    assert running.thread.is_alive()
+    previous_owner.close()
+    wait_for(lambda: bool(app.metrics.assigned), 60, "the new owner to open the store")
+    events = payments(300, 7)
+    produce(settings, src, events)
+    wait_for(lambda: len(output_ids(settings, out, 1)) >= 300, 60, "300 outputs")
+    running.stop()
+    assert not running.errors
+    assert set(output_ids(settings, out, 1)) == expected_ids(events)
+
+
+def test_a_store_that_stays_open_elsewhere_stops_the_application_naming_it(
+    settings: Settings, tmp_path: Path, names: Callable[[str], str], run_app: Start
+) -> None:
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out, partitions=1)
+    home = load_settings(kafka_bootstrap=settings.kafka_bootstrap, home=tmp_path / "home")
+    path = state_path(home, name, COUNTS, 0)
+    held = RocksState(path, COUNTS)
+    try:
+        running = run_app(counting_app(home, name, src, out, store_lock_wait_s=0.5))
+        running.thread.join(60)
+        assert not running.thread.is_alive()
+    finally:
+        held.close()
+    [error] = running.errors
+    assert isinstance(error, PipelineError)
+    assert str(path) in str(error)
+    assert "waited 0.5s" in str(error)
+
+
+def test_store_lock_wait_must_be_a_duration(settings: Settings) -> None:
+    with pytest.raises(ConfigError, match="store_lock_wait_s"):
+        counting_app(settings, "app", "in", "out", store_lock_wait_s=-1.0)
+
+
+def test_a_fenced_producer_stops_the_application_naming_it(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    # Another process took this application's transactional id (a second copy started with the
+    # same instance id): the client's fatal error surfaces at whichever call comes next, and the
+    # application stops with an error that says which one it is.
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out)
+    app = counting_app(settings, name, src, out)
+    running = run_app(app)
+    wait_for(lambda: bool(app.metrics.assigned), 60, "the assignment")
+    usurper = Producer({**settings.kafka_client_config(), "transactional.id": f"{name}-t1"})
+    usurper.init_transactions(30)
+    produce(settings, src, payments(50, 5))
+    running.thread.join(60)
+    assert not running.thread.is_alive()
+    [error] = running.errors
+    assert isinstance(error, PipelineError), repr(error)
+    assert f"application {name!r}" in str(error)
+    assert "fenced" in str(error).lower()
+
+
+def test_a_partition_lost_before_its_first_commit_is_read_again_from_where_it_began(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    # With auto.offset.reset=latest a partition with nothing committed begins at its end as it
+    # was then.  Lost before the first checkpoint (a stall past max.poll.interval.ms), the
+    # records processed in the aborted transaction must be read again when the partition comes
+    # back: from where this member began, not from the end again (they would be gone).
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out, partitions=1)
+    stall = StallOnce(out, after=10**9, stall_s=8.0)  # armed below
+    app = Application(
+        settings,
+        name=name,
+        inputs=[src],
+        operators=[stall],
+        guarantee="exactly_once",
+        checkpoint_interval_s=12.0,  # nothing committed before the stall
+        batch_size=50,
+        instance_id="t1",
+        consumer_overrides={
+            "auto.offset.reset": "latest",
+            "max.poll.interval.ms": 6000,
+            "session.timeout.ms": 6000,
+        },
+        producer_overrides={"transaction.timeout.ms": 60_000},
+    )
+    running = run_app(app)
+    wait_for(lambda: bool(app.metrics.assigned), 60, "the assignment")
+    # "latest" is looked up after the assignment, and what is produced before that is never
+    # read: a first record, sent again until one is processed, marks where reading began.
+    sentinels: list[Payment] = []
+    deadline = time.monotonic() + 60
+    while app.metrics.processed == 0:
+        assert time.monotonic() < deadline, "no sentinel was processed within 60 s"
+        sentinel = Payment(
+            event_id=f"sentinel{len(sentinels)}",
+            source="test",
+            occurred_at=T0,
+            entities=Entities(customer="sentinel"),
+            payload=payments(1, 1)[0].payload,
+        )
+        sentinels.append(sentinel)
+        produce(settings, src, [sentinel])
+        end = time.monotonic() + 0.5
+        while app.metrics.processed == 0 and time.monotonic() < end:
+            time.sleep(0.02)  # poll interval; the counter is what synchronises
+    events = payments(1000, 13, "f")
+    stall.after = stall.seen + 400
+    produce(settings, src, events)
+    wait_for(lambda: stall.stalled, 60, "the stall")
+    # Sentinels produced before reading began are not read: only the ones from the first
+    # processed on.  Everything after must come out once, with the counts it had.
+
+    def outputs() -> list[str]:
+        return [i for i in output_ids(settings, out, 1) if not i.startswith("sentinel")]
+
+    wait_for(lambda: len(outputs()) >= 1000 or not running.thread.is_alive(), 120, "the outputs")
+    running.stop()
+    assert not running.errors
+    ids = outputs()
+    assert len(ids) == len(set(ids)) == 1000
+    assert set(ids) == expected_ids(events)

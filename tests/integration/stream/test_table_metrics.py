@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import NewPartitions
 from tests.integration.stream.apps import RunningCount, payments, read_all
 from tests.integration.stream.conftest import Running, make_topics, produce, wait_for
 
@@ -131,6 +133,45 @@ def test_a_follower_of_a_topic_not_created_yet_is_empty_if_allowed_and_fails_oth
     assert seen == []
     with pytest.raises(TopicError, match=f"topic {topic!r} does not exist"):
         TopicFollower(settings, topic, lambda key, value, where: None, name="f").start(timeout_s=30)
+
+
+def test_a_global_table_reads_partitions_added_and_fails_when_its_topic_is_deleted(
+    settings: Settings, names: Callable[[str], str]
+) -> None:
+    # librdkafka tells a consumer that assigned partitions itself nothing when they go away: the
+    # table would answer from a list nobody maintains any more.  It looks its partitions up
+    # again every metadata_every_s: new ones are read, a deleted topic stops it.
+    topic = names("profiles")
+    ensure_topics(settings, [TopicSpec(topic, "profile", "raw", "test", partitions=1, cleanup="compact")])
+    producer = EventProducer(settings)
+    producer.produce_raw(topic, "c1", b"gold")
+    producer.flush()
+    table: GlobalTable[str] = GlobalTable(
+        settings, topic, bytes.decode, metadata_every_s=0.2, deleted_after_s=1.0
+    )
+    admin = make_admin(settings)
+    try:
+        table.start(timeout_s=30)
+        assert table.get("c1") == "gold"
+        admin.create_partitions([NewPartitions(topic, 2)])[topic].result(30)
+        # A record the broker put on the new partition (1): only a reader of it sees it.
+        on_new = Producer(settings.kafka_client_config())  # made now: it knows partition 1
+        delivered: list[object] = []
+        on_new.produce(
+            topic, b"silver", b"c2", partition=1, on_delivery=lambda err, msg: delivered.append(err)
+        )
+        on_new.flush(30)
+        assert delivered == [None], "the record should have reached partition 1"
+        wait_for(lambda: table.get("c2") == "silver", 30, "the record on the added partition")
+        table.check()
+        admin.delete_topics([topic])[topic].result(30)
+        wait_for(lambda: not table.ready, 30, "the table to stop being ready once its topic is gone")
+        with pytest.raises(
+            PipelineError, match=f"stale: topic {topic!r} was deleted while followed \\(unknown to the broker"
+        ):
+            table.check()
+    finally:
+        table.stop()
 
 
 def test_group_by_repartitions_through_a_topic_to_a_second_application(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vigil.stream.base import StoreSpec
-from vigil.stream.state import RocksState
+from vigil.stream.state import RocksState, StoreLocked
 
 SPEC = StoreSpec("s", 1)
 
@@ -19,6 +22,17 @@ SPEC = StoreSpec("s", 1)
 class Velocity(msgspec.Struct):
     n: int
     total: float
+
+
+#: Run by another Python process: opens the store named by argv[1] and holds it until stdin closes.
+HOLD_STORE = """
+import sys
+from rocksdict import Rdict
+db = Rdict(sys.argv[1])
+print("open", flush=True)
+sys.stdin.read()
+db.close()
+"""
 
 
 def test_pending_writes_are_visible_but_not_durable_until_committed(tmp_path: Path) -> None:
@@ -56,6 +70,48 @@ def test_committed_writes_and_offset_survive_reopen(tmp_path: Path) -> None:
     assert again.changelog_offset() == 43
     assert list(again.items()) == [("acct-1", Velocity(3, 12.5))]
     again.close()
+
+
+def test_a_store_open_in_another_process_is_refused_naming_it_and_opens_once_closed(tmp_path: Path) -> None:
+    spec = StoreSpec("s", 1)
+    first = RocksState(tmp_path / "db", spec)
+    first.set("k", 1)
+    first.write_committed(first.take_pending(), 1)
+    first.close()
+    # Another process holds the store until its stdin closes.
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD_STORE, str(tmp_path / "db")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        assert holder.stdin is not None
+        assert holder.stdout is not None
+        try:
+            assert holder.stdout.readline().strip() == "open"
+            with pytest.raises(StoreLocked, match=re.escape(str(tmp_path / "db"))):
+                RocksState(tmp_path / "db", spec)
+        finally:
+            holder.stdin.close()
+            holder.wait(30)
+    again = RocksState(tmp_path / "db", spec)
+    assert again.get("k") == 1
+    again.close()
+
+
+def test_a_store_open_twice_in_one_process_is_refused_too(tmp_path: Path) -> None:
+    first = RocksState(tmp_path / "db", StoreSpec("s", 1))
+    with pytest.raises(StoreLocked, match="is open elsewhere"):
+        RocksState(tmp_path / "db", StoreSpec("s", 1))
+    first.close()
+
+
+def test_other_errors_opening_a_store_are_not_taken_for_a_lock(tmp_path: Path) -> None:
+    # A path with "lock" in it, and a file where the store's directory should be.
+    (tmp_path / "blocked").write_text("not a directory")
+    with pytest.raises(Exception) as caught:  # noqa: PT011  # whatever RocksDB raises, but not StoreLocked
+        RocksState(tmp_path / "blocked", StoreSpec("s", 1))
+    assert not isinstance(caught.value, StoreLocked)
 
 
 def test_items_merges_committed_and_pending_in_key_order_by_prefix(tmp_path: Path) -> None:
