@@ -581,9 +581,11 @@ class Application:
                             if producer is not None:
                                 producer.poll(0)  # serves the error callback (_on_client_error)
                         except KafkaException as fatal:  # or raises the fatal error itself
-                            self._fatal_errors.append(str(fatal.args[0]))
+                            raised = kafka_error(fatal)
+                            self._fatal_errors.append(raised.str() if raised is not None else str(fatal))
                     msg = f"application {self.name!r}: Kafka client failed: {exc.args[0]}"
-                    if self._fatal_errors and self._fatal_errors[0] != str(exc.args[0]):
+                    err = kafka_error(exc)
+                    if self._fatal_errors and (err is None or self._fatal_errors[0] != err.str()):
                         msg += f"; its fatal error: {self._fatal_errors[0]}"
                     raise PipelineError(msg) from exc
                 except BaseException:
@@ -1514,21 +1516,22 @@ class Application:
                 for sid, state in task.stores.items()
             ]
             self.metrics.restored_records += restore(self.settings, self.name, restore_tasks)
+            followers = self._followers([tp.partition for tp in partitions])
+            consumer.incremental_assign(self._resumed(consumer, list(partitions) + followers))
         except BaseException:
             for task in tasks.values():  # their RocksDB locks go with them
                 for state in task.stores.values():
                     state.close()
             raise
-        followers = self._followers([tp.partition for tp in partitions])
-        consumer.incremental_assign(self._resumed(consumer, list(partitions) + followers))
+        # Owned from here on, so closing the application closes them whatever happens next.
+        self._tasks.update(tasks)
         for tp in list(partitions) + followers:
             self._owned.add((tp.topic, tp.partition))
         if self.alignment is not None:
             self.alignment.add(
                 [(tp.topic, tp.partition) for tp in list(partitions) + followers], time.monotonic()
             )
-        for n, task in tasks.items():
-            self._tasks[n] = task
+        for task in tasks.values():
             for op in self.operators:
                 ctx = _KafkaContext(self, task, op)
                 task.contexts.append((op, ctx))
@@ -1544,10 +1547,10 @@ class Application:
         back = [tp for tp in tps if (tp.topic, tp.partition) in self._lost_first_read]
         if not back:
             return tps
-        begun = {key: self._lost_first_read.pop(key) for key in [(tp.topic, tp.partition) for tp in back]}
         uncommitted = {
             (tp.topic, tp.partition) for tp in consumer.committed(back, timeout=_TIMEOUT) if tp.offset < 0
         }
+        begun = {key: self._lost_first_read.pop(key) for key in [(tp.topic, tp.partition) for tp in back]}
         return [
             TopicPartition(tp.topic, tp.partition, begun[tp.topic, tp.partition])
             if (tp.topic, tp.partition) in uncommitted
@@ -1571,18 +1574,20 @@ class Application:
         if self._in_txn:
             self._abort_txn()
         self._discard_pending()
-        # Where this member began reading each lost partition: if it gets one back with nothing
-        # committed yet, it reads again from there (see _resumed).
-        lost = {(tp.topic, tp.partition) for tp in partitions}
-        self._lost_first_read.update({tp: off for tp, off in self._first_read.items() if tp in lost})
         self._drop(consumer, partitions)
 
     def _drop(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = list(partitions) + self._followers({tp.partition for tp in partitions})
         for tp in gone:
-            self._owned.discard((tp.topic, tp.partition))
-            self._next_offsets.pop((tp.topic, tp.partition), None)
-            self._first_read.pop((tp.topic, tp.partition), None)
+            key = (tp.topic, tp.partition)
+            self._owned.discard(key)
+            self._next_offsets.pop(key, None)
+            begun = self._first_read.pop(key, None)
+            if self._lost and begun is not None:
+                # Lost (or revoked after a refused checkpoint): what this member processed since
+                # its last commit was aborted.  If it gets the partition back with nothing
+                # committed yet, it reads again from where it began (see _resumed).
+                self._lost_first_read[key] = begun
         self._forget_alignment(consumer, [(tp.topic, tp.partition) for tp in gone])
         still = {part for _, part in self._owned}
         for n in {tp.partition for tp in gone} - still:

@@ -665,20 +665,34 @@ def test_a_fenced_producer_stops_the_application_naming_it(
     assert "fenced" in str(error).lower()
 
 
+class StallOnceSeeing(StallOnce):
+    """StallOnce that also notes the input topics it has had records of."""
+
+    def __init__(self, output: str, after: int, stall_s: float) -> None:
+        super().__init__(output, after, stall_s)
+        self.topics: set[str] = set()
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        self.topics.update(rec.topic for rec in batch)
+        super().process(batch, ctx)
+
+
+@pytest.mark.parametrize("inputs", [1, 2], ids=["one-input", "co-partitioned"])
 def test_a_partition_lost_before_its_first_commit_is_read_again_from_where_it_began(
-    settings: Settings, names: Callable[[str], str], run_app: Start
+    settings: Settings, names: Callable[[str], str], run_app: Start, inputs: int
 ) -> None:
     # With auto.offset.reset=latest a partition with nothing committed begins at its end as it
     # was then.  Lost before the first checkpoint (a stall past max.poll.interval.ms), the
     # records processed in the aborted transaction must be read again when the partition comes
-    # back: from where this member began, not from the end again (they would be gone).
-    src, out, name = names("in"), names("out"), names("app")
-    make_topics(settings, src, out, partitions=1)
-    stall = StallOnce(out, after=10**9, stall_s=8.0)  # armed below
+    # back: from where this member began, not from the end again (they would be gone); for a
+    # co-partitioned second input too (its partition follows the first's).
+    srcs, out, name = [names(f"in{i}") for i in range(inputs)], names("out"), names("app")
+    make_topics(settings, *srcs, out, partitions=1)
+    stall = StallOnceSeeing(out, after=10**9, stall_s=8.0)  # armed below
     app = Application(
         settings,
         name=name,
-        inputs=[src],
+        inputs=srcs,
         operators=[stall],
         guarantee="exactly_once",
         checkpoint_interval_s=12.0,  # nothing committed before the stall
@@ -694,36 +708,47 @@ def test_a_partition_lost_before_its_first_commit_is_read_again_from_where_it_be
     running = run_app(app)
     wait_for(lambda: bool(app.metrics.assigned), 60, "the assignment")
     # "latest" is looked up after the assignment, and what is produced before that is never
-    # read: a first record, sent again until one is processed, marks where reading began.
-    sentinels: list[Payment] = []
+    # read: a first record per input, sent again until one is processed, marks where reading began.
     deadline = time.monotonic() + 60
-    while app.metrics.processed == 0:
-        assert time.monotonic() < deadline, "no sentinel was processed within 60 s"
-        sentinel = Payment(
-            event_id=f"sentinel{len(sentinels)}",
-            source="test",
-            occurred_at=T0,
-            entities=Entities(customer="sentinel"),
-            payload=payments(1, 1)[0].payload,
-        )
-        sentinels.append(sentinel)
-        produce(settings, src, [sentinel])
+    sent = 0
+    while stall.topics != set(srcs):
+        assert time.monotonic() < deadline, f"sentinels of {set(srcs) - stall.topics} not processed in 60 s"
+        for src in set(srcs) - stall.topics:
+            sent += 1
+            sentinel = Payment(
+                event_id=f"sentinel{sent}",
+                source="test",
+                occurred_at=T0,
+                entities=Entities(customer="sentinel"),
+                payload=payments(1, 1)[0].payload,
+            )
+            produce(settings, src, [sentinel])
         end = time.monotonic() + 0.5
-        while app.metrics.processed == 0 and time.monotonic() < end:
-            time.sleep(0.02)  # poll interval; the counter is what synchronises
-    events = payments(1000, 13, "f")
+        while stall.topics != set(srcs) and time.monotonic() < end:
+            time.sleep(0.02)  # poll interval; what the operator saw is what synchronises
+    # Each input its own customers, so each output's count does not depend on how the two
+    # inputs interleave.
+    events = {
+        src: [
+            msgspec.structs.replace(e, entities=Entities(customer=f"{i}-{e.entities.customer}"))
+            for e in payments(1000, 13, f"f{i}-")
+        ]
+        for i, src in enumerate(srcs)
+    }
     stall.after = stall.seen + 400
-    produce(settings, src, events)
+    for src in srcs:
+        produce(settings, src, events[src])
     wait_for(lambda: stall.stalled, 60, "the stall")
-    # Sentinels produced before reading began are not read: only the ones from the first
-    # processed on.  Everything after must come out once, with the counts it had.
 
     def outputs() -> list[str]:
         return [i for i in output_ids(settings, out, 1) if not i.startswith("sentinel")]
 
-    wait_for(lambda: len(outputs()) >= 1000 or not running.thread.is_alive(), 120, "the outputs")
+    # Sentinels produced before reading began are not read: only the ones from the first
+    # processed on.  Everything after must come out once, with the counts it had.
+    expected = set().union(*(expected_ids(evs) for evs in events.values()))
+    wait_for(lambda: len(outputs()) >= len(expected) or not running.thread.is_alive(), 120, "the outputs")
     running.stop()
     assert not running.errors
     ids = outputs()
-    assert len(ids) == len(set(ids)) == 1000
-    assert set(ids) == expected_ids(events)
+    assert len(ids) == len(set(ids)) == 1000 * inputs
+    assert set(ids) == expected
