@@ -325,6 +325,10 @@ class _PartitionTask:
         self.stores: dict[str, RocksState] = {}
         self.contexts: list[tuple[Operator[Any], _KafkaContext]] = []
 
+    def close(self) -> None:
+        for state in self.stores.values():
+            state.close()
+
 
 class _KafkaContext:
     def __init__(self, app: Application, task: _PartitionTask, operator: Operator[Any]) -> None:
@@ -572,22 +576,8 @@ class Application:
                     # committed by the revocation that closing the consumer runs.
                     self._checkpoint(sync=True)
                 except KafkaException as exc:
-                    # A client's fatal error (a fenced producer, say) surfaces at whichever call
-                    # comes next, often as a bare "fatal error": say which application it stopped
-                    # and what the client's fatal error was.
                     self._fail()
-                    for producer in (self._producer, self._state_producer):
-                        try:
-                            if producer is not None:
-                                producer.poll(0)  # serves the error callback (_on_client_error)
-                        except KafkaException as fatal:  # or raises the fatal error itself
-                            raised = kafka_error(fatal)
-                            self._fatal_errors.append(raised.str() if raised is not None else str(fatal))
-                    msg = f"application {self.name!r}: Kafka client failed: {exc.args[0]}"
-                    err = kafka_error(exc)
-                    if self._fatal_errors and (err is None or self._fatal_errors[0] != err.str()):
-                        msg += f"; its fatal error: {self._fatal_errors[0]}"
-                    raise PipelineError(msg) from exc
+                    raise self._client_failure(exc) from exc
                 except BaseException:
                     self._fail()
                     raise
@@ -595,6 +585,23 @@ class Application:
             self._close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _client_failure(self, exc: KafkaException) -> PipelineError:
+        """The error to stop with when a client call raised: a client's fatal error (a fenced
+        producer, say) surfaces at whichever call comes next, often as a bare "fatal error", so
+        the message names the application and adds the fatal error the client reported."""
+        for producer in (self._producer, self._state_producer):
+            try:
+                if producer is not None:
+                    producer.poll(0)  # serves the error callback (_on_client_error)
+            except KafkaException as fatal:  # or raises the fatal error itself
+                raised = kafka_error(fatal)
+                self._fatal_errors.append(raised.str() if raised is not None else str(fatal))
+        msg = f"application {self.name!r}: Kafka client failed: {exc.args[0]}"
+        err = kafka_error(exc)
+        if self._fatal_errors and (err is None or self._fatal_errors[0] != err.str()):
+            msg += f"; its fatal error: {self._fatal_errors[0]}"
+        return PipelineError(msg)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("application %s: signal %d, stopping", self.name, signum)
@@ -1447,19 +1454,6 @@ class Application:
 
     # ------------------------------------------------------------------ rebalancing
 
-    def _open_task(self, number: int, deadline: float) -> _PartitionTask:
-        task = _PartitionTask(number)
-        try:
-            for store_id, spec in self.stores.items():
-                task.stores[store_id] = self._open_store(
-                    self.state_dir / store_id / str(number), spec, deadline
-                )
-        except BaseException:
-            for state in task.stores.values():
-                state.close()
-            raise
-        return task
-
     def _open_store(self, path: Path, spec: StoreSpec, deadline: float) -> RocksState:
         """The store at ``path``, waiting while another process of this home has it open.
 
@@ -1509,28 +1503,28 @@ class Application:
         tasks: dict[int, _PartitionTask] = {}
         try:
             for n in numbers:
-                tasks[n] = self._open_task(n, deadline)
+                task = tasks[n] = _PartitionTask(n)
+                for store_id, spec in self.stores.items():
+                    path = self.state_dir / store_id / str(n)
+                    task.stores[store_id] = self._open_store(path, spec, deadline)
             restore_tasks = [
                 RestoreTask(state, changelog_topic(self.name, sid), n)
                 for n, task in tasks.items()
                 for sid, state in task.stores.items()
             ]
             self.metrics.restored_records += restore(self.settings, self.name, restore_tasks)
-            followers = self._followers([tp.partition for tp in partitions])
-            consumer.incremental_assign(self._resumed(consumer, list(partitions) + followers))
+            assigned = list(partitions) + self._followers([tp.partition for tp in partitions])
+            consumer.incremental_assign(self._resumed(consumer, assigned))
         except BaseException:
             for task in tasks.values():  # their RocksDB locks go with them
-                for state in task.stores.values():
-                    state.close()
+                task.close()
             raise
         # Owned from here on, so closing the application closes them whatever happens next.
         self._tasks.update(tasks)
-        for tp in list(partitions) + followers:
-            self._owned.add((tp.topic, tp.partition))
+        keys = [(tp.topic, tp.partition) for tp in assigned]
+        self._owned.update(keys)
         if self.alignment is not None:
-            self.alignment.add(
-                [(tp.topic, tp.partition) for tp in list(partitions) + followers], time.monotonic()
-            )
+            self.alignment.add(keys, time.monotonic())
         for task in tasks.values():
             for op in self.operators:
                 ctx = _KafkaContext(self, task, op)
@@ -1550,7 +1544,7 @@ class Application:
         uncommitted = {
             (tp.topic, tp.partition) for tp in consumer.committed(back, timeout=_TIMEOUT) if tp.offset < 0
         }
-        begun = {key: self._lost_first_read.pop(key) for key in [(tp.topic, tp.partition) for tp in back]}
+        begun = {key: self._lost_first_read.pop(key) for key in ((tp.topic, tp.partition) for tp in back)}
         return [
             TopicPartition(tp.topic, tp.partition, begun[tp.topic, tp.partition])
             if (tp.topic, tp.partition) in uncommitted
@@ -1615,8 +1609,7 @@ class Application:
     def _close_task(self, number: int) -> None:
         task = self._tasks.pop(number, None)
         if task is not None:
-            for state in task.stores.values():
-                state.close()
+            task.close()
 
     def _discard_pending(self) -> None:
         """Every store back to its last checkpoint (the writes since thrown away)."""

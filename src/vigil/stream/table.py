@@ -188,10 +188,7 @@ class TopicFollower:
             # The broker out of reach for a while: reading waits for it anyway; ask again later.
             log.warning("%s: looking up the partitions of %r: %s", self.name, self.topic, exc)
             return set()
-        unknown = meta is None or (
-            meta.error is not None and meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
-        )
-        if unknown:
+        if meta is None or (meta.error is not None and meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
             now = time.monotonic()
             if self._unknown_since is None:
                 self._unknown_since = now
@@ -203,8 +200,8 @@ class TopicFollower:
                 raise TopicError(msg)
             return set()
         self._unknown_since = None
-        if meta is None or meta.error is not None or not meta.partitions:
-            log.warning("%s: looking up the partitions of %r: %s", self.name, self.topic, meta and meta.error)
+        if meta.error is not None or not meta.partitions:
+            log.warning("%s: looking up the partitions of %r: %s", self.name, self.topic, meta.error)
             return set()
         added = set(meta.partitions) - partitions
         if added:

@@ -50,6 +50,17 @@ def indicator(address: str, category: str = "sanctioned", version: str = "v1") -
     )
 
 
+def profiles(settings: Settings, topic: str, partitions: int) -> EventProducer:
+    """A compacted topic of customer profiles holding ``c1: gold``; the producer that wrote it."""
+    ensure_topics(
+        settings, [TopicSpec(topic, "profile", "raw", "test", partitions=partitions, cleanup="compact")]
+    )
+    producer = EventProducer(settings)
+    producer.produce_raw(topic, "c1", b"gold")
+    producer.flush()
+    return producer
+
+
 def test_global_table_loads_compacted_topic_and_follows_updates(
     settings: Settings, names: Callable[[str], str]
 ) -> None:
@@ -90,10 +101,7 @@ def test_a_global_table_that_fails_after_loading_says_so_and_a_timed_out_start_c
     settings: Settings, names: Callable[[str], str]
 ) -> None:
     topic = names("profiles")
-    ensure_topics(settings, [TopicSpec(topic, "profile", "raw", "test", partitions=2, cleanup="compact")])
-    producer = EventProducer(settings)
-    producer.produce_raw(topic, "c1", b"gold")
-    producer.flush()
+    producer = profiles(settings, topic, partitions=2)
 
     def decode(value: bytes) -> str:
         if value == b"crash":
@@ -142,10 +150,7 @@ def test_a_global_table_reads_partitions_added_and_fails_when_its_topic_is_delet
     # table would answer from a list nobody maintains any more.  It looks its partitions up
     # again every metadata_every_s: new ones are read, a deleted topic stops it.
     topic = names("profiles")
-    ensure_topics(settings, [TopicSpec(topic, "profile", "raw", "test", partitions=1, cleanup="compact")])
-    producer = EventProducer(settings)
-    producer.produce_raw(topic, "c1", b"gold")
-    producer.flush()
+    profiles(settings, topic, partitions=1)
     table: GlobalTable[str] = GlobalTable(
         settings, topic, bytes.decode, metadata_every_s=0.2, deleted_after_s=1.0
     )
