@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
+    Consumer,
     IsolationLevel,
     KafkaError,
     KafkaException,
@@ -58,19 +59,50 @@ class RestoreTask:
     partition: int
 
 
-def restore(settings: Settings, app: str, tasks: Sequence[RestoreTask], timeout_s: float = 120.0) -> int:
-    """Bring each store up to the end of its changelog partition; returns records applied."""
-    if not tasks:
-        return 0
-    # Every partition's offsets in two requests, not two per partition: an application with
-    # dozens of stores (detection: one per rule) restores each of them on every assignment.
-    offsets = end_offsets(
-        make_admin(settings), [(t.topic, t.partition) for t in tasks], time.monotonic() + 30
-    )
-    consumer = make_consumer(settings, f"{app}.restore", **{"enable.partition.eof": True})
-    try:
+class Restorer:
+    """Brings stores up to the end of their changelog partitions, a step at a time.
+
+    The stream runtime restores newly assigned partitions between batches of the partitions it
+    already processes (Kafka Streams does the same), not inside the rebalance callback: a large
+    store then neither stops the member's other partitions nor has to finish within
+    ``max.poll.interval.ms``.  :meth:`add` starts stores off (those with nothing to read are
+    done at once), :meth:`step` reads what has arrived and returns the stores that reached the
+    end, :meth:`remove` gives up on stores (a partition revoked mid-restore keeps what it has
+    applied so far, with the changelog offset it reaches).  One consumer, outside any group,
+    reads the changelog partitions of every store being restored, committed records only."""
+
+    def __init__(self, settings: Settings, app: str, stall_s: float = 120.0) -> None:
+        self.settings = settings
+        self.app = app
+        #: A restore that reads nothing (no record, no end) for this long fails: the broker is
+        #: gone or the changelog cannot be read, and waiting on would hide it.
+        self.stall_s = stall_s
+        self.applied = 0
+        self._consumer: Consumer | None = None
+        self._tasks: dict[tuple[str, int], RestoreTask] = {}
+        self._pending: dict[tuple[str, int], list[tuple[bytes, bytes | None]]] = {}
+        self._last: dict[tuple[str, int], int] = {}
+        self._progress_at = time.monotonic()
+
+    @property
+    def busy(self) -> bool:
+        """Whether any store is still being restored."""
+        return bool(self._tasks)
+
+    def restoring(self) -> list[RestoreTask]:
+        return list(self._tasks.values())
+
+    def add(self, tasks: Sequence[RestoreTask]) -> list[RestoreTask]:
+        """Start restoring ``tasks``; returns those with nothing to read (done already)."""
+        if not tasks:
+            return []
+        # Every partition's offsets in two requests, not two per partition: an application with
+        # dozens of stores (detection: one per rule) restores each of them on every assignment.
+        offsets = end_offsets(
+            make_admin(self.settings), [(t.topic, t.partition) for t in tasks], time.monotonic() + 30
+        )
+        done: list[RestoreTask] = []
         assign: list[TopicPartition] = []
-        by_tp: dict[tuple[str, int], RestoreTask] = {}
         for task in tasks:
             start = task.state.changelog_offset()
             low, high = offsets[task.topic, task.partition]
@@ -94,50 +126,113 @@ def restore(settings: Settings, app: str, tasks: Sequence[RestoreTask], timeout_
             begin = start if start is not None else low
             task.state.changelog_next = high
             if begin >= high:
+                done.append(task)
                 continue
+            tp = (task.topic, task.partition)
+            self._tasks[tp] = task
+            self._pending[tp] = []
             assign.append(
                 TopicPartition(task.topic, task.partition, begin if start is not None else OFFSET_BEGINNING)
             )
-            by_tp[(task.topic, task.partition)] = task
-        if not assign:
-            return 0
-        consumer.assign(assign)
-        pending: dict[tuple[str, int], list[tuple[bytes, bytes | None]]] = {tp: [] for tp in by_tp}
-        last: dict[tuple[str, int], int] = {}
-        remaining = set(by_tp)
-        applied = 0
-        deadline = time.monotonic() + timeout_s
-        while remaining:
-            if time.monotonic() > deadline:
-                msg = (
-                    f"restoring {sorted(remaining)} did not reach the end of the changelog in {timeout_s:g}s"
+        if assign:
+            if self._consumer is None:
+                self._consumer = make_consumer(
+                    self.settings, f"{self.app}.restore", **{"enable.partition.eof": True}
                 )
-                raise PipelineError(msg)
-            for msg in consumer.consume(10_000, 0.5):
-                tp = (msg.topic(), msg.partition())
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        remaining.discard(tp)
-                        continue
-                    text = f"restoring changelog {tp[0]}[{tp[1]}]: {err.str()}"
-                    raise PipelineError(text)
-                key = msg.key()
-                if key is None:
+            self._consumer.incremental_assign(assign)
+            self._progress_at = time.monotonic()
+        return done
+
+    def step(self, max_records: int, timeout_s: float) -> list[RestoreTask]:
+        """Read and apply up to ``max_records`` changelog records (waiting up to ``timeout_s``
+        for the first); returns the stores that reached the end of their changelog."""
+        consumer = self._consumer
+        if consumer is None or not self._tasks:
+            return []
+        msgs = consumer.consume(max_records, timeout_s)
+        now = time.monotonic()
+        if msgs:
+            self._progress_at = now
+        elif now - self._progress_at > self.stall_s:
+            msg = (
+                f"restoring {sorted(self._tasks)}: nothing read from the changelog for "
+                f"{self.stall_s:g}s (is the broker reachable?)"
+            )
+            raise PipelineError(msg)
+        ended: list[tuple[str, int]] = []
+        touched: set[tuple[str, int]] = set()
+        for msg in msgs:
+            tp = (msg.topic(), msg.partition())
+            if tp not in self._tasks:
+                continue  # fetched before remove() gave the store up
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    ended.append(tp)
                     continue
-                pending[tp].append((key, msg.value()))
-                last[tp] = msg.offset()
-                if len(pending[tp]) >= _RESTORE_CHUNK:
-                    by_tp[tp].state.write_committed(pending[tp], last[tp] + 1)
-                    applied += len(pending[tp])
-                    pending[tp] = []
-        for tp, writes in pending.items():
-            if tp in last:
-                by_tp[tp].state.write_committed(writes, last[tp] + 1)
-                applied += len(writes)
-        return applied
+                text = f"restoring changelog {tp[0]}[{tp[1]}]: {err.str()}"
+                raise PipelineError(text)
+            key = msg.key()
+            if key is None:
+                continue
+            pending = self._pending[tp]
+            pending.append((key, msg.value()))
+            self._last[tp] = msg.offset()
+            touched.add(tp)
+            if len(pending) >= _RESTORE_CHUNK:
+                self._apply(tp)
+        for tp in touched:
+            self._apply(tp)
+        finished = [self._tasks[tp] for tp in ended if tp in self._tasks]
+        self._forget(ended)
+        return finished
+
+    def remove(self, states: Sequence[RocksState]) -> None:
+        """Stop restoring these stores (their partition was revoked); what was read is applied."""
+        gone = [tp for tp, task in self._tasks.items() if any(task.state is s for s in states)]
+        for tp in gone:
+            self._apply(tp)
+        self._forget(gone)
+
+    def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        self._tasks.clear()
+        self._pending.clear()
+        self._last.clear()
+        if consumer is not None:
+            consumer.close()
+
+    def _apply(self, tp: tuple[str, int]) -> None:
+        pending = self._pending[tp]
+        if pending:
+            self._tasks[tp].state.write_committed(pending, self._last[tp] + 1)
+            self.applied += len(pending)
+            self._pending[tp] = []
+
+    def _forget(self, tps: Sequence[tuple[str, int]]) -> None:
+        for tp in tps:
+            self._tasks.pop(tp, None)
+            self._pending.pop(tp, None)
+            self._last.pop(tp, None)
+        if tps and self._consumer is not None:
+            self._consumer.incremental_unassign([TopicPartition(t, p) for t, p in tps])
+
+
+def restore(settings: Settings, app: str, tasks: Sequence[RestoreTask], timeout_s: float = 120.0) -> int:
+    """Bring each store up to the end of its changelog partition, at once; returns records applied."""
+    restorer = Restorer(settings, app)
+    deadline = time.monotonic() + timeout_s
+    try:
+        restorer.add(tasks)
+        while restorer.busy:
+            if time.monotonic() > deadline:
+                left = sorted((t.topic, t.partition) for t in restorer.restoring())
+                msg = f"restoring {left} did not reach the end of the changelog in {timeout_s:g}s"
+                raise PipelineError(msg)
+            restorer.step(10_000, 0.5)
+        return restorer.applied
     finally:
-        consumer.close()
+        restorer.close()
 
 
 def end_offsets(

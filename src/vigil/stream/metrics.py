@@ -41,6 +41,8 @@ class AppMetrics:
     gc_seconds: float = 0.0
     gc_longest_s: float = 0.0
     assigned: list[tuple[str, int]] = field(default_factory=list)
+    #: Partition numbers assigned whose stores are being restored (not processed until then).
+    restoring: list[int] = field(default_factory=list)
     #: Event-time alignment: partitions paused now, and pauses so far.
     paused: list[tuple[str, int]] = field(default_factory=list)
     alignment_pauses: int = 0
@@ -98,6 +100,16 @@ class PrometheusMetrics:
             "freezes every other gauge, lag included)",
             ["app"],
             registry=r,
+        )
+        self.restoring = Gauge(
+            "vigil_stream_restoring_partitions",
+            "Partitions assigned whose stores are being restored from their changelogs (not "
+            "processed until then)",
+            ["app"],
+            registry=r,
+        )
+        self.restored = Counter(
+            "vigil_stream_restored_records", "Changelog records applied restoring stores", ["app"], registry=r
         )
         self.state_keys = Gauge(
             "vigil_stream_state_keys",

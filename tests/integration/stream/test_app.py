@@ -5,14 +5,16 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
-from confluent_kafka import Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from tests.integration.stream.apps import COUNTS, T0, RunningCount, expected_ids, payments, read_all
 from tests.integration.stream.conftest import Running, make_topics, produce, wait_for
 
@@ -43,8 +45,7 @@ def counting_app(settings: Settings, name: str, src: str, out: str, **kw: object
         inputs=[src],
         operators=[RunningCount(out)],
         checkpoint_interval_s=0.1,
-        instance_id="t1",
-        **kw,  # type: ignore[arg-type]
+        **{"instance_id": "t1", **kw},  # type: ignore[arg-type]
     )
 
 
@@ -516,8 +517,8 @@ def test_a_store_ahead_of_its_changelog_is_wiped_and_restored_from_the_start(
 
 
 class SlowToTakeOver(RunningCount):
-    """Once armed, spends ``stall_s`` in the next partition assignment: stands in for the slow
-    part of a takeover (restoring a large store), which runs inside the rebalance callback too."""
+    """Once armed, spends ``stall_s`` in the next partition assignment (its ``on_assign``): stands
+    in for a slow part of a takeover (an operator loading what it needs, a store's lock waited for)."""
 
     def __init__(self, output: str, stall_s: float, pause_s: float) -> None:
         super().__init__(output, pause_s)
@@ -533,11 +534,12 @@ class SlowToTakeOver(RunningCount):
 def test_a_takeover_slower_than_the_transaction_timeout_commits_first(
     settings: Settings, tmp_path: Path, names: Callable[[str], str], run_app: Start
 ) -> None:
-    # A survivor taking over a partition restores its store inside the rebalance callback, while
-    # the survivor's own transaction (outputs of records it processed since its last checkpoint)
-    # is open.  A restore longer than the transaction timeout let Kafka abort that transaction
-    # (the coordinator checks every 10 s), and the survivor's next checkpoint failed: the
-    # application stopped.  Now the survivor checkpoints before it restores.
+    # A survivor taking over a partition may spend a while on it (a store's lock waited for, an
+    # operator's on_assign) while the survivor's own transaction (outputs of records it processed
+    # since its last checkpoint) is open.  Longer than the transaction timeout, Kafka aborted that
+    # transaction (the coordinator checks every 10 s), and the survivor's next checkpoint failed:
+    # the application stopped.  Now the survivor checkpoints before it opens the stores, and again
+    # before the operators' on_assign once the stores are restored.
     src, out, name = names("in"), names("out"), names("app")
     make_topics(settings, src, out)
     timeout_ms = 8000
@@ -582,6 +584,161 @@ def test_a_takeover_slower_than_the_transaction_timeout_commits_first(
     ids = output_ids(settings, out)
     assert len(ids) == len(set(ids)) == 6000
     assert set(ids) == expected_ids(events)
+
+
+class HeldRestore:
+    """A restore consumer that reads ``budget`` changelog records, then nothing until released:
+    a restore as long as the test needs."""
+
+    def __init__(
+        self, consumer: Consumer, released: threading.Event, asked: threading.Event, budget: int = 0
+    ) -> None:
+        self._consumer, self._released, self._asked, self.budget = consumer, released, asked, budget
+
+    def consume(self, num_messages: int, timeout: float) -> list[Message]:
+        self._asked.set()
+        if self._released.is_set():
+            return self._consumer.consume(num_messages, timeout)
+        if self.budget:
+            msgs = self._consumer.consume(min(num_messages, self.budget), timeout)
+            self.budget -= sum(1 for m in msgs if m.error() is None)
+            return msgs
+        self._released.wait(timeout)  # as consume() would wait for records that do not come
+        return []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
+def test_a_takeover_restores_while_the_partitions_a_member_has_go_on(
+    settings: Settings,
+    tmp_path: Path,
+    names: Callable[[str], str],
+    run_app: Start,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A member taking over a partition restores its store between batches, its new partitions
+    # paused: the partitions it has go on being processed meanwhile (restoring inside the
+    # rebalance callback stopped them all for the whole restore, and a restore longer than
+    # max.poll.interval.ms got the member evicted).
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out, partitions=2)
+    released, asked = threading.Event(), threading.Event()
+    real = make_consumer
+
+    def held(s: Settings, group_id: str, **overrides: Any) -> Any:
+        made = real(s, group_id, **overrides)
+        return HeldRestore(made, released, asked) if group_id.endswith(".restore") else made
+
+    def member(home: str, instance: str) -> Application:
+        return counting_app(
+            load_settings(kafka_bootstrap=settings.kafka_bootstrap, home=tmp_path / home),
+            name,
+            src,
+            out,
+            instance_id=instance,
+            consumer_overrides={"heartbeat.interval.ms": 300},
+        )
+
+    a = run_app(member("a", "a"))
+    wait_for(lambda: len(a.app.metrics.assigned) == 2, 60, "the first member to own the input")
+    b = run_app(member("b", "b"))
+    wait_for(
+        lambda: bool(a.app.metrics.assigned) and bool(b.app.metrics.assigned), 60, "both members to own one"
+    )
+    (kept,) = a.app.metrics.assigned
+    (taken,) = b.app.metrics.assigned
+    first = payments(600, 37, "a")
+    produce(settings, src, first)
+    wait_for(lambda: a.app.metrics.processed + b.app.metrics.processed >= 600, 60, "600 records processed")
+
+    monkeypatch.setattr("vigil.stream.changelog.make_consumer", held)
+    b.stop()  # its partition goes to a, whose home has no store for it: restored from the changelog
+    wait_for(asked.is_set, 60, "the takeover's restore to begin")
+    assert a.app.metrics.restoring == [taken[1]]
+    assert a.app.metrics.assigned == [kept]
+
+    # While the restore is held, records of the partition a kept are processed.
+    newcomers = [
+        msgspec.structs.replace(e, entities=Entities(customer=f"new-{e.entities.customer}"))
+        for e in payments(200, 20, "n")
+    ]
+    done = a.app.metrics.processed
+    producer = Producer(settings.kafka_client_config())
+    for e in newcomers:
+        producer.produce(src, encode(e), key=e.key(), partition=kept[1])
+    producer.flush()
+    # And records of both: those of the partition being restored wait (paused, not fetched and
+    # dropped: they would be lost), and count on from its restored state.
+    second = payments(300, 37, "b")
+    produce(settings, src, second)
+    wait_for(lambda: a.app.metrics.processed >= done + 200, 60, "the kept partition's records processed")
+    assert a.app.metrics.restoring == [taken[1]]
+    assert not a.errors
+
+    released.set()
+    wait_for(lambda: len(a.app.metrics.assigned) == 2, 60, "the restored partition to be processed")
+    assert a.app.metrics.restoring == []
+    assert a.app.metrics.restored_records >= 1  # the taken partition's customers, at least
+    wait_for(lambda: len(output_ids(settings, out, 2)) >= 1100 or not a.thread.is_alive(), 60, "1100 outputs")
+    assert not a.errors
+    ids = output_ids(settings, out, 2)
+    assert len(ids) == len(set(ids)) == 1100
+    assert set(ids) == expected_ids(first + second) | expected_ids(newcomers)
+
+
+def test_a_restore_stopped_midway_goes_on_from_where_it_stopped(
+    settings: Settings,
+    tmp_path: Path,
+    names: Callable[[str], str],
+    run_app: Start,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A member stopped (or its partition revoked) mid-restore keeps what it applied, with the
+    # changelog offset it reaches: the next owner in that home reads only the rest.
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out, partitions=1)
+    first = payments(600, 37, "a")
+    produce(settings, src, first)
+    running = run_app(counting_app(settings, name, src, out))
+    wait_for(lambda: running.app.metrics.processed >= 600, 60, "600 records processed")
+    running.stop()
+    # Every record of the changelog, as a restore from nothing reads it.
+    changelog = changelog_spec(name, COUNTS.id, 1).name
+    full = RocksState(tmp_path / "full", COUNTS)
+    try:
+        total = restore(settings, name, [RestoreTask(full, changelog, 0)])
+    finally:
+        full.close()
+    assert total > 5
+
+    released, asked = threading.Event(), threading.Event()
+    real = make_consumer
+
+    def held(s: Settings, group_id: str, **overrides: Any) -> Any:
+        made = real(s, group_id, **overrides)
+        return HeldRestore(made, released, asked, budget=5) if group_id.endswith(".restore") else made
+
+    monkeypatch.setattr("vigil.stream.changelog.make_consumer", held)
+    elsewhere = load_settings(kafka_bootstrap=settings.kafka_bootstrap, home=tmp_path / "elsewhere")
+    midway = run_app(counting_app(elsewhere, name, src, out))
+    wait_for(lambda: midway.app.metrics.restored_records >= 5, 60, "5 changelog records restored")
+    midway.stop()
+    assert not midway.errors
+    assert midway.app.metrics.restored_records == 5
+    assert not midway.app.metrics.assigned  # never processed: the store was not restored
+
+    released.set()
+    rest = run_app(counting_app(elsewhere, name, src, out))
+    second = payments(300, 37, "b")
+    produce(settings, src, second)
+    wait_for(lambda: rest.app.metrics.processed >= 300, 60, "300 more records processed")
+    rest.stop()
+    assert not rest.errors
+    assert rest.app.metrics.restored_records == total - 5
+    ids = output_ids(settings, out, 1)
+    assert len(ids) == len(set(ids)) == 900
+    assert set(ids) == expected_ids(first + second)
 
 
 def test_a_store_open_in_another_process_of_the_home_is_waited_for(
