@@ -18,8 +18,9 @@ the table would answer from a list nobody maintains any more.  A topic counts as
 the broker has called it unknown for ``deleted_after_s`` (30 s, as librdkafka's own
 ``topic.metadata.propagation.max.ms``): brokers say so for a while of a topic that exists
 (restarts, metadata not yet propagated).  Other errors (authorisation, no leader) are logged
-and asked again.  (A topic deleted and created again between two lookups, with as many
-partitions, is not noticed.)
+and asked again.  A topic deleted and created again (its topic id changed: even between two
+lookups, with as many partitions) stops the reader too: what was read of the old topic is
+stale, and the positions reached in it mean nothing in the new one.
 
 Data kept in a shape of its own (the intel index: by indicator value, across feeds) reads
 its topic with the table's reader, :class:`TopicFollower`, and applies each record itself.
@@ -33,12 +34,20 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicCollection,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
 
 from vigil.config import Settings
 from vigil.errors import PipelineError, TopicError, VigilError
 from vigil.events.codec import decode_event
-from vigil.hub.client import make_consumer
+from vigil.hub.client import kafka_error, make_admin, make_consumer
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +95,9 @@ class TopicFollower:
         self.deleted_after_s = deleted_after_s
         #: Since when the broker has called the topic unknown (None: it has not).
         self._unknown_since: float | None = None
+        #: The followed topic's id when reading began (None: not known), to tell it recreated.
+        self._topic_id: str | None = None
+        self._admin: AdminClient | None = None
         self.topic = topic
         self.name = name
         self.group = group or name
@@ -140,6 +152,11 @@ class TopicFollower:
                 return
             msg = f"{self.name}: topic {self.topic!r} does not exist"
             raise TopicError(msg)
+        self._admin = make_admin(self.settings)
+        try:
+            self._topic_id = self._describe()[0]
+        except KafkaException as exc:  # a broker too old to give topic ids: recreation goes unseen
+            log.warning("%s: could not read the topic id of %r: %s", self.name, self.topic, exc)
         consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in meta.partitions])
         self._thread = threading.Thread(
             target=self._run, args=(consumer, set(meta.partitions)), name=self.name, daemon=True
@@ -179,16 +196,26 @@ class TopicFollower:
         finally:
             consumer.close()
 
+    def _describe(self) -> tuple[str, set[int]]:
+        """The followed topic's id and partitions, as the broker has them now."""
+        if self._admin is None:
+            self._admin = make_admin(self.settings)
+        futures = self._admin.describe_topics(TopicCollection([self.topic]), request_timeout=10)
+        found = futures[self.topic].result()
+        return str(found.topic_id), {part.id for part in found.partitions}
+
     def _follow_partitions(self, consumer: Consumer, partitions: set[int]) -> set[int]:
-        """Look the topic's partitions up again: read the added ones (returned, and added to
-        ``partitions``) from their beginning; raise if the topic is gone."""
+        """Look the topic up again: read its added partitions (returned, and added to
+        ``partitions``) from their beginning; raise if the topic is gone or was recreated."""
         try:
-            meta = consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+            topic_id, now_partitions = self._describe()
         except KafkaException as exc:
-            # The broker out of reach for a while: reading waits for it anyway; ask again later.
-            log.warning("%s: looking up the partitions of %r: %s", self.name, self.topic, exc)
-            return set()
-        if meta is None or (meta.error is not None and meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+            err = kafka_error(exc)
+            if err is None or err.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                # The broker out of reach for a while, no leader, not authorised: reading waits for
+                # it anyway; ask again later.
+                log.warning("%s: looking up the partitions of %r: %s", self.name, self.topic, exc)
+                return set()
             now = time.monotonic()
             if self._unknown_since is None:
                 self._unknown_since = now
@@ -197,13 +224,18 @@ class TopicFollower:
                     f"topic {self.topic!r} was deleted while followed (unknown to the broker for "
                     f"{now - self._unknown_since:.0f}s): what was read of it is stale"
                 )
-                raise TopicError(msg)
+                raise TopicError(msg) from None
             return set()
         self._unknown_since = None
-        if meta.error is not None or not meta.partitions:
-            log.warning("%s: looking up the partitions of %r: %s", self.name, self.topic, meta.error)
-            return set()
-        added = set(meta.partitions) - partitions
+        if self._topic_id is None:
+            self._topic_id = topic_id
+        elif topic_id != self._topic_id:
+            msg = (
+                f"topic {self.topic!r} was deleted and created again while followed (topic id "
+                f"{self._topic_id}, now {topic_id}): what was read of it is stale"
+            )
+            raise TopicError(msg)
+        added = now_partitions - partitions
         if added:
             log.info("%s: %r has %d new partitions; reading them", self.name, self.topic, len(added))
             consumer.incremental_assign(

@@ -179,6 +179,34 @@ def test_a_global_table_reads_partitions_added_and_fails_when_its_topic_is_delet
         table.stop()
 
 
+def test_a_global_table_fails_when_its_topic_is_deleted_and_created_again(
+    settings: Settings, names: Callable[[str], str]
+) -> None:
+    # Recreated between two lookups, with as many partitions, the topic looks the same but for
+    # its id: the table would answer from the old topic's records, and its positions there mean
+    # nothing in the new one.
+    topic = names("profiles")
+    profiles(settings, topic, partitions=1)
+    # A deletion alone stops the table only after a minute: here, the new id must.
+    table: GlobalTable[str] = GlobalTable(
+        settings, topic, bytes.decode, metadata_every_s=0.2, deleted_after_s=60.0
+    )
+    admin = make_admin(settings)
+    try:
+        table.start(timeout_s=30)
+        assert table.get("c1") == "gold"
+        admin.delete_topics([topic])[topic].result(30)
+        wait_for(lambda: topic not in admin.list_topics(timeout=10).topics, 30, "the topic to be gone")
+        profiles(settings, topic, partitions=1)
+        wait_for(lambda: not table.ready, 30, "the table to stop being ready once its topic is recreated")
+        with pytest.raises(
+            PipelineError, match=f"topic {topic!r} was deleted and created again while followed"
+        ):
+            table.check()
+    finally:
+        table.stop()
+
+
 def test_group_by_repartitions_through_a_topic_to_a_second_application(
     settings: Settings, names: Callable[[str], str], run_app: Start
 ) -> None:
