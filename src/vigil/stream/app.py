@@ -336,7 +336,8 @@ class _PartitionTask:
         self.number = number
         self.stores: dict[str, RocksState] = {}
         self.contexts: list[tuple[Operator[Any], _KafkaContext]] = []
-        #: While restoring: its partitions (assigned and paused) and how many stores are left.
+        #: Its partitions (the inputs' partitions of this number), and while its stores are being
+        #: restored, how many are left (the partitions are paused until none is).
         self.partitions: list[TopicPartition] = []
         self.restoring = 0
 
@@ -503,7 +504,8 @@ class Application:
         self.metrics = AppMetrics()
         self.prometheus = PrometheusMetrics(name)
         self.state_dir = settings.home / "state" / name
-        #: Set once an assignment's partitions are all ready to process (their stores restored).
+        #: Set once an assignment (the first, or a later one) leaves nothing being restored: its
+        #: partitions are all ready to process.
         self.assigned = threading.Event()
 
         self._codec = EventCodec()
@@ -721,7 +723,7 @@ class Application:
             for number in list(self._tasks):
                 self._close_task(number)
             for number in list(self._restoring):
-                self._stop_restoring(number)
+                self._stop_restoring(number, None)  # (the consumer is closed)
             if self._restorer is not None:
                 self._restorer.close()
                 self._restorer = None
@@ -1546,8 +1548,10 @@ class Application:
                 restorer = restorer or Restorer(self.settings, self.name)
                 done = restorer.add(restore_tasks)
                 waiting = [t for t in restore_tasks if not any(t is d for d in done)]
-            assigned = list(partitions) + self._followers([tp.partition for tp in partitions])
-            consumer.incremental_assign(self._resumed(consumer, assigned))
+            assigned = self._resumed(
+                consumer, list(partitions) + self._followers([tp.partition for tp in partitions])
+            )
+            consumer.incremental_assign(assigned)
             for t in waiting:
                 tasks[t.partition].restoring += 1
             # Restored between batches (_restore_step), the partitions paused until then: the
@@ -1578,6 +1582,8 @@ class Application:
                 self._activate(task)
         self.metrics.rebalances += 1
         self._assignment_changed()
+        if not self._restoring:
+            self.assigned.set()
 
     def _activate(self, task: _PartitionTask) -> None:
         """Start processing a task's partitions (its stores open and restored)."""
@@ -1598,8 +1604,6 @@ class Application:
         self.metrics.assigned = sorted(self._owned)
         self.metrics.restoring = sorted(self._restoring)
         self.prometheus.restoring.labels(self.name).set(len(self._restoring))
-        if not self._restoring:  # (set once: the first assignment is ready to process)
-            self.assigned.set()
 
     def _restore_step(self, consumer: Consumer, wait_s: float) -> None:
         """Restore a step further; start processing the partitions whose stores are all restored."""
@@ -1612,14 +1616,14 @@ class Application:
         if applied:
             self.metrics.restored_records += applied
             self.prometheus.restored.labels(self.name).inc(applied)
-        ready: list[_PartitionTask] = []
+        ready: list[int] = []
         for done in finished:
             task = self._restoring.get(done.partition)
             if task is None:
                 continue
             task.restoring -= 1
             if not task.restoring:
-                ready.append(self._restoring.pop(task.number))
+                ready.append(task.number)
         if not restorer.busy:
             restorer.close()
             self._restorer = None
@@ -1629,10 +1633,18 @@ class Application:
             # The operators' on_assign may take longer than the transaction timeout (as in the
             # rebalance callback, see _on_assign): what was processed so far becomes durable first.
             self._checkpoint(sync=True)
-        for task in ready:
-            # Resumed where the assignment said (committed offsets): nothing was fetched paused.
-            consumer.resume(task.partitions)
+        for number in ready:
+            # Out of _restoring and into _tasks in one step: whatever fails next, closing the
+            # application closes its stores.
+            task = self._restoring.pop(number)
             self._activate(task)
+            # Resumed where the assignment said: nothing was fetched paused.  An offset given
+            # with the assignment (_resumed) is sought again: librdkafka may lose it when the
+            # partition is paused right after being assigned (librdkafka#2190, open).
+            consumer.resume(task.partitions)
+            for tp in task.partitions:
+                if tp.offset >= 0:
+                    consumer.seek(tp)
             log.info(
                 "application %s: partition %d restored (%d changelog records in all so far)",
                 self.name,
@@ -1640,6 +1652,8 @@ class Application:
                 self.metrics.restored_records,
             )
         self._assignment_changed()
+        if not self._restoring:
+            self.assigned.set()
 
     def _resumed(self, consumer: Consumer, tps: list[TopicPartition]) -> list[TopicPartition]:
         """``tps`` to assign; a partition this member lost before anything of it was committed
@@ -1652,6 +1666,10 @@ class Application:
             (tp.topic, tp.partition) for tp in consumer.committed(back, timeout=_TIMEOUT) if tp.offset < 0
         }
         begun = {key: self._lost_first_read.pop(key) for key in ((tp.topic, tp.partition) for tp in back)}
+        for key in uncommitted:
+            # Where reading begins, as the first record read would say: kept even if the
+            # partition is lost again before it is read (its restore is long, say).
+            self._first_read[key] = begun[key]
         return [
             TopicPartition(tp.topic, tp.partition, begun[tp.topic, tp.partition])
             if (tp.topic, tp.partition) in uncommitted
@@ -1693,7 +1711,7 @@ class Application:
         still = {part for _, part in self._owned}
         for n in {tp.partition for tp in gone} - still:
             self._close_task(n)
-            self._stop_restoring(n)
+            self._stop_restoring(n, consumer)
         consumer.incremental_unassign(gone)
         self.metrics.rebalances += 1
         self._assignment_changed()
@@ -1719,12 +1737,16 @@ class Application:
         if task is not None:
             task.close()
 
-    def _stop_restoring(self, number: int) -> None:
+    def _stop_restoring(self, number: int, consumer: Consumer | None) -> None:
         """Give up restoring a partition revoked before its stores were restored: they keep what
         was applied so far (with the changelog offset it reaches), for whoever opens them next."""
         task = self._restoring.pop(number, None)
         if task is None:
             return
+        if consumer is not None:
+            # librdkafka keeps a pause across unassignment: assigned again with nothing to
+            # restore, the partition would never be read.
+            consumer.resume(task.partitions)
         if self._restorer is not None:
             self._restorer.remove(list(task.stores.values()))
         task.close()

@@ -5,6 +5,8 @@ with as many partitions as the inputs; partition ``p`` of the changelog holds th
 of input partition ``p``.  Restore starts from the changelog offset RocksDB recorded
 with its last write (not from zero) and reads committed records only, up to the end; a
 store whose offset the changelog does not have is wiped and restored from the start.
+:class:`Restorer` does it a step at a time (the stream runtime restores between batches);
+:func:`restore` runs it to the end at once.
 """
 
 from __future__ import annotations
@@ -150,25 +152,27 @@ class Restorer:
         if consumer is None or not self._tasks:
             return []
         msgs = consumer.consume(max_records, timeout_s)
-        now = time.monotonic()
-        if msgs:
-            self._progress_at = now
-        elif now - self._progress_at > self.stall_s:
-            msg = (
-                f"restoring {sorted(self._tasks)}: nothing read from the changelog for "
-                f"{self.stall_s:g}s (is the broker reachable?)"
-            )
-            raise PipelineError(msg)
-        ended: list[tuple[str, int]] = []
+        #: Changelog partitions that reached their end (a set: an end can be reported twice).
+        ended: set[tuple[str, int]] = set()
         touched: set[tuple[str, int]] = set()
+        progress = False
         for msg in msgs:
             tp = (msg.topic(), msg.partition())
+            err = msg.error()
+            if err is not None and tp not in self._tasks:
+                # The client's own (connection lost, all brokers down: it reconnects by itself),
+                # or of a store given up meanwhile.
+                if err.fatal():
+                    text = f"restoring changelogs: {err.str()}"
+                    raise PipelineError(text)
+                log.warning("restoring changelogs of %s: %s", self.app, err.str())
+                continue
             if tp not in self._tasks:
                 continue  # fetched before remove() gave the store up
-            err = msg.error()
+            progress = True
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    ended.append(tp)
+                    ended.add(tp)
                     continue
                 text = f"restoring changelog {tp[0]}[{tp[1]}]: {err.str()}"
                 raise PipelineError(text)
@@ -183,8 +187,17 @@ class Restorer:
                 self._apply(tp)
         for tp in touched:
             self._apply(tp)
-        finished = [self._tasks[tp] for tp in ended if tp in self._tasks]
-        self._forget(ended)
+        now = time.monotonic()
+        if progress:
+            self._progress_at = now
+        elif now - self._progress_at > self.stall_s:
+            msg = (
+                f"restoring {sorted(self._tasks)}: nothing read from the changelog for "
+                f"{self.stall_s:g}s (is the broker reachable?)"
+            )
+            raise PipelineError(msg)
+        finished = [self._tasks[tp] for tp in sorted(ended)]
+        self._forget(sorted(ended))
         return finished
 
     def remove(self, states: Sequence[RocksState]) -> None:

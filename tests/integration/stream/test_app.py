@@ -834,17 +834,43 @@ class StallOnceSeeing(StallOnce):
         super().process(batch, ctx)
 
 
-@pytest.mark.parametrize("inputs", [1, 2], ids=["one-input", "co-partitioned"])
+def changelog_ahead(settings: Settings, app: str) -> None:
+    """A committed record of ``app``'s counts changelog that no input offset goes with (as after
+    the group's offsets were deleted): each assignment restores (the transaction's commit marker
+    keeps the store's changelog offset behind the end), so the partition is paused and resumed."""
+    spec = changelog_spec(app, COUNTS.id, 1)
+    ensure_topics(settings, [spec])
+    producer = Producer({**settings.kafka_client_config(), "transactional.id": f"{app}-seed"})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    producer.produce(spec.name, key=b"unrelated", value=msgspec.msgpack.encode(0), partition=0)
+    producer.commit_transaction(30)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "restoring"),
+    [(1, False), (2, False), (1, True)],
+    ids=["one-input", "co-partitioned", "one-input-restoring"],
+)
 def test_a_partition_lost_before_its_first_commit_is_read_again_from_where_it_began(
-    settings: Settings, names: Callable[[str], str], run_app: Start, inputs: int
+    settings: Settings,
+    names: Callable[[str], str],
+    run_app: Start,
+    caplog: pytest.LogCaptureFixture,
+    inputs: int,
+    restoring: bool,
 ) -> None:
     # With auto.offset.reset=latest a partition with nothing committed begins at its end as it
     # was then.  Lost before the first checkpoint (a stall past max.poll.interval.ms), the
     # records processed in the aborted transaction must be read again when the partition comes
     # back: from where this member began, not from the end again (they would be gone); for a
-    # co-partitioned second input too (its partition follows the first's).
+    # co-partitioned second input too (its partition follows the first's); and for a partition
+    # that is restored (paused) right after it is assigned at that offset (librdkafka#2190).
     srcs, out, name = [names(f"in{i}") for i in range(inputs)], names("out"), names("app")
     make_topics(settings, *srcs, out, partitions=1)
+    if restoring:
+        changelog_ahead(settings, name)
+    caplog.set_level(logging.INFO, logger="vigil.stream.app")
     stall = StallOnceSeeing(out, after=10**9, stall_s=8.0)  # armed below
     app = Application(
         settings,
@@ -909,3 +935,5 @@ def test_a_partition_lost_before_its_first_commit_is_read_again_from_where_it_be
     ids = outputs()
     assert len(ids) == len(set(ids)) == 1000 * inputs
     assert set(ids) == expected
+    restores = [r for r in caplog.records if "partition 0 restored" in r.getMessage()]
+    assert len(restores) == (2 if restoring else 0)  # before the stall, and after it
