@@ -610,6 +610,22 @@ class HeldRestore:
         return getattr(self._consumer, name)
 
 
+def hold_restores(
+    monkeypatch: pytest.MonkeyPatch, budget: int = 0
+) -> tuple[threading.Event, threading.Event]:
+    """Make every restore consumer from now on a :class:`HeldRestore`; returns the event that
+    releases them and the one set once a restore has asked for records."""
+    released, asked = threading.Event(), threading.Event()
+    real = make_consumer
+
+    def held(s: Settings, group_id: str, **overrides: Any) -> Any:
+        made = real(s, group_id, **overrides)
+        return HeldRestore(made, released, asked, budget) if group_id.endswith(".restore") else made
+
+    monkeypatch.setattr("vigil.stream.changelog.make_consumer", held)
+    return released, asked
+
+
 def test_a_takeover_restores_while_the_partitions_a_member_has_go_on(
     settings: Settings,
     tmp_path: Path,
@@ -623,12 +639,6 @@ def test_a_takeover_restores_while_the_partitions_a_member_has_go_on(
     # max.poll.interval.ms got the member evicted).
     src, out, name = names("in"), names("out"), names("app")
     make_topics(settings, src, out, partitions=2)
-    released, asked = threading.Event(), threading.Event()
-    real = make_consumer
-
-    def held(s: Settings, group_id: str, **overrides: Any) -> Any:
-        made = real(s, group_id, **overrides)
-        return HeldRestore(made, released, asked) if group_id.endswith(".restore") else made
 
     def member(home: str, instance: str) -> Application:
         return counting_app(
@@ -652,7 +662,7 @@ def test_a_takeover_restores_while_the_partitions_a_member_has_go_on(
     produce(settings, src, first)
     wait_for(lambda: a.app.metrics.processed + b.app.metrics.processed >= 600, 60, "600 records processed")
 
-    monkeypatch.setattr("vigil.stream.changelog.make_consumer", held)
+    released, asked = hold_restores(monkeypatch)
     b.stop()  # its partition goes to a, whose home has no store for it: restored from the changelog
     wait_for(asked.is_set, 60, "the takeover's restore to begin")
     assert a.app.metrics.restoring == [taken[1]]
@@ -712,14 +722,7 @@ def test_a_restore_stopped_midway_goes_on_from_where_it_stopped(
         full.close()
     assert total > 5
 
-    released, asked = threading.Event(), threading.Event()
-    real = make_consumer
-
-    def held(s: Settings, group_id: str, **overrides: Any) -> Any:
-        made = real(s, group_id, **overrides)
-        return HeldRestore(made, released, asked, budget=5) if group_id.endswith(".restore") else made
-
-    monkeypatch.setattr("vigil.stream.changelog.make_consumer", held)
+    released, _ = hold_restores(monkeypatch, budget=5)
     elsewhere = load_settings(kafka_bootstrap=settings.kafka_bootstrap, home=tmp_path / "elsewhere")
     midway = run_app(counting_app(elsewhere, name, src, out))
     wait_for(lambda: midway.app.metrics.restored_records >= 5, 60, "5 changelog records restored")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -143,6 +144,21 @@ def test_a_follower_of_a_topic_not_created_yet_is_empty_if_allowed_and_fails_oth
         TopicFollower(settings, topic, lambda key, value, where: None, name="f").start(timeout_s=30)
 
 
+@contextmanager
+def followed_profiles(settings: Settings, topic: str, deleted_after_s: float) -> Iterator[GlobalTable[str]]:
+    """A global table of the ``profiles`` topic, loaded, looking its topic up every 0.2 s."""
+    profiles(settings, topic, partitions=1)
+    table: GlobalTable[str] = GlobalTable(
+        settings, topic, bytes.decode, metadata_every_s=0.2, deleted_after_s=deleted_after_s
+    )
+    try:
+        table.start(timeout_s=30)
+        assert table.get("c1") == "gold"
+        yield table
+    finally:
+        table.stop()
+
+
 def test_a_global_table_reads_partitions_added_and_fails_when_its_topic_is_deleted(
     settings: Settings, names: Callable[[str], str]
 ) -> None:
@@ -150,14 +166,8 @@ def test_a_global_table_reads_partitions_added_and_fails_when_its_topic_is_delet
     # table would answer from a list nobody maintains any more.  It looks its partitions up
     # again every metadata_every_s: new ones are read, a deleted topic stops it.
     topic = names("profiles")
-    profiles(settings, topic, partitions=1)
-    table: GlobalTable[str] = GlobalTable(
-        settings, topic, bytes.decode, metadata_every_s=0.2, deleted_after_s=1.0
-    )
     admin = make_admin(settings)
-    try:
-        table.start(timeout_s=30)
-        assert table.get("c1") == "gold"
+    with followed_profiles(settings, topic, deleted_after_s=1.0) as table:
         admin.create_partitions([NewPartitions(topic, 2)])[topic].result(30)
         # A record the broker put on the new partition (1): only a reader of it sees it.
         on_new = Producer(settings.kafka_client_config())  # made now: it knows partition 1
@@ -175,8 +185,6 @@ def test_a_global_table_reads_partitions_added_and_fails_when_its_topic_is_delet
             PipelineError, match=f"stale: topic {topic!r} was deleted while followed \\(unknown to the broker"
         ):
             table.check()
-    finally:
-        table.stop()
 
 
 def test_a_global_table_fails_when_its_topic_is_deleted_and_created_again(
@@ -186,15 +194,9 @@ def test_a_global_table_fails_when_its_topic_is_deleted_and_created_again(
     # its id: the table would answer from the old topic's records, and its positions there mean
     # nothing in the new one.
     topic = names("profiles")
-    profiles(settings, topic, partitions=1)
-    # A deletion alone stops the table only after a minute: here, the new id must.
-    table: GlobalTable[str] = GlobalTable(
-        settings, topic, bytes.decode, metadata_every_s=0.2, deleted_after_s=60.0
-    )
     admin = make_admin(settings)
-    try:
-        table.start(timeout_s=30)
-        assert table.get("c1") == "gold"
+    # A deletion alone stops the table only after a minute: here, the new id must.
+    with followed_profiles(settings, topic, deleted_after_s=60.0) as table:
         admin.delete_topics([topic])[topic].result(30)
         wait_for(lambda: topic not in admin.list_topics(timeout=10).topics, 30, "the topic to be gone")
         profiles(settings, topic, partitions=1)
@@ -203,8 +205,6 @@ def test_a_global_table_fails_when_its_topic_is_deleted_and_created_again(
             PipelineError, match=f"topic {topic!r} was deleted and created again while followed"
         ):
             table.check()
-    finally:
-        table.stop()
 
 
 def test_group_by_repartitions_through_a_topic_to_a_second_application(
