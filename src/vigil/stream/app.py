@@ -85,16 +85,18 @@ JSON writer's) are decoded as usual, and then handed over whatever their type.
 
 Rebalancing.  Cooperative-sticky: only moved partitions stop.  On revocation the
 application checkpoints, then closes the stores; on assignment it checkpoints what it has
-processed (opening a store may wait for another process of the home to close it, longer than
-the transaction timeout, and Kafka would abort the open transaction meanwhile), opens the new
-partitions' stores and pauses the partitions whose stores have changelog records to catch up
-on.  Those are restored between batches, at most ``_RESTORE_STEP_RECORDS`` changelog records
-per loop iteration (:class:`~vigil.stream.changelog.Restorer`), while the partitions the member
-already had go on being processed; a partition is resumed, and its operators' ``on_assign``
-called, once all its stores are restored.  (Restoring inside the rebalance callback stopped
-every partition of the member for the whole restore, and a restore longer than
-``max.poll.interval.ms`` got the member evicted.)  A partition revoked mid-restore keeps what
-was applied, with the changelog offset it reaches.  A lost assignment
+processed (the operators' ``on_assign`` may take longer than the transaction timeout, and Kafka
+would abort the open transaction meanwhile), opens the new partitions' stores and pauses the
+partitions whose stores are still open in another process of the home (a member that has not
+noticed it lost them) or have changelog records to catch up on.  Between batches, the loop
+tries those stores again (with a back-off, for up to ``store_lock_wait_s``) and restores them,
+at most ``_RESTORE_STEP_RECORDS`` changelog records per iteration
+(:class:`~vigil.stream.changelog.Restorer`), while the partitions the member already had go on
+being processed; a partition is resumed, and its operators' ``on_assign`` called, once all its
+stores are open and restored.  (Waiting and restoring inside the rebalance callback stopped
+every partition of the member meanwhile, and a restore longer than ``max.poll.interval.ms``
+got the member evicted.)  A partition revoked mid-restore keeps what was applied, with the
+changelog offset it reaches.  A lost assignment
 (session timeout) aborts the open transaction and rewinds the partitions still owned to their
 committed offsets (a partition with none yet: to the first offset this member read of it,
 whatever ``auto.offset.reset`` says; one lost with nothing committed and assigned back starts
@@ -209,7 +211,7 @@ _RESTORE_WAIT_S = 0.01
 _ALIGN_TIMEOUT = 5.0
 #: How long a newly assigned partition's store may stay open in another process sharing the
 #: home (the member that had the partition and has not noticed it lost it) before giving up.
-#: Waited inside the rebalance callback: well under max.poll.interval.ms (5 minutes).
+#: Waited for between batches, the partition paused (see Application._open_stores).
 STORE_LOCK_WAIT_S = 60.0
 #: Aligned apps pause a partition ahead of the others only once it buffers this many records.
 ALIGNMENT_MAX_BUFFERED = 5_000
@@ -340,6 +342,19 @@ class _PartitionTask:
         #: restored, how many are left (the partitions are paused until none is).
         self.partitions: list[TopicPartition] = []
         self.restoring = 0
+        #: Stores still open in another process of the home (see Application._open_stores): ids,
+        #: until when to wait for them, when to try again, the back-off after that, and the
+        #: stores a warning has named.
+        self.unopened: list[str] = []
+        self.lock_deadline = 0.0
+        self.next_try = 0.0
+        self.backoff = 0.05
+        self.warned: set[str] = set()
+
+    @property
+    def waiting(self) -> bool:
+        """Whether its stores are not all open and restored yet (its partitions paused)."""
+        return bool(self.unopened) or self.restoring > 0
 
     def close(self) -> None:
         for state in self.stores.values():
@@ -489,7 +504,7 @@ class Application:
         self.alignment_max_buffered = alignment_max_buffered
         self.alignment_idle_s = alignment_idle_s
         #: How long an assigned partition's store may stay open in another process of this home
-        #: before the application gives up (see _open_store).
+        #: before the application gives up (see _open_stores).
         self.store_lock_wait_s = store_lock_wait_s
         self.alignment: Alignment | None = None
         self._consumer_overrides = dict(consumer_overrides or {})
@@ -515,7 +530,8 @@ class Application:
         self._skip = _skip_prefixes(skip_types)
         self._stop = threading.Event()
         self._tasks: dict[int, _PartitionTask] = {}
-        #: Partition numbers assigned whose stores are being restored (their partitions paused).
+        #: Partition numbers assigned whose stores are being restored, or are still open in another
+        #: process of the home (their partitions paused until they are open and restored).
         self._restoring: dict[int, _PartitionTask] = {}
         self._restorer: Restorer | None = None
         self._owned: set[tuple[str, int]] = set()
@@ -783,7 +799,7 @@ class Application:
                 self._complete_epochs()
             if self._writes:
                 self._write_step(self._write_pace.take(time.monotonic()))
-            if restoring:
+            if self._restoring or restoring:
                 self._restore_step(consumer, 0.0 if msgs else _RESTORE_WAIT_S)
             now = time.monotonic()
             if now - last_checkpoint >= self.checkpoint_interval_s:
@@ -1483,36 +1499,58 @@ class Application:
 
     # ------------------------------------------------------------------ rebalancing
 
-    def _open_store(self, path: Path, spec: StoreSpec, deadline: float) -> RocksState:
-        """The store at ``path``, waiting while another process of this home has it open.
+    def _open_stores(self, task: _PartitionTask, now: float) -> bool:
+        """Open the task's stores not open yet; whether they all are now.
 
         Processes sharing a home share their stores' directories, so a partition moving between
         them keeps its local state.  A member that lost the partition without noticing yet (it
         has not polled since: stuck in a long batch, paused) still holds the store's lock until
-        it does; the new owner waits for it, until ``deadline`` (``store_lock_wait_s`` after
-        the assignment began)."""
-        pause = 0.05
-        while True:
+        it does; the new owner tries again, with a back-off, until ``store_lock_wait_s`` after
+        the assignment, from the loop (the partitions it has go on meanwhile)."""
+        for store_id in list(task.unopened):
+            path = self.state_dir / store_id / str(task.number)
             try:
-                return RocksState(path, spec)
+                task.stores[store_id] = RocksState(path, self.stores[store_id])
             except StoreLocked as exc:
-                left = deadline - time.monotonic()
-                if left <= 0:
+                if now >= task.lock_deadline:
                     msg = (
                         f"application {self.name!r}: {exc}; waited {self.store_lock_wait_s:g}s for "
                         f"another process of this home to close it"
                     )
                     raise PipelineError(msg) from exc
-                if pause == 0.05:
+                if store_id not in task.warned:
+                    task.warned.add(store_id)
                     log.warning(
                         "application %s: store %s is open in another process of this home (a member "
-                        "that had the partition?); waiting up to %gs for it",
+                        "that had the partition?); waiting up to %.1fs more for it",
                         self.name,
                         path,
-                        self.store_lock_wait_s,
+                        task.lock_deadline - now,
                     )
-                time.sleep(min(pause, left))  # a lock held by another process: nothing to wait on
-                pause = min(2 * pause, 1.0)
+                # The last try at the deadline itself, so "waited" in the error is what it says.
+                task.next_try = min(now + task.backoff, task.lock_deadline)
+                task.backoff = min(2 * task.backoff, 1.0)
+                return False
+            task.unopened.remove(store_id)
+        return True
+
+    def _start_restore(self, tasks: Sequence[_PartitionTask]) -> None:
+        """Start restoring the stores of ``tasks`` (all open); counts in each task the stores
+        with changelog records to catch up on."""
+        restore_tasks = [
+            RestoreTask(state, changelog_topic(self.name, sid), task.number)
+            for task in tasks
+            for sid, state in task.stores.items()
+        ]
+        if not restore_tasks:
+            return
+        if self._restorer is None:
+            self._restorer = Restorer(self.settings, self.name)
+        done = self._restorer.add(restore_tasks)
+        by_number = {task.number: task for task in tasks}
+        for t in restore_tasks:
+            if not any(t is d for d in done):
+                by_number[t.partition].restoring += 1
 
     def _followers(self, numbers: Sequence[int] | set[int]) -> list[TopicPartition]:
         """Partitions of the other inputs that follow these partition numbers of the first."""
@@ -1523,63 +1561,51 @@ class Application:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = sorted({tp.partition for tp in partitions} - set(self._tasks) - set(self._restoring))
         if numbers and not self._failed and not self._lost:
-            # Opening the stores (waiting for another process of the home to close one) and the
-            # operators' on_assign may take longer than the transaction timeout: Kafka would
-            # abort the open transaction meanwhile and the next checkpoint would fail.  What was
-            # processed so far becomes durable first.
+            # The operators' on_assign (of partitions with nothing to restore, called here) may
+            # take longer than the transaction timeout: Kafka would abort the open transaction
+            # meanwhile and the next checkpoint would fail.  What was processed so far becomes
+            # durable first.
             self._checkpoint(sync=True)
-        # One wait for all the stores of this assignment: it runs inside the rebalance callback.
-        deadline = time.monotonic() + self.store_lock_wait_s
+        now = time.monotonic()
         tasks: dict[int, _PartitionTask] = {}
-        restorer = self._restorer
-        waiting: list[RestoreTask] = []
         try:
             for n in numbers:
                 task = tasks[n] = _PartitionTask(n)
-                for store_id, spec in self.stores.items():
-                    path = self.state_dir / store_id / str(n)
-                    task.stores[store_id] = self._open_store(path, spec, deadline)
-            restore_tasks = [
-                RestoreTask(state, changelog_topic(self.name, sid), n)
-                for n, task in tasks.items()
-                for sid, state in task.stores.items()
-            ]
-            if restore_tasks:
-                restorer = restorer or Restorer(self.settings, self.name)
-                done = restorer.add(restore_tasks)
-                waiting = [t for t in restore_tasks if not any(t is d for d in done)]
+                task.unopened = list(self.stores)
+                task.lock_deadline = now + self.store_lock_wait_s
+                self._open_stores(task, now)
+            self._start_restore([task for task in tasks.values() if not task.unopened])
             assigned = self._resumed(
                 consumer, list(partitions) + self._followers([tp.partition for tp in partitions])
             )
             consumer.incremental_assign(assigned)
-            for t in waiting:
-                tasks[t.partition].restoring += 1
-            # Restored between batches (_restore_step), the partitions paused until then: the
-            # partitions this member has go on meanwhile, and a large store need not be restored
-            # within max.poll.interval.ms, as it would inside this callback.
-            paused = [tp for tp in assigned if tp.partition in tasks and tasks[tp.partition].restoring]
+            # Stores open elsewhere are waited for, and stores restored, between batches
+            # (_restore_step), the partitions paused until then: the partitions this member has go
+            # on meanwhile, and a large store need not be restored within max.poll.interval.ms, as
+            # it would inside this callback.
+            paused = [tp for tp in assigned if tp.partition in tasks and tasks[tp.partition].waiting]
             if paused:
                 consumer.pause(paused)
         except BaseException:
-            if restorer is not None:
-                restorer.remove([t.state for t in waiting])
-                if restorer is not self._restorer:
-                    restorer.close()
-            for task in tasks.values():  # their RocksDB locks go with them
-                task.close()
+            try:
+                if self._restorer is not None:
+                    self._restorer.remove([st for task in tasks.values() for st in task.stores.values()])
+            finally:
+                for task in tasks.values():  # their RocksDB locks go with them
+                    task.close()
             raise
-        self._restorer = restorer
         for tp in assigned:
             task_of = tasks.get(tp.partition)
             if task_of is not None:
                 task_of.partitions.append(tp)
             else:  # a number this member has already (stateless inputs assigned each on its own)
                 self._own([(tp.topic, tp.partition)])
+        # Every task filed first, then the ready ones moved to the owned in one step each: if an
+        # operator's on_assign fails, closing the application still closes every store.
+        self._restoring.update(tasks)
         for n, task in tasks.items():
-            if task.restoring:
-                self._restoring[n] = task
-            else:
-                self._activate(task)
+            if not task.waiting:
+                self._activate(self._restoring.pop(n))
         self.metrics.rebalances += 1
         self._assignment_changed()
         if not self._restoring:
@@ -1606,27 +1632,34 @@ class Application:
         self.prometheus.restoring.labels(self.name).set(len(self._restoring))
 
     def _restore_step(self, consumer: Consumer, wait_s: float) -> None:
-        """Restore a step further; start processing the partitions whose stores are all restored."""
+        """Open the stores waited for, restore a step further; start processing the partitions
+        whose stores are all open and restored."""
+        now = time.monotonic()
+        opened = [
+            task
+            for task in self._restoring.values()
+            if task.unopened and now >= task.next_try and self._open_stores(task, now)
+        ]
+        self._start_restore(opened)
+        ready = [task.number for task in opened if not task.waiting]
         restorer = self._restorer
-        if restorer is None:
-            return
-        before = restorer.applied
-        finished = restorer.step(_RESTORE_STEP_RECORDS, wait_s)
-        applied = restorer.applied - before
-        if applied:
-            self.metrics.restored_records += applied
-            self.prometheus.restored.labels(self.name).inc(applied)
-        ready: list[int] = []
-        for done in finished:
-            task = self._restoring.get(done.partition)
-            if task is None:
-                continue
-            task.restoring -= 1
-            if not task.restoring:
-                ready.append(task.number)
-        if not restorer.busy:
-            restorer.close()
-            self._restorer = None
+        if restorer is not None:
+            before = restorer.applied
+            finished = restorer.step(_RESTORE_STEP_RECORDS, wait_s)
+            applied = restorer.applied - before
+            if applied:
+                self.metrics.restored_records += applied
+                self.prometheus.restored.labels(self.name).inc(applied)
+            for done in finished:
+                task = self._restoring.get(done.partition)
+                if task is None:
+                    continue
+                task.restoring -= 1
+                if not task.waiting:
+                    ready.append(task.number)
+            if not restorer.busy:
+                restorer.close()
+                self._restorer = None
         if not ready:
             return
         if not self._failed and not self._lost:
@@ -1646,7 +1679,7 @@ class Application:
                 if tp.offset >= 0:
                     consumer.seek(tp)
             log.info(
-                "application %s: partition %d restored (%d changelog records in all so far)",
+                "application %s: partition %d ready (%d changelog records restored in all so far)",
                 self.name,
                 task.number,
                 self.metrics.restored_records,
@@ -1738,8 +1771,9 @@ class Application:
             task.close()
 
     def _stop_restoring(self, number: int, consumer: Consumer | None) -> None:
-        """Give up restoring a partition revoked before its stores were restored: they keep what
-        was applied so far (with the changelog offset it reaches), for whoever opens them next."""
+        """Give up a partition revoked before its stores were all open and restored: those open
+        keep what was applied so far (with the changelog offset it reaches), for whoever opens
+        them next; those still open elsewhere are no longer waited for."""
         task = self._restoring.pop(number, None)
         if task is None:
             return

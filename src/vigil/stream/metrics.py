@@ -41,7 +41,8 @@ class AppMetrics:
     gc_seconds: float = 0.0
     gc_longest_s: float = 0.0
     assigned: list[tuple[str, int]] = field(default_factory=list)
-    #: Partition numbers assigned whose stores are being restored (not processed until then).
+    #: Partition numbers assigned whose stores are being restored, or are still open in another
+    #: process of the home (not processed until then).
     restoring: list[int] = field(default_factory=list)
     #: Event-time alignment: partitions paused now, and pauses so far.
     paused: list[tuple[str, int]] = field(default_factory=list)
@@ -103,8 +104,8 @@ class PrometheusMetrics:
         )
         self.restoring = Gauge(
             "vigil_stream_restoring_partitions",
-            "Partitions assigned whose stores are being restored from their changelogs (not "
-            "processed until then)",
+            "Partitions assigned whose stores are being restored from their changelogs, or are "
+            "still open in another process of the home (not processed until then)",
             ["app"],
             registry=r,
         )

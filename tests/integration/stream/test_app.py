@@ -778,6 +778,37 @@ def test_a_store_open_in_another_process_of_the_home_is_waited_for(
     assert set(output_ids(settings, out, 1)) == expected_ids(events)
 
 
+def test_a_store_waited_for_does_not_stop_the_partitions_a_member_has(
+    settings: Settings, tmp_path: Path, names: Callable[[str], str], run_app: Start
+) -> None:
+    # The wait for a store another process of the home has open is between batches, its
+    # partition paused: the member's other partitions are processed meanwhile (waited for in the
+    # rebalance callback, up to a minute, nothing was).
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out, partitions=2)
+    home = load_settings(kafka_bootstrap=settings.kafka_bootstrap, home=tmp_path / "home")
+    previous_owner = RocksState(state_path(home, name, COUNTS, 1), COUNTS)
+    app = counting_app(home, name, src, out)
+    events = payments(200, 10)
+    producer = Producer(settings.kafka_client_config())
+    for i, e in enumerate(events):  # the first half on partition 0, the rest on the one waited for
+        producer.produce(src, encode(e), key=e.key(), partition=0 if i < 100 else 1)
+    producer.flush()
+    try:
+        running = run_app(app)
+        wait_for(lambda: app.metrics.processed >= 100, 60, "partition 0's records processed")
+        assert app.metrics.assigned == [(src, 0)]
+        assert app.metrics.restoring == [1]
+    finally:
+        previous_owner.close()
+    wait_for(lambda: app.metrics.processed >= 200, 60, "partition 1's records, once its store opened")
+    running.stop()
+    assert not running.errors
+    ids = output_ids(settings, out, 2)
+    assert len(ids) == len(set(ids)) == 200
+    assert set(ids) == expected_ids(events[:100]) | expected_ids(events[100:])
+
+
 def test_a_store_that_stays_open_elsewhere_stops_the_application_naming_it(
     settings: Settings, tmp_path: Path, names: Callable[[str], str], run_app: Start
 ) -> None:
@@ -938,5 +969,5 @@ def test_a_partition_lost_before_its_first_commit_is_read_again_from_where_it_be
     ids = outputs()
     assert len(ids) == len(set(ids)) == 1000 * inputs
     assert set(ids) == expected
-    restores = [r for r in caplog.records if "partition 0 restored" in r.getMessage()]
+    restores = [r for r in caplog.records if "partition 0 ready" in r.getMessage()]
     assert len(restores) == (2 if restoring else 0)  # before the stall, and after it
