@@ -1546,11 +1546,9 @@ class Application:
             return
         if self._restorer is None:
             self._restorer = Restorer(self.settings, self.name)
-        done = self._restorer.add(restore_tasks)
         by_number = {task.number: task for task in tasks}
-        for t in restore_tasks:
-            if not any(t is d for d in done):
-                by_number[t.partition].restoring += 1
+        for t in self._restorer.add(restore_tasks):
+            by_number[t.partition].restoring += 1
 
     def _followers(self, numbers: Sequence[int] | set[int]) -> list[TopicPartition]:
         """Partitions of the other inputs that follow these partition numbers of the first."""

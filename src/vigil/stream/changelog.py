@@ -81,6 +81,7 @@ class Restorer:
         self.stall_s = stall_s
         self.applied = 0
         self._consumer: Consumer | None = None
+        self._admin: AdminClient | None = None
         self._tasks: dict[tuple[str, int], RestoreTask] = {}
         self._pending: dict[tuple[str, int], list[tuple[bytes, bytes | None]]] = {}
         self._last: dict[tuple[str, int], int] = {}
@@ -95,15 +96,16 @@ class Restorer:
         return list(self._tasks.values())
 
     def add(self, tasks: Sequence[RestoreTask]) -> list[RestoreTask]:
-        """Start restoring ``tasks``; returns those with nothing to read (done already)."""
+        """Start restoring ``tasks``; returns those with changelog records to read (the others
+        are restored already)."""
         if not tasks:
             return []
+        if self._admin is None:
+            self._admin = make_admin(self.settings)
         # Every partition's offsets in two requests, not two per partition: an application with
         # dozens of stores (detection: one per rule) restores each of them on every assignment.
-        offsets = end_offsets(
-            make_admin(self.settings), [(t.topic, t.partition) for t in tasks], time.monotonic() + 30
-        )
-        done: list[RestoreTask] = []
+        offsets = end_offsets(self._admin, [(t.topic, t.partition) for t in tasks], time.monotonic() + 30)
+        reading: list[RestoreTask] = []
         assign: list[TopicPartition] = []
         for task in tasks:
             start = task.state.changelog_offset()
@@ -128,8 +130,8 @@ class Restorer:
             begin = start if start is not None else low
             task.state.changelog_next = high
             if begin >= high:
-                done.append(task)
                 continue
+            reading.append(task)
             tp = (task.topic, task.partition)
             self._tasks[tp] = task
             self._pending[tp] = []
@@ -143,7 +145,7 @@ class Restorer:
                 )
             self._consumer.incremental_assign(assign)
             self._progress_at = time.monotonic()
-        return done
+        return reading
 
     def step(self, max_records: int, timeout_s: float) -> list[RestoreTask]:
         """Read and apply up to ``max_records`` changelog records (waiting up to ``timeout_s``
@@ -159,16 +161,15 @@ class Restorer:
         for msg in msgs:
             tp = (msg.topic(), msg.partition())
             err = msg.error()
-            if err is not None and tp not in self._tasks:
-                # The client's own (connection lost, all brokers down: it reconnects by itself),
-                # or of a store given up meanwhile.
-                if err.fatal():
+            if tp not in self._tasks:
+                # Fetched before remove() gave the store up, or an error of the client's own
+                # (connection lost, all brokers down: it reconnects by itself).
+                if err is not None and err.fatal():
                     text = f"restoring changelogs: {err.str()}"
                     raise PipelineError(text)
-                log.warning("restoring changelogs of %s: %s", self.app, err.str())
+                if err is not None:
+                    log.warning("restoring changelogs of %s: %s", self.app, err.str())
                 continue
-            if tp not in self._tasks:
-                continue  # fetched before remove() gave the store up
             progress = True
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:

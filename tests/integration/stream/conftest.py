@@ -7,10 +7,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
-from vigil.config import Settings
+from vigil.config import Settings, load_settings
 from vigil.events.base import Event
 from vigil.hub.admin import ensure_topics
 from vigil.hub.client import EventProducer
@@ -26,6 +27,11 @@ def make_topics(settings: Settings, *names: str, partitions: int = 3) -> None:
             for n in names
         ],
     )
+
+
+def home_at(settings: Settings, home: Path) -> Settings:
+    """The test cluster's settings with another home: another machine, or another process's."""
+    return load_settings(kafka_bootstrap=settings.kafka_bootstrap, home=home)
 
 
 def produce(settings: Settings, topic: str, events: Sequence[Event]) -> None:

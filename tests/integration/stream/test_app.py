@@ -16,9 +16,9 @@ import msgspec
 import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from tests.integration.stream.apps import COUNTS, T0, RunningCount, expected_ids, payments, read_all
-from tests.integration.stream.conftest import Running, make_topics, produce, wait_for
+from tests.integration.stream.conftest import Running, home_at, make_topics, produce, wait_for
 
-from vigil.config import Settings, load_settings
+from vigil.config import Settings
 from vigil.errors import ConfigError, PipelineError
 from vigil.events.base import Entities, Event
 from vigil.events.codec import decode_event, encode
@@ -91,7 +91,7 @@ def test_outputs_and_state_survive_restart_and_restore(
     assert set(ids) == expected_ids(first + second)
 
     # A fresh home (another machine): state comes back from the changelog topic.
-    fresh = load_settings(kafka_bootstrap=settings.kafka_bootstrap, home=tmp_path / "fresh")
+    fresh = home_at(settings, tmp_path / "fresh")
     third = payments(100, 37, "c")
     produce(settings, src, third)
     moved = run_app(counting_app(fresh, name, src, out, guarantee=guarantee))
@@ -546,7 +546,7 @@ def test_a_takeover_slower_than_the_transaction_timeout_commits_first(
 
     def member(home: Path, instance: str, op: RunningCount) -> Application:
         return Application(
-            load_settings(kafka_bootstrap=settings.kafka_bootstrap, home=home),
+            home_at(settings, home),
             name=name,
             inputs=[src],
             operators=[op],
@@ -642,7 +642,7 @@ def test_a_takeover_restores_while_the_partitions_a_member_has_go_on(
 
     def member(home: str, instance: str) -> Application:
         return counting_app(
-            load_settings(kafka_bootstrap=settings.kafka_bootstrap, home=tmp_path / home),
+            home_at(settings, tmp_path / home),
             name,
             src,
             out,
@@ -723,7 +723,7 @@ def test_a_restore_stopped_midway_goes_on_from_where_it_stopped(
     assert total > 5
 
     released, _ = hold_restores(monkeypatch, budget=5)
-    elsewhere = load_settings(kafka_bootstrap=settings.kafka_bootstrap, home=tmp_path / "elsewhere")
+    elsewhere = home_at(settings, tmp_path / "elsewhere")
     midway = run_app(counting_app(elsewhere, name, src, out))
     wait_for(lambda: midway.app.metrics.restored_records >= 5, 60, "5 changelog records restored")
     midway.stop()
@@ -756,7 +756,7 @@ def test_a_store_open_in_another_process_of_the_home_is_waited_for(
     # owner opens it: the new owner waits for it instead of failing.
     src, out, name = names("in"), names("out"), names("app")
     make_topics(settings, src, out, partitions=1)
-    home = load_settings(kafka_bootstrap=settings.kafka_bootstrap, home=tmp_path / "home")
+    home = home_at(settings, tmp_path / "home")
     previous_owner = RocksState(state_path(home, name, COUNTS, 0), COUNTS)
     app = counting_app(home, name, src, out)
     with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
@@ -786,7 +786,7 @@ def test_a_store_waited_for_does_not_stop_the_partitions_a_member_has(
     # rebalance callback, up to a minute, nothing was).
     src, out, name = names("in"), names("out"), names("app")
     make_topics(settings, src, out, partitions=2)
-    home = load_settings(kafka_bootstrap=settings.kafka_bootstrap, home=tmp_path / "home")
+    home = home_at(settings, tmp_path / "home")
     previous_owner = RocksState(state_path(home, name, COUNTS, 1), COUNTS)
     app = counting_app(home, name, src, out)
     events = payments(200, 10)
@@ -814,7 +814,7 @@ def test_a_store_that_stays_open_elsewhere_stops_the_application_naming_it(
 ) -> None:
     src, out, name = names("in"), names("out"), names("app")
     make_topics(settings, src, out, partitions=1)
-    home = load_settings(kafka_bootstrap=settings.kafka_bootstrap, home=tmp_path / "home")
+    home = home_at(settings, tmp_path / "home")
     path = state_path(home, name, COUNTS, 0)
     held = RocksState(path, COUNTS)
     try:

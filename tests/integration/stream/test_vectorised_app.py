@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.integration.stream.conftest import Running, make_topics, produce, wait_for
+from tests.integration.stream.conftest import Running, home_at, make_topics, produce, wait_for
 from tests.integration.stream.test_app import output_ids
 from tests.unit.stream.test_vectorised import PER_BATCH, PerBatch, PerEvent, shuffled_payments
 
-from vigil.config import Settings, load_settings
+from vigil.config import Settings
 from vigil.stream.app import Application
 from vigil.testing import run_operators
 
@@ -48,7 +48,7 @@ def test_batch_window_state_is_restored_from_the_changelog_exactly_once(
     assert (settings.home / "state" / name / PER_BATCH.id).is_dir()
 
     # Another machine: nothing on disk, the windows' chunks come back from the changelog.
-    fresh = load_settings(kafka_bootstrap=settings.kafka_bootstrap, home=tmp_path / "fresh")
+    fresh = home_at(settings, tmp_path / "fresh")
     produce(settings, src, second)
     moved = run_app(batch_app(fresh, name, src, out))
     wait_for(lambda: moved.app.metrics.processed >= 1000, 60, "1000 more records processed")
