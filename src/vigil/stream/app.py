@@ -90,7 +90,7 @@ would abort the open transaction meanwhile), opens the new partitions' stores an
 partitions whose stores are still open in another process of the home (a member that has not
 noticed it lost them) or have changelog records to catch up on.  Between batches, the loop
 tries those stores again (with a back-off, for up to ``store_lock_wait_s``) and restores them,
-at most ``_RESTORE_STEP_RECORDS`` changelog records per iteration
+at most ``_RESTORE_STEP_RECORDS`` changelog records and about ``_RESTORE_STEP_S`` per iteration
 (:class:`~vigil.stream.changelog.Restorer`), while the partitions the member already had go on
 being processed; a partition is resumed, and its operators' ``on_assign`` called, once all its
 stores are open and restored.  (Waiting and restoring inside the rebalance callback stopped
@@ -203,9 +203,13 @@ FETCH_DEFAULTS: dict[str, Any] = {
 }
 #: Restoring between batches (see Application._restore_step): changelog records applied per loop
 #: iteration at most (~45 ms at the measured 4.6 s per 1M keys: the partitions already owned
-#: wait at most that long for their next batch), and how long the step waits for changelog
-#: records when no input arrived either (records of the owned partitions may arrive meanwhile).
+#: wait at most that long for their next batch); the time after which a step stops at the end of
+#: a chunk of writes (large values: a vectorised window's chunks are up to 512 KB each, and one
+#: read may return the consumer's whole fetch queue, tens of MB of them); and how long the step
+#: waits for changelog records when no input arrived either (records of the owned partitions may
+#: arrive meanwhile).
 _RESTORE_STEP_RECORDS = 10_000
+_RESTORE_STEP_S = 0.025
 _RESTORE_WAIT_S = 0.01
 #: Aligned: timeout of the broker queries for partitions nothing was consumed from yet.
 _ALIGN_TIMEOUT = 5.0
@@ -1643,7 +1647,7 @@ class Application:
         restorer = self._restorer
         if restorer is not None:
             before = restorer.applied
-            finished = restorer.step(_RESTORE_STEP_RECORDS, wait_s)
+            finished = restorer.step(_RESTORE_STEP_RECORDS, wait_s, _RESTORE_STEP_S)
             applied = restorer.applied - before
             if applied:
                 self.metrics.restored_records += applied

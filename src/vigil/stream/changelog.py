@@ -22,6 +22,7 @@ from confluent_kafka import (
     IsolationLevel,
     KafkaError,
     KafkaException,
+    Message,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec
@@ -34,8 +35,10 @@ from vigil.stream.state import RocksState
 
 log = logging.getLogger(__name__)
 
-#: Writes applied to RocksDB in one batch during restore.
+#: Writes applied to RocksDB in one batch during restore: this many, or this many bytes of keys
+#: and values (a vectorised window's chunks are up to 512 KB each), whichever comes first.
 _RESTORE_CHUNK = 50_000
+_RESTORE_CHUNK_BYTES = 4 << 20
 
 
 def changelog_topic(app: str, store_id: str) -> str:
@@ -84,7 +87,10 @@ class Restorer:
         self._admin: AdminClient | None = None
         self._tasks: dict[tuple[str, int], RestoreTask] = {}
         self._pending: dict[tuple[str, int], list[tuple[bytes, bytes | None]]] = {}
+        self._pending_bytes: dict[tuple[str, int], int] = {}
         self._last: dict[tuple[str, int], int] = {}
+        #: Records read and not handled yet: a step out of time leaves them to the next one.
+        self._carried: list[Message] = []
         self._progress_at = time.monotonic()
 
     @property
@@ -135,6 +141,7 @@ class Restorer:
             tp = (task.topic, task.partition)
             self._tasks[tp] = task
             self._pending[tp] = []
+            self._pending_bytes[tp] = 0
             assign.append(
                 TopicPartition(task.topic, task.partition, begin if start is not None else OFFSET_BEGINNING)
             )
@@ -147,18 +154,26 @@ class Restorer:
             self._progress_at = time.monotonic()
         return reading
 
-    def step(self, max_records: int, timeout_s: float) -> list[RestoreTask]:
-        """Read and apply up to ``max_records`` changelog records (waiting up to ``timeout_s``
-        for the first); returns the stores that reached the end of their changelog."""
+    def step(self, max_records: int, timeout_s: float, budget_s: float | None = None) -> list[RestoreTask]:
+        """Read up to ``max_records`` changelog records (waiting up to ``timeout_s`` for the
+        first) and apply them; returns the stores that reached the end of their changelog.
+
+        ``budget_s``: stop once a chunk applied brings the step past this much time (large
+        values make a few records a long write); records read and not applied yet are the next
+        step's, which reads nothing new until they are done."""
         consumer = self._consumer
         if consumer is None or not self._tasks:
             return []
-        msgs = consumer.consume(max_records, timeout_s)
+        started = time.monotonic()
+        if self._carried:
+            msgs, self._carried = self._carried, []
+        else:
+            msgs = consumer.consume(max_records, timeout_s)
         #: Changelog partitions that reached their end (a set: an end can be reported twice).
         ended: set[tuple[str, int]] = set()
         touched: set[tuple[str, int]] = set()
         progress = False
-        for msg in msgs:
+        for i, msg in enumerate(msgs):
             tp = (msg.topic(), msg.partition())
             err = msg.error()
             if tp not in self._tasks:
@@ -180,12 +195,18 @@ class Restorer:
             key = msg.key()
             if key is None:
                 continue
+            value = msg.value()
             pending = self._pending[tp]
-            pending.append((key, msg.value()))
+            pending.append((key, value))
             self._last[tp] = msg.offset()
             touched.add(tp)
-            if len(pending) >= _RESTORE_CHUNK:
+            size = self._pending_bytes[tp] + len(key) + (len(value) if value is not None else 0)
+            self._pending_bytes[tp] = size
+            if len(pending) >= _RESTORE_CHUNK or size >= _RESTORE_CHUNK_BYTES:
                 self._apply(tp)
+                if budget_s is not None and time.monotonic() - started >= budget_s:
+                    self._carried = msgs[i + 1 :]
+                    break
         for tp in touched:
             self._apply(tp)
         now = time.monotonic()
@@ -207,12 +228,18 @@ class Restorer:
         for tp in gone:
             self._apply(tp)
         self._forget(gone)
+        if self._carried and gone:
+            # Read but not applied: dropped with the store, whose offset says where to go on.
+            dropped = set(gone)
+            self._carried = [m for m in self._carried if (m.topic(), m.partition()) not in dropped]
 
     def close(self) -> None:
         consumer, self._consumer = self._consumer, None
         self._tasks.clear()
         self._pending.clear()
+        self._pending_bytes.clear()
         self._last.clear()
+        self._carried = []
         if consumer is not None:
             consumer.close()
 
@@ -222,11 +249,13 @@ class Restorer:
             self._tasks[tp].state.write_committed(pending, self._last[tp] + 1)
             self.applied += len(pending)
             self._pending[tp] = []
+            self._pending_bytes[tp] = 0
 
     def _forget(self, tps: Sequence[tuple[str, int]]) -> None:
         for tp in tps:
             self._tasks.pop(tp, None)
             self._pending.pop(tp, None)
+            self._pending_bytes.pop(tp, None)
             self._last.pop(tp, None)
         if tps and self._consumer is not None:
             self._consumer.incremental_unassign([TopicPartition(t, p) for t, p in tps])

@@ -1,0 +1,89 @@
+"""The changelog restorer against a real broker: a step's time budget with large values."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+from confluent_kafka import Producer
+
+from vigil.config import Settings
+from vigil.hub.admin import ensure_topics
+from vigil.hub.client import producer_config
+from vigil.stream.base import StoreSpec
+from vigil.stream.changelog import Restorer, RestoreTask, changelog_spec
+from vigil.stream.state import RocksState
+
+CHUNKS = StoreSpec("chunks", 1)
+#: 48 records of 256 KB: a restore chunk (4 MB) is 16 of them.
+RECORDS, VALUE_BYTES, PER_CHUNK = 48, 256 * 1024, 16
+
+
+def big_changelog(settings: Settings, app: str) -> tuple[str, dict[str, bytes]]:
+    """A changelog partition of ``RECORDS`` large values (keys written twice end with the later
+    value); returns its topic and the values a restore must end with."""
+    spec = changelog_spec(app, CHUNKS.id, 1)
+    ensure_topics(settings, [spec])
+    producer = Producer(producer_config(settings))
+    final: dict[str, bytes] = {}
+    for i in range(RECORDS):
+        key = f"c:{i % 40}"  # the last 8 overwrite the first 8
+        value = bytes([i]) * VALUE_BYTES
+        producer.produce(spec.name, msgspec.msgpack.encode(value), key.encode(), partition=0)
+        final[key] = value
+    assert producer.flush(30) == 0
+    return spec.name, final
+
+
+def test_a_step_out_of_time_leaves_what_it_read_to_the_next(
+    settings: Settings, tmp_path: Path, names: Callable[[str], str]
+) -> None:
+    # Large values make a few records a long write: a step stops at the end of the chunk that
+    # takes it past its budget (before, it applied everything it read, whatever the time), and
+    # the next step goes on with what was read, reading nothing new until that is done.
+    topic, final = big_changelog(settings, names("app"))
+    state = RocksState(tmp_path / "store", CHUNKS)
+    restorer = Restorer(settings, "restorer-test")
+    try:
+        assert restorer.add([RestoreTask(state, topic, 0)])
+        # Waits until all of them are read (or 30 s), then applies one chunk of them.
+        finished = restorer.step(RECORDS, 30, budget_s=0)
+        assert restorer.applied == PER_CHUNK
+        assert state.changelog_offset() == PER_CHUNK  # what was applied is durable with its offset
+        steps = [restorer.applied]
+        while not finished:
+            finished = restorer.step(RECORDS, 1, budget_s=0)
+            steps.append(restorer.applied)
+        assert [b - a for a, b in zip([0, *steps], steps, strict=False) if b > a] == [PER_CHUNK] * 3
+        assert restorer.applied == RECORDS
+        assert state.changelog_offset() == RECORDS
+        assert {key: state.get(key) for key in final} == final
+    finally:
+        restorer.close()
+        state.close()
+
+
+def test_records_read_for_a_store_given_up_are_dropped_with_it(
+    settings: Settings, tmp_path: Path, names: Callable[[str], str]
+) -> None:
+    # A partition revoked mid-restore keeps what was applied, with its offset; what was read and
+    # not applied is dropped (applying it would lengthen the rebalance callback), and the next
+    # restore of the store reads it again from that offset, applying each record once.
+    topic, final = big_changelog(settings, names("app"))
+    state = RocksState(tmp_path / "store", CHUNKS)
+    restorer = Restorer(settings, "restorer-test")
+    try:
+        restorer.add([RestoreTask(state, topic, 0)])
+        restorer.step(RECORDS, 30, budget_s=0)
+        restorer.remove([state])
+        assert not restorer.busy
+        assert state.changelog_offset() == PER_CHUNK
+        assert restorer.add([RestoreTask(state, topic, 0)])
+        while restorer.busy:
+            restorer.step(RECORDS, 1)
+        assert restorer.applied == RECORDS  # the dropped records are not applied twice
+        assert {key: state.get(key) for key in final} == final
+    finally:
+        restorer.close()
+        state.close()
