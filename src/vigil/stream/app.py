@@ -1101,10 +1101,15 @@ class Application:
         if alignment is None or consumer is None:
             return
         now = time.monotonic()
-        positions = self._consumed  # none yet: asked of the broker (_start_lag)
+        consumed = self._consumed  # none yet: asked of the broker (_start_lag)
 
         def lag(tp: TP) -> int | None:
-            pos = positions.get(tp, -1)
+            # The consumer's position, not only the last record consumed: a transaction's commit
+            # marker takes an offset no record is delivered at, and read_committed, the position
+            # moves past it (the high watermark too); a partition at its end of a transactional
+            # topic then has 0 left, not 1 forever, and stops holding the others back.
+            (at,) = consumer.position([TopicPartition(*tp)])
+            pos = max(at.offset, consumed.get(tp, -1))
             if pos < 0:
                 return self._start_lag(consumer, tp, now)
             try:

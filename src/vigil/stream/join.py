@@ -6,11 +6,20 @@ with one state (see :mod:`vigil.stream.app`).  :class:`IntervalJoin` pairs every
 event with every right event of the same key whose event times are at most ``within``
 apart, whichever arrives first, and hands each pair to ``on_match`` once.
 
+Each side has its own watermark (its latest event time minus the allowed lateness) and the
+join's is the lower of the two, as in Flink: the consumer fetches the two topics in no
+particular order (on a catch-up one can be minutes ahead of the other), and a watermark
+shared by both would make the side behind late wholesale.  A side with no events yet, or
+more than ``max_skew`` behind the other (its source is down, or the partition only ever has
+events of one side), stops holding the join back at ``max_skew``: the waiting events of the
+side ahead would otherwise be kept for as long as the other stays behind.
+
 Events wait in the store as their encoded bytes (exactly what arrived) and expire past
-``within`` plus the allowed lateness behind the partition's watermark: when their key comes
-again, or, for keys that went quiet, by a walk over the store a step at a time
-(:class:`~vigil.stream.windows.QuietKeys`); events older than the watermark are late
-(``ctx.late``) and join nothing.
+``within`` behind the join's watermark: when their key comes again, or, for keys that went
+quiet, by a walk over the store a step at a time (:class:`~vigil.stream.windows.QuietKeys`);
+events older than the watermark are late (``ctx.late``) and join nothing.  Events without
+the key (by default the entity the event is keyed by: no event-id fallback) join nothing
+and are not stored.
 """
 
 from __future__ import annotations
@@ -27,11 +36,13 @@ from vigil.stream.windows import QuietKeys, duration_ms, to_ms
 
 OnMatch = Callable[[Event, Event, Context], None]
 
-_WATERMARK_KEY = "\x00wm"
+#: Each side's watermark (left, right).
+_WATERMARK_KEYS = ("\x00wmL", "\x00wmR")
 
 
 def _default_key(event: Event) -> str | None:
-    return event.key()
+    """The entity the event is keyed by (``Event.key`` falls back to the event id: no pair)."""
+    return event.entities.get(event.key_entity)
 
 
 class IntervalJoin(Operator[Event]):
@@ -48,6 +59,7 @@ class IntervalJoin(Operator[Event]):
         on_match: OnMatch,
         key: Callable[[Event], str | None] = _default_key,
         lateness: timedelta | str | int = 0,
+        max_skew: timedelta | str | int = "1h",
         quiet: QuietKeys | None = None,
     ) -> None:
         if left == right:
@@ -59,6 +71,11 @@ class IntervalJoin(Operator[Event]):
         self.left, self.right = left, right
         self.within = duration_ms(within)
         self.lateness = duration_ms(lateness)
+        self.max_skew = duration_ms(max_skew)
+        for what, ms in (("within", self.within), ("lateness", self.lateness), ("max_skew", self.max_skew)):
+            if ms < 0:
+                msg = f"join {id!r}: {what} must not be negative; got {ms} ms"
+                raise ValueError(msg)
         self.on_match = on_match
         self.key = key
         self._codec = EventCodec()
@@ -67,27 +84,31 @@ class IntervalJoin(Operator[Event]):
 
     def process(self, batch: Sequence[Record[Event]], ctx: Context) -> None:
         state = ctx.state(self.store)
+        marks: list[int | None] = [state.get(_WATERMARK_KEYS[0]), state.get(_WATERMARK_KEYS[1])]
+        wm = self._joint(marks)
         for rec in batch:
             if rec.topic == self.left:
-                side, other = "L:", "R:"
+                me, side, other = 0, "L:", "R:"
             elif rec.topic == self.right:
-                side, other = "R:", "L:"
+                me, side, other = 1, "R:", "L:"
             else:
                 continue
             k = self.key(rec.event)
-            if k is None:
+            if not k:
                 continue
             t = to_ms(rec.event.occurred_at)
-            wm: int | None = state.get(_WATERMARK_KEY)
             if wm is not None and t < wm:
                 ctx.late(rec)
                 continue
-            if wm is None or t - self.lateness > wm:
-                wm = t - self.lateness
-                state.set(_WATERMARK_KEY, wm)
-            # Entries before the horizon can no longer match an accepted event (one at the
-            # watermark matches an entry exactly ``within`` older: the bound is inclusive).
-            horizon = wm - self.within
+            mark = marks[me]
+            if mark is None or t - self.lateness > mark:
+                marks[me] = t - self.lateness
+                state.set(_WATERMARK_KEYS[me], marks[me])
+                wm = self._joint(marks)
+            # (Not None: this side has a watermark now.)  Entries before the horizon can no
+            # longer match an accepted event (one at the watermark matches an entry exactly
+            # ``within`` older: the bound is inclusive).
+            horizon = (wm if wm is not None else t) - self.within
             for entry_t, raw in self._live(state, other + k, horizon):
                 if abs(t - entry_t) <= self.within:
                     waiting = self._codec.decode(raw)
@@ -100,6 +121,15 @@ class IntervalJoin(Operator[Event]):
                 self.quiet.step(state, partial(_expired, horizon=horizon))
             mine.append([t, encode(rec.event)])
             state.set(side + k, mine)
+
+    def _joint(self, marks: list[int | None]) -> int | None:
+        """The join's watermark: the lower side's, but at most ``max_skew`` behind the other
+        (a side with none yet counts as far behind); ``None`` before any event."""
+        left, right = marks
+        if left is None or right is None:
+            ahead = right if left is None else left
+            return None if ahead is None else ahead - self.max_skew
+        return max(min(left, right), max(left, right) - self.max_skew)
 
     def _live(self, state: Any, skey: str, horizon: int) -> list[list[Any]]:
         entries: list[list[Any]] = state.get(skey) or []

@@ -4,8 +4,10 @@ Canonical topics are keyed by one entity (payments by customer).  To correlate b
 another (wallet, IP, device, employee, vendor) an application re-publishes each event
 keyed by that entity to ``<app>.repartition.<id>``; an application reading that topic
 (or the same one, listing it as an input) then sees every event of one wallet in one
-partition, with that wallet's state.  Events without the entity are not re-published:
-they cannot belong to any group (they remain on their canonical topic).
+partition, with that wallet's state.  Events without the entity (or with an empty one) are
+not re-published: they cannot belong to any group (they remain on their canonical topic).
+An application reading its own repartition topic hands those records to every operator, the
+``GroupBy`` too, which leaves them alone: re-keyed once, not again and again.
 
 Partitioning is librdkafka's default partitioner on the key, the same as every Vigil
 producer's, so a repartition topic with the same partition count is co-partitioned with
@@ -48,7 +50,8 @@ def entity_key(kind: str) -> Callable[[Event], str | None]:
 
 
 class GroupBy(Operator[Event]):
-    """Re-publishes each event to ``topic`` keyed by ``key(event)``; keyless events are skipped."""
+    """Re-publishes each event to ``topic`` keyed by ``key(event)``; keyless events are skipped,
+    and so are records of ``topic`` itself (see the module docstring)."""
 
     def __init__(self, id: str, topic: str, key: Callable[[Event], str | None]) -> None:
         self.id = id
@@ -59,8 +62,10 @@ class GroupBy(Operator[Event]):
     def process(self, batch: Sequence[Record[Any]], ctx: Context) -> None:
         topic, key = self.topic, self.key
         for rec in batch:
+            if rec.topic == topic:
+                continue
             k = key(rec.event)
-            if k is None:
+            if not k:  # None, or "": an empty key would land on a random partition
                 self.skipped += 1
                 continue
             ctx.emit(topic, rec.event, k)

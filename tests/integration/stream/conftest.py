@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 
 from vigil.config import Settings, load_settings
 from vigil.events.base import Event
+from vigil.events.codec import encode
 from vigil.hub.admin import ensure_topics
-from vigil.hub.client import EventProducer
+from vigil.hub.client import EventProducer, producer_config
 from vigil.hub.topics import TopicSpec
 from vigil.stream.app import Application
 
@@ -39,6 +41,18 @@ def produce(settings: Settings, topic: str, events: Sequence[Event]) -> None:
     for event in events:
         producer.produce(event, topic=topic)
     producer.flush()
+
+
+def produce_in_transactions(settings: Settings, topic: str, events: Sequence[Event], per: int = 5) -> None:
+    """As a source publishes to a canonical topic: in transactions (``per`` events each), whose
+    commit markers take offsets of their own that no consumer is handed."""
+    producer = Producer(producer_config(settings, **{"transactional.id": f"test-{uuid.uuid4().hex}"}))
+    producer.init_transactions(30)
+    for start in range(0, len(events), per):
+        producer.begin_transaction()
+        for event in events[start : start + per]:
+            producer.produce(topic, encode(event), event.key())
+        producer.commit_transaction(30)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:

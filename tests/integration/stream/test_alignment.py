@@ -16,7 +16,13 @@ from typing import Any
 
 import pytest
 from tests.integration.stream.apps import T0
-from tests.integration.stream.conftest import Running, make_topics, produce, wait_for
+from tests.integration.stream.conftest import (
+    Running,
+    make_topics,
+    produce,
+    produce_in_transactions,
+    wait_for,
+)
 
 from vigil.config import Settings
 from vigil.errors import ConfigError
@@ -28,6 +34,12 @@ from vigil.stream.base import Context, Operator, Record, StoreSpec
 Start = Callable[[Application], Running]
 
 SKEW_S = 30.0
+#: How a topic's records are published: one by one, or in transactions as sources publish to
+#: canonical topics (each commit marker takes an offset no consumer is handed).
+PUBLISHERS = pytest.mark.parametrize(
+    "publish", [produce, produce_in_transactions], ids=["plain", "transactional"]
+)
+Publish = Callable[[Settings, str, Sequence[Payment]], None]
 #: Small fetches, so that the topic with the larger records falls behind without alignment.
 SMALL_FETCHES = {"max.partition.fetch.bytes": 16 * 1024, "fetch.max.bytes": 1024 * 1024}
 
@@ -232,13 +244,16 @@ def test_beside_a_stateful_operator_a_stateless_one_gets_every_partition_in_one_
     assert stateless.max_lateness_s() <= SKEW_S
 
 
+@PUBLISHERS
 def test_partitions_at_their_end_and_empty_ones_do_not_stall_the_others(
-    settings: Settings, names: Callable[[str], str], run_app: Start
+    settings: Settings, names: Callable[[str], str], run_app: Start, publish: Publish
 ) -> None:
+    # Transactional: a partition at its end is one offset short of its high watermark if its
+    # position is taken as the last record handed over plus one (the commit marker's offset).
     old, new, empty = names("old"), names("new"), names("empty")
     make_topics(settings, old, new, empty, partitions=2)
-    produce(settings, old, events("o", 4, 0.0))  # an hour behind everything in `new`
-    produce(settings, new, events("n", 100, 3600.0))
+    publish(settings, old, events("o", 4, 0.0))  # an hour behind everything in `new`
+    publish(settings, new, events("n", 100, 3600.0))
     rec = Recorder()
     # Idle timeout out of reach: only "at its end" (and "empty") may release the others.
     running = run_app(
@@ -250,26 +265,29 @@ def test_partitions_at_their_end_and_empty_ones_do_not_stall_the_others(
     assert rec.max_lateness_s() <= SKEW_S
     # Live traffic on one topic only goes through at once.  (Live, partitions at their end do not
     # wait for each other, so records produced together may cross: no order is asserted here.)
-    produce(settings, new, events("m", 10, 7200.0))
+    publish(settings, new, events("m", 10, 7200.0))
     processed(running, 114, 30)
     assert sorted(at for _, at in rec.seen)[-10:] == [
         (T0 + timedelta(seconds=7200 + 10 * i)).timestamp() for i in range(10)
     ]
 
 
+@PUBLISHERS
 def test_after_a_restart_a_quiet_topic_at_its_end_does_not_hold_the_others(
-    settings: Settings, names: Callable[[str], str], run_app: Start
+    settings: Settings, names: Callable[[str], str], run_app: Start, publish: Publish
 ) -> None:
+    # Transactional: the committed offset of the quiet partition is its last commit marker's,
+    # one short of the high watermark: only the consumer's position, past the marker, says so.
     quiet, busy, name = names("quiet"), names("busy"), names("app")
     make_topics(settings, quiet, busy, partitions=2)
-    produce(settings, quiet, events("q", 10, 0.0))
-    produce(settings, busy, events("b", 10, 0.0))
+    publish(settings, quiet, events("q", 10, 0.0))
+    publish(settings, busy, events("b", 10, 0.0))
     first = run_app(app(settings, name, [quiet, busy], Recorder(), max_event_time_skew_s=SKEW_S))
     processed(first, 20)
     # Restarted, nothing is consumed from the quiet topic (its group is at its end), so its
     # consumer position stays unknown: the committed offset tells it has nothing left.  The idle
     # timeout is out of reach, so only that can let the busy topic's later records through.
-    produce(settings, busy, events("later", 10, 7200.0))
+    publish(settings, busy, events("later", 10, 7200.0))
     rec = Recorder()
     again = run_app(
         app(settings, name, [quiet, busy], rec, max_event_time_skew_s=SKEW_S, alignment_idle_s=600)

@@ -69,10 +69,12 @@ def test_pairs_within_the_interval_whichever_side_comes_first() -> None:
         withdrawal(2, "c2", 6),  # other customer: waits
         login(2, "c2", 7),  # arrives after w2, 1 min apart: pair
         withdrawal(3, "c1", 11),  # 11 min after l1: too far
-        login(3, "c1", 4.5),  # 6.5 min late: past the 1 min lateness, joins nothing
+        login(4, "c1", 12),  # 7 and 1 min after w1 and w3: two pairs
+        # Behind both sides' watermarks (logins 12 - 1, withdrawals 11 - 1): joins nothing.
+        login(3, "c1", 4.5),
     ]
     result = run_operators([join], events, partitions=3, batch_size=2, topic_of=topic_of)
-    assert sorted(pairs) == [("l1", "w1"), ("l2", "w2")]
+    assert sorted(pairs) == [("l1", "w1"), ("l2", "w2"), ("l4", "w1"), ("l4", "w3")]
     assert [r.event.event_id for r in result.late] == ["l3"]
 
 
@@ -99,7 +101,9 @@ def test_join_needs_two_different_topics() -> None:
 
 
 def test_keys_that_go_quiet_do_not_stay_in_the_store() -> None:
-    join = login_withdrawal_join(lambda left, right, ctx: None, within="1m")
+    # (max_skew 0: with no withdrawal at all, waiting logins expire as soon as the logins' own
+    # watermark has passed them.)
+    join = login_withdrawal_join(lambda left, right, ctx: None, within="1m", max_skew=0)
     # 6,000 customers who log in once, a second apart, and never withdraw.
     events = [login(i, f"c{i}", i / 60) for i in range(6000)]
     result = run_operators([join], events, partitions=1, batch_size=100, topic_of=topic_of)
@@ -139,3 +143,69 @@ def test_walking_for_quiet_keys_at_every_update_changes_no_pair(stream: list[tup
 
     walking = pairs_with(QuietKeys("L:", "R:", step_keys=1, every=1))
     assert walking == pairs_with(QuietKeys("L:", "R:", step_keys=10**9, every=10**9))
+
+
+def pairs_of(events: list[Event], **kw: Any) -> tuple[list[tuple[str, str]], list[str], IntervalJoin, Any]:
+    """Pairs joined (sorted), late event ids, the join and the harness result."""
+    pairs: list[tuple[str, str]] = []
+    join = login_withdrawal_join(lambda left, right, ctx: pairs.append((left.event_id, right.event_id)), **kw)
+    result = run_operators([join], events, partitions=1, batch_size=10, topic_of=topic_of)
+    return sorted(pairs), [r.event.event_id for r in result.late], join, result
+
+
+def test_a_side_read_after_the_other_is_not_late() -> None:
+    # The consumer hands over the two topics in no particular order: all of one side's events
+    # (here 50 minutes of logins) may come before the other's.  With one watermark for both,
+    # every withdrawal was late (its time behind the latest login) and no pair was made.
+    logins = [login(i, f"c{i % 5}", i) for i in range(50)]
+    withdrawals = [withdrawal(i, f"c{i % 5}", i + 2) for i in range(50)]
+    pairs, late, _, _ = pairs_of([*logins, *withdrawals], within="3m")
+    expected = sorted(
+        (f"l{i}", f"w{j}") for i in range(50) for j in range(50) if i % 5 == j % 5 and abs(i - j - 2) <= 3
+    )
+    assert pairs == expected
+    assert late == []
+
+
+def test_a_side_with_no_events_keeps_the_other_waiting_max_skew_at_most() -> None:
+    # Logins for three hours and no withdrawal (a source down): the join's watermark trails the
+    # logins by max_skew, so waiting logins expire instead of piling up for as long as it lasts.
+    logins = [login(i, f"c{i % 5}", i) for i in range(180)]
+    _, _, join, result = pairs_of(logins, within="5m", max_skew="1h")
+    t0 = T0.timestamp() * 1000
+    for j in range(5):
+        last = 175 + j  # each customer's last login; its waiting ones were pruned then
+        stored = [(t - t0) / 60_000 for t, _ in result.states[join.store.id, 0].get(f"L:c{j}")]
+        assert stored == [i for i in range(j, 180, 5) if i >= last - 60 - 5]
+
+
+def test_a_side_more_than_max_skew_behind_is_late() -> None:
+    # Withdrawals arriving after three hours of logins: one more than max_skew behind them is
+    # late, one within it pairs, and from then on the join follows the withdrawals' watermark.
+    logins = [login(i, f"c{i}", i) for i in range(180)]
+    withdrawals = [
+        withdrawal(1, "c10", 11),
+        withdrawal(2, "c170", 171),
+        withdrawal(3, "c150", 150),
+        withdrawal(4, "c172", 173),
+    ]
+    pairs, late, _, _ = pairs_of([*logins, *withdrawals], within="5m", max_skew="1h")
+    assert pairs == [("l170", "w2"), ("l172", "w4")]
+    assert late == ["w1", "w3"]
+
+
+def test_events_without_the_key_join_nothing_and_are_not_stored() -> None:
+    # Event.key() falls back to the event id; the join's default key does not, so events with
+    # no customer neither wait in the store nor pair.
+    anonymous = [login(i, "", i) for i in range(3)] + [withdrawal(i, "", i) for i in range(3)]
+    pairs, late, join, result = pairs_of([*anonymous, login(9, "c1", 0), withdrawal(9, "c1", 1)])
+    assert pairs == [("l9", "w9")]
+    assert late == []
+    stored = sorted(k for prefix in ("L:", "R:") for k, _ in result.states[join.store.id, 0].items(prefix))
+    assert stored == ["L:c1", "R:c1"]
+
+
+@pytest.mark.parametrize("option", ["within", "lateness", "max_skew"])
+def test_negative_durations_are_refused(option: str) -> None:
+    with pytest.raises(ValueError, match=f"{option} must not be negative"):
+        login_withdrawal_join(lambda left, right, ctx: None, **{option: -1})

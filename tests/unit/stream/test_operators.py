@@ -75,6 +75,22 @@ def test_group_by_rekeys_by_entity_and_skips_events_without_it() -> None:
     assert op.skipped == 1
 
 
+def test_group_by_leaves_records_of_its_own_topic_and_empty_keys_alone() -> None:
+    # An application reading its own repartition topic hands those records to the GroupBy too:
+    # re-keyed again, each event went round the topic without end.  An empty entity is no key.
+    op, spec = group_by("detect", "ip", partitions=6)
+    events = [
+        payment(1, "c1", timedelta(0), ip="1.2.3.4"),
+        payment(2, "c2", timedelta(0), ip="5.6.7.8"),
+        payment(3, "c3", timedelta(0), ip=""),
+    ]
+    result = run_operators(
+        [op], events, topic_of=lambda e: spec.name if e.event_id == "p2" else "events.payments"
+    )
+    assert [(e.topic, e.key, e.event.event_id) for e in result.emits] == [(spec.name, "1.2.3.4", "p1")]
+    assert op.skipped == 1
+
+
 def test_entity_key_rejects_unknown_kinds() -> None:
     with pytest.raises(ValueError, match="unknown entity kind 'walet'; expected one of: customer"):
         entity_key("walet")
