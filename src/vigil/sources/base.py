@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any, Protocol
 
 from vigil.events.base import Event
@@ -70,9 +71,17 @@ class Normalizer(ABC):
 
     A record may yield zero events (a heartbeat) or many (a block's transfers).  Event ids
     must be stable: the same raw record always yields the same ids.
+
+    ``max_ahead``: how far an event's time may be ahead of when its record was received (its
+    ``received_at``, set by our connector, not by the sender).  The normalise stage refuses a
+    record with an event further ahead: a wrong clock, or a time forged in a payload, would
+    move its partition's watermark that far ahead, and every later event of the partition
+    would be late to every window and join until real time caught up (one event dated 2099
+    would blind detection for that partition's customers for good).
     """
 
     source: str
+    max_ahead: timedelta = timedelta(minutes=5)
 
     @abstractmethod
     def normalize(self, record: RawRecord) -> list[Event]: ...

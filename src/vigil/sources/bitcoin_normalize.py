@@ -29,7 +29,7 @@ fields, a malformed txid or hash, verbosity-1 blocks) raises
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 
@@ -104,6 +104,8 @@ class BitcoinNormalizer(Normalizer):
     """``raw.bitcoin`` records (kind ``btc_block``) -> ``chain_transfer`` events."""
 
     source = "bitcoin"
+    #: Consensus accepts a block dated up to two hours after the network-adjusted time.
+    max_ahead = timedelta(hours=2, minutes=5)
 
     def normalize(self, record: RawRecord) -> list[Event]:
         where = f"raw.bitcoin {record.kind} (key {record.key!r})"

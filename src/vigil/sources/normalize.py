@@ -13,6 +13,10 @@ Failures per record:
 - a record a normaliser rejects (:class:`~vigil.errors.VigilError`: a contract or decode
   error naming what was wrong, an unknown ``vigil.kind``) goes to ``dlq.normalize`` with
   ``<source>/<kind>: <reason>`` and the raw bytes *exactly as received*, and the flow goes on;
+- a record with an event dated more than its normaliser's ``max_ahead`` after the record was
+  received goes to ``dlq.normalize`` too, naming the event and both times (see
+  :class:`~vigil.sources.base.Normalizer`: a time far ahead would make every later event of
+  its partition late); nothing of that record is emitted;
 - anything else a normaliser raises is a bug: the application stops loudly with a
   :class:`~vigil.errors.PipelineError` naming topic, partition and offsets, and nothing
   of the failing checkpoint is committed.
@@ -32,12 +36,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from vigil.config import Settings
-from vigil.errors import ConfigError, DecodeError, VigilError
+from vigil.errors import ConfigError, ContractError, DecodeError, VigilError
 from vigil.events.base import Event
 from vigil.hub.raw import META, RECEIVED_AT, RawRecord
 from vigil.hub.topics import DOMAINS, TOPICS, TopicSpec
@@ -107,19 +112,26 @@ class NormalizeOperator(Operator[Any]):
 
     def normalize(self, raw: RawRecord) -> list[Event]:
         """One raw record -> its events; raises :class:`VigilError` with the reason to dead-letter."""
-        normalizer = self._normalizers.get(raw.source)
+        return self._normalizer(raw.source).normalize(raw)
+
+    def _normalizer(self, source: str) -> Normalizer:
+        normalizer = self._normalizers.get(source)
         if normalizer is None:
-            msg = f"no normaliser for source {raw.source!r}; this application has {sorted(self._normalizers)}"
+            msg = f"no normaliser for source {source!r}; this application has {sorted(self._normalizers)}"
             raise ConfigError(msg)
-        return normalizer.normalize(raw)
+        return normalizer
 
     def process(self, batch: Sequence[Record[Any]], ctx: Context) -> None:
         normalizers, topics, emit = self._normalizers, self._topics, ctx.emit
         for rec in batch:
             raw: RawRecord = rec.event
-            normalizer = normalizers.get(raw.source)
             try:
-                events = self.normalize(raw) if normalizer is None else normalizer.normalize(raw)
+                normalizer = normalizers.get(raw.source) or self._normalizer(raw.source)
+                events = normalizer.normalize(raw)
+                allowed = normalizer.max_ahead
+                for event in events:
+                    if event.occurred_at - raw.received_at > allowed:
+                        raise ContractError(_ahead(event, raw, allowed))
             except VigilError as exc:
                 # The dead letter keeps the bytes as received: msgspec.Raw encodes to itself.
                 as_received: Record[Any] = msgspec.structs.replace(rec, event=msgspec.Raw(raw.value))
@@ -127,6 +139,16 @@ class NormalizeOperator(Operator[Any]):
                 continue
             for event in events:
                 emit(topics.get(type(event)) or self.topic_for(event), event)
+
+
+def _ahead(event: Event, raw: RawRecord, allowed: timedelta) -> str:
+    ahead = event.occurred_at - raw.received_at
+    return (
+        f"event {event.event_id!r} occurred_at {event.occurred_at.isoformat()} is "
+        f"{ahead.total_seconds():,.0f}s after the record was received ({raw.received_at.isoformat()}); "
+        f"at most {allowed.total_seconds():,.0f}s ahead is accepted from {raw.source!r} (a wrong clock, "
+        "or a forged time that would make every later event of its partition late)"
+    )
 
 
 #: What normalisers emit to: the canonical event topics and the compacted indicator topic.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +72,8 @@ def _genesis() -> bytes:
     return json.dumps(doc.get("result", doc)).encode()
 
 
-def _record(source: str, kind: str, value: bytes, offset: int) -> Record[Any]:
-    raw = RawRecord(source, kind, value, RECEIVED, b"k")
+def _record(source: str, kind: str, value: bytes, offset: int, received: datetime = RECEIVED) -> Record[Any]:
+    raw = RawRecord(source, kind, value, received, b"k")
     return Record(raw, f"raw.{source}", 0, offset, b"k", 0)
 
 
@@ -166,6 +166,30 @@ def test_rejected_records_are_dead_lettered_with_source_kind_reason_and_exact_by
         "the runtime encodes the dead record's event as its raw bytes"
     )
     assert len(ctx.emitted) == 1, "the good record after the bad ones is still normalised"
+
+
+def test_a_record_with_an_event_dated_far_after_its_receipt_is_dead_lettered() -> None:
+    # A wrong clock or a forged time: the event would move its partition's watermark ahead, and
+    # every later event of the partition would be late.  Coinbase: 5 minutes allowed; Bitcoin:
+    # consensus accepts blocks dated up to two hours ahead.
+    traded = datetime(2021, 4, 17, 16, 43, 37, 100_000, tzinfo=UTC)
+    genesis_time = datetime(2009, 1, 3, 18, 15, 5, tzinfo=UTC)
+    batch: Sequence[Record[Any]] = [
+        _record("coinbase", "ws_message", MATCH, 0, traded - timedelta(minutes=4)),
+        _record("coinbase", "ws_message", MATCH, 1, traded - timedelta(minutes=6)),
+        _record("bitcoin", "btc_block", _genesis(), 2, genesis_time - timedelta(hours=2)),
+        _record("bitcoin", "btc_block", _genesis(), 3, genesis_time - timedelta(hours=3)),
+    ]
+    ctx = ListContext()
+    _operator().process(batch, ctx)
+    assert [r.offset for r, _ in ctx.dead] == [1, 3]
+    assert {type(e).__name__ for _, e in ctx.emitted} == {"Trade", "ChainTransfer"}
+    reason = ctx.dead[0][1]
+    assert reason.startswith("coinbase/ws_message: event ")
+    assert "occurred_at 2021-04-17T16:43:37.100000+00:00 is 360s after the record was received" in reason
+    assert "(2021-04-17T16:37:37.100000+00:00); at most 300s ahead is accepted from 'coinbase'" in reason
+    assert "at most 7,500s ahead is accepted from 'bitcoin'" in ctx.dead[1][1]
+    assert encode(ctx.dead[1][0].event) == _genesis()
 
 
 def test_a_source_without_normaliser_is_dead_lettered() -> None:
