@@ -285,6 +285,17 @@ class _PendingWrite:
         self.done = 0
 
 
+def _offset_ranges(records: Sequence[Record[Any]]) -> str:
+    """Where a batch came from, per input partition: ``in[0] offsets 17..42, other[0] offsets 3..9``
+    (a batch of a partition may hold records of several co-partitioned topics)."""
+    ranges: dict[tuple[str, int], list[int]] = {}
+    for rec in records:
+        span = ranges.setdefault((rec.topic, rec.partition), [rec.offset, rec.offset])
+        span[0] = min(span[0], rec.offset)
+        span[1] = max(span[1], rec.offset)
+    return ", ".join(f"{t}[{p}] offsets {lo}..{hi}" for (t, p), (lo, hi) in sorted(ranges.items()))
+
+
 def _merged(runs: list[list[Record[Any]]]) -> list[Record[Any]]:
     """Runs each in event-time order, merged into one (a merge, not a sort: a run's own
     order is kept even where its event times are not in order).
@@ -1016,12 +1027,9 @@ class Application:
                 try:
                     op.process(records, ctx)
                 except Exception as exc:
-                    first, last = records[0], records[-1]
-                    where = ", ".join(sorted({f"{r.topic}[{r.partition}]" for r in records}))
                     msg_text = (
-                        f"application {self.name!r}: operator {op.id!r} failed on {where} "
-                        f"offsets {first.topic}@{first.offset}..{last.topic}@{last.offset}: "
-                        f"{type(exc).__name__}: {exc}"
+                        f"application {self.name!r}: operator {op.id!r} failed on a batch of "
+                        f"{_offset_ranges(records)}: {type(exc).__name__}: {exc}"
                     )
                     raise PipelineError(msg_text) from exc
 
