@@ -38,11 +38,13 @@ How it is held
     After a restart, a rebalance or a rewound checkpoint (``State.generation``), the arrays
     are rebuilt from the chunks on the first call.
 
-Sums are differences of running totals.  For whole-number values (amounts in minor units,
-whole dollars, counts) while a run's total stays below 2**53 they are exact, and equal
-``Sum()``'s.  Otherwise the running totals restart at each key, so a sum's rounding is
-relative to that key's own amounts (as ``Sum()``'s is), though it may differ from a
-left-to-right sum in the last bits.  Keys are strings; values finite numbers.
+Sums are differences of running totals for whole-number values (amounts in minor units,
+whole dollars, counts) while a run's total stays below 2**53: exact, and equal to ``Sum()``'s.
+Otherwise each window's values are added up themselves (``np.add.reduceat``), so a sum rounds
+relative to the window's own values, as ``Sum()``'s does, though it may differ from a
+left-to-right sum in the last bits.  (A difference of running totals would round relative to
+everything before it in the run: amounts that left the window long ago, 1e18 then 1.0, made
+later windows sum to 0.)  Keys are strings; values finite numbers.
 
 Limits (each a clear error): window plus lateness at most about 4 years; at most 2**23 keys
 in one partition's window; keys of at most 131,066 characters (an event fits one chunk).
@@ -113,7 +115,7 @@ class WindowColumns:
 class _Run:
     """Accepted events sorted by (key, time), with running totals of their values."""
 
-    __slots__ = ("abs_total", "cum", "entries", "exact", "excl", "max_t", "values")
+    __slots__ = ("abs_total", "cum", "entries", "exact", "max_t", "values")
     abs_total: float
     exact: bool
 
@@ -134,38 +136,26 @@ class _Run:
             self.abs_total = merged[0].abs_total + merged[1].abs_total
             whole = merged[0].exact and merged[1].exact
         self.exact = whole and self.abs_total < _EXACT
-        #: Exact: ``cum[i]`` is the sum of ``values[:i]``.  Otherwise running totals restart at
-        #: each key (a difference of totals across keys would round relative to the largest
-        #: key's amounts): ``cum[i]`` is the key's sum up to and with ``i``, ``excl[i]`` before
-        #: ``i`` (each padded by a 0, for searches that land at the end).
+        #: Exact: ``cum[i]`` is the sum of ``values[:i]``.  Otherwise the values padded by a 0
+        #: (a search may land at the end), for np.add.reduceat.
         self.cum = np.zeros(n + 1)
-        self.excl = self.cum
         if self.exact:
             values.cumsum(out=self.cum[1:])
         else:
-            self.cum[:n] = _key_totals(entries >> _SHIFT, values)
-            self.excl = self.cum.copy()
-            self.excl[:n] -= values
+            self.cum[:n] = values
 
     def sums(self, lo: npt.NDArray[np.intp], hi: npt.NDArray[np.intp]) -> Floats:
-        """The sum of ``values[lo:hi]`` for each pair (each within one key)."""
+        """The sum of ``values[lo:hi]`` for each pair."""
         if self.exact:
             return self.cum[hi] - self.cum[lo]
-        return np.where(hi > lo, self.cum[hi - 1] - self.excl[lo], 0.0)
-
-
-def _key_totals(codes: Int64s, values: Floats) -> Floats:
-    """Running totals that restart at each key (a segmented scan: log2 of the longest key's
-    count of numpy passes, each adding the total ``d`` places back within the same key)."""
-    totals = values.copy()
-    d = 1
-    while d < len(totals):
-        same = codes[d:] == codes[:-d]
-        if not same.any():
-            break
-        totals[d:] += np.where(same, totals[:-d], 0.0)
-        d *= 2
-    return totals
+        if not len(lo):
+            return np.zeros(0)
+        # reduceat over [lo0, hi0, lo1, hi1, ...]: at each even place the sum of values[lo:hi]
+        # when lo < hi, else values[lo] (an empty window: 0).
+        bounds = np.empty(2 * len(lo), np.intp)
+        bounds[0::2] = lo
+        bounds[1::2] = hi
+        return np.where(hi > lo, np.add.reduceat(self.cum, bounds)[0::2], 0.0)
 
 
 class _Log:

@@ -60,12 +60,14 @@ _UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
 _WATERMARK_KEY = "\x00wm"
 _KEY_PREFIX = "w:"
+_MS = timedelta(milliseconds=1)
 
 
 def duration_ms(value: timedelta | str | int) -> int:
     """Milliseconds of a ``timedelta``, an int (ms) or a string like ``"10m"``, ``"30s"``, ``"500ms"``."""
     if isinstance(value, timedelta):
-        return int(value.total_seconds() * 1000)
+        # Integer division, not total_seconds() * 1000: the float product truncated 1.001 s to 1000 ms.
+        return value // _MS
     if isinstance(value, int):
         return value
     match = _DURATION.match(value)

@@ -235,6 +235,30 @@ def test_one_large_value_does_not_blur_another_keys_sums() -> None:
     assert [(a, n) for a, n, _ in got] == [(a, n) for a, n, _ in expected(1_000, 0, whale + small)]
 
 
+@pytest.mark.parametrize(
+    ("lateness", "sizes", "stream", "want"),
+    [
+        # A huge amount that has left the window, in the same run as the window's values.
+        (0, [4], [("a", 0, 1e18), ("a", 2000, 1.0), ("a", 2001, 1.0), ("a", 2002, 0.5)], [1.0, 2.0, 2.5]),
+        # One event a batch: the lateness keeps the huge one in a merged run.
+        (5000, [1], [("a", 0, 1e18), ("a", 2000, 1.0), ("a", 2001, 1.0), ("a", 2002, 0.5)], [1.0, 2.0, 2.5]),
+        # Whole numbers past 2**53.
+        (0, [3], [("a", 0, 2.0**53), ("a", 2000, 1.0), ("a", 2001, 3.0)], [1.0, 4.0]),
+        # A realistic amount then cents.
+        (0, [3], [("a", 0, 123456789.37), ("a", 2000, 0.01), ("a", 2001, 0.02)], [0.01, 0.03]),
+    ],
+)
+def test_a_sum_rounds_relative_to_its_own_window(
+    lateness: int, sizes: list[int], stream: list[tuple[str, int, float]], want: list[float]
+) -> None:
+    # Differences of running totals rounded relative to everything before them in the run: the
+    # first case summed to 0.0 three times.
+    agg = SlidingCountSum(STORE, 1000, lateness)
+    state = MemoryState()
+    got = [row for batch in in_batches(stream, sizes) for row in update(agg, state, batch)]  # type: ignore[arg-type]
+    assert [s for *_, s in got[1:]] == pytest.approx(want, rel=1e-15, abs=0)
+
+
 def test_a_bad_clock_does_not_wedge_the_partition() -> None:
     # An event stamped at the epoch (a missing timestamp), then the present: the windows cope,
     # alone in a batch or together, and after a restart.

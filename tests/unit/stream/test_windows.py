@@ -160,6 +160,8 @@ def test_an_out_of_order_event_counts_while_its_window_is_open() -> None:
 def test_durations_and_bad_inputs_are_explained() -> None:
     assert duration_ms("5m") == 300_000
     assert duration_ms(timedelta(seconds=2)) == 2000
+    # Every millisecond count exactly (the float product of total_seconds() lost one in 135).
+    assert [duration_ms(timedelta(milliseconds=ms)) for ms in range(100_000)] == list(range(100_000))
     assert duration_ms("250ms") == 250
     with pytest.raises(ValueError, match=r"expected a duration like '10m'.*got '5 minutes'"):
         duration_ms("5 minutes")
