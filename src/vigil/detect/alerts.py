@@ -27,6 +27,7 @@ Explanation
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -59,8 +60,12 @@ _SYSTEM_CONTEXT = frozenset(
 _WORD = re.compile(r"[\w.@:+ -]{1,60}")
 
 
-def alert_id(rule: Rule, entity: EntityRef, first_event_id: str) -> str:
-    return stable_id(rule.id, rule.version, entity.kind, entity.id, first_event_id, prefix="alert-")
+def alert_id(rule: Rule, entity: EntityRef, evidence_ids: Sequence[str]) -> str:
+    """Stable across replays (the same evidence gives the same id, so downstream deduplicates a
+    re-emitted alert) and distinct for distinct detections: every piece of evidence counts, not
+    only the first (two withdrawals after the same deposits were one alert id, and their holds
+    one decision id, so deduplication dropped the second hold)."""
+    return stable_id(rule.id, rule.version, entity.kind, entity.id, *evidence_ids, prefix="alert-")
 
 
 def as_data(value: str) -> str:
@@ -118,7 +123,7 @@ def make_alert(rule: Rule, hit: Hit, *, latency_ms: float | None) -> Alert:
     evidence = to_evidence(sorted(hit.evidence, key=lambda e: e[2]))
     first, last = evidence[0], evidence[-1]
     return Alert(
-        event_id=alert_id(rule, hit.entity, first.event_id),
+        event_id=alert_id(rule, hit.entity, [e.event_id for e in evidence]),
         source="vigil.detect",
         occurred_at=last.occurred_at,
         entities=_entities(hit.entity),
@@ -147,7 +152,7 @@ def make_decision(rule: Rule, alert: Alert, hit: Hit) -> Decision | None:
     withdrawal = hit.withdrawal_id or _last_field(hit, "withdrawal_id")
     p = alert.payload
     return Decision(
-        event_id=stable_id(alert.event_id, rule.decision.action, prefix="decision-"),
+        event_id=stable_id(alert.event_id, rule.decision.action, withdrawal or "", prefix="decision-"),
         source="vigil.detect",
         occurred_at=alert.occurred_at,
         entities=alert.entities,

@@ -20,6 +20,7 @@ from vigil.detect.engine import (
     RuleSet,
     _dispatch,
     _prefix_decides,
+    detect_events,
 )
 from vigil.detect.intel import IntelIndex
 from vigil.detect.rules.registry import KINDS
@@ -27,6 +28,8 @@ from vigil.detect.rules.validate import load_rules
 from vigil.events.base import Entities, Event
 from vigil.events.types import (
     Alert,
+    Deposit,
+    DepositPayload,
     FailedLogin,
     FailedLoginPayload,
     IntelIndicator,
@@ -65,6 +68,43 @@ def test_alert_ids_are_deterministic_across_runs_and_restarts() -> None:
     result = run_operators([op], events[:half])
     result = run_operators([DetectOperator(RuleSet(RULES))], events[half:], result=result)
     assert alert_ids(result.emitted(ALERTS_TOPIC)) == alert_ids(first)
+
+
+def test_two_detections_with_the_same_first_evidence_have_their_own_ids() -> None:
+    # Money-mule: three deposits, then two withdrawals to new addresses, each an alert and a
+    # hold.  With ids from the first piece of evidence alone, both alerts and both holds had one
+    # id each, and deduplication downstream dropped the second hold.
+    who = Entities(customer="c1")
+    deposits = [
+        Deposit(
+            event_id=f"d{i}",
+            source="b",
+            occurred_at=T0 + timedelta(minutes=10 * i),
+            entities=who,
+            payload=DepositPayload(
+                deposit_id=f"d{i}", asset="USDT", amount=3000, amount_usd=3000, from_address=f"0x0{i}"
+            ),
+        )
+        for i in range(3)
+    ]
+    withdrawals = [
+        WithdrawalRequest(
+            event_id=f"w{i}",
+            source="b",
+            occurred_at=T0 + timedelta(minutes=40 + i),
+            entities=who,
+            payload=WithdrawalRequestPayload(
+                withdrawal_id=f"w{i}", asset="USDT", amount=7000, amount_usd=7000, to_address=f"0xf{i}"
+            ),
+        )
+        for i in range(2)
+    ]
+    rules = [r for r in RULES if r.id == "rapid-in-out"]
+    alerts, decisions = detect_events(RuleSet(rules, IntelIndex()), [*deposits, *withdrawals])
+    assert [a.payload.evidence[-1].event_id for a in alerts] == ["w0", "w1"]
+    assert len({a.event_id for a in alerts}) == 2
+    assert sorted(d.payload.withdrawal_id or "" for d in decisions) == ["w0", "w1"]
+    assert len({d.event_id for d in decisions}) == 2
 
 
 def test_evidence_is_in_event_time_order_with_first_and_last_times() -> None:
