@@ -14,6 +14,7 @@ access, never ``eval``.
 
 from __future__ import annotations
 
+import hashlib
 import operator
 import types as pytypes
 import typing
@@ -249,20 +250,63 @@ class Match:
         return [c.path for c in self.where]
 
 
+#: Strings from events kept in state (group keys, values remembered or counted distinct) are cut
+#: to this many characters, the whole value's digest at the end: they are attacker-controlled,
+#: and a rule's state keeps hundreds of them (1,000 failed logins with a 2 KB user name made a
+#: window of 2.3 MB, past what a changelog record may hold: every checkpoint failed, and the
+#: restarted stage failed again on the same input).  128: every legitimate id we know (a 66-character
+#: transaction hash, an e-mail address) is kept whole.
+MAX_KEPT = 128
+_CUT = MAX_KEPT - 17
+
+
+def bounded(text: str) -> str:
+    """``text``, or its first characters and a digest of the whole when longer than
+    ``MAX_KEPT`` (distinct values stay distinct).  The digest is of the lower-cased text, so
+    lower-casing a cut value and cutting a lower-cased one agree (first-seen histories keep
+    lower-cased values; captured ones are compared lower-cased)."""
+    if len(text) <= MAX_KEPT:
+        return text
+    digest = hashlib.blake2b(text.lower().encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    return f"{text[:_CUT]}#{digest}"
+
+
+def kept(value: Any) -> Any:
+    """A field value as state keeps it: strings :func:`bounded`, anything else as it is."""
+    return bounded(value) if type(value) is str else value
+
+
+def seen_text(value: Any) -> str:
+    """A value as first-seen histories remember it: lower-cased, :func:`bounded`."""
+    return bounded(str(value).lower())
+
+
+def _key_part(value: str) -> str:
+    # A "|" in a value would split the key there: entity_ref takes what comes before the first.
+    if "|" in value:
+        value = value.replace("%", "%25").replace("|", "%7C")
+    return bounded(value)
+
+
 def key_of(getters: Sequence[tuple[str, Getter]], event: Event) -> str | None:
-    """The group key ``<kind>:<value>[|<kind>:<value>]`` of an event, or ``None`` if a part is missing."""
+    """The group key ``<kind>:<value>[|<kind>:<value>]`` of an event, or ``None`` if a part is
+    missing; each value :func:`bounded`, a ``|`` in it escaped."""
     if len(getters) == 1:  # the common case, on the hot path of every grouped rule
         name, get = getters[0]
         value = get(event)
         if type(value) is str:  # entity ids: built without str() or a comparison with ""
-            return f"{name}:{value}" if value else None
-        return None if value is None or value == "" else f"{name}:{value}"
+            if not value:
+                return None
+            if len(value) > MAX_KEPT or "|" in value:
+                value = _key_part(value)
+            return f"{name}:{value}"
+        return None if value is None or value == "" else f"{name}:{_key_part(str(value))}"
     parts = []
     for name, get in getters:
         value = get(event)
         if value is None or value == "":
             return None
-        parts.append(f"{name}:{value}")
+        parts.append(f"{name}:{_key_part(str(value))}")
     return "|".join(parts)
 
 

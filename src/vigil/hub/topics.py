@@ -40,6 +40,8 @@ class TopicSpec:
     replication: int | None = None
     retention: timedelta | None = field(default=7 * DAY)
     cleanup: Cleanup = "delete"
+    #: The largest record the topic takes (``max.message.bytes``; None: the broker's, 1 MB).
+    max_message_bytes: int | None = None
 
     @property
     def event_types(self) -> tuple[type[Event], ...]:
@@ -61,6 +63,8 @@ class TopicSpec:
             # Compacted topics keep the latest value per key; let the cleaner run promptly.
             conf["min.cleanable.dirty.ratio"] = "0.1"
             conf["segment.ms"] = str(int(DAY.total_seconds() * 1000))
+        if self.max_message_bytes is not None:
+            conf["max.message.bytes"] = str(self.max_message_bytes)
         return conf
 
 

@@ -149,7 +149,7 @@ from vigil.hub.topics import TOPICS, TopicSpec
 from vigil.stream.alignment import TP, Alignment
 from vigil.stream.attempt import Attempt, attempt
 from vigil.stream.base import Guarantee, Operator, Record, State, StoreSpec
-from vigil.stream.changelog import Restorer, RestoreTask, changelog_spec, changelog_topic
+from vigil.stream.changelog import CHANGELOG_MAX_BYTES, Restorer, RestoreTask, changelog_spec, changelog_topic
 from vigil.stream.collector import YOUNG_OBJECTS, Collector, collecting_young
 from vigil.stream.instance import InstanceSlot, slot_directory
 from vigil.stream.instance import instance_id as default_instance_id
@@ -706,6 +706,8 @@ class Application:
         # TCP_NODELAY, as for the consumer (FETCH_DEFAULTS): Nagle would hold a small request (a few
         # alerts) back until the previous segment is acknowledged.
         pconf: dict[str, Any] = {
+            # Changelog records up to the changelog topics' limit (with room for the batch framing).
+            "message.max.bytes": CHANGELOG_MAX_BYTES + 64 * 1024,
             "linger.ms": 5,
             "socket.nagle.disable": True,
             "delivery.report.only.error": True,

@@ -41,6 +41,13 @@ _RESTORE_CHUNK = 50_000
 _RESTORE_CHUNK_BYTES = 4 << 20
 
 
+#: The largest changelog record (one key's state): a key's state is bounded by its operator, but
+#: a store of many attacker-chosen strings (a window of failed logins) can pass the broker's 1 MB
+#: default, and a record the topic refuses fails every checkpoint, and the restarted process the
+#: same way on the same input.  The application's producers take records this large too.
+CHANGELOG_MAX_BYTES = 16 << 20
+
+
 def changelog_topic(app: str, store_id: str) -> str:
     return f"{app}.changelog.{store_id}"
 
@@ -54,6 +61,7 @@ def changelog_spec(app: str, store_id: str, partitions: int) -> TopicSpec:
         partitions=partitions,
         retention=None,
         cleanup="compact",
+        max_message_bytes=CHANGELOG_MAX_BYTES,
     )
 
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
+import pytest
 from confluent_kafka import Producer
+from tests.integration.stream.apps import payments
+from tests.integration.stream.conftest import Running, make_topics, produce, wait_for
 
 from vigil.config import Settings
 from vigil.hub.admin import ensure_topics
 from vigil.hub.client import producer_config
-from vigil.stream.base import StoreSpec
-from vigil.stream.changelog import Restorer, RestoreTask, changelog_spec
+from vigil.stream.app import Application
+from vigil.stream.base import Context, Guarantee, Operator, Record, StoreSpec
+from vigil.stream.changelog import Restorer, RestoreTask, changelog_spec, restore
 from vigil.stream.state import RocksState
 
 CHUNKS = StoreSpec("chunks", 1)
@@ -87,3 +93,48 @@ def test_records_read_for_a_store_given_up_are_dropped_with_it(
     finally:
         restorer.close()
         state.close()
+
+
+class BigState(Operator[Any]):
+    """Keeps, per record, one state value of ``BIG`` bytes (a window of many long strings)."""
+
+    id = "big-state"
+    stores = (StoreSpec("big", 1),)
+
+    def process(self, batch: Sequence[Record[Any]], ctx: Context) -> None:
+        state = ctx.state(self.stores[0])
+        for rec in batch:
+            # Random (incompressible: compression would hide the size from the broker).
+            noise = random.Random(rec.event.event_id).randbytes(BIG // 2).hex()
+            state.set("k", rec.event.event_id + noise)
+
+
+BIG = 3 << 20
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_a_state_value_past_the_brokers_default_record_size_is_checkpointed_and_restored(
+    settings: Settings,
+    tmp_path: Path,
+    names: Callable[[str], str],
+    run_app: Callable[[Application], Running],
+    guarantee: Guarantee,
+) -> None:
+    # A key's state of 3 MB (past the broker's 1 MB default): refused by the changelog topic,
+    # it failed every checkpoint, and the restarted process again on the same input.
+    src, name = names("in"), names("app")
+    make_topics(settings, src, partitions=1)
+    produce(settings, src, payments(3, 1))
+    app = Application(settings, name=name, inputs=[src], operators=[BigState()], guarantee=guarantee)
+    running = run_app(app)
+    wait_for(lambda: bool(running.errors) or app.metrics.processed >= 3, 60, "3 records processed")
+    running.stop()
+    assert not running.errors
+    restored = RocksState(tmp_path / "restored", BigState.stores[0])
+    try:
+        restore(settings, name, [RestoreTask(restored, changelog_spec(name, "big.v1", 1).name, 0)])
+        value = restored.get("k")
+        assert len(value) >= BIG
+        assert value.startswith(payments(3, 1)[-1].event_id)
+    finally:
+        restored.close()

@@ -107,6 +107,47 @@ def test_two_detections_with_the_same_first_evidence_have_their_own_ids() -> Non
     assert len({d.event_id for d in decisions}) == 2
 
 
+def failed_logins(ip: str, usernames: Sequence[str]) -> list[FailedLogin]:
+    return [
+        FailedLogin(
+            event_id=f"f{i}",
+            source="b",
+            occurred_at=T0 + timedelta(seconds=i / 2),
+            entities=Entities(ip=ip),
+            payload=FailedLoginPayload(username=name),
+        )
+        for i, name in enumerate(usernames)
+    ]
+
+
+def test_long_attacker_strings_are_kept_in_state_cut_but_still_distinct() -> None:
+    # 1,000 failed logins from one IP with one 2 KB user name: the window kept each name whole
+    # (2.3 MB, past what a changelog record may hold: every checkpoint failed, the restarted
+    # stage too).  Cut with a digest, the window stays small, and names that differ only past
+    # the cut still count as distinct.
+    stuffing = RuleSet([r for r in RULES if r.id == "credential-stuffing"], IntelIndex())
+    padded = "admin" + "A" * 2000
+    result = run_operators([DetectOperator(stuffing)], failed_logins("203.0.113.9", [padded] * 1000))
+    assert result.emitted(ALERTS_TOPIC) == []
+    sizes = [len(msgspec.msgpack.encode(v)) for st in result.states.values() for v in st.data.values()]
+    assert 0 < max(sizes) < 600_000  # (2.3 MB before)
+    distinct = [f"{padded}{i}" for i in range(10)]  # the same first 2 KB
+    (alert,) = run_operators([DetectOperator(stuffing)], failed_logins("203.0.113.9", distinct)).emitted(
+        ALERTS_TOPIC
+    )
+    assert alert.payload.entity.id == "203.0.113.9"
+
+
+def test_a_bar_in_an_entity_value_does_not_change_whom_an_alert_is_about() -> None:
+    # Group keys join their parts with "|", and the alert's entity is the first part: a "|" in
+    # the value cut it there (an IP taken from a header, "203.0.113.9|x", became 203.0.113.9).
+    stuffing = RuleSet([r for r in RULES if r.id == "credential-stuffing"], IntelIndex())
+    (alert,) = run_operators(
+        [DetectOperator(stuffing)], failed_logins("203.0.113.9|x", [f"user{i}" for i in range(10)])
+    ).emitted(ALERTS_TOPIC)
+    assert alert.payload.entity.id == "203.0.113.9%7Cx"
+
+
 def test_evidence_is_in_event_time_order_with_first_and_last_times() -> None:
     alerts = run_operators([DetectOperator(RuleSet(RULES))], small_sim()).emitted(ALERTS_TOPIC)
     for alert in alerts:

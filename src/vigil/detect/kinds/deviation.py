@@ -43,7 +43,17 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from vigil.detect.fields import Condition, Getter, Match, compare, compile_getter, key_of, short_name
+from vigil.detect.fields import (
+    Condition,
+    Getter,
+    Match,
+    bounded,
+    compare,
+    compile_getter,
+    key_of,
+    seen_text,
+    short_name,
+)
 from vigil.detect.kinds.base import EvidenceMaker, Expiry, Hit, entity_ref, ts
 from vigil.detect.kinds.common import MAX_SEEN, CompiledEntry, FieldEntry, GroupedDetector, parse_entries
 from vigil.detect.rules.loader import LocDict
@@ -241,7 +251,7 @@ class DeviationDetector(GroupedDetector):
         new = True
         if self._first_seen is not None:
             value = self._first_seen(event)
-            new = value is not None and str(value).lower() not in (state.get(f"s:{key}") or ())
+            new = value is not None and seen_text(value) not in (state.get(f"s:{key}") or ())
             self._remember(state, key, value)
         skey = f"h:{key}"
         h: dict[str, Any] = state.get(skey) or {"n": 0}
@@ -278,7 +288,7 @@ class DeviationDetector(GroupedDetector):
         if value is None:
             return
         seen: list[str] = state.get(f"s:{key}") or []
-        text = str(value).lower()
+        text = seen_text(value)
         if text not in seen:
             state.set(f"s:{key}", [*seen[-MAX_SEEN + 1 :], text])
 
@@ -291,12 +301,14 @@ class DeviationDetector(GroupedDetector):
         source = self._hist_source(event) if self._hist_source else None
         spec = self.p.history
         known = state.get(f"s:{key}") or ()
-        if spec is not None and spec.new_sources_only and (source is None or str(source).lower() in known):
+        if spec is not None and spec.new_sources_only and (source is None or seen_text(source) in known):
             return
         ikey = f"i:{key}"
         flows: list[list[Any]] = state.get(ikey) or []
         flows = [f for f in flows if now - f[0] <= self._window][-MAX_INFLOWS + 1 :]
-        flows.append([now, float(value), str(source) if source is not None else None, self._evidence(event)])
+        flows.append(
+            [now, float(value), bounded(str(source)) if source is not None else None, self._evidence(event)]
+        )
         state.set(ikey, flows)
 
     def _score(

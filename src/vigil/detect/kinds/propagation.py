@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from vigil.detect.fields import Match, compile_getter, key_of, short_name
+from vigil.detect.fields import Match, compile_getter, key_of, seen_text, short_name
 from vigil.detect.kinds.base import Detector, EvidenceMaker, Expiry, Hit, entity_ref, ts
 from vigil.detect.kinds.common import add_time, earliest_times, first_seen_times, see
 from vigil.detect.rules.loader import LocDict
@@ -222,7 +222,7 @@ class PropagationDetector(Detector):
         kept = got.get("e")
         # ``n`` (a count of sightings) is only in state kept before the sighting times were.
         early = earliest_times(kept, got.get("n", 0), keep)
-        text = str(value).lower()
+        text = seen_text(value)
         first = seen.get(text)
         new = (first is None or first > now) and bisect_left(early, now) >= keep
         # A value seen before, with the earliest times already in, changes nothing to write.

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, NamedTuple
 
-from vigil.detect.fields import Getter, Match, compare, compile_getter
+from vigil.detect.fields import Getter, Match, compare, compile_getter, kept, seen_text
 from vigil.detect.kinds.base import EvidenceMaker, Expiry, Hit, entity_ref, ts
 from vigil.detect.kinds.common import (
     CompiledEntry,
@@ -386,7 +386,7 @@ class SequenceDetector(GroupedDetector):
         st: dict[str, Any] = state.get(skey) or {"p": [None] * len(self._steps), "seen": {}, "last": None}
         now = ts(event)
         matched = [
-            [i, {path: get(event) for path, get in values}]
+            [i, {path: kept(get(event)) for path, get in values}]
             for i, cs, values in steps
             if self._qualifies(cs, event, st, now)
         ]
@@ -508,7 +508,7 @@ class SequenceDetector(GroupedDetector):
             value = steps.get(cs.step.name, {}).get(path)
             if value is None:
                 continue
-            first = _seen_at(seen, path).get(str(value).lower())
+            first = _seen_at(seen, path).get(seen_text(value))
             if first is not None and first < at:
                 return False
         return True
@@ -521,7 +521,7 @@ class SequenceDetector(GroupedDetector):
                 return False
             # min_seen is judged when the chain completes (_still_qualified): sightings before
             # this event may still be on their way.
-            first = _seen_at(st["seen"], path).get(str(value).lower())
+            first = _seen_at(st["seen"], path).get(seen_text(value))
             # Seen only at a later event time (that event arrived first) is still new here.
             if first is not None and first <= now:
                 return False
@@ -576,7 +576,7 @@ def _remember(
         kept = early.get(path)
         times = early[path] = earliest_times(kept, counts.get(path, 0), keep)
         changed = add_time(times, now, keep) or kept is None
-    return see(_seen_at(seen, path), str(value).lower(), now) or changed
+    return see(_seen_at(seen, path), seen_text(value), now) or changed
 
 
 def _seen_at(seen: dict[str, Any], path: str) -> dict[str, float]:

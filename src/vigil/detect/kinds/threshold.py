@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from vigil.detect.fields import Match, compare, compile_getter, short_name
+from vigil.detect.fields import Match, bounded, compare, compile_getter, kept, short_name
 from vigil.detect.kinds.base import EvidenceMaker, Expiry, Hit, entity_ref, ts
 from vigil.detect.kinds.common import GroupedDetector
 from vigil.detect.rules.loader import LocDict
@@ -131,10 +131,10 @@ class ThresholdDetector(GroupedDetector):
         skey = f"w:{key}"
         window: dict[str, Any] = state.get(skey) or {"items": [], "quiet": 0.0}
         items: list[list[Any]] = window["items"]
-        value: Any = self._value(event) if self._value else 1
+        value: Any = kept(self._value(event)) if self._value else 1
         if value is None:
             return
-        related = [[name, str(v)] for name, get in self._related if (v := get(event)) is not None]
+        related = [[name, bounded(str(v))] for name, get in self._related if (v := get(event)) is not None]
         items.append([now, value, self._evidence(event), related])
         cutoff = now - self._span
         drop = 0
