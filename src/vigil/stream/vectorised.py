@@ -46,6 +46,9 @@ left-to-right sum in the last bits.  (A difference of running totals would round
 everything before it in the run: amounts that left the window long ago, 1e18 then 1.0, made
 later windows sum to 0.)  Keys are strings; values finite numbers.
 
+Key codes are issued afresh now and then, so memory follows the keys in the window, not every
+key ever seen.
+
 Limits (each a clear error): window plus lateness at most about 4 years; at most 2**23 keys
 in one partition's window; keys of at most 131,066 characters (an event fits one chunk).
 """
@@ -80,6 +83,10 @@ _MASK = _SPAN - 1
 #: Key codes fit in the 23 bits above the time: past this many, codes are issued afresh to the
 #: keys still in the window.
 _MAX_CODES = 1 << 23
+#: Codes are issued afresh (the log rebuilt from its chunks) once more than this many, and more
+#: than four times the entries held, were issued: rebuilds are rare, and the table stays within a
+#: few times what the window holds.
+_REISSUE_AT = 1 << 16
 #: Window plus lateness at most this (about 4 years), and a batch spanning more event time is
 #: taken in halves: then the times a batch needs, held and new, span less than 2**38 ms, and
 #: placed 2**38 above the base they stay inside _SPAN (see _place).
@@ -389,6 +396,9 @@ class SlidingCountSum:
             or t_min - base < _HORIZON
             or t_max - base >= _SPAN
             or (fresh and len(codes) + len(keys) > _MAX_CODES)
+            # Codes of keys long gone from the window: the table would keep every key ever seen
+            # (a million 42-character addresses: 150 MB) until the codes run out.
+            or (fresh and len(codes) > _REISSUE_AT and len(codes) > 4 * sum(len(r.entries) for r in log.runs))
         ):
             self._rebuild(log, log.state, keep_after, t_min)
             codes = log.codes

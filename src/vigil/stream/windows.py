@@ -61,6 +61,9 @@ _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
 _WATERMARK_KEY = "\x00wm"
 _KEY_PREFIX = "w:"
 _MS = timedelta(milliseconds=1)
+#: The integers MessagePack (state) holds.
+_INT_MIN = -(1 << 63)
+_UINT_MAX = (1 << 64) - 1
 
 
 def duration_ms(value: timedelta | str | int) -> int:
@@ -207,7 +210,18 @@ class DistinctCount(Aggregation):
         return len(acc)
 
     def over(self, values: list[Any]) -> int:
-        return len(set(values))
+        try:
+            return len(set(values))
+        except TypeError:  # tuples come back from state as lists (MessagePack has no tuples)
+            return len({_hashable(v) for v in values})
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    return value
 
 
 #: Aggregations by name, for rules that name them in YAML (explicit: add new ones here).
@@ -394,6 +408,14 @@ class WindowedAggregate:
             t = int(when.timestamp() * 1000)  # inline to_ms
         else:
             t = to_ms(when)  # raises for naive datetimes
+        if type(value) is int and not _INT_MIN <= value <= _UINT_MAX:
+            # State is MessagePack, which stops at 64 bits: refused here, in the operator, not at
+            # the checkpoint (where it failed every checkpoint, and the restart again).
+            msg = (
+                f"window value {value} for key {key!r} is an integer beyond 64 bits; pass it as a "
+                "float (to sum it) or a string (to count it distinct)"
+            )
+            raise ValueError(msg)
         get = state.get
         wm: int | None = get(_WATERMARK_KEY)
         if wm is None or t - self._lateness > wm:

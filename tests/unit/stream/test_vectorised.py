@@ -187,6 +187,21 @@ def test_key_codes_are_issued_afresh_when_they_run_out(monkeypatch: pytest.Monke
         update(agg, state, crowded)
 
 
+def test_codes_of_keys_gone_from_the_window_are_let_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every key new (addresses seen once): the code table kept them all, forever.
+    monkeypatch.setattr(vectorised, "_REISSUE_AT", 50)
+    stream = [(f"addr{t}", t, 1) for t in range(3000)]
+    agg = SlidingCountSum(STORE, 20, 5)
+    state = MemoryState()
+    got = []
+    largest = 0
+    for batch in in_batches(stream, [7]):
+        got += update(agg, state, batch)
+        largest = max(largest, len(next(iter(agg._logs.values())).codes))
+    assert got == expected(20, 5, stream)
+    assert largest <= 4 * 26 + 2 * 7  # four times the entries a window holds, and a batch or two
+
+
 def test_fractional_values_sum_to_within_rounding() -> None:
     rng = random.Random(11)
     stream = [(rng.choice("ab"), t, rng.randint(0, 10_000)) for t in range(2000)]

@@ -208,3 +208,32 @@ def test_keys_that_go_quiet_are_deleted_as_updates_go_on(window: Window) -> None
     kept = [k for k, _ in state.items("w:")]
     assert agg.quiet.deleted > 19_000
     assert len(kept) < 300, f"{len(kept)} keys kept"
+
+
+@pytest.mark.parametrize("window", [Window.sliding(1000), Window.tumbling(1000)], ids=["sliding", "tumbling"])
+def test_an_integer_state_cannot_hold_is_refused_when_it_comes(window: Window) -> None:
+    # A wei amount (25 ETH) is past 64 bits: accepted, it failed every checkpoint after (and the
+    # restarted process again); refused in the operator, it names what to pass instead.
+    agg = WindowedAggregate(STORE, window, {"total": Sum()})
+    state = MemoryState()
+    agg.update(state, "0xabc", 1, 5)
+    before = dict(state.data)
+    with pytest.raises(
+        ValueError, match=r"25000000000000000000 for key '0xabc' is an integer beyond 64 bits"
+    ):
+        agg.update(state, "0xabc", 2, 25 * 10**18)
+    assert state.data == before
+    state.reload()  # what there is still encodes
+    assert agg.update(state, "0xabc", 3, 25e18) is not None
+
+
+def test_distinct_tuples_still_count_after_a_restart() -> None:
+    # MessagePack gives tuples back as lists, which a set cannot hold.
+    agg = WindowedAggregate(STORE, Window.sliding(1000), {"d": DistinctCount()})
+    state = MemoryState()
+    agg.update(state, "k", 1, (1, 2))
+    state.reload()
+    (got,) = agg.update(state, "k", 2, (1, 2)) or []
+    assert got.values["d"] == 1
+    (got,) = agg.update(state, "k", 3, (1, 3)) or []
+    assert got.values["d"] == 2
