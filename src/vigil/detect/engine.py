@@ -88,6 +88,12 @@ SWEEP_SLICE = 1000
 #: make every window and chain in the slice look expired, and delete state still in use.
 #: (Events are not from the future; a source's clock may run a little fast.)
 SWEEP_AHEAD_S = 600.0
+#: And it judges an hour behind that: state is let go to bound memory, not to decide what is
+#: late, and the newest event of a batch may be another key's, minutes ahead of a key whose
+#: window is still filling (a window of four denied MFA prompts was deleted by a sweep of a
+#: batch holding another customer's event five minutes newer, and the fifth denial alerted on
+#: nothing).  An hour: the most any rule kind waits for a late event (sequences).
+SWEEP_GRACE_S = 3600.0
 
 
 class _Sweep:
@@ -361,7 +367,8 @@ class DetectOperator(Operator[Event]):
             # Reversed: taken from the end, the prefixes go in rule order.
             sweep = self._sweeps[part] = _Sweep(self._expiring[::-1])
         det, expiry = sweep.due[-1]
-        now = min(max(r.event.occurred_at for r in batch).timestamp(), time.time() + SWEEP_AHEAD_S)
+        newest = max(r.event.occurred_at for r in batch).timestamp()
+        now = min(newest, time.time() + SWEEP_AHEAD_S) - SWEEP_GRACE_S
         state = states.get(det.store_id) or ctx.state(det.store)
         entries = state.walk(expiry.prefix, sweep.after, SWEEP_SLICE)
         stale = expiry.stale

@@ -35,6 +35,8 @@ from vigil.events.types import (
     IntelIndicator,
     IntelIndicatorPayload,
     Login,
+    MfaChallenge,
+    MfaChallengePayload,
     WithdrawalRequest,
     WithdrawalRequestPayload,
 )
@@ -703,6 +705,34 @@ def test_an_event_dated_a_year_ahead_does_not_make_live_state_look_expired(
     op._maybe_sweep([Record(ahead, "in", 0, 0, None, 0)], _Ctx(0, states, []), {})
     assert set(state.data) == {"w:0", "w:1"}  # type: ignore[attr-defined]
     assert op.swept == 1
+
+
+def test_a_sweep_leaves_a_window_still_filling_when_another_keys_event_is_newer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Four denied MFA prompts, then a batch holding another customer's event five minutes newer
+    # (swept at that time, the window looked expired and went), then the fifth denial: it alerts.
+    monkeypatch.setattr("vigil.detect.engine.SWEEP_EVERY", 1)
+    fatigue = RuleSet([r for r in RULES if r.id == "mfa-fatigue"], IntelIndex())
+    wall = datetime.now(UTC).replace(microsecond=0)
+
+    def denied(i: int, at: datetime) -> MfaChallenge:
+        return MfaChallenge(
+            event_id=f"m{i}",
+            source="b",
+            occurred_at=at,
+            entities=Entities(customer="c1"),
+            payload=MfaChallengePayload(result="denied", method="push"),
+        )
+
+    other = Login(
+        event_id="x", source="b", occurred_at=wall + timedelta(minutes=5), entities=Entities(customer="c2")
+    )
+    events = [*(denied(i, wall - timedelta(minutes=9 - i)) for i in range(4)), other, denied(9, wall)]
+    op = DetectOperator(fatigue)
+    result = run_operators([op], events, batch_size=1)
+    assert [a.payload.evidence[-1].event_id for a in result.emitted(ALERTS_TOPIC)] == ["m9"]
+    assert op.swept == 0
 
 
 EXPIRING_KINDS = {"deviation", "exposure", "linked", "lookalike", "propagation", "sequence", "threshold"}
