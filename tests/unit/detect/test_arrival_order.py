@@ -66,3 +66,65 @@ def test_shipped_rules_raise_the_same_alerts_whatever_source_arrives_first(seed:
     # One event per batch: the operator sorts a batch by event time, so this is arrival order.
     got, _ = detect_events(RuleSet(rules, intel), arrival, batch_size=1)
     assert _found(got) == expected
+
+
+def _failed_logins(minutes: list[int]) -> list[Event]:
+    from datetime import UTC, datetime, timedelta
+
+    from vigil.events.base import Entities
+    from vigil.events.types import FailedLogin, FailedLoginPayload
+
+    t0 = datetime(2026, 5, 1, tzinfo=UTC)
+    return [
+        FailedLogin(
+            event_id=f"f{m}",
+            source="b",
+            occurred_at=t0 + timedelta(minutes=m),
+            entities=Entities(ip="198.51.100.7"),
+            payload=FailedLoginPayload(username=f"u{m}"),
+        )
+        for m in minutes
+    ]
+
+
+THRESHOLD_RULE = """\
+rules:
+  - id: five-failures
+    version: 1
+    typology: test
+    severity: low
+    score: 10
+    explanation: "{entity}"
+    type: threshold
+    match: {type: failed_login}
+    group_by: ip
+    timespan: 10m
+    aggregate: count
+    condition: {gte: 5}
+"""
+
+
+@pytest.mark.parametrize(
+    ("minutes", "evidence"),
+    [
+        ([0, 1, 2, 3, 4], ["f0", "f1", "f2", "f3", "f4"]),
+        # The fifth arrives after a newer one: its window (0-4) holds five.
+        ([0, 1, 2, 3, 30, 4], ["f0", "f1", "f2", "f3", "f4"]),
+        # Late ones 25 minutes before the first three: no ten minutes holds five (they counted as
+        # one window of 27 minutes).
+        ([30, 31, 32, 5, 6], None),
+        # A late one completes the window ending at the newest.
+        ([20, 22, 24, 26, 21], ["f20", "f21", "f22", "f24", "f26"]),
+    ],
+)
+def test_a_threshold_window_is_a_span_of_event_time_not_of_arrivals(
+    tmp_path: Path, minutes: list[int], evidence: list[str] | None
+) -> None:
+    from vigil.detect.rules.validate import validate_paths
+
+    (tmp_path / "r.yaml").write_text(THRESHOLD_RULE)
+    checked = validate_paths([tmp_path])
+    assert not checked.errors
+    alerts, _ = detect_events(RuleSet(checked.rules, IntelIndex()), _failed_logins(minutes), batch_size=1)
+    got = [[e.event_id for e in a.payload.evidence] for a in alerts]
+    assert got == ([] if evidence is None else [evidence])

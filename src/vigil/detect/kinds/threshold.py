@@ -14,11 +14,15 @@ Sigma's correlation shape::
 
 The window keeps the matching events of the last ``timespan`` per group; the rule fires
 on the event that makes the condition true, then stays quiet for that group for
-``cooldown`` (one ``timespan`` unless set) so one burst is one alert.
+``cooldown`` (one ``timespan`` unless set) so one burst is one alert.  Windows are spans of
+event time: an event that arrives after newer ones of its group is placed in time order and
+judged in the window ending at it, and in the one ending at the group's newest event, which it
+may complete.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -35,6 +39,9 @@ from vigil.stream.base import State
 CONTEXT = frozenset({"count", "value", "span", "group"})
 #: Bound on events kept per group window (a runaway group must not exhaust memory).
 MAX_WINDOW = 2000
+#: How late an event may be and still count in its window (as sequences allow): the items of this
+#: much event time before the window are kept too, within MAX_WINDOW (the newest first).
+LATE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,7 @@ class ThresholdDetector(GroupedDetector):
         self._related = tuple((short_name(r), compile_getter(r)) for r in params.related)
         self._span = params.timespan.total_seconds()
         self._cooldown = (params.cooldown or params.timespan).total_seconds()
+        self._late = LATE_S
         self._evidence = EvidenceMaker(
             [*params.match.paths, *params.group_by, *([params.field] if params.field else [])]
         )
@@ -135,20 +143,35 @@ class ThresholdDetector(GroupedDetector):
         if value is None:
             return
         related = [[name, bounded(str(v))] for name, get in self._related if (v := get(event)) is not None]
-        items.append([now, value, self._evidence(event), related])
-        cutoff = now - self._span
+        item = [now, value, self._evidence(event), related]
+        # Items are kept in event-time order: events of a key may arrive out of order (two route
+        # processes, one catching up), and a window is a span of event time, not of arrivals.
+        late = bool(items) and now < items[-1][0]
+        if late:
+            items.insert(bisect_right(items, now, key=_time), item)
+        else:
+            items.append(item)
+        # Kept LATE_S longer than the window, for late events.
+        cutoff = items[-1][0] - self._span - self._late
         drop = 0
         while drop < len(items) and items[drop][0] < cutoff:
             drop += 1
         if drop or len(items) > MAX_WINDOW:
             del items[: max(drop, len(items) - MAX_WINDOW)]
         if now >= window["quiet"]:
-            agg = self._aggregate(items)
+            # The window ending at this event; for a late one, also the window ending at the
+            # newest event, which it may complete (not every window holding it: a late event
+            # would cost a pass per item, and an attacker can send late events on purpose).
+            ends = (now, items[-1][0]) if late else (now,)
             op, bound = self.p.condition
-            if compare(op, agg, bound):
-                hits.append(self._hit(key, items, agg))
-                window["quiet"] = now + self._cooldown
-                items.clear()
+            for end in ends:
+                inside = self._within(items, end)
+                agg = self._aggregate(inside)
+                if compare(op, agg, bound):
+                    hits.append(self._hit(key, inside, agg))
+                    window["quiet"] = now + self._cooldown
+                    items.clear()
+                    break
         window["items"] = items
         state.set(skey, window)
 
@@ -157,6 +180,13 @@ class ThresholdDetector(GroupedDetector):
 
     def _stale_window(self, window: Any, now: float) -> bool:
         return bool(now >= window["quiet"] and all(item[0] < now - self._span for item in window["items"]))
+
+    def _within(self, items: list[list[Any]], end: float) -> list[list[Any]]:
+        """The items (in time order) of the window ``[end - span, end]``."""
+        start = end - self._span
+        if items[0][0] >= start and items[-1][0] <= end:
+            return items
+        return items[bisect_left(items, start, key=_time) : bisect_right(items, end, key=_time)]
 
     def _aggregate(self, items: list[list[Any]]) -> float:
         if self.p.aggregate == "count":
@@ -183,6 +213,10 @@ class ThresholdDetector(GroupedDetector):
                 "group": key,
             },
         )
+
+
+def _time(item: list[Any]) -> float:
+    return float(item[0])
 
 
 def _span_text(span: timedelta) -> str:
