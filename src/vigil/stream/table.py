@@ -112,6 +112,7 @@ class TopicFollower:
         """Start the background reader; return once caught up (raises if not within ``timeout_s``;
         calling again waits again for the same reader)."""
         if self._thread is None and not self._ready.is_set():
+            self._stop.clear()  # (started again after a stop)
             self._begin()
         deadline = time.monotonic() + timeout_s
         while not self._ready.is_set():
@@ -136,35 +137,51 @@ class TopicFollower:
         return self._ready.is_set() and self._failure is None
 
     def stop(self) -> None:
+        """Stop reading: no longer ready (what was read stays readable); ``start`` reads again."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(30)
             self._thread = None
+        self._ready.clear()
 
     def _begin(self) -> None:
         # Partitions are assigned, never committed: every process reads the whole topic.
         consumer = make_consumer(self.settings, self.group, **{"enable.partition.eof": True})
-        meta = consumer.list_topics(self.topic, timeout=30).topics.get(self.topic)
-        if meta is None or meta.error is not None or not meta.partitions:
-            consumer.close()
-            if self._missing_ok:
-                self._ready.set()
-                return
-            msg = f"{self.name}: topic {self.topic!r} does not exist"
-            raise TopicError(msg)
-        self._admin = make_admin(self.settings)
         try:
-            self._topic_id = self._describe()[0]
-        except KafkaException as exc:  # a broker too old to give topic ids: recreation goes unseen
-            log.warning("%s: could not read the topic id of %r: %s", self.name, self.topic, exc)
-        consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+            meta = consumer.list_topics(self.topic, timeout=30).topics.get(self.topic)
+            if meta is None or meta.error is not None or not meta.partitions:
+                consumer.close()
+                if self._missing_ok:
+                    self._ready.set()
+                    return
+                msg = f"{self.name}: topic {self.topic!r} does not exist"
+                raise TopicError(msg)
+            self._admin = make_admin(self.settings)
+            try:
+                self._topic_id = self._describe()[0]
+            except KafkaException as exc:  # a broker too old to give topic ids: recreation goes unseen
+                log.warning("%s: could not read the topic id of %r: %s", self.name, self.topic, exc)
+            # Caught up means: at the end each partition had now (its last stable offset, this
+            # consumer reading committed records).  The end-of-partition event alone never came
+            # for a partition written more often than a fetch waits (500 ms): every fetch
+            # brought records, none came back empty.
+            ends = {
+                p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=30)[1]
+                for p in meta.partitions
+            }
+            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+        except BaseException:
+            consumer.close()
+            raise
         self._thread = threading.Thread(
-            target=self._run, args=(consumer, set(meta.partitions)), name=self.name, daemon=True
+            target=self._run, args=(consumer, set(meta.partitions), ends), name=self.name, daemon=True
         )
         self._thread.start()
 
-    def _run(self, consumer: Consumer, partitions: set[int]) -> None:
-        behind = set(partitions)
+    def _run(self, consumer: Consumer, partitions: set[int], ends: dict[int, int]) -> None:
+        behind = {p for p in partitions if ends.get(p, 1) > 0}
+        if not behind:
+            self._ready.set()
         apply, topic = self._apply, self.topic
         looked_up = time.monotonic()
         try:
@@ -172,7 +189,8 @@ class TopicFollower:
                 if time.monotonic() - looked_up >= self.metadata_every_s:
                     behind |= self._follow_partitions(consumer, partitions)
                     looked_up = time.monotonic()
-                for msg in consumer.consume(1000, 0.2):
+                msgs = consumer.consume(1000, 0.2)
+                for msg in msgs:
                     err = msg.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
@@ -190,6 +208,13 @@ class TopicFollower:
                         msg.value(),
                         f"{topic}[{msg.partition()}]@{msg.offset()}",
                     )
+                if behind and ends:
+                    # What was consumed is applied: past the end as it was (the position moves
+                    # past commit markers too), a partition is caught up.
+                    at = consumer.position([TopicPartition(topic, p) for p in behind if p in ends])
+                    behind -= {tp.partition for tp in at if tp.offset >= ends[tp.partition]}
+                    if not behind:
+                        self._ready.set()
         except BaseException as exc:
             self._failure = exc
             log.exception("%s stopped", self.name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -95,6 +96,50 @@ def test_global_table_loads_compacted_topic_and_follows_updates(
 
         wait_for(updated, 30, "the table to see the new version")
     finally:
+        table.stop()
+
+
+def test_a_global_table_written_to_all_the_time_still_catches_up(
+    settings: Settings, names: Callable[[str], str]
+) -> None:
+    # Caught up meant "an end-of-partition event": it came only from a fetch that came back
+    # empty, never while a producer kept the partition busy.  Now: at the end the partition had
+    # at start.
+    topic = names("intel")
+    ensure_topics(
+        settings,
+        [TopicSpec(topic, "indicator", "raw", "test", partitions=1, retention=None, cleanup="compact")],
+    )
+    producer = EventProducer(settings)
+    for i in range(200):
+        producer.produce(indicator(f"0x{i:04x}"), topic=topic)
+    producer.flush()
+    stop = threading.Event()
+    written = [0]
+
+    def busy() -> None:
+        while not stop.is_set():
+            i = written[0]
+            producer.produce(indicator(f"0xbusy{i % 50}", "mixer", f"v{i}"), topic=topic)
+            producer.flush()
+            written[0] += 1
+            stop.wait(0.02)  # a write every 20 ms: every fetch finds new records
+
+    writer = threading.Thread(target=busy)
+    writer.start()
+    table: GlobalTable[object] = GlobalTable(settings, topic)
+    try:
+        wait_for(lambda: written[0] >= 50, 30, "the writer to be busy")
+        table.start(timeout_s=30)
+        assert all(table.get(indicator(f"0x{i:04x}").key()) is not None for i in range(200))
+        # Stopped, it says it is not reading any more; started again, it reads again.
+        table.stop()
+        assert not table.ready
+        table.start(timeout_s=30)
+        assert table.ready
+    finally:
+        stop.set()
+        writer.join()
         table.stop()
 
 
