@@ -75,8 +75,11 @@ class TopicFollower:
     ``apply`` runs in the follower's thread; an exception from it (a bug: bad records are
     ``apply``'s to skip) or a fatal client error stops the follower, and :meth:`check` raises
     it.  ``name`` is what messages call it; ``group`` its consumer group id (it commits
-    nothing).  ``missing_ok``: a topic that does not exist yet is an empty one (ready at once,
-    and not followed: a list published later is read on the next start)."""
+    nothing).  ``missing_ok``: a topic that does not exist yet is an empty one, ready at once,
+    and looked for every ``metadata_every_s``: read from its beginning once it is there (a
+    broker that has not heard of a topic just created, or a list published later, used to
+    leave the table empty until the next start).  An error other than "unknown topic" (not
+    authorised, say) is raised either way, naming it."""
 
     def __init__(
         self,
@@ -97,6 +100,8 @@ class TopicFollower:
         self._unknown_since: float | None = None
         #: The followed topic's id when reading began (None: not known), to tell it recreated.
         self._topic_id: str | None = None
+        #: missing_ok and the topic not found yet: its absence is not a deletion.
+        self._waiting = False
         self._admin: AdminClient | None = None
         self.topic = topic
         self.name = name
@@ -149,13 +154,22 @@ class TopicFollower:
         consumer = make_consumer(self.settings, self.group, **{"enable.partition.eof": True})
         try:
             meta = consumer.list_topics(self.topic, timeout=30).topics.get(self.topic)
-            if meta is None or meta.error is not None or not meta.partitions:
-                consumer.close()
-                if self._missing_ok:
-                    self._ready.set()
-                    return
-                msg = f"{self.name}: topic {self.topic!r} does not exist"
+            error = None if meta is None else meta.error
+            if error is not None and error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                msg = f"{self.name}: cannot read topic {self.topic!r}: {error.str()}"
                 raise TopicError(msg)
+            if meta is None or error is not None or not meta.partitions:
+                if not self._missing_ok:
+                    msg = f"{self.name}: topic {self.topic!r} does not exist"
+                    raise TopicError(msg)
+                # Empty, and ready; the reader looks for the topic (_follow_partitions).
+                self._waiting = True
+                self._ready.set()
+                self._thread = threading.Thread(
+                    target=self._run, args=(consumer, set(), {}), name=self.name, daemon=True
+                )
+                self._thread.start()
+                return
             self._admin = make_admin(self.settings)
             try:
                 self._topic_id = self._describe()[0]
@@ -242,6 +256,8 @@ class TopicFollower:
                 log.warning("%s: looking up the partitions of %r: %s", self.name, self.topic, exc)
                 return set()
             now = time.monotonic()
+            if self._waiting:
+                return set()
             if self._unknown_since is None:
                 self._unknown_since = now
             if now - self._unknown_since >= self.deleted_after_s:
@@ -252,6 +268,7 @@ class TopicFollower:
                 raise TopicError(msg) from None
             return set()
         self._unknown_since = None
+        self._waiting = False
         if self._topic_id is None:
             self._topic_id = topic_id
         elif topic_id != self._topic_id:

@@ -178,15 +178,34 @@ def test_a_follower_of_a_topic_not_created_yet_is_empty_if_allowed_and_fails_oth
     topic = names("absent")
     seen: list[str | None] = []
     follower = TopicFollower(
-        settings, topic, lambda key, value, where: seen.append(key), name="f", missing_ok=True
+        settings,
+        topic,
+        lambda key, value, where: seen.append(key),
+        name="f",
+        missing_ok=True,
+        metadata_every_s=0.2,
     )
-    follower.start(timeout_s=30)
-    assert follower.ready
-    follower.check()
-    follower.stop()
-    assert seen == []
-    with pytest.raises(TopicError, match=f"topic {topic!r} does not exist"):
-        TopicFollower(settings, topic, lambda key, value, where: None, name="f").start(timeout_s=30)
+    try:
+        follower.start(timeout_s=30)
+        assert follower.ready
+        follower.check()
+        assert seen == []
+        # Created and written afterwards, the topic is read from its beginning (it used to stay
+        # unread until the next start).
+        ensure_topics(settings, [TopicSpec(topic, "k", "raw", "test", partitions=2)])
+        producer = EventProducer(settings)
+        producer.produce_raw(topic, "k1", b"v1")
+        producer.produce_raw(topic, "k2", b"v2")
+        producer.flush()
+        wait_for(
+            lambda: sorted(k for k in seen if k) == ["k1", "k2"], 30, "the follower to read the new topic"
+        )
+        follower.check()
+    finally:
+        follower.stop()
+    absent = names("still-absent")
+    with pytest.raises(TopicError, match=f"topic {absent!r} does not exist"):
+        TopicFollower(settings, absent, lambda key, value, where: None, name="f").start(timeout_s=30)
 
 
 @contextmanager
