@@ -1,10 +1,12 @@
 """Turning a rule's hit into an alert, and an alert into a decision.
 
 Alert id
-    ``stable_id(rule id, rule version, entity kind, entity id, first evidence event id)``:
-    the same detection replayed (a retry, a restart from an earlier offset, the same
-    events through the Kafka app or in memory) gets the same id, so downstream deduplicates
-    exactly; a new rule version yields new ids.
+    ``stable_id(rule id, rule version, entity kind, entity id, evidence event ids)``, the
+    evidence in (event time, event id) order: the same detection replayed (a retry, a restart
+    from an earlier offset, the same events through the Kafka app or in memory) gets the same
+    id, so downstream deduplicates exactly, and two detections on different evidence get two;
+    a new rule version yields new ids.  A decision's id adds its action and the withdrawal it
+    holds.
 
 Evidence
     the events that made the rule fire, in event-time order, each with its id, type, time
@@ -120,7 +122,7 @@ def make_alert(rule: Rule, hit: Hit, *, latency_ms: float | None) -> Alert:
     if rule.entity and hit.entity.kind != rule.entity:
         # The rule names what the alert is about (a maker_account is an account).
         hit.entity = EntityRef(kind=rule.entity, id=hit.entity.id)
-    evidence = to_evidence(sorted(hit.evidence, key=lambda e: e[2]))
+    evidence = to_evidence(sorted(hit.evidence, key=lambda e: (e[2], e[0])))
     first, last = evidence[0], evidence[-1]
     return Alert(
         event_id=alert_id(rule, hit.entity, [e.event_id for e in evidence]),

@@ -281,7 +281,8 @@ def seen_text(value: Any) -> str:
     return bounded(str(value).lower())
 
 
-def _key_part(value: str) -> str:
+def key_part(value: str) -> str:
+    """A value as a group key holds it: :func:`bounded`, a ``|`` in it escaped."""
     # A "|" in a value would split the key there: entity_ref takes what comes before the first.
     if "|" in value:
         value = value.replace("%", "%25").replace("|", "%7C")
@@ -298,15 +299,15 @@ def key_of(getters: Sequence[tuple[str, Getter]], event: Event) -> str | None:
             if not value:
                 return None
             if len(value) > MAX_KEPT or "|" in value:
-                value = _key_part(value)
+                value = key_part(value)
             return f"{name}:{value}"
-        return None if value is None or value == "" else f"{name}:{_key_part(str(value))}"
+        return None if value is None or value == "" else f"{name}:{key_part(str(value))}"
     parts = []
     for name, get in getters:
         value = get(event)
         if value is None or value == "":
             return None
-        parts.append(f"{name}:{_key_part(str(value))}")
+        parts.append(f"{name}:{key_part(str(value))}")
     return "|".join(parts)
 
 

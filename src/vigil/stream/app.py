@@ -201,6 +201,8 @@ FETCH_DEFAULTS: dict[str, Any] = {
     "fetch.queue.backoff.ms": 10,
     "socket.nagle.disable": True,
 }
+#: The largest output record (librdkafka's default limit, under the broker's 1 MB default).
+OUTPUT_MAX_BYTES = 1_000_000
 #: Restoring between batches (see Application._restore_step): changelog records applied per loop
 #: iteration at most (~45 ms at the measured 4.6 s per 1M keys: the partitions already owned
 #: wait at most that long for their next batch); the time after which a step stops at the end of
@@ -1191,6 +1193,12 @@ class Application:
             producer = self._running_clients()[0]  # raises: not running
         if self._eos and not self._in_txn:
             self._ensure_txn()
+        if value is not None and len(value) > OUTPUT_MAX_BYTES:
+            # Refused here, at once, as librdkafka refused it before its limit was raised for
+            # changelog records: an operator's dead-letter policy catches it; from the broker, it
+            # would fail the checkpoint, and the restart again.
+            text = f"a record of {len(value):,} bytes for {topic!r}; at most {OUTPUT_MAX_BYTES:,}"
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, text))
         while True:
             try:
                 producer.produce(topic, value, key)

@@ -78,8 +78,8 @@ class TopicFollower:
     nothing).  ``missing_ok``: a topic that does not exist yet is an empty one, ready at once,
     and looked for every ``metadata_every_s``: read from its beginning once it is there (a
     broker that has not heard of a topic just created, or a list published later, used to
-    leave the table empty until the next start).  An error other than "unknown topic" (not
-    authorised, say) is raised either way, naming it."""
+    leave the table empty until the next start).  An error that is neither "unknown topic" nor
+    retriable (not authorised, say) is raised either way, naming it."""
 
     def __init__(
         self,
@@ -155,7 +155,12 @@ class TopicFollower:
         try:
             meta = consumer.list_topics(self.topic, timeout=30).topics.get(self.topic)
             error = None if meta is None else meta.error
-            if error is not None and error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+            # (A topic just created may have no leader yet: retriable, so taken as not there yet.)
+            if (
+                error is not None
+                and error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART
+                and not error.retriable()
+            ):
                 msg = f"{self.name}: cannot read topic {self.topic!r}: {error.str()}"
                 raise TopicError(msg)
             if meta is None or error is not None or not meta.partitions:

@@ -42,9 +42,12 @@ Sums are differences of running totals for whole-number values (amounts in minor
 whole dollars, counts) while a run's total stays below 2**53: exact, and equal to ``Sum()``'s.
 Otherwise each window's values are added up themselves (``np.add.reduceat``), so a sum rounds
 relative to the window's own values, as ``Sum()``'s does, though it may differ from a
-left-to-right sum in the last bits.  (A difference of running totals would round relative to
-everything before it in the run: amounts that left the window long ago, 1e18 then 1.0, made
-later windows sum to 0.)  Keys are strings; values finite numbers.
+left-to-right sum in the last bits.  (A difference of running totals over the whole run would
+round relative to everything before it: amounts that left the window long ago, 1e18 then 1.0,
+made later windows sum to 0.)  Past an average of ``_ADD_UP_AT_MOST`` events a window (a busy
+key, where adding up would cost the window's length per event), sums come from running totals
+that restart at each key: they round relative to that key's total in the run.
+Keys are strings; values finite numbers.
 
 Key codes are issued afresh now and then, so memory follows the keys in the window, not every
 key ever seen.
@@ -87,6 +90,9 @@ _MAX_CODES = 1 << 23
 #: than four times the entries held, were issued: rebuilds are rare, and the table stays within a
 #: few times what the window holds.
 _REISSUE_AT = 1 << 16
+#: Windows of values that are not exact in running totals are added up one by one while they
+#: hold at most this many events on average; longer ones use running totals per key (see sums).
+_ADD_UP_AT_MOST = 64
 #: Window plus lateness at most this (about 4 years), and a batch spanning more event time is
 #: taken in halves: then the times a batch needs, held and new, span less than 2**38 ms, and
 #: placed 2**38 above the base they stay inside _SPAN (see _place).
@@ -122,7 +128,7 @@ class WindowColumns:
 class _Run:
     """Accepted events sorted by (key, time), with running totals of their values."""
 
-    __slots__ = ("abs_total", "cum", "entries", "exact", "max_t", "values")
+    __slots__ = ("abs_total", "cum", "entries", "exact", "key_cum", "max_t", "values")
     abs_total: float
     exact: bool
 
@@ -146,6 +152,9 @@ class _Run:
         #: Exact: ``cum[i]`` is the sum of ``values[:i]``.  Otherwise the values padded by a 0
         #: (a search may land at the end), for np.add.reduceat.
         self.cum = np.zeros(n + 1)
+        #: Running totals restarting at each key (for long windows of values not exact), made
+        #: when first needed.
+        self.key_cum: Floats | None = None
         if self.exact:
             values.cumsum(out=self.cum[1:])
         else:
@@ -157,12 +166,35 @@ class _Run:
             return self.cum[hi] - self.cum[lo]
         if not len(lo):
             return np.zeros(0)
+        if int((hi - lo).sum()) > _ADD_UP_AT_MOST * len(lo):
+            # Long windows (a busy key): adding each up would cost its length per event.  Running
+            # totals that restart at each key instead: a sum rounds relative to its key's total
+            # in the run, not to the window's own values.
+            if self.key_cum is None:
+                self.key_cum = _key_totals(self.entries >> _SHIFT, self.values)
+            excl = self.key_cum - self.values
+            top = np.maximum(hi - 1, lo)
+            return np.where(hi > lo, self.key_cum[top] - excl[np.minimum(lo, len(self.values) - 1)], 0.0)
         # reduceat over [lo0, hi0, lo1, hi1, ...]: at each even place the sum of values[lo:hi]
         # when lo < hi, else values[lo] (an empty window: 0).
         bounds = np.empty(2 * len(lo), np.intp)
         bounds[0::2] = lo
         bounds[1::2] = hi
         return np.where(hi > lo, np.add.reduceat(self.cum, bounds)[0::2], 0.0)
+
+
+def _key_totals(codes: Int64s, values: Floats) -> Floats:
+    """Running totals that restart at each key (a segmented scan: log2 of the longest key's
+    count of numpy passes, each adding the total ``d`` places back within the same key)."""
+    totals = values.copy()
+    d = 1
+    while d < len(totals):
+        same = codes[d:] == codes[:-d]
+        if not same.any():
+            break
+        totals[d:] += np.where(same, totals[:-d], 0.0)
+        d *= 2
+    return totals
 
 
 class _Log:

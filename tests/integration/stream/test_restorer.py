@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 from confluent_kafka import Producer
-from tests.integration.stream.apps import payments
+from tests.integration.stream.apps import payments, read_all
 from tests.integration.stream.conftest import Running, make_topics, produce, wait_for
 
 from vigil.config import Settings
@@ -138,3 +138,39 @@ def test_a_state_value_past_the_brokers_default_record_size_is_checkpointed_and_
         assert value.startswith(payments(3, 1)[-1].event_id)
     finally:
         restored.close()
+
+
+class Oversized(Operator[Any]):
+    """Emits, per record, an output larger than the broker takes for every fifth record."""
+
+    id = "oversized"
+    dead_letter_errors = True
+
+    def __init__(self, output: str) -> None:
+        self.output = output
+
+    def process(self, batch: Sequence[Record[Any]], ctx: Context) -> None:
+        for rec in batch:
+            big = rec.offset % 5 == 0
+            event_id = rec.event.event_id + ("x" * 2_000_000 if big else "")
+            ctx.emit(self.output, msgspec.structs.replace(rec.event, event_id=event_id))
+
+
+def test_an_output_too_large_is_dead_lettered_not_a_failed_checkpoint(
+    settings: Settings, names: Callable[[str], str], run_app: Callable[[Application], Running]
+) -> None:
+    # The producers take changelog records up to 16 MB; an output past the broker's 1 MB is still
+    # refused at once, so the operator's dead-letter policy catches it (from the broker, it failed
+    # the checkpoint, and the restarted process again).
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out, partitions=1)
+    produce(settings, src, payments(10, 1))
+    app = Application(settings, name=name, inputs=[src], operators=[Oversized(out)])
+    running = run_app(app)
+    wait_for(lambda: bool(running.errors) or app.metrics.processed >= 10, 60, "10 records processed")
+    running.stop()
+    assert not running.errors
+    assert len(read_all(settings, out, 1)) == 8
+    letters = [msgspec.json.decode(v) for _, v in read_all(settings, app.dlq_topic, 1)]
+    assert len(letters) == 2
+    assert all("at most 1,000,000" in letter["reason"] for letter in letters)

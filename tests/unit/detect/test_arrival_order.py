@@ -128,3 +128,85 @@ def test_a_threshold_window_is_a_span_of_event_time_not_of_arrivals(
     alerts, _ = detect_events(RuleSet(checked.rules, IntelIndex()), _failed_logins(minutes), batch_size=1)
     got = [[e.event_id for e in a.payload.evidence] for a in alerts]
     assert got == ([] if evidence is None else [evidence])
+
+
+@pytest.mark.parametrize(
+    ("cooldown", "minutes", "last_evidence"),
+    [
+        # A late one arriving in the group's quiet time still completes the newest window.
+        ("5m", [0, 1, 2, 8, 9, 6], ["f2", "f9"]),
+        # A firing on the newest window quiets the group from there, not from the late event.
+        ("10m", [5, 9, 1, 12, 13, 14], ["f9"]),
+    ],
+)
+def test_a_late_threshold_event_is_judged_as_in_order_with_a_cooldown(
+    tmp_path: Path, cooldown: str, minutes: list[int], last_evidence: list[str]
+) -> None:
+    from vigil.detect.rules.validate import validate_paths
+
+    rule = THRESHOLD_RULE.replace("{gte: 5}", f"{{gte: 3}}\n    cooldown: {cooldown}")
+    (tmp_path / "r.yaml").write_text(rule)
+    checked = validate_paths([tmp_path])
+    assert not checked.errors
+    ruleset = RuleSet(checked.rules, IntelIndex())
+    late, _ = detect_events(ruleset, _failed_logins(minutes), batch_size=1)
+    in_order, _ = detect_events(
+        RuleSet(checked.rules, IntelIndex()), _failed_logins(sorted(minutes)), batch_size=1
+    )
+    assert [a.payload.evidence[-1].event_id for a in late] == last_evidence
+    assert [a.payload.evidence[-1].event_id for a in in_order] == last_evidence
+
+
+PROPAGATION_RULE = """\
+rules:
+  - id: export-then-login
+    version: 1
+    typology: test
+    severity: low
+    score: 10
+    explanation: "{entity}"
+    type: propagation
+    mark:
+      type: crm_record_export
+      targets: payload.customer_ids
+      target_kind: customer
+      for: 3d
+    trigger:
+      type: login
+      group_by: customer
+"""
+
+
+@pytest.mark.parametrize("customer", ["c1", "c|1", "c" * 130])
+def test_a_propagation_mark_meets_its_trigger_whatever_the_id(tmp_path: Path, customer: str) -> None:
+    # Marks are stored under the target's key as group keys build it (cut, "|" escaped): built
+    # from the raw id, a long one or one with a "|" never met its trigger.
+    from datetime import UTC, datetime, timedelta
+
+    from vigil.detect.rules.validate import validate_paths
+    from vigil.events.base import Entities
+    from vigil.events.types import CrmRecordExport, CrmRecordExportPayload, Login
+
+    (tmp_path / "r.yaml").write_text(PROPAGATION_RULE)
+    checked = validate_paths([tmp_path])
+    assert not checked.errors
+    t0 = datetime(2026, 5, 1, tzinfo=UTC)
+    events: list[Event] = [
+        CrmRecordExport(
+            event_id="x1",
+            source="t",
+            occurred_at=t0,
+            entities=Entities(vendor="v1"),
+            payload=CrmRecordExportPayload(
+                platform="hubspot", record_count=50, export_id="e1", customer_ids=[customer]
+            ),
+        ),
+        Login(
+            event_id="l1",
+            source="t",
+            occurred_at=t0 + timedelta(minutes=5),
+            entities=Entities(customer=customer),
+        ),
+    ]
+    alerts, _ = detect_events(RuleSet(checked.rules, IntelIndex()), events)
+    assert len(alerts) == 1

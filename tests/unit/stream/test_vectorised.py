@@ -274,6 +274,26 @@ def test_a_sum_rounds_relative_to_its_own_window(
     assert [s for *_, s in got[1:]] == pytest.approx(want, rel=1e-15, abs=0)
 
 
+def test_long_windows_of_cents_are_summed_from_running_totals_within_rounding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A busy key: adding each window up would cost its length per event (quadratic); past
+    # _ADD_UP_AT_MOST events a window is a difference of the key's running totals.
+    calls: list[int] = []
+    real = vectorised._key_totals
+    monkeypatch.setattr(vectorised, "_key_totals", lambda c, v: calls.append(len(v)) or real(c, v))
+    rng = random.Random(5)
+    stream = [("busy", t, rng.randint(0, 10_000)) for t in range(3000)]
+    cents = [(k, t, v / 100) for k, t, v in stream]
+    agg = SlidingCountSum(STORE, 1000, 0)
+    state = MemoryState()
+    got = [row for batch in in_batches(cents, [500]) for row in update(agg, state, batch)]
+    want = expected(1000, 0, stream)
+    assert calls
+    assert [(a, n) for a, n, _ in got] == [(a, n) for a, n, _ in want]
+    assert np.allclose([s for *_, s in got], [s / 100 for *_, s in want], rtol=1e-12, atol=1e-9)
+
+
 def test_a_bad_clock_does_not_wedge_the_partition() -> None:
     # An event stamped at the epoch (a missing timestamp), then the present: the windows cope,
     # alone in a batch or together, and after a restart.

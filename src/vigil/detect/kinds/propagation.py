@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from vigil.detect.fields import Match, compile_getter, key_of, seen_text, short_name
+from vigil.detect.fields import Match, compile_getter, key_of, key_part, seen_text, short_name
 from vigil.detect.kinds.base import Detector, EvidenceMaker, Expiry, Hit, entity_ref, ts
 from vigil.detect.kinds.common import add_time, earliest_times, first_seen_times, see
 from vigil.detect.rules.loader import LocDict
@@ -146,7 +146,8 @@ class PropagationDetector(Detector):
         if not isinstance(ids, (list, tuple)):
             return []
         name = self._target_name
-        return [f"{name}:{i}" for i in ids if i]
+        # Built as key_of builds the trigger's key (cut, "|" escaped), or the two would not meet.
+        return [f"{name}:{key_part(str(i))}" for i in ids if i]
 
     @property
     def route_prefix(self) -> str:

@@ -158,20 +158,23 @@ class ThresholdDetector(GroupedDetector):
             drop += 1
         if drop or len(items) > MAX_WINDOW:
             del items[: max(drop, len(items) - MAX_WINDOW)]
-        if now >= window["quiet"]:
-            # The window ending at this event; for a late one, also the window ending at the
-            # newest event, which it may complete (not every window holding it: a late event
-            # would cost a pass per item, and an attacker can send late events on purpose).
-            ends = (now, items[-1][0]) if late else (now,)
-            op, bound = self.p.condition
-            for end in ends:
-                inside = self._within(items, end)
-                agg = self._aggregate(inside)
-                if compare(op, agg, bound):
-                    hits.append(self._hit(key, inside, agg))
-                    window["quiet"] = now + self._cooldown
-                    items.clear()
-                    break
+        # The window ending at this event; for a late one, also the window ending at the newest
+        # event, which it may complete (not every window holding it: a late event would cost a
+        # pass per item, and an attacker can send late events on purpose).  Each judged unless
+        # the group is quiet at its end, and a firing quiets the group from the end it fired at.
+        op, bound = self.p.condition
+        for end in (now, items[-1][0]) if late else (now,):
+            if end < window["quiet"]:
+                continue
+            inside = self._within(items, end)
+            if not inside:  # (a late event older than what is kept)
+                continue
+            agg = self._aggregate(inside)
+            if compare(op, agg, bound):
+                hits.append(self._hit(key, inside, agg))
+                window["quiet"] = end + self._cooldown
+                items.clear()
+                break
         window["items"] = items
         state.set(skey, window)
 
