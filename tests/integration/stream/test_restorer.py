@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,57 +42,60 @@ def big_changelog(settings: Settings, app: str) -> tuple[str, dict[str, bytes]]:
     return spec.name, final
 
 
-def test_a_step_out_of_time_leaves_what_it_read_to_the_next(
+@pytest.fixture
+def big_restore(
     settings: Settings, tmp_path: Path, names: Callable[[str], str]
+) -> Iterator[tuple[str, dict[str, bytes], RocksState, Restorer]]:
+    """A changelog of large values, an empty store and a restorer, closed afterwards."""
+    topic, final = big_changelog(settings, names("app"))
+    state = RocksState(tmp_path / "store", CHUNKS)
+    restorer = Restorer(settings, "restorer-test")
+    try:
+        yield topic, final, state, restorer
+    finally:
+        restorer.close()
+        state.close()
+
+
+def test_a_step_out_of_time_leaves_what_it_read_to_the_next(
+    big_restore: tuple[str, dict[str, bytes], RocksState, Restorer],
 ) -> None:
     # Large values make a few records a long write: a step stops at the end of the chunk that
     # takes it past its budget (before, it applied everything it read, whatever the time), and
     # the next step goes on with what was read, reading nothing new until that is done.
-    topic, final = big_changelog(settings, names("app"))
-    state = RocksState(tmp_path / "store", CHUNKS)
-    restorer = Restorer(settings, "restorer-test")
-    try:
-        assert restorer.add([RestoreTask(state, topic, 0)])
-        # Waits until all of them are read (or 30 s), then applies one chunk of them.
-        finished = restorer.step(RECORDS, 30, budget_s=0)
-        assert restorer.applied == PER_CHUNK
-        assert state.changelog_offset() == PER_CHUNK  # what was applied is durable with its offset
-        steps = [restorer.applied]
-        while not finished:
-            finished = restorer.step(RECORDS, 1, budget_s=0)
-            steps.append(restorer.applied)
-        assert [b - a for a, b in zip([0, *steps], steps, strict=False) if b > a] == [PER_CHUNK] * 3
-        assert restorer.applied == RECORDS
-        assert state.changelog_offset() == RECORDS
-        assert {key: state.get(key) for key in final} == final
-    finally:
-        restorer.close()
-        state.close()
+    topic, final, state, restorer = big_restore
+    assert restorer.add([RestoreTask(state, topic, 0)])
+    # Waits until all of them are read (or 30 s), then applies one chunk of them.
+    finished = restorer.step(RECORDS, 30, budget_s=0)
+    assert restorer.applied == PER_CHUNK
+    assert state.changelog_offset() == PER_CHUNK  # what was applied is durable with its offset
+    steps = [restorer.applied]
+    while not finished:
+        finished = restorer.step(RECORDS, 1, budget_s=0)
+        steps.append(restorer.applied)
+    assert [b - a for a, b in zip([0, *steps], steps, strict=False) if b > a] == [PER_CHUNK] * 3
+    assert restorer.applied == RECORDS
+    assert state.changelog_offset() == RECORDS
+    assert {key: state.get(key) for key in final} == final
 
 
 def test_records_read_for_a_store_given_up_are_dropped_with_it(
-    settings: Settings, tmp_path: Path, names: Callable[[str], str]
+    big_restore: tuple[str, dict[str, bytes], RocksState, Restorer],
 ) -> None:
     # A partition revoked mid-restore keeps what was applied, with its offset; what was read and
     # not applied is dropped (applying it would lengthen the rebalance callback), and the next
     # restore of the store reads it again from that offset, applying each record once.
-    topic, final = big_changelog(settings, names("app"))
-    state = RocksState(tmp_path / "store", CHUNKS)
-    restorer = Restorer(settings, "restorer-test")
-    try:
-        restorer.add([RestoreTask(state, topic, 0)])
-        restorer.step(RECORDS, 30, budget_s=0)
-        restorer.remove([state])
-        assert not restorer.busy
-        assert state.changelog_offset() == PER_CHUNK
-        assert restorer.add([RestoreTask(state, topic, 0)])
-        while restorer.busy:
-            restorer.step(RECORDS, 1)
-        assert restorer.applied == RECORDS  # the dropped records are not applied twice
-        assert {key: state.get(key) for key in final} == final
-    finally:
-        restorer.close()
-        state.close()
+    topic, final, state, restorer = big_restore
+    restorer.add([RestoreTask(state, topic, 0)])
+    restorer.step(RECORDS, 30, budget_s=0)
+    restorer.remove([state])
+    assert not restorer.busy
+    assert state.changelog_offset() == PER_CHUNK
+    assert restorer.add([RestoreTask(state, topic, 0)])
+    while restorer.busy:
+        restorer.step(RECORDS, 1)
+    assert restorer.applied == RECORDS  # the dropped records are not applied twice
+    assert {key: state.get(key) for key in final} == final
 
 
 class BigState(Operator[Any]):
