@@ -351,7 +351,7 @@ class DeviationDetector(GroupedDetector):
         if measure == "new_value":
             if value is None:
                 return None
-            return (0.0 if str(value) in h.get("seen", ()) else 1.0), {"history_count": str(n)}, []
+            return (0.0 if bounded(str(value)) in h.get("seen", ()) else 1.0), {"history_count": str(n)}, []
         if measure == "travel":
             point = _point(value)
             last = h.get("geo")
@@ -387,8 +387,9 @@ class DeviationDetector(GroupedDetector):
                 h["max"] = max(float(h.get("max", 0.0)), float(value))
         elif measure == "new_value" and value is not None:
             seen = h.setdefault("seen", [])
-            if str(value) not in seen:
-                seen.append(str(value))
+            text = bounded(str(value))
+            if text not in seen:
+                seen.append(text)
                 del seen[:-MAX_SEEN]
         elif measure == "travel":
             point = _point(value)
