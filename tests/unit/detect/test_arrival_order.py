@@ -11,16 +11,26 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from tests.unit.detect.test_kinds import HEAD
 
 from vigil.detect.engine import RuleSet, detect_events
 from vigil.detect.eval import intel_for
 from vigil.detect.intel import IntelIndex
-from vigil.detect.rules.validate import load_rules
-from vigil.events.base import Event
-from vigil.events.types import Alert
+from vigil.detect.rules.models import Rule
+from vigil.detect.rules.validate import load_rules, validate_paths
+from vigil.events.base import Entities, Event
+from vigil.events.types import (
+    Alert,
+    CrmRecordExport,
+    CrmRecordExportPayload,
+    FailedLogin,
+    FailedLoginPayload,
+    Login,
+)
 from vigil.sim import SimConfig, Simulation
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -68,12 +78,15 @@ def test_shipped_rules_raise_the_same_alerts_whatever_source_arrives_first(seed:
     assert _found(got) == expected
 
 
+def _rules(tmp_path: Path, rule: str) -> list[Rule]:
+    """The rule under test (its kind's YAML after test_kinds' header), validated."""
+    (tmp_path / "r.yaml").write_text(HEAD + rule)
+    checked = validate_paths([tmp_path])
+    assert not checked.errors
+    return checked.rules
+
+
 def _failed_logins(minutes: list[int]) -> list[Event]:
-    from datetime import UTC, datetime, timedelta
-
-    from vigil.events.base import Entities
-    from vigil.events.types import FailedLogin, FailedLoginPayload
-
     t0 = datetime(2026, 5, 1, tzinfo=UTC)
     return [
         FailedLogin(
@@ -88,13 +101,6 @@ def _failed_logins(minutes: list[int]) -> list[Event]:
 
 
 THRESHOLD_RULE = """\
-rules:
-  - id: five-failures
-    version: 1
-    typology: test
-    severity: low
-    score: 10
-    explanation: "{entity}"
     type: threshold
     match: {type: failed_login}
     group_by: ip
@@ -120,12 +126,9 @@ rules:
 def test_a_threshold_window_is_a_span_of_event_time_not_of_arrivals(
     tmp_path: Path, minutes: list[int], evidence: list[str] | None
 ) -> None:
-    from vigil.detect.rules.validate import validate_paths
-
-    (tmp_path / "r.yaml").write_text(THRESHOLD_RULE)
-    checked = validate_paths([tmp_path])
-    assert not checked.errors
-    alerts, _ = detect_events(RuleSet(checked.rules, IntelIndex()), _failed_logins(minutes), batch_size=1)
+    alerts, _ = detect_events(
+        RuleSet(_rules(tmp_path, THRESHOLD_RULE), IntelIndex()), _failed_logins(minutes), batch_size=1
+    )
     got = [[e.event_id for e in a.payload.evidence] for a in alerts]
     assert got == ([] if evidence is None else [evidence])
 
@@ -142,29 +145,15 @@ def test_a_threshold_window_is_a_span_of_event_time_not_of_arrivals(
 def test_a_late_threshold_event_is_judged_as_in_order_with_a_cooldown(
     tmp_path: Path, cooldown: str, minutes: list[int], last_evidence: list[str]
 ) -> None:
-    from vigil.detect.rules.validate import validate_paths
-
     rule = THRESHOLD_RULE.replace("{gte: 5}", f"{{gte: 3}}\n    cooldown: {cooldown}")
-    (tmp_path / "r.yaml").write_text(rule)
-    checked = validate_paths([tmp_path])
-    assert not checked.errors
-    ruleset = RuleSet(checked.rules, IntelIndex())
-    late, _ = detect_events(ruleset, _failed_logins(minutes), batch_size=1)
-    in_order, _ = detect_events(
-        RuleSet(checked.rules, IntelIndex()), _failed_logins(sorted(minutes)), batch_size=1
-    )
+    rules = _rules(tmp_path, rule)
+    late, _ = detect_events(RuleSet(rules, IntelIndex()), _failed_logins(minutes), batch_size=1)
+    in_order, _ = detect_events(RuleSet(rules, IntelIndex()), _failed_logins(sorted(minutes)), batch_size=1)
     assert [a.payload.evidence[-1].event_id for a in late] == last_evidence
     assert [a.payload.evidence[-1].event_id for a in in_order] == last_evidence
 
 
 PROPAGATION_RULE = """\
-rules:
-  - id: export-then-login
-    version: 1
-    typology: test
-    severity: low
-    score: 10
-    explanation: "{entity}"
     type: propagation
     mark:
       type: crm_record_export
@@ -181,15 +170,6 @@ rules:
 def test_a_propagation_mark_meets_its_trigger_whatever_the_id(tmp_path: Path, customer: str) -> None:
     # Marks are stored under the target's key as group keys build it (cut, "|" escaped): built
     # from the raw id, a long one or one with a "|" never met its trigger.
-    from datetime import UTC, datetime, timedelta
-
-    from vigil.detect.rules.validate import validate_paths
-    from vigil.events.base import Entities
-    from vigil.events.types import CrmRecordExport, CrmRecordExportPayload, Login
-
-    (tmp_path / "r.yaml").write_text(PROPAGATION_RULE)
-    checked = validate_paths([tmp_path])
-    assert not checked.errors
     t0 = datetime(2026, 5, 1, tzinfo=UTC)
     events: list[Event] = [
         CrmRecordExport(
@@ -208,5 +188,5 @@ def test_a_propagation_mark_meets_its_trigger_whatever_the_id(tmp_path: Path, cu
             entities=Entities(customer=customer),
         ),
     ]
-    alerts, _ = detect_events(RuleSet(checked.rules, IntelIndex()), events)
+    alerts, _ = detect_events(RuleSet(_rules(tmp_path, PROPAGATION_RULE), IntelIndex()), events)
     assert len(alerts) == 1
