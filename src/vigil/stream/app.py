@@ -16,7 +16,7 @@ Outputs are produced as the operators emit them (``linger.ms`` 5), never held fo
 checkpoint; in exactly-once mode ``read_committed`` readers see them when it commits.
 
 Guarantees.  ``exactly_once``: one transactional producer per process
-(``transactional.id = <name>-<instance_id>``, by default ``<host>-<home>-<slot>`` with the
+(``transactional.id = <name>-<instance_id>``, by default ``<home id>-<slot>`` with the
 lowest slot free in the process's home, so that a process restarted after a crash fences
 its predecessor's open transaction at once: :mod:`vigil.stream.instance`); each checkpoint
 sends the consumed offsets to the transaction and commits it, so outputs, changelog records and offsets become

@@ -1,12 +1,19 @@
 """A host-local instance number per application, so a restarted process reuses its predecessor's.
 
-Exactly-once applications name their transactional producer ``<name>-<host>-<home>-<slot>``,
-``<home>`` a digest of the process's ``VIGIL_HOME`` (where its state lives).  Kafka
-fences a transactional id's previous producer when a new one initialises with the same id,
-aborting its open transaction at once.  With the process id in the name instead, a worker
-killed mid-transaction and restarted came back under a new id: its old transaction stayed
-open, and ``read_committed`` readers of its outputs (and its own restart, reading offsets)
-waited for ``transaction.timeout.ms`` (30 s) before Kafka aborted it.
+Exactly-once applications (and at-least-once ones with state) name their transactional
+producer ``<name>-<home id>-<slot>``.  Kafka fences a transactional id's previous producer
+when a new one initialises with the same id, aborting its open transaction at once.  With the
+process id in the name instead, a worker killed mid-transaction and restarted came back under
+a new id: its old transaction stayed open, and ``read_committed`` readers of its outputs (and
+its own restart, reading offsets) waited for ``transaction.timeout.ms`` before Kafka aborted it.
+
+The home id is random, made the first time a home is used and kept in it
+(``state/.instances/id``), so it goes wherever the state goes.  It was the host name and a
+digest of the home's path: containers that all have the same host name and mount their own
+volume at the same path shared one transactional id and fenced each other in turn, and a
+replacement with a new host name on the old one's volume (a rescheduled pod) did not fence
+its predecessor's open transaction.  (A copy of a home, a cloned volume, has the same id:
+run it instead of the original, not beside it.)
 
 A slot is the lowest number whose lock file (under the home) no live process holds (``flock``:
 released by the kernel when the holder dies, however it dies), so two processes of an
@@ -18,8 +25,8 @@ other deployments, services with a private ``/tmp``) different ids, and a restar
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import socket
+import os
+import secrets
 from pathlib import Path
 from typing import IO
 
@@ -30,10 +37,39 @@ def slot_directory(home: Path) -> Path:
     return home / "state" / ".instances"
 
 
+def home_id(home: Path) -> str:
+    """The home's random id, made on first use (by one process when several start at once)."""
+    directory = slot_directory(home)
+    path = directory / "id"
+    try:
+        return _read_id(path)
+    except FileNotFoundError:
+        pass
+    directory.mkdir(parents=True, exist_ok=True)
+    # Written whole under a name of its own, then linked into place: link fails if another
+    # process got there first, and then its id is the home's.
+    made = directory / f"id.{os.getpid()}.{secrets.token_hex(4)}"
+    made.write_text(secrets.token_hex(6) + "\n", encoding="ascii")
+    try:
+        os.link(made, path)
+    except FileExistsError:
+        pass
+    finally:
+        made.unlink()
+    return _read_id(path)
+
+
+def _read_id(path: Path) -> str:
+    text = path.read_text(encoding="ascii").strip()
+    if not text or not all(c in "0123456789abcdef" for c in text):
+        msg = f"{path}: expected the home's instance id (hex digits); delete the file to make a new one"
+        raise ValueError(msg)
+    return text
+
+
 def instance_id(home: Path, slot: int) -> str:
-    """``<host>-<home digest>-<slot>``: the same for a restart in the same home on this host."""
-    digest = hashlib.blake2b(str(home.resolve()).encode(), digest_size=4).hexdigest()
-    return f"{socket.gethostname()}-{digest}-{slot}"
+    """``<home id>-<slot>``: the same for a restart with the same home, wherever it runs."""
+    return f"{home_id(home)}-{slot}"
 
 
 class InstanceSlot:

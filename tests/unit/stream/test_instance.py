@@ -50,12 +50,48 @@ def test_a_process_killed_with_sigkill_leaves_its_slot_to_its_restart(tmp_path: 
     restarted.release()
 
 
-def test_the_default_id_is_the_same_for_a_restart_in_one_home_and_differs_between_homes(
-    tmp_path: Path,
-) -> None:
+def test_the_default_id_goes_with_the_home_not_its_path_or_host(tmp_path: Path) -> None:
     from vigil.stream.instance import instance_id
 
     one, other = tmp_path / "one", tmp_path / "other"
-    assert instance_id(one, 0) == instance_id(one, 0)
-    assert instance_id(one, 0) != instance_id(other, 0)  # other users, deployments, private /tmp
-    assert instance_id(one, 0) != instance_id(one, 1)
+    first = instance_id(one, 0)
+    assert instance_id(one, 0) == first  # a restart in the same home fences its predecessor
+    assert instance_id(one, 1) != first
+    assert instance_id(other, 0) != first  # other users, deployments, private /tmp
+    # A volume mounted elsewhere (a rescheduled pod, a new host name) keeps its id ...
+    one.rename(tmp_path / "moved")
+    assert instance_id(tmp_path / "moved", 0) == first
+    # ... and another volume at the same path (containers alike in host name and paths) has
+    # its own: the id was a digest of the path and the host name, shared by all of them.
+    assert instance_id(one, 0) != first
+
+
+MAKE_ID = """
+import sys
+from pathlib import Path
+from vigil.stream.instance import home_id
+print(home_id(Path(sys.argv[1])), flush=True)
+"""
+
+
+def test_processes_starting_at_once_in_a_new_home_agree_on_its_id(tmp_path: Path) -> None:
+    procs = [
+        subprocess.Popen([sys.executable, "-c", MAKE_ID, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    ids = {proc.communicate(timeout=60)[0].strip() for proc in procs}
+    assert len(ids) == 1
+    assert ids == {(tmp_path / "state" / ".instances" / "id").read_text().strip()}
+    assert sorted(p.name for p in (tmp_path / "state" / ".instances").iterdir()) == ["id"]
+
+
+def test_a_damaged_id_file_is_named(tmp_path: Path) -> None:
+    import pytest
+
+    from vigil.stream.instance import home_id
+
+    path = tmp_path / "state" / ".instances" / "id"
+    path.parent.mkdir(parents=True)
+    path.write_text("not hex\n")
+    with pytest.raises(ValueError, match=r"state/\.instances/id: expected the home's instance id"):
+        home_id(tmp_path)
