@@ -32,13 +32,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from benchmarks.broker import bench_broker
 from vigil.config import Settings, load_settings, shared_data_dir
 from vigil.events.codec import encode
 from vigil.hub.admin import ensure_topics
-from vigil.hub.client import consumer_config, make_admin, producer_config
+from vigil.hub.client import make_admin, producer_config, read_committed
 from vigil.hub.raw import RawRecord
 from vigil.hub.topics import TopicSpec
 from vigil.sources.base import Normalizer
@@ -202,25 +202,8 @@ def _prefill(settings: Settings, topic: str, messages: list[bytes], repeats: int
 
 
 def _count(settings: Settings, topic: str) -> int:
-    """Committed records on ``topic`` (read_committed, read to the end)."""
-    consumer = Consumer(
-        consumer_config(settings, f"bench-reader-{uuid.uuid4().hex}", **{"enable.partition.eof": True})
-    )
-    parts = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
-    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-    done: set[int] = set()
-    n = 0
-    deadline = time.monotonic() + 120
-    try:
-        while len(done) < len(parts) and time.monotonic() < deadline:
-            for msg in consumer.consume(10_000, 0.5):
-                if msg.error() is not None:
-                    done.add(msg.partition())
-                else:
-                    n += 1
-    finally:
-        consumer.close()
-    return n
+    """Committed records on ``topic`` (read_committed, to the high watermark)."""
+    return len(read_committed(settings, topic, timeout_s=120))
 
 
 def _drain(config: dict[str, Any], cpu: int, results: Any) -> None:

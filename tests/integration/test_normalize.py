@@ -29,7 +29,7 @@ from vigil.events.base import Event
 from vigil.events.codec import decode_event
 from vigil.events.records import DeadLetter
 from vigil.hub.admin import ensure_topics
-from vigil.hub.client import consumer_config, make_admin, producer_config
+from vigil.hub.client import consumer_config, make_admin, producer_config, read_committed
 from vigil.hub.raw import RawRecord
 from vigil.hub.topics import TopicSpec
 from vigil.sources.base import Normalizer
@@ -259,6 +259,8 @@ def read_all(
     settings: Settings, topic: str, isolation: str = "read_committed"
 ) -> list[tuple[bytes | None, bytes]]:
     """Every committed (or, with ``read_uncommitted``, every) record of ``topic`` up to its end."""
+    if isolation == "read_committed":  # (up to the high watermark: see read_committed)
+        return [(m.key(), m.value() or b"") for m in read_committed(settings, topic, TIMEOUT)]
     overrides = {"enable.partition.eof": True, "isolation.level": isolation}
     consumer = Consumer(consumer_config(settings, f"reader-{uuid.uuid4().hex}", **overrides))
     meta = consumer.list_topics(topic, timeout=10).topics[topic]

@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import (
+    Consumer,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from vigil.config import Settings
 from vigil.errors import BrokerError
@@ -119,13 +127,64 @@ def watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) 
             time.sleep(0.1)  # leader election in progress; the loop asks again
 
 
+def partition_offsets(
+    admin: AdminClient, partitions: Sequence[tuple[str, int]], deadline: float
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """Low and high watermark of each partition, asked for all at once (two requests a round).
+
+    High is the high watermark: past every record and transaction marker written, committed or
+    not.  Not the last stable offset a ``read_committed`` consumer is told is the end: Kafka
+    writes a transaction's commit markers after the commit has returned, so for a moment the
+    last stable offset leaves out what was just committed (a reader stopping there misses a
+    finished run's last checkpoint), and a transaction left open by a process that died holds
+    it back until Kafka aborts it.  A reader that must see everything committed reads,
+    ``read_committed``, until its position reaches the high watermark.
+
+    Partitions the broker answers with a transient error (a just-created topic electing its
+    leader) are asked again, with a growing pause, until ``deadline`` (monotonic); anything
+    else raises :class:`BrokerError` naming the partition."""
+    out: dict[tuple[str, int], tuple[int, int]] = {}
+    left = list(dict.fromkeys(partitions))
+    pause = 0.05
+    while True:
+        timeout = max(0.1, deadline - time.monotonic())
+        answers = [
+            {
+                (tp.topic, tp.partition): future
+                for tp, future in admin.list_offsets(
+                    {TopicPartition(t, p): spec for t, p in left},
+                    isolation_level=IsolationLevel.READ_UNCOMMITTED,
+                    request_timeout=timeout,
+                ).items()
+            }
+            for spec in (OffsetSpec.earliest(), OffsetSpec.latest())
+        ]
+        retry: list[tuple[str, int]] = []
+        for tp in left:
+            try:
+                out[tp] = (int(answers[0][tp].result().offset), int(answers[1][tp].result().offset))
+            except KafkaException as exc:
+                if not is_transient(exc) or time.monotonic() + pause > deadline:
+                    err = kafka_error(exc)
+                    reason = err.str() if err is not None else str(exc)
+                    msg = f"offsets of {tp[0]}[{tp[1]}]: {reason}"
+                    raise BrokerError(msg) from exc
+                retry.append(tp)
+        if not retry:
+            return out
+        left = retry
+        time.sleep(pause)  # the broker is electing a leader: back off, not a sync point
+        pause = min(pause * 2, 1.0)
+
+
 def read_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> list[Message]:
     """Every committed record of ``topic`` as it is now, partition by partition in offset order.
 
-    Read under ``read_committed``, up to each partition's end at the time of the call: what a
-    finished run wrote, without guessing when it is done by waiting for silence.  Transaction
-    markers take offsets and are never delivered, so the end is judged by the consumer's
-    position, never by counting messages."""
+    Read under ``read_committed`` up to each partition's high watermark at the time of the call
+    (see :func:`partition_offsets`): what a finished run wrote, its last commit included,
+    without guessing when it is done by waiting for silence.  Transaction markers take offsets
+    and are never delivered, so the end is judged by the consumer's position, never by
+    counting messages.  A transaction still open holds the reader back until it ends."""
     # All partitions at once (one at a time, each new assignment waited out a fetch round), and
     # short fetch waits: the reader stops at known ends, so an idle partition need not be held.
     consumer = make_consumer(
@@ -133,10 +192,13 @@ def read_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> l
     )
     try:
         partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        marks = partition_offsets(
+            make_admin(settings), [(topic, p) for p in partitions], time.monotonic() + timeout_s
+        )
         ends: dict[int, int] = {}
         starts: list[TopicPartition] = []
         for p in partitions:
-            low, high = watermarks(consumer, TopicPartition(topic, p), timeout_s)
+            low, high = marks[topic, p]
             if high > low:
                 ends[p] = high
                 starts.append(TopicPartition(topic, p, low))
@@ -146,8 +208,15 @@ def read_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> l
         deadline = time.monotonic() + timeout_s
         while ends:
             if time.monotonic() > deadline:
-                behind = ", ".join(f"{topic}[{p}] (end {end})" for p, end in sorted(ends.items()))
-                msg = f"reading did not reach the end of {behind} within {timeout_s:g}s"
+                now_at = consumer.position([TopicPartition(topic, p) for p in ends])
+                at = {tp.partition: tp.offset for tp in now_at}
+                behind = ", ".join(
+                    f"{topic}[{p}] (at {at.get(p, -1)}, end {end})" for p, end in sorted(ends.items())
+                )
+                msg = (
+                    f"reading did not reach the end of {behind} within {timeout_s:g}s "
+                    "(a transaction still open there holds committed readers back until it ends)"
+                )
                 raise BrokerError(msg)
             for message in consumer.consume(1000, 0.2):
                 if message.error() is None:

@@ -3,9 +3,12 @@
 Every store of an application has one compacted topic ``<app>.changelog.<store id>``
 with as many partitions as the inputs; partition ``p`` of the changelog holds the state
 of input partition ``p``.  Restore starts from the changelog offset RocksDB recorded
-with its last write (not from zero) and reads committed records only, up to the end; a
-store whose offset the changelog does not have is wiped and restored from the start.
-:class:`Restorer` does it a step at a time (the stream runtime restores between batches);
+with its last write (not from zero) and reads committed records only, up to the high
+watermark the partition had when the restore began (so a checkpoint committed a moment before
+is in, and a transaction a dead process left open is waited out until Kafka aborts it); a
+store whose offset the changelog does not have, or that comes back behind it after longer
+away than the changelog keeps its deletions (``delete.retention.ms``), is wiped and restored
+from the start.  :class:`Restorer` does it a step at a time (the stream runtime restores between batches);
 :func:`restore` runs it to the end at once.
 """
 
@@ -13,23 +16,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    IsolationLevel,
-    KafkaError,
-    KafkaException,
-    Message,
-    TopicPartition,
-)
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from vigil.config import Settings
-from vigil.errors import PipelineError
-from vigil.hub.client import is_transient, kafka_error, make_admin, make_consumer
+from vigil.errors import BrokerError, PipelineError
+from vigil.hub.client import make_admin, make_consumer, partition_offsets
 from vigil.hub.topics import TopicSpec
 from vigil.stream.state import RocksState
 
@@ -46,6 +41,9 @@ _RESTORE_CHUNK_BYTES = 4 << 20
 #: default, and a record the topic refuses fails every checkpoint, and the restarted process the
 #: same way on the same input.  The application's producers take records this large too.
 CHANGELOG_MAX_BYTES = 16 << 20
+#: Kafka's default ``delete.retention.ms`` (a day), in seconds.
+DEFAULT_DELETE_RETENTION_S = 86_400.0
+_HORIZON_MARGIN_S = 3600.0
 
 
 def changelog_topic(app: str, store_id: str) -> str:
@@ -97,8 +95,12 @@ class Restorer:
         self._pending: dict[tuple[str, int], list[tuple[bytes, bytes | None]]] = {}
         self._pending_bytes: dict[tuple[str, int], int] = {}
         self._last: dict[tuple[str, int], int] = {}
+        #: Where each changelog partition being read ends: its high watermark at add().
+        self._ends: dict[tuple[str, int], int] = {}
         #: Records read and not handled yet: a step out of time leaves them to the next one.
         self._carried: list[Message] = []
+        #: Wall clock (epoch seconds), compared with when a store was last written.
+        self.clock: Callable[[], float] = time.time
         self._progress_at = time.monotonic()
 
     @property
@@ -121,9 +123,18 @@ class Restorer:
         offsets = end_offsets(self._admin, [(t.topic, t.partition) for t in tasks], time.monotonic() + 30)
         reading: list[RestoreTask] = []
         assign: list[TopicPartition] = []
+        # Stores that come back behind their changelog after a long time away (see _too_old).
+        away = {
+            t.topic
+            for t in tasks
+            if (at := t.state.changelog_offset()) is not None and at < offsets[t.topic, t.partition][1]
+        }
+        horizons = _horizons(self._admin, sorted(away)) if away else {}
         for task in tasks:
             start = task.state.changelog_offset()
             low, high = offsets[task.topic, task.partition]
+            if start is not None and start < high and self._too_old(task, horizons[task.topic]):
+                start = None  # (wiped)
             if start is not None and not low <= start <= high:
                 # The store reached an offset this changelog does not have (the topic was
                 # recreated, the broker reformatted, records deleted): it is not a prefix of
@@ -150,6 +161,7 @@ class Restorer:
             self._tasks[tp] = task
             self._pending[tp] = []
             self._pending_bytes[tp] = 0
+            self._ends[tp] = high
             assign.append(
                 TopicPartition(task.topic, task.partition, begin if start is not None else OFFSET_BEGINNING)
             )
@@ -161,6 +173,27 @@ class Restorer:
             self._consumer.incremental_assign(assign)
             self._progress_at = time.monotonic()
         return reading
+
+    def _too_old(self, task: RestoreTask, horizon_s: float) -> bool:
+        """Whether a store behind its changelog was last written too long ago to catch up, and
+        if so wipe it: compaction removes a tombstone ``delete.retention.ms`` after it was
+        written, so a store away longer would miss deletions made meanwhile and keep keys the
+        changelog no longer has (Kafka Streams deletes state not owned for a while, too)."""
+        written = task.state.changelog_written_at()
+        age = None if written is None else self.clock() - written
+        if age is not None and age < horizon_s:
+            return False
+        log.warning(
+            "state %s: behind %s[%d] and last written %s; restoring it from the start (deletions "
+            "older than %.0f h may be compacted away)",
+            task.state.path,
+            task.topic,
+            task.partition,
+            "at an unknown time" if age is None else f"{age / 3600:.1f} h ago",
+            horizon_s / 3600,
+        )
+        task.state.wipe()
+        return True
 
     def step(self, max_records: int, timeout_s: float, budget_s: float | None = None) -> list[RestoreTask]:
         """Read up to ``max_records`` changelog records (waiting up to ``timeout_s`` for the
@@ -177,7 +210,7 @@ class Restorer:
             msgs, self._carried = self._carried, []
         else:
             msgs = consumer.consume(max_records, timeout_s)
-        #: Changelog partitions that reached their end (a set: an end can be reported twice).
+        #: Changelog partitions read to their end of partition (a set: it can be reported twice).
         ended: set[tuple[str, int]] = set()
         touched: set[tuple[str, int]] = set()
         progress = False
@@ -196,7 +229,8 @@ class Restorer:
             progress = True
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    ended.add(tp)
+                    if msg.offset() >= self._ends[tp]:
+                        ended.add(tp)
                     continue
                 text = f"restoring changelog {tp[0]}[{tp[1]}]: {err.str()}"
                 raise PipelineError(text)
@@ -217,13 +251,22 @@ class Restorer:
                     break
         for tp in touched:
             self._apply(tp)
+        # The end of partition a read_committed consumer reports is the last stable offset: just
+        # after a commit, before the commit's markers are written, it leaves that checkpoint's
+        # records out (see vigil.hub.client.partition_offsets).  A store is restored once the
+        # position (past records, markers and aborted records alike) reaches the high watermark.
+        carried = {(m.topic(), m.partition()) for m in self._carried}
+        at = consumer.position([TopicPartition(t, p) for t, p in self._tasks if (t, p) not in carried])
+        ended.update((tp.topic, tp.partition) for tp in at if tp.offset >= self._ends[tp.topic, tp.partition])
+        ended -= carried
         now = time.monotonic()
         if progress:
             self._progress_at = now
         elif now - self._progress_at > self.stall_s:
             msg = (
                 f"restoring {sorted(self._tasks)}: nothing read from the changelog for "
-                f"{self.stall_s:g}s (is the broker reachable?)"
+                f"{self.stall_s:g}s (is the broker reachable?  Or a transaction left open there by "
+                "a process that died, which Kafka aborts after its transaction.timeout.ms)"
             )
             raise PipelineError(msg)
         finished = [self._tasks[tp] for tp in sorted(ended)]
@@ -247,6 +290,7 @@ class Restorer:
         self._pending.clear()
         self._pending_bytes.clear()
         self._last.clear()
+        self._ends.clear()
         self._carried = []
         if consumer is not None:
             consumer.close()
@@ -265,8 +309,30 @@ class Restorer:
             self._pending.pop(tp, None)
             self._pending_bytes.pop(tp, None)
             self._last.pop(tp, None)
+            self._ends.pop(tp, None)
         if tps and self._consumer is not None:
             self._consumer.incremental_unassign([TopicPartition(t, p) for t, p in tps])
+
+
+def _horizons(admin: AdminClient, topics: Sequence[str]) -> dict[str, float]:
+    """Per changelog topic, how long a store may be away and still catch up: the topic's
+    ``delete.retention.ms`` less an hour (a store's time is when it applied its writes, a
+    little after Kafka had them).  Kafka's default where the configuration cannot be read
+    (an application allowed to read its topics but not to describe them)."""
+    out = dict.fromkeys(topics, DEFAULT_DELETE_RETENTION_S - _HORIZON_MARGIN_S)
+    try:
+        futures = admin.describe_configs(
+            [ConfigResource(ResourceType.TOPIC, t) for t in topics], request_timeout=30
+        )
+        for resource, future in futures.items():
+            entry = future.result(timeout=30).get("delete.retention.ms")
+            if entry is not None and entry.value is not None:
+                out[resource.name] = int(entry.value) / 1000 - _HORIZON_MARGIN_S
+    except KafkaException as exc:
+        log.warning(
+            "restoring %s: could not read delete.retention.ms (%s); taking Kafka's default", topics, exc
+        )
+    return out
 
 
 def restore(settings: Settings, app: str, tasks: Sequence[RestoreTask], timeout_s: float = 120.0) -> int:
@@ -289,39 +355,11 @@ def restore(settings: Settings, app: str, tasks: Sequence[RestoreTask], timeout_
 def end_offsets(
     admin: AdminClient, partitions: Sequence[tuple[str, int]], deadline: float
 ) -> dict[tuple[str, int], tuple[int, int]]:
-    """Low and high offsets of changelog partitions (high: the last stable offset, as a
-    ``read_committed`` consumer sees the end), asked for all at once.  Partitions the broker
-    answers with a transient error (a just-created topic electing its leader) are asked again,
-    with a growing pause, until ``deadline`` (monotonic); anything else fails naming the partition."""
-    out: dict[tuple[str, int], tuple[int, int]] = {}
-    left = list(dict.fromkeys(partitions))
-    pause = 0.05
-    while True:
-        timeout = max(0.1, deadline - time.monotonic())
-        answers = [
-            {
-                (tp.topic, tp.partition): future
-                for tp, future in admin.list_offsets(
-                    {TopicPartition(t, p): spec for t, p in left},
-                    isolation_level=IsolationLevel.READ_COMMITTED,
-                    request_timeout=timeout,
-                ).items()
-            }
-            for spec in (OffsetSpec.earliest(), OffsetSpec.latest())
-        ]
-        retry: list[tuple[str, int]] = []
-        for tp in left:
-            try:
-                out[tp] = (int(answers[0][tp].result().offset), int(answers[1][tp].result().offset))
-            except KafkaException as exc:
-                if not is_transient(exc) or time.monotonic() + pause > deadline:
-                    err = kafka_error(exc)
-                    reason = err.str() if err is not None else str(exc)
-                    msg = f"restoring changelog {tp[0]}[{tp[1]}]: could not read its end offsets: {reason}"
-                    raise PipelineError(msg) from exc
-                retry.append(tp)
-        if not retry:
-            return out
-        left = retry
-        time.sleep(pause)  # the broker is electing a leader: back off, not a sync point
-        pause = min(pause * 2, 1.0)
+    """Low and high watermark of changelog partitions, asked for all at once (see
+    :func:`vigil.hub.client.partition_offsets`: the high watermark, not the last stable
+    offset, which leaves out a checkpoint committed a moment ago)."""
+    try:
+        return partition_offsets(admin, partitions, deadline)
+    except BrokerError as exc:
+        msg = f"restoring changelogs: could not read their end offsets: {exc}"
+        raise PipelineError(msg) from exc

@@ -23,6 +23,7 @@ declare the type to get the Struct back.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ from vigil.stream.base import State, StoreSpec
 
 #: Reserved key (outside the UTF-8 text keys operators use) holding the next changelog offset.
 OFFSET_KEY = b"\x00vigil:changelog-offset"
+#: When (wall clock, epoch seconds) the changelog offset was last written: how long a store has
+#: been away from its changelog (see vigil.stream.changelog.Restorer.add).
+WRITTEN_AT_KEY = b"\x00vigil:changelog-written-at"
 _RESERVED = b"\x00vigil:"
 _DELETED = object()
 _MISSING = object()
@@ -253,6 +257,7 @@ class RocksState(State):
                 put(key, value)
         if changelog_offset is not None:
             batch.put(OFFSET_KEY, str(changelog_offset).encode())
+            batch.put(WRITTEN_AT_KEY, repr(time.time()).encode())
         self._db.write(batch)
         if final:
             self._unwritten = max(0, self._unwritten - 1)
@@ -280,6 +285,12 @@ class RocksState(State):
         """The next changelog offset RocksDB does not yet reflect (None: nothing restored yet)."""
         raw = self._db.get(OFFSET_KEY)
         return int(raw.decode()) if raw is not None else None
+
+    def changelog_written_at(self) -> float | None:
+        """When the changelog offset was last written (epoch seconds; None: never, or by a
+        version that did not record it)."""
+        raw = self._db.get(WRITTEN_AT_KEY)
+        return float(raw.decode()) if raw is not None else None
 
     def generation(self) -> int:
         return self._generation

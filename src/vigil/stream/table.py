@@ -47,7 +47,7 @@ from confluent_kafka.admin import AdminClient
 from vigil.config import Settings
 from vigil.errors import PipelineError, TopicError, VigilError
 from vigil.events.codec import decode_event
-from vigil.hub.client import kafka_error, make_admin, make_consumer
+from vigil.hub.client import kafka_error, make_admin, make_consumer, partition_offsets
 
 log = logging.getLogger(__name__)
 
@@ -180,14 +180,15 @@ class TopicFollower:
                 self._topic_id = self._describe()[0]
             except KafkaException as exc:  # a broker too old to give topic ids: recreation goes unseen
                 log.warning("%s: could not read the topic id of %r: %s", self.name, self.topic, exc)
-            # Caught up means: at the end each partition had now (its last stable offset, this
-            # consumer reading committed records).  The end-of-partition event alone never came
-            # for a partition written more often than a fetch waits (500 ms): every fetch
-            # brought records, none came back empty.
-            ends = {
-                p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=30)[1]
-                for p in meta.partitions
-            }
+            # Caught up means: past the high watermark each partition has now (not the last
+            # stable offset, which for a moment after a commit leaves that transaction's records
+            # out: see partition_offsets).  The end-of-partition event alone never came for a
+            # partition written more often than a fetch waits (500 ms): every fetch brought
+            # records, none came back empty.
+            marks = partition_offsets(
+                self._admin, [(self.topic, p) for p in meta.partitions], time.monotonic() + 30
+            )
+            ends = {p: marks[self.topic, p][1] for p in meta.partitions}
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in meta.partitions])
         except BaseException:
             consumer.close()
@@ -213,7 +214,10 @@ class TopicFollower:
                     err = msg.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
-                            behind.discard(msg.partition())
+                            # (At the last stable offset: short of a known end, a commit's
+                            # markers are still on their way.)
+                            if msg.offset() >= ends.get(msg.partition(), 0):
+                                behind.discard(msg.partition())
                             if not behind:
                                 self._ready.set()
                             continue

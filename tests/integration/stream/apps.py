@@ -15,11 +15,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
-
 from vigil.config import Settings, load_settings
 from vigil.events.base import Entities
 from vigil.events.types import Payment, PaymentPayload
+from vigil.hub.client import read_committed
 from vigil.stream.base import Context, Operator, Record, StoreSpec
 
 COUNTS = StoreSpec("counts", 1)
@@ -82,30 +81,13 @@ def expected_ids(events: Sequence[Payment]) -> set[str]:
 
 
 def read_all(settings: Settings, topic: str, partitions: int) -> list[tuple[bytes | None, bytes]]:
-    """Every committed record of ``topic`` (read_committed), read up to the end."""
-    conf = settings.kafka_client_config()
-    conf.update(
-        {
-            "group.id": "reader",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-        }
+    """Every committed record of ``topic`` (read_committed, up to its high watermark: the last
+    checkpoint of an application just stopped included; see read_committed)."""
+    got = read_committed(settings, topic, timeout_s=60)
+    assert {m.partition() for m in got} <= set(range(partitions)), (
+        f"{topic}: more than {partitions} partitions"
     )
-    consumer = Consumer(conf)
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    out: list[tuple[bytes | None, bytes]] = []
-    done: set[int] = set()
-    try:
-        while len(done) < partitions:
-            for msg in consumer.consume(10_000, 1.0):
-                if msg.error() is not None:
-                    done.add(msg.partition())
-                    continue
-                out.append((msg.key(), msg.value()))
-    finally:
-        consumer.close()
-    return out
+    return [(m.key(), m.value()) for m in got]
 
 
 def worker(config: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -177,3 +178,89 @@ def test_an_output_too_large_is_dead_lettered_not_a_failed_checkpoint(
     letters = [msgspec.json.decode(v) for _, v in read_all(settings, app.dlq_topic, 1)]
     assert len(letters) == 2
     assert all("at most 1,000,000" in letter["reason"] for letter in letters)
+
+
+def test_a_restore_reads_past_an_open_transaction_once_it_ends(
+    settings: Settings, tmp_path: Path, names: Callable[[str], str]
+) -> None:
+    # A process died mid-checkpoint (its transaction open), and the next owner committed after
+    # it.  The end was the last stable offset, which stands at the open transaction: the restore
+    # stopped there and left the later commit out (and a store that had it was judged outside
+    # the changelog and wiped).  Now it reads to the high watermark, once Kafka ends the open one.
+    spec = changelog_spec(names("app"), CHUNKS.id, 1)
+    ensure_topics(settings, [spec])
+    dead = Producer(producer_config(settings, **{"transactional.id": names("dead")}))
+    dead.init_transactions(30)
+    dead.begin_transaction()
+    dead.produce(spec.name, msgspec.msgpack.encode(b"aborted"), b"c:0", partition=0)
+    dead.flush(30)
+    owner = Producer(producer_config(settings, **{"transactional.id": names("owner")}))
+    owner.init_transactions(30)
+    owner.begin_transaction()
+    owner.produce(spec.name, msgspec.msgpack.encode(b"kept"), b"c:1", partition=0)
+    owner.commit_transaction(30)
+    state = RocksState(tmp_path / "store", CHUNKS)
+    restorer = Restorer(settings, "restorer-test")
+    try:
+        assert restorer.add([RestoreTask(state, spec.name, 0)])
+        for _ in range(5):  # the end of partition (the last stable offset) comes and goes
+            assert restorer.step(100, 0.2) == []
+        assert restorer.applied == 0  # (the store is not read before its restore ends)
+        dead.abort_transaction(30)  # (Kafka would, after the transaction timeout)
+        finished: list[RestoreTask] = []
+        deadline = time.monotonic() + 30
+        while not finished and time.monotonic() < deadline:
+            finished = restorer.step(100, 0.2)
+        assert [t.state for t in finished] == [state]
+        assert restorer.applied == 1
+        assert state.get("c:1") == b"kept"
+        assert state.get("c:0") is None
+    finally:
+        restorer.close()
+        state.close()
+
+
+def test_a_store_back_behind_its_changelog_after_a_long_time_away_is_restored_afresh(
+    settings: Settings, tmp_path: Path, names: Callable[[str], str]
+) -> None:
+    # Compaction removes a tombstone delete.retention.ms (a day) after it was written: a store
+    # away longer, catching up from its offset, would keep keys deleted meanwhile.  Here "z"
+    # stands for such a key: the store has it, the changelog (compacted) no longer does.
+    spec = changelog_spec(names("app"), CHUNKS.id, 1)
+    ensure_topics(settings, [spec])
+    producer = Producer(producer_config(settings))
+    for key in ("a", "b"):
+        producer.produce(spec.name, msgspec.msgpack.encode(key), key.encode(), partition=0)
+    assert producer.flush(30) == 0
+
+    def store(name: str) -> RocksState:
+        state = RocksState(tmp_path / name, CHUNKS)
+        state.write_committed([(k.encode(), msgspec.msgpack.encode(k)) for k in ("a", "b", "z")], 2)
+        return state
+
+    def restored(state: RocksState, days_away: float) -> list[str]:
+        restorer = Restorer(settings, "restorer-test")
+        restorer.clock = lambda: time.time() + days_away * 86_400
+        try:
+            restorer.add([RestoreTask(state, spec.name, 0)])
+            deadline = time.monotonic() + 30
+            while restorer.busy and time.monotonic() < deadline:
+                restorer.step(100, 0.2)
+            assert not restorer.busy
+        finally:
+            restorer.close()
+        return sorted(k for k in ("a", "b", "c", "z") if state.get(k) is not None)
+
+    # Up to date: kept as it is, however old (nothing to catch up with, nothing missed).
+    current = store("current")
+    assert restored(current, days_away=3) == ["a", "b", "z"]
+    producer.produce(spec.name, msgspec.msgpack.encode("c"), b"c", partition=0)
+    assert producer.flush(30) == 0
+    recent, old = store("recent"), store("old")
+    try:
+        assert restored(recent, days_away=0.5) == ["a", "b", "c", "z"]  # caught up from offset 2
+        assert restored(old, days_away=3) == ["a", "b", "c"]  # wiped: from the start
+        assert old.changelog_offset() == 3
+    finally:
+        for state in (current, recent, old):
+            state.close()

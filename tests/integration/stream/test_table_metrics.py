@@ -23,7 +23,7 @@ from vigil.events.codec import decode_event
 from vigil.events.types import IntelIndicator, IntelIndicatorPayload, Login, Payment
 from vigil.hub.admin import ensure_topics
 from vigil.hub.broker import free_port_block
-from vigil.hub.client import EventProducer, make_admin
+from vigil.hub.client import EventProducer, make_admin, producer_config
 from vigil.hub.topics import TopicSpec
 from vigil.stream.app import Application
 from vigil.stream.base import Context, Operator, Record, StoreSpec
@@ -140,6 +140,32 @@ def test_a_global_table_written_to_all_the_time_still_catches_up(
     finally:
         stop.set()
         writer.join()
+        table.stop()
+
+
+def test_a_global_table_is_caught_up_only_past_what_was_committed_before_it_started(
+    settings: Settings, names: Callable[[str], str]
+) -> None:
+    # Caught up meant "at the last stable offset", which stands at a transaction still open (and,
+    # a moment after a commit, before the commit's records): a profile committed after an open
+    # transaction was missing from a table that said it was ready.
+    topic = names("profiles")
+    producer = profiles(settings, topic, partitions=1)
+    open_one = Producer(producer_config(settings, **{"transactional.id": names("open")}))
+    open_one.init_transactions(30)
+    open_one.begin_transaction()
+    open_one.produce(topic, b"aborted", b"c9", partition=0)
+    open_one.flush(30)
+    producer.produce_raw(topic, "c2", b"silver")
+    producer.flush()
+    table: GlobalTable[str] = GlobalTable(settings, topic, bytes.decode)
+    try:
+        with pytest.raises(PipelineError, match="did not catch up"):
+            table.start(timeout_s=1.0)
+        open_one.abort_transaction(30)
+        table.start(timeout_s=30)
+        assert (table.get("c1"), table.get("c2"), table.get("c9")) == ("gold", "silver", None)
+    finally:
         table.stop()
 
 
