@@ -49,7 +49,8 @@ def list_cmd(
     live = topic_admin.describe_live(make_admin(cfg))
     table = Table("topic", "partitions", "rf", "cleanup", "key", "value", "status")
     for diff in topic_admin.plan(TOPICS, live, cfg):
-        status = "[red]missing[/]" if diff.missing else ("[green]ok[/]" if diff.in_sync else diff.describe())
+        ok = diff.in_sync and not diff.notes
+        status = "[red]missing[/]" if diff.missing else ("[green]ok[/]" if ok else escape(diff.describe()))
         table.add_row(
             diff.spec.name,
             str(diff.live.partitions if diff.live else diff.partitions),

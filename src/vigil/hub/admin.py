@@ -7,6 +7,7 @@ sets configs that differ.  A second run finds nothing to do and says so.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from confluent_kafka.admin import (
 from vigil.config import Settings
 from vigil.errors import TopicError
 from vigil.hub.topics import TopicSpec
+
+log = logging.getLogger(__name__)
 
 _TIMEOUT = 30.0
 
@@ -113,6 +116,19 @@ def plan(specs: Iterable[TopicSpec], live: dict[str, LiveTopic], settings: Setti
                 diff.notes.append(
                     f"has {current.partitions} partitions, declared {partitions} (cannot shrink)"
                 )
+            elif (
+                current.partitions < partitions
+                and "compact" in current.config.get("cleanup.policy", "")
+                and not spec.grow_compacted
+            ):
+                diff.partitions = current.partitions
+                note = (
+                    f"has {current.partitions} partitions, declared {partitions} (not grown: its keys "
+                    "would move to other partitions and leave their older records behind; to "
+                    "repartition it, recreate it and publish it again)"
+                )
+                diff.notes.append(note)
+                log.warning("topic %s %s", spec.name, note)
             if current.replication != replication:
                 diff.notes.append(f"replication {current.replication}, declared {replication} (not changed)")
         diffs.append(diff)

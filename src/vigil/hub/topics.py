@@ -42,6 +42,12 @@ class TopicSpec:
     cleanup: Cleanup = "delete"
     #: The largest record the topic takes (``max.message.bytes``; None: the broker's, 1 MB).
     max_message_bytes: int | None = None
+    #: Whether a live compacted topic may be given more partitions.  Not by default (applying
+    #: leaves it as it is, with a note): a key's new records would go to another partition while
+    #: its older ones stay where they were, and readers of the whole topic (global tables) could
+    #: take a stale value, or a deleted key's, as its latest.  Changelogs may: their partitions
+    #: follow their application's inputs.
+    grow_compacted: bool = False
 
     @property
     def event_types(self) -> tuple[type[Event], ...]:

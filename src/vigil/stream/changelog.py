@@ -60,6 +60,7 @@ def changelog_spec(app: str, store_id: str, partitions: int) -> TopicSpec:
         retention=None,
         cleanup="compact",
         max_message_bytes=CHANGELOG_MAX_BYTES,
+        grow_compacted=True,
     )
 
 

@@ -42,3 +42,30 @@ def test_duplicate_declaration_fails() -> None:
     spec = TopicSpec(name="alerts", key="k", value="raw", description="d")
     with pytest.raises(TopicError, match="declared twice"):
         TopicRegistry((spec, spec))
+
+
+def test_a_live_compacted_topic_is_not_given_more_partitions_unless_it_is_a_changelog() -> None:
+    from vigil.config import Settings
+    from vigil.hub.admin import LiveTopic, plan
+    from vigil.stream.changelog import changelog_spec
+
+    settings = Settings()
+    intel = TOPICS.get("intel.indicators")
+    changelog = changelog_spec("app", "store.v1", 6)
+
+    def live(spec: TopicSpec, policy: str) -> LiveTopic:
+        return LiveTopic(spec.name, 3, 1, {**spec.config(), "cleanup.policy": policy})
+
+    grown6 = TopicSpec(intel.name, intel.key, intel.value, intel.description, partitions=6, retention=None)
+    compacted6 = TopicSpec(
+        intel.name, intel.key, intel.value, intel.description, partitions=6, retention=None, cleanup="compact"
+    )
+    (kept,) = plan([compacted6], {intel.name: live(compacted6, "compact")}, settings)
+    # A key's new records would hash elsewhere and leave its older ones (a deletion's value) behind.
+    assert (kept.partitions, kept.partitions_to_add) == (3, 0)
+    assert "not grown" in kept.describe()
+    (follows,) = plan([changelog], {changelog.name: live(changelog, "compact")}, settings)
+    assert follows.partitions_to_add == 3  # a changelog follows its application's inputs
+    # A topic compacted only now had no compaction yet: grown as declared (with its new policy).
+    (becoming,) = plan([compacted6], {intel.name: live(grown6, "delete")}, settings)
+    assert becoming.partitions_to_add == 3
