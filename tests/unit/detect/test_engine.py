@@ -765,3 +765,35 @@ def test_deviation_lets_inflows_go_once_outside_its_window_and_keeps_its_profile
     # A deviation rule without inflows has nothing that expires: its state is the profile.
     plain = next(d for d in ruleset.detectors if d.kind == "deviation" and not d.expiries())
     assert plain.rule.id != mule.rule.id
+
+
+def test_the_exposure_graph_lets_go_of_addresses_gone_quiet_and_keeps_hubs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every sender's count and every receiver's senders were kept forever: with the whole chain
+    # flowing in, a store of every address ever seen.  Now they go 30 days after an address's
+    # last transfer, but for a hub's count (or its next 100 transfers would pass taint on again).
+    monkeypatch.setattr("vigil.detect.engine.SWEEP_EVERY", 1)
+    rule = next(r for r in RULES if r.kind == "exposure")
+    op = DetectOperator(RuleSet([rule]))
+    det = op.ruleset.detectors[0]
+    states: dict[tuple[str, int], MemoryState] = {}
+    state = _Ctx(0, states, []).state(det.store)
+    hub, quiet, busy = "0x" + "1" * 40, "0x" + "2" * 40, "0x" + "3" * 40
+    for n in range(100):
+        det.process(transfer(n, hub, f"0x{n:040x}", T0), state, [])
+    det.process(transfer(100, quiet, busy, T0), state, [])
+    later = T0 + timedelta(days=31)
+    det.process(transfer(101, busy, quiet, later), state, [])
+    # As kept before: bare counts and bare sender addresses, with no time.
+    state.set("o:0xold", 5)
+    state.set("o:0xoldhub", 150)
+    state.set("e:0xold", ["0xold-sender"])
+    # Swept an hour behind the newest event, a month and a day after the first transfers.
+    now = transfer(102, busy, hub, later + timedelta(hours=2))
+    for _ in range(20):
+        op._maybe_sweep([Record(now, "in", 0, 0, None, 0)], _Ctx(0, states, []), {})
+    kept = {k for k in state.data if k[:2] in ("o:", "e:")}  # type: ignore[attr-defined]
+    assert kept == {f"o:{hub}", f"o:{busy}", f"e:{quiet}", "o:0xoldhub"}
+    assert state.get(f"o:{hub}")[0] == 100
+    assert state.get(f"e:{quiet}") == [[busy, later.timestamp()]]

@@ -23,6 +23,13 @@ taint on nor receive sent-to taint: exposure measured through a hub says nothing
 its users.  Sent-to taint reaches back one level through remembered senders (16 per
 address).  The graph is one state, so on Kafka the rule's events route under one key.
 
+The graph lets go of addresses gone quiet: an address's transfer count, and the senders
+remembered for it, go ``GRAPH_IDLE_S`` (30 days, well past a withdrawal's week of watch) after
+its last transfer, so with the whole chain flowing in, state follows the addresses in use,
+not every address ever seen.  A hub's count stays (few addresses, and each would otherwise
+pass taint on again for its next 100 transfers).  Taint stays: it is the history the rule is
+about, and only addresses within two hops of a listed one have it.
+
 Judged in event time, not arrival order.  Transfers come from the chain's topic, deposits and
 withdrawals from the exchange's: a deposit can arrive before the transfer that tainted its
 sender, and a transfer before the one that tainted its own sender.  Taint remembers since
@@ -63,6 +70,12 @@ MAX_SENDERS = 16
 MAX_WATCHERS = 32
 MAX_RECEIVERS = 16
 WATCH_SECONDS = 7 * 86400.0
+#: An address's transfer count and remembered senders go this long (event time) after its
+#: last transfer (a hub's count stays).
+GRAPH_IDLE_S = 30 * 86400.0
+#: A remembered sender's time is moved on when it sends again this much later: a write per
+#: repeated edge would cost more than the time is worth.
+_SENDER_REFRESH_S = 86400.0
 #: How far (event-time seconds) a transfer may arrive behind a deposit or withdrawal it taints
 #: and still be judged as if it had arrived first: the chain topic lags the exchange's own.
 LATE_S = 3600.0
@@ -127,7 +140,12 @@ class ExposureDetector(SingleRouteDetector):
         return self._types
 
     def expiries(self) -> tuple[Expiry, ...]:
-        return (*(Expiry(prefix, _watch_over) for prefix in _WATCHES), Expiry("r:", _paid_over))
+        return (
+            *(Expiry(prefix, _watch_over) for prefix in _WATCHES),
+            Expiry("r:", _paid_over),
+            Expiry("o:", _node_over),
+            Expiry("e:", _senders_over),
+        )
 
     def _listed(self, address: str) -> str | None:
         entry = self.env.intel.lookup(address)
@@ -197,11 +215,15 @@ class ExposureDetector(SingleRouteDetector):
         if not isinstance(a, str) or not isinstance(b, str):
             return
         a, b = a.lower(), b.lower()
-        degree = int(state.get(f"o:{a}", 0)) + 1
-        state.set(f"o:{a}", degree)
-        senders: list[str] = state.get(f"e:{b}") or []
-        if a not in senders:
-            senders = [*senders[-MAX_SENDERS + 1 :], a]
+        node = state.get(f"o:{a}")
+        degree = _degree(node) + 1
+        state.set(f"o:{a}", [degree, max(now, _last(node))])
+        senders = _entries(state.get(f"e:{b}"))
+        at = next((i for i, e in enumerate(senders) if e[0] == a), -1)
+        if at < 0:
+            state.set(f"e:{b}", [*senders[-MAX_SENDERS + 1 :], [a, now]])
+        elif now - senders[at][1] >= _SENDER_REFRESH_S:
+            senders[at] = [a, now]
             state.set(f"e:{b}", senders)
         stored = self._evidence(event)
         if degree < HUB_DEGREE:
@@ -229,8 +251,8 @@ class ExposureDetector(SingleRouteDetector):
             if self._improve(state, a, "out", level):
                 self._wake(state, a, level, "out", stored, hits)
                 if level[0] < self.p.hops:
-                    for s in state.get(f"e:{a}") or []:
-                        if int(state.get(f"o:{s}", 0)) >= HUB_DEGREE:
+                    for s, _ in _entries(state.get(f"e:{a}")):
+                        if _degree(state.get(f"o:{s}")) >= HUB_DEGREE:
                             continue
                         up = [level[0] + 1, *level[1:]]
                         if self._improve(state, s, "out", up):
@@ -241,7 +263,7 @@ class ExposureDetector(SingleRouteDetector):
     ) -> None:
         """Received-from ``taint`` just reached ``address``: pass it one hop on to the receivers
         ``address`` paid since (those edges arrived first)."""
-        if taint[0] >= self.p.hops or int(state.get(f"o:{address}", 0)) >= HUB_DEGREE:
+        if taint[0] >= self.p.hops or _degree(state.get(f"o:{address}")) >= HUB_DEGREE:
             return
         for receiver, when in state.get(f"r:{address}") or []:
             if when >= taint[3]:
@@ -305,6 +327,33 @@ class ExposureDetector(SingleRouteDetector):
             },
             score=None,
         )
+
+
+def _degree(node: Any) -> int:
+    """An address's transfer count from its ``o:`` entry: [count, last transfer time], or a
+    bare count as kept before addresses expired (None: no transfer seen)."""
+    if node is None:
+        return 0
+    return int(node[0]) if isinstance(node, list) else int(node)
+
+
+def _last(node: Any) -> float:
+    return float(node[1]) if isinstance(node, list) else 0.0
+
+
+def _entries(senders: Any) -> list[list[Any]]:
+    """Remembered senders as [address, last time], from an ``e:`` entry (bare addresses, as
+    kept before addresses expired, count as seen at time 0)."""
+    return [[e, 0.0] if isinstance(e, str) else list(e) for e in senders or ()]
+
+
+def _node_over(node: Any, now: float) -> bool:
+    # A count kept before addresses expired has no time: let go, unless it is a hub's.
+    return _degree(node) < HUB_DEGREE and now - _last(node) > GRAPH_IDLE_S
+
+
+def _senders_over(senders: Any, now: float) -> bool:
+    return all(now - e[1] > GRAPH_IDLE_S for e in _entries(senders))
 
 
 def _watch_over(watchers: Any, now: float) -> bool:
