@@ -128,7 +128,7 @@ def watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) 
 
 
 def partition_offsets(
-    admin: AdminClient, partitions: Sequence[tuple[str, int]], deadline: float
+    admin: AdminClient, partitions: Sequence[tuple[str, int]], deadline: float, *, committed: bool = False
 ) -> dict[tuple[str, int], tuple[int, int]]:
     """Low and high watermark of each partition, asked for all at once (two requests a round).
 
@@ -138,7 +138,8 @@ def partition_offsets(
     last stable offset leaves out what was just committed (a reader stopping there misses a
     finished run's last checkpoint), and a transaction left open by a process that died holds
     it back until Kafka aborts it.  A reader that must see everything committed reads,
-    ``read_committed``, until its position reaches the high watermark.
+    ``read_committed``, until its position reaches the high watermark.  (``committed``: the
+    last stable offset instead, to tell a reader held back by an open transaction.)
 
     Partitions the broker answers with a transient error (a just-created topic electing its
     leader) are asked again, with a growing pause, until ``deadline`` (monotonic); anything
@@ -153,7 +154,9 @@ def partition_offsets(
                 (tp.topic, tp.partition): future
                 for tp, future in admin.list_offsets(
                     {TopicPartition(t, p): spec for t, p in left},
-                    isolation_level=IsolationLevel.READ_UNCOMMITTED,
+                    isolation_level=(
+                        IsolationLevel.READ_COMMITTED if committed else IsolationLevel.READ_UNCOMMITTED
+                    ),
                     request_timeout=timeout,
                 ).items()
             }

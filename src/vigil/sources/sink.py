@@ -28,6 +28,9 @@ from vigil.hub.raw import RawRecord
 from vigil.hub.topics import TOPICS
 
 CURSOR_TOPIC = "vigil.cursors"
+#: A source's transaction timeout (librdkafka's default, said here because readers of the
+#: cursors wait out a dead source's open transaction: see last_cursor).
+SOURCE_TXN_TIMEOUT_S = 60.0
 
 
 def raw_topic(record: RawRecord) -> str:
@@ -58,7 +61,11 @@ class KafkaRawSink:
             self._source_id = self._source_id or source_id
             producer = make_producer(
                 self._settings,
-                **{"transactional.id": f"vigil.source.{self._source_id}", "linger.ms": 1},
+                **{
+                    "transactional.id": f"vigil.source.{self._source_id}",
+                    "linger.ms": 1,
+                    "transaction.timeout.ms": int(SOURCE_TXN_TIMEOUT_S * 1000),
+                },
             )
             try:
                 producer.init_transactions(self._timeout)
@@ -118,9 +125,12 @@ class KafkaRawSink:
             with self._lock:
                 self._ensure_producer(source_id)
         latest: dict[str, Any] | None = None
-        # Read to the end (read_committed): the last record under this source id wins, as
-        # compaction will leave it.
-        for msg in read_committed(self._settings, CURSOR_TOPIC, self._timeout):
+        # Read to the end (read_committed, to the high watermark): the last record under this
+        # source id wins, as compaction will leave it.  Every source shares the topic, so another
+        # source's transaction left open by a process that died holds the reader back until Kafka
+        # aborts it: waited for, past that transaction's timeout.
+        wait = max(self._timeout, SOURCE_TXN_TIMEOUT_S + 20.0)
+        for msg in read_committed(self._settings, CURSOR_TOPIC, wait):
             key = msg.key()
             if key is not None and key.decode() == source_id:
                 value = msg.value()

@@ -504,7 +504,7 @@ class Application:
         self.batch_timeout_s = batch_timeout_s
         self.checkpoint_interval_s = checkpoint_interval_s
         #: Names the transactional producer (exactly-once, or at-least-once with state: the one
-        #: that commits state and offsets).  Unset: ``<host>-<home>-<slot>``, the
+        #: that commits state and offsets).  Unset: ``<home id>-<slot>``, the
         #: lowest slot free in this home when run() starts (:mod:`vigil.stream.instance`), so a process
         #: restarted after a crash fences its predecessor's open transaction at once.
         self.instance_id = instance_id or f"{socket.gethostname()}-{os.getpid()}"

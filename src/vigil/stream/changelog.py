@@ -44,6 +44,9 @@ CHANGELOG_MAX_BYTES = 16 << 20
 #: Kafka's default ``delete.retention.ms`` (a day), in seconds.
 DEFAULT_DELETE_RETENTION_S = 86_400.0
 _HORIZON_MARGIN_S = 3600.0
+#: The longest a transaction can stay open (Kafka's transaction.max.timeout.ms default, 15 min,
+#: and a minute for the coordinator to abort it): a restore waits that long for one to end.
+MAX_OPEN_TXN_S = 960.0
 
 
 def changelog_topic(app: str, store_id: str) -> str:
@@ -98,6 +101,13 @@ class Restorer:
         self._last: dict[tuple[str, int], int] = {}
         #: Where each changelog partition being read ends: its high watermark at add().
         self._ends: dict[tuple[str, int], int] = {}
+        #: The time recorded with each store's restored writes (see _apply).
+        self._as_of: dict[tuple[str, int], float] = {}
+        #: Stores away too long to catch up if their changelog has records past their offset
+        #: (see add): restored afresh at the first such record.
+        self._suspect: set[tuple[str, int]] = set()
+        #: When the restore last found itself waiting on a transaction left open (monotonic).
+        self._waiting_since: float | None = None
         #: Records read and not handled yet: a step out of time leaves them to the next one.
         self._carried: list[Message] = []
         #: Wall clock (epoch seconds), compared with when a store was last written.
@@ -124,18 +134,20 @@ class Restorer:
         offsets = end_offsets(self._admin, [(t.topic, t.partition) for t in tasks], time.monotonic() + 30)
         reading: list[RestoreTask] = []
         assign: list[TopicPartition] = []
-        # Stores that come back behind their changelog after a long time away (see _too_old).
+        now = self.clock()
+        # Stores back after a long time away (see _restart_afresh): the topics' retention is asked
+        # only then (one request), not on every restart.
         away = {
             t.topic
             for t in tasks
-            if (at := t.state.changelog_offset()) is not None and at < offsets[t.topic, t.partition][1]
+            if (at := t.state.changelog_offset()) is not None
+            and at < offsets[t.topic, t.partition][1]
+            and now - (t.state.changelog_written_at() or 0.0) > _HORIZON_MARGIN_S
         }
         horizons = _horizons(self._admin, sorted(away)) if away else {}
         for task in tasks:
             start = task.state.changelog_offset()
             low, high = offsets[task.topic, task.partition]
-            if start is not None and start < high and self._too_old(task, horizons[task.topic]):
-                start = None  # (wiped)
             if start is not None and not low <= start <= high:
                 # The store reached an offset this changelog does not have (the topic was
                 # recreated, the broker reformatted, records deleted): it is not a prefix of
@@ -153,12 +165,21 @@ class Restorer:
                 )
                 task.state.wipe()
                 start = None
+            tp = (task.topic, task.partition)
+            written = task.state.changelog_written_at()
+            if start is not None and task.topic in horizons and now - (written or 0.0) > horizons[task.topic]:
+                self._suspect.add(tp)
+            # Restored writes keep the time the store's contents are as of: a store caught up only
+            # part of the way is no fresher than before (a crash mid-restore must not make an old
+            # store look recent); one restored from the start is as of now.
+            self._as_of[tp] = now if start is None else (written or 0.0)
             begin = start if start is not None else low
             task.state.changelog_next = high
             if begin >= high:
+                self._suspect.discard(tp)
+                self._as_of.pop(tp, None)
                 continue
             reading.append(task)
-            tp = (task.topic, task.partition)
             self._tasks[tp] = task
             self._pending[tp] = []
             self._pending_bytes[tp] = 0
@@ -175,26 +196,31 @@ class Restorer:
             self._progress_at = time.monotonic()
         return reading
 
-    def _too_old(self, task: RestoreTask, horizon_s: float) -> bool:
-        """Whether a store behind its changelog was last written too long ago to catch up, and
-        if so wipe it: compaction removes a tombstone ``delete.retention.ms`` after it was
-        written, so a store away longer would miss deletions made meanwhile and keep keys the
-        changelog no longer has (Kafka Streams deletes state not owned for a while, too)."""
+    def _restart_afresh(self, tp: tuple[str, int], consumer: Consumer) -> None:
+        """A store away longer than its changelog keeps deletions (``delete.retention.ms``), with
+        records to catch up on: wiped and read from the start.  Compaction removes a tombstone
+        that long after it was written, so catching up would miss deletions made meanwhile and
+        keep keys the changelog no longer has (Kafka Streams deletes state not owned for a while,
+        too).  Only once a record shows there is something to catch up on: the offset a store
+        records leaves out transaction markers, so a store at the end of its changelog looks a
+        few offsets behind it."""
+        task = self._tasks[tp]
         written = task.state.changelog_written_at()
-        age = None if written is None else self.clock() - written
-        if age is not None and age < horizon_s:
-            return False
         log.warning(
-            "state %s: behind %s[%d] and last written %s; restoring it from the start (deletions "
-            "older than %.0f h may be compacted away)",
+            "state %s: last written %s and behind %s[%d]; restoring it from the start (deletions "
+            "made meanwhile may be compacted away)",
             task.state.path,
-            task.topic,
-            task.partition,
-            "at an unknown time" if age is None else f"{age / 3600:.1f} h ago",
-            horizon_s / 3600,
+            "at an unknown time" if written is None else f"{(self.clock() - written) / 3600:.1f} h ago",
+            tp[0],
+            tp[1],
         )
+        self._suspect.discard(tp)
         task.state.wipe()
-        return True
+        self._pending[tp] = []
+        self._pending_bytes[tp] = 0
+        self._last.pop(tp, None)
+        self._as_of[tp] = self.clock()
+        consumer.seek(TopicPartition(tp[0], tp[1], OFFSET_BEGINNING))
 
     def step(self, max_records: int, timeout_s: float, budget_s: float | None = None) -> list[RestoreTask]:
         """Read up to ``max_records`` changelog records (waiting up to ``timeout_s`` for the
@@ -214,10 +240,14 @@ class Restorer:
         #: Changelog partitions read to their end of partition (a set: it can be reported twice).
         ended: set[tuple[str, int]] = set()
         touched: set[tuple[str, int]] = set()
+        #: Restarted from the start in this step: what was read of them is from before.
+        restarted: set[tuple[str, int]] = set()
         progress = False
         for i, msg in enumerate(msgs):
             tp = (msg.topic(), msg.partition())
             err = msg.error()
+            if tp in restarted:
+                continue
             if tp not in self._tasks:
                 # Fetched before remove() gave the store up, or an error of the client's own
                 # (connection lost, all brokers down: it reconnects by itself).
@@ -238,6 +268,10 @@ class Restorer:
             key = msg.key()
             if key is None:
                 continue
+            if tp in self._suspect:
+                self._restart_afresh(tp, consumer)
+                restarted.add(tp)
+                continue
             value = msg.value()
             pending = self._pending[tp]
             pending.append((key, value))
@@ -256,23 +290,58 @@ class Restorer:
         # after a commit, before the commit's markers are written, it leaves that checkpoint's
         # records out (see vigil.hub.client.partition_offsets).  A store is restored once the
         # position (past records, markers and aborted records alike) reaches the high watermark.
-        carried = {(m.topic(), m.partition()) for m in self._carried}
-        at = consumer.position([TopicPartition(t, p) for t, p in self._tasks if (t, p) not in carried])
+        if restarted:
+            self._carried = [m for m in self._carried if (m.topic(), m.partition()) not in restarted]
+        unsure = restarted | {(m.topic(), m.partition()) for m in self._carried}
+        at = consumer.position([TopicPartition(t, p) for t, p in self._tasks if (t, p) not in unsure])
         ended.update((tp.topic, tp.partition) for tp in at if tp.offset >= self._ends[tp.topic, tp.partition])
-        ended -= carried
+        ended -= unsure
         now = time.monotonic()
         if progress:
             self._progress_at = now
+            self._waiting_since = None
         elif now - self._progress_at > self.stall_s:
-            msg = (
-                f"restoring {sorted(self._tasks)}: nothing read from the changelog for "
-                f"{self.stall_s:g}s (is the broker reachable?  Or a transaction left open there by "
-                "a process that died, which Kafka aborts after its transaction.timeout.ms)"
-            )
-            raise PipelineError(msg)
+            self._stalled(now)
         finished = [self._tasks[tp] for tp in sorted(ended)]
         self._forget(sorted(ended))
         return finished
+
+    def _stalled(self, now: float) -> None:
+        """Nothing read for ``stall_s``: wait on while a transaction left open by a process that
+        died holds the changelog's end back (Kafka aborts it after its transaction timeout, at
+        most ``MAX_OPEN_TXN_S``); fail otherwise, the broker out of reach or the changelog
+        unreadable."""
+        tps = sorted(self._tasks)
+        held: list[str] = []
+        try:
+            if self._admin is None:
+                self._admin = make_admin(self.settings)
+            stable = partition_offsets(self._admin, tps, time.monotonic() + 10, committed=True)
+            held = [
+                f"{t}[{p}] (end {self._ends[t, p]}, stable to {stable[t, p][1]})"
+                for t, p in tps
+                if stable[t, p][1] < self._ends[t, p]
+            ]
+        except BrokerError as exc:
+            log.warning("restoring %s: %s", tps, exc)
+        if held and (self._waiting_since is None or now - self._waiting_since < MAX_OPEN_TXN_S):
+            if self._waiting_since is None:
+                self._waiting_since = now
+                log.warning(
+                    "restoring %s: waiting for a transaction left open in %s to end (Kafka aborts it "
+                    "after its transaction timeout)",
+                    self.app,
+                    ", ".join(held),
+                )
+            self._progress_at = now
+            return
+        why = (
+            f"a transaction open there for over {MAX_OPEN_TXN_S:g}s: {', '.join(held)}"
+            if held
+            else "is the broker reachable?"
+        )
+        msg = f"restoring {tps}: nothing read from the changelog for {self.stall_s:g}s ({why})"
+        raise PipelineError(msg)
 
     def remove(self, states: Sequence[RocksState]) -> None:
         """Stop restoring these stores (their partition was revoked); what was read is applied."""
@@ -292,6 +361,8 @@ class Restorer:
         self._pending_bytes.clear()
         self._last.clear()
         self._ends.clear()
+        self._as_of.clear()
+        self._suspect.clear()
         self._carried = []
         if consumer is not None:
             consumer.close()
@@ -299,7 +370,7 @@ class Restorer:
     def _apply(self, tp: tuple[str, int]) -> None:
         pending = self._pending[tp]
         if pending:
-            self._tasks[tp].state.write_committed(pending, self._last[tp] + 1)
+            self._tasks[tp].state.write_committed(pending, self._last[tp] + 1, written_at=self._as_of[tp])
             self.applied += len(pending)
             self._pending[tp] = []
             self._pending_bytes[tp] = 0
@@ -311,6 +382,8 @@ class Restorer:
             self._pending_bytes.pop(tp, None)
             self._last.pop(tp, None)
             self._ends.pop(tp, None)
+            self._as_of.pop(tp, None)
+            self._suspect.discard(tp)
         if tps and self._consumer is not None:
             self._consumer.incremental_unassign([TopicPartition(t, p) for t, p in tps])
 

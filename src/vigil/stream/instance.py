@@ -12,8 +12,9 @@ The home id is random, made the first time a home is used and kept in it
 digest of the home's path: containers that all have the same host name and mount their own
 volume at the same path shared one transactional id and fenced each other in turn, and a
 replacement with a new host name on the old one's volume (a rescheduled pod) did not fence
-its predecessor's open transaction.  (A copy of a home, a cloned volume, has the same id:
-run it instead of the original, not beside it.)
+its predecessor's open transaction.  (A copy of a home has the same id: a cloned volume, or
+a home baked into a container image and run as several replicas, which then fence each other
+in turn.  Give each running process a home of its own.)
 
 A slot is the lowest number whose lock file (under the home) no live process holds (``flock``:
 released by the kernel when the holder dies, however it dies), so two processes of an
@@ -27,6 +28,7 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import IO
 
@@ -48,12 +50,29 @@ def home_id(home: Path) -> str:
     directory.mkdir(parents=True, exist_ok=True)
     # Written whole under a name of its own, then linked into place: link fails if another
     # process got there first, and then its id is the home's.
+    # (Synced first: a crash must not leave an empty id behind.)
     made = directory / f"id.{os.getpid()}.{secrets.token_hex(4)}"
-    made.write_text(secrets.token_hex(6) + "\n", encoding="ascii")
+    text = (secrets.token_hex(6) + "\n").encode("ascii")
+    with made.open("wb") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
     try:
         os.link(made, path)
     except FileExistsError:
         pass
+    except OSError:
+        # A file system without hard links (some network shares): created exclusively instead,
+        # and a reader meanwhile waits for its content (_read_id).
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
     finally:
         made.unlink()
     return _read_id(path)
@@ -61,6 +80,10 @@ def home_id(home: Path) -> str:
 
 def _read_id(path: Path) -> str:
     text = path.read_text(encoding="ascii").strip()
+    deadline = time.monotonic() + 2.0
+    while not text and time.monotonic() < deadline:
+        time.sleep(0.01)  # created exclusively by another process, which is writing it now
+        text = path.read_text(encoding="ascii").strip()
     if not text or not all(c in "0123456789abcdef" for c in text):
         msg = f"{path}: expected the home's instance id (hex digits); delete the file to make a new one"
         raise ValueError(msg)

@@ -241,13 +241,20 @@ class RocksState(State):
         return out
 
     def write_committed(
-        self, writes: list[tuple[bytes, bytes | None]], changelog_offset: int | None, *, final: bool = True
+        self,
+        writes: list[tuple[bytes, bytes | None]],
+        changelog_offset: int | None,
+        *,
+        final: bool = True,
+        written_at: float | None = None,
     ) -> None:
         """Apply writes that Kafka now has, with the changelog offset they reach, atomically.
 
         ``final=False``: a chunk of a larger set of writes, applied without an offset; a crash
         before the final chunk leaves RocksDB with some newer values and the older offset, from
-        which restore replays whole values up to the changelog's end (last one wins)."""
+        which restore replays whole values up to the changelog's end (last one wins).
+        ``written_at``: the time recorded with the offset (epoch seconds; None: now), which
+        restore keeps at the time the store's contents are as of."""
         batch = WriteBatch(raw_mode=True)
         put, delete = batch.put, batch.delete
         for key, value in writes:
@@ -257,7 +264,7 @@ class RocksState(State):
                 put(key, value)
         if changelog_offset is not None:
             batch.put(OFFSET_KEY, str(changelog_offset).encode())
-            batch.put(WRITTEN_AT_KEY, repr(time.time()).encode())
+            batch.put(WRITTEN_AT_KEY, repr(time.time() if written_at is None else written_at).encode())
         self._db.write(batch)
         if final:
             self._unwritten = max(0, self._unwritten - 1)

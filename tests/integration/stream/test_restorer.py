@@ -15,6 +15,7 @@ from tests.integration.stream.apps import payments, read_all
 from tests.integration.stream.conftest import Running, make_topics, produce, wait_for
 
 from vigil.config import Settings
+from vigil.errors import PipelineError
 from vigil.hub.admin import ensure_topics
 from vigil.hub.client import producer_config
 from vigil.stream.app import Application
@@ -181,7 +182,7 @@ def test_an_output_too_large_is_dead_lettered_not_a_failed_checkpoint(
 
 
 def test_a_restore_reads_past_an_open_transaction_once_it_ends(
-    settings: Settings, tmp_path: Path, names: Callable[[str], str]
+    settings: Settings, tmp_path: Path, names: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A process died mid-checkpoint (its transaction open), and the next owner committed after
     # it.  The end was the last stable offset, which stands at the open transaction: the restore
@@ -200,12 +201,23 @@ def test_a_restore_reads_past_an_open_transaction_once_it_ends(
     owner.produce(spec.name, msgspec.msgpack.encode(b"kept"), b"c:1", partition=0)
     owner.commit_transaction(30)
     state = RocksState(tmp_path / "store", CHUNKS)
-    restorer = Restorer(settings, "restorer-test")
+    # Nothing read for stall_s is a stall, but for a transaction holding the end back: waited
+    # for (Kafka aborts it after its timeout, up to 15 minutes), up to MAX_OPEN_TXN_S.
+    restorer = Restorer(settings, "restorer-test", stall_s=0.2)
     try:
         assert restorer.add([RestoreTask(state, spec.name, 0)])
-        for _ in range(5):  # the end of partition (the last stable offset) comes and goes
-            assert restorer.step(100, 0.2) == []
+        waited = time.monotonic() + 1.0
+        while time.monotonic() < waited:  # the end of partition (the last stable offset) comes
+            assert restorer.step(100, 0.1) == []
         assert restorer.applied == 0  # (the store is not read before its restore ends)
+        monkeypatch.setattr("vigil.stream.changelog.MAX_OPEN_TXN_S", 0.5)
+
+        def step_until_it_fails() -> None:
+            for _ in range(100):
+                restorer.step(100, 0.1)
+
+        with pytest.raises(PipelineError, match=rf"a transaction open there for over 0.5s: {spec.name}\[0\]"):
+            step_until_it_fails()
         dead.abort_transaction(30)  # (Kafka would, after the transaction timeout)
         finished: list[RestoreTask] = []
         deadline = time.monotonic() + 30
@@ -228,10 +240,18 @@ def test_a_store_back_behind_its_changelog_after_a_long_time_away_is_restored_af
     # stands for such a key: the store has it, the changelog (compacted) no longer does.
     spec = changelog_spec(names("app"), CHUNKS.id, 1)
     ensure_topics(settings, [spec])
-    producer = Producer(producer_config(settings))
-    for key in ("a", "b"):
-        producer.produce(spec.name, msgspec.msgpack.encode(key), key.encode(), partition=0)
-    assert producer.flush(30) == 0
+    # Written in transactions, as the runtime writes: each commit marker takes an offset a
+    # store's recorded offset leaves out, so a store at the end looks behind it.
+    producer = Producer(producer_config(settings, **{"transactional.id": names("owner")}))
+    producer.init_transactions(30)
+
+    def commit(*keys: str) -> None:
+        producer.begin_transaction()
+        for key in keys:
+            producer.produce(spec.name, msgspec.msgpack.encode(key), key.encode(), partition=0)
+        producer.commit_transaction(30)
+
+    commit("a", "b")  # offsets 0, 1 and the marker at 2
 
     def store(name: str) -> RocksState:
         state = RocksState(tmp_path / name, CHUNKS)
@@ -251,16 +271,23 @@ def test_a_store_back_behind_its_changelog_after_a_long_time_away_is_restored_af
             restorer.close()
         return sorted(k for k in ("a", "b", "c", "z") if state.get(k) is not None)
 
-    # Up to date: kept as it is, however old (nothing to catch up with, nothing missed).
+    # At the end of its changelog (but for the marker), however old: kept as it is.
     current = store("current")
     assert restored(current, days_away=3) == ["a", "b", "z"]
-    producer.produce(spec.name, msgspec.msgpack.encode("c"), b"c", partition=0)
-    assert producer.flush(30) == 0
+    commit("c")  # offset 3, marker 4
     recent, old = store("recent"), store("old")
+    was = recent.changelog_written_at()
+    assert was is not None
     try:
         assert restored(recent, days_away=0.5) == ["a", "b", "c", "z"]  # caught up from offset 2
-        assert restored(old, days_away=3) == ["a", "b", "c"]  # wiped: from the start
-        assert old.changelog_offset() == 3
+        # Caught up, it is as of when it was written before (a restore stopped half way would
+        # otherwise make an old store look recent).
+        assert recent.changelog_written_at() == was
+        assert restored(old, days_away=3) == ["a", "b", "c"]  # wiped at "c": from the start
+        assert old.changelog_offset() == 4
+        written = old.changelog_written_at()
+        assert written is not None
+        assert written > time.time() + 2 * 86_400  # as of the restore (its clock)
     finally:
         for state in (current, recent, old):
             state.close()
