@@ -548,11 +548,11 @@ def test_look_alike_rules_route_by_each_addresss_head_and_tail() -> None:
     for key in looks:
         det.process(first, state, [], key)
     since = T0.timestamp()  # references remember since when they are known
-    assert state.get("k:1234|5678") == [[real, since]]
-    assert state.get("k:9999|0000") == [[other, since]]
+    assert state.get("k:1234|5678") == [[real, since, since]]  # known since, last seen
+    assert state.get("k:9999|0000") == [[other, since, since]]
     only_real = MemoryState()
     det.process(first, only_real, [], "lookalike:4:1234-5678")
-    assert only_real.get("k:1234|5678") == [[real, since]]
+    assert only_real.get("k:1234|5678") == [[real, since, since]]
     assert only_real.get("k:9999|0000") is None
     hits: list[Any] = []
     dust = transfer(2, fake, other, T0 + timedelta(minutes=2), 0.0)
@@ -797,3 +797,40 @@ def test_the_exposure_graph_lets_go_of_addresses_gone_quiet_and_keeps_hubs(
     assert kept == {f"o:{hub}", f"o:{busy}", f"e:{quiet}", "o:0xoldhub"}
     assert state.get(f"o:{hub}")[0] == 100
     assert state.get(f"e:{quiet}") == [[busy, later.timestamp()]]
+
+
+def test_look_alike_references_and_flags_go_once_unused_for_half_a_year(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every address sending a transfer became a reference and every dust sender was flagged,
+    # for ever: with the whole chain flowing in, a store of every address seen.  Now what goes
+    # unused for 180 days goes; a sighting renews it; entries of earlier versions (no time) stay.
+    monkeypatch.setattr("vigil.detect.engine.SWEEP_EVERY", 1)
+    rule = next(r for r in RULES if r.id == "poisoning-dust")
+    op = DetectOperator(RuleSet([rule]))
+    det = op.ruleset.detectors[0]
+    states: dict[tuple[str, int], MemoryState] = {}
+    state = _Ctx(0, states, []).state(det.store)
+    used, unused = "0x1234" + "a" * 32 + "5678", "0x4321" + "a" * 32 + "8765"
+    imitation, lone = "0x1234" + "b" * 32 + "5678", "0x9999" + "c" * 32 + "0000"
+    victim = "0x" + "e" * 40
+    hits: list[Any] = []
+    det.process(transfer(1, used, unused, T0), state, hits)  # both become references
+    det.process(transfer(2, imitation, victim, T0 + timedelta(minutes=5), usd=0.01), state, hits)
+    det.process(transfer(3, lone, victim, T0 + timedelta(minutes=6), usd=0.01), state, hits)
+    assert [h.context["imitates"] for h in hits] == [used]
+    assert {f"f:{imitation}", f"f:{lone}", "r:9999|0000"} <= set(state.data)  # type: ignore[attr-defined]
+    det.process(transfer(4, used, victim, T0 + timedelta(days=100)), state, [])  # seen again
+    state.set("f:0xold", used)  # kept by an earlier version: no time
+    state.set("k:old0|0old", [["0xold", 0.0]])
+    state.set("r:old0|0old", ["0xold"])
+    now = transfer(5, victim, used, T0 + timedelta(days=181, hours=2))
+    for _ in range(20):
+        op._maybe_sweep([Record(now, "in", 0, 0, None, 0)], _Ctx(0, states, []), {})
+    assert {k for k in state.data if k[:2] in ("k:", "f:", "r:")} == {  # type: ignore[attr-defined]
+        "k:1234|5678",  # renewed at day 100 (the imitation's flag was not)
+        "k:eeee|eeee",  # the victim: known from the transfer at day 100
+        "f:0xold",
+        "k:old0|0old",
+        "r:old0|0old",
+    }

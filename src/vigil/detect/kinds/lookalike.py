@@ -39,6 +39,14 @@ became known only through sends after its own dust (the sends arrived first) is 
 reference once the dust arrives.  A flag keeps no time: a check made before its address was
 found an imitation, arriving after, alerts (in event-time order it would have passed), so
 disorder can add such an alert but not lose one.
+
+What the rule knows is let go once unused for ``IDLE_S`` (180 days of event time): a reference
+not seen again, a flag on an address that has not sent dust or been checked again, a dust
+sender still waiting for its original.  With the whole chain flowing in, every address that
+sends a transfer becomes known and every sender of dust is flagged: kept forever, the store
+would hold every address ever seen.  A sighting renews what it touches at most once a day, so
+the renewals cost a write per address a day, not per event.  Entries kept by earlier versions
+have no time: they stay (their loss could miss an alert), until an event renews them.
 """
 
 from __future__ import annotations
@@ -62,6 +70,10 @@ MAX_PER_KEY = 8
 #: makes their address an imitation arrives after them (see the module docstring).
 MAX_HELD = 16
 LATE_S = 3600.0
+#: References, flags and waiting dust senders go this long (event time) after their last use.
+IDLE_S = 180 * 86400.0
+#: A sighting renews an entry's time when it is older than this.
+_RENEW_S = 86400.0
 
 
 @dataclass(frozen=True)
@@ -120,7 +132,12 @@ class LookalikeDetector(Detector):
         return self._types
 
     def expiries(self) -> tuple[Expiry, ...]:
-        return (Expiry("h:", _held_over),)
+        return (
+            Expiry("h:", _held_over),
+            Expiry("k:", _refs_over),
+            Expiry("f:", _flag_over),
+            Expiry("r:", _dusters_over),
+        )
 
     def route_id_for(self, tag: str) -> object:
         # Rules reading the same addresses of an event type route it under the same keys (the
@@ -194,9 +211,12 @@ class LookalikeDetector(Detector):
         state: State,
         hits: list[Hit],
     ) -> None:
-        flagged = state.get(f"f:{address}")
-        remember = check.entry.remember
         now = ts(event)
+        entry = state.get(f"f:{address}")
+        flagged = _flag_of(entry)
+        if entry is not None and (not isinstance(entry, list) or now - entry[1] >= _RENEW_S):
+            state.set(f"f:{address}", [flagged, now])  # checked again: still in use
+        remember = check.entry.remember
         if flagged is None or (flagged == DUST_ONLY and remember):
             known = _known(state, key)
             # References known by this check's time (one known later was learned from an event
@@ -205,14 +225,14 @@ class LookalikeDetector(Detector):
             if others:
                 was = flagged
                 flagged = others[0]
-                state.set(f"f:{address}", flagged)
+                state.set(f"f:{address}", [flagged, now])
                 if was is None:
                     self._flagged(address, key, flagged, now, known, state, hits)
             elif remember:
                 if flagged is None:
-                    state.set(f"f:{address}", DUST_ONLY)
-                    dusters: list[str] = state.get(f"r:{key}") or []
-                    state.set(f"r:{key}", [*dusters[-MAX_PER_KEY + 1 :], address])
+                    state.set(f"f:{address}", [DUST_ONLY, now])
+                    dusters: list[Any] = state.get(f"r:{key}") or []
+                    state.set(f"r:{key}", [*dusters[-MAX_PER_KEY + 1 :], [address, now]])
                     self._flagged(address, key, DUST_ONLY, now, known, state, hits)
                 if check.entry.alert:  # the original it imitates may yet arrive
                     self._hold(address, key, group, event, now, state)
@@ -262,26 +282,37 @@ class LookalikeDetector(Detector):
         set_or_delete(state, f"h:{key}", [h for h in held if not (h[0] == address and h[3] >= since)])
 
     def _learn(self, address: str, key: str, state: State, now: float, hits: list[Hit]) -> None:
-        # A reference already known (a customer's usual counterparty) changes nothing: asked
-        # first, it spares the flag lookup, which misses for almost every address.
+        # A reference already known (a customer's usual counterparty) changes nothing but its
+        # last-seen time, once a day: asked first, it spares the flag lookup, which misses for
+        # almost every address.
         current: list[Any] = state.get(f"k:{key}") or []
         for known in current:
             if type(known) is not list:
                 if known == address:
                     return  # known since before references kept a time
             elif known[0] == address:
-                if known[1] > now:  # learned first from a later event that arrived first
+                earlier = known[1] > now  # learned first from a later event that arrived first
+                if earlier:
                     known[1] = now
-                    state.set(f"k:{key}", current)
+                # Seen again: still in use.
+                if len(known) < 3:
+                    known.append(now)
+                elif now - known[2] >= _RENEW_S:
+                    known[2] = now
+                elif not earlier:
+                    return
+                state.set(f"k:{key}", current)
+                if earlier:
                     self._late_checks(address, key, now, state, hits)
                 return
         if state.get(f"f:{address}") is not None:
             return  # an imitation never becomes a reference
-        state.set(f"k:{key}", [*current[-MAX_PER_KEY + 1 :], [address, now]])
+        state.set(f"k:{key}", [*current[-MAX_PER_KEY + 1 :], [address, now, now]])
         # Dust senders waiting for an original: this is the one they imitate.
-        for duster in state.get(f"r:{key}") or ():
-            if duster != address and state.get(f"f:{duster}") == DUST_ONLY:
-                state.set(f"f:{duster}", address)
+        for waiting in state.get(f"r:{key}") or ():
+            duster = waiting if isinstance(waiting, str) else waiting[0]
+            if duster != address and _flag_of(state.get(f"f:{duster}")) == DUST_ONLY:
+                state.set(f"f:{duster}", [address, now])
         self._late_checks(address, key, now, state, hits)
 
     def _late_checks(self, address: str, key: str, since: float, state: State, hits: list[Hit]) -> None:
@@ -293,15 +324,36 @@ class LookalikeDetector(Detector):
             if h[0] != address and h[3] >= since:
                 firsts[h[0]] = min(firsts.get(h[0], h[3]), h[3])
         for imitation, first in firsts.items():
-            if state.get(f"f:{imitation}") in (None, DUST_ONLY):
-                state.set(f"f:{imitation}", address)
+            if _flag_of(state.get(f"f:{imitation}")) in (None, DUST_ONLY):
+                state.set(f"f:{imitation}", [address, first])
             self._flagged(imitation, key, address, first, _known(state, key), state, hits)
 
 
 def _known(state: State, key: str) -> list[list[Any]]:
-    """The references known for ``key``, each [address, since] (a bare address predates
-    ``since``: known from the start)."""
+    """The references known for ``key``, each [address, since] or [address, since, last seen]
+    (a bare address predates ``since``: known from the start)."""
     return [k if isinstance(k, list) else [k, 0.0] for k in state.get(f"k:{key}") or ()]
+
+
+def _flag_of(entry: Any) -> str | None:
+    """What a flagged address imitates (``DUST_ONLY``: nothing known yet), from its ``f:``
+    entry: [flag, last used], or the bare flag kept by earlier versions."""
+    if entry is None:
+        return None
+    return str(entry[0]) if isinstance(entry, list) else str(entry)
+
+
+def _refs_over(refs: Any, now: float) -> bool:
+    # Entries without a last-seen time (kept by earlier versions) hold the key.
+    return all(isinstance(k, list) and len(k) > 2 and now - k[2] > IDLE_S for k in refs)
+
+
+def _flag_over(entry: Any, now: float) -> bool:
+    return isinstance(entry, list) and now - entry[1] > IDLE_S
+
+
+def _dusters_over(dusters: Any, now: float) -> bool:
+    return all(isinstance(d, list) and now - d[1] > IDLE_S for d in dusters)
 
 
 def _held_over(held: Any, now: float) -> bool:
