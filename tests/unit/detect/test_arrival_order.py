@@ -190,3 +190,62 @@ def test_a_propagation_mark_meets_its_trigger_whatever_the_id(tmp_path: Path, cu
     ]
     alerts, _ = detect_events(RuleSet(_rules(tmp_path, PROPAGATION_RULE), IntelIndex()), events)
     assert len(alerts) == 1
+
+
+SEQUENCE_RULE = """\
+    type: sequence
+    group_by: customer
+    within: 2h
+    steps:
+      - {name: reset, type: password_reset}
+      - {name: added, type: withdrawal_address_added}
+      - {name: out, type: withdrawal_request}
+"""
+
+
+def test_a_late_step_event_after_a_burst_keeps_the_chain_begun_before_it(tmp_path: Path) -> None:
+    # A late event is put in its place and the recent steps replayed; the replay knew only the
+    # last 32 step events, so 40 password resets after the chain's second step (an attacker's,
+    # or a forgetful customer's) and one late event lost the chain: the withdrawal passed.
+    from vigil.events.types import (
+        PasswordReset,
+        WithdrawalAddressAdded,
+        WithdrawalAddressAddedPayload,
+        WithdrawalRequest,
+        WithdrawalRequestPayload,
+    )
+
+    t0 = datetime(2026, 5, 1, tzinfo=UTC)
+    who = Entities(customer="c1")
+
+    def reset(minute: float) -> Event:
+        return PasswordReset(
+            event_id=f"r{minute}", source="b", occurred_at=t0 + timedelta(minutes=minute), entities=who
+        )
+
+    address = "0x" + "9" * 40
+    events: list[Event] = [
+        reset(0),
+        WithdrawalAddressAdded(
+            event_id="a",
+            source="b",
+            occurred_at=t0 + timedelta(minutes=1),
+            entities=who,
+            payload=WithdrawalAddressAddedPayload(address=address, asset="ETH", chain="ethereum"),
+        ),
+        *(reset(2 + i) for i in range(40)),
+        WithdrawalRequest(
+            event_id="w",
+            source="b",
+            occurred_at=t0 + timedelta(minutes=60),
+            entities=who,
+            payload=WithdrawalRequestPayload(withdrawal_id="w1", asset="ETH", amount=1.0, to_address=address),
+        ),
+    ]
+    late = reset(40.5)  # arrives after the reset at minute 41
+    rules = _rules(tmp_path, SEQUENCE_RULE)
+    in_order, _ = detect_events(RuleSet(rules), sorted([*events, late], key=lambda e: e.occurred_at))
+    assert [a.payload.entity.id for a in in_order] == ["c1"]
+    arrival = [*events[:-1], late, events[-1]]
+    got, _ = detect_events(RuleSet(rules), arrival, batch_size=1)
+    assert [a.payload.entity.id for a in got] == ["c1"]

@@ -65,7 +65,10 @@ CONTEXT = frozenset({"steps", "span", "group"})
 #: partitions, so a step can arrive after a later one.  Later than this, it is judged
 #: against the chains as they stand.
 MAX_LATENESS_S = 3600.0
-#: Step events kept per group for such replays.
+#: Step events kept per group for such replays.  What falls out of the buffer (past the
+#: lateness, or beyond this many) is folded into the chains the replay starts from (``b``), so a
+#: replay after a burst of step events (32 logins after a password reset) still knows the chain
+#: begun before the burst.
 MAX_BUFFERED = 32
 
 
@@ -407,14 +410,31 @@ class SequenceDetector(GroupedDetector):
                 while at > 0 and buf[at - 1][0] > now:
                     at -= 1
                 buf.insert(at, entry)
-                progress: list[Any] = [None] * len(self._steps)
+                # From the chains as they stood before the oldest buffered event (_advance
+                # replaces a chain, never changes one: a shallow copy keeps the base as it is).
+                base = st.get("b")
+                progress: list[Any] = list(base) if base else [None] * len(self._steps)
                 for e in buf:
                     found = self._advance(progress, e)
                     if found is not None:
                         self._fire(key, found, hits, done, st)
                 st["p"] = progress
             horizon = max(newest, now) - self._within - self._lateness
-            st["buf"] = [e for e in buf if e[0] >= horizon][-MAX_BUFFERED:]
+            start = len(buf) - MAX_BUFFERED if len(buf) > MAX_BUFFERED else 0
+            while start < len(buf) and buf[start][0] < horizon:
+                start += 1
+            if start:
+                # Falling out of the buffer: folded into the base the next replay starts from
+                # (their chains were judged when they came; only what they began is kept).
+                base = st.get("b") or [None] * len(self._steps)
+                for e in buf[:start]:
+                    self._advance(base, e)
+                if any(c is not None for c in base):
+                    st["b"] = base
+                else:
+                    st.pop("b", None)
+                buf = buf[start:]
+            st["buf"] = buf
             st["done"] = [d for d in done if d[0] >= horizon]
         # Most events change nothing here (a login from a device seen before): the state is
         # then not written, so the checkpoint neither encodes it nor sends it to the changelog.
