@@ -212,6 +212,9 @@ OUTPUT_MAX_BYTES = 1_000_000
 #: arrive meanwhile).
 _RESTORE_STEP_RECORDS = 10_000
 _RESTORE_STEP_S = 0.025
+#: How often (seconds) a checkpoint records that the owned stores are current (RocksState.touch):
+#: well inside the hour the restore allows between a store's recorded time and its contents.
+_TOUCH_EVERY_S = 600.0
 _RESTORE_WAIT_S = 0.01
 #: Aligned: timeout of the broker queries for partitions nothing was consumed from yet.
 _ALIGN_TIMEOUT = 5.0
@@ -575,6 +578,8 @@ class Application:
         self._sealing: _Seal | None = None
         #: State writes Kafka has, waiting for RocksDB (see _write_step).
         self._writes: deque[_PendingWrite] = deque()
+        #: When the owned stores were last touched (perf_counter; see _checkpoint).
+        self._touched_at = 0.0
         #: Checkpoint work spread over time (see _SPREAD): encoding a seal, writing to RocksDB.
         self._encode_pace = Pace()
         self._write_pace = Pace()
@@ -1255,6 +1260,11 @@ class Application:
         if producer is None or consumer is None or self._failed or self._lost:
             return  # lost: nothing since the last checkpoint is this member's to commit (_rewind)
         started = time.perf_counter()
+        if started - self._touched_at >= _TOUCH_EVERY_S:
+            self._touched_at = started
+            for task in self._tasks.values():
+                for state in task.stores.values():
+                    state.touch()
         if not self.exactly_once:
             sealed = self._seal(sync)
             self._complete_epochs(sync)
@@ -1793,6 +1803,9 @@ class Application:
     def _close_task(self, number: int) -> None:
         task = self._tasks.pop(number, None)
         if task is not None:
+            if not self._failed:
+                for state in task.stores.values():
+                    state.touch()  # current as of now, for the next restore (see RocksState.touch)
             task.close()
 
     def _stop_restoring(self, number: int, consumer: Consumer | None) -> None:

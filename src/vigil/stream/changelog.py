@@ -6,9 +6,9 @@ of input partition ``p``.  Restore starts from the changelog offset RocksDB reco
 with its last write (not from zero) and reads committed records only, up to the high
 watermark the partition had when the restore began (so a checkpoint committed a moment before
 is in, and a transaction a dead process left open is waited out until Kafka aborts it); a
-store whose offset the changelog does not have, or that comes back behind it after longer
-away than the changelog keeps its deletions (``delete.retention.ms``), is wiped and restored
-from the start.  :class:`Restorer` does it a step at a time (the stream runtime restores between batches);
+store whose offset the changelog does not have, or that was last current longer ago than the
+changelog keeps its deletions (``delete.retention.ms``), is wiped and restored from the start.
+:class:`Restorer` does it a step at a time (the stream runtime restores between batches);
 :func:`restore` runs it to the end at once.
 """
 
@@ -103,9 +103,6 @@ class Restorer:
         self._ends: dict[tuple[str, int], int] = {}
         #: The time recorded with each store's restored writes (see _apply).
         self._as_of: dict[tuple[str, int], float] = {}
-        #: Stores away too long to catch up if their changelog has records past their offset
-        #: (see add): restored afresh at the first such record.
-        self._suspect: set[tuple[str, int]] = set()
         #: When the restore last found itself waiting on a transaction left open (monotonic).
         self._waiting_since: float | None = None
         #: Records read and not handled yet: a step out of time leaves them to the next one.
@@ -135,13 +132,12 @@ class Restorer:
         reading: list[RestoreTask] = []
         assign: list[TopicPartition] = []
         now = self.clock()
-        # Stores back after a long time away (see _restart_afresh): the topics' retention is asked
-        # only then (one request), not on every restart.
+        # Stores back after a long time away (see _too_old): the topics' retention is asked only
+        # then (one request), not on every restart.
         away = {
             t.topic
             for t in tasks
-            if (at := t.state.changelog_offset()) is not None
-            and at < offsets[t.topic, t.partition][1]
+            if t.state.changelog_offset() is not None
             and now - (t.state.changelog_written_at() or 0.0) > _HORIZON_MARGIN_S
         }
         horizons = _horizons(self._admin, sorted(away)) if away else {}
@@ -168,7 +164,8 @@ class Restorer:
             tp = (task.topic, task.partition)
             written = task.state.changelog_written_at()
             if start is not None and task.topic in horizons and now - (written or 0.0) > horizons[task.topic]:
-                self._suspect.add(tp)
+                self._too_old(task, None if written is None else now - written)
+                start = written = None
             # Restored writes keep the time the store's contents are as of: a store caught up only
             # part of the way is no fresher than before (a crash mid-restore must not make an old
             # store look recent); one restored from the start is as of now.
@@ -176,7 +173,6 @@ class Restorer:
             begin = start if start is not None else low
             task.state.changelog_next = high
             if begin >= high:
-                self._suspect.discard(tp)
                 self._as_of.pop(tp, None)
                 continue
             reading.append(task)
@@ -196,31 +192,23 @@ class Restorer:
             self._progress_at = time.monotonic()
         return reading
 
-    def _restart_afresh(self, tp: tuple[str, int], consumer: Consumer) -> None:
-        """A store away longer than its changelog keeps deletions (``delete.retention.ms``), with
-        records to catch up on: wiped and read from the start.  Compaction removes a tombstone
-        that long after it was written, so catching up would miss deletions made meanwhile and
-        keep keys the changelog no longer has (Kafka Streams deletes state not owned for a while,
-        too).  Only once a record shows there is something to catch up on: the offset a store
-        records leaves out transaction markers, so a store at the end of its changelog looks a
-        few offsets behind it."""
-        task = self._tasks[tp]
-        written = task.state.changelog_written_at()
+    @staticmethod
+    def _too_old(task: RestoreTask, age: float | None) -> None:
+        """Wipe a store away longer than its changelog keeps deletions (``delete.retention.ms``):
+        compaction removes a tombstone that long after it was written, so catching up would miss
+        deletions made meanwhile and keep keys the changelog no longer has (Kafka Streams deletes
+        state not owned for a while, too).  Judged by age alone: whether anything was written
+        since cannot be told from offsets (a store's offset leaves out transaction markers), and
+        a store that is owned is kept current (the runtime touches it, see RocksState.touch)."""
         log.warning(
-            "state %s: last written %s and behind %s[%d]; restoring it from the start (deletions "
-            "made meanwhile may be compacted away)",
+            "state %s: last current %s; restoring it from %s[%d]'s start (deletions made since may "
+            "be compacted away)",
             task.state.path,
-            "at an unknown time" if written is None else f"{(self.clock() - written) / 3600:.1f} h ago",
-            tp[0],
-            tp[1],
+            "at an unknown time" if age is None else f"{age / 3600:.1f} h ago",
+            task.topic,
+            task.partition,
         )
-        self._suspect.discard(tp)
         task.state.wipe()
-        self._pending[tp] = []
-        self._pending_bytes[tp] = 0
-        self._last.pop(tp, None)
-        self._as_of[tp] = self.clock()
-        consumer.seek(TopicPartition(tp[0], tp[1], OFFSET_BEGINNING))
 
     def step(self, max_records: int, timeout_s: float, budget_s: float | None = None) -> list[RestoreTask]:
         """Read up to ``max_records`` changelog records (waiting up to ``timeout_s`` for the
@@ -240,14 +228,10 @@ class Restorer:
         #: Changelog partitions read to their end of partition (a set: it can be reported twice).
         ended: set[tuple[str, int]] = set()
         touched: set[tuple[str, int]] = set()
-        #: Restarted from the start in this step: what was read of them is from before.
-        restarted: set[tuple[str, int]] = set()
         progress = False
         for i, msg in enumerate(msgs):
             tp = (msg.topic(), msg.partition())
             err = msg.error()
-            if tp in restarted:
-                continue
             if tp not in self._tasks:
                 # Fetched before remove() gave the store up, or an error of the client's own
                 # (connection lost, all brokers down: it reconnects by itself).
@@ -268,10 +252,6 @@ class Restorer:
             key = msg.key()
             if key is None:
                 continue
-            if tp in self._suspect:
-                self._restart_afresh(tp, consumer)
-                restarted.add(tp)
-                continue
             value = msg.value()
             pending = self._pending[tp]
             pending.append((key, value))
@@ -290,9 +270,7 @@ class Restorer:
         # after a commit, before the commit's markers are written, it leaves that checkpoint's
         # records out (see vigil.hub.client.partition_offsets).  A store is restored once the
         # position (past records, markers and aborted records alike) reaches the high watermark.
-        if restarted:
-            self._carried = [m for m in self._carried if (m.topic(), m.partition()) not in restarted]
-        unsure = restarted | {(m.topic(), m.partition()) for m in self._carried}
+        unsure = {(m.topic(), m.partition()) for m in self._carried}
         at = consumer.position([TopicPartition(t, p) for t, p in self._tasks if (t, p) not in unsure])
         ended.update((tp.topic, tp.partition) for tp in at if tp.offset >= self._ends[tp.topic, tp.partition])
         ended -= unsure
@@ -362,7 +340,6 @@ class Restorer:
         self._last.clear()
         self._ends.clear()
         self._as_of.clear()
-        self._suspect.clear()
         self._carried = []
         if consumer is not None:
             consumer.close()
@@ -383,7 +360,6 @@ class Restorer:
             self._last.pop(tp, None)
             self._ends.pop(tp, None)
             self._as_of.pop(tp, None)
-            self._suspect.discard(tp)
         if tps and self._consumer is not None:
             self._consumer.incremental_unassign([TopicPartition(t, p) for t, p in tps])
 

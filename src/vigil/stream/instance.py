@@ -47,16 +47,15 @@ def home_id(home: Path) -> str:
         return _read_id(path)
     except FileNotFoundError:
         pass
+    except _EmptyId:
+        # Left empty by a crash while it was created exclusively (the fallback below): made anew.
+        path.unlink(missing_ok=True)
     directory.mkdir(parents=True, exist_ok=True)
-    # Written whole under a name of its own, then linked into place: link fails if another
-    # process got there first, and then its id is the home's.
-    # (Synced first: a crash must not leave an empty id behind.)
+    # Written whole under a name of its own, synced, then linked into place: link fails if
+    # another process got there first, and then its id is the home's.
     made = directory / f"id.{os.getpid()}.{secrets.token_hex(4)}"
     text = (secrets.token_hex(6) + "\n").encode("ascii")
-    with made.open("wb") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+    _write_synced(os.open(made, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), text)
     try:
         os.link(made, path)
     except FileExistsError:
@@ -69,13 +68,28 @@ def home_id(home: Path) -> str:
         except FileExistsError:
             pass
         else:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
+            _write_synced(fd, text)
     finally:
         made.unlink()
+    # The directory entry synced too: an id that a crash takes back would change the
+    # transactional id, and the restart would not fence its predecessor.
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
     return _read_id(path)
+
+
+def _write_synced(fd: int, data: bytes) -> None:
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+class _EmptyId(ValueError):
+    pass
 
 
 def _read_id(path: Path) -> str:
@@ -84,7 +98,9 @@ def _read_id(path: Path) -> str:
     while not text and time.monotonic() < deadline:
         time.sleep(0.01)  # created exclusively by another process, which is writing it now
         text = path.read_text(encoding="ascii").strip()
-    if not text or not all(c in "0123456789abcdef" for c in text):
+    if not text:
+        raise _EmptyId(str(path))
+    if not all(c in "0123456789abcdef" for c in text):
         msg = f"{path}: expected the home's instance id (hex digits); delete the file to make a new one"
         raise ValueError(msg)
     return text

@@ -293,6 +293,13 @@ class RocksState(State):
         raw = self._db.get(OFFSET_KEY)
         return int(raw.decode()) if raw is not None else None
 
+    def touch(self, at: float | None = None) -> None:
+        """Record that the store is current with its changelog as of ``at`` (None: now): its
+        owner is the changelog's only writer, so while it owns the store nothing older than its
+        own pending writes is missing from it.  (Without it, a store owned but not written for a
+        day would look a day old to the next restore, and be restored afresh.)"""
+        self._db.put(WRITTEN_AT_KEY, repr(time.time() if at is None else at).encode())
+
     def changelog_written_at(self) -> float | None:
         """When the changelog offset was last written (epoch seconds; None: never, or by a
         version that did not record it)."""

@@ -771,8 +771,9 @@ def test_the_exposure_graph_lets_go_of_addresses_gone_quiet_and_keeps_hubs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Every sender's count and every receiver's senders were kept forever: with the whole chain
-    # flowing in, a store of every address ever seen.  Now they go 30 days after an address's
-    # last transfer, but for a hub's count (or its next 100 transfers would pass taint on again).
+    # flowing in, a store of every address ever seen.  Now they go 180 days after an address's
+    # last transfer, but for a hub's count (or its next 100 transfers would pass taint on again)
+    # and what earlier versions kept without a time (until a transfer renews it).
     monkeypatch.setattr("vigil.detect.engine.SWEEP_EVERY", 1)
     rule = next(r for r in RULES if r.kind == "exposure")
     op = DetectOperator(RuleSet([rule]))
@@ -783,18 +784,18 @@ def test_the_exposure_graph_lets_go_of_addresses_gone_quiet_and_keeps_hubs(
     for n in range(100):
         det.process(transfer(n, hub, f"0x{n:040x}", T0), state, [])
     det.process(transfer(100, quiet, busy, T0), state, [])
-    later = T0 + timedelta(days=31)
+    later = T0 + timedelta(days=181)
     det.process(transfer(101, busy, quiet, later), state, [])
     # As kept before: bare counts and bare sender addresses, with no time.
     state.set("o:0xold", 5)
     state.set("o:0xoldhub", 150)
     state.set("e:0xold", ["0xold-sender"])
-    # Swept an hour behind the newest event, a month and a day after the first transfers.
+    # Swept an hour behind the newest event, 181 days after the first transfers.
     now = transfer(102, busy, hub, later + timedelta(hours=2))
     for _ in range(20):
         op._maybe_sweep([Record(now, "in", 0, 0, None, 0)], _Ctx(0, states, []), {})
     kept = {k for k in state.data if k[:2] in ("o:", "e:")}  # type: ignore[attr-defined]
-    assert kept == {f"o:{hub}", f"o:{busy}", f"e:{quiet}", "o:0xoldhub"}
+    assert kept == {f"o:{hub}", f"o:{busy}", f"e:{quiet}", "o:0xoldhub", "o:0xold", "e:0xold"}
     assert state.get(f"o:{hub}")[0] == 100
     assert state.get(f"e:{quiet}") == [[busy, later.timestamp()]]
 

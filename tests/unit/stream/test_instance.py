@@ -95,3 +95,14 @@ def test_a_damaged_id_file_is_named(tmp_path: Path) -> None:
     path.write_text("not hex\n")
     with pytest.raises(ValueError, match=r"state/\.instances/id: expected the home's instance id"):
         home_id(tmp_path)
+
+
+def test_an_id_file_left_empty_by_a_crash_is_made_anew(tmp_path: Path) -> None:
+    from vigil.stream.instance import home_id
+
+    path = tmp_path / "state" / ".instances" / "id"
+    path.parent.mkdir(parents=True)
+    path.write_text("")  # created exclusively, then the process died before writing it
+    made = home_id(tmp_path)
+    assert len(made) == 12
+    assert home_id(tmp_path) == made == path.read_text().strip()

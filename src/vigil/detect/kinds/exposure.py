@@ -23,12 +23,16 @@ taint on nor receive sent-to taint: exposure measured through a hub says nothing
 its users.  Sent-to taint reaches back one level through remembered senders (16 per
 address).  The graph is one state, so on Kafka the rule's events route under one key.
 
-The graph lets go of addresses gone quiet: an address's transfer count, and the senders
-remembered for it, go ``GRAPH_IDLE_S`` (30 days, well past a withdrawal's week of watch) after
-its last transfer, so with the whole chain flowing in, state follows the addresses in use,
-not every address ever seen.  A hub's count stays (few addresses, and each would otherwise
-pass taint on again for its next 100 transfers).  Taint stays: it is the history the rule is
-about, and only addresses within two hops of a listed one have it.
+The graph lets go of addresses gone quiet: an address's transfer count goes ``GRAPH_IDLE_S``
+(180 days) after its last transfer out, the senders remembered for it as long after the last
+transfer it received, so with the whole chain flowing in, state follows the addresses in use,
+not every address ever seen.  (Half a year: funds received are often held for weeks before
+they move on, and sent-to taint reaches their senders through that memory.)  A hub's count
+stays (few addresses, and each would otherwise pass taint on again for its next 100
+transfers).  Taint stays: it is the history the rule is about, and only addresses within two
+hops of a listed one have it.  Counts and senders kept by earlier versions, without a time,
+stay until a transfer renews them.  Expiry is judged in event time, so a backfill of chain
+history older than that, read beside live events, keeps little of its graph.
 
 Judged in event time, not arrival order.  Transfers come from the chain's topic, deposits and
 withdrawals from the exchange's: a deposit can arrive before the transfer that tainted its
@@ -72,7 +76,7 @@ MAX_RECEIVERS = 16
 WATCH_SECONDS = 7 * 86400.0
 #: An address's transfer count and remembered senders go this long (event time) after its
 #: last transfer (a hub's count stays).
-GRAPH_IDLE_S = 30 * 86400.0
+GRAPH_IDLE_S = 180 * 86400.0
 #: A remembered sender's time is moved on when it sends again this much later: a write per
 #: repeated edge would cost more than the time is worth.
 _SENDER_REFRESH_S = 86400.0
@@ -218,7 +222,7 @@ class ExposureDetector(SingleRouteDetector):
         node = state.get(f"o:{a}")
         degree = _degree(node) + 1
         state.set(f"o:{a}", [degree, max(now, _last(node))])
-        senders = _entries(state.get(f"e:{b}"))
+        senders = _entries(state.get(f"e:{b}"), now)
         at = next((i for i, e in enumerate(senders) if e[0] == a), -1)
         if at < 0:
             state.set(f"e:{b}", [*senders[-MAX_SENDERS + 1 :], [a, now]])
@@ -341,19 +345,19 @@ def _last(node: Any) -> float:
     return float(node[1]) if isinstance(node, list) else 0.0
 
 
-def _entries(senders: Any) -> list[list[Any]]:
-    """Remembered senders as [address, last time], from an ``e:`` entry (bare addresses, as
-    kept before addresses expired, count as seen at time 0)."""
-    return [[e, 0.0] if isinstance(e, str) else list(e) for e in senders or ()]
+def _entries(senders: Any, now: float = 0.0) -> list[list[Any]]:
+    """Remembered senders as [address, last time], from an ``e:`` entry (a bare address, as kept
+    before addresses expired, as seen ``now``: written back, it is renewed)."""
+    return [[e, now] if isinstance(e, str) else list(e) for e in senders or ()]
 
 
 def _node_over(node: Any, now: float) -> bool:
-    # A count kept before addresses expired has no time: let go, unless it is a hub's.
-    return _degree(node) < HUB_DEGREE and now - _last(node) > GRAPH_IDLE_S
+    # A count kept before addresses expired has no time: it stays until renewed.
+    return isinstance(node, list) and node[0] < HUB_DEGREE and now - node[1] > GRAPH_IDLE_S
 
 
 def _senders_over(senders: Any, now: float) -> bool:
-    return all(now - e[1] > GRAPH_IDLE_S for e in _entries(senders))
+    return all(isinstance(e, list) and now - e[1] > GRAPH_IDLE_S for e in senders)
 
 
 def _watch_over(watchers: Any, now: float) -> bool:
