@@ -14,7 +14,8 @@ volume at the same path shared one transactional id and fenced each other in tur
 replacement with a new host name on the old one's volume (a rescheduled pod) did not fence
 its predecessor's open transaction.  (A copy of a home has the same id: a cloned volume, or
 a home baked into a container image and run as several replicas, which then fence each other
-in turn.  Give each running process a home of its own.)
+in turn.  Processes sharing one home get a slot each; copies of a home must not run side by
+side.)
 
 A slot is the lowest number whose lock file (under the home) no live process holds (``flock``:
 released by the kernel when the holder dies, however it dies), so two processes of an
