@@ -249,3 +249,44 @@ def test_a_late_step_event_after_a_burst_keeps_the_chain_begun_before_it(tmp_pat
     arrival = [*events[:-1], late, events[-1]]
     got, _ = detect_events(RuleSet(rules), arrival, batch_size=1)
     assert [a.payload.entity.id for a in got] == ["c1"]
+
+
+def test_a_propagation_mark_arriving_after_its_trigger_still_alerts_and_only_from_its_time(
+    tmp_path: Path,
+) -> None:
+    # The vendor's export comes through the SaaS topic, often behind the exchange's own: a login
+    # after the export that arrived before it found no mark and was forgotten (no alert), and a
+    # login before the export that arrived after it alerted (in event time it was unmarked).
+    t0 = datetime(2026, 5, 1, tzinfo=UTC)
+    export = CrmRecordExport(
+        event_id="x1",
+        source="t",
+        occurred_at=t0,
+        entities=Entities(vendor="v1"),
+        payload=CrmRecordExportPayload(
+            platform="hubspot", record_count=50, export_id="e1", customer_ids=["c1"]
+        ),
+    )
+
+    def login(minutes: int) -> Event:
+        return Login(
+            event_id=f"l{minutes}",
+            source="t",
+            occurred_at=t0 + timedelta(minutes=minutes),
+            entities=Entities(customer="c1"),
+        )
+
+    rules = _rules(tmp_path, PROPAGATION_RULE)
+
+    def alerts(events: list[Event]) -> list[list[str]]:
+        got, _ = detect_events(RuleSet(rules, IntelIndex()), events, batch_size=1)
+        return [[e.event_id for e in a.payload.evidence] for a in got]
+
+    assert alerts([export, login(5)]) == [["x1", "l5"]]
+    assert alerts([login(5), export]) == [["x1", "l5"]]  # the export 5 minutes late
+    assert alerts([export, login(-5)]) == []  # a login before the export
+    assert alerts([login(-5), export, login(30)]) == [["x1", "l30"]]
+    # Held until an hour of event time has passed it (by later triggers, or sweeps): the export
+    # arriving 90 minutes late still finds it.
+    assert alerts([login(90), export]) == [["x1", "l90"]]
+    assert alerts([login(90), login(200), export]) == [["x1", "l200"]]

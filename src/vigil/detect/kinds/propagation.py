@@ -20,6 +20,12 @@ marking entity (the vendor) as related.  One alert per mark and customer.
 
 On Kafka the mark is routed to each target's key (one copy per customer named), so the
 mark and the customer's own events meet in the customer's partition.
+
+Judged in event time, not arrival order.  Marks come from a SaaS vendor's topic, triggers from
+the exchange's, and either can lag (a vendor's audit log is often minutes behind).  A mark
+counts for triggers from its own time to the end of its period, not for one made before it that
+arrives after it.  A trigger that finds no mark it falls in is held (the last ``MAX_HELD`` per
+customer, for ``LATE_S`` of event time): a mark arriving later that it falls in alerts then.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from typing import Any
 
 from vigil.detect.fields import Match, compile_getter, key_of, key_part, seen_text, short_name
 from vigil.detect.kinds.base import Detector, EvidenceMaker, Expiry, Hit, entity_ref, ts
-from vigil.detect.kinds.common import add_time, earliest_times, first_seen_times, see
+from vigil.detect.kinds.common import add_time, earliest_times, first_seen_times, see, set_or_delete
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
 from vigil.events.base import Entities, Event
@@ -39,6 +45,10 @@ from vigil.events.types import EntityRef
 from vigil.stream.base import State
 
 CONTEXT = frozenset({"marked_by", "mark_type", "group"})
+#: Triggers kept per group, and for how long (event-time seconds), in case the mark they fall
+#: in arrives after them.
+MAX_HELD = 16
+LATE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -175,9 +185,21 @@ class PropagationDetector(Detector):
             stored = self._evidence(event)
             keys = self._target_keys(event)
             for key in keys if route is None else [k for k in keys if k == route]:
-                state.set(
-                    f"m:{key}", {"until": now + self._period, "ev": stored, "src": source, "done": False}
-                )
+                made: dict[str, Any] = {
+                    "until": now + self._period,
+                    "ev": stored,
+                    "src": source,
+                    "done": False,
+                }
+                held = state.get(f"h:{key}")
+                if held:
+                    # Triggers that came first: the earliest one this mark covers fires now.
+                    first = next((h for h in held if now <= h[0] <= made["until"]), None)
+                    if first is not None:
+                        made["done"] = True
+                        hits.append(self._hit(key, made, first[1]))
+                        set_or_delete(state, f"h:{key}", [h for h in held if h is not first])
+                state.set(f"m:{key}", made)
         if self._trigger(event):
             group = key_of(self._group, event)
             if group is None:
@@ -186,28 +208,34 @@ class PropagationDetector(Detector):
             if self._first_seen is not None and not self._new(state, key, self._first_seen(event), now):
                 return
             mark = state.get(f"m:{key}")
-            if mark is None or mark["done"]:
-                return
-            if now > mark["until"]:
+            if mark is not None and mark["done"]:
+                return  # one alert per mark and customer
+            if mark is not None and now > mark["until"]:
                 state.delete(f"m:{key}")
+                mark = None
+            if mark is None or now < mark["until"] - self._period:
+                # No mark it falls in (yet): held, in case that mark arrives after it.
+                held = [h for h in state.get(f"h:{key}") or () if now - h[0] <= LATE_S]
+                state.set(f"h:{key}", [*held[-MAX_HELD + 1 :], [now, self._evidence(event)]])
                 return
             mark["done"] = True
             state.set(f"m:{key}", mark)
-            hits.append(
-                Hit(
-                    entity=entity_ref(key),
-                    evidence=[mark["ev"], self._evidence(event)],
-                    related=[EntityRef(kind=k, id=v) for k, v in mark["src"]],
-                    context={
-                        "marked_by": ", ".join(f"{k} {v}" for k, v in mark["src"]) or "unknown",
-                        "mark_type": str(mark["ev"][1]),
-                        "group": key,
-                    },
-                )
-            )
+            hits.append(self._hit(key, mark, self._evidence(event)))
+
+    def _hit(self, key: str, mark: dict[str, Any], trigger: Any) -> Hit:
+        return Hit(
+            entity=entity_ref(key),
+            evidence=[mark["ev"], trigger],
+            related=[EntityRef(kind=k, id=v) for k, v in mark["src"]],
+            context={
+                "marked_by": ", ".join(f"{k} {v}" for k, v in mark["src"]) or "unknown",
+                "mark_type": str(mark["ev"][1]),
+                "group": key,
+            },
+        )
 
     def expiries(self) -> tuple[Expiry, ...]:
-        return (Expiry("m:", _mark_over),)
+        return (Expiry("m:", _mark_over), Expiry("h:", _held_over))
 
     def _new(self, state: State, key: str, value: Any, now: float) -> bool:
         """Whether ``value`` is new for ``key`` at event time ``now`` (with enough history before
@@ -237,3 +265,7 @@ class PropagationDetector(Detector):
 
 def _mark_over(mark: Any, now: float) -> bool:
     return bool(now > mark["until"])
+
+
+def _held_over(held: Any, now: float) -> bool:
+    return all(now - h[0] > LATE_S for h in held)
