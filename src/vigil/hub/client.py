@@ -195,8 +195,9 @@ def read_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> l
     )
     try:
         partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        # (The ends asked with the broker's usual patience: ``timeout_s`` is for reading to them.)
         marks = partition_offsets(
-            make_admin(settings), [(topic, p) for p in partitions], time.monotonic() + timeout_s
+            make_admin(settings), [(topic, p) for p in partitions], time.monotonic() + max(timeout_s, 30.0)
         )
         ends: dict[int, int] = {}
         starts: list[TopicPartition] = []

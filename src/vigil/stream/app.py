@@ -282,11 +282,17 @@ class _PendingWrite:
     """State writes Kafka has, on their way to RocksDB (``done`` of them written)."""
 
     def __init__(
-        self, state: RocksState, writes: list[tuple[bytes, bytes | None]], offset: int | None
+        self,
+        state: RocksState,
+        writes: list[tuple[bytes, bytes | None]],
+        offset: int | None,
+        current_at: float | None,
     ) -> None:
         self.state = state
         self.writes = writes
         self.offset = offset
+        #: When the store was last known current (see Application._current_at), recorded with it.
+        self.current_at = current_at
         self.done = 0
 
 
@@ -578,8 +584,14 @@ class Application:
         self._sealing: _Seal | None = None
         #: State writes Kafka has, waiting for RocksDB (see _write_step).
         self._writes: deque[_PendingWrite] = deque()
+        #: Wall time as of which the owned stores are known current with their changelogs: the
+        #: start of the last commit that showed this member still owned its partitions (input
+        #: offsets sent with the group's metadata).  Recorded with each store for the restore,
+        #: which starts a store afresh when this is older than the changelog keeps deletions.
+        #: Not "now": after a pause (a frozen VM) another member may have owned the partitions.
+        self._current_at: float | None = None
         #: When the owned stores were last touched (perf_counter; see _checkpoint).
-        self._touched_at = 0.0
+        self._touched_at = -math.inf
         #: Checkpoint work spread over time (see _SPREAD): encoding a seal, writing to RocksDB.
         self._encode_pace = Pace()
         self._write_pace = Pace()
@@ -1260,11 +1272,13 @@ class Application:
         if producer is None or consumer is None or self._failed or self._lost:
             return  # lost: nothing since the last checkpoint is this member's to commit (_rewind)
         started = time.perf_counter()
-        if started - self._touched_at >= _TOUCH_EVERY_S:
+        if started - self._touched_at >= _TOUCH_EVERY_S and self._current_at is not None:
+            # Stores not written for a while are as current as the last commit: said so, or a
+            # store owned but not written for a day would look a day old to the next restore.
             self._touched_at = started
             for task in self._tasks.values():
                 for state in task.stores.values():
-                    state.touch()
+                    state.touch(self._current_at)
         if not self.exactly_once:
             sealed = self._seal(sync)
             self._complete_epochs(sync)
@@ -1378,7 +1392,7 @@ class Application:
             # which is harmless: each record is a whole value, last one wins.
             if state.changelog_next is not None:
                 state.changelog_next += len(pending)
-            self._writes.append(_PendingWrite(state, pending, state.changelog_next))
+            self._writes.append(_PendingWrite(state, pending, state.changelog_next, self._current_at))
         waiting = sum(len(item.writes) - item.done for item in self._writes)
         self._write_pace.spread(waiting, _SPREAD * self.checkpoint_interval_s, time.monotonic())
 
@@ -1399,7 +1413,9 @@ class Application:
             n = left if budget is None else min(budget, left)
             final = n == left
             chunk = item.writes[item.done : item.done + n] if item.done or not final else item.writes
-            item.state.write_committed(chunk, item.offset if final else None, final=final)
+            item.state.write_committed(
+                chunk, item.offset if final else None, final=final, written_at=item.current_at
+            )
             item.done += n
             if final:
                 queue.popleft()
@@ -1465,12 +1481,15 @@ class Application:
         producer = self._txn_producer()
         if producer is None:
             return True
+        began = time.time()
         try:
             self._ensure_txn()
             if offsets:
                 producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), _TIMEOUT)
             producer.commit_transaction(_TIMEOUT)
             self._in_txn = False
+            if offsets:  # (the group's metadata checked: still this member's partitions)
+                self._current_at = began
         except KafkaException as exc:
             if self._group_moved_on(exc):
                 return False
@@ -1803,9 +1822,9 @@ class Application:
     def _close_task(self, number: int) -> None:
         task = self._tasks.pop(number, None)
         if task is not None:
-            if not self._failed:
+            if not self._failed and not self._lost and self._current_at is not None:
                 for state in task.stores.values():
-                    state.touch()  # current as of now, for the next restore (see RocksState.touch)
+                    state.touch(self._current_at)  # (given up after a checkpoint: see _current_at)
             task.close()
 
     def _stop_restoring(self, number: int, consumer: Consumer | None) -> None:

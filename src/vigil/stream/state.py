@@ -298,6 +298,8 @@ class RocksState(State):
         owner is the changelog's only writer, so while it owns the store nothing older than its
         own pending writes is missing from it.  (Without it, a store owned but not written for a
         day would look a day old to the next restore, and be restored afresh.)"""
+        if self.closed:
+            return
         self._db.put(WRITTEN_AT_KEY, repr(time.time() if at is None else at).encode())
 
     def changelog_written_at(self) -> float | None:

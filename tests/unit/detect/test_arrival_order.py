@@ -249,6 +249,18 @@ def test_a_late_step_event_after_a_burst_keeps_the_chain_begun_before_it(tmp_pat
     arrival = [*events[:-1], late, events[-1]]
     got, _ = detect_events(RuleSet(rules), arrival, batch_size=1)
     assert [a.payload.entity.id for a in got] == ["c1"]
+    # A withdrawal made before the address was added, arriving after the burst: no alert, in
+    # either order (the chains folded in are later than it: it does not extend them).
+    early = events[-1]
+    early = WithdrawalRequest(
+        event_id="w-early",
+        source="b",
+        occurred_at=t0 + timedelta(minutes=0.5),
+        entities=who,
+        payload=early.payload,
+    )
+    assert detect_events(RuleSet(rules), sorted([*events[:-1], early], key=lambda e: e.occurred_at))[0] == []
+    assert detect_events(RuleSet(rules), [*events[:-1], early], batch_size=1)[0] == []
 
 
 def test_a_propagation_mark_arriving_after_its_trigger_still_alerts_and_only_from_its_time(

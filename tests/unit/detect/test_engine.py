@@ -821,17 +821,26 @@ def test_look_alike_references_and_flags_go_once_unused_for_half_a_year(
     det.process(transfer(3, lone, victim, T0 + timedelta(minutes=6), usd=0.01), state, hits)
     assert [h.context["imitates"] for h in hits] == [used]
     assert {f"f:{imitation}", f"f:{lone}", "r:9999|0000"} <= set(state.data)  # type: ignore[attr-defined]
-    det.process(transfer(4, used, victim, T0 + timedelta(days=100)), state, [])  # seen again
     state.set("f:0xold", used)  # kept by an earlier version: no time
     state.set("k:old0|0old", [["0xold", 0.0]])
     state.set("r:old0|0old", ["0xold"])
+    bare = "0xabcd" + "f" * 32 + "ef01"
+    state.set("k:abcd|ef01", [bare])  # kept by a still earlier one: a bare address
+    day100 = T0 + timedelta(days=100)
+    det.process(transfer(4, used, victim, day100), state, [])  # seen again
+    det.process(transfer(6, lone, victim, day100, usd=0.01), state, [])  # dusting again
+    det.process(transfer(7, bare, victim, day100), state, [])  # renewed, with a time now
     now = transfer(5, victim, used, T0 + timedelta(days=181, hours=2))
     for _ in range(20):
         op._maybe_sweep([Record(now, "in", 0, 0, None, 0)], _Ctx(0, states, []), {})
     assert {k for k in state.data if k[:2] in ("k:", "f:", "r:")} == {  # type: ignore[attr-defined]
         "k:1234|5678",  # renewed at day 100 (the imitation's flag was not)
-        "k:eeee|eeee",  # the victim: known from the transfer at day 100
+        "k:eeee|eeee",  # the victim: known from the transfers at day 100
+        f"f:{lone}",  # still dusting at day 100: its flag and its wait for an original renewed
+        "r:9999|0000",
+        "k:abcd|ef01",
         "f:0xold",
         "k:old0|0old",
         "r:old0|0old",
     }
+    assert state.get("k:abcd|ef01") == [[bare, 0.0, day100.timestamp()]]

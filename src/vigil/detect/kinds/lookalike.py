@@ -36,9 +36,9 @@ held for ``LATE_S`` (the last ``MAX_HELD`` per (head, tail)); when its address i
 be an imitation as of a time at or before the check (its dust, or the original it imitates,
 arrived late, or an original's time moved earlier), the held check alerts then.  An address that
 became known only through sends after its own dust (the sends arrived first) is no
-reference once the dust arrives.  A flag keeps no time: a check made before its address was
-found an imitation, arriving after, alerts (in event-time order it would have passed), so
-disorder can add such an alert but not lose one.
+reference once the dust arrives.  A flag keeps no time of when it began to hold: a check
+made before its address was found an imitation, arriving after, alerts (in event-time order
+it would have passed), so disorder can add such an alert but not lose one.
 
 What the rule knows is let go once unused for ``IDLE_S`` (180 days of event time): a reference
 not seen again, a flag on an address that has not sent dust or been checked again, a dust
@@ -214,8 +214,11 @@ class LookalikeDetector(Detector):
         now = ts(event)
         entry = state.get(f"f:{address}")
         flagged = _flag_of(entry)
+        used = max(now, _used_at(entry))
         if entry is not None and (not isinstance(entry, list) or now - entry[1] >= _RENEW_S):
-            state.set(f"f:{address}", [flagged, now])  # checked again: still in use
+            state.set(f"f:{address}", [flagged, used])  # checked again: still in use
+            if flagged == DUST_ONLY:  # and still waiting for its original
+                _renew_duster(state, key, address, used)
         remember = check.entry.remember
         if flagged is None or (flagged == DUST_ONLY and remember):
             known = _known(state, key)
@@ -225,7 +228,7 @@ class LookalikeDetector(Detector):
             if others:
                 was = flagged
                 flagged = others[0]
-                state.set(f"f:{address}", [flagged, now])
+                state.set(f"f:{address}", [flagged, used])
                 if was is None:
                     self._flagged(address, key, flagged, now, known, state, hits)
             elif remember:
@@ -286,17 +289,20 @@ class LookalikeDetector(Detector):
         # last-seen time, once a day: asked first, it spares the flag lookup, which misses for
         # almost every address.
         current: list[Any] = state.get(f"k:{key}") or []
-        for known in current:
+        for i, known in enumerate(current):
             if type(known) is not list:
-                if known == address:
-                    return  # known since before references kept a time
+                if known == address:  # known since before references kept a time: renewed
+                    current[i] = [address, 0.0, now]
+                    state.set(f"k:{key}", current)
+                    return
             elif known[0] == address:
                 earlier = known[1] > now  # learned first from a later event that arrived first
+                seen = max(now, known[1])
                 if earlier:
                     known[1] = now
                 # Seen again: still in use.
                 if len(known) < 3:
-                    known.append(now)
+                    known.append(seen)
                 elif now - known[2] >= _RENEW_S:
                     known[2] = now
                 elif not earlier:
@@ -311,8 +317,9 @@ class LookalikeDetector(Detector):
         # Dust senders waiting for an original: this is the one they imitate.
         for waiting in state.get(f"r:{key}") or ():
             duster = waiting if isinstance(waiting, str) else waiting[0]
-            if duster != address and _flag_of(state.get(f"f:{duster}")) == DUST_ONLY:
-                state.set(f"f:{duster}", [address, now])
+            flag = state.get(f"f:{duster}")
+            if duster != address and _flag_of(flag) == DUST_ONLY:
+                state.set(f"f:{duster}", [address, max(now, _used_at(flag))])
         self._late_checks(address, key, now, state, hits)
 
     def _late_checks(self, address: str, key: str, since: float, state: State, hits: list[Hit]) -> None:
@@ -324,8 +331,9 @@ class LookalikeDetector(Detector):
             if h[0] != address and h[3] >= since:
                 firsts[h[0]] = min(firsts.get(h[0], h[3]), h[3])
         for imitation, first in firsts.items():
-            if _flag_of(state.get(f"f:{imitation}")) in (None, DUST_ONLY):
-                state.set(f"f:{imitation}", [address, first])
+            flag = state.get(f"f:{imitation}")
+            if _flag_of(flag) in (None, DUST_ONLY):
+                state.set(f"f:{imitation}", [address, max(first, _used_at(flag))])
             self._flagged(imitation, key, address, first, _known(state, key), state, hits)
 
 
@@ -341,6 +349,19 @@ def _flag_of(entry: Any) -> str | None:
     if entry is None:
         return None
     return str(entry[0]) if isinstance(entry, list) else str(entry)
+
+
+def _used_at(entry: Any) -> float:
+    """When a flag was last used (0: never, or kept without a time)."""
+    return float(entry[1]) if isinstance(entry, list) else 0.0
+
+
+def _renew_duster(state: State, key: str, address: str, at: float) -> None:
+    """A dust sender still waiting for its original, seen again: its place in ``r:`` renewed."""
+    dusters: list[Any] = state.get(f"r:{key}") or []
+    renewed = [[address, at] if (d if isinstance(d, str) else d[0]) == address else d for d in dusters]
+    if renewed != dusters:
+        state.set(f"r:{key}", renewed)
 
 
 def _refs_over(refs: Any, now: float) -> bool:
