@@ -590,8 +590,13 @@ class Application:
         #: which starts a store afresh when this is older than the changelog keeps deletions.
         #: Not "now": after a pause (a frozen VM) another member may have owned the partitions.
         self._current_at: float | None = None
-        #: When the owned stores were last touched (perf_counter; see _checkpoint).
+        #: When the owned stores were last touched, and ownership last shown by a commit while
+        #: idle (perf_counter; see _checkpoint, _prove_ownership).
         self._touched_at = -math.inf
+        self._proved_at = -math.inf
+        #: How often the stores are recorded current, and an idle member shows it still owns its
+        #: partitions (seconds; see _checkpoint).
+        self.touch_every_s = _TOUCH_EVERY_S
         #: Checkpoint work spread over time (see _SPREAD): encoding a seal, writing to RocksDB.
         self._encode_pace = Pace()
         self._write_pace = Pace()
@@ -1272,7 +1277,7 @@ class Application:
         if producer is None or consumer is None or self._failed or self._lost:
             return  # lost: nothing since the last checkpoint is this member's to commit (_rewind)
         started = time.perf_counter()
-        if started - self._touched_at >= _TOUCH_EVERY_S and self._current_at is not None:
+        if started - self._touched_at >= self.touch_every_s and self._current_at is not None:
             # Stores not written for a while are as current as the last commit: said so, or a
             # store owned but not written for a day would look a day old to the next restore.
             self._touched_at = started
@@ -1285,6 +1290,8 @@ class Application:
             if sync:
                 self._write_step(None)
             if not sealed:
+                if not self._sealed and self._sealing is None:
+                    self._prove_ownership(consumer)
                 self._update_gauges()
                 return
         else:
@@ -1301,6 +1308,7 @@ class Application:
             if not offsets and not writes and not self._in_txn:
                 if sync:
                     self._write_step(None)
+                self._prove_ownership(consumer)
                 self._update_gauges()
                 return
             if not self._commit_txn(offsets, consumer):
@@ -1318,6 +1326,27 @@ class Application:
         self.metrics.last_checkpoint_s = elapsed
         self.prometheus.checkpoint.labels(self.name).observe(elapsed)
         self._update_gauges()
+
+    def _prove_ownership(self, consumer: Consumer) -> None:
+        """Idle for a while, with stores: commit the committed offsets again, which shows the
+        group still has this member (the commit carries the group's metadata), so its stores are
+        current as of now (_current_at) and the next restore does not start them afresh for
+        having been quiet a day."""
+        every = self.touch_every_s
+        if not self.stores or not self._owned or time.time() - (self._current_at or 0.0) < every:
+            return
+        now = time.perf_counter()
+        if now - self._proved_at < every:
+            return  # (asked lately, and nothing committed yet to show)
+        self._proved_at = now
+        try:
+            committed = consumer.committed([TopicPartition(t, p) for t, p in sorted(self._owned)], _TIMEOUT)
+        except KafkaException as exc:
+            log.debug("application %s: committed offsets: %s", self.name, exc)
+            return
+        offsets = [tp for tp in committed if tp.offset >= 0]
+        if offsets:
+            self._commit_txn(offsets, consumer)
 
     def _offsets_to_commit(self) -> list[TopicPartition]:
         offsets = [TopicPartition(topic, part, off) for (topic, part), off in self._next_offsets.items()]

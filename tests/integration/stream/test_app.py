@@ -38,6 +38,12 @@ def output_ids(settings: Settings, topic: str, partitions: int = 3) -> list[str]
     return [decode_event(value).event_id for _, value in read_all(settings, topic, partitions)]
 
 
+def committed_count(reader: Consumer, topic: str, partitions: int = 3) -> int:
+    """Records of ``topic`` the reader's group has committed offsets past (all partitions)."""
+    tps = reader.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+    return sum(max(tp.offset, 0) for tp in tps)
+
+
 def counting_app(settings: Settings, name: str, src: str, out: str, **kw: object) -> Application:
     return Application(
         settings,
@@ -985,16 +991,16 @@ def test_a_store_stopped_with_its_owner_is_current_as_of_its_last_checkpoint(
     make_topics(settings, src, out)
     produce(settings, src, payments(60, 7, "a"))
     running = run_app(counting_app(settings, name, src, out, guarantee="exactly_once"))
-    app = running.app
-    wait_for(lambda: app.metrics.processed >= 60, 60, "60 records processed")
-    after = app.metrics.checkpoints
-    wait_for(lambda: app.metrics.checkpoints > after and not app._writes, 60, "the state written")
-    mark = time.time()
-    # One more record, to one customer's partition: the others' stores are not written again.
-    produce(settings, src, payments(1, 1, "b"))
-    wait_for(lambda: app.metrics.processed >= 61, 60, "the last record processed")
-    after = app.metrics.checkpoints
-    wait_for(lambda: app.metrics.checkpoints > after, 60, "its checkpoint")
+    reader = make_consumer(settings, name)
+    try:
+        # Everything committed (and so the stores' writes recorded with a time before the mark).
+        wait_for(lambda: committed_count(reader, src) == 60, 60, "60 records committed")
+        mark = time.time()
+        # One more record, to one customer's partition: the others' stores are not written again.
+        produce(settings, src, payments(1, 1, "b"))
+        wait_for(lambda: committed_count(reader, src) == 61, 60, "the last record committed")
+    finally:
+        reader.close()
     running.stop()
     assert not running.errors
     times = []
@@ -1005,3 +1011,34 @@ def test_a_store_stopped_with_its_owner_is_current_as_of_its_last_checkpoint(
         finally:
             state.close()
     assert all(t is not None and t >= mark for t in times), (mark, times)
+
+
+def test_an_idle_member_shows_it_still_owns_its_stores(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    # Without input there is no commit, and a store's recorded time stood still: after a quiet
+    # day the next restore started it afresh.  An idle member commits its offsets again now and
+    # then, which shows the group still has it, and records its stores current.
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out)
+    produce(settings, src, payments(30, 5, "a"))
+    app = counting_app(settings, name, src, out, guarantee="exactly_once")
+    app.touch_every_s = 0.5
+    running = run_app(app)
+    reader = make_consumer(settings, name)
+    try:
+        wait_for(lambda: committed_count(reader, src) == 30, 60, "30 records committed")
+    finally:
+        reader.close()
+    mark = time.time()  # nothing to commit from here on
+    wait_for(lambda: (app._current_at or 0.0) >= mark, 60, "an idle commit")
+    running.stop()
+    assert not running.errors
+    for partition in range(3):
+        state = RocksState(state_path(settings, name, COUNTS, partition), COUNTS)
+        try:
+            written = state.changelog_written_at()
+            assert written is not None
+            assert written >= mark, partition
+        finally:
+            state.close()

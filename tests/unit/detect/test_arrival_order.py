@@ -249,6 +249,10 @@ def test_a_late_step_event_after_a_burst_keeps_the_chain_begun_before_it(tmp_pat
     arrival = [*events[:-1], late, events[-1]]
     got, _ = detect_events(RuleSet(rules), arrival, batch_size=1)
     assert [a.payload.entity.id for a in got] == ["c1"]
+    # A step from within the burst arriving late (36 minutes): the chain begun before the burst
+    # still completes.
+    again = [*events[:-1], reset(5.5), events[-1]]
+    assert [a.payload.entity.id for a in detect_events(RuleSet(rules), again, batch_size=1)[0]] == ["c1"]
     # A withdrawal made before the address was added, arriving after the burst: no alert, in
     # either order (the chains folded in are later than it: it does not extend them).
     early = events[-1]
@@ -298,6 +302,32 @@ def test_a_propagation_mark_arriving_after_its_trigger_still_alerts_and_only_fro
     assert alerts([login(5), export]) == [["x1", "l5"]]  # the export 5 minutes late
     assert alerts([export, login(-5)]) == []  # a login before the export
     assert alerts([login(-5), export, login(30)]) == [["x1", "l30"]]
+    # A second export 5 minutes late: the first one's alert does not stop it from alerting for
+    # the login it covers (the login was held), nor does it replace the first one.
+    second = CrmRecordExport(
+        event_id="x2",
+        source="t",
+        occurred_at=t0 + timedelta(minutes=100),
+        entities=Entities(vendor="v1"),
+        payload=CrmRecordExportPayload(
+            platform="hubspot", record_count=9, export_id="e2", customer_ids=["c1"]
+        ),
+    )
+    assert alerts([export, login(1), login(101), second]) == [["x1", "l1"], ["x2", "l101"]]
+    assert alerts([export, second, login(50)]) == [["x1", "l50"]]
+    # Held triggers: the earliest the mark covers, whatever arrived first.
+    assert alerts([login(20), login(10), export]) == [["x1", "l10"]]
+    # A customer named twice in one export: one mark, one alert.
+    twice = CrmRecordExport(
+        event_id="x3",
+        source="t",
+        occurred_at=t0,
+        entities=Entities(vendor="v1"),
+        payload=CrmRecordExportPayload(
+            platform="hubspot", record_count=2, export_id="e3", customer_ids=["c1", "c1"]
+        ),
+    )
+    assert alerts([login(10), login(20), twice]) == [["x3", "l10"]]
     # Held until an hour of event time has passed it (by later triggers, or sweeps): the export
     # arriving 90 minutes late still finds it.
     assert alerts([login(90), export]) == [["x1", "l90"]]

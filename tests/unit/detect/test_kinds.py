@@ -474,6 +474,16 @@ def test_propagation_counts_only_the_history_before_the_trigger_whatever_arrived
     assert run(tmp_path, PROPAGATION, EXPORT + history + _login_from("3h", "NG"), arrival=True) == ["c1"]
 
 
+def test_a_held_propagation_trigger_is_judged_new_again_when_its_mark_arrives(tmp_path: Path) -> None:
+    # Held when it came (new then), it fired when the export arrived, though a login from the
+    # same country at an earlier time had arrived meanwhile: in event time it was not new.
+    export = EXPORT.replace("at: 0,", "at: 210m,")
+    history = _login_from("1h", "PT") + _login_from("2h", "PT")
+    late = _login_from("4h", "NG") + _login_from("3h", "NG")
+    assert run(tmp_path, PROPAGATION, history + late + export, arrival=True) == []
+    assert run(tmp_path, PROPAGATION, history + _login_from("4h", "NG") + export, arrival=True) == ["c1"]
+
+
 class _CountingState(MemoryState):
     """Memory state that counts writes: every write is a changelog record at the checkpoint."""
 

@@ -49,6 +49,8 @@ CONTEXT = frozenset({"marked_by", "mark_type", "group"})
 #: in arrives after them.
 MAX_HELD = 16
 LATE_S = 3600.0
+#: Marks kept per key (the latest ending), each alerting once.
+MAX_MARKS = 8
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,8 @@ class PropagationDetector(Detector):
             return []
         name = self._target_name
         # Built as key_of builds the trigger's key (cut, "|" escaped), or the two would not meet.
-        return [f"{name}:{key_part(str(i))}" for i in ids if i]
+        # (Once each: an id named twice, or two cut to one key, would mark and alert twice.)
+        return list(dict.fromkeys(f"{name}:{key_part(str(i))}" for i in ids if i))
 
     @property
     def route_prefix(self) -> str:
@@ -185,42 +188,70 @@ class PropagationDetector(Detector):
             stored = self._evidence(event)
             keys = self._target_keys(event)
             for key in keys if route is None else [k for k in keys if k == route]:
-                made: dict[str, Any] = {
-                    "until": now + self._period,
-                    "ev": stored,
-                    "src": source,
-                    "done": False,
-                }
-                held = state.get(f"h:{key}")
-                if held:
-                    # Triggers that came first: the earliest one this mark covers fires now.
-                    first = next((h for h in held if now <= h[0] <= made["until"]), None)
-                    if first is not None:
-                        made["done"] = True
-                        hits.append(self._hit(key, made, first[1]))
-                        set_or_delete(state, f"h:{key}", [h for h in held if h is not first])
-                state.set(f"m:{key}", made)
+                self._marked(state, key, now, stored, source, hits)
         if self._trigger(event):
             group = key_of(self._group, event)
             if group is None:
                 return
             key = group
-            if self._first_seen is not None and not self._new(state, key, self._first_seen(event), now):
+            value = self._first_seen(event) if self._first_seen is not None else None
+            if self._first_seen is not None and not self._new(state, key, value, now):
                 return
-            mark = state.get(f"m:{key}")
-            if mark is not None and mark["done"]:
-                return  # one alert per mark and customer
-            if mark is not None and now > mark["until"]:
-                state.delete(f"m:{key}")
-                mark = None
-            if mark is None or now < mark["until"] - self._period:
-                # No mark it falls in (yet): held, in case that mark arrives after it.
+            marks = _marks(state.get(f"m:{key}"))
+            # (Marks ended more than LATE_S ago go: a trigger later than that is not late.)
+            kept = [m for m in marks if now - m["until"] <= LATE_S]
+            # The earliest mark it falls in that has not alerted for this customer yet.
+            mark = next(
+                (m for m in kept if not m["done"] and m["until"] - self._period <= now <= m["until"]), None
+            )
+            if mark is None:
+                # No mark it falls in (yet): held, in case that mark arrives after it (with the
+                # value its first_seen judged, judged again then).
                 held = [h for h in state.get(f"h:{key}") or () if now - h[0] <= LATE_S]
-                state.set(f"h:{key}", [*held[-MAX_HELD + 1 :], [now, self._evidence(event)]])
+                item = [now, self._evidence(event), None if value is None else seen_text(value)]
+                state.set(f"h:{key}", [*held[-MAX_HELD + 1 :], item])
+                if len(kept) != len(marks):
+                    set_or_delete(state, f"m:{key}", kept)
                 return
             mark["done"] = True
-            state.set(f"m:{key}", mark)
+            state.set(f"m:{key}", kept)
             hits.append(self._hit(key, mark, self._evidence(event)))
+
+    def _marked(
+        self, state: State, key: str, now: float, stored: Any, source: list[list[str]], hits: list[Hit]
+    ) -> None:
+        """A mark for ``key`` at ``now``: kept beside the others (a vendor's second export does not
+        undo its first), and alerting for the earliest trigger held that it covers."""
+        marks = _marks(state.get(f"m:{key}"))
+        if any(m["ev"][0] == stored[0] for m in marks):
+            return  # the same mark again (read twice): it has done what it does
+        mark: dict[str, Any] = {"until": now + self._period, "ev": stored, "src": source, "done": False}
+        held = state.get(f"h:{key}")
+        if held:
+            covered = sorted(
+                (h for h in held if now <= h[0] <= mark["until"] and self._still_new(state, key, h)),
+                key=lambda h: (h[0], h[1][0]),
+            )
+            if covered:
+                first = covered[0]
+                mark["done"] = True
+                hits.append(self._hit(key, mark, first[1]))
+                set_or_delete(state, f"h:{key}", [h for h in held if h is not first])
+        marks.append(mark)
+        marks.sort(key=lambda m: m["until"])
+        state.set(f"m:{key}", marks[-MAX_MARKS:])
+
+    def _still_new(self, state: State, key: str, held: list[Any]) -> bool:
+        """Whether a held trigger's value is still new at its time, with what has arrived since
+        (a sighting of it at an earlier time makes it not new; so does too short a history)."""
+        if self._first_seen is None or len(held) < 3 or held[2] is None:
+            return True
+        got = state.get(f"s:{key}") or {"v": {}}
+        first = first_seen_times(got["v"]).get(held[2])
+        at = held[0]
+        keep = self.p.min_seen
+        early = earliest_times(got.get("e"), got.get("n", 0), keep)
+        return (first is None or first >= at) and bisect_left(early, at) >= keep
 
     def _hit(self, key: str, mark: dict[str, Any], trigger: Any) -> Hit:
         return Hit(
@@ -263,8 +294,15 @@ class PropagationDetector(Detector):
         return new
 
 
-def _mark_over(mark: Any, now: float) -> bool:
-    return bool(now > mark["until"])
+def _marks(stored: Any) -> list[dict[str, Any]]:
+    """A key's marks, earliest ending first (one bare mark: as kept before several were)."""
+    if stored is None:
+        return []
+    return [stored] if isinstance(stored, dict) else list(stored)
+
+
+def _mark_over(marks: Any, now: float) -> bool:
+    return all(now > m["until"] for m in _marks(marks))
 
 
 def _held_over(held: Any, now: float) -> bool:

@@ -35,7 +35,6 @@ and the chains are replayed over them (chains already reported are not reported 
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -411,14 +410,11 @@ class SequenceDetector(GroupedDetector):
                 while at > 0 and buf[at - 1][0] > now:
                     at -= 1
                 buf.insert(at, entry)
-                # From the chains as they stood before the oldest buffered event (_advance
-                # replaces a chain, never changes one: a shallow copy keeps the base as it is),
-                # unless this event is older than what the base folded in: applied after that,
-                # it would extend chains of events later than it (from nothing, as before).
-                base: list[Any] | None = st.get("b")
-                if base is None or now < st.get("bt", math.inf):
-                    base = [None] * len(self._steps)
-                progress: list[Any] = list(base)
+                # From the chains as they stood before the oldest buffered event (a new list:
+                # _advance replaces a chain, never changes one), but for those whose last step is
+                # later than this event: it would extend them out of event-time order.
+                base = st.get("b") or [None] * len(self._steps)
+                progress: list[Any] = [c if c is not None and c[1][-1][2] <= now else None for c in base]
                 for e in buf:
                     found = self._advance(progress, e)
                     if found is not None:
@@ -439,10 +435,8 @@ class SequenceDetector(GroupedDetector):
                 base = [c if c is not None and c[0] >= horizon - self._within else None for c in base]
                 if any(c is not None for c in base):
                     st["b"] = base
-                    st["bt"] = buf[start - 1][0]
                 else:
                     st.pop("b", None)
-                    st.pop("bt", None)
                 buf = buf[start:]
             st["buf"] = buf
             st["done"] = [d for d in done if d[0] >= horizon]
