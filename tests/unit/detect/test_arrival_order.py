@@ -253,6 +253,27 @@ def test_a_late_step_event_after_a_burst_keeps_the_chain_begun_before_it(tmp_pat
     # still completes.
     again = [*events[:-1], reset(5.5), events[-1]]
     assert [a.payload.entity.id for a in detect_events(RuleSet(rules), again, batch_size=1)[0]] == ["c1"]
+    # An address added before the burst's resets, arriving after 33 of them (folded into the
+    # replay base at once), then a withdrawal: the chain reset -> added -> out is not in event
+    # order (the reset is later), so no alert, in either order.
+    folded = [reset(20 + i) for i in range(33)]
+    added_early = WithdrawalAddressAdded(
+        event_id="a-early",
+        source="b",
+        occurred_at=t0 + timedelta(minutes=15),
+        entities=who,
+        payload=WithdrawalAddressAddedPayload(address=address, asset="ETH", chain="ethereum"),
+    )
+    out16 = WithdrawalRequest(
+        event_id="w16",
+        source="b",
+        occurred_at=t0 + timedelta(minutes=16),
+        entities=who,
+        payload=events[-1].payload,
+    )
+    in_time = sorted([*folded, added_early, out16], key=lambda e: e.occurred_at)
+    assert detect_events(RuleSet(rules), in_time)[0] == []
+    assert detect_events(RuleSet(rules), [*folded, added_early, out16], batch_size=1)[0] == []
     # A withdrawal made before the address was added, arriving after the burst: no alert, in
     # either order (the chains folded in are later than it: it does not extend them).
     early = events[-1]
@@ -267,6 +288,19 @@ def test_a_late_step_event_after_a_burst_keeps_the_chain_begun_before_it(tmp_pat
     assert detect_events(RuleSet(rules), [*events[:-1], early], batch_size=1)[0] == []
 
 
+def _export(event_id: str, at: datetime, customer_ids: list[str]) -> Event:
+    """A vendor's CRM export naming ``customer_ids`` (a propagation mark)."""
+    return CrmRecordExport(
+        event_id=event_id,
+        source="t",
+        occurred_at=at,
+        entities=Entities(vendor="v1"),
+        payload=CrmRecordExportPayload(
+            platform="hubspot", record_count=50, export_id=f"e-{event_id}", customer_ids=customer_ids
+        ),
+    )
+
+
 def test_a_propagation_mark_arriving_after_its_trigger_still_alerts_and_only_from_its_time(
     tmp_path: Path,
 ) -> None:
@@ -274,15 +308,7 @@ def test_a_propagation_mark_arriving_after_its_trigger_still_alerts_and_only_fro
     # after the export that arrived before it found no mark and was forgotten (no alert), and a
     # login before the export that arrived after it alerted (in event time it was unmarked).
     t0 = datetime(2026, 5, 1, tzinfo=UTC)
-    export = CrmRecordExport(
-        event_id="x1",
-        source="t",
-        occurred_at=t0,
-        entities=Entities(vendor="v1"),
-        payload=CrmRecordExportPayload(
-            platform="hubspot", record_count=50, export_id="e1", customer_ids=["c1"]
-        ),
-    )
+    export = _export("x1", t0, ["c1"])
 
     def login(minutes: int) -> Event:
         return Login(
@@ -304,30 +330,18 @@ def test_a_propagation_mark_arriving_after_its_trigger_still_alerts_and_only_fro
     assert alerts([login(-5), export, login(30)]) == [["x1", "l30"]]
     # A second export 5 minutes late: the first one's alert does not stop it from alerting for
     # the login it covers (the login was held), nor does it replace the first one.
-    second = CrmRecordExport(
-        event_id="x2",
-        source="t",
-        occurred_at=t0 + timedelta(minutes=100),
-        entities=Entities(vendor="v1"),
-        payload=CrmRecordExportPayload(
-            platform="hubspot", record_count=9, export_id="e2", customer_ids=["c1"]
-        ),
-    )
+    second = _export("x2", t0 + timedelta(minutes=100), ["c1"])
     assert alerts([export, login(1), login(101), second]) == [["x1", "l1"], ["x2", "l101"]]
     assert alerts([export, second, login(50)]) == [["x1", "l50"]]
     # Held triggers: the earliest the mark covers, whatever arrived first.
     assert alerts([login(20), login(10), export]) == [["x1", "l10"]]
     # A customer named twice in one export: one mark, one alert.
-    twice = CrmRecordExport(
-        event_id="x3",
-        source="t",
-        occurred_at=t0,
-        entities=Entities(vendor="v1"),
-        payload=CrmRecordExportPayload(
-            platform="hubspot", record_count=2, export_id="e3", customer_ids=["c1", "c1"]
-        ),
-    )
+    twice = _export("x3", t0, ["c1", "c1"])
     assert alerts([login(10), login(20), twice]) == [["x3", "l10"]]
+    # The same export read twice, after its mark has gone: the login it left held has gone too.
+    later = _export("x4", t0 + timedelta(days=3), ["c1"])
+    again = [export, login(60), login(120), later, login(3 * 24 * 60 + 120), export]
+    assert alerts(again) == [["x1", "l60"], ["x4", "l4440"]]
     # Held until an hour of event time has passed it (by later triggers, or sweeps): the export
     # arriving 90 minutes late still finds it.
     assert alerts([login(90), export]) == [["x1", "l90"]]

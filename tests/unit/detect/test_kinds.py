@@ -482,6 +482,11 @@ def test_a_held_propagation_trigger_is_judged_new_again_when_its_mark_arrives(tm
     late = _login_from("4h", "NG") + _login_from("3h", "NG")
     assert run(tmp_path, PROPAGATION, history + late + export, arrival=True) == []
     assert run(tmp_path, PROPAGATION, history + _login_from("4h", "NG") + export, arrival=True) == ["c1"]
+    # The history arriving after the trigger (min_seen 2): held for want of it, it fires when it
+    # is complete, as in event-time order.
+    late_history = _login_from("3h", "NG") + history
+    assert run(tmp_path, PROPAGATION, EXPORT + late_history, arrival=True) == ["c1"]
+    assert run(tmp_path, PROPAGATION, EXPORT + history + _login_from("3h", "NG")) == ["c1"]
 
 
 class _CountingState(MemoryState):
@@ -533,8 +538,9 @@ def test_a_sighting_that_changes_no_history_writes_no_state(tmp_path: Path) -> N
 
 def test_a_known_country_writes_no_propagation_history(tmp_path: Path) -> None:
     logins = "".join(_login_from(at, c) for at, c in (("1h", "PT"), ("2h", "PT"), ("3h", "PT"), ("4h", "NG")))
-    # The new country, with no mark: its history, and the trigger held for a mark arriving late.
-    assert _writes_per_event(tmp_path, PROPAGATION, logins) == [1, 1, 0, 2]
+    # A new country, with no mark (or, the first, too little history before it): its history,
+    # and the trigger held for what it lacks to arrive late.  PT again writes nothing.
+    assert _writes_per_event(tmp_path, PROPAGATION, logins) == [2, 1, 0, 2]
 
 
 PEERS = """\

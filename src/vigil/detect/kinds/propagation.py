@@ -195,26 +195,32 @@ class PropagationDetector(Detector):
                 return
             key = group
             value = self._first_seen(event) if self._first_seen is not None else None
-            if self._first_seen is not None and not self._new(state, key, value, now):
-                return
+            enough = True
+            if self._first_seen is not None:
+                fresh, enough = self._new(state, key, value, now)
+                # Its sighting is history for triggers held for want of it (it arrived late).
+                self._rejudge(state, key, now, hits)
+                if not fresh:
+                    return
             marks = _marks(state.get(f"m:{key}"))
             # (Marks ended more than LATE_S ago go: a trigger later than that is not late.)
             kept = [m for m in marks if now - m["until"] <= LATE_S]
             # The earliest mark it falls in that has not alerted for this customer yet.
-            mark = next(
-                (m for m in kept if not m["done"] and m["until"] - self._period <= now <= m["until"]), None
-            )
-            if mark is None:
-                # No mark it falls in (yet): held, in case that mark arrives after it (with the
-                # value its first_seen judged, judged again then).
-                held = [h for h in state.get(f"h:{key}") or () if now - h[0] <= LATE_S]
+            mark = next((m for m in kept if not m["done"] and _covers(m, now, self._period)), None)
+            held = state.get(f"h:{key}") or []
+            recent = [h for h in held if now - h[0] <= LATE_S]
+            if mark is None or not enough:
+                # No mark it falls in yet, or too little history before it yet: held, in case
+                # what it needs arrives after it (its first_seen value judged again then).
                 item = [now, self._evidence(event), None if value is None else seen_text(value)]
-                state.set(f"h:{key}", [*held[-MAX_HELD + 1 :], item])
+                state.set(f"h:{key}", [*recent[-MAX_HELD + 1 :], item])
                 if len(kept) != len(marks):
                     set_or_delete(state, f"m:{key}", kept)
                 return
             mark["done"] = True
             state.set(f"m:{key}", kept)
+            if len(recent) != len(held):
+                set_or_delete(state, f"h:{key}", recent)
             hits.append(self._hit(key, mark, self._evidence(event)))
 
     def _marked(
@@ -240,6 +246,25 @@ class PropagationDetector(Detector):
         marks.append(mark)
         marks.sort(key=lambda m: m["until"])
         state.set(f"m:{key}", marks[-MAX_MARKS:])
+
+    def _rejudge(self, state: State, key: str, now: float, hits: list[Hit]) -> None:
+        """A sighting at ``now`` arrived after triggers held for want of history: those it now
+        gives enough history fire, each with the earliest mark covering it that has not alerted."""
+        held: list[Any] = state.get(f"h:{key}") or []
+        later = sorted((h for h in held if h[0] > now), key=lambda h: (h[0], h[1][0]))
+        if not later:
+            return
+        marks = _marks(state.get(f"m:{key}"))
+        fired: list[Any] = []
+        for h in later:
+            mark = next((m for m in marks if not m["done"] and _covers(m, h[0], self._period)), None)
+            if mark is not None and self._still_new(state, key, h):
+                mark["done"] = True
+                hits.append(self._hit(key, mark, h[1]))
+                fired.append(h)
+        if fired:
+            state.set(f"m:{key}", marks)
+            set_or_delete(state, f"h:{key}", [h for h in held if not any(h is f for f in fired)])
 
     def _still_new(self, state: State, key: str, held: list[Any]) -> bool:
         """Whether a held trigger's value is still new at its time, with what has arrived since
@@ -268,13 +293,13 @@ class PropagationDetector(Detector):
     def expiries(self) -> tuple[Expiry, ...]:
         return (Expiry("m:", _mark_over), Expiry("h:", _held_over))
 
-    def _new(self, state: State, key: str, value: Any, now: float) -> bool:
-        """Whether ``value`` is new for ``key`` at event time ``now`` (with enough history before
-        it); remembers it either way.  Judged in event time, as in sequence rules: a value seen
-        only at a later time (that event arrived first) is still new, and sightings at later times
-        are no history yet."""
+    def _new(self, state: State, key: str, value: Any, now: float) -> tuple[bool, bool]:
+        """Whether ``value`` is new for ``key`` at event time ``now``, and whether there is enough
+        history before it (``min_seen``); remembers it either way.  Judged in event time, as in
+        sequence rules: a value seen only at a later time (that event arrived first) is still
+        new, and sightings at later times are no history yet."""
         if value is None:
-            return False
+            return False, False
         skey = f"s:{key}"
         got = state.get(skey) or {"v": {}}
         seen = first_seen_times(got["v"])
@@ -284,14 +309,15 @@ class PropagationDetector(Detector):
         early = earliest_times(kept, got.get("n", 0), keep)
         text = seen_text(value)
         first = seen.get(text)
-        new = (first is None or first > now) and bisect_left(early, now) >= keep
+        fresh = first is None or first > now
+        enough = bisect_left(early, now) >= keep
         # A value seen before, with the earliest times already in, changes nothing to write.
         changed = see(seen, text, now)
         if keep:
             changed = add_time(early, now, keep) or changed
         if changed or kept is None:
             state.set(skey, {"v": seen, "e": early})
-        return new
+        return fresh, enough
 
 
 def _marks(stored: Any) -> list[dict[str, Any]]:
@@ -299,6 +325,10 @@ def _marks(stored: Any) -> list[dict[str, Any]]:
     if stored is None:
         return []
     return [stored] if isinstance(stored, dict) else list(stored)
+
+
+def _covers(mark: dict[str, Any], at: float, period: float) -> bool:
+    return bool(mark["until"] - period <= at <= mark["until"])
 
 
 def _mark_over(marks: Any, now: float) -> bool:

@@ -410,11 +410,10 @@ class SequenceDetector(GroupedDetector):
                 while at > 0 and buf[at - 1][0] > now:
                     at -= 1
                 buf.insert(at, entry)
-                # From the chains as they stood before the oldest buffered event (a new list:
-                # _advance replaces a chain, never changes one), but for those whose last step is
-                # later than this event: it would extend them out of event-time order.
+                # From the chains as they stood before the oldest buffered event (a copy:
+                # _advance replaces a chain, never changes one).
                 base = st.get("b") or [None] * len(self._steps)
-                progress: list[Any] = [c if c is not None and c[1][-1][2] <= now else None for c in base]
+                progress: list[Any] = list(base)
                 for e in buf:
                     found = self._advance(progress, e)
                     if found is not None:
@@ -466,17 +465,28 @@ class SequenceDetector(GroupedDetector):
 
         Later steps are tried first, so one event never advances two steps."""
         now, absent, matched, evidence = entry
+        # Applied in event-time order this is the whole of it.  A late event folded into the
+        # replay base after later ones (see process) must act as it would have at its time: it
+        # clears only chains begun by then, starts a chain only if none began later, and neither
+        # takes on nor replaces a chain whose last step is later than it.
         if absent:
-            progress[:] = [None] * len(progress)
+            progress[:] = [p if p is not None and p[0] > now else None for p in progress]
         last_step = len(self._steps) - 1
         completed = None
         for i, values in reversed(matched):
             cs = self._steps[i]
             if i == 0:
-                progress[0] = [now, [evidence], {cs.step.name: values}]
+                if progress[0] is None or progress[0][0] <= now:
+                    progress[0] = [now, [evidence], {cs.step.name: values}]
                 continue
             prev = progress[i - 1]
-            if prev is None or now - prev[0] > self._within or not self._linked(cs, values, prev[2]):
+            if (
+                prev is None
+                or now - prev[0] > self._within
+                or prev[1][-1][2] > now
+                or (progress[i] is not None and progress[i][1][-1][2] > now)
+                or not self._linked(cs, values, prev[2])
+            ):
                 continue
             progress[i] = [prev[0], [*prev[1], evidence], {**prev[2], cs.step.name: values}]
             if i == last_step:
