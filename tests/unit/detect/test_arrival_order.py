@@ -13,6 +13,7 @@ import random
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.unit.detect.test_kinds import HEAD
@@ -346,3 +347,87 @@ def test_a_propagation_mark_arriving_after_its_trigger_still_alerts_and_only_fro
     # arriving 90 minutes late still finds it.
     assert alerts([login(90), export]) == [["x1", "l90"]]
     assert alerts([login(90), login(200), export]) == [["x1", "l200"]]
+
+
+def test_a_late_step_acts_as_at_its_own_time_on_the_chains_it_meets(tmp_path: Path) -> None:
+    # Folded into the replay base after later steps, a late event used to extend, replace or
+    # clear chains as if it were the newest: a false alert (a late second address "completing"
+    # a chain whose reset was taken on by it in event time) and a lost one (a late completion
+    # clearing a chain begun after it).
+    from vigil.events.types import (
+        MfaChange,
+        MfaChangePayload,
+        PasswordReset,
+        WithdrawalAddressAdded,
+        WithdrawalAddressAddedPayload,
+        WithdrawalRequest,
+        WithdrawalRequestPayload,
+    )
+
+    t0 = datetime(2026, 5, 1, tzinfo=UTC)
+    who = Entities(customer="c1")
+    x, y, z = "0x" + "1" * 40, "0x" + "2" * 40, "0x" + "3" * 40
+
+    def at(minutes: float) -> datetime:
+        return t0 + timedelta(minutes=minutes)
+
+    def common(prefix: str, m: float) -> dict[str, Any]:
+        return {"event_id": f"{prefix}{m}", "source": "b", "occurred_at": at(m), "entities": who}
+
+    def reset(m: float) -> Event:
+        return PasswordReset(**common("r", m))
+
+    def added(m: float, address: str) -> Event:
+        payload = WithdrawalAddressAddedPayload(address=address, asset="ETH", chain="ethereum")
+        return WithdrawalAddressAdded(
+            event_id=f"a{m}", source="b", occurred_at=at(m), entities=who, payload=payload
+        )
+
+    def out(m: float, address: str) -> Event:
+        payload = WithdrawalRequestPayload(withdrawal_id=f"w{m}", asset="ETH", amount=1.0, to_address=address)
+        return WithdrawalRequest(
+            event_id=f"w{m}", source="b", occurred_at=at(m), entities=who, payload=payload
+        )
+
+    def mfa(m: float) -> Event:
+        payload = MfaChangePayload(action="disabled")
+        return MfaChange(**common("m", m), payload=payload)
+
+    def both(rule: str, arrival: list[Event]) -> tuple[list[list[str]], list[list[str]]]:
+        rules = _rules(tmp_path, rule)
+        in_time = sorted(arrival, key=lambda e: e.occurred_at)
+        return tuple(  # type: ignore[return-value]
+            [
+                [e.event_id for e in a.payload.evidence]
+                for a in detect_events(RuleSet(rules), events, batch_size=1)[0]
+            ]
+            for events in (in_time, arrival)
+        )
+
+    address_first = """\
+    type: sequence
+    group_by: customer
+    within: 2h
+    steps:
+      - {name: new_address, type: withdrawal_address_added}
+      - {name: reset, type: password_reset}
+      - name: withdrawal
+        type: withdrawal_request
+        same_as: {payload.to_address: new_address.payload.address}
+"""
+    arrival = [added(1, x), reset(4), *[out(5 + i, z) for i in range(33)], added(2, y), out(40, x)]
+    assert both(address_first, arrival) == ([], [])
+    four_steps = """\
+    type: sequence
+    group_by: customer
+    within: 2h
+    steps:
+      - {name: a, type: password_reset}
+      - {name: b, type: withdrawal_address_added}
+      - {name: c, type: mfa_change}
+      - {name: d, type: withdrawal_request}
+"""
+    arrival = [reset(1), added(2, x), mfa(3), reset(4), added(5, x), *[reset(6 + i) for i in range(33)]]
+    arrival += [out(3.5, x), mfa(40), out(41, x)]
+    in_time, got = both(four_steps, arrival)
+    assert in_time == got == [["r1", "a2", "m3", "w3.5"], ["r4", "a5", "m40", "w41"]]

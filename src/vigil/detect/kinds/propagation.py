@@ -197,9 +197,10 @@ class PropagationDetector(Detector):
             value = self._first_seen(event) if self._first_seen is not None else None
             enough = True
             if self._first_seen is not None:
-                fresh, enough = self._new(state, key, value, now)
-                # Its sighting is history for triggers held for want of it (it arrived late).
-                self._rejudge(state, key, now, hits)
+                fresh, enough, earlier = self._new(state, key, value, now)
+                if earlier:
+                    # Its sighting is history for triggers held for want of it (it arrived late).
+                    self._rejudge(state, key, now, hits)
                 if not fresh:
                     return
             marks = _marks(state.get(f"m:{key}"))
@@ -293,13 +294,14 @@ class PropagationDetector(Detector):
     def expiries(self) -> tuple[Expiry, ...]:
         return (Expiry("m:", _mark_over), Expiry("h:", _held_over))
 
-    def _new(self, state: State, key: str, value: Any, now: float) -> tuple[bool, bool]:
-        """Whether ``value`` is new for ``key`` at event time ``now``, and whether there is enough
-        history before it (``min_seen``); remembers it either way.  Judged in event time, as in
-        sequence rules: a value seen only at a later time (that event arrived first) is still
-        new, and sightings at later times are no history yet."""
+    def _new(self, state: State, key: str, value: Any, now: float) -> tuple[bool, bool, bool]:
+        """Whether ``value`` is new for ``key`` at event time ``now``, whether there is enough
+        history before it (``min_seen``), and whether this sighting is among the earliest kept
+        (history a trigger held for want of it may have waited for); remembers it either way.
+        Judged in event time, as in sequence rules: a value seen only at a later time (that event
+        arrived first) is still new, and sightings at later times are no history yet."""
         if value is None:
-            return False, False
+            return False, False, False
         skey = f"s:{key}"
         got = state.get(skey) or {"v": {}}
         seen = first_seen_times(got["v"])
@@ -313,11 +315,10 @@ class PropagationDetector(Detector):
         enough = bisect_left(early, now) >= keep
         # A value seen before, with the earliest times already in, changes nothing to write.
         changed = see(seen, text, now)
-        if keep:
-            changed = add_time(early, now, keep) or changed
-        if changed or kept is None:
+        earlier = bool(keep) and add_time(early, now, keep)
+        if changed or earlier or kept is None:
             state.set(skey, {"v": seen, "e": early})
-        return fresh, enough
+        return fresh, enough, earlier
 
 
 def _marks(stored: Any) -> list[dict[str, Any]]:

@@ -467,8 +467,12 @@ class SequenceDetector(GroupedDetector):
         now, absent, matched, evidence = entry
         # Applied in event-time order this is the whole of it.  A late event folded into the
         # replay base after later ones (see process) must act as it would have at its time: it
-        # clears only chains begun by then, starts a chain only if none began later, and neither
-        # takes on nor replaces a chain whose last step is later than it.
+        # clears only chains begun by then (so does a completion), starts a chain only if none
+        # began later, neither takes on nor replaces a chain whose last step is later than it,
+        # and a chain it replaces takes with it those built on that one by steps later than it
+        # (in event time they would have built on it).  The base keeps one chain per step, so a
+        # chain the late event would have made them build on instead is not made: such a late
+        # event can miss an alert, not add one.
         if absent:
             progress[:] = [p if p is not None and p[0] > now else None for p in progress]
         last_step = len(self._steps) - 1
@@ -478,6 +482,7 @@ class SequenceDetector(GroupedDetector):
             if i == 0:
                 if progress[0] is None or progress[0][0] <= now:
                     progress[0] = [now, [evidence], {cs.step.name: values}]
+                    _drop_built_after(progress, 0, now)
                 continue
             prev = progress[i - 1]
             if (
@@ -491,8 +496,9 @@ class SequenceDetector(GroupedDetector):
             progress[i] = [prev[0], [*prev[1], evidence], {**prev[2], cs.step.name: values}]
             if i == last_step:
                 completed = progress[i]
-                progress[:] = [None] * len(progress)
+                progress[:] = [p if p is not None and p[0] > now else None for p in progress]
                 break
+            _drop_built_after(progress, i, now)
         # Forget chains that can no longer complete.
         progress[:] = [p if p is not None and now - p[0] <= self._within else None for p in progress]
         return completed
@@ -635,3 +641,13 @@ def _observed(st: dict[str, Any], path: str, at: float) -> int:
     state from before those times were kept has only the count."""
     times = st.get("e", {}).get(path)
     return bisect_left(times, at) if times is not None else int(st.get("n", {}).get(path, 0))
+
+
+def _drop_built_after(progress: list[Any], step: int, now: float) -> None:
+    """Step ``step``'s chain was just replaced by one ending at ``now``: chains of later steps
+    built on an earlier one, that took step ``step + 1`` after ``now``, are dropped (in event
+    time that step would have taken on the new one).  In event-time order there are none."""
+    for j in range(step + 1, len(progress)):
+        p = progress[j]
+        if p is not None and p[1][step][2] < now < p[1][step + 1][2]:
+            progress[j] = None
