@@ -31,6 +31,13 @@ from vigil.events.types import (
     FailedLogin,
     FailedLoginPayload,
     Login,
+    MfaChange,
+    MfaChangePayload,
+    PasswordReset,
+    WithdrawalAddressAdded,
+    WithdrawalAddressAddedPayload,
+    WithdrawalRequest,
+    WithdrawalRequestPayload,
 )
 from vigil.sim import SimConfig, Simulation
 
@@ -204,89 +211,101 @@ SEQUENCE_RULE = """\
 """
 
 
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
+WHO = Entities(customer="c1")
+
+
+def _at(event_id: str, minutes: float) -> dict[str, Any]:
+    """The fields every customer event of these tests shares: its id, c1, minutes after T0."""
+    return {
+        "event_id": event_id,
+        "source": "b",
+        "occurred_at": T0 + timedelta(minutes=minutes),
+        "entities": WHO,
+    }
+
+
+def _reset(m: float) -> Event:
+    return PasswordReset(**_at(f"r{m}", m))
+
+
+def _added(m: float, address: str) -> Event:
+    payload = WithdrawalAddressAddedPayload(address=address, asset="ETH", chain="ethereum")
+    return WithdrawalAddressAdded(**_at(f"a{m}", m), payload=payload)
+
+
+def _out(m: float, address: str) -> Event:
+    payload = WithdrawalRequestPayload(withdrawal_id=f"w{m}", asset="ETH", amount=1.0, to_address=address)
+    return WithdrawalRequest(**_at(f"w{m}", m), payload=payload)
+
+
+def _mfa(m: float) -> Event:
+    return MfaChange(**_at(f"m{m}", m), payload=MfaChangePayload(action="disabled"))
+
+
+def _alerted(rules: list[Rule], events: list[Event]) -> list[list[str]]:
+    """The evidence of each alert, events delivered one batch each in the order given."""
+    got, _ = detect_events(RuleSet(rules), events, batch_size=1)
+    return [[e.event_id for e in a.payload.evidence] for a in got]
+
+
+def _both(rules: list[Rule], arrival: list[Event]) -> tuple[list[list[str]], list[list[str]]]:
+    """Alerts in event-time order and in the arrival order given."""
+    return _alerted(rules, sorted(arrival, key=lambda e: e.occurred_at)), _alerted(rules, arrival)
+
+
 def test_a_late_step_event_after_a_burst_keeps_the_chain_begun_before_it(tmp_path: Path) -> None:
     # A late event is put in its place and the recent steps replayed; the replay knew only the
     # last 32 step events, so 40 password resets after the chain's second step (an attacker's,
     # or a forgetful customer's) and one late event lost the chain: the withdrawal passed.
-    from vigil.events.types import (
-        PasswordReset,
-        WithdrawalAddressAdded,
-        WithdrawalAddressAddedPayload,
-        WithdrawalRequest,
-        WithdrawalRequestPayload,
-    )
-
-    t0 = datetime(2026, 5, 1, tzinfo=UTC)
-    who = Entities(customer="c1")
-
-    def reset(minute: float) -> Event:
-        return PasswordReset(
-            event_id=f"r{minute}", source="b", occurred_at=t0 + timedelta(minutes=minute), entities=who
-        )
-
-    address = "0x" + "9" * 40
-    events: list[Event] = [
-        reset(0),
-        WithdrawalAddressAdded(
-            event_id="a",
-            source="b",
-            occurred_at=t0 + timedelta(minutes=1),
-            entities=who,
-            payload=WithdrawalAddressAddedPayload(address=address, asset="ETH", chain="ethereum"),
-        ),
-        *(reset(2 + i) for i in range(40)),
-        WithdrawalRequest(
-            event_id="w",
-            source="b",
-            occurred_at=t0 + timedelta(minutes=60),
-            entities=who,
-            payload=WithdrawalRequestPayload(withdrawal_id="w1", asset="ETH", amount=1.0, to_address=address),
-        ),
-    ]
-    late = reset(40.5)  # arrives after the reset at minute 41
     rules = _rules(tmp_path, SEQUENCE_RULE)
-    in_order, _ = detect_events(RuleSet(rules), sorted([*events, late], key=lambda e: e.occurred_at))
-    assert [a.payload.entity.id for a in in_order] == ["c1"]
-    arrival = [*events[:-1], late, events[-1]]
-    got, _ = detect_events(RuleSet(rules), arrival, batch_size=1)
-    assert [a.payload.entity.id for a in got] == ["c1"]
-    # A step from within the burst arriving late (36 minutes): the chain begun before the burst
-    # still completes.
-    again = [*events[:-1], reset(5.5), events[-1]]
-    assert [a.payload.entity.id for a in detect_events(RuleSet(rules), again, batch_size=1)[0]] == ["c1"]
-    # An address added before the burst's resets, arriving after 33 of them (folded into the
-    # replay base at once), then a withdrawal: the chain reset -> added -> out is not in event
-    # order (the reset is later), so no alert, in either order.
-    folded = [reset(20 + i) for i in range(33)]
-    added_early = WithdrawalAddressAdded(
-        event_id="a-early",
-        source="b",
-        occurred_at=t0 + timedelta(minutes=15),
-        entities=who,
-        payload=WithdrawalAddressAddedPayload(address=address, asset="ETH", chain="ethereum"),
-    )
-    out16 = WithdrawalRequest(
-        event_id="w16",
-        source="b",
-        occurred_at=t0 + timedelta(minutes=16),
-        entities=who,
-        payload=events[-1].payload,
-    )
-    in_time = sorted([*folded, added_early, out16], key=lambda e: e.occurred_at)
-    assert detect_events(RuleSet(rules), in_time)[0] == []
-    assert detect_events(RuleSet(rules), [*folded, added_early, out16], batch_size=1)[0] == []
+    x = "0x" + "9" * 40
+    burst = [_reset(0), _added(1, x), *(_reset(2 + i) for i in range(40))]
+    chain = [["r0", "a1", "w60"]]
+    assert _both(rules, [*burst, _reset(40.5), _out(60, x)]) == (chain, chain)  # after minute 41
+    # A step from within the burst arriving late (36 minutes): the chain still completes.
+    assert _both(rules, [*burst, _reset(5.5), _out(60, x)]) == (chain, chain)
     # A withdrawal made before the address was added, arriving after the burst: no alert, in
     # either order (the chains folded in are later than it: it does not extend them).
-    early = events[-1]
-    early = WithdrawalRequest(
-        event_id="w-early",
-        source="b",
-        occurred_at=t0 + timedelta(minutes=0.5),
-        entities=who,
-        payload=early.payload,
-    )
-    assert detect_events(RuleSet(rules), sorted([*events[:-1], early], key=lambda e: e.occurred_at))[0] == []
-    assert detect_events(RuleSet(rules), [*events[:-1], early], batch_size=1)[0] == []
+    assert _both(rules, [*burst, _out(0.5, x)]) == ([], [])
+    # An address added before the burst's resets, arriving after 33 of them (folded into the
+    # replay base at once), then a withdrawal: reset -> added -> out is not in event order.
+    assert _both(rules, [*(_reset(20 + i) for i in range(33)), _added(15, x), _out(16, x)]) == ([], [])
+
+
+def test_a_late_step_acts_as_at_its_own_time_on_the_chains_it_meets(tmp_path: Path) -> None:
+    # Folded into the replay base after later steps, a late event used to extend, replace or
+    # clear chains as if it were the newest: a false alert (a late second address "completing"
+    # a chain whose reset was taken on by it in event time) and a lost one (a late completion
+    # clearing a chain begun after it).
+    x, y, z = "0x" + "1" * 40, "0x" + "2" * 40, "0x" + "3" * 40
+    address_first = """\
+    type: sequence
+    group_by: customer
+    within: 2h
+    steps:
+      - {name: new_address, type: withdrawal_address_added}
+      - {name: reset, type: password_reset}
+      - name: withdrawal
+        type: withdrawal_request
+        same_as: {payload.to_address: new_address.payload.address}
+"""
+    arrival = [_added(1, x), _reset(4), *(_out(5 + i, z) for i in range(33)), _added(2, y), _out(40, x)]
+    assert _both(_rules(tmp_path, address_first), arrival) == ([], [])
+    four_steps = """\
+    type: sequence
+    group_by: customer
+    within: 2h
+    steps:
+      - {name: a, type: password_reset}
+      - {name: b, type: withdrawal_address_added}
+      - {name: c, type: mfa_change}
+      - {name: d, type: withdrawal_request}
+"""
+    arrival = [_reset(1), _added(2, x), _mfa(3), _reset(4), _added(5, x), *(_reset(6 + i) for i in range(33))]
+    arrival += [_out(3.5, x), _mfa(40), _out(41, x)]
+    both = [["r1", "a2", "m3", "w3.5"], ["r4", "a5", "m40", "w41"]]
+    assert _both(_rules(tmp_path, four_steps), arrival) == (both, both)
 
 
 def _export(event_id: str, at: datetime, customer_ids: list[str]) -> Event:
@@ -347,87 +366,3 @@ def test_a_propagation_mark_arriving_after_its_trigger_still_alerts_and_only_fro
     # arriving 90 minutes late still finds it.
     assert alerts([login(90), export]) == [["x1", "l90"]]
     assert alerts([login(90), login(200), export]) == [["x1", "l200"]]
-
-
-def test_a_late_step_acts_as_at_its_own_time_on_the_chains_it_meets(tmp_path: Path) -> None:
-    # Folded into the replay base after later steps, a late event used to extend, replace or
-    # clear chains as if it were the newest: a false alert (a late second address "completing"
-    # a chain whose reset was taken on by it in event time) and a lost one (a late completion
-    # clearing a chain begun after it).
-    from vigil.events.types import (
-        MfaChange,
-        MfaChangePayload,
-        PasswordReset,
-        WithdrawalAddressAdded,
-        WithdrawalAddressAddedPayload,
-        WithdrawalRequest,
-        WithdrawalRequestPayload,
-    )
-
-    t0 = datetime(2026, 5, 1, tzinfo=UTC)
-    who = Entities(customer="c1")
-    x, y, z = "0x" + "1" * 40, "0x" + "2" * 40, "0x" + "3" * 40
-
-    def at(minutes: float) -> datetime:
-        return t0 + timedelta(minutes=minutes)
-
-    def common(prefix: str, m: float) -> dict[str, Any]:
-        return {"event_id": f"{prefix}{m}", "source": "b", "occurred_at": at(m), "entities": who}
-
-    def reset(m: float) -> Event:
-        return PasswordReset(**common("r", m))
-
-    def added(m: float, address: str) -> Event:
-        payload = WithdrawalAddressAddedPayload(address=address, asset="ETH", chain="ethereum")
-        return WithdrawalAddressAdded(
-            event_id=f"a{m}", source="b", occurred_at=at(m), entities=who, payload=payload
-        )
-
-    def out(m: float, address: str) -> Event:
-        payload = WithdrawalRequestPayload(withdrawal_id=f"w{m}", asset="ETH", amount=1.0, to_address=address)
-        return WithdrawalRequest(
-            event_id=f"w{m}", source="b", occurred_at=at(m), entities=who, payload=payload
-        )
-
-    def mfa(m: float) -> Event:
-        payload = MfaChangePayload(action="disabled")
-        return MfaChange(**common("m", m), payload=payload)
-
-    def both(rule: str, arrival: list[Event]) -> tuple[list[list[str]], list[list[str]]]:
-        rules = _rules(tmp_path, rule)
-        in_time = sorted(arrival, key=lambda e: e.occurred_at)
-        return tuple(  # type: ignore[return-value]
-            [
-                [e.event_id for e in a.payload.evidence]
-                for a in detect_events(RuleSet(rules), events, batch_size=1)[0]
-            ]
-            for events in (in_time, arrival)
-        )
-
-    address_first = """\
-    type: sequence
-    group_by: customer
-    within: 2h
-    steps:
-      - {name: new_address, type: withdrawal_address_added}
-      - {name: reset, type: password_reset}
-      - name: withdrawal
-        type: withdrawal_request
-        same_as: {payload.to_address: new_address.payload.address}
-"""
-    arrival = [added(1, x), reset(4), *[out(5 + i, z) for i in range(33)], added(2, y), out(40, x)]
-    assert both(address_first, arrival) == ([], [])
-    four_steps = """\
-    type: sequence
-    group_by: customer
-    within: 2h
-    steps:
-      - {name: a, type: password_reset}
-      - {name: b, type: withdrawal_address_added}
-      - {name: c, type: mfa_change}
-      - {name: d, type: withdrawal_request}
-"""
-    arrival = [reset(1), added(2, x), mfa(3), reset(4), added(5, x), *[reset(6 + i) for i in range(33)]]
-    arrival += [out(3.5, x), mfa(40), out(41, x)]
-    in_time, got = both(four_steps, arrival)
-    assert in_time == got == [["r1", "a2", "m3", "w3.5"], ["r4", "a5", "m40", "w41"]]
