@@ -132,17 +132,19 @@ class Restorer:
         reading: list[RestoreTask] = []
         assign: list[TopicPartition] = []
         now = self.clock()
+        # What each store recorded (two RocksDB reads a store, once).
+        recorded = [
+            (task, task.state.changelog_offset(), task.state.changelog_written_at()) for task in tasks
+        ]
         # Stores back after a long time away (see _too_old): the topics' retention is asked only
         # then (one request), not on every restart.
         away = {
-            t.topic
-            for t in tasks
-            if t.state.changelog_offset() is not None
-            and now - (t.state.changelog_written_at() or 0.0) > _HORIZON_MARGIN_S
+            task.topic
+            for task, start, written in recorded
+            if start is not None and now - (written or 0.0) > _HORIZON_MARGIN_S
         }
         horizons = _horizons(self._admin, sorted(away)) if away else {}
-        for task in tasks:
-            start = task.state.changelog_offset()
+        for task, start, written in recorded:
             low, high = offsets[task.topic, task.partition]
             if start is not None and not low <= start <= high:
                 # The store reached an offset this changelog does not have (the topic was
@@ -162,19 +164,17 @@ class Restorer:
                 task.state.wipe()
                 start = None
             tp = (task.topic, task.partition)
-            written = task.state.changelog_written_at()
             if start is not None and task.topic in horizons and now - (written or 0.0) > horizons[task.topic]:
                 self._too_old(task, None if written is None else now - written)
                 start = written = None
+            begin = start if start is not None else low
+            task.state.changelog_next = high
+            if begin >= high:
+                continue
             # Restored writes keep the time the store's contents are as of: a store caught up only
             # part of the way is no fresher than before (a crash mid-restore must not make an old
             # store look recent); one restored from the start is as of now.
             self._as_of[tp] = now if start is None else (written or 0.0)
-            begin = start if start is not None else low
-            task.state.changelog_next = high
-            if begin >= high:
-                self._as_of.pop(tp, None)
-                continue
             reading.append(task)
             self._tasks[tp] = task
             self._pending[tp] = []

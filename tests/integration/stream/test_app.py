@@ -38,10 +38,30 @@ def output_ids(settings: Settings, topic: str, partitions: int = 3) -> list[str]
     return [decode_event(value).event_id for _, value in read_all(settings, topic, partitions)]
 
 
-def committed_count(reader: Consumer, topic: str, partitions: int = 3) -> int:
-    """Records of ``topic`` the reader's group has committed offsets past (all partitions)."""
-    tps = reader.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-    return sum(max(tp.offset, 0) for tp in tps)
+def wait_committed(settings: Settings, group: str, topic: str, count: int, partitions: int = 3) -> None:
+    """Wait until ``group`` has committed offsets past ``count`` records of ``topic``."""
+    reader = make_consumer(settings, group)
+    try:
+
+        def committed() -> int:
+            tps = reader.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+            return sum(max(tp.offset, 0) for tp in tps)
+
+        wait_for(lambda: committed() == count, 60, f"{group} to commit {count} records of {topic}")
+    finally:
+        reader.close()
+
+
+def store_times(settings: Settings, name: str, partitions: int = 3) -> list[float | None]:
+    """The time each partition's counts store recorded itself current as of (its app stopped)."""
+    times = []
+    for partition in range(partitions):
+        state = RocksState(state_path(settings, name, COUNTS, partition), COUNTS)
+        try:
+            times.append(state.changelog_written_at())
+        finally:
+            state.close()
+    return times
 
 
 def counting_app(settings: Settings, name: str, src: str, out: str, **kw: object) -> Application:
@@ -459,17 +479,8 @@ def test_at_least_once_state_and_offsets_commit_while_running(
     # waited for: the offsets must still reach the end while the application runs, not only
     # when it stops.
     src, out, name, running = counting_at_least_once(settings, names, run_app)
-    reader = make_consumer(settings, name)
-    try:
-
-        def committed() -> int:
-            tps = reader.committed([TopicPartition(src, p) for p in range(3)], timeout=10)
-            return sum(max(tp.offset, 0) for tp in tps)
-
-        wait_for(lambda: committed() == 600, 60, "offsets committed up to the end while running")
-        assert running.thread.is_alive()
-    finally:
-        reader.close()
+    wait_committed(settings, name, src, 600)  # while running, not only when it stops
+    assert running.thread.is_alive()
     running.stop()
     assert not running.errors
     assert set(output_ids(settings, out)) == expected_ids(payments(600, 37))
@@ -991,25 +1002,15 @@ def test_a_store_stopped_with_its_owner_is_current_as_of_its_last_checkpoint(
     make_topics(settings, src, out)
     produce(settings, src, payments(60, 7, "a"))
     running = run_app(counting_app(settings, name, src, out, guarantee="exactly_once"))
-    reader = make_consumer(settings, name)
-    try:
-        # Everything committed (and so the stores' writes recorded with a time before the mark).
-        wait_for(lambda: committed_count(reader, src) == 60, 60, "60 records committed")
-        mark = time.time()
-        # One more record, to one customer's partition: the others' stores are not written again.
-        produce(settings, src, payments(1, 1, "b"))
-        wait_for(lambda: committed_count(reader, src) == 61, 60, "the last record committed")
-    finally:
-        reader.close()
+    # Everything committed (and so the stores' writes recorded with a time before the mark).
+    wait_committed(settings, name, src, 60)
+    mark = time.time()
+    # One more record, to one customer's partition: the others' stores are not written again.
+    produce(settings, src, payments(1, 1, "b"))
+    wait_committed(settings, name, src, 61)
     running.stop()
     assert not running.errors
-    times = []
-    for partition in range(3):
-        state = RocksState(state_path(settings, name, COUNTS, partition), COUNTS)
-        try:
-            times.append(state.changelog_written_at())
-        finally:
-            state.close()
+    times = store_times(settings, name)
     assert all(t is not None and t >= mark for t in times), (mark, times)
 
 
@@ -1025,20 +1026,10 @@ def test_an_idle_member_shows_it_still_owns_its_stores(
     app = counting_app(settings, name, src, out, guarantee="exactly_once")
     app.touch_every_s = 0.5
     running = run_app(app)
-    reader = make_consumer(settings, name)
-    try:
-        wait_for(lambda: committed_count(reader, src) == 30, 60, "30 records committed")
-    finally:
-        reader.close()
+    wait_committed(settings, name, src, 30)
     mark = time.time()  # nothing to commit from here on
     wait_for(lambda: (app._current_at or 0.0) >= mark, 60, "an idle commit")
     running.stop()
     assert not running.errors
-    for partition in range(3):
-        state = RocksState(state_path(settings, name, COUNTS, partition), COUNTS)
-        try:
-            written = state.changelog_written_at()
-            assert written is not None
-            assert written >= mark, partition
-        finally:
-            state.close()
+    times = store_times(settings, name)
+    assert all(t is not None and t >= mark for t in times), (mark, times)

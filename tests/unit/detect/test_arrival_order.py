@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.unit.detect.test_kinds import HEAD
+from tests.unit.detect.test_kinds import HEAD, PROPAGATION
 
 from vigil.detect.engine import RuleSet, detect_events
 from vigil.detect.eval import intel_for
@@ -161,17 +161,10 @@ def test_a_late_threshold_event_is_judged_as_in_order_with_a_cooldown(
     assert [a.payload.evidence[-1].event_id for a in in_order] == last_evidence
 
 
-PROPAGATION_RULE = """\
-    type: propagation
-    mark:
-      type: crm_record_export
-      targets: payload.customer_ids
-      target_kind: customer
-      for: 3d
-    trigger:
-      type: login
-      group_by: customer
-"""
+#: test_kinds' propagation rule without its first_seen condition: every login of a marked
+#: customer is a trigger.
+PROPAGATION_RULE = PROPAGATION.replace("      first_seen: payload.geo.country\n      min_seen: 2\n", "")
+assert PROPAGATION_RULE != PROPAGATION
 
 
 @pytest.mark.parametrize("customer", ["c1", "c|1", "c" * 130])

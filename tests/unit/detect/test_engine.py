@@ -767,6 +767,29 @@ def test_deviation_lets_inflows_go_once_outside_its_window_and_keeps_its_profile
     assert plain.rule.id != mule.rule.id
 
 
+class _Sweeper:
+    """A detector's store in memory, and the sweeps of its expired state."""
+
+    def __init__(self, op: DetectOperator, store: StoreSpec) -> None:
+        self.op = op
+        self.states: dict[tuple[str, int], MemoryState] = {}
+        self.state = _Ctx(0, self.states, []).state(store)
+
+    def __call__(self, newest: Event, rounds: int = 20) -> None:
+        """Sweep as batches whose newest event is ``newest`` would, ``rounds`` times (a sweep
+        walks a slice of one prefix per batch)."""
+        for _ in range(rounds):
+            self.op._maybe_sweep([Record(newest, "in", 0, 0, None, 0)], _Ctx(0, self.states, []), {})
+
+
+def _swept(monkeypatch: pytest.MonkeyPatch, rule: Any) -> tuple[Any, _Sweeper]:
+    """The rule's detector, and its store swept at every batch."""
+    monkeypatch.setattr("vigil.detect.engine.SWEEP_EVERY", 1)
+    op = DetectOperator(RuleSet([rule]))
+    det = op.ruleset.detectors[0]
+    return det, _Sweeper(op, det.store)
+
+
 def test_the_exposure_graph_lets_go_of_addresses_gone_quiet_and_keeps_hubs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -774,12 +797,8 @@ def test_the_exposure_graph_lets_go_of_addresses_gone_quiet_and_keeps_hubs(
     # flowing in, a store of every address ever seen.  Now they go 180 days after an address's
     # last transfer, but for a hub's count (or its next 100 transfers would pass taint on again)
     # and what earlier versions kept without a time (until a transfer renews it).
-    monkeypatch.setattr("vigil.detect.engine.SWEEP_EVERY", 1)
-    rule = next(r for r in RULES if r.kind == "exposure")
-    op = DetectOperator(RuleSet([rule]))
-    det = op.ruleset.detectors[0]
-    states: dict[tuple[str, int], MemoryState] = {}
-    state = _Ctx(0, states, []).state(det.store)
+    det, sweep = _swept(monkeypatch, next(r for r in RULES if r.kind == "exposure"))
+    state = sweep.state
     hub, quiet, busy = "0x" + "1" * 40, "0x" + "2" * 40, "0x" + "3" * 40
     for n in range(100):
         det.process(transfer(n, hub, f"0x{n:040x}", T0), state, [])
@@ -792,8 +811,7 @@ def test_the_exposure_graph_lets_go_of_addresses_gone_quiet_and_keeps_hubs(
     state.set("e:0xold", ["0xold-sender"])
     # Swept an hour behind the newest event, 181 days after the first transfers.
     now = transfer(102, busy, hub, later + timedelta(hours=2))
-    for _ in range(20):
-        op._maybe_sweep([Record(now, "in", 0, 0, None, 0)], _Ctx(0, states, []), {})
+    sweep(now)
     kept = {k for k in state.data if k[:2] in ("o:", "e:")}  # type: ignore[attr-defined]
     assert kept == {f"o:{hub}", f"o:{busy}", f"e:{quiet}", "o:0xoldhub", "o:0xold", "e:0xold"}
     assert state.get(f"o:{hub}")[0] == 100
@@ -806,12 +824,8 @@ def test_look_alike_references_and_flags_go_once_unused_for_half_a_year(
     # Every address sending a transfer became a reference and every dust sender was flagged,
     # for ever: with the whole chain flowing in, a store of every address seen.  Now what goes
     # unused for 180 days goes; a sighting renews it; entries of earlier versions (no time) stay.
-    monkeypatch.setattr("vigil.detect.engine.SWEEP_EVERY", 1)
-    rule = next(r for r in RULES if r.id == "poisoning-dust")
-    op = DetectOperator(RuleSet([rule]))
-    det = op.ruleset.detectors[0]
-    states: dict[tuple[str, int], MemoryState] = {}
-    state = _Ctx(0, states, []).state(det.store)
+    det, sweep = _swept(monkeypatch, next(r for r in RULES if r.id == "poisoning-dust"))
+    state = sweep.state
     used, unused = "0x1234" + "a" * 32 + "5678", "0x4321" + "a" * 32 + "8765"
     imitation, lone = "0x1234" + "b" * 32 + "5678", "0x9999" + "c" * 32 + "0000"
     victim = "0x" + "e" * 40
@@ -831,8 +845,7 @@ def test_look_alike_references_and_flags_go_once_unused_for_half_a_year(
     det.process(transfer(6, lone, victim, day100, usd=0.01), state, [])  # dusting again
     det.process(transfer(7, bare, victim, day100), state, [])  # renewed, with a time now
     now = transfer(5, victim, used, T0 + timedelta(days=181, hours=2))
-    for _ in range(20):
-        op._maybe_sweep([Record(now, "in", 0, 0, None, 0)], _Ctx(0, states, []), {})
+    sweep(now)
     assert {k for k in state.data if k[:2] in ("k:", "f:", "r:")} == {  # type: ignore[attr-defined]
         "k:1234|5678",  # renewed at day 100 (the imitation's flag was not)
         "k:eeee|eeee",  # the victim: known from the transfers at day 100
