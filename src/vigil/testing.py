@@ -39,11 +39,18 @@ class MemoryState(State):
         self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(value_type)
         #: Per prefix, its keys in order as they were when a walk last began from the first key.
         self._walks: dict[str, list[str]] = {}
+        self._generation = 0
 
     def reload(self) -> None:
         """Every value as RocksDB would return it after a restart (raises as it would, for a
-        value MessagePack cannot encode)."""
+        value MessagePack cannot encode).  What operators built from the state is stale then, as
+        in a restarted process: :meth:`generation` changes."""
         self.data = {key: self._decoder.decode(_encoder.encode(value)) for key, value in self.data.items()}
+        self._walks = {}
+        self._generation += 1
+
+    def generation(self) -> int:
+        return self._generation
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.data.get(key, default)

@@ -115,6 +115,7 @@ are undone and its outputs dropped (:mod:`vigil.stream.attempt`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -162,6 +163,23 @@ log = logging.getLogger(__name__)
 Decoder = Callable[[str, bytes, bytes | None, Any], Any]
 
 _TIMEOUT = 30.0
+
+
+def _forget(gauge: Any, *labels: str) -> None:
+    """Remove a gauge's labelled value (prometheus-client before 0.22 raises for one never set)."""
+    with contextlib.suppress(KeyError):
+        gauge.remove(*labels)
+
+
+def transaction_timeout_s(checkpoint_interval_s: float) -> float:
+    """Exactly-once: the producer's ``transaction.timeout.ms`` (in seconds) for a checkpoint
+    interval.  A transaction lasts about an interval (plus the checkpoint itself, and a loop
+    iteration's work): three intervals, at least librdkafka's usual 30 s and at most Kafka's
+    default maximum, 15 minutes.  (A fixed 30 s aborted every transaction of an interval of 30 s
+    or more: the next commit failed, and so did every restart.)"""
+    return min(max(30.0, 3 * checkpoint_interval_s), 900.0)
+
+
 #: Errors of a transaction's offset commit that mean the consumer group has moved on without this
 #: member (it rejoins on its next poll): the checkpoint is abandoned and its input processed again.
 _GROUP_MOVED_ON = frozenset(
@@ -179,6 +197,11 @@ _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 #: since the last one to the changelog: long (Kafka Streams: 100 ms and 30 s; quix-streams: 5 s).
 EXACTLY_ONCE_CHECKPOINT_S = 0.2
 AT_LEAST_ONCE_CHECKPOINT_S = 5.0
+#: Exactly-once: a transaction stays open from the first output after a checkpoint to the next
+#: checkpoint, so its timeout follows the interval (see :func:`transaction_timeout_s`).  Kafka
+#: aborts a transaction open longer than its timeout, and allows 15 minutes at most
+#: (``transaction.max.timeout.ms``): hence this longest interval.
+MAX_EXACTLY_ONCE_CHECKPOINT_S = 300.0
 #: Records per micro-batch, at most.  A few hundred, not thousands: a batch's messages, events
 #: and records then stay in the core's cache from decode to operators.  Measured on the runtime
 #: benchmark's rule (one core, 500k-event backlog, two interleaved rounds): 5,000 gave 158-160k
@@ -411,11 +434,42 @@ class _KafkaContext:
         self._app.metrics.emitted += 1
 
     def forward(self, topic: str, record: Record[Any], key: str) -> None:
+        self._app._produce(topic, self._forwarded(record), key)
+        self._app.metrics.emitted += 1
+
+    def _forwarded(self, record: Record[Any]) -> bytes:
         # The bytes read are the event's own encoding only when the default codec decoded them
         # (a custom decoder reads some other format: a source's raw records).
         value = record.value if self._app._decode is None and record.value is not None else None
-        self._app._produce(topic, value if value is not None else encode(record.event), key)
+        return value if value is not None else encode(record.event)
+
+    # Outputs of a dead-letter operator's attempt (vigil.stream.attempt): encoded and checked
+    # when emitted, sent when the record has succeeded.  So whatever can fail an output fails
+    # the record before any of its outputs is sent: all or nothing, in exactly-once mode too.
+
+    def prepare_emit(self, topic: str, event: Event, key: str | None = None) -> Callable[[], None]:
+        return self._prepared(topic, encode(event), key if key is not None else event.key())
+
+    def prepare_forward(self, topic: str, record: Record[Any], key: str) -> Callable[[], None]:
+        return self._prepared(topic, self._forwarded(record), key)
+
+    def prepare_late(self, record: Record[Any]) -> Callable[[], None]:
+        value = encode(record.event)
+        self._app._check_output(self._app.late_topic, value)
+        return lambda: self._send_late(value, record.key)
+
+    def _prepared(self, topic: str, value: bytes, key: str | bytes | None) -> Callable[[], None]:
+        self._app._check_output(topic, value)
+        return lambda: self._send(topic, value, key)
+
+    def _send(self, topic: str, value: bytes, key: str | bytes | None) -> None:
+        self._app._produce(topic, value, key)
         self._app.metrics.emitted += 1
+
+    def _send_late(self, value: bytes, key: bytes | None) -> None:
+        self._app.metrics.late += 1
+        self._app.prometheus.late.labels(self._app.name).inc()
+        self._app._produce(self._app.late_topic, value, key)
 
     def dead_letter(self, record: Record[Any], reason: str) -> None:
         self._app._dead_letter(
@@ -481,6 +535,13 @@ class Application:
             msg = (
                 f"application {name!r}: batch_size >= 1, batch_timeout_s >= 0 and checkpoint_interval_s > 0 "
                 f"expected; got {batch_size}, {batch_timeout_s}, {checkpoint_interval_s}"
+            )
+            raise ConfigError(msg)
+        if guarantee == "exactly_once" and checkpoint_interval_s > MAX_EXACTLY_ONCE_CHECKPOINT_S:
+            msg = (
+                f"application {name!r}: exactly-once checkpoint_interval_s is at most "
+                f"{MAX_EXACTLY_ONCE_CHECKPOINT_S:.0f} s (a transaction stays open an interval, and Kafka "
+                f"aborts one open longer than 15 minutes); got {checkpoint_interval_s}"
             )
             raise ConfigError(msg)
         if max_event_time_skew_s is not None and not 0 <= max_event_time_skew_s < float("inf"):
@@ -742,18 +803,31 @@ class Application:
         if transactional and self._slot is not None:
             self.instance_id = default_instance_id(self.settings.home, self._slot.acquire())
 
-        def producer(timeout_s: float | None = None) -> Producer:
+        def producer(timeout_s: float | None = None, message_timeout_s: float | None = None) -> Producer:
             """A producer of this application, transactional when given a transaction timeout."""
             conf = dict(pconf)
             if timeout_s is not None:
                 conf["transactional.id"] = f"{self.name}-{self.instance_id}"
                 conf["transaction.timeout.ms"] = int(timeout_s * 1000)
+            if message_timeout_s is not None:
+                # (Unset, librdkafka takes the transaction's timeout for it; it may not exceed
+                # that, an overridden one included.)
+                txn_ms = self._producer_overrides.get(
+                    "transaction.timeout.ms", conf["transaction.timeout.ms"]
+                )
+                conf["message.timeout.ms"] = min(int(message_timeout_s * 1000), int(txn_ms))
             made = Producer(producer_config(self.settings, **{**conf, **self._producer_overrides}))
             if timeout_s is not None:
                 made.init_transactions(_TIMEOUT)
             return made
 
-        self._producer = producer(30.0 if self.exactly_once else None)
+        if self.exactly_once:
+            # An output Kafka has not taken in 30 s fails the checkpoint, whatever the interval
+            # (as when the transaction's timeout was a fixed 30 s).
+            timeout = transaction_timeout_s(self.checkpoint_interval_s)
+            self._producer = producer(timeout, min(30.0, timeout))
+        else:
+            self._producer = producer()
         if not self.exactly_once and self.stores:
             # A state transaction is open from a seal until every output before it is acknowledged,
             # which _complete_epochs waits for up to _ack_wait_s(): the timeout leaves room for that
@@ -1215,18 +1289,22 @@ class Application:
             producer = self._running_clients()[0]  # raises: not running
         if self._eos and not self._in_txn:
             self._ensure_txn()
-        if value is not None and len(value) > OUTPUT_MAX_BYTES:
-            # Refused here, at once, as librdkafka refused it before its limit was raised for
-            # changelog records: an operator's dead-letter policy catches it; from the broker, it
-            # would fail the checkpoint, and the restart again.
-            text = f"a record of {len(value):,} bytes for {topic!r}; at most {OUTPUT_MAX_BYTES:,}"
-            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, text))
+        if value is not None:
+            self._check_output(topic, value)
         while True:
             try:
                 producer.produce(topic, value, key)
                 return
             except BufferError:
                 producer.poll(0.01)  # local queue full: serve deliveries until there is room
+
+    def _check_output(self, topic: str, value: bytes) -> None:
+        if len(value) > OUTPUT_MAX_BYTES:
+            # Refused here, at once, as librdkafka refused it before its limit was raised for
+            # changelog records: an operator's dead-letter policy catches it; from the broker, it
+            # would fail the checkpoint, and the restart again.
+            text = f"a record of {len(value):,} bytes for {topic!r}; at most {OUTPUT_MAX_BYTES:,}"
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, text))
 
     def _dead_letter(
         self,
@@ -1816,6 +1894,8 @@ class Application:
         for tp in gone:
             key = (tp.topic, tp.partition)
             self._owned.discard(key)
+            # Its lag is the next owner's to report: a gauge left here would count it twice.
+            _forget(self.prometheus.lag, self.name, tp.topic, str(tp.partition))
             self._next_offsets.pop(key, None)
             begun = self._first_read.pop(key, None)
             if self._lost and begun is not None:
@@ -1854,6 +1934,8 @@ class Application:
             if not self._failed and not self._lost and self._current_at is not None:
                 for state in task.stores.values():
                     state.touch(self._current_at)  # (given up after a checkpoint: see _current_at)
+            for store_id in task.stores:
+                _forget(self.prometheus.state_keys, self.name, store_id, str(number))
             task.close()
 
     def _stop_restoring(self, number: int, consumer: Consumer | None) -> None:

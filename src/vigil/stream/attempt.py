@@ -111,16 +111,28 @@ class Attempt:
         return state
 
     def emit(self, topic: str, event: Event, key: str | None = None) -> None:
-        self._held.append(lambda: self._ctx.emit(topic, event, key))
+        prepare = getattr(self._ctx, "prepare_emit", None)
+        if prepare is not None:
+            self._held.append(prepare(topic, event, key))  # fails now, if it is to fail
+        else:
+            self._held.append(lambda: self._ctx.emit(topic, event, key))
 
     def forward(self, topic: str, record: Record[Any], key: str) -> None:
-        self._held.append(lambda: self._ctx.forward(topic, record, key))
+        prepare = getattr(self._ctx, "prepare_forward", None)
+        if prepare is not None:
+            self._held.append(prepare(topic, record, key))
+        else:
+            self._held.append(lambda: self._ctx.forward(topic, record, key))
 
     def dead_letter(self, record: Record[Any], reason: str) -> None:
         self._held.append(lambda: self._ctx.dead_letter(record, reason))
 
     def late(self, record: Record[Any]) -> None:
-        self._held.append(lambda: self._ctx.late(record))
+        prepare = getattr(self._ctx, "prepare_late", None)
+        if prepare is not None:
+            self._held.append(prepare(record))
+        else:
+            self._held.append(lambda: self._ctx.late(record))
 
     def begin(self) -> None:
         self._held.clear()
@@ -144,8 +156,11 @@ def attempt(
     """Run ``process`` on one record, all or nothing; the error's description if it failed.
 
     Sending the held outputs is part of the attempt: an output that cannot be sent (it does not
-    encode, or is too large) fails the record as it did when it was sent at once.  Outputs sent
-    before it stay sent (at least once, as before); the state is put back."""
+    encode, or is too large) fails the record as it did when it was sent at once.  A context
+    that prepares outputs (``prepare_emit``, ``prepare_forward``, ``prepare_late``: the Kafka
+    runtime's) encodes and checks each when it is emitted, so a failing one fails the record
+    before any is sent.  With a context that does not, outputs sent before the failing one stay
+    sent (at least once); the state is put back either way."""
     trial.begin()
     try:
         process((rec,), trial)

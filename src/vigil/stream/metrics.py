@@ -31,6 +31,7 @@ class AppMetrics:
     emitted: int = 0
     dead_lettered: int = 0
     late: int = 0
+    #: Exactly-once: transactions committed; at-least-once: checkpoints set aside (sealed).
     checkpoints: int = 0
     restored_records: int = 0
     rebalances: int = 0
@@ -80,7 +81,12 @@ class PrometheusMetrics:
             "vigil_stream_batch_processing_seconds", "Decode + operators time per batch", ["app"], registry=r
         )
         self.checkpoint = Histogram(
-            "vigil_stream_checkpoint_seconds", "Checkpoint (flush/commit) duration", ["app"], registry=r
+            "vigil_stream_checkpoint_seconds",
+            "Time the loop spends on a checkpoint: exactly-once, sending the state writes and "
+            "committing the transaction; at-least-once, setting the state writes and offsets aside "
+            "(committed later, once Kafka has acknowledged the outputs before them)",
+            ["app"],
+            registry=r,
         )
         self.gc = Histogram(
             "vigil_stream_gc_seconds",

@@ -6,8 +6,11 @@ keyed by that entity to ``<app>.repartition.<id>``; an application reading that 
 (or the same one, listing it as an input) then sees every event of one wallet in one
 partition, with that wallet's state.  Events without the entity (or with an empty one) are
 not re-published: they cannot belong to any group (they remain on their canonical topic).
-An application reading its own repartition topic hands those records to every operator, the
-``GroupBy`` too, which leaves them alone: re-keyed once, not again and again.
+An application reading its own repartition topics hands those records to every operator, the
+``GroupBy``s too, which leave records of any of the application's repartition topics alone:
+re-keyed once, not again and again.  (Skipping only its own topic, a ``GroupBy`` by IP and one
+by device, in one application reading both topics, passed every event back and forth between
+them for ever.)
 
 Partitioning is librdkafka's default partitioner on the key, the same as every Vigil
 producer's, so a repartition topic with the same partition count is co-partitioned with
@@ -51,18 +54,23 @@ def entity_key(kind: str) -> Callable[[Event], str | None]:
 
 class GroupBy(Operator[Event]):
     """Re-publishes each event to ``topic`` keyed by ``key(event)``; keyless events are skipped,
-    and so are records of ``topic`` itself (see the module docstring)."""
+    and so are records already re-keyed: those of ``topic`` itself and of every topic whose name
+    begins with ``internal_prefix`` (the application's repartition topics; see the module
+    docstring)."""
 
-    def __init__(self, id: str, topic: str, key: Callable[[Event], str | None]) -> None:
+    def __init__(
+        self, id: str, topic: str, key: Callable[[Event], str | None], *, internal_prefix: str | None = None
+    ) -> None:
         self.id = id
         self.topic = topic
         self.key = key
+        self.internal_prefix = internal_prefix
         self.skipped = 0
 
     def process(self, batch: Sequence[Record[Any]], ctx: Context) -> None:
-        topic, key = self.topic, self.key
+        topic, key, prefix = self.topic, self.key, self.internal_prefix
         for rec in batch:
-            if rec.topic == topic:
+            if rec.topic == topic or (prefix is not None and rec.topic.startswith(prefix)):
                 continue
             k = key(rec.event)
             if not k:  # None, or "": an empty key would land on a random partition
@@ -74,4 +82,5 @@ class GroupBy(Operator[Event]):
 def group_by(app: str, kind: str, partitions: int) -> tuple[GroupBy, TopicSpec]:
     """``group_by(entity)``: the operator and the topic spec for re-keying events by ``kind``."""
     spec = repartition_spec(app, f"by-{kind}", partitions)
-    return GroupBy(f"group-by-{kind}", spec.name, entity_key(kind)), spec
+    op = GroupBy(f"group-by-{kind}", spec.name, entity_key(kind), internal_prefix=repartition_topic(app, ""))
+    return op, spec

@@ -117,7 +117,13 @@ class TopicFollower:
         """Start the background reader; return once caught up (raises if not within ``timeout_s``;
         calling again waits again for the same reader)."""
         if self._thread is None and not self._ready.is_set():
-            self._stop.clear()  # (started again after a stop)
+            # Started again after a stop: from the beginning of the topic as it is now (it may
+            # have been created again meanwhile), the last run's failure gone with it.
+            self._stop.clear()
+            self._failure = None
+            self._unknown_since = None
+            self._topic_id = None
+            self._waiting = False
             self._begin()
         deadline = time.monotonic() + timeout_s
         while not self._ready.is_set():
@@ -141,11 +147,21 @@ class TopicFollower:
         """Caught up, and still reading (False once the reader has failed: see :meth:`check`)."""
         return self._ready.is_set() and self._failure is None
 
+    @property
+    def running(self) -> bool:
+        """Started and not stopped since (the reader may have failed: see :meth:`check`)."""
+        return self._thread is not None
+
     def stop(self) -> None:
-        """Stop reading: no longer ready (what was read stays readable); ``start`` reads again."""
+        """Stop reading: no longer ready (what was read stays readable); ``start`` reads the
+        topic again from its beginning."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(30)
+            if self._thread.is_alive():
+                # Forgotten, it would go on applying records beside the next start's reader.
+                msg = f"{self.name}: its reader did not stop within 30 s"
+                raise PipelineError(msg)
             self._thread = None
         self._ready.clear()
 
@@ -345,7 +361,11 @@ class GlobalTable(Generic[V]):
 
     def start(self, timeout_s: float = 60.0) -> GlobalTable[V]:
         """Start the background reader; return once caught up (raises if not within ``timeout_s``;
-        calling again waits again for the same reader)."""
+        calling again waits again for the same reader).  Started again after :meth:`stop`, the
+        table is read afresh: a key deleted meanwhile is gone even if compaction has removed
+        its tombstone since."""
+        if not self._reader.running:
+            self._data = {}
         self._reader.start(timeout_s)
         return self
 
@@ -355,6 +375,7 @@ class GlobalTable(Generic[V]):
         self._reader.check()
 
     def stop(self) -> None:
+        """Stop reading (what was read stays readable until the next :meth:`start`)."""
         self._reader.stop()
 
     @property

@@ -1033,3 +1033,86 @@ def test_an_idle_member_shows_it_still_owns_its_stores(
     assert not running.errors
     times = store_times(settings, name)
     assert all(t is not None and t >= mark for t in times), (mark, times)
+
+
+def test_an_exactly_once_interval_longer_than_30_s_still_commits(
+    settings: Settings, names: Callable[[str], str], run_app: Callable[[Application], Running]
+) -> None:
+    # A transaction stays open from the first output after a checkpoint to the next one.  With
+    # the producer's timeout fixed at 30 s, Kafka aborted it (the broker looks every 10 s), the
+    # commit failed, and so did every restart: the timeout now follows the interval.
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out)
+    running = run_app(
+        Application(
+            settings,
+            name=name,
+            inputs=[src],
+            operators=[RunningCount(out)],
+            guarantee="exactly_once",
+            checkpoint_interval_s=50.0,
+        )
+    )
+    wait_for(lambda: len(running.app.metrics.assigned) == 3, 60, "the input assigned")
+    events = payments(30, 7)
+    produce(settings, src, events)
+    wait_for(lambda: running.app.metrics.processed >= 30, 60, "30 records processed")
+    wait_for(
+        lambda: running.app.metrics.checkpoints >= 1 or not running.thread.is_alive(),
+        90,
+        "the first checkpoint, 50 s after the start",
+    )
+    assert not running.errors
+    assert sorted(output_ids(settings, out)) == sorted(expected_ids(events))
+    with pytest.raises(ConfigError, match="exactly-once checkpoint_interval_s is at most 300 s"):
+        Application(settings, name=name, inputs=[src], operators=[], checkpoint_interval_s=301)
+
+
+class AlertThenHuge(Operator[Payment]):
+    """Dead-letters its errors; for every tenth payment it emits an alert and then an output
+    too large to send: that record must leave nothing behind."""
+
+    id = "alert-then-huge"
+    dead_letter_errors = True
+
+    def __init__(self, output: str) -> None:
+        self.output = output
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        for rec in batch:
+            event = rec.event
+            ctx.emit(self.output, event)
+            if int(event.event_id[1:]) % 10 == 0:
+                huge = msgspec.structs.replace(event, event_id=event.event_id + "x" * 1_000_001)
+                ctx.emit(self.output, huge)
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_a_dead_lettered_record_sends_none_of_its_outputs(
+    settings: Settings, names: Callable[[str], str], run_app: Start, guarantee: str
+) -> None:
+    # Outputs were held until the record succeeded, then sent one by one: the alert went out
+    # before the output too large failed, and (exactly-once) committed with the checkpoint.
+    src, out, name, dlq = names("in"), names("out"), names("app"), names("dlq")
+    make_topics(settings, src, out)
+    events = payments(40, 5)
+    produce(settings, src, events)
+    running = run_app(
+        Application(
+            settings,
+            name=name,
+            inputs=[src],
+            operators=[AlertThenHuge(out)],
+            guarantee=guarantee,  # type: ignore[arg-type]
+            dlq_topic=dlq,
+        )
+    )
+    wait_for(lambda: running.app.metrics.processed >= 40, 60, "40 records processed")
+    wait_for(lambda: len(read_all(settings, dlq, 1)) >= 4, 60, "4 dead letters")
+    running.stop()
+    assert not running.errors
+    failed = {e.event_id for e in events if int(e.event_id[1:]) % 10 == 0}
+    letters = [msgspec.json.decode(v, type=DeadLetter) for _, v in read_all(settings, dlq, 1)]
+    assert len(letters) == 4
+    assert all("1,000," in letter.reason for letter in letters), letters[0].reason
+    assert sorted(output_ids(settings, out)) == sorted(e.event_id for e in events if e.event_id not in failed)

@@ -8,13 +8,14 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import msgspec
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import NewPartitions
 from tests.integration.stream.apps import RunningCount, payments, read_all
-from tests.integration.stream.conftest import Running, make_topics, produce, wait_for
+from tests.integration.stream.conftest import Running, home_at, make_topics, produce, wait_for
 
 from vigil.config import Settings
 from vigil.errors import PipelineError, TopicError
@@ -295,6 +296,23 @@ def test_a_global_table_fails_when_its_topic_is_deleted_and_created_again(
             PipelineError, match=f"topic {topic!r} was deleted and created again while followed"
         ):
             table.check()
+        # Stopped and started again, it reads the new topic afresh: neither the old failure nor
+        # the old topic's keys (its tombstones may be compacted away by then) come back.
+        table.stop()
+        producer = EventProducer(settings)
+        producer.produce_raw(topic, "c9", b"bronze")
+        producer.flush()
+        table.start(timeout_s=30)
+        table.check()
+        assert dict(table.items()) == {"c1": "gold", "c9": "bronze"}
+        admin.delete_topics([topic])[topic].result(30)
+        wait_for(lambda: topic not in admin.list_topics(timeout=10).topics, 30, "the topic to be gone")
+        table.stop()
+        recreated = profiles(settings, topic, partitions=1)  # c1: gold
+        recreated.produce_raw(topic, "c2", b"silver")
+        recreated.flush()
+        table.start(timeout_s=30)
+        assert dict(table.items()) == {"c1": "gold", "c2": "silver"}
 
 
 def test_group_by_repartitions_through_a_topic_to_a_second_application(
@@ -360,6 +378,66 @@ def test_prometheus_metrics_expose_progress_lag_and_checkpoints(
     lags = [line for line in text.splitlines() if line.startswith("vigil_stream_consumer_lag{")]
     assert lags
     assert all(line.endswith(" 0.0") for line in lags), lags
+
+
+def _gauge_partitions(app: Application, metric: str) -> set[int]:
+    """The partitions ``app`` exports ``metric`` for."""
+    return {
+        int(sample.labels["partition"])
+        for family in app.prometheus.registry.collect()
+        if family.name == metric
+        for sample in family.samples
+    }
+
+
+def test_gauges_of_partitions_given_up_go_with_them(
+    settings: Settings, names: Callable[[str], str], run_app: Start, tmp_path: Path
+) -> None:
+    """A member that gives partitions up to a new one stops reporting their lag and state keys:
+    the new owner reports them, and a stale gauge would count a backlog twice (or alert on lag
+    of a partition nobody here reads)."""
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out)
+    produce(settings, src, payments(300, 17))
+
+    def member(home: str) -> Application:
+        return Application(
+            home_at(settings, tmp_path / home),
+            name=name,
+            inputs=[src],
+            operators=[RunningCount(out)],
+            guarantee="at_least_once",
+            consumer_overrides={"heartbeat.interval.ms": 300},
+        )
+
+    a = run_app(member("a"))
+    wait_for(lambda: a.app.metrics.processed >= 300, 60, "300 records processed")
+    lag, keys = "vigil_stream_consumer_lag", "vigil_stream_state_keys"
+    wait_for(
+        lambda: _gauge_partitions(a.app, lag) == _gauge_partitions(a.app, keys) == {0, 1, 2},
+        30,
+        "lag and state gauges of all three partitions (updated once a second)",
+    )
+    b = run_app(member("b"))
+    wait_for(lambda: bool(b.app.metrics.assigned), 60, "the second member to own partitions")
+
+    def kept() -> set[int]:
+        return {p for _, p in a.app.metrics.assigned}
+
+    wait_for(
+        lambda: (
+            0 < len(kept()) < 3 and _gauge_partitions(a.app, lag) == _gauge_partitions(a.app, keys) == kept()
+        ),
+        30,
+        "the first member's gauges to name only the partitions it kept",
+    )
+    # (A member reports the lag of a partition once it has read from it.)
+    produce(settings, src, payments(300, 17, "q"))
+    wait_for(
+        lambda: _gauge_partitions(b.app, lag) == {0, 1, 2} - kept(),
+        30,
+        "the second member to report the lag of the partitions it took",
+    )
 
 
 def _scrape(port: int) -> str:

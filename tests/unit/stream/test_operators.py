@@ -91,6 +91,26 @@ def test_group_by_leaves_records_of_its_own_topic_and_empty_keys_alone() -> None
     assert op.skipped == 1
 
 
+def test_two_group_bys_in_one_application_do_not_pass_events_back_and_forth() -> None:
+    # Re-keyed by IP and by device, one application reading both topics: a record of the by-ip
+    # topic went on to by-device, came back and went to by-ip again, for ever.  Each event is
+    # re-keyed once per entity, from the canonical topic only.
+    by_ip, ip_spec = group_by("detect", "ip", partitions=6)
+    by_device, device_spec = group_by("detect", "device", partitions=6)
+    event = payment(1, "c1", timedelta(0), ip="1.2.3.4")
+    event = msgspec.structs.replace(event, entities=Entities(customer="c1", ip="1.2.3.4", device="d1"))
+    topics = ["events.payments"]
+    emitted: list[tuple[str, str | None]] = []
+    for _ in range(3):  # each round reads what the last one published
+        read = iter(topics)
+        result = run_operators(
+            [by_ip, by_device], [event] * len(topics), topic_of=lambda _e, read=read: next(read)
+        )
+        emitted += [(e.topic, e.key) for e in result.emits]
+        topics = [e.topic for e in result.emits]
+    assert emitted == [(ip_spec.name, "1.2.3.4"), (device_spec.name, "d1")]
+
+
 def test_entity_key_rejects_unknown_kinds() -> None:
     with pytest.raises(ValueError, match="unknown entity kind 'walet'; expected one of: customer"):
         entity_key("walet")

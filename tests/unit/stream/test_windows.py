@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import random
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vigil.stream import vectorised
 from vigil.stream.base import StoreSpec
 from vigil.stream.windows import (
     AGGREGATIONS,
@@ -237,3 +240,55 @@ def test_distinct_tuples_still_count_after_a_restart() -> None:
     assert got.values["d"] == 1
     (got,) = agg.update(state, "k", 3, (1, 3)) or []
     assert got.values["d"] == 2
+
+
+@pytest.mark.parametrize("window", [Window.sliding(1000), Window.tumbling(1000)], ids=["sliding", "tumbling"])
+def test_numpy_numbers_are_kept_as_the_python_numbers_they_are(window: Window) -> None:
+    # An amount computed with numpy went into state as a numpy scalar, which MessagePack cannot
+    # encode: every checkpoint failed, and the restart again.
+    agg = WindowedAggregate(STORE, window, {"total": Sum(), "d": DistinctCount()})
+    state = MemoryState()
+    agg.update(state, "k", 1, np.float64(2.5))
+    agg.update(state, "k", 2, np.int64(3))
+    state.reload()  # what a checkpoint and a restart do
+    (got,) = agg.update(state, "k", 3, np.float64(2.5)) or []
+    assert got.values == {"total": 8.0, "d": 2}
+    assert type(got.values["total"]) is float
+    distinct = WindowedAggregate(STORE, window, {"d": DistinctCount()})
+    distinct.update(state, "t", 5, (np.int64(1), "a"))
+    state.reload()
+    (got,) = distinct.update(state, "t", 6, (1, "a")) or []
+    assert got.values == {"d": 1}
+    with pytest.raises(ValueError, match=r"window value for key 'k' is a numpy array of shape \(2,\)"):
+        agg.update(state, "k", 4, np.array([1.0, 2.0]))
+
+
+def test_event_times_are_exact_milliseconds_for_any_date() -> None:
+    # int(timestamp() * 1000) came out a millisecond low for a fifth of the times before
+    # 2004-01-10 and for nearly all before 1970; the vectorised window must agree.
+    rng = random.Random(3)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    india = timezone(timedelta(hours=5, minutes=30))
+    when = [
+        datetime(year, 1, 1, tzinfo=UTC)
+        + timedelta(microseconds=rng.randrange(365 * 86_400 * 10**6 // step) * step)
+        for year in (1850, 1950, 1969, 2003, 2026, 2100, 2300)
+        for step in (1, 1000)
+        for _ in range(1000)
+    ]
+    when += [w.astimezone(india) for w in when[::7]]
+    exact = [(w - epoch) // timedelta(milliseconds=1) for w in when]
+    assert [to_ms(w) for w in when] == exact
+    agg = WindowedAggregate(STORE, Window.sliding(1), {"n": Count()})
+    for w, ms in zip(when[::100], exact[::100], strict=True):
+        (got,) = agg.update(MemoryState(), "k", w) or []
+        assert got.end_ms == ms
+    assert vectorised._as_ms(when, len(when), "test").tolist() == exact
+    # Batches within 1901-2038 take the float path, others the exact one: both give the same.
+    recent = [i for i, w in enumerate(when) if 1902 <= w.year <= 2037]
+    assert vectorised._as_ms([when[i] for i in recent], len(recent), "test").tolist() == [
+        exact[i] for i in recent
+    ]
+    assert to_ms(np.int64(5)) == 5
+    with pytest.raises(TypeError, match=r"event time: expected a UTC-aware datetime or .*got float 1\.5"):
+        to_ms(1.5)
