@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import ipaddress
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,14 +57,39 @@ def read_log_file(path: Path) -> list[bytes]:
     try:
         data = path.read_bytes()
         if data[:2] == b"\x1f\x8b":  # gzip magic, whatever the file is called
-            data = gzip.decompress(data)
+            data = _gunzip(data, path)
         return [bytes(raw) for raw in _file_decoder.decode(data).Records]
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         msg = f"cloudtrail: cannot read {path}: {exc}"
         raise SourceError(msg) from None
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         msg = f'cloudtrail: {path} is not a CloudTrail log file ({{"Records": [...]}}): {exc}'
         raise SourceError(msg) from None
+
+
+#: The most a log file may decompress to.  CloudTrail delivers files of a few MB; past this a
+#: file is refused (a gzip bomb would take the machine's memory), named in the error.
+MAX_DECOMPRESSED_BYTES = 512 * 1024 * 1024
+
+
+def _gunzip(data: bytes, path: Path) -> bytes:
+    """``data`` decompressed (every gzip member), at most MAX_DECOMPRESSED_BYTES."""
+    out = bytearray()
+    while data:
+        stream = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        while True:
+            out += stream.decompress(data, MAX_DECOMPRESSED_BYTES + 1 - len(out))
+            if len(out) > MAX_DECOMPRESSED_BYTES:
+                msg = f"cloudtrail: {path} decompresses to more than {MAX_DECOMPRESSED_BYTES:,} bytes"
+                raise SourceError(msg)
+            data = stream.unconsumed_tail
+            if stream.eof or not data:
+                break
+        if not stream.eof:
+            msg = "compressed file ended before the end-of-stream marker was reached"
+            raise EOFError(msg)
+        data = stream.unused_data.lstrip(b"\x00")  # further members (gzip pads with zeros)
+    return bytes(out)
 
 
 class CloudTrailSource(Source):

@@ -119,7 +119,9 @@ class HubSpotWebhook(WebhookPlatform):
             raise Rejected(
                 reason="missing_signature", detail=f"{SIGNATURE} and {TIMESTAMP} headers are required"
             )
-        if not stamp.isdigit() or len(stamp) > 16:
+        # (At most 13 digits: epoch milliseconds until the year 2286.  Longer ones passed, and a
+        # year past 9999 made the unauthenticated request a 500.)
+        if not stamp.isdigit() or len(stamp) > 13:
             raise Rejected(reason="bad_timestamp", detail=f"{TIMESTAMP} must be epoch milliseconds")
         sent = datetime.fromtimestamp(int(stamp) / 1000, UTC)
         if abs(delivery.received_at - sent) > self.max_age:

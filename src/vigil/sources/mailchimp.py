@@ -9,7 +9,13 @@ is answered 200 when the token is right.
 
 Deliveries are form-encoded (``type=campaign&fired_at=2009-03-26 21:31:21&data[id]=...``).
 ``fired_at`` is taken as UTC.  Mailchimp Transactional (Mandrill) posts
-``mandrill_events=<JSON array>`` to the same kind of URL.
+``mandrill_events=<JSON array>`` to the same kind of URL, and signs it: given the webhook's
+key (``VIGIL_MANDRILL_WEBHOOK_KEY`` or the option ``mandrill_key``), a Mandrill delivery must
+carry ``X-Mandrill-Signature``, base64 of HMAC-SHA1 over the URL as entered in Mandrill
+(``public_url`` plus the path, else the URL the request came to) followed by each POST
+field's name and value, sorted by name (https://mailchimp.com/developer/transactional/guides/
+track-respond-activity-webhooks/#authenticating-webhook-requests); compared in constant time.
+Without the key, Mandrill deliveries are checked by the path token alone, like audience ones.
 
 Normaliser:
 
@@ -25,6 +31,9 @@ Normaliser:
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 from datetime import UTC, datetime
@@ -45,6 +54,7 @@ from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer
 from vigil.sources.webhooks import (
     Delivery,
+    Rejected,
     WebhookPlatform,
     WebhookSource,
     check_options,
@@ -56,6 +66,7 @@ from vigil.sources.webhooks import (
 
 NAME = "mailchimp"
 MAX_FIELDS = 2000
+MANDRILL_SIGNATURE = "x-mandrill-signature"
 
 
 def parse_form(body: bytes, where: str) -> dict[str, str]:
@@ -70,15 +81,42 @@ def parse_form(body: bytes, where: str) -> dict[str, str]:
 class MailchimpWebhook(WebhookPlatform):
     name = NAME
 
-    def __init__(self, secret: str, *, sender_domain: str | None = None) -> None:
+    def __init__(
+        self,
+        secret: str,
+        *,
+        sender_domain: str | None = None,
+        mandrill_key: str | None = None,
+        public_url: str | None = None,
+    ) -> None:
         if len(secret) < 16:
             msg = "mailchimp: the webhook path secret must be at least 16 characters"
             raise ValueError(msg)
         self._secret = secret
         self.sender_domain = sender_domain
+        self._mandrill_key = mandrill_key or None
+        self.public_url = public_url.rstrip("/") if public_url else None
 
     def verify(self, delivery: Delivery) -> None:
         verify_path_token(delivery, self._secret, "webhook")
+        if self._mandrill_key is None:
+            return
+        try:
+            pairs = parse_qsl(
+                delivery.body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FIELDS
+            )
+        except (UnicodeDecodeError, ValueError):
+            return  # not a form: the normaliser dead-letters it, naming why
+        if not any(name == "mandrill_events" for name, _ in pairs):
+            return  # an audience webhook: Mailchimp does not sign those
+        signature = delivery.headers.get(MANDRILL_SIGNATURE)
+        if not signature:
+            raise Rejected(reason="missing_signature", detail=f"{MANDRILL_SIGNATURE} header is required")
+        url = delivery.url if self.public_url is None else self.public_url + delivery.path
+        signed = url + "".join(name + value for name, value in sorted(pairs))
+        digest = hmac.new(self._mandrill_key.encode(), signed.encode("utf-8"), hashlib.sha1).digest()
+        if not hmac.compare_digest(signature.encode(), base64.b64encode(digest)):
+            raise Rejected(reason="bad_signature", detail="signature does not match")
 
     def answers_get(self) -> bool:
         return True
@@ -96,8 +134,9 @@ class MailchimpWebhook(WebhookPlatform):
 
 
 class MailchimpSource(WebhookSource):
-    """``vigil source mailchimp``: options ``host``, ``port``, ``sender_domain``; the path secret
-    comes from ``VIGIL_MAILCHIMP_WEBHOOK_SECRET`` (or the option ``secret``)."""
+    """``vigil source mailchimp``: options ``host``, ``port``, ``sender_domain``, ``public_url``;
+    the path secret comes from ``VIGIL_MAILCHIMP_WEBHOOK_SECRET`` (or the option ``secret``), the
+    Mandrill webhook key from ``VIGIL_MANDRILL_WEBHOOK_KEY`` (or ``mandrill_key``)."""
 
     name = NAME
 
@@ -106,10 +145,18 @@ class MailchimpSource(WebhookSource):
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: str) -> MailchimpSource:
-        check_options(NAME, options, {"host", "port", "sender_domain", "secret"})
+        check_options(
+            NAME, options, {"host", "port", "sender_domain", "secret", "mandrill_key", "public_url"}
+        )
         secret = secret_option(options, "secret", os.environ, "VIGIL_MAILCHIMP_WEBHOOK_SECRET")
+        mandrill_key = options.get("mandrill_key") or os.environ.get("VIGIL_MANDRILL_WEBHOOK_KEY")
         return cls(
-            MailchimpWebhook(secret, sender_domain=options.get("sender_domain")),
+            MailchimpWebhook(
+                secret,
+                sender_domain=options.get("sender_domain"),
+                mandrill_key=mandrill_key,
+                public_url=options.get("public_url"),
+            ),
             **listen_options(options, 8091),
         )
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,8 @@ from vigil.hub.topics import DOMAINS, TOPICS, TopicSpec
 from vigil.sources.base import Normalizer
 from vigil.sources.registry import NORMALIZERS, normalizer_for
 from vigil.stream.base import Context, Guarantee, Operator, Record
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from vigil.stream.app import Application
@@ -123,8 +126,12 @@ class NormalizeOperator(Operator[Any]):
 
     def process(self, batch: Sequence[Record[Any]], ctx: Context) -> None:
         normalizers, topics, emit = self._normalizers, self._topics, ctx.emit
+        # The Kafka runtime's context encodes and size-checks an output before sending it: a
+        # record's events are all checked first, so one too large sends none of them.
+        prepare = getattr(ctx, "prepare_emit", None)
         for rec in batch:
             raw: RawRecord = rec.event
+            sends = None
             try:
                 normalizer = normalizers.get(raw.source) or self._normalizer(raw.source)
                 events = normalizer.normalize(raw)
@@ -132,13 +139,35 @@ class NormalizeOperator(Operator[Any]):
                 for event in events:
                     if event.occurred_at - raw.received_at > allowed:
                         raise ContractError(_ahead(event, raw, allowed))
-            except VigilError as exc:
+                if prepare is not None:
+                    sends = [prepare(topics.get(type(e)) or self.topic_for(e), e) for e in events]
+            except Exception as exc:  # any record the stage cannot take is dead-lettered
+                # Input a normaliser did not foresee (a year 0001 timestamp, a JSON nested 100,000
+                # deep, an event too large to send) fails its record, not the stage: stopped, it
+                # would stop again on the same record after every restart.
+                if isinstance(exc, VigilError):
+                    reason = str(exc)
+                else:
+                    reason = f"unexpected {type(exc).__name__}: {exc}"
+                    log.warning(
+                        "normalise: %s[%d]@%d (%s/%s) dead-lettered: %s",
+                        rec.topic,
+                        rec.partition,
+                        rec.offset,
+                        raw.source,
+                        raw.kind,
+                        reason[:500],
+                    )
                 # The dead letter keeps the bytes as received: msgspec.Raw encodes to itself.
                 as_received: Record[Any] = msgspec.structs.replace(rec, event=msgspec.Raw(raw.value))
-                ctx.dead_letter(as_received, f"{raw.source}/{raw.kind}: {exc}")
+                ctx.dead_letter(as_received, f"{raw.source}/{raw.kind}: {reason}")
                 continue
-            for event in events:
-                emit(topics.get(type(event)) or self.topic_for(event), event)
+            if sends is not None:
+                for send in sends:
+                    send()
+            else:
+                for event in events:
+                    emit(topics.get(type(event)) or self.topic_for(event), event)
 
 
 def _ahead(event: Event, raw: RawRecord, allowed: timedelta) -> str:

@@ -94,7 +94,8 @@ class OutboundMessage:
 
 
 def is_xml(body: bytes) -> bool:
-    return body.lstrip()[:1] == b"<"
+    # (A UTF-8 byte order mark may come first: the message was taken for JSON, and never acked.)
+    return body.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"<"
 
 
 def parse_outbound(body: bytes, where: str) -> OutboundMessage:
@@ -106,6 +107,9 @@ def parse_outbound(body: bytes, where: str) -> OutboundMessage:
         raise DecodeError(msg, where=where) from None
     except ET.ParseError as exc:
         msg = f"not well-formed XML: {exc}"
+        raise DecodeError(msg, where=where) from None
+    except LookupError as exc:  # an encoding declared that Python does not know
+        msg = f"XML in an unknown encoding: {exc}"
         raise DecodeError(msg, where=where) from None
     notifications = root.find(f".//{{{OUTBOUND_NS}}}notifications")
     if notifications is None:

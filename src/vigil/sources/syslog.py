@@ -110,6 +110,19 @@ def iter_frames(stream: Any) -> Any:
             yield frame
         elif first == b"<":
             line = stream.readline(MAX_FRAME)
+            if len(line) >= MAX_FRAME and not line.endswith(b"\n"):
+                # Longer than a frame: truncated, as RFC 5424 6.1 lets a receiver, and the rest of
+                # the line read and dropped.  Left in the stream, its tail was taken for a message
+                # of its own: text an attacker got into a relayed line forged an event.
+                dropped = 0
+                while True:
+                    rest = stream.readline(MAX_FRAME)
+                    dropped += len(rest)
+                    if not rest or rest.endswith(b"\n"):
+                        break
+                log.warning(
+                    "syslog: a line over %d bytes was cut there (%d bytes dropped)", MAX_FRAME, dropped
+                )
             yield first + line.rstrip(b"\r\n")
         elif first in b"\r\n":
             continue

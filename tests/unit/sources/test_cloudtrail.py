@@ -16,6 +16,7 @@ from vigil.errors import ContractError, SourceError
 from vigil.events.codec import decode_event, encode
 from vigil.events.types import SecurityEvent
 from vigil.hub.raw import RawRecord
+from vigil.sources import cloudtrail
 from vigil.sources.cloudtrail import CloudTrailNormalizer, CloudTrailSource, read_log_file
 from vigil.sources.sink import MemorySink
 
@@ -239,6 +240,27 @@ def test_read_log_file_rejects_non_cloudtrail_files(tmp_path: Path) -> None:
     broken.write_bytes(gzip.compress(b'{"Records": [')[:-4])
     with pytest.raises(SourceError, match="cannot read"):
         read_log_file(broken)
+    # A corrupt deflate stream raised zlib.error, which stopped the source even when skipping
+    # bad files (and again at every restart: the file never joined the cursor).
+    garbage = tmp_path / "z.json.gz"
+    garbage.write_bytes(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03" + b"\xff" * 40)
+    with pytest.raises(SourceError, match=r"cannot read .*z.json.gz: Error -3"):
+        read_log_file(garbage)
+
+
+def test_a_file_that_decompresses_too_far_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A gzip bomb would take the machine's memory: decompression stops at the limit.
+    monkeypatch.setattr(cloudtrail, "MAX_DECOMPRESSED_BYTES", 10_000)
+    bomb = tmp_path / "bomb.json.gz"
+    bomb.write_bytes(gzip.compress(b'{"Records": [' + b" " * 1_000_000 + b"]}"))
+    with pytest.raises(SourceError, match=r"bomb.json.gz decompresses to more than 10,000 bytes"):
+        read_log_file(bomb)
+    # Several gzip members (as concatenated files are) still read whole.
+    two = tmp_path / "two.json.gz"
+    two.write_bytes(gzip.compress(b'{"Records": [{"a": 1},') + gzip.compress(b' {"b": 2}]}'))
+    assert read_log_file(two) == [b'{"a": 1}', b'{"b": 2}']
 
 
 def test_console_login_success_with_mfa() -> None:

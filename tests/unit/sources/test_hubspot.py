@@ -98,6 +98,8 @@ def test_valid_signature_is_accepted() -> None:
         ({"stamp": NOW + timedelta(minutes=6)}, "stale"),
         ({"signature": ""}, "missing_signature"),
         ({"x-hubspot-request-timestamp": "yesterday"}, "bad_timestamp"),
+        # A year past 9999: from anyone, it was a 500 with a traceback.
+        ({"x-hubspot-request-timestamp": "9999999999999999"}, "bad_timestamp"),
     ],
 )
 def test_forged_stale_or_incomplete_requests_are_rejected(changed: dict[str, object], reason: str) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 from datetime import UTC, datetime
 from urllib.parse import urlencode
@@ -83,6 +86,37 @@ def test_the_path_secret_is_required_and_compared() -> None:
         assert caught.value.reason == reason
     with pytest.raises(ValueError, match="at least 16"):
         MailchimpWebhook("short")
+
+
+def test_mandrill_deliveries_must_carry_mandrills_signature_when_the_key_is_given() -> None:
+    # Mandrill signs its posts (base64 HMAC-SHA1 over the URL and the sorted fields): with the
+    # key, a delivery that only knows the path token is refused.
+    key = "mandrill-key-0123"
+    url = "https://hooks.acme.example/webhooks/mailchimp/" + SECRET
+    signed = url + "mandrill_events" + json.dumps(CLICKS)
+    signature = base64.b64encode(hmac.new(key.encode(), signed.encode(), hashlib.sha1).digest()).decode()
+
+    def mandrill(headers: dict[str, str], body: bytes = MANDRILL) -> Delivery:
+        path = "/webhooks/mailchimp/" + SECRET
+        return Delivery(
+            "mailchimp", "POST", "http://127.0.0.1:8091" + path, path, "", headers, body, NOW, token=SECRET
+        )
+
+    hook = MailchimpWebhook(SECRET, mandrill_key=key, public_url="https://hooks.acme.example/")
+    hook.verify(mandrill({"x-mandrill-signature": signature}))
+    hook.verify(delivery())  # audience webhooks are not signed: the path token suffices
+    tampered = MANDRILL.replace(b"wallet-verify", b"wallet-verifx")
+    for headers, body, reason in [
+        ({}, MANDRILL, "missing_signature"),
+        ({"x-mandrill-signature": signature}, tampered, "bad_signature"),
+        ({"x-mandrill-signature": "AAAA"}, MANDRILL, "bad_signature"),
+    ]:
+        with pytest.raises(Rejected) as caught:
+            hook.verify(mandrill(headers, body))
+        assert caught.value.reason == reason
+        assert key not in caught.value.detail
+    # Without the key, the path token alone (as the module says).
+    MailchimpWebhook(SECRET).verify(mandrill({}))
 
 
 def test_sent_campaign_becomes_email_campaign_sent() -> None:

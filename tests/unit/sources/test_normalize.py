@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from vigil.config import load_settings, shared_data_dir
@@ -200,15 +201,58 @@ def test_a_source_without_normaliser_is_dead_lettered() -> None:
     assert "no normaliser for source 'kraken'" in reason
 
 
-def test_a_normaliser_bug_is_not_dead_lettered_but_raised() -> None:
-    class Broken(Normalizer):
-        source = "broken"
+def test_input_a_normaliser_did_not_foresee_is_dead_lettered_loudly_and_the_stage_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Raised, an unforeseen error (a year 0001 timestamp overflowing astimezone, JSON nested
+    # 100,000 deep) stopped the stage for every source, and again after every restart (the
+    # offset is not committed): one syslog datagram was enough.
+    class Fragile(Normalizer):
+        source = "fragile"
 
         def normalize(self, record: RawRecord) -> list[Event]:
-            raise ZeroDivisionError("bug")
+            if record.value == b"boom":
+                raise OverflowError("date value out of range")
+            return CoinbaseNormalizer().normalize(RawRecord("coinbase", "ws_message", MATCH, RECEIVED, b"k"))
 
-    with pytest.raises(ZeroDivisionError):
-        NormalizeOperator({"broken": Broken()}).process([_record("broken", "x", b"", 0)], ListContext())
+    ctx = ListContext()
+    records = [_record("fragile", "x", b"boom", 0), _record("fragile", "x", b"fine", 1)]
+    NormalizeOperator({"fragile": Fragile()}).process(records, ctx)
+    ((record, reason),) = ctx.dead
+    assert record.offset == 0
+    assert reason == "fragile/x: unexpected OverflowError: date value out of range"
+    assert len(ctx.emitted) == 1
+    assert "raw.fragile[0]@0 (fragile/x) dead-lettered: unexpected OverflowError" in caplog.text
+
+
+class SizeCheckingContext(ListContext):
+    """A context that prepares outputs as the Kafka runtime's does (encoded, size-checked)."""
+
+    def prepare_emit(self, topic: str, event: Event, key: str | None = None) -> Any:
+        if len(encode(event)) > 2_000:
+            raise ValueError(f"a record of {len(encode(event)):,} bytes for {topic!r}; at most 2,000")
+        return lambda: self.emit(topic, event, key)
+
+
+def test_a_record_with_an_event_too_large_to_send_is_dead_lettered_whole() -> None:
+    class Two(Normalizer):
+        source = "two"
+
+        def normalize(self, record: RawRecord) -> list[Event]:
+            (small,) = CoinbaseNormalizer().normalize(
+                RawRecord("coinbase", "ws_message", MATCH, RECEIVED, b"k")
+            )
+            big = msgspec.structs.replace(small, event_id="e" * int(record.value))
+            return [small, big]
+
+    ctx = SizeCheckingContext()
+    NormalizeOperator({"two": Two()}).process(
+        [_record("two", "x", b"5000", 0), _record("two", "x", b"10", 1)], ctx
+    )
+    ((record, reason),) = ctx.dead
+    assert record.offset == 0
+    assert "bytes for 'events.market'; at most 2,000" in reason
+    assert len(ctx.emitted) == 2  # the second record's two events; none of the first's
 
 
 # ---------------------------------------------------------------------------- build

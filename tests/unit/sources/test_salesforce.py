@@ -148,6 +148,10 @@ def test_outbound_message_from_an_allowed_org_with_the_token_is_accepted_and_ack
         (XXE, TOKEN, "malformed", 400),
         (LAUGHS, TOKEN, "malformed", 400),
         (b"<notifications><unclosed>", TOKEN, "malformed", 400),
+        # An encoding Python does not know was a 500.
+        (b'<?xml version="1.0" encoding="bogus"?><x/>', TOKEN, "malformed", 400),
+        # Behind a byte order mark the XML was taken for JSON: no org check, no Ack.
+        (b"\xef\xbb\xbf" + outbound(org="00D000000000001AAA"), TOKEN, "unknown_org", 401),
     ],
 )
 def test_forged_or_hostile_deliveries_are_rejected(
@@ -157,6 +161,13 @@ def test_forged_or_hostile_deliveries_are_rejected(
         webhook().verify(delivery(body, token))
     assert (caught.value.reason, caught.value.status) == (reason, status)
     assert "root:" not in caught.value.detail  # nothing of a local file ever surfaces
+
+
+def test_an_outbound_message_behind_a_byte_order_mark_is_acked() -> None:
+    hook = webhook()
+    good = delivery(b"\xef\xbb\xbf" + outbound(sobjects=REPORT))
+    hook.verify(good)
+    assert b"<Ack>true</Ack>" in hook.acknowledge(good).body
 
 
 def test_xml_entities_are_refused_by_the_normaliser_too() -> None:

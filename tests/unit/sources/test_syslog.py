@@ -16,7 +16,7 @@ from vigil.events.codec import decode_event, encode
 from vigil.events.types import SecurityEvent
 from vigil.hub.raw import RawRecord
 from vigil.sources.sink import MemorySink
-from vigil.sources.syslog import SyslogNormalizer, SyslogSource, iter_frames, parse_rfc5424
+from vigil.sources.syslog import MAX_FRAME, SyslogNormalizer, SyslogSource, iter_frames, parse_rfc5424
 
 # The examples of RFC 5424 section 6.5 (example 1 has no BOM here; example 4 is verbatim).
 RFC_EX1 = (
@@ -152,6 +152,18 @@ def test_tcp_framing_stops_on_garbage_and_oversized_counts() -> None:
     assert list(iter_frames(io.BytesIO(RFC_EX1 + b"\nGARBAGE\n" + RFC_EX2 + b"\n"))) == [RFC_EX1]
     assert list(iter_frames(io.BytesIO(b"99999999 x"))) == []
     assert list(iter_frames(io.BytesIO(b"10 short"))) == []
+
+
+def test_the_tail_of_an_overlong_line_is_not_taken_for_a_message() -> None:
+    # A relay forwards a line carrying attacker text past the frame limit: its tail, left in
+    # the stream, was read as a message of its own (a forged login of "admin").
+    forged = b'<10>1 2026-01-01T00:00:00Z victim sshd - - [x user="admin" outcome="success"] forged'
+    long_line = b"<13>1 - relay app - - - ua=" + b"A" * (MAX_FRAME + 10) + forged + b"\n"
+    frames = list(iter_frames(io.BytesIO(long_line + RFC_EX1 + b"\n")))
+    assert len(frames) == 2
+    assert len(frames[0]) == MAX_FRAME + 1
+    assert frames[0].startswith(b"<13>1 - relay app")
+    assert frames[1] == RFC_EX1
 
 
 def _wait_for(predicate: object, timeout: float = 10.0) -> None:
