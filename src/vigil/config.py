@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -70,7 +70,11 @@ class Settings(BaseSettings):
 
     # --- topics
     default_partitions: int = Field(default=6, ge=1)
-    default_replication: int = Field(default=1, ge=1)
+    # Unset: the cluster's own default.replication.factor (1 on the local broker).  A fixed 1
+    # overrode a production cluster's 3: one broker lost, and its partitions with it.
+    default_replication: int | None = Field(
+        default=None, ge=1, description="Replicas per topic; unset: the cluster's default.replication.factor"
+    )
 
     @field_validator("kafka_bootstrap")
     @classmethod
@@ -83,6 +87,36 @@ class Settings(BaseSettings):
                 msg = f"expected host:port[,host:port...], got {value!r}"
                 raise ValueError(msg)
         return value
+
+    @model_validator(mode="after")
+    def _security_settings_agree(self) -> Settings:
+        """Credentials with a protocol that sends none, or SASL without them: librdkafka only
+        warns (and connects without credentials), or fails later as an unanswered request."""
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        given = [
+            name
+            for name in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+            if getattr(self, name) is not None
+        ]
+        if given and not sasl:
+            msg = (
+                f"{', '.join(given)} set with kafka_security_protocol {self.kafka_security_protocol}, "
+                "which sends no credentials; expected SASL_SSL (or SASL_PLAINTEXT)"
+            )
+            raise ValueError(msg)
+        if sasl and len(given) < 3:
+            missing = sorted(
+                {"kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password"} - set(given)
+            )
+            msg = f"kafka_security_protocol {self.kafka_security_protocol} needs {', '.join(missing)}"
+            raise ValueError(msg)
+        if self.kafka_ssl_ca_location is not None and not self.kafka_security_protocol.endswith("SSL"):
+            msg = (
+                f"kafka_ssl_ca_location set with kafka_security_protocol {self.kafka_security_protocol}, "
+                "which does not use TLS; expected SSL or SASL_SSL"
+            )
+            raise ValueError(msg)
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -126,6 +160,12 @@ class Settings(BaseSettings):
 def load_settings(**overrides: Any) -> Settings:
     """Build the settings from environment and file; a bad value raises :class:`ConfigError`
     naming the setting (as its environment variable) and what was wrong."""
+    named = os.environ.get("VIGIL_CONFIG")
+    if named and not Path(named).is_file():
+        # Read as "no file", a mistyped path ran on the defaults: a local broker instead of the
+        # cluster the file names.
+        msg = f"VIGIL_CONFIG names {named!r}, which is not a file; expected a TOML settings file"
+        raise ConfigError(msg)
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -133,7 +173,10 @@ def load_settings(**overrides: Any) -> Settings:
         for err in exc.errors():
             name = ".".join(str(p) for p in err["loc"]) or "settings"
             env = f"VIGIL_{name.upper()}" if err["loc"] else name
-            secret = any(word in name for word in ("password", "secret", "token", "key"))
+            # A setting not known (a misspelt one too) may be a password: its value is not shown.
+            secret = err["type"] == "extra_forbidden" or any(
+                word in name for word in ("password", "secret", "token", "key", "pass", "credential")
+            )
             got = "<hidden>" if secret else repr(err.get("input"))
             problems.append(f"{env} ({name}): {err['msg']}; got {got}")
         msg = "invalid settings:\n  " + "\n  ".join(problems)

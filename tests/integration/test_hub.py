@@ -34,21 +34,30 @@ def test_apply_is_idempotent(applied: Settings) -> None:
     assert live["intel.indicators"].config["cleanup.policy"] == "compact"
 
 
-def test_apply_adds_partitions_and_fixes_config(settings: Settings) -> None:
+def test_apply_adds_partitions_only_when_asked_and_fixes_config(settings: Settings) -> None:
     name = f"test.apply.{uuid.uuid4().hex[:8]}"
     small = TopicSpec(name=name, key="k", value="raw", description="d", partitions=1)
     admin = make_admin(settings)
     topic_admin.apply(admin, [small], settings)
-    grown = TopicSpec(name=name, key="k", value="raw", description="d", partitions=3, cleanup="compact")
-    changed = topic_admin.apply(admin, [grown], settings)
+    grown = TopicSpec(name=name, key="k", value="raw", description="d", partitions=3)
+    # Keys would move away from the state kept for them: said, and left as it is.
+    (left,) = topic_admin.apply(admin, [grown], settings)
+    assert left.in_sync
+    assert "has 1 partitions, declared 3 (not grown" in left.describe()
+    assert "--add-partitions" in left.describe()
+    assert topic_admin.describe_live(admin, [name])[name].partitions == 1
+    (changed,) = topic_admin.apply(admin, [grown], settings, add_partitions=True)
+    assert changed.describe() == "partitions 1 -> 3"
+    compacted = TopicSpec(name=name, key="k", value="raw", description="d", partitions=3, cleanup="compact")
+    changed = topic_admin.apply(admin, [compacted], settings)
     assert [d.describe() for d in changed] == [
-        "partitions 1 -> 3; cleanup.policy: delete -> compact; min.cleanable.dirty.ratio: 0.5 -> 0.1; "
+        "cleanup.policy: delete -> compact; min.cleanable.dirty.ratio: 0.5 -> 0.1; "
         "segment.ms: 604800000 -> 86400000"
     ]
     live = topic_admin.describe_live(admin, [name])[name]
     assert live.partitions == 3
     assert live.config["cleanup.policy"] == "compact"
-    assert topic_admin.apply(admin, [grown], settings) == []
+    assert topic_admin.apply(admin, [compacted], settings) == []
     admin.delete_topics([name])
 
 

@@ -56,8 +56,67 @@ def test_unknown_toml_key_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path:
 
 
 def test_secrets_are_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("VIGIL_KAFKA_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("VIGIL_KAFKA_SASL_USERNAME", "vigil")
     monkeypatch.setenv("VIGIL_KAFKA_SASL_PASSWORD", "hunter2")
     s = load_settings()
     assert "hunter2" not in repr(s)
     assert "hunter2" not in s.model_dump_json()
     assert s.kafka_client_config()["sasl.password"] == "hunter2"
+
+
+def test_a_config_file_that_is_not_there_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Read as "no file", a mistyped path ran on the defaults: a local broker, not the cluster.
+    monkeypatch.setenv("VIGIL_CONFIG", str(tmp_path / "vigil-prod.toml"))
+    with pytest.raises(ConfigError, match=r"VIGIL_CONFIG names .*vigil-prod.toml', which is not a file"):
+        load_settings()
+
+
+def test_the_value_of_a_misspelt_setting_is_not_shown(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "vigil.toml"
+    cfg.write_text('kafka_sasl_pw = "hunter2-secret"\n')
+    monkeypatch.setenv("VIGIL_CONFIG", str(cfg))
+    with pytest.raises(ConfigError, match="kafka_sasl_pw") as caught:
+        load_settings()
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {
+                "VIGIL_KAFKA_SASL_MECHANISM": "PLAIN",
+                "VIGIL_KAFKA_SASL_USERNAME": "u",
+                "VIGIL_KAFKA_SASL_PASSWORD": "p",
+            },
+            "set with kafka_security_protocol PLAINTEXT, which sends no credentials",
+        ),
+        (
+            {"VIGIL_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"},
+            "SASL_SSL needs kafka_sasl_mechanism, kafka_sasl_password",
+        ),
+        ({"VIGIL_KAFKA_SSL_CA_LOCATION": "/etc/ca.pem"}, "kafka_ssl_ca_location set with .* PLAINTEXT"),
+    ],
+)
+def test_security_settings_that_disagree_are_refused(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    # librdkafka only warned, and connected without the credentials (or failed much later as a
+    # request nobody answered).
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match=message):
+        load_settings()
+
+
+def test_sasl_over_tls_with_its_credentials_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("VIGIL_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("VIGIL_KAFKA_SASL_USERNAME", "vigil")
+    monkeypatch.setenv("VIGIL_KAFKA_SASL_PASSWORD", "hunter2")
+    conf = load_settings().kafka_client_config()
+    assert (conf["security.protocol"], conf["sasl.mechanism"]) == ("SASL_SSL", "SCRAM-SHA-512")

@@ -180,10 +180,12 @@ def demo(
         produced = _publish(cfg, sim, prefix, speed)
         _drain(service, watcher, produced)
     finally:
-        service.stop()
-        watcher.stop()
-        if not keep_topics:
-            _delete_prefixed(cfg, prefix)
+        try:
+            service.stop()
+        finally:
+            watcher.stop()
+            if not keep_topics:
+                _delete_prefixed(cfg, prefix)
 
     alerts = list(watcher.alerts.values())
     decisions = list(watcher.decisions.values())

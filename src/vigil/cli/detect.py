@@ -77,11 +77,13 @@ def detect(
                 )
         service.check()
     finally:
-        service.stop()
-        if metrics is not None:
-            metrics.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        try:
+            service.stop()  # raises a stage's failure (a last checkpoint's too): the exit code shows it
+        finally:
+            if metrics is not None:
+                metrics.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     console.print(f"stopped: {service.alerts} alerts, {service.decisions} decisions")
 
 

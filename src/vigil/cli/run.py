@@ -126,7 +126,10 @@ def run(
             failures.append(exc)
             break
     for stopper in reversed(stoppers):
-        stopper()
+        try:
+            stopper()
+        except BaseException as exc:  # every part is stopped; the first failure is raised after
+            failures.append(exc)
     for thread in threads:
         thread.join(timeout=30)
     if failures:

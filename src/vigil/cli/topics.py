@@ -24,17 +24,31 @@ app = typer.Typer(no_args_is_help=True)
 
 
 @app.command("apply")
-def apply_cmd() -> None:
+def apply_cmd(
+    add_partitions: Annotated[
+        bool,
+        typer.Option(
+            "--add-partitions",
+            help="Give live topics the partitions declared (stop the stages reading them first: "
+            "keys that move start their windows and sequences afresh)",
+        ),
+    ] = False,
+) -> None:
     """Create or update every declared topic; a second run changes nothing and says so."""
     cfg = settings()
     check_reachable(cfg)
-    changed = topic_admin.apply(make_admin(cfg), TOPICS, cfg)
+    changed = topic_admin.apply(make_admin(cfg), TOPICS, cfg, add_partitions=add_partitions)
     if not changed:
         console.print(f"[green]all {len(TOPICS)} declared topics are in sync; nothing to do[/]")
         return
     for diff in changed:
-        console.print(f"[yellow]{diff.spec.name}[/]: {diff.describe()}")
-    console.print(f"applied {len(changed)} change(s); {len(TOPICS) - len(changed)} topic(s) already in sync")
+        console.print(f"[yellow]{escape(diff.spec.name)}[/]: {escape(diff.describe())}")
+    acted = sum(1 for diff in changed if not diff.in_sync)
+    left = len(changed) - acted
+    console.print(
+        f"applied {acted} change(s); {len(TOPICS) - len(changed)} topic(s) already in sync"
+        + (f"; {left} left as they are (see above)" if left else "")
+    )
 
 
 @app.command("list")
@@ -54,7 +68,11 @@ def list_cmd(
         table.add_row(
             diff.spec.name,
             str(diff.live.partitions if diff.live else diff.partitions),
-            str(diff.live.replication if diff.live else diff.replication),
+            str(
+                diff.live.replication
+                if diff.live
+                else (diff.replication if diff.replication > 0 else "default")
+            ),
             diff.spec.cleanup,
             diff.spec.key,
             escape(diff.spec.value_name),

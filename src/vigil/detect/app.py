@@ -30,7 +30,7 @@ from vigil.detect.engine import (
 )
 from vigil.detect.intel import IntelIndex
 from vigil.detect.rules.models import Rule
-from vigil.errors import DecodeError
+from vigil.errors import DecodeError, PipelineError
 from vigil.events.base import Event
 from vigil.events.codec import EventCodec
 from vigil.events.types import EVENT_CLASSES, EVENT_TYPES, IntelIndicator
@@ -391,9 +391,17 @@ class DetectionService:
             time.sleep(poll_s)
 
     def stop(self) -> None:
+        """Stop both stages and the intel feed; raises if a stage failed (its last checkpoint
+        included) or did not stop within 30 s, so a supervisor hears of it."""
         for app in (self.route_app, self.detect_app):
             app.stop()
         deadline = time.monotonic() + 30
         for thread in self._threads:
             thread.join(timeout=max(0.1, deadline - time.monotonic()))
         self.feed.stop()
+        running = [thread.name for thread in self._threads if thread.is_alive()]
+        if running:
+            msg = f"detection: {', '.join(running)} did not stop within 30 s"
+            raise PipelineError(msg)
+        if self.failures:
+            raise self.failures[0]

@@ -65,7 +65,8 @@ class TopicDiff:
 
     def describe(self) -> str:
         if self.missing:
-            return f"create ({self.partitions} partitions, rf {self.replication})"
+            rf = self.replication if self.replication > 0 else "of the cluster's default"
+            return f"create ({self.partitions} partitions, rf {rf})"
         parts = []
         if self.partitions_to_add:
             parts.append(f"partitions {self.live.partitions if self.live else 0} -> {self.partitions}")
@@ -101,11 +102,22 @@ def describe_live(admin: AdminClient, names: Iterable[str] | None = None) -> dic
     }
 
 
-def plan(specs: Iterable[TopicSpec], live: dict[str, LiveTopic], settings: Settings) -> list[TopicDiff]:
+def plan(
+    specs: Iterable[TopicSpec],
+    live: dict[str, LiveTopic],
+    settings: Settings,
+    *,
+    add_partitions: bool = False,
+) -> list[TopicDiff]:
+    """What to change for ``specs`` to hold.  A live topic is given more partitions only when
+    ``add_partitions`` says so (a changelog always follows its application's inputs), and never
+    a compacted one: a key's new records would go to another partition than its earlier ones
+    and the state kept for it."""
     diffs = []
     for spec in specs:
         partitions = spec.partitions or settings.default_partitions
-        replication = spec.replication or settings.default_replication
+        # -1: the cluster's default.replication.factor (CreateTopics takes it so since Kafka 2.4).
+        replication = spec.replication or settings.default_replication or -1
         current = live.get(spec.name)
         diff = TopicDiff(spec=spec, live=current, partitions=partitions, replication=replication)
         if current is not None:
@@ -116,29 +128,41 @@ def plan(specs: Iterable[TopicSpec], live: dict[str, LiveTopic], settings: Setti
                 diff.notes.append(
                     f"has {current.partitions} partitions, declared {partitions} (cannot shrink)"
                 )
-            elif (
-                current.partitions < partitions
-                and "compact" in current.config.get("cleanup.policy", "")
-                and not spec.grow_compacted
-            ):
-                diff.partitions = current.partitions
-                note = (
-                    f"has {current.partitions} partitions, declared {partitions} (not grown: its keys "
-                    "would move to other partitions and leave their older records behind; to "
-                    "repartition it, recreate it and publish it again)"
-                )
-                diff.notes.append(note)
-                log.warning("topic %s %s", spec.name, note)
-            if current.replication != replication:
+            elif current.partitions < partitions and not spec.grow_compacted:
+                if "compact" in current.config.get("cleanup.policy", ""):
+                    note = (
+                        f"has {current.partitions} partitions, declared {partitions} (not grown: its "
+                        "keys would move to other partitions and leave their older records behind; to "
+                        "repartition it, recreate it and publish it again)"
+                    )
+                elif not add_partitions:
+                    note = (
+                        f"has {current.partitions} partitions, declared {partitions} (not grown: its keys "
+                        "would move to other partitions, away from the state the stages reading it keep "
+                        "for them; to grow it, stop those stages and run `vigil topics apply "
+                        "--add-partitions`: windows and sequences of the keys that move start afresh)"
+                    )
+                else:
+                    note = ""
+                if note:
+                    diff.partitions = current.partitions
+                    diff.notes.append(note)
+                    log.warning("topic %s %s", spec.name, note)
+            if replication > 0 and current.replication != replication:
                 diff.notes.append(f"replication {current.replication}, declared {replication} (not changed)")
         diffs.append(diff)
     return diffs
 
 
-def apply(admin: AdminClient, specs: Iterable[TopicSpec], settings: Settings) -> list[TopicDiff]:
-    """Make the cluster match the declarations; returns the diffs that were acted upon."""
+def apply(
+    admin: AdminClient, specs: Iterable[TopicSpec], settings: Settings, *, add_partitions: bool = False
+) -> list[TopicDiff]:
+    """Make the cluster match the declarations; returns the diffs that were acted upon, and
+    those with notes (what was left as it is, and why).  ``add_partitions``: see :func:`plan`."""
     specs = list(specs)
-    diffs = plan(specs, describe_live(admin, [s.name for s in specs]), settings)
+    diffs = plan(
+        specs, describe_live(admin, [s.name for s in specs]), settings, add_partitions=add_partitions
+    )
     create = [
         NewTopic(
             d.spec.name, num_partitions=d.partitions, replication_factor=d.replication, config=d.spec.config()
@@ -173,7 +197,7 @@ def apply(admin: AdminClient, specs: Iterable[TopicSpec], settings: Settings) ->
         raise TopicError("applying topics failed:\n  " + "\n  ".join(errors))
     if create or grow:
         _wait_visible(admin, {d.spec.name: d.partitions for d in diffs if d.missing or d.partitions_to_add})
-    return [d for d in diffs if not d.in_sync]
+    return [d for d in diffs if not d.in_sync or d.notes]
 
 
 def _wait_visible(admin: AdminClient, expected: dict[str, int], timeout: float = _TIMEOUT) -> None:

@@ -210,6 +210,8 @@ def read_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> l
         if starts:
             consumer.assign(starts)
         deadline = time.monotonic() + timeout_s
+        #: The last error the consumer reported, named if the read fails.
+        last_error: KafkaError | None = None
         while ends:
             if time.monotonic() > deadline:
                 now_at = consumer.position([TopicPartition(topic, p) for p in ends])
@@ -217,14 +219,22 @@ def read_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> l
                 behind = ", ".join(
                     f"{topic}[{p}] (at {at.get(p, -1)}, end {end})" for p, end in sorted(ends.items())
                 )
-                msg = (
-                    f"reading did not reach the end of {behind} within {timeout_s:g}s "
-                    "(a transaction still open there holds committed readers back until it ends)"
+                why = (
+                    f"the consumer's last error: {last_error.str()}"
+                    if last_error is not None
+                    else "a transaction still open there holds committed readers back until it ends"
                 )
+                msg = f"reading did not reach the end of {behind} within {timeout_s:g}s ({why})"
                 raise BrokerError(msg)
             for message in consumer.consume(1000, 0.2):
-                if message.error() is None:
+                err = message.error()
+                if err is None:
                     out.append(message)
+                elif err.code() != KafkaError._PARTITION_EOF:
+                    if err.fatal() or err.code() in _READ_FATAL:
+                        msg = f"reading {topic!r} failed: {err.str()}"
+                        raise BrokerError(msg)
+                    last_error = err
             for tp in consumer.position([TopicPartition(topic, p) for p in ends]):
                 if tp.offset >= ends[tp.partition]:
                     del ends[tp.partition]
@@ -232,6 +242,17 @@ def read_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> l
         return out
     finally:
         consumer.close()
+
+
+#: Consumer errors that reading again will not get past.
+_READ_FATAL = frozenset(
+    {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError._AUTHENTICATION,
+    }
+)
 
 
 class DeliveryFailed(BrokerError):

@@ -8,6 +8,7 @@ import pytest
 
 from vigil.config import load_settings
 from vigil.detect.app import CANONICAL_INPUTS, DetectionService, DetectTopology, delete_scoped_topics
+from vigil.errors import PipelineError
 from vigil.stream.app import FETCH_DEFAULTS
 
 
@@ -52,3 +53,14 @@ def test_both_stages_ask_the_broker_to_gather_fetches_and_zero_turns_it_off(tmp_
         conf = app.consumer_settings()
         assert conf["fetch.wait.max.ms"] == FETCH_DEFAULTS["fetch.wait.max.ms"]
         assert "fetch.min.bytes" not in conf
+
+
+def test_stopping_raises_a_stage_failure_so_the_exit_code_shows_it(tmp_path: Path) -> None:
+    # A stage's failure at its last checkpoint (a fenced producer, say) only reached the log:
+    # `vigil detect` printed "stopped" and exited 0.  Built, not started: nothing to connect to.
+    settings = load_settings(kafka_bootstrap="127.0.0.1:1", home=tmp_path)
+    service = DetectionService(settings, [])
+    service.stop()  # nothing failed: quiet
+    service.failures.append(PipelineError("detect: checkpoint failed: fenced"))
+    with pytest.raises(PipelineError, match="checkpoint failed: fenced"):
+        service.stop()

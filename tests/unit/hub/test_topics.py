@@ -44,7 +44,7 @@ def test_duplicate_declaration_fails() -> None:
         TopicRegistry((spec, spec))
 
 
-def test_a_live_compacted_topic_is_not_given_more_partitions_unless_it_is_a_changelog() -> None:
+def test_a_live_topic_is_given_more_partitions_only_when_asked_and_a_compacted_one_never() -> None:
     from vigil.config import Settings
     from vigil.hub.admin import LiveTopic, plan
     from vigil.stream.changelog import changelog_spec
@@ -66,6 +66,34 @@ def test_a_live_compacted_topic_is_not_given_more_partitions_unless_it_is_a_chan
     assert "not grown" in kept.describe()
     (follows,) = plan([changelog], {changelog.name: live(changelog, "compact")}, settings)
     assert follows.partitions_to_add == 3  # a changelog follows its application's inputs
-    # A topic compacted only now had no compaction yet: grown as declared (with its new policy).
-    (becoming,) = plan([compacted6], {intel.name: live(grown6, "delete")}, settings)
+    # A topic compacted only now had no compaction yet: grown as declared when asked.
+    (becoming,) = plan([compacted6], {intel.name: live(grown6, "delete")}, settings, add_partitions=True)
     assert becoming.partitions_to_add == 3
+    # Not asked, no live topic grows: keys would move away from the state stages keep for them.
+    (kept_keyed,) = plan([grown6], {intel.name: live(grown6, "delete")}, settings)
+    assert (kept_keyed.partitions_to_add, kept_keyed.in_sync) == (0, True)
+    assert "--add-partitions" in kept_keyed.describe()
+    assert (
+        plan([grown6], {intel.name: live(grown6, "delete")}, settings, add_partitions=True)[
+            0
+        ].partitions_to_add
+        == 3
+    )
+
+
+def test_replication_is_the_clusters_unless_set() -> None:
+    # A fixed 1 overrode a production cluster's default.replication.factor of 3.
+    from vigil.config import Settings
+    from vigil.hub.admin import LiveTopic, plan
+
+    spec = TOPICS.get("alerts")
+    (new,) = plan([spec], {}, Settings())
+    assert new.replication == -1
+    assert "rf of the cluster's default" in new.describe()
+    (live,) = plan([spec], {spec.name: LiveTopic(spec.name, 6, 3, spec.config())}, Settings())
+    assert live.in_sync
+    assert not live.notes
+    (pinned,) = plan(
+        [spec], {spec.name: LiveTopic(spec.name, 6, 3, spec.config())}, Settings(default_replication=2)
+    )
+    assert pinned.notes == ["replication 3, declared 2 (not changed)"]
