@@ -96,7 +96,7 @@ class Settings(BaseSettings):
         given = [
             name
             for name in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
-            if getattr(self, name) is not None
+            if getattr(self, name) not in (None, "")  # (empty, as templated env files leave it: unset)
         ]
         if given and not sasl:
             msg = (
@@ -161,7 +161,7 @@ def load_settings(**overrides: Any) -> Settings:
     """Build the settings from environment and file; a bad value raises :class:`ConfigError`
     naming the setting (as its environment variable) and what was wrong."""
     named = os.environ.get("VIGIL_CONFIG")
-    if named and not Path(named).is_file():
+    if named and not Path(named).expanduser().is_file():
         # Read as "no file", a mistyped path ran on the defaults: a local broker instead of the
         # cluster the file names.
         msg = f"VIGIL_CONFIG names {named!r}, which is not a file; expected a TOML settings file"
@@ -173,9 +173,12 @@ def load_settings(**overrides: Any) -> Settings:
         for err in exc.errors():
             name = ".".join(str(p) for p in err["loc"]) or "settings"
             env = f"VIGIL_{name.upper()}" if err["loc"] else name
-            # A setting not known (a misspelt one too) may be a password: its value is not shown.
-            secret = err["type"] == "extra_forbidden" or any(
-                word in name for word in ("password", "secret", "token", "key", "pass", "credential")
+            # A setting not known (a misspelt one too) may be a password, and a check of several
+            # settings together gets them all as its input: their values are not shown.
+            secret = (
+                not err["loc"]
+                or err["type"] == "extra_forbidden"
+                or any(word in name for word in ("password", "secret", "token", "key", "pass", "credential"))
             )
             got = "<hidden>" if secret else repr(err.get("input"))
             problems.append(f"{env} ({name}): {err['msg']}; got {got}")

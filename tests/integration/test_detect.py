@@ -218,5 +218,7 @@ def test_unequal_input_partitions_turn_the_local_stage_off_and_detection_still_r
         producer.flush()
         service.wait_caught_up(len(events), timeout_s=60)
     finally:
-        service.stop()
-        delete_scoped_topics(settings, prefix)
+        try:
+            service.stop()
+        finally:
+            delete_scoped_topics(settings, prefix)

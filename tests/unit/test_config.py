@@ -88,18 +88,17 @@ def test_the_value_of_a_misspelt_setting_is_not_shown(
     ("env", "message"),
     [
         (
-            {
-                "VIGIL_KAFKA_SASL_MECHANISM": "PLAIN",
-                "VIGIL_KAFKA_SASL_USERNAME": "u",
-                "VIGIL_KAFKA_SASL_PASSWORD": "p",
-            },
+            {"VIGIL_KAFKA_SASL_MECHANISM": "PLAIN", "VIGIL_KAFKA_SASL_USERNAME": "u"},
             "set with kafka_security_protocol PLAINTEXT, which sends no credentials",
         ),
         (
-            {"VIGIL_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"},
-            "SASL_SSL needs kafka_sasl_mechanism, kafka_sasl_password",
+            {"VIGIL_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "VIGIL_KAFKA_SASL_USERNAME": ""},
+            "SASL_SSL needs kafka_sasl_mechanism, kafka_sasl_username",
         ),
-        ({"VIGIL_KAFKA_SSL_CA_LOCATION": "/etc/ca.pem"}, "kafka_ssl_ca_location set with .* PLAINTEXT"),
+        (
+            {"VIGIL_KAFKA_SECURITY_PROTOCOL": "SSL", "VIGIL_KAFKA_SASL_USERNAME": "u"},
+            "set with kafka_security_protocol SSL",
+        ),
     ],
 )
 def test_security_settings_that_disagree_are_refused(
@@ -109,8 +108,25 @@ def test_security_settings_that_disagree_are_refused(
     # request nobody answered).
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    with pytest.raises(ConfigError, match=message):
+    monkeypatch.setenv("VIGIL_KAFKA_SASL_PASSWORD", "hunter2-secret")
+    with pytest.raises(ConfigError, match=message) as caught:
         load_settings()
+    # The check sees every setting at once as its input: none of their values is shown.
+    assert "hunter2" not in str(caught.value)
+
+
+def test_a_ca_file_without_tls_and_empty_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VIGIL_KAFKA_SASL_USERNAME", "")  # as a templated env file leaves it: unset
+    assert load_settings().kafka_security_protocol == "PLAINTEXT"
+    monkeypatch.setenv("VIGIL_KAFKA_SSL_CA_LOCATION", "/etc/ca.pem")
+    with pytest.raises(ConfigError, match=r"kafka_ssl_ca_location set with .* PLAINTEXT"):
+        load_settings()
+    # A config file named with ~ (no shell to expand it: systemd, quoted values) is found.
+    monkeypatch.delenv("VIGIL_KAFKA_SSL_CA_LOCATION")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "vigil.toml").write_text("default_partitions = 5\n")
+    monkeypatch.setenv("VIGIL_CONFIG", "~/vigil.toml")
+    assert load_settings().default_partitions == 5
 
 
 def test_sasl_over_tls_with_its_credentials_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:

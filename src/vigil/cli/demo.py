@@ -131,7 +131,7 @@ def demo(
         )
         cfg = cfg.model_copy(update={"kafka_bootstrap": started.bootstrap})
     check_reachable(cfg)
-    changed = topic_admin.apply(make_admin(cfg), TOPICS, cfg)
+    changed = [diff for diff in topic_admin.apply(make_admin(cfg), TOPICS, cfg) if not diff.in_sync]
     console.print(f"[green]topics[/] {len(TOPICS)} declared, {len(changed)} created or updated")
 
     run = uuid.uuid4().hex[:6]

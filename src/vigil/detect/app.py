@@ -391,8 +391,8 @@ class DetectionService:
             time.sleep(poll_s)
 
     def stop(self) -> None:
-        """Stop both stages and the intel feed; raises if a stage failed (its last checkpoint
-        included) or did not stop within 30 s, so a supervisor hears of it."""
+        """Stop both stages and the intel feed; raises if a stage or the feed failed (a stage's
+        last checkpoint included) or a stage did not stop within 30 s, so a supervisor hears of it."""
         for app in (self.route_app, self.detect_app):
             app.stop()
         deadline = time.monotonic() + 30
@@ -405,3 +405,4 @@ class DetectionService:
             raise PipelineError(msg)
         if self.failures:
             raise self.failures[0]
+        self.feed.check()

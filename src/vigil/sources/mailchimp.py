@@ -112,7 +112,11 @@ class MailchimpWebhook(WebhookPlatform):
         signature = delivery.headers.get(MANDRILL_SIGNATURE)
         if not signature:
             raise Rejected(reason="missing_signature", detail=f"{MANDRILL_SIGNATURE} header is required")
-        url = delivery.url if self.public_url is None else self.public_url + delivery.path
+        url = (
+            delivery.url
+            if self.public_url is None
+            else self.public_url + delivery.path + (f"?{delivery.query}" if delivery.query else "")
+        )
         signed = url + "".join(name + value for name, value in sorted(pairs))
         digest = hmac.new(self._mandrill_key.encode(), signed.encode("utf-8"), hashlib.sha1).digest()
         if not hmac.compare_digest(signature.encode(), base64.b64encode(digest)):

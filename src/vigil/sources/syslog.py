@@ -117,12 +117,13 @@ def iter_frames(stream: Any) -> Any:
                 dropped = 0
                 while True:
                     rest = stream.readline(MAX_FRAME)
-                    dropped += len(rest)
+                    dropped += len(rest.rstrip(b"\r\n"))
                     if not rest or rest.endswith(b"\n"):
                         break
-                log.warning(
-                    "syslog: a line over %d bytes was cut there (%d bytes dropped)", MAX_FRAME, dropped
-                )
+                if dropped:
+                    log.warning(
+                        "syslog: a line over %d bytes was cut there (%d bytes dropped)", MAX_FRAME, dropped
+                    )
             yield first + line.rstrip(b"\r\n")
         elif first in b"\r\n":
             continue

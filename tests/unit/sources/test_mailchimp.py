@@ -117,6 +117,23 @@ def test_mandrill_deliveries_must_carry_mandrills_signature_when_the_key_is_give
         assert key not in caught.value.detail
     # Without the key, the path token alone (as the module says).
     MailchimpWebhook(SECRET).verify(mandrill({}))
+    # A URL entered with a query string is signed with it.
+    signed = url + "?src=mandrill" + "mandrill_events" + json.dumps(CLICKS)
+    with_query = base64.b64encode(hmac.new(key.encode(), signed.encode(), hashlib.sha1).digest()).decode()
+    path = "/webhooks/mailchimp/" + SECRET
+    hook.verify(
+        Delivery(
+            "mailchimp",
+            "POST",
+            "http://127.0.0.1:8091" + path + "?src=mandrill",
+            path,
+            "src=mandrill",
+            {"x-mandrill-signature": with_query},
+            MANDRILL,
+            NOW,
+            token=SECRET,
+        )
+    )
 
 
 def test_sent_campaign_becomes_email_campaign_sent() -> None:
