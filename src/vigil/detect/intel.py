@@ -33,6 +33,8 @@ class IndicatorEntry:
     feed: str
     list_version: str
     description: str | None = None
+    #: The indicator's end (STIX ``valid_until``): no event after it matches (see lookup).
+    valid_until: datetime | None = None
 
     @property
     def version(self) -> str:
@@ -91,7 +93,12 @@ class IntelIndex:
         if p.revoked or expired:
             self._drop(key, p.feed)
             return
-        self._put(key, IndicatorEntry(p.indicator_type, p.category, p.feed, p.list_version, p.description))
+        self._put(
+            key,
+            IndicatorEntry(
+                p.indicator_type, p.category, p.feed, p.list_version, p.description, p.valid_until
+            ),
+        )
 
     @classmethod
     def from_events(cls, events: Iterable[object]) -> IntelIndex:
@@ -120,17 +127,27 @@ class IntelIndex:
         self.updates += 1
         return self._drop(normalise(value), feed)
 
-    def lookup(self, value: str | None) -> IndicatorEntry | None:
+    def lookup(self, value: str | None, at: datetime | None = None) -> IndicatorEntry | None:
         """The value's listing; with several feeds, the most severe category wins
-        (sanctioned before drainer/scam before the rest), then the feed name, for determinism."""
+        (sanctioned before drainer/scam before the rest), then the feed name, for determinism.
+
+        ``at``: the event's time; a listing whose ``valid_until`` is not after it does not match
+        (an expired indicator went on raising alerts for ever; judged in event time, a replay
+        matches what matched then)."""
         if not value:
             return None
         listings = self._entries.get(normalise(value))
         if not listings:
             return None
         if len(listings) == 1:
-            return next(iter(listings.values()))
-        return min(listings.values(), key=lambda e: (_SEVERITY.get(e.category, 9), e.feed))
+            entry = next(iter(listings.values()))
+            if at is not None and entry.valid_until is not None and entry.valid_until <= at:
+                return None
+            return entry
+        valid = [e for e in listings.values() if at is None or e.valid_until is None or e.valid_until > at]
+        if not valid:
+            return None
+        return min(valid, key=lambda e: (_SEVERITY.get(e.category, 9), e.feed))
 
     def items(self) -> Iterator[tuple[str, IndicatorEntry]]:
         for key, listings in self._entries.items():

@@ -34,6 +34,14 @@ def _path_of(message: str) -> str | None:
     return None
 
 
+def _inert(text: str) -> str:
+    """``text`` with control characters escaped: msgspec quotes an unknown type tag or field name
+    as given, and a newline or an ESC sequence in it forged log lines or drove the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 class EventCodec:
     """Decodes bytes into one of a fixed set of event types (a topic's contract)."""
 
@@ -47,9 +55,10 @@ class EventCodec:
         try:
             event: Event = self._decoder.decode(data)
         except msgspec.ValidationError as exc:
-            raise DecodeError(str(exc), where=where, path=_path_of(str(exc))) from None
+            text = _inert(str(exc))
+            raise DecodeError(text, where=where, path=_path_of(text)) from None
         except msgspec.DecodeError as exc:
-            msg = f"not valid JSON: {exc}"
+            msg = f"not valid JSON: {_inert(str(exc))}"
             raise DecodeError(msg, where=where) from None
         return event
 

@@ -50,6 +50,7 @@ from vigil.errors import ContractError, SourceError
 from vigil.events.base import Event
 from vigil.events.codec import EventCodec, encode
 from vigil.events.records import DeadLetter
+from vigil.events.types import types_in_domain
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer, RawSink, Source
 from vigil.sources.http_server import listen, serving
@@ -205,7 +206,11 @@ class UnsupportedMediaType(ContractError):
     """The request's Content-Type is not one the API reads (answered 415)."""
 
 
-_codec = EventCodec()
+#: What the exchange's own services may send: business events.  Not alerts, decisions or intel
+#: indicators: those are Vigil's own outputs and lists (an ingest key could otherwise release a
+#: held withdrawal, or withdraw an OFAC listing under the same compacted key).
+INGEST_DOMAINS = ("identity", "payments", "market", "saas", "chain", "security")
+_codec = EventCodec([cls for domain in INGEST_DOMAINS for cls in types_in_domain(domain)])
 _array = msgspec.json.Decoder(list[msgspec.Raw])
 
 
@@ -284,6 +289,22 @@ def _is_hex(text: str) -> bool:
     return True
 
 
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None once it is over ``limit`` bytes: refused by its Content-Length or while
+    it streams in, never read whole first (a key holder could otherwise exhaust memory)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def create_app(
     buffer: IngestBuffer,
     auth: Authenticator,
@@ -304,8 +325,8 @@ def create_app(
                 status_code=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        body = await request.body()
-        if len(body) > max_body_bytes:
+        body = await _read_body(request, max_body_bytes)
+        if body is None:
             return JSONResponse({"error": f"body larger than {max_body_bytes} bytes"}, status_code=413)
         try:
             parsed = parse_body(body, request.headers.get("content-type", ""))
@@ -405,10 +426,12 @@ class BackendIngestSource(Source):
         ack_timeout: float = 5.0,
         retry_after: int = 5,
         drain_timeout: float = 30.0,
+        max_body_bytes: int = 10 * 1024 * 1024,
         source_id: str | None = None,
     ) -> None:
         super().__init__(source_id)
         self.auth = Authenticator(keys)
+        self.max_body_bytes = max_body_bytes
         self.host = host
         self.port = port
         self.max_buffered_records = max_buffered_records
@@ -450,7 +473,13 @@ class BackendIngestSource(Source):
 
     def run(self, sink: RawSink) -> None:
         buffer = self.buffer = IngestBuffer(sink, max_records=self.max_buffered_records)
-        app = create_app(buffer, self.auth, ack_timeout=self.ack_timeout, retry_after=self.retry_after)
+        app = create_app(
+            buffer,
+            self.auth,
+            ack_timeout=self.ack_timeout,
+            retry_after=self.retry_after,
+            max_body_bytes=self.max_body_bytes,
+        )
         sock = listen(self.host, self.port, "backend ingest")
         self.port = sock.getsockname()[1]
         buffer.start()

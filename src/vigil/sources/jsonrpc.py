@@ -122,6 +122,12 @@ class JsonRpcClient:
             envelope = _decoder.decode(response.content)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             snippet = response.content[:120].decode("utf-8", "replace")
+            if response.status_code >= 500:
+                # A server error that is not the node's (a proxy's HTML page, Cloudflare's 520-524):
+                # a brief fault in front of the node, retried, not the end of the connector.
+                raise Retry(
+                    self._delay(response), f"{where}: HTTP {response.status_code}: {snippet!r}"
+                ) from None
             msg = (
                 f"{where}: HTTP {response.status_code}, expected a JSON-RPC response object; "
                 f"got {snippet!r} ({exc})"

@@ -78,8 +78,9 @@ def decode_raw(topic: str, value: bytes, key: bytes | None, headers: Any) -> Raw
     source = source_of(topic)
     try:
         record = RawRecord.from_headers(source, value, key, headers)
-    except (ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError, AttributeError, RecursionError) as exc:
         # json.JSONDecodeError and UnicodeDecodeError are ValueErrors; so is a bad RFC 3339 time.
+        # (RecursionError: a meta header nested 100,000 deep, which stopped the stage.)
         msg = f"unreadable raw-record headers {_shown(headers)}: {type(exc).__name__}: {exc}"
         raise DecodeError(msg, where=topic) from None
     if type(record.meta) is not dict:
@@ -87,6 +88,10 @@ def decode_raw(topic: str, value: bytes, key: bytes | None, headers: Any) -> Raw
         raise DecodeError(msg, where=topic)
     if record.received_at.tzinfo is None:
         msg = f"header {RECEIVED_AT!r} must be an RFC 3339 time with a zone; got {_shown(headers)}"
+        raise DecodeError(msg, where=topic)
+    if not any(name == RECEIVED_AT and value for name, value in headers or []):
+        # Taken as 1970, every event of the record was dead-lettered as "forged time".
+        msg = f"header {RECEIVED_AT!r} is missing; got {_shown(headers)}"
         raise DecodeError(msg, where=topic)
     return record
 

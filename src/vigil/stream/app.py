@@ -200,8 +200,9 @@ AT_LEAST_ONCE_CHECKPOINT_S = 5.0
 #: Exactly-once: a transaction stays open from the first output after a checkpoint to the next
 #: checkpoint, so its timeout follows the interval (see :func:`transaction_timeout_s`).  Kafka
 #: aborts a transaction open longer than its timeout, and allows 15 minutes at most
-#: (``transaction.max.timeout.ms``): hence this longest interval.
-MAX_EXACTLY_ONCE_CHECKPOINT_S = 300.0
+#: (``transaction.max.timeout.ms``): hence this longest interval, which leaves 100 s for the
+#: checkpoint itself.
+MAX_EXACTLY_ONCE_CHECKPOINT_S = 800.0
 #: Records per micro-batch, at most.  A few hundred, not thousands: a batch's messages, events
 #: and records then stay in the core's cache from decode to operators.  Measured on the runtime
 #: benchmark's rule (one core, 500k-event backlog, two interleaved rounds): 5,000 gave 158-160k

@@ -46,6 +46,9 @@ class BitcoinRpcServer:
         self.heights = {json.loads(raw)["height"]: h for h, raw in self.blocks.items()}
         self.head = max(self.heights) if head is None else head
         self.fail_next = 0
+        #: The status and body those failures answer with (a proxy in front of a node answers
+        #: with its own HTML page).
+        self.fail_with: tuple[int, bytes] = (503, b"node restarting")
         self.fail_nth: int | None = None
         self.requests = 0
         self.calls: list[str] = []
@@ -104,7 +107,7 @@ class BitcoinRpcServer:
                     server.requests += 1
                     if server.fail_next > 0 or server.requests == server.fail_nth:
                         server.fail_next = max(0, server.fail_next - 1)
-                        self._send(503, b"node restarting", {"retry-after": "0"})
+                        self._send(*server.fail_with, {"retry-after": "0"})
                         return
                 if self.headers.get("authorization") != server._auth:
                     self._send(401, b"", {"www-authenticate": 'Basic realm="jsonrpc"'})

@@ -1064,8 +1064,8 @@ def test_an_exactly_once_interval_longer_than_30_s_still_commits(
     )
     assert not running.errors
     assert sorted(output_ids(settings, out)) == sorted(expected_ids(events))
-    with pytest.raises(ConfigError, match="exactly-once checkpoint_interval_s is at most 300 s"):
-        Application(settings, name=name, inputs=[src], operators=[], checkpoint_interval_s=301)
+    with pytest.raises(ConfigError, match="exactly-once checkpoint_interval_s is at most 800 s"):
+        Application(settings, name=name, inputs=[src], operators=[], checkpoint_interval_s=801)
 
 
 class AlertThenHuge(Operator[Payment]):

@@ -53,3 +53,22 @@ def test_tombstone_removal_is_per_feed() -> None:
     assert index.remove(ADDR, "ofac")
     assert index.lookup(ADDR) is not None
     assert not index.remove(ADDR, "ofac")
+
+
+def test_an_indicator_past_its_valid_until_no_longer_matches_events_after_it() -> None:
+    # valid_until was checked only when an indicator was applied with a time, which no
+    # production caller gave: an expired phishing domain raised alerts for ever.
+    import msgspec
+
+    index = IntelIndex()
+    until = AT.replace(month=12)
+    ofac = _ind("ofac", "sanctioned")
+    index.apply(
+        msgspec.structs.replace(ofac, payload=msgspec.structs.replace(ofac.payload, valid_until=until))
+    )
+    index.apply(_ind("scamsniffer", "drainer"))
+    assert index.lookup(ADDR, AT).category == "sanctioned"  # type: ignore[union-attr]
+    assert index.lookup(ADDR, until).category == "drainer"  # type: ignore[union-attr]
+    index.apply(_ind("scamsniffer", "drainer", revoked=True))
+    assert index.lookup(ADDR, until) is None
+    assert index.lookup(ADDR) is not None  # no time given: as listed

@@ -63,6 +63,18 @@ def test_unknown_type_is_rejected_by_name() -> None:
         decode_event(b'{"type":"teleport","event_id":"x","source":"s","occurred_at":"2026-01-01T00:00:00Z"}')
 
 
+def test_attacker_strings_in_errors_are_inert() -> None:
+    # An unknown type tag or field name was quoted as given: a newline forged a log line, an
+    # ESC sequence drove the terminal that printed the error.
+    for data in (b'{"type": "x\\nERROR forged line"}', b'{"type": "x\\u001b]0;pwned\\u0007"}'):
+        with pytest.raises(DecodeError) as info:
+            decode_event(data)
+        text = str(info.value)
+        assert text.isprintable(), text
+    with pytest.raises(DecodeError, match=r"x\\nERROR forged line"):
+        decode_event(b'{"type": "x\\nERROR forged line"}')
+
+
 def test_unknown_field_is_rejected() -> None:
     raw = b'{"type":"logout","event_id":"x","source":"s","occurred_at":"2026-01-01T00:00:00Z","extra":1}'
     with pytest.raises(DecodeError, match="unknown field `extra`"):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from vigil.sources.backend import (
     Authenticator,
     BackendIngestSource,
     BackendNormalizer,
+    _read_body,
     hash_key,
     parse_body,
     topic_for,
@@ -183,6 +185,54 @@ def test_server_status_codes_for_bad_bodies(server: tuple[BackendIngestSource, M
     assert resp.status_code == 422
     assert json.loads(resp.text)["accepted"] == 0
     assert [r.kind for r in sink.records] == ["rejected"]
+
+
+def test_vigils_own_outputs_and_lists_cannot_be_ingested() -> None:
+    # An ingest key could release a held withdrawal with a decision, or withdraw an OFAC listing
+    # (an indicator under the same compacted key): only business events are taken.
+    own = [
+        e
+        for e in example_events(datetime(2026, 11, 29, 9, tzinfo=UTC))
+        if type(e).domain in ("alerts", "decisions", "intel")
+    ]
+    assert {type(e).domain for e in own} == {"alerts", "decisions", "intel"}
+    parsed = parse_body(b"\n".join(encode(e) for e in own), "application/x-ndjson")
+    assert parsed.accepted == []
+    assert len(parsed.errors) == len(own)
+    assert all("Invalid value" in reason for *_, reason in parsed.errors)
+    with pytest.raises(ContractError):
+        BackendNormalizer().normalize(RawRecord("backend", "canonical", encode(own[0]), datetime.now(UTC)))
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read_whole() -> None:
+    # Read whole first, then measured: a key holder could exhaust the server's memory.
+    pulled: list[int] = []
+
+    class Streaming:
+        headers: dict[str, str] = {}  # no Content-Length: counted while it streams in
+
+        async def stream(self) -> AsyncIterator[bytes]:
+            for _ in range(10_000):
+                pulled.append(1)
+                yield b"x" * 1024
+
+    assert asyncio.run(_read_body(Streaming(), 4096)) is None  # type: ignore[arg-type]
+    assert len(pulled) == 5  # stopped at the first chunk past the limit
+
+    sink = MemorySink()
+    source = BackendIngestSource(keys={"wallet": hash_key(KEY)}, port=0, max_body_bytes=1024)
+    thread = threading.Thread(target=source.run, args=(sink,))
+    thread.start()
+    assert source.ready.wait(15)
+    try:
+        url = f"http://127.0.0.1:{source.port}/v1/events"
+        auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+        assert httpx.post(url, content=b"x" * 2048, headers=auth).status_code == 413
+        assert httpx.post(url, content=iter([b"x" * 700, b"x" * 700]), headers=auth).status_code == 413
+    finally:
+        source.stop()
+        thread.join(15)
+    assert sink.records == []
 
 
 def test_from_settings_reads_keys_from_a_file(tmp_path: Path) -> None:

@@ -158,6 +158,17 @@ def test_unavailable_node_is_a_retry(node: BitcoinRpcServer) -> None:
         assert rpc.call("getblockcount") == 50002
 
 
+@pytest.mark.parametrize("status", [500, 520])
+def test_a_proxys_error_page_is_a_retry(node: BitcoinRpcServer, status: int) -> None:
+    # An HTML 500 from nginx or a load balancer, Cloudflare's 520-524: a brief fault in front of
+    # the node stopped the connector; not the node's JSON-RPC error, so retried.
+    node.fail_next, node.fail_with = 1, (status, b"<html><body>Bad gateway</body></html>")
+    with JsonRpcClient(node.url, auth=AUTH) as rpc:
+        with pytest.raises(Retry, match=f"HTTP {status}: '<html>"):
+            rpc.call("getblockcount")
+        assert rpc.call("getblockcount") == 50002
+
+
 def test_refused_connection_is_a_retry_and_hides_secrets_in_the_url() -> None:
     with JsonRpcClient("http://user:hunter2@127.0.0.1:9/v3/apikey42") as rpc, pytest.raises(Retry) as info:
         rpc.call("getblockcount")

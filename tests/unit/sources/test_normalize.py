@@ -103,8 +103,12 @@ def test_decode_raw_reads_kind_time_and_meta_from_the_headers() -> None:
     assert got == sent
 
 
-def test_decode_raw_without_headers_gives_kind_unknown() -> None:
-    assert decode_raw("raw.bitcoin", b"{}", None, None).kind == "unknown"
+def test_decode_raw_without_a_receipt_time_names_the_header() -> None:
+    # Taken as 1970, every event of the record was dead-lettered as a "forged time".
+    with pytest.raises(DecodeError, match=r"header 'vigil\.received_at' is missing"):
+        decode_raw("raw.bitcoin", b"{}", None, None)
+    stamped = [("vigil.received_at", RECEIVED.isoformat().encode())]
+    assert decode_raw("raw.bitcoin", b"{}", None, stamped).kind == "unknown"
 
 
 @pytest.mark.parametrize(
@@ -118,6 +122,8 @@ def test_decode_raw_without_headers_gives_kind_unknown() -> None:
         ([("vigil.kind", b"x"), ("vigil.meta", b"{not json")], "JSONDecodeError"),
         ([("vigil.kind", b"x"), ("vigil.meta", b"[1]")], "'vigil.meta' must be a JSON object"),
         ([("vigil.kind", b"\xff")], "UnicodeDecodeError"),
+        # Nested past the fast path, 100,000 deep: a RecursionError stopped the stage.
+        ([("vigil.kind", b"x"), ("vigil.meta", b"[" * 100_000)], "RecursionError"),
     ],
 )
 def test_unreadable_headers_are_a_decode_error_naming_them(

@@ -107,7 +107,41 @@ def test_changed_list_publishes_additions_and_revocations_without_restart(tmp_pa
     assert sink.cursors["intel"]["lists"]["scam"]["version"] == content_version(path.read_bytes())
 
 
-def test_a_broken_download_does_not_revoke_everything(tmp_path: Path) -> None:
+def test_an_entry_dropped_by_one_list_stays_while_another_list_of_its_feed_has_it(tmp_path: Path) -> None:
+    # OFAC's ETH and USDC lists share addresses and one feed, so one indicator key: the USDC list
+    # dropping an address revoked it although the ETH list still sanctioned it.
+    shared, eth_only = (
+        "0x983a81ca6fb1e441266d2fbcb7d8e530ac2e05a2",
+        "0x00000000000000000000000000000000000dead1",
+    )
+    eth, usdc = tmp_path / "eth.json", tmp_path / "usdc.json"
+    eth.write_text(json.dumps([shared, eth_only]))
+    usdc.write_text(json.dumps([shared]))
+    source = IntelListSource(
+        [
+            ListSpec("eth", str(eth), scamlists.ADDRESSES, scamlists.FEED),
+            ListSpec("usdc", str(usdc), scamlists.ADDRESSES, scamlists.FEED),
+        ]
+    )
+    sink = MemorySink()
+    state: dict[str, object] = {}
+    assert source.poll_once(sink, state) == 2
+    first = len(sink.records)
+    usdc.write_text(json.dumps(["0x00000000000000000000000000000000000beef2"]))
+    eth.write_text(json.dumps([shared]))
+    assert source.poll_once(sink, state) == 2
+    revoked = {e.payload.value for e in _normalise_all(sink.records[first:]) if e.payload.revoked}
+    assert revoked == {eth_only}  # the shared address is still on the ETH list
+    first = len(sink.records)
+    eth.write_text(json.dumps([eth_only]))
+    assert source.poll_once(sink, state) == 1
+    revoked = {e.payload.value for e in _normalise_all(sink.records[first:]) if e.payload.revoked}
+    assert revoked == {shared}  # on no list of the feed now
+
+
+def test_a_broken_download_does_not_revoke_everything(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "address.json"
     shutil.copy(SCAM / "address.json", path)
     source = IntelListSource([ListSpec("scam", str(path), scamlists.ADDRESSES, scamlists.FEED)])
@@ -118,9 +152,13 @@ def test_a_broken_download_does_not_revoke_everything(tmp_path: Path) -> None:
     assert source.poll_once(sink, state) == 0
     assert len(sink.records) == 1
     assert "not valid JSON" in source.errors["scam"]
+    # Said, not only kept for a status nobody reads: new listings are not loaded meanwhile.
+    assert "not published; the previous version stays in force" in caplog.text
 
 
-def test_an_unreachable_list_does_not_stop_the_others(tmp_path: Path) -> None:
+def test_an_unreachable_list_does_not_stop_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     good = tmp_path / "a.json"
     good.write_text('["0x00000000000000000000000000000000000dead1"]')
     source = IntelListSource(
@@ -132,6 +170,7 @@ def test_an_unreachable_list_does_not_stop_the_others(tmp_path: Path) -> None:
     sink = MemorySink()
     assert source.poll_once(sink, {}) == 1
     assert "cannot read" in source.errors["gone"]
+    assert "retried at the next poll" in caplog.text
 
 
 def test_stix_bundle_files_are_published_whole_and_normalised(tmp_path: Path) -> None:

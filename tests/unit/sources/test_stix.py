@@ -173,6 +173,18 @@ def test_bad_bundles_raise_contract_error(doc: bytes, reason: str) -> None:
         normalize(doc)
 
 
+def test_one_bad_indicator_leaves_out_only_itself(caplog: pytest.LogCaptureFixture) -> None:
+    # One bad indicator dead-lettered its whole bundle (or TAXII page, whose cursor had moved
+    # past it): the good ones were lost with it.
+    doc = json.loads((STIX / "poisonivy.json").read_bytes())
+    good = len(normalize((STIX / "poisonivy.json").read_bytes()))
+    bad = indicator("[domain-name:value = 'evil.example' OR ]")
+    doc["objects"].append(bad)
+    events = normalize(json.dumps(doc).encode())
+    assert len(events) == good > 0
+    assert f"left out: intel stix bundle: {bad['id']}: " in caplog.text
+
+
 def test_taxii_from_settings_takes_urls_and_password_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     from vigil.config import Settings
     from vigil.errors import SourceError
@@ -191,3 +203,23 @@ def test_taxii_from_settings_takes_urls_and_password_from_env(monkeypatch: pytes
     assert source._password == env_value
     with pytest.raises(SourceError, match="'url'"):
         TaxiiSource.from_settings(Settings())
+
+
+def test_taxii_response_headers_are_read_whatever_their_case() -> None:
+    # Go servers and proxies send X-Taxii-Date-Added-Last, Envoy lower-case: looked up as
+    # spelled in the spec, it was missing, and every poll of that collection failed.
+    import requests
+    from requests.structures import CaseInsensitiveDict
+
+    from vigil.sources.intel.taxii import TaxiiSource, _LastResponse
+
+    last = _LastResponse()
+    collection = TaxiiSource("http://127.0.0.1:9/api/collections/c/")._collection(
+        "http://127.0.0.1:9/api/collections/c/", last
+    )
+    for name in ("X-Taxii-Date-Added-Last", "x-taxii-date-added-last", "X-TAXII-Date-Added-Last"):
+        resp = requests.Response()
+        resp.headers = CaseInsensitiveDict({name: "2026-01-01T00:00:00Z"})
+        resp._content = b"{}"
+        collection._conn.session.hooks["response"][-1](resp)
+        assert last.headers.get("x-taxii-date-added-last") == "2026-01-01T00:00:00Z"

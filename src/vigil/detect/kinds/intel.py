@@ -104,7 +104,7 @@ class IntelDetector(GroupedDetector):
         index = self.env.intel
         for name, get in self._fields_of.get(type(event), ()):
             value = get(event)
-            entry = index.lookup(value) if isinstance(value, str) else None
+            entry = index.lookup(value, event.occurred_at) if isinstance(value, str) else None
             if entry is None or entry.category not in self.p.categories:
                 continue
             key = key_of(self._group, event)

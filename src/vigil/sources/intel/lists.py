@@ -6,7 +6,8 @@ seconds.  When its content changed (SHA-256), the new content is published uncha
 name, format, feed and version (the content hash) in ``meta``.  No restart is needed to
 pick up a new list.
 
-Entries that disappeared from a list must stop matching, so the source also publishes an
+Entries that disappeared from a list must stop matching (unless another list of the same
+feed still has them: they share its indicator), so the source also publishes an
 ``address_list_removed`` record (a JSON document the connector derives: the entries that
 were in the previous version and are not in this one) in the same transaction; the
 normaliser turns it into ``revoked`` indicators.  To know the previous entries after a
@@ -19,6 +20,7 @@ STIX bundles carry their own revocations (``revoked: true``), so no diff is kept
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +35,8 @@ from vigil.hub.raw import RawRecord
 from vigil.sources.base import RawSink, Source
 from vigil.sources.intel import ofac, scamlists
 from vigil.sources.intel.normalize import LIST_FORMATS, STIX_FORMAT, parse_list
+
+log = logging.getLogger(__name__)
 
 NAME = "intel"
 KIND_LIST = "address_list"
@@ -147,12 +151,21 @@ class IntelListSource(Source):
             except SourceError as exc:
                 # One unreachable list must not stop the others; it is retried next poll.
                 self.errors[spec.name] = str(exc)
+                log.warning("%s (retried at the next poll)", exc)
                 continue
             version = content_version(data)
             previous = state.get(spec.name) or {}
             if previous.get("version") == version:
                 continue
-            records, entry = self._records(spec, data, version, previous)
+            # Lists of one feed share its indicators (an address on OFAC's ETH and USDC lists is
+            # one key, ``eth_address:<value>@ofac_sdn``): what one drops stays while another has it.
+            elsewhere = {
+                key
+                for other in self.lists
+                if other.feed == spec.feed and other.name != spec.name
+                for key in (state.get(other.name) or {}).get("keys", [])
+            }
+            records, entry = self._records(spec, data, version, previous, elsewhere)
             if records is None:
                 continue
             new_state = {**state, spec.name: entry}
@@ -165,7 +178,12 @@ class IntelListSource(Source):
         return changed
 
     def _records(
-        self, spec: ListSpec, data: bytes, version: str, previous: dict[str, Any]
+        self,
+        spec: ListSpec,
+        data: bytes,
+        version: str,
+        previous: dict[str, Any],
+        elsewhere: set[str] = frozenset(),  # type: ignore[assignment]
     ) -> tuple[list[RawRecord] | None, dict[str, Any]]:
         now = datetime.now(UTC)
         meta = {
@@ -185,10 +203,11 @@ class IntelListSource(Source):
             # A broken download is not published as the new version: that would revoke every
             # entry.  The previous version stays in force; the error is kept for status.
             self.errors[spec.name] = str(exc)
+            log.warning("%s: not published; the previous version stays in force", exc)
             return None, previous
         keys = sorted(f"{t}:{v}" for t, v, _ in entries)
         records = [RawRecord(self.name, KIND_LIST, data, now, key=key, meta=meta)]
-        removed = sorted(set(previous.get("keys", [])) - set(keys))
+        removed = sorted(set(previous.get("keys", [])) - set(keys) - elsewhere)
         if removed:
             categories = LIST_FORMATS[spec.format].categories
             doc = {

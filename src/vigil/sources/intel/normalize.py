@@ -16,6 +16,7 @@ version yields the same ids (exact deduplication downstream).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +31,8 @@ from vigil.events.types import IntelIndicator, IntelIndicatorPayload
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer
 from vigil.sources.intel import ofac, scamlists, stix
+
+log = logging.getLogger(__name__)
 
 NAME = "intel"
 STIX_FORMAT = "stix_bundle"
@@ -186,6 +189,17 @@ class IntelNormalizer(Normalizer):
             msg = f"{where}: 'objects' must be an array, got {type(objects).__name__}"
             raise ContractError(msg)
         result = stix.parse_objects(objects, where=where)
+        if result.rejected:
+            if not result.indicators and not result.skipped:
+                # Nothing usable in it: the record is dead-lettered, naming what was wrong.
+                shown = "; ".join(result.rejected[:3])
+                more = f" (and {len(result.rejected) - 3} more)" if len(result.rejected) > 3 else ""
+                raise ContractError(shown + more)
+            # The others are taken; the raw record keeps the bad ones as received.
+            for reason in result.rejected[:20]:
+                log.warning("%s: left out: %s", where, reason)
+            if len(result.rejected) > 20:
+                log.warning("%s: left out %d more objects", where, len(result.rejected) - 20)
         return [
             self._indicator(
                 feed=feed,

@@ -101,6 +101,9 @@ class StixResult:
     indicators: list[ParsedIndicator] = field(default_factory=list)
     #: indicator ids whose pattern carried no supported simple IOC (file hashes, AND ...)
     skipped: list[str] = field(default_factory=list)
+    #: objects that are not valid indicators, each with why (the others are still taken: one
+    #: bad indicator lost its whole bundle or TAXII page, whose cursor had moved past it)
+    rejected: list[str] = field(default_factory=list)
 
 
 def _utc(value: Any) -> datetime | None:
@@ -151,43 +154,51 @@ def parse_objects(objects: list[dict[str, Any]], *, where: str) -> StixResult:
     """Indicators of a list of STIX objects (a bundle's or a TAXII envelope's ``objects``)."""
     result = StixResult()
     for n, raw in enumerate(objects):
-        if not isinstance(raw, dict):
-            msg = f"{where}: objects[{n}] must be a JSON object, got {type(raw).__name__}"
-            raise ContractError(msg)
-        if raw.get("type") != "indicator":
-            continue
-        here = f"{where}: {raw.get('id', f'objects[{n}]')}"
         try:
-            ind = stix2.parse(raw, allow_custom=True)
-        except (stix2.exceptions.STIXError, ValueError) as exc:
-            msg = f"{here}: not a valid STIX indicator: {exc}"
-            raise ContractError(msg) from None
-        if isinstance(ind, dict):
-            # stix2 hands back a plain dict when it cannot tell the spec version.
-            msg = f"{here}: not a STIX 2.0/2.1 indicator (spec_version {raw.get('spec_version')!r:.20})"
-            raise ContractError(msg)
-        if ind.get("pattern_type", "stix") != "stix":
-            result.skipped.append(str(ind.id))
-            continue
-        values = pattern_values(str(ind.pattern), where=here)
-        if not values:
-            result.skipped.append(str(ind.id))
-            continue
-        category = _category(ind)
-        confidence = ind.get("confidence")
-        for indicator_type, value in dict.fromkeys(values):
-            result.indicators.append(
-                ParsedIndicator(
-                    indicator_type=indicator_type,
-                    value=value,
-                    category=category,
-                    stix_id=str(ind.id),
-                    version=_utc(ind.modified).isoformat() if ind.get("modified") else "",  # type: ignore[union-attr]
-                    valid_from=_utc(ind.get("valid_from")),
-                    valid_until=_utc(ind.get("valid_until")),
-                    revoked=bool(ind.get("revoked", False)),
-                    confidence=int(confidence) if confidence is not None else 100,
-                    description=ind.get("description") or ind.get("name"),
-                )
-            )
+            _parse_object(n, raw, where, result)
+        except ContractError as exc:
+            result.rejected.append(str(exc))
     return result
+
+
+def _parse_object(n: int, raw: Any, where: str, result: StixResult) -> None:
+    """Add the indicators of ``objects[n]`` to ``result``; raises ContractError naming it."""
+    if not isinstance(raw, dict):
+        msg = f"{where}: objects[{n}] must be a JSON object, got {type(raw).__name__}"
+        raise ContractError(msg)
+    if raw.get("type") != "indicator":
+        return
+    here = f"{where}: {raw.get('id', f'objects[{n}]')}"
+    try:
+        ind = stix2.parse(raw, allow_custom=True)
+    except (stix2.exceptions.STIXError, ValueError) as exc:
+        msg = f"{here}: not a valid STIX indicator: {exc}"
+        raise ContractError(msg) from None
+    if isinstance(ind, dict):
+        # stix2 hands back a plain dict when it cannot tell the spec version.
+        msg = f"{here}: not a STIX 2.0/2.1 indicator (spec_version {raw.get('spec_version')!r:.20})"
+        raise ContractError(msg)
+    if ind.get("pattern_type", "stix") != "stix":
+        result.skipped.append(str(ind.id))
+        return
+    values = pattern_values(str(ind.pattern), where=here)
+    if not values:
+        result.skipped.append(str(ind.id))
+        return
+    category = _category(ind)
+    confidence = ind.get("confidence")
+    for indicator_type, value in dict.fromkeys(values):
+        result.indicators.append(
+            ParsedIndicator(
+                indicator_type=indicator_type,
+                value=value,
+                category=category,
+                stix_id=str(ind.id),
+                version=_utc(ind.modified).isoformat() if ind.get("modified") else "",  # type: ignore[union-attr]
+                valid_from=_utc(ind.get("valid_from")),
+                valid_until=_utc(ind.get("valid_until")),
+                revoked=bool(ind.get("revoked", False)),
+                confidence=int(confidence) if confidence is not None else 100,
+                description=ind.get("description") or ind.get("name"),
+            )
+        )

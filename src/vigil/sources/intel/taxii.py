@@ -16,6 +16,7 @@ to the microsecond, which makes this unlikely but not impossible.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from vigil.errors import SourceError
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import RawSink, Source
 
+log = logging.getLogger(__name__)
+
 NAME = "intel"
 KIND = "taxii_objects"
 
@@ -40,6 +43,7 @@ class _LastResponse:
     """What the hook saw of the latest response (taxii2-client returns only the parsed JSON)."""
 
     content: bytes = b""
+    #: Lower-cased names: servers and proxies spell them as they like (X-Taxii-..., x-taxii-...).
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -131,7 +135,7 @@ class TaxiiSource(Source):
 
         def remember(resp: requests.Response, *args: Any, **kwargs: Any) -> None:
             last.content = resp.content
-            last.headers = dict(resp.headers)
+            last.headers = {name.lower(): value for name, value in resp.headers.items()}
 
         collection._conn.session.hooks["response"].append(remember)  # the client's own requests session
         return collection
@@ -148,6 +152,7 @@ class TaxiiSource(Source):
                 self.errors.pop(url, None)
             except SourceError as exc:
                 self.errors[url] = str(exc)
+                log.warning("%s (retried at the next poll)", exc)
                 failed.append(str(exc))
         if failed:
             raise SourceError("; ".join(failed))
@@ -166,7 +171,7 @@ class TaxiiSource(Source):
                     kwargs["added_after"] = positions[url]
                 envelope = collection.get_objects(**kwargs)
                 objects = envelope.get("objects", []) if isinstance(envelope, dict) else []
-                added_last = last.headers.get("X-TAXII-Date-Added-Last")
+                added_last = last.headers.get("x-taxii-date-added-last")
                 if not objects:
                     return published
                 if not added_last:
@@ -208,5 +213,6 @@ class TaxiiSource(Source):
                 # A TAXII server that is briefly down is retried at the next poll; the
                 # cursor has not moved, so nothing is skipped.
                 self.last_error = str(exc)
+                log.warning("taxii: %s (retried at the next poll)", exc)
             if self.wait(self.poll_interval):
                 return
