@@ -83,37 +83,42 @@ def test_batches_match_the_brute_force_reference(
     assert got == expected(size, lateness, stream)
 
 
-@settings(max_examples=100, deadline=None)
-@given(
-    size=st.integers(1, 60),
-    lateness=st.integers(0, 50),
-    stream=events,
-    sizes=batch_sizes,
-    restarts=st.lists(st.booleans(), min_size=1, max_size=20),
-)
-def test_a_restart_rebuilds_from_stored_state_and_answers_the_same(
-    size: int, lateness: int, stream: list[Event], sizes: list[int], restarts: list[bool]
-) -> None:
+#: Random streams cut into batches, with restarts between some of them.
+WITH_RESTARTS = {
+    "size": st.integers(1, 60),
+    "lateness": st.integers(0, 50),
+    "stream": events,
+    "sizes": batch_sizes,
+    "restarts": st.lists(st.booleans(), min_size=1, max_size=20),
+}
+
+
+def with_restarts(
+    size: int, lateness: int, stream: Sequence[tuple[str, int, float]], sizes: list[int], restarts: list[bool]
+) -> list[tuple[bool, int, float]]:
+    """The rows of ``stream`` in batches, restarting before a batch where ``restarts`` says so."""
     agg = SlidingCountSum(STORE, size, lateness)
     state = MemoryState()
     got = []
-    for i, batch in enumerate(in_batches(stream, sizes)):
+    for i, batch in enumerate(in_batches(list(stream), sizes)):  # type: ignore[arg-type]
         if restarts[i % len(restarts)]:
             # Another process (or this one after a crash): a new aggregate, the state decoded.
             agg, state = SlidingCountSum(STORE, size, lateness), stored(state)
         got += update(agg, state, batch)
-    assert got == expected(size, lateness, stream)
+    return got
+
+
+@settings(max_examples=100, deadline=None)
+@given(**WITH_RESTARTS)
+def test_a_restart_rebuilds_from_stored_state_and_answers_the_same(
+    size: int, lateness: int, stream: list[Event], sizes: list[int], restarts: list[bool]
+) -> None:
+    assert with_restarts(size, lateness, stream, sizes, restarts) == expected(size, lateness, stream)
 
 
 @settings(max_examples=300, deadline=None)
 @example(size=10, lateness=0, stream=[("a", 0, 1), ("a", 1, 1), ("b", 2, 1)], sizes=[1, 2], restarts=[False])
-@given(
-    size=st.integers(1, 60),
-    lateness=st.integers(0, 50),
-    stream=events,
-    sizes=batch_sizes,
-    restarts=st.lists(st.booleans(), min_size=1, max_size=20),
-)
+@given(**WITH_RESTARTS)
 def test_running_totals_per_key_match_the_reference_for_any_stream(
     size: int, lateness: int, stream: list[Event], sizes: list[int], restarts: list[bool]
 ) -> None:
@@ -122,12 +127,7 @@ def test_running_totals_per_key_match_the_reference_for_any_stream(
     cents = [(k, t, v + 0.25) for k, t, v in stream]
     want = expected(size, lateness, stream)
     with patch.object(vectorised, "_ADD_UP_AT_MOST", 0):
-        agg, state = SlidingCountSum(STORE, size, lateness), MemoryState()
-        got = []
-        for i, batch in enumerate(in_batches(cents, sizes)):  # type: ignore[arg-type]
-            if restarts[i % len(restarts)]:
-                agg, state = SlidingCountSum(STORE, size, lateness), stored(state)
-            got += update(agg, state, batch)
+        got = with_restarts(size, lateness, cents, sizes, restarts)
     assert [(a, n) for a, n, _ in got] == [(a, n) for a, n, _ in want]
     assert [t for *_, t in got] == pytest.approx([t + 0.25 * n for _, n, t in want], rel=1e-12, abs=1e-9)
 
