@@ -403,6 +403,4 @@ class DetectionService:
         if running:
             msg = f"detection: {', '.join(running)} did not stop within 30 s"
             raise PipelineError(msg)
-        if self.failures:
-            raise self.failures[0]
-        self.feed.check()
+        self.check()

@@ -129,22 +129,17 @@ def plan(
                     f"has {current.partitions} partitions, declared {partitions} (cannot shrink)"
                 )
             elif current.partitions < partitions and not spec.grow_compacted:
-                if "compact" in current.config.get("cleanup.policy", ""):
-                    note = (
-                        f"has {current.partitions} partitions, declared {partitions} (not grown: its "
-                        "keys would move to other partitions and leave their older records behind; to "
-                        "repartition it, recreate it and publish it again)"
+                compacted = "compact" in current.config.get("cleanup.policy", "")
+                if compacted or not add_partitions:
+                    why = (
+                        "its keys would move to other partitions and leave their older records "
+                        "behind; to repartition it, recreate it and publish it again"
+                        if compacted
+                        else "its keys would move to other partitions, away from the state the stages "
+                        "reading it keep for them; to grow it, stop those stages and run `vigil topics "
+                        "apply --add-partitions`: windows and sequences of the keys that move start afresh"
                     )
-                elif not add_partitions:
-                    note = (
-                        f"has {current.partitions} partitions, declared {partitions} (not grown: its keys "
-                        "would move to other partitions, away from the state the stages reading it keep "
-                        "for them; to grow it, stop those stages and run `vigil topics apply "
-                        "--add-partitions`: windows and sequences of the keys that move start afresh)"
-                    )
-                else:
-                    note = ""
-                if note:
+                    note = f"has {current.partitions} partitions, declared {partitions} (not grown: {why})"
                     diff.partitions = current.partitions
                     diff.notes.append(note)
                     log.warning("topic %s %s", spec.name, note)

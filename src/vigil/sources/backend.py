@@ -54,6 +54,7 @@ from vigil.events.types import types_in_domain
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer, RawSink, Source
 from vigil.sources.http_server import listen, serving
+from vigil.sources.webhooks import Rejected, read_body
 
 log = logging.getLogger(__name__)
 
@@ -290,19 +291,12 @@ def _is_hex(text: str) -> bool:
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The body, or None once it is over ``limit`` bytes: refused by its Content-Length or while
-    it streams in, never read whole first (a key holder could otherwise exhaust memory)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    """The body, or None once it is over ``limit`` bytes (the webhook receiver's bounded read: a
+    key holder could otherwise exhaust memory)."""
+    try:
+        return await read_body(request, limit)
+    except Rejected:
         return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def create_app(

@@ -102,12 +102,10 @@ class MailchimpWebhook(WebhookPlatform):
         if self._mandrill_key is None:
             return
         try:
-            pairs = parse_qsl(
-                delivery.body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FIELDS
-            )
-        except (UnicodeDecodeError, ValueError):
+            form = parse_form(delivery.body, "mailchimp")
+        except DecodeError:
             return  # not a form: the normaliser dead-letters it, naming why
-        if not any(name == "mandrill_events" for name, _ in pairs):
+        if "mandrill_events" not in form:
             return  # an audience webhook: Mailchimp does not sign those
         signature = delivery.headers.get(MANDRILL_SIGNATURE)
         if not signature:
@@ -117,7 +115,7 @@ class MailchimpWebhook(WebhookPlatform):
             if self.public_url is None
             else self.public_url + delivery.path + (f"?{delivery.query}" if delivery.query else "")
         )
-        signed = url + "".join(name + value for name, value in sorted(pairs))
+        signed = url + "".join(name + value for name, value in sorted(form.items()))
         digest = hmac.new(self._mandrill_key.encode(), signed.encode("utf-8"), hashlib.sha1).digest()
         if not hmac.compare_digest(signature.encode(), base64.b64encode(digest)):
             raise Rejected(reason="bad_signature", detail="signature does not match")

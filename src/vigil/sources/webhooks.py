@@ -137,7 +137,9 @@ class WebhookMetrics:
         )  # fmt: skip
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused (413) by its Content-Length or once it streams past ``limit`` bytes:
+    never read whole first."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise Rejected(reason="too_large", detail=f"body over {limit} bytes", status=413)
@@ -179,7 +181,7 @@ def create_app(
         if platform is None:
             return Response("unknown webhook platform\n", status_code=404, media_type="text/plain")
         try:
-            body = await _read_body(request, max_body_bytes)
+            body = await read_body(request, max_body_bytes)
             path = request.url.path
             delivery = Delivery(
                 platform=name,

@@ -431,12 +431,10 @@ class _KafkaContext:
         return self._task.stores[store.id]
 
     def emit(self, topic: str, event: Event, key: str | None = None) -> None:
-        self._app._produce(topic, encode(event), key if key is not None else event.key())
-        self._app.metrics.emitted += 1
+        self._send(topic, encode(event), key if key is not None else event.key())
 
     def forward(self, topic: str, record: Record[Any], key: str) -> None:
-        self._app._produce(topic, self._forwarded(record), key)
-        self._app.metrics.emitted += 1
+        self._send(topic, self._forwarded(record), key)
 
     def _forwarded(self, record: Record[Any]) -> bytes:
         # The bytes read are the event's own encoding only when the default codec decoded them
@@ -484,9 +482,7 @@ class _KafkaContext:
         )
 
     def late(self, record: Record[Any]) -> None:
-        self._app.metrics.late += 1
-        self._app.prometheus.late.labels(self._app.name).inc()
-        self._app._produce(self._app.late_topic, encode(record.event), record.key)
+        self._send_late(encode(record.event), record.key)
 
 
 class Application:

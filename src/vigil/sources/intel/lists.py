@@ -183,7 +183,7 @@ class IntelListSource(Source):
         data: bytes,
         version: str,
         previous: dict[str, Any],
-        elsewhere: set[str] = frozenset(),  # type: ignore[assignment]
+        elsewhere: set[str],
     ) -> tuple[list[RawRecord] | None, dict[str, Any]]:
         now = datetime.now(UTC)
         meta = {
