@@ -8,9 +8,9 @@ always the latest lists, without a restart.  A value several feeds list stays in
 until every one of them has withdrawn it.  Every match reports the ``feed@list_version``
 it was made against, which the alert records as ``intel_version``.
 
-Values are normalised the way events carry them: EVM addresses and domains lower-case,
-other values as given.  Millions of indicators are one dict each (a few hundred bytes per
-entry).
+Values are normalised the way events carry them: EVM and bech32 addresses and domains
+lower-case, other values (base58 addresses, IPs) as given.  Millions of indicators are one
+dict each (a few hundred bytes per entry).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from vigil.events.addresses import canonical_address
 from vigil.events.base import Entities
 from vigil.events.ids import stable_id
 from vigil.events.types import IntelIndicator, IntelIndicatorPayload
@@ -42,8 +43,10 @@ class IndicatorEntry:
 
 
 def normalise(value: str) -> str:
-    value = value.strip()
-    # EVM addresses and domains are case-insensitive; IPs and other values stay as given.
+    """The spelling values are indexed and looked up in: addresses as
+    :func:`~vigil.events.addresses.canonical_address` spells them (EVM and bech32 lower-case),
+    other ``0x`` values and domains lower-case (case-insensitive), IPs and the rest as given."""
+    value = canonical_address(value)
     if value.startswith(("0x", "0X")) or ("." in value and not value.replace(".", "").isdigit()):
         return value.lower()
     return value

@@ -7,6 +7,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 from tests.unit.detect.chain_events import transfer
 
@@ -18,8 +19,11 @@ from vigil.detect.rules.models import Rule
 from vigil.detect.rules.validate import load_rules
 from vigil.events.base import Entities, Event
 from vigil.events.types import (
+    ChainTransfer,
     Deposit,
     DepositPayload,
+    IntelIndicator,
+    IntelIndicatorPayload,
     WithdrawalRequest,
     WithdrawalRequestPayload,
 )
@@ -158,3 +162,72 @@ def test_withdrawal_destination_that_later_pays_a_real_sanctioned_address() -> N
     assert [(a.payload.entity.id, [e.event_id for e in a.payload.evidence]) for a in alerts] == [
         ("cust", ["wd-1", "tx-2"])
     ]
+
+
+def ofac_btc() -> list[str]:
+    lines = (INTEL / "ofac" / "sanctioned_addresses_XBT.txt").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip()]
+
+
+def btc_transfer(n: int, sender: str, receiver: str, at: datetime) -> ChainTransfer:
+    eth = transfer(n, sender, receiver, at)
+    return msgspec.structs.replace(
+        eth, source="bitcoin", payload=msgspec.structs.replace(eth.payload, chain="bitcoin", asset="BTC")
+    )
+
+
+def test_exposure_and_direct_hits_on_real_sanctioned_bitcoin_addresses_in_any_spelling() -> None:
+    # Exposure lower-cased every address, so a legacy (base58, case-sensitive) Bitcoin address,
+    # most of OFAC's Bitcoin list, never matched its listing and tainted nothing.  An upper-case
+    # bech32 address (valid, as QR codes carry it) matched neither rule.
+    legacy = next(a for a in ofac_btc() if a[0] in "13" and a != a.lower())
+    segwit = next(a for a in ofac_btc() if a.startswith("bc1"))
+    hop = "1BoatSLRHtKNngkdXEeobR76b53LETtpyT"
+    intel = IntelIndex()
+    for ind in indicators_from_files(INTEL, T0):
+        intel.apply(ind)
+    events: list[Event] = [
+        btc_transfer(1, legacy, hop, T0 + timedelta(minutes=1)),
+        deposit(1, "one-hop", hop, T0 + timedelta(minutes=10)),
+        deposit(2, "lower-cased", hop.lower(), T0 + timedelta(minutes=11)),  # another address
+        withdrawal(3, "upper-case-segwit", segwit.upper(), T0 + timedelta(minutes=12)),
+    ]
+    alerts, _ = detect_events(
+        RuleSet(shipped("sanctioned-exposure", "sanctioned-counterparty"), intel), events
+    )
+    got = sorted((a.payload.rule_id, a.payload.entity.id) for a in alerts)
+    assert got == [
+        ("sanctioned-counterparty", "upper-case-segwit"),
+        ("sanctioned-exposure", "one-hop"),
+    ]
+    one = next(a for a in alerts if a.payload.entity.id == "one-hop")
+    assert legacy in one.payload.explanation  # named as listed, not lower-cased
+
+
+def test_exposure_stops_tainting_from_a_listing_past_its_valid_until() -> None:
+    sdn, early, late = "0x" + "5a" * 20, "0x" + "e1" * 20, "0x" + "e2" * 20
+    intel = IntelIndex()
+    intel.apply(
+        IntelIndicator(
+            event_id="ind-1",
+            source="taxii",
+            occurred_at=T0,
+            entities=Entities(wallet=sdn),
+            payload=IntelIndicatorPayload(
+                indicator_type="eth_address",
+                value=sdn,
+                category="sanctioned",
+                feed="taxii-test",
+                list_version="v1",
+                valid_until=T0 + timedelta(hours=1),
+            ),
+        )
+    )
+    events: list[Event] = [
+        transfer(1, sdn, early, T0 + timedelta(minutes=30)),  # while listed
+        transfer(2, sdn, late, T0 + timedelta(hours=2)),  # after the listing ended
+        deposit(1, "early", early, T0 + timedelta(hours=3)),
+        deposit(2, "late", late, T0 + timedelta(hours=3)),
+    ]
+    alerts, _ = detect_events(RuleSet(shipped("sanctioned-exposure"), intel), events)
+    assert sorted(a.payload.entity.id for a in alerts) == ["early"]

@@ -18,6 +18,12 @@ A withdrawal destination that is clean when checked is watched for 7 days: if it
 sends to a listed address (directly or through one more hop) the customer who withdrew to
 it is alerted then, with the withdrawal and the tainting transfer as evidence.
 
+Addresses are compared as :func:`vigil.events.addresses.canonical_address` spells them (EVM
+and bech32 lower-case, base58 as written: lower-casing a legacy Bitcoin address names another
+one, and OFAC's Bitcoin list is mostly those).  A listing counts while it is valid at the
+event's time: past its ``valid_until`` an address taints nothing new (taint it passed on
+before stays).
+
 Service hubs (senders with 100+ transfers seen, like an exchange hot wallet) neither pass
 taint on nor receive sent-to taint: exposure measured through a hub says nothing about
 its users.  Sent-to taint reaches back one level through remembered senders (16 per
@@ -50,6 +56,7 @@ late is judged against the closer one and passes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from vigil.detect.fields import Match, compile_getter, tag_of
@@ -64,6 +71,7 @@ from vigil.detect.kinds.common import (
 from vigil.detect.kinds.intel import CATEGORIES
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
+from vigil.events.addresses import canonical_address
 from vigil.events.base import Event
 from vigil.events.types import EntityRef
 from vigil.stream.base import State
@@ -151,16 +159,18 @@ class ExposureDetector(SingleRouteDetector):
             Expiry("e:", _senders_over),
         )
 
-    def _listed(self, address: str) -> str | None:
-        entry = self.env.intel.lookup(address)
+    def _listed(self, address: str, at: datetime) -> str | None:
+        """The listed category of ``address`` at event time ``at`` (a listing past its
+        ``valid_until`` no longer counts), if it is one this rule watches."""
+        entry = self.env.intel.lookup(address, at)
         if entry is not None and entry.category in self.p.categories:
             return str(entry.category)
         return None
 
-    def _taint(self, state: State, address: str, direction: str) -> list[Any] | None:
+    def _taint(self, state: State, address: str, direction: str, at: datetime) -> list[Any] | None:
         """[hops, origin, category, since] for ``address`` in ``direction`` ('in' or 'out'): 0
         hops if listed; ``since``, the event time from which it holds."""
-        category = self._listed(address)
+        category = self._listed(address, at)
         if category is not None:
             return [0, address, category, 0.0]
         got = state.get(f"t:{direction}:{address}")
@@ -192,11 +202,11 @@ class ExposureDetector(SingleRouteDetector):
         group = check.group_key(event)
         if not isinstance(value, str) or group is None:
             return
-        address = value.lower()
+        address = canonical_address(value)
         watch = WATCH_SECONDS if tag_of(event) == "withdrawal_request" else LATE_S
         best = None
         for direction in ("in", "out"):
-            taint = self._taint(state, address, direction)
+            taint = self._taint(state, address, direction, event.occurred_at)
             if (
                 taint is not None
                 and _counts(taint[3], direction, now, watch)
@@ -218,7 +228,8 @@ class ExposureDetector(SingleRouteDetector):
         a, b = self._from(event), self._to(event)
         if not isinstance(a, str) or not isinstance(b, str):
             return
-        a, b = a.lower(), b.lower()
+        a, b = canonical_address(a), canonical_address(b)
+        when = event.occurred_at
         node = state.get(f"o:{a}")
         degree = _degree(node) + 1
         state.set(f"o:{a}", [degree, max(now, _last(node))])
@@ -242,42 +253,49 @@ class ExposureDetector(SingleRouteDetector):
                     paid.append(r)
             state.set(f"r:{a}", [*paid[-MAX_RECEIVERS + 1 :], [b, last]])
         # Received-from taint flows forward along the edge (not out of hubs), if A held it then.
-        src = self._taint(state, a, "in")
+        src = self._taint(state, a, "in", when)
         if src is not None and src[0] < self.p.hops and src[3] <= now and degree < HUB_DEGREE:
             level = [src[0] + 1, src[1], src[2], now]
-            if self._improve(state, b, "in", level):
+            if self._improve(state, b, "in", level, when):
                 self._wake(state, b, level, "in", stored, hits)
-                self._spread(state, b, level, stored, hits)
+                self._spread(state, b, level, stored, hits, when)
         # Sent-to taint flows backward: A fed B, which is (or feeds) a listed address.
-        dst = self._taint(state, b, "out")
+        dst = self._taint(state, b, "out", when)
         if dst is not None and dst[0] < self.p.hops and degree < HUB_DEGREE:
             level = [dst[0] + 1, dst[1], dst[2], max(dst[3], now)]
-            if self._improve(state, a, "out", level):
+            if self._improve(state, a, "out", level, when):
                 self._wake(state, a, level, "out", stored, hits)
                 if level[0] < self.p.hops:
                     for s, _ in _entries(state.get(f"e:{a}")):
                         if _degree(state.get(f"o:{s}")) >= HUB_DEGREE:
                             continue
                         up = [level[0] + 1, *level[1:]]
-                        if self._improve(state, s, "out", up):
+                        if self._improve(state, s, "out", up, when):
                             self._wake(state, s, up, "out", stored, hits)
 
     def _spread(
-        self, state: State, address: str, taint: list[Any], edge: StoredEvidence, hits: list[Hit]
+        self,
+        state: State,
+        address: str,
+        taint: list[Any],
+        edge: StoredEvidence,
+        hits: list[Hit],
+        at: datetime,
     ) -> None:
         """Received-from ``taint`` just reached ``address``: pass it one hop on to the receivers
-        ``address`` paid since (those edges arrived first)."""
+        ``address`` paid since (those edges arrived first).  ``at``: the event's time."""
         if taint[0] >= self.p.hops or _degree(state.get(f"o:{address}")) >= HUB_DEGREE:
             return
         for receiver, when in state.get(f"r:{address}") or []:
             if when >= taint[3]:
                 on = [taint[0] + 1, taint[1], taint[2], when]
-                if self._improve(state, receiver, "in", on):
+                if self._improve(state, receiver, "in", on, at):
                     self._wake(state, receiver, on, "in", edge, hits)
 
-    def _improve(self, state: State, address: str, direction: str, taint: list[Any]) -> bool:
-        """Keep ``taint`` for ``address`` when it is closer, or as close and holding earlier."""
-        if self._listed(address) is not None:
+    def _improve(self, state: State, address: str, direction: str, taint: list[Any], at: datetime) -> bool:
+        """Keep ``taint`` for ``address`` when it is closer, or as close and holding earlier
+        (a listed address holds its own, 0 hops, as of ``at``)."""
+        if self._listed(address, at) is not None:
             return False
         key = f"t:{direction}:{address}"
         current = state.get(key)

@@ -24,6 +24,7 @@ from stix2patterns.exceptions import ParseException  # type: ignore[import-untyp
 from stix2patterns.v21.pattern import Pattern  # type: ignore[import-untyped]
 
 from vigil.errors import ContractError
+from vigil.events.addresses import canonical_address, is_bech32
 
 #: (object type, property) -> our indicator type (crypto types refined by address shape)
 OBSERVABLES: dict[tuple[str, str], str] = {
@@ -40,7 +41,8 @@ OBSERVABLES: dict[tuple[str, str], str] = {
 }
 
 _EVM = re.compile(r"^0x[0-9a-fA-F]{40}$")
-_BTC = re.compile(r"^(?:[13][1-9A-HJ-NP-Za-km-z]{25,34}|bc1[02-9ac-hj-np-z]{11,71})$")
+#: Legacy (base58) Bitcoin addresses; segwit ones are bech32 (vigil.events.addresses).
+_BASE58_BTC = re.compile(r"^[13][1-9A-HJ-NP-Za-km-z]{25,34}$")
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'")
 _COMPOUND = re.compile(r"\b(?:AND|FOLLOWEDBY)\b")
 
@@ -62,13 +64,13 @@ _CATEGORY_WORDS: tuple[tuple[str, str], ...] = (
 
 
 def classify_address(value: str) -> tuple[str, str]:
-    """(indicator type, normalised value) of a crypto address: EVM addresses lower-cased
-    (they are case-insensitive; the mixed case is only a checksum), others kept as written
-    (base58 is case-sensitive)."""
-    value = value.strip()
+    """(indicator type, normalised value) of a crypto address, spelt as events spell it
+    (:func:`vigil.events.addresses.canonical_address`: EVM and bech32 lower-cased, base58 as
+    written, since it is case-sensitive)."""
+    value = canonical_address(value)
     if _EVM.match(value):
-        return "eth_address", value.lower()
-    if _BTC.match(value):
+        return "eth_address", value
+    if is_bech32(value) or _BASE58_BTC.match(value):
         return "btc_address", value
     return "crypto_address", value
 

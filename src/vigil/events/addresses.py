@@ -1,0 +1,34 @@
+"""One spelling per crypto address, so a listed address matches however a source spells it.
+
+- EVM addresses (``0x`` and 40 hex digits): lower-case.  The mixed case is only the EIP-55
+  checksum; nodes and lists spell the same address both ways.
+- Bech32 and bech32m segwit addresses (BIP-173, BIP-350; ``bc1``, ``tb1``, ``bcrt1``):
+  lower-case.  Upper case is as valid (QR codes use it, so a customer's withdrawal address may
+  arrive so) while nodes print lower case.  Mixed case is invalid, but taken as a typo of the
+  same address rather than a different one.
+- Everything else as written: base58 (legacy Bitcoin ``1...``/``3...``, Tron, Solana) is
+  case-sensitive, so lower-casing it would name another address, or none.
+"""
+
+from __future__ import annotations
+
+import re
+
+_EVM = re.compile(r"^0x[0-9a-f]{40}$", re.IGNORECASE)
+#: Human-readable part, separator, then at least the 6-character checksum (BIP-173: at most 90
+#: characters in all) from the bech32 alphabet.
+_BECH32 = re.compile(r"^(?:bc|tb|bcrt)1[02-9ac-hj-np-z]{6,87}$", re.IGNORECASE)
+
+
+def is_bech32(value: str) -> bool:
+    """A Bitcoin segwit address (main, test or regtest network), in any case."""
+    return _BECH32.match(value) is not None
+
+
+def canonical_address(value: str) -> str:
+    """The spelling addresses are compared in (see the module): surrounding blanks dropped,
+    EVM and bech32 addresses lower-cased, others kept as written."""
+    value = value.strip()
+    if _EVM.match(value) or _BECH32.match(value):
+        return value.lower()
+    return value
