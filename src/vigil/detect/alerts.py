@@ -72,11 +72,31 @@ def alert_id(rule: Rule, entity: EntityRef, evidence_ids: Sequence[str]) -> str:
 
 def as_data(value: str) -> str:
     """An attacker-controlled value made safe to place in prose: quoted, escaped, bounded."""
-    cleaned = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in value)
-    cleaned = cleaned.replace('"', '\\"')
+    # Backslashes are escaped too: with only quotes escaped, ``\\"`` got out of its quotes (an
+    # escaped backslash, then a real closing quote), and a literal ``\\x0a`` read as a newline.
+    pieces = list(map(_inert_char, value))
+    cleaned = "".join(pieces)
     if len(cleaned) > _MAX_VALUE:
-        cleaned = cleaned[: _MAX_VALUE - 1] + "…"
+        # Cut between escapes, never inside one (a dangling backslash would escape the "…").
+        kept, used = [], 0
+        for piece in pieces:
+            used += len(piece)
+            if used > _MAX_VALUE - 1:
+                break
+            kept.append(piece)
+        cleaned = "".join(kept) + "…"
     return f'"{cleaned}"'
+
+
+def _inert_char(ch: str) -> str:
+    if ch == "\\":
+        return "\\\\"
+    if ch == '"':
+        return '\\"'
+    if ch.isprintable():
+        return ch
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 class _Context(dict[str, str]):

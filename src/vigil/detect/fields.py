@@ -15,6 +15,7 @@ access, never ``eval``.
 from __future__ import annotations
 
 import hashlib
+import math
 import operator
 import types as pytypes
 import typing
@@ -116,6 +117,55 @@ def path_exists(event_type: str, path: str) -> bool:
     return True
 
 
+def _leaf_kinds(tp: Any) -> set[type] | None:
+    """The plain types a value annotated ``tp`` may hold (``None`` dropped, a ``Literal``'s
+    values' types, ``Annotated`` unwrapped, a collection as ``list``); None if not plain."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _leaf_kinds(typing.get_args(tp)[0])
+    if origin is typing.Literal:
+        return {type(v) for v in typing.get_args(tp)}
+    if isinstance(tp, pytypes.UnionType) or origin is typing.Union:
+        out: set[type] = set()
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                continue
+            kinds = _leaf_kinds(arg)
+            if kinds is None:
+                return None
+            out |= kinds
+        return out
+    if origin in (list, tuple, set, frozenset):
+        return {list}
+    if tp in (str, int, float, bool, datetime):
+        return {tp}
+    return None
+
+
+def value_kinds(event_type: str, path: str) -> frozenset[type] | None:
+    """The plain types (``str``, ``int``, ``float``, ``bool``, ``datetime``, ``list`` for any
+    collection) the field at ``path`` holds on ``event_type``, from the contract; None when the
+    field is not there or not plain (a nested struct)."""
+    path = normalise_path(path)
+    if path in ("type", "event_id", "source"):
+        return frozenset({str})
+    if path in ("occurred_at", "ingested_at"):
+        return frozenset({datetime})
+    cls: type | None = EVENT_TYPES.get(event_type)
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        if cls is None:
+            return None
+        hints = _hints(cls)
+        if part not in hints:
+            return None
+        if i == len(parts) - 1:
+            kinds = _leaf_kinds(hints[part])
+            return None if kinds is None else frozenset(kinds)
+        cls = _struct_of(hints[part])
+    return None
+
+
 def compile_getter(path: str) -> Getter:
     """A function returning the value at ``path`` of an event, or ``None`` when absent."""
     path = normalise_path(path)
@@ -171,7 +221,19 @@ def _number(value: Any) -> float | None:
     # types inline, where ``int | float`` is a union object built (and searched) on every call.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    return _as_float(value)
+
+
+def _as_float(value: int | float) -> float:
+    """``float(value)``, an integer past float's range as an infinity of its sign.
+
+    JSON integers have no bound, and contracts take them whole (a token's raw amount is up to
+    2**256): ``float()`` of a 400-digit ``record_count`` raised OverflowError, which stopped the
+    detection stage, and again on the same record after every restart."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 @dataclass(frozen=True)
@@ -197,10 +259,15 @@ class Condition:
         if op == "exists":
             return lambda e: (get(e) is not None) is bool(want)
         if op == "contains":
+            text = type(want) is str
 
             def contains(e: Event) -> bool:
+                # Text holds only text ("x" in "abc"; 1 in "abc" raises TypeError, which would
+                # stop the stage); a list may hold anything.
                 got = get(e)
-                return isinstance(got, (list, tuple, str)) and want in got
+                if type(got) is str:
+                    return text and want in got
+                return isinstance(got, (list, tuple)) and want in got
 
             return contains
         bound = float(want)
@@ -271,9 +338,19 @@ def bounded(text: str) -> str:
     return f"{text[:_CUT]}#{digest}"
 
 
+#: State is MessagePack, whose integers are 64-bit.
+_INT_LOW, _INT_HIGH = -(1 << 63), (1 << 64) - 1
+
+
 def kept(value: Any) -> Any:
-    """A field value as state keeps it: strings :func:`bounded`, anything else as it is."""
-    return bounded(value) if type(value) is str else value
+    """A field value as state keeps it: strings :func:`bounded`, integers past 64 bits as floats
+    (MessagePack cannot hold them: every checkpoint failed), anything else as it is."""
+    kind = type(value)
+    if kind is str:
+        return bounded(value)
+    if kind is int and not _INT_LOW <= value <= _INT_HIGH:
+        return _as_float(value)
+    return value
 
 
 def seen_text(value: Any) -> str:
@@ -282,23 +359,24 @@ def seen_text(value: Any) -> str:
 
 
 def key_part(value: str) -> str:
-    """A value as a group key holds it: :func:`bounded`, a ``|`` in it escaped."""
+    """A value as a group key holds it: :func:`bounded`, a ``|`` in it escaped (and so every
+    ``%``: escaped only beside a ``|``, ``a|b`` and a literal ``a%7Cb`` were one key)."""
     # A "|" in a value would split the key there: entity_ref takes what comes before the first.
-    if "|" in value:
+    if "|" in value or "%" in value:
         value = value.replace("%", "%25").replace("|", "%7C")
     return bounded(value)
 
 
 def key_of(getters: Sequence[tuple[str, Getter]], event: Event) -> str | None:
     """The group key ``<kind>:<value>[|<kind>:<value>]`` of an event, or ``None`` if a part is
-    missing; each value :func:`bounded`, a ``|`` in it escaped."""
+    missing; each value as :func:`key_part` holds it."""
     if len(getters) == 1:  # the common case, on the hot path of every grouped rule
         name, get = getters[0]
         value = get(event)
         if type(value) is str:  # entity ids: built without str() or a comparison with ""
             if not value:
                 return None
-            if len(value) > MAX_KEPT or "|" in value:
+            if len(value) > MAX_KEPT or "|" in value or "%" in value:
                 value = key_part(value)
             return f"{name}:{value}"
         return None if value is None or value == "" else f"{name}:{key_part(str(value))}"

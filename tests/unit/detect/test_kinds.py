@@ -878,3 +878,107 @@ def test_lookalike_dust_from_an_imitation_alerts_when_its_original_arrives_late(
     late_known = known.replace("at: 10m", "at: 2h")
     assert run(tmp_path, DUST, dust + late_known) == []
     assert run(tmp_path, DUST, late_known + dust, arrival=True) == []
+
+
+MFA_BURSTS = """\
+    type: threshold
+    match: {type: mfa_challenge, where: {payload.result: denied}}
+    group_by: customer
+    timespan: 10m
+    aggregate: count
+    condition: {gte: 5}
+"""
+
+
+def _denied(minute: int) -> str:
+    return f"      - {{type: mfa_challenge, at: {minute}m, customer: c1, payload: {{result: denied}}}}\n"
+
+
+def test_threshold_late_event_that_fires_leaves_the_next_burst_its_events(tmp_path: Path) -> None:
+    # Two bursts of five denials, 30 minutes apart; the first one's fifth arrives after the
+    # second burst's first four.  Its firing cleared every kept event, the second burst's too,
+    # so the second burst never alerted.
+    first, second = [0, 1, 2, 3], [30, 31, 32, 33]
+    in_order = "".join(map(_denied, [*first, 4, *second, 34]))
+    late = "".join(map(_denied, [*first, *second, 4, 34]))
+    assert run(tmp_path, MFA_BURSTS, in_order, arrival=True) == ["c1", "c1"]
+    assert run(tmp_path, MFA_BURSTS, late, arrival=True) == ["c1", "c1"]
+
+
+def test_threshold_earlier_burst_completed_late_fires_after_a_later_one(tmp_path: Path) -> None:
+    # The later burst fired first; the earlier one, completed by a late event, was taken as
+    # within the later one's cooldown (any window ending before it counted as quiet).
+    events = "".join(map(_denied, [30, 31, 32, 33, 34, 0, 1, 2, 3, 4]))
+    assert run(tmp_path, MFA_BURSTS, events, arrival=True) == ["c1", "c1"]
+    # Within a firing's cooldown it stays quiet, late or not: one burst, one alert.
+    one_burst = "".join(map(_denied, [0, 1, 2, 3, 4, 5, 6, 2]))
+    assert run(tmp_path, MFA_BURSTS, one_burst, arrival=True) == ["c1"]
+
+
+STRUCTURING = """\
+    type: threshold
+    match: {type: deposit}
+    group_by: customer
+    timespan: 24h
+    aggregate: count
+    condition: {gte: 3}
+"""
+
+
+def _cash_deposit(n: int, hour: int) -> str:
+    return (
+        f"      - {{type: deposit, id: d{n}, at: {hour}h, customer: c1, "
+        f"payload: {{deposit_id: d{n}, asset: USD, amount: 9500, amount_usd: 9500}}}}\n"
+    )
+
+
+def test_threshold_counts_a_redelivered_event_once(tmp_path: Path) -> None:
+    two = _cash_deposit(1, 0) + _cash_deposit(2, 1)
+    assert run(tmp_path, STRUCTURING, two + _cash_deposit(2, 1), arrival=True) == []
+    assert run(tmp_path, STRUCTURING, two + _cash_deposit(3, 2), arrival=True) == ["c1"]
+
+
+DORMANT = """\
+    type: sequence
+    group_by: customer
+    within: 24h
+    steps:
+      - {name: back, type: login, after_idle: 90d}
+      - {name: out, type: withdrawal_request, where: {payload.amount_usd: {gte: 10000}}}
+"""
+
+
+def _device_login(at: str) -> str:
+    return f"      - {{type: login, at: {at}, customer: c1, device: d1}}\n"
+
+
+WITHDRAW_20K = (
+    "      - {type: withdrawal_request, id: w1, at: 144010m, customer: c1, "
+    "payload: {withdrawal_id: w1, asset: USD, amount: 20000, amount_usd: 20000}}\n"
+)
+
+
+def test_after_idle_judges_a_late_login_against_the_time_before_it(tmp_path: Path) -> None:
+    # The withdrawal (topic payments) arrived before the login it followed (topic identity):
+    # idleness was judged against the newest event, the withdrawal, so it was never dormant.
+    first, back = _device_login("0"), _device_login("100d")
+    assert run(tmp_path, DORMANT, first + back + WITHDRAW_20K, arrival=True) == ["c1"]
+    assert run(tmp_path, DORMANT, first + WITHDRAW_20K + back, arrival=True) == ["c1"]
+    # Not dormant: a login 10 days before, whatever the order.
+    busy = _device_login("0") + _device_login("90d") + WITHDRAW_20K + _device_login("100d")
+    assert run(tmp_path, DORMANT, busy, arrival=True) == []
+
+
+SEQ_DUP = """\
+    type: sequence
+    group_by: customer
+    within: 1h
+    steps:
+      - {name: a, type: deposit}
+      - {name: b, type: deposit}
+"""
+
+
+def test_sequence_redelivered_event_does_not_take_the_next_step(tmp_path: Path) -> None:
+    assert run(tmp_path, SEQ_DUP, _cash_deposit(1, 0) + _cash_deposit(1, 0), arrival=True) == []
+    assert run(tmp_path, SEQ_DUP, _cash_deposit(1, 0) + _cash_deposit(2, 0), arrival=True) == ["c1"]

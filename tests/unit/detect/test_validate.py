@@ -131,3 +131,74 @@ def test_load_rules_raises_with_every_error(tmp_path: Path) -> None:
     with pytest.raises(RuleError, match=r"2 error\(s\) in rule files") as info:
         load_rules([tmp_path])
     assert info.value.line == 3
+
+
+def test_values_that_can_never_match_their_field_are_errors(tmp_path: Path) -> None:
+    # YAML reads unquoted NO as false and 1234 as a number: "country: [NO, RU]" never matched
+    # Norway, and "contains: 1234" on a text field raised on every event at run time.
+    bad = GOOD.replace(
+        "where: {payload.result: denied}",
+        "where: {payload.result: denied, payload.method: {contains: 1234}, geo_country_here: x}",
+    ).replace("geo_country_here: x", "payload.result: {ne: [[denied]]}")
+    write(tmp_path, "a.yaml", bad)
+    got = messages(tmp_path)
+    expected = "payload.method.contains: 1234 is a whole number, but payload.method holds text"
+    assert any(expected in m for m in got)
+    assert any("payload.result.ne must be a scalar" in m for m in got)
+    norway = """\
+rules:
+  - id: norway
+    version: 1
+    type: threshold
+    typology: t
+    severity: low
+    score: 1
+    explanation: "{entity}"
+    match: {type: login, where: {payload.geo.country: [NO, RU], payload.mfa_used: [yes]}}
+    group_by: customer
+    timespan: 1h
+    condition: {gte: 1}
+  - id: nested
+    version: 1
+    type: threshold
+    typology: t
+    severity: low
+    score: 1
+    explanation: "{entity}"
+    match: {type: mfa_challenge, where: {payload.result: [[denied, timeout]]}}
+    group_by: customer
+    timespan: 1h
+    condition: {gte: 1}
+"""
+    (tmp_path / "a.yaml").unlink()
+    write(tmp_path, "n.yaml", norway)
+    got = messages(tmp_path)
+    assert len(got) == 2, got
+    assert re.search(r"n\.yaml:9:\d+: .*payload\.geo\.country: False is true/false.*quote it", got[0])
+    assert re.search(r"n\.yaml:20:\d+: .*payload\.result must be a list of scalars", got[1])
+    # Quoted, and a boolean where the field is one, they are fine.
+    fixed = norway.replace("[NO, RU]", '["NO", RU]').replace("[[denied, timeout]]", "[denied]")
+    write(tmp_path, "n.yaml", fixed)
+    assert messages(tmp_path) == []
+
+
+def test_ids_with_a_final_newline_and_misspelt_entity_kinds_are_errors(tmp_path: Path) -> None:
+    # "$" matches before a final newline: "fatigue\n" passed, and its state topic name was
+    # refused by Kafka when the service started.
+    bad = GOOD.replace("id: fatigue", 'id: "fatigue\\n"\n    entity: custmer\n    attack: ["T1621\\n"]')
+    write(tmp_path, "a.yaml", bad)
+    got = "\n".join(messages(tmp_path))
+    assert "id must be lower-case letters" in got
+    assert "'T1621\\n' is not a MITRE ATT&CK technique id" in got
+    assert "entity must be one of: customer" in got
+
+
+def test_unreadable_files_and_absurd_durations_are_reported_not_raised(tmp_path: Path) -> None:
+    (tmp_path / "latin1.yaml").write_bytes(GOOD.replace("denied prompts", "refus\xe9s").encode("latin-1"))
+    write(tmp_path, "long.yaml", GOOD.replace("id: fatigue", "id: long").replace("10m", "99999999999d"))
+    got = messages(tmp_path)
+    assert any(re.search(r"latin1\.yaml:8:1: error: not UTF-8 text", m) for m in got), got
+    assert any("timespan must be a duration" in m and "99999999999d" in m for m in got), got
+    missing = [str(i) for i in validate_paths([tmp_path / "nowhere.yaml"]).errors]
+    assert len(missing) == 1
+    assert "cannot read the file" in missing[0]

@@ -191,7 +191,7 @@ def entity_ref(group_key: str) -> EntityRef:
     """``customer:c1`` (or the first part of ``a:x|b:y``) as an entity reference."""
     first = group_key.split("|", 1)[0]
     kind, _, value = first.partition(":")
-    if "%7C" in value:  # a "|" the key escaped (fields.key_part)
+    if "%" in value:  # escaped by fields.key_part: every % starts %25 or %7C
         value = value.replace("%7C", "|").replace("%25", "%")
     return EntityRef(kind=kind.rsplit(".", 1)[-1], id=value)
 

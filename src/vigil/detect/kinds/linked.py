@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from vigil.detect.fields import Match, compare, compile_getter, short_name
+from vigil.detect.fields import Match, bounded, compare, compile_getter, short_name
 from vigil.detect.kinds.base import EvidenceMaker, Expiry, Hit, ts
 from vigil.detect.kinds.common import SingleRouteDetector, set_or_delete
 from vigil.detect.rules.loader import LocDict
@@ -160,7 +160,7 @@ class LinkedDetector(SingleRouteDetector):
         party = self._party(event)
         if not party:
             return not self._match(event)  # no link to learn
-        key = f"r:{party}"
+        key = f"r:{bounded(str(party))}"
         # The party's links as routed: [link, event time last routed], oldest first, bounded as
         # process() bounds the links it keeps.
         routed: list[list[Any]] = state.get(key) or []
@@ -170,7 +170,7 @@ class LinkedDetector(SingleRouteDetector):
             value = get(event)
             if not value:
                 continue
-            link = f"{name}:{value}"
+            link = f"{name}:{bounded(str(value))}"
             at = next((i for i, item in enumerate(routed) if item[0] == link), -1)
             if at < 0:
                 routed = [*routed[-MAX_LINKS + 1 :], [link, now]]
@@ -187,13 +187,13 @@ class LinkedDetector(SingleRouteDetector):
         if self._links(event):
             party = self._party(event)
             if party:
-                self._link(str(party), event, state, hits)
+                self._link(bounded(str(party)), event, state, hits)
         if not self._match(event):
             return
         a, b = self._a(event), self._b(event)
         if not a or not b or a == b:
             return
-        a, b = str(a), str(b)
+        a, b = bounded(str(a)), bounded(str(b))
         now = ts(event)
         evidence = self._evidence(event)
         links_a = state.get(f"p:{a}")
@@ -215,14 +215,24 @@ class LinkedDetector(SingleRouteDetector):
             value = get(event)
             if not value:
                 continue
-            link = f"{name}:{value}"
+            # Bounded: a device string is the client's to choose, and links are kept in state
+            # and copied into alerts (600 KB device names made an alert too large to send,
+            # which stopped the stage, again after every restart).
+            link = f"{name}:{bounded(str(value))}"
             if since is None:
                 since = state.get(f"l:{party}") or {}
             if link not in mine:
                 mine = [*mine[-MAX_LINKS + 1 :], link]
                 state.set(f"p:{party}", mine)
-            elif since.get(link, 0.0) <= now:
-                continue
+            else:
+                if mine.index(link) < len(mine) - MAX_LINKS // 2:
+                    # In use again but among the oldest: moved to the newest end, so the links
+                    # evicted are those least recently used (a device kept through a new IP at
+                    # every login was evicted after 16 of them).
+                    mine = [*(other for other in mine if other != link), link]
+                    state.set(f"p:{party}", mine)
+                if since.get(link, 0.0) <= now:
+                    continue
             since[link] = now
             recount = True
         if recount and since is not None:

@@ -35,7 +35,7 @@ and the chains are replayed over them (chains already reported are not reported 
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -393,8 +393,13 @@ class SequenceDetector(GroupedDetector):
             for i, cs, values in steps
             if self._qualifies(cs, event, st, now)
         ]
-        if absent or matched:
-            entry = [now, absent, matched, self._evidence(event)]
+        evidence = self._evidence(event) if absent or matched else None
+        if evidence is not None and _delivered_before(st.get("buf"), now, evidence[0]):
+            # A source's redelivery (same id, same time): as a second event it could take the
+            # chain's next step itself.
+            absent, matched = False, []
+        if evidence is not None and (absent or matched):
+            entry = [now, absent, matched, evidence]
             buf: list[Any] = st.setdefault("buf", [])
             done: list[Any] = st.setdefault("done", [])
             newest = buf[-1][0] if buf else now
@@ -453,10 +458,7 @@ class SequenceDetector(GroupedDetector):
             value = entry_.value(event)
             changed = _remember(seen, path, value, now, counts, early, keep.get(path, 0)) or changed
         if self._uses_last:
-            last = st["last"]
-            if last is None or now > last:
-                st["last"] = now
-                changed = True
+            changed = _note_time(st, now) or changed
         if changed:
             state.set(skey, st)
 
@@ -566,7 +568,7 @@ class SequenceDetector(GroupedDetector):
             if first is not None and first <= now:
                 return False
         if cs.idle is not None:
-            last = st["last"]
+            last = _time_before(st, now)
             # No history at all is not evidence of dormancy: the account may simply be new to us.
             if last is None or now - last < cs.idle:
                 return False
@@ -592,6 +594,54 @@ class SequenceDetector(GroupedDetector):
             if not compare(ratio.op, float(got) / float(base), ratio.bound):
                 return False
         return True
+
+
+#: How many of a group's recent event times after_idle keeps (see _note_time).
+MAX_RECENT_TIMES = 32
+
+
+def _note_time(st: dict[str, Any], now: float) -> bool:
+    """Remember event time ``now`` for after_idle: the group's times within MAX_LATENESS_S of its
+    newest (at most MAX_RECENT_TIMES), and the newest before them, sorted in ``st["t"]``;
+    ``st["last"]`` the newest.  Whether anything changed."""
+    last = st["last"]
+    times: list[float] = st.get("t") or ([last] if last is not None else [])
+    at = bisect_left(times, now)
+    if at < len(times) and times[at] == now:
+        return False
+    times.insert(at, now)
+    cut = times[-1] - MAX_LATENESS_S
+    first = max(bisect_left(times, cut) - 1, len(times) - MAX_RECENT_TIMES, 0)
+    st["t"] = times[first:]
+    st["last"] = times[-1]
+    return True
+
+
+def _time_before(st: dict[str, Any], now: float) -> float | None:
+    """The group's latest event time at or before ``now`` (not the newest: a login arriving after
+    the withdrawal that followed it was judged against the withdrawal, never dormant)."""
+    times: list[float] | None = st.get("t")
+    if times is None:  # kept before recent times were: only the newest
+        last: float | None = st["last"]
+        return last
+    at = bisect_right(times, now)
+    return times[at - 1] if at else None
+
+
+def _delivered_before(buf: list[Any] | None, now: float, event_id: str) -> bool:
+    """Whether the buffered step events hold ``event_id`` at time ``now`` already."""
+    if not buf:
+        return False
+    at = bisect_left(buf, now, key=_entry_time)
+    while at < len(buf) and buf[at][0] == now:
+        if buf[at][3][0] == event_id:
+            return True
+        at += 1
+    return False
+
+
+def _entry_time(entry: list[Any]) -> float:
+    return float(entry[0])
 
 
 def _remember(

@@ -17,7 +17,8 @@ on the event that makes the condition true, then stays quiet for that group for
 ``cooldown`` (one ``timespan`` unless set) so one burst is one alert.  Windows are spans of
 event time: an event that arrives after newer ones of its group is placed in time order and
 judged in the window ending at it, and in the one ending at the group's newest event, which it
-may complete.
+may complete.  A firing uses up the events up to its window's end; later ones stay for the next
+burst.  An event delivered twice (the same id and time) counts once.
 """
 
 from __future__ import annotations
@@ -143,14 +144,18 @@ class ThresholdDetector(GroupedDetector):
         if value is None:
             return
         related = [[name, bounded(str(v))] for name, get in self._related if (v := get(event)) is not None]
-        item = [now, value, self._evidence(event), related]
+        evidence = self._evidence(event)
+        # A source's redelivery (the same event id, so the same time) counts once: counted
+        # twice it made two deposits look like three.
+        lo = bisect_left(items, now, key=_time)
+        hi = bisect_right(items, now, key=_time, lo=lo)
+        if any(items[i][2][0] == evidence[0] for i in range(lo, hi)):
+            return
+        item = [now, value, evidence, related]
         # Items are kept in event-time order: events of a key may arrive out of order (two route
         # processes, one catching up), and a window is a span of event time, not of arrivals.
-        late = bool(items) and now < items[-1][0]
-        if late:
-            items.insert(bisect_right(items, now, key=_time), item)
-        else:
-            items.append(item)
+        late = hi < len(items)
+        items.insert(hi, item)
         # Kept LATE_S longer than the window, for late events.
         cutoff = items[-1][0] - self._span - self._late
         drop = 0
@@ -163,8 +168,14 @@ class ThresholdDetector(GroupedDetector):
         # pass per item, and an attacker can send late events on purpose).  Each judged unless
         # the group is quiet at its end, and a firing quiets the group from the end it fired at.
         op, bound = self.p.condition
+        cooldown = self._cooldown
+        fired: list[float] = window.get("fired") or (
+            [window["quiet"] - cooldown] if window["quiet"] else []  # kept before "fired" was
+        )
         for end in (now, items[-1][0]) if late else (now,):
-            if end < window["quiet"]:
+            # Quiet within a cooldown after a firing, not before it: a separate, earlier burst
+            # completed by a late event still fires.
+            if any(f <= end < f + cooldown for f in fired):
                 continue
             inside = self._within(items, end)
             if not inside:  # (a late event older than what is kept)
@@ -172,9 +183,16 @@ class ThresholdDetector(GroupedDetector):
             agg = self._aggregate(inside)
             if compare(op, agg, bound):
                 hits.append(self._hit(key, inside, agg))
-                window["quiet"] = end + self._cooldown
-                items.clear()
+                fired.append(end)
+                # What the alert used goes; newer items stay (a late event firing cleared
+                # them all, and with them most of the next burst).
+                del items[: bisect_right(items, end, key=_time)]
                 break
+        if fired:
+            horizon = max(now, items[-1][0] if items else now) - self._span - self._late
+            fired = sorted(f for f in fired if f + cooldown > horizon)
+            window["fired"] = fired
+            window["quiet"] = max((f + cooldown for f in fired), default=0.0)
         window["items"] = items
         state.set(skey, window)
 

@@ -106,7 +106,15 @@ def load_text(text: str, path: Path) -> LoadedFile:
 
 
 def load_file(path: Path) -> LoadedFile:
-    return load_text(path.read_text(encoding="utf-8"), path)
+    """The file's rules, or its problem (unreadable, not UTF-8) as a located issue."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        return LoadedFile(path, None, [((line, 1), f"not UTF-8 text ({exc.reason} at byte {exc.start})")])
+    except OSError as exc:
+        return LoadedFile(path, None, [((0, 0), f"cannot read the file: {exc.strerror or exc}")])
+    return load_text(text, path)
 
 
 def rule_files(paths: list[Path]) -> list[Path]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from vigil.detect.fields import OPERATORS, Condition, Match, normalise_path, path_exists
+from vigil.detect.fields import OPERATORS, Condition, Match, normalise_path, path_exists, value_kinds
 from vigil.detect.rules.loader import Loc, LocDict, LocList
 from vigil.detect.rules.models import Issue
 from vigil.events.base import Entities
@@ -32,7 +32,10 @@ def parse_duration(value: Any) -> timedelta | None:
     m = _DURATION.match(value.strip())
     if not m:
         return None
-    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    except OverflowError:  # past timedelta's 999,999,999 days: no use as a duration either
+        return None
 
 
 class Parser:
@@ -204,9 +207,15 @@ class Parser:
         if path is None:
             return []
         if not isinstance(spec, LocDict):
-            if isinstance(spec, LocList):
-                return [Condition(path, "in", tuple(spec))]
-            return [Condition(path, "eq", spec)]
+            op, operand = ("in", spec) if isinstance(spec, LocList) else ("eq", spec)
+            if isinstance(spec, LocList) and not _operand_ok(op, list(spec)):
+                self.error(loc, f"{what}.{field_path} must be {OPERATORS[op]}; got {_show(spec)}")
+                return []
+            problem = _kind_problem(path, op, operand, types)
+            if problem is not None:
+                self.error(loc, f"{what}.{field_path}: {problem}")
+                return []
+            return [Condition(path, op, tuple(operand) if isinstance(operand, list) else operand)]
         out = []
         for op, operand in spec.items():
             if op not in OPERATORS:
@@ -219,6 +228,10 @@ class Parser:
                 self.error(
                     spec.mark(op), f"{what}.{field_path}.{op} must be {OPERATORS[op]}; got {_show(operand)}"
                 )
+                continue
+            problem = _kind_problem(path, op, operand, types)
+            if problem is not None:
+                self.error(spec.mark(op), f"{what}.{field_path}.{op}: {problem}")
                 continue
             out.append(Condition(path, op, tuple(operand) if isinstance(operand, list) else operand))
         return out
@@ -252,6 +265,53 @@ def _operand_ok(op: str, operand: Any) -> bool:
     if op == "exists":
         return isinstance(operand, bool)
     return not isinstance(operand, dict | list)
+
+
+_KIND_NAMES = {str: "text", int: "a whole number", float: "a number", bool: "true/false", list: "a list"}
+
+
+def _kind_problem(path: str, op: str, operand: Any, types: frozenset[str] | None) -> str | None:
+    """Why ``operand`` can never equal (or be contained in) what ``path`` holds, if so.
+
+    YAML reads unquoted ``NO``, ``yes``, ``off`` as booleans and ``0x1f`` or ``007`` as numbers:
+    ``country: [NO, RU]`` quietly never matched Norway, and ``contains: 1234`` on a text field
+    raised on every event.  Judged from the contract, for the rule's event types."""
+    if not types or op in ("gt", "gte", "lt", "lte", "exists"):
+        return None
+    kinds: set[type] = set()
+    for event_type in types:
+        found = value_kinds(event_type, path)
+        if found is None:
+            return None  # not a plain field everywhere: nothing to judge by
+        kinds |= found
+    if datetime in kinds or (list in kinds and op != "contains"):
+        return None
+    holds = " or ".join(sorted(_KIND_NAMES.get(k, k.__name__) for k in kinds))
+    if op == "contains":
+        if list in kinds:
+            return None
+        if kinds != {str}:
+            return f"contains applies to text and list fields; {path} holds {holds}"
+    values = operand if op in ("in", "not_in") else [operand]
+    for value in values:
+        if value is None or _fits(value, kinds):
+            continue
+        got = _KIND_NAMES.get(type(value), type(value).__name__)
+        hint = ""
+        if str in kinds and not isinstance(value, list | dict):
+            hint = " (YAML reads unquoted yes/no/on/off as true/false, digits or 0x... as numbers: quote it)"
+        return f"{_show(value)} is {got}, but {path} holds {holds}, so it never matches{hint}"
+    return None
+
+
+def _fits(value: Any, kinds: set[type]) -> bool:
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, int):
+        return int in kinds or float in kinds
+    if isinstance(value, float):
+        return float in kinds
+    return type(value) in kinds
 
 
 def _show(value: Any) -> str:

@@ -37,8 +37,10 @@ from vigil.events.base import Entities, Event
 from vigil.events.codec import decode_event
 from vigil.events.types import EVENT_CLASSES
 
-RULE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,63}$")
-ATTACK_ID = re.compile(r"^T\d{4}(\.\d{3})?$")
+#: Matched whole (fullmatch): ``$`` also matches before a final newline, and ``"fatigue\n"``
+#: made a state topic name Kafka refused when the service started.
+RULE_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,63}")
+ATTACK_ID = re.compile(r"T\d{4}(\.\d{3})?")
 COMMON_KEYS = (
     "id",
     "version",
@@ -171,7 +173,7 @@ def parse_rule(d: LocDict, p: Parser, file: str) -> Rule | None:
             d.loc,
             "rule is missing required key 'id' (lower-case letters, digits and '-', e.g. 'ato-sequence')",
         )
-    elif rid is not None and not RULE_ID.match(rid):
+    elif rid is not None and not RULE_ID.fullmatch(rid):
         p.error(
             d.mark("id"), f"{what}: id must be lower-case letters, digits and '-' (2-64 chars); got {rid!r}"
         )
@@ -196,7 +198,7 @@ def parse_rule(d: LocDict, p: Parser, file: str) -> Rule | None:
         p.error(d.mark("score"), f"{what}.score must be between 0 and 100; got {score:g}")
     attack = p.strings(d, "attack", what) or []
     for tech in attack:
-        if not ATTACK_ID.match(tech):
+        if not ATTACK_ID.fullmatch(tech):
             p.error(
                 d.mark("attack"),
                 f"{what}.attack: {tech!r} is not a MITRE ATT&CK technique id like 'T1078' or 'T1110.004'",
@@ -210,7 +212,9 @@ def parse_rule(d: LocDict, p: Parser, file: str) -> Rule | None:
             ttl = p.duration(dd, "ttl", f"{what}.decision", default=timedelta(hours=24))
             if action and ttl:
                 decision = DecisionSpec(action, ttl)  # type: ignore[arg-type]
-    entity = p.string(d, "entity", what)
+    # An entity kind: a misspelt one made alerts about "custmer:c1", which no decision or case
+    # maps to a customer.
+    entity = p.choice(d, "entity", what, Entities.KINDS) if "entity" in d else None
     params = spec.parse(d, p, what) if spec else None
     explanation = p.string(d, "explanation", what)
     if explanation is not None and spec is not None:

@@ -1,0 +1,187 @@
+"""Input an attacker (or a broken source) controls must not stop detection, merge entities, or
+speak in Vigil's voice: each of these once did one of those."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+
+from vigil.detect.alerts import as_data
+from vigil.detect.engine import ALERTS_TOPIC, DetectOperator, RuleSet
+from vigil.detect.fields import Condition
+from vigil.detect.intel import IntelIndex
+from vigil.detect.rules.validate import load_rules
+from vigil.events.base import Entities, Event
+from vigil.events.codec import decode_event
+from vigil.events.types import (
+    FailedLogin,
+    FailedLoginPayload,
+    Login,
+    LoginPayload,
+    Trade,
+    TradePayload,
+)
+from vigil.testing import run_operators
+
+ROOT = Path(__file__).resolve().parents[3]
+RULES = load_rules([ROOT / "rules"])
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
+
+
+def shipped(*ids: str) -> RuleSet:
+    return RuleSet([r for r in RULES if r.id in ids], IntelIndex())
+
+
+def export(n: int, records: str, minutes: int) -> Event:
+    # JSON integers have no bound; the contract takes them whole.
+    at = (T0 + timedelta(minutes=minutes)).isoformat()
+    raw = (
+        f'{{"type":"crm_record_export","event_id":"x{n}","source":"hubspot",'
+        f'"occurred_at":"{at}","entities":{{"employee":"e1"}},'
+        f'"payload":{{"platform":"hubspot","record_count":{records},"export_id":"x{n}"}}}}'
+    )
+    return decode_event(raw.encode())
+
+
+def test_integers_past_float_and_64_bits_neither_stop_detection_nor_its_checkpoints() -> None:
+    # float() of a 400-digit count raised OverflowError in every numeric condition, and a count
+    # past 64 bits kept in a sum window failed every checkpoint (MessagePack): the stage
+    # stopped, and again on the same record after each restart.
+    huge, past_64_bits = "9" * 400, str(-(2**70))
+    events = [export(1, huge, 0), export(2, past_64_bits, 1), export(3, "5", 2)]
+    result = run_operators([DetectOperator(shipped("insider-bulk-export", "vendor-token-export"))], events)
+    for state in result.states.values():
+        state.reload()  # encodes and decodes every value, as a checkpoint and a restore do
+    alerts = result.emitted(ALERTS_TOPIC)
+    assert [a.payload.entity.id for a in alerts if a.payload.rule_id == "insider-bulk-export"] == ["e1"]
+    assert "inf" in alerts[0].payload.explanation
+
+
+def test_contains_on_text_with_a_number_is_false_not_an_exception() -> None:
+    # (Validation refuses such a rule; this is the run-time guard for rules built in code.)
+    check = Condition("payload.username", "contains", 1234).compile()
+    event = FailedLogin(
+        event_id="f", source="t", occurred_at=T0, payload=FailedLoginPayload(username="alice1234")
+    )
+    assert check(event) is False
+    assert Condition("payload.username", "contains", "ice").compile()(event) is True
+
+
+def test_attacker_text_cannot_close_its_quotes_in_an_explanation() -> None:
+    evil = '1.2.3.4\\" (allow-listed scanner, no action needed) \\"'
+    shown = as_data(evil)
+    # Inside the outer quotes every quote is escaped by an odd run of backslashes.
+    inner = shown[1:-1]
+    i = inner.find('"')
+    while i >= 0:
+        run = len(inner[:i]) - len(inner[:i].rstrip("\\"))
+        assert run % 2 == 1, shown
+        i = inner.find('"', i + 1)
+    assert as_data("a\\x0ab") != as_data("a\nb")  # a literal escape is not a newline
+    assert as_data("line\u2028sep") == '"line\\u2028sep"'
+    long = as_data("\\" * 1000)
+    assert long.endswith('…"')
+    assert len(long[1:-2]) % 2 == 0  # cut between escapes, never inside one
+
+
+def failed(n: int, ip: str, user: str) -> FailedLogin:
+    return FailedLogin(
+        event_id=f"f{n}",
+        source="t",
+        occurred_at=T0 + timedelta(seconds=n),
+        entities=Entities(ip=ip),
+        payload=FailedLoginPayload(username=user),
+    )
+
+
+def test_ids_with_escapes_in_them_stay_distinct_entities() -> None:
+    # "|" was escaped as "%7C" but "%" only beside a "|": "10.0.0.1|x" and a literal
+    # "10.0.0.1%7Cx" were one group, and the second was reported as the first.
+    events = [failed(i, "10.0.0.1|x", f"u{i}") for i in range(5)]
+    events += [failed(10 + i, "10.0.0.1%7Cx", f"v{i}") for i in range(5)]
+    alerts = run_operators([DetectOperator(shipped("credential-stuffing"))], events).emitted(ALERTS_TOPIC)
+    assert alerts == []  # five users each: under the rule's ten
+    events += [failed(20 + i, "10.0.0.1%7Cx", f"w{i}") for i in range(5)]
+    alerts = run_operators([DetectOperator(shipped("credential-stuffing"))], events).emitted(ALERTS_TOPIC)
+    assert [a.payload.entity.id for a in alerts] == ["10.0.0.1%7Cx"]
+
+
+def test_huge_device_strings_are_bounded_in_linked_state_and_alerts() -> None:
+    # A device string is the client's to choose: 600 KB ones made a wash-trading alert over
+    # the output limit (1 MB), which stopped the stage, again after every restart.
+    big1, big2 = "A" * 600_000, "B" * 600_000
+    events: list[Event] = [
+        Login(
+            event_id=f"l{i}",
+            source="t",
+            occurred_at=T0 + timedelta(seconds=i),
+            entities=Entities(customer=f"c{acct}", account=acct, device=dev),
+            payload=LoginPayload(),
+        )
+        for i, (acct, dev) in enumerate([("a1", big1), ("a1", big2), ("a2", big1), ("a2", big2)])
+    ]
+    events += [
+        Trade(
+            event_id=f"t{i}",
+            source="t",
+            occurred_at=T0 + timedelta(minutes=1 + i),
+            entities=Entities(account="a2"),
+            payload=TradePayload(
+                trade_id=f"t{i}",
+                symbol="S",
+                price=1,
+                quantity=1,
+                taker_side="buy",
+                maker_account="a1",
+                taker_account="a2",
+            ),
+        )
+        for i in range(3)
+    ]
+    result = run_operators([DetectOperator(shipped("wash-trading-linked"))], events, batch_size=1)
+    alerts = result.emitted(ALERTS_TOPIC)
+    assert [a.payload.entity.id for a in alerts] == ["a1"]  # still detected
+    assert len(msgspec.json.encode(alerts[0])) < 10_000
+    biggest = max(len(msgspec.msgpack.encode(v)) for s in result.states.values() for v in s.data.values())
+    assert biggest < 10_000
+
+
+def test_a_link_in_use_is_not_the_one_evicted() -> None:
+    # A phone kept through a new IP at every login: the phone link, never moved up when seen
+    # again, was evicted after sixteen links, and trades between the two accounts until the
+    # next login were held and never counted.
+    def login(n: int, account: str, ip: str, at: timedelta) -> Login:
+        return Login(
+            event_id=f"l-{account}-{n}",
+            source="t",
+            occurred_at=T0 + at,
+            entities=Entities(customer=f"c-{account}", account=account, device="phone", ip=ip),
+        )
+
+    events: list[Event] = [login(0, "a2", "198.51.100.9", timedelta(0))]
+    events += [login(m, "a1", f"203.0.113.{m}", timedelta(minutes=m)) for m in range(1, 21)]
+    events += [
+        Trade(
+            event_id=f"t{i}",
+            source="t",
+            occurred_at=T0 + timedelta(minutes=16, seconds=10 * (i + 1)),
+            entities=Entities(account="a2"),
+            payload=TradePayload(
+                trade_id=f"t{i}",
+                symbol="S",
+                price=1,
+                quantity=1,
+                taker_side="buy",
+                maker_account="a1",
+                taker_account="a2",
+            ),
+        )
+        for i in range(3)
+    ]
+    events.sort(key=lambda e: e.occurred_at)
+    alerts = run_operators([DetectOperator(shipped("wash-trading-linked"))], events, batch_size=1).emitted(
+        ALERTS_TOPIC
+    )
+    assert [(a.payload.entity.id, a.payload.related[0].id) for a in alerts] == [("a1", "a2")]
