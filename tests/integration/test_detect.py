@@ -10,6 +10,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from tests.integration.kafka_read import read_raw
 
 from vigil.config import Settings
-from vigil.detect.app import DetectionService, DetectTopology, delete_scoped_topics
+from vigil.detect.app import DetectionService, DetectTopology, IntelFeed, delete_scoped_topics
 from vigil.detect.engine import ALERTS_TOPIC, DetectOperator, RuleSet
 from vigil.detect.eval import intel_for
 from vigil.detect.intel import IntelIndex
@@ -222,3 +223,40 @@ def test_unequal_input_partitions_turn_the_local_stage_off_and_detection_still_r
             service.stop()
         finally:
             delete_scoped_topics(settings, prefix)
+
+
+def test_intel_feed_started_again_reads_the_list_afresh(settings: Settings) -> None:
+    prefix = f"t-intel-{uuid.uuid4().hex[:8]}."
+    topo = DetectTopology.scoped(prefix, 1)
+    ensure_topics(settings, topo.topic_specs(1))
+    listed = IntelIndicator(
+        event_id="listed",
+        source="test",
+        occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
+        payload=IntelIndicatorPayload(
+            indicator_type="eth_address",
+            value="0x" + "a" * 40,
+            category="sanctioned",
+            feed="test",
+            list_version="1",
+        ),
+    )
+    producer = EventProducer(settings)
+    producer.produce(listed, topic=topo.intel)
+    producer.flush()
+    index = IntelIndex()
+    feed = IntelFeed(settings, topo.intel, index)
+    try:
+        feed.start(60)
+        assert listed.payload.value in index
+        feed.stop()
+        # Withdrawn while the feed was stopped, its tombstone since compacted away: read again,
+        # the list no longer has it, and neither may the index.
+        gone = "0x" + "b" * 40
+        index.add([gone], indicator_type="eth_address", category="sanctioned", feed="test", list_version="1")
+        feed.start(60)
+        assert listed.payload.value in index
+        assert gone not in index
+    finally:
+        feed.stop()
+        delete_scoped_topics(settings, prefix)

@@ -152,6 +152,7 @@ class IntelFeed:
         #: Records skipped: undecodable (the intel normaliser dead-letters what it cannot parse,
         #: so these were written by something else) or a tombstone whose key names no feed.
         self.errors = 0
+        self._started = False
         self._codec = EventCodec([IntelIndicator])
         # A group of its own per process (it commits nothing): every process reads the whole list.
         self._reader = TopicFollower(
@@ -164,7 +165,13 @@ class IntelFeed:
         )
 
     def start(self, timeout_s: float = 60.0) -> None:
-        """Read the list as it stands (raises if not within ``timeout_s``), then keep following it."""
+        """Read the list as it stands (raises if not within ``timeout_s``), then keep following it.
+
+        Started again after a stop, it reads the whole list afresh into an empty index: values
+        withdrawn while it was stopped (their tombstones perhaps compacted away) would stay."""
+        if self._started:
+            self.index.clear()
+        self._started = True
         self._reader.start(timeout_s)
 
     def check(self) -> None:

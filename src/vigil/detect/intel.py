@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from vigil.events.addresses import canonical_address
@@ -36,6 +36,8 @@ class IndicatorEntry:
     description: str | None = None
     #: The indicator's end (STIX ``valid_until``): no event after it matches (see lookup).
     valid_until: datetime | None = None
+    #: The STIX indicator that listed it (a newer version listing other values withdraws it).
+    stix_id: str | None = None
 
     @property
     def version(self) -> str:
@@ -57,7 +59,16 @@ class IntelIndex:
         # value -> feed -> entry: one feed withdrawing a value leaves the others' listings.
         self._entries: dict[str, dict[str, IndicatorEntry]] = {}
         self._feeds: dict[str, str] = {}
+        #: Per (feed, STIX id): the newest version applied (its ``modified``) and the values it
+        #: lists (see _stix_version).
+        self._stix: dict[tuple[str, str], tuple[datetime, set[str]]] = {}
         self.updates = 0
+
+    def clear(self) -> None:
+        """Forget every indicator (before reading the whole list again)."""
+        self._entries.clear()
+        self._feeds.clear()
+        self._stix.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -91,6 +102,8 @@ class IntelIndex:
         p = indicator.payload
         key = normalise(p.value)
         self.updates += 1
+        if p.stix_id and not self._stix_version(p.feed, p.stix_id, p.list_version, key):
+            return  # an older version of an indicator already applied
         self._feeds[p.feed] = p.list_version
         expired = now is not None and p.valid_until is not None and p.valid_until <= now
         if p.revoked or expired:
@@ -99,9 +112,36 @@ class IntelIndex:
         self._put(
             key,
             IndicatorEntry(
-                p.indicator_type, p.category, p.feed, p.list_version, p.description, p.valid_until
+                p.indicator_type, p.category, p.feed, p.list_version, p.description, p.valid_until, p.stix_id
             ),
         )
+
+    def _stix_version(self, feed: str, stix_id: str, version: str, key: str) -> bool:
+        """Whether a STIX indicator's record at ``version`` (its ``modified``) is current.
+
+        A newer version replaces the old one whole: values the old one listed and the new one
+        does not (a corrected pattern) are withdrawn; before, they stayed listed for ever, on the
+        compacted topic too (they are keyed by value).  An older version arriving after a newer
+        one (replaying the topic: its partitions interleave in any order) is not applied."""
+        try:
+            modified = datetime.fromisoformat(version)
+        except ValueError:
+            return True  # no version to order by: each record stands alone, as before
+        if modified.tzinfo is None:  # (the STIX normaliser writes UTC; others may not say)
+            modified = modified.replace(tzinfo=UTC)
+        ident = (feed, stix_id)
+        held = self._stix.get(ident)
+        if held is not None and modified < held[0]:
+            return False
+        if held is None or modified > held[0]:
+            for old in held[1] if held is not None else ():
+                listing = self._entries.get(old, {}).get(feed)
+                if old != key and listing is not None and listing.stix_id == stix_id:
+                    self._drop(old, feed)
+            self._stix[ident] = (modified, {key})
+        else:
+            held[1].add(key)  # the same version's other values (a pattern with OR)
+        return True
 
     @classmethod
     def from_events(cls, events: Iterable[object]) -> IntelIndex:

@@ -72,3 +72,57 @@ def test_an_indicator_past_its_valid_until_no_longer_matches_events_after_it() -
     index.apply(_ind("scamsniffer", "drainer", revoked=True))
     assert index.lookup(ADDR, until) is None
     assert index.lookup(ADDR) is not None  # no time given: as listed
+
+
+def _stix(
+    value: str, modified: str, *, stix_id: str = "indicator--1", revoked: bool = False
+) -> IntelIndicator:
+    return IntelIndicator(
+        event_id=f"{stix_id}-{value}-{modified}",
+        source="taxii",
+        occurred_at=AT,
+        ingested_at=AT,
+        payload=IntelIndicatorPayload(
+            indicator_type="eth_address", value=value, category="sanctioned",  # type: ignore[arg-type]
+            feed="taxii", list_version=modified, revoked=revoked, stix_id=stix_id,
+        ),
+    )  # fmt: skip
+
+
+A, B, C = ("0x" + c * 40 for c in "abc")
+V1, V2 = "2026-01-01T00:00:00+00:00", "2026-02-01T00:00:00.250000+00:00"
+
+
+def test_a_newer_stix_version_withdraws_the_values_it_no_longer_lists() -> None:
+    # A corrected pattern (A -> B): A stayed listed for ever, on the compacted topic too.
+    index = IntelIndex()
+    index.apply(_stix(A, V1))
+    index.apply(_stix(C, V1))  # the same version's other value (a pattern with OR)
+    assert A in index
+    assert C in index
+    index.apply(_stix(B, V2))
+    assert A not in index
+    assert C not in index
+    assert B in index
+
+
+def test_an_older_stix_version_applied_after_a_newer_one_changes_nothing() -> None:
+    # Replaying the compacted topic, partitions interleave in any order.
+    index = IntelIndex()
+    index.apply(_stix(B, V2))
+    index.apply(_stix(A, V1))
+    assert A not in index
+    assert B in index
+    index.apply(_stix(B, "2026-03-01T00:00:00Z", revoked=True))
+    index.apply(_stix(B, V2))  # an older listing again: stays withdrawn
+    assert B not in index
+
+
+def test_a_newer_version_leaves_what_another_indicator_or_feed_lists() -> None:
+    index = IntelIndex()
+    index.apply(_stix(A, V1))
+    index.apply(_stix(A, V1, stix_id="indicator--2"))  # the feed's listing now from indicator 2
+    index.apply(_ind("ofac", "sanctioned"))
+    index.apply(_stix(B, V2))
+    assert A in index  # indicator 2 still lists it
+    assert index.lookup(ADDR) is not None  # and another feed's value is untouched
