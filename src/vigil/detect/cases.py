@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from vigil.detect.engine import ALERTS_TOPIC, DECISIONS_TOPIC, DetectOperator, RuleSet
 from vigil.detect.intel import IntelIndex
-from vigil.detect.rules.models import Case, Rule
+from vigil.detect.rules.models import Case, Expectation, Rule
 from vigil.events.types import Alert, Decision
 from vigil.testing import run_operators
 
@@ -41,22 +41,15 @@ def run_case(case: Case, rules: Sequence[Rule], intel: IntelIndex | None = None)
     alerts: list[Alert] = result.emitted(ALERTS_TOPIC)
     decisions: list[Decision] = result.emitted(DECISIONS_TOPIC)
     out = CaseResult(case, alerts, decisions)
-    unmatched = list(alerts)
-    for x in case.expect:
-        found = None
-        for alert in unmatched:
-            p = alert.payload
-            if p.rule_id != x.rule:
-                continue
-            if x.entity is not None and f"{p.entity.kind}:{p.entity.id}" != x.entity:
-                continue
-            if x.decision is not None and not any(
-                d.payload.alert_id == alert.event_id and d.payload.action == x.decision for d in decisions
-            ):
-                continue
-            found = alert
-            break
-        if found is None:
+    fits = [[i for i, alert in enumerate(alerts) if _fits(x, alert, decisions)] for x in case.expect]
+    # Each expectation its own alert, as many as can be (a matching, not first come first
+    # served: a general expectation listed first took the alert a specific one needed).
+    owner: dict[int, int] = {}
+    for n in range(len(case.expect)):
+        _claim(n, fits, owner, set())
+    matched = {x: a for a, x in owner.items()}
+    for n, x in enumerate(case.expect):
+        if n not in matched:
             got = ", ".join(_describe(a) for a in alerts) or "no alerts"
             want = (
                 x.rule
@@ -64,11 +57,34 @@ def run_case(case: Case, rules: Sequence[Rule], intel: IntelIndex | None = None)
                 + (f" with {x.decision}" if x.decision else "")
             )
             out.problems.append(f"expected an alert {want}; got {got}")
-        else:
-            unmatched.remove(found)
-    for alert in unmatched:
-        out.problems.append(f"unexpected alert {_describe(alert)}")
+    for i, alert in enumerate(alerts):
+        if i not in owner:
+            out.problems.append(f"unexpected alert {_describe(alert)}")
     return out
+
+
+def _fits(x: Expectation, alert: Alert, decisions: Sequence[Decision]) -> bool:
+    p = alert.payload
+    if p.rule_id != x.rule:
+        return False
+    if x.entity is not None and f"{p.entity.kind}:{p.entity.id}" != x.entity:
+        return False
+    return x.decision is None or any(
+        d.payload.alert_id == alert.event_id and d.payload.action == x.decision for d in decisions
+    )
+
+
+def _claim(n: int, fits: list[list[int]], owner: dict[int, int], tried: set[int]) -> bool:
+    """Find expectation ``n`` an alert, moving others to alerts they also fit if need be (an
+    augmenting path; cases hold a handful of alerts)."""
+    for alert in fits[n]:
+        if alert in tried:
+            continue
+        tried.add(alert)
+        if alert not in owner or _claim(owner[alert], fits, owner, tried):
+            owner[alert] = n
+            return True
+    return False
 
 
 def _describe(alert: Alert) -> str:

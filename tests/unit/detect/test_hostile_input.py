@@ -9,9 +9,11 @@ from pathlib import Path
 import msgspec
 
 from vigil.detect.alerts import as_data
+from vigil.detect.cases import run_case
 from vigil.detect.engine import ALERTS_TOPIC, DetectOperator, RuleSet
 from vigil.detect.fields import Condition
 from vigil.detect.intel import IntelIndex
+from vigil.detect.rules.models import Case, Expectation
 from vigil.detect.rules.validate import load_rules
 from vigil.events.base import Entities, Event
 from vigil.events.codec import decode_event
@@ -185,3 +187,26 @@ def test_a_link_in_use_is_not_the_one_evicted() -> None:
         ALERTS_TOPIC
     )
     assert [(a.payload.entity.id, a.payload.related[0].id) for a in alerts] == [("a1", "a2")]
+
+
+def test_case_expectations_are_matched_as_a_whole_not_first_come() -> None:
+    # A general expectation listed first took the alert the specific one needed: the case
+    # failed with the expectations in one order and passed in the other.
+    events = [failed(i, "1.1.1.1", f"u{i}") for i in range(10)]
+    events += [failed(100 + i, "2.2.2.2", f"v{i}") for i in range(10)]
+    general, specific = Expectation("credential-stuffing"), Expectation("credential-stuffing", "ip:1.1.1.1")
+    rules = [r for r in RULES if r.id == "credential-stuffing"]
+    for expect in ((general, specific), (specific, general)):
+        result = run_case(Case("order", tuple(events), expect, "f.yaml", 1), rules)
+        assert sorted(a.payload.entity.id for a in result.alerts) == ["1.1.1.1", "2.2.2.2"]
+        assert result.problems == []
+    one_too_many = (specific, specific)
+    result = run_case(Case("order", tuple(events), one_too_many, "f.yaml", 1), rules)
+    assert result.problems[0].startswith("expected an alert credential-stuffing on ip:1.1.1.1")
+    assert result.problems[1] == "unexpected alert credential-stuffing on ip:2.2.2.2"
+
+
+def test_large_threshold_values_read_in_full() -> None:
+    events = [export(1, "1234567", 0)]
+    alerts = run_operators([DetectOperator(shipped("insider-bulk-export"))], events).emitted(ALERTS_TOPIC)
+    assert "exported 1,234,567 customer records" in alerts[0].payload.explanation

@@ -229,7 +229,7 @@ class ThresholdDetector(GroupedDetector):
             related=refs[:50],
             context={
                 "count": str(len(items)),
-                "value": f"{agg:g}",
+                "value": _number_text(agg),
                 "span": _span_text(self.p.timespan),
                 "group": key,
             },
@@ -246,3 +246,13 @@ def _span_text(span: timedelta) -> str:
         if seconds % size == 0 and seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def _number_text(value: float) -> str:
+    """A count or sum as an analyst reads it: whole numbers in full (``1,234,567``; ``:g`` gave
+    ``1.23457e+06``), others to the cent."""
+    if value != value or value in (float("inf"), float("-inf")):
+        return str(value)
+    if value.is_integer():
+        return f"{int(value):,}"
+    return f"{value:,.2f}"
