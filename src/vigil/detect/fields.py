@@ -221,10 +221,10 @@ def _number(value: Any) -> float | None:
     # types inline, where ``int | float`` is a union object built (and searched) on every call.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return _as_float(value)
+    return to_float(value)
 
 
-def _as_float(value: int | float) -> float:
+def to_float(value: int | float) -> float:
     """``float(value)``, an integer past float's range as an infinity of its sign.
 
     JSON integers have no bound, and contracts take them whole (a token's raw amount is up to
@@ -349,7 +349,7 @@ def kept(value: Any) -> Any:
     if kind is str:
         return bounded(value)
     if kind is int and not _INT_LOW <= value <= _INT_HIGH:
-        return _as_float(value)
+        return to_float(value)
     return value
 
 

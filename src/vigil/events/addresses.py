@@ -18,6 +18,7 @@ _EVM = re.compile(r"^0x[0-9a-f]{40}$", re.IGNORECASE)
 #: Human-readable part, separator, then at least the 6-character checksum (BIP-173: at most 90
 #: characters in all) from the bech32 alphabet.
 _BECH32 = re.compile(r"^(?:bc|tb|bcrt)1[02-9ac-hj-np-z]{6,87}$", re.IGNORECASE)
+_BECH32_HEADS = frozenset({"bc", "BC", "bC", "Bc", "tb", "TB", "tB", "Tb"})
 
 
 def is_bech32(value: str) -> bool:
@@ -29,6 +30,10 @@ def canonical_address(value: str) -> str:
     """The spelling addresses are compared in (see the module): surrounding blanks dropped,
     EVM and bech32 addresses lower-cased, others kept as written."""
     value = value.strip()
-    if _EVM.match(value) or _BECH32.match(value):
+    # The prefixes first: this runs on every intel lookup and exposure check.
+    head = value[:2]
+    if (head in ("0x", "0X") and len(value) == 42 and _EVM.match(value)) or (
+        head in _BECH32_HEADS and _BECH32.match(value)
+    ):
         return value.lower()
     return value

@@ -210,3 +210,28 @@ def test_large_threshold_values_read_in_full() -> None:
     events = [export(1, "1234567", 0)]
     alerts = run_operators([DetectOperator(shipped("insider-bulk-export"))], events).emitted(ALERTS_TOPIC)
     assert "exported 1,234,567 customer records" in alerts[0].payload.explanation
+
+
+def test_huge_integers_in_deviation_rules_do_not_stop_detection(tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text(
+        """\
+rules:
+  - id: export-spike
+    version: 1
+    type: deviation
+    typology: insider_export
+    severity: low
+    score: 10
+    explanation: "{entity}"
+    match: {type: crm_record_export}
+    group_by: employee
+    measure: amount
+    field: payload.record_count
+    min_history: 2
+    condition: {gte: 10}
+"""
+    )
+    rules = load_rules([tmp_path])
+    events = [export(1, "5", 0), export(2, "6", 1), export(3, "9" * 400, 2)]
+    alerts = run_operators([DetectOperator(RuleSet(rules, IntelIndex()))], events).emitted(ALERTS_TOPIC)
+    assert [a.payload.entity.id for a in alerts] == ["e1"]

@@ -982,3 +982,12 @@ SEQ_DUP = """\
 def test_sequence_redelivered_event_does_not_take_the_next_step(tmp_path: Path) -> None:
     assert run(tmp_path, SEQ_DUP, _cash_deposit(1, 0) + _cash_deposit(1, 0), arrival=True) == []
     assert run(tmp_path, SEQ_DUP, _cash_deposit(1, 0) + _cash_deposit(2, 0), arrival=True) == ["c1"]
+
+
+def test_threshold_one_burst_is_one_alert_whichever_half_arrives_first(tmp_path: Path) -> None:
+    # Ten denials within 5-14m; the later half arrives first and fires.  The earlier half's
+    # windows end before that firing but within its cooldown: in event-time order one of them
+    # would have fired instead, so they stay quiet.
+    later_first = "".join(map(_denied, [10, 11, 12, 13, 14, 5, 6, 7, 8, 9]))
+    assert run(tmp_path, MFA_BURSTS, later_first, arrival=True) == ["c1"]
+    assert run(tmp_path, MFA_BURSTS, "".join(map(_denied, range(5, 15))), arrival=True) == ["c1"]

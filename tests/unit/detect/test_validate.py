@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from vigil.detect.cases import run_cases
 from vigil.detect.rules.validate import load_rules, validate_paths
 from vigil.errors import RuleError
 
@@ -202,3 +203,27 @@ def test_unreadable_files_and_absurd_durations_are_reported_not_raised(tmp_path:
     missing = [str(i) for i in validate_paths([tmp_path / "nowhere.yaml"]).errors]
     assert len(missing) == 1
     assert "cannot read the file" in missing[0]
+
+
+def test_values_equal_under_python_equality_are_accepted_and_durations_bounded(tmp_path: Path) -> None:
+    # 0 == False and 100.0 == 100 match at run time: refusing them broke rule files that loaded.
+    logins = GOOD.replace(
+        "mfa_challenge, where: {payload.result: denied}", "login, where: {payload.mfa_used: 0}"
+    )
+    logins = logins.replace("type: mfa_challenge,", "type: login,").replace(", payload: {result: denied}", "")
+    write(tmp_path, "a.yaml", logins)
+    v = validate_paths([tmp_path])
+    assert [str(i) for i in v.errors] == []
+    assert [r.ok for r in run_cases(v.cases, v.rules)] == [True]  # 0 matched mfa_used false
+    exports = GOOD.replace(
+        "type: mfa_challenge, where: {payload.result: denied}",
+        "type: crm_record_export, where: {payload.record_count: {ne: 1.0}}",
+    ).split("cases:")[0]
+    write(tmp_path, "a.yaml", exports)
+    assert messages(tmp_path) == []
+    # A TTL past a century: its expiry (the alert's time plus it) overflowed at the first alert.
+    ttl = "condition: {gte: 3}\n    decision: {action: block, ttl: 9999999d}"
+    write(tmp_path, "a.yaml", GOOD.replace("condition: {gte: 3}", ttl))
+    got = messages(tmp_path)
+    assert len(got) == 1
+    assert "ttl must be a duration" in got[0]

@@ -53,6 +53,7 @@ from vigil.detect.fields import (
     key_of,
     seen_text,
     short_name,
+    to_float,
 )
 from vigil.detect.kinds.base import EvidenceMaker, Expiry, Hit, entity_ref, ts
 from vigil.detect.kinds.common import MAX_SEEN, CompiledEntry, FieldEntry, GroupedDetector, parse_entries
@@ -307,7 +308,12 @@ class DeviationDetector(GroupedDetector):
         flows: list[list[Any]] = state.get(ikey) or []
         flows = [f for f in flows if now - f[0] <= self._window][-MAX_INFLOWS + 1 :]
         flows.append(
-            [now, float(value), bounded(str(source)) if source is not None else None, self._evidence(event)]
+            [
+                now,
+                to_float(value),
+                bounded(str(source)) if source is not None else None,
+                self._evidence(event),
+            ]
         )
         state.set(ikey, flows)
 
@@ -327,7 +333,7 @@ class DeviationDetector(GroupedDetector):
             total = sum(f[1] for f in flows)
             if len(sources) < p.min_history or total <= 0:
                 return None
-            ratio = float(value) / total
+            ratio = to_float(value) / total
             return (
                 ratio,
                 {"ratio": f"{ratio:.2f}", "baseline": f"{total:.2f}", "history_count": str(len(flows))},
@@ -347,7 +353,7 @@ class DeviationDetector(GroupedDetector):
             )
             if base <= 0:
                 return None
-            return float(value) / base, {"baseline": f"{base:.2f}", "history_count": str(n)}, []
+            return to_float(value) / base, {"baseline": f"{base:.2f}", "history_count": str(n)}, []
         if measure == "new_value":
             if value is None:
                 return None
@@ -381,10 +387,10 @@ class DeviationDetector(GroupedDetector):
         measure = self.p.measure
         if measure == "amount" and isinstance(value, (int, float)):
             if self.p.peers:
-                h["sum"] = float(h.get("sum", 0.0)) + float(value)
+                h["sum"] = float(h.get("sum", 0.0)) + to_float(value)
                 h["k"] = int(h.get("k", 0)) + 1
             else:
-                h["max"] = max(float(h.get("max", 0.0)), float(value))
+                h["max"] = max(float(h.get("max", 0.0)), to_float(value))
         elif measure == "new_value" and value is not None:
             seen = h.setdefault("seen", [])
             text = bounded(str(value))

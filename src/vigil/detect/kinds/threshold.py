@@ -18,7 +18,8 @@ on the event that makes the condition true, then stays quiet for that group for
 event time: an event that arrives after newer ones of its group is placed in time order and
 judged in the window ending at it, and in the one ending at the group's newest event, which it
 may complete.  A firing uses up the events up to its window's end; later ones stay for the next
-burst.  An event delivered twice (the same id and time) counts once.
+burst.  An event delivered twice (the same id and time) counts once while the first delivery is
+kept (not once a firing has used it up).
 """
 
 from __future__ import annotations
@@ -145,17 +146,23 @@ class ThresholdDetector(GroupedDetector):
             return
         related = [[name, bounded(str(v))] for name, get in self._related if (v := get(event)) is not None]
         evidence = self._evidence(event)
-        # A source's redelivery (the same event id, so the same time) counts once: counted
-        # twice it made two deposits look like three.
-        lo = bisect_left(items, now, key=_time)
-        hi = bisect_right(items, now, key=_time, lo=lo)
-        if any(items[i][2][0] == evidence[0] for i in range(lo, hi)):
-            return
-        item = [now, value, evidence, related]
         # Items are kept in event-time order: events of a key may arrive out of order (two route
         # processes, one catching up), and a window is a span of event time, not of arrivals.
-        late = hi < len(items)
-        items.insert(hi, item)
+        if not items or now >= items[-1][0]:
+            at = len(items)  # in order, as nearly every event is: no search
+            lo = at
+            while lo and items[lo - 1][0] == now:
+                lo -= 1
+        else:
+            lo = bisect_left(items, now, key=_time)
+            at = bisect_right(items, now, key=_time, lo=lo)
+        # A source's redelivery (the same event id, so the same time) counts once while the
+        # first delivery is kept: counted twice it made two deposits look like three.
+        for i in range(lo, at):
+            if items[i][2][0] == evidence[0]:
+                return
+        late = at < len(items)
+        items.insert(at, [now, value, evidence, related])
         # Kept LATE_S longer than the window, for late events.
         cutoff = items[-1][0] - self._span - self._late
         drop = 0
@@ -172,10 +179,12 @@ class ThresholdDetector(GroupedDetector):
         fired: list[float] = window.get("fired") or (
             [window["quiet"] - cooldown] if window["quiet"] else []  # kept before "fired" was
         )
+        fired_now = False
         for end in (now, items[-1][0]) if late else (now,):
-            # Quiet within a cooldown after a firing, not before it: a separate, earlier burst
-            # completed by a late event still fires.
-            if any(f <= end < f + cooldown for f in fired):
+            # Quiet within a cooldown of a firing, on either side: in event-time order a window
+            # that close before it would have fired instead (one burst, one alert, whichever
+            # half arrives first).  A separate, earlier burst completed by a late event fires.
+            if fired and any(f - cooldown < end < f + cooldown for f in fired):
                 continue
             inside = self._within(items, end)
             if not inside:  # (a late event older than what is kept)
@@ -184,12 +193,14 @@ class ThresholdDetector(GroupedDetector):
             if compare(op, agg, bound):
                 hits.append(self._hit(key, inside, agg))
                 fired.append(end)
+                fired_now = True
                 # What the alert used goes; newer items stay (a late event firing cleared
                 # them all, and with them most of the next burst).
                 del items[: bisect_right(items, end, key=_time)]
                 break
-        if fired:
-            horizon = max(now, items[-1][0] if items else now) - self._span - self._late
+        horizon = max(now, items[-1][0] if items else now) - self._span - self._late
+        if fired and (fired_now or fired[0] + cooldown <= horizon):
+            # After a firing, or once the oldest firing can quiet no window a late event makes.
             fired = sorted(f for f in fired if f + cooldown > horizon)
             window["fired"] = fired
             window["quiet"] = max((f + cooldown for f in fired), default=0.0)

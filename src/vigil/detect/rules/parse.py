@@ -21,7 +21,8 @@ from vigil.events.types import EVENT_TYPES
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-DURATION_FORM = "a duration like '30s', '10m', '2h' or '14d'"
+MAX_DURATION_S = 36_500 * 86400.0
+DURATION_FORM = "a duration like '30s', '10m', '2h' or '14d' (at most 36500d)"
 #: Event types a rule may match: the canonical catalogue without detection's own outputs.
 MATCHABLE = frozenset(EVENT_TYPES) - {"alert", "decision"}
 
@@ -32,10 +33,12 @@ def parse_duration(value: Any) -> timedelta | None:
     m = _DURATION.match(value.strip())
     if not m:
         return None
-    try:
-        return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
-    except OverflowError:  # past timedelta's 999,999,999 days: no use as a duration either
+    seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    # A decision's expiry is its alert's time plus the TTL: past year 9999 that raised at the
+    # first alert.  A century is longer than any window or hold means.
+    if seconds > MAX_DURATION_S:
         return None
+    return timedelta(seconds=seconds)
 
 
 class Parser:
@@ -305,12 +308,14 @@ def _kind_problem(path: str, op: str, operand: Any, types: frozenset[str] | None
 
 
 def _fits(value: Any, kinds: set[type]) -> bool:
+    """Whether ``value`` can equal a value of one of ``kinds`` (Python's equality: ``100.0 ==
+    100`` and ``0 == False``, so those fit; ``"5"`` never equals 5)."""
     if isinstance(value, bool):
-        return bool in kinds
+        return bool in kinds or int in kinds or float in kinds
     if isinstance(value, int):
-        return int in kinds or float in kinds
+        return int in kinds or float in kinds or (bool in kinds and value in (0, 1))
     if isinstance(value, float):
-        return float in kinds
+        return float in kinds or (int in kinds and value.is_integer()) or (bool in kinds and value in (0, 1))
     return type(value) in kinds
 
 
