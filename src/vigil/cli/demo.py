@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich import box
@@ -30,7 +30,7 @@ from rich.table import Table
 from vigil.cli._common import console, settings
 from vigil.config import Settings
 from vigil.detect.app import DetectionService, DetectTopology
-from vigil.detect.eval import HOLD_SCENARIOS, intel_for, score
+from vigil.detect.eval import HOLD_SCENARIOS, EvalResult, intel_for, score
 from vigil.detect.rules.validate import load_rules
 from vigil.events.codec import EventCodec
 from vigil.events.types import Alert, Decision
@@ -194,7 +194,7 @@ def demo(
         sim.labels, alerts, decisions, rules=ruleset, events=produced,
         benign_events=produced - len(attack_ids),
     )  # fmt: skip
-    _summary(result.scenarios, result.false_positives_per_10k, len(alerts), len(decisions))
+    _summary(result, len(decisions))
 
 
 def _publish(cfg: Settings, sim: Simulation, prefix: str, speed: float) -> int:
@@ -238,7 +238,7 @@ def _delete_prefixed(cfg: Settings, prefix: str) -> None:
             future.result()
 
 
-def _summary(scenarios: dict[str, Any], fp_per_10k: float, alerts: int, decisions: int) -> None:
+def _summary(result: EvalResult, decisions: int) -> None:
     # A light box: the table must fit an 80-column terminal (and CI logs) with its short headers.
     table = Table(
         title="Detection on the simulated exchange, per scenario",
@@ -257,7 +257,7 @@ def _summary(scenarios: dict[str, Any], fp_per_10k: float, alerts: int, decision
     def secs(x: float | None) -> str:
         return "-" if x is None else (f"{x:.0f}s" if x < 120 else f"{x / 60:.0f}m")
 
-    for name, s in sorted(scenarios.items()):
+    for name, s in sorted(result.scenarios.items()):
         recall_style = "green" if s.recall >= 0.95 else "red"
         table.add_row(
             name, str(s.episodes), str(s.alerts), f"[{recall_style}]{s.recall:.0%}[/]", pct(s.precision),
@@ -267,8 +267,11 @@ def _summary(scenarios: dict[str, Any], fp_per_10k: float, alerts: int, decision
     console.print()
     console.print(table)
     console.print(
-        f"{alerts} alerts, {decisions} decisions; false positives: {fp_per_10k:.2f} per 10k benign events\n"
-        "eps: attack episodes; recall: episodes alerted on the right entity in time; prec: alerts that "
-        "belong to an episode; ttd: time to detect from the episode's first event; held: a hold decision "
-        "came before the funds left"
+        f"{result.alerts} alerts, {decisions} decisions; precision over all alerts {result.precision:.0%} "
+        f"({result.unattributed} attributed to no scenario); false positives: "
+        f"{result.false_positives_per_10k:.2f} per 10k benign events\n"
+        "eps: attack episodes; recall: episodes alerted on the right entity, in time, with the attack's own "
+        "events as evidence; prec: of the alerts of the scenario's rules and those matching its episodes, "
+        "the share matching an episode; ttd: time to detect from the episode's first event; held: a hold "
+        "decision came before the funds left"
     )

@@ -3,18 +3,24 @@
 Definitions (the numbers ``vigil eval`` prints):
 
 - An alert *matches* an episode when an entity of the alert (its ``entity`` or one of its
-  ``related``) is an entity of the episode (its label's ``entity`` or ``related``), and its
-  last evidence time lies inside the episode window ``[start, end]``.  Addresses compare
-  case-insensitively whatever their kind (wallet, counterparty, address).
+  ``related``) is an entity of the episode (its label's ``entity`` or ``related``), its
+  last evidence time lies inside the episode window ``[start, end]``, and some of its evidence
+  is the episode's own events.  (Without the last, an alert on benign activity of an entity an
+  episode names, such as the exchange's hot wallet or a CRM vendor, counted as detecting it.)
+  Addresses compare case-insensitively whatever their kind (wallet, counterparty, address).
 - **recall** of a scenario: the share of its episodes matched by at least one alert.
 - **precision** of a scenario: of the alerts attributed to it (those of rules whose
   ``typology`` is the scenario, and those matching one of its episodes), the share that
-  match some attack episode.  ``1.0`` when there are none.
+  match some attack episode.  ``1.0`` when there are none.  An alert of a rule whose typology
+  is no scenario's, matching no episode, is attributed to none: **precision** overall (alerts
+  matching an episode over all alerts) and **unattributed** (such alerts) count it.
 - **ttd** (time to detect): from the episode start to the last evidence time of its first
   matching alert, in event time (seconds); p50 and p95 over detected episodes.
 - **hold_before_funds_leave** (account takeover, address poisoning, drainer approval): the
   share of episodes with a ``funds_leave_at`` that got a ``hold_withdrawal`` or ``block``
-  decision on a matching entity whose time (the alert's last evidence) is before it.
+  decision on a matching entity whose time (the alert's last evidence) is before it.  (For a
+  drainer the hold keeps the exchange account's funds from following; the approved wallet's
+  own tokens are the drainer's to pull on chain whatever the exchange does.)
 - **benign_events**: events that belong to no attack episode (look-alikes included);
   **false_positives_per_10k**: alerts matching no attack episode per 10,000 benign events.
 """
@@ -64,16 +70,20 @@ class EpisodeIndex:
     def __init__(self, labels: Sequence[EpisodeLabel]) -> None:
         self.labels = list(labels)
         self._by_key: dict[str, list[int]] = {}
+        self._events = [frozenset(label.event_ids) for label in self.labels]
         for i, label in enumerate(self.labels):
             for key in _label_keys(label):
                 self._by_key.setdefault(key, []).append(i)
 
-    def matches(self, keys: Iterable[str], at: datetime) -> list[int]:
+    def matches(self, keys: Iterable[str], at: datetime, evidence: Iterable[str]) -> list[int]:
+        """The episodes an alert with entity ``keys``, last evidence time ``at`` and evidence
+        event ids ``evidence`` matches (see the module)."""
+        ids = frozenset(evidence)
         out: set[int] = set()
         for key in keys:
             for i in self._by_key.get(key, ()):
                 label = self.labels[i]
-                if label.start <= at <= label.end:
+                if label.start <= at <= label.end and not ids.isdisjoint(self._events[i]):
                     out.add(i)
         return sorted(out)
 
@@ -117,6 +127,14 @@ class EvalResult:
     mode: str = "memory"
     #: Benign look-alike scenario -> (episodes, episodes that drew an alert): what fooled the rules.
     lookalikes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: Alerts attributed to no scenario (matching no episode, of a rule whose typology is none):
+    #: in no scenario's precision, so shown on their own.
+    unattributed: int = 0
+
+    @property
+    def precision(self) -> float:
+        """Alerts matching some attack episode, over all alerts (1.0 with none)."""
+        return (self.alerts - self.false_positives) / self.alerts if self.alerts else 1.0
 
     @property
     def false_positives_per_10k(self) -> float:
@@ -162,18 +180,20 @@ def score(
     first_alert_at: dict[int, datetime] = {}
     attributed: dict[str, list[bool]] = {name: [] for name in names}
     false_positives = 0
+    unattributed = 0
     per_rule: dict[str, list[int]] = {}
     alert_matches: dict[str, list[int]] = {}
     for alert in alerts:
         p = alert.payload
-        hit = index.matches(_alert_keys(alert), p.last_evidence_at)
+        evidence = [e.event_id for e in p.evidence]
+        hit = index.matches(_alert_keys(alert), p.last_evidence_at, evidence)
         alert_matches[alert.event_id] = hit
         counts = per_rule.setdefault(p.rule_id, [0, 0])
         counts[0] += 1
         if not hit:
             false_positives += 1
             counts[1] += 1
-            fooled_by.update(fooled.matches(_alert_keys(alert), p.last_evidence_at))
+            fooled_by.update(fooled.matches(_alert_keys(alert), p.last_evidence_at, evidence))
         for i in hit:
             at = first_alert_at.get(i)
             if at is None or p.last_evidence_at < at:
@@ -182,6 +202,8 @@ def score(
         own = typology.get(p.rule_id)
         if own in attributed:
             scenarios_of_alert.add(own)
+        if not scenarios_of_alert:
+            unattributed += 1
         for name in scenarios_of_alert:
             attributed[name].append(bool(hit))
     holds: dict[int, datetime] = {}
@@ -224,6 +246,7 @@ def score(
         seconds=seconds,
         per_rule={k: (v[0], v[1]) for k, v in sorted(per_rule.items())},
         missed=missed,
+        unattributed=unattributed,
     )
 
 

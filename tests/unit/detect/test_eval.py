@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from vigil.detect.eval import HOLD_SCENARIOS, evaluate
+from vigil.detect.eval import HOLD_SCENARIOS, evaluate, score
 from vigil.detect.rules.validate import load_rules
+from vigil.events.records import EpisodeLabel
+from vigil.events.types import Alert, AlertPayload, EntityRef, Evidence
 from vigil.sim import SCENARIOS
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -49,3 +52,51 @@ def test_json_has_exactly_the_documented_shape() -> None:
         }
         assert 0.0 <= scores["recall"] <= 1.0
         assert 0.0 <= scores["precision"] <= 1.0
+
+
+def _alert(n: int, entity: EntityRef, evidence: str, at: datetime, typology: str = "anomaly") -> Alert:
+    return Alert(
+        event_id=f"al-{n}",
+        source="test",
+        occurred_at=at,
+        payload=AlertPayload(
+            rule_id=f"rule-{typology}",
+            rule_version=1,
+            severity="low",
+            score=10,
+            entity=entity,
+            explanation="x",
+            evidence=[Evidence(event_id=evidence, type="login", occurred_at=at)],
+            typology=typology,
+            first_evidence_at=at,
+            last_evidence_at=at,
+        ),
+    )
+
+
+def test_an_alert_detects_an_episode_only_with_its_events_as_evidence() -> None:
+    # A takeover labelled with the breached CRM vendor: an alert on the vendor's benign activity
+    # inside the window counted as detecting it (and every takeover the vendor's breach led to).
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    vendor, victim = EntityRef(kind="vendor", id="hubspot"), EntityRef(kind="customer", id="c1")
+    label = EpisodeLabel(
+        episode_id="ato-1",
+        scenario="account_takeover",
+        entity=victim,
+        related=[vendor],
+        event_ids=["e-login", "e-withdrawal"],
+        start=t0,
+        end=t0 + timedelta(hours=4),
+    )
+    mid = t0 + timedelta(hours=2)
+    benign = _alert(1, vendor, "e-benign-export", mid)
+    result = score([label], [benign], [], rules=[], events=100, benign_events=98)
+    assert result.scenarios["account_takeover"].recall == 0.0
+    assert result.false_positives == 1
+    # Rules whose typology is no scenario's reach no scenario's precision: shown overall.
+    assert result.unattributed == 1
+    assert result.precision == 0.0
+    real = _alert(2, victim, "e-withdrawal", mid, typology="account_takeover")
+    result = score([label], [benign, real], [], rules=[], events=100, benign_events=98)
+    assert result.scenarios["account_takeover"].recall == 1.0
+    assert result.precision == 0.5
