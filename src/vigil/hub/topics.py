@@ -99,9 +99,24 @@ DOMAINS: dict[str, tuple[str, str]] = {
 }
 
 
+#: The largest raw record a source may publish, and the limit of the raw topics whose records
+#: can be that large.  A chain connector publishes a block as one record, as the node sent it: a
+#: 1.5 MB Bitcoin block is about 11 MB as ``getblock`` JSON (verbosity 2, more at 3), and past
+#: the broker's default 1 MB every block stopped the connector, again after each restart.
+RAW_RECORD_MAX_BYTES = 64 << 20
+_LARGE_RAW = frozenset({"bitcoin", "ethereum"})
+
+
 def _declared() -> tuple[TopicSpec, ...]:
     specs: list[TopicSpec] = [
-        TopicSpec(name=f"raw.{src}", key="source-specific", value="raw", description=desc, retention=3 * DAY)
+        TopicSpec(
+            name=f"raw.{src}",
+            key="source-specific",
+            value="raw",
+            description=desc,
+            retention=3 * DAY,
+            max_message_bytes=RAW_RECORD_MAX_BYTES if src in _LARGE_RAW else None,
+        )
         for src, desc in RAW_SOURCES.items()
     ]
     specs += [

@@ -29,7 +29,7 @@ fields, a malformed txid or hash, verbosity-1 blocks) raises
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import msgspec
 
@@ -37,7 +37,7 @@ from vigil.errors import ContractError, DecodeError
 from vigil.events.base import Event
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer
-from vigil.sources.chain_normalize import chain_transfer, decode_record
+from vigil.sources.chain_normalize import block_time, chain_transfer, decode_record
 
 BTC_DECIMALS = 8
 SATOSHI_PER_BTC = 10**BTC_DECIMALS
@@ -119,7 +119,7 @@ class BitcoinNormalizer(Normalizer):
         if block.height < 0 or block.time < 0:
             msg = f"height and time must be >= 0; got height {block.height}, time {block.time}"
             raise DecodeError(msg, where=where, path="$.height")
-        occurred_at = datetime.fromtimestamp(block.time, UTC)
+        occurred_at = block_time(block.time, where, "$.time")
         events: list[Event] = []
         for i, tx in enumerate(block.tx):
             path = f"$.tx[{i}]"

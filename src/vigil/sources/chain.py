@@ -58,6 +58,14 @@ class FollowState:
     recent: dict[int, str]
 
 
+def backoff_s(asked_s: float, failures: int) -> float:
+    """How long to wait after ``failures`` failed polls in a row: what the node asked, doubling
+    per failure up to MAX_BACKOFF_S, never less than asked.  (The exponent is capped: 2 ** 1024
+    as a float raised OverflowError after some eight hours of outage, stopping the connector.)"""
+    backoff = min(asked_s * float(1 << min(max(failures - 1, 0), 30)), MAX_BACKOFF_S)
+    return max(asked_s, backoff)
+
+
 class ChainFollower(Source):
     """Polls a chain and publishes each confirmed block once, replacing reorged ones.
 
@@ -156,8 +164,7 @@ class ChainFollower(Source):
                     # doubling per consecutive failure up to MAX_BACKOFF) so a long outage is
                     # neither a busy loop nor a log flood.
                     failures += 1
-                    backoff = min(retry.after.total_seconds() * 2 ** (failures - 1), MAX_BACKOFF_S)
-                    delay = max(retry.after.total_seconds(), backoff)
+                    delay = backoff_s(retry.after.total_seconds(), failures)
                     log.warning("%s: %s (attempt %d, next in %.1fs)", self.source_id, retry, failures, delay)
                     self.wait(delay)
                     continue
@@ -237,6 +244,12 @@ class ChainFollower(Source):
             )
             raise SourceError(msg)
         fork = height
+        if fork == state.next_height - 1:
+            # Nothing published differs from the node's chain: the block that disagreed came from
+            # a node behind a load balancer other than the one that answered the hashes.  Wait
+            # for them to agree; fetching again at once spun without pause.
+            reason = f"the node's block {fork + 1} and its hash of block {fork} disagree (nodes out of step)"
+            raise Retry(self.poll_interval, reason)
         log.warning(
             "%s: reorg detected; re-publishing heights %d..%d",
             self.source_id,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import msgspec
@@ -36,6 +36,20 @@ def decode_record(decoder: msgspec.json.Decoder[T], value: bytes, where: str) ->
     except msgspec.DecodeError as exc:
         msg = f"not valid JSON: {exc}"
         raise DecodeError(msg, where=where) from None
+
+
+#: 9999-12-31T23:59:59Z: the last second a datetime holds.
+_LAST_SECOND = 253_402_300_799
+
+
+def block_time(seconds: int, where: str, path: str) -> datetime:
+    """A block's Unix time as a UTC datetime; DecodeError naming the field past year 9999 or
+    before 1970 (``fromtimestamp`` raised OverflowError, which took the whole block with it as
+    an "unexpected" error rather than a clear one)."""
+    if not 0 <= seconds <= _LAST_SECOND:
+        msg = f"block time {seconds} is not a Unix time in seconds between 1970 and 9999"
+        raise DecodeError(msg, where=where, path=path)
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 @functools.cache
@@ -81,9 +95,12 @@ def chain_transfer(
     decimals: int,
     log_index: int | None = None,
     token_contract: str | None = None,
+    usd_per_unit: float | None = None,
 ) -> ChainTransfer:
     """A transfer seen in ``record``.  ``wallet`` is the sender as an entity: ``None`` where
-    ``from_address`` is a placeholder (a coinbase or an unresolved sender), not a wallet."""
+    ``from_address`` is a placeholder (a coinbase or an unresolved sender), not a wallet.
+    ``usd_per_unit``: the asset's USD price, when known (a stablecoin's peg), for ``amount_usd``."""
+    amount = value_raw / scale(decimals)
     return ChainTransfer(
         event_id=event_id("chain_transfer", chain, tx_hash, part),
         source=chain,
@@ -101,6 +118,7 @@ def chain_transfer(
             token_contract=token_contract,
             value_raw=value_raw,
             decimals=decimals,
-            amount=value_raw / scale(decimals),
+            amount=amount,
+            amount_usd=None if usd_per_unit is None else amount * usd_per_unit,
         ),
     )

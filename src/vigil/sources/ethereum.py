@@ -48,6 +48,11 @@ log = logging.getLogger(__name__)
 TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 #: keccak256("Approval(address,address,uint256)")
 APPROVAL_TOPIC = "0x8c5be1e5ebec7d5bd14f71427d1e84f3dd0314c0f7b2291e5b200ac8c7c3b925"
+#: keccak256("ApprovalForAll(address,address,bool)"): an NFT (ERC-721/1155) owner lets an operator
+#: move every token of the collection, what most NFT drainers ask a victim to sign.
+APPROVAL_FOR_ALL_TOPIC = "0x17307eab39ab6107e8899845ad3d59bd9653f200f220920489ca2b5937696c31"
+#: The events the connector asks the node for (any of them as topic 0).
+LOG_TOPICS = (TRANSFER_TOPIC, APPROVAL_TOPIC, APPROVAL_FOR_ALL_TOPIC)
 
 
 class _Header(msgspec.Struct):
@@ -139,7 +144,13 @@ class EthereumSource(ChainFollower):
         block_hash = header.hash.lower()
         try:
             raw_logs = self.rpc.call_raw(
-                "eth_getLogs", [{"blockHash": block_hash, "topics": [[TRANSFER_TOPIC, APPROVAL_TOPIC]]}]
+                "eth_getLogs",
+                [
+                    {
+                        "blockHash": block_hash,
+                        "topics": [list(LOG_TOPICS)],
+                    }
+                ],
             )
             failed = self._failed_transactions(block_hash)
         except JsonRpcError:

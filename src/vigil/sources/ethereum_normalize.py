@@ -15,13 +15,17 @@
   parameters (ethereum-etl's rule, which also admits early tokens that index nothing).
   ERC-721 ``Transfer``/``Approval`` (four topics: the token id is indexed) are skipped,
   where ethereum-etl counts them as token transfers: their "amount" is a token id.
-  Other layouts are skipped too, not rejected.
+  ``ApprovalForAll`` (ERC-721/1155: an operator may move every token of the collection, what
+  NFT drainers ask for) -> ``token_approval`` of kind ``set_approval_for_all``, ``amount_raw``
+  1 and ``unlimited`` when granted, 0 when revoked.  Other layouts are skipped too, not rejected.
 
 Amounts: ``value_raw`` is the exact integer; ``amount`` divides by the token's decimals,
 known for the tokens in :data:`KNOWN_TOKENS` (mainnet USDT, USDC, DAI, WETH) or passed to
 the normaliser, and **assumed 18 otherwise** (a token's ``decimals()`` is a contract call
 the raw record does not carry).  Unknown tokens are named by their contract address in
-``asset``.
+``asset``.  ``amount_usd``: dollar stablecoins (USDT, USDC, DAI) at their peg; ether and other
+tokens carry none (the normaliser has no price feed), so rules on ``amount_usd`` see only
+stablecoin transfers from real chains.
 
 Event ids derive from ``ethereum`` + transaction hash + log index (``native`` for ether),
 so a re-published block (a restart, or a reorg that kept the transaction) yields the same
@@ -36,7 +40,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 import msgspec
@@ -46,8 +50,8 @@ from vigil.events.base import Entities, Event
 from vigil.events.types import TokenApproval, TokenApprovalPayload
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer
-from vigil.sources.chain_normalize import chain_transfer, decode_record, event_id
-from vigil.sources.ethereum import APPROVAL_TOPIC, TRANSFER_TOPIC
+from vigil.sources.chain_normalize import block_time, chain_transfer, decode_record, event_id
+from vigil.sources.ethereum import APPROVAL_FOR_ALL_TOPIC, LOG_TOPICS, TRANSFER_TOPIC
 
 T = TypeVar("T")
 
@@ -60,13 +64,16 @@ DEFAULT_TOKEN_DECIMALS = 18
 class Token:
     symbol: str
     decimals: int
+    #: USD per whole token for a dollar stablecoin (its peg), which gives transfers their
+    #: ``amount_usd``; None for the rest, priced by nothing here.
+    usd: float | None = None
 
 
 #: Mainnet ERC-20s whose decimals are not 18 or that detection names; addresses lower-case.
 KNOWN_TOKENS: dict[str, Token] = {
-    "0xdac17f958d2ee523a2206206994597c13d831ec7": Token("USDT", 6),
-    "0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48": Token("USDC", 6),
-    "0x6b175474e89094c44da98b954eedeac495271d0f": Token("DAI", 18),
+    "0xdac17f958d2ee523a2206206994597c13d831ec7": Token("USDT", 6, usd=1.0),
+    "0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48": Token("USDC", 6, usd=1.0),
+    "0x6b175474e89094c44da98b954eedeac495271d0f": Token("DAI", 18, usd=1.0),
     "0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2": Token("WETH", 18),
 }
 
@@ -97,7 +104,8 @@ class _Log(msgspec.Struct, gc=False):
     transactionHash: str
     logIndex: str
     blockNumber: str
-    removed: bool = False
+    #: (null from some providers: taken as false, the log stands.)
+    removed: bool | None = False
     blockTimestamp: str | None = None
 
 
@@ -152,7 +160,7 @@ _ABSENT = object()
 _NONE_FAILED: frozenset[str] = frozenset()
 
 #: The signatures the log filter compares with, checked already: seeds each record's hash cache.
-_SIGNATURES = {TRANSFER_TOPIC: TRANSFER_TOPIC, APPROVAL_TOPIC: APPROVAL_TOPIC}
+_SIGNATURES = {t: t for t in LOG_TOPICS}
 
 
 def _topics(raw: list[str], hashes: dict[str, str], record: RawRecord, i: int) -> list[str]:
@@ -188,11 +196,12 @@ class EthereumNormalizer(Normalizer):
         block = _decode(_block_decoder, record)
         valid = _is_block_head(f"{block.number}\n{block.timestamp}\n{block.hash}") is not None
         number = int(block.number, 16) if valid else _quantity(block.number, "number", record, "$.number")
-        occurred_at = datetime.fromtimestamp(
+        occurred_at = block_time(
             int(block.timestamp, 16)
             if valid
             else _quantity(block.timestamp, "timestamp", record, "$.timestamp"),
-            UTC,
+            _where(record),
+            "$.timestamp",
         )
         if not valid:
             _check(_HASH, block.hash, "hash", record, "$.hash")
@@ -263,7 +272,7 @@ class EthereumNormalizer(Normalizer):
             if not topics:
                 continue
             signature = topics[0]
-            if signature != TRANSFER_TOPIC and signature != APPROVAL_TOPIC:
+            if signature not in _SIGNATURES:
                 continue
             data = log.data
             if _is_data(data) is None:
@@ -315,7 +324,7 @@ class EthereumNormalizer(Normalizer):
                 raise DecodeError(msg, where=_where(record), path=f"$[{i}].blockTimestamp")
             occurred_at = times.get(ts)
             if occurred_at is None:
-                occurred_at = times[ts] = datetime.fromtimestamp(ts, UTC)
+                occurred_at = times[ts] = block_time(ts, _where(record), f"$[{i}].blockTimestamp")
             first, second = "0x" + first[-40:], "0x" + second[-40:]
             amount = int(word, 16)
             token = tokens.get(contract)
@@ -337,9 +346,13 @@ class EthereumNormalizer(Normalizer):
                         decimals=token.decimals if token else DEFAULT_TOKEN_DECIMALS,
                         log_index=log_index,
                         token_contract=contract,
+                        usd_per_unit=token.usd if token else None,
                     )
                 )
             else:
+                for_all = signature == APPROVAL_FOR_ALL_TOPIC
+                if for_all and amount > 1:
+                    continue  # not a bool: some other contract's event of that name
                 events.append(
                     TokenApproval(
                         event_id=event_id("token_approval", "ethereum", tx_hash, log_index),
@@ -357,7 +370,8 @@ class EthereumNormalizer(Normalizer):
                             token_contract=contract,
                             asset=asset,
                             amount_raw=amount,
-                            unlimited=amount >= UNLIMITED,
+                            unlimited=amount == 1 if for_all else amount >= UNLIMITED,
+                            kind="set_approval_for_all" if for_all else "approve",
                         ),
                     )
                 )

@@ -13,6 +13,7 @@ of connector parsing that need no broker.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,7 +26,7 @@ from vigil.errors import BrokerError
 from vigil.hub.admin import ensure_topics
 from vigil.hub.client import make_producer, read_committed
 from vigil.hub.raw import RawRecord
-from vigil.hub.topics import TOPICS
+from vigil.hub.topics import RAW_RECORD_MAX_BYTES, TOPICS
 
 CURSOR_TOPIC = "vigil.cursors"
 #: A source's transaction timeout (librdkafka's default, said here because readers of the
@@ -64,6 +65,8 @@ class KafkaRawSink:
                 **{
                     "transactional.id": f"vigil.source.{self._source_id}",
                     "linger.ms": 1,
+                    # As large as a raw topic takes (each topic's own limit still applies).
+                    "message.max.bytes": RAW_RECORD_MAX_BYTES + (64 << 10),
                     "transaction.timeout.ms": int(SOURCE_TXN_TIMEOUT_S * 1000),
                 },
             )
@@ -92,6 +95,14 @@ class KafkaRawSink:
             try:
                 producer.begin_transaction()
                 for rec in records:
+                    if len(rec.value) > RAW_RECORD_MAX_BYTES:
+                        # Named, not retried: the same record would fail again after a restart.
+                        size = len(rec.value)
+                        msg = (
+                            f"record {rec.key!r} of {size:,} bytes is larger than a raw record may be "
+                            f"({RAW_RECORD_MAX_BYTES:,})"
+                        )
+                        raise KafkaException(msg)
                     producer.produce(
                         self._topic_for(rec), value=rec.value, key=rec.key, headers=rec.headers()
                     )
@@ -101,12 +112,13 @@ class KafkaRawSink:
                 producer.commit_transaction(self._timeout)
             except (KafkaException, BufferError) as exc:
                 detail = exc.args[0] if exc.args else exc
-                try:
+                with contextlib.suppress(KafkaException):  # fatal (e.g. fenced by a newer instance)
                     producer.abort_transaction(self._timeout)
-                except KafkaException:
-                    # Fatal (e.g. fenced by a newer instance): drop the producer; the next
-                    # publish re-initialises and Kafka aborts whatever was left open.
-                    self._producer = None
+                # Dropped either way: the next publish re-initialises, and Kafka aborts whatever
+                # was left open.  After a record the broker refused (too large for its topic) the
+                # aborted producer's sequence numbers no longer lined up, and every later publish
+                # failed with OUT_OF_ORDER_SEQUENCE_NUMBER.
+                self._producer = None
                 msg = (
                     f"source {self._source_id!r}: publishing {len(records)} record(s) "
                     f"to Kafka failed, nothing was committed: {detail}"

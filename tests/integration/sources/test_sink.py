@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -12,7 +14,7 @@ from vigil.errors import BrokerError
 from vigil.hub.admin import ensure_topics
 from vigil.hub.client import read_committed
 from vigil.hub.raw import RawRecord
-from vigil.hub.topics import TopicSpec
+from vigil.hub.topics import RAW_RECORD_MAX_BYTES, TOPICS, TopicSpec
 from vigil.sources.sink import KafkaRawSink
 
 
@@ -54,7 +56,10 @@ def test_records_and_cursor_commit_together_and_resume(settings: Settings, topic
 def test_failed_publish_commits_nothing(settings: Settings, topic: str) -> None:
     source_id = f"sink-fail-{uuid.uuid4().hex[:8]}"
     sink = KafkaRawSink(settings, source_id=source_id, topic_for=lambda _r: topic, timeout_s=10)
-    too_big = RawRecord(source="test", kind="item", value=b"x" * 2_000_000, received_at=datetime.now(UTC))
+    # Incompressible: the broker's limit (1 MB here) applies to the compressed batch.
+    too_big = RawRecord(
+        source="test", kind="item", value=os.urandom(2_000_000), received_at=datetime.now(UTC)
+    )
     with pytest.raises(BrokerError, match="nothing was committed"):
         sink.publish([_record(0), too_big], {"next": 2})
     assert sink.last_cursor(source_id) is None
@@ -62,4 +67,28 @@ def test_failed_publish_commits_nothing(settings: Settings, topic: str) -> None:
     sink.publish([_record(1)], {"next": 2})
     assert sink.last_cursor(source_id) == {"next": 2}
     assert _read_committed(settings, topic) == [b"1"]
+    sink.close()
+
+
+def test_a_chain_block_larger_than_the_brokers_default_limit_is_published(
+    settings: Settings, unique_topic: str
+) -> None:
+    # A Bitcoin block is one raw record of several MB (getblock JSON, about 7x the block): at
+    # the broker's default 1 MB every block stopped the connector, again after each restart.
+    spec = replace(TOPICS.get("raw.bitcoin"), name=unique_topic, partitions=1)
+    assert spec.max_message_bytes == RAW_RECORD_MAX_BYTES
+    ensure_topics(settings, [spec])
+    source_id = f"sink-block-{uuid.uuid4().hex[:8]}"
+    sink = KafkaRawSink(settings, source_id=source_id, topic_for=lambda _r: unique_topic, timeout_s=30)
+    block = RawRecord(
+        source="bitcoin",
+        kind="block",
+        value=os.urandom(11_000_000),
+        received_at=datetime.now(UTC),
+        key=b"850000",
+    )
+    sink.publish([block], {"height": 850_000})
+    assert sink.last_cursor(source_id) == {"height": 850_000}
+    sizes = [len(msg.value()) for msg in read_committed(settings, unique_topic)]
+    assert sizes == [11_000_000]
     sink.close()

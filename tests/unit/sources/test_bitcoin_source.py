@@ -19,6 +19,7 @@ from vigil.config import Settings
 from vigil.errors import Retry
 from vigil.sources.bitcoin import BitcoinSource
 from vigil.sources.bitcoin_normalize import BitcoinNormalizer
+from vigil.sources.chain import backoff_s
 from vigil.sources.jsonrpc import JsonRpcClient, JsonRpcError
 from vigil.sources.sink import MemorySink
 
@@ -182,3 +183,32 @@ def test_raw_result_is_sliced_not_reencoded(node: BitcoinRpcServer) -> None:
         raw = rpc.call_raw("getblock", [node.heights[0], 2])
     assert raw == node.blocks[node.heights[0]]
     assert json.loads(raw)["height"] == 0
+
+
+def test_backoff_doubles_to_its_cap_and_survives_a_night_of_outage() -> None:
+    assert [backoff_s(1.0, n) for n in (1, 2, 3, 6, 7)] == [1.0, 2.0, 4.0, 30.0, 30.0]
+    assert backoff_s(45.0, 1) == 45.0  # never less than the node asked
+    # The 1,025th failure in a row raised OverflowError (2 ** 1024 as a float): the connector
+    # stopped after some eight hours of a node being down.
+    assert backoff_s(1.0, 5000) == 30.0
+
+
+def test_nodes_out_of_step_are_waited_for_not_spun_on(node: BitcoinRpcServer) -> None:
+    # Behind a load balancer, block 50001 came from a node whose chain differs from the one that
+    # answered the hash of 50000: the walk-back found no fork, replaced nothing, and the poll
+    # fetched the same block again at once, for ever.
+    sink = MemorySink()
+    source = _source(node)
+    node.head = 50000
+    source.poll(sink)
+    node.head = 50001
+    raw_50001 = node.blocks[node.heights[50001]]
+    node.blocks[node.heights[50001]] = raw_50001.replace(
+        json.loads(raw_50001)["previousblockhash"].encode(), b"00" * 32
+    )
+    with pytest.raises(Retry, match="out of step"):
+        source.poll(sink)
+    assert [r.key for r in sink.records] == [b"50000"]
+    node.blocks[node.heights[50001]] = raw_50001  # they agree again: it goes on
+    source.poll(sink)
+    assert [r.key for r in sink.records] == [b"50000", b"50001"]

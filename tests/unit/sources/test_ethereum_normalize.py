@@ -19,7 +19,7 @@ from vigil.errors import ContractError, DecodeError
 from vigil.events.codec import decode_event, encode
 from vigil.events.types import ChainTransfer, TokenApproval
 from vigil.hub.raw import RawRecord
-from vigil.sources.ethereum import APPROVAL_TOPIC, TRANSFER_TOPIC
+from vigil.sources.ethereum import APPROVAL_FOR_ALL_TOPIC, APPROVAL_TOPIC, LOG_TOPICS, TRANSFER_TOPIC
 from vigil.sources.ethereum_normalize import EthereumNormalizer, Token
 
 DATA = shared_data_dir() / "chain" / "ethereum"
@@ -180,6 +180,10 @@ def test_known_tokens_get_their_decimals_and_symbol() -> None:
     assert usdc
     assert all(e.payload.decimals == 6 for e in usdc)
     assert usdc[0].payload.amount == pytest.approx(usdc[0].payload.value_raw / 1e6)
+    # Stablecoins carry their dollar value (at the peg), so rules on amount_usd see real chain
+    # transfers; nothing here prices WETH.
+    assert all(e.payload.amount_usd == e.payload.amount for e in usdc)
+    assert all(e.payload.amount_usd is None for e in weth)
 
 
 def test_native_transfers_of_block_17173049_match_the_transactions_with_value() -> None:
@@ -332,3 +336,39 @@ def test_unknown_kind_is_a_contract_error() -> None:
 def test_logs_that_are_not_a_list_are_rejected() -> None:
     with pytest.raises(DecodeError, match="Expected `array`"):
         EthereumNormalizer().normalize(_record("eth_logs", {"logs": []}))
+
+
+def _approval_for_all(approved: int, *, log_index: int = 7) -> dict[str, Any]:
+    return {
+        **_approval_log(0, log_index=log_index),
+        "address": "0xBC4CA0EdA7647A8aB7C2061c2E118A18a936f13D",  # an NFT collection
+        "topics": [APPROVAL_FOR_ALL_TOPIC, "0x" + "00" * 12 + "11" * 20, "0x" + "00" * 12 + "22" * 20],
+        "data": "0x" + format(approved, "064x"),
+    }
+
+
+def test_approval_for_all_is_an_unlimited_approval_of_the_whole_collection() -> None:
+    # What NFT drainers ask a victim to sign; the connector did not even ask the node for it.
+    assert APPROVAL_FOR_ALL_TOPIC in LOG_TOPICS
+    logs = [_approval_for_all(1), _approval_for_all(0, log_index=8), _approval_for_all(7, log_index=9)]
+    granted, revoked = EthereumNormalizer().normalize(_record("eth_logs", logs))  # 7: not a bool
+    assert isinstance(granted, TokenApproval)
+    assert isinstance(revoked, TokenApproval)
+    assert (granted.payload.kind, granted.payload.amount_raw, granted.payload.unlimited) == (
+        "set_approval_for_all",
+        1,
+        True,
+    )
+    assert (revoked.payload.amount_raw, revoked.payload.unlimited) == (0, False)
+    assert granted.payload.spender == "0x" + "22" * 20
+    assert granted.payload.token_contract == "0xbc4ca0eda7647a8ab7c2061c2e118a18a936f13d"  # noqa: S105
+    assert granted.event_id != revoked.event_id
+
+
+def test_block_times_past_year_9999_are_named_decode_errors_and_null_removed_is_false() -> None:
+    log = {**_approval_log(1), "blockTimestamp": hex(2**62)}
+    with pytest.raises(DecodeError, match=r"block time \d+ is not a Unix time"):
+        EthereumNormalizer().normalize(_record("eth_logs", [log]))
+    # Some providers send "removed": null; the record failed whole.
+    (ev,) = EthereumNormalizer().normalize(_record("eth_logs", [{**_approval_log(1), "removed": None}]))
+    assert isinstance(ev, TokenApproval)
