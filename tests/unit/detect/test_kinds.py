@@ -991,3 +991,34 @@ def test_threshold_one_burst_is_one_alert_whichever_half_arrives_first(tmp_path:
     later_first = "".join(map(_denied, [10, 11, 12, 13, 14, 5, 6, 7, 8, 9]))
     assert run(tmp_path, MFA_BURSTS, later_first, arrival=True) == ["c1"]
     assert run(tmp_path, MFA_BURSTS, "".join(map(_denied, range(5, 15))), arrival=True) == ["c1"]
+
+
+WASH = """\
+    type: linked
+    links: {type: [login], party: account, attributes: [device, ip]}
+    match: {type: trade}
+    parties: [payload.maker_account, payload.taker_account]
+    timespan: 1h
+    condition: {gte: 3}
+"""
+
+
+def _wash_trade(at: str, n: int, maker: str, taker: str) -> str:
+    return (
+        f"      - {{type: trade, at: {at}, account: {taker}, payload: {{trade_id: t{n}, symbol: SOL-USD, "
+        f"price: 150, quantity: 33, taker_side: buy, maker_account: {maker}, taker_account: {taker}}}}}\n"
+    )
+
+
+def test_linked_trades_before_the_link_do_not_count_whichever_arrives_first(tmp_path: Path) -> None:
+    # The second account's login (the shared device) came at 150 s, after two of the three
+    # trades; with the logins arriving first and the trades lagging, all three counted.
+    first = "      - {type: login, at: 0, customer: c1, account: a1, device: dev-x}\n"
+    second = "      - {type: login, at: 150s, customer: c2, account: a2, device: dev-x}\n"
+    trades = (
+        _wash_trade("1m", 1, "a1", "a2") + _wash_trade("2m", 2, "a2", "a1") + _wash_trade("3m", 3, "a1", "a2")
+    )
+    assert run(tmp_path, WASH, first + trades + second, arrival=True) == []
+    assert run(tmp_path, WASH, first + second + trades, arrival=True) == []
+    later = _wash_trade("4m", 4, "a2", "a1") + _wash_trade("5m", 5, "a1", "a2")
+    assert run(tmp_path, WASH, first + second + trades + later, arrival=True) == ["a1"]

@@ -199,6 +199,13 @@ class LinkedDetector(SingleRouteDetector):
         links_a = state.get(f"p:{a}")
         shared = sorted(set(links_a).intersection(state.get(f"p:{b}") or ())) if links_a else []
         if shared:
+            # Only links both parties had by the match's time: one learned later (its login
+            # arrived first, the trades lagging on their topic) is held for, as in event-time
+            # order, where the match came before the link.
+            since_a: dict[str, float] = state.get(f"l:{a}") or {}
+            since_b: dict[str, float] = state.get(f"l:{b}") or {}
+            shared = [s for s in shared if since_a.get(s, 0.0) <= now and since_b.get(s, 0.0) <= now]
+        if shared:
             self._count(state, a, b, shared, [[now, evidence]], hits)
         else:
             self._hold(state, a, b, now, evidence)
