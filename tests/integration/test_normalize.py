@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +30,7 @@ from vigil.events.records import DeadLetter
 from vigil.hub.admin import ensure_topics
 from vigil.hub.client import consumer_config, make_admin, producer_config, read_committed
 from vigil.hub.raw import RawRecord
-from vigil.hub.topics import TopicSpec
+from vigil.hub.topics import TOPICS, TopicSpec
 from vigil.sources.base import Normalizer
 from vigil.sources.bitcoin_normalize import BitcoinNormalizer
 from vigil.sources.coinbase import CoinbaseNormalizer
@@ -236,7 +236,8 @@ class Topics:
 
 def produce(settings: Settings, topics: Topics, sent: list[Sent]) -> None:
     """Write the records in order (one partition per raw topic) and note their offsets."""
-    producer = Producer(producer_config(settings))
+    # (Records as large as the raw topics take, as the connectors' own sink allows.)
+    producer = Producer(producer_config(settings, **{"message.max.bytes": 8 << 20}))
     pending: dict[int, Sent] = {}
 
     def delivered(index: int) -> Callable[[Any, Any], None]:
@@ -494,3 +495,42 @@ def test_a_crash_mid_transaction_leaves_nothing_visible_and_the_restart_emits_ea
     restarted.stop()
     assert Counter(event_ids(settings, market)) == want
     assert dead_letters(settings, topics.dlq) == []
+
+
+def test_a_bad_record_too_large_for_a_dead_letter_is_dead_lettered_without_its_bytes(
+    settings: Settings,
+) -> None:
+    # raw.bitcoin takes records up to 64 MB (a block is one record); a dead letter may be 1 MB.
+    # A bad block's letter, refused, stopped the stage for every source, again after restarts.
+    t = Topics(f"test.normalize.{uuid.uuid4().hex[:8]}.")
+    ensure_topics(settings, [replace(TOPICS.get("raw.bitcoin"), name=t.raw("bitcoin"), partitions=1)])
+    try:
+        noise = bytes(range(256)) * 8_000  # 2 MB, and not JSON
+        blocks = _bitcoin_blocks()
+        sent = [good("bitcoin", "btc_block", noise, b"1"), good("bitcoin", "btc_block", blocks[0], b"2")]
+        produce(settings, t, sent)
+        want = {e.event_id for e in expected_events(sent[1:])}
+        assert want
+        name = f"{t.prefix}normalize"
+        running = start(
+            build(settings, ("bitcoin",), name=name, topic_prefix=t.prefix, normalizers=_normalizers())
+        )
+        wait_until(
+            lambda: (
+                bool(read_all(settings, t.dlq)) and len(read_all(settings, t.events("chain"))) >= len(want)
+            ),
+            "the dead letter and the next block's events",
+            running,
+        )
+        running.stop()
+        (letter,) = dead_letters(settings, t.dlq)
+        assert letter.raw == b""
+        assert (letter.topic, letter.offset) == (t.raw("bitcoin"), sent[0].offset)
+        assert f"its {len(noise):,} bytes are left out" in letter.reason
+        assert set(event_ids(settings, t.events("chain"))) == want
+    finally:
+        admin = make_admin(settings)
+        mine = [n for n in admin.list_topics(timeout=10).topics if n.startswith(t.prefix)]
+        if mine:
+            for future in admin.delete_topics(mine, operation_timeout=30).values():
+                future.result()

@@ -95,12 +95,9 @@ def chain_transfer(
     decimals: int,
     log_index: int | None = None,
     token_contract: str | None = None,
-    usd_per_unit: float | None = None,
 ) -> ChainTransfer:
     """A transfer seen in ``record``.  ``wallet`` is the sender as an entity: ``None`` where
-    ``from_address`` is a placeholder (a coinbase or an unresolved sender), not a wallet.
-    ``usd_per_unit``: the asset's USD price, when known (a stablecoin's peg), for ``amount_usd``."""
-    amount = value_raw / scale(decimals)
+    ``from_address`` is a placeholder (a coinbase or an unresolved sender), not a wallet."""
     return ChainTransfer(
         event_id=event_id("chain_transfer", chain, tx_hash, part),
         source=chain,
@@ -118,7 +115,6 @@ def chain_transfer(
             token_contract=token_contract,
             value_raw=value_raw,
             decimals=decimals,
-            amount=amount,
-            amount_usd=None if usd_per_unit is None else amount * usd_per_unit,
+            amount=value_raw / scale(decimals),
         ),
     )

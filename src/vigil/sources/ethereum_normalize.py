@@ -23,9 +23,10 @@ Amounts: ``value_raw`` is the exact integer; ``amount`` divides by the token's d
 known for the tokens in :data:`KNOWN_TOKENS` (mainnet USDT, USDC, DAI, WETH) or passed to
 the normaliser, and **assumed 18 otherwise** (a token's ``decimals()`` is a contract call
 the raw record does not carry).  Unknown tokens are named by their contract address in
-``asset``.  ``amount_usd``: dollar stablecoins (USDT, USDC, DAI) at their peg; ether and other
-tokens carry none (the normaliser has no price feed), so rules on ``amount_usd`` see only
-stablecoin transfers from real chains.
+``asset``.  ``amount_usd`` is left unset: the normaliser has no price feed.  (Stablecoins at
+their peg would be easy, but the chain rules on ``amount_usd``, hot-wallet outflow and dust,
+are not yet scoped to the exchange's and its customers' wallets: on mainnet traffic they would
+fire for every market maker and every poisoning campaign.)
 
 Event ids derive from ``ethereum`` + transaction hash + log index (``native`` for ether),
 so a re-published block (a restart, or a reorg that kept the transaction) yields the same
@@ -64,16 +65,13 @@ DEFAULT_TOKEN_DECIMALS = 18
 class Token:
     symbol: str
     decimals: int
-    #: USD per whole token for a dollar stablecoin (its peg), which gives transfers their
-    #: ``amount_usd``; None for the rest, priced by nothing here.
-    usd: float | None = None
 
 
 #: Mainnet ERC-20s whose decimals are not 18 or that detection names; addresses lower-case.
 KNOWN_TOKENS: dict[str, Token] = {
-    "0xdac17f958d2ee523a2206206994597c13d831ec7": Token("USDT", 6, usd=1.0),
-    "0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48": Token("USDC", 6, usd=1.0),
-    "0x6b175474e89094c44da98b954eedeac495271d0f": Token("DAI", 18, usd=1.0),
+    "0xdac17f958d2ee523a2206206994597c13d831ec7": Token("USDT", 6),
+    "0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48": Token("USDC", 6),
+    "0x6b175474e89094c44da98b954eedeac495271d0f": Token("DAI", 18),
     "0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2": Token("WETH", 18),
 }
 
@@ -346,7 +344,6 @@ class EthereumNormalizer(Normalizer):
                         decimals=token.decimals if token else DEFAULT_TOKEN_DECIMALS,
                         log_index=log_index,
                         token_contract=contract,
-                        usd_per_unit=token.usd if token else None,
                     )
                 )
             else:

@@ -38,6 +38,11 @@ def raw_topic(record: RawRecord) -> str:
     return f"raw.{record.source}"
 
 
+#: Room kept under the raw topics' limit for the record batch's own framing (the limit is on
+#: the batch, key, headers and framing included).
+_BATCH_OVERHEAD = 16 << 10
+
+
 class KafkaRawSink:
     """Transactional publisher of raw records and connector cursors."""
 
@@ -95,17 +100,16 @@ class KafkaRawSink:
             try:
                 producer.begin_transaction()
                 for rec in records:
-                    if len(rec.value) > RAW_RECORD_MAX_BYTES:
+                    headers = rec.headers()
+                    size = len(rec.value) + len(rec.key or b"") + sum(len(k) + len(v) for k, v in headers)
+                    if size > RAW_RECORD_MAX_BYTES - _BATCH_OVERHEAD:
                         # Named, not retried: the same record would fail again after a restart.
-                        size = len(rec.value)
                         msg = (
-                            f"record {rec.key!r} of {size:,} bytes is larger than a raw record may be "
-                            f"({RAW_RECORD_MAX_BYTES:,})"
+                            f"record {rec.key!r} of {size:,} bytes (value, key and headers) is larger "
+                            f"than a raw record may be ({RAW_RECORD_MAX_BYTES - _BATCH_OVERHEAD:,})"
                         )
                         raise KafkaException(msg)
-                    producer.produce(
-                        self._topic_for(rec), value=rec.value, key=rec.key, headers=rec.headers()
-                    )
+                    producer.produce(self._topic_for(rec), value=rec.value, key=rec.key, headers=headers)
                     producer.poll(0)
                 if cursor is not None:
                     producer.produce(CURSOR_TOPIC, key=self._source_id, value=msgspec.json.encode(cursor))

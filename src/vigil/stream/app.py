@@ -1324,7 +1324,18 @@ class Application:
             failed_at=utcnow(),
             error_type=error_type,
         )
-        self._produce(self.dlq_topic, encode(letter), key)
+        value = encode(letter)
+        if len(value) > OUTPUT_MAX_BYTES:
+            # A record too large to carry (a raw Bitcoin block is several MB, and base64 in the
+            # letter makes it a third larger): refused, it stopped the stage, again after every
+            # restart.  The letter says where the bytes are instead.
+            note = (
+                f" [its {len(raw):,} bytes are left out of this dead letter (over the "
+                f"{OUTPUT_MAX_BYTES:,}-byte limit); they stay at {topic}/{partition} offset {offset}]"
+            )
+            letter = msgspec.structs.replace(letter, raw=b"", reason=letter.reason[:4000] + note)
+            value = encode(letter)
+        self._produce(self.dlq_topic, value, key)
         self.metrics.dead_lettered += 1
         self.prometheus.dead_lettered.labels(self.name).inc()
 
