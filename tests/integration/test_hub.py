@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
@@ -58,6 +59,28 @@ def test_apply_adds_partitions_only_when_asked_and_fixes_config(settings: Settin
     assert live.partitions == 3
     assert live.config["cleanup.policy"] == "compact"
     assert topic_admin.apply(admin, [compacted], settings) == []
+    admin.delete_topics([name])
+
+
+def test_applications_create_missing_topics_and_leave_live_settings_alone(settings: Settings) -> None:
+    # ensure_topics runs at every connector and application start: an operator's retention on
+    # a production topic was set back to the declaration, and Kafka deleted the older data.
+    name = f"test.ensure.{uuid.uuid4().hex[:8]}"
+    three_days = str(3 * 86_400_000)
+    declared = TopicSpec(
+        name=name, key="k", value="raw", description="d", partitions=1, retention=timedelta(days=3)
+    )
+    admin = make_admin(settings)
+    topic_admin.ensure_topics(settings, [declared])
+    assert topic_admin.describe_live(admin, [name])[name].config["retention.ms"] == three_days
+    topic_admin.apply(admin, [replace(declared, retention=None)], settings)  # what an operator set
+    topic_admin.ensure_topics(settings, [declared])
+    assert topic_admin.describe_live(admin, [name])[name].config["retention.ms"] == "-1"
+    (left,) = topic_admin.apply(admin, [declared], settings, alter_configs=False)
+    assert f"settings left as they are: retention.ms -1 (declared {three_days})" in left.describe()
+    # Asked (vigil topics apply), it is set.
+    topic_admin.apply(admin, [declared], settings)
+    assert topic_admin.describe_live(admin, [name])[name].config["retention.ms"] == three_days
     admin.delete_topics([name])
 
 

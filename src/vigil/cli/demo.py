@@ -131,7 +131,9 @@ def demo(
         )
         cfg = cfg.model_copy(update={"kafka_bootstrap": started.bootstrap})
     check_reachable(cfg)
-    changed = [diff for diff in topic_admin.apply(make_admin(cfg), TOPICS, cfg) if not diff.in_sync]
+    # (Settings of an existing cluster's topics are its operators': only missing ones are made.)
+    applied = topic_admin.apply(make_admin(cfg), TOPICS, cfg, alter_configs=not cfg.uses_external_cluster)
+    changed = [diff for diff in applied if not diff.in_sync]
     console.print(f"[green]topics[/] {len(TOPICS)} declared, {len(changed)} created or updated")
 
     run = uuid.uuid4().hex[:6]

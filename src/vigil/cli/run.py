@@ -71,7 +71,9 @@ def run(
         cfg = cfg.model_copy(update={"kafka_bootstrap": started.bootstrap})
         console.print(f"[green]broker[/] Kafka {started.info.version} at {started.bootstrap}")
     check_reachable(cfg)
-    topic_admin.apply(make_admin(cfg), TOPICS, cfg)
+    # On an existing cluster, only what is missing is created: its topics' settings are its
+    # operators' (`vigil topics apply` changes them when asked).
+    topic_admin.apply(make_admin(cfg), TOPICS, cfg, alter_configs=not cfg.uses_external_cluster)
     guarantee: Guarantee = "at_least_once" if at_least_once else "exactly_once"
 
     stop = threading.Event()

@@ -150,14 +150,31 @@ def plan(
 
 
 def apply(
-    admin: AdminClient, specs: Iterable[TopicSpec], settings: Settings, *, add_partitions: bool = False
+    admin: AdminClient,
+    specs: Iterable[TopicSpec],
+    settings: Settings,
+    *,
+    add_partitions: bool = False,
+    alter_configs: bool = True,
 ) -> list[TopicDiff]:
     """Make the cluster match the declarations; returns the diffs that were acted upon, and
-    those with notes (what was left as it is, and why).  ``add_partitions``: see :func:`plan`."""
+    those with notes (what was left as it is, and why).  ``add_partitions``: see :func:`plan`.
+
+    ``alter_configs=False``: create what is missing, and leave the settings of live topics as
+    they are, with a note (an operator's longer retention on a production cluster is theirs;
+    set back to the declaration, Kafka would delete the older data)."""
     specs = list(specs)
     diffs = plan(
         specs, describe_live(admin, [s.name for s in specs]), settings, add_partitions=add_partitions
     )
+    if not alter_configs:
+        for d in diffs:
+            if d.config_changes and not d.missing:
+                changes = ", ".join(
+                    f"{k} {old} (declared {new})" for k, (old, new) in d.config_changes.items()
+                )
+                d.notes.append(f"settings left as they are: {changes}; `vigil topics apply` sets them")
+                d.config_changes = {}
     create = [
         NewTopic(
             d.spec.name, num_partitions=d.partitions, replication_factor=d.replication, config=d.spec.config()
@@ -225,7 +242,11 @@ def _collect(errors: list[str], what: str, future: object, ignore: str | None = 
 
 
 def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> None:
-    """Create what is missing (used by applications and tests before they produce)."""
+    """Create what is missing (used by applications and tests before they produce); live topics'
+    settings are left as they are, a difference logged (only ``vigil topics apply`` changes them:
+    this runs at every connector and application start, on whatever cluster is configured)."""
     from vigil.hub.client import make_admin
 
-    apply(make_admin(settings), specs, settings)
+    for diff in apply(make_admin(settings), specs, settings, alter_configs=False):
+        for note in diff.notes:
+            log.info("topic %s: %s", diff.spec.name, note)
