@@ -187,7 +187,8 @@ class BinanceNormalizer(Normalizer):
                 return []  # reply to a SUBSCRIBE/UNSUBSCRIBE request
             msg = f"{where}: expected a combined-stream message with 'data', got neither 'data' nor 'e'"
             raise ContractError(msg)
-        where = f"{where} {envelope.stream or ''}".rstrip()
+        # The stream name as data (quoted, bounded): it is the exchange's text, reaching logs.
+        where = f"{where} stream {envelope.stream[:80]!r}" if envelope.stream else where
         return self._payload(bytes(envelope.data), where, record.received_at, envelope.stream)
 
     def _payload(

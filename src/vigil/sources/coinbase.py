@@ -204,7 +204,11 @@ class CoinbaseNormalizer(Normalizer):
         if kind in _NO_EVENT:
             return []
         if kind == "error":
-            msg = f"{where}: Coinbase sent an error message (a subscription was refused or dropped)"
+            # Coinbase's own words, as data (quoted, bounded): why it refused is what the
+            # operator needs, a mistyped product or a channel that needs authentication.
+            said = msgspec.json.decode(record.value)
+            why = " / ".join(str(said.get(k))[:200] for k in ("message", "reason") if said.get(k))
+            msg = f"{where}: Coinbase sent an error message (a subscription was refused or dropped): {why!r}"
             raise ContractError(msg)
         if kind not in ("match", "last_match"):
             msg = f"{where}: unknown Coinbase message type {kind[:40]!r}"

@@ -129,6 +129,8 @@ class FeedStats:
     connections: int = 0
     reconnects: int = 0
     messages: int = 0
+    #: Messages about a market (a product or symbol key), not control messages.
+    data_messages: int = 0
     gaps: int = 0
     resyncs: int = 0
     heartbeat_timeouts: int = 0
@@ -244,7 +246,7 @@ class WebsocketFeed(Source):
     async def _run(self, sink: RawSink) -> None:
         attempt = 0
         while self.running:
-            delivered_before = self.stats.messages
+            delivered_before = self.stats.data_messages
             try:
                 await self._session(sink)
             except HeartbeatTimeout:
@@ -261,8 +263,11 @@ class WebsocketFeed(Source):
                 )
             if not self.running:
                 break
-            if self.stats.messages > delivered_before:
-                attempt = 0  # the last connection worked: start the backoff again from the bottom
+            if self.stats.data_messages > delivered_before:
+                # The last connection delivered market data: the backoff starts again from the
+                # bottom.  (Any message reset it, an exchange's "subscription refused" error
+                # too: a mistyped product reconnected every 0.3 s for ever.)
+                attempt = 0
             delay = self.backoff_delay(attempt)
             attempt += 1
             self.stats.reconnects += 1
@@ -326,8 +331,10 @@ class WebsocketFeed(Source):
         for frame in frames:
             try:
                 found = self.inspect(msgspec.json.decode(frame))
-            except (msgspec.DecodeError, TypeError, ValueError, KeyError):
+            except (msgspec.DecodeError, TypeError, ValueError, KeyError, RecursionError):
                 # Published anyway, unchanged: the normaliser dead-letters it with the reason.
+                # (A frame nested a few thousand deep raises RecursionError: uncaught, it stopped
+                # the connector and lost the frames before it in the batch.)
                 found = Inspected()
             meta: dict[str, Any] = {"url": self.url, "conn": self.stats.connections}
             if found.channel:
@@ -359,6 +366,9 @@ class WebsocketFeed(Source):
         await asyncio.to_thread(sink.publish, records)
         counters = _counters()
         self.stats.messages += len(frames)
+        self.stats.data_messages += sum(
+            1 for rec in records if rec.kind == WS_MESSAGE and rec.key != CONTROL_KEY
+        )
         counters["messages"].labels(self.name).inc(len(frames))
         if gaps:
             self.stats.gaps += len(gaps)

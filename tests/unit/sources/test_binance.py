@@ -164,3 +164,11 @@ def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
         assert len(set(delays)) > 1  # jittered, so clients do not reconnect in lock-step
     with pytest.raises(ValueError, match="backoff"):
         BinanceSource(["x@trade"], backoff_initial=0)
+
+
+def test_the_stream_name_in_an_error_is_quoted_data() -> None:
+    forged = {"stream": "x@weird\n2026-05-09 CRITICAL vigil: forged line", "data": {"e": "weird"}}
+    with pytest.raises(ContractError) as err:
+        BinanceNormalizer().normalize(record(forged))
+    assert "\n" not in str(err.value)
+    assert "stream 'x@weird\\n2026-05-09" in str(err.value)

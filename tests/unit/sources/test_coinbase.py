@@ -172,3 +172,13 @@ def test_trades_missed_while_disconnected_are_a_gap_after_the_reconnect() -> Non
     assert feed.inspect(MATCH | {"type": "last_match"}).gaps == ()  # the re-sent last trade
     [gap] = feed.inspect(MATCH | {"trade_id": 1568275}).gaps
     assert (gap.expected, gap.received) == (1568269, 1568275)
+
+
+def test_an_error_message_gives_coinbases_reason_as_data() -> None:
+    refused = (
+        b'{"type": "error", "message": "Failed to subscribe", "reason": "BTC-USDX is not a valid\\nproduct"}'
+    )
+    with pytest.raises(ContractError) as err:
+        CoinbaseNormalizer().normalize(record(refused))
+    assert "'Failed to subscribe / BTC-USDX is not a valid\\nproduct'" in str(err.value)
+    assert "\n" not in str(err.value)

@@ -1,0 +1,124 @@
+"""The websocket feed loop against a local server that misbehaves as exchanges can."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+
+from websockets.asyncio.server import ServerConnection, serve
+
+from vigil.sources.binance import BinanceSource
+from vigil.sources.coinbase import CoinbaseSource
+from vigil.sources.sink import MemorySink
+from vigil.sources.websocket import WebsocketFeed
+
+Handler = Callable[[ServerConnection], Awaitable[None]]
+
+
+@contextmanager
+def server(handler: Handler) -> Iterator[str]:
+    """A websocket server on a free loopback port, in its own thread, for the block's duration."""
+    ready, stop = threading.Event(), threading.Event()
+    url: list[str] = []
+
+    async def main() -> None:
+        async with serve(handler, "127.0.0.1", 0) as srv:
+            url.append(f"ws://127.0.0.1:{next(iter(srv.sockets)).getsockname()[1]}")
+            ready.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.02)
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield url[0]
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def running(feed: WebsocketFeed, sink: MemorySink) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            feed.run(sink)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)  # poll interval; the condition is what synchronises
+
+
+def test_a_frame_nested_thousands_deep_is_published_not_fatal() -> None:
+    # msgspec raises RecursionError on it: uncaught, it stopped the connector and lost the
+    # trades already in the same batch.
+    def trade(i: int) -> str:
+        data = {"e": "trade", "s": "BTCUSDT", "t": i, "p": "1", "q": "1", "T": 1, "m": True}
+        return json.dumps({"stream": "btcusdt@trade", "data": data})
+
+    async def handler(ws: ServerConnection) -> None:
+        for i in range(3):
+            await ws.send(trade(i))
+        await ws.send('{"stream":"btcusdt@trade","data":' + "[" * 5000 + "]" * 5000 + "}")
+        await ws.send(trade(3))
+        await ws.wait_closed()
+
+    with server(handler) as url:
+        feed = BinanceSource(["btcusdt@trade"], base_url=url, batch_linger=0.2)
+        sink = MemorySink()
+        thread, errors = running(feed, sink)
+        wait_for(lambda: len(sink.records) >= 5 or bool(errors), "the five frames")
+        feed.stop()
+        thread.join(10)
+    assert errors == []
+    assert len(sink.records) == 5
+    assert sink.records[3].value.startswith(b'{"stream":"btcusdt@trade","data":[[[')
+
+
+def test_a_refused_subscription_backs_off_instead_of_reconnecting_at_once() -> None:
+    # Coinbase answers a mistyped product with an error and closes.  That error counted as a
+    # working connection, so the backoff started from the bottom each time: every 0.3 s, for ever.
+    async def handler(ws: ServerConnection) -> None:
+        await ws.recv()  # the subscribe
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "error",
+                    "message": "Failed to subscribe",
+                    "reason": "BTC-USDX is not a valid product",
+                }
+            )
+        )
+        await ws.close()
+
+    attempts: list[int] = []
+    with server(handler) as url:
+        feed = CoinbaseSource(["BTC-USDX"], url=url, channels=["matches"])
+
+        def spy(attempt: int) -> float:  # the delays themselves: short, so the test is quick
+            attempts.append(attempt)
+            return 0.01
+
+        feed.backoff_delay = spy  # type: ignore[method-assign]
+        sink = MemorySink()
+        thread, errors = running(feed, sink)
+        wait_for(lambda: len(attempts) >= 4, "four reconnects")
+        feed.stop()
+        thread.join(10)
+    assert errors == []
+    assert attempts[:4] == [0, 1, 2, 3]
+    assert feed.stats.data_messages == 0
