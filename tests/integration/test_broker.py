@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -12,6 +14,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from vigil.config import load_settings
+from vigil.errors import BrokerError
 from vigil.hub.admin import describe_live, ensure_topics
 from vigil.hub.broker import _CHILDREN, LocalBroker, free_port_block
 from vigil.hub.client import make_admin, make_producer
@@ -108,3 +111,54 @@ def test_three_node_cluster_replicates(tmp_path: Path) -> None:
     # Every node launched here (node 2 by its kill, the others by the stop) is reaped: none is
     # left for Python to warn of, as still running, when it exits.
     assert not [child.pid for child in _CHILDREN.values() if str(tmp_path) in str(child.args)]
+
+
+def test_a_failed_start_stops_what_it_launched_and_keeps_the_clusters_shape(tmp_path: Path) -> None:
+    port = free_port_block(6)
+    # Too short a wait: the start fails.  Its nodes were left running on their own.
+    broker = LocalBroker(tmp_path, port=port, dist_root=DIST, heap_mb=256, start_timeout_s=0.2)
+    with pytest.raises(BrokerError, match="did not answer"):
+        broker.start(nodes=3)
+    assert broker.running_nodes() == ()
+    assert not [c.pid for c in _CHILDREN.values() if str(tmp_path) in str(c.args) and c.poll() is None]
+    # Started again without a node count, a stopped three-node cluster stays three nodes (it was
+    # formatted afresh as one, its data deleted).
+    info = broker.read_info()
+    assert info is not None
+    with pytest.raises(BrokerError, match="did not answer"):
+        broker.start()
+    again = broker.read_info()
+    assert again is not None
+    assert (again.nodes, again.cluster_id) == (3, info.cluster_id)
+    # Its port now another program's: named before anything is launched (another broker there
+    # answered in our node's place).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        with pytest.raises(BrokerError, match=f"port 127.0.0.1:{port} is in use"):
+            broker.start()
+    assert broker.running_nodes() == ()
+
+
+def test_a_pid_file_naming_another_broker_is_not_ours(tmp_path: Path) -> None:
+    # After a reboot the number in a stale pid file may be another checkout's broker, which
+    # "broker stop" would then have killed.
+    broker = LocalBroker(tmp_path, port=free_port_block(2), dist_root=DIST)
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "kafka.Kafka", "/elsewhere/server.properties"]
+    )
+    try:
+        (tmp_path / "kafka").mkdir()
+        (tmp_path / "kafka" / "cluster.json").write_text(
+            json.dumps(
+                {"version": "4.1.1", "host": "127.0.0.1", "port": broker.port, "nodes": 1, "cluster_id": "x"}
+            )
+        )
+        broker.node_dir(1).mkdir(parents=True)
+        (broker.node_dir(1) / "pid").write_text(str(other.pid))
+        assert broker.running_nodes() == ()
+        assert broker.stop() == []
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()

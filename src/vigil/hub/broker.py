@@ -234,7 +234,9 @@ class LocalBroker:
             pid = int((self.node_dir(node) / "pid").read_text())
         except (OSError, ValueError):
             return None
-        return pid if _is_kafka_process(pid) else None
+        # This node's broker, not any Kafka: after a reboot the number may be another
+        # checkout's broker, which stop would then kill.
+        return pid if _is_kafka_process(pid, self.node_dir(node) / "server.properties") else None
 
     def _pid_file_value(self, node: int) -> int | None:
         try:
@@ -253,12 +255,14 @@ class LocalBroker:
     def start(self, nodes: int | None = None) -> StartResult:
         """Start the cluster, or find it running.  Returns once it answers a metadata request.
 
-        ``nodes=None`` means "whatever is running, else one node"; an explicit count that
-        differs from a running cluster is an error rather than a silent restart.
+        ``nodes=None`` means "the cluster this home has, running or stopped, else one node" (a
+        stopped three-node cluster was formatted afresh as one node, its data deleted); an
+        explicit count that differs from a running cluster is an error rather than a silent
+        restart.  A start that fails stops the nodes it launched.
         """
         info = self.read_info()
         if nodes is None:
-            nodes = info.nodes if info is not None and self.running_nodes(info) else 1
+            nodes = info.nodes if info is not None else 1
         if nodes < 1:
             msg = f"--nodes must be at least 1; got {nodes}"
             raise BrokerError(msg)
@@ -277,22 +281,41 @@ class LocalBroker:
         if info is None or info.nodes != nodes or info.host != self.host or info.port != self.port:
             info = self._format(nodes)
         dist = self.ensure_jars()
-        for node in range(1, info.nodes + 1):
-            if self._pid(node) is None:
+        launching = [n for n in range(1, info.nodes + 1) if self._pid(n) is None]
+        # Checked at every launch, not only when formatting: another broker on our port would
+        # answer wait_ready in our node's place (and ours would die on the clash).
+        self._check_ports_free(
+            info.host, [p for n in launching for p in (info.client_port(n), info.controller_port(n))]
+        )
+        launched: list[int] = []
+        try:
+            for node in launching:
                 self._launch(info, node, dist)
-        self.wait_ready(info)
+                launched.append(node)
+            self.wait_ready(info)
+        except BaseException:
+            # Not left running on its own (a slow start timing out, Ctrl-C): the next start
+            # would find a half-started cluster, and its memory stays taken.
+            for node in launched:
+                self.kill_node(node)
+                (self.node_dir(node) / "pid").unlink(missing_ok=True)
+            raise
         return StartResult(info, already_running=False, seconds=time.monotonic() - began)
+
+    @staticmethod
+    def _check_ports_free(host: str, ports: list[int]) -> None:
+        for port in ports:
+            if not _port_free(host, port):
+                msg = (
+                    f"port {host}:{port} is in use by another program; set VIGIL_BROKER_PORT "
+                    "to a base port with free ports after it (two per node)"
+                )
+                raise BrokerError(msg)
 
     def _format(self, nodes: int) -> ClusterInfo:
         """Fresh storage for a new cluster shape: a new cluster id, every node formatted."""
         dist = self.ensure_jars()
-        for port in range(self.port, self.port + 2 * nodes):
-            if not _port_free(self.host, port):
-                msg = (
-                    f"port {self.host}:{port} is in use by another program; set VIGIL_BROKER_PORT "
-                    f"to a base port with {2 * nodes} free ports after it"
-                )
-                raise BrokerError(msg)
+        self._check_ports_free(self.host, list(range(self.port, self.port + 2 * nodes)))
         shutil.rmtree(self.data_root, ignore_errors=True)
         self.data_root.mkdir(parents=True)
         cluster_id = _random_cluster_id()
@@ -478,12 +501,14 @@ def _random_cluster_id() -> str:
             return text
 
 
-def _is_kafka_process(pid: int) -> bool:
+def _is_kafka_process(pid: int, config: Path | None = None) -> bool:
+    """Whether ``pid`` runs a Kafka broker (with ``config`` as its properties file, if given)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"kafka.Kafka" in cmdline
+    args = cmdline.split(b"\0")
+    return b"kafka.Kafka" in args and (config is None or os.fsencode(config) in args)
 
 
 #: Brokers this process launched.  Holding the Popen objects lets us reap them, and keeps
