@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -212,3 +216,41 @@ def test_the_in_memory_harness_partitions_keys_as_the_broker_does(settings: Sett
     assert len(landed) == len(keys)
     assert {k: partition_for(k, 7) for k in keys} == landed
     assert len(set(landed.values())) == 7
+
+
+def test_tail_prints_every_partitions_records_and_two_tails_see_all_of_them(
+    settings: Settings, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    # It subscribed under one group per topic with an eager assign() in a cooperative group:
+    # the first assignment failed, and two tails would have split the partitions between them.
+    name = f"test.tail.{uuid.uuid4().hex[:8]}"
+    topic_admin.ensure_topics(
+        settings, [TopicSpec(name=name, key="k", value="raw", description="d", partitions=3)]
+    )
+    producer = make_producer(settings)
+    for p in range(3):
+        producer.produce(name, key=f"key-{p}".encode(), value=b"{}", partition=p)
+    assert producer.flush(30) == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    env |= {"VIGIL_KAFKA_BOOTSTRAP": kafka_bootstrap, "VIGIL_HOME": str(tmp_path)}
+    command = [
+        sys.executable,
+        "-m",
+        "vigil.cli",
+        "tail",
+        name,
+        "--from-beginning",
+        "-n",
+        "3",
+        "--timeout",
+        "30",
+    ]
+    tails = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    for proc in tails:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert all(f"key=key-{p}" in out for p in range(3)), out
+    make_admin(settings).delete_topics([name])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,9 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from vigil.cli._common import console, err_console, settings
-from vigil.errors import DecodeError, TopicError
+from vigil.errors import ConfigError, DecodeError, TopicError
 from vigil.events.codec import EventCodec
-from vigil.events.ids import stable_id
 from vigil.hub import admin as topic_admin
 from vigil.hub.client import EventProducer, check_reachable, make_admin, make_consumer
 from vigil.hub.topics import RECORD_TYPES, TOPICS, TopicSpec
@@ -152,16 +152,17 @@ def tail(
     spec = TOPICS.get(topic) if topic in TOPICS else None
     decoder = _value_decoder(spec) if spec else None
     check_reachable(cfg)
-    group = stable_id("tail", topic, prefix="vigil-tail-")[:40]
-    consumer = make_consumer(cfg, group, **{"enable.partition.eof": False})
+    # Every partition assigned directly, under a group of its own that commits nothing: a
+    # shared group split the partitions between two tails, and subscribing with an eager
+    # assign() under the cooperative assignor failed at the first assignment.
+    consumer = make_consumer(cfg, f"vigil-tail-{uuid.uuid4().hex[:12]}", **{"enable.partition.eof": False})
     start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-
-    def on_assign(c: Any, partitions: list[TopicPartition]) -> None:
-        for p in partitions:
-            p.offset = start
-        c.assign(partitions)
-
-    consumer.subscribe([topic], on_assign=on_assign)
+    found = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if found is None or found.error is not None:
+        consumer.close()
+        msg = f"no topic {topic!r} on {cfg.kafka_bootstrap}" + (f" ({found.error})" if found else "")
+        raise ConfigError(msg)
+    consumer.assign([TopicPartition(topic, p, start) for p in sorted(found.partitions)])
     stop = {"now": False}
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
     seen = 0
