@@ -37,6 +37,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix="VIGIL_",
+        # An empty variable, as templated env files leave them, is unset: an empty SASL password
+        # or mechanism failed every command (SecretStr("") is not "", "" is no mechanism).
+        env_ignore_empty=True,
         frozen=True,
         extra="forbid",
         toml_file="vigil.toml",
@@ -96,7 +99,7 @@ class Settings(BaseSettings):
         given = [
             name
             for name in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
-            if getattr(self, name) not in (None, "")  # (empty, as templated env files leave it: unset)
+            if getattr(self, name) not in (None, "")
         ]
         if given and not sasl:
             msg = (

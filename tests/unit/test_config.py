@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vigil.config import load_settings
+from vigil.config import Settings, load_settings
 from vigil.errors import ConfigError
 
 
@@ -116,8 +116,15 @@ def test_security_settings_that_disagree_are_refused(
 
 
 def test_a_ca_file_without_tls_and_empty_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("VIGIL_KAFKA_SASL_USERNAME", "")  # as a templated env file leaves it: unset
-    assert load_settings().kafka_security_protocol == "PLAINTEXT"
+    # As a templated env file leaves them: unset.  (An empty password or mechanism failed
+    # every command: SecretStr("") is not "", and "" is no mechanism.)
+    for name in ("USERNAME", "PASSWORD", "MECHANISM"):
+        monkeypatch.setenv(f"VIGIL_KAFKA_SASL_{name}", "")
+    monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", "")
+    loaded = load_settings()
+    assert loaded.kafka_security_protocol == "PLAINTEXT"
+    assert loaded.kafka_sasl_password is None
+    assert loaded.kafka_bootstrap == Settings.model_fields["kafka_bootstrap"].default
     monkeypatch.setenv("VIGIL_KAFKA_SSL_CA_LOCATION", "/etc/ca.pem")
     with pytest.raises(ConfigError, match=r"kafka_ssl_ca_location set with .* PLAINTEXT"):
         load_settings()

@@ -12,15 +12,16 @@ Verbosity 2 gives inputs as ``txid:vout`` references; Bitcoin Core adds the spen
 ``verbosity=3`` to a node that supports it and the normaliser resolves input addresses.
 
 Options for ``vigil source bitcoin`` (:meth:`BitcoinSource.from_settings`): ``url``
-(default ``http://127.0.0.1:8332``), ``rpc_user`` and ``rpc_password`` (HTTP basic auth;
-the entry point should read the password from ``VIGIL_BITCOIN_RPC_PASSWORD``, never from
-a command line), ``confirmations`` (default 6), ``start_height`` (default: the confirmed
-head), ``verbosity`` (2 or 3, default 2), ``poll_interval`` seconds (default 10),
-``source_id``.
+(default ``http://127.0.0.1:8332``), ``rpc_user`` and ``rpc_password`` (HTTP basic auth; by
+default from ``VIGIL_BITCOIN_RPC_USER`` and ``VIGIL_BITCOIN_RPC_PASSWORD``: a password on a
+command line shows in the process list and the shell's history), ``confirmations`` (default
+6), ``start_height`` (default: the confirmed head), ``verbosity`` (2 or 3, default 2),
+``poll_interval`` seconds (default 10), ``source_id``.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,9 +29,9 @@ from typing import Any
 import msgspec
 
 from vigil.config import Settings
-from vigil.errors import SourceError
+from vigil.errors import ConfigError, SourceError
 from vigil.hub.raw import RawRecord
-from vigil.sources.chain import Block, ChainFollower
+from vigil.sources.chain import Block, ChainFollower, check_known, number_option
 from vigil.sources.jsonrpc import JsonRpcClient, JsonRpcError
 
 #: Bitcoin Core's RPC_INVALID_PARAMETER: "Block height out of range".
@@ -91,23 +92,23 @@ class BitcoinSource(ChainFollower):
             "poll_interval",
             "source_id",
         }
-        unknown = set(options) - known
-        if unknown:
-            msg = f"bitcoin source: unknown option(s) {sorted(unknown)}; expected some of {sorted(known)}"
-            raise ValueError(msg)
-        user, password = options.get("rpc_user"), options.get("rpc_password")
+        check_known("bitcoin", options, known)
+        user = options.get("rpc_user") or os.environ.get("VIGIL_BITCOIN_RPC_USER") or None
+        password = options.get("rpc_password") or os.environ.get("VIGIL_BITCOIN_RPC_PASSWORD") or None
         if (user is None) != (password is None):
-            msg = "bitcoin source: rpc_user and rpc_password go together; got only one of them"
-            raise ValueError(msg)
-        start = options.get("start_height")
+            msg = (
+                "bitcoin source: rpc_user and rpc_password go together (options, or VIGIL_BITCOIN_RPC_USER "
+                "and VIGIL_BITCOIN_RPC_PASSWORD); got only one of them"
+            )
+            raise ConfigError(msg)
         return cls(
             options.get("url", "http://127.0.0.1:8332"),
             auth=(user, password) if user is not None and password is not None else None,
             source_id=options.get("source_id"),
-            confirmations=int(options.get("confirmations", "6")),
-            start_height=int(start) if start is not None else None,
-            verbosity=int(options.get("verbosity", "2")),
-            poll_interval=timedelta(seconds=float(options.get("poll_interval", "10"))),
+            confirmations=number_option("bitcoin", options, "confirmations", "6", int),
+            start_height=number_option("bitcoin", options, "start_height", None, int),
+            verbosity=number_option("bitcoin", options, "verbosity", "2", int),
+            poll_interval=timedelta(seconds=number_option("bitcoin", options, "poll_interval", "10", float)),
         )
 
     def close(self) -> None:

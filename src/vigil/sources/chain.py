@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import logging
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from vigil.errors import Retry, SourceError
+from vigil.errors import ConfigError, Retry, SourceError
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import RawSink, Source
 
@@ -56,6 +56,29 @@ class FollowState:
 
     next_height: int
     recent: dict[int, str]
+
+
+def number_option(
+    source: str, options: Mapping[str, str], name: str, default: str | None, kind: type[int] | type[float]
+) -> Any:
+    """A numeric connector option (None if absent without a default), or ConfigError naming it
+    (``int("x")`` was a traceback)."""
+    text = options.get(name, default)
+    if text is None:
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        msg = f"{source} source: option {name} must be {what}; got {text[:40]!r}"
+        raise ConfigError(msg) from None
+
+
+def check_known(source: str, options: Mapping[str, str], known: set[str]) -> None:
+    unknown = set(options) - known
+    if unknown:
+        msg = f"{source} source: unknown option(s) {sorted(unknown)}; expected some of {sorted(known)}"
+        raise ConfigError(msg)
 
 
 def backoff_s(asked_s: float, failures: int) -> float:

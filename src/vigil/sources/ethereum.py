@@ -21,8 +21,9 @@ A block does not say which of its transactions failed (a reverted transaction ke
 in geth, erigon, nethermind, reth and anvil) is detected once and the list is left out.
 
 Options for ``vigil source ethereum`` (:meth:`EthereumSource.from_settings`): ``url``
-(default ``http://127.0.0.1:8545``; hosted nodes put an API key in it, so it should come
-from a secret setting rather than a command line; it is never printed), ``confirmations``
+(by default from ``VIGIL_ETHEREUM_RPC_URL``, else ``http://127.0.0.1:8545``; hosted nodes
+put an API key in it, so the environment is the place for it rather than a command line;
+it is never printed), ``confirmations``
 (default 12), ``start_block`` (default: the current confirmed head), ``poll_interval``
 seconds (default 2), ``source_id``.
 """
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,7 +41,7 @@ import msgspec
 from vigil.config import Settings
 from vigil.errors import Retry, SourceError
 from vigil.hub.raw import RawRecord
-from vigil.sources.chain import Block, ChainFollower
+from vigil.sources.chain import Block, ChainFollower, check_known, number_option
 from vigil.sources.jsonrpc import JsonRpcClient, JsonRpcError
 
 log = logging.getLogger(__name__)
@@ -110,17 +112,13 @@ class EthereumSource(ChainFollower):
     def from_settings(cls, settings: Settings, **options: str) -> EthereumSource:
         """Build from CLI options (all strings); see the module docstring for the list."""
         known = {"url", "confirmations", "start_block", "poll_interval", "source_id"}
-        unknown = set(options) - known
-        if unknown:
-            msg = f"ethereum source: unknown option(s) {sorted(unknown)}; expected some of {sorted(known)}"
-            raise ValueError(msg)
-        start = options.get("start_block")
+        check_known("ethereum", options, known)
         return cls(
-            options.get("url", "http://127.0.0.1:8545"),
+            options.get("url") or os.environ.get("VIGIL_ETHEREUM_RPC_URL") or "http://127.0.0.1:8545",
             source_id=options.get("source_id"),
-            confirmations=int(options.get("confirmations", "12")),
-            start_block=int(start) if start is not None else None,
-            poll_interval=timedelta(seconds=float(options.get("poll_interval", "2"))),
+            confirmations=number_option("ethereum", options, "confirmations", "12", int),
+            start_block=number_option("ethereum", options, "start_block", None, int),
+            poll_interval=timedelta(seconds=number_option("ethereum", options, "poll_interval", "2", float)),
         )
 
     def close(self) -> None:

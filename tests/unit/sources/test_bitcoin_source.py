@@ -16,7 +16,7 @@ import pytest
 from tests.integration.sources.bitcoin_rpc import BitcoinRpcServer
 
 from vigil.config import Settings
-from vigil.errors import Retry
+from vigil.errors import ConfigError, Retry
 from vigil.sources.bitcoin import BitcoinSource
 from vigil.sources.bitcoin_normalize import BitcoinNormalizer
 from vigil.sources.chain import backoff_s
@@ -122,10 +122,25 @@ def test_from_settings_parses_options(tmp_path: object) -> None:
     )
     assert (source.confirmations, source.start, source.source_id) == (3, 7, "bitcoin")
     source.close()
-    with pytest.raises(ValueError, match="unknown option"):
+    with pytest.raises(ConfigError, match="unknown option"):
         BitcoinSource.from_settings(settings, rpcuser="u")
-    with pytest.raises(ValueError, match="go together"):
+    with pytest.raises(ConfigError, match="go together"):
         BitcoinSource.from_settings(settings, rpc_user="u")
+    # A plain error naming the option, not a traceback from int().
+    with pytest.raises(ConfigError, match="option confirmations must be a whole number; got 'x'"):
+        BitcoinSource.from_settings(settings, confirmations="x")
+
+
+def test_rpc_credentials_come_from_the_environment(
+    node: BitcoinRpcServer, monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    # Documented, but read by nothing: a password could only be passed on the command line,
+    # where the process list and the shell's history show it.
+    monkeypatch.setenv("VIGIL_BITCOIN_RPC_USER", AUTH[0])
+    monkeypatch.setenv("VIGIL_BITCOIN_RPC_PASSWORD", AUTH[1])
+    source = BitcoinSource.from_settings(Settings(home=tmp_path), url=node.url, confirmations="0")  # type: ignore[arg-type]
+    assert source.head() == node.head  # the node took the credentials
+    source.close()
 
 
 # ---------------------------------------------------------------------- the JSON-RPC client

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from vigil.config import Settings
-from vigil.errors import SourceError
+from vigil.errors import ConfigError, SourceError
 from vigil.sources.ethereum import EthereumSource
 
 
@@ -29,7 +29,7 @@ def test_from_settings_parses_options(tmp_path: Path) -> None:
 
 
 def test_unknown_option_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"unknown option.*'confirmation'"):
+    with pytest.raises(ConfigError, match=r"unknown option.*'confirmation'"):
         EthereumSource.from_settings(Settings(home=tmp_path), confirmation="3")
 
 
