@@ -26,6 +26,7 @@ type is rejected (dead-lettered with the reason).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
@@ -64,6 +65,10 @@ _CHANNEL_OF = {
 }
 
 
+#: A product is re-subscribed after a gap at most this often (see CoinbaseSource.resync).
+RESYNC_EVERY_S = 30.0
+
+
 class CoinbaseSource(WebsocketFeed):
     """Options (``vigil source coinbase``): ``url``, ``products`` (comma-separated, required),
     ``channels`` (comma-separated; default matches,ticker,heartbeat), ``heartbeat_timeout`` (s)."""
@@ -87,6 +92,8 @@ class CoinbaseSource(WebsocketFeed):
             raise ValueError(msg)
         self.product_ids = list(product_ids)
         self.channels = list(channels)
+        #: When (monotonic) each product was last re-subscribed (see resync).
+        self._resynced: dict[str, float] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: str) -> CoinbaseSource:
@@ -127,11 +134,12 @@ class CoinbaseSource(WebsocketFeed):
                 gaps.append(gap)
         last_trade = message.get("last_trade_id")
         key = f"{product}:trade_id"
-        if kind == "heartbeat" and isinstance(last_trade, int) and self.tracker.last(key) is not None:
-            gap = self.tracker.check(key, last_trade)
-            if gap:
-                # The heartbeat names the last trade, so the missing ones end *at* it.
-                gaps.append(Gap(gap.key, gap.expected, last_trade + 1))
+        seen = self.tracker.last(key)
+        if kind == "heartbeat" and isinstance(last_trade, int) and seen is not None and last_trade > seen:
+            # The heartbeat names the last trade, which was not received: the missing ones are
+            # seen+1 ..= last_trade (one alone too: taken as a received trade, it was no gap).
+            gaps.append(Gap(key, seen + 1, last_trade + 1))
+            self.tracker.check(key, last_trade)
         sequence = message.get("sequence")
         # Sequences are contiguous per product only across the full channel (matches are part
         # of it); a last_match repeats an old trade and would read as going backwards.
@@ -143,9 +151,22 @@ class CoinbaseSource(WebsocketFeed):
         return Inspected(key=product.encode(), channel=channel, gaps=tuple(gaps))
 
     async def resync(self, ws: ClientConnection, gaps: Sequence[Gap]) -> None:
-        products = sorted({gap.key.partition(":")[0] for gap in gaps})
+        """Re-subscribe the products with gaps, once per ``RESYNC_EVERY_S`` each.
+
+        The counters are kept: what is lost while unsubscribed shows as a gap at the next
+        message (before, they were forgotten, so that loss was never noted), and the last
+        trade Coinbase re-sends on subscribing is a replay.  The spacing keeps that gap from
+        re-subscribing again at once, which on a busy product repeated for as long as it traded."""
+        now = time.monotonic()
+        products = sorted(
+            p
+            for p in {gap.key.partition(":")[0] for gap in gaps}
+            if now - self._resynced.get(p, -RESYNC_EVERY_S) >= RESYNC_EVERY_S
+        )
+        if not products:
+            return
         for product in products:
-            self.tracker.reset(f"{product}:")
+            self._resynced[product] = now
         await ws.send(self._subscription("unsubscribe", products))
         await ws.send(self._subscription("subscribe", products))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 
@@ -182,3 +183,39 @@ def test_an_error_message_gives_coinbases_reason_as_data() -> None:
         CoinbaseNormalizer().normalize(record(refused))
     assert "'Failed to subscribe / BTC-USDX is not a valid\\nproduct'" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_heartbeat_naming_the_one_next_trade_unseen_is_a_gap() -> None:
+    # Taken as if that trade had been received, the tracker moved past it unnoted.
+    feed = source(("matches", "heartbeat"))
+    feed.inspect(MATCH)
+    heartbeat = {"type": "heartbeat", "product_id": "SKL-USD", "sequence": 9, "last_trade_id": 1568269}
+    [gap] = feed.inspect(heartbeat).gaps
+    assert (gap.expected, gap.received, gap.missing) == (1568269, 1568270, 1)
+    assert feed.inspect(MATCH | {"trade_id": 1568270}).gaps == ()
+
+
+class _Sent:
+    """The connection's side the feed writes to (what it sent, in order)."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    async def send(self, text: str) -> None:
+        self.texts.append(text)
+
+
+def test_trades_lost_while_resubscribing_are_noted_and_resubscribing_is_spaced() -> None:
+    # Resync forgot the counters: trades lost while unsubscribed showed as no gap at all.  Kept,
+    # that loss is a gap, which must not resubscribe again at once (on a busy product, for ever).
+    feed = source()
+    ws = _Sent()
+    feed.inspect(MATCH)
+    gaps = feed.inspect(MATCH | {"trade_id": 1568270}).gaps
+    asyncio.run(feed.resync(ws, gaps))  # type: ignore[arg-type]
+    assert [json.loads(t)["type"] for t in ws.texts] == ["unsubscribe", "subscribe"]
+    assert feed.inspect(MATCH | {"type": "last_match", "trade_id": 1568270}).gaps == ()  # re-sent
+    [lost] = feed.inspect(MATCH | {"trade_id": 1568275}).gaps
+    assert (lost.expected, lost.received) == (1568271, 1568275)
+    asyncio.run(feed.resync(ws, [lost]))  # type: ignore[arg-type]
+    assert len(ws.texts) == 2
