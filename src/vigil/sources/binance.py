@@ -23,6 +23,8 @@ means the buyer was the maker, so the taker sold).  Aggregate trades get trade i
 ``agg-<a>`` so they can never collide with individual trade ids; subscribe to one of
 the two per symbol, not both, or volumes count twice.  Book, ticker and kline updates
 yield nothing; a subscription reply yields nothing; an error or unknown event is rejected.
+The market comes from the connection's URL (:func:`market_of`): each market numbers its trades
+itself, so a futures or Binance.US trade's id and venue name its market; spot keeps ``binance``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -163,6 +166,20 @@ def _time(ms: int, where: str) -> datetime:
         raise DecodeError(msg, where=where, path="$.data.T") from None
 
 
+def market_of(url: object) -> str:
+    """The Binance market a connection's URL is on: ``usdm`` (fstream.binance.com), ``coinm``
+    (dstream.binance.com), ``us`` (binance.us) or ``spot`` (stream.binance.com, and any other
+    host, such as a local replay of a spot recording)."""
+    host = (urlsplit(url).hostname or "") if isinstance(url, str) else ""
+    if host.startswith("fstream."):
+        return "usdm"
+    if host.startswith("dstream."):
+        return "coinm"
+    if host == "binance.us" or host.endswith(".binance.us"):
+        return "us"
+    return "spot"
+
+
 class BinanceNormalizer(Normalizer):
     """Binance ``ws_message`` records -> canonical ``trade`` events (see the module docstring)."""
 
@@ -180,19 +197,20 @@ class BinanceNormalizer(Normalizer):
         if envelope.code is not None:
             msg = f"{where}: Binance sent an error: code {envelope.code}: {(envelope.msg or '')[:200]!r}"
             raise ContractError(msg)
+        market = market_of(record.meta.get("url"))
         if not envelope.data:
             if envelope.e is not None:  # a raw (not combined) stream: the payload is the message
-                return self._payload(record.value, where, record.received_at)
+                return self._payload(record.value, where, record.received_at, None, market)
             if envelope.id is not None:
                 return []  # reply to a SUBSCRIBE/UNSUBSCRIBE request
             msg = f"{where}: expected a combined-stream message with 'data', got neither 'data' nor 'e'"
             raise ContractError(msg)
         # The stream name as data (quoted, bounded): it is the exchange's text, reaching logs.
         where = f"{where} stream {envelope.stream[:80]!r}" if envelope.stream else where
-        return self._payload(bytes(envelope.data), where, record.received_at, envelope.stream)
+        return self._payload(bytes(envelope.data), where, record.received_at, envelope.stream, market)
 
     def _payload(
-        self, data: bytes, where: str, received_at: datetime, stream: str | None = None
+        self, data: bytes, where: str, received_at: datetime, stream: str | None, market: str
     ) -> list[Event]:
         try:
             event = msgspec.json.decode(data, type=_Event).e
@@ -226,9 +244,12 @@ class BinanceNormalizer(Normalizer):
             raise DecodeError(str(exc), where=f"{where} {event}") from None
         buyer_order, seller_order = orders
         taker_side: Side = "sell" if maker else "buy"
+        # Each market numbers its trades itself: BTCUSDT trade 5000 on spot and on futures are
+        # two trades (spot ids as they always were).
+        scope = ("binance",) if market == "spot" else ("binance", market)
         return [
             Trade(
-                event_id=stable_id("binance", symbol, *id_parts, prefix="trade-"),
+                event_id=stable_id(*scope, symbol, *id_parts, prefix="trade-"),
                 source="binance",
                 occurred_at=_time(at, where),
                 ingested_at=received_at,
@@ -241,7 +262,7 @@ class BinanceNormalizer(Normalizer):
                     # The maker is the buyer when m is true; the order ids follow that role.
                     maker_order_id=_order(buyer_order if maker else seller_order),
                     taker_order_id=_order(seller_order if maker else buyer_order),
-                    venue="binance",
+                    venue="binance" if market == "spot" else f"binance-{market}",
                 ),
             )
         ]

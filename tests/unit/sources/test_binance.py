@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
 
 from vigil.config import shared_data_dir
 from vigil.errors import ContractError, DecodeError
+from vigil.events.types import Trade
 from vigil.hub.raw import RawRecord
 from vigil.sources.binance import BinanceNormalizer, BinanceSource
 from vigil.sources.websocket import SequenceTracker
@@ -172,3 +174,23 @@ def test_the_stream_name_in_an_error_is_quoted_data() -> None:
         BinanceNormalizer().normalize(record(forged))
     assert "\n" not in str(err.value)
     assert "stream 'x@weird\\n2026-05-09" in str(err.value)
+
+
+def test_spot_and_futures_trades_with_one_number_are_two_trades() -> None:
+    # Each market numbers its trades itself; every endpoint published as "binance", so a spot
+    # and a futures trade with the same id were one "unique" event, both labelled spot.
+    def on(url: str) -> Trade:
+        raw = record({"stream": "btcusdt@trade", "data": TRADE})
+        (trade,) = BinanceNormalizer().normalize(replace(raw, meta={"url": url}))
+        assert isinstance(trade, Trade)
+        return trade
+
+    spot = on("wss://stream.binance.com:9443/stream?streams=btcusdt@trade")
+    futures = on("wss://fstream.binance.com/stream?streams=btcusdt@trade")
+    us = on("wss://stream.binance.us:9443/stream?streams=btcusdt@trade")
+    assert len({spot.event_id, futures.event_id, us.event_id}) == 3
+    venues = (spot.payload.venue, futures.payload.venue, us.payload.venue)
+    assert venues == ("binance", "binance-usdm", "binance-us")
+    # Spot ids are as they were (a replay of older data keeps its ids).
+    (plain,) = BinanceNormalizer().normalize(record({"stream": "btcusdt@trade", "data": TRADE}))
+    assert plain.event_id == spot.event_id
