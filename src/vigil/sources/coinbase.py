@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
@@ -247,7 +247,7 @@ class CoinbaseNormalizer(Normalizer):
             Trade(
                 event_id=stable_id("coinbase", match.product_id, match.trade_id, prefix="trade-"),
                 source="coinbase",
-                occurred_at=match.time,
+                occurred_at=match.time.astimezone(UTC),  # (UTC only, whatever zone it named)
                 ingested_at=record.received_at,
                 payload=TradePayload(
                     trade_id=str(match.trade_id),

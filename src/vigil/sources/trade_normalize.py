@@ -4,6 +4,7 @@ market data, and reading the decimal strings exchanges send prices and sizes as.
 from __future__ import annotations
 
 import math
+import re
 
 from vigil.errors import ContractError, DecodeError
 from vigil.hub.raw import RawRecord
@@ -23,9 +24,17 @@ def message_where(source: str, record: RawRecord) -> str | None:
     return where
 
 
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?|\.[0-9]+(?:[eE][+-]?[0-9]+)?)")
+
+
 def positive_decimal(value: str, path: str, where: str) -> float:
-    """``value`` (a price or a size, at JSON ``path``) as a positive finite float."""
+    """``value`` (a price or a size, at JSON ``path``) as a positive finite float.
+
+    Plain decimals only (``"0.001"``, ``"1e-8"``): ``float()`` alone also took ``"1_000"``,
+    blanks around the number, ``"infinity"``, and read them as numbers."""
     try:
+        if not _DECIMAL.fullmatch(value):
+            raise ValueError(value)
         number = float(value)
     except ValueError:
         msg = f"expected a decimal string at {path}, got {value[:40]!r}"

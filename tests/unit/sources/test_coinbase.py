@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -219,3 +219,18 @@ def test_trades_lost_while_resubscribing_are_noted_and_resubscribing_is_spaced()
     assert (lost.expected, lost.received) == (1568271, 1568275)
     asyncio.run(feed.resync(ws, [lost]))  # type: ignore[arg-type]
     assert len(ws.texts) == 2
+
+
+@pytest.mark.parametrize("size", ["1_000", " 5", "5 ", "infinity", "0x10"])
+def test_sizes_must_be_plain_decimals(size: str) -> None:
+    # float() alone read "1_000" as 1000.0 and took blanks and words for numbers.
+    with pytest.raises(DecodeError, match="expected a decimal string at"):
+        CoinbaseNormalizer().normalize(record(json.dumps(MATCH | {"size": size}).encode()))
+
+
+def test_a_trade_time_with_another_zone_is_kept_in_utc() -> None:
+    (trade,) = CoinbaseNormalizer().normalize(
+        record(json.dumps(MATCH | {"time": "2026-01-01T20:43:37.5+02:00"}).encode())
+    )
+    assert trade.occurred_at.utcoffset() == timedelta(0)
+    assert trade.occurred_at.isoformat() == "2026-01-01T18:43:37.500000+00:00"
