@@ -10,6 +10,7 @@ import typer
 
 from vigil.cli._common import console, settings
 from vigil.errors import ConfigError
+from vigil.hub.client import check_reachable
 from vigil.sources.registry import SOURCES, source_class
 from vigil.sources.sink import KafkaRawSink, raw_topic
 
@@ -43,6 +44,7 @@ def source(
         raise ConfigError(msg)
     cfg = settings()
     connector = source_class(name).from_settings(cfg, **_options(option or []))
+    check_reachable(cfg)  # a clear error when no broker answers, not a traceback
     # A connector may route some records elsewhere (the ingest API sends rejected lines to
     # dlq.ingest); by default everything goes to raw.<source>.
     sink = KafkaRawSink(
@@ -68,6 +70,7 @@ def normalize(
     from vigil.sources.normalize import build
 
     cfg = settings()
+    check_reachable(cfg)  # a clear error when no broker answers, not a traceback
     app = build(cfg, source_names, guarantee="at_least_once" if at_least_once else "exactly_once")
     console.print(
         f"normalising {', '.join(app.inputs) if hasattr(app, 'inputs') else 'raw topics'}; Ctrl-C stops"

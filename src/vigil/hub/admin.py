@@ -24,7 +24,7 @@ from confluent_kafka.admin import (
 )
 
 from vigil.config import Settings
-from vigil.errors import TopicError
+from vigil.errors import BrokerError, TopicError
 from vigil.hub.topics import TopicSpec
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,13 @@ class TopicDiff:
 
 
 def describe_live(admin: AdminClient, names: Iterable[str] | None = None) -> dict[str, LiveTopic]:
-    """Live topics (excluding Kafka's internal ones) with partitions, replication and configs."""
-    meta = admin.list_topics(timeout=_TIMEOUT)
+    """Live topics (excluding Kafka's internal ones) with partitions, replication and configs;
+    BrokerError when the cluster does not answer (it was a KafkaException traceback)."""
+    try:
+        meta = admin.list_topics(timeout=_TIMEOUT)
+    except KafkaException as exc:
+        msg = f"the Kafka cluster did not answer a metadata request ({exc.args[0]}); is the broker running?"
+        raise BrokerError(msg) from None
     wanted = set(names) if names is not None else None
     topics = {
         name: t
