@@ -82,8 +82,18 @@ def test_applications_create_missing_topics_and_leave_live_settings_alone(settin
     assert topic_admin.describe_live(admin, [name])[name].config["retention.ms"] == "-1"
     (left,) = topic_admin.apply(admin, [declared], settings, alter_configs=False)
     assert f"settings left as they are: retention.ms -1 (declared {three_days})" in left.describe()
-    # Asked (vigil topics apply), it is set.
-    topic_admin.apply(admin, [declared], settings)
+    # A larger record limit deletes nothing: set even so (a topic made before a block or a
+    # changelog value needed more kept the 1 MB default, and its writer failed).
+    larger = replace(declared, max_message_bytes=8 << 20)
+    topic_admin.ensure_topics(settings, [larger])
+    live = topic_admin.describe_live(admin, [name])[name].config
+    assert (live["retention.ms"], live["max.message.bytes"]) == ("-1", str(8 << 20))
+    # An application's own topics (changelogs) keep their declared settings; asked (vigil topics
+    # apply), any topic's are set.
+    topic_admin.ensure_topics(settings, [larger], owned=True)
+    assert topic_admin.describe_live(admin, [name])[name].config["retention.ms"] == three_days
+    topic_admin.apply(admin, [replace(larger, retention=None)], settings)
+    topic_admin.apply(admin, [larger], settings)
     assert topic_admin.describe_live(admin, [name])[name].config["retention.ms"] == three_days
     admin.delete_topics([name])
 

@@ -120,7 +120,9 @@ def demo(
 ) -> None:
     """The whole pipeline on a simulated exchange: broker, intel, detection, live alerts, a score table."""
     cfg = settings()
-    if cfg.uses_external_cluster:
+    # (Decided before the local broker's address is filled in, which makes it "external".)
+    local = not cfg.uses_external_cluster
+    if not local:
         console.print(f"using the cluster at [bold]{cfg.kafka_bootstrap}[/]")
     else:
         with console.status("starting the local Apache Kafka broker (KRaft) ..."):
@@ -132,7 +134,7 @@ def demo(
         cfg = cfg.model_copy(update={"kafka_bootstrap": started.bootstrap})
     check_reachable(cfg)
     # (Settings of an existing cluster's topics are its operators': only missing ones are made.)
-    applied = topic_admin.apply(make_admin(cfg), TOPICS, cfg, alter_configs=not cfg.uses_external_cluster)
+    applied = topic_admin.apply(make_admin(cfg), TOPICS, cfg, alter_configs=local)
     changed = [diff for diff in applied if not diff.in_sync]
     console.print(f"[green]topics[/] {len(TOPICS)} declared, {len(changed)} created or updated")
 

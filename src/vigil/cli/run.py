@@ -66,14 +66,16 @@ def run(
         raise ConfigError(msg)
     options = _split_options(names, list(option or []))
     cfg = settings()
-    if not cfg.uses_external_cluster:
+    # (Decided before the local broker's address is filled in, which makes it "external".)
+    local = not cfg.uses_external_cluster
+    if local:
         started = from_settings(cfg).start()
         cfg = cfg.model_copy(update={"kafka_bootstrap": started.bootstrap})
         console.print(f"[green]broker[/] Kafka {started.info.version} at {started.bootstrap}")
     check_reachable(cfg)
     # On an existing cluster, only what is missing is created: its topics' settings are its
     # operators' (`vigil topics apply` changes them when asked).
-    topic_admin.apply(make_admin(cfg), TOPICS, cfg, alter_configs=not cfg.uses_external_cluster)
+    topic_admin.apply(make_admin(cfg), TOPICS, cfg, alter_configs=local)
     guarantee: Guarantee = "at_least_once" if at_least_once else "exactly_once"
 
     stop = threading.Event()

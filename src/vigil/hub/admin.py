@@ -175,11 +175,14 @@ def apply(
     if not alter_configs:
         for d in diffs:
             if d.config_changes and not d.missing:
-                changes = ", ".join(
-                    f"{k} {old} (declared {new})" for k, (old, new) in d.config_changes.items()
-                )
-                d.notes.append(f"settings left as they are: {changes}; `vigil topics apply` sets them")
-                d.config_changes = {}
+                # A larger record limit deletes nothing and is what the declaration needs (a
+                # Bitcoin block, a changelog value): set anyway.  The rest are left alone.
+                kept = {k: v for k, v in d.config_changes.items() if _raises_limit(k, v[0], v[1])}
+                left = {k: v for k, v in d.config_changes.items() if k not in kept}
+                if left:
+                    changes = ", ".join(f"{k} {was} (declared {new})" for k, (was, new) in left.items())
+                    d.notes.append(f"settings left as they are: {changes}; `vigil topics apply` sets them")
+                d.config_changes = kept
     create = [
         NewTopic(
             d.spec.name, num_partitions=d.partitions, replication_factor=d.replication, config=d.spec.config()
@@ -217,6 +220,15 @@ def apply(
     return [d for d in diffs if not d.in_sync or d.notes]
 
 
+def _raises_limit(key: str, was: str | None, new: str) -> bool:
+    if key != "max.message.bytes":
+        return False
+    try:
+        return was is None or int(new) > int(was)
+    except ValueError:
+        return False
+
+
 def _wait_visible(admin: AdminClient, expected: dict[str, int], timeout: float = _TIMEOUT) -> None:
     """Return once metadata shows every topic with its partitions: creation is asynchronous in
     Kafka, and a producer or a second ``apply`` right after would otherwise see a stale cluster."""
@@ -246,12 +258,14 @@ def _collect(errors: list[str], what: str, future: object, ignore: str | None = 
         errors.append(f"{what}: {err}")
 
 
-def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> None:
-    """Create what is missing (used by applications and tests before they produce); live topics'
-    settings are left as they are, a difference logged (only ``vigil topics apply`` changes them:
-    this runs at every connector and application start, on whatever cluster is configured)."""
+def ensure_topics(settings: Settings, specs: Iterable[TopicSpec], *, owned: bool = False) -> None:
+    """Create what is missing (used by applications and tests before they produce).  Live
+    topics' settings are left as they are, a difference logged, but for a larger record limit
+    (this runs at every connector and application start, on whatever cluster is configured:
+    ``vigil topics apply`` changes the rest).  ``owned``: topics only this application uses
+    (its changelogs and repartition topics), whose settings it keeps as declared."""
     from vigil.hub.client import make_admin
 
-    for diff in apply(make_admin(settings), specs, settings, alter_configs=False):
+    for diff in apply(make_admin(settings), specs, settings, alter_configs=owned):
         for note in diff.notes:
             log.info("topic %s: %s", diff.spec.name, note)

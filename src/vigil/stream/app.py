@@ -779,9 +779,10 @@ class Application:
                         name=name, key="original key", value=value, description=description, partitions=1
                     )
                 )
-        specs += self.internal_topics
         if specs:
             ensure_topics(self.settings, specs)
+        if self.internal_topics:
+            ensure_topics(self.settings, self.internal_topics, owned=True)
 
         # Delivery reports only for failures, to one callback: a Python call per record would cost
         # as much as the record itself.  Changelog offsets are counted instead (see _queue_writes).
