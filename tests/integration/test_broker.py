@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -140,6 +141,14 @@ def test_a_failed_start_stops_what_it_launched_and_keeps_the_clusters_shape(tmp_
     assert broker.running_nodes() == ()
 
 
+def _wait_started(pid: int) -> None:
+    """Until the process's command line is readable (it reads empty for a moment after Popen)."""
+    deadline = time.monotonic() + 10
+    while not Path(f"/proc/{pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline, f"process {pid} did not start"
+        time.sleep(0.01)  # poll interval; the command line is what is waited for
+
+
 def test_a_pid_file_naming_another_broker_is_not_ours(tmp_path: Path) -> None:
     # After a reboot the number in a stale pid file may be another checkout's broker, which
     # "broker stop" would then have killed.
@@ -148,6 +157,7 @@ def test_a_pid_file_naming_another_broker_is_not_ours(tmp_path: Path) -> None:
         [sys.executable, "-c", "import time; time.sleep(60)", "kafka.Kafka", "/elsewhere/server.properties"]
     )
     try:
+        _wait_started(other.pid)
         (tmp_path / "kafka").mkdir()
         (tmp_path / "kafka" / "cluster.json").write_text(
             json.dumps(
@@ -162,3 +172,22 @@ def test_a_pid_file_naming_another_broker_is_not_ours(tmp_path: Path) -> None:
     finally:
         other.kill()
         other.wait()
+    # Our own node is ours however its home is spelt: launched with a relative path from the
+    # home's parent, found through the absolute one.
+    ours = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; time.sleep(60)",
+            "kafka.Kafka",
+            "kafka/node-1/server.properties",
+        ],
+        cwd=tmp_path,
+    )
+    try:
+        _wait_started(ours.pid)
+        (broker.node_dir(1) / "pid").write_text(str(ours.pid))
+        assert LocalBroker(tmp_path.resolve(), port=broker.port, dist_root=DIST).running_nodes() == (1,)
+    finally:
+        ours.kill()
+        ours.wait()

@@ -297,14 +297,25 @@ class LocalBroker:
             # Not left running on its own (a slow start timing out, Ctrl-C): the next start
             # would find a half-started cluster, and its memory stays taken.
             for node in launched:
-                self.kill_node(node)
+                # By the handle this process holds (its command line may still read empty if
+                # it was launched a moment ago, and then _pid would not know it).
+                child = _CHILDREN.get(self._pid_file_value(node) or -1)
+                if child is not None:
+                    child.kill()
+                    child.wait(30)
+                    _CHILDREN.pop(child.pid, None)
                 (self.node_dir(node) / "pid").unlink(missing_ok=True)
             raise
         return StartResult(info, already_running=False, seconds=time.monotonic() - began)
 
     @staticmethod
-    def _check_ports_free(host: str, ports: list[int]) -> None:
+    def _check_ports_free(host: str, ports: list[int], grace_s: float = 2.0) -> None:
+        # A broker stopped a moment ago may hold its ports a little longer: the kernel closes
+        # a killed process's sockets after its command line already reads empty.
+        deadline = time.monotonic() + grace_s
         for port in ports:
+            while not _port_free(host, port) and time.monotonic() < deadline:
+                time.sleep(0.05)  # poll interval; the port's state is what is waited for
             if not _port_free(host, port):
                 msg = (
                     f"port {host}:{port} is in use by another program; set VIGIL_BROKER_PORT "
@@ -381,7 +392,7 @@ class LocalBroker:
             "java", f"-Xmx{self.heap_mb}m", f"-Xms{min(self.heap_mb, 256)}m",
             "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={ndir}",
-            "-cp", f"{dist}/*", "kafka.Kafka", str(props),
+            "-cp", f"{dist}/*", "kafka.Kafka", str(props.resolve()),
         ]  # fmt: skip
         with open(self.log_path(node), "ab") as log:
             # Its own session: the broker outlives the CLI command and ignores our Ctrl-C.
@@ -502,13 +513,26 @@ def _random_cluster_id() -> str:
 
 
 def _is_kafka_process(pid: int, config: Path | None = None) -> bool:
-    """Whether ``pid`` runs a Kafka broker (with ``config`` as its properties file, if given)."""
+    """Whether ``pid`` runs a Kafka broker (with ``config`` as its properties file, if given:
+    compared as resolved paths, each argument against the process's own working directory,
+    since a home may be named relative, absolute or through a symlink)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
     args = cmdline.split(b"\0")
-    return b"kafka.Kafka" in args and (config is None or os.fsencode(config) in args)
+    if b"kafka.Kafka" not in args:
+        return False
+    if config is None:
+        return True
+    want = config.resolve()
+    try:
+        cwd = Path(f"/proc/{pid}/cwd").resolve()
+    except OSError:
+        cwd = Path.cwd()
+    return any(
+        (cwd / os.fsdecode(arg)).resolve() == want for arg in args if arg.endswith(b"server.properties")
+    )
 
 
 #: Brokers this process launched.  Holding the Popen objects lets us reap them, and keeps
