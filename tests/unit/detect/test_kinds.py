@@ -1022,3 +1022,15 @@ def test_linked_trades_before_the_link_do_not_count_whichever_arrives_first(tmp_
     assert run(tmp_path, WASH, first + second + trades, arrival=True) == []
     later = _wash_trade("4m", 4, "a2", "a1") + _wash_trade("5m", 5, "a1", "a2")
     assert run(tmp_path, WASH, first + second + trades + later, arrival=True) == ["a1"]
+
+
+def test_linked_held_trades_before_either_link_stay_uncounted_in_any_order(tmp_path: Path) -> None:
+    # The later login arriving first: the held trades were counted with the link of the login
+    # that arrived last, though the other account had the device only from 150 s.
+    first = "      - {type: login, at: 0, customer: c1, account: a1, device: dev-x}\n"
+    second = "      - {type: login, at: 150s, customer: c2, account: a2, device: dev-x}\n"
+    trades = "".join(_wash_trade(f"{n}m", n, *(("a1", "a2") if n % 2 else ("a2", "a1"))) for n in (1, 2, 3))
+    for order in (second + trades + first, trades + second + first, trades + first + second):
+        assert run(tmp_path, WASH, order, arrival=True) == []
+    later = _wash_trade("4m", 4, "a2", "a1") + _wash_trade("5m", 5, "a1", "a2")
+    assert run(tmp_path, WASH, trades + later + second + first, arrival=True) == ["a1"]

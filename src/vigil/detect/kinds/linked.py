@@ -318,23 +318,38 @@ class LinkedDetector(SingleRouteDetector):
         if not held:
             return
         others = {i[1] for i in held if i[0] >= since}
-        counted: set[str] = set()
+        since_mine: dict[str, float] = state.get(f"l:{party}") or {}
+        counted: set[tuple[float, str]] = set()  # (time, evidence id) of the matches counted
         for other in sorted(others):
             shared = sorted(set(mine).intersection(state.get(f"p:{other}") or ()))
             if not shared:
                 continue
-            counted.add(other)
-            self._count(
-                state,
-                party,
-                other,
-                shared,
-                [[i[0], i[2]] for i in held if i[1] == other and i[0] >= since],
-                hits,
-            )
+            since_other: dict[str, float] = state.get(f"l:{other}") or {}
+            # A held match counts over the links both parties had by its time: the other's link
+            # learned later (its login arriving first) does not reach back before it either.
+            linked: dict[str, None] = {}
+            items = []
+            for item in held:
+                if item[1] != other or item[0] < since:
+                    continue
+                at = [
+                    s
+                    for s in shared
+                    if since_mine.get(s, 0.0) <= item[0] and since_other.get(s, 0.0) <= item[0]
+                ]
+                if at:
+                    linked.update(dict.fromkeys(at))
+                    items.append(item)
+            if not items:
+                continue
+            self._count(state, party, other, sorted(linked), [[i[0], i[2]] for i in items], hits)
+            done = {(float(i[0]), str(i[2][0])) for i in items}
+            counted |= done
             theirs: list[list[Any]] = state.get(f"u:{other}") or []
-            left = [i for i in theirs if not (i[1] == party and i[0] >= since)]
+            left = [i for i in theirs if not (i[1] == party and (float(i[0]), str(i[2][0])) in done)]
             if len(left) != len(theirs):
                 set_or_delete(state, f"u:{other}", left)
         if counted:
-            set_or_delete(state, f"u:{party}", [i for i in held if not (i[1] in counted and i[0] >= since)])
+            set_or_delete(
+                state, f"u:{party}", [i for i in held if (float(i[0]), str(i[2][0])) not in counted]
+            )
