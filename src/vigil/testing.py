@@ -7,6 +7,12 @@ Events are routed to partitions as Vigil's Kafka producers route them (librdkafk
 default partitioner: CRC-32 of the key), processed in micro-batches in the order given, and every
 emitted event and dead letter is collected.  State is a plain dict per store and
 partition, so a test can also inspect it.
+
+As the Kafka runtime does: operators are told of each partition (``on_assign``) before its
+first batch; outputs are encoded and refused over the runtime's size limit; a dead letter's
+reason names the operator; a restart (``result=``) reads state back as RocksDB would and
+carries the offsets on.  Not here: repartition topics are not read back (a ``group_by``'s
+output is collected, not processed again), and every input is partitioned by its event's key.
 """
 
 from __future__ import annotations
@@ -19,8 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from confluent_kafka import KafkaError, KafkaException
 
 from vigil.events.base import Event
+from vigil.events.codec import encode
+from vigil.stream.app import OUTPUT_MAX_BYTES
 from vigil.stream.attempt import Attempt, attempt
 from vigil.stream.base import Operator, Record, State, StoreSpec
 from vigil.stream.collector import collecting_young
@@ -62,9 +71,10 @@ class MemoryState(State):
         self.data.pop(key, None)
 
     def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
-        for key in sorted(self.data):
-            if key.startswith(prefix):
-                yield key, self.data[key]
+        # Taken whole before the first is yielded, as RocksState does: a caller may delete keys
+        # while it iterates.
+        found = [(key, self.data[key]) for key in sorted(self.data) if key.startswith(prefix)]
+        yield from found
 
     def walk(self, prefix: str, after: str | None, limit: int) -> list[tuple[str, Any]]:
         # Keys are sorted once per walk, when it begins (items() sorts them on every call, and a
@@ -101,6 +111,8 @@ class HarnessResult:
     #: Records operators reported as too late for their window (``ctx.late``).
     late: list[Record[Any]] = field(default_factory=list)
     states: dict[tuple[str, int], MemoryState] = field(default_factory=dict)
+    #: The next offset per (topic, partition): a restart carries on from them, as Kafka's do.
+    offsets: dict[tuple[str, int], int] = field(default_factory=lambda: defaultdict(int))
 
     def emitted(self, topic: str | None = None) -> list[Any]:
         return [e.event for e in self.emits if topic is None or e.topic == topic]
@@ -127,17 +139,40 @@ class _MemoryContext:
             found = states[(store.id, self._partition)] = MemoryState(store.value_type)
         return found
 
+    # Outputs are encoded and size-checked as the Kafka runtime's are (an output it would refuse
+    # passed here), when emitted; an attempt's are prepared so, and sent when it succeeds.
+
     def emit(self, topic: str, event: Event, key: str | None = None) -> None:
-        self._result.emits.append(Emitted(topic, key if key is not None else event.key(), event))
+        self.prepare_emit(topic, event, key)()
 
     def forward(self, topic: str, record: Record[Any], key: str) -> None:
-        self.emit(topic, record.event, key)
+        self.prepare_forward(topic, record, key)()
 
     def dead_letter(self, record: Record[Any], reason: str) -> None:
         self._result.dead_letters.append((record, reason))
 
     def late(self, record: Record[Any]) -> None:
-        self._result.late.append(record)
+        self.prepare_late(record)()
+
+    def prepare_emit(self, topic: str, event: Event, key: str | None = None) -> Callable[[], None]:
+        _checked(topic, event)
+        emitted = Emitted(topic, key if key is not None else event.key(), event)
+        return lambda: self._result.emits.append(emitted)
+
+    def prepare_forward(self, topic: str, record: Record[Any], key: str) -> Callable[[], None]:
+        return self.prepare_emit(topic, record.event, key)
+
+    def prepare_late(self, record: Record[Any]) -> Callable[[], None]:
+        _checked("late", record.event)
+        return lambda: self._result.late.append(record)
+
+
+def _checked(topic: str, event: Event) -> None:
+    """Encode ``event`` as the runtime does, and refuse it as the runtime does when too large."""
+    value = encode(event)
+    if len(value) > OUTPUT_MAX_BYTES:
+        text = f"a record of {len(value):,} bytes for {topic!r}; at most {OUTPUT_MAX_BYTES:,}"
+        raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, text))
 
 
 def partition_for(key: str | bytes | None, partitions: int) -> int:
@@ -173,12 +208,15 @@ def run_operators(
     if len(set(ids)) != len(ids):
         msg = f"duplicate operator ids: {ids}"
         raise ValueError(msg)
+    if batch_size < 1 or partitions < 1:
+        msg = f"batch_size and partitions must be at least 1; got {batch_size} and {partitions}"
+        raise ValueError(msg)
     if result is None:
         result = HarnessResult()
     else:
         for state in result.states.values():
             state.reload()
-    offsets: dict[tuple[str, int], int] = defaultdict(int)
+    offsets = result.offsets
     batch: dict[int, list[Record[Any]]] = defaultdict(list)
 
     # One context per operator and partition for the whole run, as the runtime keeps one per
@@ -191,7 +229,9 @@ def run_operators(
             for op in operators:
                 ctx = contexts.get((op.id, part))
                 if ctx is None:
+                    # A partition assigned (again, after a restart), as the runtime tells operators.
                     ctx = contexts[(op.id, part)] = _MemoryContext(part, result, op, stage=topic)
+                    op.on_assign(ctx)
                 if op.dead_letter_errors:
                     trial = trials.get((op.id, part))
                     if trial is None:
@@ -199,7 +239,7 @@ def run_operators(
                     for rec in records:
                         error = attempt(op.process, rec, trial)
                         if error is not None:
-                            ctx.dead_letter(rec, error)
+                            ctx.dead_letter(rec, f"operator {op.id!r}: {error}")  # as the runtime says
                 else:
                     op.process(records, ctx)
         batch.clear()

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
+from confluent_kafka import KafkaException
 
 from vigil.errors import ConfigError
 from vigil.events.base import Entities
@@ -212,7 +213,10 @@ class Fragile(Operator[Payment]):
 def test_a_dead_lettered_record_leaves_no_state_change_and_no_output() -> None:
     events = [payment(i, "c1", timedelta(minutes=i)) for i in range(1, 6)]
     result = run_operators([Fragile()], events, batch_size=5)
-    assert [(r.event.event_id, reason) for r, reason in result.dead_letters] == [("p3", "ValueError: poison")]
+    # (The reason as the Kafka runtime gives it.)
+    assert [(r.event.event_id, reason) for r, reason in result.dead_letters] == [
+        ("p3", "operator 'fragile': ValueError: poison")
+    ]
     assert [e.event_id for e in result.emitted("out")] == ["p1", "p2", "p4", "p5"]
     state = result.states[("fragile.v1", 0)]
     assert state.get("c1") == ["p1", "p2", "p4", "p5"]  # the in-place append for p3 undone too
@@ -277,3 +281,55 @@ def test_a_vectorised_window_under_the_dead_letter_policy_keeps_one_log_per_part
     state = next(iter(result.states.values()))
     got = window.update(state, ["c1"], [T0 + timedelta(seconds=200)], [10.0])
     assert int(got.count[0]) == 199  # p1..p199 without p5, plus this one
+
+
+class Oversized(Operator[Payment]):
+    """Emits, for p2, an output larger than the runtime sends (1 MB); records its assignments."""
+
+    id = "oversized"
+    stores = ()
+
+    def __init__(self, dead_letter: bool) -> None:
+        self.dead_letter_errors = dead_letter
+        self.assigned: list[int] = []
+
+    def on_assign(self, ctx: Context) -> None:
+        self.assigned.append(ctx.partition)
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        assert self.assigned, "process before on_assign"
+        for rec in batch:
+            event = rec.event
+            if event.event_id == "p2":
+                event = msgspec.structs.replace(event, event_id="x" * 1_100_000)
+            ctx.emit("out", event)
+
+
+def test_the_harness_refuses_outputs_the_runtime_refuses_and_assigns_first() -> None:
+    # It passed an output over the runtime's limit (the runtime dead-letters the record, or
+    # stops), and never called on_assign, which the runtime calls before any batch.
+    events = [payment(i, "c1", timedelta(minutes=i)) for i in range(1, 4)]
+    lenient = Oversized(dead_letter=True)
+    result = run_operators([lenient], events)
+    assert lenient.assigned == [0]
+    assert [e.event_id for e in result.emitted("out")] == ["p1", "p3"]
+    ((record, reason),) = result.dead_letters
+    assert record.event.event_id == "p2"
+    assert "MSG_SIZE_TOO_LARGE" in reason
+    assert "a record of 1,100,1" in reason
+    with pytest.raises(KafkaException, match="at most 1,000,000"):
+        run_operators([Oversized(dead_letter=False)], events)
+
+
+def test_harness_restarts_carry_offsets_on_and_state_walks_survive_deletes() -> None:
+    first = run_operators([Fragile()], [payment(1, "c1", timedelta(0))])
+    later = run_operators([Fragile()], [payment(2, "c1", timedelta(minutes=1))], result=first)
+    assert later.offsets[("in", 0)] == 2  # the restart's record is offset 1, not 0 again
+    state = later.states[("fragile.v1", 0)]
+    seen = []
+    for key, _ in state.items("p"):
+        seen.append(key)
+        state.delete("p2")  # deleting a key still to come, as RocksState allows
+    assert seen == ["p1", "p2"]
+    with pytest.raises(ValueError, match="batch_size and partitions must be at least 1"):
+        run_operators([Fragile()], [], batch_size=0)
