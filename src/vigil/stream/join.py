@@ -14,7 +14,8 @@ more than ``max_skew`` behind the other (its source is down, or the partition on
 events of one side), stops holding the join back at ``max_skew``: the waiting events of the
 side ahead would otherwise be kept for as long as the other stays behind.
 
-Events wait in the store as their encoded bytes (exactly what arrived) and expire past
+Events wait in the store encoded (the canonical encoding; an application with event types of
+its own names them, ``event_types``, so they decode again) and expire past
 ``within`` behind the join's watermark: when their key comes again, or, for keys that went
 quiet, by a walk over the store a step at a time (:class:`~vigil.stream.windows.QuietKeys`);
 events older than the watermark are late (``ctx.late``) and join nothing.  Events without
@@ -31,6 +32,7 @@ from typing import Any
 
 from vigil.events.base import Event
 from vigil.events.codec import EventCodec, encode
+from vigil.events.types import EVENT_CLASSES
 from vigil.stream.base import Context, Operator, Record, StoreSpec
 from vigil.stream.windows import QuietKeys, duration_ms, to_ms
 
@@ -61,6 +63,7 @@ class IntervalJoin(Operator[Event]):
         lateness: timedelta | str | int = 0,
         max_skew: timedelta | str | int = "1h",
         quiet: QuietKeys | None = None,
+        event_types: Sequence[type[Event]] = (),
     ) -> None:
         if left == right:
             msg = f"join {id!r}: left and right must be different topics; got {left!r} twice"
@@ -78,7 +81,9 @@ class IntervalJoin(Operator[Event]):
                 raise ValueError(msg)
         self.on_match = on_match
         self.key = key
-        self._codec = EventCodec()
+        # (Only the canonical types by default: a type of the application's own failed to decode
+        # at its first match, which stopped the application.)
+        self._codec = EventCodec([*EVENT_CLASSES, *event_types]) if event_types else EventCodec()
         #: Deletes the waiting events of keys that went quiet (both sides: "L:" and "R:").
         self.quiet = quiet if quiet is not None else QuietKeys("L:", "R:")
 

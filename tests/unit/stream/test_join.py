@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import example, given, settings
@@ -209,3 +209,46 @@ def test_events_without_the_key_join_nothing_and_are_not_stored() -> None:
 def test_negative_durations_are_refused(option: str) -> None:
     with pytest.raises(ValueError, match=f"{option} must not be negative"):
         login_withdrawal_join(lambda left, right, ctx: None, **{option: -1})
+
+
+class BadgeSwipe(Event, tag="test_badge_swipe", frozen=True):
+    """An application's own event type (not in the canonical catalogue)."""
+
+    domain: ClassVar[str] = "physical"
+    key_entity: ClassVar[str] = "employee"
+    door: str = "main"
+
+
+class VpnLogin(Event, tag="test_vpn_login", frozen=True):
+    domain: ClassVar[str] = "network"
+    key_entity: ClassVar[str] = "employee"
+
+
+def test_an_applications_own_event_types_join_when_named() -> None:
+    # They waited encoded and were decoded with the canonical catalogue only: the first match
+    # raised DecodeError, which stops the application.
+    pairs: list[tuple[str, str]] = []
+
+    def matched(left: Event, right: Event, ctx: Context) -> None:
+        assert isinstance(left, BadgeSwipe)
+        pairs.append((left.event_id, right.event_id))
+
+    def at(minute: int) -> datetime:
+        return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=minute)
+
+    join = IntervalJoin(
+        "badge-vpn",
+        StoreSpec("badge-vpn", 1),
+        left="events.physical",
+        right="events.network",
+        within="10m",
+        on_match=matched,
+        event_types=[BadgeSwipe, VpnLogin],
+    )
+    who = Entities(employee="e1")
+    events: list[Event] = [
+        BadgeSwipe(event_id="b1", source="t", occurred_at=at(0), entities=who, door="lab"),
+        VpnLogin(event_id="v1", source="t", occurred_at=at(3), entities=who),
+    ]
+    run_operators([join], events, topic_of=topic_of)
+    assert pairs == [("b1", "v1")]
