@@ -2,8 +2,9 @@
 
 Values come from, in order of precedence: keyword arguments, ``VIGIL_*`` environment
 variables, then the optional TOML file (``vigil.toml`` in the working directory, or the
-file named by ``VIGIL_CONFIG``).  Environment variables are read only here, and only
-when the entry point calls :func:`load_settings`.
+file named by ``VIGIL_CONFIG``).  An empty environment variable counts as unset (as templated
+env files leave them): the TOML file's value, else the default, applies.  Environment
+variables are read only here, and only when the entry point calls :func:`load_settings`.
 
 Secrets are :class:`~pydantic.SecretStr`: they print as ``**********`` in every dump.
 """

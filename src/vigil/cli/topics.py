@@ -160,7 +160,8 @@ def tail(
     found = consumer.list_topics(topic, timeout=10).topics.get(topic)
     if found is None or found.error is not None:
         consumer.close()
-        msg = f"no topic {topic!r} on {cfg.kafka_bootstrap}" + (f" ({found.error})" if found else "")
+        where = cfg.kafka_client_config()["bootstrap.servers"]
+        msg = f"no topic {topic!r} on {where}" + (f" ({found.error})" if found else "")
         raise ConfigError(msg)
     consumer.assign([TopicPartition(topic, p, start) for p in sorted(found.partitions)])
     stop = {"now": False}

@@ -167,13 +167,16 @@ def _time(ms: int, where: str) -> datetime:
 
 
 def market_of(url: object) -> str:
-    """The Binance market a connection's URL is on: ``usdm`` (fstream.binance.com), ``coinm``
-    (dstream.binance.com), ``us`` (binance.us) or ``spot`` (stream.binance.com, and any other
-    host, such as a local replay of a spot recording)."""
+    """The Binance market a connection's URL is on: ``usdm`` (fstream*.binance.com), ``coinm``
+    (dstream*.binance.com), ``us`` (binance.us), ``testnet`` (binance.vision, binancefuture.com)
+    or ``spot`` (stream.binance.com, and any other host, such as a local replay of a spot
+    recording)."""
     host = (urlsplit(url).hostname or "") if isinstance(url, str) else ""
-    if host.startswith("fstream."):
+    if host.endswith("binance.vision") or host.endswith("binancefuture.com"):
+        return "testnet"  # (its ids would collide with the real markets')
+    if host.startswith("fstream"):
         return "usdm"
-    if host.startswith("dstream."):
+    if host.startswith("dstream"):
         return "coinm"
     if host == "binance.us" or host.endswith(".binance.us"):
         return "us"

@@ -150,7 +150,7 @@ class CoinbaseSource(WebsocketFeed):
                 gaps.append(gap)
         return Inspected(key=product.encode(), channel=channel, gaps=tuple(gaps))
 
-    async def resync(self, ws: ClientConnection, gaps: Sequence[Gap]) -> None:
+    async def resync(self, ws: ClientConnection, gaps: Sequence[Gap]) -> bool:
         """Re-subscribe the products with gaps, once per ``RESYNC_EVERY_S`` each.
 
         The counters are kept: what is lost while unsubscribed shows as a gap at the next
@@ -164,11 +164,12 @@ class CoinbaseSource(WebsocketFeed):
             if now - self._resynced.get(p, -RESYNC_EVERY_S) >= RESYNC_EVERY_S
         )
         if not products:
-            return
+            return False
         for product in products:
             self._resynced[product] = now
         await ws.send(self._subscription("unsubscribe", products))
         await ws.send(self._subscription("subscribe", products))
+        return True
 
 
 # ---------------------------------------------------------------------------- normaliser

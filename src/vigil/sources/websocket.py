@@ -228,10 +228,11 @@ class WebsocketFeed(Source):
     def inspect(self, message: Any) -> Inspected:
         """Key, channel and sequence gaps of one decoded message (``message`` is any JSON value)."""
 
-    async def resync(self, ws: ClientConnection, gaps: Sequence[Gap]) -> None:
-        """Called after a batch revealed ``gaps``; the default only re-baselines (the tracker
-        already accepted the new counter).  Coinbase re-subscribes the affected products."""
-        return None
+    async def resync(self, ws: ClientConnection, gaps: Sequence[Gap]) -> bool:
+        """Called after a batch revealed ``gaps``; whether it resynchronised (counted as a
+        resync).  The default only re-baselines (the tracker already accepted the new counter).
+        Coinbase re-subscribes the affected products, at most so often."""
+        return True
 
     # ------------------------------------------------------------------ loop
 
@@ -373,10 +374,10 @@ class WebsocketFeed(Source):
         if gaps:
             self.stats.gaps += len(gaps)
             counters["gaps"].labels(self.name).inc(len(gaps))
-            if resync:  # a dead connection cannot resync; the next one starts from new baselines
+            # A dead connection cannot resync; the next one starts from new baselines.
+            if resync and await self.resync(ws, gaps):
                 self.stats.resyncs += 1
                 counters["resyncs"].labels(self.name).inc()
-                await self.resync(ws, gaps)
 
 
 def str_list(value: str | Sequence[str]) -> list[str]:

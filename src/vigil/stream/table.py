@@ -393,7 +393,8 @@ class GlobalTable(Generic[V]):
         else:
             try:
                 self._data[key] = self._decode(value)
-            except (VigilError, ValueError) as exc:
+            except (VigilError, ValueError, TypeError) as exc:  # (a decode of the caller's: its
+                # TypeError on one bad record stopped the reader, and every later update was lost)
                 self.errors += 1
                 log.warning("global table %s: skipped %s: %s", self.name, where, exc)
                 return

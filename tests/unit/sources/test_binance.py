@@ -194,3 +194,12 @@ def test_spot_and_futures_trades_with_one_number_are_two_trades() -> None:
     # Spot ids are as they were (a replay of older data keeps its ids).
     (plain,) = BinanceNormalizer().normalize(record({"stream": "btcusdt@trade", "data": TRADE}))
     assert plain.event_id == spot.event_id
+
+
+def test_testnet_trades_are_not_taken_for_the_real_markets() -> None:
+    from vigil.sources.binance import market_of
+
+    assert market_of("wss://stream.testnet.binance.vision/ws") == "testnet"
+    assert market_of("wss://stream.binancefuture.com/ws") == "testnet"
+    assert market_of("wss://fstream-mm.binance.com/ws") == "usdm"
+    assert market_of("ws://127.0.0.1:9000/stream") == "spot"
