@@ -120,6 +120,13 @@ def test_account_takeover_follows_the_phishing_sequence(sim: Simulation, stream:
         assert timedelta(minutes=1) <= sent.occurred_at - req.occurred_at <= timedelta(minutes=20)
         assert label.funds_leave_at == sent.occurred_at
         assert req.payload.to_address == sent.payload.to_address  # type: ignore[attr-defined]
+        # Labelled alike whether direct or through a breached vendor (those named the vendor,
+        # not the victim's account or the attacker's device).
+        kinds = {r.kind: r.id for r in label.related}
+        assert kinds.get("account") == cust.account
+        assert kinds.get("device") == login.entities.device
+        assert "vendor" not in kinds
+    assert any("parent_episode" in lb.params for lb in atos), "takeovers through a breached vendor too"
 
 
 def test_address_poisoning_uses_a_lookalike_of_a_usual_counterparty(

@@ -58,7 +58,14 @@ class SupplyChainCompromise(Scenario):
             labels.append(
                 ep.label(
                     ref("customer", c.id),
-                    related=[ref("vendor", vendor.id), ref("ip", att.ip), ref("wallet", dest)],
+                    # As a direct takeover's label (the vendor is the parent episode's, named in
+                    # params): an alert on the victim's account or the attacker's device counts.
+                    related=[
+                        ref("account", c.account),
+                        ref("device", att.device),
+                        ref("ip", att.ip),
+                        ref("wallet", dest),
+                    ],
                     events=ep.events[before:],
                     funds_leave_at=leave,
                     params={"parent_episode": ep.id, "phishing_domain": domain},
