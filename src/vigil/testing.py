@@ -112,7 +112,7 @@ class HarnessResult:
     late: list[Record[Any]] = field(default_factory=list)
     states: dict[tuple[str, int], MemoryState] = field(default_factory=dict)
     #: The next offset per (topic, partition): a restart carries on from them, as Kafka's do.
-    offsets: dict[tuple[str, int], int] = field(default_factory=lambda: defaultdict(int))
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def emitted(self, topic: str | None = None) -> list[Any]:
         return [e.event for e in self.emits if topic is None or e.topic == topic]
@@ -251,8 +251,9 @@ def run_operators(
             key = event.key()
             part = partition_for(key, partitions)
             source = topic_of(event) if topic_of is not None else topic
-            rec = Record(event, source, part, offsets[(source, part)], key.encode() if key else None, 0)
-            offsets[(source, part)] += 1
+            offset = offsets.get((source, part), 0)
+            rec = Record(event, source, part, offset, key.encode() if key else None, 0)
+            offsets[(source, part)] = offset + 1
             batch[part].append(rec)
             if count % batch_size == 0:
                 flush()

@@ -13,6 +13,9 @@
 from __future__ import annotations
 
 import re
+from typing import Any, TypeVar
+
+import msgspec
 
 _EVM = re.compile(r"^0x[0-9a-f]{40}$", re.IGNORECASE)
 #: Human-readable part, separator, then at least the 6-character checksum (BIP-173: at most 90
@@ -37,3 +40,37 @@ def canonical_address(value: str) -> str:
     ):
         return value.lower()
     return value
+
+
+#: Payload fields that hold an address, besides those whose name ends in ``address``.
+_ADDRESS_FIELDS = frozenset({"owner", "spender", "token_contract"})
+E = TypeVar("E", bound=msgspec.Struct)
+
+
+def canonical_addresses(event: E) -> E:
+    """``event`` with its addresses as :func:`canonical_address` spells them: the ``wallet`` and
+    ``counterparty`` entities and the payload's address fields.  For events from a service that
+    may spell an EVM address in its checksum case: one wallet was two keys, on two partitions,
+    with two detection states.  The event itself when nothing changes."""
+    entities: Any = getattr(event, "entities", None)
+    changes: dict[str, Any] = {}
+    if entities is not None:
+        fixed = {
+            name: canonical_address(value)
+            for name in ("wallet", "counterparty")
+            if isinstance(value := getattr(entities, name, None), str) and canonical_address(value) != value
+        }
+        if fixed:
+            changes["entities"] = msgspec.structs.replace(entities, **fixed)
+    payload: Any = getattr(event, "payload", None)
+    if isinstance(payload, msgspec.Struct):
+        fixed = {
+            name: canonical_address(value)
+            for name in payload.__struct_fields__
+            if (name.endswith("address") or name in _ADDRESS_FIELDS)
+            and isinstance(value := getattr(payload, name), str)
+            and canonical_address(value) != value
+        }
+        if fixed:
+            changes["payload"] = msgspec.structs.replace(payload, **fixed)
+    return msgspec.structs.replace(event, **changes) if changes else event

@@ -34,9 +34,16 @@ def _path_of(message: str) -> str | None:
     return None
 
 
+#: How much of an error message is kept (msgspec quotes the offending value whole).
+_MAX_ERROR_CHARS = 500
+
+
 def _inert(text: str) -> str:
-    """``text`` with control characters escaped: msgspec quotes an unknown type tag or field name
-    as given, and a newline or an ESC sequence in it forged log lines or drove the terminal."""
+    """``text`` with control characters escaped, and bounded: msgspec quotes an unknown type tag
+    or field name as given, so a newline or an ESC sequence in it forged log lines or drove the
+    terminal, and a 450 KB tag made a 450 KB error (and a dead letter too large to send)."""
+    if len(text) > _MAX_ERROR_CHARS:
+        text = f"{text[: _MAX_ERROR_CHARS - 60]}... ({len(text):,} characters in all)"
     if text.isprintable():
         return text
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)

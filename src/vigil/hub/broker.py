@@ -527,12 +527,20 @@ def _is_kafka_process(pid: int, config: Path | None = None) -> bool:
         return True
     want = config.resolve()
     try:
-        cwd = Path(f"/proc/{pid}/cwd").resolve()
+        cwd: Path | None = Path(f"/proc/{pid}/cwd").resolve(strict=True)
     except OSError:
-        cwd = Path.cwd()
-    return any(
-        (cwd / os.fsdecode(arg)).resolve() == want for arg in args if arg.endswith(b"server.properties")
-    )
+        cwd = None  # (another user's process: only absolute arguments can be compared)
+    for arg in args:
+        if not arg.endswith(b"server.properties"):
+            continue
+        path = Path(os.fsdecode(arg))
+        if not path.is_absolute():
+            if cwd is None:
+                continue
+            path = cwd / path
+        if path.resolve() == want:
+            return True
+    return False
 
 
 #: Brokers this process launched.  Holding the Popen objects lets us reap them, and keeps

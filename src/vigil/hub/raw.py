@@ -26,6 +26,8 @@ RECEIVED_AT = "vigil.received_at"
 META = "vigil.meta"
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
+#: ``received_at`` of a record whose header is missing or empty (a reader refuses it).
+NO_RECEIVED_AT = _EPOCH
 
 
 #: Nesting up to which msgspec decodes ``vigil.meta``, far below the recursion limit.

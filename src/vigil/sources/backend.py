@@ -47,6 +47,7 @@ from fastapi.responses import JSONResponse
 
 from vigil.config import Settings
 from vigil.errors import ContractError, SourceError
+from vigil.events.addresses import canonical_addresses
 from vigil.events.base import Event
 from vigil.events.codec import EventCodec, encode
 from vigil.events.records import DeadLetter
@@ -87,6 +88,11 @@ class BufferFull(SourceError):
 class _Batch:
     records: list[RawRecord]
     done: Future[None] = field(default_factory=Future)
+
+
+#: The largest raw record the API publishes (raw.backend keeps the broker's default limit,
+#: about 1 MB; a rejected line's note carries it base64-encoded, a third larger).
+RECORD_MAX_BYTES = 900_000
 
 
 class IngestBuffer:
@@ -366,6 +372,17 @@ def create_app(
         result: dict[str, Any] = {"accepted": len(parsed.accepted), "rejected": len(errors), "errors": errors}
         if not records:
             return JSONResponse({**result, "error": "empty body: no events"}, status_code=400)
+        largest = max(len(r.value) for r in records)
+        if largest > RECORD_MAX_BYTES:
+            # Refused here, whole: buffered, a record Kafka refuses was retried for ever, in
+            # order, and every request after it waited behind it.
+            return JSONResponse(
+                {
+                    "error": f"an event (or the note of its rejection) is {largest:,} bytes; one record may "
+                    f"be at most {RECORD_MAX_BYTES:,}; nothing from this request was accepted"
+                },
+                status_code=413,
+            )
         try:
             done = buffer.submit(records)
         except BufferFull as exc:
@@ -509,4 +526,4 @@ class BackendNormalizer(Normalizer):
         event = _codec.decode(record.value, where="raw.backend")
         if event.ingested_at is None:
             event = msgspec.structs.replace(event, ingested_at=record.received_at)
-        return [event]
+        return [canonical_addresses(event)]

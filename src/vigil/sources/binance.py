@@ -168,12 +168,17 @@ def _time(ms: int, where: str) -> datetime:
 
 def market_of(url: object) -> str:
     """The Binance market a connection's URL is on: ``usdm`` (fstream*.binance.com), ``coinm``
-    (dstream*.binance.com), ``us`` (binance.us), ``testnet`` (binance.vision, binancefuture.com)
-    or ``spot`` (stream.binance.com, and any other host, such as a local replay of a spot
-    recording)."""
+    (dstream*.binance.com), ``us`` (binance.us), ``testnet-spot`` (testnet.binance.vision),
+    ``testnet-usdm``/``testnet-coinm`` (f/dstream.binancefuture.com) or ``spot``
+    (stream.binance.com, data-stream.binance.vision, and any other host, such as a local replay
+    of a spot recording)."""
     host = (urlsplit(url).hostname or "") if isinstance(url, str) else ""
-    if host.endswith("binance.vision") or host.endswith("binancefuture.com"):
-        return "testnet"  # (its ids would collide with the real markets')
+    # Testnets number their trades apart from the real markets and from each other.
+    # (data-stream.binance.vision is production spot data, not a testnet.)
+    if host == "testnet.binance.vision" or host.endswith(".testnet.binance.vision"):
+        return "testnet-spot"
+    if host.endswith("binancefuture.com"):
+        return "testnet-coinm" if host.startswith("dstream") else "testnet-usdm"
     if host.startswith("fstream"):
         return "usdm"
     if host.startswith("dstream"):

@@ -45,7 +45,7 @@ import msgspec
 from vigil.config import Settings
 from vigil.errors import ConfigError, ContractError, DecodeError, VigilError
 from vigil.events.base import Event
-from vigil.hub.raw import META, RECEIVED_AT, RawRecord
+from vigil.hub.raw import KIND, META, NO_RECEIVED_AT, RECEIVED_AT, RawRecord
 from vigil.hub.topics import DOMAINS, TOPICS, TopicSpec
 from vigil.sources.base import Normalizer
 from vigil.sources.registry import NORMALIZERS, normalizer_for
@@ -89,7 +89,14 @@ def decode_raw(topic: str, value: bytes, key: bytes | None, headers: Any) -> Raw
     if record.received_at.tzinfo is None:
         msg = f"header {RECEIVED_AT!r} must be an RFC 3339 time with a zone; got {_shown(headers)}"
         raise DecodeError(msg, where=topic)
-    if not any(name == RECEIVED_AT and value for name, value in headers or []):
+    names = [name for name, _ in headers or []]
+    repeated = sorted({n for n in names if n in (KIND, RECEIVED_AT, META) and names.count(n) > 1})
+    if repeated:
+        # Only one copy is read (the last): which kind or time the record has would be a guess,
+        # and an empty last copy of the time was 1970 ("forged time" for every event).
+        msg = f"header(s) {', '.join(map(repr, repeated))} given more than once; got {_shown(headers)}"
+        raise DecodeError(msg, where=topic)
+    if record.received_at == NO_RECEIVED_AT:
         # Taken as 1970, every event of the record was dead-lettered as "forged time".
         msg = f"header {RECEIVED_AT!r} is missing; got {_shown(headers)}"
         raise DecodeError(msg, where=topic)

@@ -30,6 +30,8 @@ from datetime import timedelta
 from functools import partial
 from typing import Any
 
+import msgspec
+
 from vigil.events.base import Event
 from vigil.events.codec import EventCodec, encode
 from vigil.events.types import EVENT_CLASSES
@@ -45,6 +47,10 @@ _WATERMARK_KEYS = ("\x00wmL", "\x00wmR")
 def _default_key(event: Event) -> str | None:
     """The entity the event is keyed by (``Event.key`` falls back to the event id: no pair)."""
     return event.entities.get(event.key_entity)
+
+
+def _tag(cls: type[Event]) -> object:
+    return msgspec.inspect.type_info(cls).tag  # type: ignore[attr-defined]
 
 
 class IntervalJoin(Operator[Event]):
@@ -83,7 +89,10 @@ class IntervalJoin(Operator[Event]):
         self.key = key
         # (Only the canonical types by default: a type of the application's own failed to decode
         # at its first match, which stopped the application.)
-        self._codec = EventCodec([*EVENT_CLASSES, *event_types]) if event_types else EventCodec()
+        # By tag, an application's type replacing a canonical one of the same tag (two with one
+        # tag in the union were msgspec's TypeError at construction).
+        by_tag = {_tag(t): t for t in (*EVENT_CLASSES, *event_types)}
+        self._codec = EventCodec(by_tag.values()) if event_types else EventCodec()
         #: Deletes the waiting events of keys that went quiet (both sides: "L:" and "R:").
         self.quiet = quiet if quiet is not None else QuietKeys("L:", "R:")
 

@@ -312,6 +312,13 @@ class TopicFollower:
         return added
 
 
+#: What a decode raises on a record it cannot read (skipped, counted, logged): the codec's
+#: errors, and the lookup and type errors a caller's decode meets in malformed input (a
+#: missing field: before, such a KeyError stopped the reader and every later update was lost).
+#: Anything else is taken for a bug in the decode, and fails the table loudly.
+_BAD_RECORD = (VigilError, ValueError, TypeError, KeyError, IndexError, AttributeError)
+
+
 class GlobalTable(Generic[V]):
     """Read-only view of a compacted topic; ``get`` is a dict lookup (thread-safe under the GIL)."""
 
@@ -393,8 +400,7 @@ class GlobalTable(Generic[V]):
         else:
             try:
                 self._data[key] = self._decode(value)
-            except (VigilError, ValueError, TypeError) as exc:  # (a decode of the caller's: its
-                # TypeError on one bad record stopped the reader, and every later update was lost)
+            except _BAD_RECORD as exc:
                 self.errors += 1
                 log.warning("global table %s: skipped %s: %s", self.name, where, exc)
                 return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.request
@@ -529,3 +530,28 @@ def test_interval_join_pairs_co_partitioned_topics_on_kafka(
     got = sorted(decode_event(v).event_id for _, v in read_all(settings, out, 3))
     # Only the withdrawals within 2 minutes of their customer's login pair up, across the two topics.
     assert got == sorted(f"l-{c}+w-{c}" for i, c in enumerate(customers) if i % 2 == 0)
+
+
+def test_a_record_a_callers_decode_cannot_read_is_skipped(
+    settings: Settings, names: Callable[[str], str]
+) -> None:
+    # A decode of the caller's meeting a record without the field it reads raised KeyError,
+    # which stopped the reader: every later update was lost.
+    topic = names("scores")
+    producer = profiles(settings, topic, partitions=1)
+    producer.produce_raw(topic, "c2", b"{}")
+    producer.produce_raw(topic, "c3", b'{"score": 7}')
+    producer.flush()
+
+    def decode(value: bytes) -> object:
+        doc = json.loads(value)
+        return doc["score"] if isinstance(doc, dict) else value.decode()
+
+    table: GlobalTable[object] = GlobalTable(settings, topic, decode)
+    try:
+        table.start(timeout_s=30)
+        assert (table.get("c2"), table.get("c3")) == (None, 7)
+        assert table.errors >= 1
+        table.check()
+    finally:
+        table.stop()

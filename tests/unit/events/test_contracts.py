@@ -75,6 +75,16 @@ def test_attacker_strings_in_errors_are_inert() -> None:
         decode_event(b'{"type": "x\\nERROR forged line"}')
 
 
+def test_errors_quote_a_bounded_part_of_the_input() -> None:
+    # msgspec quotes the offending value whole: a 450 KB type tag made a 450 KB error, and its
+    # dead letter (with the raw bytes beside it) too large to send, which stalled ingest.
+    with pytest.raises(DecodeError) as info:
+        decode_event(b'{"type": "' + b"A" * 450_000 + b'"}')
+    text = str(info.value)
+    assert len(text) < 1_000
+    assert "450,0" in text  # says how long the whole was
+
+
 def test_unknown_field_is_rejected() -> None:
     raw = b'{"type":"logout","event_id":"x","source":"s","occurred_at":"2026-01-01T00:00:00Z","extra":1}'
     with pytest.raises(DecodeError, match="unknown field `extra`"):

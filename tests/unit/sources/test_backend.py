@@ -254,3 +254,41 @@ def test_rejected_records_in_raw_backend_are_refused_by_the_normalizer() -> None
     )
     with pytest.raises(ContractError, match="kind 'rejected'"):
         BackendNormalizer().normalize(RawRecord("backend", "rejected", b"{}", datetime.now(UTC)))
+
+
+def test_an_event_too_large_for_one_record_is_refused_whole(
+    server: tuple[BackendIngestSource, MemorySink, str],
+) -> None:
+    # Buffered, a record Kafka refuses (raw.backend takes about 1 MB) was retried for ever, in
+    # order, and every request after it waited behind it.
+    _, sink, url = server
+    (good,) = examples(1)
+    auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/x-ndjson"}
+    huge_rejected = b'{"type": "' + b"A" * 950_000 + b'"}'
+    resp = httpx.post(f"{url}/v1/events", content=good + b"\n" + huge_rejected + b"\n", headers=auth)
+    assert resp.status_code == 413, resp.text
+    assert "nothing from this request was accepted" in resp.json()["error"]
+    assert sink.records == []
+    # What fits goes on as before.
+    resp = httpx.post(f"{url}/v1/events", content=good + b"\n", headers=auth)
+    assert resp.status_code == 200
+    assert [r.kind for r in sink.records] == ["canonical"]
+
+
+def test_addresses_from_a_service_take_the_spelling_the_chain_sources_use() -> None:
+    # A service may send an EVM address in its checksum case: one wallet was then two keys, on
+    # two partitions, with two detection states.
+    mixed = "0x4B0897B0513FDC7C541B6D9D7E929C4E5364D2DB"
+    (transfer,) = [
+        e for e in example_events(datetime(2026, 11, 29, 9, tzinfo=UTC)) if e.type == "chain_transfer"
+    ]
+    sent = msgspec.structs.replace(
+        transfer,
+        entities=msgspec.structs.replace(transfer.entities, wallet=mixed),
+        payload=msgspec.structs.replace(transfer.payload, from_address=mixed),  # type: ignore[attr-defined]
+    )
+    received = datetime(2026, 11, 29, 9, tzinfo=UTC)
+    (event,) = BackendNormalizer().normalize(RawRecord("backend", "canonical", encode(sent), received))
+    assert event.entities.wallet == mixed.lower()
+    assert event.payload.from_address == mixed.lower()  # type: ignore[attr-defined]
+    assert event.key() == mixed.lower()

@@ -199,7 +199,9 @@ def test_spot_and_futures_trades_with_one_number_are_two_trades() -> None:
 def test_testnet_trades_are_not_taken_for_the_real_markets() -> None:
     from vigil.sources.binance import market_of
 
-    assert market_of("wss://stream.testnet.binance.vision/ws") == "testnet"
-    assert market_of("wss://stream.binancefuture.com/ws") == "testnet"
+    assert market_of("wss://stream.testnet.binance.vision/ws") == "testnet-spot"
+    assert market_of("wss://fstream.binancefuture.com/ws") == "testnet-usdm"
+    assert market_of("wss://dstream.binancefuture.com/ws") == "testnet-coinm"
+    assert market_of("wss://data-stream.binance.vision/ws") == "spot"  # production data
     assert market_of("wss://fstream-mm.binance.com/ws") == "usdm"
     assert market_of("ws://127.0.0.1:9000/stream") == "spot"

@@ -109,6 +109,11 @@ def test_decode_raw_without_a_receipt_time_names_the_header() -> None:
         decode_raw("raw.bitcoin", b"{}", None, None)
     stamped = [("vigil.received_at", RECEIVED.isoformat().encode())]
     assert decode_raw("raw.bitcoin", b"{}", None, stamped).kind == "unknown"
+    # Twice, the last copy empty: it was read as 1970, past the check for a missing one.
+    with pytest.raises(DecodeError, match=r"'vigil\.received_at' given more than once"):
+        decode_raw("raw.bitcoin", b"{}", None, [*stamped, ("vigil.received_at", b"")])
+    with pytest.raises(DecodeError, match=r"'vigil\.kind' given more than once"):
+        decode_raw("raw.bitcoin", b"{}", None, [*stamped, ("vigil.kind", b"a"), ("vigil.kind", b"b")])
 
 
 @pytest.mark.parametrize(

@@ -122,3 +122,33 @@ def test_a_refused_subscription_backs_off_instead_of_reconnecting_at_once() -> N
     assert errors == []
     assert attempts[:4] == [0, 1, 2, 3]
     assert feed.stats.data_messages == 0
+
+
+def test_a_resync_held_back_is_not_counted_as_one() -> None:
+    def match(trade_id: int) -> str:
+        return json.dumps(
+            {
+                "type": "match", "trade_id": trade_id, "maker_order_id": "m", "taker_order_id": "t",
+                "side": "buy", "size": "1", "price": "1", "product_id": "BTC-USD", "sequence": trade_id,
+                "time": "2026-01-01T00:00:00Z",
+            }
+        )  # fmt: skip
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.recv()  # the subscribe
+        await ws.send(match(100))
+        await ws.send(match(102))  # a gap: re-subscribed
+        await ws.recv()  # the unsubscribe
+        await ws.recv()  # the subscribe again
+        await ws.send(match(105))  # another gap within the spacing: noted, not re-subscribed
+        await ws.wait_closed()
+
+    with server(handler) as url:
+        feed = CoinbaseSource(["BTC-USD"], url=url, channels=["matches"], batch_linger=0.0)
+        sink = MemorySink()
+        thread, errors = running(feed, sink)
+        wait_for(lambda: feed.stats.gaps >= 2 or bool(errors), "the two gaps")
+        feed.stop()
+        thread.join(10)
+    assert errors == []
+    assert (feed.stats.gaps, feed.stats.resyncs) == (2, 1)

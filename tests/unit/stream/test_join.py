@@ -252,3 +252,19 @@ def test_an_applications_own_event_types_join_when_named() -> None:
     ]
     run_operators([join], events, topic_of=topic_of)
     assert pairs == [("b1", "v1")]
+
+
+class MyLogin(Event, tag="login", frozen=True):
+    """An application's own reading of a canonical tag."""
+
+    domain: ClassVar[str] = "identity"
+    seat: str = "-"
+
+
+def test_an_applications_type_may_replace_a_canonical_one_of_its_tag() -> None:
+    # Both in the union raised msgspec's TypeError, naming the whole union, at construction.
+    join = login_withdrawal_join(lambda left, right, ctx: None, event_types=[MyLogin, BadgeSwipe])
+    decoded = join._codec.decode(
+        b'{"type":"login","event_id":"l","source":"s","occurred_at":"2026-01-01T00:00:00Z"}'
+    )
+    assert isinstance(decoded, MyLogin)
