@@ -54,6 +54,10 @@ class EventCodec:
 
     def __init__(self, types: Iterable[type[Event]] | None = None) -> None:
         classes = tuple(types) if types is not None else None
+        if classes == ():
+            # (It took every type, as ``None`` does: a topic's contract left open by accident.)
+            msg = "EventCodec: an empty list of event types; pass None for every canonical type"
+            raise ValueError(msg)
         target: Any = AnyEvent if not classes else reduce(or_, classes) if len(classes) > 1 else classes[0]
         self.types = classes
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(target)

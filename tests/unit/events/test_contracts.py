@@ -118,3 +118,10 @@ def test_schema_describes_payload_fields() -> None:
     assert schema["$schema"].endswith("2020-12/schema")
     assert "WithdrawalRequestPayload" in schema["$defs"]
     assert "to_address" in schema["$defs"]["WithdrawalRequestPayload"]["properties"]
+
+
+def test_a_codec_for_no_types_is_an_error_not_every_type() -> None:
+    with pytest.raises(ValueError, match="an empty list of event types"):
+        EventCodec([])
+    with pytest.raises(ValueError, match="an empty list of event types"):
+        EventCodec(t for t in [])
