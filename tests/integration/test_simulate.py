@@ -180,3 +180,9 @@ def test_vigil_simulate_command(
     assert "--duration must be a duration" in str(bad.exception)
     wrong = CliRunner().invoke(cli, ["--param", "spoofing.rounds=3", "--canonical"])
     assert "scenario 'spoofing' has no parameter 'rounds'" in str(wrong.exception)
+    # A configured cluster's live topics get simulated attacks only when asked for by name.
+    live = CliRunner().invoke(cli, ["--events", "10", "--canonical"])
+    assert live.exit_code != 0
+    assert "without --topic-prefix the simulated exchange would go into its live topics" in str(
+        live.exception
+    )

@@ -101,6 +101,10 @@ def simulate(
     ] = None,
     topic_prefix: Annotated[str, typer.Option(help="Prefix every topic name (shared clusters, tests)")] = "",
     list_scenarios: Annotated[bool, typer.Option("--list", help="List the scenarios and exit")] = False,
+    into_live_topics: Annotated[
+        bool,
+        typer.Option(help="On a configured cluster, write to its unprefixed (live) topics all the same"),
+    ] = False,
 ) -> None:
     """Simulate an exchange with injected, labelled attacks and produce it to Kafka."""
     if list_scenarios:
@@ -129,6 +133,14 @@ def simulate(
     sim = Simulation(sim_cfg)
     target = sim_cfg.total_events
     labels_path = labels_file or cfg.home / "sim" / f"labels-seed{seed}.jsonl"
+    if cfg.uses_external_cluster and not topic_prefix and not into_live_topics:
+        # Simulated attacks in a production cluster's raw.* and events.* topics would reach its
+        # detection, its analysts and its reports.
+        msg = (
+            f"the cluster at {cfg.kafka_bootstrap} is configured: without --topic-prefix the simulated "
+            "exchange would go into its live topics; pass --topic-prefix NAME. (or --into-live-topics)"
+        )
+        raise ConfigError(msg)
     check_reachable(cfg)
     publisher = SimPublisher(cfg, topic_prefix=topic_prefix)
     publisher.ensure_topics(canonical=canonical)
