@@ -42,6 +42,10 @@ def decode_record(decoder: msgspec.json.Decoder[T], value: bytes, where: str) ->
 _LAST_SECOND = 253_402_300_799
 
 
+#: The EVM zero address: the sender of a mint, the receiver of a burn.
+ZERO_ADDRESS = "0x" + "0" * 40
+
+
 def block_time(seconds: int, where: str, path: str) -> datetime:
     """A block's Unix time as a UTC datetime; DecodeError naming the field past year 9999 or
     before 1970 (``fromtimestamp`` raised OverflowError, which took the whole block with it as
@@ -103,7 +107,12 @@ def chain_transfer(
         source=chain,
         occurred_at=occurred_at,
         ingested_at=record.received_at,
-        entities=Entities(wallet=wallet, counterparty=to_address),
+        # The zero address (a mint's sender, a burn's receiver) is no one's wallet: as an entity
+        # it would be one key for every mint and burn of every token, one partition's hot spot.
+        entities=Entities(
+            wallet=None if wallet == ZERO_ADDRESS else wallet,
+            counterparty=None if to_address == ZERO_ADDRESS else to_address,
+        ),
         payload=ChainTransferPayload(
             chain=chain,
             tx_hash=tx_hash,

@@ -368,3 +368,16 @@ def test_block_times_past_year_9999_are_named_decode_errors_and_null_removed_is_
     # Some providers send "removed": null; the record failed whole.
     (ev,) = EthereumNormalizer().normalize(_record("eth_logs", [{**_approval_log(1), "removed": None}]))
     assert isinstance(ev, TokenApproval)
+
+
+def test_mints_and_burns_do_not_make_the_zero_address_an_entity() -> None:
+    zero = "0x" + "00" * 32
+    holder = "0x" + "00" * 12 + "33" * 20
+    mint = {**_approval_log(5, log_index=1), "topics": [TRANSFER_TOPIC, zero, holder]}
+    burn = {**_approval_log(5, log_index=2), "topics": [TRANSFER_TOPIC, holder, zero]}
+    minted, burnt = EthereumNormalizer().normalize(_record("eth_logs", [mint, burn]))
+    assert isinstance(minted, ChainTransfer)
+    assert isinstance(burnt, ChainTransfer)
+    assert (minted.entities.wallet, minted.entities.counterparty) == (None, "0x" + "33" * 20)
+    assert (burnt.entities.wallet, burnt.entities.counterparty) == ("0x" + "33" * 20, None)
+    assert minted.payload.from_address == "0x" + "0" * 40  # the transfer itself says what it was
