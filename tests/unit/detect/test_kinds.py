@@ -1034,3 +1034,24 @@ def test_linked_held_trades_before_either_link_stay_uncounted_in_any_order(tmp_p
         assert run(tmp_path, WASH, order, arrival=True) == []
     later = _wash_trade("4m", 4, "a2", "a1") + _wash_trade("5m", 5, "a1", "a2")
     assert run(tmp_path, WASH, trades + later + second + first, arrival=True) == ["a1"]
+
+
+GAP = """\
+    type: deviation
+    match: {type: login}
+    group_by: customer
+    measure: gap
+    min_history: 1
+    condition: {gte: 90}
+"""
+
+
+def test_gap_judges_a_late_event_against_the_one_before_it(tmp_path: Path) -> None:
+    # A login after 100 silent days arriving behind a later login (another partition lagged):
+    # its gap was taken from the later one, negative, and the dormant return went unseen.
+    first = "      - {type: login, id: l0, at: 0, customer: c1, device: d1}\n"
+    back = "      - {type: login, id: l1, at: 100d, customer: c1, device: d1}\n"
+    next_day = "      - {type: login, id: l2, at: 101d, customer: c1, device: d1}\n"
+    v = validated(tmp_path, GAP, first + next_day + back)
+    alerts, _ = detect_events(RuleSet(v.rules, IntelIndex()), v.cases[0].events, batch_size=1)
+    assert "l1" in {e.event_id for a in alerts for e in a.payload.evidence}

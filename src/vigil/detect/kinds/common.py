@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from bisect import insort
+from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,3 +198,36 @@ def add_time(times: list[float], now: float, keep: int) -> bool:
     insort(times, now)
     del times[keep:]
     return True
+
+
+#: How many of a group's recent event times ``note_time`` keeps.
+MAX_RECENT_TIMES = 32
+
+
+def note_time(st: dict[str, Any], now: float, lateness_s: float) -> bool:
+    """Remember event time ``now`` in a group's record ``st`` for "how long since its previous
+    event" (after_idle steps, the gap measure): its times within ``lateness_s`` of its newest (at
+    most MAX_RECENT_TIMES) and the newest before them, sorted in ``st["t"]``; ``st["last"]`` the
+    newest.  Whether anything changed."""
+    last = st.get("last")
+    times: list[float] = st.get("t") or ([last] if last is not None else [])
+    at = bisect_left(times, now)
+    if at < len(times) and times[at] == now:
+        return False
+    times.insert(at, now)
+    cut = times[-1] - lateness_s
+    first = max(bisect_left(times, cut) - 1, len(times) - MAX_RECENT_TIMES, 0)
+    st["t"] = times[first:]
+    st["last"] = times[-1]
+    return True
+
+
+def time_before(st: dict[str, Any], now: float) -> float | None:
+    """The group's latest event time at or before ``now`` (not the newest: an event arriving after
+    a later one, from a lagging topic, was judged against that later one, so never dormant)."""
+    times: list[float] | None = st.get("t")
+    if times is None:  # kept before recent times were: only the newest
+        last: float | None = st.get("last")
+        return last
+    at = bisect_right(times, now)
+    return times[at - 1] if at else None

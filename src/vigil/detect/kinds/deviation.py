@@ -56,7 +56,15 @@ from vigil.detect.fields import (
     to_float,
 )
 from vigil.detect.kinds.base import EvidenceMaker, Expiry, Hit, entity_ref, ts
-from vigil.detect.kinds.common import MAX_SEEN, CompiledEntry, FieldEntry, GroupedDetector, parse_entries
+from vigil.detect.kinds.common import (
+    MAX_SEEN,
+    CompiledEntry,
+    FieldEntry,
+    GroupedDetector,
+    note_time,
+    parse_entries,
+    time_before,
+)
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
 from vigil.events.base import Event
@@ -377,7 +385,9 @@ class DeviationDetector(GroupedDetector):
             hours = h.get("hours") or [0] * 24
             share = hours[int(now // 3600) % 24] / max(1, sum(hours))
             return share, {"history_count": str(n)}, []
-        last_ts = h.get("last")
+        # The group's previous event: the latest at or before this one (an event arriving after
+        # a later one, from a lagging topic, was judged against that later one: never dormant).
+        last_ts = time_before(h, now)
         if last_ts is None:
             return None
         return (now - last_ts) / 86400.0, {"history_count": str(n)}, []
@@ -406,8 +416,11 @@ class DeviationDetector(GroupedDetector):
             hours = h.get("hours") or [0] * 24
             hours[int(now // 3600) % 24] += 1
             h["hours"] = hours
-        last = h.get("last")
-        h["last"] = now if last is None else max(last, now)  # a late event does not move it back
+        if measure == "gap":
+            note_time(h, now, INFLOWS_LATE_S)  # recent times too, an hour's worth (see _score)
+        else:
+            last = h.get("last")
+            h["last"] = now if last is None else max(last, now)  # a late event does not move it back
 
 
 def _point(geo: Any) -> tuple[float, float] | None:

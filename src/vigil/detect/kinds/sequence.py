@@ -35,7 +35,7 @@ and the chains are replayed over them (chains already reported are not reported 
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -50,8 +50,10 @@ from vigil.detect.kinds.common import (
     add_time,
     earliest_times,
     first_seen_times,
+    note_time,
     parse_entries,
     see,
+    time_before,
 )
 from vigil.detect.rules.loader import LocDict, LocList
 from vigil.detect.rules.parse import Parser
@@ -458,7 +460,7 @@ class SequenceDetector(GroupedDetector):
             value = entry_.value(event)
             changed = _remember(seen, path, value, now, counts, early, keep.get(path, 0)) or changed
         if self._uses_last:
-            changed = _note_time(st, now) or changed
+            changed = note_time(st, now, MAX_LATENESS_S) or changed
         if changed:
             state.set(skey, st)
 
@@ -568,7 +570,7 @@ class SequenceDetector(GroupedDetector):
             if first is not None and first <= now:
                 return False
         if cs.idle is not None:
-            last = _time_before(st, now)
+            last = time_before(st, now)
             # No history at all is not evidence of dormancy: the account may simply be new to us.
             if last is None or now - last < cs.idle:
                 return False
@@ -594,38 +596,6 @@ class SequenceDetector(GroupedDetector):
             if not compare(ratio.op, float(got) / float(base), ratio.bound):
                 return False
         return True
-
-
-#: How many of a group's recent event times after_idle keeps (see _note_time).
-MAX_RECENT_TIMES = 32
-
-
-def _note_time(st: dict[str, Any], now: float) -> bool:
-    """Remember event time ``now`` for after_idle: the group's times within MAX_LATENESS_S of its
-    newest (at most MAX_RECENT_TIMES), and the newest before them, sorted in ``st["t"]``;
-    ``st["last"]`` the newest.  Whether anything changed."""
-    last = st["last"]
-    times: list[float] = st.get("t") or ([last] if last is not None else [])
-    at = bisect_left(times, now)
-    if at < len(times) and times[at] == now:
-        return False
-    times.insert(at, now)
-    cut = times[-1] - MAX_LATENESS_S
-    first = max(bisect_left(times, cut) - 1, len(times) - MAX_RECENT_TIMES, 0)
-    st["t"] = times[first:]
-    st["last"] = times[-1]
-    return True
-
-
-def _time_before(st: dict[str, Any], now: float) -> float | None:
-    """The group's latest event time at or before ``now`` (not the newest: a login arriving after
-    the withdrawal that followed it was judged against the withdrawal, never dormant)."""
-    times: list[float] | None = st.get("t")
-    if times is None:  # kept before recent times were: only the newest
-        last: float | None = st["last"]
-        return last
-    at = bisect_right(times, now)
-    return times[at - 1] if at else None
 
 
 def _delivered_before(buf: list[Any] | None, now: float, event_id: str) -> bool:
