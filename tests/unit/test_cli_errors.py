@@ -43,3 +43,16 @@ def test_no_broker_answering_is_a_clear_error(tmp_path: Path) -> None:
         assert out.returncode == 1, out.stderr
         assert "did not answer a metadata request" in out.stderr + out.stdout
         assert "Traceback" not in out.stderr
+
+
+def test_run_refuses_a_bad_connector_option_before_starting_anything(tmp_path: Path) -> None:
+    # Built after normalise and detection had started, a bad option raised with those running
+    # in daemon threads: the exit killed them mid-transaction.  (A closed port: nothing would
+    # answer, so a start would show as a different error.)
+    closed = f"127.0.0.1:{free_port_block(1)}"
+    out = _vigil(
+        tmp_path, "run", "--source", "bitcoin", "-o", "bitcoin.confirmations=x", VIGIL_KAFKA_BOOTSTRAP=closed
+    )
+    assert out.returncode == 1
+    assert "option confirmations must be a whole number" in out.stderr + out.stdout
+    assert "did not answer" not in out.stderr + out.stdout

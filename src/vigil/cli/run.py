@@ -66,6 +66,9 @@ def run(
         raise ConfigError(msg)
     options = _split_options(names, list(option or []))
     cfg = settings()
+    # Connectors first: a bad option is an error before anything starts (built last, it raised
+    # while normalise and detection ran in daemon threads, which the exit killed mid-transaction).
+    connectors = [source_class(name).from_settings(cfg, **options[name]) for name in names]
     # (Decided before the local broker's address is filled in, which makes it "external".)
     local = not cfg.uses_external_cluster
     if local:
@@ -110,8 +113,7 @@ def run(
             stopper()
         raise
     stoppers.append(service.stop)
-    for name in names:
-        connector = source_class(name).from_settings(cfg, **options[name])
+    for name, connector in zip(names, connectors, strict=True):
         sink = KafkaRawSink(
             cfg, source_id=connector.source_id, topic_for=getattr(connector, "topic_for", raw_topic)
         )
