@@ -993,34 +993,15 @@ def test_threshold_one_burst_is_one_alert_whichever_half_arrives_first(tmp_path:
     assert run(tmp_path, MFA_BURSTS, "".join(map(_denied, range(5, 15))), arrival=True) == ["c1"]
 
 
-WASH = """\
-    type: linked
-    links: {type: [login], party: account, attributes: [device, ip]}
-    match: {type: trade}
-    parties: [payload.maker_account, payload.taker_account]
-    timespan: 1h
-    condition: {gte: 3}
-"""
-
-
-def _wash_trade(at: str, n: int, maker: str, taker: str) -> str:
-    return (
-        f"      - {{type: trade, at: {at}, account: {taker}, payload: {{trade_id: t{n}, symbol: SOL-USD, "
-        f"price: 150, quantity: 33, taker_side: buy, maker_account: {maker}, taker_account: {taker}}}}}\n"
-    )
-
-
 def test_linked_trades_before_the_link_do_not_count_whichever_arrives_first(tmp_path: Path) -> None:
     # The second account's login (the shared device) came at 150 s, after two of the three
     # trades; with the logins arriving first and the trades lagging, all three counted.
     first = "      - {type: login, at: 0, customer: c1, account: a1, device: dev-x}\n"
     second = "      - {type: login, at: 150s, customer: c2, account: a2, device: dev-x}\n"
-    trades = (
-        _wash_trade("1m", 1, "a1", "a2") + _wash_trade("2m", 2, "a2", "a1") + _wash_trade("3m", 3, "a1", "a2")
-    )
+    trades = _trade("1m", 1, "a1", "a2") + _trade("2m", 2, "a2", "a1") + _trade("3m", 3, "a1", "a2")
     assert run(tmp_path, WASH, first + trades + second, arrival=True) == []
     assert run(tmp_path, WASH, first + second + trades, arrival=True) == []
-    later = _wash_trade("4m", 4, "a2", "a1") + _wash_trade("5m", 5, "a1", "a2")
+    later = _trade("4m", 4, "a2", "a1") + _trade("5m", 5, "a1", "a2")
     assert run(tmp_path, WASH, first + second + trades + later, arrival=True) == ["a1"]
 
 
@@ -1029,10 +1010,10 @@ def test_linked_held_trades_before_either_link_stay_uncounted_in_any_order(tmp_p
     # that arrived last, though the other account had the device only from 150 s.
     first = "      - {type: login, at: 0, customer: c1, account: a1, device: dev-x}\n"
     second = "      - {type: login, at: 150s, customer: c2, account: a2, device: dev-x}\n"
-    trades = "".join(_wash_trade(f"{n}m", n, *(("a1", "a2") if n % 2 else ("a2", "a1"))) for n in (1, 2, 3))
+    trades = "".join(_trade(f"{n}m", n, *(("a1", "a2") if n % 2 else ("a2", "a1"))) for n in (1, 2, 3))
     for order in (second + trades + first, trades + second + first, trades + first + second):
         assert run(tmp_path, WASH, order, arrival=True) == []
-    later = _wash_trade("4m", 4, "a2", "a1") + _wash_trade("5m", 5, "a1", "a2")
+    later = _trade("4m", 4, "a2", "a1") + _trade("5m", 5, "a1", "a2")
     assert run(tmp_path, WASH, trades + later + second + first, arrival=True) == ["a1"]
 
 
@@ -1055,3 +1036,12 @@ def test_gap_judges_a_late_event_against_the_one_before_it(tmp_path: Path) -> No
     v = validated(tmp_path, GAP, first + next_day + back)
     alerts, _ = detect_events(RuleSet(v.rules, IntelIndex()), v.cases[0].events, batch_size=1)
     assert "l1" in {e.event_id for a in alerts for e in a.payload.evidence}
+
+
+def test_lookalike_an_address_with_blanks_around_it_is_the_same_address(tmp_path: Path) -> None:
+    # Lower-cased but not stripped, " 0x1234..5678" was a look-alike of "0x1234..5678": a
+    # customer paying their usual address, as a form sent it, had the withdrawal held.
+    wallet = "0x" + "9" * 40
+    real = "0x" + "1234" + "ab" * 16 + "5678"
+    chain = _send("0", 1, wallet, real, 500)
+    assert run(tmp_path, LOOKALIKE, chain + _withdraw("20m", 3, "c1", f" {real} ")) == []

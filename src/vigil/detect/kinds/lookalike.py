@@ -168,7 +168,7 @@ class LookalikeDetector(Detector):
                 value = check.value(event)
                 group = check.group_key(event)
                 if isinstance(value, str) and group is not None:
-                    address = value.lower()
+                    address = value.strip().lower()  # (" 0xab..cd" is no look-alike of "0xab..cd")
                     key = imitation_key(address, chars)
                     if key is not None:
                         out.append((check, address, key, group))
@@ -176,7 +176,7 @@ class LookalikeDetector(Detector):
             if known.match(event):
                 value = known.value(event)
                 if isinstance(value, str):
-                    address = value.lower()
+                    address = value.strip().lower()  # (" 0xab..cd" is no look-alike of "0xab..cd")
                     key = imitation_key(address, chars)
                     if key is not None:
                         out.append((known, address, key, None))
