@@ -43,7 +43,11 @@ def _inert(text: str) -> str:
     or field name as given, so a newline or an ESC sequence in it forged log lines or drove the
     terminal, and a 450 KB tag made a 450 KB error (and a dead letter too large to send)."""
     if len(text) > _MAX_ERROR_CHARS:
-        text = f"{text[: _MAX_ERROR_CHARS - 60]}... ({len(text):,} characters in all)"
+        # The field path msgspec ends with (" - at `$.payload.x`") is kept: callers read it.
+        head, sep, path = text.rpartition(" - at `")
+        if not sep or len(path) > 200:
+            head, sep, path = text, "", ""
+        text = f"{head[: _MAX_ERROR_CHARS - 60]}... ({len(head):,} characters in all){sep}{path}"
     if text.isprintable():
         return text
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)

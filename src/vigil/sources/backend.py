@@ -341,7 +341,9 @@ def create_app(
                 kind=KIND,
                 value=raw,
                 received_at=now,
-                key=(event.key() or event.event_id).encode(),
+                # Keyed as the normaliser will key it (addresses in one spelling): one wallet in
+                # two spellings went to two raw partitions, its order lost.
+                key=(canonical_addresses(event).key() or event.event_id).encode(),
                 meta={"service": service},
             )
             for raw, event in parsed.accepted
@@ -372,7 +374,10 @@ def create_app(
         result: dict[str, Any] = {"accepted": len(parsed.accepted), "rejected": len(errors), "errors": errors}
         if not records:
             return JSONResponse({**result, "error": "empty body: no events"}, status_code=400)
-        largest = max(len(r.value) for r in records)
+        # As the broker measures a record (and the sink checks it): key and headers included.
+        largest = max(
+            len(r.value) + len(r.key or b"") + sum(len(k) + len(v) for k, v in r.headers()) for r in records
+        )
         if largest > RECORD_MAX_BYTES:
             # Refused here, whole: buffered, a record Kafka refuses was retried for ever, in
             # order, and every request after it waited behind it.

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -89,8 +90,8 @@ def decode_raw(topic: str, value: bytes, key: bytes | None, headers: Any) -> Raw
     if record.received_at.tzinfo is None:
         msg = f"header {RECEIVED_AT!r} must be an RFC 3339 time with a zone; got {_shown(headers)}"
         raise DecodeError(msg, where=topic)
-    names = [name for name, _ in headers or []]
-    repeated = sorted({n for n in names if n in (KIND, RECEIVED_AT, META) and names.count(n) > 1})
+    seen: Counter[str] = Counter(name for name, _ in headers or [] if name in (KIND, RECEIVED_AT, META))
+    repeated = sorted(n for n, times in seen.items() if times > 1)
     if repeated:
         # Only one copy is read (the last): which kind or time the record has would be a guess,
         # and an empty last copy of the time was 1970 ("forged time" for every event).

@@ -316,7 +316,7 @@ class TopicFollower:
 #: errors, and the lookup and type errors a caller's decode meets in malformed input (a
 #: missing field: before, such a KeyError stopped the reader and every later update was lost).
 #: Anything else is taken for a bug in the decode, and fails the table loudly.
-_BAD_RECORD = (VigilError, ValueError, TypeError, KeyError, IndexError, AttributeError)
+_BAD_RECORD = (VigilError, ValueError, TypeError, KeyError, IndexError)
 
 
 class GlobalTable(Generic[V]):

@@ -83,6 +83,13 @@ def test_errors_quote_a_bounded_part_of_the_input() -> None:
     text = str(info.value)
     assert len(text) < 1_000
     assert "450,0" in text  # says how long the whole was
+    # The field path at its end is kept (callers read it, and it says which field was bad).
+    raw = b'{"type":"login","event_id":"l","source":"s","occurred_at":"2026-01-01T00:00:00Z",'
+    raw += b'"payload":{"method":"' + b"x" * 600 + b'"}}'
+    with pytest.raises(DecodeError) as info:
+        decode_event(raw)
+    assert info.value.path == "$.payload.method"
+    assert len(str(info.value)) < 1_000
 
 
 def test_unknown_field_is_rejected() -> None:

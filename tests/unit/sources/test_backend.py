@@ -292,3 +292,17 @@ def test_addresses_from_a_service_take_the_spelling_the_chain_sources_use() -> N
     assert event.entities.wallet == mixed.lower()
     assert event.payload.from_address == mixed.lower()  # type: ignore[attr-defined]
     assert event.key() == mixed.lower()
+
+
+def test_the_record_limit_counts_the_key_too(server: tuple[BackendIngestSource, MemorySink, str]) -> None:
+    # The key is the event's (a 560,000-character customer id here): measured by its value
+    # alone, a record of 1.1 MB passed, and the broker refused it for ever.
+    _, sink, url = server
+    (login,) = [e for e in example_events(datetime(2026, 11, 29, 9, tzinfo=UTC)) if e.type == "login"]
+    big = msgspec.structs.replace(
+        login, entities=msgspec.structs.replace(login.entities, customer="c" * 560_000)
+    )
+    auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    resp = httpx.post(f"{url}/v1/events", content=encode(big), headers=auth)
+    assert resp.status_code == 413, resp.text
+    assert sink.records == []
