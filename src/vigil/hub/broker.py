@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -71,17 +72,34 @@ def pom_version(pom: Path = POM) -> str:
 
 
 def free_port_block(count: int, host: str = "127.0.0.1") -> int:
-    """A base port such that ``count`` consecutive ports from it are free on ``host`` now."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind((host, 0))
-            base = int(probe.getsockname()[1])
+    """A base port such that ``count`` consecutive ports from it are free on ``host`` now.
+
+    Taken below the kernel's range for outgoing connections' source ports where there is room:
+    a block inside it was free when checked, and then an outgoing connection (a starting
+    cluster's nodes dialling each other) took one of its ports before its node bound it."""
+    low, _high = _ephemeral_range()
+    for attempt in range(200):
+        if low - count > 10_000 and attempt < 150:
+            base = 10_000 + secrets.randbelow(low - count - 10_000)
+        else:
+            with socket.socket() as probe:
+                probe.bind((host, 0))
+                base = int(probe.getsockname()[1])
         if base + count >= 65535:
             continue
         if all(_port_free(host, base + i) for i in range(count)):
             return base
     msg = f"no block of {count} free consecutive ports on {host}"
     raise BrokerError(msg)
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of source ports for outgoing connections (Linux; else the IANA one)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535
 
 
 def _accepts(host: str, port: int) -> bool:
