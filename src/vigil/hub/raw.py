@@ -65,6 +65,12 @@ class RawRecord:
             hdrs.append((META, json.dumps(self.meta, separators=(",", ":")).encode()))
         return hdrs
 
+    def size(self, headers: list[tuple[str, bytes]] | None = None) -> int:
+        """The record's bytes as the broker's limit counts them: value, key and headers
+        (``headers``: this record's, when already built)."""
+        hdrs = self.headers() if headers is None else headers
+        return len(self.value) + len(self.key or b"") + sum(len(k) + len(v) for k, v in hdrs)
+
     @classmethod
     def from_headers(
         cls, source: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None

@@ -375,9 +375,7 @@ def create_app(
         if not records:
             return JSONResponse({**result, "error": "empty body: no events"}, status_code=400)
         # As the broker measures a record (and the sink checks it): key and headers included.
-        largest = max(
-            len(r.value) + len(r.key or b"") + sum(len(k) + len(v) for k, v in r.headers()) for r in records
-        )
+        largest = max(r.size() for r in records)
         if largest > RECORD_MAX_BYTES:
             # Refused here, whole: buffered, a record Kafka refuses was retried for ever, in
             # order, and every request after it waited behind it.

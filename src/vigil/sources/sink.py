@@ -101,7 +101,7 @@ class KafkaRawSink:
                 producer.begin_transaction()
                 for rec in records:
                     headers = rec.headers()
-                    size = len(rec.value) + len(rec.key or b"") + sum(len(k) + len(v) for k, v in headers)
+                    size = rec.size(headers)
                     if size > RAW_RECORD_MAX_BYTES - _BATCH_OVERHEAD:
                         # Named, not retried: the same record would fail again after a restart.
                         msg = (

@@ -110,6 +110,25 @@ def test_ids_with_escapes_in_them_stay_distinct_entities() -> None:
     assert [a.payload.entity.id for a in alerts] == ["10.0.0.1%7Cx"]
 
 
+def wash_trade(i: int, at: datetime) -> Trade:
+    """Trade ``i`` between accounts a1 (maker) and a2 (taker)."""
+    return Trade(
+        event_id=f"t{i}",
+        source="t",
+        occurred_at=at,
+        entities=Entities(account="a2"),
+        payload=TradePayload(
+            trade_id=f"t{i}",
+            symbol="S",
+            price=1,
+            quantity=1,
+            taker_side="buy",
+            maker_account="a1",
+            taker_account="a2",
+        ),
+    )
+
+
 def test_huge_device_strings_are_bounded_in_linked_state_and_alerts() -> None:
     # A device string is the client's to choose: 600 KB ones made a wash-trading alert over
     # the output limit (1 MB), which stopped the stage, again after every restart.
@@ -124,24 +143,7 @@ def test_huge_device_strings_are_bounded_in_linked_state_and_alerts() -> None:
         )
         for i, (acct, dev) in enumerate([("a1", big1), ("a1", big2), ("a2", big1), ("a2", big2)])
     ]
-    events += [
-        Trade(
-            event_id=f"t{i}",
-            source="t",
-            occurred_at=T0 + timedelta(minutes=1 + i),
-            entities=Entities(account="a2"),
-            payload=TradePayload(
-                trade_id=f"t{i}",
-                symbol="S",
-                price=1,
-                quantity=1,
-                taker_side="buy",
-                maker_account="a1",
-                taker_account="a2",
-            ),
-        )
-        for i in range(3)
-    ]
+    events += [wash_trade(i, T0 + timedelta(minutes=1 + i)) for i in range(3)]
     result = run_operators([DetectOperator(shipped("wash-trading-linked"))], events, batch_size=1)
     alerts = result.emitted(ALERTS_TOPIC)
     assert [a.payload.entity.id for a in alerts] == ["a1"]  # still detected
@@ -164,24 +166,7 @@ def test_a_link_in_use_is_not_the_one_evicted() -> None:
 
     events: list[Event] = [login(0, "a2", "198.51.100.9", timedelta(0))]
     events += [login(m, "a1", f"203.0.113.{m}", timedelta(minutes=m)) for m in range(1, 21)]
-    events += [
-        Trade(
-            event_id=f"t{i}",
-            source="t",
-            occurred_at=T0 + timedelta(minutes=16, seconds=10 * (i + 1)),
-            entities=Entities(account="a2"),
-            payload=TradePayload(
-                trade_id=f"t{i}",
-                symbol="S",
-                price=1,
-                quantity=1,
-                taker_side="buy",
-                maker_account="a1",
-                taker_account="a2",
-            ),
-        )
-        for i in range(3)
-    ]
+    events += [wash_trade(i, T0 + timedelta(minutes=16, seconds=10 * (i + 1))) for i in range(3)]
     events.sort(key=lambda e: e.occurred_at)
     alerts = run_operators([DetectOperator(shipped("wash-trading-linked"))], events, batch_size=1).emitted(
         ALERTS_TOPIC

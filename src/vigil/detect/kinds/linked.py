@@ -343,13 +343,16 @@ class LinkedDetector(SingleRouteDetector):
             if not items:
                 continue
             self._count(state, party, other, sorted(linked), [[i[0], i[2]] for i in items], hits)
-            done = {(float(i[0]), str(i[2][0])) for i in items}
+            done = {_held_key(i) for i in items}
             counted |= done
             theirs: list[list[Any]] = state.get(f"u:{other}") or []
-            left = [i for i in theirs if not (i[1] == party and (float(i[0]), str(i[2][0])) in done)]
+            left = [i for i in theirs if not (i[1] == party and _held_key(i) in done)]
             if len(left) != len(theirs):
                 set_or_delete(state, f"u:{other}", left)
         if counted:
-            set_or_delete(
-                state, f"u:{party}", [i for i in held if (float(i[0]), str(i[2][0])) not in counted]
-            )
+            set_or_delete(state, f"u:{party}", [i for i in held if _held_key(i) not in counted])
+
+
+def _held_key(item: list[Any]) -> tuple[float, str]:
+    """A held match as both parties hold it: its time and its evidence's event id."""
+    return float(item[0]), str(item[2][0])
