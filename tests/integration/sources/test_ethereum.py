@@ -222,7 +222,9 @@ def test_killed_connector_resumes_without_gap_or_duplicate(node: Anvil, settings
         if first.poll() is None:
             first.kill()
             first.wait(10)
-    killed_at = blocks_published()
+    # No read here: the killed run may have left a transaction open, which holds committed
+    # readers back until the restarted connector's producer fences it (or Kafka's timeout).
+    # The blocks mined now were never seen by the first run: the restart has work left.
     node.mine(5)
     head = node.block_number()
 
@@ -238,7 +240,6 @@ def test_killed_connector_resumes_without_gap_or_duplicate(node: Anvil, settings
         heights = Counter(int(r.key or b"-1") for r in records if r.kind == kind)
         assert sorted(heights) == list(range(head + 1)), f"{kind}: gap"
         assert max(heights.values()) == 1, f"{kind}: duplicate {heights.most_common(1)}"
-    assert killed_at < head + 1  # the restart really had work left to do
     transfers = _normalise(records, "0x" + "00" * 20)
     assert sorted(e.payload.value_raw for e in transfers) == [10**15 * (i + 1) for i in range(10)]
 
