@@ -13,8 +13,14 @@ from collections.abc import Callable
 from vigil.config import Settings
 from vigil.hub.client import read_committed, watermarks
 from vigil.hub.raw import RawRecord
+from vigil.sources.sink import SOURCE_TXN_TIMEOUT_S
 
-__all__ = ["read_raw", "wait_for", "watermarks"]
+__all__ = ["START_S", "read_raw", "wait_for", "watermarks"]
+
+#: How long a connector started by a test may take to publish: its start-up (Python, the
+#: compiled modules) and its first read of ``vigil.cursors``, which waits out any transaction
+#: a killed source left open there (the sources' transaction timeout and Kafka's check).
+START_S = SOURCE_TXN_TIMEOUT_S + 60
 
 
 def read_raw(settings: Settings, topic: str, source: str, timeout_s: float = 30.0) -> list[RawRecord]:

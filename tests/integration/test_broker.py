@@ -73,7 +73,8 @@ def test_external_cluster_setting_starts_nothing(tmp_path: Path, kafka_bootstrap
 
 @pytest.mark.slow
 def test_three_node_cluster_replicates(tmp_path: Path) -> None:
-    broker = LocalBroker(tmp_path, port=free_port_block(6), dist_root=DIST, heap_mb=384)
+    # Three JVMs starting at once on two shared cores, beside the session's broker: generous.
+    broker = LocalBroker(tmp_path, port=free_port_block(6), dist_root=DIST, heap_mb=384, start_timeout_s=240)
     result = broker.start(nodes=3)
     try:
         assert len(result.bootstrap.split(",")) == 3

@@ -60,6 +60,11 @@ def test_run_flows_a_connector_through_normalise_into_the_indicator_topic(
         assert _count(kafka_bootstrap, "raw.intel") > 0
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=90)
+        try:
+            out, err = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # not left running: it holds the groups and ids a next run would use
+            proc.communicate()
+            raise
     assert proc.returncode == 0, err[-3000:]
     assert "stopped" in out

@@ -217,6 +217,15 @@ def apply(
         raise TopicError("applying topics failed:\n  " + "\n  ".join(errors))
     if create or grow:
         _wait_visible(admin, {d.spec.name: d.partitions for d in diffs if d.missing or d.partitions_to_add})
+    if alter:
+        _wait_configured(
+            admin,
+            {
+                d.spec.name: {k: new for k, (_, new) in d.config_changes.items()}
+                for d in diffs
+                if d.config_changes and not d.missing
+            },
+        )
     return [d for d in diffs if not d.in_sync or d.notes]
 
 
@@ -246,6 +255,27 @@ def _wait_visible(admin: AdminClient, expected: dict[str, int], timeout: float =
             msg = f"topics not visible in metadata after {timeout:g}s: {', '.join(sorted(pending))}"
             raise TopicError(msg)
         time.sleep(0.05)  # metadata poll interval, not a synchronisation guess: the loop checks the state
+
+
+def _wait_configured(admin: AdminClient, expected: dict[str, dict[str, str]], timeout: float = _TIMEOUT) -> None:
+    """Return once the cluster describes every altered setting with its new value: the
+    controller accepts a change before brokers apply it, and a writer started right after a
+    raised record limit (a Bitcoin block) would otherwise be refused by the old one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        live = describe_live(admin, list(expected))
+        pending = sorted(
+            f"{name} {key}"
+            for name, wanted in expected.items()
+            for key, value in wanted.items()
+            if name not in live or live[name].config.get(key) != value
+        )
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            msg = f"topic settings not in effect after {timeout:g}s: {', '.join(pending)}"
+            raise TopicError(msg)
+        time.sleep(0.05)  # poll interval; the loop checks the state
 
 
 def _collect(errors: list[str], what: str, future: object, ignore: str | None = None) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from vigil.hub.broker import free_port_block
 
 REPO = Path(__file__).resolve().parents[3]
 TOOLS = REPO / ".vigil" / "tools"
@@ -58,10 +59,9 @@ def anvil_binary() -> Path:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    # Below the kernel's range for outgoing source ports: a port from bind(0) lies inside it,
+    # and any client's connection (Kafka's, during the server's start-up) could take it first.
+    return free_port_block(1)
 
 
 class Anvil:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from tests.integration.kafka_read import read_raw, wait_for
+from tests.integration.kafka_read import START_S, read_raw, wait_for
 
 from vigil.config import Settings
 from vigil.hub.admin import ensure_topics
@@ -42,4 +42,4 @@ def stored_cursor(settings: Settings, source_id: str, expected_next: int, field:
     return dict(found)
 
 
-__all__ = ["make_raw_topic", "read_raw", "stored_cursor", "wait_for"]
+__all__ = ["START_S", "make_raw_topic", "read_raw", "stored_cursor", "wait_for"]

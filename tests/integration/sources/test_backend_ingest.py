@@ -90,7 +90,7 @@ def test_acknowledged_events_are_in_kafka_and_bad_lines_dead_lettered(
     running, raw, dlq = ingest
     good = events(5, "ok")
     body = b"\n".join([*good[:3], b'{"type": "withdrawal_request"}', *good[3:]]) + b"\n"
-    resp = httpx.post(f"{running.url}/events", content=body, headers=AUTH, timeout=30)
+    resp = httpx.post(f"{running.url}/events", content=body, headers=AUTH, timeout=90)
     assert resp.status_code == 200, resp.text
     assert resp.json()["accepted"] == 5
     assert resp.json()["errors"][0]["line"] == 4

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from tests.integration.sources.bitcoin_rpc import BitcoinRpcServer
-from tests.integration.sources.chain_kafka import make_raw_topic, read_raw, stored_cursor, wait_for
+from tests.integration.sources.chain_kafka import START_S, make_raw_topic, read_raw, stored_cursor, wait_for
 
 from vigil.config import Settings
 from vigil.events.types import ChainTransfer
@@ -89,7 +89,7 @@ def test_killed_connector_resumes_without_gap_or_duplicate(
 
     first = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
     try:
-        wait_for(lambda: heights() == Counter({50000: 1}), 60, "block 50000 from the first run")
+        wait_for(lambda: heights() == Counter({50000: 1}), START_S, "block 50000 from the first run")
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(10)
@@ -97,7 +97,7 @@ def test_killed_connector_resumes_without_gap_or_duplicate(
 
     second = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
     try:
-        wait_for(lambda: sum(heights().values()) >= 3, 60, "blocks 50001-50002 after the restart")
+        wait_for(lambda: sum(heights().values()) >= 3, START_S, "blocks 50001-50002 after the restart")
     finally:
         second.send_signal(signal.SIGKILL)
         second.wait(10)

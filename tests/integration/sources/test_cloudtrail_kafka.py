@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
-from tests.integration.kafka_read import watermarks
+from tests.integration.kafka_read import START_S, watermarks
 
 from vigil.config import Settings
 from vigil.events.types import SecurityEvent
@@ -77,7 +77,7 @@ def high_watermark(consumer: Consumer, topic: str) -> int:
     return watermarks(consumer, TopicPartition(topic, 0))[1]
 
 
-def read_committed(settings: Settings, topic: str, count: int, timeout: float = 60.0) -> list[RawRecord]:
+def read_committed(settings: Settings, topic: str, count: int, timeout: float = START_S) -> list[RawRecord]:
     consumer = Consumer(
         settings.kafka_client_config()
         | {
@@ -122,7 +122,7 @@ def test_kill_and_restart_neither_skips_nor_duplicates(
     watcher = Consumer(settings.kafka_client_config() | {"group.id": f"w-{uuid.uuid4().hex}"})
     proc = start(tmp_path, unique_topic, source_id, settings)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + START_S
         while high_watermark(watcher, unique_topic) < total // 4:
             assert proc.poll() is None, "connector exited early"
             assert time.monotonic() < deadline, "connector published nothing"

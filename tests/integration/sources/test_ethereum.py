@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from tests.integration.sources.anvil import DEV_ACCOUNTS, Anvil, RpcProxy
-from tests.integration.sources.chain_kafka import make_raw_topic, read_raw, stored_cursor, wait_for
+from tests.integration.sources.chain_kafka import START_S, make_raw_topic, read_raw, stored_cursor, wait_for
 
 from vigil.config import Settings
 from vigil.errors import SourceError
@@ -29,7 +29,7 @@ from vigil.events.types import ChainTransfer, TokenApproval
 from vigil.hub.raw import RawRecord
 from vigil.sources.ethereum import EthereumSource
 from vigil.sources.ethereum_normalize import EthereumNormalizer, Token
-from vigil.sources.sink import KafkaRawSink
+from vigil.sources.sink import SOURCE_TXN_TIMEOUT_S, KafkaRawSink
 
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACT = json.loads((REPO / "tests" / "fixtures" / "erc20" / "VigilTestToken.json").read_text())
@@ -210,11 +210,14 @@ def test_killed_connector_resumes_without_gap_or_duplicate(node: Anvil, settings
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
 
     def blocks_published() -> int:
-        return sum(1 for r in read_raw(settings, topic, "ethereum") if r.kind == "eth_block")
+        # Past the sources' transaction timeout: a run killed mid-transaction holds committed
+        # readers back until the restarted one fences it, after its own start-up.
+        records = read_raw(settings, topic, "ethereum", timeout_s=SOURCE_TXN_TIMEOUT_S + 20)
+        return sum(1 for r in records if r.kind == "eth_block")
 
     first = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
     try:
-        wait_for(lambda: blocks_published() >= 6, 60, "the first run to publish some blocks")
+        wait_for(lambda: blocks_published() >= 6, START_S, "the first run to publish some blocks")
         node.mine(15)  # the chain grows while the connector works, and after it dies
         first.send_signal(signal.SIGKILL)
         first.wait(10)
@@ -230,7 +233,7 @@ def test_killed_connector_resumes_without_gap_or_duplicate(node: Anvil, settings
 
     second = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
     try:
-        wait_for(lambda: blocks_published() >= head + 1, 60, f"blocks 0..{head} after the restart")
+        wait_for(lambda: blocks_published() >= head + 1, START_S, f"blocks 0..{head} after the restart")
     finally:
         second.send_signal(signal.SIGKILL)
         second.wait(10)

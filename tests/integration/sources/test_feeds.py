@@ -214,7 +214,13 @@ def test_silent_feed_times_out_on_heartbeat_and_reconnects(
     streams = binance.url.split("streams=")[1].split("/")
     with ReplayServer(binance, speed=None, stall_after=[100]) as server:
         source = BinanceSource(
-            streams, base_url=server.url, heartbeat_timeout=1.0, backoff_initial=0.05, backoff_max=0.1
+            # 3 s: the replay's end is silence too, and the stats below must be read before the
+            # client times out on it (a descheduled test thread had only 1 s, less a publish).
+            streams,
+            base_url=server.url,
+            heartbeat_timeout=3.0,
+            backoff_initial=0.05,
+            backoff_max=0.1,
         )
         feed = run_feed(source)
         feed.wait_for(lambda: source.stats.messages == len(binance.messages))

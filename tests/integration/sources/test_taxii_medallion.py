@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,11 +18,12 @@ import httpx
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from taxii2client.v21 import Collection
-from tests.integration.kafka_read import watermarks
+from tests.integration.kafka_read import START_S, watermarks
 
 from vigil.config import Settings, shared_data_dir
 from vigil.events.types import IntelIndicator
 from vigil.hub.admin import ensure_topics
+from vigil.hub.broker import free_port_block
 from vigil.hub.raw import RawRecord
 from vigil.hub.topics import TopicSpec
 from vigil.sources.intel.normalize import IntelNormalizer
@@ -52,9 +52,9 @@ TaxiiSource(url, user=user, password=os.environ["VIGIL_TAXII_PASSWORD"], poll_in
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    # Below the kernel's range for outgoing source ports: a port from bind(0) lies inside it,
+    # and any client's connection (Kafka's, during the server's start-up) could take it first.
+    return free_port_block(1)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def medallion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.wait(10)
 
 
-def read_committed(settings: Settings, topic: str, until: int, timeout: float = 60.0) -> list[RawRecord]:
+def read_committed(settings: Settings, topic: str, until: int, timeout: float = START_S) -> list[RawRecord]:
     """Records of the topic until ``until`` objects were seen, plus a short quiet period."""
     consumer = Consumer(
         settings.kafka_client_config()
@@ -205,7 +205,7 @@ def test_kill_and_restart_neither_skips_nor_duplicates(medallion: str, settings:
     watcher = Consumer(settings.kafka_client_config() | {"group.id": f"w-{uuid.uuid4().hex}"})
     proc = subprocess.Popen(cmd, env=env)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + START_S
         while watermarks(watcher, TopicPartition(topic, 0))[1] < 10:
             assert proc.poll() is None, "connector exited early"
             assert time.monotonic() < deadline, "connector published nothing"

@@ -126,7 +126,7 @@ def test_hubspot_signed_delivery_is_in_kafka_when_acknowledged_and_forgeries_are
     with serving(source, sink) as base:
         url = f"{base}/webhooks/hubspot"
         signed = hubspot_headers(url, HUBSPOT_EVENTS)
-        ok = httpx.post(url, content=HUBSPOT_EVENTS, headers=signed, timeout=10)
+        ok = httpx.post(url, content=HUBSPOT_EVENTS, headers=signed, timeout=60)
         assert ok.status_code == 204
         # Acknowledged means committed: the record is readable right after the answer.
         [record] = read_raw(settings, topic, "hubspot")

@@ -563,7 +563,9 @@ def test_a_takeover_slower_than_the_transaction_timeout_commits_first(
     # before the operators' on_assign once the stores are restored.
     src, out, name = names("in"), names("out"), names("app")
     make_topics(settings, src, out)
-    timeout_ms = 8000
+    # Well above the 6 s checkpoint interval: an ordinary transaction lasts about the interval,
+    # and a stall of the loaded machine must not be what the broker aborts.
+    timeout_ms = 15000
 
     def member(home: Path, instance: str, op: RunningCount) -> Application:
         return Application(

@@ -261,6 +261,13 @@ def test_a_global_table_reads_partitions_added_and_fails_when_its_topic_is_delet
     admin = make_admin(settings)
     with followed_profiles(settings, topic, deleted_after_s=1.0) as table:
         admin.create_partitions([NewPartitions(topic, 2)])[topic].result(30)
+        # Accepted is not yet in the brokers' metadata: a producer asking too early would
+        # refuse partition 1 as unknown.
+        wait_for(
+            lambda: len(admin.list_topics(topic, timeout=10).topics[topic].partitions) == 2,
+            30,
+            "the added partition in metadata",
+        )
         # A record the broker put on the new partition (1): only a reader of it sees it.
         on_new = Producer(settings.kafka_client_config())  # made now: it knows partition 1
         delivered: list[object] = []
