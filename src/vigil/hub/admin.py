@@ -257,7 +257,9 @@ def _wait_visible(admin: AdminClient, expected: dict[str, int], timeout: float =
         time.sleep(0.05)  # metadata poll interval, not a synchronisation guess: the loop checks the state
 
 
-def _wait_configured(admin: AdminClient, expected: dict[str, dict[str, str]], timeout: float = _TIMEOUT) -> None:
+def _wait_configured(
+    admin: AdminClient, expected: dict[str, dict[str, str]], timeout: float = _TIMEOUT
+) -> None:
     """Return once the cluster describes every altered setting with its new value: the
     controller accepts a change before brokers apply it, and a writer started right after a
     raised record limit (a Bitcoin block) would otherwise be refused by the old one."""
