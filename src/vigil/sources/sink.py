@@ -79,6 +79,10 @@ class KafkaRawSink:
                 producer.init_transactions(self._timeout)
             except KafkaException as exc:
                 msg = f"source {self._source_id!r}: cannot start a Kafka transaction: {exc.args[0]}"
+                # Not kept by the error: its traceback holds this frame, and a caller that keeps
+                # the error (a log handler, a retry loop's last failure) kept a client that went
+                # on dialling a dead broker for the life of the process.
+                producer = None
                 raise BrokerError(msg) from None
             self._producer = producer
         return self._producer
@@ -123,6 +127,7 @@ class KafkaRawSink:
                 # aborted producer's sequence numbers no longer lined up, and every later publish
                 # failed with OUT_OF_ORDER_SEQUENCE_NUMBER.
                 self._producer = None
+                producer = None  # not kept by the error either (see _ensure_producer)
                 msg = (
                     f"source {self._source_id!r}: publishing {len(records)} record(s) "
                     f"to Kafka failed, nothing was committed: {detail}"

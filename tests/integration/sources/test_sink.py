@@ -8,6 +8,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
+from tests.unit.sources.test_sink import held_producers
 
 from vigil.config import Settings
 from vigil.errors import BrokerError
@@ -60,8 +61,9 @@ def test_failed_publish_commits_nothing(settings: Settings, topic: str) -> None:
     too_big = RawRecord(
         source="test", kind="item", value=os.urandom(2_000_000), received_at=datetime.now(UTC)
     )
-    with pytest.raises(BrokerError, match="nothing was committed"):
+    with pytest.raises(BrokerError, match="nothing was committed") as info:
         sink.publish([_record(0), too_big], {"next": 2})
+    assert held_producers(info.value) == []  # the dropped producer goes, not kept by the error
     assert sink.last_cursor(source_id) is None
     # The sink recovers: the next publish commits normally, and the aborted record never shows.
     sink.publish([_record(1)], {"next": 2})

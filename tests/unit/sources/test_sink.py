@@ -1,0 +1,44 @@
+"""The raw sink's failures keep no Kafka client alive (no broker: one that does not answer)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from confluent_kafka import Producer
+
+from vigil.config import load_settings
+from vigil.errors import BrokerError
+from vigil.hub.broker import free_port_block
+from vigil.hub.raw import RawRecord
+from vigil.sources.sink import KafkaRawSink
+
+
+def held_producers(exc: BaseException) -> list[Producer]:
+    """Kafka producers reachable from ``exc``: its frames' locals, and its context's and cause's."""
+    found: list[Producer] = []
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        tb = err.__traceback__
+        while tb is not None:
+            found += [v for v in tb.tb_frame.f_locals.values() if isinstance(v, Producer)]
+            tb = tb.tb_next
+        todo += [err.__context__, err.__cause__]
+    return found
+
+
+def test_a_failed_start_keeps_no_producer_alive_in_its_error() -> None:
+    # A retry loop that keeps its last failure (the ingest buffer logs it) kept the producer
+    # through the error's traceback: a client dialling a dead broker for the life of the process.
+    settings = load_settings(kafka_bootstrap=f"127.0.0.1:{free_port_block(1)}")
+    sink = KafkaRawSink(settings, source_id="nobody-home", topic_for=lambda _r: "t", timeout_s=1)
+    record = RawRecord(source="test", kind="item", value=b"v", received_at=datetime.now(UTC), key=b"k")
+    with pytest.raises(BrokerError, match="cannot start a Kafka transaction") as info:
+        sink.publish([record])
+    assert held_producers(info.value) == []
+    sink.close()
