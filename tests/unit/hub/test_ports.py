@@ -17,4 +17,7 @@ def test_a_port_block_is_free_and_below_the_outgoing_connections_range() -> None
             assert base + 6 <= low
         for port in range(base, base + 6):
             with socket.socket() as probe:
+                # As a server binds (the broker, uvicorn): a port a stopped server's
+                # connections still hold in TIME_WAIT is free to it.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind(("127.0.0.1", port))  # raises if taken

@@ -13,13 +13,12 @@ import pytest
 from vigil.cli._common import serve_metrics_of
 from vigil.config import load_settings
 from vigil.errors import ConfigError
+from vigil.hub.broker import free_port_block
 from vigil.stream.metrics import MetricsServer, PrometheusMetrics
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port_block(1)  # below the ephemeral range: no client's source port takes it
 
 
 def _scrape(port: int) -> str:
