@@ -112,6 +112,61 @@ def test_two_group_bys_in_one_application_do_not_pass_events_back_and_forth() ->
     assert emitted == [(ip_spec.name, "1.2.3.4"), (device_spec.name, "d1")]
 
 
+PER_IP = StoreSpec("per-ip", 1)
+
+
+class PerIp(Operator[Payment]):
+    """Counts payments per IP from the repartition topic (where an IP's events share a partition)."""
+
+    id = "per-ip"
+    stores = (PER_IP,)
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.seen: list[tuple[str, int, str]] = []  # (event id, partition, the record's key)
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        state = ctx.state(PER_IP)
+        for rec in batch:
+            if rec.topic != self.topic:
+                continue  # the canonical input: re-keyed by the GroupBy first
+            ip = rec.event.entities.ip or ""
+            state.set(ip, state.get(ip, 0) + 1)
+            self.seen.append((rec.event.event_id, rec.partition, (rec.key or b"").decode()))
+
+
+def test_a_group_by_output_read_back_reaches_every_operator_keyed_by_the_entity() -> None:
+    # As the runtime reads an application's repartition topics: customers' payments, re-keyed by
+    # IP, come back keyed by their IP, and a per-IP count holds all of one IP's payments in one
+    # partition's state.  (Before, the harness only collected what the GroupBy emitted.)
+    by_ip, spec = group_by("detect", "ip", partitions=4)
+    per_ip = PerIp(spec.name)
+    ips = ["10.0.0.1", "10.0.0.2", "10.0.0.3", None]
+    events = [payment(i, f"c{i % 7}", timedelta(seconds=i), ip=ips[i % 4]) for i in range(40)]
+    result = run_operators(
+        [by_ip, per_ip],
+        events,
+        topic="events.payments",
+        partitions=4,
+        batch_size=6,
+        read_back=[spec.name],
+    )
+    assert sorted(e for e, _, _ in per_ip.seen) == sorted(e.event_id for e in events if e.entities.ip)
+    assert all(key == next(e.entities.ip for e in events if e.event_id == eid) for eid, _, key in per_ip.seen)
+    counts: dict[str, int] = {}
+    for (store, _part), state in result.states.items():
+        if store == PER_IP.id:
+            for ip, n in state.items():
+                assert ip not in counts, f"{ip} counted in two partitions"
+                counts[ip] = n
+    assert counts == {ip: 10 for ip in ips if ip}
+    # Re-keyed once: the GroupBy leaves records of its own topic alone, so the run ends.
+    assert len(result.emitted(spec.name)) == 30
+    assert result.offsets[(spec.name, per_ip.seen[0][1])] > 0
+    with pytest.raises(TypeError, match="a collection of topic names, got the string"):
+        run_operators([by_ip], events, read_back=spec.name)
+
+
 def test_entity_key_rejects_unknown_kinds() -> None:
     with pytest.raises(ValueError, match="unknown entity kind 'walet'; expected one of: customer"):
         entity_key("walet")
