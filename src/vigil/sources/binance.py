@@ -92,7 +92,12 @@ class BinanceSource(WebsocketFeed):
         stream = message.get("stream")
         data = message.get("data", message)
         if not isinstance(data, dict):
-            return Inspected(channel=stream if isinstance(stream, str) else None)
+            # An array stream (``!ticker@arr``: every symbol's ticker in one message) is market
+            # data without one key; anything else here (a reply's null result) is not.
+            return Inspected(
+                channel=stream if isinstance(stream, str) else None,
+                data=isinstance(stream, str) and isinstance(data, list) and bool(data),
+            )
         symbol = data.get("s")
         channel = stream if isinstance(stream, str) else data.get("e")
         if not isinstance(symbol, str):

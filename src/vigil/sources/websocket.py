@@ -147,6 +147,10 @@ class Inspected:
     key: bytes | None = None
     channel: str | None = None
     gaps: tuple[Gap, ...] = ()
+    #: Market data (the connection works: the backoff starts again from the bottom).  None: a
+    #: message with a key is data, one without is not (replies, errors).  A feed whose data
+    #: carries no key (Binance's ``!ticker@arr``, every symbol in one message) says True.
+    data: bool | None = None
 
 
 class _Receiver:
@@ -329,6 +333,7 @@ class WebsocketFeed(Source):
         now = datetime.now(UTC)
         records: list[RawRecord] = []
         gaps: list[Gap] = []
+        data_messages = 0
         for frame in frames:
             try:
                 found = self.inspect(msgspec.json.decode(frame))
@@ -337,6 +342,7 @@ class WebsocketFeed(Source):
                 # (A frame nested a few thousand deep raises RecursionError: uncaught, it stopped
                 # the connector and lost the frames before it in the batch.)
                 found = Inspected()
+            data_messages += found.data if found.data is not None else bool(found.key)
             meta: dict[str, Any] = {"url": self.url, "conn": self.stats.connections}
             if found.channel:
                 meta["channel"] = found.channel
@@ -367,9 +373,7 @@ class WebsocketFeed(Source):
         await asyncio.to_thread(sink.publish, records)
         counters = _counters()
         self.stats.messages += len(frames)
-        self.stats.data_messages += sum(
-            1 for rec in records if rec.kind == WS_MESSAGE and rec.key != CONTROL_KEY
-        )
+        self.stats.data_messages += data_messages
         counters["messages"].labels(self.name).inc(len(frames))
         if gaps:
             self.stats.gaps += len(gaps)

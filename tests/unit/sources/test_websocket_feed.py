@@ -152,3 +152,32 @@ def test_a_resync_held_back_is_not_counted_as_one() -> None:
         thread.join(10)
     assert errors == []
     assert (feed.stats.gaps, feed.stats.resyncs) == (2, 1)
+
+
+def test_a_keyless_array_stream_is_data_and_restarts_the_backoff() -> None:
+    # Binance's !ticker@arr carries every symbol's ticker in one message, so no key: it never
+    # counted as market data, and a feed of it backed off ever longer after each reconnect
+    # (30 s after a handful of routine disconnects) however well each connection had worked.
+    ticker = {"e": "24hrTicker", "s": "BTCUSDT", "c": "1", "E": 1}
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(json.dumps({"stream": "!ticker@arr", "data": [ticker, ticker | {"s": "ETHUSDT"}]}))
+        await ws.close()
+
+    attempts: list[int] = []
+    with server(handler) as url:
+        feed = BinanceSource(["!ticker@arr"], base_url=url, batch_linger=0.01)
+
+        def spy(attempt: int) -> float:
+            attempts.append(attempt)
+            return 0.01
+
+        feed.backoff_delay = spy  # type: ignore[method-assign]
+        sink = MemorySink()
+        thread, errors = running(feed, sink)
+        wait_for(lambda: len(attempts) >= 4, "four reconnects")
+        feed.stop()
+        thread.join(10)
+    assert errors == []
+    assert attempts[:4] == [0, 0, 0, 0]  # each connection delivered data: from the bottom again
+    assert feed.stats.data_messages >= 4
