@@ -381,7 +381,11 @@ class TokenApprovalPayload(Struct, kw_only=True, frozen=True):
     asset: str
     amount_raw: int
     unlimited: bool
-    kind: Literal["approve", "permit", "set_approval_for_all"] = "approve"
+    #: ``approve_nft``: ERC-721 ``approve(spender, token_id)``, one token (``amount_raw`` 1, or 0
+    #: when the approval is cleared).
+    kind: Literal["approve", "permit", "set_approval_for_all", "approve_nft"] = "approve"
+    #: The one token an ``approve_nft`` lets the spender move.
+    token_id: int | None = None
 
 
 class TokenApproval(Event, tag="token_approval", frozen=True):

@@ -13,11 +13,14 @@
   little, hence the half-range threshold).  A log counts as ERC-20 when its topic 0 is the
   event's signature and its indexed topics plus 32-byte data words make exactly three
   parameters (ethereum-etl's rule, which also admits early tokens that index nothing).
-  ERC-721 ``Transfer``/``Approval`` (four topics: the token id is indexed) are skipped,
-  where ethereum-etl counts them as token transfers: their "amount" is a token id.
-  ``ApprovalForAll`` (ERC-721/1155: an operator may move every token of the collection, what
-  NFT drainers ask for) -> ``token_approval`` of kind ``set_approval_for_all``, ``amount_raw``
-  1 and ``unlimited`` when granted, 0 when revoked.  Other layouts are skipped too, not rejected.
+  ERC-721 ``Transfer`` (four topics: the token id is indexed) is skipped, where
+  ethereum-etl counts it as a token transfer: its "amount" is a token id.  ERC-721
+  ``Approval`` (``approve(spender, token_id)``: one NFT, which drainers ask for too) ->
+  ``token_approval`` of kind ``approve_nft`` with the ``token_id``, ``amount_raw`` 1, or 0
+  when the approval is cleared (spender the zero address).  ``ApprovalForAll``
+  (ERC-721/1155: an operator may move every token of the collection, what NFT drainers ask
+  for) -> ``token_approval`` of kind ``set_approval_for_all``, ``amount_raw`` 1 and
+  ``unlimited`` when granted, 0 when revoked.  Other layouts are skipped too, not rejected.
 
 Amounts: ``value_raw`` is the exact integer; ``amount`` divides by the token's decimals,
 known for the tokens in :data:`KNOWN_TOKENS` (mainnet USDT, USDC, DAI, WETH) or passed to
@@ -51,8 +54,8 @@ from vigil.events.base import Entities, Event
 from vigil.events.types import TokenApproval, TokenApprovalPayload
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer
-from vigil.sources.chain_normalize import block_time, chain_transfer, decode_record, event_id
-from vigil.sources.ethereum import APPROVAL_FOR_ALL_TOPIC, LOG_TOPICS, TRANSFER_TOPIC
+from vigil.sources.chain_normalize import ZERO_ADDRESS, block_time, chain_transfer, decode_record, event_id
+from vigil.sources.ethereum import APPROVAL_FOR_ALL_TOPIC, APPROVAL_TOPIC, LOG_TOPICS, TRANSFER_TOPIC
 
 T = TypeVar("T")
 
@@ -276,14 +279,20 @@ class EthereumNormalizer(Normalizer):
             if _is_data(data) is None:
                 _check(_DATA, data, "data", record, f"$[{i}].data")
             n_topics = len(topics)
-            if n_topics == 4:
-                continue  # ERC-721: the third indexed topic is a token id, not an amount
+            data = data[2:].lower()
+            nft = n_topics == 4
+            if nft:
+                # ERC-721: the third indexed topic is a token id, not an amount.  Only a
+                # single-token approval is kept, and only in its standard layout (no data).
+                if signature != APPROVAL_TOPIC or data:
+                    continue
             # Three parameters: the indexed topics after the signature, then the data's 32-byte
             # words (the last one possibly short).  Only the amount can be a short word.
-            data = data[2:].lower()
-            if n_topics + (len(data) + 63) // 64 != 4:
+            elif n_topics + (len(data) + 63) // 64 != 4:
                 continue
-            if n_topics == 3:
+            if nft:
+                first, second, word = topics[1], topics[2], topics[3]
+            elif n_topics == 3:
                 first, second, word = topics[1], topics[2], data
             elif n_topics == 2:
                 first, second, word = topics[1], data[:64], data[64:]
@@ -350,13 +359,20 @@ class EthereumNormalizer(Normalizer):
                 for_all = signature == APPROVAL_FOR_ALL_TOPIC
                 if for_all and amount > 1:
                     continue  # not a bool: some other contract's event of that name
+                token_id = None
+                if nft:
+                    # One token, unless the approval was cleared (spender the zero address).
+                    token_id, amount = amount, int(second != ZERO_ADDRESS)
                 events.append(
                     TokenApproval(
                         event_id=event_id("token_approval", "ethereum", tx_hash, log_index),
                         source="ethereum",
                         occurred_at=occurred_at,
                         ingested_at=record.received_at,
-                        entities=Entities(wallet=first, counterparty=second),
+                        # (A cleared NFT approval's spender, the zero address, is no one.)
+                        entities=Entities(
+                            wallet=first, counterparty=None if second == ZERO_ADDRESS else second
+                        ),
                         payload=TokenApprovalPayload(
                             chain="ethereum",
                             tx_hash=tx_hash,
@@ -367,8 +383,9 @@ class EthereumNormalizer(Normalizer):
                             token_contract=contract,
                             asset=asset,
                             amount_raw=amount,
-                            unlimited=amount == 1 if for_all else amount >= UNLIMITED,
-                            kind="set_approval_for_all" if for_all else "approve",
+                            unlimited=amount == 1 if for_all else (not nft and amount >= UNLIMITED),
+                            kind="set_approval_for_all" if for_all else ("approve_nft" if nft else "approve"),
+                            token_id=token_id,
                         ),
                     )
                 )

@@ -277,7 +277,35 @@ def test_erc721_transfers_and_other_events_are_skipped() -> None:
     other = _approval_log(5)
     other["topics"][0] = "0x" + "99" * 32
     removed = {**_approval_log(5), "removed": True}
-    assert EthereumNormalizer().normalize(_record("eth_logs", [nft, other, removed])) == []
+    # Four topics and data besides: no ERC-721 approval either.
+    odd = {**_approval_log(5), "topics": [*nft["topics"][:3], "0x" + "00" * 31 + "07"]}
+    odd["topics"][0] = APPROVAL_TOPIC
+    assert EthereumNormalizer().normalize(_record("eth_logs", [nft, other, removed, odd])) == []
+
+
+def test_an_erc721_approval_of_one_token_is_an_approval_of_that_token() -> None:
+    # approve(spender, token_id): one NFT handed over, as drainers also ask.  It was skipped
+    # with ERC-721 transfers (its third topic is a token id, not an amount).
+    token_id = 2**200 + 7
+    granted = _approval_log(0)
+    granted["topics"] = [*granted["topics"], "0x" + format(token_id, "064x")]
+    granted["data"] = "0x"
+    cleared = {**granted, "logIndex": hex(4)}
+    cleared["topics"] = [granted["topics"][0], granted["topics"][1], "0x" + "00" * 32, granted["topics"][3]]
+    one, none = EthereumNormalizer().normalize(_record("eth_logs", [granted, cleared]))
+    assert isinstance(one, TokenApproval)
+    assert isinstance(none, TokenApproval)
+    assert (one.payload.kind, one.payload.token_id, one.payload.amount_raw, one.payload.unlimited) == (
+        "approve_nft",
+        token_id,
+        1,
+        False,
+    )
+    assert (one.payload.owner, one.payload.spender) == ("0x" + "11" * 20, "0x" + "22" * 20)
+    assert (one.entities.wallet, one.entities.counterparty) == ("0x" + "11" * 20, "0x" + "22" * 20)
+    # Cleared: the zero address approved, nothing at risk, and no one as counterparty.
+    assert (none.payload.amount_raw, none.payload.token_id, none.entities.counterparty) == (0, token_id, None)
+    assert one.event_id != none.event_id
 
 
 # ---------------------------------------------------------------------- malformed input
