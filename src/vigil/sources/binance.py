@@ -22,7 +22,8 @@ Normaliser: ``trade`` and ``aggTrade`` become canonical ``trade`` events (``m`` 
 means the buyer was the maker, so the taker sold).  Aggregate trades get trade ids
 ``agg-<a>`` so they can never collide with individual trade ids; subscribe to one of
 the two per symbol, not both, or volumes count twice.  Book, ticker and kline updates
-yield nothing; a subscription reply yields nothing; an error or unknown event is rejected.
+yield nothing, array streams of them (``!ticker@arr``) too; a subscription reply yields
+nothing; an error or unknown event is rejected.
 The market comes from the connection's URL (:func:`market_of`): each market numbers its trades
 itself, so a futures or Binance.US trade's id and venue name its market; spot keeps ``binance``.
 """
@@ -101,7 +102,11 @@ class BinanceSource(WebsocketFeed):
         symbol = data.get("s")
         channel = stream if isinstance(stream, str) else data.get("e")
         if not isinstance(symbol, str):
-            return Inspected(channel=channel)
+            # Market data without a symbol of its own (spot partial depth, ``btcusdt@depth5``;
+            # futures liquidations, symbol nested): data all the same, for the backoff.  A reply or
+            # an error comes on no stream.
+            market = isinstance(stream, str) and ("lastUpdateId" in data or isinstance(data.get("e"), str))
+            return Inspected(channel=channel, data=market)
         event = data.get("e")
         gap: Gap | None = None
         if event == "trade" and isinstance(data.get("t"), int):
@@ -225,6 +230,21 @@ class BinanceNormalizer(Normalizer):
     def _payload(
         self, data: bytes, where: str, received_at: datetime, stream: str | None, market: str
     ) -> list[Event]:
+        if data[:1] == b"[":
+            # An array stream (``!ticker@arr``, ``!markPrice@arr``): every symbol's update in one
+            # message, none of them a trade.
+            try:
+                kinds = {item.e for item in msgspec.json.decode(data, type=list[_Event])}
+            except msgspec.DecodeError as exc:
+                msg = f"expected an array of objects with a string 'e': {exc}"
+                raise DecodeError(msg, where=where, path="$.data") from None
+            unknown = sorted(str(k)[:40] for k in kinds - _NO_EVENT)
+            if unknown:
+                msg = (
+                    f"{where}: unexpected event types in an array stream: {', '.join(map(repr, unknown[:5]))}"
+                )
+                raise ContractError(msg)
+            return []
         try:
             event = msgspec.json.decode(data, type=_Event).e
         except msgspec.DecodeError as exc:

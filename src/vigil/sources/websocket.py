@@ -7,7 +7,7 @@ publishes every message exactly as received (the frame's bytes) to ``raw.<name>`
 - **reconnect** on any disconnect, handshake failure or silence, with exponential
   backoff and jitter (``initial * 2**attempt``, capped, then randomised between half and
   all of it, so a fleet of connectors does not reconnect in lock-step); the backoff
-  resets once a connection delivers a message;
+  resets once a connection delivers market data (a refused subscription's error does not);
 - **heartbeats**: websocket pings (the library answers the server's pings with pongs,
   which Binance requires) and an application-level silence timeout: no message for
   ``heartbeat_timeout`` seconds means the feed is dead even if TCP is not;
@@ -129,7 +129,7 @@ class FeedStats:
     connections: int = 0
     reconnects: int = 0
     messages: int = 0
-    #: Messages about a market (a product or symbol key), not control messages.
+    #: Market data messages (see ``Inspected.data``), not replies, errors or other control.
     data_messages: int = 0
     gaps: int = 0
     resyncs: int = 0

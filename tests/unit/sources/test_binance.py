@@ -79,6 +79,10 @@ def test_event_ids_are_stable_and_distinct_per_trade() -> None:
         {"result": None, "id": 1},
         {"stream": "x@bookTicker", "data": {"u": 1, "s": "X", "b": "1", "B": "1", "a": "1", "A": "1"}},
         {"stream": "x@depth@100ms", "data": {"e": "depthUpdate", "s": "X", "U": 1, "u": 2, "b": [], "a": []}},
+        # Array streams: every symbol's ticker in one message (each was a dead letter).
+        {"stream": "!ticker@arr", "data": [{"e": "24hrTicker", "s": "X"}, {"e": "24hrTicker", "s": "Y"}]},
+        {"stream": "!miniTicker@arr", "data": [{"e": "24hrMiniTicker", "s": "X"}]},
+        {"stream": "!markPrice@arr", "data": []},
     ],
 )
 def test_replies_and_book_updates_yield_nothing(value: dict[str, object]) -> None:
@@ -93,6 +97,8 @@ def test_replies_and_book_updates_yield_nothing(value: dict[str, object]) -> Non
         ({"stream": "x@weird", "data": {"e": "weird"}}, ContractError, "unknown Binance event type 'weird'"),
         ({"stream": "x@weird", "data": {"s": "X"}}, ContractError, "expected an event type"),
         ({"foo": 1}, ContractError, "combined-stream"),
+        ({"stream": "!x@arr", "data": [{"e": "trade"}]}, ContractError, "unexpected event types.*'trade'"),
+        ({"stream": "!x@arr", "data": [1, 2]}, DecodeError, "an array of objects"),
         (TRADE | {"p": "NaN"}, DecodeError, r"\$\.data\.p"),
         (TRADE | {"t": "12345"}, DecodeError, r"\$\.t"),
         ({k: v for k, v in TRADE.items() if k != "q"}, DecodeError, "q"),

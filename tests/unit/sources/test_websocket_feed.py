@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from websockets.asyncio.server import ServerConnection, serve
 
-from vigil.sources.binance import BinanceSource
+from vigil.sources.binance import BinanceNormalizer, BinanceSource
 from vigil.sources.coinbase import CoinbaseSource
 from vigil.sources.sink import MemorySink
 from vigil.sources.websocket import WebsocketFeed
@@ -181,3 +181,15 @@ def test_a_keyless_array_stream_is_data_and_restarts_the_backoff() -> None:
     assert errors == []
     assert attempts[:4] == [0, 0, 0, 0]  # each connection delivered data: from the bottom again
     assert feed.stats.data_messages >= 4
+    # The normaliser reads such a message as market data that is no trade, not as a bad one.
+    assert BinanceNormalizer().normalize(sink.records[0]) == []
+
+
+def test_market_data_without_a_symbol_counts_and_replies_do_not() -> None:
+    # Spot partial depth names no symbol (the stream does); a reply or an error has no stream.
+    feed = BinanceSource(["btcusdt@depth5"], base_url="ws://h")
+    depth = {"lastUpdateId": 1, "bids": [], "asks": []}
+    assert feed.inspect({"stream": "btcusdt@depth5", "data": depth}).data
+    assert feed.inspect({"stream": "!forceOrder@arr", "data": {"e": "forceOrder", "o": {"s": "X"}}}).data
+    assert not feed.inspect({"result": None, "id": 1}).data
+    assert not feed.inspect({"code": 2, "msg": "Invalid request"}).data
