@@ -296,8 +296,16 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec], *, owned: bool
     (this runs at every connector and application start, on whatever cluster is configured:
     ``vigil topics apply`` changes the rest).  ``owned``: topics only this application uses
     (its changelogs and repartition topics), whose settings it keeps as declared."""
-    from vigil.hub.client import make_admin
+    from vigil.hub.client import drop_frame_locals, make_admin
 
-    for diff in apply(make_admin(settings), specs, settings, alter_configs=owned):
+    admin = make_admin(settings)
+    try:
+        diffs = apply(admin, specs, settings, alter_configs=owned)
+    except BaseException as exc:
+        # Not kept alive by the error (a connector retrying keeps its last failure).
+        del admin
+        drop_frame_locals(exc)
+        raise
+    for diff in diffs:
         for note in diff.notes:
             log.info("topic %s: %s", diff.spec.name, note)

@@ -8,6 +8,7 @@ customer / wallet / vendor stays ordered in one partition.
 from __future__ import annotations
 
 import time
+import traceback
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -180,6 +181,22 @@ def partition_offsets(
         pause = min(pause * 2, 1.0)
 
 
+def drop_frame_locals(exc: BaseException) -> None:
+    """Forget the locals of the finished frames ``exc`` (and its cause and context) went
+    through: Kafka clients made there (an admin client, a producer) would otherwise live as long
+    as the error, dialling a broker that is gone, and a caller may keep an error for long (a
+    retry loop's last failure, a log handler).  Line numbers stay for the traceback."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        traceback.clear_frames(err.__traceback__)  # (frames still running are left as they are)
+        todo += [err.__cause__, err.__context__]
+
+
 def read_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> list[Message]:
     """Every committed record of ``topic`` as it is now, partition by partition in offset order.
 
@@ -240,6 +257,9 @@ def read_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> l
                     del ends[tp.partition]
         out.sort(key=lambda m: (m.partition(), m.offset()))
         return out
+    except BaseException as exc:
+        drop_frame_locals(exc)  # the admin client asked for the ends (see drop_frame_locals)
+        raise
     finally:
         consumer.close()
 

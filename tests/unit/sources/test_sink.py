@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
 
 from vigil.config import load_settings
 from vigil.errors import BrokerError
@@ -13,10 +14,12 @@ from vigil.hub.broker import free_port_block
 from vigil.hub.raw import RawRecord
 from vigil.sources.sink import KafkaRawSink
 
+CLIENTS = (Producer, Consumer, AdminClient)
 
-def held_producers(exc: BaseException) -> list[Producer]:
-    """Kafka producers reachable from ``exc``: its frames' locals, and its context's and cause's."""
-    found: list[Producer] = []
+
+def held_producers(exc: BaseException) -> list[object]:
+    """Kafka clients reachable from ``exc``: its frames' locals, and its context's and cause's."""
+    found: list[object] = []
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
     while todo:
@@ -26,7 +29,7 @@ def held_producers(exc: BaseException) -> list[Producer]:
         seen.add(id(err))
         tb = err.__traceback__
         while tb is not None:
-            found += [v for v in tb.tb_frame.f_locals.values() if isinstance(v, Producer)]
+            found += [v for v in tb.tb_frame.f_locals.values() if isinstance(v, CLIENTS)]
             tb = tb.tb_next
         todo += [err.__context__, err.__cause__]
     return found
@@ -40,5 +43,19 @@ def test_a_failed_start_keeps_no_producer_alive_in_its_error() -> None:
     record = RawRecord(source="test", kind="item", value=b"v", received_at=datetime.now(UTC), key=b"k")
     with pytest.raises(BrokerError, match="cannot start a Kafka transaction") as info:
         sink.publish([record])
+    assert held_producers(info.value) == []
+    sink.close()
+
+
+def test_a_failed_cursor_read_or_topic_check_keeps_no_client_alive_in_its_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before the producer: the cursor topic is checked (an admin client), the cursor read (a
+    # consumer and an admin client).  The admin client lived on in the error, dialling.
+    monkeypatch.setattr("vigil.hub.admin._TIMEOUT", 1.0)  # the broker's silence, sooner
+    settings = load_settings(kafka_bootstrap=f"127.0.0.1:{free_port_block(1)}")
+    sink = KafkaRawSink(settings, source_id="nobody-home", topic_for=lambda _r: "t", timeout_s=1)
+    with pytest.raises(BrokerError) as info:
+        sink.last_cursor("nobody-home")
     assert held_producers(info.value) == []
     sink.close()
