@@ -1,0 +1,75 @@
+"""``apply`` waits for altered topic settings to show (an admin client that answers from a script)."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from vigil.hub.admin import _wait_configured
+
+
+class Done:
+    def __init__(self, value: Any = None, error: KafkaError | None = None) -> None:
+        self.value, self.error = value, error
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self.error is not None:
+            raise KafkaException(self.error)
+        return self.value
+
+
+class Scripted:
+    """Describes topic ``t`` with the next of ``answers`` (the last one repeats); ``None``: gone."""
+
+    def __init__(self, *answers: dict[str, str] | KafkaError | None) -> None:
+        self.answers = list(answers)
+        self.asked = 0
+
+    def _now(self) -> dict[str, str] | KafkaError | None:
+        return self.answers[min(self.asked, len(self.answers) - 1)]
+
+    def list_topics(self, timeout: float | None = None) -> Any:
+        part = SimpleNamespace(replicas=[1])
+        topics = {} if self._now() is None else {"t": SimpleNamespace(error=None, partitions={0: part})}
+        return SimpleNamespace(topics=topics)
+
+    def describe_configs(self, resources: list[Any]) -> dict[Any, Done]:
+        now = self._now()
+        self.asked += 1
+        if isinstance(now, KafkaError):
+            return {r: Done(error=now) for r in resources}
+        entries = {k: SimpleNamespace(value=v) for k, v in (now or {}).items()}
+        return {r: Done(entries) for r in resources}
+
+
+def test_waits_until_the_new_value_shows() -> None:
+    admin = Scripted(
+        {"max.message.bytes": "1048588"}, {"max.message.bytes": "1048588"}, {"max.message.bytes": "67108864"}
+    )
+    _wait_configured(admin, {"t": {"max.message.bytes": "67108864"}})  # type: ignore[arg-type]
+    assert admin.asked == 3
+
+
+def test_a_value_spelled_the_brokers_way_counts_as_shown() -> None:
+    admin = Scripted({"cleanup.policy": "compact,delete"})
+    _wait_configured(admin, {"t": {"cleanup.policy": "compact, delete"}})  # type: ignore[arg-type]
+    assert admin.asked == 1
+
+
+@pytest.mark.parametrize("gone", [None, KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)])
+def test_a_topic_deleted_meanwhile_is_not_waited_for(gone: KafkaError | None) -> None:
+    admin = Scripted({"retention.ms": "1"}, gone)
+    _wait_configured(admin, {"t": {"retention.ms": "2"}})  # type: ignore[arg-type]
+    assert admin.asked == 2 if gone is not None else admin.asked == 1
+
+
+def test_a_value_never_shown_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    admin = Scripted({"retention.ms": "1"})
+    with caplog.at_level(logging.WARNING, logger="vigil.hub.admin"):
+        _wait_configured(admin, {"t": {"retention.ms": "2"}}, timeout=0.2)  # type: ignore[arg-type]
+    assert admin.asked > 1
+    assert "not shown as set after 0.2s: t retention.ms" in caplog.text
