@@ -16,8 +16,10 @@
   ERC-721 ``Transfer`` (four topics: the token id is indexed) is skipped, where
   ethereum-etl counts it as a token transfer: its "amount" is a token id.  ERC-721
   ``Approval`` (``approve(spender, token_id)``: one NFT, which drainers ask for too) ->
-  ``token_approval`` of kind ``approve_nft`` with the ``token_id``, ``amount_raw`` 1, or 0
-  when the approval is cleared (spender the zero address).  ``ApprovalForAll``
+  ``token_approval`` of kind ``approve_nft`` with the ``token_id`` and ``amount_raw`` 1; a
+  cleared one (spender the zero address, which older collections emit on every transfer) is
+  skipped.  The layout is an ERC-20 Approval that indexes its amount too: from a token the
+  normaliser knows (:data:`KNOWN_TOKENS`, or passed), it is read as an amount.  ``ApprovalForAll``
   (ERC-721/1155: an operator may move every token of the collection, what NFT drainers ask
   for) -> ``token_approval`` of kind ``set_approval_for_all``, ``amount_raw`` 1 and
   ``unlimited`` when granted, 0 when revoked.  Other layouts are skipped too, not rejected.
@@ -335,6 +337,15 @@ class EthereumNormalizer(Normalizer):
             first, second = "0x" + first[-40:], "0x" + second[-40:]
             amount = int(word, 16)
             token = tokens.get(contract)
+            if nft:
+                if token is not None:
+                    # A known ERC-20 whose Approval indexes its amount too (the same layout):
+                    # an amount, or its revocation of a drainer would read as an NFT handed over.
+                    nft = False
+                elif second == ZERO_ADDRESS:
+                    # Cleared (older ERC-721s clear on every transfer): nothing at risk, and
+                    # an event per NFT transfer that no rule reads.
+                    continue
             asset = token.symbol if token else contract
             if signature == TRANSFER_TOPIC:
                 events.append(
@@ -361,8 +372,7 @@ class EthereumNormalizer(Normalizer):
                     continue  # not a bool: some other contract's event of that name
                 token_id = None
                 if nft:
-                    # One token, unless the approval was cleared (spender the zero address).
-                    token_id, amount = amount, int(second != ZERO_ADDRESS)
+                    token_id, amount = amount, 1  # one token
                 events.append(
                     TokenApproval(
                         event_id=event_id("token_approval", "ethereum", tx_hash, log_index),

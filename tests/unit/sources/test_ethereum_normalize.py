@@ -288,13 +288,14 @@ def test_an_erc721_approval_of_one_token_is_an_approval_of_that_token() -> None:
     # with ERC-721 transfers (its third topic is a token id, not an amount).
     token_id = 2**200 + 7
     granted = _approval_log(0)
+    granted["address"] = "0xBC4CA0EdA7647A8aB7C2061c2E118A18a936f13D"  # an NFT collection
     granted["topics"] = [*granted["topics"], "0x" + format(token_id, "064x")]
     granted["data"] = "0x"
+    # Cleared (older collections clear on every transfer): nothing at risk, no event.
     cleared = {**granted, "logIndex": hex(4)}
     cleared["topics"] = [granted["topics"][0], granted["topics"][1], "0x" + "00" * 32, granted["topics"][3]]
-    one, none = EthereumNormalizer().normalize(_record("eth_logs", [granted, cleared]))
+    (one,) = EthereumNormalizer().normalize(_record("eth_logs", [granted, cleared]))
     assert isinstance(one, TokenApproval)
-    assert isinstance(none, TokenApproval)
     assert (one.payload.kind, one.payload.token_id, one.payload.amount_raw, one.payload.unlimited) == (
         "approve_nft",
         token_id,
@@ -303,9 +304,22 @@ def test_an_erc721_approval_of_one_token_is_an_approval_of_that_token() -> None:
     )
     assert (one.payload.owner, one.payload.spender) == ("0x" + "11" * 20, "0x" + "22" * 20)
     assert (one.entities.wallet, one.entities.counterparty) == ("0x" + "11" * 20, "0x" + "22" * 20)
-    # Cleared: the zero address approved, nothing at risk, and no one as counterparty.
-    assert (none.payload.amount_raw, none.payload.token_id, none.entities.counterparty) == (0, token_id, None)
-    assert one.event_id != none.event_id
+
+
+def test_a_known_erc20_that_indexes_its_approval_amount_is_read_as_an_amount() -> None:
+    # The same four-topic layout: a known token's revocation of a drainer (amount 0) read as an
+    # NFT handed over would hold a wallet that did the right thing.
+    revoked = _approval_log(0)  # the USDT contract, known
+    revoked["topics"] = [*revoked["topics"], "0x" + "00" * 32]
+    revoked["data"] = "0x"
+    (ev,) = EthereumNormalizer().normalize(_record("eth_logs", [revoked]))
+    assert isinstance(ev, TokenApproval)
+    assert (ev.payload.kind, ev.payload.amount_raw, ev.payload.token_id, ev.payload.asset) == (
+        "approve",
+        0,
+        None,
+        "USDT",
+    )
 
 
 # ---------------------------------------------------------------------- malformed input
