@@ -29,14 +29,18 @@ from typing import Any
 import msgspec
 from confluent_kafka import KafkaError, KafkaException
 
+from vigil.errors import VigilError
 from vigil.events.base import Event
-from vigil.events.codec import encode
+from vigil.events.codec import EventCodec, encode
 from vigil.stream.app import OUTPUT_MAX_BYTES
 from vigil.stream.attempt import Attempt, attempt
 from vigil.stream.base import Operator, Record, State, StoreSpec
 from vigil.stream.collector import collecting_young
 
 _encoder = msgspec.msgpack.Encoder()
+#: Read-backs of one batch's outputs before the harness calls it a loop (each one a round trip
+#: through the repartition topics; a real application needs one or two).
+_MAX_READ_BACK_ROUNDS = 100
 
 
 class MemoryState(State):
@@ -256,21 +260,41 @@ def run_operators(
     #: were read by its earlier run).
     read_to = len(result.emits)
 
+    codec = EventCodec() if read_back else None
+
     def flush_and_read_back() -> None:
         nonlocal read_to
         flush()
-        while read_back:
+        rounds = 0
+        while codec is not None:
             fresh = result.emits[read_to:]
             read_to = len(result.emits)
             records = [e for e in fresh if e.topic in read_back]
             if not records:
                 return
+            rounds += 1
+            if rounds > _MAX_READ_BACK_ROUNDS:
+                topics = sorted({e.topic for e in records})
+                msg = (
+                    f"events still going round {', '.join(topics)} after {_MAX_READ_BACK_ROUNDS} "
+                    "read-backs: operators re-publish what they read there (a GroupBy without "
+                    "internal_prefix?)"
+                )
+                raise RuntimeError(msg)
             for emitted in records:
                 part = partition_for(emitted.key, partitions)
                 offset = offsets.get((emitted.topic, part), 0)
                 key = emitted.key.encode() if emitted.key else None
-                batch[part].append(Record(emitted.event, emitted.topic, part, offset, key, 0))
                 offsets[(emitted.topic, part)] = offset + 1
+                # Read back as the runtime reads it: decoded from the bytes it was sent as.
+                value = encode(emitted.event)
+                try:
+                    event = codec.decode(value)
+                except VigilError as exc:
+                    dead = Record(emitted.event, emitted.topic, part, offset, key, 0, value=value)
+                    result.dead_letters.append((dead, str(exc)))
+                    continue
+                batch[part].append(Record(event, emitted.topic, part, offset, key, 0, value=value))
             flush()
 
     # The collector as the Kafka runtime tunes it (vigil.stream.collector): the same rules cost

@@ -167,6 +167,27 @@ def test_a_group_by_output_read_back_reaches_every_operator_keyed_by_the_entity(
         run_operators([by_ip], events, read_back=spec.name)
 
 
+def test_read_back_decodes_as_the_runtime_and_a_loop_fails_instead_of_hanging() -> None:
+    # Read back from the bytes, as the runtime reads a topic: an event the runtime could not
+    # decode (a naive time) is a dead letter there, not handed on.
+    by_ip, spec = group_by("detect", "ip", partitions=2)
+    per_ip = PerIp(spec.name)
+    naive_time = datetime(2026, 1, 1)  # noqa: DTZ001 (on purpose)
+    naive = msgspec.structs.replace(payment(1, "c1", timedelta(0), ip="10.0.0.9"), occurred_at=naive_time)
+    good = payment(2, "c2", timedelta(0), ip="10.0.0.9")
+    result = run_operators([by_ip, per_ip], [naive, good], partitions=2, read_back=[spec.name])
+    assert [e for e, _, _ in per_ip.seen] == ["p2"]
+    ((dead, reason),) = result.dead_letters
+    assert (dead.event.event_id, dead.topic) == ("p1", spec.name)
+    assert "timezone" in reason
+    # Two GroupBys that re-publish each other's topics (no internal_prefix) go round for ever:
+    # the harness says so rather than hang.
+    a = GroupBy("a", "t.a", entity_key("ip"))
+    b = GroupBy("b", "t.b", entity_key("ip"))
+    with pytest.raises(RuntimeError, match=r"still going round t\.a, t\.b after 100 read-backs"):
+        run_operators([a, b], [good], read_back=["t.a", "t.b"])
+
+
 def test_entity_key_rejects_unknown_kinds() -> None:
     with pytest.raises(ValueError, match="unknown entity kind 'walet'; expected one of: customer"):
         entity_key("walet")
