@@ -19,6 +19,7 @@ Messages say where, what was expected and what was received.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 
 
@@ -82,3 +83,16 @@ class Retry(SourceError):
 
 class PipelineError(VigilError):
     """An operator failed on a record; the message carries topic/partition/offset."""
+
+
+def chained(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception it was raised from or while handling, each once."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        yield err
+        todo += [err.__cause__, err.__context__]

@@ -25,7 +25,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from vigil.config import Settings
-from vigil.errors import BrokerError
+from vigil.errors import BrokerError, chained
 from vigil.events.base import Event
 from vigil.events.codec import encode
 from vigil.hub.topics import TOPICS, TopicRegistry
@@ -186,15 +186,8 @@ def drop_frame_locals(exc: BaseException) -> None:
     through: Kafka clients made there (an admin client, a producer) would otherwise live as long
     as the error, dialling a broker that is gone, and a caller may keep an error for long (a
     retry loop's last failure, a log handler).  Line numbers stay for the traceback."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        err = todo.pop()
-        if err is None or id(err) in seen:
-            continue
-        seen.add(id(err))
+    for err in chained(exc):
         traceback.clear_frames(err.__traceback__)  # (frames still running are left as they are)
-        todo += [err.__cause__, err.__context__]
 
 
 def read_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> list[Message]:

@@ -9,7 +9,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from vigil.config import load_settings
-from vigil.errors import BrokerError
+from vigil.errors import BrokerError, chained
 from vigil.hub.broker import free_port_block
 from vigil.hub.raw import RawRecord
 from vigil.sources.sink import KafkaRawSink
@@ -20,18 +20,11 @@ CLIENTS = (Producer, Consumer, AdminClient)
 def held_producers(exc: BaseException) -> list[object]:
     """Kafka clients reachable from ``exc``: its frames' locals, and its context's and cause's."""
     found: list[object] = []
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        err = todo.pop()
-        if err is None or id(err) in seen:
-            continue
-        seen.add(id(err))
+    for err in chained(exc):
         tb = err.__traceback__
         while tb is not None:
             found += [v for v in tb.tb_frame.f_locals.values() if isinstance(v, CLIENTS)]
             tb = tb.tb_next
-        todo += [err.__context__, err.__cause__]
     return found
 
 

@@ -63,6 +63,25 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.01)  # poll interval; the condition is what synchronises
 
 
+def backoff_attempts(feed: WebsocketFeed, reconnects: int) -> tuple[list[int], MemorySink]:
+    """Run ``feed`` until it has reconnected ``reconnects`` times; the backoff attempt numbers it
+    asked delays for (the delays themselves short, so the test is quick) and what it published."""
+    attempts: list[int] = []
+
+    def spy(attempt: int) -> float:
+        attempts.append(attempt)
+        return 0.01
+
+    feed.backoff_delay = spy  # type: ignore[method-assign]
+    sink = MemorySink()
+    thread, errors = running(feed, sink)
+    wait_for(lambda: len(attempts) >= reconnects, f"{reconnects} reconnects")
+    feed.stop()
+    thread.join(10)
+    assert errors == []
+    return attempts, sink
+
+
 def test_a_frame_nested_thousands_deep_is_published_not_fatal() -> None:
     # msgspec raises RecursionError on it: uncaught, it stopped the connector and lost the
     # trades already in the same batch.
@@ -105,21 +124,9 @@ def test_a_refused_subscription_backs_off_instead_of_reconnecting_at_once() -> N
         )
         await ws.close()
 
-    attempts: list[int] = []
     with server(handler) as url:
         feed = CoinbaseSource(["BTC-USDX"], url=url, channels=["matches"])
-
-        def spy(attempt: int) -> float:  # the delays themselves: short, so the test is quick
-            attempts.append(attempt)
-            return 0.01
-
-        feed.backoff_delay = spy  # type: ignore[method-assign]
-        sink = MemorySink()
-        thread, errors = running(feed, sink)
-        wait_for(lambda: len(attempts) >= 4, "four reconnects")
-        feed.stop()
-        thread.join(10)
-    assert errors == []
+        attempts, _sink = backoff_attempts(feed, 4)
     assert attempts[:4] == [0, 1, 2, 3]
     assert feed.stats.data_messages == 0
 
@@ -164,21 +171,9 @@ def test_a_keyless_array_stream_is_data_and_restarts_the_backoff() -> None:
         await ws.send(json.dumps({"stream": "!ticker@arr", "data": [ticker, ticker | {"s": "ETHUSDT"}]}))
         await ws.close()
 
-    attempts: list[int] = []
     with server(handler) as url:
         feed = BinanceSource(["!ticker@arr"], base_url=url, batch_linger=0.01)
-
-        def spy(attempt: int) -> float:
-            attempts.append(attempt)
-            return 0.01
-
-        feed.backoff_delay = spy  # type: ignore[method-assign]
-        sink = MemorySink()
-        thread, errors = running(feed, sink)
-        wait_for(lambda: len(attempts) >= 4, "four reconnects")
-        feed.stop()
-        thread.join(10)
-    assert errors == []
+        attempts, sink = backoff_attempts(feed, 4)
     assert attempts[:4] == [0, 0, 0, 0]  # each connection delivered data: from the bottom again
     assert feed.stats.data_messages >= 4
     # The normaliser reads such a message as market data that is no trade, not as a bad one.
