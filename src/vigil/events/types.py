@@ -381,8 +381,7 @@ class TokenApprovalPayload(Struct, kw_only=True, frozen=True):
     asset: str
     amount_raw: int
     unlimited: bool
-    #: ``approve_nft``: ERC-721 ``approve(spender, token_id)``, one token (``amount_raw`` 1, or 0
-    #: when the approval is cleared).
+    #: ``approve_nft``: ERC-721 ``approve(spender, token_id)``, one token (``amount_raw`` 1).
     kind: Literal["approve", "permit", "set_approval_for_all", "approve_nft"] = "approve"
     #: The one token an ``approve_nft`` lets the spender move.
     token_id: int | None = None

@@ -264,21 +264,25 @@ def _wait_configured(
     controller accepts a change before brokers apply it, and a writer started right after a
     raised record limit (a Bitcoin block) would otherwise be refused by the old one.  (The broker
     that answers is the one known to have it; the others follow within moments.)  A topic gone
-    meanwhile is not waited for; a value still not shown at the deadline is logged, not raised:
-    the change was accepted, and a broker may spell a value its own way."""
+    meanwhile is not waited for; a describe that fails is asked again; a value still not shown
+    at the deadline is logged, not raised: the change was accepted, and a broker may spell a
+    value its own way."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             live = describe_live(admin, list(expected))
-        except KafkaException:
-            return  # a topic deleted meanwhile (describing it failed): nothing left to wait for
-        pending = sorted(
-            f"{name} {key}"
-            for name, wanted in expected.items()
-            if name in live
-            for key, value in wanted.items()
-            if _spelled(live[name].config.get(key)) != _spelled(value)
-        )
+        except KafkaException as exc:
+            # A topic deleted between the metadata and the describe, or the broker busy: asked
+            # again (a deleted topic then leaves the metadata, and is not waited for).
+            pending = [f"describing failed: {exc.args[0]}"]
+        else:
+            pending = sorted(
+                f"{name} {key}"
+                for name, wanted in expected.items()
+                if name in live
+                for key, value in wanted.items()
+                if _spelled(live[name].config.get(key)) != _spelled(value)
+            )
         if not pending:
             return
         if time.monotonic() > deadline:

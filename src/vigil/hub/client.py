@@ -7,8 +7,9 @@ customer / wallet / vendor stays ordered in one partition.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import time
-import traceback
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -185,9 +186,23 @@ def drop_frame_locals(exc: BaseException) -> None:
     """Forget the locals of the finished frames ``exc`` (and its cause and context) went
     through: Kafka clients made there (an admin client, a producer) would otherwise live as long
     as the error, dialling a broker that is gone, and a caller may keep an error for long (a
-    retry loop's last failure, a log handler).  Line numbers stay for the traceback."""
+    retry loop's last failure, a log handler).  Line numbers stay for the traceback.  Frames
+    still running, and those of generators and coroutines (which may only be suspended:
+    clearing one would close it), are left as they are."""
     for err in chained(exc):
-        traceback.clear_frames(err.__traceback__)  # (frames still running are left as they are)
+        tb = err.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            if not frame.f_code.co_flags & _SUSPENDABLE:
+                with contextlib.suppress(RuntimeError):  # running: its locals are still needed
+                    frame.clear()
+            tb = tb.tb_next
+
+
+#: Code flags of frames that may be suspended rather than finished.
+_SUSPENDABLE = (
+    inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
+)
 
 
 def read_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> list[Message]:

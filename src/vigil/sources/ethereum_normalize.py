@@ -19,7 +19,9 @@
   ``token_approval`` of kind ``approve_nft`` with the ``token_id`` and ``amount_raw`` 1; a
   cleared one (spender the zero address, which older collections emit on every transfer) is
   skipped.  The layout is an ERC-20 Approval that indexes its amount too: from a token the
-  normaliser knows (:data:`KNOWN_TOKENS`, or passed), it is read as an amount.  ``ApprovalForAll``
+  normaliser knows (:data:`KNOWN_TOKENS`, or passed), it is read as an amount.  The log alone
+  cannot tell the two apart, so pass such tokens (rare) to the normaliser: otherwise a revocation
+  by one reads as an NFT approval.  ``ApprovalForAll``
   (ERC-721/1155: an operator may move every token of the collection, what NFT drainers ask
   for) -> ``token_approval`` of kind ``set_approval_for_all``, ``amount_raw`` 1 and
   ``unlimited`` when granted, 0 when revoked.  Other layouts are skipped too, not rejected.
@@ -379,7 +381,7 @@ class EthereumNormalizer(Normalizer):
                         source="ethereum",
                         occurred_at=occurred_at,
                         ingested_at=record.received_at,
-                        # (A cleared NFT approval's spender, the zero address, is no one.)
+                        # (The zero address as spender is no one.)
                         entities=Entities(
                             wallet=first, counterparty=None if second == ZERO_ADDRESS else second
                         ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -11,6 +12,7 @@ from confluent_kafka.admin import AdminClient
 from vigil.config import load_settings
 from vigil.errors import BrokerError, chained
 from vigil.hub.broker import free_port_block
+from vigil.hub.client import drop_frame_locals
 from vigil.hub.raw import RawRecord
 from vigil.sources.sink import KafkaRawSink
 
@@ -52,3 +54,27 @@ def test_a_failed_cursor_read_or_topic_check_keeps_no_client_alive_in_its_error(
         sink.last_cursor("nobody-home")
     assert held_producers(info.value) == []
     sink.close()
+
+
+def test_dropping_an_errors_locals_leaves_a_suspended_generator_running() -> None:
+    # frame.clear() on a suspended generator's frame closes it: an error a generator caught
+    # and kept (its context chain reaching the generator's frame) must not end the generator.
+    def counting() -> Iterator[int]:
+        n = 0
+        while True:
+            try:
+                raise ValueError(n)
+            except ValueError as exc:
+                kept.append(exc)
+            n += 1
+            yield n
+
+    kept: list[BaseException] = []
+    numbers = counting()
+    assert next(numbers) == 1
+    try:
+        raise BrokerError("outer")
+    except BrokerError as exc:
+        exc.__context__ = kept[0]
+        drop_frame_locals(exc)
+    assert next(numbers) == 2
