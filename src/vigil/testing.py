@@ -108,6 +108,8 @@ class Emitted:
     topic: str
     key: str | None
     event: Event
+    #: The bytes it was sent as (what a read-back decodes).
+    value: bytes = b""
 
 
 @dataclass
@@ -161,8 +163,8 @@ class _MemoryContext:
         self.prepare_late(record)()
 
     def prepare_emit(self, topic: str, event: Event, key: str | None = None) -> Callable[[], None]:
-        _checked(topic, event)
-        emitted = Emitted(topic, key if key is not None else event.key(), event)
+        value = _checked(topic, event)
+        emitted = Emitted(topic, key if key is not None else event.key(), event, value)
         return lambda: self._result.emits.append(emitted)
 
     def prepare_forward(self, topic: str, record: Record[Any], key: str) -> Callable[[], None]:
@@ -173,12 +175,13 @@ class _MemoryContext:
         return lambda: self._result.late.append(record)
 
 
-def _checked(topic: str, event: Event) -> None:
+def _checked(topic: str, event: Event) -> bytes:
     """Encode ``event`` as the runtime does, and refuse it as the runtime does when too large."""
     value = encode(event)
     if len(value) > OUTPUT_MAX_BYTES:
         text = f"a record of {len(value):,} bytes for {topic!r}; at most {OUTPUT_MAX_BYTES:,}"
         raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, text))
+    return value
 
 
 def partition_for(key: str | bytes | None, partitions: int) -> int:
@@ -256,6 +259,13 @@ def run_operators(
                     op.process(records, ctx)
         batch.clear()
 
+    def place(source: str, key: str | None) -> tuple[int, int, bytes | None]:
+        """The partition, offset and key bytes of the next record of ``source`` under ``key``."""
+        part = partition_for(key, partitions)
+        offset = offsets.get((source, part), 0)
+        offsets[(source, part)] = offset + 1
+        return part, offset, key.encode() if key else None
+
     #: How far into the emits the read-back topics have been read (a restart's earlier ones
     #: were read by its earlier run).
     read_to = len(result.emits)
@@ -288,12 +298,9 @@ def run_operators(
                 )
                 raise RuntimeError(msg)
             for emitted in records:
-                part = partition_for(emitted.key, partitions)
-                offset = offsets.get((emitted.topic, part), 0)
-                key = emitted.key.encode() if emitted.key else None
-                offsets[(emitted.topic, part)] = offset + 1
+                part, offset, key = place(emitted.topic, emitted.key)
                 # Read back as the runtime reads it: decoded from the bytes it was sent as.
-                value = encode(emitted.event)
+                value = emitted.value
                 try:
                     event = codec.decode(value)
                 except VigilError as exc:
@@ -307,13 +314,9 @@ def run_operators(
     # the same here.
     with collecting_young() as collector:
         for count, event in enumerate(events, 1):
-            key = event.key()
-            part = partition_for(key, partitions)
             source = topic_of(event) if topic_of is not None else topic
-            offset = offsets.get((source, part), 0)
-            rec = Record(event, source, part, offset, key.encode() if key else None, 0)
-            offsets[(source, part)] = offset + 1
-            batch[part].append(rec)
+            part, offset, key_bytes = place(source, event.key())
+            batch[part].append(Record(event, source, part, offset, key_bytes, 0))
             if count % batch_size == 0:
                 flush_and_read_back()
                 collector.step()

@@ -191,17 +191,21 @@ def apply(
         if d.missing
     ]
     grow = [NewPartitions(d.spec.name, d.partitions) for d in diffs if d.partitions_to_add]
+    #: The new values of live topics' changed settings, by topic.
+    changed = {
+        d.spec.name: {k: new for k, (_, new) in d.config_changes.items()}
+        for d in diffs
+        if d.config_changes and not d.missing
+    }
     alter = [
         ConfigResource(
             ResourceType.TOPIC,
-            d.spec.name,
+            name,
             incremental_configs=[
-                ConfigEntry(k, new, incremental_operation=AlterConfigOpType.SET)
-                for k, (_, new) in d.config_changes.items()
+                ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in values.items()
             ],
         )
-        for d in diffs
-        if d.config_changes and not d.missing
+        for name, values in changed.items()
     ]
     errors: list[str] = []
     if create:
@@ -217,15 +221,8 @@ def apply(
         raise TopicError("applying topics failed:\n  " + "\n  ".join(errors))
     if create or grow:
         _wait_visible(admin, {d.spec.name: d.partitions for d in diffs if d.missing or d.partitions_to_add})
-    if alter:
-        _wait_configured(
-            admin,
-            {
-                d.spec.name: {k: new for k, (_, new) in d.config_changes.items()}
-                for d in diffs
-                if d.config_changes and not d.missing
-            },
-        )
+    if changed:
+        _wait_configured(admin, changed)
     return [d for d in diffs if not d.in_sync or d.notes]
 
 
