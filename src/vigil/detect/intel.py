@@ -239,7 +239,9 @@ def indicators_from_files(intel_dir: Path, at: datetime) -> list[IntelIndicator]
             out.append(
                 _indicator("domain", str(domain), "phishing", "scamsniffer-domains", version, at, None)
             )
-    return out
+    # The published combined.json lists "" as a domain (as the list source, scamlists, skips it):
+    # an indicator of nothing, which the contract refuses.
+    return [i for i in out if i.payload.value]
 
 
 def _indicator(

@@ -31,8 +31,10 @@ def is_bech32(value: str) -> bool:
 
 def canonical_address(value: str) -> str:
     """The spelling addresses are compared in (see the module): surrounding blanks dropped,
-    EVM and bech32 addresses lower-cased, others kept as written."""
-    value = value.strip()
+    EVM and bech32 addresses lower-cased, others kept as written.  A value of blanks alone is
+    kept as written: the contract took it (an address is never empty), and dropping them made
+    an event it refuses after it had been accepted."""
+    value = value.strip() or value
     # The prefixes first: this runs on every intel lookup and exposure check.
     head = value[:2]
     if (head in ("0x", "0X") and len(value) == 42 and _EVM.match(value)) or (

@@ -19,6 +19,15 @@ import msgspec
 
 #: A datetime that must carry a timezone; naive datetimes are rejected at decode.
 UtcDateTime = Annotated[datetime, msgspec.Meta(tz=True)]
+#: An identifier or entity key: never empty.  An empty ``event_id`` deduplicated unrelated events
+#: into one; an empty customer or wallet grouped every event missing it as one entity.
+Id = Annotated[str, msgspec.Meta(min_length=1)]
+#: An amount, price or quantity: never negative.  A refund or reversal is not a negative payment,
+#: and a negative amount lowered every sum a rule keeps (a withdrawal velocity sum could be
+#: talked under its threshold).  JSON numbers decode finite (msgspec refuses 1e999).
+Amount = Annotated[float, msgspec.Meta(ge=0)]
+#: A count, block number, index or integer value in base units: never negative.
+Count = Annotated[int, msgspec.Meta(ge=0)]
 
 
 def utcnow() -> datetime:
@@ -36,17 +45,17 @@ class Entities(Struct, kw_only=True, frozen=True):
     Addresses are stored normalised (EVM addresses lower-case).
     """
 
-    customer: str | None = None
-    account: str | None = None
-    wallet: str | None = None
-    counterparty: str | None = None
-    device: str | None = None
-    ip: str | None = None
-    employee: str | None = None
-    vendor: str | None = None
-    api_key: str | None = None
-    email: str | None = None
-    domain: str | None = None
+    customer: Id | None = None
+    account: Id | None = None
+    wallet: Id | None = None
+    counterparty: Id | None = None
+    device: Id | None = None
+    ip: Id | None = None
+    employee: Id | None = None
+    vendor: Id | None = None
+    api_key: Id | None = None
+    email: Id | None = None
+    domain: Id | None = None
 
     KINDS: ClassVar[tuple[str, ...]] = (
         "customer",
@@ -78,12 +87,12 @@ class Event(
 ):
     """The envelope.  Subclasses set ``tag=`` (their ``type``) and add ``payload``."""
 
-    event_id: str
-    source: str
+    event_id: Id
+    source: Id
     occurred_at: UtcDateTime
     ingested_at: UtcDateTime | None = None
     entities: Entities = Entities()
-    schema_version: int = 1
+    schema_version: Annotated[int, msgspec.Meta(ge=1)] = 1
 
     #: Topic domain this type belongs to (``events.<domain>``); set on each subclass.
     domain: ClassVar[str] = ""

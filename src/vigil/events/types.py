@@ -8,11 +8,11 @@ on-chain values also keep the exact integer in base units (``value_raw``).
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
-from vigil.events.base import Event, Struct, UtcDateTime
+from vigil.events.base import Amount, Count, Event, Id, Struct, UtcDateTime
 
 # --------------------------------------------------------------------------- identity
 
@@ -20,8 +20,9 @@ from vigil.events.base import Event, Struct, UtcDateTime
 class Geo(Struct, kw_only=True, frozen=True):
     country: str | None = None
     city: str | None = None
-    lat: float | None = None
-    lon: float | None = None
+    #: Degrees; out of range is refused (impossible travel measures distances between them).
+    lat: Annotated[float, msgspec.Meta(ge=-90, le=90)] | None = None
+    lon: Annotated[float, msgspec.Meta(ge=-180, le=180)] | None = None
 
 
 class LoginPayload(Struct, kw_only=True, frozen=True):
@@ -94,7 +95,7 @@ class MfaChallenge(Event, tag="mfa_challenge", frozen=True):
 
 class EmailChangePayload(Struct, kw_only=True, frozen=True):
     old_email: str | None = None
-    new_email: str
+    new_email: Id
 
 
 class EmailChange(Event, tag="email_change", frozen=True):
@@ -103,7 +104,7 @@ class EmailChange(Event, tag="email_change", frozen=True):
 
 
 class ApiKeyCreatedPayload(Struct, kw_only=True, frozen=True):
-    key_id: str
+    key_id: Id
     permissions: list[Literal["read", "trade", "withdraw", "transfer"]] = msgspec.field(default_factory=list)
     ip_allowlist: list[str] = msgspec.field(default_factory=list)
     label: str | None = None
@@ -115,8 +116,8 @@ class ApiKeyCreated(Event, tag="api_key_created", frozen=True):
 
 
 class WithdrawalAddressAddedPayload(Struct, kw_only=True, frozen=True):
-    address: str
-    asset: str
+    address: Id
+    asset: Id
     chain: str
     label: str | None = None
 
@@ -130,14 +131,14 @@ class WithdrawalAddressAdded(Event, tag="withdrawal_address_added", frozen=True)
 
 
 class DepositPayload(Struct, kw_only=True, frozen=True):
-    deposit_id: str
-    asset: str
-    amount: float
-    amount_usd: float | None = None
+    deposit_id: Id
+    asset: Id
+    amount: Amount
+    amount_usd: Amount | None = None
     method: Literal["crypto", "bank", "card"] = "crypto"
     chain: str | None = None
-    tx_hash: str | None = None
-    from_address: str | None = None
+    tx_hash: Id | None = None
+    from_address: Id | None = None
 
 
 class Deposit(Event, tag="deposit", frozen=True):
@@ -146,13 +147,13 @@ class Deposit(Event, tag="deposit", frozen=True):
 
 
 class WithdrawalRequestPayload(Struct, kw_only=True, frozen=True):
-    withdrawal_id: str
-    asset: str
-    amount: float
-    amount_usd: float | None = None
+    withdrawal_id: Id
+    asset: Id
+    amount: Amount
+    amount_usd: Amount | None = None
     method: Literal["crypto", "bank"] = "crypto"
     chain: str | None = None
-    to_address: str | None = None
+    to_address: Id | None = None
     channel: Literal["web", "app", "api"] = "web"
 
 
@@ -162,13 +163,13 @@ class WithdrawalRequest(Event, tag="withdrawal_request", frozen=True):
 
 
 class WithdrawalSentPayload(Struct, kw_only=True, frozen=True):
-    withdrawal_id: str
-    asset: str
-    amount: float
-    amount_usd: float | None = None
+    withdrawal_id: Id
+    asset: Id
+    amount: Amount
+    amount_usd: Amount | None = None
     chain: str | None = None
-    to_address: str | None = None
-    tx_hash: str | None = None
+    to_address: Id | None = None
+    tx_hash: Id | None = None
 
 
 class WithdrawalSent(Event, tag="withdrawal_sent", frozen=True):
@@ -177,10 +178,10 @@ class WithdrawalSent(Event, tag="withdrawal_sent", frozen=True):
 
 
 class PaymentPayload(Struct, kw_only=True, frozen=True):
-    payment_id: str
-    amount: float
-    currency: str
-    amount_usd: float | None = None
+    payment_id: Id
+    amount: Amount
+    currency: Id
+    amount_usd: Amount | None = None
     method: Literal["card", "bank", "wallet"] = "card"
     merchant: str | None = None
     card_fingerprint: str | None = None
@@ -194,10 +195,10 @@ class Payment(Event, tag="payment", frozen=True):
 
 
 class LoyaltyRedemptionPayload(Struct, kw_only=True, frozen=True):
-    redemption_id: str
-    points: int
+    redemption_id: Id
+    points: Count
     reward: str
-    value_usd: float | None = None
+    value_usd: Amount | None = None
 
 
 class LoyaltyRedemption(Event, tag="loyalty_redemption", frozen=True):
@@ -212,13 +213,13 @@ Side = Literal["buy", "sell"]
 
 
 class OrderPayload(Struct, kw_only=True, frozen=True):
-    order_id: str
-    symbol: str
+    order_id: Id
+    symbol: Id
     side: Side
     order_type: Literal["limit", "market", "stop"] = "limit"
-    price: float | None = None
-    quantity: float
-    notional_usd: float | None = None
+    price: Amount | None = None
+    quantity: Amount
+    notional_usd: Amount | None = None
 
 
 class Order(Event, tag="order", frozen=True):
@@ -228,11 +229,11 @@ class Order(Event, tag="order", frozen=True):
 
 
 class OrderCancelPayload(Struct, kw_only=True, frozen=True):
-    order_id: str
-    symbol: str
+    order_id: Id
+    symbol: Id
     side: Side
-    price: float | None = None
-    remaining_quantity: float = 0.0
+    price: Amount | None = None
+    remaining_quantity: Amount = 0.0
     placed_at: UtcDateTime | None = None
 
 
@@ -243,17 +244,17 @@ class OrderCancel(Event, tag="order_cancel", frozen=True):
 
 
 class TradePayload(Struct, kw_only=True, frozen=True):
-    trade_id: str
-    symbol: str
-    price: float
-    quantity: float
+    trade_id: Id
+    symbol: Id
+    price: Amount
+    quantity: Amount
     taker_side: Side
     maker_account: str | None = None
     taker_account: str | None = None
     maker_order_id: str | None = None
     taker_order_id: str | None = None
     venue: str = "internal"
-    notional_usd: float | None = None
+    notional_usd: Amount | None = None
 
 
 class Trade(Event, tag="trade", frozen=True):
@@ -284,11 +285,11 @@ class CrmLogin(Event, tag="crm_login", frozen=True):
 class CrmRecordExportPayload(Struct, kw_only=True, frozen=True):
     platform: Platform
     object_type: str = "contacts"
-    record_count: int
-    export_id: str
+    record_count: Count
+    export_id: Id
     actor: str | None = None
     #: Customer ids whose records were exported, when the platform reports them.
-    customer_ids: list[str] = msgspec.field(default_factory=list)
+    customer_ids: list[Id] = msgspec.field(default_factory=list)
     geo: Geo | None = None
 
 
@@ -300,9 +301,9 @@ class CrmRecordExport(Event, tag="crm_record_export", frozen=True):
 
 class CrmApiTokenUsedPayload(Struct, kw_only=True, frozen=True):
     platform: Platform
-    token_id: str
+    token_id: Id
     operation: str
-    records_accessed: int = 0
+    records_accessed: Count = 0
     geo: Geo | None = None
     user_agent: str | None = None
 
@@ -315,12 +316,12 @@ class CrmApiTokenUsed(Event, tag="crm_api_token_used", frozen=True):
 
 class EmailCampaignSentPayload(Struct, kw_only=True, frozen=True):
     platform: Platform
-    campaign_id: str
+    campaign_id: Id
     subject: str
     sender_domain: str
-    recipient_count: int
-    link_domains: list[str] = msgspec.field(default_factory=list)
-    recipient_customer_ids: list[str] = msgspec.field(default_factory=list)
+    recipient_count: Count
+    link_domains: list[Id] = msgspec.field(default_factory=list)
+    recipient_customer_ids: list[Id] = msgspec.field(default_factory=list)
 
 
 class EmailCampaignSent(Event, tag="email_campaign_sent", frozen=True):
@@ -331,7 +332,7 @@ class EmailCampaignSent(Event, tag="email_campaign_sent", frozen=True):
 
 class EmailLinkClickedPayload(Struct, kw_only=True, frozen=True):
     platform: Platform
-    campaign_id: str
+    campaign_id: Id
     url: str
     url_domain: str
 
@@ -348,18 +349,18 @@ Chain = Literal["ethereum", "bitcoin"]
 
 class ChainTransferPayload(Struct, kw_only=True, frozen=True):
     chain: Chain
-    tx_hash: str
+    tx_hash: Id
     #: Log index of an ERC-20 Transfer; ``None`` for a native transfer (ETH value, BTC output).
-    log_index: int | None = None
-    block_number: int
-    from_address: str
-    to_address: str
-    asset: str
-    token_contract: str | None = None
-    value_raw: int
-    decimals: int
-    amount: float
-    amount_usd: float | None = None
+    log_index: Count | None = None
+    block_number: Count
+    from_address: Id
+    to_address: Id
+    asset: Id
+    token_contract: Id | None = None
+    value_raw: Count
+    decimals: Count
+    amount: Amount
+    amount_usd: Amount | None = None
 
 
 class ChainTransfer(Event, tag="chain_transfer", frozen=True):
@@ -372,19 +373,19 @@ class ChainTransfer(Event, tag="chain_transfer", frozen=True):
 
 class TokenApprovalPayload(Struct, kw_only=True, frozen=True):
     chain: Chain = "ethereum"
-    tx_hash: str
-    log_index: int | None = None
-    block_number: int
-    owner: str
-    spender: str
-    token_contract: str
-    asset: str
-    amount_raw: int
+    tx_hash: Id
+    log_index: Count | None = None
+    block_number: Count
+    owner: Id
+    spender: Id
+    token_contract: Id
+    asset: Id
+    amount_raw: Count
     unlimited: bool
     #: ``approve_nft``: ERC-721 ``approve(spender, token_id)``, one token (``amount_raw`` 1).
     kind: Literal["approve", "permit", "set_approval_for_all", "approve_nft"] = "approve"
     #: The one token an ``approve_nft`` lets the spender move.
-    token_id: int | None = None
+    token_id: Count | None = None
 
 
 class TokenApproval(Event, tag="token_approval", frozen=True):
@@ -430,14 +431,14 @@ IndicatorCategory = Literal[
 
 class IntelIndicatorPayload(Struct, kw_only=True, frozen=True):
     indicator_type: IndicatorType
-    value: str
+    value: Id
     category: IndicatorCategory
-    feed: str
-    list_version: str
+    feed: Id
+    list_version: Id
     valid_from: UtcDateTime | None = None
     valid_until: UtcDateTime | None = None
     revoked: bool = False
-    confidence: int = 100
+    confidence: Annotated[int, msgspec.Meta(ge=0, le=100)] = 100
     description: str | None = None
     stix_id: str | None = None
 
@@ -508,7 +509,7 @@ class DecisionPayload(Struct, kw_only=True, frozen=True):
     rule_id: str
     alert_id: str
     reason: str
-    withdrawal_id: str | None = None
+    withdrawal_id: Id | None = None
     expires_at: UtcDateTime | None = None
 
 

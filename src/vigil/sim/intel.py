@@ -45,7 +45,8 @@ def load_intel(intel_dir: Path) -> IntelLists:
     domains = {
         str(domain): tuple(sorted(a.lower() for a in addrs if a.lower() in known))
         for domain, addrs in sorted(combined.items())
-        if isinstance(addrs, list) and any(str(a).lower() in known for a in addrs)
+        # (The published file lists "" as a domain: a link to it would have no host.)
+        if domain and isinstance(addrs, list) and any(str(a).lower() in known for a in addrs)
     }
     bad = [a for a in eth if not (a.startswith("0x") and len(a) == 42)]
     if bad or not eth or not btc or not drainers or not domains:

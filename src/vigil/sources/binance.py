@@ -39,7 +39,7 @@ import msgspec
 
 from vigil.config import Settings
 from vigil.errors import ContractError, DecodeError
-from vigil.events.base import Event
+from vigil.events.base import Event, Id
 from vigil.events.ids import stable_id
 from vigil.events.types import Side, Trade, TradePayload
 from vigil.hub.raw import RawRecord
@@ -143,7 +143,7 @@ class _Event(msgspec.Struct):
 
 class _Trade(msgspec.Struct):
     e: str
-    s: str
+    s: Id  # the trade's symbol: a trade of "" the contract refuses
     t: int
     p: str
     q: str
@@ -155,7 +155,7 @@ class _Trade(msgspec.Struct):
 
 class _AggTrade(msgspec.Struct):
     e: str
-    s: str
+    s: Id  # the trade's symbol: a trade of "" the contract refuses
     a: int
     p: str
     q: str
@@ -273,7 +273,8 @@ class BinanceNormalizer(Normalizer):
             else:
                 msg = f"{where}: unknown Binance event type {event[:40]!r}"
                 raise ContractError(msg)
-        except msgspec.ValidationError as exc:
+        # (DecodeError too: "e" was read skipping the rest, bad UTF-8 in a string included.)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise DecodeError(str(exc), where=f"{where} {event}") from None
         buyer_order, seller_order = orders
         taker_side: Side = "sell" if maker else "buy"

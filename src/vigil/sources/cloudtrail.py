@@ -236,8 +236,9 @@ def _principal(identity: dict[str, Any]) -> str | None:
     if kind == "AssumedRole":
         role_arn = str(identity.get("arn") or "")
         # arn:aws:sts::123:assumed-role/<role>/<session>: the session name is usually the person.
-        if role_arn.count("/") >= 2:
-            return role_arn.rsplit("/", 1)[1]
+        session = role_arn.rsplit("/", 1)[1] if role_arn.count("/") >= 2 else ""
+        if session:  # (an arn ending in "/" names none: the fallbacks below name someone)
+            return session
     if identity.get("userName"):
         return str(identity["userName"])
     arn = identity.get("arn") or identity.get("principalId")

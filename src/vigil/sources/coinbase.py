@@ -36,7 +36,7 @@ from websockets.asyncio.client import ClientConnection
 
 from vigil.config import Settings
 from vigil.errors import ContractError, DecodeError
-from vigil.events.base import Event
+from vigil.events.base import Event, Id
 from vigil.events.ids import stable_id
 from vigil.events.types import Trade, TradePayload
 from vigil.hub.raw import RawRecord
@@ -182,7 +182,7 @@ class _Typed(msgspec.Struct):
 class _Match(msgspec.Struct):
     type: str
     trade_id: int
-    product_id: str
+    product_id: Id  # the trade's symbol: a trade of "" the contract refuses
     side: Literal["buy", "sell"]
     size: str
     price: str
@@ -237,7 +237,8 @@ class CoinbaseNormalizer(Normalizer):
             raise ContractError(msg)
         try:
             match = msgspec.json.decode(record.value, type=_Match)
-        except msgspec.ValidationError as exc:
+        # (DecodeError too: the type was read skipping the rest, bad UTF-8 in a string included.)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise DecodeError(str(exc), where=f"{where} {kind}") from None
         if match.time.tzinfo is None:
             msg = f"expected an RFC 3339 time with a zone, got {match.time.isoformat()!r}"

@@ -45,7 +45,7 @@ import msgspec
 
 from vigil.config import Settings
 from vigil.errors import DecodeError
-from vigil.events.base import Entities, Event
+from vigil.events.base import Count, Entities, Event, Id
 from vigil.events.ids import stable_id
 from vigil.events.types import (
     CrmApiTokenUsed,
@@ -210,12 +210,12 @@ class _Actor(msgspec.Struct):
 
 class _Details(msgspec.Struct):
     objectType: str | None = None
-    recordCount: int | None = None
+    recordCount: Count | None = None
     objectIds: list[str | int] = msgspec.field(default_factory=list)
 
 
 class _Audit(msgspec.Struct):
-    id: str
+    id: Id
     category: str
     occurredAt: str | int
     subCategory: str | None = None
@@ -310,7 +310,8 @@ def _audit_events(record: RawRecord) -> list[Event]:
             "source": NAME,
             "occurred_at": _audit_time(audit.occurredAt, where, f"{path}.occurredAt"),
             "ingested_at": record.received_at,
-            "entities": Entities(vendor=NAME, employee=user, ip=audit.ipAddress),
+            # HubSpot leaves ipAddress "" when it has none: no IP, not an IP of "" shared by all.
+            "entities": Entities(vendor=NAME, employee=user, ip=audit.ipAddress or None),
         }
         geo = Geo(country=audit.countryCode.upper()) if audit.countryCode else None
         if category == "LOGIN":
@@ -325,7 +326,7 @@ def _audit_events(record: RawRecord) -> list[Event]:
             )
             continue
         details = audit.details or _Details()
-        ids = [str(x) for x in details.objectIds]
+        ids = [str(x) for x in details.objectIds if x != ""]
         out.append(
             CrmRecordExport(
                 **common,

@@ -267,8 +267,9 @@ class MailchimpNormalizer(Normalizer):
                     ingested_at=record.received_at,
                     entities=Entities(
                         vendor=NAME,
-                        email=email.lower() if isinstance(email, str) else None,
-                        ip=ip if isinstance(ip, str) else None,
+                        # Absent, not "" (an entity key every click without one would share).
+                        email=email.lower() if isinstance(email, str) and email else None,
+                        ip=ip if isinstance(ip, str) and ip else None,
                     ),
                     payload=EmailLinkClickedPayload(
                         platform="mailchimp",

@@ -232,7 +232,7 @@ def _int(fields: Mapping[str, Any], where: str, *names: str) -> int:
         return 0
     try:
         number = int(float(text))
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number; "1e400" (inf) stopped the stage
         msg = f"expected a count, got {text[:40]!r}"
         raise DecodeError(msg, where=where, path=names[0]) from None
     if number < 0:
@@ -249,6 +249,10 @@ def _geo(fields: Mapping[str, Any]) -> Geo | None:
         lat_f = float(lat) if lat else None
         lon_f = float(lon) if lon else None
     except ValueError:
+        lat_f = lon_f = None
+    # A point needs both, in degrees' range ("nan" and out of range included): else the place is
+    # left to country and city, and the login still counts.
+    if lat_f is None or lon_f is None or not (-90 <= lat_f <= 90 and -180 <= lon_f <= 180):
         lat_f = lon_f = None
     if not (country or city or lat_f is not None):
         return None

@@ -51,7 +51,7 @@ def test_integers_past_float_and_64_bits_neither_stop_detection_nor_its_checkpoi
     # float() of a 400-digit count raised OverflowError in every numeric condition, and a count
     # past 64 bits kept in a sum window failed every checkpoint (MessagePack): the stage
     # stopped, and again on the same record after each restart.
-    huge, past_64_bits = "9" * 400, str(-(2**70))
+    huge, past_64_bits = "9" * 400, str(2**70)
     events = [export(1, huge, 0), export(2, past_64_bits, 1), export(3, "5", 2)]
     result = run_operators([DetectOperator(shipped("insider-bulk-export", "vendor-token-export"))], events)
     for state in result.states.values():

@@ -25,6 +25,7 @@ EVM = "0x8589427373D6D84E98730D7795D8f6f8731FDA16"
         (LEGACY, LEGACY),  # base58 is case-sensitive: lower-cased it is another address
         ("TXYZopYRdj2D9XRtbG411XZZ3kM5VkAeBf", "TXYZopYRdj2D9XRtbG411XZZ3kM5VkAeBf"),  # Tron
         ("bc1-not-an-address", "bc1-not-an-address"),
+        ("  ", "  "),  # blanks alone stay as written: the contract took them, "" it refuses
     ],
 )
 def test_canonical_spelling(given: str, expected: str) -> None:

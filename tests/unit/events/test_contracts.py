@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import msgspec
 import pytest
 
@@ -107,6 +110,91 @@ def test_codec_restricted_to_topic_types_rejects_others() -> None:
     login = next(e for e in example_events(AT) if isinstance(e, Login))
     with pytest.raises(DecodeError):
         EventCodec([Deposit]).decode(encode(login))
+
+
+def _with(event_type: str, path: str, value: Any) -> bytes:
+    """The example event of ``event_type`` with the field at ``path`` (dots; ``[0]`` a list item) set."""
+    doc = msgspec.json.decode(encode(next(e for e in example_events(AT) if e.type == event_type)))
+    *parents, last = path.split(".")
+    node = doc
+    for part in parents:
+        node = node.setdefault(part, {})
+    name, _, index = last.partition("[")
+    if index:
+        node[name] = [value]
+    else:
+        node[name] = value
+    return msgspec.json.encode(doc)
+
+
+def _schema_errors(event_type: str, data: bytes) -> list[str]:
+    schema = json.loads((REPO / "schemas" / f"event.{event_type}.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    return [e.message for e in validator.iter_errors(json.loads(data))]
+
+
+# Values the contract refuses: each a fact that cannot be (an empty id deduplicated unrelated events
+# into one, a negative amount lowered a rule's sums).  The committed JSON Schema refuses them too.
+OUT_OF_BOUNDS = [
+    ("payment", "payload.amount", -5000.0, r"Expected `float` >= 0.0 - at `\$\.payload\.amount`"),
+    ("withdrawal_request", "payload.amount_usd", -0.01, r">= 0.0 - at `\$\.payload\.amount_usd`"),
+    ("trade", "payload.quantity", -1.0, r"at `\$\.payload\.quantity`"),
+    ("payment", "event_id", "", r"Expected `str` of length >= 1 - at `\$\.event_id`"),
+    ("payment", "source", "", r"at `\$\.source`"),
+    ("payment", "entities.customer", "", r"length >= 1 - at `\$\.entities\.customer`"),
+    ("chain_transfer", "entities.wallet", "", r"at `\$\.entities\.wallet`"),
+    ("payment", "payload.payment_id", "", r"at `\$\.payload\.payment_id`"),
+    ("chain_transfer", "payload.value_raw", -(2**70), r"Expected `int` >= 0 - at `\$\.payload\.value_raw`"),
+    ("crm_record_export", "payload.record_count", -1, r"at `\$\.payload\.record_count`"),
+    (
+        "email_campaign_sent",
+        "payload.recipient_customer_ids[0]",
+        "",
+        r"at `\$\.payload\.recipient_customer_ids\[0\]`",
+    ),
+    ("login", "payload.geo.lat", 91.0, r"<= 90.0 - at `\$\.payload\.geo\.lat`"),
+    ("login", "payload.geo.lon", -180.5, r">= -180.0 - at `\$\.payload\.geo\.lon`"),
+    ("intel_indicator", "payload.confidence", 101, r"<= 100 - at `\$\.payload\.confidence`"),
+    ("intel_indicator", "payload.value", "", r"at `\$\.payload\.value`"),
+    ("login", "schema_version", 0, r">= 1 - at `\$\.schema_version`"),
+]
+
+
+@pytest.mark.parametrize(
+    ("event_type", "path", "value", "message"),
+    OUT_OF_BOUNDS,
+    ids=[f"{c[0]}:{c[1]}={c[2]!r:.12}" for c in OUT_OF_BOUNDS],
+)
+def test_values_out_of_bounds_are_refused_by_name_by_the_codec_and_the_schema(
+    event_type: str, path: str, value: Any, message: str
+) -> None:
+    data = _with(event_type, path, value)
+    with pytest.raises(DecodeError, match=message):
+        decode_event(data)
+    assert _schema_errors(event_type, data), f"the JSON Schema of {event_type} took {path}={value!r}"
+
+
+# The bounds themselves are in: nothing the old contract took in range is refused now.
+AT_BOUNDS = [
+    ("payment", "payload.amount", 0.0),
+    ("chain_transfer", "payload.value_raw", 0),
+    ("chain_transfer", "payload.value_raw", 2**256 - 1),
+    ("login", "payload.geo.lat", -90.0),
+    ("login", "payload.geo.lon", 180.0),
+    ("intel_indicator", "payload.confidence", 0),
+    ("payment", "entities.customer", "c"),
+]
+
+
+@pytest.mark.parametrize(
+    ("event_type", "path", "value"), AT_BOUNDS, ids=[f"{c[0]}:{c[1]}={c[2]!r:.12}" for c in AT_BOUNDS]
+)
+def test_values_at_the_bounds_are_taken_by_the_codec_and_the_schema(
+    event_type: str, path: str, value: Any
+) -> None:
+    data = _with(event_type, path, value)
+    assert msgspec.json.decode(encode(decode_event(data))) == msgspec.json.decode(data)
+    assert _schema_errors(event_type, data) == []
 
 
 def test_stable_id_is_deterministic_and_unambiguous() -> None:

@@ -16,6 +16,7 @@ from vigil.events.codec import encode
 from vigil.sim import LOOKALIKES, SCENARIOS, SimConfig, Simulation
 from vigil.sim.benign import MAX_SESSION
 from vigil.sim.config import default_data_dir
+from vigil.sim.intel import load_intel
 
 STRICT_KINDS = ("customer", "account", "employee", "vendor")
 #: Event types that follow an earlier action (logout after login, a fill or cancel after an
@@ -372,3 +373,11 @@ def test_market_abuse_in_the_smallest_population_never_trades_an_account_with_it
         trades: list[Any] = [e for e in sim.episode_events if e.type == "trade"]
         assert trades
         assert all(t.payload.maker_account != t.payload.taker_account for t in trades), seed
+
+
+def test_phishing_links_only_name_listed_domains() -> None:
+    # ScamSniffer's combined.json lists "" as a domain: one drainer episode in some 2,500 sent
+    # its victim to https:///claim, a click with an empty domain the contract refuses.
+    lists = load_intel(default_data_dir() / "intel")
+    assert lists.phishing_domains
+    assert all(lists.phishing_domains)

@@ -49,6 +49,20 @@ def test_ndjson_lines_are_validated_one_by_one_with_line_numbers() -> None:
     assert "$.event_id" in reason
 
 
+def test_lines_with_values_out_of_bounds_are_refused_by_line_and_field() -> None:
+    payment = next(e for e in example_events(datetime(2026, 11, 29, 9, tzinfo=UTC)) if e.type == "payment")
+    doc = msgspec.json.decode(encode(payment))
+    refund = {**doc, "payload": {**doc["payload"], "amount": -250.0}}
+    nobody = {**doc, "entities": {**doc["entities"], "customer": ""}}
+    body = b"\n".join(msgspec.json.encode(d) for d in (doc, refund, nobody))
+    parsed = parse_body(body, "application/x-ndjson")
+    assert [raw for raw, _ in parsed.accepted] == [msgspec.json.encode(doc)]
+    assert [(n, reason) for _, n, _, reason in parsed.errors] == [
+        (2, "Expected `float` >= 0.0 - at `$.payload.amount`"),
+        (3, "Expected `str` of length >= 1 - at `$.entities.customer`"),
+    ]
+
+
 def test_json_array_items_keep_their_exact_bytes() -> None:
     good = examples(3)
     body = b"[ " + b",\n  ".join(good) + b" ]"
@@ -292,6 +306,21 @@ def test_addresses_from_a_service_take_the_spelling_the_chain_sources_use() -> N
     assert event.entities.wallet == mixed.lower()
     assert event.payload.from_address == mixed.lower()  # type: ignore[attr-defined]
     assert event.key() == mixed.lower()
+
+
+def test_an_address_of_blanks_the_ingest_took_stays_a_valid_event() -> None:
+    # The edge validates the bytes as sent; the normaliser then dropped the blanks around
+    # addresses and made an empty wallet, which the contract refuses downstream.
+    (transfer,) = [
+        e for e in example_events(datetime(2026, 11, 29, 9, tzinfo=UTC)) if e.type == "chain_transfer"
+    ]
+    sent = encode(
+        msgspec.structs.replace(transfer, entities=msgspec.structs.replace(transfer.entities, wallet=" "))
+    )
+    assert parse_body(sent, "application/json").errors == []
+    received = datetime(2026, 11, 29, 9, tzinfo=UTC)
+    (event,) = BackendNormalizer().normalize(RawRecord("backend", "canonical", sent, received))
+    assert decode_event(encode(event)) == event
 
 
 def test_the_record_limit_counts_the_key_too(server: tuple[BackendIngestSource, MemorySink, str]) -> None:

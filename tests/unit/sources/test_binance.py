@@ -101,6 +101,7 @@ def test_replies_and_book_updates_yield_nothing(value: dict[str, object]) -> Non
         ({"stream": "!x@arr", "data": [1, 2]}, DecodeError, "an array of objects"),
         (TRADE | {"p": "NaN"}, DecodeError, r"\$\.data\.p"),
         (TRADE | {"t": "12345"}, DecodeError, r"\$\.t"),
+        (TRADE | {"s": ""}, DecodeError, r"length >= 1 - at `\$\.s`"),
         ({k: v for k, v in TRADE.items() if k != "q"}, DecodeError, "q"),
     ],
 )

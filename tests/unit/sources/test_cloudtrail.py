@@ -316,6 +316,15 @@ def test_assumed_role_principal_is_the_session_name() -> None:
     assert e.payload.resource == "arn:aws:s3:::exchange-kyc-exports"
 
 
+def test_an_assumed_role_arn_without_a_session_name_names_the_arn() -> None:
+    # The session name of ".../assumed-role/Admin/" is "": an employee the contract refuses.
+    arn = "arn:aws:sts::111122223333:assumed-role/Admin/"
+    identity = {**ASSUMED_ROLE_BUCKET_POLICY["userIdentity"], "arn": arn}
+    e = normalize({**ASSUMED_ROLE_BUCKET_POLICY, "userIdentity": identity})
+    assert e.entities.employee == arn
+    assert decode_event(encode(e)) == e
+
+
 def test_unknown_event_kept_with_its_name_and_service_source_is_not_an_ip() -> None:
     e = normalize(SERVICE_CALL)
     assert e.payload.action == "DescribeInstances"

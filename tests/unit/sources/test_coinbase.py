@@ -103,6 +103,7 @@ def test_gap_notes_yield_nothing() -> None:
         (json.dumps(MATCH | {"price": "abc"}).encode(), DecodeError, r"\$\.price"),
         (json.dumps(MATCH | {"size": "-1"}).encode(), DecodeError, "positive"),
         (json.dumps(MATCH | {"side": "up"}).encode(), DecodeError, r"\$\.side"),
+        (json.dumps(MATCH | {"product_id": ""}).encode(), DecodeError, r"length >= 1 - at `\$\.product_id`"),
         (json.dumps({k: v for k, v in MATCH.items() if k != "trade_id"}).encode(), DecodeError, "trade_id"),
         (json.dumps(MATCH | {"time": "2021-04-17T16:43:37"}).encode(), DecodeError, "zone"),
     ],

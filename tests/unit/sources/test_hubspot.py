@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from vigil.errors import ContractError, DecodeError
+from vigil.events.codec import decode_event, encode
 from vigil.events.types import CrmApiTokenUsed, CrmLogin, CrmRecordExport
 from vigil.hub.raw import RawRecord
 from vigil.sources.hubspot import HubSpotNormalizer, HubSpotWebhook, sign_v3, signed_uri
@@ -250,11 +251,28 @@ def test_audit_log_logins_and_exports_become_canonical() -> None:
         ({"occurredAt": "yesterday"}, r"RFC 3339 .*'yesterday'"),
         ({"occurredAt": "2026-03-01T12:01:00"}, "UTC offset"),
         ({"category": 7}, r"Expected `str`, got `int` - at `\$\.results\[0\]\.category`"),
+        ({"id": ""}, r"length >= 1 - at `\$\.results\[0\]\.id`"),
+        ({"details": {"recordCount": -1}}, r">= 0 - at `\$\.results\[0\]\.details\.recordCount`"),
     ],
 )
 def test_malformed_audit_records_are_rejected_with_the_reason(change: dict[str, object], match: str) -> None:
     page = {"results": [{**AUDIT_PAGE["results"][1], **change}]}
     with pytest.raises(DecodeError, match=match) as caught:
         HubSpotNormalizer().normalize(record(json.dumps(page).encode(), kind="audit_log"))
-    if "category" not in change:  # msgspec names the path in its message instead
+    if change.keys() & {"actingUser", "occurredAt"}:  # msgspec names the path in its message instead
         assert caught.value.path == f"$.results[0].{next(iter(change))}"
+
+
+def test_an_audit_record_without_an_ip_names_none_and_blank_object_ids_are_left_out() -> None:
+    # HubSpot leaves ipAddress "" when it has none: every such login shared the IP "", which the
+    # contract refuses (an entity key is never empty).
+    export = {
+        **AUDIT_PAGE["results"][2],
+        "ipAddress": "",
+        "details": {"objectType": "CONTACT", "objectIds": ["", 901, "902"]},
+    }
+    (event,) = HubSpotNormalizer().normalize(record(json.dumps(export).encode(), kind="audit_log"))
+    assert isinstance(event, CrmRecordExport)
+    assert event.entities.ip is None
+    assert (event.payload.customer_ids, event.payload.record_count) == (["901", "902"], 2)
+    assert decode_event(encode(event)) == event

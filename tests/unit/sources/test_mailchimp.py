@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 import pytest
 
 from vigil.errors import DecodeError
+from vigil.events.codec import decode_event, encode
 from vigil.events.types import EmailCampaignSent, EmailLinkClicked
 from vigil.hub.raw import RawRecord
 from vigil.sources.mailchimp import MailchimpNormalizer, MailchimpWebhook
@@ -164,6 +165,17 @@ def test_transactional_clicks_become_link_clicks() -> None:
     assert (event.payload.campaign_id, event.payload.url_domain) == ("cmp-77", "wallet-verify.example.net")
     assert (event.entities.email, event.entities.ip) == ("bob@example.com", "203.0.113.50")
     assert event.occurred_at == datetime.fromtimestamp(1772364600, UTC)
+
+
+def test_a_click_without_an_ip_or_address_names_none() -> None:
+    # Mandrill sends "" for what it lacks: every such click shared the IP "" (a key the contract
+    # refuses, as an entity key is never empty).
+    click = {**CLICKS[0], "ip": "", "msg": {**CLICKS[0]["msg"], "email": ""}}  # type: ignore[dict-item]
+    [event] = MailchimpNormalizer().normalize(
+        record(urlencode({"mandrill_events": json.dumps([click])}).encode())
+    )
+    assert (event.entities.email, event.entities.ip) == (None, None)
+    assert decode_event(encode(event)) == event
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from vigil.errors import ContractError, DecodeError
+from vigil.events.codec import decode_event, encode
 from vigil.events.types import CrmApiTokenUsed, CrmLogin, CrmRecordExport
 from vigil.hub.raw import RawRecord
 from vigil.sources.salesforce import ACK, SalesforceNormalizer, SalesforceWebhook
@@ -205,6 +206,18 @@ def test_login_events_from_a_query_result_become_logins() -> None:
     assert ok.event_id != failed.event_id
 
 
+@pytest.mark.parametrize(("lat", "lon"), [("91", "26.1"), ("44.43", "200"), ("nan", "26.1"), ("44.43", None)])
+def test_a_login_placed_off_the_globe_keeps_its_country_without_the_point(lat: str, lon: str | None) -> None:
+    # Out-of-range coordinates made a login the contract refuses (impossible travel measures
+    # between points), so the login itself was lost downstream.
+    login = {**LOGIN_EVENTS["records"][0], "Latitude": lat, "Longitude": lon}  # type: ignore[dict-item]
+    [event] = SalesforceNormalizer().normalize(record(json.dumps(login).encode()))
+    assert isinstance(event, CrmLogin)
+    assert event.payload.geo is not None
+    assert (event.payload.geo.country, event.payload.geo.lat, event.payload.geo.lon) == ("RO", None, None)
+    assert decode_event(encode(event)) == event
+
+
 def test_api_event_becomes_token_use() -> None:
     [event] = SalesforceNormalizer().normalize(record(json.dumps(API_EVENT).encode()))
     assert isinstance(event, CrmApiTokenUsed)
@@ -246,6 +259,10 @@ def test_event_ids_are_stable() -> None:
             "no connected app",
         ),
         (json.dumps({**API_EVENT, "RowsProcessed": "many"}).encode(), "expected a count"),
+        (
+            json.dumps({**API_EVENT, "RowsProcessed": "1e400"}).encode(),
+            "expected a count",
+        ),  # was OverflowError
         (
             outbound().replace(b"<OrganizationId>" + ORG.encode() + b"</OrganizationId>", b""),
             "no OrganizationId",

@@ -107,6 +107,22 @@ def test_changed_list_publishes_additions_and_revocations_without_restart(tmp_pa
     assert sink.cursors["intel"]["lists"]["scam"]["version"] == content_version(path.read_bytes())
 
 
+@pytest.mark.parametrize(
+    ("doc", "where"),
+    [
+        ({"feed": "", "removed": [["domain", "evil.example", "phishing"]]}, r"\$\.feed"),
+        ({"feed": "scamsniffer", "removed": [["domain", "", "phishing"]]}, r"\$\.removed\[0\]\[1\]"),
+        ({"feed": "scamsniffer", "removed": [["domain", "evil.example", "spam"]]}, r"\$\.removed\[0\]\[2\]"),
+    ],
+)
+def test_a_removal_record_is_checked_as_the_indicators_it_becomes(doc: dict[str, object], where: str) -> None:
+    # A removal was taken as given and became revocations the contract refuses downstream.
+    value = json.dumps({"list": "scam", "version": "v2", **doc}).encode()
+    record = RawRecord("intel", "address_list_removed", value, datetime(2026, 11, 29, tzinfo=UTC))
+    with pytest.raises(ContractError, match=where):
+        IntelNormalizer().normalize(record)
+
+
 def test_an_entry_dropped_by_one_list_stays_while_another_list_of_its_feed_has_it(tmp_path: Path) -> None:
     # OFAC's ETH and USDC lists share addresses and one feed, so one indicator key: the USDC list
     # dropping an address revoked it although the ETH list still sanctioned it.

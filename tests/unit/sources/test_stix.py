@@ -185,6 +185,44 @@ def test_one_bad_indicator_leaves_out_only_itself(caplog: pytest.LogCaptureFixtu
     assert f"left out: intel stix bundle: {bad['id']}: " in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("extra", "spec"),
+    [({"confidence": 150}, "2.1"), ({"confidence": -5}, "2.0"), ({"confidence": "high"}, "2.0")],
+)
+def test_a_confidence_out_of_range_leaves_out_its_indicator_only(
+    extra: dict[str, Any], spec: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # stix2 leaves a 2.0 custom confidence (and a 2.1 one past 100) as given: "high" raised a
+    # ValueError that dead-lettered the whole bundle, 150 made an event the contract refuses.
+    good = indicator("[ipv4-addr:value = '192.0.2.7']", confidence="40" if spec == "2.0" else 40)
+    bad = {
+        **indicator("[ipv4-addr:value = '192.0.2.8']"),
+        "id": "indicator--0c9b2f2e-0000-4000-8000-000000000001",
+    }
+    if spec == "2.0":
+        for obj in (good, bad):
+            obj.pop("spec_version")
+            obj.pop("pattern_type")
+            obj["labels"] = ["malicious-activity"]
+    events = normalize(bundle(good, {**bad, **extra}))
+    assert [(e.payload.value, e.payload.confidence) for e in events] == [("192.0.2.7", 40)]
+    assert f"{bad['id']}: confidence must be an integer from 0 to 100" in caplog.text
+
+
+def test_a_value_that_normalises_to_nothing_is_skipped() -> None:
+    # '.' is a domain name of nothing once its trailing dot goes: no event the contract refuses.
+    events = normalize(
+        bundle(
+            indicator("[domain-name:value = '.']"),
+            {
+                **indicator("[domain-name:value = 'Evil.Example.']"),
+                "id": "indicator--0c9b2f2e-0000-4000-8000-000000000002",
+            },
+        )
+    )
+    assert [e.payload.value for e in events] == ["evil.example"]
+
+
 def test_taxii_from_settings_takes_urls_and_password_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     from vigil.config import Settings
     from vigil.errors import SourceError

@@ -25,9 +25,9 @@ from typing import Any
 import msgspec
 
 from vigil.errors import ContractError
-from vigil.events.base import Entities, Event
+from vigil.events.base import Entities, Event, Id
 from vigil.events.ids import stable_id
-from vigil.events.types import IntelIndicator, IntelIndicatorPayload
+from vigil.events.types import IndicatorCategory, IndicatorType, IntelIndicator, IntelIndicatorPayload
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer
 from vigil.sources.intel import ofac, scamlists, stix
@@ -91,10 +91,13 @@ def _meta(record: RawRecord, *names: str) -> list[str]:
 
 
 class _Removed(msgspec.Struct):
+    """What the list source publishes when entries leave a list; checked as the contract checks
+    the indicators it becomes (an empty feed or value, an unknown type or category)."""
+
     list_name: str = msgspec.field(name="list")
-    feed: str
-    version: str
-    removed: list[tuple[str, str, str]]
+    feed: Id
+    version: Id
+    removed: list[tuple[IndicatorType, Id, IndicatorCategory]]
     previous_version: str | None = None
 
 

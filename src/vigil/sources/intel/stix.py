@@ -152,6 +152,26 @@ def pattern_values(pattern: str, *, where: str) -> list[tuple[str, str]] | None:
     return out or None
 
 
+def _confidence(value: Any, where: str) -> int:
+    """STIX confidence, 0-100 (100 when absent).  stix2 leaves a 2.0 custom property (or a 2.1
+    value out of range) as given: "high" stopped the whole bundle, 150 made an event the
+    contract refuses."""
+    if value is None:
+        return 100
+    number: int | None = None
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            as_float = float(value)
+        except ValueError:
+            pass
+        else:
+            number = int(as_float) if as_float.is_integer() else None
+    if number is None or not 0 <= number <= 100:
+        msg = f"{where}: confidence must be an integer from 0 to 100, got {value!r:.40}"
+        raise ContractError(msg)
+    return number
+
+
 def parse_objects(objects: list[dict[str, Any]], *, where: str) -> StixResult:
     """Indicators of a list of STIX objects (a bundle's or a TAXII envelope's ``objects``)."""
     result = StixResult()
@@ -183,12 +203,13 @@ def _parse_object(n: int, raw: Any, where: str, result: StixResult) -> None:
     if ind.get("pattern_type", "stix") != "stix":
         result.skipped.append(str(ind.id))
         return
-    values = pattern_values(str(ind.pattern), where=here)
+    # A value that normalises to nothing ('.', blanks) indicates nothing, and would match nothing.
+    values = [(t, v) for t, v in pattern_values(str(ind.pattern), where=here) or () if v]
     if not values:
         result.skipped.append(str(ind.id))
         return
     category = _category(ind)
-    confidence = ind.get("confidence")
+    confidence = _confidence(ind.get("confidence"), here)
     for indicator_type, value in dict.fromkeys(values):
         result.indicators.append(
             ParsedIndicator(
@@ -200,7 +221,7 @@ def _parse_object(n: int, raw: Any, where: str, result: StixResult) -> None:
                 valid_from=_utc(ind.get("valid_from")),
                 valid_until=_utc(ind.get("valid_until")),
                 revoked=bool(ind.get("revoked", False)),
-                confidence=int(confidence) if confidence is not None else 100,
+                confidence=confidence,
                 description=ind.get("description") or ind.get("name"),
             )
         )

@@ -1,6 +1,7 @@
 """Malformed input of every kind: each normaliser either returns valid events or raises
-ContractError (which the normalise stage dead-letters) -- never another exception, which
-would stop the stream.  Inputs are seeded random mutations of real records."""
+ContractError (which the normalise stage dead-letters) -- never another exception, nor an event
+the contract refuses downstream (an empty id, a negative count).  Inputs are seeded random
+mutations of real records (and of the documented shapes of the SaaS and exchange ones)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import random
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
@@ -19,9 +21,14 @@ from vigil.events.codec import decode_event, encode
 from vigil.events.examples import example_events
 from vigil.hub.raw import RawRecord
 from vigil.sources.backend import BackendNormalizer
+from vigil.sources.binance import BinanceNormalizer
 from vigil.sources.cloudtrail import CloudTrailNormalizer
+from vigil.sources.coinbase import CoinbaseNormalizer
+from vigil.sources.hubspot import HubSpotNormalizer
 from vigil.sources.intel.lists import content_version
 from vigil.sources.intel.normalize import IntelNormalizer
+from vigil.sources.mailchimp import MailchimpNormalizer
+from vigil.sources.salesforce import SalesforceNormalizer
 from vigil.sources.syslog import SyslogNormalizer
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
@@ -43,6 +50,77 @@ CLOUDTRAIL: dict[str, Any] = {
     "additionalEventData": {"MFAUsed": "Yes"},
     "eventID": "3fcfb586-5d2b-4d4e-a9b7-0c1f5b1c0003",
 }
+
+HUBSPOT_AUDIT: dict[str, Any] = {
+    "results": [
+        {
+            "id": "a1",
+            "category": "LOGIN",
+            "subCategory": "LOGIN_FAILED",
+            "occurredAt": "2026-11-28T12:01:00Z",
+            "actingUser": {"userId": 89274502, "userEmail": "mark.scout@example.com"},
+            "ipAddress": "198.51.100.7",
+            "countryCode": "ie",
+        },
+        {
+            "id": "a2",
+            "category": "EXPORT",
+            "targetObjectId": "export-9",
+            "occurredAt": "2026-11-28T12:02:00Z",
+            "actingUser": {"userId": 89274502},
+            "ipAddress": "198.51.100.7",
+            "details": {"objectType": "CONTACT", "recordCount": 2, "objectIds": [901, "902"]},
+        },
+    ]
+}
+SALESFORCE_LOGINS: dict[str, Any] = {
+    "records": [
+        {
+            "attributes": {"type": "LoginEvent"},
+            "EventIdentifier": "login-1",
+            "EventDate": "2026-11-28T11:00:00.000Z",
+            "Username": "alice@acme.example",
+            "SourceIp": "203.0.113.9",
+            "Status": "Success",
+            "CountryIso": "RO",
+            "Latitude": 44.43,
+            "Longitude": 26.1,
+        },
+        {
+            "attributes": {"type": "ApiEvent"},
+            "EventIdentifier": "api-1",
+            "EventDate": "2026-11-28T11:05:00Z",
+            "Username": "svc@acme.example",
+            "ConnectedAppId": "0H45e000000001",
+            "Operation": "Query",
+            "RowsProcessed": 9000,
+            "SourceIp": "192.0.2.55",
+        },
+    ]
+}
+MANDRILL_CLICK: list[dict[str, Any]] = [
+    {
+        "event": "click",
+        "_id": "evt-1",
+        "ts": 1795000000,
+        "url": "https://wallet-verify.example.net/login?u=1",
+        "ip": "203.0.113.50",
+        "msg": {"_id": "msg-1", "email": "Bob@Example.com", "metadata": {"campaign_id": "cmp-77"}},
+    }
+]
+COINBASE_MATCH: dict[str, Any] = {
+    "type": "match",
+    "trade_id": 1568268,
+    "side": "sell",
+    "size": "450",
+    "price": "0.791",
+    "product_id": "SKL-USD",
+    "time": "2026-11-28T16:43:37.121358Z",
+}
+BINANCE_TRADE: dict[str, Any] = {
+    "e": "trade", "s": "BNBBTC", "t": 12345, "p": "0.001", "q": "100", "b": 88, "a": 50,
+    "T": 1795000000000, "m": True,
+}  # fmt: skip
 
 
 def mutate_bytes(data: bytes, rng: random.Random) -> bytes:
@@ -114,6 +192,17 @@ CASES: list[tuple[str, Callable[[RawRecord], list[Event]], str, bytes, dict[str,
         {},
     ),
     ("backend", BackendNormalizer().normalize, "canonical", encode(example_events(NOW)[0]), {}),
+    ("hubspot", HubSpotNormalizer().normalize, "audit_log", json.dumps(HUBSPOT_AUDIT).encode(), {}),
+    ("salesforce", SalesforceNormalizer().normalize, "webhook", json.dumps(SALESFORCE_LOGINS).encode(), {}),
+    (
+        "mailchimp",
+        MailchimpNormalizer().normalize,
+        "webhook",
+        urlencode({"mandrill_events": json.dumps(MANDRILL_CLICK)}).encode(),
+        {},
+    ),
+    ("coinbase", CoinbaseNormalizer().normalize, "ws_message", json.dumps(COINBASE_MATCH).encode(), {}),
+    ("binance", BinanceNormalizer().normalize, "ws_message", json.dumps(BINANCE_TRADE).encode(), {}),
     ("intel", IntelNormalizer().normalize, "stix_bundle", STIX.read_bytes(), {"feed": "oasis"}),
     (
         "intel",
