@@ -178,7 +178,10 @@ def _fired_at(value: str | None, where: str) -> datetime:
 
 
 def _domain(url: str, where: str, path: str) -> str:
-    host = urlsplit(url).hostname if url else None
+    try:
+        host = urlsplit(url).hostname if url else None
+    except ValueError:  # "https://[x/": an unclosed IPv6 bracket stopped the stage
+        host = None
     if not host:
         msg = f"expected an absolute URL, got {url[:80]!r}"
         raise DecodeError(msg, where=where, path=path)

@@ -177,6 +177,10 @@ def test_values_out_of_bounds_are_refused_by_name_by_the_codec_and_the_schema(
 # The bounds themselves are in: nothing the old contract took in range is refused now.
 AT_BOUNDS = [
     ("payment", "payload.amount", 0.0),
+    ("deposit", "payload.amount", 0.0),
+    ("trade", "payload.price", 0.0),
+    ("login", "payload.geo.lat", 90.0),
+    ("login", "payload.geo.lon", -180.0),
     ("chain_transfer", "payload.value_raw", 0),
     ("chain_transfer", "payload.value_raw", 2**256 - 1),
     ("login", "payload.geo.lat", -90.0),

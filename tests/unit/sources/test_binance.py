@@ -102,6 +102,7 @@ def test_replies_and_book_updates_yield_nothing(value: dict[str, object]) -> Non
         (TRADE | {"p": "NaN"}, DecodeError, r"\$\.data\.p"),
         (TRADE | {"t": "12345"}, DecodeError, r"\$\.t"),
         (TRADE | {"s": ""}, DecodeError, r"length >= 1 - at `\$\.s`"),
+        (json.dumps(TRADE).encode().replace(b"BNBBTC", b"BNB\xffBTC"), DecodeError, "UTF-8"),
         ({k: v for k, v in TRADE.items() if k != "q"}, DecodeError, "q"),
     ],
 )

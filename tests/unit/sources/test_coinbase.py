@@ -104,6 +104,8 @@ def test_gap_notes_yield_nothing() -> None:
         (json.dumps(MATCH | {"size": "-1"}).encode(), DecodeError, "positive"),
         (json.dumps(MATCH | {"side": "up"}).encode(), DecodeError, r"\$\.side"),
         (json.dumps(MATCH | {"product_id": ""}).encode(), DecodeError, r"length >= 1 - at `\$\.product_id`"),
+        # (The type was read skipping the rest: bad UTF-8 further on raised msgspec's own error.)
+        (json.dumps(MATCH).encode().replace(b"SKL-USD", b"SKL-\xffUSD"), DecodeError, "UTF-8"),
         (json.dumps({k: v for k, v in MATCH.items() if k != "trade_id"}).encode(), DecodeError, "trade_id"),
         (json.dumps(MATCH | {"time": "2021-04-17T16:43:37"}).encode(), DecodeError, "zone"),
     ],

@@ -193,6 +193,10 @@ def test_a_click_without_an_ip_or_address_names_none() -> None:
             "absolute URL",
         ),
         (
+            urlencode({"mandrill_events": json.dumps([{**CLICKS[0], "url": "https://[x/claim"}])}).encode(),
+            "absolute URL",
+        ),
+        (
             urlencode(
                 {"mandrill_events": json.dumps([{"event": "click", "url": "https://x", "ts": 1}])}
             ).encode(),

@@ -139,13 +139,34 @@ def mutate_bytes(data: bytes, rng: random.Random) -> bytes:
     return bytes(b)
 
 
-_ODD: list[Any] = [None, 0, -1, 1.5, "", "x", [], {}, True, [1, "a"], {"a": None}]
+_ODD: list[Any] = [
+    None,
+    0,
+    -1,
+    1.5,
+    "",
+    "x",
+    [],
+    {},
+    True,
+    [1, "a"],
+    {"a": None},
+    91.0,
+    10**400,
+    "1e400",
+    ".",
+]
 
 
 def mutate_json(doc: Any, rng: random.Random) -> Any:
     """Replace one value somewhere in the document with a value of another type."""
     if isinstance(doc, dict) and doc and rng.random() < 0.8:
         key = rng.choice(list(doc))
+        if rng.random() < 0.1:  # a key changed instead (a domain map's keys are its values)
+            return {
+                **{k: v for k, v in doc.items() if k != key},
+                rng.choice(["", ".", " ", key.upper()]): doc[key],
+            }
         return {**doc, key: mutate_json(doc[key], rng)}
     if isinstance(doc, list) and doc and rng.random() < 0.8:
         i = rng.randrange(len(doc))
@@ -214,11 +235,13 @@ CASES: list[tuple[str, Callable[[RawRecord], list[Event]], str, bytes, dict[str,
 ]
 
 
-@pytest.mark.parametrize(("source", "normalize", "kind", "base", "meta"), CASES, ids=[c[2] for c in CASES])
+@pytest.mark.parametrize(
+    ("source", "normalize", "kind", "base", "meta"), CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES]
+)
 def test_mutated_records_are_events_or_contract_errors(
     source: str, normalize: Callable[[RawRecord], list[Event]], kind: str, base: bytes, meta: dict[str, Any]
 ) -> None:
-    rng = random.Random(f"{kind}-5424")
+    rng = random.Random(f"{source}-{kind}-{len(base)}-5424")
     outcomes = [check(normalize, rec) for rec in _records(kind, source, base, rng, meta)]
     # Both paths are exercised, so the test really probes the error handling.
     assert "rejected" in outcomes

@@ -107,20 +107,36 @@ def test_changed_list_publishes_additions_and_revocations_without_restart(tmp_pa
     assert sink.cursors["intel"]["lists"]["scam"]["version"] == content_version(path.read_bytes())
 
 
-@pytest.mark.parametrize(
-    ("doc", "where"),
-    [
-        ({"feed": "", "removed": [["domain", "evil.example", "phishing"]]}, r"\$\.feed"),
-        ({"feed": "scamsniffer", "removed": [["domain", "", "phishing"]]}, r"\$\.removed\[0\]\[1\]"),
-        ({"feed": "scamsniffer", "removed": [["domain", "evil.example", "spam"]]}, r"\$\.removed\[0\]\[2\]"),
-    ],
-)
-def test_a_removal_record_is_checked_as_the_indicators_it_becomes(doc: dict[str, object], where: str) -> None:
-    # A removal was taken as given and became revocations the contract refuses downstream.
+def removal(doc: dict[str, object]) -> RawRecord:
     value = json.dumps({"list": "scam", "version": "v2", **doc}).encode()
-    record = RawRecord("intel", "address_list_removed", value, datetime(2026, 11, 29, tzinfo=UTC))
-    with pytest.raises(ContractError, match=where):
-        IntelNormalizer().normalize(record)
+    return RawRecord("intel", "address_list_removed", value, datetime(2026, 11, 29, tzinfo=UTC))
+
+
+def test_a_removal_record_without_a_feed_is_refused_by_field() -> None:
+    with pytest.raises(ContractError, match=r"length >= 1 - at `\$\.feed`"):
+        IntelNormalizer().normalize(
+            removal({"feed": "", "removed": [["domain", "evil.example", "phishing"]]})
+        )
+
+
+def test_a_removal_entry_the_contract_refuses_is_left_out_and_the_others_revoked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A cursor from before the "." fix holds the key "domain:": its removal became a revocation
+    # the contract refuses downstream; refusing the record whole would keep every other entry.
+    entries = [
+        ["domain", "", "phishing"],
+        ["domain", "gone.example", "phishing"],
+        ["domain", "x.example", "spam"],
+    ]
+    events = IntelNormalizer().normalize(removal({"feed": "scamsniffer", "removed": entries}))
+    assert [(e.payload.value, e.payload.revoked) for e in events] == [("gone.example", True)]  # type: ignore[attr-defined]
+    assert "left out 2 entries the contract refuses" in caplog.text
+
+
+def test_a_domain_of_dots_is_no_indicator() -> None:
+    entries = scamlists.parse_domain_map(b'{".": [], "..": [], "Evil.Example.": []}', where="t")
+    assert entries == [("domain", "evil.example", "phishing")]
 
 
 def test_an_entry_dropped_by_one_list_stays_while_another_list_of_its_feed_has_it(tmp_path: Path) -> None:

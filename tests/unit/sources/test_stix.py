@@ -187,12 +187,18 @@ def test_one_bad_indicator_leaves_out_only_itself(caplog: pytest.LogCaptureFixtu
 
 @pytest.mark.parametrize(
     ("extra", "spec"),
-    [({"confidence": 150}, "2.1"), ({"confidence": -5}, "2.0"), ({"confidence": "high"}, "2.0")],
+    [
+        ({"confidence": 150}, "2.1"),
+        ({"confidence": -5}, "2.0"),
+        ({"confidence": "sure"}, "2.0"),
+        ({"confidence": 10**400}, "2.0"),  # float() of it raised OverflowError: the whole bundle
+        ({"confidence": 40.5}, "2.0"),
+    ],
 )
 def test_a_confidence_out_of_range_leaves_out_its_indicator_only(
     extra: dict[str, Any], spec: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # stix2 leaves a 2.0 custom confidence (and a 2.1 one past 100) as given: "high" raised a
+    # stix2 leaves a 2.0 custom confidence (and a 2.1 one past 100) as given: "sure" raised a
     # ValueError that dead-lettered the whole bundle, 150 made an event the contract refuses.
     good = indicator("[ipv4-addr:value = '192.0.2.7']", confidence="40" if spec == "2.0" else 40)
     bad = {
@@ -207,6 +213,19 @@ def test_a_confidence_out_of_range_leaves_out_its_indicator_only(
     events = normalize(bundle(good, {**bad, **extra}))
     assert [(e.payload.value, e.payload.confidence) for e in events] == [("192.0.2.7", 40)]
     assert f"{bad['id']}: confidence must be an integer from 0 to 100" in caplog.text
+
+
+def test_a_confidence_in_words_of_the_stix_scale_is_its_number() -> None:
+    # STIX 2.1 Appendix A: None / Low / Med / High are 0 / 15 / 50 / 85.
+    bad = indicator("[ipv4-addr:value = '192.0.2.9']", confidence=0)
+    bad.pop("spec_version")
+    bad.pop("pattern_type")
+    bad["labels"] = ["malicious-activity"]
+    got = [
+        normalize(bundle({**bad, "confidence": word}))[0].payload.confidence
+        for word in ("High", "low", " 40 ")
+    ]
+    assert got == [85, 15, 40]
 
 
 def test_a_value_that_normalises_to_nothing_is_skipped() -> None:

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 
@@ -91,14 +91,18 @@ def _meta(record: RawRecord, *names: str) -> list[str]:
 
 
 class _Removed(msgspec.Struct):
-    """What the list source publishes when entries leave a list; checked as the contract checks
-    the indicators it becomes (an empty feed or value, an unknown type or category)."""
+    """What the list source publishes when entries leave a list.  Feed and version are checked
+    as the contract checks the indicators they go into; entries one by one (see ``_removed``)."""
 
     list_name: str = msgspec.field(name="list")
     feed: Id
     version: Id
-    removed: list[tuple[IndicatorType, Id, IndicatorCategory]]
+    removed: list[tuple[str, str, str]]
     previous_version: str | None = None
+
+
+_TYPES: frozenset[str] = frozenset(get_args(IndicatorType))
+_CATEGORIES: frozenset[str] = frozenset(get_args(IndicatorCategory))
 
 
 class IntelNormalizer(Normalizer):
@@ -172,6 +176,19 @@ class IntelNormalizer(Normalizer):
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             msg = f"raw.intel address_list_removed record: {exc}"
             raise ContractError(msg) from None
+        # An entry the contract would refuse (an empty value, an unknown type or category: a list
+        # source's cursor from before a fix may hold one) is left out, not the whole record: that
+        # would leave every other entry of the version listed.
+        bad = [e for e in doc.removed if not (e[0] in _TYPES and e[1] and e[2] in _CATEGORIES)]
+        if bad:
+            log.warning(
+                "raw.intel removals of list %s version %s: left out %d entries the contract "
+                "refuses, e.g. %.200r",
+                doc.list_name,
+                doc.version,
+                len(bad),
+                bad[0],
+            )
         return [
             self._indicator(
                 feed=doc.feed,
@@ -185,6 +202,7 @@ class IntelNormalizer(Normalizer):
                 description=f"removed from list {doc.list_name} in version {doc.version}",
             )
             for t, v, c in doc.removed
+            if t in _TYPES and v and c in _CATEGORIES
         ]
 
     def _objects(self, record: RawRecord, objects: Any, feed: str, where: str) -> list[Event]:

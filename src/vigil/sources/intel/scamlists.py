@@ -51,9 +51,11 @@ def parse_domain_map(data: bytes, *, where: str) -> list[tuple[str, str, str]]:
         if " " in domain.strip():
             msg = f"{where}: {domain[:60]!r} is not a domain name"
             raise ContractError(msg)
-        # The upstream file has an "" key: drainer addresses seen without a known domain.
-        if domain.strip():
-            out[("domain", domain.strip().lower().rstrip("."))] = "phishing"
+        # The upstream file has an "" key: drainer addresses seen without a known domain.  ("."
+        # is one too, once the root's dot goes: an indicator of nothing the contract refuses.)
+        name = domain.strip().lower().rstrip(".")
+        if name:
+            out[("domain", name)] = "phishing"
         if not isinstance(addresses, list):
             msg = f"{where}.{domain[:60]}: expected an array of addresses, got {type(addresses).__name__}"
             raise ContractError(msg)

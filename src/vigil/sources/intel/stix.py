@@ -152,22 +152,29 @@ def pattern_values(pattern: str, *, where: str) -> list[tuple[str, str]] | None:
     return out or None
 
 
+#: STIX 2.1 Appendix A, the None / Low / Med / High scale, as numbers.
+_CONFIDENCE_WORDS = {"none": 0, "low": 15, "med": 50, "medium": 50, "high": 85}
+_CONFIDENCE_DIGITS = re.compile(r"[0-9]{1,3}")
+
+
 def _confidence(value: Any, where: str) -> int:
-    """STIX confidence, 0-100 (100 when absent).  stix2 leaves a 2.0 custom property (or a 2.1
-    value out of range) as given: "high" stopped the whole bundle, 150 made an event the
-    contract refuses."""
+    """STIX confidence, 0-100 (100 when absent); a 2.0 custom property may say it in words of
+    the 2.1 scale.  stix2 leaves such a property (and a 2.1 value out of range) as given: "high"
+    stopped the whole bundle, 150 made an event the contract refuses."""
     if value is None:
         return 100
     number: int | None = None
-    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-        try:
-            as_float = float(value)
-        except ValueError:
-            pass
-        else:
-            number = int(as_float) if as_float.is_integer() else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        number = int(text) if _CONFIDENCE_DIGITS.fullmatch(text) else _CONFIDENCE_WORDS.get(text)
     if number is None or not 0 <= number <= 100:
-        msg = f"{where}: confidence must be an integer from 0 to 100, got {value!r:.40}"
+        msg = (
+            f"{where}: confidence must be an integer from 0 to 100 (or none/low/med/high), got {value!r:.40}"
+        )
         raise ContractError(msg)
     return number
 
