@@ -22,8 +22,10 @@ from vigil.events.examples import example_events
 from vigil.hub.raw import RawRecord
 from vigil.sources.backend import BackendNormalizer
 from vigil.sources.binance import BinanceNormalizer
+from vigil.sources.bitcoin_normalize import BitcoinNormalizer
 from vigil.sources.cloudtrail import CloudTrailNormalizer
 from vigil.sources.coinbase import CoinbaseNormalizer
+from vigil.sources.ethereum_normalize import EthereumNormalizer
 from vigil.sources.hubspot import HubSpotNormalizer
 from vigil.sources.intel.lists import content_version
 from vigil.sources.intel.normalize import IntelNormalizer
@@ -33,6 +35,10 @@ from vigil.sources.syslog import SyslogNormalizer
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
 STIX = shared_data_dir() / "intel" / "stix" / "indicators-for-C2-with-COA.json"
+CHAIN = shared_data_dir() / "chain"
+ETH_BLOCK = json.loads((CHAIN / "ethereum" / "block_0x1ac9f3.json").read_bytes())["result"]
+ETH_LOGS = json.loads((CHAIN / "ethereum" / "receipt_0x2e3d.json").read_bytes())["result"]["logs"]
+(BTC_BLOCK,) = (CHAIN / "bitcoin").glob("block_with_transactions_*_000000001c920d49*_2.json")
 
 SYSLOG = (
     b'<38>1 2026-11-29T09:00:01.123456Z bastion-1 sshd 4242 AUTH_FAIL [auth@32473 user="alice" '
@@ -222,6 +228,15 @@ CASES: list[tuple[str, Callable[[RawRecord], list[Event]], str, bytes, dict[str,
         urlencode({"mandrill_events": json.dumps(MANDRILL_CLICK)}).encode(),
         {},
     ),
+    ("ethereum", EthereumNormalizer().normalize, "eth_block", json.dumps(ETH_BLOCK).encode(), {}),
+    (
+        "ethereum",
+        EthereumNormalizer().normalize,
+        "eth_logs",
+        json.dumps(ETH_LOGS).encode(),
+        {"block_timestamp": int(ETH_BLOCK["timestamp"], 16)},
+    ),
+    ("bitcoin", BitcoinNormalizer().normalize, "btc_block", BTC_BLOCK.read_bytes(), {}),
     ("coinbase", CoinbaseNormalizer().normalize, "ws_message", json.dumps(COINBASE_MATCH).encode(), {}),
     ("binance", BinanceNormalizer().normalize, "ws_message", json.dumps(BINANCE_TRADE).encode(), {}),
     ("intel", IntelNormalizer().normalize, "stix_bundle", STIX.read_bytes(), {"feed": "oasis"}),

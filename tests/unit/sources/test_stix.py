@@ -166,6 +166,14 @@ def test_taxii_envelope_is_normalised_like_a_bundle() -> None:
             json.dumps(bundle({**indicator("[ipv4-addr:value = '1.2.3.4']"), "valid_from": "soon"})).encode(),
             "valid",
         ),
+        (
+            json.dumps(
+                bundle({**indicator("[ipv4-addr:value = '1.2.3.4']"), "spec_version": ["2.1"]})
+            ).encode(),
+            "not a valid STIX indicator",
+        ),
+        (json.dumps(bundle(indicator(""))).encode(), "pattern must be a non-empty string"),
+        (json.dumps(bundle({**indicator("x"), "pattern": 7})).encode(), "pattern must be a non-empty string"),
     ],
 )
 def test_bad_bundles_raise_contract_error(doc: bytes, reason: str) -> None:

@@ -198,9 +198,15 @@ def _parse_object(n: int, raw: Any, where: str, result: StixResult) -> None:
     if raw.get("type") != "indicator":
         return
     here = f"{where}: {raw.get('id', f'objects[{n}]')}"
+    pattern = raw.get("pattern")
+    if not isinstance(pattern, str) or not pattern.strip():
+        # (stix2's pattern validator fails on "" with an UnboundLocalError of its own.)
+        msg = f"{here}: an indicator's pattern must be a non-empty string, got {pattern!r:.40}"
+        raise ContractError(msg)
     try:
         ind = stix2.parse(raw, allow_custom=True)
-    except (stix2.exceptions.STIXError, ValueError) as exc:
+    # (TypeError: stix2 looks a spec_version of [...] up in a dict, and the bundle was lost.)
+    except (stix2.exceptions.STIXError, ValueError, TypeError) as exc:
         msg = f"{here}: not a valid STIX indicator: {exc}"
         raise ContractError(msg) from None
     if isinstance(ind, dict):
