@@ -17,8 +17,13 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
-#: A datetime that must carry a timezone; naive datetimes are rejected at decode.
-UtcDateTime = Annotated[datetime, msgspec.Meta(tz=True)]
+#: A datetime that must carry a timezone; naive datetimes are rejected at decode.  The JSON Schema
+#: says so with a pattern too: its ``format: date-time`` is an annotation most validators do not
+#: check unless asked, so a schema-checking producer took "2026-01-01T00:00:00".
+UtcDateTime = Annotated[
+    datetime,
+    msgspec.Meta(tz=True, extra_json_schema={"pattern": "([Zz]|[+-][0-9]{2}:[0-9]{2})$"}),
+]
 #: An identifier or entity key: never empty.  An empty ``event_id`` deduplicated unrelated events
 #: into one; an empty customer or wallet grouped every event missing it as one entity.
 Id = Annotated[str, msgspec.Meta(min_length=1)]

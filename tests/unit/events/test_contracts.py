@@ -55,10 +55,16 @@ def test_missing_required_field_is_named() -> None:
         decode_event(raw)
 
 
-def test_naive_datetime_is_rejected() -> None:
+def test_naive_datetime_is_rejected_by_the_codec_and_the_schema() -> None:
     raw = b'{"type":"login","event_id":"x","source":"backend","occurred_at":"2026-01-01T00:00:00"}'
     with pytest.raises(DecodeError, match="timezone"):
         decode_event(raw)
+    # A validator checks "format" only when asked: the schema's pattern refuses it regardless.
+    assert _schema_errors("login", raw)
+    for zoned in (b"2026-01-01T00:00:00Z", b"2026-01-01T00:00:00.5+05:30", b"2026-01-01T00:00:00-01:00"):
+        ok = raw.replace(b"2026-01-01T00:00:00", zoned)
+        assert decode_event(ok).occurred_at.tzinfo is not None
+        assert _schema_errors("login", ok) == []
 
 
 def test_unknown_type_is_rejected_by_name() -> None:
