@@ -38,7 +38,7 @@ def _path_of(message: str) -> str | None:
 _MAX_ERROR_CHARS = 500
 
 
-def _inert(text: str) -> str:
+def inert(text: str) -> str:
     """``text`` with control characters escaped, and bounded: msgspec quotes an unknown type tag
     or field name as given, so a newline or an ESC sequence in it forged log lines or drove the
     terminal, and a 450 KB tag made a 450 KB error (and a dead letter too large to send)."""
@@ -70,10 +70,10 @@ class EventCodec:
         try:
             event: Event = self._decoder.decode(data)
         except msgspec.ValidationError as exc:
-            text = _inert(str(exc))
+            text = inert(str(exc))
             raise DecodeError(text, where=where, path=_path_of(text)) from None
         except msgspec.DecodeError as exc:
-            msg = f"not valid JSON: {_inert(str(exc))}"
+            msg = f"not valid JSON: {inert(str(exc))}"
             raise DecodeError(msg, where=where) from None
         return event
 

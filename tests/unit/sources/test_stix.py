@@ -16,7 +16,7 @@ from vigil.events.codec import decode_event, encode
 from vigil.events.types import IntelIndicator
 from vigil.hub.raw import RawRecord
 from vigil.sources.intel.normalize import IntelNormalizer
-from vigil.sources.intel.stix import pattern_values
+from vigil.sources.intel.stix import parse_objects, pattern_values
 
 STIX = shared_data_dir() / "intel" / "stix"
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
@@ -229,11 +229,41 @@ def test_a_confidence_in_words_of_the_stix_scale_is_its_number() -> None:
     bad.pop("spec_version")
     bad.pop("pattern_type")
     bad["labels"] = ["malicious-activity"]
-    got = [
-        normalize(bundle({**bad, "confidence": word}))[0].payload.confidence
-        for word in ("High", "low", " 40 ")
-    ]
-    assert got == [85, 15, 40]
+    words = ("High", "Med", "low", "none", " 40 ")
+    got = [normalize(bundle({**bad, "confidence": word}))[0].payload.confidence for word in words]
+    assert got == [85, 50, 15, 0, 40]
+
+
+@pytest.mark.parametrize("value", [40.5, True])
+def test_a_stix_2_1_confidence_is_read_as_given_not_as_stix2_cut_it(
+    value: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    # stix2 turns a 2.1 confidence of 40.5 into 40 and true into 1 before Vigil reads it.
+    good = indicator("[ipv4-addr:value = '192.0.2.7']")
+    bad = {
+        **indicator("[ipv4-addr:value = '192.0.2.8']", confidence=value),
+        "id": "indicator--0c9b2f2e-0000-4000-8000-000000000003",
+    }
+    assert [e.payload.value for e in normalize(bundle(good, bad))] == ["192.0.2.7"]
+    assert "confidence must be an integer" in caplog.text
+
+
+def test_an_indicator_of_another_pattern_language_is_skipped_whatever_its_pattern() -> None:
+    # Skipped (not ours to read), not rejected: an empty pattern is only refused in STIX's language.
+    sigma = {**indicator("x"), "pattern_type": "sigma", "pattern": ""}
+    result = parse_objects([sigma], where="t")
+    assert (result.skipped, result.rejected, result.indicators) == ([sigma["id"]], [], [])
+
+
+def test_a_rejected_indicators_id_is_logged_inert(caplog: pytest.LogCaptureFixture) -> None:
+    forged = {**indicator("[ipv4-addr:value = "), "id": "indicator--x\nCRITICAL all clear"}
+    good = {
+        **indicator("[ipv4-addr:value = '192.0.2.7']"),
+        "id": "indicator--0c9b2f2e-0000-4000-8000-000000000005",
+    }
+    assert len(normalize(bundle(forged, good))) == 1
+    assert "left out" in caplog.text
+    assert "\nCRITICAL" not in caplog.text
 
 
 def test_a_value_that_normalises_to_nothing_is_skipped() -> None:

@@ -26,6 +26,7 @@ import msgspec
 
 from vigil.errors import ContractError
 from vigil.events.base import Entities, Event, Id
+from vigil.events.codec import inert
 from vigil.events.ids import stable_id
 from vigil.events.types import IndicatorCategory, IndicatorType, IntelIndicator, IntelIndicatorPayload
 from vigil.hub.raw import RawRecord
@@ -105,6 +106,12 @@ _TYPES: frozenset[str] = frozenset(get_args(IndicatorType))
 _CATEGORIES: frozenset[str] = frozenset(get_args(IndicatorCategory))
 
 
+def _admissible(entry: tuple[str, str, str]) -> bool:
+    """A removed entry the contract takes as an indicator: a known type and category, a value."""
+    kind, value, category = entry
+    return kind in _TYPES and bool(value) and category in _CATEGORIES
+
+
 class IntelNormalizer(Normalizer):
     source = NAME
 
@@ -179,10 +186,12 @@ class IntelNormalizer(Normalizer):
         # An entry the contract would refuse (an empty value, an unknown type or category: a list
         # source's cursor from before a fix may hold one) is left out, not the whole record: that
         # would leave every other entry of the version listed.
-        bad = [e for e in doc.removed if not (e[0] in _TYPES and e[1] and e[2] in _CATEGORIES)]
+        # (An entry of another shape refuses the record whole, above: only the list source
+        # writes these.)
+        bad = [e for e in doc.removed if not _admissible(e)]
         if bad:
             log.warning(
-                "raw.intel removals of list %s version %s: left out %d entries the contract "
+                "raw.intel removals of list %.80r version %.80r: left out %d entries the contract "
                 "refuses, e.g. %.200r",
                 doc.list_name,
                 doc.version,
@@ -202,7 +211,7 @@ class IntelNormalizer(Normalizer):
                 description=f"removed from list {doc.list_name} in version {doc.version}",
             )
             for t, v, c in doc.removed
-            if t in _TYPES and v and c in _CATEGORIES
+            if _admissible((t, v, c))
         ]
 
     def _objects(self, record: RawRecord, objects: Any, feed: str, where: str) -> list[Event]:
@@ -218,7 +227,7 @@ class IntelNormalizer(Normalizer):
                 raise ContractError(shown + more)
             # The others are taken; the raw record keeps the bad ones as received.
             for reason in result.rejected[:20]:
-                log.warning("%s: left out: %s", where, reason)
+                log.warning("%s: left out: %s", where, inert(reason))  # (the feed's strings, inert)
             if len(result.rejected) > 20:
                 log.warning("%s: left out %d more objects", where, len(result.rejected) - 20)
         return [

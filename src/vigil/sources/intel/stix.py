@@ -25,6 +25,7 @@ from stix2patterns.v21.pattern import Pattern  # type: ignore[import-untyped]
 
 from vigil.errors import ContractError
 from vigil.events.addresses import canonical_address, is_bech32
+from vigil.events.codec import inert
 
 #: (object type, property) -> our indicator type (crypto types refined by address shape)
 OBSERVABLES: dict[tuple[str, str], str] = {
@@ -159,8 +160,9 @@ _CONFIDENCE_DIGITS = re.compile(r"[0-9]{1,3}")
 
 def _confidence(value: Any, where: str) -> int:
     """STIX confidence, 0-100 (100 when absent); a 2.0 custom property may say it in words of
-    the 2.1 scale.  stix2 leaves such a property (and a 2.1 value out of range) as given: "high"
-    stopped the whole bundle, 150 made an event the contract refuses."""
+    the 2.1 scale (Appendix A's other scales, 0-10 among them, cannot be told from it: not
+    read).  stix2 leaves such a property (and a 2.1 value out of range) as given: "high" stopped
+    the whole bundle, 150 made an event the contract refuses."""
     if value is None:
         return 100
     number: int | None = None
@@ -197,9 +199,9 @@ def _parse_object(n: int, raw: Any, where: str, result: StixResult) -> None:
         raise ContractError(msg)
     if raw.get("type") != "indicator":
         return
-    here = f"{where}: {raw.get('id', f'objects[{n}]')}"
+    here = f"{where}: {inert(str(raw.get('id', f'objects[{n}]')))[:120]}"
     pattern = raw.get("pattern")
-    if not isinstance(pattern, str) or not pattern.strip():
+    if raw.get("pattern_type", "stix") == "stix" and (not isinstance(pattern, str) or not pattern.strip()):
         # (stix2's pattern validator fails on "" with an UnboundLocalError of its own.)
         msg = f"{here}: an indicator's pattern must be a non-empty string, got {pattern!r:.40}"
         raise ContractError(msg)
@@ -222,7 +224,8 @@ def _parse_object(n: int, raw: Any, where: str, result: StixResult) -> None:
         result.skipped.append(str(ind.id))
         return
     category = _category(ind)
-    confidence = _confidence(ind.get("confidence"), here)
+    # As given: stix2 has already cut a 2.1 value to an int (40.5 -> 40, true -> 1).
+    confidence = _confidence(raw.get("confidence"), here)
     for indicator_type, value in dict.fromkeys(values):
         result.indicators.append(
             ParsedIndicator(
