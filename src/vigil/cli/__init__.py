@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from vigil import __version__
-from vigil.cli import broker, demo, detect, rules, run, schemas, source, topics
+from vigil.cli import broker, demo, detect, dlq, rules, run, schemas, source, topics
 from vigil.cli._common import console, err_console, run_guarded
 from vigil.cli.simulate import simulate
 from vigil.compiled import stale, stale_message
@@ -31,6 +31,7 @@ app.command("produce", help="Validate a JSONL file against a topic's contract an
     topics.produce
 )
 app.command("tail", help="Read a topic, decoded, with partition/offset/key.")(topics.tail)
+app.add_typer(dlq.app, name="dlq", help="Dead letters: group them by reason, send them through again.")
 app.command(
     "demo",
     help="The Quickstart: a simulated exchange through detection on Kafka, live alerts, a score table.",

@@ -1,0 +1,98 @@
+"""`vigil dlq summary|redrive`: what the dead-letter topics hold, and sending it through again."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from vigil.cli._common import console, settings
+from vigil.hub import dlq
+from vigil.hub.client import check_reachable
+
+app = typer.Typer(no_args_is_help=True)
+
+TopicArg = Annotated[str, typer.Argument(help="Dead-letter topic: dlq.normalize, dlq.detect or dlq.ingest")]
+
+
+def _shown(text: str, limit: int = 160) -> str:
+    # Reasons quote what the source sent: rendered as text, never as markup, and bounded.
+    return escape(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+@app.command("summary")
+def summary_cmd(topic: TopicArg) -> None:
+    """Letters grouped by stage, source topic and reason (numbers and quoted values blanked)."""
+    cfg = settings()
+    check_reachable(cfg)
+    found = dlq.summarize(cfg, topic)
+    if not found.letters and not found.undecodable:
+        console.print(f"[green]{escape(topic)} holds no dead letters[/]")
+        return
+    # Lines, not a table: a reason is long, and a table would wrap it past reading (or grep).
+    for group in found.groups:
+        first = group.first.isoformat(timespec="seconds") if group.first else "?"
+        last = group.last.isoformat(timespec="seconds") if group.last else "?"
+        console.print(
+            f"[bold]{group.count:>7,}[/]  {escape(group.stage)}  {escape(group.topic)}  "
+            f"{_shown(group.reason)}\n"
+            f"         [dim]{first} .. {last}, e.g. {escape(group.example)}[/]",
+            soft_wrap=True,
+            highlight=False,
+        )
+    console.print(f"{found.letters:,} letters in {len(found.groups)} groups")
+    for where in found.undecodable[:5]:
+        console.print(f"[yellow]not a dead letter:[/] {_shown(where)}")
+
+
+@app.command("redrive")
+def redrive_cmd(
+    topic: TopicArg,
+    reason_contains: Annotated[
+        str | None,
+        typer.Option("--reason-contains", help="Only letters whose reason contains this (case ignored)"),
+    ] = None,
+    from_beginning: Annotated[
+        bool,
+        typer.Option(
+            "--from-beginning", help="Start again from the first letter, not after the last redrive"
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be sent; send nothing")
+    ] = False,
+) -> None:
+    """Append each dead-lettered record again to the topic it came from, for its stage to read
+    once the cause is fixed.  Resumes after the last redrive of the same filter."""
+    cfg = settings()
+    check_reachable(cfg)
+    with Progress(
+        TextColumn("[bold]redrive[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(escape(topic), total=None)
+        done = dlq.redrive(
+            cfg,
+            topic,
+            reason_contains=reason_contains,
+            from_beginning=from_beginning,
+            dry_run=dry_run,
+            progress=lambda n: bar.update(task, completed=n),
+        )
+    verb = "would redrive" if dry_run else "redrove"
+    console.print(
+        f"{verb} {done.redriven:,} records"
+        + (f"; passed over {done.passed:,} letters (filter)" if done.passed else "")
+        + (f"; {len(done.unavailable):,} could not be sent" if done.unavailable else "")
+        + f" [dim](position kept in group {escape(done.group)})[/]"
+    )
+    for why in done.unavailable[:10]:
+        console.print(f"[yellow]not sent:[/] {_shown(why)}")
+    for why in done.undecodable[:5]:
+        console.print(f"[yellow]not a dead letter:[/] {_shown(why)}")

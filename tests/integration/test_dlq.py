@@ -1,0 +1,200 @@
+"""Dead letters on the real broker: grouped by reason, and redriven to where they came from."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Message
+from typer.testing import CliRunner
+
+from vigil.cli import app
+from vigil.config import Settings
+from vigil.events.codec import encode
+from vigil.events.records import DeadLetter
+from vigil.hub import dlq
+from vigil.hub.admin import ensure_topics
+from vigil.hub.client import make_producer, read_committed
+from vigil.hub.raw import RawRecord
+from vigil.hub.topics import TopicSpec
+
+NOW = datetime(2026, 12, 1, 9, tzinfo=UTC)
+
+
+def letter(topic: str, partition: int, offset: int, reason: str, stage: str = "normalize") -> DeadLetter:
+    return DeadLetter(
+        stage=stage,
+        reason=reason,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        raw=b"as received",
+        failed_at=NOW,
+    )
+
+
+def post(settings: Settings, topic: str, letters: list[DeadLetter]) -> None:
+    producer = make_producer(settings)
+    for one in letters:
+        producer.produce(topic, value=encode(one), key=one.topic.encode())
+    assert producer.flush(30) == 0
+
+
+def copies(settings: Settings, topic: str) -> list[Message]:
+    return [m for m in read_committed(settings, topic) if dlq.REDRIVEN_FROM in dict(m.headers() or [])]
+
+
+@pytest.fixture
+def topics(settings: Settings, unique_topic: str) -> tuple[str, str, list[RawRecord]]:
+    """A raw topic of two partitions holding three records (offsets p0: 0, 1; p1: 0) and an
+    empty dead-letter topic."""
+    src, dead = f"{unique_topic}.raw", f"{unique_topic}.dlq"
+    ensure_topics(
+        settings,
+        [
+            TopicSpec(src, "source", "raw", "redrive test input", partitions=2),
+            TopicSpec(dead, "source", "dead_letter", "redrive test letters", partitions=1),
+        ],
+    )
+    records = [
+        RawRecord(
+            "coinbase", "ws_message", f'{{"n": {i}}}'.encode(), NOW, key=f"k{i}".encode(), meta={"i": i}
+        )
+        for i in range(3)
+    ]
+    producer = make_producer(settings)
+    for i, record in enumerate(records):
+        producer.produce(
+            src, value=record.value, key=record.key, headers=record.headers(), partition=[0, 1, 0][i]
+        )
+    assert producer.flush(30) == 0
+    return src, dead, records
+
+
+def test_redrive_appends_each_original_once_and_says_what_it_cannot(
+    settings: Settings, topics: tuple[str, str, list[RawRecord]]
+) -> None:
+    src, dead, records = topics
+    post(
+        settings,
+        dead,
+        [
+            letter(src, 0, 0, "coinbase/ws_message: Expected `str` of length >= 1 - at `$.product_id`"),
+            letter(src, 1, 0, "coinbase/ws_message: Expected `str` of length >= 1 - at `$.product_id`"),
+            letter(src, 0, 7, "coinbase/ws_message: past the end"),
+            letter("http:/v1/events", -1, -1, "line 3: Expected `float` >= 0.0", stage="ingest"),
+        ],
+    )
+
+    dry = dlq.redrive(settings, dead, dry_run=True)
+    assert (dry.redriven, len(dry.unavailable), dry.appended) == (2, 2, [])
+    assert copies(settings, src) == []
+
+    done = dlq.redrive(settings, dead)
+    assert done.redriven == 2
+    got = copies(settings, src)
+    # The originals again, key, value and headers exactly (their kind, time and meta), each
+    # naming its letter; a raw record read from a copy is the original's.
+    assert sorted((m.key(), m.value(), dict(m.headers() or [])[dlq.REDRIVEN_FROM]) for m in got) == [
+        (b"k0", records[0].value, f"{dead}[0]@0".encode()),
+        (b"k1", records[1].value, f"{dead}[0]@1".encode()),
+    ]
+    for m in got:
+        again = RawRecord.from_headers("coinbase", m.value() or b"", m.key(), m.headers())
+        assert again == next(r for r in records if r.key == m.key())
+    assert sorted(done.appended) == sorted(f"{m.topic()}[{m.partition()}]@{m.offset()}" for m in got)
+    (gone, not_kafka) = done.unavailable
+    assert f"{dead}[0]@2: {src}[0]@7 is gone" in gone
+    assert "not from Kafka" in not_kafka
+
+    # Run again: the position was kept with the records, nothing is sent twice.
+    assert dlq.redrive(settings, dead).redriven == 0
+    # A letter written since is the only one the next redrive sends.
+    post(settings, dead, [letter(src, 0, 1, "binance/ws_message: Invalid UTF-8")])
+    later = dlq.redrive(settings, dead)
+    assert later.redriven == 1
+    assert len(copies(settings, src)) == 3
+
+    # A filter keeps a position of its own: the letters it matches, from the first one.
+    binance = dlq.redrive(settings, dead, reason_contains="BINANCE")
+    assert (binance.redriven, binance.passed, binance.group != done.group) == (1, 4, True)
+    # From the beginning: every letter still to be had, again.
+    assert dlq.redrive(settings, dead, from_beginning=True).redriven == 3
+
+
+def test_a_redrive_stopped_half_way_resumes_after_what_it_committed(
+    settings: Settings, topics: tuple[str, str, list[RawRecord]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, dead, _ = topics
+    post(
+        settings, dead, [letter(src, p, o, f"cause {i}") for i, (p, o) in enumerate([(0, 0), (1, 0), (0, 1)])]
+    )
+    monkeypatch.setattr(dlq, "BATCH", 1)
+
+    def stop(read: int) -> None:
+        if read == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        dlq.redrive(settings, dead, progress=stop)
+    assert len(copies(settings, src)) == 2  # each batch committed before progress is told
+    rest = dlq.redrive(settings, dead)
+    assert rest.redriven == 1
+    assert sorted(dict(m.headers() or [])[dlq.REDRIVEN_FROM] for m in copies(settings, src)) == [
+        f"{dead}[0]@{i}".encode() for i in range(3)
+    ]
+
+
+def test_summary_groups_letters_by_the_shape_of_their_reason(
+    settings: Settings, topics: tuple[str, str, list[RawRecord]]
+) -> None:
+    src, dead, _ = topics
+    post(
+        settings,
+        dead,
+        [
+            letter(src, 0, 0, "coinbase/ws_message: line 3: got 'abc' - at `$.product_id`"),
+            letter(src, 0, 1, "coinbase/ws_message: line 9: got 'xyz' - at `$.product_id`"),
+            letter(src, 1, 0, "binance/ws_message: Invalid UTF-8"),
+        ],
+    )
+    producer = make_producer(settings)
+    producer.produce(dead, value=b"not a letter")
+    assert producer.flush(30) == 0
+    found = dlq.summarize(settings, dead)
+    assert found.letters == 3
+    assert [(g.count, g.reason, g.example) for g in found.groups] == [
+        (2, "coinbase/ws_message: line #: got … - at `$.product_id`", f"{dead}[0]@0"),
+        (1, "binance/ws_message: Invalid UTF-8", f"{dead}[0]@2"),
+    ]
+    assert [u.split(":")[0] for u in found.undecodable] == [f"{dead}[0]@3"]
+
+
+def test_the_command_line_summarises_and_redrives(
+    settings: Settings,
+    kafka_bootstrap: str,
+    topics: tuple[str, str, list[RawRecord]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    src, dead, _ = topics
+    monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", kafka_bootstrap)
+    monkeypatch.setenv("VIGIL_HOME", str(tmp_path))
+    # A reason naming what a source sent is shown as text: "[bold]" is no markup to the console.
+    post(settings, dead, [letter(src, 0, 0, "coinbase/ws_message: got '7' for [bold]x[/bold] - at `$.type`")])
+    summary = CliRunner().invoke(app, ["dlq", "summary", dead], terminal_width=240)
+    assert summary.exit_code == 0, summary.output
+    assert "1 letters in 1 groups" in summary.output
+    assert "coinbase/ws_message: got … for [bold]x[/bold] - at `$.type`" in summary.output
+    assert f"e.g. {dead}[0]@0" in summary.output
+    dry = CliRunner().invoke(app, ["dlq", "redrive", dead, "--dry-run"], terminal_width=240)
+    assert dry.exit_code == 0, dry.output
+    assert "would redrive 1 records" in dry.output
+    assert copies(settings, src) == []
+    sent = CliRunner().invoke(app, ["dlq", "redrive", dead], terminal_width=240)
+    assert sent.exit_code == 0, sent.output
+    assert "redrove 1 records" in sent.output
+    assert len(copies(settings, src)) == 1
+    missing = CliRunner().invoke(app, ["dlq", "summary", f"{dead}.nope"])
+    assert missing.exit_code != 0
