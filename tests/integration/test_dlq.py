@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,9 +13,10 @@ from typer.testing import CliRunner
 
 from vigil.cli import app
 from vigil.config import Settings
+from vigil.errors import BrokerError, ConfigError
 from vigil.events.codec import encode
 from vigil.events.records import DeadLetter
-from vigil.hub import dlq
+from vigil.hub import dlq, redrive
 from vigil.hub.admin import ensure_topics
 from vigil.hub.client import make_producer, read_committed
 from vigil.hub.raw import RawRecord
@@ -42,7 +45,7 @@ def post(settings: Settings, topic: str, letters: list[DeadLetter]) -> None:
 
 
 def copies(settings: Settings, topic: str) -> list[Message]:
-    return [m for m in read_committed(settings, topic) if dlq.REDRIVEN_FROM in dict(m.headers() or [])]
+    return [m for m in read_committed(settings, topic) if redrive.REDRIVEN_FROM in dict(m.headers() or [])]
 
 
 @pytest.fixture
@@ -87,16 +90,16 @@ def test_redrive_appends_each_original_once_and_says_what_it_cannot(
         ],
     )
 
-    dry = dlq.redrive(settings, dead, dry_run=True)
+    dry = redrive.redrive(settings, dead, allow_topics=[src], dry_run=True)
     assert (dry.redriven, len(dry.unavailable), dry.appended) == (2, 2, [])
     assert copies(settings, src) == []
 
-    done = dlq.redrive(settings, dead)
+    done = redrive.redrive(settings, dead, allow_topics=[src])
     assert done.redriven == 2
     got = copies(settings, src)
     # The originals again, key, value and headers exactly (their kind, time and meta), each
     # naming its letter; a raw record read from a copy is the original's.
-    assert sorted((m.key(), m.value(), dict(m.headers() or [])[dlq.REDRIVEN_FROM]) for m in got) == [
+    assert sorted((m.key(), m.value(), dict(m.headers() or [])[redrive.REDRIVEN_FROM]) for m in got) == [
         (b"k0", records[0].value, f"{dead}[0]@0".encode()),
         (b"k1", records[1].value, f"{dead}[0]@1".encode()),
     ]
@@ -109,18 +112,46 @@ def test_redrive_appends_each_original_once_and_says_what_it_cannot(
     assert "not from Kafka" in not_kafka
 
     # Run again: the position was kept with the records, nothing is sent twice.
-    assert dlq.redrive(settings, dead).redriven == 0
+    assert redrive.redrive(settings, dead, allow_topics=[src]).redriven == 0
     # A letter written since is the only one the next redrive sends.
     post(settings, dead, [letter(src, 0, 1, "binance/ws_message: Invalid UTF-8")])
-    later = dlq.redrive(settings, dead)
+    later = redrive.redrive(settings, dead, allow_topics=[src])
     assert later.redriven == 1
     assert len(copies(settings, src)) == 3
 
     # A filter keeps a position of its own: the letters it matches, from the first one.
-    binance = dlq.redrive(settings, dead, reason_contains="BINANCE")
+    binance = redrive.redrive(settings, dead, allow_topics=[src], reason_contains="BINANCE")
     assert (binance.redriven, binance.passed, binance.group != done.group) == (1, 4, True)
+    # (Its case is ignored by the group as by the filter: nothing new for "binance".)
+    assert redrive.redrive(settings, dead, allow_topics=[src], reason_contains="binance").redriven == 0
     # From the beginning: every letter still to be had, again.
-    assert dlq.redrive(settings, dead, from_beginning=True).redriven == 3
+    assert redrive.redrive(settings, dead, allow_topics=[src], from_beginning=True).redriven == 3
+    everything = copies(settings, src)
+    assert len(everything) == 7
+    # Each copy went to the partition its original was in (their producer chose it, not the key).
+    assert all(m.partition() == int(m.value().decode()[-2]) % 2 for m in everything)  # type: ignore[union-attr]
+
+
+def test_redrive_sends_only_to_stages_inputs(
+    settings: Settings, topics: tuple[str, str, list[RawRecord]]
+) -> None:
+    # A letter's topic is data: whoever may write the dead-letter topic names it.  An old record
+    # appended again to a compacted topic or an output does harm (a connector's cursor rewound).
+    src, dead, _ = topics
+    post(
+        settings,
+        dead,
+        [letter(src, 0, 0, "x"), letter("vigil.cursors", 0, 0, "x"), letter("decisions", 0, 0, "x")],
+    )
+    refused = redrive.redrive(settings, dead)
+    assert refused.redriven == 0
+    assert [u.split(": ", 1)[1].split(" is ")[0] for u in refused.unavailable] == [
+        repr(src),
+        "'vigil.cursors'",
+        "'decisions'",
+    ]
+    assert all("is no stage's input" in u for u in refused.unavailable)
+    assert copies(settings, src) == []
 
 
 def test_a_redrive_stopped_half_way_resumes_after_what_it_committed(
@@ -130,18 +161,18 @@ def test_a_redrive_stopped_half_way_resumes_after_what_it_committed(
     post(
         settings, dead, [letter(src, p, o, f"cause {i}") for i, (p, o) in enumerate([(0, 0), (1, 0), (0, 1)])]
     )
-    monkeypatch.setattr(dlq, "BATCH", 1)
+    monkeypatch.setattr(redrive, "BATCH", 1)
 
     def stop(read: int) -> None:
         if read == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        dlq.redrive(settings, dead, progress=stop)
+        redrive.redrive(settings, dead, allow_topics=[src], progress=stop)
     assert len(copies(settings, src)) == 2  # each batch committed before progress is told
-    rest = dlq.redrive(settings, dead)
+    rest = redrive.redrive(settings, dead, allow_topics=[src])
     assert rest.redriven == 1
-    assert sorted(dict(m.headers() or [])[dlq.REDRIVEN_FROM] for m in copies(settings, src)) == [
+    assert sorted(dict(m.headers() or [])[redrive.REDRIVEN_FROM] for m in copies(settings, src)) == [
         f"{dead}[0]@{i}".encode() for i in range(3)
     ]
 
@@ -182,19 +213,57 @@ def test_the_command_line_summarises_and_redrives(
     monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", kafka_bootstrap)
     monkeypatch.setenv("VIGIL_HOME", str(tmp_path))
     # A reason naming what a source sent is shown as text: "[bold]" is no markup to the console.
-    post(settings, dead, [letter(src, 0, 0, "coinbase/ws_message: got '7' for [bold]x[/bold] - at `$.type`")])
+    # And no terminal control: a newline in a reason forged a line of the summary.
+    post(
+        settings,
+        dead,
+        [
+            letter(src, 0, 0, "coinbase/ws_message: got '7' for [bold]x[/bold] - at `$.type`"),
+            letter("http:/v1/events", -1, -1, "line 1: x\n  9,999  ingest  all clear\x1b[2J", stage="ingest"),
+        ],
+    )
     summary = CliRunner().invoke(app, ["dlq", "summary", dead], terminal_width=240)
     assert summary.exit_code == 0, summary.output
-    assert "1 letters in 1 groups" in summary.output
+    assert "2 letters in 2 groups" in summary.output
+    assert "\n  9,999" not in summary.output
+    assert "\x1b" not in summary.output
     assert "coinbase/ws_message: got … for [bold]x[/bold] - at `$.type`" in summary.output
     assert f"e.g. {dead}[0]@0" in summary.output
-    dry = CliRunner().invoke(app, ["dlq", "redrive", dead, "--dry-run"], terminal_width=240)
+    dry = CliRunner().invoke(
+        app, ["dlq", "redrive", dead, "--dry-run", "--allow-topic", src], terminal_width=240
+    )
     assert dry.exit_code == 0, dry.output
-    assert "would redrive 1 records" in dry.output
+    assert "would redrive 1 records; 1 could not be sent" in dry.output
     assert copies(settings, src) == []
-    sent = CliRunner().invoke(app, ["dlq", "redrive", dead], terminal_width=240)
+    sent = CliRunner().invoke(app, ["dlq", "redrive", dead, "--allow-topic", src], terminal_width=240)
     assert sent.exit_code == 0, sent.output
-    assert "redrove 1 records" in sent.output
+    assert "redrove 1 records; 1 could not be sent" in sent.output
+    assert "not from Kafka" in sent.output
     assert len(copies(settings, src)) == 1
     missing = CliRunner().invoke(app, ["dlq", "summary", f"{dead}.nope"])
-    assert missing.exit_code != 0
+    assert isinstance(missing.exception, ConfigError)
+    assert f"no topic '{dead}.nope'" in str(missing.exception)
+
+
+def test_a_record_its_topic_refuses_fails_the_redrive_by_name_and_commits_nothing(
+    settings: Settings, unique_topic: str
+) -> None:
+    src, dead = f"{unique_topic}.raw", f"{unique_topic}.dlq"
+    ensure_topics(
+        settings,
+        [
+            TopicSpec(src, "source", "raw", "a small limit", partitions=1, max_message_bytes=2048),
+            TopicSpec(dead, "source", "dead_letter", "letters", partitions=1),
+        ],
+    )
+    producer = make_producer(settings, **{"compression.type": "none"})
+    # Just under the limit: the copy's vigil.redriven_from header takes it over.
+    producer.produce(src, value=os.urandom(1930), key=b"k")
+    producer.produce(src, value=b"small", key=b"k")
+    assert producer.flush(30) == 0
+    post(settings, dead, [letter(src, 0, 1, "fits"), letter(src, 0, 0, "too large once named")])
+    with pytest.raises(BrokerError, match=rf"{re.escape(dead)}\[0\]@1: .*(too large|MSG_SIZE)"):
+        redrive.redrive(settings, dead, allow_topics=[src])
+    assert copies(settings, src) == []  # the batch's other record was aborted with it
+    with pytest.raises(BrokerError):  # and the position did not move past either letter
+        redrive.redrive(settings, dead, allow_topics=[src])

@@ -9,7 +9,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from vigil.cli._common import console, settings
-from vigil.hub import dlq
+from vigil.events.codec import inert
+from vigil.hub import dlq, redrive
 from vigil.hub.client import check_reachable
 
 app = typer.Typer(no_args_is_help=True)
@@ -18,8 +19,17 @@ TopicArg = Annotated[str, typer.Argument(help="Dead-letter topic: dlq.normalize,
 
 
 def _shown(text: str, limit: int = 160) -> str:
-    # Reasons quote what the source sent: rendered as text, never as markup, and bounded.
+    # Letters quote what a source sent (and anyone who may write the topic writes them): shown
+    # as text, never as markup or terminal control, and bounded.
+    text = inert(text)
     return escape(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+def _listed(what: str, lines: list[str], shown: int) -> None:
+    for line in lines[:shown]:
+        console.print(f"[yellow]{what}:[/] {_shown(line)}", soft_wrap=True, highlight=False)
+    if len(lines) > shown:
+        console.print(f"[yellow]{what}:[/] ... and {len(lines) - shown:,} more")
 
 
 @app.command("summary")
@@ -29,22 +39,21 @@ def summary_cmd(topic: TopicArg) -> None:
     check_reachable(cfg)
     found = dlq.summarize(cfg, topic)
     if not found.letters and not found.undecodable:
-        console.print(f"[green]{escape(topic)} holds no dead letters[/]")
+        console.print(f"[green]{_shown(topic)} holds no dead letters[/]")
         return
     # Lines, not a table: a reason is long, and a table would wrap it past reading (or grep).
     for group in found.groups:
         first = group.first.isoformat(timespec="seconds") if group.first else "?"
         last = group.last.isoformat(timespec="seconds") if group.last else "?"
         console.print(
-            f"[bold]{group.count:>7,}[/]  {escape(group.stage)}  {escape(group.topic)}  "
+            f"[bold]{group.count:>7,}[/]  {_shown(group.stage, 40)}  {_shown(group.topic, 80)}  "
             f"{_shown(group.reason)}\n"
-            f"         [dim]{first} .. {last}, e.g. {escape(group.example)}[/]",
+            f"         [dim]{first} .. {last}, e.g. {_shown(group.example, 120)}[/]",
             soft_wrap=True,
             highlight=False,
         )
     console.print(f"{found.letters:,} letters in {len(found.groups)} groups")
-    for where in found.undecodable[:5]:
-        console.print(f"[yellow]not a dead letter:[/] {_shown(where)}")
+    _listed("not a dead letter", found.undecodable, 5)
 
 
 @app.command("redrive")
@@ -63,6 +72,13 @@ def redrive_cmd(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Count what would be sent; send nothing")
     ] = False,
+    allow_topic: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-topic",
+            help="Also send to this topic (by default only stages' inputs: raw.<source>, events.<domain>)",
+        ),
+    ] = None,
 ) -> None:
     """Append each dead-lettered record again to the topic it came from, for its stage to read
     once the cause is fixed.  Resumes after the last redrive of the same filter."""
@@ -76,13 +92,14 @@ def redrive_cmd(
         console=console,
         transient=True,
     ) as bar:
-        task = bar.add_task(escape(topic), total=None)
-        done = dlq.redrive(
+        task = bar.add_task(_shown(topic, 80), total=None)
+        done = redrive.redrive(
             cfg,
             topic,
             reason_contains=reason_contains,
             from_beginning=from_beginning,
             dry_run=dry_run,
+            allow_topics=allow_topic or (),
             progress=lambda n: bar.update(task, completed=n),
         )
     verb = "would redrive" if dry_run else "redrove"
@@ -90,9 +107,8 @@ def redrive_cmd(
         f"{verb} {done.redriven:,} records"
         + (f"; passed over {done.passed:,} letters (filter)" if done.passed else "")
         + (f"; {len(done.unavailable):,} could not be sent" if done.unavailable else "")
-        + f" [dim](position kept in group {escape(done.group)})[/]"
+        + f" [dim](position kept in group {_shown(done.group)})[/]",
+        soft_wrap=True,
     )
-    for why in done.unavailable[:10]:
-        console.print(f"[yellow]not sent:[/] {_shown(why)}")
-    for why in done.undecodable[:5]:
-        console.print(f"[yellow]not a dead letter:[/] {_shown(why)}")
+    _listed("not sent", done.unavailable, 10)
+    _listed("not a dead letter", done.undecodable, 5)

@@ -256,7 +256,7 @@ def read_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> l
                 if err is None:
                     out.append(message)
                 elif err.code() != KafkaError._PARTITION_EOF:
-                    if err.fatal() or err.code() in _READ_FATAL:
+                    if err.fatal() or err.code() in READ_FATAL:
                         msg = f"reading {topic!r} failed: {err.str()}"
                         raise BrokerError(msg)
                     last_error = err
@@ -273,7 +273,7 @@ def read_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> l
 
 
 #: Consumer errors that reading again will not get past.
-_READ_FATAL = frozenset(
+READ_FATAL = frozenset(
     {
         KafkaError.TOPIC_AUTHORIZATION_FAILED,
         KafkaError.GROUP_AUTHORIZATION_FAILED,
