@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Message
+from confluent_kafka import Message, TopicPartition
 from typer.testing import CliRunner
 
 from vigil.cli import app
@@ -18,21 +20,33 @@ from vigil.events.codec import encode
 from vigil.events.records import DeadLetter
 from vigil.hub import dlq, redrive
 from vigil.hub.admin import ensure_topics
-from vigil.hub.client import make_producer, read_committed
+from vigil.hub.client import make_admin, make_producer, read_committed
 from vigil.hub.raw import RawRecord
 from vigil.hub.topics import TopicSpec
 
 NOW = datetime(2026, 12, 1, 9, tzinfo=UTC)
 
 
-def letter(topic: str, partition: int, offset: int, reason: str, stage: str = "normalize") -> DeadLetter:
+def letter(
+    topic: str,
+    partition: int,
+    offset: int,
+    reason: str,
+    stage: str = "normalize",
+    *,
+    key: bytes | None = None,
+    raw: bytes = b"",
+) -> DeadLetter:
+    # (No key and no bytes, as a letter of a record too large to carry has none: the record at
+    # the offset is taken as the one dead-lettered.)
     return DeadLetter(
         stage=stage,
         reason=reason,
         topic=topic,
         partition=partition,
         offset=offset,
-        raw=b"as received",
+        key=key,
+        raw=raw,
         failed_at=NOW,
     )
 
@@ -48,31 +62,47 @@ def copies(settings: Settings, topic: str) -> list[Message]:
     return [m for m in read_committed(settings, topic) if redrive.REDRIVEN_FROM in dict(m.headers() or [])]
 
 
+#: The partition each fixture record was put in (by its producer, not by its key's hash).
+PARTITION_OF = {b"k0": 0, b"k1": 1, b"k2": 0}
+
+
+@contextlib.contextmanager
+def made(settings: Settings, specs: list[TopicSpec]) -> Iterator[None]:
+    """The topics, deleted after (best effort: a failed test leaves them to its broker)."""
+    ensure_topics(settings, specs)
+    yield
+    admin = make_admin(settings)  # (kept while its futures run)
+    for future in admin.delete_topics([s.name for s in specs], operation_timeout=30).values():
+        future.result(60)
+
+
 @pytest.fixture
-def topics(settings: Settings, unique_topic: str) -> tuple[str, str, list[RawRecord]]:
+def topics(settings: Settings, unique_topic: str) -> Iterator[tuple[str, str, list[RawRecord]]]:
     """A raw topic of two partitions holding three records (offsets p0: 0, 1; p1: 0) and an
-    empty dead-letter topic."""
+    empty dead-letter topic; both deleted after the test."""
     src, dead = f"{unique_topic}.raw", f"{unique_topic}.dlq"
-    ensure_topics(
-        settings,
-        [
-            TopicSpec(src, "source", "raw", "redrive test input", partitions=2),
-            TopicSpec(dead, "source", "dead_letter", "redrive test letters", partitions=1),
-        ],
-    )
-    records = [
-        RawRecord(
-            "coinbase", "ws_message", f'{{"n": {i}}}'.encode(), NOW, key=f"k{i}".encode(), meta={"i": i}
-        )
-        for i in range(3)
+    specs = [
+        TopicSpec(src, "source", "raw", "redrive test input", partitions=2),
+        TopicSpec(dead, "source", "dead_letter", "redrive test letters", partitions=1),
     ]
-    producer = make_producer(settings)
-    for i, record in enumerate(records):
-        producer.produce(
-            src, value=record.value, key=record.key, headers=record.headers(), partition=[0, 1, 0][i]
-        )
-    assert producer.flush(30) == 0
-    return src, dead, records
+    with made(settings, specs):
+        records = [
+            RawRecord(
+                "coinbase", "ws_message", f'{{"n": {i}}}'.encode(), NOW, key=f"k{i}".encode(), meta={"i": i}
+            )
+            for i in range(3)
+        ]
+        producer = make_producer(settings)
+        for record in records:
+            producer.produce(
+                src,
+                value=record.value,
+                key=record.key,
+                headers=record.headers(),
+                partition=PARTITION_OF[record.key],
+            )
+        assert producer.flush(30) == 0
+        yield src, dead, records
 
 
 def test_redrive_appends_each_original_once_and_says_what_it_cannot(
@@ -108,7 +138,7 @@ def test_redrive_appends_each_original_once_and_says_what_it_cannot(
         assert again == next(r for r in records if r.key == m.key())
     assert sorted(done.appended) == sorted(f"{m.topic()}[{m.partition()}]@{m.offset()}" for m in got)
     (gone, not_kafka) = done.unavailable
-    assert f"{dead}[0]@2: {src}[0]@7 is gone" in gone
+    assert f"{dead}[0]@2: {src}[0]@7 is past the end (2)" in gone
     assert "not from Kafka" in not_kafka
 
     # Run again: the position was kept with the records, nothing is sent twice.
@@ -129,7 +159,7 @@ def test_redrive_appends_each_original_once_and_says_what_it_cannot(
     everything = copies(settings, src)
     assert len(everything) == 7
     # Each copy went to the partition its original was in (their producer chose it, not the key).
-    assert all(m.partition() == int(m.value().decode()[-2]) % 2 for m in everything)  # type: ignore[union-attr]
+    assert all(m.partition() == PARTITION_OF[m.key()] for m in everything)  # type: ignore[index]
 
 
 def test_redrive_sends_only_to_stages_inputs(
@@ -152,6 +182,60 @@ def test_redrive_sends_only_to_stages_inputs(
     ]
     assert all("is no stage's input" in u for u in refused.unavailable)
     assert copies(settings, src) == []
+
+
+def test_the_record_at_the_offset_must_be_the_one_dead_lettered(
+    settings: Settings, topics: tuple[str, str, list[RawRecord]]
+) -> None:
+    # A source topic deleted and made again holds another record at the letter's offset.
+    src, dead, records = topics
+    post(
+        settings,
+        dead,
+        [
+            letter(src, 0, 0, "same", key=records[0].key, raw=records[0].value),
+            letter(src, 1, 0, "other bytes", key=records[1].key, raw=b'{"n": 99}'),
+            letter(src, 0, 1, "other key", key=b"k9", raw=records[2].value),
+        ],
+    )
+    done = redrive.redrive(settings, dead, allow_topics=[src])
+    assert done.redriven == 1
+    assert [u.split(": ", 1)[0] for u in done.unavailable] == [f"{dead}[0]@1", f"{dead}[0]@2"]
+    assert all("is another record than the one dead-lettered" in u for u in done.unavailable)
+
+
+def test_a_record_gone_with_retention_is_reported_and_passed(
+    settings: Settings, topics: tuple[str, str, list[RawRecord]]
+) -> None:
+    src, dead, _ = topics
+    # Retention, as Kafka applies it: the partition's start moves past the record.
+    admin = make_admin(settings)  # (kept while its future runs)
+    (future,) = admin.delete_records([TopicPartition(src, 0, 1)]).values()
+    assert future.result(30).low_watermark == 1
+    post(settings, dead, [letter(src, 0, 0, "old"), letter(src, 0, 1, "kept")])
+    done = redrive.redrive(settings, dead, allow_topics=[src])
+    assert done.redriven == 1
+    assert [u.split(": ", 1)[1] for u in done.unavailable] == [
+        f"{src}[0]@0 is gone (the partition starts at 1: retention)"
+    ]
+
+
+def test_an_aborted_record_is_no_record_to_send(
+    settings: Settings, topics: tuple[str, str, list[RawRecord]]
+) -> None:
+    src, dead, _ = topics
+    producer = make_producer(settings, **{"transactional.id": f"{dead}.aborter"})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    producer.produce(src, value=b"never committed", key=b"k0", partition=0)
+    producer.flush(30)
+    producer.abort_transaction(30)
+    post(settings, dead, [letter(src, 0, 2, "from an aborted transaction")])
+    done = redrive.redrive(settings, dead, allow_topics=[src])
+    assert (done.redriven, [u.split(": ", 1)[1] for u in done.unavailable]) == (
+        0,
+        [f"{src}[0]@2 is no committed record"],
+    )
 
 
 def test_a_redrive_stopped_half_way_resumes_after_what_it_committed(
@@ -249,13 +333,15 @@ def test_a_record_its_topic_refuses_fails_the_redrive_by_name_and_commits_nothin
     settings: Settings, unique_topic: str
 ) -> None:
     src, dead = f"{unique_topic}.raw", f"{unique_topic}.dlq"
-    ensure_topics(
-        settings,
-        [
-            TopicSpec(src, "source", "raw", "a small limit", partitions=1, max_message_bytes=2048),
-            TopicSpec(dead, "source", "dead_letter", "letters", partitions=1),
-        ],
-    )
+    specs = [
+        TopicSpec(src, "source", "raw", "a small limit", partitions=1, max_message_bytes=2048),
+        TopicSpec(dead, "source", "dead_letter", "letters", partitions=1),
+    ]
+    with made(settings, specs):
+        refused_whole(settings, src, dead)
+
+
+def refused_whole(settings: Settings, src: str, dead: str) -> None:
     producer = make_producer(settings, **{"compression.type": "none"})
     # Just under the limit: the copy's vigil.redriven_from header takes it over.
     producer.produce(src, value=os.urandom(1930), key=b"k")
@@ -265,5 +351,5 @@ def test_a_record_its_topic_refuses_fails_the_redrive_by_name_and_commits_nothin
     with pytest.raises(BrokerError, match=rf"{re.escape(dead)}\[0\]@1: .*(too large|MSG_SIZE)"):
         redrive.redrive(settings, dead, allow_topics=[src])
     assert copies(settings, src) == []  # the batch's other record was aborted with it
-    with pytest.raises(BrokerError):  # and the position did not move past either letter
-        redrive.redrive(settings, dead, allow_topics=[src])
+    # The position did not move past either letter (a dry run reads the same position).
+    assert redrive.redrive(settings, dead, allow_topics=[src], dry_run=True).redriven == 2

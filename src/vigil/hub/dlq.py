@@ -118,7 +118,7 @@ def open_letters(
         for p in partitions:
             low, high = marks[topic, p]
             at = committed.get(p, -1)
-            if at > high:
+            if at > high and not from_beginning:
                 # Past the end: the topic was deleted and made again since.  Its letters are new.
                 log.warning(
                     "%s[%d]: position %d of %s is past the end (%d): reading from the start",

@@ -3,15 +3,17 @@
 :func:`redrive` appends each letter's record again to the topic it came from, so its stage
 reads it again.  The record appended is the original, read back by its offset: key, value,
 headers and partition exactly as they were (a dead letter keeps the value, but not the headers
-a raw record's kind and time are in), plus a ``vigil.redriven_from`` header naming the letter.
-A record the topic no longer holds (retention, a deleted topic) and a letter not from Kafka
-(the ingest API's rejected lines, which the calling service resends) are reported, not sent.
+a raw record's kind and time are in, and not at all a record of several MB), plus a
+``vigil.redriven_from`` header naming the letter.  The record found there must be the one
+dead-lettered (its key, and its bytes when the letter has them).  A record the topic no longer
+holds (retention, a topic made again) and a letter not from Kafka (the ingest API's rejected
+lines, which the calling service resends) are reported, not sent.
 
-Only stages' inputs are written: ``raw.<source>`` and ``events.<domain>`` (under any topic
-prefix), and topics named with ``allow_topics``.  A letter's topic is data, written by whoever
-may write the dead-letter topic, and an old record appended again elsewhere does harm: to
-``vigil.cursors`` it rewinds a connector, to ``intel.indicators`` it brings back a withdrawn
-indicator, to ``decisions`` it repeats an action.
+Only stages' inputs are written: ``raw.<source>``, ``events.<domain>`` and ``detect.routed``
+(under any topic prefix), and topics named with ``allow_topics``.  A letter's topic is data,
+written by whoever may write the dead-letter topic, and an old record appended again elsewhere
+does harm: to ``vigil.cursors`` it rewinds a connector, to ``intel.indicators`` it brings back a
+withdrawn indicator, to ``decisions`` it repeats an action.
 
 Each redrive keeps its position in the dead-letter topic in a consumer group of its own, one per
 filter (``reason_contains``), committed with the records it appends in one Kafka transaction:
@@ -23,7 +25,6 @@ repeat is what it makes of any redelivery.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 import uuid
@@ -37,16 +38,34 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer, Topic
 from vigil.config import Settings
 from vigil.errors import BrokerError
 from vigil.events.ids import stable_id
-from vigil.hub.client import READ_FATAL, make_admin, make_consumer, make_producer, partition_offsets
+from vigil.events.records import DeadLetter
+from vigil.hub.client import (
+    READ_FATAL,
+    kafka_error,
+    make_admin,
+    make_consumer,
+    make_producer,
+    partition_offsets,
+)
 from vigil.hub.dlq import decoder, letters, open_letters, place
-from vigil.hub.topics import RAW_RECORD_MAX_BYTES
+from vigil.hub.topics import DOMAINS, RAW_RECORD_MAX_BYTES
 
 #: The header a redriven record carries: ``<dead-letter topic>[<partition>]@<offset>``.
 REDRIVEN_FROM = "vigil.redriven_from"
-#: Letters per transaction.
+#: Letters per transaction, and the bytes of records: a chain block is several MB, and librdkafka
+#: queues at most 1 GiB.
 BATCH = 200
-#: Stages' inputs, under any topic prefix.
-_INPUT = re.compile(r"(?:.*[._-])?(?:raw\.[A-Za-z0-9_-]+|events\.[a-z]+)")
+BATCH_BYTES = 128 << 20
+#: Stages' inputs, under any topic prefix (one ending in "." as ``topic_prefix`` makes them).
+INPUT_TOPIC = re.compile(
+    r"(?:[A-Za-z0-9._-]*\.)?(?:raw\.[a-z0-9_-]+|events\.(?:"
+    + "|".join(sorted(DOMAINS))
+    + r")|detect\.routed)"
+)
+#: Kafka's longest topic name.
+_MAX_TOPIC = 249
+_GONE = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.TOPIC_EXCEPTION})
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 
 
 @dataclass
@@ -72,43 +91,73 @@ class _Originals:
     """Reads records back by offset (``read_committed``: what the stage was given)."""
 
     def __init__(self, settings: Settings, allow_topics: Collection[str]) -> None:
-        self._settings = settings
         self._allow = set(allow_topics)
+        self._admin = make_admin(settings)
         self._consumer = make_consumer(
             settings,
             f"vigil.dlq-read.{uuid.uuid4().hex[:8]}",
             **{"fetch.wait.max.ms": 20, "enable.partition.eof": True},
         )
-        self._marks: dict[tuple[str, int], tuple[int, int]] = {}
+        #: (topic, partition) -> (low, high), or why there is nothing to read there.
+        self._marks: dict[tuple[str, int], tuple[int, int] | str] = {}
 
     def close(self) -> None:
         self._consumer.close()
 
-    def get(self, topic: str, partition: int, offset: int) -> Message | str:
-        """The record, or why it cannot be had; raises :class:`BrokerError` when it cannot be
-        told (a read refused or timing out is no reason to pass a letter over for good)."""
+    def get(self, letter: DeadLetter) -> Message | str:
+        """The record ``letter`` names, or why it cannot be had; raises :class:`BrokerError` when
+        that cannot be told (a read refused or timing out is no reason to pass a letter over for
+        good)."""
+        topic, partition, offset = letter.topic, letter.partition, letter.offset
         if partition < 0 or offset < 0:
             return f"not from Kafka ({topic[:80]!r}): resend it from where it came"
-        if topic not in self._allow and not _INPUT.fullmatch(topic):
+        if topic not in self._allow and not (len(topic) <= _MAX_TOPIC and INPUT_TOPIC.fullmatch(topic)):
             return (
-                f"{topic[:80]!r} is no stage's input (raw.<source>, events.<domain>): not sent "
-                "(--allow-topic to send there)"
+                f"{topic[:80]!r} is no stage's input (raw.<source>, events.<domain>, detect.routed): "
+                "not sent (--allow-topic to send there)"
             )
-        where = (topic, partition)
-        if where not in self._marks:
+        marks = self._marks.get((topic, partition)) or self._ask(topic, partition)
+        if isinstance(marks, str):
+            return marks
+        low, high = marks
+        if offset >= high:
+            return f"{topic}[{partition}]@{offset} is past the end ({high}): the topic was made again since?"
+        if offset < low:
+            return f"{topic}[{partition}]@{offset} is gone (the partition starts at {low}: retention)"
+        message = self._read(topic, partition, offset)
+        if message is None:
+            return f"{topic}[{partition}]@{offset} is no committed record"
+        if (letter.key is not None and message.key() != letter.key) or (
+            letter.raw and message.value() != letter.raw
+        ):
+            return (
+                f"{topic}[{partition}]@{offset} is another record than the one dead-lettered: "
+                "the topic was made again since?"
+            )
+        return message
+
+    def _ask(self, topic: str, partition: int) -> tuple[int, int] | str:
+        deadline = time.monotonic() + 30
+        while True:
             found = self._consumer.list_topics(topic, timeout=10).topics.get(topic)
             err = found.error if found is not None else None
-            if found is None or (err is not None and err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
-                return f"{topic} does not exist (any more)"
-            if err is not None:
+            if found is None or (err is not None and err.code() in _GONE):
+                answer: tuple[int, int] | str = f"{topic[:80]!r} does not exist (any more)"
+                break
+            if err is None:
+                if partition not in found.partitions:
+                    answer = f"{topic}[{partition}] does not exist (any more)"
+                else:
+                    answer = partition_offsets(self._admin, [(topic, partition)], deadline)[topic, partition]
+                break
+            if not err.retriable() or time.monotonic() > deadline:
                 msg = f"reading {topic!r}: {err.str()}"
                 raise BrokerError(msg)
-            if partition not in found.partitions:
-                return f"{topic}[{partition}] does not exist (any more)"
-            self._marks.update(partition_offsets(make_admin(self._settings), [where], time.monotonic() + 30))
-        low, high = self._marks[where]
-        if not low <= offset < high:
-            return f"{topic}[{partition}]@{offset} is gone (the partition holds {low}..{high - 1}: retention)"
+            time.sleep(0.2)  # a topic just made, electing its leader: asked again, not a sync point
+        self._marks[topic, partition] = answer
+        return answer
+
+    def _read(self, topic: str, partition: int, offset: int) -> Message | None:
         self._consumer.assign([TopicPartition(topic, partition, offset)])
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -117,18 +166,16 @@ class _Originals:
                 continue
             err = message.error()
             if err is None:
-                if message.offset() == offset:
+                if (message.topic(), message.partition(), message.offset()) == (topic, partition, offset):
                     return message
-                break  # a later record: the one asked for was aborted, or compacted away
+                return None  # a later record: the one asked for was aborted, or compacted away
             if err.code() == KafkaError._PARTITION_EOF:
-                break
+                return None
             if err.fatal() or err.code() in READ_FATAL:
                 msg = f"reading {topic}[{partition}]@{offset}: {err.str()}"
                 raise BrokerError(msg)
-        else:
-            msg = f"reading {topic}[{partition}]@{offset}: no answer within 60s"
-            raise BrokerError(msg)
-        return f"{topic}[{partition}]@{offset} is no committed record"
+        msg = f"reading {topic}[{partition}]@{offset}: no answer within 60s"
+        raise BrokerError(msg)
 
 
 def redrive(
@@ -168,45 +215,66 @@ def redrive(
         consumer, ends = open_letters(settings, topic, group, from_beginning=from_beginning)
         originals = _Originals(settings, allow_topics)
         try:
-            stream = letters(consumer, ends, topic, idle_s)
             read = 0
-            while batch := [m for _, m in zip(range(BATCH), stream, strict=False)]:
-                read += len(batch)
-                sends: list[tuple[Message, Message]] = []
-                for message in batch:
-                    try:
-                        letter = decoder.decode(message.value() or b"")
-                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                        out.undecodable.append(f"{place(message)}: {exc}")
-                        continue
-                    if needle and needle not in letter.reason.lower():
-                        out.passed += 1
-                        continue
-                    original = originals.get(letter.topic, letter.partition, letter.offset)
+            batch: list[Message] = []
+            sends: list[tuple[Message, Message]] = []
+            size = 0
+            for message in letters(consumer, ends, topic, idle_s):
+                read += 1
+                batch.append(message)
+                letter: DeadLetter | None
+                try:
+                    letter = decoder.decode(message.value() or b"")
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    out.undecodable.append(f"{place(message)}: {exc}")
+                    letter = None
+                if letter is not None and needle and needle not in letter.reason.lower():
+                    out.passed += 1
+                elif letter is not None:
+                    original = originals.get(letter)
                     if isinstance(original, str):
                         out.unavailable.append(f"{place(message)}: {original}")
                     else:
                         sends.append((message, original))
-                if producer is not None:
-                    # The position is past this batch's letters, not the consumer's: it may have
-                    # fetched further than the batch, and a redrive stopped here resumes after it.
-                    past = {m.partition(): m.offset() + 1 for m in batch}
-                    at = [TopicPartition(topic, p, o) for p, o in sorted(past.items())]
-                    out.appended += _send(producer, topic, at, sends, consumer.consumer_group_metadata())
-                out.redriven += len(sends)
+                        size += len(original.value() or b"") + len(original.key() or b"")
+                if len(batch) >= BATCH or size >= BATCH_BYTES:
+                    _commit(producer, topic, batch, sends, consumer.consumer_group_metadata(), out)
+                    batch, sends, size = [], [], 0
+                    if progress is not None:
+                        progress(read)
+            if batch:
+                _commit(producer, topic, batch, sends, consumer.consumer_group_metadata(), out)
                 if progress is not None:
                     progress(read)
         finally:
             originals.close()
             consumer.close()
     except KafkaException as exc:
-        err = exc.args[0] if exc.args else exc
-        msg = f"redrive of {topic!r}: {err.str() if isinstance(err, KafkaError) else err}"
+        err = kafka_error(exc)
+        msg = f"redrive of {topic!r}: {err.str() if err is not None else exc}"
         raise BrokerError(msg) from None
     finally:
         if producer is not None:
             producer.flush(10)
     return out
+
+
+def _commit(
+    producer: Producer | None,
+    topic: str,
+    batch: list[Message],
+    sends: list[tuple[Message, Message]],
+    group: object,
+    out: Redriven,
+) -> None:
+    """Send a batch's records and move the position past its letters, in one transaction (a dry
+    run only counts)."""
+    if producer is not None:
+        # Past this batch's letters, not the consumer's position: it may have fetched further.
+        past = {m.partition(): m.offset() + 1 for m in batch}
+        at = [TopicPartition(topic, p, o) for p, o in sorted(past.items())]
+        out.appended += _send(producer, topic, at, sends, group)
+    out.redriven += len(sends)
 
 
 def _send(
@@ -217,37 +285,78 @@ def _send(
     group: object,
 ) -> list[str]:
     """One transaction: the records again, and the redrive's position ``at`` in ``topic``; where
-    each record went.  On any failure the transaction is aborted and the error names the letters."""
+    each record went.  On failure the transaction is aborted (when Kafka lets it be) and the
+    error says whether anything of the batch may have been committed."""
     placed: list[str] = []
     refused: list[str] = []
 
     def delivered(letter: str, err: KafkaError | None, message: Message) -> None:
         if err is None:
             placed.append(place(message))
-        else:
+        elif err.code() not in _PURGED:  # (purged by an abort: not the record's fault)
             refused.append(f"{letter}: {err.str()}")
 
     try:
         producer.begin_transaction()
         for letter, original in sends:
             headers = [(k, v) for k, v in (original.headers() or []) if k != REDRIVEN_FROM]
-            producer.produce(
-                original.topic(),
-                value=original.value(),
-                key=original.key(),
+            record = {
+                "value": original.value(),
+                "key": original.key(),
                 # The partition it was in: its key's, or the one its producer chose.
-                partition=original.partition(),
-                headers=[*headers, (REDRIVEN_FROM, place(letter).encode())],
-                on_delivery=partial(delivered, place(letter)),
-            )
+                "partition": original.partition(),
+                "headers": [*headers, (REDRIVEN_FROM, place(letter).encode())],
+                "on_delivery": partial(delivered, place(letter)),
+            }
+            while True:
+                try:
+                    producer.produce(original.topic(), **record)
+                    break
+                except BufferError:  # librdkafka's queue is full: let it drain, then again
+                    producer.poll(1)
             producer.poll(0)
         producer.send_offsets_to_transaction(at, group, 30)
-        producer.commit_transaction(60)
-    except (KafkaException, BufferError) as exc:
-        with contextlib.suppress(KafkaException):  # (fatal: fenced by a newer redrive)
-            producer.abort_transaction(30)
-        producer.poll(0)  # the delivery reports, to name the letters refused
-        detail = "; ".join(refused[:3]) or str(exc.args[0] if exc.args else exc)
-        msg = f"redrive of {topic!r}: sending failed, nothing of this batch was committed: {detail}"
+        _commit_transaction(producer)
+    except KafkaException as exc:
+        err = kafka_error(exc)
+        if err is not None and err.fatal():
+            msg = (
+                f"redrive of {topic!r} stopped: {err.str()} (another redrive of this filter took over, "
+                "or the producer failed); run again: a batch committed is not sent twice"
+            )
+            raise BrokerError(msg) from None
+        aborted = _abort(producer)
+        detail = "; ".join(refused[:3]) or (err.str() if err is not None else str(exc))
+        outcome = (
+            "nothing of this batch was committed"
+            if aborted
+            else "whether it was committed is not known; run again (a batch committed is not sent twice)"
+        )
+        msg = f"redrive of {topic!r}: sending failed, {outcome}: {detail}"
         raise BrokerError(msg) from None
+    except BaseException:
+        _abort(producer)  # (Ctrl-C) not left open: it would hold read_committed readers back
+        raise
     return placed
+
+
+def _commit_transaction(producer: Producer) -> None:
+    for attempt in range(3):
+        try:
+            producer.commit_transaction(60)
+            return
+        except KafkaException as exc:
+            err = kafka_error(exc)
+            if err is None or not err.retriable() or attempt == 2:
+                raise
+            # Retriable (a timeout): asking again is how a commit is finished, not a sync point.
+
+
+def _abort(producer: Producer) -> bool:
+    """Abort the open transaction; whether Kafka did."""
+    try:
+        producer.abort_transaction(30)
+    except KafkaException:
+        return False
+    producer.poll(0)  # the delivery reports, to name the letters refused
+    return True

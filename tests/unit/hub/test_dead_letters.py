@@ -1,10 +1,11 @@
-"""Reasons grouped by shape: the particulars blanked, the cause kept."""
+"""Dead letters without a broker: reasons grouped by shape, and which topics a redrive may write."""
 
 from __future__ import annotations
 
 import pytest
 
 from vigil.hub.dlq import reason_shape
+from vigil.hub.redrive import INPUT_TOPIC
 
 
 @pytest.mark.parametrize(
@@ -34,3 +35,22 @@ def test_two_letters_of_one_cause_share_a_shape_and_of_two_causes_do_not() -> No
     assert one == reason_shape("syslog/syslog: line 12: expected a PRI, got 'hello'")
     assert one != reason_shape("syslog/syslog: line 7: expected a timestamp, got '<999>'")
     assert len(reason_shape("x" * 10_000)) == 200
+
+
+@pytest.mark.parametrize(
+    "topic",
+    ["raw.coinbase", "raw.bitcoin", "events.identity", "events.chain", "detect.routed",
+     "demo-3f2a.raw.coinbase", "test.run_1.events.payments"],
+)  # fmt: skip
+def test_stages_inputs_may_be_redriven_to(topic: str) -> None:
+    assert INPUT_TOPIC.fullmatch(topic)
+
+
+@pytest.mark.parametrize(
+    "topic",
+    ["vigil.cursors", "intel.indicators", "decisions", "alerts", "labels", "dlq.normalize", "events.nothing",
+     "raw.COINBASE", "a b.raw.x", "a/b.raw.x", "raw.", "events.identity.x", "vigil-test-raw.coinbase"],
+)  # fmt: skip
+def test_other_topics_may_not(topic: str) -> None:
+    # A letter's topic is data: an old record appended to vigil.cursors rewinds a connector.
+    assert not INPUT_TOPIC.fullmatch(topic)
