@@ -238,6 +238,33 @@ def test_an_aborted_record_is_no_record_to_send(
     )
 
 
+def test_a_record_that_failed_again_after_a_redrive_is_not_sent_round_again(
+    settings: Settings, topics: tuple[str, str, list[RawRecord]]
+) -> None:
+    # The cause was not fixed: the stage dead-lettered the copy too.  A redrive on a schedule
+    # would send it round for ever.
+    src, dead, _ = topics
+    post(settings, dead, [letter(src, 0, 0, "not fixed")])
+    (copy,) = redrive.redrive(settings, dead, allow_topics=[src]).appended
+    where, _, offset = copy.rpartition("@")
+    copy_partition = int(where.rpartition("[")[2].rstrip("]"))
+    post(settings, dead, [letter(src, copy_partition, int(offset), "not fixed, again")])
+    held = redrive.redrive(settings, dead, allow_topics=[src])
+    assert (held.redriven, held.failed_again) == (
+        0,
+        [f"{dead}[0]@1: sent again from {dead}[0]@0 before, failed again"],
+    )
+    assert len(copies(settings, src)) == 1
+    # Asked to, it sends it again, naming the new letter only.
+    sent = redrive.redrive(settings, dead, allow_topics=[src], again=True, from_beginning=True)
+    assert (sent.redriven, sent.failed_again) == (2, [])
+    got = copies(settings, src)
+    assert len(got) == 3
+    # A copy of a copy names its own letter, once: the headers do not pile up.
+    named = [[v for k, v in m.headers() or [] if k == redrive.REDRIVEN_FROM] for m in got]
+    assert sorted(named) == [[f"{dead}[0]@0".encode()], [f"{dead}[0]@0".encode()], [f"{dead}[0]@1".encode()]]
+
+
 def test_a_redrive_stopped_half_way_resumes_after_what_it_committed(
     settings: Settings, topics: tuple[str, str, list[RawRecord]], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -72,6 +72,10 @@ def redrive_cmd(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Count what would be sent; send nothing")
     ] = False,
+    again: Annotated[
+        bool,
+        typer.Option("--again", help="Also send records that were sent again before and failed again"),
+    ] = False,
     allow_topic: Annotated[
         list[str] | None,
         typer.Option(
@@ -100,6 +104,7 @@ def redrive_cmd(
             from_beginning=from_beginning,
             dry_run=dry_run,
             allow_topics=allow_topic or (),
+            again=again,
             progress=lambda n: bar.update(task, completed=n),
         )
     verb = "would redrive" if dry_run else "redrove"
@@ -107,8 +112,14 @@ def redrive_cmd(
         f"{verb} {done.redriven:,} records"
         + (f"; passed over {done.passed:,} letters (filter)" if done.passed else "")
         + (f"; {len(done.unavailable):,} could not be sent" if done.unavailable else "")
+        + (
+            f"; {len(done.failed_again):,} failed again after a redrive (--again)"
+            if done.failed_again
+            else ""
+        )
         + f" [dim](position kept in group {_shown(done.group)})[/]",
         soft_wrap=True,
     )
     _listed("not sent", done.unavailable, 10)
+    _listed("failed again", done.failed_again, 10)
     _listed("not a dead letter", done.undecodable, 5)

@@ -20,7 +20,9 @@ filter (``reason_contains``), committed with the records it appends in one Kafka
 a redrive stopped half-way and run again neither skips nor repeats a letter, and letters a
 filter passed over are still there for another filter.  ``from_beginning`` starts again from
 the first letter.  A record sent twice carries the same event ids; what downstream makes of a
-repeat is what it makes of any redelivery.
+repeat is what it makes of any redelivery.  A letter of a record that was itself sent again (it
+failed again) is listed, not sent, unless ``again``: the cause is not fixed, and a redrive run on
+a schedule would send it round for ever.
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ class Redriven:
     passed: int = 0
     #: Letters whose record could not be sent again, each with why.
     unavailable: list[str] = field(default_factory=list)
+    #: Letters of records that were themselves sent again and failed again (not sent unless
+    #: ``again``: a redrive run on a schedule would otherwise send them round for ever).
+    failed_again: list[str] = field(default_factory=list)
     undecodable: list[str] = field(default_factory=list)
     #: Where each redriven record was appended: ``<topic>[<partition>]@<offset>`` (not in a dry run).
     appended: list[str] = field(default_factory=list)
@@ -186,14 +191,16 @@ def redrive(
     from_beginning: bool = False,
     dry_run: bool = False,
     allow_topics: Collection[str] = (),
+    again: bool = False,
     idle_s: float = 120.0,
     progress: Callable[[int], None] | None = None,
 ) -> Redriven:
     """Append the records of ``topic``'s dead letters again to the topics they came from (see the
     module).  ``reason_contains``: only letters whose reason contains it (case ignored);
     ``dry_run``: count what would be sent, send nothing and move no position; ``allow_topics``:
-    topics to send to besides stages' inputs; ``progress`` is called with the number of letters
-    read so far, after each batch is committed."""
+    topics to send to besides stages' inputs; ``again``: also send records that were sent again
+    before and failed again; ``progress`` is called with the number of letters read so far, after
+    each batch is committed."""
     needle = (reason_contains or "").lower()
     group = redrive_group(topic, needle)
     out = Redriven(group)
@@ -232,8 +239,13 @@ def redrive(
                     out.passed += 1
                 elif letter is not None:
                     original = originals.get(letter)
+                    before = None if isinstance(original, str) else _redriven_from(original)
                     if isinstance(original, str):
                         out.unavailable.append(f"{place(message)}: {original}")
+                    elif before is not None and not again:
+                        out.failed_again.append(
+                            f"{place(message)}: sent again from {before} before, failed again"
+                        )
                     else:
                         sends.append((message, original))
                         size += len(original.value() or b"") + len(original.key() or b"")
@@ -257,6 +269,13 @@ def redrive(
         if producer is not None:
             producer.flush(10)
     return out
+
+
+def _redriven_from(message: Message) -> str | None:
+    for name, value in message.headers() or []:
+        if name == REDRIVEN_FROM:
+            return (value or b"").decode(errors="replace")[:200]
+    return None
 
 
 def _commit(
