@@ -229,26 +229,10 @@ def redrive(
             for message in letters(consumer, ends, topic, idle_s):
                 read += 1
                 batch.append(message)
-                letter: DeadLetter | None
-                try:
-                    letter = decoder.decode(message.value() or b"")
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    out.undecodable.append(f"{place(message)}: {exc}")
-                    letter = None
-                if letter is not None and needle and needle not in letter.reason.lower():
-                    out.passed += 1
-                elif letter is not None:
-                    original = originals.get(letter)
-                    before = None if isinstance(original, str) else _redriven_from(original)
-                    if isinstance(original, str):
-                        out.unavailable.append(f"{place(message)}: {original}")
-                    elif before is not None and not again:
-                        out.failed_again.append(
-                            f"{place(message)}: sent again from {before} before, failed again"
-                        )
-                    else:
-                        sends.append((message, original))
-                        size += len(original.value() or b"") + len(original.key() or b"")
+                original = _take(message, originals, needle, again, out)
+                if original is not None:
+                    sends.append((message, original))
+                    size += len(original.value() or b"") + len(original.key() or b"")
                 if len(batch) >= BATCH or size >= BATCH_BYTES:
                     _commit(producer, topic, batch, sends, consumer.consumer_group_metadata(), out)
                     batch, sends, size = [], [], 0
@@ -269,6 +253,27 @@ def redrive(
         if producer is not None:
             producer.flush(10)
     return out
+
+
+def _take(message: Message, originals: _Originals, needle: str, again: bool, out: Redriven) -> Message | None:
+    """The record to send again for the letter ``message``, or None (and why, in ``out``)."""
+    try:
+        letter = decoder.decode(message.value() or b"")
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        out.undecodable.append(f"{place(message)}: {exc}")
+        return None
+    if needle and needle not in letter.reason.lower():
+        out.passed += 1
+        return None
+    original = originals.get(letter)
+    if isinstance(original, str):
+        out.unavailable.append(f"{place(message)}: {original}")
+        return None
+    before = _redriven_from(original)
+    if before is not None and not again:
+        out.failed_again.append(f"{place(message)}: sent again from {before} before, failed again")
+        return None
+    return original
 
 
 def _redriven_from(message: Message) -> str | None:

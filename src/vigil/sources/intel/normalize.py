@@ -188,7 +188,10 @@ class IntelNormalizer(Normalizer):
         # would leave every other entry of the version listed.
         # (An entry of another shape refuses the record whole, above: only the list source
         # writes these.)
-        bad = [e for e in doc.removed if not _admissible(e)]
+        kept: list[tuple[str, str, str]] = []
+        bad: list[tuple[str, str, str]] = []
+        for entry in doc.removed:
+            (kept if _admissible(entry) else bad).append(entry)
         if bad:
             log.warning(
                 "raw.intel removals of list %.80r version %.80r: left out %d entries the contract "
@@ -210,8 +213,7 @@ class IntelNormalizer(Normalizer):
                 revoked=True,
                 description=f"removed from list {doc.list_name} in version {doc.version}",
             )
-            for t, v, c in doc.removed
-            if _admissible((t, v, c))
+            for t, v, c in kept
         ]
 
     def _objects(self, record: RawRecord, objects: Any, feed: str, where: str) -> list[Event]:
