@@ -162,6 +162,59 @@ def test_redrive_appends_each_original_once_and_says_what_it_cannot(
     assert all(m.partition() == PARTITION_OF[m.key()] for m in everything)  # type: ignore[index]
 
 
+@pytest.mark.parametrize(
+    ("read_on", "readers"),
+    [(redrive.READ_ON, redrive.READERS), (0, 1)],
+    ids=["reading-on", "a-seek-a-letter"],
+)
+def test_originals_are_read_back_whatever_the_order_of_their_letters(
+    settings: Settings, unique_topic: str, monkeypatch: pytest.MonkeyPatch, read_on: int, readers: int
+) -> None:
+    # Letters mostly follow their records (read on), but go back, jump ahead and switch
+    # partitions too; an aborted record sits among them.  (0, 1): every letter sends the one
+    # consumer to its record.
+    monkeypatch.setattr(redrive, "READ_ON", read_on)
+    monkeypatch.setattr(redrive, "READERS", readers)
+    src, dead = f"{unique_topic}.raw", f"{unique_topic}.dlq"
+    specs = [
+        TopicSpec(src, "source", "raw", "redrive test input", partitions=2),
+        TopicSpec(dead, "source", "dead_letter", "redrive test letters", partitions=1),
+    ]
+    with made(settings, specs):
+        producer = make_producer(settings, **{"transactional.id": f"{dead}.writer"})
+        producer.init_transactions(30)
+        for commit in (True, False, True):  # p0: 0-4, aborted 5 (marker 6), 7-11; p1: 0-4, 6-10
+            producer.begin_transaction()
+            for partition in (0, 1):
+                for i in range(1 if not commit else 5):
+                    value = f"p{partition}-{'aborted' if not commit else 'kept'}-{i}".encode()
+                    producer.produce(src, value=value, key=value, partition=partition)
+            if commit:
+                producer.commit_transaction(30)
+            else:
+                producer.abort_transaction(30)
+        wanted = [(0, 1), (0, 2), (1, 0), (0, 3), (0, 10), (1, 9), (0, 0), (1, 1), (0, 5), (0, 8)]
+        records = {
+            (m.partition(), m.offset()): m.value()
+            for m in read_committed(settings, src)
+            if m.offset() is not None
+        }
+        post(
+            settings,
+            dead,
+            [
+                letter(src, p, o, "r", key=records.get((p, o)), raw=records.get((p, o), b""))
+                for p, o in wanted
+            ],
+        )
+        done = redrive.redrive(settings, dead, allow_topics=[src])
+        assert done.unavailable == [f"{dead}[0]@8: {src}[0]@5 is no committed record"]
+        sent = {dict(m.headers() or [])[redrive.REDRIVEN_FROM]: m.value() for m in copies(settings, src)}
+        assert sent == {
+            f"{dead}[0]@{n}".encode(): records[where] for n, where in enumerate(wanted) if where != (0, 5)
+        }
+
+
 def test_redrive_sends_only_to_stages_inputs(
     settings: Settings, topics: tuple[str, str, list[RawRecord]]
 ) -> None:
