@@ -16,7 +16,7 @@ dict each (a few hundred bytes per entry).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -170,13 +170,17 @@ class IntelIndex:
         self.updates += 1
         return self._drop(normalise(value), feed)
 
-    def lookup(self, value: str | None, at: datetime | None = None) -> IndicatorEntry | None:
+    def lookup(
+        self, value: str | None, at: datetime | None = None, categories: Collection[str] | None = None
+    ) -> IndicatorEntry | None:
         """The value's listing; with several feeds, the most severe category wins
         (sanctioned before drainer/scam before the rest), then the feed name, for determinism.
 
         ``at``: the event's time; a listing whose ``valid_until`` is not after it does not match
         (an expired indicator went on raising alerts for ever; judged in event time, a replay
-        matches what matched then)."""
+        matches what matched then).  ``categories``: only listings in these count (a rule's
+        own: an address both sanctioned and a drainer is a drainer to a drainer rule, where the
+        sanctions listing, the more severe, hid it)."""
         if not value:
             return None
         listings = self._entries.get(normalise(value))
@@ -186,8 +190,15 @@ class IntelIndex:
             entry = next(iter(listings.values()))
             if at is not None and entry.valid_until is not None and entry.valid_until <= at:
                 return None
+            if categories is not None and entry.category not in categories:
+                return None
             return entry
-        valid = [e for e in listings.values() if at is None or e.valid_until is None or e.valid_until > at]
+        valid = [
+            e
+            for e in listings.values()
+            if (at is None or e.valid_until is None or e.valid_until > at)
+            and (categories is None or e.category in categories)
+        ]
         if not valid:
             return None
         return min(valid, key=lambda e: (_SEVERITY.get(e.category, 9), e.feed))

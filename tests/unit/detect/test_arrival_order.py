@@ -28,6 +28,8 @@ from vigil.events.types import (
     Alert,
     CrmRecordExport,
     CrmRecordExportPayload,
+    Deposit,
+    DepositPayload,
     FailedLogin,
     FailedLoginPayload,
     Login,
@@ -359,3 +361,46 @@ def test_a_propagation_mark_arriving_after_its_trigger_still_alerts_and_only_fro
     # arriving 90 minutes late still finds it.
     assert alerts([login(90), export]) == [["x1", "l90"]]
     assert alerts([login(90), login(200), export]) == [["x1", "l200"]]
+
+
+def _deposit(m: float, usd: float, source: str) -> Event:
+    payload = DepositPayload(
+        deposit_id=f"d{m}", asset="ETH", amount=usd / 3000, amount_usd=usd, from_address=source
+    )
+    return Deposit(**_at(f"d{m}", m), payload=payload)
+
+
+def _out_usd(m: float, usd: float, address: str) -> Event:
+    payload = WithdrawalRequestPayload(
+        withdrawal_id=f"w{m}", asset="ETH", amount=usd / 3000, amount_usd=usd, to_address=address
+    )
+    return WithdrawalRequest(**_at(f"w{m}", m), payload=payload)
+
+
+@pytest.mark.parametrize(
+    ("added_at", "alerts"),
+    [
+        # The address was added after the withdrawal to it: new when the withdrawal was asked.
+        (50, [["d0", "d10", "d20", "w40"]]),
+        # Added before (the identity topic may be read after the payments topic): not new.
+        (30, None),
+    ],
+)
+def test_whether_a_withdrawal_goes_to_a_new_address_is_judged_in_event_time(
+    added_at: int, alerts: list[list[str]] | None
+) -> None:
+    # rapid-in-out holds money from several sources passed straight on to an address the
+    # customer never used; "never used" was judged by which topic happened to be read first.
+    rules = [r for r in load_rules([ROOT / "rules"]) if r.id == "rapid-in-out"]
+    deposits = [_deposit(0, 1000, "0x01"), _deposit(10, 2000, "0x02"), _deposit(20, 1500, "0x03")]
+    added = _added(added_at, "0x04")
+    out = _out_usd(40, 4300, "0x04")
+    in_order, late_added = _both(rules, [*deposits, out, added])
+    _, added_first = _both(rules, [*deposits, added, out])
+    expected = alerts or []
+    if added_at < 40:
+        # Read after the withdrawal was scored, a sighting cannot take its alert back: only
+        # the orders that put it first are judged as in event time.
+        assert (in_order, added_first) == (expected, expected)
+    else:
+        assert (in_order, late_added, added_first) == (expected, expected, expected)

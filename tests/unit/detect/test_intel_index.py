@@ -126,3 +126,18 @@ def test_a_newer_version_leaves_what_another_indicator_or_feed_lists() -> None:
     index.apply(_stix(B, V2))
     assert A in index  # indicator 2 still lists it
     assert index.lookup(ADDR) is not None  # and another feed's value is untouched
+
+
+def test_a_rule_finds_the_listing_in_its_own_categories_behind_a_more_severe_one() -> None:
+    # A drainer also on a sanctions list: the sanctions listing (more severe) hid the drainer one
+    # from a drainer rule, which then raised nothing on an approval to it.
+    index = IntelIndex()
+    index.apply(_ind("scamsniffer", "drainer"))
+    index.apply(_ind("ofac", "sanctioned"))
+    assert index.lookup(ADDR).category == "sanctioned"  # type: ignore[union-attr]
+    drainer = index.lookup(ADDR, AT, {"drainer", "scam", "phishing"})
+    assert (drainer.category, drainer.feed) == ("drainer", "scamsniffer")  # type: ignore[union-attr]
+    assert index.lookup(ADDR, AT, {"mixer"}) is None
+    index.apply(_ind("scamsniffer", "drainer", revoked=True))
+    assert index.lookup(ADDR, AT, {"drainer"}) is None
+    assert index.lookup(ADDR, AT, {"sanctioned"}).feed == "ofac"  # type: ignore[union-attr]

@@ -33,7 +33,9 @@ be one whale's), and ``hour`` the peers' share of events in this hour; the alert
 History is updated after scoring, with every matching event.  ``only`` adds conditions an
 event must meet to be *scored* (it still feeds the history); ``first_seen: <path>`` (with
 ``seen_also`` entries feeding the same history) scores only events whose value there is new
-for the group, e.g. money passed on to an address the customer never used.
+for the group, e.g. money passed on to an address the customer never used: new in event time,
+seen at or before the event by nothing that has arrived (a sighting that arrives after the
+event was scored cannot take back its alert).
 """
 
 from __future__ import annotations
@@ -61,8 +63,10 @@ from vigil.detect.kinds.common import (
     CompiledEntry,
     FieldEntry,
     GroupedDetector,
+    first_seen_times,
     note_time,
     parse_entries,
+    see,
     time_before,
 )
 from vigil.detect.rules.loader import LocDict
@@ -254,14 +258,14 @@ class DeviationDetector(GroupedDetector):
             self._inflow(key, event, state, now)
         for entry in self._also:
             if entry.match(event):  # (a compiled match checks the event's type first)
-                self._remember(state, key, entry.value(event))
+                self._remember(state, key, entry.value(event), now)
         if not self._match(event):
             return
         new = True
         if self._first_seen is not None:
             value = self._first_seen(event)
-            new = value is not None and seen_text(value) not in (state.get(f"s:{key}") or ())
-            self._remember(state, key, value)
+            new = value is not None and not self._seen(state, key, seen_text(value), now)
+            self._remember(state, key, value, now)
         skey = f"h:{key}"
         h: dict[str, Any] = state.get(skey) or {"n": 0}
         value = self._value(event) if self._value else None  # read once, for scoring and history
@@ -293,13 +297,24 @@ class DeviationDetector(GroupedDetector):
         self._update(h, event, value, now)
         state.set(skey, h)
 
-    def _remember(self, state: State, key: str, value: Any) -> None:
+    # Values seen (``s:``) keep the earliest event time each was seen at: whether a value is new
+    # is judged in event time, not by which topic came first (an address added at 30m, read after
+    # a withdrawal to it at 40m, made that withdrawal "to a new address"; one added at 50m, read
+    # first, made an earlier withdrawal "to a known one").
+
+    @staticmethod
+    def _seen(state: State, key: str, text: str, now: float) -> bool:
+        """Whether ``text`` was seen for the group at or before event time ``now``."""
+        first = first_seen_times(state.get(f"s:{key}")).get(text)
+        return first is not None and first <= now
+
+    @staticmethod
+    def _remember(state: State, key: str, value: Any, now: float) -> None:
         if value is None:
             return
-        seen: list[str] = state.get(f"s:{key}") or []
-        text = seen_text(value)
-        if text not in seen:
-            state.set(f"s:{key}", [*seen[-MAX_SEEN + 1 :], text])
+        seen = first_seen_times(state.get(f"s:{key}"))
+        if see(seen, seen_text(value), now):
+            state.set(f"s:{key}", seen)
 
     def _inflow(self, key: str, event: Event, state: State, now: float) -> None:
         if self._hist_value is None:
@@ -309,8 +324,11 @@ class DeviationDetector(GroupedDetector):
             return
         source = self._hist_source(event) if self._hist_source else None
         spec = self.p.history
-        known = state.get(f"s:{key}") or ()
-        if spec is not None and spec.new_sources_only and (source is None or seen_text(source) in known):
+        if (
+            spec is not None
+            and spec.new_sources_only
+            and (source is None or self._seen(state, key, seen_text(source), now))
+        ):
             return
         ikey = f"i:{key}"
         flows: list[list[Any]] = state.get(ikey) or []

@@ -162,10 +162,8 @@ class ExposureDetector(SingleRouteDetector):
     def _listed(self, address: str, at: datetime) -> str | None:
         """The listed category of ``address`` at event time ``at`` (a listing past its
         ``valid_until`` no longer counts), if it is one this rule watches."""
-        entry = self.env.intel.lookup(address, at)
-        if entry is not None and entry.category in self.p.categories:
-            return str(entry.category)
-        return None
+        entry = self.env.intel.lookup(address, at, self.p.categories)
+        return None if entry is None else str(entry.category)
 
     def _taint(self, state: State, address: str, direction: str, at: datetime) -> list[Any] | None:
         """[hops, origin, category, since] for ``address`` in ``direction`` ('in' or 'out'): 0

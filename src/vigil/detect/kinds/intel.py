@@ -104,8 +104,10 @@ class IntelDetector(GroupedDetector):
         index = self.env.intel
         for name, get in self._fields_of.get(type(event), ()):
             value = get(event)
-            entry = index.lookup(value, event.occurred_at) if isinstance(value, str) else None
-            if entry is None or entry.category not in self.p.categories:
+            entry = (
+                index.lookup(value, event.occurred_at, self.p.categories) if isinstance(value, str) else None
+            )
+            if entry is None:
                 continue
             key = key_of(self._group, event)
             if key is None:
