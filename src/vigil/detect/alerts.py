@@ -185,9 +185,18 @@ def make_decision(rule: Rule, alert: Alert, hit: Hit) -> Decision | None:
             alert_id=alert.event_id,
             reason=f"{rule.title} ({rule.id} v{rule.version}, severity {rule.severity})",
             withdrawal_id=withdrawal,
-            expires_at=alert.occurred_at + rule.decision.ttl if rule.decision.ttl > timedelta(0) else None,
+            expires_at=_expiry(alert.occurred_at, rule.decision.ttl),
         ),
     )
+
+
+def _expiry(at: datetime, ttl: timedelta) -> datetime | None:
+    """When a decision made at ``at`` lapses (None: never).  An event dated within ``ttl`` of
+    the year 9999 (anything writing events.* directly, past the normaliser's clock check) lapses
+    at the last moment a datetime holds: the addition overflowed and stopped the stage."""
+    if ttl <= timedelta(0):
+        return None
+    return at + ttl if datetime.max.replace(tzinfo=UTC) - at > ttl else datetime.max.replace(tzinfo=UTC)
 
 
 def _last_field(hit: Hit, name: str) -> str | None:

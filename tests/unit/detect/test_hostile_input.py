@@ -220,3 +220,36 @@ rules:
     events = [export(1, "5", 0), export(2, "6", 1), export(3, "9" * 400, 2)]
     alerts = run_operators([DetectOperator(RuleSet(rules, IntelIndex()))], events).emitted(ALERTS_TOPIC)
     assert [a.payload.entity.id for a in alerts] == ["e1"]
+
+
+def test_a_hold_on_an_event_dated_at_the_end_of_time_lapses_there_instead_of_stopping_detection() -> None:
+    # Event time + the decision's 24 h overflowed: the operator raised, and the stage stopped.
+    intel = IntelIndex()
+    intel.add(["0x8589427373d6d84e98730d7795d8f6f8731fda16"], indicator_type="eth_address",
+              category="sanctioned", feed="ofac", list_version="v1")  # fmt: skip
+    events = [
+        decode_event(
+            msgspec.json.encode(
+                {
+                    "type": "deposit",
+                    "event_id": f"d{i}",
+                    "source": "t",
+                    "occurred_at": at,
+                    "entities": {"customer": f"c{i}"},
+                    "payload": {
+                        "deposit_id": f"d{i}",
+                        "asset": "ETH",
+                        "amount": 1.0,
+                        "from_address": "0x8589427373d6d84e98730d7795d8f6f8731fda16",
+                    },
+                }
+            )
+        )
+        for i, at in enumerate(["2026-01-01T00:00:00Z", "9999-12-31T12:00:00Z"])
+    ]
+    rules = RuleSet([r for r in load_rules([ROOT / "rules"]) if r.id == "sanctioned-counterparty"], intel)
+    result = run_operators([DetectOperator(rules)], events)
+    lapses = sorted(d.payload.expires_at for d in result.emitted("decisions"))  # type: ignore[attr-defined]
+    end = datetime.max.replace(tzinfo=UTC)
+    ttl = rules.rules[0].decision.ttl  # type: ignore[union-attr]
+    assert lapses == [datetime(2026, 1, 1, tzinfo=UTC) + ttl, end]

@@ -1045,3 +1045,35 @@ def test_lookalike_an_address_with_blanks_around_it_is_the_same_address(tmp_path
     real = "0x" + "1234" + "ab" * 16 + "5678"
     chain = _send("0", 1, wallet, real, 500)
     assert run(tmp_path, LOOKALIKE, chain + _withdraw("20m", 3, "c1", f" {real} ")) == []
+
+
+def _errors(tmp_path: Path, rule: str) -> list[str]:
+    (tmp_path / "r.yaml").write_text(HEAD + rule)
+    return [str(e) for e in validate_paths([tmp_path]).errors]
+
+
+def test_a_sequence_grouped_by_a_field_some_step_lacks_is_refused(tmp_path: Path) -> None:
+    # withdrawal_request has no payload.address: its events joined no sequence, and the rule
+    # passed validation and never fired.
+    rule = (
+        SEQUENCE.replace("group_by: customer", "group_by: payload.address")
+        .replace("{name: a, type: password_reset}", "{name: a, type: withdrawal_address_added}")
+        .replace("{name: b, type: withdrawal_address_added}", "{name: out, type: withdrawal_request}")
+    )
+    errors = _errors(tmp_path, rule)
+    assert len(errors) == 1
+    assert "group_by: no field 'payload.address' on withdrawal_request (step 2, 'out')" in errors[0]
+    fine = rule.replace(
+        "{name: out, type: withdrawal_request}", "{name: out, type: withdrawal_address_added}"
+    )
+    assert _errors(tmp_path, fine) == []
+
+
+def test_a_propagation_trigger_keyed_by_several_fields_is_refused(tmp_path: Path) -> None:
+    # Marks are kept under the customer; a trigger keyed by customer and device never met them.
+    rule = PROPAGATION.replace("      group_by: customer\n", "      group_by: [customer, device]\n")
+    errors = _errors(tmp_path, rule)
+    assert len(errors) == 1
+    assert (
+        "trigger.group_by must name one entity, the one marks target; got 2 (customer, device)" in errors[0]
+    )

@@ -89,6 +89,15 @@ def parse(d: LocDict, p: Parser, what: str) -> PropagationParams | None:
         p.path(s, m.mark("source"), f"{what}.mark.source", mark.types if mark else None) for s in source_names
     ]
     group = p.strings(t, "group_by", f"{what}.trigger") or []
+    if len(group) > 1:
+        # Marks are kept under the one entity they target: a trigger keyed by several paths
+        # (a composite key) never met them, and the rule never fired.
+        p.error(
+            t.mark("group_by"),
+            f"{what}.trigger.group_by must name one entity, the one marks target; got {len(group)} "
+            f"({', '.join(group)})",
+        )
+        group = group[:1]
     gpaths = [
         p.path(g, t.mark("group_by"), f"{what}.trigger.group_by", trigger.types if trigger else None)
         for g in group

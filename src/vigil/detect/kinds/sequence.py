@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, NamedTuple
 
-from vigil.detect.fields import Getter, Match, compare, compile_getter, kept, seen_text
+from vigil.detect.fields import Getter, Match, compare, compile_getter, kept, path_exists, seen_text
 from vigil.detect.kinds.base import EvidenceMaker, Expiry, Hit, entity_ref, ts
 from vigil.detect.kinds.common import (
     CompiledEntry,
@@ -152,6 +152,19 @@ def parse(d: LocDict, p: Parser, what: str) -> SequenceParams | None:
                         absent.append(m)
     all_types = frozenset().union(*(s.match.types for s in steps)) if steps else None
     paths = [p.path(g, d.mark("group_by"), f"{what}.group_by", all_types) for g in group or []]
+    for path in (x for x in paths if x):
+        # Every step's events must carry the group: an event without it joins no sequence, so
+        # a step of a type that lacks the field never matched, and the rule never fired.
+        for i, step in enumerate(steps):
+            lacking = sorted(t for t in step.match.types if not path_exists(t, path))
+            if lacking:
+                p.error(
+                    d.mark("group_by"),
+                    f"{what}.group_by: no field {path!r} on {', '.join(lacking)} (step {i + 1}, "
+                    f"{step.name!r}): its events would never join a sequence; expected a field "
+                    "every step's event types have",
+                )
+                ok = False
     if not ok or within is None or None in paths:
         return None
     return SequenceParams(tuple(x for x in paths if x), within, tuple(steps), tuple(absent))
