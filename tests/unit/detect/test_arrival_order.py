@@ -131,6 +131,11 @@ THRESHOLD_RULE = """\
         ([30, 31, 32, 5, 6], None),
         # A late one completes the window ending at the newest.
         ([20, 22, 24, 26, 21], ["f20", "f21", "f22", "f24", "f26"]),
+        # ... or one ending at an event between it and the newest (the window ending at the
+        # newest, 15-25, misses 0-9, and the one ending at the late event holds four).
+        ([0, 2, 6, 8, 25, 4], ["f0", "f2", "f4", "f6", "f8"]),
+        # Of several it completes, the earliest fires, as it would have in event-time order.
+        ([0, 2, 6, 8, 11, 14, 30, 5], ["f0", "f2", "f5", "f6", "f8"]),
     ],
 )
 def test_a_threshold_window_is_a_span_of_event_time_not_of_arrivals(
@@ -404,3 +409,23 @@ def test_whether_a_withdrawal_goes_to_a_new_address_is_judged_in_event_time(
         assert (in_order, added_first) == (expected, expected)
     else:
         assert (in_order, late_added, added_first) == (expected, expected, expected)
+
+
+@pytest.mark.parametrize("aggregate", ["distinct", "sum"])
+def test_a_late_event_completes_a_window_between_it_and_the_newest_whatever_the_aggregate(
+    tmp_path: Path, aggregate: str
+) -> None:
+    # Deposits at 0, 2, 6 and 25 minutes, then a late one at 4: the window ending at 6 holds
+    # four deposits of 1,000 USD from four addresses; the ones ending at 4 and at 25 do not.
+    rule = f"""\
+    type: threshold
+    match: {{type: deposit}}
+    group_by: customer
+    timespan: 10m
+    aggregate: {aggregate}
+    field: {"payload.from_address" if aggregate == "distinct" else "payload.amount_usd"}
+    condition: {{gte: {4 if aggregate == "distinct" else 4000}}}
+"""
+    events = [_deposit(m, 1000, f"0x{m:02}") for m in (0, 2, 6, 25, 4)]
+    in_order, late = _both(_rules(tmp_path, rule), events)
+    assert in_order == late == [["d0", "d2", "d4", "d6"]]

@@ -16,15 +16,18 @@ The window keeps the matching events of the last ``timespan`` per group; the rul
 on the event that makes the condition true, then stays quiet for that group for
 ``cooldown`` (one ``timespan`` unless set) so one burst is one alert.  Windows are spans of
 event time: an event that arrives after newer ones of its group is placed in time order and
-judged in the window ending at it, and in the one ending at the group's newest event, which it
-may complete.  A firing uses up the events up to its window's end; later ones stay for the next
-burst.  An event delivered twice (the same id and time) counts once while the first delivery is
-kept (not once a firing has used it up).
+judged in the window ending at it, then in each window ending at a newer event within a span of
+it, any of which it may complete (the first that fires fires, as in event-time order).  A
+firing uses up the events up to its window's end; later ones stay for the next burst.  An event
+delivered twice (the same id and time) counts once while the first delivery is kept (not once a
+firing has used it up).
 """
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -44,6 +47,8 @@ MAX_WINDOW = 2000
 #: How late an event may be and still count in its window (as sequences allow): the items of this
 #: much event time before the window are kept too, within MAX_WINDOW (the newest first).
 LATE_S = 3600.0
+#: A running sum within this share of the bound is checked against the window's own sum.
+_SUM_SLACK = 1e-9
 
 
 @dataclass(frozen=True)
@@ -170,28 +175,33 @@ class ThresholdDetector(GroupedDetector):
             drop += 1
         if drop or len(items) > MAX_WINDOW:
             del items[: max(drop, len(items) - MAX_WINDOW)]
-        # The window ending at this event; for a late one, also the window ending at the newest
-        # event, which it may complete (not every window holding it: a late event would cost a
-        # pass per item, and an attacker can send late events on purpose).  Each judged unless
-        # the group is quiet at its end, and a firing quiets the group from the end it fired at.
+        # The window ending at this event; for a late one, also each window ending at a newer
+        # event within a span of it (the windows it joins, any of which it may complete), in time
+        # order, the first to fire firing.  Swept with running aggregates, so a late event costs a
+        # pass over the items it can affect, not one per window (an attacker can send late events
+        # on purpose).  Each judged unless the group is quiet at its end, and a firing quiets the
+        # group from the end it fired at.
         op, bound = self.p.condition
         cooldown = self._cooldown
         fired: list[float] = window.get("fired") or (
             [window["quiet"] - cooldown] if window["quiet"] else []  # kept before "fired" was
         )
         fired_now = False
-        for end in (now, items[-1][0]) if late else (now,):
+        for end, lo, hi, approx in self._sweep(items, self._ends(items, at, now) if late else [now]):
             # Quiet within a cooldown of a firing, on either side: in event-time order a window
             # that close before it would have fired instead (one burst, one alert, whichever
             # half arrives first).  A separate, earlier burst completed by a late event fires.
-            if fired and any(f - cooldown < end < f + cooldown for f in fired):
-                continue
-            inside = self._within(items, end)
-            if not inside:  # (a late event older than what is kept)
-                continue
-            agg = self._aggregate(inside)
+            if hi == lo or (fired and any(f - cooldown < end < f + cooldown for f in fired)):
+                continue  # (empty: a late event older than what is kept)
+            inside = items[lo:hi]
+            # A running sum rounds differently from the window's own: it decides only where it
+            # cannot tip the comparison, and a firing reports the window's own total.
+            exact = end == now or (
+                self.p.aggregate == "sum" and abs(approx - bound) <= _SUM_SLACK * max(1.0, abs(bound))
+            )
+            agg = self._aggregate(inside) if exact else approx
             if compare(op, agg, bound):
-                hits.append(self._hit(key, inside, agg))
+                hits.append(self._hit(key, inside, self._aggregate(inside)))
                 fired.append(end)
                 fired_now = True
                 # What the alert used goes; newer items stay (a late event firing cleared
@@ -213,12 +223,60 @@ class ThresholdDetector(GroupedDetector):
     def _stale_window(self, window: Any, now: float) -> bool:
         return bool(now >= window["quiet"] and all(item[0] < now - self._span for item in window["items"]))
 
-    def _within(self, items: list[list[Any]], end: float) -> list[list[Any]]:
-        """The items (in time order) of the window ``[end - span, end]``."""
-        start = end - self._span
-        if items[0][0] >= start and items[-1][0] <= end:
-            return items
-        return items[bisect_left(items, start, key=_time) : bisect_right(items, end, key=_time)]
+    def _ends(self, items: list[list[Any]], at: int, now: float) -> list[float]:
+        """The ends of the windows a late event at ``items[at]`` (time ``now``) is in: its own
+        time, then each later time within a span of it."""
+        ends = [now]
+        last = now + self._span
+        for item in items[at + 1 :]:
+            t = float(item[0])
+            if t > last:
+                break
+            if t != ends[-1]:
+                ends.append(t)
+        return ends
+
+    def _sweep(self, items: list[list[Any]], ends: list[float]) -> Iterator[tuple[float, int, int, float]]:
+        """For each of ``ends`` (ascending): the window ``[end - span, end]`` as ``items[lo:hi]``
+        and its aggregate, kept up to date as the window slides (a sum rounds as it goes).  The
+        first end's aggregate is NaN for a sum or distinct count (the caller takes the window's
+        own: an event in order, nearly every one, pays no pass over the items here)."""
+        aggregate = self.p.aggregate
+        lo = hi = 0
+        total = 0.0
+        counts: dict[str, int] = {}
+        for i, end in enumerate(ends):
+            new_hi = bisect_right(items, end, key=_time, lo=hi)
+            new_lo = bisect_left(items, end - self._span, key=_time, lo=lo)
+            if aggregate == "count":
+                lo, hi = new_lo, new_hi
+                yield end, lo, hi, float(hi - lo)
+                continue
+            if i == 0:
+                yield end, new_lo, new_hi, math.nan
+                lo = hi = new_lo  # the running aggregate starts from an empty window here
+                continue
+            # Added before removed: an item both entering and leaving nets out.
+            for item in items[hi:new_hi]:
+                value = item[1]
+                if aggregate == "sum":
+                    total += float(value) if isinstance(value, (int, float)) else 0.0
+                else:
+                    text = str(value)
+                    counts[text] = counts.get(text, 0) + 1
+            for item in items[lo:new_lo]:
+                value = item[1]
+                if aggregate == "sum":
+                    total -= float(value) if isinstance(value, (int, float)) else 0.0
+                else:
+                    text = str(value)
+                    left = counts[text] - 1
+                    if left:
+                        counts[text] = left
+                    else:
+                        del counts[text]
+            lo, hi = new_lo, new_hi
+            yield end, lo, hi, total if aggregate == "sum" else float(len(counts))
 
     def _aggregate(self, items: list[list[Any]]) -> float:
         if self.p.aggregate == "count":
