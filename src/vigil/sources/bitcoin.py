@@ -51,6 +51,7 @@ _header = msgspec.json.Decoder(_Header)
 class BitcoinSource(ChainFollower):
     name = "bitcoin"
     cursor_field = "next_height"
+    start_option = "start_height"
 
     def __init__(
         self,
@@ -123,7 +124,7 @@ class BitcoinSource(ChainFollower):
 
     def hash_at(self, height: int) -> str | None:
         try:
-            value: Any = self.rpc.call("getblockhash", [height])
+            value: Any = self.rpc.call("getblockhash", [height], about=f"block {height}")
         except JsonRpcError as exc:
             if exc.code == _OUT_OF_RANGE:
                 return None
@@ -139,7 +140,9 @@ class BitcoinSource(ChainFollower):
         block_hash = self.hash_at(height)
         if block_hash is None:
             return None
-        raw = self.rpc.call_raw("getblock", [block_hash, self.verbosity])
+        raw = self.rpc.call_raw(
+            "getblock", [block_hash, self.verbosity], about=f"block {height} ({block_hash})"
+        )
         received_at = datetime.now(UTC)
         try:
             header = _header.decode(raw)

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 #: Longest wait between attempts while a node keeps failing transiently.
 MAX_BACKOFF_S = 30.0
+#: Shortest wait after a failed poll, whatever the node asked: a ``Retry-After: 0`` (or a poll
+#: interval of milliseconds) made every failure a retry at once, thousands of requests a second.
+MIN_BACKOFF_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -81,12 +84,14 @@ def check_known(source: str, options: Mapping[str, str], known: set[str]) -> Non
         raise ConfigError(msg)
 
 
-def backoff_s(asked_s: float, failures: int) -> float:
-    """How long to wait after ``failures`` failed polls in a row: what the node asked, doubling
-    per failure up to MAX_BACKOFF_S, never less than asked.  (The exponent is capped: 2 ** 1024
+def backoff_s(asked_s: float, failures: int, floor_s: float = MIN_BACKOFF_S) -> float:
+    """How long to wait after ``failures`` failed polls in a row: what the node asked but at least
+    ``floor_s``, doubling per failure up to MAX_BACKOFF_S, never less than asked.  (Doubling what
+    was asked alone kept a ``Retry-After: 0`` at zero for ever.  The exponent is capped: 2 ** 1024
     as a float raised OverflowError after some eight hours of outage, stopping the connector.)"""
-    backoff = min(asked_s * float(1 << min(max(failures - 1, 0), 30)), MAX_BACKOFF_S)
-    return max(asked_s, backoff)
+    base = max(asked_s, floor_s)
+    backoff = min(base * float(1 << min(max(failures - 1, 0), 30)), MAX_BACKOFF_S)
+    return max(base, backoff)
 
 
 class ChainFollower(Source):
@@ -98,6 +103,10 @@ class ChainFollower(Source):
 
     #: Name of the height field in the cursor (``next_block`` for Ethereum, ...).
     cursor_field: str = "next_height"
+    #: Name of the option that sets ``start`` (for messages: ``start_block`` for Ethereum, ...).
+    start_option: str = "start"
+    #: Shortest wait after a failed poll (see :func:`backoff_s`; tests lower it).
+    min_backoff_s: float = MIN_BACKOFF_S
 
     def __init__(
         self,
@@ -116,6 +125,16 @@ class ChainFollower(Source):
                 f"got confirmations={confirmations}, window={window}, batch_blocks={batch_blocks}"
             )
             raise ValueError(msg)
+        if start is not None and start < 0:
+            msg = f"{self.name} source: option {self.start_option} must be a height >= 0; got {start}"
+            raise ConfigError(msg)
+        if poll_interval <= timedelta(0):
+            # Zero or less polled the node in a busy loop once caught up.
+            msg = (
+                f"{self.name} source: option poll_interval must be more than 0 seconds; "
+                f"got {poll_interval.total_seconds():g}"
+            )
+            raise ConfigError(msg)
         self.confirmations = confirmations
         self.start = start
         self.poll_interval = poll_interval
@@ -183,11 +202,11 @@ class ChainFollower(Source):
                 try:
                     caught_up = self.poll(sink)
                 except Retry as retry:
-                    # Back off while the node stays unavailable (at least what it asked for,
-                    # doubling per consecutive failure up to MAX_BACKOFF) so a long outage is
-                    # neither a busy loop nor a log flood.
+                    # Back off while the node stays unavailable (from what it asked for, but at
+                    # least min_backoff_s, doubling per consecutive failure up to MAX_BACKOFF_S)
+                    # so a long outage is neither a busy loop nor a log flood.
                     failures += 1
-                    delay = backoff_s(retry.after.total_seconds(), failures)
+                    delay = backoff_s(retry.after.total_seconds(), failures, self.min_backoff_s)
                     log.warning("%s: %s (attempt %d, next in %.1fs)", self.source_id, retry, failures, delay)
                     self.wait(delay)
                     continue
@@ -205,7 +224,8 @@ class ChainFollower(Source):
         (a :class:`Retry` from the node, a broker error) the next poll starts again from
         the last published block, so nothing fetched-but-unpublished is skipped.
         """
-        target = self.head() - self.confirmations
+        head = self.head()
+        target = head - self.confirmations
         if self.state is None:
             first = self.start if self.start is not None else max(target, 0)
             self.state = FollowState(next_height=first, recent={})
@@ -215,7 +235,12 @@ class ChainFollower(Source):
         while work.next_height <= target and self.running:
             block = self.fetch(work.next_height, reorg=False)
             if block is None:
-                break
+                # A confirmed height the node does not have: behind a load balancer, a node that
+                # lags the one that answered the head.  Waited out like any unavailable node;
+                # breaking off here polled again at once, thousands of calls a second, unlogged.
+                self._flush(sink, pending, blocks_pending, work)
+                reason = f"node has no block {work.next_height} although its head is {head}"
+                raise Retry(self.poll_interval, reason)
             remembered = work.recent.get(block.height - 1)
             if remembered is not None and remembered != block.parent_hash:
                 # Publish what precedes the fork first: the walk-back starts from durable state.
@@ -256,7 +281,14 @@ class ChainFollower(Source):
             msg = f"{self.name} source {self.source_id!r}: reorg repair needs a position; poll() sets one"
             raise SourceError(msg)
         height = state.next_height - 1
-        while height in state.recent and self.hash_at(height) != state.recent[height]:
+        while height in state.recent:
+            canonical = self.hash_at(height)
+            if canonical is None:
+                # A lagging node (see poll), not a fork: walking on would blame every remembered
+                # block and stop the connector as a reorg deeper than the window.
+                raise Retry(self.poll_interval, f"node has no block {height} during reorg repair")
+            if canonical == state.recent[height]:
+                break
             height -= 1
         if height not in state.recent:
             lowest = min(state.recent)

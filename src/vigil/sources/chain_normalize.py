@@ -2,9 +2,9 @@
 with the JSON path of the first bad field, and building a ``chain_transfer`` event.
 
 Event ids are ``stable_id("chain_transfer", chain, tx_hash, part)``, where ``part`` tells
-transfers of one transaction apart (a Bitcoin output index, an ERC-20 log index, or
-``"native"`` for the ether a transaction carries), so a re-published block yields the
-same ids.
+transfers of one transaction apart (a Bitcoin output index, an ERC-20 log's position among
+its transaction's logs, or ``"native"`` for the ether a transaction carries), so a
+re-published block yields the same ids.
 """
 
 from __future__ import annotations

@@ -82,6 +82,7 @@ _METHOD_NOT_FOUND = -32601
 class EthereumSource(ChainFollower):
     name = "ethereum"
     cursor_field = "next_block"
+    start_option = "start_block"
 
     def __init__(
         self,
@@ -129,17 +130,18 @@ class EthereumSource(ChainFollower):
         return _quantity(value, "eth_blockNumber result", self.rpc.endpoint)
 
     def hash_at(self, height: int) -> str | None:
-        raw = self.rpc.call_raw("eth_getBlockByNumber", [hex(height), False])
+        raw = self.rpc.call_raw("eth_getBlockByNumber", [hex(height), False], about=f"block {height}")
         header = self._header(raw, height)
         return None if header is None else header.hash.lower()
 
     def fetch(self, height: int, *, reorg: bool) -> Block | None:
-        raw_block = self.rpc.call_raw("eth_getBlockByNumber", [hex(height), True])
+        raw_block = self.rpc.call_raw("eth_getBlockByNumber", [hex(height), True], about=f"block {height}")
         received_at = datetime.now(UTC)
         header = self._header(raw_block, height)
         if header is None:
             return None
         block_hash = header.hash.lower()
+        about = f"block {height} ({block_hash})"
         try:
             raw_logs = self.rpc.call_raw(
                 "eth_getLogs",
@@ -149,8 +151,9 @@ class EthereumSource(ChainFollower):
                         "topics": [list(LOG_TOPICS)],
                     }
                 ],
+                about=about,
             )
-            failed = self._failed_transactions(block_hash)
+            failed = self._failed_transactions(block_hash, about)
         except JsonRpcError:
             # A node forgets a block's hash when a reorg replaces it between our calls: that
             # is the chain moving (fetch again next poll), not a broken node.
@@ -170,12 +173,12 @@ class EthereumSource(ChainFollower):
         ]
         return Block(height=height, hash=block_hash, parent_hash=header.parentHash.lower(), records=records)
 
-    def _failed_transactions(self, block_hash: str) -> list[str] | None:
+    def _failed_transactions(self, block_hash: str, about: str) -> list[str] | None:
         """Hashes of the block's failed transactions, or None when the node cannot say."""
         if not self.receipts:
             return None
         try:
-            raw = self.rpc.call_raw("eth_getBlockReceipts", [block_hash])
+            raw = self.rpc.call_raw("eth_getBlockReceipts", [block_hash], about=about)
         except JsonRpcError as exc:
             if exc.code != _METHOD_NOT_FOUND:
                 raise
@@ -187,14 +190,12 @@ class EthereumSource(ChainFollower):
             self.receipts = False
             return None
         if raw == b"null":
-            msg = (
-                f"eth_getBlockReceipts({block_hash}) at {self.rpc.endpoint}: the node does not know the block"
-            )
+            msg = f"eth_getBlockReceipts for {about} at {self.rpc.endpoint}: the node does not know the block"
             raise JsonRpcError(msg, method="eth_getBlockReceipts")
         try:
             receipts = _receipts.decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            msg = f"eth_getBlockReceipts({block_hash}) at {self.rpc.endpoint}: unexpected shape: {exc}"
+            msg = f"eth_getBlockReceipts for {about} at {self.rpc.endpoint}: unexpected shape: {exc}"
             raise SourceError(msg) from None
         return [r.transactionHash.lower() for r in receipts if r.status == "0x0"]
 

@@ -35,9 +35,15 @@ their peg would be easy, but the chain rules on ``amount_usd``, hot-wallet outfl
 are not yet scoped to the exchange's and its customers' wallets: on mainnet traffic they would
 fire for every market maker and every poisoning campaign.)
 
-Event ids derive from ``ethereum`` + transaction hash + log index (``native`` for ether),
-so a re-published block (a restart, or a reorg that kept the transaction) yields the same
-ids.  A transaction that a reorg dropped is not retracted: its events stay published.
+Event ids derive from ``ethereum`` + transaction hash + ``native`` for ether, or for a log its
+position among the record's logs of the same transaction (in ``logIndex`` order, so among the
+logs the connector asks for: ``Transfer``, ``Approval``, ``ApprovalForAll``).  Not the
+``logIndex`` itself (``payload.log_index`` keeps it): that counts logs across the whole block,
+so a reorg that kept a transaction but moved it within the block gave its token transfers new
+ids, and they were counted twice.  A re-published block (a restart, or a reorg that kept the
+transaction, wherever in the block) yields the same ids, as long as the transaction emits the
+same logs; re-executed differently in its new place, its logs are other events.  A transaction
+that a reorg dropped is not retracted: its events stay published.
 
 Bad input (not JSON, a missing field, malformed hex, hashes-only transactions) raises
 :class:`~vigil.errors.ContractError` naming the record and the JSON path.
@@ -46,9 +52,10 @@ Bad input (not JSON, a missing field, malformed hex, hashes-only transactions) r
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
 from typing import Any, TypeVar
 
 import msgspec
@@ -179,6 +186,30 @@ def _topics(raw: list[str], hashes: dict[str, str], record: RawRecord, i: int) -
     return topics
 
 
+def _log_positions(logs: list[_Log], record: RawRecord) -> tuple[list[int], list[int]]:
+    """Each log's ``logIndex``, and its position among the record's logs of its transaction in
+    ``logIndex`` order (removed logs left out): what a log's event id is keyed on."""
+    indexes = []
+    for i, log in enumerate(logs):
+        index_hex = log.logIndex
+        if _is_quantity(index_hex) is None:
+            _check(_QUANTITY, index_hex, "logIndex", record, f"$[{i}].logIndex")
+        indexes.append(int(index_hex, 16))
+    order: Iterable[int] = range(len(logs))
+    if any(a >= b for a, b in pairwise(indexes)):  # nodes list them in order: not relied on
+        order = sorted(order, key=indexes.__getitem__)
+    positions = [0] * len(logs)
+    seen: dict[str, int] = {}
+    for i in order:
+        log = logs[i]
+        if log.removed:
+            continue
+        tx = log.transactionHash.lower()  # (checked where the log is used)
+        positions[i] = position = seen.get(tx, 0)
+        seen[tx] = position + 1
+    return indexes, positions
+
+
 class EthereumNormalizer(Normalizer):
     """``raw.ethereum`` records (kinds ``eth_block``, ``eth_logs``) -> chain events."""
 
@@ -268,6 +299,7 @@ class EthereumNormalizer(Normalizer):
         quantities: dict[str, int] = {}
         times: dict[int, datetime] = {}
         events: list[Event] = []
+        indexes, positions = _log_positions(logs, record)
         for i, log in enumerate(logs):
             if log.removed:
                 continue
@@ -313,10 +345,7 @@ class EthereumNormalizer(Normalizer):
                 tx_hash = hashes[log.transactionHash] = _check(
                     _HASH, log.transactionHash, "transactionHash", record, f"$[{i}].transactionHash"
                 )
-            index_hex = log.logIndex
-            if _is_quantity(index_hex) is None:
-                _check(_QUANTITY, index_hex, "logIndex", record, f"$[{i}].logIndex")
-            log_index = int(index_hex, 16)
+            log_index = indexes[i]
             number = quantities.get(log.blockNumber)
             if number is None:
                 number = quantities[log.blockNumber] = _quantity(
@@ -355,7 +384,7 @@ class EthereumNormalizer(Normalizer):
                         record,
                         chain="ethereum",
                         tx_hash=tx_hash,
-                        part=log_index,
+                        part=positions[i],
                         occurred_at=occurred_at,
                         block_number=number,
                         from_address=first,
@@ -377,7 +406,7 @@ class EthereumNormalizer(Normalizer):
                     token_id, amount = amount, 1  # one token
                 events.append(
                     TokenApproval(
-                        event_id=event_id("token_approval", "ethereum", tx_hash, log_index),
+                        event_id=event_id("token_approval", "ethereum", tx_hash, positions[i]),
                         source="ethereum",
                         occurred_at=occurred_at,
                         ingested_at=record.received_at,

@@ -15,12 +15,14 @@ Failures are split the way a poller needs them:
 
 Messages name the endpoint by scheme, host and port only: hosted nodes put API keys in
 the user-info (``https://user:secret@host``) or the path (``/v3/<key>``), and neither is
-ever printed.  HTTP basic-auth credentials are never part of a message either.
+ever printed.  HTTP basic-auth credentials are never part of a message either, and httpx's
+own log line for each request shows the URL the same way.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -58,11 +60,35 @@ class _Envelope(msgspec.Struct):
 _decoder = msgspec.json.Decoder(_Envelope)
 
 
-def redact_url(url: str) -> str:
+def redact_url(url: str | httpx.URL) -> str:
     """``scheme://host:port`` of ``url``, for messages (user-info and path may hold secrets)."""
     parsed = httpx.URL(url)
     port = f":{parsed.port}" if parsed.port is not None else ""
     return f"{parsed.scheme}://{parsed.host}{port}"
+
+
+class _RedactRequestUrls(logging.Filter):
+    """Shows the request URL in httpx's log records as ``scheme://host:port``.
+
+    httpx logs every request at INFO with its full URL (``HTTP Request: POST <url> ...``), so a
+    deployment logging at INFO wrote the node's API key on every call.  A filter rather than a
+    WARNING level on the ``httpx`` logger: a level is what a deployment's logging config sets
+    (``dictConfig``, or raising it to see HTTP traffic while debugging), and the key would be
+    back in the log; the filter holds at any level and keeps the line (method, host, status).
+    It sits on the ``httpx`` logger, which httpx logs to itself (a logger's filters do not see
+    its children's records); httpcore's DEBUG lines name host and port only, never the path or
+    the user-info.  Every httpx client's request lines are shortened so, the safe side for the
+    other connectors' URLs too.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(isinstance(a, httpx.URL) for a in args):
+            record.args = tuple(redact_url(a) if isinstance(a, httpx.URL) else a for a in args)
+        return True
+
+
+_REDACT_REQUEST_URLS = _RedactRequestUrls()
 
 
 class JsonRpcClient:
@@ -78,10 +104,13 @@ class JsonRpcClient:
         headers: dict[str, str] | None = None,
     ) -> None:
         self.endpoint = redact_url(url)
+        # Posted to exactly as configured: as a base URL with post(""), httpx added a "/" to the
+        # path (``/v3/<key>/``, Bitcoin Core's ``/wallet/hot/``).
+        self._url = url
         self._retry_after = retry_after
         self._ids = itertools.count(1)
+        logging.getLogger("httpx").addFilter(_REDACT_REQUEST_URLS)  # (added once: same object)
         self._http = httpx.Client(
-            base_url=url,
             auth=httpx.BasicAuth(*auth) if auth else None,
             timeout=timeout_s,
             headers={"content-type": "application/json", **(headers or {})},
@@ -96,19 +125,20 @@ class JsonRpcClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def call(self, method: str, params: list[Any] | None = None) -> Any:
+    def call(self, method: str, params: list[Any] | None = None, *, about: str = "") -> Any:
         """The decoded ``result`` of ``method(params)``."""
-        return msgspec.json.decode(self.call_raw(method, params))
+        return msgspec.json.decode(self.call_raw(method, params, about=about))
 
-    def call_raw(self, method: str, params: list[Any] | None = None) -> bytes:
-        """The ``result`` of ``method(params)`` as the exact bytes the node sent."""
+    def call_raw(self, method: str, params: list[Any] | None = None, *, about: str = "") -> bytes:
+        """The ``result`` of ``method(params)`` as the exact bytes the node sent.  ``about``
+        says what was asked for (``block 812345 (<hash>)``) in the errors' messages."""
         request_id = next(self._ids)
         body = msgspec.json.encode(
             {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or []}
         )
-        where = f"{method} at {self.endpoint}"
+        where = f"{method} for {about} at {self.endpoint}" if about else f"{method} at {self.endpoint}"
         try:
-            response = self._http.post("", content=body)
+            response = self._http.post(self._url, content=body)
         except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
             raise Retry(self._retry_after, f"{where}: {type(exc).__name__}: {exc}") from None
         if response.status_code in TRANSIENT_STATUS:

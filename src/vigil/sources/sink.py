@@ -13,7 +13,6 @@ of connector parsing that need no broker.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,7 +23,7 @@ from confluent_kafka import KafkaException
 from vigil.config import Settings
 from vigil.errors import BrokerError
 from vigil.hub.admin import ensure_topics
-from vigil.hub.client import make_producer, read_committed
+from vigil.hub.client import drop_frame_locals, kafka_error, make_producer, read_committed
 from vigil.hub.raw import RawRecord
 from vigil.hub.topics import RAW_RECORD_MAX_BYTES, TOPICS
 
@@ -113,24 +112,32 @@ class KafkaRawSink:
                             f"than a raw record may be ({RAW_RECORD_MAX_BYTES - _BATCH_OVERHEAD:,})"
                         )
                         raise KafkaException(msg)
-                    producer.produce(self._topic_for(rec), value=rec.value, key=rec.key, headers=headers)
+                    _produce(producer, self._topic_for(rec), value=rec.value, key=rec.key, headers=headers)
                     producer.poll(0)
                 if cursor is not None:
-                    producer.produce(CURSOR_TOPIC, key=self._source_id, value=msgspec.json.encode(cursor))
-                producer.commit_transaction(self._timeout)
+                    _produce(producer, CURSOR_TOPIC, key=self._source_id, value=msgspec.json.encode(cursor))
+                _commit_transaction(producer, self._timeout)
             except (KafkaException, BufferError) as exc:
                 detail = exc.args[0] if exc.args else exc
-                with contextlib.suppress(KafkaException):  # fatal (e.g. fenced by a newer instance)
-                    producer.abort_transaction(self._timeout)
+                aborted = _abort(producer, self._timeout)
                 # Dropped either way: the next publish re-initialises, and Kafka aborts whatever
                 # was left open.  After a record the broker refused (too large for its topic) the
                 # aborted producer's sequence numbers no longer lined up, and every later publish
                 # failed with OUT_OF_ORDER_SEQUENCE_NUMBER.
                 self._producer = None
-                producer = None  # not kept by the error either (see _ensure_producer)
+                producer = None  # not kept by the error either (see _ensure_producer),
+                drop_frame_locals(exc)  # nor by the frames of the helpers it went through
+                # "Nothing committed" only when Kafka took the abort: after a commit that timed out
+                # and an abort that failed too, the commit may still have gone through.
+                outcome = (
+                    "nothing was committed"
+                    if aborted
+                    else "whether it was committed is not known (Kafka finishes or aborts it when "
+                    "this source's next producer starts)"
+                )
                 msg = (
                     f"source {self._source_id!r}: publishing {len(records)} record(s) "
-                    f"to Kafka failed, nothing was committed: {detail}"
+                    f"to Kafka failed, {outcome}: {detail}"
                 )
                 raise BrokerError(msg) from None
 
@@ -163,6 +170,40 @@ class KafkaRawSink:
             if self._producer is not None:
                 self._producer.flush(self._timeout)
                 self._producer = None
+
+
+def _produce(producer: Any, topic: str, **record: Any) -> None:
+    """``producer.produce``, waiting while librdkafka's queue is full (a batch of chain blocks
+    can fill it) instead of failing the whole transaction with BufferError."""
+    while True:
+        try:
+            producer.produce(topic, **record)
+            return
+        except BufferError:
+            producer.poll(1)  # delivery reports free the queue
+
+
+def _commit_transaction(producer: Any, timeout_s: float) -> None:
+    """Commit, asking again while the error is retriable: a commit that timed out is finished
+    by calling commit again, and aborting it instead threw away a batch that may commit."""
+    for attempt in range(3):
+        try:
+            producer.commit_transaction(timeout_s)
+            return
+        except KafkaException as exc:
+            err = kafka_error(exc)
+            if err is None or not err.retriable() or attempt == 2:
+                raise
+
+
+def _abort(producer: Any, timeout_s: float) -> bool:
+    """Abort the open transaction; whether Kafka did (not after a fatal error, say fenced by a
+    newer instance, nor while a commit it could not finish is still pending)."""
+    try:
+        producer.abort_transaction(timeout_s)
+    except KafkaException:
+        return False
+    return True
 
 
 class MemorySink:

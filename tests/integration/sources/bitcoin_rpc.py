@@ -5,8 +5,10 @@ A real HTTP server on 127.0.0.1 (a free port) that answers ``getblockcount``,
 ``../shared/data/chain/bitcoin``, the way Bitcoin Core does: HTTP basic auth, JSON-RPC
 errors with HTTP 500 (``-8`` height out of range, ``-5`` block not found) and 404 for
 unknown methods.  ``head`` limits the chain the server admits to, so a test can make
-blocks "appear"; ``fail_next`` answers that many requests with 503 (a node restarting),
-``fail_nth`` answers only the n-th request (1-based, counted from start) with 503.
+blocks "appear"; ``missing`` heights are "out of range" although under the head (a node
+behind a load balancer lagging the one that answered ``getblockcount``); ``fail_next`` answers
+that many requests with 503 (a node restarting), ``fail_nth`` answers only the n-th request
+(1-based, counted from start) with 503.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class BitcoinRpcServer:
         self.blocks = recorded_blocks()
         self.heights = {json.loads(raw)["height"]: h for h, raw in self.blocks.items()}
         self.head = max(self.heights) if head is None else head
+        self.missing: set[int] = set()
         self.fail_next = 0
         #: The status and body those failures answer with (a proxy in front of a node answers
         #: with its own HTML page).
@@ -76,7 +79,12 @@ class BitcoinRpcServer:
             return 200, str(self.head).encode(), None
         if method == "getblockhash":
             height = params[0] if params else None
-            if not isinstance(height, int) or height > self.head or height not in self.heights:
+            if (
+                not isinstance(height, int)
+                or height > self.head
+                or height not in self.heights
+                or height in self.missing
+            ):
                 return 500, None, {"code": -8, "message": "Block height out of range"}
             return 200, json.dumps(self.heights[height]).encode(), None
         if method == "getblock":

@@ -29,7 +29,8 @@ from vigil.events.types import ChainTransfer, TokenApproval
 from vigil.hub.raw import RawRecord
 from vigil.sources.ethereum import EthereumSource
 from vigil.sources.ethereum_normalize import EthereumNormalizer, Token
-from vigil.sources.sink import SOURCE_TXN_TIMEOUT_S, KafkaRawSink
+from vigil.sources.jsonrpc import JsonRpcError
+from vigil.sources.sink import SOURCE_TXN_TIMEOUT_S, KafkaRawSink, MemorySink
 
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACT = json.loads((REPO / "tests" / "fixtures" / "erc20" / "VigilTestToken.json").read_text())
@@ -292,3 +293,17 @@ def test_node_without_block_receipts_is_followed_without_failure_marks(
     assert not [r for r in records if "failed_txs" in r.meta]
     # As documented: without receipts the reverted transaction reads as a transfer.
     assert [e.payload.tx_hash for e in _normalise(records, token) if e.payload.asset == "ETH"] == [failed_tx]
+
+
+def test_a_block_the_node_cannot_serve_is_named_in_the_error(node: Anvil) -> None:
+    # A node that pruned old history answered "eth_getLogs at <host>: ..." without saying which block.
+    node.mine(2)
+    block = node.rpc("eth_getBlockByNumber", "0x1", False)
+    with RpcProxy(node.url, {"eth_getLogs": (-32000, "history has been pruned")}) as proxy:
+        source = EthereumSource(proxy.url, confirmations=0, start_block=1)
+        try:
+            with pytest.raises(JsonRpcError, match="history has been pruned") as info:
+                source.poll(MemorySink())
+        finally:
+            source.close()
+    assert f"eth_getLogs for block 1 ({block['hash']}) at {proxy.url}:" in str(info.value)

@@ -6,14 +6,16 @@ import os
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from confluent_kafka import Producer
 from tests.unit.sources.test_sink import held_producers
 
 from vigil.config import Settings
 from vigil.errors import BrokerError
 from vigil.hub.admin import ensure_topics
-from vigil.hub.client import read_committed
+from vigil.hub.client import make_producer, read_committed
 from vigil.hub.raw import RawRecord
 from vigil.hub.topics import RAW_RECORD_MAX_BYTES, TOPICS, TopicSpec
 from vigil.sources.sink import KafkaRawSink
@@ -112,3 +114,22 @@ def test_a_record_past_the_raw_limit_is_refused_by_name(settings: Settings, topi
         sink.publish([huge], {"height": 8})
     assert sink.last_cursor(source_id) is None
     sink.close()
+
+
+def test_a_full_producer_queue_is_waited_out_not_a_failed_batch(
+    settings: Settings, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # librdkafka's queue holding one record: the second record of the batch finds it full, as a
+    # batch of chain blocks fills the real one.  BufferError failed the whole batch.
+    def one_record_queue(settings: Settings, **overrides: Any) -> Producer:
+        return make_producer(settings, **{**overrides, "queue.buffering.max.messages": 1})
+
+    monkeypatch.setattr("vigil.sources.sink.make_producer", one_record_queue)
+    source_id = f"sink-queue-{uuid.uuid4().hex[:8]}"
+    sink = KafkaRawSink(settings, source_id=source_id, topic_for=lambda _r: topic)
+    try:
+        sink.publish([_record(i) for i in range(5)], {"next": 5})
+        assert sink.last_cursor(source_id) == {"next": 5}
+    finally:
+        sink.close()
+    assert _read_committed(settings, topic) == [str(i).encode() for i in range(5)]

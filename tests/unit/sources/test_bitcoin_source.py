@@ -6,6 +6,7 @@ The sink is the in-memory one (no broker); the Kafka path is in tests/integratio
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from tests.integration.sources.bitcoin_rpc import BitcoinRpcServer
 
 from vigil.config import Settings
 from vigil.errors import ConfigError, Retry
+from vigil.sources.base import RawSink
 from vigil.sources.bitcoin import BitcoinSource
 from vigil.sources.bitcoin_normalize import BitcoinNormalizer
 from vigil.sources.chain import backoff_s
@@ -35,6 +37,31 @@ def node() -> Iterator[BitcoinRpcServer]:
 def _source(node: BitcoinRpcServer, **kw: Any) -> BitcoinSource:
     options: dict[str, Any] = {"confirmations": 0, "start_height": 50000, **kw}
     return BitcoinSource(node.url, auth=AUTH, **options)
+
+
+class _Paced(BitcoinSource):
+    """``run`` with its waits recorded instead of slept, stopped before its ``polls``-th poll (so
+    a loop that never waits ends as well)."""
+
+    def __init__(self, *args: Any, polls: int, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.polls = polls
+        self.waits: list[float] = []
+
+    def poll(self, sink: RawSink) -> bool:
+        self.polls -= 1
+        if self.polls == 0:
+            self.stop()
+        return super().poll(sink)
+
+    def wait(self, seconds: float) -> bool:
+        self.waits.append(seconds)
+        return not self.running
+
+
+def _paced(node: BitcoinRpcServer, polls: int, **kw: Any) -> _Paced:
+    options: dict[str, Any] = {"confirmations": 0, "start_height": 50000, **kw}
+    return _Paced(node.url, auth=AUTH, polls=polls, **options)
 
 
 def test_publishes_each_block_once_with_the_cursor_of_the_next(node: BitcoinRpcServer) -> None:
@@ -93,6 +120,7 @@ def test_run_waits_out_a_restarting_node_and_stops_on_request(node: BitcoinRpcSe
     node.fail_next = 2
     source = _source(node, poll_interval=timedelta(milliseconds=20))
     source.rpc = JsonRpcClient(node.url, auth=AUTH, retry_after=timedelta(milliseconds=10))
+    source.min_backoff_s = 0.01  # (the real floor is tested with the waits recorded, below)
     thread = threading.Thread(target=source.run, args=(sink,))
     thread.start()
     deadline = time.monotonic() + 10
@@ -103,6 +131,110 @@ def test_run_waits_out_a_restarting_node_and_stops_on_request(node: BitcoinRpcSe
     assert not thread.is_alive()
     assert [r.key for r in sink.records] == [b"50000", b"50001", b"50002"]
     assert node.fail_next == 0
+
+
+def test_a_confirmed_block_the_node_lacks_is_a_retry_not_a_busy_loop(node: BitcoinRpcServer) -> None:
+    # Behind a load balancer, a lagging node answers "out of range" for a height under the head
+    # another node reported: the poll ended "not caught up" and run() polled again at once.
+    sink = MemorySink()
+    source = _source(node)
+    node.missing = {50001}
+    with pytest.raises(Retry, match="node has no block 50001 although its head is 50002") as info:
+        source.poll(sink)
+    assert info.value.after == source.poll_interval
+    assert [r.key for r in sink.records] == [b"50000"]  # what came before it is published
+    node.missing = set()
+    assert source.poll(sink) is True
+    assert [r.key for r in sink.records] == [b"50000", b"50001", b"50002"]
+
+
+def test_run_waits_and_logs_while_the_node_lacks_a_confirmed_block(
+    node: BitcoinRpcServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    node.missing = {50001}
+    source = _paced(node, polls=3)
+    with caplog.at_level(logging.WARNING, logger="vigil.sources.chain"):
+        source.run(MemorySink())
+    assert source.waits == [10.0, 20.0]  # the poll interval, backing off
+    assert "node has no block 50001 although its head is 50002 (attempt 2, next in 20.0s)" in caplog.text
+
+
+def test_a_block_missing_during_reorg_repair_is_waited_for_not_a_deep_reorg(
+    node: BitcoinRpcServer,
+) -> None:
+    # The walk-back read the lagging node's "no block" as a hash that differs: every remembered
+    # block looked replaced, and the connector stopped on a reorg "deeper than the window".
+    sink = MemorySink()
+    source = _source(node)
+    node.head = 50000
+    source.poll(sink)
+    node.head = 50001
+    raw_50001 = node.blocks[node.heights[50001]]
+    node.blocks[node.heights[50001]] = raw_50001.replace(
+        json.loads(raw_50001)["previousblockhash"].encode(), b"00" * 32
+    )
+    node.missing = {50000}
+    with pytest.raises(Retry, match="node has no block 50000 during reorg repair"):
+        source.poll(sink)
+    node.blocks[node.heights[50001]], node.missing = raw_50001, set()
+    source.poll(sink)
+    assert [r.key for r in sink.records] == [b"50000", b"50001"]
+    assert source.replaced == 0
+
+
+def test_a_node_asking_for_no_wait_is_backed_off_from_a_floor(node: BitcoinRpcServer) -> None:
+    # Three 503s with Retry-After: 0: doubling what the node asked kept it at 0, for ever (some
+    # 6,600 requests a second against a rate-limited endpoint).
+    node.fail_next = 3
+    source = _paced(node, polls=4, poll_interval=timedelta(milliseconds=50))
+    source.run(MemorySink())
+    assert source.waits == [1.0, 2.0, 4.0]
+    assert node.fail_next == 0
+
+
+def test_backoff_starts_from_a_floor_whatever_the_node_asked() -> None:
+    assert [backoff_s(0.0, n) for n in (1, 2, 3, 6)] == [1.0, 2.0, 4.0, 30.0]
+    assert backoff_s(0.05, 1) == 1.0
+    assert backoff_s(0.0, 2, floor_s=0.5) == 1.0
+
+
+def test_a_negative_start_height_is_refused_by_name(tmp_path: object) -> None:
+    settings = Settings(home=tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(
+        ConfigError, match="bitcoin source: option start_height must be a height >= 0; got -1"
+    ):
+        BitcoinSource.from_settings(settings, start_height="-1")
+
+
+@pytest.mark.parametrize("interval", ["0", "-2"])
+def test_a_poll_interval_of_zero_or_less_is_refused_by_name(tmp_path: object, interval: str) -> None:
+    # Accepted, it polled a caught-up node in a busy loop.
+    settings = Settings(home=tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(
+        ConfigError, match=f"bitcoin source: option poll_interval must be more than 0 seconds; got {interval}"
+    ):
+        BitcoinSource.from_settings(settings, poll_interval=interval)
+
+
+class _PrunedNode(BitcoinRpcServer):
+    """Bitcoin Core pruned below the blocks asked for: it has their hashes, not their data."""
+
+    def answer(self, method: str, params: list[Any]) -> tuple[int, Any, dict[str, Any] | None]:
+        if method == "getblock":
+            return 500, None, {"code": -1, "message": "Block not available (pruned data)"}
+        return super().answer(method, params)
+
+
+def test_a_block_the_node_cannot_serve_is_named_in_the_error() -> None:
+    # "getblock at <host>: ... pruned data" said neither which block nor how far back to start.
+    with _PrunedNode() as node:
+        source = _source(node)
+        try:
+            with pytest.raises(JsonRpcError, match=r"Block not available \(pruned data\)") as info:
+                source.poll(MemorySink())
+        finally:
+            source.close()
+    assert f"getblock for block 50000 ({node.heights[50000]}) at {node.url}:" in str(info.value)
 
 
 def test_malformed_cursor_stops_the_connector_by_name(node: BitcoinRpcServer) -> None:

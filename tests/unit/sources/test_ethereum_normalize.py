@@ -17,7 +17,8 @@ import pytest
 from vigil.config import shared_data_dir
 from vigil.errors import ContractError, DecodeError
 from vigil.events.codec import decode_event, encode
-from vigil.events.types import ChainTransfer, TokenApproval
+from vigil.events.ids import stable_id
+from vigil.events.types import ChainTransfer, ChainTransferPayload, TokenApproval
 from vigil.hub.raw import RawRecord
 from vigil.sources.ethereum import APPROVAL_FOR_ALL_TOPIC, APPROVAL_TOPIC, LOG_TOPICS, TRANSFER_TOPIC
 from vigil.sources.ethereum_normalize import EthereumNormalizer, Token
@@ -423,3 +424,53 @@ def test_mints_and_burns_do_not_make_the_zero_address_an_entity() -> None:
     assert (minted.entities.wallet, minted.entities.counterparty) == (None, "0x" + "33" * 20)
     assert (burnt.entities.wallet, burnt.entities.counterparty) == ("0x" + "33" * 20, None)
     assert minted.payload.from_address == "0x" + "0" * 40  # the transfer itself says what it was
+
+
+# ---------------------------------------------------------------------- event ids of logs
+
+_MOVED_TX = "0x" + "ab" * 32
+_OTHER_TX = "0x" + "cd" * 32
+
+
+def _transfer(tx: str, log_index: int, amount: int) -> dict[str, Any]:
+    return {
+        **_approval_log(amount, log_index=log_index),
+        "topics": [TRANSFER_TOPIC, "0x" + "00" * 12 + "11" * 20, "0x" + "00" * 12 + "22" * 20],
+        "transactionHash": tx,
+    }
+
+
+def _ids(logs: list[dict[str, Any]], tx: str) -> dict[tuple[str, int], tuple[str, int | None]]:
+    """(type, amount) -> (event id, log_index) of ``tx``'s events."""
+    out: dict[tuple[str, int], tuple[str, int | None]] = {}
+    for ev in EthereumNormalizer().normalize(_record("eth_logs", logs)):
+        assert isinstance(ev, ChainTransfer | TokenApproval)
+        p = ev.payload
+        if p.tx_hash == tx:
+            amount = p.value_raw if isinstance(p, ChainTransferPayload) else p.amount_raw
+            out[ev.type, amount] = (ev.event_id, p.log_index)
+    return out
+
+
+def test_a_transaction_moved_within_its_block_keeps_its_token_event_ids() -> None:
+    # A reorg that keeps a transaction may put it elsewhere in the block: each of its logs gets
+    # another block-wide logIndex.  Ids keyed on logIndex counted its transfers twice.
+    moved = [_transfer(_MOVED_TX, 0, 5), {**_approval_log(7, log_index=1), "transactionHash": _MOVED_TX}]
+    before = [_transfer(_OTHER_TX, 0, 1), _transfer(_OTHER_TX, 1, 2)]
+    first = moved + before
+    second = before + [{**log, "logIndex": hex(int(log["logIndex"], 16) + 2)} for log in moved]
+    ids_first, ids_second = _ids(first, _MOVED_TX), _ids(second, _MOVED_TX)
+    assert set(ids_first) == {("chain_transfer", 5), ("token_approval", 7)}
+    assert {k: i for k, (i, _) in ids_first.items()} == {k: i for k, (i, _) in ids_second.items()}
+    # The payload keeps the block-wide index.
+    assert (ids_first["chain_transfer", 5][1], ids_second["chain_transfer", 5][1]) == (0, 2)
+    assert (ids_first["token_approval", 7][1], ids_second["token_approval", 7][1]) == (1, 3)
+
+
+def test_a_logs_id_is_its_place_among_its_transactions_logs_in_log_index_order() -> None:
+    in_order = [_transfer(_MOVED_TX, 4, 1), _transfer(_OTHER_TX, 5, 9), _transfer(_MOVED_TX, 6, 2)]
+    ids = _ids(in_order, _MOVED_TX)
+    assert ids == _ids(list(reversed(in_order)), _MOVED_TX)  # the node's order is not relied on
+    assert [ids["chain_transfer", n][0] for n in (1, 2)] == [
+        stable_id("chain_transfer", "ethereum", _MOVED_TX, position) for position in (0, 1)
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,17 @@ def test_cursor_round_trips_and_a_malformed_one_is_refused() -> None:
             source.restore({"next_block": -1})
     finally:
         source.close()
+
+
+def test_a_negative_start_block_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match="ethereum source: option start_block must be a height >= 0; got -5"
+    ):
+        EthereumSource.from_settings(Settings(home=tmp_path), start_block="-5")
+
+
+def test_a_poll_interval_of_zero_or_less_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="option poll_interval must be more than 0 seconds; got 0"):
+        EthereumSource.from_settings(Settings(home=tmp_path), poll_interval="0")
+    with pytest.raises(ConfigError, match=r"option poll_interval must be more than 0 seconds; got -0\.5"):
+        EthereumSource("http://127.0.0.1:1", poll_interval=timedelta(seconds=-0.5))

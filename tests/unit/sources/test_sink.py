@@ -1,12 +1,14 @@
-"""The raw sink's failures keep no Kafka client alive (no broker: one that does not answer)."""
+"""The raw sink's failures keep no Kafka client alive (no broker: one that does not answer), and
+say what they left committed."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from vigil.config import load_settings
@@ -78,3 +80,73 @@ def test_dropping_an_errors_locals_leaves_a_suspended_generator_running() -> Non
         exc.__context__ = kept[0]
         drop_frame_locals(exc)
     assert next(numbers) == 2
+
+
+class _Transactions:
+    """A transactional producer's calls, answered as a broker that times a commit out would: a
+    real broker cannot be made to time out a commit on cue, nor refuse the abort after it (the
+    rest of the sink runs against a real one in tests/integration/sources/test_sink.py)."""
+
+    def __init__(self, commit_errors: list[KafkaError], abort_error: KafkaError | None = None) -> None:
+        self.commit_errors = commit_errors
+        self.abort_error = abort_error
+        self.calls: list[str] = []
+
+    def init_transactions(self, timeout: float) -> None:
+        self.calls.append("init")
+
+    def begin_transaction(self) -> None:
+        self.calls.append("begin")
+
+    def produce(self, topic: str, **record: Any) -> None:
+        self.calls.append("produce")
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def commit_transaction(self, timeout: float) -> None:
+        self.calls.append("commit")
+        if self.commit_errors:
+            raise KafkaException(self.commit_errors.pop(0))
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.calls.append("abort")
+        if self.abort_error is not None:
+            raise KafkaException(self.abort_error)
+
+
+TIMED_OUT = KafkaError(KafkaError._TIMED_OUT, "Transactional operation timed out", retriable=True)
+
+
+def _publish_through(producer: _Transactions, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("vigil.sources.sink.make_producer", lambda _settings, **_conf: producer)
+    settings = load_settings(kafka_bootstrap=f"127.0.0.1:{free_port_block(1)}")
+    sink = KafkaRawSink(settings, source_id="txn-test", topic_for=lambda _r: "t")
+    sink.publish([RawRecord(source="test", kind="item", value=b"v", received_at=datetime.now(UTC), key=b"k")])
+
+
+def test_a_commit_that_timed_out_is_asked_again_not_aborted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Calling commit again is how librdkafka finishes a commit that timed out; the sink aborted
+    # a batch that may well have committed, and said nothing was.
+    producer = _Transactions([TIMED_OUT])
+    _publish_through(producer, monkeypatch)
+    assert producer.calls == ["init", "begin", "produce", "commit", "commit"]
+
+
+def test_a_failed_commit_whose_abort_failed_too_says_the_outcome_is_not_known(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    producer = _Transactions(
+        [TIMED_OUT] * 3, abort_error=KafkaError(KafkaError._STATE, "Operation not valid in state Commit")
+    )
+    with pytest.raises(BrokerError, match="whether it was committed is not known") as info:
+        _publish_through(producer, monkeypatch)
+    assert "nothing was committed" not in str(info.value)
+    assert producer.calls[-4:] == ["commit", "commit", "commit", "abort"]
+
+
+def test_a_failed_commit_that_was_aborted_says_nothing_was_committed(monkeypatch: pytest.MonkeyPatch) -> None:
+    producer = _Transactions([KafkaError(KafkaError.INVALID_TXN_STATE, "not retriable")])
+    with pytest.raises(BrokerError, match=r"nothing was committed: .*not retriable"):
+        _publish_through(producer, monkeypatch)
+    assert producer.calls[-2:] == ["commit", "abort"]
