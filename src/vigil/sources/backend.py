@@ -18,7 +18,8 @@ transaction committed).  Between the handlers and Kafka sits a bounded in-memory
 drained by one publisher thread that retries, in order, while the broker is unavailable.
 If a batch is not durable within ``ack_timeout`` the answer is **202** (accepted, queued:
 it will be written when the broker is back; its events keep their ``event_id`` so a client
-that resends anyway is deduplicated downstream).  When the buffer is full the answer is
+that resends anyway is deduplicated downstream).  The buffer is bounded in records and in bytes
+(``max_buffered_records``, ``max_buffered_bytes``); when either is reached the answer is
 **503** with ``Retry-After`` and nothing of that request is accepted.  On shutdown the
 server stops accepting first, then drains the buffer (up to ``drain_timeout``).  The
 buffer is memory: a crash of this process while the broker is down loses the 202 batches,
@@ -54,8 +55,8 @@ from vigil.events.records import DeadLetter
 from vigil.events.types import types_in_domain
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer, RawSink, Source
-from vigil.sources.http_server import listen, serving
-from vigil.sources.webhooks import Rejected, read_body
+from vigil.sources.http_server import KEEP_ALIVE_S, MAX_CONNECTIONS, listen, serving
+from vigil.sources.webhooks import BODY_TIMEOUT_S, RECORD_MAX_BYTES, Rejected, closing, read_body
 
 log = logging.getLogger(__name__)
 
@@ -87,30 +88,52 @@ class BufferFull(SourceError):
 @dataclass
 class _Batch:
     records: list[RawRecord]
+    #: The records' bytes as the broker counts them (:meth:`RawRecord.size`).
+    size: int
     done: Future[None] = field(default_factory=Future)
 
 
-#: The largest raw record the API publishes (raw.backend keeps the broker's default limit,
-#: about 1 MB; a rejected line's note carries it base64-encoded, a third larger).
-RECORD_MAX_BYTES = 900_000
+#: What the buffer may hold in bytes.  Bounded by count only, 10,000 records of up to 900 KB
+#: were 8.8 GB of memory.
+MAX_BUFFERED_BYTES = 256 * 1024 * 1024
+#: The most one Kafka transaction carries, in records and in bytes: 5,000 records of 900 KB
+#: were 4.4 GB in the producer's queue at once, more than librdkafka's own 1 GB buffer.
+BATCH_MAX_RECORDS = 5_000
+BATCH_MAX_BYTES = 64 * 1024 * 1024
 
 
 class IngestBuffer:
-    """A bounded FIFO of batches between the HTTP handlers and Kafka.
+    """A FIFO of batches between the HTTP handlers and Kafka, bounded by ``max_records``
+    and by ``max_bytes`` (records' sizes as the broker counts them).
 
     ``submit`` either takes the whole batch (and returns a future that completes when the
     batch is durable) or raises :class:`BufferFull`; it never takes part of a batch.  A
     batch larger than the whole buffer is taken only when the buffer is empty.
     One publisher thread writes batches in arrival order and retries the head batch with
     backoff until the sink accepts it, so a broker outage delays records but loses none.
+    It puts several batches in one transaction up to ``batch_max_records`` and
+    ``batch_max_bytes`` (a single batch over them goes alone).
     """
 
-    def __init__(self, sink: RawSink, *, max_records: int = 10_000, max_backoff: float = 2.0) -> None:
+    def __init__(
+        self,
+        sink: RawSink,
+        *,
+        max_records: int = 10_000,
+        max_bytes: int = MAX_BUFFERED_BYTES,
+        batch_max_records: int = BATCH_MAX_RECORDS,
+        batch_max_bytes: int = BATCH_MAX_BYTES,
+        max_backoff: float = 2.0,
+    ) -> None:
         self._sink = sink
         self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.batch_max_records = batch_max_records
+        self.batch_max_bytes = batch_max_bytes
         self._max_backoff = max_backoff
         self._queue: deque[_Batch] = deque()
         self._size = 0
+        self._bytes = 0
         self._cond = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -123,17 +146,30 @@ class IngestBuffer:
         with self._cond:
             return self._size
 
+    @property
+    def buffered_bytes(self) -> int:
+        with self._cond:
+            return self._bytes
+
     def submit(self, records: list[RawRecord]) -> Future[None]:
+        size = sum(r.size() for r in records)
         with self._cond:
             if self._closing:
                 msg = "ingest buffer is shutting down"
                 raise BufferFull(msg)
-            if self._size + len(records) > self.max_records and self._size > 0:
+            if self._size > 0 and self._size + len(records) > self.max_records:
                 msg = f"ingest buffer full ({self._size} of {self.max_records} records waiting for Kafka)"
                 raise BufferFull(msg)
-            batch = _Batch(records)
+            if self._size > 0 and self._bytes + size > self.max_bytes:
+                msg = (
+                    f"ingest buffer full ({self._bytes:,} of {self.max_bytes:,} bytes waiting for Kafka; "
+                    f"this request's records are {size:,})"
+                )
+                raise BufferFull(msg)
+            batch = _Batch(records, size)
             self._queue.append(batch)
             self._size += len(records)
+            self._bytes += size
             self._cond.notify()
             return batch.done
 
@@ -162,12 +198,16 @@ class IngestBuffer:
                 self._cond.wait(timeout=0.5)
             # Several small batches go in one transaction: fewer commits under load.
             taken: list[_Batch] = []
-            count = 0
+            count = size = 0
             for batch in self._queue:
-                if taken and count + len(batch.records) > 5_000:
+                if taken and (
+                    count + len(batch.records) > self.batch_max_records
+                    or size + batch.size > self.batch_max_bytes
+                ):
                     break
                 taken.append(batch)
                 count += len(batch.records)
+                size += batch.size
             return taken
 
     def _loop(self) -> None:
@@ -194,6 +234,7 @@ class IngestBuffer:
                 for batch in taken:
                     self._queue.popleft()
                     self._size -= len(batch.records)
+                    self._bytes -= batch.size
                 self._cond.notify_all()
             for batch in taken:
                 batch.done.set_result(None)
@@ -296,15 +337,6 @@ def _is_hex(text: str) -> bool:
     return True
 
 
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The body, or None once it is over ``limit`` bytes (the webhook receiver's bounded read: a
-    key holder could otherwise exhaust memory)."""
-    try:
-        return await read_body(request, limit)
-    except Rejected:
-        return None
-
-
 def create_app(
     buffer: IngestBuffer,
     auth: Authenticator,
@@ -312,6 +344,7 @@ def create_app(
     ack_timeout: float = 5.0,
     retry_after: int = 5,
     max_body_bytes: int = 10 * 1024 * 1024,
+    body_timeout_s: float = BODY_TIMEOUT_S,
 ) -> FastAPI:
     app = FastAPI(title="Vigil back-end ingest", docs_url=None, redoc_url=None, openapi_url=None)
     stats: Counter[str] = Counter()
@@ -325,9 +358,13 @@ def create_app(
                 status_code=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        body = await _read_body(request, max_body_bytes)
-        if body is None:
-            return JSONResponse({"error": f"body larger than {max_body_bytes} bytes"}, status_code=413)
+        try:
+            # The webhook receiver's bounded read: a key holder could otherwise exhaust memory,
+            # or hold a connection for ever by sending a byte now and then.
+            body = await read_body(request, max_body_bytes, body_timeout_s)
+        except Rejected as exc:
+            error = f"body larger than {max_body_bytes} bytes" if exc.status == 413 else exc.detail
+            return JSONResponse({"error": error}, status_code=exc.status, headers=closing(exc.status))
         try:
             parsed = parse_body(body, request.headers.get("content-type", ""))
         except UnsupportedMediaType as exc:
@@ -409,6 +446,8 @@ def create_app(
         return {
             "buffered_records": buffer.buffered,
             "buffer_capacity": buffer.max_records,
+            "buffered_bytes": buffer.buffered_bytes,
+            "buffer_capacity_bytes": buffer.max_bytes,
             "published_records": buffer.published,
             "publish_failures": buffer.failures,
             "last_error": buffer.last_error,
@@ -437,18 +476,26 @@ class BackendIngestSource(Source):
         host: str = "127.0.0.1",
         port: int = 8088,
         max_buffered_records: int = 10_000,
+        max_buffered_bytes: int = MAX_BUFFERED_BYTES,
         ack_timeout: float = 5.0,
         retry_after: int = 5,
         drain_timeout: float = 30.0,
         max_body_bytes: int = 10 * 1024 * 1024,
+        body_timeout_s: float = BODY_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
+        keep_alive_s: int = KEEP_ALIVE_S,
         source_id: str | None = None,
     ) -> None:
         super().__init__(source_id)
         self.auth = Authenticator(keys)
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+        self.max_connections = max_connections
+        self.keep_alive_s = keep_alive_s
         self.host = host
         self.port = port
         self.max_buffered_records = max_buffered_records
+        self.max_buffered_bytes = max_buffered_bytes
         self.ack_timeout = ack_timeout
         self.retry_after = retry_after
         self.drain_timeout = drain_timeout
@@ -460,7 +507,8 @@ class BackendIngestSource(Source):
     def from_settings(cls, settings: Settings, **options: str) -> BackendIngestSource:
         """Options: ``host`` (127.0.0.1), ``port`` (8088), ``keys_file`` (a JSON object
         ``{service: sha256 hex of its key}``; default: the JSON in ``VIGIL_BACKEND_KEYS``),
-        ``max_buffered_records`` (10000), ``ack_timeout`` (s, 5)."""
+        ``max_buffered_records`` (10000), ``max_buffered_bytes`` (256 MiB), ``ack_timeout``
+        (s, 5), ``body_timeout_s`` (30), ``max_connections`` (256), ``keep_alive_s`` (5)."""
         del settings
         if "keys_file" in options:
             with open(options["keys_file"], encoding="utf-8") as fh:
@@ -482,23 +530,38 @@ class BackendIngestSource(Source):
             host=options.get("host", "127.0.0.1"),
             port=int(options.get("port", "8088")),
             max_buffered_records=int(options.get("max_buffered_records", "10000")),
+            max_buffered_bytes=int(options.get("max_buffered_bytes", str(MAX_BUFFERED_BYTES))),
             ack_timeout=float(options.get("ack_timeout", "5")),
+            body_timeout_s=float(options.get("body_timeout_s", str(BODY_TIMEOUT_S))),
+            max_connections=int(options.get("max_connections", str(MAX_CONNECTIONS))),
+            keep_alive_s=int(options.get("keep_alive_s", str(KEEP_ALIVE_S))),
         )
 
     def run(self, sink: RawSink) -> None:
-        buffer = self.buffer = IngestBuffer(sink, max_records=self.max_buffered_records)
+        buffer = self.buffer = IngestBuffer(
+            sink, max_records=self.max_buffered_records, max_bytes=self.max_buffered_bytes
+        )
         app = create_app(
             buffer,
             self.auth,
             ack_timeout=self.ack_timeout,
             retry_after=self.retry_after,
             max_body_bytes=self.max_body_bytes,
+            body_timeout_s=self.body_timeout_s,
         )
         sock = listen(self.host, self.port, "backend ingest")
         self.port = sock.getsockname()[1]
         buffer.start()
         try:
-            with serving(app, sock, label="backend ingest", host=self.host, wait=self.wait):
+            with serving(
+                app,
+                sock,
+                label="backend ingest",
+                host=self.host,
+                wait=self.wait,
+                max_connections=self.max_connections,
+                keep_alive_s=self.keep_alive_s,
+            ):
                 self.ready.set()
                 self._stop.wait()
         finally:

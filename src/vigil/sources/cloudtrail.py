@@ -6,12 +6,22 @@ also accepted) and publishes each record of each new file to ``raw.cloudtrail``
 (kind ``cloudtrail_record``), keyed by ``eventID``.  The record bytes are the exact
 slice of the file (decoded with :class:`msgspec.Raw`), not a re-encoding.
 
-Checkpoint: the cursor is the sorted list of files already published.  A set rather than
-"last file name" because S3 delivery is not ordered across regions and accounts: a file
-for region A can land after files of region B that sort later.  Each file is published
-with the cursor that includes it, in one transaction, so a kill at any point neither
-skips nor repeats a file.  Entries for files no longer in the directory (expired by an S3
-lifecycle rule) are dropped from the cursor, which keeps it bounded by the directory.
+Checkpoint (:class:`Checkpoint`): per listing prefix (``AWSLogs/<account>/CloudTrail/<region>/``,
+the path before ``YYYY/MM/DD/``), a **floor**, under which every file is published, and the
+files published above it.  Not "last file name" alone because delivery is not ordered across
+regions and accounts, nor exactly within one (two files of a minute, a copy into the directory
+running several transfers at once): a file can appear after later ones.  Files are ordered by
+the delivery time in their names (``..._YYYYMMDDTHHmmZ_...``), then by name.  A published file
+joins the floor once it is ``lateness`` (default 2 hours) older than the newest published file
+of its prefix and no unpublished file of the prefix sorts before it; so the cursor holds about
+``lateness`` worth of files per prefix however long the source runs (a list of every file
+published reached Kafka's 1 MB record limit within days, and the source stopped for good).
+The price: a file appearing more than ``lateness`` behind newer files of its prefix is taken
+for published; set ``lateness`` above the lag of whatever copies the bucket into the directory.
+Files whose names carry no time are kept by name (and dropped once gone from the directory).
+Each file is published with the cursor that includes it, in one transaction, so a kill at
+any point neither skips nor repeats a file.  A cursor of an earlier version (``{"files":
+[...]}``, every file published) is read and folded into floors.
 
 :class:`CloudTrailNormalizer` maps the security-relevant events (console logins,
 access-key creation, MFA device changes, S3 reads and exports ...) into
@@ -23,9 +33,10 @@ from __future__ import annotations
 
 import gzip
 import ipaddress
+import re
 import zlib
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,6 +103,159 @@ def _gunzip(data: bytes, path: Path) -> bytes:
     return bytes(out)
 
 
+#: How far behind newer files of its prefix (by the delivery times in their names) a file may
+#: appear in the directory and still be published.  CloudTrail itself delivers in order within
+#: minutes; the margin is for the copy into the directory (a sync catching up runs transfers
+#: side by side, about 5 minutes of delivery apart each, and one may finish last).
+LATENESS = timedelta(hours=2)
+
+_DATED = re.compile(r"((?:.*/)?)([0-9]{4}/[0-9]{2}/[0-9]{2}/[^/]+)")
+_STAMP = re.compile(r"_([0-9]{8}T[0-9]{4})Z_")
+_STAMP_FORMAT = "%Y%m%dT%H%M"
+
+
+def split_path(rel: str) -> tuple[str, str]:
+    """``(prefix, key)`` of a file's relative path: the prefix is the path before its
+    ``YYYY/MM/DD/`` directories (one account and region in CloudTrail's layout), else the
+    file's directory; ``prefix + key == rel``."""
+    dated = _DATED.fullmatch(rel)
+    if dated is not None:
+        return dated.group(1), dated.group(2)
+    cut = rel.rfind("/") + 1
+    return rel[:cut], rel[cut:]
+
+
+def delivered(key: str) -> str | None:
+    """The delivery time in a CloudTrail file name (``YYYYMMDDTHHmm``, sorting as the time
+    does), or None when the name carries no valid one."""
+    found = _STAMP.search(key.rpartition("/")[2])
+    if found is None:
+        return None
+    try:
+        datetime.strptime(found.group(1), _STAMP_FORMAT)  # noqa: DTZ007 - only validated
+    except ValueError:
+        return None
+    return found.group(1)
+
+
+class Checkpoint:
+    """Which files are published, in a bounded cursor (the module docstring says how).
+
+    ``floors``: prefix -> (delivery time, key); every file of the prefix whose (delivery
+    time, key) is at most the floor is published.  ``done``: prefix -> keys published above
+    the floor (and those whose names carry no time).
+    """
+
+    VERSION = 2
+
+    def __init__(self, lateness: timedelta = LATENESS) -> None:
+        self.lateness = lateness
+        self.floors: dict[str, tuple[str, str]] = {}
+        self.done: dict[str, set[str]] = {}
+
+    @classmethod
+    def from_cursor(cls, cursor: dict[str, Any] | None, lateness: timedelta = LATENESS) -> Checkpoint:
+        """The checkpoint a cursor of this or the earlier version holds."""
+        checkpoint = cls(lateness)
+        if not cursor:
+            return checkpoint
+        for prefix, entry in cursor.get("prefixes", {}).items():
+            floor = entry.get("floor")
+            stamp = delivered(floor) if isinstance(floor, str) else None
+            if stamp is None and floor is not None:
+                msg = f"cloudtrail: cursor floor {floor!r} of {prefix!r} names no delivery time"
+                raise SourceError(msg)
+            if floor is not None and stamp is not None:
+                checkpoint.floors[prefix] = (stamp, floor)
+            for key in entry.get("done", []):
+                checkpoint.done.setdefault(prefix, set()).add(key)
+        for rel in cursor.get("files", []):  # version 1: every file published, by path
+            checkpoint.add(rel)
+        return checkpoint
+
+    def cursor(self) -> dict[str, Any]:
+        prefixes: dict[str, Any] = {}
+        for prefix in sorted(set(self.floors) | set(self.done)):
+            entry: dict[str, Any] = {}
+            if prefix in self.floors:
+                entry["floor"] = self.floors[prefix][1]
+            if self.done.get(prefix):
+                entry["done"] = sorted(self.done[prefix])
+            prefixes[prefix] = entry
+        return {"version": self.VERSION, "prefixes": prefixes}
+
+    def is_done(self, rel: str) -> bool:
+        prefix, key = split_path(rel)
+        if key in self.done.get(prefix, ()):
+            return True
+        floor = self.floors.get(prefix)
+        if floor is None:
+            return False
+        stamp = delivered(key)
+        return stamp is not None and (stamp, key) <= floor
+
+    def add(self, rel: str) -> None:
+        prefix, key = split_path(rel)
+        self.done.setdefault(prefix, set()).add(key)
+
+    def forget_absent(self, present: set[str]) -> None:
+        """Drop files gone from the directory that no floor can cover (no time in their names)."""
+        for prefix, keys in list(self.done.items()):
+            keys -= {k for k in keys if delivered(k) is None and prefix + k not in present}
+            if not keys:
+                del self.done[prefix]
+
+    def compact(self, prefix: str, lowest_pending: tuple[str, str] | None) -> None:
+        """Raise ``prefix``'s floor over the published files ``lateness`` older than its newest,
+        up to ``lowest_pending`` (the first unpublished file present: never passed, or it
+        would be taken for published)."""
+        keys = self.done.get(prefix)
+        timed = sorted((stamp, key) for key in keys or () if (stamp := delivered(key)) is not None)
+        if not keys or not timed:
+            return
+        newest = datetime.strptime(timed[-1][0], _STAMP_FORMAT)  # noqa: DTZ007 - compared, both UTC
+        cutoff = (newest - self.lateness).strftime(_STAMP_FORMAT)
+        floor = self.floors.get(prefix)
+        for entry in timed:
+            if entry[0] > cutoff or (lowest_pending is not None and entry >= lowest_pending):
+                break
+            if floor is None or entry > floor:
+                floor = entry
+            keys.discard(entry[1])
+        if floor is not None:
+            self.floors[prefix] = floor
+        if not keys:
+            del self.done[prefix]
+
+
+class _Pending:
+    """The unpublished files of a scan, per prefix in (delivery time, key) order, for
+    :meth:`Checkpoint.compact` (a file skipped as bad stays pending)."""
+
+    def __init__(self, rels: Iterable[str]) -> None:
+        self._order: dict[str, list[tuple[str, str]]] = {}
+        for rel in rels:
+            prefix, key = split_path(rel)
+            stamp = delivered(key)
+            if stamp is not None:  # files with no time never join a floor
+                self._order.setdefault(prefix, []).append((stamp, key))
+        for entries in self._order.values():
+            entries.sort()
+        self._next = dict.fromkeys(self._order, 0)
+        self._published: set[str] = set()
+
+    def published(self, rel: str) -> None:
+        self._published.add(rel)
+
+    def lowest(self, prefix: str) -> tuple[str, str] | None:
+        entries = self._order.get(prefix, [])
+        i = self._next.get(prefix, 0)
+        while i < len(entries) and prefix + entries[i][1] in self._published:
+            i += 1
+        self._next[prefix] = i
+        return entries[i] if i < len(entries) else None
+
+
 class CloudTrailSource(Source):
     """Publishes every record of every CloudTrail file under ``directory``, once.
 
@@ -99,7 +263,7 @@ class CloudTrailSource(Source):
     CloudTrail log (bad gzip, not ``{"Records": [...]}``) stops the source with a
     :class:`SourceError` naming it (loudly, rather than skipping it for good) unless
     ``skip_bad_files`` is set, in which case it is recorded in ``bad_files`` and retried
-    on the next scan.
+    on the next scan.  ``lateness`` is the checkpoint's (:class:`Checkpoint`, :data:`LATENESS`).
     """
 
     name = NAME
@@ -110,19 +274,21 @@ class CloudTrailSource(Source):
         *,
         poll_interval: float = 30.0,
         skip_bad_files: bool = False,
+        lateness: timedelta = LATENESS,
         source_id: str | None = None,
     ) -> None:
         super().__init__(source_id)
         self.directory = Path(directory)
         self.poll_interval = poll_interval
         self.skip_bad_files = skip_bad_files
+        self.lateness = lateness
         self.bad_files: dict[str, str] = {}
         self.published_files = 0
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: str) -> CloudTrailSource:
         """Options: ``dir`` (required; the bucket copy or mount), ``poll_interval`` (s, 30),
-        ``skip_bad_files`` (``true``/``false``), ``source_id``."""
+        ``skip_bad_files`` (``true``/``false``), ``lateness_s`` (7200), ``source_id``."""
         del settings
         if "dir" not in options:
             msg = "cloudtrail: option 'dir' (the directory CloudTrail files are delivered to) is required"
@@ -131,12 +297,13 @@ class CloudTrailSource(Source):
             Path(options["dir"]),
             poll_interval=float(options.get("poll_interval", "30")),
             skip_bad_files=options.get("skip_bad_files", "false").lower() == "true",
+            lateness=timedelta(seconds=float(options.get("lateness_s", str(LATENESS.total_seconds())))),
             source_id=options.get("source_id"),
         )
 
-    def pending(self, done: set[str]) -> list[str]:
+    def pending(self, checkpoint: Checkpoint) -> list[str]:
         """Relative paths of files not yet published, oldest name first."""
-        return sorted(p for p in self._scan() if p not in done)
+        return sorted(p for p in self._scan() if not checkpoint.is_done(p))
 
     def _scan(self) -> Iterator[str]:
         if not self.directory.is_dir():
@@ -147,12 +314,15 @@ class CloudTrailSource(Source):
                 yield path.relative_to(self.directory).as_posix()
 
     def run(self, sink: RawSink) -> None:
-        cursor = sink.last_cursor(self.source_id) or {}
-        done: set[str] = set(cursor.get("files", []))
+        checkpoint = Checkpoint.from_cursor(sink.last_cursor(self.source_id), self.lateness)
         while self.running:
             present = set(self._scan())
-            done &= present
-            for rel in sorted(present - done):
+            checkpoint.forget_absent(present)
+            todo = sorted(rel for rel in present if not checkpoint.is_done(rel))
+            pending = _Pending(todo)
+            for prefix in list(checkpoint.done):  # a cursor read at start (of any version) shrinks
+                checkpoint.compact(prefix, pending.lowest(prefix))
+            for rel in todo:
                 if not self.running:
                     return
                 try:
@@ -174,9 +344,12 @@ class CloudTrailSource(Source):
                     )
                     for i, value in enumerate(values)
                 ]
-                done.add(rel)
+                checkpoint.add(rel)
+                pending.published(rel)
+                prefix = split_path(rel)[0]
+                checkpoint.compact(prefix, pending.lowest(prefix))
                 self.bad_files.pop(rel, None)
-                sink.publish(records, cursor={"files": sorted(done)})
+                sink.publish(records, cursor=checkpoint.cursor())
                 self.published_files += 1
             if self.wait(self.poll_interval):
                 return

@@ -6,7 +6,8 @@ secret, of ``method + uri + body + timestamp``, where ``timestamp`` is the
 ``X-HubSpot-Request-Timestamp`` header (epoch milliseconds) and ``uri`` is the full URL
 HubSpot called, with the URL-encoded characters ``: / ? @ ! $ ' ( ) * , ;`` decoded.
 A timestamp more than five minutes old (or ahead) is rejected, and a signature already
-seen within those five minutes is rejected as a replay (HubSpot signs every retry anew).
+seen is rejected as a replay (HubSpot signs every retry anew) for as long as its timestamp
+would still pass.
 Behind a TLS terminator the app sees another URL than HubSpot called: give
 ``public_url`` (scheme and host HubSpot uses) so the signed URI can be rebuilt.
 
@@ -59,6 +60,7 @@ from vigil.events.types import (
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer
 from vigil.sources.webhooks import (
+    LISTEN_OPTIONS,
     Delivery,
     Rejected,
     WebhookPlatform,
@@ -80,6 +82,10 @@ _DECODED = {
     "%27": "'", "%28": "(", "%29": ")", "%2A": "*", "%2C": ",", "%3B": ";",
 }  # fmt: skip
 _ESCAPE = re.compile("|".join(_DECODED), re.IGNORECASE)
+# ASCII digits only: str.isdigit() also takes "²" and other digits int() refuses, and that
+# unauthenticated request was a 500.  At most 13: epoch milliseconds until the year 2286 (a
+# year past 9999 was a 500 too).
+_EPOCH_MS = re.compile(r"[0-9]{1,13}")
 
 
 def signed_uri(uri: str) -> str:
@@ -105,6 +111,7 @@ class HubSpotWebhook(WebhookPlatform):
         self.public_url = public_url.rstrip("/") if public_url else None
         self.max_age = max_age
         self.max_remembered = 100_000
+        #: signature -> when it may be forgotten
         self._seen: OrderedDict[str, datetime] = OrderedDict()
 
     def uri(self, delivery: Delivery) -> str:
@@ -119,9 +126,7 @@ class HubSpotWebhook(WebhookPlatform):
             raise Rejected(
                 reason="missing_signature", detail=f"{SIGNATURE} and {TIMESTAMP} headers are required"
             )
-        # (At most 13 digits: epoch milliseconds until the year 2286.  Longer ones passed, and a
-        # year past 9999 made the unauthenticated request a 500.)
-        if not stamp.isdigit() or len(stamp) > 13:
+        if _EPOCH_MS.fullmatch(stamp) is None:
             raise Rejected(reason="bad_timestamp", detail=f"{TIMESTAMP} must be epoch milliseconds")
         sent = datetime.fromtimestamp(int(stamp) / 1000, UTC)
         if abs(delivery.received_at - sent) > self.max_age:
@@ -129,21 +134,24 @@ class HubSpotWebhook(WebhookPlatform):
         expected = sign_v3(self._secret, delivery.method, self.uri(delivery), delivery.body, stamp)
         if not hmac.compare_digest(signature.encode(), expected.encode()):
             raise Rejected(reason="bad_signature", detail="signature does not match")
-        if self._replayed(signature, delivery.received_at):
+        if self._replayed(signature, delivery.received_at, sent):
             raise Rejected(reason="replayed", detail="this signed request was already received")
 
-    def _replayed(self, signature: str, now: datetime) -> bool:
-        """True if this exact signed request came before within ``max_age``.  HubSpot signs each
-        attempt with a new timestamp, so a repeated signature is a replay, not a retry.  Memory is
-        per process and bounded; across processes, stable event ids deduplicate downstream."""
-        horizon = now - self.max_age
-        while self._seen and (
-            next(iter(self._seen.values())) < horizon or len(self._seen) >= self.max_remembered
-        ):
-            self._seen.popitem(last=False)
-        if signature in self._seen:
+    def _replayed(self, signature: str, now: datetime, sent: datetime) -> bool:
+        """True if this exact signed request came before.  HubSpot signs each attempt with a new
+        timestamp, so a repeated signature is a replay, not a retry.  A signature is remembered
+        until ``max(now, sent) + max_age``, the last moment the freshness check still passes it:
+        remembered for ``max_age`` from its arrival only, a request signed by a clock ahead of
+        ours could be replayed once forgotten and still be fresh.  Memory is per process and
+        bounded; across processes, stable event ids deduplicate downstream."""
+        # Entries are in arrival order, their expiries nearly so: one expiring later at the front
+        # only keeps those behind it a little longer (max_remembered bounds them all).
+        seen = self._seen
+        while seen and (next(iter(seen.values())) < now or len(seen) >= self.max_remembered):
+            seen.popitem(last=False)
+        if signature in seen:
             return True
-        self._seen[signature] = now
+        seen[signature] = max(now, sent) + self.max_age
         return False
 
     def key(self, delivery: Delivery) -> bytes | None:
@@ -171,7 +179,7 @@ class HubSpotSource(WebhookSource):
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: str) -> HubSpotSource:
-        check_options(NAME, options, {"host", "port", "public_url", "client_secret"})
+        check_options(NAME, options, {*LISTEN_OPTIONS, "public_url", "client_secret"})
         secret = secret_option(options, "client_secret", os.environ, "VIGIL_HUBSPOT_CLIENT_SECRET")
         return cls(
             HubSpotWebhook(secret, public_url=options.get("public_url")),

@@ -4,8 +4,8 @@ Mailchimp does not sign audience webhooks; its documented protection is a secret
 put in the webhook URL yourself (https://mailchimp.com/developer/marketing/guides/
 sync-audience-data-webhooks/).  The receiver's URL is
 ``/webhooks/mailchimp/<secret>``; the token is compared in constant time and redacted
-from everything Vigil keeps.  Mailchimp checks a new webhook URL with a ``GET``, which
-is answered 200 when the token is right.
+from everything Vigil keeps.  Mailchimp checks a new webhook URL with a ``GET`` (Mandrill
+with a ``HEAD``), which is answered 200 when the token is right.
 
 Deliveries are form-encoded (``type=campaign&fired_at=2009-03-26 21:31:21&data[id]=...``).
 ``fired_at`` is taken as UTC.  Mailchimp Transactional (Mandrill) posts
@@ -16,6 +16,9 @@ carry ``X-Mandrill-Signature``, base64 of HMAC-SHA1 over the URL as entered in M
 field's name and value, sorted by name (https://mailchimp.com/developer/transactional/guides/
 track-respond-activity-webhooks/#authenticating-webhook-requests); compared in constant time.
 Without the key, Mandrill deliveries are checked by the path token alone, like audience ones.
+When a webhook is added, Mandrill then POSTs ``mandrill_events=[]`` signed with the key
+``test-webhook`` (its real key is not issued yet): that request, with an empty event list and
+nothing else, is accepted (200) and published nothing; ``test-webhook`` signs nothing else.
 
 Normaliser:
 
@@ -53,6 +56,7 @@ from vigil.events.types import (
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer
 from vigil.sources.webhooks import (
+    LISTEN_OPTIONS,
     Delivery,
     Rejected,
     WebhookPlatform,
@@ -67,6 +71,8 @@ from vigil.sources.webhooks import (
 NAME = "mailchimp"
 MAX_FIELDS = 2000
 MANDRILL_SIGNATURE = "x-mandrill-signature"
+#: The key Mandrill signs its test POST with, when a webhook is added.
+MANDRILL_TEST_KEY = "test-webhook"
 
 
 def parse_form(body: bytes, where: str) -> dict[str, str]:
@@ -76,6 +82,22 @@ def parse_form(body: bytes, where: str) -> dict[str, str]:
         msg = f"expected a form-encoded body (application/x-www-form-urlencoded): {exc}"
         raise DecodeError(msg, where=where) from None
     return dict(pairs)
+
+
+def mandrill_signature(key: str, signed: bytes) -> bytes:
+    """``X-Mandrill-Signature`` for the signed text (URL then sorted fields), as Mandrill sends it."""
+    return base64.b64encode(hmac.new(key.encode(), signed, hashlib.sha1).digest())
+
+
+def _is_test(form: dict[str, str]) -> bool:
+    """Whether a form is Mandrill's test POST: an empty event list and nothing else."""
+    if set(form) != {"mandrill_events"}:
+        return False
+    try:
+        events = json.loads(form["mandrill_events"])
+    except ValueError:
+        return False
+    return isinstance(events, list) and not events
 
 
 class MailchimpWebhook(WebhookPlatform):
@@ -115,13 +137,24 @@ class MailchimpWebhook(WebhookPlatform):
             if self.public_url is None
             else self.public_url + delivery.path + (f"?{delivery.query}" if delivery.query else "")
         )
-        signed = url + "".join(name + value for name, value in sorted(form.items()))
-        digest = hmac.new(self._mandrill_key.encode(), signed.encode("utf-8"), hashlib.sha1).digest()
-        if not hmac.compare_digest(signature.encode(), base64.b64encode(digest)):
-            raise Rejected(reason="bad_signature", detail="signature does not match")
+        signed = (url + "".join(name + value for name, value in sorted(form.items()))).encode("utf-8")
+        given = signature.encode()
+        if hmac.compare_digest(given, mandrill_signature(self._mandrill_key, signed)):
+            return
+        # Mandrill's test POST when a webhook is added (refused, the webhook could not be added).
+        if _is_test(form) and hmac.compare_digest(given, mandrill_signature(MANDRILL_TEST_KEY, signed)):
+            return
+        raise Rejected(reason="bad_signature", detail="signature does not match")
 
     def answers_get(self) -> bool:
         return True
+
+    def publishes(self, delivery: Delivery) -> bool:
+        """Not Mandrill's test POST (no events: nothing to keep)."""
+        try:
+            return not _is_test(parse_form(delivery.body, "mailchimp"))
+        except DecodeError:
+            return True  # published; the normaliser dead-letters it, naming why
 
     def key(self, delivery: Delivery) -> bytes | None:
         try:
@@ -148,7 +181,7 @@ class MailchimpSource(WebhookSource):
     @classmethod
     def from_settings(cls, settings: Settings, **options: str) -> MailchimpSource:
         check_options(
-            NAME, options, {"host", "port", "sender_domain", "secret", "mandrill_key", "public_url"}
+            NAME, options, {*LISTEN_OPTIONS, "sender_domain", "secret", "mandrill_key", "public_url"}
         )
         secret = secret_option(options, "secret", os.environ, "VIGIL_MAILCHIMP_WEBHOOK_SECRET")
         mandrill_key = options.get("mandrill_key") or os.environ.get("VIGIL_MANDRILL_WEBHOOK_KEY")

@@ -60,6 +60,7 @@ from vigil.events.types import (
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer
 from vigil.sources.webhooks import (
+    LISTEN_OPTIONS,
     Delivery,
     Rejected,
     WebhookPlatform,
@@ -110,6 +111,11 @@ def parse_outbound(body: bytes, where: str) -> OutboundMessage:
         raise DecodeError(msg, where=where) from None
     except LookupError as exc:  # an encoding declared that Python does not know
         msg = f"XML in an unknown encoding: {exc}"
+        raise DecodeError(msg, where=where) from None
+    except ValueError as exc:
+        # expat reads no multi-byte encoding but UTF-8/16: shift_jis, big5, euc_jp declared were
+        # an uncaught error, a 500 that Salesforce retried for 24 hours.
+        msg = f"XML in an encoding the parser cannot read ({exc}); expected UTF-8"
         raise DecodeError(msg, where=where) from None
     notifications = root.find(f".//{{{OUTBOUND_NS}}}notifications")
     if notifications is None:
@@ -183,7 +189,7 @@ class SalesforceSource(WebhookSource):
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: str) -> SalesforceSource:
-        check_options(NAME, options, {"host", "port", "org_ids", "token"})
+        check_options(NAME, options, {*LISTEN_OPTIONS, "org_ids", "token"})
         token = secret_option(options, "token", os.environ, "VIGIL_SALESFORCE_WEBHOOK_TOKEN")
         orgs = [o for o in options.get("org_ids", "").split(",") if o.strip()]
         if not orgs:

@@ -8,7 +8,10 @@ transport and peer in ``meta``.  Syslog has no acknowledgement, so a message is 
 as safe as the batch it is published in; batches are small and flushed on a short timer.
 While Kafka is unavailable the batch is retried with backoff and new messages wait in a
 bounded buffer: when it is full, TCP senders are slowed down (flow control) and UDP
-datagrams are dropped and counted in ``dropped``.
+datagrams are dropped and counted in ``dropped``.  Each TCP connection has a thread: at most
+``max_tcp_connections`` at once (one more is closed at once, counted in ``refused``), each
+closed after ``tcp_idle_timeout`` seconds without data (senders reconnect when they next
+have a message).
 
 :class:`SyslogNormalizer` parses the RFC 5424 header, structured data and message into a
 ``security_event``.  Anything that is not RFC 5424 raises :class:`ContractError` naming
@@ -43,6 +46,13 @@ Outcome = Literal["success", "failure", "unknown"]
 KIND = "syslog"
 #: Longest frame accepted on TCP; a larger octet count is a framing error (or an attack).
 MAX_FRAME = 64 * 1024
+#: TCP connections served at once (a thread each).  Unbounded, idle connections took a thread
+#: and a file descriptor each for as long as their peers liked.
+MAX_TCP_CONNECTIONS = 256
+#: Seconds a TCP connection may send nothing before it is closed: long enough for a quiet
+#: sender (rsyslog reconnects when it next has a message), short enough that dead peers and
+#: half-open connections give their threads back.
+TCP_IDLE_TIMEOUT_S = 900.0
 
 
 # --------------------------------------------------------------------------- receiver
@@ -59,19 +69,64 @@ class _Received:
 class _TcpHandler(socketserver.StreamRequestHandler):
     server: _TcpServer
 
+    def setup(self) -> None:
+        self.request.settimeout(self.server.idle_timeout)
+        super().setup()
+
     def handle(self) -> None:
         peer = f"{self.client_address[0]}:{self.client_address[1]}"
-        for frame in iter_frames(self.rfile):
-            self.server.deliver(_Received(frame, "tcp", peer, datetime.now(UTC)))
+        try:
+            for frame in iter_frames(self.rfile):
+                self.server.deliver(_Received(frame, "tcp", peer, datetime.now(UTC)))
+        except TimeoutError:
+            log.info("syslog: closing %s, silent for %g s", peer, self.server.idle_timeout)
+        except OSError as exc:  # reset by the peer: the connection is over, nothing to report
+            log.debug("syslog: connection from %s ended: %s", peer, exc)
 
 
 class _TcpServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, addr: tuple[str, int], out: queue.Queue[_Received]) -> None:
+    def __init__(
+        self,
+        addr: tuple[str, int],
+        out: queue.Queue[_Received],
+        *,
+        max_connections: int = MAX_TCP_CONNECTIONS,
+        idle_timeout: float = TCP_IDLE_TIMEOUT_S,
+    ) -> None:
         self._out = out
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+        #: Connections closed at once because ``max_connections`` were open.
+        self.refused = 0
         super().__init__(addr, _TcpHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:  # a flood of them is one line a thousand
+                log.warning(
+                    "syslog: refused TCP connections (%d so far, the last from %s): %d already open",
+                    self.refused,
+                    client_address[0],
+                    self.max_connections,
+                )
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def deliver(self, item: _Received) -> None:
         # Blocks while the buffer is full, which stops reading the socket: TCP flow control
@@ -150,12 +205,16 @@ class SyslogSource(Source):
         batch_size: int = 500,
         flush_interval: float = 0.2,
         max_buffered: int = 100_000,
+        max_tcp_connections: int = MAX_TCP_CONNECTIONS,
+        tcp_idle_timeout: float = TCP_IDLE_TIMEOUT_S,
         source_id: str | None = None,
     ) -> None:
         super().__init__(source_id)
         self.host = host
         self.udp_port = udp_port
         self.tcp_port = tcp_port
+        self.max_tcp_connections = max_tcp_connections
+        self.tcp_idle_timeout = tcp_idle_timeout
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.bound: dict[str, int] = {}
@@ -168,10 +227,17 @@ class SyslogSource(Source):
         self._queue: queue.Queue[_Received] = queue.Queue(maxsize=max_buffered)
         self._pending: list[RawRecord] = []
         self._backoff = 0.1
+        self._tcp: _TcpServer | None = None
+
+    @property
+    def refused(self) -> int:
+        """TCP connections closed at once because ``max_tcp_connections`` were open."""
+        return self._tcp.refused if self._tcp is not None else 0
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: str) -> SyslogSource:
-        """Options: ``host`` (127.0.0.1), ``udp_port`` / ``tcp_port`` (5514; ``off`` disables one)."""
+        """Options: ``host`` (127.0.0.1), ``udp_port`` / ``tcp_port`` (5514; ``off`` disables one),
+        ``max_tcp_connections`` (256), ``tcp_idle_timeout`` (s, 900)."""
         del settings  # nothing from the shared settings is needed
 
         def port(name: str) -> int | None:
@@ -179,7 +245,11 @@ class SyslogSource(Source):
             return None if value == "off" else int(value)
 
         return cls(
-            host=options.get("host", "127.0.0.1"), udp_port=port("udp_port"), tcp_port=port("tcp_port")
+            host=options.get("host", "127.0.0.1"),
+            udp_port=port("udp_port"),
+            tcp_port=port("tcp_port"),
+            max_tcp_connections=int(options.get("max_tcp_connections", str(MAX_TCP_CONNECTIONS))),
+            tcp_idle_timeout=float(options.get("tcp_idle_timeout", str(TCP_IDLE_TIMEOUT_S))),
         )
 
     def run(self, sink: RawSink) -> None:
@@ -194,7 +264,12 @@ class SyslogSource(Source):
                 self.bound["udp"] = udp.getsockname()[1]
                 threads.append(threading.Thread(target=self._udp_loop, args=(udp,), daemon=True))
             if self.tcp_port is not None:
-                tcp = _TcpServer((self.host, self.tcp_port), self._queue)
+                tcp = self._tcp = _TcpServer(
+                    (self.host, self.tcp_port),
+                    self._queue,
+                    max_connections=self.max_tcp_connections,
+                    idle_timeout=self.tcp_idle_timeout,
+                )
                 self.bound["tcp"] = tcp.server_address[1]
                 threads.append(
                     threading.Thread(target=tcp.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)

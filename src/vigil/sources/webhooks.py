@@ -3,26 +3,33 @@
 :func:`create_app` builds a FastAPI app with one route per platform,
 ``POST /webhooks/<platform>[/<path token>]``.  For every request it:
 
-1. reads the body (bounded: larger than ``max_body_bytes`` is 413);
+1. reads the body, bounded in size (larger than ``max_body_bytes``, by default what one raw
+   record may carry, is **413**) and in time (not all received within ``body_timeout_s`` is
+   **408**);
 2. asks the platform's :class:`WebhookPlatform` to **verify** it; a forged signature, a
    stale timestamp, an unknown organisation or a wrong token is **401** and counted in
    ``vigil_webhook_rejected_total{platform, reason}``; a malformed body (including XML
-   with a DTD or entities) is 400, also counted;
+   with a DTD or entities) is 400, also counted, and so is any other error a verifier
+   raises (reason ``verify_error``: the request is the caller's, never a 500);
 3. **publishes** the body unchanged to ``raw.<platform>`` (kind ``webhook``) and waits
-   until :meth:`RawSink.publish` returns, i.e. until Kafka has it;
+   until :meth:`RawSink.publish` returns, i.e. until Kafka has it (a verified delivery that
+   carries nothing, such as Mandrill's empty test POST, is acknowledged unpublished);
 4. only then **acknowledges** (2xx; Salesforce gets its SOAP ``Ack``).  If the broker
    fails the answer is **503** with ``Retry-After``, and every platform retries later.
 
 Nothing about a request is logged except the platform, the reason and sizes: bodies,
-signatures and path tokens are attacker-controlled or secret.  Path tokens are
-redacted from the ``path`` kept in the record's meta.  The uvicorn access log must stay
-off (:class:`WebhookSource` turns it off) because request lines carry path tokens.
+signatures and path tokens are attacker-controlled or secret.  The ``path`` kept in the
+record's meta is the route with the token replaced by ``<token>``.  The uvicorn access log must
+stay off (:class:`WebhookSource` turns it off) because request lines carry path tokens.
 
+``GET`` and ``HEAD`` on a platform's token route are verification pings for the platforms
+that send them (Mailchimp and Mandrill), answered 200 when the token is right.
 ``GET /metrics`` serves the app's own Prometheus registry; ``GET /healthz`` says it runs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import threading
@@ -39,12 +46,23 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from vigil.errors import BrokerError, ContractError, SourceError
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import RawSink, Source
-from vigil.sources.http_server import listen, serving
+from vigil.sources.http_server import KEEP_ALIVE_S, MAX_CONNECTIONS, listen, serving
 
 log = logging.getLogger(__name__)
 
 WEBHOOK = "webhook"
 REDACTED = "<token>"
+#: The largest raw record the HTTP receivers (these and the backend ingest) publish, value, key
+#: and headers counted as the broker counts them.  Their raw topics keep the broker's default
+#: limit (1,048,588 bytes, the batch's own overhead included): a 1 MiB webhook body passed the
+#: receiver, Kafka refused the record, and the platform was answered 503 and retried it for
+#: ever.  Larger is 413, not retried.
+RECORD_MAX_BYTES = 900_000
+#: The largest body read (a larger one cannot make a record under RECORD_MAX_BYTES).
+MAX_BODY_BYTES = RECORD_MAX_BYTES
+#: How long a request's body may take to arrive once its headers have.  A client sending a
+#: byte now and then held its connection (and a file descriptor) for ever.
+BODY_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -98,8 +116,13 @@ class WebhookPlatform(ABC):
         return Response(status_code=204)
 
     def answers_get(self) -> bool:
-        """Whether ``GET`` on the route is a verification ping to answer 200 (Mailchimp's)."""
+        """Whether ``GET`` and ``HEAD`` on the route are verification pings to answer 200
+        (Mailchimp's and Mandrill's)."""
         return False
+
+    def publishes(self, delivery: Delivery) -> bool:
+        """Whether a verified delivery is published (False: acknowledged, nothing to keep)."""
+        return True
 
 
 def constant_time_equal(given: str | bytes, expected: str | bytes) -> bool:
@@ -137,20 +160,31 @@ class WebhookMetrics:
         )  # fmt: skip
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float = BODY_TIMEOUT_S) -> bytes:
     """The body, refused (413) by its Content-Length or once it streams past ``limit`` bytes:
-    never read whole first."""
+    never read whole first; refused (408) when it has not all arrived within ``timeout_s``."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise Rejected(reason="too_large", detail=f"body over {limit} bytes", status=413)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Rejected(reason="too_large", detail=f"body over {limit} bytes", status=413)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise Rejected(reason="too_large", detail=f"body over {limit} bytes", status=413)
+                chunks.append(chunk)
+    except TimeoutError:
+        msg = f"body not received within {timeout_s:g} s ({size} bytes came)"
+        raise Rejected(reason="slow_body", detail=msg, status=408) from None
     return b"".join(chunks)
+
+
+def closing(status: int) -> dict[str, str]:
+    """Headers for an answer given before the body was read to its end: the connection is
+    closed after it (kept open, the client went on sending into it, or held it)."""
+    return {"Connection": "close"} if status in (408, 413) else {}
 
 
 def create_app(
@@ -158,7 +192,8 @@ def create_app(
     platforms: Sequence[WebhookPlatform],
     *,
     metrics: WebhookMetrics | None = None,
-    max_body_bytes: int = 1024 * 1024,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    body_timeout_s: float = BODY_TIMEOUT_S,
     retry_after_s: int = 30,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> FastAPI:
@@ -174,32 +209,46 @@ def create_app(
     def reject(platform: str, exc: Rejected) -> Response:
         stats.rejected.labels(platform, exc.reason).inc()
         log.warning("webhook %s rejected: %s", platform, exc.reason)
-        return Response(exc.detail + "\n", status_code=exc.status, media_type="text/plain")
+        return Response(
+            exc.detail + "\n", status_code=exc.status, headers=closing(exc.status), media_type="text/plain"
+        )
 
     async def handle(request: Request, name: str, token: str | None) -> Response:
         platform = by_name.get(name)
         if platform is None:
             return Response("unknown webhook platform\n", status_code=404, media_type="text/plain")
         try:
-            body = await read_body(request, max_body_bytes)
-            path = request.url.path
+            body = await read_body(request, max_body_bytes, body_timeout_s)
             delivery = Delivery(
                 platform=name,
                 method=request.method,
                 url=str(request.url),
-                path=path,
+                path=request.url.path,
                 query=request.url.query,
                 headers={k.lower(): v for k, v in request.headers.items()},
                 body=body,
                 received_at=clock(),
                 token=token,
             )
-            platform.verify(delivery)
+            try:
+                platform.verify(delivery)
+            except Rejected:
+                raise
+            except Exception as exc:
+                # A verifier's bug on a hostile input (a header int() refused) was an
+                # unauthenticated 500 with a traceback; the request is the caller's fault.
+                log.warning("webhook %s: verifying raised %s", name, type(exc).__name__)
+                raise Rejected(reason="verify_error", detail="malformed request", status=400) from None
         except Rejected as exc:
             return reject(name, exc)
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):
             return Response("ok\n", media_type="text/plain")  # verified ping; nothing to publish
-        safe_path = path if token is None else path.replace(token, REDACTED)
+        if not platform.publishes(delivery):
+            stats.accepted.labels(name).inc()
+            return Response("ok\n", media_type="text/plain")
+        # Built from the route, not by replacing the token in the path: the path Starlette gives
+        # back re-encodes characters (?, #, \) and then no longer contains the token as sent.
+        safe_path = f"/webhooks/{name}" if token is None else f"/webhooks/{name}/{REDACTED}"
         meta = {"path": safe_path, "content_type": delivery.headers.get("content-type", "")}
         meta.update(platform.meta(delivery))
         record = RawRecord(
@@ -210,6 +259,10 @@ def create_app(
             key=platform.key(delivery),
             meta=meta,
         )
+        size = record.size()
+        if size > RECORD_MAX_BYTES:  # the body fitted, but not with its key and headers
+            detail = f"delivery is {size:,} bytes with its key and headers; at most {RECORD_MAX_BYTES:,}"
+            return reject(name, Rejected(reason="too_large", detail=detail, status=413))
         try:
             await run_in_threadpool(sink.publish, [record])
         except BrokerError as exc:
@@ -232,7 +285,8 @@ def create_app(
     async def post_with_token(request: Request, name: str, token: str) -> Response:
         return await handle(request, name, token)
 
-    @app.get("/webhooks/{name}/{token}")
+    # HEAD too: Mandrill checks a new webhook URL with HEAD before its test POST.
+    @app.api_route("/webhooks/{name}/{token}", methods=["GET", "HEAD"])
     async def get_with_token(request: Request, name: str, token: str) -> Response:
         platform = by_name.get(name)
         if platform is None or not platform.answers_get():
@@ -255,7 +309,9 @@ class WebhookSource(Source):
 
     Options shared by the three sources: ``host`` (default 127.0.0.1) and ``port`` (default
     8089 HubSpot, 8090 Salesforce, 8091 Mailchimp, so the three run side by side; 0 picks a
-    free one, read from :attr:`port` once :attr:`ready` is set).
+    free one, read from :attr:`port` once :attr:`ready` is set); ``body_timeout_s``,
+    ``max_connections`` and ``keep_alive_s`` bound slow and idle clients
+    (:func:`read_body`, :func:`~vigil.sources.http_server.serving`).
     """
 
     def __init__(
@@ -266,6 +322,9 @@ class WebhookSource(Source):
         port: int = 8089,
         source_id: str | None = None,
         metrics: WebhookMetrics | None = None,
+        body_timeout_s: float = BODY_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
+        keep_alive_s: int = KEEP_ALIVE_S,
     ) -> None:
         self.name = platform.name
         super().__init__(source_id)
@@ -273,14 +332,25 @@ class WebhookSource(Source):
         self.host = host
         self.port = port
         self.metrics = metrics or WebhookMetrics()
+        self.body_timeout_s = body_timeout_s
+        self.max_connections = max_connections
+        self.keep_alive_s = keep_alive_s
         self.ready = threading.Event()
 
     def run(self, sink: RawSink) -> None:
-        app = create_app(sink, [self.platform], metrics=self.metrics)
+        app = create_app(sink, [self.platform], metrics=self.metrics, body_timeout_s=self.body_timeout_s)
         label = f"{self.name} webhooks"
         sock = listen(self.host, self.port, label)
         self.port = sock.getsockname()[1]
-        with serving(app, sock, label=label, host=self.host, wait=self.wait):
+        with serving(
+            app,
+            sock,
+            label=label,
+            host=self.host,
+            wait=self.wait,
+            max_connections=self.max_connections,
+            keep_alive_s=self.keep_alive_s,
+        ):
             self.ready.set()
             self._stop.wait()
 
@@ -301,9 +371,19 @@ def secret_option(options: Mapping[str, str], name: str, env: Mapping[str, str],
     return value
 
 
+#: The options every webhook source takes (:func:`listen_options`).
+LISTEN_OPTIONS = frozenset({"host", "port", "body_timeout_s", "max_connections", "keep_alive_s"})
+
+
 def listen_options(options: Mapping[str, str], default_port: int) -> dict[str, Any]:
-    """The ``host`` and ``port`` options as keyword arguments of :class:`WebhookSource`."""
-    return {"host": options.get("host", "127.0.0.1"), "port": int(options.get("port", str(default_port)))}
+    """The :data:`LISTEN_OPTIONS` as keyword arguments of :class:`WebhookSource`."""
+    return {
+        "host": options.get("host", "127.0.0.1"),
+        "port": int(options.get("port", str(default_port))),
+        "body_timeout_s": float(options.get("body_timeout_s", str(BODY_TIMEOUT_S))),
+        "max_connections": int(options.get("max_connections", str(MAX_CONNECTIONS))),
+        "keep_alive_s": int(options.get("keep_alive_s", str(KEEP_ALIVE_S))),
+    }
 
 
 def webhook_where(source: str, record: RawRecord) -> str:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
 import pytest
 
 from vigil.config import Settings
-from vigil.errors import ContractError, SourceError
+from vigil.errors import BrokerError, ContractError, SourceError
 from vigil.events.codec import decode_event, encode
 from vigil.events.examples import example_events
 from vigil.events.records import DeadLetter
@@ -23,12 +24,15 @@ from vigil.sources.backend import (
     Authenticator,
     BackendIngestSource,
     BackendNormalizer,
-    _read_body,
+    BufferFull,
+    IngestBuffer,
+    create_app,
     hash_key,
     parse_body,
     topic_for,
 )
 from vigil.sources.sink import MemorySink
+from vigil.sources.webhooks import Rejected, read_body
 
 KEY = "test-key-wallet-service-7f3a"  # a test value, not a secret
 OTHER_KEY = "test-key-kyc-service-19bc"
@@ -230,7 +234,8 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read_whole() -> None:
                 pulled.append(1)
                 yield b"x" * 1024
 
-    assert asyncio.run(_read_body(Streaming(), 4096)) is None  # type: ignore[arg-type]
+    with pytest.raises(Rejected, match="too_large"):
+        asyncio.run(read_body(Streaming(), 4096))  # type: ignore[arg-type]
     assert len(pulled) == 5  # stopped at the first chunk past the limit
 
     sink = MemorySink()
@@ -335,3 +340,72 @@ def test_the_record_limit_counts_the_key_too(server: tuple[BackendIngestSource, 
     resp = httpx.post(f"{url}/v1/events", content=encode(big), headers=auth)
     assert resp.status_code == 413, resp.text
     assert sink.records == []
+
+
+class StuckSink:
+    """A sink whose broker never takes anything."""
+
+    def publish(self, records: Sequence[RawRecord], cursor: dict[str, Any] | None = None) -> None:
+        raise BrokerError("Kafka unreachable")
+
+    def last_cursor(self, source_id: str) -> dict[str, Any] | None:
+        return None
+
+
+class RecordingSink(StuckSink):
+    """A sink that takes everything and notes how many records each transaction carried."""
+
+    def __init__(self) -> None:
+        self.transactions: list[int] = []
+
+    def publish(self, records: Sequence[RawRecord], cursor: dict[str, Any] | None = None) -> None:
+        self.transactions.append(len(records))
+
+
+def raw(size: int) -> RawRecord:
+    return RawRecord("backend", "canonical", b"x" * size, datetime(2026, 11, 29, 9, tzinfo=UTC), key=b"k")
+
+
+def test_the_buffer_is_bounded_by_bytes_as_well_as_by_records() -> None:
+    # By count only, 10,000 records of up to 900 KB could be held: 8.8 GB.
+    one = raw(100_000).size()
+    buffer = IngestBuffer(StuckSink(), max_records=10_000, max_bytes=2 * one)  # not started: all stays
+    buffer.submit([raw(100_000)])
+    buffer.submit([raw(100_000)])
+    with pytest.raises(BufferFull, match=rf"{2 * one:,} of {2 * one:,} bytes waiting"):
+        buffer.submit([raw(10)])
+    assert (buffer.buffered, buffer.buffered_bytes) == (2, 2 * one)
+    # As by count, a batch larger than the whole buffer is taken when the buffer is empty.
+    IngestBuffer(StuckSink(), max_bytes=one).submit([raw(100_000), raw(100_000)])
+
+
+def test_a_request_past_the_buffers_bytes_is_503_and_nothing_of_it_is_taken() -> None:
+    buffer = IngestBuffer(StuckSink(), max_bytes=1)  # one request whatever its size, then full
+    app = create_app(buffer, Authenticator({"wallet": hash_key(KEY)}), ack_timeout=0.01, retry_after=9)
+    (good,) = examples(1)
+    auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+
+    async def post() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            return await http.post("/v1/events", content=good, headers=auth)
+
+    assert asyncio.run(post()).status_code == 202  # queued: the broker is down
+    answer = asyncio.run(post())
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["retry-after"] == "9"
+    assert "bytes waiting for Kafka" in answer.json()["error"]
+    assert buffer.buffered == 1
+
+
+def test_transactions_are_cut_by_bytes_as_well_as_by_records() -> None:
+    # 5,000 records of 900 KB went in one transaction: 4.4 GB in the producer at once.
+    one = raw(1000).size()
+    sink = RecordingSink()
+    buffer = IngestBuffer(sink, batch_max_bytes=2 * one)
+    done = [buffer.submit([raw(1000)]) for _ in range(5)]
+    done.append(buffer.submit([raw(1000)] * 3))  # one request over the limit goes alone, whole
+    buffer.start()
+    for future in done:
+        future.result(timeout=15)
+    assert buffer.close(15)
+    assert sink.transactions == [2, 2, 1, 3]

@@ -200,6 +200,9 @@ ALL = [
 ]
 
 
+PREFIX = "AWSLogs/111122223333/CloudTrail/us-east-1/"
+
+
 def write_log(root: Path, name: str, records: list[dict[str, Any]], *, gz: bool = True) -> Path:
     """A file where CloudTrail would deliver it in S3."""
     path = root / "AWSLogs/111122223333/CloudTrail/us-east-1/2026/11/28" / name
@@ -379,13 +382,13 @@ def test_source_publishes_each_file_once_and_resumes_from_cursor(tmp_path: Path)
     _run_until(CloudTrailSource(tmp_path, poll_interval=0.05), sink, 2)
     assert [json.loads(r.value)["eventID"] for r in sink.records] == [r["eventID"] for r in ALL]
     assert [r.key for r in sink.records] == [r["eventID"].encode() for r in ALL]
-    assert len(sink.cursors["cloudtrail"]["files"]) == 2
+    assert len(sink.cursors["cloudtrail"]["prefixes"][PREFIX]["done"]) == 2
     # A restart with the same cursor publishes only what is new.
     write_log(tmp_path, "111122223333_CloudTrail_us-east-1_20261128T0925Z_c.json.gz", [CONSOLE_LOGIN_OK])
     before = len(sink.records)
     _run_until(CloudTrailSource(tmp_path, poll_interval=0.05), sink, 1)
     assert len(sink.records) == before + 1
-    assert len(sink.cursors["cloudtrail"]["files"]) == 3
+    assert len(sink.cursors["cloudtrail"]["prefixes"][PREFIX]["done"]) == 3
 
 
 def test_bad_file_stops_the_source_unless_skipping(tmp_path: Path) -> None:

@@ -101,6 +101,9 @@ def test_valid_signature_is_accepted() -> None:
         ({"x-hubspot-request-timestamp": "yesterday"}, "bad_timestamp"),
         # A year past 9999: from anyone, it was a 500 with a traceback.
         ({"x-hubspot-request-timestamp": "9999999999999999"}, "bad_timestamp"),
+        # Digits str.isdigit() takes and int() refuses: a 500 with a traceback, from anyone.
+        ({"x-hubspot-request-timestamp": "\xb2"}, "bad_timestamp"),
+        ({"x-hubspot-request-timestamp": "\u0661\u0662"}, "bad_timestamp"),
     ],
 )
 def test_forged_stale_or_incomplete_requests_are_rejected(changed: dict[str, object], reason: str) -> None:
@@ -118,6 +121,25 @@ def test_the_same_signed_request_twice_is_a_replay() -> None:
         hook.verify(delivery())
     # A retry is signed anew (new timestamp) and passes.
     hook.verify(delivery(stamp=NOW - timedelta(seconds=1)))
+
+
+def test_a_replay_is_refused_for_as_long_as_its_timestamp_would_pass() -> None:
+    # Our clock 90 s behind HubSpot's: remembered for 5 minutes from its arrival, the signature
+    # was forgotten at NOW + 3.5 min, and a replay then still passed the freshness check.
+    hook = HubSpotWebhook(SECRET)
+    original = delivery()
+
+    def arriving(at: datetime) -> Delivery:
+        return Delivery(**{**original.__dict__, "received_at": at})
+
+    hook.verify(arriving(NOW - timedelta(seconds=90)))
+    for at in (NOW + timedelta(minutes=1), NOW + timedelta(minutes=4), NOW + timedelta(minutes=5)):
+        with pytest.raises(Rejected) as caught:
+            hook.verify(arriving(at))
+        assert caught.value.reason == "replayed"
+    with pytest.raises(Rejected) as caught:  # past that, it is stale
+        hook.verify(arriving(NOW + timedelta(minutes=5, seconds=1)))
+    assert caught.value.reason == "stale"
 
 
 def test_a_tampered_body_fails_the_signature() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -9,6 +10,7 @@ import json
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
+import httpx
 import pytest
 
 from vigil.errors import DecodeError
@@ -16,7 +18,8 @@ from vigil.events.codec import decode_event, encode
 from vigil.events.types import EmailCampaignSent, EmailLinkClicked
 from vigil.hub.raw import RawRecord
 from vigil.sources.mailchimp import MailchimpNormalizer, MailchimpWebhook
-from vigil.sources.webhooks import Delivery, Rejected
+from vigil.sources.sink import MemorySink
+from vigil.sources.webhooks import Delivery, Rejected, create_app
 
 SECRET = "mc-secret-0123456789abcdef"  # noqa: S105 - a test secret
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -135,6 +138,45 @@ def test_mandrill_deliveries_must_carry_mandrills_signature_when_the_key_is_give
             token=SECRET,
         )
     )
+
+
+def mandrill_test_post(events: str, key: str = "test-webhook") -> Delivery:
+    """A POST as Mandrill sends it when a webhook is added: signed with ``key``."""
+    path = "/webhooks/mailchimp/" + SECRET
+    url = "http://127.0.0.1:8091" + path
+    signature = base64.b64encode(
+        hmac.new(key.encode(), (url + "mandrill_events" + events).encode(), hashlib.sha1).digest()
+    ).decode()
+    body = urlencode({"mandrill_events": events}).encode()
+    headers = {"x-mandrill-signature": signature}
+    return Delivery("mailchimp", "POST", url, path, "", headers, body, NOW, token=SECRET)
+
+
+def test_mandrills_test_post_signed_with_test_webhook_is_accepted_and_not_published() -> None:
+    # Mandrill signs the POST that checks a new webhook with "test-webhook", not the webhook's key
+    # (not issued yet): refused, the webhook could not be added.
+    hook = MailchimpWebhook(SECRET, mandrill_key="mandrill-key-0123")
+    test = mandrill_test_post("[]")
+    hook.verify(test)
+    assert not hook.publishes(test)
+    sink = MemorySink()
+    app = create_app(sink, [hook], clock=lambda: NOW)
+
+    async def send() -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8091") as http:
+            headers = {**test.headers, "content-type": "application/x-www-form-urlencoded"}
+            answer = await http.post(test.path, content=test.body, headers=headers)
+            return answer.status_code
+
+    assert asyncio.run(send()) == 200
+    assert sink.records == []
+    # Events, or anything besides the empty list, are never taken on the test key.
+    for events in (json.dumps(CLICKS), "[{}]", "{}"):
+        with pytest.raises(Rejected, match="bad_signature"):
+            hook.verify(mandrill_test_post(events))
+    # Deliveries that carry events are published as before.
+    assert hook.publishes(delivery())
 
 
 def test_sent_campaign_becomes_email_campaign_sent() -> None:

@@ -164,6 +164,19 @@ def test_forged_or_hostile_deliveries_are_rejected(
     assert "root:" not in caught.value.detail  # nothing of a local file ever surfaces
 
 
+@pytest.mark.parametrize("encoding", ["shift_jis", "big5", "euc_jp"])
+def test_xml_in_a_multi_byte_encoding_the_parser_cannot_read_is_400(encoding: str) -> None:
+    # Python knows these encodings but expat reads none of them: an uncaught ValueError, a 500
+    # that Salesforce retried for 24 hours.
+    body = outbound().replace(b'encoding="UTF-8"', f'encoding="{encoding}"'.encode())
+    with pytest.raises(Rejected) as caught:
+        webhook().verify(delivery(body))
+    assert (caught.value.reason, caught.value.status) == ("malformed", 400)
+    assert "expected UTF-8" in caught.value.detail
+    with pytest.raises(DecodeError, match="encoding the parser cannot read"):
+        SalesforceNormalizer().normalize(record(body))
+
+
 def test_an_outbound_message_behind_a_byte_order_mark_is_acked() -> None:
     hook = webhook()
     good = delivery(b"\xef\xbb\xbf" + outbound(sobjects=REPORT))

@@ -197,11 +197,50 @@ def test_receiver_publishes_udp_and_tcp_messages_unchanged() -> None:
     assert all(r.kind == "syslog" and r.source == "syslog" for r in sink.records)
 
 
+def test_a_silent_tcp_connection_is_closed_after_the_idle_timeout() -> None:
+    # Without a timeout, a connection that sent nothing kept its thread for ever.
+    source = SyslogSource(udp_port=None, tcp_port=0, tcp_idle_timeout=0.2)
+    thread = threading.Thread(target=source.run, args=(MemorySink(),))
+    thread.start()
+    try:
+        assert source.ready.wait(10)
+        with socket.create_connection(("127.0.0.1", source.bound["tcp"]), timeout=15) as tcp:
+            assert tcp.recv(1) == b""  # closed by the receiver (not: TimeoutError after 15 s)
+    finally:
+        source.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_tcp_connections_past_the_limit_are_closed_at_once() -> None:
+    # A thread per connection and no cap: 300 idle connections were 300 threads.
+    sink = MemorySink()
+    source = SyslogSource(udp_port=None, tcp_port=0, max_tcp_connections=2, flush_interval=0.05)
+    thread = threading.Thread(target=source.run, args=(sink,))
+    thread.start()
+    try:
+        assert source.ready.wait(10)
+        address = ("127.0.0.1", source.bound["tcp"])
+        with socket.create_connection(address) as first, socket.create_connection(address) as second:
+            first.sendall(RFC_EX1 + b"\n")
+            second.sendall(SSHD_FAIL + b"\n")
+            _wait_for(lambda: len(sink.records) == 2)  # both connections are being served
+            with socket.create_connection(address, timeout=15) as third:
+                assert third.recv(1) == b""
+            assert source.refused == 1
+    finally:
+        source.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
 def test_from_settings_options() -> None:
     from vigil.config import Settings
 
     source = SyslogSource.from_settings(Settings(), udp_port="off", tcp_port="6514")
     assert (source.udp_port, source.tcp_port, source.host) == (None, 6514, "127.0.0.1")
+    limited = SyslogSource.from_settings(Settings(), max_tcp_connections="8", tcp_idle_timeout="60")
+    assert (limited.max_tcp_connections, limited.tcp_idle_timeout) == (8, 60.0)
 
 
 def test_unreachable_kafka_keeps_messages_pending_and_does_not_crash_the_receiver() -> None:

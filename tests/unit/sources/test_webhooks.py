@@ -17,7 +17,15 @@ from vigil.hub.raw import RawRecord
 from vigil.sources.hubspot import HubSpotWebhook
 from vigil.sources.mailchimp import MailchimpSource, MailchimpWebhook
 from vigil.sources.sink import MemorySink
-from vigil.sources.webhooks import REDACTED, WebhookMetrics, create_app, secret_option
+from vigil.sources.webhooks import (
+    REDACTED,
+    Delivery,
+    Rejected,
+    WebhookMetrics,
+    create_app,
+    read_body,
+    secret_option,
+)
 
 SECRET = "mailchimp-path-secret-0123456789"  # noqa: S105 - a test secret
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -165,3 +173,83 @@ def test_sources_are_built_from_options_and_the_environment(monkeypatch: pytest.
         SalesforceSource.from_settings(Settings(), token=SECRET)
     with pytest.raises(SourceError, match=r"unknown option\(s\) \['prot'\]"):
         MailchimpSource.from_settings(Settings(), secret=SECRET, prot="1")
+
+
+class ExplodingPlatform(MailchimpWebhook):
+    """A verifier with a bug on some hostile input (HubSpot's int() of '²' was one)."""
+
+    name = "exploding"
+
+    def verify(self, delivery: Delivery) -> None:
+        int("²")
+
+
+def test_any_error_from_a_verifier_is_a_counted_400_not_a_500() -> None:
+    sink = MemorySink()
+    metrics = WebhookMetrics()
+    http = Client(create_app(sink, [ExplodingPlatform(SECRET)], metrics=metrics, clock=lambda: NOW))
+    answer = http.post("/webhooks/exploding", content=FORM)
+    assert answer.status_code == 400
+    assert "Traceback" not in answer.text
+    assert sink.records == []
+    assert count(metrics, "vigil_webhook_rejected_total", platform="exploding", reason="verify_error") == 1
+
+
+@pytest.mark.parametrize(("secret", "sent"), [("abcdefgh#ijklmnop", "abcdefgh%23ijklmnop"),
+     ("abcdefgh?ijklmnop", "abcdefgh%3Fijklmnop"), ("abcdefgh\\ijklmnop", "abcdefgh%5Cijklmnop"),
+     ("abcdefgh ijklmnop", "abcdefgh%20ijklmnop")])  # fmt: skip
+def test_the_recorded_path_never_holds_the_token_however_it_was_encoded(secret: str, sent: str) -> None:
+    # Replaced in the path Starlette gives back, a token with ?, # or \ was not found there (the
+    # path re-encodes them) and was kept in every record.
+    sink = MemorySink()
+    http = Client(create_app(sink, [MailchimpWebhook(secret)], clock=lambda: NOW))
+    assert http.post(f"/webhooks/mailchimp/{sent}", content=FORM).status_code == 204
+    [record] = sink.records
+    assert record.meta["path"] == f"/webhooks/mailchimp/{REDACTED}"
+    assert "abcdefgh" not in repr(record)
+    assert "ijklmnop" not in repr(record)
+
+
+def test_head_is_a_verification_ping_like_get() -> None:
+    # Mandrill checks a new webhook URL with HEAD: answered 405, the webhook could not be added.
+    http, metrics = client(MemorySink())
+    assert http.request("HEAD", f"/webhooks/mailchimp/{SECRET}").status_code == 200
+    assert http.request("HEAD", "/webhooks/mailchimp/wrong-token-0123456789").status_code == 401
+    assert http.request("HEAD", "/webhooks/hubspot/x").status_code == 405
+    assert count(metrics, "vigil_webhook_rejected_total", platform="mailchimp", reason="bad_token") == 1
+
+
+def test_a_body_over_what_one_raw_record_may_carry_is_413_by_default() -> None:
+    # The limit was 1 MiB, more than the raw topics take (1,048,588 bytes with key and headers):
+    # Kafka refused the record, the answer was 503 and the platform retried it for ever.
+    sink = MemorySink()
+    http, metrics = client(sink)
+    assert http.post(f"/webhooks/mailchimp/{SECRET}", content=b"x" * 950_000).status_code == 413
+    assert sink.records == []
+    assert count(metrics, "vigil_webhook_rejected_total", platform="mailchimp", reason="too_large") == 1
+
+
+def test_a_body_that_fits_but_not_with_its_key_is_413() -> None:
+    # Mailchimp's key is the list id from the body: both together past what a record may be.
+    sink = MemorySink()
+    http, _ = client(sink)
+    body = b"type=subscribe&data%5Blist_id%5D=" + b"a" * 480_000
+    answer = http.post(f"/webhooks/mailchimp/{SECRET}", content=body)
+    assert answer.status_code == 413
+    assert "with its key and headers" in answer.text
+    assert sink.records == []
+
+
+def test_a_body_that_stops_arriving_is_refused_408_by_the_deadline() -> None:
+    class Stalling:
+        headers: dict[str, str] = {}
+
+        async def stream(self) -> Any:
+            yield b"ab"
+            await asyncio.Event().wait()  # the rest never comes
+            yield b""  # pragma: no cover
+
+    with pytest.raises(Rejected) as caught:
+        asyncio.run(read_body(Stalling(), 1024, 0.05))  # type: ignore[arg-type]
+    assert (caught.value.status, caught.value.reason) == (408, "slow_body")
+    assert "2 bytes came" in caught.value.detail
