@@ -429,3 +429,13 @@ def test_a_late_event_completes_a_window_between_it_and_the_newest_whatever_the_
     events = [_deposit(m, 1000, f"0x{m:02}") for m in (0, 2, 6, 25, 4)]
     in_order, late = _both(_rules(tmp_path, rule), events)
     assert in_order == late == [["d0", "d2", "d4", "d6"]]
+
+
+@pytest.mark.parametrize("same_second_first", ["address", "withdrawal"])
+def test_steps_at_the_same_time_make_one_chain_whichever_arrives_first(same_second_first: str) -> None:
+    # A script adds an address and withdraws to it in the same second; the identity and payments
+    # topics can be read in either order.  Read withdrawal first, the chain never completed.
+    rules = [r for r in load_rules([ROOT / "rules"]) if r.id == "security-change-new-address"]
+    added, out = _added(10, "0x04"), _out(10, "0x04")
+    arrival = [_mfa(0), added, out] if same_second_first == "address" else [_mfa(0), out, added]
+    assert _alerted(rules, arrival) == [["m0", "a10", "w10"]]

@@ -418,16 +418,20 @@ class SequenceDetector(GroupedDetector):
             buf: list[Any] = st.setdefault("buf", [])
             done: list[Any] = st.setdefault("done", [])
             newest = buf[-1][0] if buf else now
-            if now >= newest:
+            if now > newest or (now == newest and not (buf and _step_before(entry, buf[-1]))):
                 buf.append(entry)
                 found = self._advance(st["p"], entry)
                 if found is not None:
                     self._fire(key, found, hits, done, st)
             else:
                 # Arrived late (another topic or partition lagged): put it in its event-time
-                # place and replay the recent steps, so the chain is judged as it happened.
+                # place and replay the recent steps, so the chain is judged as it happened.  Of
+                # events at the same time, one taking an earlier step goes first (an address added
+                # and a withdrawal to it in the same second, read in either order, are one chain).
                 at = len(buf)
-                while at > 0 and buf[at - 1][0] > now:
+                while at > 0 and (
+                    buf[at - 1][0] > now or (buf[at - 1][0] == now and _step_before(entry, buf[at - 1]))
+                ):
                     at -= 1
                 buf.insert(at, entry)
                 # From the chains as they stood before the oldest buffered event (a copy:
@@ -609,6 +613,13 @@ class SequenceDetector(GroupedDetector):
             if not compare(ratio.op, float(got) / float(base), ratio.bound):
                 return False
         return True
+
+
+def _step_before(entry: list[Any], other: list[Any]) -> bool:
+    """Whether buffered ``entry`` takes an earlier step than ``other`` (both at the same time):
+    event time cannot order them, the chain's order can.  Negations keep their arrival order."""
+    mine, theirs = entry[2], other[2]
+    return bool(mine and theirs) and min(m[0] for m in mine) < min(m[0] for m in theirs)
 
 
 def _delivered_before(buf: list[Any] | None, now: float, event_id: str) -> bool:
