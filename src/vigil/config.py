@@ -12,6 +12,8 @@ Secrets are :class:`~pydantic.SecretStr`: they print as ``**********`` in every 
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,8 +90,22 @@ class Settings(BaseSettings):
         for part in value.split(","):
             host, sep, port = part.strip().rpartition(":")
             if not sep or not host or not port.isdigit():
-                msg = f"expected host:port[,host:port...], got {value!r}"
+                # (The whole value is shown after this, by load_settings: the part is named here.)
+                where = "" if part == value else f"{part.strip()!r} of it "
+                msg = f"{where}has no port; expected host:port[,host:port...]"
                 raise ValueError(msg)
+        return value
+
+    @field_validator("kafka_ssl_ca_location")
+    @classmethod
+    def _ca_file_exists(cls, value: Path | None) -> Path | None:
+        # librdkafka refused a missing one only when the first client was made, as a traceback.
+        if value is not None and not value.expanduser().is_file():
+            relative = "" if value.expanduser().is_absolute() else f" (relative to {Path.cwd()})"
+            msg = (
+                f"no such file{relative}; expected a PEM file of the CA certificates that verify the brokers"
+            )
+            raise ValueError(msg)
         return value
 
     @model_validator(mode="after")
@@ -163,31 +179,95 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: Any) -> Settings:
     """Build the settings from environment and file; a bad value raises :class:`ConfigError`
-    naming the setting (as its environment variable) and what was wrong."""
+    naming the setting where it was given (its environment variable, or its key in the TOML
+    file) and what was wrong."""
     named = os.environ.get("VIGIL_CONFIG")
     if named and not Path(named).expanduser().is_file():
         # Read as "no file", a mistyped path ran on the defaults: a local broker instead of the
         # cluster the file names.
         msg = f"VIGIL_CONFIG names {named!r}, which is not a file; expected a TOML settings file"
         raise ConfigError(msg)
+    toml_path = Path(named).expanduser() if named else Path("vigil.toml")
+    in_file = _toml_keys(toml_path) if toml_path.is_file() else set()
     try:
         return Settings(**overrides)
     except ValidationError as exc:
+        origin = _Origins(overrides, in_file, toml_path)
         problems = []
         for err in exc.errors():
-            name = ".".join(str(p) for p in err["loc"]) or "settings"
-            env = f"VIGIL_{name.upper()}" if err["loc"] else name
-            # A setting not known (a misspelt one too) may be a password, and a check of several
-            # settings together gets them all as its input: their values are not shown.
-            secret = (
-                not err["loc"]
-                or err["type"] == "extra_forbidden"
-                or any(word in name for word in ("password", "secret", "token", "key", "pass", "credential"))
-            )
+            # A check of several settings together (no loc) names them in its message.
+            if not err["loc"]:
+                problems.append(f"settings that disagree: {origin.rename(_reason(err))}")
+                continue
+            name = ".".join(str(p) for p in err["loc"])
+            # A setting not known (a misspelt one too) may be a password: its value is not shown.
+            if err["type"] == "extra_forbidden":
+                known = ", ".join(sorted(Settings.model_fields))
+                problems.append(f"{origin.of(name)}: unknown setting; expected one of: {known}")
+                continue
+            secret = any(word in name for word in _SECRET_WORDS)
             got = "<hidden>" if secret else repr(err.get("input"))
-            problems.append(f"{env} ({name}): {err['msg']}; got {got}")
+            problems.append(f"{origin.of(name)}: {_reason(err)}; got {got}")
         msg = "invalid settings:\n  " + "\n  ".join(problems)
         raise ConfigError(msg) from None
+
+
+_SECRET_WORDS = ("password", "secret", "token", "key", "pass", "credential")
+
+
+def _reason(err: Any) -> str:
+    # pydantic words a validator's own ValueError as "Value error, <message>": the message is ours.
+    text = str(err["msg"])
+    return text.removeprefix("Value error, ") if err["type"] == "value_error" else text
+
+
+def _toml_keys(path: Path) -> set[str]:
+    """The keys the settings file sets; a file that is not valid TOML is a ConfigError saying
+    where (pydantic let tomllib's exception out as a traceback)."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        # Python 3.11's exception carries the place only in its text: "... (at line 1, column 24)".
+        found = re.fullmatch(r"(.*) \(at line (\d+), column (\d+)\)", str(exc))
+        where, reason = (f"{path}:{found[2]}:{found[3]}", found[1]) if found else (str(path), str(exc))
+        msg = f"{where}: the settings file is not valid TOML: {reason}; expected key = value lines"
+        if reason.startswith(("Invalid value", "Expected newline or end of document")):
+            # What an unquoted text value gives (kafka_bootstrap = localhost:9092).
+            msg += ' (a text value needs quotes: kafka_bootstrap = "host:9092")'
+        raise ConfigError(msg) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        msg = f"{path}: cannot read the settings file ({exc}); expected a readable TOML file"
+        raise ConfigError(msg) from None
+    return set(data)
+
+
+class _Origins:
+    """Where each setting came from, to name it as the user gave it: ``VIGIL_BROKER_PORT`` for
+    a variable, ``broker_port in vigil.toml`` for the file.  A setting not given at all is named
+    by its variable, the way to set it."""
+
+    def __init__(self, overrides: dict[str, Any], in_file: set[str], toml_path: Path) -> None:
+        self.overrides, self.in_file, self.toml_path = overrides, in_file, toml_path
+        # Variable names are matched regardless of case, as pydantic-settings reads them; an empty
+        # one is unset.
+        self.env = {key.upper() for key, value in os.environ.items() if value != ""}
+
+    def of(self, name: str, *, with_name: bool = True) -> str:
+        variable = f"VIGIL_{name.upper()}"
+        if name in self.overrides:
+            return name
+        if variable in self.env:
+            return f"{variable} ({name})" if with_name else variable
+        if name in self.in_file:
+            return f"{name} in {self.toml_path}"
+        return variable
+
+    def rename(self, text: str) -> str:
+        """``text`` with each setting's name replaced by where it came from."""
+        names = sorted(Settings.model_fields, key=len, reverse=True)
+        pattern = r"\b(" + "|".join(map(re.escape, names)) + r")\b"
+        return re.sub(pattern, lambda m: self.of(m[1], with_name=False), text)
 
 
 def shared_data_dir() -> Path:

@@ -12,11 +12,18 @@ import pytest
 from vigil.hub.broker import free_port_block
 
 
-def _vigil(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _vigil(
+    tmp_path: Path, *args: str, cwd: Path | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
     clean |= {"VIGIL_HOME": str(tmp_path), **env}
     return subprocess.run(
-        [sys.executable, "-m", "vigil.cli", *args], env=clean, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "vigil.cli", *args],
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
     )
 
 
@@ -26,6 +33,18 @@ def _vigil(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProces
         (("source", "bitcoin", "-o", "bogus=1"), "unknown option(s) ['bogus']"),
         (("source", "bitcoin", "-o", "confirmations=x"), "option confirmations must be a whole number"),
         (("source", "bitcoin", "-o", "rpc_user=u"), "rpc_user and rpc_password go together"),
+        # Raised as ValueError or OSError while the connector was built: tracebacks.
+        (("source", "coinbase"), "source coinbase: at least one product id is needed (e.g. products="),
+        (("source", "binance"), "source binance: at least one stream is needed (e.g. streams="),
+        (("source", "ethereum", "-o", "confirmations=-2"), "source ethereum: confirmations must be >= 0"),
+        (
+            ("source", "backend", "-o", "keys_file=/nonexistent/keys.json"),
+            "source backend: option keys_file='/nonexistent/keys.json': cannot read it (No such file",
+        ),
+        (
+            ("source", "coinbase", "-o", "products=BTC-USD", "-o", "heartbeat_timeout=soon"),
+            "source coinbase: option heartbeat_timeout='soon': expected a number",
+        ),
     ],
 )
 def test_bad_connector_options_are_named(tmp_path: Path, args: tuple[str, ...], says: str) -> None:
@@ -56,3 +75,77 @@ def test_run_refuses_a_bad_connector_option_before_starting_anything(tmp_path: P
     assert out.returncode == 1
     assert "option confirmations must be a whole number" in out.stderr + out.stdout
     assert "did not answer" not in out.stderr + out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("detect", "--rules", "nope"), "nope: no such file or directory (relative to the current directory"),
+        (("run", "--rules", "nope"), "nope: no such file or directory (relative to the current directory"),
+        (("normalize", "--source", "nope"), "--source nope: no normaliser by that name; known: backend"),
+    ],
+)
+def test_commands_check_their_own_inputs_before_the_broker(
+    tmp_path: Path, args: tuple[str, ...], says: str
+) -> None:
+    # Checked after the broker was asked, a missing rules directory or an unknown source was
+    # reported as "did not answer" when no broker ran (and `vigil run` started one and made its
+    # topics before it noticed).  A closed port: nothing answers there.
+    closed = f"127.0.0.1:{free_port_block(1)}"
+    out = _vigil(tmp_path, *args, VIGIL_KAFKA_BOOTSTRAP=closed)
+    assert out.returncode == 1, out.stderr
+    assert says in out.stderr
+    assert "did not answer" not in out.stderr + out.stdout
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (("detect", "--batch-size", "0"), "--batch-size"),
+        (("eval", "--events", "-5"), "--events"),
+        (("eval", "--customers", "3"), "--customers"),
+        (("eval", "--attack-rate", "-1"), "--attack-rate"),
+        (("demo", "--customers", "3"), "--customers"),
+    ],
+)
+def test_out_of_range_options_are_named_as_options(
+    tmp_path: Path, args: tuple[str, ...], option: str
+) -> None:
+    # The runtime's and the simulator's own checks named an internal application or SimConfig.
+    closed = f"127.0.0.1:{free_port_block(1)}"
+    out = _vigil(tmp_path, *args, VIGIL_KAFKA_BOOTSTRAP=closed)
+    assert out.returncode == 2, out.stderr
+    assert f"Invalid value for '{option}'" in out.stderr
+    assert "SimConfig" not in out.stderr
+    assert "application" not in out.stderr
+
+
+def test_rules_validate_away_from_the_repository_says_the_directory_is_missing(tmp_path: Path) -> None:
+    out = _vigil(tmp_path, "rules", "validate", cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.startswith(
+        f"rules: error: no such file or directory (relative to the current directory, {tmp_path}); "
+        "expected a rule file (*.yaml) or a directory of them\n"
+    ), out.stderr
+    assert ":0:0" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        (
+            {"VIGIL_KAFKA_SECURITY_PROTOCOL": "SSL", "VIGIL_KAFKA_SSL_CA_LOCATION": "/nonexistent/ca.pem"},
+            "VIGIL_KAFKA_SSL_CA_LOCATION (kafka_ssl_ca_location): no such file",
+        ),
+        ({"VIGIL_CONFIG": "{toml}"}, "{toml}:1:24: the settings file is not valid TOML"),
+    ],
+)
+def test_settings_mistakes_are_one_line_errors(tmp_path: Path, env: dict[str, str], says: str) -> None:
+    toml = tmp_path / "vigil.toml"
+    toml.write_text("kafka_bootstrap = 127.0.0.1:9092\n")  # unquoted: not TOML
+    env = {key: value.format(toml=toml) for key, value in env.items()}
+    out = _vigil(tmp_path, "topics", "list", **env)
+    assert out.returncode == 1, out.stderr
+    assert says.format(toml=toml) in out.stderr
+    assert "Traceback" not in out.stderr

@@ -33,7 +33,13 @@ def test_bad_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_bad_bootstrap_says_expected_form(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", "localhost")
-    with pytest.raises(ConfigError, match="expected host:port"):
+    with pytest.raises(ConfigError, match="expected host:port") as caught:
+        load_settings()
+    # The value once (it was said twice), and pydantic's "Value error, " not at all.
+    assert str(caught.value).count("'localhost'") == 1, caught.value
+    assert "Value error" not in str(caught.value)
+    monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", "kafka-1:9092,kafka-2")
+    with pytest.raises(ConfigError, match=r"'kafka-2' of it has no port; .*got 'kafka-1:9092,kafka-2'"):
         load_settings()
 
 
@@ -51,8 +57,59 @@ def test_unknown_toml_key_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path:
     cfg = tmp_path / "vigil.toml"
     cfg.write_text("brokr_port = 1\n")
     monkeypatch.setenv("VIGIL_CONFIG", str(cfg))
-    with pytest.raises(ConfigError, match="brokr_port"):
+    with pytest.raises(
+        ConfigError, match=rf"brokr_port in {cfg}: unknown setting; expected one of: .*broker_port"
+    ):
         load_settings()
+
+
+def test_values_from_the_settings_file_are_named_as_its_keys(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # They were reported as VIGIL_ variables that nobody had set, and the file went unnamed.
+    cfg = tmp_path / "vigil.toml"
+    cfg.write_text('broker_port = 5\nkafka_sasl_username = "u"\n')
+    monkeypatch.setenv("VIGIL_CONFIG", str(cfg))
+    with pytest.raises(ConfigError, match=rf"\n  broker_port in {cfg}: .*1024; got 5$") as caught:
+        load_settings()
+    assert "VIGIL_BROKER_PORT" not in str(caught.value)
+    cfg.write_text('kafka_sasl_username = "u"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        "invalid settings:\n  settings that disagree: "
+        f"kafka_sasl_username in {cfg} set with VIGIL_KAFKA_SECURITY_PROTOCOL PLAINTEXT, "
+        "which sends no credentials; expected SASL_SSL (or SASL_PLAINTEXT)"
+    )
+
+
+def test_a_settings_file_that_is_not_toml_is_located(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # tomllib's exception came out of pydantic as a traceback.
+    cfg = tmp_path / "vigil.toml"
+    cfg.write_text("default_partitions = 3\nkafka_bootstrap = 127.0.0.1:9092\n")
+    monkeypatch.setenv("VIGIL_CONFIG", str(cfg))
+    with pytest.raises(ConfigError, match=rf"^{cfg}:2:24: the settings file is not valid TOML: .*quotes"):
+        load_settings()
+    # The file in the working directory, read when VIGIL_CONFIG is not set, too.
+    monkeypatch.delenv("VIGIL_CONFIG")
+    monkeypatch.chdir(tmp_path)
+    cfg.write_text("kafka_bootstrap = localhost:9092\n")
+    with pytest.raises(ConfigError, match=r"^vigil.toml:1:19: the settings file is not valid TOML: .*quotes"):
+        load_settings()
+
+
+def test_a_ca_file_that_is_not_there_is_named_by_its_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # librdkafka refused it only when the first client was made, with a traceback.
+    monkeypatch.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("VIGIL_KAFKA_SSL_CA_LOCATION", str(tmp_path / "ca.pem"))
+    with pytest.raises(
+        ConfigError, match=r"VIGIL_KAFKA_SSL_CA_LOCATION \(kafka_ssl_ca_location\): no such file"
+    ):
+        load_settings()
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    assert load_settings().kafka_client_config()["ssl.ca.location"] == str(tmp_path / "ca.pem")
 
 
 def test_secrets_are_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,15 +146,15 @@ def test_the_value_of_a_misspelt_setting_is_not_shown(
     [
         (
             {"VIGIL_KAFKA_SASL_MECHANISM": "PLAIN", "VIGIL_KAFKA_SASL_USERNAME": "u"},
-            "set with kafka_security_protocol PLAINTEXT, which sends no credentials",
+            "set with VIGIL_KAFKA_SECURITY_PROTOCOL PLAINTEXT, which sends no credentials",
         ),
         (
             {"VIGIL_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "VIGIL_KAFKA_SASL_USERNAME": ""},
-            "SASL_SSL needs kafka_sasl_mechanism, kafka_sasl_username",
+            "SASL_SSL needs VIGIL_KAFKA_SASL_MECHANISM, VIGIL_KAFKA_SASL_USERNAME",
         ),
         (
             {"VIGIL_KAFKA_SECURITY_PROTOCOL": "SSL", "VIGIL_KAFKA_SASL_USERNAME": "u"},
-            "set with kafka_security_protocol SSL",
+            "set with VIGIL_KAFKA_SECURITY_PROTOCOL SSL",
         ),
     ],
 )
@@ -113,6 +170,10 @@ def test_security_settings_that_disagree_are_refused(
         load_settings()
     # The check sees every setting at once as its input: none of their values is shown.
     assert "hunter2" not in str(caught.value)
+    # Named as they were given, by variable: not "settings (settings): Value error, ...".
+    assert "settings that disagree: VIGIL_KAFKA_" in str(caught.value)
+    assert "settings (settings)" not in str(caught.value)
+    assert "Value error" not in str(caught.value)
 
 
 def test_a_ca_file_without_tls_and_empty_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -125,8 +186,9 @@ def test_a_ca_file_without_tls_and_empty_credentials(monkeypatch: pytest.MonkeyP
     assert loaded.kafka_security_protocol == "PLAINTEXT"
     assert loaded.kafka_sasl_password is None
     assert loaded.kafka_bootstrap == Settings.model_fields["kafka_bootstrap"].default
-    monkeypatch.setenv("VIGIL_KAFKA_SSL_CA_LOCATION", "/etc/ca.pem")
-    with pytest.raises(ConfigError, match=r"kafka_ssl_ca_location set with .* PLAINTEXT"):
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("VIGIL_KAFKA_SSL_CA_LOCATION", str(tmp_path / "ca.pem"))
+    with pytest.raises(ConfigError, match=r"VIGIL_KAFKA_SSL_CA_LOCATION set with .* PLAINTEXT"):
         load_settings()
     # A config file named with ~ (no shell to expand it: systemd, quoted values) is found.
     monkeypatch.delenv("VIGIL_KAFKA_SSL_CA_LOCATION")

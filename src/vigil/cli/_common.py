@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from vigil.config import Settings, load_settings
 from vigil.errors import ConfigError, VigilError
@@ -61,5 +62,6 @@ def run_guarded(app: typer.Typer) -> None:
     try:
         app()
     except VigilError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        # Not wrapped at the terminal's width: a message stays whole when searched or logged.
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)

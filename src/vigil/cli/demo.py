@@ -109,16 +109,21 @@ def _prefixed(prefix: str, names: list[str]) -> list[TopicSpec]:
 
 def demo(
     seed: Annotated[int, typer.Option(help="Simulator seed (same seed, same stream, same table).")] = 7,
-    customers: Annotated[int, typer.Option(help="Simulated customers.")] = 400,
-    events: Annotated[int, typer.Option(help="Simulated events.")] = 30_000,
+    customers: Annotated[int, typer.Option(min=10, help="Simulated customers.")] = 400,
+    events: Annotated[int, typer.Option(min=0, help="Simulated events.")] = 30_000,
     speed: Annotated[
-        float, typer.Option(help="Simulated seconds per wall second (1440 = a day per minute).")
+        float,
+        typer.Option(
+            min=0.0, help="Simulated seconds per wall second (1440 = a day per minute; 0: unpaced)."
+        ),
     ] = 1440.0,
     quiet: Annotated[bool, typer.Option(help="Only the summary, no live alerts.")] = False,
     keep_topics: Annotated[bool, typer.Option(help="Keep this run's topics afterwards.")] = False,
     rules: Annotated[Path, typer.Option(help="Rule file or directory.")] = REPO_RULES,
 ) -> None:
     """The whole pipeline on a simulated exchange: broker, intel, detection, live alerts, a score table."""
+    # Before the broker starts and topics are made: a missing or invalid rule file ends it here.
+    ruleset = load_rules([rules])
     cfg = settings()
     # (Decided before the local broker's address is filled in, which makes it "external".)
     local = not cfg.uses_external_cluster
@@ -140,7 +145,6 @@ def demo(
 
     run = uuid.uuid4().hex[:6]
     prefix = f"demo-{run}."
-    ruleset = load_rules([rules])
     sim = Simulation(SimConfig(seed=seed, customers=customers, events=events, lookalikes=True))
     console.print(
         f"[green]simulation[/] seed {seed}: {customers} customers, {events:,} events, "

@@ -33,7 +33,8 @@ def detect(
         str, typer.Option(help="exactly_once (Kafka transactions) or at_least_once")
     ] = "exactly_once",
     batch_size: Annotated[
-        int | None, typer.Option(help="Records per micro-batch, at most", show_default="the runtime's, 500")
+        int | None,
+        typer.Option(min=1, help="Records per micro-batch, at most", show_default="the runtime's, 500"),
     ] = None,
     metrics_port: MetricsPortOpt = None,
 ) -> None:
@@ -43,9 +44,11 @@ def detect(
     if guarantee not in ("exactly_once", "at_least_once"):
         msg = f"--guarantee must be exactly_once or at_least_once; got {guarantee!r}"
         raise ConfigError(msg)
+    # The command's own inputs first: a missing rules directory was reported as an unreachable
+    # broker when no broker ran, and as itself only once one did.
+    ruleset = load_rules([rules])
     cfg = settings()
     check_reachable(cfg)
-    ruleset = load_rules([rules])
     sizing = {} if batch_size is None else {"batch_size": batch_size}
     service = DetectionService(cfg, ruleset, guarantee=guarantee, **sizing)  # type: ignore[arg-type]
     stop = threading.Event()
@@ -89,10 +92,15 @@ def detect(
 
 def eval_(
     seed: Annotated[int, typer.Option(help="Simulator seed")] = 7,
-    events: Annotated[int, typer.Option(help="Events to simulate")] = 200_000,
-    customers: Annotated[int, typer.Option(help="Simulated customers")] = 2000,
+    # The bounds the simulator checks, as `vigil simulate` has them: its own error names its
+    # internal SimConfig, not the option.
+    events: Annotated[int, typer.Option(min=0, help="Events to simulate")] = 200_000,
+    customers: Annotated[int, typer.Option(min=10, help="Simulated customers")] = 2000,
     attack_rate: Annotated[
-        float, typer.Option(help="Episodes per scenario relative to the default (more for tighter estimates)")
+        float,
+        typer.Option(
+            min=0.0, help="Episodes per scenario relative to the default (more for tighter estimates)"
+        ),
     ] = 1.0,
     json_file: Annotated[
         Path | None, typer.Option("--json", help="Write the scores to this JSON file")

@@ -80,7 +80,10 @@ def redrive_cmd(
         list[str] | None,
         typer.Option(
             "--allow-topic",
-            help="Also send to this topic (by default only stages' inputs: raw.<source>, events.<domain>)",
+            help=(
+                "Also send to this topic (by default only stages' inputs: raw.<source>, "
+                "events.<domain>, detect.routed, each also under a prefix ending in '.')"
+            ),
         ),
     ] = None,
 ) -> None:

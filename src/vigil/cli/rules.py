@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from vigil.cli._common import console, err_console
 from vigil.detect.cases import run_cases
-from vigil.detect.rules.validate import validate_paths
+from vigil.detect.rules.validate import describe, validate_paths
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -26,7 +26,7 @@ def validate(paths: PathsArg = None) -> None:
     result = validate_paths(paths or [DEFAULT_RULES])
     for issue in result.issues:
         colour = "red" if issue.severity == "error" else "yellow"
-        err_console.print(f"[{colour}]{escape(str(issue))}[/]", soft_wrap=True)
+        err_console.print(f"[{colour}]{escape(describe(issue))}[/]", soft_wrap=True)
     errors = len(result.errors)
     summary = f"{len(result.rules)} rule(s) and {len(result.cases)} case(s) in {len(result.files)} file(s)"
     if errors:
@@ -41,7 +41,7 @@ def run_tests(paths: PathsArg = None) -> None:
     result = validate_paths(paths or [DEFAULT_RULES])
     if result.errors:
         for issue in result.errors:
-            err_console.print(f"[red]{escape(str(issue))}[/]", soft_wrap=True)
+            err_console.print(f"[red]{escape(describe(issue))}[/]", soft_wrap=True)
         err_console.print(f"[bold red]{len(result.errors)} validation error(s); fix them first[/]")
         raise typer.Exit(1)
     failed = 0

@@ -16,13 +16,13 @@ from typing import Annotated, Any
 import typer
 
 from vigil.cli._common import MetricsPortOpt, console, serve_metrics_of, settings
-from vigil.cli.source import _options
+from vigil.cli.source import _options, build_connector
 from vigil.errors import ConfigError
 from vigil.hub import admin as topic_admin
 from vigil.hub.broker import from_settings
 from vigil.hub.client import check_reachable, make_admin
 from vigil.hub.topics import TOPICS
-from vigil.sources.registry import SOURCES, source_class
+from vigil.sources.registry import SOURCES
 from vigil.sources.sink import KafkaRawSink, raw_topic
 from vigil.stream.base import Guarantee
 
@@ -68,7 +68,10 @@ def run(
     cfg = settings()
     # Connectors first: a bad option is an error before anything starts (built last, it raised
     # while normalise and detection ran in daemon threads, which the exit killed mid-transaction).
-    connectors = [source_class(name).from_settings(cfg, **options[name]) for name in names]
+    connectors = [build_connector(name, cfg, options[name]) for name in names]
+    # The rules too: loaded after the broker started and the topics were created, a missing or
+    # invalid rule file left both behind for nothing.
+    ruleset = load_rules([rules])
     # (Decided before the local broker's address is filled in, which makes it "external".)
     local = not cfg.uses_external_cluster
     if local:
@@ -100,7 +103,7 @@ def run(
         threads.append(thread)
 
     normalize = build(cfg, guarantee=guarantee)
-    service = DetectionService(cfg, load_rules([rules]), guarantee=guarantee)
+    service = DetectionService(cfg, ruleset, guarantee=guarantee)
     metrics = serve_metrics_of(cfg, metrics_port, lambda: [normalize, service.route_app, service.detect_app])
     if metrics is not None:
         stoppers.append(metrics.stop)

@@ -9,9 +9,10 @@ from typing import Annotated, Any
 import typer
 
 from vigil.cli._common import console, settings
-from vigil.errors import ConfigError
+from vigil.config import Settings
+from vigil.errors import ConfigError, VigilError
 from vigil.hub.client import check_reachable
-from vigil.sources.registry import SOURCES, source_class
+from vigil.sources.registry import NORMALIZERS, SOURCES, source_class
 from vigil.sources.sink import KafkaRawSink, raw_topic
 
 
@@ -24,6 +25,52 @@ def _options(pairs: list[str]) -> dict[str, str]:
             raise ConfigError(msg)
         out[key.strip().replace("-", "_")] = value
     return out
+
+
+def build_connector(name: str, cfg: Settings, options: dict[str, str]) -> Any:
+    """The connector ``name`` built from its options; a bad option ends the command in one line.
+
+    Connectors check their options as they are built, and some say so with a ValueError (no
+    product ids, a negative confirmation depth, a number that is not one) or an OSError (a
+    keys file that is not there): those are the user's mistakes, not Vigil's, so they become a
+    ConfigError naming the source and the option instead of a traceback."""
+    try:
+        return source_class(name).from_settings(cfg, **options)
+    except VigilError:
+        raise
+    except OSError as exc:
+        if exc.filename is None:
+            msg = f"source {name}: {exc.strerror or exc}"
+            raise ConfigError(msg) from None
+        given = [key for key, value in options.items() if value == str(exc.filename)]
+        option = f"option {given[0]}={options[given[0]]!r}" if given else f"file {str(exc.filename)!r}"
+        msg = (
+            f"source {name}: {option}: cannot read it ({exc.strerror or exc}); "
+            "expected an existing, readable file"
+        )
+        raise ConfigError(msg) from None
+    except ValueError as exc:
+        raise ConfigError(_option_problem(name, options, str(exc))) from None
+
+
+def _option_problem(name: str, options: dict[str, str], text: str) -> str:
+    # The connectors' own messages start with their name ("coinbase: ...", "ethereum source:
+    # ..."): said once.  A bare conversion error ("could not convert string to float: 'x'")
+    # names no option, so the option holding the value it quotes is named.
+    for prefix in (f"{name} source: ", f"{name}: "):
+        text = text.removeprefix(prefix)
+    if text.startswith("could not convert string to float"):
+        text = f"expected a number ({text})"
+    elif text.startswith("invalid literal for int()"):
+        text = f"expected a whole number ({text})"
+    named = [key for key in options if key in text]
+    quoting = [key for key, value in options.items() if value and repr(value) in text]
+    if quoting and not named:
+        text = f"option {quoting[0]}={options[quoting[0]]!r}: {text}"
+    elif not named and options:
+        given = ", ".join(f"{key}={value!r}" for key, value in options.items())
+        text = f"{text} (options given: {given})"
+    return f"source {name}: {text}"
 
 
 def _stop_on_signals(stop: Any) -> None:
@@ -43,7 +90,7 @@ def source(
         msg = f"unknown source {name!r}; known: {', '.join(sorted(SOURCES))}"
         raise ConfigError(msg)
     cfg = settings()
-    connector = source_class(name).from_settings(cfg, **_options(option or []))
+    connector = build_connector(name, cfg, _options(option or []))
     check_reachable(cfg)  # a clear error when no broker answers, not a traceback
     # A connector may route some records elsewhere (the ingest API sends rejected lines to
     # dlq.ingest); by default everything goes to raw.<source>.
@@ -69,6 +116,12 @@ def normalize(
     """Run the normalise application: raw.<source> -> events.<domain>, rejects to dlq.normalize."""
     from vigil.sources.normalize import build
 
+    # Checked before the broker is asked: an unknown name was refused only once one answered.
+    unknown = [n for n in source_names or [] if n not in NORMALIZERS]
+    if unknown:
+        known = ", ".join(sorted(NORMALIZERS))
+        msg = f"--source {', '.join(unknown)}: no normaliser by that name; known: {known}"
+        raise ConfigError(msg)
     cfg = settings()
     check_reachable(cfg)  # a clear error when no broker answers, not a traceback
     app = build(cfg, source_names, guarantee="at_least_once" if at_least_once else "exactly_once")

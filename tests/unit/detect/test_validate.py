@@ -200,9 +200,27 @@ def test_unreadable_files_and_absurd_durations_are_reported_not_raised(tmp_path:
     got = messages(tmp_path)
     assert any(re.search(r"latin1\.yaml:8:1: error: not UTF-8 text", m) for m in got), got
     assert any("timespan must be a duration" in m and "99999999999d" in m for m in got), got
-    missing = [str(i) for i in validate_paths([tmp_path / "nowhere.yaml"]).errors]
-    assert len(missing) == 1
-    assert "cannot read the file" in missing[0]
+    from vigil.detect.rules.validate import describe
+
+    missing = validate_paths([tmp_path / "nowhere.yaml"]).errors
+    assert [describe(i) for i in missing] == [
+        f"{tmp_path / 'nowhere.yaml'}: error: no such file or directory; "
+        "expected a rule file (*.yaml) or a directory of them"
+    ]
+
+
+def test_a_missing_rules_directory_is_named_relative_to_where_the_command_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Read as a file, it was "rules:0:0: error: cannot read the file" (and, from `vigil detect`,
+    # "rules:0:0: 1 error(s) in rule files:" before it).
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuleError) as caught:
+        load_rules([Path("rules")])
+    assert str(caught.value) == (
+        f"rules: no such file or directory (relative to the current directory, {tmp_path}); "
+        "expected a rule file (*.yaml) or a directory of them"
+    )
 
 
 def test_values_equal_under_python_equality_are_accepted_and_durations_bounded(tmp_path: Path) -> None:
@@ -227,3 +245,70 @@ def test_values_equal_under_python_equality_are_accepted_and_durations_bounded(t
     got = messages(tmp_path)
     assert len(got) == 1
     assert "ttl must be a duration" in got[0]
+
+
+def test_a_condition_beside_type_in_match_is_an_error_not_ignored(tmp_path: Path) -> None:
+    # Written beside ``type`` instead of under ``where``, the condition was dropped without a
+    # word: the rule passed validation and then alerted on every event of the type.
+    bad = GOOD.replace(
+        "match: {type: mfa_challenge, where: {payload.result: denied}}",
+        "match: {type: mfa_challenge, payload.result: denied, bogus_key: 1}",
+    )
+    path = write(tmp_path, "beside.yaml", bad)
+    v = validate_paths([tmp_path])
+    got = [str(i) for i in v.errors]
+    assert got == [
+        f"{path}:9:34: error: unknown key 'payload.result' in rule 'fatigue'.match (a condition on a "
+        "field belongs under 'where:', e.g. where: {payload.result: ...}); expected one of: type, where",
+        f"{path}:9:58: error: unknown key 'bogus_key' in rule 'fatigue'.match; expected one of: type, where",
+    ]
+    assert v.rules == []
+
+
+SHIPPED = Path(__file__).resolve().parents[3] / "rules"
+
+
+@pytest.mark.parametrize(
+    ("file", "rule_id", "where"),
+    [
+        ("chain.yaml", "mixer-denominations", ("match",)),  # threshold
+        ("identity.yaml", "impossible-travel", ("match",)),  # deviation
+        ("payments.yaml", "rapid-in-out", ("history",)),
+        ("payments.yaml", "rapid-in-out", ("seen_also", 0)),
+        ("chain.yaml", "sanctioned-counterparty", ("match",)),  # intel
+        ("chain.yaml", "sanctioned-exposure", ("edges",)),  # exposure
+        ("chain.yaml", "sanctioned-exposure", ("check", 0)),
+        ("chain.yaml", "poisoning-dust", ("known", 0)),  # lookalike
+        ("chain.yaml", "poisoning-dust", ("check", 0)),
+        ("market.yaml", "wash-trading-linked", ("links",)),  # linked
+        ("market.yaml", "wash-trading-linked", ("match",)),
+        ("saas.yaml", "vendor-export-propagation", ("mark",)),  # propagation
+        ("saas.yaml", "vendor-export-propagation", ("trigger",)),
+        ("chain.yaml", "signer-secret-access", ("steps", 1)),  # sequence
+    ],
+)
+def test_every_mapping_that_matches_events_refuses_unknown_keys(
+    file: str, rule_id: str, where: tuple[str | int, ...]
+) -> None:
+    from vigil.detect.rules.loader import load_file
+    from vigil.detect.rules.parse import Parser
+    from vigil.detect.rules.validate import parse_rule
+
+    rule = next(r for r in load_file(SHIPPED / file).data["rules"] if r["id"] == rule_id)
+    target = rule
+    for step in where:
+        target = target[step]
+    # A field path where a key of the mapping goes, located at a line of its own.
+    target["payload.amount_usd"] = {"gt": 1}
+    target.key_marks["payload.amount_usd"] = (900, 7)
+    p = Parser(file)
+    assert parse_rule(rule, p, file) is None
+    errors = [str(i) for i in p.issues if i.severity == "error"]
+    assert len(errors) == 1, errors  # once, whether the kind or the match checks the keys
+    label = ".".join(str(s) if isinstance(s, str) else f"[{s}]" for s in where).replace(".[", "[")
+    assert errors[0].startswith(
+        f"{file}:900:7: error: unknown key 'payload.amount_usd' in rule {rule_id!r}.{label} "
+        "(a condition on a field belongs under 'where:', e.g. where: {payload.amount_usd: ...}); "
+        "expected one of: "
+    ), errors
+    assert "type" in errors[0].rsplit("expected one of: ", 1)[1].split(", ")

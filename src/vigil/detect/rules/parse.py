@@ -45,6 +45,9 @@ class Parser:
     def __init__(self, file: str) -> None:
         self.file = file
         self.issues: list[Issue] = []
+        #: Mappings whose keys a caller has checked (by identity, each kept alive here so its id
+        #: is not reused): :meth:`match` checks the keys of any other mapping it is given.
+        self._keys_checked: dict[int, LocDict] = {}
 
     # ------------------------------------------------------------------ reporting
     def error(self, loc: Loc, message: str) -> None:
@@ -65,11 +68,13 @@ class Parser:
     ) -> None:
         req, opt = list(required), list(optional)
         allowed = set(req) | set(opt)
+        self._keys_checked[id(d)] = d
         for key in d:
             if key not in allowed:
                 self.error(
                     d.key_marks.get(key, d.loc),
-                    f"unknown key {key!r} in {what}; expected one of: {', '.join(sorted(allowed))}",
+                    f"unknown key {key!r} in {what}{_where_hint(key, allowed)}; "
+                    f"expected one of: {', '.join(sorted(allowed))}",
                 )
         for key in req:
             if key not in d:
@@ -191,7 +196,14 @@ class Parser:
         return path
 
     def match(self, d: LocDict, what: str) -> Match | None:
-        """``type: <type or list>`` plus optional ``where: {path: value | {op: value}}``."""
+        """``type: <type or list>`` plus optional ``where: {path: value | {op: value}}``.
+
+        A mapping holding more than a match (a sequence step, a propagation trigger) has its
+        keys checked by its caller first, with the keys it allows; any other must hold only
+        ``type`` and ``where``: a condition written beside ``type`` instead of under ``where``
+        was ignored, and the rule then matched every event of the type."""
+        if id(d) not in self._keys_checked:
+            self.keys(d, what, optional=("type", "where"))  # a missing type is reported below
         types = self.event_types(d, "type", what)
         where: list[Condition] = []
         if "where" in d:
@@ -258,6 +270,13 @@ class Parser:
             self.error(c.mark(ops[0]), f"{what}.{key}.{ops[0]} must be a number; got {_show(operand)}")
             return None
         return ops[0], float(operand)
+
+
+def _where_hint(key: str, allowed: set[str]) -> str:
+    """Where an unknown key naming an event field belongs, when the mapping takes ``where``."""
+    if "where" in allowed and ("." in key or key in Entities.KINDS):
+        return f" (a condition on a field belongs under 'where:', e.g. where: {{{key}: ...}})"
+    return ""
 
 
 def _operand_ok(op: str, operand: Any) -> bool:

@@ -97,9 +97,15 @@ class Validation:
 
 def validate_paths(paths: list[Path]) -> Validation:
     out = Validation()
-    files = rule_files(paths)
-    if not files:
-        out.issues.append(Issue(",".join(map(str, paths)) or ".", 0, 0, "no rule files (*.yaml) found"))
+    # A path that is not there is named as such: read as a file, a missing ``rules`` directory
+    # (the default, relative to wherever the command runs) was "rules:0:0: cannot read the file".
+    there = [p for p in paths if p.exists()]
+    for path in paths:
+        if path not in there:
+            out.issues.append(Issue(str(path), 0, 0, _missing(path)))
+    files = rule_files(there)
+    if not files and there:
+        out.issues.append(Issue(",".join(map(str, there)), 0, 0, "no rule files (*.yaml) found"))
     for path in files:
         rf, issues = validate_file(path)
         out.files.append(rf)
@@ -108,14 +114,37 @@ def validate_paths(paths: list[Path]) -> Validation:
     return out
 
 
+def _missing(path: Path) -> str:
+    if path.is_absolute():
+        return "no such file or directory; expected a rule file (*.yaml) or a directory of them"
+    return (
+        f"no such file or directory (relative to the current directory, {Path.cwd()}); "
+        "expected a rule file (*.yaml) or a directory of them"
+    )
+
+
+def describe(issue: Issue) -> str:
+    """``file:line:column: severity: message``, or ``path: severity: message`` for a problem
+    with a path as a whole (a missing directory), which has no line to point at."""
+    if issue.line == 0:
+        return f"{issue.file}: {issue.severity}: {issue.message}"
+    return str(issue)
+
+
 def load_rules(paths: list[Path]) -> list[Rule]:
     """Every rule under ``paths``; raises RuleError listing every error if any file is invalid."""
     v = validate_paths(paths)
     if v.errors:
         first = v.errors[0]
-        listing = "\n".join(str(i) for i in v.errors)
-        msg = f"{len(v.errors)} error(s) in rule files:\n{listing}"
-        raise RuleError(msg, file=first.file, line=first.line, column=first.column)
+        listing = "\n".join(describe(i) for i in v.errors)
+        msg = first.message if len(v.errors) == 1 else f"{len(v.errors)} error(s) in rule files:\n{listing}"
+        located = first.line > 0
+        raise RuleError(
+            msg,
+            file=first.file,
+            line=first.line if located else None,
+            column=first.column if located else None,
+        )
     return v.rules
 
 
