@@ -62,6 +62,9 @@ def test_no_broker_answering_is_a_clear_error(tmp_path: Path) -> None:
         assert out.returncode == 1, out.stderr
         assert "did not answer a metadata request" in out.stderr + out.stdout
         assert "Traceback" not in out.stderr
+        # The cause is in Vigil's one line, not only in librdkafka's own log lines before it.
+        assert "Connection refused" in out.stderr + out.stdout
+        assert "|FAIL|" not in out.stderr + out.stdout
 
 
 def test_run_refuses_a_bad_connector_option_before_starting_anything(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -75,15 +76,30 @@ def make_admin(settings: Settings) -> AdminClient:
     return AdminClient(settings.kafka_client_config())
 
 
+#: Where a reachability check's client logs: nowhere.  librdkafka printed its own ``%3|...|FAIL|``
+#: lines to stderr before Vigil's message, and only they held the cause; the check collects the
+#: errors instead and puts the cause in its message.
+_QUIET = logging.getLogger("vigil.hub.reachability")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
+
+
 def check_reachable(settings: Settings, timeout: float = 10.0) -> int:
-    """Ask the cluster for metadata; returns the broker count or raises BrokerError saying where."""
-    admin = make_admin(settings)
-    bootstrap = settings.kafka_client_config()["bootstrap.servers"]
+    """Ask the cluster for metadata; returns the broker count or raises BrokerError saying where
+    and why (``Connection refused``, ``Failed to resolve``, an authentication failure)."""
+    errors: list[KafkaError] = []
+    config = settings.kafka_client_config()
+    admin = AdminClient({**config, "error_cb": errors.append, "logger": _QUIET})
+    bootstrap = config["bootstrap.servers"]
     try:
         meta = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
         hint = "" if settings.uses_external_cluster else " (start it with `vigil broker start`)"
-        msg = f"Kafka at {bootstrap} did not answer a metadata request within {timeout:g}s{hint}: {exc}"
+        admin.poll(0)  # (error callbacks run only when the client is polled)
+        first = kafka_error(exc)
+        cause = next((e.str() for e in reversed(errors) if e.code() != KafkaError._ALL_BROKERS_DOWN), None)
+        why = cause or (first.str() if first is not None else str(exc))
+        msg = f"Kafka at {bootstrap} did not answer a metadata request within {timeout:g}s{hint}: {why}"
         raise BrokerError(msg) from None
     return len(meta.brokers)
 
