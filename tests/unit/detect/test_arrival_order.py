@@ -439,3 +439,22 @@ def test_steps_at_the_same_time_make_one_chain_whichever_arrives_first(same_seco
     added, out = _added(10, "0x04"), _out(10, "0x04")
     arrival = [_mfa(0), added, out] if same_second_first == "address" else [_mfa(0), out, added]
     assert _alerted(rules, arrival) == [["m0", "a10", "w10"]]
+
+
+def test_a_return_after_idle_is_judged_against_what_came_before_it_in_event_time() -> None:
+    # dormant-reactivation: a login after 90 days' silence, then a large withdrawal.  A small
+    # withdrawal 20 minutes before the login means the account was not dormant, even when it is
+    # read after the login (the payments topic behind identity).
+    rules = [r for r in load_rules([ROOT / "rules"]) if r.id == "dormant-reactivation"]
+    day = 1440
+    old = Login(**_at("l0", 0))
+    small, login, large = (
+        _out_usd(120 * day - 20, 50, "0x01"),
+        Login(**_at("l1", 120 * day)),
+        _out_usd(120 * day + 10, 20_000, "0x01"),
+    )
+    assert _both(rules, [old, small, login, large]) == ([], [])
+    assert _alerted(rules, [old, login, small, large]) == []
+    # Without the small one it is a return after idle, whichever order.
+    alert = [["l1", f"w{120 * day + 10}"]]
+    assert _both(rules, [old, large, login]) == (alert, alert)

@@ -222,12 +222,13 @@ def note_time(st: dict[str, Any], now: float, lateness_s: float) -> bool:
     return True
 
 
-def time_before(st: dict[str, Any], now: float) -> float | None:
+def time_before(st: dict[str, Any], now: float, strictly: bool = False) -> float | None:
     """The group's latest event time at or before ``now`` (not the newest: an event arriving after
-    a later one, from a lagging topic, was judged against that later one, so never dormant)."""
+    a later one, from a lagging topic, was judged against that later one, so never dormant);
+    ``strictly``: before ``now`` (an event's own time is noted, its previous one is asked for)."""
     times: list[float] | None = st.get("t")
     if times is None:  # kept before recent times were: only the newest
         last: float | None = st.get("last")
-        return last
-    at = bisect_right(times, now)
+        return None if strictly and last is not None and last >= now else last
+    at = bisect_left(times, now) if strictly else bisect_right(times, now)
     return times[at - 1] if at else None

@@ -548,7 +548,8 @@ class SequenceDetector(GroupedDetector):
 
     def _still_qualified(self, chain: list[Any], st: dict[str, Any]) -> bool:
         """Whether each first_seen step of a completed chain saw its value first, after
-        ``min_seen`` sightings of others, as of its event time.
+        ``min_seen`` sightings of others, and each after_idle step followed its idle time, as
+        of its event time.
 
         A step is judged when its event is processed; a sighting at an earlier event time may
         arrive only after it (another input topic lagged: a payment from a device fetched after
@@ -560,10 +561,16 @@ class SequenceDetector(GroupedDetector):
         seen = st["seen"]
         steps: dict[str, Any] = chain[2]
         for i, cs in enumerate(self._steps):
+            at = chain[1][i][2]
+            if cs.idle is not None:
+                # Dormant as of its time: an earlier event of the group read after the step
+                # (a withdrawal 20 minutes before the login, its topic behind) breaks the idle.
+                last = time_before(st, at, strictly=True)
+                if last is None or at - last < cs.idle:
+                    return False
             path = cs.step.first_seen
             if path is None:
                 continue
-            at = chain[1][i][2]
             if cs.step.min_seen and _observed(st, path, at) < cs.step.min_seen:
                 return False
             value = steps.get(cs.step.name, {}).get(path)
