@@ -145,7 +145,7 @@ def make_alert(rule: Rule, hit: Hit, *, latency_ms: float | None) -> Alert:
     evidence = to_evidence(sorted(hit.evidence, key=lambda e: (e[2], e[0])))
     first, last = evidence[0], evidence[-1]
     return Alert(
-        event_id=alert_id(rule, hit.entity, [e.event_id for e in evidence]),
+        event_id=alert_id(rule, hit.entity, hit.identity or [e.event_id for e in evidence]),
         source="vigil.detect",
         occurred_at=last.occurred_at,
         entities=_entities(hit.entity),

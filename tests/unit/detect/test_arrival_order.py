@@ -458,3 +458,22 @@ def test_a_return_after_idle_is_judged_against_what_came_before_it_in_event_time
     # Without the small one it is a return after idle, whichever order.
     alert = [["l1", f"w{120 * day + 10}"]]
     assert _both(rules, [old, large, login]) == (alert, alert)
+
+
+def test_an_exposure_alert_has_one_id_whichever_topic_came_first() -> None:
+    # chain.yaml's case of a deposit two hops downstream of a sanctioned address: with the chain
+    # topic behind, the second transfer joined the evidence, and with it the alert's id, so a
+    # replay in another order gave the same detection a second alert and a second hold.
+    checked = validate_paths([ROOT / "rules" / "chain.yaml"])
+    case = next(c for c in checked.cases if c.name.startswith("deposit two hops"))
+    indicator, first, second, deposit = case.events
+    rules = [r for r in checked.rules if r.id == "sanctioned-exposure"]
+    runs = []
+    for arrival in ([first, second, deposit], [first, deposit, second]):
+        alerts, decisions = detect_events(
+            RuleSet(rules, IntelIndex.from_events([indicator])), arrival, batch_size=1
+        )
+        runs.append(([a.event_id for a in alerts], [d.event_id for d in decisions]))
+    (alerts, decisions), late = runs
+    assert len(alerts) == len(decisions) == 1
+    assert late == (alerts, decisions)

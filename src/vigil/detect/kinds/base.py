@@ -208,6 +208,10 @@ class Hit:
     intel_version: str | None = None
     #: The withdrawal a hold decision is about, when the evidence names one.
     withdrawal_id: str | None = None
+    #: What identifies the detection, for its alert id, when not all its evidence does: evidence
+    #: that depends on arrival order (which tainting transfer was known when) would give one
+    #: detection another id on a replay, and downstream a second alert and hold.
+    identity: list[str] | None = None
 
 
 @dataclass(frozen=True)

@@ -334,6 +334,9 @@ class ExposureDetector(SingleRouteDetector):
     def _hit(self, group: str, evidence: list[StoredEvidence], address: str, taint: list[Any]) -> Hit:
         hops, origin, category, direction = taint
         return Hit(
+            # The checked event, its address and the listed origin: the tainting transfer is in
+            # the evidence only when it arrived after the check, so it is left out of the id.
+            identity=[evidence[0][0], address, str(origin)],
             entity=entity_ref(group),
             evidence=evidence,
             related=[EntityRef(kind="wallet", id=address), EntityRef(kind="counterparty", id=str(origin))],
