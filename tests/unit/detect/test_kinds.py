@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from vigil.detect.cases import run_case
 from vigil.detect.engine import RuleSet, detect_events
 from vigil.detect.intel import IntelIndex
@@ -1077,3 +1079,33 @@ def test_a_propagation_trigger_keyed_by_several_fields_is_refused(tmp_path: Path
     assert (
         "trigger.group_by must name one entity, the one marks target; got 2 (customer, device)" in errors[0]
     )
+
+
+LOOKALIKE_RULE = """\
+    type: lookalike
+    chars: 4
+    known: [{type: deposit, field: payload.from_address}]
+    check: [{type: withdrawal_request, field: payload.to_address, group_by: customer}]
+"""
+EXPOSURE_RULE = """\
+    type: exposure
+    edges: {type: chain_transfer}
+    categories: [sanctioned]
+    check: [{type: deposit, field: payload.from_address, group_by: customer}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("kind_yaml", "key"),
+    [
+        (LOOKALIKE_RULE, "max_known: 5"),
+        (LOOKALIKE_RULE, "group_by: customer"),
+        (EXPOSURE_RULE, "group_by: customer"),
+    ],
+)
+def test_rule_level_keys_no_kind_reads_are_refused(tmp_path: Path, kind_yaml: str, key: str) -> None:
+    # They were accepted and changed nothing: an analyst's max_known or group_by was ignored.
+    assert _errors(tmp_path, kind_yaml) == []
+    errors = _errors(tmp_path, kind_yaml + f"    {key}\n")
+    assert len(errors) == 1
+    assert f"unknown key {key.split(':')[0]!r}" in errors[0]

@@ -46,13 +46,14 @@ KINDS: dict[str, KindSpec] = {
         exposure.parse,
         exposure.ExposureDetector,
         exposure.CONTEXT,
-        ("edges", "check", "categories", "hops", "min_hops", "group_by"),
+        # (No rule-level group_by: each check entry groups its own events.)
+        ("edges", "check", "categories", "hops", "min_hops"),
     ),
     "lookalike": KindSpec(
         lookalike.parse,
         lookalike.LookalikeDetector,
         lookalike.CONTEXT,
-        ("group_by", "known", "check", "chars", "max_known"),
+        ("known", "check", "chars"),
     ),
     "deviation": KindSpec(
         deviation.parse,
