@@ -17,9 +17,14 @@ Failures per record:
   received goes to ``dlq.normalize`` too, naming the event and both times (see
   :class:`~vigil.sources.base.Normalizer`: a time far ahead would make every later event of
   its partition late); nothing of that record is emitted;
-- anything else a normaliser raises is a bug: the application stops loudly with a
-  :class:`~vigil.errors.PipelineError` naming topic, partition and offsets, and nothing
-  of the failing checkpoint is committed.
+- anything else a normaliser raises (a bug, or input it did not foresee) dead-letters its
+  record too, with ``unexpected <type>: <message>`` as the reason and a warning naming topic,
+  partition and offset: stopped, the stage would stop again on the same record after every
+  restart.  A normaliser broken by a deploy therefore shows as a run of such letters
+  (``vigil dlq summary dlq.normalize`` groups them by reason), redriven once it is fixed;
+- a failure of the stage itself (the broker, a record too large for its topic) stops it
+  loudly with a :class:`~vigil.errors.PipelineError`, and nothing of the failing checkpoint
+  is committed.
 
 Under ``exactly_once`` (the default) outputs, dead letters and input offsets are committed
 in one Kafka transaction, so a restart neither loses nor duplicates output for

@@ -3,8 +3,12 @@
 Each configured list (a local path or an http(s) URL) is fetched every ``poll_interval``
 seconds.  When its content changed (SHA-256), the new content is published unchanged to
 ``raw.intel`` (kind ``address_list``, or ``stix_bundle`` for a STIX file), with the list
-name, format, feed and version (the content hash) in ``meta``.  No restart is needed to
-pick up a new list.
+name, format, feed and version (the content hash) in ``meta``, keyed by the feed: the lists of
+one feed share its indicators, so their records (a revocation from one list, the listing from
+another) must reach the normaliser in the order they were published, on one partition.  With a
+``data_dir`` the directory is looked at again at each poll: a list file added is followed, and
+one deleted has its entries revoked (a directory that cannot be read, or holds no list at all,
+changes nothing).
 
 Entries that disappeared from a list must stop matching (unless another list of the same
 feed still has them: they share its indicator), so the source also publishes an
@@ -15,6 +19,13 @@ restart, the cursor keeps, per list, its version and the keys of its entries.  T
 the cursor proportional to the lists (about 350 kB for all the shipped lists), well
 below Kafka's 1 MB message limit; much larger lists would need their own source ids.
 STIX bundles carry their own revocations (``revoked: true``), so no diff is kept for them.
+
+A download that is no list is not published (the previous version stays in force): one that does
+not parse, and an empty one where the previous version had entries (an HTTP 200 with an empty
+body, a file caught mid-rewrite).  A version that drops more than ``max_drop`` (half) of a list
+of at least ``DROP_CHECK_MIN`` entries is held until the next poll fetches the same version again:
+a truncated download revoked what it cut off, sanctions screening lost with it until the next
+good read.
 """
 
 from __future__ import annotations
@@ -42,6 +53,10 @@ NAME = "intel"
 KIND_LIST = "address_list"
 KIND_REMOVED = "address_list_removed"
 KIND_STIX = "stix_bundle"
+#: Lists at least this long are checked for a large drop (see the module docstring).
+DROP_CHECK_MIN = 20
+#: Version of the revocation record of a list whose file was deleted.
+DELETED_VERSION = "deleted"
 
 
 @dataclass(frozen=True)
@@ -101,30 +116,45 @@ class IntelListSource(Source):
         poll_interval: float = 300.0,
         http_timeout: float = 30.0,
         source_id: str | None = None,
+        data_dir: Path | None = None,
+        max_drop: float = 0.5,
     ) -> None:
         super().__init__(source_id or "intel.lists")
         names = [spec.name for spec in lists]
         if len(set(names)) != len(names):
             msg = f"intel lists: duplicate list names in {names}"
             raise SourceError(msg)
+        if not 0 < max_drop <= 1:
+            msg = (
+                f"intel lists: option max_drop must be a share of a list (0 < max_drop <= 1); got {max_drop}"
+            )
+            raise SourceError(msg)
         self.lists = lists
         self.poll_interval = poll_interval
         self.http_timeout = http_timeout
+        #: Where the lists are, looked at again at each poll (None: ``lists`` as given).
+        self.data_dir = data_dir
+        self.max_drop = max_drop
         self.polls = 0
         self.errors: dict[str, str] = {}
+        #: List name -> a version held for its large drop, published if fetched again.
+        self._held: dict[str, str] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: str) -> IntelListSource:
         """Options: ``data_dir`` (a directory laid out like shared/data/intel: ofac/, scamsniffer/),
-        ``poll_interval`` (s, 300), ``source_id``."""
+        ``poll_interval`` (s, 300), ``max_drop`` (0.5, see the module docstring), ``source_id``."""
         del settings
         if "data_dir" not in options:
             msg = "intel lists: option 'data_dir' is required (a directory with ofac/ and scamsniffer/)"
             raise SourceError(msg)
+        data_dir = Path(options["data_dir"])
         return cls(
-            shipped_lists(Path(options["data_dir"])),
+            shipped_lists(data_dir),
             poll_interval=float(options.get("poll_interval", "300")),
             source_id=options.get("source_id"),
+            data_dir=data_dir,
+            max_drop=float(options.get("max_drop", "0.5")),
         )
 
     def fetch(self, spec: ListSpec) -> bytes:
@@ -143,8 +173,9 @@ class IntelListSource(Source):
             raise SourceError(msg) from None
 
     def poll_once(self, sink: RawSink, state: dict[str, Any]) -> int:
-        """Fetch every list once; publish the changed ones.  Returns how many changed."""
-        changed = 0
+        """Fetch every list once; publish the changed ones.  Returns how many changed (lists
+        deleted from ``data_dir`` included)."""
+        changed = self._rescan(sink, state)
         for spec in self.lists:
             try:
                 data = self.fetch(spec)
@@ -157,14 +188,7 @@ class IntelListSource(Source):
             previous = state.get(spec.name) or {}
             if previous.get("version") == version:
                 continue
-            # Lists of one feed share its indicators (an address on OFAC's ETH and USDC lists is
-            # one key, ``eth_address:<value>@ofac_sdn``): what one drops stays while another has it.
-            elsewhere = {
-                key
-                for other in self.lists
-                if other.feed == spec.feed and other.name != spec.name
-                for key in (state.get(other.name) or {}).get("keys", [])
-            }
+            elsewhere = self._elsewhere(spec, state)
             records, entry = self._records(spec, data, version, previous, elsewhere)
             if records is None:
                 continue
@@ -176,6 +200,83 @@ class IntelListSource(Source):
             changed += 1
         self.polls += 1
         return changed
+
+    def _rescan(self, sink: RawSink, state: dict[str, Any]) -> int:
+        """Follow the lists now in ``data_dir``; revoke the entries of lists deleted from it.
+        Returns how many lists went."""
+        if self.data_dir is None:
+            return 0
+        try:
+            found = shipped_lists(self.data_dir)
+        except OSError as exc:
+            log.warning(
+                "intel lists: cannot look at %s (%s); the lists stay as they were", self.data_dir, exc
+            )
+            return 0
+        if not found:
+            # Unmounted, or emptied by a failed sync: not a deletion of every list.
+            log.warning("intel lists: no list in %s; the lists stay as they were", self.data_dir)
+            return 0
+        names = {spec.name for spec in found}
+        # Followed until now, or (after a restart) known from the cursor only: deleted while down.
+        known = {spec.name: spec for spec in self.lists}
+        for name, entry in state.items():
+            if name not in known and isinstance(entry, dict) and entry.get("feed") and entry.get("format"):
+                known[name] = ListSpec(name, str(entry.get("location", "")), entry["format"], entry["feed"])
+        gone = [spec for name, spec in sorted(known.items()) if name not in names]
+        added = sorted(names - {spec.name for spec in self.lists})
+        if added:
+            log.info("intel lists: following %s, new in %s", ", ".join(added), self.data_dir)
+        self.lists = found
+        for spec in gone:
+            previous = state.get(spec.name) or {}
+            elsewhere = self._elsewhere(spec, state)
+            removed = sorted(set(previous.get("keys", [])) - elsewhere)
+            records = (
+                [self._removal(spec, DELETED_VERSION, previous, removed, datetime.now(UTC))]
+                if removed
+                else []
+            )
+            new_state = {k: v for k, v in state.items() if k != spec.name}
+            sink.publish(records, cursor={"lists": new_state})
+            state.clear()
+            state.update(new_state)
+            self.errors.pop(spec.name, None)
+            self._held.pop(spec.name, None)
+            log.warning("intel lists: %s was deleted; %d of its entries revoked", spec.name, len(removed))
+        return len(gone)
+
+    def _elsewhere(self, spec: ListSpec, state: dict[str, Any]) -> set[str]:
+        # Lists of one feed share its indicators (an address on OFAC's ETH and USDC lists is one
+        # key, ``eth_address:<value>@ofac_sdn``): what one drops stays while another has it.
+        return {
+            key
+            for other in self.lists
+            if other.feed == spec.feed and other.name != spec.name
+            for key in (state.get(other.name) or {}).get("keys", [])
+        }
+
+    def _removal(
+        self, spec: ListSpec, version: str, previous: dict[str, Any], removed: list[str], now: datetime
+    ) -> RawRecord:
+        categories = LIST_FORMATS[spec.format].categories
+        doc = {
+            "list": spec.name,
+            "feed": spec.feed,
+            "version": version,
+            "previous_version": previous.get("version"),
+            "removed": [[*k.split(":", 1), categories(k.split(":", 1)[0])] for k in removed],
+        }
+        meta = {
+            "list": spec.name,
+            "format": spec.format,
+            "feed": spec.feed,
+            "version": version,
+            "location": spec.location,
+        }
+        return RawRecord(
+            self.name, KIND_REMOVED, msgspec.json.encode(doc), now, key=spec.feed.encode(), meta=meta
+        )
 
     def _records(
         self,
@@ -193,10 +294,10 @@ class IntelListSource(Source):
             "version": version,
             "location": spec.location,
         }
-        key = spec.name.encode()
+        key = spec.feed.encode()
         if spec.format == STIX_FORMAT:
             record = RawRecord(self.name, KIND_STIX, data, now, key=key, meta=meta)
-            return [record], {"version": version, "keys": []}
+            return [record], {"version": version, "keys": [], **_spec_of(spec)}
         try:
             entries = parse_list(spec.format, data, where=f"intel list {spec.name}", meta=meta)
         except ContractError as exc:
@@ -206,21 +307,30 @@ class IntelListSource(Source):
             log.warning("%s: not published; the previous version stays in force", exc)
             return None, previous
         keys = sorted(f"{t}:{v}" for t, v, _ in entries)
+        before = previous.get("keys", [])
+        dropped = set(before) - set(keys)
+        if before and not keys:
+            msg = f"intel list {spec.name!r}: version {version} has no entries, the previous {len(before):,}"
+            self.errors[spec.name] = msg
+            log.warning("%s: not published; the previous version stays in force", msg)
+            return None, previous
+        if len(before) >= DROP_CHECK_MIN and len(dropped) > self.max_drop * len(before):
+            if self._held.get(spec.name) != version:
+                self._held[spec.name] = version
+                msg = (
+                    f"intel list {spec.name!r}: version {version} drops {len(dropped):,} of "
+                    f"{len(before):,} entries; held until the next poll fetches it again"
+                )
+                self.errors[spec.name] = msg
+                log.warning("%s (a truncated download would revoke what it cut off)", msg)
+                return None, previous
+            log.warning("intel list %r: version %s fetched again: its drop is published", spec.name, version)
+        self._held.pop(spec.name, None)
         records = [RawRecord(self.name, KIND_LIST, data, now, key=key, meta=meta)]
-        removed = sorted(set(previous.get("keys", [])) - set(keys) - elsewhere)
+        removed = sorted(dropped - elsewhere)
         if removed:
-            categories = LIST_FORMATS[spec.format].categories
-            doc = {
-                "list": spec.name,
-                "feed": spec.feed,
-                "version": version,
-                "previous_version": previous.get("version"),
-                "removed": [[*k.split(":", 1), categories(k.split(":", 1)[0])] for k in removed],
-            }
-            records.append(
-                RawRecord(self.name, KIND_REMOVED, msgspec.json.encode(doc), now, key=key, meta=meta)
-            )
-        return records, {"version": version, "keys": keys}
+            records.append(self._removal(spec, version, previous, removed, now))
+        return records, {"version": version, "keys": keys, **_spec_of(spec)}
 
     def run(self, sink: RawSink) -> None:
         cursor = sink.last_cursor(self.source_id) or {}
@@ -229,3 +339,9 @@ class IntelListSource(Source):
             self.poll_once(sink, state)
             if self.wait(self.poll_interval):
                 return
+
+
+def _spec_of(spec: ListSpec) -> dict[str, str]:
+    """What the cursor keeps of a list besides its keys: enough to revoke them once its file is
+    gone, even after a restart."""
+    return {"feed": spec.feed, "format": spec.format, "location": spec.location}

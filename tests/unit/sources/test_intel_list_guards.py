@@ -1,0 +1,133 @@
+"""The list source's guards: a download that is no list is not published, a large drop waits
+for a second look, a feed's records share one key, and the list directory is followed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vigil.config import Settings
+from vigil.errors import SourceError
+from vigil.events.types import IntelIndicator
+from vigil.sources.intel import scamlists
+from vigil.sources.intel.lists import IntelListSource, ListSpec
+from vigil.sources.intel.normalize import IntelNormalizer
+from vigil.sources.sink import MemorySink
+
+
+def addresses(n: int, start: int = 0) -> list[str]:
+    return [f"0x{i:040x}" for i in range(start + 1, start + n + 1)]
+
+
+def scam_list(tmp_path: Path, values: list[str], name: str = "scam") -> tuple[Path, ListSpec]:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(values))
+    return path, ListSpec(name, str(path), scamlists.ADDRESSES, scamlists.FEED)
+
+
+def revoked(records: list) -> set[str]:  # type: ignore[type-arg]
+    events = [e for r in records for e in IntelNormalizer().normalize(r)]
+    return {e.payload.value for e in events if isinstance(e, IntelIndicator) and e.payload.revoked}
+
+
+def test_an_empty_download_of_a_list_that_had_entries_is_not_published(tmp_path: Path) -> None:
+    # An HTTP 200 with an empty body, a file caught mid-rewrite: it revoked every entry.
+    path, spec = scam_list(tmp_path, addresses(3))
+    source, sink, state = IntelListSource([spec]), MemorySink(), {}
+    assert source.poll_once(sink, state) == 1
+    path.write_text("[]")
+    assert source.poll_once(sink, state) == 0
+    assert len(sink.records) == 1
+    assert "has no entries, the previous 3" in source.errors["scam"]
+
+
+def test_a_large_drop_is_published_only_once_fetched_again(tmp_path: Path) -> None:
+    path, spec = scam_list(tmp_path, addresses(40))
+    source, sink, state = IntelListSource([spec]), MemorySink(), {}
+    source.poll_once(sink, state)
+    path.write_text(json.dumps(addresses(10)))  # a truncated download, or a real purge
+    assert source.poll_once(sink, state) == 0
+    assert "drops 30 of 40 entries; held until the next poll" in source.errors["scam"]
+    assert len(sink.records) == 1
+    # Fetched again the same: a real purge, published with its revocations.
+    assert source.poll_once(sink, state) == 1
+    assert revoked(sink.records[1:]) == set(addresses(30, 10))
+    assert "scam" not in source.errors
+    # A drop within max_drop goes out at once.
+    path.write_text(json.dumps(addresses(6)))
+    assert source.poll_once(sink, state) == 1
+    assert revoked(sink.records[3:]) == set(addresses(4, 6))
+
+
+def test_a_held_drop_that_turned_out_a_torn_read_changes_nothing(tmp_path: Path) -> None:
+    path, spec = scam_list(tmp_path, addresses(40))
+    source, sink, state = IntelListSource([spec]), MemorySink(), {}
+    source.poll_once(sink, state)
+    path.write_text(json.dumps(addresses(5)))
+    assert source.poll_once(sink, state) == 0
+    path.write_text(json.dumps(addresses(41)))  # the whole file, one more
+    assert source.poll_once(sink, state) == 1
+    assert revoked(sink.records) == set()
+
+
+def test_a_feeds_lists_publish_under_one_key_so_a_move_between_them_stays_in_order(tmp_path: Path) -> None:
+    # An address moving from one list to another of the same feed: the revocation from the one
+    # and the listing from the other went to two partitions under the lists' names, and applied
+    # in the wrong order left it unlisted.
+    moved, kept = addresses(2)
+    a_path, a = scam_list(tmp_path, [moved, kept], "a")
+    b_path, b = scam_list(tmp_path, [kept], "b")
+    source, sink, state = IntelListSource([a, b]), MemorySink(), {}
+    source.poll_once(sink, state)
+    a_path.write_text(json.dumps([kept]))
+    b_path.write_text(json.dumps([kept, moved]))
+    assert source.poll_once(sink, state) == 2
+    assert {r.key for r in sink.records} == {scamlists.FEED.encode()}
+    latest: dict[str, bool] = {}
+    for record in sink.records:  # in publication order, as one partition keeps them
+        for event in IntelNormalizer().normalize(record):
+            assert isinstance(event, IntelIndicator)
+            latest[event.payload.value] = event.payload.revoked
+    assert latest == {moved: False, kept: False}
+
+
+def layout(root: Path, assets: dict[str, list[str]]) -> None:
+    ofac = root / "ofac"
+    ofac.mkdir(parents=True, exist_ok=True)
+    for asset, values in assets.items():
+        (ofac / f"sanctioned_addresses_{asset}.txt").write_text("".join(f"{v}\n" for v in values))
+
+
+def test_the_list_directory_is_followed_lists_added_and_deleted(tmp_path: Path) -> None:
+    eth, usdt, both = addresses(2), addresses(2, 10), addresses(1, 20)
+    layout(tmp_path, {"ETH": eth + both})
+    source = IntelListSource.from_settings(Settings(), data_dir=str(tmp_path))
+    sink, state = MemorySink(), {}
+    assert source.poll_once(sink, state) == 1
+    layout(tmp_path, {"USDT": usdt + both})  # a new asset list upstream: followed without a restart
+    assert source.poll_once(sink, state) == 1
+    assert [r.meta["list"] for r in sink.records] == ["ofac.ETH", "ofac.USDT"]
+    (tmp_path / "ofac" / "sanctioned_addresses_ETH.txt").unlink()
+    assert source.poll_once(sink, state) == 1
+    assert revoked(sink.records[2:]) == set(eth)  # not what the USDT list still has
+    assert set(state) == {"ofac.USDT"}
+    # Deleted while the source was down: revoked from what the cursor kept.
+    (tmp_path / "ofac" / "sanctioned_addresses_USDT.txt").unlink()
+    layout(tmp_path, {"ARB": addresses(1, 30)})
+    restarted = IntelListSource.from_settings(Settings(), data_dir=str(tmp_path))
+    mark = len(sink.records)
+    assert restarted.poll_once(sink, state) == 2
+    assert revoked(sink.records[mark:]) == set(usdt + both)
+    # A directory with no list at all (unmounted, a failed sync) is no deletion of every list.
+    (tmp_path / "ofac" / "sanctioned_addresses_ARB.txt").unlink()
+    mark = len(sink.records)
+    assert restarted.poll_once(sink, state) == 0
+    assert sink.records[mark:] == []
+    assert set(state) == {"ofac.ARB"}
+
+
+def test_max_drop_must_be_a_share() -> None:
+    with pytest.raises(SourceError, match="max_drop must be a share"):
+        IntelListSource([], max_drop=0)
