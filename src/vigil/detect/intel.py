@@ -15,6 +15,7 @@ dict each (a few hundred bytes per entry).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -47,11 +48,36 @@ class IndicatorEntry:
 def normalise(value: str) -> str:
     """The spelling values are indexed and looked up in: addresses as
     :func:`~vigil.events.addresses.canonical_address` spells them (EVM and bech32 lower-case),
-    other ``0x`` values and domains lower-case (case-insensitive), IPs and the rest as given."""
+    other ``0x`` values and domains lower-case (case-insensitive), IPv6 addresses and networks
+    as :mod:`ipaddress` spells them (compressed, lower-case: ``2001:DB8:0::1`` is
+    ``2001:db8::1``), IPv4 and the rest as given."""
     value = canonical_address(value)
     if value.startswith(("0x", "0X")) or ("." in value and not value.replace(".", "").isdigit()):
+        if "/" in value and value.replace(".", "").replace("/", "").isdigit():
+            return value  # an IPv4 network
         return value.lower()
+    if ":" in value:
+        try:
+            return (
+                str(ipaddress.ip_network(value, strict=False))
+                if "/" in value
+                else str(ipaddress.ip_address(value))
+            )
+        except ValueError:
+            return value
     return value
+
+
+def _network(key: str) -> tuple[int, int] | None:
+    """(IP version, prefix length) of an indexed network, e.g. ``223.166.0.0/15``; None for
+    anything else."""
+    if "/" not in key:
+        return None
+    try:
+        network = ipaddress.ip_network(key, strict=False)
+    except ValueError:
+        return None
+    return network.version, network.prefixlen
 
 
 class IntelIndex:
@@ -62,6 +88,9 @@ class IntelIndex:
         #: Per (feed, STIX id): the newest version applied (its ``modified``) and the values it
         #: lists (see _stix_version).
         self._stix: dict[tuple[str, str], tuple[datetime, set[str]]] = {}
+        #: (IP version, prefix length) -> how many networks of that size are listed: an IP is
+        #: looked up in each size listed (a /15 from a STIX bundle holds 131,072 addresses).
+        self._networks: dict[tuple[int, int], int] = {}
         self.updates = 0
 
     def clear(self) -> None:
@@ -69,6 +98,7 @@ class IntelIndex:
         self._entries.clear()
         self._feeds.clear()
         self._stix.clear()
+        self._networks.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -82,18 +112,30 @@ class IntelIndex:
         return ",".join(f"{feed}@{ver}" for feed, ver in sorted(self._feeds.items()))
 
     def _put(self, key: str, entry: IndicatorEntry) -> None:
-        self._entries.setdefault(key, {})[entry.feed] = entry
+        listings = self._entries.get(key)
+        if listings is None:
+            listings = self._entries[key] = {}
+            size = _network(key)
+            if size is not None:
+                self._networks[size] = self._networks.get(size, 0) + 1
+        listings[entry.feed] = entry
 
     def _drop(self, key: str, feed: str | None) -> bool:
         listings = self._entries.get(key)
         if listings is None:
             return False
-        if feed is None:
+        found = True
+        if feed is not None:
+            found = listings.pop(feed, None) is not None
+        if feed is None or not listings:
             del self._entries[key]
-            return True
-        found = listings.pop(feed, None) is not None
-        if not listings:
-            del self._entries[key]
+            size = _network(key)
+            if size is not None:
+                left = self._networks.get(size, 0) - 1
+                if left > 0:
+                    self._networks[size] = left
+                else:
+                    self._networks.pop(size, None)
         return found
 
     def apply(self, indicator: IntelIndicator, now: datetime | None = None) -> None:
@@ -183,9 +225,16 @@ class IntelIndex:
         sanctions listing, the more severe, hid it)."""
         if not value:
             return None
-        listings = self._entries.get(normalise(value))
-        if not listings:
-            return None
+        key = normalise(value)
+        listings = self._entries.get(key)
+        entry = self._pick(listings, at, categories) if listings else None
+        if entry is None and self._networks:
+            entry = self._in_network(key, at, categories)
+        return entry
+
+    def _pick(
+        self, listings: dict[str, IndicatorEntry], at: datetime | None, categories: Collection[str] | None
+    ) -> IndicatorEntry | None:
         if len(listings) == 1:
             entry = next(iter(listings.values()))
             if at is not None and entry.valid_until is not None and entry.valid_until <= at:
@@ -202,6 +251,25 @@ class IntelIndex:
         if not valid:
             return None
         return min(valid, key=lambda e: (_SEVERITY.get(e.category, 9), e.feed))
+
+    def _in_network(
+        self, key: str, at: datetime | None, categories: Collection[str] | None
+    ) -> IndicatorEntry | None:
+        """The listing of the smallest listed network holding the IP ``key`` (None: not an IP)."""
+        if "/" in key or not (key[:1].isdigit() or ":" in key):
+            return None
+        try:
+            address = ipaddress.ip_address(key)
+        except ValueError:
+            return None
+        for version, prefix in sorted(self._networks, key=lambda size: -size[1]):
+            if version != address.version:
+                continue
+            listings = self._entries.get(str(ipaddress.ip_network((address, prefix), strict=False)))
+            entry = self._pick(listings, at, categories) if listings else None
+            if entry is not None:
+                return entry
+        return None
 
     def items(self) -> Iterator[tuple[str, IndicatorEntry]]:
         for key, listings in self._entries.items():

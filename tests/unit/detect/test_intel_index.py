@@ -141,3 +141,45 @@ def test_a_rule_finds_the_listing_in_its_own_categories_behind_a_more_severe_one
     index.apply(_ind("scamsniffer", "drainer", revoked=True))
     assert index.lookup(ADDR, AT, {"drainer"}) is None
     assert index.lookup(ADDR, AT, {"sanctioned"}).feed == "ofac"  # type: ignore[union-attr]
+
+
+def _ip_indicator(value: str, feed: str = "stix:apt1", *, revoked: bool = False) -> IntelIndicator:
+    return IntelIndicator(
+        event_id=f"{feed}-{value}-{revoked}",
+        source=feed,
+        occurred_at=AT,
+        ingested_at=AT,
+        entities=Entities(),
+        payload=IntelIndicatorPayload(
+            indicator_type="ipv6" if ":" in value else "ipv4", value=value, category="c2",
+            feed=feed, list_version="v1", revoked=revoked,
+        ),
+    )  # fmt: skip
+
+
+def test_an_ip_inside_a_listed_network_matches_it_the_smallest_network_first() -> None:
+    # APT1's bundle lists /15 ranges: indexed as strings, only the string '223.166.0.0/15' matched.
+    index = IntelIndex()
+    index.apply(_ip_indicator("223.166.0.0/15"))
+    index.apply(_ip_indicator("223.167.4.0/24", feed="stix:other"))
+    assert index.lookup("223.166.0.1").feed == "stix:apt1"  # type: ignore[union-attr]
+    assert index.lookup("223.167.255.254").feed == "stix:apt1"  # type: ignore[union-attr]
+    assert index.lookup("223.167.4.9").feed == "stix:other"  # type: ignore[union-attr]
+    assert index.lookup("223.168.0.1") is None
+    assert index.lookup("223.166.0.1", AT, {"sanctioned"}) is None
+    index.apply(_ip_indicator("223.166.0.0/15", revoked=True))
+    assert index.lookup("223.166.0.1") is None
+    assert index.lookup("223.167.4.9") is not None
+    index.apply(_ip_indicator("223.167.4.0/24", feed="stix:other", revoked=True))
+    assert index.lookup("223.167.4.9") is None
+    assert len(index) == 0
+
+
+def test_ipv6_is_matched_whatever_its_spelling() -> None:
+    index = IntelIndex()
+    index.apply(_ip_indicator("2001:DB8:0:0::1"))
+    index.apply(_ip_indicator("2001:db8:aa::/48"))
+    assert index.lookup("2001:db8::1") is not None
+    assert index.lookup("2001:0DB8::0001") is not None
+    assert index.lookup("2001:db8:aa:1::5") is not None
+    assert index.lookup("2001:db8:ab::5") is None

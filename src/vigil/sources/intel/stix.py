@@ -6,6 +6,11 @@ by ``OR`` on a supported observable -- yields one :class:`ParsedIndicator` per v
 Patterns that need several observations together (``AND``, ``FOLLOWEDBY``) describe a
 behaviour, not a value to match, and are skipped on purpose (counted in ``skipped``).
 
+Alternatives joined by ``OR`` that are not such comparisons (a file hash beside an IP) are
+left out, the supported ones kept.  IPs are spelt as events spell them (IPv6 compressed), and
+a network (CIDR in ``ipv4-addr:value``, or ``ISSUBSET``) as ``<address>/<prefix>``: the
+indicator index matches an event's IP inside it.
+
 Supported observables: ``ipv4-addr``, ``ipv6-addr``, ``domain-name``, ``url``,
 ``email-addr`` and crypto addresses, which STIX 2.1 has no standard object for:
 ``x-crypto-address:value``, ``cryptocurrency-wallet:address`` / ``:value`` and
@@ -14,6 +19,7 @@ Supported observables: ``ipv4-addr``, ``ipv6-addr``, ``domain-name``, ``url``,
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -82,7 +88,22 @@ def normalise_value(indicator_type: str, value: str) -> tuple[str, str]:
         return classify_address(value)
     if indicator_type in ("domain", "email"):
         return indicator_type, value.lower().rstrip(".")
+    if indicator_type in ("ipv4", "ipv6"):
+        return indicator_type, canonical_ip(value)
     return indicator_type, value
+
+
+def canonical_ip(value: str) -> str:
+    """An IP as events spell it (``str(ipaddress.ip_address(...))``: IPv6 compressed, lower-case),
+    and a network (STIX allows CIDR in ``ipv4-addr:value``) as ``<address>/<prefix>``, a
+    single-host one as its address; anything else as given."""
+    try:
+        network = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return value
+    if network.prefixlen == network.max_prefixlen:
+        return str(network.network_address)
+    return str(network)
 
 
 @dataclass(frozen=True)
@@ -143,13 +164,16 @@ def pattern_values(pattern: str, *, where: str) -> list[tuple[str, str]] | None:
         raise ContractError(msg) from None
     if _COMPOUND.search(_QUOTED.sub("''", pattern)):
         return None
+    # Alternatives (OR): each supported one is a value to match; the others (a file hash, a
+    # comparison other than equality) are left out, not the whole indicator with them.
     out: list[tuple[str, str]] = []
     for obj_type, comparisons in inspected.comparisons.items():
         for path, op, literal in comparisons:
             kind = OBSERVABLES.get((obj_type, ".".join(str(p) for p in path)))
-            if kind is None or op != "=":
-                return None
-            out.append(normalise_value(kind, _unquote(literal)))
+            if kind is None or not isinstance(literal, str):
+                continue
+            if op == "=" or (op == "ISSUBSET" and kind in ("ipv4", "ipv6")):
+                out.append(normalise_value(kind, _unquote(literal)))
     return out or None
 
 
