@@ -4,18 +4,24 @@ Values come from, in order of precedence: keyword arguments, ``VIGIL_*`` environ
 variables, then the optional TOML file (``vigil.toml`` in the working directory, or the
 file named by ``VIGIL_CONFIG``).  An empty environment variable counts as unset (as templated
 env files leave them): the TOML file's value, else the default, applies.  Environment
-variables are read only here, and only when the entry point calls :func:`load_settings`.
+variables are read only here, and only when the entry point calls :func:`load_settings`,
+which warns about a ``VIGIL_*`` variable that is no setting (a misspelt one was ignored).
+Connectors' credentials are settings too, handed to each connector with the rest.
 
 Secrets are :class:`~pydantic.SecretStr`: they print as ``**********`` in every dump.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
+import logging
 import os
 import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -46,6 +52,9 @@ class Settings(BaseSettings):
         frozen=True,
         extra="forbid",
         toml_file="vigil.toml",
+        # A ValidationError's text quoted every bad value, a password or an RPC URL's API key too,
+        # when Settings is built directly (load_settings words its own message, hiding them).
+        hide_input_in_errors=True,
     )
 
     # --- where Vigil keeps its local files (broker jars and data, state stores, warehouse)
@@ -82,6 +91,38 @@ class Settings(BaseSettings):
         default=None, ge=1, description="Replicas per topic; unset: the cluster's default.replication.factor"
     )
 
+    # --- connector credentials, each read by its connector's from_settings.  Where a connector has
+    # an option of the same meaning (``vigil source hubspot -o client_secret=...``) the option wins,
+    # but a command line shows in the process list and the shell's history: these are the place.
+    hubspot_client_secret: SecretStr | None = Field(
+        default=None, description="HubSpot app's client secret: checks its webhooks' v3 signatures"
+    )
+    salesforce_webhook_token: SecretStr | None = Field(
+        default=None, description="Secret token in the path of the Salesforce outbound-message URL"
+    )
+    mailchimp_webhook_secret: SecretStr | None = Field(
+        default=None, description="Secret token in the path of the Mailchimp webhook URL"
+    )
+    mandrill_webhook_key: SecretStr | None = Field(
+        default=None,
+        description="Mandrill webhook key: checks X-Mandrill-Signature (unset: the path token alone)",
+    )
+    backend_keys: SecretStr | None = Field(
+        default=None,
+        description=(
+            'Back-end ingest API keys: JSON {"service": "<sha256 hex of its key>"} (in vigil.toml, a '
+            "[backend_keys] table)"
+        ),
+    )
+    taxii_user: str | None = Field(default=None, description="TAXII server user (HTTP basic auth)")
+    taxii_password: SecretStr | None = Field(default=None, description="TAXII server password")
+    # A secret too: hosted nodes (Infura, Alchemy) put the API key in the path or the user-info.
+    ethereum_rpc_url: SecretStr | None = Field(
+        default=None, description="Ethereum node's JSON-RPC URL (unset: http://127.0.0.1:8545)"
+    )
+    bitcoin_rpc_user: str | None = Field(default=None, description="Bitcoin Core RPC user (HTTP basic auth)")
+    bitcoin_rpc_password: SecretStr | None = Field(default=None, description="Bitcoin Core RPC password")
+
     @field_validator("kafka_bootstrap")
     @classmethod
     def _bootstrap_has_ports(cls, value: str | None) -> str | None:
@@ -106,6 +147,24 @@ class Settings(BaseSettings):
                 f"no such file{relative}; expected a PEM file of the CA certificates that verify the brokers"
             )
             raise ValueError(msg)
+        return value
+
+    @field_validator("backend_keys", mode="before")
+    @classmethod
+    def _keys_table_as_json(cls, value: Any) -> Any:
+        # A [backend_keys] table in vigil.toml arrives as a mapping; the variable is its JSON.
+        return json.dumps(value) if isinstance(value, dict) else value
+
+    @field_validator("ethereum_rpc_url")
+    @classmethod
+    def _rpc_url_is_http(cls, value: SecretStr | None) -> SecretStr | None:
+        # Checked here, not when the first call fails: without a scheme, httpx refused the URL
+        # only as the connector's first request, a traceback.
+        if value is not None:
+            parsed = urlsplit(value.get_secret_value())
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                msg = "expected the node's http:// or https:// URL (e.g. https://host/v3/<key>)"
+                raise ValueError(msg)
         return value
 
     @model_validator(mode="after")
@@ -189,6 +248,9 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(msg)
     toml_path = Path(named).expanduser() if named else Path("vigil.toml")
     in_file = _toml_keys(toml_path) if toml_path.is_file() else set()
+    # Before the settings are built: a misspelt variable may be why they fail (a SASL password
+    # under the wrong name is "kafka_sasl_password missing").
+    _warn_unknown_variables()
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -205,14 +267,70 @@ def load_settings(**overrides: Any) -> Settings:
                 known = ", ".join(sorted(Settings.model_fields))
                 problems.append(f"{origin.of(name)}: unknown setting; expected one of: {known}")
                 continue
-            secret = any(word in name for word in _SECRET_WORDS)
-            got = "<hidden>" if secret else repr(err.get("input"))
+            got = "<hidden>" if _is_secret(name) else repr(err.get("input"))
             problems.append(f"{origin.of(name)}: {_reason(err)}; got {got}")
         msg = "invalid settings:\n  " + "\n  ".join(problems)
         raise ConfigError(msg) from None
 
 
 _SECRET_WORDS = ("password", "secret", "token", "key", "pass", "credential")
+
+
+def _is_secret(name: str) -> bool:
+    """Whether the value of setting ``name`` must not be shown: a SecretStr setting (an RPC URL
+    holds an API key without saying so in its name), or by its name one that is not a setting
+    (a misspelt password)."""
+    field = Settings.model_fields.get(name)
+    if field is not None and "SecretStr" in str(field.annotation):
+        return True
+    return any(word in name for word in _SECRET_WORDS)
+
+
+#: ``VIGIL_*`` variables Vigil reads that are not settings: not warned about as unknown.
+NOT_SETTINGS = frozenset(
+    {
+        "VIGIL_CONFIG",  # names the settings file itself (load_settings)
+        "VIGIL_SHARED_DATA",  # where tests and benchmarks find the shared data (shared_data_dir)
+        "VIGIL_COMPILE",  # the Makefile's build switch; make passes it on to the tests it runs
+    }
+)
+
+log = logging.getLogger(__name__)
+
+#: Variables already warned about: a command may load the settings more than once (the local
+#: broker's readiness check does), and one warning is enough.
+_warned: set[str] = set()
+
+
+def _warn_unknown_variables() -> None:
+    """One warning line naming the ``VIGIL_*`` environment variables that are no setting, each
+    with the closest known name.  Such a variable was silently ignored: ``VIGIL_KAFKA_BOOSTRAP``
+    ran on the local broker instead of the cluster it named.  Values are never shown (a
+    misspelt password is still a password)."""
+    known = {f"VIGIL_{name.upper()}" for name in Settings.model_fields} | NOT_SETTINGS
+    # Matched regardless of case, as pydantic-settings reads them.
+    unknown = sorted(
+        key
+        for key in os.environ
+        if key.upper().startswith("VIGIL_") and key.upper() not in known and key not in _warned
+    )
+    if not unknown:
+        return
+    _warned.update(unknown)
+    # Compared without the prefix every name shares, which made any two names look alike.
+    suffixes = {name.removeprefix("VIGIL_"): name for name in known}
+    described = []
+    for key in unknown:
+        close = difflib.get_close_matches(key.upper().removeprefix("VIGIL_"), suffixes, n=1)
+        described.append(f"{key} (did you mean {suffixes[close[0]]}?)" if close else key)
+    many = len(unknown) > 1
+    log.warning(
+        "ignoring environment variable%s %s: %s Vigil setting%s (each is a field of vigil.config.Settings)",
+        "s" if many else "",
+        ", ".join(described),
+        "not" if many else "not a",
+        "s" if many else "",
+    )
 
 
 def _reason(err: Any) -> str:

@@ -152,3 +152,25 @@ def test_settings_mistakes_are_one_line_errors(tmp_path: Path, env: dict[str, st
     assert out.returncode == 1, out.stderr
     assert says.format(toml=toml) in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_misspelt_variable_is_one_warning_line_naming_the_setting_meant(tmp_path: Path) -> None:
+    # Ignored in silence, the secret under the wrong name read as "not set" with no hint why.
+    out = _vigil(
+        tmp_path, "source", "hubspot", VIGIL_HUBSPOT_CLIENT_SECRT="hunter2-hubspot", VIGIL_COMPILE="0"
+    )
+    assert out.returncode == 1
+    warning, error = out.stderr.splitlines()
+    assert warning == (
+        "warning: ignoring environment variable VIGIL_HUBSPOT_CLIENT_SECRT (did you mean "
+        "VIGIL_HUBSPOT_CLIENT_SECRET?): not a Vigil setting (each is a field of vigil.config.Settings)"
+    )
+    assert error.startswith("error: client_secret is required: set VIGIL_HUBSPOT_CLIENT_SECRET")
+    assert "hunter2" not in out.stderr + out.stdout
+    # Spelt right, it is the connector's secret; VIGIL_COMPILE (the Makefile's) is no warning.
+    spelt_right = {"VIGIL_HUBSPOT_CLIENT_SECRET": "hunter2-hubspot", "VIGIL_COMPILE": "0"}
+    out = _vigil(tmp_path, "source", "hubspot", "-o", "port=x", **spelt_right)
+    assert out.returncode == 1
+    assert "warning" not in out.stderr
+    assert "client_secret is required" not in out.stderr
+    assert "hunter2" not in out.stderr + out.stdout

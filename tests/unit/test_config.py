@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr, ValidationError
 
+from vigil import config
 from vigil.config import Settings, load_settings
 from vigil.errors import ConfigError
 
@@ -205,3 +210,127 @@ def test_sasl_over_tls_with_its_credentials_is_accepted(monkeypatch: pytest.Monk
     monkeypatch.setenv("VIGIL_KAFKA_SASL_PASSWORD", "hunter2")
     conf = load_settings().kafka_client_config()
     assert (conf["security.protocol"], conf["sasl.mechanism"]) == ("SASL_SSL", "SCRAM-SHA-512")
+
+
+# ---------------------------------------------------------------------- connector credentials
+
+#: Every connector credential that is a secret, with its variable.
+CONNECTOR_SECRETS = [
+    "hubspot_client_secret",
+    "salesforce_webhook_token",
+    "mailchimp_webhook_secret",
+    "mandrill_webhook_key",
+    "backend_keys",
+    "taxii_password",
+    "ethereum_rpc_url",
+    "bitcoin_rpc_password",
+]
+
+
+@pytest.fixture
+def no_vigil_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """No VIGIL_* variable from the environment the tests run in, no vigil.toml, and no
+    variable remembered as warned about already."""
+    for key in list(os.environ):
+        if key.upper().startswith("VIGIL_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(config, "_warned", set(), raising=False)
+    return monkeypatch
+
+
+def test_a_connector_secret_is_read_from_its_variable_and_from_the_file(
+    no_vigil_variables: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The connectors read these from os.environ themselves: vigil.toml refused them as unknown
+    # keys, and nothing listed them among the settings.
+    cfg = tmp_path / "vigil.toml"
+    cfg.write_text('hubspot_client_secret = "from-the-file"\ntaxii_user = "analyst"\n')
+    assert load_settings().hubspot_client_secret == SecretStr("from-the-file")
+    assert load_settings().taxii_user == "analyst"
+    no_vigil_variables.setenv("VIGIL_HUBSPOT_CLIENT_SECRET", "from-the-variable")
+    assert load_settings().hubspot_client_secret == SecretStr("from-the-variable")  # the variable wins
+    for name in CONNECTOR_SECRETS:
+        assert Settings.model_fields[name].description, name
+
+
+def test_backend_keys_are_json_in_the_variable_or_a_table_in_the_file(
+    no_vigil_variables: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    digest = "ab" * 32
+    (tmp_path / "vigil.toml").write_text(f'[backend_keys]\nwallet = "{digest}"\n')
+    keys = load_settings().backend_keys
+    assert keys is not None
+    assert json.loads(keys.get_secret_value()) == {"wallet": digest}
+    no_vigil_variables.setenv("VIGIL_BACKEND_KEYS", json.dumps({"ledger": digest}))
+    keys = load_settings().backend_keys
+    assert keys is not None
+    assert json.loads(keys.get_secret_value()) == {"ledger": digest}
+
+
+def test_connector_secrets_are_never_shown(no_vigil_variables: pytest.MonkeyPatch) -> None:
+    for name in CONNECTOR_SECRETS:
+        value = f"https://node.example/v3/{name}-hunter2"  # a URL, so that ethereum_rpc_url takes it
+        no_vigil_variables.setenv(f"VIGIL_{name.upper()}", value)
+    loaded = load_settings()
+    for shown in (repr(loaded), str(loaded), loaded.model_dump_json()):
+        assert "hunter2" not in shown
+    assert loaded.ethereum_rpc_url == SecretStr("https://node.example/v3/ethereum_rpc_url-hunter2")
+
+
+def test_a_bad_rpc_url_is_refused_without_showing_it(no_vigil_variables: pytest.MonkeyPatch) -> None:
+    # No "secret" in its name, but hosted nodes put the API key in the URL's path: the value is
+    # hidden as a password's is, in load_settings' message and in pydantic's own.
+    no_vigil_variables.setenv("VIGIL_ETHEREUM_RPC_URL", "mainnet.example.io/v3/hunter2")
+    with pytest.raises(
+        ConfigError, match=r"VIGIL_ETHEREUM_RPC_URL \(ethereum_rpc_url\): expected the node's http"
+    ) as caught:
+        load_settings()
+    assert "hunter2" not in str(caught.value)
+    with pytest.raises(ValidationError) as raw:
+        Settings()
+    assert "hunter2" not in str(raw.value)
+
+
+# ---------------------------------------------------------------------- unknown VIGIL_* variables
+
+
+def test_a_misspelt_variable_is_named_with_the_closest_setting_not_its_value(
+    no_vigil_variables: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It was ignored in silence: VIGIL_KAFKA_BOOSTRAP ran on the local broker instead.
+    no_vigil_variables.setenv("VIGIL_KAFKA_BOOSTRAP", "kafka-prod-1:9092")
+    no_vigil_variables.setenv("VIGIL_HUBSPOT_CLIENT_SECRT", "hunter2")
+    no_vigil_variables.setenv("VIGIL_NOTHING_LIKE_IT", "1")
+    with caplog.at_level(logging.WARNING, logger="vigil.config"):
+        loaded = load_settings()
+    assert loaded.kafka_bootstrap is None
+    [warning] = [r for r in caplog.records if r.name == "vigil.config"]
+    line = warning.getMessage()
+    assert warning.levelno == logging.WARNING
+    assert "\n" not in line
+    assert "VIGIL_KAFKA_BOOSTRAP (did you mean VIGIL_KAFKA_BOOTSTRAP?)" in line
+    assert "VIGIL_HUBSPOT_CLIENT_SECRT (did you mean VIGIL_HUBSPOT_CLIENT_SECRET?)" in line
+    assert "VIGIL_NOTHING_LIKE_IT:" in line  # named, with nothing suggested
+    assert "kafka-prod-1" not in line
+    assert "hunter2" not in line
+    # Once per process: the local broker's readiness check loads the settings again.
+    caplog.clear()
+    load_settings()
+    assert not [r for r in caplog.records if r.name == "vigil.config"]
+
+
+def test_settings_and_the_variables_vigil_reads_besides_are_not_warned_about(
+    no_vigil_variables: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    (tmp_path / "vigil.toml").write_text("default_partitions = 3\n")
+    no_vigil_variables.setenv("VIGIL_CONFIG", str(tmp_path / "vigil.toml"))
+    no_vigil_variables.setenv("VIGIL_SHARED_DATA", str(tmp_path))
+    no_vigil_variables.setenv("VIGIL_COMPILE", "0")
+    no_vigil_variables.setenv("VIGIL_HOME", str(tmp_path))
+    no_vigil_variables.setenv("VIGIL_TAXII_PASSWORD", "pw")
+    no_vigil_variables.setenv("vigil_broker_port", "29093")  # read whatever its case
+    with caplog.at_level(logging.WARNING, logger="vigil.config"):
+        loaded = load_settings()
+    assert loaded.broker_port == 29093
+    assert not [r.getMessage() for r in caplog.records if r.name == "vigil.config"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Annotated
@@ -57,8 +58,21 @@ def serve_metrics_of(
     return server
 
 
+class _WarningLine(logging.Handler):
+    """Prints a warning of the settings (an unknown ``VIGIL_*`` variable) as the CLI prints its
+    own: one ``warning:`` line on stderr (unconfigured, logging printed the bare message)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console.print(
+            f"[yellow]warning:[/yellow] {escape(record.getMessage())}", highlight=False, soft_wrap=True
+        )
+
+
 def run_guarded(app: typer.Typer) -> None:
     """Run the Typer app; Vigil errors end with a one-line message and exit code 1, not a traceback."""
+    settings_log = logging.getLogger("vigil.config")
+    if not any(isinstance(h, _WarningLine) for h in settings_log.handlers):
+        settings_log.addHandler(_WarningLine(logging.WARNING))
     try:
         app()
     except VigilError as exc:

@@ -33,7 +33,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import threading
 import time
 from collections import Counter, deque
@@ -506,23 +505,23 @@ class BackendIngestSource(Source):
     @classmethod
     def from_settings(cls, settings: Settings, **options: str) -> BackendIngestSource:
         """Options: ``host`` (127.0.0.1), ``port`` (8088), ``keys_file`` (a JSON object
-        ``{service: sha256 hex of its key}``; default: the JSON in ``VIGIL_BACKEND_KEYS``),
+        ``{service: sha256 hex of its key}``; default: the setting ``backend_keys``, the same
+        JSON in ``VIGIL_BACKEND_KEYS`` or a ``[backend_keys]`` table in vigil.toml),
         ``max_buffered_records`` (10000), ``max_buffered_bytes`` (256 MiB), ``ack_timeout``
         (s, 5), ``body_timeout_s`` (30), ``max_connections`` (256), ``keep_alive_s`` (5)."""
-        del settings
         if "keys_file" in options:
             with open(options["keys_file"], encoding="utf-8") as fh:
                 text = fh.read()
         else:
-            text = os.environ.get("VIGIL_BACKEND_KEYS", "")
+            text = settings.backend_keys.get_secret_value() if settings.backend_keys is not None else ""
         try:
             keys = json.loads(text)
         except ValueError:
             keys = None
         if not isinstance(keys, dict) or not keys or not all(isinstance(v, str) for v in keys.values()):
             msg = (
-                "backend ingest: no API keys configured; give keys_file=<path> or VIGIL_BACKEND_KEYS, "
-                'a JSON object {"service": "<sha256 hex of its key>"}'
+                "backend ingest: no API keys configured; give keys_file=<path>, or set VIGIL_BACKEND_KEYS "
+                '(or backend_keys in vigil.toml), a JSON object {"service": "<sha256 hex of its key>"}'
             )
             raise SourceError(msg)
         return cls(

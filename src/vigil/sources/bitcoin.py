@@ -13,7 +13,8 @@ Verbosity 2 gives inputs as ``txid:vout`` references; Bitcoin Core adds the spen
 
 Options for ``vigil source bitcoin`` (:meth:`BitcoinSource.from_settings`): ``url``
 (default ``http://127.0.0.1:8332``), ``rpc_user`` and ``rpc_password`` (HTTP basic auth; by
-default from ``VIGIL_BITCOIN_RPC_USER`` and ``VIGIL_BITCOIN_RPC_PASSWORD``: a password on a
+default the settings ``bitcoin_rpc_user`` and ``bitcoin_rpc_password``, from
+``VIGIL_BITCOIN_RPC_USER`` and ``VIGIL_BITCOIN_RPC_PASSWORD`` or vigil.toml: a password on a
 command line shows in the process list and the shell's history), ``confirmations`` (default
 6), ``start_height`` (default: the confirmed head), ``verbosity`` (2 or 3, default 2),
 ``poll_interval`` seconds (default 10), ``source_id``.
@@ -21,7 +22,6 @@ command line shows in the process list and the shell's history), ``confirmations
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -94,12 +94,17 @@ class BitcoinSource(ChainFollower):
             "source_id",
         }
         check_known("bitcoin", options, known)
-        user = options.get("rpc_user") or os.environ.get("VIGIL_BITCOIN_RPC_USER") or None
-        password = options.get("rpc_password") or os.environ.get("VIGIL_BITCOIN_RPC_PASSWORD") or None
+        configured = settings.bitcoin_rpc_password
+        user = options.get("rpc_user") or settings.bitcoin_rpc_user or None
+        password = (
+            options.get("rpc_password")
+            or (configured.get_secret_value() if configured is not None else None)
+            or None
+        )
         if (user is None) != (password is None):
             msg = (
-                "bitcoin source: rpc_user and rpc_password go together (options, or VIGIL_BITCOIN_RPC_USER "
-                "and VIGIL_BITCOIN_RPC_PASSWORD); got only one of them"
+                "bitcoin source: rpc_user and rpc_password go together (options, or the settings "
+                "VIGIL_BITCOIN_RPC_USER and VIGIL_BITCOIN_RPC_PASSWORD); got only one of them"
             )
             raise ConfigError(msg)
         return cls(

@@ -21,9 +21,9 @@ A block does not say which of its transactions failed (a reverted transaction ke
 in geth, erigon, nethermind, reth and anvil) is detected once and the list is left out.
 
 Options for ``vigil source ethereum`` (:meth:`EthereumSource.from_settings`): ``url``
-(by default from ``VIGIL_ETHEREUM_RPC_URL``, else ``http://127.0.0.1:8545``; hosted nodes
-put an API key in it, so the environment is the place for it rather than a command line;
-it is never printed), ``confirmations``
+(by default the setting ``ethereum_rpc_url``, from ``VIGIL_ETHEREUM_RPC_URL`` or vigil.toml,
+else ``http://127.0.0.1:8545``; hosted nodes put an API key in it, so the setting is the place
+for it rather than a command line; it is never printed), ``confirmations``
 (default 12), ``start_block`` (default: the current confirmed head), ``poll_interval``
 seconds (default 2), ``source_id``.
 """
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -114,8 +113,11 @@ class EthereumSource(ChainFollower):
         """Build from CLI options (all strings); see the module docstring for the list."""
         known = {"url", "confirmations", "start_block", "poll_interval", "source_id"}
         check_known("ethereum", options, known)
+        configured = settings.ethereum_rpc_url
         return cls(
-            options.get("url") or os.environ.get("VIGIL_ETHEREUM_RPC_URL") or "http://127.0.0.1:8545",
+            options.get("url")
+            or (configured.get_secret_value() if configured is not None else None)
+            or "http://127.0.0.1:8545",
             source_id=options.get("source_id"),
             confirmations=number_option("ethereum", options, "confirmations", "12", int),
             start_block=number_option("ethereum", options, "start_block", None, int),

@@ -36,7 +36,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import re
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
@@ -170,7 +169,8 @@ class HubSpotWebhook(WebhookPlatform):
 
 class HubSpotSource(WebhookSource):
     """``vigil source hubspot``: options ``host``, ``port``, ``public_url``; the client secret
-    comes from ``VIGIL_HUBSPOT_CLIENT_SECRET`` (or the option ``client_secret``)."""
+    comes from the setting ``hubspot_client_secret`` (``VIGIL_HUBSPOT_CLIENT_SECRET``, or the
+    option ``client_secret``)."""
 
     name = NAME
 
@@ -180,7 +180,7 @@ class HubSpotSource(WebhookSource):
     @classmethod
     def from_settings(cls, settings: Settings, **options: str) -> HubSpotSource:
         check_options(NAME, options, {*LISTEN_OPTIONS, "public_url", "client_secret"})
-        secret = secret_option(options, "client_secret", os.environ, "VIGIL_HUBSPOT_CLIENT_SECRET")
+        secret = secret_option(options, "client_secret", settings, "hubspot_client_secret")
         return cls(
             HubSpotWebhook(secret, public_url=options.get("public_url")),
             **listen_options(options, 8089),

@@ -10,7 +10,7 @@ with a ``HEAD``), which is answered 200 when the token is right.
 Deliveries are form-encoded (``type=campaign&fired_at=2009-03-26 21:31:21&data[id]=...``).
 ``fired_at`` is taken as UTC.  Mailchimp Transactional (Mandrill) posts
 ``mandrill_events=<JSON array>`` to the same kind of URL, and signs it: given the webhook's
-key (``VIGIL_MANDRILL_WEBHOOK_KEY`` or the option ``mandrill_key``), a Mandrill delivery must
+key (the setting ``mandrill_webhook_key`` or the option ``mandrill_key``), a Mandrill delivery must
 carry ``X-Mandrill-Signature``, base64 of HMAC-SHA1 over the URL as entered in Mandrill
 (``public_url`` plus the path, else the URL the request came to) followed by each POST
 field's name and value, sorted by name (https://mailchimp.com/developer/transactional/guides/
@@ -38,7 +38,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -170,8 +169,9 @@ class MailchimpWebhook(WebhookPlatform):
 
 class MailchimpSource(WebhookSource):
     """``vigil source mailchimp``: options ``host``, ``port``, ``sender_domain``, ``public_url``;
-    the path secret comes from ``VIGIL_MAILCHIMP_WEBHOOK_SECRET`` (or the option ``secret``), the
-    Mandrill webhook key from ``VIGIL_MANDRILL_WEBHOOK_KEY`` (or ``mandrill_key``)."""
+    the path secret comes from the setting ``mailchimp_webhook_secret``
+    (``VIGIL_MAILCHIMP_WEBHOOK_SECRET``, or the option ``secret``), the Mandrill webhook key from
+    ``mandrill_webhook_key`` (``VIGIL_MANDRILL_WEBHOOK_KEY``, or the option ``mandrill_key``)."""
 
     name = NAME
 
@@ -183,8 +183,11 @@ class MailchimpSource(WebhookSource):
         check_options(
             NAME, options, {*LISTEN_OPTIONS, "sender_domain", "secret", "mandrill_key", "public_url"}
         )
-        secret = secret_option(options, "secret", os.environ, "VIGIL_MAILCHIMP_WEBHOOK_SECRET")
-        mandrill_key = options.get("mandrill_key") or os.environ.get("VIGIL_MANDRILL_WEBHOOK_KEY")
+        secret = secret_option(options, "secret", settings, "mailchimp_webhook_secret")
+        configured = settings.mandrill_webhook_key
+        mandrill_key = options.get("mandrill_key") or (
+            configured.get_secret_value() if configured is not None else None
+        )
         return cls(
             MailchimpWebhook(
                 secret,

@@ -34,7 +34,6 @@ Normaliser, by object type (other objects yield nothing):
 from __future__ import annotations
 
 import json
-import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -180,7 +179,8 @@ class SalesforceWebhook(WebhookPlatform):
 
 class SalesforceSource(WebhookSource):
     """``vigil source salesforce``: options ``host``, ``port``, ``org_ids`` (comma-separated
-    allowlist); the path token comes from ``VIGIL_SALESFORCE_WEBHOOK_TOKEN`` (or option ``token``)."""
+    allowlist); the path token comes from the setting ``salesforce_webhook_token``
+    (``VIGIL_SALESFORCE_WEBHOOK_TOKEN``, or the option ``token``)."""
 
     name = NAME
 
@@ -190,7 +190,7 @@ class SalesforceSource(WebhookSource):
     @classmethod
     def from_settings(cls, settings: Settings, **options: str) -> SalesforceSource:
         check_options(NAME, options, {*LISTEN_OPTIONS, "org_ids", "token"})
-        token = secret_option(options, "token", os.environ, "VIGIL_SALESFORCE_WEBHOOK_TOKEN")
+        token = secret_option(options, "token", settings, "salesforce_webhook_token")
         orgs = [o for o in options.get("org_ids", "").split(",") if o.strip()]
         if not orgs:
             msg = "salesforce: org_ids (the allowed Salesforce organization ids, comma-separated) is required"

@@ -42,7 +42,9 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from pydantic import SecretStr
 
+from vigil.config import Settings
 from vigil.errors import BrokerError, ContractError, SourceError
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import RawSink, Source
@@ -362,11 +364,16 @@ def check_options(source: str, options: Mapping[str, str], known: set[str]) -> N
         raise SourceError(msg)
 
 
-def secret_option(options: Mapping[str, str], name: str, env: Mapping[str, str], env_var: str) -> str:
-    """A secret from the options or, by default, the environment; never echoed in errors."""
-    value = options.get(name) or env.get(env_var, "")
+def secret_option(options: Mapping[str, str], name: str, settings: Settings, setting: str) -> str:
+    """The secret given as option ``name`` or, by default, as the setting ``setting`` (a
+    :class:`~pydantic.SecretStr` field of ``settings``); never echoed in errors."""
+    given: SecretStr | None = getattr(settings, setting)
+    value = options.get(name) or (given.get_secret_value() if given is not None else "")
     if not value:
-        msg = f"{name} is required: set {env_var} (or pass the option {name}=...)"
+        msg = (
+            f"{name} is required: set VIGIL_{setting.upper()} or {setting} in vigil.toml "
+            f"(or pass the option {name}=...)"
+        )
         raise SourceError(msg)
     return value
 

@@ -265,6 +265,21 @@ def test_from_settings_reads_keys_from_a_file(tmp_path: Path) -> None:
         BackendIngestSource.from_settings(Settings(), keys_file=str(keys))
 
 
+def test_from_settings_reads_keys_from_the_settings(tmp_path: Path) -> None:
+    # Read from os.environ by the connector: a Settings built in code, or backend_keys in
+    # vigil.toml, was not looked at.
+    configured = Settings(backend_keys=json.dumps({"wallet": hash_key(KEY)}))
+    source = BackendIngestSource.from_settings(configured, port="0")
+    assert source.auth.service(f"Bearer {KEY}") == "wallet"
+    # keys_file, given, goes first.
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"kyc": hash_key(OTHER_KEY)}))
+    source = BackendIngestSource.from_settings(configured, keys_file=str(keys), port="0")
+    assert (source.auth.service(f"Bearer {OTHER_KEY}"), source.auth.service(f"Bearer {KEY}")) == ("kyc", None)
+    with pytest.raises(SourceError, match=r"set VIGIL_BACKEND_KEYS \(or backend_keys in vigil.toml\)"):
+        BackendIngestSource.from_settings(Settings(backend_keys=None))
+
+
 def test_rejected_records_in_raw_backend_are_refused_by_the_normalizer() -> None:
     # If a sink routes everything to raw.backend, dead letters are still dead-lettered downstream.
     assert (

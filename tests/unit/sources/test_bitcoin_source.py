@@ -275,6 +275,28 @@ def test_rpc_credentials_come_from_the_environment(
     source.close()
 
 
+def test_rpc_credentials_come_from_the_settings_it_is_given(node: BitcoinRpcServer, tmp_path: object) -> None:
+    # Read from os.environ by the connector: a Settings built in code, or vigil.toml, was not
+    # looked at.
+    configured = Settings(home=tmp_path, bitcoin_rpc_user=AUTH[0], bitcoin_rpc_password=AUTH[1])  # type: ignore[arg-type]
+    source = BitcoinSource.from_settings(configured, url=node.url, confirmations="0")
+    assert source.head() == node.head  # the node took the credentials
+    source.close()
+    wrong_password = "hunter2-wrong"  # noqa: S105 - a test value
+    wrong = Settings(home=tmp_path, bitcoin_rpc_user=AUTH[0], bitcoin_rpc_password=wrong_password)  # type: ignore[arg-type]
+    source = BitcoinSource.from_settings(wrong, url=node.url, confirmations="0")
+    with pytest.raises(JsonRpcError, match="refused the credentials") as refused:
+        source.head()
+    assert "hunter2" not in str(refused.value)
+    source.close()
+    # The options, given, go first.
+    source = BitcoinSource.from_settings(
+        wrong, url=node.url, rpc_user=AUTH[0], rpc_password=AUTH[1], confirmations="0"
+    )
+    assert source.head() == node.head
+    source.close()
+
+
 # ---------------------------------------------------------------------- the JSON-RPC client
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vigil.config import Settings
-from vigil.errors import ConfigError, SourceError
+from vigil.errors import ConfigError, Retry, SourceError
 from vigil.sources.ethereum import EthereumSource
 
 
@@ -68,3 +68,24 @@ def test_a_poll_interval_of_zero_or_less_is_refused_by_name(tmp_path: Path) -> N
         EthereumSource.from_settings(Settings(home=tmp_path), poll_interval="0")
     with pytest.raises(ConfigError, match=r"option poll_interval must be more than 0 seconds; got -0\.5"):
         EthereumSource("http://127.0.0.1:1", poll_interval=timedelta(seconds=-0.5))
+
+
+def test_the_node_url_comes_from_the_settings_and_is_never_shown(tmp_path: Path) -> None:
+    # Read from os.environ by the connector: vigil.toml refused ethereum_rpc_url as unknown.
+    # A closed loopback port: the first call fails, as a node that is down does.
+    configured = Settings(home=tmp_path, ethereum_rpc_url="http://127.0.0.1:9/v3/apikey-hunter2")
+    source = EthereumSource.from_settings(configured)
+    try:
+        with pytest.raises(Retry) as failed:
+            source.head()
+        assert "http://127.0.0.1:9" in str(failed.value)  # the node called is the settings' one
+        assert "hunter2" not in str(failed.value)
+    finally:
+        source.close()
+    # The option, given, goes first.
+    source = EthereumSource.from_settings(configured, url="http://127.0.0.1:1")
+    try:
+        with pytest.raises(Retry, match=r"http://127\.0\.0\.1:1\b"):
+            source.head()
+    finally:
+        source.close()

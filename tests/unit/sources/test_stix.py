@@ -300,6 +300,20 @@ def test_taxii_from_settings_takes_urls_and_password_from_env(monkeypatch: pytes
         TaxiiSource.from_settings(Settings())
 
 
+def test_taxii_credentials_come_from_the_settings_it_is_given() -> None:
+    # The password was read from os.environ whatever the Settings said, and the user could only
+    # be an option: neither could be in vigil.toml.
+    from vigil.config import Settings
+    from vigil.sources.intel.taxii import TaxiiSource
+
+    configured = Settings(taxii_user="analyst", taxii_password="from-settings")  # noqa: S106 - a test value
+    source = TaxiiSource.from_settings(configured, url="http://127.0.0.1:1/r/collections/a/")
+    assert (source.user, source._password) == ("analyst", "from-settings")
+    # The option user, given, goes first.
+    source = TaxiiSource.from_settings(configured, url="http://127.0.0.1:1/r/collections/a/", user="u")
+    assert (source.user, source._password) == ("u", "from-settings")
+
+
 def test_taxii_response_headers_are_read_whatever_their_case() -> None:
     # Go servers and proxies send X-Taxii-Date-Added-Last, Envoy lower-case: looked up as
     # spelled in the spec, it was missing, and every poll of that collection failed.

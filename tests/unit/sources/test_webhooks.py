@@ -145,11 +145,74 @@ def test_source_reports_a_port_it_cannot_bind() -> None:
             source.run(MemorySink())
 
 
-def test_secret_option_names_the_variable_without_a_value() -> None:
-    assert secret_option({"secret": "a"}, "secret", {}, "VIGIL_X") == "a"
-    assert secret_option({}, "secret", {"VIGIL_X": "b"}, "VIGIL_X") == "b"
-    with pytest.raises(SourceError, match="set VIGIL_X"):
-        secret_option({}, "secret", {}, "VIGIL_X")
+def test_secret_option_is_the_option_else_the_setting_and_names_both_without_a_value() -> None:
+    from vigil.config import Settings
+
+    configured = Settings(hubspot_client_secret="from-settings")  # noqa: S106 - a test value
+    assert secret_option({"secret": "a"}, "secret", configured, "hubspot_client_secret") == "a"
+    assert secret_option({}, "secret", configured, "hubspot_client_secret") == "from-settings"
+    with pytest.raises(
+        SourceError,
+        match=r"set VIGIL_HUBSPOT_CLIENT_SECRET or hubspot_client_secret in vigil.toml \(or pass the option",
+    ):
+        secret_option({}, "secret", Settings(hubspot_client_secret=None), "hubspot_client_secret")
+
+
+def test_webhook_secrets_come_from_the_settings_the_source_is_given() -> None:
+    # Read from os.environ by the connectors, whatever the Settings they were handed said: a
+    # secret in vigil.toml was refused as an unknown key, and a Settings built in code ignored.
+    from vigil.config import Settings
+    from vigil.sources.hubspot import HubSpotSource, sign_v3
+    from vigil.sources.salesforce import SalesforceSource
+
+    hub_secret, token = "hubspot-secret-from-settings", "salesforce-token-from-settings"
+    configured = Settings(
+        hubspot_client_secret=hub_secret,
+        salesforce_webhook_token=token,
+        mailchimp_webhook_secret=SECRET,
+        mandrill_webhook_key="mandrill-key-from-settings",
+    )
+    url = "https://hooks.example.com/webhooks/hubspot"
+    stamp = str(int(NOW.timestamp() * 1000))
+
+    def signed_by(secret: str) -> Delivery:
+        headers = {
+            "x-hubspot-signature-v3": sign_v3(secret, "POST", url, b"[]", stamp),
+            "x-hubspot-request-timestamp": stamp,
+        }
+        return Delivery("hubspot", "POST", url, "/webhooks/hubspot", "", headers, b"[]", NOW)
+
+    hubspot = HubSpotSource.from_settings(configured, port="0")
+    hubspot.platform.verify(signed_by(hub_secret))  # the secret from the settings checks it
+    with pytest.raises(Rejected, match="signature does not match"):
+        hubspot.platform.verify(signed_by("some-other-secret"))
+    # The option, where there is one, still goes first.
+    hubspot = HubSpotSource.from_settings(configured, port="0", client_secret="from-the-option")  # noqa: S106
+    hubspot.platform.verify(signed_by("from-the-option"))
+
+    def to_path(platform: str, secret: str | None, body: bytes = FORM) -> Delivery:
+        path = f"/webhooks/{platform}/{secret}"
+        return Delivery(platform, "POST", "http://h" + path, path, "", {}, body, NOW, token=secret)
+
+    salesforce = SalesforceSource.from_settings(configured, org_ids="00D5e000000AbCd")
+    with pytest.raises(Rejected, match="unknown endpoint token"):
+        salesforce.platform.verify(to_path("salesforce", "not-the-token-0123456789"))
+    salesforce.platform.verify(to_path("salesforce", token, b""))
+    mailchimp = MailchimpSource.from_settings(configured)
+    mailchimp.platform.verify(to_path("mailchimp", SECRET))
+    # The Mandrill key is the settings' too: an unsigned Mandrill delivery is refused.
+    with pytest.raises(Rejected, match="missing_signature"):
+        mailchimp.platform.verify(to_path("mailchimp", SECRET, b"mandrill_events=%5B%5D"))
+
+
+def test_a_missing_webhook_secret_names_where_it_goes_and_no_other_secret() -> None:
+    from vigil.config import Settings
+    from vigil.sources.salesforce import SalesforceSource
+
+    configured = Settings(hubspot_client_secret="hunter2-hubspot")  # noqa: S106 - a test value
+    with pytest.raises(SourceError, match="VIGIL_SALESFORCE_WEBHOOK_TOKEN") as caught:
+        SalesforceSource.from_settings(configured, org_ids="00D5e000000AbCd")
+    assert "hunter2" not in str(caught.value)
 
 
 def test_sources_are_built_from_options_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

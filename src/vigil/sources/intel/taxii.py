@@ -17,7 +17,6 @@ to the microsecond, which makes this unlikely but not impossible.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -93,10 +92,10 @@ class TaxiiSource(Source):
     @classmethod
     def from_settings(cls, settings: Settings, **options: str) -> TaxiiSource:
         """Options: ``url`` (collection URL(s), comma-separated) or ``api_root`` (poll all its
-        readable collections), ``user``, ``poll_interval`` (s, 60), ``page_size`` (100), ``feed``,
-        ``source_id``.  The password comes from the environment variable ``VIGIL_TAXII_PASSWORD``
-        (never from a command line, where other users of the machine could read it)."""
-        del settings
+        readable collections), ``user`` (default: the setting ``taxii_user``), ``poll_interval``
+        (s, 60), ``page_size`` (100), ``feed``, ``source_id``.  The password is the setting
+        ``taxii_password`` (``VIGIL_TAXII_PASSWORD`` or vigil.toml), never an option: a command
+        line is there for other users of the machine to read."""
         urls = [u.strip() for u in options.get("url", "").split(",") if u.strip()]
         if not urls and "api_root" not in options:
             msg = "taxii: option 'url' (collection URL) or 'api_root' is required"
@@ -104,8 +103,8 @@ class TaxiiSource(Source):
         return cls(
             urls,
             api_root=options.get("api_root"),
-            user=options.get("user"),
-            password=os.environ.get("VIGIL_TAXII_PASSWORD"),
+            user=options.get("user") or settings.taxii_user,
+            password=settings.taxii_password.get_secret_value() if settings.taxii_password else None,
             poll_interval=float(options.get("poll_interval", "60")),
             page_size=int(options.get("page_size", "100")),
             feed=options.get("feed"),
