@@ -4,6 +4,7 @@ SIGKILL neither skips nor repeats an object."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -57,9 +58,9 @@ def free_port() -> int:
     return free_port_block(1)
 
 
-@pytest.fixture(scope="module")
-def medallion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    home = tmp_path_factory.mktemp("medallion")
+@contextlib.contextmanager
+def serving_medallion(home: Path) -> Iterator[str]:
+    """A medallion server (memory backend, the OASIS default data) on a free loopback port."""
     config = {
         "backend": {
             "module": "medallion.backends.memory_backend",
@@ -94,6 +95,12 @@ def medallion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def medallion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serving_medallion(tmp_path_factory.mktemp("medallion")) as base:
+        yield base
 
 
 def read_committed(settings: Settings, topic: str, until: int, timeout: float = START_S) -> list[RawRecord]:
@@ -238,3 +245,43 @@ def test_api_root_discovery_polls_every_readable_collection(medallion: str) -> N
     polled = {r.meta["collection"] for r in sink.records}
     assert f"{medallion}/trustgroup1/collections/{HIGH_VALUE}/" in polled
     assert polled == set(cursor["collections"])
+
+
+def _indicator(value: str) -> dict[str, object]:
+    return {
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": f"indicator--{uuid.uuid4()}",
+        "created": "2026-11-29T00:00:00.000Z",
+        "modified": "2026-11-29T00:00:00.000Z",
+        "pattern": f"[ipv4-addr:value = '{value}']",
+        "pattern_type": "stix",
+        "valid_from": "2026-11-29T00:00:00Z",
+        "indicator_types": ["malicious-activity"],
+    }
+
+
+def test_one_upload_over_several_pages_is_read_whole(tmp_path: Path) -> None:
+    # The server stamps every object of one upload with one date_added: asking each next page
+    # "added after" the last page's time skipped the rest of the upload for good.
+    from vigil.sources.sink import MemorySink
+
+    with serving_medallion(tmp_path) as base:
+        url = f"{base}/trustgroup1/collections/{WRITABLE}/"
+        collection = Collection(url, user=USER, password=PASSWORD)
+        sink, cursor = MemorySink(), {}  # type: ignore[var-annotated]
+        source = TaxiiSource(url, user=USER, password=PASSWORD, page_size=2)
+        for batch in range(2):  # the second upload read after the first one's cursor
+            values = [f"203.0.{113 + batch}.{i}" for i in range(5)]
+            bundle = {
+                "type": "bundle",
+                "id": f"bundle--{uuid.uuid4()}",
+                "objects": [_indicator(v) for v in values],
+            }
+            assert collection.add_objects(bundle).success_count == 5
+            mark = len(sink.records)
+            assert source.poll_once(sink, cursor) == 5
+            got = [e.payload.value for r in sink.records[mark:] for e in IntelNormalizer().normalize(r)]  # type: ignore[attr-defined]
+            assert sorted(got) == sorted(values)
+            assert len(sink.records) - mark == 3  # pages of 2, 2, 1
+        assert source.poll_once(sink, cursor) == 0
