@@ -267,15 +267,13 @@ class IntelListSource(Source):
             "previous_version": previous.get("version"),
             "removed": [[*k.split(":", 1), categories(k.split(":", 1)[0])] for k in removed],
         }
-        meta = {
-            "list": spec.name,
-            "format": spec.format,
-            "feed": spec.feed,
-            "version": version,
-            "location": spec.location,
-        }
         return RawRecord(
-            self.name, KIND_REMOVED, msgspec.json.encode(doc), now, key=spec.feed.encode(), meta=meta
+            self.name,
+            KIND_REMOVED,
+            msgspec.json.encode(doc),
+            now,
+            key=spec.feed.encode(),
+            meta=_meta(spec, version),
         )
 
     def _records(
@@ -287,13 +285,7 @@ class IntelListSource(Source):
         elsewhere: set[str],
     ) -> tuple[list[RawRecord] | None, dict[str, Any]]:
         now = datetime.now(UTC)
-        meta = {
-            "list": spec.name,
-            "format": spec.format,
-            "feed": spec.feed,
-            "version": version,
-            "location": spec.location,
-        }
+        meta = _meta(spec, version)
         key = spec.feed.encode()
         if spec.format == STIX_FORMAT:
             record = RawRecord(self.name, KIND_STIX, data, now, key=key, meta=meta)
@@ -345,3 +337,14 @@ def _spec_of(spec: ListSpec) -> dict[str, str]:
     """What the cursor keeps of a list besides its keys: enough to revoke them once its file is
     gone, even after a restart."""
     return {"feed": spec.feed, "format": spec.format, "location": spec.location}
+
+
+def _meta(spec: ListSpec, version: str) -> dict[str, str]:
+    """A list record's ``meta``: which list, in what format, of which feed, at which version."""
+    return {
+        "list": spec.name,
+        "format": spec.format,
+        "feed": spec.feed,
+        "version": version,
+        "location": spec.location,
+    }
