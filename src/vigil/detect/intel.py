@@ -15,8 +15,10 @@ dict each (a few hundred bytes per entry).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
+import re
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,39 +47,59 @@ class IndicatorEntry:
         return f"{self.feed}@{self.list_version}"
 
 
+#: Values shaped like an IPv6 address or network, and like an IPv4 network: only these are
+#: parsed as IPs (a lookup of every other value pays one regular expression, not an exception).
+_IPV6_SHAPED = re.compile(r"[0-9A-Fa-f]*:[0-9A-Fa-f:.]*(?:/[0-9]{1,3})?")
+_IPV4_SHAPED = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?:/[0-9]{1,2})?")
+
+
 def normalise(value: str) -> str:
     """The spelling values are indexed and looked up in: addresses as
     :func:`~vigil.events.addresses.canonical_address` spells them (EVM and bech32 lower-case),
-    other ``0x`` values and domains lower-case (case-insensitive), IPv6 addresses and networks
-    as :mod:`ipaddress` spells them (compressed, lower-case: ``2001:DB8:0::1`` is
-    ``2001:db8::1``), IPv4 and the rest as given."""
+    other ``0x`` values and domains lower-case (case-insensitive), IPs and networks as
+    :mod:`ipaddress` spells them (IPv6 compressed and lower-case: ``2001:DB8:0::1`` is
+    ``2001:db8::1``; a network by its first address, ``10.1.2.3/8`` is ``10.0.0.0/8``), the
+    rest as given."""
     value = canonical_address(value)
+    if (":" in value and _IPV6_SHAPED.fullmatch(value)) or ("/" in value and _IPV4_SHAPED.fullmatch(value)):
+        return _canonical_ip(value)
     if value.startswith(("0x", "0X")) or ("." in value and not value.replace(".", "").isdigit()):
-        if "/" in value and value.replace(".", "").replace("/", "").isdigit():
-            return value  # an IPv4 network
         return value.lower()
-    if ":" in value:
-        try:
-            return (
-                str(ipaddress.ip_network(value, strict=False))
-                if "/" in value
-                else str(ipaddress.ip_address(value))
-            )
-        except ValueError:
-            return value
     return value
 
 
-def _network(key: str) -> tuple[int, int] | None:
-    """(IP version, prefix length) of an indexed network, e.g. ``223.166.0.0/15``; None for
-    anything else."""
-    if "/" not in key:
+@functools.lru_cache(maxsize=1 << 16)
+def _canonical_ip(value: str) -> str:
+    """``value`` as :mod:`ipaddress` spells it, if it is an IP or a network (parsing one costs
+    microseconds; events repeat their IPs, so the answers are kept)."""
+    try:
+        if "/" in value:
+            return str(ipaddress.ip_network(value, strict=False))
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return value
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _ip_number(key: str) -> tuple[int, int, int] | None:
+    """(IP version, the address as an integer, its bits) of an IP ``key``; None otherwise."""
+    try:
+        address = ipaddress.ip_address(key)
+    except ValueError:
+        return None
+    return address.version, int(address), address.max_prefixlen
+
+
+def _network(key: str) -> tuple[int, int, int] | None:
+    """(IP version, prefix length, first address as an integer) of an indexed network, e.g.
+    ``223.166.0.0/15``; None for anything else."""
+    if "/" not in key or not (_IPV4_SHAPED.fullmatch(key) or _IPV6_SHAPED.fullmatch(key)):
         return None
     try:
         network = ipaddress.ip_network(key, strict=False)
     except ValueError:
         return None
-    return network.version, network.prefixlen
+    return network.version, network.prefixlen, int(network.network_address)
 
 
 class IntelIndex:
@@ -88,9 +110,11 @@ class IntelIndex:
         #: Per (feed, STIX id): the newest version applied (its ``modified``) and the values it
         #: lists (see _stix_version).
         self._stix: dict[tuple[str, str], tuple[datetime, set[str]]] = {}
-        #: (IP version, prefix length) -> how many networks of that size are listed: an IP is
-        #: looked up in each size listed (a /15 from a STIX bundle holds 131,072 addresses).
-        self._networks: dict[tuple[int, int], int] = {}
+        #: (IP version, prefix length, first address) -> the network's key, for the networks
+        #: listed (a /15 from a STIX bundle holds 131,072 addresses): an IP is looked up at each
+        #: prefix length listed, most specific first (``_sizes``), by masking its integer.
+        self._networks: dict[tuple[int, int, int], str] = {}
+        self._sizes: list[tuple[int, int]] = []
         self.updates = 0
 
     def clear(self) -> None:
@@ -99,6 +123,7 @@ class IntelIndex:
         self._feeds.clear()
         self._stix.clear()
         self._networks.clear()
+        self._sizes = []
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -115,10 +140,14 @@ class IntelIndex:
         listings = self._entries.get(key)
         if listings is None:
             listings = self._entries[key] = {}
-            size = _network(key)
-            if size is not None:
-                self._networks[size] = self._networks.get(size, 0) + 1
+            network = _network(key)
+            if network is not None:
+                self._networks[network] = key
+                self._resize()
         listings[entry.feed] = entry
+
+    def _resize(self) -> None:
+        self._sizes = sorted({(v, p) for v, p, _ in self._networks}, key=lambda size: -size[1])
 
     def _drop(self, key: str, feed: str | None) -> bool:
         listings = self._entries.get(key)
@@ -129,13 +158,9 @@ class IntelIndex:
             found = listings.pop(feed, None) is not None
         if feed is None or not listings:
             del self._entries[key]
-            size = _network(key)
-            if size is not None:
-                left = self._networks.get(size, 0) - 1
-                if left > 0:
-                    self._networks[size] = left
-                else:
-                    self._networks.pop(size, None)
+            network = _network(key)
+            if network is not None and self._networks.pop(network, None) is not None:
+                self._resize()
         return found
 
     def apply(self, indicator: IntelIndicator, now: datetime | None = None) -> None:
@@ -256,16 +281,20 @@ class IntelIndex:
         self, key: str, at: datetime | None, categories: Collection[str] | None
     ) -> IndicatorEntry | None:
         """The listing of the smallest listed network holding the IP ``key`` (None: not an IP)."""
-        if "/" in key or not (key[:1].isdigit() or ":" in key):
+        if "/" in key or not (key[:1].isdigit() or ":" in key) or key.startswith(("0x", "0X")):
             return None
-        try:
-            address = ipaddress.ip_address(key)
-        except ValueError:
+        if not (_IPV4_SHAPED.fullmatch(key) or _IPV6_SHAPED.fullmatch(key)):
             return None
-        for version, prefix in sorted(self._networks, key=lambda size: -size[1]):
-            if version != address.version:
+        ip = _ip_number(key)
+        if ip is None:
+            return None
+        kind, number, bits = ip
+        for version, prefix in self._sizes:
+            if version != kind:
                 continue
-            listings = self._entries.get(str(ipaddress.ip_network((address, prefix), strict=False)))
+            first = number & (((1 << prefix) - 1) << (bits - prefix))
+            network = self._networks.get((version, prefix, first))
+            listings = self._entries.get(network) if network is not None else None
             entry = self._pick(listings, at, categories) if listings else None
             if entry is not None:
                 return entry

@@ -477,3 +477,52 @@ def test_an_exposure_alert_has_one_id_whichever_topic_came_first() -> None:
     (alerts, decisions), late = runs
     assert len(alerts) == len(decisions) == 1
     assert late == (alerts, decisions)
+
+
+def test_a_return_after_idle_still_alerts_with_events_after_the_return(tmp_path: Path) -> None:
+    # The recheck at completion lost the time before the idle once later events pushed it out of
+    # the recent times kept: a second login two hours after the return hid the dormant return.
+    rules = [r for r in load_rules([ROOT / "rules"]) if r.id == "dormant-reactivation"]
+    day = 1440
+    old, login = Login(**_at("l0", 0)), Login(**_at("l1", 120 * day))
+    again, large = Login(**_at("l2", 120 * day + 120)), _out_usd(120 * day + 180, 20_000, "0x01")
+    alert = [["l1", f"w{120 * day + 180}"]]
+    assert _both(rules, [old, login, again, large]) == (alert, alert)
+
+
+def test_an_event_taking_a_chains_first_and_last_step_is_not_put_before_the_step_between(
+    tmp_path: Path,
+) -> None:
+    rule = """\
+    type: sequence
+    group_by: customer
+    within: 1h
+    steps:
+      - {name: first, type: withdrawal_request}
+      - {name: add, type: withdrawal_address_added}
+      - {name: then, type: withdrawal_request}
+"""
+    rules = _rules(tmp_path, rule)
+    assert _alerted(rules, [_out(0, "0x1"), _added(10, "0x2"), _out(10, "0x2")]) == [["w0", "a10", "w10"]]
+
+
+def test_a_huge_sum_in_and_out_of_the_running_total_does_not_hide_a_late_window(tmp_path: Path) -> None:
+    # 1e20 added to the running sum and taken away again left 0 where 50 + 60 was: the late
+    # deposit's window, over the bound, was taken for under it.
+    rule = """\
+    type: threshold
+    match: {type: deposit}
+    group_by: customer
+    timespan: 60m
+    aggregate: sum
+    field: payload.amount_usd
+    condition: {gt: 100}
+"""
+    events = [
+        _deposit(0, 200, "0x01"),
+        _deposit(10, 1e20, "0x01"),
+        _deposit(75, 50, "0x01"),
+        _deposit(50, 60, "0x01"),
+    ]
+    in_order, late = _both(_rules(tmp_path, rule), events)
+    assert late == in_order == [["d0"], ["d50", "d75"]]

@@ -183,3 +183,10 @@ def test_ipv6_is_matched_whatever_its_spelling() -> None:
     assert index.lookup("2001:0DB8::0001") is not None
     assert index.lookup("2001:db8:aa:1::5") is not None
     assert index.lookup("2001:db8:ab::5") is None
+
+
+def test_a_network_written_with_host_bits_matches_the_addresses_in_it() -> None:
+    index = IntelIndex()
+    index.add(["10.1.2.3/8"], indicator_type="ipv4", category="c2", feed="list", list_version="v")
+    assert index.lookup("10.200.0.1") is not None
+    assert index.lookup("11.0.0.1") is None

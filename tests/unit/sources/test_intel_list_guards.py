@@ -110,7 +110,8 @@ def test_the_list_directory_is_followed_lists_added_and_deleted(tmp_path: Path) 
     assert source.poll_once(sink, state) == 1
     assert [r.meta["list"] for r in sink.records] == ["ofac.ETH", "ofac.USDT"]
     (tmp_path / "ofac" / "sanctioned_addresses_ETH.txt").unlink()
-    assert source.poll_once(sink, state) == 1
+    assert source.poll_once(sink, state) == 0  # missing once: a sync replacing the file?
+    assert source.poll_once(sink, state) == 1  # missing twice: deleted
     assert revoked(sink.records[2:]) == set(eth)  # not what the USDT list still has
     assert set(state) == {"ofac.USDT"}
     # Deleted while the source was down: revoked from what the cursor kept.
@@ -118,7 +119,8 @@ def test_the_list_directory_is_followed_lists_added_and_deleted(tmp_path: Path) 
     layout(tmp_path, {"ARB": addresses(1, 30)})
     restarted = IntelListSource.from_settings(Settings(), data_dir=str(tmp_path))
     mark = len(sink.records)
-    assert restarted.poll_once(sink, state) == 2
+    assert restarted.poll_once(sink, state) == 1  # the new list
+    assert restarted.poll_once(sink, state) == 1  # the deleted one, missing twice
     assert revoked(sink.records[mark:]) == set(usdt + both)
     # A directory with no list at all (unmounted, a failed sync) is no deletion of every list.
     (tmp_path / "ofac" / "sanctioned_addresses_ARB.txt").unlink()
@@ -131,3 +133,32 @@ def test_the_list_directory_is_followed_lists_added_and_deleted(tmp_path: Path) 
 def test_max_drop_must_be_a_share() -> None:
     with pytest.raises(SourceError, match="max_drop must be a share"):
         IntelListSource([], max_drop=0)
+
+
+def test_a_feeds_folder_missing_revokes_nothing(tmp_path: Path) -> None:
+    # ofac/ gone for a while (a sync swapping folders, an unmount) while scamsniffer/ is there:
+    # every OFAC list was taken for deleted and revoked.
+    layout(tmp_path, {"ETH": addresses(3)})
+    (tmp_path / "scamsniffer").mkdir()
+    (tmp_path / "scamsniffer" / "address.json").write_text(json.dumps(addresses(2, 50)))
+    source = IntelListSource.from_settings(Settings(), data_dir=str(tmp_path))
+    sink, state = MemorySink(), {}  # type: ignore[var-annotated]
+    assert source.poll_once(sink, state) == 2
+    (tmp_path / "ofac").rename(tmp_path / "ofac.old")
+    for _ in range(3):
+        source.poll_once(sink, state)
+    assert revoked(sink.records) == set()
+    assert "ofac.ETH" in state
+
+
+def test_a_held_drop_is_forgotten_once_the_version_in_force_is_read_again(tmp_path: Path) -> None:
+    # Held, then the full list read again, then the same torn read once more: it was taken for
+    # "fetched again" and its drop published.
+    path, spec = scam_list(tmp_path, addresses(40))
+    source, sink, state = IntelListSource([spec]), MemorySink(), {}  # type: ignore[var-annotated]
+    source.poll_once(sink, state)
+    full = path.read_text()
+    for text in (json.dumps(addresses(5)), full, json.dumps(addresses(5))):
+        path.write_text(text)
+        assert source.poll_once(sink, state) == 0
+    assert revoked(sink.records) == set()

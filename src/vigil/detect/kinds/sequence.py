@@ -565,8 +565,10 @@ class SequenceDetector(GroupedDetector):
             if cs.idle is not None:
                 # Dormant as of its time: an earlier event of the group read after the step
                 # (a withdrawal 20 minutes before the login, its topic behind) breaks the idle.
+                # (None: the times before were let go, or state kept before they were; the step
+                # was judged dormant on the history it had, which this cannot contradict.)
                 last = time_before(st, at, strictly=True)
-                if last is None or at - last < cs.idle:
+                if last is not None and at - last < cs.idle:
                     return False
             path = cs.step.first_seen
             if path is None:
@@ -626,7 +628,9 @@ def _step_before(entry: list[Any], other: list[Any]) -> bool:
     """Whether buffered ``entry`` takes an earlier step than ``other`` (both at the same time):
     event time cannot order them, the chain's order can.  Negations keep their arrival order."""
     mine, theirs = entry[2], other[2]
-    return bool(mine and theirs) and min(m[0] for m in mine) < min(m[0] for m in theirs)
+    # Every step it takes before every step the other takes (a withdrawal that can be a chain's
+    # first step and its last is not put before the address added between them).
+    return bool(mine and theirs) and max(m[0] for m in mine) < min(m[0] for m in theirs)
 
 
 def _delivered_before(buf: list[Any] | None, now: float, event_id: str) -> bool:

@@ -47,7 +47,8 @@ MAX_WINDOW = 2000
 #: How late an event may be and still count in its window (as sequences allow): the items of this
 #: much event time before the window are kept too, within MAX_WINDOW (the newest first).
 LATE_S = 3600.0
-#: A running sum within this share of the bound is checked against the window's own sum.
+#: A running sum within this share of what it added and took away of the bound is checked
+#: against the window's own sum.
 _SUM_SLACK = 1e-9
 
 
@@ -187,20 +188,24 @@ class ThresholdDetector(GroupedDetector):
             [window["quiet"] - cooldown] if window["quiet"] else []  # kept before "fired" was
         )
         fired_now = False
-        for end, lo, hi, approx in self._sweep(items, self._ends(items, at, now) if late else [now]):
+        for end, lo, hi, approx, slack in self._sweep(items, self._ends(items, at, now) if late else [now]):
             # Quiet within a cooldown of a firing, on either side: in event-time order a window
             # that close before it would have fired instead (one burst, one alert, whichever
             # half arrives first).  A separate, earlier burst completed by a late event fires.
             if hi == lo or (fired and any(f - cooldown < end < f + cooldown for f in fired)):
                 continue  # (empty: a late event older than what is kept)
-            inside = items[lo:hi]
             # A running sum rounds differently from the window's own: it decides only where it
-            # cannot tip the comparison, and a firing reports the window's own total.
-            exact = end == now or (
-                self.p.aggregate == "sum" and abs(approx - bound) <= _SUM_SLACK * max(1.0, abs(bound))
+            # cannot tip the comparison (within a share of everything it added and took away),
+            # and a firing reports the window's own total.  A count is exact, and needs no copy
+            # of the window.
+            aggregate = self.p.aggregate
+            exact = aggregate != "count" and (
+                end == now or (aggregate == "sum" and abs(approx - bound) <= slack)
             )
-            agg = self._aggregate(inside) if exact else approx
+            inside = items[lo:hi] if exact else None
+            agg = self._aggregate(inside) if inside is not None else approx
             if compare(op, agg, bound):
+                inside = inside if inside is not None else items[lo:hi]
                 hits.append(self._hit(key, inside, self._aggregate(inside)))
                 fired.append(end)
                 fired_now = True
@@ -236,38 +241,45 @@ class ThresholdDetector(GroupedDetector):
                 ends.append(t)
         return ends
 
-    def _sweep(self, items: list[list[Any]], ends: list[float]) -> Iterator[tuple[float, int, int, float]]:
+    def _sweep(
+        self, items: list[list[Any]], ends: list[float]
+    ) -> Iterator[tuple[float, int, int, float, float]]:
         """For each of ``ends`` (ascending): the window ``[end - span, end]`` as ``items[lo:hi]``
-        and its aggregate, kept up to date as the window slides (a sum rounds as it goes).  The
-        first end's aggregate is NaN for a sum or distinct count (the caller takes the window's
-        own: an event in order, nearly every one, pays no pass over the items here)."""
+        and its aggregate, kept up to date as the window slides (a sum rounds as it goes, within
+        the slack given with it).  The first end's aggregate is NaN for a sum or distinct count
+        (the caller takes the window's own: an event in order, nearly every one, pays no pass
+        over the items here)."""
         aggregate = self.p.aggregate
         lo = hi = 0
-        total = 0.0
+        total = magnitude = 0.0
         counts: dict[str, int] = {}
         for i, end in enumerate(ends):
             new_hi = bisect_right(items, end, key=_time, lo=hi)
             new_lo = bisect_left(items, end - self._span, key=_time, lo=lo)
             if aggregate == "count":
                 lo, hi = new_lo, new_hi
-                yield end, lo, hi, float(hi - lo)
+                yield end, lo, hi, float(hi - lo), 0.0
                 continue
             if i == 0:
-                yield end, new_lo, new_hi, math.nan
+                yield end, new_lo, new_hi, math.nan, 0.0
                 lo = hi = new_lo  # the running aggregate starts from an empty window here
                 continue
             # Added before removed: an item both entering and leaving nets out.
             for item in items[hi:new_hi]:
                 value = item[1]
                 if aggregate == "sum":
-                    total += float(value) if isinstance(value, (int, float)) else 0.0
+                    number = float(value) if isinstance(value, (int, float)) else 0.0
+                    total += number
+                    magnitude += abs(number)
                 else:
                     text = str(value)
                     counts[text] = counts.get(text, 0) + 1
             for item in items[lo:new_lo]:
                 value = item[1]
                 if aggregate == "sum":
-                    total -= float(value) if isinstance(value, (int, float)) else 0.0
+                    number = float(value) if isinstance(value, (int, float)) else 0.0
+                    total -= number
+                    magnitude += abs(number)
                 else:
                     text = str(value)
                     left = counts[text] - 1
@@ -276,7 +288,15 @@ class ThresholdDetector(GroupedDetector):
                     else:
                         del counts[text]
             lo, hi = new_lo, new_hi
-            yield end, lo, hi, total if aggregate == "sum" else float(len(counts))
+            # Rounding error of the running sum is bounded by a share of all it added and took
+            # away (one huge value in and out again wipes out the small ones beside it).
+            yield (
+                end,
+                lo,
+                hi,
+                total if aggregate == "sum" else float(len(counts)),
+                _SUM_SLACK * max(1.0, magnitude),
+            )
 
     def _aggregate(self, items: list[list[Any]]) -> float:
         if self.p.aggregate == "count":

@@ -139,6 +139,8 @@ class IntelListSource(Source):
         self.errors: dict[str, str] = {}
         #: List name -> a version held for its large drop, published if fetched again.
         self._held: dict[str, str] = {}
+        #: Lists found missing from ``data_dir`` at the last poll (deleted once missing twice).
+        self._missing: set[str] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: str) -> IntelListSource:
@@ -187,6 +189,10 @@ class IntelListSource(Source):
             version = content_version(data)
             previous = state.get(spec.name) or {}
             if previous.get("version") == version:
+                # The version in force read again: a drop held before was a torn read, and only a
+                # drop fetched on two polls in a row is published.
+                if self._held.pop(spec.name, None) is not None:
+                    self.errors.pop(spec.name, None)
                 continue
             elsewhere = self._elsewhere(spec, state)
             records, entry = self._records(spec, data, version, previous, elsewhere)
@@ -223,20 +229,36 @@ class IntelListSource(Source):
         for name, entry in state.items():
             if name not in known and isinstance(entry, dict) and entry.get("feed") and entry.get("format"):
                 known[name] = ListSpec(name, str(entry.get("location", "")), entry["format"], entry["feed"])
-        gone = [spec for name, spec in sorted(known.items()) if name not in names]
+        # Deleted: missing from a folder that is there (a feed's folder missing is an unmount or a
+        # sync swapping folders, not the deletion of every list in it), on two polls in a row.
+        missing = {
+            name
+            for name, spec in known.items()
+            if name not in names and (not spec.location or Path(spec.location).parent.is_dir())
+        }
+        gone = [known[name] for name in sorted(missing & self._missing)]
+        self._missing = missing
+        for name in sorted(missing - {spec.name for spec in gone}):
+            log.warning(
+                "intel lists: %s is missing from %s; revoked if still missing at the next poll",
+                name,
+                self.data_dir,
+            )
         added = sorted(names - {spec.name for spec in self.lists})
         if added:
             log.info("intel lists: following %s, new in %s", ", ".join(added), self.data_dir)
-        self.lists = found
+        # Lists missing once are followed (fetched: their reads fail, their entries stay) until
+        # they are taken for deleted.
+        followed = {spec.name for spec in self.lists}
+        waiting = sorted(missing - {spec.name for spec in gone})
+        self.lists = found + [known[name] for name in waiting if name in followed]
         for spec in gone:
             previous = state.get(spec.name) or {}
             elsewhere = self._elsewhere(spec, state)
             removed = sorted(set(previous.get("keys", [])) - elsewhere)
-            records = (
-                [self._removal(spec, DELETED_VERSION, previous, removed, datetime.now(UTC))]
-                if removed
-                else []
-            )
+            # As of the list's last version, so the feed's version in later alerts stays a real one.
+            version = str(previous.get("version") or DELETED_VERSION)
+            records = [self._removal(spec, version, previous, removed, datetime.now(UTC))] if removed else []
             new_state = {k: v for k, v in state.items() if k != spec.name}
             sink.publish(records, cursor={"lists": new_state})
             state.clear()
