@@ -147,7 +147,9 @@ class Settings(BaseSettings):
                 f"no such file{relative}; expected a PEM file of the CA certificates that verify the brokers"
             )
             raise ValueError(msg)
-        return value
+        # Expanded here: librdkafka takes the path as given, and "~/ca.pem" passed this check
+        # only to fail when the first client was made.
+        return value.expanduser() if value is not None else None
 
     @field_validator("backend_keys", mode="before")
     @classmethod

@@ -174,3 +174,12 @@ def test_a_misspelt_variable_is_one_warning_line_naming_the_setting_meant(tmp_pa
     assert "warning" not in out.stderr
     assert "client_secret is required" not in out.stderr
     assert "hunter2" not in out.stderr + out.stdout
+
+
+def test_a_secret_option_is_never_repeated_in_an_error(tmp_path: Path) -> None:
+    # A bad port beside the client secret listed every option given, the secret's value with it.
+    out = _vigil(tmp_path, "source", "hubspot", "-o", "client_secret=TOPSECRETVALUE", "-o", "port=")
+    assert out.returncode != 0
+    assert "options given" in out.stderr
+    assert "TOPSECRETVALUE" not in out.stderr + out.stdout
+    assert "client_secret=<hidden>" in out.stderr

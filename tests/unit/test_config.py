@@ -334,3 +334,14 @@ def test_settings_and_the_variables_vigil_reads_besides_are_not_warned_about(
         loaded = load_settings()
     assert loaded.broker_port == 29093
     assert not [r.getMessage() for r in caplog.records if r.name == "vigil.config"]
+
+
+def test_a_ca_file_under_home_is_given_to_kafka_expanded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The check expanded "~" but the client was given it as written, which librdkafka refused.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("VIGIL_KAFKA_SSL_CA_LOCATION", "~/ca.pem")
+    assert load_settings().kafka_client_config()["ssl.ca.location"] == str(tmp_path / "ca.pem")

@@ -64,13 +64,26 @@ def _option_problem(name: str, options: dict[str, str], text: str) -> str:
     elif text.startswith("invalid literal for int()"):
         text = f"expected a whole number ({text})"
     named = [key for key in options if key in text]
-    quoting = [key for key, value in options.items() if value and repr(value) in text]
+    # Secrets' values are never repeated (a bad port beside a client secret printed the secret);
+    # a secret's value quoted by the error is no hint to which option is wrong.
+    shown = {key: "<hidden>" if _secret_option(key) else repr(value) for key, value in options.items()}
+    quoting = [
+        key for key, value in options.items() if value and repr(value) in text and not _secret_option(key)
+    ]
     if quoting and not named:
-        text = f"option {quoting[0]}={options[quoting[0]]!r}: {text}"
+        text = f"option {quoting[0]}={shown[quoting[0]]}: {text}"
     elif not named and options:
-        given = ", ".join(f"{key}={value!r}" for key, value in options.items())
+        given = ", ".join(f"{key}={value}" for key, value in shown.items())
         text = f"{text} (options given: {given})"
     return f"source {name}: {text}"
+
+
+#: Option names that carry a credential (a node URL holds its API key in the path).
+_SECRET_WORDS = ("secret", "token", "password", "key", "url", "auth", "credential")
+
+
+def _secret_option(key: str) -> bool:
+    return any(word in key.lower() for word in _SECRET_WORDS)
 
 
 def _stop_on_signals(stop: Any) -> None:

@@ -9,9 +9,11 @@ as safe as the batch it is published in; batches are small and flushed on a shor
 While Kafka is unavailable the batch is retried with backoff and new messages wait in a
 bounded buffer: when it is full, TCP senders are slowed down (flow control) and UDP
 datagrams are dropped and counted in ``dropped``.  Each TCP connection has a thread: at most
-``max_tcp_connections`` at once (one more is closed at once, counted in ``refused``), each
-closed after ``tcp_idle_timeout`` seconds without data (senders reconnect when they next
-have a message).
+``max_tcp_connections`` at once (one more is closed at once, counted in ``refused``).  Dead
+peers and half-open connections are found by TCP keepalive (probes after a minute of silence)
+and give their threads back; a quiet sender that is alive keeps its connection.  An idle
+timeout (``tcp_idle_timeout``, off by default) closes quiet connections too, at a price: a
+plain-TCP sender's next message after the close is accepted by its own kernel and lost.
 
 :class:`SyslogNormalizer` parses the RFC 5424 header, structured data and message into a
 ``security_event``.  Anything that is not RFC 5424 raises :class:`ContractError` naming
@@ -49,10 +51,14 @@ MAX_FRAME = 64 * 1024
 #: TCP connections served at once (a thread each).  Unbounded, idle connections took a thread
 #: and a file descriptor each for as long as their peers liked.
 MAX_TCP_CONNECTIONS = 256
-#: Seconds a TCP connection may send nothing before it is closed: long enough for a quiet
-#: sender (rsyslog reconnects when it next has a message), short enough that dead peers and
-#: half-open connections give their threads back.
-TCP_IDLE_TIMEOUT_S = 900.0
+#: Seconds a TCP connection may send nothing before it is closed; 0: never (keepalive finds dead
+#: peers).  Off by default: closing a live quiet sender lost its next message.
+TCP_IDLE_TIMEOUT_S = 0.0
+#: TCP keepalive: first probe after this many seconds of silence, then every KEEPALIVE_EVERY_S,
+#: the peer given up after KEEPALIVE_PROBES unanswered ones (about two minutes in all).
+KEEPALIVE_IDLE_S = 60
+KEEPALIVE_EVERY_S = 10
+KEEPALIVE_PROBES = 6
 
 
 # --------------------------------------------------------------------------- receiver
@@ -70,7 +76,13 @@ class _TcpHandler(socketserver.StreamRequestHandler):
     server: _TcpServer
 
     def setup(self) -> None:
-        self.request.settimeout(self.server.idle_timeout)
+        sock = self.request
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):  # (Linux; elsewhere the system's own keepalive times)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_EVERY_S)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+        sock.settimeout(self.server.idle_timeout or None)
         super().setup()
 
     def handle(self) -> None:
@@ -237,7 +249,7 @@ class SyslogSource(Source):
     @classmethod
     def from_settings(cls, settings: Settings, **options: str) -> SyslogSource:
         """Options: ``host`` (127.0.0.1), ``udp_port`` / ``tcp_port`` (5514; ``off`` disables one),
-        ``max_tcp_connections`` (256), ``tcp_idle_timeout`` (s, 900)."""
+        ``max_tcp_connections`` (256), ``tcp_idle_timeout`` (s, 0: off)."""
         del settings  # nothing from the shared settings is needed
 
         def port(name: str) -> int | None:
