@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import gzip
 import ipaddress
+import logging
 import re
 import zlib
 from collections.abc import Iterable, Iterator
@@ -49,6 +50,8 @@ from vigil.events.ids import stable_id
 from vigil.events.types import SecurityEvent, SecurityEventPayload
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer, RawSink, Source
+
+log = logging.getLogger(__name__)
 
 NAME = "cloudtrail"
 KIND = "cloudtrail_record"
@@ -263,7 +266,10 @@ class CloudTrailSource(Source):
     CloudTrail log (bad gzip, not ``{"Records": [...]}``) stops the source with a
     :class:`SourceError` naming it (loudly, rather than skipping it for good) unless
     ``skip_bad_files`` is set, in which case it is recorded in ``bad_files`` and retried
-    on the next scan.  ``lateness`` is the checkpoint's (:class:`Checkpoint`, :data:`LATENESS`).
+    on the next scan, until it is ``lateness`` behind the newest file of its folder: then it is
+    no copy still being written, and it is given up (a warning; its place in the checkpoint
+    taken, or every file after it would stay listed there).  ``lateness`` is the checkpoint's
+    (:class:`Checkpoint`, :data:`LATENESS`).
     """
 
     name = NAME
@@ -320,6 +326,7 @@ class CloudTrailSource(Source):
             checkpoint.forget_absent(present)
             todo = sorted(rel for rel in present if not checkpoint.is_done(rel))
             pending = _Pending(todo)
+            newest = _newest_by_prefix(present)
             for prefix in list(checkpoint.done):  # a cursor read at start (of any version) shrinks
                 checkpoint.compact(prefix, pending.lowest(prefix))
             for rel in todo:
@@ -331,6 +338,21 @@ class CloudTrailSource(Source):
                     if not self.skip_bad_files:
                         raise
                     self.bad_files[rel] = str(exc)
+                    if self._given_up(rel, newest):
+                        # Lateness behind its region's newest file it is no copy still being
+                        # written: retried for ever it held the floor, and every file published
+                        # after it stayed in the cursor, until the record limit stopped the source.
+                        log.warning(
+                            "cloudtrail: %s given up (still unreadable %s behind newer files): %s",
+                            rel,
+                            self.lateness,
+                            exc,
+                        )
+                        checkpoint.add(rel)
+                        pending.published(rel)
+                        prefix = split_path(rel)[0]
+                        checkpoint.compact(prefix, pending.lowest(prefix))
+                        sink.publish([], cursor=checkpoint.cursor())
                     continue
                 now = datetime.now(UTC)
                 records = [
@@ -353,6 +375,28 @@ class CloudTrailSource(Source):
                 self.published_files += 1
             if self.wait(self.poll_interval):
                 return
+
+    def _given_up(self, rel: str, newest: dict[str, datetime]) -> bool:
+        """Whether the bad file ``rel`` is ``lateness`` behind the newest file of its folder."""
+        prefix, key = split_path(rel)
+        stamp = delivered(key)
+        latest = newest.get(prefix)
+        if stamp is None or latest is None:
+            return False
+        return latest - datetime.strptime(stamp, _STAMP_FORMAT).replace(tzinfo=UTC) >= self.lateness
+
+
+def _newest_by_prefix(rels: Iterable[str]) -> dict[str, datetime]:
+    """The latest delivery time among the files of each folder."""
+    newest: dict[str, datetime] = {}
+    for rel in rels:
+        prefix, key = split_path(rel)
+        stamp = delivered(key)
+        if stamp is not None:
+            when = datetime.strptime(stamp, _STAMP_FORMAT).replace(tzinfo=UTC)
+            if prefix not in newest or when > newest[prefix]:
+                newest[prefix] = when
+    return newest
 
 
 def _event_id(value: bytes) -> bytes | None:

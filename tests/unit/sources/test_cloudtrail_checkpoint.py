@@ -135,7 +135,7 @@ def test_a_cursor_listing_every_file_is_read_and_folded(tmp_path: Path) -> None:
 
 def test_a_file_that_cannot_be_read_holds_the_floor_until_it_can(tmp_path: Path) -> None:
     files = every_5_minutes(tmp_path, "us-east-1", START, 60)
-    bad = files[10]
+    bad = files[50]  # 45 minutes behind the newest: a copy still being written?
     (tmp_path / bad).write_bytes(b"not yet whole")
     sink = MemorySink()
     sink.source_id = "cloudtrail"
@@ -157,3 +157,22 @@ def test_files_whose_names_carry_no_time_are_kept_by_name_until_they_are_gone() 
     checkpoint.forget_absent(set())
     assert not checkpoint.is_done("exports/a.json")
     assert cloudtrail.Checkpoint.from_cursor(checkpoint.cursor()).cursor() == {"version": 2, "prefixes": {}}
+
+
+def test_a_file_unreadable_long_behind_newer_ones_is_given_up_and_the_cursor_stays_small(
+    tmp_path: Path,
+) -> None:
+    # Retried for ever, one corrupt file held the floor, and every file after it stayed in the
+    # cursor until the record limit stopped the source.
+    files = every_5_minutes(tmp_path, "us-east-1", START, 864)  # three days
+    bad = files[10]
+    (tmp_path / bad).write_bytes(b"corrupt for good")
+    sink = MemorySink()
+    sink.source_id = "cloudtrail"
+    source = OneScan(tmp_path, skip_bad_files=True)
+    source.run(sink)
+    assert list(source.bad_files) == [bad]
+    assert published(sink) == Counter(f for f in files if f != bad)
+    cursor = sink.cursors["cloudtrail"]
+    assert cursor["prefixes"][PREFIX]["floor"] > bad.removeprefix(PREFIX)
+    assert len(json.dumps(cursor)) < 6000
