@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import httpx
+from tests.loopback import LoopbackHttp, answer_json
 
 from vigil.hub.broker import free_port_block
 
@@ -147,7 +147,7 @@ class Anvil:
         raise RuntimeError(f"no receipt for {tx_hash} within 10 s")
 
 
-class RpcProxy:
+class RpcProxy(LoopbackHttp):
     """A real HTTP JSON-RPC endpoint in front of anvil that answers some methods itself
     (to play an older or different node), forwarding everything else unchanged."""
 
@@ -173,23 +173,6 @@ class RpcProxy:
                     out = httpx.post(
                         proxy.upstream, content=body, headers={"content-type": "application/json"}
                     ).content
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+                answer_json(self, out)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="rpc-proxy", daemon=True
-        )
-
-    def __enter__(self) -> RpcProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        super().__init__(Handler, "rpc-proxy")

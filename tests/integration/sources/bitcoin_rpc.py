@@ -16,9 +16,11 @@ from __future__ import annotations
 import base64
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+
+from tests.loopback import LoopbackHttp
 
 from vigil.config import shared_data_dir
 
@@ -36,7 +38,7 @@ def recorded_blocks() -> dict[str, bytes]:
     return blocks
 
 
-class BitcoinRpcServer:
+class BitcoinRpcServer(LoopbackHttp):
     def __init__(
         self,
         *,
@@ -57,21 +59,7 @@ class BitcoinRpcServer:
         self.calls: list[str] = []
         self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        # A short poll interval keeps shutdown() (and so each test's teardown) fast.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="btc-rpc", daemon=True
-        )
-
-    def __enter__(self) -> BitcoinRpcServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        super().__init__(self._handler(), "btc-rpc")
 
     def answer(self, method: str, params: list[Any]) -> tuple[int, Any, dict[str, Any] | None]:
         """(HTTP status, raw JSON result or None, error or None) for one call."""

@@ -159,13 +159,9 @@ def test_run_waits_and_logs_while_the_node_lacks_a_confirmed_block(
     assert "node has no block 50001 although its head is 50002 (attempt 2, next in 20.0s)" in caplog.text
 
 
-def test_a_block_missing_during_reorg_repair_is_waited_for_not_a_deep_reorg(
-    node: BitcoinRpcServer,
-) -> None:
-    # The walk-back read the lagging node's "no block" as a hash that differs: every remembered
-    # block looked replaced, and the connector stopped on a reorg "deeper than the window".
-    sink = MemorySink()
-    source = _source(node)
+def _out_of_step(node: BitcoinRpcServer, source: BitcoinSource, sink: MemorySink) -> bytes:
+    """Block 50000 polled, then the node serves a 50001 whose parent is not that 50000 (another
+    node's chain); returns 50001 as it was."""
     node.head = 50000
     source.poll(sink)
     node.head = 50001
@@ -173,6 +169,17 @@ def test_a_block_missing_during_reorg_repair_is_waited_for_not_a_deep_reorg(
     node.blocks[node.heights[50001]] = raw_50001.replace(
         json.loads(raw_50001)["previousblockhash"].encode(), b"00" * 32
     )
+    return raw_50001
+
+
+def test_a_block_missing_during_reorg_repair_is_waited_for_not_a_deep_reorg(
+    node: BitcoinRpcServer,
+) -> None:
+    # The walk-back read the lagging node's "no block" as a hash that differs: every remembered
+    # block looked replaced, and the connector stopped on a reorg "deeper than the window".
+    sink = MemorySink()
+    source = _source(node)
+    raw_50001 = _out_of_step(node, source, sink)
     node.missing = {50000}
     with pytest.raises(Retry, match="node has no block 50000 during reorg repair"):
         source.poll(sink)
@@ -368,13 +375,7 @@ def test_nodes_out_of_step_are_waited_for_not_spun_on(node: BitcoinRpcServer) ->
     # fetched the same block again at once, for ever.
     sink = MemorySink()
     source = _source(node)
-    node.head = 50000
-    source.poll(sink)
-    node.head = 50001
-    raw_50001 = node.blocks[node.heights[50001]]
-    node.blocks[node.heights[50001]] = raw_50001.replace(
-        json.loads(raw_50001)["previousblockhash"].encode(), b"00" * 32
-    )
+    raw_50001 = _out_of_step(node, source, sink)
     with pytest.raises(Retry, match="out of step"):
         source.poll(sink)
     assert [r.key for r in sink.records] == [b"50000"]

@@ -5,17 +5,17 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
+from tests.loopback import LoopbackHttp, answer_json
 
 from vigil.sources.jsonrpc import JsonRpcClient
 
 
-class _Endpoint:
+class _Endpoint(LoopbackHttp):
     """A JSON-RPC endpoint on 127.0.0.1 (a free port) answering every call with ``"0x10"`` and
     keeping the path and the Authorization header of each request."""
 
@@ -33,26 +33,9 @@ class _Endpoint:
                 endpoint.paths.append(self.path)
                 endpoint.auth.append(self.headers.get("authorization"))
                 out = json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": "0x10"}).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+                answer_json(self, out)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="json-rpc", daemon=True
-        )
-
-    def __enter__(self) -> _Endpoint:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        super().__init__(Handler, "json-rpc")
 
 
 @pytest.fixture
