@@ -114,6 +114,8 @@ class IntelIndex:
         #: listed (a /15 from a STIX bundle holds 131,072 addresses): an IP is looked up at each
         #: prefix length listed, most specific first (``_sizes``), by masking its integer.
         self._networks: dict[tuple[int, int, int], str] = {}
+        #: How many networks of each (version, prefix length) are listed, and those sizes in order.
+        self._size_counts: dict[tuple[int, int], int] = {}
         self._sizes: list[tuple[int, int]] = []
         self.updates = 0
 
@@ -123,6 +125,7 @@ class IntelIndex:
         self._feeds.clear()
         self._stix.clear()
         self._networks.clear()
+        self._size_counts.clear()
         self._sizes = []
 
     def __len__(self) -> int:
@@ -143,11 +146,19 @@ class IntelIndex:
             network = _network(key)
             if network is not None:
                 self._networks[network] = key
-                self._resize()
+                self._count_size(network[:2], 1)
         listings[entry.feed] = entry
 
-    def _resize(self) -> None:
-        self._sizes = sorted({(v, p) for v, p, _ in self._networks}, key=lambda size: -size[1])
+    def _count_size(self, size: tuple[int, int], change: int) -> None:
+        # The order is rebuilt only when a size comes or goes (a list of 10,000 networks loads
+        # in one pass, not in 10,000 passes over what is loaded).
+        count = self._size_counts.get(size, 0) + change
+        if count > 0:
+            self._size_counts[size] = count
+        else:
+            self._size_counts.pop(size, None)
+        if (count > 0) != (count - change > 0):
+            self._sizes = sorted(self._size_counts, key=lambda s: -s[1])
 
     def _drop(self, key: str, feed: str | None) -> bool:
         listings = self._entries.get(key)
@@ -160,7 +171,7 @@ class IntelIndex:
             del self._entries[key]
             network = _network(key)
             if network is not None and self._networks.pop(network, None) is not None:
-                self._resize()
+                self._count_size(network[:2], -1)
         return found
 
     def apply(self, indicator: IntelIndicator, now: datetime | None = None) -> None:
