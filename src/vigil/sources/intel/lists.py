@@ -198,10 +198,7 @@ class IntelListSource(Source):
             records, entry = self._records(spec, data, version, previous, elsewhere)
             if records is None:
                 continue
-            new_state = {**state, spec.name: entry}
-            sink.publish(records, cursor={"lists": new_state})
-            state.clear()
-            state.update(new_state)
+            _publish(sink, records, state, {**state, spec.name: entry})
             self.errors.pop(spec.name, None)
             changed += 1
         self.polls += 1
@@ -259,10 +256,7 @@ class IntelListSource(Source):
             # As of the list's last version, so the feed's version in later alerts stays a real one.
             version = str(previous.get("version") or DELETED_VERSION)
             records = [self._removal(spec, version, previous, removed, datetime.now(UTC))] if removed else []
-            new_state = {k: v for k, v in state.items() if k != spec.name}
-            sink.publish(records, cursor={"lists": new_state})
-            state.clear()
-            state.update(new_state)
+            _publish(sink, records, state, {k: v for k, v in state.items() if k != spec.name})
             self.errors.pop(spec.name, None)
             self._held.pop(spec.name, None)
             log.warning("intel lists: %s was deleted; %d of its entries revoked", spec.name, len(removed))
@@ -370,3 +364,12 @@ def _meta(spec: ListSpec, version: str) -> dict[str, str]:
         "version": version,
         "location": spec.location,
     }
+
+
+def _publish(
+    sink: RawSink, records: list[RawRecord], state: dict[str, Any], new_state: dict[str, Any]
+) -> None:
+    """Publish ``records`` with ``new_state`` as the cursor; ``state`` becomes it once published."""
+    sink.publish(records, cursor={"lists": new_state})
+    state.clear()
+    state.update(new_state)
