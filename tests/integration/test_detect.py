@@ -99,6 +99,26 @@ def test_detection_application_on_the_broker_matches_in_memory_detection(setting
     )
     producer.produce(withdrawn, topic=topo.intel)
     producer.produce_raw(topo.intel, withdrawn.key(), None)  # type: ignore[arg-type]
+    # Two STIX indicators of one feed list one IP; a tombstone withdraws the first only.
+    campaigns = [
+        IntelIndicator(
+            event_id=f"campaign-{n}",
+            source="test",
+            occurred_at=config.start,
+            payload=IntelIndicatorPayload(
+                indicator_type="ipv4",
+                value="203.0.113.9",
+                category="c2",
+                feed="taxii-test",
+                list_version="2026-01-01T00:00:00+00:00",
+                stix_id=f"indicator--{n}a8c6b2e-1f4d-4a57-9d8e-6a1f2b3c4d5e",
+            ),
+        )
+        for n in (1, 2)
+    ]
+    for campaign in campaigns:
+        producer.produce(campaign, topic=topo.intel)
+    producer.produce_raw(topo.intel, campaigns[0].key(), None)  # type: ignore[arg-type]
     # Not an indicator: skipped and counted; the list loads and detection runs regardless.
     producer.produce_raw(topo.intel, "eth_address:0xbad@test", b"{not an indicator")
     producer.flush()
@@ -108,8 +128,11 @@ def test_detection_application_on_the_broker_matches_in_memory_detection(setting
     )
     service.start(intel_timeout_s=60)
     try:
-        assert len(service.index) == len(IntelIndex.from_events(intel))
+        assert len(service.index) == len(IntelIndex.from_events(intel)) + 1  # + the STIX IP
         assert withdrawn.payload.value not in service.index
+        listing = service.index.lookup("203.0.113.9")
+        assert listing is not None
+        assert listing.stix_id == campaigns[1].payload.stix_id
         assert service.feed.errors == 1
         # Events arrive as they happen, a chunk (some 25 minutes of event time) at a time, each
         # chunk through both stages before the next, as a live exchange produces them.  In each

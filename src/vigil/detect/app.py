@@ -11,6 +11,7 @@ caught up with the topic as it was at start, so no event is checked against half
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -42,6 +43,9 @@ from vigil.stream.base import Guarantee
 from vigil.stream.table import TopicFollower
 
 log = logging.getLogger(__name__)
+
+#: The end of a STIX indicator's key on the indicator topic: "#indicator--<UUID>".
+_STIX_SUFFIX = re.compile(r"#(?P<id>[a-z][a-z0-9-]*--[0-9a-fA-F-]{36})$")
 
 CANONICAL_INPUTS = tuple(f"events.{d}" for d in DOMAINS)
 #: Exactly-once checkpoint interval of both stages (see ``DetectionService.checkpoint_interval_s``).
@@ -183,10 +187,14 @@ class IntelFeed:
 
     def _apply(self, key: str | None, value: bytes | None, where: str) -> None:
         if value is None:
-            # A tombstone withdraws one feed's listing; its key is "<type>:<value>@<feed>"
-            # (values never contain "@" except e-mail addresses, hence rpartition).
+            # A tombstone withdraws one feed's listing; its key is "<type>:<value>@<feed>", or
+            # "...@<feed>#<STIX id>" for one STIX indicator's (values never contain "@" except
+            # e-mail addresses, hence rpartition).
             listed, at, feed = (key or "").partition(":")[2].rpartition("@")
-            if at:
+            stix = _STIX_SUFFIX.search(feed)
+            if at and stix is not None:
+                self.index.remove(listed, feed[: stix.start()], stix["id"])
+            elif at:
                 self.index.remove(listed, feed)
             else:
                 self.errors += 1

@@ -3,8 +3,9 @@
 Indicators arrive as :class:`~vigil.events.types.IntelIndicator` records (the compacted
 ``intel.indicators`` topic, read whole by every detection process as a global table; or,
 in memory, inline in the event stream).  Each record replaces the previous version of
-that indicator *from its feed*, a revoked one removes that feed's listing: the index is
-always the latest lists, without a restart.  A value several feeds list stays indexed
+that indicator *from its feed*, a revoked one removes that feed's listing (for a STIX feed,
+that indicator's: two indicators may list one value): the index is always the latest lists,
+without a restart.  A value several feeds list stays indexed
 until every one of them has withdrawn it.  Every match reports the ``feed@list_version``
 it was made against, which the alert records as ``intel_version``.
 
@@ -104,7 +105,8 @@ def _network(key: str) -> tuple[int, int, int] | None:
 
 class IntelIndex:
     def __init__(self) -> None:
-        # value -> feed -> entry: one feed withdrawing a value leaves the others' listings.
+        # value -> listing (see _listing) -> entry: one feed, or one STIX indicator, withdrawing
+        # a value leaves the others' listings.
         self._entries: dict[str, dict[str, IndicatorEntry]] = {}
         self._feeds: dict[str, str] = {}
         #: Per (feed, STIX id): the newest version applied (its ``modified``) and the values it
@@ -147,7 +149,7 @@ class IntelIndex:
             if network is not None:
                 self._networks[network] = key
                 self._count_size(network[:2], 1)
-        listings[entry.feed] = entry
+        listings[_listing(entry.feed, entry.stix_id)] = entry
 
     def _count_size(self, size: tuple[int, int], change: int) -> None:
         # The order is rebuilt only when a size comes or goes (a list of 10,000 networks loads
@@ -160,14 +162,15 @@ class IntelIndex:
         if (count > 0) != (count - change > 0):
             self._sizes = sorted(self._size_counts, key=lambda s: -s[1])
 
-    def _drop(self, key: str, feed: str | None) -> bool:
+    def _drop(self, key: str, listing: str | None) -> bool:
+        """Withdraw one listing of ``key`` (every listing: None); True if it was there."""
         listings = self._entries.get(key)
         if listings is None:
             return False
         found = True
-        if feed is not None:
-            found = listings.pop(feed, None) is not None
-        if feed is None or not listings:
+        if listing is not None:
+            found = listings.pop(listing, None) is not None
+        if listing is None or not listings:
             del self._entries[key]
             network = _network(key)
             if network is not None and self._networks.pop(network, None) is not None:
@@ -185,7 +188,7 @@ class IntelIndex:
         self._feeds[p.feed] = p.list_version
         expired = now is not None and p.valid_until is not None and p.valid_until <= now
         if p.revoked or expired:
-            self._drop(key, p.feed)
+            self._drop(key, _listing(p.feed, p.stix_id))
             return
         self._put(
             key,
@@ -212,10 +215,10 @@ class IntelIndex:
         if held is not None and modified < held[0]:
             return False
         if held is None or modified > held[0]:
+            listing = _listing(feed, stix_id)
             for old in held[1] if held is not None else ():
-                listing = self._entries.get(old, {}).get(feed)
-                if old != key and listing is not None and listing.stix_id == stix_id:
-                    self._drop(old, feed)
+                if old != key:
+                    self._drop(old, listing)
             self._stix[ident] = (modified, {key})
         else:
             held[1].add(key)  # the same version's other values (a pattern with OR)
@@ -243,16 +246,26 @@ class IntelIndex:
         self.updates += n
         return n
 
-    def remove(self, value: str, feed: str | None = None) -> bool:
-        """Withdraw an indicator (every feed's listing, or one feed's); True if it was there."""
+    def remove(self, value: str, feed: str | None = None, stix_id: str | None = None) -> bool:
+        """Withdraw a value: every listing of it, or one feed's (with ``stix_id``, only that STIX
+        indicator's listing from the feed); True if it was there."""
         self.updates += 1
-        return self._drop(normalise(value), feed)
+        key = normalise(value)
+        if feed is None:
+            return self._drop(key, None)
+        if stix_id is not None:
+            return self._drop(key, _listing(feed, stix_id))
+        mine = [name for name, e in self._entries.get(key, {}).items() if e.feed == feed]
+        for name in mine:
+            self._drop(key, name)
+        return bool(mine)
 
     def lookup(
         self, value: str | None, at: datetime | None = None, categories: Collection[str] | None = None
     ) -> IndicatorEntry | None:
         """The value's listing; with several feeds, the most severe category wins
-        (sanctioned before drainer/scam before the rest), then the feed name, for determinism.
+        (sanctioned before drainer/scam before the rest), then the feed name and the STIX id, for
+        determinism.
 
         ``at``: the event's time; a listing whose ``valid_until`` is not after it does not match
         (an expired indicator went on raising alerts for ever; judged in event time, a replay
@@ -286,7 +299,7 @@ class IntelIndex:
         ]
         if not valid:
             return None
-        return min(valid, key=lambda e: (_SEVERITY.get(e.category, 9), e.feed))
+        return min(valid, key=lambda e: (_SEVERITY.get(e.category, 9), e.feed, e.stix_id or ""))
 
     def _in_network(
         self, key: str, at: datetime | None, categories: Collection[str] | None
@@ -316,6 +329,12 @@ class IntelIndex:
             entry = self.lookup(key)
             if entry is not None and listings:
                 yield key, entry
+
+
+def _listing(feed: str, stix_id: str | None) -> str:
+    """Where one listing of a value is kept: a list feed lists a value once; a STIX feed may
+    list it in several indicators (two campaigns, one IP), each revoked on its own."""
+    return feed if stix_id is None else f"{feed}#{stix_id}"
 
 
 _SEVERITY = {"sanctioned": 0, "drainer": 1, "scam": 2, "phishing": 3, "mixer": 4}

@@ -444,14 +444,18 @@ class IntelIndicatorPayload(Struct, kw_only=True, frozen=True):
 
 
 class IntelIndicator(Event, tag="intel_indicator", frozen=True):
-    """One indicator; keyed by ``<type>:<value>`` on the compacted ``intel.indicators`` topic."""
+    """One indicator; keyed by ``<type>:<value>@<feed>`` on the compacted ``intel.indicators``
+    topic, and a STIX one by ``<type>:<value>@<feed>#<STIX id>``."""
 
     domain: ClassVar[str] = "intel"
 
     def key(self) -> str:
         # The feed is part of the key: two feeds may list the same value, and on the
-        # compacted topic one feed's revocation must not erase the other's listing.
-        return f"{self.payload.indicator_type}:{self.payload.value}@{self.payload.feed}"
+        # compacted topic one feed's revocation must not erase the other's listing.  So is a
+        # STIX id, for the same reason within one feed: two indicators may list one IP.
+        p = self.payload
+        key = f"{p.indicator_type}:{p.value}@{p.feed}"
+        return key if p.stix_id is None else f"{key}#{p.stix_id}"
 
     payload: IntelIndicatorPayload
 

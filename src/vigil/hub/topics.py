@@ -128,7 +128,7 @@ def _declared() -> tuple[TopicSpec, ...]:
     specs += [
         TopicSpec(
             name="intel.indicators",
-            key="<indicator_type>:<value>@<feed>",
+            key="<indicator_type>:<value>@<feed>[#<STIX id>]",
             value=(IntelIndicator,),
             description="Threat indicators; the latest version per indicator (tombstone = withdrawn)",
             partitions=3,

@@ -128,6 +128,30 @@ def test_a_newer_version_leaves_what_another_indicator_or_feed_lists() -> None:
     assert index.lookup(ADDR) is not None  # and another feed's value is untouched
 
 
+def test_two_stix_indicators_listing_one_value_are_withdrawn_one_at_a_time() -> None:
+    # Two campaigns in one feed list the same address: they shared one compacted key and one
+    # listing, so revoking the first unlisted the address the second still lists.
+    first = _stix(A, V1, stix_id="indicator--1b4c1d9e-2f3a-4b5c-8d7e-9f0a1b2c3d4e")
+    second = _stix(A, V1, stix_id="indicator--2b4c1d9e-2f3a-4b5c-8d7e-9f0a1b2c3d4e")
+    assert first.key() != second.key()
+    index = IntelIndex()
+    index.apply(first)
+    index.apply(second)
+    index.apply(_stix(A, V2, stix_id=first.payload.stix_id or "", revoked=True))
+    entry = index.lookup(A)
+    assert entry is not None
+    assert entry.stix_id == second.payload.stix_id
+    # A tombstone of one indicator's key withdraws that listing; of the feed's, all of them.
+    index.apply(first)  # older than its revocation: not applied again
+    assert index.lookup(A).stix_id == second.payload.stix_id  # type: ignore[union-attr]
+    assert not index.remove(A, "taxii", first.payload.stix_id)
+    index.apply(_stix(A, V2, stix_id="indicator--3b4c1d9e-2f3a-4b5c-8d7e-9f0a1b2c3d4e"))
+    assert index.remove(A, "taxii", second.payload.stix_id)
+    assert A in index
+    assert index.remove(A, "taxii")
+    assert A not in index
+
+
 def test_a_rule_finds_the_listing_in_its_own_categories_behind_a_more_severe_one() -> None:
     # A drainer also on a sanctions list: the sanctions listing (more severe) hid the drainer one
     # from a drainer rule, which then raised nothing on an approval to it.

@@ -78,7 +78,7 @@ def test_c2_indicator_is_categorised_and_keeps_validity() -> None:
     assert (event.payload.indicator_type, event.payload.value) == ("ipv4", "10.0.0.0")
     assert event.payload.category == "c2"
     assert event.payload.valid_from is not None
-    assert event.key() == f"ipv4:10.0.0.0@{event.payload.feed}"
+    assert event.key() == f"ipv4:10.0.0.0@{event.payload.feed}#{event.payload.stix_id}"
 
 
 def test_file_hash_and_email_subject_patterns_are_skipped_not_errors() -> None:
