@@ -190,11 +190,12 @@ def make_decision(rule: Rule, alert: Alert, hit: Hit) -> Decision | None:
     )
 
 
-def _expiry(at: datetime, ttl: timedelta) -> datetime | None:
-    """When a decision made at ``at`` lapses (None: never).  An event dated within ``ttl`` of
-    the year 9999 (anything writing events.* directly, past the normaliser's clock check) lapses
-    at the last moment a datetime holds: the addition overflowed and stopped the stage."""
-    if ttl <= timedelta(0):
+def _expiry(at: datetime, ttl: timedelta | None) -> datetime | None:
+    """When a decision made at ``at`` lapses (None: never, until released).  An event dated
+    within ``ttl`` of the year 9999 (anything writing events.* directly, past the normaliser's
+    clock check) lapses at the last moment a datetime holds: the addition overflowed and stopped
+    the stage."""
+    if ttl is None or ttl <= timedelta(0):
         return None
     return at + ttl if datetime.max.replace(tzinfo=UTC) - at > ttl else datetime.max.replace(tzinfo=UTC)
 

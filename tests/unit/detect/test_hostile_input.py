@@ -3,6 +3,7 @@ speak in Vigil's voice: each of these once did one of those."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from vigil.detect.cases import run_case
 from vigil.detect.engine import ALERTS_TOPIC, DetectOperator, RuleSet
 from vigil.detect.fields import Condition
 from vigil.detect.intel import IntelIndex
-from vigil.detect.rules.models import Case, Expectation
+from vigil.detect.rules.models import Case, DecisionSpec, Expectation
 from vigil.detect.rules.validate import load_rules
 from vigil.events.base import Entities, Event
 from vigil.events.codec import decode_event
@@ -247,9 +248,10 @@ def test_a_hold_on_an_event_dated_at_the_end_of_time_lapses_there_instead_of_sto
         )
         for i, at in enumerate(["2026-01-01T00:00:00Z", "9999-12-31T12:00:00Z"])
     ]
-    rules = RuleSet([r for r in load_rules([ROOT / "rules"]) if r.id == "sanctioned-counterparty"], intel)
+    (rule,) = (r for r in load_rules([ROOT / "rules"]) if r.id == "sanctioned-counterparty")
+    ttl = timedelta(days=7)  # (the shipped rule holds until released; see test_validate)
+    rules = RuleSet([dataclasses.replace(rule, decision=DecisionSpec("hold_withdrawal", ttl))], intel)
     result = run_operators([DetectOperator(rules)], events)
     lapses = sorted(d.payload.expires_at for d in result.emitted("decisions"))  # type: ignore[attr-defined]
     end = datetime.max.replace(tzinfo=UTC)
-    ttl = rules.rules[0].decision.ttl  # type: ignore[union-attr]
     assert lapses == [datetime(2026, 1, 1, tzinfo=UTC) + ttl, end]

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 from vigil.detect.cases import run_cases
+from vigil.detect.engine import DetectOperator, RuleSet
+from vigil.detect.intel import IntelIndex
 from vigil.detect.rules.validate import load_rules, validate_paths
 from vigil.errors import RuleError
+from vigil.testing import run_operators
 
 GOOD = """\
 rules:
@@ -312,3 +315,31 @@ def test_every_mapping_that_matches_events_refuses_unknown_keys(
         "expected one of: "
     ), errors
     assert "type" in errors[0].rsplit("expected one of: ", 1)[1].split(", ")
+
+
+def test_a_decision_may_stand_until_released_and_the_sanctions_holds_do(tmp_path: Path) -> None:
+    # A sanctions hold lapsed by itself after 7 days (no rule can release one): compliance must
+    # review it.  ``ttl: 0s``, the only way to ask for that before, was refused.
+    text = GOOD.replace(
+        "    condition: {gte: 3}\n",
+        "    condition: {gte: 3}\n    decision: {action: block, ttl: until_released}\n",
+    )
+    write(tmp_path, "ok.yaml", text)
+    v = validate_paths([tmp_path])
+    assert [str(i) for i in v.errors] == []
+    (rule,) = v.rules
+    assert rule.decision is not None
+    assert rule.decision.ttl is None
+    events = v.cases[0].events
+    decisions = run_operators([DetectOperator(RuleSet(v.rules, IntelIndex()))], events).emitted("decisions")
+    assert [d.payload.expires_at for d in decisions] == [None]  # type: ignore[attr-defined]
+    shipped = {r.id: r for r in load_rules([Path(__file__).parents[3] / "rules"])}
+    for rule_id in ("sanctioned-counterparty", "sanctioned-exposure"):
+        assert shipped[rule_id].decision.ttl is None  # type: ignore[union-attr]
+    bad = GOOD.replace(
+        "    condition: {gte: 3}\n", "    condition: {gte: 3}\n    decision: {action: block, ttl: forever}\n"
+    )
+    (tmp_path / "ok.yaml").unlink()
+    write(tmp_path, "bad.yaml", bad)
+    with pytest.raises(RuleError, match="'until_released' for a decision that stands until released"):
+        load_rules([tmp_path])

@@ -23,10 +23,12 @@ DECISION_ACTIONS: tuple[str, ...] = ("hold_withdrawal", "require_step_up", "bloc
 
 @dataclass(frozen=True)
 class DecisionSpec:
-    """What to ask the back end when the rule fires, and for how long the decision stands."""
+    """What to ask the back end when the rule fires, and for how long the decision stands
+    (``ttl`` None: until someone releases it, e.g. a sanctions hold, which compliance must
+    review rather than let lapse)."""
 
     action: DecisionAction
-    ttl: timedelta = timedelta(hours=24)
+    ttl: timedelta | None = timedelta(hours=24)
 
 
 @dataclass(frozen=True)

@@ -125,14 +125,21 @@ class Parser:
         self.error(d.mark(key), f"{what}.{key} must be true or false; got {_show(value)}")
         return default
 
-    def duration(self, d: LocDict, key: str, what: str, default: timedelta | None = None) -> timedelta | None:
+    def duration(
+        self,
+        d: LocDict,
+        key: str,
+        what: str,
+        default: timedelta | None = None,
+        form: str = DURATION_FORM,
+    ) -> timedelta | None:
         if key not in d:
             if default is None:
-                self.error(d.loc, f"{what} is missing required key {key!r} ({DURATION_FORM})")
+                self.error(d.loc, f"{what} is missing required key {key!r} ({form})")
             return default
         got = parse_duration(d[key])
         if got is None or got <= timedelta(0):
-            self.error(d.mark(key), f"{what}.{key} must be {DURATION_FORM}; got {_show(d[key])}")
+            self.error(d.mark(key), f"{what}.{key} must be {form}; got {_show(d[key])}")
             return default
         return got
 

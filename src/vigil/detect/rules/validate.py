@@ -31,7 +31,7 @@ from vigil.detect.rules.models import (
     Rule,
     RuleFile,
 )
-from vigil.detect.rules.parse import Parser, parse_duration
+from vigil.detect.rules.parse import DURATION_FORM, Parser, parse_duration
 from vigil.errors import DecodeError, RuleError
 from vigil.events.base import Entities, Event
 from vigil.events.codec import decode_event
@@ -62,6 +62,10 @@ COMMON_CONTEXT = frozenset(
 #: Case events are placed relative to this instant unless they give an absolute ``at``.
 CASE_BASE = datetime(2026, 1, 1, tzinfo=UTC)
 _CASE_EVENT_KEYS = frozenset({"type", "id", "at", "source", "payload", *Entities.KINDS})
+
+#: A decision's ``ttl`` that never lapses: the hold stands until released (a sanctions hit).
+UNTIL_RELEASED = "until_released"
+TTL_FORM = f"{DURATION_FORM}, or {UNTIL_RELEASED!r} for a decision that stands until released"
 
 
 def _field_names() -> frozenset[str]:
@@ -238,8 +242,10 @@ def parse_rule(d: LocDict, p: Parser, file: str) -> Rule | None:
         if dd is not None:
             p.keys(dd, f"{what}.decision", required=("action",), optional=("ttl",))
             action = p.choice(dd, "action", f"{what}.decision", DECISION_ACTIONS)
-            ttl = p.duration(dd, "ttl", f"{what}.decision", default=timedelta(hours=24))
-            if action and ttl:
+            ttl: timedelta | None = None
+            if dd.get("ttl") != UNTIL_RELEASED:
+                ttl = p.duration(dd, "ttl", f"{what}.decision", default=timedelta(hours=24), form=TTL_FORM)
+            if action and (ttl or dd.get("ttl") == UNTIL_RELEASED):
                 decision = DecisionSpec(action, ttl)  # type: ignore[arg-type]
     # An entity kind: a misspelt one made alerts about "custmer:c1", which no decision or case
     # maps to a customer.
