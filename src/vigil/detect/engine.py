@@ -127,6 +127,10 @@ class RuleSet:
         self.by_type = _by_type(self.detectors)
         self._plan = _route_plan(self.detectors)
         self._remote_plan = _route_plan(self.remote)
+        self._narrowers = _narrowers(self.detectors)
+        self._remote_narrowers = _narrowers(self.remote)
+        #: Event classes some routed detector writes narrowed (:meth:`narrowed`).
+        self.narrows = frozenset(EVENT_TYPES[t] for t in self._narrowers)
 
     def routes_for(self, event: Event, *, remote_only: bool) -> list[str]:
         """Keys under which ``event`` must reach the detectors of the routed stage."""
@@ -150,6 +154,15 @@ class RuleSet:
                 keys[key] = None
         return list(keys)
 
+    def narrowed(self, event: Event, key: str, *, remote_only: bool) -> Event | None:
+        """What to write under ``key``, one of ``event``'s routes, if not the whole event: the
+        part its only detector under that key needs (:meth:`Detector.narrowed`)."""
+        narrowers = (self._remote_narrowers if remote_only else self._narrowers).get(TAGS[type(event)])
+        for prefix, det in narrowers or ():
+            if key.startswith(prefix):
+                return det.narrowed(event, key)
+        return None
+
     def subset(self, which: str) -> list[Detector]:
         return {"all": self.detectors, "local": self.local, "remote": self.remote}[which]
 
@@ -165,6 +178,24 @@ def _route_groups(detectors: Sequence[Detector]) -> dict[str, list[list[Detector
         for det in dets:
             groups.setdefault(det.route_id_for(t), []).append(det)
         out[t] = list(groups.values())
+    return out
+
+
+def _narrowers(detectors: Sequence[Detector]) -> dict[str, list[tuple[str, Detector]]]:
+    """Per event type, (key prefix, detector) of the detectors that narrow what they route
+    (:meth:`Detector.narrowed`) and alone route under keys with that prefix: a key routed to
+    others too must carry the whole event."""
+    out: dict[str, list[tuple[str, Detector]]] = {}
+    for t, groups in _route_groups(detectors).items():
+        prefixes = [members[0].route_prefix for members in groups]
+        for slot, members in enumerate(groups):
+            det = members[0]
+            if (
+                len(members) == 1
+                and type(det).narrowed is not Detector.narrowed
+                and _prefix_decides(slot, prefixes)
+            ):
+                out.setdefault(t, []).append((prefixes[slot], det))
     return out
 
 
@@ -424,13 +455,21 @@ class RouteOperator(Operator[Event]):
         # (With the runtime's event-time alignment a batch is often a record or two: keep the
         # per-call work small.)
         routes_for, remote_only = self.ruleset.routes_for, self.remote_only
-        # Forwarded, not emitted: the event goes on as it came, in the bytes it was read as.
+        narrows, narrowed = self.ruleset.narrows, self.ruleset.narrowed
+        # Forwarded, not emitted: the event goes on as it came, in the bytes it was read as
+        # (unless its detector under a key needs only part of it: see RuleSet.narrowed).
         forward, topic = ctx.forward, self.topic
         routed = 0
         try:
             for rec in sorted(batch, key=_event_time) if len(batch) > 1 else batch:
-                for key in routes_for(rec.event, remote_only=remote_only):
-                    forward(topic, rec, key)
+                event = rec.event
+                narrow = type(event) in narrows
+                for key in routes_for(event, remote_only=remote_only):
+                    part = narrowed(event, key, remote_only=remote_only) if narrow else None
+                    if part is None:
+                        forward(topic, rec, key)
+                    else:
+                        ctx.emit(topic, part, key)
                     routed += 1
         finally:
             # The marks name event objects of this batch: once it is gone, another may take an id.

@@ -80,6 +80,24 @@ def normalise_path(path: str) -> str:
     return path
 
 
+def replace_path(event: Event, path: str, value: Any) -> Event:
+    """A copy of ``event`` with the value at ``path`` (through structs and mappings) replaced;
+    AttributeError or KeyError when the path is not there."""
+    out: Event = _replaced(event, normalise_path(path).split("."), value)
+    return out
+
+
+def _replaced(obj: Any, parts: list[str], value: Any) -> Any:
+    head, rest = parts[0], parts[1:]
+    if isinstance(obj, msgspec.Struct):
+        inner = _replaced(getattr(obj, head), rest, value) if rest else value
+        return msgspec.structs.replace(obj, **{head: inner})
+    if isinstance(obj, dict):
+        return {**obj, head: _replaced(obj[head], rest, value) if rest else value}
+    msg = f"{head!r} is in neither a struct nor a mapping"
+    raise TypeError(msg)
+
+
 @cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)

@@ -279,6 +279,13 @@ class Detector(ABC):
         can tell a record keyed otherwise is not this detector's without computing its keys."""
         return ""
 
+    def narrowed(self, event: Event, key: str) -> Event | None:
+        """``event`` as this detector needs it under ``key``, one of its :meth:`routes`, when that
+        is much smaller than the whole (None: the whole event).  The route stage writes the
+        narrowed event in that key's record; only asked when no other detector routes the
+        event's type under keys that share this one's :attr:`route_prefix`."""
+        return None
+
     def wants(self, event: Event) -> bool:
         """Whether ``event`` (of ``types``) may change this detector's state or fire it.  The
         route stage does not re-key events no detector wants (a trade between unlinked
