@@ -526,3 +526,18 @@ def test_a_huge_sum_in_and_out_of_the_running_total_does_not_hide_a_late_window(
     ]
     in_order, late = _both(_rules(tmp_path, rule), events)
     assert late == in_order == [["d0"], ["d50", "d75"]]
+
+
+def test_each_withdrawal_to_the_new_address_is_held_whatever_arrives_first() -> None:
+    # Once the chain completed it was used up: the attacker's second withdrawal to the same
+    # address passed with no alert and no hold.  With ``repeat`` each one completes the chain,
+    # in any arrival order, each alert once.
+    rules = [r for r in load_rules([ROOT / "rules"]) if r.id == "security-change-new-address"]
+    events = [_mfa(0), _added(5, "0x06"), _out(10, "0x06"), _out(20, "0x06"), _out(30, "0x07")]
+    expected = [["m0", "a5", "w10"], ["m0", "a5", "w20"]]
+    assert _both(rules, events) == (expected, expected)
+    for seed in range(5):
+        arrival = random.Random(seed).sample(events, len(events))
+        assert sorted(_alerted(rules, arrival)) == expected
+    # Past the chain's span, a withdrawal to the address is no longer part of it.
+    assert _alerted(rules, [_mfa(0), _added(5, "0x06"), _out(10, "0x06"), _out(200, "0x06")]) == [expected[0]]

@@ -105,6 +105,9 @@ class SequenceParams:
     within: timedelta
     steps: tuple[Step, ...]
     absent: tuple[Match, ...] = field(default=())
+    #: After the chain completes, each further event taking its last step within ``within`` of
+    #: the chain's start completes it again (each withdrawal of a drain is held, not the first).
+    repeat: bool = False
 
 
 def parse(d: LocDict, p: Parser, what: str) -> SequenceParams | None:
@@ -165,9 +168,10 @@ def parse(d: LocDict, p: Parser, what: str) -> SequenceParams | None:
                     "every step's event types have",
                 )
                 ok = False
+    repeat = p.boolean(d, "repeat", what, default=False)
     if not ok or within is None or None in paths:
         return None
-    return SequenceParams(tuple(x for x in paths if x), within, tuple(steps), tuple(absent))
+    return SequenceParams(tuple(x for x in paths if x), within, tuple(steps), tuple(absent), bool(repeat))
 
 
 def _step(s: LocDict, p: Parser, sw: str, i: int, earlier: list[Step], names: set[str]) -> Step | None:
@@ -517,7 +521,12 @@ class SequenceDetector(GroupedDetector):
             progress[i] = [prev[0], [*prev[1], evidence], {**prev[2], cs.step.name: values}]
             if i == last_step:
                 completed = progress[i]
-                progress[:] = [p if p is not None and p[0] > now else None for p in progress]
+                # A completion uses up the chains begun by then; with ``repeat`` the chain up to
+                # the last step stays, for the next event taking that step (a second withdrawal
+                # to the attacker's address).
+                keep = prev if self.p.repeat else None
+                progress[:] = [p if p is not None and (p[0] > now or p is keep) else None for p in progress]
+                progress[i] = None
                 break
             _drop_built_after(progress, i, now)
         # Forget chains that can no longer complete.

@@ -34,7 +34,10 @@ KINDS: dict[str, KindSpec] = {
         ("match", "group_by", "timespan", "aggregate", "field", "condition", "related", "cooldown"),
     ),
     "sequence": KindSpec(
-        sequence.parse, sequence.SequenceDetector, sequence.CONTEXT, ("group_by", "within", "steps", "absent")
+        sequence.parse,
+        sequence.SequenceDetector,
+        sequence.CONTEXT,
+        ("group_by", "within", "steps", "absent", "repeat"),
     ),
     "propagation": KindSpec(
         propagation.parse, propagation.PropagationDetector, propagation.CONTEXT, ("mark", "trigger")
