@@ -20,12 +20,13 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -114,6 +115,17 @@ class Settings(BaseSettings):
             "[backend_keys] table)"
         ),
     )
+    # Not a secret: it says what a key may do, not the key.  Its names are checked against the
+    # event types, and its services against the keys, when the ingest API starts (Scopes in
+    # vigil.sources.backend); NoDecode so that bad JSON in the variable is our one-line error.
+    backend_scopes: Annotated[dict[str, list[str]], NoDecode] = Field(
+        default_factory=dict,
+        description=(
+            'Back-end ingest API scopes: JSON {"service": ["<event type or domain>", ...]} (in vigil.toml, '
+            "a [backend_scopes] table); a service without an entry may send identity, payments and "
+            "market events, and chain, saas and security events only with an entry naming them"
+        ),
+    )
     taxii_user: str | None = Field(default=None, description="TAXII server user (HTTP basic auth)")
     taxii_password: SecretStr | None = Field(default=None, description="TAXII server password")
     # A secret too: hosted nodes (Infura, Alchemy) put the API key in the path or the user-info.
@@ -156,6 +168,21 @@ class Settings(BaseSettings):
     def _keys_table_as_json(cls, value: Any) -> Any:
         # A [backend_keys] table in vigil.toml arrives as a mapping; the variable is its JSON.
         return json.dumps(value) if isinstance(value, dict) else value
+
+    @field_validator("backend_scopes", mode="before")
+    @classmethod
+    def _scopes_json(cls, value: Any) -> Any:
+        # The variable is JSON; a [backend_scopes] table in vigil.toml arrives as a mapping.
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                msg = f'not JSON ({exc}); expected {{"service": ["<event type or domain>", ...]}}'
+                raise ValueError(msg) from None
+        # One name alone (wallet = "payments") is a scope of one, not "a valid list" refused.
+        if isinstance(value, dict):
+            return {service: [names] if isinstance(names, str) else names for service, names in value.items()}
+        return value
 
     @field_validator("ethereum_rpc_url")
     @classmethod

@@ -268,6 +268,25 @@ def test_backend_keys_are_json_in_the_variable_or_a_table_in_the_file(
     assert json.loads(keys.get_secret_value()) == {"ledger": digest}
 
 
+def test_backend_scopes_are_json_in_the_variable_or_a_table_in_the_file(
+    no_vigil_variables: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert load_settings().backend_scopes == {}  # every service: the default scope
+    (tmp_path / "vigil.toml").write_text('[backend_scopes]\nindexer = ["chain", "login"]\nkyc = "identity"\n')
+    assert load_settings().backend_scopes == {"indexer": ["chain", "login"], "kyc": ["identity"]}
+    no_vigil_variables.setenv("VIGIL_BACKEND_SCOPES", json.dumps({"crm-sync": ["crm_record_export"]}))
+    assert load_settings().backend_scopes == {"crm-sync": ["crm_record_export"]}  # the variable wins
+    assert Settings.model_fields["backend_scopes"].description
+
+
+def test_backend_scopes_that_are_not_json_are_named(no_vigil_variables: pytest.MonkeyPatch) -> None:
+    no_vigil_variables.setenv("VIGIL_BACKEND_SCOPES", "indexer=chain")
+    with pytest.raises(
+        ConfigError, match=r"VIGIL_BACKEND_SCOPES \(backend_scopes\): not JSON \(.*\); expected \{\"service\""
+    ):
+        load_settings()
+
+
 def test_connector_secrets_are_never_shown(no_vigil_variables: pytest.MonkeyPatch) -> None:
     for name in CONNECTOR_SECRETS:
         value = f"https://node.example/v3/{name}-hunter2"  # a URL, so that ethereum_rpc_url takes it

@@ -11,7 +11,16 @@ dead-lettered to ``dlq.ingest`` with the same reason.
 Authentication: ``Authorization: Bearer <key>``, one key per calling service.  Only the
 SHA-256 of each key is configured (``service -> hex digest``); the presented key is hashed
 and compared with every configured digest in constant time.  Keys are never logged, put
-in records or echoed; a failed attempt gets 401 and is counted per reason.
+in records or echoed; a failed attempt gets 401, is counted per reason and logged.
+
+Authorisation: each service may send only the event types of its scope (``backend_scopes``:
+``service -> [type or domain, ...]``; without an entry, :data:`DEFAULT_SCOPE`: identity,
+payments and market), and no event whose ``source`` names one of Vigil's own connectors
+(``ethereum``, ``cloudtrail``, ``hubspot`` ...: those events come from the connector).  A line
+outside them is refused as a contract error is: listed in the response and dead-lettered.
+
+``GET /v1/health`` is unauthenticated (load balancers call it) and says only whether the
+instance can take events; the broker's errors and the failed attempts are in the log.
 
 Durability: a request is answered **200** only once Kafka has its records (the sink's
 transaction committed).  Between the handlers and Kafka sits a bounded in-memory buffer
@@ -36,6 +45,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,15 +56,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from vigil.config import Settings
-from vigil.errors import ContractError, SourceError
+from vigil.errors import ConfigError, ContractError, SourceError
 from vigil.events.addresses import canonical_addresses
 from vigil.events.base import Event
 from vigil.events.codec import EventCodec, encode
 from vigil.events.records import DeadLetter
-from vigil.events.types import types_in_domain
+from vigil.events.types import EVENT_CLASSES, types_in_domain
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer, RawSink, Source
 from vigil.sources.http_server import KEEP_ALIVE_S, MAX_CONNECTIONS, listen, serving
+from vigil.sources.registry import NORMALIZERS, SOURCES
 from vigil.sources.webhooks import BODY_TIMEOUT_S, RECORD_MAX_BYTES, Rejected, closing, read_body
 
 log = logging.getLogger(__name__)
@@ -149,6 +160,12 @@ class IngestBuffer:
     def buffered_bytes(self) -> int:
         with self._cond:
             return self._bytes
+
+    @property
+    def full(self) -> bool:
+        """At either bound: the next request is answered 503 until the broker takes some."""
+        with self._cond:
+            return self._size >= self.max_records or self._bytes >= self.max_bytes
 
     def submit(self, records: list[RawRecord]) -> Future[None]:
         size = sum(r.size() for r in records)
@@ -261,17 +278,27 @@ _codec = EventCodec([cls for domain in INGEST_DOMAINS for cls in types_in_domain
 _array = msgspec.json.Decoder(list[msgspec.Raw])
 
 
-def parse_body(body: bytes, content_type: str) -> ParsedBody:
-    """Split and validate a request body.  Raises ContractError if the body as a whole is
-    unusable (unsupported content type, not JSON at all)."""
+def parse_body(
+    body: bytes, content_type: str, refuse: Callable[[Event], str | None] = lambda _: None
+) -> ParsedBody:
+    """Split and validate a request body; ``refuse`` gives the reason a valid event may not be
+    taken from this caller (None: taken), and such a line is an error like an invalid one.
+    Raises ContractError if the body as a whole is unusable (unsupported content type, not
+    JSON at all)."""
     media = content_type.split(";", 1)[0].strip().lower()
     out = ParsedBody()
 
     def check(label: str, n: int, raw: bytes) -> None:
         try:
-            out.accepted.append((raw, _codec.decode(raw)))
+            event = _codec.decode(raw)
         except ContractError as exc:
             out.errors.append((label, n, raw, getattr(exc, "reason", str(exc))))
+            return
+        reason = refuse(event)
+        if reason is None:
+            out.accepted.append((raw, event))
+        else:
+            out.errors.append((label, n, raw, reason))
 
     if media in NDJSON_TYPES:
         for n, line in enumerate(body.split(b"\n"), 1):
@@ -299,6 +326,109 @@ def parse_body(body: bytes, content_type: str) -> ParsedBody:
     return out
 
 
+# --------------------------------------------------------------------------- scopes
+
+
+#: What a service may send when ``backend_scopes`` has no entry for it: the exchange's own
+#: business (logins, 2FA, the address book, deposits and withdrawals, loyalty, its order book).
+#: Chain, SaaS and security events stand for what Vigil observes outside the exchange; taken from
+#: any key, one compromised service could fabricate on-chain exposure or CloudTrail activity (holds
+#: on arbitrary customers) or a "normal history" that blinds the deviation rules.
+DEFAULT_SCOPE = ("identity", "payments", "market")
+
+#: Ingestible domain -> the event types (tags) in it.
+_DOMAIN_TYPES: dict[str, frozenset[str]] = {
+    domain: frozenset(str(cls.__struct_config__.tag) for cls in types_in_domain(domain))
+    for domain in INGEST_DOMAINS
+}
+_INGEST_TYPES = frozenset(t for types in _DOMAIN_TYPES.values() for t in types)
+#: Names that are event types or domains, but Vigil's own outputs and lists: never ingested.
+_OWN_NAMES = frozenset(
+    name
+    for cls in EVENT_CLASSES
+    if cls.domain not in INGEST_DOMAINS
+    for name in (cls.domain, str(cls.__struct_config__.tag))
+)
+
+#: The ``source`` of events that Vigil's own connectors make (the registry's names), which an event
+#: from a service may not claim: a ``source`` of ``cloudtrail`` or ``ethereum`` is read downstream as
+#: "seen by that connector".  ``backend`` is the ingest API's own.
+CONNECTOR_SOURCES = frozenset(SOURCES).union(NORMALIZERS) - {NAME}
+
+
+def _types_of(names: Sequence[str]) -> frozenset[str]:
+    return frozenset(t for name in names for t in _DOMAIN_TYPES.get(name, {name}))
+
+
+class Scopes:
+    """What each calling service may send: the event types and whole domains of its entry in
+    ``backend_scopes``, or :data:`DEFAULT_SCOPE` without one.  An entry replaces the default
+    (a service that sends chain and identity events lists both).
+
+    Built at start: an unknown type or domain, an empty entry or an entry for a service with no
+    key raises :class:`ConfigError` naming every such entry at once.
+    """
+
+    def __init__(self, scopes: Mapping[str, Sequence[str]], services: Collection[str]) -> None:
+        problems: list[str] = []
+        unknown_names = False
+        for service, names in scopes.items():
+            if service not in services:
+                problems.append(
+                    f"service {service!r} has no API key (services with keys: {', '.join(sorted(services))})"
+                )
+            if not names:
+                problems.append(
+                    f"service {service!r} has an empty scope; expected types or domains (a service "
+                    f"without an entry may send {', '.join(DEFAULT_SCOPE)})"
+                )
+            for name in names:
+                if name in _OWN_NAMES:
+                    problems.append(
+                        f"service {service!r}: {name!r} is Vigil's own output or list, never taken from "
+                        "the ingest API"
+                    )
+                elif name not in _DOMAIN_TYPES and name not in _INGEST_TYPES:
+                    problems.append(f"service {service!r}: {name!r} is no event type or domain")
+                    unknown_names = True
+        if problems:
+            msg = "backend_scopes: " + "; ".join(problems)
+            if unknown_names:
+                msg += (
+                    f"; expected domains ({', '.join(sorted(_DOMAIN_TYPES))}) or event types "
+                    f"({', '.join(sorted(_INGEST_TYPES))})"
+                )
+            raise ConfigError(msg)
+        self._names = {service: tuple(names) for service, names in scopes.items()}
+        self._types = {service: _types_of(names) for service, names in scopes.items()}
+        self._default = _types_of(DEFAULT_SCOPE)
+
+    def of(self, service: str) -> tuple[str, ...]:
+        """The scope's names as configured (the default's domains without an entry)."""
+        return self._names.get(service, DEFAULT_SCOPE)
+
+    def refusal(self, service: str, event: Event) -> str | None:
+        """Why ``service`` may not send ``event`` (None: it may)."""
+        if event.type in self._types.get(service, self._default):
+            return None
+        whose = "its scope in backend_scopes" if service in self._names else "the default scope"
+        return (
+            f"type {event.type!r} ({type(event).domain}) is outside the scope of service {service!r}: "
+            f"{', '.join(self.of(service))} ({whose})"
+        )
+
+
+def connector_claim(event: Event) -> str | None:
+    """Why ``event`` may not come from a service because of its ``source`` (None: it may)."""
+    # Compared as a rule or an analyst reads it: " CloudTrail" is still CloudTrail.
+    if event.source.strip().lower() in CONNECTOR_SOURCES:
+        return (
+            f"source {event.source!r} is a connector's: its events come from that connector, not the "
+            "ingest API"
+        )
+    return None
+
+
 # --------------------------------------------------------------------------- the app
 
 
@@ -313,9 +443,12 @@ class Authenticator:
         self._keys = {svc: bytes.fromhex(digest) for svc, digest in keys.items()}
         self.failures: Counter[str] = Counter()
 
-    def service(self, authorization: str | None) -> str | None:
+    def service(self, authorization: str | None, client: str | None = None) -> str | None:
+        """The service whose key ``authorization`` carries; None (counted and logged, never the
+        key) when it carries none or an unknown one.  ``client`` names the caller in the log."""
         if not authorization or not authorization.startswith("Bearer "):
             self.failures["missing"] += 1
+            log.warning("backend ingest: request from %s without an API key", client or "an unknown client")
             return None
         presented = hashlib.sha256(authorization[7:].strip().encode()).digest()
         found = None
@@ -325,6 +458,9 @@ class Authenticator:
                 found = svc
         if found is None:
             self.failures["invalid"] += 1
+            log.warning(
+                "backend ingest: request from %s with an unknown API key", client or "an unknown client"
+            )
         return found
 
 
@@ -340,17 +476,22 @@ def create_app(
     buffer: IngestBuffer,
     auth: Authenticator,
     *,
+    scopes: Scopes | None = None,
     ack_timeout: float = 5.0,
     retry_after: int = 5,
     max_body_bytes: int = 10 * 1024 * 1024,
     body_timeout_s: float = BODY_TIMEOUT_S,
 ) -> FastAPI:
     app = FastAPI(title="Vigil back-end ingest", docs_url=None, redoc_url=None, openapi_url=None)
+    scopes = scopes if scopes is not None else Scopes({}, ())
     stats: Counter[str] = Counter()
+    # Answers by kind, for a look from the process that runs the app: the health answer is public.
+    app.state.responses = stats
 
     @app.post("/v1/events")
     async def ingest(request: Request) -> JSONResponse:
-        service = auth.service(request.headers.get("authorization"))
+        client = request.client.host if request.client else None
+        service = auth.service(request.headers.get("authorization"), client)
         if service is None:
             return JSONResponse(
                 {"error": "missing or invalid API key (Authorization: Bearer <key>)"},
@@ -364,12 +505,29 @@ def create_app(
         except Rejected as exc:
             error = f"body larger than {max_body_bytes} bytes" if exc.status == 413 else exc.detail
             return JSONResponse({"error": error}, status_code=exc.status, headers=closing(exc.status))
+        refused: list[str] = []
+
+        def refuse(event: Event) -> str | None:
+            reason = scopes.refusal(service, event) or connector_claim(event)
+            if reason is not None:
+                # (A source may be as long as a record: the log gets its start.)
+                refused.append(f"{event.type} from source {event.source[:64]!r}")
+            return reason
+
         try:
-            parsed = parse_body(body, request.headers.get("content-type", ""))
+            parsed = parse_body(body, request.headers.get("content-type", ""), refuse)
         except UnsupportedMediaType as exc:
             return JSONResponse({"error": str(exc)}, status_code=415)
         except ContractError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
+        if refused:
+            # Valid events a key may not send: a misconfigured service, or a compromised one.
+            log.warning(
+                "backend ingest: service %r may not send %d of the events it sent (dead-lettered): %s",
+                service,
+                len(refused),
+                ", ".join(sorted(set(refused))),
+            )
         now = datetime.now(UTC)
         records = [
             RawRecord(
@@ -442,16 +600,15 @@ def create_app(
 
     @app.get("/v1/health")
     async def health() -> dict[str, Any]:
+        # Unauthenticated, for load balancers: whether this instance takes events, nothing more.
+        # The broker's exception text (its addresses, its TLS and SASL errors) and the count of
+        # failed logins went to anyone who could reach the port; both are logged as they happen.
+        reachable = buffer.last_error is None
+        full = buffer.full
         return {
-            "buffered_records": buffer.buffered,
-            "buffer_capacity": buffer.max_records,
-            "buffered_bytes": buffer.buffered_bytes,
-            "buffer_capacity_bytes": buffer.max_bytes,
-            "published_records": buffer.published,
-            "publish_failures": buffer.failures,
-            "last_error": buffer.last_error,
-            "auth_failures": dict(auth.failures),
-            "responses": dict(stats),
+            "status": "ok" if reachable and not full else "degraded",
+            "broker_reachable": reachable,
+            "buffer_full": full,
         }
 
     return app
@@ -472,6 +629,7 @@ class BackendIngestSource(Source):
         self,
         *,
         keys: dict[str, str],
+        scopes: Mapping[str, Sequence[str]] | None = None,
         host: str = "127.0.0.1",
         port: int = 8088,
         max_buffered_records: int = 10_000,
@@ -487,6 +645,7 @@ class BackendIngestSource(Source):
     ) -> None:
         super().__init__(source_id)
         self.auth = Authenticator(keys)
+        self.scopes = Scopes(scopes or {}, keys)
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.max_connections = max_connections
@@ -508,7 +667,8 @@ class BackendIngestSource(Source):
         ``{service: sha256 hex of its key}``; default: the setting ``backend_keys``, the same
         JSON in ``VIGIL_BACKEND_KEYS`` or a ``[backend_keys]`` table in vigil.toml),
         ``max_buffered_records`` (10000), ``max_buffered_bytes`` (256 MiB), ``ack_timeout``
-        (s, 5), ``body_timeout_s`` (30), ``max_connections`` (256), ``keep_alive_s`` (5)."""
+        (s, 5), ``body_timeout_s`` (30), ``max_connections`` (256), ``keep_alive_s`` (5).
+        What each service may send is the setting ``backend_scopes`` (see :class:`Scopes`)."""
         if "keys_file" in options:
             with open(options["keys_file"], encoding="utf-8") as fh:
                 text = fh.read()
@@ -526,6 +686,7 @@ class BackendIngestSource(Source):
             raise SourceError(msg)
         return cls(
             keys=keys,
+            scopes=settings.backend_scopes,
             host=options.get("host", "127.0.0.1"),
             port=int(options.get("port", "8088")),
             max_buffered_records=int(options.get("max_buffered_records", "10000")),
@@ -543,6 +704,7 @@ class BackendIngestSource(Source):
         app = create_app(
             buffer,
             self.auth,
+            scopes=self.scopes,
             ack_timeout=self.ack_timeout,
             retry_after=self.retry_after,
             max_body_bytes=self.max_body_bytes,

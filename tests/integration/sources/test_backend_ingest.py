@@ -15,6 +15,7 @@ import pytest
 from tests.integration.kafka_read import read_raw, wait_for
 
 from vigil.config import Settings, load_settings
+from vigil.events.base import Event
 from vigil.events.codec import decode_event, encode
 from vigil.events.examples import example_events
 from vigil.events.records import DeadLetter
@@ -184,3 +185,30 @@ def test_broker_outage_buffers_then_503_and_loses_nothing(tmp_path: Path) -> Non
         assert len(set(got)) == len(got)
     finally:
         broker.stop()
+
+
+def test_events_a_service_may_not_send_are_dead_lettered_and_the_rest_committed(
+    ingest: tuple[Running, str, str], settings: Settings
+) -> None:
+    # "wallet" has no entry in backend_scopes: identity, payments and market events only, and
+    # never under a connector's name.
+    running, raw, dlq = ingest
+    examples = {e.type: e for e in example_events(datetime(2026, 11, 29, 9, tzinfo=UTC))}
+
+    def sent(type_name: str, source: str) -> Event:
+        return msgspec.structs.replace(examples[type_name], event_id=f"scoped-{type_name}", source=source)
+
+    login, transfer = sent("login", "wallet"), sent("chain_transfer", "wallet")
+    forged, deposit = sent("logout", "cloudtrail"), sent("deposit", "wallet")
+    body = b"\n".join(encode(e) for e in (login, transfer, forged, deposit))
+    resp = httpx.post(f"{running.url}/events", content=body, headers=AUTH, timeout=90)
+    assert resp.status_code == 200, resp.text
+    assert [e["line"] for e in resp.json()["errors"]] == [2, 3]
+    assert [r.value for r in read_raw(settings, raw, "backend")] == [encode(login), encode(deposit)]
+    letters = [msgspec.json.decode(r.value, type=DeadLetter) for r in read_raw(settings, dlq, "backend")]
+    assert [letter.raw for letter in letters] == [encode(transfer), encode(forged)]
+    assert letters[0].reason.startswith("line 2: type 'chain_transfer' (chain) is outside the scope of")
+    assert letters[1].reason == (
+        "line 3: source 'cloudtrail' is a connector's: its events come from that connector, "
+        "not the ingest API"
+    )

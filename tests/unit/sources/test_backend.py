@@ -173,8 +173,10 @@ def test_server_accepts_valid_lines_and_lists_errors(
     assert KEY.encode() not in b"".join(r.value + (r.key or b"") for r in sink.records)
 
 
-def test_server_rejects_missing_and_wrong_keys(server: tuple[BackendIngestSource, MemorySink, str]) -> None:
-    _source, sink, url = server
+def test_server_rejects_missing_and_wrong_keys(
+    server: tuple[BackendIngestSource, MemorySink, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    source, sink, url = server
     (good,) = examples(1)
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}):
         resp = httpx.post(
@@ -184,8 +186,15 @@ def test_server_rejects_missing_and_wrong_keys(server: tuple[BackendIngestSource
         assert resp.headers["WWW-Authenticate"] == "Bearer"
         assert KEY not in resp.text
     assert sink.records == []
-    health = httpx.get(f"{url}/v1/health").json()
-    assert health["auth_failures"] == {"missing": 2, "invalid": 1}
+    # Counted and logged, never in the unauthenticated health answer.
+    assert source.auth.failures == {"missing": 2, "invalid": 1}
+    refused = [r.getMessage() for r in caplog.records if "API key" in r.getMessage()]
+    assert refused == [
+        "backend ingest: request from 127.0.0.1 without an API key",
+        "backend ingest: request from 127.0.0.1 with an unknown API key",
+        "backend ingest: request from 127.0.0.1 without an API key",
+    ]
+    assert all(KEY not in line for line in refused)
 
 
 def test_server_status_codes_for_bad_bodies(server: tuple[BackendIngestSource, MemorySink, str]) -> None:
