@@ -409,6 +409,10 @@ class _PartitionTask:
     def close(self) -> None:
         for state in self.stores.values():
             state.close()
+        # Its contexts refer back to it: a cycle only a full collection frees, and the runtime
+        # collects young objects alone (see collector.py), so a partition given up kept its
+        # stores' caches (up to CACHE_LIMIT values each) for minutes.  Broken here.
+        self.contexts.clear()
 
 
 class _KafkaContext:
@@ -748,6 +752,10 @@ class Application:
             else Alignment(self.max_event_time_skew_s, self.alignment_idle_s, self.alignment_max_buffered)
         )
         admin = make_admin(self.settings)
+        if self.internal_topics:
+            # First: an application may read a topic of its own (its repartition topic), which
+            # does not exist before its first start.
+            ensure_topics(self.settings, self.internal_topics, owned=True)
         topics = admin.list_topics(timeout=_TIMEOUT).topics
         counts: dict[str, int] = {}
         for topic in self.inputs:
@@ -781,8 +789,6 @@ class Application:
                 )
         if specs:
             ensure_topics(self.settings, specs)
-        if self.internal_topics:
-            ensure_topics(self.settings, self.internal_topics, owned=True)
 
         # Delivery reports only for failures, to one callback: a Python call per record would cost
         # as much as the record itself.  Changelog offsets are counted instead (see _queue_writes).

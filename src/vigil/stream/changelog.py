@@ -19,7 +19,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicCollection,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from vigil.config import Settings
@@ -144,8 +152,26 @@ class Restorer:
             if start is not None and now - (written or 0.0) > _HORIZON_MARGIN_S
         }
         horizons = _horizons(self._admin, sorted(away)) if away else {}
+        ids = _topic_ids(self._admin, sorted({t.topic for t in tasks}))
         for task, start, written in recorded:
             low, high = offsets[task.topic, task.partition]
+            topic_id = ids.get(task.topic)
+            had = task.state.changelog_topic_id() if topic_id is not None else None
+            if start is not None and had is not None and had != topic_id:
+                # The changelog was deleted and made again (internal topics deleted to reset
+                # state, a cluster rebuilt) and has grown past the store's offset: the offsets
+                # say nothing, and catching up would keep the old topic's keys and skip the
+                # new one's first records.
+                log.warning(
+                    "state %s: %s is another topic than the one it was restored from (id %s, now "
+                    "%s); restoring it from the start",
+                    task.state.path,
+                    task.topic,
+                    had,
+                    topic_id,
+                )
+                task.state.wipe()
+                start = written = None
             if start is not None and not low <= start <= high:
                 # The store reached an offset this changelog does not have (the topic was
                 # recreated, the broker reformatted, records deleted): it is not a prefix of
@@ -167,6 +193,8 @@ class Restorer:
             if start is not None and task.topic in horizons and now - (written or 0.0) > horizons[task.topic]:
                 self._too_old(task, None if written is None else now - written)
                 start = written = None
+            if topic_id is not None and (had != topic_id or start is None):
+                task.state.record_topic_id(topic_id)  # (a wipe took the one recorded)
             begin = start if start is not None else low
             task.state.changelog_next = high
             if begin >= high:
@@ -362,6 +390,19 @@ class Restorer:
             self._as_of.pop(tp, None)
         if tps and self._consumer is not None:
             self._consumer.incremental_unassign([TopicPartition(t, p) for t, p in tps])
+
+
+def _topic_ids(admin: AdminClient, topics: Sequence[str]) -> dict[str, str]:
+    """Each changelog topic's id (one request; a topic that cannot be described is left out:
+    its stores are then judged by offsets alone, as before ids were recorded)."""
+    out: dict[str, str] = {}
+    try:
+        futures = admin.describe_topics(TopicCollection(list(topics)), request_timeout=30)
+        for topic, future in futures.items():
+            out[topic] = str(future.result(timeout=30).topic_id)
+    except KafkaException as exc:
+        log.warning("restoring %s: could not read the topics' ids (%s)", topics, exc)
+    return out
 
 
 def _horizons(admin: AdminClient, topics: Sequence[str]) -> dict[str, float]:

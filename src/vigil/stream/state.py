@@ -34,12 +34,20 @@ from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch, WriteOption
 from vigil.errors import PipelineError
 from vigil.stream.base import State, StoreSpec
 
-#: Reserved key (outside the UTF-8 text keys operators use) holding the next changelog offset.
-OFFSET_KEY = b"\x00vigil:changelog-offset"
+#: Reserved key holding the next changelog offset.  It starts with 0xff, which no UTF-8 text
+#: contains, so no key of an operator's (text, often an attacker's entity id) can be it: one
+#: written over it made every later restore fail until the store was deleted.
+OFFSET_KEY = b"\xffvigil:changelog-offset"
 #: When (wall clock, epoch seconds) the changelog offset was last written: how long a store has
 #: been away from its changelog (see vigil.stream.changelog.Restorer.add).
-WRITTEN_AT_KEY = b"\x00vigil:changelog-written-at"
-_RESERVED = b"\x00vigil:"
+WRITTEN_AT_KEY = b"\xffvigil:changelog-written-at"
+#: The changelog topic's id when the store was restored from it: a topic deleted and made
+#: again has another, and the store is no prefix of it whatever its offsets.
+TOPIC_ID_KEY = b"\xffvigil:changelog-topic-id"
+_RESERVED = b"\xffvigil:"
+#: Where stores written before kept the first two: moved to the new keys when such a store
+#: is opened (see RocksState._migrate).
+_LEGACY_KEYS = {OFFSET_KEY: b"\x00vigil:changelog-offset", WRITTEN_AT_KEY: b"\x00vigil:changelog-written-at"}
 _DELETED = object()
 _MISSING = object()
 #: Decoded values kept after a checkpoint; past this the cache is dropped (RocksDB has them).
@@ -78,6 +86,7 @@ class RocksState(State):
         self.spec = spec
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = self._open()
+        self._migrate()
         value_type = getattr(spec, "value_type", Any)
         self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(value_type)
         self._cache: dict[str, Any] = {}
@@ -110,6 +119,25 @@ class RocksState(State):
         db.set_write_options(no_wal)
         return db
 
+    def _migrate(self) -> None:
+        """Move a store's changelog offset and time from where earlier versions kept them."""
+        batch = WriteBatch(raw_mode=True)
+        moved = False
+        for key, legacy in _LEGACY_KEYS.items():
+            raw = self._db.get(legacy)
+            if raw is None or self._db.get(key) is not None:
+                continue
+            try:
+                float(raw.decode())
+            except (UnicodeDecodeError, ValueError):
+                continue  # an operator's value under that name, not the runtime's
+            batch.put(key, raw)
+            batch.delete(legacy)
+            moved = True
+        if moved:
+            self._db.write(batch)
+            self._db.flush()  # (no write-ahead log: durable once flushed)
+
     def wipe(self) -> None:
         """Delete everything, the changelog offset included: for a store that is no longer a
         prefix of its changelog (see :func:`vigil.stream.changelog.restore`), restored afresh."""
@@ -129,6 +157,11 @@ class RocksState(State):
         value = self._cache.get(key, _MISSING)
         if value is _MISSING:
             raw = self._db.get(key.encode())
+            if len(self._cache) >= CACHE_LIMIT and not self._unwritten:
+                # A store mostly read (first sightings looked up, seldom written) grew the cache
+                # without bound: it was cut back only when a checkpoint wrote RocksDB.  (Checked on
+                # a miss, which costs a RocksDB read anyway.)
+                self._trim()
             if raw is None:
                 # Remembered as absent (a deletion RocksDB already has): rules ask for many keys
                 # that were never written (first sightings, unflagged addresses), and a RocksDB
@@ -269,9 +302,7 @@ class RocksState(State):
         if final:
             self._unwritten = max(0, self._unwritten - 1)
         if self._unwritten == 0 and len(self._cache) > CACHE_LIMIT:
-            # Keep memory bounded.  Only when RocksDB has every value taken so far: until then the
-            # cache is the only place they are readable.  Writes made since stay.
-            self._cache = {key: self._cache[key] for key in self._dirty | self._sealed}
+            self._trim()
             return
         # Forget DELETED markers now that RocksDB itself has the deletion, but only once RocksDB
         # has every write taken so far.  While later checkpoints are still on their way (at-least-
@@ -288,10 +319,24 @@ class RocksState(State):
                 if cache.get(text) is _DELETED and text not in self._dirty and text not in self._sealed:
                     del cache[text]
 
+    def _trim(self) -> None:
+        """Keep memory bounded.  Only when RocksDB has every value taken so far: until then the
+        cache is the only place they are readable.  Writes made since stay."""
+        self._cache = {key: self._cache[key] for key in self._dirty | self._sealed}
+
     def changelog_offset(self) -> int | None:
         """The next changelog offset RocksDB does not yet reflect (None: nothing restored yet)."""
         raw = self._db.get(OFFSET_KEY)
         return int(raw.decode()) if raw is not None else None
+
+    def changelog_topic_id(self) -> str | None:
+        """The id of the changelog topic the store was restored from (None: not recorded)."""
+        raw = self._db.get(TOPIC_ID_KEY)
+        return raw.decode() if raw is not None else None
+
+    def record_topic_id(self, topic_id: str) -> None:
+        """Record the id of the changelog topic the store is a prefix of."""
+        self._db.put(TOPIC_ID_KEY, topic_id.encode())
 
     def touch(self, at: float | None = None) -> None:
         """Record that the store is current with its changelog as of ``at`` (None: now): its

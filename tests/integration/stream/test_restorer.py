@@ -17,7 +17,7 @@ from tests.integration.stream.conftest import Running, make_topics, produce, wai
 from vigil.config import Settings
 from vigil.errors import PipelineError
 from vigil.hub.admin import ensure_topics
-from vigil.hub.client import producer_config
+from vigil.hub.client import make_admin, producer_config
 from vigil.stream.app import Application
 from vigil.stream.base import Context, Guarantee, Operator, Record, StoreSpec
 from vigil.stream.changelog import Restorer, RestoreTask, changelog_spec, restore
@@ -294,3 +294,42 @@ def test_a_store_back_behind_its_changelog_after_a_long_time_away_is_restored_af
     finally:
         for state in (current, recent, old, touched):
             state.close()
+
+
+def test_a_store_restored_from_a_changelog_since_made_again_is_restored_afresh(
+    settings: Settings, tmp_path: Path, names: Callable[[str], str]
+) -> None:
+    # The changelog deleted and made again (state reset, a cluster rebuilt), then grown past the
+    # store's offset by a member with an empty store: the offsets say nothing, and catching up
+    # from the store's offset kept the old topic's keys and skipped the new one's first records.
+    spec = changelog_spec(names("app"), CHUNKS.id, 1)
+    producer = Producer(producer_config(settings))
+
+    def write(*keys: str) -> None:
+        for key in keys:
+            producer.produce(spec.name, msgspec.msgpack.encode(key), key.encode(), partition=0)
+        assert producer.flush(30) == 0
+
+    ensure_topics(settings, [spec])
+    write(*(f"old{i}" for i in range(5)))
+    state = RocksState(tmp_path / "store", CHUNKS)
+    try:
+        assert restore(settings, "restorer-test", [RestoreTask(state, spec.name, 0)]) == 5
+        admin = make_admin(settings)
+        admin.delete_topics([spec.name])[spec.name].result(30)
+        wait_for(lambda: spec.name not in admin.list_topics(timeout=10).topics, 30, "the topic deleted")
+        wait_for(lambda: _made(settings, spec), 60, "the topic made again")
+        write(*(f"new{i}" for i in range(10)))
+        restore(settings, "restorer-test", [RestoreTask(state, spec.name, 0)])
+        assert sorted(k for k, _ in state.items()) == sorted(f"new{i}" for i in range(10))
+        assert state.changelog_offset() == 10
+    finally:
+        state.close()
+
+
+def _made(settings: Settings, spec: Any) -> bool:
+    try:
+        ensure_topics(settings, [spec])
+    except Exception:  # (the broker may still be deleting the old one)
+        return False
+    return True

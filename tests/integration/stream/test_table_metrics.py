@@ -323,22 +323,27 @@ def test_a_global_table_fails_when_its_topic_is_deleted_and_created_again(
         assert dict(table.items()) == {"c1": "gold", "c2": "silver"}
 
 
+def _from_ips(events: list[Payment], network: str) -> list[Payment]:
+    """``events``, each from one of four IPs of ``network`` in turn."""
+    return [
+        e.__class__(
+            event_id=e.event_id,
+            source=e.source,
+            occurred_at=e.occurred_at,
+            entities=Entities(customer=e.entities.customer, ip=f"{network}.{i % 4}"),
+            payload=e.payload,
+        )
+        for i, e in enumerate(events)
+    ]
+
+
 def test_group_by_repartitions_through_a_topic_to_a_second_application(
     settings: Settings, names: Callable[[str], str], run_app: Start
 ) -> None:
     src, out, first, second = names("in"), names("out"), names("rekey"), names("byip")
     make_topics(settings, src, out)
     op, spec = group_by(first, "ip", partitions=3)
-    events = [
-        e.__class__(
-            event_id=e.event_id,
-            source=e.source,
-            occurred_at=e.occurred_at,
-            entities=Entities(customer=e.entities.customer, ip=f"10.0.0.{i % 4}"),
-            payload=e.payload,
-        )
-        for i, e in enumerate(payments(120, 30))
-    ]
+    events = _from_ips(payments(120, 30), "10.0.0")
     produce(settings, src, events)
     rekey = run_app(Application(settings, name=first, inputs=[src], operators=[op], internal_topics=[spec]))
     wait_for(lambda: rekey.app.metrics.processed >= 120, 60, "re-keying")
@@ -357,6 +362,26 @@ def test_group_by_repartitions_through_a_topic_to_a_second_application(
     assert {decode_event(v).event_id.split("#")[0] for _, v in read_all(settings, out, 3)} == {
         e.event_id for e in events
     }
+
+
+def test_an_application_reads_its_own_repartition_topic_from_its_first_start(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    # Inputs were checked before the application made its internal topics, so one listing its
+    # own repartition topic (as repartition.py says it may) could never start.
+    src, name = names("in"), names("self")
+    make_topics(settings, src)
+    op, spec = group_by(name, "ip", partitions=3)
+    events = _from_ips(payments(60, 30), "10.0.1")
+    produce(settings, src, events)
+    app = Application(settings, name=name, inputs=[src, spec.name], operators=[op], internal_topics=[spec])
+    running = run_app(app)
+    # Each event read from the input, then once more re-keyed (and not re-keyed again).
+    wait_for(lambda: running.app.metrics.processed >= 120, 60, "the events and their re-keyed copies")
+    running.stop()
+    assert not running.errors
+    assert running.app.metrics.processed == 120
+    assert {k for k, _ in read_all(settings, spec.name, 3)} == {f"10.0.1.{i}".encode() for i in range(4)}
 
 
 def test_prometheus_metrics_expose_progress_lag_and_checkpoints(

@@ -12,6 +12,7 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rocksdict import Options, Rdict
 
 from vigil.stream.base import StoreSpec
 from vigil.stream.state import RocksState, StoreLocked
@@ -404,3 +405,58 @@ def test_in_memory_walk_resumes_in_key_order_and_finds_later_keys_on_the_next_wa
         *[(f"w:{i}", i) for i in (5, 6, 7, 8, 9)],
     ]
     assert ("w:35", "first written during the walk") in state.walk("w:", None, 100)
+
+
+def test_a_store_mostly_read_keeps_its_cache_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every read, a miss too, stays in the cache; it was cut back only when a checkpoint wrote
+    # RocksDB, so a store that looks keys up and seldom writes grew without bound.
+    monkeypatch.setattr("vigil.stream.state.CACHE_LIMIT", 3)
+    state = RocksState(tmp_path / "db", StoreSpec("s"))
+    state.write_committed([(b"kept", msgspec.msgpack.encode(1))], 1)
+    for i in range(50):
+        assert state.get(f"never-{i}") is None
+    assert state.get("kept") == 1
+    assert len(state._cache) <= 3  # (what the cache holds is not part of the State API)
+    # Pending writes are never dropped: the cache is where they are until a checkpoint.
+    state.set("pending", 2)
+    taken = state.take_pending()
+    for i in range(50):
+        state.get(f"again-{i}")
+    assert state.get("pending") == 2
+    state.write_committed(taken, 2)
+    assert state.get("pending") == 2
+    state.close()
+
+
+def test_operator_keys_cannot_overwrite_the_runtimes_own(tmp_path: Path) -> None:
+    # The changelog offset lived under "\x00vigil:changelog-offset", a text key like any other:
+    # an operator keyed by an attacker's entity id could write it, and after a checkpoint chunk
+    # without an offset every restore failed ("invalid literal for int()").
+    names = ["\x00vigil:changelog-offset", "\x00vigil:changelog-written-at"]
+    state = RocksState(tmp_path / "db", StoreSpec("s"))
+    state.write_committed([(b"a", msgspec.msgpack.encode(1))], 4)
+    for name in names:
+        state.set(name, 5)
+    state.write_committed(state.take_pending(), None, final=False)
+    state.close()
+    state = RocksState(tmp_path / "db", StoreSpec("s"))
+    assert state.changelog_offset() == 4
+    assert state.changelog_written_at() is not None
+    assert dict(state.items()) == {"a": 1, names[0]: 5, names[1]: 5}
+    state.close()
+
+
+def test_a_store_written_by_an_earlier_version_keeps_its_changelog_offset(tmp_path: Path) -> None:
+    db = Rdict(str(tmp_path / "db"), options=Options(raw_mode=True))
+    db[b"\x00vigil:changelog-offset"] = b"42"
+    db[b"\x00vigil:changelog-written-at"] = b"1700000000.5"
+    db[b"a"] = msgspec.msgpack.encode(1)
+    db.close()
+    state = RocksState(tmp_path / "db", StoreSpec("s"))
+    assert state.changelog_offset() == 42
+    assert state.changelog_written_at() == 1700000000.5
+    assert dict(state.items()) == {"a": 1}  # moved, not left behind as keys
+    state.close()
+    state = RocksState(tmp_path / "db", StoreSpec("s"))
+    assert state.changelog_offset() == 42
+    state.close()
