@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Self
+from typing import Any, Self
 
 
 class LoopbackHttp:
@@ -35,3 +36,20 @@ def answer_json(handler: BaseHTTPRequestHandler, body: bytes, status: int = 200)
     handler.send_header("content-length", str(len(body)))
     handler.end_headers()
     handler.wfile.write(body)
+
+
+class ErrorNode(LoopbackHttp):
+    """A JSON-RPC endpoint answering every call with ``error`` (what a node's words can hold)."""
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+            def do_POST(self) -> None:
+                request = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))))
+                answer_json(
+                    self, json.dumps({"jsonrpc": "2.0", "id": request["id"], "error": error}).encode()
+                )
+
+        super().__init__(Handler, "error-node")

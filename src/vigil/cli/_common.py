@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from vigil.config import Settings, load_settings
 from vigil.errors import ConfigError, VigilError
+from vigil.events.codec import inert
 
 if TYPE_CHECKING:
     from vigil.stream.app import Application
@@ -58,24 +59,78 @@ def serve_metrics_of(
     return server
 
 
-class _WarningLine(logging.Handler):
-    """Prints a warning of the settings (an unknown ``VIGIL_*`` variable) as the CLI prints its
-    own: one ``warning:`` line on stderr (unconfigured, logging printed the bare message)."""
+#: inert() bounds what it is given (it was made for error messages); texts are escaped in pieces
+#: this long so that a whole record or log line is shown, never cut.
+_PIECE = 400
+
+
+def plain(text: str, *, lines: bool = False) -> str:
+    """``text`` with every control character written as an escape (``\\x1b``, ``\\x9b``,
+    ``\\u202e``, ``\\n`` ...), whole: what a record, a node or a feed sent cannot drive the
+    terminal (ESC/OSC sequences, C1 controls, bidi overrides) or forge a line.  ``lines``: keep
+    the newlines (a traceback, a multi-line error) and make each line inert."""
+    if lines:
+        return "\n".join(plain(line) for line in text.split("\n"))
+    return "".join(inert(text[i : i + _PIECE]) for i in range(0, len(text), _PIECE))
+
+
+def shown(text: str, *, lines: bool = False) -> str:
+    """``text`` for a Rich markup string: :func:`plain`, and any ``[...]`` printed as written."""
+    return escape(plain(text, lines=lines))
+
+
+class _InertFormatter(logging.Formatter):
+    """One line per record whatever the message holds (a node's error text, a feed's value):
+    its control characters, newlines included, are escaped.  A traceback keeps its lines,
+    each made inert the same way."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return plain(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return plain(super().formatException(ei), lines=True)
+
+    def formatStack(self, stack_info: str) -> str:
+        return plain(super().formatStack(stack_info), lines=True)
+
+
+class _LogLine(logging.Handler):
+    """Prints the ``vigil`` loggers' records as the CLI prints its own lines (``warning: ...``
+    on stderr).  Without it, logging's last-resort handler printed bare messages, and a
+    message quoting what a source sent could pass for lines of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(_InertFormatter())
 
     def emit(self, record: logging.LogRecord) -> None:
-        err_console.print(
-            f"[yellow]warning:[/yellow] {escape(record.getMessage())}", highlight=False, soft_wrap=True
-        )
+        try:
+            text = self.format(record)
+            err_console.print(
+                f"[yellow]{record.levelname.lower()}:[/yellow] {escape(text)}",
+                highlight=False,
+                soft_wrap=True,
+                emoji=False,
+            )
+        except Exception:  # logging's contract: a record that cannot be printed never raises
+            self.handleError(record)
+
+
+def _install_log_lines() -> None:
+    vigil_log = logging.getLogger("vigil")
+    if not any(isinstance(h, _LogLine) for h in vigil_log.handlers):
+        vigil_log.addHandler(_LogLine())
 
 
 def run_guarded(app: typer.Typer) -> None:
     """Run the Typer app; Vigil errors end with a one-line message and exit code 1, not a traceback."""
-    settings_log = logging.getLogger("vigil.config")
-    if not any(isinstance(h, _WarningLine) for h in settings_log.handlers):
-        settings_log.addHandler(_WarningLine(logging.WARNING))
+    _install_log_lines()
     try:
         app()
     except VigilError as exc:
         # Not wrapped at the terminal's width: a message stays whole when searched or logged.
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        # (Its lines kept: a rule file's problems are listed one per line.)
+        err_console.print(
+            f"[bold red]error:[/] {shown(str(exc), lines=True)}", highlight=False, soft_wrap=True
+        )
         sys.exit(1)

@@ -23,11 +23,10 @@ from typing import Annotated
 
 import typer
 from rich import box
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from vigil.cli._common import console, settings
+from vigil.cli._common import console, settings, shown
 from vigil.config import Settings
 from vigil.detect.app import DetectionService, DetectTopology
 from vigil.detect.eval import HOLD_SCENARIOS, EvalResult, intel_for, score
@@ -81,9 +80,10 @@ class _AlertWatcher:
                     if not self._quiet:
                         p = event.payload
                         console.print(
-                            f"  [bold magenta]{p.action}[/] {escape(p.entity.kind)}:{escape(p.entity.id)} "
-                            f"({escape(p.rule_id)})",
+                            f"  [bold magenta]{p.action}[/] {shown(p.entity.kind)}:{shown(p.entity.id)} "
+                            f"({shown(p.rule_id)})",
                             highlight=False,
+                            emoji=False,
                         )
 
     def _show_alert(self, alert: Alert) -> None:
@@ -92,12 +92,14 @@ class _AlertWatcher:
         p = alert.payload
         colour = {"critical": "bold red", "high": "red", "medium": "yellow"}.get(p.severity, "cyan")
         latency = f"{p.detection_latency_ms:.0f} ms" if p.detection_latency_ms is not None else "n/a"
-        # Explanations quote attacker-controlled strings: escape them so they print as text.
+        # Entity ids and explanations quote attacker-controlled strings: printed as text, with no
+        # markup and no terminal control in them.
         console.print(
-            f"[{colour}]{p.severity:>8}[/] {alert.occurred_at:%m-%d %H:%M} [bold]{escape(p.rule_id)}[/] "
-            f"{escape(p.entity.kind)}:{escape(p.entity.id)} [dim]latency {latency}[/]\n"
-            f"         {escape(p.explanation[:200])}",
+            f"[{colour}]{p.severity:>8}[/] {alert.occurred_at:%m-%d %H:%M} [bold]{shown(p.rule_id)}[/] "
+            f"{shown(p.entity.kind)}:{shown(p.entity.id)} [dim]latency {latency}[/]\n"
+            f"         {shown(p.explanation[:200])}",
             highlight=False,
+            emoji=False,
         )
 
 

@@ -15,8 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
-from vigil.cli._common import MetricsPortOpt, console, serve_metrics_of, settings
-from vigil.cli.source import _options, build_connector
+from vigil.cli._common import MetricsPortOpt, console, serve_metrics_of, settings, shown
+from vigil.cli.source import _options, build_connector, option_shown
 from vigil.errors import ConfigError
 from vigil.hub import admin as topic_admin
 from vigil.hub.broker import from_settings
@@ -30,13 +30,15 @@ from vigil.stream.base import Guarantee
 def _split_options(names: list[str], pairs: list[str]) -> dict[str, dict[str, str]]:
     """``--option coinbase.products=BTC-USD`` -> {"coinbase": {"products": "BTC-USD"}}."""
     out: dict[str, dict[str, str]] = {n: {} for n in names}
-    for pair in pairs:
+    for n, pair in enumerate(pairs, 1):
         target, dot, rest = pair.partition(".")
         if not dot or target not in out:
+            # Named by its key, never its value: a mistyped source name, or one whose --source
+            # was left out, is most often beside a client secret or a node URL holding its key.
             known = sorted(out) or "the --source names"
-            msg = f"--option {pair!r}: expected SOURCE.KEY=VALUE with SOURCE one of {known}"
+            msg = f"{option_shown(pair, n)}: expected SOURCE.KEY=VALUE with SOURCE one of {known}"
             raise ConfigError(msg)
-        out[target].update(_options([rest]))
+        out[target].update(_options([rest], first=n))
     return out
 
 
@@ -94,8 +96,12 @@ def run(
             target()
         except BaseException as exc:  # a dead part stops the whole process, loudly
             failures.append(exc)
-            console.print(f"[red]{name} failed:[/] {exc}")
-            stop.set()
+            try:
+                # The message may quote what a node or a feed sent: printed as text (its markup
+                # made links, or raised here and left the process running without the part).
+                console.print(f"[red]{name} failed:[/] {shown(str(exc))}", highlight=False, soft_wrap=True)
+            finally:
+                stop.set()
 
     def spawn(name: str, target: Any) -> None:
         thread = threading.Thread(target=guarded, args=(name, target), name=name, daemon=True)

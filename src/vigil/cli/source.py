@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 from typing import Annotated, Any
@@ -16,15 +17,33 @@ from vigil.sources.registry import NORMALIZERS, SOURCES, source_class
 from vigil.sources.sink import KafkaRawSink, raw_topic
 
 
-def _options(pairs: list[str]) -> dict[str, str]:
+def _options(pairs: list[str], *, first: int = 1) -> dict[str, str]:
+    """``KEY=VALUE`` pairs as a dict; ``first``: the number of the first pair on the command line."""
     out: dict[str, str] = {}
-    for pair in pairs:
+    for n, pair in enumerate(pairs, first):
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            msg = f"--option {pair!r}: expected KEY=VALUE (e.g. --option url=http://127.0.0.1:8545)"
+        # (A key that is no option name is refused here: named by the connector as an unknown
+        # option, a node URL given without ``url=`` but with a query printed its API key.)
+        if not sep or not _KEY.fullmatch(key.strip()):
+            msg = f"{option_shown(pair, n)}: expected KEY=VALUE (e.g. --option url=http://127.0.0.1:8545)"
             raise ConfigError(msg)
         out[key.strip().replace("-", "_")] = value
     return out
+
+
+#: What an option's key looks like (``url``, ``client_secret``, ``hubspot.port`` under ``vigil run``).
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)?")
+
+
+def option_shown(pair: str, n: int) -> str:
+    """The ``n``-th ``--option`` as an error names it: by its key, its value as ``<hidden>``.
+    Which value is a secret cannot be told from a key that is mistyped (``clinet_secret``,
+    ``rpc_pasword``), and what is not a key at all may be nothing but a secret (``secret:...``,
+    a node URL whose query holds an ``=``), so such a pair is named by its position alone."""
+    key, sep, _ = pair.partition("=")
+    if not sep or not _KEY.fullmatch(key.strip()):
+        return f"--option number {n} (of those given)"
+    return f"--option {key.strip()}=<hidden>"
 
 
 def build_connector(name: str, cfg: Settings, options: dict[str, str]) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,8 +14,10 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, TopicParti
 from rich.markup import escape
 from rich.table import Table
 
-from vigil.cli._common import console, err_console, settings
-from vigil.errors import ConfigError, DecodeError, TopicError
+from vigil.cli._common import console, err_console, settings, shown
+from vigil.errors import ConfigError, ContractError, DecodeError, TopicError
+from vigil.events.addresses import canonical_addresses
+from vigil.events.base import Event
 from vigil.events.codec import EventCodec
 from vigil.hub import admin as topic_admin
 from vigil.hub.client import EventProducer, check_reachable, make_admin, make_consumer
@@ -124,11 +127,13 @@ def produce(
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
+            where = f"{file}:{n}"
             try:
-                event = codec.decode(line, where=f"{file}:{n}")
-            except DecodeError as exc:
+                event = _as_normalised(codec.decode(line, where=where), datetime.now(UTC), where=where)
+            except (DecodeError, ContractError) as exc:
                 bad += 1
-                err_console.print(f"[red]{escape(str(exc))}[/]", highlight=False)
+                # (Not folded at the terminal's width: a line's message stays whole for grep.)
+                err_console.print(f"[red]{shown(str(exc))}[/]", highlight=False, soft_wrap=True)
                 continue
             producer.produce(event, topic=topic)
             good += 1
@@ -137,6 +142,28 @@ def produce(
     console.print(f"[{colour}]produced {good} event(s) to {topic}; rejected {bad} line(s)[/]")
     if bad:
         raise typer.Exit(code=2)
+
+
+def _as_normalised(event: Event, received_at: datetime, *, where: str) -> Event:
+    """``event`` as the normalise stage would have passed it to its canonical topic, for events
+    written straight there: addresses in their one spelling (a checksum-case wallet was a second
+    key, on another partition, with a state of its own), ``ingested_at`` filled in, and refused
+    when dated further ahead than a back-end service may be (an event dated 2099 moved its
+    partition's watermark, and every later event of the partition was late)."""
+    from vigil.sources.backend import BackendNormalizer
+
+    allowed = BackendNormalizer.max_ahead
+    ahead = event.occurred_at - received_at
+    if ahead > allowed:
+        msg = (
+            f"{where}: event {event.event_id!r} occurred_at {event.occurred_at.isoformat()} is "
+            f"{ahead.total_seconds():,.0f}s ahead of now ({received_at.isoformat()}); the normalise "
+            f"stage accepts at most {allowed.total_seconds():,.0f}s ahead from a service"
+        )
+        raise ContractError(msg)
+    if event.ingested_at is None:
+        event = msgspec.structs.replace(event, ingested_at=received_at)
+    return canonical_addresses(event)
 
 
 def tail(
@@ -165,7 +192,8 @@ def tail(
         raise ConfigError(msg)
     consumer.assign([TopicPartition(topic, p, start) for p in sorted(found.partitions)])
     stop = {"now": False}
-    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    # (Put back after: a caller running tail in its own process, a test, keeps its Ctrl-C.)
+    before = signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
     seen = 0
     idle = 0.0
     try:
@@ -179,20 +207,30 @@ def tail(
             idle = 0.0
             if msg.error():
                 if msg.error().code() != KafkaError._PARTITION_EOF:
-                    err_console.print(f"[red]{msg.error()}[/]")
+                    err_console.print(f"[red]{shown(str(msg.error()))}[/]")
                 continue
             seen += 1
-            key = (msg.key() or b"").decode(errors="replace")
-            head = f"[dim]{msg.topic()}[{msg.partition()}]@{msg.offset()}[/] key=[cyan]{escape(key)}[/]"
-            value = msg.value() or b""
-            if decoder is None:
-                body = escape(value[:2000].decode(errors="replace"))
-            else:
-                try:
-                    record = decoder.decode(value)
-                    body = escape(msgspec.json.encode(record).decode())
-                except (DecodeError, msgspec.ValidationError, msgspec.DecodeError) as exc:
-                    body = f"[red]undecodable: {escape(str(exc))}[/]"
-            console.print(f"{head} {body}", highlight=False, soft_wrap=True)
+            key, body = record_text(msg.key(), msg.value(), decoder)
+            head = f"[dim]{msg.topic()}[{msg.partition()}]@{msg.offset()}[/] key=[cyan]{key}[/]"
+            console.print(f"{head} {body}", highlight=False, soft_wrap=True, emoji=False)
     finally:
+        if before is not None:
+            signal.signal(signal.SIGINT, before)
         consumer.close()
+
+
+def record_text(key: bytes | None, value: bytes | None, decoder: Any) -> tuple[str, str]:
+    """A record's key and value as markup that prints them as text, decoded when ``decoder``
+    is given.  Keys of canonical topics are entity ids and raw topics hold what a source sent
+    (syslog lines, webhook bodies): both are the sender's, so no ESC/OSC sequence, C1 control
+    or bidi override in them reaches the terminal.  (JSON escapes the C0 controls of a
+    decoded record, not U+009B or U+202E.)"""
+    shown_key = shown((key or b"").decode(errors="replace"))
+    raw = value or b""
+    if decoder is None:
+        return shown_key, shown(raw[:2000].decode(errors="replace"))
+    try:
+        record = decoder.decode(raw)
+    except (DecodeError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return shown_key, f"[red]undecodable: {shown(str(exc))}[/]"
+    return shown_key, shown(msgspec.json.encode(record).decode())

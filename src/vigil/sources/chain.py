@@ -31,6 +31,7 @@ from datetime import timedelta
 from typing import Any
 
 from vigil.errors import ConfigError, Retry, SourceError
+from vigil.events.codec import inert
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import RawSink, Source
 
@@ -207,7 +208,8 @@ class ChainFollower(Source):
                     # so a long outage is neither a busy loop nor a log flood.
                     failures += 1
                     delay = backoff_s(retry.after.total_seconds(), failures, self.min_backoff_s)
-                    log.warning("%s: %s (attempt %d, next in %.1fs)", self.source_id, retry, failures, delay)
+                    reason = inert(str(retry))  # (quotes the node: one line, no terminal control)
+                    log.warning("%s: %s (attempt %d, next in %.1fs)", self.source_id, reason, failures, delay)
                     self.wait(delay)
                     continue
                 failures = 0

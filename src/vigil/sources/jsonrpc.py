@@ -30,6 +30,7 @@ import httpx
 import msgspec
 
 from vigil.errors import Retry, SourceError
+from vigil.events.codec import inert
 
 #: HTTP statuses that mean "try again later" rather than "your request is wrong".
 TRANSIENT_STATUS = frozenset({408, 425, 429, 502, 503, 504})
@@ -165,10 +166,12 @@ class JsonRpcClient:
             raise JsonRpcError(msg, method=method) from None
         if envelope.error is not None:
             code = envelope.error.get("code")
-            text = str(envelope.error.get("message", ""))[:300]
+            # The node's words, inert: they reach the log (a Retry) and the terminal (the error),
+            # where a newline forged a line and an ESC sequence drove the terminal.
+            text = inert(str(envelope.error.get("message", ""))[:300])
             if code in TRANSIENT_CODES:
                 raise Retry(self._retry_after, f"{where}: node busy ({code}: {text})")
-            msg = f"{where}: the node returned error {code}: {text}"
+            msg = f"{where}: the node returned error {code!r}: {text}"
             raise JsonRpcError(msg, method=method, code=code if isinstance(code, int) else None)
         if response.status_code >= 400:
             msg = f"{where}: HTTP {response.status_code} without a JSON-RPC error"

@@ -56,9 +56,11 @@ def parse_domain_map(data: bytes, *, where: str) -> list[tuple[str, str, str]]:
         name = domain.strip().lower().rstrip(".")
         if name:
             out[("domain", name)] = "phishing"
+        # The list's own text, quoted: a newline or an ESC sequence in a key forged log lines.
+        here = f"{where}[{domain[:60]!r}]"
         if not isinstance(addresses, list):
-            msg = f"{where}.{domain[:60]}: expected an array of addresses, got {type(addresses).__name__}"
+            msg = f"{here}: expected an array of addresses, got {type(addresses).__name__}"
             raise ContractError(msg)
         for i, value in enumerate(addresses):
-            out.setdefault(_address(value, f"{where}.{domain[:60]}[{i}]"), "drainer")
+            out.setdefault(_address(value, f"{here}[{i}]"), "drainer")
     return [(t, v, c) for (t, v), c in out.items()]

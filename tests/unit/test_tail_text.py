@@ -1,0 +1,62 @@
+"""`vigil tail` prints a record's key and value as text: keys of canonical topics are entity
+ids and raw topics hold what a source sent, so neither may drive the analyst's terminal."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+
+import msgspec
+from rich.console import Console
+
+from vigil.cli.topics import record_text
+from vigil.events.codec import EventCodec, encode
+from vigil.events.examples import example_events
+from vigil.events.types import Login
+
+#: Clears the screen, opens a hyperlink to evil.example (OSC 8), and hides what follows.
+SEQUENCES = "\x1b[2J\x1b]8;;https://evil.example/\x1b\\click\x1b]8;;\x1b\\\x1b[8m"
+
+
+def _printed(markup: str) -> str:
+    """``markup`` as the console writes it (no colours: only the text's own characters)."""
+    out = io.StringIO()
+    Console(file=out, width=400, color_system=None).print(markup, highlight=False, soft_wrap=True)
+    return out.getvalue()
+
+
+def _terminal_safe(text: str) -> bool:
+    return all(ch.isprintable() or ch == "\n" for ch in text)
+
+
+def test_a_raw_records_key_and_bytes_print_as_text() -> None:
+    key, body = record_text(b"alice\x1b[8m", (SEQUENCES + " [bold]x[/]").encode(), decoder=None)
+    printed = _printed(f"key={key} {body}")
+    assert _terminal_safe(printed), repr(printed)
+    assert "key=alice\\x1b[8m " in printed
+    assert "\\x1b]8;;https://evil.example/" in printed
+    assert "[bold]x[/]" in printed  # markup as written, not applied
+
+
+def test_a_decoded_records_c1_and_bidi_controls_print_as_escapes() -> None:
+    # JSON escapes the C0 controls of a decoded record, not C1 CSI (U+009B, which a terminal
+    # reads as ESC [) or a right-to-left override (U+202E).
+    login = next(e for e in example_events(datetime.now(UTC)) if isinstance(e, Login))
+    agent = "Mozilla \x9b2J\u202eexe.txt"
+    hostile = msgspec.structs.replace(login, payload=msgspec.structs.replace(login.payload, user_agent=agent))
+    key, body = record_text("cust\x9b31m".encode(), encode(hostile), decoder=EventCodec([Login]))
+    printed = _printed(f"key={key} {body}")
+    assert _terminal_safe(printed), repr(printed)
+    assert "key=cust\\x9b31m " in printed
+    assert '"user_agent":"Mozilla \\x9b2J\\u202eexe.txt"' in printed
+
+
+def test_a_long_decoded_record_is_shown_whole() -> None:
+    # (inert() bounds an error message; a record is not one.)
+    login = next(e for e in example_events(datetime.now(UTC)) if isinstance(e, Login))
+    long_agent = "Mozilla/5.0 " + "x" * 3000 + "\u202e"
+    hostile = msgspec.structs.replace(
+        login, payload=msgspec.structs.replace(login.payload, user_agent=long_agent)
+    )
+    _, body = record_text(b"k", encode(hostile), decoder=EventCodec([Login]))
+    assert "x" * 3000 + "\\u202e" in _printed(body)
