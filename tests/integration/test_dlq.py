@@ -5,17 +5,18 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import Message, Producer, TopicPartition
 from typer.testing import CliRunner
 
 from vigil.cli import app
 from vigil.config import Settings
-from vigil.errors import BrokerError, ConfigError
+from vigil.errors import BrokerError, ConfigError, TopicError
 from vigil.events.codec import encode
 from vigil.events.records import DeadLetter
 from vigil.hub import dlq, redrive
@@ -72,7 +73,10 @@ def made(settings: Settings, specs: list[TopicSpec]) -> Iterator[None]:
     ensure_topics(settings, specs)
     yield
     admin = make_admin(settings)  # (kept while its futures run)
-    for future in admin.delete_topics([s.name for s in specs], operation_timeout=30).values():
+    live = admin.list_topics(timeout=10).topics
+    # (With the topic naming the letters a redrive sent, if one was made.)
+    ledgers = [redrive.ledger_topic(s.name) for s in specs if redrive.ledger_topic(s.name) in live]
+    for future in admin.delete_topics([s.name for s in specs] + ledgers, operation_timeout=30).values():
         future.result(60)
 
 
@@ -149,15 +153,16 @@ def test_redrive_appends_each_original_once_and_says_what_it_cannot(
     assert later.redriven == 1
     assert len(copies(settings, src)) == 3
 
-    # A filter keeps a position of its own: the letters it matches, from the first one.
+    # Every run of the dead-letter topic shares what was sent, whatever its filter: nothing new
+    # for "BINANCE" (its case ignored), the letter it matches was sent by the run without one.
     binance = redrive.redrive(settings, dead, allow_topics=[src], reason_contains="BINANCE")
-    assert (binance.redriven, binance.passed, binance.group != done.group) == (1, 4, True)
-    # (Its case is ignored by the group as by the filter: nothing new for "binance".)
-    assert redrive.redrive(settings, dead, allow_topics=[src], reason_contains="binance").redriven == 0
-    # From the beginning: every letter still to be had, again.
-    assert redrive.redrive(settings, dead, allow_topics=[src], from_beginning=True).redriven == 3
+    assert (binance.redriven, binance.group) == (0, done.group)
+    # From the beginning: every letter read again, those that cannot be sent listed again, and
+    # none sent again.
+    reread = redrive.redrive(settings, dead, allow_topics=[src], from_beginning=True)
+    assert (reread.redriven, reread.sent_before, len(reread.unavailable)) == (0, 3, 2)
     everything = copies(settings, src)
-    assert len(everything) == 7
+    assert len(everything) == 3
     # Each copy went to the partition its original was in (their producer chose it, not the key).
     assert all(m.partition() == PARTITION_OF[m.key()] for m in everything)  # type: ignore[index]
 
@@ -228,12 +233,12 @@ def test_redrive_sends_only_to_stages_inputs(
     )
     refused = redrive.redrive(settings, dead)
     assert refused.redriven == 0
-    assert [u.split(": ", 1)[1].split(" is ")[0] for u in refused.unavailable] == [
+    assert [u.split(": ", 1)[1].split(" is ")[0] for u in refused.refused] == [
         repr(src),
         "'vigil.cursors'",
         "'decisions'",
     ]
-    assert all("is no stage's input" in u for u in refused.unavailable)
+    assert all("is no stage's input" in u for u in refused.refused)
     assert copies(settings, src) == []
 
 
@@ -305,17 +310,17 @@ def test_a_record_that_failed_again_after_a_redrive_is_not_sent_round_again(
     held = redrive.redrive(settings, dead, allow_topics=[src])
     assert (held.redriven, held.failed_again) == (
         0,
-        [f"{dead}[0]@1: sent again from {dead}[0]@0 before, failed again"],
+        [f"{dead}[0]@1: sent again from {dead}[0]@0 before, failed again: kept for a run with --again"],
     )
     assert len(copies(settings, src)) == 1
-    # Asked to, it sends it again, naming the new letter only.
-    sent = redrive.redrive(settings, dead, allow_topics=[src], again=True, from_beginning=True)
-    assert (sent.redriven, sent.failed_again) == (2, [])
+    # Asked to, it sends it again, naming the new letter only (the first was sent already).
+    sent = redrive.redrive(settings, dead, allow_topics=[src], again=True)
+    assert (sent.redriven, sent.failed_again) == (1, [])
     got = copies(settings, src)
-    assert len(got) == 3
+    assert len(got) == 2
     # A copy of a copy names its own letter, once: the headers do not pile up.
     named = [[v for k, v in m.headers() or [] if k == redrive.REDRIVEN_FROM] for m in got]
-    assert sorted(named) == [[f"{dead}[0]@0".encode()], [f"{dead}[0]@0".encode()], [f"{dead}[0]@1".encode()]]
+    assert sorted(named) == [[f"{dead}[0]@0".encode()], [f"{dead}[0]@1".encode()]]
 
 
 def test_a_redrive_stopped_half_way_resumes_after_what_it_committed(
@@ -339,6 +344,167 @@ def test_a_redrive_stopped_half_way_resumes_after_what_it_committed(
     assert sorted(dict(m.headers() or [])[redrive.REDRIVEN_FROM] for m in copies(settings, src)) == [
         f"{dead}[0]@{i}".encode() for i in range(3)
     ]
+
+
+def sent_from(settings: Settings, topic: str) -> list[bytes]:
+    """The letters the copies in ``topic`` name, in order: one each, if none was sent twice."""
+    return sorted(dict(m.headers() or [])[redrive.REDRIVEN_FROM] for m in copies(settings, topic))
+
+
+def test_a_letter_sent_under_one_filter_is_not_sent_again_without_it(
+    settings: Settings, topics: tuple[str, str, list[RawRecord]]
+) -> None:
+    # The usual sequence: one source's normaliser fixed, its letters redriven; later, everything.
+    # The run without a filter sent the first source's letters again (the position was the
+    # filter's, and only a copy's letter was known to be a copy).
+    src, dead, _ = topics
+    post(
+        settings,
+        dead,
+        [
+            letter(src, 0, 0, "coinbase/ws_message: fixed first"),
+            letter(src, 1, 0, "binance/ws_message: fixed later"),
+            letter(src, 0, 1, "coinbase/ws_message: fixed first"),
+        ],
+    )
+    first = redrive.redrive(settings, dead, allow_topics=[src], reason_contains="coinbase")
+    assert (first.redriven, first.passed) == (2, 1)
+    rest = redrive.redrive(settings, dead, allow_topics=[src])
+    assert rest.redriven == 1
+    assert sent_from(settings, src) == [f"{dead}[0]@{i}".encode() for i in range(3)]
+    # (The position moved past the first letter sent, and stopped at the one passed over.)
+    assert (rest.sent_before, rest.passed) == (1, 0)
+    # Nor under a third filter, nor the first again, even reading every letter again.
+    for needle in ("ws_message", "coinbase", None):
+        again = redrive.redrive(
+            settings, dead, allow_topics=[src], reason_contains=needle, from_beginning=True
+        )
+        assert (again.redriven, again.sent_before) == (0, 3)
+    assert len(copies(settings, src)) == 3
+
+
+def test_a_letter_that_failed_again_is_sent_by_a_run_with_again_and_nothing_else_is(
+    settings: Settings, topics: tuple[str, str, list[RawRecord]]
+) -> None:
+    # The hint said "(--again)", but the position had moved past the letter: a run with --again
+    # found nothing, and only --from-beginning reached it, sending every other letter again.
+    src, dead, _ = topics
+    post(settings, dead, [letter(src, 0, 0, "not fixed")])
+    (copy,) = redrive.redrive(settings, dead, allow_topics=[src]).appended
+    where, _, offset = copy.rpartition("@")
+    copy_partition = int(where.rpartition("[")[2].rstrip("]"))
+    # The copy failed again; a letter of another record comes after it.
+    post(
+        settings,
+        dead,
+        [letter(src, copy_partition, int(offset), "not fixed, again"), letter(src, 1, 0, "new")],
+    )
+    held = redrive.redrive(settings, dead, allow_topics=[src])
+    assert (held.redriven, len(held.failed_again)) == (1, 1)
+    sent = redrive.redrive(settings, dead, allow_topics=[src], again=True)
+    assert (sent.redriven, sent.failed_again) == (1, [])
+    assert sent_from(settings, src) == [f"{dead}[0]@{i}".encode() for i in range(3)]
+    assert held.failed_again[0].endswith("failed again: kept for a run with --again")
+    assert redrive.redrive(settings, dead, allow_topics=[src], again=True, from_beginning=True).redriven == 0
+    assert len(copies(settings, src)) == 3
+
+
+def test_a_letter_to_a_topic_not_allowed_is_sent_by_a_run_allowing_it_and_nothing_else_is(
+    settings: Settings, topics: tuple[str, str, list[RawRecord]], unique_topic: str
+) -> None:
+    # "--allow-topic to send there", but the position had moved past the letter refused.
+    src, dead, _ = topics
+    other = f"{unique_topic}.other"
+    with made(settings, [TopicSpec(other, "source", "raw", "another topic", partitions=1)]):
+        producer = make_producer(settings)
+        producer.produce(other, value=b"elsewhere", key=b"o0")
+        assert producer.flush(30) == 0
+        post(settings, dead, [letter(src, 0, 0, "a"), letter(other, 0, 0, "b"), letter(src, 1, 0, "c")])
+        first = redrive.redrive(settings, dead, allow_topics=[src])
+        assert first.redriven == 2
+        allowed = redrive.redrive(settings, dead, allow_topics=[src, other])
+        assert allowed.redriven == 1
+        assert sent_from(settings, other) == [f"{dead}[0]@1".encode()]
+        assert sent_from(settings, src) == [f"{dead}[0]@0".encode(), f"{dead}[0]@2".encode()]
+        assert (first.unavailable, len(first.refused), allowed.sent_before, allowed.refused) == ([], 1, 1, [])
+        assert first.refused[0].startswith(f"{dead}[0]@1: {other!r} is no stage's input")
+        assert first.refused[0].endswith(f"kept for a run with --allow-topic {other}")
+        assert redrive.redrive(settings, dead, allow_topics=[src, other], from_beginning=True).redriven == 0
+        assert (len(copies(settings, src)), len(copies(settings, other))) == (2, 1)
+
+
+def test_a_dead_letter_topic_made_again_has_its_new_letters_sent_once_each(
+    settings: Settings, topics: tuple[str, str, list[RawRecord]]
+) -> None:
+    # The topic naming the letters sent names some at offsets of letters that are no more: the
+    # new letter there is another (its digest), sent once, and not again by a run of another
+    # filter; the entries past the new end are deleted.
+    src, dead, _ = topics
+    post(settings, dead, [letter(src, p, o, "before") for p, o in [(0, 0), (1, 0), (0, 1)]])
+    assert redrive.redrive(settings, dead, allow_topics=[src]).redriven == 3
+    admin = make_admin(settings)  # (kept while its future runs)
+    for future in admin.delete_topics([dead], operation_timeout=30).values():
+        future.result(60)
+    while True:  # (deletion is asynchronous: the name is free once Kafka is done with it)
+        try:
+            ensure_topics(settings, [TopicSpec(dead, "source", "dead_letter", "made again", partitions=1)])
+            break
+        except TopicError:
+            time.sleep(0.2)
+    post(settings, dead, [letter(src, 1, 0, "binance: after"), letter(src, 0, 1, "coinbase: after")])
+    assert redrive.redrive(settings, dead, allow_topics=[src], reason_contains="coinbase").redriven == 1
+    assert redrive.redrive(settings, dead, allow_topics=[src]).redriven == 1
+    # Two copies name each of dead[0]@0 and @1: the letter before, and the other one there since.
+    assert sent_from(settings, src) == [f"{dead}[0]@{i}".encode() for i in (0, 0, 1, 1, 2)]
+    assert sorted(m.key() for m in copies(settings, src)) == [b"k0", b"k1", b"k1", b"k2", b"k2"]
+    named = {m.key(): m.value() for m in read_committed(settings, redrive.ledger_topic(dead))}
+    assert (sorted(named), named[b"0@2"]) == ([b"0@0", b"0@1", b"0@2"], None)
+
+
+class Crash(BaseException):
+    """The process dying: nothing after it runs, and nothing is aborted."""
+
+
+def test_a_redrive_killed_between_sending_and_committing_is_fenced_and_each_letter_sent_once(
+    settings: Settings, topics: tuple[str, str, list[RawRecord]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A filtered run passes a letter over, commits one batch, then dies with the next one's
+    # records and ledger entries sent but not committed, its producer still alive (a hung
+    # process).  A run of another filter fences it and sends each letter not committed, once.
+    src, dead, _ = topics
+    post(
+        settings,
+        dead,
+        [letter(src, 0, 0, "binance: a"), letter(src, 1, 0, "coinbase: b"), letter(src, 0, 1, "coinbase: c")],
+    )
+    monkeypatch.setattr(redrive, "BATCH", 1)
+    zombies: list[Producer] = []
+    real_make_producer, real_commit = redrive.make_producer, redrive._commit_transaction
+    commits: list[int] = []
+
+    def kept(*args: object, **kwargs: object) -> Producer:
+        zombies.append(real_make_producer(*args, **kwargs))
+        return zombies[-1]
+
+    def commit_once(producer: Producer) -> None:
+        commits.append(1)
+        if len(commits) > 1:
+            assert producer.flush(30) == 0  # the records are in the log, uncommitted
+            raise Crash
+        real_commit(producer)
+
+    monkeypatch.setattr(redrive, "make_producer", kept)
+    monkeypatch.setattr(redrive, "_commit_transaction", commit_once)
+    monkeypatch.setattr(redrive, "_abort", lambda producer: False)
+    with pytest.raises(Crash):
+        redrive.redrive(settings, dead, allow_topics=[src], reason_contains="coinbase")
+    monkeypatch.undo()
+
+    rest = redrive.redrive(settings, dead, allow_topics=[src])
+    assert rest.redriven == 2
+    assert sent_from(settings, src) == [f"{dead}[0]@{i}".encode() for i in range(3)]
+    assert (rest.sent_before, len(zombies)) == (1, 1)
+    zombies.clear()
 
 
 def test_summary_groups_letters_by_the_shape_of_their_reason(
@@ -407,6 +573,33 @@ def test_the_command_line_summarises_and_redrives(
     missing = CliRunner().invoke(app, ["dlq", "summary", f"{dead}.nope"])
     assert isinstance(missing.exception, ConfigError)
     assert f"no topic '{dead}.nope'" in str(missing.exception)
+
+
+def test_the_command_line_says_what_a_rerun_sends_and_the_rerun_sends_it(
+    settings: Settings,
+    kafka_bootstrap: str,
+    topics: tuple[str, str, list[RawRecord]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    src, dead, _ = topics
+    monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", kafka_bootstrap)
+    monkeypatch.setenv("VIGIL_HOME", str(tmp_path))
+    post(settings, dead, [letter(src, 0, 0, "a"), letter(src, 1, 0, "b")])
+
+    def run(*args: str) -> str:
+        done = CliRunner().invoke(app, ["dlq", "redrive", dead, *args], terminal_width=400)
+        assert done.exit_code == 0, done.output
+        return " ".join(done.output.split())
+
+    refused = run()
+    assert (
+        "redrove 0 records; 2 to topics not allowed, kept: the same run with --allow-topic TOPIC" in refused
+    )
+    assert f"kept: {dead}[0]@0: {src!r} is no stage's input" in refused
+    assert "redrove 2 records" in run("--allow-topic", src)
+    assert "redrove 0 records; 2 sent before, not again" in run("--allow-topic", src, "--from-beginning")
+    assert len(copies(settings, src)) == 2
 
 
 def test_a_record_its_topic_refuses_fails_the_redrive_by_name_and_commits_nothing(

@@ -66,7 +66,11 @@ def redrive_cmd(
     from_beginning: Annotated[
         bool,
         typer.Option(
-            "--from-beginning", help="Start again from the first letter, not after the last redrive"
+            "--from-beginning",
+            help=(
+                "Read from the first letter, not from the first one not yet settled (lists again "
+                "those that could not be sent; still sends none sent before)"
+            ),
         ),
     ] = False,
     dry_run: Annotated[
@@ -74,7 +78,9 @@ def redrive_cmd(
     ] = False,
     again: Annotated[
         bool,
-        typer.Option("--again", help="Also send records that were sent again before and failed again"),
+        typer.Option(
+            "--again", help="Also send records that were sent again before and failed again (each once)"
+        ),
     ] = False,
     allow_topic: Annotated[
         list[str] | None,
@@ -88,7 +94,9 @@ def redrive_cmd(
     ] = None,
 ) -> None:
     """Append each dead-lettered record again to the topic it came from, for its stage to read
-    once the cause is fixed.  Resumes after the last redrive of the same filter."""
+    once the cause is fixed.  Each letter is sent at most once, whatever the filter and flags of
+    the runs: a letter held back (filtered out, its topic not allowed, failed again) is kept for
+    a later run that admits it, and one sent is never sent again."""
     cfg = settings()
     check_reachable(cfg)
     with Progress(
@@ -111,18 +119,35 @@ def redrive_cmd(
             progress=lambda n: bar.update(task, completed=n),
         )
     verb = "would redrive" if dry_run else "redrove"
+    # Each count says what a run will do with those letters: the hints are the flags that send
+    # them, and the ledger sees to it that nothing sent now is sent by that run.
     console.print(
         f"{verb} {done.redriven:,} records"
-        + (f"; passed over {done.passed:,} letters (filter)" if done.passed else "")
-        + (f"; {len(done.unavailable):,} could not be sent" if done.unavailable else "")
+        + (f"; {len(done.unavailable):,} could not be sent (and no run will)" if done.unavailable else "")
+        + (f"; {done.sent_before:,} sent before, not again" if done.sent_before else "")
         + (
-            f"; {len(done.failed_again):,} failed again after a redrive (--again)"
+            f"; passed over {done.passed:,} letters (filter), kept: a run without --reason-contains, "
+            "or with one they match, sends them"
+            if done.passed
+            else ""
+        )
+        + (
+            f"; {len(done.refused):,} to topics not allowed, kept: the same run with --allow-topic TOPIC "
+            "sends those to TOPIC"
+            if done.refused
+            else ""
+        )
+        + (
+            f"; {len(done.failed_again):,} failed again after a redrive, kept: the same run with --again "
+            "sends them"
             if done.failed_again
             else ""
         )
-        + f" [dim](position kept in group {_shown(done.group)})[/]",
+        + f" [dim](position kept in group {_shown(done.group)}, letters sent named in "
+        + f"{_shown(redrive.ledger_topic(topic))})[/]",
         soft_wrap=True,
     )
     _listed("not sent", done.unavailable, 10)
+    _listed("kept", done.refused, 10)
     _listed("failed again", done.failed_again, 10)
     _listed("not a dead letter", done.undecodable, 5)

@@ -15,18 +15,31 @@ written by whoever may write the dead-letter topic, and an old record appended a
 does harm: to ``vigil.cursors`` it rewinds a connector, to ``intel.indicators`` it brings back a
 withdrawn indicator, to ``decisions`` it repeats an action.
 
-Each redrive keeps its position in the dead-letter topic in a consumer group of its own, one per
-filter (``reason_contains``), committed with the records it appends in one Kafka transaction:
-a redrive stopped half-way and run again neither skips nor repeats a letter, and letters a
-filter passed over are still there for another filter.  ``from_beginning`` starts again from
-the first letter.  A record sent twice carries the same event ids; what downstream makes of a
-repeat is what it makes of any redelivery.  A letter of a record that was itself sent again (it
-failed again) is listed, not sent, unless ``again``: the cause is not fixed, and a redrive run on
-a schedule would send it round for ever.
+Each letter is sent at most once, whatever the filters and flags of the runs.  The letters sent
+are named in a compacted topic beside the dead-letter topic, ``<dead-letter topic>.redriven``
+(key ``<partition>@<offset>``, value a digest of the letter), written in the same Kafka
+transaction as the records they sent: a redrive stopped half-way, or killed between sending and
+committing, sent a whole batch and named it, or neither.  A run reads it first, after fencing
+any other redrive of the same dead-letter topic (one transactional id per dead-letter topic:
+two at once would each send what the other was sending), and sends none of the letters it names.
+(The digest tells a letter from another at the same offset of a dead-letter topic made again;
+entries of letters the topic no longer holds are deleted.)
+
+A letter held back for a reason a later run may lift stays for that run: one the filter
+(``reason_contains``) passed over, one whose topic is no stage's input (``allow_topics``), one
+whose record was itself sent again and failed again (``again``: the cause is not fixed, and a
+redrive run on a schedule would send it round for ever).  The position in the dead-letter topic
+(a consumer group per dead-letter topic, committed in the same transaction) only spares reading
+settled letters again: it moves past letters sent, or never to be sent, and stops in each
+partition at the first letter held back.  ``from_beginning`` reads again from the first letter
+(listing again those that could not be sent), and still sends none sent before.  A record sent
+again carries the same event ids; what downstream makes of a repeat is what it makes of any
+redelivery.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 import uuid
@@ -38,9 +51,9 @@ import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from vigil.config import Settings
-from vigil.errors import BrokerError
-from vigil.events.ids import stable_id
+from vigil.errors import BrokerError, ConfigError
 from vigil.events.records import DeadLetter
+from vigil.hub.admin import ensure_topics
 from vigil.hub.client import (
     READ_FATAL,
     kafka_error,
@@ -48,9 +61,10 @@ from vigil.hub.client import (
     make_consumer,
     make_producer,
     partition_offsets,
+    read_committed,
 )
 from vigil.hub.dlq import decoder, letters, open_letters, place
-from vigil.hub.topics import DOMAINS, RAW_RECORD_MAX_BYTES
+from vigil.hub.topics import DOMAINS, RAW_RECORD_MAX_BYTES, TopicSpec
 
 #: The header a redriven record carries: ``<dead-letter topic>[<partition>]@<offset>``.
 REDRIVEN_FROM = "vigil.redriven_from"
@@ -78,22 +92,47 @@ _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 class Redriven:
     group: str
     redriven: int = 0
-    #: Letters a filter passed over.
+    #: Letters sent by an earlier run (under any filter), not sent again.
+    sent_before: int = 0
+    #: Letters a filter passed over (kept for a run whose filter they match, or one without).
     passed: int = 0
-    #: Letters whose record could not be sent again, each with why.
-    unavailable: list[str] = field(default_factory=list)
-    #: Letters of records that were themselves sent again and failed again (not sent unless
+    #: Letters whose topic is no stage's input, each with why (kept for a run allowing it).
+    refused: list[str] = field(default_factory=list)
+    #: Letters of records that were themselves sent again and failed again (kept for a run with
     #: ``again``: a redrive run on a schedule would otherwise send them round for ever).
     failed_again: list[str] = field(default_factory=list)
+    #: Letters whose record cannot be sent again, each with why (not kept: no run sends them).
+    unavailable: list[str] = field(default_factory=list)
     undecodable: list[str] = field(default_factory=list)
     #: Where each redriven record was appended: ``<topic>[<partition>]@<offset>`` (not in a dry run).
     appended: list[str] = field(default_factory=list)
 
 
-def redrive_group(topic: str, reason_contains: str | None) -> str:
-    """The consumer group (and transactional id) a redrive of ``topic`` with this filter keeps
-    its position in (the filter's case ignored, as the filter ignores it)."""
-    return f"vigil.dlq-redrive.{topic}.{stable_id('reason', (reason_contains or '').lower())[:12]}"
+def redrive_group(topic: str) -> str:
+    """The consumer group (and transactional id) every redrive of ``topic`` keeps its position
+    in, whatever its filter: with one transactional id, a redrive fences any other still
+    running on the same ledger."""
+    return f"vigil.dlq-redrive.{topic}"
+
+
+def ledger_topic(topic: str) -> str:
+    """The compacted topic naming the letters of ``topic`` sent (see the module)."""
+    return f"{topic}.redriven"
+
+
+def ledger_spec(topic: str) -> TopicSpec:
+    # Compacted and never expired by time: an entry deleted while its letter is still in the
+    # dead-letter topic would let the letter be sent again.  The redrive deletes the entries of
+    # letters gone (see _read_ledger).
+    return TopicSpec(
+        name=ledger_topic(topic),
+        key="<partition>@<offset> of a letter",
+        value="raw",
+        description=f"Letters of {topic!r} redriven: a digest of each (vigil dlq redrive sends none again)",
+        partitions=1,
+        retention=None,
+        cleanup="compact",
+    )
 
 
 class _Originals:
@@ -113,6 +152,10 @@ class _Originals:
             reader.close()
         self._readers.clear()
 
+    def admits(self, topic: str) -> bool:
+        """Whether records may be appended to ``topic`` (see the module)."""
+        return topic in self._allow or (len(topic) <= _MAX_TOPIC and INPUT_TOPIC.fullmatch(topic) is not None)
+
     def get(self, letter: DeadLetter) -> Message | str:
         """The record ``letter`` names, or why it cannot be had; raises :class:`BrokerError` when
         that cannot be told (a read refused or timing out is no reason to pass a letter over for
@@ -120,11 +163,6 @@ class _Originals:
         topic, partition, offset = letter.topic, letter.partition, letter.offset
         if partition < 0 or offset < 0:
             return f"not from Kafka ({topic[:80]!r}): resend it from where it came"
-        if topic not in self._allow and not (len(topic) <= _MAX_TOPIC and INPUT_TOPIC.fullmatch(topic)):
-            return (
-                f"{topic[:80]!r} is no stage's input (raw.<source>, events.<domain>, detect.routed): "
-                "not sent (--allow-topic to send there)"
-            )
         marks = self._marks.get((topic, partition)) or self._ask(topic, partition)
         if isinstance(marks, str):
             return marks
@@ -236,14 +274,22 @@ def redrive(
     idle_s: float = 120.0,
     progress: Callable[[int], None] | None = None,
 ) -> Redriven:
-    """Append the records of ``topic``'s dead letters again to the topics they came from (see the
-    module).  ``reason_contains``: only letters whose reason contains it (case ignored);
-    ``dry_run``: count what would be sent, send nothing and move no position; ``allow_topics``:
-    topics to send to besides stages' inputs; ``again``: also send records that were sent again
-    before and failed again; ``progress`` is called with the number of letters read so far, after
-    each batch is committed."""
+    """Append the records of ``topic``'s dead letters again to the topics they came from, each
+    letter's at most once over every run (see the module).  ``reason_contains``: only letters
+    whose reason contains it (case ignored); ``dry_run``: count what would be sent, send nothing
+    and move no position; ``allow_topics``: topics to send to besides stages' inputs; ``again``:
+    also send records that were sent again before and failed again; ``progress`` is called with
+    the number of letters read so far, after each batch is committed (or found to have nothing to
+    send: see _commit)."""
+    ledger = ledger_topic(topic)
+    if len(ledger) > _MAX_TOPIC:
+        msg = (
+            f"redrive of {topic[:80]!r}: the topic naming its letters sent, {ledger[:80]!r}..., would be "
+            f"{len(ledger)} characters long; Kafka takes at most {_MAX_TOPIC}"
+        )
+        raise ConfigError(msg)
     needle = (reason_contains or "").lower()
-    group = redrive_group(topic, needle)
+    group = redrive_group(topic)
     out = Redriven(group)
     producer: Producer | None = None
     try:
@@ -256,32 +302,39 @@ def redrive(
                     "message.max.bytes": RAW_RECORD_MAX_BYTES + (64 << 10),
                 },
             )
-            # Before the position is read: this fences a redrive of the same filter still
-            # running, and makes Kafka settle the last transaction of one that died (its
-            # offsets pending until then, the position could not be read).
+            # Before the ledger and the position are read: this fences any other redrive of this
+            # topic still running, and makes Kafka settle the last transaction of one that died
+            # (until then its entries and offsets are pending, and could not be read).
             producer.init_transactions(30)
         consumer, ends = open_letters(settings, topic, group, from_beginning=from_beginning)
         originals = _Originals(settings, allow_topics)
         try:
+            if producer is not None:
+                ensure_topics(settings, [ledger_spec(topic)], owned=True)
+            sent, stale = _read_ledger(settings, topic, idle_s)
+            batch = _Batch(stale)
+            #: Partitions of ``topic`` with a letter held back in this run: their position stays.
+            held: set[int] = set()
             read = 0
-            batch: list[Message] = []
-            sends: list[tuple[Message, Message]] = []
-            size = 0
             for message in letters(consumer, ends, topic, idle_s):
                 read += 1
-                batch.append(message)
-                original = _take(message, originals, needle, again, out)
-                if original is not None:
-                    sends.append((message, original))
-                    size += len(original.value() or b"") + len(original.key() or b"")
-                if len(batch) >= BATCH or size >= BATCH_BYTES:
-                    _commit(producer, topic, batch, sends, consumer.consumer_group_metadata(), out)
-                    batch, sends, size = [], [], 0
+                batch.letters += 1
+                partition, offset = message.partition(), message.offset()
+                fate = _take(message, originals, needle, again, sent, out)
+                if isinstance(fate, Message):
+                    batch.sends.append((message, fate))
+                    batch.size += len(fate.value() or b"") + len(fate.key() or b"")
+                elif not fate:
+                    held.add(partition)
+                if partition not in held:
+                    batch.past[partition] = offset + 1
+                if batch.letters >= BATCH or batch.size >= BATCH_BYTES:
+                    batch = _commit(producer, topic, batch, consumer.consumer_group_metadata(), out)
                     if progress is not None:
                         progress(read)
-            if batch:
-                _commit(producer, topic, batch, sends, consumer.consumer_group_metadata(), out)
-                if progress is not None:
+            if batch.letters or batch.stale or batch.past:
+                _commit(producer, topic, batch, consumer.consumer_group_metadata(), out, last=True)
+                if progress is not None and batch.letters:
                     progress(read)
         finally:
             originals.close()
@@ -296,24 +349,100 @@ def redrive(
     return out
 
 
-def _take(message: Message, originals: _Originals, needle: str, again: bool, out: Redriven) -> Message | None:
-    """The record to send again for the letter ``message``, or None (and why, in ``out``)."""
+def _read_ledger(
+    settings: Settings, topic: str, idle_s: float
+) -> tuple[dict[tuple[int, int], bytes], list[bytes]]:
+    """The letters of ``topic`` sent, ``(partition, offset)`` -> the letter's digest; and the keys
+    of entries naming letters the topic no longer holds (retention, or the topic made again
+    since), to delete."""
+    sent: dict[tuple[int, int], bytes] = {}
+    # (Its writer fenced and settled first: read up to the high watermark, nothing is pending.)
+    for message in read_committed(settings, ledger_topic(topic), timeout_s=max(idle_s, 30.0)):
+        where = _letter_at(message.key() or b"")
+        if where is None:
+            continue  # (no entry of a redrive's: another writer's; not one a letter can match)
+        value = message.value()
+        if value is None:
+            sent.pop(where, None)
+        else:
+            sent[where] = value.split(b" ", 1)[0]
+    stale: list[bytes] = []
+    if sent:
+        admin = make_admin(settings)
+        found = admin.list_topics(topic, timeout=10).topics.get(topic)
+        if found is None or found.error is not None:
+            # Not taken for a topic without partitions: every entry would be deleted, and every
+            # letter sent again.
+            msg = f"partitions of {topic!r}: {found.error if found is not None else 'not listed'}"
+            raise BrokerError(msg)
+        asked = sorted({p for p, _ in sent} & set(found.partitions))
+        marks = partition_offsets(admin, [(topic, p) for p in asked], time.monotonic() + 30) if asked else {}
+        for p, o in list(sent):
+            low, high = marks.get((topic, p), (0, 0))
+            if not low <= o < high:
+                del sent[p, o]
+                stale.append(_entry_key(p, o))
+    return sent, stale
+
+
+def _entry_key(partition: int, offset: int) -> bytes:
+    return f"{partition}@{offset}".encode()
+
+
+def _letter_at(key: bytes) -> tuple[int, int] | None:
+    partition, at, offset = key.partition(b"@")
+    if not at or not partition.isdigit() or not offset.isdigit():
+        return None
+    return int(partition), int(offset)
+
+
+def _digest(letter: Message) -> bytes:
+    """What tells a letter from another at the same offset (of a dead-letter topic made again):
+    a digest of its bytes (their failure time, reason and record)."""
+    return hashlib.blake2b(letter.value() or b"", digest_size=12).hexdigest().encode()
+
+
+def _take(
+    message: Message,
+    originals: _Originals,
+    needle: str,
+    again: bool,
+    sent: dict[tuple[int, int], bytes],
+    out: Redriven,
+) -> Message | bool:
+    """The record to send again for the letter ``message``; when none, whether the letter is
+    settled (True: sent before, or never to be sent; the position may move past it) or held
+    back for a later run that admits it (False: filtered out, its topic not allowed, failed
+    again).  Why, in ``out``."""
+    before = sent.get((message.partition(), message.offset()))
+    if before is not None and before == _digest(message):
+        out.sent_before += 1
+        return True
     try:
         letter = decoder.decode(message.value() or b"")
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         out.undecodable.append(f"{place(message)}: {exc}")
-        return None
+        return True
     if needle and needle not in letter.reason.lower():
         out.passed += 1
-        return None
+        return False
+    if letter.partition >= 0 and letter.offset >= 0 and not originals.admits(letter.topic):
+        name = letter.topic[:80]
+        out.refused.append(
+            f"{place(message)}: {name!r} is no stage's input (raw.<source>, events.<domain>, "
+            f"detect.routed): kept for a run with --allow-topic {name}"
+        )
+        return False
     original = originals.get(letter)
     if isinstance(original, str):
         out.unavailable.append(f"{place(message)}: {original}")
-        return None
-    before = _redriven_from(original)
-    if before is not None and not again:
-        out.failed_again.append(f"{place(message)}: sent again from {before} before, failed again")
-        return None
+        return True
+    earlier = _redriven_from(original)
+    if earlier is not None and not again:
+        out.failed_again.append(
+            f"{place(message)}: sent again from {earlier} before, failed again: kept for a run with --again"
+        )
+        return False
     return original
 
 
@@ -324,36 +453,53 @@ def _redriven_from(message: Message) -> str | None:
     return None
 
 
+@dataclass
+class _Batch:
+    """What the next transaction commits: the records to send again, each with its letter; where
+    the position may move; entries of the ledger to delete."""
+
+    stale: list[bytes] = field(default_factory=list)
+    letters: int = 0
+    sends: list[tuple[Message, Message]] = field(default_factory=list)
+    #: Bytes of the records to send.
+    size: int = 0
+    #: Partition of the dead-letter topic -> the offset past its letters settled since the last
+    #: commit (none past a letter held back; not the consumer's position: it may have fetched
+    #: further).
+    past: dict[int, int] = field(default_factory=dict)
+
+
 def _commit(
-    producer: Producer | None,
-    topic: str,
-    batch: list[Message],
-    sends: list[tuple[Message, Message]],
-    group: object,
-    out: Redriven,
-) -> None:
-    """Send a batch's records and move the position past its letters, in one transaction (a dry
-    run only counts)."""
-    if producer is not None:
-        # Past this batch's letters, not the consumer's position: it may have fetched further.
-        past = {m.partition(): m.offset() + 1 for m in batch}
-        at = [TopicPartition(topic, p, o) for p, o in sorted(past.items())]
-        out.appended += _send(producer, topic, at, sends, group)
-    out.redriven += len(sends)
+    producer: Producer | None, topic: str, batch: _Batch, group: object, out: Redriven, *, last: bool = False
+) -> _Batch:
+    """Send a batch's records, name their letters in the ledger and move the position, in one
+    transaction (a dry run only counts); the batch to fill next.  A batch with nothing to send
+    only moves the position, which waits for the next batch that sends, or the ``last``: a
+    transaction costs 20-60 ms, and a run over letters sent before would pay it every batch
+    for nothing (read again after a crash, they are skipped again)."""
+    if not (batch.sends or batch.stale or last):
+        return _Batch(past=batch.past)
+    if producer is not None and (batch.sends or batch.past or batch.stale):
+        at = [TopicPartition(topic, p, o) for p, o in sorted(batch.past.items())]
+        out.appended += _send(producer, topic, at, batch, group)
+    out.redriven += len(batch.sends)
+    return _Batch()
 
 
 def _send(
     producer: Producer,
     topic: str,
     at: list[TopicPartition],
-    sends: list[tuple[Message, Message]],
+    batch: _Batch,
     group: object,
 ) -> list[str]:
-    """One transaction: the records again, and the redrive's position ``at`` in ``topic``; where
-    each record went.  On failure the transaction is aborted (when Kafka lets it be) and the
-    error says whether anything of the batch may have been committed."""
+    """One transaction: the records again, an entry naming each one's letter in the ledger, the
+    stale entries deleted, and the redrive's position ``at`` in ``topic``; where each record
+    went.  On failure the transaction is aborted (when Kafka lets it be) and the error says
+    whether anything of the batch may have been committed."""
     placed: list[str] = []
     refused: list[str] = []
+    ledger = ledger_topic(topic)
 
     def delivered(letter: str, err: KafkaError | None, message: Message) -> None:
         if err is None:
@@ -361,32 +507,42 @@ def _send(
         elif err.code() not in _PURGED:  # (purged by an abort: not the record's fault)
             refused.append(f"{letter}: {err.str()}")
 
+    def entry_refused(err: KafkaError | None, message: Message) -> None:
+        if err is not None and err.code() not in _PURGED:
+            refused.append(f"{ledger} entry {(message.key() or b'').decode(errors='replace')}: {err.str()}")
+
     try:
         producer.begin_transaction()
-        for letter, original in sends:
+        for letter, original in batch.sends:
             headers = [(k, v) for k, v in (original.headers() or []) if k != REDRIVEN_FROM]
-            record = {
-                "value": original.value(),
-                "key": original.key(),
+            _produce(
+                producer,
+                original.topic(),
+                value=original.value(),
+                key=original.key(),
                 # The partition it was in: its key's, or the one its producer chose.
-                "partition": original.partition(),
-                "headers": [*headers, (REDRIVEN_FROM, place(letter).encode())],
-                "on_delivery": partial(delivered, place(letter)),
-            }
-            while True:
-                try:
-                    producer.produce(original.topic(), **record)
-                    break
-                except BufferError:  # librdkafka's queue is full: let it drain, then again
-                    producer.poll(1)
-            producer.poll(0)
-        producer.send_offsets_to_transaction(at, group, 30)
+                partition=original.partition(),
+                headers=[*headers, (REDRIVEN_FROM, place(letter).encode())],
+                on_delivery=partial(delivered, place(letter)),
+            )
+            # The destination in the entry is for whoever reads the ledger: only the digest is read.
+            _produce(
+                producer,
+                ledger,
+                key=_entry_key(letter.partition(), letter.offset()),
+                value=_digest(letter) + f" {original.topic()}[{original.partition()}]".encode(),
+                on_delivery=entry_refused,
+            )
+        for key in batch.stale:
+            _produce(producer, ledger, key=key, value=None, on_delivery=entry_refused)
+        if at:
+            producer.send_offsets_to_transaction(at, group, 30)
         _commit_transaction(producer)
     except KafkaException as exc:
         err = kafka_error(exc)
         if err is not None and err.fatal():
             msg = (
-                f"redrive of {topic!r} stopped: {err.str()} (another redrive of this filter took over, "
+                f"redrive of {topic!r} stopped: {err.str()} (another redrive of this topic took over, "
                 "or the producer failed); run again: a batch committed is not sent twice"
             )
             raise BrokerError(msg) from None
@@ -403,6 +559,16 @@ def _send(
         _abort(producer)  # (Ctrl-C) not left open: it would hold read_committed readers back
         raise
     return placed
+
+
+def _produce(producer: Producer, topic: str, **record: object) -> None:
+    while True:
+        try:
+            producer.produce(topic, **record)
+            break
+        except BufferError:  # librdkafka's queue is full: let it drain, then again
+            producer.poll(1)
+    producer.poll(0)
 
 
 def _commit_transaction(producer: Producer) -> None:
