@@ -541,3 +541,23 @@ def test_each_withdrawal_to_the_new_address_is_held_whatever_arrives_first() -> 
         assert sorted(_alerted(rules, arrival)) == expected
     # Past the chain's span, a withdrawal to the address is no longer part of it.
     assert _alerted(rules, [_mfa(0), _added(5, "0x06"), _out(10, "0x06"), _out(200, "0x06")]) == [expected[0]]
+
+
+def test_a_sequence_alert_shows_the_fields_its_steps_were_compared_by() -> None:
+    # api-key-new-ip: a key used from a new IP to add an address (a type whose key fields have no
+    # IP).  The evidence kept neither step's IP (compared by ``differs``), so the explanation
+    # named the key's creation IP as the one it was used from.
+    checked = validate_paths([ROOT / "rules" / "identity.yaml"])
+    case = next(c for c in checked.cases if c.name.startswith("a withdraw-capable key used"))
+    created = case.events[0]
+    added = WithdrawalAddressAdded(
+        event_id="a1",
+        source="b",
+        occurred_at=created.occurred_at + timedelta(minutes=5),
+        entities=Entities(customer="c13", ip="203.0.113.7", api_key="k1"),
+        payload=WithdrawalAddressAddedPayload(address="0x44", asset="USDT", chain="ethereum"),
+    )
+    rules = [r for r in checked.rules if r.id == "api-key-new-ip"]
+    (alert,) = detect_events(RuleSet(rules), [created, added])[0]
+    assert [e.fields.get("ip") for e in alert.payload.evidence] == ["198.51.100.2", "203.0.113.7"]
+    assert 'used from IP "203.0.113.7"' in alert.payload.explanation

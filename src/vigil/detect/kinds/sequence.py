@@ -330,7 +330,20 @@ class SequenceDetector(GroupedDetector):
                 self._captures[name].append((path, compile_getter(path)))
             if s.ratio_to:
                 self._captures[s.ratio_to.step].append((s.ratio_to.of, compile_getter(s.ratio_to.of)))
-        extra = [p for s in params.steps for p in (*s.match.paths, *([s.first_seen] if s.first_seen else []))]
+        # Evidence shows what each step was judged on: its conditions, its first_seen field, and
+        # the fields it was compared by (same_as, differs, ratio_to), both sides.  Without the
+        # compared ones, api-key-new-ip's alert named the key's creation IP as the one it was
+        # used from, and dropped the IP that made it fire.
+        extra = [
+            p
+            for s in params.steps
+            for p in (
+                *s.match.paths,
+                *([s.first_seen] if s.first_seen else []),
+                *(path for here, _, there in (*s.same_as, *s.differs) for path in (here, there)),
+                *((s.ratio_to.field, s.ratio_to.of) if s.ratio_to else ()),
+            )
+        ]
         self._evidence = EvidenceMaker(extra)
         # Per step, the field values an event matching it keeps: what later steps compare
         # against, and what its own link checks need.
