@@ -352,9 +352,14 @@ class DetectionService:
             counts = self._input_partitions()
             if len(set(counts.values())) > 1:
                 # Stage 1 keeps state per partition number, which needs co-partitioned inputs.
+                # Said in full: the customer-keyed rules' state (devices and countries seen,
+                # dormancy) is in stage 1's stores, which stage 2 does not read.
                 log.warning(
                     "detection: the input topics have unequal partition counts %s; every rule runs "
-                    "in the routed stage (local_stage off)",
+                    "in the routed stage (local_stage off), and the customer-keyed rules start there "
+                    "with empty state (what stage 1 kept of devices, countries and dormancy is not "
+                    "read): give the topics equal partition counts (vigil topics apply "
+                    "--add-partitions) to keep it",
                     counts,
                 )
                 self.local_stage = False
