@@ -99,6 +99,19 @@ def test_explanation_placeholders_are_plain_known_names(tmp_path: Path) -> None:
     assert "unknown placeholder {nope}" in text
 
 
+def test_an_explanation_quotes_only_fields_the_rules_events_have(tmp_path: Path) -> None:
+    # {amount_usd} in an MFA rule is a field name, of other events: it always read "(unknown)".
+    write(
+        tmp_path,
+        "tpl.yaml",
+        GOOD.replace(
+            '"{count} denied prompts for {entity}"', '"{count} prompts, {amount_usd} USD, {result}"'
+        ),
+    )
+    (error,) = messages(tmp_path)
+    assert "{amount_usd} is a field of none of the rule's event types (mfa_challenge)" in error
+
+
 def test_yaml_syntax_error_is_located(tmp_path: Path) -> None:
     path = write(tmp_path, "syntax.yaml", "rules:\n  - id: x\n    version: [1\n")
     errors = messages(tmp_path)

@@ -19,6 +19,8 @@ from typing import Any
 
 import msgspec
 
+from vigil.detect.intel import IntelIndex
+from vigil.detect.kinds.base import Env
 from vigil.detect.rules import registry
 from vigil.detect.rules.loader import LocDict, LocList, load_file, rule_files
 from vigil.detect.rules.models import (
@@ -68,9 +70,12 @@ UNTIL_RELEASED = "until_released"
 TTL_FORM = f"{DURATION_FORM}, or {UNTIL_RELEASED!r} for a decision that stands until released"
 
 
-def _field_names() -> frozenset[str]:
+def _field_names(types: frozenset[str] | None = None) -> frozenset[str]:
+    """Field names an explanation may quote: those of events of ``types`` (None: of any)."""
     names: set[str] = set(Entities.KINDS)
     for cls in EVENT_CLASSES:
+        if types is not None and str(cls.__struct_config__.tag) not in types:
+            continue
         payload = typing.get_type_hints(cls).get("payload")
         if isinstance(payload, type) and issubclass(payload, msgspec.Struct):
             names |= set(payload.__struct_fields__)
@@ -261,7 +266,7 @@ def parse_rule(d: LocDict, p: Parser, file: str) -> Rule | None:
         return None
     if not (rid and version and kind_name and typology and severity and score is not None and explanation):
         return None  # every missing piece was reported above
-    return Rule(
+    rule = Rule(
         id=rid,
         version=version,
         title=title or rid,
@@ -277,6 +282,28 @@ def parse_rule(d: LocDict, p: Parser, file: str) -> Rule | None:
         file=file,
         line=d.loc[0],
     )
+    # A field name no event of the rule has always read "(unknown)": {amount_usd} in a login rule.
+    if spec is None:
+        return None
+    types = spec.detector(rule, Env(IntelIndex())).types
+    mine = _field_names(frozenset(types)) | COMMON_CONTEXT | spec.context
+    for name in _placeholders(explanation):
+        if name in FIELD_NAMES and name not in mine:
+            p.error(
+                d.mark("explanation"),
+                f"{what}.explanation: {{{name}}} is a field of none of the rule's event types "
+                f"({', '.join(sorted(types))}): it would always read (unknown)",
+            )
+    if sum(i.severity == "error" for i in p.issues) > before:
+        return None
+    return rule
+
+
+def _placeholders(text: str) -> list[str]:
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(text) if name]
+    except ValueError:
+        return []  # (reported by _check_template)
 
 
 def _check_template(text: str, loc: tuple[int, int], p: Parser, what: str, context: frozenset[str]) -> None:
