@@ -25,7 +25,9 @@ app = typer.Typer(
 
 # The explicit registry of command groups and top-level commands.
 app.add_typer(broker.app, name="broker", help="Run the local Apache Kafka broker (KRaft, no Docker).")
-app.add_typer(topics.app, name="topics", help="Declared topics: apply and compare with the live cluster.")
+app.add_typer(
+    topics.app, name="topics", help="Declared topics: apply, compare with the live cluster, access (ACLs)."
+)
 app.add_typer(schemas.app, name="schemas", help="JSON Schema contract files generated from the models.")
 app.command("produce", help="Validate a JSONL file against a topic's contract and produce it.")(
     topics.produce

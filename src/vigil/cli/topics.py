@@ -1,4 +1,4 @@
-"""`vigil topics apply|list`, `vigil produce` and `vigil tail`: the hub's debugging tools."""
+"""`vigil topics apply|list|acls`, `vigil produce` and `vigil tail`: the hub's debugging tools."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from vigil.errors import ConfigError, ContractError, DecodeError, TopicError
 from vigil.events.addresses import canonical_addresses
 from vigil.events.base import Event
 from vigil.events.codec import EventCodec
+from vigil.hub import acls
 from vigil.hub import admin as topic_admin
 from vigil.hub.client import EventProducer, check_reachable, make_admin, make_consumer
 from vigil.hub.topics import RECORD_TYPES, TOPICS, TopicSpec
@@ -94,6 +95,37 @@ def list_cmd(
                 "[dim]not declared[/]",
             )
     console.print(table)
+
+
+@app.command("acls")
+def acls_cmd(
+    principal: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--principal",
+            help="COMPONENT=User:name, repeatable (default: User:vigil-<component>)",
+        ),
+    ] = None,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Create the ACLs on the cluster (as the admin principal)")
+    ] = False,
+) -> None:
+    """Least-privilege ACLs: what each component's principal may do; --apply creates them."""
+    granted = acls.grants(acls.parse_principals(principal or []))
+    table = Table()
+    for column in ("component", "principal", "operation", "resource", "pattern"):
+        # Folded, never cut short: a principal or resource name shown in part would mislead.
+        table.add_column(column, overflow="fold")
+    for g in granted:
+        table.add_row(g.component, escape(g.principal), g.operation.name, g.resource, g.pattern.name)
+    console.print(table)
+    if not apply:
+        console.print(f"{len(granted)} bindings; --apply creates them")
+        return
+    cfg = settings()
+    check_reachable(cfg)
+    created = acls.create(make_admin(cfg), [g.binding() for g in granted])
+    console.print(f"[green]{created} ACL bindings in place[/] (existing ones are kept as they are)")
 
 
 def _value_decoder(spec: TopicSpec) -> Any:

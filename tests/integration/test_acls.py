@@ -1,0 +1,256 @@
+"""The generated ACLs on a broker that enforces them (:mod:`tests.integration.acl_broker`).
+
+The declared topics are created as the admin (``vigil topics apply``); then each component
+connects as its own principal.  The first test runs before the ACLs are applied (tests run
+in file order): it shows that the writes the others see allowed are the ACLs' doing.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, Message
+from tests.integration.acl_broker import ADMIN, REPO, SecuredBroker
+from typer.testing import CliRunner, Result
+
+from vigil.cli import app
+from vigil.config import Settings
+from vigil.detect.app import DetectionService
+from vigil.detect.rules.validate import load_rules
+from vigil.errors import BrokerError
+from vigil.hub import acls
+from vigil.hub import admin as topic_admin
+from vigil.hub.client import make_admin, make_consumer, make_producer, read_committed
+from vigil.hub.raw import RawRecord
+from vigil.hub.redrive import redrive
+from vigil.hub.topics import TOPICS, TopicSpec
+from vigil.sources.normalize import build
+from vigil.sources.sink import KafkaRawSink
+
+SOURCE = "vigil-source-coinbase"
+NORMALIZE = "vigil-normalize"
+DETECT = "vigil-detect"
+REDRIVE = "vigil-redrive"
+REFUSED = KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
+class _Cluster:
+    def __init__(self, broker: SecuredBroker) -> None:
+        self.broker = broker
+        self.acls_applied = False
+
+    def settings(self, user: str) -> Settings:
+        return self.broker.settings(user)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Cluster]:
+    broker = SecuredBroker(tmp_path_factory.mktemp("acl-broker"))
+    broker.start()
+    try:
+        admin = broker.settings(ADMIN)
+        topic_admin.apply(make_admin(admin), TOPICS, admin)  # `vigil topics apply`, as the admin
+        yield _Cluster(broker)
+    finally:
+        broker.stop()
+
+
+def _acls_command(cluster: _Cluster, user: str, *args: str) -> Result:
+    """``vigil topics acls ARGS`` run as ``user`` (its credential in VIGIL_* variables)."""
+    with pytest.MonkeyPatch.context() as env:
+        for name in [n for n in os.environ if n.startswith("VIGIL_")]:
+            env.delenv(name)
+        for name, value in cluster.broker.env(user).items():
+            env.setenv(name, value)
+        return CliRunner().invoke(app, ["topics", "acls", *args], terminal_width=200)
+
+
+@pytest.fixture(scope="module")
+def applied(cluster: _Cluster) -> _Cluster:
+    """The generated ACLs, created as the admin with `vigil topics acls --apply`."""
+    first = _acls_command(cluster, ADMIN, "--apply")
+    assert first.exit_code == 0, first.output or repr(first.exception)
+    assert f"{len(acls.bindings())} ACL bindings in place" in first.output
+    # Applying them again changes nothing and is no error (Kafka takes existing bindings).
+    again = _acls_command(cluster, ADMIN, "--apply")
+    assert again.exit_code == 0, again.output or repr(again.exception)
+    cluster.acls_applied = True
+    return cluster
+
+
+def _produce(settings: Settings, topic: str) -> int | None:
+    """Produce one record; None when Kafka took it, else the error code."""
+    errors: list[KafkaError] = []
+
+    def delivered(err: KafkaError | None, _msg: object) -> None:
+        if err is not None:
+            errors.append(err)
+
+    producer = make_producer(settings, **{"message.timeout.ms": 15_000, "on_delivery": delivered})
+    try:
+        producer.produce(topic, key=b"k", value=b"v")
+        remaining = producer.flush(20)
+    except KafkaException as exc:
+        return int(exc.args[0].code())
+    assert remaining == 0, f"{topic}: not delivered nor refused within 20 s"
+    return errors[0].code() if errors else None
+
+
+def test_without_acls_the_source_principal_cannot_write_its_own_raw_topic(cluster: _Cluster) -> None:
+    assert not cluster.acls_applied, "this test must run before the ACLs are applied (file order)"
+    code = _produce(cluster.settings(SOURCE), "raw.coinbase")
+    # No Write on any topic: the idempotent producer's id is refused first (cluster authorization).
+    assert code in (REFUSED, KafkaError.CLUSTER_AUTHORIZATION_FAILED)
+
+
+def test_source_writes_its_raw_topic(applied: _Cluster) -> None:
+    assert _produce(applied.settings(SOURCE), "raw.coinbase") is None
+
+
+@pytest.mark.parametrize("topic", ["events.payments", "alerts", "decisions", "raw.binance", "dlq.normalize"])
+def test_source_cannot_write_other_topics(applied: _Cluster, topic: str) -> None:
+    assert _produce(applied.settings(SOURCE), topic) == REFUSED
+
+
+def test_source_connector_publishes_records_with_its_cursor(applied: _Cluster) -> None:
+    """The real sink, transactional, with ensure_topics of the cursor topic and reading it back."""
+    sink = KafkaRawSink(applied.settings(SOURCE), source_id="coinbase", timeout_s=20)
+    record = RawRecord("coinbase", "ticker", b'{"type":"ticker"}', datetime.now(UTC), key=b"BTC-USD")
+    try:
+        sink.publish([record], cursor={"sequence": 7})
+        assert sink.last_cursor("coinbase") == {"sequence": 7}
+    finally:
+        sink.close()
+
+
+def test_normalize_reads_raw_with_its_group(applied: _Cluster) -> None:
+    assert _produce(applied.settings(SOURCE), "raw.coinbase") is None
+    consumer = make_consumer(applied.settings(NORMALIZE), "normalize")
+    try:
+        consumer.subscribe(["raw.coinbase"])
+        deadline = time.monotonic() + 30
+        msg = None
+        while msg is None and time.monotonic() < deadline:
+            polled = consumer.poll(0.5)
+            if polled is not None:
+                assert polled.error() is None, polled.error()
+                msg = polled
+        assert msg is not None, "nothing read from raw.coinbase within 30 s"
+        consumer.commit(message=msg, asynchronous=False)  # the group's offsets: Read on the group
+    finally:
+        consumer.close()
+
+
+def test_normalize_cannot_write_decisions(applied: _Cluster) -> None:
+    assert _produce(applied.settings(NORMALIZE), "decisions") == REFUSED
+
+
+@pytest.fixture(scope="module")
+def normalize_letters(applied: _Cluster) -> list[Message]:
+    """The normalise stage run under its principal on a record it cannot parse: its letters."""
+    bad = RawRecord("coinbase", "ticker", b"not json", datetime.now(UTC), key=b"bad")
+    sink = KafkaRawSink(applied.settings(SOURCE), source_id="coinbase", timeout_s=20)
+    try:
+        sink.publish([bad])
+    finally:
+        sink.close()
+    app = build(applied.settings(NORMALIZE), ["coinbase"], checkpoint_interval_s=0.2)
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            app.run()
+        except BaseException as exc:  # reported by the assertion below
+            failures.append(exc)
+
+    thread = threading.Thread(target=run, name="normalize-under-acls", daemon=True)
+    thread.start()
+    admin = applied.settings(ADMIN)
+    try:
+        deadline = time.monotonic() + 60
+        letters: list[Message] = []
+        while not letters and not failures and time.monotonic() < deadline:
+            letters = [m for m in read_committed(admin, "dlq.normalize", 10) if m.key() == b"bad"]
+            time.sleep(0.3)
+    finally:
+        app.stop()
+        thread.join(30)
+    if failures:
+        raise failures[0]
+    return letters
+
+
+def test_normalize_application_runs_under_its_principal(normalize_letters: list[Message]) -> None:
+    """The stage itself: it starts (ensure_topics, its late topic, group, transactional id) and
+    dead-letters a record it cannot parse to dlq.normalize, exactly-once."""
+    assert normalize_letters, "normalise wrote no dead letter for the unparseable record within 60 s"
+
+
+def test_the_redrive_operator_sends_a_letter_back(
+    applied: _Cluster, normalize_letters: list[Message]
+) -> None:
+    """`vigil dlq redrive` as its own principal: reads dlq.normalize, makes and writes the ledger
+    (transactional, its group), reads the original record and appends it to raw.coinbase."""
+    assert normalize_letters
+    out = redrive(applied.settings(REDRIVE), "dlq.normalize", idle_s=3)
+    # (Every record the tests above wrote to raw.coinbase was unparseable: each has a letter.)
+    assert out.redriven >= len(normalize_letters), out
+    assert {at.partition("[")[0] for at in out.appended} == {"raw.coinbase"}, out
+
+
+def test_detection_starts_under_its_principal(applied: _Cluster) -> None:
+    """Both stages start (detect.routed, changelogs and late topics created, groups joined,
+    transactional ids initialised) and the intel feed reads its list, with the shipped rules."""
+    service = DetectionService(applied.settings(DETECT), load_rules([REPO / "rules"]))
+    service.start(intel_timeout_s=30)
+    try:
+        deadline = time.monotonic() + 60
+        while not all(app.assigned.is_set() for app in (service.route_app, service.detect_app)):
+            service.check()
+            assert time.monotonic() < deadline, "detection's stages were not assigned within 60 s"
+            time.sleep(0.2)
+        assert service.route_app.stores or service.detect_app.stores  # so changelogs were made
+    finally:
+        service.stop()
+
+
+def test_detect_writes_alerts(applied: _Cluster) -> None:
+    assert _produce(applied.settings(DETECT), "alerts") is None
+
+
+@pytest.mark.parametrize("topic", ["raw.coinbase", "events.payments", "vigil.cursors"])
+def test_detect_cannot_write_upstream_topics(applied: _Cluster, topic: str) -> None:
+    assert _produce(applied.settings(DETECT), topic) == REFUSED
+
+
+def test_only_the_admin_may_apply_acls(applied: _Cluster) -> None:
+    result = _acls_command(applied, "vigil-normalize", "--apply")
+    assert result.exit_code != 0
+    assert isinstance(result.exception, BrokerError)
+    message = str(result.exception)
+    assert "\n" not in message
+    assert message.startswith(
+        f"creating {len(acls.bindings())} of {len(acls.bindings())} ACL binding(s) failed"
+    )
+    assert "CLUSTER_AUTHORIZATION_FAILED" in message
+
+
+def test_the_admin_component_manages_topics_and_acls(applied: _Cluster) -> None:
+    """User:vigil-admin, no super user: `vigil topics apply` (create, add partitions, set
+    configs) and `vigil topics acls --apply` work with its bindings alone."""
+    settings = applied.settings("vigil-admin")
+    spec = TopicSpec(name="test.admin-made", key="k", value="raw", description="d", partitions=1)
+    topic_admin.apply(make_admin(settings), [spec], settings)
+    grown = replace(spec, partitions=2, retention=timedelta(days=2))
+    changed = topic_admin.apply(make_admin(settings), [grown], settings, add_partitions=True)
+    assert [d.spec.name for d in changed] == ["test.admin-made"]
+    live = topic_admin.describe_live(make_admin(settings), ["test.admin-made"])["test.admin-made"]
+    assert (live.partitions, live.config["retention.ms"]) == (2, str(2 * 86_400_000))
+    result = _acls_command(applied, "vigil-admin", "--apply")
+    assert result.exit_code == 0, result.output or repr(result.exception)
