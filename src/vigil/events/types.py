@@ -12,7 +12,7 @@ from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
-from vigil.events.base import Amount, Count, Event, Id, Struct, UtcDateTime
+from vigil.events.base import Amount, ChainInt, Count, Event, Id, Int, Struct, UtcDateTime
 
 # --------------------------------------------------------------------------- identity
 
@@ -357,7 +357,7 @@ class ChainTransferPayload(Struct, kw_only=True, frozen=True):
     to_address: Id
     asset: Id
     token_contract: Id | None = None
-    value_raw: Count
+    value_raw: ChainInt
     decimals: Count
     amount: Amount
     amount_usd: Amount | None = None
@@ -380,12 +380,12 @@ class TokenApprovalPayload(Struct, kw_only=True, frozen=True):
     spender: Id
     token_contract: Id
     asset: Id
-    amount_raw: Count
+    amount_raw: ChainInt
     unlimited: bool
     #: ``approve_nft``: ERC-721 ``approve(spender, token_id)``, one token (``amount_raw`` 1).
     kind: Literal["approve", "permit", "set_approval_for_all", "approve_nft"] = "approve"
     #: The one token an ``approve_nft`` lets the spender move.
-    token_id: Count | None = None
+    token_id: ChainInt | None = None
 
 
 class TokenApproval(Event, tag="token_approval", frozen=True):
@@ -403,7 +403,7 @@ class SecurityEventPayload(Struct, kw_only=True, frozen=True):
     outcome: Literal["success", "failure", "unknown"] = "unknown"
     principal: str | None = None
     resource: str | None = None
-    severity: int | None = None
+    severity: Int | None = None
     message: str | None = None
     geo: Geo | None = None
     #: Source-specific facts worth keeping as data (syslog host/app/structured data, CloudTrail
@@ -479,7 +479,7 @@ class Evidence(Struct, kw_only=True, frozen=True):
 
 class AlertPayload(Struct, kw_only=True, frozen=True):
     rule_id: str
-    rule_version: int
+    rule_version: Int
     severity: Severity
     score: float
     entity: EntityRef

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from vigil.detect.alerts import as_data
 from vigil.detect.cases import run_case
@@ -16,9 +17,12 @@ from vigil.detect.fields import Condition
 from vigil.detect.intel import IntelIndex
 from vigil.detect.rules.models import Case, DecisionSpec, Expectation
 from vigil.detect.rules.validate import load_rules
+from vigil.errors import DecodeError
 from vigil.events.base import Entities, Event
 from vigil.events.codec import decode_event
 from vigil.events.types import (
+    CrmRecordExport,
+    CrmRecordExportPayload,
     FailedLogin,
     FailedLoginPayload,
     Login,
@@ -38,14 +42,24 @@ def shipped(*ids: str) -> RuleSet:
 
 
 def export(n: int, records: str, minutes: int) -> Event:
-    # JSON integers have no bound; the contract takes them whole.
-    at = (T0 + timedelta(minutes=minutes)).isoformat()
-    raw = (
-        f'{{"type":"crm_record_export","event_id":"x{n}","source":"hubspot",'
-        f'"occurred_at":"{at}","entities":{{"employee":"e1"}},'
-        f'"payload":{{"platform":"hubspot","record_count":{records},"export_id":"x{n}"}}}}'
+    # Built, not decoded: the contract refuses counts past 64 bits (see the test below), but a
+    # normaliser builds events without the contract's checks, and detection must take them.
+    return CrmRecordExport(
+        event_id=f"x{n}",
+        source="hubspot",
+        occurred_at=T0 + timedelta(minutes=minutes),
+        entities=Entities(employee="e1"),
+        payload=CrmRecordExportPayload(platform="hubspot", record_count=int(records), export_id=f"x{n}"),
     )
-    return decode_event(raw.encode())
+
+
+def test_the_contract_refuses_counts_past_64_bits_naming_the_field() -> None:
+    raw = (
+        f'{{"type":"crm_record_export","event_id":"x","source":"hubspot","occurred_at":"{T0.isoformat()}",'
+        f'"payload":{{"platform":"hubspot","record_count":{2**70},"export_id":"x"}}}}'
+    )
+    with pytest.raises(DecodeError, match=r"payload\.record_count"):
+        decode_event(raw.encode())
 
 
 def test_integers_past_float_and_64_bits_neither_stop_detection_nor_its_checkpoints() -> None:
