@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import ConfigResource, ResourceType
 
 from vigil.config import load_settings
 from vigil.errors import BrokerError
@@ -84,6 +85,13 @@ def test_three_node_cluster_replicates(tmp_path: Path) -> None:
         ensure_topics(settings, [TopicSpec(name=name, key="k", value="raw", description="d", replication=3)])
         live = describe_live(make_admin(settings), [name])
         assert live[name].replication == 3
+        # Two copies before an acks=all write is acknowledged: a lone leader's is not.
+        assert live[name].config["min.insync.replicas"] == "2"
+        # And the brokers' default, for topics without their own (consumer offsets).
+        admin = make_admin(settings)
+        described = admin.describe_configs([ConfigResource(ResourceType.BROKER, "1")])
+        (broker_conf,) = [f.result(timeout=30) for f in described.values()]
+        assert broker_conf["min.insync.replicas"].value == "2"
 
         producer = make_producer(settings)
         for i in range(20):

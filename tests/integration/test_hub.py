@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import ConfigResource, ConfigSource, ResourceType
 
 from vigil.config import Settings
 from vigil.events import encode
@@ -96,6 +97,28 @@ def test_applications_create_missing_topics_and_leave_live_settings_alone(settin
     topic_admin.apply(admin, [larger], settings)
     assert topic_admin.describe_live(admin, [name])[name].config["retention.ms"] == three_days
     admin.delete_topics([name])
+
+
+@pytest.mark.parametrize("replication", [None, 1], ids=["clusters-default", "declared"])
+def test_a_created_topic_carries_its_own_min_insync_replicas(
+    settings: Settings, replication: int | None
+) -> None:
+    # The broker's default applied (Kafka's is 1, whatever the replicas): a record held
+    # by the leader alone was acknowledged.  The topic carries its own, for the replicas it got
+    # (the cluster's default replication factor is known only once the topic exists).
+    name = f"test.insync.{uuid.uuid4().hex[:8]}"
+    spec = TopicSpec(name=name, key="k", value="raw", description="d", partitions=1, replication=replication)
+    admin = make_admin(settings)
+    topic_admin.ensure_topics(settings, [spec])
+    try:
+        entries = admin.describe_configs([ConfigResource(ResourceType.TOPIC, name)])
+        (entry,) = [f.result(timeout=30)["min.insync.replicas"] for f in entries.values()]
+        assert entry.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+        live = topic_admin.describe_live(admin, [name])[name]
+        assert entry.value == spec.config(live.replication)["min.insync.replicas"]
+        assert topic_admin.apply(admin, [spec], settings) == []
+    finally:
+        admin.delete_topics([name])
 
 
 def _read_from(

@@ -2,7 +2,8 @@
 
 ``apply`` is idempotent: it creates missing topics, raises partition counts that are
 below the declaration (Kafka cannot lower them; that is reported, not attempted) and
-sets configs that differ.  A second run finds nothing to do and says so.
+sets configs that differ (``min.insync.replicas`` only when lower than declared for the
+replicas the topic has).  A second run finds nothing to do and says so.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from confluent_kafka.admin import (
 
 from vigil.config import Settings
 from vigil.errors import BrokerError, TopicError
-from vigil.hub.topics import TopicSpec
+from vigil.hub.topics import MIN_INSYNC, TopicSpec
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +127,13 @@ def plan(
         current = live.get(spec.name)
         diff = TopicDiff(spec=spec, live=current, partitions=partitions, replication=replication)
         if current is not None:
-            for key, value in spec.config().items():
-                if current.config.get(key) != value:
-                    diff.config_changes[key] = (current.config.get(key), value)
+            # min.insync.replicas for the replicas the topic has, not those declared: a live
+            # topic's replication is not changed here, and 2 on a topic left with 1 replica
+            # would refuse every write to it.
+            for key, value in spec.config(current.replication or None).items():
+                was = current.config.get(key)
+                if was != value and not _stricter_kept(key, was, value):
+                    diff.config_changes[key] = (was, value)
             if current.partitions > partitions:
                 diff.notes.append(
                     f"has {current.partitions} partitions, declared {partitions} (cannot shrink)"
@@ -176,7 +181,9 @@ def apply(
         for d in diffs:
             if d.config_changes and not d.missing:
                 # A larger record limit deletes nothing and is what the declaration needs (a
-                # Bitcoin block, a changelog value): set anyway.  The rest are left alone.
+                # Bitcoin block, a changelog value): set anyway.  The rest are left alone, a
+                # lower min.insync.replicas too: raised, it refuses writes at once to partitions
+                # whose replicas are out of sync, a change for an operator to make when ready.
                 kept = {k: v for k, v in d.config_changes.items() if _raises_limit(k, v[0], v[1])}
                 left = {k: v for k, v in d.config_changes.items() if k not in kept}
                 if left:
@@ -185,7 +192,10 @@ def apply(
                 d.config_changes = kept
     create = [
         NewTopic(
-            d.spec.name, num_partitions=d.partitions, replication_factor=d.replication, config=d.spec.config()
+            d.spec.name,
+            num_partitions=d.partitions,
+            replication_factor=d.replication,
+            config=d.spec.config(d.replication if d.replication > 0 else None),
         )
         for d in diffs
         if d.missing
@@ -197,26 +207,30 @@ def apply(
         for d in diffs
         if d.config_changes and not d.missing
     }
-    alter = [
-        ConfigResource(
-            ResourceType.TOPIC,
-            name,
-            incremental_configs=[
-                ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in values.items()
-            ],
-        )
-        for name, values in changed.items()
-    ]
+    alter = _set_configs(changed)
     errors: list[str] = []
+    created: set[str] = set()
     if create:
         for name, fut in admin.create_topics(create, request_timeout=_TIMEOUT).items():
-            _collect(errors, f"create {name}", fut, ignore="TOPIC_ALREADY_EXISTS")
+            if _collect(errors, f"create {name}", fut, ignore="TOPIC_ALREADY_EXISTS"):
+                created.add(name)
     if grow:
         for name, fut in admin.create_partitions(grow, request_timeout=_TIMEOUT).items():
             _collect(errors, f"add partitions to {name}", fut)
     if alter:
         for res, fut in admin.incremental_alter_configs(alter).items():
             _collect(errors, f"alter configs of {res.name}", fut)
+    # Created with the cluster's replication factor: how many replicas that is shows only now.
+    # Set even with alter_configs=False (these topics were made by this call), and before any
+    # error is raised, or a topic made here would keep the broker's default (Kafka's is 1)
+    # until someone ran `vigil topics apply`.
+    chosen = [d for d in diffs if d.missing and d.replication <= 0 and d.spec.name in created]
+    if chosen:
+        insync = _insync_for_replicas(admin, {d.spec.name: d for d in chosen}, errors)
+        if insync:
+            for res, fut in admin.incremental_alter_configs(_set_configs(insync)).items():
+                _collect(errors, f"set {MIN_INSYNC} of {res.name}", fut)
+            changed |= insync
     if errors:
         raise TopicError("applying topics failed:\n  " + "\n  ".join(errors))
     if create or grow:
@@ -224,6 +238,51 @@ def apply(
     if changed:
         _wait_configured(admin, changed)
     return [d for d in diffs if not d.in_sync or d.notes]
+
+
+def _set_configs(values: dict[str, dict[str, str]]) -> list[ConfigResource]:
+    """Incremental SETs of ``values`` (by topic): the topics' other settings stay as they are."""
+    return [
+        ConfigResource(
+            ResourceType.TOPIC,
+            name,
+            incremental_configs=[
+                ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in conf.items()
+            ],
+        )
+        for name, conf in values.items()
+    ]
+
+
+def _insync_for_replicas(
+    admin: AdminClient, created: dict[str, TopicDiff], errors: list[str]
+) -> dict[str, dict[str, str]]:
+    """``min.insync.replicas`` of just-created topics, from the replicas the cluster gave each
+    (by topic; one gone meanwhile is left out).  Failing to find out is added to ``errors``."""
+    try:
+        _wait_visible(admin, {name: d.partitions for name, d in created.items()})
+        live = describe_live(admin, list(created))
+    except (TopicError, BrokerError, KafkaException) as exc:
+        errors.append(f"find the replicas of {', '.join(sorted(created))} to set their {MIN_INSYNC}: {exc}")
+        return {}
+    return {
+        name: {MIN_INSYNC: d.spec.config(live[name].replication)[MIN_INSYNC]}
+        for name, d in created.items()
+        if name in live and live[name].replication > 0
+    }
+
+
+def _stricter_kept(key: str, was: str | None, new: str) -> bool:
+    """Whether a live ``min.insync.replicas`` above the declared one stays: an operator asked for
+    more copies of each acknowledged record, and setting it back would acknowledge writes with
+    fewer than they chose.  (Lower is the gap it closes: a record acknowledged by the leader
+    alone, lost with it.)"""
+    if key != MIN_INSYNC or was is None:
+        return False
+    try:
+        return int(was) > int(new)
+    except ValueError:
+        return False
 
 
 def _raises_limit(key: str, was: str | None, new: str) -> bool:
@@ -293,14 +352,17 @@ def _spelled(value: str | None) -> str | None:
     return None if value is None else ",".join(part.strip() for part in value.split(","))
 
 
-def _collect(errors: list[str], what: str, future: object, ignore: str | None = None) -> None:
+def _collect(errors: list[str], what: str, future: object, ignore: str | None = None) -> bool:
+    """Whether ``future`` succeeded; a failure other than ``ignore`` is added to ``errors``."""
     try:
         future.result(timeout=_TIMEOUT)  # type: ignore[attr-defined]
     except KafkaException as exc:
         err = exc.args[0]
         if ignore and getattr(err, "name", lambda: "")() == ignore:
-            return
+            return False
         errors.append(f"{what}: {err}")
+        return False
+    return True
 
 
 def ensure_topics(settings: Settings, specs: Iterable[TopicSpec], *, owned: bool = False) -> None:

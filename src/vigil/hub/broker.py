@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from vigil.errors import BrokerError
+from vigil.hub.topics import min_insync_replicas
 
 #: The Maven file that pins the broker version (kept in the repo, not in the package).
 POM = Path(__file__).resolve().parents[3] / "infra" / "kafka" / "pom.xml"
@@ -386,7 +387,10 @@ class LocalBroker:
             "offsets.topic.replication.factor": rf,
             "transaction.state.log.replication.factor": rf,
             "transaction.state.log.min.isr": min(2, rf),
-            "min.insync.replicas": 1,
+            # The default of topics not declared with their own (consumer offsets, others'
+            # topics): 2 from 3 nodes up, as Vigil's topics declare, or an acks=all write
+            # acknowledged by a lone leader is lost with it.
+            "min.insync.replicas": min_insync_replicas(rf),
             # A developer broker: no 3 s wait before the first consumer group balances.
             "group.initial.rebalance.delay.ms": 0,
             "auto.create.topics.enable": "false",

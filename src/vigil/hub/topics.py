@@ -23,6 +23,27 @@ Cleanup = Literal["delete", "compact"]
 DAY = timedelta(days=1)
 
 
+#: The topic config that sets how many replicas acknowledge an ``acks=all`` write.
+MIN_INSYNC = "min.insync.replicas"
+
+
+def min_insync_replicas(replication: int) -> int:
+    """How many replicas must have a record before an ``acks=all`` write of it (every Vigil
+    producer's) is acknowledged, on a topic or cluster of ``replication`` replicas.
+
+    Kafka's default, 1, acknowledges a record held by the leader alone once the others fall
+    out of sync; losing that leader then loses records whose senders were told they were
+    stored (a webhook's 2xx).  With 3 or more replicas: 2, so an acknowledged record survives
+    the loss of any one broker, and writes go on while one is down (a rolling restart).  More
+    than 2 would stop writes with fewer brokers lost and keep nothing more through one loss.
+    With 2 replicas: 1, by choice.  2 would refuse every write to a partition while either of
+    its brokers is down, each restart included: sources would be refused (webhook senders
+    retry, maybe not for long) and decisions would not reach the back end, fraud let through
+    meanwhile.  So a 2-replica cluster stays writable and, while a replica is out of sync,
+    acknowledges records with one copy; a deployment that needs both runs 3.  With 1: 1."""
+    return max(1, min(2, replication - 1))
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     """One declared topic.
@@ -59,9 +80,18 @@ class TopicSpec:
             return " | ".join(cls.__struct_config__.tag for cls in self.value)  # type: ignore[misc]
         return self.value
 
-    def config(self) -> dict[str, str]:
-        """Kafka topic configs this declaration implies."""
+    def config(self, replication: int | None = None) -> dict[str, str]:
+        """Kafka topic configs this declaration implies, for a topic of ``replication`` replicas.
+
+        ``min.insync.replicas`` follows the replicas (:func:`min_insync_replicas`); with
+        ``replication`` unknown (None: the cluster's default, before the topic exists) it is
+        left out, and set once the topic shows how many replicas it was given."""
         conf: dict[str, str] = {"cleanup.policy": self.cleanup}
+        if replication is not None:
+            if replication < 1:
+                msg = f"topic {self.name!r}: replicas must be at least 1 (None: unknown); got {replication}"
+                raise TopicError(msg)
+            conf[MIN_INSYNC] = str(min_insync_replicas(replication))
         conf["retention.ms"] = (
             "-1" if self.retention is None else str(int(self.retention.total_seconds() * 1000))
         )

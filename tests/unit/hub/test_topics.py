@@ -54,7 +54,7 @@ def test_a_live_topic_is_given_more_partitions_only_when_asked_and_a_compacted_o
     changelog = changelog_spec("app", "store.v1", 6)
 
     def live(spec: TopicSpec, policy: str) -> LiveTopic:
-        return LiveTopic(spec.name, 3, 1, {**spec.config(), "cleanup.policy": policy})
+        return LiveTopic(spec.name, 3, 1, {**spec.config(1), "cleanup.policy": policy})
 
     grown6 = TopicSpec(intel.name, intel.key, intel.value, intel.description, partitions=6, retention=None)
     compacted6 = TopicSpec(
@@ -90,10 +90,57 @@ def test_replication_is_the_clusters_unless_set() -> None:
     (new,) = plan([spec], {}, Settings())
     assert new.replication == -1
     assert "rf of the cluster's default" in new.describe()
-    (live,) = plan([spec], {spec.name: LiveTopic(spec.name, 6, 3, spec.config())}, Settings())
+    (live,) = plan([spec], {spec.name: LiveTopic(spec.name, 6, 3, spec.config(3))}, Settings())
     assert live.in_sync
     assert not live.notes
     (pinned,) = plan(
-        [spec], {spec.name: LiveTopic(spec.name, 6, 3, spec.config())}, Settings(default_replication=2)
+        [spec], {spec.name: LiveTopic(spec.name, 6, 3, spec.config(3))}, Settings(default_replication=2)
     )
     assert pinned.notes == ["replication 3, declared 2 (not changed)"]
+
+
+@pytest.mark.parametrize(("replication", "insync"), [(1, "1"), (2, "1"), (3, "2"), (5, "2")])
+def test_min_insync_replicas_follows_the_replicas(replication: int, insync: str) -> None:
+    # acks=all with Kafka's default of 1 acknowledged a record held by the leader alone once
+    # the others fell behind, and losing that leader lost it.  rf 2 keeps 1: 2 would stop
+    # every write while either broker is down (see min_insync_replicas).
+    spec = TopicSpec(name="alerts", key="k", value="raw", description="d")
+    assert spec.config(replication)["min.insync.replicas"] == insync
+
+
+def test_min_insync_replicas_is_left_out_while_the_replicas_are_unknown() -> None:
+    spec = TopicSpec(name="alerts", key="k", value="raw", description="d")
+    assert "min.insync.replicas" not in spec.config(None)
+    with pytest.raises(TopicError, match=r"topic 'alerts': replicas must be at least 1 .*; got 0"):
+        spec.config(0)
+
+
+def test_plan_raises_a_lower_min_insync_replicas_for_the_replicas_the_topic_has() -> None:
+    from vigil.config import Settings
+    from vigil.hub.admin import LiveTopic, plan
+
+    spec = TOPICS.get("alerts")
+    # Declared 1 replica, but the live topic has 3: its min.insync.replicas follows the 3.
+    settings = Settings(default_replication=1)
+    live = LiveTopic(spec.name, 6, 3, {**spec.config(), "min.insync.replicas": "1"})
+    (diff,) = plan([spec], {spec.name: live}, settings)
+    assert diff.config_changes == {"min.insync.replicas": ("1", "2")}
+    assert "min.insync.replicas: 1 -> 2" in diff.describe()
+    # Declared 3 replicas, but the live topic was left with 1: 2 would refuse every write.
+    single = LiveTopic(spec.name, 6, 1, {**spec.config(), "min.insync.replicas": "1"})
+    (kept,) = plan([spec], {spec.name: single}, Settings(default_replication=3))
+    assert (kept.in_sync, kept.notes) == (True, ["replication 1, declared 3 (not changed)"])
+
+
+def test_plan_keeps_a_higher_min_insync_replicas() -> None:
+    # An operator's stricter setting: lowered, writes would be acknowledged with fewer copies.
+    from vigil.config import Settings
+    from vigil.hub.admin import LiveTopic, plan
+
+    spec = TOPICS.get("alerts")
+    lower = LiveTopic(spec.name, 6, 5, {**spec.config(), "min.insync.replicas": "1"})
+    higher = LiveTopic(spec.name, 6, 5, {**spec.config(), "min.insync.replicas": "3"})
+    (raised,) = plan([spec], {spec.name: lower}, Settings())
+    (kept,) = plan([spec], {spec.name: higher}, Settings())
+    assert raised.config_changes == {"min.insync.replicas": ("1", "2")}
+    assert kept.in_sync
