@@ -83,7 +83,9 @@ class _Ctx:
     def forward(self, topic: str, record: Record[Any], key: str) -> None:
         self.emitted += 1
 
-    def dead_letter(self, record: Record[Any], reason: str) -> None:
+    def dead_letter(
+        self, record: Record[Any], reason: str, headers: list[tuple[str, bytes | None]] | None = None
+    ) -> None:
         raise RuntimeError(reason)
 
     def late(self, record: Record[Any]) -> None:

@@ -156,7 +156,9 @@ class _MemoryContext:
     def forward(self, topic: str, record: Record[Any], key: str) -> None:
         self.prepare_forward(topic, record, key)()
 
-    def dead_letter(self, record: Record[Any], reason: str) -> None:
+    def dead_letter(
+        self, record: Record[Any], reason: str, headers: list[tuple[str, bytes | None]] | None = None
+    ) -> None:
         self._result.dead_letters.append((record, reason))
 
     def late(self, record: Record[Any]) -> None:

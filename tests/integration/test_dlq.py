@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
 import pytest
 from confluent_kafka import Message, Producer, TopicPartition
 from typer.testing import CliRunner
@@ -276,6 +277,32 @@ def test_a_record_gone_with_retention_is_reported_and_passed(
     assert [u.split(": ", 1)[1] for u in done.unavailable] == [
         f"{src}[0]@0 is gone (the partition starts at 1: retention)"
     ]
+
+
+def test_a_record_gone_with_retention_is_sent_from_a_letter_that_holds_it_whole(
+    settings: Settings, topics: tuple[str, str, list[RawRecord]]
+) -> None:
+    # Raw topics keep 3 days, dead-letter topics 30: a letter read after a long weekend could not
+    # be redriven, its record gone.  A letter with the record's headers is the record whole.
+    src, dead, records = topics
+    admin = make_admin(settings)  # (kept while its future runs)
+    (future,) = admin.delete_records([TopicPartition(src, 0, 2)]).values()
+    assert future.result(30).low_watermark == 2
+    first, second = records[0], records[2]  # partition 0, offsets 0 and 1
+    whole = msgspec.structs.replace(
+        letter(src, 0, 0, "normalise failed", key=first.key, raw=first.value), headers=list(first.headers())
+    )
+    post(settings, dead, [whole, letter(src, 0, 1, "no headers kept", key=second.key, raw=second.value)])
+    done = redrive.redrive(settings, dead, allow_topics=[src])
+    assert done.redriven == 1
+    assert [u.split(": ", 1)[1] for u in done.unavailable] == [
+        f"{src}[0]@1 is gone (the partition starts at 2: retention)"
+    ]
+    (copy,) = copies(settings, src)
+    assert (copy.partition(), copy.key(), copy.value()) == (0, first.key, first.value)
+    headers = dict(copy.headers() or [])
+    assert {k: headers[k] for k, _ in first.headers()} == dict(first.headers())
+    assert RawRecord.from_headers("coinbase", copy.value() or b"", copy.key(), copy.headers()) == first
 
 
 def test_an_aborted_record_is_no_record_to_send(

@@ -397,6 +397,10 @@ def test_raw_records_become_canonical_events_bad_ones_dead_letters_and_restart_a
         assert s.reason is not None
         assert s.reason in letter.reason, (s.reason, letter.reason)
         assert letter.raw == (s.value or b""), "the dead letter keeps the raw bytes as received"
+        # ...and what the record's kind, time and meta were read from, so the letter is the record
+        # whole once the raw topic has dropped it (those the stage rebuilt keep the same values).
+        assert letter.headers is not None
+        assert {k: v for k, v in letter.headers if k in dict(s.headers)} == dict(s.headers)
         assert (letter.key, letter.stage, letter.partition) == (s.key, name, 0)
     # The flow went on: records after the bad ones were normalised.
     after_bad = [s for s in first if s.source == "coinbase"][-1]

@@ -35,3 +35,7 @@ class DeadLetter(Struct, kw_only=True, frozen=True):
     raw: bytes
     failed_at: UtcDateTime
     error_type: str = "DecodeError"
+    #: The record's headers (None: not recorded, letters of versions before): with ``raw`` and
+    #: ``key`` they are the record whole, which a redrive sends again once the topic it came
+    #: from no longer holds it (raw topics keep 3 days, dead-letter topics 30).
+    headers: list[tuple[str, bytes | None]] | None = None

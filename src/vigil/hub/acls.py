@@ -140,20 +140,14 @@ def _application(app: str) -> Rights:
     rights = _allow(GROUP, app, LITERAL, Op.READ, Op.DESCRIBE)
     rights += _allow(GROUP, f"{app}.", PREFIXED, Op.READ)
     rights += _allow(TXN, f"{app}-", PREFIXED, Op.WRITE, Op.DESCRIBE)
-    rights += _allow(
-        TOPIC,
-        f"{app}.",
-        PREFIXED,
-        Op.CREATE,
-        Op.READ,
-        Op.WRITE,
-        Op.DESCRIBE,
-        Op.DESCRIBE_CONFIGS,
-        # Owned topics keep their declared settings (ensure_topics(owned=True)), and a
-        # changelog's record limit is raised when the declaration's is larger.
-        Op.ALTER_CONFIGS,
-    )
+    rights += _allow(TOPIC, f"{app}.", PREFIXED, *_OWNED)
     return rights
+
+
+#: On a topic a component makes itself and owns (changelogs, ``<app>.late``, a redrive's
+#: ledger): owned topics keep their declared settings (``ensure_topics(owned=True)``), and a
+#: changelog's record limit is raised when the declaration's is larger, hence AlterConfigs.
+_OWNED = (Op.CREATE, Op.READ, Op.WRITE, Op.DESCRIBE, Op.DESCRIBE_CONFIGS, Op.ALTER_CONFIGS)
 
 
 def _normalize() -> Rights:
@@ -183,17 +177,7 @@ def _redrive(registry: TopicRegistry) -> Rights:
     rights = _allow(TOPIC, "dlq.", PREFIXED, Op.READ, Op.DESCRIBE)
     for dlq in sorted(s.name for s in registry if s.name.startswith("dlq.")):
         # The ledger of letters sent, made on the first redrive and kept as declared (owned).
-        rights += _allow(
-            TOPIC,
-            dlq + LEDGER_SUFFIX,
-            LITERAL,
-            Op.CREATE,
-            Op.READ,
-            Op.WRITE,
-            Op.DESCRIBE,
-            Op.DESCRIBE_CONFIGS,
-            Op.ALTER_CONFIGS,
-        )
+        rights += _allow(TOPIC, dlq + LEDGER_SUFFIX, LITERAL, *_OWNED)
     for prefix in ("raw.", "events."):
         rights += _allow(TOPIC, prefix, PREFIXED, Op.READ, Op.WRITE, Op.DESCRIBE)
     rights += _allow(TOPIC, ROUTED_TOPIC, LITERAL, Op.READ, Op.WRITE, Op.DESCRIBE)

@@ -2,12 +2,13 @@
 
 :func:`redrive` appends each letter's record again to the topic it came from, so its stage
 reads it again.  The record appended is the original, read back by its offset: key, value,
-headers and partition exactly as they were (a dead letter keeps the value, but not the headers
-a raw record's kind and time are in, and not at all a record of several MB), plus a
-``vigil.redriven_from`` header naming the letter.  The record found there must be the one
-dead-lettered (its key, and its bytes when the letter has them).  A record the topic no longer
-holds (retention, a topic made again) and a letter not from Kafka (the ingest API's rejected
-lines, which the calling service resends) are reported, not sent.
+headers and partition exactly as they were, plus a ``vigil.redriven_from`` header naming the
+letter.  The record found there must be the one dead-lettered (its key, and its bytes when the
+letter has them).  A record the topic no longer holds for retention is rebuilt from its letter
+(:class:`Rebuilt`) when the letter holds it whole: its bytes (not those of a record of several
+MB) and its headers (a raw record's kind and time are in them; letters of earlier versions have
+none).  Other records the topic no longer holds (a topic made again) and a letter not from Kafka
+(the ingest API's rejected lines, which the calling service resends) are reported, not sent.
 
 Only stages' inputs are written: ``raw.<source>``, ``events.<domain>`` and ``detect.routed``
 (under any topic prefix), and topics named with ``allow_topics``.  A letter's topic is data,
@@ -156,7 +157,7 @@ class _Originals:
         """Whether records may be appended to ``topic`` (see the module)."""
         return topic in self._allow or (len(topic) <= _MAX_TOPIC and INPUT_TOPIC.fullmatch(topic) is not None)
 
-    def get(self, letter: DeadLetter) -> Message | str:
+    def get(self, letter: DeadLetter) -> Message | Rebuilt | str:
         """The record ``letter`` names, or why it cannot be had; raises :class:`BrokerError` when
         that cannot be told (a read refused or timing out is no reason to pass a letter over for
         good)."""
@@ -170,6 +171,8 @@ class _Originals:
         if offset >= high:
             return f"{topic}[{partition}]@{offset} is past the end ({high}): the topic was made again since?"
         if offset < low:
+            if letter.headers is not None and letter.raw:
+                return Rebuilt(letter)  # the letter holds the record whole
             return f"{topic}[{partition}]@{offset} is gone (the partition starts at {low}: retention)"
         message = self._reader(topic, partition).read(offset)
         if message is None:
@@ -213,6 +216,30 @@ class _Originals:
             reader = _Reader(self._settings, topic, partition)
         self._readers[topic, partition] = reader
         return reader
+
+
+class Rebuilt:
+    """A record its topic no longer holds (retention: raw topics keep 3 days, dead-letter topics
+    30), rebuilt from its dead letter, which keeps its key, bytes, headers and partition (letters
+    written before letters kept headers cannot be rebuilt: a raw record is read by its headers)."""
+
+    def __init__(self, letter: DeadLetter) -> None:
+        self._letter = letter
+
+    def topic(self) -> str:
+        return self._letter.topic
+
+    def partition(self) -> int:
+        return self._letter.partition
+
+    def key(self) -> bytes | None:
+        return self._letter.key
+
+    def value(self) -> bytes:
+        return self._letter.raw
+
+    def headers(self) -> list[tuple[str, bytes | None]]:
+        return list(self._letter.headers or [])
 
 
 class _Reader:
@@ -321,7 +348,7 @@ def redrive(
                 batch.letters += 1
                 partition, offset = message.partition(), message.offset()
                 fate = _take(message, originals, needle, again, sent, out)
-                if isinstance(fate, Message):
+                if isinstance(fate, (Message, Rebuilt)):
                     batch.sends.append((message, fate))
                     batch.size += len(fate.value() or b"") + len(fate.key() or b"")
                 elif not fate:
@@ -409,7 +436,7 @@ def _take(
     again: bool,
     sent: dict[tuple[int, int], bytes],
     out: Redriven,
-) -> Message | bool:
+) -> Message | Rebuilt | bool:
     """The record to send again for the letter ``message``; when none, whether the letter is
     settled (True: sent before, or never to be sent; the position may move past it) or held
     back for a later run that admits it (False: filtered out, its topic not allowed, failed
@@ -446,7 +473,7 @@ def _take(
     return original
 
 
-def _redriven_from(message: Message) -> str | None:
+def _redriven_from(message: Message | Rebuilt) -> str | None:
     for name, value in message.headers() or []:
         if name == REDRIVEN_FROM:
             return (value or b"").decode(errors="replace")[:200]
@@ -460,7 +487,7 @@ class _Batch:
 
     stale: list[bytes] = field(default_factory=list)
     letters: int = 0
-    sends: list[tuple[Message, Message]] = field(default_factory=list)
+    sends: list[tuple[Message, Message | Rebuilt]] = field(default_factory=list)
     #: Bytes of the records to send.
     size: int = 0
     #: Partition of the dead-letter topic -> the offset past its letters settled since the last

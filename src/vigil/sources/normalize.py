@@ -178,7 +178,9 @@ class NormalizeOperator(Operator[Any]):
                     )
                 # The dead letter keeps the bytes as received: msgspec.Raw encodes to itself.
                 as_received: Record[Any] = msgspec.structs.replace(rec, event=msgspec.Raw(raw.value))
-                ctx.dead_letter(as_received, f"{raw.source}/{raw.kind}: {reason}")
+                # With its headers, the letter is the record whole (see DeadLetter.headers).
+                headers: list[tuple[str, bytes | None]] = list(raw.headers())
+                ctx.dead_letter(as_received, f"{raw.source}/{raw.kind}: {reason}", headers)
                 continue
             if sends is not None:
                 for send in sends:

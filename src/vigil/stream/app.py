@@ -273,6 +273,23 @@ def _error_kind(exc: Exception) -> str:
 _TOMBSTONE = "record has no value (a tombstone); expected an encoded event"
 
 
+def _undecodable(
+    msg: Message, exc: Exception
+) -> tuple[str, int, int, bytes | None, bytes, str, str, list[tuple[str, bytes | None]]]:
+    """The dead letter of a record that could not be decoded (see Application._dead_letter):
+    the record whole, its headers too."""
+    return (
+        msg.topic() or "",
+        msg.partition() or 0,
+        msg.offset() or 0,
+        msg.key(),
+        msg.value() or b"",
+        str(exc),
+        _error_kind(exc),
+        msg.headers() or [],
+    )
+
+
 _Writes = list[tuple[RocksState, list[tuple[bytes, bytes | None]], str, int]]
 #: Checkpoint work between batches: a checkpoint's state writes are encoded and sent to the
 #: changelog (at-least-once), then written to RocksDB (both guarantees), each spread evenly over
@@ -474,7 +491,9 @@ class _KafkaContext:
         self._app.prometheus.late.labels(self._app.name).inc()
         self._app._produce(self._app.late_topic, value, key)
 
-    def dead_letter(self, record: Record[Any], reason: str) -> None:
+    def dead_letter(
+        self, record: Record[Any], reason: str, headers: list[tuple[str, bytes | None]] | None = None
+    ) -> None:
         self._app._dead_letter(
             record.topic,
             record.partition,
@@ -483,6 +502,7 @@ class _KafkaContext:
             record.value if record.value is not None else encode(record.event),
             reason,
             "OperatorError",
+            headers,
         )
 
     def late(self, record: Record[Any]) -> None:
@@ -988,7 +1008,7 @@ class Application:
                 else:
                     event = decode(topic, value, msg.key(), msg.headers())
             except _DECODE_ERRORS as exc:
-                self._dead_letter(topic, part, offset, msg.key(), value or b"", str(exc), _error_kind(exc))
+                self._dead_letter(*_undecodable(msg, exc))
                 letters += 1
                 continue
             group.append(Record(event, topic, part, offset, msg.key(), msg.timestamp()[1], value))
@@ -1078,7 +1098,7 @@ class Application:
                 else:
                     event = decode(topic, value, msg.key(), msg.headers())
             except _DECODE_ERRORS as exc:
-                letter = (topic, part, offset, msg.key(), value or b"", str(exc), _error_kind(exc))
+                letter = _undecodable(msg, exc)
                 buf.append((-math.inf, letter))  # dead-lettered when released, in offset order
                 continue
             try:
@@ -1319,6 +1339,7 @@ class Application:
         raw: bytes,
         reason: str,
         error_type: str,
+        headers: list[tuple[str, bytes | None]] | None = None,
     ) -> None:
         letter = DeadLetter(
             stage=self.name,
@@ -1330,6 +1351,7 @@ class Application:
             raw=raw,
             failed_at=utcnow(),
             error_type=error_type,
+            headers=headers,
         )
         value = encode(letter)
         if len(value) > OUTPUT_MAX_BYTES:
@@ -1340,7 +1362,9 @@ class Application:
                 f" [its {len(raw):,} bytes are left out of this dead letter (over the "
                 f"{OUTPUT_MAX_BYTES:,}-byte limit); they stay at {topic}/{partition} offset {offset}]"
             )
-            letter = msgspec.structs.replace(letter, raw=b"", reason=letter.reason[:4000] + note)
+            letter = msgspec.structs.replace(
+                letter, raw=b"", headers=None, reason=letter.reason[:4000] + note
+            )
             value = encode(letter)
         self._produce(self.dlq_topic, value, key)
         self.metrics.dead_lettered += 1

@@ -124,8 +124,10 @@ class Attempt:
         else:
             self._held.append(lambda: self._ctx.forward(topic, record, key))
 
-    def dead_letter(self, record: Record[Any], reason: str) -> None:
-        self._held.append(lambda: self._ctx.dead_letter(record, reason))
+    def dead_letter(
+        self, record: Record[Any], reason: str, headers: list[tuple[str, bytes | None]] | None = None
+    ) -> None:
+        self._held.append(lambda: self._ctx.dead_letter(record, reason, headers))
 
     def late(self, record: Record[Any]) -> None:
         prepare = getattr(self._ctx, "prepare_late", None)

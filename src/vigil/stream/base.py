@@ -128,8 +128,12 @@ class Context(Protocol):
         runtime may send the bytes the record was read as instead of encoding it again."""
         ...
 
-    def dead_letter(self, record: Record[Any], reason: str) -> None:
-        """Send the record to this stage's dead-letter topic with the reason, and go on."""
+    def dead_letter(
+        self, record: Record[Any], reason: str, headers: list[tuple[str, bytes | None]] | None = None
+    ) -> None:
+        """Send the record to this stage's dead-letter topic with the reason, and go on.
+        ``headers``: the record's, when what it was read as needs them to be read again (a raw
+        record's kind and time); kept in the letter."""
         ...
 
     def late(self, record: Record[Any]) -> None:

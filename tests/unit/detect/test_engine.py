@@ -190,7 +190,9 @@ class _Ctx:
     def forward(self, topic: str, record: Record[Any], key: str) -> None:
         self._out.append((topic, key, record.event))
 
-    def dead_letter(self, record: Record[Any], reason: str) -> None:
+    def dead_letter(
+        self, record: Record[Any], reason: str, headers: list[tuple[str, bytes | None]] | None = None
+    ) -> None:
         raise AssertionError(reason)
 
     def late(self, record: Record[Any]) -> None:

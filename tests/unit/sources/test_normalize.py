@@ -61,7 +61,9 @@ class ListContext:
     def forward(self, topic: str, record: Record[Any], key: str) -> None:
         self.emitted.append((topic, record.event))
 
-    def dead_letter(self, record: Record[Any], reason: str) -> None:
+    def dead_letter(
+        self, record: Record[Any], reason: str, headers: list[tuple[str, bytes | None]] | None = None
+    ) -> None:
         self.dead.append((record, reason))
 
     def late(self, record: Record[Any]) -> None:

@@ -38,7 +38,9 @@ class Sink:
     def forward(self, topic: str, record: Record[Any], key: str) -> None:
         self.emit(topic, record.event, key)
 
-    def dead_letter(self, record: Record[Any], reason: str) -> None: ...
+    def dead_letter(
+        self, record: Record[Any], reason: str, headers: list[tuple[str, bytes | None]] | None = None
+    ) -> None: ...
 
     def late(self, record: Record[Any]) -> None: ...
 
