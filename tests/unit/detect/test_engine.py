@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ from vigil.detect.engine import (
 )
 from vigil.detect.intel import IntelIndex
 from vigil.detect.rules.registry import KINDS
-from vigil.detect.rules.validate import load_rules
+from vigil.detect.rules.validate import load_rules, validate_paths
 from vigil.events.base import Entities, Event
 from vigil.events.types import (
     Alert,
@@ -902,3 +903,76 @@ def test_a_vendor_export_reaches_each_customer_it_names_in_a_record_of_its_own_s
         "c1999",
     }
     assert alert_ids(run.alerts) == alert_ids(single)
+
+
+def test_a_min_seen_given_to_a_rule_counts_the_values_its_state_saw_before() -> None:
+    # ato-sequence gained min_seen: 1 over state kept without sighting times: every existing
+    # customer looked new until a login after the change, and the first could be the attacker's.
+    checked = validate_paths([ROOT / "rules" / "identity.yaml"])
+    case = next(c for c in checked.cases if c.name.startswith("full takeover chain"))
+    (now,) = [r for r in checked.rules if r.id == "ato-sequence"]
+    first = dataclasses.replace(now.params.steps[0], min_seen=0)
+    before = dataclasses.replace(
+        now, params=dataclasses.replace(now.params, steps=(first, *now.params.steps[1:]))
+    )
+    states: dict[tuple[str, int], MemoryState] = {}
+    out: list[Any] = []
+    home, *attack = case.events
+    DetectOperator(RuleSet([before])).process([Record(home, "in", 0, 0, None, 0)], _Ctx(0, states, out))
+    records = [Record(e, "in", 0, n, None, 0) for n, e in enumerate(attack, 1)]
+    DetectOperator(RuleSet([now])).process(records, _Ctx(0, states, out))
+    assert [e.payload.rule_id for t, _, e in out if t == ALERTS_TOPIC] == ["ato-sequence"]
+
+
+def test_a_mark_judged_on_its_targets_is_routed_whole(tmp_path: Path) -> None:
+    # A mark rule on the list it marks ("an export that includes the honeytoken customer") was
+    # judged again by the routed stage on a copy naming one customer: only that one was marked.
+    (tmp_path / "r.yaml").write_text(
+        """\
+rules:
+  - id: honeytoken-export
+    version: 1
+    type: propagation
+    typology: supply_chain_compromise
+    severity: high
+    score: 80
+    explanation: "{entity}"
+    mark:
+      type: crm_record_export
+      where: {payload.customer_ids: {contains: c-honey}}
+      targets: payload.customer_ids
+      for: 1d
+    trigger: {type: login, group_by: customer}
+"""
+    )
+    rules = load_rules([tmp_path])
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    export = CrmRecordExport(
+        event_id="x1",
+        source="hubspot",
+        occurred_at=at,
+        entities=Entities(vendor="hubspot"),
+        payload=CrmRecordExportPayload(
+            platform="hubspot", record_count=3, export_id="x1", customer_ids=["c1", "c2", "c-honey"]
+        ),
+    )
+    logins = [
+        Login(
+            event_id=f"l-{c}",
+            source="backend",
+            occurred_at=at + timedelta(hours=1),
+            entities=Entities(customer=c),
+        )
+        for c in ("c1", "c2", "c-honey")
+    ]
+    single = run_operators([DetectOperator(RuleSet(rules))], [export, *logins]).emitted(ALERTS_TOPIC)
+    assert sorted(a.payload.entity.id for a in single) == ["c-honey", "c1", "c2"]
+    ruleset = RuleSet(rules)
+    routed: list[Any] = []
+    RouteOperator(ruleset).process(
+        [Record(e, "in", 0, n, None, 0) for n, e in enumerate([export, *logins])], _Ctx(0, {}, routed)
+    )
+    out: list[Any] = []
+    records = [Record(e, ROUTED_TOPIC, 0, n, k.encode(), 0) for n, (_, k, e) in enumerate(routed)]
+    DetectOperator(ruleset, routed=True).process(records, _Ctx(0, {}, out))
+    assert alert_ids([e for t, _, e in out if t == ALERTS_TOPIC]) == alert_ids(single)

@@ -36,7 +36,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from vigil.detect.fields import Match, compile_getter, key_of, key_part, replace_path, seen_text, short_name
+from vigil.detect.fields import (
+    Match,
+    compile_getter,
+    key_of,
+    key_part,
+    normalise_path,
+    replace_path,
+    seen_text,
+    short_name,
+)
 from vigil.detect.kinds.base import Detector, EvidenceMaker, Expiry, Hit, entity_ref, ts
 from vigil.detect.kinds.common import add_time, earliest_times, first_seen_times, see, set_or_delete
 from vigil.detect.rules.loader import LocDict
@@ -158,6 +167,11 @@ class PropagationDetector(Detector):
         self._target_name = self._group[0][0] if self._group else params.target_kind
         #: The last event :meth:`narrowed` split, and its target ids by key.
         self._split: tuple[Event, dict[str, list[Any]]] | None = None
+        # A mark judged on its list of targets (``contains`` a honeytoken customer) is judged
+        # again by the routed stage: it must see the whole list there.
+        self._narrowable = normalise_path(params.targets) not in {
+            normalise_path(p) for p in params.mark.paths
+        }
 
     @property
     def types(self) -> frozenset[str]:
@@ -184,7 +198,7 @@ class PropagationDetector(Detector):
         # export of N customers wrote N copies of N ids (16,000 customers: 3.8 GB routed, and
         # the routed stage built all N keys for each copy).  Its copy for one customer names
         # that customer alone.  (A trigger is routed whole: its fields are what it is judged by.)
-        if not self._mark(event) or self._trigger(event):
+        if not self._narrowable or not self._mark(event) or self._trigger(event):
             return None
         if self._split is None or self._split[0] is not event:
             ids = self._targets(event)

@@ -691,8 +691,16 @@ def _remember(
     changed = False
     if keep:
         kept = early.get(path)
+        if kept is None and not counts.get(path) and seen.get(path):
+            # A rule given min_seen after its state was kept (ato-sequence's devices): the values
+            # seen, each at its first time, are its sightings so far.  Without them every
+            # customer looked new until a sighting after the change, and the first could be
+            # the attacker's.
+            kept = sorted(_seen_at(seen, path).values())[:keep]
+            early[path] = kept
+            changed = True
         times = early[path] = earliest_times(kept, counts.get(path, 0), keep)
-        changed = add_time(times, now, keep) or kept is None
+        changed = add_time(times, now, keep) or kept is None or changed
     return see(_seen_at(seen, path), seen_text(value), now) or changed
 
 
@@ -717,7 +725,13 @@ def _observed(st: dict[str, Any], path: str, at: float) -> int:
     """Sightings at ``path`` before event time ``at``, whatever arrived first (see _remember);
     state from before those times were kept has only the count."""
     times = st.get("e", {}).get(path)
-    return bisect_left(times, at) if times is not None else int(st.get("n", {}).get(path, 0))
+    if times is not None:
+        return bisect_left(times, at)
+    counted = st.get("n", {}).get(path)
+    if counted is not None:
+        return int(counted)
+    # (Kept before min_seen was asked of the path: the values seen before ``at`` are sightings.)
+    return sum(1 for first in first_seen_times(st.get("seen", {}).get(path)).values() if first < at)
 
 
 def _drop_built_after(progress: list[Any], step: int, now: float) -> None:
