@@ -157,10 +157,16 @@ class RocksState(State):
         value = self._cache.get(key, _MISSING)
         if value is _MISSING:
             raw = self._db.get(key.encode())
-            if len(self._cache) >= CACHE_LIMIT and not self._unwritten:
+            cache = self._cache
+            if (
+                len(cache) >= CACHE_LIMIT
+                and not self._unwritten
+                and len(cache) - len(self._dirty) - len(self._sealed) >= CACHE_LIMIT // 2
+            ):
                 # A store mostly read (first sightings looked up, seldom written) grew the cache
                 # without bound: it was cut back only when a checkpoint wrote RocksDB.  (Checked on
-                # a miss, which costs a RocksDB read anyway.)
+                # a miss, which costs a RocksDB read anyway; and only with half the limit's worth
+                # to drop, or a store with that many writes pending rebuilt it at every miss.)
                 self._trim()
             if raw is None:
                 # Remembered as absent (a deletion RocksDB already has): rules ask for many keys

@@ -460,3 +460,23 @@ def test_a_store_written_by_an_earlier_version_keeps_its_changelog_offset(tmp_pa
     state = RocksState(tmp_path / "db", StoreSpec("s"))
     assert state.changelog_offset() == 42
     state.close()
+
+
+def test_reads_past_the_cache_limit_with_that_many_writes_pending_do_not_rebuild_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pending writes stay in the cache whatever its size: with the limit's worth of them, every
+    # read miss rebuilt a cache it could not shrink (105 ms a miss at 200,000 pending writes).
+    monkeypatch.setattr("vigil.stream.state.CACHE_LIMIT", 10)
+    state = RocksState(tmp_path / "db", StoreSpec("s"))
+    for i in range(10):
+        state.set(f"w{i}", i)
+    cache = state._cache
+    for i in range(3):
+        assert state.get(f"missing-{i}") is None
+    assert state._cache is cache  # not rebuilt: nothing it could drop
+    for i in range(10):
+        assert state.get(f"missing-more-{i}") is None
+    assert state._cache is not cache  # rebuilt once half the limit could go
+    assert [state.get(f"w{i}") for i in range(10)] == list(range(10))
+    state.close()
