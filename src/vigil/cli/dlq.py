@@ -82,6 +82,17 @@ def redrive_cmd(
             "--again", help="Also send records that were sent again before and failed again (each once)"
         ),
     ] = False,
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild",
+            help=(
+                "Send from its letter a record its topic no longer holds (retention), when the "
+                "letter holds it whole: its bytes are then trusted as the record, so only for "
+                "dead-letter topics that only your stages write"
+            ),
+        ),
+    ] = False,
     allow_topic: Annotated[
         list[str] | None,
         typer.Option(
@@ -116,6 +127,7 @@ def redrive_cmd(
             dry_run=dry_run,
             allow_topics=allow_topic or (),
             again=again,
+            rebuild=rebuild,
             progress=lambda n: bar.update(task, completed=n),
         )
     verb = "would redrive" if dry_run else "redrove"
@@ -143,6 +155,12 @@ def redrive_cmd(
             if done.failed_again
             else ""
         )
+        + (
+            f"; {len(done.rebuildable):,} gone from their topics, kept: the same run with --rebuild sends "
+            "them from their letters"
+            if done.rebuildable
+            else ""
+        )
         + f" [dim](position kept in group {_shown(done.group)}, letters sent named in "
         + f"{_shown(redrive.ledger_topic(topic))})[/]",
         soft_wrap=True,
@@ -150,4 +168,5 @@ def redrive_cmd(
     _listed("not sent", done.unavailable, 10)
     _listed("kept", done.refused, 10)
     _listed("failed again", done.failed_again, 10)
+    _listed("gone, in their letters", done.rebuildable, 10)
     _listed("not a dead letter", done.undecodable, 5)

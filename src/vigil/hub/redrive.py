@@ -5,10 +5,11 @@ reads it again.  The record appended is the original, read back by its offset: k
 headers and partition exactly as they were, plus a ``vigil.redriven_from`` header naming the
 letter.  The record found there must be the one dead-lettered (its key, and its bytes when the
 letter has them).  A record the topic no longer holds for retention is rebuilt from its letter
-(:class:`Rebuilt`) when the letter holds it whole: its bytes (not those of a record of several
-MB) and its headers (a raw record's kind and time are in them; letters of earlier versions have
-none).  Other records the topic no longer holds (a topic made again) and a letter not from Kafka
-(the ingest API's rejected lines, which the calling service resends) are reported, not sent.
+(:class:`Rebuilt`), when asked (``rebuild``: the letter's bytes are then trusted as the record),
+if the letter holds it whole: its bytes (not those of a record of several MB) and its headers (a
+raw record's kind and time are in them; letters of earlier versions have none).  Other records
+the topic no longer holds (a topic made again) and a letter not from Kafka (the ingest API's
+rejected lines, which the calling service resends) are reported, not sent.
 
 Only stages' inputs are written: ``raw.<source>``, ``events.<domain>`` and ``detect.routed``
 (under any topic prefix), and topics named with ``allow_topics``.  A letter's topic is data,
@@ -102,6 +103,8 @@ class Redriven:
     #: Letters of records that were themselves sent again and failed again (kept for a run with
     #: ``again``: a redrive run on a schedule would otherwise send them round for ever).
     failed_again: list[str] = field(default_factory=list)
+    #: Letters whose record is gone but held whole by the letter (kept for a run with ``rebuild``).
+    rebuildable: list[str] = field(default_factory=list)
     #: Letters whose record cannot be sent again, each with why (not kept: no run sends them).
     unavailable: list[str] = field(default_factory=list)
     undecodable: list[str] = field(default_factory=list)
@@ -139,9 +142,10 @@ def ledger_spec(topic: str) -> TopicSpec:
 class _Originals:
     """Reads records back by offset (``read_committed``: what the stage was given)."""
 
-    def __init__(self, settings: Settings, allow_topics: Collection[str]) -> None:
+    def __init__(self, settings: Settings, allow_topics: Collection[str], rebuild: bool = False) -> None:
         self._settings = settings
         self._allow = set(allow_topics)
+        self._rebuild = rebuild
         self._admin = make_admin(settings)
         #: (topic, partition) -> (low, high), or why there is nothing to read there.
         self._marks: dict[tuple[str, int], tuple[int, int] | str] = {}
@@ -157,7 +161,7 @@ class _Originals:
         """Whether records may be appended to ``topic`` (see the module)."""
         return topic in self._allow or (len(topic) <= _MAX_TOPIC and INPUT_TOPIC.fullmatch(topic) is not None)
 
-    def get(self, letter: DeadLetter) -> Message | Rebuilt | str:
+    def get(self, letter: DeadLetter) -> Message | Rebuilt | Rebuildable | str:
         """The record ``letter`` names, or why it cannot be had; raises :class:`BrokerError` when
         that cannot be told (a read refused or timing out is no reason to pass a letter over for
         good)."""
@@ -171,9 +175,14 @@ class _Originals:
         if offset >= high:
             return f"{topic}[{partition}]@{offset} is past the end ({high}): the topic was made again since?"
         if offset < low:
-            if letter.headers is not None and letter.raw:
-                return Rebuilt(letter)  # the letter holds the record whole
-            return f"{topic}[{partition}]@{offset} is gone (the partition starts at {low}: retention)"
+            gone = f"{topic}[{partition}]@{offset} is gone (the partition starts at {low}: retention)"
+            # The letter may hold the record whole; sent from it only when asked: nothing checks
+            # its bytes against the record any more, and a letter is whatever the dead-letter
+            # topic's writers wrote.  Never one of the ingest API's (its lines are not from Kafka:
+            # a letter of its claiming a place in a topic is forged).
+            if letter.headers is not None and letter.raw and letter.stage != "ingest":
+                return Rebuilt(letter) if self._rebuild else Rebuildable(gone)
+            return gone
         message = self._reader(topic, partition).read(offset)
         if message is None:
             return f"{topic}[{partition}]@{offset} is no committed record"
@@ -242,6 +251,12 @@ class Rebuilt:
         return list(self._letter.headers or [])
 
 
+class Rebuildable(str):
+    """Why a record is not sent, that a run with ``rebuild`` would send from its letter."""
+
+    __slots__ = ()
+
+
 class _Reader:
     """Records of one partition by offset.  Letters come mostly in their records' order (a stage
     dead-letters as it reads, a batch from a few partitions at a time): a record a little further
@@ -298,6 +313,7 @@ def redrive(
     dry_run: bool = False,
     allow_topics: Collection[str] = (),
     again: bool = False,
+    rebuild: bool = False,
     idle_s: float = 120.0,
     progress: Callable[[int], None] | None = None,
 ) -> Redriven:
@@ -305,7 +321,8 @@ def redrive(
     letter's at most once over every run (see the module).  ``reason_contains``: only letters
     whose reason contains it (case ignored); ``dry_run``: count what would be sent, send nothing
     and move no position; ``allow_topics``: topics to send to besides stages' inputs; ``again``:
-    also send records that were sent again before and failed again; ``progress`` is called with
+    also send records that were sent again before and failed again; ``rebuild``: send from its
+    letter a record its topic no longer holds (see :class:`Rebuilt`); ``progress`` is called with
     the number of letters read so far, after each batch is committed (or found to have nothing to
     send: see _commit)."""
     ledger = ledger_topic(topic)
@@ -334,7 +351,7 @@ def redrive(
             # (until then its entries and offsets are pending, and could not be read).
             producer.init_transactions(30)
         consumer, ends = open_letters(settings, topic, group, from_beginning=from_beginning)
-        originals = _Originals(settings, allow_topics)
+        originals = _Originals(settings, allow_topics, rebuild)
         try:
             if producer is not None:
                 ensure_topics(settings, [ledger_spec(topic)], owned=True)
@@ -461,6 +478,9 @@ def _take(
         )
         return False
     original = originals.get(letter)
+    if isinstance(original, Rebuildable):
+        out.rebuildable.append(f"{place(message)}: {original}: kept for a run with --rebuild")
+        return False
     if isinstance(original, str):
         out.unavailable.append(f"{place(message)}: {original}")
         return True
