@@ -183,15 +183,11 @@ def _as_normalised(event: Event, received_at: datetime, *, where: str) -> Event:
     when dated further ahead than a back-end service may be (an event dated 2099 moved its
     partition's watermark, and every later event of the partition was late)."""
     from vigil.sources.backend import BackendNormalizer
+    from vigil.sources.normalize import ahead_reason
 
     allowed = BackendNormalizer.max_ahead
-    ahead = event.occurred_at - received_at
-    if ahead > allowed:
-        msg = (
-            f"{where}: event {event.event_id!r} occurred_at {event.occurred_at.isoformat()} is "
-            f"{ahead.total_seconds():,.0f}s ahead of now ({received_at.isoformat()}); the normalise "
-            f"stage accepts at most {allowed.total_seconds():,.0f}s ahead from a service"
-        )
+    if event.occurred_at - received_at > allowed:
+        msg = f"{where}: {ahead_reason(event, received_at, BackendNormalizer.source, allowed)}"
         raise ContractError(msg)
     if event.ingested_at is None:
         event = msgspec.structs.replace(event, ingested_at=received_at)

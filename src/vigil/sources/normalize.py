@@ -43,7 +43,7 @@ import functools
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -156,7 +156,7 @@ class NormalizeOperator(Operator[Any]):
                 allowed = normalizer.max_ahead
                 for event in events:
                     if event.occurred_at - raw.received_at > allowed:
-                        raise ContractError(_ahead(event, raw, allowed))
+                        raise ContractError(ahead_reason(event, raw.received_at, raw.source, allowed))
                 if prepare is not None:
                     sends = [prepare(topics.get(type(e)) or self.topic_for(e), e) for e in events]
             except Exception as exc:  # any record the stage cannot take is dead-lettered
@@ -190,12 +190,14 @@ class NormalizeOperator(Operator[Any]):
                     emit(topics.get(type(event)) or self.topic_for(event), event)
 
 
-def _ahead(event: Event, raw: RawRecord, allowed: timedelta) -> str:
-    ahead = event.occurred_at - raw.received_at
+def ahead_reason(event: Event, received_at: datetime, source: str, allowed: timedelta) -> str:
+    """Why ``event``, more than ``allowed`` ahead of when its record was received, is refused
+    (also for events produced straight to a canonical topic: ``vigil produce``)."""
+    ahead = event.occurred_at - received_at
     return (
         f"event {event.event_id!r} occurred_at {event.occurred_at.isoformat()} is "
-        f"{ahead.total_seconds():,.0f}s after the record was received ({raw.received_at.isoformat()}); "
-        f"at most {allowed.total_seconds():,.0f}s ahead is accepted from {raw.source!r} (a wrong clock, "
+        f"{ahead.total_seconds():,.0f}s after the record was received ({received_at.isoformat()}); "
+        f"at most {allowed.total_seconds():,.0f}s ahead is accepted from {source!r} (a wrong clock, "
         "or a forged time that would make every later event of its partition late)"
     )
 
