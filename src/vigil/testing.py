@@ -164,8 +164,10 @@ class _MemoryContext:
     def late(self, record: Record[Any]) -> None:
         self.prepare_late(record)()
 
-    def prepare_emit(self, topic: str, event: Event, key: str | None = None) -> Callable[[], None]:
-        value = _checked(topic, event)
+    def prepare_emit(
+        self, topic: str, event: Event, key: str | None = None, value: bytes | None = None
+    ) -> Callable[[], None]:
+        value = _checked(topic, event, value)
         emitted = Emitted(topic, key if key is not None else event.key(), event, value)
         return lambda: self._result.emits.append(emitted)
 
@@ -177,9 +179,11 @@ class _MemoryContext:
         return lambda: self._result.late.append(record)
 
 
-def _checked(topic: str, event: Event) -> bytes:
-    """Encode ``event`` as the runtime does, and refuse it as the runtime does when too large."""
-    value = encode(event)
+def _checked(topic: str, event: Event, value: bytes | None = None) -> bytes:
+    """Encode ``event`` as the runtime does (unless given its bytes), and refuse it as the runtime
+    does when too large."""
+    if value is None:
+        value = encode(event)
     if len(value) > OUTPUT_MAX_BYTES:
         text = f"a record of {len(value):,} bytes for {topic!r}; at most {OUTPUT_MAX_BYTES:,}"
         raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, text))

@@ -17,12 +17,16 @@ Failures per record:
   received goes to ``dlq.normalize`` too, naming the event and both times (see
   :class:`~vigil.sources.base.Normalizer`: a time far ahead would make every later event of
   its partition late); nothing of that record is emitted;
+- a record with an event the canonical contract refuses (a value past its range: a count of
+  ``1e300`` is past the 64 bits every reader takes) or too large to send goes there too, so
+  the readers of the canonical topics never see it and the raw record is at hand to redrive
+  once its normaliser is fixed;
 - anything else a normaliser raises (a bug, or input it did not foresee) dead-letters its
   record too, with ``unexpected <type>: <message>`` as the reason and a warning naming topic,
   partition and offset: stopped, the stage would stop again on the same record after every
   restart.  A normaliser broken by a deploy therefore shows as a run of such letters
   (``vigil dlq summary dlq.normalize`` groups them by reason), redriven once it is fixed;
-- a failure of the stage itself (the broker, a record too large for its topic) stops it
+- a failure of the stage itself (the broker, a dead letter too large for its topic) stops it
   loudly with a :class:`~vigil.errors.PipelineError`, and nothing of the failing checkpoint
   is committed.
 
@@ -51,6 +55,7 @@ import msgspec
 from vigil.config import Settings
 from vigil.errors import ConfigError, ContractError, DecodeError, VigilError
 from vigil.events.base import Event
+from vigil.events.codec import EventCodec, encode
 from vigil.hub.raw import KIND, META, NO_RECEIVED_AT, RECEIVED_AT, RawRecord
 from vigil.hub.topics import DOMAINS, TOPICS, TopicSpec
 from vigil.sources.base import Normalizer
@@ -122,6 +127,7 @@ class NormalizeOperator(Operator[Any]):
         self._normalizers = dict(normalizers)
         self._prefix = topic_prefix
         self._topics: dict[type[Event], str] = {}
+        self._codecs: dict[type[Event], EventCodec] = {}
 
     def topic_for(self, event: Event) -> str:
         """The (prefixed) canonical topic that carries ``event``'s type."""
@@ -154,11 +160,15 @@ class NormalizeOperator(Operator[Any]):
                 normalizer = normalizers.get(raw.source) or self._normalizer(raw.source)
                 events = normalizer.normalize(raw)
                 allowed = normalizer.max_ahead
+                checked = []
                 for event in events:
                     if event.occurred_at - raw.received_at > allowed:
                         raise ContractError(ahead_reason(event, raw.received_at, raw.source, allowed))
+                    checked.append(
+                        (topics.get(type(event)) or self.topic_for(event), event, self._checked(event))
+                    )
                 if prepare is not None:
-                    sends = [prepare(topics.get(type(e)) or self.topic_for(e), e) for e in events]
+                    sends = [prepare(topic, event, None, value) for topic, event, value in checked]
             except Exception as exc:  # any record the stage cannot take is dead-lettered
                 # Input a normaliser did not foresee (a year 0001 timestamp, a JSON nested 100,000
                 # deep, an event too large to send) fails its record, not the stage: stopped, it
@@ -186,8 +196,28 @@ class NormalizeOperator(Operator[Any]):
                 for send in sends:
                     send()
             else:
-                for event in events:
-                    emit(topics.get(type(event)) or self.topic_for(event), event)
+                for topic, event, _ in checked:
+                    emit(topic, event)
+
+    def _checked(self, event: Event) -> bytes:
+        """``event`` encoded, once the canonical contract has read it back: a normaliser can build
+        an event its topic's readers refuse (a count of 1e300, past the 64 bits every reader
+        takes), which would otherwise be dead-lettered by each of them instead of here, at the
+        edge, with the raw record a fixed normaliser can be redriven on."""
+        value = encode(event)
+        cls = type(event)
+        codec = self._codecs.get(cls)
+        if codec is None:
+            codec = self._codecs[cls] = EventCodec([cls])
+        try:
+            codec.decode(value)
+        except DecodeError as exc:
+            msg = (
+                f"built {cls.__name__} {event.event_id!r}, which the canonical contract refuses "
+                f"({exc}); the normaliser must refuse such input or bound the value"
+            )
+            raise ContractError(msg) from None
+        return value
 
 
 def ahead_reason(event: Event, received_at: datetime, source: str, allowed: timedelta) -> str:

@@ -227,6 +227,10 @@ FETCH_DEFAULTS: dict[str, Any] = {
 }
 #: The largest output record (librdkafka's default limit, under the broker's 1 MB default).
 OUTPUT_MAX_BYTES = 1_000_000
+#: The longest reason a dead letter keeps (the rest is cut, and its length said): an analyst
+#: reads the start, and the record's bytes, which a long reason would push out of the letter,
+#: are what a redrive needs.
+REASON_MAX_CHARS = 4_000
 #: Restoring between batches (see Application._restore_step): changelog records applied per loop
 #: iteration at most (~45 ms at the measured 4.6 s per 1M keys: the partitions already owned
 #: wait at most that long for their next batch); the time after which a step stops at the end of
@@ -467,8 +471,11 @@ class _KafkaContext:
     # when emitted, sent when the record has succeeded.  So whatever can fail an output fails
     # the record before any of its outputs is sent: all or nothing, in exactly-once mode too.
 
-    def prepare_emit(self, topic: str, event: Event, key: str | None = None) -> Callable[[], None]:
-        return self._prepared(topic, encode(event), key if key is not None else event.key())
+    def prepare_emit(
+        self, topic: str, event: Event, key: str | None = None, value: bytes | None = None
+    ) -> Callable[[], None]:
+        encoded = value if value is not None else encode(event)
+        return self._prepared(topic, encoded, key if key is not None else event.key())
 
     def prepare_forward(self, topic: str, record: Record[Any], key: str) -> Callable[[], None]:
         return self._prepared(topic, self._forwarded(record), key)
@@ -1341,6 +1348,10 @@ class Application:
         error_type: str,
         headers: list[tuple[str, bytes | None]] | None = None,
     ) -> None:
+        if len(reason) > REASON_MAX_CHARS:
+            # Reasons quote what was wrong, and msgspec quotes a bad value whole: a 330 KB field
+            # made a 400 KB reason, which pushed the record's own bytes out of its letter below.
+            reason = f"{reason[:REASON_MAX_CHARS]}... ({len(reason):,} characters in all)"
         letter = DeadLetter(
             stage=self.name,
             reason=reason,
@@ -1362,9 +1373,7 @@ class Application:
                 f" [its {len(raw):,} bytes are left out of this dead letter (over the "
                 f"{OUTPUT_MAX_BYTES:,}-byte limit); they stay at {topic}/{partition} offset {offset}]"
             )
-            letter = msgspec.structs.replace(
-                letter, raw=b"", headers=None, reason=letter.reason[:4000] + note
-            )
+            letter = msgspec.structs.replace(letter, raw=b"", headers=None, reason=letter.reason + note)
             value = encode(letter)
         self._produce(self.dlq_topic, value, key)
         self.metrics.dead_lettered += 1

@@ -30,6 +30,7 @@ from vigil.sources.normalize import (
     output_specs,
     source_of,
 )
+from vigil.sources.salesforce import SalesforceNormalizer
 from vigil.stream.base import Record, State, StoreSpec
 
 DATA = shared_data_dir()
@@ -241,7 +242,10 @@ def test_input_a_normaliser_did_not_foresee_is_dead_lettered_loudly_and_the_stag
 class SizeCheckingContext(ListContext):
     """A context that prepares outputs as the Kafka runtime's does (encoded, size-checked)."""
 
-    def prepare_emit(self, topic: str, event: Event, key: str | None = None) -> Any:
+    def prepare_emit(
+        self, topic: str, event: Event, key: str | None = None, value: bytes | None = None
+    ) -> Any:
+        assert value is None or value == encode(event)
         if len(encode(event)) > 2_000:
             raise ValueError(f"a record of {len(encode(event)):,} bytes for {topic!r}; at most 2,000")
         return lambda: self.emit(topic, event, key)
@@ -266,6 +270,41 @@ def test_a_record_with_an_event_too_large_to_send_is_dead_lettered_whole() -> No
     assert record.offset == 0
     assert "bytes for 'events.market'; at most 2,000" in reason
     assert len(ctx.emitted) == 2  # the second record's two events; none of the first's
+
+
+@pytest.mark.parametrize("context", [ListContext, SizeCheckingContext])
+def test_an_event_the_contract_refuses_is_dead_lettered_here_not_by_every_reader(
+    context: type[ListContext],
+) -> None:
+    # A Salesforce count of 1e300 became an int of 997 bits: it encoded, and every reader of
+    # events.saas refused it (counts are 64-bit), each dead-lettering it in its own stage, where
+    # the raw record it came from is not at hand to redrive once the normaliser is fixed.
+    def api_event(rows: str) -> bytes:
+        doc = {
+            "attributes": {"type": "ApiEvent"},
+            "EventIdentifier": f"api-{rows}",
+            "EventDate": "2026-03-01T11:05:00Z",
+            "Username": "svc@acme.example",
+            "ConnectedAppId": "0H45e000000001",
+            "Operation": "Query",
+            "RowsProcessed": rows,
+        }
+        return json.dumps({"records": [doc]}).encode()
+
+    ctx = context()
+    records = [
+        _record("salesforce", "webhook", api_event(rows), n) for n, rows in enumerate(["1e300", "9000"])
+    ]
+    NormalizeOperator({"salesforce": SalesforceNormalizer()}).process(records, ctx)
+    ((record, reason),) = ctx.dead
+    assert record.offset == 0
+    assert encode(record.event) == api_event("1e300")
+    assert reason.startswith("salesforce/webhook: built CrmApiTokenUsed 'salesforce-")
+    assert "which the canonical contract refuses" in reason
+    assert "<= 9223372036854775807 - at `$.payload.records_accessed`" in reason
+    ((topic, event),) = ctx.emitted
+    assert topic == "events.saas"
+    assert event.payload.records_accessed == 9000  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------- build
