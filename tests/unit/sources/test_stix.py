@@ -142,6 +142,18 @@ def test_versions_get_distinct_ids_and_same_version_same_id() -> None:
     assert a.key() == b.key()
 
 
+def test_two_indicators_listing_one_value_get_distinct_ids() -> None:
+    # Two campaigns' indicators naming one IP are two listings (two record keys): with one id,
+    # deduplicating by id kept one of them (poisonivy.json lists 113.10.246.30 four times).
+    first = indicator("[ipv4-addr:value = '192.0.2.7']")
+    second = dict(first, id="indicator--1d5a8c0e-5b4f-4b8e-9f7a-2c3d4e5f6a7b")
+    a, b = normalize(bundle(first, second))
+    assert a.key() != b.key()
+    assert a.event_id != b.event_id
+    events = normalize((STIX / "poisonivy.json").read_bytes())
+    assert len({e.event_id for e in events}) == len({e.key() for e in events}) == len(events)
+
+
 def test_taxii_envelope_is_normalised_like_a_bundle() -> None:
     events = normalize(
         {"more": False, "objects": [indicator("[url:value = 'http://a.example/x']")]}, "taxii_objects"

@@ -143,8 +143,13 @@ class IntelNormalizer(Normalizer):
         revoked: bool = False,
         **extra: Any,
     ) -> IntelIndicator:
+        # Two STIX indicators of one feed may list the same value (two campaigns naming one IP):
+        # they are two listings (the record key tells them apart), so their ids must differ too,
+        # or deduplication by id keeps one of them.  Ids without a STIX id are unchanged.
+        stix_id = extra.get("stix_id")
+        parts = (feed, indicator_type, value, version, revoked, *((stix_id,) if stix_id else ()))
         return IntelIndicator(
-            event_id=stable_id(feed, indicator_type, value, version, revoked, prefix="intel-"),
+            event_id=stable_id(*parts, prefix="intel-"),
             source=NAME,
             occurred_at=occurred_at,
             ingested_at=ingested_at,
