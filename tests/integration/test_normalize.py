@@ -24,6 +24,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from vigil.config import Settings, shared_data_dir
+from vigil.errors import ContractError
 from vigil.events.base import Event
 from vigil.events.codec import decode_event
 from vigil.events.records import DeadLetter
@@ -499,6 +500,47 @@ def test_a_crash_mid_transaction_leaves_nothing_visible_and_the_restart_emits_ea
     restarted.stop()
     assert Counter(event_ids(settings, market)) == want
     assert dead_letters(settings, topics.dlq) == []
+
+
+def test_a_long_reason_is_cut_and_does_not_push_the_records_bytes_out_of_its_letter(
+    settings: Settings,
+) -> None:
+    # Reasons quote the bad value (msgspec quotes it whole): a 450 KB record rejected with its
+    # value quoted made a letter over 1 MB, and its bytes were left out, so it could no longer
+    # be redriven once raw retention had passed its offset.
+    class Quoting(Normalizer):
+        source = "bitcoin"
+
+        def normalize(self, record: RawRecord) -> list[Event]:
+            msg = f"expected a block, got {record.value.decode()!r}"
+            raise ContractError(msg)
+
+    t = Topics(f"test.normalize.{uuid.uuid4().hex[:8]}.")
+    ensure_topics(settings, [replace(TOPICS.get("raw.bitcoin"), name=t.raw("bitcoin"), partitions=1)])
+    try:
+        value = b"x" * 450_000
+        sent = [good("bitcoin", "btc_block", value, b"1")]
+        produce(settings, t, sent)
+        name = f"{t.prefix}normalize"
+        running = start(
+            build(
+                settings, ("bitcoin",), name=name, topic_prefix=t.prefix, normalizers={"bitcoin": Quoting()}
+            )
+        )
+        wait_until(lambda: bool(read_all(settings, t.dlq)), "the dead letter", running)
+        running.stop()
+        (letter,) = dead_letters(settings, t.dlq)
+        assert letter.raw == value
+        assert letter.reason.startswith("bitcoin/btc_block: expected a block, got 'xxx")
+        whole = len("bitcoin/btc_block: expected a block, got ''") + len(value)
+        assert letter.reason.endswith(f"... ({whole:,} characters in all)")
+        assert len(letter.reason) < 4_100
+    finally:
+        admin = make_admin(settings)
+        mine = [n for n in admin.list_topics(timeout=10).topics if n.startswith(t.prefix)]
+        if mine:
+            for future in admin.delete_topics(mine, operation_timeout=30).values():
+                future.result()
 
 
 def test_a_bad_record_too_large_for_a_dead_letter_is_dead_lettered_without_its_bytes(
