@@ -67,3 +67,20 @@ def test_an_open_transaction_holds_the_reader_back_until_it_ends(settings: Setti
         read_committed(settings, topic, timeout_s=1.0)
     open_one.abort_transaction(30)
     assert [m.value() for m in read_committed(settings, topic)] == [b"after"]
+
+
+def test_a_transaction_open_at_the_end_holds_the_reader_back_too(settings: Settings, topic: str) -> None:
+    # With the open transaction last, a consumer reporting ends of partition has its position
+    # at the high watermark as soon as a fetch stops at the transaction, before its records
+    # come: a reader judging the end by that position returns without them.
+    producer = transactional(settings, topic)
+    producer.begin_transaction()
+    producer.produce(topic, b"first", partition=0)
+    producer.commit_transaction(30)
+    producer.begin_transaction()
+    producer.produce(topic, b"pending", partition=0)
+    producer.flush(30)
+    with pytest.raises(BrokerError, match=rf"{topic}\[0\] .*transaction still open"):
+        read_committed(settings, topic, timeout_s=2.0)
+    producer.commit_transaction(30)
+    assert [m.value() for m in read_committed(settings, topic)] == [b"first", b"pending"]

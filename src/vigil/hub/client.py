@@ -156,8 +156,12 @@ def partition_offsets(
     last stable offset leaves out what was just committed (a reader stopping there misses a
     finished run's last checkpoint), and a transaction left open by a process that died holds
     it back until Kafka aborts it.  A reader that must see everything committed reads,
-    ``read_committed``, until its position reaches the high watermark.  (``committed``: the
-    last stable offset instead, to tell a reader held back by an open transaction.)
+    ``read_committed``, until its position reaches the high watermark.  (Only a consumer without
+    ``enable.partition.eof``: with it, librdkafka reports the end at an open transaction and puts
+    the position at the high watermark at once, before the transaction's records come; such a
+    reader judges by records and end-of-partition offsets instead, see vigil.stream.changelog.)
+    (``committed``: the last stable offset instead, to tell a reader held back by an open
+    transaction.)
 
     Partitions the broker answers with a transient error (a just-created topic electing its
     leader) are asked again, with a growing pause, until ``deadline`` (monotonic); anything

@@ -283,8 +283,10 @@ class Restorer:
             value = msg.value()
             pending = self._pending[tp]
             pending.append((key, value))
-            self._last[tp] = msg.offset()
+            offset = self._last[tp] = msg.offset()
             touched.add(tp)
+            if offset >= self._ends[tp]:
+                ended.add(tp)  # (read_committed: everything committed before it came first)
             size = self._pending_bytes[tp] + len(key) + (len(value) if value is not None else 0)
             self._pending_bytes[tp] = size
             if len(pending) >= _RESTORE_CHUNK or size >= _RESTORE_CHUNK_BYTES:
@@ -294,14 +296,14 @@ class Restorer:
                     break
         for tp in touched:
             self._apply(tp)
-        # The end of partition a read_committed consumer reports is the last stable offset: just
-        # after a commit, before the commit's markers are written, it leaves that checkpoint's
-        # records out (see vigil.hub.client.partition_offsets).  A store is restored once the
-        # position (past records, markers and aborted records alike) reaches the high watermark.
-        unsure = {(m.topic(), m.partition()) for m in self._carried}
-        at = consumer.position([TopicPartition(t, p) for t, p in self._tasks if (t, p) not in unsure])
-        ended.update((tp.topic, tp.partition) for tp in at if tp.offset >= self._ends[tp.topic, tp.partition])
-        ended -= unsure
+        # A store is restored once its changelog was read to the high watermark it had at add():
+        # told by an end of partition there or past it, or by a record past it.  Not by the
+        # consumer's position: read_committed, it stands at the high watermark as soon as a fetch
+        # stops at the last stable offset, while a transaction is still open, before its records
+        # came.  A checkpoint committed a moment before the restore, its markers not yet written,
+        # was left out for good (the end of partition reported at the last stable offset comes
+        # again, at the end, once they are).
+        ended -= {(m.topic(), m.partition()) for m in self._carried}
         now = time.monotonic()
         if progress:
             self._progress_at = now
@@ -339,6 +341,12 @@ class Restorer:
                     self.app,
                     ", ".join(held),
                 )
+            self._progress_at = now
+            return
+        if not held and self._waiting_since is not None:
+            # The transaction waited for has just ended: the reader is given a stall's time to
+            # read what it held back (a fetch after the end of partition comes after a pause).
+            self._waiting_since = None
             self._progress_at = now
             return
         why = (

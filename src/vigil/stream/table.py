@@ -200,7 +200,7 @@ class TopicFollower:
             # stable offset, which for a moment after a commit leaves that transaction's records
             # out: see partition_offsets).  The end-of-partition event alone never came for a
             # partition written more often than a fetch waits (500 ms): every fetch brought
-            # records, none came back empty.
+            # records, none came back empty; a record past the end tells it there (see _run).
             marks = partition_offsets(
                 self._admin, [(self.topic, p) for p in meta.partitions], time.monotonic() + 30
             )
@@ -247,13 +247,14 @@ class TopicFollower:
                         msg.value(),
                         f"{topic}[{msg.partition()}]@{msg.offset()}",
                     )
-                if behind and ends:
-                    # What was consumed is applied: past the end as it was (the position moves
-                    # past commit markers too), a partition is caught up.
-                    at = consumer.position([TopicPartition(topic, p) for p in behind if p in ends])
-                    behind -= {tp.partition for tp in at if tp.offset >= ends[tp.partition]}
-                    if not behind:
-                        self._ready.set()
+                    if behind and msg.offset() >= ends.get(msg.partition(), 0):
+                        # A record past the end as it was: read_committed, everything committed
+                        # before it came first, so the partition is caught up.  (Not the
+                        # consumer's position: it stands at the high watermark as soon as a fetch
+                        # stops at an open transaction, before that transaction's records come.)
+                        behind.discard(msg.partition())
+                        if not behind:
+                            self._ready.set()
         except BaseException as exc:
             self._failure = exc
             log.exception("%s stopped", self.name)

@@ -219,6 +219,9 @@ def test_a_restore_reads_past_an_open_transaction_once_it_ends(
         with pytest.raises(PipelineError, match=rf"a transaction open there for over 0.5s: {spec.name}\[0\]"):
             step_until_it_fails()
         dead.abort_transaction(30)  # (Kafka would, after the transaction timeout)
+        # The reader comes back to the partition after a fetch's wait (up to 500 ms): more than
+        # the stall made short above to reach the wait quickly.
+        restorer.stall_s = 30
         finished: list[RestoreTask] = []
         deadline = time.monotonic() + 30
         while not finished and time.monotonic() < deadline:
