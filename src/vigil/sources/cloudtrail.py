@@ -27,6 +27,10 @@ any point neither skips nor repeats a file.  A cursor of an earlier version (``{
 access-key creation, MFA device changes, S3 reads and exports ...) into
 ``security_event`` with the employee from ``userIdentity`` and the IP from
 ``sourceIPAddress``.  Every other event is still kept, with ``action`` = the event name.
+For an assumed role the employee is ``<role>/<session>``: the session name is chosen by
+whoever calls AssumeRole (a CI role can call its session ``alice``), so it says who only
+together with the role.  The exception is IAM Identity Center (``AWSReservedSSO_*`` roles),
+where AWS sets the session name to the signed-in user's name: that name alone is the employee.
 """
 
 from __future__ import annotations
@@ -443,6 +447,11 @@ ACTIONS: dict[str, str] = {
 }
 
 
+#: The roles IAM Identity Center (formerly AWS SSO) creates in each account; their session name is
+#: the user's name in the identity store, set by AWS, not by the caller.
+_SSO_ROLE_PREFIX = "AWSReservedSSO_"
+
+
 def _principal(identity: dict[str, Any]) -> str | None:
     """The person (or role session) behind the call, as the employee entity."""
     kind = identity.get("type")
@@ -451,11 +460,14 @@ def _principal(identity: dict[str, Any]) -> str | None:
     if kind == "Root":
         return "root"
     if kind == "AssumedRole":
+        # arn:aws:sts::123:assumed-role/<role>/<session> (neither name may hold a "/").  The
+        # session name is the AssumeRole caller's free choice: taken alone, a CI role that named
+        # its session "alice" acted as alice.  Only IAM Identity Center sets it itself, to the
+        # signed-in user's name, on the roles it creates (AWSReservedSSO_<permission set>_<hash>).
         role_arn = str(identity.get("arn") or "")
-        # arn:aws:sts::123:assumed-role/<role>/<session>: the session name is usually the person.
-        session = role_arn.rsplit("/", 1)[1] if role_arn.count("/") >= 2 else ""
-        if session:  # (an arn ending in "/" names none: the fallbacks below name someone)
-            return session
+        role, _, session = role_arn.partition(":assumed-role/")[2].partition("/")
+        if role and session:  # (an arn ending in "/" names none: the fallbacks below name someone)
+            return session if role.startswith(_SSO_ROLE_PREFIX) else f"{role}/{session}"
     if identity.get("userName"):
         return str(identity["userName"])
     arn = identity.get("arn") or identity.get("principalId")
@@ -534,6 +546,14 @@ class CloudTrailNormalizer(Normalizer):
         if head.eventTime.tzinfo is None:
             msg = f"CloudTrail record {head.eventID!r}: eventTime has no time zone"
             raise ContractError(msg)
+        try:
+            occurred_at = head.eventTime.astimezone(UTC)
+        except OverflowError:  # "0001-01-01T00:00:00+01:00" decodes, but is before year 1 in UTC
+            msg = (
+                f"CloudTrail record {head.eventID!r}: eventTime {head.eventTime.isoformat()!r} is "
+                "outside the years 1-9999 once converted to UTC"
+            )
+            raise ContractError(msg) from None
         identity = _get(body, "userIdentity")
         params = _get(body, "requestParameters")
         response = _get(body, "responseElements")
@@ -576,7 +596,7 @@ class CloudTrailNormalizer(Normalizer):
             SecurityEvent(
                 event_id=stable_id(NAME, head.eventID, prefix="ct-"),
                 source=NAME,
-                occurred_at=head.eventTime.astimezone(UTC),
+                occurred_at=occurred_at,
                 ingested_at=record.received_at,
                 entities=Entities(
                     employee=principal,

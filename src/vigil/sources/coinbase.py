@@ -18,9 +18,12 @@ fresh ``last_match`` (and ``snapshot`` on level2), and its counters start again 
 Normaliser: ``match`` and ``last_match`` become canonical ``trade`` events.  Coinbase's
 ``side`` is the *maker* order's side, so the taker side is its opposite.  The event id
 is derived from (product, trade id), so a trade re-sent after a resubscribe has the
-same id and is deduplicated downstream.  Subscriptions, heartbeats, tickers and book
-updates carry no canonical event and yield nothing; an ``error`` message or an unknown
-type is rejected (dead-lettered with the reason).
+same id and is deduplicated downstream.  The sandbox (``*.sandbox.exchange.coinbase.com``,
+told by the connection's URL in the record's meta) numbers its trades apart from production:
+its trades' ids also name the sandbox and their venue is ``coinbase-sandbox``, so a sandbox
+trade never takes the place of a real one (production ids and venue are unchanged).
+Subscriptions, heartbeats, tickers and book updates carry no canonical event and yield
+nothing; an ``error`` message or an unknown type is rejected (dead-lettered with the reason).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from websockets.asyncio.client import ClientConnection
@@ -209,6 +213,18 @@ _NO_EVENT = frozenset(
 )
 
 
+def environment_of(url: object) -> Literal["production", "sandbox"]:
+    """The Coinbase Exchange environment a connection's URL is on: ``sandbox``
+    (ws-feed-public.sandbox.exchange.coinbase.com, ws-direct.sandbox.exchange.coinbase.com) or
+    ``production`` (ws-feed.exchange.coinbase.com, and any other host, such as a local replay of
+    a production recording, or a record without a URL)."""
+    try:
+        host = (urlsplit(url).hostname or "") if isinstance(url, str) else ""
+    except ValueError:  # (an unclosed IPv6 bracket): not a sandbox host either
+        host = ""
+    return "sandbox" if "sandbox" in host.split(".") else "production"
+
+
 class CoinbaseNormalizer(Normalizer):
     """Coinbase ``ws_message`` records -> canonical ``trade`` events (see the module docstring)."""
 
@@ -228,7 +244,12 @@ class CoinbaseNormalizer(Normalizer):
         if kind == "error":
             # Coinbase's own words, as data (quoted, bounded): why it refused is what the
             # operator needs, a mistyped product or a channel that needs authentication.
-            said = msgspec.json.decode(record.value)
+            try:
+                said = msgspec.json.decode(record.value)
+            # (The type was read skipping the rest: bad UTF-8 further on is only found here.)
+            except msgspec.DecodeError as exc:
+                msg = f"Coinbase sent an error message whose reason cannot be read: {exc}"
+                raise DecodeError(msg, where=where) from None
             why = " / ".join(str(said.get(k))[:200] for k in ("message", "reason") if said.get(k))
             msg = f"{where}: Coinbase sent an error message (a subscription was refused or dropped): {why!r}"
             raise ContractError(msg)
@@ -243,13 +264,24 @@ class CoinbaseNormalizer(Normalizer):
         if match.time.tzinfo is None:
             msg = f"expected an RFC 3339 time with a zone, got {match.time.isoformat()!r}"
             raise DecodeError(msg, where=where, path="$.time")
+        try:
+            occurred_at = match.time.astimezone(UTC)  # (UTC only, whatever zone it named)
+        except OverflowError:  # "0001-01-01T00:00:00+01:00" decodes, but is before year 1 in UTC
+            msg = (
+                f"$.time: expected a time between the years 1 and 9999 in UTC, got {match.time.isoformat()!r}"
+            )
+            raise DecodeError(msg, where=where, path="$.time") from None
         price = positive_decimal(match.price, "$.price", where)
         quantity = positive_decimal(match.size, "$.size", where)
+        # The sandbox numbers its trades itself: BTC-USD trade 5000 there is not production's 5000.
+        # Production keeps the id it always had, so a replay after an upgrade still deduplicates.
+        sandbox = environment_of(record.meta.get("url")) == "sandbox"
+        scope = ("coinbase", "sandbox") if sandbox else ("coinbase",)
         return [
             Trade(
-                event_id=stable_id("coinbase", match.product_id, match.trade_id, prefix="trade-"),
+                event_id=stable_id(*scope, match.product_id, match.trade_id, prefix="trade-"),
                 source="coinbase",
-                occurred_at=match.time.astimezone(UTC),  # (UTC only, whatever zone it named)
+                occurred_at=occurred_at,
                 ingested_at=record.received_at,
                 payload=TradePayload(
                     trade_id=str(match.trade_id),
@@ -259,7 +291,7 @@ class CoinbaseNormalizer(Normalizer):
                     taker_side="buy" if match.side == "sell" else "sell",
                     maker_order_id=match.maker_order_id,
                     taker_order_id=match.taker_order_id,
-                    venue="coinbase",
+                    venue="coinbase-sandbox" if sandbox else "coinbase",
                 ),
             )
         ]

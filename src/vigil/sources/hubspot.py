@@ -363,4 +363,8 @@ def _audit_time(value: str | int, where: str, path: str) -> datetime:
     if parsed.tzinfo is None:
         msg = f"expected a time with its UTC offset, got {value!r}"
         raise DecodeError(msg, where=where, path=path)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # "0001-01-01T00:00:00+01:00" parses, but is before year 1 in UTC
+        msg = f"{path}: expected a time between the years 1 and 9999 in UTC, got {value!r}"
+        raise DecodeError(msg, where=where, path=path) from None

@@ -38,6 +38,8 @@ import base64
 import hashlib
 import hmac
 import json
+import math
+import re
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -66,6 +68,7 @@ from vigil.sources.webhooks import (
     verify_path_token,
     webhook_where,
 )
+from vigil.sources.wellformed import may_hold_surrogates, refuse_lone_surrogates
 
 NAME = "mailchimp"
 MAX_FIELDS = 2000
@@ -213,15 +216,46 @@ def _fired_at(value: str | None, where: str) -> datetime:
         raise DecodeError(msg, where=where, path="fired_at") from None
 
 
+#: Schemes the WHATWG URL standard calls special (but ``file``, parsed its own way): for them a
+#: browser reads a backslash as ``/`` and skips any run of slashes after ``scheme:``.
+_SPECIAL_SCHEMES = frozenset({"http", "https", "ws", "wss", "ftp"})
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):[/\\]*")
+#: What a browser strips from both ends of a URL (C0 controls and space), and removes anywhere.
+_C0_OR_SPACE = "".join(map(chr, range(0x21)))
+_TAB_OR_NEWLINE = str.maketrans("", "", "\t\n\r")
+
+
 def _domain(url: str, where: str, path: str) -> str:
+    """The host a browser opening ``url`` goes to, lower-case, without a trailing dot (as
+    intel lists store domains).  ``urlsplit`` follows RFC 3986, where browsers follow the WHATWG
+    URL standard: ``https://evil.example\\@paypal.com/`` was read as paypal.com while the click
+    went to evil.example, and ``evil.example.`` matched no listed ``evil.example``."""
+    text = url.strip(_C0_OR_SPACE).translate(_TAB_OR_NEWLINE)
+    m = _SCHEME.match(text)
+    if m is not None and m.group(1).lower() in _SPECIAL_SCHEMES:
+        rest = text[m.end() :].replace("\\", "/")
+        text = f"{m.group(1)}://{rest}"
     try:
-        host = urlsplit(url).hostname if url else None
+        host = urlsplit(text).hostname if text else None
     except ValueError:  # "https://[x/": an unclosed IPv6 bracket stopped the stage
         host = None
+    host = host.lower().rstrip(".") if host else None
     if not host:
         msg = f"expected an absolute URL, got {url[:80]!r}"
         raise DecodeError(msg, where=where, path=path)
-    return host.lower()
+    return host
+
+
+def _click_time(ts: float, where: str, path: str) -> datetime:
+    """A click's ``ts`` (Unix seconds) as a UTC time.  ``json.loads`` accepts NaN and Infinity,
+    and 1e20 is a number: each stopped the stage with a ValueError or OverflowError."""
+    try:
+        if math.isfinite(ts):
+            return datetime.fromtimestamp(ts, UTC)
+    except (OverflowError, OSError, ValueError):  # past year 9999, or beyond the platform's time_t
+        pass
+    msg = f"{path}: expected 'ts' as Unix seconds within the years 1-9999, got {ts!r:.40}"
+    raise DecodeError(msg, where=where, path=path)
 
 
 class MailchimpNormalizer(Normalizer):
@@ -274,6 +308,8 @@ class MailchimpNormalizer(Normalizer):
         if not isinstance(events, list):
             msg = f"mandrill_events must be a JSON array, got {type(events).__name__}"
             raise DecodeError(msg, where=where, path="mandrill_events")
+        if may_hold_surrogates(text):  # (most cannot: no walk)
+            refuse_lone_surrogates(events, where, "mandrill_events")
         out: list[Event] = []
         for i, event in enumerate(events):
             path = f"mandrill_events[{i}]"
@@ -288,6 +324,7 @@ class MailchimpNormalizer(Normalizer):
             if not isinstance(url, str) or not isinstance(ts, int | float) or isinstance(ts, bool):
                 msg = "a click needs a string 'url' and a numeric 'ts'"
                 raise DecodeError(msg, where=where, path=path)
+            occurred_at = _click_time(ts, where, f"{path}.ts")
             tagged = msg_info.get("metadata")
             metadata: dict[str, Any] = tagged if isinstance(tagged, dict) else {}
             campaign = metadata.get("campaign_id") or msg_info.get("_id") or event.get("_id")
@@ -302,7 +339,7 @@ class MailchimpNormalizer(Normalizer):
                         NAME, "click", event.get("_id") or campaign, ts, url, prefix="mailchimp-"
                     ),
                     source=NAME,
-                    occurred_at=datetime.fromtimestamp(ts, UTC),
+                    occurred_at=occurred_at,
                     ingested_at=record.received_at,
                     entities=Entities(
                         vendor=NAME,

@@ -29,6 +29,11 @@ Normaliser, by object type (other objects yield nothing):
   ``customer_ids`` from ``Records`` when it is a JSON list of ids or of ``{"Id": ...}``);
 - ``ApiEvent``, ``ApiEventStream``, ELF ``API``/``RestApi`` -> ``crm_api_token_used``
   (token = connected app id, else the session key; operation = ``Operation`` / method).
+
+The event id is the record's ``EventIdentifier`` (else ``Id``/``REQUEST_ID``) and its object
+type without the ``Stream`` suffix: a login relayed live as ``LoginEventStream`` and later
+from storage as ``LoginEvent`` carries the same ``EventIdentifier`` and is one event, counted
+once.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ from vigil.sources.webhooks import (
     verify_path_token,
     webhook_where,
 )
+from vigil.sources.wellformed import may_hold_surrogates, refuse_lone_surrogates
 
 NAME = "salesforce"
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -216,8 +222,11 @@ def _first(fields: Mapping[str, Any], *names: str) -> str | None:
     return None
 
 
+_TIME_FIELDS = ("EventDate", "LoginTime", "TIMESTAMP_DERIVED", "CreatedDate")
+
+
 def _time(fields: Mapping[str, Any], where: str) -> datetime:
-    text = _first(fields, "EventDate", "LoginTime", "TIMESTAMP_DERIVED", "CreatedDate")
+    text = _first(fields, *_TIME_FIELDS)
     if text is None:
         msg = "no event time (EventDate, LoginTime or TIMESTAMP_DERIVED)"
         raise DecodeError(msg, where=where, path="EventDate")
@@ -229,7 +238,12 @@ def _time(fields: Mapping[str, Any], where: str) -> datetime:
     if when.tzinfo is None:
         msg = f"expected a time with a zone, got {text[:40]!r}"
         raise DecodeError(msg, where=where, path="EventDate")
-    return when.astimezone(UTC)
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:  # "0001-01-01T00:00:00+01:00" parses, but is before year 1 in UTC
+        name = next(n for n in _TIME_FIELDS if _first(fields, n) is not None)
+        msg = f"{name}: expected a time between the years 1 and 9999 in UTC, got {text[:40]!r}"
+        raise DecodeError(msg, where=where, path=name) from None
 
 
 def _int(fields: Mapping[str, Any], where: str, *names: str) -> int:
@@ -292,7 +306,10 @@ def record_to_event(
     user = _first(fields, "Username", "USER_NAME", "UserId", "USER_ID")
     ip = _first(fields, "SourceIp", "SOURCE_IP", "CLIENT_IP")
     common: dict[str, Any] = {
-        "event_id": stable_id(NAME, kind, ident, prefix="salesforce-"),
+        # A real-time event (LoginEventStream) and its stored copy (LoginEvent) share the
+        # EventIdentifier: hashed under one type they are one event, not a login counted twice.
+        # The stored types' ids are unchanged (they have no suffix to drop).
+        "event_id": stable_id(NAME, kind.removesuffix("Stream"), ident, prefix="salesforce-"),
         "source": NAME,
         "occurred_at": _time(fields, where),
         "ingested_at": received_at,
@@ -377,6 +394,8 @@ class SalesforceNormalizer(Normalizer):
         except ValueError as exc:
             msg = f"neither XML nor JSON: {exc}"
             raise DecodeError(msg, where=where) from None
+        if may_hold_surrogates(record.value):  # (most bodies cannot: no walk)
+            refuse_lone_surrogates(value, where)
         for i, item in enumerate(_json_records(value, where)):
             if not isinstance(item, dict):
                 msg = f"expected a record object, got {type(item).__name__}"

@@ -435,7 +435,11 @@ def parse_rfc5424(data: bytes) -> SyslogMessage:
         if timestamp.tzinfo is None:
             msg = f"TIMESTAMP {ts_text[:40]!r} has no time zone"
             raise _bad(msg, m.end())
-        timestamp = timestamp.astimezone(UTC)
+        try:
+            timestamp = timestamp.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+01:00 is valid RFC 3339 but before year 1 in UTC
+            msg = f"TIMESTAMP {ts_text[:40]!r} is outside the years 1-9999 once converted to UTC"
+            raise _bad(msg, m.end()) from None
     sd, pos = _parse_sd(text, pos, m.end())
     body: str | None = None
     if pos < len(text):
@@ -506,10 +510,17 @@ _IP_KEYS = ("src", "srcip", "src_ip", "ip", "addr", "client_ip")
 _OUTCOME_KEYS = ("outcome", "res", "result", "status")
 _SUCCESS = {"success", "succeeded", "ok", "allow", "allowed", "accept", "accepted", "true"}
 _FAILURE = {"failure", "failed", "fail", "deny", "denied", "reject", "rejected", "false", "error"}
+#: RFC 5424 7.2: ``[origin ip=...]`` describes the host that sent the message (its own address,
+#: software), not the user or client of the event.  Taken for the client, the relay's own address
+#: became ``entities.ip`` whenever the element came before the one with ``src``.  It is still kept
+#: in ``attributes``.
+_ORIGIN_SD_ID = "origin"
 
 
 def _first(sd: dict[str, dict[str, str]], keys: tuple[str, ...]) -> str | None:
-    for params in sd.values():
+    for sd_id, params in sd.items():
+        if sd_id == _ORIGIN_SD_ID:
+            continue
         for key in keys:
             value = params.get(key)
             if value:
@@ -523,9 +534,12 @@ class SyslogNormalizer(Normalizer):
     Syslog carries no message id, so the event id hashes the message bytes: a message
     delivered twice (a TCP resend) is deduplicated downstream, and so would be two truly
     identical lines -- same timestamp to the sub-second, host, process and text -- which
-    is accepted as the price of a stable id.  Who/where/outcome come from structured data
-    parameters in common use (``user``, ``src``, ``outcome`` ...); everything else is kept
-    in ``attributes`` (``sd.<SD-ID>.<name>``).
+    is accepted as the price of a stable id.  A message without a TIMESTAMP (``-``) also
+    hashes ``received_at``: otherwise every repeat of the same line (the same failed
+    password, again and again) had one id and all but the first were deduplicated away.
+    Who/where/outcome come from structured data parameters in common use (``user``,
+    ``src``, ``outcome`` ...), never from the ``origin`` element (the sending host's own
+    address); everything else is kept in ``attributes`` (``sd.<SD-ID>.<name>``).
     """
 
     source = NAME
@@ -558,9 +572,13 @@ class SyslogNormalizer(Normalizer):
             for name, value in params.items():
                 attributes[f"sd.{sd_id}.{name}"] = value
         action = parsed.msgid or parsed.app_name or "syslog"
+        if parsed.timestamp is not None:
+            event_id = stable_id(NAME, record.value, prefix="syslog-")
+        else:  # the arrival time is then all that tells repeats of one line apart
+            event_id = stable_id(NAME, record.value, record.received_at.isoformat(), prefix="syslog-")
         return [
             SecurityEvent(
-                event_id=stable_id(NAME, record.value, prefix="syslog-"),
+                event_id=event_id,
                 source=NAME,
                 occurred_at=parsed.timestamp or record.received_at,
                 ingested_at=record.received_at,

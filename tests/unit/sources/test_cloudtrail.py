@@ -312,11 +312,32 @@ def test_s3_get_object_is_an_export_with_size_and_object_arn() -> None:
     assert e.payload.attributes["bytes_out"] == "734003200"
 
 
-def test_assumed_role_principal_is_the_session_name() -> None:
+def test_assumed_role_principal_is_the_role_and_the_session_name() -> None:
+    # The session name is chosen by the AssumeRole caller: alone, it would name anyone.
     e = normalize(ASSUMED_ROLE_BUCKET_POLICY)
-    assert e.entities.employee == "carol@example.com"
+    assert e.entities.employee == "Admin/carol@example.com"
+    assert e.payload.principal == "Admin/carol@example.com"
     assert e.payload.action == "s3_bucket_policy_changed"
     assert e.payload.resource == "arn:aws:s3:::exchange-kyc-exports"
+
+
+def test_a_role_session_named_after_a_person_is_not_that_person() -> None:
+    identity = {
+        **ASSUMED_ROLE_BUCKET_POLICY["userIdentity"],
+        "principalId": "AROAEXAMPLEID:alice",
+        "arn": "arn:aws:sts::111122223333:assumed-role/ci-deployer/alice",
+    }
+    e = normalize({**ASSUMED_ROLE_BUCKET_POLICY, "userIdentity": identity})
+    assert e.entities.employee == "ci-deployer/alice"
+    assert e.entities.employee != normalize(CONSOLE_LOGIN_OK).entities.employee  # alice, the IAM user
+
+
+def test_an_identity_center_role_session_is_the_signed_in_user() -> None:
+    # IAM Identity Center sets the session name to the user's name itself; the caller cannot.
+    arn = "arn:aws:sts::111122223333:assumed-role/AWSReservedSSO_AdministratorAccess_0123456789abcdef/carol"
+    identity = {**ASSUMED_ROLE_BUCKET_POLICY["userIdentity"], "arn": arn}
+    e = normalize({**ASSUMED_ROLE_BUCKET_POLICY, "userIdentity": identity})
+    assert e.entities.employee == "carol"
 
 
 def test_an_assumed_role_arn_without_a_session_name_names_the_arn() -> None:
@@ -354,6 +375,16 @@ def test_event_id_is_stable_per_cloudtrail_event_id() -> None:
             b'{"eventID": "1", "eventTime": "2026-11-28T09:15:02Z", "eventName": "X", "eventSource": "y",'
             b' "userIdentity": "root"}',
             "userIdentity must be an object",
+        ),
+        (
+            b'{"eventID": "1", "eventTime": "0001-01-01T00:00:00+01:00", "eventName": "X",'
+            b' "eventSource": "y"}',
+            "eventTime '0001-01-01T00:00:00\\+01:00' is outside the years 1-9999",
+        ),
+        (
+            b'{"eventID": "1", "eventTime": "9999-12-31T23:59:59-01:00", "eventName": "X",'
+            b' "eventSource": "y"}',
+            "eventTime .* is outside the years 1-9999",
         ),
     ],
 )

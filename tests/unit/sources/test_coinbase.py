@@ -10,6 +10,7 @@ import pytest
 
 from vigil.config import shared_data_dir
 from vigil.errors import ContractError, DecodeError
+from vigil.events.ids import stable_id
 from vigil.events.types import Trade
 from vigil.hub.raw import RawRecord
 from vigil.sources.coinbase import CoinbaseNormalizer, CoinbaseSource
@@ -24,8 +25,9 @@ def exchange_messages() -> list[bytes]:
     return [line.partition(b": ")[2] for line in lines if line.strip() and b" <- " not in line]
 
 
-def record(value: bytes, kind: str = "ws_message") -> RawRecord:
-    return RawRecord("coinbase", kind, value, received_at=datetime(2026, 1, 1, tzinfo=UTC))
+def record(value: bytes, kind: str = "ws_message", url: str | None = None) -> RawRecord:
+    meta = {"url": url} if url is not None else {}
+    return RawRecord("coinbase", kind, value, received_at=datetime(2026, 1, 1, tzinfo=UTC), meta=meta)
 
 
 MATCH = {
@@ -108,6 +110,19 @@ def test_gap_notes_yield_nothing() -> None:
         (json.dumps(MATCH).encode().replace(b"SKL-USD", b"SKL-\xffUSD"), DecodeError, "UTF-8"),
         (json.dumps({k: v for k, v in MATCH.items() if k != "trade_id"}).encode(), DecodeError, "trade_id"),
         (json.dumps(MATCH | {"time": "2021-04-17T16:43:37"}).encode(), DecodeError, "zone"),
+        # Valid RFC 3339 but outside years 1-9999 once in UTC: was an uncaught OverflowError.
+        (
+            json.dumps(MATCH | {"time": "0001-01-01T00:00:00+01:00"}).encode(),
+            DecodeError,
+            r"\$\.time: .*years 1 and 9999",
+        ),
+        (
+            json.dumps(MATCH | {"time": "9999-12-31T23:59:59-01:00"}).encode(),
+            DecodeError,
+            r"\$\.time: .*years 1 and 9999",
+        ),
+        # The type was read skipping the rest: the error's bad UTF-8 raised msgspec's own error.
+        (b'{"type":"error","message":"x","reason":"\xff"}', DecodeError, "error message whose reason.*UTF-8"),
     ],
 )
 def test_bad_messages_are_rejected_with_the_reason(value: bytes, error: type[Exception], match: str) -> None:
@@ -237,3 +252,25 @@ def test_a_trade_time_with_another_zone_is_kept_in_utc() -> None:
     )
     assert trade.occurred_at.utcoffset() == timedelta(0)
     assert trade.occurred_at.isoformat() == "2026-01-01T18:43:37.500000+00:00"
+
+
+PRODUCTION = "wss://ws-feed.exchange.coinbase.com"
+SANDBOX = "wss://ws-feed-public.sandbox.exchange.coinbase.com"
+
+
+def test_a_sandbox_trade_is_not_the_production_trade_of_the_same_number() -> None:
+    # The sandbox numbers its trades itself: with one id, a sandbox trade replaced a real one.
+    [real] = CoinbaseNormalizer().normalize(record(json.dumps(MATCH).encode(), url=PRODUCTION))
+    [test] = CoinbaseNormalizer().normalize(record(json.dumps(MATCH).encode(), url=SANDBOX))
+    assert real.event_id != test.event_id
+    assert (real.payload.venue, test.payload.venue) == ("coinbase", "coinbase-sandbox")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "url", [PRODUCTION, "wss://ws-direct.exchange.coinbase.com", "ws://127.0.0.1:9", None]
+)
+def test_production_trade_ids_are_unchanged(url: str | None) -> None:
+    # Pinned: replays of records published before the sandbox was told apart must deduplicate.
+    [trade] = CoinbaseNormalizer().normalize(record(json.dumps(MATCH).encode(), url=url))
+    assert trade.event_id == stable_id("coinbase", "SKL-USD", 1568268, prefix="trade-")
+    assert trade.payload.venue == "coinbase"  # type: ignore[attr-defined]

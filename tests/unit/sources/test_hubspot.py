@@ -272,6 +272,15 @@ def test_audit_log_logins_and_exports_become_canonical() -> None:
         ({"actingUser": None}, "names no acting user"),
         ({"occurredAt": "yesterday"}, r"RFC 3339 .*'yesterday'"),
         ({"occurredAt": "2026-03-01T12:01:00"}, "UTC offset"),
+        # Valid RFC 3339, but before year 1 / after 9999 once in UTC: was an uncaught OverflowError.
+        (
+            {"occurredAt": "0001-01-01T00:00:00+01:00"},
+            r"occurredAt: expected a time between the years 1 and 9999 in UTC, got '0001",
+        ),
+        (
+            {"occurredAt": "9999-12-31T23:59:59-01:00"},
+            r"occurredAt: expected a time between the years 1 and 9999 in UTC, got '9999",
+        ),
         ({"category": 7}, r"Expected `str`, got `int` - at `\$\.results\[0\]\.category`"),
         ({"id": ""}, r"length >= 1 - at `\$\.results\[0\]\.id`"),
         ({"details": {"recordCount": -1}}, r">= 0 - at `\$\.results\[0\]\.details\.recordCount`"),

@@ -220,6 +220,57 @@ def test_a_click_without_an_ip_or_address_names_none() -> None:
     assert decode_event(encode(event)) == event
 
 
+def _clicked_domain(url: str) -> str:
+    click = {**CLICKS[0], "url": url}
+    [event] = MailchimpNormalizer().normalize(
+        record(urlencode({"mandrill_events": json.dumps([click])}).encode())
+    )
+    assert isinstance(event, EmailLinkClicked)
+    assert event.payload.url == url  # the URL itself is kept as sent
+    return event.payload.url_domain
+
+
+@pytest.mark.parametrize(
+    ("url", "domain"),
+    [
+        # A browser (WHATWG URL) reads "\\" as "/": the click goes to evil.example, not paypal.com.
+        ("https://evil.example\\@paypal.com/login", "evil.example"),
+        ("HTTPS:\\\\evil.example\\login", "evil.example"),
+        ("https:/evil.example/login", "evil.example"),
+        (" https://evil.exa\tmple/login", "evil.example"),
+        # Intel lists store domains lower-case without the root's trailing dot.
+        ("https://Evil.Example./x", "evil.example"),
+        # Not a special scheme: a backslash is no separator there.
+        ("mailto-ish://a\\@b.example/", "b.example"),
+        ("https://user:pw@wallet-verify.example.net:8443/login", "wallet-verify.example.net"),
+    ],
+)
+def test_the_clicked_domain_is_the_host_a_browser_goes_to(url: str, domain: str) -> None:
+    assert _clicked_domain(url) == domain
+
+
+@pytest.mark.parametrize("ts", ["NaN", "Infinity", "-Infinity", "1e20", "-1e20"])
+def test_a_click_time_out_of_range_is_a_decode_error_naming_ts(ts: str) -> None:
+    events = json.dumps([{**CLICKS[0], "ts": "X"}]).replace('"X"', ts)
+    with pytest.raises(
+        DecodeError, match=r"mandrill_events\[0\]\.ts: expected 'ts' as Unix seconds"
+    ) as caught:
+        MailchimpNormalizer().normalize(record(urlencode({"mandrill_events": events}).encode()))
+    assert caught.value.path == "mandrill_events[0].ts"
+
+
+def test_a_lone_surrogate_in_a_click_is_refused_naming_the_field() -> None:
+    events = json.dumps([{**CLICKS[0], "url": "https://x.example/\ud800"}])
+    assert "\\ud800" in events
+    with pytest.raises(DecodeError, match="lone UTF-16 surrogate") as caught:
+        MailchimpNormalizer().normalize(record(urlencode({"mandrill_events": events}).encode()))
+    assert caught.value.path == "mandrill_events[0].url"
+
+
+def test_a_surrogate_pair_in_a_click_is_well_formed_text() -> None:
+    assert _clicked_domain("https://x.example/\U0001f600").startswith("x.example")
+
+
 @pytest.mark.parametrize(
     ("body", "match"),
     [

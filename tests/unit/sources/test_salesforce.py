@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from vigil.errors import ContractError, DecodeError
 from vigil.events.codec import decode_event, encode
+from vigil.events.ids import stable_id
 from vigil.events.types import CrmApiTokenUsed, CrmLogin, CrmRecordExport
 from vigil.hub.raw import RawRecord
 from vigil.sources.salesforce import ACK, SalesforceNormalizer, SalesforceWebhook
@@ -61,7 +63,7 @@ XXE = b"""<?xml version="1.0"?>
 LAUGHS = b"""<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>
 <notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>&lol2;</OrganizationId></notifications>"""
 
-LOGIN_EVENTS = {
+LOGIN_EVENTS: dict[str, Any] = {
     "totalSize": 2,
     "done": True,
     "records": [
@@ -223,7 +225,7 @@ def test_login_events_from_a_query_result_become_logins() -> None:
 def test_a_login_placed_off_the_globe_keeps_its_country_without_the_point(lat: str, lon: str | None) -> None:
     # Out-of-range coordinates made a login the contract refuses (impossible travel measures
     # between points), so the login itself was lost downstream.
-    login = {**LOGIN_EVENTS["records"][0], "Latitude": lat, "Longitude": lon}  # type: ignore[dict-item]
+    login = {**LOGIN_EVENTS["records"][0], "Latitude": lat, "Longitude": lon}
     [event] = SalesforceNormalizer().normalize(record(json.dumps(login).encode()))
     assert isinstance(event, CrmLogin)
     assert event.payload.geo is not None
@@ -257,6 +259,74 @@ def test_event_ids_are_stable() -> None:
         SalesforceNormalizer().normalize(body)[0].event_id
         == SalesforceNormalizer().normalize(body)[0].event_id
     )
+
+
+@pytest.mark.parametrize(
+    ("stream", "stored", "fields"),
+    [
+        ("LoginEventStream", "LoginEvent", LOGIN_EVENTS["records"][0]),
+        ("ApiEventStream", "ApiEvent", API_EVENT),
+        ("ReportEventStream", "ReportEvent", {**API_EVENT, "ReportId": "00O5e000000AbC"}),
+    ],
+)
+def test_a_streamed_event_and_its_stored_copy_are_one_event(
+    stream: str, stored: str, fields: dict[str, object]
+) -> None:
+    def event_id(type_name: str) -> str:
+        body = json.dumps({**fields, "attributes": {"type": type_name}}).encode()
+        return SalesforceNormalizer().normalize(record(body))[0].event_id
+
+    assert event_id(stream) == event_id(stored)
+    # The stored type's id is what it always was: replays after the upgrade still deduplicate.
+    ident = fields["EventIdentifier"]
+    assert event_id(stored) == stable_id("salesforce", stored, ident, prefix="salesforce-")
+
+
+@pytest.mark.parametrize("when", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_an_event_time_outside_the_utc_range_is_a_decode_error(when: str) -> None:
+    body = json.dumps({**API_EVENT, "EventDate": when}).encode()
+    with pytest.raises(DecodeError, match="EventDate: expected a time between the years 1 and 9999 in UTC"):
+        SalesforceNormalizer().normalize(record(body))
+    # The field that held it is named, whichever of the time fields it was.
+    login = {**LOGIN_EVENTS["records"][1], "LoginTime": when}
+    del login["EventDate"]
+    with pytest.raises(DecodeError, match="LoginTime: expected a time") as caught:
+        SalesforceNormalizer().normalize(record(json.dumps(login).encode()))
+    assert caught.value.path == "LoginTime"
+
+
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        (
+            b'{"attributes":{"type":"LoginEvent"},"EventIdentifier":"x","Username":"\\ud800",'
+            b'"EventDate":"2024-01-01T00:00:00Z"}',
+            "$.Username",
+        ),
+        # json.loads decodes bytes with surrogatepass: raw UTF-8 of a surrogate gets through too.
+        (
+            b'[{"attributes":{"type":"LoginEvent"},"EventIdentifier":"x","Username":"\xed\xa0\x80",'
+            b'"EventDate":"2024-01-01T00:00:00Z"}]',
+            "$[0].Username",
+        ),
+        (
+            b'{"attributes":{"type":"LoginEvent"},"EventIdentifier":"x","Username":"u","\\udc00":1,'
+            b'"EventDate":"2024-01-01T00:00:00Z"}',
+            "$",
+        ),
+    ],
+)
+def test_a_lone_surrogate_is_refused_naming_the_field(body: bytes, path: str) -> None:
+    with pytest.raises(DecodeError, match="lone UTF-16 surrogate") as caught:
+        SalesforceNormalizer().normalize(record(body))
+    assert caught.value.path == path
+
+
+def test_a_surrogate_pair_is_well_formed_text() -> None:
+    body = json.dumps({**LOGIN_EVENTS["records"][1], "Username": "\U0001f600@acme.example"}).encode()
+    assert b"\\ud83d\\ude00" in body
+    (event,) = SalesforceNormalizer().normalize(record(body))
+    assert decode_event(encode(event)) == event
 
 
 @pytest.mark.parametrize(

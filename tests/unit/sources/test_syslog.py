@@ -13,6 +13,7 @@ import pytest
 
 from vigil.errors import ContractError
 from vigil.events.codec import decode_event, encode
+from vigil.events.ids import stable_id
 from vigil.events.types import SecurityEvent
 from vigil.hub.raw import RawRecord
 from vigil.sources.sink import MemorySink
@@ -133,6 +134,52 @@ def test_nil_timestamp_falls_back_to_received_at() -> None:
     assert isinstance(event, SecurityEvent)
     assert event.occurred_at == datetime(2026, 11, 29, tzinfo=UTC)
     assert event.payload.message == "hello"
+
+
+def test_origin_sd_element_is_not_taken_for_the_client_ip() -> None:
+    # RFC 5424 7.2: [origin ip=...] is the sending host's own address; the client is in src=.
+    line = (
+        b'<38>1 2024-01-01T00:00:00.123Z bastion sshd 812 auth_fail [origin ip="10.0.0.5" '
+        b'software="rsyslogd"][auth@32473 src="203.0.113.9" user="root" outcome="failure"] Failed password'
+    )
+    (event,) = SyslogNormalizer().normalize(_raw(line))
+    assert isinstance(event, SecurityEvent)
+    assert event.entities.ip == "203.0.113.9"
+    assert event.payload.attributes["sd.origin.ip"] == "10.0.0.5"
+
+
+def test_origin_ip_alone_gives_no_client_ip() -> None:
+    (event,) = SyslogNormalizer().normalize(_raw(b'<38>1 - relay app - - [origin ip="10.0.0.5"] hi'))
+    assert event.entities.ip is None
+
+
+def test_repeats_of_a_line_without_timestamp_get_distinct_ids() -> None:
+    line = b'<38>1 - bastion sshd - auth_fail [auth@32473 user="root" src="203.0.113.9"] Failed password'
+    norm = SyslogNormalizer()
+
+    def at(minute: int) -> str:
+        rec = RawRecord(
+            source="syslog",
+            kind="syslog",
+            value=line,
+            received_at=datetime(2024, 1, 1, 0, minute, tzinfo=UTC),
+        )
+        return norm.normalize(rec)[0].event_id
+
+    assert at(0) != at(30)
+    assert at(0) == at(0)  # a replay of the same raw record still deduplicates
+
+
+def test_ids_of_timestamped_messages_do_not_depend_on_arrival() -> None:
+    # Pinned: the id of a timestamped message is the hash of its bytes alone, as before.
+    (event,) = SyslogNormalizer().normalize(_raw(RFC_EX1))
+    assert event.event_id == stable_id("syslog", RFC_EX1, prefix="syslog-")
+
+
+@pytest.mark.parametrize("ts", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_timestamp_outside_utc_range_is_a_contract_error(ts: str) -> None:
+    with pytest.raises(ContractError, match=r"TIMESTAMP .* outside the years 1-9999 .* \(at byte 6\)"):
+        SyslogNormalizer().normalize(_raw(f"<34>1 {ts} host app - - - hi".encode()))
 
 
 def test_wrong_kind_is_rejected() -> None:
