@@ -14,6 +14,7 @@ Secrets are :class:`~pydantic.SecretStr`: they print as ``**********`` in every 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import logging
 import os
@@ -147,6 +148,32 @@ class Settings(BaseSettings):
                 where = "" if part == value else f"{part.strip()!r} of it "
                 msg = f"{where}has no port; expected host:port[,host:port...]"
                 raise ValueError(msg)
+            if not 1 <= int(port) <= 65535:
+                # (librdkafka wraps it: 99999 connected to 34463.)
+                msg = f"port {port} of {part.strip()!r} is out of range; expected 1-65535"
+                raise ValueError(msg)
+        return value
+
+    @field_validator("home")
+    @classmethod
+    def _home_absolute(cls, value: Path) -> Path:
+        # Relative, every command read it against its own working directory: a `broker stop` in
+        # a subdirectory found no broker, and a start there made a second home.
+        return value.expanduser().absolute()
+
+    @field_validator("broker_host")
+    @classmethod
+    def _broker_on_loopback(cls, value: str) -> str:
+        # The local broker has no authentication (PLAINTEXT, no ACLs): on any other address,
+        # anyone who can reach it reads and writes every topic.  (IPv4: its ports are checked
+        # free on an IPv4 socket.)
+        try:
+            loopback = value == "localhost" or ipaddress.IPv4Address(value).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            msg = f"{value!r} is not a loopback address; expected 127.0.0.1 (another 127.x.y.z, or localhost)"
+            raise ValueError(msg)
         return value
 
     @field_validator("kafka_ssl_ca_location")

@@ -33,6 +33,14 @@ def start(
         int | None,
         typer.Option(help="Combined broker+controller nodes (default: the running cluster's, else 1)."),
     ] = None,
+    reformat: Annotated[
+        bool,
+        typer.Option(
+            "--reformat",
+            help="Delete the stopped local cluster's data (every topic) and make it anew with the "
+            "nodes, host and port asked for.",
+        ),
+    ] = False,
 ) -> None:
     """Start the local broker (or find it running); returns once it answers a metadata request."""
     cfg = settings()
@@ -40,7 +48,7 @@ def start(
     if broker is None:
         return
     with console.status("starting Apache Kafka (KRaft) ..."):
-        result = broker.start(nodes=nodes)
+        result = broker.start(nodes=nodes, reformat=reformat)
     verb = "already running" if result.already_running else f"started in {result.seconds:.1f}s"
     console.print(
         f"Kafka {result.info.version} {verb}: bootstrap [bold]{result.bootstrap}[/] "

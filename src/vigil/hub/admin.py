@@ -95,7 +95,15 @@ def describe_live(admin: AdminClient, names: Iterable[str] | None = None) -> dic
     resources = [ConfigResource(ResourceType.TOPIC, name) for name in topics]
     configs: dict[str, dict[str, str]] = {}
     for resource, future in admin.describe_configs(resources).items():
-        entries = future.result(timeout=_TIMEOUT)
+        try:
+            entries = future.result(timeout=_TIMEOUT)
+        except TimeoutError:
+            # (Only KafkaException was caught above it: a broker stopping mid-command gave a
+            # bare traceback.)
+            msg = (
+                f"the Kafka cluster did not describe topic {resource.name!r}'s settings within {_TIMEOUT:g}s"
+            )
+            raise BrokerError(msg) from None
         configs[resource.name] = {k: v.value for k, v in entries.items() if v.value is not None}
     return {
         name: LiveTopic(
@@ -139,7 +147,9 @@ def plan(
                     f"has {current.partitions} partitions, declared {partitions} (cannot shrink)"
                 )
             elif current.partitions < partitions and not spec.grow_compacted:
-                compacted = "compact" in current.config.get("cleanup.policy", "")
+                # Declared or live: a topic declared compacted but made by hand with "delete"
+                # was grown (its keys moved) in the same run that made it compacted.
+                compacted = "compact" in current.config.get("cleanup.policy", "") or "compact" in spec.cleanup
                 if compacted or not add_partitions:
                     why = (
                         "its keys would move to other partitions and leave their older records "
@@ -327,6 +337,8 @@ def _wait_configured(
     while True:
         try:
             live = describe_live(admin, list(expected))
+        except BrokerError as exc:
+            pending = [f"describing failed: {exc}"]
         except KafkaException as exc:
             # A topic deleted between the metadata and the describe, or the broker busy: asked
             # again (a deleted topic then leaves the metadata, and is not waited for).
@@ -361,6 +373,9 @@ def _collect(errors: list[str], what: str, future: object, ignore: str | None = 
         if ignore and getattr(err, "name", lambda: "")() == ignore:
             return False
         errors.append(f"{what}: {err}")
+        return False
+    except TimeoutError:
+        errors.append(f"{what}: no answer from the cluster within {_TIMEOUT:g}s")
         return False
     return True
 

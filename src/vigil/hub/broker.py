@@ -176,13 +176,15 @@ class LocalBroker:
         dist_root: Path | None = None,
         pom: Path = POM,
     ) -> None:
-        self.home = Path(home)
+        # Absolute: relative, it was read against each command's working directory (a stop from
+        # a subdirectory found no broker) and, by Maven, against the pom's (see ensure_jars).
+        self.home = Path(home).expanduser().absolute()
         self.host = host
         self.port = port
         self.heap_mb = heap_mb
         self.start_timeout_s = start_timeout_s
         self.pom = pom
-        self.dist_root = Path(dist_root) if dist_root else self.home / "kafka-dist"
+        self.dist_root = Path(dist_root).absolute() if dist_root else self.home / "kafka-dist"
         self.data_root = self.home / "kafka"
 
     # -- jars -----------------------------------------------------------------------------
@@ -200,7 +202,7 @@ class LocalBroker:
         A ``.complete`` marker is written last, so an interrupted download is redone
         rather than used half-finished.
         """
-        target = self.dist_dir()
+        target = self.dist_dir().absolute()
         if (target / ".complete").exists():
             return target
         mvn = shutil.which("mvn")
@@ -222,6 +224,12 @@ class LocalBroker:
             shutil.rmtree(staging, ignore_errors=True)
             tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
             msg = f"Maven could not resolve the Kafka jars from {self.pom}:\n" + "\n".join(tail)
+            raise BrokerError(msg)
+        if not any(staging.glob("kafka_*.jar")):
+            # (A relative output directory was read against the pom's directory: Maven put the
+            # jars there, exited 0, and an empty cache was marked complete for good.)
+            shutil.rmtree(staging, ignore_errors=True)
+            msg = f"Maven resolved no Kafka broker jar (kafka_*.jar) into {staging} from {self.pom}"
             raise BrokerError(msg)
         (staging / ".complete").write_text(self.version)
         if target.exists():  # another process finished first; keep theirs
@@ -271,13 +279,15 @@ class LocalBroker:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self, nodes: int | None = None) -> StartResult:
+    def start(self, nodes: int | None = None, *, reformat: bool = False) -> StartResult:
         """Start the cluster, or find it running.  Returns once it answers a metadata request.
 
-        ``nodes=None`` means "the cluster this home has, running or stopped, else one node" (a
-        stopped three-node cluster was formatted afresh as one node, its data deleted); an
-        explicit count that differs from a running cluster is an error rather than a silent
-        restart.  A start that fails stops the nodes it launched.
+        ``nodes=None`` means "the cluster this home has, running or stopped, else one node".
+        A cluster made with another node count, host or port is an error naming both, never
+        formatted afresh unasked: that deleted its topics (a port clash's advice to set
+        ``VIGIL_BROKER_PORT`` did, and under nodes still running).  ``reformat`` deletes a
+        stopped cluster's data and makes it anew in the shape asked for.  A start that fails
+        stops the nodes it launched.
         """
         info = self.read_info()
         if nodes is None:
@@ -288,16 +298,29 @@ class LocalBroker:
         began = time.monotonic()
         if info is not None:
             running = self.running_nodes(info)
-            if running and info.nodes != nodes:
-                msg = (
-                    f"a {info.nodes}-node cluster is already running at {info.bootstrap}; "
-                    f"stop it first (vigil broker stop) to start {nodes} node(s)"
-                )
-                raise BrokerError(msg)
-            if len(running) == info.nodes:
+            asked = (nodes, self.host, self.port)
+            if asked != (info.nodes, info.host, info.port):
+                made = f"{info.nodes} node(s) at {info.host}:{info.port}"
+                if running:
+                    msg = (
+                        f"the local cluster in {self.data_root} is running with {made}; this start "
+                        f"asks for {nodes} node(s) at {self.host}:{self.port}: stop it first "
+                        "(vigil broker stop)"
+                    )
+                    raise BrokerError(msg)
+                if not reformat:
+                    msg = (
+                        f"the local cluster in {self.data_root} was made with {made}; this start "
+                        f"asks for {nodes} node(s) at {self.host}:{self.port}.  Start it as it was "
+                        f"made (VIGIL_BROKER_HOST={info.host} VIGIL_BROKER_PORT={info.port}, "
+                        f"--nodes {info.nodes}), or pass --reformat to delete its data (every "
+                        "topic) and make it anew"
+                    )
+                    raise BrokerError(msg)
+            elif len(running) == info.nodes:
                 self.wait_ready(info)
                 return StartResult(info, already_running=True, seconds=time.monotonic() - began)
-        if info is None or info.nodes != nodes or info.host != self.host or info.port != self.port:
+        if info is None or (nodes, self.host, self.port) != (info.nodes, info.host, info.port):
             info = self._format(nodes)
         dist = self.ensure_jars()
         launching = [n for n in range(1, info.nodes + 1) if self._pid(n) is None]

@@ -670,14 +670,23 @@ class BackendIngestSource(Source):
         (s, 5), ``body_timeout_s`` (30), ``max_connections`` (256), ``keep_alive_s`` (5).
         What each service may send is the setting ``backend_scopes`` (see :class:`Scopes`)."""
         if "keys_file" in options:
+            where = f"keys_file {options['keys_file']}"
             with open(options["keys_file"], encoding="utf-8") as fh:
                 text = fh.read()
         else:
+            where = "VIGIL_BACKEND_KEYS (or backend_keys in vigil.toml)"
             text = settings.backend_keys.get_secret_value() if settings.backend_keys is not None else ""
         try:
-            keys = json.loads(text)
-        except ValueError:
-            keys = None
+            keys = json.loads(text) if text.strip() else None
+        except ValueError as exc:
+            # Said, not taken for "no keys": a missing brace read as nothing configured.  The
+            # position only: the text holds the keys' hashes.
+            msg = (
+                f"backend ingest: {where} is not JSON (line {getattr(exc, 'lineno', '?')}, column "
+                f"{getattr(exc, 'colno', '?')}); expected an object "
+                '{"service": "<sha256 hex of its key>"}'
+            )
+            raise SourceError(msg) from None
         if not isinstance(keys, dict) or not keys or not all(isinstance(v, str) for v in keys.values()):
             msg = (
                 "backend ingest: no API keys configured; give keys_file=<path>, or set VIGIL_BACKEND_KEYS "

@@ -274,6 +274,17 @@ def test_from_settings_reads_keys_from_a_file(tmp_path: Path) -> None:
         BackendIngestSource.from_settings(Settings(), keys_file=str(keys))
 
 
+def test_keys_that_are_not_json_are_said_so_without_their_text() -> None:
+    # A missing brace was reported as "no API keys configured", sending the operator looking
+    # for a setting that was there.
+    secret = hash_key(KEY)
+    with pytest.raises(SourceError) as raised:
+        BackendIngestSource.from_settings(Settings(backend_keys='{"wallet": "' + secret + '"'))
+    text = str(raised.value)
+    assert "VIGIL_BACKEND_KEYS (or backend_keys in vigil.toml) is not JSON (line 1, column" in text
+    assert secret not in text
+
+
 def test_from_settings_reads_keys_from_the_settings(tmp_path: Path) -> None:
     # Read from os.environ by the connector: a Settings built in code, or backend_keys in
     # vigil.toml, was not looked at.

@@ -1,0 +1,69 @@
+"""The local broker's home and shape: never formatted afresh unasked, never read relative."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from vigil.config import load_settings
+from vigil.errors import BrokerError, ConfigError
+from vigil.hub.broker import ClusterInfo, LocalBroker
+
+
+def _made(home: Path, *, port: int, nodes: int = 1) -> LocalBroker:
+    """A home holding a stopped cluster made on ``port`` (its data a file to see deleted)."""
+    broker = LocalBroker(home, port=port)
+    broker.data_root.mkdir(parents=True)
+    info = ClusterInfo(version=broker.version, host="127.0.0.1", port=port, nodes=nodes, cluster_id="c" * 22)
+    broker.cluster_file.write_text(json.dumps(asdict(info)))
+    (broker.data_root / "node-1").mkdir()
+    (broker.data_root / "node-1" / "topic-data").write_text("kept")
+    return broker
+
+
+@pytest.mark.parametrize(("port", "nodes"), [(39292, None), (39092, 3)])
+def test_a_start_in_another_shape_is_refused_naming_both_and_deletes_nothing(
+    tmp_path: Path, port: int, nodes: int | None
+) -> None:
+    # Following a port clash's advice (set VIGIL_BROKER_PORT) formatted the cluster afresh:
+    # every topic deleted, without a word.
+    _made(tmp_path, port=39092)
+    moved = LocalBroker(tmp_path, port=port)
+    with pytest.raises(BrokerError) as raised:
+        moved.start(nodes=nodes)
+    text = str(raised.value)
+    assert "was made with 1 node(s) at 127.0.0.1:39092" in text
+    assert f"asks for {nodes or 1} node(s) at 127.0.0.1:{port}" in text
+    assert "VIGIL_BROKER_PORT=39092" in text
+    assert "--reformat" in text
+    assert (tmp_path / "kafka" / "node-1" / "topic-data").read_text() == "kept"
+
+
+def test_a_relative_home_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Relative, a `broker stop` run in a subdirectory found no broker, and Maven put the jars
+    # under the pom's directory (an empty download then marked complete).
+    monkeypatch.chdir(tmp_path)
+    assert LocalBroker(Path(".vigil")).home == tmp_path / ".vigil"
+    assert LocalBroker(Path(".vigil")).dist_dir().is_absolute()
+    assert load_settings(home=Path(".vigil")).home == tmp_path / ".vigil"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.2", "::1", "example.com"])
+def test_the_local_broker_listens_on_loopback_only(host: str) -> None:
+    # It has no authentication: on another address anyone reaching it reads every topic.
+    with pytest.raises(ConfigError, match="is not a loopback address"):
+        load_settings(broker_host=host)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost"])
+def test_loopback_hosts_are_taken(host: str) -> None:
+    assert load_settings(broker_host=host).broker_host == host
+
+
+def test_a_bootstrap_port_out_of_range_is_refused() -> None:
+    # librdkafka wrapped it: 99999 connected to 34463.
+    with pytest.raises(ConfigError, match=r"port 99999 .* out of range; expected 1-65535"):
+        load_settings(kafka_bootstrap="127.0.0.1:99999")
