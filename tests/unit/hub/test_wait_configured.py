@@ -89,3 +89,28 @@ def test_a_describe_that_fails_is_asked_again() -> None:
     )
     _wait_configured(admin, {"t": {"max.message.bytes": "67108864"}})  # type: ignore[arg-type]
     assert admin.asked == 3
+
+
+class Silent(Scripted):
+    """Lists topic ``t``, then never answers the describe (a broker stopped mid-command)."""
+
+    def describe_configs(self, resources: list[Any]) -> dict[Any, Any]:
+        from concurrent.futures import Future
+
+        return {r: Future() for r in resources}
+
+
+def test_a_broker_silent_mid_command_is_a_broker_error_naming_the_topic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # future.result(timeout) raises TimeoutError, which only KafkaException was caught for:
+    # `vigil topics list` ended in a bare traceback.
+    from vigil.errors import BrokerError
+    from vigil.hub import admin
+
+    monkeypatch.setattr(admin, "_TIMEOUT", 0.05)
+    with pytest.raises(BrokerError, match="did not describe topic 't'"):
+        admin.describe_live(Silent({}), ["t"])  # type: ignore[arg-type]
+    errors: list[str] = []
+    assert not admin._collect(errors, "creating t", Silent({}).describe_configs(["r"])["r"])
+    assert errors == ["creating t: no answer from the cluster within 0.05s"]
