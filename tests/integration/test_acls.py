@@ -198,10 +198,21 @@ def test_the_redrive_operator_sends_a_letter_back(
     """`vigil dlq redrive` as its own principal: reads dlq.normalize, makes and writes the ledger
     (transactional, its group), reads the original record and appends it to raw.coinbase."""
     assert normalize_letters
+    admin = applied.settings(ADMIN)
+    # Every letter there now (the tests above wrote other unparseable records to raw.coinbase;
+    # the normalise stage has stopped, so no more arrive), and the records keyed "bad".
+    letters = read_committed(admin, "dlq.normalize", 10)
+    bad_before = [m for m in read_committed(admin, "raw.coinbase", 10) if m.key() == b"bad"]
     out = redrive(applied.settings(REDRIVE), "dlq.normalize", idle_s=3)
-    # (Every record the tests above wrote to raw.coinbase was unparseable: each has a letter.)
-    assert out.redriven >= len(normalize_letters), out
+    # The first redrive of this cluster's dlq.normalize: each letter sent once, none kept back.
+    assert out.redriven == len(letters), out
+    assert (out.sent_before, out.passed, out.refused, out.unavailable, out.undecodable) == (0, 0, [], [], [])
+    assert len(out.appended) == out.redriven, out
     assert {at.partition("[")[0] for at in out.appended} == {"raw.coinbase"}, out
+    # The unparseable record of this test's own stage is among them: appended again, as it was.
+    bad_after = [m for m in read_committed(admin, "raw.coinbase", 10) if m.key() == b"bad"]
+    assert len(bad_after) == len(bad_before) + len(normalize_letters)
+    assert {m.value() for m in bad_after} == {b"not json"}
 
 
 def test_detection_starts_under_its_principal(applied: _Cluster) -> None:

@@ -12,12 +12,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import ConfigResource, ResourceType
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, NewTopic, ResourceType
+from tests.integration.kafka_read import wait_for
 
-from vigil.config import load_settings
+from vigil.config import Settings, load_settings
 from vigil.errors import BrokerError
-from vigil.hub.admin import describe_live, ensure_topics
+from vigil.hub.admin import apply, describe_live, ensure_topics
 from vigil.hub.broker import _CHILDREN, LocalBroker, free_port_block
 from vigil.hub.client import make_admin, make_producer
 from vigil.hub.topics import TopicSpec
@@ -72,6 +73,70 @@ def test_external_cluster_setting_starts_nothing(tmp_path: Path, kafka_bootstrap
     assert not (tmp_path / "kafka").exists()
 
 
+def _set_on_topic(admin: AdminClient, name: str, key: str, expected: str | None) -> str | None:
+    """The value of ``key`` set on the topic itself (None: a broker's or Kafka's default applies),
+    once it is ``expected`` or after 30 s: each broker learns of a change in its own time, and
+    the next request may go to another than the one that confirmed it."""
+    seen: list[str | None] = []
+
+    def current() -> str | None:
+        (future,) = admin.describe_configs([ConfigResource(ResourceType.TOPIC, name)]).values()
+        try:
+            entry = future.result(timeout=30)[key]
+        except KafkaException as exc:  # asked a broker that does not know the topic yet
+            seen.append(f"(describe failed: {exc.args[0]})")
+            return seen[-1]
+        own = ConfigSource(entry.source) is ConfigSource.DYNAMIC_TOPIC_CONFIG
+        seen.append(str(entry.value) if own else None)
+        return seen[-1]
+
+    deadline = time.monotonic() + 30
+    while current() != expected and time.monotonic() < deadline:
+        time.sleep(0.2)  # a poll of the brokers' view, bounded by the deadline
+    return seen[-1]
+
+
+def _apply_gives_topics_min_insync_for_their_replicas(settings: Settings) -> None:
+    """``apply`` on three brokers: ``min.insync.replicas`` follows the replicas a topic has.  The
+    brokers' own default here is already 2, so what is checked is the value set on the topic
+    (Kafka's stock default, 1, is what a cluster without one gives)."""
+    admin = make_admin(settings)
+    tag = uuid.uuid4().hex[:8]
+
+    def spec(name: str) -> TopicSpec:
+        return TopicSpec(name=name, key="k", value="raw", description="d", partitions=2)
+
+    # Created with the cluster's replication (3): min.insync.replicas for the replicas it got,
+    # set by applications (alter_configs=False, they made the topic) and by `topics apply`.
+    cluster_default = settings.model_copy(update={"default_replication": None})
+    for alter_configs in (True, False):
+        name = f"test.insync.default.{alter_configs}.{tag}"
+        (created,) = apply(admin, [spec(name)], cluster_default, alter_configs=alter_configs)
+        assert created.missing
+        assert describe_live(admin, [name])[name].replication == 3
+        assert _set_on_topic(admin, name, "min.insync.replicas", "2") == "2"
+        assert apply(admin, [spec(name)], cluster_default) == []
+
+    # Replication declared (3): created with its min.insync.replicas.
+    name = f"test.insync.declared.{tag}"
+    apply(admin, [spec(name)], settings.model_copy(update={"default_replication": 3}))
+    assert _set_on_topic(admin, name, "min.insync.replicas", "2") == "2"
+
+    # Made before it was declared, with a lower min.insync.replicas: applications leave it with a
+    # note, `topics apply` raises it.
+    name = f"test.insync.lower.{tag}"
+    (made,) = admin.create_topics([NewTopic(name, 2, 3, config={"min.insync.replicas": "1"})]).values()
+    made.result(timeout=30)
+    wait_for(lambda: name in describe_live(admin, [name]), 30, f"{name} in the metadata")
+    (left,) = apply(admin, [spec(name)], cluster_default, alter_configs=False)
+    assert "settings left as they are: min.insync.replicas 1 (declared 2)" in left.describe()
+    assert _set_on_topic(admin, name, "min.insync.replicas", "1") == "1"
+    (raised,) = apply(admin, [spec(name)], cluster_default)
+    assert raised.describe() == "min.insync.replicas: 1 -> 2"
+    assert _set_on_topic(admin, name, "min.insync.replicas", "2") == "2"
+    assert apply(admin, [spec(name)], cluster_default) == []
+
+
 @pytest.mark.slow
 def test_three_node_cluster_replicates(tmp_path: Path) -> None:
     # Three JVMs starting at once on two shared cores, beside the session's broker: generous.
@@ -83,6 +148,8 @@ def test_three_node_cluster_replicates(tmp_path: Path) -> None:
         settings = load_settings(kafka_bootstrap=result.bootstrap)
         name = f"test.rf3.{uuid.uuid4().hex[:8]}"
         ensure_topics(settings, [TopicSpec(name=name, key="k", value="raw", description="d", replication=3)])
+        # Metadata reaches each broker in its own time: another client may ask one that lags.
+        wait_for(lambda: name in describe_live(make_admin(settings), [name]), 30, f"{name} in the metadata")
         live = describe_live(make_admin(settings), [name])
         assert live[name].replication == 3
         # Two copies before an acks=all write is acknowledged: a lone leader's is not.
@@ -92,6 +159,7 @@ def test_three_node_cluster_replicates(tmp_path: Path) -> None:
         described = admin.describe_configs([ConfigResource(ResourceType.BROKER, "1")])
         (broker_conf,) = [f.result(timeout=30) for f in described.values()]
         assert broker_conf["min.insync.replicas"].value == "2"
+        _apply_gives_topics_min_insync_for_their_replicas(settings)
 
         producer = make_producer(settings)
         for i in range(20):

@@ -44,27 +44,31 @@ def test_apply_adds_partitions_only_when_asked_and_fixes_config(settings: Settin
     name = f"test.apply.{uuid.uuid4().hex[:8]}"
     small = TopicSpec(name=name, key="k", value="raw", description="d", partitions=1)
     admin = make_admin(settings)
-    topic_admin.apply(admin, [small], settings)
-    grown = TopicSpec(name=name, key="k", value="raw", description="d", partitions=3)
-    # Keys would move away from the state kept for them: said, and left as it is.
-    (left,) = topic_admin.apply(admin, [grown], settings)
-    assert left.in_sync
-    assert "has 1 partitions, declared 3 (not grown" in left.describe()
-    assert "--add-partitions" in left.describe()
-    assert topic_admin.describe_live(admin, [name])[name].partitions == 1
-    (changed,) = topic_admin.apply(admin, [grown], settings, add_partitions=True)
-    assert changed.describe() == "partitions 1 -> 3"
-    compacted = TopicSpec(name=name, key="k", value="raw", description="d", partitions=3, cleanup="compact")
-    changed = topic_admin.apply(admin, [compacted], settings)
-    assert [d.describe() for d in changed] == [
-        "cleanup.policy: delete -> compact; min.cleanable.dirty.ratio: 0.5 -> 0.1; "
-        "segment.ms: 604800000 -> 86400000"
-    ]
-    live = topic_admin.describe_live(admin, [name])[name]
-    assert live.partitions == 3
-    assert live.config["cleanup.policy"] == "compact"
-    assert topic_admin.apply(admin, [compacted], settings) == []
-    admin.delete_topics([name])
+    try:
+        topic_admin.apply(admin, [small], settings)
+        grown = TopicSpec(name=name, key="k", value="raw", description="d", partitions=3)
+        # Keys would move away from the state kept for them: said, and left as it is.
+        (left,) = topic_admin.apply(admin, [grown], settings)
+        assert left.in_sync
+        assert "has 1 partitions, declared 3 (not grown" in left.describe()
+        assert "--add-partitions" in left.describe()
+        assert topic_admin.describe_live(admin, [name])[name].partitions == 1
+        (changed,) = topic_admin.apply(admin, [grown], settings, add_partitions=True)
+        assert changed.describe() == "partitions 1 -> 3"
+        compacted = TopicSpec(
+            name=name, key="k", value="raw", description="d", partitions=3, cleanup="compact"
+        )
+        changed = topic_admin.apply(admin, [compacted], settings)
+        assert [d.describe() for d in changed] == [
+            "cleanup.policy: delete -> compact; min.cleanable.dirty.ratio: 0.5 -> 0.1; "
+            "segment.ms: 604800000 -> 86400000"
+        ]
+        live = topic_admin.describe_live(admin, [name])[name]
+        assert live.partitions == 3
+        assert live.config["cleanup.policy"] == "compact"
+        assert topic_admin.apply(admin, [compacted], settings) == []
+    finally:
+        admin.delete_topics([name])
 
 
 def test_applications_create_missing_topics_and_leave_live_settings_alone(settings: Settings) -> None:
@@ -76,27 +80,29 @@ def test_applications_create_missing_topics_and_leave_live_settings_alone(settin
         name=name, key="k", value="raw", description="d", partitions=1, retention=timedelta(days=3)
     )
     admin = make_admin(settings)
-    topic_admin.ensure_topics(settings, [declared])
-    assert topic_admin.describe_live(admin, [name])[name].config["retention.ms"] == three_days
-    topic_admin.apply(admin, [replace(declared, retention=None)], settings)  # what an operator set
-    topic_admin.ensure_topics(settings, [declared])
-    assert topic_admin.describe_live(admin, [name])[name].config["retention.ms"] == "-1"
-    (left,) = topic_admin.apply(admin, [declared], settings, alter_configs=False)
-    assert f"settings left as they are: retention.ms -1 (declared {three_days})" in left.describe()
-    # A larger record limit deletes nothing: set even so (a topic made before a block or a
-    # changelog value needed more kept the 1 MB default, and its writer failed).
-    larger = replace(declared, max_message_bytes=8 << 20)
-    topic_admin.ensure_topics(settings, [larger])
-    live = topic_admin.describe_live(admin, [name])[name].config
-    assert (live["retention.ms"], live["max.message.bytes"]) == ("-1", str(8 << 20))
-    # An application's own topics (changelogs) keep their declared settings; asked (vigil topics
-    # apply), any topic's are set.
-    topic_admin.ensure_topics(settings, [larger], owned=True)
-    assert topic_admin.describe_live(admin, [name])[name].config["retention.ms"] == three_days
-    topic_admin.apply(admin, [replace(larger, retention=None)], settings)
-    topic_admin.apply(admin, [larger], settings)
-    assert topic_admin.describe_live(admin, [name])[name].config["retention.ms"] == three_days
-    admin.delete_topics([name])
+    try:
+        topic_admin.ensure_topics(settings, [declared])
+        assert topic_admin.describe_live(admin, [name])[name].config["retention.ms"] == three_days
+        topic_admin.apply(admin, [replace(declared, retention=None)], settings)  # what an operator set
+        topic_admin.ensure_topics(settings, [declared])
+        assert topic_admin.describe_live(admin, [name])[name].config["retention.ms"] == "-1"
+        (left,) = topic_admin.apply(admin, [declared], settings, alter_configs=False)
+        assert f"settings left as they are: retention.ms -1 (declared {three_days})" in left.describe()
+        # A larger record limit deletes nothing: set even so (a topic made before a block or a
+        # changelog value needed more kept the 1 MB default, and its writer failed).
+        larger = replace(declared, max_message_bytes=8 << 20)
+        topic_admin.ensure_topics(settings, [larger])
+        live = topic_admin.describe_live(admin, [name])[name].config
+        assert (live["retention.ms"], live["max.message.bytes"]) == ("-1", str(8 << 20))
+        # An application's own topics (changelogs) keep their declared settings; asked (vigil topics
+        # apply), any topic's are set.
+        topic_admin.ensure_topics(settings, [larger], owned=True)
+        assert topic_admin.describe_live(admin, [name])[name].config["retention.ms"] == three_days
+        topic_admin.apply(admin, [replace(larger, retention=None)], settings)
+        topic_admin.apply(admin, [larger], settings)
+        assert topic_admin.describe_live(admin, [name])[name].config["retention.ms"] == three_days
+    finally:
+        admin.delete_topics([name])
 
 
 @pytest.mark.parametrize("replication", [None, 1], ids=["clusters-default", "declared"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -233,11 +232,11 @@ def test_broker_failure_answers_503_with_retry_after(tmp_path: Path) -> None:
     sink = KafkaRawSink(dead, source_id=f"test-dead-{uuid.uuid4().hex[:8]}", timeout_s=2)
     source = MailchimpSource(MailchimpWebhook(MC_SECRET), port=0)
     with serving(source, sink) as base:
-        started = time.monotonic()
+        # The sink gives up after its 2 s and the receiver answers; a receiver that waited on
+        # the dead broker for ever would leave the client to its own deadline (ReadTimeout).
         answer = httpx.post(f"{base}/webhooks/mailchimp/{MC_SECRET}", content=CAMPAIGN, timeout=30)
         assert answer.status_code == 503
         assert answer.headers["Retry-After"] == "30"
-        assert time.monotonic() - started < 25
         metrics = httpx.get(f"{base}/metrics", timeout=5).text
         assert 'vigil_webhook_unavailable_total{platform="mailchimp"} 1.0' in metrics
         assert 'vigil_webhook_accepted_total{platform="mailchimp"}' not in metrics

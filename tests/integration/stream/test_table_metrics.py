@@ -395,11 +395,13 @@ def test_prometheus_metrics_expose_progress_lag_and_checkpoints(
     wait_for(lambda: running.app.metrics.checkpoints >= 1, 30, "a checkpoint")
     port = free_port_block(1)
     server = serve_metrics(running.app.prometheus.registry, port)
-    wait_for(
-        lambda: "vigil_stream_consumer_lag{" in _scrape(port), 30, "the lag gauge (updated once a second)"
-    )
-    text = _scrape(port)
-    server.stop()
+    try:
+        wait_for(
+            lambda: "vigil_stream_consumer_lag{" in _scrape(port), 30, "the lag gauge (updated once a second)"
+        )
+        text = _scrape(port)
+    finally:
+        server.stop()
     running.stop()
     assert f'vigil_stream_records_total{{app="{name}"}} 300.0' in text
     assert "vigil_stream_checkpoint_seconds_count" in text

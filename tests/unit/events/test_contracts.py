@@ -10,10 +10,12 @@ from typing import Any
 import jsonschema
 import msgspec
 import pytest
+from tests.hashseed import run_with_hash_seed
 
 from vigil.errors import DecodeError
 from vigil.events import EVENT_TYPES, EventCodec, decode_event, encode, stable_id
 from vigil.events.examples import example_events
+from vigil.events.ids import stable_hash
 from vigil.events.schema import drift, generate
 from vigil.events.types import Deposit, Login
 
@@ -211,6 +213,44 @@ def test_stable_id_is_deterministic_and_unambiguous() -> None:
     assert stable_id("a", "bc") == stable_id("a", "bc")
     assert stable_id("a", "bc") != stable_id("ab", "c")
     assert len(stable_id("x")) == 32
+
+
+# Computed once from the blake2b implementation.  Ids are persisted and deduplicated on
+# across processes and releases, so any change to these values is a breaking change.
+PINNED_STABLE_IDS = [
+    (("a", "bc"), "", "2e59d15427dc6a6a3c4a50be48ecb260"),
+    (("ab", "c"), "", "4162491f24e2a1dbaab3ca42bdf6415b"),
+    (("x",), "", "eaff949259ee4725d2eef37d575fcb37"),
+    (("vigil", 42), "ev_", "ev_774542c61cec90f2dd95f9899d93cb28"),
+    ((), "", "cae66941d9efbd404e4d88758ea67670"),
+]
+
+
+@pytest.mark.parametrize(("parts", "prefix", "expected"), PINNED_STABLE_IDS)
+def test_stable_id_matches_pinned_values(parts: tuple[object, ...], prefix: str, expected: str) -> None:
+    assert stable_id(*parts, prefix=prefix) == expected
+
+
+def test_stable_hash_matches_pinned_values() -> None:
+    assert stable_hash("acct-1") == 3311129111045321560
+    assert stable_hash(b"acct-1") == 3311129111045321560
+
+
+_IDS_SNIPPET = (
+    "from vigil.events import stable_id\n"
+    "from vigil.events.ids import stable_hash\n"
+    "print(stable_id('a', 'bc'), stable_id('vigil', 42, prefix='ev_'), stable_hash('acct-1'))\n"
+)
+
+
+def test_stable_ids_are_the_same_in_processes_with_different_hash_seeds() -> None:
+    outputs = [run_with_hash_seed(_IDS_SNIPPET, seed) for seed in ("1", "2")]
+    assert outputs[0] == outputs[1]
+    assert outputs[0].split() == [
+        "2e59d15427dc6a6a3c4a50be48ecb260",
+        "ev_774542c61cec90f2dd95f9899d93cb28",
+        "3311129111045321560",
+    ]
 
 
 def test_committed_schemas_match_the_models() -> None:

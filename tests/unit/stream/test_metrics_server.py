@@ -66,3 +66,63 @@ def test_metrics_are_served_only_when_a_port_is_given_and_a_busy_port_is_named()
         server.stop()
     with pytest.raises(urllib.error.URLError, match="Connection refused"):
         _scrape(port)
+
+
+def _refused(host: str, port: int) -> bool:
+    """True when nothing listens on host:port (the connection is refused)."""
+    try:
+        socket.create_connection((host, port), timeout=10).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def _scrape_at(host: str, port: int) -> str:
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def test_by_default_metrics_listen_on_loopback_only() -> None:
+    metrics = PrometheusMetrics("route")
+    metrics.processed.labels("route").inc(4)
+    server = MetricsServer(lambda: [metrics.registry]).start(0)
+    try:
+        port = server.port
+        assert 'vigil_stream_records_total{app="route"} 4.0' in _scrape_at("127.0.0.1", port)
+        # Bound to 127.0.0.1 itself, not to every address: another loopback address is refused
+        # (a wildcard bind, 0.0.0.0, would answer there and on every interface).
+        assert _refused("127.0.0.2", port)
+    finally:
+        server.stop()
+
+
+def test_metrics_listen_on_the_host_given_and_nowhere_else() -> None:
+    metrics = PrometheusMetrics("route")
+    metrics.processed.labels("route").inc(6)
+    server = MetricsServer(lambda: [metrics.registry]).start(0, "127.0.0.2")
+    try:
+        port = server.port
+        assert 'vigil_stream_records_total{app="route"} 6.0' in _scrape_at("127.0.0.2", port)
+        assert _refused("127.0.0.1", port)
+    finally:
+        server.stop()
+
+
+def test_the_cli_serves_metrics_on_loopback_unless_vigil_metrics_host_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app: Any = SimpleNamespace(prometheus=PrometheusMetrics("normalize"))
+    app.prometheus.processed.labels("normalize").inc(2)
+    monkeypatch.delenv("VIGIL_METRICS_HOST", raising=False)
+    for host, elsewhere in (("127.0.0.1", "127.0.0.2"), ("127.0.0.2", "127.0.0.1")):
+        if host != "127.0.0.1":
+            monkeypatch.setenv("VIGIL_METRICS_HOST", host)
+        port = _free_port()
+        server = serve_metrics_of(load_settings(), port, lambda: [app])
+        assert server is not None
+        try:
+            assert f"metrics: http://{host}:{port}/metrics" in capsys.readouterr().out
+            assert 'vigil_stream_records_total{app="normalize"} 2.0' in _scrape_at(host, port)
+            assert _refused(elsewhere, port)
+        finally:
+            server.stop()
