@@ -269,12 +269,24 @@ def _insync_for_replicas(
 ) -> dict[str, dict[str, str]]:
     """``min.insync.replicas`` of just-created topics, from the replicas the cluster gave each
     (by topic; one gone meanwhile is left out).  Failing to find out is added to ``errors``."""
+    deadline = time.monotonic() + _TIMEOUT
     try:
         _wait_visible(admin, {name: d.partitions for name, d in created.items()})
-        live = describe_live(admin, list(created))
+        while True:
+            live = describe_live(admin, list(created))
+            # A broker whose metadata lags may answer without a topic another just listed: it
+            # was left without its setting, silently.  (One deleted meanwhile stays missing.)
+            missing = sorted(n for n in created if n not in live or live[n].replication < 1)
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)  # metadata poll interval; the loop checks the state
     except (TopicError, BrokerError, KafkaException) as exc:
         errors.append(f"find the replicas of {', '.join(sorted(created))} to set their {MIN_INSYNC}: {exc}")
         return {}
+    if missing:
+        log.warning(
+            "created topics not described in time to set their %s: %s", MIN_INSYNC, ", ".join(missing)
+        )
     return {
         name: {MIN_INSYNC: d.spec.config(live[name].replication)[MIN_INSYNC]}
         for name, d in created.items()

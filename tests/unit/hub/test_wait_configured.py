@@ -114,3 +114,35 @@ def test_a_broker_silent_mid_command_is_a_broker_error_naming_the_topic(
     errors: list[str] = []
     assert not admin._collect(errors, "creating t", Silent({}).describe_configs(["r"])["r"])
     assert errors == ["creating t: no answer from the cluster within 0.05s"]
+
+
+class Lagging:
+    """Lists topic ``t`` (three replicas) but for the second answer: a broker whose metadata lags."""
+
+    def __init__(self) -> None:
+        self.listed = 0
+
+    def list_topics(self, timeout: float | None = None) -> Any:
+        self.listed += 1
+        part = SimpleNamespace(replicas=[1, 2, 3])
+        topics = {} if self.listed == 2 else {"t": SimpleNamespace(error=None, partitions={0: part})}
+        return SimpleNamespace(topics=topics)
+
+    def describe_configs(self, resources: list[Any]) -> dict[Any, Done]:
+        return {r: Done({}) for r in resources}
+
+
+def test_a_created_topic_a_lagging_broker_does_not_list_still_gets_its_min_insync() -> None:
+    # Left out of the answer, the topic was left without min.insync.replicas, silently.
+    from vigil.hub.admin import TopicDiff, _insync_for_replicas
+    from vigil.hub.topics import TopicSpec
+
+    spec = TopicSpec("t", "k", "raw", "test")
+    errors: list[str] = []
+    admin = Lagging()
+    got = _insync_for_replicas(
+        admin, {"t": TopicDiff(spec=spec, live=None, partitions=1, replication=-1)}, errors
+    )  # type: ignore[arg-type]
+    assert got == {"t": {"min.insync.replicas": "2"}}
+    assert errors == []
+    assert admin.listed == 3
