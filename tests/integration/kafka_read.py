@@ -18,7 +18,7 @@ from vigil.sources.sink import SOURCE_TXN_TIMEOUT_S
 __all__ = ["START_S", "read_raw", "wait_for", "watermarks"]
 
 #: How long a connector started by a test may take to publish: its start-up (Python, the
-#: compiled modules) and its first read of ``vigil.cursors``, which waits out any transaction
+#: compiled modules) and its first read of its cursor topic, which waits out any transaction
 #: a killed source left open there (the sources' transaction timeout and Kafka's check).
 START_S = SOURCE_TXN_TIMEOUT_S + 60
 

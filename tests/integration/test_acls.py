@@ -113,7 +113,17 @@ def test_source_writes_its_raw_topic(applied: _Cluster) -> None:
     assert _produce(applied.settings(SOURCE), "raw.coinbase") is None
 
 
-@pytest.mark.parametrize("topic", ["events.payments", "alerts", "decisions", "raw.binance", "dlq.normalize"])
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "events.payments",
+        "alerts",
+        "decisions",
+        "raw.binance",
+        "dlq.normalize",
+        "vigil.cursors.binance",
+    ],
+)
 def test_source_cannot_write_other_topics(applied: _Cluster, topic: str) -> None:
     assert _produce(applied.settings(SOURCE), topic) == REFUSED
 
@@ -235,7 +245,7 @@ def test_detect_writes_alerts(applied: _Cluster) -> None:
     assert _produce(applied.settings(DETECT), "alerts") is None
 
 
-@pytest.mark.parametrize("topic", ["raw.coinbase", "events.payments", "vigil.cursors"])
+@pytest.mark.parametrize("topic", ["raw.coinbase", "events.payments", "vigil.cursors.coinbase"])
 def test_detect_cannot_write_upstream_topics(applied: _Cluster, topic: str) -> None:
     assert _produce(applied.settings(DETECT), topic) == REFUSED
 

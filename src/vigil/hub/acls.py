@@ -56,7 +56,8 @@ CLUSTER = ResourceType.BROKER  # Kafka's "Cluster" resource (librdkafka calls it
 CLUSTER_NAME = "kafka-cluster"
 
 # -- the names the code uses (checked against it by the unit tests) ----------------------
-CURSOR_TOPIC = "vigil.cursors"  # vigil.sources.sink.CURSOR_TOPIC
+CURSOR_TOPIC_PREFIX = "vigil.cursors."  # vigil.sources.sink.cursor_topic: one per source id
+LEGACY_CURSOR_TOPIC = "vigil.cursors"  # the one every source shared before; read on upgrade
 SOURCE_TXN_PREFIX = "vigil.source."  # the sink's transactional.id: vigil.source.<source id>
 #: ``read_committed``'s throwaway consumer groups (partitions assigned, nothing committed).
 READER_GROUP_PREFIX = "vigil.reader."
@@ -122,12 +123,12 @@ def _source(name: str) -> Rights:
     # nodes: ethereum-a, ethereum-b; the intel lists and TAXII feed are intel.lists and
     # intel.taxii), and it names the transactional id.
     rights += _allow(TXN, SOURCE_TXN_PREFIX + name, PREFIXED, Op.WRITE, Op.DESCRIBE)
-    # vigil.cursors is one topic shared by every connector, keyed by source id: Kafka ACLs
-    # cannot scope a write by key, so this principal could also rewrite another source's
-    # cursor (rewind or skip it).  The risk is said in the README; a deployment that cannot
-    # accept it gives each source a cursor topic of its own.  DescribeConfigs: the sink's
-    # ensure_topics at start.
-    rights += _allow(TOPIC, CURSOR_TOPIC, LITERAL, Op.READ, Op.WRITE, Op.DESCRIBE, Op.DESCRIBE_CONFIGS)
+    # Its cursor topics, vigil.cursors.<source id> (PREFIXED as the transactional ids), which
+    # the sink creates at start: a topic per source, as ACLs cannot scope a write by key (with
+    # the one shared topic, any connector could rewind or skip another's cursor).  The shared
+    # topic of earlier versions is read only, once, on upgrade.
+    rights += _allow(TOPIC, CURSOR_TOPIC_PREFIX + name, PREFIXED, *_OWNED)
+    rights += _allow(TOPIC, LEGACY_CURSOR_TOPIC, LITERAL, Op.READ, Op.DESCRIBE)
     rights += _allow(GROUP, READER_GROUP_PREFIX, PREFIXED, Op.READ)
     return rights
 

@@ -14,7 +14,7 @@ rejected lines, which the calling service resends) are reported, not sent.
 Only stages' inputs are written: ``raw.<source>``, ``events.<domain>`` and ``detect.routed``
 (under any topic prefix), and topics named with ``allow_topics``.  A letter's topic is data,
 written by whoever may write the dead-letter topic, and an old record appended again elsewhere
-does harm: to ``vigil.cursors`` it rewinds a connector, to ``intel.indicators`` it brings back a
+does harm: to ``vigil.cursors.<source id>`` it rewinds a connector, to ``intel.indicators`` it brings back a
 withdrawn indicator, to ``decisions`` it repeats an action.
 
 Each letter is sent at most once, whatever the filters and flags of the runs.  The letters sent

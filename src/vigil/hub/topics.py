@@ -2,7 +2,8 @@
 
 Naming: ``raw.<source>`` (bytes exactly as the source sent them), ``events.<domain>``
 (canonical events), ``intel.indicators`` (compacted), ``alerts``, ``decisions``,
-``labels``, ``dlq.<stage>``, and ``vigil.cursors`` (connector checkpoints, compacted).
+``labels`` and ``dlq.<stage>``.  A connector's checkpoints go to ``vigil.cursors.<source id>``,
+which the connector makes (see vigil.sources.sink.cursor_spec).
 Internal topics of stream applications (changelogs, repartitions) are named by the
 runtime from the application and store ids.
 """
@@ -210,15 +211,6 @@ def _declared() -> tuple[TopicSpec, ...]:
             partitions=1,
             description="Records rejected at the ingest edge (HTTP, produce)",
             retention=30 * DAY,
-        ),
-        TopicSpec(
-            name="vigil.cursors",
-            key="source_id",
-            value="cursor",
-            partitions=1,
-            description="Connector checkpoints (block height, cursor), written with their records",
-            retention=None,
-            cleanup="compact",
         ),
     ]
     return tuple(specs)

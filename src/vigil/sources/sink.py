@@ -1,7 +1,7 @@
 """Where connectors publish: raw records and their checkpoint, together.
 
 :class:`KafkaRawSink` writes a batch of raw records and, when given, the connector's
-cursor (to the compacted ``vigil.cursors`` topic, keyed by source id) in **one Kafka
+cursor (to its compacted ``vigil.cursors.<source id>`` topic) in **one Kafka
 transaction**.  Either both are visible to ``read_committed`` readers or neither is,
 so a connector killed at any point resumes from a cursor that matches exactly what was
 published: no gap, no duplicate.  The transactional id is derived from the source id,
@@ -25,9 +25,36 @@ from vigil.errors import BrokerError
 from vigil.hub.admin import ensure_topics
 from vigil.hub.client import drop_frame_locals, kafka_error, make_producer, read_committed
 from vigil.hub.raw import RawRecord
-from vigil.hub.topics import RAW_RECORD_MAX_BYTES, TOPICS
+from vigil.hub.topics import RAW_RECORD_MAX_BYTES, TopicSpec
 
-CURSOR_TOPIC = "vigil.cursors"
+#: Each source's cursors go to a compacted topic of its own, ``vigil.cursors.<source id>``:
+#: Kafka ACLs cannot scope a write by key, so with one shared topic any connector's principal
+#: could rewind or skip another's (and a source's open transaction held every other's start
+#: back).  ``vigil.cursors`` is where they all went before: read once, when a source's own
+#: topic has nothing for it yet.
+CURSOR_TOPIC_PREFIX = "vigil.cursors."
+LEGACY_CURSOR_TOPIC = "vigil.cursors"
+
+
+def cursor_topic(source_id: str) -> str:
+    """The compacted topic holding ``source_id``'s cursors."""
+    return CURSOR_TOPIC_PREFIX + source_id
+
+
+def cursor_spec(source_id: str) -> TopicSpec:
+    """The declaration of ``source_id``'s cursor topic (made by its sink: no registry lists the
+    sources an operator runs)."""
+    return TopicSpec(
+        name=cursor_topic(source_id),
+        key="source_id",
+        value="cursor",
+        partitions=1,
+        description=f"Checkpoints of connector {source_id!r} (block height, cursor), with its records",
+        retention=None,
+        cleanup="compact",
+    )
+
+
 #: A source's transaction timeout (librdkafka's default, said here because readers of the
 #: cursors wait out a dead source's open transaction: see last_cursor).
 SOURCE_TXN_TIMEOUT_S = 60.0
@@ -59,7 +86,7 @@ class KafkaRawSink:
         self._timeout = timeout_s
         self._lock = threading.Lock()
         self._producer: Any = None
-        self._cursor_topic_ready = False
+        self._cursor_topics_ready: set[str] = set()
 
     def _ensure_producer(self, source_id: str) -> Any:
         if self._producer is None:
@@ -86,10 +113,12 @@ class KafkaRawSink:
             self._producer = producer
         return self._producer
 
-    def _ensure_cursor_topic(self) -> None:
-        if not self._cursor_topic_ready:
-            ensure_topics(self._settings, [TOPICS.get(CURSOR_TOPIC)])
-            self._cursor_topic_ready = True
+    def _ensure_cursor_topic(self, source_id: str) -> str:
+        topic = cursor_topic(source_id)
+        if topic not in self._cursor_topics_ready:
+            ensure_topics(self._settings, [cursor_spec(source_id)])
+            self._cursor_topics_ready.add(topic)
+        return topic
 
     def publish(self, records: Sequence[RawRecord], cursor: dict[str, Any] | None = None) -> None:
         """Durably publish ``records`` (and ``cursor``) or raise :class:`BrokerError`."""
@@ -97,9 +126,9 @@ class KafkaRawSink:
             return
         source_id = self._source_id or (records[0].source if records else "unknown")
         with self._lock:
-            if cursor is not None:
-                self._ensure_cursor_topic()
             producer = self._ensure_producer(source_id)
+            if cursor is not None:
+                cursors = self._ensure_cursor_topic(self._source_id or source_id)
             try:
                 producer.begin_transaction()
                 for rec in records:
@@ -115,7 +144,7 @@ class KafkaRawSink:
                     _produce(producer, self._topic_for(rec), value=rec.value, key=rec.key, headers=headers)
                     producer.poll(0)
                 if cursor is not None:
-                    _produce(producer, CURSOR_TOPIC, key=self._source_id, value=msgspec.json.encode(cursor))
+                    _produce(producer, cursors, key=self._source_id, value=msgspec.json.encode(cursor))
                 _commit_transaction(producer, self._timeout)
             except (KafkaException, BufferError) as exc:
                 detail = exc.args[0] if exc.args else exc
@@ -148,22 +177,38 @@ class KafkaRawSink:
         fences any older instance and makes Kafka finish (commit or abort) its last
         transaction, so the cursor read here is final rather than racing commit markers.
         """
-        self._ensure_cursor_topic()
+        topic = self._ensure_cursor_topic(source_id)
         if self._source_id in (None, source_id):
             with self._lock:
                 self._ensure_producer(source_id)
-        latest: dict[str, Any] | None = None
-        # Read to the end (read_committed, to the high watermark): the last record under this
-        # source id wins, as compaction will leave it.  Every source shares the topic, so another
-        # source's transaction left open by a process that died holds the reader back until Kafka
-        # aborts it: waited for, past that transaction's timeout.
+        found, latest = self._read_cursor(topic, source_id)
+        if not found and self._legacy_exists():
+            # Written before cursors had a topic per source: taken from there once; the next
+            # publish writes it to the source's own topic.
+            found, latest = self._read_cursor(LEGACY_CURSOR_TOPIC, source_id)
+        return latest
+
+    def _read_cursor(self, topic: str, source_id: str) -> tuple[bool, dict[str, Any] | None]:
+        """Whether ``topic`` has a record under ``source_id``, and the last one's cursor (None
+        for a deletion).  Read to the end (read_committed, to the high watermark), as
+        compaction will leave it; a transaction a dead instance left open holds the reader back
+        until Kafka aborts it: waited for, past that transaction's timeout."""
+        found, latest = False, None
         wait = max(self._timeout, SOURCE_TXN_TIMEOUT_S + 20.0)
-        for msg in read_committed(self._settings, CURSOR_TOPIC, wait):
+        for msg in read_committed(self._settings, topic, wait):
             key = msg.key()
             if key is not None and key.decode() == source_id:
                 value = msg.value()
-                latest = None if value is None else msgspec.json.decode(value)
-        return latest
+                found, latest = True, None if value is None else msgspec.json.decode(value)
+        return found, latest
+
+    def _legacy_exists(self) -> bool:
+        from vigil.hub.client import make_admin
+
+        # All topics, not this one by name: a cluster that creates topics on first mention would
+        # make it.
+        found = make_admin(self._settings).list_topics(timeout=self._timeout).topics.get(LEGACY_CURSOR_TOPIC)
+        return found is not None and found.error is None
 
     def close(self) -> None:
         with self._lock:

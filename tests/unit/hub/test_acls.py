@@ -12,7 +12,7 @@ from vigil.hub.redrive import ledger_topic, redrive_group
 from vigil.hub.topics import RAW_SOURCES, TOPICS
 from vigil.sources import normalize
 from vigil.sources.backend import DLQ_TOPIC as INGEST_DLQ
-from vigil.sources.sink import CURSOR_TOPIC
+from vigil.sources.sink import LEGACY_CURSOR_TOPIC, cursor_topic
 from vigil.stream.changelog import changelog_topic
 
 Op = AclOperation
@@ -68,15 +68,22 @@ def test_every_binding_allows_from_any_host() -> None:
 
 
 @pytest.mark.parametrize("source", sorted(RAW_SOURCES))
-def test_a_source_writes_its_raw_topic_and_the_cursors_and_nothing_else(source: str) -> None:
+def test_a_source_writes_its_raw_topic_and_its_own_cursors_and_nothing_else(source: str) -> None:
     component = f"source-{source}"
     assert allowed(component, Op.WRITE, TOPIC, f"raw.{source}")
     assert allowed(component, Op.WRITE, TXN, f"vigil.source.{source}")
-    assert allowed(component, Op.DESCRIBE_CONFIGS, TOPIC, CURSOR_TOPIC)  # ensure_topics at start
-    assert allowed(component, Op.READ, TOPIC, CURSOR_TOPIC)  # last_cursor
+    own = cursor_topic(source)
+    assert allowed(component, Op.CREATE, TOPIC, own)  # the sink's ensure_topics at start
+    assert allowed(component, Op.WRITE, TOPIC, own)
+    assert allowed(component, Op.READ, TOPIC, own)  # last_cursor
+    # Another source's cursors are not its to write (with one shared topic they were).
+    other = next(s for s in sorted(RAW_SOURCES) if not s.startswith(source) and not source.startswith(s))
+    assert not allowed(component, Op.WRITE, TOPIC, cursor_topic(other))
+    assert allowed(component, Op.READ, TOPIC, LEGACY_CURSOR_TOPIC)  # taken from there on upgrade
+    assert not allowed(component, Op.WRITE, TOPIC, LEGACY_CURSOR_TOPIC)
     extra = {INGEST_DLQ} if source == "backend" else set()
     written = {spec.name for spec in TOPICS if allowed(component, Op.WRITE, TOPIC, spec.name)}
-    assert written == {f"raw.{source}", CURSOR_TOPIC} | extra
+    assert written == {f"raw.{source}"} | extra
     assert not allowed(component, Op.CREATE, TOPIC, f"raw.{source}")
 
 
@@ -144,7 +151,8 @@ def test_redrive_reads_letters_and_keeps_its_ledger() -> None:
         assert allowed("redrive", Op.CREATE, TOPIC, ledger_topic(dlq))
         assert allowed("redrive", Op.WRITE, TXN, redrive_group(dlq))
         assert allowed("redrive", Op.READ, GROUP, redrive_group(dlq))
-    assert not allowed("redrive", Op.WRITE, TOPIC, CURSOR_TOPIC)
+    assert not allowed("redrive", Op.WRITE, TOPIC, LEGACY_CURSOR_TOPIC)
+    assert not allowed("redrive", Op.WRITE, TOPIC, cursor_topic("coinbase"))
 
 
 def test_only_the_admin_creates_declared_topics() -> None:
@@ -179,7 +187,8 @@ def test_principal_options_are_parsed_and_a_malformed_one_is_named() -> None:
 
 def test_the_names_match_the_code() -> None:
     t = DetectTopology()
-    assert acls.CURSOR_TOPIC == CURSOR_TOPIC
+    assert acls.LEGACY_CURSOR_TOPIC == LEGACY_CURSOR_TOPIC
+    assert cursor_topic("x") == acls.CURSOR_TOPIC_PREFIX + "x"
     assert acls.INGEST_DLQ == INGEST_DLQ
     assert acls.NORMALIZE_DLQ == normalize.DLQ
     assert (t.route_app, t.detect_app) == acls.DETECT_APPS
