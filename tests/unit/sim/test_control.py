@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,21 +15,51 @@ from vigil.sim import Simulation
 from vigil.sim.publish import _Pacer, write_labels
 
 
+class Clock:
+    """A clock that moves only when slept on (plus ``tick`` per reading): the waits asked for."""
+
+    def __init__(self, tick: float = 0.0) -> None:
+        self.now = 100.0
+        self.tick = tick
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
 def test_speed_paces_by_simulated_time() -> None:
-    started = time.monotonic()  # before the pacer, which starts its clock when made
-    pacer = _Pacer(rate=None, speed=200.0)
-    for n, sim_ts in enumerate(range(1_000_000, 1_000_061, 10), 1):
+    clock = Clock()
+    pacer = _Pacer(rate=None, speed=200.0, clock=clock, sleep=clock.sleep)
+    for n, sim_ts in enumerate(range(1_000_000, 1_000_061, 10)):
         pacer.wait(n, float(sim_ts))
-    # 60 simulated seconds at 200x take at least 0.3 wall seconds.
-    assert time.monotonic() - started >= 0.3 - 0.01
+    # 60 simulated seconds at 200x: each 10 s step due 0.05 s after the last; the first at once.
+    assert clock.slept == pytest.approx([0.05] * 6)
+    assert clock.now - 100.0 == pytest.approx(0.3)
 
 
 def test_rate_caps_events_per_wall_second() -> None:
-    started = time.monotonic()
-    pacer = _Pacer(rate=1000.0, speed=None)
+    clock = Clock(tick=0.001)  # each reading 1 ms on: a record due earlier goes at once
+    pacer = _Pacer(rate=1000.0, speed=None, clock=clock, sleep=clock.sleep)
     for n in range(0, 301, 50):
         pacer.wait(n, 0.0)
-    assert time.monotonic() - started >= 0.3 - 0.01
+    # Record n is due n / 1000 s after the first: never earlier, and no wait longer than that.
+    assert all(0 < s <= 0.05 for s in clock.slept)
+    assert clock.now - 100.0 == pytest.approx(0.3, abs=0.01)
+
+
+def test_a_record_already_due_is_not_held() -> None:
+    clock = Clock()
+    pacer = _Pacer(rate=10.0, speed=None, clock=clock, sleep=clock.sleep)
+    pacer.wait(0, 0.0)
+    clock.now += 5.0  # the publisher was busy: records 1-50 are due by now
+    for n in range(1, 51):
+        pacer.wait(n, 0.0)
+    assert clock.slept == []
 
 
 def test_durations_and_starts_parse_or_fail_by_name() -> None:
