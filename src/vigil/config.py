@@ -8,7 +8,8 @@ variables are read only here, and only when the entry point calls :func:`load_se
 which warns about a ``VIGIL_*`` variable that is no setting (a misspelt one was ignored).
 Connectors' credentials are settings too, handed to each connector with the rest.
 
-Secrets are :class:`~pydantic.SecretStr`: they print as ``**********`` in every dump.
+Secrets are :class:`~pydantic.SecretStr` (or :class:`~pydantic.Secret`, for the extra Kafka
+client options): they print as ``**********`` in every dump.
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    Secret,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -36,7 +45,27 @@ from pydantic_settings import (
 from vigil.errors import ConfigError
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
-SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+#: A librdkafka setting's value, as ``kafka_client_options`` takes it.
+ClientOption = str | int | float | bool
+
+#: librdkafka settings that Vigil makes from its own settings (:meth:`Settings.kafka_client_config`),
+#: refused in ``kafka_client_options``: each with the setting to use instead.  (Aliases too: given
+#: both ways, which one librdkafka took would depend on the order it was handed them.)
+OWN_CLIENT_OPTIONS: dict[str, str] = {
+    "bootstrap.servers": "kafka_bootstrap",
+    "metadata.broker.list": "kafka_bootstrap",
+    "security.protocol": "kafka_security_protocol",
+    "sasl.mechanism": "kafka_sasl_mechanism",
+    "sasl.mechanisms": "kafka_sasl_mechanism",
+    "sasl.username": "kafka_sasl_username",
+    "sasl.password": "kafka_sasl_password",
+    "ssl.ca.location": "kafka_ssl_ca_location",
+    "ssl.certificate.location": "kafka_ssl_certificate_location",
+    "ssl.key.location": "kafka_ssl_key_location",
+    "ssl.key.password": "kafka_ssl_key_password",
+    "client.id": "kafka_client_id",
+}
 
 
 class Settings(BaseSettings):
@@ -69,7 +98,29 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_ca_location: Path | None = None
+    # Mutual TLS: the client's certificate and its private key (PEM), given together.
+    kafka_ssl_certificate_location: Path | None = Field(
+        default=None,
+        description="PEM file of the client's certificate (mutual TLS), with kafka_ssl_key_location",
+    )
+    kafka_ssl_key_location: Path | None = Field(
+        default=None, description="PEM file of the client's private key (mutual TLS)"
+    )
+    kafka_ssl_key_password: SecretStr | None = Field(
+        default=None, description="Password of the client's private key, if it is encrypted"
+    )
     kafka_client_id: str = "vigil"
+    # Every other librdkafka setting (OIDC's sasl.oauthbearer.*, timeouts, ssl.endpoint.* ...),
+    # handed to every client.  A Secret as a whole: an OIDC client secret is one of them, and a
+    # value's key does not always say so.  NoDecode: bad JSON in the variable is our one-line
+    # error, which shows none of it.
+    kafka_client_options: Annotated[Secret[dict[str, ClientOption]] | None, NoDecode] = Field(
+        default=None,
+        description=(
+            'Other librdkafka settings for every Kafka client: JSON {"name": value} (in vigil.toml, a '
+            "[kafka_client_options] table); values are secrets, never shown"
+        ),
+    )
 
     # --- the local broker Vigil starts when kafka_bootstrap is unset
     broker_host: str = "127.0.0.1"
@@ -176,15 +227,13 @@ class Settings(BaseSettings):
             raise ValueError(msg)
         return value
 
-    @field_validator("kafka_ssl_ca_location")
+    @field_validator("kafka_ssl_ca_location", "kafka_ssl_certificate_location", "kafka_ssl_key_location")
     @classmethod
-    def _ca_file_exists(cls, value: Path | None) -> Path | None:
+    def _pem_file_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         # librdkafka refused a missing one only when the first client was made, as a traceback.
         if value is not None and not value.expanduser().is_file():
             relative = "" if value.expanduser().is_absolute() else f" (relative to {Path.cwd()})"
-            msg = (
-                f"no such file{relative}; expected a PEM file of the CA certificates that verify the brokers"
-            )
+            msg = f"no such file{relative}; expected {_PEM_FILES[str(info.field_name)]}"
             raise ValueError(msg)
         # Expanded here: librdkafka takes the path as given, and "~/ca.pem" passed this check
         # only to fail when the first client was made.
@@ -195,6 +244,37 @@ class Settings(BaseSettings):
     def _keys_table_as_json(cls, value: Any) -> Any:
         # A [backend_keys] table in vigil.toml arrives as a mapping; the variable is its JSON.
         return json.dumps(value) if isinstance(value, dict) else value
+
+    @field_validator("kafka_client_options", mode="before")
+    @classmethod
+    def _client_options(cls, value: Any) -> Any:
+        # The variable is JSON; a [kafka_client_options] table in vigil.toml arrives as a mapping.
+        # No message here shows a value (they are secrets): keys and types only.
+        if value is None:  # (unset: the default, which pydantic-settings validates too)
+            return None
+        if isinstance(value, Secret):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                # (json's message says where, never what: "Expecting value: line 1 column 9 (char 8)".)
+                msg = f'not JSON ({exc}); expected {{"<librdkafka setting>": value, ...}}'
+                raise ValueError(msg) from None
+        if not isinstance(value, dict):
+            msg = f'a {_kind(value)}; expected {{"<librdkafka setting>": value, ...}}'
+            raise ValueError(msg)
+        options: dict[str, ClientOption] = {}
+        for key, option in _flatten(value):
+            own = OWN_CLIENT_OPTIONS.get(key.lower())
+            if own is not None:
+                msg = f"{key!r} is set by Vigil from its own setting; set {own} (VIGIL_{own.upper()}) instead"
+                raise ValueError(msg)
+            if not isinstance(option, str | int | float | bool):
+                msg = f"the value of {key!r} is a {_kind(option)}; expected a string, number or true/false"
+                raise ValueError(msg)
+            options[key] = option
+        return options
 
     @field_validator("backend_scopes", mode="before")
     @classmethod
@@ -227,7 +307,8 @@ class Settings(BaseSettings):
     def _security_settings_agree(self) -> Settings:
         """Credentials with a protocol that sends none, or SASL without them: librdkafka only
         warns (and connects without credentials), or fails later as an unanswered request."""
-        sasl = self.kafka_security_protocol.startswith("SASL_")
+        protocol = self.kafka_security_protocol
+        sasl = protocol.startswith("SASL_")
         given = [
             name
             for name in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
@@ -235,23 +316,72 @@ class Settings(BaseSettings):
         ]
         if given and not sasl:
             msg = (
-                f"{', '.join(given)} set with kafka_security_protocol {self.kafka_security_protocol}, "
+                f"{', '.join(given)} set with kafka_security_protocol {protocol}, "
                 "which sends no credentials; expected SASL_SSL (or SASL_PLAINTEXT)"
             )
             raise ValueError(msg)
-        if sasl and len(given) < 3:
+        if sasl and self.kafka_sasl_mechanism == "OAUTHBEARER":
+            self._oauthbearer_agrees(given)
+        elif sasl and len(given) < 3:
             missing = sorted(
                 {"kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password"} - set(given)
             )
-            msg = f"kafka_security_protocol {self.kafka_security_protocol} needs {', '.join(missing)}"
+            msg = f"kafka_security_protocol {protocol} needs {', '.join(missing)}"
             raise ValueError(msg)
-        if self.kafka_ssl_ca_location is not None and not self.kafka_security_protocol.endswith("SSL"):
+        tls = [
+            name
+            for name in (
+                "kafka_ssl_ca_location",
+                "kafka_ssl_certificate_location",
+                "kafka_ssl_key_location",
+                "kafka_ssl_key_password",
+            )
+            if getattr(self, name) is not None
+        ]
+        if tls and not protocol.endswith("SSL"):
             msg = (
-                f"kafka_ssl_ca_location set with kafka_security_protocol {self.kafka_security_protocol}, "
+                f"{', '.join(tls)} set with kafka_security_protocol {protocol}, "
                 "which does not use TLS; expected SSL or SASL_SSL"
             )
             raise ValueError(msg)
+        # A certificate without its key (or the key without its certificate): librdkafka made the
+        # client, and the broker refused the handshake of a client that showed none.
+        certificate, key = self.kafka_ssl_certificate_location, self.kafka_ssl_key_location
+        if (certificate is None) != (key is None):
+            have, lacking = (
+                ("kafka_ssl_certificate_location", "kafka_ssl_key_location")
+                if key is None
+                else ("kafka_ssl_key_location", "kafka_ssl_certificate_location")
+            )
+            msg = f"{have} set without {lacking}; expected both: the client's certificate and its private key"
+            raise ValueError(msg)
+        if self.kafka_ssl_key_password is not None and key is None:
+            msg = "kafka_ssl_key_password set without kafka_ssl_key_location, the key it opens"
+            raise ValueError(msg)
         return self
+
+    def _oauthbearer_agrees(self, given: list[str]) -> None:
+        """OAUTHBEARER takes a token, not a user and password; the token comes from an OIDC
+        provider (or, on a test broker, librdkafka's unsecured JWT), set in kafka_client_options.
+        Without either librdkafka made the clients, and every connection failed for want of one."""
+        unused = [name for name in given if name != "kafka_sasl_mechanism"]
+        if unused:
+            msg = (
+                f"{', '.join(unused)} set with kafka_sasl_mechanism OAUTHBEARER, which sends a token "
+                "instead; expected the OIDC client's sasl.oauthbearer.client.id and "
+                "sasl.oauthbearer.client.secret in kafka_client_options"
+            )
+            raise ValueError(msg)
+        options = self.kafka_client_options.get_secret_value() if self.kafka_client_options else {}
+        method = str(options.get("sasl.oauthbearer.method", "default")).lower()
+        unsecured = str(options.get("enable.sasl.oauthbearer.unsecure.jwt", "false")).lower() in ("true", "1")
+        if method != "oidc" and not unsecured:
+            msg = (
+                "kafka_sasl_mechanism OAUTHBEARER needs a token source in kafka_client_options: "
+                "sasl.oauthbearer.method = oidc, with sasl.oauthbearer.client.id, "
+                "sasl.oauthbearer.client.secret and sasl.oauthbearer.token.endpoint.url"
+            )
+            raise ValueError(msg)
 
     @classmethod
     def settings_customise_sources(
@@ -275,12 +405,18 @@ class Settings(BaseSettings):
         return self.kafka_bootstrap is not None
 
     def kafka_client_config(self) -> dict[str, Any]:
-        """librdkafka settings for connection and security (never logged: holds the password)."""
-        conf: dict[str, Any] = {
-            "bootstrap.servers": self.kafka_bootstrap or f"{self.broker_host}:{self.broker_port}",
-            "security.protocol": self.kafka_security_protocol,
-            "client.id": self.kafka_client_id,
-        }
+        """librdkafka settings for connection and security, ``kafka_client_options`` included
+        (never logged: holds the passwords and the options' secrets)."""
+        conf: dict[str, Any] = (
+            dict(self.kafka_client_options.get_secret_value()) if self.kafka_client_options else {}
+        )
+        conf.update(
+            {
+                "bootstrap.servers": self.kafka_bootstrap or f"{self.broker_host}:{self.broker_port}",
+                "security.protocol": self.kafka_security_protocol,
+                "client.id": self.kafka_client_id,
+            }
+        )
         if self.kafka_sasl_mechanism:
             conf["sasl.mechanism"] = self.kafka_sasl_mechanism
         if self.kafka_sasl_username:
@@ -289,7 +425,48 @@ class Settings(BaseSettings):
             conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
         if self.kafka_ssl_ca_location:
             conf["ssl.ca.location"] = str(self.kafka_ssl_ca_location)
+        if self.kafka_ssl_certificate_location:
+            conf["ssl.certificate.location"] = str(self.kafka_ssl_certificate_location)
+        if self.kafka_ssl_key_location:
+            conf["ssl.key.location"] = str(self.kafka_ssl_key_location)
+        if self.kafka_ssl_key_password:
+            conf["ssl.key.password"] = self.kafka_ssl_key_password.get_secret_value()
         return conf
+
+
+#: What each file setting names, for the message saying it is not there.
+_PEM_FILES = {
+    "kafka_ssl_ca_location": "a PEM file of the CA certificates that verify the brokers",
+    "kafka_ssl_certificate_location": "a PEM file of the client's certificate, which the brokers verify",
+    "kafka_ssl_key_location": "a PEM file of the client's private key",
+}
+
+
+def _flatten(table: dict[Any, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """A table's settings as dotted names: in vigil.toml an unquoted ``sasl.oauthbearer.method``
+    is a table in a table, and librdkafka knows it only as the one name."""
+    items: list[tuple[str, Any]] = []
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        items.extend(_flatten(value, f"{name}.") if isinstance(value, dict) else [(name, value)])
+    return items
+
+
+def _kind(value: Any) -> str:
+    """What a value is, in JSON's words, without showing it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "table (object)"
+    if isinstance(value, list | tuple):
+        return "list"
+    return type(value).__name__
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -336,8 +513,9 @@ def _is_secret(name: str) -> bool:
     """Whether the value of setting ``name`` must not be shown: a SecretStr setting (an RPC URL
     holds an API key without saying so in its name), or by its name one that is not a setting
     (a misspelt password)."""
-    field = Settings.model_fields.get(name)
-    if field is not None and "SecretStr" in str(field.annotation):
+    # (A nested name, "kafka_client_options.<key>", is its setting's.)
+    field = Settings.model_fields.get(name.split(".", 1)[0])
+    if field is not None and "Secret" in str(field.annotation):
         return True
     return any(word in name for word in _SECRET_WORDS)
 

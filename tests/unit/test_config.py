@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -364,3 +365,302 @@ def test_a_ca_file_under_home_is_given_to_kafka_expanded(
     monkeypatch.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SSL")
     monkeypatch.setenv("VIGIL_KAFKA_SSL_CA_LOCATION", "~/ca.pem")
     assert load_settings().kafka_client_config()["ssl.ca.location"] == str(tmp_path / "ca.pem")
+
+
+# -------------------------------------------------------- mutual TLS, OAUTHBEARER, client options
+
+
+def _pem(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    path.write_text("-----BEGIN CERTIFICATE-----\n")
+    return path
+
+
+def test_a_client_certificate_and_key_reach_every_client(
+    no_vigil_variables: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # They were no settings: VIGIL_KAFKA_SSL_CERTIFICATE_LOCATION was "ignored" with a warning.
+    no_vigil_variables.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SSL")
+    no_vigil_variables.setenv("VIGIL_KAFKA_SSL_CA_LOCATION", str(_pem(tmp_path, "ca.pem")))
+    no_vigil_variables.setenv("VIGIL_KAFKA_SSL_CERTIFICATE_LOCATION", str(_pem(tmp_path, "client.pem")))
+    no_vigil_variables.setenv("VIGIL_KAFKA_SSL_KEY_LOCATION", str(_pem(tmp_path, "client.key")))
+    no_vigil_variables.setenv("VIGIL_KAFKA_SSL_KEY_PASSWORD", "hunter2-key")
+    loaded = load_settings()
+    conf = loaded.kafka_client_config()
+    assert conf["ssl.certificate.location"] == str(tmp_path / "client.pem")
+    assert conf["ssl.key.location"] == str(tmp_path / "client.key")
+    assert conf["ssl.key.password"] == "hunter2-key"
+    for shown in (repr(loaded), str(loaded), loaded.model_dump_json()):
+        assert "hunter2" not in shown
+    # Over SASL_SSL too (a cluster may ask for both), and "~" is expanded as for the CA file.
+    no_vigil_variables.setenv("HOME", str(tmp_path))
+    no_vigil_variables.setenv("VIGIL_KAFKA_SSL_KEY_LOCATION", "~/client.key")
+    no_vigil_variables.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    no_vigil_variables.setenv("VIGIL_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    no_vigil_variables.setenv("VIGIL_KAFKA_SASL_USERNAME", "vigil")
+    no_vigil_variables.setenv("VIGIL_KAFKA_SASL_PASSWORD", "hunter2")
+    assert load_settings().kafka_client_config()["ssl.key.location"] == str(tmp_path / "client.key")
+
+
+def test_a_certificate_or_key_that_is_not_there_is_named(
+    no_vigil_variables: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    no_vigil_variables.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SSL")
+    no_vigil_variables.setenv("VIGIL_KAFKA_SSL_CERTIFICATE_LOCATION", str(tmp_path / "client.pem"))
+    no_vigil_variables.setenv("VIGIL_KAFKA_SSL_KEY_LOCATION", str(tmp_path / "client.key"))
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    text = str(caught.value)
+    assert "VIGIL_KAFKA_SSL_CERTIFICATE_LOCATION (kafka_ssl_certificate_location): no such file" in text
+    assert "of the client's certificate" in text
+    assert "VIGIL_KAFKA_SSL_KEY_LOCATION (kafka_ssl_key_location): no such file" in text
+    assert "of the client's private key" in text
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (
+            {"VIGIL_KAFKA_SSL_CERTIFICATE_LOCATION": "client.pem"},
+            "VIGIL_KAFKA_SSL_CERTIFICATE_LOCATION set without VIGIL_KAFKA_SSL_KEY_LOCATION; expected both",
+        ),
+        (
+            {"VIGIL_KAFKA_SSL_KEY_LOCATION": "client.key", "VIGIL_KAFKA_SSL_KEY_PASSWORD": "hunter2"},
+            "VIGIL_KAFKA_SSL_KEY_LOCATION set without VIGIL_KAFKA_SSL_CERTIFICATE_LOCATION; expected both",
+        ),
+        (
+            {"VIGIL_KAFKA_SSL_KEY_PASSWORD": "hunter2"},
+            "VIGIL_KAFKA_SSL_KEY_PASSWORD set without VIGIL_KAFKA_SSL_KEY_LOCATION",
+        ),
+        (
+            {
+                "VIGIL_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                "VIGIL_KAFKA_SASL_MECHANISM": "PLAIN",
+                "VIGIL_KAFKA_SASL_USERNAME": "u",
+                "VIGIL_KAFKA_SASL_PASSWORD": "hunter2",
+                "VIGIL_KAFKA_SSL_CERTIFICATE_LOCATION": "client.pem",
+                "VIGIL_KAFKA_SSL_KEY_LOCATION": "client.key",
+            },
+            "VIGIL_KAFKA_SSL_CERTIFICATE_LOCATION, VIGIL_KAFKA_SSL_KEY_LOCATION set with "
+            "VIGIL_KAFKA_SECURITY_PROTOCOL SASL_PLAINTEXT, which does not use TLS; expected SSL or SASL_SSL",
+        ),
+        (
+            {
+                "VIGIL_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
+                "VIGIL_KAFKA_SSL_CERTIFICATE_LOCATION": "client.pem",
+                "VIGIL_KAFKA_SSL_KEY_LOCATION": "client.key",
+                "VIGIL_KAFKA_SSL_KEY_PASSWORD": "hunter2",
+            },
+            "VIGIL_KAFKA_SSL_CERTIFICATE_LOCATION, VIGIL_KAFKA_SSL_KEY_LOCATION, "
+            "VIGIL_KAFKA_SSL_KEY_PASSWORD set with VIGIL_KAFKA_SECURITY_PROTOCOL PLAINTEXT, "
+            "which does not use TLS",
+        ),
+    ],
+)
+def test_a_certificate_without_its_key_or_without_tls_is_refused(
+    no_vigil_variables: pytest.MonkeyPatch, tmp_path: Path, given: dict[str, str], message: str
+) -> None:
+    _pem(tmp_path, "client.pem")
+    _pem(tmp_path, "client.key")
+    no_vigil_variables.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SSL")
+    for key, value in given.items():
+        no_vigil_variables.setenv(key, str(tmp_path / value) if value.startswith("client.") else value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert message in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+    with pytest.raises(ValidationError) as raw:
+        Settings()
+    assert "hunter2" not in str(raw.value)
+
+
+#: The OIDC client of a cluster that takes OAUTHBEARER tokens (Confluent Cloud, Aiven, Strimzi...).
+OIDC = {
+    "sasl.oauthbearer.method": "oidc",
+    "sasl.oauthbearer.client.id": "vigil",
+    "sasl.oauthbearer.client.secret": "hunter2-oidc",
+    "sasl.oauthbearer.token.endpoint.url": "https://idp.example/oauth2/token",
+    "sasl.oauthbearer.scope": "kafka",
+}
+
+
+def test_oauthbearer_with_oidc_needs_no_user_or_password(no_vigil_variables: pytest.MonkeyPatch) -> None:
+    # The validator asked for a username and password with any SASL mechanism.
+    no_vigil_variables.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    no_vigil_variables.setenv("VIGIL_KAFKA_SASL_MECHANISM", "OAUTHBEARER")
+    no_vigil_variables.setenv("VIGIL_KAFKA_CLIENT_OPTIONS", json.dumps(OIDC))
+    loaded = load_settings()
+    conf = loaded.kafka_client_config()
+    assert conf["sasl.mechanism"] == "OAUTHBEARER"
+    assert "sasl.username" not in conf
+    assert "sasl.password" not in conf
+    assert {key: conf[key] for key in OIDC} == OIDC
+    for shown in (repr(loaded), str(loaded), loaded.model_dump_json()):
+        assert "hunter2" not in shown
+        assert "idp.example" not in shown
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"VIGIL_KAFKA_CLIENT_OPTIONS": json.dumps({"sasl.oauthbearer.client.secret": "hunter2"})},
+            "VIGIL_KAFKA_SASL_MECHANISM OAUTHBEARER needs a token source in VIGIL_KAFKA_CLIENT_OPTIONS: "
+            "sasl.oauthbearer.method = oidc",
+        ),
+        (
+            {"VIGIL_KAFKA_CLIENT_OPTIONS": json.dumps(OIDC), "VIGIL_KAFKA_SASL_PASSWORD": "hunter2"},
+            "VIGIL_KAFKA_SASL_PASSWORD set with VIGIL_KAFKA_SASL_MECHANISM OAUTHBEARER, which sends a token",
+        ),
+    ],
+)
+def test_oauthbearer_without_a_token_source_or_with_a_password_is_refused(
+    no_vigil_variables: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    no_vigil_variables.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    no_vigil_variables.setenv("VIGIL_KAFKA_SASL_MECHANISM", "OAUTHBEARER")
+    for key, value in env.items():
+        no_vigil_variables.setenv(key, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert message in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+def test_plain_and_scram_still_need_a_user_and_password(
+    no_vigil_variables: pytest.MonkeyPatch, mechanism: str
+) -> None:
+    no_vigil_variables.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    no_vigil_variables.setenv("VIGIL_KAFKA_SASL_MECHANISM", mechanism)
+    no_vigil_variables.setenv("VIGIL_KAFKA_CLIENT_OPTIONS", json.dumps(OIDC))
+    with pytest.raises(
+        ConfigError, match="SASL_SSL needs VIGIL_KAFKA_SASL_PASSWORD, VIGIL_KAFKA_SASL_USERNAME"
+    ) as caught:
+        load_settings()
+    assert "hunter2" not in str(caught.value)
+
+
+def test_client_options_are_json_in_the_variable_or_a_table_in_the_file(
+    no_vigil_variables: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert load_settings().kafka_client_options is None
+    assert "socket.timeout.ms" not in load_settings().kafka_client_config()
+    # In the file, a dotted key goes quoted or not (unquoted, TOML makes it a table in a table).
+    (tmp_path / "vigil.toml").write_text(
+        "[kafka_client_options]\n"
+        '"sasl.oauthbearer.client.secret" = "hunter2-file"\n'
+        "socket.timeout.ms = 30000\n"
+        "socket.keepalive.enable = true\n"
+        'ssl.endpoint.identification.algorithm = "none"\n'
+    )
+    conf = load_settings().kafka_client_config()
+    assert conf["sasl.oauthbearer.client.secret"] == "hunter2-file"
+    assert conf["socket.timeout.ms"] == 30000
+    assert conf["socket.keepalive.enable"] is True
+    assert conf["ssl.endpoint.identification.algorithm"] == "none"
+    assert conf["bootstrap.servers"] == "127.0.0.1:19092"  # Vigil's own settings, as before
+    no_vigil_variables.setenv("VIGIL_KAFKA_CLIENT_OPTIONS", json.dumps({"socket.timeout.ms": 5000}))
+    conf = load_settings().kafka_client_config()  # the variable wins, whole
+    assert conf["socket.timeout.ms"] == 5000
+    assert "sasl.oauthbearer.client.secret" not in conf
+    # Keyword arguments (as tests and helpers build settings) take a mapping.
+    assert Settings(kafka_client_options={"linger.ms": 1}).kafka_client_config()["linger.ms"] == 1
+    assert Settings.model_fields["kafka_client_options"].description
+
+
+def test_client_options_are_secret_everywhere(
+    no_vigil_variables: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    no_vigil_variables.setenv("VIGIL_KAFKA_CLIENT_OPTIONS", json.dumps({"ssl.key.pem": "hunter2-key"}))
+    with caplog.at_level(logging.DEBUG):
+        loaded = load_settings()
+    assert loaded.kafka_client_config()["ssl.key.pem"] == "hunter2-key"
+    for shown in (repr(loaded), str(loaded), loaded.model_dump_json(), caplog.text):
+        assert "hunter2" not in shown
+    assert config._is_secret("kafka_client_options")
+    assert config._is_secret("kafka_ssl_key_password")
+    assert config._is_secret("kafka_client_options.ssl.key.pem")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('{"sasl.oauthbearer.client.secret": hunter2}', r"not JSON \(Expecting value: line 1 column 36"),
+        ('["hunter2"]', "a list; expected"),
+        ('"hunter2"', "a string; expected"),
+        (
+            '{"sasl.oauthbearer.scope": ["hunter2"]}',
+            "the value of 'sasl.oauthbearer.scope' is a list; expected a string",
+        ),
+        (
+            '{"linger.ms": null}',
+            "the value of 'linger.ms' is a null; expected a string, number or true/false",
+        ),
+    ],
+)
+def test_client_options_that_are_not_settings_are_refused_without_their_values(
+    no_vigil_variables: pytest.MonkeyPatch, value: str, message: str
+) -> None:
+    no_vigil_variables.setenv("VIGIL_KAFKA_CLIENT_OPTIONS", value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    text = str(caught.value)
+    assert text.startswith("invalid settings:\n  VIGIL_KAFKA_CLIENT_OPTIONS (kafka_client_options): ")
+    assert re.search(message, text), text
+    assert text.endswith("; got <hidden>")
+    assert "hunter2" not in text
+    with pytest.raises(ValidationError) as raw:
+        Settings()
+    assert "hunter2" not in str(raw.value)
+
+
+#: librdkafka settings Vigil makes from its own settings, each with that setting.
+OWN_CLIENT_OPTIONS = {
+    "bootstrap.servers": "kafka_bootstrap",
+    "metadata.broker.list": "kafka_bootstrap",  # (librdkafka's other name for it)
+    "security.protocol": "kafka_security_protocol",
+    "sasl.mechanism": "kafka_sasl_mechanism",
+    "sasl.mechanisms": "kafka_sasl_mechanism",
+    "sasl.username": "kafka_sasl_username",
+    "sasl.password": "kafka_sasl_password",
+    "ssl.ca.location": "kafka_ssl_ca_location",
+    "ssl.certificate.location": "kafka_ssl_certificate_location",
+    "ssl.key.location": "kafka_ssl_key_location",
+    "ssl.key.password": "kafka_ssl_key_password",
+    "client.id": "kafka_client_id",
+}
+
+
+@pytest.mark.parametrize(("key", "setting"), sorted(OWN_CLIENT_OPTIONS.items()))
+def test_client_options_that_vigil_sets_itself_are_refused_naming_the_setting(
+    no_vigil_variables: pytest.MonkeyPatch, tmp_path: Path, key: str, setting: str
+) -> None:
+    # Which of the two would the client take?  Neither silently: the setting is the one place.
+    no_vigil_variables.setenv("VIGIL_KAFKA_CLIENT_OPTIONS", json.dumps({"linger.ms": 5, key: "hunter2"}))
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert (
+        f"VIGIL_KAFKA_CLIENT_OPTIONS (kafka_client_options): {key!r} is set by Vigil from its own "
+        f"setting; set {setting} (VIGIL_{setting.upper()}) instead; got <hidden>"
+    ) in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+    # In the file too, whatever its case.
+    no_vigil_variables.delenv("VIGIL_KAFKA_CLIENT_OPTIONS")
+    (tmp_path / "vigil.toml").write_text(f'[kafka_client_options]\n"{key.upper()}" = "hunter2"\n')
+    with pytest.raises(ConfigError, match=f"kafka_client_options in vigil.toml: .*set {setting} "):
+        load_settings()
+
+
+def test_the_new_settings_are_not_warned_about_as_unknown(
+    no_vigil_variables: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    # VIGIL_KAFKA_SSL_CERTIFICATE_LOCATION was "ignoring environment variable ...: not a Vigil setting".
+    no_vigil_variables.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SSL")
+    no_vigil_variables.setenv("VIGIL_KAFKA_SSL_CERTIFICATE_LOCATION", str(_pem(tmp_path, "client.pem")))
+    no_vigil_variables.setenv("VIGIL_KAFKA_SSL_KEY_LOCATION", str(_pem(tmp_path, "client.key")))
+    no_vigil_variables.setenv("VIGIL_KAFKA_SSL_KEY_PASSWORD", "pw")
+    no_vigil_variables.setenv("VIGIL_KAFKA_CLIENT_OPTIONS", "{}")
+    with caplog.at_level(logging.WARNING, logger="vigil.config"):
+        load_settings()
+    assert not [r.getMessage() for r in caplog.records if r.name == "vigil.config"]
