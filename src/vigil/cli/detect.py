@@ -194,6 +194,23 @@ def render(result: EvalResult, seconds: float) -> None:
             "benign look-alikes that drew an alert: " + (", ".join(fooled) if fooled else "none"),
             highlight=False,
         )
+    if result.rules:
+        # What each rule earned and cost: a scenario's precision hides which of its rules fired
+        # wrongly, and a rule charged to no scenario shows only here.
+        by_rule = Table("rule", "alerts", "true", "false", "false charged to")
+        # Rule ids whole, whatever the terminal's width: they are what an analyst looks up.
+        by_rule.columns[0].no_wrap = True
+        by_rule.columns[0].min_width = max(len(rule) for rule in result.rules)
+        for rule, r in sorted(result.rules.items()):
+            charged = ", ".join(r.scenarios) if r.scenarios else "no scenario"
+            by_rule.add_row(
+                escape(rule),
+                str(r.alerts),
+                str(r.true_positives),
+                f"[red]{r.false_positives}[/]" if r.false_positives else "0",
+                escape(charged) if r.false_positives else "",
+            )
+        console.print(by_rule)
     noisy = [(rule, fp) for rule, (_, fp) in result.per_rule.items() if fp]
     if noisy:
         err_console.print("false positives by rule: " + ", ".join(f"{r} {n}" for r, n in noisy))

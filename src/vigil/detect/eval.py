@@ -8,19 +8,29 @@ Definitions (the numbers ``vigil eval`` prints):
   is the episode's own events.  (Without the last, an alert on benign activity of an entity an
   episode names, such as the exchange's hot wallet or a CRM vendor, counted as detecting it.)
   Addresses compare case-insensitively whatever their kind (wallet, counterparty, address).
+- An alert that would match an episode but that its last evidence comes after the end of
+  *follows* it: an attack's own event with a later one of the same entity (the victim's next
+  login after the attacker's).  It names the attack, so it is no false positive, but it comes
+  after the attack: it earns no recall.
 - **recall** of a scenario: the share of its episodes matched by at least one alert.
-- **precision** of a scenario: of the alerts attributed to it (those of rules whose
-  ``typology`` is the scenario, and those matching one of its episodes), the share that
-  match some attack episode.  ``1.0`` when there are none.  An alert of a rule whose typology
-  is no scenario's, matching no episode, is attributed to none: **precision** overall (alerts
-  matching an episode over all alerts) and **unattributed** (such alerts) count it.
+- **precision** of a scenario: of the alerts charged to it, the share that match one of its
+  episodes.  An alert matching episodes is charged to their scenarios.  An alert matching none
+  (a false positive) is charged to every scenario its rule answers for: the rule's
+  ``typology`` when that is a scenario's name, the scenarios :data:`TYPOLOGY_SCENARIOS` maps
+  it to (a takeover signal such as ``impossible_travel``), and every scenario the rule's
+  alerts earned recall for in the run.  A rule that earns credit for a scenario pays for its
+  false alarms there.  ``1.0`` when none are charged.  A false positive of a rule that answers
+  for no scenario of the run is **unattributed**: counted in **precision** overall (alerts
+  matching an episode over all alerts) and on its own.
+- **per rule**: each rule's alerts, true positives (matching an episode), false positives and
+  the scenarios its false positives are charged to.
 - **ttd** (time to detect): from the episode start to the last evidence time of its first
   matching alert, in event time (seconds); p50 and p95 over detected episodes.
-- **hold_before_funds_leave** (account takeover, address poisoning, drainer approval): the
-  share of episodes with a ``funds_leave_at`` that got a ``hold_withdrawal`` or ``block``
-  decision on a matching entity whose time (the alert's last evidence) is before it.  (For a
-  drainer the hold keeps the exchange account's funds from following; the approved wallet's
-  own tokens are the drainer's to pull on chain whatever the exchange does.)
+- **hold_before_funds_leave** (account takeover, address poisoning): the share of episodes
+  with a ``funds_leave_at`` that got a ``hold_withdrawal`` or ``block`` decision on a matching
+  entity whose time (the alert's last evidence) is before it.  Not applicable (``None``) to a
+  drainer approval: the tokens leave the victim's own wallet on chain, where no exchange hold
+  reaches them (a hold on the exchange account only keeps further funds from following).
 - **benign_events**: events that belong to no attack episode (look-alikes included);
   **false_positives_per_10k**: alerts matching no attack episode per 10,000 benign events.
 """
@@ -46,7 +56,17 @@ from vigil.testing import run_operators
 if TYPE_CHECKING:
     from vigil.sim import Simulation
 
-HOLD_SCENARIOS = ("account_takeover", "address_poisoning", "drainer_approval")
+#: Scenarios where a hold can stop the money: a drainer pulls the approved wallet's tokens on
+#: chain, out of the exchange's reach, so its hold share is not applicable.
+HOLD_SCENARIOS = ("account_takeover", "address_poisoning")
+#: Rule typologies that are no scenario's name, and the scenarios whose signals they are: their
+#: false positives are charged to these scenarios' precision.
+TYPOLOGY_SCENARIOS: dict[str, tuple[str, ...]] = {
+    "impossible_travel": ("account_takeover",),
+    "mfa_fatigue": ("account_takeover",),
+    "security_change_new_address": ("account_takeover",),
+    "dormant_reactivation": ("account_takeover",),
+}
 HOLD_ACTIONS = ("hold_withdrawal", "block")
 _ADDRESS_KINDS = frozenset({"wallet", "counterparty", "address", "from_address", "to_address"})
 
@@ -75,15 +95,19 @@ class EpisodeIndex:
             for key in _label_keys(label):
                 self._by_key.setdefault(key, []).append(i)
 
-    def matches(self, keys: Iterable[str], at: datetime, evidence: Iterable[str]) -> list[int]:
+    def matches(
+        self, keys: Iterable[str], at: datetime, evidence: Iterable[str], *, late: bool = False
+    ) -> list[int]:
         """The episodes an alert with entity ``keys``, last evidence time ``at`` and evidence
-        event ids ``evidence`` matches (see the module)."""
+        event ids ``evidence`` matches (see the module); with ``late``, those it would match
+        but that its last evidence comes after the end of (it *follows* them)."""
         ids = frozenset(evidence)
         out: set[int] = set()
         for key in keys:
             for i in self._by_key.get(key, ()):
                 label = self.labels[i]
-                if label.start <= at <= label.end and not ids.isdisjoint(self._events[i]):
+                inside = label.start <= at <= label.end if not late else at > label.end
+                if inside and not ids.isdisjoint(self._events[i]):
                     out.add(i)
         return sorted(out)
 
@@ -113,6 +137,29 @@ class ScenarioScore:
 
 
 @dataclass
+class RuleScore:
+    """One rule's alerts in a run: how many matched an episode, and where its misses are charged."""
+
+    alerts: int = 0
+    true_positives: int = 0
+    #: The scenarios the rule answers for (see the module): its false positives count in their
+    #: precision.  Empty: its false positives are unattributed.
+    scenarios: tuple[str, ...] = ()
+
+    @property
+    def false_positives(self) -> int:
+        return self.alerts - self.true_positives
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "alerts": self.alerts,
+            "true_positives": self.true_positives,
+            "false_positives": self.false_positives,
+            "scenarios": list(self.scenarios),
+        }
+
+
+@dataclass
 class EvalResult:
     scenarios: dict[str, ScenarioScore]
     benign_events: int
@@ -127,9 +174,13 @@ class EvalResult:
     mode: str = "memory"
     #: Benign look-alike scenario -> (episodes, episodes that drew an alert): what fooled the rules.
     lookalikes: dict[str, tuple[int, int]] = field(default_factory=dict)
-    #: Alerts attributed to no scenario (matching no episode, of a rule whose typology is none):
-    #: in no scenario's precision, so shown on their own.
+    #: False positives charged to no scenario (their rule answers for none in the run): in no
+    #: scenario's precision, so shown on their own.
     unattributed: int = 0
+    #: Per rule: alerts, true positives and the scenarios its false positives are charged to.
+    rules: dict[str, RuleScore] = field(default_factory=dict)
+    #: Alerts that follow an episode (see the module): not false positives, no recall.
+    late: int = 0
 
     @property
     def precision(self) -> float:
@@ -145,6 +196,11 @@ class EvalResult:
             "scenarios": {name: s.as_json() for name, s in sorted(self.scenarios.items())},
             "benign_events": self.benign_events,
             "false_positives_per_10k": round(self.false_positives_per_10k, 4),
+            "alerts": self.alerts,
+            "false_positives": self.false_positives,
+            "unattributed": self.unattributed,
+            "late": self.late,
+            "rules": {rule: r.as_json() for rule, r in sorted(self.rules.items())},
         }
 
 
@@ -181,31 +237,53 @@ def score(
     attributed: dict[str, list[bool]] = {name: [] for name in names}
     false_positives = 0
     unattributed = 0
-    per_rule: dict[str, list[int]] = {}
+    late = 0
+    tallies: dict[str, list[int]] = {}  # rule -> [alerts, true positives]
+    #: The scenarios each rule answers for: its typology's, and those its alerts matched.
+    answers: dict[str, set[str]] = {}
     alert_matches: dict[str, list[int]] = {}
+    misses: list[str] = []  # the rule of each false positive
     for alert in alerts:
         p = alert.payload
         evidence = [e.event_id for e in p.evidence]
         hit = index.matches(_alert_keys(alert), p.last_evidence_at, evidence)
         alert_matches[alert.event_id] = hit
-        counts = per_rule.setdefault(p.rule_id, [0, 0])
-        counts[0] += 1
+        tally = tallies.setdefault(p.rule_id, [0, 0])
+        tally[0] += 1
+        own = answers.get(p.rule_id)
+        if own is None:
+            kind = typology.get(p.rule_id) or p.typology
+            own = answers[p.rule_id] = {kind, *TYPOLOGY_SCENARIOS.get(kind, ())} & set(names)
         if not hit:
+            follows = index.matches(_alert_keys(alert), p.last_evidence_at, evidence, late=True)
+            if follows:
+                # Late, but about an attack: true for the scenarios it follows, no recall.
+                tally[1] += 1
+                late += 1
+                for name in {labels[i].scenario for i in follows}:
+                    attributed[name].append(True)
+                continue
             false_positives += 1
-            counts[1] += 1
+            misses.append(p.rule_id)
             fooled_by.update(fooled.matches(_alert_keys(alert), p.last_evidence_at, evidence))
+            continue
+        tally[1] += 1
         for i in hit:
             at = first_alert_at.get(i)
             if at is None or p.last_evidence_at < at:
                 first_alert_at[i] = p.last_evidence_at
-        scenarios_of_alert = {labels[i].scenario for i in hit}
-        own = typology.get(p.rule_id)
-        if own in attributed:
-            scenarios_of_alert.add(own)
-        if not scenarios_of_alert:
+        matched = {labels[i].scenario for i in hit}
+        own.update(matched)
+        for name in matched:
+            attributed[name].append(True)
+    # A false positive is charged to every scenario its rule answers for (known only once every
+    # alert has been matched: a rule's credit may come after its false alarm).
+    for rule_id in misses:
+        charged = answers[rule_id]
+        if not charged:
             unattributed += 1
-        for name in scenarios_of_alert:
-            attributed[name].append(bool(hit))
+        for name in charged:
+            attributed[name].append(False)
     holds: dict[int, datetime] = {}
     for d in decisions:
         if d.payload.action not in HOLD_ACTIONS:
@@ -244,9 +322,14 @@ def score(
         alerts=len(alerts),
         decisions=len(decisions),
         seconds=seconds,
-        per_rule={k: (v[0], v[1]) for k, v in sorted(per_rule.items())},
+        per_rule={k: (v[0], v[0] - v[1]) for k, v in sorted(tallies.items())},
         missed=missed,
         unattributed=unattributed,
+        late=late,
+        rules={
+            k: RuleScore(alerts=v[0], true_positives=v[1], scenarios=tuple(sorted(answers[k])))
+            for k, v in sorted(tallies.items())
+        },
     )
 
 

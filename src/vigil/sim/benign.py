@@ -9,6 +9,14 @@ from the mix and a customer by that hour's weights.  Actions have consequences l
 those that fall past the slice wait in the bucket of the slice they fall in, so the
 stream stays sorted by event time.
 
+Customers are not all alike every session: at the base rates below (a real exchange's, each
+something a rule looks for in attacks) they log in from new devices, from carriers' shared
+CGNAT IPs, abroad or through VPNs; change e-mail and second factor; add withdrawal addresses
+and use them; run bots on API keys from cloud servers; send round amounts.  Orders and
+withdrawal requests carry the device and IP of the customer's latest login (or the bot's API
+key and server IP), as the attacks' do.  Without these a false-positive rate measured on the
+benign stream means little.
+
 Speed (the simulator is to feed Kafka 200k events/s from one core): the slice's draws are
 numpy arrays, and the four kinds that make three actions in four (sessions, orders,
 trades, venue trades) are generated a slice at a time, so that per event Python only
@@ -18,6 +26,8 @@ builds the event.  A seed still gives one stream; the draws differ from a per-ac
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -33,14 +43,22 @@ from vigil.sim.draws import generator, normals, pick, uniforms
 from vigil.sim.factory import UNLIMITED, Make, Trades, stamps
 from vigil.sim.market import MarketPath
 from vigil.sim.population import (
+    CLOUD_PREFIXES,
     EXCHANGE_DOMAIN,
+    HOME_PLACES,
     PRICES,
     SYMBOL_PRICES,
     SYMBOLS,
     THIN_SYMBOL,
+    TRAVEL_PLACES,
+    USER_AGENTS,
+    VPN_PLACES,
     Customer,
     Employee,
+    Place,
     Population,
+    evm_address,
+    ip_in,
 )
 
 MAX_SESSION = 4 * 3600.0
@@ -73,9 +91,109 @@ MIX: dict[str, tuple[float, float]] = {
     "security": (1.0, 1.0),
     "defi_approval": (0.3, 1.0),
     "address_added": (0.3, 1.0),
-    "password_reset": (0.2, 2.0),
+    # Forgotten passwords: under one customer in a hundred a day (it was one in six).
+    "password_reset": (0.01, 2.0),
     "api_key": (0.05, 1.0),
+    # Contact e-mail and second-factor changes: rare, a few a day among 2,000 heavy users (the
+    # simulated customers average 60 events a day); most MFA changes are a new phone enrolled.
+    "email_change": (0.004, 1.0),
+    "mfa_change": (0.008, 1.0),
 }
+
+# ---------------------------------------------------------------------- base rates
+# What a real exchange sees of a benign customer base; each is something a rule looks for in
+# attacks, so the false-positive rate is measured against it rather than against a stream
+# that never shows it.
+
+#: A login from a device the account has not used (a new phone, a new or wiped browser, an
+#: incognito window): a few per cent of logins on consumer platforms.  The new device is kept
+#: and used again for a share of the customer's later sessions.
+NEW_DEVICE_RATE = 0.008
+NEW_DEVICE_REUSE = 0.25
+#: New devices are challenged: most pass a second factor; customers without one enrolled are
+#: confirmed by an e-mail link, which is no MFA factor (``mfa_used`` false).
+NEW_DEVICE_MFA = 0.9
+#: Mobile-app sessions on cellular data (the rest on Wi-Fi at home): their IP is the carrier's
+#: CGNAT egress, shared with other subscribers and not the customer's own.
+CELLULAR_SHARE = 0.3
+#: Customers abroad on a given day (holidays, business trips; crypto users travel and hold
+#: accounts across borders more than most), and the share of their sessions on hotel or cafe
+#: Wi-Fi there (the rest roam on their home carrier, whose IPs geolocate at home).
+TRAVELLER_SHARE = 0.015
+ABROAD_SESSIONS = 0.7
+#: Customers who use a commercial VPN, and the share of their sessions through it (exit in
+#: another country).  VPN use among crypto holders is common; toggling it moves the login's
+#: geolocation across borders within minutes.
+VPN_SHARE = 0.02
+VPN_SESSIONS = 0.4
+#: Second-factor push results: mostly approved; timeouts (phone elsewhere) and the occasional
+#: deny by a fat finger or a prompt the customer did not expect, usually retried at once.
+MFA_TIMEOUT = 0.03
+MFA_DENIED = 0.01
+#: Failed logins by reason (shares): wrong password dominates; wrong or expired TOTP codes,
+#: CAPTCHA failures, mistyped e-mails (no such user) and lockouts after repeated failures.
+FAILED_LOGIN_REASONS: dict[str, float] = {
+    "bad_password": 0.72,
+    "mfa_failed": 0.12,
+    "captcha": 0.08,
+    "unknown_user": 0.06,
+    "locked": 0.02,
+}
+#: Card declines by reason (shares, issuer response codes as card processors report them):
+#: insufficient funds is the largest single reason, generic "do not honor" next.
+DECLINE_REASONS: dict[str, float] = {
+    "insufficient_funds": 0.40,
+    "do_not_honor": 0.25,
+    "incorrect_cvc": 0.10,
+    "expired_card": 0.08,
+    "card_not_supported": 0.06,
+    "processing_error": 0.05,
+    "card_velocity_exceeded": 0.05,
+    "stolen_card": 0.01,
+}
+#: Order types: retail flow on an exchange's app is limit orders mostly, market orders a
+#: quarter or so, stop orders a few per cent.
+MARKET_ORDER_SHARE = 0.22
+STOP_ORDER_SHARE = 0.05
+#: Orders and withdrawals placed through the API rather than the app (customers' bots and
+#: tools): no device, the API key and the server's IP.
+API_KEY_PERMISSIONS: tuple[tuple[float, tuple[str, ...]], ...] = (
+    # (cumulative share, permissions): trading bots, read-only portfolio trackers, and a few
+    # keys allowed to withdraw (rebalancers, treasury sweeps to the customer's own wallet).
+    (0.70, ("read", "trade")),
+    (0.92, ("read",)),
+    (1.00, ("read", "trade", "withdraw")),
+)
+#: Of new withdraw-capable keys, the share used to withdraw from the server within the day.
+API_WITHDRAW_USE = 0.6
+#: Withdrawal address added: a new address (another exchange's deposit address, a new wallet,
+#: a friend's) most of the time, else one the customer has used before being whitelisted.
+NEW_ADDRESS_SHARE = 0.7
+#: Of newly added addresses, the share withdrawn to shortly after (minutes to hours); the rest
+#: are used on a later withdrawal, if any.
+SAME_SESSION_WITHDRAWAL = 0.3
+#: Crypto withdrawals to an address the customer just added (earlier today) and to one never
+#: added at all (exchanges that do not require a whitelist: paying someone, another venue).
+RECENT_ADDRESS_WITHDRAWAL = 0.25
+UNLISTED_ADDRESS_WITHDRAWAL = 0.03
+#: ETH deposits of a round amount (people send exactly 1 ETH): about one in twelve, of which
+#: the amounts below by share.
+ROUND_ETH_DEPOSIT = 0.08
+_ROUND_ETH = (0.1, 0.1, 0.25, 0.5, 0.5, 1.0, 1.0, 1.0, 2.0, 5.0, 10.0)
+#: ETH deposits from another exchange's hot wallet or a counterparty not in the address book.
+FOREIGN_DEPOSIT_SHARE = 0.15
+#: Loyalty redemptions by size (points): most small, a few large (up to 10,000).
+_LOYALTY_TIERS = (500, 500, 1000, 1000, 1000, 1500, 2000, 2000, 2500, 3000, 5000, 7500, 10_000)
+#: Of the orders that are not market orders: the shares cancelled and filled, so that half of
+#: all orders are cancelled and four in ten filled, as before there were market orders.
+_CANCEL = 0.5 / (1 - MARKET_ORDER_SHARE)
+_FILL = (0.4 - MARKET_ORDER_SHARE) / (1 - MARKET_ORDER_SHARE)
+_FAILED_CUM = tuple(itertools.accumulate(FAILED_LOGIN_REASONS.values()))
+_FAILED_NAMES = tuple(FAILED_LOGIN_REASONS)
+_DECLINE_CUM = tuple(itertools.accumulate(DECLINE_REASONS.values()))
+_DECLINE_NAMES = tuple(DECLINE_REASONS)
+_PERM_CUM = tuple(x[0] for x in API_KEY_PERMISSIONS)
+_MOBILE_UAS = frozenset(ua for ua in USER_AGENTS if "iPhone" in ua or "Android" in ua or "ExchangeApp" in ua)
 _LIQUID = SYMBOLS[:4]
 #: Where orders go: the liquid markets by index 0-3, the thin one at 4.
 _ORDER_SYMBOLS = (*_LIQUID, THIN_SYMBOL)
@@ -100,6 +218,11 @@ _STAFF_CALLS = (
     ("DescribeInstances", None),
 )
 MERCHANTS = ("amazon", "uber", "spotify", "steam", "airbnb", "starbucks", "netflix", "apple")
+
+
+def _draw(u: float, cum: tuple[float, ...], names: Sequence[T]) -> T:
+    """The name a uniform ``u`` in [0, 1) falls on, by cumulative shares ``cum``."""
+    return names[min(len(names) - 1, bisect.bisect_right(cum, u * cum[-1]))]
 
 
 def _objects(values: list[Any]) -> np.ndarray[Any, Any]:
@@ -224,6 +347,37 @@ class BenignTraffic:
             self._working.append([(emps[i], emp_ents[i]) for i in idx])
         self._spenders = list(pop.counterparties.defi_spenders.values())
         self._ents_seen: dict[tuple[int, str, str], Entities] = {}
+        # What customers do beyond the steady mix (see the base rates above), all drawn from
+        # generators of their own so that a seed gives one stream.
+        plans = random.Random(f"vigil-sim:{seed}:benign:plans")
+        #: Where each customer's orders and app withdrawals come from: the device and IP of
+        #: their latest login (as the attacks' do), or their bot's API key and server.
+        self._order_ents = _objects([c.entities for c in custs])
+        #: The device and IP of each customer's latest login (account changes come from it).
+        self._session_ents = _objects([c.entities for c in custs])
+        self._api_trader = np.zeros(len(custs), dtype=bool)
+        self._api_ents: dict[int, Entities] = {}
+        #: A device a customer started using today (not one of theirs in the population).
+        self._new_device: dict[int, str] = {}
+        #: Customers away (abroad, or on a VPN): their place, IP there, and share of sessions.
+        self._away: dict[int, tuple[Geo, str, float]] = {}
+        abroad = (*TRAVEL_PLACES, *HOME_PLACES)
+        for c in custs:
+            r = plans.random()
+            if r < TRAVELLER_SHARE:
+                place = plans.choice([p for p in abroad if p.country != c.country])
+                self._away[c.index] = (place.geo(), ip_in(plans, place), ABROAD_SESSIONS)
+            elif r < TRAVELLER_SHARE + VPN_SHARE:
+                place = plans.choice([p for p in VPN_PLACES if p.country != c.country])
+                self._away[c.index] = (place.geo(), ip_in(plans, place), VPN_SESSIONS)
+        self._plans = plans
+        #: Addresses customers added today that are not in their address book.
+        self._fresh_addresses: dict[int, list[str]] = {}
+        #: API keys allowed to withdraw.
+        self._withdraw_keys: set[str] = set()
+        #: Each customer's mobile carrier's CGNAT IPs (those of their home country).
+        self._carriers = [pop.carrier_ips[c.place.country] for c in custs]
+        self._cloud = Place("US", "Ashburn", 39.04, -77.49, -5, CLOUD_PREFIXES)
         self.slice_len = self.market.slice_len
         n_slices = self.market.n_slices
         self.bursts = self.market.bursts
@@ -325,28 +479,79 @@ class BenignTraffic:
     # round to cents as ``round(x * 100) / 100`` (a third of ``round(x, 2)``'s cost; the
     # value differs only on exact-half ties): at 200k events/s every 0.1 us is 2% of a core.
 
-    def _ents(self, c: Customer) -> Entities:
-        devices, ips = c.devices, c.ips
-        if len(devices) == 1 and len(ips) == 1:
-            return c.entities
+    def _where(self, c: Customer) -> tuple[Entities, Geo, bool]:
+        """The device, IP and place a login of ``c`` comes from, and whether the device is new.
+
+        Usually one of the customer's devices on one of their IPs at home; sometimes a new
+        device (kept for later sessions), the mobile carrier's shared CGNAT IP, a hotel's
+        Wi-Fi abroad or a VPN exit (see the base rates at the top)."""
         u = self.u
-        if u() < 0.6:
-            return c.entities
-        key = (c.index, devices[int(u() * len(devices))], ips[int(u() * len(ips))])
+        i = c.index
+        devices, ips = c.devices, c.ips
+        new = False
+        r = u()
+        if r < NEW_DEVICE_RATE:
+            device = "dev-" + self.make.mint()[:10]
+            self._new_device[i] = device
+            new = True
+        elif r < NEW_DEVICE_REUSE and i in self._new_device:
+            device = self._new_device[i]
+        elif len(devices) == 1 or r < 0.6:
+            device = devices[0]
+        else:
+            device = devices[int(u() * len(devices))]
+        geo = c.geo
+        away = self._away.get(i)
+        r = u()
+        if away is not None and r < away[2]:
+            geo, ip = away[0], away[1]
+        elif r > 1 - CELLULAR_SHARE and (away is not None or c.user_agent in _MOBILE_UAS):
+            # On cellular data (abroad: roaming, which egresses through the home carrier).
+            ip = pick(u(), self._carriers[i])
+        elif len(ips) == 1 or r < 0.6:
+            ip = ips[0]
+        else:
+            ip = ips[int(u() * len(ips))]
+        if not new and device == devices[0] and ip == ips[0]:
+            return c.entities, geo, False
+        key = (i, device, ip)
         ents = self._ents_seen.get(key)
         if ents is None:
             ents = self._ents_seen[key] = Entities(
-                customer=c.id, account=c.account, device=key[1], ip=key[2], email=c.email
+                customer=c.id, account=c.account, device=device, ip=ip, email=c.email
             )
+        return ents, geo, new
+
+    def _session(self, c: Customer) -> Entities:
+        """The device and IP of ``c``'s latest login: where account changes are made from."""
+        ents: Entities = self._session_ents[c.index]
         return ents
 
     def _failed_login(self, ts: float, c: Customer) -> None:
-        ents = self._ents(c)
-        self.make.failed_login(ts, ents, c.email, c.geo, c.user_agent, "bad_password")
-        self.make.login(ts + 8 + self.u() * 30, ents, c.geo, c.user_agent)
+        u = self.u
+        ents, geo, _ = self._where(c)
+        reason = _draw(u(), _FAILED_CUM, _FAILED_NAMES)
+        username = c.email
+        tried = ents
+        if reason == "unknown_user":
+            # A typo in the e-mail: no such user, so no customer on the attempt.
+            local, _, domain = c.email.partition("@")
+            username = f"{local[:-1]}@{domain}" if len(local) > 1 else f"{local}x@{domain}"
+            tried = Entities(device=ents.device, ip=ents.ip)
+        self.make.failed_login(ts, tried, username, geo, c.user_agent, reason)
+        # Then the customer gets in: at once, or after the lockout (about a quarter hour).
+        wait = 900 + u() * 900 if reason == "locked" else 8 + u() * 30
+        self.make.login(ts + wait, ents, geo, c.user_agent)
 
     def _mfa_challenge(self, ts: float, c: Customer) -> None:
-        self.make.mfa_challenge(ts, c.entities, "approved" if self.u() < 0.97 else "timeout")
+        u = self.u
+        r = u()
+        ents = self._session(c)
+        result = "denied" if r < MFA_DENIED else "timeout" if r < MFA_DENIED + MFA_TIMEOUT else "approved"
+        self.make.mfa_challenge(ts, ents, result)
+        if result != "approved" and u() < 0.8:
+            # A deny by mistake, or a prompt that timed out: the customer asks again and approves.
+            self.make.mfa_challenge(ts + 10 + u() * 50, ents, "approved")
 
     # ------------------------------------------------------------------ the bulk, vectorised
     # Sessions, orders and trades are three actions in four.  Their draws and arithmetic run
@@ -361,15 +566,29 @@ class BenignTraffic:
         length = np.minimum(60.0 - 1500.0 * np.log1p(-u[1]), MAX_SESSION)
         ends = length + times
         by_user = (length < MAX_SESSION) & (u[2] < 0.6)
-        ents = [self._ents(c) for c in custs]
-        mfa = (u[0] < 0.5).tolist()
+        where = [self._where(c) for c in custs]
+        ents = [w[0] for w in where]
+        mfa = [
+            (self.u() < NEW_DEVICE_MFA) if w[2] else (c.kyc_tier > 1 or m)
+            for c, w, m in zip(custs, where, (u[0] < 0.5).tolist(), strict=True)
+        ]
         self.make.logins(
             stamps(times),
             ents,
-            [c.geo for c in custs],
+            [w[1] for w in where],
             [c.user_agent for c in custs],
-            [c.kyc_tier > 1 or m for c, m in zip(custs, mfa, strict=True)],
+            mfa,
         )
+        for k, w in enumerate(where):
+            if w[2] and mfa[k]:
+                # The new device's login passed a push to the customer's phone.
+                self.make.mfa_challenge(float(times[k]) + 5 + self.u() * 20, w[0], "approved")
+        # Their orders and account changes now come from this login's device and IP (API
+        # traders' orders stay with their bot).
+        ents_array = _objects(ents)
+        self._session_ents[who] = ents_array
+        app = ~self._api_trader[who]
+        self._order_ents[who[app]] = ents_array[app]
         # The logouts in the order they happen: the slice's sort then merges sorted runs.
         order = np.argsort(ends, kind="stable")
         self.make.logouts(
@@ -380,7 +599,7 @@ class BenignTraffic:
 
     def _orders(self, times: np.ndarray[Any, Any], who: np.ndarray[Any, Any]) -> None:
         n = len(times)
-        u = self._vec_gen.random((6, n))
+        u = self._vec_gen.random((7, n))
         z = self._vec_gen.standard_normal(n)
         # Most orders go to the liquid markets; a few to the thin one.
         sym = np.where(u[0] < 0.97, (u[0] * 4).astype(np.intp), 4)
@@ -393,27 +612,53 @@ class BenignTraffic:
         sides = _SIDE_ARRAY[(u[1] < 0.5).view(np.int8)].tolist()
         prices, quantities = px.tolist(), qty.tolist()
         m = self.make
-        ents = self._money_ents_array[who].tolist()
+        ents = self._order_ents[who].tolist()
         placed = stamps(times)
-        orders = m.orders(placed, ents, symbols, sides, prices, quantities)
-        # Half are cancelled, four in ten fill against another customer, the rest rest.  Each
-        # follow-up kind is emitted in time order: sorted runs, cheap for the slice's sort.
-        cancelled = np.flatnonzero(u[3] < 0.5)
+        # Order types: market orders fill at once, stop orders rest (or are cancelled) like
+        # limit ones.  Each type is one batch; the orders are put back in their rows.
+        kind = np.searchsorted(
+            (MARKET_ORDER_SHARE, MARKET_ORDER_SHARE + STOP_ORDER_SHARE), u[6], side="right"
+        )
+        market = kind == 0
+        order_ids: list[str] = [""] * n
+        for code, order_type in ((0, "market"), (1, "stop"), (2, "limit")):
+            ks = np.flatnonzero(kind == code).tolist()
+            if not ks:
+                continue
+            rows = _rows(ks)
+            for k, o in zip(
+                ks,
+                m.orders(
+                    rows(placed),
+                    rows(ents),
+                    rows(symbols),
+                    rows(sides),
+                    rows(prices),
+                    rows(quantities),
+                    order_type=order_type,
+                ),
+                strict=True,
+            ):
+                order_ids[k] = o.payload.order_id
+        # Of all orders half are cancelled and four in ten fill against another customer (every
+        # market order, and enough of the others), the rest rest.  Each follow-up kind is emitted in time
+        # order: sorted runs, cheap for the slice's sort.
+        cancelled = np.flatnonzero((u[3] < _CANCEL) & ~market)
         cancel_at = times[cancelled] - 300 * np.log1p(-u[4][cancelled])
         by_time = np.argsort(cancel_at, kind="stable")
         rows = _rows(cancelled[by_time].tolist())
         m.cancels(
             stamps(cancel_at[by_time]),
             rows(ents),
-            [o.payload.order_id for o in rows(orders)],
+            list(rows(order_ids)),
             rows(symbols),
             rows(sides),
             rows(prices),
             rows(quantities),
             rows(placed),
         )
-        filled = np.flatnonzero((u[3] >= 0.5) & (u[3] < 0.9))
-        fill_at = times[filled] - 60 * np.log1p(-u[4][filled])
+        filled = np.flatnonzero(((u[3] >= _CANCEL) & (u[3] < _CANCEL + _FILL)) | market)
+        fill_at = times[filled] - np.where(market[filled], 0.5, 60.0) * np.log1p(-u[4][filled])
         by_time = np.argsort(fill_at, kind="stable")
         others = (u[5][filled][by_time] * len(self._custs)).astype(np.intp)
         filled = filled[by_time]
@@ -499,14 +744,15 @@ class BenignTraffic:
             self.make.deposit(ts, c, "BTC", amt, "bitcoin", pick(u(), c.btc_address_book))
         else:
             asset = "ETH" if r < 0.6 else "USDT"
-            amt = (
-                round(math.exp(-0.5 + 1.2 * z()), 6)
-                if asset == "ETH"
-                else round(math.exp(6.5 + 1.3 * z()), 2)
-            )
-            self.make.deposit(
-                ts, c, asset, amt, "ethereum", pick(u(), c.address_book), confirm_after=60 + u() * 600
-            )
+            if asset != "ETH":
+                amt = round(math.exp(6.5 + 1.3 * z()), 2)
+            elif u() < ROUND_ETH_DEPOSIT:
+                amt = pick(u(), _ROUND_ETH)
+            else:
+                amt = round(math.exp(-0.5 + 1.2 * z()), 6)
+            # From the customer's own wallets mostly; sometimes from another exchange or a payer.
+            book = self.pop.counterparties.benign_eth if u() < FOREIGN_DEPOSIT_SHARE else c.address_book
+            self.make.deposit(ts, c, asset, amt, "ethereum", pick(u(), book), confirm_after=60 + u() * 600)
 
     def _fiat_deposit(self, ts: float, c: Customer) -> None:
         self.make.fiat_deposit(ts, c, round(math.exp(6 + 1.2 * self.z()), 2))
@@ -517,27 +763,61 @@ class BenignTraffic:
         r = u()
         delay = 30 - 240 * math.log(1 - u())
         if r < 0.2:
-            self.make.withdrawal(ts, c, "USD", round(math.exp(6 + z()), 2), None, None, delay=3600 + delay)
+            self.make.withdrawal(
+                ts,
+                c,
+                "USD",
+                round(math.exp(6 + z()), 2),
+                None,
+                None,
+                delay=3600 + delay,
+                ents=self._session(c),
+            )
         elif r < 0.4:
             amt = round(math.exp(-3.5 + z()), 8)
             self.make.withdrawal(
-                ts, c, "BTC", amt, "bitcoin", c.btc_address_book[0], delay=delay, hot_wallet=hot["bitcoin"]
+                ts,
+                c,
+                "BTC",
+                amt,
+                "bitcoin",
+                c.btc_address_book[0],
+                delay=delay,
+                hot_wallet=hot["bitcoin"],
+                ents=self._session(c),
             )
         else:
             asset = "ETH" if r < 0.7 else "USDT"
             amt = (
                 round(math.exp(-0.7 + 1.1 * z()), 6) if asset == "ETH" else round(math.exp(6 + 1.2 * z()), 2)
             )
-            self.make.withdrawal(
-                ts,
-                c,
-                asset,
-                amt,
-                "ethereum",
-                pick(u(), c.address_book),
-                delay=delay,
-                hot_wallet=hot["ethereum"],
-            )
+            fresh = self._fresh_addresses.get(c.index)
+            r = u()
+            if fresh and r < RECENT_ADDRESS_WITHDRAWAL:
+                to = pick(u(), fresh)
+            elif r > 1 - UNLISTED_ADDRESS_WITHDRAWAL:
+                to = evm_address(self._plans)
+            else:
+                to = pick(u(), c.address_book)
+            self._withdraw(ts, c, asset, amt, to, delay)
+
+    def _withdraw(self, ts: float, c: Customer, asset: str, amount: float, to: str, delay: float) -> None:
+        """An ETH or USDT withdrawal to ``to``, requested from the app (the latest login's device
+        and IP, as attacks' requests carry them) or by the customer's bot through the API."""
+        api = self._api_ents.get(c.index)
+        via_api = api is not None and api.api_key in self._withdraw_keys
+        self.make.withdrawal(
+            ts,
+            c,
+            asset,
+            amount,
+            "ethereum",
+            to,
+            delay=delay,
+            hot_wallet=self.pop.hot_wallets["ethereum"],
+            channel="api" if via_api else "app" if c.user_agent in _MOBILE_UAS else "web",
+            ents=api if via_api else self._session(c),
+        )
 
     def _payment(self, ts: float, c: Customer) -> None:
         u = self.u
@@ -549,13 +829,13 @@ class BenignTraffic:
             MERCHANTS[int(u() * len(MERCHANTS))],
             pick(u(), c.cards),
             status="declined" if declined else "approved",
-            decline_reason="insufficient_funds" if declined else None,
+            decline_reason=_draw(u(), _DECLINE_CUM, _DECLINE_NAMES) if declined else None,
         )
 
     def _loyalty(self, ts: float, c: Customer) -> None:
         u = self.u
-        pts = min(c.loyalty_points, 500 * (1 + int(u() * 5)))
-        self.make.loyalty(ts, c.entities, pts, pick(u(), ("fee-discount", "gift-card", "merch")))
+        pts = min(c.loyalty_points, pick(u(), _LOYALTY_TIERS))
+        self.make.loyalty(ts, self._session(c), pts, pick(u(), ("fee-discount", "gift-card", "merch")))
 
     def _employee(self, ts: float) -> tuple[Employee, Entities]:
         """Someone on staff whose working hours cover ``ts`` (anyone, if nobody's do)."""
@@ -620,18 +900,86 @@ class BenignTraffic:
         self.make.token_approval(ts, c.own_wallet, spender, asset, amount, self.make.fresh_tx_hash())
 
     def _address_added(self, ts: float, c: Customer) -> None:
-        self.make.withdrawal_address_added(
-            ts, c, pick(self.u(), c.address_book), "ETH", "ethereum", self._ents(c)
-        )
+        u = self.u
+        ents = self._session(c)
+        if u() >= NEW_ADDRESS_SHARE:
+            self.make.withdrawal_address_added(ts, c, pick(u(), c.address_book), "ETH", "ethereum", ents)
+            return
+        address = evm_address(self._plans)
+        self.make.withdrawal_address_added(ts, c, address, "ETH", "ethereum", ents)
+        if u() < SAME_SESSION_WITHDRAWAL:
+            # Added to be used: a first withdrawal minutes to hours later (often a small test).
+            asset = "USDT" if u() < 0.5 else "ETH"
+            amt = (
+                round(math.exp(5 + 1.5 * self.z()), 2)
+                if asset == "USDT"
+                else round(math.exp(-1.5 + self.z()), 6)
+            )
+            self._withdraw(
+                ts + 60 - 1800 * math.log(1 - u()), c, asset, amt, address, 30 - 240 * math.log(1 - u())
+            )
+        else:
+            self._fresh_addresses.setdefault(c.index, []).append(address)
 
     def _password_reset(self, ts: float, c: Customer) -> None:
-        ents = self._ents(c)
+        ents, _, _ = self._where(c)
         self.make.password_reset(ts, ents, "email", "requested")
         self.make.password_reset(ts + 60 + self.u() * 600, ents, "email", "completed")
 
     def _api_key(self, ts: float, c: Customer) -> None:
+        """A key created in the app (the latest login's device and IP); the customer's bot then
+        uses it from a cloud server: trading keys place the customer's orders from there, and
+        most withdraw-capable ones sweep funds to the customer's own wallet within hours."""
+        u = self.u
         key = "key-" + self.make.mint()[:12]
-        perms = ["read", "trade"] if self.u() < 0.8 else ["read"]
+        perms = list(_draw(u(), _PERM_CUM, [p for _, p in API_KEY_PERMISSIONS]))
+        made = self._session(c)
         self.make.api_key_created(
-            ts, Entities(customer=c.id, api_key=key, ip=c.ips[0]), key, perms, "trading-bot"
+            ts,
+            Entities(customer=c.id, api_key=key, ip=made.ip, device=made.device),
+            key,
+            perms,
+            "trading-bot",
         )
+        if perms == ["read"]:
+            return
+        server = Entities(customer=c.id, account=c.account, api_key=key, ip=ip_in(self._plans, self._cloud))
+        self._api_ents[c.index] = server
+        if "trade" in perms:
+            self._api_trader[c.index] = True
+            self._order_ents[c.index] = server
+        if "withdraw" in perms:
+            self._withdraw_keys.add(key)
+            if u() < API_WITHDRAW_USE:
+                asset = "USDT" if u() < 0.6 else "ETH"
+                amt = (
+                    round(math.exp(7 + self.z()), 2)
+                    if asset == "USDT"
+                    else round(math.exp(-0.5 + self.z()), 6)
+                )
+                later = ts + 1800 + u() * 6 * 3600
+                self._withdraw(later, c, asset, amt, c.own_wallet, 30 - 240 * math.log(1 - u()))
+
+    def _email_change(self, ts: float, c: Customer) -> None:
+        """A new contact address (a new provider, a work or private address)."""
+        u = self.u
+        local = c.email.split("@")[0]
+        new = f"{local}{int(u() * 100)}@{pick(u(), ('gmail.com', 'proton.me', 'outlook.com', 'icloud.com'))}"
+        self.make.email_change(ts, self._session(c), c.email, new)
+
+    def _mfa_change(self, ts: float, c: Customer) -> None:
+        """Mostly a new phone enrolled; 2FA turned on; a reset through support after a lost phone;
+        rarely turned off or an old device removed."""
+        u = self.u
+        r = u()
+        ents = self._session(c)
+        if r < 0.5:
+            self.make.mfa_change(ts, ents, "device_added", "push")
+        elif r < 0.7:
+            self.make.mfa_change(ts, ents, "enabled", "totp")
+        elif r < 0.85:
+            self.make.mfa_change(ts, ents, "reset", "totp", via_support=u() < 0.6)
+        elif r < 0.95:
+            self.make.mfa_change(ts, ents, "device_removed", "push")
+        else:
+            self.make.mfa_change(ts, ents, "disabled", "totp")

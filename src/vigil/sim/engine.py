@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import math
 import random
 from collections.abc import Iterator
+from datetime import timedelta
 from operator import attrgetter
 
 from vigil.errors import ConfigError
@@ -21,6 +23,7 @@ from vigil.sim.population import Population, build_population
 from vigil.sim.scenarios import LOOKALIKES, SCENARIOS, Episode, Scenario, World
 
 _BY_TIME = attrgetter("occurred_at")
+log = logging.getLogger(__name__)
 
 
 def resolve_scenarios(names: list[str] | None) -> list[type[Scenario]]:
@@ -51,7 +54,20 @@ class Simulation:
         self.labels: list[EpisodeLabel] = []
         self.lookalikes: list[EpisodeLabel] = []
         self._episode_events: list[Event] = []
+        #: What the run could not give as asked (the events a volume too small for the attacks
+        #: injects anyway), also logged as warnings: for a command to show.
+        self.notes: list[str] = []
         self._build_episodes()
+        injected = len(self._episode_events)
+        if config.total_events < injected:
+            note = (
+                f"asked for {config.total_events:,} events, but the attack episodes and look-alikes alone "
+                f"are {injected:,}: the stream holds those {injected:,} and no benign traffic. Ask for "
+                f"at least {injected:,} events (many more, for benign traffic to score against), or a "
+                "lower --attack-rate / no look-alikes"
+            )
+            self.notes.append(note)
+            log.warning("%s", note)
 
     # ------------------------------------------------------------------ episodes
 
@@ -85,20 +101,40 @@ class Simulation:
         if cfg.lookalikes:
             plan += [(cls, True) for cls in LOOKALIKES.values()]
         events: list[Event] = []
+        runs: list[tuple[Scenario, bool, int]] = []
         for cls, benign in plan:
-            rate = 1.0 if benign else cfg.attack_rate
-            place = random.Random(f"vigil-sim:{cfg.seed}:{cls.name}:placement")
             scenario = cls(**cfg.scenario_params.get(cls.name, {}))
+            count = self._count(scenario, 1.0 if benign else cfg.attack_rate)
+            runs.append((scenario, benign, count))
+        self._check_span([(s.name, s.amount("length")) for s, _, n in runs if n])
+        for scenario, benign, count in runs:
+            place = random.Random(f"vigil-sim:{cfg.seed}:{scenario.name}:placement")
             length = scenario.amount("length")
-            for index in range(self._count(scenario, rate)):
+            for index in range(count):
                 room = max(0.0, self.span - length)
                 t0 = self.start + self.span * 0.01 + place.random() * room * 0.95
-                ep = Episode(world, cls.name, index, t0)
+                ep = Episode(world, scenario.name, index, t0)
                 labels = scenario.build(ep)
                 (self.lookalikes if benign else self.labels).extend(labels)
                 events.extend(ep.events)
         events.sort(key=_BY_TIME)
         self._episode_events = events
+
+    def _check_span(self, lengths: list[tuple[str, float]]) -> None:
+        """Refuse a span shorter than a scenario to run: its episodes would all start at one
+        instant and run past the end."""
+        if not lengths:
+            return
+        name, longest = max(lengths, key=lambda nl: (nl[1], nl[0]))
+        if longest <= self.span:
+            return
+        need = timedelta(seconds=math.ceil(longest))
+        msg = (
+            f"the simulated span ({timedelta(seconds=self.span)}) is shorter than scenario {name!r}, the "
+            f"longest selected ({need}): ask for a --duration of at least {need}, or select shorter "
+            "scenarios (--scenario NAME, --no-lookalikes) or a shorter length (--param NAME.length=SECONDS)"
+        )
+        raise ConfigError(msg)
 
     @property
     def episode_events(self) -> list[Event]:

@@ -369,8 +369,15 @@ class Make:
             event_id=self.mint(),
             source="backend",
             occurred_at=_fromts(ts, UTC),
+            # (The API key too, when a key added it: which key did is what tells a thief's.)
             entities=Entities(
-                customer=c.id, account=c.account, wallet=address, device=e.device, ip=e.ip, email=c.email
+                customer=c.id,
+                account=c.account,
+                wallet=address,
+                device=e.device,
+                ip=e.ip,
+                email=c.email,
+                api_key=e.api_key,
             ),
             payload=t.WithdrawalAddressAddedPayload(address=address, asset=asset, chain=chain),
         )

@@ -67,6 +67,33 @@ TRAVEL_PLACES: tuple[Place, ...] = (
     Place("AE", "Dubai", 25.20, 55.27, 4, (94, 5)),
 )
 
+#: Where commercial VPNs' exit nodes sit (the "prefixes" are hosting ranges).  Crypto users
+#: use VPNs far more than the general public; the exits cluster in a few data-centre cities.
+VPN_PLACES: tuple[Place, ...] = (
+    Place("NL", "Amsterdam", 52.37, 4.90, 1, (185, 146)),
+    Place("CH", "Zurich", 47.38, 8.54, 1, (185, 194)),
+    Place("SE", "Stockholm", 59.33, 18.07, 1, (45, 193)),
+    Place("US", "Los Angeles", 34.05, -118.24, -8, (104, 192)),
+)
+
+#: First octets of cloud providers' ranges (AWS, GCP, Hetzner, DigitalOcean): where customers'
+#: trading bots and portfolio tools run and call the API from.
+CLOUD_PREFIXES: tuple[int, ...] = (3, 18, 34, 52, 54, 65, 95, 159, 167)
+
+#: Activity weights are Pareto(1.3) capped here: a retail customer's day tops out at a few
+#: hundred events (about 6x the mean at the default 60 events per customer-day), where the
+#: uncapped tail gave one customer ~9,000 events and ~1,300 logins in a day.  High-frequency
+#: flow on real exchanges is API bots and market makers, which this population does not model.
+ACTIVITY_CAP = 12.0
+#: Share of customers sharing their home IP with another customer (a partner or flatmate on
+#: the same exchange behind one router), and of those also sharing a device (a family laptop).
+HOUSEHOLD_SHARE = 0.06
+SHARED_DEVICE_SHARE = 0.15
+#: Mobile subscribers per carrier-grade-NAT egress IP, as the pools are sized: CGNAT puts
+#: hundreds to thousands of subscribers behind one public IPv4 address, so mobile-app logins
+#: from unrelated customers share IPs routinely.
+CGNAT_CUSTOMERS_PER_IP = 40
+
 USER_AGENTS = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36",
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_6) AppleWebKit/605.1.15 Version/18.1 Safari/605.1.15",
@@ -260,6 +287,9 @@ class Population:
     cold_wallets: dict[str, str]
     counterparties: Counterparties
     by_id: dict[str, Customer] = field(default_factory=dict)
+    #: Mobile carriers' CGNAT egress IPs by country (home and travel places): shared by many
+    #: customers, and none of them any one customer's own.
+    carrier_ips: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def customer(self, customer_id: str) -> Customer:
         return self.by_id[customer_id]
@@ -332,8 +362,8 @@ def build_population(seed: int, customers: int, intel: IntelLists) -> Population
             btc_deposit_wallet=btc_address(rng),
             cards=tuple(f"fp-{hex_id(rng, 12)}" for _ in range(rng.choice((1, 1, 2)))),
             loyalty_points=int(rng.paretovariate(1.5) * 2000),
-            # Heavy tail: a few customers produce much of the traffic.
-            activity=rng.paretovariate(1.3),
+            # Heavy tail: a few customers produce much of the traffic (capped: ACTIVITY_CAP).
+            activity=min(rng.paretovariate(1.3), ACTIVITY_CAP),
         )
         c.entities = Entities(customer=cid, account=c.account, device=devices[0], ip=ips[0], email=c.email)
         c.money_entities = Entities(customer=cid, account=c.account)
@@ -414,7 +444,40 @@ def build_population(seed: int, customers: int, intel: IntelLists) -> Population
         ),
     )
     pop.by_id = {c.id: c for c in people}
+    # Drawn from a generator of their own, so that the customers above stay what a seed gave.
+    _households(random.Random(f"vigil-sim:{seed}:households"), people)
+    pop.carrier_ips = _carrier_ips(random.Random(f"vigil-sim:{seed}:carriers"), people)
     return pop
+
+
+def _households(rng: random.Random, people: list[Customer]) -> None:
+    """Pairs of customers in the same city share a home IP (and a few, a device too): one of
+    them takes the other's home IP as their own first IP."""
+    by_place: dict[str, list[Customer]] = {}
+    for c in people:
+        by_place.setdefault(c.place.city, []).append(c)
+    for group in by_place.values():
+        pairs = int(len(group) * HOUSEHOLD_SHARE / 2 + rng.random())
+        for a, b in zip(*[iter(rng.sample(group, min(len(group), 2 * pairs)))] * 2, strict=False):
+            b.ips = (a.ips[0], *b.ips[1:])
+            if rng.random() < SHARED_DEVICE_SHARE:
+                b.devices = (*b.devices, a.devices[0])
+            b.entities = Entities(
+                customer=b.id, account=b.account, device=b.devices[0], ip=b.ips[0], email=b.email
+            )
+
+
+def _carrier_ips(rng: random.Random, people: list[Customer]) -> dict[str, tuple[str, ...]]:
+    """CGNAT egress IPs per country: one per CGNAT_CUSTOMERS_PER_IP customers there (at least
+    three), from the country's consumer ranges; travel places get a few (roaming, eSIMs)."""
+    count: dict[str, int] = {}
+    for c in people:
+        count[c.country] = count.get(c.country, 0) + 1
+    pools: dict[str, tuple[str, ...]] = {}
+    for place in (*HOME_PLACES, *TRAVEL_PLACES):
+        n = max(3, count.get(place.country, 0) // CGNAT_CUSTOMERS_PER_IP)
+        pools[place.country] = tuple(ip_in(rng, place) for _ in range(n))
+    return pools
 
 
 def phishing_domain(rng: random.Random) -> str:
@@ -433,6 +496,7 @@ __all__ = [
     "ATTACKER_PLACES",
     "HOME_PLACES",
     "TRAVEL_PLACES",
+    "VPN_PLACES",
     "Counterparties",
     "Customer",
     "Employee",

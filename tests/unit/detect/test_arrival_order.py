@@ -548,16 +548,13 @@ def test_a_sequence_alert_shows_the_fields_its_steps_were_compared_by() -> None:
     # IP).  The evidence kept neither step's IP (compared by ``differs``), so the explanation
     # named the key's creation IP as the one it was used from.
     checked = validate_paths([ROOT / "rules" / "identity.yaml"])
-    case = next(c for c in checked.cases if c.name.startswith("a withdraw-capable key used"))
-    created = case.events[0]
-    added = WithdrawalAddressAdded(
-        event_id="a1",
-        source="b",
-        occurred_at=created.occurred_at + timedelta(minutes=5),
-        entities=Entities(customer="c13", ip="203.0.113.7", api_key="k1"),
-        payload=WithdrawalAddressAddedPayload(address="0x44", asset="USDT", chain="ethereum"),
-    )
+    case = next(c for c in checked.cases if c.name.startswith("a withdraw-capable key adding"))
+    created, added, used = case.events
     rules = [r for r in checked.rules if r.id == "api-key-new-ip"]
-    (alert,) = detect_events(RuleSet(rules), [created, added])[0]
-    assert [e.fields.get("ip") for e in alert.payload.evidence] == ["198.51.100.2", "203.0.113.7"]
-    assert 'used from IP "203.0.113.7"' in alert.payload.explanation
+    (alert,) = detect_events(RuleSet(rules), [created, added, used])[0]
+    assert [e.fields.get("ip") for e in alert.payload.evidence] == [
+        "198.51.100.2",
+        "203.0.113.77",
+        "203.0.113.77",
+    ]
+    assert 'withdrawal address from IP "203.0.113.77"' in alert.payload.explanation

@@ -57,3 +57,19 @@ def test_eval_writes_the_json_file(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert doc["benign_events"] > 0
     assert set(doc["scenarios"]) >= {"account_takeover", "address_poisoning"}
+    # The table by rule: each rule that alerted, with what it earned (as the JSON has it).
+    rows = {cells[0]: cells[1:4] for cells in _table_rows(result.output)}
+    for rule, tally in doc["rules"].items():
+        assert rule in rows, f"{rule} is not in the table by rule"
+        assert rows[rule] == [
+            str(tally["alerts"]),
+            str(tally["true_positives"]),
+            str(tally["false_positives"]),
+        ]
+    assert doc["rules"]
+
+
+def _table_rows(output: str) -> list[list[str]]:
+    """The cells of every row of the tables in ``output`` (Rich's box lines)."""
+    lines = [line.strip() for line in output.splitlines()]
+    return [[cell.strip() for cell in line.strip("│").split("│")] for line in lines if line.startswith("│")]

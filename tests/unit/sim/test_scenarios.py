@@ -39,7 +39,7 @@ def test_supply_chain_phishes_exactly_the_exported_customers(
         assert set(export.payload.customer_ids) <= set(vendor.customer_ids)
         assert campaign.payload.recipient_customer_ids == export.payload.customer_ids
         assert export.occurred_at < campaign.occurred_at
-        victims = [r.id for r in label.related if r.kind == "customer"]
+        victims = label.params["victims"].split(",")
         assert victims
         assert set(victims) <= set(export.payload.customer_ids)
         nested = [lb for lb in sim.labels if lb.params.get("parent_episode") == label.episode_id]

@@ -24,12 +24,14 @@ from vigil.events.base import Entities, Event
 from vigil.events.ids import stable_id
 from vigil.events.records import EpisodeLabel
 from vigil.events.types import EntityRef, Geo
+from vigil.sim.benign import DECLINE_REASONS, FAILED_LOGIN_REASONS
 from vigil.sim.factory import Make, at
 from vigil.sim.market import MarketPath
 from vigil.sim.population import (
     ATTACKER_PLACES,
     USER_AGENTS,
     Customer,
+    Employee,
     Place,
     Population,
     evm_address,
@@ -60,6 +62,67 @@ class World:
                 return c
         # Small populations: allow reuse rather than fail.
         return custs[rng.randrange(len(custs))]
+
+    def pick_employee(self, rng: random.Random, ok: Callable[[Employee], bool] | None = None) -> Employee:
+        """A member of staff satisfying ``ok`` whom no other episode uses, if one is left (else
+        any who satisfies it: staff are few)."""
+        staff = [e for e in self.pop.employees if ok is None or ok(e)] or list(self.pop.employees)
+        free = [e for e in staff if e.id not in self.used]
+        e = rng.choice(free or staff)
+        self.used.add(e.id)
+        return e
+
+
+#: The reasons attacks give, by their own shares: a failed login in credential stuffing (other
+#: than an unknown user's) or a takeover, and a declined card in card testing.
+ATTACK_FAILED_LOGIN_REASONS: Mapping[str, float] = {
+    "bad_password": 0.85,
+    "captcha": 0.08,
+    "locked": 0.04,
+    "mfa_failed": 0.03,
+}
+#: (Only values common in benign traffic too: one benign declines rarely, such as "stolen_card",
+#: would be nearly as telling as one of the attacks' own.)
+ATTACK_DECLINE_REASONS: Mapping[str, float] = {
+    "do_not_honor": 0.35,
+    "incorrect_cvc": 0.20,
+    "insufficient_funds": 0.20,
+    "expired_card": 0.10,
+    "card_velocity_exceeded": 0.10,
+    "card_not_supported": 0.05,
+}
+#: The reason values benign traffic always gives (the fallbacks below).
+BAD_PASSWORD = "bad_password"  # noqa: S105 (a failed-login reason, no secret)
+INSUFFICIENT_FUNDS = "insufficient_funds"
+
+
+#: The reasons benign traffic gives (an attack draws only from these).
+BENIGN_FAILED_LOGIN_REASONS = frozenset(FAILED_LOGIN_REASONS)
+BENIGN_DECLINE_REASONS = frozenset(DECLINE_REASONS)
+
+
+def draw_reason(rng: random.Random, table: Mapping[str, float], benign: frozenset[str], fallback: str) -> str:
+    """A reason from ``table`` by its shares, among those benign traffic also gives (``benign``):
+    a value only attacks gave would label them on its own.  ``fallback`` when none is.  One draw
+    of ``rng`` whatever the tables."""
+    names = sorted(n for n in table if n in benign)
+    x = rng.random()
+    if not names:
+        return fallback
+    total = sum(table[n] for n in names)
+    acc = 0.0
+    for n in names:
+        acc += table[n] / total
+        if x < acc:
+            return n
+    return names[-1]
+
+
+def campaign_id(ts: float) -> str:
+    """The id benign traffic gives the e-mail campaign of the day ``ts`` falls in (``cmp-<day>``,
+    days since the epoch): phishing clicks and campaigns carry one like it, so the id does not
+    tell an attack (the link's domain does)."""
+    return f"cmp-{int(ts // 86400)}"
 
 
 @dataclass
@@ -107,13 +170,35 @@ class Episode:
     def hour_of(self, ts: float) -> int:
         return datetime.fromtimestamp(ts, UTC).hour
 
-    def within(self, hours: frozenset[int], ts: float, *, inside: bool = True) -> float:
-        """``ts``, or the first later top-of-the-hour (plus a minute) inside (or outside) ``hours``."""
-        for _ in range(48):
-            if (self.hour_of(ts) in hours) == inside:
-                return ts
-            ts += 3600 - (ts % 3600) + 60
-        return ts
+    def within(self, hours: frozenset[int], ts: float, *, inside: bool = True, length: float = 0.0) -> float:
+        """A start for an episode of ``length`` seconds inside (or outside) ``hours`` (UTC hours).
+
+        ``ts`` when it is one; otherwise a random time in the first stretch of such hours after
+        it (or, when none is left before the run ends, the last one before it).  The episode
+        stays inside the run: ``[start, end - length]``.  (With no such hours in the run at
+        all, ``ts`` kept inside the run.)
+        """
+        lo = self.world.start
+        hi = max(lo, self.world.end - length)
+        ts = min(max(ts, lo), hi)
+        if (self.hour_of(ts) in hours) == inside:
+            return ts
+        stretches: list[tuple[float, float]] = []
+        h = lo - lo % 3600
+        while h < hi:
+            a, b = max(h, lo), min(h + 3600, hi)
+            if (self.hour_of(h) in hours) == inside and b > a:
+                if stretches and stretches[-1][1] >= a:
+                    stretches[-1] = (stretches[-1][0], b)
+                else:
+                    stretches.append((a, b))
+            h += 3600
+        after = [s for s in stretches if s[0] >= ts]
+        before = [s for s in stretches if s[1] <= ts]
+        if not after and not before:
+            return ts
+        a, b = after[0] if after else before[-1]
+        return a + self.rng.random() * (b - a)
 
     def label(
         self,
@@ -125,9 +210,14 @@ class Episode:
         params: dict[str, str] | None = None,
         scenario: str | None = None,
         suffix: str = "",
+        until: float | None = None,
     ) -> EpisodeLabel:
+        """The label of ``events`` (the episode's, by default), from the first to the last of
+        them or to ``until`` if later (an episode whose consequences are others' labels)."""
         evs = events if events is not None else self.events
         times = [e.occurred_at for e in evs]
+        if until is not None:
+            times.append(max(max(times), at(until)))
         leave = None
         if funds_leave_at is not None:
             # The time of the event that moves the money out (chain events sit at block time).

@@ -9,7 +9,7 @@ from vigil.events.records import EpisodeLabel
 from vigil.events.types import EntityRef
 from vigil.sim.factory import UNLIMITED
 from vigil.sim.population import btc_address, lookalike
-from vigil.sim.scenarios.base import Episode, Param, Scenario, ref
+from vigil.sim.scenarios.base import Episode, Param, Scenario, campaign_id, ref
 
 #: The default look-alike: the address's first and last characters after 0x that it copies.
 POISON_HEAD = 5
@@ -162,7 +162,7 @@ class DrainerApproval(Scenario):
         c = ep.world.pick_customer(rng)
         wallet = c.own_wallet
         t = ep.t0
-        m.click(t, c, "mailchimp", f"cmp-x{ep.id[:8]}", f"https://{domain}/claim", domain, c.ips[0])
+        m.click(t, c, "mailchimp", campaign_id(t), f"https://{domain}/claim", domain, c.ips[0])
         t += 60 + rng.random() * 600
         kind = "permit" if rng.random() < 0.3 else "approve"
         assets = ["USDT"] if rng.random() < 0.6 else ["USDT", "USDC"]

@@ -5,7 +5,18 @@ from __future__ import annotations
 from vigil.events.base import Entities
 from vigil.events.records import EpisodeLabel
 from vigil.sim.population import EXCHANGE_DOMAIN, Customer, phishing_domain
-from vigil.sim.scenarios.base import Attacker, Episode, Scenario, ref, victim_entities
+from vigil.sim.scenarios.base import (
+    ATTACK_FAILED_LOGIN_REASONS,
+    BAD_PASSWORD,
+    BENIGN_FAILED_LOGIN_REASONS,
+    Attacker,
+    Episode,
+    Scenario,
+    campaign_id,
+    draw_reason,
+    ref,
+    victim_entities,
+)
 
 
 def takeover(
@@ -22,7 +33,7 @@ def takeover(
     t += 120 + rng.random() * 1500
     ents = victim_entities(c, a)
     for _ in range(rng.randrange(0, 3)):
-        m.failed_login(t, ents, c.email, a.geo, a.user_agent, "bad_password")
+        m.failed_login(t, ents, c.email, a.geo, a.user_agent, BAD_PASSWORD)
         t += 5 + rng.random() * 20
     fatigue = rng.random() < 0.3
     if fatigue:
@@ -73,7 +84,7 @@ class AccountTakeover(Scenario):
     def build(self, ep: Episode) -> list[EpisodeLabel]:
         c = ep.world.pick_customer(ep.rng, lambda c: c.balances["USDT"] > 300)
         domain = phishing_domain(ep.rng)
-        _, leave, a, dest = takeover(ep, c, ep.t0, domain, f"cmp-x{ep.id[:8]}")
+        _, leave, a, dest = takeover(ep, c, ep.t0, domain, campaign_id(ep.t0))
         return [
             ep.label(
                 ref("customer", c.id),
@@ -106,14 +117,16 @@ class CredentialStuffing(Scenario):
         t = ep.t0
         custs = ep.pop.customers
         hits: list[str] = []
+        # Reasons as benign failures give them too: a reason only attacks gave would label them.
+        benign = BENIGN_FAILED_LOGIN_REASONS
+        unknown = "unknown_user" if "unknown_user" in benign else BAD_PASSWORD
         for i in range(attempts):
             a = attackers[i % len(attackers)]
             t += rng.expovariate(1 / 4.0)
+            reason = draw_reason(rng, ATTACK_FAILED_LOGIN_REASONS, benign, BAD_PASSWORD)
             if rng.random() < 0.25:
                 user = f"{rng.choice(('admin', 'test', 'crypto', 'trader'))}{rng.randrange(10**4)}@gmail.com"
-                m.failed_login(
-                    t, Entities(device=a.device, ip=a.ip), user, a.geo, a.user_agent, "unknown_user"
-                )
+                m.failed_login(t, Entities(device=a.device, ip=a.ip), user, a.geo, a.user_agent, unknown)
                 continue
             c = custs[rng.randrange(len(custs))]
             ents = Entities(customer=c.id, account=c.account, device=a.device, ip=a.ip, email=c.email)
@@ -121,9 +134,6 @@ class CredentialStuffing(Scenario):
                 m.login(t, ents, a.geo, a.user_agent, mfa=False)
                 hits.append(c.id)
             else:
-                reason = (
-                    "bad_password" if rng.random() < 0.9 else rng.choice(("captcha", "locked", "mfa_failed"))
-                )
                 m.failed_login(t, ents, c.email, a.geo, a.user_agent, reason)
         return [
             ep.label(

@@ -119,8 +119,8 @@ class EmployeeReport(Scenario):
 
     def build(self, ep: Episode) -> list[EpisodeLabel]:
         rng, m = ep.rng, ep.make
-        e = rng.choice([x for x in ep.pop.employees if x.role in ("crm", "marketing", "compliance")])
-        t = ep.within(e.work_hours, ep.t0)
+        e = ep.world.pick_employee(rng, lambda x: x.role in ("crm", "marketing", "compliance"))
+        t = ep.within(e.work_hours, ep.t0, length=120)
         ents = Entities(employee=e.id, vendor=e.crm, ip=e.ip, email=e.email)
         m.crm_login(t, ents, e.crm, e.email, None, "Mozilla/5.0 (Windows NT 10.0; Win64; x64)")
         ids = ep.pop.vendors[e.crm].customer_ids
@@ -193,9 +193,8 @@ class ColdStorageSweep(Scenario):
     def build(self, ep: Episode) -> list[EpisodeLabel]:
         rng, m = ep.rng, ep.make
         hot, cold = ep.pop.hot_wallets["ethereum"], ep.pop.cold_wallets["ethereum"]
-        finance = [e for e in ep.pop.employees if e.role == "finance"] or ep.pop.employees
-        e = rng.choice(finance)
-        t = ep.within(e.work_hours, ep.t0)
+        e = ep.world.pick_employee(rng, lambda x: x.role == "finance")
+        t = ep.within(e.work_hours, ep.t0, length=120)
         m.cloudtrail(t, e.id, e.ip, "Sign")
         for i in range(rng.randrange(1, 3)):
             asset = "ETH" if i == 0 else "USDT"

@@ -5,7 +5,15 @@ from __future__ import annotations
 from vigil.events.base import Entities
 from vigil.events.records import EpisodeLabel
 from vigil.sim.population import hex_id
-from vigil.sim.scenarios.base import Episode, Scenario, ref
+from vigil.sim.scenarios.base import (
+    ATTACK_DECLINE_REASONS,
+    BENIGN_DECLINE_REASONS,
+    INSUFFICIENT_FUNDS,
+    Episode,
+    Scenario,
+    draw_reason,
+    ref,
+)
 
 #: The default reporting threshold (the US currency transaction report's).
 REPORTING_THRESHOLD_USD = 10_000.0
@@ -107,6 +115,7 @@ class CardTesting(Scenario):
         tries = self.draw(rng, "tries")
         approval = self.amount("approval_rate")
         approved = 0
+        benign = BENIGN_DECLINE_REASONS
         for _ in range(tries):
             t += 3 + rng.expovariate(1 / 12)
             card = f"fp-{hex_id(rng, 12)}"
@@ -119,9 +128,10 @@ class CardTesting(Scenario):
                 rng.choice(("donation-site", "app-store", "micro-merchant")),
                 card,
                 status="approved" if ok else "declined",
+                # As benign declines give them: a reason only attacks gave would label them.
                 decline_reason=None
                 if ok
-                else rng.choice(("cvv", "do_not_honor", "expired_card", "stolen_card")),
+                else draw_reason(rng, ATTACK_DECLINE_REASONS, benign, INSUFFICIENT_FUNDS),
             )
         return [
             ep.label(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from vigil.events.base import Entities
 from vigil.events.records import EpisodeLabel
 from vigil.sim.population import phishing_domain
-from vigil.sim.scenarios.base import Episode, Scenario, ref
+from vigil.sim.scenarios.base import Episode, Scenario, campaign_id, ref
 from vigil.sim.scenarios.identity import takeover
 
 
@@ -14,6 +14,12 @@ class SupplyChainCompromise(Scenario):
 
     The token is used from an unusual place, the export takes a share of the customers the
     vendor holds, the phishing wave reaches exactly them, and a few lose their funds.
+
+    The breach's label holds the vendor-side events (token use, export, the phishing wave and
+    the clicks of recipients who lost nothing) and names the vendor, the attacker's IP and the
+    token; its window runs to the last takeover.  Each takeover is an ``account_takeover``
+    episode of its own (``params.parent_episode`` names the breach): an alert on a victim
+    detects the breach only if its evidence holds the breach's own events (the export).
     """
 
     name = "supply_chain_compromise"
@@ -43,18 +49,19 @@ class SupplyChainCompromise(Scenario):
         # The phishing wave: sent hours later through the e-mail platform to exactly those customers.
         t += min(ep.room * 0.3, 3600 + rng.random() * 3 * 3600)
         domain = phishing_domain(rng)
-        campaign = f"cmp-x{ep.id[:8]}"
+        campaign = campaign_id(t)
         m.campaign(t, "mailchimp", campaign, "Action required: verify your account", domain, stolen, [domain])
         # Takeovers among the recipients; each is also an account_takeover episode of its own.
         labels: list[EpisodeLabel] = []
+        vendor_side = list(ep.events)
         victims = rng.sample(stolen, min(len(stolen), self.draw(rng, "victims")))
-        first_leave: float | None = None
+        last_end = t
         for n, cid in enumerate(victims):
             c = ep.pop.customer(cid)
             ep.world.used.add(cid)
             before = len(ep.events)
-            _, leave, att, dest = takeover(ep, c, t + 300 + rng.random() * 1800, domain, campaign)
-            first_leave = leave if first_leave is None else min(first_leave, leave)
+            end, leave, att, dest = takeover(ep, c, t + 300 + rng.random() * 1800, domain, campaign)
+            last_end = max(last_end, end)
             labels.append(
                 ep.label(
                     ref("customer", c.id),
@@ -74,6 +81,7 @@ class SupplyChainCompromise(Scenario):
                 )
             )
         # Clicks by other recipients who did not lose money (they still clicked).
+        after_takeovers = len(ep.events)
         for cid in rng.sample(stolen, min(len(stolen), rng.randrange(3, 10))):
             if cid in victims:
                 continue
@@ -87,11 +95,18 @@ class SupplyChainCompromise(Scenario):
                 domain,
                 c.ips[0],
             )
+        vendor_side += ep.events[after_takeovers:]
         main = ep.label(
             ref("vendor", vendor.id),
-            related=[ref("ip", a.ip), ref("api_key", token)] + [ref("customer", v) for v in victims],
-            funds_leave_at=first_leave,
-            params={"exported": str(len(stolen)), "phishing_domain": domain, "campaign": campaign},
+            related=[ref("ip", a.ip), ref("api_key", token)],
+            events=vendor_side,
+            until=last_end,
+            params={
+                "exported": str(len(stolen)),
+                "phishing_domain": domain,
+                "campaign": campaign,
+                "victims": ",".join(victims),
+            },
         )
         return [main, *labels]
 
@@ -106,9 +121,10 @@ class InsiderExport(Scenario):
 
     def build(self, ep: Episode) -> list[EpisodeLabel]:
         rng, m = ep.rng, ep.make
-        e = rng.choice(ep.pop.employees)
-        # At night: outside the working hours and the hour after them.
-        t = ep.within(e.work_hours | {(h + 1) % 24 for h in e.work_hours}, ep.t0, inside=False)
+        e = ep.world.pick_employee(rng)
+        # At night: outside the working hours and the hour after them (the exports take up to
+        # some 25 minutes).
+        t = ep.within(e.work_hours | {(h + 1) % 24 for h in e.work_hours}, ep.t0, inside=False, length=1500)
         ip = f"{rng.choice((89, 94, 176))}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
         ents = Entities(employee=e.id, vendor=e.crm, ip=ip, email=e.email)
         m.crm_login(t, ents, e.crm, e.email, None, "Mozilla/5.0 (X11; Linux x86_64) Firefox/132.0")
