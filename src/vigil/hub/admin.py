@@ -268,14 +268,15 @@ def _insync_for_replicas(
     admin: AdminClient, created: dict[str, TopicDiff], errors: list[str]
 ) -> dict[str, dict[str, str]]:
     """``min.insync.replicas`` of just-created topics, from the replicas the cluster gave each
-    (by topic; one gone meanwhile is left out).  Failing to find out is added to ``errors``."""
+    (by topic).  Failing to find out, or a topic still not described at the deadline (gone
+    meanwhile, or a broker's metadata lagging that long), is added to ``errors``."""
     deadline = time.monotonic() + _TIMEOUT
     try:
         _wait_visible(admin, {name: d.partitions for name, d in created.items()})
         while True:
             live = describe_live(admin, list(created))
             # A broker whose metadata lags may answer without a topic another just listed: it
-            # was left without its setting, silently.  (One deleted meanwhile stays missing.)
+            # was left without its setting, silently.  (One deleted meanwhile stays missing: an error.)
             missing = sorted(n for n in created if n not in live or live[n].replication < 1)
             if not missing or time.monotonic() > deadline:
                 break
@@ -284,8 +285,12 @@ def _insync_for_replicas(
         errors.append(f"find the replicas of {', '.join(sorted(created))} to set their {MIN_INSYNC}: {exc}")
         return {}
     if missing:
-        log.warning(
-            "created topics not described in time to set their %s: %s", MIN_INSYNC, ", ".join(missing)
+        # An error, not a warning: the topic keeps the broker's default (Kafka's is 1), and
+        # `topics apply` said it succeeded while an acks=all write could be lost with a leader.
+        errors.append(
+            f"set {MIN_INSYNC} of {', '.join(missing)}: created, but not described with its replicas "
+            f"within {_TIMEOUT:g}s (expected every created topic listed with at least one replica); "
+            "run `vigil topics apply` again to set it"
         )
     return {
         name: {MIN_INSYNC: d.spec.config(live[name].replication)[MIN_INSYNC]}

@@ -286,7 +286,8 @@ class LocalBroker:
         A cluster made with another node count, host or port is an error naming both, never
         formatted afresh unasked: that deleted its topics (a port clash's advice to set
         ``VIGIL_BROKER_PORT`` did, and under nodes still running).  ``reformat`` deletes a
-        stopped cluster's data and makes it anew in the shape asked for.  A start that fails
+        stopped cluster's data and makes it anew in the shape asked for (the same shape too);
+        asked of a cluster with nodes running, the start is refused.  A start that fails
         stops the nodes it launched.
         """
         info = self.read_info()
@@ -299,29 +300,37 @@ class LocalBroker:
         if info is not None:
             running = self.running_nodes(info)
             asked = (nodes, self.host, self.port)
-            if asked != (info.nodes, info.host, info.port):
-                made = f"{info.nodes} node(s) at {info.host}:{info.port}"
-                if running:
-                    msg = (
-                        f"the local cluster in {self.data_root} is running with {made}; this start "
-                        f"asks for {nodes} node(s) at {self.host}:{self.port}: stop it first "
-                        "(vigil broker stop)"
-                    )
-                    raise BrokerError(msg)
-                if not reformat:
-                    msg = (
-                        f"the local cluster in {self.data_root} was made with {made}; this start "
-                        f"asks for {nodes} node(s) at {self.host}:{self.port}.  Start it as it was "
-                        f"made (VIGIL_BROKER_HOST={info.host} VIGIL_BROKER_PORT={info.port}, "
-                        f"--nodes {info.nodes}), or pass --reformat to delete its data (every "
-                        "topic) and make it anew"
-                    )
-                    raise BrokerError(msg)
-            elif len(running) == info.nodes:
+            made = f"{info.nodes} node(s) at {info.host}:{info.port}"
+            if running and asked != (info.nodes, info.host, info.port):
+                msg = (
+                    f"the local cluster in {self.data_root} is running with {made}; this start "
+                    f"asks for {nodes} node(s) at {self.host}:{self.port}: stop it first "
+                    "(vigil broker stop)"
+                )
+                raise BrokerError(msg)
+            if running and reformat:
+                # Refused, not ignored: the start found the cluster running and the operator
+                # went on believing its topics were gone.  Formatting under running nodes
+                # would delete files they hold open.
+                msg = (
+                    f"--reformat deletes a stopped cluster's data, and the local cluster in "
+                    f"{self.data_root} has node(s) {', '.join(map(str, running))} of {info.nodes} "
+                    "running: stop it first (vigil broker stop), then start it with --reformat"
+                )
+                raise BrokerError(msg)
+            if asked != (info.nodes, info.host, info.port) and not reformat:
+                msg = (
+                    f"the local cluster in {self.data_root} was made with {made}; this start "
+                    f"asks for {nodes} node(s) at {self.host}:{self.port}.  Start it as it was "
+                    f"made (VIGIL_BROKER_HOST={info.host} VIGIL_BROKER_PORT={info.port}, "
+                    f"--nodes {info.nodes}), or pass --reformat to delete its data (every "
+                    "topic) and make it anew"
+                )
+                raise BrokerError(msg)
+            if len(running) == info.nodes:
                 self.wait_ready(info)
                 return StartResult(info, already_running=True, seconds=time.monotonic() - began)
-        if info is None or (nodes, self.host, self.port) != (info.nodes, info.host, info.port):
-            info = self._format(nodes)
+        info = self._formatted(info, nodes, reformat=reformat)
         dist = self.ensure_jars()
         launching = [n for n in range(1, info.nodes + 1) if self._pid(n) is None]
         # Checked at every launch, not only when formatting: another broker on our port would
@@ -349,6 +358,14 @@ class LocalBroker:
                 (self.node_dir(node) / "pid").unlink(missing_ok=True)
             raise
         return StartResult(info, already_running=False, seconds=time.monotonic() - began)
+
+    def _formatted(self, info: ClusterInfo | None, nodes: int, *, reformat: bool) -> ClusterInfo:
+        """The stopped cluster to launch: ``info`` as it is, or formatted afresh when there is
+        none, when ``nodes``, host or port differ from it (start refused that unless asked), or
+        when ``reformat`` asks (the same shape too: --reformat deletes the data, as it says)."""
+        if info is None or reformat or (nodes, self.host, self.port) != (info.nodes, info.host, info.port):
+            return self._format(nodes)
+        return info
 
     @staticmethod
     def _check_ports_free(host: str, ports: list[int], grace_s: float = 2.0) -> None:

@@ -42,7 +42,9 @@ import math
 import re
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote_to_bytes, urlsplit
+
+import idna
 
 from vigil.config import Settings
 from vigil.errors import DecodeError
@@ -226,10 +228,12 @@ _TAB_OR_NEWLINE = str.maketrans("", "", "\t\n\r")
 
 
 def _domain(url: str, where: str, path: str) -> str:
-    """The host a browser opening ``url`` goes to, lower-case, without a trailing dot (as
-    intel lists store domains).  ``urlsplit`` follows RFC 3986, where browsers follow the WHATWG
-    URL standard: ``https://evil.example\\@paypal.com/`` was read as paypal.com while the click
-    went to evil.example, and ``evil.example.`` matched no listed ``evil.example``."""
+    """The host a browser opening ``url`` goes to, in the ASCII form intel lists store: lower-case,
+    internationalised labels in punycode (``xn--``), without a trailing dot.  ``urlsplit`` follows
+    RFC 3986, where browsers follow the WHATWG URL standard: ``https://evil.example\\@paypal.com/``
+    was read as paypal.com while the click went to evil.example, ``evil.example.`` matched no
+    listed ``evil.example``, and ``%65vil.example``, ``evil%2Eexample`` or full-width
+    ``\uff25\uff36\uff29\uff2c.example`` (each evil.example to a browser) matched nothing either."""
     text = url.strip(_C0_OR_SPACE).translate(_TAB_OR_NEWLINE)
     m = _SCHEME.match(text)
     if m is not None and m.group(1).lower() in _SPECIAL_SCHEMES:
@@ -239,11 +243,47 @@ def _domain(url: str, where: str, path: str) -> str:
         host = urlsplit(text).hostname if text else None
     except ValueError:  # "https://[x/": an unclosed IPv6 bracket stopped the stage
         host = None
-    host = host.lower().rstrip(".") if host else None
     if not host:
         msg = f"expected an absolute URL, got {url[:80]!r}"
         raise DecodeError(msg, where=where, path=path)
-    return host
+    if ":" in host:  # an IPv6 literal (urlsplit took it from its brackets): no labels to map
+        return host.lower()
+    ascii_host = _host_to_ascii(host)
+    if ascii_host is None:
+        msg = (
+            f"expected a URL whose host a browser can open, got {url[:80]!r} (its host "
+            f"{host[:80]!r} has characters no domain may have, or is not UTF-8 once percent-decoded)"
+        )
+        raise DecodeError(msg, where=where, path=path)
+    return ascii_host
+
+
+#: What no domain may hold once mapped (the WHATWG URL standard's forbidden domain code points):
+#: a browser refuses such a host, so it names no place a click went.
+_FORBIDDEN_IN_DOMAIN = frozenset(_C0_OR_SPACE[:0x20] + " #/:<>?@[\\]^|%\x7f")
+
+
+def _host_to_ascii(host: str) -> str | None:
+    """``host`` as the WHATWG URL standard's host parser makes it (percent-decoded as UTF-8,
+    then UTS-46 mapped, non-transitional, without STD3 rules, as browsers do), in its ASCII
+    (punycode) form without a trailing dot; None where a browser refuses it.  UTS-46 comes from
+    the ``idna`` package (its mapping table of the Unicode version it ships)."""
+    try:
+        decoded = unquote_to_bytes(host).decode("utf-8")
+        mapped = idna.uts46_remap(decoded, std3_rules=False, transitional=False)
+    except (UnicodeDecodeError, idna.IDNAError):
+        return None
+    mapped = mapped.rstrip(".")
+    if not mapped or any(c in _FORBIDDEN_IN_DOMAIN for c in mapped):
+        return None
+    try:
+        labels = [
+            label if label.isascii() else "xn--" + label.encode("punycode").decode("ascii")
+            for label in mapped.split(".")
+        ]
+    except UnicodeError:
+        return None
+    return ".".join(labels)
 
 
 def _click_time(ts: float, where: str, path: str) -> datetime:
@@ -351,7 +391,7 @@ class MailchimpNormalizer(Normalizer):
                         platform="mailchimp",
                         campaign_id=campaign,
                         url=url,
-                        url_domain=_domain(url, where, path),
+                        url_domain=_domain(url, where, f"{path}.url"),
                     ),
                 )
             )

@@ -279,7 +279,7 @@ def _geo(fields: Mapping[str, Any]) -> Geo | None:
     return Geo(country=country, city=city, lat=lat_f, lon=lon_f)
 
 
-def _customer_ids(fields: Mapping[str, Any]) -> list[str]:
+def _customer_ids(fields: Mapping[str, Any], where: str) -> list[str]:
     raw = fields.get("Records")
     if raw is None:
         return []
@@ -287,6 +287,11 @@ def _customer_ids(fields: Mapping[str, Any]) -> list[str]:
         value = json.loads(raw) if isinstance(raw, str) else raw
     except ValueError:
         return []
+    if isinstance(raw, str):
+        # JSON inside a string (a JSON body's or an XML field's): the body's own check saw only
+        # the escape's text, and "\\ud800" came out a lone surrogate that failed the event's
+        # encoding later, as an unexpected error rather than this record's.
+        refuse_lone_surrogates(value, where, "Records")
     if not isinstance(value, list):
         return []
     ids = [item.get("Id") if isinstance(item, dict) else item for item in value]
@@ -340,7 +345,7 @@ def record_to_event(
                 record_count=_int(fields, where, "RowsProcessed", "ROWS_PROCESSED", "RecordCount"),
                 export_id=_first(fields, "ReportId", "REPORT_ID") or ident,
                 actor=user,
-                customer_ids=_customer_ids(fields),
+                customer_ids=_customer_ids(fields, where),
                 geo=_geo(fields),
             ),
         )

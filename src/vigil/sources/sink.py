@@ -13,7 +13,10 @@ of connector parsing that need no broker.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,24 +24,57 @@ import msgspec
 from confluent_kafka import KafkaException
 
 from vigil.config import Settings
-from vigil.errors import BrokerError
+from vigil.errors import BrokerError, TopicError
 from vigil.hub.admin import ensure_topics
-from vigil.hub.client import drop_frame_locals, kafka_error, make_producer, read_committed
+from vigil.hub.client import (
+    drop_frame_locals,
+    kafka_error,
+    make_admin,
+    make_producer,
+    partition_offsets,
+    read_committed,
+)
 from vigil.hub.raw import RawRecord
 from vigil.hub.topics import RAW_RECORD_MAX_BYTES, TopicSpec
 
 #: Each source's cursors go to a compacted topic of its own, ``vigil.cursors.<source id>``:
 #: Kafka ACLs cannot scope a write by key, so with one shared topic any connector's principal
 #: could rewind or skip another's (and a source's open transaction held every other's start
-#: back).  ``vigil.cursors`` is where they all went before: read once, when a source's own
-#: topic has nothing for it yet.
+#: back).  ``vigil.cursors`` is where they all went before: read only while a source's own topic
+#: has never been written (see :meth:`KafkaRawSink.last_cursor`).
 CURSOR_TOPIC_PREFIX = "vigil.cursors."
 LEGACY_CURSOR_TOPIC = "vigil.cursors"
 
+#: What Kafka takes in a topic name, and how long one may be.
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_NOT_IN_TOPIC_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+_TOPIC_NAME_MAX = 249
+#: Hex digits of the SHA-256 of a source id that is no topic name as it is (64 bits: two ids
+#: would need to be chosen to collide).
+_ID_HASH_CHARS = 16
+
 
 def cursor_topic(source_id: str) -> str:
-    """The compacted topic holding ``source_id``'s cursors."""
-    return CURSOR_TOPIC_PREFIX + source_id
+    """The compacted topic holding ``source_id``'s cursors.
+
+    A source id is free text (a connector option) and Kafka takes only ``[A-Za-z0-9._-]`` in a
+    topic name, at most 249 characters: an id that fits is kept as it is (the names topics made
+    by earlier versions have), any other becomes a readable prefix (each run of other characters
+    as ``_``) and a hash of the whole id, ``vigil.cursors.eth_node-1a2b3c4d5e6f7a8b`` for
+    ``eth node``.  The prefix keeps the id's start, so the source's ACLs (``vigil.cursors.<name>``,
+    prefixed) still cover it when the id starts with the source's name.
+
+    Kafka refuses a topic whose name differs from an existing one only by ``.`` and ``_`` (they
+    clash in its metric names): ids that fit and differ only so (``eth.a``, ``eth_a``) are not
+    renamed (that would move existing topics), so the second to start is refused, naming the
+    clash (:meth:`KafkaRawSink._ensure_cursor_topic`)."""
+    if _TOPIC_NAME.fullmatch(source_id) and len(CURSOR_TOPIC_PREFIX) + len(source_id) <= _TOPIC_NAME_MAX:
+        return CURSOR_TOPIC_PREFIX + source_id
+    # surrogatepass: an id is any str (a lone surrogate from a decoded option included).
+    digest = hashlib.sha256(source_id.encode("utf-8", "surrogatepass")).hexdigest()[:_ID_HASH_CHARS]
+    room = _TOPIC_NAME_MAX - len(CURSOR_TOPIC_PREFIX) - 1 - _ID_HASH_CHARS
+    readable = _NOT_IN_TOPIC_NAME.sub("_", source_id)[:room]
+    return f"{CURSOR_TOPIC_PREFIX}{readable}-{digest}"
 
 
 def cursor_spec(source_id: str) -> TopicSpec:
@@ -116,7 +152,18 @@ class KafkaRawSink:
     def _ensure_cursor_topic(self, source_id: str) -> str:
         topic = cursor_topic(source_id)
         if topic not in self._cursor_topics_ready:
-            ensure_topics(self._settings, [cursor_spec(source_id)])
+            try:
+                ensure_topics(self._settings, [cursor_spec(source_id)])
+            except TopicError as exc:
+                if "collides" not in str(exc):
+                    raise
+                msg = (
+                    f"source {source_id!r}: its cursor topic {topic!r} cannot be made, as Kafka "
+                    "takes '.' and '_' in topic names for the same character and a topic so named "
+                    f"exists (the cursor topic of another source id): {exc}.  Give one of the two "
+                    "sources an id that differs by more than '.' and '_'"
+                )
+                raise TopicError(msg) from None
             self._cursor_topics_ready.add(topic)
         return topic
 
@@ -176,17 +223,59 @@ class KafkaRawSink:
         For this sink's own source id the transactional producer is initialised first: that
         fences any older instance and makes Kafka finish (commit or abort) its last
         transaction, so the cursor read here is final rather than racing commit markers.
+
+        The shared ``vigil.cursors`` of earlier versions is read only while the source's own
+        topic has never been written to (its end offset 0: just made), and what it held for the
+        source, or a deletion when nothing, is then written to the own topic at once: read on
+        every start that found nothing of its own, a reset (a deletion, or a topic whose
+        deletion compaction had dropped) resumed from the cursor of before the upgrade.  A
+        topic deleted and made again is just made: while ``vigil.cursors`` still holds the
+        source's cursor, that one is taken again (the README says how to reset instead).
         """
         topic = self._ensure_cursor_topic(source_id)
-        if self._source_id in (None, source_id):
+        own = self._source_id in (None, source_id)
+        if own:
             with self._lock:
                 self._ensure_producer(source_id)
         found, latest = self._read_cursor(topic, source_id)
-        if not found and self._legacy_exists():
-            # Written before cursors had a topic per source: taken from there once; the next
-            # publish writes it to the source's own topic.
-            found, latest = self._read_cursor(LEGACY_CURSOR_TOPIC, source_id)
+        if found or not self._never_written(topic) or not self._legacy_exists():
+            return latest
+        _, latest = self._read_cursor(LEGACY_CURSOR_TOPIC, source_id)
+        if own:
+            # Recorded before the connector runs: a connector stopped before its first publish
+            # would otherwise find its own topic written by nothing, and take the legacy again
+            # next time however old; and once written, it is never read again.
+            self._write_cursor(topic, None if latest is None else msgspec.json.encode(latest))
         return latest
+
+    def _never_written(self, topic: str) -> bool:
+        """Whether nothing was ever written to ``topic`` (its one partition's end offset is 0;
+        compaction removes records, never offsets)."""
+        deadline = time.monotonic() + max(self._timeout, 30.0)
+        (_, high), *_ = partition_offsets(make_admin(self._settings), [(topic, 0)], deadline).values()
+        return high == 0
+
+    def _write_cursor(self, topic: str, value: bytes | None) -> None:
+        """``value`` (None: a deletion) as this source's cursor in ``topic``, in a transaction of
+        its own."""
+        with self._lock:
+            producer = self._ensure_producer(self._source_id or "")
+            try:
+                producer.begin_transaction()
+                _produce(producer, topic, key=self._source_id, value=value)
+                _commit_transaction(producer, self._timeout)
+            except (KafkaException, BufferError) as exc:
+                detail = exc.args[0] if exc.args else exc
+                aborted = _abort(producer, self._timeout)
+                self._producer = None  # re-initialised by the next use (see publish)
+                producer = None
+                drop_frame_locals(exc)
+                outcome = "nothing was written" if aborted else "whether it was written is not known"
+                msg = (
+                    f"source {self._source_id!r}: recording the cursor taken from {LEGACY_CURSOR_TOPIC!r} "
+                    f"in {topic!r} failed, {outcome}: {detail}"
+                )
+                raise BrokerError(msg) from None
 
     def _read_cursor(self, topic: str, source_id: str) -> tuple[bool, dict[str, Any] | None]:
         """Whether ``topic`` has a record under ``source_id``, and the last one's cursor (None
@@ -203,8 +292,6 @@ class KafkaRawSink:
         return found, latest
 
     def _legacy_exists(self) -> bool:
-        from vigil.hub.client import make_admin
-
         # All topics, not this one by name: a cluster that creates topics on first mention would
         # make it.
         found = make_admin(self._settings).list_topics(timeout=self._timeout).topics.get(LEGACY_CURSOR_TOPIC)

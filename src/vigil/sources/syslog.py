@@ -531,12 +531,14 @@ def _first(sd: dict[str, dict[str, str]], keys: tuple[str, ...]) -> str | None:
 class SyslogNormalizer(Normalizer):
     """``syslog`` raw records -> ``security_event`` (provider ``syslog``).
 
-    Syslog carries no message id, so the event id hashes the message bytes: a message
+    Syslog carries no message id, so the event id hashes the message bytes: a dated message
     delivered twice (a TCP resend) is deduplicated downstream, and so would be two truly
     identical lines -- same timestamp to the sub-second, host, process and text -- which
     is accepted as the price of a stable id.  A message without a TIMESTAMP (``-``) also
     hashes ``received_at``: otherwise every repeat of the same line (the same failed
     password, again and again) had one id and all but the first were deduplicated away.
+    So a resend of an undated line, received again, is a new event (not deduplicated); a
+    replay of its stored raw record keeps its ``received_at`` and its id.
     Who/where/outcome come from structured data parameters in common use (``user``,
     ``src``, ``outcome`` ...), never from the ``origin`` element (the sending host's own
     address); everything else is kept in ``attributes`` (``sd.<SD-ID>.<name>``).

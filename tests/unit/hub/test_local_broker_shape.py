@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -10,7 +14,10 @@ import pytest
 
 from vigil.config import load_settings
 from vigil.errors import BrokerError, ConfigError
-from vigil.hub.broker import ClusterInfo, LocalBroker
+from vigil.hub.broker import ClusterInfo, LocalBroker, free_port_block
+
+#: The suite's cache of the broker jars (formatting a node's storage runs Kafka's StorageTool).
+DIST = Path(__file__).resolve().parents[3] / ".vigil" / "kafka-dist"
 
 
 def _made(home: Path, *, port: int, nodes: int = 1) -> LocalBroker:
@@ -67,3 +74,54 @@ def test_a_bootstrap_port_out_of_range_is_refused() -> None:
     # librdkafka wrapped it: 99999 connected to 34463.
     with pytest.raises(ConfigError, match=r"port 99999 .* out of range; expected 1-65535"):
         load_settings(kafka_bootstrap="127.0.0.1:99999")
+
+
+@pytest.fixture
+def running_node(tmp_path: Path) -> Iterator[LocalBroker]:
+    """A stopped cluster whose node 1 reads as running: a process (no Java) whose command line
+    is a Kafka broker's with node 1's properties, its pid in node 1's pid file."""
+    broker = _made(tmp_path, port=free_port_block(2))
+    broker.start_timeout_s = 1.0  # (a start that went on to wait for it gives up soon)
+    props = broker.node_dir(1) / "server.properties"
+    props.write_text("")
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "kafka.Kafka", str(props)])
+    try:
+        (broker.node_dir(1) / "pid").write_text(str(fake.pid))
+        deadline = time.monotonic() + 10
+        while broker.running_nodes() != (1,):  # until the child has exec'd its command line
+            assert time.monotonic() < deadline, "the stand-in broker process never showed as node 1"
+            time.sleep(0.02)
+        yield broker
+    finally:
+        fake.kill()
+        fake.wait(10)
+
+
+def test_reformat_of_a_running_cluster_is_refused_naming_its_nodes(running_node: LocalBroker) -> None:
+    # In the shape it was made (nothing to refuse about the shape), --reformat was ignored: the
+    # start found it running, and said nothing of the data it did not delete.
+    with pytest.raises(BrokerError) as raised:
+        running_node.start(reformat=True)
+    text = str(raised.value)
+    assert "has node(s) 1 of 1 running" in text
+    assert "vigil broker stop" in text
+    assert "--reformat" in text
+    assert (running_node.data_root / "node-1" / "topic-data").read_text() == "kept"
+
+
+def test_reformat_of_a_stopped_cluster_in_the_same_shape_deletes_its_data(tmp_path: Path) -> None:
+    # Data kept when the shape was unchanged, though --reformat's help says it deletes it.  Runs
+    # the part of start that formats (Kafka's StorageTool: Java and the suite's jar cache), not
+    # the launch after it.
+    if not (DIST / LocalBroker(tmp_path).version / ".complete").exists():
+        pytest.skip(f"no Kafka jars in {DIST} (`vigil broker start` fetches them once)")
+    made = _made(tmp_path, port=free_port_block(2))
+    broker = LocalBroker(tmp_path, port=made.port, dist_root=DIST)
+    before = broker.read_info()
+    assert before is not None
+    info = broker._formatted(before, before.nodes, reformat=True)
+    assert not (broker.data_root / "node-1" / "topic-data").exists()
+    assert info.cluster_id != before.cluster_id
+    assert broker.read_info() == info
+    # Unasked, the same shape is launched as it is.
+    assert broker._formatted(info, info.nodes, reformat=False) is info

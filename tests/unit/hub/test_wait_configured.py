@@ -146,3 +146,35 @@ def test_a_created_topic_a_lagging_broker_does_not_list_still_gets_its_min_insyn
     assert got == {"t": {"min.insync.replicas": "2"}}
     assert errors == []
     assert admin.listed == 3
+
+
+class Vanishing(Lagging):
+    """Lists topic ``t`` once (created, visible), then never again: a broker lagging past the
+    deadline, or the topic deleted meanwhile."""
+
+    def list_topics(self, timeout: float | None = None) -> Any:
+        self.listed += 1
+        part = SimpleNamespace(replicas=[1, 2, 3])
+        topics = {"t": SimpleNamespace(error=None, partitions={0: part})} if self.listed == 1 else {}
+        return SimpleNamespace(topics=topics)
+
+
+def test_a_created_topic_never_described_by_the_deadline_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only logged, `topics apply` reported success while the topic kept the broker's default
+    # min.insync.replicas (Kafka's is 1).
+    from vigil.hub import admin
+    from vigil.hub.admin import TopicDiff, _insync_for_replicas
+    from vigil.hub.topics import TopicSpec
+
+    monkeypatch.setattr(admin, "_TIMEOUT", 0.2)
+    spec = TopicSpec("t", "k", "raw", "test")
+    errors: list[str] = []
+    got = _insync_for_replicas(
+        Vanishing(),  # type: ignore[arg-type]
+        {"t": TopicDiff(spec=spec, live=None, partitions=1, replication=-1)},
+        errors,
+    )
+    assert got == {}
+    assert len(errors) == 1
+    assert errors[0].startswith("set min.insync.replicas of t: created, but not described")
+    assert "within 0.2s" in errors[0]

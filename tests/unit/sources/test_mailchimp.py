@@ -249,6 +249,44 @@ def test_the_clicked_domain_is_the_host_a_browser_goes_to(url: str, domain: str)
     assert _clicked_domain(url) == domain
 
 
+@pytest.mark.parametrize(
+    ("url", "domain"),
+    [
+        # A browser percent-decodes the host and maps it (UTS-46): each of these opens evil.example,
+        # and was kept as written, matching no listed evil.example.
+        ("https://%65vil.example/", "evil.example"),
+        ("https://evil%2Eexample/x", "evil.example"),
+        ("https://\uff25\uff36\uff29\uff2c.example/", "evil.example"),  # full-width
+        ("https://evil\u3002example/", "evil.example"),  # an ideographic full stop
+        ("https://evil.example%2E/", "evil.example"),
+        # Unicode hosts in the ASCII form intel lists store (and a browser sends to DNS).
+        ("https://b\u00fccher.example/", "xn--bcher-kva.example"),
+        ("https://B%C3%BCcher.example/", "xn--bcher-kva.example"),
+        ("https://fa\u00df.example/", "xn--fa-hia.example"),  # non-transitional, as browsers
+        ("https://xn--bcher-kva.example/", "xn--bcher-kva.example"),
+        ("https://[2001:DB8::1]/x", "2001:db8::1"),
+    ],
+)
+def test_the_clicked_domain_is_decoded_and_mapped_as_a_browser_does(url: str, domain: str) -> None:
+    assert _clicked_domain(url) == domain
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://evil%FF.example/",  # not UTF-8 once decoded
+        "https://evil%2Fexample/",  # a "/" no domain may hold
+        "https://evil%20example/",
+        "https://a\ufffdb.example/",  # disallowed by UTS-46
+    ],
+)
+def test_a_clicked_host_a_browser_refuses_is_a_decode_error_naming_the_url(url: str) -> None:
+    events = json.dumps([{**CLICKS[0], "url": url}])
+    with pytest.raises(DecodeError, match="expected a URL whose host a browser can open") as caught:
+        MailchimpNormalizer().normalize(record(urlencode({"mandrill_events": events}).encode()))
+    assert caught.value.path == "mandrill_events[0].url"
+
+
 @pytest.mark.parametrize("ts", ["NaN", "Infinity", "-Infinity", "1e20", "-1e20"])
 def test_a_click_time_out_of_range_is_a_decode_error_naming_ts(ts: str) -> None:
     events = json.dumps([{**CLICKS[0], "ts": "X"}]).replace('"X"', ts)

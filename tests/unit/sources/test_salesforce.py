@@ -322,6 +322,32 @@ def test_a_lone_surrogate_is_refused_naming_the_field(body: bytes, path: str) ->
     assert caught.value.path == path
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps(
+            [
+                {
+                    **API_EVENT,
+                    "attributes": {"type": "ReportEvent"},
+                    "ReportId": "00O5e000000AbC",
+                    "Records": json.dumps(["\ud800"]),
+                }
+            ]
+        ).encode(),
+        outbound(sobjects=REPORT.replace('["0035e00000A1","0035e00000A2"]', '["0035e00000A1","\\udc00"]')),
+    ],
+    ids=["json", "xml"],
+)
+def test_a_lone_surrogate_in_the_records_json_string_is_refused_naming_records(body: bytes) -> None:
+    # Records is JSON inside a string, parsed after the body's check: '\ud800' became a customer
+    # id, and the event failed to encode later as an unexpected error.
+    with pytest.raises(DecodeError, match="lone UTF-16 surrogate") as caught:
+        SalesforceNormalizer().normalize(record(body))
+    assert caught.value.path is not None
+    assert caught.value.path.startswith("Records")
+
+
 def test_a_surrogate_pair_is_well_formed_text() -> None:
     body = json.dumps({**LOGIN_EVENTS["records"][1], "Username": "\U0001f600@acme.example"}).encode()
     assert b"\\ud83d\\ude00" in body

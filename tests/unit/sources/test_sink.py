@@ -3,6 +3,7 @@ say what they left committed."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -16,7 +17,7 @@ from vigil.errors import BrokerError, chained
 from vigil.hub.broker import free_port_block
 from vigil.hub.client import drop_frame_locals
 from vigil.hub.raw import RawRecord
-from vigil.sources.sink import KafkaRawSink
+from vigil.sources.sink import KafkaRawSink, cursor_topic
 
 CLIENTS = (Producer, Consumer, AdminClient)
 
@@ -150,3 +151,33 @@ def test_a_failed_commit_that_was_aborted_says_nothing_was_committed(monkeypatch
     with pytest.raises(BrokerError, match=r"nothing was committed: .*not retriable"):
         _publish_through(producer, monkeypatch)
     assert producer.calls[-2:] == ["commit", "abort"]
+
+
+@pytest.mark.parametrize("source_id", ["ethereum", "ethereum-a", "intel.lists", "a_b", "x" * 235])
+def test_a_source_id_that_is_a_topic_name_keeps_its_cursor_topic_name(source_id: str) -> None:
+    # The names earlier versions made: kept, or a connector would lose its cursor on upgrade.
+    assert cursor_topic(source_id) == f"vigil.cursors.{source_id}"
+
+
+@pytest.mark.parametrize(
+    "source_id",
+    ["eth node", "ethereum/a", "x:y", "caf\u00e9", "", "x" * 236, "ethereum " + "z" * 400, "\ud800"],
+)
+def test_any_source_id_gets_a_valid_stable_cursor_topic_of_its_own(source_id: str) -> None:
+    # The id named the topic as it was: a space, a slash or a long id and the connector failed
+    # at start with Kafka's refusal of the name.
+    topic = cursor_topic(source_id)
+    assert re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic), topic
+    assert topic.startswith("vigil.cursors.")
+    assert cursor_topic(source_id) == topic  # the same at every start
+    assert cursor_topic(source_id + "!") != topic
+    assert topic not in {
+        cursor_topic(other) for other in ("eth_node", "eth  node", "eth\tnode") if other != source_id
+    }
+
+
+def test_a_mapped_cursor_topic_starts_with_the_ids_readable_part() -> None:
+    # The ACLs grant a source vigil.cursors.<its name>, prefixed: an id starting with the name
+    # keeps that prefix.
+    assert cursor_topic("ethereum node 2").startswith("vigil.cursors.ethereum_node_2-")
+    assert cursor_topic("ethereum " + "z" * 400).startswith("vigil.cursors.ethereum_zzz")
