@@ -183,7 +183,8 @@ def render(result: EvalResult, seconds: float) -> None:
     }.get(result.mode, result.mode)
     console.print(
         f"{result.events} events ({result.benign_events} benign), {result.alerts} alerts "
-        f"(precision over all {result.precision:.2f}, {result.unattributed} attributed to no scenario), "
+        f"(precision over all {result.precision:.2f}, {result.unattributed} attributed to no scenario, "
+        f"{result.late} late: on an episode's events, after it ended), "
         f"{result.decisions} decisions; false positives per 10k benign events: "
         f"{result.false_positives_per_10k:.2f}; detection {result.events / max(result.seconds, 1e-9):,.0f} "
         f"events/s ({where}); {seconds:.1f}s in all"

@@ -70,6 +70,9 @@ class TopicSpec:
     #: take a stale value, or a deleted key's, as its latest.  Changelogs may: their partitions
     #: follow their application's inputs.
     grow_compacted: bool = False
+    #: How long a compacted topic keeps a deletion (``delete.retention.ms``; None: the broker's,
+    #: a day).  A deletion that must stay readable (a connector reset) is kept for good.
+    delete_retention: timedelta | None = None
 
     @property
     def event_types(self) -> tuple[type[Event], ...]:
@@ -102,6 +105,8 @@ class TopicSpec:
             conf["segment.ms"] = str(int(DAY.total_seconds() * 1000))
         if self.max_message_bytes is not None:
             conf["max.message.bytes"] = str(self.max_message_bytes)
+        if self.delete_retention is not None:
+            conf["delete.retention.ms"] = str(int(self.delete_retention.total_seconds() * 1000))
         return conf
 
 

@@ -106,8 +106,9 @@ MIX: dict[str, tuple[float, float]] = {
 # that never shows it.
 
 #: A login from a device the account has not used (a new phone, a new or wiped browser, an
-#: incognito window): a few per cent of logins on consumer platforms.  The new device is kept
-#: and used again for a share of the customer's later sessions.
+#: incognito window): about one session in a hundred here, a floor (web platforms see a few per
+#: cent, counting browsers that clear their cookies; an exchange's app keeps its device id).  The
+#: new device is kept and used again for a share of the customer's later sessions.
 NEW_DEVICE_RATE = 0.008
 NEW_DEVICE_REUSE = 0.25
 #: New devices are challenged: most pass a second factor; customers without one enrolled are
@@ -122,8 +123,8 @@ CELLULAR_SHARE = 0.3
 TRAVELLER_SHARE = 0.015
 ABROAD_SESSIONS = 0.7
 #: Customers who use a commercial VPN, and the share of their sessions through it (exit in
-#: another country).  VPN use among crypto holders is common; toggling it moves the login's
-#: geolocation across borders within minutes.
+#: another country): a floor, as VPN use among crypto holders is common (one always on it looks
+#: settled at its exit; toggling it moves the login across borders within minutes).
 VPN_SHARE = 0.02
 VPN_SESSIONS = 0.4
 #: Second-factor push results: mostly approved; timeouts (phone elsewhere) and the occasional

@@ -16,8 +16,8 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-import time
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -31,7 +31,6 @@ from vigil.hub.client import (
     kafka_error,
     make_admin,
     make_producer,
-    partition_offsets,
     read_committed,
 )
 from vigil.hub.raw import RawRecord
@@ -88,7 +87,15 @@ def cursor_spec(source_id: str) -> TopicSpec:
         description=f"Checkpoints of connector {source_id!r} (block height, cursor), with its records",
         retention=None,
         cleanup="compact",
+        # A deletion is a reset, and the record that the shared topic of earlier versions was
+        # read (see KafkaRawSink.last_cursor): kept for good, or compaction would drop it after a
+        # day and the next start would take the pre-upgrade cursor again.
+        delete_retention=CURSOR_DELETIONS_KEPT,
     )
+
+
+#: "For good": a hundred years (Kafka takes any long; its own "never" is for retention.ms only).
+CURSOR_DELETIONS_KEPT = timedelta(days=36_500)
 
 
 #: A source's transaction timeout (librdkafka's default, said here because readers of the
@@ -225,12 +232,14 @@ class KafkaRawSink:
         transaction, so the cursor read here is final rather than racing commit markers.
 
         The shared ``vigil.cursors`` of earlier versions is read only while the source's own
-        topic has never been written to (its end offset 0: just made), and what it held for the
-        source, or a deletion when nothing, is then written to the own topic at once: read on
-        every start that found nothing of its own, a reset (a deletion, or a topic whose
-        deletion compaction had dropped) resumed from the cursor of before the upgrade.  A
-        topic deleted and made again is just made: while ``vigil.cursors`` still holds the
-        source's cursor, that one is taken again (the README says how to reset instead).
+        topic has no committed record of the source at all, and what it held for the source (or
+        a deletion, when nothing) is then written to the own topic at once: read on every start
+        that found nothing of its own, a reset (a deletion, which the own topic keeps for good)
+        resumed from the cursor of before the upgrade.  A transaction that aborted (or a process
+        that died in one) leaves nothing committed, so the next start reads the shared topic
+        again, as it should.  A topic deleted and made again has nothing: while ``vigil.cursors``
+        still holds the source's cursor, that one is taken again (the README says how to reset
+        instead).
         """
         topic = self._ensure_cursor_topic(source_id)
         own = self._source_id in (None, source_id)
@@ -238,7 +247,7 @@ class KafkaRawSink:
             with self._lock:
                 self._ensure_producer(source_id)
         found, latest = self._read_cursor(topic, source_id)
-        if found or not self._never_written(topic) or not self._legacy_exists():
+        if found or not self._legacy_exists():
             return latest
         _, latest = self._read_cursor(LEGACY_CURSOR_TOPIC, source_id)
         if own:
@@ -247,13 +256,6 @@ class KafkaRawSink:
             # next time however old; and once written, it is never read again.
             self._write_cursor(topic, None if latest is None else msgspec.json.encode(latest))
         return latest
-
-    def _never_written(self, topic: str) -> bool:
-        """Whether nothing was ever written to ``topic`` (its one partition's end offset is 0;
-        compaction removes records, never offsets)."""
-        deadline = time.monotonic() + max(self._timeout, 30.0)
-        (_, high), *_ = partition_offsets(make_admin(self._settings), [(topic, 0)], deadline).values()
-        return high == 0
 
     def _write_cursor(self, topic: str, value: bytes | None) -> None:
         """``value`` (None: a deletion) as this source's cursor in ``topic``, in a transaction of

@@ -16,7 +16,7 @@ import msgspec
 from confluent_kafka import Producer
 
 from vigil.config import Settings
-from vigil.hub.admin import ensure_topics
+from vigil.hub.admin import describe_live, ensure_topics
 from vigil.hub.client import make_admin, producer_config, read_committed
 from vigil.hub.raw import RawRecord
 from vigil.hub.topics import TopicSpec
@@ -122,22 +122,36 @@ def test_the_cursor_taken_from_the_shared_topic_is_recorded_in_the_sources_own_a
         sink.close()
 
 
-def test_a_source_whose_own_topic_was_written_never_reads_the_shared_topic_again(
+def test_a_transaction_that_aborted_in_the_own_topic_leaves_the_shared_one_to_read(
     settings: Settings, unique_topic: str
 ) -> None:
-    # Nothing under its id in a topic written before: a reset whose deletion compaction dropped
-    # (stood for by another key's record, as compaction keeps no deletion past its retention).
-    source_id = f"cursor-reset-{uuid.uuid4().hex[:8]}"
+    # Judged by offsets ("never written"), an aborted first write (or a process that died in it)
+    # made the own topic look written: the cursor of before the upgrade was lost, and the
+    # connector started over from its default.  What counts is a committed record.
+    source_id = f"cursor-abort-{uuid.uuid4().hex[:8]}"
     _legacy_holds(settings, source_id, {"next": 42})
     ensure_topics(settings, [cursor_spec(source_id)])
-    other = Producer(producer_config(settings))
-    other.produce(cursor_topic(source_id), b'{"next":1}', b"someone-else")
-    assert other.flush(30) == 0
+    aborted = Producer(producer_config(settings, **{"transactional.id": f"t-{source_id}"}))
+    aborted.init_transactions(30)
+    aborted.begin_transaction()
+    aborted.produce(cursor_topic(source_id), b'{"next":1}', source_id.encode())
+    aborted.flush(30)
+    aborted.abort_transaction(30)
     sink = _sink(settings, source_id, unique_topic)
     try:
-        assert sink.last_cursor(source_id) is None  # started over, as reset
+        assert sink.last_cursor(source_id) == {"next": 42}
     finally:
         sink.close()
+
+
+def test_a_cursor_topic_keeps_its_deletions_for_good(settings: Settings) -> None:
+    # A reset is a deletion: dropped by compaction after a day (the broker's default), the next
+    # start found nothing of its own and took the cursor of before the upgrade again.
+    source_id = f"cursor-keep-{uuid.uuid4().hex[:8]}"
+    ensure_topics(settings, [cursor_spec(source_id)])
+    live = describe_live(make_admin(settings), [cursor_topic(source_id)])[cursor_topic(source_id)]
+    assert int(live.config["delete.retention.ms"]) >= 100 * 365 * 86_400_000
+    assert live.config["cleanup.policy"] == "compact"
 
 
 def test_with_nothing_in_the_shared_topic_a_deletion_is_recorded_and_a_reset_stays_a_reset(

@@ -544,17 +544,17 @@ def test_each_withdrawal_to_the_new_address_is_held_whatever_arrives_first() -> 
 
 
 def test_a_sequence_alert_shows_the_fields_its_steps_were_compared_by() -> None:
-    # api-key-new-ip: a key used from a new IP to add an address (a type whose key fields have no
-    # IP).  The evidence kept neither step's IP (compared by ``differs``), so the explanation
-    # named the key's creation IP as the one it was used from.
+    # api-key-new-ip: the key withdraws from an IP other than the one it was made from (compared
+    # by ``differs``).  The evidence kept neither step's IP, so the explanation named the key's
+    # creation IP as the one it was used from.
     checked = validate_paths([ROOT / "rules" / "identity.yaml"])
-    case = next(c for c in checked.cases if c.name.startswith("a withdraw-capable key adding"))
+    case = next(c for c in checked.cases if c.name.startswith("a withdraw-capable key withdrawing"))
     created, added, used = case.events
     rules = [r for r in checked.rules if r.id == "api-key-new-ip"]
     (alert,) = detect_events(RuleSet(rules), [created, added, used])[0]
     assert [e.fields.get("ip") for e in alert.payload.evidence] == [
-        "198.51.100.2",
-        "203.0.113.77",
-        "203.0.113.77",
+        "198.51.100.5",
+        "198.51.100.5",
+        "203.0.113.78",
     ]
-    assert 'withdrawal address from IP "203.0.113.77"' in alert.payload.explanation
+    assert 'the key withdrew to it from IP "203.0.113.78"' in alert.payload.explanation
