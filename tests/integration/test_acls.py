@@ -16,7 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Message
-from tests.integration.acl_broker import ADMIN, REPO, SecuredBroker
+from tests.integration.acl_broker import ADMIN, SecuredBroker
+from tests.integration.throwaway_broker import REPO
 from typer.testing import CliRunner, Result
 
 from vigil.cli import app

@@ -2,8 +2,9 @@
 
 The session's broker (``conftest.py``) is PLAINTEXT: it cannot show that Vigil's clients present
 a certificate, nor that a client without one is refused.  This one, like
-:mod:`tests.integration.acl_broker` (same jars, same two java command lines), listens on
-loopback only, on free ports, from a temporary directory:
+:mod:`tests.integration.acl_broker`, is a
+:class:`~tests.integration.throwaway_broker.ThrowawayBroker` (loopback, free ports, a temporary
+directory):
 
 - clients: ``SSL`` with ``ssl.client.auth=required``: the client must show a certificate
   signed by the test CA.  The broker's keystore and truststore are PEM files
@@ -18,26 +19,17 @@ a CA the broker does not trust, a stranger's.
 
 from __future__ import annotations
 
-import base64
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka.admin import AdminClient
+from tests.integration.throwaway_broker import HOST, ThrowawayBroker
 
 from vigil.config import Settings, load_settings
-from vigil.hub.broker import LocalBroker, free_port_block
 
-REPO = Path(__file__).resolve().parents[2]
 #: The client key's password (a test key's; nothing else reads it).
 KEY_PASSWORD = "client-key-hunter2"  # noqa: S105 - a test key's password
-_HOST = "127.0.0.1"
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -104,17 +96,14 @@ class Certificates:
         return self.root / f"{name}.pem"
 
 
-class TlsBroker:
-    """Start with :meth:`start`, stop with :meth:`stop` (kills the process group, waits)."""
+class TlsBroker(ThrowawayBroker):
+    """Mutual TLS for clients, a PLAINTEXT controller on loopback (see the module)."""
+
+    kind = "TLS"
 
     def __init__(self, root: Path, start_timeout_s: float = 90.0) -> None:
-        self.root = root
+        super().__init__(root, start_timeout_s)
         self.certs = Certificates(root / "pki")
-        self.port = free_port_block(2, _HOST)
-        self.bootstrap = f"{_HOST}:{self.port}"
-        self.start_timeout_s = start_timeout_s
-        self._proc: subprocess.Popen[bytes] | None = None
-        self.log = root / "broker.log"
 
     def settings(self, *, certificate: Path | None = None, key: Path | None = None, **more: Any) -> Settings:
         """The settings of a Vigil process that trusts the test CA and shows ``certificate`` with
@@ -141,16 +130,11 @@ class TlsBroker:
             home=self.root / "home",
         )
 
-    def _properties(self) -> Path:
-        controller = self.port + 1
+    def listener_properties(self) -> dict[str, Any]:
         certs = self.certs
-        props: dict[str, Any] = {
-            "process.roles": "broker,controller",
-            "node.id": 1,
-            "controller.quorum.voters": f"1@{_HOST}:{controller}",
-            "listeners": f"SSL://{_HOST}:{self.port},CONTROLLER://{_HOST}:{controller}",
-            "advertised.listeners": f"SSL://{_HOST}:{self.port}",
-            "controller.listener.names": "CONTROLLER",
+        return {
+            "listeners": f"SSL://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
+            "advertised.listeners": f"SSL://{HOST}:{self.port}",
             "listener.security.protocol.map": "SSL:SSL,CONTROLLER:PLAINTEXT",
             "inter.broker.listener.name": "SSL",
             "ssl.client.auth": "required",
@@ -158,78 +142,7 @@ class TlsBroker:
             "ssl.keystore.location": certs.keystore,
             "ssl.truststore.type": "PEM",
             "ssl.truststore.location": certs.ca,
-            "log.dirs": self.root / "data",
-            "num.partitions": 1,
-            "default.replication.factor": 1,
-            "offsets.topic.replication.factor": 1,
-            "offsets.topic.num.partitions": 1,
-            "transaction.state.log.replication.factor": 1,
-            "transaction.state.log.min.isr": 1,
-            "group.initial.rebalance.delay.ms": 0,
-            "auto.create.topics.enable": "false",
         }
-        path = self.root / "server.properties"
-        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-        return path
 
-    def start(self) -> None:
-        dist = LocalBroker(self.root, dist_root=REPO / ".vigil" / "kafka-dist").ensure_jars()
-        props = self._properties()
-        fmt = ["java", "-cp", f"{dist}/*", "kafka.tools.StorageTool", "format"]
-        done = subprocess.run(
-            [*fmt, f"--cluster-id={_cluster_id()}", "-c", str(props)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            msg = f"formatting the TLS broker failed: {(done.stdout + done.stderr)[-800:]}"
-            raise RuntimeError(msg)
-        cmd = ["java", "-Xmx512m", "-XX:+UseG1GC", "-cp", f"{dist}/*", "kafka.Kafka", str(props)]
-        with open(self.log, "ab") as log:
-            self._proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        conf = self.settings().kafka_client_config()
-        deadline = time.monotonic() + self.start_timeout_s
-        last = ""
-        while time.monotonic() < deadline:
-            if self._proc is not None and self._proc.poll() is not None:
-                msg = f"the TLS broker exited at start; log tail:\n{self.log.read_text()[-2000:]}"
-                raise RuntimeError(msg)
-            if not _accepts(self.port):
-                # Not listening yet: a client now would only log "connection refused" lines.
-                time.sleep(0.2)
-                continue
-            try:
-                if AdminClient(conf).list_topics(timeout=2).brokers:
-                    return
-            except Exception as exc:  # KafkaException while it starts
-                last = str(exc)
-            time.sleep(0.3)
-        self.stop()
-        msg = f"the TLS broker did not answer within {self.start_timeout_s:.0f} s ({last}); see {self.log}"
-        raise RuntimeError(msg)
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        os.killpg(proc.pid, signal.SIGKILL)  # a throwaway broker: nothing to shut down cleanly
-        proc.wait(30)
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection((_HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    def ready_config(self) -> dict[str, Any]:
+        return self.settings().kafka_client_config()

@@ -110,8 +110,7 @@ def test_the_cursor_taken_from_the_shared_topic_is_recorded_in_the_sources_own_a
     settings: Settings, unique_topic: str
 ) -> None:
     # Recorded only by the next publish, a connector stopped before it found its own topic
-    # empty; and with nothing there under its id (a reset whose deletion compaction dropped),
-    # every start took the cursor of before the upgrade again.
+    # empty again, and took the cursor of before the upgrade however old it had become.
     source_id = f"cursor-record-{uuid.uuid4().hex[:8]}"
     _legacy_holds(settings, source_id, {"next": 42})
     sink = _sink(settings, source_id, unique_topic)

@@ -1,0 +1,138 @@
+"""A single-node KRaft broker of a test's own, with the listeners a test needs.
+
+The session's broker (``conftest.py``) is PLAINTEXT with no authorizer: it cannot show that a
+refused client is refused.  :class:`ThrowawayBroker` runs the project's own jars
+(:meth:`LocalBroker.ensure_jars`) with the two java command lines LocalBroker runs (format,
+launch), listening on loopback only, on free ports, from a temporary directory; a subclass
+says what its listeners are (:meth:`ThrowawayBroker.listener_properties`) and how a client that
+may ask for metadata connects (:meth:`ThrowawayBroker.ready_config`).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka.admin import AdminClient
+
+from vigil.hub.broker import LocalBroker, free_port_block
+
+REPO = Path(__file__).resolve().parents[2]
+HOST = "127.0.0.1"
+
+
+class ThrowawayBroker:
+    """Start with :meth:`start`, stop with :meth:`stop` (kills the process group, waits)."""
+
+    #: What the broker is called in errors ("the TLS broker did not answer ...").
+    kind = "test"
+
+    def __init__(self, root: Path, start_timeout_s: float = 90.0) -> None:
+        self.root = root
+        self.port = free_port_block(2, HOST)
+        self.controller_port = self.port + 1
+        self.bootstrap = f"{HOST}:{self.port}"
+        self.start_timeout_s = start_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.log = root / "broker.log"
+
+    def listener_properties(self) -> dict[str, Any]:
+        """The listeners and their security (the rest is common to every throwaway broker)."""
+        raise NotImplementedError
+
+    def ready_config(self) -> dict[str, Any]:
+        """librdkafka settings of a client allowed to ask for metadata (readiness)."""
+        raise NotImplementedError
+
+    def _properties(self) -> Path:
+        props: dict[str, Any] = {
+            "process.roles": "broker,controller",
+            "node.id": 1,
+            "controller.quorum.voters": f"1@{HOST}:{self.controller_port}",
+            "controller.listener.names": "CONTROLLER",
+            **self.listener_properties(),
+            "log.dirs": self.root / "data",
+            "num.partitions": 1,
+            "default.replication.factor": 1,
+            "offsets.topic.replication.factor": 1,
+            "offsets.topic.num.partitions": 1,
+            "transaction.state.log.replication.factor": 1,
+            "transaction.state.log.min.isr": 1,
+            "group.initial.rebalance.delay.ms": 0,
+            "auto.create.topics.enable": "false",
+        }
+        path = self.root / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        return path
+
+    def start(self) -> None:
+        dist = LocalBroker(self.root, dist_root=REPO / ".vigil" / "kafka-dist").ensure_jars()
+        props = self._properties()
+        fmt = ["java", "-cp", f"{dist}/*", "kafka.tools.StorageTool", "format"]
+        done = subprocess.run(
+            [*fmt, f"--cluster-id={_cluster_id()}", "-c", str(props)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            msg = f"formatting the {self.kind} broker failed: {(done.stdout + done.stderr)[-800:]}"
+            raise RuntimeError(msg)
+        cmd = ["java", "-Xmx512m", "-XX:+UseG1GC", "-cp", f"{dist}/*", "kafka.Kafka", str(props)]
+        with open(self.log, "ab") as log:
+            self._proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        conf = self.ready_config()
+        deadline = time.monotonic() + self.start_timeout_s
+        last = ""
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                msg = f"the {self.kind} broker exited at start; log tail:\n{self.log.read_text()[-2000:]}"
+                raise RuntimeError(msg)
+            if not _accepts(self.port):
+                # Not listening yet: a client now would only log "connection refused" lines.
+                time.sleep(0.2)  # poll interval; the port's state is what is waited for
+                continue
+            try:
+                if AdminClient(conf).list_topics(timeout=2).brokers:
+                    return
+            except Exception as exc:  # KafkaException while it starts
+                last = str(exc)
+            time.sleep(0.3)  # poll interval; the broker's answer is what is waited for
+        self.stop()
+        msg = (
+            f"the {self.kind} broker did not answer within {self.start_timeout_s:.0f} s ({last}); "
+            f"see {self.log}"
+        )
+        raise RuntimeError(msg)
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, signal.SIGKILL)  # a throwaway broker: nothing to shut down cleanly
+        proc.wait(30)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
