@@ -18,7 +18,7 @@ from tests.integration.kafka_read import wait_for
 
 from vigil.config import Settings, load_settings
 from vigil.errors import BrokerError
-from vigil.hub.admin import apply, describe_live, ensure_topics
+from vigil.hub.admin import TopicDiff, apply, describe_live, ensure_topics
 from vigil.hub.broker import _CHILDREN, LocalBroker, free_port_block
 from vigil.hub.client import make_admin, make_producer
 from vigil.hub.topics import TopicSpec
@@ -96,6 +96,15 @@ def _set_on_topic(admin: AdminClient, name: str, key: str, expected: str | None)
     return seen[-1]
 
 
+def _described(admin: AdminClient, name: str) -> bool:
+    """Whether ``name`` is described with its replicas: a broker whose metadata lags may list a
+    topic just made and refuse to describe it (UNKNOWN_TOPIC_OR_PART) a moment longer."""
+    try:
+        return name in describe_live(admin, [name])
+    except KafkaException:
+        return False
+
+
 def _apply_gives_topics_min_insync_for_their_replicas(settings: Settings) -> None:
     """``apply`` on three brokers: ``min.insync.replicas`` follows the replicas a topic has.  The
     brokers' own default here is already 2, so what is checked is the value set on the topic
@@ -113,6 +122,7 @@ def _apply_gives_topics_min_insync_for_their_replicas(settings: Settings) -> Non
         name = f"test.insync.default.{alter_configs}.{tag}"
         (created,) = apply(admin, [spec(name)], cluster_default, alter_configs=alter_configs)
         assert created.missing
+        wait_for(lambda name=name: _described(admin, name), 30, f"{name} described")
         assert describe_live(admin, [name])[name].replication == 3
         assert _set_on_topic(admin, name, "min.insync.replicas", "2") == "2"
         assert apply(admin, [spec(name)], cluster_default) == []
@@ -127,8 +137,18 @@ def _apply_gives_topics_min_insync_for_their_replicas(settings: Settings) -> Non
     name = f"test.insync.lower.{tag}"
     (made,) = admin.create_topics([NewTopic(name, 2, 3, config={"min.insync.replicas": "1"})]).values()
     made.result(timeout=30)
-    wait_for(lambda: name in describe_live(admin, [name]), 30, f"{name} in the metadata")
-    (left,) = apply(admin, [spec(name)], cluster_default, alter_configs=False)
+    wait_for(lambda: _described(admin, name), 30, f"{name} described")
+    plans: list[TopicDiff] = []
+
+    def known() -> bool:
+        # Asked of a broker that has not heard of the topic yet, apply plans to create it (and
+        # Kafka says it exists): asked again until the one answering knows it.
+        (diff,) = apply(admin, [spec(name)], cluster_default, alter_configs=False)
+        plans.append(diff)
+        return not diff.missing
+
+    wait_for(known, 30, f"{name} known to the broker answering")
+    left = plans[-1]
     assert "settings left as they are: min.insync.replicas 1 (declared 2)" in left.describe()
     assert _set_on_topic(admin, name, "min.insync.replicas", "1") == "1"
     (raised,) = apply(admin, [spec(name)], cluster_default)

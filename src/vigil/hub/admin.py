@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -274,7 +274,22 @@ def _insync_for_replicas(
     try:
         _wait_visible(admin, {name: d.partitions for name, d in created.items()})
         while True:
-            live = describe_live(admin, list(created))
+            try:
+                live = describe_live(admin, list(created))
+            except KafkaException as exc:
+                # A broker whose metadata lags may list a topic just made and not describe it
+                # (UNKNOWN_TOPIC_OR_PART) a moment longer: asked again until the deadline.
+                from vigil.hub.client import kafka_error
+
+                err = kafka_error(exc)
+                if (
+                    err is None
+                    or err.code() != KafkaError.UNKNOWN_TOPIC_OR_PART
+                    or time.monotonic() > deadline
+                ):
+                    raise
+                time.sleep(0.05)  # metadata poll interval; the loop checks the state
+                continue
             # A broker whose metadata lags may answer without a topic another just listed: it
             # was left without its setting, silently.  (One deleted meanwhile stays missing: an error.)
             missing = sorted(n for n in created if n not in live or live[n].replication < 1)
