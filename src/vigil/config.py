@@ -67,6 +67,25 @@ OWN_CLIENT_OPTIONS: dict[str, str] = {
     "client.id": "kafka_client_id",
 }
 
+_ACKS_ALL = "producers write with acks=all (with idempotence: nothing lost or written twice)"
+#: librdkafka settings that Vigil's own clients depend on, refused in ``kafka_client_options``:
+#: each with why.  (Every other setting there, tuning such as ``linger.ms`` or
+#: ``fetch.wait.max.ms`` included, wins over the value a client would set itself.)
+GUARANTEE_CLIENT_OPTIONS: dict[str, str] = {
+    "acks": _ACKS_ALL,
+    "request.required.acks": _ACKS_ALL,
+    "enable.idempotence": "producers are idempotent (no duplicates on retry)",
+    "transactional.id": "each application names its own transactions",
+    "isolation.level": "consumers read committed records only (exactly-once)",
+    "enable.auto.commit": "applications commit offsets with their outputs",
+    "enable.auto.offset.store": "applications commit offsets with their outputs",
+    "group.id": "each application names its own consumer group",
+    "partition.assignment.strategy": "applications rebalance cooperatively (cooperative-sticky)",
+    "auto.offset.reset": "a new group starts at the earliest record (nothing skipped)",
+    "enable.partition.eof": "restores and tails find the end of a partition by its end-of-partition events",
+    "delivery.report.only.error": "delivery reports tell when a record is acknowledged",
+}
+
 
 class Settings(BaseSettings):
     """Every setting Vigil reads, validated at start.
@@ -243,32 +262,28 @@ class Settings(BaseSettings):
     @classmethod
     def _keys_table_as_json(cls, value: Any) -> Any:
         # A [backend_keys] table in vigil.toml arrives as a mapping; the variable is its JSON.
+        # Kept as text, not read with _json_table: the backend ingest source reads it, and refuses
+        # bad JSON there (vigil.sources.backend), so that bad keys stop that source, not every command.
         return json.dumps(value) if isinstance(value, dict) else value
 
     @field_validator("kafka_client_options", mode="before")
     @classmethod
     def _client_options(cls, value: Any) -> Any:
-        # The variable is JSON; a [kafka_client_options] table in vigil.toml arrives as a mapping.
         # No message here shows a value (they are secrets): keys and types only.
         if value is None:  # (unset: the default, which pydantic-settings validates too)
             return None
         if isinstance(value, Secret):
             value = value.get_secret_value()
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except ValueError as exc:
-                # (json's message says where, never what: "Expecting value: line 1 column 9 (char 8)".)
-                msg = f'not JSON ({exc}); expected {{"<librdkafka setting>": value, ...}}'
-                raise ValueError(msg) from None
-        if not isinstance(value, dict):
-            msg = f'a {_kind(value)}; expected {{"<librdkafka setting>": value, ...}}'
-            raise ValueError(msg)
+        table = _json_table(value, expected='{"<librdkafka setting>": value, ...}')
         options: dict[str, ClientOption] = {}
-        for key, option in _flatten(value):
+        for key, option in _flatten(table):
             own = OWN_CLIENT_OPTIONS.get(key.lower())
             if own is not None:
                 msg = f"{key!r} is set by Vigil from its own setting; set {own} (VIGIL_{own.upper()}) instead"
+                raise ValueError(msg)
+            why = GUARANTEE_CLIENT_OPTIONS.get(key.lower())
+            if why is not None:
+                msg = f"{key!r} is Vigil's to set, not an option: {why}"
                 raise ValueError(msg)
             if not isinstance(option, str | int | float | bool):
                 msg = f"the value of {key!r} is a {_kind(option)}; expected a string, number or true/false"
@@ -279,17 +294,9 @@ class Settings(BaseSettings):
     @field_validator("backend_scopes", mode="before")
     @classmethod
     def _scopes_json(cls, value: Any) -> Any:
-        # The variable is JSON; a [backend_scopes] table in vigil.toml arrives as a mapping.
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except ValueError as exc:
-                msg = f'not JSON ({exc}); expected {{"service": ["<event type or domain>", ...]}}'
-                raise ValueError(msg) from None
+        table = _json_table(value, expected='{"service": ["<event type or domain>", ...]}')
         # One name alone (wallet = "payments") is a scope of one, not "a valid list" refused.
-        if isinstance(value, dict):
-            return {service: [names] if isinstance(names, str) else names for service, names in value.items()}
-        return value
+        return {service: [names] if isinstance(names, str) else names for service, names in table.items()}
 
     @field_validator("ethereum_rpc_url")
     @classmethod
@@ -440,6 +447,28 @@ _PEM_FILES = {
     "kafka_ssl_certificate_location": "a PEM file of the client's certificate, which the brokers verify",
     "kafka_ssl_key_location": "a PEM file of the client's private key",
 }
+
+
+def _json_table(value: Any, *, expected: str) -> dict[Any, Any]:
+    """A table setting as given: JSON text in its variable, a mapping from a table in vigil.toml
+    (or from keyword arguments).  Refused saying what it is and what was ``expected``, never
+    showing it: some of these settings are secrets.  (The setting itself is named by where it came
+    from, as every setting is: see :func:`load_settings`.)"""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            # (json's message says where, never what: "Expecting value: line 1 column 9 (char 8)";
+            # from None: the exception holds the whole text.)
+            msg = f"not JSON ({exc}); expected {expected}"
+            raise ValueError(msg) from None
+        except RecursionError:
+            msg = f"JSON nested too deeply to read; expected {expected}"
+            raise ValueError(msg) from None
+    if not isinstance(value, dict):
+        msg = f"a {_kind(value)}; expected {expected}"
+        raise ValueError(msg)
+    return value
 
 
 def _flatten(table: dict[Any, Any], prefix: str = "") -> list[tuple[str, Any]]:

@@ -288,6 +288,62 @@ def test_backend_scopes_that_are_not_json_are_named(no_vigil_variables: pytest.M
         load_settings()
 
 
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        (
+            {"VIGIL_BACKEND_SCOPES": '["chain"]'},
+            r"VIGIL_BACKEND_SCOPES \(backend_scopes\): a list; expected \{\"service\": \[",
+        ),
+        (
+            {"vigil.toml": "backend_scopes = 3\n"},
+            r"backend_scopes in vigil.toml: a number; expected \{\"service\": \[",
+        ),
+        (
+            {"VIGIL_KAFKA_CLIENT_OPTIONS": '{"sasl.oauthbearer.client.secret": "hunter2",}'},
+            r"VIGIL_KAFKA_CLIENT_OPTIONS \(kafka_client_options\): not JSON \(Expecting property name .*\); "
+            r"expected \{\"<librdkafka setting>\"",
+        ),
+        (
+            # json.loads raises RecursionError, not ValueError, this deep.
+            {"VIGIL_KAFKA_CLIENT_OPTIONS": '{"a": ' * 100_000 + '"hunter2"'},
+            r"VIGIL_KAFKA_CLIENT_OPTIONS \(kafka_client_options\): JSON nested too deeply to read; "
+            r"expected \{\"<librdkafka setting>\"",
+        ),
+        (
+            {"vigil.toml": 'kafka_client_options = ["hunter2"]\n'},
+            r"kafka_client_options in vigil.toml: a list; "
+            r"expected \{\"<librdkafka setting>\": value, \.\.\.\}; got <hidden>$",
+        ),
+    ],
+)
+def test_a_table_setting_that_is_no_table_is_named_with_what_was_expected(
+    no_vigil_variables: pytest.MonkeyPatch, tmp_path: Path, given: dict[str, str], says: str
+) -> None:
+    # Each setting given as JSON in its variable or as a table in the file is read the one way
+    # (config._json_table): named where it was given, with what it is and what was expected.
+    for where, value in given.items():
+        if where == "vigil.toml":
+            (tmp_path / where).write_text(value)
+        else:
+            no_vigil_variables.setenv(where, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert re.search(says, str(caught.value)), str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_backend_keys_that_are_not_json_are_left_to_the_backend_source(
+    no_vigil_variables: pytest.MonkeyPatch,
+) -> None:
+    # Read, and refused without showing them, by the backend ingest source alone
+    # (tests/unit/sources/test_backend.py): every other command still runs.
+    no_vigil_variables.setenv("VIGIL_BACKEND_KEYS", '{"wallet": "hunter2"')
+    loaded = load_settings()
+    assert loaded.backend_keys == SecretStr('{"wallet": "hunter2"')
+    assert "hunter2" not in repr(loaded)
+
+
 def test_connector_secrets_are_never_shown(no_vigil_variables: pytest.MonkeyPatch) -> None:
     for name in CONNECTOR_SECRETS:
         value = f"https://node.example/v3/{name}-hunter2"  # a URL, so that ethereum_rpc_url takes it
@@ -664,3 +720,43 @@ def test_the_new_settings_are_not_warned_about_as_unknown(
     with caplog.at_level(logging.WARNING, logger="vigil.config"):
         load_settings()
     assert not [r.getMessage() for r in caplog.records if r.name == "vigil.config"]
+
+
+@pytest.mark.parametrize("key", sorted(config.GUARANTEE_CLIENT_OPTIONS))
+def test_client_options_that_vigils_guarantees_depend_on_are_refused_saying_why(
+    no_vigil_variables: pytest.MonkeyPatch, key: str
+) -> None:
+    # acks=1 or read_uncommitted given here went into every client and was then overridden
+    # silently by the producer's or consumer's own value; now refused, whatever its case.
+    no_vigil_variables.setenv("VIGIL_KAFKA_CLIENT_OPTIONS", json.dumps({key.upper(): "hunter2"}))
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    said = str(caught.value)
+    assert f"{key.upper()!r} is Vigil's to set, not an option: {config.GUARANTEE_CLIENT_OPTIONS[key]}" in said
+    assert "hunter2" not in said
+
+
+def test_tuning_client_options_win_over_what_each_client_would_set(
+    no_vigil_variables: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from vigil.hub.client import consumer_config, producer_config
+    from vigil.stream.app import FETCH_DEFAULTS, Application
+
+    tuned = {"linger.ms": 50, "compression.type": "zstd", "fetch.wait.max.ms": 100}
+    no_vigil_variables.setenv("VIGIL_KAFKA_CLIENT_OPTIONS", json.dumps(tuned))
+    settings = load_settings(home=tmp_path)
+    # Each of these is a value the client sets itself (producer defaults, the runtime's fetch
+    # defaults, a caller's override): the operator's option is what the client gets.
+    assert FETCH_DEFAULTS["fetch.wait.max.ms"] != tuned["fetch.wait.max.ms"]
+    produced = producer_config(settings, **{"linger.ms": 1})
+    assert (produced["linger.ms"], produced["compression.type"]) == (50, "zstd")
+    assert produced["acks"] == "all"
+    assert produced["enable.idempotence"] is True
+    consumed = consumer_config(settings, "g", **{"fetch.wait.max.ms": 1})
+    assert consumed["fetch.wait.max.ms"] == 100
+    assert consumed["isolation.level"] == "read_committed"
+    app = Application(settings, name="tuned", inputs=["events.payments"], operators=[])
+    assert app.consumer_settings()["fetch.wait.max.ms"] == 100
+    # Unset, each client keeps its own.
+    no_vigil_variables.delenv("VIGIL_KAFKA_CLIENT_OPTIONS")
+    assert producer_config(load_settings(home=tmp_path), **{"linger.ms": 1})["linger.ms"] == 1

@@ -46,7 +46,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         }
     )
     conf.update(overrides)
-    return conf
+    return _with_options(settings, conf)
 
 
 def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
@@ -61,6 +61,15 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         }
     )
     conf.update(overrides)
+    return _with_options(settings, conf)
+
+
+def _with_options(settings: Settings, conf: dict[str, Any]) -> dict[str, Any]:
+    """``conf`` with the operator's ``kafka_client_options`` on top: they know their cluster (a
+    longer ``linger.ms`` across a WAN, a larger fetch).  Those Vigil depends on are refused when
+    the settings load (config.GUARANTEE_CLIENT_OPTIONS), so none of these undoes a guarantee."""
+    if settings.kafka_client_options:
+        conf.update(settings.kafka_client_options.get_secret_value())
     return conf
 
 
