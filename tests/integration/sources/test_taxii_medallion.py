@@ -12,8 +12,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -285,3 +286,54 @@ def test_one_upload_over_several_pages_is_read_whole(tmp_path: Path) -> None:
             assert sorted(got) == sorted(values)
             assert len(sink.records) - mark == 3  # pages of 2, 2, 1
         assert source.poll_once(sink, cursor) == 0
+
+
+def test_a_poll_stopped_inside_one_upload_resumes_at_its_time_without_loss_or_repeat(tmp_path: Path) -> None:
+    # One upload of 5 objects shares one date_added, read in pages of 2.  The connector stops
+    # after publishing the first page: resuming "added after" that page's time (as before)
+    # missed the other 3 objects for good; resuming at it, leaving out the 2 already out, reads
+    # each object once.
+    from vigil.errors import BrokerError
+    from vigil.sources.sink import MemorySink
+
+    class StopsAfter(MemorySink):
+        def __init__(self, pages: int) -> None:
+            super().__init__()
+            self.pages = pages
+            self.source_id = "t"
+
+        def publish(self, records: Sequence[RawRecord], cursor: dict[str, Any] | None = None) -> None:
+            if self.pages == 0:
+                raise BrokerError("the connector stops here")
+            self.pages -= 1
+            super().publish(records, cursor)
+
+    with serving_medallion(tmp_path) as base:
+        url = f"{base}/trustgroup1/collections/{WRITABLE}/"
+        collection = Collection(url, user=USER, password=PASSWORD)
+        values = [f"203.0.113.{i}" for i in range(5)]
+        bundle = {
+            "type": "bundle",
+            "id": f"bundle--{uuid.uuid4()}",
+            "objects": [_indicator(v) for v in values],
+        }
+        assert collection.add_objects(bundle).success_count == 5
+        first = StopsAfter(pages=1)
+        with pytest.raises(BrokerError):
+            TaxiiSource(url, user=USER, password=PASSWORD, page_size=2, source_id="t").poll_once(first, {})
+        assert len(first.records) == 1
+        position = first.cursors["t"]["collections"][url]
+        assert isinstance(position, dict)
+        assert len(position["seen"]) == 2  # the first page's objects, at the upload's time
+        # Restarted: a new source and sink, from the cursor the first one committed.
+        again = MemorySink()
+        again.source_id = "t"
+        cursor = dict(first.cursors["t"])
+        source = TaxiiSource(url, user=USER, password=PASSWORD, page_size=2, source_id="t")
+        assert source.poll_once(again, cursor) == 3
+        records = first.records + again.records
+        got = [e.payload.value for r in records for e in IntelNormalizer().normalize(r)]  # type: ignore[attr-defined]
+        assert sorted(got) == sorted(values)  # each once
+        # Caught up: the cursor is a time again, and the next poll finds nothing new.
+        assert isinstance(again.cursors["t"]["collections"][url], str)
+        assert source.poll_once(again, cursor) == 0

@@ -13,18 +13,22 @@ upload of many objects shares one ``date_added``, and asking each next page with
 rest of such an upload for good.  The cursor after each page is that page's
 ``X-TAXII-Date-Added-Last``; a restart resumes after it.  (Not from the ``next`` token: servers
 keep a token's place themselves, so one used by a connector that died before publishing the
-page it fetched skips that page.)  What remains of the protocol's gap: a connector stopped in
-the middle of one upload spread over several pages misses, on restart, that upload's objects
-on the pages it had not published.  A server that says ``more`` without a ``next`` token is
-asked with ``added_after`` (and warned about).
+page it fetched skips that page.)  In the middle of a poll (the server said ``more``), the
+objects after the page may share its last ``date_added`` (one upload over several pages): the
+cursor then says to resume *at* that time, with the objects already published at it (the
+last pages' ``id``/``modified``, up to :data:`SEEN_AT_MOST`), and a restart asks from just
+before that time and leaves those out: nothing is missed, and an object is published twice
+only when more than that many shared one time.  A server that says ``more`` without a
+``next`` token is asked with ``added_after`` (and warned about).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
@@ -40,6 +44,11 @@ log = logging.getLogger(__name__)
 
 NAME = "intel"
 KIND = "taxii_objects"
+#: Objects published at a mid-poll cursor's time that the cursor names, to leave out on resuming:
+#: the last pages' (a page of 100 to 1,000 objects, their ids some 100 bytes: the cursor record
+#: stays well under Kafka's message limit).
+SEEN_AT_MOST = 2_000
+_MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass
@@ -60,7 +69,9 @@ class TaxiiSource(Source):
     readable collection of ``api_root``, every ``poll_interval`` seconds.
 
     ``password`` is used for HTTP basic auth and never logged or put in records.  The
-    cursor is ``{"collections": {collection URL: added_after}}``.
+    cursor is ``{"collections": {collection URL: added_after}}``, or for a collection left in
+    the middle of a poll ``{"at": date_added, "seen": ["<id>|<modified>", ...]}`` (see the
+    module).
     """
 
     name = NAME
@@ -167,7 +178,7 @@ class TaxiiSource(Source):
         collection = self._collection(url, last)
         feed = self.feed_for(url)
         published = 0
-        start: str | None = cursor.get("collections", {}).get(url)
+        start, seen = _resume(cursor.get("collections", {}).get(url), feed)
         token: str | None = None
         try:
             while True:
@@ -181,6 +192,8 @@ class TaxiiSource(Source):
                 objects = envelope.get("objects", []) if isinstance(envelope, dict) else []
                 added_last = last.headers.get("x-taxii-date-added-last")
                 if not objects:
+                    if seen:  # resumed at a time whose objects were all published: caught up
+                        self._publish(sink, cursor, url, [], str(seen[0]))
                     return published
                 if not added_last:
                     # TAXII 2.1 (section 5.4) requires this header; without it there is no safe
@@ -200,17 +213,39 @@ class TaxiiSource(Source):
                         added_last,
                     )
                     start = added_last
-                record = RawRecord(
-                    source=self.name,
-                    kind=KIND,
-                    value=last.content,
-                    received_at=datetime.now(UTC),
-                    key=feed.encode(),
-                    meta={"feed": feed, "collection": url, "added_last": added_last},
-                )
-                new_cursor = {**cursor, "collections": {**positions, url: added_last}}
-                sink.publish([record], cursor=new_cursor)
-                cursor.update(new_cursor)
+                content = last.content
+                if seen:
+                    # Resumed at a time: the objects published at it before the stop go out once.
+                    done = set(seen[1])
+                    fresh = [o for o in objects if _object_key(o) not in done]
+                    if len(fresh) < len(objects):
+                        content = json.dumps({**envelope, "objects": fresh}).encode()
+                        objects = fresh
+                records = []
+                if objects:
+                    records.append(
+                        RawRecord(
+                            source=self.name,
+                            kind=KIND,
+                            value=content,
+                            received_at=datetime.now(UTC),
+                            key=feed.encode(),
+                            meta={"feed": feed, "collection": url, "added_last": added_last},
+                        )
+                    )
+                position: str | dict[str, Any] = added_last
+                if more:
+                    # The next page may go on at this page's last time: resume at it, leaving out
+                    # what went out at it (this page's objects, and earlier pages' at that time).
+                    keys = [_object_key(o) for o in objects]
+                    before = positions.get(url)
+                    if isinstance(before, dict) and before.get("at") == added_last:
+                        keys = [*before.get("seen", []), *keys]
+                    elif seen and seen[0] == added_last:
+                        keys = [*seen[1], *keys]
+                    position = {"at": added_last, "seen": keys[-SEEN_AT_MOST:]}
+                self._publish(sink, cursor, url, records, position)
+                seen = None  # (the resumed time is left behind once a page is published)
                 published += len(objects)
                 self.pages += 1
                 self.objects += len(objects)
@@ -220,6 +255,15 @@ class TaxiiSource(Source):
             # Name the collection, not the full URL: a URL may carry a token in its query.
             msg = f"taxii: polling collection {feed!r} failed: {type(exc).__name__}: {exc}"
             raise SourceError(msg) from None
+
+    def _publish(
+        self, sink: RawSink, cursor: dict[str, Any], url: str, records: list[RawRecord], position: Any
+    ) -> None:
+        """``records`` with the collection's new ``position``, in one transaction."""
+        positions: dict[str, Any] = cursor.get("collections", {})
+        new_cursor = {**cursor, "collections": {**positions, url: position}}
+        sink.publish(records, cursor=new_cursor)
+        cursor.update(new_cursor)
 
     def run(self, sink: RawSink) -> None:
         cursor: dict[str, Any] = dict(sink.last_cursor(self.source_id) or {})
@@ -234,3 +278,29 @@ class TaxiiSource(Source):
                 log.warning("taxii: %s (retried at the next poll)", exc)
             if self.wait(self.poll_interval):
                 return
+
+
+def _object_key(obj: Any) -> str:
+    """What tells an object apart from another one, or another version of it."""
+    if not isinstance(obj, dict):
+        return repr(obj)
+    return f"{obj.get('id')}|{obj.get('modified', '')}"
+
+
+def _resume(position: Any, feed: str) -> tuple[str | None, tuple[str, list[str]] | None]:
+    """The ``added_after`` to ask a collection from, and (for a poll left in the middle) the time
+    it stopped at with the objects already published at it."""
+    if not isinstance(position, dict):
+        return (str(position) if position else None), None
+    at = str(position.get("at") or "")
+    seen = [str(k) for k in position.get("seen", [])]
+    try:
+        when = datetime.fromisoformat(at)
+    except ValueError:
+        # Not a time this client can step back from (TAXII's are RFC 3339): after it, as before.
+        log.warning("taxii: collection %r: cannot resume at %r; asking after it", feed, at)
+        return at or None, None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    before = (when - _MICROSECOND).astimezone(UTC).isoformat(timespec="microseconds")
+    return before.replace("+00:00", "Z"), (at, seen)
