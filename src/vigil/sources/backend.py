@@ -64,7 +64,7 @@ from vigil.events.records import DeadLetter
 from vigil.events.types import EVENT_CLASSES, types_in_domain
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer, RawSink, Source
-from vigil.sources.http_server import KEEP_ALIVE_S, MAX_CONNECTIONS, listen, serving
+from vigil.sources.http_server import HEADER_TIMEOUT_S, KEEP_ALIVE_S, MAX_CONNECTIONS, listen, serving
 from vigil.sources.registry import NORMALIZERS, SOURCES
 from vigil.sources.webhooks import BODY_TIMEOUT_S, RECORD_MAX_BYTES, Rejected, closing, read_body
 
@@ -641,6 +641,7 @@ class BackendIngestSource(Source):
         body_timeout_s: float = BODY_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
         keep_alive_s: int = KEEP_ALIVE_S,
+        header_timeout_s: float = HEADER_TIMEOUT_S,
         source_id: str | None = None,
     ) -> None:
         super().__init__(source_id)
@@ -650,6 +651,7 @@ class BackendIngestSource(Source):
         self.body_timeout_s = body_timeout_s
         self.max_connections = max_connections
         self.keep_alive_s = keep_alive_s
+        self.header_timeout_s = header_timeout_s
         self.host = host
         self.port = port
         self.max_buffered_records = max_buffered_records
@@ -667,7 +669,8 @@ class BackendIngestSource(Source):
         ``{service: sha256 hex of its key}``; default: the setting ``backend_keys``, the same
         JSON in ``VIGIL_BACKEND_KEYS`` or a ``[backend_keys]`` table in vigil.toml),
         ``max_buffered_records`` (10000), ``max_buffered_bytes`` (256 MiB), ``ack_timeout``
-        (s, 5), ``body_timeout_s`` (30), ``max_connections`` (256), ``keep_alive_s`` (5).
+        (s, 5), ``body_timeout_s`` (30), ``max_connections`` (256), ``keep_alive_s`` (5),
+        ``header_timeout_s`` (10).
         What each service may send is the setting ``backend_scopes`` (see :class:`Scopes`)."""
         if "keys_file" in options:
             where = f"keys_file {options['keys_file']}"
@@ -704,6 +707,7 @@ class BackendIngestSource(Source):
             body_timeout_s=float(options.get("body_timeout_s", str(BODY_TIMEOUT_S))),
             max_connections=int(options.get("max_connections", str(MAX_CONNECTIONS))),
             keep_alive_s=int(options.get("keep_alive_s", str(KEEP_ALIVE_S))),
+            header_timeout_s=float(options.get("header_timeout_s", str(HEADER_TIMEOUT_S))),
         )
 
     def run(self, sink: RawSink) -> None:
@@ -731,6 +735,7 @@ class BackendIngestSource(Source):
                 wait=self.wait,
                 max_connections=self.max_connections,
                 keep_alive_s=self.keep_alive_s,
+                header_timeout_s=self.header_timeout_s,
             ):
                 self.ready.set()
                 self._stop.wait()

@@ -6,22 +6,28 @@ resolved (read it from the socket) and a port already taken fails at once as a
 :class:`~vigil.errors.SourceError` naming the address, not inside uvicorn's thread.
 
 Limits: at most ``max_connections`` connections and requests at once (a request past it is
-answered 503), and an idle keep-alive connection is closed after ``keep_alive_s``.  The apps
-bound the time a body may take (:func:`vigil.sources.webhooks.read_body`).  What uvicorn does
-not bound is the time a client takes to send a request's headers, nor connections that never
-send one (they still count against the limit, and hold a file descriptor): in production a
-reverse proxy with header and idle timeouts belongs in front (README, Sources).
+answered 503), an idle keep-alive connection is closed after ``keep_alive_s``, and a request's
+headers must arrive within ``header_timeout_s`` of the connection opening (or of the first byte
+of a next request on a kept-alive one), else the connection is closed.  The apps bound the time
+a body may take (:func:`vigil.sources.webhooks.read_body`).  Uvicorn itself bounds neither of
+the first two kinds of slow client: connections that never sent a request, or sent its headers
+a byte at a time, each held a descriptor and a place under the limit for as long as the client
+liked, so a few hundred of them made every request a 503.  In production a reverse proxy
+belongs in front all the same (TLS; README, Sources).
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from vigil.errors import SourceError
 
@@ -30,6 +36,50 @@ from vigil.errors import SourceError
 MAX_CONNECTIONS = 256
 #: Seconds an idle keep-alive connection is kept (uvicorn's own default, made explicit).
 KEEP_ALIVE_S = 5
+#: Seconds a client has to send a request's headers (nginx's client_header_timeout is 60; the
+#: platforms and services that call these send theirs at once).
+HEADER_TIMEOUT_S = 10.0
+
+
+def _with_header_deadline(timeout_s: float) -> type[H11Protocol]:
+    """Uvicorn's HTTP/1.1 protocol, closing a connection whose request headers have not all
+    arrived ``timeout_s`` after it opened, or after the first byte of a next request."""
+
+    class HeaderDeadline(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            # Between requests (h11 waits for headers in IDLE): the first byte starts the clock;
+            # the silence before it is the keep-alive timeout's.
+            if self.conn.their_state is h11.IDLE:
+                self._arm()
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:  # the headers are in
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._deadline is None:
+                self._deadline = self.loop.call_later(timeout_s, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _too_slow(self) -> None:
+            self._deadline = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderDeadline
 
 
 def listen(host: str, port: int, label: str) -> socket.socket:
@@ -55,10 +105,11 @@ def serving(
     wait: Callable[[float], bool],
     max_connections: int = MAX_CONNECTIONS,
     keep_alive_s: int = KEEP_ALIVE_S,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
 ) -> Iterator[None]:
     """Serve ``app`` on ``sock`` while the block runs; on leaving it, stop the server (it
-    takes no more requests) and close the socket.  ``max_connections`` and ``keep_alive_s``
-    are the limits in the module's docstring.
+    takes no more requests) and close the socket.  ``max_connections``, ``keep_alive_s`` and
+    ``header_timeout_s`` are the limits in the module's docstring.
 
     Entering returns once uvicorn has started, or early when ``wait`` (the source's
     :meth:`~vigil.sources.base.Source.wait`) says the source is stopping.  A server that dies
@@ -73,6 +124,7 @@ def serving(
         lifespan="off",
         limit_concurrency=max_connections,
         timeout_keep_alive=keep_alive_s,
+        http=_with_header_deadline(header_timeout_s),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -48,7 +48,7 @@ from vigil.config import Settings
 from vigil.errors import BrokerError, ContractError, SourceError
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import RawSink, Source
-from vigil.sources.http_server import KEEP_ALIVE_S, MAX_CONNECTIONS, listen, serving
+from vigil.sources.http_server import HEADER_TIMEOUT_S, KEEP_ALIVE_S, MAX_CONNECTIONS, listen, serving
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ class WebhookSource(Source):
     Options shared by the three sources: ``host`` (default 127.0.0.1) and ``port`` (default
     8089 HubSpot, 8090 Salesforce, 8091 Mailchimp, so the three run side by side; 0 picks a
     free one, read from :attr:`port` once :attr:`ready` is set); ``body_timeout_s``,
-    ``max_connections`` and ``keep_alive_s`` bound slow and idle clients
+    ``max_connections``, ``keep_alive_s`` and ``header_timeout_s`` bound slow and idle clients
     (:func:`read_body`, :func:`~vigil.sources.http_server.serving`).
     """
 
@@ -327,6 +327,7 @@ class WebhookSource(Source):
         body_timeout_s: float = BODY_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
         keep_alive_s: int = KEEP_ALIVE_S,
+        header_timeout_s: float = HEADER_TIMEOUT_S,
     ) -> None:
         self.name = platform.name
         super().__init__(source_id)
@@ -337,6 +338,7 @@ class WebhookSource(Source):
         self.body_timeout_s = body_timeout_s
         self.max_connections = max_connections
         self.keep_alive_s = keep_alive_s
+        self.header_timeout_s = header_timeout_s
         self.ready = threading.Event()
 
     def run(self, sink: RawSink) -> None:
@@ -352,6 +354,7 @@ class WebhookSource(Source):
             wait=self.wait,
             max_connections=self.max_connections,
             keep_alive_s=self.keep_alive_s,
+            header_timeout_s=self.header_timeout_s,
         ):
             self.ready.set()
             self._stop.wait()
@@ -379,7 +382,9 @@ def secret_option(options: Mapping[str, str], name: str, settings: Settings, set
 
 
 #: The options every webhook source takes (:func:`listen_options`).
-LISTEN_OPTIONS = frozenset({"host", "port", "body_timeout_s", "max_connections", "keep_alive_s"})
+LISTEN_OPTIONS = frozenset(
+    {"host", "port", "body_timeout_s", "max_connections", "keep_alive_s", "header_timeout_s"}
+)
 
 
 def listen_options(options: Mapping[str, str], default_port: int) -> dict[str, Any]:
@@ -390,6 +395,7 @@ def listen_options(options: Mapping[str, str], default_port: int) -> dict[str, A
         "body_timeout_s": float(options.get("body_timeout_s", str(BODY_TIMEOUT_S))),
         "max_connections": int(options.get("max_connections", str(MAX_CONNECTIONS))),
         "keep_alive_s": int(options.get("keep_alive_s", str(KEEP_ALIVE_S))),
+        "header_timeout_s": float(options.get("header_timeout_s", str(HEADER_TIMEOUT_S))),
     }
 
 

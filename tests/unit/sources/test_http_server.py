@@ -132,3 +132,40 @@ def test_an_idle_keep_alive_connection_is_closed_after_keep_alive_s(kind: str) -
         # Then idle: the server closes it (recv() gives b""); past the deadline, recv() raises
         # TimeoutError and the test fails.
         assert conn.recv(4096) == b""
+
+
+@pytest.mark.parametrize("kind", ["webhook", "ingest"])
+def test_connections_that_do_not_send_their_headers_in_time_are_closed(kind: str) -> None:
+    # Uvicorn alone kept a connection that sent nothing, or a request's headers in part, for as
+    # long as the client liked: max_connections of them made every request a 503.
+    source: WebhookSource | BackendIngestSource = (
+        WebhookSource(MailchimpWebhook(SECRET), port=0, max_connections=4, header_timeout_s=0.3)
+        if kind == "webhook"
+        else BackendIngestSource(
+            keys={"wallet": hash_key(KEY)}, port=0, max_connections=4, header_timeout_s=0.3
+        )
+    )
+    health = b"/healthz" if kind == "webhook" else b"/v1/health"
+    request = b"GET " + health + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with running(source) as port:
+        silent = socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S)
+        partial = socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S)
+        kept = socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S)
+        try:
+            partial.sendall(request[:20])  # the request line begun, no more
+            # A kept-alive connection: answered once, then a next request begun and not ended.
+            kept.sendall(request)
+            assert _one_response(kept).startswith(b"HTTP/1.1 200 ")
+            kept.sendall(request[:20])
+            # The server closes each (recv() gives b""); past PATIENCE_S, recv() raises
+            # TimeoutError and the test fails.
+            for conn in (silent, partial, kept):
+                assert conn.recv(4096) == b""
+            # Their places under the limit (4: theirs and this request's) are free again, though
+            # the clients hold on: answered, not 503.
+            assert (
+                httpx.get(f"http://127.0.0.1:{port}{health.decode()}", timeout=PATIENCE_S).status_code == 200
+            )
+        finally:
+            for conn in (silent, partial, kept):
+                conn.close()
