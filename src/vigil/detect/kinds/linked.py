@@ -38,6 +38,7 @@ every sighting: safe, and on the simulated exchange no party had that many.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -257,6 +258,12 @@ class LinkedDetector(SingleRouteDetector):
         wkey = f"w:{first}|{second}"
         window: dict[str, Any] = state.get(wkey) or {"items": [], "quiet": 0.0}
         items: list[list[Any]] = window["items"]
+        # A source's redelivery (the same event id, so the same time) counts once while the
+        # first delivery is kept, as in a threshold window: one trade sent three times was a
+        # pair's three trades.
+        new = _unseen(items, new)
+        if not new:
+            return
         new = sorted(new, key=lambda i: float(i[0]))
         earliest = new[0][0]
         items = [*items, *new]
@@ -305,6 +312,8 @@ class LinkedDetector(SingleRouteDetector):
             held: list[list[Any]] | None = state.get(key)
             if held is None:
                 held = []
+            elif any(i[0] == now and i[1] == other and i[2][0] == evidence[0] for i in held):
+                continue  # a redelivery of a match held already: counted once, if ever
             elif len(held) >= MAX_HELD or now - held[0][0] > span:
                 # (Most trades only append: the list is trimmed when full or stale.)
                 held = [i for i in held if now - i[0] <= span][-MAX_HELD + 1 :]
@@ -356,3 +365,27 @@ class LinkedDetector(SingleRouteDetector):
 def _held_key(item: list[Any]) -> tuple[float, str]:
     """A held match as both parties hold it: its time and its evidence's event id."""
     return float(item[0]), str(item[2][0])
+
+
+def _unseen(items: list[list[Any]], new: list[list[Any]]) -> list[list[Any]]:
+    """The matches of ``new`` ([event time, evidence]) that neither ``items`` (a pair's
+    counted matches, in time order) nor an earlier one of ``new`` holds: a match is its time
+    and its event id."""
+    out: list[list[Any]] = []
+    seen: set[tuple[float, str]] = set()
+    for item in new:
+        now, event_id = float(item[0]), str(item[1][0])
+        if (now, event_id) in seen:
+            continue
+        at = bisect_left(items, now, key=_item_time)
+        while at < len(items) and items[at][0] == now and items[at][1][0] != event_id:
+            at += 1
+        if at < len(items) and items[at][0] == now:
+            continue  # counted already
+        seen.add((now, event_id))
+        out.append(item)
+    return out
+
+
+def _item_time(item: list[Any]) -> float:
+    return float(item[0])

@@ -8,6 +8,7 @@ Helpers return ``None`` after recording a problem, so callers keep going.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -106,14 +107,11 @@ class Parser:
         if key not in d:
             return default
         value = d[key]
-        if (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and (minimum is None or value >= minimum)
-        ):
-            return float(value)
+        number = finite(value)
+        if number is not None and (minimum is None or number >= minimum):
+            return number
         bound = f" >= {minimum:g}" if minimum is not None else ""
-        self.error(d.mark(key), f"{what}.{key} must be a number{bound}; got {_show(value)}")
+        self.error(d.mark(key), f"{what}.{key} must be {_number_form(value, bound)}; got {_show(value)}")
         return default
 
     def boolean(self, d: LocDict, key: str, what: str, default: bool = False) -> bool:
@@ -247,9 +245,8 @@ class Parser:
                 )
                 continue
             if not _operand_ok(op, operand):
-                self.error(
-                    spec.mark(op), f"{what}.{field_path}.{op} must be {OPERATORS[op]}; got {_show(operand)}"
-                )
+                form = _number_form(operand) if op in _ORDERING else OPERATORS[op]
+                self.error(spec.mark(op), f"{what}.{field_path}.{op} must be {form}; got {_show(operand)}")
                 continue
             problem = _kind_problem(path, op, operand, types)
             if problem is not None:
@@ -273,10 +270,13 @@ class Parser:
             )
             return None
         operand = c[ops[0]]
-        if isinstance(operand, bool) or not isinstance(operand, int | float):
-            self.error(c.mark(ops[0]), f"{what}.{key}.{ops[0]} must be a number; got {_show(operand)}")
+        number = finite(operand)
+        if number is None:
+            self.error(
+                c.mark(ops[0]), f"{what}.{key}.{ops[0]} must be {_number_form(operand)}; got {_show(operand)}"
+            )
             return None
-        return ops[0], float(operand)
+        return ops[0], number
 
 
 def _where_hint(key: str, allowed: set[str]) -> str:
@@ -286,11 +286,34 @@ def _where_hint(key: str, allowed: set[str]) -> str:
     return ""
 
 
+_ORDERING = frozenset({"gt", "gte", "lt", "lte"})
+
+
+def finite(value: Any) -> float | None:
+    """``value`` as a float, if it is a YAML number a float holds: not true/false, not
+    ``.inf`` or ``.nan``, not an integer past a float's range (400 digits raised
+    OverflowError, a traceback instead of the rule's file and line)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _number_form(value: Any, bound: str = "") -> str:
+    """What a number in a rule must be; for a YAML number refused, why."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and finite(value) is None:
+        return f"a finite number{bound} (within +/-1.8e308; not .inf or .nan)"
+    return f"a number{bound}"
+
+
 def _operand_ok(op: str, operand: Any) -> bool:
     if op in ("in", "not_in"):
         return isinstance(operand, list) and all(not isinstance(v, dict | list) for v in operand)
-    if op in ("gt", "gte", "lt", "lte"):
-        return isinstance(operand, int | float) and not isinstance(operand, bool)
+    if op in _ORDERING:
+        return finite(operand) is not None  # compared as a float (fields.py)
     if op == "exists":
         return isinstance(operand, bool)
     return not isinstance(operand, dict | list)

@@ -255,7 +255,13 @@ def parse_rule(d: LocDict, p: Parser, file: str) -> Rule | None:
     # An entity kind: a misspelt one made alerts about "custmer:c1", which no decision or case
     # maps to a customer.
     entity = p.choice(d, "entity", what, Entities.KINDS) if "entity" in d else None
-    params = spec.parse(d, p, what) if spec else None
+    try:
+        params = spec.parse(d, p, what) if spec else None
+    except (ValueError, OverflowError, TypeError) as exc:
+        # A backstop: each kind reports what it refuses at its place; a value it let through and
+        # then could not use (a number past a float's range) is reported at the rule, not raised.
+        p.error(d.loc, f"{what} cannot be read: {exc}")
+        params = None
     explanation = p.string(d, "explanation", what)
     if explanation is not None and spec is not None:
         _check_template(
@@ -285,7 +291,13 @@ def parse_rule(d: LocDict, p: Parser, file: str) -> Rule | None:
     # A field name no event of the rule has always read "(unknown)": {amount_usd} in a login rule.
     if spec is None:
         return None
-    types = spec.detector(rule, Env(IntelIndex())).types
+    try:
+        types = spec.detector(rule, Env(IntelIndex())).types
+    except (ValueError, OverflowError, TypeError) as exc:
+        # As for parse above: a where bound past a float's range raised OverflowError here,
+        # a traceback from `vigil rules validate` (and from loading the rules) with no file:line.
+        p.error(d.loc, f"{what} cannot be built: {exc}")
+        return None
     mine = _field_names(frozenset(types)) | COMMON_CONTEXT | spec.context
     for name in _placeholders(explanation):
         if name in FIELD_NAMES and name not in mine:
@@ -387,7 +399,10 @@ def parse_case(d: LocDict, p: Parser, file: str, index: int) -> Case | None:
 
 def _case_time(value: Any) -> datetime | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return CASE_BASE + timedelta(seconds=float(value))
+        try:
+            return CASE_BASE + timedelta(seconds=float(value))
+        except (OverflowError, ValueError):
+            return None  # past a float's or a datetime's range, .inf or .nan: reported by the caller
     if isinstance(value, str):
         offset = parse_duration(value.lstrip("+"))
         if offset is not None or value.strip() in ("0", "+0"):
