@@ -318,12 +318,12 @@ def example_events(at: datetime) -> list[Event]:
             entities=Entities(customer=_CUST),
             payload=t.AlertPayload(
                 rule_id="ato-sequence",
-                rule_version=1,
+                rule_version=2,
                 severity="critical",
                 score=92.0,
                 entity=t.EntityRef(kind="customer", id=_CUST),
-                explanation="New-device login, 2FA reset and a first-seen withdrawal "
-                "address within 10 seconds, then a withdrawal.",
+                explanation="Login from a new IP without a second factor, 2FA reset and a "
+                "first-seen withdrawal address within 10 seconds, then a withdrawal.",
                 evidence=[t.Evidence(event_id=eid("login"), type="login", occurred_at=ts(0))],
                 typology="account_takeover",
                 attack=["T1078"],

@@ -75,6 +75,7 @@ def test_credential_stuffing_is_many_accounts_from_few_ips_mostly_failing(
 def test_api_key_abuse_withdraws_through_a_new_key_from_a_new_ip(
     sim: Simulation, by_id: dict[str, Event]
 ) -> None:
+    variants = set()
     for label, events in _episodes(sim, by_id, "api_key_abuse"):
         created = next(e for e in events if e.type == "api_key_created")
         assert "withdraw" in created.payload.permissions
@@ -82,6 +83,19 @@ def test_api_key_abuse_withdraws_through_a_new_key_from_a_new_ip(
         assert req.payload.channel == "api"
         assert req.entities.api_key == created.payload.key_id
         assert req.entities.ip not in sim.population.customer(label.entity.id).ips
+        # The address is added after the key is made: through the key (from the IP it withdraws
+        # from), or in the hijacked session that made it (its IP, no key).
+        added = next(e for e in events if e.type == "withdrawal_address_added")
+        assert created.occurred_at < added.occurred_at < req.occurred_at
+        assert added.payload.address == req.payload.to_address
+        variant = label.params["variant"]
+        variants.add(variant)
+        if variant == "key_adds_address":
+            assert (added.entities.api_key, added.entities.ip) == (created.payload.key_id, req.entities.ip)
+        else:
+            assert variant == "session_adds_address"
+            assert (added.entities.api_key, added.entities.ip) == (None, created.entities.ip)
+    assert variants == {"key_adds_address", "session_adds_address"}
 
 
 def test_card_testing_and_structuring_shapes(sim: Simulation, by_id: dict[str, Event]) -> None:
@@ -220,16 +234,30 @@ def test_hot_wallet_drain_moves_funds_without_withdrawals(sim: Simulation, by_id
 
 def test_mixer_and_loyalty_shapes(sim: Simulation, by_id: dict[str, Event]) -> None:
     mixers = set(sim.population.counterparties.mixers)
+    variants = set()
     for label, events in _episodes(sim, by_id, "mixer_laundering"):
         deposits = [e for e in events if e.type == "deposit"]
-        assert {d.payload.from_address for d in deposits} <= mixers
-        hops = [
-            e
-            for e in events
-            if e.type == "chain_transfer" and e.payload.from_address != deposits[0].payload.from_address
-        ]
+        senders = {d.payload.from_address for d in deposits}
+        assert all(d.payload.amount in (0.1, 1.0, 10.0) for d in deposits)
+        assert sorted(senders) == sorted(label.params["senders"].split(","))
+        assert senders <= {r.id for r in label.related if r.kind == "counterparty"}
+        variant = label.params["variant"]
+        variants.add(variant)
+        if variant == "one_address":
+            assert senders == {label.params["mixer"]}
+        elif variant == "pool_per_size":
+            # One listed pool address per denomination.
+            assert senders <= mixers
+            assert len(senders) == len({d.payload.amount for d in deposits})
+        else:
+            # Relayers: a fresh address for each payout.
+            assert variant == "relayers"
+            assert not senders & mixers
+            assert len(senders) == len(deposits)
+        hops = [e for e in events if e.type == "chain_transfer" and e.payload.from_address not in senders]
         assert int(label.params["peel_hops"]) >= 3
         assert len(hops) >= 2 * 3
+    assert {"one_address", "relayers"} <= variants
     for label, events in _episodes(sim, by_id, "loyalty_theft"):
         login = events[0]
         assert login.type == "login"

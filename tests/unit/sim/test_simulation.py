@@ -143,9 +143,20 @@ def test_account_takeover_follows_the_phishing_sequence(sim: Simulation, stream:
         assert types[0] == "email_link_clicked"
         cust = sim.population.customer(label.entity.id)
         login = next(e for e in events if e.type == "login")
-        assert login.entities.device not in cust.devices
         assert login.entities.ip not in cust.ips
-        assert login.payload.geo.country != cust.place.country  # type: ignore[attr-defined]
+        # Direct takeovers name their variant; those through a breached vendor phish the login.
+        variant = label.params.get("variant", "phished_login")
+        if variant == "phished_login":
+            assert login.entities.device not in cust.devices
+        else:
+            # A replayed session cookie: the victim's own device id, no second factor asked.
+            assert login.entities.device == cust.devices[0]
+            assert login.payload.mfa_used is False  # type: ignore[attr-defined]
+            assert "mfa_challenge" not in types
+        if variant == "stolen_cookie_local_proxy":
+            assert login.payload.geo.country == cust.place.country  # type: ignore[attr-defined]
+        else:
+            assert login.payload.geo.country != cust.place.country  # type: ignore[attr-defined]
         assert {"password_reset", "mfa_change"} & set(types)
         order = [
             t for t in types if t in ("withdrawal_address_added", "withdrawal_request", "withdrawal_sent")
@@ -163,6 +174,12 @@ def test_account_takeover_follows_the_phishing_sequence(sim: Simulation, stream:
         assert kinds.get("device") == login.entities.device
         assert "vendor" not in kinds
     assert any("parent_episode" in lb.params for lb in atos), "takeovers through a breached vendor too"
+    direct = [lb for lb in atos if "parent_episode" not in lb.params]
+    assert {lb.params["variant"] for lb in direct} == {
+        "phished_login",
+        "stolen_cookie",
+        "stolen_cookie_local_proxy",
+    }
 
 
 def test_address_poisoning_uses_a_lookalike_of_a_usual_counterparty(

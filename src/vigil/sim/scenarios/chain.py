@@ -187,8 +187,16 @@ class DrainerApproval(Scenario):
         ]
 
 
+#: Where the mixer's payouts come from: one mixer address (``one_address``), a fresh relayer
+#: address for each (``relayers``: the relayer submits the withdrawal and pays it out), or the
+#: pool contract of each denomination (``pool_per_size``: one listed mixer address per pool
+#: size).  Episode i takes variant i (mod 3): a run with two episodes has the first two.
+MIXER_VARIANTS = ("one_address", "relayers", "pool_per_size")
+
+
 class MixerLaundering(Scenario):
-    """Deposits in mixer denominations from a mixer, then a withdrawal into a peel chain."""
+    """Deposits in mixer denominations from a mixer (one address, or several), then a withdrawal
+    into a peel chain."""
 
     name = "mixer_laundering"
     entity_kind = "customer"
@@ -198,12 +206,27 @@ class MixerLaundering(Scenario):
     def build(self, ep: Episode) -> list[EpisodeLabel]:
         rng, m = ep.rng, ep.make
         c = ep.world.pick_customer(rng)
-        mixer = rng.choice(ep.pop.counterparties.mixers)
+        mixers = ep.pop.counterparties.mixers
+        mixer = rng.choice(mixers)
+        variant = MIXER_VARIANTS[ep.index % len(MIXER_VARIANTS)]
+        # pool_per_size: each denomination's pool is its own listed address (in a fixed order).
+        pools = {
+            size: mixers[(mixers.index(mixer) + i) % len(mixers)] for i, size in enumerate((0.1, 1.0, 10.0))
+        }
+        senders: list[str] = []
         t = ep.t0
         total = 0.0
         for _ in range(rng.randrange(2, 6)):
             amount = rng.choice((1.0, 10.0, 1.0, 0.1))
-            m.deposit(t, c, "ETH", amount, "ethereum", mixer, confirm_after=120 + rng.random() * 300)
+            if variant == "relayers":
+                sender = ep.fresh_address()
+            elif variant == "pool_per_size":
+                sender = pools[amount]
+            else:
+                sender = mixer
+            if sender not in senders:
+                senders.append(sender)
+            m.deposit(t, c, "ETH", amount, "ethereum", sender, confirm_after=120 + rng.random() * 300)
             total += amount
             t += 600 + rng.random() * 1800
         t += 300
@@ -230,9 +253,15 @@ class MixerLaundering(Scenario):
         return [
             ep.label(
                 ref("customer", c.id),
-                related=[ref("counterparty", mixer)] + [ref("wallet", w) for w in chain],
+                related=[ref("counterparty", s) for s in senders] + [ref("wallet", w) for w in chain],
                 funds_leave_at=leave,
-                params={"mixer": mixer, "deposited_eth": f"{total:g}", "peel_hops": str(len(chain) - 1)},
+                params={
+                    "variant": variant,
+                    "mixer": mixer,
+                    "senders": ",".join(senders),
+                    "deposited_eth": f"{total:g}",
+                    "peel_hops": str(len(chain) - 1),
+                },
             )
         ]
 

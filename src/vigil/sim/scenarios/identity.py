@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vigil.events.base import Entities
 from vigil.events.records import EpisodeLabel
-from vigil.sim.population import EXCHANGE_DOMAIN, Customer, phishing_domain
+from vigil.sim.population import EXCHANGE_DOMAIN, Customer, ip_in, phishing_domain
 from vigil.sim.scenarios.base import (
     ATTACK_FAILED_LOGIN_REASONS,
     BAD_PASSWORD,
@@ -18,11 +18,27 @@ from vigil.sim.scenarios.base import (
     victim_entities,
 )
 
+#: How the attacker gets in.  ``phished_login``: the phished password typed from the
+#: attacker's own device abroad.  ``stolen_cookie``: the session cookie (an infostealer's or an
+#: adversary-in-the-middle phishing proxy's) replayed from the attacker's IP abroad: the
+#: victim's own device id and user agent, no password typed, no second factor asked.
+#: ``stolen_cookie_local_proxy``: the same through a residential proxy in the victim's own
+#: city, so only the IP is new.  Episode i takes variant i (mod 3).
+TAKEOVER_VARIANTS = ("phished_login", "stolen_cookie", "stolen_cookie_local_proxy")
+
 
 def takeover(
-    ep: Episode, c: Customer, t: float, domain: str, campaign: str, vendor: str = "mailchimp"
+    ep: Episode,
+    c: Customer,
+    t: float,
+    domain: str,
+    campaign: str,
+    vendor: str = "mailchimp",
+    variant: str = "phished_login",
 ) -> tuple[float, float, Attacker, str]:
-    """Phishing click -> new device/IP login -> credential change -> new address -> withdrawal.
+    """Phishing click -> login from the attacker's IP (new device, or the victim's own through a
+    stolen session: ``variant``, one of :data:`TAKEOVER_VARIANTS`) -> credential change -> new
+    address -> withdrawal.
 
     Returns (end time, funds-leave time, the attacker, the attacker's address).  The request
     precedes the send by 1-20 minutes so a hold decision can come first.
@@ -31,19 +47,31 @@ def takeover(
     a = ep.attacker()
     m.click(t, c, vendor, campaign, f"https://{domain}/account/verify?c={c.index}", domain, c.ips[0])
     t += 120 + rng.random() * 1500
-    ents = victim_entities(c, a)
-    for _ in range(rng.randrange(0, 3)):
-        m.failed_login(t, ents, c.email, a.geo, a.user_agent, BAD_PASSWORD)
-        t += 5 + rng.random() * 20
-    fatigue = rng.random() < 0.3
-    if fatigue:
-        # MFA fatigue: push prompts denied until the tired victim approves one.
-        for _ in range(rng.randrange(3, 9)):
-            m.mfa_challenge(t, ents, "denied", "push")
-            t += 10 + rng.random() * 40
-        m.mfa_challenge(t, ents, "approved", "push")
-        t += 3
-    m.login(t, ents, a.geo, a.user_agent, mfa=fatigue)
+    if variant == "phished_login":
+        ents = victim_entities(c, a)
+        for _ in range(rng.randrange(0, 3)):
+            m.failed_login(t, ents, c.email, a.geo, a.user_agent, BAD_PASSWORD)
+            t += 5 + rng.random() * 20
+        fatigue = rng.random() < 0.3
+        if fatigue:
+            # MFA fatigue: push prompts denied until the tired victim approves one.
+            for _ in range(rng.randrange(3, 9)):
+                m.mfa_challenge(t, ents, "denied", "push")
+                t += 10 + rng.random() * 40
+            m.mfa_challenge(t, ents, "approved", "push")
+            t += 3
+        m.login(t, ents, a.geo, a.user_agent, mfa=fatigue)
+    else:
+        if variant == "stolen_cookie_local_proxy":
+            a = Attacker(c.place, ip_in(rng, c.place), c.devices[0], c.user_agent)
+        elif variant == "stolen_cookie":
+            a = Attacker(a.place, a.ip, c.devices[0], c.user_agent)
+        else:
+            msg = f"unknown takeover variant {variant!r}; one of {', '.join(TAKEOVER_VARIANTS)}"
+            raise ValueError(msg)
+        # The replayed session: no failed password, no MFA prompt; the device id is the victim's.
+        ents = victim_entities(c, a)
+        m.login(t, ents, a.geo, a.user_agent, mfa=False)
     t += 30 + rng.random() * 150
     if rng.random() < 0.5:
         m.password_reset(t, ents, "email", "completed")
@@ -74,7 +102,8 @@ def takeover(
 
 
 class AccountTakeover(Scenario):
-    """Phishing click, new device and country, credential change, new address, withdrawal."""
+    """Phishing click, a login from the attacker's IP (a new device, or the victim's own through a
+    stolen session cookie), credential change, new address, withdrawal."""
 
     name = "account_takeover"
     entity_kind = "customer"
@@ -84,7 +113,8 @@ class AccountTakeover(Scenario):
     def build(self, ep: Episode) -> list[EpisodeLabel]:
         c = ep.world.pick_customer(ep.rng, lambda c: c.balances["USDT"] > 300)
         domain = phishing_domain(ep.rng)
-        _, leave, a, dest = takeover(ep, c, ep.t0, domain, campaign_id(ep.t0))
+        variant = TAKEOVER_VARIANTS[ep.index % len(TAKEOVER_VARIANTS)]
+        _, leave, a, dest = takeover(ep, c, ep.t0, domain, campaign_id(ep.t0), variant=variant)
         return [
             ep.label(
                 ref("customer", c.id),
@@ -95,7 +125,11 @@ class AccountTakeover(Scenario):
                     ref("wallet", dest),
                 ],
                 funds_leave_at=leave,
-                params={"phishing_domain": domain, "attacker_country": a.place.country},
+                params={
+                    "phishing_domain": domain,
+                    "attacker_country": a.place.country,
+                    "variant": variant,
+                },
             )
         ]
 
@@ -144,8 +178,14 @@ class CredentialStuffing(Scenario):
         ]
 
 
+#: Where the thief adds the withdrawal address: through the stolen key itself, from the IP it
+#: withdraws from (``key_adds_address``), or in the hijacked web session that made the key
+#: (``session_adds_address``).  Episode i takes variant i (mod 2).
+API_KEY_VARIANTS = ("key_adds_address", "session_adds_address")
+
+
 class ApiKeyAbuse(Scenario):
-    """A new API key with withdrawal rights, used from a new IP to withdraw."""
+    """A new API key with withdrawal rights, used from a new IP to withdraw to a new address."""
 
     name = "api_key_abuse"
     entity_kind = "customer"
@@ -156,22 +196,32 @@ class ApiKeyAbuse(Scenario):
         rng, m = ep.rng, ep.make
         c = ep.world.pick_customer(rng, lambda c: c.balances["USDT"] > 300)
         a = ep.attacker()
+        variant = API_KEY_VARIANTS[ep.index % len(API_KEY_VARIANTS)]
         t = ep.t0
         # A hijacked session (stolen cookie) creates the key from the victim's usual device...
         m.login(t, c.entities, c.geo, c.user_agent, mfa=True)
         t += 60 + rng.random() * 600
         key = "key-" + ep.make.ids.derived("apikey")[:12]
+        session = Entities(customer=c.id, account=c.account, ip=c.ips[0], device=c.devices[0])
         m.api_key_created(
             t,
             Entities(customer=c.id, api_key=key, ip=c.ips[0], device=c.devices[0]),
             key,
             ["read", "trade", "withdraw"],
         )
-        # ...and it is used from a new IP far away.
-        t += 300 + rng.random() * 1800
         api = Entities(customer=c.id, account=c.account, api_key=key, ip=a.ip)
-        dest = ep.fresh_address()
-        m.withdrawal_address_added(t, c, dest, "USDT", "ethereum", api)
+        if variant == "session_adds_address":
+            # ...which adds the withdrawal address there too, not through the key...
+            t += 60 + rng.random() * 600
+            dest = ep.fresh_address()
+            m.withdrawal_address_added(t, c, dest, "USDT", "ethereum", session)
+            # ...and the key withdraws to it from a new IP far away.
+            t += 300 + rng.random() * 1800
+        else:
+            # ...and it is used from a new IP far away, adding the address itself.
+            t += 300 + rng.random() * 1800
+            dest = ep.fresh_address()
+            m.withdrawal_address_added(t, c, dest, "USDT", "ethereum", api)
         t += 30 + rng.random() * 120
         amount = round(max(c.balances["USDT"], 800.0) * (0.7 + rng.random() * 0.3), 2)
         delay = 60 + rng.random() * 900
@@ -192,7 +242,7 @@ class ApiKeyAbuse(Scenario):
                 ref("customer", c.id),
                 related=[ref("api_key", key), ref("ip", a.ip), ref("wallet", dest)],
                 funds_leave_at=t + delay,
-                params={"attacker_country": a.place.country},
+                params={"attacker_country": a.place.country, "variant": variant},
             )
         ]
 
