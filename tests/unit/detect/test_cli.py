@@ -67,6 +67,12 @@ def test_eval_writes_the_json_file(tmp_path: Path) -> None:
             str(tally["false_positives"]),
         ]
     assert doc["rules"]
+    # The table by scenario: every name whole in 80 columns, with its episodes and recall.
+    lines = {line.split()[0]: line.split() for line in result.output.splitlines() if line.strip()}
+    for name, s in doc["scenarios"].items():
+        assert name in lines, f"{name} is not whole in the table by scenario"
+        assert lines[name][1:2] == [str(s["episodes"])]
+        assert lines[name][3:4] == [f"{s['recall']:.2f}"]
 
 
 def _table_rows(output: str) -> list[list[str]]:
