@@ -7,6 +7,11 @@ needs to be sent after connecting.  The server sends a websocket ping every 20 s
 drops clients that do not answer with a pong (the websockets library answers them);
 it also closes every connection after 24 h, which the reconnect loop absorbs.
 
+Liveness is websocket ping/pong only: Binance sends no heartbeat message, and a stream of an
+illiquid symbol can carry no trade for minutes (the recorded spot session has streams with
+none in 30 s), so there is no silence timeout unless ``heartbeat_timeout`` is set (for streams
+known to be busy, to notice one that stalled while its connection still answers pings).
+
 Gap detection per symbol:
 
 - ``trade``: the trade id ``t`` is contiguous;
@@ -45,7 +50,7 @@ from vigil.events.types import Side, Trade, TradePayload
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer
 from vigil.sources.trade_normalize import message_where, positive_decimal
-from vigil.sources.websocket import Gap, Inspected, WebsocketFeed, str_list
+from vigil.sources.websocket import Gap, Inspected, WebsocketFeed, heartbeat_option, str_list
 
 DEFAULT_BASE_URL = "wss://stream.binance.com:9443"
 
@@ -57,7 +62,8 @@ def combined_url(base_url: str, streams: Sequence[str]) -> str:
 class BinanceSource(WebsocketFeed):
     """Options (``vigil source binance``): ``streams`` (comma-separated, e.g.
     ``btcusdt@trade,ethusdt@trade``; required), ``url`` (base, default the spot endpoint),
-    ``heartbeat_timeout`` (s)."""
+    ``heartbeat_timeout`` (s: reconnect after that long without a message; default off, the
+    websocket pings tell a dead connection)."""
 
     name = "binance"
 
@@ -78,8 +84,8 @@ class BinanceSource(WebsocketFeed):
         return cls(
             str_list(options.get("streams", "")),
             base_url=options.get("url", DEFAULT_BASE_URL),
-            heartbeat_timeout=float(options.get("heartbeat_timeout", "30")),
             source_id=options.get("source_id"),
+            **heartbeat_option(options),
         )
 
     def subscribe_messages(self) -> list[str]:

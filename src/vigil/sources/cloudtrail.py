@@ -19,6 +19,8 @@ published reached Kafka's 1 MB record limit within days, and the source stopped 
 The price: a file appearing more than ``lateness`` behind newer files of its prefix is taken
 for published; set ``lateness`` above the lag of whatever copies the bucket into the directory.
 Files whose names carry no time are kept by name (and dropped once gone from the directory).
+Digest files (log file validation: ``AWSLogs/<account>/CloudTrail-Digest/...``, named
+``..._CloudTrail-Digest_...``) are no log files and are left out of the scan altogether.
 Each file is published with the cursor that includes it, in one transaction, so a kill at
 any point neither skips nor repeats a file.  A cursor of an earlier version (``{"files":
 [...]}``, every file published) is read and folded into floors.
@@ -38,7 +40,9 @@ from __future__ import annotations
 import gzip
 import ipaddress
 import logging
+import os
 import re
+import time
 import zlib
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -115,6 +119,14 @@ def _gunzip(data: bytes, path: Path) -> bytes:
 #: minutes; the margin is for the copy into the directory (a sync catching up runs transfers
 #: side by side, about 5 minutes of delivery apart each, and one may finish last).
 LATENESS = timedelta(hours=2)
+
+#: The directory CloudTrail delivers digest files to, next to ``CloudTrail/`` (log file
+#: validation: ``AWSLogs/<account>/CloudTrail-Digest/<region>/YYYY/MM/DD/``), and the part of a
+#: digest file's name that says so
+#: (``<account>_CloudTrail-Digest_<region>_<trail>_<region>_<YYYYMMDDTHHmmssZ>.json.gz``).
+#: A digest holds hashes of the log files, not ``{"Records": [...]}``.
+DIGEST_DIR = "CloudTrail-Digest"
+DIGEST_MARK = "_CloudTrail-Digest_"
 
 _DATED = re.compile(r"((?:.*/)?)([0-9]{4}/[0-9]{2}/[0-9]{2}/[^/]+)")
 _STAMP = re.compile(r"_([0-9]{8}T[0-9]{4})Z_")
@@ -266,14 +278,17 @@ class _Pending:
 class CloudTrailSource(Source):
     """Publishes every record of every CloudTrail file under ``directory``, once.
 
-    ``poll_interval`` is how often the directory is rescanned.  A file that is not a
+    ``poll_interval`` is how often the directory is rescanned.  Digest files (log file
+    validation, :data:`DIGEST_DIR`, :data:`DIGEST_MARK`) are left out.  A file that is not a
     CloudTrail log (bad gzip, not ``{"Records": [...]}``) stops the source with a
     :class:`SourceError` naming it (loudly, rather than skipping it for good) unless
-    ``skip_bad_files`` is set, in which case it is recorded in ``bad_files`` and retried
-    on the next scan, until it is ``lateness`` behind the newest file of its folder: then it is
-    no copy still being written, and it is given up (a warning; its place in the checkpoint
-    taken, or every file after it would stay listed there).  ``lateness`` is the checkpoint's
-    (:class:`Checkpoint`, :data:`LATENESS`).
+    ``skip_bad_files`` is set, in which case it is recorded in ``bad_files`` (while it is in the
+    directory) and read again once its size or modification time changes, until it is
+    ``lateness`` behind the newest file of its folder (by the times in their names; a file whose
+    name carries none: ``lateness`` after it was last modified): then it is no copy still being
+    written, and it is given up (a warning; its place in the checkpoint taken, or every file
+    after it would stay listed there).  ``lateness`` is the checkpoint's (:class:`Checkpoint`,
+    :data:`LATENESS`).
     """
 
     name = NAME
@@ -294,6 +309,12 @@ class CloudTrailSource(Source):
         self.lateness = lateness
         self.bad_files: dict[str, str] = {}
         self.published_files = 0
+        #: Digest files left out by the last scan (named as digests, or under a ``CloudTrail-Digest``
+        #: directory, which is not walked: those count one each).
+        self.skipped_digests = 0
+        self._digests_logged: set[str] = set()
+        #: (size, mtime) of each bad file when its read failed: unchanged, it is not read again.
+        self._bad_stat: dict[str, tuple[int, int]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: str) -> CloudTrailSource:
@@ -316,12 +337,32 @@ class CloudTrailSource(Source):
         return sorted(p for p in self._scan() if not checkpoint.is_done(p))
 
     def _scan(self) -> Iterator[str]:
+        """Relative paths of the log files under the directory: not digest files, whose
+        directories (``CloudTrail-Digest``) are not walked."""
         if not self.directory.is_dir():
             msg = f"cloudtrail: {self.directory} is not a directory"
             raise SourceError(msg)
-        for path in self.directory.rglob("*"):
-            if path.is_file() and path.name.endswith(SUFFIXES):
-                yield path.relative_to(self.directory).as_posix()
+        skipped: list[str] = []
+        for top, dirs, files in os.walk(self.directory):  # symlinked directories not followed
+            parent = Path(top)
+            here = parent.relative_to(self.directory).as_posix()
+            here = "" if here == "." else here + "/"
+            if DIGEST_DIR in dirs:
+                dirs.remove(DIGEST_DIR)
+                skipped.append(here + DIGEST_DIR + "/")
+            for name in files:
+                if not name.endswith(SUFFIXES):
+                    continue
+                if DIGEST_MARK in name:
+                    skipped.append(here + name)
+                elif (parent / name).is_file():
+                    yield here + name
+        self.skipped_digests = len(skipped)
+        for rel in skipped:  # each digest directory logged once, digest files outside them once
+            seen = rel if rel.endswith("/") else DIGEST_MARK
+            if seen not in self._digests_logged:
+                self._digests_logged.add(seen)
+                log.info("cloudtrail: leaving out digest files (log file validation): %s", rel)
 
     def run(self, sink: RawSink) -> None:
         checkpoint = Checkpoint.from_cursor(sink.last_cursor(self.source_id), self.lateness)
@@ -333,30 +374,32 @@ class CloudTrailSource(Source):
             newest = _newest_by_prefix(present)
             for prefix in list(checkpoint.done):  # a cursor read at start (of any version) shrinks
                 checkpoint.compact(prefix, pending.lowest(prefix))
+            for rel in [rel for rel in self._bad_stat if rel not in present or checkpoint.is_done(rel)]:
+                del self._bad_stat[rel]  # given up, published or gone: forgotten
+            for rel in [rel for rel in self.bad_files if rel not in present]:
+                del self.bad_files[rel]
             for rel in todo:
                 if not self.running:
                     return
+                path = self.directory / rel
+                stat = _stat(path)
+                failed = self._bad_stat.get(rel)
+                if failed is not None and failed == stat:
+                    # Unchanged since its read failed: not read (and decompressed) again at
+                    # every scan; given up once it is lateness behind.
+                    if self._given_up(rel, newest, failed):
+                        self._give_up(rel, self.bad_files.get(rel, ""), checkpoint, pending, sink)
+                    continue
                 try:
-                    values = read_log_file(self.directory / rel)
+                    values = read_log_file(path)
                 except SourceError as exc:
                     if not self.skip_bad_files:
                         raise
                     self.bad_files[rel] = str(exc)
-                    if self._given_up(rel, newest):
-                        # Lateness behind its region's newest file it is no copy still being
-                        # written: retried for ever it held the floor, and every file published
-                        # after it stayed in the cursor, until the record limit stopped the source.
-                        log.warning(
-                            "cloudtrail: %s given up (still unreadable %s behind newer files): %s",
-                            rel,
-                            self.lateness,
-                            exc,
-                        )
-                        checkpoint.add(rel)
-                        pending.published(rel)
-                        prefix = split_path(rel)[0]
-                        checkpoint.compact(prefix, pending.lowest(prefix))
-                        sink.publish([], cursor=checkpoint.cursor())
+                    if stat is not None:
+                        self._bad_stat[rel] = stat
+                    if self._given_up(rel, newest, stat):
+                        self._give_up(rel, str(exc), checkpoint, pending, sink)
                     continue
                 now = datetime.now(UTC)
                 records = [
@@ -375,19 +418,49 @@ class CloudTrailSource(Source):
                 prefix = split_path(rel)[0]
                 checkpoint.compact(prefix, pending.lowest(prefix))
                 self.bad_files.pop(rel, None)
+                self._bad_stat.pop(rel, None)
                 sink.publish(records, cursor=checkpoint.cursor())
                 self.published_files += 1
             if self.wait(self.poll_interval):
                 return
 
-    def _given_up(self, rel: str, newest: dict[str, datetime]) -> bool:
-        """Whether the bad file ``rel`` is ``lateness`` behind the newest file of its folder."""
+    def _given_up(self, rel: str, newest: dict[str, datetime], stat: tuple[int, int] | None) -> bool:
+        """Whether the bad file ``rel`` is ``lateness`` behind the newest file of its folder (by
+        the delivery times in their names), or, its name carrying no time, last modified
+        ``lateness`` ago (``stat``: its size and modification time; None if it is gone)."""
         prefix, key = split_path(rel)
         stamp = delivered(key)
+        if stamp is None:
+            return stat is not None and time.time() - stat[1] / 1e9 >= self.lateness.total_seconds()
         latest = newest.get(prefix)
-        if stamp is None or latest is None:
+        if latest is None:
             return False
         return latest - datetime.strptime(stamp, _STAMP_FORMAT).replace(tzinfo=UTC) >= self.lateness
+
+    def _give_up(
+        self, rel: str, error: str, checkpoint: Checkpoint, pending: _Pending, sink: RawSink
+    ) -> None:
+        """Takes the bad file ``rel`` for published, in the checkpoint (and the cursor)."""
+        # Lateness behind it is no copy still being written: retried for ever it held the floor,
+        # and every file published after it stayed in the cursor, until the record limit stopped
+        # the source.  (A file whose name carries no time is kept by name, until it is gone.)
+        behind = "behind newer files" if delivered(split_path(rel)[1]) else "after its last change"
+        log.warning("cloudtrail: %s given up (still unreadable %s %s): %s", rel, self.lateness, behind, error)
+        checkpoint.add(rel)
+        pending.published(rel)
+        prefix = split_path(rel)[0]
+        checkpoint.compact(prefix, pending.lowest(prefix))
+        sink.publish([], cursor=checkpoint.cursor())
+        self._bad_stat.pop(rel, None)
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    """A file's size and modification time (ns), None if it cannot be read."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_size, found.st_mtime_ns
 
 
 def _newest_by_prefix(rels: Iterable[str]) -> dict[str, datetime]:

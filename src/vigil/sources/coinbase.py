@@ -12,6 +12,11 @@ messages carry ``last_trade_id``.  Gaps are detected on those counters:
 - ``heartbeat``: its ``last_trade_id`` beyond the last trade seen means trades were missed;
 - with the ``full`` channel subscribed, ``sequence`` per product.
 
+Liveness: the ``heartbeat`` channel sends a message per product every second, so with it
+subscribed a connection silent for ``heartbeat_timeout`` (30 s) is dead and is replaced.
+Without it a quiet product's ``matches`` can be silent for long, so then (as on Binance) only
+websocket ping/pong tells a dead connection, unless ``heartbeat_timeout`` is set.
+
 Resync: the product is unsubscribed and subscribed again, which makes Coinbase send a
 fresh ``last_match`` (and ``snapshot`` on level2), and its counters start again from it.
 
@@ -46,7 +51,7 @@ from vigil.events.types import Trade, TradePayload
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer
 from vigil.sources.trade_normalize import message_where, positive_decimal
-from vigil.sources.websocket import Gap, Inspected, WebsocketFeed, str_list
+from vigil.sources.websocket import Gap, Inspected, WebsocketFeed, heartbeat_option, str_list
 
 DEFAULT_URL = "wss://ws-feed.exchange.coinbase.com"
 DEFAULT_CHANNELS = ("matches", "ticker", "heartbeat")
@@ -72,10 +77,14 @@ _CHANNEL_OF = {
 #: A product is re-subscribed after a gap at most this often (see CoinbaseSource.resync).
 RESYNC_EVERY_S = 30.0
 
+#: The default silence timeout with the ``heartbeat`` channel subscribed (it sends every second).
+HEARTBEAT_TIMEOUT_S = 30.0
+
 
 class CoinbaseSource(WebsocketFeed):
     """Options (``vigil source coinbase``): ``url``, ``products`` (comma-separated, required),
-    ``channels`` (comma-separated; default matches,ticker,heartbeat), ``heartbeat_timeout`` (s)."""
+    ``channels`` (comma-separated; default matches,ticker,heartbeat), ``heartbeat_timeout`` (s,
+    or ``off``; default 30 with the heartbeat channel, off without it)."""
 
     name = "coinbase"
 
@@ -87,6 +96,8 @@ class CoinbaseSource(WebsocketFeed):
         channels: Sequence[str] = DEFAULT_CHANNELS,
         **kwargs: Any,
     ) -> None:
+        # Silence is death only on a feed that sends heartbeats (see the module docstring).
+        kwargs.setdefault("heartbeat_timeout", HEARTBEAT_TIMEOUT_S if "heartbeat" in channels else None)
         super().__init__(url, **kwargs)
         if not product_ids:
             msg = "coinbase: at least one product id is needed (e.g. products=BTC-USD,ETH-USD)"
@@ -110,8 +121,8 @@ class CoinbaseSource(WebsocketFeed):
             str_list(options.get("products", "")),
             url=options.get("url", DEFAULT_URL),
             channels=str_list(options.get("channels", ",".join(DEFAULT_CHANNELS))),
-            heartbeat_timeout=float(options.get("heartbeat_timeout", "30")),
             source_id=options.get("source_id"),
+            **heartbeat_option(options),
         )
 
     def _subscription(self, kind: Literal["subscribe", "unsubscribe"], products: Sequence[str]) -> str:

@@ -7,8 +7,11 @@ PRI).  Each message is published unchanged to ``raw.syslog`` (kind ``syslog``) w
 transport and peer in ``meta``.  Syslog has no acknowledgement, so a message is only
 as safe as the batch it is published in; batches are small and flushed on a short timer.
 While Kafka is unavailable the batch is retried with backoff and new messages wait in a
-bounded buffer: when it is full, TCP senders are slowed down (flow control) and UDP
-datagrams are dropped and counted in ``dropped``.  Each TCP connection has a thread: at most
+buffer bounded in messages and in bytes (``max_buffered``, ``max_buffered_bytes``): when
+either is reached, TCP senders are slowed down (flow control) and UDP datagrams are dropped
+and counted in ``dropped``.  ``stop()`` stops taking messages at once: the listeners are closed
+and the TCP connections' reading ends, then what was already buffered is published, for at most
+``drain_timeout`` seconds (what is left is logged).  Each TCP connection has a thread: at most
 ``max_tcp_connections`` at once (one more is closed at once, counted in ``refused``).  Dead
 peers and half-open connections are found by TCP keepalive (probes after a minute of silence)
 and give their threads back; a quiet sender that is alive keeps its connection.  An idle
@@ -23,12 +26,14 @@ it is kept as data (``payload.message``), never interpreted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import queue
 import re
 import socket
 import socketserver
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -59,6 +64,12 @@ TCP_IDLE_TIMEOUT_S = 0.0
 KEEPALIVE_IDLE_S = 60
 KEEPALIVE_EVERY_S = 10
 KEEPALIVE_PROBES = 6
+#: What the buffer may hold, in bytes of messages (besides ``max_buffered`` messages).  Bounded by
+#: count only, 100,000 messages of up to MAX_FRAME were 6 GiB, which any sender reaching the UDP
+#: port could make it hold while Kafka was down.  The value of the HTTP receivers' bound.
+MAX_BUFFERED_BYTES = 256 * 1024 * 1024
+#: Seconds ``run`` goes on publishing what was buffered once stopped (``vigil run`` waits 30).
+DRAIN_TIMEOUT_S = 20.0
 
 
 # --------------------------------------------------------------------------- receiver
@@ -70,6 +81,81 @@ class _Received:
     transport: str
     peer: str
     received_at: datetime
+
+
+class _Buffer:
+    """A FIFO of received messages between the listeners and the publisher, bounded in messages
+    (``maxsize``) and in bytes of message data (``max_bytes``).  A message larger than the whole
+    byte bound is taken only when the buffer is empty.  ``close`` refuses every later message and
+    wakes the senders waiting for room."""
+
+    def __init__(self, maxsize: int, max_bytes: int) -> None:
+        self.maxsize = maxsize
+        self.max_bytes = max_bytes
+        self._items: deque[_Received] = deque()
+        self._bytes = 0
+        self._closed = False
+        self._lock = threading.Lock()
+        self._not_empty = threading.Condition(self._lock)
+        self._not_full = threading.Condition(self._lock)
+        #: Senders (TCP connections) waiting for room right now.
+        self.waiting = 0
+
+    def qsize(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    @property
+    def bytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    def items(self) -> list[_Received]:
+        """What is waiting, oldest first (a copy; nothing is taken)."""
+        with self._lock:
+            return list(self._items)
+
+    def _fits(self, size: int) -> bool:
+        return not self._items or (len(self._items) < self.maxsize and self._bytes + size <= self.max_bytes)
+
+    def put(self, item: _Received, *, block: bool) -> bool:
+        """Add ``item``; with ``block``, wait for room.  False if it was not taken: no room (not
+        ``block``), or the buffer is closed."""
+        size = len(item.data)
+        with self._lock:
+            if block and not self._closed and not self._fits(size):
+                self.waiting += 1
+                try:
+                    while not self._closed and not self._fits(size):
+                        self._not_full.wait()
+                finally:
+                    self.waiting -= 1
+            if self._closed or not self._fits(size):
+                return False
+            self._items.append(item)
+            self._bytes += size
+            self._not_empty.notify()
+            return True
+
+    def take(self, max_items: int, timeout: float) -> list[_Received]:
+        """Up to ``max_items`` messages, oldest first, waiting up to ``timeout`` for the first."""
+        with self._lock:
+            if not self._items and not self._closed and timeout > 0:
+                self._not_empty.wait(timeout)
+            items: list[_Received] = []
+            while self._items and len(items) < max_items:
+                item = self._items.popleft()
+                self._bytes -= len(item.data)
+                items.append(item)
+            if items:
+                self._not_full.notify_all()
+            return items
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._not_full.notify_all()
+            self._not_empty.notify_all()
 
 
 class _TcpHandler(socketserver.StreamRequestHandler):
@@ -84,16 +170,25 @@ class _TcpHandler(socketserver.StreamRequestHandler):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
         sock.settimeout(self.server.idle_timeout or None)
         super().setup()
+        self.server.register(sock)
 
     def handle(self) -> None:
         peer = f"{self.client_address[0]}:{self.client_address[1]}"
         try:
             for frame in iter_frames(self.rfile):
-                self.server.deliver(_Received(frame, "tcp", peer, datetime.now(UTC)))
+                if not self.server.deliver(_Received(frame, "tcp", peer, datetime.now(UTC))):
+                    log.debug("syslog: stopping, no longer reading from %s", peer)
+                    return
         except TimeoutError:
             log.info("syslog: closing %s, silent for %g s", peer, self.server.idle_timeout)
         except OSError as exc:  # reset by the peer: the connection is over, nothing to report
             log.debug("syslog: connection from %s ended: %s", peer, exc)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:  # before the server closes the socket: ``close_connections`` never sees it closed
+            self.server.unregister(self.request)
 
 
 class _TcpServer(socketserver.ThreadingTCPServer):
@@ -103,7 +198,7 @@ class _TcpServer(socketserver.ThreadingTCPServer):
     def __init__(
         self,
         addr: tuple[str, int],
-        out: queue.Queue[_Received],
+        out: _Buffer,
         *,
         max_connections: int = MAX_TCP_CONNECTIONS,
         idle_timeout: float = TCP_IDLE_TIMEOUT_S,
@@ -114,6 +209,9 @@ class _TcpServer(socketserver.ThreadingTCPServer):
         self._slots = threading.BoundedSemaphore(max_connections)
         #: Connections closed at once because ``max_connections`` were open.
         self.refused = 0
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        self._closing = False
         super().__init__(addr, _TcpHandler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -140,10 +238,36 @@ class _TcpServer(socketserver.ThreadingTCPServer):
         finally:
             self._slots.release()
 
-    def deliver(self, item: _Received) -> None:
-        # Blocks while the buffer is full, which stops reading the socket: TCP flow control
-        # then slows the sender instead of losing messages.
-        self._out.put(item)
+    def deliver(self, item: _Received) -> bool:
+        """Buffer ``item``; False once the source is stopping (the connection is then left).
+
+        Blocks while the buffer is full, which stops reading the socket: TCP flow control then
+        slows the sender instead of losing messages."""
+        return self._out.put(item, block=True)
+
+    def register(self, sock: socket.socket) -> None:
+        with self._connections_lock:
+            if self._closing:  # accepted as the source stopped: read nothing from it
+                _shut(sock)
+            else:
+                self._connections.add(sock)
+
+    def unregister(self, sock: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.discard(sock)
+
+    def close_connections(self) -> None:
+        """End every connection's reading: a handler blocked in a read sees the end of its stream.
+        Without it, a sender that kept sending kept its handler reading (and buffering) for ever."""
+        with self._connections_lock:
+            self._closing = True
+            for sock in self._connections:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already reset by the peer
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def iter_frames(stream: Any) -> Any:
@@ -203,7 +327,13 @@ class SyslogSource(Source):
 
     ``bound`` (set once listening) says which ports were actually bound, so tests and the
     CLI can print them.  Messages are published in batches of up to ``batch_size`` or every
-    ``flush_interval`` seconds.
+    ``flush_interval`` seconds.  Until published they wait in a buffer of at most
+    ``max_buffered`` messages and ``max_buffered_bytes`` bytes of message data (the batch being
+    published, at most ``batch_size`` messages, is out of it); when either is reached, TCP
+    connections are no longer read until there is room and UDP datagrams are dropped (counted in
+    ``dropped``).  ``stop`` stops taking messages at once; ``run`` then publishes what was
+    buffered, retrying for at most ``drain_timeout`` seconds, and returns (``drained`` says
+    whether all of it was published; what was not is logged).
     """
 
     name = NAME
@@ -217,6 +347,8 @@ class SyslogSource(Source):
         batch_size: int = 500,
         flush_interval: float = 0.2,
         max_buffered: int = 100_000,
+        max_buffered_bytes: int = MAX_BUFFERED_BYTES,
+        drain_timeout: float = DRAIN_TIMEOUT_S,
         max_tcp_connections: int = MAX_TCP_CONNECTIONS,
         tcp_idle_timeout: float = TCP_IDLE_TIMEOUT_S,
         source_id: str | None = None,
@@ -229,6 +361,9 @@ class SyslogSource(Source):
         self.tcp_idle_timeout = tcp_idle_timeout
         self.batch_size = batch_size
         self.flush_interval = flush_interval
+        self.max_buffered = max_buffered
+        self.max_buffered_bytes = max_buffered_bytes
+        self.drain_timeout = drain_timeout
         self.bound: dict[str, int] = {}
         self.ready = threading.Event()
         self.published = 0
@@ -236,7 +371,9 @@ class SyslogSource(Source):
         self.dropped = 0
         self.publish_failures = 0
         self.last_error: str | None = None
-        self._queue: queue.Queue[_Received] = queue.Queue(maxsize=max_buffered)
+        #: Once ``run`` has returned: whether everything buffered at the stop was published.
+        self.drained: bool | None = None
+        self._queue = _Buffer(max_buffered, max_buffered_bytes)
         self._pending: list[RawRecord] = []
         self._backoff = 0.1
         self._tcp: _TcpServer | None = None
@@ -246,10 +383,21 @@ class SyslogSource(Source):
         """TCP connections closed at once because ``max_tcp_connections`` were open."""
         return self._tcp.refused if self._tcp is not None else 0
 
+    @property
+    def buffered(self) -> int:
+        """Messages waiting in the buffer (not counting the batch being published)."""
+        return self._queue.qsize()
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of the messages waiting in the buffer (at most ``max_buffered_bytes``)."""
+        return self._queue.bytes
+
     @classmethod
     def from_settings(cls, settings: Settings, **options: str) -> SyslogSource:
         """Options: ``host`` (127.0.0.1), ``udp_port`` / ``tcp_port`` (5514; ``off`` disables one),
-        ``max_tcp_connections`` (256), ``tcp_idle_timeout`` (s, 0: off)."""
+        ``max_tcp_connections`` (256), ``tcp_idle_timeout`` (s, 0: off), ``max_buffered``
+        (messages, 100000), ``max_buffered_bytes`` (256 MiB), ``drain_timeout`` (s, 20)."""
         del settings  # nothing from the shared settings is needed
 
         def port(name: str) -> int | None:
@@ -260,11 +408,20 @@ class SyslogSource(Source):
             host=options.get("host", "127.0.0.1"),
             udp_port=port("udp_port"),
             tcp_port=port("tcp_port"),
+            max_buffered=int(options.get("max_buffered", "100000")),
+            max_buffered_bytes=int(options.get("max_buffered_bytes", str(MAX_BUFFERED_BYTES))),
+            drain_timeout=float(options.get("drain_timeout", str(DRAIN_TIMEOUT_S))),
             max_tcp_connections=int(options.get("max_tcp_connections", str(MAX_TCP_CONNECTIONS))),
             tcp_idle_timeout=float(options.get("tcp_idle_timeout", str(TCP_IDLE_TIMEOUT_S))),
         )
 
+    def stop(self) -> None:
+        """Stop taking messages at once; ``run`` then publishes what was buffered and returns."""
+        super().stop()
+        self._queue.close()
+
     def run(self, sink: RawSink) -> None:
+        udp_thread: threading.Thread | None = None
         threads: list[threading.Thread] = []
         udp: socket.socket | None = None
         tcp: _TcpServer | None = None
@@ -274,7 +431,8 @@ class SyslogSource(Source):
                 udp.bind((self.host, self.udp_port))
                 udp.settimeout(0.2)
                 self.bound["udp"] = udp.getsockname()[1]
-                threads.append(threading.Thread(target=self._udp_loop, args=(udp,), daemon=True))
+                udp_thread = threading.Thread(target=self._udp_loop, args=(udp,), daemon=True)
+                threads.append(udp_thread)
             if self.tcp_port is not None:
                 tcp = self._tcp = _TcpServer(
                     (self.host, self.tcp_port),
@@ -297,18 +455,46 @@ class SyslogSource(Source):
         try:
             while self.running:
                 self._publish_batch(sink)
-            # Stopping: one last attempt to publish what was received.
-            while self._publish_batch(sink, drain=True):
-                pass
-            undelivered = len(self._pending) + self._queue.qsize()
-            if undelivered:
-                log.error("syslog: stopped with %d messages not published: %s", undelivered, self.last_error)
         finally:
+            # Stop taking input before draining: drained while the listeners still ran, the buffer
+            # was refilled by TCP senders as fast as it emptied and ``run`` never returned.
+            self._queue.close()
             if tcp is not None:
+                tcp.close_connections()
                 tcp.shutdown()
                 tcp.server_close()
             if udp is not None:
+                if udp_thread is not None:
+                    udp_thread.join(timeout=5)  # it sees the stop within its 0.2 s receive timeout
                 udp.close()
+        self._drain(sink)
+
+    def _drain(self, sink: RawSink) -> None:
+        """Publish what was buffered when the source stopped, retrying until ``drain_timeout``."""
+        deadline = time.monotonic() + self.drain_timeout
+        while self._pending or self._queue.qsize():
+            published = self._publish_batch(sink, drain=True)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if not published:  # the sink failed; the batch is kept for the next attempt
+                time.sleep(min(self._backoff, remaining))
+        left = self._queue.items()
+        self.drained = not (self._pending or left)
+        if not self.drained:
+            count = len(self._pending) + len(left)
+            size = sum(len(r.value) for r in self._pending) + sum(len(item.data) for item in left)
+            times = [r.received_at for r in self._pending] + [item.received_at for item in left]
+            log.error(
+                "syslog: stopped with %d messages (%d bytes, received %s to %s) not published "
+                "within drain_timeout (%g s): %s",
+                count,
+                size,
+                min(times).isoformat(),
+                max(times).isoformat(),
+                self.drain_timeout,
+                self.last_error or "publishing took too long",
+            )
 
     def _udp_loop(self, sock: socket.socket) -> None:
         while self.running:
@@ -318,38 +504,40 @@ class SyslogSource(Source):
                 continue
             except OSError:
                 return
-            try:
-                self._queue.put_nowait(
-                    _Received(data.rstrip(b"\r\n"), "udp", f"{addr[0]}:{addr[1]}", datetime.now(UTC))
-                )
-            except queue.Full:
-                self.dropped += 1  # UDP has no back-pressure: count what the full buffer refused
+            received = _Received(data.rstrip(b"\r\n"), "udp", f"{addr[0]}:{addr[1]}", datetime.now(UTC))
+            if not self._queue.put(received, block=False):
+                if not self.running:  # refused because the source stopped (not counted: not full)
+                    return
+                # UDP has no back-pressure: count what the full buffer refused.
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 1000 == 0:
+                    log.warning(
+                        "syslog: dropped UDP datagrams (%d so far): the buffer is full "
+                        "(%d messages, %d bytes waiting for Kafka): %s",
+                        self.dropped,
+                        self._queue.qsize(),
+                        self._queue.bytes,
+                        self.last_error,
+                    )
+
+    def _record(self, item: _Received) -> RawRecord:
+        return RawRecord(
+            source=self.name,
+            kind=KIND,
+            value=item.data,
+            received_at=item.received_at,
+            key=item.peer.rsplit(":", 1)[0].encode(),
+            meta={"transport": item.transport, "peer": item.peer},
+        )
 
     def _publish_batch(self, sink: RawSink, *, drain: bool = False) -> bool:
-        """Publish what is pending, or the next batch from the queue.  False if nothing was
-        published (queue empty, or the sink failed and the batch is kept for a retry)."""
+        """Publish what is pending, or the next batch from the buffer.  False if nothing was
+        published (buffer empty, or the sink failed and the batch is kept for a retry)."""
         if not self._pending:
-            items: list[_Received] = []
-            try:
-                items.append(self._queue.get(timeout=0 if drain else self.flush_interval))
-            except queue.Empty:
+            items = self._queue.take(self.batch_size, 0 if drain else self.flush_interval)
+            if not items:
                 return False
-            while len(items) < self.batch_size:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            self._pending = [
-                RawRecord(
-                    source=self.name,
-                    kind=KIND,
-                    value=item.data,
-                    received_at=item.received_at,
-                    key=item.peer.rsplit(":", 1)[0].encode(),
-                    meta={"transport": item.transport, "peer": item.peer},
-                )
-                for item in items
-            ]
+            self._pending = [self._record(item) for item in items]
         try:
             sink.publish(self._pending)
         except Exception as exc:  # not durable: keep the batch, retry after a pause

@@ -7,10 +7,16 @@ publishes every message exactly as received (the frame's bytes) to ``raw.<name>`
 - **reconnect** on any disconnect, handshake failure or silence, with exponential
   backoff and jitter (``initial * 2**attempt``, capped, then randomised between half and
   all of it, so a fleet of connectors does not reconnect in lock-step); the backoff
-  resets once a connection delivers market data (a refused subscription's error does not);
-- **heartbeats**: websocket pings (the library answers the server's pings with pongs,
-  which Binance requires) and an application-level silence timeout: no message for
-  ``heartbeat_timeout`` seconds means the feed is dead even if TCP is not;
+  resets once a connection proved healthy: it delivered market data, or it answered a
+  websocket ping (a refused subscription's error, closed at once, does neither);
+- **liveness**: websocket pings every ``ping_interval`` seconds, and a connection whose pong
+  does not come within ``ping_timeout`` is closed as dead (the library also answers the
+  server's pings with pongs, which Binance requires).  An application-level silence timeout
+  (no message for ``heartbeat_timeout`` seconds: the feed is dead even if TCP is not) is only
+  for feeds whose exchange sends heartbeat messages (Coinbase's ``heartbeat`` channel, every
+  second per product).  Binance sends none: an illiquid symbol's stream can be quiet for
+  minutes, and closing it for silence lost the trades made while it reconnected, so there
+  it is off unless configured;
 - **sequence gaps**: each exchange subclass reports the counters its messages carry
   (Coinbase trade ids and sequences per product, Binance trade/aggregate/depth ids per
   symbol) to a :class:`SequenceTracker`.  A gap is counted, published as a ``ws_gap``
@@ -41,10 +47,11 @@ from typing import Any
 import msgspec
 from prometheus_client import Counter
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidHandshake, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, WebSocketException
 
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import RawSink, Source
+from vigil.sources.jsonrpc import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +147,38 @@ class HeartbeatTimeout(Exception):
     """No message within the heartbeat timeout: treat the connection as dead."""
 
 
+def shown_url(url: str) -> str:
+    """``url`` as logs and records show it: ``scheme://host:port`` (see
+    :func:`~vigil.sources.jsonrpc.redact_url`).  websockets sends a URL's user-info as HTTP
+    basic auth, so ``wss://user:password@host`` is a working setup; a query (``?token=``) or a
+    path (Binance user-data streams, ``/ws/<listenKey>``) can hold a secret too."""
+    try:
+        return redact_url(url)
+    except Exception:  # httpx.InvalidURL and the like: nothing of it is shown
+        return "(an unparsable URL)"
+
+
+def heartbeat_option(options: dict[str, str]) -> dict[str, float | None]:
+    """The ``heartbeat_timeout`` connector option as keyword arguments: seconds, ``off`` (or
+    ``0``, ``none``) for no silence timeout, or nothing when not given (the feed's default)."""
+    value = options.get("heartbeat_timeout")
+    if value is None:
+        return {}
+    if value.strip().lower() in ("off", "none", "0"):
+        return {"heartbeat_timeout": None}
+    return {"heartbeat_timeout": float(value)}
+
+
+def _refusal(exc: InvalidStatus) -> str:
+    """The HTTP status a handshake was refused with and the start of the body (Binance says
+    451 "restricted location"; a proxy or a wrong key 401/403), quoted: the server's text."""
+    response = exc.response
+    body = bytes(response.body or b"")
+    said = body[:200].decode("utf-8", "replace")
+    more = f" ({len(body):,} bytes)" if len(body) > 200 else ""
+    return f"HTTP {response.status_code} {response.reason_phrase[:60]!r}: {said!r}{more}"
+
+
 @dataclass(frozen=True)
 class Inspected:
     """What a subclass read from one message: its Kafka key, channel and any gaps it revealed."""
@@ -187,6 +226,11 @@ class WebsocketFeed(Source):
     Subclasses implement :meth:`subscribe_messages` (texts sent after each connect) and
     :meth:`inspect` (key, channel and sequence gaps of one decoded message), and may
     override :meth:`resync`.
+
+    ``heartbeat_timeout`` (seconds, or ``None``: none) closes a connection that sent no
+    message for that long; leave it ``None`` for an exchange without heartbeat messages, whose
+    quiet streams are healthy.  ``ping_interval``/``ping_timeout``: the websocket keepalive
+    (``None``: none).  At least one of the two must be on, or a dead connection goes unnoticed.
     """
 
     def __init__(
@@ -196,8 +240,9 @@ class WebsocketFeed(Source):
         source_id: str | None = None,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
-        heartbeat_timeout: float = 30.0,
+        heartbeat_timeout: float | None = None,
         ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
         open_timeout: float = 10.0,
         batch_max: int = 500,
         batch_linger: float = 0.02,
@@ -209,11 +254,23 @@ class WebsocketFeed(Source):
             got = f"initial={backoff_initial}, max={backoff_max}"
             msg = f"{self.name}: backoff needs 0 < initial <= max; got {got}"
             raise ValueError(msg)
+        if heartbeat_timeout is not None and not heartbeat_timeout > 0:
+            msg = f"{self.name}: heartbeat_timeout must be > 0 seconds, or off; got {heartbeat_timeout}"
+            raise ValueError(msg)
+        if heartbeat_timeout is None and (ping_interval is None or ping_timeout is None):
+            msg = (
+                f"{self.name}: with no heartbeat_timeout, websocket pings (ping_interval and "
+                "ping_timeout) are the only way to notice a dead connection; set one or the other"
+            )
+            raise ValueError(msg)
         self.url = url
+        #: The URL as logs and records' meta show it: no credentials (see :func:`shown_url`).
+        self.shown_url = shown_url(url)
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.heartbeat_timeout = heartbeat_timeout
         self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
         self.open_timeout = open_timeout
         self.batch_max = batch_max
         self.batch_linger = batch_linger
@@ -221,6 +278,8 @@ class WebsocketFeed(Source):
         self.tracker = SequenceTracker()
         self.stats = FeedStats()
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        #: Whether the last connection answered a websocket ping (see :meth:`_session`).
+        self._pong_seen = False
 
     # ------------------------------------------------------------------ protocol hooks
 
@@ -252,26 +311,46 @@ class WebsocketFeed(Source):
         attempt = 0
         while self.running:
             delivered_before = self.stats.data_messages
+            self._pong_seen = False
             try:
                 await self._session(sink)
             except HeartbeatTimeout:
                 self.stats.heartbeat_timeouts += 1
                 log.warning(
-                    "%s: no message for %.1fs from %s; reconnecting",
+                    "%s: no message for %.1fs from %s (websocket pings %s); reconnecting",
                     self.name,
                     self.heartbeat_timeout,
-                    self.url,
+                    self.shown_url,
+                    "answered" if self._pong_seen else "unanswered or none sent yet",
+                )
+            except InvalidStatus as exc:
+                log.warning("%s: %s refused the connection: %s", self.name, self.shown_url, _refusal(exc))
+            except ConnectionClosed as exc:
+                # The close code and reason ("keepalive ping timeout": no pong came), quoted: the
+                # reason can be the server's text.
+                said = str(exc)[:200]
+                log.warning(
+                    "%s: connection to %s dropped: %s: %r",
+                    self.name,
+                    self.shown_url,
+                    type(exc).__name__,
+                    said,
                 )
             except (OSError, TimeoutError, InvalidHandshake, WebSocketException) as exc:
                 log.warning(
-                    "%s: connection to %s failed or dropped: %s", self.name, self.url, type(exc).__name__
+                    "%s: connection to %s failed or dropped: %s",
+                    self.name,
+                    self.shown_url,
+                    type(exc).__name__,
                 )
             if not self.running:
                 break
-            if self.stats.data_messages > delivered_before:
-                # The last connection delivered market data: the backoff starts again from the
-                # bottom.  (Any message reset it, an exchange's "subscription refused" error
-                # too: a mistyped product reconnected every 0.3 s for ever.)
+            if self.stats.data_messages > delivered_before or self._pong_seen:
+                # The last connection worked: it delivered market data, or it answered a
+                # websocket ping (a quiet stream, even one closed for silence, is no reason to wait
+                # longer and longer: trades made during the wait are lost).  The backoff starts
+                # again from the bottom.  (Any message reset it, an exchange's "subscription
+                # refused" error too: a mistyped product reconnected every 0.3 s for ever.)
                 attempt = 0
             delay = self.backoff_delay(attempt)
             attempt += 1
@@ -289,7 +368,7 @@ class WebsocketFeed(Source):
             self.url,
             open_timeout=self.open_timeout,
             ping_interval=self.ping_interval,
-            ping_timeout=self.ping_interval,
+            ping_timeout=self.ping_timeout,
             max_size=self.max_message_bytes,
             # A feed that is going away need not wait long for a polite close handshake.
             close_timeout=2.0,
@@ -303,13 +382,17 @@ class WebsocketFeed(Source):
                 await self._receive(ws, recv, sink)
             finally:
                 recv.close()
+                # The library measures latency on each pong that answers a ping: 0.0 until one
+                # came on this connection.
+                self._pong_seen = ws.latency > 0
 
     async def _receive(self, ws: ClientConnection, recv: _Receiver, sink: RawSink) -> None:
         last_message = time.monotonic()
         while self.running:
             first = await recv(0.1)
             if first is None:
-                if time.monotonic() - last_message > self.heartbeat_timeout:
+                silence = self.heartbeat_timeout
+                if silence is not None and time.monotonic() - last_message > silence:
                     raise HeartbeatTimeout
                 continue
             frames = [first]
@@ -343,7 +426,7 @@ class WebsocketFeed(Source):
                 # the connector and lost the frames before it in the batch.)
                 found = Inspected()
             data_messages += found.data if found.data is not None else bool(found.key)
-            meta: dict[str, Any] = {"url": self.url, "conn": self.stats.connections}
+            meta: dict[str, Any] = {"url": self.shown_url, "conn": self.stats.connections}
             if found.channel:
                 meta["channel"] = found.channel
             records.append(
@@ -367,7 +450,7 @@ class WebsocketFeed(Source):
                         gap.as_json(),
                         received_at=now,
                         key=found.key or CONTROL_KEY,
-                        meta={"url": self.url, "conn": self.stats.connections},
+                        meta={"url": self.shown_url, "conn": self.stats.connections},
                     )
                 )
         await asyncio.to_thread(sink.publish, records)

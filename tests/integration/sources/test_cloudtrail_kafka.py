@@ -62,9 +62,17 @@ def record(i: int) -> dict[str, object]:
 
 
 def deliver(root: Path) -> list[str]:
+    """Log files as CloudTrail delivers them, with log file validation on: an hourly digest file
+    under ``CloudTrail-Digest/`` (which sorts first), no log file, never published."""
     ids = []
     day = root / "AWSLogs/111122223333/CloudTrail/us-east-1/2026/11/28"
     day.mkdir(parents=True)
+    digests = root / "AWSLogs/111122223333/CloudTrail-Digest/us-east-1/2026/11/28"
+    digests.mkdir(parents=True)
+    for hour in range(FILES // 60 + 1):
+        name = f"111122223333_CloudTrail-Digest_us-east-1_trail_us-east-1_20261128T{hour:02d}1531Z.json.gz"
+        digest = {"awsAccountId": "111122223333", "digestSignatureAlgorithm": "SHA256withRSA", "logFiles": []}
+        (digests / name).write_bytes(gzip.compress(json.dumps(digest).encode()))
     for f in range(FILES):
         records = [record(f * PER_FILE + j) for j in range(PER_FILE)]
         ids += [str(r["eventID"]) for r in records]

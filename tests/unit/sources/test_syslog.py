@@ -7,7 +7,9 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -299,7 +301,7 @@ def test_unreachable_kafka_keeps_messages_pending_and_does_not_crash_the_receive
         probe.bind(("127.0.0.1", 0))
         dead = probe.getsockname()[1]
     sink = KafkaRawSink(Settings(kafka_bootstrap=f"127.0.0.1:{dead}"), source_id="syslog-dead", timeout_s=0.5)
-    source = SyslogSource(udp_port=0, tcp_port=None, flush_interval=0.05)
+    source = SyslogSource(udp_port=0, tcp_port=None, flush_interval=0.05, drain_timeout=1)
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -321,6 +323,240 @@ def test_unreachable_kafka_keeps_messages_pending_and_does_not_crash_the_receive
         thread.join(30)
     assert errors == []
     assert source.published == 0
+    assert source.drained is False
     assert [r.value for r in source._pending] == [RFC_EX1]  # kept, not lost, while it ran
     assert source.last_error is not None
     assert "Kafka" in source.last_error
+
+
+# --------------------------------------------------------------------------- stopping, buffer bounds
+
+
+class _Sink(MemorySink):
+    """A sink that fails while ``down`` is set (an unreachable broker) and takes ``latency``
+    seconds per publish (a Kafka transaction's commit); waiters hear of every attempt."""
+
+    def __init__(self, *, down: bool = False, latency: float = 0.0) -> None:
+        super().__init__()
+        self.down = threading.Event()
+        if down:
+            self.down.set()
+        self.latency = latency
+        self.attempts = 0
+        self.cond = threading.Condition()
+
+    def publish(self, records: Sequence[RawRecord], cursor: dict[str, Any] | None = None) -> None:
+        if self.latency:
+            time.sleep(self.latency)  # the work a transaction takes; nothing waits on it
+        with self.cond:
+            self.attempts += 1
+            self.cond.notify_all()
+            if self.down.is_set():
+                raise ConnectionError("broker unreachable")
+            super().publish(records, cursor)
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        with self.cond:
+            assert self.cond.wait_for(predicate, timeout), "condition not met within deadline"
+
+
+def _sized(i: int, size: int) -> bytes:
+    """Message ``i``, exactly ``size`` bytes long."""
+    head = b"<34>1 2026-11-29T09:00:01Z host app - - - message %06d " % i
+    return head + b"x" * (size - len(head))
+
+
+class _TcpSender(threading.Thread):
+    """Sends numbered messages as fast as the receiver takes them, until ``halt`` or until the
+    receiver closes the connection (then ``error`` says how the writes failed)."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.halt = threading.Event()
+        self.sent = 0
+        self.error: OSError | None = None
+
+    def run(self) -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=30) as tcp:
+                while not self.halt.is_set():
+                    tcp.sendall(_sized(self.sent, 100) + b"\n")
+                    self.sent += 1
+        except OSError as exc:
+            self.error = exc
+
+
+def test_stop_returns_while_a_tcp_sender_keeps_sending_and_publishes_what_was_received() -> None:
+    # The drain ran while the TCP server still took messages: a sender that kept sending refilled
+    # the buffer as fast as it emptied and run() never returned (`vigil run` gave up on it).
+    sink = _Sink(latency=0.005)
+    source = SyslogSource(udp_port=None, tcp_port=0, max_buffered=1000, batch_size=100, flush_interval=0.05)
+    thread = threading.Thread(target=source.run, args=(sink,))
+    thread.start()
+    assert source.ready.wait(10)
+    sender = _TcpSender(source.bound["tcp"])
+    sender.start()
+    try:
+        sink.wait_for(lambda: len(sink.records) >= 1000)  # flowing, the buffer full behind the sink
+        published_before = len(sink.records)
+        source.stop()
+        buffered_at_stop = source._queue.qsize()  # closed to new messages: it can only go down now
+        thread.join(10)
+        assert not thread.is_alive(), "run() did not return while a sender kept sending"
+        sender.join(10)  # the receiver closed the connection: the sender's writes fail
+        assert not sender.is_alive()
+        assert sender.error is not None
+    finally:
+        sender.halt.set()
+        source.stop()
+        sender.join(10)
+        thread.join(30)
+    assert not thread.is_alive()
+    assert not sender.is_alive()
+    assert buffered_at_stop > 0
+    values = [r.value for r in sink.records]
+    # Everything buffered at the stop was published, in order, nothing skipped.
+    assert len(values) >= published_before + buffered_at_stop
+    assert values == [_sized(i, 100) for i in range(len(values))]
+    assert source.drained is True
+    assert (source.buffered, source.buffered_bytes, source._pending) == (0, 0, [])
+
+
+def test_the_buffer_is_bounded_in_bytes_and_udp_past_it_is_dropped_and_counted() -> None:
+    # Bounded by count only, 100,000 messages of 64 KiB (6 GiB) could wait for Kafka.
+    size = 1000
+    bound = 4 * size + size // 2
+    sink = _Sink(down=True)
+    source = SyslogSource(
+        udp_port=0, tcp_port=None, batch_size=1, flush_interval=0.05, max_buffered_bytes=bound
+    )
+    thread = threading.Thread(target=source.run, args=(sink,))
+    thread.start()
+    try:
+        assert source.ready.wait(10)
+        address = ("127.0.0.1", source.bound["udp"])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.sendto(_sized(0, size), address)
+            sink.wait_for(lambda: sink.attempts >= 1)  # message 0 is the batch being retried
+            for i in range(1, 11):
+                udp.sendto(_sized(i, size), address)
+            _wait_for(lambda: source.buffered + source.dropped == 10)
+            assert (source.buffered, source.buffered_bytes, source.dropped) == (4, 4 * size, 6)
+            assert source.buffered_bytes <= bound
+            sink.down.clear()  # the broker is back: the buffer empties and takes messages again
+            sink.wait_for(lambda: len(sink.records) == 5)
+            _wait_for(lambda: source.buffered == 0)
+            udp.sendto(_sized(11, size), address)
+            sink.wait_for(lambda: len(sink.records) == 6)
+    finally:
+        source.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert [r.value for r in sink.records] == [_sized(i, size) for i in (0, 1, 2, 3, 4, 11)]
+    assert source.dropped == 6
+
+
+def test_tcp_past_the_byte_bound_waits_for_room_then_resumes() -> None:
+    size = 1000
+    bound = 4 * size + size // 2
+    sink = _Sink(down=True)
+    source = SyslogSource(
+        udp_port=None, tcp_port=0, batch_size=1, flush_interval=0.05, max_buffered_bytes=bound
+    )
+    peak = [0]
+    put = source._queue.put
+
+    def watched_put(item: Any, *, block: bool) -> bool:
+        taken = put(item, block=block)
+        peak[0] = max(peak[0], source.buffered_bytes)
+        return taken
+
+    source._queue.put = watched_put  # type: ignore[method-assign]
+    thread = threading.Thread(target=source.run, args=(sink,))
+    thread.start()
+    try:
+        assert source.ready.wait(10)
+        with socket.create_connection(("127.0.0.1", source.bound["tcp"])) as tcp:
+            tcp.sendall(b"%d %s" % (size, _sized(0, size)))
+            sink.wait_for(lambda: sink.attempts >= 1)  # message 0 is the batch being retried
+            tcp.sendall(b"".join(b"%d %s" % (size, _sized(i, size)) for i in range(1, 21)))
+            _wait_for(lambda: source._queue.waiting == 1)  # the connection waits for room
+            assert (source.buffered, source.buffered_bytes, source.dropped) == (4, 4 * size, 0)
+            assert source.published == 0
+            sink.down.clear()  # the broker is back: the connection is read again
+            sink.wait_for(lambda: len(sink.records) == 21)
+    finally:
+        source.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert [r.value for r in sink.records] == [_sized(i, size) for i in range(21)]
+    assert 0 < peak[0] <= bound
+    assert source.dropped == 0
+
+
+def test_a_broker_back_during_the_drain_gets_what_was_buffered() -> None:
+    # Stopping made one attempt to publish what was buffered: a broker blip then lost it all.
+    sink = _Sink(down=True)
+    source = SyslogSource(udp_port=0, tcp_port=None, batch_size=1, flush_interval=0.05, drain_timeout=30)
+    thread = threading.Thread(target=source.run, args=(sink,))
+    thread.start()
+    try:
+        assert source.ready.wait(10)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            for i in range(3):
+                udp.sendto(_sized(i, 200), ("127.0.0.1", source.bound["udp"]))
+        sink.wait_for(lambda: sink.attempts >= 1)
+        _wait_for(lambda: source.buffered == 2)
+        source.stop()
+        failed = sink.attempts
+        sink.wait_for(lambda: sink.attempts > failed + 1)  # the drain retried, in vain so far
+        sink.down.clear()
+        thread.join(10)  # returns once drained, not at the deadline
+        assert not thread.is_alive()
+    finally:
+        source.stop()
+        thread.join(30)
+    assert [r.value for r in sink.records] == [_sized(i, 200) for i in range(3)]
+    assert source.drained is True
+
+
+def test_what_the_drain_deadline_leaves_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    sink = _Sink(down=True)
+    source = SyslogSource(udp_port=0, tcp_port=None, batch_size=1, flush_interval=0.05, drain_timeout=0.3)
+    thread = threading.Thread(target=source.run, args=(sink,))
+    thread.start()
+    try:
+        assert source.ready.wait(10)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            for i in range(3):
+                udp.sendto(_sized(i, 200), ("127.0.0.1", source.bound["udp"]))
+        _wait_for(lambda: source.buffered == 2 and sink.attempts >= 1)
+        with caplog.at_level("ERROR", logger="vigil.sources.syslog"):
+            source.stop()
+            thread.join(10)
+            assert not thread.is_alive()
+    finally:
+        source.stop()
+        thread.join(30)
+    assert source.drained is False
+    assert sink.records == []
+    (message,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "3 messages (600 bytes" in message
+    assert "drain_timeout (0.3 s)" in message
+    assert "ConnectionError: broker unreachable" in message
+
+
+def test_from_settings_buffer_options() -> None:
+    from vigil.config import Settings
+
+    default = SyslogSource.from_settings(Settings())
+    assert (default.max_buffered, default.max_buffered_bytes, default.drain_timeout) == (
+        100_000,
+        256 * 1024 * 1024,
+        20.0,
+    )
+    source = SyslogSource.from_settings(
+        Settings(), max_buffered="50", max_buffered_bytes="1048576", drain_timeout="5"
+    )
+    assert (source.max_buffered, source.max_buffered_bytes, source.drain_timeout) == (50, 1_048_576, 5.0)

@@ -3,30 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from http import HTTPStatus
+from typing import Any
 
+import pytest
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
 
+from vigil.config import Settings
 from vigil.sources.binance import BinanceNormalizer, BinanceSource
 from vigil.sources.coinbase import CoinbaseSource
 from vigil.sources.sink import MemorySink
-from vigil.sources.websocket import WebsocketFeed
+from vigil.sources.websocket import WS_MESSAGE, WebsocketFeed
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
 
 
 @contextmanager
-def server(handler: Handler) -> Iterator[str]:
-    """A websocket server on a free loopback port, in its own thread, for the block's duration."""
+def server(handler: Handler, **options: Any) -> Iterator[str]:
+    """A websocket server on a free loopback port, in its own thread, for the block's duration
+    (``options``: more arguments to ``serve``)."""
     ready, stop = threading.Event(), threading.Event()
     url: list[str] = []
 
     async def main() -> None:
-        async with serve(handler, "127.0.0.1", 0) as srv:
+        async with serve(handler, "127.0.0.1", 0, **options) as srv:
             url.append(f"ws://127.0.0.1:{next(iter(srv.sockets)).getsockname()[1]}")
             ready.set()
             while not stop.is_set():
@@ -188,3 +197,190 @@ def test_market_data_without_a_symbol_counts_and_replies_do_not() -> None:
     assert feed.inspect({"stream": "!forceOrder@arr", "data": {"e": "forceOrder", "o": {"s": "X"}}}).data
     assert not feed.inspect({"result": None, "id": 1}).data
     assert not feed.inspect({"code": 2, "msg": "Invalid request"}).data
+
+
+# ---------------------------------------------------------------------------- liveness
+
+
+class Pongs:
+    """The pongs a server connection sends, that is the client's pings it answered: counted, or
+    (``answer=False``) withheld, as a dead peer behind a live TCP connection would."""
+
+    def __init__(self, ws: ServerConnection, *, answer: bool = True) -> None:
+        self.count = 0
+        self.answer = answer
+        self._changed = asyncio.Event()
+        self._send = ws.protocol.send_frame
+        ws.protocol.send_frame = self._frame  # type: ignore[method-assign]
+
+    def _frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.PONG:
+            if not self.answer:
+                return
+            self.count += 1
+            self._changed.set()
+        self._send(frame)
+
+    async def wait(self, count: int) -> None:
+        async with asyncio.timeout(10):
+            while self.count < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+def agg_trade(agg: int) -> str:
+    data = {"e": "aggTrade", "E": 1, "s": "BLZETH", "a": agg, "p": "0.0001", "q": "10", "T": 1, "m": False}
+    return json.dumps({"stream": "blzeth@aggTrade", "data": data})
+
+
+def test_a_quiet_binance_stream_is_kept_while_it_answers_pings(caplog: pytest.LogCaptureFixture) -> None:
+    # An illiquid symbol's stream carries no trade for minutes (the recorded spot session has
+    # streams with none in 30 s).  Binance sends no heartbeat, so the 30 s silence timeout
+    # closed such a healthy stream every 30 s, and the trades made while it reconnected were lost.
+    async def handler(ws: ServerConnection) -> None:
+        await Pongs(ws).wait(25)  # quiet while 25 of the client's pings are answered
+        await ws.send(agg_trade(1000))
+        await ws.wait_closed()
+
+    caplog.set_level(logging.WARNING, logger="vigil.sources.websocket")
+    with server(handler) as url:
+        feed = BinanceSource(["blzeth@aggTrade"], base_url=url, ping_interval=0.02)
+        assert feed.heartbeat_timeout is None  # no silence timeout: the pings tell a dead connection
+        sink = MemorySink()
+        thread, errors = running(feed, sink)
+        wait_for(lambda: bool(sink.records) or bool(errors), "the trade after the quiet spell")
+        feed.stop()
+        thread.join(10)
+    assert errors == []
+    assert [json.loads(r.value)["data"]["a"] for r in sink.records if r.kind == WS_MESSAGE] == [1000]
+    assert (feed.stats.connections, feed.stats.reconnects, feed.stats.heartbeat_timeouts) == (1, 0, 0)
+    assert caplog.records == []
+
+
+def test_a_binance_connection_whose_pings_go_unanswered_is_replaced(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Without a silence timeout the websocket pings are what notices a dead connection.
+    async def handler(ws: ServerConnection) -> None:
+        Pongs(ws, answer=False)
+        await ws.wait_closed()
+
+    caplog.set_level(logging.WARNING, logger="vigil.sources.websocket")
+    with server(handler) as url:
+        feed = BinanceSource(["blzeth@aggTrade"], base_url=url, ping_interval=0.05, ping_timeout=0.2)
+        attempts, _sink = backoff_attempts(feed, 2)
+    assert attempts[:2] == [0, 1]  # nothing showed it worked: backing off
+    assert feed.stats.heartbeat_timeouts == 0
+    assert "keepalive ping timeout" in caplog.records[0].getMessage()
+
+
+def test_a_feed_closed_for_silence_backs_off_only_if_its_pings_went_unanswered() -> None:
+    # Coinbase's heartbeat channel sends every second, so silence there is a dead feed.  But a
+    # connection whose pings were answered was no failure to back off from: such reconnects grew
+    # to the 30 s cap, and trades during the wait were lost.
+    def silent(answer: bool) -> Handler:
+        async def handler(ws: ServerConnection) -> None:
+            await ws.recv()  # the subscribe
+            Pongs(ws, answer=answer)
+            await ws.wait_closed()
+
+        return handler
+
+    # (Unanswered: a ping sent at 0.3 s gets no pong before the silence timeout at 0.5 s.)
+    for answer, ping_interval, expected in ((True, 0.02, [0, 0, 0]), (False, 0.3, [0, 1, 2])):
+        with server(silent(answer)) as url:
+            feed = CoinbaseSource(["BTC-USD"], url=url, heartbeat_timeout=0.5, ping_interval=ping_interval)
+            attempts, _sink = backoff_attempts(feed, 3)
+        assert attempts[:3] == expected, f"pings answered: {answer}"
+        assert feed.stats.heartbeat_timeouts >= 3
+
+
+def test_a_connection_that_answered_pings_restarts_the_backoff_when_dropped() -> None:
+    # No trade on it (a quiet stream), then the exchange closed it (Binance does every 24 h):
+    # it was healthy, so the reconnect is not delayed as after a failure.
+    async def handler(ws: ServerConnection) -> None:
+        await Pongs(ws).wait(3)
+        await ws.close()
+
+    with server(handler) as url:
+        feed = BinanceSource(["blzeth@aggTrade"], base_url=url, ping_interval=0.02)
+        attempts, _sink = backoff_attempts(feed, 3)
+    assert attempts[:3] == [0, 0, 0]
+    assert feed.stats.data_messages == 0
+
+
+def test_the_silence_timeout_is_for_feeds_that_send_heartbeats() -> None:
+    settings = Settings()
+    assert BinanceSource.from_settings(settings, streams="a@trade").heartbeat_timeout is None
+    busy = BinanceSource.from_settings(settings, streams="a@trade", heartbeat_timeout="5")
+    assert busy.heartbeat_timeout == 5.0
+    assert CoinbaseSource.from_settings(settings, products="BTC-USD").heartbeat_timeout == 30.0
+    assert (
+        CoinbaseSource.from_settings(settings, products="BTC-USD", channels="matches").heartbeat_timeout
+        is None
+    )
+    off = CoinbaseSource.from_settings(settings, products="BTC-USD", heartbeat_timeout="off")
+    assert off.heartbeat_timeout is None
+    # Neither a silence timeout nor pings: a dead connection would go unnoticed for ever.
+    with pytest.raises(ValueError, match="dead connection"):
+        BinanceSource(["a@trade"], base_url="ws://h", ping_interval=None)
+    with pytest.raises(ValueError, match="heartbeat_timeout must be > 0"):
+        BinanceSource(["a@trade"], base_url="ws://h", heartbeat_timeout=-1.0)
+
+
+# ---------------------------------------------------------------------------- what is logged
+
+
+def test_feed_url_credentials_reach_the_server_but_no_log_or_record(caplog: pytest.LogCaptureFixture) -> None:
+    # websockets sends a URL's user-info as HTTP basic auth: a working setup, whose password
+    # (and a ?token= query) was in every warning and in every record's meta (a Kafka header).
+    seen: list[tuple[str | None, str]] = []
+
+    def record(connection: ServerConnection, request: Request) -> None:
+        seen.append((request.headers.get("Authorization"), request.path))
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.recv()  # the subscribe
+        await ws.send(json.dumps({"type": "heartbeat", "product_id": "BTC-USD", "sequence": 1}))
+        await ws.close()  # a drop: warned about, naming the URL
+
+    caplog.set_level(logging.WARNING, logger="vigil.sources.websocket")
+    with server(handler, process_request=record) as url:
+        port = url.rsplit(":", 1)[1]
+        secret_url = f"ws://feeduser:S3cretPassw0rd@127.0.0.1:{port}/?token=T0kenValue"
+        feed = CoinbaseSource(["BTC-USD"], url=secret_url, channels=["heartbeat"])
+        attempts, sink = backoff_attempts(feed, 1)
+    assert attempts
+    basic = base64.b64encode(b"feeduser:S3cretPassw0rd").decode()
+    assert seen[0] == (f"Basic {basic}", "/?token=T0kenValue")  # the credentials still work
+    assert sink.records
+    assert {r.meta["url"] for r in sink.records} == {f"ws://127.0.0.1:{port}"}
+    logged = [r.getMessage() for r in caplog.records]
+    assert any(f"ws://127.0.0.1:{port}" in line for line in logged), logged
+    for text in [*logged, *(json.dumps(r.meta) for r in sink.records)]:
+        assert "S3cretPassw0rd" not in text
+        assert "T0kenValue" not in text
+        assert "feeduser" not in text
+
+
+def test_a_refused_handshake_is_logged_with_its_status_and_body(caplog: pytest.LogCaptureFixture) -> None:
+    # Binance answers 451 from a restricted location; a proxy or a wrong key 401/403.  Logged as
+    # "InvalidStatus" alone, the connector retried for ever with nothing saying why.  The body is
+    # the server's text: quoted, its control characters escaped (no forged lines, no ESC).
+    def refuse(connection: ServerConnection, request: Request) -> Response:
+        body = "Service unavailable from a restricted location\nLOG forged line\x1b[2J"
+        return connection.respond(HTTPStatus.UNAVAILABLE_FOR_LEGAL_REASONS, body)
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.wait_closed()
+
+    caplog.set_level(logging.WARNING, logger="vigil.sources.websocket")
+    with server(handler, process_request=refuse) as url:
+        feed = BinanceSource(["btcusdt@trade"], base_url=url)
+        attempts, _sink = backoff_attempts(feed, 2)
+    assert attempts[:2] == [0, 1]
+    line = caplog.records[0].getMessage()
+    assert "HTTP 451" in line
+    assert "restricted location\\nLOG forged line\\x1b[2J" in line
+    assert "\n" not in line
+    assert "\x1b" not in line
