@@ -29,13 +29,15 @@ from typing import Any
 import msgspec
 
 from vigil.config import Settings
-from vigil.errors import ConfigError, SourceError
+from vigil.errors import ConfigError, Retry, SourceError
 from vigil.hub.raw import RawRecord
-from vigil.sources.chain import Block, ChainFollower, check_known, number_option
+from vigil.sources.chain import Block, ChainFollower, NodeLagging, check_known, number_option
 from vigil.sources.jsonrpc import JsonRpcClient, JsonRpcError
 
 #: Bitcoin Core's RPC_INVALID_PARAMETER: "Block height out of range".
 _OUT_OF_RANGE = -8
+#: Bitcoin Core's RPC_INVALID_ADDRESS_OR_KEY, which ``getblock`` answers as "Block not found".
+_NOT_FOUND = -5
 _BLOCK_HASH = re.compile(r"[0-9a-f]{64}")
 
 
@@ -78,7 +80,7 @@ class BitcoinSource(ChainFollower):
             msg = f"bitcoin source: verbosity must be 2 or 3 (transactions with details); got {verbosity}"
             raise ValueError(msg)
         self.verbosity = verbosity
-        self.rpc = JsonRpcClient(url, auth=auth)
+        self.rpc = JsonRpcClient(url, auth=auth, setting="bitcoin source: option url")
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: str) -> BitcoinSource:
@@ -145,9 +147,25 @@ class BitcoinSource(ChainFollower):
         block_hash = self.hash_at(height)
         if block_hash is None:
             return None
-        raw = self.rpc.call_raw(
-            "getblock", [block_hash, self.verbosity], about=f"block {height} ({block_hash})"
-        )
+        try:
+            raw = self.rpc.call_raw(
+                "getblock", [block_hash, self.verbosity], about=f"block {height} ({block_hash})"
+            )
+        except JsonRpcError as exc:
+            if exc.code != _NOT_FOUND:
+                raise
+            if self.hash_at(height) != block_hash:
+                reason = f"block {height} ({block_hash}) was replaced while being fetched"
+                raise Retry(self.poll_interval, reason) from None
+            # Still canonical, yet unknown to the node that answered: behind a load balancer, a
+            # node lagging the one that answered getblockhash.  Re-raised, it stopped the connector.
+            raise NodeLagging(
+                self.poll_interval,
+                height=height,
+                block_hash=block_hash,
+                where=f"getblock at {self.rpc.endpoint}",
+                answer=f"error {exc.code}: {exc.detail}",
+            ) from None
         received_at = datetime.now(UTC)
         try:
             header = _header.decode(raw)

@@ -19,6 +19,12 @@ Reorg safety has two layers:
    canonical blocks above it, each record marked ``meta["reorg"] = True``, before going
    on.  A reorg deeper than the window cannot be repaired safely and stops the
    connector with a :class:`~vigil.errors.SourceError` saying so.
+
+Behind a provider's load balancer one call may reach a node that lags the node that answered
+the one before: a confirmed height it has no block for, or a block hash it does not know yet
+(:class:`NodeLagging`).  Both are waited out like an unavailable node, after publishing the
+blocks fetched before; a node lagging for the same block ``max_lag_attempts`` polls in a row
+stops the connector with an error naming the block and the node.
 """
 
 from __future__ import annotations
@@ -42,6 +48,32 @@ MAX_BACKOFF_S = 30.0
 #: Shortest wait after a failed poll, whatever the node asked: a ``Retry-After: 0`` (or a poll
 #: interval of milliseconds) made every failure a retry at once, thousands of requests a second.
 MIN_BACKOFF_S = 1.0
+#: Longest wait a node (or any proxy in front of it) can ask for with ``Retry-After``: taken
+#: unbounded, ``86400000`` stalled the connector for 1,000 days after one log line, and larger
+#: values stopped it with OverflowError (in ``timedelta`` or in the wait itself).
+MAX_RETRY_AFTER_S = 300.0
+#: Polls in a row a node may lag for one block it cannot serve by hash (see :class:`NodeLagging`)
+#: before the connector stops, naming the block and the node; with the backoff, some minutes.
+MAX_LAG_ATTEMPTS = 12
+
+
+class NodeLagging(Retry):
+    """A node cannot serve a block by its hash although the chain still names that hash at the
+    block's height: behind a load balancer, the node that answered lags the one that named the
+    block (``eth_getLogs`` "unknown block", ``eth_getBlockReceipts`` null, Bitcoin Core's
+    ``getblock`` -5 "Block not found").  Raised by :meth:`ChainFollower.fetch`; the follower
+    publishes what it fetched before the block, waits it out like an unavailable node, and
+    after ``max_lag_attempts`` polls in a row for the same block stops with a
+    :class:`~vigil.errors.SourceError` naming the block and the node."""
+
+    def __init__(self, after: timedelta, *, height: int, block_hash: str, where: str, answer: str) -> None:
+        self.height = height
+        self.block_hash = block_hash
+        #: ``<method> at <node URL without secrets>``, and what the node answered.
+        self.where = where
+        self.answer = answer
+        reason = f"node lagging: {where} has no block {height} ({block_hash}) yet: {answer}"
+        super().__init__(after, reason)
 
 
 @dataclass(frozen=True)
@@ -87,9 +119,13 @@ def check_known(source: str, options: Mapping[str, str], known: set[str]) -> Non
 
 def backoff_s(asked_s: float, failures: int, floor_s: float = MIN_BACKOFF_S) -> float:
     """How long to wait after ``failures`` failed polls in a row: what the node asked but at least
-    ``floor_s``, doubling per failure up to MAX_BACKOFF_S, never less than asked.  (Doubling what
-    was asked alone kept a ``Retry-After: 0`` at zero for ever.  The exponent is capped: 2 ** 1024
-    as a float raised OverflowError after some eight hours of outage, stopping the connector.)"""
+    ``floor_s``, doubling per failure up to MAX_BACKOFF_S, never less than asked up to
+    MAX_RETRY_AFTER_S: what was asked is capped there.  (Doubling what was asked alone kept a
+    ``Retry-After: 0`` at zero for ever.  The exponent is capped: 2 ** 1024 as a float raised
+    OverflowError after some eight hours of outage, stopping the connector.  An uncapped ask
+    stalled it for years, or raised OverflowError in the wait.)"""
+    if not asked_s <= MAX_RETRY_AFTER_S:  # (NaN too)
+        asked_s = MAX_RETRY_AFTER_S
     base = max(asked_s, floor_s)
     backoff = min(base * float(1 << min(max(failures - 1, 0), 30)), MAX_BACKOFF_S)
     return max(base, backoff)
@@ -108,6 +144,8 @@ class ChainFollower(Source):
     start_option: str = "start"
     #: Shortest wait after a failed poll (see :func:`backoff_s`; tests lower it).
     min_backoff_s: float = MIN_BACKOFF_S
+    #: Polls in a row a node may lag for one block before the connector stops (:class:`NodeLagging`).
+    max_lag_attempts: int = MAX_LAG_ATTEMPTS
 
     def __init__(
         self,
@@ -145,6 +183,9 @@ class ChainFollower(Source):
         #: Blocks published / re-published because of a reorg, since start (for status and tests).
         self.published = 0
         self.replaced = 0
+        #: (height, hash) of the block a node lagged for, and in how many polls in a row.
+        self._lag: tuple[int, str] | None = None
+        self._lag_attempts = 0
 
     # ------------------------------------------------------------------ what a chain provides
 
@@ -159,7 +200,8 @@ class ChainFollower(Source):
     @abstractmethod
     def fetch(self, height: int, *, reorg: bool) -> Block | None:
         """The canonical block at ``height`` with its raw records (marked ``reorg`` when it
-        replaces a block published before), or None if the node has no block there."""
+        replaces a block published before), or None if the node has no block there.  Raises
+        :class:`NodeLagging` when the node names the block but cannot serve it by hash yet."""
 
     def close(self) -> None:
         """Release connections; called when ``run`` returns."""
@@ -203,9 +245,10 @@ class ChainFollower(Source):
                 try:
                     caught_up = self.poll(sink)
                 except Retry as retry:
-                    # Back off while the node stays unavailable (from what it asked for, but at
-                    # least min_backoff_s, doubling per consecutive failure up to MAX_BACKOFF_S)
-                    # so a long outage is neither a busy loop nor a log flood.
+                    # Back off while the node stays unavailable (from what it asked for, capped at
+                    # MAX_RETRY_AFTER_S, but at least min_backoff_s, doubling per consecutive
+                    # failure up to MAX_BACKOFF_S) so a long outage is neither a busy loop nor a
+                    # log flood, and no Retry-After stalls the connector for days.
                     failures += 1
                     delay = backoff_s(retry.after.total_seconds(), failures, self.min_backoff_s)
                     reason = inert(str(retry))  # (quotes the node: one line, no terminal control)
@@ -235,7 +278,13 @@ class ChainFollower(Source):
         pending: list[RawRecord] = []
         blocks_pending = 0
         while work.next_height <= target and self.running:
-            block = self.fetch(work.next_height, reorg=False)
+            try:
+                block = self.fetch(work.next_height, reorg=False)
+            except NodeLagging as lagging:
+                # As for a block missing by number (below): publish what was fetched before it,
+                # then wait; re-raising the node's "unknown block" stopped the connector.
+                self._flush(sink, pending, blocks_pending, work)
+                raise self._lagging(lagging) from None
             if block is None:
                 # A confirmed height the node does not have: behind a load balancer, a node that
                 # lags the one that answered the head.  Waited out like any unavailable node;
@@ -243,6 +292,7 @@ class ChainFollower(Source):
                 self._flush(sink, pending, blocks_pending, work)
                 reason = f"node has no block {work.next_height} although its head is {head}"
                 raise Retry(self.poll_interval, reason)
+            self._lag = None  # (served: a node that lagged for it caught up)
             remembered = work.recent.get(block.height - 1)
             if remembered is not None and remembered != block.parent_hash:
                 # Publish what precedes the fork first: the walk-back starts from durable state.
@@ -259,6 +309,24 @@ class ChainFollower(Source):
                 pending, blocks_pending = [], 0
         self._flush(sink, pending, blocks_pending, work)
         return self.state.next_height > target
+
+    def _lagging(self, lagging: NodeLagging) -> Retry | SourceError:
+        """``lagging`` to wait out, or, after ``max_lag_attempts`` polls in a row lagging for the
+        same block, an error naming it and the node (a node that never catches up, or one that
+        answers "unknown block" for blocks it has, is not waited for for ever)."""
+        key = (lagging.height, lagging.block_hash)
+        self._lag_attempts = self._lag_attempts + 1 if self._lag == key else 1
+        self._lag = key
+        if self._lag_attempts < self.max_lag_attempts:
+            return lagging
+        msg = (
+            f"{self.name} source {self.source_id!r}: {lagging.where} still has no block {lagging.height} "
+            f"({lagging.block_hash}) after {self._lag_attempts} polls in a row, although the chain "
+            f"names that block at that height: the node lags too far behind or cannot serve it "
+            f"({lagging.answer})"
+        )
+        self._lag, self._lag_attempts = None, 0
+        return SourceError(msg)
 
     @staticmethod
     def _copy(state: FollowState) -> FollowState:
@@ -314,11 +382,15 @@ class ChainFollower(Source):
             state.next_height - 1,
         )
         for replaced in range(fork + 1, state.next_height):
-            block = self.fetch(replaced, reorg=True)
+            try:
+                block = self.fetch(replaced, reorg=True)
+            except NodeLagging as lagging:
+                raise self._lagging(lagging) from None
             if block is None or block.parent_hash != state.recent.get(replaced - 1, block.parent_hash):
                 # The chain moved again (or shrank) while we walked: start over on the next poll.
                 reason = f"chain changed again at height {replaced} during reorg repair"
                 raise Retry(self.poll_interval, reason)
+            self._lag = None
             work = self._copy(state)
             work.recent[replaced] = block.hash
             # The cursor keeps next_height: these heights were published before, this is a replacement.

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,7 +41,7 @@ import msgspec
 from vigil.config import Settings
 from vigil.errors import Retry, SourceError
 from vigil.hub.raw import RawRecord
-from vigil.sources.chain import Block, ChainFollower, check_known, number_option
+from vigil.sources.chain import Block, ChainFollower, NodeLagging, check_known, number_option
 from vigil.sources.jsonrpc import JsonRpcClient, JsonRpcError
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,14 @@ class _Receipt(msgspec.Struct):
 
 _receipts = msgspec.json.Decoder(list[_Receipt])
 _METHOD_NOT_FOUND = -32601
+#: How nodes say they do not know a block hash: geth, anvil and reth "unknown block", erigon
+#: "block not found", nethermind "... could not be found".  (A pruned node's "history has been
+#: pruned" is not among them: that node will never have the block, and stops the connector.)
+_UNKNOWN_BLOCK = re.compile(r"unknown block|not found|could not be found", re.IGNORECASE)
+
+
+class _BlockUnknown(JsonRpcError):
+    """``eth_getBlockReceipts`` answered null: the node does not know the block hash."""
 
 
 class EthereumSource(ChainFollower):
@@ -104,7 +113,9 @@ class EthereumSource(ChainFollower):
             window=window,
             batch_blocks=batch_blocks,
         )
-        self.rpc = rpc or JsonRpcClient(url)
+        self.rpc = rpc or JsonRpcClient(
+            url, setting="ethereum source: option url (or the setting ethereum_rpc_url)"
+        )
         #: Read receipts to list failed transactions; switched off if the node lacks the method.
         self.receipts = receipts
 
@@ -156,12 +167,25 @@ class EthereumSource(ChainFollower):
                 about=about,
             )
             failed = self._failed_transactions(block_hash, about)
-        except JsonRpcError:
+        except JsonRpcError as exc:
             # A node forgets a block's hash when a reorg replaces it between our calls: that
             # is the chain moving (fetch again next poll), not a broken node.
             if self.hash_at(height) != block_hash:
                 reason = f"block {height} ({block_hash}) was replaced while being fetched"
                 raise Retry(self.poll_interval, reason) from None
+            if isinstance(exc, _BlockUnknown) or (
+                exc.code != _METHOD_NOT_FOUND and _UNKNOWN_BLOCK.search(exc.detail)
+            ):
+                # Still canonical, yet unknown to the node that answered: behind a load balancer,
+                # a node lagging the one that named the block.  Re-raised, it stopped the connector.
+                answer = "null" if isinstance(exc, _BlockUnknown) else f"error {exc.code}: {exc.detail}"
+                raise NodeLagging(
+                    self.poll_interval,
+                    height=height,
+                    block_hash=block_hash,
+                    where=f"{exc.method} at {self.rpc.endpoint}",
+                    answer=answer,
+                ) from None
             raise
         key = str(height).encode()
         meta: dict[str, Any] = {"number": height, "hash": block_hash}
@@ -193,7 +217,7 @@ class EthereumSource(ChainFollower):
             return None
         if raw == b"null":
             msg = f"eth_getBlockReceipts for {about} at {self.rpc.endpoint}: the node does not know the block"
-            raise JsonRpcError(msg, method="eth_getBlockReceipts")
+            raise _BlockUnknown(msg, method="eth_getBlockReceipts")
         try:
             receipts = _receipts.decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:

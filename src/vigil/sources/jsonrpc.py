@@ -7,11 +7,17 @@ they received, unchanged.
 
 Failures are split the way a poller needs them:
 
-- transient (connection refused or reset, timeout, HTTP 429/502/503/504, a node's
+- transient (connection refused or reset, timeout, any other transport failure such as an
+  egress proxy refusing the tunnel or a body cut short, HTTP 429/502/503/504, a node's
   "busy / rate limited" error codes) raise :class:`~vigil.errors.Retry` with a delay,
-  honouring ``Retry-After`` when the server sends one;
+  honouring ``Retry-After`` (seconds or an HTTP date) when the server sends one, capped at
+  :data:`~vigil.sources.chain.MAX_RETRY_AFTER_S`;
 - everything else raises :class:`JsonRpcError` (a :class:`~vigil.errors.SourceError`)
   naming the method, the endpoint and what the node answered.
+
+A URL that is not ``http://`` or ``https://`` is refused when the client is built, with a
+:class:`~vigil.errors.ConfigError` naming the setting (it failed at the first call, as a
+traceback).
 
 Messages name the endpoint by scheme, host and port only: hosted nodes put API keys in
 the user-info (``https://user:secret@host``) or the path (``/v3/<key>``), and neither is
@@ -23,14 +29,19 @@ from __future__ import annotations
 
 import itertools
 import logging
-from datetime import timedelta
+import re
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 import msgspec
 
-from vigil.errors import Retry, SourceError
+from vigil.errors import ConfigError, Retry, SourceError
 from vigil.events.codec import inert
+from vigil.sources.chain import MAX_RETRY_AFTER_S
+
+log = logging.getLogger(__name__)
 
 #: HTTP statuses that mean "try again later" rather than "your request is wrong".
 TRANSIENT_STATUS = frozenset({408, 425, 429, 502, 503, 504})
@@ -39,13 +50,18 @@ TRANSIENT_STATUS = frozenset({408, 425, 429, 502, 503, 504})
 #: -32005 limit exceeded (geth/infura), -28 Bitcoin Core still warming up (RPC_IN_WARMUP).
 TRANSIENT_CODES = frozenset({-32005, -28})
 
+#: ``Retry-After`` in seconds (ASCII digits only: ``"²".isdigit()`` is true and int() refuses it).
+_SECONDS = re.compile(r"[0-9]+")
+
 
 class JsonRpcError(SourceError):
     """The node answered with a JSON-RPC error, or with something that is not JSON-RPC."""
 
-    def __init__(self, message: str, *, method: str, code: int | None = None) -> None:
+    def __init__(self, message: str, *, method: str, code: int | None = None, detail: str = "") -> None:
         self.method = method
         self.code = code
+        #: The node's own error message (inert), or "" when the node sent none.
+        self.detail = detail
         super().__init__(message)
 
 
@@ -103,12 +119,15 @@ class JsonRpcClient:
         timeout_s: float = 10.0,
         retry_after: timedelta = timedelta(seconds=1),
         headers: dict[str, str] | None = None,
+        setting: str = "the JSON-RPC URL",
     ) -> None:
-        self.endpoint = redact_url(url)
+        """``setting`` names where ``url`` came from, for the error when it is not usable."""
+        self.endpoint = _checked_endpoint(url, setting)
         # Posted to exactly as configured: as a base URL with post(""), httpx added a "/" to the
         # path (``/v3/<key>/``, Bitcoin Core's ``/wallet/hot/``).
         self._url = url
         self._retry_after = retry_after
+        self._capped_logged = False
         self._ids = itertools.count(1)
         logging.getLogger("httpx").addFilter(_REDACT_REQUEST_URLS)  # (added once: same object)
         self._http = httpx.Client(
@@ -140,7 +159,24 @@ class JsonRpcClient:
         where = f"{method} for {about} at {self.endpoint}" if about else f"{method} at {self.endpoint}"
         try:
             response = self._http.post(self._url, content=body)
-        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+        except httpx.UnsupportedProtocol as exc:
+            # The configuration's, not the network's: waiting would not change it.
+            msg = f"{where}: the URL cannot be requested: {exc}"
+            raise JsonRpcError(msg, method=method) from None
+        except httpx.LocalProtocolError:
+            # A request this client cannot send (a header value with a newline, say): a
+            # programming or configuration error.  Its text quotes the offending value, which
+            # may be a key, so it is left out.
+            msg = (
+                f"{where}: the request could not be sent (LocalProtocolError: a header or the URL "
+                "holds something HTTP does not allow; the value is not shown)"
+            )
+            raise JsonRpcError(msg, method=method) from None
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            # Every other transport failure is transient: timeouts, refused or reset connections,
+            # a peer breaking the protocol, an egress proxy refusing the tunnel (ProxyError), a
+            # compressed body cut short (DecodingError).  Only the first three were retried; the
+            # others escaped as httpx tracebacks and stopped the connector.
             raise Retry(self._retry_after, f"{where}: {type(exc).__name__}: {exc}") from None
         if response.status_code in TRANSIENT_STATUS:
             raise Retry(self._delay(response), f"{where}: HTTP {response.status_code}")
@@ -172,7 +208,7 @@ class JsonRpcClient:
             if code in TRANSIENT_CODES:
                 raise Retry(self._retry_after, f"{where}: node busy ({code}: {text})")
             msg = f"{where}: the node returned error {code!r}: {text}"
-            raise JsonRpcError(msg, method=method, code=code if isinstance(code, int) else None)
+            raise JsonRpcError(msg, method=method, code=code if isinstance(code, int) else None, detail=text)
         if response.status_code >= 400:
             msg = f"{where}: HTTP {response.status_code} without a JSON-RPC error"
             raise JsonRpcError(msg, method=method)
@@ -185,7 +221,51 @@ class JsonRpcClient:
         return bytes(envelope.result)
 
     def _delay(self, response: httpx.Response) -> timedelta:
-        header = response.headers.get("retry-after", "")
-        if header.strip().isdigit():
-            return timedelta(seconds=int(header))
-        return self._retry_after
+        """The wait the response asks for with ``Retry-After`` (delay-seconds or an HTTP date),
+        capped at MAX_RETRY_AFTER_S; the client's default when it asks for none it can read.
+        Uncapped, ``86400000`` stalled the connector for 1,000 days after one warning and
+        ``10**15`` stopped it with OverflowError."""
+        header = response.headers.get("retry-after", "").strip()
+        if not header:
+            return self._retry_after
+        seconds: float
+        if _SECONDS.fullmatch(header):
+            seconds = float(header)  # (int() refuses more than 4,300 digits; float() gives inf)
+        else:
+            try:
+                when = parsedate_to_datetime(header)
+            except (TypeError, ValueError, IndexError, OverflowError):
+                return self._retry_after
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            seconds = max((when - datetime.now(UTC)).total_seconds(), 0.0)
+        if seconds > MAX_RETRY_AFTER_S:
+            if not self._capped_logged:
+                self._capped_logged = True
+                log.warning(
+                    "%s asked to wait %.3gs (Retry-After: %r); waiting at most %gs, for this and "
+                    "any later answer asking for more (logged once)",
+                    self.endpoint,
+                    seconds,
+                    inert(header[:60]),
+                    MAX_RETRY_AFTER_S,
+                )
+            seconds = MAX_RETRY_AFTER_S
+        return timedelta(seconds=seconds)
+
+
+def _checked_endpoint(url: str, setting: str) -> str:
+    """``url`` as messages show it, or ConfigError naming ``setting`` when it is not an
+    ``http://`` or ``https://`` URL with a host.  The message never shows the path, the query
+    or the user-info, where hosted nodes put their keys."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        msg = f"{setting} is not a valid URL ({exc}); the URL itself is not shown, it may hold a key"
+        raise ConfigError(msg) from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        scheme = f"scheme {inert(parsed.scheme[:20])!r}" if parsed.scheme else "no scheme"
+        host = f"host {inert(parsed.host[:80])!r}" if parsed.host else "no host"
+        msg = f"{setting} must be an http:// or https:// URL with a host; got {scheme} and {host}"
+        raise ConfigError(msg)
+    return redact_url(parsed)

@@ -67,10 +67,14 @@ def free_port() -> int:
 class Anvil:
     """One anvil process with a JSON-RPC helper; use as a context manager."""
 
-    def __init__(self, *, block_time: float | None = None) -> None:
+    def __init__(self, *, block_time: float | None = None, genesis_timestamp: int | None = None) -> None:
+        """``genesis_timestamp`` fixes the genesis block's time: two nodes started with the same
+        one and mined alike (:meth:`mine_spaced`) hold the same chain, block hashes included,
+        so one can play a node lagging the other."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._block_time = block_time
+        self._genesis_timestamp = genesis_timestamp
         self._proc: subprocess.Popen[bytes] | None = None
         self._http = httpx.Client(timeout=10.0)
         self._ids = 0
@@ -79,6 +83,8 @@ class Anvil:
         args = [str(anvil_binary()), "--host", "127.0.0.1", "--port", str(self.port), "--silent"]
         if self._block_time is not None:
             args += ["--block-time", str(self._block_time)]
+        if self._genesis_timestamp is not None:
+            args += ["--timestamp", str(self._genesis_timestamp)]
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -123,6 +129,13 @@ class Anvil:
 
     def mine(self, blocks: int = 1) -> None:
         self.rpc("anvil_mine", hex(blocks))
+
+    def mine_spaced(self, blocks: int = 1, spacing_s: int = 12) -> None:
+        """Mine ``blocks`` blocks, each ``spacing_s`` after its parent (not at the wall clock's
+        time): the same calls on nodes of one chain mine the same blocks."""
+        for _ in range(blocks):
+            parent = self.rpc("eth_getBlockByNumber", "latest", False)
+            self.rpc("evm_mine", int(parent["timestamp"], 16) + spacing_s)
 
     def send(
         self, sender: str, to: str | None, *, value: int = 0, data: str = "0x", gas: int | None = None

@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 from tests.integration.sources.bitcoin_rpc import BitcoinRpcServer
+from tests.integration.sources.split_rpc import SplitRpc
 
 from vigil.config import Settings
-from vigil.errors import ConfigError, Retry
+from vigil.errors import ConfigError, Retry, SourceError
 from vigil.sources.base import RawSink
 from vigil.sources.bitcoin import BitcoinSource
 from vigil.sources.bitcoin_normalize import BitcoinNormalizer
@@ -187,6 +188,66 @@ def test_a_block_missing_during_reorg_repair_is_waited_for_not_a_deep_reorg(
     source.poll(sink)
     assert [r.key for r in sink.records] == [b"50000", b"50001"]
     assert source.replaced == 0
+
+
+@pytest.fixture
+def lagging(node: BitcoinRpcServer) -> Iterator[tuple[BitcoinRpcServer, SplitRpc]]:
+    """Behind a load balancer, ``getblock`` reaches a node of the same chain lagging at 50001;
+    the other calls, the node at 50002."""
+    with BitcoinRpcServer(head=50001) as behind, SplitRpc(node.url, behind.url, {"getblock"}) as balancer:
+        yield behind, balancer
+
+
+def test_a_node_lagging_for_getblock_is_waited_for_not_fatal(
+    node: BitcoinRpcServer, lagging: tuple[BitcoinRpcServer, SplitRpc]
+) -> None:
+    # getblockhash named 50002, getblock <hash> reached a node that does not have it yet: -5
+    # "Block not found", re-raised as the block is still canonical, and run() died.
+    behind, balancer = lagging
+    sink = MemorySink()
+    source = BitcoinSource(balancer.url, auth=AUTH, confirmations=0, start_height=50000)
+    try:
+        with pytest.raises(
+            Retry,
+            match=(
+                f"node lagging: getblock at {balancer.url} has no block 50002 "
+                rf"\({node.heights[50002]}\) yet: error -5: Block not found"
+            ),
+        ) as info:
+            source.poll(sink)
+        assert info.value.after == source.poll_interval
+        # What was fetched before it is published, as for a block missing by number.
+        assert [r.key for r in sink.records] == [b"50000", b"50001"]
+        assert sink.cursors["bitcoin"]["next_height"] == 50002
+        behind.head = 50002  # it catches up
+        assert source.poll(sink) is True
+    finally:
+        source.close()
+    assert [r.key for r in sink.records] == [b"50000", b"50001", b"50002"]
+    assert sink.records[2].value == node.blocks[node.heights[50002]]
+
+
+def test_a_node_lagging_for_ever_stops_the_connector_naming_the_block_and_the_node(
+    node: BitcoinRpcServer, lagging: tuple[BitcoinRpcServer, SplitRpc]
+) -> None:
+    _, balancer = lagging
+    sink = MemorySink()
+    source = _Paced(
+        balancer.url.replace("http://", "http://user:SECRET-1@") + "/wallet/SECRET-2",
+        auth=AUTH, polls=10, confirmations=0, start_height=50000,
+    )  # fmt: skip
+    source.max_lag_attempts = 3
+    with pytest.raises(SourceError) as info:
+        source.run(sink)
+    message = str(info.value)
+    assert (
+        f"getblock at {balancer.url} still has no block 50002 ({node.heights[50002]}) after 3 polls in a row"
+        in message
+    )
+    assert "Block not found" in message
+    assert "SECRET" not in message
+    assert source.waits == [10.0, 20.0]  # the poll interval, backing off; then it stops
+    assert [r.key for r in sink.records] == [b"50000", b"50001"]
 
 
 def test_a_node_asking_for_no_wait_is_backed_off_from_a_floor(node: BitcoinRpcServer) -> None:

@@ -1,4 +1,5 @@
-"""The JSON-RPC client against a local HTTP endpoint: where requests go and what is logged."""
+"""The JSON-RPC client against local HTTP endpoints: where requests go, what is logged, which
+failures are waited out and for how long."""
 
 from __future__ import annotations
 
@@ -6,13 +7,23 @@ import base64
 import json
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.loopback import LoopbackHttp, answer_json
 
-from vigil.sources.jsonrpc import JsonRpcClient
+from vigil.config import Settings
+from vigil.errors import ConfigError, Retry
+from vigil.sources.base import RawSink
+from vigil.sources.bitcoin import BitcoinSource
+from vigil.sources.chain import MAX_RETRY_AFTER_S, backoff_s
+from vigil.sources.ethereum import EthereumSource
+from vigil.sources.jsonrpc import JsonRpcClient, JsonRpcError
+from vigil.sources.sink import MemorySink
 
 
 class _Endpoint(LoopbackHttp):
@@ -67,3 +78,215 @@ def test_no_log_line_shows_the_api_key_or_the_credentials_in_the_url(
     assert "SECRET" not in caplog.text
     (line,) = [r.getMessage() for r in caplog.records if r.name == "httpx"]
     assert line.startswith(f"HTTP Request: POST {endpoint.url} ")
+
+
+# ---------------------------------------------------------------------- transport failures
+
+
+class _CutGzip(LoopbackHttp):
+    """Answers every call with a gzip body cut short (a proxy or a node dropping mid-body)."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", "0")))
+                body = b"\x1f\x8b\x08\x00garbage-cut-short"
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-encoding", "gzip")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        super().__init__(Handler, "cut-gzip")
+
+
+class _RestartingProxy(LoopbackHttp):
+    """An egress HTTP proxy answering every CONNECT with 503 (restarting), keeping the targets."""
+
+    def __init__(self) -> None:
+        self.targets: list[str] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+            def do_CONNECT(self) -> None:
+                proxy.targets.append(self.path)
+                self.send_response(503, "Service Unavailable")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        super().__init__(Handler, "proxy-503")
+
+
+def test_a_gzip_body_cut_short_is_a_retry() -> None:
+    # httpx.DecodingError escaped as a traceback and stopped the connector.
+    with (
+        _CutGzip() as server,
+        JsonRpcClient(server.url) as rpc,
+        pytest.raises(Retry, match=f"eth_blockNumber at {server.url}: DecodingError: "),
+    ):
+        rpc.call("eth_blockNumber")
+
+
+def test_an_egress_proxy_refusing_the_tunnel_is_a_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    # httpx.ProxyError (the proxy's 503 to CONNECT) escaped as a traceback; the same 503 from the
+    # node itself was retried.
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with _RestartingProxy() as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        with (
+            JsonRpcClient("https://eth-mainnet.example.com/v2/key-SECRET-1") as rpc,
+            pytest.raises(Retry, match="ProxyError: 503") as info,
+        ):
+            rpc.call("eth_blockNumber")
+    assert proxy.targets == ["eth-mainnet.example.com:443"]  # it went through the proxy
+    assert "eth_blockNumber at https://eth-mainnet.example.com: " in str(info.value)
+    assert "SECRET" not in str(info.value)
+
+
+class _PacedEthereum(EthereumSource):
+    """``run`` with its waits recorded instead of slept, stopped before its ``polls``-th poll."""
+
+    def __init__(self, *args: Any, polls: int, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.polls = polls
+        self.waits: list[float] = []
+
+    def poll(self, sink: RawSink) -> bool:
+        self.polls -= 1
+        if self.polls == 0:
+            self.stop()
+        return super().poll(sink)
+
+    def wait(self, seconds: float) -> bool:
+        self.waits.append(seconds)
+        return not self.running
+
+
+def test_the_connector_waits_out_a_cut_body_instead_of_dying() -> None:
+    with _CutGzip() as server:
+        source = _PacedEthereum(server.url, polls=3, confirmations=0)
+        source.run(MemorySink())  # returns when stopped: no traceback
+    assert source.waits == [1.0, 2.0, 4.0]
+
+
+def test_a_request_that_cannot_be_sent_is_an_error_that_does_not_show_the_value(endpoint: _Endpoint) -> None:
+    # A header value HTTP does not allow (h11's LocalProtocolError quotes it, and such headers
+    # carry API keys): a configuration error, not a raw httpx traceback nor a retry for ever.
+    with (
+        JsonRpcClient(endpoint.url, headers={"x-api-key": "key-SECRET-1\nx"}) as rpc,
+        pytest.raises(JsonRpcError, match="LocalProtocolError") as info,
+    ):
+        rpc.call("eth_blockNumber")
+    assert not isinstance(info.value, Retry)
+    assert "SECRET" not in str(info.value)
+    assert endpoint.paths == []
+
+
+@pytest.mark.parametrize(
+    ("url", "got"),
+    [
+        ("htps://mainnet.infura.io/v3/key-SECRET-1", "got scheme 'htps' and host 'mainnet.infura.io'"),
+        ("mainnet.infura.io/v3/key-SECRET-1", "got no scheme and no host"),
+        ("ws://127.0.0.1:8546/key-SECRET-1", "got scheme 'ws' and host '127.0.0.1'"),
+        ("https:///v3/key-SECRET-1", "got scheme 'https' and no host"),
+        ("https://mainnet.infura.io/v3/key-SECRET-1\n", "is not a valid URL"),
+    ],
+)
+def test_a_url_that_is_not_http_is_refused_by_setting_when_the_source_is_built(
+    tmp_path: Path, url: str, got: str
+) -> None:
+    # Accepted, it failed at the first call with httpx.UnsupportedProtocol, a traceback.
+    settings = Settings(home=tmp_path)
+    with pytest.raises(
+        ConfigError, match="ethereum source: option url \\(or the setting ethereum_rpc_url\\)"
+    ) as eth:
+        EthereumSource.from_settings(settings, url=url)
+    with pytest.raises(ConfigError, match="bitcoin source: option url") as btc:
+        BitcoinSource.from_settings(settings, url=url)
+    for info in (eth, btc):
+        assert got in str(info.value)
+        assert "SECRET" not in str(info.value)
+
+
+# ---------------------------------------------------------------------- Retry-After
+
+
+class _RateLimited(LoopbackHttp):
+    """Answers every call with HTTP 429 and the given ``Retry-After``."""
+
+    def __init__(self, retry_after: str) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", "0")))
+                self.send_response(429)
+                self.send_header("retry-after", retry_after)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        super().__init__(Handler, "rate-limited")
+
+
+@pytest.mark.parametrize(
+    "retry_after",
+    [
+        "86400000",  # 1,000 days: the connector slept them after one warning
+        "10000000000",  # the wait itself raised OverflowError
+        "999999999999999",  # timedelta raised OverflowError
+        "9" * 5000,  # int() refuses it: ValueError
+        "Fri, 31 Dec 9999 23:59:59 GMT",  # an HTTP date, far ahead
+    ],
+)
+def test_a_huge_retry_after_is_capped_and_said_once(
+    retry_after: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.WARNING, logger="vigil.sources.jsonrpc"),
+        _RateLimited(retry_after) as node,
+        JsonRpcClient(node.url) as rpc,
+    ):
+        for _ in range(3):
+            with pytest.raises(Retry, match="HTTP 429") as info:
+                rpc.call("eth_blockNumber")
+            assert info.value.after == timedelta(seconds=MAX_RETRY_AFTER_S)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "vigil.sources.jsonrpc"]
+    assert f"{node.url} asked to wait " in line
+    assert f"waiting at most {MAX_RETRY_AFTER_S:g}s" in line
+
+
+def test_an_http_date_retry_after_is_honoured_as_a_delay() -> None:
+    # Read as "no Retry-After": the default second, against a node asking for two minutes.
+    soon = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
+    past = "Mon, 01 Jan 2001 00:00:00 GMT"
+    with _RateLimited(soon) as node, JsonRpcClient(node.url) as rpc, pytest.raises(Retry) as info:
+        rpc.call("eth_blockNumber")
+    assert timedelta(seconds=100) < info.value.after <= timedelta(seconds=120)
+    with _RateLimited(past) as node, JsonRpcClient(node.url) as rpc, pytest.raises(Retry) as info:
+        rpc.call("eth_blockNumber")
+    assert info.value.after == timedelta(0)
+
+
+def test_the_connector_waits_a_capped_retry_after_then_backs_off_as_usual() -> None:
+    with _RateLimited("86400000") as node:
+        source = _PacedEthereum(node.url, polls=2, confirmations=0)
+        source.run(MemorySink())
+    assert source.waits == [MAX_RETRY_AFTER_S, MAX_RETRY_AFTER_S]
+
+
+def test_backoff_caps_what_was_asked() -> None:
+    # Whatever raised the Retry: an uncapped ask stalled the connector, or crashed the wait.
+    assert backoff_s(1e15, 1) == MAX_RETRY_AFTER_S
+    assert backoff_s(float("inf"), 3) == MAX_RETRY_AFTER_S
+    assert backoff_s(float("nan"), 1) == MAX_RETRY_AFTER_S
+    assert backoff_s(45.0, 1) == 45.0  # a reasonable ask is still honoured in full
+    assert backoff_s(MAX_RETRY_AFTER_S + 1, 1) == MAX_RETRY_AFTER_S
