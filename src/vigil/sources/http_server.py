@@ -58,7 +58,12 @@ def _with_header_deadline(timeout_s: float) -> type[H11Protocol]:
             if self.conn.their_state is h11.IDLE:
                 self._arm()
             super().data_received(data)
-            if self.conn.their_state is not h11.IDLE:  # the headers are in
+            # Judged again after: these bytes may have ended a request answered before its body
+            # came (a 401 to a request without a key), and uvicorn then waits for the next one
+            # in IDLE with its keep-alive timer cancelled (by these bytes): the clock runs.
+            if self.conn.their_state is h11.IDLE:
+                self._arm()
+            else:  # the headers are in
                 self._disarm()
 
         def connection_lost(self, exc: Exception | None) -> None:

@@ -288,11 +288,14 @@ def test_one_upload_over_several_pages_is_read_whole(tmp_path: Path) -> None:
         assert source.poll_once(sink, cursor) == 0
 
 
-def test_a_poll_stopped_inside_one_upload_resumes_at_its_time_without_loss_or_repeat(tmp_path: Path) -> None:
-    # One upload of 5 objects shares one date_added, read in pages of 2.  The connector stops
-    # after publishing the first page: resuming "added after" that page's time (as before)
-    # missed the other 3 objects for good; resuming at it, leaving out the 2 already out, reads
-    # each object once.
+@pytest.mark.parametrize("pages", [1, 2])
+def test_a_poll_stopped_inside_one_upload_resumes_at_its_time_without_loss_or_repeat(
+    tmp_path: Path, pages: int
+) -> None:
+    # One upload of 7 objects shares one date_added, read in pages of 2.  The connector stops
+    # after publishing 1 or 2 pages: resuming "added after" that time (as before) missed the
+    # rest of the upload for good; resuming at it, leaving out of every page the objects already
+    # out (2 pages: the server's first two pages again), reads each object once.
     from vigil.errors import BrokerError
     from vigil.sources.sink import MemorySink
 
@@ -311,26 +314,26 @@ def test_a_poll_stopped_inside_one_upload_resumes_at_its_time_without_loss_or_re
     with serving_medallion(tmp_path) as base:
         url = f"{base}/trustgroup1/collections/{WRITABLE}/"
         collection = Collection(url, user=USER, password=PASSWORD)
-        values = [f"203.0.113.{i}" for i in range(5)]
+        values = [f"203.0.113.{i}" for i in range(7)]
         bundle = {
             "type": "bundle",
             "id": f"bundle--{uuid.uuid4()}",
             "objects": [_indicator(v) for v in values],
         }
-        assert collection.add_objects(bundle).success_count == 5
-        first = StopsAfter(pages=1)
+        assert collection.add_objects(bundle).success_count == 7
+        first = StopsAfter(pages=pages)
         with pytest.raises(BrokerError):
             TaxiiSource(url, user=USER, password=PASSWORD, page_size=2, source_id="t").poll_once(first, {})
-        assert len(first.records) == 1
+        assert len(first.records) == pages
         position = first.cursors["t"]["collections"][url]
         assert isinstance(position, dict)
-        assert len(position["seen"]) == 2  # the first page's objects, at the upload's time
+        assert len(position["seen"]) == 2 * pages  # the objects out, at the upload's time
         # Restarted: a new source and sink, from the cursor the first one committed.
         again = MemorySink()
         again.source_id = "t"
         cursor = dict(first.cursors["t"])
         source = TaxiiSource(url, user=USER, password=PASSWORD, page_size=2, source_id="t")
-        assert source.poll_once(again, cursor) == 3
+        assert source.poll_once(again, cursor) == 7 - 2 * pages
         records = first.records + again.records
         got = [e.payload.value for r in records for e in IntelNormalizer().normalize(r)]  # type: ignore[attr-defined]
         assert sorted(got) == sorted(values)  # each once

@@ -169,3 +169,16 @@ def test_connections_that_do_not_send_their_headers_in_time_are_closed(kind: str
         finally:
             for conn in (silent, partial, kept):
                 conn.close()
+
+
+def test_a_request_answered_before_its_body_does_not_leave_its_connection_without_a_deadline() -> None:
+    # A request without a key is answered 401 before its body comes; the body then ends it
+    # inside one read, which cancelled the keep-alive timer, and the connection waited for a next
+    # request with no timer at all: a client without a key held a place under the limit for good.
+    source = BackendIngestSource(keys={"wallet": hash_key(KEY)}, port=0, header_timeout_s=0.3)
+    with running(source) as port, socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S) as conn:
+        conn.sendall(b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\n")
+        assert _one_response(conn).startswith(b"HTTP/1.1 401 ")
+        conn.sendall(b"hello")  # the body, after the answer
+        # Then silent: the server closes it (past PATIENCE_S, recv() raises TimeoutError).
+        assert conn.recv(4096) == b""

@@ -179,6 +179,11 @@ class TaxiiSource(Source):
         feed = self.feed_for(url)
         published = 0
         start, seen = _resume(cursor.get("collections", {}).get(url), feed)
+        # Resumed at a time: the objects published at it before the stop, left out of every page
+        # of this poll (the rest of that time's objects may run over several pages).
+        done = set(seen[1]) if seen else set()
+        # Until a page is published, the cursor still says "resume at" that time.
+        resumed_at = seen[0] if seen else None
         token: str | None = None
         try:
             while True:
@@ -192,8 +197,8 @@ class TaxiiSource(Source):
                 objects = envelope.get("objects", []) if isinstance(envelope, dict) else []
                 added_last = last.headers.get("x-taxii-date-added-last")
                 if not objects:
-                    if seen:  # resumed at a time whose objects were all published: caught up
-                        self._publish(sink, cursor, url, [], str(seen[0]))
+                    if resumed_at is not None:  # every object at the resumed time was out: caught up
+                        self._publish(sink, cursor, url, [], resumed_at)
                     return published
                 if not added_last:
                     # TAXII 2.1 (section 5.4) requires this header; without it there is no safe
@@ -214,9 +219,7 @@ class TaxiiSource(Source):
                     )
                     start = added_last
                 content = last.content
-                if seen:
-                    # Resumed at a time: the objects published at it before the stop go out once.
-                    done = set(seen[1])
+                if done:
                     fresh = [o for o in objects if _object_key(o) not in done]
                     if len(fresh) < len(objects):
                         content = json.dumps({**envelope, "objects": fresh}).encode()
@@ -236,16 +239,15 @@ class TaxiiSource(Source):
                 position: str | dict[str, Any] = added_last
                 if more:
                     # The next page may go on at this page's last time: resume at it, leaving out
-                    # what went out at it (this page's objects, and earlier pages' at that time).
+                    # what went out at it (this page's objects, and earlier pages' at that time:
+                    # those of this poll, and those published before a stop, resumed from).
                     keys = [_object_key(o) for o in objects]
                     before = positions.get(url)
                     if isinstance(before, dict) and before.get("at") == added_last:
                         keys = [*before.get("seen", []), *keys]
-                    elif seen and seen[0] == added_last:
-                        keys = [*seen[1], *keys]
                     position = {"at": added_last, "seen": keys[-SEEN_AT_MOST:]}
                 self._publish(sink, cursor, url, records, position)
-                seen = None  # (the resumed time is left behind once a page is published)
+                resumed_at = None
                 published += len(objects)
                 self.pages += 1
                 self.objects += len(objects)
