@@ -68,6 +68,14 @@ OWN_CLIENT_OPTIONS: dict[str, str] = {
 }
 
 _ACKS_ALL = "producers write with acks=all (with idempotence: nothing lost or written twice)"
+_KEYED = (
+    "every producer partitions by librdkafka's default on the key: one entity's events in one "
+    "partition, repartition topics co-partitioned"
+)
+_TIMEOUTS = (
+    "each client bounds its own sends and transactions (a checkpoint fails on an output not "
+    "acknowledged in time; message.timeout.ms must stay under transaction.timeout.ms)"
+)
 #: librdkafka settings that Vigil's own clients depend on, refused in ``kafka_client_options``:
 #: each with why.  (Every other setting there, tuning such as ``linger.ms`` or
 #: ``fetch.wait.max.ms`` included, wins over the value a client would set itself.)
@@ -84,6 +92,20 @@ GUARANTEE_CLIENT_OPTIONS: dict[str, str] = {
     "auto.offset.reset": "a new group starts at the earliest record (nothing skipped)",
     "enable.partition.eof": "restores and tails find the end of a partition by its end-of-partition events",
     "delivery.report.only.error": "delivery reports tell when a record is acknowledged",
+    "partitioner": _KEYED,
+    "partitioner_cb": _KEYED,
+    "group.instance.id": "each consumer of each application is a member of its own (a shared "
+    "static id made the members fence each other)",
+    "transaction.timeout.ms": _TIMEOUTS,
+    "message.timeout.ms": _TIMEOUTS,
+    "delivery.timeout.ms": _TIMEOUTS,
+    "message.max.bytes": "each client sets the largest record it sends (raw records are larger "
+    "than librdkafka's default)",
+}
+#: Prefixes of librdkafka settings refused the same way: ``test.mock.num.brokers`` replaced the
+#: cluster by an in-memory one that acknowledged every record (nothing reached Kafka).
+GUARANTEE_CLIENT_PREFIXES: dict[str, str] = {
+    "test.": "librdkafka's test settings (a mock cluster) are never for a running Vigil",
 }
 
 
@@ -281,7 +303,10 @@ class Settings(BaseSettings):
             if own is not None:
                 msg = f"{key!r} is set by Vigil from its own setting; set {own} (VIGIL_{own.upper()}) instead"
                 raise ValueError(msg)
-            why = GUARANTEE_CLIENT_OPTIONS.get(key.lower())
+            why = GUARANTEE_CLIENT_OPTIONS.get(key.lower()) or next(
+                (why for prefix, why in GUARANTEE_CLIENT_PREFIXES.items() if key.lower().startswith(prefix)),
+                None,
+            )
             if why is not None:
                 msg = f"{key!r} is Vigil's to set, not an option: {why}"
                 raise ValueError(msg)

@@ -722,17 +722,26 @@ def test_the_new_settings_are_not_warned_about_as_unknown(
     assert not [r.getMessage() for r in caplog.records if r.name == "vigil.config"]
 
 
-@pytest.mark.parametrize("key", sorted(config.GUARANTEE_CLIENT_OPTIONS))
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        *sorted(config.GUARANTEE_CLIENT_OPTIONS.items()),
+        # Any test setting: test.mock.num.brokers made every client talk to an in-memory cluster
+        # that acknowledged every record.
+        ("test.mock.num.brokers", config.GUARANTEE_CLIENT_PREFIXES["test."]),
+    ],
+)
 def test_client_options_that_vigils_guarantees_depend_on_are_refused_saying_why(
-    no_vigil_variables: pytest.MonkeyPatch, key: str
+    no_vigil_variables: pytest.MonkeyPatch, key: str, why: str
 ) -> None:
     # acks=1 or read_uncommitted given here went into every client and was then overridden
-    # silently by the producer's or consumer's own value; now refused, whatever its case.
+    # silently by the producer's or consumer's own value; partitioner=random, a mock cluster or
+    # a message.timeout.ms of 0 then won over it; now refused, whatever its case.
     no_vigil_variables.setenv("VIGIL_KAFKA_CLIENT_OPTIONS", json.dumps({key.upper(): "hunter2"}))
     with pytest.raises(ConfigError) as caught:
         load_settings()
     said = str(caught.value)
-    assert f"{key.upper()!r} is Vigil's to set, not an option: {config.GUARANTEE_CLIENT_OPTIONS[key]}" in said
+    assert f"{key.upper()!r} is Vigil's to set, not an option: {why}" in said
     assert "hunter2" not in said
 
 

@@ -121,7 +121,10 @@ def test_a_kind_raising_on_a_value_it_let_through_is_reported_at_the_rule(
         assert errors[0].endswith(": int too large to convert to float")
 
 
-def test_a_sequence_ratio_past_a_floats_range_is_reported_not_raised(tmp_path: Path) -> None:
+@pytest.mark.parametrize("number", [BIG, ".inf", "-.inf", ".nan"])
+def test_a_sequence_ratio_past_a_floats_range_is_an_error_at_its_place(tmp_path: Path, number: str) -> None:
+    # .nan validated and made a step that never held (every comparison with NaN is false);
+    # -.inf one that always did; 10**400 was caught only by the backstop, at the rule's line.
     text = f"""\
 rules:
   - id: big-ratio
@@ -137,9 +140,10 @@ rules:
       - {{name: a, type: deposit}}
       - name: b
         type: withdrawal_request
-        ratio_to: {{step: a, field: payload.amount, of: payload.amount, gte: {BIG}}}
+        ratio_to: {{step: a, field: payload.amount, of: payload.amount, gte: {number}}}
 cases: [{{name: c, events: [{{type: login, customer: c1}}], expect: none}}]
 """
     errors = _errors(tmp_path, text)
     assert len(errors) == 1, errors
-    assert errors[0].startswith(f"{tmp_path / 'big.yaml'}:")
+    where = f"{tmp_path / 'big.yaml'}:15:77: error: rule 'big-ratio'.steps[1].ratio_to.gte"
+    assert errors[0].startswith(f"{where} must be a finite number"), errors

@@ -56,7 +56,7 @@ from vigil.detect.kinds.common import (
     time_before,
 )
 from vigil.detect.rules.loader import LocDict, LocList
-from vigil.detect.rules.parse import Parser
+from vigil.detect.rules.parse import Parser, finite
 from vigil.events.base import Event
 from vigil.events.types import EVENT_TYPES
 from vigil.stream.base import State
@@ -242,12 +242,21 @@ def _step(s: LocDict, p: Parser, sw: str, i: int, earlier: list[Step], names: se
         f_here = p.path(r.get("field"), r.mark("field"), f"{rw}.field", match.types)
         f_of = p.path(r.get("of"), r.mark("of"), f"{rw}.of", by_name[step_name].match.types)
         ops = [k for k in r if k in ("gt", "gte", "lt", "lte")]
-        if len(ops) != 1 or isinstance(r[ops[0]], bool) or not isinstance(r[ops[0]], int | float):
+        if len(ops) != 1:
             p.error(r.loc, f"{rw} needs exactly one of gt/gte/lt/lte with a number (e.g. gte: 0.8)")
+            return None
+        bound = finite(r[ops[0]])
+        if bound is None:
+            # (.nan never compared true, so the step never held; -.inf always did.)
+            p.error(
+                r.mark(ops[0]),
+                f"{rw}.{ops[0]} must be a finite number (within +/-1.8e308; not .inf or .nan); "
+                f"got {r[ops[0]]!r:.40}",
+            )
             return None
         if f_here is None or f_of is None:
             return None
-        ratio = Ratio(step_name, f_here, f_of, ops[0], float(r[ops[0]]))
+        ratio = Ratio(step_name, f_here, f_of, ops[0], bound)
     return Step(
         name,
         match,
