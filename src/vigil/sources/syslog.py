@@ -354,6 +354,13 @@ class SyslogSource(Source):
         source_id: str | None = None,
     ) -> None:
         super().__init__(source_id)
+        if max_buffered < 1 or max_buffered_bytes < 1 or not drain_timeout >= 0:
+            # (0 was "no bound" to the queue this buffer replaced: refused, not taken as 1.)
+            msg = (
+                f"syslog: max_buffered and max_buffered_bytes must be at least 1 and drain_timeout "
+                f"at least 0; got {max_buffered}, {max_buffered_bytes}, {drain_timeout}"
+            )
+            raise SourceError(msg)
         self.host = host
         self.udp_port = udp_port
         self.tcp_port = tcp_port

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from vigil.errors import ContractError
+from vigil.errors import ContractError, SourceError
 from vigil.events.codec import decode_event, encode
 from vigil.events.ids import stable_id
 from vigil.events.types import SecurityEvent
@@ -560,3 +560,19 @@ def test_from_settings_buffer_options() -> None:
         Settings(), max_buffered="50", max_buffered_bytes="1048576", drain_timeout="5"
     )
     assert (source.max_buffered, source.max_buffered_bytes, source.drain_timeout) == (50, 1_048_576, 5.0)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_buffered": 0},
+        {"max_buffered_bytes": 0},
+        {"drain_timeout": -1.0},
+        {"drain_timeout": float("nan")},
+    ],
+)
+def test_buffer_bounds_that_bound_nothing_are_refused(options: dict[str, Any]) -> None:
+    # max_buffered 0 was "no bound" to the queue.Queue the buffer replaced; taken now it would
+    # mean one message at a time, so it is refused, as are bounds that hold nothing.
+    with pytest.raises(SourceError, match="syslog: max_buffered and max_buffered_bytes must be at least 1"):
+        SyslogSource(udp_port=None, tcp_port=0, **options)
