@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from tests.integration.sources.anvil import Anvil
 from tests.integration.sources.split_rpc import SplitRpc
+from tests.paced import PacedRun
 
 from vigil.errors import Retry, SourceError
-from vigil.sources.base import RawSink
 from vigil.sources.ethereum import EthereumSource
 from vigil.sources.sink import MemorySink
 
@@ -49,23 +48,8 @@ def _heights(sink: MemorySink) -> list[tuple[str, int]]:
     return [(r.kind, r.meta["number"]) for r in sink.records]
 
 
-class _Paced(EthereumSource):
-    """``run`` with its waits recorded instead of slept, stopped before its ``polls``-th poll."""
-
-    def __init__(self, *args: Any, polls: int, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.polls = polls
-        self.waits: list[float] = []
-
-    def poll(self, sink: RawSink) -> bool:
-        self.polls -= 1
-        if self.polls == 0:
-            self.stop()
-        return super().poll(sink)
-
-    def wait(self, seconds: float) -> bool:
-        self.waits.append(seconds)
-        return not self.running
+class _Paced(PacedRun, EthereumSource):
+    pass
 
 
 @pytest.mark.parametrize("method", BY_HASH)

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from tests.integration.sources.bitcoin_rpc import BitcoinRpcServer
 from tests.integration.sources.split_rpc import SplitRpc
+from tests.paced import PacedRun
 
 from vigil.config import Settings
 from vigil.errors import ConfigError, Retry, SourceError
-from vigil.sources.base import RawSink
 from vigil.sources.bitcoin import BitcoinSource
 from vigil.sources.bitcoin_normalize import BitcoinNormalizer
 from vigil.sources.chain import backoff_s
@@ -40,24 +40,8 @@ def _source(node: BitcoinRpcServer, **kw: Any) -> BitcoinSource:
     return BitcoinSource(node.url, auth=AUTH, **options)
 
 
-class _Paced(BitcoinSource):
-    """``run`` with its waits recorded instead of slept, stopped before its ``polls``-th poll (so
-    a loop that never waits ends as well)."""
-
-    def __init__(self, *args: Any, polls: int, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.polls = polls
-        self.waits: list[float] = []
-
-    def poll(self, sink: RawSink) -> bool:
-        self.polls -= 1
-        if self.polls == 0:
-            self.stop()
-        return super().poll(sink)
-
-    def wait(self, seconds: float) -> bool:
-        self.waits.append(seconds)
-        return not self.running
+class _Paced(PacedRun, BitcoinSource):
+    pass
 
 
 def _paced(node: BitcoinRpcServer, polls: int, **kw: Any) -> _Paced:

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 from tests.loopback import LoopbackHttp, answer_json
+from tests.paced import PacedRun
 
 from vigil.config import Settings
 from vigil.errors import ConfigError, Retry
-from vigil.sources.base import RawSink
 from vigil.sources.bitcoin import BitcoinSource
 from vigil.sources.chain import MAX_RETRY_AFTER_S, backoff_s
 from vigil.sources.ethereum import EthereumSource
@@ -151,23 +151,8 @@ def test_an_egress_proxy_refusing_the_tunnel_is_a_retry(monkeypatch: pytest.Monk
     assert "SECRET" not in str(info.value)
 
 
-class _PacedEthereum(EthereumSource):
-    """``run`` with its waits recorded instead of slept, stopped before its ``polls``-th poll."""
-
-    def __init__(self, *args: Any, polls: int, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.polls = polls
-        self.waits: list[float] = []
-
-    def poll(self, sink: RawSink) -> bool:
-        self.polls -= 1
-        if self.polls == 0:
-            self.stop()
-        return super().poll(sink)
-
-    def wait(self, seconds: float) -> bool:
-        self.waits.append(seconds)
-        return not self.running
+class _PacedEthereum(PacedRun, EthereumSource):
+    pass
 
 
 def test_the_connector_waits_out_a_cut_body_instead_of_dying() -> None:
