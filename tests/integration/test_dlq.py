@@ -565,6 +565,44 @@ def test_summary_groups_letters_by_the_shape_of_their_reason(
     assert [u.split(":")[0] for u in found.undecodable] == [f"{dead}[0]@3"]
 
 
+def test_a_summary_keeps_a_bounded_number_of_groups_and_the_command_prints_fewer(
+    settings: Settings,
+    kafka_bootstrap: str,
+    topics: tuple[str, str, list[RawRecord]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A reason quotes what a sender chose (an unknown field's name): a group a letter, unbounded,
+    # made 20,000 letters 19,345 groups, two lines each.  Here with the bounds made small.
+    from vigil.cli import dlq as dlq_cli
+
+    src, dead, _ = topics
+    monkeypatch.setattr(dlq, "MAX_GROUPS", 3)
+    monkeypatch.setattr(dlq, "MAX_UNDECODABLE", 1)
+    monkeypatch.setattr(dlq_cli, "SHOWN_GROUPS", 2)
+    post(
+        settings,
+        dead,
+        [letter(src, 0, i, f"coinbase/ws_message: unknown field `zz_{chr(97 + i)}`") for i in range(6)],
+    )
+    producer = make_producer(settings)
+    for _ in range(2):
+        producer.produce(dead, value=b"not a letter")
+    assert producer.flush(30) == 0
+    found = dlq.summarize(settings, dead)
+    assert found.letters == 6
+    assert [(g.count, g.reason) for g in found.groups][:1] == [(3, dlq.OTHER)]
+    assert len(found.groups) == 4  # three groups kept, the other letters in one
+    assert (len(found.undecodable), found.undecodable_count) == (1, 2)
+    monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", kafka_bootstrap)
+    monkeypatch.setenv("VIGIL_HOME", str(tmp_path))
+    summary = CliRunner().invoke(app, ["dlq", "summary", dead], terminal_width=240)
+    assert summary.exit_code == 0, summary.output
+    assert "... and 2 more groups (2 letters)" in summary.output
+    assert "6 letters in 4 groups" in summary.output
+    assert "not a dead letter: ... and 1 more" in summary.output
+
+
 def test_the_command_line_summarises_and_redrives(
     settings: Settings,
     kafka_bootstrap: str,

@@ -68,3 +68,34 @@ def test_run_flows_a_connector_through_normalise_into_the_indicator_topic(
             raise
     assert proc.returncode == 0, err[-3000:]
     assert "stopped" in out
+
+
+#: `vigil run` with a SIGTERM sent to itself as detection starts (its intel loading may take a
+#: minute), the moment a deploy's stop may come.
+_TERM_AS_DETECTION_STARTS = """
+import os, signal, sys
+from vigil.detect.app import DetectionService
+real = DetectionService.start
+def start(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real(self, *args, **kwargs)
+DetectionService.start = start
+from vigil.cli import main
+sys.argv = ["vigil", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_stop_while_detection_starts_is_a_graceful_stop(kafka_bootstrap: str, tmp_path: Path) -> None:
+    # The handlers were installed after detection started: a SIGTERM before took Python's
+    # default and killed the process (exit -15), normalise mid-transaction, no last checkpoint.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    env |= {"VIGIL_KAFKA_BOOTSTRAP": kafka_bootstrap, "VIGIL_HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", _TERM_AS_DETECTION_STARTS, "run", "--source", "intel",
+         "-o", f"intel.data_dir={INTEL}", "--rules", str(REPO / "rules"), "--at-least-once"],
+        env=env, capture_output=True, text=True, cwd=tmp_path, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stopped" in proc.stdout
+    assert "running:" not in proc.stdout  # asked to stop before: no connector started

@@ -15,6 +15,9 @@ from vigil.hub.client import check_reachable
 
 app = typer.Typer(no_args_is_help=True)
 
+#: Groups `vigil dlq summary` prints (the largest first); the rest are counted in one line.
+SHOWN_GROUPS = 50
+
 TopicArg = Annotated[str, typer.Argument(help="Dead-letter topic: dlq.normalize, dlq.detect or dlq.ingest")]
 
 
@@ -25,11 +28,13 @@ def _shown(text: str, limit: int = 160) -> str:
     return escape(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
-def _listed(what: str, lines: list[str], shown: int) -> None:
+def _listed(what: str, lines: list[str], shown: int, total: int | None = None) -> None:
+    """The first ``shown`` of ``lines``, and how many more (of ``total``, default all ``lines``)."""
     for line in lines[:shown]:
         console.print(f"[yellow]{what}:[/] {_shown(line)}", soft_wrap=True, highlight=False)
-    if len(lines) > shown:
-        console.print(f"[yellow]{what}:[/] ... and {len(lines) - shown:,} more")
+    more = (len(lines) if total is None else total) - min(shown, len(lines))
+    if more > 0:
+        console.print(f"[yellow]{what}:[/] ... and {more:,} more")
 
 
 @app.command("summary")
@@ -42,7 +47,7 @@ def summary_cmd(topic: TopicArg) -> None:
         console.print(f"[green]{_shown(topic)} holds no dead letters[/]")
         return
     # Lines, not a table: a reason is long, and a table would wrap it past reading (or grep).
-    for group in found.groups:
+    for group in found.groups[:SHOWN_GROUPS]:
         first = group.first.isoformat(timespec="seconds") if group.first else "?"
         last = group.last.isoformat(timespec="seconds") if group.last else "?"
         console.print(
@@ -52,8 +57,11 @@ def summary_cmd(topic: TopicArg) -> None:
             soft_wrap=True,
             highlight=False,
         )
-    console.print(f"{found.letters:,} letters in {len(found.groups)} groups")
-    _listed("not a dead letter", found.undecodable, 5)
+    rest = found.groups[SHOWN_GROUPS:]
+    if rest:
+        console.print(f"... and {len(rest):,} more groups ({sum(g.count for g in rest):,} letters)")
+    console.print(f"{found.letters:,} letters in {len(found.groups):,} groups")
+    _listed("not a dead letter", found.undecodable, 5, found.undecodable_count)
 
 
 @app.command("redrive")

@@ -113,40 +113,43 @@ def run(
     metrics = serve_metrics_of(cfg, metrics_port, lambda: [normalize, service.route_app, service.detect_app])
     if metrics is not None:
         stoppers.append(metrics.stop)
-    stoppers.append(normalize.stop)
-    spawn("normalize", normalize.run)
+    # Before anything runs: a SIGTERM while detection loaded its intel (up to a minute) took
+    # Python's default and killed the process, normalise mid-transaction, with no last checkpoint.
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        stoppers.append(normalize.stop)
+        spawn("normalize", normalize.run)
         service.start()
-    except BaseException:
+        stoppers.append(service.stop)
+        if not stop.is_set():  # (asked to stop while detection started: no connector starts)
+            for name, connector in zip(names, connectors, strict=True):
+                sink = KafkaRawSink(
+                    cfg, source_id=connector.source_id, topic_for=getattr(connector, "topic_for", raw_topic)
+                )
+                stoppers.append(connector.stop)
+                spawn(f"source-{name}", lambda c=connector, s=sink: c.run(s))
+            console.print(
+                f"running: {', '.join(names) or 'no connectors'} -> normalise -> detection "
+                f"({len(service.rules)} rules, {guarantee}); Ctrl-C stops"
+            )
+        while not stop.wait(0.5):
+            try:
+                service.check()
+            except BaseException as exc:
+                failures.append(exc)
+                break
+    except BaseException as exc:  # detection did not start (or an interrupt): stop what runs
+        failures.append(exc)
+    finally:
         for stopper in reversed(stoppers):
-            stopper()
-        raise
-    stoppers.append(service.stop)
-    for name, connector in zip(names, connectors, strict=True):
-        sink = KafkaRawSink(
-            cfg, source_id=connector.source_id, topic_for=getattr(connector, "topic_for", raw_topic)
-        )
-        stoppers.append(connector.stop)
-        spawn(f"source-{name}", lambda c=connector, s=sink: c.run(s))
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    console.print(
-        f"running: {', '.join(names) or 'no connectors'} -> normalise -> detection "
-        f"({len(service.rules)} rules, {guarantee}); Ctrl-C stops"
-    )
-    while not stop.wait(0.5):
-        try:
-            service.check()
-        except BaseException as exc:
-            failures.append(exc)
-            break
-    for stopper in reversed(stoppers):
-        try:
-            stopper()
-        except BaseException as exc:  # every part is stopped; the first failure is raised after
-            failures.append(exc)
-    for thread in threads:
-        thread.join(timeout=30)
+            try:
+                stopper()
+            except BaseException as exc:  # every part is stopped; the first failure is raised after
+                failures.append(exc)
+        for thread in threads:
+            thread.join(timeout=30)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if failures:
         raise failures[0]
     console.print("stopped")

@@ -51,12 +51,23 @@ class LetterGroup:
     example: str = ""
 
 
+#: Groups a summary keeps: letters past them count in one group of their own (OTHER).  A reason
+#: quotes what a sender chose (an unknown field's name), so a flood of letters could make a group
+#: each: 20,000 letters made 19,345 groups, and as many lines to read.
+MAX_GROUPS = 1_000
+#: Records that are not dead letters a summary names (the rest are counted).
+MAX_UNDECODABLE = 100
+OTHER = "(letters past the first 1,000 groups, of any reason)"
+
+
 @dataclass
 class Summary:
     groups: list[LetterGroup] = field(default_factory=list)
     letters: int = 0
-    #: Records of the topic that are not dead letters (named where they are).
+    #: Records of the topic that are not dead letters (named where they are; the first
+    #: MAX_UNDECODABLE), and how many there were.
     undecodable: list[str] = field(default_factory=list)
+    undecodable_count: int = 0
 
 
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
@@ -191,12 +202,18 @@ def summarize(settings: Settings, topic: str, *, idle_s: float = 120.0) -> Summa
             try:
                 letter = decoder.decode(message.value() or b"")
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                out.undecodable.append(f"{place(message)}: {exc}")
+                out.undecodable_count += 1
+                if len(out.undecodable) < MAX_UNDECODABLE:
+                    out.undecodable.append(f"{place(message)}: {exc}")
                 continue
             out.letters += 1
             shape = reason_shape(letter.reason)
             key = (letter.stage, letter.topic, shape)
-            group = groups.setdefault(key, LetterGroup(letter.stage, letter.topic, shape))
+            group = groups.get(key)
+            if group is None:
+                if len(groups) >= MAX_GROUPS:
+                    key = ("", "", OTHER)
+                group = groups.setdefault(key, LetterGroup(*key))
             group.count += 1
             group.first = letter.failed_at if group.first is None else min(group.first, letter.failed_at)
             group.last = letter.failed_at if group.last is None else max(group.last, letter.failed_at)

@@ -58,6 +58,10 @@ class RawRecord:
     received_at: datetime
     key: bytes | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: The headers exactly as read from Kafka (:meth:`from_headers`; None for a record made here):
+    #: a dead letter keeps them whole, trace headers and ``vigil.redriven_from`` included, which
+    #: :meth:`headers` (rebuilt from the fields) does not.
+    received_headers: list[tuple[str, bytes]] | None = field(default=None, compare=False, repr=False)
 
     def headers(self) -> list[tuple[str, bytes]]:
         hdrs = [(KIND, self.kind.encode()), (RECEIVED_AT, self.received_at.isoformat().encode())]
@@ -89,6 +93,12 @@ class RawRecord:
         # per field (half the cost of this method).  A field added to the class must be added here.
         record = object.__new__(cls)
         record.__dict__.update(
-            source=source, kind=kind, value=value, received_at=received_at, key=key, meta=meta
+            source=source,
+            kind=kind,
+            value=value,
+            received_at=received_at,
+            key=key,
+            meta=meta,
+            received_headers=list(headers or ()),
         )
         return record

@@ -188,8 +188,9 @@ class NormalizeOperator(Operator[Any]):
                     )
                 # The dead letter keeps the bytes as received: msgspec.Raw encodes to itself.
                 as_received: Record[Any] = msgspec.structs.replace(rec, event=msgspec.Raw(raw.value))
-                # With its headers, the letter is the record whole (see DeadLetter.headers).
-                headers: list[tuple[str, bytes | None]] = list(raw.headers())
+                # With its headers as read, the letter is the record whole (see DeadLetter.headers).
+                given = raw.received_headers
+                headers: list[tuple[str, bytes | None]] = list(raw.headers() if given is None else given)
                 ctx.dead_letter(as_received, f"{raw.source}/{raw.kind}: {reason}", headers)
                 continue
             if sends is not None:

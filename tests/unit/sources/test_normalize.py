@@ -48,6 +48,8 @@ class ListContext:
     def __init__(self) -> None:
         self.emitted: list[tuple[str, Event]] = []
         self.dead: list[tuple[Record[Any], str]] = []
+        #: The headers each dead letter was given, in the same order.
+        self.dead_headers: list[list[tuple[str, bytes | None]] | None] = []
 
     @property
     def partition(self) -> int:
@@ -66,6 +68,7 @@ class ListContext:
         self, record: Record[Any], reason: str, headers: list[tuple[str, bytes | None]] | None = None
     ) -> None:
         self.dead.append((record, reason))
+        self.dead_headers.append(headers)
 
     def late(self, record: Record[Any]) -> None:
         raise AssertionError("normalise has no windows")
@@ -181,6 +184,30 @@ def test_rejected_records_are_dead_lettered_with_source_kind_reason_and_exact_by
         "the runtime encodes the dead record's event as its raw bytes"
     )
     assert len(ctx.emitted) == 1, "the good record after the bad ones is still normalised"
+
+
+def test_a_dead_letter_keeps_the_headers_the_record_had_exactly() -> None:
+    # Rebuilt from the parsed record, a letter lost trace headers and vigil.redriven_from (so a
+    # redrive rebuilt from it no longer knew the record had failed again, and sent it again at
+    # every run), and rewrote the time and the meta.
+    given: list[tuple[str, bytes]] = [
+        ("vigil.kind", b"btc_block"),
+        ("vigil.received_at", b"2024-05-01T10:00:00Z"),
+        ("vigil.meta", b'{"feed": "caf\xc3\xa9",  "n": 1.0}'),
+        ("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ("vigil.redriven_from", b"dlq.normalize[0]@17"),
+    ]
+    garbage = b'{"hash": "00'
+    raw = decode_raw("raw.bitcoin", garbage, b"k", given)
+    ctx = ListContext()
+    _operator().process([Record(raw, "raw.bitcoin", 0, 7, b"k", 0)], ctx)
+    assert [r.offset for r, _ in ctx.dead] == [7]
+    assert ctx.dead_headers == [given]
+    # A record made in memory (no headers read) is lettered with the headers it would be sent with.
+    ctx = ListContext()
+    made = _record("bitcoin", "btc_block", garbage, 8)
+    _operator().process([made], ctx)
+    assert ctx.dead_headers == [made.event.headers()]
 
 
 def test_a_record_with_an_event_dated_far_after_its_receipt_is_dead_lettered() -> None:
