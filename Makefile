@@ -5,7 +5,7 @@ BIN       := $(VENV)/bin
 VIGIL     := $(BIN)/vigil
 STAMP     := $(VENV)/.installed
 
-.PHONY: install compile uncompiled demo test test-unit test-integration check lint typecheck schemas bench bench-runtime clean broker-stop
+.PHONY: install compile uncompiled demo test test-tools test-unit test-integration check lint typecheck schemas bench bench-runtime clean broker-stop
 
 # The per-event paths, compiled by mypyc into C extensions beside their sources (see
 # src/vigil/compiled.py): rebuilt whenever one of them changes.
@@ -56,14 +56,24 @@ uncompiled:
 demo: install
 	$(VIGIL) demo
 
-test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+# Test files run in parallel, each worker process with a broker of its own: most of an
+# integration test's time is spent waiting (rebalances, transaction timeouts, restarts), so three
+# workers fit on two cores.  --max-worker-restart 0: a worker that crashes ends the run with the
+# crash named, rather than a replacement run that waited for ever after it.
+TEST_WORKERS ?= 3
+
+test: install test-tools
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --max-worker-restart 0 tests
+
+# The Kafka jars and the anvil node, fetched once before the workers start (see the script).
+test-tools: install
+	$(BIN)/python -m tests.prepare_tools
 
 test-unit: install
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --max-worker-restart 0 tests/unit
 
-test-integration: install
-	$(BIN)/python -m pytest -q tests/integration
+test-integration: install test-tools
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --max-worker-restart 0 tests/integration
 
 check: install
 	$(BIN)/ruff check src tests benchmarks

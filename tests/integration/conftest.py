@@ -9,6 +9,8 @@ own :class:`~vigil.hub.broker.LocalBroker`, in a temporary home on free loopback
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,26 @@ from vigil.config import Settings, load_settings
 from vigil.hub.broker import LocalBroker, free_port_block
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _brokers_stopped_when_this_process_ends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every broker started under this process's temporary directory is stopped when the
+    process ends, however it ends: a broker runs detached, so a test process killed or crashed
+    (no finalizer runs) left its brokers running for good.  A reaper process waits for the end
+    of a pipe only this process holds (see tests/reap_brokers.py)."""
+    root = tmp_path_factory.getbasetemp()
+    reaper = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parents[1] / "reap_brokers.py"), str(root)],
+        stdin=subprocess.PIPE,
+        start_new_session=True,  # a Ctrl-C to the test run is not the reaper's to take
+    )
+    try:
+        yield
+    finally:
+        assert reaper.stdin is not None
+        reaper.stdin.close()  # the end: it stops what tests left running, then exits
+        reaper.wait(timeout=120)
 
 
 @pytest.fixture(scope="session")

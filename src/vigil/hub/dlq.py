@@ -57,7 +57,7 @@ class LetterGroup:
 MAX_GROUPS = 1_000
 #: Records that are not dead letters a summary names (the rest are counted).
 MAX_UNDECODABLE = 100
-OTHER = "(letters past the first 1,000 groups, of any reason)"
+OTHER = f"(letters past the first {MAX_GROUPS:,} groups, of any reason)"
 
 
 @dataclass

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import msgspec
 from prometheus_client import Counter
 from websockets.asyncio.client import ClientConnection, connect
@@ -154,7 +155,7 @@ def shown_url(url: str) -> str:
     path (Binance user-data streams, ``/ws/<listenKey>``) can hold a secret too."""
     try:
         return redact_url(url)
-    except Exception:  # httpx.InvalidURL and the like: nothing of it is shown
+    except httpx.InvalidURL:  # nothing of it is shown: the bad part may be the secret
         return "(an unparsable URL)"
 
 

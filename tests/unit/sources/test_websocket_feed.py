@@ -22,7 +22,7 @@ from vigil.config import Settings
 from vigil.sources.binance import BinanceNormalizer, BinanceSource
 from vigil.sources.coinbase import CoinbaseSource
 from vigil.sources.sink import MemorySink
-from vigil.sources.websocket import WS_MESSAGE, WebsocketFeed
+from vigil.sources.websocket import WS_MESSAGE, WebsocketFeed, shown_url
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
 
@@ -361,6 +361,14 @@ def test_feed_url_credentials_reach_the_server_but_no_log_or_record(caplog: pyte
         assert "S3cretPassw0rd" not in text
         assert "T0kenValue" not in text
         assert "feeduser" not in text
+
+
+def test_an_unparsable_feed_url_is_shown_as_such_not_quoted() -> None:
+    # The part httpx cannot parse may be the secret (a control character in a password), so
+    # nothing of such a URL is shown; a parsable one keeps scheme, host and port only.
+    assert shown_url("wss://feeduser:S3cret\x01@stream.example/ws/listenKey1") == "(an unparsable URL)"
+    assert shown_url("wss://feeduser:S3cret@stream.example:94a3/ws") == "(an unparsable URL)"
+    assert shown_url("wss://u:S3cret@stream.example:9443/ws/listenKey1?x=1") == "wss://stream.example:9443"
 
 
 def test_a_refused_handshake_is_logged_with_its_status_and_body(caplog: pytest.LogCaptureFixture) -> None:
