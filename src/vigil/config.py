@@ -299,16 +299,20 @@ class Settings(BaseSettings):
         table = _json_table(value, expected='{"<librdkafka setting>": value, ...}')
         options: dict[str, ClientOption] = {}
         for key, option in _flatten(table):
-            own = OWN_CLIENT_OPTIONS.get(key.lower())
+            # librdkafka reads "topic.<name>" as <name> for every topic: topic.partitioner
+            # partitioned by it ([kafka_client_options.topic] in vigil.toml flattens so too).
+            name = key.lower().removeprefix("topic.")
+            shown = repr(key) if name == key.lower() else f"{key!r} (librdkafka's {name} for every topic)"
+            own = OWN_CLIENT_OPTIONS.get(name)
             if own is not None:
-                msg = f"{key!r} is set by Vigil from its own setting; set {own} (VIGIL_{own.upper()}) instead"
+                msg = f"{shown} is set by Vigil from its own setting; set {own} (VIGIL_{own.upper()}) instead"
                 raise ValueError(msg)
-            why = GUARANTEE_CLIENT_OPTIONS.get(key.lower()) or next(
-                (why for prefix, why in GUARANTEE_CLIENT_PREFIXES.items() if key.lower().startswith(prefix)),
+            why = GUARANTEE_CLIENT_OPTIONS.get(name) or next(
+                (why for prefix, why in GUARANTEE_CLIENT_PREFIXES.items() if name.startswith(prefix)),
                 None,
             )
             if why is not None:
-                msg = f"{key!r} is Vigil's to set, not an option: {why}"
+                msg = f"{shown} is Vigil's to set, not an option: {why}"
                 raise ValueError(msg)
             if not isinstance(option, str | int | float | bool):
                 msg = f"the value of {key!r} is a {_kind(option)}; expected a string, number or true/false"

@@ -745,6 +745,29 @@ def test_client_options_that_vigils_guarantees_depend_on_are_refused_saying_why(
     assert "hunter2" not in said
 
 
+@pytest.mark.parametrize(
+    ("given", "key", "name"),
+    [
+        ({"topic.partitioner": "random"}, "topic.partitioner", "partitioner"),
+        ({"topic": {"message.timeout.ms": 0}}, "topic.message.timeout.ms", "message.timeout.ms"),
+        ({"topic.request.required.acks": 1}, "topic.request.required.acks", "request.required.acks"),
+        ({"topic.auto.offset.reset": "latest"}, "topic.auto.offset.reset", "auto.offset.reset"),
+    ],
+)
+def test_a_refused_client_option_is_refused_under_librdkafkas_topic_prefix_too(
+    no_vigil_variables: pytest.MonkeyPatch, given: dict[str, object], key: str, name: str
+) -> None:
+    # librdkafka reads topic.<name> as <name> for every topic: topic.partitioner=random was
+    # accepted and spread one customer's records over every partition.
+    no_vigil_variables.setenv("VIGIL_KAFKA_CLIENT_OPTIONS", json.dumps(given))
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    why = config.GUARANTEE_CLIENT_OPTIONS[name]
+    assert f"{key!r} (librdkafka's {name} for every topic) is Vigil's to set, not an option: {why}" in str(
+        caught.value
+    )
+
+
 def test_tuning_client_options_win_over_what_each_client_would_set(
     no_vigil_variables: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

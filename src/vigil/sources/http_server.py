@@ -8,12 +8,14 @@ resolved (read it from the socket) and a port already taken fails at once as a
 Limits: at most ``max_connections`` connections and requests at once (a request past it is
 answered 503), an idle keep-alive connection is closed after ``keep_alive_s``, and a request's
 headers must arrive within ``header_timeout_s`` of the connection opening (or of the first byte
-of a next request on a kept-alive one), else the connection is closed.  The apps bound the time
-a body may take (:func:`vigil.sources.webhooks.read_body`).  Uvicorn itself bounds neither of
-the first two kinds of slow client: connections that never sent a request, or sent its headers
-a byte at a time, each held a descriptor and a place under the limit for as long as the client
-liked, so a few hundred of them made every request a 503.  In production a reverse proxy
-belongs in front all the same (TLS; README, Sources).
+of a next request on a kept-alive one), else the connection is closed; so is one whose request,
+answered before its body came (a 401, a 404), has not ended ``header_timeout_s`` after the answer.
+The apps bound the time a body they read may take (:func:`vigil.sources.webhooks.read_body`).
+Uvicorn itself bounds none of the other slow clients: connections that never sent a request, sent
+its headers a byte at a time, or sent a body answered already a byte now and then, each held a
+descriptor and a place under the limit for as long as the client liked, so a few hundred of them
+made every request a 503.  In production a reverse proxy belongs in front all the same (TLS;
+README, Sources).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ HEADER_TIMEOUT_S = 10.0
 
 def _with_header_deadline(timeout_s: float) -> type[H11Protocol]:
     """Uvicorn's HTTP/1.1 protocol, closing a connection whose request headers have not all
-    arrived ``timeout_s`` after it opened, or after the first byte of a next request."""
+    arrived ``timeout_s`` after it opened, or after the first byte of a next request; or whose
+    request, answered before its body came, has not ended ``timeout_s`` after the answer."""
 
     class HeaderDeadline(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
@@ -60,15 +63,31 @@ def _with_header_deadline(timeout_s: float) -> type[H11Protocol]:
             super().data_received(data)
             # Judged again after: these bytes may have ended a request answered before its body
             # came (a 401 to a request without a key), and uvicorn then waits for the next one
-            # in IDLE with its keep-alive timer cancelled (by these bytes): the clock runs.
-            if self.conn.their_state is h11.IDLE:
+            # in IDLE with its keep-alive timer cancelled (by these bytes): the clock runs.  Or
+            # they are more of such a body, which nothing reads: its clock (from the answer)
+            # runs on.
+            if self._waiting():
                 self._arm()
-            else:  # the headers are in
+            else:  # the headers are in, and the app has the body to read (it bounds that)
                 self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            # Answered before the body came (a 401 without a key, a 404, a 503 past the limit):
+            # uvicorn's keep-alive timer, which it cancels at every byte received, was all that
+            # bounded the rest of it, so a byte now and then held the connection for good.
+            if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+                self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
+
+        def _waiting(self) -> bool:
+            """Whether the connection waits on the client with nothing else bounding it: for a
+            request's headers, or for the rest of a body answered already (nobody reads it)."""
+            their = self.conn.their_state
+            return their is h11.IDLE or (their is h11.SEND_BODY and self.conn.our_state is h11.DONE)
 
         def _arm(self) -> None:
             if self._deadline is None:
@@ -81,7 +100,7 @@ def _with_header_deadline(timeout_s: float) -> type[H11Protocol]:
 
         def _too_slow(self) -> None:
             self._deadline = None
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            if self._waiting() and not self.transport.is_closing():
                 self.transport.close()
 
     return HeaderDeadline

@@ -77,6 +77,13 @@ class _Envelope(msgspec.Struct):
 _decoder = msgspec.json.Decoder(_Envelope)
 
 
+#: What a message about a URL that does not parse says instead of quoting it.
+UNPARSABLE_URL_HINT = (
+    "the URL itself is not shown, it may hold a key (a / ? # or @ in a user name or password "
+    "must be percent-encoded: %2F for /, %3F, %23, %40)"
+)
+
+
 def redact_url(url: str | httpx.URL) -> str:
     """``scheme://host:port`` of ``url``, for messages (user-info and path may hold secrets)."""
     parsed = httpx.URL(url)
@@ -260,8 +267,10 @@ def _checked_endpoint(url: str, setting: str) -> str:
     or the user-info, where hosted nodes put their keys."""
     try:
         parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        msg = f"{setting} is not a valid URL ({exc}); the URL itself is not shown, it may hold a key"
+    except httpx.InvalidURL:
+        # Not httpx's words: they quote the part it could not read, and with a "/" in a
+        # password ("Invalid port: '<the password's start>'") that part is the key.
+        msg = f"{setting} is not a valid URL; {UNPARSABLE_URL_HINT}"
         raise ConfigError(msg) from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         scheme = f"scheme {inert(parsed.scheme[:20])!r}" if parsed.scheme else "no scheme"

@@ -48,11 +48,18 @@ import httpx
 import msgspec
 from prometheus_client import Counter
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, WebSocketException
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+    WebSocketException,
+)
+from websockets.uri import parse_uri
 
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import RawSink, Source
-from vigil.sources.jsonrpc import redact_url
+from vigil.sources.jsonrpc import UNPARSABLE_URL_HINT, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +271,13 @@ class WebsocketFeed(Source):
                 "ping_timeout) are the only way to notice a dead connection; set one or the other"
             )
             raise ValueError(msg)
+        try:
+            parse_uri(url)
+        except (InvalidURI, ValueError):
+            # Checked here: raised at the first connect, websockets' ValueError (which quotes
+            # the part it could not read, a password's start) stopped the connector.
+            msg = f"{self.name}: the feed URL is not a valid ws:// or wss:// URL; {UNPARSABLE_URL_HINT}"
+            raise ValueError(msg) from None
         self.url = url
         #: The URL as logs and records' meta show it: no credentials (see :func:`shown_url`).
         self.shown_url = shown_url(url)

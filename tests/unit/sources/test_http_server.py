@@ -182,3 +182,34 @@ def test_a_request_answered_before_its_body_does_not_leave_its_connection_withou
         conn.sendall(b"hello")  # the body, after the answer
         # Then silent: the server closes it (past PATIENCE_S, recv() raises TimeoutError).
         assert conn.recv(4096) == b""
+
+
+@pytest.mark.parametrize("path", [b"/v1/events", b"/no-such-path"], ids=["401", "404"])
+def test_the_rest_of_a_body_answered_before_it_came_has_a_deadline(path: bytes) -> None:
+    # Answered (401 without a key, 404 for any path) before its body came, the request then had
+    # no timer: uvicorn cancels its keep-alive timer at every byte, so one body byte, or a byte
+    # now and then, held the connection and a place under the limit for good, with no key.
+    source = BackendIngestSource(keys={"wallet": hash_key(KEY)}, port=0, header_timeout_s=0.3)
+    head = b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n"
+    with running(source) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S) as once:
+            once.sendall(head)
+            assert _one_response(once).split(b" ")[1] in (b"401", b"404")
+            once.sendall(b"[")  # one byte of the body, then silence
+            assert once.recv(4096) == b""  # closed (past PATIENCE_S: TimeoutError, the test fails)
+        with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S) as trickle:
+            trickle.sendall(head)
+            assert _one_response(trickle).split(b" ")[1] in (b"401", b"404")
+            trickle.settimeout(0.1)
+            closed = False
+            for _ in range(int(PATIENCE_S / 0.1)):  # a byte every 0.1 s, each in time for the keep-alive
+                try:
+                    trickle.sendall(b"x")
+                    closed = trickle.recv(4096) == b""
+                except TimeoutError:
+                    continue
+                except (BrokenPipeError, ConnectionResetError):
+                    closed = True
+                if closed:
+                    break
+            assert closed, "a body trickling in after the answer kept its connection open"

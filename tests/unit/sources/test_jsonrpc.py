@@ -183,6 +183,9 @@ def test_a_request_that_cannot_be_sent_is_an_error_that_does_not_show_the_value(
         ("ws://127.0.0.1:8546/key-SECRET-1", "got scheme 'ws' and host '127.0.0.1'"),
         ("https:///v3/key-SECRET-1", "got scheme 'https' and no host"),
         ("https://mainnet.infura.io/v3/key-SECRET-1\n", "is not a valid URL"),
+        # A "/" in a password ends the host there: httpx's message quoted the password's start
+        # as the port ("Invalid port: 'SECRET'").
+        ("https://user:SECRET/c2VjcmV0@mainnet.infura.io/v3/", "must be percent-encoded: %2F for /"),
     ],
 )
 def test_a_url_that_is_not_http_is_refused_by_setting_when_the_source_is_built(

@@ -371,6 +371,18 @@ def test_an_unparsable_feed_url_is_shown_as_such_not_quoted() -> None:
     assert shown_url("wss://u:S3cret@stream.example:9443/ws/listenKey1?x=1") == "wss://stream.example:9443"
 
 
+def test_a_feed_url_websockets_cannot_read_is_refused_at_build_without_quoting_it() -> None:
+    # A "/" in a password: websockets' ValueError at the first connect ("Port could not be cast
+    # to integer value as '<the password's start>'") stopped the connector, the key in its text.
+    with pytest.raises(ValueError, match="binance: the feed URL is not a valid ws:// or wss:// URL") as bad:
+        BinanceSource(["btcusdt@trade"], base_url="wss://user:Zm9vYmFy/c2VjcmV0@stream.example.com:9443")
+    assert "Zm9vYmFy" not in str(bad.value)
+    assert "%2F for /" in str(bad.value)
+    with pytest.raises(ValueError, match="coinbase: the feed URL is not a valid") as scheme:
+        CoinbaseSource(["BTC-USD"], url="https://user:S3cret@ws-feed.example.com")
+    assert "S3cret" not in str(scheme.value)
+
+
 def test_a_refused_handshake_is_logged_with_its_status_and_body(caplog: pytest.LogCaptureFixture) -> None:
     # Binance answers 451 from a restricted location; a proxy or a wrong key 401/403.  Logged as
     # "InvalidStatus" alone, the connector retried for ever with nothing saying why.  The body is
