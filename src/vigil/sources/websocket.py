@@ -137,6 +137,12 @@ class SequenceTracker:
             del self._last[key]
 
 
+#: With no silence timeout (Binance's default), how long a connection may send nothing before
+#: that is logged, once a spell: a mistyped or delisted stream is accepted and sends nothing while
+#: its pings are answered, so nothing else would ever say so.
+QUIET_WARNING_S = 300.0
+
+
 @dataclass
 class FeedStats:
     """What the feed did so far (plain numbers, read by tests and the CLI)."""
@@ -149,6 +155,8 @@ class FeedStats:
     gaps: int = 0
     resyncs: int = 0
     heartbeat_timeouts: int = 0
+    #: Connections found quiet for ``quiet_warning_s`` with no silence timeout (see the feed).
+    quiet_warnings: int = 0
 
 
 class HeartbeatTimeout(Exception):
@@ -255,6 +263,7 @@ class WebsocketFeed(Source):
         batch_max: int = 500,
         batch_linger: float = 0.02,
         max_message_bytes: int = 8 * 1024 * 1024,
+        quiet_warning_s: float = QUIET_WARNING_S,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(source_id)
@@ -290,6 +299,7 @@ class WebsocketFeed(Source):
         self.batch_max = batch_max
         self.batch_linger = batch_linger
         self.max_message_bytes = max_message_bytes
+        self.quiet_warning_s = quiet_warning_s
         self.tracker = SequenceTracker()
         self.stats = FeedStats()
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
@@ -403,13 +413,30 @@ class WebsocketFeed(Source):
 
     async def _receive(self, ws: ClientConnection, recv: _Receiver, sink: RawSink) -> None:
         last_message = time.monotonic()
+        #: Whether this quiet spell was logged (see QUIET_WARNING_S).
+        warned = False
         while self.running:
             first = await recv(0.1)
             if first is None:
+                quiet = time.monotonic() - last_message
                 silence = self.heartbeat_timeout
-                if silence is not None and time.monotonic() - last_message > silence:
+                if silence is not None and quiet > silence:
                     raise HeartbeatTimeout
+                if silence is None and not warned and quiet > self.quiet_warning_s:
+                    warned = True
+                    self.stats.quiet_warnings += 1
+                    log.warning(
+                        "%s: no message for %.0fs from %s, the connection up (no silence timeout "
+                        "is set, so it is kept): a mistyped or delisted stream sends nothing; "
+                        "check the streams asked for",
+                        self.name,
+                        quiet,
+                        self.shown_url,
+                    )
                 continue
+            if warned:
+                warned = False
+                log.warning("%s: messages again from %s", self.name, self.shown_url)
             frames = [first]
             linger_until = time.monotonic() + self.batch_linger
             try:

@@ -257,6 +257,32 @@ def test_a_quiet_binance_stream_is_kept_while_it_answers_pings(caplog: pytest.Lo
     assert caplog.records == []
 
 
+def test_a_stream_quiet_past_the_warning_is_logged_once_and_kept(caplog: pytest.LogCaptureFixture) -> None:
+    # With no silence timeout, a mistyped or delisted stream (accepted, it sends nothing while its
+    # pings are answered) sat silent for ever, where the old 30 s timeout at least logged each
+    # reconnect: now said once a spell, and the connection kept.
+    async def handler(ws: ServerConnection) -> None:
+        await Pongs(ws).wait(40)  # quiet past the warning while 40 of the client's pings are answered
+        await ws.send(agg_trade(1000))
+        await ws.wait_closed()
+
+    caplog.set_level(logging.WARNING, logger="vigil.sources.websocket")
+    with server(handler) as url:
+        feed = BinanceSource(["blzethx@aggTrade"], base_url=url, ping_interval=0.02, quiet_warning_s=0.3)
+        sink = MemorySink()
+        thread, errors = running(feed, sink)
+        wait_for(lambda: bool(sink.records) or bool(errors), "the trade after the quiet spell")
+        feed.stop()
+        thread.join(10)
+    assert errors == []
+    assert (feed.stats.connections, feed.stats.reconnects, feed.stats.quiet_warnings) == (1, 0, 1)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said
+    assert said[0].startswith("binance: no message for ")
+    assert "check the streams asked for" in said[0]
+    assert said[1] == f"binance: messages again from {url}"
+
+
 def test_a_binance_connection_whose_pings_go_unanswered_is_replaced(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
