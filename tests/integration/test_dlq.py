@@ -379,6 +379,50 @@ def test_a_redrive_stopped_half_way_resumes_after_what_it_committed(
     ]
 
 
+def test_a_letter_written_during_a_run_is_left_to_the_next_run(
+    settings: Settings, topics: tuple[str, str, list[RawRecord]], unique_topic: str
+) -> None:
+    # A run read on past the ends it began with while a partition of the dead-letter topic was
+    # still being read: a letter written meanwhile (the stage failing the redriven copies again)
+    # named a record newer than the end the run had asked of its topic, and was settled for good
+    # as "past the end: the topic was made again since?", the position moved past it.
+    src, _, records = topics
+    dead = f"{unique_topic}.dlq2"
+    with made(settings, [TopicSpec(dead, "source", "dead_letter", "letters, two partitions", partitions=2)]):
+        producer = make_producer(settings)
+        for i, (p, o) in enumerate([(0, 0), (1, 0)]):
+            producer.produce(dead, value=encode(letter(src, p, o, f"cause {i}")), partition=0)
+        # Many more letters in the other partition, so the run reads on after the first's end.
+        for i in range(1500):
+            producer.produce(dead, value=encode(letter(f"raw.{unique_topic}-gone", 0, i, "x")), partition=1)
+        assert producer.flush(30) == 0
+        newer = RawRecord("coinbase", "ws_message", b'{"n": 3}', NOW, key=b"k3")
+
+        def meanwhile(read: int) -> None:
+            if read == redrive.BATCH:  # the first batch committed: src's end has been asked
+                at: list[int] = []
+                producer.produce(
+                    src,
+                    value=newer.value,
+                    key=newer.key,
+                    headers=newer.headers(),
+                    partition=0,
+                    on_delivery=lambda err, msg: at.append(msg.offset()),
+                )
+                assert producer.flush(30) == 0
+                producer.produce(dead, value=encode(letter(src, 0, at[0], "failed", key=b"k3")), partition=0)
+                assert producer.flush(30) == 0
+
+        first = redrive.redrive(settings, dead, allow_topics=[src], progress=meanwhile)
+        assert first.redriven == 2
+        assert not [u for u in first.unavailable if src in u], first.unavailable[:3]
+        second = redrive.redrive(settings, dead, allow_topics=[src])
+        assert (second.redriven, second.unavailable) == (1, [])
+        assert sorted(m.value() for m in copies(settings, src)) == sorted(
+            [records[0].value, records[1].value, newer.value]
+        )
+
+
 def sent_from(settings: Settings, topic: str) -> list[bytes]:
     """The letters the copies in ``topic`` name, in order: one each, if none was sent twice."""
     return sorted(dict(m.headers() or [])[redrive.REDRIVEN_FROM] for m in copies(settings, topic))

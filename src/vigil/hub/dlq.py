@@ -89,7 +89,11 @@ def place(message: Message) -> str:
 
 def letters(consumer: Consumer, ends: dict[int, int], topic: str, idle_s: float = 120.0) -> Iterator[Message]:
     """The records of ``topic`` from the consumer's assigned positions up to ``ends``; fails when
-    none comes for ``idle_s`` (however long the caller takes with each)."""
+    none comes for ``idle_s`` (however long the caller takes with each).  Records written since
+    ``ends`` were taken are not given (the next run's): a letter written meanwhile may name a
+    record newer than what the run knows of its topic (the redriven copies failing again)."""
+    #: Each partition's end as taken: ``ends`` loses the partitions read to their end.
+    snapshot = dict(ends)
     deadline = time.monotonic() + idle_s
     while ends:
         if time.monotonic() > deadline:
@@ -98,8 +102,10 @@ def letters(consumer: Consumer, ends: dict[int, int], topic: str, idle_s: float 
         for message in consumer.consume(500, 0.2):
             err = message.error()
             if err is None:
-                yield message
                 deadline = time.monotonic() + idle_s
+                if message.offset() >= snapshot.get(message.partition(), 0):
+                    continue  # read on (another partition is not at its end): not this run's
+                yield message
             elif err.fatal() or err.code() in READ_FATAL:
                 msg = f"reading {topic!r} failed: {err.str()}"
                 raise BrokerError(msg)
