@@ -617,7 +617,9 @@ def test_a_summary_keeps_a_bounded_number_of_groups_and_the_command_prints_fewer
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A reason quotes what a sender chose (an unknown field's name): a group a letter, unbounded,
-    # made 20,000 letters 19,345 groups, two lines each.  Here with the bounds made small.
+    # made 20,000 letters 19,345 groups, two lines each.  Here with the bounds made small.  And a
+    # cause that comes after such a flood is still named: the flood's groups make room for it
+    # (once the first groups were kept for good, its letters were all counted as "other").
     from vigil.cli import dlq as dlq_cli
 
     src, dead, _ = topics
@@ -627,15 +629,19 @@ def test_a_summary_keeps_a_bounded_number_of_groups_and_the_command_prints_fewer
     post(
         settings,
         dead,
-        [letter(src, 0, i, f"coinbase/ws_message: unknown field `zz_{chr(97 + i)}`") for i in range(6)],
+        [letter(src, 0, i, f"coinbase/ws_message: unknown field `zz_{chr(97 + i)}`") for i in range(6)]
+        + [letter(src, 1, 0, "binance/ws_message: Invalid UTF-8")] * 4,
     )
     producer = make_producer(settings)
     for _ in range(2):
         producer.produce(dead, value=b"not a letter")
     assert producer.flush(30) == 0
     found = dlq.summarize(settings, dead)
-    assert found.letters == 6
-    assert [(g.count, g.reason) for g in found.groups][:1] == [(3, dlq.OTHER)]
+    assert found.letters == 10
+    assert [(g.count, g.reason) for g in found.groups][:2] == [
+        (4, dlq.OTHER),
+        (4, "binance/ws_message: Invalid UTF-8"),
+    ]
     assert len(found.groups) == 4  # three groups kept, the other letters in one
     assert (len(found.undecodable), found.undecodable_count) == (1, 2)
     monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", kafka_bootstrap)
@@ -643,7 +649,7 @@ def test_a_summary_keeps_a_bounded_number_of_groups_and_the_command_prints_fewer
     summary = CliRunner().invoke(app, ["dlq", "summary", dead], terminal_width=240)
     assert summary.exit_code == 0, summary.output
     assert "... and 2 more groups (2 letters)" in summary.output
-    assert "6 letters in 4 groups" in summary.output
+    assert "10 letters in 4 groups (past 3 groups, the smaller ones' letters in one)" in summary.output
     assert "not a dead letter: ... and 1 more" in summary.output
 
 

@@ -60,7 +60,11 @@ def summary_cmd(topic: TopicArg) -> None:
     rest = found.groups[SHOWN_GROUPS:]
     if rest:
         console.print(f"... and {len(rest):,} more groups ({sum(g.count for g in rest):,} letters)")
-    console.print(f"{found.letters:,} letters in {len(found.groups):,} groups")
+    folded = any(group.reason == dlq.OTHER for group in found.groups)
+    console.print(
+        f"{found.letters:,} letters in {len(found.groups):,} groups"
+        + (f" (past {dlq.MAX_GROUPS:,} groups, the smaller ones' letters in one)" if folded else "")
+    )
     _listed("not a dead letter", found.undecodable, 5, found.undecodable_count)
 
 

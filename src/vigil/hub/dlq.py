@@ -51,13 +51,14 @@ class LetterGroup:
     example: str = ""
 
 
-#: Groups a summary keeps: letters past them count in one group of their own (OTHER).  A reason
-#: quotes what a sender chose (an unknown field's name), so a flood of letters could make a group
-#: each: 20,000 letters made 19,345 groups, and as many lines to read.
+#: Groups a summary keeps: past them, a smallest group's letters go to one group of their own
+#: (OTHER) to make room for a new one.  A reason quotes what a sender chose (an unknown field's
+#: name), so a flood of letters could make a group each: 20,000 letters made 19,345 groups, and as
+#: many lines to read; and a cause that came after the first thousand must still be named.
 MAX_GROUPS = 1_000
 #: Records that are not dead letters a summary names (the rest are counted).
 MAX_UNDECODABLE = 100
-OTHER = f"(letters past the first {MAX_GROUPS:,} groups, of any reason)"
+OTHER = f"(letters of smaller groups, of any reason, past the {MAX_GROUPS:,} groups kept)"
 
 
 @dataclass
@@ -195,6 +196,29 @@ def _committed(consumer: Consumer, tps: list[TopicPartition], timeout_s: float =
         pause = min(pause * 2, 2.0)
 
 
+OTHER_KEY = ("", "", OTHER)
+
+
+def _make_room(
+    groups: dict[tuple[str, str, str], LetterGroup], single: dict[tuple[str, str, str], None]
+) -> None:
+    """Fold a smallest group into OTHER: the oldest of one letter, else any smallest (a flood of
+    new reasons folds its own groups of one, so a cause that keeps coming stays named)."""
+    if single:
+        key = next(iter(single))
+        del single[key]
+    else:
+        key = min((k for k in groups if k != OTHER_KEY), key=lambda k: groups[k].count)
+    folded = groups.pop(key)
+    other = groups.setdefault(OTHER_KEY, LetterGroup(*OTHER_KEY))
+    other.count += folded.count
+    for when in (folded.first, folded.last):
+        if when is not None:
+            other.first = when if other.first is None else min(other.first, when)
+            other.last = when if other.last is None else max(other.last, when)
+    other.example = other.example or folded.example
+
+
 def summarize(settings: Settings, topic: str, *, idle_s: float = 120.0) -> Summary:
     """Every letter of a dead-letter topic, grouped by stage, source topic and reason shape
     (the largest group first)."""
@@ -203,6 +227,8 @@ def summarize(settings: Settings, topic: str, *, idle_s: float = 120.0) -> Summa
     )
     out = Summary()
     groups: dict[tuple[str, str, str], LetterGroup] = {}
+    #: Groups of one letter, the oldest first: the first to make room (see MAX_GROUPS).
+    single: dict[tuple[str, str, str], None] = {}
     try:
         for message in letters(consumer, ends, topic, idle_s):
             try:
@@ -217,10 +243,14 @@ def summarize(settings: Settings, topic: str, *, idle_s: float = 120.0) -> Summa
             key = (letter.stage, letter.topic, shape)
             group = groups.get(key)
             if group is None:
-                if len(groups) >= MAX_GROUPS:
-                    key = ("", "", OTHER)
-                group = groups.setdefault(key, LetterGroup(*key))
+                if len(groups) - (OTHER_KEY in groups) >= MAX_GROUPS:
+                    _make_room(groups, single)
+                group = groups[key] = LetterGroup(*key)
             group.count += 1
+            if group.count == 1:
+                single[key] = None
+            elif group.count == 2:
+                single.pop(key, None)
             group.first = letter.failed_at if group.first is None else min(group.first, letter.failed_at)
             group.last = letter.failed_at if group.last is None else max(group.last, letter.failed_at)
             group.example = group.example or place(message)
