@@ -148,6 +148,29 @@ def test_threshold_window_slides_and_cools_down(tmp_path: Path) -> None:
     assert run(tmp_path, rule, two) == ["192.0.2.1", "192.0.2.1"]
 
 
+def test_a_sums_zeros_take_no_place_in_its_window(tmp_path: Path) -> None:
+    # A window keeps at most MAX_WINDOW items: 2,000 exports of no records between two large
+    # ones pushed the first out before the second came, and the day's total never reached the
+    # bound (an empty export is a filter that matches nothing, or a count the source lacked).
+    rule = """\
+    type: threshold
+    match: {type: crm_record_export}
+    group_by: employee
+    timespan: 24h
+    aggregate: sum
+    field: payload.record_count
+    condition: {gte: 2000}
+"""
+
+    def export(at: str, records: int) -> str:
+        payload = f"{{platform: hubspot, record_count: {records}, export_id: x{at}}}"
+        return f"      - {{type: crm_record_export, at: {at}, employee: e1, payload: {payload}}}\n"
+
+    empties = "".join(export(f"{i + 1}s", 0) for i in range(2000))
+    assert run(tmp_path, rule, export("0s", 1999) + empties + export("2h", 1999)) == ["e1"]
+    assert run(tmp_path, rule, export("0s", 1999) + empties) == []  # zeros add nothing
+
+
 def test_imitation_key_uses_head_and_tail_case_folded() -> None:
     a = "0xAbCd1234567890abcdef1234567890abcdef9876"
     assert imitation_key(a, 4) == "abcd|9876"

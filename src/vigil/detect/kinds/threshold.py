@@ -168,7 +168,14 @@ class ThresholdDetector(GroupedDetector):
             if items[i][2][0] == evidence[0]:
                 return
         late = at < len(items)
-        items.insert(at, [now, value, evidence, related])
+        if value == 0 and self.p.aggregate == "sum":
+            # A sum's zero adds nothing to any window, and kept it took a place under MAX_WINDOW:
+            # 2,000 exports of no records pushed the large ones out before the next came.  Not
+            # kept; one in order still ends a window (one a cooldown held back may fire at it).
+            if late or not items:
+                return
+        else:
+            items.insert(at, [now, value, evidence, related])
         # Kept LATE_S longer than the window, for late events.
         cutoff = items[-1][0] - self._span - self._late
         drop = 0
