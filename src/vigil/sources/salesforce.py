@@ -24,9 +24,12 @@ inert.
 Normaliser, by object type (other objects yield nothing):
 
 - ``LoginEvent``, ``LoginEventStream``, ``LoginHistory``, ELF ``Login`` -> ``crm_login``;
-- ``ReportEvent``, ``ReportEventStream``, ELF ``ReportExport`` -> ``crm_record_export``
+- ``ReportEvent``, ``ReportEventStream`` of an export (an ``ExportFileFormat``, or an
+  ``Operation`` naming one: ``ReportExported``), ELF ``ReportExport`` -> ``crm_record_export``
   (``record_count`` from ``RowsProcessed``/``ROWS_PROCESSED``, 0 when not reported;
-  ``customer_ids`` from ``Records`` when it is a JSON list of ids or of ``{"Id": ...}``);
+  ``customer_ids`` from ``Records`` when it is a JSON list of ids or of ``{"Id": ...}``).  A
+  report run, viewed, scheduled or refreshed on a dashboard, yields nothing: Salesforce records
+  every run, and each read as an export made a dashboard of two reports a "bulk export";
 - ``ApiEvent``, ``ApiEventStream``, ELF ``API``/``RestApi`` -> ``crm_api_token_used``
   (token = connected app id, else the session key; operation = ``Operation`` / method).
 
@@ -279,6 +282,12 @@ def _geo(fields: Mapping[str, Any]) -> Geo | None:
     return Geo(country=country, city=city, lat=lat_f, lon=lon_f)
 
 
+def _is_export(fields: Mapping[str, Any]) -> bool:
+    """Whether a ``ReportEvent`` record is an export rather than a run of the report."""
+    operation = _first(fields, "Operation") or ""
+    return _first(fields, "ExportFileFormat") is not None or "export" in operation.lower()
+
+
 def _customer_ids(fields: Mapping[str, Any], where: str) -> list[str]:
     raw = fields.get("Records")
     if raw is None:
@@ -336,6 +345,8 @@ def record_to_event(
             ),
         )
     if kind in EXPORT_TYPES:
+        if kind != "ReportExport" and not _is_export(fields):
+            return None  # a report run, not an export (see the module)
         return CrmRecordExport(
             **common,
             entities=Entities(vendor=NAME, employee=user, ip=ip),

@@ -48,6 +48,7 @@ REPORT = """<Notification><Id>04l5e00000AAAAA1</Id>
   <sf:RowsProcessed>48210</sf:RowsProcessed>
   <sf:QueriedEntities>Contact</sf:QueriedEntities>
   <sf:ReportId>00O5e000000XyZ</sf:ReportId>
+  <sf:Operation>ReportExported</sf:Operation>
   <sf:Records>["0035e00000A1","0035e00000A2"]</sf:Records>
  </sObject></Notification>"""
 CONTACT = """<Notification><Id>04l5e00000AAAAA2</Id>
@@ -266,7 +267,11 @@ def test_event_ids_are_stable() -> None:
     [
         ("LoginEventStream", "LoginEvent", LOGIN_EVENTS["records"][0]),
         ("ApiEventStream", "ApiEvent", API_EVENT),
-        ("ReportEventStream", "ReportEvent", {**API_EVENT, "ReportId": "00O5e000000AbC"}),
+        (
+            "ReportEventStream",
+            "ReportEvent",
+            {**API_EVENT, "ReportId": "00O5e000000AbC", "Operation": "ReportExported"},
+        ),
     ],
 )
 def test_a_streamed_event_and_its_stored_copy_are_one_event(
@@ -331,6 +336,7 @@ def test_a_lone_surrogate_is_refused_naming_the_field(body: bytes, path: str) ->
                     **API_EVENT,
                     "attributes": {"type": "ReportEvent"},
                     "ReportId": "00O5e000000AbC",
+                    "ExportFileFormat": "CSV",
                     "Records": json.dumps(["\ud800"]),
                 }
             ]
@@ -394,3 +400,25 @@ def test_configuration_is_checked() -> None:
         SalesforceWebhook("short", [ORG])
     with pytest.raises(ValueError, match="organization id"):
         SalesforceWebhook(TOKEN, [" "])
+
+
+@pytest.mark.parametrize(
+    ("extra", "exported"),
+    [
+        ({"Operation": "ReportExported"}, True),
+        ({"Operation": "ReportRunFromLightning", "ExportFileFormat": "XLSX"}, True),
+        ({"Operation": "ReportRunFromLightning"}, False),
+        ({"Operation": "ReportRunUsingSchedule", "IsScheduled": True}, False),
+        ({"Operation": "DashboardComponentUpdated", "DashboardId": "01Z5e000000PmoQ"}, False),
+        ({}, False),
+    ],
+)
+def test_a_report_event_is_an_export_only_when_it_exported(extra: dict[str, object], exported: bool) -> None:
+    # Salesforce records every run of a report as a ReportEvent: each read as an export, one
+    # dashboard of two reports of 150 and 120 rows was a "bulk export", and a report viewed four
+    # times in a day 2,000 records "exported".
+    body = json.dumps(
+        {**API_EVENT, "attributes": {"type": "ReportEventStream"}, "ReportId": "00O5e000000AbC", **extra}
+    ).encode()
+    events = SalesforceNormalizer().normalize(record(body))
+    assert [type(e).__name__ for e in events] == (["CrmRecordExport"] if exported else [])
