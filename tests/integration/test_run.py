@@ -99,3 +99,37 @@ def test_a_stop_while_detection_starts_is_a_graceful_stop(kafka_bootstrap: str, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "stopped" in proc.stdout
     assert "running:" not in proc.stdout  # asked to stop before: no connector started
+
+
+_A_PART_THAT_DOES_NOT_STOP = """
+import os, signal, sys, threading
+import vigil.cli.run
+from vigil.sources.intel.lists import IntelListSource
+vigil.cli.run.STOP_WAIT_S = 1.0
+def run(self, sink):
+    os.kill(os.getpid(), signal.SIGTERM)  # asked to stop once running ...
+    threading.Event().wait()  # ... and never returning
+IntelListSource.run = run
+IntelListSource.stop = lambda self: None
+from vigil.cli import main
+sys.argv = ["vigil", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_part_that_does_not_stop_is_named_and_the_exit_is_not_clean(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    # Each part had 30 s to stop, and then the command said "stopped" and exited 0 whatever still
+    # ran, its daemon thread killed with the process.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    env |= {"VIGIL_KAFKA_BOOTSTRAP": kafka_bootstrap, "VIGIL_HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", _A_PART_THAT_DOES_NOT_STOP, "run", "--source", "intel",
+         "-o", f"intel.data_dir={INTEL}", "--rules", str(REPO / "rules"), "--at-least-once"],
+        env=env, capture_output=True, text=True, cwd=tmp_path, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    said = proc.stdout + proc.stderr
+    assert "source-intel did not stop within 1s; exiting with it running" in said
+    assert "stopped\n" not in proc.stdout

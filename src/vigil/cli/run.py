@@ -17,7 +17,7 @@ import typer
 
 from vigil.cli._common import MetricsPortOpt, console, serve_metrics_of, settings, shown
 from vigil.cli.source import _options, build_connector, option_shown
-from vigil.errors import ConfigError
+from vigil.errors import ConfigError, VigilError
 from vigil.hub import admin as topic_admin
 from vigil.hub.broker import from_settings
 from vigil.hub.client import check_reachable, make_admin
@@ -40,6 +40,10 @@ def _split_options(names: list[str], pairs: list[str]) -> dict[str, dict[str, st
             raise ConfigError(msg)
         out[target].update(_options([rest], first=n))
     return out
+
+
+#: Seconds each part has to stop once asked (after a last checkpoint of its own).
+STOP_WAIT_S = 30.0
 
 
 def run(
@@ -147,9 +151,15 @@ def run(
             except BaseException as exc:  # every part is stopped; the first failure is raised after
                 failures.append(exc)
         for thread in threads:
-            thread.join(timeout=30)
+            thread.join(timeout=STOP_WAIT_S)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if failures:
         raise failures[0]
+    stuck = [thread.name for thread in threads if thread.is_alive()]
+    if stuck:
+        # Said, not "stopped": the process ends with them running (daemon threads), so what
+        # they had not committed is not (Kafka aborts an open transaction; records are read again).
+        msg = f"{', '.join(stuck)} did not stop within {STOP_WAIT_S:g}s; exiting with it running"
+        raise VigilError(msg)
     console.print("stopped")
