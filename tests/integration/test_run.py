@@ -72,6 +72,18 @@ def test_run_flows_a_connector_through_normalise_into_the_indicator_topic(
 
 #: `vigil run` with a SIGTERM sent to itself as detection starts (its intel loading may take a
 #: minute), the moment a deploy's stop may come.
+def _run_intel_with(script: str, kafka_bootstrap: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``vigil run --source intel`` (at-least-once, the repository's rules) by ``script``, a
+    Python program that patches what the test needs and then runs the command line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    env |= {"VIGIL_KAFKA_BOOTSTRAP": kafka_bootstrap, "VIGIL_HOME": str(tmp_path)}
+    return subprocess.run(
+        [sys.executable, "-c", script, "run", "--source", "intel",
+         "-o", f"intel.data_dir={INTEL}", "--rules", str(REPO / "rules"), "--at-least-once"],
+        env=env, capture_output=True, text=True, cwd=tmp_path, timeout=180,
+    )  # fmt: skip
+
+
 _TERM_AS_DETECTION_STARTS = """
 import os, signal, sys
 from vigil.detect.app import DetectionService
@@ -89,13 +101,7 @@ main()
 def test_a_stop_while_detection_starts_is_a_graceful_stop(kafka_bootstrap: str, tmp_path: Path) -> None:
     # The handlers were installed after detection started: a SIGTERM before took Python's
     # default and killed the process (exit -15), normalise mid-transaction, no last checkpoint.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
-    env |= {"VIGIL_KAFKA_BOOTSTRAP": kafka_bootstrap, "VIGIL_HOME": str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, "-c", _TERM_AS_DETECTION_STARTS, "run", "--source", "intel",
-         "-o", f"intel.data_dir={INTEL}", "--rules", str(REPO / "rules"), "--at-least-once"],
-        env=env, capture_output=True, text=True, cwd=tmp_path, timeout=180,
-    )  # fmt: skip
+    proc = _run_intel_with(_TERM_AS_DETECTION_STARTS, kafka_bootstrap, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "stopped" in proc.stdout
     assert "running:" not in proc.stdout  # asked to stop before: no connector started
@@ -122,13 +128,7 @@ def test_a_part_that_does_not_stop_is_named_and_the_exit_is_not_clean(
 ) -> None:
     # Each part had 30 s to stop, and then the command said "stopped" and exited 0 whatever still
     # ran, its daemon thread killed with the process.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
-    env |= {"VIGIL_KAFKA_BOOTSTRAP": kafka_bootstrap, "VIGIL_HOME": str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, "-c", _A_PART_THAT_DOES_NOT_STOP, "run", "--source", "intel",
-         "-o", f"intel.data_dir={INTEL}", "--rules", str(REPO / "rules"), "--at-least-once"],
-        env=env, capture_output=True, text=True, cwd=tmp_path, timeout=180,
-    )  # fmt: skip
+    proc = _run_intel_with(_A_PART_THAT_DOES_NOT_STOP, kafka_bootstrap, tmp_path)
     assert proc.returncode == 1, proc.stderr[-3000:]
     said = proc.stdout + proc.stderr
     assert "source-intel did not stop within 1s; exiting with it running" in said
