@@ -81,6 +81,17 @@ _METHOD_NOT_FOUND = -32601
 #: "block not found", nethermind "... could not be found".  (A pruned node's "history has been
 #: pruned" is not among them: that node will never have the block, and stops the connector.)
 _UNKNOWN_BLOCK = re.compile(r"unknown block|not found|could not be found", re.IGNORECASE)
+#: How nodes say they lack a method, whatever the code: JSON-RPC's is -32601, but some providers
+#: answer -32000 "method not found" (read as an unknown block: a node waited out as lagging) or
+#: geth's "the method ... does not exist/is not available".
+_NO_METHOD = re.compile(
+    r"\bmethod\b.*\b(?:not found|does not exist|not available|not supported|unsupported)", re.IGNORECASE
+)
+
+
+def _no_method(exc: JsonRpcError) -> bool:
+    """Whether ``exc`` says the node lacks the method called (not the block asked for)."""
+    return exc.code == _METHOD_NOT_FOUND or _NO_METHOD.search(exc.detail) is not None
 
 
 class _BlockUnknown(JsonRpcError):
@@ -173,9 +184,7 @@ class EthereumSource(ChainFollower):
             if self.hash_at(height) != block_hash:
                 reason = f"block {height} ({block_hash}) was replaced while being fetched"
                 raise Retry(self.poll_interval, reason) from None
-            if isinstance(exc, _BlockUnknown) or (
-                exc.code != _METHOD_NOT_FOUND and _UNKNOWN_BLOCK.search(exc.detail)
-            ):
+            if isinstance(exc, _BlockUnknown) or (not _no_method(exc) and _UNKNOWN_BLOCK.search(exc.detail)):
                 # Still canonical, yet unknown to the node that answered: behind a load balancer,
                 # a node lagging the one that named the block.  Re-raised, it stopped the connector.
                 answer = "null" if isinstance(exc, _BlockUnknown) else f"error {exc.code}: {exc.detail}"
@@ -206,7 +215,7 @@ class EthereumSource(ChainFollower):
         try:
             raw = self.rpc.call_raw("eth_getBlockReceipts", [block_hash], about=about)
         except JsonRpcError as exc:
-            if exc.code != _METHOD_NOT_FOUND:
+            if not _no_method(exc):
                 raise
             log.warning(
                 "%s: %s has no eth_getBlockReceipts; failed transactions are not marked",

@@ -16,6 +16,7 @@ from datetime import timedelta
 import pytest
 from tests.integration.sources.anvil import Anvil
 from tests.integration.sources.split_rpc import SplitRpc
+from tests.loopback import ErrorNode
 from tests.paced import PacedRun
 
 from vigil.errors import Retry, SourceError
@@ -108,3 +109,28 @@ def test_a_node_lagging_for_ever_stops_the_connector_naming_the_block_and_the_no
     assert "SECRET" not in message
     assert source.waits == [1.0, 2.0]  # waited out twice (from the floor, doubling), then stopped
     assert _heights(sink) == [(kind, n) for n in (1, 2, 3) for kind in ("eth_block", "eth_logs")]
+
+
+@pytest.mark.parametrize(
+    "said", ["method not found", "the method eth_getBlockReceipts does not exist/is not available"]
+)
+def test_a_node_without_block_receipts_is_told_by_its_words_whatever_the_code(
+    nodes: tuple[Anvil, Anvil], said: str
+) -> None:
+    # Some providers answer a method they lack with -32000, not JSON-RPC's -32601: "method not
+    # found" read as a node lagging ("not found"), waited out for 12 polls and then the node
+    # blamed; other words stopped the connector at once.  Either way: no receipts, and on it goes.
+    first, _ = nodes
+    sink = MemorySink()
+    with (
+        ErrorNode({"code": -32000, "message": said}) as lacking,
+        SplitRpc(first.url, lacking.url, {"eth_getBlockReceipts"}) as balancer,
+    ):
+        source = EthereumSource(balancer.url, confirmations=0, start_block=1, poll_interval=FAST)
+        try:
+            assert source.poll(sink) is True
+        finally:
+            source.close()
+    assert source.receipts is False
+    assert _heights(sink)[:2] == [("eth_block", 1), ("eth_logs", 1)]
+    assert [m for m, _ in balancer.served].count("eth_getBlockReceipts") == 1  # asked once, then not
