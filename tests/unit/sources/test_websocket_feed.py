@@ -233,6 +233,18 @@ def agg_trade(agg: int) -> str:
     return json.dumps({"stream": "blzeth@aggTrade", "data": data})
 
 
+def until_the_trade_after_the_quiet_spell(feed: WebsocketFeed) -> MemorySink:
+    """Run ``feed`` until it has published something, then stop it; what it published (a
+    failure of the feed fails the test)."""
+    sink = MemorySink()
+    thread, errors = running(feed, sink)
+    wait_for(lambda: bool(sink.records) or bool(errors), "the trade after the quiet spell")
+    feed.stop()
+    thread.join(10)
+    assert errors == []
+    return sink
+
+
 def test_a_quiet_binance_stream_is_kept_while_it_answers_pings(caplog: pytest.LogCaptureFixture) -> None:
     # An illiquid symbol's stream carries no trade for minutes (the recorded spot session has
     # streams with none in 30 s).  Binance sends no heartbeat, so the 30 s silence timeout
@@ -246,12 +258,7 @@ def test_a_quiet_binance_stream_is_kept_while_it_answers_pings(caplog: pytest.Lo
     with server(handler) as url:
         feed = BinanceSource(["blzeth@aggTrade"], base_url=url, ping_interval=0.02)
         assert feed.heartbeat_timeout is None  # no silence timeout: the pings tell a dead connection
-        sink = MemorySink()
-        thread, errors = running(feed, sink)
-        wait_for(lambda: bool(sink.records) or bool(errors), "the trade after the quiet spell")
-        feed.stop()
-        thread.join(10)
-    assert errors == []
+        sink = until_the_trade_after_the_quiet_spell(feed)
     assert [json.loads(r.value)["data"]["a"] for r in sink.records if r.kind == WS_MESSAGE] == [1000]
     assert (feed.stats.connections, feed.stats.reconnects, feed.stats.heartbeat_timeouts) == (1, 0, 0)
     assert caplog.records == []
@@ -269,12 +276,7 @@ def test_a_stream_quiet_past_the_warning_is_logged_once_and_kept(caplog: pytest.
     caplog.set_level(logging.WARNING, logger="vigil.sources.websocket")
     with server(handler) as url:
         feed = BinanceSource(["blzethx@aggTrade"], base_url=url, ping_interval=0.02, quiet_warning_s=0.3)
-        sink = MemorySink()
-        thread, errors = running(feed, sink)
-        wait_for(lambda: bool(sink.records) or bool(errors), "the trade after the quiet spell")
-        feed.stop()
-        thread.join(10)
-    assert errors == []
+        until_the_trade_after_the_quiet_spell(feed)
     assert (feed.stats.connections, feed.stats.reconnects, feed.stats.quiet_warnings) == (1, 0, 1)
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 2, said
