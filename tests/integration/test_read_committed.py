@@ -7,6 +7,7 @@ detection replay test lost its last alerts about one run in twelve under load.""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -16,7 +17,7 @@ from confluent_kafka import Producer
 from vigil.config import Settings
 from vigil.errors import BrokerError
 from vigil.hub.admin import ensure_topics
-from vigil.hub.client import make_admin, producer_config, read_committed
+from vigil.hub.client import make_admin, partition_offsets, producer_config, read_committed
 from vigil.hub.topics import TopicSpec
 
 PARTITIONS = 3
@@ -84,3 +85,29 @@ def test_a_transaction_open_at_the_end_holds_the_reader_back_too(settings: Setti
         read_committed(settings, topic, timeout_s=2.0)
     producer.commit_transaction(30)
     assert [m.value() for m in read_committed(settings, topic)] == [b"first", b"pending"]
+
+
+def test_partition_ends_are_the_high_watermark_or_the_last_stable_offset(
+    settings: Settings, topic: str
+) -> None:
+    plain = Producer(producer_config(settings))
+    for i in range(3):
+        plain.produce(topic, b"plain-%d" % i, partition=1)
+    plain.flush(30)
+    open_one = transactional(settings, topic)
+    open_one.begin_transaction()
+    for i in range(4):
+        open_one.produce(topic, b"open-%d" % i, partition=1)
+    open_one.flush(30)
+    try:
+        parts = [(topic, p) for p in range(PARTITIONS)]
+        high = partition_offsets(settings, parts, time.monotonic() + 30)
+        stable = partition_offsets(settings, parts, time.monotonic() + 30, committed=True)
+        # The open transaction's records count in the high watermark, not in the stable end.
+        assert high[topic, 1] == (0, 7)
+        assert stable[topic, 1] == (0, 3)
+        assert high[topic, 0] == stable[topic, 0] == (0, 0)
+    finally:
+        open_one.abort_transaction(30)
+    with pytest.raises(BrokerError, match=r"offsets of test\.committed\.nothing\[0\]"):
+        partition_offsets(settings, [("test.committed.nothing", 0)], time.monotonic() + 2)

@@ -27,7 +27,6 @@ from vigil.hub.client import (
     READ_FATAL,
     is_transient,
     kafka_error,
-    make_admin,
     make_consumer,
     partition_offsets,
 )
@@ -128,9 +127,7 @@ def open_letters(
             msg = f"no topic {topic!r} on {where}" + (f" ({found.error})" if found else "")
             raise ConfigError(msg)
         partitions = sorted(found.partitions)
-        marks = partition_offsets(
-            make_admin(settings), [(topic, p) for p in partitions], time.monotonic() + 30
-        )
+        marks = partition_offsets(settings, [(topic, p) for p in partitions], time.monotonic() + 30)
         committed = _committed(consumer, [TopicPartition(topic, p) for p in partitions])
         starts, ends = [], {}
         for p in partitions:

@@ -207,7 +207,9 @@ class _Originals:
                 if partition not in found.partitions:
                     answer = f"{topic}[{partition}] does not exist (any more)"
                 else:
-                    answer = partition_offsets(self._admin, [(topic, partition)], deadline)[topic, partition]
+                    answer = partition_offsets(self._settings, [(topic, partition)], deadline)[
+                        topic, partition
+                    ]
                 break
             if not err.retriable() or time.monotonic() > deadline:
                 msg = f"reading {topic!r}: {err.str()}"
@@ -420,7 +422,9 @@ def _read_ledger(
             msg = f"partitions of {topic!r}: {found.error if found is not None else 'not listed'}"
             raise BrokerError(msg)
         asked = sorted({p for p, _ in sent} & set(found.partitions))
-        marks = partition_offsets(admin, [(topic, p) for p in asked], time.monotonic() + 30) if asked else {}
+        marks = (
+            partition_offsets(settings, [(topic, p) for p in asked], time.monotonic() + 30) if asked else {}
+        )
         for p, o in list(sent):
             low, high = marks.get((topic, p), (0, 0))
             if not low <= o < high:

@@ -136,7 +136,7 @@ class Restorer:
             self._admin = make_admin(self.settings)
         # Every partition's offsets in two requests, not two per partition: an application with
         # dozens of stores (detection: one per rule) restores each of them on every assignment.
-        offsets = end_offsets(self._admin, [(t.topic, t.partition) for t in tasks], time.monotonic() + 30)
+        offsets = end_offsets(self.settings, [(t.topic, t.partition) for t in tasks], time.monotonic() + 30)
         reading: list[RestoreTask] = []
         assign: list[TopicPartition] = []
         now = self.clock()
@@ -322,9 +322,7 @@ class Restorer:
         tps = sorted(self._tasks)
         held: list[str] = []
         try:
-            if self._admin is None:
-                self._admin = make_admin(self.settings)
-            stable = partition_offsets(self._admin, tps, time.monotonic() + 10, committed=True)
+            stable = partition_offsets(self.settings, tps, time.monotonic() + 10, committed=True)
             held = [
                 f"{t}[{p}] (end {self._ends[t, p]}, stable to {stable[t, p][1]})"
                 for t, p in tps
@@ -452,13 +450,13 @@ def restore(settings: Settings, app: str, tasks: Sequence[RestoreTask], timeout_
 
 
 def end_offsets(
-    admin: AdminClient, partitions: Sequence[tuple[str, int]], deadline: float
+    settings: Settings, partitions: Sequence[tuple[str, int]], deadline: float
 ) -> dict[tuple[str, int], tuple[int, int]]:
     """Low and high watermark of changelog partitions, asked for all at once (see
     :func:`vigil.hub.client.partition_offsets`: the high watermark, not the last stable
     offset, which leaves out a checkpoint committed a moment ago)."""
     try:
-        return partition_offsets(admin, partitions, deadline)
+        return partition_offsets(settings, partitions, deadline)
     except BrokerError as exc:
         msg = f"restoring changelogs: could not read their end offsets: {exc}"
         raise PipelineError(msg) from exc

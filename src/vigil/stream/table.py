@@ -202,7 +202,7 @@ class TopicFollower:
             # partition written more often than a fetch waits (500 ms): every fetch brought
             # records, none came back empty; a record past the end tells it there (see _run).
             marks = partition_offsets(
-                self._admin, [(self.topic, p) for p in meta.partitions], time.monotonic() + 30
+                self.settings, [(self.topic, p) for p in meta.partitions], time.monotonic() + 30
             )
             ends = {p: marks[self.topic, p][1] for p in meta.partitions}
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in meta.partitions])

@@ -1,69 +1,87 @@
-"""Restore asks for every changelog partition's end offsets at once, asks again for those whose
+"""Restore asks for every changelog partition's end offsets, asks again for those whose
 just-created topic is still electing its leader, and fails with the partition named on anything else.
 
-The broker's transient answer can't be produced on demand, so a stand-in admin client injects it."""
+The broker's transient answer can't be produced on demand, so a stand-in consumer injects it
+(the real one is used by every integration test that reads a topic to its end)."""
 
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import OffsetSpec
 
+from vigil.config import Settings
 from vigil.errors import PipelineError
+from vigil.hub import client
 from vigil.stream.changelog import end_offsets
-
-OFFSETS = {"earliest": 3, "latest": 42}
-LATEST = type(OffsetSpec.latest())
 
 
 class Answers:
-    """An admin client whose list_offsets fails a partition with the errors queued for it, then
-    answers (earliest 3, latest 42 + the partition number)."""
+    """A consumer whose get_watermark_offsets fails a partition with the errors queued for it,
+    then answers (low 3, high 42 + the partition number)."""
 
     def __init__(self, errors: dict[int, list[int]]) -> None:
         self.errors = errors
-        self.requests: list[list[int]] = []
+        self.requests: list[int] = []
+        self.closed = False
+        self.config: dict[str, Any] = {}
 
-    def list_offsets(self, specs: dict[TopicPartition, Any], **_: Any) -> dict[TopicPartition, Future[Any]]:
-        self.requests.append(sorted(tp.partition for tp in specs))
-        out: dict[TopicPartition, Future[Any]] = {}
-        for tp, spec in specs.items():
-            future: Future[Any] = Future()
-            queued = self.errors.get(tp.partition, [])
-            latest = isinstance(spec, LATEST)
-            if queued:
-                future.set_exception(KafkaException(KafkaError(queued[0])))
-                if latest:  # one error per round (the round asks earliest, then latest)
-                    queued.pop(0)
-            else:
-                offset = OFFSETS["latest"] + tp.partition if latest else OFFSETS["earliest"]
-                future.set_result(SimpleNamespace(offset=offset))
-            out[tp] = future
-        return out
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+        assert timeout > 0
+        self.requests.append(tp.partition)
+        queued = self.errors.get(tp.partition, [])
+        if queued:
+            raise KafkaException(KafkaError(queued.pop(0)))
+        return 3, 42 + tp.partition
+
+    def close(self) -> None:
+        self.closed = True
 
 
-def test_all_partitions_in_one_round_and_those_without_a_leader_again() -> None:
-    admin = Answers({2: [KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE]})
+class Consumers:
+    """What ``make_consumer`` hands out: the stand-ins queued first, fresh ones after."""
+
+    def __init__(self) -> None:
+        self.queued: list[Answers] = []
+        self.made: list[Answers] = []
+
+    def make(self, settings: Settings, group_id: str, **overrides: Any) -> Answers:
+        stand_in = self.queued.pop(0) if self.queued else Answers({})
+        stand_in.config = {"group.id": group_id, **overrides}
+        self.made.append(stand_in)
+        return stand_in
+
+
+@pytest.fixture
+def consumers(monkeypatch: pytest.MonkeyPatch) -> Consumers:
+    out = Consumers()
+    monkeypatch.setattr(client, "make_consumer", out.make)
+    return out
+
+
+def test_each_partition_once_and_those_without_a_leader_again(consumers: Consumers) -> None:
+    consumers.queued.append(
+        Answers({2: [KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE]})
+    )
     parts = [("app.changelog.s", p) for p in range(4)]
-    got = end_offsets(admin, parts, time.monotonic() + 30)  # type: ignore[arg-type]
+    got = end_offsets(Settings(), parts, time.monotonic() + 30)
     assert got == {tp: (3, 42 + tp[1]) for tp in parts}
-    # Two requests (earliest, latest) per round: all four, then only the one without a leader.
-    assert admin.requests == [[0, 1, 2, 3], [0, 1, 2, 3], [2], [2], [2], [2]]
+    (consumer,) = consumers.made
+    assert consumer.requests == [0, 1, 2, 2, 2, 3]
+    # The high watermark (read_uncommitted), by a consumer that is closed after.
+    assert consumer.config["isolation.level"] == "read_uncommitted"
+    assert consumer.closed
 
 
-def test_other_errors_and_the_deadline_fail_naming_the_partition() -> None:
-    with pytest.raises(PipelineError, match=r"app\.changelog\.s\[1\]"):
-        end_offsets(
-            Answers({1: [KafkaError.TOPIC_AUTHORIZATION_FAILED]}),  # type: ignore[arg-type]
-            [("app.changelog.s", 0), ("app.changelog.s", 1)],
-            time.monotonic() + 30,
-        )
+def test_other_errors_and_the_deadline_fail_naming_the_partition(consumers: Consumers) -> None:
+    consumers.queued.append(Answers({1: [KafkaError.TOPIC_AUTHORIZATION_FAILED]}))
+    with pytest.raises(PipelineError, match=r"app\.changelog\.s\[1\].*[Aa]uthoriz"):
+        end_offsets(Settings(), [("app.changelog.s", 0), ("app.changelog.s", 1)], time.monotonic() + 30)
     never = Answers({0: [KafkaError.NOT_LEADER_FOR_PARTITION] * 100})
+    consumers.queued.append(never)
     with pytest.raises(PipelineError, match="could not read their end offsets"):
-        end_offsets(never, [("app.changelog.s", 0)], time.monotonic() + 2.0)  # type: ignore[arg-type]
-    assert 2 < len(never.requests) < 200
+        end_offsets(Settings(), [("app.changelog.s", 0)], time.monotonic() + 2.0)
+    assert 2 < len(never.requests) < 100
+    assert all(c.closed for c in consumers.made)
