@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -322,6 +323,40 @@ def test_stage_one_leaves_out_link_events_that_change_no_links() -> None:
     # Stage 1 did mark events, and the marks were for one batch: the router cleared them.
     assert deduped.ruleset.dedup
     assert not any(d.redundant for d in deduped.ruleset.dedup)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_stage_one_keeps_the_links_in_the_rules_own_order(seed: int) -> None:
+    """More devices and IPs than an account's links hold, reused at random: the rule moves a
+    reused old link to the newest end, and evicts the oldest.  Stage 1 must keep its list in
+    the same order, or a login it leaves out is one whose link the rule would have moved, and
+    the rule then evicts another link than it would on every record."""
+    rng = random.Random(seed)
+    t0 = datetime(2026, 5, 1, tzinfo=UTC)
+    events: list[Event] = [
+        Login(
+            event_id=f"l{seed}-{n}",
+            source="t",
+            occurred_at=t0 + timedelta(minutes=n),
+            entities=Entities(
+                customer="c1", account="a1", device=f"d{rng.randrange(12)}", ip=f"10.0.0.{rng.randrange(24)}"
+            ),
+            payload=LoginPayload(),
+        )
+        for n in range(400)
+    ]
+    full = routed_run(events, partitions=2, local_stage=True, dedup=False)
+    deduped = routed_run(events, partitions=2, local_stage=True, dedup=True)
+
+    def links(run: RoutedRun) -> Any:
+        return [
+            s.get("p:a1") for (store, _), s in run.states.items() if store == "detect.wash-trading-linked.v1"
+        ]
+
+    assert any(links(full))
+    assert links(deduped) == links(full)
+    # Left out: logins whose links the rule had at the newest end.
+    assert len(deduped.routed) < len(full.routed)
 
 
 LINKED = "linked:wash-trading-linked"

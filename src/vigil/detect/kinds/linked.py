@@ -176,7 +176,13 @@ class LinkedDetector(SingleRouteDetector):
             if at < 0:
                 routed = [*routed[-MAX_LINKS + 1 :], [link, now]]
                 again = True
-            elif at < len(routed) - MAX_LINKS // 2 or now - routed[at][1] >= RELINK_S:
+            elif at < len(routed) - MAX_LINKS // 2:
+                # Among the oldest: process() moves it to the newest end, and so does this list,
+                # so both evict the same links (kept in place here, the two orders drifted apart
+                # and a link left out here was one the rule had moved, and then evicted another).
+                routed = [*(item for item in routed if item[0] != link), [link, now]]
+                again = True
+            elif now - routed[at][1] >= RELINK_S:
                 routed[at][1] = now
                 again = True
         if again:
