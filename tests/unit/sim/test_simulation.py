@@ -14,10 +14,12 @@ from tests.hashseed import run_with_hash_seed
 from vigil.errors import ConfigError
 from vigil.events.base import Event
 from vigil.events.codec import encode
+from vigil.events.records import EpisodeLabel
 from vigil.sim import LOOKALIKES, SCENARIOS, SimConfig, Simulation
 from vigil.sim.benign import MAX_SESSION
 from vigil.sim.config import default_data_dir
 from vigil.sim.intel import load_intel
+from vigil.sim.scenarios.identity import TAKEOVER_VARIANTS
 
 STRICT_KINDS = ("customer", "account", "employee", "vendor")
 #: Event types that follow an earlier action (logout after login, a fill or cancel after an
@@ -134,9 +136,25 @@ def test_benign_lookalikes_are_in_the_default_mix(sim: Simulation, stream: list[
 
 
 def test_account_takeover_follows_the_phishing_sequence(sim: Simulation, stream: list[Event]) -> None:
-    by_id = {e.event_id: e for e in stream}
     atos = [lb for lb in sim.labels if lb.scenario == "account_takeover"]
     assert atos
+    _check_takeovers(sim, stream, atos)
+    assert any("parent_episode" in lb.params for lb in atos), "takeovers through a breached vendor too"
+
+
+def test_every_takeover_variant_is_simulated() -> None:
+    # Four variants, three direct takeovers a day at the default rate: twice that here.
+    sim = Simulation(
+        SimConfig(seed=5, customers=200, events=5_000, scenarios=["account_takeover"], attack_rate=2.0)
+    )
+    stream = list(sim.canonical())
+    atos = [lb for lb in sim.labels if lb.scenario == "account_takeover"]
+    _check_takeovers(sim, stream, atos)
+    assert {lb.params["variant"] for lb in atos} == set(TAKEOVER_VARIANTS)
+
+
+def _check_takeovers(sim: Simulation, stream: list[Event], atos: list[EpisodeLabel]) -> None:
+    by_id = {e.event_id: e for e in stream}
     for label in atos:
         events = sorted((by_id[i] for i in label.event_ids), key=lambda e: e.occurred_at)
         types = [e.type for e in events]
@@ -148,6 +166,14 @@ def test_account_takeover_follows_the_phishing_sequence(sim: Simulation, stream:
         variant = label.params.get("variant", "phished_login")
         if variant == "phished_login":
             assert login.entities.device not in cust.devices
+        elif variant == "reset_from_mailbox":
+            # The password reset through the customer's mailbox, then the login with it.
+            assert login.entities.device not in cust.devices
+            assert login.payload.mfa_used is False  # type: ignore[attr-defined]
+            resets = [e for e in events if e.type == "password_reset"]
+            assert [r.payload.stage for r in resets] == ["requested", "completed"]  # type: ignore[attr-defined]
+            assert resets[-1].occurred_at < login.occurred_at
+            assert not {"mfa_change", "email_change"} & set(types)
         else:
             # A replayed session cookie: the victim's own device id, no second factor asked.
             assert login.entities.device == cust.devices[0]
@@ -173,13 +199,6 @@ def test_account_takeover_follows_the_phishing_sequence(sim: Simulation, stream:
         assert kinds.get("account") == cust.account
         assert kinds.get("device") == login.entities.device
         assert "vendor" not in kinds
-    assert any("parent_episode" in lb.params for lb in atos), "takeovers through a breached vendor too"
-    direct = [lb for lb in atos if "parent_episode" not in lb.params]
-    assert {lb.params["variant"] for lb in direct} == {
-        "phished_login",
-        "stolen_cookie",
-        "stolen_cookie_local_proxy",
-    }
 
 
 def test_address_poisoning_uses_a_lookalike_of_a_usual_counterparty(

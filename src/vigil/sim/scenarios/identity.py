@@ -23,8 +23,10 @@ from vigil.sim.scenarios.base import (
 #: adversary-in-the-middle phishing proxy's) replayed from the attacker's IP abroad: the
 #: victim's own device id and user agent, no password typed, no second factor asked.
 #: ``stolen_cookie_local_proxy``: the same through a residential proxy in the victim's own
-#: city, so only the IP is new.  Episode i takes variant i (mod 3).
-TAKEOVER_VARIANTS = ("phished_login", "stolen_cookie", "stolen_cookie_local_proxy")
+#: city, so only the IP is new.  ``reset_from_mailbox``: the phished password was the
+#: customer's mailbox's: the attacker resets the exchange password there first, then logs in
+#: with it from their own device abroad.  Episode i takes variant i (mod 4).
+TAKEOVER_VARIANTS = ("phished_login", "stolen_cookie", "stolen_cookie_local_proxy", "reset_from_mailbox")
 
 
 def takeover(
@@ -38,7 +40,7 @@ def takeover(
 ) -> tuple[float, float, Attacker, str]:
     """Phishing click -> login from the attacker's IP (new device, or the victim's own through a
     stolen session: ``variant``, one of :data:`TAKEOVER_VARIANTS`) -> credential change -> new
-    address -> withdrawal.
+    address -> withdrawal (``reset_from_mailbox``: the credential change before the login).
 
     Returns (end time, funds-leave time, the attacker, the attacker's address).  The request
     precedes the send by 1-20 minutes so a hold decision can come first.
@@ -61,6 +63,15 @@ def takeover(
             m.mfa_challenge(t, ents, "approved", "push")
             t += 3
         m.login(t, ents, a.geo, a.user_agent, mfa=fatigue)
+    elif variant == "reset_from_mailbox":
+        # The reset link goes to the mailbox the attacker now reads; no second factor is set
+        # on the account (one would be asked at the login that follows).
+        ents = victim_entities(c, a)
+        m.password_reset(t, ents, "email", "requested")
+        t += 40 + rng.random() * 200
+        m.password_reset(t, ents, "email", "completed")
+        t += 10 + rng.random() * 60
+        m.login(t, ents, a.geo, a.user_agent, mfa=False)
     else:
         if variant == "stolen_cookie_local_proxy":
             a = Attacker(c.place, ip_in(rng, c.place), c.devices[0], c.user_agent)
@@ -73,13 +84,14 @@ def takeover(
         ents = victim_entities(c, a)
         m.login(t, ents, a.geo, a.user_agent, mfa=False)
     t += 30 + rng.random() * 150
-    if rng.random() < 0.5:
-        m.password_reset(t, ents, "email", "completed")
-    else:
-        m.mfa_change(t, ents, "reset", "totp", via_support=rng.random() < 0.3)
-    if rng.random() < 0.3:
-        t += 20 + rng.random() * 60
-        m.email_change(t, ents, c.email, f"{c.email.split('@')[0]}.{rng.randrange(1000)}@proton.me")
+    if variant != "reset_from_mailbox":  # that one changed the password before the login
+        if rng.random() < 0.5:
+            m.password_reset(t, ents, "email", "completed")
+        else:
+            m.mfa_change(t, ents, "reset", "totp", via_support=rng.random() < 0.3)
+        if rng.random() < 0.3:
+            t += 20 + rng.random() * 60
+            m.email_change(t, ents, c.email, f"{c.email.split('@')[0]}.{rng.randrange(1000)}@proton.me")
     t += 60 + rng.random() * 240
     dest = ep.fresh_address()
     asset = "USDT" if rng.random() < 0.6 else "ETH"
@@ -107,7 +119,7 @@ class AccountTakeover(Scenario):
 
     name = "account_takeover"
     entity_kind = "customer"
-    per_day = 3.0
+    per_day = 4.0  # one of each variant a day at the default rate
     length = 3 * 3600.0
 
     def build(self, ep: Episode) -> list[EpisodeLabel]:
