@@ -7,12 +7,14 @@ in file order): it shows that the writes the others see allowed are the ACLs' do
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Message
@@ -25,7 +27,7 @@ from vigil.config import Settings
 from vigil.detect.app import DetectionService
 from vigil.detect.rules.validate import load_rules
 from vigil.errors import BrokerError
-from vigil.hub import acls
+from vigil.hub import acls, client
 from vigil.hub import admin as topic_admin
 from vigil.hub.client import make_admin, make_consumer, make_producer, read_committed
 from vigil.hub.raw import RawRecord
@@ -156,6 +158,39 @@ def test_normalize_reads_raw_with_its_group(applied: _Cluster) -> None:
         consumer.commit(message=msg, asynchronous=False)  # the group's offsets: Read on the group
     finally:
         consumer.close()
+
+
+def test_partition_ends_are_asked_without_a_refusal(applied: _Cluster) -> None:
+    # The consumer partition_offsets makes names a group it never joins; its coordinator is
+    # looked up all the same.  Refused, the broker logged a denial at every call.
+    assert _produce(applied.settings(SOURCE), "raw.coinbase") is None
+    errors: list[str] = []
+    log = logging.getLogger("test.acls.offsets")
+    log.addHandler(_Collect(errors))
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    real = client.make_consumer
+
+    def traced(settings: Settings, group_id: str, **overrides: Any) -> Any:
+        return real(settings, group_id, **{**overrides, "debug": "cgrp", "logger": log})
+
+    meta = make_admin(applied.settings(ADMIN)).list_topics("raw.coinbase", timeout=10)
+    parts = [("raw.coinbase", p) for p in meta.topics["raw.coinbase"].partitions]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(client, "make_consumer", traced)
+        ends = client.partition_offsets(applied.settings(NORMALIZE), parts, time.monotonic() + 30)
+    assert sum(high for _, high in ends.values()) > 0
+    assert any("coordinator" in line for line in errors), "no coordinator lookup was traced"
+    assert not [line for line in errors if "AUTHORIZATION" in line]
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[str]) -> None:
+        super().__init__()
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record.getMessage())
 
 
 def test_normalize_cannot_write_decisions(applied: _Cluster) -> None:

@@ -61,6 +61,10 @@ LEGACY_CURSOR_TOPIC = "vigil.cursors"  # the one every source shared before; rea
 SOURCE_TXN_PREFIX = "vigil.source."  # the sink's transactional.id: vigil.source.<source id>
 #: ``read_committed``'s throwaway consumer groups (partitions assigned, nothing committed).
 READER_GROUP_PREFIX = "vigil.reader."
+#: ``partition_offsets``' consumers (a consumer needs a group id; it never joins it, but
+#: librdkafka looks up its coordinator.  Read, as for the readers' groups: with Describe alone
+#: the coordinator was found and the offsets query then failed, "Unknown partition").
+OFFSETS_GROUP_PREFIX = "vigil.offsets."
 INGEST_DLQ = "dlq.ingest"  # vigil.sources.backend.DLQ_TOPIC
 NORMALIZE_APP = "normalize"  # vigil.sources.normalize.build's default name
 NORMALIZE_DLQ = "dlq.normalize"
@@ -131,6 +135,12 @@ def _source(name: str) -> Rights:
     rights += _allow(TOPIC, LEGACY_CURSOR_TOPIC, LITERAL, Op.READ, Op.DESCRIBE)
     rights += _allow(GROUP, READER_GROUP_PREFIX, PREFIXED, Op.READ)
     return rights
+
+
+def _offsets() -> Rights:
+    """Asking partitions' ends (``vigil.hub.client.partition_offsets``): restore, tables, the
+    dead-letter tools and readers do, every component but the admin."""
+    return _allow(GROUP, OFFSETS_GROUP_PREFIX, PREFIXED, Op.READ)
 
 
 def _application(app: str) -> Rights:
@@ -208,10 +218,10 @@ def components(registry: TopicRegistry = TOPICS) -> dict[str, Rights]:
     for spec in registry:
         if spec.name.startswith("raw."):
             name = spec.name.removeprefix("raw.")
-            out[f"source-{name}"] = _source(name)
-    out["normalize"] = _normalize()
-    out["detect"] = _detect()
-    out["redrive"] = _redrive(registry)
+            out[f"source-{name}"] = _source(name) + _offsets()
+    out["normalize"] = _normalize() + _offsets()
+    out["detect"] = _detect() + _offsets()
+    out["redrive"] = _redrive(registry) + _offsets()
     out["admin"] = _admin()
     return out
 

@@ -195,3 +195,11 @@ def test_the_names_match_the_code() -> None:
     assert (t.routed, t.dlq, t.intel) == (acls.ROUTED_TOPIC, acls.DETECT_DLQ, acls.INTEL_TOPIC)
     assert redrive_group("dlq.detect").startswith(acls.REDRIVE_PREFIX)
     assert ledger_topic("dlq.detect") == "dlq.detect" + acls.LEDGER_SUFFIX
+
+
+@pytest.mark.parametrize("component", sorted(set(acls.components()) - {"admin"}))
+def test_every_component_may_ask_partition_ends(component: str) -> None:
+    # partition_offsets' consumer names a group of this prefix; librdkafka looks up its
+    # coordinator, refused (and logged by the broker) on every call without the grant.
+    assert allowed(component, Op.READ, GROUP, f"{acls.OFFSETS_GROUP_PREFIX}0a1b2c3d")
+    assert not allowed(component, Op.READ, GROUP, "vigil.offsetsX")
