@@ -172,16 +172,17 @@ def partition_offsets(
     transaction.)
 
     Asked by a consumer of its own, which never joins its group, with the isolation level that
-    gives the end wanted, not by the admin client's ``list_offsets``: that call crashed the
-    process twice in the parallel tests (a segfault in confluent-kafka 2.12.2, from inside
-    the call), where the consumer's query, made in the caller's thread, has not.
+    gives the end wanted, one partition after another, not by the admin client's
+    ``list_offsets`` (all at once): that call crashed the process twice in the parallel tests
+    (a segfault in confluent-kafka 2.12.2, from inside the call), where the consumer's query,
+    made in the caller's thread, has not.
 
     Partitions the broker answers with a transient error (a just-created topic electing its
     leader) are asked again, with a growing pause, until ``deadline`` (monotonic); anything
     else raises :class:`BrokerError` naming the partition."""
     consumer = make_consumer(
         settings,
-        group_id=f"vigil.offsets.{uuid.uuid4().hex[:8]}",
+        group_id=f"vigil.offsets.{uuid.uuid4().hex[:8]}",  # granted as vigil.hub.acls.OFFSETS_GROUP_PREFIX
         **{"isolation.level": "read_committed" if committed else "read_uncommitted"},
     )
     try:

@@ -452,7 +452,7 @@ def restore(settings: Settings, app: str, tasks: Sequence[RestoreTask], timeout_
 def end_offsets(
     settings: Settings, partitions: Sequence[tuple[str, int]], deadline: float
 ) -> dict[tuple[str, int], tuple[int, int]]:
-    """Low and high watermark of changelog partitions, asked for all at once (see
+    """Low and high watermark of changelog partitions (see
     :func:`vigil.hub.client.partition_offsets`: the high watermark, not the last stable
     offset, which leaves out a checkpoint committed a moment ago)."""
     try:
