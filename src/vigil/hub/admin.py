@@ -97,6 +97,16 @@ def describe_live(admin: AdminClient, names: Iterable[str] | None = None) -> dic
     for resource, future in admin.describe_configs(resources).items():
         try:
             entries = future.result(timeout=_TIMEOUT)
+        except KafkaException as exc:
+            from vigil.hub.client import kafka_error
+
+            err = kafka_error(exc)
+            if err is None or err.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise
+            # Listed by the broker that gave the metadata, not yet known to the one describing
+            # it (a topic just made, on a cluster of several): not live yet, as if unlisted.
+            del topics[resource.name]
+            continue
         except TimeoutError:
             # (Only KafkaException was caught above it: a broker stopping mid-command gave a
             # bare traceback.)
@@ -274,24 +284,10 @@ def _insync_for_replicas(
     try:
         _wait_visible(admin, {name: d.partitions for name, d in created.items()})
         while True:
-            try:
-                live = describe_live(admin, list(created))
-            except KafkaException as exc:
-                # A broker whose metadata lags may list a topic just made and not describe it
-                # (UNKNOWN_TOPIC_OR_PART) a moment longer: asked again until the deadline.
-                from vigil.hub.client import kafka_error
-
-                err = kafka_error(exc)
-                if (
-                    err is None
-                    or err.code() != KafkaError.UNKNOWN_TOPIC_OR_PART
-                    or time.monotonic() > deadline
-                ):
-                    raise
-                time.sleep(0.05)  # metadata poll interval; the loop checks the state
-                continue
-            # A broker whose metadata lags may answer without a topic another just listed: it
-            # was left without its setting, silently.  (One deleted meanwhile stays missing: an error.)
+            live = describe_live(admin, list(created))
+            # A broker whose metadata lags may answer without a topic another just listed, or
+            # list it and not describe it (describe_live leaves it out): it was left without its
+            # setting, silently.  (One deleted meanwhile stays missing: an error.)
             missing = sorted(n for n in created if n not in live or live[n].replication < 1)
             if not missing or time.monotonic() > deadline:
                 break

@@ -178,3 +178,14 @@ def test_a_created_topic_never_described_by_the_deadline_is_an_error(monkeypatch
     assert len(errors) == 1
     assert errors[0].startswith("set min.insync.replicas of t: created, but not described")
     assert "within 0.2s" in errors[0]
+
+
+def test_a_topic_listed_but_not_yet_known_to_the_describing_broker_is_not_live_yet() -> None:
+    # On a cluster of several brokers, one listed a topic just made and another, asked for its
+    # settings, did not know it yet: `topics apply` ended in a bare KafkaException.
+    from vigil.hub.admin import describe_live
+
+    assert describe_live(Scripted(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)), ["t"]) == {}  # type: ignore[arg-type]
+    assert set(describe_live(Scripted({"retention.ms": "1"}), ["t"])) == {"t"}  # type: ignore[arg-type]
+    with pytest.raises(KafkaException):
+        describe_live(Scripted(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)), ["t"])  # type: ignore[arg-type]
