@@ -178,7 +178,7 @@ def partition_offsets(
     made in the caller's thread, has not.
 
     Partitions the broker answers with a transient error (a just-created topic electing its
-    leader) are asked again, with a growing pause, until ``deadline`` (monotonic); anything
+    leader) are asked again (see :func:`watermarks`) until ``deadline`` (monotonic); anything
     else raises :class:`BrokerError` naming the partition."""
     consumer = make_consumer(
         settings,
@@ -186,27 +186,12 @@ def partition_offsets(
         **{"isolation.level": "read_committed" if committed else "read_uncommitted"},
     )
     try:
-        out: dict[tuple[str, int], tuple[int, int]] = {}
-        for topic, partition in dict.fromkeys(partitions):
-            pause = 0.05
-            while True:
-                timeout = max(0.1, deadline - time.monotonic())
-                try:
-                    low, high = consumer.get_watermark_offsets(
-                        TopicPartition(topic, partition), timeout=timeout
-                    )
-                except KafkaException as exc:
-                    if not is_transient(exc) or time.monotonic() + pause > deadline:
-                        err = kafka_error(exc)
-                        reason = err.str() if err is not None else str(exc)
-                        msg = f"offsets of {topic}[{partition}]: {reason}"
-                        raise BrokerError(msg) from exc
-                    time.sleep(pause)  # the broker is electing a leader: back off, not a sync point
-                    pause = min(pause * 2, 1.0)
-                    continue
-                out[topic, partition] = (int(low), int(high))
-                break
-        return out
+        return {
+            (topic, partition): watermarks(
+                consumer, TopicPartition(topic, partition), max(0.0, deadline - time.monotonic())
+            )
+            for topic, partition in dict.fromkeys(partitions)
+        }
     finally:
         consumer.close()
 
