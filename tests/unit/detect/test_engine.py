@@ -43,6 +43,8 @@ from vigil.events.types import (
     LoginPayload,
     MfaChallenge,
     MfaChallengePayload,
+    Trade,
+    TradePayload,
     WithdrawalRequest,
     WithdrawalRequestPayload,
 )
@@ -411,6 +413,76 @@ def test_stage_one_routes_a_link_again_when_old_or_a_day_on() -> None:
     # A day on, a recent link goes again too: whatever the routed stage lost comes back.
     later = _login(22, "dev-11", timedelta(days=1, minutes=21))
     assert _routed_to_linked(ruleset, [later], states) == [later.event_id]
+
+
+def test_stage_one_routes_a_link_event_older_than_those_it_routed() -> None:
+    ruleset = RuleSet(RULES)
+    states: dict[tuple[str, int], MemoryState] = {}
+    first = _login(1, "dev-x", timedelta(minutes=30))
+    assert _routed_to_linked(ruleset, [first], states) == [first.event_id]
+    # A login from before it, arriving late: the rule moves the link's first-seen time back.
+    late = _login(2, "dev-x", timedelta(minutes=1))
+    assert _routed_to_linked(ruleset, [late], states) == [late.event_id]
+    # One between the two changes nothing: left out.
+    between = _login(3, "dev-x", timedelta(minutes=10))
+    assert _routed_to_linked(ruleset, [between], states) == []
+
+
+@pytest.mark.parametrize("dedup", [False, True])
+def test_a_late_link_event_counts_the_trades_held_since_it(dedup: bool) -> None:
+    """Both accounts use one device; a1's first login to arrive is from after the trades, and
+    its login from before them arrives last (its topic's fetch came back late).  In event-time
+    order the trades are between linked accounts: the rule counts them once that login
+    arrives, and stage 1 must not leave it out as a link it has already routed."""
+
+    def login(n: int, account: str, minutes: int) -> Login:
+        return Login(
+            event_id=f"login-{n}",
+            source="test",
+            occurred_at=T0 + timedelta(minutes=minutes),
+            entities=Entities(customer=f"c-{account}", account=account, device="dev-x"),
+        )
+
+    def trade(n: int, minutes: int) -> Trade:
+        return Trade(
+            event_id=f"trade-{n}",
+            source="test",
+            occurred_at=T0 + timedelta(minutes=minutes),
+            entities=Entities(account="a1"),
+            payload=TradePayload(
+                trade_id=f"t{n}",
+                symbol="SOL-USD",
+                price=150,
+                quantity=33,
+                taker_side="buy",
+                maker_account="a2",
+                taker_account="a1",
+            ),
+        )
+
+    arrivals: list[Event] = [
+        login(1, "a2", 0),
+        login(2, "a1", 30),
+        *(trade(n, 5 * n) for n in (1, 2, 3)),
+        login(3, "a1", 1),
+    ]
+    ruleset = RuleSet(RULES)
+    local = DetectOperator(ruleset, detectors="local", op_id="local", dedup=dedup)
+    router = RouteOperator(ruleset, remote_only=True)
+    remote = DetectOperator(ruleset, routed=True, detectors="remote")
+    states_1: dict[tuple[str, int], MemoryState] = {}
+    states_2: dict[tuple[str, int], MemoryState] = {}
+    out: list[Any] = []
+    for n, event in enumerate(arrivals):  # one batch each, in arrival order, through both stages
+        routed: list[Any] = []
+        batch = [Record(event, "in", 0, n, None, 0)]
+        local.process(batch, _Ctx(0, states_1, out))
+        router.process(batch, _Ctx(0, states_1, routed))
+        records = [Record(e, ROUTED_TOPIC, 0, n, key.encode(), 0) for _, key, e in routed if key == LINKED]
+        remote.process(records, _Ctx(0, states_2, out))
+    alerts = [e for t, _, e in out if t == ALERTS_TOPIC and e.payload.rule_id == "wash-trading-linked"]
+    assert len(alerts) == 1
+    assert {ev.event_id for ev in alerts[0].payload.evidence} >= {"trade-1", "trade-2", "trade-3"}
 
 
 def test_explanation_treats_attacker_strings_as_data() -> None:

@@ -29,7 +29,9 @@ bounds, and leaves out a link event whose every link it routed recently
 (:meth:`LinkedDetector.is_redundant`): on the simulated exchange six in seven, a fifth of all
 routed records, and less load on the one partition the rule's key lands on.  A link is routed
 again when it is among the older half of the party's links (the routed stage, applying the
-same events in a slightly different order, may have dropped it to make room) and once a day
+same events in a slightly different order, may have dropped it to make room), when it is older
+than every event routed for that link (a late one: the rule moves the link's first-seen time
+back and counts the matches it held since), and once a day
 (``RELINK_S``): whatever made the two stages' links differ (the routed stage's state lost, a
 party's link events under two keys) heals within a day, and until then the rule may miss
 trades over the links it lost.  A party with more than eight links routes its older ones at
@@ -162,8 +164,10 @@ class LinkedDetector(SingleRouteDetector):
         if not party:
             return not self._match(event)  # no link to learn
         key = f"r:{bounded(str(party))}"
-        # The party's links as routed: [link, event time last routed], oldest first, bounded as
-        # process() bounds the links it keeps.
+        # The party's links as routed: [link, event time last routed, earliest event time
+        # routed], oldest first, bounded as process() bounds the links it keeps.  (Items kept
+        # before the third field have two: their last time stands in, later than or equal to
+        # the earliest, so more is routed, never less.)
         routed: list[list[Any]] = state.get(key) or []
         now = ts(event)
         again = False
@@ -174,13 +178,19 @@ class LinkedDetector(SingleRouteDetector):
             link = f"{name}:{bounded(str(value))}"
             at = next((i for i, item in enumerate(routed) if item[0] == link), -1)
             if at < 0:
-                routed = [*routed[-MAX_LINKS + 1 :], [link, now]]
+                routed = [*routed[-MAX_LINKS + 1 :], [link, now, now]]
                 again = True
             elif at < len(routed) - MAX_LINKS // 2:
                 # Among the oldest: process() moves it to the newest end, and so does this list,
                 # so both evict the same links (kept in place here, the two orders drifted apart
                 # and a link left out here was one the rule had moved, and then evicted another).
-                routed = [*(item for item in routed if item[0] != link), [link, now]]
+                earliest = min(_earliest(routed[at]), now)
+                routed = [*(item for item in routed if item[0] != link), [link, now, earliest]]
+                again = True
+            elif now < _earliest(routed[at]):
+                # Older than every event routed for this link (it arrived late): the rule moves
+                # the link's first-seen time back to it and counts the matches it held since.
+                routed[at] = [link, routed[at][1], now]
                 again = True
             elif now - routed[at][1] >= RELINK_S:
                 routed[at][1] = now
@@ -366,6 +376,11 @@ class LinkedDetector(SingleRouteDetector):
                 set_or_delete(state, f"u:{other}", left)
         if counted:
             set_or_delete(state, f"u:{party}", [i for i in held if _held_key(i) not in counted])
+
+
+def _earliest(item: list[Any]) -> float:
+    """The earliest event time stage 1 routed for a link (see is_redundant)."""
+    return float(item[2] if len(item) > 2 else item[1])
 
 
 def _held_key(item: list[Any]) -> tuple[float, str]:
