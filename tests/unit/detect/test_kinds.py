@@ -11,6 +11,7 @@ import pytest
 from vigil.detect.cases import run_case
 from vigil.detect.engine import RuleSet, detect_events
 from vigil.detect.intel import IntelIndex
+from vigil.detect.kinds.common import MAX_SEEN, see
 from vigil.detect.kinds.lookalike import imitation_key
 from vigil.detect.rules.validate import Validation, validate_paths
 from vigil.testing import MemoryState
@@ -362,6 +363,56 @@ def test_first_seen_is_judged_at_the_event_time(tmp_path: Path) -> None:
         + money("withdrawal_request", "10m", 950, "'0xb'")
     )
     assert run(tmp_path, RATIO, earlier_seen, arrival=True) == []
+
+
+NEW_IP = """\
+    type: sequence
+    group_by: customer
+    within: 1h
+    steps:
+      - {name: login, type: login, first_seen: ip, min_seen: 1}
+      - {name: withdrawal, type: withdrawal_request}
+"""
+
+
+def test_an_ip_in_regular_use_is_not_forgotten_behind_many_passing_ones(tmp_path: Path) -> None:
+    # Most of a year of mobile logins, each from a new carrier IP (more than the 256 values a history
+    # keeps), and the customer's home IP every tenth day.  The home IP is no new IP.
+    lines = ["      - {type: login, at: 0, customer: c1, ip: 192.0.2.1}\n"]
+    for day in range(1, 290):
+        ip = "192.0.2.1" if day % 10 == 0 else f"10.{day // 250}.{day % 250}.1"
+        lines.append(f"      - {{type: login, at: {day}d, customer: c1, ip: {ip}}}\n")
+    home = "      - {type: login, at: 417600m, customer: c1, ip: 192.0.2.1}\n"
+    out = (
+        "      - {type: withdrawal_request, at: 417601m, customer: c1,"
+        " payload: {withdrawal_id: w1, asset: ETH, amount: 1, to_address: '0xabc'}}\n"
+    )
+    assert run(tmp_path, NEW_IP, "".join(lines) + home + out) == []
+    # An IP last seen before all the passing ones is forgotten (the history stays bounded).
+    stale = "      - {type: login, at: 417600m, customer: c1, ip: 10.0.1.1}\n"
+    assert run(tmp_path, NEW_IP, "".join(lines) + stale + out) == ["c1"]
+
+
+def test_a_history_keeps_its_bound_and_renews_only_values_at_risk() -> None:
+    seen: dict[str, float] = {}
+    assert see(seen, "home", 0.0)
+    for n in range(1, 100):
+        assert see(seen, f"ip-{n}", float(n))
+    # Far from full: a repeat changes nothing, so no state is written.
+    assert not see(seen, "home", 100.0)
+    assert next(iter(seen)) == "home"
+    for n in range(100, MAX_SEEN):
+        see(seen, f"ip-{n}", float(n))
+    # Nearly full and among the older half: moved to the newest end, its first time kept.
+    assert see(seen, "home", 500.0)
+    assert list(seen)[-1] == "home"
+    assert seen["home"] == 0.0
+    # Among the newer half: nothing to write.
+    assert not see(seen, "home", 501.0)
+    for n in range(MAX_SEEN, 3 * MAX_SEEN):
+        see(seen, f"ip-{n}", float(n))
+        assert len(seen) <= MAX_SEEN
+    assert "ip-1" not in seen
 
 
 TRAVEL = """\

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import itertools
 from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass
 from typing import Any
@@ -157,8 +158,11 @@ class CompiledEntry:
 
 # ---------------------------------------------------------------------------- seen histories
 
-#: Values a history remembers for ``first_seen`` (past this the first remembered is dropped).
+#: Values a history remembers for ``first_seen`` (past this the least recently seen of the older
+#: half is dropped; see :func:`see`).
 MAX_SEEN = 256
+#: From this many values on, a value seen again among the older half moves to the newest end.
+_RENEW_FROM = MAX_SEEN * 3 // 4
 
 
 def first_seen_times(stored: Any) -> dict[str, float]:
@@ -170,7 +174,13 @@ def first_seen_times(stored: Any) -> dict[str, float]:
 def see(values: dict[str, float], text: str, now: float) -> bool:
     """Remember ``text`` as seen at event time ``now``: its earliest time is what counts, so a
     sighting that arrives after a later one still moves it back.  Whether ``values`` changed
-    (most sightings repeat a value seen before, and need no state write)."""
+    (most sightings repeat a value seen before, and need no state write).
+
+    Past MAX_SEEN values the oldest in the history's order goes.  A value seen again while the
+    history is nearly full and it is among the older half moves to the newest end, so what goes
+    is one not seen for long: a customer's home IP, used every week, outlived by the 256 mobile
+    IPs of a year was forgotten, and the next login from home was "from a new IP".  (Only then:
+    most sightings still write nothing.)"""
     first = values.get(text)
     if first is None:
         values[text] = now
@@ -178,9 +188,20 @@ def see(values: dict[str, float], text: str, now: float) -> bool:
             del values[next(iter(values))]
         return True
     if now < first:
-        values[text] = now
+        first = values[text] = now
+        changed = True
+    else:
+        changed = False
+    if len(values) >= _RENEW_FROM and _in_older_half(values, text):
+        del values[text]
+        values[text] = first
         return True
-    return False
+    return changed
+
+
+def _in_older_half(values: dict[str, float], text: str) -> bool:
+    half = len(values) // 2
+    return any(other == text for other in itertools.islice(values, half))
 
 
 def earliest_times(kept: list[float] | None, counted: int, keep: int) -> list[float]:
