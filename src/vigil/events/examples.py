@@ -33,7 +33,7 @@ def example_events(at: datetime) -> list[Event]:
         return stable_id("example", kind, at.isoformat())
 
     who = Entities(customer=_CUST, device="dev-9f1c", ip="203.0.113.7")
-    geo = t.Geo(country="PT", city="Lisbon", lat=38.72, lon=-9.14)
+    geo = t.Geo(country="PT", city="Lisbon", lat=38.72, lon=-9.14, connection="fixed")
     out: list[Event] = [
         t.Login(
             event_id=eid("login"),

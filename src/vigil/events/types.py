@@ -23,6 +23,12 @@ class Geo(Struct, kw_only=True, frozen=True):
     #: Degrees; out of range is refused (impossible travel measures distances between them).
     lat: Annotated[float, msgspec.Meta(ge=-90, le=90)] | None = None
     lon: Annotated[float, msgspec.Meta(ge=-180, le=180)] | None = None
+    #: The IP's connection type, as IP intelligence gives it (MaxMind's connection type:
+    #: Cellular; Cable/DSL, Dialup and Corporate are ``fixed``; Satellite), ``hosting`` for data
+    #: centres and VPN exits.  A cellular or satellite IP is located where the carrier's
+    #: gateway is, not the customer: a phone roaming abroad egresses at home, so distances to
+    #: or from one are not travel.
+    connection: Literal["cellular", "fixed", "satellite", "hosting"] | None = None
 
 
 class LoginPayload(Struct, kw_only=True, frozen=True):

@@ -378,6 +378,8 @@ class BenignTraffic:
         self._withdraw_keys: set[str] = set()
         #: Each customer's mobile carrier's CGNAT IPs (those of their home country).
         self._carriers = [pop.carrier_ips[c.place.country] for c in custs]
+        #: Each customer's home place as their carrier's IPs are located (see _cellular_geo).
+        self._cell_geos: dict[int, Geo] = {}
         self._cloud = Place("US", "Ashburn", 39.04, -77.49, -5, CLOUD_PREFIXES)
         self.slice_len = self.market.slice_len
         n_slices = self.market.n_slices
@@ -507,8 +509,10 @@ class BenignTraffic:
         if away is not None and r < away[2]:
             geo, ip = away[0], away[1]
         elif r > 1 - CELLULAR_SHARE and (away is not None or c.user_agent in _MOBILE_UAS):
-            # On cellular data (abroad: roaming, which egresses through the home carrier).
+            # On cellular data (abroad: roaming, which egresses through the home carrier, so
+            # the IP is located at home; IP intelligence knows it for a cellular one).
             ip = pick(u(), self._carriers[i])
+            geo = self._cellular_geo(c)
         elif len(ips) == 1 or r < 0.6:
             ip = ips[0]
         else:
@@ -522,6 +526,16 @@ class BenignTraffic:
                 customer=c.id, account=c.account, device=device, ip=ip, email=c.email
             )
         return ents, geo, new
+
+    def _cellular_geo(self, c: Customer) -> Geo:
+        """Where a login over ``c``'s carrier is located: at home, a cellular connection."""
+        geo = self._cell_geos.get(c.index)
+        if geo is None:
+            home = c.geo
+            geo = self._cell_geos[c.index] = Geo(
+                country=home.country, city=home.city, lat=home.lat, lon=home.lon, connection="cellular"
+            )
+        return geo
 
     def _session(self, c: Customer) -> Entities:
         """The device and IP of ``c``'s latest login: where account changes are made from."""

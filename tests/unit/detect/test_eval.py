@@ -29,17 +29,18 @@ def test_every_scenario_meets_recall_precision_and_hold_targets() -> None:
     for name, s in result.scenarios.items():
         assert s.episodes >= 1
         hold_ok = name not in HOLD_SCENARIOS or (s.hold_before_funds_leave or 0.0) >= 0.95
-        # Precision per scenario at 0.70, not 0.90: against benign traffic that shows what the
+        # Precision per scenario at 0.80, not 0.90: against benign traffic that shows what the
         # rules look for (VPNs, first trips abroad, new phones without MFA, round deposits),
         # impossible-travel, loyalty-from-new-device and mixer-denominations fire on a few benign
         # customers (README, "The score is only as honest"), and a few episodes per scenario make
-        # each of those count.  0.90 was met only while benign traffic never showed them.
-        if s.recall < 0.95 or s.precision < 0.70 or not hold_ok:
+        # each of those count.  0.90 was met only while benign traffic never showed them.  (0.86
+        # the lowest, loyalty theft, since impossible-travel leaves cellular logins out.)
+        if s.recall < 0.95 or s.precision < 0.80 or not hold_ok:
             failures[name] = s.as_json()
     assert failures == {}
     assert result.precision >= 0.90  # over all alerts
     assert result.benign_events > 0.9 * result.events
-    assert result.false_positives_per_10k < 2.0
+    assert result.false_positives_per_10k < 1.0  # 0.40
 
 
 def test_json_has_exactly_the_documented_shape() -> None:

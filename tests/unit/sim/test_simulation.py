@@ -15,6 +15,7 @@ from vigil.errors import ConfigError
 from vigil.events.base import Event
 from vigil.events.codec import encode
 from vigil.events.records import EpisodeLabel
+from vigil.events.types import Login
 from vigil.sim import LOOKALIKES, SCENARIOS, SimConfig, Simulation
 from vigil.sim.benign import MAX_SESSION
 from vigil.sim.config import default_data_dir
@@ -199,6 +200,24 @@ def _check_takeovers(sim: Simulation, stream: list[Event], atos: list[EpisodeLab
         assert kinds.get("account") == cust.account
         assert kinds.get("device") == login.entities.device
         assert "vendor" not in kinds
+
+
+def test_logins_over_a_carrier_say_so_and_are_located_at_home(sim: Simulation, stream: list[Event]) -> None:
+    # A phone on cellular data (roaming abroad too) egresses through the home carrier: IP
+    # intelligence locates it at home and names the connection cellular.
+    carriers = {ip for ips in sim.population.carrier_ips.values() for ip in ips}
+    homes = {c.id: c.geo for c in sim.population.customers}
+    cellular = [e for e in stream if isinstance(e, Login) and e.entities.ip in carriers]
+    others = [e for e in stream if isinstance(e, Login) and e.entities.ip not in carriers]
+    assert cellular
+    assert others
+    for e in cellular:
+        geo = e.payload.geo
+        assert geo is not None
+        assert geo.connection == "cellular"
+        home = homes[e.entities.customer or ""]
+        assert (geo.country, geo.lat, geo.lon) == (home.country, home.lat, home.lon)
+    assert not any(e.payload.geo and e.payload.geo.connection == "cellular" for e in others)
 
 
 def test_address_poisoning_uses_a_lookalike_of_a_usual_counterparty(
