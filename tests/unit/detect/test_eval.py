@@ -34,7 +34,7 @@ def test_every_scenario_meets_recall_precision_and_hold_targets() -> None:
         # impossible-travel, loyalty-from-new-device and mixer-denominations fire on a few benign
         # customers (README, "The score is only as honest"), and a few episodes per scenario make
         # each of those count.  0.90 was met only while benign traffic never showed them.  (0.86
-        # the lowest, loyalty theft, since impossible-travel leaves cellular logins out.)
+        # the lowest, loyalty theft, since impossible-travel no longer scores cellular logins.)
         if s.recall < 0.95 or s.precision < 0.80 or not hold_ok:
             failures[name] = s.as_json()
     assert failures == {}
