@@ -25,9 +25,9 @@ class Geo(Struct, kw_only=True, frozen=True):
     lon: Annotated[float, msgspec.Meta(ge=-180, le=180)] | None = None
     #: The IP's connection type, as IP intelligence gives it (MaxMind's connection type:
     #: Cellular; Cable/DSL, Dialup and Corporate are ``fixed``; Satellite), ``hosting`` for data
-    #: centres and VPN exits.  A cellular or satellite IP is located where the carrier's
-    #: gateway is, not the customer: a phone roaming abroad egresses at home, so distances to
-    #: or from one are not travel.
+    #: centres and VPN exits; any other value is refused.  A cellular or satellite IP is located
+    #: where the carrier's gateway is, not the customer (a phone roaming abroad egresses at
+    #: home): impossible-travel does not score a login from one.
     connection: Literal["cellular", "fixed", "satellite", "hosting"] | None = None
 
 
