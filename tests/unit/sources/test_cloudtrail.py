@@ -251,6 +251,20 @@ def test_read_log_file_rejects_non_cloudtrail_files(tmp_path: Path) -> None:
         read_log_file(garbage)
 
 
+def test_json_nested_too_deep_is_refused_not_a_crash(tmp_path: Path) -> None:
+    # A thousand levels of nesting raised RecursionError in the decoder, which stopped the
+    # source (skip_bad_files or not, and again at every restart) and the normaliser.
+    deep = "[" * 5000 + "]" * 5000
+    path = tmp_path / "deep.json"
+    path.write_text('{"Records": [' + deep + "]}")
+    with pytest.raises(SourceError, match=r"deep.json is not a CloudTrail log file"):
+        read_log_file(path)
+    value = json.dumps(ALL[0])[:-1] + ', "requestParameters": {"a": ' + deep + "}}"
+    raw = RawRecord("cloudtrail", "cloudtrail_record", value.encode(), datetime.now(UTC))
+    with pytest.raises(ContractError, match="CloudTrail record"):
+        CloudTrailNormalizer().normalize(raw)
+
+
 def test_a_file_that_decompresses_too_far_is_refused_by_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
