@@ -364,12 +364,12 @@ def test_stage_one_keeps_the_links_in_the_rules_own_order(seed: int) -> None:
 LINKED = "linked:wash-trading-linked"
 
 
-def _login(n: int, device: str, at: timedelta, event_id: str | None = None) -> Login:
+def _login(n: int, device: str, at: timedelta, event_id: str | None = None, account: str = "a1") -> Login:
     return Login(
         event_id=event_id or f"login-{n}",
         source="test",
         occurred_at=T0 + at,
-        entities=Entities(customer="c1", account="a1", device=device),
+        entities=Entities(customer=f"c{account[1:]}", account=account, device=device),
     )
 
 
@@ -435,14 +435,6 @@ def test_a_late_link_event_counts_the_trades_held_since_it(dedup: bool) -> None:
     order the trades are between linked accounts: the rule counts them once that login
     arrives, and stage 1 must not leave it out as a link it has already routed."""
 
-    def login(n: int, account: str, minutes: int) -> Login:
-        return Login(
-            event_id=f"login-{n}",
-            source="test",
-            occurred_at=T0 + timedelta(minutes=minutes),
-            entities=Entities(customer=f"c-{account}", account=account, device="dev-x"),
-        )
-
     def trade(n: int, minutes: int) -> Trade:
         return Trade(
             event_id=f"trade-{n}",
@@ -461,10 +453,10 @@ def test_a_late_link_event_counts_the_trades_held_since_it(dedup: bool) -> None:
         )
 
     arrivals: list[Event] = [
-        login(1, "a2", 0),
-        login(2, "a1", 30),
+        _login(1, "dev-x", timedelta(0), account="a2"),
+        _login(2, "dev-x", timedelta(minutes=30)),
         *(trade(n, 5 * n) for n in (1, 2, 3)),
-        login(3, "a1", 1),
+        _login(3, "dev-x", timedelta(minutes=1)),
     ]
     ruleset = RuleSet(RULES)
     local = DetectOperator(ruleset, detectors="local", op_id="local", dedup=dedup)
