@@ -191,6 +191,8 @@ _GROUP_MOVED_ON = frozenset(
     }
 )
 _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+#: How long to wait for a client's fatal error reason once a call has failed with "fatal".
+_FATAL_REASON_WAIT_S = 2.0
 #: Default checkpoint intervals.  Exactly-once outputs become visible when a checkpoint commits,
 #: so the interval is their latency: short.  At-least-once outputs go out at once; the interval
 #: only bounds what is processed again after a crash, and every checkpoint writes each key changed
@@ -755,15 +757,24 @@ class Application:
         """The error to stop with when a client call raised: a client's fatal error (a fenced
         producer, say) surfaces at whichever call comes next, often as a bare "fatal error", so
         the message names the application and adds the fatal error the client reported."""
-        for producer in (self._producer, self._state_producer):
-            try:
-                if producer is not None:
-                    producer.poll(0)  # serves the error callback (_on_client_error)
-            except KafkaException as fatal:  # or raises the fatal error itself
-                raised = kafka_error(fatal)
-                self._fatal_errors.append(raised.str() if raised is not None else str(fatal))
-        msg = f"application {self.name!r}: Kafka client failed: {exc.args[0]}"
         err = kafka_error(exc)
+        # The client raises "fatal" the moment it marks itself failed and queues the reason (a
+        # fenced producer) just after: wait briefly for the reason rather than lose it to the race.
+        fatal = err is not None and (err.fatal() or err.code() == KafkaError._FATAL)
+        deadline = time.monotonic() + (_FATAL_REASON_WAIT_S if fatal else 0.0)
+        wait = 0.0
+        while True:
+            for producer in (self._producer, self._state_producer):
+                try:
+                    if producer is not None:
+                        producer.poll(wait)  # serves the error callback (_on_client_error)
+                except KafkaException as raised_exc:  # or raises the fatal error itself
+                    raised = kafka_error(raised_exc)
+                    self._fatal_errors.append(raised.str() if raised is not None else str(raised_exc))
+            if self._fatal_errors or time.monotonic() >= deadline:
+                break
+            wait = 0.05
+        msg = f"application {self.name!r}: Kafka client failed: {exc.args[0]}"
         if self._fatal_errors and (err is None or self._fatal_errors[0] != err.str()):
             msg += f"; its fatal error: {self._fatal_errors[0]}"
         return PipelineError(msg)
