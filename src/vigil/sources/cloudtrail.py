@@ -33,6 +33,9 @@ For an assumed role the employee is ``<role>/<session>``: the session name is ch
 whoever calls AssumeRole (a CI role can call its session ``alice``), so it says who only
 together with the role.  The exception is IAM Identity Center (``AWSReservedSSO_*`` roles),
 where AWS sets the session name to the signed-in user's name: that name alone is the employee.
+Each account's root user is ``root@<account>``; the name CloudTrail hides on a failed sign-in
+(:data:`HIDDEN_USER`) is nobody.  Identity and top-level fields of the wrong type refuse the
+record by name (they never become an employee's ``repr``), as does an empty ``eventID``.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -483,7 +486,7 @@ def _event_id(value: bytes) -> bytes | None:
         found = _id_decoder.decode(value).get("eventID")
     except (msgspec.DecodeError, RecursionError):
         return None
-    return str(found).encode() if found else None
+    return found.encode() if isinstance(found, str) and found else None
 
 
 # --------------------------------------------------------------------------- normaliser
@@ -527,32 +530,40 @@ ACTIONS: dict[str, str] = {
 _SSO_ROLE_PREFIX = "AWSReservedSSO_"
 
 
-def _principal(identity: dict[str, Any]) -> str | None:
+#: The user name CloudTrail writes for a failed console sign-in whose name is no user of the
+#: account (people type their password there): it names nobody, and every such record carries it.
+HIDDEN_USER = "HIDDEN_DUE_TO_SECURITY_REASONS"
+
+
+def _principal(identity: _Identity) -> str | None:
     """The person (or role session) behind the call, as the employee entity."""
-    kind = identity.get("type")
-    if kind == "IAMUser" and identity.get("userName"):
-        return str(identity["userName"])
-    if kind == "Root":
-        return "root"
-    if kind == "AssumedRole":
+    if identity.userName == HIDDEN_USER:
+        return None  # (falling back to the principalId would name the account)
+    if identity.type == "IAMUser" and identity.userName:
+        return identity.userName
+    if identity.type == "Root":
+        # Each account has its own root user: one "root" made them all one employee.
+        account = identity.accountId or identity.arn.partition("arn:aws:iam::")[2].partition(":")[0]
+        return f"root@{account}" if account else "root"
+    if identity.type == "AssumedRole":
         # arn:aws:sts::123:assumed-role/<role>/<session> (neither name may hold a "/").  The
         # session name is the AssumeRole caller's free choice: taken alone, a CI role that named
         # its session "alice" acted as alice.  Only IAM Identity Center sets it itself, to the
         # signed-in user's name, on the roles it creates (AWSReservedSSO_<permission set>_<hash>).
-        role_arn = str(identity.get("arn") or "")
-        role, _, session = role_arn.partition(":assumed-role/")[2].partition("/")
+        role, _, session = identity.arn.partition(":assumed-role/")[2].partition("/")
         if role and session:  # (an arn ending in "/" names none: the fallbacks below name someone)
             return session if role.startswith(_SSO_ROLE_PREFIX) else f"{role}/{session}"
-    if identity.get("userName"):
-        return str(identity["userName"])
-    arn = identity.get("arn") or identity.get("principalId")
-    return str(arn) if arn else None
+    return identity.userName or identity.arn or identity.principalId or None
 
 
-def _ip(value: object) -> str | None:
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _ip(value: str | None) -> str | None:
     """sourceIPAddress is an IP for calls from outside AWS and a service name
     (``s3.amazonaws.com``) for calls made by AWS on someone's behalf."""
-    if not isinstance(value, str):
+    if value is None:
         return None
     try:
         return str(ipaddress.ip_address(value))
@@ -560,23 +571,30 @@ def _ip(value: object) -> str | None:
         return None
 
 
+def _param(params: dict[str, Any], field: str) -> str | None:
+    """A request parameter that names something: a non-empty string, else None (the same field
+    name holds objects or lists in some of AWS's hundreds of APIs; a repr would name nothing)."""
+    value = params.get(field)
+    return value if isinstance(value, str) and value else None
+
+
 def _resource(name: str, params: dict[str, Any], response: dict[str, Any]) -> str | None:
-    if name in ("GetObject", "CopyObject") and params.get("bucketName"):
-        return f"arn:aws:s3:::{params['bucketName']}/{params.get('key', '')}"
-    if params.get("bucketName"):
-        return f"arn:aws:s3:::{params['bucketName']}"
+    bucket = _param(params, "bucketName")
+    if name in ("GetObject", "CopyObject") and bucket:
+        return f"arn:aws:s3:::{bucket}/{_param(params, 'key') or ''}"
+    if bucket:
+        return f"arn:aws:s3:::{bucket}"
     if name == "CreateAccessKey":
         return _access_key_id(response)
     for field in ("serialNumber", "virtualMFADeviceName", "userName", "roleArn", "secretId", "name"):
-        if params.get(field):
-            return str(params[field])
+        if found := _param(params, field):
+            return found
     return None
 
 
 def _access_key_id(response: dict[str, Any]) -> str | None:
     key = response.get("accessKey")
-    found = key.get("accessKeyId") if isinstance(key, dict) else None
-    return str(found) if found else None
+    return _param(key, "accessKeyId") if isinstance(key, dict) else None
 
 
 def _get(record: dict[str, Any], field: str) -> dict[str, Any]:
@@ -592,11 +610,34 @@ def _get(record: dict[str, Any], field: str) -> dict[str, Any]:
     return value
 
 
+_Name = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class _Identity(msgspec.Struct):
+    """The ``userIdentity`` fields the employee is made of (strings, "" when absent)."""
+
+    type: str = ""
+    userName: str = ""
+    arn: str = ""
+    principalId: str = ""
+    accountId: str = ""
+
+
 class _Required(msgspec.Struct):
-    eventID: str
+    """The fields every record must have, and those that say who and where, typed: a wrong
+    type is refused by name (``str()`` of a list made an employee of its repr)."""
+
+    eventID: _Name  # empty, every such record would share one event id
     eventTime: datetime
-    eventName: str
-    eventSource: str
+    eventName: _Name
+    eventSource: _Name
+    userIdentity: _Identity | None = None
+    sourceIPAddress: str | None = None
+    awsRegion: str | None = None
+    recipientAccountId: str | None = None
+    userAgent: str | None = None
+    errorCode: str | None = None
+    errorMessage: str | None = None
 
 
 _required = msgspec.json.Decoder(_Required)
@@ -613,10 +654,16 @@ class CloudTrailNormalizer(Normalizer):
             msg = f"raw.cloudtrail record of kind {record.kind!r}; expected {KIND!r}"
             raise ContractError(msg)
         try:
-            head = _required.decode(record.value)
             body = _record_decoder.decode(record.value)
-        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             msg = f"CloudTrail record: {exc}"
+            raise ContractError(msg) from None
+        try:
+            head = _required.decode(record.value)
+        except msgspec.ValidationError as exc:
+            named = body.get("eventID")
+            which = f" {named!r}" if isinstance(named, str) and named else ""
+            msg = f"CloudTrail record{which}: {exc}"
             raise ContractError(msg) from None
         if head.eventTime.tzinfo is None:
             msg = f"CloudTrail record {head.eventID!r}: eventTime has no time zone"
@@ -629,13 +676,13 @@ class CloudTrailNormalizer(Normalizer):
                 "outside the years 1-9999 once converted to UTC"
             )
             raise ContractError(msg) from None
-        identity = _get(body, "userIdentity")
+        identity = head.userIdentity or _Identity()
         params = _get(body, "requestParameters")
         response = _get(body, "responseElements")
         extra = _get(body, "additionalEventData")
         name = head.eventName
         outcome: Literal["success", "failure", "unknown"] = (
-            "failure" if body.get("errorCode") or body.get("errorMessage") else "success"
+            "failure" if head.errorCode or head.errorMessage else "success"
         )
         if name == "ConsoleLogin":
             login = response.get("ConsoleLogin")
@@ -647,24 +694,26 @@ class CloudTrailNormalizer(Normalizer):
             "event_name": name,
             "event_source": head.eventSource,
         }
-        for key, field in (
-            ("region", "awsRegion"),
-            ("account", "recipientAccountId"),
-            ("user_agent", "userAgent"),
-            ("error_code", "errorCode"),
-            ("error_message", "errorMessage"),
-            ("identity_type", None),
-            ("arn", None),
+        for key, value in (
+            ("region", head.awsRegion),
+            ("account", head.recipientAccountId),
+            ("user_agent", head.userAgent),
+            ("error_code", head.errorCode),
+            ("error_message", head.errorMessage),
+            ("identity_type", identity.type or None),
+            ("arn", identity.arn or None),
         ):
-            value = body.get(field) if field else identity.get("type" if key == "identity_type" else key)
             if value is not None:
-                attributes[key] = str(value)
+                attributes[key] = value
+        if identity.userName == HIDDEN_USER:
+            attributes["user_hidden"] = "true"
         if "MFAUsed" in extra:
             attributes["mfa_used"] = "true" if extra["MFAUsed"] == "Yes" else "false"
-        if name == "CreateAccessKey" and params.get("userName"):
-            attributes["target_user"] = str(params["userName"])
-        if name in ("GetObject", "CopyObject") and "bytesTransferredOut" in extra:
-            attributes["bytes_out"] = str(extra["bytesTransferredOut"])
+        if name == "CreateAccessKey" and (target := _param(params, "userName")):
+            attributes["target_user"] = target
+        bytes_out = extra.get("bytesTransferredOut")
+        if name in ("GetObject", "CopyObject") and _is_number(bytes_out):
+            attributes["bytes_out"] = str(bytes_out)
         access_key = _access_key_id(response) if name == "CreateAccessKey" else None
         principal = _principal(identity)
         return [
@@ -675,8 +724,8 @@ class CloudTrailNormalizer(Normalizer):
                 ingested_at=record.received_at,
                 entities=Entities(
                     employee=principal,
-                    ip=_ip(body.get("sourceIPAddress")),
-                    api_key=str(access_key) if access_key else None,
+                    ip=_ip(head.sourceIPAddress),
+                    api_key=access_key,
                 ),
                 payload=SecurityEventPayload(
                     provider="aws",

@@ -363,6 +363,82 @@ def test_an_assumed_role_arn_without_a_session_name_names_the_arn() -> None:
     assert decode_event(encode(e)) == e
 
 
+def test_a_hidden_user_name_is_nobody_not_one_shared_employee() -> None:
+    # A failed sign-in with a name that is no user of the account: CloudTrail hides the name
+    # (people type their password there), the same word in every such record.
+    identity = {
+        "type": "IAMUser",
+        "principalId": "111122223333",
+        "accountId": "111122223333",
+        "accessKeyId": "",
+        "userName": cloudtrail.HIDDEN_USER,
+    }
+    e = normalize({**CONSOLE_LOGIN_FAIL, "userIdentity": identity})
+    assert e.entities.employee is None
+    assert e.payload.principal is None
+    assert e.payload.attributes["user_hidden"] == "true"
+    assert e.payload.outcome == "failure"
+    assert e.entities.ip == "203.0.113.77"
+
+
+def test_each_account_root_user_is_its_own_employee() -> None:
+    def root(account: str) -> SecurityEvent:
+        identity = {
+            "type": "Root",
+            "principalId": account,
+            "arn": f"arn:aws:iam::{account}:root",
+            "accountId": account,
+        }
+        return normalize({**CONSOLE_LOGIN_OK, "userIdentity": identity})
+
+    assert root("111122223333").entities.employee == "root@111122223333"
+    assert root("444455556666").entities.employee == "root@444455556666"
+    no_account = {"type": "Root", "arn": "arn:aws:iam::777788889999:root"}
+    assert normalize({**CONSOLE_LOGIN_OK, "userIdentity": no_account}).entities.employee == (
+        "root@777788889999"
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "where"),
+    [
+        ("userName", ["alice"], "$.userIdentity.userName"),
+        ("arn", {"a": 1}, "$.userIdentity.arn"),
+        ("type", 7, "$.userIdentity.type"),
+    ],
+)
+def test_an_identity_field_of_the_wrong_type_is_refused_by_name(field: str, value: Any, where: str) -> None:
+    # str() of it made an employee of a list's repr.
+    record = {**CONSOLE_LOGIN_OK, "userIdentity": {**ALICE, field: value}}
+    raw = RawRecord("cloudtrail", "cloudtrail_record", json.dumps(record).encode(), datetime.now(UTC))
+    with pytest.raises(
+        ContractError, match=rf"CloudTrail record '{CONSOLE_LOGIN_OK['eventID']}': .* - at `\{where}`"
+    ):
+        CloudTrailNormalizer().normalize(raw)
+
+
+@pytest.mark.parametrize("field", ["sourceIPAddress", "userAgent", "errorCode", "recipientAccountId"])
+def test_a_top_level_field_of_the_wrong_type_is_refused_by_name(field: str) -> None:
+    raw = RawRecord(
+        "cloudtrail",
+        "cloudtrail_record",
+        json.dumps({**CONSOLE_LOGIN_OK, field: {"x": 1}}).encode(),
+        datetime.now(UTC),
+    )
+    with pytest.raises(ContractError, match=rf"Expected `str \| null`, got `object` - at `\$\.{field}`"):
+        CloudTrailNormalizer().normalize(raw)
+
+
+def test_request_parameters_that_are_no_names_make_no_resource() -> None:
+    # The same parameter name holds an object in some APIs: its repr names nothing.
+    e = normalize({**ENABLE_MFA, "requestParameters": {"serialNumber": {"arn": "x"}, "userName": "alice"}})
+    assert e.payload.resource == "alice"
+    e = normalize({**GET_OBJECT, "requestParameters": {"bucketName": ["b"], "key": "k"}})
+    assert e.payload.resource is None
+    e = normalize({**GET_OBJECT, "additionalEventData": {"bytesTransferredOut": "lots"}})
+    assert "bytes_out" not in e.payload.attributes
+
+
 def test_unknown_event_kept_with_its_name_and_service_source_is_not_an_ip() -> None:
     e = normalize(SERVICE_CALL)
     assert e.payload.action == "DescribeInstances"
@@ -382,13 +458,21 @@ def test_event_id_is_stable_per_cloudtrail_event_id() -> None:
         (b"not json", "CloudTrail record"),
         (b'{"eventTime": "2026-11-28T09:15:02Z", "eventName": "X", "eventSource": "y"}', "eventID"),
         (
+            b'{"eventID": "", "eventTime": "2026-11-28T09:15:02Z", "eventName": "X", "eventSource": "y"}',
+            r"Expected `str` of length >= 1 - at `\$.eventID`",
+        ),
+        (
+            b'{"eventID": "1", "eventTime": "2026-11-28T09:15:02Z", "eventName": "", "eventSource": "y"}',
+            r"CloudTrail record '1': Expected `str` of length >= 1 - at `\$.eventName`",
+        ),
+        (
             b'{"eventID": "1", "eventTime": "yesterday", "eventName": "X", "eventSource": "y"}',
             "eventTime",
         ),
         (
             b'{"eventID": "1", "eventTime": "2026-11-28T09:15:02Z", "eventName": "X", "eventSource": "y",'
             b' "userIdentity": "root"}',
-            "userIdentity must be an object",
+            r"CloudTrail record .1.: Expected `object \| null`, got `str` - at `\$.userIdentity`",
         ),
         (
             b'{"eventID": "1", "eventTime": "0001-01-01T00:00:00+01:00", "eventName": "X",'
