@@ -41,7 +41,6 @@ record by name (they never become an employee's ``repr``), as does an empty ``ev
 from __future__ import annotations
 
 import gzip
-import ipaddress
 import logging
 import os
 import re
@@ -60,6 +59,7 @@ from vigil.events.base import Entities, Event
 from vigil.events.ids import stable_id
 from vigil.events.types import SecurityEvent, SecurityEventPayload
 from vigil.hub.raw import RawRecord
+from vigil.sources.addresses import client_ip
 from vigil.sources.base import Normalizer, RawSink, Source
 
 log = logging.getLogger(__name__)
@@ -560,17 +560,6 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _ip(value: str | None) -> str | None:
-    """sourceIPAddress is an IP for calls from outside AWS and a service name
-    (``s3.amazonaws.com``) for calls made by AWS on someone's behalf."""
-    if value is None:
-        return None
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        return None
-
-
 def _param(params: dict[str, Any], field: str) -> str | None:
     """A request parameter that names something: a non-empty string, else None (the same field
     name holds objects or lists in some of AWS's hundreds of APIs; a repr would name nothing)."""
@@ -724,7 +713,9 @@ class CloudTrailNormalizer(Normalizer):
                 ingested_at=record.received_at,
                 entities=Entities(
                     employee=principal,
-                    ip=_ip(head.sourceIPAddress),
+                    # (an IP for calls from outside AWS, a service name, s3.amazonaws.com, for
+                    # calls AWS makes on someone's behalf)
+                    ip=client_ip(head.sourceIPAddress),
                     api_key=access_key,
                 ),
                 payload=SecurityEventPayload(

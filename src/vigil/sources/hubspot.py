@@ -57,6 +57,7 @@ from vigil.events.types import (
     Geo,
 )
 from vigil.hub.raw import RawRecord
+from vigil.sources.addresses import client_ip
 from vigil.sources.base import Normalizer
 from vigil.sources.webhooks import (
     LISTEN_OPTIONS,
@@ -319,7 +320,7 @@ def _audit_events(record: RawRecord) -> list[Event]:
             "occurred_at": _audit_time(audit.occurredAt, where, f"{path}.occurredAt"),
             "ingested_at": record.received_at,
             # HubSpot leaves ipAddress "" when it has none: no IP, not an IP of "" shared by all.
-            "entities": Entities(vendor=NAME, employee=user, ip=audit.ipAddress or None),
+            "entities": Entities(vendor=NAME, employee=user, ip=client_ip(audit.ipAddress)),
         }
         geo = Geo(country=audit.countryCode.upper()) if audit.countryCode else None
         if category == "LOGIN":

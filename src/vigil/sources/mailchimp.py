@@ -57,6 +57,7 @@ from vigil.events.types import (
     EmailLinkClickedPayload,
 )
 from vigil.hub.raw import RawRecord
+from vigil.sources.addresses import client_ip
 from vigil.sources.base import Normalizer
 from vigil.sources.webhooks import (
     LISTEN_OPTIONS,
@@ -385,7 +386,7 @@ class MailchimpNormalizer(Normalizer):
                         vendor=NAME,
                         # Absent, not "" (an entity key every click without one would share).
                         email=email.lower() if isinstance(email, str) and email else None,
-                        ip=ip if isinstance(ip, str) and ip else None,
+                        ip=client_ip(ip),
                     ),
                     payload=EmailLinkClickedPayload(
                         platform="mailchimp",

@@ -65,6 +65,7 @@ from vigil.events.types import (
     Geo,
 )
 from vigil.hub.raw import RawRecord
+from vigil.sources.addresses import client_ip
 from vigil.sources.base import Normalizer
 from vigil.sources.webhooks import (
     LISTEN_OPTIONS,
@@ -318,7 +319,8 @@ def record_to_event(
         msg = f"a {kind} record without EventIdentifier, Id or REQUEST_ID"
         raise DecodeError(msg, where=where, path="EventIdentifier")
     user = _first(fields, "Username", "USER_NAME", "UserId", "USER_ID")
-    ip = _first(fields, "SourceIp", "SOURCE_IP", "CLIENT_IP")
+    # (Salesforce's own requests say "Salesforce.com IP": no client address)
+    ip = client_ip(_first(fields, "SourceIp", "SOURCE_IP", "CLIENT_IP"))
     common: dict[str, Any] = {
         # A real-time event (LoginEventStream) and its stored copy (LoginEvent) share the
         # EventIdentifier: hashed under one type they are one event, not a login counted twice.

@@ -34,6 +34,7 @@ import socketserver
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -44,6 +45,7 @@ from vigil.events.base import Entities, Event
 from vigil.events.ids import stable_id
 from vigil.events.types import SecurityEvent, SecurityEventPayload
 from vigil.hub.raw import RawRecord
+from vigil.sources.addresses import client_ip
 from vigil.sources.base import Normalizer, RawSink, Source
 
 log = logging.getLogger(__name__)
@@ -567,7 +569,12 @@ class SyslogSource(Source):
 
 @dataclass(frozen=True)
 class SyslogMessage:
-    """An RFC 5424 message; ``None`` where the sender wrote the NILVALUE ``-``."""
+    """An RFC 5424 message; ``None`` where the sender wrote the NILVALUE ``-``.
+
+    ``structured_data``: SD-ID -> PARAM-NAME -> its values in the order written (RFC 5424 lets
+    a parameter repeat in an element; an SD-ID written twice, which it forbids, has its
+    parameters added to the first: nothing the sender wrote is overwritten).
+    """
 
     facility: int
     severity: int
@@ -577,7 +584,7 @@ class SyslogMessage:
     app_name: str | None
     procid: str | None
     msgid: str | None
-    structured_data: dict[str, dict[str, str]]
+    structured_data: dict[str, dict[str, list[str]]]
     msg: str | None
 
 
@@ -590,6 +597,12 @@ _BOM = "\ufeff"
 
 def _bad(reason: str, offset: int) -> ContractError:
     return ContractError(f"not RFC 5424 syslog: {reason} (at byte {offset})")
+
+
+def _at(text: str, pos: int, base: int) -> int:
+    """The byte offset in the message of character ``pos`` of ``text`` (the message decoded
+    from byte ``base`` on): a character before it may take several bytes."""
+    return base + len(text[:pos].encode("utf-8"))
 
 
 def parse_rfc5424(data: bytes) -> SyslogMessage:
@@ -616,7 +629,7 @@ def parse_rfc5424(data: bytes) -> SyslogMessage:
         end = text.find(" ", pos)
         if end <= pos:
             msg = f"missing {name} (header fields are separated by single spaces)"
-            raise _bad(msg, m.end() + pos)
+            raise _bad(msg, _at(text, pos, m.end()))
         fields.append(text[pos:end])
         pos = end + 1
     ts_text, host, app, procid, msgid = fields
@@ -640,7 +653,7 @@ def parse_rfc5424(data: bytes) -> SyslogMessage:
     if pos < len(text):
         if text[pos] != " ":
             msg = "expected a space between STRUCTURED-DATA and MSG"
-            raise _bad(msg, m.end() + pos)
+            raise _bad(msg, _at(text, pos, m.end()))
         body = text[pos + 1 :].removeprefix(_BOM)
     return SyslogMessage(
         facility=pri // 8,
@@ -656,43 +669,42 @@ def parse_rfc5424(data: bytes) -> SyslogMessage:
     )
 
 
-def _parse_sd(text: str, pos: int, base: int) -> tuple[dict[str, dict[str, str]], int]:
+def _parse_sd(text: str, pos: int, base: int) -> tuple[dict[str, dict[str, list[str]]], int]:
     if text.startswith("-", pos):
         return {}, pos + 1
     if not text.startswith("[", pos):
         msg = "STRUCTURED-DATA must be '-' or start with '['"
-        raise _bad(msg, base + pos)
-    out: dict[str, dict[str, str]] = {}
+        raise _bad(msg, _at(text, pos, base))
+    out: dict[str, dict[str, list[str]]] = {}
     while text.startswith("[", pos):
         pos += 1
         m = _SD_NAME.match(text, pos)
         if m is None:
             msg = "SD-ID missing"
-            raise _bad(msg, base + pos)
+            raise _bad(msg, _at(text, pos, base))
         sd_id = m.group()
         pos = m.end()
-        params: dict[str, str] = {}
+        params = out.setdefault(sd_id, {})
         while text.startswith(" ", pos):
             pos += 1
             m = _SD_NAME.match(text, pos)
             if m is None or not text.startswith('="', m.end()):
                 msg = f'SD-PARAM in [{sd_id}] must be name="value"'
-                raise _bad(msg, base + pos)
+                raise _bad(msg, _at(text, pos, base))
             name = m.group()
             pos = m.end() + 2
             v = _SD_VALUE.match(text, pos)
             if v is None:
                 msg = f"unterminated value of {sd_id}.{name}"
-                raise _bad(msg, base + pos)
+                raise _bad(msg, _at(text, pos, base))
             value = v.group(1)
             # RFC 5424 escapes only '"', '\\' and ']'; any other backslash is kept as written.
-            params[name] = _SD_ESCAPE.sub(r"\1", value) if "\\" in value else value
+            params.setdefault(name, []).append(_SD_ESCAPE.sub(r"\1", value) if "\\" in value else value)
             pos = v.end()
         if not text.startswith("]", pos):
             msg = f"expected ']' closing [{sd_id}]"
-            raise _bad(msg, base + pos)
+            raise _bad(msg, _at(text, pos, base))
         pos += 1
-        out[sd_id] = params
     return out, pos
 
 
@@ -712,15 +724,23 @@ _FAILURE = {"failure", "failed", "fail", "deny", "denied", "reject", "rejected",
 _ORIGIN_SD_ID = "origin"
 
 
-def _first(sd: dict[str, dict[str, str]], keys: tuple[str, ...]) -> str | None:
+def _values(sd: dict[str, dict[str, list[str]]], keys: tuple[str, ...]) -> Iterator[str]:
+    """The values of the parameters named ``keys``, element by element (``origin`` left out)."""
     for sd_id, params in sd.items():
         if sd_id == _ORIGIN_SD_ID:
             continue
         for key in keys:
-            value = params.get(key)
-            if value:
-                return value
-    return None
+            yield from params.get(key, ())
+
+
+def _first(sd: dict[str, dict[str, list[str]]], keys: tuple[str, ...]) -> str | None:
+    return next((value for value in _values(sd, keys) if value), None)
+
+
+def _first_ip(sd: dict[str, dict[str, list[str]]]) -> str | None:
+    """The first client-address parameter that holds an IP, canonical (a host name in ``addr``
+    is no IP: kept in ``attributes`` only)."""
+    return next((ip for value in _values(sd, _IP_KEYS) if (ip := client_ip(value)) is not None), None)
 
 
 class SyslogNormalizer(Normalizer):
@@ -766,8 +786,11 @@ class SyslogNormalizer(Normalizer):
             if v is not None
         }
         for sd_id, params in sd.items():
-            for name, value in params.items():
-                attributes[f"sd.{sd_id}.{name}"] = value
+            for name, values in params.items():
+                key = f"sd.{sd_id}.{name}"
+                attributes.setdefault(key, values[0])
+                for n, value in enumerate(values[1:], 2):  # a repeated parameter: key#2, key#3...
+                    attributes.setdefault(f"{key}#{n}", value)
         action = parsed.msgid or parsed.app_name or "syslog"
         if parsed.timestamp is not None:
             event_id = stable_id(NAME, record.value, prefix="syslog-")
@@ -779,7 +802,7 @@ class SyslogNormalizer(Normalizer):
                 source=NAME,
                 occurred_at=parsed.timestamp or record.received_at,
                 ingested_at=record.received_at,
-                entities=Entities(employee=principal, ip=_first(sd, _IP_KEYS)),
+                entities=Entities(employee=principal, ip=_first_ip(sd)),
                 payload=SecurityEventPayload(
                     provider="syslog",
                     action=action,

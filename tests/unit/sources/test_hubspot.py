@@ -294,6 +294,13 @@ def test_malformed_audit_records_are_rejected_with_the_reason(change: dict[str, 
         assert caught.value.path == f"$.results[0].{next(iter(change))}"
 
 
+@pytest.mark.parametrize(("address", "ip"), [("2001:DB8::7", "2001:db8::7"), ("unknown", None)])
+def test_an_audit_ip_is_canonical_and_no_address_is_no_ip(address: str, ip: str | None) -> None:
+    export = {**AUDIT_PAGE["results"][2], "ipAddress": address}
+    (event,) = HubSpotNormalizer().normalize(record(json.dumps(export).encode(), kind="audit_log"))
+    assert event.entities.ip == ip
+
+
 def test_an_audit_record_without_an_ip_names_none_and_blank_object_ids_are_left_out() -> None:
     # HubSpot leaves ipAddress "" when it has none: every such login shared the IP "", which the
     # contract refuses (an entity key is never empty).

@@ -209,6 +209,15 @@ def test_transactional_clicks_become_link_clicks() -> None:
     assert event.occurred_at == datetime.fromtimestamp(1772364600, UTC)
 
 
+@pytest.mark.parametrize(("address", "ip"), [("::ffff:203.0.113.50", "203.0.113.50"), ("n/a", None)])
+def test_a_click_ip_is_canonical_and_no_address_is_no_ip(address: str, ip: str | None) -> None:
+    click = {**CLICKS[0], "ip": address}
+    [event] = MailchimpNormalizer().normalize(
+        record(urlencode({"mandrill_events": json.dumps([click])}).encode())
+    )
+    assert event.entities.ip == ip
+
+
 def test_a_click_without_an_ip_or_address_names_none() -> None:
     # Mandrill sends "" for what it lacks: every such click shared the IP "" (a key the contract
     # refuses, as an entity key is never empty).

@@ -222,6 +222,19 @@ def test_login_events_from_a_query_result_become_logins() -> None:
     assert ok.event_id != failed.event_id
 
 
+@pytest.mark.parametrize(
+    ("source_ip", "ip"),
+    [("Salesforce.com IP", None), ("2001:DB8::9", "2001:db8::9"), ("::ffff:203.0.113.9", "203.0.113.9")],
+)
+def test_a_source_ip_that_is_no_address_names_no_ip_and_addresses_are_canonical(
+    source_ip: str, ip: str | None
+) -> None:
+    # Salesforce writes "Salesforce.com IP" for its own requests: as an IP, every one shared it.
+    login = {**LOGIN_EVENTS["records"][0], "SourceIp": source_ip}
+    [event] = SalesforceNormalizer().normalize(record(json.dumps(login).encode()))
+    assert event.entities.ip == ip
+
+
 @pytest.mark.parametrize(("lat", "lon"), [("91", "26.1"), ("44.43", "200"), ("nan", "26.1"), ("44.43", None)])
 def test_a_login_placed_off_the_globe_keeps_its_country_without_the_point(lat: str, lon: str | None) -> None:
     # Out-of-range coordinates made a login the contract refuses (impossible travel measures

@@ -68,7 +68,7 @@ def test_rfc_example_2_offset_timestamp_is_converted_to_utc() -> None:
 def test_rfc_example_3_structured_data_and_bom() -> None:
     m = parse_rfc5424(RFC_EX3)
     assert m.structured_data == {
-        "exampleSDID@32473": {"iut": "3", "eventSource": "Application", "eventID": "1011"}
+        "exampleSDID@32473": {"iut": ["3"], "eventSource": ["Application"], "eventID": ["1011"]}
     }
     assert m.msg == "An application event log entry..."
 
@@ -81,7 +81,7 @@ def test_rfc_example_4_two_sd_elements_no_msg() -> None:
 
 def test_sd_escapes_are_unescaped() -> None:
     m = parse_rfc5424(SSHD_FAIL)
-    assert m.structured_data["auth@32473"]["note"] == 'quote " and bracket ] kept'
+    assert m.structured_data["auth@32473"]["note"] == ['quote " and bracket ] kept']
 
 
 @pytest.mark.parametrize(
@@ -148,6 +148,67 @@ def test_origin_sd_element_is_not_taken_for_the_client_ip() -> None:
     assert isinstance(event, SecurityEvent)
     assert event.entities.ip == "203.0.113.9"
     assert event.payload.attributes["sd.origin.ip"] == "10.0.0.5"
+
+
+def test_a_repeated_parameter_keeps_every_value() -> None:
+    # RFC 5424 6.3.3: an SD-PARAM may repeat in an element; the later one overwrote the first.
+    # An SD-ID written twice (which it forbids) adds its parameters to the first element.
+    line = (
+        b'<38>1 2024-01-01T00:00:00Z h app - - [meta@1 tag="a" tag="b" tag="c"][meta@1 tag="d" '
+        b'user="alice"] hi'
+    )
+    message = parse_rfc5424(line)
+    assert message.structured_data == {"meta@1": {"tag": ["a", "b", "c", "d"], "user": ["alice"]}}
+    (event,) = SyslogNormalizer().normalize(_raw(line))
+    attributes = event.payload.attributes
+    assert [
+        attributes[k] for k in ("sd.meta@1.tag", "sd.meta@1.tag#2", "sd.meta@1.tag#3", "sd.meta@1.tag#4")
+    ] == [
+        "a",
+        "b",
+        "c",
+        "d",
+    ]
+    assert event.entities.employee == "alice"
+
+
+@pytest.mark.parametrize(
+    ("params", "ip"),
+    [
+        (b'src="2001:DB8:0:0::7"', "2001:db8::7"),  # one address, one spelling (intel keys on it)
+        (b'src="::ffff:203.0.113.9"', "203.0.113.9"),  # a dual-stack server's IPv4 client
+        (b'src=" 203.0.113.9"', "203.0.113.9"),
+        (b'addr="bastion.example.com" src="203.0.113.9"', "203.0.113.9"),  # a host name is no IP
+        (b'src="unknown" src="198.51.100.4"', "198.51.100.4"),
+        (b'src="not-an-ip"', None),
+        (b'ip="999.1.1.1"', None),
+    ],
+)
+def test_the_client_ip_is_an_address_in_its_canonical_form(params: bytes, ip: str | None) -> None:
+    line = b"<38>1 2024-01-01T00:00:00Z h sshd - auth [auth@32473 " + params + b"] hi"
+    (event,) = SyslogNormalizer().normalize(_raw(line))
+    assert event.entities.ip == ip
+    assert "sd.auth@32473." + params.split(b"=")[0].decode() in event.payload.attributes  # kept as written
+
+
+@pytest.mark.parametrize(
+    ("line", "reason", "at"),
+    [
+        # The offset counts bytes of the message: "é" (2 bytes) and "€" (3) come before the fault,
+        # which is where ``at`` starts (the end of the message for "")
+        ("<34>1 2003-10-11T22:14:15Z hé a - - x", "STRUCTURED-DATA must be '-'", "x"),
+        ('<34>1 2003-10-11T22:14:15Z h€ a - - [id a="1"', "expected ']' closing", ""),
+        ("<34>1 2003-10-11T22:14:15Z h€ a - - -msg", "expected a space between STRUCTURED-DATA", "msg"),
+        ("<34>1 2003-10-11T22:14:15Z hé app", "missing APP-NAME", "app"),
+        ('<34>1 2003-10-11T22:14:15Z h€ a - - [id a="1" b=2]', 'must be name="value"', "b=2]"),
+    ],
+)
+def test_error_offsets_count_bytes_not_characters(line: str, reason: str, at: str) -> None:
+    data = line.encode()
+    offset = data.rindex(at.encode()) if at else len(data)
+    assert offset != len(line[: line.rindex(at)] if at else line)  # characters and bytes differ here
+    with pytest.raises(ContractError, match=re.escape(reason) + rf".*\(at byte {offset}\)"):
+        parse_rfc5424(data)
 
 
 def test_origin_ip_alone_gives_no_client_ip() -> None:
