@@ -565,6 +565,52 @@ def test_a_held_propagation_trigger_is_judged_new_again_when_its_mark_arrives(tm
     assert run(tmp_path, PROPAGATION, EXPORT + history + _login_from("3h", "NG")) == ["c1"]
 
 
+def _alert_ids(tmp_path: Path, rule: str, events: str, order: list[int]) -> list[str]:
+    """Alert ids the rule raises over the case's events delivered one batch each in ``order``
+    (indices into them; an index twice is that event read again, as after a redelivery)."""
+    v = validated(tmp_path, rule, events)
+    case_events = v.cases[0].events
+    alerts, _ = detect_events(RuleSet(v.rules, IntelIndex()), [case_events[i] for i in order], batch_size=1)
+    return [a.event_id for a in alerts]
+
+
+def test_a_mark_read_again_after_it_was_let_go_alerts_under_the_same_id(tmp_path: Path) -> None:
+    # x1 alerts for the NG login; the BR login is held (x1 has alerted for c1).  Eight later
+    # exports push x1 out of c1's marks (MAX_MARKS); x1 read again was a new mark, and alerted a
+    # second time for the BR login: one mark, one customer, two alerts.  Same id now: the
+    # repeat is dropped downstream.
+    history = _login_from("1h", "PT") + _login_from("2h", "PT")
+    triggers = _login_from("3h", "NG") + _login_from("4h", "BR")
+    later = "".join(
+        EXPORT.replace("at: 0,", f"at: {5 + n}h,").replace("export_id: x1", f"export_id: x{n + 2}")
+        for n in range(8)
+    )
+    events = EXPORT + history + triggers + later
+    ids = _alert_ids(tmp_path, PROPAGATION, events, [*range(13), 0])
+    assert len(ids) >= 1
+    assert len(set(ids)) == 1
+
+
+def test_a_mark_is_kept_while_the_triggers_it_covers_are_held(tmp_path: Path) -> None:
+    from vigil.detect.kinds import propagation
+
+    # Swept at the end of its period, a mark read again found the triggers it had covered still
+    # held (LATE_S), and alerted again.
+    mark = {"until": 100.0, "ev": ["m1"], "src": [], "done": True}
+    assert not propagation._mark_over([mark], 100.0 + propagation.LATE_S)
+    assert propagation._mark_over([mark], 100.0 + propagation.LATE_S + 1)
+    assert not propagation._held_over([[100.0, ["t"], None]], 100.0 + propagation.LATE_S)
+
+
+def test_a_login_read_twice_counts_once_toward_min_seen(tmp_path: Path) -> None:
+    # min_seen 2: one earlier login from PT, read twice (a redelivery), is one sighting, not
+    # the two the rule asks for before a new country counts.
+    events = EXPORT + _login_from("1h", "PT") + _login_from("3h", "NG")
+    assert _alert_ids(tmp_path, PROPAGATION, events, [0, 1, 1, 2]) == []
+    two = EXPORT + _login_from("1h", "PT") + _login_from("2h", "PT") + _login_from("3h", "NG")
+    assert len(_alert_ids(tmp_path, PROPAGATION, two, [0, 1, 2, 3])) == 1
+
+
 class _CountingState(MemoryState):
     """Memory state that counts writes: every write is a changelog record at the checkpoint."""
 
@@ -798,6 +844,70 @@ def test_exposure_still_watches_a_withdrawal_whose_destination_pays_a_listed_add
     late = _transfer("8d", 3, z, LISTED)
     assert run(tmp_path, EXPOSURE, _listed() + withdrawal + late) == []
     assert run(tmp_path, EXPOSURE, _listed() + late + withdrawal, arrival=True) == []
+
+
+def test_exposure_counts_a_transfer_read_again_once_toward_a_hub(tmp_path: Path) -> None:
+    # x paid 60 receivers, each transfer read twice (a redelivered batch): counted 120 times,
+    # x became a hub, which passes no taint on, and the deposit two hops down went unseen.
+    x, y = "0x" + "a" * 40, "0x" + "b" * 40
+    payouts = "".join(_transfer(f"{n}s", 100 + n, x, f"0x{n:040x}") for n in range(60))
+    events = (
+        _listed()
+        + payouts
+        + _transfer("1h", 1, LISTED, x)
+        + _transfer("2h", 2, x, y)
+        + _deposit("3h", "c1", y)
+    )
+    runs = [list(range(n, n + 10)) for n in range(1, 61, 10)]
+    order = [0, *(i for run in runs for i in [*run, *run]), 61, 62, 63]
+    v = validated(tmp_path, EXPOSURE, events)
+    case_events = v.cases[0].events
+    intel = IntelIndex.from_events([case_events[0]])
+    alerts, _ = detect_events(RuleSet(v.rules, intel), [case_events[i] for i in order[1:]], batch_size=1)
+    assert [a.payload.entity.id for a in alerts] == ["c1"]
+
+
+def test_exposure_sent_to_taint_does_not_pass_back_through_a_hub(tmp_path: Path) -> None:
+    # hub paid the listed address while it was young, then became a hub (an exchange's hot
+    # wallet): whoever deposits to it later is not "sending to a sanctioned address".
+    hub, user = "0x" + "e" * 40, "0x" + "f" * 40
+    young = _transfer("1m", 1, hub, LISTED)
+    grows = "".join(_transfer(f"{2 + n}m", 10 + n, hub, f"0x{n:040x}") for n in range(120))
+    pays_hub = _transfer("5h", 2, user, hub)
+    withdrawal = (
+        "      - {type: withdrawal_request, at: 4h, customer: c5, payload: {withdrawal_id: w5,"
+        f' asset: ETH, amount: 1, to_address: "{user}"}}}}\n'
+    )
+    assert run(tmp_path, EXPOSURE, _listed() + young + grows + withdrawal + pays_hub) == []
+    # Not a hub: user feeds an address that paid a listed one, two hops.
+    few = "".join(_transfer(f"{2 + n}m", 10 + n, hub, f"0x{n:040x}") for n in range(5))
+    assert run(tmp_path, EXPOSURE, _listed() + young + few + withdrawal + pays_hub) == ["c5"]
+    # A listed address that is a hub still taints whoever pays it directly.
+    listed_hub = "".join(_transfer(f"{2 + n}m", 10 + n, LISTED, f"0x{n:040x}") for n in range(120))
+    direct = _transfer("5h", 2, user, LISTED)
+    assert run(tmp_path, EXPOSURE, _listed() + listed_hub + withdrawal + direct) == ["c5"]
+
+
+def test_an_exposure_alert_id_does_not_depend_on_which_origin_was_known_first(tmp_path: Path) -> None:
+    other = "0x" + "6" * 40
+    second_listing = _listed().replace(LISTED, other).replace("list_version: v1", "list_version: v2")
+    x = "0x" + "a" * 40
+    events = (
+        _listed()
+        + second_listing
+        + _transfer("1m", 1, LISTED, x)
+        + _transfer("2m", 2, other, x)
+        + _deposit("1h", "c1", x)
+    )
+    v = validated(tmp_path, EXPOSURE, events)
+    listed, listed2, first, second, deposit = v.cases[0].events
+    intel = IntelIndex.from_events([listed, listed2])
+    ids = []
+    for arrival in ([first, second, deposit], [second, deposit, first]):
+        alerts, _ = detect_events(RuleSet(v.rules, intel), arrival, batch_size=1)
+        assert len(alerts) == 1
+        ids.append(alerts[0].event_id)
+    assert ids[0] == ids[1]
 
 
 def test_sequence_counts_sightings_that_arrive_after_the_step_they_come_before(tmp_path: Path) -> None:

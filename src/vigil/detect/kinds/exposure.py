@@ -26,8 +26,11 @@ before stays).
 
 Service hubs (senders with 100+ transfers seen, like an exchange hot wallet) neither pass
 taint on nor receive sent-to taint: exposure measured through a hub says nothing about
-its users.  Sent-to taint reaches back one level through remembered senders (16 per
-address).  The graph is one state, so on Kafka the rule's events route under one key.
+its users (a listed hub still taints whoever pays it directly).  A transfer read again (an
+at-least-once redelivery) is not counted again toward a hub.  Sent-to taint reaches back one
+level through remembered senders (16 per address).  The graph is one state, so on Kafka the
+rule's events route under one key.  An alert's id is the check and its address, whichever
+tainting transfer and origin were known first.
 
 The graph lets go of addresses gone quiet: an address's transfer count goes ``GRAPH_IDLE_S``
 (180 days) after its last transfer out, the senders remembered for it as long after the last
@@ -59,7 +62,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from vigil.detect.fields import Match, compile_getter, tag_of
+from vigil.detect.fields import Match, bounded, compile_getter, tag_of
 from vigil.detect.kinds.base import EvidenceMaker, Expiry, Hit, StoredEvidence, entity_ref, ts
 from vigil.detect.kinds.common import (
     CompiledEntry,
@@ -200,7 +203,7 @@ class ExposureDetector(SingleRouteDetector):
         group = check.group_key(event)
         if not isinstance(value, str) or group is None:
             return
-        address = canonical_address(value)
+        address = bounded(canonical_address(value))  # (a withdrawal's address is the customer's text)
         watch = WATCH_SECONDS if tag_of(event) == "withdrawal_request" else LATE_S
         best = None
         for direction in ("in", "out"):
@@ -226,11 +229,17 @@ class ExposureDetector(SingleRouteDetector):
         a, b = self._from(event), self._to(event)
         if not isinstance(a, str) or not isinstance(b, str):
             return
-        a, b = canonical_address(a), canonical_address(b)
+        a, b = bounded(canonical_address(a)), bounded(canonical_address(b))
         when = event.occurred_at
         node = state.get(f"o:{a}")
-        degree = _degree(node) + 1
-        state.set(f"o:{a}", [degree, max(now, _last(node))])
+        receivers: list[list[Any]] = state.get(f"r:{a}") or []
+        # A transfer to a receiver not after the last one remembered to it is that transfer
+        # read again (at-least-once redelivery), or another in the same block: counted once,
+        # or redelivered batches made hubs of addresses, which then passed no taint.
+        again = any(r[0] == b and now <= r[1] for r in receivers)
+        degree = _degree(node) + (0 if again else 1)
+        if not again or now > _last(node):
+            state.set(f"o:{a}", [degree, max(now, _last(node))])
         senders = _entries(state.get(f"e:{b}"), now)
         at = next((i for i, e in enumerate(senders) if e[0] == a), -1)
         if at < 0:
@@ -244,7 +253,7 @@ class ExposureDetector(SingleRouteDetector):
             # passes on to those paid after it (see _spread).
             paid: list[list[Any]] = []
             last = now
-            for r in state.get(f"r:{a}") or ():
+            for r in receivers:
                 if r[0] == b:
                     last = max(last, r[1])
                 else:
@@ -257,9 +266,16 @@ class ExposureDetector(SingleRouteDetector):
             if self._improve(state, b, "in", level, when):
                 self._wake(state, b, level, "in", stored, hits)
                 self._spread(state, b, level, stored, hits, when)
-        # Sent-to taint flows backward: A fed B, which is (or feeds) a listed address.
+        # Sent-to taint flows backward: A fed B, which is (or feeds) a listed address; not
+        # through a hub B (an exchange's hot wallet that paid a listed address says nothing of
+        # everyone depositing to it), nor to a hub A.
         dst = self._taint(state, b, "out", when)
-        if dst is not None and dst[0] < self.p.hops and degree < HUB_DEGREE:
+        if (
+            dst is not None
+            and dst[0] < self.p.hops
+            and degree < HUB_DEGREE
+            and (dst[0] == 0 or _degree(state.get(f"o:{b}")) < HUB_DEGREE)
+        ):
             level = [dst[0] + 1, dst[1], dst[2], max(dst[3], now)]
             if self._improve(state, a, "out", level, when):
                 self._wake(state, a, level, "out", stored, hits)
@@ -334,9 +350,10 @@ class ExposureDetector(SingleRouteDetector):
     def _hit(self, group: str, evidence: list[StoredEvidence], address: str, taint: list[Any]) -> Hit:
         hops, origin, category, direction = taint
         return Hit(
-            # The checked event, its address and the listed origin: the tainting transfer is in
-            # the evidence only when it arrived after the check, so it is left out of the id.
-            identity=[evidence[0][0], address, str(origin)],
+            # The checked event and its address (each alerts once): the tainting transfer is in
+            # the evidence only when it arrived after the check, and which origin is the
+            # closest known depends on what arrived first, so both are left out of the id.
+            identity=[evidence[0][0], address],
             entity=entity_ref(group),
             evidence=evidence,
             related=[EntityRef(kind="wallet", id=address), EntityRef(kind="counterparty", id=str(origin))],

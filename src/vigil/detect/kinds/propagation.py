@@ -333,6 +333,10 @@ class PropagationDetector(Detector):
 
     def _hit(self, key: str, mark: dict[str, Any], trigger: Any) -> Hit:
         return Hit(
+            # One alert per mark and customer: a mark read again after it was let go (evicted
+            # past MAX_MARKS, swept) may pair with another held trigger; the same id then
+            # lets downstream drop the repeat.
+            identity=[str(mark["ev"][0])],
             entity=entity_ref(key),
             evidence=[mark["ev"], trigger],
             related=[EntityRef(kind=k, id=v) for k, v in mark["src"]],
@@ -385,7 +389,9 @@ def _covers(mark: dict[str, Any], at: float, period: float) -> bool:
 
 
 def _mark_over(marks: Any, now: float) -> bool:
-    return all(now > m["until"] for m in _marks(marks))
+    # Kept LATE_S past its period, as long as triggers it covers are held: let go before, a
+    # redelivered copy of it was a new mark for them, and alerted again.
+    return all(now - m["until"] > LATE_S for m in _marks(marks))
 
 
 def _held_over(held: Any, now: float) -> bool:
