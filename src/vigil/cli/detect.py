@@ -64,7 +64,7 @@ def detect(
         f"detection: {len(ruleset)} rules from {rules}; loading intel, then consuming (Ctrl-C stops)"
     )
     try:
-        service.start()
+        service.start(abort=stop.is_set)
         console.print(
             f"intel index: {len(service.index)} indicators ({escape(service.index.version or 'none')})"
         )

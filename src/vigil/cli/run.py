@@ -123,7 +123,7 @@ def run(
     try:
         stoppers.append(normalize.stop)
         spawn("normalize", normalize.run)
-        service.start()
+        service.start(abort=stop.is_set)
         stoppers.append(service.stop)
         if not stop.is_set():  # (asked to stop while detection started: no connector starts)
             for name, connector in zip(names, connectors, strict=True):

@@ -15,7 +15,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from confluent_kafka import KafkaException
@@ -168,15 +168,16 @@ class IntelFeed:
             missing_ok=True,
         )
 
-    def start(self, timeout_s: float = 60.0) -> None:
-        """Read the list as it stands (raises if not within ``timeout_s``), then keep following it.
+    def start(self, timeout_s: float = 60.0, abort: Callable[[], bool] | None = None) -> None:
+        """Read the list as it stands (raises if not within ``timeout_s``; returns early, not
+        loaded, once ``abort()`` is true), then keep following it.
 
         Started again after a stop, it reads the whole list afresh into an empty index: values
         withdrawn while it was stopped (their tombstones perhaps compacted away) would stay."""
         if self._started:
             self.index.clear()
         self._started = True
-        self._reader.start(timeout_s)
+        self._reader.start(timeout_s, abort)
 
     def check(self) -> None:
         """Raise if the feed has stopped (the list would go stale unnoticed)."""
@@ -342,8 +343,10 @@ class DetectionService:
     def decisions(self) -> int:
         return self.local_detector.decisions + self.detector.decisions
 
-    def start(self, intel_timeout_s: float = 60.0) -> None:
-        """Load the intel list, then start both applications in background threads."""
+    def start(self, intel_timeout_s: float = 60.0, abort: Callable[[], bool] | None = None) -> None:
+        """Load the intel list, then start both applications in background threads; neither
+        when ``abort()`` turns true while the list loads (a SIGTERM then waited for the whole
+        list, up to a minute)."""
         # The detect stage reads what the route stage writes: the topic must exist first.
         ensure_topics(
             self.settings, [routed_topic_spec(self.topology.routed, self.topology.routed_partitions)]
@@ -364,7 +367,9 @@ class DetectionService:
                 )
                 self.local_stage = False
                 self._build()
-        self.feed.start(intel_timeout_s)
+        self.feed.start(intel_timeout_s, abort)
+        if abort is not None and abort():
+            return
         for app in (self.route_app, self.detect_app):
             thread = threading.Thread(target=self._run, args=(app,), name=f"app-{app.name}", daemon=True)
             thread.start()

@@ -113,9 +113,11 @@ class TopicFollower:
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
 
-    def start(self, timeout_s: float = 60.0) -> None:
+    def start(self, timeout_s: float = 60.0, abort: Callable[[], bool] | None = None) -> None:
         """Start the background reader; return once caught up (raises if not within ``timeout_s``;
-        calling again waits again for the same reader)."""
+        calling again waits again for the same reader), or as soon as ``abort()`` is true (the
+        process asked to stop while loading: it should not wait a minute for a list it will not
+        use, or a supervisor's grace period runs out and it is killed mid-way)."""
         if self._thread is None and not self._ready.is_set():
             # Started again after a stop: from the beginning of the topic as it is now (it may
             # have been created again meanwhile), the last run's failure gone with it.
@@ -128,6 +130,8 @@ class TopicFollower:
         deadline = time.monotonic() + timeout_s
         while not self._ready.is_set():
             self.check()
+            if abort is not None and abort():
+                return
             if time.monotonic() >= deadline:
                 msg = f"{self.name} did not catch up with {self.topic!r} in {timeout_s:g}s"
                 raise PipelineError(msg)
@@ -367,14 +371,14 @@ class GlobalTable(Generic[V]):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, timeout_s: float = 60.0) -> GlobalTable[V]:
+    def start(self, timeout_s: float = 60.0, abort: Callable[[], bool] | None = None) -> GlobalTable[V]:
         """Start the background reader; return once caught up (raises if not within ``timeout_s``;
-        calling again waits again for the same reader).  Started again after :meth:`stop`, the
-        table is read afresh: a key deleted meanwhile is gone even if compaction has removed
-        its tombstone since."""
+        calling again waits again for the same reader; ``abort``: as the reader's).  Started
+        again after :meth:`stop`, the table is read afresh: a key deleted meanwhile is gone even
+        if compaction has removed its tombstone since."""
         if not self._reader.running:
             self._data = {}
-        self._reader.start(timeout_s)
+        self._reader.start(timeout_s, abort)
         return self
 
     def check(self) -> None:

@@ -97,3 +97,36 @@ def test_a_global_table_is_not_ready_before_a_transaction_open_at_the_end_commit
         assert table.get("c2") == "silver"
     finally:
         table.stop()
+
+
+def test_a_global_table_still_loading_returns_when_asked_to_stop(
+    settings: Settings, names: Callable[[str], str]
+) -> None:
+    # A SIGTERM while detection loaded its intel waited for the whole list (up to the minute's
+    # timeout): a supervisor's grace period ran out first.  Here the table cannot catch up (a
+    # transaction open at the end): asked to stop, start returns at once, not ready, no error.
+    topic = names("intel")
+    ensure_topics(
+        settings,
+        [TopicSpec(topic, "profile", "raw", "test", partitions=1, retention=None, cleanup="compact")],
+    )
+    writer = _transactional(settings, names("writer"))
+    writer.begin_transaction()
+    writer.produce(topic, b"listed", b"k1", partition=0)
+    assert writer.flush(30) == 0
+    table: GlobalTable[str] = GlobalTable(settings, topic, bytes.decode)
+    asked = 0
+
+    def abort() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked >= 3
+
+    try:
+        table.start(timeout_s=600, abort=abort)
+        assert asked == 3
+        assert not table.ready
+        table.check()  # stopped waiting is no failure
+    finally:
+        table.stop()
+        writer.abort_transaction(30)
