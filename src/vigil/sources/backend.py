@@ -63,6 +63,7 @@ from vigil.events.codec import EventCodec, encode
 from vigil.events.records import DeadLetter
 from vigil.events.types import EVENT_CLASSES, types_in_domain
 from vigil.hub.raw import RawRecord
+from vigil.sources.addresses import client_ip
 from vigil.sources.base import Normalizer, RawSink, Source
 from vigil.sources.http_server import HEADER_TIMEOUT_S, KEEP_ALIVE_S, MAX_CONNECTIONS, listen, serving
 from vigil.sources.registry import NORMALIZERS, SOURCES
@@ -418,6 +419,16 @@ class Scopes:
         )
 
 
+def ip_refusal(event: Event) -> str | None:
+    """Why ``event``'s client IP is refused (None: it is an address, or absent).  Not an address
+    (``unknown``, ``-``), it was one IP entity every such login shared: per-IP rules (credential
+    stuffing) counted strangers together."""
+    ip = event.entities.ip
+    if ip is None or client_ip(ip) is not None:
+        return None
+    return f"entities.ip {ip[:64]!r} is not an IP address (leave it out when there is none)"
+
+
 def connector_claim(event: Event) -> str | None:
     """Why ``event`` may not come from a service because of its ``source`` (None: it may)."""
     # Compared as a rule or an analyst reads it: " CloudTrail" is still CloudTrail.
@@ -509,9 +520,10 @@ def create_app(
 
         def refuse(event: Event) -> str | None:
             reason = scopes.refusal(service, event) or connector_claim(event)
-            if reason is not None:
-                # (A source may be as long as a record: the log gets its start.)
-                refused.append(f"{event.type} from source {event.source[:64]!r}")
+            if reason is None:
+                return ip_refusal(event)  # (a mistake in the event, as a contract error is)
+            # (A source may be as long as a record: the log gets its start.)
+            refused.append(f"{event.type} from source {event.source[:64]!r}")
             return reason
 
         try:
@@ -767,4 +779,13 @@ class BackendNormalizer(Normalizer):
         event = _codec.decode(record.value, where="raw.backend")
         if event.ingested_at is None:
             event = msgspec.structs.replace(event, ingested_at=record.received_at)
+        ip = event.entities.ip
+        if ip is not None:
+            canonical = client_ip(ip)
+            if canonical is None:
+                msg = f"raw.backend: {ip_refusal(event)}"
+                raise ContractError(msg)
+            if canonical != ip:  # one address, one spelling: intel and per-IP history key on it
+                entities = msgspec.structs.replace(event.entities, ip=canonical)
+                event = msgspec.structs.replace(event, entities=entities)
         return [canonical_addresses(event)]

@@ -123,6 +123,26 @@ def test_normalizer_passes_canonical_events_through_and_fills_ingested_at() -> N
     assert event.ingested_at == (original.ingested_at or received)
 
 
+@pytest.mark.parametrize(
+    ("ip", "expected"), [("2001:DB8::1", "2001:db8::1"), ("::ffff:192.0.2.7", "192.0.2.7")]
+)
+def test_normalizer_spells_a_client_ip_one_way(ip: str, expected: str) -> None:
+    # Intel indicators and per-IP history key on the string: one address, one spelling.
+    login = next(e for e in example_events(datetime(2026, 11, 29, tzinfo=UTC)) if e.type == "login")
+    odd = msgspec.structs.replace(login, entities=msgspec.structs.replace(login.entities, ip=ip))
+    (event,) = BackendNormalizer().normalize(
+        RawRecord("backend", "canonical", encode(odd), datetime.now(UTC))
+    )
+    assert event.entities.ip == expected
+
+
+def test_normalizer_refuses_a_client_ip_that_is_no_address() -> None:
+    login = next(e for e in example_events(datetime(2026, 11, 29, tzinfo=UTC)) if e.type == "login")
+    odd = msgspec.structs.replace(login, entities=msgspec.structs.replace(login.entities, ip="unknown"))
+    with pytest.raises(ContractError, match=r"raw\.backend: entities\.ip 'unknown' is not an IP address"):
+        BackendNormalizer().normalize(RawRecord("backend", "canonical", encode(odd), datetime.now(UTC)))
+
+
 def test_normalizer_rejects_invalid_canonical_record() -> None:
     with pytest.raises(ContractError, match=r"raw\.backend: .*event_id"):
         BackendNormalizer().normalize(

@@ -187,6 +187,20 @@ def test_an_event_claiming_a_connectors_source_is_refused(server: Server, source
     assert len(canonical(server)) == 1
 
 
+@pytest.mark.parametrize("ip", ["unknown", "-", "10.0.0.1:443", "x" * 5000])
+def test_a_client_ip_that_is_no_address_is_refused_naming_it(server: Server, ip: str) -> None:
+    # As an IP entity, "unknown" joined every login that had none: per-IP rules (credential
+    # stuffing) counted strangers together.
+    login = example("login", "loyalty-service")
+    bad = msgspec.structs.replace(login, entities=msgspec.structs.replace(login.entities, ip=ip))
+    resp = server.post("loyalty-service", [bad, example("logout", "loyalty-service")])
+    assert resp.status_code == 200, resp.text
+    reason = f"entities.ip {ip[:64]!r} is not an IP address (leave it out when there is none)"
+    assert resp.json()["errors"] == [{"line": 1, "error": reason}]
+    assert dead_letters(server)[0].reason == f"line 1: {reason}"
+    assert len(canonical(server)) == 1
+
+
 def test_a_scope_does_not_allow_claiming_the_connectors_source(scoped: Server) -> None:
     resp = scoped.post("chain-indexer", [example("chain_transfer", "ethereum")])
     assert resp.status_code == 422, resp.text
