@@ -543,14 +543,16 @@ def _principal(identity: _Identity) -> str | None:
         return identity.userName
     if identity.type == "Root":
         # Each account has its own root user: one "root" made them all one employee.
-        account = identity.accountId or identity.arn.partition("arn:aws:iam::")[2].partition(":")[0]
+        # (arn:<partition>:iam::<account>:root, in any partition: aws, aws-cn, aws-us-gov)
+        parts = (identity.arn or "").split(":")
+        account = identity.accountId or (parts[4] if len(parts) > 5 and parts[0] == "arn" else "")
         return f"root@{account}" if account else "root"
     if identity.type == "AssumedRole":
         # arn:aws:sts::123:assumed-role/<role>/<session> (neither name may hold a "/").  The
         # session name is the AssumeRole caller's free choice: taken alone, a CI role that named
         # its session "alice" acted as alice.  Only IAM Identity Center sets it itself, to the
         # signed-in user's name, on the roles it creates (AWSReservedSSO_<permission set>_<hash>).
-        role, _, session = identity.arn.partition(":assumed-role/")[2].partition("/")
+        role, _, session = (identity.arn or "").partition(":assumed-role/")[2].partition("/")
         if role and session:  # (an arn ending in "/" names none: the fallbacks below name someone)
             return session if role.startswith(_SSO_ROLE_PREFIX) else f"{role}/{session}"
     return identity.userName or identity.arn or identity.principalId or None
@@ -603,13 +605,14 @@ _Name = Annotated[str, msgspec.Meta(min_length=1)]
 
 
 class _Identity(msgspec.Struct):
-    """The ``userIdentity`` fields the employee is made of (strings, "" when absent)."""
+    """The ``userIdentity`` fields the employee is made of (strings; null taken for absent: a
+    relay may write null for a field AWS leaves out)."""
 
-    type: str = ""
-    userName: str = ""
-    arn: str = ""
-    principalId: str = ""
-    accountId: str = ""
+    type: str | None = None
+    userName: str | None = None
+    arn: str | None = None
+    principalId: str | None = None
+    accountId: str | None = None
 
 
 class _Required(msgspec.Struct):

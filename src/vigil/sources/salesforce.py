@@ -320,7 +320,7 @@ def record_to_event(
         raise DecodeError(msg, where=where, path="EventIdentifier")
     user = _first(fields, "Username", "USER_NAME", "UserId", "USER_ID")
     # (Salesforce's own requests say "Salesforce.com IP": no client address)
-    ip = client_ip(_first(fields, "SourceIp", "SOURCE_IP", "CLIENT_IP"))
+    ip = next((a for f in ("SourceIp", "SOURCE_IP", "CLIENT_IP") if (a := client_ip(fields.get(f)))), None)
     common: dict[str, Any] = {
         # A real-time event (LoginEventStream) and its stored copy (LoginEvent) share the
         # EventIdentifier: hashed under one type they are one event, not a login counted twice.

@@ -789,8 +789,10 @@ class SyslogNormalizer(Normalizer):
             for name, values in params.items():
                 key = f"sd.{sd_id}.{name}"
                 attributes.setdefault(key, values[0])
-                for n, value in enumerate(values[1:], 2):  # a repeated parameter: key#2, key#3...
-                    attributes.setdefault(f"{key}#{n}", value)
+                # A repeated parameter: "key (2)", "key (3)"... (a space is in no SD-NAME, so
+                # no parameter of the sender's takes the place of one of these)
+                for n, value in enumerate(values[1:], 2):
+                    attributes.setdefault(f"{key} ({n})", value)
         action = parsed.msgid or parsed.app_name or "syslog"
         if parsed.timestamp is not None:
             event_id = stable_id(NAME, record.value, prefix="syslog-")

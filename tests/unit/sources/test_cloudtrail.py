@@ -397,6 +397,16 @@ def test_each_account_root_user_is_its_own_employee() -> None:
     assert normalize({**CONSOLE_LOGIN_OK, "userIdentity": no_account}).entities.employee == (
         "root@777788889999"
     )
+    gov = {"type": "Root", "arn": "arn:aws-us-gov:iam::222233334444:root", "accountId": None}
+    assert normalize({**CONSOLE_LOGIN_OK, "userIdentity": gov}).entities.employee == "root@222233334444"
+
+
+def test_a_null_identity_field_is_taken_for_absent() -> None:
+    # A relay may write null where AWS leaves a field out: not a refused record.
+    e = normalize({**CONSOLE_LOGIN_OK, "userIdentity": {**ALICE, "accountId": None, "principalId": None}})
+    assert e.entities.employee == "alice"
+    e = normalize({**CONSOLE_LOGIN_OK, "userIdentity": {**ALICE, "userName": None}})
+    assert e.entities.employee == ALICE["arn"]
 
 
 @pytest.mark.parametrize(

@@ -222,6 +222,12 @@ def test_login_events_from_a_query_result_become_logins() -> None:
     assert ok.event_id != failed.event_id
 
 
+def test_the_first_client_address_is_taken_past_a_field_that_is_none() -> None:
+    login = {**LOGIN_EVENTS["records"][0], "SourceIp": "Salesforce.com IP", "CLIENT_IP": "198.51.100.4"}
+    [event] = SalesforceNormalizer().normalize(record(json.dumps(login).encode()))
+    assert event.entities.ip == "198.51.100.4"
+
+
 @pytest.mark.parametrize(
     ("source_ip", "ip"),
     [("Salesforce.com IP", None), ("2001:DB8::9", "2001:db8::9"), ("::ffff:203.0.113.9", "203.0.113.9")],

@@ -162,7 +162,8 @@ def test_a_repeated_parameter_keeps_every_value() -> None:
     (event,) = SyslogNormalizer().normalize(_raw(line))
     attributes = event.payload.attributes
     assert [
-        attributes[k] for k in ("sd.meta@1.tag", "sd.meta@1.tag#2", "sd.meta@1.tag#3", "sd.meta@1.tag#4")
+        attributes[k]
+        for k in ("sd.meta@1.tag", "sd.meta@1.tag (2)", "sd.meta@1.tag (3)", "sd.meta@1.tag (4)")
     ] == [
         "a",
         "b",
@@ -170,6 +171,15 @@ def test_a_repeated_parameter_keeps_every_value() -> None:
         "d",
     ]
     assert event.entities.employee == "alice"
+
+
+def test_a_parameter_named_like_a_repeat_takes_no_repeats_place() -> None:
+    # "a#2" was the name of a's second value: the sender's own a#2 took its place, and the
+    # second a was lost.
+    line = b'<34>1 2024-01-01T00:00:00Z host app - ID47 [x a#2="evil" a="1" a="2"] m'
+    (event,) = SyslogNormalizer().normalize(_raw(line))
+    attributes = event.payload.attributes
+    assert (attributes["sd.x.a"], attributes["sd.x.a (2)"], attributes["sd.x.a#2"]) == ("1", "2", "evil")
 
 
 @pytest.mark.parametrize(
