@@ -65,9 +65,10 @@ def detect(
     )
     try:
         service.start(abort=stop.is_set)
-        console.print(
-            f"intel index: {len(service.index)} indicators ({escape(service.index.version or 'none')})"
-        )
+        if not stop.is_set():  # (asked to stop while the list loaded: it is not loaded)
+            console.print(
+                f"intel index: {len(service.index)} indicators ({escape(service.index.version or 'none')})"
+            )
         last = 0.0
         while not stop.wait(0.5):
             service.check()

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import itertools
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,15 +213,12 @@ def earliest_times(kept: list[float] | None, counted: int, keep: int) -> list[fl
 
 def add_time(times: list[float], now: float, keep: int) -> bool:
     """Add a sighting at ``now`` to ``times`` (sorted), keeping the ``keep`` earliest; whether
-    ``times`` changed (not once ``keep`` earlier sightings are in it).  A time already in is not
-    added again: it is the same event read twice (an at-least-once redelivery), which counted
-    twice toward ``min_seen`` (two sightings at one instant count once: the cautious side)."""
+    ``times`` changed (not once ``keep`` earlier sightings are in it).  A time already in is
+    added again: sources with second precision (CloudTrail, syslog) give distinct sightings one
+    time, so a time says nothing of a redelivery."""
     if len(times) >= keep and (keep == 0 or now >= times[keep - 1]):
         return False
-    at = bisect_left(times, now)
-    if at < len(times) and times[at] == now:
-        return False
-    times.insert(at, now)
+    insort(times, now)
     del times[keep:]
     return True
 

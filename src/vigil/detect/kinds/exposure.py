@@ -26,8 +26,7 @@ before stays).
 
 Service hubs (senders with 100+ transfers seen, like an exchange hot wallet) neither pass
 taint on nor receive sent-to taint: exposure measured through a hub says nothing about
-its users (a listed hub still taints whoever pays it directly).  A transfer read again (an
-at-least-once redelivery) is not counted again toward a hub.  Sent-to taint reaches back one
+its users (a listed hub still taints whoever pays it directly).  Sent-to taint reaches back one
 level through remembered senders (16 per address).  The graph is one state, so on Kafka the
 rule's events route under one key.  An alert's id is the check and its address, whichever
 tainting transfer and origin were known first.
@@ -62,7 +61,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from vigil.detect.fields import Match, bounded, compile_getter, tag_of
+from vigil.detect.fields import Match, compile_getter, tag_of
 from vigil.detect.kinds.base import EvidenceMaker, Expiry, Hit, StoredEvidence, entity_ref, ts
 from vigil.detect.kinds.common import (
     CompiledEntry,
@@ -203,7 +202,7 @@ class ExposureDetector(SingleRouteDetector):
         group = check.group_key(event)
         if not isinstance(value, str) or group is None:
             return
-        address = bounded(canonical_address(value))  # (a withdrawal's address is the customer's text)
+        address = canonical_address(value)
         watch = WATCH_SECONDS if tag_of(event) == "withdrawal_request" else LATE_S
         best = None
         for direction in ("in", "out"):
@@ -229,17 +228,13 @@ class ExposureDetector(SingleRouteDetector):
         a, b = self._from(event), self._to(event)
         if not isinstance(a, str) or not isinstance(b, str):
             return
-        a, b = bounded(canonical_address(a)), bounded(canonical_address(b))
+        a, b = canonical_address(a), canonical_address(b)
         when = event.occurred_at
         node = state.get(f"o:{a}")
-        receivers: list[list[Any]] = state.get(f"r:{a}") or []
-        # A transfer to a receiver not after the last one remembered to it is that transfer
-        # read again (at-least-once redelivery), or another in the same block: counted once,
-        # or redelivered batches made hubs of addresses, which then passed no taint.
-        again = any(r[0] == b and now <= r[1] for r in receivers)
-        degree = _degree(node) + (0 if again else 1)
-        if not again or now > _last(node):
-            state.set(f"o:{a}", [degree, max(now, _last(node))])
+        # (Every transfer counts: one read again after an at-least-once redelivery too, as
+        # transfers of one block share their time and no transfer id is kept to tell them apart.)
+        degree = _degree(node) + 1
+        state.set(f"o:{a}", [degree, max(now, _last(node))])
         senders = _entries(state.get(f"e:{b}"), now)
         at = next((i for i, e in enumerate(senders) if e[0] == a), -1)
         if at < 0:
@@ -253,7 +248,7 @@ class ExposureDetector(SingleRouteDetector):
             # passes on to those paid after it (see _spread).
             paid: list[list[Any]] = []
             last = now
-            for r in receivers:
+            for r in state.get(f"r:{a}") or ():
                 if r[0] == b:
                     last = max(last, r[1])
                 else:
