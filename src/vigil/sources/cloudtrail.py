@@ -555,6 +555,10 @@ def _principal(identity: _Identity) -> str | None:
         role, _, session = (identity.arn or "").partition(":assumed-role/")[2].partition("/")
         if role and session:  # (an arn ending in "/" names none: the fallbacks below name someone)
             return session if role.startswith(_SSO_ROLE_PREFIX) else f"{role}/{session}"
+    if identity.type == "IdentityCenterUser" and identity.onBehalfOf and identity.onBehalfOf.userId:
+        # (Since 2025 its sign-ins and portal calls name the user by identity-store id alone: no
+        # userName, arn or principalId, so they had no employee at all.)
+        return f"identity-center:{identity.onBehalfOf.userId}"
     return identity.userName or identity.arn or identity.principalId or None
 
 
@@ -604,6 +608,12 @@ def _get(record: dict[str, Any], field: str) -> dict[str, Any]:
 _Name = Annotated[str, msgspec.Meta(min_length=1)]
 
 
+class _OnBehalfOf(msgspec.Struct):
+    """Who an IAM Identity Center call was made for (``userIdentity.onBehalfOf``)."""
+
+    userId: str | None = None
+
+
 class _Identity(msgspec.Struct):
     """The ``userIdentity`` fields the employee is made of (strings; null taken for absent: a
     relay may write null for a field AWS leaves out)."""
@@ -613,6 +623,7 @@ class _Identity(msgspec.Struct):
     arn: str | None = None
     principalId: str | None = None
     accountId: str | None = None
+    onBehalfOf: _OnBehalfOf | None = None
 
 
 class _Required(msgspec.Struct):

@@ -401,6 +401,21 @@ def test_each_account_root_user_is_its_own_employee() -> None:
     assert normalize({**CONSOLE_LOGIN_OK, "userIdentity": gov}).entities.employee == "root@222233334444"
 
 
+def test_an_identity_center_user_is_named_by_its_identity_store_id() -> None:
+    identity = {
+        "type": "IdentityCenterUser",
+        "accountId": "111122223333",
+        "onBehalfOf": {
+            "userId": "544894e8-80c1-707f-60e3-3ba6510dfac1",
+            "identityStoreArn": "arn:aws:identitystore::111122223333:identitystore/d-9067642ac7",
+        },
+        "credentialId": "EXAMPLEVHULjJdTUdPJfofVa1sufHDoj7aYcOYcxFVllWR_Whr1fEXAMPLE",
+    }
+    e = normalize({**CONSOLE_LOGIN_OK, "userIdentity": identity})
+    assert e.entities.employee == "identity-center:544894e8-80c1-707f-60e3-3ba6510dfac1"
+    assert e.payload.attributes["identity_type"] == "IdentityCenterUser"
+
+
 def test_a_null_identity_field_is_taken_for_absent() -> None:
     # A relay may write null where AWS leaves a field out: not a refused record.
     e = normalize({**CONSOLE_LOGIN_OK, "userIdentity": {**ALICE, "accountId": None, "principalId": None}})
