@@ -45,6 +45,8 @@ class DecodeError(ContractError):
     def __init__(self, message: str, *, where: str | None = None, path: str | None = None) -> None:
         self.where = where
         self.path = path
+        if path and path not in message:  # (a dead letter's reason is all an analyst reads)
+            message = f"{message} (at {path})"
         self.reason = message
         super().__init__(f"{where}: {message}" if where else message)
 

@@ -157,7 +157,7 @@ class HubSpotWebhook(WebhookPlatform):
     def key(self, delivery: Delivery) -> bytes | None:
         try:
             events = msgspec.json.decode(delivery.body)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             return None  # published anyway; the normaliser dead-letters it with the reason
         if isinstance(events, list) and events and isinstance(events[0], dict):
             portal = events[0].get("portalId")

@@ -100,7 +100,7 @@ def _is_test(form: dict[str, str]) -> bool:
         return False
     try:
         events = json.loads(form["mandrill_events"])
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(events, list) and not events
 
@@ -343,7 +343,7 @@ class MailchimpNormalizer(Normalizer):
     def _mandrill(self, text: str, record: RawRecord, where: str) -> list[Event]:
         try:
             events = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # (RecursionError: nested a thousand deep)
             msg = f"mandrill_events is not JSON: {exc}"
             raise DecodeError(msg, where=where, path="mandrill_events") from None
         if not isinstance(events, list):
@@ -368,8 +368,16 @@ class MailchimpNormalizer(Normalizer):
             occurred_at = _click_time(ts, where, f"{path}.ts")
             tagged = msg_info.get("metadata")
             metadata: dict[str, Any] = tagged if isinstance(tagged, dict) else {}
-            campaign = metadata.get("campaign_id") or msg_info.get("_id") or event.get("_id")
-            if not isinstance(campaign, str) or not campaign:
+            # (A campaign id the sender tagged as a number is that number's digits.)
+            campaign = next(
+                (
+                    str(c).strip()
+                    for c in (metadata.get("campaign_id"), msg_info.get("_id"), event.get("_id"))
+                    if (isinstance(c, str) and c.strip()) or (isinstance(c, int) and not isinstance(c, bool))
+                ),
+                None,
+            )
+            if campaign is None:
                 msg = "a click names no campaign (metadata.campaign_id) and no message id (msg._id)"
                 raise DecodeError(msg, where=where, path=path)
             email = msg_info.get("email")
@@ -385,7 +393,7 @@ class MailchimpNormalizer(Normalizer):
                     entities=Entities(
                         vendor=NAME,
                         # Absent, not "" (an entity key every click without one would share).
-                        email=email.lower() if isinstance(email, str) and email else None,
+                        email=email.strip().lower() if isinstance(email, str) and email.strip() else None,
                         ip=client_ip(ip),
                     ),
                     payload=EmailLinkClickedPayload(

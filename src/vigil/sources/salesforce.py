@@ -219,10 +219,15 @@ API_TYPES = frozenset({"ApiEvent", "ApiEventStream", "API", "RestApi"})
 
 
 def _first(fields: Mapping[str, Any], *names: str) -> str | None:
+    """The first of the fields that holds text (a number as its digits).  An object or a list
+    is none: its repr made an employee of {'a': 1}, and every record whose EventIdentifier was
+    [] one event."""
     for name in names:
         value = fields.get(name)
-        if value is not None and str(value).strip():
-            return str(value).strip()
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
     return None
 
 
@@ -295,7 +300,7 @@ def _customer_ids(fields: Mapping[str, Any], where: str) -> list[str]:
         return []
     try:
         value = json.loads(raw) if isinstance(raw, str) else raw
-    except ValueError:
+    except (ValueError, RecursionError):
         return []
     if isinstance(raw, str):
         # JSON inside a string (a JSON body's or an XML field's): the body's own check saw only
@@ -409,7 +414,7 @@ class SalesforceNormalizer(Normalizer):
             return out
         try:
             value = json.loads(record.value)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # (RecursionError: nested a thousand deep)
             msg = f"neither XML nor JSON: {exc}"
             raise DecodeError(msg, where=where) from None
         if may_hold_surrogates(record.value):  # (most bodies cannot: no walk)

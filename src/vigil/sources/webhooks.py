@@ -37,7 +37,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -51,6 +51,7 @@ from vigil.sources.base import RawSink, Source
 from vigil.sources.http_server import HEADER_TIMEOUT_S, KEEP_ALIVE_S, MAX_CONNECTIONS, listen, serving
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WEBHOOK = "webhook"
 REDACTED = "<token>"
@@ -245,20 +246,25 @@ def create_app(
             return reject(name, exc)
         if request.method in ("GET", "HEAD"):
             return Response("ok\n", media_type="text/plain")  # verified ping; nothing to publish
-        if not platform.publishes(delivery):
+        # Verified: whatever the body holds is published (its normaliser dead-letters what is bad,
+        # with the reason).  What a platform reads of it here to decide, key or label it is
+        # guarded as verify is: a hostile body (JSON nested a thousand deep) was a 500, the
+        # delivery neither published nor dead-lettered, and retried by the platform for ever.
+        if not _guarded(name, "publishes", lambda: platform.publishes(delivery), True):
             stats.accepted.labels(name).inc()
             return Response("ok\n", media_type="text/plain")
         # Built from the route, not by replacing the token in the path: the path Starlette gives
         # back re-encodes characters (?, #, \) and then no longer contains the token as sent.
         safe_path = f"/webhooks/{name}" if token is None else f"/webhooks/{name}/{REDACTED}"
         meta = {"path": safe_path, "content_type": delivery.headers.get("content-type", "")}
-        meta.update(platform.meta(delivery))
+        nothing: dict[str, Any] = {}
+        meta.update(_guarded(name, "meta", lambda: platform.meta(delivery), nothing))
         record = RawRecord(
             source=name,
             kind=WEBHOOK,
             value=body,
             received_at=delivery.received_at,
-            key=platform.key(delivery),
+            key=_guarded(name, "key", lambda: platform.key(delivery), None),
             meta=meta,
         )
         size = record.size()
@@ -407,3 +413,14 @@ def webhook_where(source: str, record: RawRecord) -> str:
         msg = f"{where}: expected kind {WEBHOOK!r}, got {record.kind!r}"
         raise ContractError(msg)
     return where
+
+
+def _guarded(name: str, what: str, read: Callable[[], T], default: T) -> T:
+    """``read()``, or ``default`` when it raises (logged by type, never the body)."""
+    try:
+        return read()
+    except Exception as exc:
+        log.warning(
+            "webhook %s: %s raised %s; publishing the delivery as it is", name, what, type(exc).__name__
+        )
+        return default

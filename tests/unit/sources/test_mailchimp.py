@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
@@ -346,4 +347,33 @@ def test_a_surrogate_pair_in_a_click_is_well_formed_text() -> None:
 )
 def test_malformed_deliveries_are_rejected_with_the_reason(body: bytes, match: str) -> None:
     with pytest.raises(DecodeError, match=match):
+        MailchimpNormalizer().normalize(record(body))
+
+
+def _one_click(**changes: Any) -> list[Any]:
+    click = {**CLICKS[0], **changes}
+    return MailchimpNormalizer().normalize(
+        record(urlencode({"mandrill_events": json.dumps([click])}).encode())
+    )
+
+
+def test_a_blank_address_is_no_email_and_a_numeric_campaign_is_its_digits() -> None:
+    msg = {**CLICKS[0]["msg"], "email": "  ", "metadata": {"campaign_id": 4107}}  # type: ignore[dict-item]
+    [event] = _one_click(msg=msg)
+    assert event.entities.email is None
+    assert event.payload.campaign_id == "4107"
+
+
+def test_a_click_error_names_the_click_it_is_in() -> None:
+    # The path was kept beside the message, and a dead letter's reason is the message alone.
+    events = [CLICKS[0], {**CLICKS[0], "url": "mailto:x@example.com"}]
+    body = urlencode({"mandrill_events": json.dumps(events)}).encode()
+    with pytest.raises(DecodeError) as caught:
+        MailchimpNormalizer().normalize(record(body))
+    assert "mandrill_events[1].url" in str(caught.value)
+
+
+def test_mandrill_events_nested_too_deep_are_a_decode_error() -> None:
+    body = urlencode({"mandrill_events": "[" * 5000}).encode()
+    with pytest.raises(DecodeError, match="mandrill_events is not JSON"):
         MailchimpNormalizer().normalize(record(body))

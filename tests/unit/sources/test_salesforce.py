@@ -441,3 +441,18 @@ def test_a_report_event_is_an_export_only_when_it_exported(extra: dict[str, obje
     ).encode()
     events = SalesforceNormalizer().normalize(record(body))
     assert [type(e).__name__ for e in events] == (["CrmRecordExport"] if exported else [])
+
+
+def test_a_field_holding_an_object_or_a_list_names_nobody() -> None:
+    login = {**LOGIN_EVENTS["records"][0], "Username": {"a": 1}, "UserId": "0055e000001AbCd"}
+    [event] = SalesforceNormalizer().normalize(record(json.dumps(login).encode()))
+    assert event.entities.employee == "0055e000001AbCd"
+    listed = {**LOGIN_EVENTS["records"][0], "EventIdentifier": [], "Id": "0Yw5e000001"}
+    [event] = SalesforceNormalizer().normalize(record(json.dumps(listed).encode()))
+    [again] = SalesforceNormalizer().normalize(record(json.dumps({**listed, "Id": "0Yw5e000002"}).encode()))
+    assert event.event_id != again.event_id
+
+
+def test_a_body_nested_too_deep_is_a_decode_error() -> None:
+    with pytest.raises(DecodeError, match="neither XML nor JSON"):
+        SalesforceNormalizer().normalize(record(b"[" * 5000))

@@ -258,6 +258,52 @@ def test_any_error_from_a_verifier_is_a_counted_400_not_a_500() -> None:
     assert count(metrics, "vigil_webhook_rejected_total", platform="exploding", reason="verify_error") == 1
 
 
+class ExplodingKeyPlatform(MailchimpWebhook):
+    """A platform whose reading of a verified body raises (as msgspec's RecursionError did)."""
+
+    name = "exploding-key"
+
+    def publishes(self, delivery: Delivery) -> bool:
+        raise RecursionError
+
+    def key(self, delivery: Delivery) -> bytes | None:
+        raise RecursionError
+
+    def meta(self, delivery: Delivery) -> dict[str, Any]:
+        raise RecursionError
+
+
+def test_a_verified_body_a_platform_cannot_read_is_published_as_it_is_not_a_500() -> None:
+    # Verified, it must be published (its normaliser dead-letters it with the reason): a 500
+    # left it neither published nor dead-lettered, and the platform retried it for ever.
+    sink = MemorySink()
+    http = Client(
+        create_app(sink, [ExplodingKeyPlatform(SECRET)], metrics=WebhookMetrics(), clock=lambda: NOW)
+    )
+    answer = http.post(f"/webhooks/exploding-key/{SECRET}", content=FORM)
+    assert answer.status_code < 300, answer.text
+    [record] = sink.records
+    assert (record.value, record.key) == (FORM, None)
+
+
+@pytest.mark.parametrize("depth", [1001, 100_000])
+def test_json_nested_too_deep_in_a_verified_delivery_is_published_not_a_500(depth: int) -> None:
+    from vigil.sources.hubspot import sign_v3
+
+    sink = MemorySink()
+    http, _ = client(sink)
+    deep = b"mandrill_events=" + b"[" * depth
+    assert http.post(f"/webhooks/mailchimp/{SECRET}", content=deep).status_code < 300
+    body = b"[" * depth + b"]" * depth
+    stamp = str(int(NOW.timestamp() * 1000))
+    headers = {
+        "x-hubspot-signature-v3": sign_v3("hs-secret", "POST", "http://test/webhooks/hubspot", body, stamp),
+        "x-hubspot-request-timestamp": stamp,
+    }
+    assert http.post("/webhooks/hubspot", content=body, headers=headers).status_code < 300
+    assert [r.value for r in sink.records] == [deep, body]
+
+
 @pytest.mark.parametrize(("secret", "sent"), [("abcdefgh#ijklmnop", "abcdefgh%23ijklmnop"),
      ("abcdefgh?ijklmnop", "abcdefgh%3Fijklmnop"), ("abcdefgh\\ijklmnop", "abcdefgh%5Cijklmnop"),
      ("abcdefgh ijklmnop", "abcdefgh%20ijklmnop")])  # fmt: skip
