@@ -1263,3 +1263,96 @@ def test_rule_level_keys_no_kind_reads_are_refused(tmp_path: Path, kind_yaml: st
     errors = _errors(tmp_path, kind_yaml + f"    {key}\n")
     assert len(errors) == 1
     assert f"unknown key {key.split(':')[0]!r}" in errors[0]
+
+
+def test_a_firing_leaves_an_earlier_burst_a_late_event_may_complete(tmp_path: Path) -> None:
+    # Denials at minutes 0-3 (four: short of five), then a burst at 30-34 that fires; the
+    # denial at minute 4 arrives last.  The firing cleared everything up to its end, 0-3 with
+    # it, and the late one completed nothing: one alert where event-time order gives two.
+    in_order = [0, 1, 2, 3, 4, 30, 31, 32, 33, 34]
+    assert run(tmp_path, MFA_BURSTS, "".join(map(_denied, in_order)), arrival=True) == ["c1", "c1"]
+    late = [0, 1, 2, 3, 30, 31, 32, 33, 34, 4]
+    assert run(tmp_path, MFA_BURSTS, "".join(map(_denied, late)), arrival=True) == ["c1", "c1"]
+
+
+SUM_EXPORTS = """\
+    type: threshold
+    match: {type: crm_record_export}
+    group_by: employee
+    timespan: 10m
+    aggregate: sum
+    field: payload.record_count
+    condition: {gte: 1000}
+"""
+
+
+def _export(at: str, records: int, n: int) -> str:
+    return (
+        f"      - {{type: crm_record_export, id: x{n}, at: {at}, employee: e1,"
+        f" payload: {{platform: hubspot, record_count: {records}, export_id: x{n}}}}}\n"
+    )
+
+
+def test_a_late_event_in_a_full_window_still_completes_the_window_after_it(tmp_path: Path) -> None:
+    # 2,000 small exports fill the window's keep (MAX_WINDOW); a late export of 400 at 4185s
+    # arrives after one of 600 at 4190s.  Making room moved the late one's place, and the
+    # window ending at 4190s (1,205 records) was looked for one item on, and skipped.
+    small = "".join(_export(f"{2 * n}s", 1, n) for n in range(2000))
+    late, later = _export("4185s", 400, 5001), _export("4190s", 600, 5000)
+    assert run(tmp_path, SUM_EXPORTS, small + late + later, arrival=True) == ["e1"]
+    assert run(tmp_path, SUM_EXPORTS, small + later + late, arrival=True) == ["e1"]
+
+
+def test_a_count_no_window_can_reach_is_refused(tmp_path: Path) -> None:
+    rule = HEAD + (
+        "    type: threshold\n"
+        "    match: {type: failed_login}\n"
+        "    group_by: ip\n"
+        "    timespan: 1h\n"
+        "    condition: {gte: 2500}\n"
+    )
+    (tmp_path / "r.yaml").write_text(rule)
+    errors = [str(e) for e in validate_paths([tmp_path]).errors]
+    assert len(errors) == 1
+    assert "a count can reach at most 2,000 (the events a window keeps); got gte 2500" in errors[0]
+    assert "r.yaml" in errors[0]
+
+
+PASSTHROUGH = """\
+    type: deviation
+    match: {type: withdrawal_request}
+    group_by: customer
+    measure: passthrough
+    field: payload.amount_usd
+    min_history: 1
+    history:
+      type: deposit
+      field: payload.amount_usd
+      window: 1h
+    condition: {gte: 0.9}
+"""
+
+
+def _money(kind: str, at: str, n: int, usd: int) -> str:
+    ident = "deposit_id" if kind == "deposit" else "withdrawal_id"
+    return (
+        f"      - {{type: {kind}, id: {kind[0]}{n}, at: {at}, customer: c1,"
+        f" payload: {{{ident}: {kind[0]}{n}, asset: USD, amount: {usd}, amount_usd: {usd}}}}}\n"
+    )
+
+
+def test_passthrough_keeps_deposits_a_late_withdrawal_needs(tmp_path: Path) -> None:
+    # A deposit at 2h arriving before the withdrawal at 30m dropped the deposit at 0 it passed on.
+    deposit, withdrawal = _money("deposit", "0", 1, 1000), _money("withdrawal_request", "30m", 1, 950)
+    later = _money("deposit", "2h", 2, 5)
+    assert run(tmp_path, PASSTHROUGH, deposit + withdrawal + later, arrival=True) == ["c1"]
+    assert run(tmp_path, PASSTHROUGH, deposit + later + withdrawal, arrival=True) == ["c1"]
+
+
+def test_passthrough_counts_a_redelivered_deposit_once(tmp_path: Path) -> None:
+    deposit, withdrawal = _money("deposit", "0", 1, 1000), _money("withdrawal_request", "30m", 1, 950)
+    # Counted twice, 1,000 in looked like 2,000: 950 out was under half of it.
+    assert run(tmp_path, PASSTHROUGH, deposit + deposit + withdrawal, arrival=True) == ["c1"]
+    # ... and one deposit read twice was two toward min_history.
+    two = PASSTHROUGH.replace("min_history: 1", "min_history: 2")
+    assert run(tmp_path, two, deposit + deposit + withdrawal, arrival=True) == []

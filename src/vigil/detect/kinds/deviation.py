@@ -332,13 +332,20 @@ class DeviationDetector(GroupedDetector):
             return
         ikey = f"i:{key}"
         flows: list[list[Any]] = state.get(ikey) or []
-        flows = [f for f in flows if now - f[0] <= self._window][-MAX_INFLOWS + 1 :]
+        evidence = self._evidence(event)
+        if any(f[3][0] == evidence[0] and f[0] == now for f in flows):
+            return  # a source's redelivery (same id, same time): counted twice it doubled the money in
+        # Kept INFLOWS_LATE_S past the window behind the newest, as the sweep keeps them: trimmed
+        # to the window behind this one, a deposit arriving after a later one dropped those a
+        # withdrawal still late on its way needed.
+        newest = max([now, *(f[0] for f in flows)])
+        flows = [f for f in flows if newest - f[0] <= self._window + INFLOWS_LATE_S][-MAX_INFLOWS + 1 :]
         flows.append(
             [
                 now,
                 to_float(value),
                 bounded(str(source)) if source is not None else None,
-                self._evidence(event),
+                evidence,
             ]
         )
         state.set(ikey, flows)

@@ -84,6 +84,14 @@ def parse(d: LocDict, p: Parser, what: str) -> ThresholdParams | None:
     condition = p.comparison(d, "condition", what)
     related = _paths(p, d, "related", what, types, required=False)
     cooldown = p.duration(d, "cooldown", what, default=timedelta(0)) if "cooldown" in d else None
+    if condition is not None and aggregate in ("count", "distinct") and _needs_more(*condition):
+        # A window keeps MAX_WINDOW events: a count above it was accepted and never fired.
+        p.error(
+            d.mark("condition"),
+            f"{what}.condition: a {aggregate} can reach at most {MAX_WINDOW:,} (the events a window "
+            f"keeps); got {condition[0]} {condition[1]:g}",
+        )
+        return None
     if (
         match is None
         or not group_by
@@ -94,6 +102,11 @@ def parse(d: LocDict, p: Parser, what: str) -> ThresholdParams | None:
     ):
         return None
     return ThresholdParams(match, group_by, timespan, aggregate, field_path, condition, related, cooldown)
+
+
+def _needs_more(op: str, bound: float) -> bool:
+    """Whether ``{op: bound}`` holds of no count a window can reach (at most MAX_WINDOW)."""
+    return (op in ("gte", "eq") and bound > MAX_WINDOW) or (op == "gt" and bound >= MAX_WINDOW)
 
 
 def _paths(
@@ -182,7 +195,15 @@ class ThresholdDetector(GroupedDetector):
         while drop < len(items) and items[drop][0] < cutoff:
             drop += 1
         if drop or len(items) > MAX_WINDOW:
-            del items[: max(drop, len(items) - MAX_WINDOW)]
+            gone = max(drop, len(items) - MAX_WINDOW)
+            del items[:gone]
+            # (This event's place moves with them: left as it was, a late event's windows were
+            # looked for one item on, and the one it completed was skipped.)
+            at -= gone
+            if at < 0:  # this event went too (older than all kept): it completes no window
+                window["items"] = items
+                state.set(skey, window)
+                return
         # The window ending at this event; for a late one, also each window ending at a newer
         # event within a span of it (the windows it joins, any of which it may complete), in time
         # order, the first to fire firing.  Swept with running aggregates, so a late event costs a
@@ -217,13 +238,17 @@ class ThresholdDetector(GroupedDetector):
                 fired.append(end)
                 fired_now = True
                 # What the alert used goes; newer items stay (a late event firing cleared
-                # them all, and with them most of the next burst).
-                del items[: bisect_right(items, end, key=_time)]
+                # them all, and with them most of the next burst), and so do older ones (an
+                # earlier burst still short of the bound, which an event late on its way may
+                # complete: cleared, it never fired).
+                del items[lo:hi]
                 break
         horizon = max(now, items[-1][0] if items else now) - self._span - self._late
         if fired and (fired_now or fired[0] + cooldown <= horizon):
             # After a firing, or once the oldest firing can quiet no window a late event makes.
-            fired = sorted(f for f in fired if f + cooldown > horizon)
+            # (At most MAX_WINDOW, the newest: with a cooldown far shorter than the span, every
+            # event firing kept a span and an hour of them, scanned at each event.)
+            fired = sorted(f for f in fired if f + cooldown > horizon)[-MAX_WINDOW:]
             window["fired"] = fired
             window["quiet"] = max((f + cooldown for f in fired), default=0.0)
         window["items"] = items
