@@ -685,10 +685,20 @@ def test_deviation_against_peers_judges_an_entity_with_no_history_of_its_own(tmp
     # Peers are per asset: BTC's history says nothing about an ETH withdrawal.
     other = [("c1", "BTC", 100.0), ("c2", "BTC", 120.0), ("c3", "BTC", 80.0)]
     assert run(tmp_path, PEERS, peer_withdrawals(*other, ("c9", "ETH", 1500))) == []
-    # The baseline is the peers' mean, not their largest: after a whale (itself 50x the mean)
-    # 14,000 is 10.6x the mean of 1,325, though under 3x the whale's 5,000.
-    whale = [*usual, ("c4", "ETH", 5000.0)]
-    assert run(tmp_path, PEERS, peer_withdrawals(*whale, ("c9", "ETH", 14_000))) == ["c4", "c9"]
+    # The baseline is the peers' mean, not their largest: after a large one (9x the mean, no
+    # alert) 3,100 is over 10x the mean of 300, though under 4x the largest's 900.
+    large = [*usual, ("c4", "ETH", 900.0)]
+    assert run(tmp_path, PEERS, peer_withdrawals(*large, ("c9", "ETH", 3100))) == ["c9"]
+    assert run(tmp_path, PEERS, peer_withdrawals(*large, ("c9", "ETH", 2900))) == []
+
+
+def test_an_amount_that_alerted_stays_out_of_its_peers_mean(tmp_path: Path) -> None:
+    # The mean never decays: one whale in it (1.7e308 twice even made it inf) and every later
+    # amount of its peers looked small, a billion included.
+    usual = [("c1", "ETH", 100.0), ("c2", "ETH", 120.0), ("c3", "ETH", 80.0)]
+    whales = [("cx", "ETH", 1.7e308), ("cx", "ETH", 1.7e308), ("c4", "ETH", 5000.0)]
+    later = [*(usual * 20), ("c9", "ETH", 1e9)]
+    assert run(tmp_path, PEERS, peer_withdrawals(*usual, *whales, *later)) == ["cx", "cx", "c4", "c9"]
 
 
 def test_peer_deviation_is_routed_by_the_peer_group(tmp_path: Path) -> None:

@@ -274,6 +274,7 @@ class DeviationDetector(GroupedDetector):
             if new and (self._only is None or self._only(event))
             else None
         )
+        fired = False
         if scored is not None:
             score, context, evidence = scored
             op, bound = self.p.condition
@@ -282,6 +283,7 @@ class DeviationDetector(GroupedDetector):
             if entity is not None and compare(op, score, bound):
                 if self._entity is not None:
                     context = {**context, "peers": key}
+                fired = True
                 hits.append(
                     Hit(
                         entity=entity_ref(entity),
@@ -294,7 +296,7 @@ class DeviationDetector(GroupedDetector):
                         },
                     )
                 )
-        self._update(h, event, value, now)
+        self._update(h, event, value, now, outlier=fired)
         state.set(skey, h)
 
     # Values seen (``s:``) keep the earliest event time each was seen at: whether a value is new
@@ -417,13 +419,21 @@ class DeviationDetector(GroupedDetector):
             return None
         return (now - last_ts) / 86400.0, {"history_count": str(n)}, []
 
-    def _update(self, h: dict[str, Any], event: Event, value: Any, now: float) -> None:
+    def _update(
+        self, h: dict[str, Any], event: Event, value: Any, now: float, *, outlier: bool = False
+    ) -> None:
+        """Adds the event to the group's history; an ``outlier`` (it alerted) stays out of a peer
+        mean, which never decays: one whale made every later amount of its peers look small."""
         h["n"] = int(h["n"]) + 1
         measure = self.p.measure
         if measure == "amount" and isinstance(value, (int, float)):
             if self.p.peers:
-                h["sum"] = float(h.get("sum", 0.0)) + to_float(value)
-                h["k"] = int(h.get("k", 0)) + 1
+                total = float(h.get("sum", 0.0)) + to_float(value)
+                if not outlier and math.isfinite(
+                    total
+                ):  # (two amounts near 1.8e308 made the peers' mean inf:
+                    h["sum"] = total  # every later amount scored 0 against it, for good)
+                    h["k"] = int(h.get("k", 0)) + 1
             else:
                 h["max"] = max(float(h.get("max", 0.0)), to_float(value))
         elif measure == "new_value" and value is not None:
