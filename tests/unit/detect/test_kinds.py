@@ -1366,3 +1366,25 @@ def test_passthrough_counts_a_redelivered_deposit_once(tmp_path: Path) -> None:
     # ... and one deposit read twice was two toward min_history.
     two = PASSTHROUGH.replace("min_history: 1", "min_history: 2")
     assert run(tmp_path, two, deposit + deposit + withdrawal, arrival=True) == []
+
+
+STRANGERS_MONEY = PASSTHROUGH.replace(
+    "      window: 1h\n",
+    "      source: payload.from_address\n      window: 3h\n      new_sources_only: true\n",
+).replace("{gte: 0.9}", "{gte: 0.75}\n    seen_also:\n      - {type: deposit, field: payload.from_address}")
+
+
+def test_passthrough_from_new_sources_counts_a_sources_first_deposit_whichever_arrives_first(
+    tmp_path: Path,
+) -> None:
+    def deposit(at: str, n: int) -> str:
+        return _money("deposit", at, n, 1000).replace(
+            "amount_usd: 1000}", "amount_usd: 1000, from_address: X}"
+        )
+
+    first, second = deposit("1h", 2), deposit("2h", 1)
+    withdrawal = _money("withdrawal_request", "150m", 1, 900)
+    # Only X's first deposit is money from a stranger: 900 of 1,000 passes through.
+    assert run(tmp_path, STRANGERS_MONEY, first + second + withdrawal, arrival=True) == ["c1"]
+    # The first arriving after the second: both counted, 900 of 2,000 passed for no alert.
+    assert run(tmp_path, STRANGERS_MONEY, second + first + withdrawal, arrival=True) == ["c1"]

@@ -342,11 +342,16 @@ class DeviationDetector(GroupedDetector):
         # withdrawal still late on its way needed.
         newest = max([now, *(f[0] for f in flows)])
         flows = [f for f in flows if newest - f[0] <= self._window + INFLOWS_LATE_S][-MAX_INFLOWS + 1 :]
+        kept_source = bounded(str(source)) if source is not None else None
+        if spec is not None and spec.new_sources_only and kept_source is not None:
+            # A deposit from a source counted at a later time arrived late: that later one is
+            # no longer the source's first, and counted too it doubled the money from strangers.
+            flows = [f for f in flows if not (f[2] == kept_source and f[0] > now)]
         flows.append(
             [
                 now,
                 to_float(value),
-                bounded(str(source)) if source is not None else None,
+                kept_source,
                 evidence,
             ]
         )
