@@ -756,7 +756,9 @@ class SyslogNormalizer(Normalizer):
     replay of its stored raw record keeps its ``received_at`` and its id.
     Who/where/outcome come from structured data parameters in common use (``user``,
     ``src``, ``outcome`` ...), never from the ``origin`` element (the sending host's own
-    address); everything else is kept in ``attributes`` (``sd.<SD-ID>.<name>``).
+    address); everything else is kept in ``attributes`` (``sd.<SD-ID>.<name>``, a repeated
+    parameter's later values as ``sd.<SD-ID>.<name> (2)`` ...).  The client IP is the first of
+    those parameters that holds an address, spelled one way (:func:`client_ip`).
     """
 
     source = NAME
