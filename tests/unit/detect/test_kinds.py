@@ -1388,3 +1388,47 @@ def test_passthrough_from_new_sources_counts_a_sources_first_deposit_whichever_a
     assert run(tmp_path, STRANGERS_MONEY, first + second + withdrawal, arrival=True) == ["c1"]
     # The first arriving after the second: both counted, 900 of 2,000 passed for no alert.
     assert run(tmp_path, STRANGERS_MONEY, second + first + withdrawal, arrival=True) == ["c1"]
+
+
+def test_a_late_login_is_judged_against_its_neighbours_in_event_time(tmp_path: Path) -> None:
+    london, new_york = (51.5, -0.12), (40.71, -74.0)
+    # London at 0, New York at 1h (impossible), New York at 20h: the 1h login read last was
+    # compared with the newest (New York, 0 km) and passed.
+    events = login("0", *london) + login("20h", *new_york) + login("1h", *new_york)
+    assert run(tmp_path, TRAVEL, events, arrival=True) == ["c1"]
+    assert run(tmp_path, TRAVEL, events) == ["c1"]  # (in event-time order)
+    # London at 0 and at 20h; New York at 19h read last: London at 20h is the impossible leg.
+    events = login("0", *london) + login("20h", *london) + login("19h", *new_york)
+    assert run(tmp_path, TRAVEL, events, arrival=True) == ["c1"]
+    assert run(tmp_path, TRAVEL, events) == ["c1"]
+    # Slow legs either side: no alert.
+    events = login("0", *london) + login("40h", *london) + login("20h", *new_york)
+    assert run(tmp_path, TRAVEL, events, arrival=True) == []
+
+
+def test_travel_keeps_a_bounded_number_of_places(tmp_path: Path) -> None:
+    from vigil.detect.kinds.deviation import MAX_PLACES
+
+    events = "".join(login(f"{n}h", 51.5, -0.12) for n in range(MAX_PLACES + 5))
+    v = validated(tmp_path, TRAVEL, events)
+    (det,) = RuleSet(v.rules, IntelIndex()).detectors
+    state, hits = MemoryState(), []
+    for event in v.cases[0].events:
+        det.process(event, state, hits)
+    (history,) = [value for key, value in state.items() if key.startswith("h:")]
+    assert [p[2] for p in history["places"]] == sorted(p[2] for p in history["places"])
+    assert len(history["places"]) == MAX_PLACES
+
+
+def test_travel_reads_the_one_place_kept_before_several_were(tmp_path: Path) -> None:
+    events = login("0", 51.5, -0.12) + login("1h", 40.71, -74.0)
+    v = validated(tmp_path, TRAVEL, events)
+    (det,) = RuleSet(v.rules, IntelIndex()).detectors
+    state, hits = MemoryState(), []
+    det.process(v.cases[0].events[0], state, hits)
+    ((key, history),) = list(state.items("h:"))
+    (place,) = history.pop("places")
+    state.set(key, {**history, "geo": place})  # as an earlier version kept it
+    det.process(v.cases[0].events[1], state, hits)
+    assert [h.context["speed_kmh"] for h in hits] == ["5571"]  # London to New York in an hour
+    assert "geo" not in state.get(key)

@@ -41,6 +41,7 @@ event was scored cannot take back its alert).
 from __future__ import annotations
 
 import math
+from bisect import bisect_right, insort
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -79,6 +80,9 @@ CONTEXT = frozenset({"measure", "score", "baseline", "history_count", "group", "
 PEER_MEASURES = ("amount", "hour")
 MEASURES = ("amount", "new_value", "travel", "hour", "gap", "passthrough")
 MAX_INFLOWS = 64
+#: Logins' places kept per group for travel (the newest): a login arriving after later ones is
+#: compared with its neighbours in event time, not with the newest alone.
+MAX_PLACES = 8
 #: A group's inflows go (the engine's sweep) once none is inside the history window even for
 #: an event this late (event-time seconds): they were pruned only when the group had a new one.
 INFLOWS_LATE_S = 3600.0
@@ -400,18 +404,30 @@ class DeviationDetector(GroupedDetector):
             return (0.0 if bounded(str(value)) in h.get("seen", ()) else 1.0), {"history_count": str(n)}, []
         if measure == "travel":
             point = _point(value)
-            last = h.get("geo")
-            if point is None or last is None:
+            places = _places(h)
+            if point is None or not places:
                 return None
-            # Either order: a login that arrives late (another partition lagged) is compared with
-            # the latest one in event time, and the speed between two places is the same.
-            hours = max(abs(now - last[2]) / 3600.0, 1 / 60)
-            km = _km((last[0], last[1]), point)
-            speed = km / hours
+            # Against the login before it in event time, as in order; a login that arrives late
+            # (another partition lagged) also against the one after it, which in event-time
+            # order would have been judged against it: the faster leg.  (Compared with the
+            # newest alone, London at 0 and New York at 1h, read after New York at 20h, was slow.)
+            at = bisect_right([q[2] for q in places], now)
+            legs = [
+                q for q in (places[at - 1] if at else None, places[at] if at < len(places) else None) if q
+            ]
+            best: tuple[float, float, list[Any]] | None = None
+            for q in legs:
+                km = _km((q[0], q[1]), point)
+                speed = km / max(abs(now - q[2]) / 3600.0, 1 / 60)
+                if best is None or speed > best[0]:
+                    best = (speed, km, q)
+            if best is None:
+                return None
+            speed, km, q = best
             return (
                 speed,
                 {"speed_kmh": f"{speed:.0f}", "baseline": f"{km:.0f} km"},
-                [last[3]] if last[3] else [],
+                [q[3]] if q[3] else [],
             )
         if measure == "hour":
             hours = h.get("hours") or [0] * 24
@@ -449,9 +465,11 @@ class DeviationDetector(GroupedDetector):
                 del seen[:-MAX_SEEN]
         elif measure == "travel":
             point = _point(value)
-            last_geo = h.get("geo")
-            if point is not None and (last_geo is None or now >= last_geo[2]):
-                h["geo"] = [point[0], point[1], now, self._evidence(event)]
+            if point is not None:
+                places = _places(h)
+                insort(places, [point[0], point[1], now, self._evidence(event)], key=_place_time)
+                h["places"] = places[-MAX_PLACES:]
+                h.pop("geo", None)  # (the one place kept before several were)
         elif measure == "hour":
             hours = h.get("hours") or [0] * 24
             hours[int(now // 3600) % 24] += 1
@@ -461,6 +479,19 @@ class DeviationDetector(GroupedDetector):
         else:
             last = h.get("last")
             h["last"] = now if last is None else max(last, now)  # a late event does not move it back
+
+
+def _places(h: dict[str, Any]) -> list[list[Any]]:
+    """A group's login places, ``[lat, lon, time, evidence]`` in time order (one kept as ``geo``
+    before several were)."""
+    places = h.get("places")
+    if places is not None:
+        return list(places)
+    return [h["geo"]] if h.get("geo") else []
+
+
+def _place_time(place: list[Any]) -> float:
+    return float(place[2])
 
 
 def _point(geo: Any) -> tuple[float, float] | None:
