@@ -411,19 +411,12 @@ class DeviationDetector(GroupedDetector):
             # (another partition lagged) also against the one after it, which in event-time
             # order would have been judged against it: the faster leg.  (Compared with the
             # newest alone, London at 0 and New York at 1h, read after New York at 20h, was slow.)
-            at = bisect_right([q[2] for q in places], now)
-            legs = [
-                q for q in (places[at - 1] if at else None, places[at] if at < len(places) else None) if q
-            ]
-            best: tuple[float, float, list[Any]] | None = None
-            for q in legs:
+            at = bisect_right(places, now, key=_place_time)
+            legs: list[tuple[float, float, list[Any]]] = []
+            for q in places[max(at - 1, 0) : at + 1]:  # the one before it and the one after it
                 km = _km((q[0], q[1]), point)
-                speed = km / max(abs(now - q[2]) / 3600.0, 1 / 60)
-                if best is None or speed > best[0]:
-                    best = (speed, km, q)
-            if best is None:
-                return None
-            speed, km, q = best
+                legs.append((km / max(abs(now - q[2]) / 3600.0, 1 / 60), km, q))
+            speed, km, q = max(legs, key=_first_item)
             return (
                 speed,
                 {"speed_kmh": f"{speed:.0f}", "baseline": f"{km:.0f} km"},
@@ -450,10 +443,10 @@ class DeviationDetector(GroupedDetector):
         if measure == "amount" and isinstance(value, (int, float)):
             if self.p.peers:
                 total = float(h.get("sum", 0.0)) + to_float(value)
-                if not outlier and math.isfinite(
-                    total
-                ):  # (two amounts near 1.8e308 made the peers' mean inf:
-                    h["sum"] = total  # every later amount scored 0 against it, for good)
+                # (Finite: two amounts near 1.8e308 made the mean inf, and every later amount
+                # scored 0 against it, for good.)
+                if not outlier and math.isfinite(total):
+                    h["sum"] = total
                     h["k"] = int(h.get("k", 0)) + 1
             else:
                 h["max"] = max(float(h.get("max", 0.0)), to_float(value))
@@ -492,6 +485,10 @@ def _places(h: dict[str, Any]) -> list[list[Any]]:
 
 def _place_time(place: list[Any]) -> float:
     return float(place[2])
+
+
+def _first_item(leg: tuple[float, float, list[Any]]) -> float:
+    return leg[0]
 
 
 def _point(geo: Any) -> tuple[float, float] | None:

@@ -200,10 +200,6 @@ class ThresholdDetector(GroupedDetector):
             # (This event's place moves with them: left as it was, a late event's windows were
             # looked for one item on, and the one it completed was skipped.)
             at -= gone
-            if at < 0:  # this event went too (older than all kept): it completes no window
-                window["items"] = items
-                state.set(skey, window)
-                return
         # The window ending at this event; for a late one, also each window ending at a newer
         # event within a span of it (the windows it joins, any of which it may complete), in time
         # order, the first to fire firing.  Swept with running aggregates, so a late event costs a
@@ -216,7 +212,9 @@ class ThresholdDetector(GroupedDetector):
             [window["quiet"] - cooldown] if window["quiet"] else []  # kept before "fired" was
         )
         fired_now = False
-        for end, lo, hi, approx, slack in self._sweep(items, self._ends(items, at, now) if late else [now]):
+        # (A late event older than all kept went with them: it completes no window.)
+        ends = ([] if at < 0 else self._ends(items, at, now)) if late else [now]
+        for end, lo, hi, approx, slack in self._sweep(items, ends):
             # Quiet within a cooldown of a firing, on either side: in event-time order a window
             # that close before it would have fired instead (one burst, one alert, whichever
             # half arrives first).  A separate, earlier burst completed by a late event fires.
