@@ -71,21 +71,30 @@ def test_a_restore_does_not_end_before_a_transaction_open_at_the_end_commits(
         state.close()
 
 
-def test_a_global_table_is_not_ready_before_a_transaction_open_at_the_end_commits(
-    settings: Settings, names: Callable[[str], str]
-) -> None:
-    topic = names("profiles")
+def _compacted_topic(settings: Settings, topic: str) -> None:
     ensure_topics(
         settings,
         [TopicSpec(topic, "profile", "raw", "test", partitions=1, retention=None, cleanup="compact")],
     )
+
+
+def _left_open(writer: Producer, topic: str, value: bytes, key: bytes) -> None:
+    """``writer`` sends ``key``: ``value`` in a transaction it leaves open."""
+    writer.begin_transaction()
+    writer.produce(topic, value, key, partition=0)
+    assert writer.flush(30) == 0
+
+
+def test_a_global_table_is_not_ready_before_a_transaction_open_at_the_end_commits(
+    settings: Settings, names: Callable[[str], str]
+) -> None:
+    topic = names("profiles")
+    _compacted_topic(settings, topic)
     writer = _transactional(settings, names("writer"))
     writer.begin_transaction()
     writer.produce(topic, b"gold", b"c1", partition=0)
     writer.commit_transaction(30)
-    writer.begin_transaction()
-    writer.produce(topic, b"silver", b"c2", partition=0)
-    assert writer.flush(30) == 0
+    _left_open(writer, topic, b"silver", b"c2")
     table: GlobalTable[str] = GlobalTable(settings, topic, bytes.decode)
     try:
         with pytest.raises(PipelineError, match="did not catch up"):
@@ -106,14 +115,9 @@ def test_a_global_table_still_loading_returns_when_asked_to_stop(
     # timeout): a supervisor's grace period ran out first.  Here the table cannot catch up (a
     # transaction open at the end): asked to stop, start returns at once, not ready, no error.
     topic = names("intel")
-    ensure_topics(
-        settings,
-        [TopicSpec(topic, "profile", "raw", "test", partitions=1, retention=None, cleanup="compact")],
-    )
+    _compacted_topic(settings, topic)
     writer = _transactional(settings, names("writer"))
-    writer.begin_transaction()
-    writer.produce(topic, b"listed", b"k1", partition=0)
-    assert writer.flush(30) == 0
+    _left_open(writer, topic, b"listed", b"k1")
     table: GlobalTable[str] = GlobalTable(settings, topic, bytes.decode)
     asked = 0
 
