@@ -338,7 +338,7 @@ class SlidingCountSum:
         if n == 0:
             return WindowColumns(np.ones(0, np.bool_), np.zeros(0, np.int64), np.zeros(0))
         t = _as_ms(times, n, f"sliding window on store {self.store.id!r}")
-        v = self._checked(keys, values)
+        keys, v = self._checked(keys, values)
         running = np.maximum.accumulate(t)
         in_order = bool((running == t).all())
         if int(running[-1]) - (int(t[0]) if in_order else int(t.min())) >= _HORIZON:
@@ -430,14 +430,19 @@ class SlidingCountSum:
 
     # ------------------------------------------------------------------ helpers
 
-    def _checked(self, keys: Sequence[str], values: Sequence[float] | npt.NDArray[Any]) -> Floats:
-        """The values as float64, once keys and values are known good."""
-        try:
-            "".join(keys)  # a C loop that fails on the first key that is not a str
-        except TypeError:
-            i, key = next((i, k) for i, k in enumerate(keys) if not isinstance(k, str))
-            msg = f"sliding window on store {self.store.id!r}: key {i} is {key!r}; expected a string"
-            raise TypeError(msg) from None
+    def _checked(
+        self, keys: Sequence[str], values: Sequence[float] | npt.NDArray[Any]
+    ) -> tuple[Sequence[str], Floats]:
+        """The keys as plain strings and the values as float64, once both are known good."""
+        if set(map(type, keys)) != {str}:  # (a C loop)
+            found = next(((i, k) for i, k in enumerate(keys) if not isinstance(k, str)), None)
+            if found is not None:
+                i, key = found
+                msg = f"sliding window on store {self.store.id!r}: key {i} is {key!r}; expected a string"
+                raise TypeError(msg)
+            # Subclasses of str (numpy's, from a column of keys): MessagePack encodes none of
+            # them, so the chunks holding them failed every checkpoint, and the restart.
+            keys = [str.__str__(k) for k in keys]
         if max(map(len, keys)) > MAX_KEY_CHARS:
             i = next(i for i, k in enumerate(keys) if len(k) > MAX_KEY_CHARS)
             msg = (
@@ -447,7 +452,7 @@ class SlidingCountSum:
             raise ValueError(msg)
         try:
             v = np.asarray(values, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             msg = f"sliding window on store {self.store.id!r}: values must be numbers ({exc})"
             raise TypeError(msg) from None
         finite = np.isfinite(v)
@@ -458,7 +463,7 @@ class SlidingCountSum:
                 f"{values[i]!r}; expected a finite number"
             )
             raise ValueError(msg)
-        return v
+        return keys, v
 
     def _place(
         self, log: _Log, keys: Sequence[str], t: Int64s, span: tuple[int, int], keep_after: int

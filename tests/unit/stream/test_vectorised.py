@@ -258,10 +258,27 @@ def test_bad_input_is_named_and_changes_nothing() -> None:
         agg.update(state, ["a", None], [3, 4], [1.0, 2.0])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="key 0 has 200,000 characters; at most 131,066"):
         agg.update(state, ["k" * 200_000], [3], [1.0])
+    with pytest.raises(TypeError, match=r"values must be numbers \(int too large to convert to float\)"):
+        agg.update(state, ["a"], [3], [10**400])
     assert stored(state).data == before
     # ... and the next good batch answers as if the bad ones never came.
     rest = [("a", 3, 3), ("b", 4, 4)]
     assert update(agg, state, rest) == expected(100, 10, good + rest)[2:]
+
+
+def test_keys_from_a_numpy_column_are_stored_as_plain_strings() -> None:
+    # numpy's strings subclass str, and MessagePack encodes none of them: chunks holding them
+    # failed every checkpoint (reload encodes as a checkpoint does) and the restart.
+    agg = SlidingCountSum(STORE, 100, 10)
+    state = MemoryState()
+    cols = agg.update(state, np.array(["a", "b", "a"]), np.array([1, 2, 3]), np.array([5.0, 7.0, 1.0]))
+    assert cols.count.tolist() == [1, 1, 2]
+    assert {type(k) for _, (keys, _, _) in state.items("c:") for k in keys} == {str}
+    state.reload()
+    assert (
+        update(agg, state, [("a", 4, 2)])
+        == expected(100, 10, [("a", 1, 5), ("b", 2, 7), ("a", 3, 1), ("a", 4, 2)])[3:]
+    )
 
 
 def test_one_large_value_does_not_blur_another_keys_sums() -> None:
