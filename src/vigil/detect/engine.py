@@ -489,5 +489,5 @@ def detect_events(
     from vigil.testing import run_operators
 
     op = DetectOperator(ruleset)
-    result = run_operators([op], events, batch_size=batch_size)
+    result = run_operators([op], events, batch_size=batch_size, checkpoints=False)
     return result.emitted(ALERTS_TOPIC), result.emitted(DECISIONS_TOPIC)

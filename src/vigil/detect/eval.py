@@ -402,7 +402,7 @@ def evaluate(
     started = time.perf_counter()
     ruleset = RuleSet(rules, IntelIndex())
     op = DetectOperator(ruleset)
-    result = run_operators([op], [*run.intel(), *run.stream], batch_size=2000)
+    result = run_operators([op], [*run.intel(), *run.stream], batch_size=2000, checkpoints=False)
     seconds = time.perf_counter() - started
     alerts: list[Alert] = result.emitted(ALERTS_TOPIC)
     decisions: list[Decision] = result.emitted(DECISIONS_TOPIC)

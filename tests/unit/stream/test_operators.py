@@ -193,6 +193,17 @@ def test_read_back_decodes_as_the_runtime_and_a_loop_fails_instead_of_hanging() 
         run_operators([a, b, c], [good], read_back=["t.a", "t.b", "t.c"])
 
 
+def test_many_copies_of_one_event_in_a_batch_are_read_back_once_each() -> None:
+    # A source's retries: one payment 150 times in one batch, re-keyed once.  (It was taken for
+    # a loop: the harness counted reads by event id.)
+    by_ip, spec = group_by("detect", "ip", partitions=2)
+    per_ip = PerIp(spec.name)
+    copies = [payment(1, "c1", timedelta(0), ip="10.0.0.9")] * 150
+    result = run_operators([by_ip, per_ip], copies, partitions=2, read_back=[spec.name])
+    assert len(per_ip.seen) == 150
+    assert len(result.emitted(spec.name)) == 150
+
+
 def test_entity_key_rejects_unknown_kinds() -> None:
     with pytest.raises(ValueError, match="unknown entity kind 'walet'; expected one of: customer"):
         entity_key("walet")
@@ -270,6 +281,38 @@ def test_a_harness_restart_reads_state_back_as_a_restarted_process_would() -> No
     result = run_operators([TypedTally()], first)
     result = run_operators([TypedTally()], later, result=result)
     assert result.states[("typed.v1", 0)].get("c1") == Tally(2, ["1.1.1.1", "2.2.2.2"])
+
+
+class InPlace(Operator[Payment]):
+    """Keeps each customer's payment ids in a list it extends in place, without ``set`` after
+    the first: the runtime saves a value when it is set, so a restart loses the rest."""
+
+    id = "in-place"
+    stores = (StoreSpec("in-place", 1),)
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        state = ctx.state(self.stores[0])
+        for rec in batch:
+            ids = state.get(rec.event.key() or "")
+            if ids is None:
+                state.set(rec.event.key() or "", [rec.event.event_id])
+            else:
+                ids.append(rec.event.event_id)
+
+
+def test_a_harness_restart_loses_what_was_changed_in_place_without_a_set() -> None:
+    payments = [payment(i, "c1", timedelta(seconds=i)) for i in range(3)]
+    # One batch: the checkpoint after it saves the list as it then is, all three ids in it.
+    result = run_operators([InPlace()], payments)
+    result = run_operators([InPlace()], [], result=result)
+    assert result.states[("in-place.v1", 0)].get("c1") == ["p0", "p1", "p2"]
+    # A batch each: the ids added in place after the first checkpoint are in no later one, and a
+    # restart (RocksDB-backed state, as the runtime's) reads back the first alone.  The harness
+    # kept them, so a test passed where production lost state.
+    result = run_operators([InPlace()], payments, batch_size=1)
+    assert result.states[("in-place.v1", 0)].get("c1") == ["p0", "p1", "p2"]  # until the restart
+    result = run_operators([InPlace()], [], result=result)
+    assert result.states[("in-place.v1", 0)].get("c1") == ["p0"]
 
 
 class Fragile(Operator[Payment]):
