@@ -75,6 +75,9 @@ class EventCodec:
         except msgspec.DecodeError as exc:
             msg = f"not valid JSON: {inert(str(exc))}"
             raise DecodeError(msg, where=where) from None
+        except RecursionError as exc:  # nested too deep for msgspec (a field before the type tag)
+            msg = f"not valid JSON: nested too deeply ({exc})"
+            raise DecodeError(msg, where=where) from None
         return event
 
     def decode_lines(self, data: bytes) -> list[Event]:

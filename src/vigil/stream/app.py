@@ -259,7 +259,9 @@ ALIGNMENT_MAX_BUFFERED = 5_000
 _ALIGN_IDLE_EVERY_S = 0.01
 #: What decoding a record may raise: the contract's errors (EventCodec, custom decoders) and the
 #: default decoder's own (the fast path calls msgspec directly, without EventCodec's wrapping).
-_DECODE_ERRORS = (ContractError, msgspec.ValidationError, msgspec.DecodeError)
+#: RecursionError: JSON nested too deep for msgspec (a field before the type tag skipped over,
+#: nested 100,000 deep); uncaught, it stopped the stage at that record, and every restart too.
+_DECODE_ERRORS = (ContractError, msgspec.ValidationError, msgspec.DecodeError, RecursionError)
 #: How every canonical record begins (see _skip_prefixes).
 _TAG_HEAD = b'{"type":"'
 
@@ -290,7 +292,7 @@ def _undecodable(
         msg.offset() or 0,
         msg.key(),
         msg.value() or b"",
-        str(exc),
+        f"not valid JSON: nested too deeply ({exc})" if isinstance(exc, RecursionError) else str(exc),
         _error_kind(exc),
         msg.headers() or [],
     )

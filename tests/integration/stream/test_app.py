@@ -141,19 +141,24 @@ def test_undecodable_records_are_dead_lettered_and_processing_goes_on(
     producer.produce_raw(src, "c1", b'{"type": "payment", "event_id": 1}')
     producer.produce_raw(src, "c2", b"\xff not json <script>")
     producer.produce_raw(src, "c3", None)  # type: ignore[arg-type]
+    # Valid JSON, but a field before the type tag nested too deep for msgspec to skip over: its
+    # RecursionError stopped the stage at this record (and every restart).
+    deep = b'{"zz":' + b"[" * 100_000 + b"]" * 100_000 + b',"type":"payment"}'
+    producer.produce_raw(src, "c4", deep)
     producer.flush()
     produce(settings, src, good)
 
     running = run_app(counting_app(settings, name, src, out, dlq_topic=dlq))
-    wait_for(lambda: running.app.metrics.processed >= 53, 60, "53 records consumed")
+    wait_for(lambda: running.app.metrics.processed >= 54, 60, "54 records consumed")
     running.stop()
     assert not running.errors
-    assert running.app.metrics.dead_lettered == 3
+    assert running.app.metrics.dead_lettered == 4
     assert set(output_ids(settings, out)) == expected_ids(good)
     letters = [msgspec.json.decode(v, type=DeadLetter) for _, v in read_all(settings, dlq, 1)]
     assert sorted(bytes(letter.raw) for letter in letters) == sorted(
-        [b"", b'{"type": "payment", "event_id": 1}', b"\xff not json <script>"]
+        [b"", b'{"type": "payment", "event_id": 1}', b"\xff not json <script>", deep]
     )
+    assert any(letter.reason.startswith("not valid JSON: nested too deeply") for letter in letters)
     for letter in letters:
         assert letter.stage == name
         assert letter.topic == src

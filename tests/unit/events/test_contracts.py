@@ -112,6 +112,11 @@ def test_unknown_field_is_rejected() -> None:
 def test_not_json_is_a_decode_error() -> None:
     with pytest.raises(DecodeError, match="not valid JSON"):
         decode_event(b"{nope", where="line 7")
+    # A field before the type tag is skipped over by recursing into it: nested this deep, msgspec
+    # raised RecursionError, which no caller expected of a decode.
+    deep = b'{"zz":' + b"[" * 100_000 + b"]" * 100_000 + b',"type":"payment"}'
+    with pytest.raises(DecodeError, match=r"^line 3: not valid JSON: nested too deeply"):
+        decode_event(deep, where="line 3")
 
 
 def test_codec_restricted_to_topic_types_rejects_others() -> None:
