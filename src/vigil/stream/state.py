@@ -24,7 +24,8 @@ declare the type to get the Struct back.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,10 @@ class RocksState(State):
         self._early: list[tuple[bytes, bytes | None]] = []
         #: Batches handed out by take_pending and not yet back through write_committed.
         self._unwritten = 0
+        #: The keys of those batches, oldest first, and how many (with repeats): not in RocksDB
+        #: yet, so the cache may not forget them.
+        self._inflight: deque[Collection[str]] = deque()
+        self._inflight_keys = 0
         self.closed = False
         #: Next changelog offset as far as this process knows (set by restore at assignment).
         self.changelog_next: int | None = None
@@ -158,11 +163,7 @@ class RocksState(State):
         if value is _MISSING:
             raw = self._db.get(key.encode())
             cache = self._cache
-            if (
-                len(cache) >= CACHE_LIMIT
-                and not self._unwritten
-                and len(cache) - len(self._dirty) - len(self._sealed) >= CACHE_LIMIT // 2
-            ):
+            if len(cache) >= CACHE_LIMIT and self._droppable() >= CACHE_LIMIT // 2:
                 # A store mostly read (first sightings looked up, seldom written) grew the cache
                 # without bound: it was cut back only when a checkpoint wrote RocksDB.  (Checked on
                 # a miss, which costs a RocksDB read anyway; and only with half the limit's worth
@@ -245,11 +246,12 @@ class RocksState(State):
         """Encoded pending writes (``None`` = delete), clearing the dirty set."""
         out: list[tuple[bytes, bytes | None]] = []
         cache = self._cache
-        for key in self._dirty:
+        taken = self._dirty
+        for key in taken:
             value = cache[key]
             out.append((key.encode(), None if value is _DELETED else _encoder.encode(value)))
         self._dirty = set()
-        self._unwritten += 1
+        self._took(taken)
         return out
 
     def seal(self) -> int:
@@ -259,8 +261,17 @@ class RocksState(State):
             msg = f"state {self.path}: sealed before the previous seal was fully encoded"
             raise RuntimeError(msg)
         self._sealed, self._dirty = self._dirty, set()
-        self._unwritten += 1
+        self._took(set(self._sealed))  # (a copy: encoding empties the seal)
         return len(self._sealed)
+
+    def _took(self, keys: Collection[str]) -> None:
+        self._unwritten += 1
+        self._inflight.append(keys)
+        self._inflight_keys += len(keys)
+
+    def _droppable(self) -> int:
+        """About how many cached values RocksDB has as they are (at least this many)."""
+        return len(self._cache) - len(self._dirty) - len(self._sealed) - self._inflight_keys
 
     @property
     def sealed_count(self) -> int:
@@ -307,7 +318,11 @@ class RocksState(State):
         self._db.write(batch)
         if final:
             self._unwritten = max(0, self._unwritten - 1)
-        if self._unwritten == 0 and len(self._cache) > CACHE_LIMIT:
+            if self._inflight:  # (none for a restore's writes)
+                self._inflight_keys -= len(self._inflight.popleft())
+        if len(self._cache) > CACHE_LIMIT and self._droppable() >= CACHE_LIMIT // 2:
+            # Not only once RocksDB has every batch: under steady at-least-once load the next seal
+            # is always on its way by then, and the cache grew by every key ever read or written.
             self._trim()
             return
         # Forget DELETED markers now that RocksDB itself has the deletion, but only once RocksDB
@@ -326,9 +341,13 @@ class RocksState(State):
                     del cache[text]
 
     def _trim(self) -> None:
-        """Keep memory bounded.  Only when RocksDB has every value taken so far: until then the
-        cache is the only place they are readable.  Writes made since stay."""
-        self._cache = {key: self._cache[key] for key in self._dirty | self._sealed}
+        """Keep memory bounded: forget what RocksDB has.  Values not written there yet stay (the
+        cache is the only place they are readable): pending, sealed, or on their way through
+        Kafka."""
+        keep = self._dirty | self._sealed
+        keep.update(*self._inflight)
+        cache = self._cache
+        self._cache = {key: cache[key] for key in keep}
 
     def changelog_offset(self) -> int | None:
         """The next changelog offset RocksDB does not yet reflect (None: nothing restored yet)."""
@@ -370,6 +389,8 @@ class RocksState(State):
         self._sealed = set()
         self._early = []
         self._unwritten = 0
+        self._inflight = deque()
+        self._inflight_keys = 0
 
     def key_count_estimate(self) -> int:
         value = self._db.property_int_value("rocksdb.estimate-num-keys")

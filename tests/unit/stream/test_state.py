@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import msgspec
 import pytest
@@ -152,6 +153,38 @@ def test_cache_is_only_dropped_once_rocksdb_has_every_taken_batch(
     state.write_committed(second, 20)
     assert [state.get(f"k{i}") for i in range(5)] == [-1, 101, 102, 103, None]
     assert state.changelog_offset() == 20
+    state.close()
+
+
+def test_the_cache_stays_bounded_while_checkpoints_are_always_on_their_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At-least-once under steady load: by the time RocksDB gets a seal's writes the next seal is
+    # on its way, so RocksDB never had every batch, and the cache (trimmed only then) kept every
+    # key ever read or written.  Now what RocksDB has is forgotten, batches on their way or not.
+    monkeypatch.setattr("vigil.stream.state.CACHE_LIMIT", 20)
+    state = RocksState(tmp_path / "db", StoreSpec("s"))
+    queued: list[list[tuple[bytes, bytes | None]]] = []
+    sizes = []
+    for round_ in range(40):
+        for i in range(5):
+            assert state.get(f"new-{round_}-{i}") is None  # a first sighting, remembered as absent
+            state.set(f"new-{round_}-{i}", round_)
+        state.set("hot", round_)
+        if round_ % 7 == 3:
+            state.delete(f"new-{round_ - 1}-0")
+        state.seal()
+        queued.append(state.encode_sealed())
+        if len(queued) == 2:  # the older seal reaches RocksDB while the newer one is on its way
+            state.write_committed(queued.pop(0), round_)
+        sizes.append(len(state._cache))  # (what the cache holds is not part of the State API)
+    assert max(sizes) <= 20 + 2 * 6 + 6  # the limit, the batches on their way, one round's misses
+    state.write_committed(queued.pop(0), 40)
+    for round_ in range(40):
+        for i in range(5):
+            gone = i == 0 and (round_ + 1) % 7 == 3
+            assert state.get(f"new-{round_}-{i}") == (None if gone else round_)
+    assert state.get("hot") == 39
     state.close()
 
 
@@ -306,6 +339,16 @@ def test_reads_match_a_plain_dict_through_queued_checkpoints_and_restarts(
     # several queued before RocksDB gets them (in order, in chunks), and restarts once
     # everything is written: every read must be what a dict says.
     path = tmp_path_factory.mktemp("db") / "db"
+    # A cache limit of 0 to 3 values: what the cache forgets must be what RocksDB has.
+    limit = patch("vigil.stream.state.CACHE_LIMIT", data.draw(st.integers(0, 3)))
+    limit.start()
+    try:
+        _reads_match_a_dict(path, data)
+    finally:
+        limit.stop()
+
+
+def _reads_match_a_dict(path: Path, data: Any) -> None:
     state = RocksState(path, SPEC)
     model: dict[str, list[int]] = {}
     keys = ["a", "b", "c"]
