@@ -311,7 +311,9 @@ def parse_body(
         if stripped.startswith(b"["):
             try:
                 items = _array.decode(body)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+                # (RecursionError: an item nested 100,000 deep; uncaught, the request failed
+                # with a 500, which a sender retries for ever.)
                 msg = f"body is not a JSON array of objects: {exc}"
                 raise ContractError(msg) from None
             for n, item in enumerate(items, 1):

@@ -86,6 +86,7 @@ def test_single_json_object() -> None:
     [
         (b"x", "text/csv", "unsupported Content-Type 'text/csv'"),
         (b"[1, ", "application/json", "not a JSON array"),
+        (b"[" + b"[" * 100_000 + b"]" * 100_000 + b"]", "application/json", "not a JSON array.*recursion"),
     ],
 )
 def test_unusable_bodies(body: bytes, ctype: str, reason: str) -> None:
