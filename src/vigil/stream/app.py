@@ -1841,7 +1841,17 @@ class Application:
         for op in self.operators:
             ctx = _KafkaContext(self, task, op)
             task.contexts.append((op, ctx))
-            op.on_assign(ctx)
+            try:
+                op.on_assign(ctx)
+            except Exception as exc:
+                # Named as a failing batch is (it stopped the application as a bare error, and a
+                # KafkaException of the operator's own as "Kafka client failed").
+                where = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in task.partitions)
+                msg = (
+                    f"application {self.name!r}: operator {op.id!r} failed when assigned {where}: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+                raise PipelineError(msg) from exc
 
     def _own(self, keys: list[TP]) -> None:
         self._owned.update(keys)

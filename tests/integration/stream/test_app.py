@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from tests.integration.stream.apps import COUNTS, T0, RunningCount, expected_ids, payments, read_all
 from tests.integration.stream.conftest import Running, home_at, make_topics, produce, wait_for
 
@@ -194,6 +194,35 @@ def test_operator_error_stops_loudly_with_topic_partition_offset(
         app.run()
     # Exactly-once: the failed checkpoint's outputs were aborted, nothing is visible.
     assert output_ids(settings, out, 1) == []
+
+
+class FailsOnAssign(Operator[Payment]):
+    id = "fails-on-assign"
+    stores = (COUNTS,)
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        pass
+
+    def on_assign(self, ctx: Context) -> None:
+        if ctx.partition == 1:
+            raise KafkaException(KafkaError(KafkaError._STATE, "the operator's own client call"))
+
+
+def test_an_operator_failing_when_assigned_stops_the_application_naming_it(
+    settings: Settings, names: Callable[[str], str]
+) -> None:
+    # It stopped the application with the bare error, no application, operator or partition
+    # named; an operator's own KafkaException was reported as the runtime's client failing.
+    src, name = names("in"), names("app")
+    make_topics(settings, src, partitions=2)
+    app = Application(settings, name=name, inputs=[src], operators=[FailsOnAssign()], instance_id="t1")
+    failed = (
+        rf"application '{name}': operator 'fails-on-assign' failed when assigned {src}\[1\]: "
+        r"KafkaException: .*the operator's own client call"
+    )
+    with pytest.raises(PipelineError, match=failed) as info:
+        app.run()
+    assert "Kafka client failed" not in str(info.value)
 
 
 def as_read(event: Payment) -> bytes:
