@@ -319,9 +319,11 @@ class TopicFollower:
 
 #: What a decode raises on a record it cannot read (skipped, counted, logged): the codec's
 #: errors, and the lookup and type errors a caller's decode meets in malformed input (a
-#: missing field: before, such a KeyError stopped the reader and every later update was lost).
+#: missing field: before, such a KeyError stopped the reader and every later update was lost;
+#: an AttributeError, a null where a caller's decode reads a string; a RecursionError, JSON
+#: nested 100,000 deep, which stopped it at every restart too while the topic kept the record).
 #: Anything else is taken for a bug in the decode, and fails the table loudly.
-_BAD_RECORD = (VigilError, ValueError, TypeError, KeyError, IndexError)
+_BAD_RECORD = (VigilError, ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError)
 
 
 class GlobalTable(Generic[V]):
