@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from tests.integration.kafka_read import read_raw
+from tests.integration.stream.conftest import wait_for
 
 from vigil.config import Settings
 from vigil.detect.app import DetectionService, DetectTopology, IntelFeed, delete_scoped_topics
@@ -283,6 +284,14 @@ def test_intel_feed_started_again_reads_the_list_afresh(settings: Settings) -> N
         feed.start(60)
         assert listed.payload.value in index
         assert gone not in index
+        # An update under its key that cannot be read withdraws the listing, as a process reading
+        # the topic afresh (the older record compacted away) would not have it either.  (It kept
+        # the listing: processes answered differently.)
+        producer.produce_raw(topo.intel, listed.key(), b'{"type": "intel_indicator", "event_id": 7}')
+        producer.flush()
+        wait_for(lambda: feed.errors >= 1, 30, "the unreadable update read")
+        assert feed.errors == 1
+        assert listed.payload.value not in index
     finally:
         feed.stop()
         delete_scoped_topics(settings, prefix)

@@ -188,28 +188,35 @@ class IntelFeed:
 
     def _apply(self, key: str | None, value: bytes | None, where: str) -> None:
         if value is None:
-            # A tombstone withdraws one feed's listing; its key is "<type>:<value>@<feed>", or
-            # "...@<feed>#<STIX id>" for one STIX indicator's (values never contain "@" except
-            # e-mail addresses, hence rpartition).
-            listed, at, feed = (key or "").partition(":")[2].rpartition("@")
-            stix = _STIX_SUFFIX.search(feed)
-            if at and stix is not None:
-                self.index.remove(listed, feed[: stix.start()], stix["id"])
-            elif at:
-                self.index.remove(listed, feed)
-            else:
+            if not self._withdraw(key):
                 self.errors += 1
                 log.warning("intel feed: tombstone at %s names no feed (key %r)", where, key)
             return
         try:
             event = self._codec.decode(value, where=where)
         except DecodeError as exc:
-            # A bad indicator must not stop detection; it is reported, not applied.
+            # A bad indicator must not stop detection; it is reported, not applied.  The listing
+            # its key had before is withdrawn: the topic's latest record for the key is this one,
+            # and a process reading the topic afresh (once compaction dropped the older record)
+            # has no listing for it, so every process answers alike.
             self.errors += 1
+            self._withdraw(key)
             log.warning("intel feed: %s", exc)
             return
         if isinstance(event, IntelIndicator):  # the codec admits nothing else
             self.index.apply(event)
+
+    def _withdraw(self, key: str | None) -> bool:
+        """Withdraw the listing a record key names; whether it names one.  The key is
+        "<type>:<value>@<feed>", or "...@<feed>#<STIX id>" for one STIX indicator's (values
+        never contain "@" except e-mail addresses, hence rpartition)."""
+        listed, at, feed = (key or "").partition(":")[2].rpartition("@")
+        stix = _STIX_SUFFIX.search(feed)
+        if at and stix is not None:
+            self.index.remove(listed, feed[: stix.start()], stix["id"])
+        elif at:
+            self.index.remove(listed, feed)
+        return bool(at)
 
 
 @dataclass

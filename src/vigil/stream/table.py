@@ -8,7 +8,9 @@ the topic's end as it was at start, so a detector never runs against a half-load
 
 Records that cannot be decoded are skipped, counted in ``errors`` and logged with their
 topic/partition/offset (their producer, the intel normaliser, has already dead-lettered
-what it could not parse; the table only reads).
+what it could not parse; the table only reads).  Such a record's key has no value from then
+on, as for a process that reads the topic once compaction has dropped the key's older
+records: every process answers alike.
 
 The topic's partitions are looked up again every ``metadata_every_s`` (10 s): partitions
 added are read from their beginning, and a topic deleted stops the reader, so ``ready`` turns
@@ -324,6 +326,7 @@ class TopicFollower:
 #: nested 100,000 deep, which stopped it at every restart too while the topic kept the record).
 #: Anything else is taken for a bug in the decode, and fails the table loudly.
 _BAD_RECORD = (VigilError, ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError)
+_ABSENT = object()
 
 
 class GlobalTable(Generic[V]):
@@ -409,6 +412,12 @@ class GlobalTable(Generic[V]):
                 self._data[key] = self._decode(value)
             except _BAD_RECORD as exc:
                 self.errors += 1
-                log.warning("global table %s: skipped %s: %s", self.name, where, exc)
-                return
+                log.warning(
+                    "global table %s: skipped %s (its key now has no value): %s", self.name, where, exc
+                )
+                # The key's value goes: the topic's latest record for it is this one, and a process
+                # reading the topic afresh (once compaction dropped the older record) has none, so
+                # every process answers alike.
+                if self._data.pop(key, _ABSENT) is _ABSENT:
+                    return
         self.version += 1
