@@ -293,3 +293,24 @@ def test_tail_prints_every_partitions_records_and_two_tails_see_all_of_them(
         assert proc.returncode == 0, err
         assert all(f"key=key-{p}" in out for p in range(3)), out
     make_admin(settings).delete_topics([name])
+
+
+def test_topics_list_prints_every_declared_key_as_written(
+    applied: Settings, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    # The indicator topic's key "<indicator_type>:<value>@<feed>[#<STIX id>]" lost its
+    # "[#<STIX id>]" (Rich read it as a style).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    env |= {"VIGIL_KAFKA_BOOTSTRAP": kafka_bootstrap, "VIGIL_HOME": str(tmp_path), "COLUMNS": "400"}
+    out = subprocess.run(
+        [sys.executable, "-m", "vigil.cli", "topics", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    (row,) = [line for line in out.stdout.splitlines() if "intel.indicators" in line]
+    assert TOPICS.get("intel.indicators").key == "<indicator_type>:<value>@<feed>[#<STIX id>]"
+    assert "<indicator_type>:<value>@<feed>[#<STIX id>]" in row

@@ -15,8 +15,11 @@ import typer
 from typer.testing import CliRunner
 
 from vigil.cli import app
-from vigil.cli._common import run_guarded
+from vigil.cli._common import console, run_guarded
+from vigil.cli.dlq import _shown
+from vigil.config import load_settings
 from vigil.errors import ConfigError
+from vigil.hub.broker import from_settings
 
 #: Clears the screen, opens a hyperlink to evil.example (OSC 8), and hides what follows.
 SEQUENCES = "\x1b[2J\x1b]8;;https://evil.example/\x1b\\click\x1b]8;;\x1b\\\x1b[8m"
@@ -98,6 +101,26 @@ def test_an_error_quoting_a_node_prints_as_text(
     assert _terminal_safe(err), repr(err)
     assert err.startswith("error: eth: the node returned \\x1b[2J")
     assert "[link=https://evil.example/]x[/link]" in err
+
+
+def test_a_broker_log_prints_as_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `vigil broker logs` printed the node's log raw: it quotes what clients sent (topic names,
+    # principals), and its ESC/OSC sequences reached the terminal.
+    monkeypatch.setenv("VIGIL_HOME", str(tmp_path))
+    log = from_settings(load_settings()).log_path(1)
+    log.parent.mkdir(parents=True)
+    log.write_text(f"[2026-12-03 07:00:00,000] INFO created topic {SEQUENCES}{C1_AND_BIDI}\nsecond line\n")
+    result = CliRunner().invoke(app, ["broker", "logs"])
+    assert result.exit_code == 0, result.output
+    assert _terminal_safe(result.output), repr(result.output)
+    assert "created topic \\x1b[2J\\x1b]8;;https://evil.example/" in result.output
+    assert result.output.splitlines()[1] == "second line"
+
+
+def test_a_dead_letter_reason_keeps_its_emoji_codes_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    # A reason quoting a sender's field named `:white_check_mark:` printed a check mark.
+    console.print(f"reason: {_shown('unknown field `:white_check_mark:`')}", highlight=False)
+    assert capsys.readouterr().out == "reason: unknown field `:white_check_mark:`\n"
 
 
 # ---------------------------------------------------------------------------- --option values

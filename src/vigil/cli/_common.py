@@ -19,8 +19,10 @@ if TYPE_CHECKING:
     from vigil.stream.app import Application
     from vigil.stream.metrics import MetricsServer
 
-console = Console()
-err_console = Console(stderr=True)
+#: No ``:emoji:`` codes: what a record, a letter or a node sent is printed as written (a field
+#: named ``:white_check_mark:`` in a dead letter's reason printed as a check mark).
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 
 def settings() -> Settings:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from vigil.cli._common import console, err_console, settings
+from vigil.cli._common import console, err_console, plain, settings
 from vigil.config import Settings
 from vigil.errors import BrokerError
 from vigil.hub.broker import LocalBroker, from_settings
@@ -108,4 +108,5 @@ def logs(
     if not log.exists():
         msg = f"no log for node {node} at {log}; has the broker been started?"
         raise BrokerError(msg)
-    console.print(broker.tail(node, lines), markup=False, highlight=False)
+    # The node's own text, which quotes what clients sent (topic names, principals): inert.
+    console.print(plain(broker.tail(node, lines), lines=True), markup=False, highlight=False, soft_wrap=True)

@@ -69,16 +69,18 @@ def list_cmd(
     for diff in topic_admin.plan(TOPICS, live, cfg):
         ok = diff.in_sync and not diff.notes
         status = "[red]missing[/]" if diff.missing else ("[green]ok[/]" if ok else escape(diff.describe()))
+        # Escaped, every text: a declared key "<type>:<value>@<feed>[#<STIX id>]" lost its
+        # "[#<STIX id>]", read as a style.
         table.add_row(
-            diff.spec.name,
+            escape(diff.spec.name),
             str(diff.live.partitions if diff.live else diff.partitions),
             str(
                 diff.live.replication
                 if diff.live
                 else (diff.replication if diff.replication > 0 else "default")
             ),
-            diff.spec.cleanup,
-            diff.spec.key,
+            escape(diff.spec.cleanup),
+            escape(diff.spec.key),
             escape(diff.spec.value_name),
             status,
         )
@@ -86,10 +88,10 @@ def list_cmd(
         for name in sorted(set(live) - set(TOPICS.names())):
             t = live[name]
             table.add_row(
-                name,
+                shown(name),
                 str(t.partitions),
                 str(t.replication),
-                t.config.get("cleanup.policy", "?"),
+                shown(t.config.get("cleanup.policy", "?")),
                 "",
                 "",
                 "[dim]not declared[/]",
