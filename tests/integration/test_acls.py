@@ -30,6 +30,7 @@ from vigil.errors import BrokerError
 from vigil.hub import acls, client
 from vigil.hub import admin as topic_admin
 from vigil.hub.client import make_admin, make_consumer, make_producer, read_committed
+from vigil.hub.dlq import summarize
 from vigil.hub.raw import RawRecord
 from vigil.hub.redrive import redrive
 from vigil.hub.topics import TOPICS, TopicSpec
@@ -259,6 +260,13 @@ def test_the_redrive_operator_sends_a_letter_back(
     bad_after = [m for m in read_committed(admin, "raw.coinbase", 10) if m.key() == b"bad"]
     assert len(bad_after) == len(bad_before) + len(normalize_letters)
     assert {m.value() for m in bad_after} == {b"not json"}
+    # Again, from the start: the ledger, no longer empty, is read (its reader's group: refused,
+    # "Group authorization failed"), and nothing is sent twice.
+    again = redrive(applied.settings(REDRIVE), "dlq.normalize", idle_s=3, from_beginning=True)
+    assert (again.redriven, again.sent_before) == (0, len(letters)), again
+    # And the same operator may see what the topic holds (`vigil dlq summary`).
+    found = summarize(applied.settings(REDRIVE), "dlq.normalize", idle_s=3)
+    assert found.letters == len(letters)
 
 
 def test_detection_starts_under_its_principal(applied: _Cluster) -> None:

@@ -75,6 +75,7 @@ INTEL_TOPIC = "intel.indicators"
 INTEL_FEED_GROUP_PREFIX = "vigil-intel-"  # IntelFeed: a group per process, commits nothing
 REDRIVE_PREFIX = "vigil.dlq-redrive."  # redrive_group(): its group and transactional id
 REDRIVE_READ_GROUP_PREFIX = "vigil.dlq-read."  # the redrive's readers of original records
+DLQ_SUMMARY_GROUP_PREFIX = "vigil.dlq-summary."  # vigil.hub.dlq.summarize's throwaway readers
 LEDGER_SUFFIX = ".redriven"  # ledger_topic(): <dead-letter topic>.redriven
 
 #: Sources whose connector also writes somewhere besides ``raw.<source>``: the back-end ingest
@@ -183,8 +184,9 @@ def _detect() -> Rights:
 
 
 def _redrive(registry: TopicRegistry) -> Rights:
-    """An operator's credential for ``vigil dlq``: reads the dead-letter topics and appends the
-    original records again to the stages' inputs (only those: see vigil.hub.redrive)."""
+    """An operator's credential for ``vigil dlq``: reads the dead-letter topics (``summary``) and
+    appends the original records again to the stages' inputs (``redrive``; only those: see
+    vigil.hub.redrive)."""
     rights = _allow(TOPIC, "dlq.", PREFIXED, Op.READ, Op.DESCRIBE)
     for dlq in sorted(s.name for s in registry if s.name.startswith("dlq.")):
         # The ledger of letters sent, made on the first redrive and kept as declared (owned).
@@ -194,6 +196,10 @@ def _redrive(registry: TopicRegistry) -> Rights:
     rights += _allow(TOPIC, ROUTED_TOPIC, LITERAL, Op.READ, Op.WRITE, Op.DESCRIBE)
     rights += _allow(GROUP, REDRIVE_PREFIX, PREFIXED, Op.READ, Op.DESCRIBE)
     rights += _allow(GROUP, REDRIVE_READ_GROUP_PREFIX, PREFIXED, Op.READ)
+    # Reading the ledger again (read_committed's groups), and `vigil dlq summary`'s readers: a
+    # second redrive and the summary were refused ("Group authorization failed").
+    rights += _allow(GROUP, READER_GROUP_PREFIX, PREFIXED, Op.READ)
+    rights += _allow(GROUP, DLQ_SUMMARY_GROUP_PREFIX, PREFIXED, Op.READ)
     rights += _allow(TXN, REDRIVE_PREFIX, PREFIXED, Op.WRITE, Op.DESCRIBE)
     return rights
 

@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from vigil.config import Settings
 from vigil.errors import BrokerError, ConfigError
 from vigil.events.records import DeadLetter
+from vigil.hub.acls import DLQ_SUMMARY_GROUP_PREFIX
 from vigil.hub.client import (
     READ_FATAL,
     is_transient,
@@ -128,7 +129,11 @@ def open_letters(
             raise ConfigError(msg)
         partitions = sorted(found.partitions)
         marks = partition_offsets(settings, [(topic, p) for p in partitions], time.monotonic() + 30)
-        committed = _committed(consumer, [TopicPartition(topic, p) for p in partitions])
+        # (From the beginning, a group's positions mean nothing: not asked, which a principal
+        # may not do of a throwaway group it was granted to read with.)
+        committed = (
+            {} if from_beginning else _committed(consumer, [TopicPartition(topic, p) for p in partitions])
+        )
         starts, ends = [], {}
         for p in partitions:
             low, high = marks[topic, p]
@@ -220,7 +225,7 @@ def summarize(settings: Settings, topic: str, *, idle_s: float = 120.0) -> Summa
     """Every letter of a dead-letter topic, grouped by stage, source topic and reason shape
     (the largest group first)."""
     consumer, ends = open_letters(
-        settings, topic, f"vigil.dlq-summary.{uuid.uuid4().hex[:8]}", from_beginning=True
+        settings, topic, f"{DLQ_SUMMARY_GROUP_PREFIX}{uuid.uuid4().hex[:8]}", from_beginning=True
     )
     out = Summary()
     groups: dict[tuple[str, str, str], LetterGroup] = {}
