@@ -207,15 +207,16 @@ class IntelFeed:
             self.index.apply(event)
 
     def _withdraw(self, key: str | None) -> bool:
-        """Withdraw the listing a record key names; whether it names one.  The key is
-        "<type>:<value>@<feed>", or "...@<feed>#<STIX id>" for one STIX indicator's (values
-        never contain "@" except e-mail addresses, hence rpartition)."""
+        """Withdraw the one listing a record key names (the feed's STIX listings of the value,
+        under keys of their own, stay: their records are still on the topic); whether it names
+        one.  The key is "<type>:<value>@<feed>", or "...@<feed>#<STIX id>" for one STIX
+        indicator's (values never contain "@" except e-mail addresses, hence rpartition)."""
         listed, at, feed = (key or "").partition(":")[2].rpartition("@")
         stix = _STIX_SUFFIX.search(feed)
         if at and stix is not None:
-            self.index.remove(listed, feed[: stix.start()], stix["id"])
+            self.index.withdraw(listed, feed[: stix.start()], stix["id"])
         elif at:
-            self.index.remove(listed, feed)
+            self.index.withdraw(listed, feed)
         return bool(at)
 
 

@@ -260,6 +260,12 @@ class IntelIndex:
             self._drop(key, name)
         return bool(mine)
 
+    def withdraw(self, value: str, feed: str, stix_id: str | None = None) -> bool:
+        """Withdraw one listing of a value: its feed's own (a list's), or with ``stix_id`` that
+        STIX indicator's; the feed's other listings of it stay.  True if it was there."""
+        self.updates += 1
+        return self._drop(normalise(value), _listing(feed, stix_id))
+
     def lookup(
         self, value: str | None, at: datetime | None = None, categories: Collection[str] | None = None
     ) -> IndicatorEntry | None:

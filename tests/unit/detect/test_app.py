@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from vigil.config import load_settings
-from vigil.detect.app import CANONICAL_INPUTS, DetectionService, DetectTopology, delete_scoped_topics
+from vigil.detect.app import (
+    CANONICAL_INPUTS,
+    DetectionService,
+    DetectTopology,
+    IntelFeed,
+    delete_scoped_topics,
+)
+from vigil.detect.intel import IntelIndex
 from vigil.errors import PipelineError
+from vigil.events.types import IntelIndicator, IntelIndicatorPayload
 from vigil.stream.app import FETCH_DEFAULTS
 
 
@@ -64,3 +73,35 @@ def test_stopping_raises_a_stage_failure_so_the_exit_code_shows_it(tmp_path: Pat
     service.failures.append(PipelineError("detect: checkpoint failed: fenced"))
     with pytest.raises(PipelineError, match="checkpoint failed: fenced"):
         service.stop()
+
+
+def test_a_plain_key_withdrawn_leaves_the_feeds_stix_listing_of_the_value(tmp_path: Path) -> None:
+    # One feed lists 1.2.3.4 both as a list entry and in a STIX indicator, under two keys.  A
+    # tombstone (or an unreadable record) for the plain key withdrew both listings: the STIX key's
+    # record is still on the topic, and a process reading it afresh had the value listed.
+    stix_id = "indicator--6f9d2f3e-0b0a-4c1e-9a55-1d2b3c4d5e6f"
+    index = IntelIndex()
+    for stix in (None, stix_id):
+        index.apply(
+            IntelIndicator(
+                event_id=f"e-{stix}",
+                source="t",
+                occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
+                payload=IntelIndicatorPayload(
+                    indicator_type="ipv4",
+                    value="1.2.3.4",
+                    category="scam",
+                    feed="acme",
+                    list_version="2026-01-01T00:00:00+00:00",
+                    stix_id=stix,
+                ),
+            )
+        )
+    feed = IntelFeed(load_settings(kafka_bootstrap="127.0.0.1:1", home=tmp_path), "intel.indicators", index)
+    feed._apply("ipv4:1.2.3.4@acme", None, "intel.indicators[0]@1")
+    found = index.lookup("1.2.3.4")
+    assert found is not None
+    assert found.stix_id == stix_id
+    feed._apply(f"ipv4:1.2.3.4@acme#{stix_id}", b"{}", "intel.indicators[0]@2")  # unreadable
+    assert index.lookup("1.2.3.4") is None
+    assert feed.errors == 1
