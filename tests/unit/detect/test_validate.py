@@ -70,6 +70,19 @@ def test_every_error_is_reported_with_file_line_and_column(tmp_path: Path) -> No
     assert len(errors) >= 3
 
 
+def test_a_rule_matching_what_detection_never_hands_it_is_refused(tmp_path: Path) -> None:
+    # Validated, a rule on intel_indicator never fired on Kafka (indicators go to the intel
+    # index, not to rules) and in memory took them from the index: intel rules stopped matching.
+    path = write(
+        tmp_path, "intel.yaml", GOOD.replace("type: mfa_challenge, where", "type: intel_indicator, where")
+    )
+    text = "\n".join(messages(tmp_path))
+    assert f"{path}:9:" in text
+    assert "rules are never given event type(s) 'intel_indicator' (read into the intel index)" in text
+    write(tmp_path, "intel.yaml", GOOD.replace("type: mfa_challenge, where", "type: alert, where"))
+    assert "'alert' (detection's own output)" in "\n".join(messages(tmp_path))
+
+
 def test_unknown_keys_and_fields_name_what_is_expected(tmp_path: Path) -> None:
     bad = GOOD.replace("    group_by: customer\n", "    group_by: customer\n    windw: 5m\n").replace(
         "payload.result", "payload.reslt"

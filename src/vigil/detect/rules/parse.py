@@ -24,8 +24,16 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_DURATION_S = 36_500 * 86400.0
 DURATION_FORM = "a duration like '30s', '10m', '2h' or '14d' (at most 36500d)"
-#: Event types a rule may match: the canonical catalogue without detection's own outputs.
-MATCHABLE = frozenset(EVENT_TYPES) - {"alert", "decision"}
+#: Event types detection never hands a rule: its own outputs, and the indicators, which go into
+#: the intel index (rules read them through ``intel`` conditions).  A rule matching one
+#: validated and never fired; in memory it took indicators from the index.
+NOT_MATCHABLE = {
+    tag: "detection's own output" if cls.domain in ("alerts", "decisions") else "read into the intel index"
+    for tag, cls in EVENT_TYPES.items()
+    if cls.domain in ("alerts", "decisions", "intel")
+}
+#: Event types a rule may match: the canonical catalogue without those.
+MATCHABLE = frozenset(EVENT_TYPES) - set(NOT_MATCHABLE)
 
 
 def parse_duration(value: Any) -> timedelta | None:
@@ -173,6 +181,15 @@ class Parser:
         if names is None:
             if key not in d:
                 self.error(d.loc, f"{what} is missing required key {key!r} (an event type or a list of them)")
+            return None
+        never = [n for n in names if n in NOT_MATCHABLE]
+        if never:
+            self.error(
+                d.mark(key),
+                f"{what}.{key}: rules are never given event type(s) "
+                + ", ".join(f"{n!r} ({NOT_MATCHABLE[n]})" for n in never)
+                + "; an indicator is matched with an intel condition",
+            )
             return None
         bad = [n for n in names if n not in MATCHABLE]
         if bad:
