@@ -132,6 +132,26 @@ def test_yaml_syntax_error_is_located(tmp_path: Path) -> None:
     assert re.match(rf"{re.escape(str(path))}:\d+:\d+: error: not valid YAML", errors[0])
 
 
+@pytest.mark.parametrize("value", ["!!int one", "!!float zz", "!!timestamp foo", "!!bool maybe"])
+def test_a_yaml_tag_that_cannot_read_its_value_is_located(tmp_path: Path, value: str) -> None:
+    # PyYAML's constructors raise plain errors (ValueError, KeyError ...): validation stopped
+    # with a traceback naming no file or line.
+    path = write(tmp_path, "tags.yaml", GOOD.replace("    version: 1\n", f"    version: {value}\n"))
+    (error,) = messages(tmp_path)
+    assert error.startswith(f"{path}:3:14: error: not valid YAML: cannot read tag:yaml.org,2002:"), error
+
+
+def test_a_key_overriding_a_merged_one_is_no_duplicate(tmp_path: Path) -> None:
+    # `<<: *base` then `severity: low`: overriding a merged key is YAML; it was reported as a
+    # duplicate key.  The mapping's own key given twice still is one.
+    base = GOOD.replace("  - id: fatigue\n", "  - &base\n    id: fatigue\n")
+    merged = "  - <<: *base\n    id: fatigue-low\n    severity: low\n"
+    write(tmp_path, "merge.yaml", base.replace("cases:\n", merged + "cases:\n"))
+    assert messages(tmp_path) == []
+    write(tmp_path, "merge.yaml", base.replace("cases:\n", merged + "    severity: medium\ncases:\n"))
+    assert [m for m in messages(tmp_path) if "duplicate key 'severity' (first at line 16)" in m]
+
+
 def test_duplicate_keys_and_duplicate_ids_across_files(tmp_path: Path) -> None:
     write(tmp_path, "a.yaml", GOOD)
     write(tmp_path, "b.yaml", GOOD.replace("    score: 70\n", "    score: 70\n    score: 71\n"))

@@ -50,22 +50,42 @@ def _pos(node: yaml.Node) -> Loc:
 class _Loader(yaml.SafeLoader):
     problems: list[tuple[Loc, str]]
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            # A tag's own constructor failing (``!!int one``, ``!!bool maybe``): PyYAML raises a
+            # plain error, with no file or line, and it stopped validation with a traceback.
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {node.tag} {node.value!r}: {exc!r}"[:300], node.start_mark
+            ) from None
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocDict:
+    own = sum(1 for key_node, _ in node.value if key_node.tag != _MERGE_TAG)
     loader.flatten_mapping(node)
+    # Merged pairs come first (``<<: *base``): a key of the mapping's own given after them
+    # overrides theirs, as YAML says; only the mapping's own keys given twice are a mistake.
+    merged = len(node.value) - own
     out = LocDict()
     out.loc = _pos(node)
     out.marks = {}
     out.key_marks = {}
-    for key_node, value_node in node.value:
+    given: dict[str, Loc] = {}  # the mapping's own keys, where each was first given
+    for i, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, str):
             loader.problems.append((_pos(key_node), f"keys must be strings; got {key!r}"))
             key = str(key)
-        if key in out:
-            loader.problems.append(
-                (_pos(key_node), f"duplicate key {key!r} (first at line {out.marks[key][0]})")
-            )
+        if i >= merged:
+            if key in given:
+                loader.problems.append(
+                    (_pos(key_node), f"duplicate key {key!r} (first at line {given[key][0]})")
+                )
+            given.setdefault(key, _pos(key_node))
         out[key] = loader.construct_object(value_node, deep=True)
         out.marks[key] = _pos(value_node)
         out.key_marks[key] = _pos(key_node)
