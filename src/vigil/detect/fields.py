@@ -160,6 +160,46 @@ def _leaf_kinds(tp: Any) -> set[type] | None:
     return None
 
 
+def _leaf_choices(tp: Any) -> set[Any] | None:
+    """The values a field annotated ``tp`` may hold when it is a ``Literal`` (``None`` dropped,
+    ``Annotated`` unwrapped); None when it may hold others."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _leaf_choices(typing.get_args(tp)[0])
+    if origin is typing.Literal:
+        return set(typing.get_args(tp))
+    if isinstance(tp, pytypes.UnionType) or origin is typing.Union:
+        out: set[Any] = set()
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                continue
+            choices = _leaf_choices(arg)
+            if choices is None:
+                return None
+            out |= choices
+        return out
+    return None
+
+
+def value_choices(event_type: str, path: str) -> frozenset[Any] | None:
+    """The values the field at ``path`` may hold on ``event_type`` when the contract lists them
+    (a ``Literal``: ``mfa_challenge``'s ``payload.result`` is approved, denied or timeout);
+    None otherwise."""
+    parts = normalise_path(path).split(".")
+    cls: type | None = EVENT_TYPES.get(event_type)
+    for i, part in enumerate(parts):
+        if cls is None:
+            return None
+        hints = _hints(cls)
+        if part not in hints:
+            return None
+        if i == len(parts) - 1:
+            choices = _leaf_choices(hints[part])
+            return None if choices is None else frozenset(choices)
+        cls = _struct_of(hints[part])
+    return None
+
+
 def value_kinds(event_type: str, path: str) -> frozenset[type] | None:
     """The plain types (``str``, ``int``, ``float``, ``bool``, ``datetime``, ``list`` for any
     collection) the field at ``path`` holds on ``event_type``, from the contract; None when the

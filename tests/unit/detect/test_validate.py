@@ -141,6 +141,23 @@ def test_a_yaml_tag_that_cannot_read_its_value_is_located(tmp_path: Path, value:
     assert error.startswith(f"{path}:3:14: error: not valid YAML: cannot read tag:yaml.org,2002:"), error
 
 
+@pytest.mark.parametrize(
+    ("where", "says"),
+    [
+        # The contract lists mfa_challenge's results: approved, denied, timeout.
+        ("{payload.result: Denied}", "'Denied' is none of the values payload.result holds (approved, denied"),
+        ("{payload.result: {in: [denied, timed_out]}}", "'timed_out' is none of the values payload.result"),
+        ("{payload.result: {in: []}}", "in [] never matches"),
+    ],
+)
+def test_a_condition_no_value_of_its_field_can_meet_is_refused(tmp_path: Path, where: str, says: str) -> None:
+    # They validated and never matched (values are case-sensitive): a rule silent for ever.
+    path = write(tmp_path, "never.yaml", GOOD.replace("where: {payload.result: denied}", f"where: {where}"))
+    text = "\n".join(messages(tmp_path))
+    assert f"{path}:9:" in text
+    assert says in text
+
+
 def test_a_key_overriding_a_merged_one_is_no_duplicate(tmp_path: Path) -> None:
     # `<<: *base` then `severity: low`: overriding a merged key is YAML; it was reported as a
     # duplicate key.  The mapping's own key given twice still is one.

@@ -14,7 +14,15 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from vigil.detect.fields import OPERATORS, Condition, Match, normalise_path, path_exists, value_kinds
+from vigil.detect.fields import (
+    OPERATORS,
+    Condition,
+    Match,
+    normalise_path,
+    path_exists,
+    value_choices,
+    value_kinds,
+)
 from vigil.detect.rules.loader import Loc, LocDict, LocList
 from vigil.detect.rules.models import Issue
 from vigil.events.base import Entities
@@ -370,6 +378,26 @@ def _kind_problem(path: str, op: str, operand: Any, types: frozenset[str] | None
         if str in kinds and not isinstance(value, list | dict):
             hint = " (YAML reads unquoted yes/no/on/off as true/false, digits or 0x... as numbers: quote it)"
         return f"{_show(value)} is {got}, but {path} holds {holds}, so it never matches{hint}"
+    if op in ("eq", "in"):
+        if op == "in" and not values:
+            return "in [] never matches"
+        return _choice_problem(path, values, types)
+    return None
+
+
+def _choice_problem(path: str, values: list[Any], types: frozenset[str]) -> str | None:
+    """Why ``values`` hold none of the values the contract lists for ``path`` (a field that takes
+    a few, such as ``payload.result``), if one of them is not among those."""
+    choices: set[Any] = set()
+    for event_type in types:
+        found = value_choices(event_type, path)
+        if found is None:
+            return None  # takes any value of its kind on one of the types
+        choices |= found
+    listed = ", ".join(sorted(map(str, choices)))
+    for value in values:
+        if value is not None and value not in choices:
+            return f"{_show(value)} is none of the values {path} holds ({listed}), so it never matches"
     return None
 
 
