@@ -142,10 +142,13 @@ def make_alert(rule: Rule, hit: Hit, *, latency_ms: float | None) -> Alert:
     if rule.entity and hit.entity.kind != rule.entity:
         # The rule names what the alert is about (a maker_account is an account).
         hit.entity = EntityRef(kind=rule.entity, id=hit.entity.id)
-    evidence = to_evidence(sorted(hit.evidence, key=lambda e: (e[2], e[0])))
+    ordered = sorted(hit.evidence, key=lambda e: (e[2], e[0]))
+    evidence = to_evidence(ordered)  # (bounded: the first ones and the last)
     first, last = evidence[0], evidence[-1]
     return Alert(
-        event_id=alert_id(rule, hit.entity, hit.identity or [e.event_id for e in evidence]),
+        # From all of it, not the evidence kept: two detections differing only past what is kept
+        # had one id, and deduplication dropped the second.
+        event_id=alert_id(rule, hit.entity, hit.identity or [e[0] for e in ordered]),
         source="vigil.detect",
         occurred_at=last.occurred_at,
         entities=_entities(hit.entity),

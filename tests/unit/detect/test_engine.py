@@ -14,6 +14,7 @@ import msgspec
 import pytest
 from tests.unit.detect.chain_events import transfer
 
+from vigil.detect.alerts import alert_id, make_alert
 from vigil.detect.engine import (
     ALERTS_TOPIC,
     ROUTED_TOPIC,
@@ -25,6 +26,7 @@ from vigil.detect.engine import (
     detect_events,
 )
 from vigil.detect.intel import IntelIndex
+from vigil.detect.kinds.base import MAX_EVIDENCE, Hit
 from vigil.detect.rules.registry import KINDS
 from vigil.detect.rules.validate import load_rules, validate_paths
 from vigil.events.base import Entities, Event
@@ -34,6 +36,7 @@ from vigil.events.types import (
     CrmRecordExportPayload,
     Deposit,
     DepositPayload,
+    EntityRef,
     FailedLogin,
     FailedLoginPayload,
     Geo,
@@ -115,6 +118,28 @@ def test_two_detections_with_the_same_first_evidence_have_their_own_ids() -> Non
     assert len({a.event_id for a in alerts}) == 2
     assert sorted(d.payload.withdrawal_id or "" for d in decisions) == ["w0", "w1"]
     assert len({d.event_id for d in decisions}) == 2
+
+
+def test_detections_differing_past_the_evidence_an_alert_keeps_have_their_own_ids() -> None:
+    # An alert keeps the first pieces of evidence and the last; its id came from those alone, so
+    # two detections on the same entity differing only in between shared one (and deduplication
+    # dropped the second).
+    rule = next(r for r in RULES if r.kind == "threshold")
+    who = EntityRef(kind="customer", id="c1")
+    common = [[f"e{i}", "login", 1000.0 + i, {}] for i in range(MAX_EVIDENCE)]
+    last = ["e-last", "login", 2000.0, {}]
+    one = make_alert(
+        rule, Hit(entity=who, evidence=[*common, ["e-a", "login", 1500.0, {}], last]), latency_ms=None
+    )
+    two = make_alert(
+        rule, Hit(entity=who, evidence=[*common, ["e-b", "login", 1500.0, {}], last]), latency_ms=None
+    )
+    assert one.payload.evidence == two.payload.evidence  # what each keeps is the same
+    assert one.event_id != two.event_id
+    # Evidence an alert keeps whole gives the id it always had (ids are stable across versions).
+    few = common[:3]
+    kept = make_alert(rule, Hit(entity=who, evidence=few), latency_ms=None)
+    assert kept.event_id == alert_id(rule, who, [e[0] for e in few])
 
 
 def failed_logins(ip: str, usernames: Sequence[str]) -> list[FailedLogin]:
