@@ -57,15 +57,18 @@ _IPV4_SHAPED = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?:/[0-9]{1,2})?")
 def normalise(value: str) -> str:
     """The spelling values are indexed and looked up in: addresses as
     :func:`~vigil.events.addresses.canonical_address` spells them (EVM and bech32 lower-case),
-    other ``0x`` values and domains lower-case (case-insensitive), IPs and networks as
-    :mod:`ipaddress` spells them (IPv6 compressed and lower-case: ``2001:DB8:0::1`` is
-    ``2001:db8::1``; a network by its first address, ``10.1.2.3/8`` is ``10.0.0.0/8``), the
-    rest as given."""
+    other ``0x`` values and domains lower-case (case-insensitive; a domain without the root's
+    trailing dot, ``evil.example.`` is ``evil.example``, as the list parsers keep it), IPs and
+    networks as :mod:`ipaddress` spells them (IPv6 compressed and lower-case: ``2001:DB8:0::1``
+    is ``2001:db8::1``; an IPv4-mapped IPv6 address, ``::ffff:1.2.3.4``, is the IPv4 address; a
+    network by its first address, ``10.1.2.3/8`` is ``10.0.0.0/8``), the rest as given."""
     value = canonical_address(value)
     if (":" in value and _IPV6_SHAPED.fullmatch(value)) or ("/" in value and _IPV4_SHAPED.fullmatch(value)):
         return _canonical_ip(value)
-    if value.startswith(("0x", "0X")) or ("." in value and not value.replace(".", "").isdigit()):
+    if value.startswith(("0x", "0X")):
         return value.lower()
+    if "." in value and not value.replace(".", "").isdigit():
+        return (value[:-1] if value.endswith(".") and len(value) > 1 else value).lower()
     return value
 
 
@@ -76,9 +79,11 @@ def _canonical_ip(value: str) -> str:
     try:
         if "/" in value:
             return str(ipaddress.ip_network(value, strict=False))
-        return str(ipaddress.ip_address(value))
+        address = ipaddress.ip_address(value)
     except ValueError:
         return value
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return str(address if mapped is None else mapped)
 
 
 @functools.lru_cache(maxsize=1 << 16)

@@ -214,3 +214,26 @@ def test_a_network_written_with_host_bits_matches_the_addresses_in_it() -> None:
     index.add(["10.1.2.3/8"], indicator_type="ipv4", category="c2", feed="list", list_version="v")
     assert index.lookup("10.200.0.1") is not None
     assert index.lookup("11.0.0.1") is None
+
+
+def test_an_ipv4_address_written_as_ipv6_matches_its_listing_and_networks() -> None:
+    # ::ffff:1.2.3.4 is 1.2.3.4 (a dual-stack server logs it so): it matched neither.
+    index = IntelIndex()
+    index.apply(_ip_indicator("1.2.3.4"))
+    index.apply(_ip_indicator("223.166.0.0/15", feed="stix:other"))
+    assert index.lookup("::ffff:1.2.3.4") is not None
+    assert index.lookup("::FFFF:0102:0304") is not None
+    assert index.lookup("::ffff:223.166.0.9").feed == "stix:other"  # type: ignore[union-attr]
+    assert index.lookup("::1.2.3.4") is None  # IPv4-compatible (deprecated) is another address
+
+
+def test_a_domain_is_the_same_with_the_roots_trailing_dot() -> None:
+    # "evil.example.com." (fully qualified, as DNS logs write it) missed a listing of
+    # "evil.example.com", which the list parsers keep without the dot.
+    index = IntelIndex()
+    index.add(
+        ["EVIL.example.com."], indicator_type="domain", category="phishing", feed="list", list_version="v"
+    )
+    assert index.lookup("evil.example.com") is not None
+    assert index.lookup("Evil.Example.Com.") is not None
+    assert index.lookup("example.com") is None
