@@ -181,12 +181,11 @@ def _leaf_choices(tp: Any) -> set[Any] | None:
     return None
 
 
-def value_choices(event_type: str, path: str) -> frozenset[Any] | None:
-    """The values the field at ``path`` may hold on ``event_type`` when the contract lists them
-    (a ``Literal``: ``mfa_challenge``'s ``payload.result`` is approved, denied or timeout);
-    None otherwise."""
-    parts = normalise_path(path).split(".")
+def _annotation(event_type: str, path: str) -> Any:
+    """The contract's annotation of the field at (normalised) ``path`` on ``event_type``; None
+    when there is no such field."""
     cls: type | None = EVENT_TYPES.get(event_type)
+    parts = path.split(".")
     for i, part in enumerate(parts):
         if cls is None:
             return None
@@ -194,10 +193,18 @@ def value_choices(event_type: str, path: str) -> frozenset[Any] | None:
         if part not in hints:
             return None
         if i == len(parts) - 1:
-            choices = _leaf_choices(hints[part])
-            return None if choices is None else frozenset(choices)
+            return hints[part]
         cls = _struct_of(hints[part])
     return None
+
+
+def value_choices(event_type: str, path: str) -> frozenset[Any] | None:
+    """The values the field at ``path`` may hold on ``event_type`` when the contract lists them
+    (a ``Literal``: ``mfa_challenge``'s ``payload.result`` is approved, denied or timeout);
+    None otherwise."""
+    tp = _annotation(event_type, normalise_path(path))
+    choices = None if tp is None else _leaf_choices(tp)
+    return None if choices is None else frozenset(choices)
 
 
 def value_kinds(event_type: str, path: str) -> frozenset[type] | None:
@@ -209,19 +216,9 @@ def value_kinds(event_type: str, path: str) -> frozenset[type] | None:
         return frozenset({str})
     if path in ("occurred_at", "ingested_at"):
         return frozenset({datetime})
-    cls: type | None = EVENT_TYPES.get(event_type)
-    parts = path.split(".")
-    for i, part in enumerate(parts):
-        if cls is None:
-            return None
-        hints = _hints(cls)
-        if part not in hints:
-            return None
-        if i == len(parts) - 1:
-            kinds = _leaf_kinds(hints[part])
-            return None if kinds is None else frozenset(kinds)
-        cls = _struct_of(hints[part])
-    return None
+    tp = _annotation(event_type, path)
+    kinds = None if tp is None else _leaf_kinds(tp)
+    return None if kinds is None else frozenset(kinds)
 
 
 def compile_getter(path: str) -> Getter:

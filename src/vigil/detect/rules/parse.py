@@ -192,12 +192,9 @@ class Parser:
             return None
         never = [n for n in names if n in NOT_MATCHABLE]
         if never:
-            self.error(
-                d.mark(key),
-                f"{what}.{key}: rules are never given event type(s) "
-                + ", ".join(f"{n!r} ({NOT_MATCHABLE[n]})" for n in never)
-                + "; an indicator is matched with an intel condition",
-            )
+            listed = ", ".join(f"{n!r} ({NOT_MATCHABLE[n]})" for n in never)
+            hint = "; an indicator is matched with an intel condition" if "intel_indicator" in never else ""
+            self.error(d.mark(key), f"{what}.{key}: rules are never given event type(s) {listed}{hint}")
             return None
         bad = [n for n in names if n not in MATCHABLE]
         if bad:
