@@ -272,6 +272,12 @@ class Settings(BaseSettings):
     @classmethod
     def _pem_file_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         # librdkafka refused a missing one only when the first client was made, as a traceback.
+        # The CAs may also be a directory of them, or "probe" (librdkafka looks in the system's
+        # usual places): both were refused here, with no way round.
+        if info.field_name == "kafka_ssl_ca_location" and value is not None and str(value) == "probe":
+            return value
+        if info.field_name == "kafka_ssl_ca_location" and value is not None and value.expanduser().is_dir():
+            return value.expanduser()
         if value is not None and not value.expanduser().is_file():
             relative = "" if value.expanduser().is_absolute() else f" (relative to {Path.cwd()})"
             msg = f"no such file{relative}; expected {_PEM_FILES[str(info.field_name)]}"
@@ -472,7 +478,9 @@ class Settings(BaseSettings):
 
 #: What each file setting names, for the message saying it is not there.
 _PEM_FILES = {
-    "kafka_ssl_ca_location": "a PEM file of the CA certificates that verify the brokers",
+    "kafka_ssl_ca_location": (
+        "a PEM file of the CA certificates that verify the brokers, a directory of them, or 'probe'"
+    ),
     "kafka_ssl_certificate_location": "a PEM file of the client's certificate, which the brokers verify",
     "kafka_ssl_key_location": "a PEM file of the client's private key",
 }

@@ -142,6 +142,17 @@ def test_rules_validate_away_from_the_repository_says_the_directory_is_missing(t
             "VIGIL_KAFKA_SSL_CA_LOCATION (kafka_ssl_ca_location): no such file",
         ),
         ({"VIGIL_CONFIG": "{toml}"}, "{toml}:1:24: the settings file is not valid TOML"),
+        # A property librdkafka does not know, or a value it refuses: a traceback quoting the
+        # value (client options may hold secrets).
+        (
+            {"VIGIL_KAFKA_CLIENT_OPTIONS": '{{"compression.type": "hunter2SECRET"}}'},
+            "(kafka_client_options, VIGIL_KAFKA_CLIENT_OPTIONS) were refused: Invalid value <hidden> for "
+            'configuration property "compression.codec"',
+        ),
+        (
+            {"VIGIL_KAFKA_CLIENT_OPTIONS": '{{"sasl.oauthbearer.client.secrt": "x"}}'},
+            'were refused: No such configuration property: "sasl.oauthbearer.client.secrt"',
+        ),
     ],
 )
 def test_settings_mistakes_are_one_line_errors(tmp_path: Path, env: dict[str, str], says: str) -> None:
@@ -151,6 +162,19 @@ def test_settings_mistakes_are_one_line_errors(tmp_path: Path, env: dict[str, st
     out = _vigil(tmp_path, "topics", "list", **env)
     assert out.returncode == 1, out.stderr
     assert says.format(toml=toml) in out.stderr
+    assert "Traceback" not in out.stderr
+    assert "hunter2" not in out.stderr + out.stdout
+
+
+def test_a_path_that_cannot_be_written_is_one_line_naming_it(tmp_path: Path) -> None:
+    # `vigil schemas export FILE` (a file where a directory goes), `vigil eval --json DIR` (after
+    # the whole evaluation) and the like ended in a traceback.
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    out = _vigil(tmp_path, "schemas", "export", str(taken))
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.startswith("error: File exists: ") or out.stderr.startswith("error: Not a directory: ")
+    assert str(taken) in out.stderr
     assert "Traceback" not in out.stderr
 
 

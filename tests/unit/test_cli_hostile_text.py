@@ -165,3 +165,20 @@ def test_an_option_that_cannot_be_read_is_named_without_its_value(
     assert isinstance(result.exception, ConfigError), result.output
     assert secret not in str(result.exception) + result.output
     assert named in str(result.exception)
+
+
+def test_rules_test_prints_a_cases_name_as_text(tmp_path: Path) -> None:
+    # A case's name (a rule file shared by someone else) reached the terminal with its ESC/OSC
+    # sequences: `vigil rules test` escaped only Rich markup.
+    from tests.unit.detect.test_validate import GOOD
+
+    name = "three denials \x1b[2J\x1b]0;title\x07 \u202e"
+    failing = GOOD.replace(
+        "name: three denials", f'name: "{name.encode("unicode_escape").decode()}"'
+    ).replace('entity: "customer:c1"', 'entity: "customer:c2"')
+    (tmp_path / "esc.yaml").write_text(failing)
+    result = CliRunner().invoke(app, ["rules", "test", str(tmp_path)], terminal_width=300)
+    assert result.exit_code == 1, result.output
+    assert "FAIL" in result.output
+    assert _terminal_safe(result.output), repr(result.output)
+    assert "three denials \\x1b[2J\\x1b]0;title\\x07 \\u202e" in result.output

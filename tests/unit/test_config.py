@@ -116,6 +116,16 @@ def test_a_ca_file_that_is_not_there_is_named_by_its_variable(
         load_settings()
     (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
     assert load_settings().kafka_client_config()["ssl.ca.location"] == str(tmp_path / "ca.pem")
+    # A directory of CA certificates, and "probe" (the system's usual places), as librdkafka
+    # takes them: both were refused as "no such file".
+    monkeypatch.setenv("VIGIL_KAFKA_SSL_CA_LOCATION", str(tmp_path))
+    assert load_settings().kafka_client_config()["ssl.ca.location"] == str(tmp_path)
+    monkeypatch.setenv("VIGIL_KAFKA_SSL_CA_LOCATION", "probe")
+    assert load_settings().kafka_client_config()["ssl.ca.location"] == "probe"
+    # A directory is no client certificate.
+    monkeypatch.setenv("VIGIL_KAFKA_SSL_CERTIFICATE_LOCATION", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"kafka_ssl_certificate_location\): no such file"):
+        load_settings()
 
 
 def test_secrets_are_hidden(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -136,3 +136,12 @@ def run_guarded(app: typer.Typer) -> None:
             f"[bold red]error:[/] {shown(str(exc), lines=True)}", highlight=False, soft_wrap=True
         )
         sys.exit(1)
+    except OSError as exc:
+        # A path the user gave that cannot be written or read (a directory where a file goes,
+        # a file where a directory goes, no such directory): its reason and path, not a traceback
+        # (`vigil eval --json DIR` gave one after the whole evaluation).
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        err_console.print(
+            f"[bold red]error:[/] {shown(f'{exc.strerror or exc}{where}')}", highlight=False, soft_wrap=True
+        )
+        sys.exit(1)

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from vigil.cli._common import console, err_console
+from vigil.cli._common import console, err_console, shown
 from vigil.detect.cases import run_cases
 from vigil.detect.rules.validate import describe, validate_paths
 
@@ -26,7 +25,7 @@ def validate(paths: PathsArg = None) -> None:
     result = validate_paths(paths or [DEFAULT_RULES])
     for issue in result.issues:
         colour = "red" if issue.severity == "error" else "yellow"
-        err_console.print(f"[{colour}]{escape(describe(issue))}[/]", soft_wrap=True)
+        err_console.print(f"[{colour}]{shown(describe(issue))}[/]", soft_wrap=True)
     errors = len(result.errors)
     summary = f"{len(result.rules)} rule(s) and {len(result.cases)} case(s) in {len(result.files)} file(s)"
     if errors:
@@ -41,18 +40,18 @@ def run_tests(paths: PathsArg = None) -> None:
     result = validate_paths(paths or [DEFAULT_RULES])
     if result.errors:
         for issue in result.errors:
-            err_console.print(f"[red]{escape(describe(issue))}[/]", soft_wrap=True)
+            err_console.print(f"[red]{shown(describe(issue))}[/]", soft_wrap=True)
         err_console.print(f"[bold red]{len(result.errors)} validation error(s); fix them first[/]")
         raise typer.Exit(1)
     failed = 0
     for res in run_cases(result.cases, result.rules):
         if res.ok:
-            console.print(f"[green]PASS[/] {escape(res.where)} {escape(res.case.name)}")
+            console.print(f"[green]PASS[/] {shown(res.where)} {shown(res.case.name)}")
             continue
         failed += 1
-        console.print(f"[red]FAIL[/] {escape(res.where)} {escape(res.case.name)}")
+        console.print(f"[red]FAIL[/] {shown(res.where)} {shown(res.case.name)}")
         for problem in res.problems:
-            console.print(f"       {escape(problem)}")
+            console.print(f"       {shown(problem, lines=True)}")
     total = len(result.cases)
     if failed:
         err_console.print(f"[bold red]{failed} of {total} case(s) failed[/]")

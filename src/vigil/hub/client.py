@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -26,7 +27,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from vigil.config import Settings
-from vigil.errors import BrokerError, chained
+from vigil.errors import BrokerError, ConfigError, chained
 from vigil.events.base import Event
 from vigil.events.codec import encode
 from vigil.hub.topics import TOPICS, TopicRegistry
@@ -92,12 +93,29 @@ _QUIET.addHandler(logging.NullHandler())
 _QUIET.propagate = False
 
 
+#: librdkafka's refusal of a configuration value quotes it: hidden in what Vigil says.
+_INVALID_VALUE = re.compile(r'Invalid value "[^"]*"')
+
+
 def check_reachable(settings: Settings, timeout: float = 10.0) -> int:
     """Ask the cluster for metadata; returns the broker count or raises BrokerError saying where
     and why (``Connection refused``, ``Failed to resolve``, an authentication failure)."""
     errors: list[KafkaError] = []
     config = settings.kafka_client_config()
-    admin = AdminClient({**config, "error_cb": errors.append, "logger": _QUIET})
+    try:
+        admin = AdminClient({**config, "error_cb": errors.append, "logger": _QUIET})
+    except KafkaException as exc:
+        # A property librdkafka does not know, or a value it refuses, in kafka_client_options:
+        # it was a traceback, quoting the value (the options may hold secrets).
+        refused = kafka_error(exc)
+        text = _INVALID_VALUE.sub(
+            "Invalid value <hidden>", refused.str() if refused is not None else str(exc)
+        )
+        msg = (
+            "the Kafka client settings (kafka_client_options, VIGIL_KAFKA_CLIENT_OPTIONS) were "
+            f"refused: {text}"
+        )
+        raise ConfigError(msg) from None
     bootstrap = config["bootstrap.servers"]
     try:
         meta = admin.list_topics(timeout=timeout)
