@@ -112,7 +112,7 @@ def listen(host: str, port: int, label: str) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError as exc:
+    except (OSError, OverflowError) as exc:  # (OverflowError: a port past 65535 was a traceback)
         sock.close()
         msg = f"{label}: cannot listen on {host}:{port}: {exc}"
         raise SourceError(msg) from None

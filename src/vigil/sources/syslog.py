@@ -453,7 +453,7 @@ class SyslogSource(Source):
                 threads.append(
                     threading.Thread(target=tcp.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
                 )
-        except OSError as exc:
+        except (OSError, OverflowError) as exc:  # (OverflowError: a port past 65535 was a traceback)
             if udp is not None:
                 udp.close()
             msg = f"syslog: cannot listen on {self.host} (udp {self.udp_port}, tcp {self.tcp_port}): {exc}"

@@ -647,3 +647,11 @@ def test_buffer_bounds_that_bound_nothing_are_refused(options: dict[str, Any]) -
     # mean one message at a time, so it is refused, as are bounds that hold nothing.
     with pytest.raises(SourceError, match="syslog: max_buffered and max_buffered_bytes must be at least 1"):
         SyslogSource(udp_port=None, tcp_port=0, **options)
+
+
+def test_a_port_past_65535_is_named_not_a_traceback() -> None:
+    source = SyslogSource(udp_port=99999, tcp_port=None)
+    with pytest.raises(
+        SourceError, match=r"syslog: cannot listen on 127\.0\.0\.1 \(udp 99999, tcp None\): .*0-65535"
+    ):
+        source.run(MemorySink())

@@ -143,6 +143,9 @@ def test_source_reports_a_port_it_cannot_bind() -> None:
         source = MailchimpSource(MailchimpWebhook(SECRET), port=taken.getsockname()[1])
         with pytest.raises(SourceError, match=r"cannot listen on 127\.0\.0\.1"):
             source.run(MemorySink())
+    # A port past 65535: a traceback (OverflowError), under `vigil run` too.
+    with pytest.raises(SourceError, match=r"cannot listen on 127\.0\.0\.1:99999: .*0-65535"):
+        MailchimpSource(MailchimpWebhook(SECRET), port=99999).run(MemorySink())
 
 
 def test_secret_option_is_the_option_else_the_setting_and_names_both_without_a_value() -> None:
