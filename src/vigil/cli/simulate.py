@@ -28,7 +28,15 @@ def parse_duration(text: str, *, option: str = "--duration") -> timedelta:
     if not match:
         msg = f"{option} must be a duration like '90s', '10m', '2h' or '1d'; got {text!r}"
         raise ConfigError(msg)
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        value = timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    except OverflowError:  # (was a traceback)
+        msg = f"{option} must be at most {timedelta.max.days:,} days; got {text!r}"
+        raise ConfigError(msg) from None
+    if not value:
+        msg = f"{option} must be longer than 0; got {text!r}"
+        raise ConfigError(msg)
+    return value
 
 
 def parse_params(items: list[str]) -> dict[str, dict[str, str]]:

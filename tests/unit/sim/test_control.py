@@ -68,6 +68,13 @@ def test_durations_and_starts_parse_or_fail_by_name() -> None:
     assert parse_duration("1.5d") == timedelta(hours=36)
     with pytest.raises(ConfigError, match="--duration must be a duration"):
         parse_duration("soon")
+    # Past what a timedelta holds (an OverflowError traceback), and none at all.
+    with pytest.raises(
+        ConfigError, match=r"--duration must be at most 999,999,999 days; got '99999999999999d'"
+    ):
+        parse_duration("99999999999999d")
+    with pytest.raises(ConfigError, match="--duration must be longer than 0; got '0s'"):
+        parse_duration("0s")
     assert parse_start("2026-11-03T00:00:00+00:00", paced=False) == datetime(2026, 11, 3, tzinfo=UTC)
     assert parse_start(None, paced=False) is None
     live = parse_start(None, paced=True)
