@@ -182,3 +182,11 @@ def test_rules_test_prints_a_cases_name_as_text(tmp_path: Path) -> None:
     assert "FAIL" in result.output
     assert _terminal_safe(result.output), repr(result.output)
     assert "three denials \\x1b[2J\\x1b]0;title\\x07 \\u202e" in result.output
+
+
+def test_a_path_is_printed_as_written(tmp_path: Path) -> None:
+    # A directory named with Rich markup ("[/]") wrote the files, then failed with MarkupError.
+    where = tmp_path / "schemas[/]x"
+    result = CliRunner().invoke(app, ["schemas", "export", str(where)], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    assert f"to {where}" in " ".join(result.output.split())  # (wrapped at the console's width)

@@ -19,7 +19,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from vigil.cli._common import MetricsPortOpt, console, err_console, serve_metrics_of, settings
+from vigil.cli._common import MetricsPortOpt, console, err_console, serve_metrics_of, settings, shown
 from vigil.detect.eval import HOLD_SCENARIOS, EvalResult, evaluate
 from vigil.detect.rules.validate import load_rules
 from vigil.errors import ConfigError
@@ -61,7 +61,8 @@ def detect(
     metrics = serve_metrics_of(cfg, metrics_port, lambda: [service.route_app, service.detect_app])
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     console.print(
-        f"detection: {len(ruleset)} rules from {rules}; loading intel, then consuming (Ctrl-C stops)"
+        f"detection: {len(ruleset)} rules from {shown(str(rules))}; loading intel, then consuming "
+        "(Ctrl-C stops)"
     )
     try:
         service.start(abort=stop.is_set)
@@ -150,7 +151,7 @@ def eval_(
     render(result, time.perf_counter() - started)
     if json_file is not None:
         json_file.write_text(json.dumps(result.as_json(), indent=2) + "\n")
-        console.print(f"wrote {json_file}")
+        console.print(f"wrote {shown(str(json_file))}")
 
 
 def render(result: EvalResult, seconds: float) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vigil.cli._common import console, err_console
+from vigil.cli._common import console, err_console, shown
 from vigil.events import schema
 
 app = typer.Typer(no_args_is_help=True)
@@ -17,7 +17,7 @@ app = typer.Typer(no_args_is_help=True)
 def export(directory: Annotated[Path, typer.Argument()] = Path("schemas")) -> None:
     """Write one JSON Schema file per event type and record."""
     files = schema.export(directory)
-    console.print(f"wrote {len(files)} schema files to {directory}")
+    console.print(f"wrote {len(files)} schema files to {shown(str(directory))}")
 
 
 @app.command("check")

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vigil.cli._common import console, settings
+from vigil.cli._common import console, settings, shown
 from vigil.errors import ConfigError
 from vigil.hub.client import check_reachable
 from vigil.sim import SCENARIOS, SimConfig, Simulation
@@ -184,5 +184,6 @@ def simulate(
         bar.update(task, total=stats.events, completed=stats.events)
     console.print(
         f"[green]produced {stats.events:,} records in {stats.seconds:.1f}s ({stats.rate:,.0f}/s) to "
-        f"{len(stats.topics)} topics; {stats.labels} labels to {topic_prefix}labels and {labels_path}[/]"
+        f"{len(stats.topics)} topics; {stats.labels} labels to {shown(topic_prefix)}labels and "
+        f"{shown(str(labels_path))}[/]"
     )
