@@ -274,10 +274,13 @@ class Settings(BaseSettings):
         # librdkafka refused a missing one only when the first client was made, as a traceback.
         # The CAs may also be a directory of them, or "probe" (librdkafka looks in the system's
         # usual places): both were refused here, with no way round.
-        if info.field_name == "kafka_ssl_ca_location" and value is not None and str(value) == "probe":
-            return value
-        if info.field_name == "kafka_ssl_ca_location" and value is not None and value.expanduser().is_dir():
-            return value.expanduser()
+        probe = value is not None and str(value) == "probe"
+        if (
+            info.field_name == "kafka_ssl_ca_location"
+            and value is not None
+            and (probe or value.expanduser().is_dir())
+        ):
+            return value if probe else value.expanduser()
         if value is not None and not value.expanduser().is_file():
             relative = "" if value.expanduser().is_absolute() else f" (relative to {Path.cwd()})"
             msg = f"no such file{relative}; expected {_PEM_FILES[str(info.field_name)]}"
