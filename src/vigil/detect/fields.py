@@ -135,24 +135,29 @@ def path_exists(event_type: str, path: str) -> bool:
     return True
 
 
-def _leaf_kinds(tp: Any) -> set[type] | None:
-    """The plain types a value annotated ``tp`` may hold (``None`` dropped, a ``Literal``'s
-    values' types, ``Annotated`` unwrapped, a collection as ``list``); None if not plain."""
+def _leaves(tp: Any, leaf: Callable[[Any], set[Any] | None]) -> set[Any] | None:
+    """``leaf`` of each type a value annotated ``tp`` may be (``Annotated`` unwrapped, a union's
+    members, ``None`` dropped), together; None if ``leaf`` has no answer for one of them."""
     origin = typing.get_origin(tp)
     if origin is typing.Annotated:
-        return _leaf_kinds(typing.get_args(tp)[0])
-    if origin is typing.Literal:
-        return {type(v) for v in typing.get_args(tp)}
+        return _leaves(typing.get_args(tp)[0], leaf)
     if isinstance(tp, pytypes.UnionType) or origin is typing.Union:
-        out: set[type] = set()
+        out: set[Any] = set()
         for arg in typing.get_args(tp):
             if arg is type(None):
                 continue
-            kinds = _leaf_kinds(arg)
-            if kinds is None:
+            found = _leaves(arg, leaf)
+            if found is None:
                 return None
-            out |= kinds
+            out |= found
         return out
+    return leaf(tp)
+
+
+def _kinds_of(tp: Any) -> set[Any] | None:
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return {type(v) for v in typing.get_args(tp)}
     if origin in (list, tuple, set, frozenset):
         return {list}
     if tp in (str, int, float, bool, datetime):
@@ -160,25 +165,20 @@ def _leaf_kinds(tp: Any) -> set[type] | None:
     return None
 
 
+def _choices_of(tp: Any) -> set[Any] | None:
+    return set(typing.get_args(tp)) if typing.get_origin(tp) is typing.Literal else None
+
+
+def _leaf_kinds(tp: Any) -> set[type] | None:
+    """The plain types a value annotated ``tp`` may hold (``None`` dropped, a ``Literal``'s
+    values' types, ``Annotated`` unwrapped, a collection as ``list``); None if not plain."""
+    return _leaves(tp, _kinds_of)
+
+
 def _leaf_choices(tp: Any) -> set[Any] | None:
     """The values a field annotated ``tp`` may hold when it is a ``Literal`` (``None`` dropped,
     ``Annotated`` unwrapped); None when it may hold others."""
-    origin = typing.get_origin(tp)
-    if origin is typing.Annotated:
-        return _leaf_choices(typing.get_args(tp)[0])
-    if origin is typing.Literal:
-        return set(typing.get_args(tp))
-    if isinstance(tp, pytypes.UnionType) or origin is typing.Union:
-        out: set[Any] = set()
-        for arg in typing.get_args(tp):
-            if arg is type(None):
-                continue
-            choices = _leaf_choices(arg)
-            if choices is None:
-                return None
-            out |= choices
-        return out
-    return None
+    return _leaves(tp, _choices_of)
 
 
 def _annotation(event_type: str, path: str) -> Any:

@@ -76,8 +76,7 @@ class EventCodec:
             msg = f"not valid JSON: {inert(str(exc))}"
             raise DecodeError(msg, where=where) from None
         except RecursionError as exc:  # nested too deep for msgspec (a field before the type tag)
-            msg = f"not valid JSON: nested too deeply ({exc})"
-            raise DecodeError(msg, where=where) from None
+            raise DecodeError(too_deep(exc), where=where) from None
         return event
 
     def decode_lines(self, data: bytes) -> list[Event]:
@@ -87,6 +86,11 @@ class EventCodec:
             if line.strip():
                 out.append(self.decode(line, where=f"line {n}"))
         return out
+
+
+def too_deep(exc: RecursionError) -> str:
+    """Why JSON msgspec could not decode for its nesting is refused."""
+    return f"not valid JSON: nested too deeply ({exc})"
 
 
 _any = EventCodec()

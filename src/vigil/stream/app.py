@@ -142,7 +142,7 @@ from confluent_kafka import (
 from vigil.config import Settings
 from vigil.errors import ConfigError, ContractError, PipelineError, TopicError
 from vigil.events.base import Event, utcnow
-from vigil.events.codec import EventCodec, encode
+from vigil.events.codec import EventCodec, encode, too_deep
 from vigil.events.records import DeadLetter
 from vigil.hub.admin import ensure_topics
 from vigil.hub.client import consumer_config, kafka_error, make_admin, producer_config
@@ -292,7 +292,7 @@ def _undecodable(
         msg.offset() or 0,
         msg.key(),
         msg.value() or b"",
-        f"not valid JSON: nested too deeply ({exc})" if isinstance(exc, RecursionError) else str(exc),
+        too_deep(exc) if isinstance(exc, RecursionError) else str(exc),
         _error_kind(exc),
         msg.headers() or [],
     )
