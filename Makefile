@@ -19,6 +19,8 @@ COMPILED := \
 	src/vigil/stream/app.py src/vigil/stream/alignment.py src/vigil/stream/state.py \
 	src/vigil/stream/windows.py \
 	src/vigil/sim/benign.py src/vigil/sim/draws.py src/vigil/sim/factory.py src/vigil/sim/publish.py
+# Modules written in C (each has a Python twin that runs when it is not built; see its header).
+NATIVE := src/vigil/stream/_slide.c
 # VIGIL_COMPILE=0 (no C compiler at hand, or to debug in the sources): every module as Python.
 VIGIL_COMPILE ?= 1
 COMPILED_STAMP := $(VENV)/.compiled-$(VIGIL_COMPILE)
@@ -34,7 +36,7 @@ $(STAMP): pyproject.toml
 compile: $(COMPILED_STAMP)
 
 # mypyc reads the project's mypy settings; its C files go to src/build/ (ignored by git).
-$(COMPILED_STAMP): $(STAMP) $(COMPILED)
+$(COMPILED_STAMP): $(STAMP) $(COMPILED) $(NATIVE)
 	rm -f $(VENV)/.compiled-*
 	@if [ "$(VIGIL_COMPILE)" = 0 ]; then \
 		echo "VIGIL_COMPILE=0: the sources run uncompiled"; \
@@ -43,6 +45,9 @@ $(COMPILED_STAMP): $(STAMP) $(COMPILED)
 		echo "compiling $(words $(COMPILED)) modules with mypyc (about a minute)"; \
 		( cd src && ../$(BIN)/mypyc $(patsubst src/%,%,$(COMPILED)) ) > $(VENV)/mypyc.log 2>&1 \
 			|| { tail -40 $(VENV)/mypyc.log; exit 1; }; \
+		for c in $(NATIVE); do \
+			$(BIN)/python -m vigil.compiled "$$c" >> $(VENV)/mypyc.log 2>&1 || { tail -40 $(VENV)/mypyc.log; exit 1; }; \
+		done; \
 		: "A module's own extension is a thin shim that is not rebuilt when only its code (in the"; \
 		: "shared library beside it) changed: mark them all as built now, for the staleness check."; \
 		find src/vigil -name '*.so' -exec touch {} +; \

@@ -9,8 +9,8 @@ from pathlib import Path
 from vigil.compiled import extensions, stale
 
 
-def _module(root: Path, name: str, *, source_age: float, ext_age: float) -> Path:
-    source = root / f"{name}.py"
+def _module(root: Path, name: str, *, source_age: float, ext_age: float, suffix: str = ".py") -> Path:
+    source = root / f"{name}{suffix}"
     source.write_text("x = 1\n")
     ext = root / f"{name}{importlib.machinery.EXTENSION_SUFFIXES[0]}"
     ext.write_bytes(b"")
@@ -24,9 +24,11 @@ def test_an_extension_older_than_its_source_is_stale(tmp_path: Path) -> None:
     (tmp_path / "pkg").mkdir()
     fresh = _module(tmp_path / "pkg", "fresh", source_age=100, ext_age=10)
     edited = _module(tmp_path / "pkg", "edited", source_age=10, ext_age=100)
+    # A module written in C: its .c source counts as a .py one does.
+    native = _module(tmp_path / "pkg", "_native", source_age=10, ext_age=100, suffix=".c")
     (tmp_path / "pkg" / "plain.py").write_text("y = 2\n")  # never compiled: not reported
-    assert set(extensions(tmp_path)) == {fresh, edited}
-    assert stale(tmp_path) == [edited]
+    assert set(extensions(tmp_path)) == {fresh, edited, native}
+    assert stale(tmp_path) == [native, edited]
 
 
 def test_the_installed_package_has_no_stale_extension() -> None:
