@@ -54,7 +54,8 @@ def machine() -> dict[str, Any]:
         "nproc": os.cpu_count(),
         "cpu": model,
         "python": platform.python_version(),
-        # Modules running as mypyc-compiled extensions (0: every module as Python source).
+        # Modules running as extensions, compiled by mypyc or written in C (0: every module as
+        # Python source).
         "compiled_modules": len(extensions()),
     }
 
@@ -89,7 +90,7 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
     m = result["_meta"]
     header = (
         f"Command: `{m['command']}` · machine: {m['nproc']} CPUs, {m['cpu']} · Python {m['python']} "
-        f"({m['compiled_modules']} modules compiled by mypyc) · {m['date']} · "
+        f"({m['compiled_modules']} modules compiled) · {m['date']} · "
         f"run took {m['duration_s']} s\n\n"
     )
     write_section(name, header + module.markdown(result))
