@@ -345,6 +345,7 @@ def engine_vigil(cfg: dict[str, Any]) -> dict[str, Any]:
         "gc_collections": app.metrics.gc_collections,
         "gc_s": round(app.metrics.gc_seconds, 3),
         "gc_longest_ms": round(app.metrics.gc_longest_s * 1000, 1),
+        "longest_step_ms": {k: round(v * 1000, 1) for k, v in sorted(app.metrics.longest_step_s.items())},
         "state_mb": round(state_bytes / 1e6, 1),
     }
 
@@ -666,6 +667,7 @@ class Bench:
             result["engine_processed"] = eng["processed"]
             result["engine_run_queue_wait_s"] = eng["run_queue_wait_s"]
             result["engine_gc"] = {k: eng[k] for k in ("gc_collections", "gc_s", "gc_longest_ms")}
+            result["engine_longest_step_ms"] = eng.get("longest_step_ms")
             # CPU per event live, to set beside the throughput run's (a live batch is smaller).
             if eng["processed"]:
                 result["engine_us_per_event"] = round(eng["cpu_s"] * 1e6 / eng["processed"], 2)
@@ -1083,6 +1085,12 @@ def _lat(one: dict[str, Any]) -> str:
         text += (
             f"; its loop collected garbage {gc['gc_collections']} times, {gc['gc_s'] * 1000:.0f} ms in all, "
             f"the longest {gc['gc_longest_ms']} ms"
+        )
+    steps = one.get("engine_longest_step_ms")
+    if steps:
+        # No record is processed during a step: the longest of each kind is what it added.
+        text += "; the loop's longest step of each kind: " + ", ".join(
+            f"{kind} {ms} ms" for kind, ms in steps.items()
         )
     stalls = one.get("stalls")
     if stalls:

@@ -2,8 +2,8 @@
  *
  * Why C: once the runtime has decoded a batch, the window is most of a windowed rule's cost.
  * In numpy a batch took a few dozen array passes and a dict lookup per event (2-4 µs an event);
- * here it is one pass, each event a dict lookup, a binary search among its key's few entries
- * and an append.  The durable state (chunks, watermark) stays in Python: this index is rebuilt
+ * here it is one pass, each event a hash-table lookup, a binary search among its key's few
+ * entries and an append.  The durable state (chunks, watermark) stays in Python: this index is rebuilt
  * from it after a restart, so nothing here needs saving.
  *
  * The answers are WindowedAggregate's with Window.sliding(size, lateness), event by event: an
@@ -12,7 +12,8 @@
  * its key accepted before it, and itself.  Sums add the window's values left to right from
  * 0.0, as Python's sum() does, for windows of up to add_up_at_most events; longer windows (a
  * busy key) are differences of running totals kept per key, which round relative to the key's
- * total since its entries were last compacted.  Time arithmetic saturates at int64's ends.
+ * total since its entries were last compacted.  Time arithmetic saturates at int64's ends (the
+ * caller keeps times, size and lateness within 2**62 of zero, so it never has to).
  * The Python twin is vigil.stream.slide: the same algorithm, used when this module is not
  * built, and held to the same tests.
  */
@@ -27,7 +28,8 @@
  * more are held than after the last sweep, at least: memory follows the keys in the window. */
 #define SWEEP_MIN 1024
 #define MIN_BUCKETS 64
-/* How many events ahead update() asks for a key's bucket (measured: see docs/benchmarks.md). */
+/* How many events ahead update() asks for a key's bucket (and, half as far, for its str and
+ * entries).  Measured in-process over 50,000 keys: 0.21 µs an event against 0.25 without. */
 #define PREFETCH 8
 
 /* One accepted event of a key. */

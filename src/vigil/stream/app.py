@@ -165,6 +165,15 @@ Decoder = Callable[[str, bytes, bytes | None, Any], Any]
 _TIMEOUT = 30.0
 
 
+def _step(longest: dict[str, float], kind: str, began: float) -> float:
+    """Note how long a loop step of ``kind`` took (since ``began``) if it is the longest yet;
+    returns now, when the next step begins."""
+    now = time.perf_counter()
+    if now - began > longest.get(kind, 0.0):
+        longest[kind] = now - began
+    return now
+
+
 def _forget(gauge: Any, *labels: str) -> None:
     """Remove a gauge's labelled value (prometheus-client before 0.22 raises for one never set)."""
     with contextlib.suppress(KeyError):
@@ -947,22 +956,33 @@ class Application:
                 # Fetched before the rewind: those partitions are read again from their committed
                 # offsets, and their records here would be processed twice.
                 msgs = [m for m in msgs if (m.topic(), m.partition()) not in rewound]
+            # (Each step below is timed: none processes a record, so the longest of each kind
+            # is what it can add to an event's latency; see AppMetrics.longest_step_s.)
+            longest = self.metrics.longest_step_s
+            began = time.perf_counter()
             if msgs:
                 self._process(msgs)
+                began = _step(longest, "process", began)
             if self.alignment is not None and (msgs or time.monotonic() - last_align >= _ALIGN_IDLE_EVERY_S):
-                self._align()
+                self._align()  # (aligned, records are processed here as they are released)
                 last_align = time.monotonic()
+                began = _step(longest, "process", began)
             if self._sealing is not None:
                 self._encode_step(self._encode_pace.take(time.monotonic()))
+                began = _step(longest, "encode", began)
             if self._sealed:
                 self._complete_epochs()
+                began = _step(longest, "complete", began)
             if self._writes:
                 self._write_step(self._write_pace.take(time.monotonic()))
+                began = _step(longest, "write", began)
             if self._restoring or restoring:
                 self._restore_step(consumer, 0.0 if msgs else _RESTORE_WAIT_S)
+                began = time.perf_counter()  # (not timed: when idle, it waits for records)
             now = time.monotonic()
             if now - last_checkpoint >= self.checkpoint_interval_s:
                 self._checkpoint()
+                _step(longest, "checkpoint", began)
                 last_checkpoint = time.monotonic()
             took = collector.step(not msgs, now)
             if took:
@@ -1700,6 +1720,8 @@ class Application:
             return
         self._last_gauges = now
         self.prometheus.loop_time.labels(self.name).set(time.time())
+        for kind, seconds in self.metrics.longest_step_s.items():
+            self.prometheus.longest_step.labels(self.name, kind).set(seconds)
         consumer = self._consumer
         owned = [TopicPartition(t, p) for t, p in sorted(self._owned)]
         try:

@@ -515,12 +515,19 @@ def test_at_least_once_state_and_offsets_commit_while_running(
     # seal's records, and a seal whose records are not acknowledged yet is skipped rather than
     # waited for: the offsets must still reach the end while the application runs, not only
     # when it stops.
+    started = time.perf_counter()
     src, out, name, running = counting_at_least_once(settings, names, run_app)
     wait_committed(settings, name, src, 600)  # while running, not only when it stops
     assert running.thread.is_alive()
     running.stop()
+    took = time.perf_counter() - started
     assert not running.errors
     assert set(output_ids(settings, out)) == expected_ids(payments(600, 37))
+    # Every kind of step the loop took on the way was timed (the longest of each): batches, and
+    # the checkpoint's work between them.
+    longest = running.app.metrics.longest_step_s
+    assert {"process", "checkpoint", "encode", "complete", "write"} <= set(longest), longest
+    assert all(0 < seconds < took for seconds in longest.values()), longest
 
 
 def test_the_loop_collects_garbage_between_batches_and_puts_the_collector_back(

@@ -410,6 +410,15 @@ def test_prometheus_metrics_expose_progress_lag_and_checkpoints(
     loop = [line for line in text.splitlines() if line.startswith("vigil_stream_loop_timestamp_seconds{")]
     assert loop
     assert abs(float(loop[0].split()[-1]) - time.time()) < 60
+    # The longest step of each kind the loop took: a batch's processing at least, and no step
+    # longer than the whole run.
+    steps = {
+        line.split('step="')[1].split('"')[0]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("vigil_stream_longest_loop_step_seconds{")
+    }
+    assert "process" in steps
+    assert all(0 < seconds < 120 for seconds in steps.values()), steps
     lags = [line for line in text.splitlines() if line.startswith("vigil_stream_consumer_lag{")]
     assert lags
     assert all(line.endswith(" 0.0") for line in lags), lags
