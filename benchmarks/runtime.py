@@ -1088,7 +1088,7 @@ def _lat(one: dict[str, Any]) -> str:
         )
     steps = one.get("engine_longest_step_ms")
     if steps:
-        # No record is processed during a step: the longest of each kind is what it added.
+        # Records arriving during a step wait for it: the longest of each kind is what it added.
         text += "; the loop's longest step of each kind: " + ", ".join(
             f"{kind} {ms} ms" for kind, ms in steps.items()
         )

@@ -956,8 +956,8 @@ class Application:
                 # Fetched before the rewind: those partitions are read again from their committed
                 # offsets, and their records here would be processed twice.
                 msgs = [m for m in msgs if (m.topic(), m.partition()) not in rewound]
-            # (Each step below is timed: none processes a record, so the longest of each kind
-            # is what it can add to an event's latency; see AppMetrics.longest_step_s.)
+            # (Each step below is timed and the longest of each kind kept, AppMetrics.longest_step_s:
+            # the records that arrive meanwhile wait for it, so it bounds what it adds to latency.)
             longest = self.metrics.longest_step_s
             began = time.perf_counter()
             if msgs:

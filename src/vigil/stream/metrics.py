@@ -44,8 +44,8 @@ class AppMetrics:
     #: The longest single step of each kind the loop took (seconds), by kind: ``process`` (a
     #: batch: decode and operators), and the checkpoint work done between batches: ``checkpoint``,
     #: ``encode`` (state writes for the changelog), ``complete`` (waiting for acknowledgements,
-    #: committing offsets), ``write`` (state to RocksDB).  No record is processed
-    #: during any of them, so the longest bound what they add to an event's latency.
+    #: committing offsets), ``write`` (state to RocksDB).  Records that arrive meanwhile wait
+    #: for the step to end, so the longest bound what each adds to an event's latency.
     longest_step_s: dict[str, float] = field(default_factory=dict)
     assigned: list[tuple[str, int]] = field(default_factory=list)
     #: Partition numbers assigned whose stores are being restored, or are still open in another
@@ -117,8 +117,8 @@ class PrometheusMetrics:
         self.longest_step = Gauge(
             "vigil_stream_longest_loop_step_seconds",
             "The longest single step of each kind the loop has taken (process: a batch; "
-            "checkpoint, encode, complete, write: checkpoint work between batches); no record is "
-            "processed during one, so it bounds what the step adds to an event's latency",
+            "checkpoint, encode, complete, write: checkpoint work between batches); records that "
+            "arrive meanwhile wait for it, so it bounds what the step adds to an event's latency",
             ["app", "step"],
             registry=r,
         )
