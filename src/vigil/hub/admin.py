@@ -364,9 +364,8 @@ def _wait_led(settings: Settings, expected: dict[str, int], timeout: float = _TI
     the records never reached the log; librdkafka 2.12's debug log showed the refusals and no
     error (reported upstream as https://github.com/confluentinc/confluent-kafka-go/issues/921,
     open: a new producer writing while a leader is elected).  With this wait, none in 80 on a
-    fresh broker.  An offsets
-    request is refused in that window just as a write is (both need the leader to lead the
-    partition), so writers start once each leader answers one."""
+    fresh broker.  An offsets request is refused in that window just as a write is (both need
+    the leader to lead the partition), so writers start once each leader answers one."""
     from vigil.hub.client import partition_offsets
 
     try:
