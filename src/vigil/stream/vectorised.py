@@ -66,7 +66,7 @@ from vigil.stream.windows import duration_ms
 try:  # built by `make compile`; without a C compiler (VIGIL_COMPILE=0) the Python twin runs
     from vigil.stream._slide import Slide, datetimes_ms
 except ImportError:  # pragma: no cover - exercised by the uncompiled test runs
-    from vigil.stream.slide import Slide, datetimes_ms  # type: ignore[assignment]
+    from vigil.stream.slide import Slide, datetimes_ms
 
 Int64s = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
