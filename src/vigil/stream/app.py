@@ -174,6 +174,12 @@ def _step(longest: dict[str, float], kind: str, began: float) -> float:
     return now
 
 
+def _is_fatal(exc: KafkaException) -> bool:
+    """Whether a client call raised the client's fatal error (it is unusable from then on)."""
+    err = kafka_error(exc)
+    return err is not None and (err.fatal() or err.code() == KafkaError._FATAL)
+
+
 def _forget(gauge: Any, *labels: str) -> None:
     """Remove a gauge's labelled value (prometheus-client before 0.22 raises for one never set)."""
     with contextlib.suppress(KeyError):
@@ -780,8 +786,7 @@ class Application:
         err = kafka_error(exc)
         # The client raises "fatal" the moment it marks itself failed and queues the reason (a
         # fenced producer) just after: wait briefly for the reason rather than lose it to the race.
-        fatal = err is not None and (err.fatal() or err.code() == KafkaError._FATAL)
-        deadline = time.monotonic() + (_FATAL_REASON_WAIT_S if fatal else 0.0)
+        deadline = time.monotonic() + (_FATAL_REASON_WAIT_S if _is_fatal(exc) else 0.0)
         wait = 0.0
         while True:
             for producer in (self._producer, self._state_producer):
@@ -1200,6 +1205,10 @@ class Application:
                 try:
                     op.process(records, ctx)
                 except Exception as exc:
+                    if isinstance(exc, KafkaException) and _is_fatal(exc):
+                        # The client failed (a fenced producer, seen at an emit), not the
+                        # operator: said as a client failure, with the reason the client gives.
+                        raise self._client_failure(exc) from exc
                     msg_text = (
                         f"application {self.name!r}: operator {op.id!r} failed on a batch of "
                         f"{_offset_ranges(records)}: {type(exc).__name__}: {exc}"
