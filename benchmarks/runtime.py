@@ -806,7 +806,7 @@ class Bench:
             "undelivered": gen["undelivered"],
             "records": len(sample),
             "stalls": stalls,
-            # CPU per event sent from send to drain (the reader's librdkafka threads not included).
+            # Its thread's CPU over the whole run (its librdkafka threads not included), per event sent.
             "reader_us_per_event": round(reader_cpu[0] * 1e6 / max(1, n), 2),
         }
         if gen.get("broker_cpu_s") is not None:
@@ -1011,7 +1011,7 @@ def run(quick: bool) -> dict[str, Any]:
         points += [(f"batch_{pct}", vectorised * pct / 100, 100 + pct, True) for pct in (50, 80)]
         # The broker's JIT compiles its produce and small-fetch paths under the first live load:
         # its compiler threads took 7.0, 5.0, 2.8, 1.5 and 0.5 s of CPU in five 8 s runs at 64,000
-        # events/s in a row (13.6 s of broker CPU per run falling to 4.5; 2026-12-03), CPU this
+        # events/s in a row (13.6 s of broker CPU per run falling to 4.8; 2026-12-03), CPU this
         # 2-core machine's engine then lacked.  A broker in service is warm: so is this one.
         result["broker_warmup"] = _attempt(bench.hop, alo * 0.8, warmup_s, _start(n, 95, 0))
         result["broker_warmup"]["seconds"] = warmup_s
