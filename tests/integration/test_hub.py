@@ -13,9 +13,10 @@ from pathlib import Path
 import msgspec
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import ConfigResource, ConfigSource, ResourceType
+from confluent_kafka.admin import ConfigResource, ConfigSource, NewPartitions, ResourceType
 
 from vigil.config import Settings
+from vigil.errors import BrokerError
 from vigil.events import encode
 from vigil.events.codec import EventCodec
 from vigil.events.examples import example_events
@@ -133,6 +134,34 @@ def test_created_and_grown_partitions_are_served_by_their_leaders_when_apply_ret
     finally:
         consumer.close()
         admin.delete_topics(names)
+
+
+def test_a_new_partition_the_clients_metadata_does_not_list_yet_is_asked_again(settings: Settings) -> None:
+    # On a 3-node cluster, the broker a fresh client asked about a just-created topic did not
+    # list its partition yet, and the wait for leaders failed at once with "Unknown partition".
+    # Here the client's metadata is stale the same way: it learnt the topic with one partition,
+    # then the topic grew behind its back.
+    name = f"test.unlisted.{uuid.uuid4().hex[:8]}"
+    spec = TopicSpec(name=name, key="k", value="raw", description="d", partitions=1)
+    admin = make_admin(settings)
+    topic_admin.apply(admin, [spec], settings)
+    stale = [Consumer(consumer_config(settings, f"test.{name}.{i}")) for i in range(2)]
+    try:
+        for consumer in stale:
+            assert len(consumer.list_topics(name, timeout=10).topics[name].partitions) == 1
+        (grown,) = admin.create_partitions([NewPartitions(name, 2)]).values()
+        grown.result(timeout=30)
+        # Not known to be new: a partition the client does not list does not exist, said at once.
+        with pytest.raises(BrokerError, match=r"test\.unlisted\..*\[1\]: .*[Uu]nknown partition"):
+            watermarks(stale[0], TopicPartition(name, 1), 0.0)
+        # Known to be new: the client asks the cluster for the topic again, and gets its answer.
+        # (Asking the partition again alone was answered "unknown partition" for as long as it
+        # was asked, 5 s: the client does not refresh its metadata for it on its own.)
+        assert watermarks(stale[1], TopicPartition(name, 1), 30.0, new=True) == (0, 0)
+    finally:
+        for consumer in stale:
+            consumer.close()
+        admin.delete_topics([name])
 
 
 @pytest.mark.parametrize("replication", [None, 1], ids=["clusters-default", "declared"])

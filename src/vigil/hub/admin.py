@@ -368,14 +368,17 @@ def _wait_led(settings: Settings, expected: dict[str, int], timeout: float = _TI
     the leader to lead the partition), so writers start once each leader answers one."""
     from vigil.hub.client import partition_offsets
 
+    began = time.monotonic()
     try:
         partition_offsets(
             settings,
             [(name, p) for name, count in expected.items() for p in range(count)],
-            time.monotonic() + timeout,
+            began + timeout,
+            new=True,
         )
     except BrokerError as exc:
-        msg = f"new partitions not served by their leaders after {timeout:g}s: {exc}"
+        waited = time.monotonic() - began
+        msg = f"new partitions not served by their leaders (asked {waited:.1f}s of {timeout:g}): {exc}"
         raise TopicError(msg) from exc
 
 

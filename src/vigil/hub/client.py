@@ -155,24 +155,45 @@ def is_transient(exc: KafkaException) -> bool:
     return err is not None and (err.code() in TRANSIENT_OFFSET_ERRORS or err.retriable())
 
 
-def watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> tuple[int, int]:
-    """(low, high) offsets of a partition, retrying while a just-created topic has no leader."""
+#: What a client says of a partition its metadata does not list.
+_UNLISTED = frozenset({KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC})
+
+
+def watermarks(
+    consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0, *, new: bool = False
+) -> tuple[int, int]:
+    """(low, high) offsets of a partition, retrying while a just-created topic has no leader.
+
+    ``new``: the partition was just created, so one the client's metadata does not list yet is
+    asked again, after the client asks the cluster for the topic's metadata once more.  Each
+    broker of a cluster learns of a new partition on its own: the one a client asked may not
+    know it yet (a 3-node cluster's test, once).  Otherwise a partition not listed is an error
+    at once: it does not exist."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             low, high = consumer.get_watermark_offsets(tp, timeout=5)
             return int(low), int(high)
         except KafkaException as exc:
-            if not is_transient(exc) or time.monotonic() > deadline:
-                err = exc.args[0] if exc.args else exc
-                reason = err.str() if isinstance(err, KafkaError) else str(err)
+            err = kafka_error(exc)
+            unlisted = new and err is not None and err.code() in _UNLISTED
+            if not (unlisted or is_transient(exc)) or time.monotonic() > deadline:
+                reason = err.str() if err is not None else str(exc)
                 msg = f"offsets of {tp.topic}[{tp.partition}]: {reason}"
                 raise BrokerError(msg) from None
+            if unlisted:
+                with contextlib.suppress(KafkaException):  # (asked again below either way)
+                    consumer.list_topics(tp.topic, timeout=max(0.1, min(5.0, deadline - time.monotonic())))
             time.sleep(0.1)  # leader election in progress; the loop asks again
 
 
 def partition_offsets(
-    settings: Settings, partitions: Sequence[tuple[str, int]], deadline: float, *, committed: bool = False
+    settings: Settings,
+    partitions: Sequence[tuple[str, int]],
+    deadline: float,
+    *,
+    committed: bool = False,
+    new: bool = False,
 ) -> dict[tuple[str, int], tuple[int, int]]:
     """Low and high watermark of each partition.
 
@@ -197,7 +218,8 @@ def partition_offsets(
 
     Partitions the broker answers with a transient error (a just-created topic electing its
     leader) are asked again (see :func:`watermarks`) until ``deadline`` (monotonic); anything
-    else raises :class:`BrokerError` naming the partition."""
+    else raises :class:`BrokerError` naming the partition.  ``new``: the partitions were just
+    created (see :func:`watermarks`)."""
     consumer = make_consumer(
         settings,
         group_id=f"vigil.offsets.{uuid.uuid4().hex[:8]}",  # granted as vigil.hub.acls.OFFSETS_GROUP_PREFIX
@@ -206,7 +228,7 @@ def partition_offsets(
     try:
         return {
             (topic, partition): watermarks(
-                consumer, TopicPartition(topic, partition), max(0.0, deadline - time.monotonic())
+                consumer, TopicPartition(topic, partition), max(0.0, deadline - time.monotonic()), new=new
             )
             for topic, partition in dict.fromkeys(partitions)
         }
