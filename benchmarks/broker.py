@@ -42,9 +42,8 @@ def set_broker_cpus(broker: LocalBroker | None, cpus: set[int]) -> None:
     it chose for the CPUs it started on."""
     if broker is None or not hasattr(os, "sched_setaffinity"):
         return
-    for node in broker.running_nodes():
+    for pid in broker.node_pids():
         try:
-            pid = int((broker.node_dir(node) / "pid").read_text())
             while _move_threads(pid, cpus):
                 pass
         except FileNotFoundError:  # the node stopped meanwhile

@@ -701,12 +701,6 @@ class Bench:
             result["machine_cores_needed"] = round(us * result["achieved"] / 1e6, 2)
         return result
 
-    def broker_pids(self) -> list[int]:
-        """The local broker's node processes (none: a cluster elsewhere, whose CPU is not ours to read)."""
-        if self.broker is None:
-            return []
-        return [int((self.broker.node_dir(node) / "pid").read_text()) for node in self.broker.running_nodes()]
-
     def hop(self, rate: float, seconds: float, start_index: int) -> dict[str, Any]:
         """The broker's own produce -> consume latency at ``rate`` (one hop; an engine adds a second),
         with the same payloads, load generator and reader as :meth:`latency`."""
@@ -776,7 +770,8 @@ class Bench:
                 n=n,
                 start=start_index,
                 stamps=str(stamps),
-                broker_pids=self.broker_pids(),
+                # (None: a cluster elsewhere, whose CPU is not ours to read.)
+                broker_pids=self.broker.node_pids() if self.broker else [],
                 timeout=300,
             )
             drain = time.monotonic() + 10

@@ -26,6 +26,7 @@ from confluent_kafka.admin import (
 
 from vigil.config import Settings
 from vigil.errors import BrokerError, TopicError
+from vigil.hub.client import partition_offsets
 from vigil.hub.topics import MIN_INSYNC, TopicSpec
 
 log = logging.getLogger(__name__)
@@ -254,8 +255,9 @@ def apply(
     if errors:
         raise TopicError("applying topics failed:\n  " + "\n  ".join(errors))
     if create or grow:
-        _wait_visible(admin, {d.spec.name: d.partitions for d in diffs if d.missing or d.partitions_to_add})
-        _wait_led(settings, {d.spec.name: d.partitions for d in diffs if d.missing or d.partitions_to_add})
+        made = {d.spec.name: d.partitions for d in diffs if d.missing or d.partitions_to_add}
+        _wait_visible(admin, made)
+        _wait_led(settings, made)
     if changed:
         _wait_configured(admin, changed)
     return [d for d in diffs if not d.in_sync or d.notes]
@@ -366,8 +368,6 @@ def _wait_led(settings: Settings, expected: dict[str, int], timeout: float = _TI
     open: a new producer writing while a leader is elected).  With this wait, none in 80 on a
     fresh broker.  An offsets request is refused in that window just as a write is (both need
     the leader to lead the partition), so writers start once each leader answers one."""
-    from vigil.hub.client import partition_offsets
-
     began = time.monotonic()
     try:
         partition_offsets(

@@ -271,6 +271,13 @@ class LocalBroker:
         except (OSError, ValueError):
             return None
 
+    def node_pids(self) -> list[int]:
+        """Process ids of the running nodes (to measure or place them: the benchmarks)."""
+        info = self.read_info()
+        if info is None:
+            return []
+        return [pid for n in range(1, info.nodes + 1) if (pid := self._pid(n)) is not None]
+
     def running_nodes(self, info: ClusterInfo | None = None) -> tuple[int, ...]:
         info = info or self.read_info()
         if info is None:
