@@ -25,6 +25,8 @@ from vigil.stream.windows import EPOCH
 SWEEP_MIN = 1024
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _MS = timedelta(milliseconds=1)
+#: Values beyond this count as this (as in the C module: no running total overflows).
+VALUE_MAX = 2.0**1000
 #: Times within this many seconds of the epoch convert through floats exactly (datetimes_ms).
 _FLOAT_EXACT_S = float(1 << 31)
 
@@ -37,27 +39,41 @@ def _sub(a: int, b: int) -> int:
 class _Key:
     """One key's accepted events in time order (ties in arrival order), with running totals."""
 
-    __slots__ = ("cum", "dropped", "t", "v")
+    __slots__ = ("cum", "dropped", "lo", "t", "v")
 
     def __init__(self) -> None:
         self.t: list[int] = []
         self.v: list[float] = []
-        #: ``cum[i]``: the running total up to ``v[i]``, from an origin at or before ``v[0]``
-        #: (entries dropped since are still in it).
+        #: ``cum[i] + lo[i]``: the running total up to ``v[i]``, from an origin at or before
+        #: ``v[0]`` (entries dropped since are still in it); ``lo`` gathers what rounding ``cum``
+        #: lost (compensated, as in the C module's ``Entry``).
         self.cum: list[float] = []
+        self.lo: list[float] = []
         #: Entries dropped since the running totals last restarted.
         self.dropped = 0
 
     def drop(self, cut: int) -> None:
         k = bisect_right(self.t, cut)
         if k:
-            del self.t[:k], self.v[:k], self.cum[:k]
+            del self.t[:k], self.v[:k], self.cum[:k], self.lo[:k]
             # Restart the totals once as many were dropped as are held (amortised, as the C
             # module restarts them when it compacts): a huge value gone stops blurring sums.
             self.dropped += k
             if self.dropped >= len(self.t):
-                self.cum[:] = itertools.accumulate(self.v)
+                self.recum(0)
                 self.dropped = 0
+
+    def recum(self, start: int) -> None:
+        """The running totals from ``start`` on (Neumaier's compensated sum)."""
+        t, v, cum, lo = self.t, self.v, self.cum, self.lo
+        run, low = (cum[start - 1], lo[start - 1]) if start else (0.0, 0.0)
+        for i in range(start, len(t)):
+            value = v[i]
+            total = run + value
+            # What the addition lost: exact, from the larger addend.
+            low += (run - total) + value if abs(run) >= abs(value) else (value - total) + run
+            run = total
+            cum[i], lo[i] = run, low
 
 
 class Slide:
@@ -127,26 +143,28 @@ class Slide:
         return sum(len(k.t) for k in self._keys.values())
 
     def _add(self, key: str, when: int, value: float, cut: int) -> tuple[int, float]:
+        value = min(max(value, -VALUE_MAX), VALUE_MAX)  # (clamped as in the C module)
         slot = self._keys.get(key)
         if slot is None:
             slot = self._keys[key] = _Key()
-        t, v, cum = slot.t, slot.v, slot.cum
+        t, v, cum, lo = slot.t, slot.v, slot.cum, slot.lo
         if t and t[0] <= cut:
             slot.drop(cut)
         at = len(t) if not t or t[-1] <= when else bisect_right(t, when)
         t.insert(at, when)
         v.insert(at, value)
         cum.insert(at, 0.0)
-        run = cum[at - 1] if at else 0.0
-        for i in range(at, len(t)):
-            run += v[i]
-            cum[i] = run
+        lo.insert(at, 0.0)
+        slot.recum(at)
         start = bisect_right(t, _sub(when, self.size), 0, at)
         n = at + 1 - start
         if n <= self.add_up_at_most:
             return n, sum(v[start : at + 1], 0.0)
-        # (cum runs from before the first entry held: dropped entries are still in it.)
-        return n, cum[at] - (cum[start - 1] if start else cum[0] - v[0])
+        # (cum runs from before the first entry held: dropped entries are still in it.)  The
+        # total up to `at` less the total before `start`, their two parts taken apart.
+        before = start - 1 if start else 0
+        total = (cum[at] - cum[before]) + (lo[at] - lo[before])
+        return n, total if start else total + v[0]
 
     def _sweep(self, cut: int) -> None:
         for key, slot in list(self._keys.items()):

@@ -38,9 +38,13 @@ How it is held
 
 Sums add each window's values up left to right, as ``Sum()`` does, for windows of up to
 ``_ADD_UP_AT_MOST`` events.  Longer windows (a busy key, where adding up would cost the
-window's length per event) are differences of running totals kept per key: they round
-relative to that key's total since its entries were last compacted, not to the window's own
-values.  Keys are strings; values finite numbers.  Keys whose events the watermark has passed
+window's length per event) are differences of running totals kept per key, each total with
+what rounding lost from it (compensated): they round about as adding the window up would, not
+relative to everything the key held before (a plain running total did: once an
+amount of 1e17 had left a busy key's window, the sums of its later windows of 1.0s came out
+0.0, a threshold on that sum blinded by one event).  Keys are strings; values finite numbers,
+values beyond +-2**1000 (about 1e301) counting as +-2**1000, so that no sum overflows before
+2**23 such values in a window.  Keys whose events the watermark has passed
 are let go now and then, so memory follows the keys in the window, not every key ever seen.
 
 Limits (each a clear error): keys of at most 131,066 characters (an event fits one chunk);

@@ -619,14 +619,34 @@ def test_a_key_seen_again_after_a_sweep_keeps_its_window() -> None:
     assert next(iter(agg._logs.values())).slide.keys() < 3000  # swept on the way
 
 
-def test_sums_recover_once_a_huge_value_has_left_a_busy_key() -> None:
-    # Long windows are differences of running totals: a huge value blurs them while it is in
-    # the totals, and the totals restart (as entries are compacted) so that it stops doing so.
-    stream = [("a", 0, 1e18), *[("a", t, 1.0) for t in range(1, 3001)]]
+@pytest.mark.parametrize("huge", [1e17, 1e18, 2.0**60 + 2**10])
+def test_sums_are_exact_as_soon_as_a_huge_value_has_left_a_busy_key(huge: float) -> None:
+    # Long windows are differences of running totals.  Plain totals kept the huge value's
+    # rounding until they restarted (when entries were compacted): with 1e17, every window of a
+    # hundred 1.0s after it summed to 0.0 (a sum threshold blinded by one event, found in
+    # review, 2026-12-03); compensated, each is exact from the first window without it.
+    stream = [("a", 0, huge), *[("a", t, 1.0) for t in range(1, 3001)]]
     agg, state = SlidingCountSum(STORE, 100, 0), MemoryState()
     got = [row for batch in in_batches(stream, [50]) for row in update(agg, state, batch)]  # type: ignore[arg-type]
-    assert all(n == 100 for _, n, _ in got[101:])
-    assert [s for *_, s in got[1000:]] == [100.0] * 2001
+    assert [n for _, n, _ in got[100:]] == [100] * 2901
+    assert [s for *_, s in got[100:]] == [100.0] * 2901
+    # While it is in the window, the window's sum is the huge value and the 1.0s, rounded.
+    assert [s for *_, s in got[:100]] == pytest.approx([huge + t for t in range(100)], rel=1e-15)
+
+
+def test_values_beyond_2_to_the_1000_count_as_that_and_no_sum_overflows() -> None:
+    # Two values near the float maximum: their sum overflowed to inf, and the difference of two
+    # running totals that held them both became inf - inf = nan for every later window of the
+    # key (found in review, 2026-12-03).  Clamped, the window sums 2**1001, finite; once they
+    # have left, it is exact again.
+    stream = [("a", 0, 1e308), ("a", 1, sys.float_info.max), *[("a", t, 1.0) for t in range(2, 400)]]
+    agg, state = SlidingCountSum(STORE, 100, 0), MemoryState()
+    got = [row for batch in in_batches(stream, [50]) for row in update(agg, state, batch)]  # type: ignore[arg-type]
+    sums = [s for *_, s in got]
+    assert sums[:2] == [2.0**1000, 2.0**1001]
+    assert sums[2:100] == [2.0**1001] * 98  # (the 1.0s are far below its last bit)
+    assert sums[100] == 2.0**1000  # (the window (0, 100] has the second only)
+    assert sums[101:] == [100.0] * 299
 
 
 def test_times_are_taken_as_given_and_out_of_range_ones_are_named() -> None:
