@@ -195,6 +195,25 @@ def transaction_timeout_s(checkpoint_interval_s: float) -> float:
     return min(max(30.0, 3 * checkpoint_interval_s), 900.0)
 
 
+def ack_wait_s(checkpoint_interval_s: float) -> float:
+    """At-least-once: how long a sealed checkpoint waits for librdkafka's out-queues to run empty
+    on their own before the loop flushes them (see ``Application._complete_epochs``)."""
+    return min(max(1.0, 5 * checkpoint_interval_s), 240.0)
+
+
+def state_transaction_timeout_s(checkpoint_interval_s: float) -> float:
+    """At-least-once with state: the state producer's ``transaction.timeout.ms`` (in seconds).
+
+    A seal's transaction is open from its first changelog record while its writes are encoded
+    (spread over ``_SPREAD`` of an interval), then until every output before it is acknowledged
+    (:func:`ack_wait_s`, then a flush of up to 30 s), then while it commits: three waits and the
+    encoding, at most Kafka's default maximum, 15 minutes (``MAX_AT_LEAST_ONCE_STATE_CHECKPOINT_S``
+    keeps all that under it).  (With three waits alone, an interval of 1,200 s got 720 s, and its
+    transaction could be open ~870 s: Kafka aborted it, the commit failed, and so did every
+    restart.  Found in review, 2026-12-03.)"""
+    return min(max(30.0, 3 * ack_wait_s(checkpoint_interval_s) + _SPREAD * checkpoint_interval_s), 900.0)
+
+
 #: Errors of a transaction's offset commit that mean the consumer group has moved on without this
 #: member (it rejoins on its next poll): the checkpoint is abandoned and its input processed again.
 _GROUP_MOVED_ON = frozenset(
@@ -220,6 +239,11 @@ AT_LEAST_ONCE_CHECKPOINT_S = 5.0
 #: (``transaction.max.timeout.ms``): hence this longest interval, which leaves 100 s for the
 #: checkpoint itself.
 MAX_EXACTLY_ONCE_CHECKPOINT_S = 800.0
+#: At-least-once with state: a seal's transaction is open half an interval while its writes are
+#: encoded, up to 240 s for acknowledgements, a flush and the commit (see
+#: :func:`state_transaction_timeout_s`): with this longest interval that is 800 s at most, which
+#: leaves 100 s of Kafka's 15 minutes.  Without state, at-least-once has no transaction and no limit.
+MAX_AT_LEAST_ONCE_STATE_CHECKPOINT_S = 1000.0
 #: Records per micro-batch, at most.  A few hundred, not thousands: a batch's messages, events
 #: and records then stay in the core's cache from decode to operators.  Measured on the runtime
 #: benchmark's rule (one core, 500k-event backlog, two interleaved rounds): 5,000 gave 158-160k
@@ -656,6 +680,14 @@ class Application:
         for op in self.operators:
             for spec in op.stores:
                 self.stores[spec.id] = spec
+        if not self._eos and self.stores and checkpoint_interval_s > MAX_AT_LEAST_ONCE_STATE_CHECKPOINT_S:
+            msg = (
+                f"application {name!r}: at-least-once checkpoint_interval_s is at most "
+                f"{MAX_AT_LEAST_ONCE_STATE_CHECKPOINT_S:.0f} s with state (a checkpoint's state "
+                "transaction stays open half an interval and up to 4 more minutes, and Kafka aborts one "
+                f"open longer than 15 minutes); got {checkpoint_interval_s}"
+            )
+            raise ConfigError(msg)
         #: Aligned release (see _release): the ids of the operators with state, and without.
         self._stateful = frozenset(op.id for op in self.operators if op.stores)
         self._stateless = frozenset(op.id for op in self.operators if not op.stores)
@@ -896,10 +928,9 @@ class Application:
         else:
             self._producer = producer()
         if not self.exactly_once and self.stores:
-            # A state transaction is open from a seal until every output before it is acknowledged,
-            # which _complete_epochs waits for up to _ack_wait_s(): the timeout leaves room for that
-            # (under the brokers' default maximum, 15 minutes).
-            self._state_producer = producer(min(max(30.0, 3 * self._ack_wait_s()), 900.0))
+            # A state transaction is open while a seal's writes are encoded and until every output
+            # before it is acknowledged: see state_transaction_timeout_s.
+            self._state_producer = producer(state_transaction_timeout_s(self.checkpoint_interval_s))
         self._consumer = Consumer(self.consumer_settings())
         # Co-partitioned: the group assigns the first input; the others follow (see the module docstring).
         # Otherwise (stateless, unequal partition counts) every input is assigned on its own.
@@ -1594,8 +1625,10 @@ class Application:
         for state, pending, _topic, _part in writes:
             # Every record takes at least one offset and only this owner writes the partition, so
             # "offset at assignment + records written since" never overshoots the changelog's end;
-            # falling short (transaction markers) only makes a later restore re-apply a few records,
-            # which is harmless: each record is a whole value, last one wins.
+            # it falls short by the transactions' commit markers, one per committed transaction
+            # that wrote the partition since the store was restored (at-least-once: one a seal,
+            # 17,280 a day at the 5 s default), which a later restore re-reads and re-applies:
+            # harmless, each record is a whole value and the last one wins, but not free.
             if state.changelog_next is not None:
                 state.changelog_next += len(pending)
             self._writes.append(_PendingWrite(state, pending, state.changelog_next, self._current_at))
@@ -1675,9 +1708,7 @@ class Application:
             self._queue_writes(writes)
 
     def _ack_wait_s(self) -> float:
-        """At-least-once: how long a sealed checkpoint waits for librdkafka's out-queue to run
-        empty on its own before the loop flushes it (see :meth:`_complete_epochs`)."""
-        return min(max(1.0, 5 * self.checkpoint_interval_s), 240.0)
+        return ack_wait_s(self.checkpoint_interval_s)
 
     def _commit_txn(self, offsets: list[TopicPartition], consumer: Consumer) -> bool:
         """Commit the open transaction with the input ``offsets`` (exactly-once: outputs, changelog

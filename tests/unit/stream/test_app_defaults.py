@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from vigil.config import load_settings
 from vigil.errors import ConfigError
-from vigil.stream.app import AT_LEAST_ONCE_CHECKPOINT_S, EXACTLY_ONCE_CHECKPOINT_S, Application
-from vigil.stream.base import Guarantee
+from vigil.stream.app import (
+    _SPREAD,
+    _TIMEOUT,
+    AT_LEAST_ONCE_CHECKPOINT_S,
+    EXACTLY_ONCE_CHECKPOINT_S,
+    MAX_AT_LEAST_ONCE_STATE_CHECKPOINT_S,
+    Application,
+    ack_wait_s,
+    state_transaction_timeout_s,
+)
+from vigil.stream.base import Context, Guarantee, Operator, Record, StoreSpec
 
 
 @pytest.mark.parametrize(
@@ -43,3 +54,34 @@ def test_a_non_positive_gc_young_fails_by_name(tmp_path: Path, young: int) -> No
         ConfigError, match=f"gc_young must be a positive number of objects or None; got {young}"
     ):
         Application(settings, name="a", inputs=["in"], operators=[], gc_young=young)
+
+
+class _Stateful(Operator[Any]):
+    id = "stateful"
+    stores = (StoreSpec("counts", 1),)
+
+    def process(self, batch: Sequence[Record[Any]], ctx: Context) -> None:
+        pass
+
+
+def test_an_at_least_once_interval_with_state_fits_kafkas_transaction_limit(tmp_path: Path) -> None:
+    # With state, each checkpoint commits a transaction, which Kafka aborts past 15 minutes: a
+    # longer interval failed every checkpoint, and every restart.  Without state there is none.
+    settings = load_settings(kafka_bootstrap="127.0.0.1:1", home=tmp_path)
+    longest = MAX_AT_LEAST_ONCE_STATE_CHECKPOINT_S
+    alo: dict[str, Any] = {"guarantee": "at_least_once", "inputs": ["in"]}
+    Application(settings, name="a", operators=[_Stateful()], checkpoint_interval_s=longest, **alo)
+    Application(settings, name="b", operators=[], checkpoint_interval_s=10 * longest, **alo)
+    with pytest.raises(ConfigError, match="at-least-once checkpoint_interval_s is at most 1000 s with state"):
+        Application(settings, name="c", operators=[_Stateful()], checkpoint_interval_s=longest + 1, **alo)
+
+
+@pytest.mark.parametrize("interval", [10.0, 30.0, 48.0, 60.0, 300.0, 900.0, 1000.0])
+def test_a_long_checkpoints_state_transaction_outlasts_it(interval: float) -> None:
+    # Open while the seal's writes are encoded (spread over half an interval), then up to the
+    # acknowledgement wait, a flush of up to 30 s and a commit of up to 30 s.  (Below 10 s the
+    # timeout is three acknowledgement waits, at least 30 s: it holds the encoding and the wait,
+    # and a flush that takes most of its 30 s on top may outlast it, as before.)
+    longest_open = _SPREAD * interval + ack_wait_s(interval) + 2 * _TIMEOUT
+    assert longest_open < state_transaction_timeout_s(interval) <= 900.0
+    assert _SPREAD * 5.0 + ack_wait_s(5.0) < state_transaction_timeout_s(5.0)
