@@ -1669,7 +1669,7 @@ class Application:
         forward).  "Everything acknowledged" is librdkafka's out-queues (outputs and, with state,
         the changelog records of the state transaction) being empty, which under steady load they
         may not be for long: then, once the oldest sealed checkpoint is older than
-        ``max(1 s, 5 checkpoint intervals)`` (``_ack_wait_s``), or when ``sync``, the loop waits
+        ``max(1 s, 5 checkpoint intervals)`` (:func:`ack_wait_s`), or when ``sync``, the loop waits
         for a flush."""
         if not self._sealed:
             return
@@ -1682,7 +1682,7 @@ class Application:
             producer.poll(0)  # serve failure reports
             if len(producer):
                 waited = time.monotonic() - self._sealed[0][0]
-                if not sync and waited < self._ack_wait_s():
+                if not sync and waited < ack_wait_s(self.checkpoint_interval_s):
                     return
                 remaining = producer.flush(_TIMEOUT)
                 if remaining:
@@ -1706,9 +1706,6 @@ class Application:
                     msg = f"application {self.name!r}: committing offsets failed: {exc.args[0]}"
                     raise PipelineError(msg) from exc
             self._queue_writes(writes)
-
-    def _ack_wait_s(self) -> float:
-        return ack_wait_s(self.checkpoint_interval_s)
 
     def _commit_txn(self, offsets: list[TopicPartition], consumer: Consumer) -> bool:
         """Commit the open transaction with the input ``offsets`` (exactly-once: outputs, changelog
