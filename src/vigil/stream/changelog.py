@@ -197,6 +197,7 @@ class Restorer:
                 task.state.record_topic_id(topic_id)  # (a wipe took the one recorded)
             begin = start if start is not None else low
             task.state.changelog_next = high
+            task.state.changelog_at_marker = False
             if begin >= high:
                 continue
             # Restored writes keep the time the store's contents are as of: a store caught up only
@@ -226,7 +227,8 @@ class Restorer:
         compaction removes a tombstone that long after it was written, so catching up would miss
         deletions made meanwhile and keep keys the changelog no longer has (Kafka Streams deletes
         state not owned for a while, too).  Judged by age alone: whether anything was written
-        since cannot be told from offsets (a store's offset leaves out transaction markers), and
+        since cannot be told from offsets (a store's offset may fall short of the changelog's
+        end, by another owner's aborted records, say: see Application._queue_writes), and
         a store that is owned is kept current (the runtime touches it, see RocksState.touch)."""
         log.warning(
             "state %s: last current %s; restoring it from %s[%d]'s start (deletions made since may "

@@ -102,8 +102,12 @@ class RocksState(State):
         self._inflight: deque[Collection[str]] = deque()
         self._inflight_keys = 0
         self.closed = False
-        #: Next changelog offset as far as this process knows (set by restore at assignment).
+        #: Next changelog offset as far as this process knows (set by restore at assignment, moved
+        #: on by each committed transaction that wrote the store: see Application._queue_writes).
         self.changelog_next: int | None = None
+        #: Whether ``changelog_next`` is the offset of the commit marker of this process's last
+        #: transaction that wrote the store (False after a restore: it is the end read then).
+        self.changelog_at_marker = False
         self._generation = 0
 
     def _open(self) -> Rdict:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import pytest
@@ -28,10 +28,13 @@ from vigil.hub.admin import ensure_topics
 from vigil.hub.client import EventProducer, make_consumer
 from vigil.stream.app import Application, state_path
 from vigil.stream.base import Context, Operator, Record, StoreSpec
-from vigil.stream.changelog import RestoreTask, changelog_spec, restore
+from vigil.stream.changelog import RestoreTask, changelog_spec, changelog_topic, restore
 from vigil.stream.state import RocksState
 
 Start = Callable[[Application], Running]
+
+
+T = TypeVar("T")
 
 
 def output_ids(settings: Settings, topic: str, partitions: int = 3) -> list[str]:
@@ -52,16 +55,40 @@ def wait_committed(settings: Settings, group: str, topic: str, count: int, parti
         reader.close()
 
 
-def store_times(settings: Settings, name: str, partitions: int = 3) -> list[float | None]:
-    """The time each partition's counts store recorded itself current as of (its app stopped)."""
-    times = []
+def read_stores(
+    settings: Settings, name: str, read: Callable[[RocksState], T], partitions: int = 3
+) -> list[T]:
+    """``read`` of each partition's counts store (its app stopped)."""
+    got = []
     for partition in range(partitions):
         state = RocksState(state_path(settings, name, COUNTS, partition), COUNTS)
         try:
-            times.append(state.changelog_written_at())
+            got.append(read(state))
         finally:
             state.close()
-    return times
+    return got
+
+
+def store_offsets(settings: Settings, name: str) -> list[int | None]:
+    """The changelog offset each partition's counts store recorded."""
+    return read_stores(settings, name, RocksState.changelog_offset)
+
+
+def store_times(settings: Settings, name: str) -> list[float | None]:
+    """The time each partition's counts store recorded itself current as of."""
+    return read_stores(settings, name, RocksState.changelog_written_at)
+
+
+def changelog_ends(settings: Settings, name: str, partitions: int = 3) -> list[int]:
+    """The end (high watermark) of each partition of the counts store's changelog."""
+    reader = make_consumer(settings, f"{name}.ends")
+    try:
+        topic = changelog_topic(name, COUNTS.id)
+        return [
+            reader.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in range(partitions)
+        ]
+    finally:
+        reader.close()
 
 
 def counting_app(settings: Settings, name: str, src: str, out: str, **kw: object) -> Application:
@@ -96,25 +123,30 @@ def test_outputs_and_state_survive_restart_and_restore(
     src, out, name = names("in"), names("out"), names("app")
     make_topics(settings, src, out)
     first, second = payments(600, 37, "a"), payments(400, 37, "b")
-    produce(settings, src, first)
 
     running = run_app(counting_app(settings, name, src, out, guarantee=guarantee))
-    wait_for(lambda: running.app.metrics.processed >= 600, 60, "600 records processed")
+    for end in (200, 400, 600):  # (a transaction or more each, writing every partition's store)
+        produce(settings, src, first[end - 200 : end])
+        wait_committed(settings, name, src, end)
     running.stop()
     assert not running.errors
     assert sorted(output_ids(settings, out)) == sorted(expected_ids(first))
     assert (settings.home / "state" / name / COUNTS.id).is_dir()
 
-    # Same home: RocksDB already holds everything; restore reads nothing from the changelog but
-    # the last record of each state transaction after the first (the offset RocksDB records
-    # counts records, not the commit markers between them: short, never past the end).
-    transactions = running.app.metrics.checkpoints
+    # Each store records the offset of its last transaction's commit marker: the changelog's end
+    # less one, however many transactions wrote it (counting records alone fell a marker short
+    # per transaction, and the restore read those records again).
+    assert running.app.metrics.checkpoints >= 3
+    assert store_offsets(settings, name) == [end - 1 for end in changelog_ends(settings, name)]
+
+    # Same home: RocksDB already holds everything, and the restore reads nothing.
     produce(settings, src, second)
     again = run_app(counting_app(settings, name, src, out, guarantee=guarantee))
     wait_for(lambda: again.app.metrics.processed >= 400, 60, "400 more records processed")
     again.stop()
     assert not again.errors
-    assert again.app.metrics.restored_records < min(37, transactions)
+    assert again.app.metrics.restored_records == 0
+    assert store_offsets(settings, name) == [end - 1 for end in changelog_ends(settings, name)]
     ids = output_ids(settings, out)
     assert len(ids) == len(set(ids)) == 1000
     assert set(ids) == expected_ids(first + second)
