@@ -79,6 +79,17 @@ def store_times(settings: Settings, name: str) -> list[float | None]:
     return read_stores(settings, name, RocksState.changelog_written_at)
 
 
+def wait_stores_at_their_last_marker(settings: Settings, name: str) -> None:
+    """Wait until each counts store's recorded offset is its changelog's end less one: the last
+    transaction's commit marker, which Kafka may write a moment after the commit returned."""
+    marker_ends = [None if offset is None else offset + 1 for offset in store_offsets(settings, name)]
+    wait_for(
+        lambda: changelog_ends(settings, name) == marker_ends,
+        30,
+        f"changelog ends {marker_ends} (each store's recorded offset + 1)",
+    )
+
+
 def changelog_ends(settings: Settings, name: str, partitions: int = 3) -> list[int]:
     """The end (high watermark) of each partition of the counts store's changelog."""
     reader = make_consumer(settings, f"{name}.ends")
@@ -137,7 +148,7 @@ def test_outputs_and_state_survive_restart_and_restore(
     # less one, however many transactions wrote it (counting records alone fell a marker short
     # per transaction, and the restore read those records again).
     assert running.app.metrics.checkpoints >= 3
-    assert store_offsets(settings, name) == [end - 1 for end in changelog_ends(settings, name)]
+    wait_stores_at_their_last_marker(settings, name)
 
     # Same home: RocksDB already holds everything, and the restore reads nothing.
     produce(settings, src, second)
@@ -146,7 +157,7 @@ def test_outputs_and_state_survive_restart_and_restore(
     again.stop()
     assert not again.errors
     assert again.app.metrics.restored_records == 0
-    assert store_offsets(settings, name) == [end - 1 for end in changelog_ends(settings, name)]
+    wait_stores_at_their_last_marker(settings, name)
     ids = output_ids(settings, out)
     assert len(ids) == len(set(ids)) == 1000
     assert set(ids) == expected_ids(first + second)
