@@ -82,7 +82,9 @@ def store_times(settings: Settings, name: str) -> list[float | None]:
 def wait_stores_at_their_last_marker(settings: Settings, name: str) -> None:
     """Wait until each counts store's recorded offset is its changelog's end less one: the last
     transaction's commit marker, which Kafka may write a moment after the commit returned."""
-    marker_ends = [None if offset is None else offset + 1 for offset in store_offsets(settings, name)]
+    offsets = store_offsets(settings, name)
+    assert None not in offsets, f"a store recorded no changelog offset: {offsets}"
+    marker_ends = [offset + 1 for offset in offsets if offset is not None]
     wait_for(
         lambda: changelog_ends(settings, name) == marker_ends,
         30,
