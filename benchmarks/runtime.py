@@ -1262,7 +1262,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{runs.get('floor', {}).get('cpu_us_per_event')}: records, offsets, batching, checkpoints), "
         "so 0.5x leaves the rule less than the floor's own cost. The vectorised rule's share, "
         "measured in-process on the same events (125-event batches, 4 partitions, each batch decoded "
-        "just before, as the runtime does; 2026-12-03, this Intel machine, where decoding took "
+        "just before, as the runtime does; 2026-12-03, on an Intel Xeon host of this VM, where decoding took "
         "0.74-0.85 µs an event): the window 0.2-0.25 µs (the C index: a hash-table lookup per event, "
         "its bucket fetched a few events ahead, and a binary search among the account's few "
         "entries; in numpy it was 2.2-3.7 µs), reading the three fields 0.09, converting times 0.03, "
