@@ -36,7 +36,9 @@ first, as it was at the seal): with tens of thousands of keys, doing it at once 
 loop for ~100 ms.  Writes to RocksDB, in both modes, are spread the same way.
 "Acknowledged" is librdkafka's out-queue running empty; under steady load the loop waits
 for a flush at most once per ``max(1 s, 5 checkpoint intervals)`` (at most 4 minutes), and before giving up
-partitions.  After a crash the records since the last acknowledged
+partitions.  The state transaction commits on a thread of its own while the loop goes on
+(its round trips held the loop 10-30 ms a checkpoint under load); the next seal waits for it.
+After a crash the records since the last acknowledged
 checkpoint are processed again, so outputs must carry deterministic ids (events do:
 ``event_id`` is derived from content), and operators must be deterministic given their state
 and input, for the outputs processed twice to be the same twice.
@@ -125,6 +127,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
@@ -373,6 +376,18 @@ class _Seal:
     def __init__(self, offsets: list[TopicPartition], parts: list[_SealPart]) -> None:
         self.offsets = offsets
         self.parts = parts
+
+
+class _Committing:
+    """At-least-once with state: a seal's transaction committing on the committer thread."""
+
+    def __init__(
+        self, future: Future[None], offsets: list[TopicPartition], writes: _Writes, began: float
+    ) -> None:
+        self.future = future
+        self.offsets = offsets
+        self.writes = writes
+        self.began = began
 
 
 class _PendingWrite:
@@ -731,6 +746,10 @@ class Application:
         self._sealed: deque[tuple[float, list[TopicPartition], _Writes]] = deque()
         #: At-least-once: the checkpoint whose writes are being encoded and sent (see _seal).
         self._sealing: _Seal | None = None
+        #: At-least-once with state: the seal whose transaction is committing, and the thread
+        #: that commits it (see _start_commit).
+        self._committing: _Committing | None = None
+        self._committer: ThreadPoolExecutor | None = None
         #: State writes Kafka has, waiting for RocksDB (see _write_step).
         self._writes: deque[_PendingWrite] = deque()
         #: Wall time as of which the owned stores are known current with their changelogs: the
@@ -931,6 +950,7 @@ class Application:
             # A state transaction is open while a seal's writes are encoded and until every output
             # before it is acknowledged: see state_transaction_timeout_s.
             self._state_producer = producer(state_transaction_timeout_s(self.checkpoint_interval_s))
+            self._committer = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-commit")
         self._consumer = Consumer(self.consumer_settings())
         # Co-partitioned: the group assigns the first input; the others follow (see the module docstring).
         # Otherwise (stateless, unequal partition counts) every input is assigned on its own.
@@ -942,6 +962,7 @@ class Application:
         )
 
     def _close(self) -> None:
+        self._settle_quietly()
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             try:
@@ -965,6 +986,10 @@ class Application:
                     except KafkaException as exc:  # fatal already (fenced): what stopped us says so
                         log.warning("application %s: flushing a producer: %s", self.name, exc)
         finally:
+            self._settle_quietly()  # (a revocation while closing may have started one)
+            if self._committer is not None:
+                self._committer.shutdown()
+                self._committer = None
             # Also after a fatal producer error (a refused transactional id): the slot is free again.
             self._producer = self._state_producer = None
             if self._slot is not None:
@@ -973,6 +998,7 @@ class Application:
     def _fail(self) -> None:
         """After an error: commit nothing of the current checkpoint."""
         self._failed = True
+        self._settle_quietly()
         if self._in_txn:
             self._abort_txn()
 
@@ -1015,7 +1041,7 @@ class Application:
             if self._sealing is not None:
                 self._encode_step(self._encode_pace.take(time.monotonic()))
                 began = _step(longest, "encode", began)
-            if self._sealed:
+            if self._sealed or self._committing is not None:
                 self._complete_epochs()
                 began = _step(longest, "complete", began)
             if self._writes:
@@ -1498,7 +1524,7 @@ class Application:
             if sync:
                 self._write_step(None)
             if not sealed:
-                if not self._sealed and self._sealing is None:
+                if not self._sealed and self._sealing is None and self._committing is None:
                     self._prove_ownership(consumer)
                 self._update_gauges()
                 return
@@ -1571,16 +1597,16 @@ class Application:
         (:meth:`_complete_epochs`)."""
         if self._sealing is not None:
             self._encode_step(None)  # the previous one first (rare: spread over half an interval)
-        if self._sealed and self._state_producer is not None:
+        if (self._sealed or self._committing is not None) and self._state_producer is not None:
             # One seal per transaction: its changelog records must not share a transaction with
             # the next seal's, or a commit would make state durable ahead of its offsets.  So the
-            # previous seal commits first; if its outputs are not all acknowledged yet, this
-            # checkpoint is skipped rather than waited for (its writes and offsets join the next
-            # seal), unless ``sync``.
+            # previous seal commits first; if its outputs are not all acknowledged yet, or its
+            # commit is still on its way, this checkpoint is skipped rather than waited for (its
+            # writes and offsets join the next seal), unless ``sync``.
             self._complete_epochs(sync)
             if self._lost:
                 return False  # refused: what was processed since is processed again (see _rewind)
-            if self._sealed:
+            if self._sealed or self._committing is not None:
                 return False
         parts: list[_SealPart] = []
         for task in self._tasks.values():
@@ -1677,6 +1703,11 @@ class Application:
         may not be for long: then, once the oldest sealed checkpoint is older than
         ``max(1 s, 5 checkpoint intervals)`` (:func:`ack_wait_s`), or when ``sync``, the loop waits
         for a flush."""
+        if self._committing is not None:
+            if not sync and not self._committing.future.done():
+                return
+            if not self._settle_commit():
+                return  # refused: what was processed since is processed again (see _rewind)
         if not self._sealed:
             return
         # The state producer's changelog records too: committing its transaction waits for their
@@ -1702,8 +1733,11 @@ class Application:
         sealed = self._sealed
         while sealed:
             _, offsets, writes = sealed.popleft()
-            if self._state_producer is not None:
-                if (offsets or self._in_txn) and not self._commit_txn(offsets, consumer):
+            if self._state_producer is not None and (offsets or self._in_txn):
+                if not sync:
+                    self._start_commit(offsets, writes, consumer)
+                    return  # (the writes are queued once it has committed: _settle_commit)
+                if not self._commit_txn(offsets, consumer):
                     return
             elif offsets:
                 try:
@@ -1712,6 +1746,58 @@ class Application:
                     msg = f"application {self.name!r}: committing offsets failed: {exc.args[0]}"
                     raise PipelineError(msg) from exc
             self._queue_writes(writes)
+
+    def _start_commit(self, offsets: list[TopicPartition], writes: _Writes, consumer: Consumer) -> None:
+        """Commit a seal's transaction (its changelog records and input ``offsets``) on the
+        committer thread: the commit takes three round trips to the broker (10-30 ms under load),
+        which the loop spent waiting, every checkpoint, while records queued behind it.  The
+        client releases the GIL while it waits.  Until the commit is settled (_settle_commit) no
+        other seal begins (_seal), and whatever would touch the transaction, the stores or the
+        offsets settles it first: a revocation, a lost assignment, a rewind, a failure, closing."""
+        producer, committer = self._state_producer, self._committer
+        if producer is None or committer is None:  # (at-least-once with state has both while running)
+            msg = f"application {self.name!r} is not running (call run())"
+            raise PipelineError(msg)
+        self._ensure_txn()  # (offsets alone, after a seal with no state writes)
+        metadata = consumer.consumer_group_metadata() if offsets else None
+
+        def commit() -> None:
+            if offsets:
+                producer.send_offsets_to_transaction(offsets, metadata, _TIMEOUT)
+            producer.commit_transaction(_TIMEOUT)
+
+        self._committing = _Committing(committer.submit(commit), offsets, writes, time.time())
+
+    def _settle_commit(self) -> bool:
+        """Wait for the commit on its way, if any, and act on it: its writes to RocksDB (True),
+        or, refused because the group moved on, back to the last checkpoint (False, as
+        _commit_txn); another failure stops the application."""
+        committing, self._committing = self._committing, None
+        if committing is None:
+            return True
+        try:
+            committing.future.result()
+        except KafkaException as exc:
+            if self._group_moved_on(exc):
+                return False
+            msg = f"application {self.name!r}: checkpoint failed: {exc.args[0]}"
+            raise PipelineError(msg) from exc
+        self._in_txn = False
+        if committing.offsets:  # (the group's metadata checked: still this member's partitions)
+            self._current_at = committing.began
+        self._queue_writes(committing.writes)
+        return True
+
+    def _settle_quietly(self) -> None:
+        """After a failure or when closing: wait for the commit on its way, if any; committed,
+        its writes go to RocksDB, otherwise the transaction is left to be aborted."""
+        committing = self._committing
+        if committing is None:
+            return
+        self._committing = None
+        if committing.future.exception() is None:
+            self._in_txn = False
+            self._queue_writes(committing.writes)
 
     def _commit_txn(self, offsets: list[TopicPartition], consumer: Consumer) -> bool:
         """Commit the open transaction with the input ``offsets`` (exactly-once: outputs, changelog
@@ -2019,10 +2105,13 @@ class Application:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if not self._failed and not self._lost:
             self._checkpoint(sync=True)  # what was processed for these partitions becomes durable first
+        self._settle_quietly()  # (none is on its way by now; whatever happens, none outlives its stores)
         self._drop(consumer, partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("application %s: lost %d partitions (session timeout?)", self.name, len(partitions))
+        # A commit on its way first: committed before the loss, its writes belong in RocksDB.
+        self._settle_commit()
         self._lost = True
         # Queued writes are in Kafka and their offsets committed: RocksDB must have them before the
         # stores forget their pending writes.  Sealed ones are not acknowledged: processed again.
@@ -2110,6 +2199,7 @@ class Application:
         ``auto.offset.reset`` says, that is where this member began); returns the partitions
         restarted."""
         _, consumer = self._running_clients()
+        self._settle_quietly()  # (none is on its way after a loss: _on_lost, _group_moved_on)
         self._lost = False
         self._next_offsets = {}
         self._write_step(None)
