@@ -2,6 +2,7 @@
 
     python -m benchmarks.run runtime          # one benchmark
     python -m benchmarks.run all --quick      # every registered benchmark, smaller inputs
+    python -m benchmarks.run runtime --render # its docs section again from the saved results
 
 Each benchmark module has ``run(quick: bool) -> dict`` and ``markdown(result: dict) -> str``.
 Results go to ``benchmarks/results/<name>.json``; the section between
@@ -87,14 +88,29 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    m = result["_meta"]
-    header = (
+    write_section(name, _header(result["_meta"]) + module.markdown(result))
+    return result
+
+
+def _header(m: dict[str, Any]) -> str:
+    """The command, machine and date a section's figures come from."""
+    return (
         f"Command: `{m['command']}` · machine: {m['nproc']} CPUs, {m['cpu']} · Python {m['python']} "
         f"({m['compiled_modules']} modules compiled) · {m['date']} · "
         f"run took {m['duration_s']} s\n\n"
     )
-    write_section(name, header + module.markdown(result))
-    return result
+
+
+def render(name: str, results: Path = RESULTS, doc: Path = DOC) -> None:
+    """Rewrite ``name``'s docs section from its saved results: the figures, the command, the
+    machine and the date stay those of the run that made them."""
+    path = results / f"{name}.json"
+    if not path.exists():
+        msg = f"no saved results for {name!r} at {path}: run `python -m benchmarks.run {name}` first"
+        raise SystemExit(msg)
+    result: dict[str, Any] = json.loads(path.read_text())
+    module = importlib.import_module(BENCHMARKS[name])
+    write_section(name, _header(result["_meta"]) + module.markdown(result), doc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,8 +119,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("name", choices=[*BENCHMARKS, "all"])
     parser.add_argument("--quick", action="store_true", help="smaller inputs (a smoke run)")
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="rewrite the docs section from the saved results (benchmarks/results/<name>.json), "
+        "running nothing: after a change to how a section is written",
+    )
     args = parser.parse_args(argv)
     names = list(BENCHMARKS) if args.name == "all" else [args.name]
+    if args.render:
+        for name in names:
+            render(name)
+        return 0
     for name in names:
         result = run_one(name, args.quick)
         module = importlib.import_module(BENCHMARKS[name])

@@ -1109,7 +1109,7 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "n/a"
 
 
-def _lat(one: dict[str, Any]) -> str:
+def _lat(one: dict[str, Any], cores: int) -> str:
     """One latency run in words: percentiles, the rates asked for and achieved, the engine's CPU."""
     if not one:
         return "not measured"
@@ -1143,7 +1143,7 @@ def _lat(one: dict[str, Any]) -> str:
     if one.get("machine_cores_needed"):
         text += (
             f"; engine, broker, generator and reader together took {one['machine_cores_needed']} cores "
-            f"at the rate sent, of this machine's {os.cpu_count()}"
+            f"at the rate sent, of this machine's {cores}"
         )
     if one.get("undelivered"):
         text += f"; {one['undelivered']:,} records were still undelivered {FLUSH_S} s after the last send"
@@ -1173,7 +1173,8 @@ def _per_round(ratios: dict[str, list[float | None]]) -> str:
     if not ratios:
         return "not measured"
     return "; ".join(
-        f"{name.replace('_', ' ')} {', '.join(f'{x}x' for x in each)}" for name, each in ratios.items()
+        f"{name.replace('_', ' ')} {', '.join('n/a' if x is None else f'{x:.2f}x' for x in each)}"
+        for name, each in ratios.items()
     )
 
 
@@ -1189,6 +1190,62 @@ def _warmup(warm: dict[str, Any], hop: dict[str, Any]) -> str:
             f"{hop['broker_us_per_event']} in the hop run below"
         )
     return text
+
+
+def _cores(r: dict[str, Any]) -> int:
+    """The CPUs of the machine the results come from (this one's for results without it)."""
+    return int(r.get("_meta", {}).get("nproc") or os.cpu_count() or 1)
+
+
+def _judged(value: float | None, shown: str, ok: bool) -> str:
+    """A figure and whether it meets its target, or "not measured" (``value`` None)."""
+    if value is None:
+        return "not measured"
+    return f"{shown}: {'met' if ok else '**not met**'}"
+
+
+def _targets(r: dict[str, Any]) -> list[str]:
+    """The issue's four targets against this run, both ways of writing the rule, in one table
+    (the bullets below say why and how each was measured)."""
+    lat = r.get("latency", {})
+    floor, quix = r.get("floor_eps"), r.get("quix_alo_eps")
+    rounds = r.get("floor_ratio_per_round", {})
+    rows = [
+        "| target (at-least-once, one core) | record by record | vectorised window |",
+        "|---|---|---|",
+    ]
+    cells: dict[str, list[str]] = {"eps": [], "quix": [], "floor": [], "p99": []}
+    for eps_key, round_key, lat_key in (
+        ("vigil_alo_eps", "record_by_record", "80"),
+        ("vigil_batch_alo_eps", "vectorised", "batch_80"),
+    ):
+        eps = r.get(eps_key)
+        cells["eps"].append(_judged(eps, f"{eps or 0:,} events/s", (eps or 0) >= 100_000))
+        vs_quix = eps / quix if eps and quix else None
+        cells["quix"].append(_judged(vs_quix, _ratio(eps, quix), (vs_quix or 0) >= 3))
+        vs_floor = eps / floor if eps and floor else None
+        each = rounds.get(round_key) or []
+        shown = ", ".join("n/a" if x is None else f"{x:.2f}x" for x in each)
+        per_round = f" (round by round {shown})" if len(each) > 1 else ""
+        cells["floor"].append(_judged(vs_floor, f"{_ratio(eps, floor)}{per_round}", (vs_floor or 0) >= 0.5))
+        point = lat.get(lat_key, {})
+        p99 = point.get("p99_ms")
+        cores = point.get("machine_cores_needed")
+        # What the point asked of the whole machine: above its cores, something waited for a CPU.
+        need = (
+            f"; engine, broker, load generator and reader needed {cores} of {_cores(r)} cores"
+            if cores
+            else ""
+        )
+        cells["p99"].append(_judged(p99, f"{p99 or 0:,} ms{need}", p99 is not None and p99 <= 50))
+    for label, key in (
+        (">= 100,000 events/s per core", "eps"),
+        (">= 3x quix-streams on the same rule", "quix"),
+        (">= 0.5x the floor (bare consume + decode)", "floor"),
+        ("p99 <= 50 ms at 80% of its own maximum rate", "p99"),
+    ):
+        rows.append(f"| {label} | {cells[key][0]} | {cells[key][1]} |")
+    return rows
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -1214,6 +1271,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"quix-streams measured on the first {r.get('quix_events'):,}). Each engine in its own process "
         f"pinned to CPU {r.get('cpu_pinned')} (its librdkafka threads included).",
         "",
+        *_targets(r),
+        "",
         "| engine | events/s per core | CPU µs/event | events | alerts (expected) | peak RSS MB |",
         "|---|---:|---:|---:|---:|---:|",
     ]
@@ -1238,7 +1297,8 @@ def markdown(result: dict[str, Any]) -> str:
     )
     floor_eps = r.get("floor_eps")
     half_floor = "met" if ba and floor_eps and ba / floor_eps >= 0.5 else "not met"
-    lat50, lat80 = _lat(lat.get("50", {})), _lat(lat.get("80", {}))
+    cores = _cores(r)
+    lat50, lat80 = _lat(lat.get("50", {}), cores), _lat(lat.get("80", {}), cores)
     lines += [
         "",
         "Two ways to write the rule on Vigil's runtime. *Record by record*: "
@@ -1287,11 +1347,11 @@ def markdown(result: dict[str, Any]) -> str:
         f"- Latency, record by record at-least-once, from the send of a payment to its alert at a consumer "
         f"(target p99 <= 50 ms at 80% of the at-least-once rate above): at 50% load {lat50}; "
         f"at 80% load {lat80}. At 10% load, where this 2-core machine has CPU to spare for the "
-        f"broker, the load generator and the engine: {_lat(lat.get('10', {}))}. "
+        f"broker, the load generator and the engine: {_lat(lat.get('10', {}), cores)}. "
         f"This broker's own produce -> consume hop (same payloads, generator and reader) at the 80% rate: "
-        f"{_lat(r.get('hop', {}))}; an alert takes two hops.",
+        f"{_lat(r.get('hop', {}), cores)}; an alert takes two hops.",
         f"- Latency, vectorised at-least-once, at 50% and 80% of its own rate above: at 50% load "
-        f"{_lat(lat.get('batch_50', {}))}; at 80% load {_lat(lat.get('batch_80', {}))}.",
+        f"{_lat(lat.get('batch_50', {}), cores)}; at 80% load {_lat(lat.get('batch_80', {}), cores)}.",
         "- How latency is measured: the load generator is its own process, pinned to CPU "
         f"{r.get('loadgen_cpu')} (not the engine's), with every payload encoded before the clock starts; "
         f"it sends in bursts on a 1 ms tick (producer linger {LOADGEN_LINGER_MS} ms, included in "
