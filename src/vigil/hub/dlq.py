@@ -25,6 +25,7 @@ from vigil.errors import BrokerError, ConfigError
 from vigil.events.records import DeadLetter
 from vigil.hub.acls import DLQ_SUMMARY_GROUP_PREFIX
 from vigil.hub.client import (
+    BACKLOG_READER,
     READ_FATAL,
     is_transient,
     kafka_error,
@@ -120,7 +121,7 @@ def open_letters(
 ) -> tuple[Consumer, dict[int, int]]:
     """A consumer of ``topic`` under ``group``, at the group's committed positions (the start
     when none, or ``from_beginning``), and each partition's end now."""
-    consumer = make_consumer(settings, group, **{"fetch.wait.max.ms": 20})
+    consumer = make_consumer(settings, group, **BACKLOG_READER, **{"fetch.wait.max.ms": 20})
     try:
         found = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if found is None or found.error is not None:

@@ -57,6 +57,7 @@ from vigil.errors import BrokerError, ConfigError
 from vigil.events.records import DeadLetter
 from vigil.hub.admin import ensure_topics
 from vigil.hub.client import (
+    BACKLOG_READER,
     READ_FATAL,
     kafka_error,
     make_admin,
@@ -270,6 +271,7 @@ class _Reader:
         self._consumer = make_consumer(
             settings,
             f"vigil.dlq-read.{uuid.uuid4().hex[:8]}",
+            **BACKLOG_READER,
             **{"fetch.wait.max.ms": 20, "enable.partition.eof": True},
         )
         #: The offset the consumer reads next, when it is reading on (None: send it there).

@@ -32,7 +32,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from vigil.config import Settings
 from vigil.errors import BrokerError, PipelineError
-from vigil.hub.client import make_admin, make_consumer, partition_offsets
+from vigil.hub.client import BACKLOG_READER, make_admin, make_consumer, partition_offsets
 from vigil.hub.topics import TopicSpec
 from vigil.stream.state import RocksState
 
@@ -215,7 +215,7 @@ class Restorer:
         if assign:
             if self._consumer is None:
                 self._consumer = make_consumer(
-                    self.settings, f"{self.app}.restore", **{"enable.partition.eof": True}
+                    self.settings, f"{self.app}.restore", **BACKLOG_READER, **{"enable.partition.eof": True}
                 )
             self._consumer.incremental_assign(assign)
             self._progress_at = time.monotonic()

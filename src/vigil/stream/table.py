@@ -49,7 +49,7 @@ from confluent_kafka.admin import AdminClient
 from vigil.config import Settings
 from vigil.errors import PipelineError, TopicError, VigilError
 from vigil.events.codec import decode_event
-from vigil.hub.client import kafka_error, make_admin, make_consumer, partition_offsets
+from vigil.hub.client import BACKLOG_READER, kafka_error, make_admin, make_consumer, partition_offsets
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,9 @@ class TopicFollower:
 
     def _begin(self) -> None:
         # Partitions are assigned, never committed: every process reads the whole topic.
-        consumer = make_consumer(self.settings, self.group, **{"enable.partition.eof": True})
+        consumer = make_consumer(
+            self.settings, self.group, **BACKLOG_READER, **{"enable.partition.eof": True}
+        )
         try:
             meta = consumer.list_topics(self.topic, timeout=30).topics.get(self.topic)
             error = None if meta is None else meta.error
