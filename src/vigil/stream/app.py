@@ -962,14 +962,16 @@ class Application:
         )
 
     def _close(self) -> None:
-        self._settle_quietly()
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            try:
-                consumer.close()  # cooperative: revokes (and so checkpoints) what is left
-            except (KafkaException, RuntimeError) as exc:
-                log.warning("application %s: closing the consumer: %s", self.name, exc)
+        # One try for all of it: closing the consumer revokes (a checkpoint, the stores closed),
+        # and whatever that raises must still shut the committer down and free the slot.
         try:
+            self._settle_quietly()
+            consumer, self._consumer = self._consumer, None
+            if consumer is not None:
+                try:
+                    consumer.close()  # cooperative: revokes (and so checkpoints) what is left
+                except (KafkaException, RuntimeError) as exc:
+                    log.warning("application %s: closing the consumer: %s", self.name, exc)
             for number in list(self._tasks):
                 self._close_task(number)
             for number in list(self._restoring):
@@ -1766,7 +1768,9 @@ class Application:
                 producer.send_offsets_to_transaction(offsets, metadata, _TIMEOUT)
             producer.commit_transaction(_TIMEOUT)
 
-        self._committing = _Committing(committer.submit(commit), offsets, writes, time.time())
+        # (The time before the commit starts: it is the checkpoint's "current as of".)
+        began = time.time()
+        self._committing = _Committing(committer.submit(commit), offsets, writes, began)
 
     def _settle_commit(self) -> bool:
         """Wait for the commit on its way, if any, and act on it: its writes to RocksDB (True),
@@ -1795,9 +1799,14 @@ class Application:
         if committing is None:
             return
         self._committing = None
-        if committing.future.exception() is None:
+        error = committing.future.exception()
+        if error is None:
             self._in_txn = False
             self._queue_writes(committing.writes)
+        else:
+            # Said, not raised: what stopped the application (or its closing) is the error to
+            # raise; this one would otherwise go unseen.
+            log.warning("application %s: the checkpoint being committed failed too: %s", self.name, error)
 
     def _commit_txn(self, offsets: list[TopicPartition], consumer: Consumer) -> bool:
         """Commit the open transaction with the input ``offsets`` (exactly-once: outputs, changelog
