@@ -34,6 +34,7 @@ from vigil.config import Settings
 from vigil.errors import BrokerError, PipelineError
 from vigil.hub.client import BACKLOG_READER, make_admin, make_consumer, partition_offsets
 from vigil.hub.topics import TopicSpec
+from vigil.stream.collector import collecting_young
 from vigil.stream.state import RocksState
 
 log = logging.getLogger(__name__)
@@ -438,17 +439,22 @@ def restore(settings: Settings, app: str, tasks: Sequence[RestoreTask], timeout_
     """Bring each store up to the end of its changelog partition, at once; returns records applied."""
     restorer = Restorer(settings, app)
     deadline = time.monotonic() + timeout_s
-    try:
-        restorer.add(tasks)
-        while restorer.busy:
-            if time.monotonic() > deadline:
-                left = sorted((t.topic, t.partition) for t in restorer.restoring())
-                msg = f"restoring {left} did not reach the end of the changelog in {timeout_s:g}s"
-                raise PipelineError(msg)
-            restorer.step(10_000, 0.5)
-        return restorer.applied
-    finally:
-        restorer.close()
+    # Garbage collected as the runtime's loop collects while it restores (vigil.stream.collector):
+    # left automatic, collections walked the chunks of records waiting to be applied again and
+    # again, about a sixth of the CPU of a restore of 1M keys (2026-12-03).
+    with collecting_young() as collector:
+        try:
+            restorer.add(tasks)
+            while restorer.busy:
+                if time.monotonic() > deadline:
+                    left = sorted((t.topic, t.partition) for t in restorer.restoring())
+                    msg = f"restoring {left} did not reach the end of the changelog in {timeout_s:g}s"
+                    raise PipelineError(msg)
+                restorer.step(10_000, 0.5)
+                collector.step()
+            return restorer.applied
+        finally:
+            restorer.close()
 
 
 def end_offsets(
