@@ -36,8 +36,9 @@ from vigil.hub.topics import TOPICS, TopicRegistry
 #: changelog, loading a table, reading a topic or a dead-letter queue through).  Once librdkafka's
 #: local queue is past its thresholds, it waits ``fetch.queue.backoff.ms`` before fetching again:
 #: at the 1 s default, a reader that empties the queue sooner sits idle for the rest of that
-#: second.  Restoring 1M keys from a local broker took 4.4 s with the default and 2.5-2.9 s with
-#: 10 ms, for the same CPU (2026-12-03).  The stream runtime's consumers set it too
+#: second.  1M records from a local broker, for the same CPU (2026-12-03): read through
+#: (:func:`read_committed`) in 4.0-4.1 s with the default and 1.8-2.0 s with 10 ms; restored
+#: into state stores in 4.4 s and 2.9-3.3 s.  The stream runtime's consumers set it too
 #: (vigil.stream.app.FETCH_DEFAULTS).
 BACKLOG_READER: dict[str, Any] = {"fetch.queue.backoff.ms": 10}
 
