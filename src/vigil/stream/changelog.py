@@ -218,9 +218,31 @@ class Restorer:
                 self._consumer = make_consumer(
                     self.settings, f"{self.app}.restore", **BACKLOG_READER, **{"enable.partition.eof": True}
                 )
+            self._know_leaders(sorted({tp.topic for tp in assign}))
             self._consumer.incremental_assign(assign)
             self._progress_at = time.monotonic()
         return reading
+
+    def _know_leaders(self, topics: Sequence[str]) -> None:
+        """Have the consumer fetch the metadata of ``topics`` (their partitions' leaders) before
+        they are assigned: librdkafka looks up where an assigned partition starts only once it
+        knows the leader, and a consumer that did not know it yet tried again 500 ms later.
+        Every restore by a new consumer waited that long for its first record (0.56-0.62 s
+        against 0.08-0.10 s, 2026-12-03).  Only a saving: if the broker does not answer here,
+        librdkafka finds the leaders by itself."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        for topic in topics:
+            try:
+                consumer.list_topics(topic, timeout=10)
+            except KafkaException as exc:
+                log.info(
+                    "restoring %s: no metadata for %s yet (%s); librdkafka looks it up itself",
+                    self.app,
+                    topic,
+                    exc,
+                )
 
     @staticmethod
     def _too_old(task: RestoreTask, age: float | None) -> None:
