@@ -38,7 +38,7 @@ from vigil.hub.topics import TOPICS, TopicRegistry
 #: at the 1 s default, a reader that empties the queue sooner sits idle for the rest of that
 #: second.  1M records from a local broker, for the same CPU (2026-12-03): read through
 #: (:func:`read_committed`) in 4.0-4.1 s with the default and 1.8-2.0 s with 10 ms; restored
-#: into state stores in 4.4 s and 2.9-3.3 s.  The stream runtime's consumers set it too
+#: into state stores in 4.4 s and 2.9-3.3 s.  The stream runtime's consumers take it too
 #: (vigil.stream.app.FETCH_DEFAULTS).
 BACKLOG_READER: dict[str, Any] = {"fetch.queue.backoff.ms": 10}
 

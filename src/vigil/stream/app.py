@@ -148,7 +148,7 @@ from vigil.events.base import Event, utcnow
 from vigil.events.codec import EventCodec, encode, too_deep
 from vigil.events.records import DeadLetter
 from vigil.hub.admin import ensure_topics
-from vigil.hub.client import consumer_config, kafka_error, make_admin, producer_config
+from vigil.hub.client import BACKLOG_READER, consumer_config, kafka_error, make_admin, producer_config
 from vigil.hub.topics import TOPICS, TopicSpec
 from vigil.stream.alignment import TP, Alignment
 from vigil.stream.attempt import Attempt, attempt
@@ -275,7 +275,7 @@ DEFAULT_BATCH_SIZE = 500
 FETCH_DEFAULTS: dict[str, Any] = {
     "fetch.wait.max.ms": 10,
     "fetch.min.bytes": 64 * 1024,
-    "fetch.queue.backoff.ms": 10,
+    **BACKLOG_READER,  # fetch.queue.backoff.ms
     "socket.nagle.disable": True,
 }
 #: The largest output record (librdkafka's default limit, under the broker's 1 MB default).

@@ -545,67 +545,58 @@ def test_a_lost_assignment_is_processed_again_from_the_last_checkpoint(
     # waiting then is timing: on a busy machine the loss is sometimes heard first (the path the
     # other variants take), so that variant runs again, each run checked in full, until a commit
     # was refused (10 of 16 runs took it with both CPUs kept busy besides the broker, 2026-12-03).
+    def once(run: int) -> list[str]:
+        """One application stalls past ``max.poll.interval.ms`` once, over 3,000 payments on new
+        topics; checks its outputs and returns the warnings it logged."""
+        src, out, name = names(f"in{run}"), names(f"out{run}"), names(f"app{run}")
+        make_topics(settings, src, out)
+        events = payments(3000, 41, "l")
+        produce(settings, src, events)
+        stall = StallOnce(out, after=1000, stall_s=8.0)
+        app = Application(
+            settings,
+            name=name,
+            inputs=[src],
+            operators=[stall],
+            guarantee=guarantee,
+            checkpoint_interval_s=interval_s,
+            batch_size=50,
+            instance_id=f"t{run}",
+            consumer_overrides={"max.poll.interval.ms": 6000, "session.timeout.ms": 6000},
+            producer_overrides={"transaction.timeout.ms": 60_000},
+        )
+        with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
+            running = run_app(app)
+            # Every record's output, by distinct id: at-least-once, the duplicates of a rewind alone
+            # reached 3,000 outputs while the last records of some partitions were still unread.
+            wait_for(
+                lambda: stall.stalled and len(set(output_ids(settings, out))) >= 3000,
+                120,
+                "3000 distinct outputs",
+            )
+            running.stop()
+        messages = [r.getMessage() for r in caplog.records]
+        assert not running.errors
+        assert any("lost" in m for m in messages), "the stall should have lost the assignment"
+        ids = output_ids(settings, out)
+        # Records processed before the loss and not committed were processed again, with the count
+        # their customer had: state went back to the last checkpoint too.  Exactly-once, each output
+        # is there once; at-least-once, what comes twice comes with the same id.
+        assert set(ids) == expected_ids(events)
+        if guarantee == "exactly_once":
+            assert len(ids) == len(set(ids)) == 3000
+        else:  # (the stalled batch's outputs went out, its offsets were never committed)
+            assert len(ids) > len(set(ids)), "nothing was processed twice: the loss did not test the rewind"
+        return messages
+
     runs = 5 if interval_s < 0.1 else 1
     for run in range(runs):
         caplog.clear()
-        messages = lose_the_assignment_once(settings, names, run_app, caplog, guarantee, interval_s, run)
+        messages = once(run)
         if interval_s >= 0.1 or any("checkpoint refused" in m for m in messages):
             break
     else:
         pytest.fail(f"no checkpoint commit was refused in {runs} runs")
-
-
-def lose_the_assignment_once(
-    settings: Settings,
-    names: Callable[[str], str],
-    run_app: Start,
-    caplog: pytest.LogCaptureFixture,
-    guarantee: str,
-    interval_s: float,
-    run: int,
-) -> list[str]:
-    """One application stalls past ``max.poll.interval.ms`` once, over 3,000 payments on new
-    topics; checks its outputs and returns the warnings it logged."""
-    src, out, name = names(f"in{run}"), names(f"out{run}"), names(f"app{run}")
-    make_topics(settings, src, out)
-    events = payments(3000, 41, "l")
-    produce(settings, src, events)
-    stall = StallOnce(out, after=1000, stall_s=8.0)
-    app = Application(
-        settings,
-        name=name,
-        inputs=[src],
-        operators=[stall],
-        guarantee=guarantee,
-        checkpoint_interval_s=interval_s,
-        batch_size=50,
-        instance_id=f"t{run}",
-        consumer_overrides={"max.poll.interval.ms": 6000, "session.timeout.ms": 6000},
-        producer_overrides={"transaction.timeout.ms": 60_000},
-    )
-    with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
-        running = run_app(app)
-        # Every record's output, by distinct id: at-least-once, the duplicates of a rewind alone
-        # reached 3,000 outputs while the last records of some partitions were still unread.
-        wait_for(
-            lambda: stall.stalled and len(set(output_ids(settings, out))) >= 3000,
-            120,
-            "3000 distinct outputs",
-        )
-        running.stop()
-    messages = [r.getMessage() for r in caplog.records]
-    assert not running.errors
-    assert any("lost" in m for m in messages), "the stall should have lost the assignment"
-    ids = output_ids(settings, out)
-    # Records processed before the loss and not committed were processed again, with the count
-    # their customer had: state went back to the last checkpoint too.  Exactly-once, each output
-    # is there once; at-least-once, what comes twice comes with the same id.
-    assert set(ids) == expected_ids(events)
-    if guarantee == "exactly_once":
-        assert len(ids) == len(set(ids)) == 3000
-    else:  # (the stalled batch's outputs went out, its offsets were never committed)
-        assert len(ids) > len(set(ids)), "nothing was processed twice: the loss did not test the rewind"
-    return messages
 
 
 def counting_at_least_once(
