@@ -11,11 +11,12 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from vigil.events.base import Entities, Event
+from vigil.events.codec import encode
 from vigil.events.types import Login, WithdrawalRequest, WithdrawalRequestPayload
 from vigil.stream.base import Context, StoreSpec
 from vigil.stream.join import IntervalJoin
-from vigil.stream.windows import QuietKeys
-from vigil.testing import run_operators
+from vigil.stream.windows import QuietKeys, to_ms
+from vigil.testing import HarnessResult, MemoryState, run_operators
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -175,7 +176,9 @@ def test_a_side_with_no_events_keeps_the_other_waiting_max_skew_at_most() -> Non
     t0 = T0.timestamp() * 1000
     for j in range(5):
         last = 175 + j  # each customer's last login; its waiting ones were pruned then
-        stored = [(t - t0) / 60_000 for t, _ in result.states[join.store.id, 0].get(f"L:c{j}")]
+        size, entries = result.states[join.store.id, 0].get(f"L:c{j}")
+        stored = [(t - t0) / 60_000 for t, _ in entries]
+        assert size == sum(len(raw) for _, raw in entries)
         assert stored == [i for i in range(j, 180, 5) if i >= last - 60 - 5]
 
 
@@ -268,3 +271,80 @@ def test_an_applications_type_may_replace_a_canonical_one_of_its_tag() -> None:
         b'{"type":"login","event_id":"l","source":"s","occurred_at":"2026-01-01T00:00:00Z"}'
     )
     assert isinstance(decoded, MyLogin)
+
+
+def test_a_flooded_key_waits_at_most_max_waiting_events_and_the_rest_are_dead_lettered() -> None:
+    # A flood of logins on one customer (credential stuffing) with no withdrawal: all of them
+    # waited in one store entry, copied at every event (quadratic), until the entry outgrew a
+    # changelog record and every checkpoint failed, the restart's too.
+    flood = [login(i, "victim", i / 600) for i in range(50)]  # 50 logins in 5 seconds
+    later = [withdrawal(1, "victim", 0.5), login(99, "other", 0.2)]
+    pairs, late, join, result = pairs_of([*flood, *later], within="10m", max_waiting=20)
+    # The first 20 wait; the other 30 are paired with what waits on the other side (nothing
+    # yet) and dead-lettered, named; the withdrawal pairs with the 20 that waited.
+    assert pairs == sorted((f"l{i}", "w1") for i in range(20))
+    assert late == []
+    assert [rec.event.event_id for rec, _ in result.dead_letters] == [f"l{i}" for i in range(20, 50)]
+    reason = result.dead_letters[0][1]
+    assert "join 'login-withdrawal': key 'victim' already has 20 left events" in reason
+    assert "at most 20 events" in reason
+    assert join.refused == 30
+    size, entries = result.states[join.store.id, 0].get("L:victim")
+    assert len(entries) == 20
+    assert size == sum(len(raw) for _, raw in entries)
+    # Another customer is not held back by the flooded one.
+    assert result.states[join.store.id, 0].get("L:other") is not None
+
+
+def test_a_key_waits_at_most_max_waiting_bytes_and_room_comes_back_as_events_expire() -> None:
+    pairs: list[tuple[str, str]] = []
+    join = login_withdrawal_join(
+        lambda left, right, ctx: pairs.append((left.event_id, right.event_id)),
+        within="1m",
+        max_skew=0,
+        max_waiting_bytes=1000,
+    )
+    burst = [login(i, "c1", i / 6000) for i in range(12)]  # 0.01 s apart
+    after = [login(100 + i, "c1", 5 + i / 6000) for i in range(12)]  # 5 minutes on
+
+    def fitting(events: list[Login]) -> int:
+        """How many of ``events`` fit 1,000 bytes, in order."""
+        sizes = [len(encode(e)) for e in events]
+        return next(n for n in range(len(sizes) + 1) if n == len(sizes) or sum(sizes[: n + 1]) > 1000)
+
+    result = run_operators([join], [*burst, *after], partitions=1, batch_size=7, topic_of=topic_of)
+    dead = [rec.event.event_id for rec, _ in result.dead_letters]
+    # The burst fills the key's bytes; 5 minutes later the burst has expired (within 1 m and no
+    # withdrawals: max_skew 0) and the key takes as many again.
+    kept, kept_after = fitting(burst), fitting(after)
+    assert 0 < kept < len(burst)
+    assert 0 < kept_after < len(after)
+    assert dead == [e.event_id for e in burst[kept:] + after[kept_after:]]
+    assert "bytes" in result.dead_letters[0][1]
+    size, entries = result.states[join.store.id, 0].get("L:c1")
+    assert len(entries) == kept_after
+    assert size <= 1000
+
+
+def test_waiting_events_stored_before_the_limits_still_join() -> None:
+    # A store written before the limits holds a side's events as a bare list.
+    pairs: list[tuple[str, str]] = []
+    join = login_withdrawal_join(lambda left, right, ctx: pairs.append((left.event_id, right.event_id)))
+    before = HarnessResult()
+    waiting = login(1, "c1", 0)
+    before.states[join.store.id, 0] = old = MemoryState()
+    old.set("L:c1", [[to_ms(waiting.occurred_at), encode(waiting)]])
+    result = run_operators(
+        [join], [login(2, "c1", 1), withdrawal(1, "c1", 2)], topic_of=topic_of, result=before
+    )
+    assert sorted(pairs) == [("l1", "w1"), ("l2", "w1")]
+    size, entries = result.states[join.store.id, 0].get("L:c1")
+    assert [e[0] for e in entries] == [to_ms(waiting.occurred_at), to_ms(login(2, "c1", 1).occurred_at)]
+    assert size == sum(len(raw) for _, raw in entries)
+
+
+def test_waiting_limits_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_waiting must be at least 1; got 0"):
+        login_withdrawal_join(lambda left, right, ctx: None, max_waiting=0)
+    with pytest.raises(ValueError, match=r"max_waiting_bytes must be at most 8,388,608"):
+        login_withdrawal_join(lambda left, right, ctx: None, max_waiting_bytes=16 << 20)
