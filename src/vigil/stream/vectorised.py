@@ -65,7 +65,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vigil.stream.base import State, StoreSpec
-from vigil.stream.windows import duration_ms
+from vigil.stream.windows import MAX_TIME_MS, duration_ms
 
 try:  # built by `make compile`; without a C compiler (VIGIL_COMPILE=0) the Python twin runs
     from vigil.stream._slide import Slide, datetimes_ms
@@ -88,10 +88,8 @@ _EVENT_BYTES = 24
 #: So a key may be this long at most (one event must fit a chunk).
 MAX_KEY_CHARS = (_CHUNK_BYTES - _EVENT_BYTES) // 4
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
-#: Event times, window sizes and lateness at most this far from 0 (2**62 ms, about 146 million
-#: years): then no time arithmetic in the index can leave 64 bits.
-MAX_TIME_MS = 1 << 62
-#: Before any event: at or below every time accepted.
+#: Before any event: at or below every time accepted (times are within MAX_TIME_MS of 0, as
+#: for every window: then no time arithmetic in the index can leave 64 bits).
 _NO_WATERMARK = -MAX_TIME_MS
 
 

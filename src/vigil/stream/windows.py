@@ -69,6 +69,9 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: The integers MessagePack (state) holds.
 _INT_MIN = -(1 << 63)
 _UINT_MAX = (1 << 64) - 1
+#: Event times, window sizes, steps and lateness at most this far from 0 (2**62 ms, about 146
+#: million years): then the watermark and every window bound fit the 64 bits state holds.
+MAX_TIME_MS = 1 << 62
 
 
 def duration_ms(value: timedelta | str | int) -> int:
@@ -128,6 +131,12 @@ class Window:
     def __post_init__(self) -> None:
         if self.size_ms <= 0 or self.step_ms <= 0 or self.lateness_ms < 0:
             msg = f"{self.kind} window: size and step must be > 0 and lateness >= 0; got {self}"
+            raise ValueError(msg)
+        if max(self.size_ms, self.step_ms, self.lateness_ms) > MAX_TIME_MS:
+            msg = (
+                f"{self.kind} window: size, step and lateness must be at most {MAX_TIME_MS:,} ms "
+                f"(2**62); got {self}"
+            )
             raise ValueError(msg)
         if self.kind == "hopping" and self.step_ms > self.size_ms:
             msg = f"hopping window: step ({self.step_ms} ms) must not exceed size ({self.size_ms} ms)"
@@ -213,6 +222,10 @@ class Min(Aggregation):
     def add(self, acc: float | None, value: Any) -> float:
         return float(value) if acc is None or value < acc else acc
 
+    def over(self, values: list[Any]) -> float:
+        # The builtin keeps the first of equal values and compares as ``add`` does, in C.
+        return float(min(values))
+
 
 class Max(Aggregation):
     def initial(self) -> float | None:
@@ -220,6 +233,9 @@ class Max(Aggregation):
 
     def add(self, acc: float | None, value: Any) -> float:
         return float(value) if acc is None or value > acc else acc
+
+    def over(self, values: list[Any]) -> float:
+        return float(max(values))
 
 
 class DistinctCount(Aggregation):
@@ -229,7 +245,9 @@ class DistinctCount(Aggregation):
         return {}
 
     def add(self, acc: dict[Any, int], value: Any) -> dict[Any, int]:
-        acc[value] = 1
+        # A list or dict value as the tuple ``over`` counts it as (a dict cannot hold it: the
+        # operator failed, and the restart again).  MessagePack keeps tuple keys as tuples.
+        acc[_hashable(value)] = 1
         return acc
 
     def result(self, acc: dict[Any, int]) -> int:
@@ -428,12 +446,18 @@ class WindowedAggregate:
         """Add one event; the windows it fell into with their aggregates, or ``None`` if it is late."""
         # The hot path of every windowed rule: called once per event, so it avoids helper calls,
         # re-reads of attributes and per-event allocations beyond the result itself.
-        if type(when) is int:
-            t = when
-        elif isinstance(when, datetime) and when.tzinfo is not None:
-            t = (when - EPOCH) // _MS  # inline to_ms
+        if isinstance(when, datetime) and when.tzinfo is not None:
+            t = (when - EPOCH) // _MS  # inline to_ms (any datetime is within MAX_TIME_MS)
         else:
             t = to_ms(when)  # raises for naive datetimes, and names what is not a time
+            if not -MAX_TIME_MS <= t <= MAX_TIME_MS:
+                # Kept as the watermark, it failed every checkpoint (MessagePack stops at 64 bits),
+                # and the restarted process the same way on the same input.
+                msg = (
+                    f"event time {t} ms for key {key!r} is beyond {MAX_TIME_MS:,} ms (2**62, about "
+                    "146 million years) from the epoch"
+                )
+                raise ValueError(msg)
         vtype = type(value)
         if vtype is not int and vtype is not float and vtype is not str:
             value = _plain(key, value)

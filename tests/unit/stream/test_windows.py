@@ -15,6 +15,7 @@ from vigil.stream import vectorised
 from vigil.stream.base import StoreSpec
 from vigil.stream.windows import (
     AGGREGATIONS,
+    MAX_TIME_MS,
     Aggregation,
     Count,
     DistinctCount,
@@ -229,6 +230,58 @@ def test_an_integer_state_cannot_hold_is_refused_when_it_comes(window: Window) -
     assert state.data == before
     state.reload()  # what there is still encodes
     assert agg.update(state, "0xabc", 3, 25e18) is not None
+
+
+@pytest.mark.parametrize(
+    "window", [Window.sliding(1000), Window.tumbling(1000), Window.hopping(1000, 500)], ids=str
+)
+def test_an_event_time_state_cannot_hold_is_refused_when_it_comes(window: Window) -> None:
+    # Epoch milliseconds beyond 64 bits (a payload field in ns, or forged) became the watermark:
+    # accepted, every checkpoint failed after, and the restarted process the same way.
+    agg = WindowedAggregate(STORE, window, {"n": Count()})
+    state = MemoryState()
+    agg.update(state, "k", 1_000)
+    before = dict(state.data)
+    for bad in (10**20, -(10**20), MAX_TIME_MS + 1):
+        with pytest.raises(ValueError, match=rf"event time {bad} ms for key 'k' is beyond"):
+            agg.update(state, "k", bad)
+    assert state.data == before
+    state.reload()  # what there is still encodes
+    assert agg.update(state, "k", MAX_TIME_MS - 10**6) is not None
+    state.reload()
+    with pytest.raises(ValueError, match=r"size, step and lateness must be at most"):
+        Window.tumbling(MAX_TIME_MS + 1)
+
+
+@pytest.mark.parametrize(
+    "window", [Window.sliding(1000), Window.tumbling(1000), Window.hopping(1000, 500)], ids=str
+)
+def test_distinct_lists_and_dicts_count_in_every_kind_of_window(window: Window) -> None:
+    # Sliding windows counted them as tuples; fixed ones stopped the operator (unhashable).
+    agg = WindowedAggregate(STORE, window, {"d": DistinctCount()})
+    state = MemoryState()
+    values: list[Any] = [["a", "b"], {"x": 1}, ["a", "b"], {"x": 1}, ["a", "c"], 3]
+    got = []
+    for i, value in enumerate(values):
+        if i == 3:
+            state.reload()  # keys come back as MessagePack gives them
+        got.append((agg.update(state, "k", 100 + i, value) or [])[-1].values["d"])
+    assert got == [1, 2, 2, 2, 3, 4]
+
+
+def test_sliding_min_and_max_are_those_of_the_window() -> None:
+    agg = WindowedAggregate(STORE, Window.sliding(1000), {"lo": Min(), "hi": Max()})
+    state = MemoryState()
+    out = [agg.update(state, "k", t, v) for t, v in ((0, 5), (400, 2), (800, 9), (1300, 7), (1900, 8))]
+    # Windows (t - 1000, t]: {5}, {5, 2}, {5, 2, 9}, {2, 9, 7} at 1300, {7, 8} at 1900.
+    assert [(o[0].values["lo"], o[0].values["hi"]) for o in out if o] == [
+        (5.0, 5.0),
+        (2.0, 5.0),
+        (2.0, 9.0),
+        (2.0, 9.0),
+        (7.0, 8.0),
+    ]
+    assert all(type(o[0].values["lo"]) is float for o in out if o)
 
 
 def test_distinct_tuples_still_count_after_a_restart() -> None:
