@@ -276,6 +276,10 @@ def test_intel_feed_started_again_reads_the_list_afresh(settings: Settings) -> N
     try:
         feed.start(60)
         assert listed.payload.value in index
+        # Started again while it runs (a caller retrying a start that timed out): the same reader,
+        # the same index (it was cleared, and the reader never read the list again).
+        feed.start(60)
+        assert listed.payload.value in index
         feed.stop()
         # Withdrawn while the feed was stopped, its tombstone since compacted away: read again,
         # the list no longer has it, and neither may the index.

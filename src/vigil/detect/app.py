@@ -173,8 +173,10 @@ class IntelFeed:
         loaded, once ``abort()`` is true), then keep following it.
 
         Started again after a stop, it reads the whole list afresh into an empty index: values
-        withdrawn while it was stopped (their tombstones perhaps compacted away) would stay."""
-        if self._started:
+        withdrawn while it was stopped (their tombstones perhaps compacted away) would stay.
+        Called again while it runs (after a start that timed out), it waits for the same reader:
+        the index is kept (cleared, it lost what the reader had applied, never read again)."""
+        if self._started and not self._reader.running:
             self.index.clear()
         self._started = True
         self._reader.start(timeout_s, abort)

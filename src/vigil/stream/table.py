@@ -158,15 +158,21 @@ class TopicFollower:
         """Started and not stopped since (the reader may have failed: see :meth:`check`)."""
         return self._thread is not None
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 30.0) -> None:
         """Stop reading: no longer ready (what was read stays readable); ``start`` reads the
-        topic again from its beginning."""
+        topic again from its beginning.  Raises if the reader does not stop within
+        ``timeout_s``; the follower is failed then (see :meth:`check`) until a later ``stop``
+        finds the reader gone."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(30)
+            self._thread.join(timeout_s)
             if self._thread.is_alive():
-                # Forgotten, it would go on applying records beside the next start's reader.
-                msg = f"{self.name}: its reader did not stop within 30 s"
+                # Forgotten, it would go on applying records beside the next start's reader.  Not
+                # ready, and failed: what it feeds is no longer followed (it said ready, and a
+                # start after waited for a reader on its way out, and said ready again).
+                msg = f"{self.name}: its reader did not stop within {timeout_s:g} s"
+                self._ready.clear()
+                self._failure = PipelineError(msg)
                 raise PipelineError(msg)
             self._thread = None
         self._ready.clear()

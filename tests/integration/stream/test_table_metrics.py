@@ -236,6 +236,50 @@ def test_a_follower_of_a_topic_not_created_yet_is_empty_if_allowed_and_fails_oth
         TopicFollower(settings, absent, lambda key, value, where: None, name="f").start(timeout_s=30)
 
 
+def test_a_follower_whose_reader_does_not_stop_is_failed_until_it_does(
+    settings: Settings, names: Callable[[str], str]
+) -> None:
+    # Its stop timed out, it said ready still, and a start after waited for the reader on its
+    # way out and said ready again: a table no longer followed, and nothing to say so.
+    topic = names("stuck")
+    ensure_topics(settings, [TopicSpec(topic, "k", "raw", "test", partitions=1)])
+    producer = EventProducer(settings)
+    producer.produce_raw(topic, "k1", b"v1")
+    producer.flush()
+    applying, release = threading.Event(), threading.Event()
+    seen: list[str | None] = []
+
+    def apply(key: str | None, value: bytes | None, where: str) -> None:
+        seen.append(key)
+        if key == "k2":  # the reader is stuck in here until released
+            applying.set()
+            release.wait(60)
+
+    follower = TopicFollower(settings, topic, apply, name="f")
+    try:
+        follower.start(timeout_s=30)
+        producer.produce_raw(topic, "k2", b"v2")
+        producer.flush()
+        wait_for(applying.is_set, 30, "the reader to take the second record")
+        with pytest.raises(PipelineError, match=r"its reader did not stop within 0\.2 s"):
+            follower.stop(timeout_s=0.2)
+        assert not follower.ready
+        with pytest.raises(PipelineError, match=r"did not stop within 0\.2 s"):
+            follower.check()
+        with pytest.raises(PipelineError, match=r"did not stop within 0\.2 s"):
+            follower.start(timeout_s=5)  # refused, not "ready" on a reader on its way out
+        release.set()
+        follower.stop()  # the reader is gone now
+        seen.clear()
+        follower.start(timeout_s=30)  # afresh: from the beginning of the topic
+        assert follower.ready
+        follower.check()
+        assert seen == ["k1", "k2"]
+    finally:
+        release.set()
+        follower.stop()
+
+
 @contextmanager
 def followed_profiles(settings: Settings, topic: str, deleted_after_s: float) -> Iterator[GlobalTable[str]]:
     """A global table of the ``profiles`` topic, loaded, looking its topic up every 0.2 s."""
