@@ -23,9 +23,10 @@ the key (by default the entity the event is keyed by: no event-id fallback) join
 and are not stored.
 
 A key's waiting events of one side are one store entry, kept as they came: an event appends
-to it and expired events are cut from its front, so an event costs the same however many of
-its key are waiting (a list copied at every event made one busy key quadratic: 40,000 logins
-of one customer took 30 s, 0.76 ms for the last ones).  At most ``max_waiting`` events and
+to it and expired events are cut from its front, so waiting costs the same however many of
+its key already wait (a list copied at every event made one busy key quadratic: 40,000 logins
+of one customer took 30 s, 0.76 ms for the last ones); pairing looks at each of the other
+side's, at most ``max_waiting``.  At most ``max_waiting`` events and
 ``max_waiting_bytes`` bytes wait per key and side: one entry is one changelog record, and a
 record the changelog cannot take failed every checkpoint, and the restarted process the same
 way on the same input (a flood of failed logins on one account would have stopped the
