@@ -27,12 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from confluent_kafka import KafkaError, KafkaException
 
 from vigil.errors import VigilError
 from vigil.events.base import Event
 from vigil.events.codec import EventCodec, encode
-from vigil.stream.app import OUTPUT_MAX_BYTES
+from vigil.stream.app import check_output
 from vigil.stream.attempt import Attempt, attempt
 from vigil.stream.base import Operator, Record, State, StoreSpec
 from vigil.stream.collector import collecting_young
@@ -198,26 +197,25 @@ class _MemoryContext:
     def prepare_emit(
         self, topic: str, event: Event, key: str | None = None, value: bytes | None = None
     ) -> Callable[[], None]:
-        value = _checked(topic, event, value)
-        emitted = Emitted(topic, key if key is not None else event.key(), event, value)
+        key = key if key is not None else event.key()
+        value = _checked(topic, event, value, key)
+        emitted = Emitted(topic, key, event, value)
         return lambda: self._result.emits.append(emitted)
 
     def prepare_forward(self, topic: str, record: Record[Any], key: str) -> Callable[[], None]:
         return self.prepare_emit(topic, record.event, key)
 
     def prepare_late(self, record: Record[Any]) -> Callable[[], None]:
-        _checked("late", record.event)
+        _checked("late", record.event, key=record.key)
         return lambda: self._result.late.append(record)
 
 
-def _checked(topic: str, event: Event, value: bytes | None = None) -> bytes:
+def _checked(topic: str, event: Event, value: bytes | None = None, key: str | bytes | None = None) -> bytes:
     """Encode ``event`` as the runtime does (unless given its bytes), and refuse it as the runtime
-    does when too large."""
+    does when too large, key and value together."""
     if value is None:
         value = encode(event)
-    if len(value) > OUTPUT_MAX_BYTES:
-        text = f"a record of {len(value):,} bytes for {topic!r}; at most {OUTPUT_MAX_BYTES:,}"
-        raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, text))
+    check_output(topic, value, key)
     return value
 
 

@@ -118,6 +118,7 @@ are undone and its outputs dropped (:mod:`vigil.stream.attempt`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -278,7 +279,8 @@ FETCH_DEFAULTS: dict[str, Any] = {
     **BACKLOG_READER,  # fetch.queue.backoff.ms
     "socket.nagle.disable": True,
 }
-#: The largest output record (librdkafka's default limit, under the broker's 1 MB default).
+#: The largest output record, key and value (librdkafka's default limit, under the broker's 1 MB
+#: default).
 OUTPUT_MAX_BYTES = 1_000_000
 #: The longest reason a dead letter keeps (the rest is cut, and its length said): an analyst
 #: reads the start, and the record's bytes, which a long reason would push out of the letter,
@@ -315,6 +317,24 @@ _ALIGN_IDLE_EVERY_S = 0.01
 _DECODE_ERRORS = (ContractError, msgspec.ValidationError, msgspec.DecodeError, RecursionError)
 #: How every canonical record begins (see _skip_prefixes).
 _TAG_HEAD = b'{"type":"'
+
+
+def check_output(topic: str, value: bytes, key: str | bytes | None = None) -> None:
+    """Refuse a record over ``OUTPUT_MAX_BYTES``, key and value together, naming it.
+
+    Refused here, at once, as librdkafka refused it before its limit was raised for changelog
+    records: an operator's dead-letter policy catches it.  From the broker, it failed the
+    checkpoint, and the restart again; so did a record of a small value and a large key (a
+    600 KB device id, re-keyed by device), when only the value was counted."""
+    size = len(value)
+    if key is not None:
+        size += len(key)
+        if type(key) is str and size + 3 * len(key) > OUTPUT_MAX_BYTES:
+            size = len(value) + len(key.encode("utf-8", "surrogatepass"))  # (up to 4 bytes a char)
+    if size > OUTPUT_MAX_BYTES:
+        parts = f" ({size - len(value):,} of them its key)" if size != len(value) else ""
+        text = f"a record of {size:,} bytes for {topic!r}{parts}; at most {OUTPUT_MAX_BYTES:,}"
+        raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, text))
 
 
 def _skip_prefixes(tags: Sequence[str]) -> tuple[bytes, ...]:
@@ -499,7 +519,10 @@ class _PartitionTask:
             state.close()
         # Its contexts refer back to it: a cycle only a full collection frees, and the runtime
         # collects young objects alone (see collector.py), so a partition given up kept its
-        # stores' caches (up to CACHE_LIMIT values each) for minutes.  Broken here.
+        # stores' caches (up to CACHE_LIMIT values each) for minutes.  Broken here; and the
+        # cycle of a dead-letter operator's context with its attempt (each refers to the other).
+        for _, ctx in self.contexts:
+            ctx.trial = None
         self.contexts.clear()
 
 
@@ -549,11 +572,11 @@ class _KafkaContext:
 
     def prepare_late(self, record: Record[Any]) -> Callable[[], None]:
         value = encode(record.event)
-        self._app._check_output(self._app.late_topic, value)
+        self._app._check_output(self._app.late_topic, value, record.key)
         return lambda: self._send_late(value, record.key)
 
     def _prepared(self, topic: str, value: bytes, key: str | bytes | None) -> Callable[[], None]:
-        self._app._check_output(topic, value)
+        self._app._check_output(topic, value, key)
         return lambda: self._send(topic, value, key)
 
     def _send(self, topic: str, value: bytes, key: str | bytes | None) -> None:
@@ -1057,6 +1080,10 @@ class Application:
                 self._checkpoint()
                 _step(longest, "checkpoint", began)
                 last_checkpoint = time.monotonic()
+            elif now - self._last_gauges >= 1.0:
+                # (Checkpoints update them too: with a long interval, "when the loop last went
+                # round" aged between them, and an alert on it fired on a healthy loop.)
+                self._update_gauges()
             took = collector.step(not msgs, now)
             if took:
                 self.prometheus.gc.labels(self.name).observe(took)
@@ -1431,7 +1458,7 @@ class Application:
         if self._eos and not self._in_txn:
             self._ensure_txn()
         if value is not None:
-            self._check_output(topic, value)
+            self._check_output(topic, value, key)
         while True:
             try:
                 producer.produce(topic, value, key)
@@ -1439,13 +1466,8 @@ class Application:
             except BufferError:
                 producer.poll(0.01)  # local queue full: serve deliveries until there is room
 
-    def _check_output(self, topic: str, value: bytes) -> None:
-        if len(value) > OUTPUT_MAX_BYTES:
-            # Refused here, at once, as librdkafka refused it before its limit was raised for
-            # changelog records: an operator's dead-letter policy catches it; from the broker, it
-            # would fail the checkpoint, and the restart again.
-            text = f"a record of {len(value):,} bytes for {topic!r}; at most {OUTPUT_MAX_BYTES:,}"
-            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, text))
+    def _check_output(self, topic: str, value: bytes, key: str | bytes | None = None) -> None:
+        check_output(topic, value, key)
 
     def _dead_letter(
         self,
@@ -1475,7 +1497,8 @@ class Application:
             headers=headers,
         )
         value = encode(letter)
-        if len(value) > OUTPUT_MAX_BYTES:
+        keyed = len(key) if key is not None else 0
+        if len(value) + keyed > OUTPUT_MAX_BYTES:
             # A record too large to carry (a raw Bitcoin block is several MB, and base64 in the
             # letter makes it a third larger): refused, it stopped the stage, again after every
             # restart.  The letter says where the bytes are instead.
@@ -1485,6 +1508,17 @@ class Application:
             )
             letter = msgspec.structs.replace(letter, raw=b"", headers=None, reason=letter.reason + note)
             value = encode(letter)
+        if key is not None and len(value) + keyed > OUTPUT_MAX_BYTES:
+            # The key itself is most of it (it is in the letter too, in base64, and is the
+            # letter's key): a key of 760 KB still made the letter too large, and the stage
+            # stopped on that record.  Left out as well; the letter is keyed by its hash.
+            hashed = hashlib.blake2b(key, digest_size=16).hexdigest().encode()
+            note = (
+                f" [its {len(key):,}-byte key is left out too; this letter's key is its BLAKE2b-128, "
+                f"{hashed.decode()}]"
+            )
+            letter = msgspec.structs.replace(letter, key=None, reason=letter.reason + note)
+            value, key = encode(letter), hashed
         self._produce(self.dlq_topic, value, key)
         self.metrics.dead_lettered += 1
         self.prometheus.dead_lettered.labels(self.name).inc()

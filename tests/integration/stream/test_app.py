@@ -229,6 +229,61 @@ def test_undecodable_records_are_dead_lettered_and_processing_goes_on(
     assert any("event_id" in letter.reason for letter in letters)
 
 
+class ByDevice(Operator[Payment]):
+    """Re-keys payments by device; one customer's device id is 600 KB (attacker-chosen)."""
+
+    id = "by-device"
+    dead_letter_errors = True
+
+    def __init__(self, output: str) -> None:
+        self.output = output
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        for rec in batch:
+            device = "d" * 600_000 if rec.event.event_id == "p3" else "d1"
+            payload = msgspec.structs.replace(rec.event.payload, payment_id="p" * 500_000)
+            ctx.emit(self.output, msgspec.structs.replace(rec.event, payload=payload), key=device)
+
+
+def test_records_over_the_limit_with_their_keys_are_dead_lettered_and_processing_goes_on(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    # Only values were measured.  An output of 500 KB keyed by a 600 KB device id went to the
+    # broker, which refused it: the checkpoint failed, and the restart again on the same record.
+    # An undecodable record with a 760 KB key made a dead letter too large even without its
+    # bytes (the key is in the letter, and is its key): the stage stopped on that record.
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out, partitions=1)
+    huge_key = "k" * 760_000
+    producer = EventProducer(settings)
+    producer.produce_raw(src, huge_key, b"\xff" * 200_000)
+    producer.flush()
+    produce(settings, src, payments(5, 1))
+    app = Application(settings, name=name, inputs=[src], operators=[ByDevice(out)], instance_id="t1")
+    running = run_app(app)
+    wait_for(lambda: bool(running.errors) or app.metrics.processed >= 6, 60, "6 records consumed")
+    running.stop()
+    assert not running.errors
+    outputs = read_all(settings, out, 1)
+    assert [decode_event(v).event_id for _, v in outputs] == ["p0", "p1", "p2", "p4"]
+    letters = read_all(settings, app.dlq_topic, 1)
+    assert len(letters) == 2
+    (key_1, raw_1), (_, raw_2) = letters
+    undecodable, refused = (
+        msgspec.json.decode(raw_1, type=DeadLetter),
+        msgspec.json.decode(raw_2, type=DeadLetter),
+    )
+    assert undecodable.offset == 0
+    assert undecodable.key is None
+    assert undecodable.raw == b""
+    assert "200,000 bytes are left out" in undecodable.reason
+    assert "760,000-byte key is left out too" in undecodable.reason
+    assert key_1 is not None
+    assert key_1.decode() in undecodable.reason  # keyed by the key's hash, named in the reason
+    assert refused.offset == 4  # p3, after the undecodable record
+    assert "(600,000 of them its key); at most 1,000,000" in refused.reason
+
+
 class Exploding(Operator[Payment]):
     id = "exploding"
 

@@ -428,6 +428,43 @@ def test_an_application_reads_its_own_repartition_topic_from_its_first_start(
     assert {k for k, _ in read_all(settings, spec.name, 3)} == {f"10.0.1.{i}".encode() for i in range(4)}
 
 
+def test_the_loop_and_lag_gauges_move_between_checkpoints(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    # Updated only at checkpoints, "when the loop last went round" aged by the interval (up to 800 s
+    # exactly-once), and an alert on time() - it fired on a healthy loop; the lag stood still.
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out)
+    app = Application(
+        settings, name=name, inputs=[src], operators=[RunningCount(out)], checkpoint_interval_s=600
+    )
+    running = run_app(app)
+    registry = app.prometheus.registry
+
+    def loop_at() -> float:
+        return registry.get_sample_value("vigil_stream_loop_timestamp_seconds", {"app": name}) or 0.0
+
+    def lag() -> float | None:
+        """The lag of all three partitions (None before each has a gauge)."""
+        lags = [
+            registry.get_sample_value(
+                "vigil_stream_consumer_lag", {"app": name, "topic": src, "partition": str(p)}
+            )
+            for p in range(3)
+        ]
+        return None if None in lags else sum(x for x in lags if x is not None)
+
+    wait_for(lambda: loop_at() > 0, 30, "the loop gauge set")
+    first = loop_at()
+    wait_for(lambda: loop_at() >= first + 1, 30, "the loop gauge to move with no checkpoint")
+    produce(settings, src, payments(50, 7))
+    wait_for(lambda: app.metrics.processed >= 50, 60, "50 records processed")
+    wait_for(lambda: loop_at() >= first + 2 and lag() == 0, 30, "the gauges after the records")
+    assert app.metrics.checkpoints == 0
+    running.stop()
+    assert not running.errors
+
+
 def test_prometheus_metrics_expose_progress_lag_and_checkpoints(
     settings: Settings, names: Callable[[str], str], run_app: Start
 ) -> None:

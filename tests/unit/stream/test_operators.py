@@ -12,7 +12,7 @@ from confluent_kafka import KafkaException
 from vigil.errors import ConfigError
 from vigil.events.base import Entities
 from vigil.events.types import ChainTransfer, ChainTransferPayload, Payment, PaymentPayload
-from vigil.stream.app import Application
+from vigil.stream.app import Application, check_output
 from vigil.stream.base import Context, Operator, Record, StoreSpec
 from vigil.stream.repartition import GroupBy, entity_key, group_by
 from vigil.stream.windows import Count, Sum, Window, WindowedAggregate
@@ -443,6 +443,35 @@ def test_the_harness_refuses_outputs_the_runtime_refuses_and_assigns_first() -> 
     assert "a record of 1,100,1" in reason
     with pytest.raises(KafkaException, match="at most 1,000,000"):
         run_operators([Oversized(dead_letter=False)], events)
+
+
+class KeyedByDevice(Operator[Payment]):
+    """Re-keys every payment by a device id, which one payment has 600 KB of (attacker-chosen)."""
+
+    id = "by-device.v1"
+    dead_letter_errors = True
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        for rec in batch:
+            device = "d" * 600_000 if rec.event.event_id == "p2" else "d1"
+            payload = msgspec.structs.replace(rec.event.payload, payment_id="p" * 500_000)
+            ctx.emit("by-device", msgspec.structs.replace(rec.event, payload=payload), key=device)
+
+
+def test_an_output_over_the_limit_with_its_key_is_refused_naming_the_keys_share() -> None:
+    # Only the value was measured: 500 KB of value and 600 KB of key went to the broker, which
+    # refused it, failing the checkpoint, and the restart again on the same record.
+    events = [payment(i, "c1", timedelta(minutes=i)) for i in range(1, 4)]
+    result = run_operators([KeyedByDevice()], events)
+    assert [e.event_id for e in result.emitted("by-device")] == ["p1", "p3"]
+    ((record, reason),) = result.dead_letters
+    assert record.event.event_id == "p2"
+    assert "MSG_SIZE_TOO_LARGE" in reason
+    assert "(600,000 of them its key); at most 1,000,000" in reason
+    # A key of multi-byte characters counts in bytes, as the broker counts it.
+    with pytest.raises(KafkaException, match=r"\(1,000,000 of them its key\)"):
+        check_output("t", b"v", "\u00e9" * 500_000)
+    check_output("t", b"v" * 500_000, "\u00e9" * 249_999)
 
 
 def test_harness_restarts_carry_offsets_on_and_state_walks_survive_deletes() -> None:
