@@ -21,10 +21,25 @@ import copy
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import msgspec
+
 from vigil.events.base import Event
 from vigil.stream.base import Context, Record, State, StoreSpec
 
 _ABSENT = object()
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def _same(now: Any, before: Any) -> bool:
+    """Whether a value only read is as it was: equal, and encoded alike.  ``==`` alone missed a
+    dict reordered in place (a recency map: the next eviction dropped the wrong key) and a
+    number that became ``1.0`` from ``1``, which a checkpoint then saved."""
+    if now != before:
+        return False
+    try:
+        return _encode(now) == _encode(before)
+    except (TypeError, ValueError, OverflowError):
+        return False  # (not encodable: put back, which cannot be wrong)
 
 
 class UndoableState(State):
@@ -82,7 +97,7 @@ class UndoableState(State):
         for key, before in self._before.items():
             if key not in self._written:
                 now = state.get(key, _ABSENT)
-                if before is _ABSENT or now is _ABSENT or now == before:
+                if before is _ABSENT or now is _ABSENT or _same(now, before):
                     continue  # only read, and not changed in place
             if before is _ABSENT:
                 state.delete(key)

@@ -60,3 +60,30 @@ def test_a_send_that_fails_fails_the_record_and_puts_its_state_back() -> None:
     assert error == "ValueError: message too large"
     assert sink.state_.get("n") == 0
     assert sink.sent == ["a"]  # sent before the failure: at least once, as when sent at once
+
+
+def test_a_value_changed_in_place_in_a_way_equality_misses_is_put_back() -> None:
+    # A key only read is put back when it changed in place; "changed" was ``!=``, which a dict
+    # reordered (a recency map) and 1 -> 1.0 both pass, so the failed record's change stayed.
+    sink = Sink()
+    sink.state_.set("recent", {"a": 1, "b": 1, "c": 1})
+    sink.state_.set("n", 1)
+
+    def process(batch: Sequence[Record[Any]], ctx: Context) -> None:
+        state = ctx.state(STORE)
+        recent = state.get("recent")
+        recent["a"] = recent.pop("a")  # "a" used: to the back
+        raise ValueError("later step failed")
+
+    def touch_n(batch: Sequence[Record[Any]], ctx: Context) -> None:
+        state = ctx.state(STORE)
+        state.get("n")
+        sink.state_.data["n"] = 1.0  # changed without a set, as an update in place is
+        raise ValueError("later step failed")
+
+    rec: Record[Any] = Record(Login(event_id="e1", source="t", occurred_at=T0), "in", 0, 0, None, 0)
+    trial = Attempt(sink)
+    assert attempt(process, rec, trial) == "ValueError: later step failed"
+    assert list(sink.state_.get("recent")) == ["a", "b", "c"]
+    assert attempt(touch_n, rec, trial) == "ValueError: later step failed"
+    assert type(sink.state_.get("n")) is int
