@@ -118,7 +118,6 @@ are undone and its outputs dropped (:mod:`vigil.stream.attempt`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import os
@@ -147,6 +146,7 @@ from vigil.config import Settings
 from vigil.errors import ConfigError, ContractError, PipelineError, TopicError
 from vigil.events.base import Event, utcnow
 from vigil.events.codec import EventCodec, encode, too_deep
+from vigil.events.ids import stable_hash
 from vigil.events.records import DeadLetter
 from vigil.hub.admin import ensure_topics
 from vigil.hub.client import BACKLOG_READER, consumer_config, kafka_error, make_admin, producer_config
@@ -572,11 +572,11 @@ class _KafkaContext:
 
     def prepare_late(self, record: Record[Any]) -> Callable[[], None]:
         value = encode(record.event)
-        self._app._check_output(self._app.late_topic, value, record.key)
+        check_output(self._app.late_topic, value, record.key)
         return lambda: self._send_late(value, record.key)
 
     def _prepared(self, topic: str, value: bytes, key: str | bytes | None) -> Callable[[], None]:
-        self._app._check_output(topic, value, key)
+        check_output(topic, value, key)
         return lambda: self._send(topic, value, key)
 
     def _send(self, topic: str, value: bytes, key: str | bytes | None) -> None:
@@ -1458,16 +1458,13 @@ class Application:
         if self._eos and not self._in_txn:
             self._ensure_txn()
         if value is not None:
-            self._check_output(topic, value, key)
+            check_output(topic, value, key)
         while True:
             try:
                 producer.produce(topic, value, key)
                 return
             except BufferError:
                 producer.poll(0.01)  # local queue full: serve deliveries until there is room
-
-    def _check_output(self, topic: str, value: bytes, key: str | bytes | None = None) -> None:
-        check_output(topic, value, key)
 
     def _dead_letter(
         self,
@@ -1512,10 +1509,10 @@ class Application:
             # The key itself is most of it (it is in the letter too, in base64, and is the
             # letter's key): a key of 760 KB still made the letter too large, and the stage
             # stopped on that record.  Left out as well; the letter is keyed by its hash.
-            hashed = hashlib.blake2b(key, digest_size=16).hexdigest().encode()
+            hashed = f"{stable_hash(key):016x}".encode()
             note = (
-                f" [its {len(key):,}-byte key is left out too; this letter's key is its BLAKE2b-128, "
-                f"{hashed.decode()}]"
+                f" [its {len(key):,}-byte key is left out too; this letter's key is its stable "
+                f"hash, {hashed.decode()}]"
             )
             letter = msgspec.structs.replace(letter, key=None, reason=letter.reason + note)
             value, key = encode(letter), hashed
