@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, str] = {
     "normalize": "benchmarks.normalize",
     "feeds": "benchmarks.feeds",
     "detect": "benchmarks.detect",
+    "windows": "benchmarks.windows",
 }
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,8 +36,9 @@ How it is held
     watermark is past the window of all its events.  After a restart, a rebalance or a rewound
     checkpoint (``State.generation``), the index is rebuilt from the chunks on the first call.
 
-Sums add each window's values up left to right, as ``Sum()`` does, for windows of up to
-``_ADD_UP_AT_MOST`` events.  Longer windows (a busy key, where adding up would cost the
+Sums add each window's values up left to right for windows of up to ``_ADD_UP_AT_MOST``
+events (``Sum()`` in a sliding ``WindowedAggregate`` rounds the exact sum once, so the two can
+differ in the last bit).  Longer windows (a busy key, where adding up would cost the
 window's length per event) are differences of running totals kept per key, each total with
 what rounding lost from it (compensated): they round about as adding the window up would, not
 relative to everything the key held before (a plain running total did: once an
