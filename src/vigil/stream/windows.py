@@ -31,6 +31,10 @@ Semantics (the property tests check them against a brute-force reference):
 - ``update`` returns the windows the event fell into with their aggregates over every
   accepted event of the key so far; a sliding window's sum is the exact sum rounded once
   (``math.fsum``), the same in whatever order its events came;
+- a sliding window keeps at most ``max_events`` of a key's events (default ``MAX_EVENTS``,
+  100,000): past that, the oldest make room and are counted in ``evicted``, so a flooded
+  key's answers are over its newest events, and its store entry stays within what a
+  changelog record carries;
 - state past the window and the lateness is deleted when its key is next touched, and for
   keys that went quiet by a walk over the store that ``update`` takes a step of now and then
   (:class:`QuietKeys`: it looks at two keys for every new key, so a store of keys seen once
@@ -474,6 +478,12 @@ def _results_of(over: Sequence[tuple[str, _Over]]) -> Callable[[list[Any]], dict
 
 # ---------------------------------------------------------------------------- long windows
 
+#: Events a key's sliding window keeps: past that, its oldest make room.  All of a key's
+#: events are one store entry, which goes to the changelog whole at a checkpoint; unbounded, a
+#: flooded key's entry outgrew the changelog's 16 MB record, and every checkpoint failed, the
+#: restart's too.  100,000 events of numbers are under 2 MB; values of long strings need less.
+MAX_EVENTS = 100_000
+
 #: A key's sliding window is aggregated incrementally (:class:`_Running`, in memory beside the
 #: stored list) once the key holds this many events: below, recomputing over the window's
 #: slice in C is cheaper.  It stays so until the key holds fewer than half of them (so a key
@@ -576,6 +586,15 @@ class _Running:
             else:
                 del self.distinct[h]
 
+    def drop_front(self, k: int) -> None:
+        """The stored list's first ``k`` events are about to go (expired, or evicted)."""
+        if k > self.lo:
+            values = self.stored[1]
+            for i in range(self.lo, k):
+                self._remove(values[i])
+            self.lo = k
+        self.lo -= k
+
     def advance(self, end: int) -> None:
         """Take out the events at or before ``end`` (the window moves to ``(end, end + size]``)."""
         times, values = self.stored
@@ -651,13 +670,15 @@ class WindowedAggregate:
         aggregations: Mapping[str, Aggregation],
         *,
         quiet: QuietKeys | None = None,
+        max_events: int = MAX_EVENTS,
         running_from: int = RUNNING_FROM,
         running_keys: int = RUNNING_KEYS,
     ) -> None:
-        if running_from < 2 or running_keys < 1:
+        if max_events < 2 or running_from < 2 or running_keys < 1:
             msg = (
-                f"windowed aggregate on store {store.id!r}: expected running_from >= 2 and "
-                f"running_keys >= 1; got {running_from} and {running_keys}"
+                f"windowed aggregate on store {store.id!r}: expected max_events >= 2, "
+                f"running_from >= 2 and running_keys >= 1; got {max_events}, {running_from} and "
+                f"{running_keys}"
             )
             raise ValueError(msg)
         if not aggregations:
@@ -688,6 +709,9 @@ class WindowedAggregate:
         self._running_keep = running_from // 2
         self._running_keys = running_keys
         self._running_idle = 4 * running_keys
+        self._max_events = max_events
+        #: Events let go from flooded keys' sliding windows to keep them within ``max_events``.
+        self.evicted = 0
         #: Sliding answers given by running aggregates rather than by recomputing (a figure for
         #: tests and benchmarks).
         self.running_answers = 0
@@ -762,6 +786,11 @@ class WindowedAggregate:
             cut = bisect_right(times, wm - size)
             del times[:cut]
             del values[:cut]
+        if len(times) >= self._max_events:  # (aggregations without running ones only)
+            over = len(times) + 1 - self._max_events
+            del times[:over]
+            del values[:over]
+            self.evicted += over
         if not times or t >= times[-1]:
             times.append(t)
             values.append(value)
@@ -802,21 +831,25 @@ class WindowedAggregate:
         live = run if run is not None and not run.broken else None
         last = times[-1]
         cut = bisect_right(times, wm - size) if times[0] <= wm - size else 0
-        if cut * 4 < len(times):
+        over = len(times) - cut + 1 - self._max_events
+        if over > 0:
+            cut += over  # the oldest make room (see max_events)
+            self.evicted += over
+        elif cut * 4 < len(times):
             # Expired events go a quarter of the list at a time, not one per event: each cut
             # moves the rest of the list (a hot key's every update moved 20,000 pointers).
             # Kept a while, they are in no answer: windows start after the watermark's.
             cut = 0
         if t >= last:
             if live is not None:
-                live.advance(t - size)  # before the cut, which stays at or before t - size
+                live.advance(t - size)
+                live.drop_front(cut)
             if cut:
                 del times[:cut]
                 del values[:cut]
             times.append(t)
             values.append(value)
             if live is not None:
-                live.lo -= cut
                 live.add(value)
             elif run is None and len(times) >= self._running_from:
                 run = self._admit(names, stored, state.generation())
@@ -824,20 +857,23 @@ class WindowedAggregate:
             end = len(times)
         else:
             # Out of order: the key's newest window stays; the event's own is computed over.
+            if live is not None:
+                live.drop_front(cut)
             if cut:
                 del times[:cut]
                 del values[:cut]
             end = bisect_right(times, t)
             times.insert(end, t)
             values.insert(end, value)
-            end += 1
             if live is not None:
-                live.lo -= cut
-                if t > last - size:
+                # The aggregates are over values[lo:]: an event placed there joins them (it
+                # leaves again at the next in-order event if it is older than that one's window).
+                if end >= live.lo:
                     live.add(value)
                 else:
                     live.lo += 1
                 live = None  # (the answer is not the newest window's)
+            end += 1
         if run is not None and len(times) >= self._running_keep:
             run.used = self._tick
             runs[rkey] = run  # last: the most recently updated

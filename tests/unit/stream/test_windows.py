@@ -492,6 +492,8 @@ def test_an_undone_attempt_rebuilds_the_running_aggregates() -> None:
 
 
 def test_running_aggregate_limits_are_validated() -> None:
+    with pytest.raises(ValueError, match="max_events >= 2"):
+        WindowedAggregate(STORE, Window.sliding(10), AGGS, max_events=1)
     with pytest.raises(ValueError, match="running_from >= 2"):
         WindowedAggregate(STORE, Window.sliding(10), AGGS, running_from=1)
     with pytest.raises(ValueError, match="running_keys >= 1"):
@@ -509,3 +511,47 @@ def test_running_aggregates_at_the_window_bounds() -> None:
         v = (i * 7) % 5
         assert answers(running, a, [("k", t, v)]) == answers(recomputed, b, [("k", t, v)]), (i, t)
     assert running.running_answers > 20
+
+
+class _Mean(Aggregation):
+    """Written outside the module: no running form, so its keys are always recomputed."""
+
+    def initial(self) -> list[float]:
+        return [0.0, 0.0]
+
+    def add(self, acc: list[float], value: Any) -> list[float]:
+        return [acc[0] + value, acc[1] + 1]
+
+    def result(self, acc: list[float]) -> float:
+        return acc[0] / acc[1]
+
+
+@pytest.mark.parametrize("aggs", [AGGS, {"n": Count(), "mean": _Mean()}], ids=["built-in", "plain-python"])
+def test_a_flooded_key_keeps_its_newest_events_only(aggs: dict[str, Aggregation]) -> None:
+    window = Window.sliding(10_000)
+    agg = WindowedAggregate(STORE, window, aggs, max_events=50, running_from=4)
+    state = MemoryState()
+    for t in range(200):
+        res = agg.update(state, "flood", t, float(t))
+    assert res is not None
+    assert res[0].values["n"] == 50  # the newest 50: 150..199
+    if "sum" in aggs:
+        assert res[0].values["sum"] == float(sum(range(150, 200)))
+        assert res[0].values["min"] == 150.0
+    else:
+        assert res[0].values["mean"] == sum(range(150, 200)) / 50
+    assert agg.evicted == 150
+    assert len(state.get("w:flood")[0]) == 50
+
+
+@pytest.mark.parametrize(("size", "lateness"), [(1_000, 40), (300, 600)])
+def test_evicting_gives_the_same_answers_running_or_recomputed(size: int, lateness: int) -> None:
+    stream = _hot_stream(random.Random(size), 4_000, 3, behind=lateness)
+    window = Window.sliding(size, lateness=lateness)
+    running = WindowedAggregate(STORE, window, AGGS, max_events=120, running_from=8, running_keys=2)
+    recomputed = WindowedAggregate(STORE, window, AGGS, max_events=120, running_from=10**9)
+    a, b = MemoryState(), MemoryState()
+    for i, (key, t, v) in enumerate(stream):
+        assert answers(running, a, [(key, t, v)]) == answers(recomputed, b, [(key, t, v)]), i
+    assert running.evicted == recomputed.evicted > 0
+    assert running.running_answers > 1_000
