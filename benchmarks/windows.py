@@ -12,6 +12,7 @@ is the same for both and is left out):
 
 - *hot key*: one key, an event every millisecond, a window of 1,000 / 5,000 / 20,000 ms, so
   that many events in it; count, sum, max and distinct count;
+- *hot keys taking turns*: more of them than the running slots, so most are recomputed;
 - *many keys*: the runtime benchmark's shape (50,000 accounts, about 5 events in each one's
   5-minute window; count and sum), where no key is long enough for running aggregates: what
   the check costs where it does not pay.
@@ -32,6 +33,10 @@ STORE = StoreSpec("bench-windows", 1)
 HOT_AGGS = {"n": Count(), "total": Sum(), "max": Max(), "distinct": DistinctCount()}
 WINDOW_SIZES = (1_000, 5_000, 20_000)
 ROUNDS = 3
+#: Hot keys taking turns: more than a windowed aggregate's running slots (64), each with this
+#: many events in its window.
+TURN_KEYS = 150
+TURN_EVENTS = 400
 #: Off: never long enough to be aggregated incrementally.
 NEVER = 10**12
 
@@ -57,6 +62,25 @@ def _hot(size: int, measured: int, running: bool) -> float:
         msg = f"hot key, window {size}: {agg.running_answers} of {measured} answered by running aggregates"
         raise RuntimeError(msg)
     return elapsed / measured * 1e6
+
+
+def _turns(keys: int, per_key: int, measured: int, running: bool) -> float:
+    """µs per event for hot keys taking turns, more of them than there are running slots."""
+    window = Window.sliding(10**9)
+    agg = WindowedAggregate(STORE, window, HOT_AGGS, running_from=128 if running else NEVER)
+    state = MemoryState()
+    rng = random.Random(keys)
+    fill = WindowedAggregate(STORE, window, HOT_AGGS)
+    t = 0
+    for i in range(keys * per_key):
+        t += 1
+        fill.update(state, f"k{i % keys}", t, float(rng.randrange(1_000)))
+    update = agg.update
+    started = time.perf_counter()
+    for i in range(measured):
+        t += 1
+        update(state, f"k{i % keys}", t, float(rng.randrange(1_000)))
+    return (time.perf_counter() - started) / measured * 1e6
 
 
 def _many(events: int, running: bool) -> float:
@@ -94,6 +118,13 @@ def run(quick: bool) -> dict[str, Any]:
                 rounds["running"].append(_hot(size, measured, running=True))
                 rounds["recomputed"].append(_hot(size, measured, running=False))
             result["hot"][str(size)] = rounds
+        turns: dict[str, list[float]] = {"running": [], "recomputed": []}
+        for _ in range(ROUNDS):
+            for running in (True, False):
+                turns["running" if running else "recomputed"].append(
+                    _turns(TURN_KEYS, TURN_EVENTS, measured * 5, running=running)
+                )
+        result["turns"] = turns
         many_rounds: dict[str, list[float]] = {"running": [], "recomputed": []}
         for i in range(ROUNDS + 2):
             for running in (True, False) if i % 2 else (False, True):  # either first in turn
@@ -119,6 +150,15 @@ def markdown(result: dict[str, Any]) -> str:
     for size, rounds in result["hot"].items():
         rec, run_ = min(rounds["recomputed"]), min(rounds["running"])
         lines.append(f"| {int(size):,} | {rec:,.1f} | {run_:,.2f} | {rec / run_:,.0f}x |")
+    turns = result.get("turns")
+    if turns:
+        rec, run_ = min(turns["recomputed"]), min(turns["running"])
+        lines += [
+            "",
+            f"{TURN_KEYS} hot keys taking turns ({TURN_EVENTS} events in each one's window, more keys "
+            f"than the 64 held at once; {result['measured_events'] * 5:,} events): {run_:.1f} "
+            f"µs/event with running aggregates, {rec:.1f} µs/event recomputing ({rec / run_:.1f}x).",
+        ]
     many = result["many"]
     rec, run_ = min(many["recomputed"]), min(many["running"])
     lines += [

@@ -56,6 +56,7 @@ import heapq
 import math
 import operator
 import re
+import weakref
 from abc import ABC, abstractmethod
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
@@ -235,8 +236,9 @@ class Min(Aggregation):
         return float(value) if acc is None or value < acc else acc
 
     def over(self, values: list[Any]) -> float:
-        # The builtin keeps the first of equal values and compares as ``add`` does, in C.
-        return float(min(values))
+        # The builtin compares as ``add`` does, in C.  ``+ 0.0``: -0.0 and 0.0 are equal, and
+        # which of them came first must not show (running aggregates do not know).
+        return float(min(values)) + 0.0
 
 
 class Max(Aggregation):
@@ -247,7 +249,7 @@ class Max(Aggregation):
         return float(value) if acc is None or value > acc else acc
 
     def over(self, values: list[Any]) -> float:
-        return float(max(values))
+        return float(max(values)) + 0.0
 
 
 class DistinctCount(Aggregation):
@@ -279,7 +281,7 @@ def _fsum(values: list[Any]) -> float:
     gives up (an overflow on the way, or inf plus -inf), the exact sum decides as IEEE
     arithmetic would: an infinity, or NaN."""
     try:
-        return math.fsum(values)
+        return math.fsum(values) + 0.0  # (a sum of -0.0s is 0.0, as the exact sum says)
     except (OverflowError, ValueError):
         exact = _ExactSum()
         for value in values:
@@ -502,7 +504,8 @@ _KINDS: dict[type, int] = {Count: _COUNT, Sum: _SUM, Min: _MIN, Max: _MAX, Disti
 def _orderable(value: Any) -> bool:
     """Whether running sums, minima and maxima take ``value`` (NaN would make min and max depend
     on the order of the values)."""
-    return type(value) is int or (type(value) is float and value == value)
+    t = type(value)
+    return t is int or t is bool or (t is float and value == value)
 
 
 class _Running:
@@ -511,16 +514,30 @@ class _Running:
     O(log n), where recomputing it over the window was O(n) (a key with 20,000 events in its
     window took 9.4 s for those 20,000 events).
 
-    ``lo`` is the index of the window's first event.  Counts are ``len(times) - lo``, sums
-    exact (:class:`_ExactSum`), minima and maxima heaps whose removed values are dropped when
-    they reach the top, distinct counts a count per value.  Built from the stored list, not
-    saved: it is rebuilt whenever the list is not the one it was built on (a restore, an undo,
-    an eviction from the store's cache) or the state's generation moved."""
+    ``lo`` is the index of the window's first event: the aggregates are over ``values[lo:]``.
+    Counts are ``len(times) - lo``, sums exact (:class:`_ExactSum`), minima and maxima heaps
+    whose removed values are dropped when they reach the top, distinct counts a count per
+    value.  Values sums, minima and maxima cannot take (NaN, strings) are counted in ``bad``
+    instead: while any is in the window, the answer is recomputed over it, as before.  Built
+    from the stored list, not saved: it is rebuilt whenever the list is not the one it was
+    built on (a restore, an undo, an eviction from the store's cache) or the state's generation
+    moved."""
 
     def __init__(
-        self, names: list[tuple[str, int]], stored: list[list[Any]], generation: int, size: int
+        self,
+        names: list[tuple[str, int]],
+        state: State,
+        stored: list[list[Any]],
+        generation: int,
+        size: int,
     ) -> None:
         self.names = names
+        #: The state the list is in, weakly: a closed or dropped partition's entry is let go.
+        self.owner: Callable[[], State | None]
+        try:
+            self.owner = weakref.ref(state)
+        except TypeError:  # a State that takes no weak references: held, and let go when idle
+            self.owner = lambda: state
         self.stored = stored
         self.generation = generation
         self.size = size
@@ -536,48 +553,47 @@ class _Running:
         self.gone_min: dict[Any, int] = {}
         self.gone_max: dict[Any, int] = {}
         self.distinct: dict[Any, int] = {}
+        self.bad = 0
         self.used = 0
         times, values = stored
         self.lo = bisect_right(times, times[-1] - size)
         inside = values[self.lo :]
-        #: Values it does not take came (NaN, or not a number for sums, minima and maxima): the
-        #: key is recomputed over its window until its stored list is replaced.
-        self.broken = self.orderable and not all(_orderable(v) for v in inside)
-        if self.broken:
-            return
-        if self.has_sum:
-            for value in inside:
-                self.sum.add(float(value))
-        if self.has_min:
-            self.mins = list(inside)
-            heapq.heapify(self.mins)
-        if self.has_max:
-            self.maxs = [-v for v in inside]
-            heapq.heapify(self.maxs)
         if self.has_distinct:
             counts = self.distinct
             for value in inside:
                 h = _hashable(value)
                 counts[h] = counts.get(h, 0) + 1
+        if not self.orderable:
+            return
+        good = [v for v in inside if _orderable(v)]
+        self.bad = len(inside) - len(good)
+        if self.has_sum:
+            for value in good:
+                self.sum.add(float(value))
+        if self.has_min:
+            self.mins = good if not self.has_max else list(good)
+            heapq.heapify(self.mins)
+        if self.has_max:
+            self.maxs = [-v for v in good]
+            heapq.heapify(self.maxs)
 
     def add(self, value: Any) -> None:
+        if self.has_distinct:
+            h = _hashable(value)
+            self.distinct[h] = self.distinct.get(h, 0) + 1
+        if not self.orderable:
+            return
+        if not _orderable(value):
+            self.bad += 1
+            return
         if self.has_sum:
             self.sum.add(float(value))
         if self.has_min:
             heapq.heappush(self.mins, value)
         if self.has_max:
             heapq.heappush(self.maxs, -value)
-        if self.has_distinct:
-            h = _hashable(value)
-            self.distinct[h] = self.distinct.get(h, 0) + 1
 
     def _remove(self, value: Any) -> None:
-        if self.has_sum:
-            self.sum.remove(float(value))
-        if self.has_min:
-            self.gone_min[value] = self.gone_min.get(value, 0) + 1
-        if self.has_max:
-            self.gone_max[-value] = self.gone_max.get(-value, 0) + 1
         if self.has_distinct:
             h = _hashable(value)
             left = self.distinct[h] - 1
@@ -585,6 +601,17 @@ class _Running:
                 self.distinct[h] = left
             else:
                 del self.distinct[h]
+        if not self.orderable:
+            return
+        if not _orderable(value):
+            self.bad -= 1
+            return
+        if self.has_sum:
+            self.sum.remove(float(value))
+        if self.has_min:
+            self.gone_min[value] = self.gone_min.get(value, 0) + 1
+        if self.has_max:
+            self.gone_max[-value] = self.gone_max.get(-value, 0) + 1
 
     def drop_front(self, k: int) -> None:
         """The stored list's first ``k`` events are about to go (expired, or evicted)."""
@@ -615,19 +642,19 @@ class _Running:
             elif kind == _SUM:
                 out[name] = self.sum.result()
             elif kind == _MIN:
-                out[name] = float(_top(self.mins, self.gone_min))
+                out[name] = float(_top(self.mins, self.gone_min)) + 0.0
             elif kind == _MAX:
-                out[name] = float(-_top(self.maxs, self.gone_max))
+                out[name] = float(-_top(self.maxs, self.gone_max)) + 0.0
             else:
                 out[name] = len(self.distinct)
         # Removed values wait in the heaps until they reach the top: past twice the live ones,
         # the heaps are built again from the window (amortised O(1) an event).
         if self.has_min and len(self.mins) > 2 * live + 32:
-            self.mins = values[self.lo :]
+            self.mins = [v for v in values[self.lo :] if _orderable(v)]
             heapq.heapify(self.mins)
             self.gone_min = {}
         if self.has_max and len(self.maxs) > 2 * live + 32:
-            self.maxs = [-v for v in values[self.lo :]]
+            self.maxs = [-v for v in values[self.lo :] if _orderable(v)]
             heapq.heapify(self.maxs)
             self.gone_max = {}
         return out
@@ -705,6 +732,7 @@ class WindowedAggregate:
         #: entry would otherwise keep (an entry holds its key's stored list only).
         self._runs: dict[tuple[int, str], _Running] = {}
         self._tick = 0
+        self._evicted_at = -(1 << 62)
         self._running_from = running_from
         self._running_keep = running_from // 2
         self._running_keys = running_keys
@@ -712,9 +740,15 @@ class WindowedAggregate:
         self._max_events = max_events
         #: Events let go from flooded keys' sliding windows to keep them within ``max_events``.
         self.evicted = 0
-        #: Sliding answers given by running aggregates rather than by recomputing (a figure for
-        #: tests and benchmarks).
+        #: Sliding answers given by running aggregates rather than by recomputing, and running
+        #: aggregates built (figures for tests and benchmarks).
         self.running_answers = 0
+        self.built = 0
+
+    @property
+    def running_now(self) -> int:
+        """Keys whose running aggregates are held now."""
+        return len(self._runs)
 
     # -- watermark
 
@@ -780,7 +814,6 @@ class WindowedAggregate:
         times, values = stored
         if len(times) >= self._running_keep and self._running_names is not None:
             out = self._update_long(self._running_names, state, skey, stored, t, value, wm)
-            state.set(skey, stored)  # the same object: marks it written
             return [_window_value(WindowValue, (t - size, t, out))]
         if times and times[0] <= wm - size:  # at or before: never in an accepted event's window
             cut = bisect_right(times, wm - size)
@@ -826,9 +859,6 @@ class WindowedAggregate:
         run = runs.pop(rkey, None)
         if run is not None and (run.stored is not stored or run.generation != state.generation()):
             run = None
-        if run is not None and run.orderable and not run.broken and not _orderable(value):
-            run.broken = True
-        live = run if run is not None and not run.broken else None
         last = times[-1]
         cut = bisect_right(times, wm - size) if times[0] <= wm - size else 0
         over = len(times) - cut + 1 - self._max_events
@@ -840,62 +870,80 @@ class WindowedAggregate:
             # moves the rest of the list (a hot key's every update moved 20,000 pointers).
             # Kept a while, they are in no answer: windows start after the watermark's.
             cut = 0
-        if t >= last:
-            if live is not None:
-                live.advance(t - size)
-                live.drop_front(cut)
-            if cut:
-                del times[:cut]
-                del values[:cut]
+        in_order = t >= last
+        if run is not None and in_order:
+            run.advance(t - size)
+        if run is not None:
+            run.drop_front(cut)
+        if cut:
+            del times[:cut]
+            del values[:cut]
+        if in_order:
             times.append(t)
             values.append(value)
-            if live is not None:
-                live.add(value)
-            elif run is None and len(times) >= self._running_from:
-                run = self._admit(names, stored, state.generation())
-                live = run if run is not None and not run.broken else None
             end = len(times)
+            if run is not None:
+                run.add(value)
+            elif end >= self._running_from:
+                run = self._admit(names, state, stored)
         else:
             # Out of order: the key's newest window stays; the event's own is computed over.
-            if live is not None:
-                live.drop_front(cut)
-            if cut:
-                del times[:cut]
-                del values[:cut]
             end = bisect_right(times, t)
             times.insert(end, t)
             values.insert(end, value)
-            if live is not None:
+            if run is not None:
                 # The aggregates are over values[lo:]: an event placed there joins them (it
                 # leaves again at the next in-order event if it is older than that one's window).
-                if end >= live.lo:
-                    live.add(value)
+                if end >= run.lo:
+                    run.add(value)
                 else:
-                    live.lo += 1
-                live = None  # (the answer is not the newest window's)
+                    run.lo += 1
             end += 1
+        # Marked written now, before an answer that may raise (a string to sum): the change
+        # to the list is then saved as a restarted process would make it again.
+        state.set(skey, stored)
         if run is not None and len(times) >= self._running_keep:
             run.used = self._tick
             runs[rkey] = run  # last: the most recently updated
-            if live is not None:
+            if in_order and run.bad == 0:
                 self.running_answers += 1
-                return live.results()
+                return run.results()
         start = bisect_right(times, t - size) if times[0] <= t - size else 0
         return self._results(values[start:end])
 
-    def _admit(
-        self, names: list[tuple[str, int]], stored: list[list[Any]], generation: int
-    ) -> _Running | None:
-        """Running aggregates for a key now holding many events, if there is room (built
-        ``broken`` when its values include ones they do not take: the key is then recomputed
-        over its window, without looking at every value again at every event)."""
+    def _admit(self, names: list[tuple[str, int]], state: State, stored: list[list[Any]]) -> _Running | None:
+        """Running aggregates for a key now holding many events, if there is room.  When every
+        slot is taken, the least recently updated goes if it has been idle a while, and at most
+        once in that while: more hot keys than slots taking turns were otherwise each built
+        again at every turn, slower than recomputing over their windows."""
         runs = self._runs
         if len(runs) >= self._running_keys:
+            if self._tick - self._evicted_at < self._running_idle:
+                return None  # a slot was taken over recently: this key is recomputed
             oldest = next(iter(runs))
             if self._tick - runs[oldest].used < self._running_idle:
-                return None  # as many keys as busy: this one is recomputed over its window
+                return None  # as many keys as busy
             del runs[oldest]
-        return _Running(names, stored, generation, self._size)
+            self._evicted_at = self._tick
+        self.built += 1
+        return _Running(names, state, stored, state.generation(), self._size)
+
+    def _forget(self, state: State, wm: int) -> None:
+        """Let go of running aggregates of no more use: those of a closed or dropped partition,
+        and of this partition's keys past window and lateness (which the walk and ``expire``
+        delete).  They held a flooded key's list, heaps and counts until their slot was needed."""
+        if not self._runs:
+            return
+        sid = id(state)
+        limit = wm - self._size
+        for rkey, run in list(self._runs.items()):
+            owner = run.owner()
+            if (
+                owner is None
+                or getattr(owner, "closed", False)
+                or (rkey[0] == sid and run.stored[0][-1] <= limit)
+            ):
+                del self._runs[rkey]
 
     def _update_fixed(self, state: State, skey: str, t: int, value: Any, wm: int) -> list[WindowValue]:
         size = self.window.size_ms
@@ -930,6 +978,7 @@ class WindowedAggregate:
         dead = [skey for skey, stored in state.items(_KEY_PREFIX) if self._expired(stored, wm)]
         for skey in dead:
             state.delete(skey)
+        self._forget(state, wm)
         return len(dead)
 
     def _expired(self, stored: Any, wm: int) -> bool:
@@ -942,3 +991,4 @@ class WindowedAggregate:
 
     def _walk_step(self, state: State, wm: int) -> None:
         self.quiet.step(state, lambda stored: self._expired(stored, wm))
+        self._forget(state, wm)
