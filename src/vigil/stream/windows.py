@@ -64,6 +64,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple, SupportsIndex
 
+import msgspec
 from mypy_extensions import mypyc_attr
 
 from vigil.stream.base import State, StoreSpec
@@ -101,6 +102,11 @@ def duration_ms(value: timedelta | str | int) -> int:
     return int(match.group(1)) * _UNITS[match.group(2)]
 
 
+#: Values state keeps as they are; others are tried with the state's encoder when they come.
+_KEPT = (int, float, str, bool, type(None))
+_state_encode = msgspec.msgpack.Encoder().encode
+
+
 def _plain(key: str, value: Any) -> Any:
     """A numpy scalar (an amount computed with numpy) as the Python number it is, in a tuple too:
     MessagePack cannot encode numpy's, and every checkpoint (and the restart) would fail."""
@@ -112,6 +118,16 @@ def _plain(key: str, value: Any) -> Any:
             raise ValueError(msg) from None
     if type(value) is tuple:
         return tuple(_plain(key, v) for v in value)
+    if not isinstance(value, _KEPT):
+        try:
+            _state_encode(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            # Kept, it failed every checkpoint (MessagePack), and the restart's again.
+            msg = (
+                f"window value for key {key!r}: a {type(value).__name__} cannot be kept in state "
+                f"({exc}); pass a number, a string, or a tuple, list or dict of them"
+            )
+            raise ValueError(msg) from None
     return value
 
 
@@ -285,6 +301,9 @@ def _fsum(values: list[Any]) -> float:
     except (OverflowError, ValueError):
         exact = _ExactSum()
         for value in values:
+            if not isinstance(value, (int, float)):  # as fsum refuses it (float() took "1")
+                msg = f"must be real number, not {type(value).__name__}"
+                raise TypeError(msg) from None
             exact.add(float(value))
         return exact.result()
 
@@ -688,7 +707,11 @@ _window_value = tuple.__new__
 
 
 class WindowedAggregate:
-    """Keyed event-time window aggregation stored in ``store`` (see the module docstring)."""
+    """Keyed event-time window aggregation stored in ``store`` (see the module docstring).
+
+    ``max_events`` bounds a key's sliding window (the oldest make room); ``running_from`` and
+    ``running_keys`` say from how many events a key's sliding window is aggregated
+    incrementally, and for how many keys at once (tests set them low to reach those paths)."""
 
     def __init__(
         self,
@@ -882,26 +905,27 @@ class WindowedAggregate:
             times.append(t)
             values.append(value)
             end = len(times)
-            if run is not None:
-                run.add(value)
-            elif end >= self._running_from:
-                run = self._admit(names, state, stored)
         else:
             # Out of order: the key's newest window stays; the event's own is computed over.
             end = bisect_right(times, t)
             times.insert(end, t)
             values.insert(end, value)
-            if run is not None:
-                # The aggregates are over values[lo:]: an event placed there joins them (it
-                # leaves again at the next in-order event if it is older than that one's window).
-                if end >= run.lo:
-                    run.add(value)
-                else:
-                    run.lo += 1
-            end += 1
-        # Marked written now, before an answer that may raise (a string to sum): the change
-        # to the list is then saved as a restarted process would make it again.
+        # Marked written now, before anything that may raise (a value the running aggregates
+        # or the answer cannot take): the change to the list is then saved as a restarted
+        # process would make it again.  (A running entry that raises is not put back.)
         state.set(skey, stored)
+        if run is not None:
+            # The aggregates are over values[lo:]: an event placed there joins them (an
+            # out-of-order one leaves again at the next in-order event if it is older than that
+            # one's window).
+            if end >= run.lo:
+                run.add(value)
+            else:
+                run.lo += 1
+        elif in_order and end >= self._running_from:
+            run = self._admit(names, state, stored)
+        if not in_order:
+            end += 1
         if run is not None and len(times) >= self._running_keep:
             run.used = self._tick
             runs[rkey] = run  # last: the most recently updated

@@ -497,20 +497,44 @@ def test_distinct_counts_run_over_any_value() -> None:
 
 
 @pytest.mark.parametrize("running_from", [4, 10**9])
-def test_a_value_that_cannot_be_summed_is_saved_as_it_is_kept(running_from: int) -> None:
-    # The event is stored, then its answer raises: the stored list is marked written first,
-    # so the checkpoint saves what the running process holds (a restart reads the same).
-    agg = WindowedAggregate(STORE, Window.sliding(1_000), {"total": Sum()}, running_from=running_from)
+@pytest.mark.parametrize(
+    ("aggregation", "poison"),
+    [(Sum(), "12.50"), (DistinctCount(), (1, [2]))],
+    ids=["sum-str", "distinct-unhashable"],
+)
+def test_a_value_that_cannot_be_aggregated_is_saved_as_it_is_kept(
+    running_from: int, aggregation: Aggregation, poison: Any
+) -> None:
+    # The event is stored, then its aggregation raises: the stored list is marked written
+    # first, so the checkpoint saves what the running process holds (a restart reads the same).
+    agg = WindowedAggregate(STORE, Window.sliding(1_000), {"x": aggregation}, running_from=running_from)
     state = MemoryState()
     for t in range(6):
         agg.update(state, "k", t, 1.0)
     state.checkpoint()
     with pytest.raises(TypeError):
-        agg.update(state, "k", 6, "12.50")
+        agg.update(state, "k", 6, poison)
     held = [list(part) for part in state.get("w:k")]
+    assert len(held[1]) == 7
     state.reload()
-    assert state.get("w:k") == held
-    assert held[1][-1] == "12.50"
+    assert len(state.get("w:k")[1]) == 7  # (a tuple comes back a list)
+
+
+@pytest.mark.parametrize("value", [1j, object(), [1, object()]], ids=["complex", "object", "nested"])
+def test_a_value_state_cannot_hold_is_refused_when_it_comes(value: Any) -> None:
+    # Kept, it failed every checkpoint (MessagePack), and the restart's again.
+    agg = WindowedAggregate(STORE, Window.sliding(1_000), {"d": DistinctCount()})
+    state = MemoryState()
+    with pytest.raises(ValueError, match=r"window value for key 'k'.* cannot be kept in state"):
+        agg.update(state, "k", 1, value)
+    assert state.get("w:k") is None
+    state.checkpoint()
+
+
+def test_a_sum_refuses_a_string_even_when_it_overflows_on_the_way() -> None:
+    with pytest.raises(TypeError, match="must be real number, not str"):
+        Sum().over([1e308, 1e308, "1"])
+    assert Sum().over([1e308, 1e308, -1e308]) == 1e308
 
 
 def test_an_undone_attempt_rebuilds_the_running_aggregates() -> None:
