@@ -611,6 +611,24 @@ class _Running:
             heapq.heappush(self.mins, value)
         if self.has_max:
             heapq.heappush(self.maxs, -value)
+        # Taken-out values wait in the heaps until they reach the top, which they may never do
+        # while answers are not read from them (a NaN in the window, out-of-order events): past
+        # twice the window's events, the heaps are built again from it (amortised O(1)).
+        limit = 2 * self.live() + 32
+        if len(self.mins) > limit or len(self.maxs) > limit:
+            values = self.stored[1][self.lo :]
+            if self.has_min:
+                self.mins = [v for v in values if _orderable(v)]
+                heapq.heapify(self.mins)
+                self.gone_min = {}
+            if self.has_max:
+                self.maxs = [-v for v in values if _orderable(v)]
+                heapq.heapify(self.maxs)
+                self.gone_max = {}
+
+    def live(self) -> int:
+        """Events in the key's newest window (the aggregates' values)."""
+        return len(self.stored[0]) - self.lo
 
     def _remove(self, value: Any) -> None:
         if self.has_distinct:
@@ -652,8 +670,7 @@ class _Running:
         self.lo = lo
 
     def results(self) -> dict[str, Any]:
-        times, values = self.stored
-        live = len(times) - self.lo
+        live = self.live()
         out: dict[str, Any] = {}
         for name, kind in self.names:
             if kind == _COUNT:
@@ -666,16 +683,6 @@ class _Running:
                 out[name] = float(-_top(self.maxs, self.gone_max)) + 0.0
             else:
                 out[name] = len(self.distinct)
-        # Removed values wait in the heaps until they reach the top: past twice the live ones,
-        # the heaps are built again from the window (amortised O(1) an event).
-        if self.has_min and len(self.mins) > 2 * live + 32:
-            self.mins = [v for v in values[self.lo :] if _orderable(v)]
-            heapq.heapify(self.mins)
-            self.gone_min = {}
-        if self.has_max and len(self.maxs) > 2 * live + 32:
-            self.maxs = [-v for v in values[self.lo :] if _orderable(v)]
-            heapq.heapify(self.maxs)
-            self.gone_max = {}
         return out
 
 
@@ -755,7 +762,7 @@ class WindowedAggregate:
         #: entry would otherwise keep (an entry holds its key's stored list only).
         self._runs: dict[tuple[int, str], _Running] = {}
         self._tick = 0
-        self._evicted_at = -(1 << 62)
+        self._decided_at = -(1 << 62)
         self._running_from = running_from
         self._running_keep = running_from // 2
         self._running_keys = running_keys
@@ -937,18 +944,23 @@ class WindowedAggregate:
 
     def _admit(self, names: list[tuple[str, int]], state: State, stored: list[list[Any]]) -> _Running | None:
         """Running aggregates for a key now holding many events, if there is room.  When every
-        slot is taken, the least recently updated goes if it has been idle a while, and at most
-        once in that while: more hot keys than slots taking turns were otherwise each built
-        again at every turn, slower than recomputing over their windows."""
+        slot is taken, at most once per idle span (more hot keys than slots taking turns were
+        otherwise each built again at every turn, slower than recomputing over their windows):
+        the least recently updated goes if it has been idle that long, or else the one with
+        the shortest window if this key's is four times as long (busy short keys shut a
+        flooded one out for good)."""
         runs = self._runs
         if len(runs) >= self._running_keys:
-            if self._tick - self._evicted_at < self._running_idle:
-                return None  # a slot was taken over recently: this key is recomputed
-            oldest = next(iter(runs))
-            if self._tick - runs[oldest].used < self._running_idle:
-                return None  # as many keys as busy
-            del runs[oldest]
-            self._evicted_at = self._tick
+            if self._tick - self._decided_at < self._running_idle:
+                return None  # a slot was looked at recently: this key is recomputed
+            self._decided_at = self._tick
+            victim = next(iter(runs))
+            if self._tick - runs[victim].used < self._running_idle:
+                shortest = min(runs, key=lambda k: runs[k].live())
+                if 4 * runs[shortest].live() > len(stored[0]):
+                    return None  # as many keys as busy, with windows as long
+                victim = shortest
+            del runs[victim]
         self.built += 1
         return _Running(names, state, stored, state.generation(), self._size)
 

@@ -651,3 +651,48 @@ def test_more_hot_keys_than_slots_taking_turns_are_not_built_at_every_turn() -> 
     # ~5,900 turns of a key without a slot.
     assert agg.built <= 2 + turns // 8
     assert agg.running_answers > 0
+
+
+@pytest.mark.parametrize("shape", ["a-nan-always-in-the-window", "all-out-of-order"])
+def test_running_heaps_stay_bounded_when_no_answer_reads_them(shape: str) -> None:
+    # Values taken out wait in the heaps until they reach the top; with no answer read from
+    # the heaps (a NaN always in the window, or only out-of-order events, evicted past
+    # max_events), they grew by one entry an event, for good.
+    window = Window.sliding(1_000, lateness=10**7)
+    agg = WindowedAggregate(STORE, window, AGGS, running_from=8, max_events=1_000)
+    state = MemoryState()
+    if shape == "all-out-of-order":
+        for t in range(200):
+            agg.update(state, "k", t, float(t))
+        agg.update(state, "k", 10**7, 1.0)  # one event ahead: every later one is behind it
+    for i in range(1, 20_001):
+        if shape == "all-out-of-order":
+            t, v = 200 + i, float(i % 97)
+        else:
+            t, v = i, float("nan") if i % 100 == 0 else float(i % 97)
+        agg.update(state, "k", t, v)
+    (run,) = agg._runs.values()
+    assert run.live() <= 1_000
+    assert len(run.mins) <= 2 * run.live() + 32
+    assert len(run.maxs) <= 2 * run.live() + 32
+    assert len(run.gone_min) <= len(run.mins)
+
+
+def test_a_flooded_key_takes_a_slot_from_busy_keys_with_short_windows() -> None:
+    window = Window.sliding(2_000)
+    agg = WindowedAggregate(
+        STORE, window, {"n": Count(), "d": DistinctCount()}, running_from=8, running_keys=4
+    )
+    state = MemoryState()
+    busy = [f"busy-{n}" for n in range(4)]
+    t = 0
+    for i in range(200):  # four busy keys take the four slots
+        t += 1
+        agg.update(state, busy[i % 4], t, i % 50)
+    for i in range(20_000):
+        # Then a key floods: six events in ten, against one for each busy key, whose windows
+        # stay six times shorter and which are each updated more often than the idle span.
+        t += 1
+        key = "flood" if i % 10 < 6 else busy[i % 10 - 6]
+        agg.update(state, key, t, i % 50)
+    assert (id(state), "w:flood") in agg._runs
