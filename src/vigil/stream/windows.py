@@ -589,12 +589,7 @@ class _Running:
         if self.has_sum:
             for value in good:
                 self.sum.add(float(value))
-        if self.has_min:
-            self.mins = good if not self.has_max else list(good)
-            heapq.heapify(self.mins)
-        if self.has_max:
-            self.maxs = [-v for v in good]
-            heapq.heapify(self.maxs)
+        self._heaps(good)
 
     def add(self, value: Any) -> None:
         if self.has_distinct:
@@ -616,15 +611,18 @@ class _Running:
         # twice the window's events, the heaps are built again from it (amortised O(1)).
         limit = 2 * self.live() + 32
         if len(self.mins) > limit or len(self.maxs) > limit:
-            values = self.stored[1][self.lo :]
-            if self.has_min:
-                self.mins = [v for v in values if _orderable(v)]
-                heapq.heapify(self.mins)
-                self.gone_min = {}
-            if self.has_max:
-                self.maxs = [-v for v in values if _orderable(v)]
-                heapq.heapify(self.maxs)
-                self.gone_max = {}
+            self._heaps([v for v in self.stored[1][self.lo :] if _orderable(v)])
+
+    def _heaps(self, good: list[Any]) -> None:
+        """The min and max heaps built afresh from the window's orderable values."""
+        if self.has_min:
+            self.mins = list(good)
+            heapq.heapify(self.mins)
+            self.gone_min = {}
+        if self.has_max:
+            self.maxs = [-v for v in good]
+            heapq.heapify(self.maxs)
+            self.gone_max = {}
 
     def live(self) -> int:
         """Events in the key's newest window (the aggregates' values)."""
