@@ -35,6 +35,10 @@ Semantics (the property tests check them against a brute-force reference):
   100,000): past that, the oldest make room and are counted in ``evicted``, so a flooded
   key's answers are over its newest events, and its store entry stays within what a
   changelog record carries;
+- likewise, a key's open tumbling or hopping windows hold at most ``max_events`` distinct
+  values across their ``DistinctCount`` aggregations: past that, a value new to a window is
+  not kept and is counted in ``capped``, so that window's distinct count stops growing (at
+  a size far beyond any threshold a rule sets) until windows close and make room;
 - state past the window and the lateness is deleted when its key is next touched, and for
   keys that went quiet by a walk over the store that ``update`` takes a step of now and then
   (:class:`QuietKeys`: it looks at two keys for every new key, so a store of keys seen once
@@ -503,6 +507,8 @@ def _results_of(over: Sequence[tuple[str, _Over]]) -> Callable[[list[Any]], dict
 #: events are one store entry, which goes to the changelog whole at a checkpoint; unbounded, a
 #: flooded key's entry outgrew the changelog's 16 MB record, and every checkpoint failed, the
 #: restart's too.  100,000 events of numbers are under 2 MB; values of long strings need less.
+#: The same bound holds a key's distinct values in tumbling and hopping windows, a dict per
+#: window and ``DistinctCount`` in the same entry.
 MAX_EVENTS = 100_000
 
 #: A key's sliding window is aggregated incrementally (:class:`_Running`, in memory beside the
@@ -714,7 +720,8 @@ _window_value = tuple.__new__
 class WindowedAggregate:
     """Keyed event-time window aggregation stored in ``store`` (see the module docstring).
 
-    ``max_events`` bounds a key's sliding window (the oldest make room); ``running_from`` and
+    ``max_events`` bounds a key's sliding window (the oldest make room) and the distinct values
+    its tumbling or hopping windows hold (new ones are not kept); ``running_from`` and
     ``running_keys`` say from how many events a key's sliding window is aggregated
     incrementally, and for how many keys at once (tests set them low to reach those paths)."""
 
@@ -768,6 +775,12 @@ class WindowedAggregate:
         self._max_events = max_events
         #: Events let go from flooded keys' sliding windows to keep them within ``max_events``.
         self.evicted = 0
+        #: The built-in distinct counts, by position: in tumbling and hopping windows, a key's
+        #: open windows hold at most ``max_events`` distinct values across them.
+        self._distinct = [i for i, (_, agg) in enumerate(self._aggs) if type(agg) is DistinctCount]
+        #: Distinct values a tumbling or hopping window did not keep, its key holding
+        #: ``max_events`` already (its distinct count stayed where it was).
+        self.capped = 0
         #: Sliding answers given by running aggregates rather than by recomputing, and running
         #: aggregates built (figures for tests and benchmarks).
         self.running_answers = 0
@@ -986,6 +999,11 @@ class WindowedAggregate:
             self._walk_step(state, wm)
         stored = found or {}
         windows = {start: accs for start, accs in stored.items() if int(start) + size > wm}
+        distinct = self._distinct
+        # Distinct values the key's open windows may still take (see max_events), counted at
+        # the first window that needs it; and the value as the distinct counts hold it.
+        room: int | None = None
+        held: Any = None
         out = []
         for start in self.window.starts(t):
             if start + size <= wm:
@@ -994,7 +1012,22 @@ class WindowedAggregate:
             accs = windows.get(skey_start)
             if accs is None:
                 accs = [agg.initial() for _, agg in self._aggs]
-            accs = [agg.add(accs[i], value) for i, (_, agg) in enumerate(self._aggs)]
+            full: tuple[int, ...] = ()  # the distinct counts that have no room for the value
+            for i in distinct:
+                if room is None:
+                    room = self._max_events - sum(len(a[j]) for a in windows.values() for j in distinct)
+                    held = _hashable(value)
+                if held in accs[i]:
+                    continue
+                if room > 0:
+                    room -= 1
+                else:
+                    full = (*full, i)
+                    self.capped += 1
+            accs = [
+                accs[i] if full and i in full else agg.add(accs[i], value)
+                for i, (_, agg) in enumerate(self._aggs)
+            ]
             windows[skey_start] = accs
             values = {name: agg.result(accs[i]) for i, (name, agg) in enumerate(self._aggs)}
             out.append(WindowValue(start, start + size, values))

@@ -696,3 +696,105 @@ def test_a_flooded_key_takes_a_slot_from_busy_keys_with_short_windows() -> None:
         key = "flood" if i % 10 < 6 else busy[i % 10 - 6]
         agg.update(state, key, t, i % 50)
     assert (id(state), "w:flood") in agg._runs
+
+
+def test_a_flooded_key_keeps_at_most_max_events_distinct_values_in_fixed_windows() -> None:
+    # One key's distinct values in a tumbling window are one store entry, written whole at a
+    # checkpoint: unbounded, a flood of distinct devices or addresses outgrew a changelog record.
+    agg = WindowedAggregate(
+        STORE, Window.tumbling(1_000), {"n": Count(), "d": DistinctCount()}, max_events=10
+    )
+    state = MemoryState()
+    for t in range(25):
+        res = agg.update(state, "flood", t, f"device-{t}")
+    assert res is not None
+    assert res[0].values == {"n": 25, "d": 10}  # every event counted; the first 10 values kept
+    assert agg.capped == 15
+    assert sorted(state.get("w:flood")["0"][1]) == sorted(f"device-{t}" for t in range(10))
+    # A value the window holds already is no new one: counted, not capped.
+    res = agg.update(state, "flood", 30, "device-3")
+    assert res is not None
+    assert res[0].values == {"n": 26, "d": 10}
+    assert agg.capped == 15
+    # Once the window closes, the next one has room again.
+    res = agg.update(state, "flood", 1_000, "device-99")
+    assert res is not None
+    assert res[0].values == {"n": 1, "d": 1}
+
+
+def test_hopping_windows_share_the_bound_on_distinct_values() -> None:
+    # An event falls in two windows here; the bound is on what the key's entry holds in all.
+    agg = WindowedAggregate(
+        STORE, Window.hopping(4_000, 2_000), {"d": DistinctCount(), "e": DistinctCount()}, max_events=6
+    )
+    state = MemoryState()
+    counts = []
+    for t in range(0, 20_000, 500):
+        res = agg.update(state, "k", t, t)
+        assert res is not None
+        counts.append([w.values["d"] for w in res])
+        held = sum(len(accs[0]) + len(accs[1]) for accs in state.get("w:k").values())
+        assert held <= 6, t
+    assert agg.capped > 0
+    assert counts[0] == [1, 1]  # t=0 is in [-2000, 2000) and [0, 4000)
+    # Closed windows make room: the newest window still takes values at the end.
+    assert counts[-1][-1] >= 1
+
+
+def capped_distinct(window: Window, stream: list[tuple[str, int, int]], cap: int) -> list[Any]:
+    """Each accepted event's windows' distinct counts when a key's open windows hold at most
+    ``cap`` distinct values between them, kept in arrival order while there is room."""
+    held: dict[str, dict[int, set[int]]] = {}
+    max_t: int | None = None
+    out: list[Any] = []
+    for key, t, v in stream:
+        wm = (t if max_t is None else max(max_t, t)) - window.lateness_ms
+        last = t - t % window.step_ms
+        starts = [s for s in range(last, t - window.size_ms, -window.step_ms) if s + window.size_ms > wm]
+        if not starts:
+            out.append(None)
+            continue
+        max_t = t if max_t is None else max(max_t, t)
+        still = {s: vals for s, vals in held.get(key, {}).items() if s + window.size_ms > wm}
+        room = cap - sum(len(vals) for vals in still.values())
+        counts = []
+        for s in reversed(starts):
+            vals = still.setdefault(s, set())
+            if v not in vals and room > 0:
+                vals.add(v)
+                room -= 1
+            counts.append(len(vals))
+        held[key] = still
+        out.append(counts)
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    window=st.one_of(
+        st.builds(Window.tumbling, st.integers(1, 60), st.integers(0, 50)),
+        st.integers(1, 60).flatmap(
+            lambda size: st.builds(Window.hopping, st.just(size), st.integers(1, size), st.integers(0, 50))
+        ),
+    ),
+    stream=events,
+    cap=st.integers(2, 8),
+)
+def test_capped_distinct_counts_match_a_reference(
+    window: Window, stream: list[tuple[str, int, int]], cap: int
+) -> None:
+    agg = WindowedAggregate(STORE, window, AGGS, max_events=cap)
+    got = answers(agg, MemoryState(), stream)
+    want = reference(window, stream)
+    assert [None if g is None else [w[2]["distinct"] for w in g] for g in got] == capped_distinct(
+        window, stream, cap
+    )
+    # The other aggregations count every event, capped or not.
+    strip = [
+        None if a is None else [(lo, hi, {k: x for k, x in v.items() if k != "distinct"}) for lo, hi, v in a]
+        for a in got
+    ]
+    assert strip == [
+        None if a is None else [(lo, hi, {k: x for k, x in v.items() if k != "distinct"}) for lo, hi, v in a]
+        for a in want
+    ]
