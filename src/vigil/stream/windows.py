@@ -35,10 +35,14 @@ Semantics (the property tests check them against a brute-force reference):
   100,000): past that, the oldest make room and are counted in ``evicted``, so a flooded
   key's answers are over its newest events, and its store entry stays within what a
   changelog record carries;
-- likewise, a key's open tumbling or hopping windows hold at most ``max_events`` distinct
-  values across their ``DistinctCount`` aggregations: past that, a value new to a window is
-  not kept and is counted in ``capped``, so that window's distinct count stops growing (at
-  a size far beyond any threshold a rule sets) until windows close and make room;
+- likewise, a tumbling or hopping window's ``DistinctCount`` keeps at most its share of
+  ``max_events`` distinct values: ``max_events`` divided by the windows a key can have open
+  at once (``(size + lateness) / step``, rounded up) and by the aggregate's distinct counts
+  (33,333 for one-minute windows with two minutes' lateness).  Past that, a value new to the
+  window is not kept (counted in ``capped``) and its count stays at the share, far above the
+  thresholds rules set; every window has its own share, so a flooded window leaves the next
+  one its room.  A value whose encoding is longer than ``DISTINCT_BYTES`` is held as a digest
+  (distinct values stay distinct), so the key's entry stays within a changelog record too;
 - state past the window and the lateness is deleted when its key is next touched, and for
   keys that went quiet by a walk over the store that ``update`` takes a step of now and then
   (:class:`QuietKeys`: it looks at two keys for every new key, so a store of keys seen once
@@ -56,6 +60,7 @@ key does not slow every one of its events down (``benchmarks/windows.py``).
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import math
 import operator
@@ -508,8 +513,35 @@ def _results_of(over: Sequence[tuple[str, _Over]]) -> Callable[[list[Any]], dict
 #: flooded key's entry outgrew the changelog's 16 MB record, and every checkpoint failed, the
 #: restart's too.  100,000 events of numbers are under 2 MB; values of long strings need less.
 #: The same bound holds a key's distinct values in tumbling and hopping windows, a dict per
-#: window and ``DistinctCount`` in the same entry.
+#: window and ``DistinctCount`` in the same entry (each its share, see the module docstring).
 MAX_EVENTS = 100_000
+#: A tumbling or hopping window's distinct value longer than this, encoded, is held as a digest:
+#: ``MAX_EVENTS`` of them then take under 10 MB.  A 66-character transaction hash, an e-mail
+#: address or a user agent of up to 96 bytes is kept as it is.
+DISTINCT_BYTES = 96
+_DIGEST_MARK = "\x00#"
+
+
+def _distinct_key(value: Any) -> Any:
+    """How a tumbling or hopping window's distinct count holds ``value``: as ``DistinctCount``
+    does, or a digest of its encoding when that is longer than ``DISTINCT_BYTES`` (an event's
+    strings are attacker-controlled: 100,000 distinct 200-character user agents were 19 MB)."""
+    held = _hashable(value)
+    kind = type(held)
+    if kind is str:
+        if len(held) * 4 <= DISTINCT_BYTES:  # (at most 4 bytes a character: short, whatever they are)
+            return held
+        raw = b"s" + held.encode("utf-8", "surrogatepass")
+    elif kind is bytes:
+        raw = b"b" + held
+    elif kind is tuple:
+        raw = b"t" + _state_encode(held)
+    else:
+        return held  # numbers, booleans, None: short
+    if len(raw) <= DISTINCT_BYTES + 1:
+        return held
+    return _DIGEST_MARK + hashlib.blake2b(raw, digest_size=16).hexdigest()
+
 
 #: A key's sliding window is aggregated incrementally (:class:`_Running`, in memory beside the
 #: stored list) once the key holds this many events: below, recomputing over the window's
@@ -523,6 +555,7 @@ RUNNING_FROM = 128
 RUNNING_KEYS = 64
 
 _COUNT, _SUM, _MIN, _MAX, _DISTINCT = range(5)
+_NOT_YET: Any = object()
 _KINDS: dict[type, int] = {Count: _COUNT, Sum: _SUM, Min: _MIN, Max: _MAX, DistinctCount: _DISTINCT}
 
 
@@ -720,8 +753,8 @@ _window_value = tuple.__new__
 class WindowedAggregate:
     """Keyed event-time window aggregation stored in ``store`` (see the module docstring).
 
-    ``max_events`` bounds a key's sliding window (the oldest make room) and the distinct values
-    its tumbling or hopping windows hold (new ones are not kept); ``running_from`` and
+    ``max_events`` bounds a key's sliding window (the oldest make room) and, shared out, the
+    distinct values its tumbling or hopping windows hold (new ones are not kept); ``running_from`` and
     ``running_keys`` say from how many events a key's sliding window is aggregated
     incrementally, and for how many keys at once (tests set them low to reach those paths)."""
 
@@ -775,11 +808,14 @@ class WindowedAggregate:
         self._max_events = max_events
         #: Events let go from flooded keys' sliding windows to keep them within ``max_events``.
         self.evicted = 0
-        #: The built-in distinct counts, by position: in tumbling and hopping windows, a key's
-        #: open windows hold at most ``max_events`` distinct values across them.
+        #: The built-in distinct counts, by position, and how many distinct values each keeps
+        #: per tumbling or hopping window: its share of ``max_events`` (see the module docstring).
         self._distinct = [i for i, (_, agg) in enumerate(self._aggs) if type(agg) is DistinctCount]
-        #: Distinct values a tumbling or hopping window did not keep, its key holding
-        #: ``max_events`` already (its distinct count stayed where it was).
+        self._distinct_at = frozenset(self._distinct)
+        opened = -(-(window.size_ms + window.lateness_ms) // window.step_ms)
+        self.distinct_share = max(1, max_events // (opened * max(1, len(self._distinct))))
+        #: Values a tumbling or hopping window's distinct count did not keep, being at its share
+        #: (once per window and distinct count).
         self.capped = 0
         #: Sliding answers given by running aggregates rather than by recomputing, and running
         #: aggregates built (figures for tests and benchmarks).
@@ -1000,10 +1036,9 @@ class WindowedAggregate:
         stored = found or {}
         windows = {start: accs for start, accs in stored.items() if int(start) + size > wm}
         distinct = self._distinct
-        # Distinct values the key's open windows may still take (see max_events), counted at
-        # the first window that needs it; and the value as the distinct counts hold it.
-        room: int | None = None
-        held: Any = None
+        at = self._distinct_at
+        share = self.distinct_share
+        held: Any = _NOT_YET  # the value as the distinct counts hold it (see _distinct_key)
         out = []
         for start in self.window.starts(t):
             if start + size <= wm:
@@ -1012,22 +1047,16 @@ class WindowedAggregate:
             accs = windows.get(skey_start)
             if accs is None:
                 accs = [agg.initial() for _, agg in self._aggs]
-            full: tuple[int, ...] = ()  # the distinct counts that have no room for the value
             for i in distinct:
-                if room is None:
-                    room = self._max_events - sum(len(a[j]) for a in windows.values() for j in distinct)
-                    held = _hashable(value)
-                if held in accs[i]:
-                    continue
-                if room > 0:
-                    room -= 1
-                else:
-                    full = (*full, i)
-                    self.capped += 1
-            accs = [
-                accs[i] if full and i in full else agg.add(accs[i], value)
-                for i, (_, agg) in enumerate(self._aggs)
-            ]
+                if held is _NOT_YET:
+                    held = _distinct_key(value)
+                acc = accs[i]
+                if held not in acc:
+                    if len(acc) < share:
+                        acc[held] = 1
+                    else:
+                        self.capped += 1
+            accs = [accs[i] if i in at else agg.add(accs[i], value) for i, (_, agg) in enumerate(self._aggs)]
             windows[skey_start] = accs
             values = {name: agg.result(accs[i]) for i, (name, agg) in enumerate(self._aggs)}
             out.append(WindowValue(start, start + size, values))

@@ -8,6 +8,7 @@ import random
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -18,6 +19,7 @@ from vigil.stream.attempt import UndoableState
 from vigil.stream.base import StoreSpec
 from vigil.stream.windows import (
     AGGREGATIONS,
+    DISTINCT_BYTES,
     MAX_TIME_MS,
     Aggregation,
     Count,
@@ -716,37 +718,85 @@ def test_a_flooded_key_keeps_at_most_max_events_distinct_values_in_fixed_windows
     assert res is not None
     assert res[0].values == {"n": 26, "d": 10}
     assert agg.capped == 15
-    # Once the window closes, the next one has room again.
     res = agg.update(state, "flood", 1_000, "device-99")
     assert res is not None
     assert res[0].values == {"n": 1, "d": 1}
 
 
-def test_hopping_windows_share_the_bound_on_distinct_values() -> None:
-    # An event falls in two windows here; the bound is on what the key's entry holds in all.
+def test_a_flooded_window_leaves_the_next_one_its_share() -> None:
+    # With two seconds' lateness a key can have three one-second windows open at once: each
+    # keeps a third of max_events, so a window flooded first does not take the next one's room.
     agg = WindowedAggregate(
-        STORE, Window.hopping(4_000, 2_000), {"d": DistinctCount(), "e": DistinctCount()}, max_events=6
+        STORE, Window.tumbling(1_000, lateness=2_000), {"n": Count(), "d": DistinctCount()}, max_events=300
     )
+    assert agg.distinct_share == 100
     state = MemoryState()
-    counts = []
-    for t in range(0, 20_000, 500):
+    for i in range(300):
+        agg.update(state, "acct", i * 1_000 // 300, f"ip-{i}")
+    for i in range(50):
+        res = agg.update(state, "acct", 1_000 + i, f"other-{i}")
+    assert res is not None
+    assert [w.values for w in res] == [{"n": 50, "d": 50}]
+    assert state.get("w:acct")["0"][0] == 300
+    assert len(state.get("w:acct")["0"][1]) == 100
+
+
+def test_hopping_windows_share_the_bound_on_distinct_values() -> None:
+    # An event falls in two windows here, and there are two distinct counts: each keeps a
+    # quarter of max_events per window, so the key's entry holds at most max_events in all.
+    agg = WindowedAggregate(
+        STORE, Window.hopping(4_000, 2_000), {"d": DistinctCount(), "e": DistinctCount()}, max_events=12
+    )
+    assert agg.distinct_share == 3
+    state = MemoryState()
+    for t in range(0, 20_000, 250):
         res = agg.update(state, "k", t, t)
         assert res is not None
-        counts.append([w.values["d"] for w in res])
+        for w in res:
+            assert w.values["d"] == w.values["e"] == min(3, (t - max(0, w.start_ms)) // 250 + 1), t
         held = sum(len(accs[0]) + len(accs[1]) for accs in state.get("w:k").values())
-        assert held <= 6, t
+        assert held <= 12, t
     assert agg.capped > 0
-    assert counts[0] == [1, 1]  # t=0 is in [-2000, 2000) and [0, 4000)
-    # Closed windows make room: the newest window still takes values at the end.
-    assert counts[-1][-1] >= 1
 
 
-def capped_distinct(window: Window, stream: list[tuple[str, int, int]], cap: int) -> list[Any]:
-    """Each accepted event's windows' distinct counts when a key's open windows hold at most
-    ``cap`` distinct values between them, kept in arrival order while there is room."""
+def test_long_distinct_values_are_held_as_digests() -> None:
+    agg = WindowedAggregate(STORE, Window.tumbling(60_000), {"d": DistinctCount()}, max_events=1_000)
+    state = MemoryState()
+    long = "x" * 300
+    for i in range(2_000):  # differing in their last characters only
+        agg.update(state, "k", 1_000, f"{long}{i}")
+    res = agg.update(state, "k", 1_000, "short")
+    assert res is not None
+    assert res[0].values == {"d": 1_000}
+    assert agg.capped == 1_001
+    held = state.get("w:k")["0"][0]
+    assert len(msgspec.msgpack.encode(held)) < 1_000 * 40  # 300 KB and more as the values were
+    assert all(len(v) <= DISTINCT_BYTES for v in held)
+    # A short value and a long one seen again are the same values, not new ones.
+    agg2 = WindowedAggregate(STORE, Window.tumbling(60_000), {"d": DistinctCount()})
+    state2 = MemoryState()
+    for value in ("short", long, ["a" * 200], "short", long, ["a" * 200], "é" * 40, "€" * 40):
+        res = agg2.update(state2, "k", 1_000, value)
+    assert res is not None
+    assert res[0].values == {"d": 5}
+    kept = state2.get("w:k")["0"][0]
+    assert "short" in kept
+    assert "é" * 40 in kept  # 80 bytes: kept as it is
+    assert "€" * 40 not in kept  # 120 bytes: a digest
+    assert all(len(msgspec.msgpack.encode(v)) <= DISTINCT_BYTES + 2 for v in kept)
+    state2.reload()
+    res = agg2.update(state2, "k", 1_000, ["a" * 200])
+    assert res is not None
+    assert res[0].values == {"d": 5}
+
+
+def capped_distinct(window: Window, stream: list[tuple[str, int, int]], share: int) -> tuple[list[Any], int]:
+    """Each accepted event's windows' distinct counts when each window keeps ``share`` distinct
+    values at most, in arrival order; and how many values were not kept."""
     held: dict[str, dict[int, set[int]]] = {}
     max_t: int | None = None
     out: list[Any] = []
+    capped = 0
     for key, t, v in stream:
         wm = (t if max_t is None else max(max_t, t)) - window.lateness_ms
         last = t - t % window.step_ms
@@ -755,18 +805,18 @@ def capped_distinct(window: Window, stream: list[tuple[str, int, int]], cap: int
             out.append(None)
             continue
         max_t = t if max_t is None else max(max_t, t)
-        still = {s: vals for s, vals in held.get(key, {}).items() if s + window.size_ms > wm}
-        room = cap - sum(len(vals) for vals in still.values())
+        own = held.setdefault(key, {})
         counts = []
         for s in reversed(starts):
-            vals = still.setdefault(s, set())
-            if v not in vals and room > 0:
-                vals.add(v)
-                room -= 1
+            vals = own.setdefault(s, set())
+            if v not in vals:
+                if len(vals) < share:
+                    vals.add(v)
+                else:
+                    capped += 1
             counts.append(len(vals))
-        held[key] = still
         out.append(counts)
-    return out
+    return out, capped
 
 
 @settings(max_examples=150, deadline=None)
@@ -778,23 +828,27 @@ def capped_distinct(window: Window, stream: list[tuple[str, int, int]], cap: int
         ),
     ),
     stream=events,
-    cap=st.integers(2, 8),
+    cap=st.integers(2, 40),
 )
 def test_capped_distinct_counts_match_a_reference(
     window: Window, stream: list[tuple[str, int, int]], cap: int
 ) -> None:
     agg = WindowedAggregate(STORE, window, AGGS, max_events=cap)
+    opened = -(-(window.size_ms + window.lateness_ms) // window.step_ms)
+    assert agg.distinct_share == max(1, cap // opened)
     got = answers(agg, MemoryState(), stream)
     want = reference(window, stream)
-    assert [None if g is None else [w[2]["distinct"] for w in g] for g in got] == capped_distinct(
-        window, stream, cap
-    )
+    distinct, capped = capped_distinct(window, stream, agg.distinct_share)
+    assert [None if g is None else [w[2]["distinct"] for w in g] for g in got] == distinct
+    assert agg.capped == capped
+
     # The other aggregations count every event, capped or not.
-    strip = [
-        None if a is None else [(lo, hi, {k: x for k, x in v.items() if k != "distinct"}) for lo, hi, v in a]
-        for a in got
-    ]
-    assert strip == [
-        None if a is None else [(lo, hi, {k: x for k, x in v.items() if k != "distinct"}) for lo, hi, v in a]
-        for a in want
-    ]
+    def others(answers: list[Any]) -> list[Any]:
+        return [
+            None
+            if a is None
+            else [(lo, hi, {k: x for k, x in v.items() if k != "distinct"}) for lo, hi, v in a]
+            for a in answers
+        ]
+
+    assert others(got) == others(want)
