@@ -525,22 +525,43 @@ _DIGEST_MARK = "\x00#"
 def _distinct_key(value: Any) -> Any:
     """How a tumbling or hopping window's distinct count holds ``value``: as ``DistinctCount``
     does, or a digest of its encoding when that is longer than ``DISTINCT_BYTES`` (an event's
-    strings are attacker-controlled: 100,000 distinct 200-character user agents were 19 MB)."""
+    strings are attacker-controlled: 100,000 distinct 200-character user agents were 19 MB).
+
+    Values equal in Python are held alike: a tuple is encoded with its numbers as the equal
+    integer where there is one (``1``, ``1.0`` and ``True`` encode differently).  A string that
+    looks like a digest is held as a digest of itself, so that it cannot pass for another value."""
     held = _hashable(value)
     kind = type(held)
     if kind is str:
-        if len(held) * 4 <= DISTINCT_BYTES:  # (at most 4 bytes a character: short, whatever they are)
-            return held
+        if len(held) * 4 <= DISTINCT_BYTES:
+            return held  # (at most 4 bytes a character: short, whatever they are; a digest is longer)
         raw = b"s" + held.encode("utf-8", "surrogatepass")
-    elif kind is bytes:
-        raw = b"b" + held
-    elif kind is tuple:
-        raw = b"t" + _state_encode(held)
+        if len(raw) <= DISTINCT_BYTES + 1 and not held.startswith(_DIGEST_MARK):
+            return held
+    elif kind is bytes or kind is tuple:
+        raw = b"b" + held if kind is bytes else b"t" + _state_encode(_canonical(held))
+        if len(raw) <= DISTINCT_BYTES + 1:
+            return held
     else:
         return held  # numbers, booleans, None: short
-    if len(raw) <= DISTINCT_BYTES + 1:
-        return held
     return _DIGEST_MARK + hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` with every number that equals an integer as that integer, and dicts' items in
+    order, all the way down (what is equal in Python then encodes alike)."""
+    kind = type(value)
+    if kind is bool:
+        return int(value)
+    if kind is float:
+        if value.is_integer() and -(1 << 63) <= value < (1 << 63):
+            return int(value)
+        return value
+    if kind is tuple or kind is list:
+        return tuple(_canonical(v) for v in value)
+    if kind is dict:
+        return tuple(sorted((_canonical(k), _canonical(v)) for k, v in value.items()))
+    return value
 
 
 #: A key's sliding window is aggregated incrementally (:class:`_Running`, in memory beside the
@@ -813,7 +834,15 @@ class WindowedAggregate:
         self._distinct = [i for i, (_, agg) in enumerate(self._aggs) if type(agg) is DistinctCount]
         self._distinct_at = frozenset(self._distinct)
         opened = -(-(window.size_ms + window.lateness_ms) // window.step_ms)
-        self.distinct_share = max(1, max_events // (opened * max(1, len(self._distinct))))
+        self.distinct_share = max_events // (opened * max(1, len(self._distinct)))
+        if self._distinct and window.kind != "sliding" and self.distinct_share < 1:
+            msg = (
+                f"windowed aggregate on store {store.id!r}: a key can have {opened:,} windows open "
+                f"at once ((size + lateness) / step), each with {len(self._distinct)} distinct "
+                f"count(s), more than max_events ({max_events:,}) can share (a key's windows are "
+                "one store entry); raise max_events, or use a longer step or less lateness"
+            )
+            raise ValueError(msg)
         #: Values a tumbling or hopping window's distinct count did not keep, being at its share
         #: (once per window and distinct count).
         self.capped = 0

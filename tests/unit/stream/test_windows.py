@@ -828,14 +828,16 @@ def capped_distinct(window: Window, stream: list[tuple[str, int, int]], share: i
         ),
     ),
     stream=events,
-    cap=st.integers(2, 40),
+    share=st.integers(1, 6),
+    extra=st.integers(0, 200),
 )
 def test_capped_distinct_counts_match_a_reference(
-    window: Window, stream: list[tuple[str, int, int]], cap: int
+    window: Window, stream: list[tuple[str, int, int]], share: int, extra: int
 ) -> None:
-    agg = WindowedAggregate(STORE, window, AGGS, max_events=cap)
     opened = -(-(window.size_ms + window.lateness_ms) // window.step_ms)
-    assert agg.distinct_share == max(1, cap // opened)
+    max_events = max(2, opened * share + extra % opened)  # (at least 2: a sliding window's two events)
+    agg = WindowedAggregate(STORE, window, AGGS, max_events=max_events)
+    assert agg.distinct_share == max_events // opened
     got = answers(agg, MemoryState(), stream)
     want = reference(window, stream)
     distinct, capped = capped_distinct(window, stream, agg.distinct_share)
@@ -852,3 +854,63 @@ def test_capped_distinct_counts_match_a_reference(
         ]
 
     assert others(got) == others(want)
+
+
+def test_distinct_counts_in_more_windows_than_max_events_can_share_are_refused() -> None:
+    # A key of one-millisecond windows with a second's lateness has 1,000 open at once: 100
+    # values cannot be shared out among them, and one each would outgrow the bound anyway.
+    with pytest.raises(ValueError, match=r"1,000 windows open at once .* max_events \(100\)"):
+        WindowedAggregate(STORE, Window.tumbling(1, lateness=999), {"d": DistinctCount()}, max_events=100)
+    with pytest.raises(ValueError, match="2 distinct count"):
+        WindowedAggregate(
+            STORE, Window.hopping(4, 2), {"d": DistinctCount(), "e": DistinctCount()}, max_events=3
+        )
+    # Without a distinct count, or sliding, nothing to share.
+    WindowedAggregate(STORE, Window.tumbling(1, lateness=999), {"n": Count()}, max_events=100)
+    WindowedAggregate(STORE, Window.sliding(1, lateness=999), {"d": DistinctCount()}, max_events=100)
+
+
+def test_every_distinct_count_keeps_its_own_share() -> None:
+    agg = WindowedAggregate(
+        STORE, Window.tumbling(1_000), {"d": DistinctCount(), "e": DistinctCount()}, max_events=6
+    )
+    state = MemoryState()
+    for v in range(5):
+        res = agg.update(state, "k", 1, v)
+    assert res is not None
+    assert res[0].values == {"d": 3, "e": 3}
+    assert agg.capped == 4  # 2 values not kept, by each
+
+
+def test_digests_count_what_python_counts_as_distinct() -> None:
+    import hashlib
+
+    agg = WindowedAggregate(STORE, Window.tumbling(60_000), {"d": DistinctCount()})
+    long = "x" * 300
+
+    def distinct(*values: Any) -> int:
+        state = MemoryState()
+        res = None
+        for value in values:
+            res = agg.update(state, f"k{len(values)}-{values!r}"[:50], 1_000, value)
+        assert res is not None
+        return int(res[0].values["d"])
+
+    # Equal in Python, encoded differently: one value, long or short.
+    assert distinct([1] * 100, [1.0] * 100, [True] * 100) == 1
+    assert distinct([0.0] * 100, [-0.0] * 100) == 1
+    assert distinct({"a": 1, "b": long}, {"b": long, "a": 1}) == 1
+    assert distinct([1, {"a": [2.0], "b": long}], [1.0, {"b": long, "a": [True + 1]}]) == 1
+    # A string shaped like the digest of another value is not that value.
+    forged = "\x00#" + hashlib.blake2b(b"s" + long.encode(), digest_size=16).hexdigest()
+    assert distinct(long, forged) == 2
+    # Long strings and bytes of the same content are different values; at 96 bytes a value is
+    # kept as it is, at 97 a digest.
+    assert distinct(long, long.encode()) == 2
+    state = MemoryState()
+    for value in ("a" * DISTINCT_BYTES, "b" * (DISTINCT_BYTES + 1), b"c" * (DISTINCT_BYTES + 1)):
+        agg.update(state, "edge", 1_000, value)
+    kept = state.get("w:edge")["0"][0]
+    assert "a" * DISTINCT_BYTES in kept
+    assert not any(isinstance(v, bytes) or v.startswith("b") for v in kept)
+    assert len(kept) == 3
