@@ -127,6 +127,8 @@ def _plain(key: str, value: Any) -> Any:
             raise ValueError(msg) from None
     if type(value) is tuple:
         return tuple(_plain(key, v) for v in value)
+    if type(value) is str:
+        return _utf8(key, value)
     if not isinstance(value, _KEPT):
         try:
             _state_encode(value)
@@ -135,6 +137,21 @@ def _plain(key: str, value: Any) -> Any:
             msg = (
                 f"window value for key {key!r}: a {type(value).__name__} cannot be kept in state "
                 f"({exc}); pass a number, a string, or a tuple, list or dict of them"
+            )
+            raise ValueError(msg) from None
+    return value
+
+
+def _utf8(key: str, value: str) -> str:
+    """``value`` if state can encode it: a string with a lone surrogate (``json.loads`` makes one of
+    ``"\\ud800"``) is not UTF-8, and kept, it failed every checkpoint, and the restart's again."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            msg = (
+                f"window value for key {key!r}: the text has a lone surrogate at character "
+                f"{exc.start} ({value[exc.start]!r}) and cannot be kept in state; expected UTF-8 text"
             )
             raise ValueError(msg) from None
     return value
@@ -886,6 +903,8 @@ class WindowedAggregate:
         vtype = type(value)
         if vtype is not int and vtype is not float and vtype is not str:
             value = _plain(key, value)
+        elif vtype is str and not value.isascii():
+            _utf8(key, value)
         if type(value) is int and not _INT_MIN <= value <= _UINT_MAX:
             # State is MessagePack, which stops at 64 bits: refused here, in the operator, not at
             # the checkpoint (where it failed every checkpoint, and the restart again).

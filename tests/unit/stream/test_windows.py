@@ -533,6 +533,23 @@ def test_a_value_state_cannot_hold_is_refused_when_it_comes(value: Any) -> None:
     state.checkpoint()
 
 
+@pytest.mark.parametrize("window", [Window.sliding(1000), Window.tumbling(1000)], ids=["sliding", "tumbling"])
+@pytest.mark.parametrize(
+    "value", ["ab\ud800", ("x", "\udfff"), ["\ud800"]], ids=["text", "in-a-tuple", "in-a-list"]
+)
+def test_text_state_cannot_encode_is_refused_when_it_comes(window: Window, value: Any) -> None:
+    # A lone surrogate (json.loads makes one of "\ud800") is not UTF-8: kept, every checkpoint failed.
+    agg = WindowedAggregate(STORE, window, {"d": DistinctCount()})
+    state = MemoryState()
+    with pytest.raises(ValueError, match=r"window value for key 'k'.*(lone surrogate|cannot be kept)"):
+        agg.update(state, "k", 1, value)
+    assert state.get("w:k") is None
+    assert agg.update(state, "k", 1, "café") is not None  # UTF-8 text beyond ASCII is kept
+    state.checkpoint()
+    state.reload()
+    assert agg.update(state, "k", 2, "café") is not None
+
+
 def test_a_sum_refuses_a_string_even_when_it_overflows_on_the_way() -> None:
     with pytest.raises(TypeError, match="must be real number, not str"):
         Sum().over([1e308, 1e308, "1"])
