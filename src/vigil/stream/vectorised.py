@@ -238,6 +238,7 @@ class SlidingCountSum:
             return WindowColumns(np.ones(0, np.bool_), np.zeros(0, np.int64), np.zeros(0))
         t = _as_ms(times, n, f"sliding window on store {self.store.id!r}")
         listed = keys if type(keys) is list else list(keys)
+        self._check_text(listed)
         v = self._values(values)
         accepted = np.empty(n, np.bool_)
         count = np.empty(n, np.int64)
@@ -279,6 +280,26 @@ class SlidingCountSum:
         except (TypeError, ValueError, OverflowError) as exc:
             msg = f"sliding window on store {self.store.id!r}: values must be numbers ({exc})"
             raise TypeError(msg) from None
+
+    def _check_text(self, keys: list[str]) -> None:
+        """Refuse a key that is not UTF-8 text (``json.loads`` makes a lone surrogate of
+        ``"\\ud800"``): in a chunk, it failed every checkpoint, and the restart's again.  One
+        ``isascii`` over the batch's keys joined; each key only when that finds other text."""
+        try:
+            if "".join(keys).isascii():
+                return
+        except TypeError:
+            return  # (not all strings: the index names the first that is not)
+        for i, key in enumerate(keys):
+            if not key.isascii():
+                try:
+                    key.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    msg = (
+                        f"sliding window on store {self.store.id!r}: key {i} has a lone surrogate at "
+                        f"character {exc.start} ({key[exc.start]!r}); expected UTF-8 text"
+                    )
+                    raise ValueError(msg) from None
 
     def _checked(
         self, keys: Sequence[str], values: Sequence[float] | npt.NDArray[Any], v: Floats

@@ -283,10 +283,16 @@ def test_bad_input_is_named_and_changes_nothing() -> None:
         agg.update(state, ["k" * 200_000], [3], [1.0])
     with pytest.raises(TypeError, match=r"values must be numbers \(int too large to convert to float\)"):
         agg.update(state, ["a"], [3], [10**400])
+    # Not UTF-8 (json.loads makes a lone surrogate of "\ud800"): in a chunk, every checkpoint failed.
+    with pytest.raises(
+        ValueError, match=r"key 1 has a lone surrogate at character 2 .*; expected UTF-8 text"
+    ):
+        agg.update(state, ["a", "ké\ud800"], [3, 4], [1.0, 2.0])
     assert stored(state).data == before
     # ... and the next good batch answers as if the bad ones never came.
-    rest = [("a", 3, 3), ("b", 4, 4)]
+    rest = [("a", 3, 3), ("b", 4, 4), ("café", 5, 5)]
     assert update(agg, state, rest) == expected(100, 10, good + rest)[2:]
+    state.reload()  # (encodes as a checkpoint does)
 
 
 def test_keys_from_a_numpy_column_are_stored_as_plain_strings() -> None:
