@@ -66,7 +66,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vigil.stream.base import State, StoreSpec
-from vigil.stream.windows import MAX_TIME_MS, duration_ms
+from vigil.stream.windows import MAX_TIME_MS, duration_ms, lone_surrogate
 
 try:  # built by `make compile`; without a C compiler (VIGIL_COMPILE=0) the Python twin runs
     from vigil.stream._slide import Slide, datetimes_ms
@@ -291,15 +291,10 @@ class SlidingCountSum:
         except TypeError:
             return  # (not all strings: the index names the first that is not)
         for i, key in enumerate(keys):
-            if not key.isascii():
-                try:
-                    key.encode("utf-8")
-                except UnicodeEncodeError as exc:
-                    msg = (
-                        f"sliding window on store {self.store.id!r}: key {i} has a lone surrogate at "
-                        f"character {exc.start} ({key[exc.start]!r}); expected UTF-8 text"
-                    )
-                    raise ValueError(msg) from None
+            problem = lone_surrogate(key)
+            if problem is not None:
+                msg = f"sliding window on store {self.store.id!r}: key {i} has {problem}; expected UTF-8 text"
+                raise ValueError(msg)
 
     def _checked(
         self, keys: Sequence[str], values: Sequence[float] | npt.NDArray[Any], v: Floats

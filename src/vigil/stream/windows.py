@@ -142,18 +142,25 @@ def _plain(key: str, value: Any) -> Any:
     return value
 
 
+def lone_surrogate(text: str) -> str | None:
+    """Where ``text`` has a lone surrogate (``json.loads`` makes one of ``"\\ud800"``), said, or
+    None.  Such text is not UTF-8: state cannot encode it, and kept, it failed every checkpoint,
+    and the restart's again."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"a lone surrogate at character {exc.start} ({text[exc.start]!r})"
+    return None
+
+
 def _utf8(key: str, value: str) -> str:
-    """``value`` if state can encode it: a string with a lone surrogate (``json.loads`` makes one of
-    ``"\\ud800"``) is not UTF-8, and kept, it failed every checkpoint, and the restart's again."""
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            msg = (
-                f"window value for key {key!r}: the text has a lone surrogate at character "
-                f"{exc.start} ({value[exc.start]!r}) and cannot be kept in state; expected UTF-8 text"
-            )
-            raise ValueError(msg) from None
+    """``value`` if state can encode it (see :func:`lone_surrogate`)."""
+    problem = lone_surrogate(value)
+    if problem is not None:
+        msg = f"window value for key {key!r}: the text has {problem}; expected UTF-8 text, which state keeps"
+        raise ValueError(msg)
     return value
 
 

@@ -541,7 +541,9 @@ def test_text_state_cannot_encode_is_refused_when_it_comes(window: Window, value
     # A lone surrogate (json.loads makes one of "\ud800") is not UTF-8: kept, every checkpoint failed.
     agg = WindowedAggregate(STORE, window, {"d": DistinctCount()})
     state = MemoryState()
-    with pytest.raises(ValueError, match=r"window value for key 'k'.*(lone surrogate|cannot be kept)"):
+    with pytest.raises(
+        ValueError, match=r"window value for key .k.*(lone surrogate at character|cannot be kept)"
+    ):
         agg.update(state, "k", 1, value)
     assert state.get("w:k") is None
     assert agg.update(state, "k", 1, "café") is not None  # UTF-8 text beyond ASCII is kept
