@@ -600,7 +600,6 @@ RUNNING_FROM = 128
 RUNNING_KEYS = 64
 
 _COUNT, _SUM, _MIN, _MAX, _DISTINCT = range(5)
-_NOT_YET: Any = object()
 _KINDS: dict[type, int] = {Count: _COUNT, Sum: _SUM, Min: _MIN, Max: _MAX, DistinctCount: _DISTINCT}
 
 
@@ -1093,7 +1092,7 @@ class WindowedAggregate:
         distinct = self._distinct
         at = self._distinct_at
         share = self.distinct_share
-        held: Any = _NOT_YET  # the value as the distinct counts hold it (see _distinct_key)
+        held = _distinct_key(value) if distinct else None  # (as the distinct counts hold it)
         out = []
         for start in self.window.starts(t):
             if start + size <= wm:
@@ -1103,8 +1102,6 @@ class WindowedAggregate:
             if accs is None:
                 accs = [agg.initial() for _, agg in self._aggs]
             for i in distinct:
-                if held is _NOT_YET:
-                    held = _distinct_key(value)
                 acc = accs[i]
                 if held not in acc:
                     if len(acc) < share:
