@@ -8,13 +8,25 @@ default partitioner: CRC-32 of the key), processed in micro-batches in the order
 emitted event and dead letter is collected.  State is a plain dict per store and
 partition, so a test can also inspect it.
 
-As the Kafka runtime does: operators are told of each partition (``on_assign``) before its
-first batch; outputs are encoded and refused over the runtime's size limit; a dead letter's
-reason names the operator; a restart (``result=``) reads state back as RocksDB would and
-carries the offsets on.  Topics named in ``read_back`` (an application's repartition topics,
-listed among its inputs) are read again, as the runtime reads them: what operators emit there is
-handed to every operator, partitioned by the key it was emitted with, after the batch that
-emitted it.  Every other input is partitioned by its event's key.
+As the Kafka runtime does: every input is encoded as a producer sends it and decoded as the
+runtime reads it (what the runtime would dead-letter is dead-lettered, with its reason;
+operators see the decoded event, ``5`` as ``5.0``); every operator is told of every partition
+(``on_assign``) before the first batch; outputs are encoded and refused over the runtime's size
+limit; a dead letter's reason names the operator, and is cut as the runtime cuts it; state keys
+are text, and a key's state over a changelog record's limit fails the checkpoint; a restart
+(``result=``) reads state back as RocksDB would and carries the offsets on, and after a run
+that raised it starts from the last checkpoint.  Topics named in ``read_back`` (an
+application's repartition topics, listed among its inputs) are read again, as the runtime reads
+them: what operators emit there is handed to every operator, partitioned by the key it was
+emitted with, after the batch that emitted it.  Every other input is partitioned by its
+event's key.
+
+Not modelled: event-time alignment (``max_event_time_skew_s``: the runtime hands operators
+without stores every partition's records merged by event time; here each partition's records
+are handed over in turn, in the order given); broker timestamps (``Record.timestamp_ms`` is 0);
+values given back decoded before any restart (the runtime's cache lets values go past 200,000
+keys a store partition, and its ``items()`` decodes those it does not hold: an operator must
+expect a set or a tuple it stored back as a list, as after a restart).
 """
 
 from __future__ import annotations
@@ -28,12 +40,13 @@ from typing import Any
 
 import msgspec
 
-from vigil.errors import VigilError
+from vigil.errors import PipelineError
 from vigil.events.base import Event
 from vigil.events.codec import EventCodec, encode
-from vigil.stream.app import check_output
+from vigil.stream.app import DECODE_ERRORS, Decoder, check_output, clipped_reason, undecodable_reason
 from vigil.stream.attempt import Attempt, attempt
 from vigil.stream.base import Operator, Record, State, StoreSpec
+from vigil.stream.changelog import STATE_RECORD_MAX_BYTES, state_too_large
 from vigil.stream.collector import collecting_young
 
 _encoder = msgspec.msgpack.Encoder()
@@ -78,7 +91,17 @@ class MemoryState(State):
         saved, data = self._saved, self._data
         for key in self._dirty:
             if key in data:
-                saved[key] = _encoder.encode(data[key])
+                value = _encoder.encode(data[key])
+                # (A character is at most 4 bytes: a key is encoded only when it might count.)
+                refused = (
+                    state_too_large(key.encode(), value)
+                    if len(value) + 4 * len(key) > STATE_RECORD_MAX_BYTES
+                    else None
+                )
+                if refused is not None:
+                    msg = f"checkpoint: {refused}"
+                    raise PipelineError(msg)
+                saved[key] = value
             else:
                 saved.pop(key, None)
         self._dirty.clear()
@@ -95,16 +118,31 @@ class MemoryState(State):
     def generation(self) -> int:
         return self._generation
 
+    # (Checked inline, and a read only for its type: a call per read, or isascii, cost the
+    # evaluation a tenth of its rate.  Text that is not UTF-8 is refused when written.)
+
     def get(self, key: str, default: Any = None) -> Any:
+        if type(key) is not str:
+            _check_key(key)
         return self._data.get(key, default)
 
     def set(self, key: str, value: Any) -> None:
+        if type(key) is not str or not key.isascii():
+            _check_key(key)
         self._data[key] = value
         self._dirty.add(key)
 
     def delete(self, key: str) -> None:
+        if type(key) is not str or not key.isascii():
+            _check_key(key)
         self._data.pop(key, None)
         self._dirty.add(key)
+
+    def discard(self) -> None:
+        """Forget what was written since the last checkpoint, as a failed run's restart does: the
+        values are read back as :meth:`reload` reads them."""
+        self._dirty.clear()
+        self.reload()
 
     def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         # Taken whole before the first is yielded, as RocksState does: a caller may delete keys
@@ -133,6 +171,16 @@ class MemoryState(State):
 _GONE = object()
 
 
+def _check_key(key: object) -> None:
+    """Refuse ``key`` as RocksDB-backed state refuses it: state keys are text that encodes as
+    UTF-8 (a ``None`` entity id, a number or a tuple was kept here, where the Kafka stage stopped
+    at the first record that made one, and again after every restart)."""
+    if type(key) is not str:
+        msg = f"state keys are text (str); got {type(key).__name__} {key!r:.80}"
+        raise TypeError(msg)
+    key.encode()  # raises UnicodeEncodeError for a lone surrogate, as RocksState does
+
+
 @dataclass
 class Emitted:
     topic: str
@@ -157,8 +205,11 @@ class HarnessResult:
 
 
 class _MemoryContext:
-    def __init__(self, partition: int, result: HarnessResult, operator: Operator[Any], stage: str) -> None:
+    def __init__(
+        self, partition: int, result: HarnessResult, operator: Operator[Any], *, forwards_read_bytes: bool
+    ) -> None:
         self._partition = partition
+        self._forwards_read_bytes = forwards_read_bytes
         self._result = result
         self._declared = {spec.id for spec in operator.stores}
         self._operator_id = operator.id
@@ -189,7 +240,7 @@ class _MemoryContext:
     def dead_letter(
         self, record: Record[Any], reason: str, headers: list[tuple[str, bytes | None]] | None = None
     ) -> None:
-        self._result.dead_letters.append((record, reason))
+        self._result.dead_letters.append((record, clipped_reason(reason)))
 
     def late(self, record: Record[Any]) -> None:
         self.prepare_late(record)()
@@ -203,7 +254,10 @@ class _MemoryContext:
         return lambda: self._result.emits.append(emitted)
 
     def prepare_forward(self, topic: str, record: Record[Any], key: str) -> Callable[[], None]:
-        return self.prepare_emit(topic, record.event, key)
+        # The bytes as read, as the runtime forwards them (re-encoded only for a record that has
+        # none: one an operator made).
+        value = record.value if self._forwards_read_bytes else None
+        return self.prepare_emit(topic, record.event, key, value=value)
 
     def prepare_late(self, record: Record[Any]) -> Callable[[], None]:
         _checked("late", record.event, key=record.key)
@@ -239,6 +293,7 @@ def run_operators(
     topic_of: Callable[[Event], str] | None = None,
     read_back: Collection[str] = (),
     checkpoints: bool = True,
+    decode: Decoder | None = None,
 ) -> HarnessResult:
     """Feed ``events`` through each operator in turn (each sees the same input), in batches.
 
@@ -255,6 +310,10 @@ def run_operators(
     restart loses a change made in place without a ``set``, as the runtime's does).  False
     for runs that are not restarted and want speed (encoding the state written in every batch
     cost the evaluation a quarter of its rate): state is then saved at a restart, as it is.
+    ``decode``: the application's own decoder (``Application(decode=...)``), called as the runtime
+    calls it (topic, bytes, key, headers: here ``None``) for every record, read-backs too;
+    without one, records are decoded as canonical events, as the runtime's are, so an
+    application's own event types need it here as they do there.
     """
     if isinstance(read_back, str):  # ``in`` would match any part of the name
         msg = f"read_back: expected a collection of topic names, got the string {read_back!r}"
@@ -279,14 +338,19 @@ def run_operators(
     contexts: dict[tuple[str, int], _MemoryContext] = {}
     trials: dict[tuple[str, int], Attempt] = {}
 
+    def assign(part: int) -> None:
+        # A partition assigned (again, after a restart): the runtime tells every operator, in
+        # order, before any batch of it.
+        for op in operators:
+            ctx = contexts[(op.id, part)] = _MemoryContext(
+                part, result, op, forwards_read_bytes=decode is None
+            )
+            op.on_assign(ctx)
+
     def flush() -> None:
         for part, records in sorted(batch.items()):
             for op in operators:
-                ctx = contexts.get((op.id, part))
-                if ctx is None:
-                    # A partition assigned (again, after a restart), as the runtime tells operators.
-                    ctx = contexts[(op.id, part)] = _MemoryContext(part, result, op, stage=topic)
-                    op.on_assign(ctx)
+                ctx = contexts[(op.id, part)]
                 if op.dead_letter_errors:
                     trial = trials.get((op.id, part))
                     if trial is None:
@@ -303,6 +367,7 @@ def run_operators(
             # reads back is what was written, not what was changed in place since.
             for state in result.states.values():
                 state.checkpoint()
+            mark()
 
     def place(source: str, key: str | None) -> tuple[int, int, bytes | None]:
         """The partition, offset and key bytes of the next record of ``source`` under ``key``."""
@@ -315,13 +380,43 @@ def run_operators(
     #: were read by its earlier run).
     read_to = len(result.emits)
 
-    codec = EventCodec() if read_back else None
+    canonical = EventCodec()._decoder.decode
+
+    def decoded(sent: Event, source: str, value: bytes, part: int, offset: int, key: bytes | None) -> None:
+        """Decode a record as the runtime does (from the bytes it was sent as) into its batch, or
+        dead-letter it with the runtime's reason."""
+        try:
+            event = canonical(value) if decode is None else decode(source, value, key, None)
+        except DECODE_ERRORS as exc:
+            dead = Record(sent, source, part, offset, key, 0, value=value)
+            result.dead_letters.append((dead, clipped_reason(undecodable_reason(exc))))
+            return
+        batch[part].append(Record(event, source, part, offset, key, 0, value=value))
+
+    # What a failed run leaves for a restart is what the last checkpoint saved: the state then,
+    # the offsets then (its records are read again) and the outputs up to then (exactly-once
+    # aborts the rest; at-least-once may have sent some, and sends them again).
+    saved_offsets = dict(offsets)
+    saved_counts = (len(result.emits), len(result.dead_letters), len(result.late))
+
+    def mark() -> None:
+        nonlocal saved_offsets, saved_counts
+        saved_offsets = dict(offsets)
+        saved_counts = (len(result.emits), len(result.dead_letters), len(result.late))
+
+    def roll_back() -> None:
+        for state in result.states.values():
+            state.discard()
+        offsets.clear()
+        offsets.update(saved_offsets)
+        emits, letters, late = saved_counts
+        del result.emits[emits:], result.dead_letters[letters:], result.late[late:]
 
     def flush_and_read_back() -> None:
         nonlocal read_to
         flush()
         rounds = read = budget = 0
-        while codec is not None:
+        while read_back:
             fresh = result.emits[read_to:]
             read_to = len(result.emits)
             records = [e for e in fresh if e.topic in read_back]
@@ -344,26 +439,32 @@ def run_operators(
                 raise RuntimeError(msg)
             for emitted in records:
                 part, offset, key = place(emitted.topic, emitted.key)
-                # Read back as the runtime reads it: decoded from the bytes it was sent as.
-                value = emitted.value
-                try:
-                    event = codec.decode(value)
-                except VigilError as exc:
-                    dead = Record(emitted.event, emitted.topic, part, offset, key, 0, value=value)
-                    result.dead_letters.append((dead, str(exc)))
-                    continue
-                batch[part].append(Record(event, emitted.topic, part, offset, key, 0, value=value))
+                decoded(emitted.event, emitted.topic, emitted.value, part, offset, key)
             flush()
 
     # The collector as the Kafka runtime tunes it (vigil.stream.collector): the same rules cost
     # the same here.
     with collecting_young() as collector:
-        for count, event in enumerate(events, 1):
-            source = topic_of(event) if topic_of is not None else topic
-            part, offset, key_bytes = place(source, event.key())
-            batch[part].append(Record(event, source, part, offset, key_bytes, 0))
-            if count % batch_size == 0:
-                flush_and_read_back()
-                collector.step()
-        flush_and_read_back()
+        try:
+            for part in range(partitions):
+                assign(part)
+            for count, event in enumerate(events, 1):
+                source = topic_of(event) if topic_of is not None else topic
+                # Each input is encoded as a producer sends it and decoded as the runtime reads
+                # it: an event the runtime would dead-letter (an empty id, a naive time) is
+                # dead-lettered here too, and operators see what decoding gives (5 as 5.0).
+                try:
+                    value = encode(event)
+                except (TypeError, ValueError) as exc:
+                    msg = f"input event {count} ({type(event).__name__}) cannot be encoded: {exc}"
+                    raise ValueError(msg) from exc
+                part, offset, key_bytes = place(source, event.key())
+                decoded(event, source, value, part, offset, key_bytes)
+                if count % batch_size == 0:
+                    flush_and_read_back()
+                    collector.step()
+            flush_and_read_back()
+        except BaseException:
+            roll_back()
+            raise
     return result

@@ -154,7 +154,15 @@ from vigil.hub.topics import TOPICS, TopicSpec
 from vigil.stream.alignment import TP, Alignment
 from vigil.stream.attempt import Attempt, attempt
 from vigil.stream.base import Guarantee, Operator, Record, State, StoreSpec
-from vigil.stream.changelog import CHANGELOG_MAX_BYTES, Restorer, RestoreTask, changelog_spec, changelog_topic
+from vigil.stream.changelog import (
+    CHANGELOG_MAX_BYTES,
+    STATE_RECORD_MAX_BYTES,
+    Restorer,
+    RestoreTask,
+    changelog_spec,
+    changelog_topic,
+    state_too_large,
+)
 from vigil.stream.collector import YOUNG_OBJECTS, Collector, collecting_young
 from vigil.stream.instance import InstanceSlot, slot_directory
 from vigil.stream.instance import instance_id as default_instance_id
@@ -314,7 +322,7 @@ _ALIGN_IDLE_EVERY_S = 0.01
 #: default decoder's own (the fast path calls msgspec directly, without EventCodec's wrapping).
 #: RecursionError: JSON nested too deep for msgspec (a field before the type tag skipped over,
 #: nested 100,000 deep); uncaught, it stopped the stage at that record, and every restart too.
-_DECODE_ERRORS = (ContractError, msgspec.ValidationError, msgspec.DecodeError, RecursionError)
+DECODE_ERRORS = (ContractError, msgspec.ValidationError, msgspec.DecodeError, RecursionError)
 #: How every canonical record begins (see _skip_prefixes).
 _TAG_HEAD = b'{"type":"'
 
@@ -335,6 +343,20 @@ def check_output(topic: str, value: bytes, key: str | bytes | None = None) -> No
         parts = f" ({size - len(value):,} of them its key)" if size != len(value) else ""
         text = f"a record of {size:,} bytes for {topic!r}{parts}; at most {OUTPUT_MAX_BYTES:,}"
         raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, text))
+
+
+def undecodable_reason(exc: Exception) -> str:
+    """A dead letter's reason for a record that could not be decoded (one of ``DECODE_ERRORS``)."""
+    return too_deep(exc) if isinstance(exc, RecursionError) else str(exc)
+
+
+def clipped_reason(reason: str) -> str:
+    """A dead letter's reason as it is sent: cut at ``REASON_MAX_CHARS``, its length said.
+    Reasons quote what was wrong, and msgspec quotes a bad value whole: a 330 KB field made a
+    400 KB reason, which pushed the record's own bytes out of its letter."""
+    if len(reason) <= REASON_MAX_CHARS:
+        return reason
+    return f"{reason[:REASON_MAX_CHARS]}... ({len(reason):,} characters in all)"
 
 
 def _skip_prefixes(tags: Sequence[str]) -> tuple[bytes, ...]:
@@ -363,7 +385,7 @@ def _undecodable(
         msg.offset() or 0,
         msg.key(),
         msg.value() or b"",
-        too_deep(exc) if isinstance(exc, RecursionError) else str(exc),
+        undecodable_reason(exc),
         _error_kind(exc),
         msg.headers() or [],
     )
@@ -1147,7 +1169,7 @@ class Application:
                     event = codec_decode(value)
                 else:
                     event = decode(topic, value, msg.key(), msg.headers())
-            except _DECODE_ERRORS as exc:
+            except DECODE_ERRORS as exc:
                 self._dead_letter(*_undecodable(msg, exc))
                 letters += 1
                 continue
@@ -1237,7 +1259,7 @@ class Application:
                     event = codec_decode(value)
                 else:
                     event = decode(topic, value, msg.key(), msg.headers())
-            except _DECODE_ERRORS as exc:
+            except DECODE_ERRORS as exc:
                 letter = _undecodable(msg, exc)
                 buf.append((-math.inf, letter))  # dead-lettered when released, in offset order
                 continue
@@ -1477,10 +1499,7 @@ class Application:
         error_type: str,
         headers: list[tuple[str, bytes | None]] | None = None,
     ) -> None:
-        if len(reason) > REASON_MAX_CHARS:
-            # Reasons quote what was wrong, and msgspec quotes a bad value whole: a 330 KB field
-            # made a 400 KB reason, which pushed the record's own bytes out of its letter below.
-            reason = f"{reason[:REASON_MAX_CHARS]}... ({len(reason):,} characters in all)"
+        reason = clipped_reason(reason)
         letter = DeadLetter(
             stage=self.name,
             reason=reason,
@@ -1528,6 +1547,10 @@ class Application:
         producer = self._txn_producer() or self._running_clients()[0]
         produce = producer.produce
         for key, value in pending:
+            if value is not None and len(key) + len(value) > STATE_RECORD_MAX_BYTES:
+                refused = state_too_large(key, value)
+                msg = f"application {self.name!r}: checkpoint of {topic}[{partition}]: {refused}"
+                raise PipelineError(msg)
             while True:
                 try:
                     produce(topic, value, key, partition)

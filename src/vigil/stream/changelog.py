@@ -32,6 +32,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from vigil.config import Settings
 from vigil.errors import BrokerError, PipelineError
+from vigil.events.codec import inert
 from vigil.hub.client import BACKLOG_READER, make_admin, make_consumer, partition_offsets
 from vigil.hub.topics import TopicSpec
 from vigil.stream.collector import collecting_young
@@ -50,12 +51,32 @@ _RESTORE_CHUNK_BYTES = 4 << 20
 #: default, and a record the topic refuses fails every checkpoint, and the restarted process the
 #: same way on the same input.  The application's producers take records this large too.
 CHANGELOG_MAX_BYTES = 16 << 20
+#: A key and its encoded state, at most, in one changelog record: the topic's limit less what
+#: the broker counts beyond them (the record batch's header, the record's own fields), generously.
+STATE_RECORD_MAX_BYTES = CHANGELOG_MAX_BYTES - 1024
 #: Kafka's default ``delete.retention.ms`` (a day), in seconds.
 DEFAULT_DELETE_RETENTION_S = 86_400.0
 _HORIZON_MARGIN_S = 3600.0
 #: The longest a transaction can stay open (Kafka's transaction.max.timeout.ms default, 15 min,
 #: and a minute for the coordinator to abort it): a restore waits that long for one to end.
 MAX_OPEN_TXN_S = 960.0
+
+
+def state_too_large(key: bytes, value: bytes | None) -> str | None:
+    """Why a key's encoded state cannot go to the changelog as one record (None: it can).
+
+    Checked before it is sent, so the error names the key: from librdkafka or the broker it
+    said only "message size too large", and it failed the checkpoint, then the restart's on the
+    same input (the stream testing harness checks its checkpoints the same way)."""
+    size = len(key) + (len(value) if value is not None else 0)
+    if size <= STATE_RECORD_MAX_BYTES:
+        return None
+    shown = inert(key[:80].decode("utf-8", "replace")) + ("..." if len(key) > 80 else "")
+    return (
+        f"the state of key '{shown}' is {size:,} bytes encoded, over the "
+        f"{STATE_RECORD_MAX_BYTES:,} a changelog record holds: bound what the "
+        "operator keeps per key (windows: max_events; joins: max_waiting_bytes)"
+    )
 
 
 def changelog_topic(app: str, store_id: str) -> str:

@@ -1323,3 +1323,43 @@ def test_a_dead_lettered_record_sends_none_of_its_outputs(
     assert len(letters) == 4
     assert all("1,000," in letter.reason for letter in letters), letters[0].reason
     assert sorted(output_ids(settings, out)) == sorted(e.event_id for e in events if e.event_id not in failed)
+
+
+class Hoarder(Operator[Payment]):
+    """Keeps more under one key than a changelog record can carry (a window without a bound)."""
+
+    id = "hoarder"
+    stores = (StoreSpec("hoard", 1),)
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        if batch:
+            ctx.state(self.stores[0]).set("k\x1b[31m", "x" * (17 << 20))
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_state_too_large_for_a_changelog_record_stops_the_checkpoint_naming_the_key(
+    settings: Settings, names: Callable[[str], str], run_app: Start, guarantee: str
+) -> None:
+    # librdkafka refused it saying only "message size too large" (and the broker, a little
+    # under its limit): the checkpoint failed, and the restart's on the same input.
+    src, name = names("in"), names("app")
+    make_topics(settings, src, partitions=1)
+    app = Application(
+        settings,
+        name=name,
+        inputs=[src],
+        operators=[Hoarder()],
+        guarantee=guarantee,  # type: ignore[arg-type]
+        checkpoint_interval_s=0.1,
+        instance_id="t1",
+    )
+    running = run_app(app)
+    produce(settings, src, payments(1, 1))
+    running.thread.join(120)
+    assert not running.thread.is_alive()
+    [error] = running.errors
+    assert isinstance(error, PipelineError), repr(error)
+    text = str(error)
+    assert f"application {name!r}: checkpoint of {changelog_topic(name, 'hoard.v1')}[0]" in text
+    assert "the state of key 'k\\x1b[31m' is 17,825,8" in text  # the key named, made inert
+    assert "bound what the operator keeps per key" in text

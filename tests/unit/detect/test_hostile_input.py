@@ -19,7 +19,7 @@ from vigil.detect.rules.models import Case, DecisionSpec, Expectation
 from vigil.detect.rules.validate import load_rules
 from vigil.errors import DecodeError
 from vigil.events.base import Entities, Event
-from vigil.events.codec import decode_event
+from vigil.events.codec import decode_event, encode
 from vigil.events.types import (
     CrmRecordExport,
     CrmRecordExportPayload,
@@ -30,6 +30,7 @@ from vigil.events.types import (
     Trade,
     TradePayload,
 )
+from vigil.stream.app import Decoder
 from vigil.testing import run_operators
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -63,6 +64,14 @@ rules:
 """
 
 
+def as_built(events: list[Event]) -> Decoder:
+    """A decoder that hands detection each event as it was built, past the contract's checks
+    (the harness otherwise decodes inputs as the runtime's canonical decoder does, and that
+    dead-letters counts past 64 bits before detection sees them)."""
+    built = {encode(event): event for event in events}
+    return lambda _topic, value, _key, _headers: built[value]
+
+
 def records_per_hour(tmp_path: Path, *also: str) -> RuleSet:
     """That rule, with the shipped rules named in ``also``."""
     (tmp_path / "r.yaml").write_text(RECORDS_PER_HOUR)
@@ -70,8 +79,8 @@ def records_per_hour(tmp_path: Path, *also: str) -> RuleSet:
 
 
 def export(n: int, records: str, minutes: int) -> Event:
-    # Built, not decoded: the contract refuses counts past 64 bits (see the test below), but a
-    # normaliser builds events without the contract's checks, and detection must take them.
+    # Built, not decoded: the contract refuses counts past 64 bits (see the test below), but
+    # an application's own decoder need not, and detection must take them (see as_built).
     return CrmRecordExport(
         event_id=f"x{n}",
         source="hubspot",
@@ -97,7 +106,13 @@ def test_integers_past_float_and_64_bits_neither_stop_detection_nor_its_checkpoi
     huge, past_64_bits = "9" * 400, str(2**70)
     events = [export(1, huge, 0), export(2, past_64_bits, 1), export(3, "5", 2)]
     rules = records_per_hour(tmp_path, "insider-bulk-export", "vendor-token-export")
-    result = run_operators([DetectOperator(rules)], events)
+    # The canonical decoder stops both huge counts at the door, here as on Kafka.
+    refused = run_operators([DetectOperator(rules)], events)
+    assert [(dead.event.event_id, "payload.record_count" in why) for dead, why in refused.dead_letters] == [
+        ("x1", True),
+        ("x2", True),
+    ]
+    result = run_operators([DetectOperator(rules)], events, decode=as_built(events))
     for state in result.states.values():
         state.reload()  # encodes and decodes every value, as a checkpoint and a restore do
     alerts = result.emitted(ALERTS_TOPIC)
@@ -265,7 +280,8 @@ rules:
     )
     rules = load_rules([tmp_path])
     events = [export(1, "5", 0), export(2, "6", 1), export(3, "9" * 400, 2)]
-    alerts = run_operators([DetectOperator(RuleSet(rules, IntelIndex()))], events).emitted(ALERTS_TOPIC)
+    operator = DetectOperator(RuleSet(rules, IntelIndex()))
+    alerts = run_operators([operator], events, decode=as_built(events)).emitted(ALERTS_TOPIC)
     assert [a.payload.entity.id for a in alerts] == ["e1"]
 
 

@@ -11,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from vigil.events.base import Entities, Event
-from vigil.events.codec import encode
+from vigil.events.codec import EventCodec, encode
 from vigil.events.types import Login, WithdrawalRequest, WithdrawalRequestPayload
 from vigil.stream.base import Context, StoreSpec
 from vigil.stream.join import IntervalJoin
@@ -253,7 +253,9 @@ def test_an_applications_own_event_types_join_when_named() -> None:
         BadgeSwipe(event_id="b1", source="t", occurred_at=at(0), entities=who, door="lab"),
         VpnLogin(event_id="v1", source="t", occurred_at=at(3), entities=who),
     ]
-    run_operators([join], events, topic_of=topic_of)
+    # The application reads its own types with its own decoder, here as on Kafka.
+    codec = EventCodec([BadgeSwipe, VpnLogin])
+    run_operators([join], events, topic_of=topic_of, decode=lambda _t, value, _k, _h: codec.decode(value))
     assert pairs == [("b1", "v1")]
 
 

@@ -89,7 +89,15 @@ def test_group_by_leaves_records_of_its_own_topic_and_empty_keys_alone() -> None
         [op], events, topic_of=lambda e: spec.name if e.event_id == "p2" else "events.payments"
     )
     assert [(e.topic, e.key, e.event.event_id) for e in result.emits] == [(spec.name, "1.2.3.4", "p1")]
-    assert op.skipped == 1
+    # The contract refuses an empty entity id, so the runtime dead-letters that payment before any
+    # operator sees it; a key function of one's own may still make an empty key.
+    assert [(dead.event.event_id, "entities.ip" in why) for dead, why in result.dead_letters] == [
+        ("p3", True)
+    ]
+    assert op.skipped == 0
+    blank = GroupBy("blank", spec.name, lambda event: "")
+    run_operators([blank], events[:1])
+    assert blank.skipped == 1
 
 
 def test_two_group_bys_in_one_application_do_not_pass_events_back_and_forth() -> None:
@@ -167,6 +175,21 @@ def test_a_group_by_output_read_back_reaches_every_operator_keyed_by_the_entity(
         run_operators([by_ip], events, read_back=spec.name)
 
 
+class NaiveCopy(Operator[Payment]):
+    """Emits to ``topic`` a copy of each canonical input with a naive time (the contract refuses it)."""
+
+    id = "naive-copy"
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        for rec in batch:
+            if rec.topic != self.topic:
+                naive = rec.event.occurred_at.replace(tzinfo=None)
+                ctx.emit(self.topic, msgspec.structs.replace(rec.event, occurred_at=naive), rec.event.key())
+
+
 def test_read_back_decodes_as_the_runtime_and_a_loop_fails_instead_of_hanging() -> None:
     # Read back from the bytes, as the runtime reads a topic: an event the runtime could not
     # decode (a naive time) is a dead letter there, not handed on.
@@ -175,11 +198,17 @@ def test_read_back_decodes_as_the_runtime_and_a_loop_fails_instead_of_hanging() 
     naive_time = datetime(2026, 1, 1)  # noqa: DTZ001 (on purpose)
     naive = msgspec.structs.replace(payment(1, "c1", timedelta(0), ip="10.0.0.9"), occurred_at=naive_time)
     good = payment(2, "c2", timedelta(0), ip="10.0.0.9")
+    # An input is decoded as the runtime reads it too: dead-lettered on its own topic.
     result = run_operators([by_ip, per_ip], [naive, good], partitions=2, read_back=[spec.name])
     assert [e for e, _, _ in per_ip.seen] == ["p2"]
     ((dead, reason),) = result.dead_letters
-    assert (dead.event.event_id, dead.topic) == ("p1", spec.name)
-    assert "timezone" in reason
+    assert (dead.event.event_id, dead.topic, "timezone" in reason) == ("p1", "in", True)
+    # What an operator emits to a read-back topic, likewise (a naive copy of a good input).
+    per_ip.seen.clear()
+    result = run_operators([NaiveCopy(spec.name), per_ip], [good], partitions=2, read_back=[spec.name])
+    assert per_ip.seen == []
+    ((dead, reason),) = result.dead_letters
+    assert (dead.event.event_id, dead.topic, "timezone" in reason) == ("p2", spec.name, True)
     # Two GroupBys that re-publish each other's topics (no internal_prefix) go round for ever:
     # the harness says so rather than hang.
     a = GroupBy("a", "t.a", entity_key("ip"))

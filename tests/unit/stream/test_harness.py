@@ -1,0 +1,205 @@
+"""The testing harness (vigil.testing) treats records, state and failures as the Kafka runtime
+does: a rule that passes on it does not stop the stage in production on the same input."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from vigil.errors import PipelineError
+from vigil.events.base import Entities
+from vigil.events.codec import encode
+from vigil.events.types import Payment, PaymentPayload
+from vigil.stream.base import Context, Operator, Record, StoreSpec
+from vigil.stream.state import RocksState
+from vigil.testing import HarnessResult, MemoryState, run_operators
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+COUNTS = StoreSpec("counts", 1)
+
+
+def payment(i: int, customer: str = "c1", amount: float = 10.0, wallet: str | None = None) -> Payment:
+    return Payment(
+        event_id=f"p{i}",
+        source="t",
+        occurred_at=T0 + timedelta(seconds=i),
+        entities=Entities(customer=customer, wallet=wallet),
+        payload=PaymentPayload(payment_id=f"p{i}", amount=amount, currency="USD"),
+    )
+
+
+class Seen(Operator[Payment]):
+    """Keeps the records it is handed."""
+
+    id = "seen"
+
+    def __init__(self) -> None:
+        self.records: list[Record[Payment]] = []
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        self.records.extend(batch)
+
+
+def test_inputs_reach_operators_decoded_as_the_runtime_reads_them() -> None:
+    # They were handed over as the test built them: an integer amount stayed an integer (the
+    # runtime hands over 5.0), and an event the runtime dead-letters (an empty id) was processed.
+    seen = Seen()
+    whole = payment(1, amount=5)  # type: ignore[arg-type]  (an int, as a test may write it)
+    no_id = msgspec.structs.replace(payment(2), event_id="")
+    result = run_operators([seen], [whole, no_id, payment(3)])
+    assert [rec.event.event_id for rec in seen.records] == ["p1", "p3"]
+    amount = seen.records[0].event.payload.amount
+    assert (amount, type(amount)) == (5.0, float)
+    assert seen.records[0].value == encode(whole)  # the bytes read, as the runtime keeps them
+    ((dead, reason),) = result.dead_letters
+    assert (dead.event, dead.offset, dead.value) == (no_id, 1, encode(no_id))
+    assert reason == "Expected `str` of length >= 1 - at `$.event_id`"
+    # An event no producer could send is the test's mistake, named.
+    lone = msgspec.structs.replace(payment(4), source="\ud800")
+    with pytest.raises(
+        ValueError, match=r"input event 2 \(Payment\) cannot be encoded: .*surrogates not allowed"
+    ):
+        run_operators([Seen()], [payment(3), lone])
+
+
+class ByWallet(Operator[Payment]):
+    """Counts payments per wallet, keyed by a field some payments do not have."""
+
+    id = "by-wallet"
+    stores = (COUNTS,)
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        state = ctx.state(COUNTS)
+        for rec in batch:
+            wallet = rec.event.entities.wallet
+            state.set(wallet, state.get(wallet, 0) + 1)  # type: ignore[arg-type]  (the bug)
+
+
+def test_state_keys_are_text_as_rocksdb_state_takes_them(tmp_path: Path) -> None:
+    # A None key was kept (and through restarts): on Kafka the first payment without a wallet
+    # stopped the stage, and every restart after.
+    run_operators([ByWallet()], [payment(1, wallet="w1")])
+    with pytest.raises(TypeError, match="state keys are text"):
+        run_operators([ByWallet()], [payment(1, wallet="w1"), payment(2)])
+    rocks = RocksState(tmp_path / "s", COUNTS)
+    try:
+        with pytest.raises((TypeError, AttributeError)):  # (compiled, or run from source)
+            rocks.set(None, 1)  # type: ignore[arg-type]
+    finally:
+        rocks.close()
+    for key in (7, ("w", 1)):
+        with pytest.raises(TypeError, match=f"got {type(key).__name__}"):
+            MemoryState().get(key)  # type: ignore[arg-type]
+    with pytest.raises(UnicodeEncodeError):  # text that is not UTF-8 (json.loads makes it)
+        MemoryState().set("w\ud800", 1)
+
+
+class Hoarder(Operator[Payment]):
+    """Keeps 17 MB under one key: more than a changelog record carries."""
+
+    id = "hoarder"
+    stores = (COUNTS,)
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        for rec in batch:
+            ctx.state(COUNTS).set("k", "x" * (17 << 20) if rec.event.event_id == "p2" else "small")
+
+
+def test_a_keys_state_past_a_changelog_record_fails_the_checkpoint_naming_it() -> None:
+    with pytest.raises(PipelineError, match=r"checkpoint: the state of key 'k' is 17,825,79\d bytes encoded"):
+        run_operators([Hoarder()], [payment(1), payment(2)], batch_size=1)
+    # Not checkpointed as it goes, the run fails where it is saved: at the restart.
+    first = run_operators([Hoarder()], [payment(1), payment(2)], checkpoints=False)
+    with pytest.raises(PipelineError, match="over the 16,776,192 a changelog record holds"):
+        run_operators([Hoarder()], [], result=first)
+
+
+class Counter(Operator[Payment]):
+    """Counts payments per customer and says each count; fails at ``fail_at`` when armed."""
+
+    id = "counter"
+    stores = (COUNTS,)
+
+    def __init__(self, fail_at: str | None = None) -> None:
+        self.fail_at = fail_at
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        state = ctx.state(COUNTS)
+        for rec in batch:
+            customer = rec.event.entities.customer or ""
+            n = state.get(customer, 0) + 1
+            state.set(customer, n)
+            ctx.emit("counts", msgspec.structs.replace(rec.event, event_id=f"{rec.event.event_id}-{n}"))
+            if rec.event.event_id == self.fail_at:
+                raise RuntimeError("boom")
+
+
+def test_a_failed_run_restarts_from_its_last_checkpoint() -> None:
+    # The failed batch's writes, outputs and offsets were kept: the restart counted p5 twice.
+    events = [payment(i) for i in range(1, 7)]
+    result = HarnessResult()
+    with pytest.raises(RuntimeError, match="boom"):
+        run_operators([Counter(fail_at="p6")], events, batch_size=2, result=result)
+    assert result.offsets == {("in", 0): 4}
+    assert result.states[(COUNTS.id, 0)].get("c1") == 4
+    assert [e.event_id for e in result.emitted("counts")] == ["p1-1", "p2-2", "p3-3", "p4-4"]
+    run_operators([Counter()], events[4:], batch_size=2, result=result)  # read again, as Kafka would
+    assert result.offsets == {("in", 0): 6}
+    assert result.states[(COUNTS.id, 0)].get("c1") == 6
+    assert [e.event_id for e in result.emitted("counts")][4:] == ["p5-5", "p6-6"]
+
+
+class Assigned(Operator[Payment]):
+    def __init__(self, id: str, calls: list[tuple[str, str, int]]) -> None:
+        self.id = id
+        self.calls = calls
+
+    def on_assign(self, ctx: Context) -> None:
+        self.calls.append(("assign", self.id, ctx.partition))
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        self.calls.append(("process", self.id, ctx.partition))
+
+
+def test_every_operator_is_told_of_every_partition_before_the_first_batch() -> None:
+    # Only partitions that got records were assigned, each when its first batch came, one
+    # operator at a time: the runtime tells every operator of every partition it is given first.
+    calls: list[tuple[str, str, int]] = []
+    run_operators([Assigned("a", calls), Assigned("b", calls)], [payment(1)], partitions=3)
+    assigned = [("assign", op, part) for part in range(3) for op in ("a", "b")]
+    assert calls[:6] == assigned
+    assert sorted(calls[6:]) == [("process", "a", calls[6][2]), ("process", "b", calls[6][2])]
+
+
+class Failing(Operator[Payment]):
+    id = "failing"
+    dead_letter_errors = True
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        raise ValueError("bad " + "x" * 10_000)
+
+
+class Forwarder(Operator[Payment]):
+    id = "forwarder"
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        for rec in batch:
+            ctx.forward("out", rec, rec.event.key() or "")
+
+
+def test_dead_letter_reasons_are_cut_and_forwards_send_the_bytes_read() -> None:
+    result = run_operators([Failing()], [payment(1)])
+    ((_, reason),) = result.dead_letters
+    assert reason.startswith("operator 'failing': ValueError: bad xxx")
+    assert reason.endswith("... (10,036 characters in all)")
+    assert len(reason) == 4_000 + len("... (10,036 characters in all)")
+    # The runtime forwards a record's bytes as read; the harness encoded the decoded event again
+    # (an amount sent as 5 went on as 5.0).
+    whole = payment(1, amount=5)  # type: ignore[arg-type]
+    (sent,) = run_operators([Forwarder()], [whole]).emits
+    assert b'"amount":5,' in sent.value
+    assert sent.value == encode(whole)
