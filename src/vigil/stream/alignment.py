@@ -16,7 +16,12 @@ paused only once it also buffers ``max_buffered`` records (and resumed when it i
 ahead, or its buffer has drained to half).  Pausing exists to bound memory, and each pause
 costs a refetch (the consumer drops what it prefetched): bounding by records, not by event
 time alone, keeps a fast replay (event time racing ahead of the wall clock) from pausing and
-resuming partitions every few milliseconds.
+resuming partitions every few milliseconds.  A partition within the skew buffers what it reads
+past the floor too: a dense topic replayed beside a slow one buffered its whole skew's worth
+of events (60 s of them, at detection's skew).  So a partition is also paused, ahead or not,
+once it buffers ``BUFFER_CAP_FACTOR`` times ``max_buffered`` records, and resumed once it has
+drained to half of that: what waits is bounded by records.  (The partition that sets the floor
+is never one of them: its records are all at or before the floor, and released.)
 
 A partition holds the others back while it is owned, has records left to read (its
 consumed position is below its high watermark) and has delivered a record, or been
@@ -41,6 +46,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 TP = tuple[str, int]
+#: A partition buffering this many times ``max_buffered`` is paused even within the skew (and
+#: resumed once it has drained to half of that): see the module docstring.
+BUFFER_CAP_FACTOR = 4
 
 
 @dataclass
@@ -120,12 +128,20 @@ class Alignment:
         pause: list[TP] = []
         resume: list[TP] = []
         full = self.max_buffered
+        cap = BUFFER_CAP_FACTOR * full
         for tp, lane in self.lanes.items():
             ahead = lane.event_time is not None and lane.event_time > limit
-            if lane.paused:
-                if not ahead or (buffered is not None and buffered(tp) * 2 <= full):
+            if buffered is None:
+                if lane.paused and not ahead:
                     resume.append(tp)
-            elif ahead and (buffered is None or buffered(tp) >= full):
+                elif not lane.paused and ahead:
+                    pause.append(tp)
+                continue
+            waiting = buffered(tp)
+            if lane.paused:
+                if waiting * 2 <= full or (not ahead and waiting * 2 <= cap):
+                    resume.append(tp)
+            elif (ahead and waiting >= full) or waiting >= cap:
                 pause.append(tp)
         return pause, resume, release
 

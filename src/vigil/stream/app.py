@@ -71,6 +71,8 @@ with state one call per partition number, to those without one call for all part
 the skew ahead of the floor that also buffers ``alignment_max_buffered`` records is paused
 (``consumer.pause``) and resumed once the floor is close enough or its buffer has drained to
 half: memory stays bounded without pausing a partition for every few records it reads ahead.
+A partition buffering four times ``alignment_max_buffered`` is paused even within the skew
+(a dense partition beside a slow one).
 A partition at its end (consumer position at its high watermark, or, before it delivered
 anything, its committed offset), or that delivered nothing for ``alignment_idle_s``, holds
 nobody back, so live traffic is not delayed.  Only released records count as processed and

@@ -105,3 +105,24 @@ def test_a_partition_ahead_is_paused_only_once_its_buffer_is_full() -> None:
     assert al.plan(0.2, left.get, waiting.__getitem__)[1] == []  # still ahead and half full
     waiting[B] = 50
     assert al.plan(0.2, left.get, waiting.__getitem__)[1] == [B]  # drained to half: read on
+
+
+def test_a_partition_within_the_skew_is_paused_once_it_buffers_four_times_the_bound() -> None:
+    # Within the skew it was never paused, however much it buffered: a dense topic replayed
+    # beside a slow one buffered its whole skew's worth (60 s of it, at detection's skew).
+    al = Alignment(10.0, 1.0, max_buffered=100)
+    al.add([A, B], 0.0)
+    al.observe(A, 100.0, 0.0)
+    al.observe(B, 105.0, 0.0)  # within the skew
+    left = lags(a=5, b=5)
+    waiting = {A: 0, B: 399}
+    pause, _, release = al.plan(0.1, left.get, waiting.__getitem__)
+    assert (pause, release) == ([], 100.0)
+    waiting[B] = 400
+    pause, _, _ = al.plan(0.1, left.get, waiting.__getitem__)
+    assert pause == [B]
+    al.paused(pause, 0.1)
+    waiting[B] = 201
+    assert al.plan(0.2, left.get, waiting.__getitem__)[1] == []  # not yet drained to half the cap
+    waiting[B] = 200
+    assert al.plan(0.2, left.get, waiting.__getitem__)[1] == [B]
