@@ -82,13 +82,21 @@ class MemoryState(State):
 
     @data.setter
     def data(self, values: dict[str, Any]) -> None:
+        for key in values:
+            _check_key(key)
         self._dirty.update(self._data, values)
         self._data = values
 
     def checkpoint(self) -> None:
         """Make the writes since the last checkpoint durable, encoded as they are now (raises as
-        the runtime's checkpoint would, for a value MessagePack cannot encode)."""
-        saved, data = self._saved, self._data
+        the runtime's checkpoint would, for a value MessagePack cannot encode or one too large
+        for a changelog record, and then saves nothing)."""
+        self._commit(self._prepare())
+
+    def _prepare(self) -> dict[str, bytes | None]:
+        """The writes since the last checkpoint, encoded and checked (None: deleted)."""
+        data = self._data
+        out: dict[str, bytes | None] = {}
         for key in self._dirty:
             if key in data:
                 value = _encoder.encode(data[key])
@@ -101,9 +109,18 @@ class MemoryState(State):
                 if refused is not None:
                     msg = f"checkpoint: {refused}"
                     raise PipelineError(msg)
-                saved[key] = value
+                out[key] = value
             else:
+                out[key] = None
+        return out
+
+    def _commit(self, prepared: dict[str, bytes | None]) -> None:
+        saved = self._saved
+        for key, value in prepared.items():
+            if value is None:
                 saved.pop(key, None)
+            else:
+                saved[key] = value
         self._dirty.clear()
 
     def reload(self) -> None:
@@ -175,7 +192,7 @@ def _check_key(key: object) -> None:
     """Refuse ``key`` as RocksDB-backed state refuses it: state keys are text that encodes as
     UTF-8 (a ``None`` entity id, a number or a tuple was kept here, where the Kafka stage stopped
     at the first record that made one, and again after every restart)."""
-    if type(key) is not str:
+    if not isinstance(key, str):
         msg = f"state keys are text (str); got {type(key).__name__} {key!r:.80}"
         raise TypeError(msg)
     key.encode()  # raises UnicodeEncodeError for a lone surrogate, as RocksState does
@@ -199,6 +216,8 @@ class HarnessResult:
     states: dict[tuple[str, int], MemoryState] = field(default_factory=dict)
     #: The next offset per (topic, partition): a restart carries on from them, as Kafka's do.
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: How far into ``emits`` the read-back topics have been read.
+    read_to: int = 0
 
     def emitted(self, topic: str | None = None) -> list[Any]:
         return [e.event for e in self.emits if topic is None or e.topic == topic]
@@ -309,7 +328,8 @@ def run_operators(
     ``checkpoints``: a checkpoint after every batch, as :class:`MemoryState` describes (so a
     restart loses a change made in place without a ``set``, as the runtime's does).  False
     for runs that are not restarted and want speed (encoding the state written in every batch
-    cost the evaluation a quarter of its rate): state is then saved at a restart, as it is.
+    cost the evaluation a quarter of its rate): state is then saved at a restart, as it is, and
+    a run that raises leaves ``result`` as it was when the run began.
     ``decode``: the application's own decoder (``Application(decode=...)``), called as the runtime
     calls it (topic, bytes, key, headers: here ``None``) for every record, read-backs too;
     without one, records are decoded as canonical events, as the runtime's are, so an
@@ -364,9 +384,11 @@ def run_operators(
         batch.clear()
         if checkpoints:
             # After every batch (the runtime's come after some batches): what a later restart
-            # reads back is what was written, not what was changed in place since.
-            for state in result.states.values():
-                state.checkpoint()
+            # reads back is what was written, not what was changed in place since.  Every store
+            # is encoded and checked before any is saved: a checkpoint that fails saves nothing.
+            prepared = [(state, state._prepare()) for state in result.states.values()]
+            for state, writes in prepared:
+                state._commit(writes)
             mark()
 
     def place(source: str, key: str | None) -> tuple[int, int, bytes | None]:
@@ -376,9 +398,8 @@ def run_operators(
         offsets[(source, part)] = offset + 1
         return part, offset, key.encode() if key else None
 
-    #: How far into the emits the read-back topics have been read (a restart's earlier ones
-    #: were read by its earlier run).
-    read_to = len(result.emits)
+    #: How far into the emits the read-back topics have been read (by an earlier run too).
+    read_to = result.read_to
 
     canonical = EventCodec()._decoder.decode
 
@@ -397,20 +418,22 @@ def run_operators(
     # the offsets then (its records are read again) and the outputs up to then (exactly-once
     # aborts the rest; at-least-once may have sent some, and sends them again).
     saved_offsets = dict(offsets)
-    saved_counts = (len(result.emits), len(result.dead_letters), len(result.late))
+    saved_counts = (len(result.emits), len(result.dead_letters), len(result.late), read_to)
 
     def mark() -> None:
+        # (Outputs to read-back topics not read back yet stay unread: a restart reads them, as
+        # the runtime reads its committed repartition records.)
         nonlocal saved_offsets, saved_counts
         saved_offsets = dict(offsets)
-        saved_counts = (len(result.emits), len(result.dead_letters), len(result.late))
+        saved_counts = (len(result.emits), len(result.dead_letters), len(result.late), read_to)
 
     def roll_back() -> None:
-        for state in result.states.values():
-            state.discard()
         offsets.clear()
         offsets.update(saved_offsets)
-        emits, letters, late = saved_counts
+        emits, letters, late, result.read_to = saved_counts
         del result.emits[emits:], result.dead_letters[letters:], result.late[late:]
+        for state in result.states.values():
+            state.discard()
 
     def flush_and_read_back() -> None:
         nonlocal read_to
@@ -467,4 +490,7 @@ def run_operators(
         except BaseException:
             roll_back()
             raise
+    # Every output so far has been read back, or is not on a topic read back: a later run that
+    # reads some topic back starts after them (a restart's were read by its earlier run).
+    result.read_to = len(result.emits)
     return result

@@ -53,6 +53,8 @@ _RESTORE_CHUNK_BYTES = 4 << 20
 CHANGELOG_MAX_BYTES = 16 << 20
 #: A key and its encoded state, at most, in one changelog record: the topic's limit less what
 #: the broker counts beyond them (the record batch's header, the record's own fields), generously.
+#: (The broker measures the batch as sent, compressed: measured before compression, state that
+#: compresses well is refused up to about 64 KB short of what librdkafka would have sent.)
 STATE_RECORD_MAX_BYTES = CHANGELOG_MAX_BYTES - 1024
 #: Kafka's default ``delete.retention.ms`` (a day), in seconds.
 DEFAULT_DELETE_RETENTION_S = 86_400.0
