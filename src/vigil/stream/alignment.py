@@ -62,6 +62,12 @@ class Lane:
     paused: bool = False
 
 
+def _past(lane: Lane, release: float) -> bool:
+    """Whether ``lane`` has read past ``release`` (the plan counts buffers before the release:
+    the floor's own partition may hold a whole fetch then, all of it about to go)."""
+    return lane.event_time is not None and lane.event_time > release
+
+
 class Alignment:
     """Bookkeeping and the pause/resume decision for a set of input partitions."""
 
@@ -99,7 +105,9 @@ class Alignment:
     def holds(self, tp: TP, lane: Lane, now: float, lag: Callable[[TP], int | None]) -> bool:
         """Whether ``tp`` holds the others back (see the module docstring)."""
         if lane.paused:
-            return True  # paused for being ahead: it has records left, and its time counts
+            # Paused for being ahead, or for its buffer: either way it has records past the floor
+            # waiting, and its time (above the floor) counts.
+            return True
         if now - lane.active_at >= self.idle_s:
             return False
         left = lag(tp)
@@ -141,7 +149,7 @@ class Alignment:
             if lane.paused:
                 if waiting * 2 <= full or (not ahead and waiting * 2 <= cap):
                     resume.append(tp)
-            elif (ahead and waiting >= full) or waiting >= cap:
+            elif (ahead and waiting >= full) or (waiting >= cap and _past(lane, release)):
                 pause.append(tp)
         return pause, resume, release
 

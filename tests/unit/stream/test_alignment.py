@@ -126,3 +126,16 @@ def test_a_partition_within_the_skew_is_paused_once_it_buffers_four_times_the_bo
     assert al.plan(0.2, left.get, waiting.__getitem__)[1] == []  # not yet drained to half the cap
     waiting[B] = 200
     assert al.plan(0.2, left.get, waiting.__getitem__)[1] == [B]
+
+
+def test_the_partition_that_sets_the_floor_is_never_paused_for_its_buffer() -> None:
+    # The plan counts buffers before the release: the floor's own partition may hold a whole
+    # fetch (500 records against a cap of 400), all of it about to be released.  It was paused,
+    # and resumed at the next plan, again and again: the partition the replay waits for.
+    al = Alignment(10.0, 1.0, max_buffered=100)
+    al.add([A, B], 0.0)
+    al.observe(A, 100.0, 0.0)
+    al.observe(B, 105.0, 0.0)
+    waiting = {A: 500, B: 0}
+    pause, _, release = al.plan(0.1, lags(a=5, b=5).get, waiting.__getitem__)
+    assert (pause, release) == ([], 100.0)
