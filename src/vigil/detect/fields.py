@@ -399,17 +399,41 @@ _INT_LOW, _INT_HIGH = -(1 << 63), (1 << 64) - 1
 
 def kept(value: Any) -> Any:
     """A field value as state keeps it: strings :func:`bounded`, integers past 64 bits as floats
-    (MessagePack cannot hold them: every checkpoint failed), anything else as it is."""
+    (MessagePack cannot hold them: every checkpoint failed), other numbers, booleans and None as
+    they are, and anything else :func:`as_stored`."""
     kind = type(value)
     if kind is str:
         return bounded(value)
-    if kind is int and not _INT_LOW <= value <= _INT_HIGH:
-        return to_float(value)
-    return value
+    if kind is int:
+        return value if _INT_LOW <= value <= _INT_HIGH else to_float(value)
+    if kind is float or kind is bool or value is None:
+        return value
+    return as_stored(value)
+
+
+_to_msgpack = msgspec.msgpack.Encoder().encode
+_from_msgpack = msgspec.msgpack.Decoder().decode
+
+
+def as_stored(value: Any) -> Any:
+    """``value`` as state gives it back once it has been stored: a struct as a dict, a tuple as a
+    list, a datetime in UTC.  Rules compare and count kept values by their text, and a value
+    kept as the event had it (``payload.geo``, a ``Geo``) and the same value read back from
+    RocksDB (a dict; after a restart, or once the store's cache let it go) were two texts: two
+    logins from one place counted as two distinct places, and ``same_as`` on it never linked.
+    One that state cannot hold is kept as its text."""
+    try:
+        return _from_msgpack(_to_msgpack(value))
+    except (TypeError, ValueError, OverflowError):  # (an integer past 64 bits inside, an object)
+        return bounded(str(value))
 
 
 def seen_text(value: Any) -> str:
-    """A value as first-seen histories remember it: lower-cased, :func:`bounded`."""
+    """A value as first-seen histories remember it: its text (of :func:`as_stored` for what is
+    not a string or a number), lower-cased, :func:`bounded`."""
+    kind = type(value)
+    if not (kind is str or kind is int or kind is float or kind is bool):
+        value = as_stored(value)
     return bounded(str(value).lower())
 
 
