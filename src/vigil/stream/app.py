@@ -1931,14 +1931,21 @@ class Application:
             positions = consumer.position(owned) if owned else []
         except KafkaException:
             return
+        buffers = self._buffers
+        paused = {(t, p) for t, p in self.metrics.paused} if self.alignment is not None else set()
         for tp in positions:
+            key = (tp.topic, tp.partition)
+            if self.alignment is not None:
+                self.prometheus.paused.labels(self.name, tp.topic, str(tp.partition)).set(key in paused)
             try:
                 _low, high = consumer.get_watermark_offsets(tp, cached=True)
             except KafkaException:
                 continue
             if tp.offset >= 0 and high >= 0:
+                # Read but waiting for alignment is not processed yet: behind too.
+                waiting = len(buffers.get(key, ()))
                 self.prometheus.lag.labels(self.name, tp.topic, str(tp.partition)).set(
-                    max(0, high - tp.offset)
+                    max(0, high - tp.offset) + waiting
                 )
         for task in self._tasks.values():
             for store_id, state in task.stores.items():
@@ -2195,6 +2202,7 @@ class Application:
             self._owned.discard(key)
             # Its lag is the next owner's to report: a gauge left here would count it twice.
             _forget(self.prometheus.lag, self.name, tp.topic, str(tp.partition))
+            _forget(self.prometheus.paused, self.name, tp.topic, str(tp.partition))
             self._next_offsets.pop(key, None)
             begun = self._first_read.pop(key, None)
             if self._lost and begun is not None:

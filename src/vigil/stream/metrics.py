@@ -103,7 +103,16 @@ class PrometheusMetrics:
         )
         self.lag = Gauge(
             "vigil_stream_consumer_lag",
-            "Records behind the log end",
+            "Records behind the log end, records read but still waiting for event-time alignment "
+            "included; a partition paused by alignment (vigil_stream_partition_paused) shows the "
+            "log end as of its pause (the client learns it from fetches), so its lag reads low",
+            ["app", "topic", "partition"],
+            registry=r,
+        )
+        self.paused = Gauge(
+            "vigil_stream_partition_paused",
+            "1 while event-time alignment keeps a partition paused (ahead of the slowest, or "
+            "buffering too much), else 0",
             ["app", "topic", "partition"],
             registry=r,
         )
@@ -134,7 +143,9 @@ class PrometheusMetrics:
         )
         self.state_keys = Gauge(
             "vigil_stream_state_keys",
-            "Estimated keys per store and partition",
+            "Estimated keys per store and partition (RocksDB's estimate-num-keys: a key written "
+            "again, or deleted, counts again until RocksDB compacts it, so between compactions "
+            "this reads high, by up to the keys written per checkpoint at every checkpoint)",
             ["app", "store", "partition"],
             registry=r,
         )

@@ -10,6 +10,7 @@ ones do not hold the others back.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -307,3 +308,54 @@ def test_alignment_options_are_validated(settings: Settings, skew: float, idle: 
             max_event_time_skew_s=skew,
             alignment_idle_s=idle,
         )
+
+
+class Laborious(Operator[Payment]):
+    """Takes its time over every batch (a heavy rule), so the slow topic holds the floor a while."""
+
+    id = "laborious"
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        time.sleep(0.05)  # the work, not a synchronisation
+
+
+def test_lag_counts_records_waiting_for_alignment_and_pauses_are_exported(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    # Records read but waiting in the alignment buffer counted as done (lag 1,800 of 2,000
+    # unprocessed), and nothing said a partition was paused.
+    a, b = names("a"), names("b")
+    make_topics(settings, a, b, partitions=1)
+    produce(settings, a, events("a", 2000, 0.0))
+    produce(settings, b, events("b", 2000, 1e6))  # far ahead: waits for all of A
+    application = app(
+        settings,
+        names("app"),
+        [a, b],
+        Laborious(),
+        batch_size=20,
+        max_event_time_skew_s=SKEW_S,
+        alignment_max_buffered=200,
+    )
+    running = run_app(application)
+
+    def gauge(name: str, topic: str) -> float | None:
+        labels = {"app": application.name, "topic": topic, "partition": "0"}
+        return application.prometheus.registry.get_sample_value(name, labels)
+
+    wait_for(
+        lambda: (
+            bool(running.errors)
+            or (
+                gauge("vigil_stream_partition_paused", b) == 1
+                and gauge("vigil_stream_consumer_lag", b) is not None
+            )
+        ),
+        60,
+        "B paused, and its gauges",
+    )
+    assert not running.errors
+    assert gauge("vigil_stream_consumer_lag", b) == 2000  # none of B processed: all of it behind
+    assert gauge("vigil_stream_partition_paused", a) == 0
+    assert application.metrics.processed < 2000  # (A still holds the floor: B is still waiting)
+    running.stop()
