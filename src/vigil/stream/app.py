@@ -71,8 +71,8 @@ with state one call per partition number, to those without one call for all part
 the skew ahead of the floor that also buffers ``alignment_max_buffered`` records is paused
 (``consumer.pause``) and resumed once the floor is close enough or its buffer has drained to
 half: memory stays bounded without pausing a partition for every few records it reads ahead.
-A partition buffering four times ``alignment_max_buffered`` is paused even within the skew
-(a dense partition beside a slow one).
+A partition past the floor that buffers four times ``alignment_max_buffered`` is paused even
+within the skew (a dense partition replayed beside a slow one).
 A partition at its end (consumer position at its high watermark, or, before it delivered
 anything, its committed offset), or that delivered nothing for ``alignment_idle_s``, holds
 nobody back, so live traffic is not delayed.  Only released records count as processed and
@@ -1932,7 +1932,7 @@ class Application:
         except KafkaException:
             return
         buffers = self._buffers
-        paused = {(t, p) for t, p in self.metrics.paused} if self.alignment is not None else set()
+        paused = set(self.metrics.paused)
         for tp in positions:
             key = (tp.topic, tp.partition)
             if self.alignment is not None:
