@@ -125,9 +125,10 @@ class PrometheusMetrics:
         )
         self.longest_step = Gauge(
             "vigil_stream_longest_loop_step_seconds",
-            "The longest single step of each kind the loop has taken (process: a batch; "
-            "checkpoint, encode, complete, write: checkpoint work between batches); records that "
-            "arrive meanwhile wait for it, so it bounds what the step adds to an event's latency",
+            "The longest single step of each kind the loop has taken since the process started "
+            "(process: a batch; checkpoint, encode, complete, write: checkpoint work between "
+            "batches); records that arrive meanwhile wait for it, so it bounds what the step adds "
+            "to an event's latency.  It only grows: alert on changes(), not on its value",
             ["app", "step"],
             registry=r,
         )
