@@ -144,7 +144,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from vigil.config import Settings
+from vigil.config import GUARANTEE_CLIENT_OPTIONS, GUARANTEE_CLIENT_PREFIXES, Settings
 from vigil.errors import ConfigError, ContractError, PipelineError, TopicError
 from vigil.events.base import Event, utcnow
 from vigil.events.codec import EventCodec, encode, too_deep
@@ -320,6 +320,36 @@ ALIGNMENT_MAX_BUFFERED = 5_000
 #: Aligned apps re-plan pauses and releases after every batch, and at least this often when
 #: nothing arrives (idle partitions stop holding the others back after ``idle_s``).
 _ALIGN_IDLE_EVERY_S = 0.01
+#: Guarantee-bearing client settings an application's own overrides may still change (refused in
+#: ``kafka_client_options``, which apply to every client): each application bounds its own sends
+#: and transactions (a slow takeover, a test's short timeout; the runtime keeps message.timeout.ms
+#: under the transaction's), and may start a new group at the end of its inputs (live traffic
+#: only; the runtime reads a lost partition back from where it began whatever this says).
+_OVERRIDABLE = frozenset(
+    {"transaction.timeout.ms", "message.timeout.ms", "delivery.timeout.ms", "auto.offset.reset"}
+)
+#: Callbacks the runtime's producer reports failures through.
+_OWN_CALLBACKS = {
+    "on_delivery": "the application learns of a record Kafka refused through it",
+    "error_cb": "the application learns of a failed client (fenced, fatal) through it",
+}
+
+
+def refused_override(name: str) -> str | None:
+    """Why an application's ``consumer_overrides``/``producer_overrides`` may not set ``name``
+    (None: it may): what undoes a guarantee the runtime depends on, as in ``kafka_client_options``
+    (an override of isolation.level read aborted transactions' records; of partitioner, broke
+    the co-partitioning of repartition topics)."""
+    key = name.lower().removeprefix("topic.")  # (librdkafka reads topic.<name> as <name>)
+    if key in _OVERRIDABLE:
+        return None
+    return (
+        GUARANTEE_CLIENT_OPTIONS.get(key)
+        or _OWN_CALLBACKS.get(key)
+        or next((why for prefix, why in GUARANTEE_CLIENT_PREFIXES.items() if key.startswith(prefix)), None)
+    )
+
+
 #: What decoding a record may raise: the contract's errors (EventCodec, custom decoders) and the
 #: default decoder's own (the fast path calls msgspec directly, without EventCodec's wrapping).
 #: RecursionError: JSON nested too deep for msgspec (a field before the type tag skipped over,
@@ -704,6 +734,12 @@ class Application:
         if not alignment_idle_s > 0:
             msg = f"application {name!r}: alignment_idle_s must be > 0 seconds; got {alignment_idle_s}"
             raise ConfigError(msg)
+        for which, overrides in (("consumer", consumer_overrides), ("producer", producer_overrides)):
+            for option in overrides or {}:
+                why = refused_override(option)
+                if why is not None:
+                    msg = f"application {name!r}: {which}_overrides may not set {option!r}: {why}"
+                    raise ConfigError(msg)
         self.settings = settings
         self.name = name
         self.inputs = list(inputs)
@@ -913,15 +949,18 @@ class Application:
             else Alignment(self.max_event_time_skew_s, self.alignment_idle_s, self.alignment_max_buffered)
         )
         admin = make_admin(self.settings)
-        if self.internal_topics:
-            # First: an application may read a topic of its own (its repartition topic), which
-            # does not exist before its first start.
-            ensure_topics(self.settings, self.internal_topics, owned=True)
         topics = admin.list_topics(timeout=_TIMEOUT).topics
+        internal = {spec.name: spec for spec in self.internal_topics}
         counts: dict[str, int] = {}
         for topic in self.inputs:
             meta = topics.get(topic)
             if meta is None or meta.error is not None:
+                if topic in internal:
+                    # A topic of its own (its repartition topic) does not exist before the
+                    # application's first start: created below, once the counts agree (a wrong
+                    # count created first had to be deleted by hand).
+                    counts[topic] = internal[topic].partitions or self.settings.default_partitions
+                    continue
                 msg = f"application {self.name!r}: input topic {topic!r} does not exist (create it first)"
                 raise TopicError(msg)
             counts[topic] = len(meta.partitions)
@@ -933,7 +972,16 @@ class Application:
             )
             raise ConfigError(msg)
         self._partitions = max(counts.values())
-        specs = [changelog_spec(self.name, sid, self._partitions) for sid in self.stores]
+        # Topics only this application uses, kept as declared: a changelog someone had set to
+        # cleanup.policy=delete and 7 days' retention kept it, and state not written for a week
+        # was missing after a restore.
+        owned = [
+            *self.internal_topics,
+            *(changelog_spec(self.name, sid, self._partitions) for sid in self.stores),
+        ]
+        if owned:
+            ensure_topics(self.settings, owned, owned=True)
+        specs: list[TopicSpec] = []
         # Declared topics (dlq.<stage>) are created as declared; others with one partition.
         kinds: tuple[tuple[str, Literal["dead_letter", "raw"], str], ...] = (
             (self.dlq_topic, "dead_letter", f"Records application {self.name!r} could not process"),

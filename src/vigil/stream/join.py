@@ -22,6 +22,15 @@ events older than the watermark are late (``ctx.late``) and join nothing.  Event
 the key (by default the entity the event is keyed by: no event-id fallback) join nothing
 and are not stored.
 
+Pairs are found only within one partition, so the join key must be the key the inputs are
+partitioned by: each event's join key is checked against its record's Kafka key, and a
+difference stops the application naming both (joined by IP while both topics were keyed by
+customer, pairs were found only when two customers happened to share a partition, and the
+rest were missed without a word).  To join by another entity, re-key both inputs by it first
+(:func:`vigil.stream.repartition.group_by`) and pass ``key=entity_key(kind)``.  By default
+events pair by the entity they are keyed by *and its kind*: a vendor ``acme`` and a customer
+``acme`` share a key on ``events.saas``, not an identity.
+
 A key's waiting events of one side are one store entry, kept as they came: an event appends
 to it and expired events are cut from its front, so waiting costs the same however many of
 its key already wait (a list copied at every event made one busy key quadratic: 40,000 logins
@@ -45,8 +54,9 @@ from typing import Any
 
 import msgspec
 
+from vigil.errors import ConfigError
 from vigil.events.base import Event
-from vigil.events.codec import EventCodec, encode
+from vigil.events.codec import EventCodec, encode, inert
 from vigil.events.types import EVENT_CLASSES
 from vigil.stream.base import Context, Operator, Record, StoreSpec
 from vigil.stream.changelog import CHANGELOG_MAX_BYTES
@@ -64,7 +74,8 @@ MAX_WAITING_BYTES = 4 << 20
 
 
 def _default_key(event: Event) -> str | None:
-    """The entity the event is keyed by (``Event.key`` falls back to the event id: no pair)."""
+    """The entity the event is keyed by (``Event.key`` falls back to the event id: no pair);
+    the join pairs by its kind too."""
     return event.entities.get(event.key_entity)
 
 
@@ -135,6 +146,7 @@ class IntervalJoin(Operator[Event]):
         state = ctx.state(self.store)
         marks: list[int | None] = [state.get(_WATERMARK_KEYS[0]), state.get(_WATERMARK_KEYS[1])]
         wm = self._joint(marks)
+        by_kind = self.key is _default_key
         for rec in batch:
             if rec.topic == self.left:
                 me, side, other = 0, "L:", "R:"
@@ -145,6 +157,10 @@ class IntervalJoin(Operator[Event]):
             k = self.key(rec.event)
             if not k:
                 continue
+            if rec.key != k.encode():
+                raise ConfigError(self._not_partitioned_by(rec, k))
+            if by_kind:
+                k = f"{rec.event.key_entity}:{k}"
             t = to_ms(rec.event.occurred_at)
             if wm is not None and t < wm:
                 ctx.late(rec)
@@ -209,6 +225,17 @@ class IntervalJoin(Operator[Event]):
             else:
                 state.delete(skey)
         return size, entries
+
+    def _not_partitioned_by(self, rec: Record[Event], k: str) -> str:
+        def shown(text: str) -> str:
+            return inert(text[:80]) + ("..." if len(text) > 80 else "")
+
+        kafka_key = "none" if rec.key is None else f"'{shown(rec.key.decode('utf-8', 'replace'))}'"
+        return (
+            f"join {self.id!r}: the join key '{shown(k)}' of {rec.topic}[{rec.partition}]@{rec.offset} "
+            f"is not the key it is partitioned by ({kafka_key}): events pair only within one "
+            "partition, so both inputs must be keyed by the join key (re-key them with group_by)"
+        )
 
     def _refuse(
         self, rec: Record[Event], ctx: Context, k: str, side: str, n: int, size: int, more: int

@@ -12,6 +12,20 @@ re-keyed once, not again and again.  (Skipping only its own topic, a ``GroupBy``
 by device, in one application reading both topics, passed every event back and forth between
 them for ever.)
 
+At least once, the records a crash left uncommitted are read again and re-keyed again: the
+repartition topic then holds them twice, and whatever counts over it (a window's count or sum)
+counts them twice; their outputs' deterministic ids do not help there.  An application that
+re-keys and then counts runs exactly-once (its re-keyed records are committed with its input
+offsets), or dedups by event id.  A ``GroupBy`` leaves alone only its own application's
+repartition topics: two applications each re-keying the other's repartition topic would pass
+events between them for ever (read each other's outputs only after re-keying is done).
+
+An event whose re-keyed record would be over the largest record an output may be
+(``vigil.stream.app.OUTPUT_MAX_BYTES``: the key repeats the entity id, so a 600 KB device id
+made a 1.2 MB record) goes to the dead-letter topic with the reason: refused by the producer, it
+stopped the application at that event, and every restart at the same one.  The event itself
+stays on its canonical topic; detection keys such ids by a digest of their own.
+
 Partitioning is librdkafka's default partitioner on the key, the same as every Vigil
 producer's, so a repartition topic with the same partition count is co-partitioned with
 the canonical topics (JVM producers hash differently: do not mix them on one topic).
@@ -21,6 +35,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
 
 from vigil.events.base import Event
 from vigil.hub.topics import TopicSpec
@@ -56,7 +72,7 @@ class GroupBy(Operator[Event]):
     """Re-publishes each event to ``topic`` keyed by ``key(event)``; keyless events are skipped,
     and so are records already re-keyed: those of ``topic`` itself and of every topic whose name
     begins with ``internal_prefix`` (the application's repartition topics; see the module
-    docstring)."""
+    docstring).  An event too large to re-key is dead-lettered (``refused`` counts them)."""
 
     def __init__(
         self, id: str, topic: str, key: Callable[[Event], str | None], *, internal_prefix: str | None = None
@@ -66,6 +82,7 @@ class GroupBy(Operator[Event]):
         self.key = key
         self.internal_prefix = internal_prefix
         self.skipped = 0
+        self.refused = 0
 
     def process(self, batch: Sequence[Record[Any]], ctx: Context) -> None:
         topic, key, prefix = self.topic, self.key, self.internal_prefix
@@ -76,7 +93,16 @@ class GroupBy(Operator[Event]):
             if not k:  # None, or "": an empty key would land on a random partition
                 self.skipped += 1
                 continue
-            ctx.emit(topic, rec.event, k)
+            try:
+                ctx.emit(topic, rec.event, k)
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not (isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE):
+                    raise
+                self.refused += 1
+                ctx.dead_letter(
+                    rec, f"group_by {self.id!r}: cannot re-key the event to {topic!r}: {err.str()}"
+                )
 
 
 def group_by(app: str, kind: str, partitions: int) -> tuple[GroupBy, TopicSpec]:

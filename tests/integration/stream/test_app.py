@@ -24,11 +24,13 @@ from vigil.events.base import Entities, Event
 from vigil.events.codec import decode_event, encode
 from vigil.events.records import DeadLetter
 from vigil.events.types import Logout, Payment
-from vigil.hub.admin import ensure_topics
-from vigil.hub.client import EventProducer, is_transient, make_consumer
+from vigil.hub.admin import describe_live, ensure_topics
+from vigil.hub.client import EventProducer, is_transient, make_admin, make_consumer
+from vigil.hub.topics import TopicSpec
 from vigil.stream.app import Application, state_path
 from vigil.stream.base import Context, Operator, Record, StoreSpec
 from vigil.stream.changelog import RestoreTask, changelog_spec, changelog_topic, restore
+from vigil.stream.repartition import repartition_spec
 from vigil.stream.state import RocksState
 
 Start = Callable[[Application], Running]
@@ -473,6 +475,39 @@ def test_stateless_inputs_with_unequal_partition_counts_are_each_assigned(
     stateful = Application(settings, name=names("bad"), inputs=[one, three], operators=[RunningCount(out)])
     with pytest.raises(ConfigError, match=r"stateful applications need co-partitioned inputs .*got \{"):
         stateful.run()
+
+
+def test_topics_of_its_own_are_kept_as_declared_and_none_is_made_with_a_wrong_count(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out)
+    # A changelog someone set to delete after 7 days: state not written for a week was missing
+    # after a restore.  The application sets it back (only an application uses its changelog).
+    log = changelog_topic(name, COUNTS.id)
+    ensure_topics(settings, [TopicSpec(name=log, key="k", value="raw", description="t", partitions=3)])
+    assert describe_live(make_admin(settings), [log])[log].config["cleanup.policy"] == "delete"
+    produce(settings, src, payments(30, 7, "a"))
+    running = run_app(counting_app(settings, name, src, out))
+    wait_for(lambda: running.app.metrics.processed >= 30, 60, "30 records processed")
+    running.stop()
+    assert not running.errors
+    assert describe_live(make_admin(settings), [log])[log].config["cleanup.policy"] == "compact"
+
+    # Reading a repartition topic of its own declared with 2 partitions beside 3: refused before
+    # the topic is made (made first, it had to be deleted by hand before the fix could start).
+    other = names("rekeying")
+    rekeyed = repartition_spec(other, "by-ip", 2)
+    app = Application(
+        settings,
+        name=other,
+        inputs=[src, rekeyed.name],
+        operators=[RunningCount(out)],
+        internal_topics=[rekeyed],
+    )
+    with pytest.raises(ConfigError, match=r"co-partitioned inputs .*got \{"):
+        app.run()
+    assert rekeyed.name not in make_admin(settings).list_topics(timeout=10).topics
 
 
 class Seen(Operator[Event]):

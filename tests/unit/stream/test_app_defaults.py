@@ -56,6 +56,40 @@ def test_a_non_positive_gc_young_fails_by_name(tmp_path: Path, young: int) -> No
         Application(settings, name="a", inputs=["in"], operators=[], gc_young=young)
 
 
+@pytest.mark.parametrize(
+    ("which", "option", "why"),
+    [
+        ("consumer", "isolation.level", "read committed records only"),
+        ("consumer", "enable.auto.commit", "commit offsets with their outputs"),
+        ("consumer", "group.id", "names its own consumer group"),
+        ("producer", "partitioner", "co-partitioned"),
+        ("producer", "topic.partitioner", "co-partitioned"),
+        ("producer", "Enable.Idempotence", "idempotent"),
+        ("producer", "error_cb", "failed client"),
+        ("producer", "test.mock.num.brokers", "mock cluster"),
+    ],
+)
+def test_overrides_may_not_undo_a_guarantee(tmp_path: Path, which: str, option: str, why: str) -> None:
+    # kafka_client_options refused these; an application's own overrides took them: a
+    # consumer reading uncommitted records, a producer partitioning another way than the rest.
+    settings = load_settings(kafka_bootstrap="127.0.0.1:1", home=tmp_path)
+    with pytest.raises(ConfigError, match=f"{which}_overrides may not set '{option}': .*{why}"):
+        Application(settings, name="a", inputs=["in"], operators=[], **{f"{which}_overrides": {option: "x"}})
+
+
+def test_overrides_may_tune_and_bound_their_own_transactions(tmp_path: Path) -> None:
+    settings = load_settings(kafka_bootstrap="127.0.0.1:1", home=tmp_path)
+    app = Application(
+        settings,
+        name="a",
+        inputs=["in"],
+        operators=[],
+        consumer_overrides={"fetch.wait.max.ms": 5, "session.timeout.ms": 6000},
+        producer_overrides={"transaction.timeout.ms": 60_000, "linger.ms": 1},
+    )
+    assert app.consumer_settings()["fetch.wait.max.ms"] == 5
+
+
 class _Stateful(Operator[Any]):
     id = "stateful"
     stores = (StoreSpec("counts", 1),)

@@ -6,15 +6,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
+import msgspec
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from vigil.errors import ConfigError
 from vigil.events.base import Entities, Event
 from vigil.events.codec import EventCodec, encode
-from vigil.events.types import Login, WithdrawalRequest, WithdrawalRequestPayload
+from vigil.events.types import CrmLogin, CrmLoginPayload, Login, WithdrawalRequest, WithdrawalRequestPayload
 from vigil.stream.base import Context, StoreSpec
 from vigil.stream.join import IntervalJoin
+from vigil.stream.repartition import GroupBy, entity_key, repartition_topic
 from vigil.stream.windows import QuietKeys, to_ms
 from vigil.testing import HarnessResult, MemoryState, run_operators
 
@@ -176,7 +179,7 @@ def test_a_side_with_no_events_keeps_the_other_waiting_max_skew_at_most() -> Non
     t0 = T0.timestamp() * 1000
     for j in range(5):
         last = 175 + j  # each customer's last login; its waiting ones were pruned then
-        size, entries = result.states[join.store.id, 0].get(f"L:c{j}")
+        size, entries = result.states[join.store.id, 0].get(f"L:customer:c{j}")
         stored = [(t - t0) / 60_000 for t, _ in entries]
         assert size == sum(len(raw) for _, raw in entries)
         assert stored == [i for i in range(j, 180, 5) if i >= last - 60 - 5]
@@ -205,7 +208,7 @@ def test_events_without_the_key_join_nothing_and_are_not_stored() -> None:
     assert pairs == [("l9", "w9")]
     assert late == []
     stored = sorted(k for prefix in ("L:", "R:") for k, _ in result.states[join.store.id, 0].items(prefix))
-    assert stored == ["L:c1", "R:c1"]
+    assert stored == ["L:customer:c1", "R:customer:c1"]
 
 
 @pytest.mark.parametrize("option", ["within", "lateness", "max_skew"])
@@ -288,14 +291,14 @@ def test_a_flooded_key_waits_at_most_max_waiting_events_and_the_rest_are_dead_le
     assert late == []
     assert [rec.event.event_id for rec, _ in result.dead_letters] == [f"l{i}" for i in range(20, 50)]
     reason = result.dead_letters[0][1]
-    assert "join 'login-withdrawal': key 'victim' already has 20 left events" in reason
+    assert "join 'login-withdrawal': key 'customer:victim' already has 20 left events" in reason
     assert "at most 20 events" in reason
     assert join.refused == 30
-    size, entries = result.states[join.store.id, 0].get("L:victim")
+    size, entries = result.states[join.store.id, 0].get("L:customer:victim")
     assert len(entries) == 20
     assert size == sum(len(raw) for _, raw in entries)
     # Another customer is not held back by the flooded one.
-    assert result.states[join.store.id, 0].get("L:other") is not None
+    assert result.states[join.store.id, 0].get("L:customer:other") is not None
 
 
 def test_a_key_waits_at_most_max_waiting_bytes_and_room_comes_back_as_events_expire() -> None:
@@ -323,7 +326,7 @@ def test_a_key_waits_at_most_max_waiting_bytes_and_room_comes_back_as_events_exp
     assert 0 < kept_after < len(after)
     assert dead == [e.event_id for e in burst[kept:] + after[kept_after:]]
     assert "bytes" in result.dead_letters[0][1]
-    size, entries = result.states[join.store.id, 0].get("L:c1")
+    size, entries = result.states[join.store.id, 0].get("L:customer:c1")
     assert len(entries) == kept_after
     assert size <= 1000
 
@@ -335,12 +338,12 @@ def test_waiting_events_stored_before_the_limits_still_join() -> None:
     before = HarnessResult()
     waiting = login(1, "c1", 0)
     before.states[join.store.id, 0] = old = MemoryState()
-    old.set("L:c1", [[to_ms(waiting.occurred_at), encode(waiting)]])
+    old.set("L:customer:c1", [[to_ms(waiting.occurred_at), encode(waiting)]])
     result = run_operators(
         [join], [login(2, "c1", 1), withdrawal(1, "c1", 2)], topic_of=topic_of, result=before
     )
     assert sorted(pairs) == [("l1", "w1"), ("l2", "w1")]
-    size, entries = result.states[join.store.id, 0].get("L:c1")
+    size, entries = result.states[join.store.id, 0].get("L:customer:c1")
     assert [e[0] for e in entries] == [to_ms(waiting.occurred_at), to_ms(login(2, "c1", 1).occurred_at)]
     assert size == sum(len(raw) for _, raw in entries)
 
@@ -350,3 +353,79 @@ def test_waiting_limits_are_checked() -> None:
         login_withdrawal_join(lambda left, right, ctx: None, max_waiting=0)
     with pytest.raises(ValueError, match=r"max_waiting_bytes must be at most 8,388,608"):
         login_withdrawal_join(lambda left, right, ctx: None, max_waiting_bytes=16 << 20)
+
+
+def from_ip(event: Event, ip: str) -> Event:
+    return msgspec.structs.replace(event, entities=msgspec.structs.replace(event.entities, ip=ip))
+
+
+def test_a_join_key_other_than_the_partitioning_key_stops_the_application_naming_both() -> None:
+    # Joined by IP while both topics are keyed by customer, pairs were found only when the two
+    # customers' events happened to share a partition; the others were missed without a word.
+    join = login_withdrawal_join(lambda left, right, ctx: None, key=entity_key("ip"))
+    events = [from_ip(login(1, "c1", 0), "10.0.0.1"), from_ip(withdrawal(1, "c2", 1), "10.0.0.1")]
+    with pytest.raises(ConfigError) as raised:
+        run_operators([join], events, partitions=4, topic_of=topic_of)
+    text = str(raised.value)
+    assert "join 'login-withdrawal': the join key '10.0.0.1' of events.identity[" in text
+    assert "is not the key it is partitioned by ('c1')" in text
+    assert "re-key them with group_by" in text
+
+
+def test_inputs_re_keyed_by_the_join_key_pair_across_partitions() -> None:
+    # The same join, each side first re-keyed by IP: logins and withdrawals of different
+    # customers from one address pair, wherever their customers' partitions are.
+    app = "fraud"
+    lefts, rights = repartition_topic(app, "logins-by-ip"), repartition_topic(app, "withdrawals-by-ip")
+    internal = repartition_topic(app, "")
+
+    def ip_of(type_: str) -> Callable[[Event], str | None]:
+        return lambda event: event.entities.ip if event.type == type_ else None
+
+    pairs: list[tuple[str, str]] = []
+    ops = [
+        GroupBy("logins-by-ip", lefts, ip_of("login"), internal_prefix=internal),
+        GroupBy("withdrawals-by-ip", rights, ip_of("withdrawal_request"), internal_prefix=internal),
+        IntervalJoin(
+            "same-ip",
+            StoreSpec("same-ip"),
+            left=lefts,
+            right=rights,
+            within="10m",
+            lateness="10m",  # (re-keyed records arrive in no particular time order)
+            key=entity_key("ip"),
+            on_match=lambda left, right, ctx: pairs.append((left.event_id, right.event_id)),
+        ),
+    ]
+    customers = [f"c{i}" for i in range(8)]
+    events: list[Event] = [from_ip(login(i, c, i), f"10.0.0.{i % 2}") for i, c in enumerate(customers)]
+    events += [from_ip(withdrawal(i, c, i + 1), f"10.0.0.{i % 2}") for i, c in enumerate(reversed(customers))]
+    result = run_operators(ops, events, partitions=4, topic_of=topic_of, read_back=[lefts, rights])
+    assert result.late == []
+    # Login i (minute i, address i % 2) and withdrawal j (minute j + 1, address j % 2) pair when
+    # the addresses agree and they are at most 10 minutes apart: all of them here.
+    assert sorted(pairs) == sorted((f"l{i}", f"w{j}") for i in range(8) for j in range(8) if i % 2 == j % 2)
+
+
+def test_by_default_events_pair_by_the_kind_of_entity_they_are_keyed_by_too() -> None:
+    # events.saas is keyed by vendor: vendor "acme" is not customer "acme".
+    pairs: list[tuple[str, str]] = []
+    join = IntervalJoin(
+        "login-crm",
+        StoreSpec("login-crm"),
+        left="events.identity",
+        right="events.saas",
+        within="10m",
+        on_match=lambda left, right, ctx: pairs.append((left.event_id, right.event_id)),
+    )
+    crm = CrmLogin(
+        event_id="crm1",
+        source="t",
+        occurred_at=T0,
+        entities=Entities(vendor="acme"),
+        payload=CrmLoginPayload(platform="hubspot", user="ops@acme.example"),
+    )
+    result = run_operators([join], [login(1, "acme", 1), crm], topic_of=topic_of)
+    assert pairs == []
+    stored = sorted(k for prefix in ("L:", "R:") for k, _ in result.states[join.store.id, 0].items(prefix))
+    assert stored == ["L:customer:acme", "R:vendor:acme"]

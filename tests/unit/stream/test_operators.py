@@ -100,6 +100,28 @@ def test_group_by_leaves_records_of_its_own_topic_and_empty_keys_alone() -> None
     assert blank.skipped == 1
 
 
+def test_group_by_dead_letters_an_event_too_large_to_re_key_and_goes_on() -> None:
+    # The re-keyed record repeats the entity id as its key: a 600 KB device id made a 1.2 MB
+    # record, which the producer refused, stopping the application there (and every restart).
+    op, spec = group_by("detect", "device", partitions=6)
+    huge = "d" * 600_000
+    events = [
+        payment(1, "c1", timedelta(0)),
+        payment(2, "c2", timedelta(0)),
+        payment(3, "c3", timedelta(0)),
+    ]
+    events[0] = msgspec.structs.replace(events[0], entities=Entities(customer="c1", device=huge))
+    events[1] = msgspec.structs.replace(events[1], entities=Entities(customer="c2", device="d2"))
+    result = run_operators([op], events)
+    assert [(e.topic, e.key, e.event.event_id) for e in result.emits] == [(spec.name, "d2", "p2")]
+    assert op.refused == 1
+    [(dead, why)] = result.dead_letters
+    assert dead.event.event_id == "p1"
+    assert "group_by 'group-by-device'" in why
+    assert "detect.repartition.by-device" in why
+    assert "1,200," in why  # the size said (key and value)
+
+
 def test_two_group_bys_in_one_application_do_not_pass_events_back_and_forth() -> None:
     # Re-keyed by IP and by device, one application reading both topics: a record of the by-ip
     # topic went on to by-device, came back and went to by-ip again, for ever.  Each event is
