@@ -2061,6 +2061,8 @@ class Application:
         return [TopicPartition(topic, n) for topic in self.inputs[1:] for n in sorted(numbers)]
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self.stores:
+            self._check_partition_counts(partitions)
         numbers = sorted({tp.partition for tp in partitions} - set(self._tasks) - set(self._restoring))
         if numbers and not self._failed and not self._lost:
             # The operators' on_assign (of partitions with nothing to restore, called here) may
@@ -2112,6 +2114,20 @@ class Application:
         self._assignment_changed()
         if not self._restoring:
             self.assigned.set()
+
+    def _check_partition_counts(self, partitions: list[TopicPartition]) -> None:
+        """Stop when an input has grown partitions since the start: a key's events then go to
+        another partition than its state (and than the other inputs' events of that key), and
+        its changelog has no partition for the new number."""
+        grown = sorted({tp.topic for tp in partitions if tp.partition >= self._partitions})
+        if grown:
+            msg = (
+                f"application {self.name!r}: input {', '.join(map(repr, grown))} has more partitions "
+                f"than the {self._partitions} it had when the application started: keys hashed to the "
+                "new partitions no longer meet their state or the other inputs' events.  Give every "
+                "input the same count and restart (keys that moved start with empty state)"
+            )
+            raise ConfigError(msg)
 
     def _activate(self, task: _PartitionTask) -> None:
         """Start processing a task's partitions (its stores open and restored)."""

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import msgspec
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import NewPartitions
 from tests.integration.stream.apps import COUNTS, T0, RunningCount, expected_ids, payments, read_all
 from tests.integration.stream.conftest import Running, home_at, make_topics, produce, wait_for
 
@@ -508,6 +509,28 @@ def test_topics_of_its_own_are_kept_as_declared_and_none_is_made_with_a_wrong_co
     with pytest.raises(ConfigError, match=r"co-partitioned inputs .*got \{"):
         app.run()
     assert rekeyed.name not in make_admin(settings).list_topics(timeout=10).topics
+
+
+def test_an_input_given_more_partitions_while_running_stops_a_stateful_application(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    # Its new partition had no changelog partition and no state, and the keys hashed to it no
+    # longer met their state: named, not left to fail somewhere else or count from zero.
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out)
+    produce(settings, src, payments(30, 7, "a"))
+    running = run_app(
+        counting_app(settings, name, src, out, consumer_overrides={"topic.metadata.refresh.interval.ms": 500})
+    )
+    wait_for(lambda: running.app.metrics.processed >= 30, 60, "30 records processed")
+    admin = make_admin(settings)
+    (future,) = admin.create_partitions([NewPartitions(src, 4)]).values()
+    future.result(timeout=30)
+    running.thread.join(60)
+    assert not running.thread.is_alive(), "the application went on"
+    [error] = running.errors
+    assert isinstance(error, ConfigError)
+    assert f"input '{src}' has more partitions than the 3 it had when the application started" in str(error)
 
 
 class Seen(Operator[Event]):
