@@ -283,6 +283,6 @@ def build(
         guarantee=guarantee,
         dlq_topic=topic_prefix + DLQ,
         decode=decode_raw,
-        internal_topics=output_specs(topic_prefix),
+        output_topics=output_specs(topic_prefix),
         **options,
     )

@@ -144,7 +144,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from vigil.config import GUARANTEE_CLIENT_OPTIONS, GUARANTEE_CLIENT_PREFIXES, Settings
+from vigil.config import GUARANTEE_CLIENT_OPTIONS, GUARANTEE_CLIENT_PREFIXES, OWN_CLIENT_OPTIONS, Settings
 from vigil.errors import ConfigError, ContractError, PipelineError, TopicError
 from vigil.events.base import Event, utcnow
 from vigil.events.codec import EventCodec, encode, too_deep
@@ -328,24 +328,34 @@ _ALIGN_IDLE_EVERY_S = 0.01
 _OVERRIDABLE = frozenset(
     {"transaction.timeout.ms", "message.timeout.ms", "delivery.timeout.ms", "auto.offset.reset"}
 )
-#: Callbacks the runtime's producer reports failures through.
-_OWN_CALLBACKS = {
+#: Settings of the producer's own that overrides may not replace: the callbacks the runtime learns
+#: of failures through, and a queue order that can reorder one key's records.
+_OWN_PRODUCER_OPTIONS = {
     "on_delivery": "the application learns of a record Kafka refused through it",
     "error_cb": "the application learns of a failed client (fenced, fatal) through it",
+    "queuing.strategy": "records are sent in the order they were produced (lifo reorders one key's)",
 }
+#: Refused for either client: a dict of topic settings that bypasses the checks by name (a
+#: ``partitioner`` in it spread one key over every partition).
+_NESTED = {"default.topic.config": "topic settings are checked by name: give each one on its own"}
 
 
-def refused_override(name: str) -> str | None:
+def refused_override(name: str, client: Literal["consumer", "producer"]) -> str | None:
     """Why an application's ``consumer_overrides``/``producer_overrides`` may not set ``name``
     (None: it may): what undoes a guarantee the runtime depends on, as in ``kafka_client_options``
     (an override of isolation.level read aborted transactions' records; of partitioner, broke
-    the co-partitioning of repartition topics)."""
+    the co-partitioning of repartition topics), and the connection Vigil's own settings make
+    (a producer pointed at another cluster committed offsets to the wrong coordinator)."""
     key = name.lower().removeprefix("topic.")  # (librdkafka reads topic.<name> as <name>)
     if key in _OVERRIDABLE:
         return None
+    own = OWN_CLIENT_OPTIONS.get(key)
+    if own is not None:
+        return f"Vigil sets it from {own} (VIGIL_{own.upper()})"
     return (
         GUARANTEE_CLIENT_OPTIONS.get(key)
-        or _OWN_CALLBACKS.get(key)
+        or _NESTED.get(key)
+        or (_OWN_PRODUCER_OPTIONS.get(key) if client == "producer" else None)
         or next((why for prefix, why in GUARANTEE_CLIENT_PREFIXES.items() if key.startswith(prefix)), None)
     )
 
@@ -679,6 +689,7 @@ class Application:
         checkpoint_interval_s: float | None = None,
         instance_id: str | None = None,
         internal_topics: Sequence[TopicSpec] = (),
+        output_topics: Sequence[TopicSpec] = (),
         consumer_overrides: dict[str, Any] | None = None,
         producer_overrides: dict[str, Any] | None = None,
         gc_young: int | None = YOUNG_OBJECTS,
@@ -734,9 +745,13 @@ class Application:
         if not alignment_idle_s > 0:
             msg = f"application {name!r}: alignment_idle_s must be > 0 seconds; got {alignment_idle_s}"
             raise ConfigError(msg)
-        for which, overrides in (("consumer", consumer_overrides), ("producer", producer_overrides)):
+        clients: tuple[tuple[Literal["consumer", "producer"], dict[str, Any] | None], ...] = (
+            ("consumer", consumer_overrides),
+            ("producer", producer_overrides),
+        )
+        for which, overrides in clients:
             for option in overrides or {}:
-                why = refused_override(option)
+                why = refused_override(option, which)
                 if why is not None:
                     msg = f"application {name!r}: {which}_overrides may not set {option!r}: {why}"
                     raise ConfigError(msg)
@@ -758,6 +773,9 @@ class Application:
         self.instance_id = instance_id or f"{socket.gethostname()}-{os.getpid()}"
         self._slot = None if instance_id else InstanceSlot(slot_directory(settings.home), name)
         self.internal_topics = list(internal_topics)
+        #: Topics it writes that others own too (normalise's canonical topics): created when
+        #: missing, their live settings left as they are.
+        self.output_topics = list(output_topics)
         if gc_young is not None and gc_young <= 0:
             msg = (
                 f"application {name!r}: gc_young must be a positive number of objects or None; got {gc_young}"
@@ -981,7 +999,7 @@ class Application:
         ]
         if owned:
             ensure_topics(self.settings, owned, owned=True)
-        specs: list[TopicSpec] = []
+        specs: list[TopicSpec] = list(self.output_topics)
         # Declared topics (dlq.<stage>) are created as declared; others with one partition.
         kinds: tuple[tuple[str, Literal["dead_letter", "raw"], str], ...] = (
             (self.dlq_topic, "dead_letter", f"Records application {self.name!r} could not process"),

@@ -23,13 +23,18 @@ the key (by default the entity the event is keyed by: no event-id fallback) join
 and are not stored.
 
 Pairs are found only within one partition, so the join key must be the key the inputs are
-partitioned by: each event's join key is checked against its record's Kafka key, and a
-difference stops the application naming both (joined by IP while both topics were keyed by
-customer, pairs were found only when two customers happened to share a partition, and the
-rest were missed without a word).  To join by another entity, re-key both inputs by it first
-(:func:`vigil.stream.repartition.group_by`) and pass ``key=entity_key(kind)``.  By default
-events pair by the entity they are keyed by *and its kind*: a vendor ``acme`` and a customer
-``acme`` share a key on ``events.saas``, not an identity.
+partitioned by: each event's join key is checked against its record's Kafka key, and an event
+whose keys differ is sent to the dead-letter topic naming both (joined by IP while both topics
+were keyed by customer, pairs were found only when two customers happened to share a
+partition, and the rest were missed without a word; a record keyed otherwise by a producer
+outside Vigil is one letter, not a stopped application).  To join by another entity, re-key
+both inputs by it first (:func:`vigil.stream.repartition.group_by`) and pass
+``key=entity_key(kind)``.  A join key finer than the partitioning key (``customer|device``)
+pairs correctly too, since equal join keys share a partition: ``partitioned_by_key=False``
+turns the check off for it.  With the default key, events pair by the entity they are keyed by
+*and its kind*: a vendor ``acme`` and a customer ``acme`` share a key on ``events.saas``, not
+an identity.  (Its waiting events are kept under ``<side>:<kind>:<value>`` since this change,
+``<side>:<value>`` before: events waiting across the upgrade pair with nothing, and expire.)
 
 A key's waiting events of one side are one store entry, kept as they came: an event appends
 to it and expired events are cut from its front, so waiting costs the same however many of
@@ -54,7 +59,6 @@ from typing import Any
 
 import msgspec
 
-from vigil.errors import ConfigError
 from vigil.events.base import Event
 from vigil.events.codec import EventCodec, encode, inert
 from vigil.events.types import EVENT_CLASSES
@@ -102,6 +106,7 @@ class IntervalJoin(Operator[Event]):
         event_types: Sequence[type[Event]] = (),
         max_waiting: int = MAX_WAITING,
         max_waiting_bytes: int = MAX_WAITING_BYTES,
+        partitioned_by_key: bool = True,
     ) -> None:
         if left == right:
             msg = f"join {id!r}: left and right must be different topics; got {left!r} twice"
@@ -131,6 +136,10 @@ class IntervalJoin(Operator[Event]):
         self.max_waiting_bytes = max_waiting_bytes
         #: Events sent to the dead-letter topic for finding their key full (this process).
         self.refused = 0
+        #: Whether each event's join key is checked against its record's Kafka key (see the
+        #: module); ``mispartitioned`` counts the events dead-lettered for a difference.
+        self.partitioned_by_key = partitioned_by_key
+        self.mispartitioned = 0
         self.on_match = on_match
         self.key = key
         # (Only the canonical types by default: a type of the application's own failed to decode
@@ -147,6 +156,7 @@ class IntervalJoin(Operator[Event]):
         marks: list[int | None] = [state.get(_WATERMARK_KEYS[0]), state.get(_WATERMARK_KEYS[1])]
         wm = self._joint(marks)
         by_kind = self.key is _default_key
+        checked = self.partitioned_by_key
         for rec in batch:
             if rec.topic == self.left:
                 me, side, other = 0, "L:", "R:"
@@ -157,8 +167,10 @@ class IntervalJoin(Operator[Event]):
             k = self.key(rec.event)
             if not k:
                 continue
-            if rec.key != k.encode():
-                raise ConfigError(self._not_partitioned_by(rec, k))
+            if checked and rec.key != k.encode():
+                self.mispartitioned += 1
+                ctx.dead_letter(rec, self._not_partitioned_by(rec, k))
+                continue
             if by_kind:
                 k = f"{rec.event.key_entity}:{k}"
             t = to_ms(rec.event.occurred_at)
@@ -234,7 +246,8 @@ class IntervalJoin(Operator[Event]):
         return (
             f"join {self.id!r}: the join key '{shown(k)}' of {rec.topic}[{rec.partition}]@{rec.offset} "
             f"is not the key it is partitioned by ({kafka_key}): events pair only within one "
-            "partition, so both inputs must be keyed by the join key (re-key them with group_by)"
+            "partition, so both inputs must be keyed by the join key (re-key them with group_by; "
+            "a join key finer than the partitioning key: partitioned_by_key=False)"
         )
 
     def _refuse(

@@ -39,6 +39,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 
 from vigil.events.base import Event
+from vigil.hub.client import kafka_error
 from vigil.hub.topics import TopicSpec
 from vigil.stream.base import Context, Operator, Record
 
@@ -96,8 +97,8 @@ class GroupBy(Operator[Event]):
             try:
                 ctx.emit(topic, rec.event, k)
             except KafkaException as exc:
-                err = exc.args[0]
-                if not (isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE):
+                err = kafka_error(exc)
+                if err is None or err.code() != KafkaError.MSG_SIZE_TOO_LARGE:
                     raise
                 self.refused += 1
                 ctx.dead_letter(

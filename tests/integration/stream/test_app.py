@@ -489,11 +489,18 @@ def test_topics_of_its_own_are_kept_as_declared_and_none_is_made_with_a_wrong_co
     ensure_topics(settings, [TopicSpec(name=log, key="k", value="raw", description="t", partitions=3)])
     assert describe_live(make_admin(settings), [log])[log].config["cleanup.policy"] == "delete"
     produce(settings, src, payments(30, 7, "a"))
-    running = run_app(counting_app(settings, name, src, out))
+    # A topic it writes that others own too (normalise's canonical topics) keeps what it has: a
+    # longer retention set by an operator was cut back to the declaration at every start.
+    declared = TopicSpec(
+        name=out, key="k", value="raw", description="t", partitions=3, retention=timedelta(days=1)
+    )
+    running = run_app(counting_app(settings, name, src, out, output_topics=[declared]))
     wait_for(lambda: running.app.metrics.processed >= 30, 60, "30 records processed")
     running.stop()
     assert not running.errors
-    assert describe_live(make_admin(settings), [log])[log].config["cleanup.policy"] == "compact"
+    live = describe_live(make_admin(settings), [log, out])
+    assert live[log].config["cleanup.policy"] == "compact"
+    assert live[out].config["retention.ms"] == str(7 * 24 * 3600 * 1000)
 
     # Reading a repartition topic of its own declared with 2 partitions beside 3: refused before
     # the topic is made (made first, it had to be deleted by hand before the fix could start).

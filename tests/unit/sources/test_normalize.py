@@ -344,13 +344,16 @@ def test_build_wires_inputs_dead_letters_and_outputs(tmp_path: Path) -> None:
     )
     assert app.inputs == ["raw.bitcoin", "raw.coinbase"]
     assert app.dlq_topic == DLQ
-    assert {s.name for s in app.internal_topics} == {s.name for s in output_specs()}
-    assert "events.market" in {s.name for s in app.internal_topics}
+    # Created when missing, but not its own: the canonical topics' live settings are the
+    # operator's (an owned topic's were set back to the declaration at every start).
+    assert {s.name for s in app.output_topics} == {s.name for s in output_specs()}
+    assert "events.market" in {s.name for s in app.output_topics}
+    assert app.internal_topics == []
     prefixed = build(settings, ["bitcoin"], name="n-unit-2", topic_prefix="t.9.", batch_size=7)
     assert prefixed.inputs == ["t.9.raw.bitcoin"]
     assert prefixed.dlq_topic == "t.9.dlq.normalize"
     assert prefixed.batch_size == 7
-    assert [s.name for s in prefixed.internal_topics] == [f"t.9.{name}" for name in OUTPUTS]
+    assert [s.name for s in prefixed.output_topics] == [f"t.9.{name}" for name in OUTPUTS]
 
 
 def test_build_refuses_a_source_without_normaliser(tmp_path: Path) -> None:

@@ -66,6 +66,10 @@ def test_a_non_positive_gc_young_fails_by_name(tmp_path: Path, young: int) -> No
         ("producer", "topic.partitioner", "co-partitioned"),
         ("producer", "Enable.Idempotence", "idempotent"),
         ("producer", "error_cb", "failed client"),
+        ("producer", "queuing.strategy", "order they were produced"),
+        ("producer", "default.topic.config", "checked by name"),
+        ("consumer", "bootstrap.servers", "from kafka_bootstrap"),
+        ("producer", "sasl.password", "from kafka_sasl_password"),
         ("producer", "test.mock.num.brokers", "mock cluster"),
     ],
 )

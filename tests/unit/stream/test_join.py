@@ -11,7 +11,6 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from vigil.errors import ConfigError
 from vigil.events.base import Entities, Event
 from vigil.events.codec import EventCodec, encode
 from vigil.events.types import CrmLogin, CrmLoginPayload, Login, WithdrawalRequest, WithdrawalRequestPayload
@@ -359,17 +358,39 @@ def from_ip(event: Event, ip: str) -> Event:
     return msgspec.structs.replace(event, entities=msgspec.structs.replace(event.entities, ip=ip))
 
 
-def test_a_join_key_other_than_the_partitioning_key_stops_the_application_naming_both() -> None:
+def test_an_event_whose_join_key_is_not_its_partitioning_key_is_dead_lettered_naming_both() -> None:
     # Joined by IP while both topics are keyed by customer, pairs were found only when the two
     # customers' events happened to share a partition; the others were missed without a word.
     join = login_withdrawal_join(lambda left, right, ctx: None, key=entity_key("ip"))
     events = [from_ip(login(1, "c1", 0), "10.0.0.1"), from_ip(withdrawal(1, "c2", 1), "10.0.0.1")]
-    with pytest.raises(ConfigError) as raised:
-        run_operators([join], events, partitions=4, topic_of=topic_of)
-    text = str(raised.value)
+    result = run_operators([join], events, partitions=4, topic_of=topic_of)
+    assert [dead.event.event_id for dead, _ in result.dead_letters] == ["l1", "w1"]
+    assert join.mispartitioned == 2
+    text = result.dead_letters[0][1]
     assert "join 'login-withdrawal': the join key '10.0.0.1' of events.identity[" in text
     assert "is not the key it is partitioned by ('c1')" in text
     assert "re-key them with group_by" in text
+    assert not [
+        k for prefix in ("L:", "R:") for state in result.states.values() for k, _ in state.items(prefix)
+    ]
+
+
+def test_a_join_key_finer_than_the_partitioning_key_pairs_when_the_check_is_off() -> None:
+    # Equal join keys share a partition when the join key includes the partitioning key.
+    pairs: list[tuple[str, str]] = []
+    join = login_withdrawal_join(
+        lambda left, right, ctx: pairs.append((left.event_id, right.event_id)),
+        key=lambda event: f"{event.entities.customer}|{event.entities.ip}",
+        partitioned_by_key=False,
+    )
+    events = [
+        from_ip(login(1, "c1", 0), "10.0.0.1"),
+        from_ip(login(2, "c1", 0), "10.0.0.2"),
+        from_ip(withdrawal(1, "c1", 1), "10.0.0.1"),
+    ]
+    result = run_operators([join], events, partitions=4, topic_of=topic_of)
+    assert pairs == [("l1", "w1")]
+    assert result.dead_letters == []
 
 
 def test_inputs_re_keyed_by_the_join_key_pair_across_partitions() -> None:
