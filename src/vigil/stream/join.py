@@ -33,8 +33,9 @@ both inputs by it first (:func:`vigil.stream.repartition.group_by`) and pass
 pairs correctly too, since equal join keys share a partition: ``partitioned_by_key=False``
 turns the check off for it.  With the default key, events pair by the entity they are keyed by
 *and its kind*: a vendor ``acme`` and a customer ``acme`` share a key on ``events.saas``, not
-an identity.  (Its waiting events are kept under ``<side>:<kind>:<value>`` since this change,
-``<side>:<value>`` before: events waiting across the upgrade pair with nothing, and expire.)
+an identity.  (Its waiting events are kept under ``<side>:<kind>:<value>``; versions before
+December 2026 kept them under ``<side>:<value>``, and events waiting across that upgrade pair
+with nothing, and expire.)
 
 A key's waiting events of one side are one store entry, kept as they came: an event appends
 to it and expired events are cut from its front, so waiting costs the same however many of
