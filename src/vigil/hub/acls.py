@@ -164,7 +164,9 @@ _OWNED = (Op.CREATE, Op.READ, Op.WRITE, Op.DESCRIBE, Op.DESCRIBE_CONFIGS, Op.ALT
 
 def _normalize() -> Rights:
     rights = _allow(TOPIC, "raw.", PREFIXED, Op.READ, Op.DESCRIBE)
-    # Its outputs are its internal topics (ensure_topics at start): listed and their configs read.
+    # Its outputs are ensured at start (created when missing, their live settings left as they
+    # are but for a larger record limit, which these topics do not declare): listed and their
+    # configs read.
     rights += _allow(TOPIC, "events.", PREFIXED, Op.WRITE, Op.DESCRIBE, Op.DESCRIBE_CONFIGS)
     rights += _allow(TOPIC, INTEL_TOPIC, LITERAL, Op.WRITE, Op.DESCRIBE, Op.DESCRIBE_CONFIGS)
     rights += _allow(TOPIC, NORMALIZE_DLQ, LITERAL, Op.WRITE, Op.DESCRIBE)

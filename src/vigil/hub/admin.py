@@ -187,17 +187,13 @@ def apply(
     *,
     add_partitions: bool = False,
     alter_configs: bool = True,
-    keep_lower_insync: bool = False,
 ) -> list[TopicDiff]:
     """Make the cluster match the declarations; returns the diffs that were acted upon, and
     those with notes (what was left as it is, and why).  ``add_partitions``: see :func:`plan`.
 
     ``alter_configs=False``: create what is missing, and leave the settings of live topics as
     they are, with a note (an operator's longer retention on a production cluster is theirs;
-    set back to the declaration, Kafka would delete the older data).  ``keep_lower_insync``: a
-    live ``min.insync.replicas`` below the declared one is left too, with a note (an operator
-    lowered it through a broker outage; raised by an application's start, every write to a
-    partition short of replicas was refused, and every checkpoint with it)."""
+    set back to the declaration, Kafka would delete the older data)."""
     specs = list(specs)
     diffs = plan(
         specs, describe_live(admin, [s.name for s in specs]), settings, add_partitions=add_partitions
@@ -215,8 +211,6 @@ def apply(
                     changes = ", ".join(f"{k} {was} (declared {new})" for k, (was, new) in left.items())
                     d.notes.append(f"settings left as they are: {changes}; `vigil topics apply` sets them")
                 d.config_changes = kept
-    elif keep_lower_insync:
-        keep_lower_insync_replicas(diffs)
     create = [
         NewTopic(
             d.spec.name,
@@ -330,24 +324,6 @@ def _stricter_kept(key: str, was: str | None, new: str) -> bool:
         return int(was) > int(new)
     except ValueError:
         return False
-
-
-def keep_lower_insync_replicas(diffs: Iterable[TopicDiff]) -> None:
-    """Drop from ``diffs`` the raising of a live topic's ``min.insync.replicas``, with a note."""
-    for d in diffs:
-        was, declared = d.config_changes.get(MIN_INSYNC, (None, None))
-        if declared is None or d.missing or was is None:
-            continue
-        try:
-            lowered = int(was) < int(declared)
-        except ValueError:
-            continue
-        if lowered:
-            del d.config_changes[MIN_INSYNC]
-            d.notes.append(
-                f"{MIN_INSYNC} {was} left as it is (declared {declared}): raised, writes to partitions "
-                "short of replicas would be refused at once; `vigil topics apply` sets it"
-            )
 
 
 def _raises_limit(key: str, was: str | None, new: str) -> bool:
@@ -468,13 +444,12 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec], *, owned: bool
     topics' settings are left as they are, a difference logged, but for a larger record limit
     (this runs at every connector and application start, on whatever cluster is configured:
     ``vigil topics apply`` changes the rest).  ``owned``: topics only this application uses
-    (its changelogs and repartition topics), whose settings it keeps as declared, but for a
-    lower ``min.insync.replicas`` (see :func:`apply`)."""
+    (its changelogs and repartition topics), whose settings it keeps as declared."""
     from vigil.hub.client import drop_frame_locals, make_admin
 
     admin = make_admin(settings)
     try:
-        diffs = apply(admin, specs, settings, alter_configs=owned, keep_lower_insync=owned)
+        diffs = apply(admin, specs, settings, alter_configs=owned)
     except BaseException as exc:
         # Not kept alive by the error (a connector retrying keeps its last failure).
         del admin

@@ -53,6 +53,7 @@ events already waiting stay (dropping them would let a flood hide an earlier eve
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from functools import partial
@@ -66,6 +67,8 @@ from vigil.events.types import EVENT_CLASSES
 from vigil.stream.base import Context, Operator, Record, StoreSpec
 from vigil.stream.changelog import CHANGELOG_MAX_BYTES
 from vigil.stream.windows import QuietKeys, duration_ms, to_ms
+
+log = logging.getLogger(__name__)
 
 OnMatch = Callable[[Event, Event, Context], None]
 
@@ -170,7 +173,12 @@ class IntervalJoin(Operator[Event]):
                 continue
             if checked and rec.key != k.encode():
                 self.mispartitioned += 1
-                ctx.dead_letter(rec, self._not_partitioned_by(rec, k))
+                reason = self._not_partitioned_by(rec, k)
+                if self.mispartitioned == 1:
+                    # Said once in the log too: an input keyed by something else sends every
+                    # event here, and the dead-letter topic alone is easy to miss.
+                    log.warning("%s (the first; the rest go to the dead-letter topic too)", reason)
+                ctx.dead_letter(rec, reason)
                 continue
             if by_kind:
                 k = f"{rec.event.key_entity}:{k}"

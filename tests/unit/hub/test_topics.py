@@ -133,31 +133,6 @@ def test_plan_raises_a_lower_min_insync_replicas_for_the_replicas_the_topic_has(
     assert (kept.in_sync, kept.notes) == (True, ["replication 1, declared 3 (not changed)"])
 
 
-def test_an_applications_own_topic_keeps_a_lowered_min_insync_replicas_at_its_start() -> None:
-    # An operator lowered a changelog's min.insync.replicas through a broker outage; set back at
-    # the application's start, every write to a partition short of replicas was refused, and
-    # every checkpoint with it.  Its other settings are still set back (cleanup.policy here).
-    from vigil.config import Settings
-    from vigil.hub.admin import LiveTopic, keep_lower_insync_replicas, plan
-    from vigil.stream.changelog import changelog_spec
-
-    spec = changelog_spec("app", "counts.v1", 6)
-    live = LiveTopic(
-        spec.name, 6, 3, {**spec.config(3), "min.insync.replicas": "1", "cleanup.policy": "delete"}
-    )
-    diffs = plan([spec], {spec.name: live}, Settings(default_replication=3))
-    assert diffs[0].config_changes == {
-        "min.insync.replicas": ("1", "2"),
-        "cleanup.policy": ("delete", "compact"),
-    }
-    keep_lower_insync_replicas(diffs)
-    assert diffs[0].config_changes == {"cleanup.policy": ("delete", "compact")}
-    assert diffs[0].notes == [
-        "min.insync.replicas 1 left as it is (declared 2): raised, writes to partitions short of "
-        "replicas would be refused at once; `vigil topics apply` sets it"
-    ]
-
-
 def test_plan_keeps_a_higher_min_insync_replicas() -> None:
     # An operator's stricter setting: lowered, writes would be acknowledged with fewer copies.
     from vigil.config import Settings
