@@ -41,6 +41,22 @@ def test_apply_is_idempotent(applied: Settings) -> None:
     assert live["intel.indicators"].config["cleanup.policy"] == "compact"
 
 
+def test_live_topics_say_which_settings_were_made_on_the_topic(settings: Settings) -> None:
+    # An application keeps a min.insync.replicas lowered on its own topic, but raises one that
+    # comes from the broker's defaults: which is which is read from the cluster.
+    name = f"test.own.{uuid.uuid4().hex[:8]}"
+    spec = TopicSpec(name=name, key="k", value="raw", description="d", partitions=1, cleanup="compact")
+    admin = make_admin(settings)
+    try:
+        topic_admin.apply(admin, [spec], settings)
+        live = topic_admin.describe_live(admin, [name])[name]
+        assert {"cleanup.policy", "min.cleanable.dirty.ratio"} <= live.set_on_topic
+        assert "segment.bytes" in live.config
+        assert "segment.bytes" not in live.set_on_topic
+    finally:
+        admin.delete_topics([name])
+
+
 def test_apply_adds_partitions_only_when_asked_and_fixes_config(settings: Settings) -> None:
     name = f"test.apply.{uuid.uuid4().hex[:8]}"
     small = TopicSpec(name=name, key="k", value="raw", description="d", partitions=1)

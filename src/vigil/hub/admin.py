@@ -19,6 +19,7 @@ from confluent_kafka.admin import (
     AlterConfigOpType,
     ConfigEntry,
     ConfigResource,
+    ConfigSource,
     NewPartitions,
     NewTopic,
     ResourceType,
@@ -40,6 +41,8 @@ class LiveTopic:
     partitions: int
     replication: int
     config: dict[str, str]
+    #: The settings made on the topic itself (not the broker's or Kafka's defaults).
+    set_on_topic: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -77,6 +80,10 @@ class TopicDiff:
         return "; ".join(parts) or "in sync"
 
 
+#: A setting made on the topic itself (``ConfigEntry.source``).
+_ON_TOPIC = ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+
+
 def describe_live(admin: AdminClient, names: Iterable[str] | None = None) -> dict[str, LiveTopic]:
     """Live topics (excluding Kafka's internal ones) with partitions, replication and configs;
     BrokerError when the cluster does not answer (it was a KafkaException traceback)."""
@@ -95,6 +102,7 @@ def describe_live(admin: AdminClient, names: Iterable[str] | None = None) -> dic
         return {}
     resources = [ConfigResource(ResourceType.TOPIC, name) for name in topics]
     configs: dict[str, dict[str, str]] = {}
+    own: dict[str, frozenset[str]] = {}
     for resource, future in admin.describe_configs(resources).items():
         try:
             entries = future.result(timeout=_TIMEOUT)
@@ -116,12 +124,16 @@ def describe_live(admin: AdminClient, names: Iterable[str] | None = None) -> dic
             )
             raise BrokerError(msg) from None
         configs[resource.name] = {k: v.value for k, v in entries.items() if v.value is not None}
+        own[resource.name] = frozenset(
+            k for k, v in entries.items() if getattr(v.source, "value", v.source) == _ON_TOPIC
+        )
     return {
         name: LiveTopic(
             name=name,
             partitions=len(t.partitions),
             replication=len(next(iter(t.partitions.values())).replicas) if t.partitions else 0,
             config=configs.get(name, {}),
+            set_on_topic=own.get(name, frozenset()),
         )
         for name, t in topics.items()
     }
@@ -187,13 +199,15 @@ def apply(
     *,
     add_partitions: bool = False,
     alter_configs: bool = True,
+    keep_lowered_insync: bool = False,
 ) -> list[TopicDiff]:
     """Make the cluster match the declarations; returns the diffs that were acted upon, and
     those with notes (what was left as it is, and why).  ``add_partitions``: see :func:`plan`.
 
     ``alter_configs=False``: create what is missing, and leave the settings of live topics as
     they are, with a note (an operator's longer retention on a production cluster is theirs;
-    set back to the declaration, Kafka would delete the older data)."""
+    set back to the declaration, Kafka would delete the older data).  ``keep_lowered_insync``:
+    see :func:`keep_lowered_insync_replicas`."""
     specs = list(specs)
     diffs = plan(
         specs, describe_live(admin, [s.name for s in specs]), settings, add_partitions=add_partitions
@@ -211,6 +225,8 @@ def apply(
                     changes = ", ".join(f"{k} {was} (declared {new})" for k, (was, new) in left.items())
                     d.notes.append(f"settings left as they are: {changes}; `vigil topics apply` sets them")
                 d.config_changes = kept
+    elif keep_lowered_insync:
+        keep_lowered_insync_replicas(diffs)
     create = [
         NewTopic(
             d.spec.name,
@@ -324,6 +340,30 @@ def _stricter_kept(key: str, was: str | None, new: str) -> bool:
         return int(was) > int(new)
     except ValueError:
         return False
+
+
+def keep_lowered_insync_replicas(diffs: Iterable[TopicDiff]) -> None:
+    """Leave a live ``min.insync.replicas`` that someone set on the topic below the declared one
+    (a note instead of the change).  An operator lowers it to keep a topic writable through a
+    broker outage; an application's start raising it again refused every write to a partition
+    short of replicas, and every checkpoint with it.  Only a value set on the topic: one from the
+    broker's defaults (a topic an older Vigil made, a setting that failed after creation) is
+    raised, or nothing would ever raise it (no ``vigil topics apply`` covers changelogs)."""
+    for d in diffs:
+        was, declared = d.config_changes.get(MIN_INSYNC, (None, None))
+        if declared is None or was is None or d.live is None or MIN_INSYNC not in d.live.set_on_topic:
+            continue
+        try:
+            lowered = int(was) < int(declared)
+        except ValueError:
+            continue
+        if lowered:
+            del d.config_changes[MIN_INSYNC]
+            d.notes.append(
+                f"{MIN_INSYNC} {was}, set on the topic, left as it is (declared {declared}): raised, "
+                "writes to partitions short of replicas would be refused; to have it set, delete the "
+                f"topic's own setting (kafka-configs --alter --delete-config {MIN_INSYNC})"
+            )
 
 
 def _raises_limit(key: str, was: str | None, new: str) -> bool:
@@ -444,12 +484,13 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec], *, owned: bool
     topics' settings are left as they are, a difference logged, but for a larger record limit
     (this runs at every connector and application start, on whatever cluster is configured:
     ``vigil topics apply`` changes the rest).  ``owned``: topics only this application uses
-    (its changelogs and repartition topics), whose settings it keeps as declared."""
+    (its changelogs and repartition topics), whose settings it keeps as declared, but for a
+    ``min.insync.replicas`` lowered on the topic (:func:`keep_lowered_insync_replicas`)."""
     from vigil.hub.client import drop_frame_locals, make_admin
 
     admin = make_admin(settings)
     try:
-        diffs = apply(admin, specs, settings, alter_configs=owned)
+        diffs = apply(admin, specs, settings, alter_configs=owned, keep_lowered_insync=owned)
     except BaseException as exc:
         # Not kept alive by the error (a connector retrying keeps its last failure).
         del admin

@@ -133,6 +133,32 @@ def test_plan_raises_a_lower_min_insync_replicas_for_the_replicas_the_topic_has(
     assert (kept.in_sync, kept.notes) == (True, ["replication 1, declared 3 (not changed)"])
 
 
+def test_an_applications_own_topic_keeps_a_min_insync_replicas_lowered_on_it() -> None:
+    # Lowered on the topic through a broker outage: raised again at the application's start,
+    # every write to a partition short of replicas was refused, and every checkpoint with it.
+    # From the broker's defaults (never set, or set by nobody since), it is raised.
+    from vigil.config import Settings
+    from vigil.hub.admin import LiveTopic, keep_lowered_insync_replicas, plan
+    from vigil.stream.changelog import changelog_spec
+
+    spec = changelog_spec("app", "counts.v1", 6)
+    config = {**spec.config(3), "min.insync.replicas": "1", "cleanup.policy": "delete"}
+    lowered = LiveTopic(spec.name, 6, 3, config, frozenset({"min.insync.replicas", "cleanup.policy"}))
+    defaulted = LiveTopic(spec.name, 6, 3, config, frozenset({"cleanup.policy"}))
+    for live, kept in ((lowered, True), (defaulted, False)):
+        diffs = plan([spec], {spec.name: live}, Settings(default_replication=3))
+        assert diffs[0].config_changes == {
+            "min.insync.replicas": ("1", "2"),
+            "cleanup.policy": ("delete", "compact"),
+        }
+        keep_lowered_insync_replicas(diffs)
+        assert ("min.insync.replicas" not in diffs[0].config_changes) is kept
+        assert diffs[0].config_changes["cleanup.policy"] == ("delete", "compact")
+        notes = [n for n in diffs[0].notes if n.startswith("min.insync.replicas 1, set on the topic")]
+        assert len(notes) == (1 if kept else 0)
+        assert all("kafka-configs --alter --delete-config min.insync.replicas" in n for n in notes)
+
+
 def test_plan_keeps_a_higher_min_insync_replicas() -> None:
     # An operator's stricter setting: lowered, writes would be acknowledged with fewer copies.
     from vigil.config import Settings

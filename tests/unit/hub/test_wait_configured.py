@@ -42,7 +42,7 @@ class Scripted:
         self.asked += 1
         if isinstance(now, KafkaError):
             return {r: Done(error=now) for r in resources}
-        entries = {k: SimpleNamespace(value=v) for k, v in (now or {}).items()}
+        entries = {k: SimpleNamespace(value=v, source=1) for k, v in (now or {}).items()}
         return {r: Done(entries) for r in resources}
 
 
