@@ -109,6 +109,21 @@ GUARANTEE_CLIENT_PREFIXES: dict[str, str] = {
 }
 
 
+def client_option_name(key: str) -> str:
+    """The librdkafka setting a client option's key names: lower-cased, and ``topic.<name>`` as
+    ``<name>`` (librdkafka reads it so for every topic: topic.partitioner partitioned by it)."""
+    return key.lower().removeprefix("topic.")
+
+
+def guarantee_of(name: str) -> str | None:
+    """Why Vigil's clients depend on the setting ``name`` (see :func:`client_option_name`),
+    or None when they do not."""
+    why = GUARANTEE_CLIENT_OPTIONS.get(name)
+    if why is not None:
+        return why
+    return next((why for prefix, why in GUARANTEE_CLIENT_PREFIXES.items() if name.startswith(prefix)), None)
+
+
 class Settings(BaseSettings):
     """Every setting Vigil reads, validated at start.
 
@@ -308,18 +323,14 @@ class Settings(BaseSettings):
         table = _json_table(value, expected='{"<librdkafka setting>": value, ...}')
         options: dict[str, ClientOption] = {}
         for key, option in _flatten(table):
-            # librdkafka reads "topic.<name>" as <name> for every topic: topic.partitioner
-            # partitioned by it ([kafka_client_options.topic] in vigil.toml flattens so too).
-            name = key.lower().removeprefix("topic.")
+            # ([kafka_client_options.topic] in vigil.toml flattens to topic.<name> too.)
+            name = client_option_name(key)
             shown = repr(key) if name == key.lower() else f"{key!r} (librdkafka's {name} for every topic)"
             own = OWN_CLIENT_OPTIONS.get(name)
             if own is not None:
                 msg = f"{shown} is set by Vigil from its own setting; set {own} (VIGIL_{own.upper()}) instead"
                 raise ValueError(msg)
-            why = GUARANTEE_CLIENT_OPTIONS.get(name) or next(
-                (why for prefix, why in GUARANTEE_CLIENT_PREFIXES.items() if name.startswith(prefix)),
-                None,
-            )
+            why = guarantee_of(name)
             if why is not None:
                 msg = f"{shown} is Vigil's to set, not an option: {why}"
                 raise ValueError(msg)

@@ -144,7 +144,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from vigil.config import GUARANTEE_CLIENT_OPTIONS, GUARANTEE_CLIENT_PREFIXES, OWN_CLIENT_OPTIONS, Settings
+from vigil.config import OWN_CLIENT_OPTIONS, Settings, client_option_name, guarantee_of
 from vigil.errors import ConfigError, ContractError, PipelineError, TopicError
 from vigil.events.base import Event, utcnow
 from vigil.events.codec import EventCodec, encode, too_deep
@@ -346,17 +346,16 @@ def refused_override(name: str, client: Literal["consumer", "producer"]) -> str 
     (an override of isolation.level read aborted transactions' records; of partitioner, broke
     the co-partitioning of repartition topics), and the connection Vigil's own settings make
     (a producer pointed at another cluster committed offsets to the wrong coordinator)."""
-    key = name.lower().removeprefix("topic.")  # (librdkafka reads topic.<name> as <name>)
+    key = client_option_name(name)
     if key in _OVERRIDABLE:
         return None
     own = OWN_CLIENT_OPTIONS.get(key)
     if own is not None:
         return f"Vigil sets it from {own} (VIGIL_{own.upper()})"
     return (
-        GUARANTEE_CLIENT_OPTIONS.get(key)
+        guarantee_of(key)
         or _NESTED.get(key)
         or (_OWN_PRODUCER_OPTIONS.get(key) if client == "producer" else None)
-        or next((why for prefix, why in GUARANTEE_CLIENT_PREFIXES.items() if key.startswith(prefix)), None)
     )
 
 
