@@ -39,11 +39,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from confluent_kafka import KafkaException
 
 from vigil.errors import PipelineError
 from vigil.events.base import Event
 from vigil.events.codec import EventCodec, encode
-from vigil.stream.app import DECODE_ERRORS, Decoder, check_output, clipped_reason, undecodable_reason
+from vigil.stream.app import (
+    DECODE_ERRORS,
+    Decoder,
+    check_output,
+    clipped_reason,
+    late_refused,
+    undecodable_reason,
+)
 from vigil.stream.attempt import Attempt, attempt
 from vigil.stream.base import Operator, Record, State, StoreSpec
 from vigil.stream.changelog import STATE_RECORD_MAX_BYTES, state_too_large
@@ -262,7 +270,12 @@ class _MemoryContext:
         self._result.dead_letters.append((record, clipped_reason(reason)))
 
     def late(self, record: Record[Any]) -> None:
-        self.prepare_late(record)()
+        try:
+            send = self.prepare_late(record)
+        except KafkaException as exc:  # as the runtime does (too large: dead-lettered)
+            self.dead_letter(record, late_refused("late", exc))
+            return
+        send()
 
     def prepare_emit(
         self, topic: str, event: Event, key: str | None = None, value: bytes | None = None

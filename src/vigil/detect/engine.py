@@ -65,6 +65,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from confluent_kafka import KafkaError, KafkaException
+
 from vigil.detect.alerts import make_alert, make_decision
 from vigil.detect.fields import TAGS
 from vigil.detect.intel import IntelIndex
@@ -73,6 +75,7 @@ from vigil.detect.rules.models import Rule
 from vigil.detect.rules.registry import KINDS
 from vigil.events.base import Event
 from vigil.events.types import EVENT_TYPES, IntelIndicator
+from vigil.hub.client import kafka_error
 from vigil.stream.base import Context, Operator, Record, State, StoreSpec
 
 ALERTS_TOPIC = "alerts"
@@ -443,6 +446,8 @@ class RouteOperator(Operator[Event]):
         self.topic = topic
         self.remote_only = remote_only
         self.routed = 0
+        #: Events too large to route under a key (dead-lettered; see process).
+        self.refused = 0
         #: Detectors whose redundant events stage 1 marks (DetectOperator ``dedup``) for this
         #: router to leave out; the marks are for the batch at hand.
         self._dedup = ruleset.dedup
@@ -466,10 +471,23 @@ class RouteOperator(Operator[Event]):
                 narrow = type(event) in narrows
                 for key in routes_for(event, remote_only=remote_only):
                     part = narrowed(event, key, remote_only=remote_only) if narrow else None
-                    if part is None:
-                        forward(topic, rec, key)
-                    else:
-                        ctx.emit(topic, part, key)
+                    try:
+                        if part is None:
+                            forward(topic, rec, key)
+                        else:
+                            ctx.emit(topic, part, key)
+                    except KafkaException as exc:
+                        # An event near the record limit, routed under a key longer than its own
+                        # (``customer:`` before the id), is over it: refused, it stopped the stage
+                        # at that event, and at every restart.  The event stays on its topic; its
+                        # keys not routed yet are not routed (a redrive routes it whole).
+                        err = kafka_error(exc)
+                        if err is None or err.code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                            raise
+                        self.refused += 1
+                        why = f"{self.id}: cannot route the event under {key[:80]!r}: {err.str()}"
+                        ctx.dead_letter(rec, why)
+                        break
                     routed += 1
         finally:
             # The marks name event objects of this batch: once it is gone, another may take an id.

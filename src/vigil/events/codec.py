@@ -48,6 +48,12 @@ def inert(text: str) -> str:
         if not sep or len(path) > 200:
             head, sep, path = text, "", ""
         text = f"{head[: _MAX_ERROR_CHARS - 60]}... ({len(head):,} characters in all){sep}{path}"
+    return escaped(text)
+
+
+def escaped(text: str) -> str:
+    """``text`` with every character that is not printable written as its escape (``\\x1b``,
+    ``\\n``, ``\\ud800``: a lone surrogate, which no UTF-8 encoder takes, too)."""
     if text.isprintable():
         return text
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)

@@ -27,7 +27,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from vigil.config import Settings
-from vigil.errors import BrokerError, ConfigError, chained
+from vigil.errors import BrokerError, ConfigError, ContractError, chained
 from vigil.events.base import Event
 from vigil.events.codec import encode
 from vigil.hub.topics import TOPICS, TopicRegistry
@@ -152,6 +152,26 @@ TRANSIENT_OFFSET_ERRORS = frozenset(
         KafkaError._TRANSPORT,
     }
 )
+
+
+class UnreadableHeaders(ContractError):
+    """A consumed record whose headers the client cannot read (see :func:`read_headers`)."""
+
+
+def read_headers(message: Message) -> list[tuple[str, bytes | None]] | None:
+    """``message``'s headers; raises :class:`UnreadableHeaders` when the client cannot read them.
+
+    Ask once per message, and never again after it raised: confluent-kafka (2.12) reads a header
+    name as strict UTF-8 and, on one that is not, raises ``SystemError``; asked again, it hands
+    back a list holding a NULL, and the process dies on it (a segmentation fault).  Any producer
+    but the Python client (Java's, librdkafka's own) may write any bytes as a header name, so one
+    record stopped a stage at every restart, or crashed it."""
+    try:
+        headers: list[tuple[str, bytes | None]] | None = message.headers()
+    except (SystemError, UnicodeDecodeError) as exc:
+        msg = "its headers cannot be read: a header name is not UTF-8 (expected UTF-8 header names)"
+        raise UnreadableHeaders(msg) from exc
+    return headers
 
 
 def kafka_error(exc: KafkaException) -> KafkaError | None:

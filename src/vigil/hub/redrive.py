@@ -59,12 +59,14 @@ from vigil.hub.admin import ensure_topics
 from vigil.hub.client import (
     BACKLOG_READER,
     READ_FATAL,
+    UnreadableHeaders,
     kafka_error,
     make_admin,
     make_consumer,
     make_producer,
     partition_offsets,
     read_committed,
+    read_headers,
 )
 from vigil.hub.dlq import decoder, letters, open_letters, place
 from vigil.hub.topics import DOMAINS, RAW_RECORD_MAX_BYTES, TopicSpec
@@ -162,7 +164,7 @@ class _Originals:
         """Whether records may be appended to ``topic`` (see the module)."""
         return topic in self._allow or (len(topic) <= _MAX_TOPIC and INPUT_TOPIC.fullmatch(topic) is not None)
 
-    def get(self, letter: DeadLetter) -> Message | Rebuilt | Rebuildable | str:
+    def get(self, letter: DeadLetter) -> Fetched | Rebuilt | Rebuildable | str:
         """The record ``letter`` names, or why it cannot be had; raises :class:`BrokerError` when
         that cannot be told (a read refused or timing out is no reason to pass a letter over for
         good)."""
@@ -194,7 +196,10 @@ class _Originals:
                 f"{topic}[{partition}]@{offset} is another record than the one dead-lettered: "
                 "the topic was made again since?"
             )
-        return message
+        try:
+            return Fetched(message, read_headers(message))
+        except UnreadableHeaders as exc:
+            return f"{topic}[{partition}]@{offset}: {exc}: it cannot be sent again as it was"
 
     def _ask(self, topic: str, partition: int) -> tuple[int, int] | str:
         deadline = time.monotonic() + 30
@@ -228,6 +233,33 @@ class _Originals:
             reader = _Reader(self._settings, topic, partition)
         self._readers[topic, partition] = reader
         return reader
+
+
+class Fetched:
+    """A record read back from its topic, its headers read once (see
+    :func:`~vigil.hub.client.read_headers`: asked twice of a record they cannot be read from, the
+    client crashes the process)."""
+
+    def __init__(self, message: Message, headers: list[tuple[str, bytes | None]] | None) -> None:
+        self._message = message
+        self._headers = headers
+
+    def topic(self) -> str:
+        return self._message.topic() or ""
+
+    def partition(self) -> int:
+        return self._message.partition() or 0
+
+    def key(self) -> bytes | None:
+        key: bytes | None = self._message.key()
+        return key
+
+    def value(self) -> bytes | None:
+        value: bytes | None = self._message.value()
+        return value
+
+    def headers(self) -> list[tuple[str, bytes | None]]:
+        return list(self._headers or [])
 
 
 class Rebuilt:
@@ -369,7 +401,7 @@ def redrive(
                 batch.letters += 1
                 partition, offset = message.partition(), message.offset()
                 fate = _take(message, originals, needle, again, sent, out)
-                if isinstance(fate, (Message, Rebuilt)):
+                if isinstance(fate, (Fetched, Rebuilt)):
                     batch.sends.append((message, fate))
                     batch.size += len(fate.value() or b"") + len(fate.key() or b"")
                 elif not fate:
@@ -459,7 +491,7 @@ def _take(
     again: bool,
     sent: dict[tuple[int, int], bytes],
     out: Redriven,
-) -> Message | Rebuilt | bool:
+) -> Fetched | Rebuilt | bool:
     """The record to send again for the letter ``message``; when none, whether the letter is
     settled (True: sent before, or never to be sent; the position may move past it) or held
     back for a later run that admits it (False: filtered out, its topic not allowed, failed
@@ -499,7 +531,7 @@ def _take(
     return original
 
 
-def _redriven_from(message: Message | Rebuilt) -> str | None:
+def _redriven_from(message: Fetched | Rebuilt) -> str | None:
     for name, value in message.headers() or []:
         if name == REDRIVEN_FROM:
             return (value or b"").decode(errors="replace")[:200]
@@ -513,7 +545,7 @@ class _Batch:
 
     stale: list[bytes] = field(default_factory=list)
     letters: int = 0
-    sends: list[tuple[Message, Message | Rebuilt]] = field(default_factory=list)
+    sends: list[tuple[Message, Fetched | Rebuilt]] = field(default_factory=list)
     #: Bytes of the records to send.
     size: int = 0
     #: Partition of the dead-letter topic -> the offset past its letters settled since the last

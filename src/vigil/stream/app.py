@@ -147,11 +147,19 @@ from confluent_kafka import (
 from vigil.config import OWN_CLIENT_OPTIONS, Settings, client_option_name, guarantee_of
 from vigil.errors import ConfigError, ContractError, PipelineError, TopicError
 from vigil.events.base import Event, utcnow
-from vigil.events.codec import EventCodec, encode, too_deep
+from vigil.events.codec import EventCodec, encode, escaped, inert, too_deep
 from vigil.events.ids import stable_hash
 from vigil.events.records import DeadLetter
 from vigil.hub.admin import ensure_topics
-from vigil.hub.client import BACKLOG_READER, consumer_config, kafka_error, make_admin, producer_config
+from vigil.hub.client import (
+    BACKLOG_READER,
+    UnreadableHeaders,
+    consumer_config,
+    kafka_error,
+    make_admin,
+    producer_config,
+    read_headers,
+)
 from vigil.hub.topics import TOPICS, TopicSpec
 from vigil.stream.alignment import TP, Alignment
 from vigil.stream.attempt import Attempt, attempt
@@ -386,18 +394,39 @@ def check_output(topic: str, value: bytes, key: str | bytes | None = None) -> No
         raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, text))
 
 
+def late_refused(topic: str, exc: KafkaException) -> str:
+    """A dead letter's reason for a late record too large for the late-events topic (an input
+    near the limit, encoded again): sent there instead of stopping the stage at it, and at every
+    restart."""
+    err = kafka_error(exc)
+    return f"late, and too large for the late-events topic {topic!r}: {err.str() if err else exc}"
+
+
 def undecodable_reason(exc: Exception) -> str:
-    """A dead letter's reason for a record that could not be decoded (one of ``DECODE_ERRORS``)."""
-    return too_deep(exc) if isinstance(exc, RecursionError) else str(exc)
+    """A dead letter's reason for a record that could not be decoded (one of ``DECODE_ERRORS``),
+    worded as :meth:`EventCodec.decode` words it (the runtime calls msgspec's decoder itself)."""
+    if isinstance(exc, RecursionError):
+        return too_deep(exc)
+    if isinstance(exc, msgspec.ValidationError):  # (a msgspec.DecodeError too: asked first)
+        return inert(str(exc))
+    if isinstance(exc, msgspec.DecodeError):
+        return f"not valid JSON: {inert(str(exc))}"
+    return str(exc)
 
 
 def clipped_reason(reason: str) -> str:
     """A dead letter's reason as it is sent: cut at ``REASON_MAX_CHARS``, its length said.
     Reasons quote what was wrong, and msgspec quotes a bad value whole: a 330 KB field made a
-    400 KB reason, which pushed the record's own bytes out of its letter."""
-    if len(reason) <= REASON_MAX_CHARS:
+    400 KB reason, which pushed the record's own bytes out of its letter.  Characters that are not
+    printable are escaped: a reason may quote what a record or an operator's error held (a
+    newline, a terminal escape, a lone surrogate, which stopped the stage: no letter could be
+    encoded)."""
+    if len(reason) <= REASON_MAX_CHARS and reason.isprintable():
         return reason
-    return f"{reason[:REASON_MAX_CHARS]}... ({len(reason):,} characters in all)"
+    shown = escaped(reason[:REASON_MAX_CHARS])
+    if len(reason) <= REASON_MAX_CHARS and len(shown) <= REASON_MAX_CHARS:
+        return shown
+    return f"{shown[:REASON_MAX_CHARS]}... ({len(reason):,} characters in all)"
 
 
 def _skip_prefixes(tags: Sequence[str]) -> tuple[bytes, ...]:
@@ -417,18 +446,25 @@ _TOMBSTONE = "record has no value (a tombstone); expected an encoded event"
 
 def _undecodable(
     msg: Message, exc: Exception
-) -> tuple[str, int, int, bytes | None, bytes, str, str, list[tuple[str, bytes | None]]]:
+) -> tuple[str, int, int, bytes | None, bytes, str, str, list[tuple[str, bytes | None]] | None]:
     """The dead letter of a record that could not be decoded (see Application._dead_letter):
-    the record whole, its headers too."""
+    the record whole, its headers too (when the client can read them)."""
+    reason = undecodable_reason(exc)
+    headers: list[tuple[str, bytes | None]] | None = None
+    if not isinstance(exc, UnreadableHeaders):  # (asked once already: never again, see read_headers)
+        try:
+            headers = read_headers(msg) or []
+        except UnreadableHeaders as bad:
+            reason = f"{reason}; and {bad}: they are left out of this dead letter"
     return (
         msg.topic() or "",
         msg.partition() or 0,
         msg.offset() or 0,
         msg.key(),
         msg.value() or b"",
-        undecodable_reason(exc),
+        reason,
         _error_kind(exc),
-        msg.headers() or [],
+        headers,
     )
 
 
@@ -666,7 +702,13 @@ class _KafkaContext:
         )
 
     def late(self, record: Record[Any]) -> None:
-        self._send_late(encode(record.event), record.key)
+        value = encode(record.event)
+        try:
+            check_output(self._app.late_topic, value, record.key)
+        except KafkaException as exc:
+            self.dead_letter(record, late_refused(self._app.late_topic, exc))
+            return
+        self._send_late(value, record.key)
 
 
 class Application:
@@ -1235,7 +1277,7 @@ class Application:
                 if decode is None:
                     event = codec_decode(value)
                 else:
-                    event = decode(topic, value, msg.key(), msg.headers())
+                    event = decode(topic, value, msg.key(), read_headers(msg))
             except DECODE_ERRORS as exc:
                 self._dead_letter(*_undecodable(msg, exc))
                 letters += 1
@@ -1325,7 +1367,7 @@ class Application:
                 if decode is None:
                     event = codec_decode(value)
                 else:
-                    event = decode(topic, value, msg.key(), msg.headers())
+                    event = decode(topic, value, msg.key(), read_headers(msg))
             except DECODE_ERRORS as exc:
                 letter = _undecodable(msg, exc)
                 buf.append((-math.inf, letter))  # dead-lettered when released, in offset order

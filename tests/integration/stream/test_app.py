@@ -16,6 +16,7 @@ import msgspec
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import NewPartitions
+from tests.integration.raw_headers import produce_with_raw_headers
 from tests.integration.stream.apps import COUNTS, T0, RunningCount, expected_ids, payments, read_all
 from tests.integration.stream.conftest import Running, home_at, make_topics, produce, wait_for
 
@@ -230,6 +231,59 @@ def test_undecodable_records_are_dead_lettered_and_processing_goes_on(
         assert letter.offset >= 0
         assert letter.reason
     assert any("event_id" in letter.reason for letter in letters)
+
+
+def test_a_record_whose_header_names_are_not_utf8_is_processed_or_dead_lettered_never_stopping(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    # Any producer but the Python client may name a header in any bytes.  confluent-kafka cannot
+    # read such headers (SystemError, and a second ask crashes the process): an undecodable record
+    # with one stopped the stage at every restart, and so did any record under a custom decoder,
+    # which is handed the headers (normalise's).
+    src, out, name, dlq = names("in"), names("out"), names("app"), names("dlq")
+    make_topics(settings, src, out, partitions=1)
+    good = payments(6, 2)
+    bad_name = [(b"\xff\xfe-trace", b"t1"), (b"kind", b"x")]
+    records = [(b"c0", encode(good[0]), bad_name), (b"c9", b"not json", bad_name)]
+    records += [(e.key().encode(), encode(e), [(b"trace", b"t2")]) for e in good[1:]]
+    assert settings.kafka_bootstrap is not None
+    produce_with_raw_headers(settings.kafka_bootstrap, src, records)
+
+    running = run_app(counting_app(settings, name, src, out, dlq_topic=dlq))
+    wait_for(lambda: running.app.metrics.processed >= 7, 60, "7 records consumed")
+    running.stop()
+    assert not running.errors
+    # The canonical codec reads no headers: the event with one is processed as any other.
+    assert set(output_ids(settings, out, 1)) == expected_ids(good)
+    (letter,) = [msgspec.json.decode(v, type=DeadLetter) for _, v in read_all(settings, dlq, 1)]
+    assert (letter.offset, letter.raw, letter.headers) == (1, b"not json", None)
+    assert letter.reason.startswith("not valid JSON: ")
+    assert "a header name is not UTF-8" in letter.reason
+    assert "left out of this dead letter" in letter.reason
+
+    # A custom decoder is handed the headers: where they cannot be read, the record is
+    # dead-lettered before it is called, and the records after it go on.
+    seen: list[list[tuple[str, bytes | None]] | None] = []
+
+    def decode(topic: str, value: bytes, key: bytes | None, headers: Any) -> Payment:
+        seen.append(headers)
+        return msgspec.json.decode(value, type=Payment)
+
+    name2, dlq2, out2 = names("app2"), names("dlq2"), names("out2")
+    make_topics(settings, out2, partitions=1)
+    running = run_app(counting_app(settings, name2, src, out2, dlq_topic=dlq2, decode=decode))
+    wait_for(lambda: running.app.metrics.processed >= 7, 60, "7 records consumed")
+    running.stop()
+    assert not running.errors
+    assert set(output_ids(settings, out2, 1)) == expected_ids(good[1:])
+    assert seen == [[("trace", b"t2")]] * 5
+    letters = [msgspec.json.decode(v, type=DeadLetter) for _, v in read_all(settings, dlq2, 1)]
+    assert [(letter.offset, letter.headers, letter.error_type) for letter in letters] == [
+        (0, None, "UnreadableHeaders"),
+        (1, None, "UnreadableHeaders"),
+    ]
+    assert letters[0].raw == encode(good[0])
+    assert all("a header name is not UTF-8" in letter.reason for letter in letters)
 
 
 class ByDevice(Operator[Payment]):

@@ -30,6 +30,7 @@ from vigil.detect.kinds.base import MAX_EVIDENCE, Hit
 from vigil.detect.rules.registry import KINDS
 from vigil.detect.rules.validate import load_rules, validate_paths
 from vigil.events.base import Entities, Event
+from vigil.events.codec import encode
 from vigil.events.types import (
     Alert,
     CrmRecordExport,
@@ -1100,3 +1101,26 @@ rules:
     records = [Record(e, ROUTED_TOPIC, 0, n, k.encode(), 0) for n, (_, k, e) in enumerate(routed)]
     DetectOperator(ruleset, routed=True).process(records, _Ctx(0, {}, out))
     assert alert_ids([e for t, _, e in out if t == ALERTS_TOPIC]) == alert_ids(single)
+
+
+def test_an_event_too_large_to_route_is_dead_lettered_and_the_stage_goes_on() -> None:
+    # A valid event near the record limit fits its input topic, keyed by its customer, but not
+    # the routed topic under a longer key ("customer:" before the id): refused, it stopped the
+    # route stage at that event, and at every restart.
+    ruleset = RuleSet(RULES)
+    small = _login(1, "d1", timedelta(0))
+    keys = list(ruleset.routes_for(small, remote_only=False))
+    assert keys
+    padding = 999_995 - len(encode(small)) - len(small.key())
+    big = msgspec.structs.replace(small, event_id="E" * padding + "-big")
+    assert len(encode(big)) + len(big.key()) <= 1_000_000 < len(encode(big)) + max(map(len, keys))
+    after = _login(3, "d1", timedelta(seconds=2), event_id="login-3")
+    router = RouteOperator(ruleset)
+    result = run_operators([router], [small, big, after])
+    routed = [e.event_id for e in result.emitted(ROUTED_TOPIC)]
+    assert routed == [small.event_id] * len(keys) + [after.event_id] * len(keys)
+    ((record, reason),) = result.dead_letters
+    assert record.event.event_id == big.event_id
+    assert reason.startswith("detect.route.v1: cannot route the event under ")
+    assert "bytes" in reason
+    assert router.refused == 1

@@ -11,10 +11,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from vigil.errors import PipelineError
+from vigil.errors import DecodeError, PipelineError
 from vigil.events.base import Entities
-from vigil.events.codec import encode
+from vigil.events.codec import EventCodec, encode
+from vigil.events.records import DeadLetter
 from vigil.events.types import Payment, PaymentPayload
+from vigil.stream.app import clipped_reason, undecodable_reason
 from vigil.stream.base import Context, Operator, Record, StoreSpec
 from vigil.stream.state import RocksState
 from vigil.testing import HarnessResult, MemoryState, run_operators
@@ -284,3 +286,51 @@ def test_keys_are_checked_as_rocksdb_state_checks_them_however_they_come() -> No
     assert state.get("ip") == 1
     with pytest.raises(TypeError, match="got NoneType"):
         state.data = {None: 1}  # type: ignore[dict-item]
+
+
+class Hostile(Operator[Payment]):
+    """Fails with an error quoting what a record might hold: a lone surrogate, terminal escapes,
+    a forged log line."""
+
+    id = "hostile"
+    dead_letter_errors = True
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        raise ValueError("unknown currency \ud800\x1b[2J\x1b]0;pwned\x07\nINFO forged line")
+
+
+def test_dead_letter_reasons_are_inert_and_always_encodable() -> None:
+    # A lone surrogate in a reason made the letter impossible to encode (UnicodeEncodeError):
+    # the stage stopped at that record, and at every restart.
+    ((_, reason),) = run_operators([Hostile()], [payment(1)]).dead_letters
+    assert reason.isprintable()
+    assert "\\ud800\\x1b[2J\\x1b]0;pwned\\x07\\nINFO forged line" in reason
+    letter = DeadLetter(
+        stage="s", reason=reason, topic="t", partition=0, offset=0, key=None, raw=b"", failed_at=T0
+    )
+    assert msgspec.json.decode(encode(letter), type=DeadLetter).reason == reason
+    # Escaping lengthens a reason; it is still cut at the limit, its length said.
+    long = clipped_reason("\x1b" * 5_000)
+    assert long == "\\x1b" * 1_000 + "... (5,000 characters in all)"
+    assert clipped_reason("fine") == "fine"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # msgspec quotes a type tag or a field name as given: escaped, as EventCodec.decode does.
+        (b'{"type":"\\u001b[2J\\nFAKE LOG LINE"}', "Invalid value '\\x1b[2J\\nFAKE LOG LINE' - at `$.type`"),
+        (b'{"type":"payment"', "not valid JSON: Input data was truncated"),
+        (b"\xff", "not valid JSON: "),
+    ],
+)
+def test_undecodable_records_are_given_the_reasons_the_codec_gives(raw: bytes, expected: str) -> None:
+    codec = EventCodec()
+    with pytest.raises(msgspec.DecodeError) as fast:
+        codec._decoder.decode(raw)  # (as the runtime decodes: msgspec's decoder itself)
+    with pytest.raises(DecodeError) as slow:
+        codec.decode(raw)
+    reason = undecodable_reason(fast.value)
+    assert reason.startswith(expected)
+    assert reason == str(slow.value)
+    assert reason.isprintable()

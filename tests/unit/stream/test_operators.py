@@ -537,3 +537,17 @@ def test_harness_restarts_carry_offsets_on_and_state_walks_survive_deletes() -> 
     assert seen == ["p1", "p2"]
     with pytest.raises(ValueError, match="batch_size and partitions must be at least 1"):
         run_operators([Fragile()], [], batch_size=0)
+
+
+def test_a_late_event_too_large_for_the_late_topic_is_dead_lettered_and_the_rest_go_on() -> None:
+    # An input near the record limit, late: encoded again for the late-events topic it came to
+    # over the output limit, and the stage stopped at it, and at every restart.
+    op = Velocity()
+    big = msgspec.structs.replace(payment(2, "c1", timedelta(minutes=0)), event_id="p2" + "x" * 1_000_000)
+    events = [payment(1, "c1", timedelta(minutes=6)), big, payment(3, "c1", timedelta(minutes=4))]
+    result = run_operators([op], events, batch_size=1)
+    assert [r.event.event_id for r in result.late] == ["p3"]
+    ((record, reason),) = result.dead_letters
+    assert record.event.event_id == big.event_id
+    assert reason.startswith("late, and too large for the late-events topic 'late': a record of ")
+    assert [hit[0] for hit in op.hits] == ["p1"]
