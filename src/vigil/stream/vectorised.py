@@ -43,10 +43,14 @@ window's length per event) are differences of running totals kept per key, each 
 what rounding lost from it (compensated): they round about as adding the window up would, not
 relative to everything the key held before (a plain running total did: once an
 amount of 1e17 had left a busy key's window, the sums of its later windows of 1.0s came out
-0.0, a threshold on that sum blinded by one event).  Keys are strings; values finite numbers,
-values beyond +-2**1000 (about 1e301) counting as +-2**1000, so that no sum overflows before
-2**23 such values in a window.  Keys whose events the watermark has passed
-are let go now and then, so memory follows the keys in the window, not every key ever seen.
+0.0, a threshold on that sum blinded by one event).  The compensation keeps one level of
+magnitude: while a key also holds values far larger than its window's (a 1e30, and a thousand
+near 7e13, still within the lateness), a window of 1.0s can sum to 0.0; the totals restart once
+as many entries have left as are held, and from then on the window is exact again.  Keys are
+strings; values finite numbers, values beyond +-2**1000 (about 1e301) counting as +-2**1000,
+so that no sum overflows before 2**23 such values in a window.  Keys whose events the watermark
+has passed are let go now and then, so memory follows the keys in the window, not every key
+ever seen, and a key's room follows what its window holds, not its busiest moment.
 
 Limits (each a clear error): keys of at most 131,066 characters (an event fits one chunk);
 times, window size and lateness within 2**62 ms (about 146 million years) of zero.
