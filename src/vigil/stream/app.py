@@ -107,7 +107,10 @@ whatever ``auto.offset.reset`` says; one lost with nothing committed and assigne
 there too); records fetched before the rewind are dropped (they are read again).  So does an
 exactly-once checkpoint the group refuses because it moved on without this member (a stall
 past ``max.poll.interval.ms``): the member rejoins on its next poll and processes again
-from the last checkpoint, with the state it had there.
+from the last checkpoint, with the state it had there.  A shorter stall, past the transaction's
+timeout (30 s at the default interval), comes first: the broker aborts the transaction and
+fences its producer, and the commit fails; a new producer of the same transactional id takes
+over, and the member processes again from the last checkpoint the same way.
 
 Errors.  An operator exception stops the application with a
 :class:`~vigil.errors.PipelineError` naming operator, topic, partition and offsets;
@@ -332,7 +335,10 @@ _ALIGN_IDLE_EVERY_S = 0.01
 #: ``kafka_client_options``, which apply to every client): each application bounds its own sends
 #: and transactions (a slow takeover, a test's short timeout; the runtime keeps message.timeout.ms
 #: under the transaction's), and may start a new group at the end of its inputs (live traffic
-#: only; the runtime reads a lost partition back from where it began whatever this says).
+#: only; the runtime reads a lost partition back from where it began whatever this says, while
+#: this member has it).  Caveat of "latest": a partition lost before anything of it was committed
+#: and then revoked, or taken by another member, starts from this setting again, and what was
+#: read of it in the aborted transaction is not read again (found in review, 2026-12-04).
 _OVERRIDABLE = frozenset(
     {"transaction.timeout.ms", "message.timeout.ms", "delivery.timeout.ms", "auto.offset.reset"}
 )
@@ -911,6 +917,11 @@ class Application:
         self._encode_pace = Pace()
         self._write_pace = Pace()
         self._in_txn = False
+        #: Exactly-once: when the open transaction began (monotonic), its producer's transaction
+        #: timeout (seconds), and how to make that producer again (see _renewed_after_timeout).
+        self._txn_began: float | None = None
+        self._txn_timeout_s = math.inf
+        self._new_producer: Callable[[], Producer] | None = None
         self._failed = False
         self._lost = False
         self._partitions = 0
@@ -1097,7 +1108,10 @@ class Application:
             # An output Kafka has not taken in 30 s fails the checkpoint, whatever the interval
             # (as when the transaction's timeout was a fixed 30 s).
             timeout = transaction_timeout_s(self.checkpoint_interval_s)
-            self._producer = producer(timeout, min(30.0, timeout))
+            self._new_producer = lambda: producer(timeout, min(30.0, timeout))
+            self._producer = self._new_producer()
+            overridden = self._producer_overrides.get("transaction.timeout.ms")
+            self._txn_timeout_s = timeout if overridden is None else float(overridden) / 1000
         else:
             self._producer = producer()
         if not self.exactly_once and self.stores:
@@ -1570,6 +1584,7 @@ class Application:
             if producer is not None:
                 producer.begin_transaction()
                 self._in_txn = True
+                self._txn_began = time.monotonic()
 
     def _on_delivery_error(self, err: KafkaError | None, msg: Message) -> None:
         # Purged: the record was in a transaction this process aborted (only aborts purge here),
@@ -1989,7 +2004,7 @@ class Application:
             if offsets:  # (the group's metadata checked: still this member's partitions)
                 self._current_at = began
         except KafkaException as exc:
-            if self._group_moved_on(exc):
+            if self._group_moved_on(exc) or self._renewed_after_timeout(exc):
                 return False
             msg = f"application {self.name!r}: checkpoint failed: {exc.args[0]}"
             raise PipelineError(msg) from exc
@@ -2006,12 +2021,63 @@ class Application:
             return False
         log.warning("application %s: checkpoint refused (%s); processing again", self.name, err)
         self._abort_txn()
+        self._start_over()
+        return True
+
+    def _renewed_after_timeout(self, exc: KafkaException) -> bool:
+        """Exactly-once: whether a commit failed fatally after its transaction had been open longer
+        than the producer's transaction timeout.  The broker then aborted it and fenced the
+        producer; the loop had stalled (a long batch, a paused process or VM), and no other
+        process need be involved.  A new producer of the same transactional id takes over (this
+        process holds the id: its instance slot), and, as after a lost assignment, the state goes
+        back to the last checkpoint and the input is read again from there.  (Before, every such
+        stall stopped the application: 30 s at the default interval, where a stall past
+        ``max.poll.interval.ms``, 300 s, was meant to be recovered from.)  A producer fenced
+        sooner is another process's doing: the application stops."""
+        began, renew = self._txn_began, self._new_producer
+        if renew is None or began is None or not _is_fatal(exc):
+            return False
+        open_s = time.monotonic() - began
+        if open_s <= self._txn_timeout_s:
+            return False
+        log.warning(
+            "application %s: the transaction was open %.0f s, past its timeout (%.0f s), and the "
+            "broker aborted it (%s): a new producer takes over and the input is processed again "
+            "from the last checkpoint",
+            self.name,
+            open_s,
+            self._txn_timeout_s,
+            exc.args[0],
+        )
+        old = self._producer
+        self._producer = None
+        if old is not None:
+            with contextlib.suppress(KafkaException, RuntimeError):
+                old.purge(in_queue=True, in_flight=True, blocking=False)
+        try:
+            self._producer = renew()
+        except KafkaException as again:
+            msg = (
+                f"application {self.name!r}: checkpoint failed: {exc.args[0]}; "
+                f"a new producer failed too: {again.args[0]}"
+            )
+            raise PipelineError(msg) from again
+        self._in_txn = False
+        self._txn_began = None
+        # (The old producer's reports are never served: its outputs were in the aborted transaction.)
+        self._delivery_errors.clear()
+        self._fatal_errors.clear()
+        self._start_over()
+        return True
+
+    def _start_over(self) -> None:
+        """Nothing since the last checkpoint stands: pending state dropped, and the partitions
+        still owned read again from their committed offsets (see _rewind)."""
         self._sealing = None
         self._sealed.clear()
         self._next_offsets = {}
         self._discard_pending()
         self._lost = True
-        return True
 
     def _abort_txn(self) -> None:
         producer = self._txn_producer()
