@@ -9,9 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import confluent_kafka
+from confluent_kafka import Consumer, TopicPartition
 
 # rd_kafka_vtype_t (rdkafka.h)
-_VTYPE_TOPIC, _VTYPE_PARTITION, _VTYPE_VALUE, _VTYPE_KEY, _VTYPE_HEADER = 1, 3, 4, 5, 9
+_VTYPE_TOPIC, _VTYPE_PARTITION, _VTYPE_VALUE, _VTYPE_KEY, _VTYPE_MSGFLAGS, _VTYPE_HEADER = 1, 3, 4, 5, 7, 9
+#: RD_KAFKA_MSG_F_COPY: librdkafka copies the value (without it, it keeps a pointer to the
+#: buffer, which ctypes frees before the record is sent).
+_MSG_F_COPY = 2
 
 
 class _Header(ctypes.Structure):
@@ -69,7 +73,28 @@ def produce_with_raw_headers(
     records: Sequence[tuple[bytes | None, bytes | None, Sequence[tuple[bytes, bytes | None]]]],
     partition: int = 0,
 ) -> None:
-    """Send ``(key, value, headers)`` records to ``topic[partition]``, header names as given."""
+    """Send ``(key, value, headers)`` records to ``topic[partition]``, header names as given;
+    raises unless the partition's end moved on by as many records (none refused on the way)."""
+    reader = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "raw-headers", "enable.auto.commit": False}
+    )
+    try:
+        before = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)[1]
+        _produce_all(bootstrap, topic, records, partition)
+        after = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)[1]
+    finally:
+        reader.close()
+    if after - before != len(records):
+        msg = f"{topic}[{partition}] grew by {after - before} records, not the {len(records)} sent"
+        raise RuntimeError(msg)
+
+
+def _produce_all(
+    bootstrap: str,
+    topic: str,
+    records: Sequence[tuple[bytes | None, bytes | None, Sequence[tuple[bytes, bytes | None]]]],
+    partition: int,
+) -> None:
     lib = _library()
     err = ctypes.create_string_buffer(512)
     conf = lib.rd_kafka_conf_new()
@@ -117,6 +142,7 @@ def _send(
 
     vu(_VTYPE_TOPIC).u.cstr = topic.encode()
     vu(_VTYPE_PARTITION).u.i32 = partition
+    vu(_VTYPE_MSGFLAGS).u.i32 = _MSG_F_COPY
     for vtype, data in ((_VTYPE_VALUE, value), (_VTYPE_KEY, key)):
         if data is not None:
             v = vu(vtype)

@@ -469,6 +469,8 @@ class RouteOperator(Operator[Event]):
             for rec in sorted(batch, key=_event_time) if len(batch) > 1 else batch:
                 event = rec.event
                 narrow = type(event) in narrows
+                refused: list[str] = []
+                why = ""
                 for key in routes_for(event, remote_only=remote_only):
                     part = narrowed(event, key, remote_only=remote_only) if narrow else None
                     try:
@@ -479,16 +481,20 @@ class RouteOperator(Operator[Event]):
                     except KafkaException as exc:
                         # An event near the record limit, routed under a key longer than its own
                         # (``customer:`` before the id), is over it: refused, it stopped the stage
-                        # at that event, and at every restart.  The event stays on its topic; its
-                        # keys not routed yet are not routed (a redrive routes it whole).
+                        # at that event, and at every restart.  Routed under every key it fits,
+                        # dead-lettered once for the others (sent again, it would fail again: the
+                        # event itself is too large).
                         err = kafka_error(exc)
                         if err is None or err.code() != KafkaError.MSG_SIZE_TOO_LARGE:
                             raise
-                        self.refused += 1
-                        why = f"{self.id}: cannot route the event under {key[:80]!r}: {err.str()}"
-                        ctx.dead_letter(rec, why)
-                        break
+                        refused.append(key[:80])
+                        why = err.str()
+                        continue
                     routed += 1
+                if refused:
+                    self.refused += 1
+                    keys = ", ".join(map(repr, refused[:5])) + (" ..." if len(refused) > 5 else "")
+                    ctx.dead_letter(rec, f"{self.id}: cannot route the event under {keys}: {why}")
         finally:
             # The marks name event objects of this batch: once it is gone, another may take an id.
             for det in self._dedup:

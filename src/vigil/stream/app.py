@@ -704,7 +704,7 @@ class _KafkaContext:
             record.value if record.value is not None else encode(record.event),
             reason,
             "OperatorError",
-            headers,
+            headers if headers is not None else self._app._headers_of(record),
         )
 
     def late(self, record: Record[Any]) -> None:
@@ -916,6 +916,9 @@ class Application:
         #: Checkpoint work spread over time (see _SPREAD): encoding a seal, writing to RocksDB.
         self._encode_pace = Pace()
         self._write_pace = Pace()
+        #: The messages of the batch the operators are processing (not aligned: see _headers_of).
+        self._batch: list[Message] | None = None
+        self._batch_headers: dict[tuple[str, int, int], list[tuple[str, bytes | None]] | None] = {}
         self._in_txn = False
         #: Exactly-once: when the open transaction began (monotonic), its producer's transaction
         #: timeout (seconds), and how to make that producer again (see _renewed_after_timeout).
@@ -1302,7 +1305,33 @@ class Application:
         if skipped:
             self._count_skipped(skipped)
         count = letters + skipped + sum(len(g) for g in groups.values())
-        self._run_operators(groups, count, len(msgs), started)
+        self._batch = msgs  # (for the headers of a record an operator dead-letters: _headers_of)
+        try:
+            self._run_operators(groups, count, len(msgs), started)
+        finally:
+            self._batch = None
+            self._batch_headers.clear()
+
+    def _headers_of(self, record: Record[Any]) -> list[tuple[str, bytes | None]] | None:
+        """The headers of ``record``, an input of the batch being processed, for its dead letter:
+        a letter without them cannot be sent again once its record has left the topic (``redrive
+        --rebuild`` needs them; raw records are read by theirs).  ``None`` when they are not at
+        hand: a record released by event-time alignment (its message is gone), one an operator
+        made, or headers the client cannot read."""
+        at = (record.topic, record.partition, record.offset)
+        if at in self._batch_headers:  # (asked again after a failure, the client crashes)
+            return self._batch_headers[at]
+        found: list[tuple[str, bytes | None]] | None = None
+        for msg in self._batch or ():
+            if (msg.topic(), msg.partition(), msg.offset()) == at:
+                # (A record a custom decoder had could be read, or it was dead-lettered then.)
+                try:
+                    found = read_headers(msg) or []
+                except UnreadableHeaders:
+                    found = None
+                break
+        self._batch_headers[at] = found
+        return found
 
     def _consumer_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._PARTITION_EOF:
