@@ -2063,6 +2063,14 @@ class Application:
         stall stopped the application: 30 s at the default interval, where a stall past
         ``max.poll.interval.ms``, 300 s, was meant to be recovered from.)  A producer fenced
         sooner is another process's doing: the application stops."""
+        if not self._renew_expired(exc, "checkpoint failed"):
+            return False
+        self._start_over()
+        return True
+
+    def _renew_expired(self, exc: KafkaException, failed: str) -> bool:
+        """Whether ``exc`` (of a commit or an abort) is the fatal error of a transaction open past
+        its timeout, and a new producer has taken over (see _renewed_after_timeout)."""
         began, renew = self._txn_began, self._new_producer
         if renew is None or began is None or not _is_fatal(exc):
             return False
@@ -2087,7 +2095,7 @@ class Application:
             self._producer = renew()
         except KafkaException as again:
             msg = (
-                f"application {self.name!r}: checkpoint failed: {exc.args[0]}; "
+                f"application {self.name!r}: {failed}: {exc.args[0]}; "
                 f"a new producer failed too: {again.args[0]}"
             )
             raise PipelineError(msg) from again
@@ -2096,7 +2104,6 @@ class Application:
         # (The old producer's reports are never served: its outputs were in the aborted transaction.)
         self._delivery_errors.clear()
         self._fatal_errors.clear()
-        self._start_over()
         return True
 
     def _start_over(self) -> None:
@@ -2116,7 +2123,10 @@ class Application:
         try:
             producer.abort_transaction(_TIMEOUT)
         except KafkaException as exc:
-            log.warning("application %s: abort_transaction: %s", self.name, exc)
+            # A lost assignment after a stall past the transaction's timeout: the broker aborted
+            # it and fenced the producer (the caller drops the state and rewinds, as it does).
+            if not self._renew_expired(exc, "aborting the transaction failed"):
+                log.warning("application %s: abort_transaction: %s", self.name, exc)
         self._in_txn = False
 
     def _update_gauges(self) -> None:

@@ -721,9 +721,14 @@ class StallOnce(RunningCount):
 
 
 @pytest.mark.parametrize(
-    ("guarantee", "interval_s"),
-    [("exactly_once", 0.1), ("at_least_once", 0.1), ("at_least_once", 0.01)],
-    ids=["exactly_once", "at_least_once", "at_least_once-commit-refused"],
+    ("guarantee", "interval_s", "expire"),
+    [
+        ("exactly_once", 0.1, False),
+        ("exactly_once", 0.1, True),
+        ("at_least_once", 0.1, False),
+        ("at_least_once", 0.01, False),
+    ],
+    ids=["exactly_once", "exactly_once-transaction-expired", "at_least_once", "at_least_once-commit-refused"],
 )
 def test_a_lost_assignment_is_processed_again_from_the_last_checkpoint(
     settings: Settings,
@@ -732,6 +737,7 @@ def test_a_lost_assignment_is_processed_again_from_the_last_checkpoint(
     caplog: pytest.LogCaptureFixture,
     guarantee: str,
     interval_s: float,
+    expire: bool,
 ) -> None:
     # At-least-once, checkpoints every 0.01 s leave a seal waiting for its outputs' acknowledgement
     # when the stall begins (linger.ms holds them back): after the stall its commit is refused, the
@@ -746,7 +752,10 @@ def test_a_lost_assignment_is_processed_again_from_the_last_checkpoint(
         make_topics(settings, src, out)
         events = payments(3000, 41, "l")
         produce(settings, src, events)
-        stall = StallOnce(out, after=1000, stall_s=8.0)
+        # (Transaction expired: past its 2 s timeout too, and the broker's look for such, every
+        # 10 s.  The abort at the loss fails, fatally: before, the next transaction stopped the
+        # application.  Found in review, 2026-12-04.)
+        stall = StallOnce(out, after=1000, stall_s=15.0 if expire else 8.0)
         app = Application(
             settings,
             name=name,
@@ -757,7 +766,7 @@ def test_a_lost_assignment_is_processed_again_from_the_last_checkpoint(
             batch_size=50,
             instance_id=f"t{run}",
             consumer_overrides={"max.poll.interval.ms": 6000, "session.timeout.ms": 6000},
-            producer_overrides={"transaction.timeout.ms": 60_000},
+            producer_overrides={"transaction.timeout.ms": 2000 if expire else 60_000},
         )
         with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
             running = run_app(app)
@@ -772,6 +781,8 @@ def test_a_lost_assignment_is_processed_again_from_the_last_checkpoint(
         messages = [r.getMessage() for r in caplog.records]
         assert not running.errors
         assert any("lost" in m for m in messages), "the stall should have lost the assignment"
+        if expire:
+            assert any("past its timeout" in m for m in messages), "the transaction did not expire"
         ids = output_ids(settings, out)
         # Records processed before the loss and not committed were processed again, with the count
         # their customer had: state went back to the last checkpoint too.  Exactly-once, each output
