@@ -918,6 +918,9 @@ class Application:
         self._write_pace = Pace()
         #: The messages of the batch the operators are processing (not aligned: see _headers_of).
         self._batch: list[Message] | None = None
+        #: When the loop last checkpointed and planned alignment (monotonic; see _iterate).
+        self._last_checkpoint = 0.0
+        self._last_align = 0.0
         self._batch_headers: dict[tuple[str, int, int], list[tuple[str, bytes | None]] | None] = {}
         self._in_txn = False
         #: Exactly-once: when the open transaction began (monotonic), its producer's transaction
@@ -1184,63 +1187,75 @@ class Application:
         return self._producer, self._consumer
 
     def _loop(self, collector: Collector) -> None:
-        _, consumer = self._running_clients()
-        last_checkpoint = time.monotonic()
-        last_align = 0.0
+        consumer = self._running_clients()[1]  # (not the producer: it may be renewed)
+        self._last_checkpoint = time.monotonic()
+        self._last_align = 0.0
         while not self._stop.is_set():
-            restoring = self._restorer is not None
-            msgs = consumer.consume(self.batch_size, 0)
-            if not msgs and not restoring:  # (restoring: the restore step waits instead)
-                # Idle: wait for the first record, then take whatever else is already there.
-                msgs = consumer.consume(1, self.batch_timeout_s or 0.05)
-                if msgs and self.batch_size > 1:
-                    msgs += consumer.consume(self.batch_size - 1, 0)
-            if self._lost:
-                rewound = self._rewind()
-                # Fetched before the rewind: those partitions are read again from their committed
-                # offsets, and their records here would be processed twice.
-                msgs = [m for m in msgs if (m.topic(), m.partition()) not in rewound]
-            # (Each step below is timed and the longest of each kind kept, AppMetrics.longest_step_s:
-            # the records that arrive meanwhile wait for it, so it bounds what it adds to latency.)
-            longest = self.metrics.longest_step_s
-            began = time.perf_counter()
-            if msgs:
-                self._process(msgs)
-                began = _step(longest, "process", began)
-            if self.alignment is not None and (msgs or time.monotonic() - last_align >= _ALIGN_IDLE_EVERY_S):
-                self._align()  # (aligned, records are processed here as they are released)
-                last_align = time.monotonic()
-                began = _step(longest, "process", began)
-            if self._sealing is not None:
-                self._encode_step(self._encode_pace.take(time.monotonic()))
-                began = _step(longest, "encode", began)
-            if self._sealed or self._committing is not None:
-                self._complete_epochs()
-                began = _step(longest, "complete", began)
-            if self._writes:
-                self._write_step(self._write_pace.take(time.monotonic()))
-                began = _step(longest, "write", began)
-            if self._restoring or restoring:
-                self._restore_step(consumer, 0.0 if msgs else _RESTORE_WAIT_S)
-                began = time.perf_counter()  # (not timed: when idle, it waits for records)
-            now = time.monotonic()
-            if now - last_checkpoint >= self.checkpoint_interval_s:
-                self._checkpoint()
-                _step(longest, "checkpoint", began)
-                last_checkpoint = time.monotonic()
-            elif now - self._last_gauges >= 1.0:
-                # (Checkpoints update them too: with a long interval, "when the loop last went
-                # round" aged between them, and an alert on it fired on a healthy loop.)
-                self._update_gauges()
-            took = collector.step(not msgs, now)
-            if took:
-                self.prometheus.gc.labels(self.name).observe(took)
-                m = self.metrics
-                m.gc_collections, m.gc_seconds, m.gc_longest_s = (
-                    collector.collections,
-                    collector.seconds,
-                    collector.longest_s,
-                )
+            try:
+                self._iterate(consumer, collector)
+            except KafkaException as exc:
+                # Exactly-once, after a stall past the transaction's timeout: the fenced producer
+                # fails at whichever call comes next (an output, a changelog record, the commit).
+                if not self._renewed_after_timeout(exc):
+                    raise
+
+    def _iterate(self, consumer: Consumer, collector: Collector) -> None:
+        """One round of the loop: a batch, then whatever checkpoint work is due."""
+        restoring = self._restorer is not None
+        msgs = consumer.consume(self.batch_size, 0)
+        if not msgs and not restoring:  # (restoring: the restore step waits instead)
+            # Idle: wait for the first record, then take whatever else is already there.
+            msgs = consumer.consume(1, self.batch_timeout_s or 0.05)
+            if msgs and self.batch_size > 1:
+                msgs += consumer.consume(self.batch_size - 1, 0)
+        if self._lost:
+            rewound = self._rewind()
+            # Fetched before the rewind: those partitions are read again from their committed
+            # offsets, and their records here would be processed twice.
+            msgs = [m for m in msgs if (m.topic(), m.partition()) not in rewound]
+        # (Each step below is timed and the longest of each kind kept, AppMetrics.longest_step_s:
+        # the records that arrive meanwhile wait for it, so it bounds what it adds to latency.)
+        longest = self.metrics.longest_step_s
+        began = time.perf_counter()
+        if msgs:
+            self._process(msgs)
+            began = _step(longest, "process", began)
+        if self.alignment is not None and (
+            msgs or time.monotonic() - self._last_align >= _ALIGN_IDLE_EVERY_S
+        ):
+            self._align()  # (aligned, records are processed here as they are released)
+            self._last_align = time.monotonic()
+            began = _step(longest, "process", began)
+        if self._sealing is not None:
+            self._encode_step(self._encode_pace.take(time.monotonic()))
+            began = _step(longest, "encode", began)
+        if self._sealed or self._committing is not None:
+            self._complete_epochs()
+            began = _step(longest, "complete", began)
+        if self._writes:
+            self._write_step(self._write_pace.take(time.monotonic()))
+            began = _step(longest, "write", began)
+        if self._restoring or restoring:
+            self._restore_step(consumer, 0.0 if msgs else _RESTORE_WAIT_S)
+            began = time.perf_counter()  # (not timed: when idle, it waits for records)
+        now = time.monotonic()
+        if now - self._last_checkpoint >= self.checkpoint_interval_s:
+            self._checkpoint()
+            _step(longest, "checkpoint", began)
+            self._last_checkpoint = time.monotonic()
+        elif now - self._last_gauges >= 1.0:
+            # (Checkpoints update them too: with a long interval, "when the loop last went
+            # round" aged between them, and an alert on it fired on a healthy loop.)
+            self._update_gauges()
+        took = collector.step(not msgs, now)
+        if took:
+            self.prometheus.gc.labels(self.name).observe(took)
+            m = self.metrics
+            m.gc_collections, m.gc_seconds, m.gc_longest_s = (
+                collector.collections,
+                collector.seconds,
+                collector.longest_s,
+            )
 
     def _process(self, msgs: list[Message]) -> None:
         if self.alignment is not None:
@@ -1466,6 +1481,8 @@ class Application:
                     op.process(records, ctx)
                 except Exception as exc:
                     if isinstance(exc, KafkaException) and _is_fatal(exc):
+                        if self._expired(exc):
+                            raise  # (the loop renews the producer and starts over: _loop)
                         # The client failed (a fenced producer, seen at an emit), not the
                         # operator: said as a client failure, with the reason the client gives.
                         raise self._client_failure(exc) from exc
@@ -2030,6 +2047,7 @@ class Application:
                 producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), _TIMEOUT)
             producer.commit_transaction(_TIMEOUT)
             self._in_txn = False
+            self._txn_began = None
             if offsets:  # (the group's metadata checked: still this member's partitions)
                 self._current_at = began
         except KafkaException as exc:
@@ -2054,29 +2072,43 @@ class Application:
         return True
 
     def _renewed_after_timeout(self, exc: KafkaException) -> bool:
-        """Exactly-once: whether a commit failed fatally after its transaction had been open longer
-        than the producer's transaction timeout.  The broker then aborted it and fenced the
-        producer; the loop had stalled (a long batch, a paused process or VM), and no other
-        process need be involved.  A new producer of the same transactional id takes over (this
-        process holds the id: its instance slot), and, as after a lost assignment, the state goes
-        back to the last checkpoint and the input is read again from there.  (Before, every such
-        stall stopped the application: 30 s at the default interval, where a stall past
-        ``max.poll.interval.ms``, 300 s, was meant to be recovered from.)  A producer fenced
-        sooner is another process's doing: the application stops."""
-        if not self._renew_expired(exc, "checkpoint failed"):
+        """Exactly-once: whether a client call (the commit, an output, a changelog record) failed
+        fatally after the transaction had been open longer than the producer's transaction
+        timeout.  The broker then aborted it and fenced the producer; the loop had stalled (a long
+        batch, a paused process or VM), and no other process need be involved.  A new producer
+        of the same transactional id takes over (this process alone holds the id: see
+        :meth:`_expired`), and, as after a lost assignment, the state goes back to the last
+        checkpoint and the input is read again from there.  (Before, every such stall stopped the
+        application: 30 s at the default interval, where a stall past ``max.poll.interval.ms``,
+        300 s, was meant to be recovered from.)  A producer fenced sooner, or one whose id was
+        given (``instance_id``), stops the application as before."""
+        if not self._renew_expired(exc, "a transaction failed"):
             return False
         self._start_over()
         return True
 
+    def _expired(self, exc: KafkaException) -> bool:
+        """Exactly-once: whether ``exc`` is a fatal client error while the open transaction has been
+        open past its timeout, with a transactional id this process alone holds (its instance slot
+        in this home; an ``instance_id`` given may be another process's too, and a stalled one
+        that took the id back would fence the process that has it now)."""
+        began = self._txn_began
+        return (
+            self._new_producer is not None
+            and self._slot is not None
+            and began is not None
+            and _is_fatal(exc)
+            and time.monotonic() - began > self._txn_timeout_s
+        )
+
     def _renew_expired(self, exc: KafkaException, failed: str) -> bool:
-        """Whether ``exc`` (of a commit or an abort) is the fatal error of a transaction open past
-        its timeout, and a new producer has taken over (see _renewed_after_timeout)."""
+        """Whether ``exc`` (of a commit, an abort, an output) is the fatal error of a transaction
+        open past its timeout (:meth:`_expired`), and a new producer has taken over (see
+        _renewed_after_timeout)."""
         began, renew = self._txn_began, self._new_producer
-        if renew is None or began is None or not _is_fatal(exc):
+        if renew is None or began is None or not self._expired(exc):
             return False
         open_s = time.monotonic() - began
-        if open_s <= self._txn_timeout_s:
-            return False
         log.warning(
             "application %s: the transaction was open %.0f s, past its timeout (%.0f s), and the "
             "broker aborted it (%s): a new producer takes over and the input is processed again "
@@ -2128,6 +2160,7 @@ class Application:
             if not self._renew_expired(exc, "aborting the transaction failed"):
                 log.warning("application %s: abort_transaction: %s", self.name, exc)
         self._in_txn = False
+        self._txn_began = None
 
     def _update_gauges(self) -> None:
         now = time.monotonic()
