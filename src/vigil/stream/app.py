@@ -109,8 +109,10 @@ exactly-once checkpoint the group refuses because it moved on without this membe
 past ``max.poll.interval.ms``): the member rejoins on its next poll and processes again
 from the last checkpoint, with the state it had there.  A shorter stall, past the transaction's
 timeout (30 s at the default interval), comes first: the broker aborts the transaction and
-fences its producer, and the commit fails; a new producer of the same transactional id takes
-over, and the member processes again from the last checkpoint the same way.
+fences its producer, and the producer's next call fails (an output, a changelog record, the
+commit); a new producer of the same transactional id takes over, and the member processes again
+from the last checkpoint the same way (with the default instance id only: a given one may be
+a newer process's, which the stalled one must not fence, and the application stops).
 
 Errors.  An operator exception stops the application with a
 :class:`~vigil.errors.PipelineError` naming operator, topic, partition and offsets;
@@ -203,6 +205,12 @@ def _is_fatal(exc: KafkaException) -> bool:
     """Whether a client call raised the client's fatal error (it is unusable from then on)."""
     err = kafka_error(exc)
     return err is not None and (err.fatal() or err.code() == KafkaError._FATAL)
+
+
+def _boot_clock() -> float:
+    """Seconds on a clock that counts time the machine was suspended (the broker's clock runs on
+    meanwhile; ``time.monotonic`` stops on Linux), for a transaction's age."""
+    return time.clock_gettime(_BOOT_CLOCK)
 
 
 def _forget(gauge: Any, *labels: str) -> None:
@@ -322,6 +330,11 @@ _TOUCH_EVERY_S = 600.0
 _RESTORE_WAIT_S = 0.01
 #: Aligned: timeout of the broker queries for partitions nothing was consumed from yet.
 _ALIGN_TIMEOUT = 5.0
+#: Exactly-once: expired transactions renewed in a row, with no commit between, before the
+#: application stops (see Application._renew_expired).
+_MAX_RENEWALS = 3
+#: CLOCK_BOOTTIME where there is one (Linux), else the monotonic clock.
+_BOOT_CLOCK: int = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
 #: How long a newly assigned partition's store may stay open in another process sharing the
 #: home (the member that had the partition and has not noticed it lost it) before giving up.
 #: Waited for between batches, the partition paused (see Application._open_stores).
@@ -928,6 +941,8 @@ class Application:
         self._txn_began: float | None = None
         self._txn_timeout_s = math.inf
         self._new_producer: Callable[[], Producer] | None = None
+        #: Producers renewed since the last commit (see _renew_expired).
+        self._renewals = 0
         self._failed = False
         self._lost = False
         self._partitions = 0
@@ -1267,7 +1282,9 @@ class Application:
         owned = self._owned
         decode = self._decode
         codec_decode = self._codec._decoder.decode
-        letters = 0
+        # Dead-lettered after the loop: a send that fails there (a fenced producer, see
+        # _renewed_after_timeout) leaves every partition's first offset read known (_rewind).
+        letters: list[tuple[str, int, int, bytes | None, bytes, str, str, Any]] = []
         skipped = 0
         skip = self._skip
         only_topic = self.inputs[0] if len(self.inputs) == 1 else None
@@ -1311,15 +1328,16 @@ class Application:
                 else:
                     event = decode(topic, value, msg.key(), read_headers(msg))
             except DECODE_ERRORS as exc:
-                self._dead_letter(*_undecodable(msg, exc))
-                letters += 1
+                letters.append(_undecodable(msg, exc))
                 continue
             group.append(Record(event, topic, part, offset, msg.key(), msg.timestamp()[1], value))
         if run_owned and offset >= 0:
             offsets[run_topic, run_part] = offset + 1  # type: ignore[index]
         if skipped:
             self._count_skipped(skipped)
-        count = letters + skipped + sum(len(g) for g in groups.values())
+        for letter in letters:
+            self._dead_letter(*letter)
+        count = len(letters) + skipped + sum(len(g) for g in groups.values())
         self._batch = msgs  # (for the headers of a record an operator dead-letters: _headers_of)
         try:
             self._run_operators(groups, count, len(msgs), started)
@@ -1630,7 +1648,7 @@ class Application:
             if producer is not None:
                 producer.begin_transaction()
                 self._in_txn = True
-                self._txn_began = time.monotonic()
+                self._txn_began = _boot_clock()
 
     def _on_delivery_error(self, err: KafkaError | None, msg: Message) -> None:
         # Purged: the record was in a transaction this process aborted (only aborts purge here),
@@ -1756,14 +1774,21 @@ class Application:
                 return
         else:
             writes: _Writes = []
-            for task in self._tasks.values():
-                for store_id, state in task.stores.items():
-                    if not state.pending_count:
-                        continue
-                    topic = changelog_topic(self.name, store_id)
-                    pending = state.take_pending()
-                    self._send_changelog(topic, task.number, pending)
-                    writes.append((state, pending, topic, task.number))
+            try:
+                for task in self._tasks.values():
+                    for store_id, state in task.stores.items():
+                        if not state.pending_count:
+                            continue
+                        topic = changelog_topic(self.name, store_id)
+                        pending = state.take_pending()
+                        self._send_changelog(topic, task.number, pending)
+                        writes.append((state, pending, topic, task.number))
+            except KafkaException as exc:
+                # (As at the commit: a checkpoint never raises an expired transaction's error, so
+                # the rebalance callbacks and the restore step that checkpoint finish their work.)
+                if self._renewed_after_timeout(exc):
+                    return
+                raise
             offsets = self._offsets_to_commit()
             if not offsets and not writes and not self._in_txn:
                 if sync:
@@ -2048,6 +2073,7 @@ class Application:
             producer.commit_transaction(_TIMEOUT)
             self._in_txn = False
             self._txn_began = None
+            self._renewals = 0
             if offsets:  # (the group's metadata checked: still this member's partitions)
                 self._current_at = began
         except KafkaException as exc:
@@ -2097,8 +2123,10 @@ class Application:
             self._new_producer is not None
             and self._slot is not None
             and began is not None
+            and not self._failed
+            and not self._stop.is_set()  # (stopping: the error is said, nothing renewed)
             and _is_fatal(exc)
-            and time.monotonic() - began > self._txn_timeout_s
+            and _boot_clock() - began > self._txn_timeout_s
         )
 
     def _renew_expired(self, exc: KafkaException, failed: str) -> bool:
@@ -2108,7 +2136,18 @@ class Application:
         began, renew = self._txn_began, self._new_producer
         if renew is None or began is None or not self._expired(exc):
             return False
-        open_s = time.monotonic() - began
+        open_s = _boot_clock() - began
+        self._renewals += 1
+        if self._renewals > _MAX_RENEWALS:
+            # The same work past the timeout each time (a batch, a checkpoint too slow for it):
+            # renewed for ever, nothing would ever be committed.
+            msg = (
+                f"application {self.name!r}: {failed}: {exc.args[0]}; the transaction expired "
+                f"{self._renewals} times in a row without a checkpoint between (open {open_s:.0f} s, "
+                f"timeout {self._txn_timeout_s:.0f} s): a batch or a checkpoint takes longer than "
+                "transaction.timeout.ms"
+            )
+            raise PipelineError(msg)
         log.warning(
             "application %s: the transaction was open %.0f s, past its timeout (%.0f s), and the "
             "broker aborted it (%s): a new producer takes over and the input is processed again "
