@@ -11,6 +11,8 @@ from pathlib import Path
 import confluent_kafka
 from confluent_kafka import Consumer, TopicPartition
 
+from vigil.config import Settings
+
 # rd_kafka_vtype_t (rdkafka.h)
 _VTYPE_TOPIC, _VTYPE_PARTITION, _VTYPE_VALUE, _VTYPE_KEY, _VTYPE_MSGFLAGS, _VTYPE_HEADER = 1, 3, 4, 5, 7, 9
 #: RD_KAFKA_MSG_F_COPY: librdkafka copies the value (without it, it keeps a pointer to the
@@ -68,13 +70,17 @@ def _library() -> ctypes.CDLL:
 
 
 def produce_with_raw_headers(
-    bootstrap: str,
+    settings: Settings,
     topic: str,
     records: Sequence[tuple[bytes | None, bytes | None, Sequence[tuple[bytes, bytes | None]]]],
     partition: int = 0,
 ) -> None:
     """Send ``(key, value, headers)`` records to ``topic[partition]``, header names as given;
     raises unless the partition's end moved on by as many records (none refused on the way)."""
+    bootstrap = settings.kafka_bootstrap
+    if bootstrap is None:
+        msg = "produce_with_raw_headers needs a broker's address (kafka_bootstrap)"
+        raise ValueError(msg)
     reader = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": "raw-headers", "enable.auto.commit": False}
     )

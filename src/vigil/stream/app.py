@@ -721,13 +721,12 @@ class _KafkaContext:
         )
 
     def late(self, record: Record[Any]) -> None:
-        value = encode(record.event)
         try:
-            check_output(self._app.late_topic, value, record.key)
-        except KafkaException as exc:
+            send = self.prepare_late(record)
+        except KafkaException as exc:  # too large for the late-events topic
             self.dead_letter(record, late_refused(self._app.late_topic, exc))
             return
-        self._send_late(value, record.key)
+        send()
 
 
 class Application:

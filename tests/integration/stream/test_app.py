@@ -249,8 +249,7 @@ def test_a_record_whose_header_names_are_not_utf8_is_processed_or_dead_lettered_
     readable = [(e.key().encode(), encode(e), [(b"trace", b"t2")]) for e in good]
     records = [*readable[:12], (b"c0", encode(good[12]), bad_name), (b"c9", b"not json", bad_name)]
     records += readable[13:]
-    assert settings.kafka_bootstrap is not None
-    produce_with_raw_headers(settings.kafka_bootstrap, src, records)
+    produce_with_raw_headers(settings, src, records)
 
     running = run_app(counting_app(settings, name, src, out, dlq_topic=dlq))
     wait_for(lambda: bool(running.errors) or running.app.metrics.processed >= 31, 60, "31 records consumed")
@@ -432,9 +431,8 @@ def test_operator_with_dead_letter_policy_continues(
     headers: list[list[tuple[bytes, bytes | None]]] = [[(b"trace", f"t{i}".encode())] for i in range(20)]
     headers[7] += [(b"dup", b"1"), (b"dup", None)]
     headers[9] = [(b"\xff-trace", b"t9")]
-    assert settings.kafka_bootstrap is not None
     produce_with_raw_headers(
-        settings.kafka_bootstrap,
+        settings,
         src,
         [(e.key().encode(), value, h) for e, value, h in zip(events, sent, headers, strict=True)],
     )
