@@ -98,3 +98,14 @@ def chained(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(err))
         yield err
         todo += [err.__cause__, err.__context__]
+
+
+def described(exc: BaseException) -> str:
+    """``"<type>: <message>"`` of an exception, whatever its ``__str__`` does: an operator's
+    exception is user code, and one whose ``__str__`` raised escaped the error that was to name
+    it (the dead-letter policy's too), stopping the application with an unrelated error."""
+    try:
+        text = str(exc)
+    except Exception as inner:
+        text = f"(its message could not be made: {type(inner).__name__})"
+    return f"{type(exc).__name__}: {text}"

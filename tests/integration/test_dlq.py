@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from confluent_kafka import Message, Producer, TopicPartition
+from tests.integration.raw_headers import produce_with_raw_headers
 from typer.testing import CliRunner
 
 from vigil.cli import app
@@ -20,6 +21,7 @@ from vigil.config import Settings
 from vigil.errors import BrokerError, ConfigError, TopicError
 from vigil.events.codec import encode
 from vigil.events.records import DeadLetter
+from vigil.events.types import Payment
 from vigil.hub import dlq, redrive
 from vigil.hub.admin import ensure_topics
 from vigil.hub.client import make_admin, make_producer, read_committed
@@ -261,6 +263,45 @@ def test_the_record_at_the_offset_must_be_the_one_dead_lettered(
     assert done.redriven == 1
     assert [u.split(": ", 1)[0] for u in done.unavailable] == [f"{dead}[0]@1", f"{dead}[0]@2"]
     assert all("is another record than the one dead-lettered" in u for u in done.unavailable)
+
+
+def test_an_event_whose_header_names_cannot_be_read_is_sent_without_them_a_raw_record_is_not(
+    settings: Settings, unique_topic: str
+) -> None:
+    # Header names in bytes that are not UTF-8 (any producer but the Python client may write
+    # them) cannot be read here.  A raw record's headers are its kind and time: without them it
+    # is not the record.  A canonical event is read by its bytes alone: it was called unsendable
+    # all the same (found in review, 2026-12-04); now it is sent without them, and said so.
+    events, raw, dead = (
+        f"{unique_topic}.events.payments",
+        f"{unique_topic}.raw.coinbase",
+        f"{unique_topic}.dlq",
+    )
+    specs = [
+        TopicSpec(events, "customer", (Payment,), "redrive test events", partitions=1),
+        TopicSpec(raw, "source", "raw", "redrive test raw records", partitions=1),
+        TopicSpec(dead, "source", "dead_letter", "redrive test letters", partitions=1),
+    ]
+    unreadable = [(b"\xff\xfe-trace", b"t1"), (b"kind", b"x")]
+    with made(settings, specs):
+        for topic in (events, raw):
+            produce_with_raw_headers(settings, topic, [(b"c1", b'{"not": "an event"}', unreadable)])
+        post(settings, dead, [letter(events, 0, 0, "bad event", stage="detect"), letter(raw, 0, 0, "bad")])
+
+        done = redrive.redrive(settings, dead)
+
+        assert done.redriven == 1
+        (without,) = done.without_headers
+        assert without.startswith(f"{dead}[0]@0: ")
+        assert "not UTF-8" in without
+        (unsent,) = done.unavailable
+        assert unsent.startswith(f"{dead}[0]@1: {raw}[0]@0: ")
+        assert "cannot be sent again as it was" in unsent
+        # (The originals' headers are never asked for: the client would crash the process.)
+        (copy,) = [m for m in read_committed(settings, events) if m.offset() > 0]
+        assert (copy.key(), copy.value()) == (b"c1", b'{"not": "an event"}')
+        assert copy.headers() == [(redrive.REDRIVEN_FROM, f"{dead}[0]@0".encode())]
+        assert [m.offset() for m in read_committed(settings, raw)] == [0]
 
 
 def test_a_record_gone_with_retention_is_reported_and_passed(

@@ -150,6 +150,12 @@ def redrive_cmd(
         + (f"; {len(done.unavailable):,} could not be sent (and no run will)" if done.unavailable else "")
         + (f"; {done.sent_before:,} sent before, not again" if done.sent_before else "")
         + (
+            f"; {len(done.without_headers):,} without their headers, which cannot be read (events, "
+            "read by their bytes alone)"
+            if done.without_headers
+            else ""
+        )
+        + (
             f"; passed over {done.passed:,} letters (filter), kept: a run without --reason-contains, "
             "or with one they match, sends them"
             if done.passed
@@ -182,3 +188,4 @@ def redrive_cmd(
     _listed("failed again", done.failed_again, 10)
     _listed("gone, in their letters", done.rebuildable, 10)
     _listed("not a dead letter", done.undecodable, 5)
+    _listed("sent without their headers", done.without_headers, 5)

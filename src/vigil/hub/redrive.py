@@ -83,6 +83,10 @@ INPUT_TOPIC = re.compile(
     + "|".join(sorted(DOMAINS))
     + r")|detect\.routed)"
 )
+#: Canonical topics (under any topic prefix): their stages read a record by its bytes alone.
+CANONICAL_TOPIC = re.compile(
+    r"(?:[A-Za-z0-9._-]*\.)?(?:events\.(?:" + "|".join(sorted(DOMAINS)) + r")|detect\.routed)"
+)
 #: A record at most this many offsets on from where the reader is is read on to (see _read).
 READ_ON = 256
 #: Partitions read at once, each by a consumer of its own (the least recently used one goes).
@@ -111,6 +115,9 @@ class Redriven:
     #: Letters whose record cannot be sent again, each with why (not kept: no run sends them).
     unavailable: list[str] = field(default_factory=list)
     undecodable: list[str] = field(default_factory=list)
+    #: Letters whose record is sent without its headers, which cannot be read (canonical topics
+    #: only, whose stages read no header), each with why.
+    without_headers: list[str] = field(default_factory=list)
     #: Where each redriven record was appended: ``<topic>[<partition>]@<offset>`` (not in a dry run).
     appended: list[str] = field(default_factory=list)
 
@@ -199,6 +206,11 @@ class _Originals:
         try:
             return Fetched(message, read_headers(message))
         except UnreadableHeaders as exc:
+            if CANONICAL_TOPIC.fullmatch(topic) is not None:
+                # An event is read by its bytes alone (the canonical codec reads no header): sent
+                # without the headers no client here can read (a raw record's are its kind and
+                # time, and it cannot be sent without them).
+                return Fetched(message, [], left_out=str(exc))
             return f"{topic}[{partition}]@{offset}: {exc}: it cannot be sent again as it was"
 
     def _ask(self, topic: str, partition: int) -> tuple[int, int] | str:
@@ -240,9 +252,13 @@ class Fetched:
     :func:`~vigil.hub.client.read_headers`: asked twice of a record they cannot be read from, the
     client crashes the process)."""
 
-    def __init__(self, message: Message, headers: list[tuple[str, bytes | None]] | None) -> None:
+    def __init__(
+        self, message: Message, headers: list[tuple[str, bytes | None]] | None, left_out: str | None = None
+    ) -> None:
         self._message = message
         self._headers = headers
+        #: Why its headers are not sent with it (None: they are).
+        self.left_out = left_out
 
     def topic(self) -> str:
         return self._message.topic() or ""
@@ -528,6 +544,8 @@ def _take(
             f"{place(message)}: sent again from {earlier} before, failed again: kept for a run with --again"
         )
         return False
+    if isinstance(original, Fetched) and original.left_out is not None:
+        out.without_headers.append(f"{place(message)}: {original.left_out}: sent without them")
     return original
 
 

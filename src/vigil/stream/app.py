@@ -112,7 +112,10 @@ timeout (30 s at the default interval), comes first: the broker aborts the trans
 fences its producer, and the producer's next call fails (an output, a changelog record, the
 commit); a new producer of the same transactional id takes over, and the member processes again
 from the last checkpoint the same way (with the default instance id only: a given one may be
-a newer process's, which the stalled one must not fence, and the application stops).
+a newer process's, which the stalled one must not fence, and the application stops).  The same
+holds at-least-once with state, whose state producer's transaction (changelog records and
+offsets) is open from a seal's first changelog record to its commit: the state producer is
+renewed, and outputs since the last checkpoint are sent again, as after any rewind.
 
 Errors.  An operator exception stops the application with a
 :class:`~vigil.errors.PipelineError` naming operator, topic, partition and offsets;
@@ -150,7 +153,7 @@ from confluent_kafka import (
 )
 
 from vigil.config import OWN_CLIENT_OPTIONS, Settings, client_option_name, guarantee_of
-from vigil.errors import ConfigError, ContractError, PipelineError, TopicError
+from vigil.errors import ConfigError, ContractError, PipelineError, TopicError, described
 from vigil.events.base import Event, utcnow
 from vigil.events.codec import EventCodec, encode, escaped, inert, too_deep
 from vigil.events.ids import stable_hash
@@ -330,9 +333,11 @@ _TOUCH_EVERY_S = 600.0
 _RESTORE_WAIT_S = 0.01
 #: Aligned: timeout of the broker queries for partitions nothing was consumed from yet.
 _ALIGN_TIMEOUT = 5.0
-#: Exactly-once: expired transactions renewed in a row, with no commit between, before the
-#: application stops (see Application._renew_expired).
+#: Expired transactions renewed in a row, with no commit between, before the application stops
+#: (see Application._renew_expired).
 _MAX_RENEWALS = 3
+#: Calls of abort_transaction while it fails retriably (each waits up to _TIMEOUT).
+_ABORT_ATTEMPTS = 3
 #: CLOCK_BOOTTIME where there is one (Linux), else the monotonic clock.
 _BOOT_CLOCK: int = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
 #: How long a newly assigned partition's store may stay open in another process sharing the
@@ -442,10 +447,25 @@ def clipped_reason(reason: str) -> str:
     encoded)."""
     if len(reason) <= REASON_MAX_CHARS and reason.isprintable():
         return reason
-    shown = escaped(reason[:REASON_MAX_CHARS])
-    if len(reason) <= REASON_MAX_CHARS and len(shown) <= REASON_MAX_CHARS:
+    head = reason[:REASON_MAX_CHARS]
+    if head.isprintable():
+        shown, taken = head, len(head)
+    else:
+        # Cut between escapes, never inside one (a "\x1" at the end would read as a different
+        # character).
+        pieces: list[str] = []
+        used = taken = 0
+        for ch in head:
+            piece = escaped(ch)
+            if used + len(piece) > REASON_MAX_CHARS:
+                break
+            pieces.append(piece)
+            used += len(piece)
+            taken += 1
+        shown = "".join(pieces)
+    if taken == len(reason):
         return shown
-    return f"{shown[:REASON_MAX_CHARS]}... ({len(reason):,} characters in all)"
+    return f"{shown}... ({len(reason):,} characters in all)"
 
 
 def _skip_prefixes(tags: Sequence[str]) -> tuple[bytes, ...]:
@@ -485,6 +505,10 @@ def _undecodable(
         _error_kind(exc),
         headers,
     )
+
+
+def _length(key: bytes | None) -> int:
+    return 0 if key is None else len(key)
 
 
 _Writes = list[tuple[RocksState, list[tuple[bytes, bytes | None]], str, int]]
@@ -935,8 +959,9 @@ class Application:
         self._last_align = 0.0
         self._batch_headers: dict[tuple[str, int, int], list[tuple[str, bytes | None]] | None] = {}
         self._in_txn = False
-        #: Exactly-once: when the open transaction began (monotonic), its producer's transaction
-        #: timeout (seconds), and how to make that producer again (see _renewed_after_timeout).
+        #: When the open transaction began (CLOCK_BOOTTIME), its producer's transaction timeout
+        #: (seconds), and how to make that producer again (see _renewed_after_timeout): the
+        #: producer of outputs exactly-once, the state producer at-least-once with state.
         self._txn_began: float | None = None
         self._txn_timeout_s = math.inf
         self._new_producer: Callable[[], Producer] | None = None
@@ -1137,7 +1162,11 @@ class Application:
         if not self.exactly_once and self.stores:
             # A state transaction is open while a seal's writes are encoded and until every output
             # before it is acknowledged: see state_transaction_timeout_s.
-            self._state_producer = producer(state_transaction_timeout_s(self.checkpoint_interval_s))
+            state_timeout = state_transaction_timeout_s(self.checkpoint_interval_s)
+            self._new_producer = lambda: producer(state_timeout)
+            self._state_producer = self._new_producer()
+            overridden = self._producer_overrides.get("transaction.timeout.ms")
+            self._txn_timeout_s = state_timeout if overridden is None else float(overridden) / 1000
             self._committer = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-commit")
         self._consumer = Consumer(self.consumer_settings())
         # Co-partitioned: the group assigns the first input; the others follow (see the module docstring).
@@ -1168,7 +1197,7 @@ class Application:
                 self._restorer.close()
                 self._restorer = None
             if self._in_txn:
-                self._abort_txn()
+                self._abort_txn(quiet=True)
             for producer in (self._producer, self._state_producer):
                 if producer is not None:
                     try:
@@ -1190,7 +1219,7 @@ class Application:
         self._failed = True
         self._settle_quietly()
         if self._in_txn:
-            self._abort_txn()
+            self._abort_txn(quiet=True)
 
     # ------------------------------------------------------------------ the loop
 
@@ -1208,8 +1237,8 @@ class Application:
             try:
                 self._iterate(consumer, collector)
             except KafkaException as exc:
-                # Exactly-once, after a stall past the transaction's timeout: the fenced producer
-                # fails at whichever call comes next (an output, a changelog record, the commit).
+                # After a stall past the transaction's timeout: the fenced producer fails at
+                # whichever call comes next (an output, a changelog record, the commit).
                 if not self._renewed_after_timeout(exc):
                     raise
 
@@ -1505,7 +1534,7 @@ class Application:
                         raise self._client_failure(exc) from exc
                     msg_text = (
                         f"application {self.name!r}: operator {op.id!r} failed on a batch of "
-                        f"{_offset_ranges(records)}: {type(exc).__name__}: {exc}"
+                        f"{_offset_ranges(records)}: {described(exc)}"
                     )
                     raise PipelineError(msg_text) from exc
 
@@ -1700,28 +1729,38 @@ class Application:
             headers=headers,
         )
         value = encode(letter)
-        keyed = len(key) if key is not None else 0
-        if len(value) + keyed > OUTPUT_MAX_BYTES:
+        # Over the limit, refused, a letter stopped the stage, again after every restart.  What
+        # is left out goes in this order, so the record's own bytes stay whenever they fit: its
+        # headers, then its key, then its bytes (the letter says where they all stay).  Anything
+        # left out makes the letter one redrive cannot rebuild the record from (headers None).
+        if headers and len(value) + _length(key) > OUTPUT_MAX_BYTES:
+            size = sum(len(name) + len(v or b"") for name, v in headers)
+            note = (
+                f" [its {len(headers):,} headers ({size:,} bytes) are left out of this dead letter "
+                f"(over the {OUTPUT_MAX_BYTES:,}-byte limit); they stay at {topic}/{partition} "
+                f"offset {offset}]"
+            )
+            letter = msgspec.structs.replace(letter, headers=None, reason=letter.reason + note)
+            value = encode(letter)
+        if key is not None and len(value) + len(key) > OUTPUT_MAX_BYTES:
+            # The key is in the letter (in base64) and is the letter's key: a key of 760 KB made
+            # the letter too large.  The letter is keyed by its hash instead.
+            hashed = f"{stable_hash(key):016x}".encode()
+            note = (
+                f" [its {len(key):,}-byte key is left out of this dead letter; this letter's key is "
+                f"its stable hash, {hashed.decode()}]"
+            )
+            letter = msgspec.structs.replace(letter, key=None, headers=None, reason=letter.reason + note)
+            value, key = encode(letter), hashed
+        if len(value) + _length(key) > OUTPUT_MAX_BYTES:
             # A record too large to carry (a raw Bitcoin block is several MB, and base64 in the
-            # letter makes it a third larger): refused, it stopped the stage, again after every
-            # restart.  The letter says where the bytes are instead.
+            # letter makes it a third larger).
             note = (
                 f" [its {len(raw):,} bytes are left out of this dead letter (over the "
                 f"{OUTPUT_MAX_BYTES:,}-byte limit); they stay at {topic}/{partition} offset {offset}]"
             )
             letter = msgspec.structs.replace(letter, raw=b"", headers=None, reason=letter.reason + note)
             value = encode(letter)
-        if key is not None and len(value) + keyed > OUTPUT_MAX_BYTES:
-            # The key itself is most of it (it is in the letter too, in base64, and is the
-            # letter's key): a key of 760 KB still made the letter too large, and the stage
-            # stopped on that record.  Left out as well; the letter is keyed by its hash.
-            hashed = f"{stable_hash(key):016x}".encode()
-            note = (
-                f" [its {len(key):,}-byte key is left out too; this letter's key is its stable "
-                f"hash, {hashed.decode()}]"
-            )
-            letter = msgspec.structs.replace(letter, key=None, reason=letter.reason + note)
-            value, key = encode(letter), hashed
         self._produce(self.dlq_topic, value, key)
         self.metrics.dead_lettered += 1
         self.prometheus.dead_lettered.labels(self.name).inc()
@@ -1762,8 +1801,14 @@ class Application:
                 for state in task.stores.values():
                     state.touch(self._current_at)
         if not self.exactly_once:
-            sealed = self._seal(sync)
-            self._complete_epochs(sync)
+            try:
+                sealed = self._seal(sync)
+                self._complete_epochs(sync)
+            except KafkaException as exc:
+                # (As exactly-once below: an expired state transaction's error is never raised.)
+                if self._renewed_after_timeout(exc):
+                    return
+                raise
             if sync:
                 self._write_step(None)
             if not sealed:
@@ -2030,11 +2075,13 @@ class Application:
         try:
             committing.future.result()
         except KafkaException as exc:
-            if self._group_moved_on(exc):
+            if self._group_moved_on(exc) or self._renewed_after_timeout(exc):
                 return False
             msg = f"application {self.name!r}: checkpoint failed: {exc.args[0]}"
             raise PipelineError(msg) from exc
         self._in_txn = False
+        self._txn_began = None
+        self._renewals = 0
         if committing.offsets:  # (the group's metadata checked: still this member's partitions)
             self._current_at = committing.began
         self._queue_writes(committing.writes)
@@ -2097,30 +2144,34 @@ class Application:
         return True
 
     def _renewed_after_timeout(self, exc: KafkaException) -> bool:
-        """Exactly-once: whether a client call (the commit, an output, a changelog record) failed
-        fatally after the transaction had been open longer than the producer's transaction
-        timeout.  The broker then aborted it and fenced the producer; the loop had stalled (a long
-        batch, a paused process or VM), and no other process need be involved.  A new producer
-        of the same transactional id takes over (this process alone holds the id: see
-        :meth:`_expired`), and, as after a lost assignment, the state goes back to the last
-        checkpoint and the input is read again from there.  (Before, every such stall stopped the
-        application: 30 s at the default interval, where a stall past ``max.poll.interval.ms``,
-        300 s, was meant to be recovered from.)  A producer fenced sooner, or one whose id was
-        given (``instance_id``), stops the application as before."""
+        """Whether a client call (the commit, an output, a changelog record) failed fatally after
+        the transaction had been open longer than the producer's transaction timeout.  The broker
+        then aborted it and fenced the producer; the loop had stalled (a long batch, a paused
+        process or VM), and no other process need be involved.  A new producer of the same
+        transactional id takes over (this process alone holds the id: see :meth:`_expired`), and,
+        as after a lost assignment, the state goes back to the last checkpoint and the input is
+        read again from there.  (Before, every such stall stopped the application: 30 s at the
+        default interval, where a stall past ``max.poll.interval.ms``, 300 s, was meant to be
+        recovered from.)  A producer fenced sooner, or one whose id was given (``instance_id``),
+        stops the application as before.  Exactly-once, the producer of outputs is renewed;
+        at-least-once with state, the state producer (of changelog records and offsets), and the
+        outputs sent since the last checkpoint are sent again, as after any rewind."""
         if not self._renew_expired(exc, "a transaction failed"):
             return False
         self._start_over()
         return True
 
     def _expired(self, exc: KafkaException) -> bool:
-        """Exactly-once: whether ``exc`` is a fatal client error while the open transaction has been
-        open past its timeout, with a transactional id this process alone holds (its instance slot
-        in this home; an ``instance_id`` given may be another process's too, and a stalled one
-        that took the id back would fence the process that has it now)."""
+        """Whether ``exc`` is a fatal client error while the open transaction has been open past
+        its timeout, with a transactional id this process alone holds (its instance slot in this
+        home; an ``instance_id`` given may be another process's too, and a stalled one that took
+        the id back would fence the process that has it now).  Not while a commit is on its way
+        on the committer thread (at-least-once), which still uses the producer."""
         began = self._txn_began
         return (
             self._new_producer is not None
             and self._slot is not None
+            and self._committing is None
             and began is not None
             and not self._failed
             and not self._stop.is_set()  # (stopping: the error is said, nothing renewed)
@@ -2156,13 +2207,13 @@ class Application:
             self._txn_timeout_s,
             exc.args[0],
         )
-        old = self._producer
-        self._producer = None
+        old = self._txn_producer()
+        self._set_txn_producer(None)
         if old is not None:
             with contextlib.suppress(KafkaException, RuntimeError):
                 old.purge(in_queue=True, in_flight=True, blocking=False)
         try:
-            self._producer = renew()
+            self._set_txn_producer(renew())
         except KafkaException as again:
             msg = (
                 f"application {self.name!r}: {failed}: {exc.args[0]}; "
@@ -2171,10 +2222,18 @@ class Application:
             raise PipelineError(msg) from again
         self._in_txn = False
         self._txn_began = None
-        # (The old producer's reports are never served: its outputs were in the aborted transaction.)
-        self._delivery_errors.clear()
+        if self._eos:
+            # (The old producer's reports are never served: its outputs were in the aborted
+            # transaction.  At-least-once, the reports are the producer of outputs', which stays.)
+            self._delivery_errors.clear()
         self._fatal_errors.clear()
         return True
+
+    def _set_txn_producer(self, producer: Producer | None) -> None:
+        if self._eos:
+            self._producer = producer
+        else:
+            self._state_producer = producer
 
     def _start_over(self) -> None:
         """Nothing since the last checkpoint stands: pending state dropped, and the partitions
@@ -2185,20 +2244,47 @@ class Application:
         self._discard_pending()
         self._lost = True
 
-    def _abort_txn(self) -> None:
+    def _abort_txn(self, *, quiet: bool = False) -> None:
+        """Abort the open transaction, trying again while the client calls the failure retriable
+        (the broker slow to answer), as librdkafka asks.  Another failure stops the application
+        naming it (``quiet``: on the way out after another error, it is logged instead): the
+        producer could not begin the next transaction, and that failure had been the one
+        reported, inside whichever operator sent the next output (found in review, 2026-12-04)."""
         producer = self._txn_producer()
         if producer is None or not self._in_txn:
             self._in_txn = False
             return
         try:
-            producer.abort_transaction(_TIMEOUT)
+            self._try_abort(producer)
         except KafkaException as exc:
             # A lost assignment after a stall past the transaction's timeout: the broker aborted
             # it and fenced the producer (the caller drops the state and rewinds, as it does).
             if not self._renew_expired(exc, "aborting the transaction failed"):
+                self._in_txn = False
+                self._txn_began = None
+                if not quiet:
+                    msg = f"application {self.name!r}: aborting the transaction failed: {exc.args[0]}"
+                    raise PipelineError(msg) from exc
                 log.warning("application %s: abort_transaction: %s", self.name, exc)
         self._in_txn = False
         self._txn_began = None
+
+    def _try_abort(self, producer: Producer) -> None:
+        for tried in range(1, _ABORT_ATTEMPTS + 1):
+            try:
+                producer.abort_transaction(_TIMEOUT)
+                return
+            except KafkaException as exc:
+                err = kafka_error(exc)
+                if err is None or not err.retriable() or tried == _ABORT_ATTEMPTS:
+                    raise
+                log.warning(
+                    "application %s: aborting the transaction, attempt %d of %d: %s",
+                    self.name,
+                    tried,
+                    _ABORT_ATTEMPTS,
+                    err,
+                )
 
     def _update_gauges(self) -> None:
         now = time.monotonic()
@@ -2380,7 +2466,7 @@ class Application:
                 where = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in task.partitions)
                 msg = (
                     f"application {self.name!r}: operator {op.id!r} failed when assigned {where}: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"{described(exc)}"
                 )
                 raise PipelineError(msg) from exc
 
@@ -2489,10 +2575,12 @@ class Application:
         self._write_step(None)
         self._sealing = None
         self._sealed.clear()
-        if self._in_txn:
-            self._abort_txn()
-        self._discard_pending()
-        self._drop(consumer, partitions)
+        try:
+            if self._in_txn:
+                self._abort_txn()
+        finally:
+            self._discard_pending()
+            self._drop(consumer, partitions)
 
     def _drop(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = list(partitions) + self._followers({tp.partition for tp in partitions})

@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from vigil.errors import described
 from vigil.events.base import Event
 from vigil.stream.base import Context, Record, State, StoreSpec
 
@@ -184,5 +185,5 @@ def attempt(
         trial.commit()
     except Exception as exc:
         trial.rollback()
-        return f"{type(exc).__name__}: {exc}"
+        return described(exc)
     return None

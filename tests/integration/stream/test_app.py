@@ -288,6 +288,37 @@ def test_a_record_whose_header_names_are_not_utf8_is_processed_or_dead_lettered_
     assert all("a header name is not UTF-8" in letter.reason for letter in letters)
 
 
+def test_a_dead_letter_over_the_limit_leaves_out_headers_and_key_before_the_records_bytes(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    # Today's order left the record's bytes out first, even where headers were what made the
+    # letter too large (a 9-byte value with a 900 KB header): the letter kept the header and lost
+    # the record (found in review, 2026-12-04).
+    src, out, name, dlq = names("in"), names("out"), names("app"), names("dlq")
+    make_topics(settings, src, out, partitions=1)
+    big = b"h" * 900_000
+    producer = Producer({**settings.kafka_client_config(), "message.max.bytes": 2_000_000})
+    producer.produce(src, value=b"not json!", key=b"k1", headers=[("trace", big), ("kind", b"x")])
+    producer.produce(src, value=b"not json?", key=b"k2" * 225_000, headers=[("trace", b"h" * 300_000)])
+    assert producer.flush(30) == 0
+    produce(settings, src, payments(5, 1))
+    running = run_app(counting_app(settings, name, src, out, dlq_topic=dlq))
+    wait_for(lambda: bool(running.errors) or running.app.metrics.processed >= 7, 60, "7 records consumed")
+    running.stop()
+    assert not running.errors
+    first, second = [msgspec.json.decode(v, type=DeadLetter) for _, v in read_all(settings, dlq, 1)]
+    # The headers alone were too much: they go, the bytes and the key stay.
+    assert (first.raw, first.key, first.headers) == (b"not json!", b"k1", None)
+    assert "its 2 headers (900,017 bytes) are left out" in first.reason
+    assert "key is left out" not in first.reason
+    # Headers and a 450 KB key (twice: in the letter, in base64, and as its key): both go, the
+    # bytes stay.
+    assert (second.raw, second.key, second.headers) == (b"not json?", None, None)
+    assert "450,000-byte key is left out" in second.reason
+    assert "bytes are left out" not in second.reason
+    assert set(output_ids(settings, out, 1)) == expected_ids(payments(5, 1))
+
+
 class ByDevice(Operator[Payment]):
     """Re-keys payments by device; one customer's device id is 600 KB (attacker-chosen)."""
 
@@ -310,7 +341,8 @@ def test_records_over_the_limit_with_their_keys_are_dead_lettered_and_processing
     # Only values were measured.  An output of 500 KB keyed by a 600 KB device id went to the
     # broker, which refused it: the checkpoint failed, and the restart again on the same record.
     # An undecodable record with a 760 KB key made a dead letter too large even without its
-    # bytes (the key is in the letter, and is its key): the stage stopped on that record.
+    # bytes (the key is in the letter, and is its key): the stage stopped on that record.  The
+    # key is left out before the bytes: without it the letter fits, with the record's bytes.
     src, out, name = names("in"), names("out"), names("app")
     make_topics(settings, src, out, partitions=1)
     huge_key = "k" * 760_000
@@ -334,9 +366,10 @@ def test_records_over_the_limit_with_their_keys_are_dead_lettered_and_processing
     )
     assert undecodable.offset == 0
     assert undecodable.key is None
-    assert undecodable.raw == b""
-    assert "200,000 bytes are left out" in undecodable.reason
-    assert "760,000-byte key is left out too" in undecodable.reason
+    assert undecodable.raw == b"\xff" * 200_000
+    assert "760,000-byte key is left out" in undecodable.reason
+    assert "bytes are left out" not in undecodable.reason
+    assert undecodable.headers is None  # (not rebuildable by redrive: its key is not in it)
     assert key_1 is not None
     assert key_1.decode() in undecodable.reason  # keyed by the key's hash, named in the reason
     assert refused.offset == 4  # p3, after the undecodable record
@@ -1263,6 +1296,66 @@ def test_a_stall_past_the_transaction_timeout_is_processed_again_not_fatal(
     got = output_ids(settings, out, 1)
     assert len(got) == len(set(got))  # (read committed: the aborted transaction's are not there)
     assert set(got) == expected_ids(events)
+
+
+class StallInStateTransaction(RunningCount):
+    """At-least-once with state: stalls once, for ``stall_s``, at the first batch after ``after``
+    records that finds a seal's state transaction open and its commit not yet begun (so the
+    transaction stays open through the stall).  Each batch takes 50 ms, so checkpoints (every
+    0.1 s) come between batches."""
+
+    def __init__(self, output: str, after: int, stall_s: float) -> None:
+        super().__init__(output, pause_s=0.05)
+        self.after, self.stall_s, self.seen, self.stalled = after, stall_s, 0, False
+        self.app: Application | None = None
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        super().process(batch, ctx)
+        self.seen += len(batch)
+        app = self.app
+        open_txn = app is not None and app._in_txn and app._committing is None
+        if self.seen >= self.after and not self.stalled and open_txn:
+            self.stalled = True
+            time.sleep(self.stall_s)  # the stall under test, not a synchronisation
+
+
+def test_at_least_once_a_stall_past_the_state_transaction_timeout_is_processed_again(
+    settings: Settings,
+    names: Callable[[str], str],
+    run_app: Start,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # At-least-once with state, a seal's changelog records and offsets are one transaction of
+    # the state producer: a stall while it was open, past its timeout, had it aborted by the
+    # broker and the producer fenced, and the commit's failure stopped the application (found in
+    # review, 2026-12-04).  Now the state producer is renewed and the input processed again from
+    # the last checkpoint, with the state it had there: every output id says its customer's count,
+    # so state kept past the rewind (or lost) would show as ids not expected.
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out, partitions=1)
+    events = payments(600, 7)
+    produce(settings, src, events)
+    op = StallInStateTransaction(out, after=200, stall_s=15.0)
+    app = Application(
+        settings,
+        name=name,
+        inputs=[src],
+        operators=[op],
+        guarantee="at_least_once",
+        batch_size=50,
+        checkpoint_interval_s=0.1,
+        consumer_overrides={"max.poll.interval.ms": 120_000},
+        producer_overrides={"transaction.timeout.ms": 2000},
+    )
+    op.app = app
+    with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
+        running = run_app(app)
+        wait_committed(settings, name, src, 600)
+        running.stop()
+    assert not running.errors
+    assert op.stalled
+    assert any("past its timeout" in r.getMessage() for r in caplog.records)
+    assert set(output_ids(settings, out, 1)) == expected_ids(events)
 
 
 def test_a_fenced_producer_stops_the_application_naming_it(

@@ -1,9 +1,11 @@
-"""Exactly-once: when an expired transaction's fenced producer is renewed, and when it is not
-(the runtime against a real broker: tests/integration/stream/test_app.py, test_a_stall_past_...)."""
+"""When an expired transaction's fenced producer is renewed, and when it is not: exactly-once
+(the producer of outputs) and at-least-once with state (the state producer).  The runtime against
+a real broker: tests/integration/stream/test_app.py, test_a_stall_past_..."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +14,23 @@ from confluent_kafka import KafkaError, KafkaException
 
 from vigil.config import load_settings
 from vigil.errors import PipelineError
-from vigil.stream.app import Application, _boot_clock
-from vigil.stream.base import Context, Operator, Record
+from vigil.stream.app import Application, _boot_clock, _Committing
+from vigil.stream.base import Context, Operator, Record, StoreSpec
+
+COUNTS = StoreSpec("counts", 1)
 
 
 class Nothing(Operator[Any]):
     id = "nothing"
+    stores: tuple[StoreSpec, ...] = ()
 
     def process(self, batch: Sequence[Record[Any]], ctx: Context) -> None:
         pass
+
+
+class Stateful(Nothing):
+    id = "stateful"
+    stores = (COUNTS,)
 
 
 class Made:
@@ -30,14 +40,15 @@ class Made:
         pass
 
 
-def expired_app(tmp_path: Path, **kw: Any) -> tuple[Application, list[Made]]:
-    """An exactly-once application whose open transaction began 100 s ago, past its 30 s timeout."""
+def expired_app(tmp_path: Path, guarantee: str = "exactly_once", **kw: Any) -> tuple[Application, list[Made]]:
+    """An application whose open transaction began 100 s ago, past its 30 s timeout (exactly-once,
+    or at-least-once with state)."""
     app = Application(
         load_settings(kafka_bootstrap="127.0.0.1:1", home=tmp_path),
         name="a",
         inputs=["in"],
-        operators=[Nothing()],
-        guarantee="exactly_once",
+        operators=[Nothing() if guarantee == "exactly_once" else Stateful()],
+        guarantee=guarantee,  # type: ignore[arg-type]
         **kw,
     )
     made: list[Made] = []
@@ -89,3 +100,51 @@ def test_what_is_not_an_expired_transaction_is_not_renewed(tmp_path: Path, case:
         app.stop()
     assert not app._renewed_after_timeout(exc)
     assert made == []
+
+
+def test_at_least_once_with_state_renews_the_state_producer_and_keeps_the_outputs(tmp_path: Path) -> None:
+    # At-least-once with state, the transaction is the state producer's (a seal's changelog
+    # records and offsets): a stall past its timeout stopped the application (found in review,
+    # 2026-12-04).  The producer of outputs is not transactional and stays, with the delivery
+    # failures it reported (they are its outputs', not the aborted transaction's).
+    app, made = expired_app(tmp_path, "at_least_once")
+    outputs = Made()
+    app._producer = outputs  # type: ignore[assignment]
+    app._delivery_errors.append("out[0]: broker down")
+    assert app._renewed_after_timeout(FENCED)
+    assert len(made) == 1
+    assert app._state_producer is made[0]
+    assert app._producer is outputs
+    assert app._delivery_errors == ["out[0]: broker down"]
+    assert (app._in_txn, app._txn_began, app._lost) == (False, None, True)
+
+
+def test_an_expired_commit_on_the_committer_thread_starts_over(tmp_path: Path) -> None:
+    # At-least-once with state, the commit runs on the committer thread; its failure is acted
+    # on when it is settled.  Expired, that renews; while it is still on its way, nothing does
+    # (the producer is in use there).
+    app, made = expired_app(tmp_path, "at_least_once")
+    failed: Future[None] = Future()
+    failed.set_exception(FENCED)
+    app._committing = _Committing(failed, [], [], 0.0)
+    assert not app._renewed_after_timeout(FENCED)
+    assert app._settle_commit() is False
+    assert len(made) == 1
+    assert app._state_producer is made[0]
+    assert app._lost
+
+
+def test_a_settled_commit_clears_the_renewals_in_a_row(tmp_path: Path) -> None:
+    app, made = expired_app(tmp_path, "at_least_once")
+    for _ in range(3):
+        app._txn_began = _boot_clock() - 100
+        assert app._renewed_after_timeout(FENCED)
+    done: Future[None] = Future()
+    done.set_result(None)
+    app._txn_began, app._in_txn = _boot_clock() - 1, True
+    app._committing = _Committing(done, [], [], 0.0)
+    assert app._settle_commit()
+    assert (app._in_txn, app._txn_began, app._renewals) == (False, None, 0)
+    app._txn_began = _boot_clock() - 100
+    assert app._renewed_after_timeout(FENCED)  # (the fourth in all, the first in a row)
+    assert len(made) == 4

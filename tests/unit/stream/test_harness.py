@@ -313,6 +313,35 @@ def test_dead_letter_reasons_are_inert_and_always_encodable() -> None:
     long = clipped_reason("\x1b" * 5_000)
     assert long == "\\x1b" * 1_000 + "... (5,000 characters in all)"
     assert clipped_reason("fine") == "fine"
+    # Cut between escapes: one cut in half ("\\x1") would read as another character.
+    shifted = clipped_reason("a" + "\x1b" * 1_500)
+    assert shifted == "a" + "\\x1b" * 999 + "... (1,501 characters in all)"
+
+
+class Unspeakable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+class Mute(Operator[Payment]):
+    """Fails on p2 with an exception whose message cannot be made."""
+
+    id = "mute"
+    dead_letter_errors = True
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        for rec in batch:
+            if rec.event.event_id == "p2":
+                raise Unspeakable
+
+
+def test_an_exception_whose_message_cannot_be_made_is_still_dead_lettered() -> None:
+    # Its __str__ raised inside the code naming it: the policy's dead letter was never written and
+    # the application stopped with an unrelated RuntimeError (found in review, 2026-12-04).
+    result = run_operators([Mute()], [payment(1), payment(2), payment(3)])
+    ((rec, reason),) = result.dead_letters
+    assert rec.event.event_id == "p2"
+    assert reason == "operator 'mute': Unspeakable: (its message could not be made: RuntimeError)"
 
 
 @pytest.mark.parametrize(
