@@ -100,12 +100,16 @@ def chained(exc: BaseException) -> Iterator[BaseException]:
         todo += [err.__cause__, err.__context__]
 
 
-def described(exc: BaseException) -> str:
-    """``"<type>: <message>"`` of an exception, whatever its ``__str__`` does: an operator's
-    exception is user code, and one whose ``__str__`` raised escaped the error that was to name
-    it (the dead-letter policy's too), stopping the application with an unrelated error."""
+def message_of(exc: BaseException) -> str:
+    """``str(exc)``, whatever its ``__str__`` does: an operator's exception is user code, and one
+    whose ``__str__`` raised escaped the error that was to name it (the dead-letter policy's
+    too), stopping the application with an unrelated error."""
     try:
-        text = str(exc)
+        return str(exc)
     except Exception as inner:
-        text = f"(its message could not be made: {type(inner).__name__})"
-    return f"{type(exc).__name__}: {text}"
+        return f"(its message could not be made: {type(inner).__name__})"
+
+
+def described(exc: BaseException) -> str:
+    """``"<type>: <message>"`` of an exception (see :func:`message_of`)."""
+    return f"{type(exc).__name__}: {message_of(exc)}"

@@ -177,6 +177,7 @@ from vigil.stream.changelog import (
     STATE_RECORD_MAX_BYTES,
     Restorer,
     RestoreTask,
+    StateProducerFailed,
     changelog_spec,
     changelog_topic,
     state_too_large,
@@ -1730,9 +1731,10 @@ class Application:
         )
         value = encode(letter)
         # Over the limit, refused, a letter stopped the stage, again after every restart.  What
-        # is left out goes in this order, so the record's own bytes stay whenever they fit: its
-        # headers, then its key, then its bytes (the letter says where they all stay).  Anything
-        # left out makes the letter one redrive cannot rebuild the record from (headers None).
+        # is left out goes so that the record's own bytes stay whenever they fit: its headers
+        # first; then its key if the letter fits without it; else its bytes, and then the key if
+        # the letter still does not fit (the letter says where they all stay).  Anything left out
+        # makes the letter one redrive cannot rebuild the record from (headers None).
         if headers and len(value) + _length(key) > OUTPUT_MAX_BYTES:
             size = sum(len(name) + len(v or b"") for name, v in headers)
             note = (
@@ -1742,47 +1744,66 @@ class Application:
             )
             letter = msgspec.structs.replace(letter, headers=None, reason=letter.reason + note)
             value = encode(letter)
-        if key is not None and len(value) + len(key) > OUTPUT_MAX_BYTES:
-            # The key is in the letter (in base64) and is the letter's key: a key of 760 KB made
-            # the letter too large.  The letter is keyed by its hash instead.
-            hashed = f"{stable_hash(key):016x}".encode()
-            note = (
-                f" [its {len(key):,}-byte key is left out of this dead letter; this letter's key is "
-                f"its stable hash, {hashed.decode()}]"
-            )
-            letter = msgspec.structs.replace(letter, key=None, headers=None, reason=letter.reason + note)
-            value, key = encode(letter), hashed
         if len(value) + _length(key) > OUTPUT_MAX_BYTES:
-            # A record too large to carry (a raw Bitcoin block is several MB, and base64 in the
-            # letter makes it a third larger).
-            note = (
-                f" [its {len(raw):,} bytes are left out of this dead letter (over the "
-                f"{OUTPUT_MAX_BYTES:,}-byte limit); they stay at {topic}/{partition} offset {offset}]"
-            )
-            letter = msgspec.structs.replace(letter, raw=b"", headers=None, reason=letter.reason + note)
-            value = encode(letter)
+            keyless = self._without_key(letter, key) if key is not None else None
+            if keyless is not None and len(keyless[0]) + len(keyless[1]) <= OUTPUT_MAX_BYTES:
+                value, key = keyless
+            else:
+                # A record too large to carry (a raw Bitcoin block is several MB, and base64 in
+                # the letter makes it a third larger).
+                note = (
+                    f" [its {len(raw):,} bytes are left out of this dead letter (over the "
+                    f"{OUTPUT_MAX_BYTES:,}-byte limit); they stay at {topic}/{partition} offset {offset}]"
+                )
+                letter = msgspec.structs.replace(letter, raw=b"", headers=None, reason=letter.reason + note)
+                value = encode(letter)
+                if key is not None and len(value) + len(key) > OUTPUT_MAX_BYTES:
+                    value, key = self._without_key(letter, key)
         self._produce(self.dlq_topic, value, key)
         self.metrics.dead_lettered += 1
         self.prometheus.dead_lettered.labels(self.name).inc()
+
+    @staticmethod
+    def _without_key(letter: DeadLetter, key: bytes) -> tuple[bytes, bytes]:
+        """``letter`` without the record's key, and the key to send it under: the key's hash.
+        (The key is in the letter, in base64, and is the letter's key: a key of 760 KB made the
+        letter too large.)"""
+        hashed = f"{stable_hash(key):016x}".encode()
+        note = (
+            f" [its {len(key):,}-byte key is left out of this dead letter; this letter's key is "
+            f"its stable hash, {hashed.decode()}]"
+        )
+        keyless = msgspec.structs.replace(letter, key=None, headers=None, reason=letter.reason + note)
+        return encode(keyless), hashed
 
     # ------------------------------------------------------------------ checkpoints
 
     def _send_changelog(self, topic: str, partition: int, pending: list[tuple[bytes, bytes | None]]) -> None:
         """Produce one store partition's writes (failures come back through the delivery callback)."""
-        self._ensure_txn()
-        producer = self._txn_producer() or self._running_clients()[0]
-        produce = producer.produce
-        for key, value in pending:
-            if value is not None and len(key) + len(value) > STATE_RECORD_MAX_BYTES:
-                refused = state_too_large(key, value)
-                msg = f"application {self.name!r}: checkpoint of {topic}[{partition}]: {refused}"
-                raise PipelineError(msg)
-            while True:
-                try:
-                    produce(topic, value, key, partition)
-                    break
-                except BufferError:
-                    producer.poll(0.01)  # local queue full: serve deliveries until there is room
+        try:
+            self._ensure_txn()
+            producer = self._txn_producer() or self._running_clients()[0]
+            produce = producer.produce
+            for key, value in pending:
+                if value is not None and len(key) + len(value) > STATE_RECORD_MAX_BYTES:
+                    refused = state_too_large(key, value)
+                    msg = f"application {self.name!r}: checkpoint of {topic}[{partition}]: {refused}"
+                    raise PipelineError(msg)
+                while True:
+                    try:
+                        produce(topic, value, key, partition)
+                        break
+                    except BufferError:
+                        producer.poll(0.01)  # local queue full: serve deliveries until there is room
+        except KafkaException as exc:
+            raise self._state_call_failed(exc) from exc
+
+    def _state_call_failed(self, exc: KafkaException) -> KafkaException:
+        """``exc`` of a call of the transactional producer, told apart at-least-once (where the
+        producer of outputs is another) as the state producer's (see _expired)."""
+        if self._eos or isinstance(exc, StateProducerFailed):
+            return exc
+        return StateProducerFailed(*exc.args)
 
     def _checkpoint(self, sync: bool = False) -> None:
         """Make outputs, state and offsets durable together (see the module docstring).
@@ -2053,7 +2074,10 @@ class Application:
         if producer is None or committer is None:  # (at-least-once with state has both while running)
             msg = f"application {self.name!r} is not running (call run())"
             raise PipelineError(msg)
-        self._ensure_txn()  # (offsets alone, after a seal with no state writes)
+        try:
+            self._ensure_txn()  # (offsets alone, after a seal with no state writes)
+        except KafkaException as exc:
+            raise self._state_call_failed(exc) from exc
         metadata = consumer.consumer_group_metadata() if offsets else None
 
         def commit() -> None:
@@ -2075,7 +2099,7 @@ class Application:
         try:
             committing.future.result()
         except KafkaException as exc:
-            if self._group_moved_on(exc) or self._renewed_after_timeout(exc):
+            if self._group_moved_on(exc) or self._renewed_after_timeout(exc, txn_call=True):
                 return False
             msg = f"application {self.name!r}: checkpoint failed: {exc.args[0]}"
             raise PipelineError(msg) from exc
@@ -2123,7 +2147,7 @@ class Application:
             if offsets:  # (the group's metadata checked: still this member's partitions)
                 self._current_at = began
         except KafkaException as exc:
-            if self._group_moved_on(exc) or self._renewed_after_timeout(exc):
+            if self._group_moved_on(exc) or self._renewed_after_timeout(exc, txn_call=True):
                 return False
             msg = f"application {self.name!r}: checkpoint failed: {exc.args[0]}"
             raise PipelineError(msg) from exc
@@ -2143,7 +2167,7 @@ class Application:
         self._start_over()
         return True
 
-    def _renewed_after_timeout(self, exc: KafkaException) -> bool:
+    def _renewed_after_timeout(self, exc: KafkaException, txn_call: bool = False) -> bool:
         """Whether a client call (the commit, an output, a changelog record) failed fatally after
         the transaction had been open longer than the producer's transaction timeout.  The broker
         then aborted it and fenced the producer; the loop had stalled (a long batch, a paused
@@ -2156,20 +2180,24 @@ class Application:
         stops the application as before.  Exactly-once, the producer of outputs is renewed;
         at-least-once with state, the state producer (of changelog records and offsets), and the
         outputs sent since the last checkpoint are sent again, as after any rewind."""
-        if not self._renew_expired(exc, "a transaction failed"):
+        if not self._renew_expired(exc, "a transaction failed", txn_call):
             return False
         self._start_over()
         return True
 
-    def _expired(self, exc: KafkaException) -> bool:
+    def _expired(self, exc: KafkaException, txn_call: bool = False) -> bool:
         """Whether ``exc`` is a fatal client error while the open transaction has been open past
         its timeout, with a transactional id this process alone holds (its instance slot in this
         home; an ``instance_id`` given may be another process's too, and a stalled one that took
         the id back would fence the process that has it now).  Not while a commit is on its way
-        on the committer thread (at-least-once), which still uses the producer."""
+        on the committer thread (at-least-once), which still uses the producer.  At-least-once,
+        only an error of the state producer's (``txn_call``: the caller's call was one of its;
+        else raised as :class:`StateProducerFailed`): the producer of outputs is another, and its
+        fatal error renews nothing."""
         began = self._txn_began
         return (
-            self._new_producer is not None
+            (self._eos or txn_call or isinstance(exc, StateProducerFailed))
+            and self._new_producer is not None
             and self._slot is not None
             and self._committing is None
             and began is not None
@@ -2179,12 +2207,12 @@ class Application:
             and _boot_clock() - began > self._txn_timeout_s
         )
 
-    def _renew_expired(self, exc: KafkaException, failed: str) -> bool:
+    def _renew_expired(self, exc: KafkaException, failed: str, txn_call: bool = False) -> bool:
         """Whether ``exc`` (of a commit, an abort, an output) is the fatal error of a transaction
         open past its timeout (:meth:`_expired`), and a new producer has taken over (see
         _renewed_after_timeout)."""
         began, renew = self._txn_began, self._new_producer
-        if renew is None or began is None or not self._expired(exc):
+        if renew is None or began is None or not self._expired(exc, txn_call):
             return False
         open_s = _boot_clock() - began
         self._renewals += 1
@@ -2255,11 +2283,11 @@ class Application:
             self._in_txn = False
             return
         try:
-            self._try_abort(producer)
+            self._try_abort(producer, 1 if quiet else _ABORT_ATTEMPTS)
         except KafkaException as exc:
             # A lost assignment after a stall past the transaction's timeout: the broker aborted
             # it and fenced the producer (the caller drops the state and rewinds, as it does).
-            if not self._renew_expired(exc, "aborting the transaction failed"):
+            if not self._renew_expired(exc, "aborting the transaction failed", txn_call=True):
                 self._in_txn = False
                 self._txn_began = None
                 if not quiet:
@@ -2269,20 +2297,20 @@ class Application:
         self._in_txn = False
         self._txn_began = None
 
-    def _try_abort(self, producer: Producer) -> None:
-        for tried in range(1, _ABORT_ATTEMPTS + 1):
+    def _try_abort(self, producer: Producer, attempts: int) -> None:
+        for tried in range(1, attempts + 1):
             try:
                 producer.abort_transaction(_TIMEOUT)
                 return
             except KafkaException as exc:
                 err = kafka_error(exc)
-                if err is None or not err.retriable() or tried == _ABORT_ATTEMPTS:
+                if err is None or not err.retriable() or tried == attempts:
                     raise
                 log.warning(
                     "application %s: aborting the transaction, attempt %d of %d: %s",
                     self.name,
                     tried,
-                    _ABORT_ATTEMPTS,
+                    attempts,
                     err,
                 )
 
@@ -2567,18 +2595,22 @@ class Application:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("application %s: lost %d partitions (session timeout?)", self.name, len(partitions))
-        # A commit on its way first: committed before the loss, its writes belong in RocksDB.
-        self._settle_commit()
-        self._lost = True
-        # Queued writes are in Kafka and their offsets committed: RocksDB must have them before the
-        # stores forget their pending writes.  Sealed ones are not acknowledged: processed again.
-        self._write_step(None)
-        self._sealing = None
-        self._sealed.clear()
         try:
+            # A commit on its way first: committed before the loss, its writes belong in RocksDB.
+            self._settle_commit()
+            self._lost = True
+            # Queued writes are in Kafka and their offsets committed: RocksDB must have them before
+            # the stores forget their pending writes.  Sealed ones are not acknowledged: processed
+            # again.
+            self._write_step(None)
+            self._sealing = None
+            self._sealed.clear()
             if self._in_txn:
                 self._abort_txn()
         finally:
+            # (Also when a failed commit or abort stops the application: the partitions are
+            # gone, and their stores close without their pending writes.)
+            self._lost = True
             self._discard_pending()
             self._drop(consumer, partitions)
 

@@ -38,6 +38,14 @@ from vigil.hub.topics import TopicSpec
 from vigil.stream.collector import collecting_young
 from vigil.stream.state import RocksState
 
+
+class StateProducerFailed(KafkaException):  # type: ignore[misc]
+    """A call of the at-least-once state producer (changelog records, its transaction) raised.
+    Told apart from the producer of outputs' errors, which are not the state transaction's: a
+    fatal error of the (idempotent) output producer must not renew the state producer.  (Here,
+    not in the compiled runtime module: mypyc does not subclass the client's exception.)"""
+
+
 log = logging.getLogger(__name__)
 
 #: Writes applied to RocksDB in one batch during restore: this many, or this many bytes of keys

@@ -47,7 +47,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from vigil.config import Settings
-from vigil.errors import PipelineError, TopicError, VigilError
+from vigil.errors import PipelineError, TopicError, VigilError, message_of
 from vigil.events.codec import decode_event
 from vigil.hub.client import BACKLOG_READER, kafka_error, make_admin, make_consumer, partition_offsets
 
@@ -145,7 +145,7 @@ class TopicFollower:
         silently otherwise (call it where the application checks its other parts)."""
         if self._failure is not None:
             state = "while loading" if not self._ready.is_set() else "after loading; the table is stale"
-            msg = f"{self.name} failed {state}: {self._failure}"
+            msg = f"{self.name} failed {state}: {message_of(self._failure)}"
             raise PipelineError(msg) from self._failure
 
     @property

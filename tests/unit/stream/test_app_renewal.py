@@ -16,6 +16,7 @@ from vigil.config import load_settings
 from vigil.errors import PipelineError
 from vigil.stream.app import Application, _boot_clock, _Committing
 from vigil.stream.base import Context, Operator, Record, StoreSpec
+from vigil.stream.changelog import StateProducerFailed
 
 COUNTS = StoreSpec("counts", 1)
 
@@ -60,6 +61,8 @@ def expired_app(tmp_path: Path, guarantee: str = "exactly_once", **kw: Any) -> t
 
 
 FENCED = KafkaException(KafkaError(KafkaError._FENCED, "fenced by a newer instance", fatal=True))
+#: At-least-once: the same, raised by a call of the state producer (changelog records).
+STATE_FENCED = StateProducerFailed(*FENCED.args)
 
 
 def test_an_expired_transaction_renews_its_producer_and_starts_over(tmp_path: Path) -> None:
@@ -111,7 +114,7 @@ def test_at_least_once_with_state_renews_the_state_producer_and_keeps_the_output
     outputs = Made()
     app._producer = outputs  # type: ignore[assignment]
     app._delivery_errors.append("out[0]: broker down")
-    assert app._renewed_after_timeout(FENCED)
+    assert app._renewed_after_timeout(STATE_FENCED)
     assert len(made) == 1
     assert app._state_producer is made[0]
     assert app._producer is outputs
@@ -127,7 +130,7 @@ def test_an_expired_commit_on_the_committer_thread_starts_over(tmp_path: Path) -
     failed: Future[None] = Future()
     failed.set_exception(FENCED)
     app._committing = _Committing(failed, [], [], 0.0)
-    assert not app._renewed_after_timeout(FENCED)
+    assert not app._renewed_after_timeout(STATE_FENCED)
     assert app._settle_commit() is False
     assert len(made) == 1
     assert app._state_producer is made[0]
@@ -138,7 +141,7 @@ def test_a_settled_commit_clears_the_renewals_in_a_row(tmp_path: Path) -> None:
     app, made = expired_app(tmp_path, "at_least_once")
     for _ in range(3):
         app._txn_began = _boot_clock() - 100
-        assert app._renewed_after_timeout(FENCED)
+        assert app._renewed_after_timeout(STATE_FENCED)
     done: Future[None] = Future()
     done.set_result(None)
     app._txn_began, app._in_txn = _boot_clock() - 1, True
@@ -146,5 +149,16 @@ def test_a_settled_commit_clears_the_renewals_in_a_row(tmp_path: Path) -> None:
     assert app._settle_commit()
     assert (app._in_txn, app._txn_began, app._renewals) == (False, None, 0)
     app._txn_began = _boot_clock() - 100
-    assert app._renewed_after_timeout(FENCED)  # (the fourth in all, the first in a row)
+    assert app._renewed_after_timeout(STATE_FENCED)  # (the fourth in all, the first in a row)
     assert len(made) == 4
+
+
+def test_at_least_once_a_fatal_error_of_the_producer_of_outputs_renews_nothing(tmp_path: Path) -> None:
+    # The producer of outputs is idempotent and may fail fatally too: that is not the state
+    # transaction's doing, and renewing the state producer would not mend it (found in review,
+    # 2026-12-04).  Only the state producer's calls are renewed after.
+    app, made = expired_app(tmp_path, "at_least_once")
+    assert not app._renewed_after_timeout(FENCED)
+    assert made == []
+    assert app._renewed_after_timeout(FENCED, txn_call=True)  # (its commit, its abort)
+    assert len(made) == 1
