@@ -4,24 +4,14 @@ application naming the abort (the runtime against a real broker: tests/integrati
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
+from tests.unit.stream.offline import offline_app
 
-from vigil.config import load_settings
 from vigil.errors import PipelineError
 from vigil.stream.app import Application, _boot_clock
-from vigil.stream.base import Context, Operator, Record
-
-
-class Nothing(Operator[Any]):
-    id = "nothing"
-
-    def process(self, batch: Sequence[Record[Any]], ctx: Context) -> None:
-        pass
 
 
 class Aborting:
@@ -39,13 +29,7 @@ class Aborting:
 
 
 def app_in_transaction(tmp_path: Path, producer: Aborting) -> Application:
-    app = Application(
-        load_settings(kafka_bootstrap="127.0.0.1:1", home=tmp_path),
-        name="a",
-        inputs=["in"],
-        operators=[Nothing()],
-        guarantee="exactly_once",
-    )
+    app = offline_app(tmp_path)
     app._producer = producer  # type: ignore[assignment]
     app._in_txn = True
     app._txn_began = _boot_clock()

@@ -3,24 +3,14 @@ real broker: tests/integration/stream/test_app.py, test_a_dead_letter_over_the_l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
+from tests.unit.stream.offline import offline_app
 
-from vigil.config import load_settings
 from vigil.events.records import DeadLetter
-from vigil.stream.app import OUTPUT_MAX_BYTES, Application
-from vigil.stream.base import Context, Operator, Record
-
-
-class Nothing(Operator[Any]):
-    id = "nothing"
-
-    def process(self, batch: Sequence[Record[Any]], ctx: Context) -> None:
-        pass
+from vigil.stream.app import OUTPUT_MAX_BYTES
 
 
 class Kept:
@@ -36,13 +26,7 @@ class Kept:
 def letter_of(
     tmp_path: Path, raw: bytes, key: bytes | None, headers: list[tuple[str, bytes | None]] | None
 ) -> tuple[DeadLetter, bytes | None, int]:
-    app = Application(
-        load_settings(kafka_bootstrap="127.0.0.1:1", home=tmp_path),
-        name="a",
-        inputs=["in"],
-        operators=[Nothing()],
-        guarantee="at_least_once",
-    )
+    app = offline_app(tmp_path, "at_least_once")
     producer = Kept()
     app._producer = producer  # type: ignore[assignment]
     app._dead_letter("in", 0, 7, key, raw, "not valid JSON", "DecodeError", headers)

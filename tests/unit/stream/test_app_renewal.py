@@ -4,34 +4,17 @@ a real broker: tests/integration/stream/test_app.py, test_a_stall_past_..."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
+from tests.unit.stream.offline import offline_app
 
-from vigil.config import load_settings
 from vigil.errors import PipelineError
 from vigil.stream.app import Application, _boot_clock, _Committing
-from vigil.stream.base import Context, Operator, Record, StoreSpec
 from vigil.stream.changelog import StateProducerFailed
-
-COUNTS = StoreSpec("counts", 1)
-
-
-class Nothing(Operator[Any]):
-    id = "nothing"
-    stores: tuple[StoreSpec, ...] = ()
-
-    def process(self, batch: Sequence[Record[Any]], ctx: Context) -> None:
-        pass
-
-
-class Stateful(Nothing):
-    id = "stateful"
-    stores = (COUNTS,)
 
 
 class Made:
@@ -41,17 +24,12 @@ class Made:
         pass
 
 
-def expired_app(tmp_path: Path, guarantee: str = "exactly_once", **kw: Any) -> tuple[Application, list[Made]]:
+def expired_app(
+    tmp_path: Path, guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once", **kw: Any
+) -> tuple[Application, list[Made]]:
     """An application whose open transaction began 100 s ago, past its 30 s timeout (exactly-once,
     or at-least-once with state)."""
-    app = Application(
-        load_settings(kafka_bootstrap="127.0.0.1:1", home=tmp_path),
-        name="a",
-        inputs=["in"],
-        operators=[Nothing() if guarantee == "exactly_once" else Stateful()],
-        guarantee=guarantee,  # type: ignore[arg-type]
-        **kw,
-    )
+    app = offline_app(tmp_path, guarantee, stateful=guarantee == "at_least_once", **kw)
     made: list[Made] = []
     app._new_producer = lambda: made.append(Made()) or made[-1]  # type: ignore[assignment,func-returns-value]
     app._txn_timeout_s = 30.0
