@@ -927,6 +927,13 @@ class Application:
         self._delivery_errors: list[str] = []
         #: Fatal errors the clients reported (a fenced producer), for the message that stops the loop.
         self._fatal_errors: list[str] = []
+        #: At-least-once with state: the same of the state producer, kept apart: a changelog
+        #: record refused fails its transaction's commit anyway (which says whether the producer
+        #: expired and is renewed, see _settle_commit), and a renewal forgets them, not the
+        #: producer of outputs'.  (Checked with the outputs', a fenced changelog record stopped
+        #: the application before the commit could renew: found in review, 2026-12-04.)
+        self._state_delivery_errors: list[str] = []
+        self._state_fatal_errors: list[str] = []
         #: At-least-once checkpoints waiting for Kafka's acknowledgement: (sealed at, offsets, writes).
         self._sealed: deque[tuple[float, list[TopicPartition], _Writes]] = deque()
         #: At-least-once: the checkpoint whose writes are being encoded and sent (see _seal).
@@ -1046,12 +1053,13 @@ class Application:
                 except KafkaException as raised_exc:  # or raises the fatal error itself
                     raised = kafka_error(raised_exc)
                     self._fatal_errors.append(raised.str() if raised is not None else str(raised_exc))
-            if self._fatal_errors or time.monotonic() >= deadline:
+            reported = self._fatal_errors + self._state_fatal_errors
+            if reported or time.monotonic() >= deadline:
                 break
             wait = 0.05
         msg = f"application {self.name!r}: Kafka client failed: {exc.args[0]}"
-        if self._fatal_errors and (err is None or self._fatal_errors[0] != err.str()):
-            msg += f"; its fatal error: {self._fatal_errors[0]}"
+        if reported and (err is None or reported[0] != err.str()):
+            msg += f"; its fatal error: {reported[0]}"
         return PipelineError(msg)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -1132,9 +1140,15 @@ class Application:
         if transactional and self._slot is not None:
             self.instance_id = default_instance_id(self.settings.home, self._slot.acquire())
 
-        def producer(timeout_s: float | None = None, message_timeout_s: float | None = None) -> Producer:
-            """A producer of this application, transactional when given a transaction timeout."""
+        def producer(
+            timeout_s: float | None = None, message_timeout_s: float | None = None, of_state: bool = False
+        ) -> Producer:
+            """A producer of this application, transactional when given a transaction timeout
+            (``of_state``: the at-least-once state producer, whose reports are kept apart)."""
             conf = dict(pconf)
+            if of_state:
+                conf["on_delivery"] = self._on_state_delivery_error
+                conf["error_cb"] = self._on_state_client_error
             if timeout_s is not None:
                 conf["transactional.id"] = f"{self.name}-{self.instance_id}"
                 conf["transaction.timeout.ms"] = int(timeout_s * 1000)
@@ -1164,7 +1178,7 @@ class Application:
             # A state transaction is open while a seal's writes are encoded and until every output
             # before it is acknowledged: see state_transaction_timeout_s.
             state_timeout = state_transaction_timeout_s(self.checkpoint_interval_s)
-            self._new_producer = lambda: producer(state_timeout)
+            self._new_producer = lambda: producer(state_timeout, of_state=True)
             self._state_producer = self._new_producer()
             overridden = self._producer_overrides.get("transaction.timeout.ms")
             self._txn_timeout_s = state_timeout if overridden is None else float(overridden) / 1000
@@ -1690,6 +1704,21 @@ class Application:
         if err.fatal():
             self._fatal_errors.append(err.str())
 
+    def _on_state_delivery_error(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None and err.code() not in _PURGED:
+            self._state_delivery_errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+
+    def _on_state_client_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._state_fatal_errors.append(err.str())
+
+    def _checkpoint_failed(self, exc: KafkaException) -> PipelineError:
+        msg = f"application {self.name!r}: checkpoint failed: {exc.args[0]}"
+        if self._state_delivery_errors:
+            refused = self._state_delivery_errors
+            msg += f"; {len(refused)} changelog records refused, the first: {refused[0]}"
+        return PipelineError(msg)
+
     def _produce(self, topic: str, value: bytes | None, key: str | bytes | None) -> None:
         producer = self._producer
         if producer is None:
@@ -1796,7 +1825,10 @@ class Application:
                     except BufferError:
                         producer.poll(0.01)  # local queue full: serve deliveries until there is room
         except KafkaException as exc:
-            raise self._state_call_failed(exc) from exc
+            wrapped = self._state_call_failed(exc)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
 
     def _state_call_failed(self, exc: KafkaException) -> KafkaException:
         """``exc`` of a call of the transactional producer, told apart at-least-once (where the
@@ -2077,7 +2109,10 @@ class Application:
         try:
             self._ensure_txn()  # (offsets alone, after a seal with no state writes)
         except KafkaException as exc:
-            raise self._state_call_failed(exc) from exc
+            wrapped = self._state_call_failed(exc)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
         metadata = consumer.consumer_group_metadata() if offsets else None
 
         def commit() -> None:
@@ -2101,8 +2136,7 @@ class Application:
         except KafkaException as exc:
             if self._group_moved_on(exc) or self._renewed_after_timeout(exc, txn_call=True):
                 return False
-            msg = f"application {self.name!r}: checkpoint failed: {exc.args[0]}"
-            raise PipelineError(msg) from exc
+            raise self._checkpoint_failed(exc) from exc
         self._in_txn = False
         self._txn_began = None
         self._renewals = 0
@@ -2149,8 +2183,7 @@ class Application:
         except KafkaException as exc:
             if self._group_moved_on(exc) or self._renewed_after_timeout(exc, txn_call=True):
                 return False
-            msg = f"application {self.name!r}: checkpoint failed: {exc.args[0]}"
-            raise PipelineError(msg) from exc
+            raise self._checkpoint_failed(exc) from exc
         return True
 
     def _group_moved_on(self, exc: KafkaException) -> bool:
@@ -2250,11 +2283,14 @@ class Application:
             raise PipelineError(msg) from again
         self._in_txn = False
         self._txn_began = None
+        # (The old producer's reports are never served: its records were in the aborted
+        # transaction.  At-least-once, the producer of outputs stays, and its reports with it.)
         if self._eos:
-            # (The old producer's reports are never served: its outputs were in the aborted
-            # transaction.  At-least-once, the reports are the producer of outputs', which stays.)
             self._delivery_errors.clear()
-        self._fatal_errors.clear()
+            self._fatal_errors.clear()
+        else:
+            self._state_delivery_errors.clear()
+            self._state_fatal_errors.clear()
         return True
 
     def _set_txn_producer(self, producer: Producer | None) -> None:

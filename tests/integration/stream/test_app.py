@@ -1301,49 +1301,62 @@ def test_a_stall_past_the_transaction_timeout_is_processed_again_not_fatal(
 class StallInStateTransaction(RunningCount):
     """At-least-once with state: stalls once, for ``stall_s``, at the first batch after ``after``
     records that finds a seal's state transaction open and its commit not yet begun (so the
-    transaction stays open through the stall).  Each batch takes 50 ms, so checkpoints (every
-    0.1 s) come between batches."""
+    transaction stays open through the stall); ``mid_encode``: with the seal's changelog records
+    still being sent (each record writes ``extra`` more keys, so a seal's are sent over several
+    batches).  Each batch takes 50 ms, so checkpoints come between batches."""
 
-    def __init__(self, output: str, after: int, stall_s: float) -> None:
+    def __init__(self, output: str, after: int, stall_s: float, mid_encode: bool = False) -> None:
         super().__init__(output, pause_s=0.05)
         self.after, self.stall_s, self.seen, self.stalled = after, stall_s, 0, False
+        self.mid_encode = mid_encode
         self.app: Application | None = None
 
     def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
         super().process(batch, ctx)
+        if self.mid_encode:
+            state = ctx.state(COUNTS)
+            for rec in batch:
+                for i in range(200):
+                    state.set(f"extra:{rec.event.event_id}:{i}", i)
         self.seen += len(batch)
         app = self.app
         open_txn = app is not None and app._in_txn and app._committing is None
-        if self.seen >= self.after and not self.stalled and open_txn:
+        encoding = app is not None and app._sealing is not None
+        if self.seen >= self.after and not self.stalled and open_txn and (encoding or not self.mid_encode):
             self.stalled = True
             time.sleep(self.stall_s)  # the stall under test, not a synchronisation
 
 
+@pytest.mark.parametrize("where", ["before-commit", "mid-encode"])
 def test_at_least_once_a_stall_past_the_state_transaction_timeout_is_processed_again(
     settings: Settings,
     names: Callable[[str], str],
     run_app: Start,
     caplog: pytest.LogCaptureFixture,
+    where: str,
 ) -> None:
     # At-least-once with state, a seal's changelog records and offsets are one transaction of
     # the state producer: a stall while it was open, past its timeout, had it aborted by the
     # broker and the producer fenced, and the commit's failure stopped the application (found in
     # review, 2026-12-04).  Now the state producer is renewed and the input processed again from
     # the last checkpoint, with the state it had there: every output id says its customer's count,
-    # so state kept past the rewind (or lost) would show as ids not expected.
+    # so state kept past the rewind (or lost) would show as ids not expected.  Mid-encode, the
+    # changelog records sent after the stall are refused (fenced), and their reports stopped the
+    # application before the commit could renew (found in review, 2026-12-04).
     src, out, name = names("in"), names("out"), names("app")
     make_topics(settings, src, out, partitions=1)
     events = payments(600, 7)
     produce(settings, src, events)
-    op = StallInStateTransaction(out, after=200, stall_s=15.0)
+    mid_encode = where == "mid-encode"
+    op = StallInStateTransaction(out, after=200, stall_s=15.0, mid_encode=mid_encode)
     app = Application(
         settings,
         name=name,
         inputs=[src],
         operators=[op],
         guarantee="at_least_once",
-        batch_size=50,
-        checkpoint_interval_s=0.1,
+        batch_size=10 if mid_encode else 50,
+        checkpoint_interval_s=1.0 if mid_encode else 0.1,
         consumer_overrides={"max.poll.interval.ms": 120_000},
         producer_overrides={"transaction.timeout.ms": 2000},
     )

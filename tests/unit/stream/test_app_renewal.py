@@ -4,7 +4,7 @@ a real broker: tests/integration/stream/test_app.py, test_a_stall_past_..."""
 
 from __future__ import annotations
 
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -140,3 +140,68 @@ def test_at_least_once_a_fatal_error_of_the_producer_of_outputs_renews_nothing(t
     assert made == []
     assert app._renewed_after_timeout(FENCED, txn_call=True)  # (its commit, its abort)
     assert len(made) == 1
+
+
+class Msg:
+    def topic(self) -> str:
+        return "a.changelog.counts"
+
+    def partition(self) -> int:
+        return 0
+
+
+class FencedStateProducer(Made):
+    """A state producer fenced after its transaction expired: its changelog records' reports
+    say so when served, and its commit fails fatally."""
+
+    def __init__(self, app: Application) -> None:
+        self.app, self.served, self.committed = app, False, False
+
+    def poll(self, timeout: float) -> int:
+        if not self.served:
+            self.served = True
+            fenced = KafkaError(KafkaError._FENCED, "fenced by a newer instance", fatal=True)
+            self.app._on_state_delivery_error(fenced, Msg())  # type: ignore[arg-type]
+        return 0
+
+    def __len__(self) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+    def commit_transaction(self, timeout: float) -> None:
+        raise FENCED
+
+
+class Outputs(Made):
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def __len__(self) -> int:
+        return 0
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_at_least_once_fenced_changelog_records_do_not_stop_the_renewal(tmp_path: Path, sync: bool) -> None:
+    # A stall while a seal was still being encoded: the changelog records sent after it are
+    # refused (fenced), and their reports stopped the application ("deliveries failed") before
+    # the commit, which renews, was tried (found in review, 2026-12-04).  The commit fails anyway
+    # when a record of its transaction did: it decides.
+    app, made = expired_app(tmp_path, "at_least_once")
+    app._producer = Outputs()  # type: ignore[assignment]
+    app._state_producer = FencedStateProducer(app)  # type: ignore[assignment]
+    app._consumer = object()  # type: ignore[assignment]
+    app._committer = ThreadPoolExecutor(1)
+    app._sealed.append((0.0, [], []))
+    try:
+        app._complete_epochs(sync)
+        if not sync:
+            app._complete_epochs()  # (the commit on the committer thread, settled)
+    finally:
+        app._committer.shutdown()
+    assert len(made) == 1
+    assert app._state_producer is made[0]
+    assert app._lost
+    assert app._state_delivery_errors == []
+    assert app._delivery_errors == []
