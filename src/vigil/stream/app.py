@@ -2332,6 +2332,7 @@ class Application:
                 log.warning("application %s: abort_transaction: %s", self.name, exc)
         self._in_txn = False
         self._txn_began = None
+        self._state_delivery_errors.clear()  # (its records': the transaction is gone)
 
     def _try_abort(self, producer: Producer, attempts: int) -> None:
         for tried in range(1, attempts + 1):

@@ -42,8 +42,8 @@ from vigil.stream.state import RocksState
 class StateProducerFailed(KafkaException):  # type: ignore[misc]
     """A call of the at-least-once state producer (changelog records, its transaction) raised.
     Told apart from the producer of outputs' errors, which are not the state transaction's: a
-    fatal error of the (idempotent) output producer must not renew the state producer.  (Here,
-    not in the compiled runtime module: mypyc does not subclass the client's exception.)"""
+    fatal error of the (idempotent) output producer must not renew the state producer.  (Defined
+    here, in a module mypyc does not compile, as a plain subclass of the client's exception.)"""
 
 
 log = logging.getLogger(__name__)
