@@ -6,10 +6,11 @@ headers and partition exactly as they were, plus a ``vigil.redriven_from`` heade
 letter.  The record found there must be the one dead-lettered (its key, and its bytes when the
 letter has them).  Headers whose names are not UTF-8 cannot be read by the client: such a record
 is sent without them to a canonical topic (an event is read by its bytes alone), and not at all
-to a raw one (a raw record's headers are its kind and time).  A record the topic no longer holds for retention is rebuilt from its letter
-(:class:`Rebuilt`), when asked (``rebuild``: the letter's bytes are then trusted as the record),
-if the letter holds it whole: its bytes (not those of a record of several MB) and its headers (a
-raw record's kind and time are in them; letters of earlier versions have none).  Other records
+to a raw one (a raw record's headers are its kind and time).  A record the topic no longer
+holds for retention is rebuilt from its letter (:class:`Rebuilt`), when asked (``rebuild``: the
+letter's bytes are then trusted as the record), if the letter holds it whole: its bytes (not
+those of a record of several MB) and its headers (a raw record's kind and time are in them;
+letters of earlier versions have none).  Other records
 the topic no longer holds (a topic made again) and a letter not from Kafka (the ingest API's
 rejected lines, which the calling service resends) are reported, not sent.
 
