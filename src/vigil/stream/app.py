@@ -508,6 +508,19 @@ def _undecodable(
     )
 
 
+def _note_delivery_failure(errors: list[str], err: KafkaError | None, msg: Message) -> None:
+    # Purged: the record was in a transaction this process aborted (only aborts purge here),
+    # so it was meant to go: it is produced again when its input is processed again.
+    if err is not None and err.code() not in _PURGED:
+        errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+
+
+def _note_fatal(errors: list[str], err: KafkaError) -> None:
+    # Non-fatal ones librdkafka retries, and logs itself.
+    if err.fatal():
+        errors.append(err.str())
+
+
 def _length(key: bytes | None) -> int:
     return 0 if key is None else len(key)
 
@@ -1694,23 +1707,16 @@ class Application:
                 self._txn_began = _boot_clock()
 
     def _on_delivery_error(self, err: KafkaError | None, msg: Message) -> None:
-        # Purged: the record was in a transaction this process aborted (only aborts purge here),
-        # so it was meant to go: it is produced again when its input is processed again.
-        if err is not None and err.code() not in _PURGED:
-            self._delivery_errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+        _note_delivery_failure(self._delivery_errors, err, msg)
 
     def _on_client_error(self, err: KafkaError) -> None:
-        # Non-fatal ones librdkafka retries, and logs itself.
-        if err.fatal():
-            self._fatal_errors.append(err.str())
+        _note_fatal(self._fatal_errors, err)
 
     def _on_state_delivery_error(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None and err.code() not in _PURGED:
-            self._state_delivery_errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+        _note_delivery_failure(self._state_delivery_errors, err, msg)
 
     def _on_state_client_error(self, err: KafkaError) -> None:
-        if err.fatal():
-            self._state_fatal_errors.append(err.str())
+        _note_fatal(self._state_fatal_errors, err)
 
     def _checkpoint_failed(self, exc: KafkaException) -> PipelineError:
         msg = f"application {self.name!r}: checkpoint failed: {exc.args[0]}"

@@ -1256,6 +1256,35 @@ class StallMidBatch(RunningCount):
                 time.sleep(0.005)
 
 
+#: A stall test's application: a 2 s transaction timeout (the broker looks for expired transactions
+#: every 10 s, so the operators stall 15 s), and a poll interval the stall stays well inside.
+STALLED_OPTIONS: dict[str, Any] = {
+    "consumer_overrides": {"max.poll.interval.ms": 120_000},
+    "producer_overrides": {"transaction.timeout.ms": 2000},
+}
+
+
+def stall_input(settings: Settings, names: Callable[[str], str]) -> tuple[str, str, str, list[Payment]]:
+    """An input of 600 payments of 7 customers, an output topic and an application name."""
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out, partitions=1)
+    events = payments(600, 7)
+    produce(settings, src, events)
+    return src, out, name, events
+
+
+def run_through_the_stall(
+    settings: Settings, run_app: Start, caplog: pytest.LogCaptureFixture, app: Application, src: str
+) -> None:
+    """Run ``app`` until it has committed all 600 records; it went on, renewing its producer."""
+    with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
+        running = run_app(app)
+        wait_committed(settings, app.name, src, 600)
+        running.stop()
+    assert not running.errors
+    assert any("past its timeout" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize("where", ["end-of-batch", "mid-batch"])
 def test_a_stall_past_the_transaction_timeout_is_processed_again_not_fatal(
     settings: Settings,
@@ -1271,10 +1300,7 @@ def test_a_stall_past_the_transaction_timeout_is_processed_again_not_fatal(
     # batch, the fenced producer fails at the next output instead, and there too the application
     # goes on.  The broker looks for such transactions every 10 s: a 2 s timeout, a 15 s stall.
     # (The default instance id: one this process alone holds; a given one stops as before.)
-    src, out, name = names("in"), names("out"), names("app")
-    make_topics(settings, src, out, partitions=1)
-    events = payments(600, 7)
-    produce(settings, src, events)
+    src, out, name, events = stall_input(settings, names)
     op = StallOnce(out, after=200, stall_s=15.0) if where == "end-of-batch" else StallMidBatch(out, 205, 15.0)
     app = Application(
         settings,
@@ -1284,15 +1310,9 @@ def test_a_stall_past_the_transaction_timeout_is_processed_again_not_fatal(
         guarantee="exactly_once",
         batch_size=50,
         checkpoint_interval_s=0.1,
-        consumer_overrides={"max.poll.interval.ms": 120_000},
-        producer_overrides={"transaction.timeout.ms": 2000},
+        **STALLED_OPTIONS,
     )
-    with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
-        running = run_app(app)
-        wait_committed(settings, name, src, 600)
-        running.stop()
-    assert not running.errors
-    assert any("past its timeout" in r.getMessage() for r in caplog.records)
+    run_through_the_stall(settings, run_app, caplog, app, src)
     got = output_ids(settings, out, 1)
     assert len(got) == len(set(got))  # (read committed: the aborted transaction's are not there)
     assert set(got) == expected_ids(events)
@@ -1343,10 +1363,7 @@ def test_at_least_once_a_stall_past_the_state_transaction_timeout_is_processed_a
     # so state kept past the rewind (or lost) would show as ids not expected.  Mid-encode, the
     # changelog records sent after the stall are refused (fenced), and their reports stopped the
     # application before the commit could renew (found in review, 2026-12-04).
-    src, out, name = names("in"), names("out"), names("app")
-    make_topics(settings, src, out, partitions=1)
-    events = payments(600, 7)
-    produce(settings, src, events)
+    src, out, name, events = stall_input(settings, names)
     mid_encode = where == "mid-encode"
     op = StallInStateTransaction(out, after=200, stall_s=15.0, mid_encode=mid_encode)
     app = Application(
@@ -1357,17 +1374,11 @@ def test_at_least_once_a_stall_past_the_state_transaction_timeout_is_processed_a
         guarantee="at_least_once",
         batch_size=10 if mid_encode else 50,
         checkpoint_interval_s=1.0 if mid_encode else 0.1,
-        consumer_overrides={"max.poll.interval.ms": 120_000},
-        producer_overrides={"transaction.timeout.ms": 2000},
+        **STALLED_OPTIONS,
     )
     op.app = app
-    with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
-        running = run_app(app)
-        wait_committed(settings, name, src, 600)
-        running.stop()
-    assert not running.errors
+    run_through_the_stall(settings, run_app, caplog, app, src)
     assert op.stalled
-    assert any("past its timeout" in r.getMessage() for r in caplog.records)
     assert set(output_ids(settings, out, 1)) == expected_ids(events)
 
 
