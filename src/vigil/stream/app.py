@@ -104,7 +104,10 @@ changelog offset it reaches.  A lost assignment
 (session timeout) aborts the open transaction and rewinds the partitions still owned to their
 committed offsets (a partition with none yet: to the first offset this member read of it,
 whatever ``auto.offset.reset`` says; one lost with nothing committed and assigned back starts
-there too); records fetched before the rewind are dropped (they are read again).  So does an
+there too; with ``auto.offset.reset`` "latest", a partition with nothing committed starts at
+the end it has when assigned, committed before anything read of it is processed, so that a
+restart or another member starts there as well); records fetched before the rewind are dropped (they are
+read again).  So does an
 exactly-once checkpoint the group refuses because it moved on without this member (a stall
 past ``max.poll.interval.ms``): the member rejoins on its next poll and processes again
 from the last checkpoint, with the state it had there.  A shorter stall, past the transaction's
@@ -354,13 +357,16 @@ _ALIGN_IDLE_EVERY_S = 0.01
 #: ``kafka_client_options``, which apply to every client): each application bounds its own sends
 #: and transactions (a slow takeover, a test's short timeout; the runtime keeps message.timeout.ms
 #: under the transaction's), and may start a new group at the end of its inputs (live traffic
-#: only; the runtime reads a lost partition back from where it began whatever this says, while
-#: this member has it).  Caveat of "latest": a partition lost before anything of it was committed
-#: and then revoked, or taken by another member, starts from this setting again, and what was
-#: read of it in the aborted transaction is not read again (found in review, 2026-12-04).
+#: only).  With "latest", a partition with nothing committed starts at the end it has when
+#: assigned, and that start is committed before anything read of it is processed
+#: (``Application._resumed``, ``_commit_new_starts``): else a crash, or the partition taken by
+#: another member, before the first checkpoint started at the end again, after what had been
+#: read, and that was lost.
 _OVERRIDABLE = frozenset(
     {"transaction.timeout.ms", "message.timeout.ms", "delivery.timeout.ms", "auto.offset.reset"}
 )
+#: librdkafka's names of "latest" (see _OVERRIDABLE).
+_FROM_THE_END = frozenset({"latest", "largest", "end"})
 #: Settings of the producer's own that overrides may not replace: the callbacks the runtime learns
 #: of failures through, and a queue order that can reorder one key's records.
 _OWN_PRODUCER_OPTIONS = {
@@ -937,6 +943,13 @@ class Application:
         self._first_read: dict[TP, int] = {}
         #: The same for partitions lost (session timeout) before anything of them was committed.
         self._lost_first_read: dict[TP, int] = {}
+        #: Reading from the end ("latest"): where partitions assigned with nothing committed
+        #: start, to be committed before anything read of them is processed (see _resumed).
+        self._starts: dict[TP, int] = {}
+        #: Whether ``auto.offset.reset`` is "latest": set when run() makes the consumer.
+        self._from_the_end = False
+        #: When a failed commit of those is tried again (monotonic).
+        self._starts_retry_at = 0.0
         self._delivery_errors: list[str] = []
         #: Fatal errors the clients reported (a fenced producer), for the message that stops the loop.
         self._fatal_errors: list[str] = []
@@ -1196,7 +1209,9 @@ class Application:
             overridden = self._producer_overrides.get("transaction.timeout.ms")
             self._txn_timeout_s = state_timeout if overridden is None else float(overridden) / 1000
             self._committer = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-commit")
-        self._consumer = Consumer(self.consumer_settings())
+        consumer_settings = self.consumer_settings()
+        self._from_the_end = str(consumer_settings.get("auto.offset.reset", "")).lower() in _FROM_THE_END
+        self._consumer = Consumer(consumer_settings)
         # Co-partitioned: the group assigns the first input; the others follow (see the module docstring).
         # Otherwise (stateless, unequal partition counts) every input is assigned on its own.
         self._consumer.subscribe(
@@ -1284,6 +1299,8 @@ class Application:
             # Fetched before the rewind: those partitions are read again from their committed
             # offsets, and their records here would be processed twice.
             msgs = [m for m in msgs if (m.topic(), m.partition()) not in rewound]
+        if self._starts:
+            self._commit_new_starts()
         # (Each step below is timed and the longest of each kind kept, AppMetrics.longest_step_s:
         # the records that arrive meanwhile wait for it, so it bounds what it adds to latency.)
         longest = self.metrics.longest_step_s
@@ -1690,6 +1707,28 @@ class Application:
             log.debug("application %s: end offsets of %s[%d]: %s", self.name, tp[0], tp[1], exc)
         self._start_lags[tp] = (now, left)
         return left
+
+    def _commit_new_starts(self) -> None:
+        """Commit where partitions assigned with nothing committed start (see _resumed), before
+        anything read of them is processed.  A failed commit (the group rebalancing) is tried again a second
+        later; what is processed of them meanwhile is as exposed as before this commit existed,
+        until the commit or the first checkpoint."""
+        now = time.monotonic()
+        if now < self._starts_retry_at:
+            return
+        starts = [TopicPartition(t, p, offset) for (t, p), offset in self._starts.items()]
+        try:
+            self._running_clients()[1].commit(offsets=starts, asynchronous=False)
+        except KafkaException as exc:
+            self._starts_retry_at = now + 1.0
+            log.warning(
+                "application %s: committing where %d partitions start failed (tried again in a second): %s",
+                self.name,
+                len(starts),
+                exc.args[0] if exc.args else exc,
+            )
+            return
+        self._starts.clear()
 
     # ------------------------------------------------------------------ producing
 
@@ -2609,26 +2648,65 @@ class Application:
             self.assigned.set()
 
     def _resumed(self, consumer: Consumer, tps: list[TopicPartition]) -> list[TopicPartition]:
-        """``tps`` to assign; a partition this member lost before anything of it was committed
-        starts where this member began reading it, not where ``auto.offset.reset`` says: the
-        records it processed then were in an aborted transaction and are to be read again."""
+        """``tps`` to assign, with where to start those with nothing committed that would not
+        start where they should otherwise.
+
+        A partition this member lost before anything of it was committed starts where this
+        member began reading it, not where ``auto.offset.reset`` says: the records it processed
+        then were in an aborted transaction and are to be read again.  With "latest", any other
+        starts at the end it has now, and that start is committed before anything read of it
+        is processed (:meth:`_commit_new_starts`): left to the consumer, the end was looked up again after
+        a crash, or by the member taking the partition over, before the first checkpoint, and
+        what had been read meanwhile (processed, its outputs aborted or sent) was never read
+        again, nor what had come since the assignment and not been read yet."""
         back = [tp for tp in tps if (tp.topic, tp.partition) in self._lost_first_read]
-        if not back:
+        asked = list(tps) if self._from_the_end else back
+        if not asked:
             return tps
-        uncommitted = {
-            (tp.topic, tp.partition) for tp in consumer.committed(back, timeout=_TIMEOUT) if tp.offset < 0
-        }
+        try:
+            answered = consumer.committed(asked, timeout=_TIMEOUT)
+        except KafkaException as exc:
+            if back:
+                raise  # (a rebalance failing stops the application, naming it)
+            self._warn_unstarted(len(asked), exc)
+            return tps
+        # (A partition the broker answered with an error for is left to the consumer, which asks
+        # again: an offset transaction still open there, say.)
+        uncommitted = {(tp.topic, tp.partition) for tp in answered if tp.offset < 0 and tp.error is None}
         begun = {key: self._lost_first_read.pop(key) for key in ((tp.topic, tp.partition) for tp in back)}
+        starts: dict[TP, int] = {}
         for key in uncommitted:
+            if key in begun:
+                starts[key] = begun[key]
+            else:
+                try:
+                    starts[key] = consumer.get_watermark_offsets(
+                        TopicPartition(*key), timeout=_TIMEOUT, cached=False
+                    )[1]
+                except KafkaException as exc:
+                    self._warn_unstarted(1, exc)
+                    continue
             # Where reading begins, as the first record read would say: kept even if the
             # partition is lost again before it is read (its restore is long, say).
-            self._first_read[key] = begun[key]
+            self._first_read[key] = starts[key]
+            if self._from_the_end:
+                self._starts[key] = starts[key]
         return [
-            TopicPartition(tp.topic, tp.partition, begun[tp.topic, tp.partition])
-            if (tp.topic, tp.partition) in uncommitted
+            TopicPartition(tp.topic, tp.partition, starts[tp.topic, tp.partition])
+            if (tp.topic, tp.partition) in starts
             else tp
             for tp in tps
         ]
+
+    def _warn_unstarted(self, count: int, exc: KafkaException) -> None:
+        log.warning(
+            "application %s: %d partitions assigned start where auto.offset.reset says, uncommitted "
+            "until the first checkpoint (a crash before it would start them at the end again): "
+            "their committed offsets or ends could not be read: %s",
+            self.name,
+            count,
+            exc.args[0] if exc.args else exc,
+        )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if not self._failed and not self._lost:
@@ -2666,6 +2744,7 @@ class Application:
             _forget(self.prometheus.lag, self.name, tp.topic, str(tp.partition))
             _forget(self.prometheus.paused, self.name, tp.topic, str(tp.partition))
             self._next_offsets.pop(key, None)
+            self._starts.pop(key, None)
             begun = self._first_read.pop(key, None)
             if self._lost and begun is not None:
                 # Lost (or revoked after a refused checkpoint): what this member processed since

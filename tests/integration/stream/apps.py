@@ -109,8 +109,12 @@ def worker(config: dict[str, Any]) -> None:
         instance_id=config.get("instance"),
         batch_size=config.get("batch_size", 200),
         checkpoint_interval_s=config.get("checkpoint_interval_s", 0.1),
-        consumer_overrides={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
-        producer_overrides={"transaction.timeout.ms": 8000},
+        consumer_overrides={
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 500,
+            **config.get("consumer", {}),
+        },
+        producer_overrides={"transaction.timeout.ms": config.get("transaction_timeout_ms", 8000)},
     )
     status = Path(config["status"])
 

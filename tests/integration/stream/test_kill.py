@@ -12,12 +12,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from tests.integration.stream.apps import expected_ids, payments, read_all
 from tests.integration.stream.conftest import make_topics, produce, wait_for
 
 from vigil.config import Settings
 from vigil.events.codec import decode_event
 from vigil.events.types import Payment
+from vigil.hub.client import consumer_config
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -257,3 +259,52 @@ def test_kill_9_at_least_once_replays_from_state_that_matches_the_offsets(
     ids = committed_ids(settings, out)
     assert len(ids) > len(set(ids)), "nothing was processed twice; the kill did not test the replay"
     assert set(ids) == expected_ids(events)
+
+
+def committed_offsets(settings: Settings, group: str, topic: str) -> list[int]:
+    """The group's committed offset of each of ``topic``'s 3 partitions (-1001: none)."""
+    consumer = Consumer(consumer_config(settings, group))
+    try:
+        got = consumer.committed([TopicPartition(topic, p) for p in range(3)], timeout=30)
+    finally:
+        consumer.close()
+    return [tp.offset for tp in got]
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_reading_from_the_latest_a_kill_9_before_the_first_checkpoint_loses_nothing(
+    settings: Settings,
+    names: Callable[[str], str],
+    workers_factory: Callable[[dict[str, object]], Workers],
+    guarantee: str,
+) -> None:
+    # A group new to its input starts at the input's end with auto.offset.reset=latest.  Killed
+    # before its first checkpoint, it had committed nothing, so the restart started at the end
+    # again, after what the first run had read: processed but never committed (its outputs
+    # aborted, exactly-once) and never read again.  Where reading began is committed first.
+    src, out, name, events = made_input(settings, names, produced=0)
+    config = {
+        "guarantee": guarantee,
+        "consumer": {"auto.offset.reset": "latest"},
+        # No checkpoint within the test's first run: the kill comes long before.
+        "checkpoint_interval_s": 60,
+        "transaction_timeout_ms": 200_000,
+    }
+    workers = workers_factory(slow_worker(settings, name, src, out) | config)
+    workers.start("w1")
+    wait_for(lambda: len(workers.assigned("w1")) == 3, 60, "the worker owns the three partitions")
+    produce(settings, src, events)
+    wait_for(lambda: workers.processed("w1") >= 300, 60, "300 records processed")
+    workers.kill("w1")
+    # The premise: records were processed, and no offset past them committed (at most where
+    # reading began, 0: the input was empty when the worker started).  (Exactly-once, the killed
+    # run's transaction stays open, holding committed readers back, until the restart fences it.)
+    assert all(offset <= 0 for offset in committed_offsets(settings, name, src))
+
+    workers.start("w1", extra={"checkpoint_interval_s": 0.1, "transaction_timeout_ms": 8000})
+    if guarantee == "exactly_once":
+        finish_each_output_once(settings, workers, out, events)
+    else:
+        wait_for(lambda: len(set(committed_ids(settings, out))) >= 3000, 90, "3000 distinct outputs")
+        workers.stop_all()
+        assert set(committed_ids(settings, out)) == expected_ids(events)
