@@ -147,6 +147,7 @@ from typing import Any, Literal
 
 import msgspec
 from confluent_kafka import (
+    OFFSET_END,
     Consumer,
     KafkaError,
     KafkaException,
@@ -2674,23 +2675,16 @@ class Application:
         # again: an offset transaction still open there, say.)
         uncommitted = {(tp.topic, tp.partition) for tp in answered if tp.offset < 0 and tp.error is None}
         begun = {key: self._lost_first_read.pop(key) for key in ((tp.topic, tp.partition) for tp in back)}
-        starts: dict[TP, int] = {}
-        for key in uncommitted:
-            if key in begun:
-                starts[key] = begun[key]
-            else:
-                try:
-                    starts[key] = consumer.get_watermark_offsets(
-                        TopicPartition(*key), timeout=_TIMEOUT, cached=False
-                    )[1]
-                except KafkaException as exc:
-                    self._warn_unstarted(1, exc)
-                    continue
+        starts = {key: begun[key] for key in uncommitted if key in begun}
+        fresh = sorted(uncommitted - set(begun))
+        if fresh:
+            starts.update(self._ends(consumer, fresh))
+        for key, start in starts.items():
             # Where reading begins, as the first record read would say: kept even if the
             # partition is lost again before it is read (its restore is long, say).
-            self._first_read[key] = starts[key]
+            self._first_read[key] = start
             if self._from_the_end:
-                self._starts[key] = starts[key]
+                self._starts[key] = start
         return [
             TopicPartition(tp.topic, tp.partition, starts[tp.topic, tp.partition])
             if (tp.topic, tp.partition) in starts
@@ -2698,14 +2692,31 @@ class Application:
             for tp in tps
         ]
 
-    def _warn_unstarted(self, count: int, exc: KafkaException) -> None:
+    def _ends(self, consumer: Consumer, tps: list[TP]) -> dict[TP, int]:
+        """Where ``tps`` end now, as "latest" would start them (one request for all: the last
+        stable offset, under read_committed; those the broker answers with an error for left
+        out, with a warning)."""
+        try:
+            answered = consumer.offsets_for_times(
+                [TopicPartition(t, p, OFFSET_END) for t, p in tps], timeout=_TIMEOUT
+            )
+        except KafkaException as exc:
+            self._warn_unstarted(len(tps), exc)
+            return {}
+        ends = {(tp.topic, tp.partition): tp.offset for tp in answered if tp.error is None and tp.offset >= 0}
+        if len(ends) < len(tps):
+            errors = [tp.error for tp in answered if tp.error is not None]
+            self._warn_unstarted(len(tps) - len(ends), errors[0] if errors else "no offset given")
+        return ends
+
+    def _warn_unstarted(self, count: int, exc: object) -> None:
         log.warning(
             "application %s: %d partitions assigned start where auto.offset.reset says, uncommitted "
             "until the first checkpoint (a crash before it would start them at the end again): "
             "their committed offsets or ends could not be read: %s",
             self.name,
             count,
-            exc.args[0] if exc.args else exc,
+            exc.args[0] if isinstance(exc, KafkaException) and exc.args else exc,
         )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
