@@ -106,8 +106,8 @@ committed offsets (a partition with none yet: to the first offset this member re
 whatever ``auto.offset.reset`` says; one lost with nothing committed and assigned back starts
 there too; with ``auto.offset.reset`` "latest", a partition with nothing committed starts at
 the end it has when assigned, committed before anything read of it is processed, so that a
-restart or another member starts there as well); records fetched before the rewind are dropped (they are
-read again).  So does an
+restart or another member starts there as well, unless the broker refuses that commit, with a
+warning); records fetched before the rewind are dropped (they are read again).  So does an
 exactly-once checkpoint the group refuses because it moved on without this member (a stall
 past ``max.poll.interval.ms``): the member rejoins on its next poll and processes again
 from the last checkpoint, with the state it had there.  A shorter stall, past the transaction's
@@ -198,6 +198,10 @@ log = logging.getLogger(__name__)
 Decoder = Callable[[str, bytes, bytes | None, Any], Any]
 
 _TIMEOUT = 30.0
+#: Reading from the latest: how long the committed offsets of the partitions assigned are waited
+#: for, all together, then each on its own (see Application._uncommitted).
+_START_ASK_S = 2.0
+_START_ASK_ONE_S = 0.5
 
 
 def _step(longest: dict[str, float], kind: str, began: float) -> float:
@@ -362,7 +366,8 @@ _ALIGN_IDLE_EVERY_S = 0.01
 #: assigned, and that start is committed before anything read of it is processed
 #: (``Application._resumed``, ``_commit_new_starts``): else a crash, or the partition taken by
 #: another member, before the first checkpoint started at the end again, after what had been
-#: read, and that was lost.
+#: read, and that was lost.  (So it still is, with a warning, where the broker refuses that
+#: commit, or cannot say what is committed: a partition in another producer's open transaction.)
 _OVERRIDABLE = frozenset(
     {"transaction.timeout.ms", "message.timeout.ms", "delivery.timeout.ms", "auto.offset.reset"}
 )
@@ -949,8 +954,6 @@ class Application:
         self._starts: dict[TP, int] = {}
         #: Whether ``auto.offset.reset`` is "latest": set when run() makes the consumer.
         self._from_the_end = False
-        #: When a failed commit of those is tried again (monotonic).
-        self._starts_retry_at = 0.0
         self._delivery_errors: list[str] = []
         #: Fatal errors the clients reported (a fenced producer), for the message that stops the loop.
         self._fatal_errors: list[str] = []
@@ -1711,25 +1714,19 @@ class Application:
 
     def _commit_new_starts(self) -> None:
         """Commit where partitions assigned with nothing committed start (see _resumed), before
-        anything read of them is processed.  A failed commit (the group rebalancing) is tried again a second
-        later; what is processed of them meanwhile is as exposed as before this commit existed,
-        until the commit or the first checkpoint."""
-        now = time.monotonic()
-        if now < self._starts_retry_at:
-            return
+        anything read of them is processed.  Tried once: a commit refused (a plain commit is
+        while the group completes a rebalance; a checkpoint's transactional one is not) and tried
+        again after records were processed could land after a checkpoint that committed past
+        them, and move the offset back.  Refused, the partition is uncommitted until its first
+        checkpoint, as without this commit."""
         starts = [TopicPartition(t, p, offset) for (t, p), offset in self._starts.items()]
+        self._starts.clear()
+        if not starts:
+            return
         try:
             self._running_clients()[1].commit(offsets=starts, asynchronous=False)
         except KafkaException as exc:
-            self._starts_retry_at = now + 1.0
-            log.warning(
-                "application %s: committing where %d partitions start failed (tried again in a second): %s",
-                self.name,
-                len(starts),
-                exc.args[0] if exc.args else exc,
-            )
-            return
-        self._starts.clear()
+            self._warn_unstarted(len(starts), exc)
 
     # ------------------------------------------------------------------ producing
 
@@ -2656,29 +2653,24 @@ class Application:
         member began reading it, not where ``auto.offset.reset`` says: the records it processed
         then were in an aborted transaction and are to be read again.  With "latest", any other
         starts at the end it has now, and that start is committed before anything read of it
-        is processed (:meth:`_commit_new_starts`): left to the consumer, the end was looked up again after
-        a crash, or by the member taking the partition over, before the first checkpoint, and
-        what had been read meanwhile (processed, its outputs aborted or sent) was never read
-        again, nor what had come since the assignment and not been read yet."""
-        back = [tp for tp in tps if (tp.topic, tp.partition) in self._lost_first_read]
-        asked = list(tps) if self._from_the_end else back
-        if not asked:
-            return tps
-        try:
-            answered = consumer.committed(asked, timeout=_TIMEOUT)
-        except KafkaException as exc:
-            if back:
-                raise  # (a rebalance failing stops the application, naming it)
-            self._warn_unstarted(len(asked), exc)
-            return tps
-        # (A partition the broker answered with an error for is left to the consumer, which asks
-        # again: an offset transaction still open there, say.)
-        uncommitted = {(tp.topic, tp.partition) for tp in answered if tp.offset < 0 and tp.error is None}
-        begun = {key: self._lost_first_read.pop(key) for key in ((tp.topic, tp.partition) for tp in back)}
-        starts = {key: begun[key] for key in uncommitted if key in begun}
-        fresh = sorted(uncommitted - set(begun))
-        if fresh:
-            starts.update(self._ends(consumer, fresh))
+        is processed (:meth:`_commit_new_starts`).  Left to the consumer, the end was looked up
+        again after a crash, or by the member taking the partition over, before the first
+        checkpoint: what had been read meanwhile (processed, its outputs aborted or sent) was
+        never read again, nor what had come since the assignment and not been read yet."""
+        lost = self._lost_first_read
+        back = [tp for tp in tps if (tp.topic, tp.partition) in lost]
+        starts: dict[TP, int] = {}
+        if back:
+            uncommitted = {
+                (tp.topic, tp.partition) for tp in consumer.committed(back, timeout=_TIMEOUT) if tp.offset < 0
+            }
+            begun = {key: lost.pop(key) for key in ((tp.topic, tp.partition) for tp in back)}
+            starts = {key: begun[key] for key in uncommitted}
+        if self._from_the_end:
+            asked = {(tp.topic, tp.partition) for tp in back}
+            fresh = self._uncommitted(consumer, [tp for tp in tps if (tp.topic, tp.partition) not in asked])
+            if fresh:
+                starts.update(self._ends(consumer, fresh))
         for key, start in starts.items():
             # Where reading begins, as the first record read would say: kept even if the
             # partition is lost again before it is read (its restore is long, say).
@@ -2691,6 +2683,23 @@ class Application:
             else tp
             for tp in tps
         ]
+
+    def _uncommitted(self, consumer: Consumer, tps: list[TopicPartition]) -> list[TP]:
+        """Those of ``tps`` with no offset committed (for a start from the latest).  A partition
+        whose offsets are in another producer's open transaction (its owner killed mid-checkpoint)
+        has no stable answer, and holds back the answer for all (read_committed asks for stable
+        offsets, until the timeout): then each is asked on its own, and one with no answer is
+        left to the consumer, with a warning."""
+        try:
+            answered = consumer.committed(tps, timeout=_START_ASK_S)
+        except KafkaException:
+            answered = []
+            for tp in tps:
+                try:
+                    answered += consumer.committed([tp], timeout=_START_ASK_ONE_S)
+                except KafkaException as exc:
+                    self._warn_unstarted(1, exc)
+        return sorted((tp.topic, tp.partition) for tp in answered if tp.offset < 0 and tp.error is None)
 
     def _ends(self, consumer: Consumer, tps: list[TP]) -> dict[TP, int]:
         """Where ``tps`` end now, as "latest" would start them (one request for all: the last
@@ -2711,9 +2720,9 @@ class Application:
 
     def _warn_unstarted(self, count: int, exc: object) -> None:
         log.warning(
-            "application %s: %d partitions assigned start where auto.offset.reset says, uncommitted "
-            "until the first checkpoint (a crash before it would start them at the end again): "
-            "their committed offsets or ends could not be read: %s",
+            "application %s: the start of %d partitions assigned is uncommitted until their first "
+            "checkpoint (a crash before it starts them at their end again, after what was read): "
+            "reading their committed offsets or ends, or committing the start, failed: %s",
             self.name,
             count,
             exc.args[0] if isinstance(exc, KafkaException) and exc.args else exc,
