@@ -198,10 +198,25 @@ log = logging.getLogger(__name__)
 Decoder = Callable[[str, bytes, bytes | None, Any], Any]
 
 _TIMEOUT = 30.0
-#: Reading from the latest: how long the committed offsets of the partitions assigned are waited
-#: for, all together, then each on its own (see Application._uncommitted).
+#: How long the committed offsets of partitions assigned are waited for where the runtime chooses
+#: their start (reading from the latest, or lost before their first commit): all together, then
+#: each on its own, and in all (see Application._uncommitted).
 _START_ASK_S = 2.0
 _START_ASK_ONE_S = 0.5
+_START_ASK_BUDGET_S = 5.0
+
+
+def reads_from_the_end(consumer_settings: dict[str, Any]) -> bool:
+    """Whether a consumer with these settings starts a partition with nothing committed at its
+    end (``auto.offset.reset`` "latest", in any of librdkafka's spellings)."""
+    return str(consumer_settings.get("auto.offset.reset", "")).lower() in _FROM_THE_END
+
+
+def _kafka_reason(problem: object) -> object:
+    """What a warning says of a failure: a KafkaException's error, else the thing itself."""
+    if isinstance(problem, KafkaException) and problem.args:
+        return problem.args[0]
+    return problem
 
 
 def _step(longest: dict[str, float], kind: str, began: float) -> float:
@@ -1214,7 +1229,7 @@ class Application:
             self._txn_timeout_s = state_timeout if overridden is None else float(overridden) / 1000
             self._committer = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-commit")
         consumer_settings = self.consumer_settings()
-        self._from_the_end = str(consumer_settings.get("auto.offset.reset", "")).lower() in _FROM_THE_END
+        self._from_the_end = reads_from_the_end(consumer_settings)
         self._consumer = Consumer(consumer_settings)
         # Co-partitioned: the group assigns the first input; the others follow (see the module docstring).
         # Otherwise (stateless, unequal partition counts) every input is assigned on its own.
@@ -1726,7 +1741,14 @@ class Application:
         try:
             self._running_clients()[1].commit(offsets=starts, asynchronous=False)
         except KafkaException as exc:
-            self._warn_unstarted(len(starts), exc)
+            log.warning(
+                "application %s: committing where %d partitions start failed; uncommitted until "
+                "their first checkpoint, a crash before it starts them at their end again, after "
+                "what was read: %s",
+                self.name,
+                len(starts),
+                _kafka_reason(exc),
+            )
 
     # ------------------------------------------------------------------ producing
 
@@ -2658,19 +2680,15 @@ class Application:
         checkpoint: what had been read meanwhile (processed, its outputs aborted or sent) was
         never read again, nor what had come since the assignment and not been read yet."""
         lost = self._lost_first_read
-        back = [tp for tp in tps if (tp.topic, tp.partition) in lost]
-        starts: dict[TP, int] = {}
-        if back:
-            uncommitted = {
-                (tp.topic, tp.partition) for tp in consumer.committed(back, timeout=_TIMEOUT) if tp.offset < 0
-            }
-            begun = {key: lost.pop(key) for key in ((tp.topic, tp.partition) for tp in back)}
-            starts = {key: begun[key] for key in uncommitted}
-        if self._from_the_end:
-            asked = {(tp.topic, tp.partition) for tp in back}
-            fresh = self._uncommitted(consumer, [tp for tp in tps if (tp.topic, tp.partition) not in asked])
-            if fresh:
-                starts.update(self._ends(consumer, fresh))
+        asked = [tp for tp in tps if self._from_the_end or (tp.topic, tp.partition) in lost]
+        if not asked:
+            return tps
+        uncommitted = self._uncommitted(consumer, asked)
+        begun = {key: lost.pop(key) for key in [(tp.topic, tp.partition) for tp in asked] if key in lost}
+        starts = {key: begun[key] for key in uncommitted if key in begun}
+        fresh = [key for key in uncommitted if key not in begun]
+        if fresh:  # (reading from the latest)
+            starts.update(self._ends(consumer, fresh))
         for key, start in starts.items():
             # Where reading begins, as the first record read would say: kept even if the
             # partition is lost again before it is read (its restore is long, say).
@@ -2685,29 +2703,40 @@ class Application:
         ]
 
     def _uncommitted(self, consumer: Consumer, tps: list[TopicPartition]) -> list[TP]:
-        """Those of ``tps`` with no offset committed (for a start from the latest).  A partition
-        whose offsets are in another producer's open transaction (its owner killed mid-checkpoint)
-        has no stable answer, and holds back the answer for all (read_committed asks for stable
-        offsets, until the timeout): then each is asked on its own, and one with no answer is
-        left to the consumer, with a warning."""
+        """Those of ``tps`` with no offset committed.  A partition whose offsets are in another
+        producer's open transaction (its owner killed mid-checkpoint) has no stable answer, and
+        holds back the answer for all (read_committed asks for stable offsets, until the
+        timeout): then each is asked on its own, within ``_START_ASK_BUDGET_S`` in all (the
+        rebalance callback waits meanwhile).  One without an answer is left to the consumer,
+        which waits for a stable offset, with a warning.  (Asked with the 30 s timeout, one such
+        partition held the callback 30 s and then stopped the application.)"""
+        problem: object = None
         try:
             answered = consumer.committed(tps, timeout=_START_ASK_S)
-        except KafkaException:
-            answered = []
+        except KafkaException as exc:
+            problem, answered = exc, []
+            deadline = time.monotonic() + _START_ASK_BUDGET_S
             for tp in tps:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
                 try:
-                    answered += consumer.committed([tp], timeout=_START_ASK_ONE_S)
-                except KafkaException as exc:
-                    self._warn_unstarted(1, exc)
-        return sorted((tp.topic, tp.partition) for tp in answered if tp.offset < 0 and tp.error is None)
+                    answered += consumer.committed([tp], timeout=min(_START_ASK_ONE_S, left))
+                except KafkaException as one:
+                    problem = one
+        known = [tp for tp in answered if tp.error is None]
+        if len(known) < len(tps):
+            errors = [tp.error for tp in answered if tp.error is not None]
+            self._warn_unstarted(len(tps) - len(known), errors[0] if errors else problem)
+        return sorted((tp.topic, tp.partition) for tp in known if tp.offset < 0)
 
     def _ends(self, consumer: Consumer, tps: list[TP]) -> dict[TP, int]:
         """Where ``tps`` end now, as "latest" would start them (one request for all: the last
-        stable offset, under read_committed; those the broker answers with an error for left
-        out, with a warning)."""
+        stable offset, under read_committed; those without an answer left to the consumer,
+        with a warning)."""
         try:
             answered = consumer.offsets_for_times(
-                [TopicPartition(t, p, OFFSET_END) for t, p in tps], timeout=_TIMEOUT
+                [TopicPartition(t, p, OFFSET_END) for t, p in tps], timeout=_START_ASK_BUDGET_S
             )
         except KafkaException as exc:
             self._warn_unstarted(len(tps), exc)
@@ -2718,14 +2747,14 @@ class Application:
             self._warn_unstarted(len(tps) - len(ends), errors[0] if errors else "no offset given")
         return ends
 
-    def _warn_unstarted(self, count: int, exc: object) -> None:
+    def _warn_unstarted(self, count: int, problem: object) -> None:
         log.warning(
-            "application %s: the start of %d partitions assigned is uncommitted until their first "
-            "checkpoint (a crash before it starts them at their end again, after what was read): "
-            "reading their committed offsets or ends, or committing the start, failed: %s",
+            "application %s: %d partitions assigned start where the consumer finds (their committed "
+            "offset once it has a stable one, else auto.offset.reset): reading their committed "
+            "offsets or ends failed: %s",
             self.name,
             count,
-            exc.args[0] if isinstance(exc, KafkaException) and exc.args else exc,
+            _kafka_reason(problem),
         )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

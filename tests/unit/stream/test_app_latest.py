@@ -5,13 +5,19 @@ committed starts is taken at its assignment and committed before anything of it 
 from __future__ import annotations
 
 import logging
+import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from tests.unit.stream.offline import offline_app
 
-from vigil.stream.app import Application
+from vigil.events.codec import encode
+from vigil.events.examples import example_events
+from vigil.stream.app import Application, _PartitionTask, reads_from_the_end
+from vigil.stream.collector import Collector
 
 NONE = -1001  # (what committed() gives for a partition with nothing committed)
 REBALANCING = KafkaError(KafkaError.REBALANCE_IN_PROGRESS, "rebalance in progress")
@@ -22,16 +28,24 @@ class Group:
     """A consumer as the start sees it: committed offsets (``None``: in another producer's open
     transaction, so no stable answer), partition ends, and the commits made."""
 
-    def __init__(self, committed: dict[int, int | None], ends: dict[int, int], refuse: int = 0) -> None:
+    def __init__(
+        self, committed: dict[int, int | None], ends: dict[int, int], refuse: int = 0, *, waits: bool = False
+    ) -> None:
         self.offsets = committed
         self.ends = ends
         self.refuse = refuse
+        #: Whether an ask of one partition without a stable offset takes its whole timeout (as
+        #: librdkafka's does); else it fails at once.
+        self.waits = waits
         self.asked: list[list[int]] = []
         self.commits: list[list[tuple[int, int]]] = []
+        self.unassigned: list[int] = []
 
     def committed(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
         self.asked.append([tp.partition for tp in tps])
         if any(self.offsets[tp.partition] is None for tp in tps):
+            if self.waits and len(tps) == 1:
+                time.sleep(timeout)  # (stands for the broker's unanswered ask; nothing waits on it)
             raise KafkaException(UNSTABLE)
         return [TopicPartition(tp.topic, tp.partition, self.offsets[tp.partition]) for tp in tps]
 
@@ -44,6 +58,9 @@ class Group:
             self.refuse -= 1
             raise KafkaException(REBALANCING)
         self.commits.append([(tp.partition, tp.offset) for tp in offsets])
+
+    def incremental_unassign(self, tps: list[TopicPartition]) -> None:
+        self.unassigned += [tp.partition for tp in tps]
 
 
 def latest_app(tmp_path: Path, group: Group) -> Application:
@@ -81,7 +98,9 @@ def test_a_refused_start_is_not_committed_later(tmp_path: Path, caplog: pytest.L
     app._resumed(group, assigned(0))  # type: ignore[arg-type]
     with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
         app._commit_new_starts()
-    assert "the start of 1 partitions assigned is uncommitted until their first checkpoint" in caplog.text
+    assert (
+        "committing where 1 partitions start failed; uncommitted until their first checkpoint" in caplog.text
+    )
     assert "rebalance in progress" in caplog.text
     assert app._starts == {}
     app._commit_new_starts()
@@ -100,7 +119,7 @@ def test_a_partition_without_a_stable_offset_is_left_to_the_consumer_and_holds_n
     assert group.asked == [[0, 1, 2], [0], [1], [2]]
     assert [(tp.partition, tp.offset) for tp in tps] == [(0, 10), (1, -1001), (2, -1001)]
     assert app._starts == {("in", 0): 10}
-    assert "the start of 1 partitions assigned is uncommitted" in caplog.text
+    assert "1 partitions assigned start where the consumer finds" in caplog.text
 
 
 def test_a_partition_lost_with_nothing_committed_starts_where_it_began_and_that_is_committed(
@@ -123,3 +142,127 @@ def test_from_the_earliest_nothing_more_is_asked(tmp_path: Path) -> None:
     assert [(tp.partition, tp.offset) for tp in tps] == [(0, -1001)]
     assert group.asked == []
     assert app._starts == {}
+
+
+def test_a_lost_partition_without_a_stable_offset_no_longer_stops_the_application(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Lost with nothing committed, then taken by a member killed mid-checkpoint: its offsets are
+    # in that member's open transaction when it comes back.  Asked with the 30 s timeout, the
+    # rebalance failed and the application stopped (at the earliest too).
+    group = Group({0: None, 1: NONE}, ends={0: 90, 1: 80})
+    app = latest_app(tmp_path, group)
+    app._from_the_end = False
+    app._lost_first_read.update({("in", 0): 12, ("in", 1): 7})
+    with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
+        tps = app._resumed(group, assigned(0, 1))  # type: ignore[arg-type]
+    assert [(tp.partition, tp.offset) for tp in tps] == [(0, -1001), (1, 7)]
+    assert app._lost_first_read == {}
+    assert "1 partitions assigned start where the consumer finds" in caplog.text
+
+
+def test_partitions_without_a_stable_offset_hold_the_assignment_a_bounded_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each such partition asked on its own takes its whole timeout: 24 of them took 2 s, then
+    # 12 s, in the rebalance callback, and the group evicts a member that long in it once
+    # another joins.  Asking stops at the budget (5 s); the rest is left to the consumer.
+    unstable = 24
+    group = Group({p: None for p in range(unstable)} | {unstable: NONE}, ends={unstable: 5}, waits=True)
+    app = latest_app(tmp_path, group)
+    with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
+        tps = app._resumed(group, assigned(*range(unstable + 1)))  # type: ignore[arg-type]
+    one_by_one = group.asked[1:]
+    assert len(one_by_one) < unstable  # (24 asks of 0.5 s would take 12 s)
+    assert [tp.offset for tp in tps] == [-1001] * (unstable + 1)  # (the last one not asked in time)
+    assert f"{unstable + 1} partitions assigned start where the consumer finds" in caplog.text
+
+
+def test_a_partition_revoked_before_its_start_is_committed_is_not_committed(tmp_path: Path) -> None:
+    # Handed to another member, which may have committed past it by the time this one commits.
+    group = Group({0: NONE, 1: NONE}, ends={0: 4, 1: 9})
+    app = latest_app(tmp_path, group)
+    app._resumed(group, assigned(0, 1))  # type: ignore[arg-type]
+    app._owned.update({("in", 0), ("in", 1)})
+    app._drop(group, assigned(0))  # type: ignore[arg-type]
+    app._commit_new_starts()
+    assert group.commits == [[(1, 9)]]
+
+
+class Fetched:
+    """A consumed record of partition 0 of ``in``, as the loop reads it."""
+
+    def __init__(self, offset: int, value: bytes) -> None:
+        self._offset = offset
+        self._value = value
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return "in"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 0)
+
+
+class Consuming(Group):
+    """The group's consumer as the loop uses it: one batch, then nothing."""
+
+    def __init__(self, app: Application, batch: list[Fetched], **kw: Any) -> None:
+        super().__init__({0: NONE}, ends={0: 40}, **kw)
+        self.app = app
+        self.batch = batch
+        self.processed_at_commit: dict[Any, int] | None = None
+
+    def consume(self, num_messages: int, timeout: float) -> list[Fetched]:
+        batch, self.batch = self.batch, []
+        return batch
+
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        self.processed_at_commit = dict(self.app._next_offsets)
+        super().commit(offsets=offsets, asynchronous=asynchronous)
+
+
+def test_the_start_is_committed_before_the_first_batch_of_the_partition_is_processed(tmp_path: Path) -> None:
+    app = offline_app(tmp_path, consumer_overrides={"auto.offset.reset": "latest"}, checkpoint_interval_s=600)
+    value = encode(example_events(datetime(2026, 1, 1, tzinfo=UTC))[0])
+    consumer = Consuming(app, [Fetched(40, value), Fetched(41, value)])
+    app._from_the_end = True
+    app._consumer = consumer  # type: ignore[assignment]
+    app._producer = object()  # type: ignore[assignment]
+    app._resumed(consumer, assigned(0))  # type: ignore[arg-type]
+    app._tasks[0] = _PartitionTask(0)
+    app._owned.add(("in", 0))
+    app._last_checkpoint = app._last_gauges = time.monotonic()
+    app._iterate(consumer, Collector(None))  # type: ignore[arg-type]
+    assert consumer.commits == [[(0, 40)]]
+    assert consumer.processed_at_commit == {}  # (committed before the batch was processed)
+    assert app._next_offsets == {("in", 0): 42}
+
+
+@pytest.mark.parametrize(
+    ("setting", "from_the_end"),
+    [
+        ("latest", True),
+        ("LARGEST", True),
+        ("end", True),
+        ("earliest", False),
+        ("smallest", False),
+        ("", False),
+    ],
+)
+def test_which_settings_read_from_the_end(setting: str, from_the_end: bool) -> None:
+    assert reads_from_the_end({"auto.offset.reset": setting} if setting else {}) is from_the_end
