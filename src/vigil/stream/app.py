@@ -106,8 +106,9 @@ committed offsets (a partition with none yet: to the first offset this member re
 whatever ``auto.offset.reset`` says; one lost with nothing committed and assigned back starts
 there too; with ``auto.offset.reset`` "latest", a partition with nothing committed starts at
 the end it has when assigned, committed before anything read of it is processed, so that a
-restart or another member starts there as well, unless the broker refuses that commit, with a
-warning); records fetched before the rewind are dropped (they are read again).  So does an
+restart or another member starts there as well, unless that commit is refused or the committed
+offsets cannot be read in time, which a warning says); records fetched before the rewind are
+dropped (they are read again).  So does an
 exactly-once checkpoint the group refuses because it moved on without this member (a stall
 past ``max.poll.interval.ms``): the member rejoins on its next poll and processes again
 from the last checkpoint, with the state it had there.  A shorter stall, past the transaction's
@@ -1729,11 +1730,11 @@ class Application:
 
     def _commit_new_starts(self) -> None:
         """Commit where partitions assigned with nothing committed start (see _resumed), before
-        anything read of them is processed.  Tried once: a commit refused (a plain commit is
-        while the group completes a rebalance; a checkpoint's transactional one is not) and tried
-        again after records were processed could land after a checkpoint that committed past
-        them, and move the offset back.  Refused, the partition is uncommitted until its first
-        checkpoint, as without this commit."""
+        anything read of them is processed.  Tried once: the broker refuses a plain commit while
+        the group completes a rebalance, but not a checkpoint's transactional one, so a start
+        tried again once records were processed could land after a checkpoint past them and move
+        the offset back.  Refused, the partition is uncommitted until its first checkpoint, as
+        without this commit (a warning says so)."""
         starts = [TopicPartition(t, p, offset) for (t, p), offset in self._starts.items()]
         self._starts.clear()
         if not starts:
@@ -2678,7 +2679,8 @@ class Application:
         is processed (:meth:`_commit_new_starts`).  Left to the consumer, the end was looked up
         again after a crash, or by the member taking the partition over, before the first
         checkpoint: what had been read meanwhile (processed, its outputs aborted or sent) was
-        never read again, nor what had come since the assignment and not been read yet."""
+        never read again, nor what had come since the assignment and not been read yet.  One
+        whose committed offset cannot be read in time is left to the consumer (_uncommitted)."""
         lost = self._lost_first_read
         asked = [tp for tp in tps if self._from_the_end or (tp.topic, tp.partition) in lost]
         if not asked:
