@@ -213,6 +213,10 @@ def reads_from_the_end(consumer_settings: dict[str, Any]) -> bool:
     return str(consumer_settings.get("auto.offset.reset", "")).lower() in _FROM_THE_END
 
 
+def _partitions(count: int) -> str:
+    return "1 partition" if count == 1 else f"{count} partitions"
+
+
 def _kafka_reason(problem: object) -> object:
     """What a warning says of a failure: a KafkaException's error, else the thing itself."""
     if isinstance(problem, KafkaException) and problem.args:
@@ -1743,11 +1747,10 @@ class Application:
             self._running_clients()[1].commit(offsets=starts, asynchronous=False)
         except KafkaException as exc:
             log.warning(
-                "application %s: committing where %d partitions start failed; uncommitted until "
-                "their first checkpoint, a crash before it starts them at their end again, after "
-                "what was read: %s",
+                "application %s: committing the start of %s failed; uncommitted until the first "
+                "checkpoint, a crash before it starts at the end again, after what was read: %s",
                 self.name,
-                len(starts),
+                _partitions(len(starts)),
                 _kafka_reason(exc),
             )
 
@@ -2751,11 +2754,11 @@ class Application:
 
     def _warn_unstarted(self, count: int, problem: object) -> None:
         log.warning(
-            "application %s: %d partitions assigned start where the consumer finds (their committed "
-            "offset once it has a stable one, else auto.offset.reset): reading their committed "
-            "offsets or ends failed: %s",
+            "application %s: where to start %s assigned is left to the consumer (the committed "
+            "offset once it has a stable one, else auto.offset.reset): reading committed offsets "
+            "or ends failed: %s",
             self.name,
-            count,
+            _partitions(count),
             _kafka_reason(problem),
         )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,7 @@ def test_a_refused_start_is_not_committed_later(tmp_path: Path, caplog: pytest.L
     app._resumed(group, assigned(0))  # type: ignore[arg-type]
     with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
         app._commit_new_starts()
-    assert (
-        "committing where 1 partitions start failed; uncommitted until their first checkpoint" in caplog.text
-    )
+    assert "committing the start of 1 partition failed; uncommitted until the first checkpoint" in caplog.text
     assert "rebalance in progress" in caplog.text
     assert app._starts == {}
     app._commit_new_starts()
@@ -119,7 +118,7 @@ def test_a_partition_without_a_stable_offset_is_left_to_the_consumer_and_holds_n
     assert group.asked == [[0, 1, 2], [0], [1], [2]]
     assert [(tp.partition, tp.offset) for tp in tps] == [(0, 10), (1, -1001), (2, -1001)]
     assert app._starts == {("in", 0): 10}
-    assert "1 partitions assigned start where the consumer finds" in caplog.text
+    assert "where to start 1 partition assigned is left to the consumer" in caplog.text
 
 
 def test_a_partition_lost_with_nothing_committed_starts_where_it_began_and_that_is_committed(
@@ -158,7 +157,7 @@ def test_a_lost_partition_without_a_stable_offset_no_longer_stops_the_applicatio
         tps = app._resumed(group, assigned(0, 1))  # type: ignore[arg-type]
     assert [(tp.partition, tp.offset) for tp in tps] == [(0, -1001), (1, 7)]
     assert app._lost_first_read == {}
-    assert "1 partitions assigned start where the consumer finds" in caplog.text
+    assert "where to start 1 partition assigned is left to the consumer" in caplog.text
 
 
 def test_partitions_without_a_stable_offset_hold_the_assignment_a_bounded_time(
@@ -175,7 +174,7 @@ def test_partitions_without_a_stable_offset_hold_the_assignment_a_bounded_time(
     one_by_one = group.asked[1:]
     assert len(one_by_one) < unstable  # (24 asks of 0.5 s would take 12 s)
     assert [tp.offset for tp in tps] == [-1001] * (unstable + 1)  # (the last one not asked in time)
-    assert f"{unstable + 1} partitions assigned start where the consumer finds" in caplog.text
+    assert f"where to start {unstable + 1} partitions assigned is left to the consumer" in caplog.text
 
 
 def test_a_partition_revoked_before_its_start_is_committed_is_not_committed(tmp_path: Path) -> None:
@@ -216,6 +215,49 @@ class Fetched:
 
     def timestamp(self) -> tuple[int, int]:
         return (1, 0)
+
+
+def test_a_partition_whose_end_cannot_be_read_is_left_to_the_consumer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    group = Ending({0: NONE, 1: NONE}, ends={0: 4, 1: 9})
+    app = latest_app(tmp_path, group)
+    with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
+        tps = app._resumed(group, assigned(0, 1))  # type: ignore[arg-type]
+    assert [(tp.partition, tp.offset) for tp in tps] == [(0, 4), (1, -1001)]
+    assert app._starts == {("in", 0): 4}
+    assert "where to start 1 partition assigned is left to the consumer" in caplog.text
+    assert "Broker: Not leader for partition" in caplog.text
+    group.fails = True
+    with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
+        tps = app._resumed(group, assigned(0, 1))  # type: ignore[arg-type]
+    assert [tp.offset for tp in tps] == [-1001, -1001]
+    assert "where to start 2 partitions assigned is left to the consumer" in caplog.text
+
+
+class Ending(Group):
+    """Partition 1's end has no answer (its leader moving); ``fails``: the whole lookup fails."""
+
+    fails = False
+
+    def offsets_for_times(self, tps: list[TopicPartition], timeout: float) -> list[Any]:
+        if self.fails:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "ends timed out"))
+        # (A TopicPartition's error cannot be set from Python: an answer shaped like one.)
+        return [
+            Answer(tp.topic, tp.partition, -1, KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION))
+            if tp.partition == 1
+            else Answer(tp.topic, tp.partition, self.ends[tp.partition], None)
+            for tp in tps
+        ]
+
+
+@dataclass
+class Answer:
+    topic: str
+    partition: int
+    offset: int
+    error: KafkaError | None
 
 
 class Consuming(Group):
