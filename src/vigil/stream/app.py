@@ -217,13 +217,6 @@ def _partitions(count: int) -> str:
     return "1 partition" if count == 1 else f"{count} partitions"
 
 
-def _kafka_reason(problem: object) -> object:
-    """What a warning says of a failure: a KafkaException's error, else the thing itself."""
-    if isinstance(problem, KafkaException) and problem.args:
-        return problem.args[0]
-    return problem
-
-
 def _step(longest: dict[str, float], kind: str, began: float) -> float:
     """Note how long a loop step of ``kind`` took (since ``began``) if it is the longest yet;
     returns now, when the next step begins."""
@@ -1751,7 +1744,7 @@ class Application:
                 "checkpoint, a crash before it starts at the end again, after what was read: %s",
                 self.name,
                 _partitions(len(starts)),
-                _kafka_reason(exc),
+                exc.args[0],
             )
 
     # ------------------------------------------------------------------ producing
@@ -2719,7 +2712,7 @@ class Application:
         try:
             answered = consumer.committed(tps, timeout=_START_ASK_S)
         except KafkaException as exc:
-            problem, answered = exc, []
+            problem, answered = exc.args[0], []
             deadline = time.monotonic() + _START_ASK_BUDGET_S
             for tp in tps:
                 left = deadline - time.monotonic()
@@ -2728,11 +2721,9 @@ class Application:
                 try:
                     answered += consumer.committed([tp], timeout=min(_START_ASK_ONE_S, left))
                 except KafkaException as one:
-                    problem = one
+                    problem = one.args[0]
         known = [tp for tp in answered if tp.error is None]
-        if len(known) < len(tps):
-            errors = [tp.error for tp in answered if tp.error is not None]
-            self._warn_unstarted(len(tps) - len(known), errors[0] if errors else problem)
+        self._warn_unstarted(len(tps) - len(known), answered, problem)
         return sorted((tp.topic, tp.partition) for tp in known if tp.offset < 0)
 
     def _ends(self, consumer: Consumer, tps: list[TP]) -> dict[TP, int]:
@@ -2744,22 +2735,25 @@ class Application:
                 [TopicPartition(t, p, OFFSET_END) for t, p in tps], timeout=_START_ASK_BUDGET_S
             )
         except KafkaException as exc:
-            self._warn_unstarted(len(tps), exc)
+            self._warn_unstarted(len(tps), [], exc.args[0])
             return {}
         ends = {(tp.topic, tp.partition): tp.offset for tp in answered if tp.error is None and tp.offset >= 0}
-        if len(ends) < len(tps):
-            errors = [tp.error for tp in answered if tp.error is not None]
-            self._warn_unstarted(len(tps) - len(ends), errors[0] if errors else "no offset given")
+        self._warn_unstarted(len(tps) - len(ends), answered, "no offset given")
         return ends
 
-    def _warn_unstarted(self, count: int, problem: object) -> None:
+    def _warn_unstarted(self, count: int, answered: list[TopicPartition], problem: object) -> None:
+        """Warn that ``count`` partitions (if any) start where the consumer finds: the first error
+        among the ``answered`` names why, else ``problem``."""
+        if count <= 0:
+            return
+        problem = next((tp.error for tp in answered if tp.error is not None), problem)
         log.warning(
             "application %s: where to start %s assigned is left to the consumer (the committed "
             "offset once it has a stable one, else auto.offset.reset): reading committed offsets "
             "or ends failed: %s",
             self.name,
             _partitions(count),
-            _kafka_reason(problem),
+            problem,
         )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
