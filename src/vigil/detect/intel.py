@@ -109,9 +109,18 @@ def _network(key: str) -> tuple[int, int, int] | None:
 
 
 class IntelIndex:
+    """Indicators by value, for lookups in detection.
+
+    Detection threads look values up while the feed's thread (:class:`vigil.detect.app.IntelFeed`)
+    applies the list's changes, with no lock: a value's listings are never changed in place, but
+    replaced by a changed copy (one dict store, atomic), so a lookup reads either the old listings
+    or the new ones.  (Changed in place, a lookup of a value listed by two feeds, while a third
+    listed or withdrew it, raised "dictionary changed size during iteration" and stopped the
+    detection stage.)"""
+
     def __init__(self) -> None:
         # value -> listing (see _listing) -> entry: one feed, or one STIX indicator, withdrawing
-        # a value leaves the others' listings.
+        # a value leaves the others' listings.  The inner dicts are replaced, never changed.
         self._entries: dict[str, dict[str, IndicatorEntry]] = {}
         self._feeds: dict[str, str] = {}
         #: Per (feed, STIX id): the newest version applied (its ``modified``) and the values it
@@ -149,12 +158,14 @@ class IntelIndex:
     def _put(self, key: str, entry: IndicatorEntry) -> None:
         listings = self._entries.get(key)
         if listings is None:
-            listings = self._entries[key] = {}
+            self._entries[key] = {_listing(entry.feed, entry.stix_id): entry}
             network = _network(key)
             if network is not None:
                 self._networks[network] = key
                 self._count_size(network[:2], 1)
-        listings[_listing(entry.feed, entry.stix_id)] = entry
+            return
+        # A copy (see the class).
+        self._entries[key] = {**listings, _listing(entry.feed, entry.stix_id): entry}
 
     def _count_size(self, size: tuple[int, int], change: int) -> None:
         # The order is rebuilt only when a size comes or goes (a list of 10,000 networks loads
@@ -172,10 +183,12 @@ class IntelIndex:
         listings = self._entries.get(key)
         if listings is None:
             return False
-        found = True
-        if listing is not None:
-            found = listings.pop(listing, None) is not None
-        if listing is None or not listings:
+        found = listing is None or listing in listings
+        left = {} if listing is None else {name: e for name, e in listings.items() if name != listing}
+        if left:
+            if found:
+                self._entries[key] = left  # (a copy: see the class)
+        else:
             del self._entries[key]
             network = _network(key)
             if network is not None and self._networks.pop(network, None) is not None:
@@ -336,7 +349,8 @@ class IntelIndex:
         return None
 
     def items(self) -> Iterator[tuple[str, IndicatorEntry]]:
-        for key, listings in self._entries.items():
+        # Over a copy: values come and go meanwhile (see the class).
+        for key, listings in list(self._entries.items()):
             entry = self.lookup(key)
             if entry is not None and listings:
                 yield key, entry

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import threading
 from datetime import UTC, datetime
 
 from vigil.detect.intel import IntelIndex
@@ -237,3 +239,56 @@ def test_a_domain_is_the_same_with_the_roots_trailing_dot() -> None:
     assert index.lookup("evil.example.com") is not None
     assert index.lookup("Evil.Example.Com.") is not None
     assert index.lookup("example.com") is None
+
+
+def test_a_lookup_s_listings_are_never_changed_under_it() -> None:
+    # Detection looks values up while the feed's thread applies changes, without a lock: the
+    # listings a lookup is reading must not change in place.  They did, and a lookup of a value
+    # listed by two feeds, while a third listed or withdrew it, raised "dictionary changed size
+    # during iteration" in the detection thread, stopping the stage.
+    index = IntelIndex()
+    index.apply(_ind("ofac", "sanctioned"))
+    index.apply(_ind("scamsniffer", "drainer"))
+    held = index._entries[ADDR.lower()]  # what a lookup in progress reads
+    before = dict(held)
+
+    index.apply(_ind("third", "scam"))
+    index.apply(_ind("third", "scam", revoked=True))
+    index.apply(_ind("scamsniffer", "drainer", revoked=True))
+    index.remove(ADDR, "ofac")
+
+    assert held == before
+    assert index.lookup(ADDR) is None
+    assert len(index) == 0
+
+
+def test_lookups_while_another_thread_lists_and_withdraws_the_value_do_not_fail() -> None:
+    index = IntelIndex()
+    index.apply(_ind("ofac", "sanctioned"))
+    index.apply(_ind("scamsniffer", "drainer"))
+    changes = [_ind(f"feed-{i}", "scam", revoked=revoked) for revoked in (False, True) for i in range(50)]
+    done = threading.Event()
+    failures: list[BaseException] = []
+
+    def feed() -> None:
+        while not done.is_set():
+            for change in changes:
+                index.apply(change)
+
+    follower = threading.Thread(target=feed, daemon=True)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.0002)  # switch threads often: the reviewer's failure came in ~800 lookups
+    follower.start()
+    try:
+        for _ in range(50_000):
+            entry = index.lookup(ADDR, AT)
+            assert entry is not None
+            assert entry.category == "sanctioned"
+            list(index.items())
+    except BaseException as exc:  # (whatever the lookup raised is the failure)
+        failures.append(exc)
+    finally:
+        done.set()
+        follower.join()
+        sys.setswitchinterval(interval)
+    assert failures == []
