@@ -7,13 +7,17 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
-from vigil.config import shared_data_dir
-from vigil.hub.client import watermarks
+from vigil.config import load_settings, shared_data_dir
+from vigil.hub import admin as topic_admin
+from vigil.hub.broker import free_port_block
+from vigil.hub.client import make_admin, watermarks
+from vigil.hub.topics import TOPICS
 
 REPO = Path(__file__).resolve().parents[2]
 INTEL = shared_data_dir() / "intel"
@@ -133,3 +137,50 @@ def test_a_part_that_does_not_stop_is_named_and_the_exit_is_not_clean(
     said = proc.stdout + proc.stderr
     assert "source-intel did not stop within 1s; exiting with it running" in said
     assert "stopped\n" not in proc.stdout
+
+
+def test_normalize_on_its_own_serves_its_metrics(kafka_bootstrap: str, tmp_path: Path) -> None:
+    # Moved to a process of its own, normalise served no metrics (no --metrics-port, and the
+    # VIGIL_METRICS_PORT every process is given was ignored): its lag went unseen.
+    settings = load_settings(kafka_bootstrap=kafka_bootstrap, home=tmp_path)
+    topic_admin.apply(make_admin(settings), [TOPICS.get("raw.intel")], settings)
+    port = free_port_block(1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    env |= {
+        "VIGIL_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "VIGIL_HOME": str(tmp_path),
+        "VIGIL_METRICS_PORT": str(port),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vigil.cli", "normalize", "--source", "intel", "--at-least-once"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        text = ""
+        # (Its lag once raw.intel is assigned, whether or not anything is there to read.)
+        while 'vigil_stream_consumer_lag{app="normalize",partition="0",topic="raw.intel"}' not in text:
+            assert time.monotonic() < deadline, f"no lag served: {text[-2000:]!r}"
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            text = _scrape(port)
+            time.sleep(0.2)  # poll interval; the scrape is what synchronises
+        assert 'vigil_stream_loop_timestamp_seconds{app="normalize"}' in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+    assert proc.returncode == 0, err[-3000:]
+    assert f"metrics: http://127.0.0.1:{port}/metrics" in out
+
+
+def _scrape(port: int) -> str:
+    """The metrics served on ``port`` ("" while nothing answers)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+    except OSError:
+        return ""

@@ -48,6 +48,7 @@ def serve_metrics_of(
     setting); None when metrics are not served.  A port in use fails naming it."""
     from vigil.stream.metrics import MetricsServer
 
+    given = "--metrics-port" if port is not None else "metrics_port (VIGIL_METRICS_PORT)"
     port = port if port is not None else cfg.metrics_port
     if port is None:
         return None
@@ -55,7 +56,7 @@ def serve_metrics_of(
     try:
         server.start(port, cfg.metrics_host)
     except OSError as exc:
-        msg = f"--metrics-port {port}: cannot listen on {cfg.metrics_host}:{port} ({exc.strerror or exc})"
+        msg = f"{given} {port}: cannot listen on {cfg.metrics_host}:{port} ({exc.strerror or exc})"
         raise ConfigError(msg) from None
     console.print(f"metrics: http://{cfg.metrics_host}:{port}/metrics")
     return server

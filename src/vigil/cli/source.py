@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vigil.cli._common import console, settings
+from vigil.cli._common import MetricsPortOpt, console, serve_metrics_of, settings
 from vigil.config import Settings
 from vigil.errors import ConfigError, VigilError
 from vigil.hub.client import check_reachable
@@ -144,6 +144,7 @@ def normalize(
         list[str] | None, typer.Option("--source", "-s", help="Only these sources (repeatable).")
     ] = None,
     at_least_once: Annotated[bool, typer.Option(help="Lower latency; duplicates possible.")] = False,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Run the normalise application: raw.<source> -> events.<domain>, rejects to dlq.normalize."""
     from vigil.sources.normalize import build
@@ -157,7 +158,12 @@ def normalize(
     cfg = settings()
     check_reachable(cfg)  # a clear error when no broker answers, not a traceback
     app = build(cfg, source_names, guarantee="at_least_once" if at_least_once else "exactly_once")
-    console.print(
-        f"normalising {', '.join(app.inputs) if hasattr(app, 'inputs') else 'raw topics'}; Ctrl-C stops"
-    )
-    app.run()
+    # (Served as by `vigil detect` and `vigil run`: moved to a process of its own, normalise's lag
+    # went unseen, and a VIGIL_METRICS_PORT set for every process was ignored here.)
+    metrics = serve_metrics_of(cfg, metrics_port, lambda: [app])
+    console.print(f"normalising {', '.join(app.inputs)}; Ctrl-C stops")
+    try:
+        app.run()
+    finally:
+        if metrics is not None:
+            metrics.stop()
