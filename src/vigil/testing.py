@@ -21,9 +21,12 @@ them: what operators emit there is handed to every operator, partitioned by the 
 emitted with, after the batch that emitted it.  Every other input is partitioned by its
 event's key.
 
-Not modelled: event-time alignment (``max_event_time_skew_s``: the runtime hands operators
-without stores every partition's records merged by event time; here each partition's records
-are handed over in turn, in the order given); broker timestamps (``Record.timestamp_ms`` is 0);
+Records reach operators in the order given (a batch at a time, each partition's in turn, or,
+aligned, as an application aligned in event time hands them over: see ``aligned``), so give
+events in event-time order to see what the runtime gives; the runtime aligns its inputs when
+an operator asks (a join, a ``GroupBy``: unaligned, a replayed backlog reaches operators a fetch
+of one partition at a time).  Not modelled: the runtime's unaligned order (fetch-sized runs of
+each partition); broker timestamps (``Record.timestamp_ms`` is 0);
 values given back decoded before any restart (the runtime's cache lets values go past 200,000
 keys a store partition, and its ``items()`` decodes those it does not hold: an operator must
 expect a set or a tuple it stored back as a list, as after a restart).
@@ -31,6 +34,7 @@ expect a set or a tuple it stored back as a list, as after a restart).
 
 from __future__ import annotations
 
+import heapq
 import zlib
 from bisect import bisect_right
 from collections import defaultdict
@@ -305,6 +309,10 @@ def _checked(topic: str, event: Event, value: bytes | None = None, key: str | by
     return value
 
 
+def _event_time(record: Record[Any]) -> Any:
+    return record.event.occurred_at
+
+
 def partition_for(key: str | bytes | None, partitions: int) -> int:
     """The partition a key lands on: the one librdkafka's default partitioner (``consistent_random``)
     picks, so a run here splits events as the broker does.  (Kafka sends keyless events to a
@@ -326,6 +334,7 @@ def run_operators(
     read_back: Collection[str] = (),
     checkpoints: bool = True,
     decode: Decoder | None = None,
+    aligned: bool | None = None,
 ) -> HarnessResult:
     """Feed ``events`` through each operator in turn (each sees the same input), in batches.
 
@@ -347,6 +356,11 @@ def run_operators(
     calls it (topic, bytes, key, headers: here ``None``) for every record, read-backs too;
     without one, records are decoded as canonical events, as the runtime's are, so an
     application's own event types need it here as they do there.
+    ``aligned``: operators are handed each batch as an application aligned in event time hands
+    them its released records (``Application(max_event_time_skew_s=...)``): those with state a
+    call per partition, first, then those without one call for every partition's records,
+    merged by event time.  None (the default): aligned when an operator asks for it
+    (``Operator.event_time_skew_s``: a join, a ``GroupBy``), as the application does.
     """
     if isinstance(read_back, str):  # ``in`` would match any part of the name
         msg = f"read_back: expected a collection of topic names, got the string {read_back!r}"
@@ -358,6 +372,10 @@ def run_operators(
     if batch_size < 1 or partitions < 1:
         msg = f"batch_size and partitions must be at least 1; got {batch_size} and {partitions}"
         raise ValueError(msg)
+    if aligned is None:
+        aligned = any(op.event_time_skew_s is not None for op in operators)
+    stateful = [op for op in operators if op.stores]
+    stateless = [op for op in operators if not op.stores]
     if result is None:
         result = HarnessResult()
     else:
@@ -380,20 +398,34 @@ def run_operators(
             )
             op.on_assign(ctx)
 
+    def call(op: Operator[Any], part: int, records: list[Record[Any]]) -> None:
+        ctx = contexts[(op.id, part)]
+        if op.dead_letter_errors:
+            trial = trials.get((op.id, part))
+            if trial is None:
+                trial = trials[(op.id, part)] = Attempt(ctx)
+            for rec in records:
+                error = attempt(op.process, rec, trial)
+                if error is not None:
+                    ctx.dead_letter(rec, f"operator {op.id!r}: {error}")  # as the runtime says
+        else:
+            op.process(records, ctx)
+
     def flush() -> None:
-        for part, records in sorted(batch.items()):
-            for op in operators:
-                ctx = contexts[(op.id, part)]
-                if op.dead_letter_errors:
-                    trial = trials.get((op.id, part))
-                    if trial is None:
-                        trial = trials[(op.id, part)] = Attempt(ctx)
-                    for rec in records:
-                        error = attempt(op.process, rec, trial)
-                        if error is not None:
-                            ctx.dead_letter(rec, f"operator {op.id!r}: {error}")  # as the runtime says
-                else:
-                    op.process(records, ctx)
+        parts = sorted(batch)
+        if aligned and len(parts) > 1:
+            # As Application._release hands an aligned release over.
+            for part in parts:
+                for op in stateful:
+                    call(op, part, batch[part])
+            if stateless:
+                every = list(heapq.merge(*(batch[part] for part in parts), key=_event_time))
+                for op in stateless:
+                    call(op, parts[0], every)
+        else:
+            for part in parts:
+                for op in operators:
+                    call(op, part, batch[part])
         batch.clear()
         if checkpoints:
             # After every batch (the runtime's come after some batches): what a later restart
@@ -409,7 +441,7 @@ def run_operators(
         part = partition_for(key, partitions)
         offset = offsets.get((source, part), 0)
         offsets[(source, part)] = offset + 1
-        return part, offset, key.encode() if key else None
+        return part, offset, key.encode() if key is not None else None  # ("": b"", as Kafka's)
 
     #: How far into the emits the read-back topics have been read (by an earlier run too).
     read_to = result.read_to

@@ -355,6 +355,17 @@ _TOUCH_EVERY_S = 600.0
 _RESTORE_WAIT_S = 0.01
 #: Aligned: timeout of the broker queries for partitions nothing was consumed from yet.
 _ALIGN_TIMEOUT = 5.0
+#: The lag gauge's questions to the broker about partitions nothing was delivered from yet
+#: (see Application._unread_lags): the timeout of each (on the loop: a committed offset in another
+#: producer's open transaction has no answer until the timeout), how often a paused partition's
+#: end is asked, and how long after a question that had no answer it is asked again.
+_UNREAD_ASK_S = 0.2
+_UNREAD_ASK_EVERY_S = 5.0
+_UNREAD_RETRY_S = 30.0
+#: How often a co-partitioned application looks up its inputs' partition counts (see
+#: Application._check_inputs), and the timeout of each lookup.
+_INPUTS_EVERY_S = 10.0
+_INPUTS_ASK_S = 1.0
 #: Expired transactions renewed in a row, with no commit between, before the application stops
 #: (see Application._renew_expired).
 _MAX_RENEWALS = 3
@@ -849,6 +860,19 @@ class Application:
                 f"aborts one open longer than 15 minutes); got {checkpoint_interval_s}"
             )
             raise ConfigError(msg)
+        asked = {op.id: skew for op in operators if (skew := op.event_time_skew_s) is not None}
+        for op_id, skew in asked.items():
+            if not 0 <= skew < float("inf"):
+                msg = (
+                    f"application {name!r}: operator {op_id!r} asks for an event_time_skew_s of {skew}; "
+                    ">= 0 seconds expected"
+                )
+                raise ConfigError(msg)
+        #: The operators that turned alignment on (none when it was given, or is off).
+        self.aligned_for: list[str] = []
+        if max_event_time_skew_s is None and asked:
+            max_event_time_skew_s = min(asked.values())
+            self.aligned_for = sorted(asked)
         if max_event_time_skew_s is not None and not 0 <= max_event_time_skew_s < float("inf"):
             msg = (
                 f"application {name!r}: max_event_time_skew_s must be >= 0 seconds (or None: off); "
@@ -904,7 +928,8 @@ class Application:
             )
             raise ConfigError(msg)
         self.gc_young = gc_young
-        #: Event-time alignment (see the module docstring); ``None``: off.  Read when run() starts.
+        #: Event-time alignment (see the module docstring); ``None``: off, unless an operator asks
+        #: for it (``Operator.event_time_skew_s``: the smallest asked).  Read when run() starts.
         self.max_event_time_skew_s = max_event_time_skew_s
         self.alignment_max_buffered = alignment_max_buffered
         self.alignment_idle_s = alignment_idle_s
@@ -954,6 +979,10 @@ class Application:
         self._buffers: dict[TP, deque[tuple[float, Any]]] = {}
         #: Aligned: records left in partitions nothing was consumed from yet (see _start_lag).
         self._start_lags: dict[TP, tuple[float, int | None]] = {}
+        #: The lag gauge's partitions nothing was delivered from since their assignment: where
+        #: they start reading (None: not known) and when it was asked, their end and when it was
+        #: asked (see _unread_lags).
+        self._unread: dict[TP, tuple[int | None, float, int, float]] = {}
         #: Aligned: the next offset to consume per partition, as consumed (asking the consumer
         #: for its positions on every plan cost ~1 ms with a few dozen partitions).
         self._consumed: dict[TP, int] = {}
@@ -1028,6 +1057,7 @@ class Application:
         self._state_producer: Producer | None = None
         self._consumer: Consumer | None = None
         self._last_gauges = 0.0
+        self._inputs_checked = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -1115,6 +1145,13 @@ class Application:
             if self.max_event_time_skew_s is None
             else Alignment(self.max_event_time_skew_s, self.alignment_idle_s, self.alignment_max_buffered)
         )
+        if self.aligned_for:
+            log.info(
+                "application %s: inputs aligned in event time (skew %g s), as %s asks",
+                self.name,
+                self.max_event_time_skew_s,
+                ", ".join(map(repr, self.aligned_for)),
+            )
         admin = make_admin(self.settings)
         topics = admin.list_topics(timeout=_TIMEOUT).topics
         internal = {spec.name: spec for spec in self.internal_topics}
@@ -1352,6 +1389,9 @@ class Application:
             # (Checkpoints update them too: with a long interval, "when the loop last went
             # round" aged between them, and an alert on it fired on a healthy loop.)
             self._update_gauges()
+        if self._co_partitioned and len(self.inputs) > 1 and now - self._inputs_checked >= _INPUTS_EVERY_S:
+            self._inputs_checked = now
+            self._check_inputs(consumer)
         took = collector.step(not msgs, now)
         if took:
             self.prometheus.gc.labels(self.name).observe(took)
@@ -1541,8 +1581,13 @@ class Application:
             try:
                 occurred = event.occurred_at.timestamp()
             except AttributeError:
+                why = (
+                    f" (alignment asked for by {', '.join(map(repr, self.aligned_for))})"
+                    if self.aligned_for
+                    else ""
+                )
                 text = (
-                    f"application {self.name!r}: max_event_time_skew_s needs records with an "
+                    f"application {self.name!r}: max_event_time_skew_s{why} needs records with an "
                     f"`occurred_at`; {topic}[{part}]@{offset} decoded to {type(event).__name__}"
                 )
                 raise PipelineError(text) from None
@@ -2422,32 +2467,100 @@ class Application:
         for kind, seconds in self.metrics.longest_step_s.items():
             self.prometheus.longest_step.labels(self.name, kind).set(seconds)
         consumer = self._consumer
-        owned = [TopicPartition(t, p) for t, p in sorted(self._owned)]
+        # Partitions being restored too: assigned, so behind by what they hold unread.
+        assigned = self._owned | {
+            (tp.topic, tp.partition) for task in self._restoring.values() for tp in task.partitions
+        }
+        tps = [TopicPartition(t, p) for t, p in sorted(assigned)]
         try:
-            positions = consumer.position(owned) if owned else []
+            positions = consumer.position(tps) if tps else []
         except KafkaException:
             return
         buffers = self._buffers
         paused = set(self.metrics.paused)
+        lags: dict[TP, int] = {}
+        unread: dict[TP, int] = {}  # (their ends as fetched, -1 when none)
         for tp in positions:
             key = (tp.topic, tp.partition)
-            if self.alignment is not None:
+            if self.alignment is not None and key in self._owned:
                 self.prometheus.paused.labels(self.name, tp.topic, str(tp.partition)).set(key in paused)
             try:
                 _low, high = consumer.get_watermark_offsets(tp, cached=True)
             except KafkaException:
                 continue
-            if tp.offset >= 0 and high >= 0:
+            if tp.offset < 0:
+                unread[key] = high
+                continue
+            self._unread.pop(key, None)
+            if high >= 0:
                 # Read but waiting for alignment is not processed yet: behind too.
-                waiting = len(buffers.get(key, ()))
-                self.prometheus.lag.labels(self.name, tp.topic, str(tp.partition)).set(
-                    max(0, high - tp.offset) + waiting
-                )
+                lags[key] = max(0, high - tp.offset) + len(buffers.get(key, ()))
+        if unread:
+            lags.update(self._unread_lags(consumer, unread, now))
+        for (topic, partition), lag in lags.items():
+            self.prometheus.lag.labels(self.name, topic, str(partition)).set(lag)
         for task in self._tasks.values():
             for store_id, state in task.stores.items():
                 self.prometheus.state_keys.labels(self.name, store_id, str(task.number)).set(
                     state.key_count_estimate()
                 )
+
+    def _unread_lags(self, consumer: Consumer, highs: dict[TP, int], now: float) -> dict[TP, int]:
+        """The lag of partitions nothing was delivered from since their assignment (the consumer
+        knows no position for them), given the ends their fetches brought (``highs``, -1 when
+        none): a backlog not handed over yet, a partition paused while its stores are restored,
+        one at its end.  Left out, the gauge read near 0 through a catch-up (0-7,540 of 29,000
+        records behind, over four partitions), so a lag alert never fired, and a partition at its
+        end had no series at all.
+
+        From where each starts (where reading begins when known, else its committed offset, else
+        where ``auto.offset.reset`` puts it: asked of the broker once per assignment, all in one
+        request) to its end (the fetches', else, paused, it fetches nothing: asked at most every
+        ``_UNREAD_ASK_EVERY_S``).  Left out while its start is unknown (the broker did not answer
+        in time: asked again after ``_UNREAD_RETRY_S``, or known once records come)."""
+        unread = self._unread
+        ask = [
+            tp
+            for tp in highs
+            if tp not in self._first_read
+            and (tp not in unread or (unread[tp][0] is None and now - unread[tp][1] >= _UNREAD_RETRY_S))
+        ]
+        committed: dict[TP, int] = {}
+        if ask:
+            try:
+                answered = consumer.committed([TopicPartition(t, p) for t, p in ask], timeout=_UNREAD_ASK_S)
+                committed = {(tp.topic, tp.partition): tp.offset for tp in answered if tp.error is None}
+            except KafkaException as exc:
+                log.debug("application %s: committed offsets for its lag: %s", self.name, exc.args[0])
+        lags: dict[TP, int] = {}
+        asked_starts = set(ask)
+        for tp, high in highs.items():
+            known = unread.get(tp)
+            start: int | None = known[0] if known is not None else None
+            start_asked = now if tp in asked_starts or known is None else known[1]
+            if tp in self._first_read:
+                start = self._first_read[tp]
+            elif tp in committed:
+                start = committed[tp]  # (< 0: nothing committed, see below)
+            end = max(high, known[2] if known is not None else -1)
+            asked = known[3] if known is not None else now
+            stale = high < 0 and (known is None or now - known[3] >= _UNREAD_ASK_EVERY_S)
+            if (start is not None and start < 0) or stale:
+                try:
+                    low, asked_end = consumer.get_watermark_offsets(
+                        TopicPartition(*tp), timeout=_UNREAD_ASK_S
+                    )
+                    end, asked = max(end, asked_end), now
+                    if start is not None and start < 0:  # where auto.offset.reset starts it
+                        start = asked_end if self._from_the_end else low
+                except KafkaException as exc:
+                    log.debug("application %s: ends of %s[%d]: %s", self.name, tp[0], tp[1], exc.args[0])
+            if start is not None and start < 0:
+                start = None
+            unread[tp] = (start, start_asked, end, asked)
+            if start is not None and end >= 0:
+                lags[tp] = max(0, end - start)
+        return lags
 
     # ------------------------------------------------------------------ rebalancing
 
@@ -2569,13 +2682,48 @@ class Application:
         its changelog has no partition for the new number."""
         grown = sorted({tp.topic for tp in partitions if tp.partition >= self._partitions})
         if grown:
-            msg = (
-                f"application {self.name!r}: input {', '.join(map(repr, grown))} has more partitions "
-                f"than the {self._partitions} it had when the application started: keys hashed to the "
-                "new partitions no longer meet their state or the other inputs' events.  Give every "
-                "input the same count and restart (keys that moved start with empty state)"
+            raise self._grown(grown)
+
+    def _check_inputs(self, consumer: Consumer) -> None:
+        """Stop when an input has grown partitions since the start (co-partitioned, looked up
+        every ``_INPUTS_EVERY_S``).
+
+        Only the first input is subscribed; the others' partitions follow its by number
+        (_followers), so the group's assignment tells of the first input's growth alone
+        (_check_partition_counts).  Partitions added to another were never read: their records
+        waited with no lag shown and no error, until a restart refused the counts (a join found
+        20 of 40 pairs).  A broker that does not answer is asked again next time."""
+        grown: list[str] = []
+        # (Stateless, the first input's new partitions are read: assigned as any are.)
+        for topic in self.inputs if self.stores else self.inputs[1:]:
+            try:
+                meta = consumer.list_topics(topic, timeout=_INPUTS_ASK_S).topics.get(topic)
+            except KafkaException as exc:
+                log.debug("application %s: looking up input %r: %s", self.name, topic, exc.args[0])
+                continue
+            if meta is not None and meta.error is None and len(meta.partitions) > self._partitions:
+                grown.append(topic)
+        if grown:
+            raise self._grown(grown)
+
+    def _grown(self, topics: list[str]) -> ConfigError:
+        names = ", ".join(map(repr, topics))
+        if self.stores:
+            why = (
+                "keys hashed to the new partitions no longer meet their state or the other inputs' "
+                "events.  Give every input the same count and restart (keys that moved start with "
+                "empty state)"
             )
-            raise ConfigError(msg)
+        else:
+            why = (
+                "the inputs after the first are read by the first's partition numbers, so records "
+                "in new partitions would not be read.  Restart it (inputs with unequal partition "
+                "counts are read each on its own)"
+            )
+        return ConfigError(
+            f"application {self.name!r}: input {names} has more partitions than the "
+            f"{self._partitions} it had when the application started: {why}"
+        )
 
     def _activate(self, task: _PartitionTask) -> None:
         """Start processing a task's partitions (its stores open and restored)."""
@@ -2793,6 +2941,7 @@ class Application:
             _forget(self.prometheus.paused, self.name, tp.topic, str(tp.partition))
             self._next_offsets.pop(key, None)
             self._starts.pop(key, None)
+            self._unread.pop(key, None)
             begun = self._first_read.pop(key, None)
             if self._lost and begun is not None:
                 # Lost (or revoked after a refused checkpoint): what this member processed since

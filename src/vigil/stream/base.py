@@ -157,6 +157,13 @@ class Operator(ABC, Generic[E]):
     id: str
     stores: tuple[StoreSpec, ...] = ()
     dead_letter_errors: bool = False
+    #: Set by an operator whose answers need its records in event-time order across input
+    #: topics and partitions, not just within each (a join; a re-keying whose output windows
+    #: downstream): the application then aligns its inputs in event time with this skew, in
+    #: seconds, unless it is given ``max_event_time_skew_s`` itself.  Unaligned, a replayed
+    #: backlog reaches operators a fetch at a time per partition, hours of one topic before the
+    #: other.
+    event_time_skew_s: float | None = None
 
     @abstractmethod
     def process(self, batch: Sequence[Record[E]], ctx: Context) -> None: ...

@@ -7,12 +7,21 @@ event with every right event of the same key whose event times are at most ``wit
 apart, whichever arrives first, and hands each pair to ``on_match`` once.
 
 Each side has its own watermark (its latest event time minus the allowed lateness) and the
-join's is the lower of the two, as in Flink: the consumer fetches the two topics in no
-particular order (on a catch-up one can be minutes ahead of the other), and a watermark
-shared by both would make the side behind late wholesale.  A side with no events yet, or
-more than ``max_skew`` behind the other (its source is down, or the partition only ever has
-events of one side), stops holding the join back at ``max_skew``: the waiting events of the
-side ahead would otherwise be kept for as long as the other stays behind.
+join's is the lower of the two, as in Flink: a watermark shared by both would make the side
+behind late wholesale.  A side with no events yet, or more than ``max_skew`` behind the other
+(its source is down, or the partition only ever has events of one side), stops holding the
+join back at ``max_skew``: the waiting events of the side ahead would otherwise be kept for as
+long as the other stays behind.
+
+So the sides must not drift apart by more than ``max_skew`` on their way in, and unaligned they
+do: on a catch-up (after downtime, or a new join reading from the beginning) the consumer
+fetches each partition a megabyte at a time, so a sparse topic (logins) is read to its end,
+days of event time, before the dense one (payments) has read an hour, and every payment behind
+the logins' time less ``max_skew`` was late and paired with nothing (2 pairs of 48 in a test
+of two days' backlog).  A join therefore asks its application to align its inputs in event time
+(``event_time_skew_s``, its ``max_skew``; :mod:`vigil.stream.alignment`), which the application
+does unless given ``max_event_time_skew_s`` of its own: records then reach the join in
+event-time order across both topics, as live traffic does.
 
 Events wait in the store encoded (the canonical encoding; an application with event types of
 its own names them, ``event_types``, so they decode again) and expire past
@@ -122,6 +131,8 @@ class IntervalJoin(Operator[Event]):
         self.within = duration_ms(within)
         self.lateness = duration_ms(lateness)
         self.max_skew = duration_ms(max_skew)
+        #: Its application aligns its inputs in event time (see the module docstring).
+        self.event_time_skew_s = self.max_skew / 1000
         for what, ms in (("within", self.within), ("lateness", self.lateness), ("max_skew", self.max_skew)):
             if ms < 0:
                 msg = f"join {id!r}: {what} must not be negative; got {ms} ms"

@@ -104,7 +104,8 @@ class PrometheusMetrics:
         self.lag = Gauge(
             "vigil_stream_consumer_lag",
             "Records behind the log end, records read but still waiting for event-time alignment "
-            "included; a partition paused by alignment (vigil_stream_partition_paused) shows the "
+            "included (a partition nothing was read from yet: from its committed offset); a partition "
+            "paused by alignment (vigil_stream_partition_paused) shows the "
             "log end as of its pause (the client learns it from fetches), so its lag reads low",
             ["app", "topic", "partition"],
             registry=r,

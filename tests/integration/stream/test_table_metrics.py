@@ -19,7 +19,7 @@ from tests.integration.stream.apps import RunningCount, payments, read_all
 from tests.integration.stream.conftest import Running, home_at, make_topics, produce, wait_for
 
 from vigil.config import Settings
-from vigil.errors import PipelineError, TopicError
+from vigil.errors import ConfigError, PipelineError, TopicError
 from vigil.events.base import Entities, Event
 from vigil.events.codec import decode_event
 from vigil.events.types import IntelIndicator, IntelIndicatorPayload, Login, Payment
@@ -656,6 +656,79 @@ def test_interval_join_pairs_co_partitioned_topics_on_kafka(
     assert got == sorted(f"l-{c}+w-{c}" for i, c in enumerate(customers) if i % 2 == 0)
 
 
+def test_interval_join_over_a_backlog_finds_every_pair(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    # Two days written before the join starts: a login of c0 an hour, and a withdrawal of c0 a
+    # minute after each among 200 other payments an hour.  Unaligned, the logins were read to
+    # their end before the payments had read an hour, and every payment behind the logins' time
+    # less max_skew was late: 2 pairs of 48.  The join asks for alignment, which reads both
+    # topics in event-time order.
+    logins, withdrawals, name = names("identity"), names("payments"), names("app")
+    make_topics(settings, logins, withdrawals, partitions=1)
+    hours, filler = 48, 200
+    produce(
+        settings,
+        logins,
+        [
+            Login(
+                event_id=f"l{h}",
+                source="t",
+                occurred_at=T0 + timedelta(hours=h),
+                entities=Entities(customer="c0"),
+            )
+            for h in range(hours)
+        ],
+    )
+    right = [
+        msgspec.structs.replace(
+            p,
+            event_id=f"w{h}-{i}",
+            entities=Entities(customer="c0" if i == 0 else f"f{i}"),
+            occurred_at=T0 + timedelta(hours=h, seconds=60 if i == 0 else i * 3600 // filler),
+        )
+        for h in range(hours)
+        for i, p in enumerate(payments(filler, 1))
+    ]
+    produce(settings, withdrawals, sorted(right, key=lambda e: e.occurred_at))
+    pairs: list[str] = []
+
+    def pair(left: Event, right: Event, ctx: Context) -> None:
+        pairs.append(f"{left.event_id}+{right.event_id}")
+
+    join = IntervalJoin("j", StoreSpec("j", 1), left=logins, right=withdrawals, within="2m", on_match=pair)
+    running = run_app(Application(settings, name=name, inputs=[logins, withdrawals], operators=[join]))
+    wait_for(lambda: running.app.metrics.processed >= hours + len(right), 120, "every record processed")
+    running.stop()
+    assert not running.errors
+    assert running.app.max_event_time_skew_s == 3600  # (asked for by the join: its max_skew)
+    assert sorted(pairs) == sorted(f"l{h}+w{h}-0" for h in range(hours))
+    assert running.app.metrics.late == 0
+
+
+def test_an_input_other_than_the_first_given_partitions_stops_the_application(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    # Only the first input is subscribed, the others followed by partition number: partitions
+    # added to the second were never read (a join found 20 of 40 pairs), with no error and no
+    # lag, until a restart refused the counts.
+    logins, withdrawals, name = names("identity"), names("payments"), names("app")
+    make_topics(settings, logins, withdrawals, partitions=2)
+    join = IntervalJoin(
+        "j", StoreSpec("j", 1), left=logins, right=withdrawals, within="2m", on_match=lambda *_: None
+    )
+    running = run_app(Application(settings, name=name, inputs=[logins, withdrawals], operators=[join]))
+    wait_for(running.app.assigned.is_set, 60, "the assignment")
+    admin = make_admin(settings)
+    admin.create_partitions([NewPartitions(withdrawals, 4)])[withdrawals].result()
+    wait_for(lambda: bool(running.errors), 60, "the application to stop")
+    (error,) = running.errors
+    assert isinstance(error, ConfigError)
+    assert f"input {withdrawals!r} has more partitions than the 2 it had when the application started" in str(
+        error
+    )
+
+
 def test_a_record_a_callers_decode_cannot_read_is_skipped(
     settings: Settings, names: Callable[[str], str]
 ) -> None:
@@ -690,3 +763,40 @@ def test_a_record_a_callers_decode_cannot_read_is_skipped(
         table.check()
     finally:
         table.stop()
+
+
+def test_the_lag_counts_every_partition_through_a_catch_up(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    # The gauge left out partitions nothing had been delivered from since the assignment: through
+    # a catch-up it read 0-7,540 of 29,000 records behind, and a partition's series came only
+    # when its first records were handed over (the last at three quarters of the backlog).
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out, partitions=4)
+    n = 20_000
+    produce(settings, src, payments(n, 400))
+    # 100 records a batch, 50 ms each: the backlog takes about 10 s, a partition's first fetch
+    # (about 4,000 records) about 2 s before the next partition's records are handed over.
+    app = Application(
+        settings, name=name, inputs=[src], operators=[RunningCount(out, pause_s=0.05)], batch_size=100
+    )
+    running = run_app(app)
+    registry = app.prometheus.registry
+
+    def lags() -> list[float | None]:
+        return [
+            registry.get_sample_value(
+                "vigil_stream_consumer_lag", {"app": name, "topic": src, "partition": str(p)}
+            )
+            for p in range(4)
+        ]
+
+    wait_for(lambda: None not in lags(), 30, "a lag series for every partition")
+    behind = sum(lag or 0.0 for lag in lags())
+    processed = app.metrics.processed
+    running.stop()
+    assert not running.errors
+    assert processed < n / 2  # every series there from the first update, long before the end
+    # Set together at a moment when no more had been processed than now (an older value is
+    # larger): at least what is behind now.
+    assert behind >= n - processed
