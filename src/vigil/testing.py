@@ -29,7 +29,10 @@ of one partition at a time).  Not modelled: the runtime's unaligned order (fetch
 each partition); broker timestamps (``Record.timestamp_ms`` is 0);
 values given back decoded before any restart (the runtime's cache lets values go past 200,000
 keys a store partition, and its ``items()`` decodes those it does not hold: an operator must
-expect a set or a tuple it stored back as a list, as after a restart).
+expect a set or a tuple it stored back as a list, as after a restart); an application's
+``skip_types`` (every record reaches the operators here); an operator's exception is raised as
+it is (the runtime raises a ``PipelineError`` naming the operator and the batch's offsets, the
+exception chained).
 """
 
 from __future__ import annotations
@@ -457,6 +460,15 @@ def run_operators(
             dead = Record(sent, source, part, offset, key, 0, value=value)
             result.dead_letters.append((dead, clipped_reason(undecodable_reason(exc))))
             return
+        if aligned and not hasattr(event, "occurred_at"):
+            # As the aligned runtime stops at it (and at every restart).
+            asked = [op.id for op in operators if op.event_time_skew_s is not None]
+            why = f" (asked for by {', '.join(map(repr, asked))})" if asked else ""
+            msg = (
+                f"aligned in event time{why}, records need an `occurred_at`; {source}[{part}]@{offset} "
+                f"decoded to {type(event).__name__}"
+            )
+            raise PipelineError(msg)
         batch[part].append(Record(event, source, part, offset, key, 0, value=value))
 
     # What a failed run leaves for a restart is what the last checkpoint saved: the state then,

@@ -48,7 +48,7 @@ def serve_metrics_of(
     setting); None when metrics are not served.  A port in use fails naming it."""
     from vigil.stream.metrics import MetricsServer
 
-    given = "--metrics-port" if port is not None else "metrics_port (VIGIL_METRICS_PORT)"
+    given = "--metrics-port" if port is not None else "the metrics_port setting"
     port = port if port is not None else cfg.metrics_port
     if port is None:
         return None

@@ -268,7 +268,8 @@ class DetectionService:
     #: topics) in the order they happened, as live traffic does.  The skew bounds the records
     #: held back (memory) against pause/resume churn: on the 200k-event backlog replay 60 s and
     #: 300 s both score as in memory (300 s ran ~15% faster).  Live traffic is not delayed:
-    #: partitions at their end, or idle for a second, hold nobody back.  ``None``: off.
+    #: partitions at their end, or idle for a second, hold nobody back (but one with a source's
+    #: transaction open on it, until that commits: at most a second).  ``None``: off.
     event_time_skew_s: float | None = 60.0
     #: Alignment: a partition that delivered nothing for this long holds nobody back
     #: (``Application.alignment_idle_s``).

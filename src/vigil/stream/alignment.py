@@ -27,7 +27,9 @@ A partition holds the others back while it is owned, has records left to read (i
 consumed position is below its high watermark) and has delivered a record, or been
 assigned, paused or resumed, within ``idle_s``.  (Records an application skips undecoded,
 ``Application.skip_types``, deliver nothing: no event time.)  So a partition that has reached its
-end, or an empty or slow one, never stalls live traffic for longer than ``idle_s``.
+end, or an empty or slow one, never stalls live traffic for longer than ``idle_s`` (one with
+another producer's transaction open on it holds the others until it commits, at most that long:
+see :mod:`vigil.stream.app`).
 A partition that has delivered nothing yet holds the others back as if it were at the
 beginning of time (until it delivers or goes idle): on a replay the first fetch decides
 where every partition stands.

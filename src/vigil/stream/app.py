@@ -75,7 +75,12 @@ A partition past the floor that buffers four times ``alignment_max_buffered`` is
 within the skew (a dense partition replayed beside a slow one).
 A partition at its end (consumer position at its high watermark, or, before it delivered
 anything, its committed offset), or that delivered nothing for ``alignment_idle_s``, holds
-nobody back, so live traffic is not delayed.  Only released records count as processed and
+nobody back, so live traffic is not delayed, but for one case: while another producer's
+transaction is open on a partition that delivered within ``alignment_idle_s``, its position
+stops short of the high watermark (read_committed) and it holds the others until that commits,
+for ``alignment_idle_s`` at most (a sparse topic written every 0.5 s in transactions held a
+live join up to 509 ms).  The application's own repartition topics hold nobody back: their
+records come from records already released.  Only released records count as processed and
 only their offsets are committed (buffered ones are read again after a restart or
 rebalance), so both guarantees hold as before.  Decoded records must have ``occurred_at``.
 
@@ -148,6 +153,7 @@ from typing import Any, Literal
 
 import msgspec
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     OFFSET_END,
     Consumer,
     KafkaError,
@@ -870,6 +876,8 @@ class Application:
                 raise ConfigError(msg)
         #: The operators that turned alignment on (none when it was given, or is off).
         self.aligned_for: list[str] = []
+        #: Its own topics (repartition topics) that it reads too (see _align).
+        self._rekeyed_inputs = frozenset(spec.name for spec in internal_topics) & frozenset(inputs)
         if max_event_time_skew_s is None and asked:
             max_event_time_skew_s = min(asked.values())
             self.aligned_for = sorted(asked)
@@ -1390,8 +1398,8 @@ class Application:
             # round" aged between them, and an alert on it fired on a healthy loop.)
             self._update_gauges()
         if self._co_partitioned and len(self.inputs) > 1 and now - self._inputs_checked >= _INPUTS_EVERY_S:
-            self._inputs_checked = now
             self._check_inputs(consumer)
+            self._inputs_checked = time.monotonic()  # (after: a broker that does not answer costs a second)
         took = collector.step(not msgs, now)
         if took:
             self.prometheus.gc.labels(self.name).observe(took)
@@ -1582,7 +1590,8 @@ class Application:
                 occurred = event.occurred_at.timestamp()
             except AttributeError:
                 why = (
-                    f" (alignment asked for by {', '.join(map(repr, self.aligned_for))})"
+                    f" (asked for by {', '.join(map(repr, self.aligned_for))}: an operator whose "
+                    "event_time_skew_s is None asks for none)"
                     if self.aligned_for
                     else ""
                 )
@@ -1722,8 +1731,16 @@ class Application:
             return
         now = time.monotonic()
         consumed = self._consumed  # none yet: asked of the broker (_start_lag)
+        rekeyed = self._rekeyed_inputs
 
         def lag(tp: TP) -> int | None:
+            if tp[0] in rekeyed:
+                # Its own repartition topic holds nobody back: its records come from records
+                # already released, so they are never ahead of the floor, and (exactly-once) a
+                # transaction of its own is always open on it: read_committed, the position stops
+                # short of the high watermark until the next checkpoint, and every live record
+                # waited for that commit (median 116 ms against 6, at a 0.2 s interval).
+                return 0
             # The consumer's position, not only the last record consumed: a transaction's commit
             # marker takes an offset no record is delivered at, and read_committed, the position
             # moves past it (the high watermark too); a partition at its end of a transactional
@@ -2479,17 +2496,17 @@ class Application:
         buffers = self._buffers
         paused = set(self.metrics.paused)
         lags: dict[TP, int] = {}
-        unread: dict[TP, int] = {}  # (their ends as fetched, -1 when none)
+        unread: dict[TP, tuple[int, int]] = {}  # (their watermarks as fetched, -1 when none)
         for tp in positions:
             key = (tp.topic, tp.partition)
             if self.alignment is not None and key in self._owned:
                 self.prometheus.paused.labels(self.name, tp.topic, str(tp.partition)).set(key in paused)
             try:
-                _low, high = consumer.get_watermark_offsets(tp, cached=True)
+                low, high = consumer.get_watermark_offsets(tp, cached=True)
             except KafkaException:
                 continue
             if tp.offset < 0:
-                unread[key] = high
+                unread[key] = (low, high)
                 continue
             self._unread.pop(key, None)
             if high >= 0:
@@ -2505,62 +2522,110 @@ class Application:
                     state.key_count_estimate()
                 )
 
-    def _unread_lags(self, consumer: Consumer, highs: dict[TP, int], now: float) -> dict[TP, int]:
-        """The lag of partitions nothing was delivered from since their assignment (the consumer
-        knows no position for them), given the ends their fetches brought (``highs``, -1 when
-        none): a backlog not handed over yet, a partition paused while its stores are restored,
-        one at its end.  Left out, the gauge read near 0 through a catch-up (0-7,540 of 29,000
-        records behind, over four partitions), so a lag alert never fired, and a partition at its
-        end had no series at all.
+    def _unread_lags(self, consumer: Consumer, marks: dict[TP, tuple[int, int]], now: float) -> dict[TP, int]:
+        """The lag of partitions the consumer knows no position for (nothing delivered since
+        their assignment, or since a rewind sought them back), given the watermarks their
+        fetches brought (``marks``, -1 when none): a backlog not handed over yet, a partition
+        paused while its stores are restored, one at its end.  Left out, the gauge read near 0
+        through a catch-up (0-7,540 of 29,000 records behind, over four partitions), so a lag
+        alert never fired, and a partition at its end had no series at all.
 
-        From where each starts (where reading begins when known, else its committed offset, else
-        where ``auto.offset.reset`` puts it: asked of the broker once per assignment, all in one
-        request) to its end (the fetches', else, paused, it fetches nothing: asked at most every
-        ``_UNREAD_ASK_EVERY_S``).  Left out while its start is unknown (the broker did not answer
-        in time: asked again after ``_UNREAD_RETRY_S``, or known once records come)."""
+        From where each starts reading: its committed offset (where a rewind seeks it too), else
+        where the runtime chose to start it (``_first_read``: from the latest, or a partition
+        lost before its first commit), else where ``auto.offset.reset`` puts it; never before
+        the log's start.  To its end: the fetches', else (paused, it fetches nothing) asked at
+        most every ``_UNREAD_ASK_EVERY_S``.  The broker is asked in one request per kind, each
+        within ``_UNREAD_ASK_S`` (on the loop): committed offsets once per assignment or rewind
+        (one without an answer, in another producer's open transaction, is asked again after
+        ``_UNREAD_RETRY_S``, the others on their own within the same budget), ends and log
+        starts when the fetches brought none."""
         unread = self._unread
         ask = [
             tp
-            for tp in highs
-            if tp not in self._first_read
-            and (tp not in unread or (unread[tp][0] is None and now - unread[tp][1] >= _UNREAD_RETRY_S))
+            for tp in marks
+            if tp not in unread or (unread[tp][0] is None and now - unread[tp][1] >= _UNREAD_RETRY_S)
         ]
-        committed: dict[TP, int] = {}
-        if ask:
-            try:
-                answered = consumer.committed([TopicPartition(t, p) for t, p in ask], timeout=_UNREAD_ASK_S)
-                committed = {(tp.topic, tp.partition): tp.offset for tp in answered if tp.error is None}
-            except KafkaException as exc:
-                log.debug("application %s: committed offsets for its lag: %s", self.name, exc.args[0])
+        committed = self._committed_within(consumer, ask) if ask else {}
+        # Ends (and log starts) the fetches did not bring, for those that need them.
+        want_end = [
+            tp
+            for tp, (_, high) in marks.items()
+            if high < 0 and (tp not in unread or now - unread[tp][3] >= _UNREAD_ASK_EVERY_S)
+        ]
+        want_low = [tp for tp, (low, _) in marks.items() if low < 0 and (tp in committed or tp not in unread)]
+        ends = self._offsets_at(consumer, want_end, OFFSET_END)
+        lows = self._offsets_at(consumer, want_low, OFFSET_BEGINNING)
         lags: dict[TP, int] = {}
-        asked_starts = set(ask)
-        for tp, high in highs.items():
+        for tp, (low, high) in marks.items():
             known = unread.get(tp)
+            low = max(low, lows.get(tp, -1))
+            end = max(high, ends.get(tp, -1), known[2] if known is not None else -1)
+            end_asked = now if tp in want_end or known is None else known[3]
             start: int | None = known[0] if known is not None else None
-            start_asked = now if tp in asked_starts or known is None else known[1]
-            if tp in self._first_read:
-                start = self._first_read[tp]
-            elif tp in committed:
-                start = committed[tp]  # (< 0: nothing committed, see below)
-            end = max(high, known[2] if known is not None else -1)
-            asked = known[3] if known is not None else now
-            stale = high < 0 and (known is None or now - known[3] >= _UNREAD_ASK_EVERY_S)
-            if (start is not None and start < 0) or stale:
-                try:
-                    low, asked_end = consumer.get_watermark_offsets(
-                        TopicPartition(*tp), timeout=_UNREAD_ASK_S
-                    )
-                    end, asked = max(end, asked_end), now
-                    if start is not None and start < 0:  # where auto.offset.reset starts it
-                        start = asked_end if self._from_the_end else low
-                except KafkaException as exc:
-                    log.debug("application %s: ends of %s[%d]: %s", self.name, tp[0], tp[1], exc.args[0])
-            if start is not None and start < 0:
-                start = None
-            unread[tp] = (start, start_asked, end, asked)
+            start_asked = known[1] if known is not None else now
+            if tp in committed:
+                start_asked = now
+                offset = committed[tp]
+                if offset is None:  # no answer
+                    start = None
+                elif offset >= 0 and (low < 0 or offset >= low):
+                    start = offset
+                elif tp in self._first_read and offset < 0:
+                    start = self._first_read[tp]
+                elif low >= 0 and end >= 0:  # nothing committed, or before the log's start
+                    start = end if self._from_the_end else low
+                else:
+                    start = None
+            unread[tp] = (start, start_asked, end, end_asked)
             if start is not None and end >= 0:
                 lags[tp] = max(0, end - start)
         return lags
+
+    def _committed_within(self, consumer: Consumer, tps: list[TP]) -> dict[TP, int | None]:
+        """Committed offsets of ``tps`` for the lag gauge, within ``_UNREAD_ASK_S`` in all
+        (None: no answer; < 0: nothing committed).  Asked together, then, when that found no
+        stable answer for one of them (its offsets in another producer's open transaction),
+        each on its own with what is left."""
+        deadline = time.monotonic() + _UNREAD_ASK_S
+        asked = [TopicPartition(t, p) for t, p in tps]
+        out: dict[TP, int | None] = dict.fromkeys(tps)
+        try:
+            answered = consumer.committed(asked, timeout=_UNREAD_ASK_S / 2)
+        except KafkaException:
+            answered = []
+            for tp in asked:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    answered += consumer.committed([tp], timeout=min(left, _UNREAD_ASK_S / 8))
+                except KafkaException as exc:
+                    log.debug(
+                        "application %s: committed offset of %s[%d] for its lag: %s",
+                        self.name,
+                        tp.topic,
+                        tp.partition,
+                        exc.args[0],
+                    )
+        for tp in answered:
+            if tp.error is None:
+                out[tp.topic, tp.partition] = tp.offset
+        return out
+
+    def _offsets_at(self, consumer: Consumer, tps: list[TP], where: int) -> dict[TP, int]:
+        """Where ``tps`` end (``OFFSET_END``: the last stable offset, read_committed) or begin
+        (``OFFSET_BEGINNING``), in one request within ``_UNREAD_ASK_S``; those without an answer
+        left out."""
+        if not tps:
+            return {}
+        try:
+            answered = consumer.offsets_for_times(
+                [TopicPartition(t, p, where) for t, p in tps], timeout=_UNREAD_ASK_S
+            )
+        except KafkaException as exc:
+            log.debug("application %s: offsets for its lag: %s", self.name, exc.args[0])
+            return {}
+        return {(tp.topic, tp.partition): tp.offset for tp in answered if tp.error is None and tp.offset >= 0}
 
     # ------------------------------------------------------------------ rebalancing
 
@@ -2692,37 +2757,38 @@ class Application:
         (_followers), so the group's assignment tells of the first input's growth alone
         (_check_partition_counts).  Partitions added to another were never read: their records
         waited with no lag shown and no error, until a restart refused the counts (a join found
-        20 of 40 pairs).  A broker that does not answer is asked again next time."""
-        grown: list[str] = []
-        # (Stateless, the first input's new partitions are read: assigned as any are.)
-        for topic in self.inputs if self.stores else self.inputs[1:]:
+        20 of 40 pairs).  Stateless, the first input's new partitions are assigned as any are
+        (once the consumer's metadata is refreshed), and their numbers followed in the others:
+        only an input with more partitions than the first has now is refused.  A broker that
+        does not answer ends the round (asked again next time)."""
+        counts: dict[str, int] = {}
+        for topic in self.inputs:
             try:
                 meta = consumer.list_topics(topic, timeout=_INPUTS_ASK_S).topics.get(topic)
             except KafkaException as exc:
                 log.debug("application %s: looking up input %r: %s", self.name, topic, exc.args[0])
-                continue
-            if meta is not None and meta.error is None and len(meta.partitions) > self._partitions:
-                grown.append(topic)
+                return
+            if meta is not None and meta.error is None:
+                counts[topic] = len(meta.partitions)
+        most = self._partitions if self.stores else counts.get(self.inputs[0], self._partitions)
+        grown = [topic for topic in self.inputs if counts.get(topic, 0) > most]
         if grown:
-            raise self._grown(grown)
+            raise self._grown(grown, most)
 
-    def _grown(self, topics: list[str]) -> ConfigError:
+    def _grown(self, topics: list[str], most: int | None = None) -> ConfigError:
         names = ", ".join(map(repr, topics))
         if self.stores:
-            why = (
-                "keys hashed to the new partitions no longer meet their state or the other inputs' "
-                "events.  Give every input the same count and restart (keys that moved start with "
-                "empty state)"
-            )
-        else:
-            why = (
-                "the inputs after the first are read by the first's partition numbers, so records "
-                "in new partitions would not be read.  Restart it (inputs with unequal partition "
-                "counts are read each on its own)"
+            return ConfigError(
+                f"application {self.name!r}: input {names} has more partitions than the "
+                f"{self._partitions} it had when the application started: keys hashed to the new "
+                "partitions no longer meet their state or the other inputs' events.  Give every "
+                "input the same count and restart (keys that moved start with empty state)"
             )
         return ConfigError(
-            f"application {self.name!r}: input {names} has more partitions than the "
-            f"{self._partitions} it had when the application started: {why}"
+            f"application {self.name!r}: input {names} has more partitions than the first input "
+            f"{self.inputs[0]!r} ({most}): the inputs after the first are read by the first's "
+            "partition numbers, so records in the others would not be read.  Restart it (inputs "
+            "with unequal partition counts are read each on its own), or give the first as many"
         )
 
     def _activate(self, task: _PartitionTask) -> None:

@@ -146,7 +146,8 @@ class Operator(ABC, Generic[E]):
 
     ``process`` is called once per batch per partition with records in offset order (with
     several co-partitioned inputs, each input's records in offset order; with event-time
-    alignment, ``Application(max_event_time_skew_s=...)``, the inputs interleaved by event time;
+    alignment, ``Application(max_event_time_skew_s=...)`` or asked for by an operator
+    (``event_time_skew_s``: a join, a ``GroupBy``), the inputs interleaved by event time;
     an operator that declares no stores then gets the released records of every partition in
     one call, merged by event time, with the context of the lowest partition number).
     An exception stops the application loudly with topic/partition/offset, unless

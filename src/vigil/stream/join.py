@@ -120,6 +120,7 @@ class IntervalJoin(Operator[Event]):
         max_waiting: int = MAX_WAITING,
         max_waiting_bytes: int = MAX_WAITING_BYTES,
         partitioned_by_key: bool = True,
+        aligned: bool = True,
     ) -> None:
         if left == right:
             msg = f"join {id!r}: left and right must be different topics; got {left!r} twice"
@@ -131,8 +132,9 @@ class IntervalJoin(Operator[Event]):
         self.within = duration_ms(within)
         self.lateness = duration_ms(lateness)
         self.max_skew = duration_ms(max_skew)
-        #: Its application aligns its inputs in event time (see the module docstring).
-        self.event_time_skew_s = self.max_skew / 1000
+        #: Its application aligns its inputs in event time (see the module docstring); not with
+        #: ``aligned=False`` (an input whose records have no ``occurred_at``, say).
+        self.event_time_skew_s = self.max_skew / 1000 if aligned else None
         for what, ms in (("within", self.within), ("lateness", self.lateness), ("max_skew", self.max_skew)):
             if ms < 0:
                 msg = f"join {id!r}: {what} must not be negative; got {ms} ms"

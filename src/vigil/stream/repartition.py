@@ -126,8 +126,17 @@ class GroupBy(Operator[Event]):
                 )
 
 
-def group_by(app: str, kind: str, partitions: int) -> tuple[GroupBy, TopicSpec]:
-    """``group_by(entity)``: the operator and the topic spec for re-keying events by ``kind``."""
+def group_by(
+    app: str, kind: str, partitions: int, *, event_time_skew_s: float | None = REKEY_SKEW_S
+) -> tuple[GroupBy, TopicSpec]:
+    """``group_by(entity)``: the operator and the topic spec for re-keying events by ``kind``
+    (``event_time_skew_s``: see the module docstring)."""
     spec = repartition_spec(app, f"by-{kind}", partitions)
-    op = GroupBy(f"group-by-{kind}", spec.name, entity_key(kind), internal_prefix=repartition_topic(app, ""))
+    op = GroupBy(
+        f"group-by-{kind}",
+        spec.name,
+        entity_key(kind),
+        internal_prefix=repartition_topic(app, ""),
+        event_time_skew_s=event_time_skew_s,
+    )
     return op, spec

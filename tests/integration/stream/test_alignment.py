@@ -29,8 +29,10 @@ from vigil.config import Settings
 from vigil.errors import ConfigError
 from vigil.events.base import Entities
 from vigil.events.types import Payment, PaymentPayload
+from vigil.hub.admin import ensure_topics
 from vigil.stream.app import Application
 from vigil.stream.base import Context, Operator, Record, StoreSpec
+from vigil.stream.repartition import GroupBy, entity_key, repartition_spec, repartition_topic
 
 Start = Callable[[Application], Running]
 
@@ -359,3 +361,56 @@ def test_lag_counts_records_waiting_for_alignment_and_pauses_are_exported(
     assert gauge("vigil_stream_partition_paused", a) == 0
     assert application.metrics.processed < 2000  # (A still holds the floor: B is still waiting)
     running.stop()
+
+
+def test_its_own_repartition_topic_holds_no_live_record_back(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    # Exactly-once, a transaction of its own is open on its repartition topic from the first
+    # record re-keyed until the checkpoint: read_committed, that topic's position stops short of
+    # its high watermark, so it held the floor, and every live record waited for the commit (here
+    # a minute away, and alignment_idle_s as long).
+    src, name = names("payments"), names("app")
+    make_topics(settings, src, partitions=1)
+    rekeyed = repartition_topic(name, "by-ip")
+    seen: list[str] = []
+
+    class Seen(Operator[Payment]):
+        id = "seen"
+
+        def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+            seen.extend(rec.event.event_id for rec in batch if rec.topic == src)
+
+    by_ip = GroupBy("by-ip", rekeyed, entity_key("ip"), internal_prefix=repartition_topic(name, ""))
+    app = Application(
+        settings,
+        name=name,
+        inputs=[src, rekeyed],
+        operators=[by_ip, Seen()],
+        internal_topics=[repartition_spec(name, "by-ip", 1)],
+        checkpoint_interval_s=60,
+        alignment_idle_s=60,
+    )
+
+    def payment(i: int) -> Payment:
+        return Payment(
+            event_id=f"p{i}",
+            source="t",
+            occurred_at=T0 + timedelta(seconds=i),
+            entities=Entities(customer="c1", ip="10.0.0.1"),
+            payload=PaymentPayload(payment_id=f"p{i}", amount=1.0, currency="USD"),
+        )
+
+    # A record re-keyed by an earlier run, read back first: the topic's position is known from
+    # then on (before, the broker is asked where it ends, and it gives the last stable offset).
+    ensure_topics(settings, [repartition_spec(name, "by-ip", 1)])
+    produce(settings, rekeyed, [payment(0)])
+    running = run_app(app)
+    wait_for(lambda: app.metrics.processed >= 1, 60, "the re-keyed record read back")
+    produce(settings, src, [payment(1)])
+    wait_for(lambda: seen == ["p1"], 30, "the first payment")  # (re-keyed in the open transaction)
+    produce(settings, src, [payment(2)])
+    wait_for(lambda: seen == ["p1", "p2"], 20, "the second payment, before the checkpoint")
+    assert app.metrics.checkpoints == 0
+    running.stop()
+    assert not running.errors

@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 
 from vigil.config import load_settings
-from vigil.errors import ConfigError
+from vigil.errors import ConfigError, PipelineError
 from vigil.events.base import Entities, Event
+from vigil.events.codec import decode_event
 from vigil.events.types import Payment, PaymentPayload
 from vigil.stream.app import Application
 from vigil.stream.base import Context, Operator, Record, StoreSpec
 from vigil.stream.join import IntervalJoin
-from vigil.stream.repartition import REKEY_SKEW_S, GroupBy, entity_key
+from vigil.stream.repartition import REKEY_SKEW_S, GroupBy, entity_key, group_by
 from vigil.stream.windows import Count, Window, WindowedAggregate
 from vigil.testing import run_operators
 
@@ -165,3 +166,22 @@ def test_the_harness_reads_an_empty_key_back_as_kafka_does() -> None:
 
     run_operators([Rekey(), Keys()], _payments(3), read_back=["again"])
     assert keys == [b"", b"", b""]  # (None before: an operator's rec.key.decode() failed only here)
+
+
+def test_a_join_or_a_group_by_may_ask_for_no_alignment(tmp_path: Path) -> None:
+    # (An input whose records have no occurred_at cannot be aligned.)
+    by_ip, _ = group_by("app", "ip", 3, event_time_skew_s=None)
+    assert _app(tmp_path, [_join(aligned=False), by_ip]).max_event_time_skew_s is None
+
+
+def test_aligned_the_harness_stops_at_a_record_without_an_event_time_as_the_runtime_does() -> None:
+    def decode(topic: str, value: bytes, key: bytes | None, headers: Any) -> Any:
+        return {"control": True} if topic == "control" else decode_event(value)
+
+    events = _payments(4)
+    with pytest.raises(
+        PipelineError, match=r"\(asked for by 'j'\), records need an `occurred_at`; control\[0\]@0"
+    ):
+        run_operators(
+            [_join()], events, topic_of=lambda e: "control" if e is events[0] else "logins", decode=decode
+        )

@@ -1,79 +1,102 @@
-"""The lag of partitions nothing was delivered from since their assignment (a backlog not handed
-over yet, a partition paused while its stores are restored): counted from where they start, with
-the broker asked as little as the loop can afford (the runtime on a broker:
-tests/integration/stream/test_table_metrics.py)."""
+"""The lag of partitions the consumer knows no position for (nothing delivered since their
+assignment or a rewind: a backlog not handed over yet, a partition paused while its stores are
+restored): counted from where they start, with the broker asked as little as the loop can afford
+(the runtime on a broker: tests/integration/stream/test_table_metrics.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_END, KafkaError, KafkaException, TopicPartition
 from tests.unit.stream.offline import offline_app
 
 NONE = -1001  # (what committed() gives for a partition with nothing committed)
+UNSTABLE = None  # (a committed offset in another producer's open transaction: no answer)
 
 
 class Broker:
-    """A consumer as the lag gauge asks it: committed offsets, watermarks; the questions asked."""
+    """A consumer as the lag gauge asks it: committed offsets, where partitions begin and end;
+    the questions asked."""
 
-    def __init__(self, committed: dict[int, int], marks: dict[int, tuple[int, int]]) -> None:
+    def __init__(self, committed: dict[int, int | None], marks: dict[int, tuple[int, int]]) -> None:
         self.committed_offsets = committed
         self.marks = marks
-        self.unstable = False
         self.asked: list[str] = []
 
     def committed(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
         self.asked.append("committed " + ",".join(str(tp.partition) for tp in tps))
-        if self.unstable:
+        if any(self.committed_offsets[tp.partition] is UNSTABLE for tp in tps):
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no stable offsets"))
-        return [TopicPartition(tp.topic, tp.partition, self.committed_offsets[tp.partition]) for tp in tps]
+        return [TopicPartition(tp.topic, tp.partition, self.committed_offsets[tp.partition]) for tp in tps]  # type: ignore[arg-type]
 
-    def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
-        self.asked.append(f"marks {tp.partition}")
-        return self.marks[tp.partition]
+    def offsets_for_times(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        kind = "ends" if tps[0].offset == OFFSET_END else "starts"
+        self.asked.append(f"{kind} " + ",".join(str(tp.partition) for tp in tps))
+        side = 1 if kind == "ends" else 0
+        return [TopicPartition(tp.topic, tp.partition, self.marks[tp.partition][side]) for tp in tps]
 
 
-def test_from_the_committed_offset_else_the_start_to_the_end_the_fetches_brought(tmp_path: Path) -> None:
+def _lags(app: object, broker: Broker, marks: dict[int, tuple[int, int]], now: float) -> dict[int, int]:
+    lags = app._unread_lags(broker, {("in", p): m for p, m in marks.items()}, now)  # type: ignore[attr-defined]
+    return {p: lag for (_, p), lag in lags.items()}
+
+
+def test_from_the_committed_offset_else_the_log_start_to_the_end_the_fetches_brought(tmp_path: Path) -> None:
     app = offline_app(tmp_path)
-    broker = Broker({0: 40, 1: NONE}, {1: (10, 90)})
-    lags = app._unread_lags(broker, {("in", 0): 100, ("in", 1): 90}, now=1.0)  # type: ignore[arg-type]
-    assert lags == {("in", 0): 60, ("in", 1): 80}  # (1: nothing committed, from its first offset)
-    assert broker.asked == ["committed 0,1", "marks 1"]
+    broker = Broker({0: 40, 1: NONE}, {})
+    assert _lags(app, broker, {0: (0, 100), 1: (10, 90)}, now=1.0) == {0: 60, 1: 80}
+    assert broker.asked == ["committed 0,1"]
     # Asked once: later updates take the fetches' ends alone.
-    assert app._unread_lags(broker, {("in", 0): 140, ("in", 1): 95}, now=2.0) == {
-        ("in", 0): 100,
-        ("in", 1): 85,
-    }  # type: ignore[arg-type]
-    assert broker.asked == ["committed 0,1", "marks 1"]
+    assert _lags(app, broker, {0: (0, 140), 1: (10, 95)}, now=2.0) == {0: 100, 1: 85}
+    assert broker.asked == ["committed 0,1"]
 
 
-def test_a_paused_partition_s_end_is_asked_at_most_every_five_seconds(tmp_path: Path) -> None:
+def test_a_paused_partition_s_end_is_asked_at_most_every_five_seconds_all_in_one_request(
+    tmp_path: Path,
+) -> None:
     app = offline_app(tmp_path)
-    broker = Broker({0: 40}, {0: (0, 70)})
-    assert app._unread_lags(broker, {("in", 0): -1}, now=1.0) == {("in", 0): 30}  # type: ignore[arg-type]
+    broker = Broker({0: 40, 1: 50}, {0: (0, 70), 1: (0, 60)})
+    assert _lags(app, broker, {0: (-1, -1), 1: (-1, -1)}, now=1.0) == {0: 30, 1: 10}
     broker.marks[0] = (0, 75)
-    assert app._unread_lags(broker, {("in", 0): -1}, now=3.0) == {("in", 0): 30}  # type: ignore[arg-type]
-    assert app._unread_lags(broker, {("in", 0): -1}, now=6.5) == {("in", 0): 35}  # type: ignore[arg-type]
-    assert broker.asked == ["committed 0", "marks 0", "marks 0"]
+    assert _lags(app, broker, {0: (-1, -1), 1: (-1, -1)}, now=3.0) == {0: 30, 1: 10}
+    assert _lags(app, broker, {0: (-1, -1), 1: (-1, -1)}, now=6.5) == {0: 35, 1: 10}
+    assert broker.asked == ["committed 0,1", "ends 0,1", "starts 0,1", "ends 0,1"]
 
 
-def test_without_a_stable_committed_offset_it_is_left_out_and_asked_again_much_later(tmp_path: Path) -> None:
-    # A committed offset in another producer's open transaction has no answer until the timeout,
-    # which the loop waits: not every update.
+def test_one_partition_without_a_stable_committed_offset_hides_no_other(tmp_path: Path) -> None:
+    # Its offsets in another producer's open transaction: no answer until the timeout, which the
+    # loop waits, so asked again only much later; the others are asked on their own.
     app = offline_app(tmp_path)
-    broker = Broker({0: 40}, {0: (0, 70)})
-    broker.unstable = True
-    assert app._unread_lags(broker, {("in", 0): 70}, now=1.0) == {}  # type: ignore[arg-type]
-    assert app._unread_lags(broker, {("in", 0): 70}, now=20.0) == {}  # type: ignore[arg-type]
-    broker.unstable = False
-    assert app._unread_lags(broker, {("in", 0): 70}, now=31.5) == {("in", 0): 30}  # type: ignore[arg-type]
-    assert broker.asked == ["committed 0", "committed 0"]
+    broker = Broker({0: UNSTABLE, 1: 40}, {})
+    assert _lags(app, broker, {0: (0, 70), 1: (0, 70)}, now=1.0) == {1: 30}
+    assert _lags(app, broker, {0: (0, 70), 1: (0, 70)}, now=20.0) == {1: 30}
+    broker.committed_offsets[0] = 50
+    assert _lags(app, broker, {0: (0, 70), 1: (0, 70)}, now=31.5) == {0: 20, 1: 30}
+    assert broker.asked == ["committed 0,1", "committed 0", "committed 1", "committed 0"]
 
 
-def test_where_reading_begins_when_the_runtime_chose_it_is_asked_nothing(tmp_path: Path) -> None:
+def test_after_a_rewind_from_the_committed_offset_not_where_reading_first_began(tmp_path: Path) -> None:
+    # Sought back to its committed offset, a partition has no position until a record comes: it
+    # counted from where reading began at the assignment, and a quiet partition showed all it had
+    # processed since as lag, for hours.
+    app = offline_app(tmp_path)
+    app._first_read[("in", 0)] = 0
+    broker = Broker({0: 500}, {})
+    assert _lags(app, broker, {0: (0, 500)}, now=1.0) == {0: 0}
+
+
+def test_where_the_runtime_chose_to_start_counts_while_nothing_is_committed(tmp_path: Path) -> None:
     # (From the latest, or a partition lost before its first commit: see _resumed.)
     app = offline_app(tmp_path)
     app._first_read[("in", 0)] = 65
-    broker = Broker({}, {})
-    assert app._unread_lags(broker, {("in", 0): 70}, now=1.0) == {("in", 0): 5}  # type: ignore[arg-type]
-    assert broker.asked == []
+    assert _lags(app, Broker({0: NONE}, {}), {0: (0, 70)}, now=1.0) == {0: 5}
+
+
+def test_a_committed_offset_before_the_log_start_counts_from_where_reading_starts(tmp_path: Path) -> None:
+    # Retention deleted what it pointed at: the consumer starts at the log start, or at the end
+    # reading from the latest.
+    app = offline_app(tmp_path)
+    assert _lags(app, Broker({0: 40}, {}), {0: (100, 200)}, now=1.0) == {0: 100}
+    latest = offline_app(tmp_path / "latest")
+    latest._from_the_end = True
+    assert _lags(latest, Broker({0: 40}, {}), {0: (100, 200)}, now=1.0) == {0: 0}
