@@ -989,8 +989,8 @@ class Application:
         self._start_lags: dict[TP, tuple[float, int | None]] = {}
         #: The lag gauge's partitions nothing was delivered from since their assignment: where
         #: they start reading (None: not known) and when it was asked, their end and when it was
-        #: asked (see _unread_lags).
-        self._unread: dict[TP, tuple[int | None, float, int, float]] = {}
+        #: asked, and their log start (see _unread_lags).
+        self._unread: dict[TP, tuple[int | None, float, int, float, int]] = {}
         #: Aligned: the next offset to consume per partition, as consumed (asking the consumer
         #: for its positions on every plan cost ~1 ms with a few dozen partitions).
         self._consumed: dict[TP, int] = {}
@@ -2552,13 +2552,16 @@ class Application:
             for tp, (_, high) in marks.items()
             if high < 0 and (tp not in unread or now - unread[tp][3] >= _UNREAD_ASK_EVERY_S)
         ]
-        want_low = [tp for tp, (low, _) in marks.items() if low < 0 and (tp in committed or tp not in unread)]
+        # (Log starts with the ends: retention may move one past a start known from before.)
+        want_low = [tp for tp, (low, _) in marks.items() if low < 0 and (tp in committed or tp in want_end)]
         ends = self._offsets_at(consumer, want_end, OFFSET_END)
         lows = self._offsets_at(consumer, want_low, OFFSET_BEGINNING)
         lags: dict[TP, int] = {}
         for tp, (low, high) in marks.items():
             known = unread.get(tp)
-            low = max(low, lows.get(tp, -1))
+            if known is None and tp not in committed:
+                continue  # not reached within the time: asked at the next update
+            low = max(low, lows.get(tp, -1), known[4] if known is not None else -1)
             end = max(high, ends.get(tp, -1), known[2] if known is not None else -1)
             end_asked = now if tp in want_end or known is None else known[3]
             start: int | None = known[0] if known is not None else None
@@ -2576,7 +2579,9 @@ class Application:
                     start = end if self._from_the_end else low
                 else:
                     start = None
-            unread[tp] = (start, start_asked, end, end_asked)
+            elif start is not None and 0 <= start < low and end >= 0:  # retention passed it since
+                start = end if self._from_the_end else low
+            unread[tp] = (start, start_asked, end, end_asked, low)
             if start is not None and end >= 0:
                 lags[tp] = max(0, end - start)
         return lags
@@ -2585,18 +2590,21 @@ class Application:
         """Committed offsets of ``tps`` for the lag gauge, within ``_UNREAD_ASK_S`` in all
         (None: no answer; < 0: nothing committed).  Asked together, then, when that found no
         stable answer for one of them (its offsets in another producer's open transaction),
-        each on its own with what is left."""
+        each on its own with what is left; those not reached are left out (asked next time,
+        where one without an answer waits ``_UNREAD_RETRY_S``)."""
         deadline = time.monotonic() + _UNREAD_ASK_S
         asked = [TopicPartition(t, p) for t, p in tps]
-        out: dict[TP, int | None] = dict.fromkeys(tps)
+        out: dict[TP, int | None] = {}
         try:
             answered = consumer.committed(asked, timeout=_UNREAD_ASK_S / 2)
+            out = dict.fromkeys(tps)
         except KafkaException:
             answered = []
-            for tp in asked:
+            for tp in asked:  # (those not reached in time are left out: asked next time)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
+                out[tp.topic, tp.partition] = None
                 try:
                     answered += consumer.committed([tp], timeout=min(left, _UNREAD_ASK_S / 8))
                 except KafkaException as exc:
@@ -2770,7 +2778,9 @@ class Application:
                 return
             if meta is not None and meta.error is None:
                 counts[topic] = len(meta.partitions)
-        most = self._partitions if self.stores else counts.get(self.inputs[0], self._partitions)
+        if not self.stores and self.inputs[0] not in counts:
+            return  # (compared with the first input's count now: without it, next time)
+        most = self._partitions if self.stores else counts[self.inputs[0]]
         grown = [topic for topic in self.inputs if counts.get(topic, 0) > most]
         if grown:
             raise self._grown(grown, most)
