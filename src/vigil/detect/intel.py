@@ -183,17 +183,17 @@ class IntelIndex:
         listings = self._entries.get(key)
         if listings is None:
             return False
-        found = listing is None or listing in listings
+        if listing is not None and listing not in listings:
+            return False
         left = {} if listing is None else {name: e for name, e in listings.items() if name != listing}
         if left:
-            if found:
-                self._entries[key] = left  # (a copy: see the class)
-        else:
-            del self._entries[key]
-            network = _network(key)
-            if network is not None and self._networks.pop(network, None) is not None:
-                self._count_size(network[:2], -1)
-        return found
+            self._entries[key] = left  # (a copy: see the class)
+            return True
+        del self._entries[key]
+        network = _network(key)
+        if network is not None and self._networks.pop(network, None) is not None:
+            self._count_size(network[:2], -1)
+        return True
 
     def apply(self, indicator: IntelIndicator, now: datetime | None = None) -> None:
         """Take one indicator record: add or replace its feed's listing, or remove that listing

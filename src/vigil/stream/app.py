@@ -223,6 +223,49 @@ def _partitions(count: int) -> str:
     return "1 partition" if count == 1 else f"{count} partitions"
 
 
+def _committed_asked(
+    consumer: Consumer, tps: list[TopicPartition], together_s: float, each_s: float, budget_s: float
+) -> tuple[list[TopicPartition], int, object]:
+    """Committed offsets of ``tps``, asked together within ``together_s``; when that finds no
+    stable answer for one of them (its offsets in another producer's open transaction: read
+    committed, no answer comes until the timeout), each on its own, ``each_s`` at most, until
+    ``together_s + budget_s`` after the start.  The answers, how many partitions were asked
+    (those after them were not reached) and the last failure (None: none)."""
+    deadline = time.monotonic() + together_s + budget_s
+    try:
+        return consumer.committed(tps, timeout=together_s), len(tps), None
+    except KafkaException as exc:
+        problem: object = exc.args[0]
+    answered: list[TopicPartition] = []
+    reached = 0
+    for tp in tps:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        reached += 1
+        try:
+            answered += consumer.committed([tp], timeout=min(each_s, left))
+        except KafkaException as one:
+            problem = one.args[0]
+    return answered, reached, problem
+
+
+def _offsets_at(
+    consumer: Consumer, tps: list[TP], where: int, timeout_s: float
+) -> tuple[dict[TP, int], object]:
+    """Where ``tps`` end (``OFFSET_END``: the last stable offset, read_committed) or begin
+    (``OFFSET_BEGINNING``), in one request: those answered, and why any was not (None: all were)."""
+    try:
+        answered = consumer.offsets_for_times(
+            [TopicPartition(t, p, where) for t, p in tps], timeout=timeout_s
+        )
+    except KafkaException as exc:
+        return {}, exc.args[0]
+    found = {(tp.topic, tp.partition): tp.offset for tp in answered if tp.error is None and tp.offset >= 0}
+    problem = next((tp.error for tp in answered if tp.error is not None), None)
+    return found, problem if problem is not None or len(found) == len(tps) else "no offset given"
+
+
 def _step(longest: dict[str, float], kind: str, began: float) -> float:
     """Note how long a loop step of ``kind`` took (since ``began``) if it is the longest yet;
     returns now, when the next step begins."""
@@ -1184,6 +1227,7 @@ class Application:
             )
             raise ConfigError(msg)
         self._partitions = max(counts.values())
+        self._inputs_checked = time.monotonic()  # (just looked up: _check_inputs asks again later)
         # Topics only this application uses, kept as declared: a changelog someone had set to
         # cleanup.policy=delete and 7 days' retention kept it, and state not written for a week
         # was missing after a restore.
@@ -2554,8 +2598,14 @@ class Application:
         ]
         # (Log starts with the ends: retention may move one past a start known from before.)
         want_low = [tp for tp, (low, _) in marks.items() if low < 0 and (tp in committed or tp in want_end)]
-        ends = self._offsets_at(consumer, want_end, OFFSET_END)
-        lows = self._offsets_at(consumer, want_low, OFFSET_BEGINNING)
+        ends: dict[TP, int] = {}
+        lows: dict[TP, int] = {}
+        for wanted, where, found in ((want_end, OFFSET_END, ends), (want_low, OFFSET_BEGINNING, lows)):
+            if wanted:
+                answered, problem = _offsets_at(consumer, wanted, where, _UNREAD_ASK_S)
+                found.update(answered)
+                if problem is not None:
+                    log.debug("application %s: offsets for its lag: %s", self.name, problem)
         lags: dict[TP, int] = {}
         for tp, (low, high) in marks.items():
             known = unread.get(tp)
@@ -2592,48 +2642,17 @@ class Application:
         stable answer for one of them (its offsets in another producer's open transaction),
         each on its own with what is left; those not reached are left out (asked next time,
         where one without an answer waits ``_UNREAD_RETRY_S``)."""
-        deadline = time.monotonic() + _UNREAD_ASK_S
         asked = [TopicPartition(t, p) for t, p in tps]
-        out: dict[TP, int | None] = {}
-        try:
-            answered = consumer.committed(asked, timeout=_UNREAD_ASK_S / 2)
-            out = dict.fromkeys(tps)
-        except KafkaException:
-            answered = []
-            for tp in asked:  # (those not reached in time are left out: asked next time)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                out[tp.topic, tp.partition] = None
-                try:
-                    answered += consumer.committed([tp], timeout=min(left, _UNREAD_ASK_S / 8))
-                except KafkaException as exc:
-                    log.debug(
-                        "application %s: committed offset of %s[%d] for its lag: %s",
-                        self.name,
-                        tp.topic,
-                        tp.partition,
-                        exc.args[0],
-                    )
+        answered, reached, problem = _committed_asked(
+            consumer, asked, _UNREAD_ASK_S / 2, _UNREAD_ASK_S / 8, _UNREAD_ASK_S / 2
+        )
+        if problem is not None:
+            log.debug("application %s: committed offsets for its lag: %s", self.name, problem)
+        out: dict[TP, int | None] = dict.fromkeys(tps[:reached])
         for tp in answered:
             if tp.error is None:
                 out[tp.topic, tp.partition] = tp.offset
         return out
-
-    def _offsets_at(self, consumer: Consumer, tps: list[TP], where: int) -> dict[TP, int]:
-        """Where ``tps`` end (``OFFSET_END``: the last stable offset, read_committed) or begin
-        (``OFFSET_BEGINNING``), in one request within ``_UNREAD_ASK_S``; those without an answer
-        left out."""
-        if not tps:
-            return {}
-        try:
-            answered = consumer.offsets_for_times(
-                [TopicPartition(t, p, where) for t, p in tps], timeout=_UNREAD_ASK_S
-            )
-        except KafkaException as exc:
-            log.debug("application %s: offsets for its lag: %s", self.name, exc.args[0])
-            return {}
-        return {(tp.topic, tp.partition): tp.offset for tp in answered if tp.error is None and tp.offset >= 0}
 
     # ------------------------------------------------------------------ rebalancing
 
@@ -2932,20 +2951,9 @@ class Application:
         rebalance callback waits meanwhile).  One without an answer is left to the consumer,
         which waits for a stable offset, with a warning.  (Asked with the 30 s timeout, one such
         partition held the callback 30 s and then stopped the application.)"""
-        problem: object = None
-        try:
-            answered = consumer.committed(tps, timeout=_START_ASK_S)
-        except KafkaException as exc:
-            problem, answered = exc.args[0], []
-            deadline = time.monotonic() + _START_ASK_BUDGET_S
-            for tp in tps:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    answered += consumer.committed([tp], timeout=min(_START_ASK_ONE_S, left))
-                except KafkaException as one:
-                    problem = one.args[0]
+        answered, _, problem = _committed_asked(
+            consumer, tps, _START_ASK_S, _START_ASK_ONE_S, _START_ASK_BUDGET_S
+        )
         known = [tp for tp in answered if tp.error is None]
         self._warn_unstarted(len(tps) - len(known), answered, problem)
         return sorted((tp.topic, tp.partition) for tp in known if tp.offset < 0)
@@ -2954,15 +2962,8 @@ class Application:
         """Where ``tps`` end now, as "latest" would start them (one request for all: the last
         stable offset, under read_committed; those without an answer left to the consumer,
         with a warning)."""
-        try:
-            answered = consumer.offsets_for_times(
-                [TopicPartition(t, p, OFFSET_END) for t, p in tps], timeout=_START_ASK_BUDGET_S
-            )
-        except KafkaException as exc:
-            self._warn_unstarted(len(tps), [], exc.args[0])
-            return {}
-        ends = {(tp.topic, tp.partition): tp.offset for tp in answered if tp.error is None and tp.offset >= 0}
-        self._warn_unstarted(len(tps) - len(ends), answered, "no offset given")
+        ends, problem = _offsets_at(consumer, tps, OFFSET_END, _START_ASK_BUDGET_S)
+        self._warn_unstarted(len(tps) - len(ends), [], problem)
         return ends
 
     def _warn_unstarted(self, count: int, answered: list[TopicPartition], problem: object) -> None:
