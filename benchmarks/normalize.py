@@ -111,6 +111,18 @@ def _ws(source: str, names: list[str]) -> list[RawRecord]:
     return [RawRecord(source, "ws_message", m, RECEIVED) for name in names for m in feed_messages(name)]
 
 
+#: The datasets, in the order the table gives them (results are saved with sorted keys).
+LABELS = (
+    "coinbase (all messages)",
+    "coinbase (trades only)",
+    "binance (all messages)",
+    "binance (trades only)",
+    "ethereum logs",
+    "ethereum block",
+    "bitcoin blocks",
+)
+
+
 def datasets() -> dict[str, tuple[Normalizer, list[RawRecord], str]]:
     coinbase = CoinbaseNormalizer()
     binance = BinanceNormalizer()
@@ -356,7 +368,9 @@ def markdown(result: dict[str, Any]) -> str:
         "| stage records/s | stage events/s | target |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for label, r in result["in_memory"].items():
+    rows = result["in_memory"]
+    for label in sorted(rows, key=lambda name: LABELS.index(name) if name in LABELS else len(LABELS)):
+        r = rows[label]
         rate = max(r["stage_records_per_s"], r["stage_events_per_s"])
         met = "met" if rate >= target else f"**not met** ({rate / target:.0%})"
         lines.append(

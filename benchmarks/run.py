@@ -95,10 +95,11 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
 
 def _header(m: dict[str, Any]) -> str:
     """The command, machine and date a section's figures come from."""
+    # (Runs from before it was recorded say nothing of it.)
+    compiled = f" ({m['compiled_modules']} modules compiled)" if "compiled_modules" in m else ""
     return (
-        f"Command: `{m['command']}` · machine: {m['nproc']} CPUs, {m['cpu']} · Python {m['python']} "
-        f"({m['compiled_modules']} modules compiled) · {m['date']} · "
-        f"run took {m['duration_s']} s\n\n"
+        f"Command: `{m['command']}` · machine: {m['nproc']} CPUs, {m['cpu']} · Python {m['python']}"
+        f"{compiled} · {m['date']} · run took {m['duration_s']} s\n\n"
     )
 
 

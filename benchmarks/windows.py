@@ -147,7 +147,8 @@ def markdown(result: dict[str, Any]) -> str:
         "| events in the key's window | recomputed, µs/event | running aggregates, µs/event | speed-up |",
         "|---:|---:|---:|---:|",
     ]
-    for size, rounds in result["hot"].items():
+    # (Saved with sorted keys: "20000" before "5000".)
+    for size, rounds in sorted(result["hot"].items(), key=lambda item: int(item[0])):
         rec, run_ = min(rounds["recomputed"]), min(rounds["running"])
         lines.append(f"| {int(size):,} | {rec:,.1f} | {run_:,.2f} | {rec / run_:,.0f}x |")
     turns = result.get("turns")

@@ -264,8 +264,9 @@ class Settings(BaseSettings):
     @field_validator("home")
     @classmethod
     def _home_absolute(cls, value: Path) -> Path:
-        # Relative, every command read it against its own working directory: a `broker stop` in
-        # a subdirectory found no broker, and a start there made a second home.
+        # Absolute, so every part of a command, and every process it starts (Maven's too, which
+        # read a relative one against the pom's directory), uses the same directory.  It is still
+        # taken relative to the directory the command runs in, as vigil.toml is (README).
         return value.expanduser().absolute()
 
     @field_validator("broker_host")

@@ -176,8 +176,8 @@ class LocalBroker:
         dist_root: Path | None = None,
         pom: Path = POM,
     ) -> None:
-        # Absolute: relative, it was read against each command's working directory (a stop from
-        # a subdirectory found no broker) and, by Maven, against the pom's (see ensure_jars).
+        # Absolute: relative, Maven read it against the pom's directory (see ensure_jars), and the
+        # broker's own processes against theirs.
         self.home = Path(home).expanduser().absolute()
         self.host = host
         self.port = port

@@ -2,11 +2,11 @@
 
 Each application gets its own :class:`~prometheus_client.CollectorRegistry` (several
 applications, or several tests, in one process must not collide on metric names);
-:class:`MetricsServer` exposes those of a process on an HTTP port (``vigil run`` and
-``vigil detect`` with ``--metrics-port`` or ``VIGIL_METRICS_PORT``).  Consumer lag is the
-metric to alert on: a loop that silently stopped consuming shows as growing lag (faust#416).
-The lag gauge is set by the loop itself, so a loop that stalls outright freezes it: alert
-too on ``time() - vigil_stream_loop_timestamp_seconds``.
+:class:`MetricsServer` exposes those of a process on an HTTP port (``vigil run``,
+``vigil normalize`` and ``vigil detect`` with ``--metrics-port`` or ``VIGIL_METRICS_PORT``).
+Consumer lag is the metric to alert on: a loop that silently stopped consuming shows as growing
+lag (faust#416).  The lag gauge is set by the loop itself, so a loop that stalls outright
+freezes it: alert too on ``time() - vigil_stream_loop_timestamp_seconds``.
 """
 
 from __future__ import annotations

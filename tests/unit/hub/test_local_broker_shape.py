@@ -50,8 +50,8 @@ def test_a_start_in_another_shape_is_refused_naming_both_and_deletes_nothing(
 
 
 def test_a_relative_home_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Relative, a `broker stop` run in a subdirectory found no broker, and Maven put the jars
-    # under the pom's directory (an empty download then marked complete).
+    # Relative, Maven put the jars under the pom's directory (an empty download then marked
+    # complete).  (Taken against the directory the command runs in, as vigil.toml is.)
     monkeypatch.chdir(tmp_path)
     assert LocalBroker(Path(".vigil")).home == tmp_path / ".vigil"
     assert LocalBroker(Path(".vigil")).dist_dir().is_absolute()

@@ -12,6 +12,7 @@ import pytest
 
 from vigil.events.base import Entities
 from vigil.events.types import Alert, Payment, PaymentPayload
+from vigil.hub.topics import TOPICS
 from vigil.stream.app import Application
 from vigil.testing import run_operators
 
@@ -83,5 +84,9 @@ def test_the_readme_application_is_built_as_printed(tmp_path: Path, monkeypatch:
 
     app = namespace["app"]
     assert isinstance(app, Application)
-    assert (app.name, app.inputs, app.guarantee) == ("velocity", ["payments"], "exactly_once")
+    assert (app.name, app.inputs, app.guarantee) == ("velocity", ["events.payments"], "exactly_once")
+    # Its input and output are topics `vigil topics apply` makes: an undeclared name stops the
+    # application at its start ("input topic ... does not exist").
+    assert set(app.inputs) <= set(TOPICS.names())
+    assert "alerts" in TOPICS.names()
     assert [op.id for op in app.operators] == ["velocity.v1"]
