@@ -229,9 +229,9 @@ def _committed_asked(
     """Committed offsets of ``tps``, asked together within ``together_s``; when that finds no
     stable answer for one of them (its offsets in another producer's open transaction: read
     committed, no answer comes until the timeout), each on its own, ``each_s`` at most, until
-    ``together_s + budget_s`` after the start.  The answers, how many partitions were asked
-    (those after them were not reached) and the last failure (None: none)."""
-    deadline = time.monotonic() + together_s + budget_s
+    ``budget_s`` after the start, in all.  The answers, how many partitions were asked (those
+    after them were not reached) and the last failure (None: none)."""
+    deadline = time.monotonic() + budget_s
     try:
         return consumer.committed(tps, timeout=together_s), len(tps), None
     except KafkaException as exc:
@@ -406,8 +406,9 @@ _RESTORE_WAIT_S = 0.01
 _ALIGN_TIMEOUT = 5.0
 #: The lag gauge's questions to the broker about partitions nothing was delivered from yet
 #: (see Application._unread_lags): the timeout of each (on the loop: a committed offset in another
-#: producer's open transaction has no answer until the timeout), how often a paused partition's
-#: end is asked, and how long after a question that had no answer it is asked again.
+#: producer's open transaction has no answer until the timeout), how often the ends of paused
+#: partitions are asked (and how long the gauge asks nothing after a question failed), and how
+#: long after a committed offset had no answer it is asked again.
 _UNREAD_ASK_S = 0.2
 _UNREAD_ASK_EVERY_S = 5.0
 _UNREAD_RETRY_S = 30.0
@@ -1031,9 +1032,13 @@ class Application:
         #: Aligned: records left in partitions nothing was consumed from yet (see _start_lag).
         self._start_lags: dict[TP, tuple[float, int | None]] = {}
         #: The lag gauge's partitions nothing was delivered from since their assignment: where
-        #: they start reading (None: not known) and when it was asked, their end and when it was
-        #: asked, and their log start (see _unread_lags).
-        self._unread: dict[TP, tuple[int | None, float, int, float, int]] = {}
+        #: they start reading (None: not known) and when it was asked, their end and their log
+        #: start (see _unread_lags).
+        self._unread: dict[TP, tuple[int | None, float, int, int]] = {}
+        #: When the lag gauge last asked the ends of those partitions (all together, see
+        #: _unread_lags), and until when it asks the broker nothing (a question failed).
+        self._unread_ends_at = -_UNREAD_ASK_EVERY_S
+        self._unread_quiet_until = 0.0
         #: Aligned: the next offset to consume per partition, as consumed (asking the consumer
         #: for its positions on every plan cost ~1 ms with a few dozen partitions).
         self._consumed: dict[TP, int] = {}
@@ -2529,9 +2534,8 @@ class Application:
             self.prometheus.longest_step.labels(self.name, kind).set(seconds)
         consumer = self._consumer
         # Partitions being restored too: assigned, so behind by what they hold unread.
-        assigned = self._owned | {
-            (tp.topic, tp.partition) for task in self._restoring.values() for tp in task.partitions
-        }
+        restoring = {(tp.topic, tp.partition) for task in self._restoring.values() for tp in task.partitions}
+        assigned = self._owned | restoring
         tps = [TopicPartition(t, p) for t, p in sorted(assigned)]
         try:
             positions = consumer.position(tps) if tps else []
@@ -2545,6 +2549,12 @@ class Application:
             key = (tp.topic, tp.partition)
             if self.alignment is not None and key in self._owned:
                 self.prometheus.paused.labels(self.name, tp.topic, str(tp.partition)).set(key in paused)
+            if key in restoring:
+                # Paused, it fetches nothing: the watermarks librdkafka keeps are from before (a
+                # partition owned before and assigned back keeps them), and its lag read 0 for
+                # the whole restore while records piled up.  Its end is asked.
+                unread[key] = (-1, -1)
+                continue
             try:
                 low, high = consumer.get_watermark_offsets(tp, cached=True)
             except KafkaException:
@@ -2577,43 +2587,63 @@ class Application:
         From where each starts reading: its committed offset (where a rewind seeks it too), else
         where the runtime chose to start it (``_first_read``: from the latest, or a partition
         lost before its first commit), else where ``auto.offset.reset`` puts it; never before
-        the log's start.  To its end: the fetches', else (paused, it fetches nothing) asked at
-        most every ``_UNREAD_ASK_EVERY_S``.  The broker is asked in one request per kind, each
-        within ``_UNREAD_ASK_S`` (on the loop): committed offsets once per assignment or rewind
-        (one without an answer, in another producer's open transaction, is asked again after
+        the log's start.  To its end: the fetches', else (paused, it fetches nothing) asked for
+        all such partitions together, at most every ``_UNREAD_ASK_EVERY_S`` (and at once for one
+        whose end is not known yet).  The broker is asked in one request per kind, each within
+        ``_UNREAD_ASK_S`` (on the loop): committed offsets once per assignment or rewind (one
+        without an answer, in another producer's open transaction, is asked again after
         ``_UNREAD_RETRY_S``, the others on their own within the same budget), ends and log
-        starts when the fetches brought none."""
+        starts when the fetches brought none.  After a question that failed, the gauge asks
+        nothing for ``_UNREAD_ASK_EVERY_S``: against a broker that did not answer, asked at
+        every update, it held the loop 0.4-0.6 s of every second."""
         unread = self._unread
+        asking = now >= self._unread_quiet_until
         ask = [
             tp
             for tp in marks
-            if tp not in unread or (unread[tp][0] is None and now - unread[tp][1] >= _UNREAD_RETRY_S)
+            if asking
+            and (tp not in unread or (unread[tp][0] is None and now - unread[tp][1] >= _UNREAD_RETRY_S))
         ]
-        committed = self._committed_within(consumer, ask) if ask else {}
-        # Ends (and log starts) the fetches did not bring, for those that need them.
+        committed, failed = self._committed_within(consumer, ask) if ask else ({}, False)
+        # Ends (and log starts) the fetches did not bring, of partitions reached: all together
+        # when due (one clock for all: asked each on its own clock, they came due at nearly
+        # every update), and those with none known yet at once.
+        due = asking and not failed and now - self._unread_ends_at >= _UNREAD_ASK_EVERY_S
         want_end = [
             tp
             for tp, (_, high) in marks.items()
-            if high < 0 and (tp not in unread or now - unread[tp][3] >= _UNREAD_ASK_EVERY_S)
+            if high < 0
+            and asking
+            and not failed
+            and (tp in unread or tp in committed)
+            and (due or tp not in unread or unread[tp][2] < 0)
         ]
+        if due and want_end:
+            self._unread_ends_at = now
         # (Log starts with the ends: retention may move one past a start known from before.)
-        want_low = [tp for tp, (low, _) in marks.items() if low < 0 and (tp in committed or tp in want_end)]
+        want_low = [
+            tp
+            for tp, (low, _) in marks.items()
+            if low < 0 and not failed and (tp in committed or tp in want_end)
+        ]
         ends: dict[TP, int] = {}
         lows: dict[TP, int] = {}
         for wanted, where, found in ((want_end, OFFSET_END, ends), (want_low, OFFSET_BEGINNING, lows)):
-            if wanted:
+            if wanted and not failed:
                 answered, problem = _offsets_at(consumer, wanted, where, _UNREAD_ASK_S)
                 found.update(answered)
                 if problem is not None:
+                    failed = True
                     log.debug("application %s: offsets for its lag: %s", self.name, problem)
+        if failed:
+            self._unread_quiet_until = now + _UNREAD_ASK_EVERY_S
         lags: dict[TP, int] = {}
         for tp, (low, high) in marks.items():
             known = unread.get(tp)
             if known is None and tp not in committed:
-                continue  # not reached within the time: asked at the next update
-            low = max(low, lows.get(tp, -1), known[4] if known is not None else -1)
+                continue  # not reached within the time: asked at a later update
+            low = max(low, lows.get(tp, -1), known[3] if known is not None else -1)
             end = max(high, ends.get(tp, -1), known[2] if known is not None else -1)
-            end_asked = now if tp in want_end or known is None else known[3]
             start: int | None = known[0] if known is not None else None
             start_asked = known[1] if known is not None else now
             if tp in committed:
@@ -2631,20 +2661,20 @@ class Application:
                     start = None
             elif start is not None and 0 <= start < low and end >= 0:  # retention passed it since
                 start = end if self._from_the_end else low
-            unread[tp] = (start, start_asked, end, end_asked, low)
+            unread[tp] = (start, start_asked, end, low)
             if start is not None and end >= 0:
                 lags[tp] = max(0, end - start)
         return lags
 
-    def _committed_within(self, consumer: Consumer, tps: list[TP]) -> dict[TP, int | None]:
+    def _committed_within(self, consumer: Consumer, tps: list[TP]) -> tuple[dict[TP, int | None], bool]:
         """Committed offsets of ``tps`` for the lag gauge, within ``_UNREAD_ASK_S`` in all
-        (None: no answer; < 0: nothing committed).  Asked together, then, when that found no
-        stable answer for one of them (its offsets in another producer's open transaction),
-        each on its own with what is left; those not reached are left out (asked next time,
-        where one without an answer waits ``_UNREAD_RETRY_S``)."""
+        (None: no answer; < 0: nothing committed), and whether a question failed.  Asked
+        together, then, when that found no stable answer for one of them (its offsets in another
+        producer's open transaction), each on its own with what is left; those not reached are
+        left out (asked later, where one without an answer waits ``_UNREAD_RETRY_S``)."""
         asked = [TopicPartition(t, p) for t, p in tps]
         answered, reached, problem = _committed_asked(
-            consumer, asked, _UNREAD_ASK_S / 2, _UNREAD_ASK_S / 8, _UNREAD_ASK_S / 2
+            consumer, asked, _UNREAD_ASK_S / 2, _UNREAD_ASK_S / 8, _UNREAD_ASK_S
         )
         if problem is not None:
             log.debug("application %s: committed offsets for its lag: %s", self.name, problem)
@@ -2652,7 +2682,7 @@ class Application:
         for tp in answered:
             if tp.error is None:
                 out[tp.topic, tp.partition] = tp.offset
-        return out
+        return out, problem is not None
 
     # ------------------------------------------------------------------ rebalancing
 

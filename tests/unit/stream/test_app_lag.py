@@ -15,7 +15,7 @@ from tests.unit.stream.offline import Nothing, offline_app
 
 from vigil.config import load_settings
 from vigil.errors import ConfigError
-from vigil.stream.app import Application
+from vigil.stream.app import Application, _committed_asked, _PartitionTask
 
 NONE = -1001  # (what committed() gives for a partition with nothing committed)
 UNSTABLE = None  # (a committed offset in another producer's open transaction: no answer)
@@ -111,14 +111,90 @@ def test_a_committed_offset_before_the_log_start_counts_from_where_reading_start
     assert _lags(latest, Broker({0: 40}, {}), {0: (100, 200)}, now=1.0) == {0: 0}
 
 
-def test_partitions_not_reached_in_time_are_asked_at_the_next_update(tmp_path: Path) -> None:
+def test_partitions_not_reached_in_time_are_asked_once_the_gauge_asks_again(tmp_path: Path) -> None:
     # Several without a stable answer use up the time: the others were marked unanswered with
-    # them and had no lag for 30 s or more (a failover, the moment lag matters).
+    # them and had no lag for 30 s or more (a failover, the moment lag matters).  (A question
+    # that failed quiets the gauge for 5 s.)
     app = offline_app(tmp_path)
     broker = Broker({**dict.fromkeys(range(6), UNSTABLE), 6: 10, 7: 20}, {})
     marks = dict.fromkeys(range(8), (0, 50))
     assert _lags(app, broker, marks, now=1.0) == {}
-    assert _lags(app, broker, marks, now=2.0) == {6: 40, 7: 30}
+    assert _lags(app, broker, marks, now=2.0) == {}
+    assert _lags(app, broker, marks, now=6.5) == {6: 40, 7: 30}
+
+
+def test_ends_are_asked_for_every_paused_partition_together_on_one_clock(tmp_path: Path) -> None:
+    # Each on its own clock, partitions assigned at different times came due at nearly every
+    # update (against a broker that did not answer: 0.4-0.6 s of every second on the loop).
+    app = offline_app(tmp_path)
+    broker = Broker({0: 40, 1: 50, 2: 60}, {0: (0, 70), 1: (0, 80), 2: (0, 90)})
+    assert _lags(app, broker, {0: (-1, -1)}, now=1.0) == {0: 30}
+    # One assigned later is asked at once, alone; then all together when due.
+    assert _lags(app, broker, {0: (-1, -1), 1: (-1, -1)}, now=3.0) == {0: 30, 1: 30}
+    assert _lags(app, broker, {0: (-1, -1), 1: (-1, -1), 2: (-1, -1)}, now=4.5) == {0: 30, 1: 30, 2: 30}
+    for now in (5.0, 5.5, 6.0):
+        _lags(app, broker, {0: (-1, -1), 1: (-1, -1), 2: (-1, -1)}, now=now)
+    assert [q for q in broker.asked if q.startswith("ends")] == ["ends 0", "ends 1", "ends 2", "ends 0,1,2"]
+
+
+class Unreachable:
+    """A consumer whose broker does not answer: every question waits out its timeout."""
+
+    def __init__(self) -> None:
+        self.waited = 0.0
+
+    def _wait(self, timeout: float) -> None:
+        time.sleep(timeout)
+        self.waited += timeout
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no answer"))
+
+    def committed(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        self._wait(timeout)
+        return []
+
+    def offsets_for_times(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        self._wait(timeout)
+        return []
+
+
+def test_against_a_broker_that_does_not_answer_the_gauge_holds_the_loop_little(tmp_path: Path) -> None:
+    # 200 partitions paused (a restore), a gauge update a second for a minute: asked at every
+    # update, the questions held the loop 27 s of the 60.
+    app = offline_app(tmp_path)
+    consumer = Unreachable()
+    marks = {("in", p): (-1, -1) for p in range(200)}
+    for second in range(60):
+        assert app._unread_lags(consumer, marks, 1000.0 + second) == {}
+    # (At most one update in five asks, within 0.2 s in all.)
+    assert consumer.waited <= 60 / 5 * 0.2 + 0.1
+
+
+class Reassigned(Broker):
+    """A consumer that owned partition 0 before: librdkafka keeps the watermarks it fetched then
+    (0, 10), and, the partition paused while its stores restore, fetches no others."""
+
+    def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, NONE) for tp in tps]
+
+    def get_watermark_offsets(self, tp: TopicPartition, cached: bool) -> tuple[int, int]:
+        return (0, 10)
+
+
+def test_a_partition_restoring_counts_to_its_end_now_not_the_one_fetched_before(tmp_path: Path) -> None:
+    # Its lag read 0 for the whole restore, as records piled up (a lost assignment taken back,
+    # a partition coming back to a member that had it).
+    app = offline_app(tmp_path)
+    task = _PartitionTask(0)
+    task.partitions = [TopicPartition("in", 0)]
+    app._restoring[0] = task
+    app._consumer = Reassigned({0: 10}, {0: (0, 100)})
+    app._update_gauges()
+    assert (
+        app.prometheus.registry.get_sample_value(
+            "vigil_stream_consumer_lag", {"app": "a", "topic": "in", "partition": "0"}
+        )
+        == 90
+    )
 
 
 def test_a_start_retention_has_passed_since_counts_from_the_log_start(tmp_path: Path) -> None:
@@ -154,3 +230,29 @@ def test_a_stateless_application_compares_its_inputs_with_the_first_as_it_is_now
     app._check_inputs(Metadata({"A": 8, "B": 8}, frozenset({"A"})))  # (the first unknown: next time)
     with pytest.raises(ConfigError, match=r"input 'B' has more partitions than the first input 'A' \(8\)"):
         app._check_inputs(Metadata({"A": 8, "B": 12}))
+
+
+def test_the_committed_offsets_are_asked_within_the_budget_in_all(tmp_path: Path) -> None:
+    # Asked together, failing at once (the coordinator moving), then each on its own without
+    # an answer: the rebalance callback waited 2 s more than the budget its docstring gives.
+    class Moving:
+        waited = 0.0
+
+        def committed(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+            if len(tps) > 1:
+                raise KafkaException(KafkaError(KafkaError.NOT_COORDINATOR, "moving"))
+            time.sleep(timeout)
+            self.waited += timeout
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no stable offset"))
+
+    consumer = Moving()
+    answered, reached, problem = _committed_asked(
+        consumer,  # type: ignore[arg-type]
+        [TopicPartition("in", p) for p in range(50)],
+        0.2,
+        0.05,
+        0.3,
+    )
+    assert (answered, problem is not None) == ([], True)
+    assert 0 < reached < 50
+    assert consumer.waited <= 0.3  # (not 0.2 + 0.3)
