@@ -35,7 +35,9 @@ def detect(
     ] = "exactly_once",
     batch_size: Annotated[
         int | None,
-        typer.Option(min=1, help="Records per micro-batch, at most", show_default="the runtime's, 500"),
+        typer.Option(
+            min=1, max=1_000_000, help="Records per micro-batch, at most", show_default="the runtime's, 500"
+        ),
     ] = None,
     metrics_port: MetricsPortOpt = None,
 ) -> None:

@@ -116,7 +116,9 @@ offsets cannot be read in time, which a warning says); records fetched before th
 dropped (they are read again).  So does an
 exactly-once checkpoint the group refuses because it moved on without this member (a stall
 past ``max.poll.interval.ms``): the member rejoins on its next poll and processes again
-from the last checkpoint, with the state it had there.  A shorter stall, past the transaction's
+from the last checkpoint, with the state it had there (in batches kept to a quarter of the
+interval at the operators' recent cost per record, if theirs was what outlasted it: see
+``Application._pace_batches``).  A shorter stall, past the transaction's
 timeout (30 s at the default interval), comes first: the broker aborts the transaction and
 fences its producer, and the producer's next call fails (an output, a changelog record, the
 commit); a new producer of the same transactional id takes over, and the member processes again
@@ -360,6 +362,17 @@ MAX_AT_LEAST_ONCE_STATE_CHECKPOINT_S = 1000.0
 #: sizes (8.1-8.6 µs at 87k/s).  Detection (two stages) measured alike at 5,000 and 500: its
 #: route stage's batches are bounded by the fetch sizes before this.
 DEFAULT_BATCH_SIZE = 500
+#: The most records a batch may ask for (librdkafka's limit for one consume call).
+MAX_BATCH_SIZE = 1_000_000
+#: A batch is kept to this share of ``max.poll.interval.ms``, at the operators' recent cost per
+#: record: a batch longer than the interval gets the member put out of the group, its work is
+#: undone and the same records read again; with batches of the same size, without end (an
+#: operator at 25 ms a record, 500-record batches, a 10 s interval: the first batch processed
+#: again and again, nothing committed).
+_BATCH_SHARE_OF_POLL = 0.25
+#: Batches of one record in a row that each took longer than ``max.poll.interval.ms`` before the
+#: application stops: one record alone outlasts it, and would be processed again without end.
+_MAX_OVERRUNS = 3
 #: The consumer's fetching, changed from librdkafka's defaults because those trade latency (or
 #: throughput) for nothing here.  ``fetch.wait.max.ms``: an idle partition's fetch returns after
 #: 10 ms, not 500.  ``fetch.queue.backoff.ms``: once the local queue is over its thresholds,
@@ -897,10 +910,16 @@ class Application:
             checkpoint_interval_s = (
                 EXACTLY_ONCE_CHECKPOINT_S if guarantee == "exactly_once" else AT_LEAST_ONCE_CHECKPOINT_S
             )
-        if batch_size < 1 or batch_timeout_s < 0 or checkpoint_interval_s <= 0:
+        if (
+            not 1 <= batch_size <= MAX_BATCH_SIZE
+            or not 0 < batch_timeout_s < float("inf")
+            or not 0 < checkpoint_interval_s < float("inf")
+        ):
+            # (NaN and infinity too: either made the idle loop spin a core.)
             msg = (
-                f"application {name!r}: batch_size >= 1, batch_timeout_s >= 0 and checkpoint_interval_s > 0 "
-                f"expected; got {batch_size}, {batch_timeout_s}, {checkpoint_interval_s}"
+                f"application {name!r}: batch_size 1-{MAX_BATCH_SIZE:,}, batch_timeout_s > 0 and "
+                f"checkpoint_interval_s > 0 (finite) expected; got {batch_size}, {batch_timeout_s}, "
+                f"{checkpoint_interval_s}"
             )
             raise ConfigError(msg)
         if guarantee == "exactly_once" and checkpoint_interval_s > MAX_EXACTLY_ONCE_CHECKPOINT_S:
@@ -962,7 +981,17 @@ class Application:
         self.dlq_topic = dlq_topic or f"dlq.{name}"
         self.late_topic = late_topic or f"{name}.late"
         self.batch_size = batch_size
+        #: How long an idle loop waits for a record (at most until a checkpoint is due).
         self.batch_timeout_s = batch_timeout_s
+        #: Records a batch asks for now: ``batch_size``, or fewer while the operators are slow
+        #: enough that a full batch would outlast ``max.poll.interval.ms`` (see _count_batch).
+        self._batch_cap = batch_size
+        #: The operators' recent cost per record (seconds), rising at once, falling slowly.
+        self._record_cost = 0.0
+        #: max.poll.interval.ms, in seconds (read when run() starts), and the batches of one
+        #: record in a row that outlasted it.
+        self._poll_interval_s = 300.0
+        self._overruns = 0
         self.checkpoint_interval_s = checkpoint_interval_s
         #: Names the transactional producer (exactly-once, or at-least-once with state: the one
         #: that commits state and offsets).  Unset: ``<home id>-<slot>``, the
@@ -1208,6 +1237,7 @@ class Application:
                 self.max_event_time_skew_s,
                 ", ".join(map(repr, self.aligned_for)),
             )
+        self._poll_interval_s = float(self.consumer_settings().get("max.poll.interval.ms", 300_000)) / 1000
         admin = make_admin(self.settings)
         topics = admin.list_topics(timeout=_TIMEOUT).topics
         internal = {spec.name: spec for spec in self.internal_topics}
@@ -1399,12 +1429,15 @@ class Application:
     def _iterate(self, consumer: Consumer, collector: Collector) -> None:
         """One round of the loop: a batch, then whatever checkpoint work is due."""
         restoring = self._restorer is not None
-        msgs = consumer.consume(self.batch_size, 0)
+        cap = self._batch_cap
+        msgs = consumer.consume(cap, 0)
         if not msgs and not restoring:  # (restoring: the restore step waits instead)
-            # Idle: wait for the first record, then take whatever else is already there.
-            msgs = consumer.consume(1, self.batch_timeout_s or 0.05)
-            if msgs and self.batch_size > 1:
-                msgs += consumer.consume(self.batch_size - 1, 0)
+            # Idle: wait for the first record, then take whatever else is already there.  (Not
+            # past the next checkpoint: what was processed would wait for it.)
+            due = self._last_checkpoint + self.checkpoint_interval_s - time.monotonic()
+            msgs = consumer.consume(1, min(self.batch_timeout_s, max(due, 0.001)))
+            if msgs and cap > 1:
+                msgs += consumer.consume(cap - 1, 0)
         if self._lost:
             rewound = self._rewind()
             # Fetched before the rewind: those partitions are read again from their committed
@@ -1714,9 +1747,59 @@ class Application:
     def _count_batch(self, count: int, batch: int, started: float) -> None:
         self._count_processed(count)
         self.metrics.batches += 1
+        took = time.perf_counter() - started
         prom = self.prometheus
         prom.batch_size.labels(self.name).observe(batch)
-        prom.processing.labels(self.name).observe(time.perf_counter() - started)
+        prom.processing.labels(self.name).observe(took)
+        if count:
+            self._pace_batches(count, took)
+
+    def _pace_batches(self, count: int, took: float) -> None:
+        """Keep batches to a share of ``max.poll.interval.ms`` at the operators' recent cost per
+        record (``_BATCH_SHARE_OF_POLL``); stop when one record alone outlasts the interval,
+        ``_MAX_OVERRUNS`` batches in a row (processed again after each, without end)."""
+        cost = took / count
+        # At once when slower (the next batch must fit), slowly when faster (one quick batch is
+        # no sign the next will be).
+        self._record_cost = cost if cost > self._record_cost else 0.9 * self._record_cost + 0.1 * cost
+        fits = (
+            int(_BATCH_SHARE_OF_POLL * self._poll_interval_s / self._record_cost) if self._record_cost else 0
+        )
+        cap = max(1, min(self.batch_size, fits)) if self._record_cost else self.batch_size
+        if cap < self._batch_cap:
+            log.warning(
+                "application %s: batches of at most %d records (operators at %.3g s a record; "
+                "max.poll.interval.ms is %g s)",
+                self.name,
+                cap,
+                self._record_cost,
+                self._poll_interval_s,
+            )
+        elif cap == self.batch_size > self._batch_cap:
+            log.info("application %s: batches of up to %d records again", self.name, cap)
+        self._batch_cap = cap
+        if took <= self._poll_interval_s:
+            self._overruns = 0
+            return
+        log.warning(
+            "application %s: a batch of %d records took %.1f s, longer than max.poll.interval.ms "
+            "(%g s): the group goes on without this member, and its records are processed again",
+            self.name,
+            count,
+            took,
+            self._poll_interval_s,
+        )
+        self._overruns = self._overruns + 1 if count == 1 else 0
+        if self._overruns >= _MAX_OVERRUNS:
+            ids = ", ".join(repr(op.id) for op in self.operators)
+            msg = (
+                f"application {self.name!r}: one record took {took:.1f} s in the operators ({ids}), "
+                f"{self._overruns} batches in a row, longer than max.poll.interval.ms "
+                f"({self._poll_interval_s:g} s): the group goes on without this member each time and "
+                "the record is processed again, without end; make the operator faster or raise "
+                "max.poll.interval.ms (consumer_overrides)"
+            )
+            raise PipelineError(msg)
 
     def _release(self, limit: float) -> None:
         """Aligned: hand the buffered records up to event time ``limit`` to the operators.
@@ -2264,8 +2347,20 @@ class Application:
                 try:
                     consumer.commit(offsets=offsets, asynchronous=not (sync and not sealed))
                 except KafkaException as exc:
-                    msg = f"application {self.name!r}: committing offsets failed: {exc.args[0]}"
-                    raise PipelineError(msg) from exc
+                    err = kafka_error(exc)
+                    if err is not None and err.code() in _GROUP_MOVED_ON and not err.fatal():
+                        # (At-least-once, stateless: the partitions' next owner processes these
+                        # records again, as at-least-once allows.  A stop after a long stall
+                        # exited with an error here.)
+                        log.warning(
+                            "application %s: offsets not committed, the group went on without this "
+                            "member (%s): their records are processed again",
+                            self.name,
+                            err,
+                        )
+                    else:
+                        msg = f"application {self.name!r}: committing offsets failed: {exc.args[0]}"
+                        raise PipelineError(msg) from exc
             self._queue_writes(writes)
 
     def _start_commit(self, offsets: list[TopicPartition], writes: _Writes, consumer: Consumer) -> None:
@@ -3018,7 +3113,12 @@ class Application:
         self._drop(consumer, partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.warning("application %s: lost %d partitions (session timeout?)", self.name, len(partitions))
+        log.warning(
+            "application %s: lost %d partitions (a session timeout, or a batch or pause longer than "
+            "max.poll.interval.ms)",
+            self.name,
+            len(partitions),
+        )
         try:
             # A commit on its way first: committed before the loss, its writes belong in RocksDB.
             self._settle_commit()

@@ -78,13 +78,17 @@ class PrometheusMetrics:
         )
         self.batch_size = Histogram(
             "vigil_stream_batch_size",
-            "Records per consumed batch",
+            "Records per batch handed to the operators (inputs aligned in event time: per release)",
             ["app"],
             buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 50000),
             registry=r,
         )
         self.processing = Histogram(
-            "vigil_stream_batch_processing_seconds", "Decode + operators time per batch", ["app"], registry=r
+            "vigil_stream_batch_processing_seconds",
+            "Decode + operators time per batch (inputs aligned in event time: the operators' alone, "
+            "records are decoded as consumed)",
+            ["app"],
+            registry=r,
         )
         self.checkpoint = Histogram(
             "vigil_stream_checkpoint_seconds",

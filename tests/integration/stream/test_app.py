@@ -1382,6 +1382,108 @@ def test_at_least_once_a_stall_past_the_state_transaction_timeout_is_processed_a
     assert set(output_ids(settings, out, 1)) == expected_ids(events)
 
 
+#: A member that does not poll for 6 s is put out of its group (the shortest session the broker
+#: allows, and max.poll.interval.ms may be no shorter).
+SHORT_POLL: dict[str, Any] = {
+    "session.timeout.ms": 6000,
+    "heartbeat.interval.ms": 500,
+    "max.poll.interval.ms": 6000,
+}
+
+
+class SlowPerRecord(RunningCount):
+    """The running count at ``per_s`` a record (an operator calling out for each, say)."""
+
+    def __init__(self, output: str, per_s: float) -> None:
+        super().__init__(output)
+        self.per_s = per_s
+        self.batches: list[int] = []
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        self.batches.append(len(batch))
+        time.sleep(self.per_s * len(batch))  # the operator's cost under test, not a synchronisation
+        super().process(batch, ctx)
+
+
+def test_batches_too_slow_for_the_poll_interval_shrink_until_they_fit(
+    settings: Settings, names: Callable[[str], str], run_app: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 100 records at 80 ms took 8 s, past max.poll.interval.ms (6 s): the group went on without
+    # the member, the batch was processed again from the checkpoint, as large and as slow, and
+    # again, without end; nothing was ever committed (found in review, 2026-12-05).
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out, partitions=1)
+    events = payments(120, 7)
+    produce(settings, src, events)
+    op = SlowPerRecord(out, per_s=0.08)
+    app = Application(
+        settings,
+        name=name,
+        inputs=[src],
+        operators=[op],
+        guarantee="exactly_once",
+        batch_size=100,
+        consumer_overrides=SHORT_POLL,
+    )
+    with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
+        running = run_app(app)
+        wait_committed(settings, name, src, 120, partitions=1)
+        running.stop()
+    assert not running.errors
+    assert op.batches[0] == 100
+    # A quarter of the poll interval at 80 ms a record.
+    assert max(op.batches[1:]) <= 0.25 * 6 / 0.08
+    assert any("batches of at most 18 records" in r.getMessage() for r in caplog.records)
+    got = output_ids(settings, out, 1)
+    assert len(got) == len(set(got))
+    assert set(got) == expected_ids(events)
+
+
+class StallFirst(Operator[Payment]):
+    """Forwards its records; the first batch stalls ``stall_s``, ``started`` set as it begins."""
+
+    id = "stall-first"
+
+    def __init__(self, output: str, stall_s: float) -> None:
+        self.output, self.stall_s = output, stall_s
+        self.started = threading.Event()
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        for rec in batch:
+            ctx.emit(self.output, rec.event)
+        if not self.started.is_set():
+            self.started.set()
+            time.sleep(self.stall_s)  # the stall under test, not a synchronisation
+
+
+def test_at_least_once_a_stop_after_the_group_went_on_is_no_failure(
+    settings: Settings, names: Callable[[str], str], run_app: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Stateless at-least-once: a stop (SIGTERM in a rolling deploy) after a stall past
+    # max.poll.interval.ms raised PipelineError ("committing offsets failed: Unknown member"):
+    # the next owner processes the records again, as at-least-once allows.
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out, partitions=1)
+    produce(settings, src, payments(10, 2))
+    op = StallFirst(out, stall_s=8.0)
+    app = Application(
+        settings,
+        name=name,
+        inputs=[src],
+        operators=[op],
+        guarantee="at_least_once",
+        consumer_overrides=SHORT_POLL,
+    )
+    with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
+        running = run_app(app)
+        assert op.started.wait(60)
+        app.stop()  # (taken once the stalled batch is over)
+        running.thread.join(60)
+    assert not running.thread.is_alive()
+    assert not running.errors
+    assert any("offsets not committed, the group went on" in r.getMessage() for r in caplog.records)
+
+
 def test_a_fenced_producer_stops_the_application_naming_it(
     settings: Settings, names: Callable[[str], str], run_app: Start
 ) -> None:
