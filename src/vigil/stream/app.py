@@ -1230,6 +1230,9 @@ class Application:
             if self.max_event_time_skew_s is None
             else Alignment(self.max_event_time_skew_s, self.alignment_idle_s, self.alignment_max_buffered)
         )
+        for op in self.operators:
+            for warning in op.input_warnings(self._rekeyed_inputs):
+                log.warning("application %s: %s", self.name, warning)
         if self.aligned_for:
             log.info(
                 "application %s: inputs aligned in event time (skew %g s), as %s asks",
@@ -2882,6 +2885,11 @@ class Application:
                 task_of.partitions.append(tp)
             else:  # a number this member has already (stateless inputs assigned each on its own)
                 self._own([(tp.topic, tp.partition)])
+        if self.alignment is not None and not self._owned:
+            # Nothing runs yet (a start, a restart): the partitions restored first wait for the
+            # others, which hold alignment as at the beginning of time until they run (see
+            # vigil.stream.alignment).  While others run, a takeover does not stop them.
+            self.alignment.add([(tp.topic, tp.partition) for tp in paused], time.monotonic(), restoring=True)
         # Every task filed first, then the ready ones moved to the owned in one step each: if an
         # operator's on_assign fails, closing the application still closes every store.
         self._restoring.update(tasks)

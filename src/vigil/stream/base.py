@@ -169,5 +169,11 @@ class Operator(ABC, Generic[E]):
     @abstractmethod
     def process(self, batch: Sequence[Record[E]], ctx: Context) -> None: ...
 
+    def input_warnings(self, rekeyed: frozenset[str]) -> list[str]:
+        """What the application should warn of, at its start, about how this operator reads its
+        inputs, given those of them the application re-keys itself (its own repartition
+        topics): none by default (a join of one such topic with a direct input has some)."""
+        return []
+
     def on_assign(self, ctx: Context) -> None:
         """Called when a partition is assigned, after its state is restored."""

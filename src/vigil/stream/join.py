@@ -20,8 +20,25 @@ days of event time, before the dense one (payments) has read an hour, and every 
 the logins' time less ``max_skew`` was late and paired with nothing (2 pairs of 48 in a test
 of two days' backlog).  A join therefore asks its application to align its inputs in event time
 (``event_time_skew_s``, its ``max_skew``; :mod:`vigil.stream.alignment`), which the application
-does unless given ``max_event_time_skew_s`` of its own: records then reach the join in
-event-time order across both topics, as live traffic does.
+does unless given ``max_event_time_skew_s`` of its own: records of both topics then reach the
+join in event-time order, as live traffic does, when the application reads both directly.
+
+A side re-keyed by the application itself (a ``group_by`` into its own repartition topic) is
+not aligned so, and loses pairs unless the join's ``max_skew`` and ``lateness`` allow for it
+(found in review, 2026-12-05; the application warns of it at its start,
+:meth:`IntervalJoin.input_warnings`):
+- re-keyed records come back only once the checkpoint that re-keyed them has committed, and on
+  a catch-up a release hands the join the other side's whole backlog first (read directly, or
+  fetched faster): re-keyed events behind it by more than ``max_skew`` are late (a 12-hour
+  backlog, ``max_skew`` 1 h, the other side read directly: 60 pairs of 720, those of the last
+  hour);
+- alignment is each process's own, so with several processes the re-keyed records of each
+  interleave in a repartition partition out of order by up to a checkpoint interval and the
+  processes' skew: with ``lateness`` 0, some live pairs were lost (32-43 of 2,000 with two
+  processes; none with one).
+So give such a join a ``max_skew`` as long as the longest catch-up it must survive, and a
+``lateness`` of a checkpoint interval and more; the events of one side then wait that much
+longer in its store.
 
 Events wait in the store encoded (the canonical encoding; an application with event types of
 its own names them, ``event_types``, so they decode again) and expire past
@@ -167,6 +184,22 @@ class IntervalJoin(Operator[Event]):
         self._codec = EventCodec(by_tag.values()) if event_types else EventCodec()
         #: Deletes the waiting events of keys that went quiet (both sides: "L:" and "R:").
         self.quiet = quiet if quiet is not None else QuietKeys("L:", "R:")
+
+    def input_warnings(self, rekeyed: frozenset[str]) -> list[str]:
+        """A side the application re-keys itself: see the module docstring ("A side re-keyed
+        by the application itself...")."""
+        sides = [topic for topic in (self.left, self.right) if topic in rekeyed]
+        if not sides:
+            return []
+        return [
+            f"join {self.id!r}: {' and '.join(sides)} re-keyed by this application: re-keyed "
+            "events come back a checkpoint after they were re-keyed at best, and after a whole "
+            "release on a catch-up, not in event-time order with the other side, so those behind "
+            f"it by more than max_skew ({self.max_skew / 1000:g} s) are late and pair with nothing "
+            f"(with several processes, also those out of order by more than lateness, "
+            f"{self.lateness / 1000:g} s); set max_skew to cover the longest catch-up, and lateness "
+            "a checkpoint interval and the processes' skew"
+        ]
 
     def process(self, batch: Sequence[Record[Event]], ctx: Context) -> None:
         state = ctx.state(self.store)

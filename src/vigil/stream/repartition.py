@@ -32,7 +32,10 @@ re-keyed, so a window over the re-keyed events needs them re-keyed in event-time
 ``REKEY_SKEW_S`` by default, as detection's route stage does; None: not asked), which it does
 unless given ``max_event_time_skew_s`` of its own.  Unaligned, a replayed backlog was re-keyed a
 fetch of one input partition after another, and a window over three partitions' events saw 414
-of 600 late.
+of 600 late.  Alignment is each process's own: with several processes re-keying into one
+topic, their records interleave in each of its partitions out of order by up to a checkpoint
+interval and the processes' skew, so a window over them needs an allowed lateness that covers
+it.  (A join of a re-keyed side with a side read directly: see :mod:`vigil.stream.join`.)
 
 Partitioning is librdkafka's default partitioner on the key, the same as every Vigil
 producer's, so a repartition topic with the same partition count is co-partitioned with

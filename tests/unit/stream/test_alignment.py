@@ -74,6 +74,19 @@ def test_a_partition_that_delivered_nothing_holds_the_others_until_it_goes_idle(
     assert (pause, sorted(resume), release) == ([], [A, B], 100.0)
 
 
+def test_a_partition_restoring_at_the_start_holds_the_others_however_long_until_it_runs() -> None:
+    # The partitions restored first released their whole backlog while it restored (it was no
+    # lane yet), and a GroupBy re-keyed their later records before its earlier ones.
+    al = Alignment(10.0, 1.0)
+    al.add([A, B], 0.0)
+    al.add([C], 0.0, restoring=True)
+    al.observe(A, 100.0, 0.5)
+    al.observe(B, 100.0, 0.5)
+    assert al.plan(60.0, lags(a=0, b=0, c=0).get)[2] == -math.inf
+    al.add([C], 60.0)  # restored: it runs, and holds as any partition does
+    assert al.plan(61.5, lags(a=0, b=0, c=0).get)[2] == math.inf
+
+
 def test_forgotten_partitions_no_longer_count() -> None:
     al = aligned()
     al.observe(A, 0.0, 0.0)

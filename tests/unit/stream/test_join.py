@@ -455,3 +455,23 @@ def test_by_default_events_pair_by_the_kind_of_entity_they_are_keyed_by_too() ->
     assert pairs == []
     stored = sorted(k for prefix in ("L:", "R:") for k, _ in result.states[join.store.id, 0].items(prefix))
     assert stored == ["L:customer:acme", "R:vendor:acme"]
+
+
+def test_a_join_of_a_side_the_application_re_keys_with_one_it_reads_directly_is_warned_of() -> None:
+    # Re-keyed events come back a checkpoint later at best, a whole backlog later on a catch-up:
+    # with max_skew 1 h a 12-hour backlog paired 60 of 720 (found in review, 2026-12-05).
+    join = IntervalJoin(
+        "pay-login",
+        StoreSpec("pl", 1),
+        left="payments",
+        right="app.repartition.by-customer",
+        within="2m",
+        on_match=lambda left, right, ctx: None,
+    )
+    rekeyed = frozenset({"app.repartition.by-customer"})
+    (warning,) = join.input_warnings(rekeyed)
+    assert "app.repartition.by-customer re-keyed by this application" in warning
+    assert "max_skew (3600 s)" in warning
+    assert "lateness, 0 s" in warning
+    # Both read directly: aligned as they come.
+    assert join.input_warnings(frozenset()) == []
