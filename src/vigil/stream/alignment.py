@@ -32,13 +32,14 @@ another producer's transaction open on it holds the others until it commits, at 
 see :mod:`vigil.stream.app`).
 A partition that has delivered nothing yet holds the others back as if it were at the
 beginning of time (until it delivers or goes idle): on a replay the first fetch decides
-where every partition stands.  So does one whose stores are being restored, assigned when the
-application had no partition running yet (its start, a restart), until it runs, however long
-that takes: the partitions restored first released their whole backlog meanwhile, and a
-``GroupBy`` re-keyed their later records before the others' earlier ones (found in review, a
-join after a restart lost up to a third of its pairs).  One taken over while others run holds
-nobody back: the partitions a member has go on while it restores (see
-:mod:`vigil.stream.app`), so what they merge with its backlog may be out of order.
+where every partition stands.  So does one with records to read whose stores are being
+restored, assigned when the application had no partition running yet (its start, a restart),
+until it runs, however long that takes (live traffic waits meanwhile): the partitions restored
+first released their whole backlog meanwhile, and a ``GroupBy`` re-keyed their later records
+before the others' earlier ones (found in review: a join after a restart lost up to a third of
+its pairs).  One with nothing to read holds nobody back, nor does one taken over while others
+run: the partitions a member has go on while it restores (see :mod:`vigil.stream.app`), so
+what they merge with its backlog may be out of order.
 
 This module only decides; :class:`~vigil.stream.app.Application` pauses and resumes its
 consumer, buffers and releases the records, and feeds back what it consumed.  Neither
@@ -116,7 +117,10 @@ class Alignment:
     def holds(self, tp: TP, lane: Lane, now: float, lag: Callable[[TP], int | None]) -> bool:
         """Whether ``tp`` holds the others back (see the module docstring)."""
         if lane.restoring:
-            return True
+            # (Until it runs, with records to read: one with none held live traffic for the
+            # whole restore of its store.)
+            left = lag(tp)
+            return left is None or left > 0
         if lane.paused:
             # Paused for being ahead, or for its buffer: either way it has records past the floor
             # waiting, and its time (above the floor) counts.

@@ -79,8 +79,11 @@ nobody back, so live traffic is not delayed, but for one case: while another pro
 transaction is open on a partition that delivered within ``alignment_idle_s``, its position
 stops short of the high watermark (read_committed) and it holds the others until that commits,
 for ``alignment_idle_s`` at most (a sparse topic written every 0.5 s in transactions held a
-live join up to 509 ms).  The application's own repartition topics hold nobody back: their
-records come from records already released.  Only released records count as processed and
+live join up to 509 ms).  At a start (or restart), a partition with records to read whose
+stores are still being restored holds the others until it runs, however long the restore takes
+(the partitions restored first released their backlog ahead of it): live traffic waits for it
+then.  The application's own repartition topics hold nobody back: their records come from
+records already released.  Only released records count as processed and
 only their offsets are committed (buffered ones are read again after a restart or
 rebalance), so both guarantees hold as before.  Decoded records must have ``occurred_at``.
 
@@ -139,6 +142,7 @@ are undone and its outputs dropped (:mod:`vigil.stream.attempt`).
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import math
 import os
@@ -692,6 +696,25 @@ def _offset_ranges(records: Sequence[Record[Any]]) -> str:
         span[0] = min(span[0], rec.offset)
         span[1] = max(span[1], rec.offset)
     return ", ".join(f"{t}[{p}] offsets {lo}..{hi}" for (t, p), (lo, hi) in sorted(ranges.items()))
+
+
+def _capped_limit(buffers: list[deque[tuple[float, Any]]], limit: float, cap: int) -> float:
+    """The event time up to which about ``cap`` of the buffered records (each buffer's prefix
+    up to ``limit``) would be released, taken in event-time order across the buffers: the time
+    of the ``cap``-th (ties may add a few more), or ``limit`` when fewer are there."""
+    heads = [(buf[0][0], i, 0) for i, buf in enumerate(buffers) if buf and buf[0][0] <= limit]
+    heapq.heapify(heads)
+    taken = 0
+    at = limit
+    while heads and taken < cap:
+        at, i, j = heapq.heappop(heads)
+        taken += 1
+        buf = buffers[i]
+        if j + 1 < len(buf) and buf[j + 1][0] <= limit:
+            # (Never below what was taken: a partition stops at its first record past the limit,
+            # so one earlier in time behind a later one comes with it.)
+            heapq.heappush(heads, (max(buf[j + 1][0], at), i, j + 1))
+    return at if taken >= cap else limit
 
 
 def _merged(runs: list[list[Record[Any]]]) -> list[Record[Any]]:
@@ -1759,7 +1782,8 @@ class Application:
 
     def _pace_batches(self, count: int, took: float) -> None:
         """Keep batches to a share of ``max.poll.interval.ms`` at the operators' recent cost per
-        record (``_BATCH_SHARE_OF_POLL``); stop when one record alone outlasts the interval,
+        record (``_BATCH_SHARE_OF_POLL``), once one took more than half the interval (aligned,
+        releases too: see _release); stop when one record alone outlasts the interval,
         ``_MAX_OVERRUNS`` batches in a row (processed again after each, without end)."""
         cost = took / count
         # At once when slower (the next batch must fit), slowly when faster (one quick batch is
@@ -1769,6 +1793,10 @@ class Application:
             int(_BATCH_SHARE_OF_POLL * self._poll_interval_s / self._record_cost) if self._record_cost else 0
         )
         cap = max(1, min(self.batch_size, fits)) if self._record_cost else self.batch_size
+        if cap < self._batch_cap and took <= self._poll_interval_s / 2:
+            # Well inside the interval: no need to shrink.  (A cost per batch, not per record,
+            # counted per record, shrank batches that fitted down to one record.)
+            cap = self._batch_cap
         if cap < self._batch_cap:
             log.warning(
                 "application %s: batches of at most %d records (operators at %.3g s a record; "
@@ -1820,6 +1848,12 @@ class Application:
         started = time.perf_counter()
         owned = self._owned
         offsets = self._next_offsets
+        if self._batch_cap < self.batch_size:
+            # The operators are slow (see _pace_batches): a release holds as many records as the
+            # buffers have up to the limit, many times a consume's, and outlasted
+            # max.poll.interval.ms again and again, as a full batch did unaligned.
+            mine = [buf for tp, buf in self._buffers.items() if tp in owned]
+            limit = _capped_limit(mine, limit, self._batch_cap)
         runs: dict[int, list[list[Record[Any]]]] = {}
         count = skipped = 0
         for tp, buf in self._buffers.items():

@@ -27,18 +27,18 @@ A side re-keyed by the application itself (a ``group_by`` into its own repartiti
 not aligned so, and loses pairs unless the join's ``max_skew`` and ``lateness`` allow for it
 (found in review, 2026-12-05; the application warns of it at its start,
 :meth:`IntervalJoin.input_warnings`):
-- re-keyed records come back only once the checkpoint that re-keyed them has committed, and on
-  a catch-up a release hands the join the other side's whole backlog first (read directly, or
-  fetched faster): re-keyed events behind it by more than ``max_skew`` are late (a 12-hour
-  backlog, ``max_skew`` 1 h, the other side read directly: 60 pairs of 720, those of the last
-  hour);
+- re-keyed records come back after the records they came from (exactly-once, once the
+  checkpoint that re-keyed them has committed; at-least-once, once sent), and on a catch-up a
+  release hands the join the other side's whole backlog first (read directly, or fetched
+  faster): re-keyed events behind it by more than ``max_skew`` are late (a 12-hour backlog,
+  ``max_skew`` 1 h, the other side read directly: 60 pairs of 720, those of the last hour);
 - alignment is each process's own, so with several processes the re-keyed records of each
-  interleave in a repartition partition out of order by up to a checkpoint interval and the
-  processes' skew: with ``lateness`` 0, some live pairs were lost (32-43 of 2,000 with two
-  processes; none with one).
+  interleave in a repartition partition out of order by up to the processes' skew (and,
+  exactly-once, a checkpoint interval): with ``lateness`` 0, some live pairs were lost (32-43
+  of 2,000 with two processes, exactly-once; none with one).
 So give such a join a ``max_skew`` as long as the longest catch-up it must survive, and a
-``lateness`` of a checkpoint interval and more; the events of one side then wait that much
-longer in its store.
+``lateness`` covering the processes' skew (and, exactly-once, a checkpoint interval); the
+events of one side then wait that much longer in its store.
 
 Events wait in the store encoded (the canonical encoding; an application with event types of
 its own names them, ``event_types``, so they decode again) and expire past
@@ -193,12 +193,13 @@ class IntervalJoin(Operator[Event]):
             return []
         return [
             f"join {self.id!r}: {' and '.join(sides)} re-keyed by this application: re-keyed "
-            "events come back a checkpoint after they were re-keyed at best, and after a whole "
-            "release on a catch-up, not in event-time order with the other side, so those behind "
-            f"it by more than max_skew ({self.max_skew / 1000:g} s) are late and pair with nothing "
-            f"(with several processes, also those out of order by more than lateness, "
-            f"{self.lateness / 1000:g} s); set max_skew to cover the longest catch-up, and lateness "
-            "a checkpoint interval and the processes' skew"
+            "events come back after the records they came from (exactly-once, a checkpoint later "
+            "at best), a whole release later on a catch-up, and with several processes out of "
+            "order by up to their skew, so those behind the other side by more than max_skew "
+            f"({self.max_skew / 1000:g} s) are late and pair with nothing, as are those out of "
+            f"order by more than lateness ({self.lateness / 1000:g} s); set max_skew to cover the "
+            "longest catch-up, and lateness to cover the processes' skew (and, exactly-once, a "
+            "checkpoint interval)"
         ]
 
     def process(self, batch: Sequence[Record[Event]], ctx: Context) -> None:

@@ -1439,6 +1439,60 @@ def test_batches_too_slow_for_the_poll_interval_shrink_until_they_fit(
     assert set(got) == expected_ids(events)
 
 
+class SlowForward(Operator[Payment]):
+    """Forwards its records at ``per_s`` a record, without state; notes each call's size."""
+
+    id = "slow-forward"
+
+    def __init__(self, output: str, per_s: float) -> None:
+        self.output, self.per_s = output, per_s
+        self.calls: list[int] = []
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        self.calls.append(len(batch))
+        time.sleep(self.per_s * len(batch))  # the operator's cost under test, not a synchronisation
+        for rec in batch:
+            ctx.emit(self.output, rec.event)
+
+
+def test_aligned_releases_too_slow_for_the_poll_interval_shrink_until_they_fit(
+    settings: Settings, names: Callable[[str], str], run_app: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Aligned, a release hands over what the buffers hold up to the floor, many times what a
+    # consume took: the batches shrank, the releases did not (a dense topic beside a sparse one,
+    # 80 ms a record: releases of 198 records outlasted the interval again and again, nothing
+    # committed; found in review, 2026-12-05).
+    a, b, out, name = names("a"), names("b"), names("out"), names("app")
+    make_topics(settings, a, b, out, partitions=1)
+    dense, sparse = payments(300, 7, prefix="a"), payments(300, 3, prefix="b")[::10]
+    produce(settings, a, dense)
+    produce(settings, b, sparse)
+    op = SlowForward(out, per_s=0.04)
+    app = Application(
+        settings,
+        name=name,
+        inputs=[a, b],
+        operators=[op],
+        guarantee="exactly_once",
+        batch_size=100,
+        max_event_time_skew_s=100_000.0,
+        consumer_overrides=SHORT_POLL,
+    )
+    with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
+        running = run_app(app)
+        wait_committed(settings, name, a, len(dense), partitions=1)
+        wait_committed(settings, name, b, len(sparse), partitions=1)
+        running.stop()
+    assert not running.errors
+    # The first release, before the cost was known, took more than half the interval; every
+    # one after it is kept to a quarter (37 records at 40 ms; ties in event time may add one).
+    assert op.calls[0] * 0.04 > 6 / 2
+    assert max(op.calls[1:]) <= 0.25 * 6 / 0.04 + 2  # (before: 54 a release)
+    got = output_ids(settings, out, 1)
+    assert len(got) == len(set(got))
+    assert set(got) == {e.event_id for e in dense + sparse}
+
+
 class StallFirst(Operator[Payment]):
     """Forwards its records; the first batch stalls ``stall_s``, ``started`` set as it begins."""
 

@@ -4,12 +4,14 @@ tests/integration/stream/test_app.py, test_batches_too_slow_for_the_poll_interva
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 
 import pytest
 from tests.unit.stream.offline import offline_app
 
 from vigil.errors import ConfigError, PipelineError
+from vigil.stream.app import _capped_limit
 
 
 def test_a_batch_too_slow_for_the_poll_interval_shrinks_the_next_at_once_and_they_grow_back_slowly(
@@ -34,6 +36,29 @@ def test_fast_operators_keep_full_batches(tmp_path: Path) -> None:
     for _ in range(100):
         app._pace_batches(500, 0.002)
     assert app._batch_cap == 500
+
+
+def test_a_cost_per_batch_does_not_shrink_batches_that_fit(tmp_path: Path) -> None:
+    # 2 s a batch plus 1 ms a record, a 6 s interval: every batch fitted (2.5 s), but counted
+    # per record the cost shrank them to one record (12 records/s instead of 200).
+    app = offline_app(tmp_path)
+    app._poll_interval_s = 6.0
+    for _ in range(50):
+        app._pace_batches(app._batch_cap, 2.0 + 0.001 * app._batch_cap)
+    assert app._batch_cap == 500
+
+
+def test_a_release_takes_the_earliest_records_across_partitions_up_to_the_cap() -> None:
+    # Aligned, a release held many times a consume's records, and outlasted the interval again
+    # and again however small the batches (found in review, 2026-12-05).
+    a = deque([(1.0, "a1"), (2.0, "a2"), (5.0, "a5"), (6.0, "a6")])
+    b = deque([(3.0, "b3"), (4.0, "b4"), (9.0, "b9")])
+    assert _capped_limit([a, b], 8.0, 3) == 3.0
+    assert _capped_limit([a, b], 8.0, 5) == 5.0
+    assert _capped_limit([a, b], 8.0, 100) == 8.0  # fewer than the cap: the limit as it was
+    # A record earlier in time behind a later one comes with it: counted, not waited for.
+    c = deque([(1.0, "c1"), (7.0, "c7"), (2.0, "c2"), (3.0, "c3")])
+    assert _capped_limit([c], 8.0, 3) == 7.0
 
 
 def test_one_record_longer_than_the_poll_interval_in_a_row_stops_the_application(tmp_path: Path) -> None:

@@ -472,6 +472,6 @@ def test_a_join_of_a_side_the_application_re_keys_with_one_it_reads_directly_is_
     (warning,) = join.input_warnings(rekeyed)
     assert "app.repartition.by-customer re-keyed by this application" in warning
     assert "max_skew (3600 s)" in warning
-    assert "lateness, 0 s" in warning
+    assert "lateness (0 s)" in warning
     # Both read directly: aligned as they come.
     assert join.input_warnings(frozenset()) == []
