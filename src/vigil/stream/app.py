@@ -698,23 +698,27 @@ def _offset_ranges(records: Sequence[Record[Any]]) -> str:
     return ", ".join(f"{t}[{p}] offsets {lo}..{hi}" for (t, p), (lo, hi) in sorted(ranges.items()))
 
 
-def _capped_limit(buffers: list[deque[tuple[float, Any]]], limit: float, cap: int) -> float:
-    """The event time up to which about ``cap`` of the buffered records (each buffer's prefix
-    up to ``limit``) would be released, taken in event-time order across the buffers: the time
-    of the ``cap``-th (ties may add a few more), or ``limit`` when fewer are there."""
-    heads = [(buf[0][0], i, 0) for i, buf in enumerate(buffers) if buf and buf[0][0] <= limit]
+def _capped_counts(buffers: list[deque[tuple[float, Any]]], limit: float, cap: int) -> list[int]:
+    """How many of each buffer's first records to release so that at most ``cap`` go in all,
+    the earliest in event time across the buffers, each buffer a prefix up to ``limit`` (its
+    first record past it stops it).  Counted, not turned into an earlier limit: records with
+    equal times, or many behind one ahead in time, all went at once under a limit (6,001 at a
+    cap of 37)."""
+    counts = [0] * len(buffers)
+    heads = [(buf[0][0], i) for i, buf in enumerate(buffers) if buf and buf[0][0] <= limit]
     heapq.heapify(heads)
-    taken = 0
-    at = limit
-    while heads and taken < cap:
-        at, i, j = heapq.heappop(heads)
-        taken += 1
+    for _ in range(cap):
+        if not heads:
+            break
+        at, i = heapq.heappop(heads)
+        counts[i] += 1
         buf = buffers[i]
-        if j + 1 < len(buf) and buf[j + 1][0] <= limit:
-            # (Never below what was taken: a partition stops at its first record past the limit,
-            # so one earlier in time behind a later one comes with it.)
-            heapq.heappush(heads, (max(buf[j + 1][0], at), i, j + 1))
-    return at if taken >= cap else limit
+        j = counts[i]
+        if j < len(buf) and buf[j][0] <= limit:
+            # (One earlier in time behind a later one is next in its partition's order: it goes
+            # at the later one's time.)
+            heapq.heappush(heads, (max(buf[j][0], at), i))
+    return counts
 
 
 def _merged(runs: list[list[Record[Any]]]) -> list[Record[Any]]:
@@ -1011,6 +1015,8 @@ class Application:
         self._batch_cap = batch_size
         #: The operators' recent cost per record (seconds), rising at once, falling slowly.
         self._record_cost = 0.0
+        #: The records and seconds of the batch that last made batches smaller (_pace_batches).
+        self._before_shrink = (0, 0.0)
         #: max.poll.interval.ms, in seconds (read when run() starts), and the batches of one
         #: record in a row that outlasted it.
         self._poll_interval_s = 300.0
@@ -1793,10 +1799,16 @@ class Application:
             int(_BATCH_SHARE_OF_POLL * self._poll_interval_s / self._record_cost) if self._record_cost else 0
         )
         cap = max(1, min(self.batch_size, fits)) if self._record_cost else self.batch_size
-        if cap < self._batch_cap and took <= self._poll_interval_s / 2:
-            # Well inside the interval: no need to shrink.  (A cost per batch, not per record,
-            # counted per record, shrank batches that fitted down to one record.)
+        before_count, before_took = self._before_shrink
+        if cap < self._batch_cap and (
+            took <= self._poll_interval_s / 2 or (before_count > count and before_took <= 1.25 * took)
+        ):
+            # Well inside the interval, or smaller batches take about as long as the larger ones
+            # before the last shrink did (the cost is per batch, not per record): shrinking would
+            # not help.  (It shrank batches that fitted down to one record.)
             cap = self._batch_cap
+        if cap < self._batch_cap:
+            self._before_shrink = (count, took)
         if cap < self._batch_cap:
             log.warning(
                 "application %s: batches of at most %d records (operators at %.3g s a record; "
@@ -1848,20 +1860,26 @@ class Application:
         started = time.perf_counter()
         owned = self._owned
         offsets = self._next_offsets
+        # The operators slow (see _pace_batches), at most _batch_cap records: a release holds
+        # what the buffers have up to the limit, many times a consume's, and outlasted
+        # max.poll.interval.ms again and again, as a full batch did unaligned.
+        capped: dict[TP, int] | None = None
         if self._batch_cap < self.batch_size:
-            # The operators are slow (see _pace_batches): a release holds as many records as the
-            # buffers have up to the limit, many times a consume's, and outlasted
-            # max.poll.interval.ms again and again, as a full batch did unaligned.
-            mine = [buf for tp, buf in self._buffers.items() if tp in owned]
-            limit = _capped_limit(mine, limit, self._batch_cap)
+            mine = [tp for tp in self._buffers if tp in owned]
+            counts = _capped_counts([self._buffers[tp] for tp in mine], limit, self._batch_cap)
+            capped = dict(zip(mine, counts, strict=True))
         runs: dict[int, list[list[Record[Any]]]] = {}
         count = skipped = 0
         for tp, buf in self._buffers.items():
             if not buf or tp not in owned or buf[0][0] > limit:
                 continue
+            take = len(buf) if capped is None else capped[tp]
+            if not take:
+                continue
             out: list[Record[Any]] = []
             last = -1
-            while buf and buf[0][0] <= limit:
+            while take and buf and buf[0][0] <= limit:
+                take -= 1
                 _, item = buf.popleft()
                 if isinstance(item, Record):
                     out.append(item)
@@ -1917,7 +1935,8 @@ class Application:
             (at,) = consumer.position([TopicPartition(*tp)])
             pos = max(at.offset, consumed.get(tp, -1))
             if pos < 0:
-                return self._start_lag(consumer, tp, now)
+                lane = alignment.lanes.get(tp)
+                return self._start_lag(consumer, tp, now, again=lane is not None and lane.restoring)
             try:
                 marks = consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
             except KafkaException:
@@ -1937,13 +1956,16 @@ class Application:
         self.metrics.paused = sorted(tp for tp, lane in alignment.lanes.items() if lane.paused)
         self.metrics.alignment_pauses = alignment.pauses
 
-    def _start_lag(self, consumer: Consumer, tp: TP, now: float) -> int | None:
+    def _start_lag(self, consumer: Consumer, tp: TP, now: float, *, again: bool = False) -> int | None:
         """Records left in a partition nothing was consumed from since its assignment: from its
         committed offset (or its start) to its end, asked of the broker at most once a second
         per partition.  So an empty partition, or one whose group is already at its end (after
-        a restart), holds nobody back, and one with a backlog holds the others until it delivers."""
+        a restart), holds nobody back, and one with a backlog holds the others until it delivers.
+        An answer is kept, but for a partition being restored (``again``), asked again each
+        second: records arriving during its restore must hold the others too (kept, its 0
+        at the assignment let the others release ahead of them for the whole restore)."""
         known = self._start_lags.get(tp)
-        if known is not None and (known[1] is not None or now - known[0] < 1.0):
+        if known is not None and ((known[1] is not None and not again) or now - known[0] < 1.0):
             return known[1]
         left: int | None = None
         try:

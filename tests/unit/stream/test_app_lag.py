@@ -256,3 +256,26 @@ def test_the_committed_offsets_are_asked_within_the_budget_in_all(tmp_path: Path
     assert (answered, problem is not None) == ([], True)
     assert 0 < reached < 50
     assert consumer.waited <= 0.3  # (not 0.2 + 0.3)
+
+
+def test_a_partition_restoring_has_its_records_left_asked_again_each_second(tmp_path: Path) -> None:
+    # Aligned, its lane holds the others while it has records to read; the 0 found at its
+    # assignment was kept for the whole restore, and records arriving meanwhile held nobody.
+    class Ends:
+        high = 0
+
+        def committed(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+            return [TopicPartition(tp.topic, tp.partition, 0) for tp in tps]
+
+        def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+            return (0, self.high)
+
+    app = offline_app(tmp_path)
+    consumer = Ends()
+    assert app._start_lag(consumer, ("in", 0), 1.0, again=True) == 0
+    consumer.high = 500
+    assert app._start_lag(consumer, ("in", 0), 1.5, again=True) == 0  # (at most once a second)
+    assert app._start_lag(consumer, ("in", 0), 2.5, again=True) == 500
+    # A running partition's answer is kept (it delivers, or goes idle).
+    consumer.high = 900
+    assert app._start_lag(consumer, ("in", 0), 9.0) == 500

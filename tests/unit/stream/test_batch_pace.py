@@ -11,7 +11,7 @@ import pytest
 from tests.unit.stream.offline import offline_app
 
 from vigil.errors import ConfigError, PipelineError
-from vigil.stream.app import _capped_limit
+from vigil.stream.app import _capped_counts
 
 
 def test_a_batch_too_slow_for_the_poll_interval_shrinks_the_next_at_once_and_they_grow_back_slowly(
@@ -53,12 +53,30 @@ def test_a_release_takes_the_earliest_records_across_partitions_up_to_the_cap() 
     # and again however small the batches (found in review, 2026-12-05).
     a = deque([(1.0, "a1"), (2.0, "a2"), (5.0, "a5"), (6.0, "a6")])
     b = deque([(3.0, "b3"), (4.0, "b4"), (9.0, "b9")])
-    assert _capped_limit([a, b], 8.0, 3) == 3.0
-    assert _capped_limit([a, b], 8.0, 5) == 5.0
-    assert _capped_limit([a, b], 8.0, 100) == 8.0  # fewer than the cap: the limit as it was
-    # A record earlier in time behind a later one comes with it: counted, not waited for.
-    c = deque([(1.0, "c1"), (7.0, "c7"), (2.0, "c2"), (3.0, "c3")])
-    assert _capped_limit([c], 8.0, 3) == 7.0
+    assert _capped_counts([a, b], 8.0, 3) == [2, 1]
+    assert _capped_counts([a, b], 8.0, 5) == [3, 2]
+    assert _capped_counts([a, b], 8.0, 100) == [4, 2]  # (b9 is past the limit)
+
+
+def test_records_with_equal_times_or_behind_one_ahead_are_split_across_releases() -> None:
+    # Turned into an earlier limit, the cap let all of them go at once: 2,000 records of one
+    # second, or 6,000 behind one record a minute ahead, at a cap of 37.
+    ties = [deque((100.0, i) for i in range(2000)) for _ in range(4)]
+    assert sum(_capped_counts(ties, 1e9, 37)) == 37
+    ahead = deque([(160.0, "ahead"), *((100.0 + i / 100, i) for i in range(6000))])
+    assert _capped_counts([ahead], 1e9, 37) == [37]
+
+
+def test_a_cost_per_batch_above_half_the_interval_stops_shrinking_once_smaller_is_no_faster(
+    tmp_path: Path,
+) -> None:
+    # 4 s a batch plus 1 ms a record, a 6 s interval: every batch fitted, but each was taken
+    # as too slow, down to one record (0.25 records/s instead of 111).
+    app = offline_app(tmp_path)
+    app._poll_interval_s = 6.0
+    for _ in range(30):
+        app._pace_batches(app._batch_cap, 4.0 + 0.001 * app._batch_cap)
+    assert app._batch_cap > 100
 
 
 def test_one_record_longer_than_the_poll_interval_in_a_row_stops_the_application(tmp_path: Path) -> None:
