@@ -419,8 +419,10 @@ _RESTORE_STEP_S = 0.025
 #: well inside the hour the restore allows between a store's recorded time and its contents.
 _TOUCH_EVERY_S = 600.0
 _RESTORE_WAIT_S = 0.01
-#: Aligned: timeout of the broker queries for partitions nothing was consumed from yet.
+#: Aligned: timeout of the broker queries for partitions nothing was consumed from yet, and how
+#: often one being restored at the start with nothing left is asked again (see _start_lag).
 _ALIGN_TIMEOUT = 5.0
+_RESTORING_ASK_EVERY_S = 5.0
 #: The lag gauge's questions to the broker about partitions nothing was delivered from yet
 #: (see Application._unread_lags): the timeout of each (on the loop: a committed offset in another
 #: producer's open transaction has no answer until the timeout), how often the ends of paused
@@ -1961,11 +1963,14 @@ class Application:
         committed offset (or its start) to its end, asked of the broker at most once a second
         per partition.  So an empty partition, or one whose group is already at its end (after
         a restart), holds nobody back, and one with a backlog holds the others until it delivers.
-        An answer is kept, but for a partition being restored (``again``), asked again each
-        second: records arriving during its restore must hold the others too (kept, its 0
-        at the assignment let the others release ahead of them for the whole restore)."""
+        An answer is kept, but for a partition being restored (``again``) with nothing left, asked
+        again every ``_RESTORING_ASK_EVERY_S``: records arriving during its restore must hold the
+        others too (kept, its 0 at the assignment let the others release ahead of them for the
+        whole restore).  (Not each second: the questions are the loop's, one partition at a time.)"""
         known = self._start_lags.get(tp)
-        if known is not None and ((known[1] is not None and not again) or now - known[0] < 1.0):
+        if known is not None and now - known[0] < (_RESTORING_ASK_EVERY_S if known[1] == 0 else 1.0):
+            return known[1]
+        if known is not None and known[1] is not None and not (again and known[1] == 0):
             return known[1]
         left: int | None = None
         try:
