@@ -1803,7 +1803,8 @@ class Application:
         cap = max(1, min(self.batch_size, fits)) if self._record_cost else self.batch_size
         before_count, before_took = self._before_shrink
         if cap < self._batch_cap and (
-            took <= self._poll_interval_s / 2 or (before_count > count and before_took <= 1.25 * took)
+            took <= self._poll_interval_s / 2
+            or (took <= self._poll_interval_s and before_count > count and before_took <= 1.25 * took)
         ):
             # Well inside the interval, or smaller batches take about as long as the larger ones
             # before the last shrink did (the cost is per batch, not per record): shrinking would
@@ -1811,6 +1812,8 @@ class Application:
             cap = self._batch_cap
         if cap < self._batch_cap:
             self._before_shrink = (count, took)
+        elif cap == self.batch_size:
+            self._before_shrink = (0, 0.0)  # (a batch long ago must not keep a later one large)
         if cap < self._batch_cap:
             log.warning(
                 "application %s: batches of at most %d records (operators at %.3g s a record; "
@@ -1921,6 +1924,7 @@ class Application:
         now = time.monotonic()
         consumed = self._consumed  # none yet: asked of the broker (_start_lag)
         rekeyed = self._rekeyed_inputs
+        reasked: list[TP] = []
 
         def lag(tp: TP) -> int | None:
             if tp[0] in rekeyed:
@@ -1938,7 +1942,12 @@ class Application:
             pos = max(at.offset, consumed.get(tp, -1))
             if pos < 0:
                 lane = alignment.lanes.get(tp)
-                return self._start_lag(consumer, tp, now, again=lane is not None and lane.restoring)
+                again = not reasked and lane is not None and lane.restoring
+                before = self._start_lags.get(tp)
+                left = self._start_lag(consumer, tp, now, again=again)
+                if again and self._start_lags.get(tp) is not before:
+                    reasked.append(tp)  # (one a pass: the questions are the loop's)
+                return left
             try:
                 marks = consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
             except KafkaException:
@@ -1973,6 +1982,7 @@ class Application:
         if known is not None and known[1] is not None and not (again and known[1] == 0):
             return known[1]
         left: int | None = None
+        asked_at = time.monotonic()
         try:
             (committed,) = consumer.committed([TopicPartition(*tp)], timeout=_ALIGN_TIMEOUT)
             low, high = consumer.get_watermark_offsets(TopicPartition(*tp), timeout=_ALIGN_TIMEOUT)
@@ -1980,7 +1990,9 @@ class Application:
             left = max(0, high - max(start, low))
         except (KafkaException, TypeError, ValueError) as exc:
             log.debug("application %s: end offsets of %s[%d]: %s", self.name, tp[0], tp[1], exc)
-        self._start_lags[tp] = (now, left)
+        # (As of the answer: taken at the pass's start, after a slow pass every partition was due
+        # again.)
+        self._start_lags[tp] = (now + time.monotonic() - asked_at, left)
         return left
 
     def _commit_new_starts(self) -> None:

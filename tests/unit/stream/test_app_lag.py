@@ -15,6 +15,7 @@ from tests.unit.stream.offline import Nothing, offline_app
 
 from vigil.config import load_settings
 from vigil.errors import ConfigError
+from vigil.stream.alignment import Alignment
 from vigil.stream.app import Application, _committed_asked, _PartitionTask
 
 NONE = -1001  # (what committed() gives for a partition with nothing committed)
@@ -281,3 +282,40 @@ def test_a_partition_restoring_has_its_records_left_asked_again_each_second(tmp_
     consumer.high = 900
     assert app._start_lag(consumer, ("in", 0), 20.0, again=True) == 500
     assert app._start_lag(consumer, ("in", 0), 30.0) == 500
+
+
+def test_partitions_restoring_are_asked_again_one_a_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each restoring partition asked again on its own, one at a time, held the loop N times the
+    # question's timeout a pass against a broker that stopped answering.
+    import vigil.stream.app as runtime
+
+    class Paused:
+        asked = 0
+
+        def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
+            return [TopicPartition(tp.topic, tp.partition, NONE) for tp in tps]
+
+        def committed(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+            self.asked += 1
+            return [TopicPartition(tp.topic, tp.partition, 0) for tp in tps]
+
+        def get_watermark_offsets(self, tp: TopicPartition, **_: float) -> tuple[int, int]:
+            return (0, 0)
+
+        def pause(self, tps: list[TopicPartition]) -> None: ...
+
+        def resume(self, tps: list[TopicPartition]) -> None: ...
+
+    monkeypatch.setattr(runtime, "_RESTORING_ASK_EVERY_S", 0.0)
+    app = offline_app(tmp_path)
+    app.alignment = Alignment(0.0, 5.0)
+    app._consumer = consumer = Paused()
+    app.alignment.add([("in", p) for p in range(8)], time.monotonic(), restoring=True)
+    app._align()
+    assert consumer.asked == 8  # (each once, at the start)
+    for _ in range(3):
+        consumer.asked = 0
+        app._align()
+        assert consumer.asked == 1

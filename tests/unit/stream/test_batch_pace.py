@@ -79,6 +79,41 @@ def test_a_cost_per_batch_above_half_the_interval_stops_shrinking_once_smaller_i
     assert app._batch_cap > 100
 
 
+def test_a_batch_long_ago_does_not_keep_later_ones_large(tmp_path: Path) -> None:
+    # One slow batch of 1,000 (4 s), then fast ones, then the operator at 100 ms a record: the
+    # rule against a cost per batch kept 300-record batches of 30 s, five times the interval.
+    app = offline_app(tmp_path, batch_size=1000)
+    app._poll_interval_s = 6.0
+    app._pace_batches(1000, 4.0)
+    for _ in range(40):
+        app._pace_batches(1000, 0.05)
+    assert app._batch_cap == 1000
+    app._pace_batches(300, 30.0)
+    assert app._batch_cap == 15
+
+
+def test_batches_that_outlast_the_interval_shrink_whatever_came_before(tmp_path: Path) -> None:
+    # A catch-up release of 5,000 in 4 s, then 4 ms a record: releases of 1,875 took 7.5 s, past
+    # the 6 s interval, and were kept that large.
+    app = offline_app(tmp_path, batch_size=2000)
+    app._poll_interval_s = 6.0
+    app._pace_batches(5000, 4.0)
+    app._pace_batches(app._batch_cap, 0.004 * app._batch_cap)
+    assert app._batch_cap == 375
+
+
+def test_a_cost_per_batch_over_the_interval_still_stops_the_application(tmp_path: Path) -> None:
+    app = offline_app(tmp_path, batch_size=1000)
+    app._poll_interval_s = 6.0
+    # (Shrunk to one record, which alone outlasts the interval, three times in a row.)
+    for _ in range(5):
+        app._pace_batches(app._batch_cap, 7.0 + 0.001 * app._batch_cap)
+    assert app._batch_cap == 1
+    app._pace_batches(1, 7.001)
+    with pytest.raises(PipelineError, match=r"one record took 7\.0 s"):
+        app._pace_batches(1, 7.001)
+
+
 def test_one_record_longer_than_the_poll_interval_in_a_row_stops_the_application(tmp_path: Path) -> None:
     # Processed again after each, without end.  One such batch between others in time is not.
     app = offline_app(tmp_path)
