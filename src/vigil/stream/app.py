@@ -377,6 +377,7 @@ _BATCH_SHARE_OF_POLL = 0.25
 #: Batches of one record in a row that each took longer than ``max.poll.interval.ms`` before the
 #: application stops: one record alone outlasts it, and would be processed again without end.
 _MAX_OVERRUNS = 3
+_NO_CAP = 1 << 62
 #: The consumer's fetching, changed from librdkafka's defaults because those trade latency (or
 #: throughput) for nothing here.  ``fetch.wait.max.ms``: an idle partition's fetch returns after
 #: 10 ms, not 500.  ``fetch.queue.backoff.ms``: once the local queue is over its thresholds,
@@ -1023,6 +1024,11 @@ class Application:
         #: record in a row that outlasted it.
         self._poll_interval_s = 300.0
         self._overruns = 0
+        self._last_overrun_at = -math.inf
+        #: The most records a batch (aligned, a release, which may hold many times batch_size)
+        #: may hand the operators at their recent cost (_NO_CAP: no limit); _batch_cap is it
+        #: within batch_size.
+        self._cap = _NO_CAP
         self.checkpoint_interval_s = checkpoint_interval_s
         #: Names the transactional producer (exactly-once, or at-least-once with state: the one
         #: that commits state and offsets).  Unset: ``<home id>-<slot>``, the
@@ -1789,10 +1795,11 @@ class Application:
             self._pace_batches(count, took)
 
     def _pace_batches(self, count: int, took: float) -> None:
-        """Keep batches to a share of ``max.poll.interval.ms`` at the operators' recent cost per
-        record (``_BATCH_SHARE_OF_POLL``), once one took more than half the interval (aligned,
-        releases too: see _release); stop when one record alone outlasts the interval,
-        ``_MAX_OVERRUNS`` batches in a row (processed again after each, without end)."""
+        """Keep batches (and, aligned, releases, which may hold many times ``batch_size``) to a
+        share of ``max.poll.interval.ms`` at the operators' recent cost per record
+        (``_BATCH_SHARE_OF_POLL``), once one took more than half the interval; stop when one
+        record alone outlasts the interval ``_MAX_OVERRUNS`` times, none more than three
+        intervals after the one before (processed again after each, without end)."""
         cost = took / count
         # At once when slower (the next batch must fit), slowly when faster (one quick batch is
         # no sign the next will be).
@@ -1800,34 +1807,33 @@ class Application:
         fits = (
             int(_BATCH_SHARE_OF_POLL * self._poll_interval_s / self._record_cost) if self._record_cost else 0
         )
-        cap = max(1, min(self.batch_size, fits)) if self._record_cost else self.batch_size
+        proposed = max(1, fits) if self._record_cost else _NO_CAP
         before_count, before_took = self._before_shrink
-        if cap < self._batch_cap and (
+        if proposed < self._cap and (
             took <= self._poll_interval_s / 2
             or (took <= self._poll_interval_s and before_count > count and before_took <= 1.25 * took)
         ):
             # Well inside the interval, or smaller batches take about as long as the larger ones
             # before the last shrink did (the cost is per batch, not per record): shrinking would
             # not help.  (It shrank batches that fitted down to one record.)
-            cap = self._batch_cap
-        if cap < self._batch_cap:
+            proposed = self._cap
+        if proposed < self._cap:
             self._before_shrink = (count, took)
-        elif cap == self.batch_size:
-            self._before_shrink = (0, 0.0)  # (a batch long ago must not keep a later one large)
-        if cap < self._batch_cap:
             log.warning(
                 "application %s: batches of at most %d records (operators at %.3g s a record; "
                 "max.poll.interval.ms is %g s)",
                 self.name,
-                cap,
+                proposed,
                 self._record_cost,
                 self._poll_interval_s,
             )
-        elif cap == self.batch_size > self._batch_cap:
-            log.info("application %s: batches of up to %d records again", self.name, cap)
-        self._batch_cap = cap
+        elif proposed >= self.batch_size:
+            self._before_shrink = (0, 0.0)  # (a batch long ago must not keep a later one large)
+            if self._batch_cap < self.batch_size:
+                log.info("application %s: batches of up to %d records again", self.name, self.batch_size)
+        self._cap = proposed
+        self._batch_cap = min(self.batch_size, proposed)
         if took <= self._poll_interval_s:
-            self._overruns = 0
             return
         log.warning(
             "application %s: a batch of %d records took %.1f s, longer than max.poll.interval.ms "
@@ -1837,12 +1843,21 @@ class Application:
             took,
             self._poll_interval_s,
         )
-        self._overruns = self._overruns + 1 if count == 1 else 0
+        if count > 1:
+            return
+        # Counted until none comes for three intervals: the records before it since the last
+        # commit, processed again after each in time, reset a count kept "in a row", and a
+        # record alone too slow, with any before it, was processed again without end.
+        now = time.monotonic()
+        recent = now - self._last_overrun_at <= 3 * self._poll_interval_s
+        self._overruns = self._overruns + 1 if recent else 1
+        self._last_overrun_at = now
         if self._overruns >= _MAX_OVERRUNS:
             ids = ", ".join(repr(op.id) for op in self.operators)
             msg = (
                 f"application {self.name!r}: one record took {took:.1f} s in the operators ({ids}), "
-                f"{self._overruns} batches in a row, longer than max.poll.interval.ms "
+                f"{self._overruns} times within {3 * self._poll_interval_s:g} s, longer than "
+                "max.poll.interval.ms "
                 f"({self._poll_interval_s:g} s): the group goes on without this member each time and "
                 "the record is processed again, without end; make the operator faster or raise "
                 "max.poll.interval.ms (consumer_overrides)"
@@ -1869,10 +1884,12 @@ class Application:
         # what the buffers have up to the limit, many times a consume's, and outlasted
         # max.poll.interval.ms again and again, as a full batch did unaligned.
         capped: dict[TP, int] | None = None
-        if self._batch_cap < self.batch_size:
+        cap = self._cap
+        if cap < _NO_CAP:
             mine = [tp for tp in self._buffers if tp in owned]
-            counts = _capped_counts([self._buffers[tp] for tp in mine], limit, self._batch_cap)
-            capped = dict(zip(mine, counts, strict=True))
+            if sum(len(self._buffers[tp]) for tp in mine) > cap:
+                counts = _capped_counts([self._buffers[tp] for tp in mine], limit, cap)
+                capped = dict(zip(mine, counts, strict=True))
         runs: dict[int, list[list[Record[Any]]]] = {}
         count = skipped = 0
         for tp, buf in self._buffers.items():
@@ -1924,7 +1941,12 @@ class Application:
         now = time.monotonic()
         consumed = self._consumed  # none yet: asked of the broker (_start_lag)
         rekeyed = self._rekeyed_inputs
-        reasked: list[TP] = []
+        restoring_zero = [
+            (known[0], tp)
+            for tp, lane in alignment.lanes.items()
+            if lane.restoring and (known := self._start_lags.get(tp)) is not None and known[1] == 0
+        ]
+        reask = min(restoring_zero)[1] if restoring_zero else None
 
         def lag(tp: TP) -> int | None:
             if tp[0] in rekeyed:
@@ -1941,13 +1963,9 @@ class Application:
             (at,) = consumer.position([TopicPartition(*tp)])
             pos = max(at.offset, consumed.get(tp, -1))
             if pos < 0:
-                lane = alignment.lanes.get(tp)
-                again = not reasked and lane is not None and lane.restoring
-                before = self._start_lags.get(tp)
-                left = self._start_lag(consumer, tp, now, again=again)
-                if again and self._start_lags.get(tp) is not before:
-                    reasked.append(tp)  # (one a pass: the questions are the loop's)
-                return left
+                # (A restoring partition's 0 asked again one a pass, the one asked longest ago:
+                # the questions are the loop's, and the first in order took every turn.)
+                return self._start_lag(consumer, tp, now, again=tp == reask)
             try:
                 marks = consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
             except KafkaException:

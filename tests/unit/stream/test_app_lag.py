@@ -297,8 +297,12 @@ def test_partitions_restoring_are_asked_again_one_a_pass(
         def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
             return [TopicPartition(tp.topic, tp.partition, NONE) for tp in tps]
 
+        def __init__(self) -> None:
+            self.which: list[int] = []
+
         def committed(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
             self.asked += 1
+            self.which += [tp.partition for tp in tps]
             return [TopicPartition(tp.topic, tp.partition, 0) for tp in tps]
 
         def get_watermark_offsets(self, tp: TopicPartition, **_: float) -> tuple[int, int]:
@@ -315,7 +319,10 @@ def test_partitions_restoring_are_asked_again_one_a_pass(
     app.alignment.add([("in", p) for p in range(8)], time.monotonic(), restoring=True)
     app._align()
     assert consumer.asked == 8  # (each once, at the start)
-    for _ in range(3):
+    consumer.which.clear()
+    for _ in range(8):
         consumer.asked = 0
         app._align()
         assert consumer.asked == 1
+    # Each in turn, the one asked longest ago (the first in order took every turn).
+    assert sorted(consumer.which) == list(range(8))
