@@ -374,9 +374,11 @@ MAX_BATCH_SIZE = 1_000_000
 #: operator at 25 ms a record, 500-record batches, a 10 s interval: the first batch processed
 #: again and again, nothing committed).
 _BATCH_SHARE_OF_POLL = 0.25
-#: Batches of one record in a row that each took longer than ``max.poll.interval.ms`` before the
-#: application stops: one record alone outlasts it, and would be processed again without end.
+#: Batches of one record that took longer than ``max.poll.interval.ms``, each within three
+#: intervals of the one before, before the application stops: one record alone outlasts it, and
+#: would be processed again without end.
 _MAX_OVERRUNS = 3
+#: No limit on the records a batch or release hands over (see Application._cap).
 _NO_CAP = 1 << 62
 #: The consumer's fetching, changed from librdkafka's defaults because those trade latency (or
 #: throughput) for nothing here.  ``fetch.wait.max.ms``: an idle partition's fetch returns after
@@ -1014,14 +1016,14 @@ class Application:
         #: How long an idle loop waits for a record (at most until a checkpoint is due).
         self.batch_timeout_s = batch_timeout_s
         #: Records a batch asks for now: ``batch_size``, or fewer while the operators are slow
-        #: enough that a full batch would outlast ``max.poll.interval.ms`` (see _count_batch).
+        #: enough that a full batch would outlast ``max.poll.interval.ms`` (see _pace_batches).
         self._batch_cap = batch_size
         #: The operators' recent cost per record (seconds), rising at once, falling slowly.
         self._record_cost = 0.0
         #: The records and seconds of the batch that last made batches smaller (_pace_batches).
         self._before_shrink = (0, 0.0)
         #: max.poll.interval.ms, in seconds (read when run() starts), and the batches of one
-        #: record in a row that outlasted it.
+        #: record that outlasted it, each within three intervals of the one before, the last when.
         self._poll_interval_s = 300.0
         self._overruns = 0
         self._last_overrun_at = -math.inf
@@ -1880,8 +1882,8 @@ class Application:
         started = time.perf_counter()
         owned = self._owned
         offsets = self._next_offsets
-        # The operators slow (see _pace_batches), at most _batch_cap records: a release holds
-        # what the buffers have up to the limit, many times a consume's, and outlasted
+        # The operators slow (see _pace_batches), at most _cap records: a release holds what
+        # the buffers have up to the limit, many times a consume's, and outlasted
         # max.poll.interval.ms again and again, as a full batch did unaligned.
         capped: dict[TP, int] | None = None
         cap = self._cap
