@@ -1943,12 +1943,18 @@ class Application:
         now = time.monotonic()
         consumed = self._consumed  # none yet: asked of the broker (_start_lag)
         rekeyed = self._rekeyed_inputs
-        restoring_zero = [
-            (known[0], tp)
-            for tp, lane in alignment.lanes.items()
-            if lane.restoring and (known := self._start_lags.get(tp)) is not None and known[1] == 0
-        ]
-        reask = min(restoring_zero)[1] if restoring_zero else None
+        oldest: list[TP | None] = []  # (looked for once a pass, when a restoring partition asks)
+
+        def reask() -> TP | None:
+            """The restoring partition with nothing left whose records left were asked longest ago."""
+            if not oldest:
+                zero = [
+                    (known[0], tp)
+                    for tp, lane in alignment.lanes.items()
+                    if lane.restoring and (known := self._start_lags.get(tp)) is not None and known[1] == 0
+                ]
+                oldest.append(min(zero)[1] if zero else None)
+            return oldest[0]
 
         def lag(tp: TP) -> int | None:
             if tp[0] in rekeyed:
@@ -1967,7 +1973,9 @@ class Application:
             if pos < 0:
                 # (A restoring partition's 0 asked again one a pass, the one asked longest ago:
                 # the questions are the loop's, and the first in order took every turn.)
-                return self._start_lag(consumer, tp, now, again=tp == reask)
+                lane = alignment.lanes.get(tp)
+                again = lane is not None and lane.restoring and tp == reask()
+                return self._start_lag(consumer, tp, now, again=again)
             try:
                 marks = consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
             except KafkaException:
@@ -1997,10 +2005,16 @@ class Application:
         others too (kept, its 0 at the assignment let the others release ahead of them for the
         whole restore).  (Not each second: the questions are the loop's, one partition at a time.)"""
         known = self._start_lags.get(tp)
-        if known is not None and now - known[0] < (_RESTORING_ASK_EVERY_S if known[1] == 0 else 1.0):
-            return known[1]
-        if known is not None and known[1] is not None and not (again and known[1] == 0):
-            return known[1]
+        if known is not None:
+            asked, left_then = known
+            if left_then is None:  # no answer: asked again after a second
+                due = now - asked >= 1.0
+            elif left_then == 0 and again:
+                due = now - asked >= _RESTORING_ASK_EVERY_S
+            else:
+                due = False
+            if not due:
+                return left_then
         left: int | None = None
         asked_at = time.monotonic()
         try:

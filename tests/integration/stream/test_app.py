@@ -30,7 +30,7 @@ from vigil.hub.admin import describe_live, ensure_topics
 from vigil.hub.client import EventProducer, is_transient, make_admin, make_consumer
 from vigil.hub.topics import TopicSpec
 from vigil.stream.app import Application, state_path
-from vigil.stream.base import Context, Operator, Record, StoreSpec
+from vigil.stream.base import Context, Guarantee, Operator, Record, StoreSpec
 from vigil.stream.changelog import RestoreTask, changelog_spec, changelog_topic, restore
 from vigil.stream.repartition import repartition_spec
 from vigil.stream.state import RocksState
@@ -1391,6 +1391,28 @@ SHORT_POLL: dict[str, Any] = {
 }
 
 
+def short_poll_app(
+    settings: Settings, name: str, inputs: list[str], op: Operator[Any], guarantee: Guarantee, **kw: Any
+) -> Application:
+    """``op`` alone in an application whose member leaves its group after 6 s without a poll."""
+    return Application(
+        settings,
+        name=name,
+        inputs=inputs,
+        operators=[op],
+        guarantee=guarantee,
+        consumer_overrides=SHORT_POLL,
+        **kw,
+    )
+
+
+def assert_outputs_exactly(settings: Settings, topic: str, ids: set[str]) -> None:
+    """``topic`` (one partition) holds one output of each of ``ids``, and nothing else."""
+    got = output_ids(settings, topic, 1)
+    assert len(got) == len(set(got))
+    assert set(got) == ids
+
+
 class SlowPerRecord(RunningCount):
     """The running count at ``per_s`` a record (an operator calling out for each, say)."""
 
@@ -1416,15 +1438,7 @@ def test_batches_too_slow_for_the_poll_interval_shrink_until_they_fit(
     events = payments(120, 7)
     produce(settings, src, events)
     op = SlowPerRecord(out, per_s=0.08)
-    app = Application(
-        settings,
-        name=name,
-        inputs=[src],
-        operators=[op],
-        guarantee="exactly_once",
-        batch_size=100,
-        consumer_overrides=SHORT_POLL,
-    )
+    app = short_poll_app(settings, name, [src], op, "exactly_once", batch_size=100)
     with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
         running = run_app(app)
         wait_committed(settings, name, src, 120, partitions=1)
@@ -1434,9 +1448,7 @@ def test_batches_too_slow_for_the_poll_interval_shrink_until_they_fit(
     # A quarter of the poll interval at 80 ms a record.
     assert max(op.batches[1:]) <= 0.25 * 6 / 0.08
     assert any("batches of at most 18 records" in r.getMessage() for r in caplog.records)
-    got = output_ids(settings, out, 1)
-    assert len(got) == len(set(got))
-    assert set(got) == expected_ids(events)
+    assert_outputs_exactly(settings, out, expected_ids(events))
 
 
 class SlowForward(Operator[Payment]):
@@ -1468,15 +1480,8 @@ def test_aligned_releases_too_slow_for_the_poll_interval_shrink_until_they_fit(
     produce(settings, a, dense)
     produce(settings, b, sparse)
     op = SlowForward(out, per_s=0.04)
-    app = Application(
-        settings,
-        name=name,
-        inputs=[a, b],
-        operators=[op],
-        guarantee="exactly_once",
-        batch_size=100,
-        max_event_time_skew_s=100_000.0,
-        consumer_overrides=SHORT_POLL,
+    app = short_poll_app(
+        settings, name, [a, b], op, "exactly_once", batch_size=100, max_event_time_skew_s=100_000.0
     )
     with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
         running = run_app(app)
@@ -1488,9 +1493,7 @@ def test_aligned_releases_too_slow_for_the_poll_interval_shrink_until_they_fit(
     # one after it is kept to a quarter (37 records at 40 ms; ties in event time may add one).
     assert op.calls[0] * 0.04 > 6 / 2
     assert max(op.calls[1:]) <= 0.25 * 6 / 0.04 + 2  # (before: 54 a release)
-    got = output_ids(settings, out, 1)
-    assert len(got) == len(set(got))
-    assert set(got) == {e.event_id for e in dense + sparse}
+    assert_outputs_exactly(settings, out, {e.event_id for e in dense + sparse})
 
 
 class StallFirst(Operator[Payment]):
@@ -1520,14 +1523,7 @@ def test_at_least_once_a_stop_after_the_group_went_on_is_no_failure(
     make_topics(settings, src, out, partitions=1)
     produce(settings, src, payments(10, 2))
     op = StallFirst(out, stall_s=8.0)
-    app = Application(
-        settings,
-        name=name,
-        inputs=[src],
-        operators=[op],
-        guarantee="at_least_once",
-        consumer_overrides=SHORT_POLL,
-    )
+    app = short_poll_app(settings, name, [src], op, "at_least_once")
     with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
         running = run_app(app)
         assert op.started.wait(60)
