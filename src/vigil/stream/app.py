@@ -427,6 +427,9 @@ _RESTORE_WAIT_S = 0.01
 #: Aligned: timeout of the broker queries for partitions nothing was consumed from yet, and how
 #: often one being restored at the start with nothing left is asked again (see _start_lag).
 _ALIGN_TIMEOUT = 5.0
+#: After a question of records left at the start had no answer, none is asked for this long
+#: (see Application._start_lag).
+_START_LAG_QUIET_S = 1.0
 _RESTORING_ASK_EVERY_S = 5.0
 #: The lag gauge's questions to the broker about partitions nothing was delivered from yet
 #: (see Application._unread_lags): the timeout of each (on the loop: a committed offset in another
@@ -1101,6 +1104,8 @@ class Application:
         self._buffers: dict[TP, deque[tuple[float, Any]]] = {}
         #: Aligned: records left in partitions nothing was consumed from yet (see _start_lag).
         self._start_lags: dict[TP, tuple[float, int | None]] = {}
+        #: Until when (monotonic) no such question is asked, after one had no answer.
+        self._start_lag_quiet_until = 0.0
         #: The lag gauge's partitions nothing was delivered from since their assignment: where
         #: they start reading (None: not known) and when it was asked, their end and their log
         #: start (see _unread_lags).
@@ -2005,8 +2010,14 @@ class Application:
         An answer is kept, but for a partition being restored (``again``) with nothing left, asked
         again every ``_RESTORING_ASK_EVERY_S``: records arriving during its restore must hold the
         others too (kept, its 0 at the assignment let the others release ahead of them for the
-        whole restore).  (Not each second: the questions are the loop's, one partition at a time.)"""
+        whole restore).  (Not each second: the questions are the loop's, one partition at a time.)
+
+        After a question with no answer, none is asked for a second (the others keep what they
+        had, or ``None``: unknown, they hold the others as one with records left would): against
+        a broker that stopped answering, each partition's question waited its timeout in turn,
+        and a pass over N partitions held the loop N times that."""
         known = self._start_lags.get(tp)
+        left_then: int | None = None
         if known is not None:
             asked, left_then = known
             if left_then is None:  # no answer: asked again after a second
@@ -2017,6 +2028,8 @@ class Application:
                 due = False
             if not due:
                 return left_then
+        if time.monotonic() < self._start_lag_quiet_until:
+            return left_then
         left: int | None = None
         asked_at = time.monotonic()
         try:
@@ -2026,6 +2039,7 @@ class Application:
             left = max(0, high - max(start, low))
         except (KafkaException, TypeError, ValueError) as exc:
             log.debug("application %s: end offsets of %s[%d]: %s", self.name, tp[0], tp[1], exc)
+            self._start_lag_quiet_until = time.monotonic() + _START_LAG_QUIET_S
         # (As of the answer: taken at the pass's start, after a slow pass every partition was due
         # again.)
         self._start_lags[tp] = (now + time.monotonic() - asked_at, left)

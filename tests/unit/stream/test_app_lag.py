@@ -326,3 +326,46 @@ def test_partitions_restoring_are_asked_again_one_a_pass(
         assert consumer.asked == 1
     # Each in turn, the one asked longest ago (the first in order took every turn).
     assert sorted(consumer.which) == list(range(8))
+
+
+def test_a_question_of_records_left_without_answer_quiets_the_others_for_a_second(tmp_path: Path) -> None:
+    # Each partition nothing was read from yet was asked in turn, each waiting the question's
+    # timeout: against a broker that stopped answering, a pass over N partitions held the loop
+    # N times that (5 s each: 64 partitions, over five minutes, past max.poll.interval.ms).
+    class Gone:
+        answers = False
+
+        def __init__(self) -> None:
+            self.asked: list[int] = []
+
+        def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
+            return [TopicPartition(tp.topic, tp.partition, NONE) for tp in tps]
+
+        def committed(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+            self.asked += [tp.partition for tp in tps]
+            if not self.answers:
+                raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no answer"))
+            return [TopicPartition(tp.topic, tp.partition, 0) for tp in tps]
+
+        def get_watermark_offsets(self, tp: TopicPartition, **_: float) -> tuple[int, int]:
+            return (0, 0)
+
+        def pause(self, tps: list[TopicPartition]) -> None: ...
+
+        def resume(self, tps: list[TopicPartition]) -> None: ...
+
+    app = offline_app(tmp_path)
+    app.alignment = Alignment(0.0, 60.0)
+    app._consumer = consumer = Gone()
+    app.alignment.add([("in", p) for p in range(20)], time.monotonic())
+    app._align()
+    assert consumer.asked == [0]  # (the others wait: unknown, they hold as with records left)
+    consumer.asked.clear()
+    app._align()
+    assert consumer.asked == []  # within the second
+    app._start_lag_quiet_until = 0.0  # (the second over)
+    consumer.answers = True
+    for lane in app.alignment.lanes:
+        app._start_lags[lane] = (-10.0, None)  # (asked more than a second ago)
+    app._align()
+    assert sorted(consumer.asked) == list(range(20))  # answered: every one asked in the pass
