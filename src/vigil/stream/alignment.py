@@ -21,14 +21,7 @@ past the floor too: a dense topic replayed beside a slow one buffered its whole 
 of events (60 s of them, at detection's skew).  So a partition is also paused, ahead or not,
 once it buffers ``BUFFER_CAP_FACTOR`` times ``max_buffered`` records, and resumed once it has
 drained to half of that: what waits is bounded by records.  (The partition that sets the floor
-is never one of them: its records are all at or before the floor, and released.)  And what
-waits in all is bounded too: once the partitions past the floor buffer ``TOTAL_CAP_FACTOR``
-times ``max_buffered`` records between them, each of them with records waiting is paused, and
-resumed once that total has drained to half (or it is no longer past the floor).  Without it,
-many partitions each under their own cap held up to four times ``max_buffered`` each (the
-detection route stage's ~120 partitions: 2.4M decoded records, about 2 GB at worst).  The
-partition that sets the floor, or any behind it, is never paused for the total, so the floor
-moves on and the total drains.
+is never one of them: its records are all at or before the floor, and released.)
 
 A partition holds the others back while it is owned, has records left to read (its
 consumed position is below its high watermark) and has delivered a record, or been
@@ -65,9 +58,6 @@ TP = tuple[str, int]
 #: A partition buffering this many times ``max_buffered`` is paused even within the skew (and
 #: resumed once it has drained to half of that): see the module docstring.
 BUFFER_CAP_FACTOR = 4
-#: The partitions past the floor buffering this many times ``max_buffered`` records between
-#: them are paused (and resumed once that total has drained to half): see the module docstring.
-TOTAL_CAP_FACTOR = 16
 
 
 @dataclass
@@ -103,9 +93,6 @@ class Alignment:
         self.skew_s = skew_s
         self.idle_s = idle_s
         self.max_buffered = max_buffered
-        #: The most records the partitions past the floor buffer between them before they are
-        #: paused (see the module docstring).
-        self.total_cap = TOTAL_CAP_FACTOR * max_buffered
         self.lanes: dict[TP, Lane] = {}
         #: Times a partition was paused (for metrics and tests).
         self.pauses = 0
@@ -165,32 +152,21 @@ class Alignment:
         limit = release + self.skew_s
         pause: list[TP] = []
         resume: list[TP] = []
-        if buffered is None:
-            for tp, lane in self.lanes.items():
-                ahead = lane.event_time is not None and lane.event_time > limit
+        full = self.max_buffered
+        cap = BUFFER_CAP_FACTOR * full
+        for tp, lane in self.lanes.items():
+            ahead = lane.event_time is not None and lane.event_time > limit
+            if buffered is None:
                 if lane.paused and not ahead:
                     resume.append(tp)
                 elif not lane.paused and ahead:
                     pause.append(tp)
-            return pause, resume, release
-        full = self.max_buffered
-        cap = BUFFER_CAP_FACTOR * full
-        waiting_in = {tp: buffered(tp) for tp in self.lanes}
-        # What waits past the floor, in all.  (A partition at or behind it releases all it holds.)
-        past = {tp for tp, lane in self.lanes.items() if _past(lane, release)}
-        total = sum(waiting_in[tp] for tp in past)
-        over = total >= self.total_cap
-        drained = total * 2 <= self.total_cap
-        for tp, lane in self.lanes.items():
-            ahead = lane.event_time is not None and lane.event_time > limit
-            waiting = waiting_in[tp]
+                continue
+            waiting = buffered(tp)
             if lane.paused:
-                # (At or behind the floor it resumes whatever the total: the floor must move on.)
-                if (waiting * 2 <= full or (not ahead and waiting * 2 <= cap)) and (
-                    drained or tp not in past
-                ):
+                if waiting * 2 <= full or (not ahead and waiting * 2 <= cap):
                     resume.append(tp)
-            elif (ahead and waiting >= full) or (tp in past and (waiting >= cap or (over and waiting > 0))):
+            elif (ahead and waiting >= full) or (waiting >= cap and _past(lane, release)):
                 pause.append(tp)
         return pause, resume, release
 

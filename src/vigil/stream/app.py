@@ -72,9 +72,7 @@ the skew ahead of the floor that also buffers ``alignment_max_buffered`` records
 (``consumer.pause``) and resumed once the floor is close enough or its buffer has drained to
 half: memory stays bounded without pausing a partition for every few records it reads ahead.
 A partition past the floor that buffers four times ``alignment_max_buffered`` is paused even
-within the skew (a dense partition replayed beside a slow one); and once the partitions past the
-floor buffer sixteen times ``alignment_max_buffered`` between them, each of them is paused until
-that has drained to half (many partitions, each under its own bound).
+within the skew (a dense partition replayed beside a slow one).
 A partition at its end (consumer position at its high watermark, or, before it delivered
 anything, its committed offset), or that delivered nothing for ``alignment_idle_s``, holds
 nobody back, so live traffic is not delayed, but for one case: while another producer's

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 
@@ -155,93 +154,3 @@ def test_the_partition_that_sets_the_floor_is_never_paused_for_its_buffer() -> N
     waiting = {A: 500, B: 0}
     pause, _, release = al.plan(0.1, lags(a=5, b=5).get, waiting.__getitem__)
     assert (pause, release) == ([], 100.0)
-
-
-def test_partitions_past_the_floor_are_paused_once_they_buffer_sixteen_times_the_bound_between_them() -> None:
-    # Each partition was bounded alone (four times max_buffered): many partitions, each under
-    # that, held it each (the route stage's ~120 partitions: about 2 GB of decoded records).
-    al = Alignment(10.0, 1.0, max_buffered=100)  # 400 a partition, 1,600 past the floor in all
-    floor: TP = ("floor", 0)
-    others: list[TP] = [("t", i) for i in range(6)]
-    al.add([floor, *others], 0.0)
-    al.observe(floor, 100.0, 0.0)
-    for i, tp in enumerate(others):
-        al.observe(tp, 101.0 + i, 0.0)  # within the skew, past the floor
-    left = {tp: 5 for tp in [floor, *others]}
-    # The floor's own records (about to be released) do not count: 5 x 300 past it.
-    waiting = {floor: 5_000, **dict.fromkeys(others, 300)}
-    waiting[others[5]] = 0
-    pause, _, release = al.plan(0.1, left.get, waiting.__getitem__)
-    assert (pause, release) == ([], 100.0)
-    waiting[others[5]] = 100  # 1,600 past the floor
-    pause, _, _ = al.plan(0.1, left.get, waiting.__getitem__)
-    assert pause == others  # each under its own bound, but not the floor's partition
-    al.paused(pause, 0.1)
-    waiting.update(dict.fromkeys(others[:5], 161))  # 905 in all: not yet drained to half
-    assert al.plan(0.2, left.get, waiting.__getitem__)[1] == []
-    waiting.update(dict.fromkeys(others[:5], 140))  # 800
-    assert al.plan(0.2, left.get, waiting.__getitem__)[1] == others
-
-
-def test_a_partition_paused_for_the_total_resumes_once_it_sets_the_floor() -> None:
-    # The floor's partition at its end: the floor moves to the earliest paused one, which must
-    # read on (however much the others still hold) or nothing would move again.
-    al = Alignment(10.0, 1.0, max_buffered=100)
-    floor: TP = ("floor", 0)
-    others: list[TP] = [("t", i) for i in range(5)]
-    al.add([floor, *others], 0.0)
-    al.observe(floor, 100.0, 0.0)
-    for i, tp in enumerate(others):
-        al.observe(tp, 101.0 + i, 0.0)
-    left = {tp: 5 for tp in [floor, *others]}
-    waiting = {floor: 0, **dict.fromkeys(others, 350)}
-    pause, _, _ = al.plan(0.1, left.get, waiting.__getitem__)
-    assert pause == others
-    al.paused(pause, 0.1)
-    left[floor] = 0  # at its end: holds nobody back
-    waiting[others[0]] = 0  # released up to its time
-    _, resume, release = al.plan(0.2, left.get, waiting.__getitem__)
-    assert (resume, release) == ([others[0]], 101.0)
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_a_replay_of_many_partitions_keeps_the_total_bounded_and_finishes(seed: int) -> None:
-    # A replay driven through plan(): partitions fetch while not paused, records up to the floor
-    # are released.  The total waiting past the floor stays within the cap and one fetch a
-    # partition, and everything is released (no partition waits for another for ever).
-    rng = random.Random(seed)
-    fetch_max = 10
-    al = Alignment(1e9, 1.0, max_buffered=20)  # (skew beyond reach: only the bounds pause)
-    lanes: list[TP] = [("t", i) for i in range(12)]
-    times: dict[TP, list[float]] = {}
-    for i, tp in enumerate(lanes):
-        gap = 5.0 if i == 0 else rng.uniform(0.05, 0.5)  # one sparse partition sets the floor
-        times[tp] = [gap * (k + 1) for k in range(300)]
-    pos = dict.fromkeys(lanes, 0)
-    buffers: dict[TP, list[float]] = {tp: [] for tp in lanes}
-    al.add(lanes, 0.0)
-    released = 0
-    worst = 0
-    for step in range(20_000):
-        now = step * 0.001
-        for tp in lanes:
-            if not al.lanes[tp].paused and pos[tp] < len(times[tp]):
-                k = rng.randint(1, fetch_max)
-                got = times[tp][pos[tp] : pos[tp] + k]
-                pos[tp] += len(got)
-                buffers[tp].extend(got)
-                al.observe(tp, got[-1], now)
-        left = {tp: len(times[tp]) - pos[tp] for tp in lanes}
-        pause, resume, release = al.plan(now, left.get, lambda tp: len(buffers[tp]))
-        al.paused(pause, now)
-        al.resumed(resume, now)
-        worst = max(worst, sum(sum(1 for t in buffers[tp] if t > release) for tp in lanes))
-        for tp in lanes:
-            keep = [t for t in buffers[tp] if t > release]
-            released += len(buffers[tp]) - len(keep)
-            buffers[tp] = keep
-        if released == sum(len(t) for t in times.values()):
-            break
-    else:
-        pytest.fail(f"not finished: {released} released, paused {al.paused_count}")
-    assert worst <= 16 * 20 + len(lanes) * fetch_max  # (the cap: sixteen times max_buffered)
