@@ -29,7 +29,13 @@ assigned, paused or resumed, within ``idle_s``.  (Records an application skips u
 ``Application.skip_types``, deliver nothing: no event time.)  So a partition that has reached its
 end, or an empty or slow one, never stalls live traffic for longer than ``idle_s`` (one with
 another producer's transaction open on it holds the others until it commits, at most that long:
-see :mod:`vigil.stream.app`).
+see :mod:`vigil.stream.app`).  But one with at least ``BACKLOG_RECORDS`` records left to read
+holds the others up to ``BACKLOG_IDLE_FACTOR`` times ``idle_s``: on a replay of many partitions
+the consumer fetches some while others wait their turn, well over a second (1.3-1.9 s measured,
+120 partitions), and a partition waiting its turn stopped holding the others; the floor passed
+its backlog, whose records then came out of event-time order (25,000-116,000 of 954,104, up to
+two hours behind).  (Live, such a partition is one with a large transaction open, which commits
+within a checkpoint; or one that cannot be fetched.)
 A partition that has delivered nothing yet holds the others back as if it were at the
 beginning of time (until it delivers or goes idle): on a replay the first fetch decides
 where every partition stands.  So does one with records to read whose stores are being
@@ -58,6 +64,11 @@ TP = tuple[str, int]
 #: A partition buffering this many times ``max_buffered`` is paused even within the skew (and
 #: resumed once it has drained to half of that): see the module docstring.
 BUFFER_CAP_FACTOR = 4
+#: A partition that delivered nothing for ``idle_s`` but has at least this many records left to
+#: read still holds the others back, for up to ``BACKLOG_IDLE_FACTOR`` times ``idle_s`` in all:
+#: see the module docstring.
+BACKLOG_RECORDS = 100
+BACKLOG_IDLE_FACTOR = 10
 
 
 @dataclass
@@ -125,8 +136,13 @@ class Alignment:
             # Paused for being ahead, or for its buffer: either way it has records past the floor
             # waiting, and its time (above the floor) counts.
             return True
-        if now - lane.active_at >= self.idle_s:
-            return False
+        idle = now - lane.active_at
+        if idle >= self.idle_s:
+            # (A backlog waiting for its fetch, not a partition with nothing to give.)
+            if idle >= BACKLOG_IDLE_FACTOR * self.idle_s:
+                return False
+            left = lag(tp)
+            return left is not None and left >= BACKLOG_RECORDS
         left = lag(tp)
         return left is None or left > 0
 

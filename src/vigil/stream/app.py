@@ -75,17 +75,20 @@ A partition past the floor that buffers four times ``alignment_max_buffered`` is
 within the skew (a dense partition replayed beside a slow one).
 A partition at its end (consumer position at its high watermark, or, before it delivered
 anything, its committed offset), or that delivered nothing for ``alignment_idle_s``, holds
-nobody back, so live traffic is not delayed, but for one case: while another producer's
+nobody back, so live traffic is not delayed, but for two cases: while another producer's
 transaction is open on a partition that delivered within ``alignment_idle_s``, its position
 stops short of the high watermark (read_committed) and it holds the others until that commits,
 for ``alignment_idle_s`` at most (a sparse topic written every 0.5 s in transactions held a
-live join up to 509 ms).  At a start (or restart), a partition with records to read whose
-stores are still being restored holds the others until it runs, however long the restore takes
-(the partitions restored first released their backlog ahead of it): live traffic waits for it
-then.  The application's own repartition topics hold nobody back: their records come from
-records already released.  Only released records count as processed and
-only their offsets are committed (buffered ones are read again after a restart or
-rebalance), so both guarantees hold as before.  Decoded records must have ``occurred_at``.
+live join up to 509 ms); and a partition with 100 records or more left to read holds them up to
+ten times ``alignment_idle_s`` (on a replay of many partitions, one waiting its turn for a fetch
+stopped holding the others, and its backlog came out of event-time order), so a large open
+transaction holds them until it commits, or that long.  At a start (or restart), a partition
+with records to read whose stores are still being restored holds the others until it runs,
+however long the restore takes (the partitions restored first released their backlog ahead of
+it): live traffic waits for it then.  The application's own repartition topics hold nobody
+back: their records come from records already released.  Only released records count as
+processed and only their offsets are committed (buffered ones are read again after a restart
+or rebalance), so both guarantees hold as before.  Decoded records must have ``occurred_at``.
 
 Skipped types.  An application whose operators read only some event types (detection reads
 20 of the canonical types; orders and logouts, a third of an exchange's events, no rule reads)

@@ -74,6 +74,28 @@ def test_a_partition_that_delivered_nothing_holds_the_others_until_it_goes_idle(
     assert (pause, sorted(resume), release) == ([], [A, B], 100.0)
 
 
+def test_a_partition_with_a_backlog_holds_the_others_past_idle_until_ten_times_it() -> None:
+    # On a replay of 120 partitions the consumer fetched some while others waited their turn,
+    # up to 1.9 s: a partition waiting stopped holding the others after idle_s, the floor passed
+    # its backlog, and its records came out of event-time order (up to two hours behind).
+    al = aligned(idle=1.0, now=0.0)
+    al.observe(A, 100.0, 0.0)
+    al.observe(B, 200.0, 0.0)
+    al.observe(C, 300.0, 0.0)
+    waiting = lags(a=100, b=99, c=5)
+    assert al.plan(0.5, waiting.get)[2] == 100.0  # within idle_s, every one with records left holds
+    al.observe(C, 300.0, 1.5)  # C delivers; A and B deliver nothing
+    assert al.plan(2.0, waiting.get)[2] == 100.0  # A: 100 left, a backlog: holds
+    waiting[A] = 99
+    assert al.plan(2.0, waiting.get)[2] == 300.0  # a few left: idle, as before
+    waiting[A] = None
+    assert al.plan(2.0, waiting.get)[2] == 300.0  # (unknown: idle, as before)
+    waiting[A] = 5_000
+    al.observe(C, 300.0, 9.5)
+    assert al.plan(9.9, waiting.get)[2] == 100.0
+    assert al.plan(10.0, waiting.get)[2] == 300.0  # but not past ten times idle_s
+
+
 def test_a_partition_restoring_at_the_start_holds_the_others_however_long_until_it_runs() -> None:
     # The partitions restored first released their whole backlog while it restored (it was no
     # lane yet), and a GroupBy re-keyed their later records before its earlier ones.
