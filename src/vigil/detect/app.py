@@ -272,7 +272,8 @@ class DetectionService:
     #: transaction open on it, until that commits: at most a second).  ``None``: off.
     event_time_skew_s: float | None = 60.0
     #: Alignment: a partition that delivered nothing for this long holds nobody back
-    #: (``Application.alignment_idle_s``).
+    #: (``Application.alignment_idle_s``; on a replay, one with records left still does, up to
+    #: ten times this: waiting its turn for a fetch).
     alignment_idle_s: float = 1.0
 
     def __post_init__(self) -> None:

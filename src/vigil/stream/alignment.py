@@ -29,13 +29,15 @@ assigned, paused or resumed, within ``idle_s``.  (Records an application skips u
 ``Application.skip_types``, deliver nothing: no event time.)  So a partition that has reached its
 end, or an empty or slow one, never stalls live traffic for longer than ``idle_s`` (one with
 another producer's transaction open on it holds the others until it commits, at most that long:
-see :mod:`vigil.stream.app`).  But one with at least ``BACKLOG_RECORDS`` records left to read
-holds the others up to ``BACKLOG_IDLE_FACTOR`` times ``idle_s``: on a replay of many partitions
-the consumer fetches some while others wait their turn, well over a second (1.3-1.9 s measured,
-120 partitions), and a partition waiting its turn stopped holding the others; the floor passed
-its backlog, whose records then came out of event-time order (25,000-116,000 of 954,104, up to
-two hours behind).  (Live, such a partition is one with a large transaction open, which commits
-within a checkpoint; or one that cannot be fetched.)
+see :mod:`vigil.stream.app`).  But on a replay, one with records left to read holds the others
+up to ``BACKLOG_IDLE_FACTOR`` times ``idle_s``: the consumer fetches some partitions while
+others wait their turn, well over a second (1.3-1.9 s measured, 120 partitions), and a
+partition waiting its turn stopped holding the others; the floor passed its backlog, whose
+records then came out of event-time order (25,000-116,000 of 954,104, up to two hours behind).
+A replay, here: the partition's latest event time is more than ``REPLAY_BEHIND_S`` behind the
+wall clock, or it has delivered nothing yet.  Live (its latest event recent), it stops holding
+after ``idle_s`` as before: a producer that crashed with a transaction open on it would
+otherwise hold every live record ten times as long.
 A partition that has delivered nothing yet holds the others back as if it were at the
 beginning of time (until it delivers or goes idle): on a replay the first fetch decides
 where every partition stands.  So does one with records to read whose stores are being
@@ -57,6 +59,7 @@ guarantees are unaffected.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -64,11 +67,12 @@ TP = tuple[str, int]
 #: A partition buffering this many times ``max_buffered`` is paused even within the skew (and
 #: resumed once it has drained to half of that): see the module docstring.
 BUFFER_CAP_FACTOR = 4
-#: A partition that delivered nothing for ``idle_s`` but has at least this many records left to
-#: read still holds the others back, for up to ``BACKLOG_IDLE_FACTOR`` times ``idle_s`` in all:
-#: see the module docstring.
-BACKLOG_RECORDS = 100
+#: On a replay, a partition that delivered nothing for ``idle_s`` but has records left to read
+#: still holds the others back, for up to this many times ``idle_s`` in all; a replay: its latest
+#: event time is more than ``REPLAY_BEHIND_S`` behind the wall clock (or it delivered nothing
+#: yet).  See the module docstring.
 BACKLOG_IDLE_FACTOR = 10
+REPLAY_BEHIND_S = 300.0
 
 
 @dataclass
@@ -104,6 +108,8 @@ class Alignment:
         self.skew_s = skew_s
         self.idle_s = idle_s
         self.max_buffered = max_buffered
+        #: The wall clock (epoch seconds), to tell a replay from live traffic (see ``holds``).
+        self.clock: Callable[[], float] = time.time
         self.lanes: dict[TP, Lane] = {}
         #: Times a partition was paused (for metrics and tests).
         self.pauses = 0
@@ -138,13 +144,17 @@ class Alignment:
             return True
         idle = now - lane.active_at
         if idle >= self.idle_s:
-            # (A backlog waiting for its fetch, not a partition with nothing to give.)
-            if idle >= BACKLOG_IDLE_FACTOR * self.idle_s:
+            # (On a replay: a backlog waiting its turn for a fetch.  Live: a partition with nothing
+            # to give, or another producer's transaction open on it.)
+            if idle >= BACKLOG_IDLE_FACTOR * self.idle_s or not self._replaying(lane):
                 return False
             left = lag(tp)
-            return left is not None and left >= BACKLOG_RECORDS
+            return left is not None and left > 0
         left = lag(tp)
         return left is None or left > 0
+
+    def _replaying(self, lane: Lane) -> bool:
+        return lane.event_time is None or lane.event_time < self.clock() - REPLAY_BEHIND_S
 
     def floor(self, now: float, lag: Callable[[TP], int | None]) -> float | None:
         """Event time of the slowest partition that holds the others back; ``None``: none does."""

@@ -79,16 +79,17 @@ nobody back, so live traffic is not delayed, but for two cases: while another pr
 transaction is open on a partition that delivered within ``alignment_idle_s``, its position
 stops short of the high watermark (read_committed) and it holds the others until that commits,
 for ``alignment_idle_s`` at most (a sparse topic written every 0.5 s in transactions held a
-live join up to 509 ms); and a partition with 100 records or more left to read holds them up to
+live join up to 509 ms); and on a replay (its latest event time over five minutes behind the
+wall clock, or nothing delivered yet), a partition with records left to read holds them up to
 ten times ``alignment_idle_s`` (on a replay of many partitions, one waiting its turn for a fetch
-stopped holding the others, and its backlog came out of event-time order), so a large open
-transaction holds them until it commits, or that long.  At a start (or restart), a partition
-with records to read whose stores are still being restored holds the others until it runs,
-however long the restore takes (the partitions restored first released their backlog ahead of
-it): live traffic waits for it then.  The application's own repartition topics hold nobody
-back: their records come from records already released.  Only released records count as
-processed and only their offsets are committed (buffered ones are read again after a restart
-or rebalance), so both guarantees hold as before.  Decoded records must have ``occurred_at``.
+stopped holding the others, and its backlog came out of event-time order).  At a start (or
+restart), a partition with records to read whose stores are still being restored holds the
+others until it runs, however long the restore takes (the partitions restored first released
+their backlog ahead of it): live traffic waits for it then.  The application's own repartition
+topics hold nobody back: their records come from records already released.  Only released records
+count as processed and only their offsets are committed (buffered ones are read again after a
+restart or rebalance), so both guarantees hold as before.  Decoded records must have
+``occurred_at``.
 
 Skipped types.  An application whose operators read only some event types (detection reads
 20 of the canonical types; orders and logouts, a third of an exchange's events, no rule reads)
@@ -458,7 +459,8 @@ STORE_LOCK_WAIT_S = 60.0
 #: Aligned apps pause a partition ahead of the others only once it buffers this many records.
 ALIGNMENT_MAX_BUFFERED = 5_000
 #: Aligned apps re-plan pauses and releases after every batch, and at least this often when
-#: nothing arrives (idle partitions stop holding the others back after ``idle_s``).
+#: nothing arrives (idle partitions stop holding the others back after ``idle_s``, or on a
+#: replay ten times that).
 _ALIGN_IDLE_EVERY_S = 0.01
 #: Guarantee-bearing client settings an application's own overrides may still change (refused in
 #: ``kafka_client_options``, which apply to every client): each application bounds its own sends
@@ -1979,9 +1981,14 @@ class Application:
             (at,) = consumer.position([TopicPartition(*tp)])
             pos = max(at.offset, consumed.get(tp, -1))
             if pos < 0:
+                lane = alignment.lanes.get(tp)
+                if lane is not None and not lane.restoring and now - lane.active_at >= alignment.idle_s:
+                    # Idle (asked only to tell a replay's backlog): what was found, never a new
+                    # question (each unanswered one holds the loop its timeout).
+                    known = self._start_lags.get(tp)
+                    return None if known is None else known[1]
                 # (A restoring partition's 0 asked again one a pass, the one asked longest ago:
                 # the questions are the loop's, and the first in order took every turn.)
-                lane = alignment.lanes.get(tp)
                 again = lane is not None and lane.restoring and tp == reask()
                 return self._start_lag(consumer, tp, now, again=again)
             try:
