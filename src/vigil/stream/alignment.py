@@ -33,7 +33,7 @@ see :mod:`vigil.stream.app`).  But on a replay, one with records left to read ho
 up to ``BACKLOG_IDLE_FACTOR`` times ``idle_s``: the consumer fetches some partitions while
 others wait their turn, well over a second (1.3-1.9 s measured, 120 partitions), and a
 partition waiting its turn stopped holding the others; the floor passed its backlog, whose
-records then came out of event-time order (25,000-116,000 of 954,104, up to two hours behind).
+records then came out of event-time order (25,000-179,000 of 954,104, up to two hours behind).
 A replay, here: the partition's latest event time is more than ``REPLAY_BEHIND_S`` behind the
 wall clock, or it has delivered nothing yet.  Live (its latest event recent), it stops holding
 after ``idle_s`` as before: a producer that crashed with a transaction open on it would
