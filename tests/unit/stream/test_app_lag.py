@@ -328,35 +328,39 @@ def test_partitions_restoring_are_asked_again_one_a_pass(
     assert sorted(consumer.which) == list(range(8))
 
 
+class Unanswering:
+    """A consumer of partitions nothing was read from, whose broker does not answer (until
+    ``answers``): it notes the partitions whose committed offsets were asked."""
+
+    answers = False
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, NONE) for tp in tps]
+
+    def committed(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        self.asked += [tp.partition for tp in tps]
+        if not self.answers:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no answer"))
+        return [TopicPartition(tp.topic, tp.partition, 0) for tp in tps]
+
+    def get_watermark_offsets(self, tp: TopicPartition, **_: float) -> tuple[int, int]:
+        return (0, 0)
+
+    def pause(self, tps: list[TopicPartition]) -> None: ...
+
+    def resume(self, tps: list[TopicPartition]) -> None: ...
+
+
 def test_a_question_of_records_left_without_answer_quiets_the_others_for_a_second(tmp_path: Path) -> None:
     # Each partition nothing was read from yet was asked in turn, each waiting the question's
     # timeout: against a broker that stopped answering, a pass over N partitions held the loop
     # N times that (5 s each: 64 partitions, over five minutes, past max.poll.interval.ms).
-    class Gone:
-        answers = False
-
-        def __init__(self) -> None:
-            self.asked: list[int] = []
-
-        def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
-            return [TopicPartition(tp.topic, tp.partition, NONE) for tp in tps]
-
-        def committed(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
-            self.asked += [tp.partition for tp in tps]
-            if not self.answers:
-                raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no answer"))
-            return [TopicPartition(tp.topic, tp.partition, 0) for tp in tps]
-
-        def get_watermark_offsets(self, tp: TopicPartition, **_: float) -> tuple[int, int]:
-            return (0, 0)
-
-        def pause(self, tps: list[TopicPartition]) -> None: ...
-
-        def resume(self, tps: list[TopicPartition]) -> None: ...
-
     app = offline_app(tmp_path)
     app.alignment = Alignment(0.0, 60.0)
-    app._consumer = consumer = Gone()
+    app._consumer = consumer = Unanswering()
     app.alignment.add([("in", p) for p in range(20)], time.monotonic())
     app._align()
     assert consumer.asked == [0]  # (the others wait: unknown, they hold as with records left)
@@ -375,27 +379,9 @@ def test_an_idle_partition_nothing_was_read_from_is_not_asked_its_records_left(t
     # Idle, it is asked its records left only to tell a replay's backlog: each question without
     # an answer held the loop its timeout, ten times as often (250 s of 400 at idle_s 30, found
     # in review).  What was found before is used; else unknown.
-    class Gone:
-        def __init__(self) -> None:
-            self.asked = 0
-
-        def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
-            return [TopicPartition(tp.topic, tp.partition, NONE) for tp in tps]
-
-        def committed(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
-            self.asked += 1
-            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no answer"))
-
-        def get_watermark_offsets(self, tp: TopicPartition, **_: float) -> tuple[int, int]:
-            return (0, 0)
-
-        def pause(self, tps: list[TopicPartition]) -> None: ...
-
-        def resume(self, tps: list[TopicPartition]) -> None: ...
-
     app = offline_app(tmp_path)
     app.alignment = Alignment(0.0, 1.0)
-    app._consumer = consumer = Gone()
+    app._consumer = consumer = Unanswering()
     app.alignment.add([("in", p) for p in range(8)], time.monotonic() - 5.0)  # idle for 5 s
     app._align()
-    assert consumer.asked == 0
+    assert consumer.asked == []
