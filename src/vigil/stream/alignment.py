@@ -90,8 +90,8 @@ class Lane:
 
 
 def _past(lane: Lane, release: float) -> bool:
-    """Whether ``lane`` has read past ``release`` (the plan counts buffers before the release:
-    the floor's own partition may hold a whole fetch then, all of it about to go)."""
+    """Whether ``lane`` has read past ``release`` (a release held back by slow operators may
+    leave the floor's own partition a whole fetch at or before the floor, all of it to go next)."""
     return lane.event_time is not None and lane.event_time > release
 
 
@@ -165,16 +165,20 @@ class Alignment:
         ]
         return min(times) if times else None
 
-    def plan(
-        self, now: float, lag: Callable[[TP], int | None], buffered: Callable[[TP], int] | None = None
-    ) -> tuple[list[TP], list[TP], float]:
-        """Partitions to pause and to resume now, and the event time up to which consumed records
-        may be released to the operators: the floor (``inf``: all).  ``lag(tp)``: records left
-        to read in ``tp`` (``None`` when unknown); ``buffered(tp)``: its records waiting for
-        release (``None``: every partition ahead counts as full).  The caller applies the plan
-        and reports it with :meth:`paused`/:meth:`resumed`."""
+    def limit(self, now: float, lag: Callable[[TP], int | None]) -> float:
+        """The event time up to which consumed records may be released to the operators: the
+        floor (``inf``: all).  ``lag(tp)``: records left to read in ``tp`` (``None`` when
+        unknown)."""
         floor = self.floor(now, lag)
-        release = math.inf if floor is None else floor
+        return math.inf if floor is None else floor
+
+    def plan(self, release: float, buffered: Callable[[TP], int] | None = None) -> tuple[list[TP], list[TP]]:
+        """Partitions to pause and to resume now, once the records up to ``release`` (from
+        :meth:`limit`) have been released: ``buffered(tp)``, its records still waiting then
+        (``None``: every partition ahead counts as full).  Counted before the release, a partition
+        whose buffer was mostly at or before the floor was paused, and resumed on the next pass:
+        a refetch for nothing.  The caller applies the plan and reports it with
+        :meth:`paused`/:meth:`resumed`."""
         limit = release + self.skew_s
         pause: list[TP] = []
         resume: list[TP] = []
@@ -194,7 +198,7 @@ class Alignment:
                     resume.append(tp)
             elif (ahead and waiting >= full) or (waiting >= cap and _past(lane, release)):
                 pause.append(tp)
-        return pause, resume, release
+        return pause, resume
 
     def paused(self, tps: Iterable[TP], now: float) -> None:
         for tp in tps:
@@ -208,6 +212,14 @@ class Alignment:
             lane = self.lanes[tp]
             lane.paused = False
             lane.active_at = now
+
+    def last(self, tps: Iterable[TP]) -> None:
+        """Consider ``tps`` after the others from now on (the order partitions are asked their
+        records left in, while the floor is looked for)."""
+        for tp in tps:
+            lane = self.lanes.pop(tp, None)
+            if lane is not None:
+                self.lanes[tp] = lane
 
     @property
     def paused_count(self) -> int:

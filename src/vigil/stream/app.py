@@ -1109,6 +1109,8 @@ class Application:
         self._start_lags: dict[TP, tuple[float, int | None]] = {}
         #: Until when (monotonic) no such question is asked, after one had no answer.
         self._start_lag_quiet_until = 0.0
+        #: Partitions whose question had no answer this pass: asked after the others next time.
+        self._start_lag_failed: list[TP] = []
         #: The lag gauge's partitions nothing was delivered from since their assignment: where
         #: they start reading (None: not known) and when it was asked, their end and their log
         #: start (see _unread_lags).
@@ -1998,15 +2000,21 @@ class Application:
             high = -1 if marks is None else int(marks[1])
             return None if high < 0 else max(0, high - pos)
 
+        limit = alignment.limit(now, lag)
+        if self._start_lag_failed:
+            # Asked again last (see _start_lag): first in order, it took every turn.
+            alignment.last(self._start_lag_failed)
+            self._start_lag_failed.clear()
+        self._release(limit)
+        # (What is left after the release decides: see Alignment.plan.)
         buffers = self._buffers
-        pause, resume, limit = alignment.plan(now, lag, lambda tp: len(buffers.get(tp, ())))
+        pause, resume = alignment.plan(limit, lambda tp: len(buffers.get(tp, ())))
         if pause:
             consumer.pause([TopicPartition(t, p) for t, p in pause])
             alignment.paused(pause, now)
         if resume:
             consumer.resume([TopicPartition(t, p) for t, p in resume])
             alignment.resumed(resume, now)
-        self._release(limit)
         self.metrics.paused = sorted(tp for tp, lane in alignment.lanes.items() if lane.paused)
         self.metrics.alignment_pauses = alignment.pauses
 
@@ -2023,7 +2031,10 @@ class Application:
         After a question with no answer, none is asked for a second (the others keep what they
         had, or ``None``: unknown, they hold the others as one with records left would): against
         a broker that stopped answering, each partition's question waited its timeout in turn,
-        and a pass over N partitions held the loop N times that."""
+        and a pass over N partitions held the loop N times that.  The partition is then asked
+        after the others (:meth:`Alignment.last`): first in order, one that kept failing (another
+        producer's transaction open on its committed offset) was asked first after each quiet
+        second, and failed again, so the others were never asked."""
         known = self._start_lags.get(tp)
         left_then: int | None = None
         if known is not None:
@@ -2048,6 +2059,7 @@ class Application:
         except (KafkaException, TypeError, ValueError) as exc:
             log.debug("application %s: end offsets of %s[%d]: %s", self.name, tp[0], tp[1], exc)
             self._start_lag_quiet_until = time.monotonic() + _START_LAG_QUIET_S
+            self._start_lag_failed.append(tp)
         # (As of the answer: taken at the pass's start, after a slow pass every partition was due
         # again.)
         self._start_lags[tp] = (now + time.monotonic() - asked_at, left)

@@ -32,15 +32,16 @@ def offline_app(
     guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once",
     *,
     stateful: bool = False,
+    operators: Sequence[Operator[Any]] | None = None,
     **kw: Any,
 ) -> Application:
     """Application ``a`` reading ``in``, with one operator that does nothing (``stateful``: with
-    a store)."""
+    a store), or ``operators``."""
     return Application(
         load_settings(kafka_bootstrap="127.0.0.1:1", home=tmp_path),
         name="a",
         inputs=["in"],
-        operators=[Stateful() if stateful else Nothing()],
+        operators=list(operators) if operators is not None else [Stateful() if stateful else Nothing()],
         guarantee=guarantee,
         **kw,
     )

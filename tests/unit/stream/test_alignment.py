@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -24,13 +25,21 @@ def aligned(skew: float = 10.0, idle: float = 1.0, now: float = 0.0) -> Alignmen
     return al
 
 
+def plan(
+    al: Alignment, now: float, lag: Callable[[TP], int | None], buffered: Callable[[TP], int] | None = None
+) -> tuple[list[TP], list[TP], float]:
+    """A pass as the application makes it: the limit, then (the release, and) the pauses."""
+    release = al.limit(now, lag)
+    return (*al.plan(release, buffered), release)
+
+
 def test_a_partition_ahead_by_more_than_the_skew_is_paused_and_records_wait_for_the_slowest() -> None:
     al = aligned()
     al.observe(A, 100.0, 0.0)
     al.observe(B, 150.0, 0.0)
     al.observe(C, 105.0, 0.0)
     left = lags(a=5, b=5, c=5)
-    pause, resume, release = al.plan(0.1, left.get)
+    pause, resume, release = plan(al, 0.1, left.get)
     assert pause == [B]
     assert resume == []
     assert release == 100.0  # only what the slowest partition has reached
@@ -42,11 +51,11 @@ def test_a_paused_partition_resumes_when_the_slowest_catches_up() -> None:
     al.observe(B, 150.0, 0.0)
     al.observe(C, 200.0, 0.0)
     left = lags(a=5, b=5, c=5)
-    pause, _, _ = al.plan(0.1, left.get)
+    pause, _, _ = plan(al, 0.1, left.get)
     al.paused(pause, 0.1)
     assert sorted(pause) == [B, C]
     al.observe(A, 145.0, 0.2)
-    pause, resume, release = al.plan(0.2, left.get)
+    pause, resume, release = plan(al, 0.2, left.get)
     assert (pause, resume, release) == ([], [B], 145.0)
 
 
@@ -55,10 +64,10 @@ def test_partitions_at_their_end_hold_nobody_back() -> None:
     al.observe(A, 100.0, 0.0)
     al.observe(B, 5000.0, 0.0)
     al.observe(C, 5010.0, 0.0)
-    pause, _, release = al.plan(0.1, lags(a=0, b=7, c=7).get)
+    pause, _, release = plan(al, 0.1, lags(a=0, b=7, c=7).get)
     assert pause == []
     assert release == 5000.0
-    pause, _, release = al.plan(0.1, lags(a=0, b=0, c=0).get)
+    pause, _, release = plan(al, 0.1, lags(a=0, b=0, c=0).get)
     assert (pause, release) == ([], math.inf)
 
 
@@ -67,11 +76,11 @@ def test_a_partition_that_delivered_nothing_holds_the_others_until_it_goes_idle(
     al.observe(A, 100.0, 0.5)
     al.observe(B, 100.0, 0.5)
     left = lags(a=5, b=5, c=None)  # C: unknown position and end
-    pause, _, release = al.plan(0.6, left.get)
+    pause, _, release = plan(al, 0.6, left.get)
     assert release == -math.inf
     assert sorted(pause) == [A, B]  # ahead of "the beginning of time"
     al.paused(pause, 0.6)
-    pause, resume, release = al.plan(1.0, left.get)  # C idle since 1.0 s after assignment
+    pause, resume, release = plan(al, 1.0, left.get)  # C idle since 1.0 s after assignment
     assert (pause, sorted(resume), release) == ([], [A, B], 100.0)
 
 
@@ -85,17 +94,17 @@ def test_on_a_replay_a_partition_with_records_left_holds_the_others_past_idle_un
     al.observe(B, 200.0, 0.0)
     al.observe(C, 300.0, 0.0)
     waiting = lags(a=1, b=0, c=5)
-    assert al.plan(0.5, waiting.get)[2] == 100.0
+    assert plan(al, 0.5, waiting.get)[2] == 100.0
     al.observe(C, 300.0, 1.5)  # C delivers; A and B deliver nothing
-    assert al.plan(2.0, waiting.get)[2] == 100.0  # A: one left, on a replay: holds
+    assert plan(al, 2.0, waiting.get)[2] == 100.0  # A: one left, on a replay: holds
     waiting[A] = 0
-    assert al.plan(2.0, waiting.get)[2] == 300.0  # at its end: idle, as before
+    assert plan(al, 2.0, waiting.get)[2] == 300.0  # at its end: idle, as before
     waiting[A] = None
-    assert al.plan(2.0, waiting.get)[2] == 300.0  # (unknown: idle, as before)
+    assert plan(al, 2.0, waiting.get)[2] == 300.0  # (unknown: idle, as before)
     waiting[A] = 5_000
     al.observe(C, 300.0, 9.5)
-    assert al.plan(9.9, waiting.get)[2] == 100.0
-    assert al.plan(10.0, waiting.get)[2] == 300.0  # but not past ten times idle_s
+    assert plan(al, 9.9, waiting.get)[2] == 100.0
+    assert plan(al, 10.0, waiting.get)[2] == 300.0  # but not past ten times idle_s
 
 
 def test_live_a_partition_with_records_left_stops_holding_after_idle_as_before() -> None:
@@ -108,10 +117,10 @@ def test_live_a_partition_with_records_left_stops_holding_after_idle_as_before()
     al.observe(B, 995.0, 1.5)
     al.observe(C, 996.0, 1.5)
     waiting = lags(a=150, b=0, c=0)
-    assert al.plan(0.5, waiting.get)[2] == 990.0
-    assert al.plan(2.0, waiting.get)[2] == math.inf  # idle: holds nobody back
+    assert plan(al, 0.5, waiting.get)[2] == 990.0
+    assert plan(al, 2.0, waiting.get)[2] == math.inf  # idle: holds nobody back
     al.clock = lambda: 990.0 + 301.0  # the same, once its latest event is five minutes old
-    assert al.plan(2.0, waiting.get)[2] == 990.0
+    assert plan(al, 2.0, waiting.get)[2] == 990.0
 
 
 def test_a_partition_restoring_at_the_start_holds_the_others_however_long_until_it_runs() -> None:
@@ -122,13 +131,13 @@ def test_a_partition_restoring_at_the_start_holds_the_others_however_long_until_
     al.add([C], 0.0, restoring=True)
     al.observe(A, 100.0, 0.5)
     al.observe(B, 100.0, 0.5)
-    assert al.plan(60.0, lags(a=0, b=0, c=5).get)[2] == -math.inf
+    assert plan(al, 60.0, lags(a=0, b=0, c=5).get)[2] == -math.inf
     # With nothing to read it holds nobody back (live traffic waited for the whole restore).
-    assert al.plan(60.0, lags(a=0, b=0, c=0).get)[2] == math.inf
+    assert plan(al, 60.0, lags(a=0, b=0, c=0).get)[2] == math.inf
     al.add([C], 60.0)  # restored: it runs, and holds as any partition does: having delivered
     # nothing, with records left, up to ten times idle_s
-    assert al.plan(61.5, lags(a=0, b=0, c=5).get)[2] == -math.inf
-    assert al.plan(70.0, lags(a=0, b=0, c=5).get)[2] == math.inf
+    assert plan(al, 61.5, lags(a=0, b=0, c=5).get)[2] == -math.inf
+    assert plan(al, 70.0, lags(a=0, b=0, c=5).get)[2] == math.inf
 
 
 def test_forgotten_partitions_no_longer_count() -> None:
@@ -136,7 +145,7 @@ def test_forgotten_partitions_no_longer_count() -> None:
     al.observe(A, 0.0, 0.0)
     al.observe(B, 100.0, 0.0)
     al.remove([A, C])
-    assert al.plan(0.1, lags(b=5).get) == ([], [], 100.0)
+    assert plan(al, 0.1, lags(b=5).get) == ([], [], 100.0)
 
 
 @pytest.mark.parametrize(("skew", "idle"), [(-1.0, 1.0), (math.inf, 1.0), (math.nan, 1.0), (1.0, 0.0)])
@@ -152,16 +161,16 @@ def test_a_partition_ahead_is_paused_only_once_its_buffer_is_full() -> None:
     al.observe(B, 150.0, 0.0)
     left = lags(a=5, b=5)
     waiting = {A: 0, B: 99}
-    pause, _, release = al.plan(0.1, left.get, waiting.__getitem__)
+    pause, _, release = plan(al, 0.1, left.get, waiting.__getitem__)
     assert (pause, release) == ([], 100.0)  # ahead, but few records wait: keep reading
     waiting[B] = 100
-    pause, _, _ = al.plan(0.1, left.get, waiting.__getitem__)
+    pause, _, _ = plan(al, 0.1, left.get, waiting.__getitem__)
     assert pause == [B]
     al.paused(pause, 0.1)
     waiting[B] = 51
-    assert al.plan(0.2, left.get, waiting.__getitem__)[1] == []  # still ahead and half full
+    assert plan(al, 0.2, left.get, waiting.__getitem__)[1] == []  # still ahead and half full
     waiting[B] = 50
-    assert al.plan(0.2, left.get, waiting.__getitem__)[1] == [B]  # drained to half: read on
+    assert plan(al, 0.2, left.get, waiting.__getitem__)[1] == [B]  # drained to half: read on
 
 
 def test_a_partition_within_the_skew_is_paused_once_it_buffers_four_times_the_bound() -> None:
@@ -173,28 +182,29 @@ def test_a_partition_within_the_skew_is_paused_once_it_buffers_four_times_the_bo
     al.observe(B, 105.0, 0.0)  # within the skew
     left = lags(a=5, b=5)
     waiting = {A: 0, B: 399}
-    pause, _, release = al.plan(0.1, left.get, waiting.__getitem__)
+    pause, _, release = plan(al, 0.1, left.get, waiting.__getitem__)
     assert (pause, release) == ([], 100.0)
     waiting[B] = 400
-    pause, _, _ = al.plan(0.1, left.get, waiting.__getitem__)
+    pause, _, _ = plan(al, 0.1, left.get, waiting.__getitem__)
     assert pause == [B]
     al.paused(pause, 0.1)
     waiting[B] = 201
-    assert al.plan(0.2, left.get, waiting.__getitem__)[1] == []  # not yet drained to half the cap
+    assert plan(al, 0.2, left.get, waiting.__getitem__)[1] == []  # not yet drained to half the cap
     waiting[B] = 200
-    assert al.plan(0.2, left.get, waiting.__getitem__)[1] == [B]
+    assert plan(al, 0.2, left.get, waiting.__getitem__)[1] == [B]
 
 
 def test_the_partition_that_sets_the_floor_is_never_paused_for_its_buffer() -> None:
-    # The plan counts buffers before the release: the floor's own partition may hold a whole
-    # fetch (500 records against a cap of 400), all of it about to be released.  It was paused,
-    # and resumed at the next plan, again and again: the partition the replay waits for.
+    # A release the operators' pace keeps short may leave the floor's own partition a whole fetch
+    # (500 records against a cap of 400), all of it to be released next.  (Counted before the
+    # release, it was paused, and resumed at the next plan, again and again: the partition the
+    # replay waits for.)
     al = Alignment(10.0, 1.0, max_buffered=100)
     al.add([A, B], 0.0)
     al.observe(A, 100.0, 0.0)
     al.observe(B, 105.0, 0.0)
     waiting = {A: 500, B: 0}
-    pause, _, release = al.plan(0.1, lags(a=5, b=5).get, waiting.__getitem__)
+    pause, _, release = plan(al, 0.1, lags(a=5, b=5).get, waiting.__getitem__)
     assert (pause, release) == ([], 100.0)
 
 
@@ -222,12 +232,13 @@ def test_a_replay_whose_partitions_wait_their_turn_for_a_fetch_is_released_in_or
             pos[tp] += len(got)
             buffers[tp].extend(got)
             al.observe(tp, got[-1], now)
-        pause, resume, release = al.plan(now, lambda tp: len(data[tp]) - pos[tp], lambda tp: len(buffers[tp]))
-        al.paused(pause, now)
-        al.resumed(resume, now)
+        release = al.limit(now, lambda tp: len(data[tp]) - pos[tp])
         out = [t for tp in data for t in buffers[tp] if t <= release]
         for tp in data:
             buffers[tp] = [t for t in buffers[tp] if t > release]
         released += sorted(out)
+        pause, resume = al.plan(release, lambda tp: len(buffers[tp]))
+        al.paused(pause, now)
+        al.resumed(resume, now)
     assert len(released) == sum(sizes)
     assert released == sorted(released)

@@ -1,0 +1,119 @@
+"""One alignment pass of the runtime (``Application._align``) with a stand-in consumer: what is
+paused is decided on what the release left, and partitions whose records left could not be asked
+take their turns (the decision itself: tests/unit/stream/test_alignment.py)."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from tests.unit.stream.offline import Nothing, offline_app
+
+from vigil.stream.alignment import Alignment
+from vigil.stream.app import _PartitionTask
+from vigil.stream.base import Context, Record
+
+A = ("in", 0)
+B = ("in", 1)
+NONE = -1001  # (what committed() gives for a partition with nothing committed)
+
+
+class Reading:
+    """A consumer with 1,000 records left in each partition (its position as consumed): it
+    notes what it was told to pause and resume, and which partitions' committed offsets it was
+    asked (those in ``failing`` give no answer)."""
+
+    def __init__(self, failing: frozenset[int] = frozenset()) -> None:
+        self.failing = failing
+        self.paused: list[tuple[str, int]] = []
+        self.resumed: list[tuple[str, int]] = []
+        self.asked: list[int] = []
+
+    def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, NONE) for tp in tps]
+
+    def get_watermark_offsets(self, tp: TopicPartition, **_: Any) -> tuple[int, int]:
+        return (0, 1000)
+
+    def committed(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        self.asked += [tp.partition for tp in tps]
+        if any(tp.partition in self.failing for tp in tps):
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no stable offsets"))
+        return [TopicPartition(tp.topic, tp.partition, 0) for tp in tps]
+
+    def pause(self, tps: list[TopicPartition]) -> None:
+        self.paused += [(tp.topic, tp.partition) for tp in tps]
+
+    def resume(self, tps: list[TopicPartition]) -> None:
+        self.resumed += [(tp.topic, tp.partition) for tp in tps]
+
+
+class Seen(Nothing):
+    id = "seen"
+
+    def __init__(self) -> None:
+        self.offsets: list[tuple[int, int]] = []
+
+    def process(self, batch: Sequence[Record[Any]], ctx: Context) -> None:
+        self.offsets += [(rec.partition, rec.offset) for rec in batch]
+
+
+def _record(tp: tuple[str, int], offset: int, at: float) -> tuple[float, Record[Any]]:
+    event = SimpleNamespace(occurred_at=datetime.fromtimestamp(at, UTC))
+    return at, Record(event, tp[0], tp[1], offset, None, 0)
+
+
+def test_a_partition_is_paused_for_what_it_buffers_after_the_release_not_before(tmp_path: Path) -> None:
+    # B is ahead of A by more than the skew, and buffers 30 records against a bound of 10; but
+    # 29 of them are at or before A's time, released in this very pass.  Counted before the
+    # release, B was paused, and resumed at the next pass: a refetch of all it had prefetched.
+    op = Seen()
+    app = offline_app(tmp_path, operators=[op])
+    app.alignment = alignment = Alignment(10.0, 60.0, max_buffered=10)
+    app._consumer = consumer = Reading()
+    now = time.monotonic()
+    alignment.add([A, B], now)
+    for part in (0, 1):
+        task = _PartitionTask(part)
+        task.contexts = [(op, None)]  # type: ignore[list-item]
+        app._tasks[part] = task
+    app._owned.update([A, B])
+    app._buffers[A] = deque([_record(A, 0, 100.0)])
+    app._buffers[B] = deque([_record(B, i, 70.0 + i) for i in range(29)] + [_record(B, 29, 200.0)])
+    app._consumed.update({A: 1, B: 30})
+    alignment.observe(A, 100.0, now)
+    alignment.observe(B, 200.0, now)
+    app._align()
+    assert len(op.offsets) == 30  # released up to A's 100.0: all of A's, 29 of B's
+    assert [at for at, _ in app._buffers[B]] == [200.0]
+    assert consumer.paused == []
+    # Once it buffers its bound past the release, it is paused.
+    app._buffers[B].extend(_record(B, 30 + i, 201.0 + i) for i in range(9))
+    app._align()
+    assert consumer.paused == [B]
+
+
+def test_a_partition_whose_records_left_go_unanswered_is_asked_after_the_others(tmp_path: Path) -> None:
+    # Partition 0's committed offset has no stable answer (another producer's transaction open
+    # on it).  After each quiet second it was asked first again, failed again, and the others
+    # were never asked: unknown, they held the others as with records left.
+    app = offline_app(tmp_path)
+    app.alignment = alignment = Alignment(0.0, 60.0)
+    app._consumer = consumer = Reading(failing=frozenset({0}))
+    alignment.add([("in", p) for p in range(4)], time.monotonic())
+    app._align()
+    assert consumer.asked == [0]
+    for _ in range(3):
+        app._start_lag_quiet_until = 0.0  # (the second over)
+        for tp, (_at, left) in list(app._start_lags.items()):
+            app._start_lags[tp] = (-10.0, left)  # (asked more than a second ago)
+        app._align()
+    # The others answered in the pass after the first failure; 0 is asked last, each time.
+    assert consumer.asked == [0, 1, 2, 3, 0, 0, 0]
+    assert {p: app._start_lags[("in", p)][1] for p in range(4)} == {0: None, 1: 1000, 2: 1000, 3: 1000}
