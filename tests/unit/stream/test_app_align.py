@@ -16,7 +16,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from tests.unit.stream.offline import Nothing, offline_app
 
 from vigil.stream.alignment import Alignment
-from vigil.stream.app import _PartitionTask
+from vigil.stream.app import _KafkaContext, _PartitionTask
 from vigil.stream.base import Context, Record
 
 A = ("in", 0)
@@ -81,7 +81,7 @@ def test_a_partition_is_paused_for_what_it_buffers_after_the_release_not_before(
     alignment.add([A, B], now)
     for part in (0, 1):
         task = _PartitionTask(part)
-        task.contexts = [(op, None)]  # type: ignore[list-item]
+        task.contexts = [(op, _KafkaContext(app, task, op))]
         app._tasks[part] = task
     app._owned.update([A, B])
     app._buffers[A] = deque([_record(A, 0, 100.0)])
