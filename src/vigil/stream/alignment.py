@@ -23,21 +23,22 @@ once it buffers ``BUFFER_CAP_FACTOR`` times ``max_buffered`` records, and resume
 drained to half of that: what waits is bounded by records.  (The partition that sets the floor
 is never one of them: its records are all at or before the floor, and released.)
 
-A partition holds the others back while it is owned, has records left to read (its
-consumed position is below its high watermark) and has delivered a record, or been
-assigned, paused or resumed, within ``idle_s``.  (Records an application skips undecoded,
-``Application.skip_types``, deliver nothing: no event time.)  So a partition that has reached its
-end, or an empty or slow one, never stalls live traffic for longer than ``idle_s`` (one with
-another producer's transaction open on it holds the others until it commits, at most that long:
-see :mod:`vigil.stream.app`).  But on a replay, one with records left to read holds the others
-up to ``BACKLOG_IDLE_FACTOR`` times ``idle_s``: the consumer fetches some partitions while
-others wait their turn, well over a second (1.3-1.9 s measured, 120 partitions), and a
-partition waiting its turn stopped holding the others; the floor passed its backlog, whose
-records then came out of event-time order (25,000-179,000 of 954,104, up to two hours behind).
-A replay, here: the partition's latest event time is more than ``REPLAY_BEHIND_S`` behind the
-wall clock, or it has delivered nothing yet.  Live (its latest event recent), it stops holding
-after ``idle_s`` as before: a producer that crashed with a transaction open on it would
-otherwise hold every live record ten times as long.
+A partition holds the others back while it is owned, has records left to read (its consumed
+position is below its high watermark), or none known (the broker did not answer), and has
+delivered a record, or been assigned, paused or resumed, within ``idle_s``.  (Records an
+application skips undecoded, ``Application.skip_types``, deliver nothing: no event time.)  So a
+partition that has reached its end, or an empty or slow one, never stalls live traffic for
+longer than ``idle_s`` (one with another producer's transaction open on it holds the others
+until it commits, at most that long: see :mod:`vigil.stream.app`).  But on a replay, one with
+records left to read (or none known) holds the others up to ``BACKLOG_IDLE_FACTOR`` times
+``idle_s``: the consumer fetches some partitions while others wait their turn, well over a
+second (1.3-1.9 s measured, 120 partitions), and a partition waiting its turn stopped holding
+the others; the floor passed its backlog, whose records then came out of event-time order
+(25,000-179,000 of 954,104, up to two hours behind).  A replay, here: the partition's latest
+event time is more than ``REPLAY_BEHIND_S`` behind the wall clock, or it has delivered nothing
+yet.  Live (its latest event recent), it stops holding after ``idle_s`` as before: a producer
+that crashed with a transaction open on it would otherwise hold every live record ten times as
+long.
 A partition that has delivered nothing yet holds the others back as if it were at the
 beginning of time (until it delivers or goes idle): on a replay the first fetch decides
 where every partition stands.  So does one with records to read whose stores are being
@@ -143,13 +144,14 @@ class Alignment:
             # waiting, and its time (above the floor) counts.
             return True
         idle = now - lane.active_at
-        if idle >= self.idle_s:
-            # (On a replay: a backlog waiting its turn for a fetch.  Live: a partition with nothing
-            # to give, or another producer's transaction open on it.)
-            if idle >= BACKLOG_IDLE_FACTOR * self.idle_s or not self._replaying(lane):
-                return False
-            left = lag(tp)
-            return left is not None and left > 0
+        if idle >= self.idle_s and (idle >= BACKLOG_IDLE_FACTOR * self.idle_s or not self._replaying(lane)):
+            # (Live: a partition with nothing to give, or another producer's transaction open on
+            # it.  On a replay, idle up to ten times idle_s, it holds as below: a backlog waiting
+            # its turn for a fetch.)
+            return False
+        # Records left, or not known (a question the broker did not answer: on a replay, taken
+        # for no records left, the backlogs of partitions never asked held nobody, and nearly a
+        # whole topic came out of order, found in review).
         left = lag(tp)
         return left is None or left > 0
 

@@ -80,9 +80,10 @@ transaction is open on a partition that delivered within ``alignment_idle_s``, i
 stops short of the high watermark (read_committed) and it holds the others until that commits,
 for ``alignment_idle_s`` at most (a sparse topic written every 0.5 s in transactions held a
 live join up to 509 ms); and on a replay (its latest event time over five minutes behind the
-wall clock, or nothing delivered yet), a partition with records left to read holds them up to
-ten times ``alignment_idle_s`` (on a replay of many partitions, one waiting its turn for a fetch
-stopped holding the others, and its backlog came out of event-time order).  At a start (or
+wall clock, or nothing delivered yet), a partition with records left to read (or none known:
+the broker did not answer) holds them up to ten times ``alignment_idle_s`` (on a replay of many
+partitions, one waiting its turn for a fetch stopped holding the others, and its backlog came
+out of event-time order).  At a start (or
 restart), a partition with records to read whose stores are still being restored holds the
 others until it runs, however long the restore takes (the partitions restored first released
 their backlog ahead of it): live traffic waits for it then.  The application's own repartition
@@ -433,6 +434,9 @@ _ALIGN_TIMEOUT = 5.0
 #: (see Application._start_lag).
 _START_LAG_QUIET_S = 1.0
 _RESTORING_ASK_EVERY_S = 5.0
+#: A partition's question without an answer is asked again after a second, then twice as long
+#: after each failure in a row, up to this (see Application._start_lag).
+_START_LAG_RETRY_MAX_S = 30.0
 #: The lag gauge's questions to the broker about partitions nothing was delivered from yet
 #: (see Application._unread_lags): the timeout of each (on the loop: a committed offset in another
 #: producer's open transaction has no answer until the timeout), how often the ends of paused
@@ -1111,6 +1115,8 @@ class Application:
         self._start_lag_quiet_until = 0.0
         #: Partitions whose question had no answer this pass: asked after the others next time.
         self._start_lag_failed: list[TP] = []
+        #: Per partition, its questions without an answer in a row (see _start_lag).
+        self._start_lag_fails: dict[TP, int] = {}
         #: The lag gauge's partitions nothing was delivered from since their assignment: where
         #: they start reading (None: not known) and when it was asked, their end and their log
         #: start (see _unread_lags).
@@ -1984,11 +1990,18 @@ class Application:
             pos = max(at.offset, consumed.get(tp, -1))
             if pos < 0:
                 lane = alignment.lanes.get(tp)
-                if lane is not None and not lane.restoring and now - lane.active_at >= alignment.idle_s:
+                known = self._start_lags.get(tp)
+                if (
+                    known is not None
+                    and lane is not None
+                    and not lane.restoring
+                    and now - lane.active_at >= alignment.idle_s
+                ):
                     # Idle (asked only to tell a replay's backlog): what was found, never a new
-                    # question (each unanswered one holds the loop its timeout).
-                    known = self._start_lags.get(tp)
-                    return None if known is None else known[1]
+                    # question (each unanswered one holds the loop its timeout).  Never asked (the
+                    # questions quiet after one had no answer, longer than idle_s), it is asked:
+                    # unknown, a backlog waiting its turn held nobody, and came out of order.
+                    return known[1]
                 # (A restoring partition's 0 asked again one a pass, the one asked longest ago:
                 # the questions are the loop's, and the first in order took every turn.)
                 again = lane is not None and lane.restoring and tp == reask()
@@ -2022,7 +2035,8 @@ class Application:
         """Records left in a partition nothing was consumed from since its assignment: from its
         committed offset (or its start) to its end, asked of the broker at most once a second
         per partition.  So an empty partition, or one whose group is already at its end (after
-        a restart), holds nobody back, and one with a backlog holds the others until it delivers.
+        a restart), holds nobody back, and one with a backlog holds the others (until it
+        delivers, or goes idle: :meth:`Alignment.holds`).
         An answer is kept, but for a partition being restored (``again``) with nothing left, asked
         again every ``_RESTORING_ASK_EVERY_S``: records arriving during its restore must hold the
         others too (kept, its 0 at the assignment let the others release ahead of them for the
@@ -2034,13 +2048,17 @@ class Application:
         and a pass over N partitions held the loop N times that.  The partition is then asked
         after the others (:meth:`Alignment.last`): first in order, one that kept failing (another
         producer's transaction open on its committed offset) was asked first after each quiet
-        second, and failed again, so the others were never asked."""
+        second, and failed again, so the others were never asked.  And it is asked again after a
+        second, then twice as long after each failure in a row, up to
+        ``_START_LAG_RETRY_MAX_S``: a partition being restored (asked until it runs) whose
+        question kept failing held the loop its timeout every second, five seconds in six."""
         known = self._start_lags.get(tp)
         left_then: int | None = None
         if known is not None:
             asked, left_then = known
-            if left_then is None:  # no answer: asked again after a second
-                due = now - asked >= 1.0
+            if left_then is None:  # no answer: asked again after a second, then backing off
+                fails = self._start_lag_fails.get(tp, 1)
+                due = now - asked >= min(2.0 ** (fails - 1), _START_LAG_RETRY_MAX_S)
             elif left_then == 0 and again:
                 due = now - asked >= _RESTORING_ASK_EVERY_S
             else:
@@ -2056,10 +2074,12 @@ class Application:
             low, high = consumer.get_watermark_offsets(TopicPartition(*tp), timeout=_ALIGN_TIMEOUT)
             start = committed.offset if committed.offset >= 0 else low
             left = max(0, high - max(start, low))
+            self._start_lag_fails.pop(tp, None)
         except (KafkaException, TypeError, ValueError) as exc:
             log.debug("application %s: end offsets of %s[%d]: %s", self.name, tp[0], tp[1], exc)
             self._start_lag_quiet_until = time.monotonic() + _START_LAG_QUIET_S
             self._start_lag_failed.append(tp)
+            self._start_lag_fails[tp] = self._start_lag_fails.get(tp, 0) + 1
         # (As of the answer: taken at the pass's start, after a slow pass every partition was due
         # again.)
         self._start_lags[tp] = (now + time.monotonic() - asked_at, left)
@@ -3329,6 +3349,7 @@ class Application:
             # Not released, so not committed: the next owner (or the rewind) reads them again.
             self._buffers.pop(tp, None)
             self._start_lags.pop(tp, None)
+            self._start_lag_fails.pop(tp, None)
             self._consumed.pop(tp, None)
 
     def _close_task(self, number: int) -> None:
