@@ -66,7 +66,14 @@ CHANGELOG_MAX_BYTES = 16 << 20
 STATE_RECORD_MAX_BYTES = CHANGELOG_MAX_BYTES - 1024
 #: Kafka's default ``delete.retention.ms`` (a day), in seconds.
 DEFAULT_DELETE_RETENTION_S = 86_400.0
+#: A store may be away its changelog's ``delete.retention.ms`` less this margin (an hour, or half
+#: the retention if that is shorter) and still catch up (see _horizons).
 _HORIZON_MARGIN_S = 3600.0
+#: A store last current longer ago than this has its changelog's retention asked (one request):
+#: the runtime touches a store it owns every ten minutes (vigil.stream.app._TOUCH_EVERY_S), so a
+#: store back from a restart is up to that old.  (An hour before: a store away for less was never
+#: checked, and on a changelog keeping deletions ten minutes kept keys deleted meanwhile.)
+_ASK_RETENTION_AWAY_S = 60.0
 #: The longest a transaction can stay open (Kafka's transaction.max.timeout.ms default, 15 min,
 #: and a minute for the coordinator to abort it): a restore waits that long for one to end.
 MAX_OPEN_TXN_S = 960.0
@@ -181,12 +188,25 @@ class Restorer:
         away = {
             task.topic
             for task, start, written in recorded
-            if start is not None and now - (written or 0.0) > _HORIZON_MARGIN_S
+            if start is not None and now - (written or 0.0) > _ASK_RETENTION_AWAY_S
         }
         horizons = _horizons(self._admin, sorted(away)) if away else {}
         ids = _topic_ids(self._admin, sorted({t.topic for t in tasks}))
         for task, start, written in recorded:
             low, high = offsets[task.topic, task.partition]
+            if start is None and task.state.holds_data():
+                # Writes with no offset: a checkpoint's first chunks, applied before its last
+                # (RocksState.write_committed, final=False), then the store closed or the process
+                # gone.  Its restore is from the start, and onto them it kept keys the changelog
+                # no longer has (deleted by another owner, or the topic made again): in review.
+                log.warning(
+                    "state %s: holds writes but no changelog offset (a checkpoint cut short); "
+                    "restoring it from %s[%d]'s start",
+                    task.state.path,
+                    task.topic,
+                    task.partition,
+                )
+                task.state.wipe()
             topic_id = ids.get(task.topic)
             had = task.state.changelog_topic_id() if topic_id is not None else None
             if start is not None and had is not None and had != topic_id:
@@ -467,12 +487,17 @@ def _topic_ids(admin: AdminClient, topics: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _horizon(retention_s: float) -> float:
+    return retention_s - min(_HORIZON_MARGIN_S, retention_s / 2)
+
+
 def _horizons(admin: AdminClient, topics: Sequence[str]) -> dict[str, float]:
     """Per changelog topic, how long a store may be away and still catch up: the topic's
-    ``delete.retention.ms`` less an hour (a store's time is when it applied its writes, a
-    little after Kafka had them).  Kafka's default where the configuration cannot be read
-    (an application allowed to read its topics but not to describe them)."""
-    out = dict.fromkeys(topics, DEFAULT_DELETE_RETENTION_S - _HORIZON_MARGIN_S)
+    ``delete.retention.ms`` less an hour, or less half of it if shorter (a store's time is when
+    it applied its writes, a little after Kafka had them).  Kafka's default where the
+    configuration cannot be read (an application allowed to read its topics but not to describe
+    them)."""
+    out = dict.fromkeys(topics, _horizon(DEFAULT_DELETE_RETENTION_S))
     try:
         futures = admin.describe_configs(
             [ConfigResource(ResourceType.TOPIC, t) for t in topics], request_timeout=30
@@ -480,7 +505,7 @@ def _horizons(admin: AdminClient, topics: Sequence[str]) -> dict[str, float]:
         for resource, future in futures.items():
             entry = future.result(timeout=30).get("delete.retention.ms")
             if entry is not None and entry.value is not None:
-                out[resource.name] = int(entry.value) / 1000 - _HORIZON_MARGIN_S
+                out[resource.name] = _horizon(int(entry.value) / 1000)
     except KafkaException as exc:
         log.warning(
             "restoring %s: could not read delete.retention.ms (%s); taking Kafka's default", topics, exc

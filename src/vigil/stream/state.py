@@ -180,7 +180,10 @@ class RocksState(State):
                 # (restore fills it before the first read), so the key stays absent until set here.
                 self._cache[key] = _DELETED
                 return default
-            value = self._decoder.decode(raw)
+            try:
+                value = self._decoder.decode(raw)
+            except msgspec.DecodeError as exc:
+                raise self._undecodable(key, exc) from exc
             self._cache[key] = value
         return default if value is _DELETED else value
 
@@ -238,7 +241,24 @@ class RocksState(State):
                 continue
             key = raw_key.decode()
             value = cache.get(key, _MISSING)
-            yield key, self._decoder.decode(raw) if value is _MISSING else value
+            if value is _MISSING:
+                try:
+                    value = self._decoder.decode(raw)
+                except msgspec.DecodeError as exc:
+                    raise self._undecodable(key, exc) from exc
+            yield key, value
+
+    def _undecodable(self, key: str, exc: Exception) -> PipelineError:
+        """A stored value that no longer decodes to the store's ``value_type`` (a field added
+        without a new ``StoreSpec.version``): the bare decode error named neither, and every
+        restart failed the same way."""
+        msg = (
+            f"state {self.path}: the stored value of key {key!r} does not decode to "
+            f"{getattr(self.spec.value_type, '__name__', self.spec.value_type)!r}: {exc}; a type "
+            "changed without a new version: give the new fields defaults, or bump StoreSpec.version "
+            "(the store then starts empty)"
+        )
+        return PipelineError(msg)
 
     # ------------------------------------------------------------------ checkpoint side
 
@@ -352,6 +372,13 @@ class RocksState(State):
         keep.update(*self._inflight)
         cache = self._cache
         self._cache = {key: cache[key] for key in keep}
+
+    def holds_data(self) -> bool:
+        """Whether RocksDB holds any key of the operators' (not only the store's own records,
+        whose keys start with 0xff and so sort last)."""
+        for key in self._db.keys():  # noqa: SIM118  (iterating a raw-mode Rdict itself raises)
+            return not bytes(key).startswith(_RESERVED)  # type: ignore[arg-type]  # raw mode: bytes
+        return False
 
     def changelog_offset(self) -> int | None:
         """The next changelog offset RocksDB does not yet reflect (None: nothing restored yet)."""

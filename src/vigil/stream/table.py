@@ -13,7 +13,12 @@ on, as for a process that reads the topic once compaction has dropped the key's 
 records: every process answers alike.
 
 The topic's partitions are looked up again every ``metadata_every_s`` (10 s): partitions
-added are read from their beginning, and a topic deleted stops the reader, so ``ready`` turns
+added are read from their beginning (with a warning: a key's records written since may go to
+another partition than its older ones, which compaction then never removes, so a process that
+reads the topic afresh later, its partitions in no set order, may take a key's older value, or
+a deleted key's, as its latest: found in review, a fresh start listed 98 of 200 withdrawn keys.
+Recreate such a topic with its new partition count and publish it again; ``vigil topics apply``
+does not grow a compacted topic), and a topic deleted stops the reader, so ``ready`` turns
 false and ``check()`` raises: librdkafka tells a consumer that assigned its partitions itself
 nothing when they disappear (it logs "partition count changed from 1 to 0" and goes on), and
 the table would answer from a list nobody maintains any more.  A topic counts as deleted once
@@ -23,6 +28,10 @@ the broker has called it unknown for ``deleted_after_s`` (30 s, as librdkafka's 
 and asked again.  A topic deleted and created again (its topic id changed: even between two
 lookups, with as many partitions) stops the reader too: what was read of the old topic is
 stale, and the positions reached in it mean nothing in the new one.
+
+Record keys are read as UTF-8 text; bytes that are not UTF-8 are kept apart
+(``surrogateescape``).  Replaced by U+FFFD, as they were, keys that differed only in such bytes
+were one key, and a tombstone of one deleted the others' values (found in review).
 
 Data kept in a shape of its own (the intel index: by indicator value, across feeds) reads
 its topic with the table's reader, :class:`TopicFollower`, and applies each record itself.
@@ -104,6 +113,8 @@ class TopicFollower:
         self._topic_id: str | None = None
         #: missing_ok and the topic not found yet: its absence is not a deletion.
         self._waiting = False
+        #: Each partition's end when reading began (what being caught up means).
+        self._ends: dict[int, int] = {}
         self._admin: AdminClient | None = None
         self.topic = topic
         self.name = name
@@ -135,10 +146,36 @@ class TopicFollower:
             if abort is not None and abort():
                 return
             if time.monotonic() >= deadline:
-                msg = f"{self.name} did not catch up with {self.topic!r} in {timeout_s:g}s"
+                msg = f"{self.name} did not catch up with {self.topic!r} in {timeout_s:g}s{self._held_back()}"
                 raise PipelineError(msg)
             self._ready.wait(min(0.05, max(0.0, deadline - time.monotonic())))
         self.check()
+
+    def _held_back(self) -> str:
+        """Why a start timed out, when it can tell: the partitions whose end a transaction left
+        open holds back (its producer gone; Kafka aborts it after its transaction timeout).  The
+        timeout's message said nothing of it, and every start failed the same way meanwhile."""
+        parts = sorted(self._ends)
+        if not parts:
+            return ""
+        try:
+            stable = partition_offsets(
+                self.settings, [(self.topic, p) for p in parts], time.monotonic() + 5, committed=True
+            )
+        except VigilError as exc:
+            log.debug("%s: last stable offsets of %r: %s", self.name, self.topic, exc)
+            return ""
+        held = [
+            f"{self.topic}[{p}] (end {self._ends[p]}, stable to {stable[self.topic, p][1]})"
+            for p in parts
+            if stable[self.topic, p][1] < self._ends[p]
+        ]
+        if not held:
+            return ""
+        return (
+            f": a transaction left open holds back {', '.join(held)}; Kafka aborts it after its "
+            "transaction timeout"
+        )
 
     def check(self) -> None:
         """Raise if the background reader has stopped on an error: what it feeds would go stale
@@ -219,6 +256,7 @@ class TopicFollower:
                 self.settings, [(self.topic, p) for p in meta.partitions], time.monotonic() + 30
             )
             ends = {p: marks[self.topic, p][1] for p in meta.partitions}
+            self._ends = dict(ends)
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in meta.partitions])
         except BaseException:
             consumer.close()
@@ -257,7 +295,7 @@ class TopicFollower:
                         continue
                     key = msg.key()
                     apply(
-                        None if key is None else key.decode("utf-8", "replace"),
+                        None if key is None else key.decode("utf-8", "surrogateescape"),
                         msg.value(),
                         f"{topic}[{msg.partition()}]@{msg.offset()}",
                     )
@@ -318,8 +356,20 @@ class TopicFollower:
             )
             raise TopicError(msg)
         added = now_partitions - partitions
+        if added and partitions:
+            log.warning(
+                "%s: %r was given %d more partitions; reading them.  A key's records written since "
+                "may go to another partition than its older ones, and a process reading the topic "
+                "afresh may take an older value (or a deleted key's) as the latest: recreate the topic "
+                "with %d partitions and publish it again",
+                self.name,
+                self.topic,
+                len(added),
+                len(now_partitions),
+            )
+        elif added:
+            log.info("%s: %r has %d partitions; reading them", self.name, self.topic, len(added))
         if added:
-            log.info("%s: %r has %d new partitions; reading them", self.name, self.topic, len(added))
             consumer.incremental_assign(
                 [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in sorted(added)]
             )

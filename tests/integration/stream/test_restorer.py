@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 from tests.integration.stream.apps import payments, read_all
 from tests.integration.stream.conftest import Running, make_topics, produce, wait_for
 
@@ -235,6 +236,89 @@ def test_a_restore_reads_past_an_open_transaction_once_it_ends(
         state.close()
 
 
+def _changelog_with(settings: Settings, names: Callable[[str], str], *keys: str) -> str:
+    """A changelog topic of one partition holding ``keys`` (each its own value), at offsets 0..."""
+    spec = changelog_spec(names("app"), CHUNKS.id, 1)
+    ensure_topics(settings, [spec])
+    producer = Producer(producer_config(settings))
+    for key in keys:
+        producer.produce(spec.name, msgspec.msgpack.encode(key), key.encode(), partition=0)
+    assert producer.flush(30) == 0
+    return spec.name
+
+
+def _restored(settings: Settings, state: RocksState, topic: str, seconds_away: float) -> list[str]:
+    """Restore ``state`` from ``topic`` as if it came back ``seconds_away`` after it was written;
+    the keys of a, b, c, z it has then."""
+    restorer = Restorer(settings, "restorer-test")
+    restorer.clock = lambda: time.time() + seconds_away
+    try:
+        restorer.add([RestoreTask(state, topic, 0)])
+        deadline = time.monotonic() + 30
+        while restorer.busy and time.monotonic() < deadline:
+            restorer.step(100, 0.2)
+        assert not restorer.busy
+    finally:
+        restorer.close()
+    return sorted(k for k in ("a", "b", "c", "z") if state.get(k) is not None)
+
+
+def test_a_store_away_longer_than_a_short_retention_of_deletions_is_restored_afresh(
+    settings: Settings, tmp_path: Path, names: Callable[[str], str]
+) -> None:
+    # A changelog keeping deletions 10 minutes (the topic's delete.retention.ms, or the broker's):
+    # a store away for less than an hour was never checked, and kept keys deleted meanwhile ("z":
+    # the store has it, the changelog, compacted, no longer does).
+    topic = _changelog_with(settings, names, "a", "b", "c")
+    admin = make_admin(settings)
+    change = ConfigResource(
+        ResourceType.TOPIC,
+        topic,
+        incremental_configs=[
+            ConfigEntry("delete.retention.ms", "600000", incremental_operation=AlterConfigOpType.SET)
+        ],
+    )
+    for future in admin.incremental_alter_configs([change]).values():
+        future.result(30)
+    stores = []
+    for name in ("soon", "late"):
+        state = RocksState(tmp_path / name, CHUNKS)
+        state.write_committed([(k.encode(), msgspec.msgpack.encode(k)) for k in ("a", "b", "z")], 2)
+        stores.append(state)
+    try:
+        assert _restored(settings, stores[0], topic, seconds_away=120) == ["a", "b", "c", "z"]
+        assert _restored(settings, stores[1], topic, seconds_away=1800) == ["a", "b", "c"]
+    finally:
+        for state in stores:
+            state.close()
+
+
+def test_a_store_with_writes_but_no_changelog_offset_is_restored_afresh(
+    settings: Settings, tmp_path: Path, names: Callable[[str], str]
+) -> None:
+    # A new store's first checkpoint applies its first chunks with no offset (final=False); the
+    # store closed before the last one, it held keys and no offset, and its restore from the start
+    # went onto them: "z", deleted since by another owner (its tombstone compacted away), stayed.
+    topic = _changelog_with(settings, names, "a", "b")
+    state = RocksState(tmp_path / "cut-short", CHUNKS)
+    try:
+        state.write_committed(
+            [(k.encode(), msgspec.msgpack.encode(k)) for k in ("a", "z")], None, final=False
+        )
+        assert state.changelog_offset() is None
+        assert state.holds_data()
+        assert _restored(settings, state, topic, seconds_away=0) == ["a", "b"]
+        assert state.changelog_offset() == 2
+    finally:
+        state.close()
+    empty = RocksState(tmp_path / "empty", CHUNKS)
+    try:
+        empty.touch()  # (the store's own records are not data)
+        assert not empty.holds_data()
+    finally:
+        empty.close()
+
+
 def test_a_store_back_behind_its_changelog_after_a_long_time_away_is_restored_afresh(
     settings: Settings, tmp_path: Path, names: Callable[[str], str]
 ) -> None:
@@ -262,17 +346,7 @@ def test_a_store_back_behind_its_changelog_after_a_long_time_away_is_restored_af
         return state
 
     def restored(state: RocksState, days_away: float) -> list[str]:
-        restorer = Restorer(settings, "restorer-test")
-        restorer.clock = lambda: time.time() + days_away * 86_400
-        try:
-            restorer.add([RestoreTask(state, spec.name, 0)])
-            deadline = time.monotonic() + 30
-            while restorer.busy and time.monotonic() < deadline:
-                restorer.step(100, 0.2)
-            assert not restorer.busy
-        finally:
-            restorer.close()
-        return sorted(k for k in ("a", "b", "c", "z") if state.get(k) is not None)
+        return _restored(settings, state, spec.name, days_away * 86_400)
 
     # Judged by age alone: a store's offset leaves out commit markers, so "behind" cannot be
     # told from offsets (this one is at the end but for the marker).

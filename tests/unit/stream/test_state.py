@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rocksdict import Options, Rdict
 
+from vigil.errors import PipelineError
 from vigil.stream.base import StoreSpec
 from vigil.stream.state import RocksState, StoreLocked
 
@@ -523,3 +524,37 @@ def test_reads_past_the_cache_limit_with_that_many_writes_pending_do_not_rebuild
     assert state._cache is not cache  # rebuilt once half the limit could go
     assert [state.get(f"w{i}") for i in range(10)] == list(range(10))
     state.close()
+
+
+class _CountV1(msgspec.Struct):
+    count: int
+
+
+class _CountV2(msgspec.Struct):
+    count: int
+    first_seen: float  # (added in a later release, the store's version not bumped)
+
+
+def test_a_stored_value_that_no_longer_decodes_names_the_store_the_key_and_the_way_out(
+    tmp_path: Path,
+) -> None:
+    # The bare decode error ("Object missing required field `first_seen`") named neither store
+    # nor key, and the application stopped on it at every restart.
+    path = tmp_path / "velocity" / "0"
+    state = RocksState(path, StoreSpec("velocity", 1, value_type=_CountV1))
+    state.set("cust-1", _CountV1(3))
+    state.write_committed(state.take_pending(), 1)
+    state.close()
+    state = RocksState(path, StoreSpec("velocity", 1, value_type=_CountV2))
+    try:
+        expected = (
+            rf"state {re.escape(str(path))}: the stored value of key 'cust-1' does not decode to '_CountV2'"
+        )
+        with pytest.raises(PipelineError, match=expected) as raised:
+            state.get("cust-1")
+        assert "first_seen" in str(raised.value)
+        assert "bump StoreSpec.version" in str(raised.value)
+        with pytest.raises(PipelineError, match=expected):
+            list(state.items())
+    finally:
+        state.close()
