@@ -35,10 +35,14 @@ records left to read (or none known) holds the others up to ``BACKLOG_IDLE_FACTO
 second (1.3-1.9 s measured, 120 partitions), and a partition waiting its turn stopped holding
 the others; the floor passed its backlog, whose records then came out of event-time order
 (25,000-179,000 of 954,104, up to two hours behind).  A replay, here: the partition's latest
-event time is more than ``REPLAY_BEHIND_S`` behind the wall clock, or it has delivered nothing
-yet.  Live (its latest event recent), it stops holding after ``idle_s`` as before: a producer
-that crashed with a transaction open on it would otherwise hold every live record ten times as
-long.
+event time is more than ``REPLAY_BEHIND_S`` behind the wall clock; for one that has delivered
+nothing yet, the latest any partition has delivered (none yet: a start).  Live (its latest event
+recent, or taken over while the others run live), it stops holding after ``idle_s`` as before:
+a producer that crashed with a transaction open on it would otherwise hold every live record ten
+times as long.  Idle time counts from the first record any partition delivered, not from the
+assignment: until then the consumer delivers nothing at all (librdkafka waits for every
+committed offset to be stable, and another producer's transaction open on one holds them all,
+30 s or more), so nobody waits its turn for a fetch.
 A partition that has delivered nothing yet holds the others back as if it were at the
 beginning of time (until it delivers or goes idle): on a replay the first fetch decides
 where every partition stands.  So does one with records to read whose stores are being
@@ -69,9 +73,10 @@ TP = tuple[str, int]
 #: resumed once it has drained to half of that): see the module docstring.
 BUFFER_CAP_FACTOR = 4
 #: On a replay, a partition that delivered nothing for ``idle_s`` but has records left to read
-#: still holds the others back, for up to this many times ``idle_s`` in all; a replay: its latest
-#: event time is more than ``REPLAY_BEHIND_S`` behind the wall clock (or it delivered nothing
-#: yet).  See the module docstring.
+#: (or none known) still holds the others back, for up to this many times ``idle_s`` in all; a
+#: replay: its latest event time is more than ``REPLAY_BEHIND_S`` behind the wall clock (or, if
+#: it delivered nothing yet, the latest any partition delivered; or none did).  See the module
+#: docstring.
 BACKLOG_IDLE_FACTOR = 10
 REPLAY_BEHIND_S = 300.0
 
@@ -114,6 +119,8 @@ class Alignment:
         self.lanes: dict[TP, Lane] = {}
         #: Times a partition was paused (for metrics and tests).
         self.pauses = 0
+        #: The latest event time any partition delivered, as of the last :meth:`floor`.
+        self._newest: float | None = None
 
     def add(self, tps: Iterable[TP], now: float, *, restoring: bool = False) -> None:
         for tp in tps:
@@ -128,7 +135,18 @@ class Alignment:
         lane = self.lanes.get(tp)
         if lane is None:
             return
-        if lane.event_time is None or event_time > lane.event_time:
+        if lane.event_time is None:
+            if all(other.event_time is None for other in self.lanes.values()):
+                # The first record any partition delivered: the others' idle time counts from
+                # here.  Until now the consumer delivered nothing at all (librdkafka waits for
+                # every committed offset to be stable: another producer's transaction open on
+                # one, up to that transaction's timeout, 30 s or more), nobody was waiting its
+                # turn for a fetch, and counted from their assignment every partition had gone
+                # idle by then: the replay came out of order (found in review).
+                for other in self.lanes.values():
+                    other.active_at = max(other.active_at, now)
+            lane.event_time = event_time
+        elif event_time > lane.event_time:
             lane.event_time = event_time
         lane.active_at = now
 
@@ -156,10 +174,18 @@ class Alignment:
         return left is None or left > 0
 
     def _replaying(self, lane: Lane) -> bool:
-        return lane.event_time is None or lane.event_time < self.clock() - REPLAY_BEHIND_S
+        # A partition that delivered nothing yet is as the others: taken over while they run live
+        # (a member's failover), it is live; at a start, before anything was delivered, or beside
+        # partitions replaying, a replay.  (Each taken for a replay, one whose records left were
+        # unknown held live traffic ten times idle_s, 30 s at idle_s 3: found in review.)
+        at = lane.event_time if lane.event_time is not None else self._newest
+        return at is None or at < self.clock() - REPLAY_BEHIND_S
 
     def floor(self, now: float, lag: Callable[[TP], int | None]) -> float | None:
         """Event time of the slowest partition that holds the others back; ``None``: none does."""
+        self._newest = max(
+            (lane.event_time for lane in self.lanes.values() if lane.event_time is not None), default=None
+        )
         times = [
             -math.inf if lane.event_time is None else lane.event_time
             for tp, lane in self.lanes.items()

@@ -430,13 +430,11 @@ _RESTORE_WAIT_S = 0.01
 #: Aligned: timeout of the broker queries for partitions nothing was consumed from yet, and how
 #: often one being restored at the start with nothing left is asked again (see _start_lag).
 _ALIGN_TIMEOUT = 5.0
-#: After a question of records left at the start had no answer, none is asked for this long
-#: (see Application._start_lag).
+#: After a question of records left at the start had no answer, none is asked for this long, twice
+#: as long after each further one without an answer, up to the most (see Application._start_lag).
 _START_LAG_QUIET_S = 1.0
+_START_LAG_QUIET_MAX_S = 30.0
 _RESTORING_ASK_EVERY_S = 5.0
-#: A partition's question without an answer is asked again after a second, then twice as long
-#: after each failure in a row, up to this (see Application._start_lag).
-_START_LAG_RETRY_MAX_S = 30.0
 #: The lag gauge's questions to the broker about partitions nothing was delivered from yet
 #: (see Application._unread_lags): the timeout of each (on the loop: a committed offset in another
 #: producer's open transaction has no answer until the timeout), how often the ends of paused
@@ -1111,12 +1109,12 @@ class Application:
         self._buffers: dict[TP, deque[tuple[float, Any]]] = {}
         #: Aligned: records left in partitions nothing was consumed from yet (see _start_lag).
         self._start_lags: dict[TP, tuple[float, int | None]] = {}
-        #: Until when (monotonic) no such question is asked, after one had no answer.
+        #: Until when (monotonic) no such question is asked, after one had no answer, and how long
+        #: the next quiet is.
         self._start_lag_quiet_until = 0.0
+        self._start_lag_quiet_s = _START_LAG_QUIET_S
         #: Partitions whose question had no answer this pass: asked after the others next time.
         self._start_lag_failed: list[TP] = []
-        #: Per partition, its questions without an answer in a row (see _start_lag).
-        self._start_lag_fails: dict[TP, int] = {}
         #: The lag gauge's partitions nothing was delivered from since their assignment: where
         #: they start reading (None: not known) and when it was asked, their end and their log
         #: start (see _unread_lags).
@@ -2048,24 +2046,23 @@ class Application:
         and a pass over N partitions held the loop N times that.  The partition is then asked
         after the others (:meth:`Alignment.last`): first in order, one that kept failing (another
         producer's transaction open on its committed offset) was asked first after each quiet
-        second, and failed again, so the others were never asked.  And it is asked again after a
-        second, then twice as long after each failure in a row, up to
-        ``_START_LAG_RETRY_MAX_S``: a partition being restored (asked until it runs) whose
-        question kept failing held the loop its timeout every second, five seconds in six."""
+        second, and failed again, so the others were never asked.  The quiet doubles after each
+        question in a row without an answer, up to ``_START_LAG_QUIET_MAX_S``: partitions being
+        restored (asked until they run) whose questions kept failing held the loop their timeout
+        every second, five seconds in six."""
         known = self._start_lags.get(tp)
         left_then: int | None = None
         if known is not None:
             asked, left_then = known
-            if left_then is None:  # no answer: asked again after a second, then backing off
-                fails = self._start_lag_fails.get(tp, 1)
-                due = now - asked >= min(2.0 ** (fails - 1), _START_LAG_RETRY_MAX_S)
+            if left_then is None:  # no answer: asked again after a second (and the quiet)
+                due = now - asked >= 1.0
             elif left_then == 0 and again:
                 due = now - asked >= _RESTORING_ASK_EVERY_S
             else:
                 due = False
             if not due:
                 return left_then
-        if time.monotonic() < self._start_lag_quiet_until:
+        if now < self._start_lag_quiet_until:
             return left_then
         left: int | None = None
         asked_at = time.monotonic()
@@ -2074,15 +2071,18 @@ class Application:
             low, high = consumer.get_watermark_offsets(TopicPartition(*tp), timeout=_ALIGN_TIMEOUT)
             start = committed.offset if committed.offset >= 0 else low
             left = max(0, high - max(start, low))
-            self._start_lag_fails.pop(tp, None)
         except (KafkaException, TypeError, ValueError) as exc:
             log.debug("application %s: end offsets of %s[%d]: %s", self.name, tp[0], tp[1], exc)
-            self._start_lag_quiet_until = time.monotonic() + _START_LAG_QUIET_S
-            self._start_lag_failed.append(tp)
-            self._start_lag_fails[tp] = self._start_lag_fails.get(tp, 0) + 1
         # (As of the answer: taken at the pass's start, after a slow pass every partition was due
         # again.)
-        self._start_lags[tp] = (now + time.monotonic() - asked_at, left)
+        answered_at = now + time.monotonic() - asked_at
+        self._start_lags[tp] = (answered_at, left)
+        if left is None:
+            self._start_lag_quiet_until = answered_at + self._start_lag_quiet_s
+            self._start_lag_quiet_s = min(2 * self._start_lag_quiet_s, _START_LAG_QUIET_MAX_S)
+            self._start_lag_failed.append(tp)
+        else:
+            self._start_lag_quiet_s = _START_LAG_QUIET_S
         return left
 
     def _commit_new_starts(self) -> None:
@@ -3349,7 +3349,6 @@ class Application:
             # Not released, so not committed: the next owner (or the rewind) reads them again.
             self._buffers.pop(tp, None)
             self._start_lags.pop(tp, None)
-            self._start_lag_fails.pop(tp, None)
             self._consumed.pop(tp, None)
 
     def _close_task(self, number: int) -> None:

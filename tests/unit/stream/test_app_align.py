@@ -147,23 +147,34 @@ def test_a_backlog_not_asked_while_the_questions_were_quiet_still_holds(tmp_path
     assert op.offsets == []  # 2 and 3 have 1,000 records left each, from before 5000
 
 
-def test_a_question_that_keeps_failing_is_asked_again_less_and_less_often(tmp_path: Path) -> None:
-    # A partition being restored is asked until it runs; with no answer (another producer's
-    # transaction open on its committed offset: the question waits its 5 s timeout), it was asked
-    # again every second, and held the loop five seconds in six.
+def test_questions_that_keep_failing_are_asked_less_and_less_often_however_many_partitions(
+    tmp_path: Path,
+) -> None:
+    # Partitions being restored are asked until they run; with no answer (another producer's
+    # transaction open on their committed offsets: each question waits its 5 s timeout), one was
+    # asked again every second, and held the loop five seconds in six; so did several, one at a
+    # time, each backing off on its own.
+    def asked_at(partitions: int) -> list[float]:
+        app = offline_app(tmp_path)
+        app._consumer = consumer = Reading(failing=frozenset(range(partitions)))
+        at: list[float] = []
+        for tick in range(400):
+            now = tick / 4  # (a pass every 0.25 s, for 100 s)
+            for p in range(partitions):
+                before = len(consumer.asked)
+                assert app._start_lag(consumer, ("in", p), now, again=True) is None  # type: ignore[arg-type]
+                if len(consumer.asked) > before:
+                    at.append(now)
+        return at
+
+    one = asked_at(1)
+    assert [int(later - earlier) for earlier, later in pairwise(one)] == [1, 2, 4, 8, 16, 30, 30]
+    assert asked_at(8) == one  # (the quiet is the loop's, not a partition's)
     app = offline_app(tmp_path)
     app._consumer = consumer = Reading(failing=frozenset({0}))
-    tp = ("in", 0)
-    asked_at: list[float] = []
-    for tick in range(400):
-        now = tick / 4  # (a pass every 0.25 s, for 100 s)
-        app._start_lag_quiet_until = 0.0  # (the quiet second is the loop's, not this test's)
-        before = len(consumer.asked)
-        assert app._start_lag(consumer, tp, now, again=True) is None  # type: ignore[arg-type]
-        if len(consumer.asked) > before:
-            asked_at.append(now)
-    gaps = [round(later - earlier) for earlier, later in pairwise(asked_at)]
-    assert gaps == [1, 2, 4, 8, 16, 30, 30]  # (then at most every 30 s)
+    for now in (0.0, 1.5, 4.0):
+        app._start_lag(consumer, ("in", 0), now)  # type: ignore[arg-type]
+    assert app._start_lag_quiet_s == 8.0
     consumer.failing = frozenset()
-    assert app._start_lag(consumer, tp, 200.0, again=True) == 1000  # type: ignore[arg-type]
-    assert tp not in app._start_lag_fails  # (answered: a later failure starts at a second again)
+    assert app._start_lag(consumer, ("in", 1), 20.0) == 1000  # type: ignore[arg-type]
+    assert app._start_lag_quiet_s == 1.0  # (answered: the next quiet is a second again)
