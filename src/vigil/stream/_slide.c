@@ -26,7 +26,9 @@
 #include <string.h>
 
 /* Keys are swept (entries the watermark has passed dropped, empty keys let go) once this many
- * more are held than after the last sweep, at least: memory follows the keys in the window. */
+ * more are held than after the last sweep, at least: memory follows the keys in the window.  And
+ * once the watermark has moved a window's size since the last sweep: a burst on a key that then
+ * went quiet stayed until as many keys again came (with a steady set of keys, never). */
 #define SWEEP_MIN 1024
 #define MIN_BUCKETS 64
 /* How many events ahead update() asks for a key's bucket (and, half as far, for its str and
@@ -73,6 +75,8 @@ typedef struct {
     size_t mask;
     Py_ssize_t used;
     Py_ssize_t sweep_at;
+    /* The watermark at the last sweep (INT64_MIN: none yet; the first update sets it). */
+    int64_t swept_wm;
     int64_t entries;
 } Slide;
 
@@ -398,7 +402,15 @@ static PyObject *Slide_update(Slide *self, PyObject *const *args, Py_ssize_t nar
     }
     PyMem_Free(hashes);
     /* Sweeping only lets go of what no window needs: without memory for it, it waits. */
-    if (self->used > self->sweep_at && sweep(self, sat_sub(wm, self->size)) < 0) PyErr_Clear();
+    int due = self->used > self->sweep_at;
+    if (!due && wm != INT64_MIN) {
+        if (self->swept_wm == INT64_MIN) self->swept_wm = wm;
+        else if (sat_sub(wm, self->swept_wm) >= self->size) due = 1;
+    }
+    if (due) {
+        if (sweep(self, sat_sub(wm, self->size)) < 0) PyErr_Clear();
+        else self->swept_wm = wm;
+    }
     /* A batch of many events over few keys made room for as many keys: given back (one batch
      * of a million events for one key held 224 MiB, and under SWEEP_MIN keys no sweep comes).
      * Only a large table: at the usual batch sizes this never rebuilds. */
@@ -504,6 +516,7 @@ static int Slide_init(Slide *self, PyObject *args, PyObject *kwds) {
     self->max_key_chars = max_key_chars;
     if (rebuild(self, MIN_BUCKETS, 0, 0) < 0) return -1;
     self->sweep_at = SWEEP_MIN;
+    self->swept_wm = INT64_MIN;
     return 0;
 }
 

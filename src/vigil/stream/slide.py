@@ -23,7 +23,8 @@ import numpy.typing as npt
 from vigil.stream.windows import EPOCH
 
 #: Keys are swept (entries the watermark has passed dropped, empty keys let go) once this many
-#: more are held than after the last sweep, at least (as in the C module).
+#: more are held than after the last sweep, at least, and once the watermark has moved a
+#: window's size since the last sweep (as in the C module).
 SWEEP_MIN = 1024
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _MS = timedelta(milliseconds=1)
@@ -94,6 +95,8 @@ class Slide:
         self.max_key_chars = max_key_chars
         self._keys: dict[str, _Key] = {}
         self._sweep_at = SWEEP_MIN
+        #: The watermark at the last sweep (None: none yet; the first update sets it).
+        self._swept_wm: int | None = None
 
     def update(
         self,
@@ -128,8 +131,15 @@ class Slide:
             accepted[i], count[i], total[i] = True, n, s
             taken += 1
             chars += len(key)
-        if len(self._keys) > self._sweep_at:
+        due = len(self._keys) > self._sweep_at
+        if not due and wm != _INT64_MIN:
+            if self._swept_wm is None:
+                self._swept_wm = wm
+            elif _sub(wm, self._swept_wm) >= size:
+                due = True
+        if due:
             self._sweep(_sub(wm, size))
+            self._swept_wm = wm
         return wm, taken, chars
 
     def feed(self, keys: list[str], times: npt.NDArray[np.int64], values: npt.NDArray[np.float64]) -> None:

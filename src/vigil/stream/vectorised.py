@@ -20,7 +20,12 @@ The answers are :class:`vigil.stream.windows.WindowedAggregate`'s with
 the window of an event at ``t`` is ``(t - size, t]`` over the events of its key accepted
 before it (earlier batches, and earlier in this one) and itself; an event older than the
 partition's watermark (largest event time seen minus the lateness) is late, and changes
-nothing.  The property tests hold both to the same brute-force reference.
+nothing.  The property tests hold both to the same brute-force reference.  One difference:
+``WindowedAggregate`` keeps at most ``max_events`` (100,000) of a key's events, and answers
+a flooded key over its newest; this index keeps every event its windows hold, so past that
+the two counts differ, and its memory follows the events in the window (and the lateness):
+a source whose clock stands still (every event at one time) never moves the watermark, and
+what is held grows with every event until it moves.
 
 Why a second implementation: the record-by-record one costs about 3 µs an event in Python
 (a state read and write, list slicing and a dict of results per event), which caps a
@@ -49,8 +54,11 @@ near 7e13, still within the lateness), a window of 1.0s can sum to 0.0; the tota
 as many entries have left as are held, and from then on the window is exact again.  Keys are
 strings; values finite numbers, values beyond +-2**1000 (about 1e301) counting as +-2**1000,
 so that no sum overflows before 2**23 such values in a window.  Keys whose events the watermark
-has passed are let go now and then, so memory follows the keys in the window, not every key
-ever seen, and a key's room follows what its window holds, not its busiest moment.
+has passed are let go now and then (once as many keys again are held, and once the watermark
+has moved a window's size), so memory follows the keys in the window, not every key ever
+seen, and a key's room follows what its window holds, not its busiest moment (a burst on a key
+that then went quiet was held until as many keys again came: with a steady set of keys, for
+good; found in review).
 
 Limits (each a clear error): keys of at most 131,066 characters (an event fits one chunk);
 times, window size and lateness within 2**62 ms (about 146 million years) of zero.

@@ -27,7 +27,11 @@ Semantics (the property tests check them against a brute-force reference):
   windows have all closed is *late*: ``update`` returns ``None`` and changes nothing.  An
   out-of-order event whose window is still open counts, however old within it (as in Flink
   and Kafka Streams: the window's end plus the lateness decides, not the event's own time);
-  a hopping event whose older windows have closed counts in the open ones only;
+  a hopping event whose older windows have closed counts in the open ones only.  The
+  watermark is the partition's, shared by every input topic the operator reads there: an
+  operator windowing more than one topic should ask its application to align them in event
+  time (``Operator.event_time_skew_s``), or a backlog read from one topic far ahead of the
+  other makes the other's events late;
 - ``update`` returns the windows the event fell into with their aggregates over every
   accepted event of the key so far; a sliding window's sum is the exact sum rounded once
   (``math.fsum``), the same in whatever order its events came;
@@ -39,10 +43,14 @@ Semantics (the property tests check them against a brute-force reference):
   ``max_events`` distinct values: ``max_events`` divided by the windows a key can have open
   at once (``(size + lateness) / step``, rounded up) and by the aggregate's distinct counts
   (33,333 for one-minute windows with two minutes' lateness).  Past that, a value new to the
-  window is not kept (counted in ``capped``) and its count stays at the share, far above the
-  thresholds rules set; every window has its own share, so a flooded window leaves the next
-  one its room.  A value whose encoding is longer than ``DISTINCT_BYTES`` is held as a digest
-  (distinct values stay distinct), so the key's entry stays within a changelog record too;
+  window is not kept (counted in ``capped``; the first is logged) and its count stays at the
+  share; every window has its own share, so a flooded window leaves the next one its room.
+  Many windows open at once make the share small (a day hopping by a minute: 69 values): a
+  share under ``DISTINCT_SHARE_LOW`` is warned of when the aggregate is made.  A value whose
+  encoding is longer than ``DISTINCT_BYTES`` is held as a digest (distinct values stay
+  distinct), so the key's entry stays within a changelog record too;
+- a key may have at most ``MAX_OPEN_WINDOWS`` tumbling or hopping windows open at once
+  (``Window`` refuses more: each event updates ``size / step`` of them);
 - state past the window and the lateness is deleted when its key is next touched, and for
   keys that went quiet by a walk over the store that ``update`` takes a step of now and then
   (:class:`QuietKeys`: it looks at two keys for every new key, so a store of keys seen once
@@ -62,6 +70,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import logging
 import math
 import operator
 import re
@@ -77,6 +86,8 @@ import msgspec
 from mypy_extensions import mypyc_attr
 
 from vigil.stream.base import State, StoreSpec
+
+log = logging.getLogger(__name__)
 
 WindowKind = Literal["tumbling", "hopping", "sliding"]
 
@@ -95,6 +106,14 @@ _UINT_MAX = (1 << 64) - 1
 #: Event times, window sizes, steps and lateness at most this far from 0 (2**62 ms, about 146
 #: million years): then the watermark and every window bound fit the 64 bits state holds.
 MAX_TIME_MS = 1 << 62
+#: Tumbling or hopping windows a key may have open at once (``(size + lateness) / step``, rounded
+#: up): each event updates ``size / step`` of them and the key's entry holds them all (a day
+#: hopping by a second: 86,400 windows, 379 ms an event and a 2.9 MB entry; by a millisecond,
+#: 86 million).
+MAX_OPEN_WINDOWS = 10_000
+#: A tumbling or hopping window's distinct count keeping fewer values than this (its share of
+#: ``max_events``) is warned of when the aggregate is made: rules may well count past it.
+DISTINCT_SHARE_LOW = 1_000
 
 
 def duration_ms(value: timedelta | str | int) -> int:
@@ -203,6 +222,21 @@ class Window:
         if self.kind == "hopping" and self.step_ms > self.size_ms:
             msg = f"hopping window: step ({self.step_ms} ms) must not exceed size ({self.size_ms} ms)"
             raise ValueError(msg)
+        opened = self.open_at_once
+        if self.kind != "sliding" and opened > MAX_OPEN_WINDOWS:
+            msg = (
+                f"{self.kind} window: a key would have {opened:,} windows open at once ((size + "
+                f"lateness) / step), each event updating {-(-self.size_ms // self.step_ms):,} of "
+                f"them; at most {MAX_OPEN_WINDOWS:,}: use a longer step or less lateness, or a "
+                f"sliding window; got {self}"
+            )
+            raise ValueError(msg)
+
+    @property
+    def open_at_once(self) -> int:
+        """Tumbling or hopping windows a key can have open at once: ``(size + lateness) / step``,
+        rounded up."""
+        return -(-(self.size_ms + self.lateness_ms) // self.step_ms)
 
     @classmethod
     def tumbling(cls, size: timedelta | str | int, lateness: timedelta | str | int = 0) -> Window:
@@ -856,7 +890,7 @@ class WindowedAggregate:
         #: per tumbling or hopping window: its share of ``max_events`` (see the module docstring).
         self._distinct = [i for i, (_, agg) in enumerate(self._aggs) if type(agg) is DistinctCount]
         self._distinct_at = frozenset(self._distinct)
-        opened = -(-(window.size_ms + window.lateness_ms) // window.step_ms)
+        opened = window.open_at_once
         self.distinct_share = max_events // (opened * max(1, len(self._distinct)))
         if self._distinct and window.kind != "sliding" and self.distinct_share < 1:
             msg = (
@@ -866,8 +900,21 @@ class WindowedAggregate:
                 "one store entry); raise max_events, or use a longer step or less lateness"
             )
             raise ValueError(msg)
+        if self._distinct and window.kind != "sliding" and self.distinct_share < DISTINCT_SHARE_LOW:
+            # (Capped silently, a rule counting past the share never fired: a day hopping by a
+            # minute keeps 69 values a window, found in review.)
+            log.warning(
+                "windowed aggregate on store %r: each window's distinct count keeps at most %d "
+                "values (max_events %d over %d windows open at once and %d distinct count(s)), and "
+                "counts no further: raise max_events, or use a longer step or less lateness",
+                store.id,
+                self.distinct_share,
+                max_events,
+                opened,
+                len(self._distinct),
+            )
         #: Values a tumbling or hopping window's distinct count did not keep, being at its share
-        #: (once per window and distinct count).
+        #: (once per window and distinct count); the first is warned of.
         self.capped = 0
         #: Sliding answers given by running aggregates rather than by recomputing, and running
         #: aggregates built (figures for tests and benchmarks).
@@ -1107,6 +1154,14 @@ class WindowedAggregate:
                     if len(acc) < share:
                         acc[held] = 1
                     else:
+                        if not self.capped:
+                            log.warning(
+                                "windowed aggregate on store %r: a window's distinct count reached "
+                                "its share (%d values) and counts no further (capped counts: the "
+                                "aggregate's `capped`)",
+                                self.store.id,
+                                share,
+                            )
                         self.capped += 1
             accs = [accs[i] if i in at else agg.add(accs[i], value) for i, (_, agg) in enumerate(self._aggs)]
             windows[skey_start] = accs

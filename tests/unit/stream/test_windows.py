@@ -933,3 +933,42 @@ def test_digests_count_what_python_counts_as_distinct() -> None:
     assert "a" * DISTINCT_BYTES in kept
     assert not any(isinstance(v, bytes) or v.startswith("b") for v in kept)
     assert len(kept) == 3
+
+
+def test_a_distinct_count_with_a_small_share_is_warned_of_and_so_is_its_first_capped_value(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A day hopping by a minute keeps 69 values a window: capped silently, a rule counting more
+    # than 100 distinct IPs a day never fired, and nobody was told (found in review).
+    caplog.set_level("WARNING", logger="vigil.stream.windows")
+    agg = WindowedAggregate(StoreSpec("d", 1), Window.hopping("1d", "1m"), {"ips": DistinctCount()})
+    assert agg.distinct_share == 69
+    (made,) = [rec.getMessage() for rec in caplog.records]
+    assert "each window's distinct count keeps at most 69 values" in made
+    assert "raise max_events, or use a longer step or less lateness" in made
+    caplog.clear()
+    state = MemoryState()
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+    for i in range(100):
+        result = agg.update(state, "account-1", t0 + timedelta(milliseconds=30 * i), f"10.0.0.{i}")
+    assert result is not None
+    assert result[-1].values == {"ips": 69}
+    assert agg.capped > 0
+    (first,) = [rec.getMessage() for rec in caplog.records]  # (once, not per value)
+    assert "reached its share (69 values) and counts no further" in first
+    # A share this large is not warned of.
+    caplog.clear()
+    WindowedAggregate(StoreSpec("d", 1), Window.hopping("1h", "1m"), {"ips": DistinctCount()})
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize(
+    ("window", "opened"),
+    [(lambda: Window.hopping("1d", "1s"), 86_400), (lambda: Window.tumbling("1s", lateness="1d"), 86_401)],
+)
+def test_a_window_a_key_would_have_too_many_of_open_at_once_is_refused(window: Any, opened: int) -> None:
+    # A day hopping by a second: 86,400 windows updated by every event, 379 ms an event and a
+    # 2.9 MB store entry (by a millisecond, 86 million).
+    with pytest.raises(ValueError, match=f"would have {opened:,} windows open at once"):
+        window()
+    assert Window.hopping("1d", "10s").open_at_once == 8_640  # (allowed)
