@@ -284,7 +284,8 @@ static int sweep(Slide *self, int64_t cut) {
         drop(s, cut, &self->entries);
         live += s->len > s->head;
     }
-    if (rebuild(self, buckets_for(live), 1, cut) < 0) return -1;
+    /* (No key left empty: nothing to let go, and the table as it is.) */
+    if (live < self->used && rebuild(self, buckets_for(live), 1, cut) < 0) return -1;
     self->sweep_at = self->used * 2 > SWEEP_MIN ? self->used * 2 : SWEEP_MIN;
     return 0;
 }
