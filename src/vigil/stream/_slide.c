@@ -27,8 +27,10 @@
 
 /* Keys are swept (entries the watermark has passed dropped, empty keys let go) once this many
  * more are held than after the last sweep, at least: memory follows the keys in the window.  And
- * once the watermark has moved a window's size since the last sweep: a burst on a key that then
- * went quiet stayed until as many keys again came (with a steady set of keys, never). */
+ * once the watermark has moved a window's size and the lateness since the last sweep (what an
+ * entry lives): a burst on a key that then went quiet stayed until as many keys again came (with
+ * a steady set of keys, never).  (Every window's size alone, a sweep of every key freed nothing
+ * with a long lateness: 12 times the cost an event at a second's window and an hour's lateness.) */
 #define SWEEP_MIN 1024
 #define MIN_BUCKETS 64
 /* How many events ahead update() asks for a key's bucket (and, half as far, for its str and
@@ -406,7 +408,8 @@ static PyObject *Slide_update(Slide *self, PyObject *const *args, Py_ssize_t nar
     int due = self->used > self->sweep_at;
     if (!due && wm != INT64_MIN) {
         if (self->swept_wm == INT64_MIN) self->swept_wm = wm;
-        else if (sat_sub(wm, self->swept_wm) >= self->size) due = 1;
+        else if (sat_sub(wm, self->swept_wm) >= (self->lateness > INT64_MAX - self->size ? INT64_MAX : self->size + self->lateness))
+            due = 1;
     }
     if (due) {
         if (sweep(self, sat_sub(wm, self->size)) < 0) PyErr_Clear();

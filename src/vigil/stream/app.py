@@ -424,8 +424,11 @@ REASON_MAX_CHARS = 4_000
 _RESTORE_STEP_RECORDS = 10_000
 _RESTORE_STEP_S = 0.025
 #: How often (seconds) a checkpoint records that the owned stores are current (RocksState.touch):
-#: well inside the hour the restore allows between a store's recorded time and its contents.
-_TOUCH_EVERY_S = 600.0
+#: well inside what the restore allows between a store's recorded time and its contents (its
+#: changelog's delete.retention.ms less a margin: with a retention of ten minutes, 450 s; every
+#: ten minutes, as it was, a store quiet for five was restored afresh after a crash).  A put a
+#: store, and idle, a commit of the offsets again, once a minute.
+_TOUCH_EVERY_S = 60.0
 _RESTORE_WAIT_S = 0.01
 #: Aligned: timeout of the broker queries for partitions nothing was consumed from yet, and how
 #: often one being restored at the start with nothing left is asked again (see _start_lag).

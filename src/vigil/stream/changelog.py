@@ -66,12 +66,12 @@ CHANGELOG_MAX_BYTES = 16 << 20
 STATE_RECORD_MAX_BYTES = CHANGELOG_MAX_BYTES - 1024
 #: Kafka's default ``delete.retention.ms`` (a day), in seconds.
 DEFAULT_DELETE_RETENTION_S = 86_400.0
-#: A store may be away its changelog's ``delete.retention.ms`` less this margin (an hour, or half
-#: the retention if that is shorter) and still catch up (see _horizons).
+#: A store may be away its changelog's ``delete.retention.ms`` less this margin (an hour, or a
+#: quarter of the retention if that is shorter) and still catch up (see _horizons).
 _HORIZON_MARGIN_S = 3600.0
 #: A store last current longer ago than this has its changelog's retention asked (one request):
-#: the runtime touches a store it owns every ten minutes (vigil.stream.app._TOUCH_EVERY_S), so a
-#: store back from a restart is up to that old.  (An hour before: a store away for less was never
+#: the runtime touches a store it owns every minute (vigil.stream.app._TOUCH_EVERY_S), so a store
+#: back from a restart is up to that old.  (An hour before: a store away for less was never
 #: checked, and on a changelog keeping deletions ten minutes kept keys deleted meanwhile.)
 _ASK_RETENTION_AWAY_S = 60.0
 #: The longest a transaction can stay open (Kafka's transaction.max.timeout.ms default, 15 min,
@@ -243,7 +243,7 @@ class Restorer:
                 start = None
             tp = (task.topic, task.partition)
             if start is not None and task.topic in horizons and now - (written or 0.0) > horizons[task.topic]:
-                self._too_old(task, None if written is None else now - written)
+                self._too_old(task, None if written is None else now - written, horizons[task.topic])
                 start = written = None
             if topic_id is not None and (had != topic_id or start is None):
                 task.state.record_topic_id(topic_id)  # (a wipe took the one recorded)
@@ -296,7 +296,7 @@ class Restorer:
                 )
 
     @staticmethod
-    def _too_old(task: RestoreTask, age: float | None) -> None:
+    def _too_old(task: RestoreTask, age: float | None, horizon: float) -> None:
         """Wipe a store away longer than its changelog keeps deletions (``delete.retention.ms``):
         compaction removes a tombstone that long after it was written, so catching up would miss
         deletions made meanwhile and keep keys the changelog no longer has (Kafka Streams deletes
@@ -305,10 +305,12 @@ class Restorer:
         end, by another owner's aborted records, say: see Application._queue_writes), and
         a store that is owned is kept current (the runtime touches it, see RocksState.touch)."""
         log.warning(
-            "state %s: last current %s; restoring it from %s[%d]'s start (deletions made since may "
-            "be compacted away)",
+            "state %s: last current %s, and a store may be away %.0f s (its changelog's "
+            "delete.retention.ms less a margin); restoring it from %s[%d]'s start (deletions made "
+            "since may be compacted away)",
             task.state.path,
-            "at an unknown time" if age is None else f"{age / 3600:.1f} h ago",
+            "at an unknown time" if age is None else f"{age:.0f} s ago",
+            horizon,
             task.topic,
             task.partition,
         )
@@ -488,13 +490,13 @@ def _topic_ids(admin: AdminClient, topics: Sequence[str]) -> dict[str, str]:
 
 
 def _horizon(retention_s: float) -> float:
-    return retention_s - min(_HORIZON_MARGIN_S, retention_s / 2)
+    return retention_s - min(_HORIZON_MARGIN_S, retention_s / 4)
 
 
 def _horizons(admin: AdminClient, topics: Sequence[str]) -> dict[str, float]:
     """Per changelog topic, how long a store may be away and still catch up: the topic's
-    ``delete.retention.ms`` less an hour, or less half of it if shorter (a store's time is when
-    it applied its writes, a little after Kafka had them).  Kafka's default where the
+    ``delete.retention.ms`` less an hour, or less a quarter of it if shorter (a store's time is
+    when it applied its writes, a little after Kafka had them).  Kafka's default where the
     configuration cannot be read (an application allowed to read its topics but not to describe
     them)."""
     out = dict.fromkeys(topics, _horizon(DEFAULT_DELETE_RETENTION_S))

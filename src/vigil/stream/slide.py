@@ -24,7 +24,7 @@ from vigil.stream.windows import EPOCH
 
 #: Keys are swept (entries the watermark has passed dropped, empty keys let go) once this many
 #: more are held than after the last sweep, at least, and once the watermark has moved a
-#: window's size since the last sweep (as in the C module).
+#: window's size and the lateness since the last sweep (as in the C module).
 SWEEP_MIN = 1024
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _MS = timedelta(milliseconds=1)
@@ -135,11 +135,11 @@ class Slide:
         if not due and wm != _INT64_MIN:
             if self._swept_wm is None:
                 self._swept_wm = wm
-            elif _sub(wm, self._swept_wm) >= size:
+            elif _sub(wm, self._swept_wm) >= min(size + lateness, _INT64_MAX):
                 due = True
         if due:
             self._sweep(_sub(wm, size))
-            self._swept_wm = wm
+            self._swept_wm = None if wm == _INT64_MIN else wm  # (as the C module: none yet)
         return wm, taken, chars
 
     def feed(self, keys: list[str], times: npt.NDArray[np.int64], values: npt.NDArray[np.float64]) -> None:

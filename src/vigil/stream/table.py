@@ -31,7 +31,10 @@ stale, and the positions reached in it mean nothing in the new one.
 
 Record keys are read as UTF-8 text; bytes that are not UTF-8 are kept apart
 (``surrogateescape``).  Replaced by U+FFFD, as they were, keys that differed only in such bytes
-were one key, and a tombstone of one deleted the others' values (found in review).
+were one key, and a tombstone of one deleted the others' values (found in review).  Such a key
+holds lone surrogates, which no UTF-8 encoder takes: ``key.encode("utf-8", "surrogateescape")``
+gives its bytes back (a caller keeping keys in state or sending them on should check, as
+Vigil's own codecs refuse them).
 
 Data kept in a shape of its own (the intel index: by indicator value, across feeds) reads
 its topic with the table's reader, :class:`TopicFollower`, and applies each record itself.

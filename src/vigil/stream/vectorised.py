@@ -55,7 +55,7 @@ as many entries have left as are held, and from then on the window is exact agai
 strings; values finite numbers, values beyond +-2**1000 (about 1e301) counting as +-2**1000,
 so that no sum overflows before 2**23 such values in a window.  Keys whose events the watermark
 has passed are let go now and then (once as many keys again are held, and once the watermark
-has moved a window's size), so memory follows the keys in the window, not every key ever
+has moved a window's size and the lateness), so memory follows the keys in the window, not every key ever
 seen, and a key's room follows what its window holds, not its busiest moment (a burst on a key
 that then went quiet was held until as many keys again came: with a steady set of keys, for
 good; found in review).

@@ -224,11 +224,16 @@ class Window:
             raise ValueError(msg)
         opened = self.open_at_once
         if self.kind != "sliding" and opened > MAX_OPEN_WINDOWS:
+            how = (
+                "use less lateness, or a longer window"
+                if self.kind == "tumbling"
+                else "use a longer step or less lateness"
+            )
             msg = (
                 f"{self.kind} window: a key would have {opened:,} windows open at once ((size + "
-                f"lateness) / step), each event updating {-(-self.size_ms // self.step_ms):,} of "
-                f"them; at most {MAX_OPEN_WINDOWS:,}: use a longer step or less lateness, or a "
-                f"sliding window; got {self}"
+                f"lateness) / step), all in its one store entry, each event updating "
+                f"{-(-self.size_ms // self.step_ms):,} of them; at most {MAX_OPEN_WINDOWS:,}: {how}, "
+                f"or a sliding window; got {self}"
             )
             raise ValueError(msg)
 
