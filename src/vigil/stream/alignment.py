@@ -36,8 +36,8 @@ second (1.3-1.9 s measured, 120 partitions), and a partition waiting its turn st
 the others; the floor passed its backlog, whose records then came out of event-time order
 (25,000-179,000 of 954,104, up to two hours behind).  A replay, here: the partition's latest
 event time is more than ``REPLAY_BEHIND_S`` behind the wall clock; for one that has delivered
-nothing yet, the latest any partition has delivered (none yet: a start).  Live (its latest event
-recent, or taken over while the others run live), it stops holding after ``idle_s`` as before:
+nothing yet, that of any partition delivering now (none: a start).  Live (its latest event
+recent, or taken over while the others all run live), it stops holding after ``idle_s`` as before:
 a producer that crashed with a transaction open on it would otherwise hold every live record ten
 times as long.  Idle time counts from the first record any partition delivered, not from the
 assignment: until then the consumer delivers nothing at all (librdkafka waits for every
@@ -75,7 +75,7 @@ BUFFER_CAP_FACTOR = 4
 #: On a replay, a partition that delivered nothing for ``idle_s`` but has records left to read
 #: (or none known) still holds the others back, for up to this many times ``idle_s`` in all; a
 #: replay: its latest event time is more than ``REPLAY_BEHIND_S`` behind the wall clock (or, if
-#: it delivered nothing yet, the latest any partition delivered; or none did).  See the module
+#: it delivered nothing yet, that of any partition delivering now; or none is).  See the module
 #: docstring.
 BACKLOG_IDLE_FACTOR = 10
 REPLAY_BEHIND_S = 300.0
@@ -87,7 +87,8 @@ class Lane:
 
     #: Latest (largest) event time delivered, in epoch seconds; ``None`` before the first record.
     event_time: float | None
-    #: Monotonic time of the last record, assignment, pause or resume.
+    #: Monotonic time of the last record, assignment, pause or resume (or, for a partition that
+    #: has delivered nothing, of the first record any partition delivered: see ``observe``).
     active_at: float
     paused: bool = False
     #: Assigned when the application had no partition running yet, and its stores still being
@@ -119,8 +120,9 @@ class Alignment:
         self.lanes: dict[TP, Lane] = {}
         #: Times a partition was paused (for metrics and tests).
         self.pauses = 0
-        #: The latest event time any partition delivered, as of the last :meth:`floor`.
-        self._newest: float | None = None
+        #: The oldest latest event time of the partitions delivering now (within ``idle_s``), as
+        #: of the last :meth:`floor`: whether the application is replaying.
+        self._oldest_active: float | None = None
 
     def add(self, tps: Iterable[TP], now: float, *, restoring: bool = False) -> None:
         for tp in tps:
@@ -174,17 +176,24 @@ class Alignment:
         return left is None or left > 0
 
     def _replaying(self, lane: Lane) -> bool:
-        # A partition that delivered nothing yet is as the others: taken over while they run live
-        # (a member's failover), it is live; at a start, before anything was delivered, or beside
-        # partitions replaying, a replay.  (Each taken for a replay, one whose records left were
-        # unknown held live traffic ten times idle_s, 30 s at idle_s 3: found in review.)
-        at = lane.event_time if lane.event_time is not None else self._newest
+        # A partition that delivered nothing yet is as the others delivering now: taken over while
+        # they all run live (a member's failover), it is live; at a start, before anything was
+        # delivered, or beside any partition replaying, a replay.  (Each taken for a replay, one
+        # whose records left were unknown held live traffic ten times idle_s, 30 s at idle_s 3;
+        # and taken for live as soon as one partition was, a replay started beside a live topic
+        # let its backlogs out of order: both found in review.)
+        at = lane.event_time if lane.event_time is not None else self._oldest_active
         return at is None or at < self.clock() - REPLAY_BEHIND_S
 
     def floor(self, now: float, lag: Callable[[TP], int | None]) -> float | None:
         """Event time of the slowest partition that holds the others back; ``None``: none does."""
-        self._newest = max(
-            (lane.event_time for lane in self.lanes.values() if lane.event_time is not None), default=None
+        self._oldest_active = min(
+            (
+                lane.event_time
+                for lane in self.lanes.values()
+                if lane.event_time is not None and now - lane.active_at < self.idle_s
+            ),
+            default=None,
         )
         times = [
             -math.inf if lane.event_time is None else lane.event_time

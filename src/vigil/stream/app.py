@@ -216,6 +216,9 @@ log = logging.getLogger(__name__)
 Decoder = Callable[[str, bytes, bytes | None, Any], Any]
 
 _TIMEOUT = 30.0
+#: How long a rewind waits for the committed offsets before trying again on the next pass (see
+#: Application._rewind).
+_REWIND_ASK_S = 5.0
 #: How long the committed offsets of partitions assigned are waited for where the runtime chooses
 #: their start (reading from the latest, or lost before their first commit): all together, then
 #: each on its own, and in all (see Application._uncommitted).
@@ -430,8 +433,9 @@ _RESTORE_STEP_S = 0.025
 #: store, and idle, a commit of the offsets again, once a minute.
 _TOUCH_EVERY_S = 60.0
 _RESTORE_WAIT_S = 0.01
-#: Aligned: timeout of the broker queries for partitions nothing was consumed from yet, and how
-#: often one being restored at the start with nothing left is asked again (see _start_lag).
+#: Aligned: timeout of the broker queries for partitions nothing was consumed from yet (see
+#: _start_lag; how often one being restored at the start with nothing left is asked again:
+#: _RESTORING_ASK_EVERY_S).
 _ALIGN_TIMEOUT = 5.0
 #: After a question of records left at the start had no answer, none is asked for this long, twice
 #: as long after each further one without an answer, up to the most (see Application._start_lag).
@@ -1116,6 +1120,8 @@ class Application:
         #: the next quiet is.
         self._start_lag_quiet_until = 0.0
         self._start_lag_quiet_s = _START_LAG_QUIET_S
+        #: A rewind waiting for committed offsets that had no answer (see _rewind): warned once.
+        self._rewind_waiting = False
         #: Partitions whose question had no answer this pass: asked after the others next time.
         self._start_lag_failed: list[TP] = []
         #: The lag gauge's partitions nothing was delivered from since their assignment: where
@@ -1500,10 +1506,7 @@ class Application:
             if msgs and cap > 1:
                 msgs += consumer.consume(cap - 1, 0)
         if self._lost:
-            rewound = self._rewind()
-            # Fetched before the rewind: those partitions are read again from their committed
-            # offsets, and their records here would be processed twice.
-            msgs = [m for m in msgs if (m.topic(), m.partition()) not in rewound]
+            msgs = self._after_rewind(msgs)
         if self._starts:
             self._commit_new_starts()
         # (Each step below is timed and the longest of each kind kept, AppMetrics.longest_step_s:
@@ -2035,24 +2038,27 @@ class Application:
     def _start_lag(self, consumer: Consumer, tp: TP, now: float, *, again: bool = False) -> int | None:
         """Records left in a partition nothing was consumed from since its assignment: from its
         committed offset (or its start) to its end, asked of the broker at most once a second
-        per partition.  So an empty partition, or one whose group is already at its end (after
-        a restart), holds nobody back, and one with a backlog holds the others (until it
-        delivers, or goes idle: :meth:`Alignment.holds`).
+        per partition (and less often while questions go unanswered: below).  So an empty
+        partition, or one whose group is already at its end (after a restart), holds nobody
+        back, and one with a backlog holds the others (until it delivers, or goes idle:
+        :meth:`Alignment.holds`).
         An answer is kept, but for a partition being restored (``again``) with nothing left, asked
         again every ``_RESTORING_ASK_EVERY_S``: records arriving during its restore must hold the
         others too (kept, its 0 at the assignment let the others release ahead of them for the
         whole restore).  (Not each second: the questions are the loop's, one partition at a time.)
 
-        After a question with no answer, none is asked for a second (the others keep what they
-        had, or ``None``: unknown, they hold the others as one with records left would): against
+        After a question with no answer, none is asked for a while, a second at first (the others
+        keep what they had, or ``None``: unknown, they hold the others as one with records left
+        would): against
         a broker that stopped answering, each partition's question waited its timeout in turn,
         and a pass over N partitions held the loop N times that.  The partition is then asked
         after the others (:meth:`Alignment.last`): first in order, one that kept failing (another
         producer's transaction open on its committed offset) was asked first after each quiet
         second, and failed again, so the others were never asked.  The quiet doubles after each
-        question in a row without an answer, up to ``_START_LAG_QUIET_MAX_S``: partitions being
-        restored (asked until they run) whose questions kept failing held the loop their timeout
-        every second, five seconds in six."""
+        question without an answer, up to ``_START_LAG_QUIET_MAX_S``, and is a second again once
+        a partition whose question had none is answered: partitions being restored (asked until
+        they run) whose questions kept failing held the loop their timeout every second, five
+        seconds in six.  (So after the broker is back, the first question may wait that long.)"""
         known = self._start_lags.get(tp)
         left_then: int | None = None
         if known is not None:
@@ -2084,7 +2090,10 @@ class Application:
             self._start_lag_quiet_until = answered_at + self._start_lag_quiet_s
             self._start_lag_quiet_s = min(2 * self._start_lag_quiet_s, _START_LAG_QUIET_MAX_S)
             self._start_lag_failed.append(tp)
-        else:
+        elif known is not None and left_then is None:
+            # Answered after a question without one: the broker (or the transaction in the way)
+            # is back.  (Not any answer: a restoring partition answering every few seconds beside
+            # one that kept failing brought the quiet back to a second, five seconds in six.)
             self._start_lag_quiet_s = _START_LAG_QUIET_S
         return left
 
@@ -3385,11 +3394,35 @@ class Application:
             for state in task.stores.values():
                 state.discard_pending()
 
-    def _rewind(self) -> set[TP]:
+    def _after_rewind(self, msgs: list[Message]) -> list[Message]:
+        """After a lost assignment: rewind (:meth:`_rewind`), and keep of ``msgs`` what is still to
+        be processed.  Fetched before the rewind, the records of the partitions rewound are read
+        again from their committed offsets, and here they would be processed twice.  Not rewound
+        yet (the committed offsets had no answer), none is processed: each partition's first
+        offset here is kept as where it began if nothing else says (``_first_read``), so the
+        rewind, tried again next time, reads them again."""
+        rewound = self._rewind()
+        if rewound is None:
+            owned, first_read = self._owned, self._first_read
+            for msg in msgs:
+                if msg.error() is None:
+                    key = (msg.topic(), msg.partition())
+                    if key in owned and key not in first_read:
+                        first_read[key] = msg.offset()
+            return []
+        return [m for m in msgs if (m.topic(), m.partition()) not in rewound]
+
+    def _rewind(self) -> set[TP] | None:
         """After a lost assignment: restart the partitions still owned from their committed offsets
         (those with none yet from the first offset read of them since their assignment: whatever
         ``auto.offset.reset`` says, that is where this member began); returns the partitions
-        restarted."""
+        restarted.
+
+        ``None`` when the committed offsets had no answer in ``_REWIND_ASK_S``: a partition taken
+        over from a member that died with a transaction open has none until Kafka aborts that
+        transaction (its timeout, 30 s or more), and asked with a 30 s timeout, the application
+        stopped on it (a survivor of a failover, found in review).  Still lost, it is tried again
+        on the next pass, and nothing is processed meanwhile (:meth:`_after_rewind`)."""
         _, consumer = self._running_clients()
         self._settle_quietly()  # (none is on its way after a loss: _on_lost, _group_moved_on)
         self._lost = False
@@ -3405,7 +3438,25 @@ class Application:
         rewound: set[TP] = set()
         if not owned:
             return rewound
-        for tp in consumer.committed(owned, timeout=_TIMEOUT):
+        try:
+            committed = consumer.committed(owned, timeout=_REWIND_ASK_S)
+        except KafkaException as exc:
+            err = kafka_error(exc)
+            if err is None or err.code() != KafkaError._TIMED_OUT:
+                raise
+            if not self._rewind_waiting:
+                log.warning(
+                    "application %s: the committed offsets to process again from have no answer "
+                    "yet (a transaction left open on them, by a member that died?); nothing is "
+                    "processed until they have: %s",
+                    self.name,
+                    exc,
+                )
+            self._rewind_waiting = True
+            self._lost = True
+            return None
+        self._rewind_waiting = False
+        for tp in committed:
             key = (tp.topic, tp.partition)
             if tp.offset >= 0:
                 consumer.seek(tp)

@@ -282,7 +282,27 @@ def test_a_partition_taken_over_while_the_others_run_live_stops_holding_after_id
     al.add([C], 5.0)  # (taken over)
     left = lags(a=0, b=0, c=None)
     assert plan(al, 5.5, left.get)[2] == -math.inf  # within idle_s it holds, as before
+    al.observe(A, 999.2, 5.9)
+    al.observe(B, 999.7, 5.9)
     assert plan(al, 6.0, left.get)[2] == math.inf  # idle: live, it holds nobody
     # Beside partitions replaying, it is a replay, and holds up to ten times idle_s.
     al.clock = lambda: 100_000.0
     assert plan(al, 6.0, left.get)[2] == -math.inf
+
+
+def test_a_replay_started_beside_a_live_partition_still_holds_for_its_backlogs() -> None:
+    # Taken for live as soon as one partition delivering was (a live topic read beside a
+    # replayed one), the replay's partitions waiting their turn for a fetch stopped holding after
+    # idle_s, and their backlogs came out of order (52,003-72,305 records at idle_s 0.2).
+    wall = 1_796_450_000.0
+    al = Alignment(60.0, 1.0)
+    al.clock = lambda: wall
+    al.add([A, B, C], 0.0)
+    left = lags(a=0, b=100, c=100)
+    for now in (0.5, 1.0, 1.6, 5.0, 9.0):
+        al.observe(A, wall - 1.0, now)  # live
+        al.observe(B, 1_767_225_650.0, now)  # B's backlog, on 2026-01-01
+        assert plan(al, now, left.get)[2] == -math.inf  # C (nothing delivered yet) holds
+    al.observe(A, wall - 1.0, 10.6)
+    al.observe(B, 1_767_225_650.0, 10.6)
+    assert plan(al, 10.6, left.get)[2] == 1_767_225_650.0  # (ten times idle_s)

@@ -1,0 +1,91 @@
+"""A rewind after a lost assignment whose committed offsets have no answer yet (a partition taken
+over from a member that died with a transaction open), with stand-ins for the clients."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from tests.unit.stream.offline import offline_app
+
+NONE = -1001  # (what committed() gives for a partition with nothing committed)
+
+
+class Msg:
+    """A consumed record as the loop sees it."""
+
+    def __init__(self, partition: int, offset: int) -> None:
+        self._partition = partition
+        self._offset = offset
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return "in"
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+
+class Rewinding:
+    """A consumer whose committed offsets (5 for partition 0, none for 1) have no answer until
+    ``answers``; it notes where it was told to seek."""
+
+    answers = False
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self.seeks: list[tuple[int, int]] = []
+
+    def committed(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        self.asked += 1
+        if not self.answers:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "Failed to get committed offsets"))
+        return [TopicPartition(tp.topic, tp.partition, 5 if tp.partition == 0 else NONE) for tp in tps]
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp.partition, tp.offset))
+
+
+def test_a_rewind_whose_committed_offsets_have_no_answer_waits_and_processes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Asked with a 30 s timeout, the question failed and the application stopped: the survivor
+    # of a failover, its checkpoint refused by the rebalance, died too (found in review).
+    caplog.set_level("WARNING", logger="vigil.stream.app")
+    app = offline_app(tmp_path)
+    app._producer = object()
+    app._consumer = consumer = Rewinding()
+    app._owned.update({("in", 0), ("in", 1)})
+    app._lost = True
+    # Not rewound: nothing of the batch is processed, and where partition 1 began is kept.
+    assert app._after_rewind([Msg(0, 7), Msg(1, 3), Msg(1, 4)]) == []  # type: ignore[list-item]
+    assert app._lost
+    assert app._after_rewind([Msg(1, 5)]) == []  # type: ignore[list-item]
+    assert consumer.asked == 2
+    assert [rec.getMessage() for rec in caplog.records if "no answer" in rec.getMessage()] != []
+    assert len(caplog.records) == 1  # (warned once)
+    # Answered: each partition read again from its committed offset, or from where it began.
+    consumer.answers = True
+    assert app._after_rewind([Msg(0, 8)]) == []  # type: ignore[list-item]
+    assert not app._lost
+    assert sorted(consumer.seeks) == [(0, 5), (1, 3)]
+
+
+def test_a_failure_of_the_rewind_other_than_a_timeout_still_stops_it(tmp_path: Path) -> None:
+    class Refusing(Rewinding):
+        def committed(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+            raise KafkaException(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED, "not authorised"))
+
+    app = offline_app(tmp_path)
+    app._producer = object()
+    app._consumer = Refusing()
+    app._owned.add(("in", 0))
+    app._lost = True
+    with pytest.raises(KafkaException, match="not authorised"):
+        app._after_rewind([Msg(0, 7)])  # type: ignore[list-item]
