@@ -45,3 +45,33 @@ def offline_app(
         guarantee=guarantee,
         **kw,
     )
+
+
+class Fetched:
+    """A consumed record of ``in``, as the loop reads it."""
+
+    def __init__(self, partition: int, offset: int, value: bytes = b"") -> None:
+        self._partition = partition
+        self._offset = offset
+        self._value = value
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return "in"
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 0)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
-from tests.unit.stream.offline import offline_app
+from tests.unit.stream.offline import Fetched, offline_app
 
 from vigil.events.codec import encode
 from vigil.events.examples import example_events
@@ -188,35 +188,6 @@ def test_a_partition_revoked_before_its_start_is_committed_is_not_committed(tmp_
     assert group.commits == [[(1, 9)]]
 
 
-class Fetched:
-    """A consumed record of partition 0 of ``in``, as the loop reads it."""
-
-    def __init__(self, offset: int, value: bytes) -> None:
-        self._offset = offset
-        self._value = value
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return "in"
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def value(self) -> bytes:
-        return self._value
-
-    def key(self) -> bytes | None:
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, 0)
-
-
 def test_a_partition_whose_end_cannot_be_read_is_left_to_the_consumer(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -281,7 +252,7 @@ class Consuming(Group):
 def test_the_start_is_committed_before_the_first_batch_of_the_partition_is_processed(tmp_path: Path) -> None:
     app = offline_app(tmp_path, consumer_overrides={"auto.offset.reset": "latest"}, checkpoint_interval_s=600)
     value = encode(example_events(datetime(2026, 1, 1, tzinfo=UTC))[0])
-    consumer = Consuming(app, [Fetched(40, value), Fetched(41, value)])
+    consumer = Consuming(app, [Fetched(0, 40, value), Fetched(0, 41, value)])
     app._from_the_end = True
     app._consumer = consumer  # type: ignore[assignment]
     app._producer = object()  # type: ignore[assignment]

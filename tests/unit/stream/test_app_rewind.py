@@ -7,29 +7,9 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
-from tests.unit.stream.offline import offline_app
+from tests.unit.stream.offline import Fetched, offline_app
 
 NONE = -1001  # (what committed() gives for a partition with nothing committed)
-
-
-class Msg:
-    """A consumed record as the loop sees it."""
-
-    def __init__(self, partition: int, offset: int) -> None:
-        self._partition = partition
-        self._offset = offset
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return "in"
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
 
 
 class Rewinding:
@@ -64,15 +44,15 @@ def test_a_rewind_whose_committed_offsets_have_no_answer_waits_and_processes_not
     app._owned.update({("in", 0), ("in", 1)})
     app._lost = True
     # Not rewound: nothing of the batch is processed, and where partition 1 began is kept.
-    assert app._after_rewind([Msg(0, 7), Msg(1, 3), Msg(1, 4)]) == []  # type: ignore[list-item]
+    assert app._after_rewind([Fetched(0, 7), Fetched(1, 3), Fetched(1, 4)]) == []  # type: ignore[list-item]
     assert app._lost
-    assert app._after_rewind([Msg(1, 5)]) == []  # type: ignore[list-item]
+    assert app._after_rewind([Fetched(1, 5)]) == []  # type: ignore[list-item]
     assert consumer.asked == 2
     assert [rec.getMessage() for rec in caplog.records if "no answer" in rec.getMessage()] != []
     assert len(caplog.records) == 1  # (warned once)
     # Answered: each partition read again from its committed offset, or from where it began.
     consumer.answers = True
-    assert app._after_rewind([Msg(0, 8)]) == []  # type: ignore[list-item]
+    assert app._after_rewind([Fetched(0, 8)]) == []  # type: ignore[list-item]
     assert not app._lost
     assert sorted(consumer.seeks) == [(0, 5), (1, 3)]
 
@@ -88,4 +68,4 @@ def test_a_failure_of_the_rewind_other_than_a_timeout_still_stops_it(tmp_path: P
     app._owned.add(("in", 0))
     app._lost = True
     with pytest.raises(KafkaException, match="not authorised"):
-        app._after_rewind([Msg(0, 7)])  # type: ignore[list-item]
+        app._after_rewind([Fetched(0, 7)])  # type: ignore[list-item]
