@@ -36,13 +36,13 @@ second (1.3-1.9 s measured, 120 partitions), and a partition waiting its turn st
 the others; the floor passed its backlog, whose records then came out of event-time order
 (25,000-179,000 of 954,104, up to two hours behind).  A replay, here: the partition's latest
 event time is more than ``REPLAY_BEHIND_S`` behind the wall clock; for one that has delivered
-nothing yet, that of any partition delivering now (none: a start).  Live (its latest event
-recent, or taken over while the others all run live), it stops holding after ``idle_s`` as before:
-a producer that crashed with a transaction open on it would otherwise hold every live record ten
-times as long.  Idle time counts from the first record any partition delivered, not from the
-assignment: until then the consumer delivers nothing at all (librdkafka waits for every
-committed offset to be stable, and another producer's transaction open on one holds them all,
-30 s or more), so nobody waits its turn for a fetch.
+nothing yet, that of any partition with records left to read (none delivered yet: a start).
+Live (its latest event recent, or taken over while the others are live or caught up), it stops
+holding after ``idle_s`` as before: a producer that crashed with a transaction open on it would
+otherwise hold every live record ten times as long.  Idle time counts from the first record
+any partition delivered, not from the assignment: until then the consumer delivers nothing at
+all (librdkafka waits for every committed offset to be stable, and another producer's
+transaction open on one holds them all, 30 s or more), so nobody waits its turn for a fetch.
 A partition that has delivered nothing yet holds the others back as if it were at the
 beginning of time (until it delivers or goes idle): on a replay the first fetch decides
 where every partition stands.  So does one with records to read whose stores are being
@@ -75,8 +75,8 @@ BUFFER_CAP_FACTOR = 4
 #: On a replay, a partition that delivered nothing for ``idle_s`` but has records left to read
 #: (or none known) still holds the others back, for up to this many times ``idle_s`` in all; a
 #: replay: its latest event time is more than ``REPLAY_BEHIND_S`` behind the wall clock (or, if
-#: it delivered nothing yet, that of any partition delivering now; or none is).  See the module
-#: docstring.
+#: it delivered nothing yet, that of any partition with records left; or none delivered yet).
+#: See the module docstring.
 BACKLOG_IDLE_FACTOR = 10
 REPLAY_BEHIND_S = 300.0
 
@@ -120,9 +120,10 @@ class Alignment:
         self.lanes: dict[TP, Lane] = {}
         #: Times a partition was paused (for metrics and tests).
         self.pauses = 0
-        #: The oldest latest event time of the partitions delivering now (within ``idle_s``), as
-        #: of the last :meth:`floor`: whether the application is replaying.
-        self._oldest_active: float | None = None
+        #: As of the last :meth:`floor`: the oldest latest event time of the partitions with records
+        #: left to read, and whether none has delivered yet (whether the application replays).
+        self._oldest_backlog: float | None = None
+        self._started_none = True
 
     def add(self, tps: Iterable[TP], now: float, *, restoring: bool = False) -> None:
         for tp in tps:
@@ -176,25 +177,36 @@ class Alignment:
         return left is None or left > 0
 
     def _replaying(self, lane: Lane) -> bool:
-        # A partition that delivered nothing yet is as the others delivering now: taken over while
-        # they all run live (a member's failover), it is live; at a start, before anything was
-        # delivered, or beside any partition replaying, a replay.  (Each taken for a replay, one
-        # whose records left were unknown held live traffic ten times idle_s, 30 s at idle_s 3;
-        # and taken for live as soon as one partition was, a replay started beside a live topic
-        # let its backlogs out of order: both found in review.)
-        at = lane.event_time if lane.event_time is not None else self._oldest_active
-        return at is None or at < self.clock() - REPLAY_BEHIND_S
+        # A partition that delivered nothing yet is as the others with records left to read: taken
+        # over while they are live or caught up (a member's failover), it is live; at a start,
+        # before anything was delivered, or beside any partition with a backlog far behind, a
+        # replay.  (Each taken for a replay, one whose records left were unknown held live traffic
+        # ten times idle_s, 30 s at idle_s 3; taken for live as soon as one partition was, a
+        # replay started beside a live topic let its backlogs out of order; judged by those
+        # delivering lately, a partition with old event times but caught up made a live one
+        # hold: all found in review.)
+        if lane.event_time is not None:
+            return lane.event_time < self.clock() - REPLAY_BEHIND_S
+        if self._started_none:
+            return True  # (a start: nothing delivered yet)
+        at = self._oldest_backlog
+        return at is not None and at < self.clock() - REPLAY_BEHIND_S
 
     def floor(self, now: float, lag: Callable[[TP], int | None]) -> float | None:
         """Event time of the slowest partition that holds the others back; ``None``: none does."""
-        self._oldest_active = min(
-            (
-                lane.event_time
-                for lane in self.lanes.values()
-                if lane.event_time is not None and now - lane.active_at < self.idle_s
-            ),
-            default=None,
-        )
+        oldest: float | None = None
+        started_none = True
+        for tp, lane in self.lanes.items():
+            at = lane.event_time
+            if at is None:
+                continue
+            started_none = False
+            if oldest is None or at < oldest:
+                left = lag(tp)
+                if left is not None and left > 0:
+                    oldest = at
+        self._oldest_backlog = oldest
+        self._started_none = started_none
         times = [
             -math.inf if lane.event_time is None else lane.event_time
             for tp, lane in self.lanes.items()

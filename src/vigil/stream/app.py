@@ -1122,6 +1122,8 @@ class Application:
         self._start_lag_quiet_s = _START_LAG_QUIET_S
         #: A rewind waiting for committed offsets that had no answer (see _rewind): warned once.
         self._rewind_waiting = False
+        #: Partitions whose last records-left question had no answer (see _start_lag_settled).
+        self._start_lag_unanswered: set[TP] = set()
         #: Partitions whose question had no answer this pass: asked after the others next time.
         self._start_lag_failed: list[TP] = []
         #: The lag gauge's partitions nothing was delivered from since their assignment: where
@@ -1978,7 +1980,7 @@ class Application:
                 oldest.append(min(zero)[1] if zero else None)
             return oldest[0]
 
-        def lag(tp: TP) -> int | None:
+        def lag_now(tp: TP) -> int | None:
             if tp[0] in rekeyed:
                 # Its own repartition topic holds nobody back: its records come from records
                 # already released, so they are never ahead of the floor, and (exactly-once) a
@@ -2010,12 +2012,23 @@ class Application:
                 # the questions are the loop's, and the first in order took every turn.)
                 again = lane is not None and lane.restoring and tp == reask()
                 return self._start_lag(consumer, tp, now, again=again)
+            if tp in self._start_lag_unanswered:
+                self._start_lag_settled(tp)  # (it delivers: its question is not asked again)
             try:
                 marks = consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
             except KafkaException:
                 return None
             high = -1 if marks is None else int(marks[1])
             return None if high < 0 else max(0, high - pos)
+
+        memo: dict[TP, int | None] = {}
+
+        def lag(tp: TP) -> int | None:
+            """Records left in ``tp``, found once a pass (Alignment.floor asks some twice)."""
+            if tp in memo:
+                return memo[tp]
+            left = memo[tp] = lag_now(tp)
+            return left
 
         limit = alignment.limit(now, lag)
         if self._start_lag_failed:
@@ -2090,12 +2103,21 @@ class Application:
             self._start_lag_quiet_until = answered_at + self._start_lag_quiet_s
             self._start_lag_quiet_s = min(2 * self._start_lag_quiet_s, _START_LAG_QUIET_MAX_S)
             self._start_lag_failed.append(tp)
-        elif known is not None and left_then is None:
-            # Answered after a question without one: the broker (or the transaction in the way)
-            # is back.  (Not any answer: a restoring partition answering every few seconds beside
-            # one that kept failing brought the quiet back to a second, five seconds in six.)
-            self._start_lag_quiet_s = _START_LAG_QUIET_S
+            self._start_lag_unanswered.add(tp)
+        elif tp in self._start_lag_unanswered:
+            self._start_lag_settled(tp)
         return left
+
+    def _start_lag_settled(self, tp: TP) -> None:
+        """``tp``, whose records-left question had no answer, is answered, delivers or is gone:
+        once none is left so, the quiet after a question without an answer is a second again
+        (the broker, or the transaction in the way, is back).  Not at any answer: a restoring
+        partition answering every few seconds beside one that kept failing brought the quiet
+        back to a second, five seconds in six; and not only at that one's own answer: once it
+        delivers it is not asked again, and the quiet stayed at its longest (found in review)."""
+        self._start_lag_unanswered.discard(tp)
+        if not self._start_lag_unanswered:
+            self._start_lag_quiet_s = _START_LAG_QUIET_S
 
     def _commit_new_starts(self) -> None:
         """Commit where partitions assigned with nothing committed start (see _resumed), before
@@ -3361,6 +3383,8 @@ class Application:
             # Not released, so not committed: the next owner (or the rewind) reads them again.
             self._buffers.pop(tp, None)
             self._start_lags.pop(tp, None)
+            if tp in self._start_lag_unanswered:
+                self._start_lag_settled(tp)
             self._consumed.pop(tp, None)
 
     def _close_task(self, number: int) -> None:
@@ -3405,10 +3429,13 @@ class Application:
         if rewound is None:
             owned, first_read = self._owned, self._first_read
             for msg in msgs:
-                if msg.error() is None:
-                    key = (msg.topic(), msg.partition())
-                    if key in owned and key not in first_read:
-                        first_read[key] = msg.offset()
+                err = msg.error()
+                if err is not None:
+                    self._consumer_error(err)  # (a fatal one stops the application, as always)
+                    continue
+                key = (msg.topic(), msg.partition())
+                if key in owned and key not in first_read:
+                    first_read[key] = msg.offset()
             return []
         return [m for m in msgs if (m.topic(), m.partition()) not in rewound]
 

@@ -145,9 +145,13 @@ def test_a_partition_restoring_at_the_start_holds_the_others_however_long_until_
     # With nothing to read it holds nobody back (live traffic waited for the whole restore).
     assert plan(al, 60.0, lags(a=0, b=0, c=0).get)[2] == math.inf
     al.add([C], 60.0)  # restored: it runs, and holds as any partition does: having delivered
-    # nothing, with records left, up to ten times idle_s
-    assert plan(al, 61.5, lags(a=0, b=0, c=5).get)[2] == -math.inf
-    assert plan(al, 70.0, lags(a=0, b=0, c=5).get)[2] == math.inf
+    # nothing, with records left, up to ten times idle_s beside a backlog far behind (a replay) ...
+    assert plan(al, 61.5, lags(a=3, b=0, c=5).get)[2] == -math.inf
+    assert plan(al, 70.0, lags(a=3, b=0, c=5).get)[2] == math.inf
+    # ... and up to idle_s beside partitions caught up (live).
+    al.add([C], 80.0)
+    assert plan(al, 80.5, lags(a=0, b=0, c=5).get)[2] == -math.inf
+    assert plan(al, 81.5, lags(a=0, b=0, c=5).get)[2] == math.inf
 
 
 def test_forgotten_partitions_no_longer_count() -> None:
@@ -285,9 +289,26 @@ def test_a_partition_taken_over_while_the_others_run_live_stops_holding_after_id
     al.observe(A, 999.2, 5.9)
     al.observe(B, 999.7, 5.9)
     assert plan(al, 6.0, left.get)[2] == math.inf  # idle: live, it holds nobody
-    # Beside partitions replaying, it is a replay, and holds up to ten times idle_s.
+    # Beside a partition replaying (a backlog far behind), it is a replay, and holds up to ten
+    # times idle_s; beside one far behind but caught up (a delayed source, say), it is live.
     al.clock = lambda: 100_000.0
+    assert plan(al, 6.0, left.get)[2] == math.inf
+    left[A] = 5
     assert plan(al, 6.0, left.get)[2] == -math.inf
+
+
+def test_a_replay_partition_waiting_its_turn_holds_a_backlog_not_read_yet_beside_live_traffic() -> None:
+    # Only the live topic delivering while the replay's partitions wait their turn for a fetch,
+    # the replay's partition that had delivered nothing yet was taken for live (found in review).
+    wall = 1_000_000.0
+    al = Alignment(60.0, 0.2)
+    al.clock = lambda: wall
+    bench0, bench1, live = ("bench", 0), ("bench", 1), ("live", 0)
+    al.add([bench0, bench1, live], 95.0)
+    al.observe(bench0, wall - 86_400, 99.5)
+    al.observe(live, wall - 0.1, 100.0)
+    left = {bench0: 500, bench1: 1000, live: 0}
+    assert al.limit(100.0, left.get) == -math.inf  # bench1 holds (it has read nothing yet)
 
 
 def test_a_replay_started_beside_a_live_partition_still_holds_for_its_backlogs() -> None:

@@ -183,3 +183,26 @@ def test_questions_that_keep_failing_are_asked_less_and_less_often_however_many_
     consumer.failing = frozenset()
     assert app._start_lag(consumer, ("in", 0), 30.0) == 1000  # type: ignore[arg-type]
     assert app._start_lag_quiet_s == 1.0
+
+
+def test_the_quiet_is_a_second_again_once_the_partition_without_an_answer_delivers_or_goes(
+    tmp_path: Path,
+) -> None:
+    # Reset only at that partition's own answer, it stayed at its longest for good: once its
+    # transaction ends it delivers, and is never asked again (found in review).
+    for gone in (False, True):
+        app = offline_app(tmp_path)
+        app.alignment = alignment = Alignment(0.0, 60.0)
+        app._consumer = consumer = Reading(failing=frozenset({0}))
+        alignment.add([("in", 0), ("in", 1)], time.monotonic())
+        for now in (0.0, 1.5, 4.0):
+            app._start_lag(consumer, ("in", 0), now)  # type: ignore[arg-type]
+        assert app._start_lag_quiet_s == 8.0
+        assert app._start_lag(consumer, ("in", 1), 20.0) == 1000  # type: ignore[arg-type]
+        assert app._start_lag_quiet_s == 8.0  # (another's answer: not yet)
+        if gone:
+            app._forget_alignment(consumer, [("in", 0)])  # type: ignore[arg-type]
+        else:
+            app._consumed[("in", 0)] = 1  # it delivers
+            app._align()
+        assert app._start_lag_quiet_s == 1.0

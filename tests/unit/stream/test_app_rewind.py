@@ -9,6 +9,8 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from tests.unit.stream.offline import Fetched, offline_app
 
+from vigil.errors import PipelineError
+
 NONE = -1001  # (what committed() gives for a partition with nothing committed)
 
 
@@ -69,3 +71,17 @@ def test_a_failure_of_the_rewind_other_than_a_timeout_still_stops_it(tmp_path: P
     app._lost = True
     with pytest.raises(KafkaException, match="not authorised"):
         app._after_rewind([Fetched(0, 7)])  # type: ignore[list-item]
+
+
+def test_a_fatal_consumer_error_while_the_rewind_waits_still_stops_the_application(tmp_path: Path) -> None:
+    class Failed(Fetched):
+        def error(self) -> KafkaError:  # type: ignore[override]
+            return KafkaError(KafkaError._FATAL, "fenced", fatal=True)
+
+    app = offline_app(tmp_path)
+    app._producer = object()
+    app._consumer = Rewinding()
+    app._owned.add(("in", 0))
+    app._lost = True
+    with pytest.raises(PipelineError, match="fatal consumer error"):
+        app._after_rewind([Failed(0, 1)])  # type: ignore[list-item]
