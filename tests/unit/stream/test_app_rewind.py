@@ -10,6 +10,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from tests.unit.stream.offline import Fetched, offline_app
 
 from vigil.errors import PipelineError
+from vigil.stream.app import Application
 
 NONE = -1001  # (what committed() gives for a partition with nothing committed)
 
@@ -34,17 +35,24 @@ class Rewinding:
         self.seeks.append((tp.partition, tp.offset))
 
 
+def lost_app(tmp_path: Path, consumer: Rewinding, *partitions: int) -> Application:
+    """An application that lost its assignment, still owning ``partitions`` of ``in``."""
+    app = offline_app(tmp_path)
+    app._producer = object()
+    app._consumer = consumer
+    app._owned.update(("in", p) for p in partitions)
+    app._lost = True
+    return app
+
+
 def test_a_rewind_whose_committed_offsets_have_no_answer_waits_and_processes_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Asked with a 30 s timeout, the question failed and the application stopped: the survivor
     # of a failover, its checkpoint refused by the rebalance, died too (found in review).
     caplog.set_level("WARNING", logger="vigil.stream.app")
-    app = offline_app(tmp_path)
-    app._producer = object()
-    app._consumer = consumer = Rewinding()
-    app._owned.update({("in", 0), ("in", 1)})
-    app._lost = True
+    consumer = Rewinding()
+    app = lost_app(tmp_path, consumer, 0, 1)
     # Not rewound: nothing of the batch is processed, and where partition 1 began is kept.
     assert app._after_rewind([Fetched(0, 7), Fetched(1, 3), Fetched(1, 4)]) == []  # type: ignore[list-item]
     assert app._lost
@@ -64,11 +72,7 @@ def test_a_failure_of_the_rewind_other_than_a_timeout_still_stops_it(tmp_path: P
         def committed(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
             raise KafkaException(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED, "not authorised"))
 
-    app = offline_app(tmp_path)
-    app._producer = object()
-    app._consumer = Refusing()
-    app._owned.add(("in", 0))
-    app._lost = True
+    app = lost_app(tmp_path, Refusing(), 0)
     with pytest.raises(KafkaException, match="not authorised"):
         app._after_rewind([Fetched(0, 7)])  # type: ignore[list-item]
 
@@ -78,10 +82,6 @@ def test_a_fatal_consumer_error_while_the_rewind_waits_still_stops_the_applicati
         def error(self) -> KafkaError:  # type: ignore[override]
             return KafkaError(KafkaError._FATAL, "fenced", fatal=True)
 
-    app = offline_app(tmp_path)
-    app._producer = object()
-    app._consumer = Rewinding()
-    app._owned.add(("in", 0))
-    app._lost = True
+    app = lost_app(tmp_path, Rewinding(), 0)
     with pytest.raises(PipelineError, match="fatal consumer error"):
         app._after_rewind([Failed(0, 1)])  # type: ignore[list-item]
