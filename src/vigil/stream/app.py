@@ -80,14 +80,14 @@ transaction is open on a partition that delivered within ``alignment_idle_s``, i
 stops short of the high watermark (read_committed) and it holds the others until that commits,
 for ``alignment_idle_s`` at most (a sparse topic written every 0.5 s in transactions held a
 live join up to 509 ms); and on a replay (its latest event time over five minutes behind the
-wall clock, or nothing delivered yet), a partition with records left to read (or none known:
-the broker did not answer) holds them up to ten times ``alignment_idle_s`` (on a replay of many
-partitions, one waiting its turn for a fetch stopped holding the others, and its backlog came
-out of event-time order).  At a start (or
-restart), a partition with records to read whose stores are still being restored holds the
-others until it runs, however long the restore takes (the partitions restored first released
-their backlog ahead of it): live traffic waits for it then.  The application's own repartition
-topics hold nobody back: their records come from records already released.  Only released records
+wall clock; for one that delivered nothing yet, see :mod:`vigil.stream.alignment`), a partition
+with records left to read (or none known: the broker did not answer) holds them up to ten times
+``alignment_idle_s`` (on a replay of many partitions, one waiting its turn for a fetch stopped
+holding the others, and its backlog came out of event-time order).  At a start (or restart), a
+partition with records to read whose stores are still being restored holds the others until it
+runs, however long the restore takes (the partitions restored first released their backlog ahead
+of it): live traffic waits for it then.  The application's own repartition topics hold nobody
+back: their records come from records already released.  Only released records
 count as processed and only their offsets are committed (buffered ones are read again after a
 restart or rebalance), so both guarantees hold as before.  Decoded records must have
 ``occurred_at``.
@@ -2062,16 +2062,16 @@ class Application:
 
         After a question with no answer, none is asked for a while, a second at first (the others
         keep what they had, or ``None``: unknown, they hold the others as one with records left
-        would): against
-        a broker that stopped answering, each partition's question waited its timeout in turn,
-        and a pass over N partitions held the loop N times that.  The partition is then asked
-        after the others (:meth:`Alignment.last`): first in order, one that kept failing (another
-        producer's transaction open on its committed offset) was asked first after each quiet
-        second, and failed again, so the others were never asked.  The quiet doubles after each
-        question without an answer, up to ``_START_LAG_QUIET_MAX_S``, and is a second again once
-        a partition whose question had none is answered: partitions being restored (asked until
-        they run) whose questions kept failing held the loop their timeout every second, five
-        seconds in six.  (So after the broker is back, the first question may wait that long.)"""
+        would): against a broker that stopped answering, each partition's question waited its
+        timeout in turn, and a pass over N partitions held the loop N times that.  The partition
+        is then asked after the others (:meth:`Alignment.last`): first in order, one that kept
+        failing (another producer's transaction open on its committed offset) was asked first
+        after each quiet second, and failed again, so the others were never asked.  The quiet
+        doubles after each question without an answer, up to ``_START_LAG_QUIET_MAX_S``, and is
+        a second again once no partition is left without an answer (see _start_lag_settled):
+        partitions being restored (asked until they run) whose questions kept failing held the
+        loop their timeout every second, five seconds in six.  (So after the broker is back, the
+        next question may wait that long.)"""
         known = self._start_lags.get(tp)
         left_then: int | None = None
         if known is not None:
