@@ -36,10 +36,11 @@ second (1.3-1.9 s measured, 120 partitions), and a partition waiting its turn st
 the others; the floor passed its backlog, whose records then came out of event-time order
 (25,000-179,000 of 954,104, up to two hours behind).  A replay, here: the partition's latest
 event time is more than ``REPLAY_BEHIND_S`` behind the wall clock; for one that has delivered
-nothing yet, that of any partition with records left to read (none delivered yet: a start).
-Live (its latest event recent, or taken over while the others are live or caught up), it stops
-holding after ``idle_s`` as before: a producer that crashed with a transaction open on it would
-otherwise hold every live record ten times as long.  Idle time counts from the first record
+nothing yet, that of the partitions that delivered (those with records left to read, if its own
+are not known: ``Alignment._replaying_unread``; none delivered yet: a start).  Live (its latest
+event recent, or taken over while the others are live), it stops holding after ``idle_s`` as
+before: a producer that crashed with a transaction open on it would otherwise hold every live
+record ten times as long.  Idle time counts from the first record
 any partition delivered, not from the assignment: until then the consumer delivers nothing at
 all (librdkafka waits for every committed offset to be stable, and another producer's
 transaction open on one holds them all, 30 s or more), so nobody waits its turn for a fetch.
@@ -120,8 +121,10 @@ class Alignment:
         self.lanes: dict[TP, Lane] = {}
         #: Times a partition was paused (for metrics and tests).
         self.pauses = 0
-        #: As of the last :meth:`floor`: the oldest latest event time of the partitions with records
-        #: left to read, and whether none has delivered yet (whether the application replays).
+        #: As of the last :meth:`floor`: the oldest latest event time of the partitions that
+        #: delivered, and of those with records left to read, and whether none has delivered yet
+        #: (see _replaying_unread).
+        self._oldest_delivered: float | None = None
         self._oldest_backlog: float | None = None
         self._started_none = True
 
@@ -165,48 +168,60 @@ class Alignment:
             # waiting, and its time (above the floor) counts.
             return True
         idle = now - lane.active_at
-        if idle >= self.idle_s and (idle >= BACKLOG_IDLE_FACTOR * self.idle_s or not self._replaying(lane)):
+        if idle >= self.idle_s:
             # (Live: a partition with nothing to give, or another producer's transaction open on
             # it.  On a replay, idle up to ten times idle_s, it holds as below: a backlog waiting
             # its turn for a fetch.)
-            return False
+            if idle >= BACKLOG_IDLE_FACTOR * self.idle_s:
+                return False
+            if lane.event_time is not None and not self._replaying(lane):
+                return False
         # Records left, or not known (a question the broker did not answer: on a replay, taken
         # for no records left, the backlogs of partitions never asked held nobody, and nearly a
         # whole topic came out of order, found in review).
         left = lag(tp)
-        return left is None or left > 0
+        if left is not None and left <= 0:
+            return False
+        # (Idle, having delivered nothing: it holds on a replay only, see _replaying_unread.)
+        return idle < self.idle_s or lane.event_time is not None or self._replaying_unread(left)
 
     def _replaying(self, lane: Lane) -> bool:
-        # A partition that delivered nothing yet is as the others with records left to read: taken
-        # over while they are live or caught up (a member's failover), it is live; at a start,
-        # before anything was delivered, or beside any partition with a backlog far behind, a
-        # replay.  (Each taken for a replay, one whose records left were unknown held live traffic
-        # ten times idle_s, 30 s at idle_s 3; taken for live as soon as one partition was, a
-        # replay started beside a live topic let its backlogs out of order; judged by those
-        # delivering lately, a partition with old event times but caught up made a live one
-        # hold: all found in review.)
-        if lane.event_time is not None:
-            return lane.event_time < self.clock() - REPLAY_BEHIND_S
+        return lane.event_time is not None and lane.event_time < self.clock() - REPLAY_BEHIND_S
+
+    def _replaying_unread(self, left: int | None) -> bool:
+        """Whether a partition that delivered nothing yet, with ``left`` records left (``None``:
+        not known), is on a replay.  At a start (nothing delivered anywhere), yes.  With records
+        left, as the oldest partition that delivered: beside partitions far behind, caught up or
+        not (a restart's first partitions buffer their backlog, and have none left to read), a
+        replay.  Not known (its committed offset in another producer's open transaction, say),
+        as the partitions with records left: taken over while the others are live or caught up
+        (a member's failover), live.  (Each taken for a replay, one whose records left were
+        unknown held live traffic ten times idle_s, 30 s at idle_s 3; taken for live as soon as
+        one partition was, a replay beside a live topic let its backlogs out of order; judged by
+        the partitions with records left alone, a restart's last partition stopped holding
+        after idle_s: all found in review.)"""
         if self._started_none:
-            return True  # (a start: nothing delivered yet)
-        at = self._oldest_backlog
+            return True
+        at = self._oldest_delivered if left is not None else self._oldest_backlog
         return at is not None and at < self.clock() - REPLAY_BEHIND_S
 
     def floor(self, now: float, lag: Callable[[TP], int | None]) -> float | None:
         """Event time of the slowest partition that holds the others back; ``None``: none does."""
         oldest: float | None = None
-        started_none = True
+        backlog: float | None = None
         for tp, lane in self.lanes.items():
             at = lane.event_time
             if at is None:
                 continue
-            started_none = False
             if oldest is None or at < oldest:
+                oldest = at
+            if backlog is None or at < backlog:
                 left = lag(tp)
                 if left is not None and left > 0:
-                    oldest = at
-        self._oldest_backlog = oldest
-        self._started_none = started_none
+                    backlog = at
+        self._oldest_delivered = oldest
+        self._oldest_backlog = backlog
+        self._started_none = oldest is None
         times = [
             -math.inf if lane.event_time is None else lane.event_time
             for tp, lane in self.lanes.items()

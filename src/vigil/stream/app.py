@@ -2007,6 +2007,8 @@ class Application:
                     # question (each unanswered one holds the loop its timeout).  Never asked (the
                     # questions quiet after one had no answer, longer than idle_s), it is asked:
                     # unknown, a backlog waiting its turn held nobody, and came out of order.
+                    if tp in self._start_lag_unanswered:
+                        self._start_lag_settled(tp)  # (not asked again: its question is over)
                     return known[1]
                 # (A restoring partition's 0 asked again one a pass, the one asked longest ago:
                 # the questions are the loop's, and the first in order took every turn.)
@@ -2109,9 +2111,10 @@ class Application:
         return left
 
     def _start_lag_settled(self, tp: TP) -> None:
-        """``tp``, whose records-left question had no answer, is answered, delivers or is gone:
-        once none is left so, the quiet after a question without an answer is a second again
-        (the broker, or the transaction in the way, is back).  Not at any answer: a restoring
+        """``tp``, whose records-left question had no answer, is answered, delivers, is gone, or
+        went idle (never asked again then): once none is left so, the quiet after a question
+        without an answer is a second again (the broker, or the transaction in the way, is
+        back).  Not at any answer: a restoring
         partition answering every few seconds beside one that kept failing brought the quiet
         back to a second, five seconds in six; and not only at that one's own answer: once it
         delivers it is not asked again, and the quiet stayed at its longest (found in review)."""

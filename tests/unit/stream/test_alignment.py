@@ -148,10 +148,17 @@ def test_a_partition_restoring_at_the_start_holds_the_others_however_long_until_
     # nothing, with records left, up to ten times idle_s beside a backlog far behind (a replay) ...
     assert plan(al, 61.5, lags(a=3, b=0, c=5).get)[2] == -math.inf
     assert plan(al, 70.0, lags(a=3, b=0, c=5).get)[2] == math.inf
-    # ... and up to idle_s beside partitions caught up (live).
+    # ... and as long beside partitions far behind that have no records left: a restart's first
+    # partitions buffer their whole backlog while the last restores (judged by the partitions
+    # with records left alone, it stopped holding after idle_s: found in review) ...
     al.add([C], 80.0)
-    assert plan(al, 80.5, lags(a=0, b=0, c=5).get)[2] == -math.inf
-    assert plan(al, 81.5, lags(a=0, b=0, c=5).get)[2] == math.inf
+    assert plan(al, 81.5, lags(a=0, b=0, c=5).get)[2] == -math.inf
+    assert plan(al, 90.0, lags(a=0, b=0, c=5).get)[2] == math.inf
+    # ... but up to idle_s beside live partitions.
+    al.clock = lambda: 200.0  # (A's and B's latest events, at 100, are recent)
+    al.add([C], 95.0)
+    assert plan(al, 95.5, lags(a=0, b=0, c=5).get)[2] == -math.inf
+    assert plan(al, 96.5, lags(a=0, b=0, c=5).get)[2] == math.inf
 
 
 def test_forgotten_partitions_no_longer_count() -> None:

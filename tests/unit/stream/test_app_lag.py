@@ -391,3 +391,7 @@ def test_an_idle_partition_nothing_was_read_from_is_asked_its_records_left_once(
         for tp, (_at, left) in list(app._start_lags.items()):
             app._start_lags[tp] = (-100.0, left)  # (asked long ago)
     assert consumer.asked == list(range(8))  # one a pass (each failed), each once
+    # Never asked again, none is left waiting for an answer: the next question's quiet after a
+    # failure is a second (it stayed at its longest for good: found in review).
+    assert not app._start_lag_unanswered
+    assert app._start_lag_quiet_s == 1.0
