@@ -2114,10 +2114,10 @@ class Application:
         """``tp``, whose records-left question had no answer, is answered, delivers, is gone, or
         went idle (never asked again then): once none is left so, the quiet after a question
         without an answer is a second again (the broker, or the transaction in the way, is
-        back).  Not at any answer: a restoring
-        partition answering every few seconds beside one that kept failing brought the quiet
-        back to a second, five seconds in six; and not only at that one's own answer: once it
-        delivers it is not asked again, and the quiet stayed at its longest (found in review)."""
+        back).  Not at any answer: a restoring partition answering every few seconds beside one
+        that kept failing brought the quiet back to a second, five seconds in six; and not only
+        at that one's own answer: once it delivers it is not asked again, and the quiet stayed at
+        its longest (found in review)."""
         self._start_lag_unanswered.discard(tp)
         if not self._start_lag_unanswered:
             self._start_lag_quiet_s = _START_LAG_QUIET_S

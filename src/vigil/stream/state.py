@@ -180,10 +180,7 @@ class RocksState(State):
                 # (restore fills it before the first read), so the key stays absent until set here.
                 self._cache[key] = _DELETED
                 return default
-            try:
-                value = self._decoder.decode(raw)
-            except msgspec.DecodeError as exc:
-                raise self._undecodable(key, exc) from exc
+            value = self._decoded(key, raw)
             self._cache[key] = value
         return default if value is _DELETED else value
 
@@ -241,17 +238,18 @@ class RocksState(State):
                 continue
             key = raw_key.decode()
             value = cache.get(key, _MISSING)
-            if value is _MISSING:
-                try:
-                    value = self._decoder.decode(raw)
-                except msgspec.DecodeError as exc:
-                    raise self._undecodable(key, exc) from exc
-            yield key, value
+            yield key, self._decoded(key, raw) if value is _MISSING else value
+
+    def _decoded(self, key: str, raw: bytes) -> Any:
+        """The stored value of ``key``.  One that no longer decodes to the store's ``value_type``
+        (a field added without a new ``StoreSpec.version``) is named with its store and key: the
+        bare decode error named neither, and every restart failed the same way."""
+        try:
+            return self._decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise self._undecodable(key, exc) from exc
 
     def _undecodable(self, key: str, exc: Exception) -> PipelineError:
-        """A stored value that no longer decodes to the store's ``value_type`` (a field added
-        without a new ``StoreSpec.version``): the bare decode error named neither, and every
-        restart failed the same way."""
         msg = (
             f"state {self.path}: the stored value of key {key!r} does not decode to "
             f"{getattr(self.spec.value_type, '__name__', self.spec.value_type)!r}: {exc}; a type "
