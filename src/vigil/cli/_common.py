@@ -42,17 +42,24 @@ MetricsPortOpt = Annotated[
 
 
 def serve_metrics_of(
-    cfg: Settings, port: int | None, apps: Callable[[], Iterable[Application]]
+    cfg: Settings,
+    port: int | None,
+    apps: Callable[[], Iterable[Application]],
+    *,
+    connectors: bool = False,
 ) -> MetricsServer | None:
-    """Start ``/metrics`` for the running applications when a port is given (option, then
-    setting); None when metrics are not served.  A port in use fails naming it."""
+    """Start ``/metrics`` for the running applications (and, with ``connectors``, what the
+    connectors count) when a port is given (option, then setting); None when metrics are not
+    served.  A port in use fails naming it."""
+    from vigil.sources.base import connector_metrics
     from vigil.stream.metrics import MetricsServer
 
     given = "--metrics-port" if port is not None else "the metrics_port setting"
     port = port if port is not None else cfg.metrics_port
     if port is None:
         return None
-    server = MetricsServer(lambda: [app.prometheus.registry for app in apps()])
+    extra = [connector_metrics()] if connectors else []
+    server = MetricsServer(lambda: [*(app.prometheus.registry for app in apps()), *extra])
     try:
         server.start(port, cfg.metrics_host)
     except OSError as exc:

@@ -114,7 +114,9 @@ def run(
 
     normalize = build(cfg, guarantee=guarantee)
     service = DetectionService(cfg, ruleset, guarantee=guarantee)
-    metrics = serve_metrics_of(cfg, metrics_port, lambda: [normalize, service.route_app, service.detect_app])
+    metrics = serve_metrics_of(
+        cfg, metrics_port, lambda: [normalize, service.route_app, service.detect_app], connectors=True
+    )
     if metrics is not None:
         stoppers.append(metrics.stop)
     # Before anything runs: a SIGTERM while detection loaded its intel (up to a minute) took

@@ -116,6 +116,7 @@ def source(
     option: Annotated[
         list[str] | None, typer.Option("--option", "-o", help="Connector option KEY=VALUE (repeatable).")
     ] = None,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Run one connector: it publishes what it receives, unchanged, to raw.<source>."""
     if name not in SOURCES:
@@ -124,6 +125,8 @@ def source(
     cfg = settings()
     connector = build_connector(name, cfg, _options(option or []))
     check_reachable(cfg)  # a clear error when no broker answers, not a traceback
+    # (Its counters: a websocket feed's sequence gaps and reconnects.  A port in use fails here.)
+    metrics = serve_metrics_of(cfg, metrics_port, lambda: (), connectors=True)
     # A connector may route some records elsewhere (the ingest API sends rejected lines to
     # dlq.ingest); by default everything goes to raw.<source>.
     sink = KafkaRawSink(
@@ -137,6 +140,8 @@ def source(
         connector.run(sink)
     finally:
         sink.close()
+        if metrics is not None:
+            metrics.stop()
 
 
 def normalize(

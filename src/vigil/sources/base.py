@@ -14,14 +14,25 @@ off-by-one: resuming from "last seen" re-publishes it).
 
 from __future__ import annotations
 
+import functools
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Protocol
 
+from prometheus_client import CollectorRegistry
+
 from vigil.events.base import Event
 from vigil.hub.raw import RawRecord
+
+
+@functools.cache
+def connector_metrics() -> CollectorRegistry:
+    """The registry connectors count on, served with ``--metrics-port`` by ``vigil source`` and
+    ``vigil run`` (on prometheus-client's global registry, which no Vigil command serves, the
+    websocket feeds' sequence gaps and reconnects were counted for nobody)."""
+    return CollectorRegistry()
 
 
 class RawSink(Protocol):

@@ -58,7 +58,7 @@ from websockets.exceptions import (
 from websockets.uri import parse_uri
 
 from vigil.hub.raw import RawRecord
-from vigil.sources.base import RawSink, Source
+from vigil.sources.base import RawSink, Source, connector_metrics
 from vigil.sources.jsonrpc import UNPARSABLE_URL_HINT, redact_url
 
 log = logging.getLogger(__name__)
@@ -71,12 +71,22 @@ CONTROL_KEY = b"_control"
 
 @functools.cache
 def _counters() -> dict[str, Counter]:
-    """Prometheus counters, created on first use (importing this module registers nothing)."""
+    """Prometheus counters, created on first use (importing this module registers nothing), on
+    the registry the commands that run connectors serve."""
+    registry = connector_metrics()
     return {
-        "messages": Counter("vigil_ws_messages", "Websocket messages published", ["source"]),
-        "reconnects": Counter("vigil_ws_reconnects", "Websocket reconnect attempts", ["source"]),
-        "gaps": Counter("vigil_ws_sequence_gaps", "Sequence gaps detected in a feed", ["source"]),
-        "resyncs": Counter("vigil_ws_resyncs", "Resyncs requested after a gap", ["source"]),
+        "messages": Counter(
+            "vigil_ws_messages", "Websocket messages published", ["source"], registry=registry
+        ),
+        "reconnects": Counter(
+            "vigil_ws_reconnects", "Websocket reconnect attempts", ["source"], registry=registry
+        ),
+        "gaps": Counter(
+            "vigil_ws_sequence_gaps", "Sequence gaps detected in a feed", ["source"], registry=registry
+        ),
+        "resyncs": Counter(
+            "vigil_ws_resyncs", "Resyncs requested after a gap", ["source"], registry=registry
+        ),
     }
 
 

@@ -63,9 +63,18 @@ class PrometheusMetrics:
         self.registry = registry or CollectorRegistry()
         self.app = app
         r = self.registry
-        self.processed = Counter("vigil_stream_records", "Records processed", ["app"], registry=r)
+        # (These three count what the loop did: a checkpoint aborted and processed again, after
+        # a lost assignment or a stall, counts its records again, as the dead-letter and late
+        # topics hold them again at-least-once; exactly-once, the aborted copies are never read.)
+        self.processed = Counter(
+            "vigil_stream_records", "Records processed (again, too, after a rewind)", ["app"], registry=r
+        )
         self.dead_lettered = Counter(
-            "vigil_stream_dead_letters", "Records dead-lettered", ["app"], registry=r
+            "vigil_stream_dead_letters",
+            "Records dead-lettered (again, too, after a rewind; exactly-once, those of aborted "
+            "checkpoints are not in the topic)",
+            ["app"],
+            registry=r,
         )
         self.skipped = Counter(
             "vigil_stream_skipped_records",
@@ -74,7 +83,10 @@ class PrometheusMetrics:
             registry=r,
         )
         self.late = Counter(
-            "vigil_stream_late_events", "Events too late for their window", ["app"], registry=r
+            "vigil_stream_late_events",
+            "Events too late for their window (again, too, after a rewind)",
+            ["app"],
+            registry=r,
         )
         self.batch_size = Histogram(
             "vigil_stream_batch_size",

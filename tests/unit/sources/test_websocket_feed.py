@@ -8,6 +8,7 @@ import json
 import logging
 import threading
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from http import HTTPStatus
@@ -18,7 +19,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 
-from vigil.config import Settings
+from vigil.cli._common import serve_metrics_of
+from vigil.config import Settings, load_settings
 from vigil.sources.binance import BinanceNormalizer, BinanceSource
 from vigil.sources.coinbase import CoinbaseSource
 from vigil.sources.sink import MemorySink
@@ -159,6 +161,23 @@ def test_a_resync_held_back_is_not_counted_as_one() -> None:
         await ws.send(match(105))  # another gap within the spacing: noted, not re-subscribed
         await ws.wait_closed()
 
+    def served() -> tuple[float, float]:
+        """The feed's gaps and resyncs as `vigil source --metrics-port` serves them."""
+        metrics = serve_metrics_of(load_settings(), 0, lambda: (), connectors=True)
+        assert metrics is not None
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics.port}/metrics", timeout=10) as response:
+                lines = response.read().decode().splitlines()
+        finally:
+            metrics.stop()
+
+        def value(family: str) -> float:
+            found = [line.split()[-1] for line in lines if line.startswith(f'{family}{{source="coinbase"}} ')]
+            return float(found[0]) if found else 0.0
+
+        return value("vigil_ws_sequence_gaps_total"), value("vigil_ws_resyncs_total")
+
+    before = served()  # (the counters are the process's: other tests' feeds count too)
     with server(handler) as url:
         feed = CoinbaseSource(["BTC-USD"], url=url, channels=["matches"], batch_linger=0.0)
         sink = MemorySink()
@@ -168,6 +187,9 @@ def test_a_resync_held_back_is_not_counted_as_one() -> None:
         thread.join(10)
     assert errors == []
     assert (feed.stats.gaps, feed.stats.resyncs) == (2, 1)
+    # Served: on prometheus-client's global registry, which no command serves, they were not.
+    after = served()
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 1)
 
 
 def test_a_keyless_array_stream_is_data_and_restarts_the_backoff() -> None:
