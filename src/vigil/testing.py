@@ -60,7 +60,7 @@ from vigil.stream.app import (
     undecodable_reason,
 )
 from vigil.stream.attempt import Attempt, attempt
-from vigil.stream.base import Operator, Record, State, StoreSpec
+from vigil.stream.base import Operator, Record, State, StoreSpec, shared_stores
 from vigil.stream.changelog import STATE_RECORD_MAX_BYTES, state_too_large
 from vigil.stream.collector import collecting_young
 
@@ -371,6 +371,10 @@ def run_operators(
     ids = [op.id for op in operators]
     if len(set(ids)) != len(ids):
         msg = f"duplicate operator ids: {ids}"
+        raise ValueError(msg)
+    shared = shared_stores(operators)
+    if shared:
+        msg = f"stores declared by more than one operator: {shared}; every operator needs stores of its own"
         raise ValueError(msg)
     if batch_size < 1 or partitions < 1:
         msg = f"batch_size and partitions must be at least 1; got {batch_size} and {partitions}"

@@ -5,7 +5,8 @@ refused client is refused.  :class:`ThrowawayBroker` runs the project's own jars
 (:meth:`LocalBroker.ensure_jars`) with the two java command lines LocalBroker runs (format,
 launch), listening on loopback only, on free ports, from a temporary directory; a subclass
 says what its listeners are (:meth:`ThrowawayBroker.listener_properties`) and how a client that
-may ask for metadata connects (:meth:`ThrowawayBroker.ready_config`).
+may ask for metadata connects (:meth:`ThrowawayBroker.ready_config`).  :class:`PlainBroker`:
+PLAINTEXT, no authorizer, for a test that stops and restarts its broker (an outage).
 """
 
 from __future__ import annotations
@@ -85,6 +86,15 @@ class ThrowawayBroker:
         if done.returncode != 0:
             msg = f"formatting the {self.kind} broker failed: {(done.stdout + done.stderr)[-800:]}"
             raise RuntimeError(msg)
+        self._launch()
+
+    def restart(self) -> None:
+        """Start it again after :meth:`stop`, with the data it had (an outage, not a new cluster)."""
+        self._launch()
+
+    def _launch(self) -> None:
+        dist = LocalBroker(self.root, dist_root=REPO / ".vigil" / "kafka-dist").ensure_jars()
+        props = self.root / "server.properties"
         cmd = ["java", "-Xmx512m", "-XX:+UseG1GC", "-cp", f"{dist}/*", "kafka.Kafka", str(props)]
         with open(self.log, "ab") as log:
             self._proc = subprocess.Popen(
@@ -136,3 +146,20 @@ def _accepts(port: int) -> bool:
 def _cluster_id() -> str:
     """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+class PlainBroker(ThrowawayBroker):
+    """PLAINTEXT, no authorizer: the session's broker, but one a test may stop and restart."""
+
+    kind = "plain"
+
+    def listener_properties(self) -> dict[str, Any]:
+        return {
+            "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "PLAINTEXT",
+        }
+
+    def ready_config(self) -> dict[str, Any]:
+        return {"bootstrap.servers": self.bootstrap}

@@ -193,7 +193,7 @@ from vigil.hub.client import (
 from vigil.hub.topics import TOPICS, TopicSpec
 from vigil.stream.alignment import TP, Alignment
 from vigil.stream.attempt import Attempt, attempt
-from vigil.stream.base import Guarantee, Operator, Record, State, StoreSpec
+from vigil.stream.base import Guarantee, Operator, Record, State, StoreSpec, shared_stores
 from vigil.stream.changelog import (
     CHANGELOG_MAX_BYTES,
     STATE_RECORD_MAX_BYTES,
@@ -219,6 +219,8 @@ _TIMEOUT = 30.0
 #: How long a rewind waits for the committed offsets before trying again on the next pass (see
 #: Application._rewind).
 _REWIND_ASK_S = 5.0
+#: How long a failed checkpoint asks which output topics exist, to name those missing.
+_MISSING_ASK_S = 5.0
 #: How long the committed offsets of partitions assigned are waited for where the runtime chooses
 #: their start (reading from the latest, or lost before their first commit): all together, then
 #: each on its own, and in all (see Application._uncommitted).
@@ -457,8 +459,19 @@ _INPUTS_ASK_S = 1.0
 #: Expired transactions renewed in a row, with no commit between, before the application stops
 #: (see Application._renew_expired).
 _MAX_RENEWALS = 3
-#: Calls of abort_transaction while it fails retriably (each waits up to _TIMEOUT).
+#: Calls of abort_transaction while it fails retriably (each waits up to _TIMEOUT); after a
+#: checkpoint's transaction failed for want of the broker (_aborted_to_retry), more: the
+#: broker may still be out of reach.
 _ABORT_ATTEMPTS = 3
+_ABORT_ATTEMPTS_AFTER_FAILURE = 10
+#: How long one transactional call of a checkpoint is tried again while it fails retriably (a
+#: broker out of reach: past the transaction's timeout, the next try says the transaction is
+#: to be aborted, or that the broker aborted it), and the pause between tries.
+_RETRY_TXN_CALL_S = 300.0
+_RETRY_TXN_PAUSE_S = 0.5
+#: Checkpoints aborted in a row (their transaction failed, abortable, see
+#: Application._aborted_to_retry), with no commit between, before the application stops.
+_MAX_ABORTED_CHECKPOINTS = 3
 #: CLOCK_BOOTTIME where there is one (Linux), else the monotonic clock.
 _BOOT_CLOCK: int = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
 #: How long a newly assigned partition's store may stay open in another process sharing the
@@ -955,6 +968,13 @@ class Application:
         if dupes:
             msg = f"application {name!r}: duplicate operator ids {dupes}; every operator needs its own id"
             raise ConfigError(msg)
+        shared = shared_stores(operators)
+        if shared:
+            msg = (
+                f"application {name!r}: stores declared by more than one operator {shared}; every "
+                "operator needs stores of its own (a store's keys are the operator's alone)"
+            )
+            raise ConfigError(msg)
         if checkpoint_interval_s is None:
             checkpoint_interval_s = (
                 EXACTLY_ONCE_CHECKPOINT_S if guarantee == "exactly_once" else AT_LEAST_ONCE_CHECKPOINT_S
@@ -1095,7 +1115,8 @@ class Application:
         self.prometheus = PrometheusMetrics(name)
         self.state_dir = settings.home / "state" / name
         #: Set once an assignment (the first, or a later one) leaves nothing being restored: its
-        #: partitions are all ready to process.
+        #: partitions are all ready to process.  Never cleared: a later assignment's restore
+        #: shows in ``metrics.restoring`` (and the restoring-partitions gauge).
         self.assigned = threading.Event()
 
         self._codec = EventCodec()
@@ -1156,6 +1177,8 @@ class Application:
         #: producer of outputs'.  (Checked with the outputs', a fenced changelog record stopped
         #: the application before the commit could renew: found in review, 2026-12-04.)
         self._state_delivery_errors: list[str] = []
+        #: The topics outputs were sent to, for a failed checkpoint to name those missing.
+        self._output_topics: set[str] = set()
         self._state_fatal_errors: list[str] = []
         #: At-least-once checkpoints waiting for Kafka's acknowledgement: (sealed at, offsets, writes).
         self._sealed: deque[tuple[float, list[TopicPartition], _Writes]] = deque()
@@ -1198,6 +1221,8 @@ class Application:
         self._new_producer: Callable[[], Producer] | None = None
         #: Producers renewed since the last commit (see _renew_expired).
         self._renewals = 0
+        #: Checkpoints aborted in a row after an abortable failure (see _aborted_to_retry).
+        self._aborted_checkpoints = 0
         self._failed = False
         self._lost = False
         self._partitions = 0
@@ -1325,11 +1350,7 @@ class Application:
             counts[topic] = len(meta.partitions)
         self._co_partitioned = len(set(counts.values())) == 1
         if not self._co_partitioned and self.stores:
-            msg = (
-                f"application {self.name!r}: stateful applications need co-partitioned inputs "
-                f"(equal partition counts); got {counts}"
-            )
-            raise ConfigError(msg)
+            raise self._uneven_inputs(counts, internal)
         self._partitions = max(counts.values())
         self._inputs_checked = time.monotonic()  # (just looked up: _check_inputs asks again later)
         # Topics only this application uses, kept as declared: a changelog someone had set to
@@ -2172,11 +2193,55 @@ class Application:
         _note_fatal(self._state_fatal_errors, err)
 
     def _checkpoint_failed(self, exc: KafkaException) -> PipelineError:
-        msg = f"application {self.name!r}: checkpoint failed: {exc.args[0]}"
+        msg = f"application {self.name!r}: checkpoint failed: {exc.args[0]}{self._missing_outputs()}"
         if self._state_delivery_errors:
             refused = self._state_delivery_errors
             msg += f"; {len(refused)} changelog records refused, the first: {refused[0]}"
         return PipelineError(msg)
+
+    def _uneven_inputs(self, counts: dict[str, int], internal: dict[str, TopicSpec]) -> ConfigError:
+        """The error of a stateful application whose inputs' partition counts differ.  When one
+        is a topic of its own left with the count of an earlier run (its inputs grown since, and
+        ``group_by`` given the new count), that is said with the way out: a topic it made itself
+        is not grown for it (its records would move partition), and the remedy was nowhere."""
+        declared = {
+            topic: internal[topic].partitions or self.settings.default_partitions
+            for topic in counts
+            if topic in internal
+        }
+        stale = sorted(t for t, n in declared.items() if counts[t] != n)
+        if stale:
+            topic = stale[0]
+            msg = (
+                f"application {self.name!r}: its own topic {topic!r} has {counts[topic]} partitions, "
+                f"declared {declared[topic]} (inputs: {counts}). It is not grown for you: its "
+                "records would move partition. Run the application as before (with the old count) "
+                "until that topic is read to its end (lag 0), stop it, delete the topic, and start "
+                "it with the new count, which makes the topic again (deleted before it is read, the "
+                "re-keyed records in it are lost)"
+            )
+            return ConfigError(msg)
+        msg = (
+            f"application {self.name!r}: stateful applications need co-partitioned inputs "
+            f"(equal partition counts); got {counts}"
+        )
+        return ConfigError(msg)
+
+    def _missing_outputs(self) -> str:
+        """Why outputs were not acknowledged, if it is an output topic that does not exist: the
+        client only says records remained ("Failed to flush all outstanding messages ..."), and
+        a topic not created yet is the usual cause.  Empty when none is missing, or the broker
+        does not say."""
+        if self._producer is None or not self._output_topics:
+            return ""
+        try:
+            topics = self._producer.list_topics(timeout=_MISSING_ASK_S).topics
+        except KafkaException:
+            return ""
+        missing = sorted(t for t in self._output_topics if t not in topics or topics[t].error is not None)
+        if not missing:
+            return ""
+        return f" (output topic(s) {', '.join(map(repr, missing))} do not exist: create them first)"
 
     def _produce(self, topic: str, value: bytes | None, key: str | bytes | None) -> None:
         producer = self._producer
@@ -2186,6 +2251,7 @@ class Application:
             self._ensure_txn()
         if value is not None:
             check_output(topic, value, key)
+        self._output_topics.add(topic)
         while True:
             try:
                 producer.produce(topic, value, key)
@@ -2381,7 +2447,11 @@ class Application:
             return  # (asked lately, and nothing committed yet to show)
         self._proved_at = now
         try:
-            committed = consumer.committed([TopicPartition(t, p) for t, p in sorted(self._owned)], _TIMEOUT)
+            # (Briefly: asked on the loop, and a partition whose offsets are in another
+            # producer's open transaction has no answer until it ends, 30 s or more.)
+            committed = consumer.committed(
+                [TopicPartition(t, p) for t, p in sorted(self._owned)], _REWIND_ASK_S
+            )
         except KafkaException as exc:
             log.debug("application %s: committed offsets: %s", self.name, exc)
             return
@@ -2530,11 +2600,17 @@ class Application:
                     return
                 remaining = producer.flush(_TIMEOUT)
                 if remaining:
-                    msg = f"application {self.name!r}: {remaining} records not acknowledged in {_TIMEOUT:g}s"
+                    msg = (
+                        f"application {self.name!r}: {remaining} records not acknowledged in "
+                        f"{_TIMEOUT:g}s{self._missing_outputs()}"
+                    )
                     raise PipelineError(msg)
         if self._delivery_errors:
             errors, self._delivery_errors = self._delivery_errors, []
-            msg = f"application {self.name!r}: {len(errors)} deliveries failed; first: {errors[0]}"
+            msg = (
+                f"application {self.name!r}: {len(errors)} deliveries failed; first: "
+                f"{errors[0]}{self._missing_outputs()}"
+            )
             raise PipelineError(msg)
         consumer = self._running_clients()[1]
         sealed = self._sealed
@@ -2588,8 +2664,8 @@ class Application:
 
         def commit() -> None:
             if offsets:
-                producer.send_offsets_to_transaction(offsets, metadata, _TIMEOUT)
-            producer.commit_transaction(_TIMEOUT)
+                self._retrying(lambda: producer.send_offsets_to_transaction(offsets, metadata, _TIMEOUT))
+            self._retrying(lambda: producer.commit_transaction(_TIMEOUT))
 
         # (The time before the commit starts: it is the checkpoint's "current as of".)
         began = time.time()
@@ -2605,12 +2681,17 @@ class Application:
         try:
             committing.future.result()
         except KafkaException as exc:
-            if self._group_moved_on(exc) or self._renewed_after_timeout(exc, txn_call=True):
+            if (
+                self._group_moved_on(exc)
+                or self._renewed_after_timeout(exc, txn_call=True)
+                or self._aborted_to_retry(exc)
+            ):
                 return False
             raise self._checkpoint_failed(exc) from exc
         self._in_txn = False
         self._txn_began = None
         self._renewals = 0
+        self._aborted_checkpoints = 0
         if committing.offsets:  # (the group's metadata checked: still this member's partitions)
             self._current_at = committing.began
         self._queue_writes(committing.writes)
@@ -2644,17 +2725,73 @@ class Application:
         try:
             self._ensure_txn()
             if offsets:
-                producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), _TIMEOUT)
-            producer.commit_transaction(_TIMEOUT)
+                metadata = consumer.consumer_group_metadata()
+                self._retrying(lambda: producer.send_offsets_to_transaction(offsets, metadata, _TIMEOUT))
+            self._retrying(lambda: producer.commit_transaction(_TIMEOUT))
             self._in_txn = False
             self._txn_began = None
             self._renewals = 0
+            self._aborted_checkpoints = 0
             if offsets:  # (the group's metadata checked: still this member's partitions)
                 self._current_at = began
         except KafkaException as exc:
-            if self._group_moved_on(exc) or self._renewed_after_timeout(exc, txn_call=True):
+            if (
+                self._group_moved_on(exc)
+                or self._renewed_after_timeout(exc, txn_call=True)
+                or self._aborted_to_retry(exc)
+            ):
                 return False
             raise self._checkpoint_failed(exc) from exc
+        return True
+
+    def _retrying(self, call: Callable[[], None]) -> None:
+        """Make one transactional call of a checkpoint, again while the client calls its failure
+        retriable (the broker out of reach or slow, the coordinator moving), as librdkafka asks,
+        for up to ``_RETRY_TXN_CALL_S``.  One try of a call that could not reach the broker
+        stopped the application: an outage of 30 s or more (found in review)."""
+        tried_until = time.monotonic() + _RETRY_TXN_CALL_S
+        while True:
+            try:
+                call()
+                return
+            except KafkaException as exc:
+                err = kafka_error(exc)
+                if (
+                    err is None
+                    or not err.retriable()
+                    or err.fatal()
+                    or err.txn_requires_abort()
+                    or self._stop.is_set()
+                    or time.monotonic() >= tried_until
+                ):
+                    raise
+                log.warning("application %s: checkpoint: %s; trying again", self.name, err)
+                time.sleep(_RETRY_TXN_PAUSE_S)  # (a failure at once, "after 0ms", is not tried in a spin)
+
+    def _aborted_to_retry(self, exc: KafkaException) -> bool:
+        """Whether a checkpoint's transaction failed in a way that only its abort clears (an
+        output or changelog record the broker did not take in time: a broker out of reach), and
+        was aborted: then, as when the group moved on, the state goes back to the last
+        checkpoint and the input is read again from there (the rewind waits for the broker).
+        Not when an output topic is missing (said at once: _checkpoint_failed), nor after
+        ``_MAX_ABORTED_CHECKPOINTS`` in a row with no commit between (the same failure each
+        time, an output refused, say: processing again for ever would commit nothing)."""
+        err = kafka_error(exc)
+        if err is None or err.fatal() or not err.txn_requires_abort() or self._stop.is_set():
+            return False
+        if self._aborted_checkpoints >= _MAX_ABORTED_CHECKPOINTS or self._missing_outputs():
+            return False
+        self._aborted_checkpoints += 1
+        log.warning(
+            "application %s: checkpoint failed (%s); aborted, processing again from the last "
+            "checkpoint (%d of %d in a row)",
+            self.name,
+            err,
+            self._aborted_checkpoints,
+            _MAX_ABORTED_CHECKPOINTS,
+        )
+        self._abort_txn(attempts=_ABORT_ATTEMPTS_AFTER_FAILURE)
+        self._start_over()
         return True
 
     def _group_moved_on(self, exc: KafkaException) -> bool:
@@ -2779,7 +2916,7 @@ class Application:
         self._discard_pending()
         self._lost = True
 
-    def _abort_txn(self, *, quiet: bool = False) -> None:
+    def _abort_txn(self, *, quiet: bool = False, attempts: int = _ABORT_ATTEMPTS) -> None:
         """Abort the open transaction, trying again while the client calls the failure retriable
         (the broker slow to answer), as librdkafka asks.  Another failure stops the application
         naming it (``quiet``: on the way out after another error, it is logged instead): the
@@ -2790,7 +2927,7 @@ class Application:
             self._in_txn = False
             return
         try:
-            self._try_abort(producer, 1 if quiet else _ABORT_ATTEMPTS)
+            self._try_abort(producer, 1 if quiet else attempts)
         except KafkaException as exc:
             # A lost assignment after a stall past the transaction's timeout: the broker aborted
             # it and fenced the producer (the caller drops the state and rewinds, as it does).
@@ -3443,10 +3580,10 @@ class Application:
         return [m for m in msgs if (m.topic(), m.partition()) not in rewound]
 
     def _rewind(self) -> set[TP] | None:
-        """After a lost assignment: restart the partitions still owned from their committed offsets
-        (those with none yet from the first offset read of them since their assignment: whatever
-        ``auto.offset.reset`` says, that is where this member began); returns the partitions
-        restarted.
+        """After a lost assignment: restart the partitions still owned and read since their
+        assignment from their committed offsets (those with none yet from the first offset read
+        of them since their assignment: whatever ``auto.offset.reset`` says, that is where this
+        member began); returns the partitions restarted.
 
         ``None`` when the committed offsets had no answer in ``_REWIND_ASK_S``: a partition taken
         over from a member that died with a transaction open has none until Kafka aborts that
@@ -3464,12 +3601,18 @@ class Application:
             # The event times seen since the committed offsets are processed again: start afresh.
             self._forget_alignment(consumer, sorted(self._owned))
             self.alignment.add(sorted(self._owned), time.monotonic())
-        owned = [TopicPartition(t, p) for t, p in sorted(self._owned)]
+        # Only those read since their assignment are asked: the others' records were never
+        # processed, and the consumer reads them from their committed offsets as it would have.
+        # A partition just taken over from a member that died mid-checkpoint is one: its
+        # committed offset has no answer until that transaction ends, and asked with the others
+        # it held them all back meanwhile (its own fetch waits for that answer anyway).
+        read = [TopicPartition(t, p) for t, p in sorted(self._owned) if (t, p) in self._first_read]
         rewound: set[TP] = set()
-        if not owned:
+        if not read:
+            self._rewind_waiting = False
             return rewound
         try:
-            committed = consumer.committed(owned, timeout=_REWIND_ASK_S)
+            committed = consumer.committed(read, timeout=_REWIND_ASK_S)
         except KafkaException as exc:
             err = kafka_error(exc)
             if err is None or err.code() != KafkaError._TIMED_OUT:

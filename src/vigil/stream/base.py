@@ -177,3 +177,16 @@ class Operator(ABC, Generic[E]):
 
     def on_assign(self, ctx: Context) -> None:
         """Called when a partition is assigned, after its state is restored."""
+
+
+def shared_stores(operators: Sequence[Operator[Any]]) -> dict[str, list[str]]:
+    """Store ids declared by more than one of ``operators``, with the ids of those operators.
+
+    A store is one operator's: two joins given the same ``StoreSpec`` share their waiting
+    events and watermarks, and each emits every pair (found in review), so the application
+    and the harness refuse it."""
+    users: dict[str, list[str]] = {}
+    for op in operators:
+        for spec in dict.fromkeys(op.stores):
+            users.setdefault(spec.id, []).append(op.id)
+    return {store: ids for store, ids in users.items() if len(ids) > 1}

@@ -197,6 +197,28 @@ def test_outputs_and_state_survive_restart_and_restore(
     assert set(output_ids(settings, out)) == expected_ids(first + second + third)
 
 
+@pytest.mark.parametrize(
+    ("guarantee", "producer"),
+    [("exactly_once", {"transaction.timeout.ms": 3000}), ("at_least_once", {"message.timeout.ms": 2000})],
+    ids=["exactly_once", "at_least_once"],
+)
+def test_outputs_to_a_topic_not_created_stop_the_application_naming_it(
+    settings: Settings, names: Callable[[str], str], run_app: Start, guarantee: str, producer: dict[str, int]
+) -> None:
+    # The client says only that records were not acknowledged ("Failed to flush all outstanding
+    # messages within the transaction timeout; 282 message(s) remaining"): found in review.
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src)  # (not out)
+    produce(settings, src, payments(20, 4))
+    app = counting_app(settings, name, src, out, guarantee=guarantee, producer_overrides=producer)
+    running = run_app(app)
+    wait_for(lambda: bool(running.errors), 60, "the application to stop")
+    running.stop()
+    (error,) = running.errors
+    assert isinstance(error, PipelineError)
+    assert f"output topic(s) {out!r} do not exist: create them first" in str(error)
+
+
 def test_undecodable_records_are_dead_lettered_and_processing_goes_on(
     settings: Settings, names: Callable[[str], str], run_app: Start
 ) -> None:
@@ -621,6 +643,19 @@ def test_topics_of_its_own_are_kept_as_declared_and_none_is_made_with_a_wrong_co
     with pytest.raises(ConfigError, match=r"co-partitioned inputs .*got \{"):
         app.run()
     assert rekeyed.name not in make_admin(settings).list_topics(timeout=10).topics
+
+    # Made by an earlier run with 2 partitions, its inputs grown to 3 since and the application
+    # given the new count: the topic is its own, and it is said so, with the way out (the
+    # warning pointed to `vigil topics apply`, which knows only the catalogue's topics).
+    ensure_topics(settings, [rekeyed], owned=True)
+    grown = repartition_spec(other, "by-ip", 3)
+    app = Application(
+        settings, name=other, inputs=[src, grown.name], operators=[RunningCount(out)], internal_topics=[grown]
+    )
+    with pytest.raises(
+        ConfigError, match=r"its own topic .* has 2 partitions, declared 3 .* read to its end"
+    ):
+        app.run()
 
 
 def test_an_input_given_more_partitions_while_running_stops_a_stateful_application(

@@ -291,6 +291,34 @@ def test_application_rejects_duplicate_operator_ids_and_bad_guarantee(tmp_path: 
         Application(settings, name="a", inputs=[], operators=[])
 
 
+def test_a_store_declared_by_two_operators_is_refused_by_the_application_and_the_harness() -> None:
+    # Two joins given one StoreSpec shared their waiting events and watermarks, and each emitted
+    # every pair: twice in all (found in review).
+    from vigil.config import Settings
+
+    class Other(Velocity):
+        id = "velocity-other"
+
+    with pytest.raises(
+        ConfigError,
+        match=r"more than one operator \{'velocity\.v1': \['velocity', 'velocity-other'\]\}",
+    ):
+        Application(
+            Settings(kafka_bootstrap="127.0.0.1:1"), name="a", inputs=["x"], operators=[Velocity(), Other()]
+        )
+    with pytest.raises(ValueError, match="stores declared by more than one operator"):
+        run_operators([Velocity(), Other()], [])
+
+    # Each with its own: accepted.
+    class Own(Velocity):
+        id = "velocity-own"
+        stores = (StoreSpec("own", 1),)
+
+    Application(
+        Settings(kafka_bootstrap="127.0.0.1:1"), name="a", inputs=["x"], operators=[Velocity(), Own()]
+    )
+
+
 class SeenIps(Operator[Payment]):
     """Keeps each customer's IPs in a ``set``: fine in one process, a list after a restart."""
 

@@ -1,0 +1,146 @@
+"""A checkpoint whose transactional calls fail while the broker is out of reach: retriable
+failures are tried again, an abortable one is aborted and processed again from the last
+checkpoint, a bounded number of times (with stand-ins for the clients; a real outage:
+tests/integration/stream/test_outage.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from tests.unit.stream.offline import offline_app
+
+import vigil.stream.app as app_module
+from vigil.errors import PipelineError
+from vigil.stream.app import Application, _boot_clock
+
+TRANSPORT = KafkaError(KafkaError._TRANSPORT, "Broker transport failure", retriable=True)
+ABORTABLE = KafkaError(
+    KafkaError._TIMED_OUT,
+    "20 message(s) timed out on a changelog (requires epoch bump)",
+    txn_requires_abort=True,
+)
+REFUSED = KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "not authorised")
+
+
+class Transactional:
+    """A transactional producer whose calls fail with what ``failures`` gives, in turn, per call
+    name, then succeed; the topics ``list_topics`` knows are ``topics``."""
+
+    def __init__(self, **failures: list[KafkaError]) -> None:
+        self.failures = {name: list(errors) for name, errors in failures.items()}
+        self.calls: list[str] = []
+        self.topics: dict[str, Any] = {"out": SimpleNamespace(error=None)}
+
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
+        if self.failures.get(name):
+            raise KafkaException(self.failures[name].pop(0))
+
+    def send_offsets_to_transaction(self, offsets: Any, metadata: Any, timeout: float) -> None:
+        self._call("send_offsets")
+
+    def commit_transaction(self, timeout: float) -> None:
+        self._call("commit")
+
+    def abort_transaction(self, timeout: float) -> None:
+        self._call("abort")
+
+    def begin_transaction(self) -> None:
+        self._call("begin")
+
+    def list_topics(self, timeout: float) -> Any:
+        return SimpleNamespace(topics=self.topics)
+
+
+class Group:
+    def consumer_group_metadata(self) -> object:
+        return object()
+
+
+OFFSETS = [TopicPartition("in", 0, 7)]
+
+
+@pytest.fixture(autouse=True)
+def _no_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(app_module, "_RETRY_TXN_PAUSE_S", 0.0)
+
+
+def in_transaction(tmp_path: Path, producer: Transactional) -> Application:
+    app = offline_app(tmp_path)
+    app._producer = producer  # type: ignore[assignment]
+    app._output_topics.add("out")
+    app._in_txn = True
+    app._txn_began = _boot_clock()
+    return app
+
+
+def test_retriable_failures_of_the_commit_are_tried_again_until_it_commits(tmp_path: Path) -> None:
+    # One try of a call that could not reach the broker stopped the application: an outage of
+    # 30 s or more while records flowed took every exactly-once stage down (found in review).
+    producer = Transactional(send_offsets=[TRANSPORT], commit=[TRANSPORT, TRANSPORT])
+    app = in_transaction(tmp_path, producer)
+    assert app._commit_txn(OFFSETS, Group())  # type: ignore[arg-type]
+    assert producer.calls == ["send_offsets", "send_offsets", "commit", "commit", "commit"]
+    assert not app._lost
+    assert not app._in_txn
+
+
+def test_retriable_failures_past_the_budget_stop_the_application(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    producer = Transactional(commit=[TRANSPORT] * 100)
+    app = in_transaction(tmp_path, producer)
+    monkeypatch.setattr(app_module, "_RETRY_TXN_CALL_S", 0.0)  # (tried once: the budget is spent)
+    with pytest.raises(PipelineError, match=r"checkpoint failed: .*Broker transport failure"):
+        app._commit_txn(OFFSETS, Group())  # type: ignore[arg-type]
+    assert producer.calls == ["send_offsets", "commit"]
+
+
+def test_an_abortable_failure_is_aborted_and_processed_again_from_the_last_checkpoint(tmp_path: Path) -> None:
+    producer = Transactional(send_offsets=[ABORTABLE])
+    app = in_transaction(tmp_path, producer)
+    assert not app._commit_txn(OFFSETS, Group())  # type: ignore[arg-type]
+    assert producer.calls == ["send_offsets", "abort"]
+    assert app._lost  # (the rewind reads the input again from the committed offsets)
+    assert not app._in_txn
+    assert app._aborted_checkpoints == 1
+    # The next checkpoint commits: the count starts again.
+    app._lost = False
+    app._in_txn = True
+    assert app._commit_txn(OFFSETS, Group())  # type: ignore[arg-type]
+    assert app._aborted_checkpoints == 0
+
+
+def test_the_same_abortable_failure_checkpoint_after_checkpoint_stops_the_application(tmp_path: Path) -> None:
+    # An output refused each time (say): processing again for ever would commit nothing.
+    limit = app_module._MAX_ABORTED_CHECKPOINTS
+    producer = Transactional(commit=[ABORTABLE] * (limit + 1))
+    app = in_transaction(tmp_path, producer)
+    for _ in range(limit):
+        assert not app._commit_txn(OFFSETS, Group())  # type: ignore[arg-type]
+        app._lost = False
+        app._in_txn = True
+    with pytest.raises(PipelineError, match=r"checkpoint failed: .*requires epoch bump"):
+        app._commit_txn(OFFSETS, Group())  # type: ignore[arg-type]
+    assert producer.calls.count("abort") == limit
+
+
+def test_an_abortable_failure_with_an_output_topic_missing_stops_at_once_naming_it(tmp_path: Path) -> None:
+    producer = Transactional(commit=[ABORTABLE])
+    producer.topics = {}
+    app = in_transaction(tmp_path, producer)
+    with pytest.raises(PipelineError, match=r"output topic\(s\) 'out' do not exist: create them first"):
+        app._commit_txn(OFFSETS, Group())  # type: ignore[arg-type]
+    assert "abort" not in producer.calls
+
+
+def test_a_failure_neither_retriable_nor_abortable_stops_the_application(tmp_path: Path) -> None:
+    producer = Transactional(send_offsets=[REFUSED])
+    app = in_transaction(tmp_path, producer)
+    with pytest.raises(PipelineError, match=r"checkpoint failed: .*not authorised"):
+        app._commit_txn(OFFSETS, Group())  # type: ignore[arg-type]
+    assert producer.calls == ["send_offsets"]
