@@ -86,6 +86,13 @@ def test_run_refuses_a_bad_connector_option_before_starting_anything(tmp_path: P
         (("detect", "--rules", "nope"), "nope: no such file or directory (relative to the current directory"),
         (("run", "--rules", "nope"), "nope: no such file or directory (relative to the current directory"),
         (("normalize", "--source", "nope"), "--source nope: no normaliser by that name; known: backend"),
+        # (The flag vigil run and normalize take, beside detect's own --guarantee.)
+        (
+            ("detect", "--at-least-once", "--guarantee", "exactly_once"),
+            "--at-least-once and --guarantee exactly_once say different things",
+        ),
+        (("detect", "--guarantee", "maybe"), "--guarantee must be exactly_once or at_least_once"),
+        (("detect", "--at-least-once", "--rules", "nope"), "nope: no such file or directory"),
     ],
 )
 def test_commands_check_their_own_inputs_before_the_broker(

@@ -31,8 +31,12 @@ RulesOpt = Annotated[Path, typer.Option("--rules", help="Rule file or directory"
 def detect(
     rules: RulesOpt = Path("rules"),
     guarantee: Annotated[
-        str, typer.Option(help="exactly_once (Kafka transactions) or at_least_once")
-    ] = "exactly_once",
+        str | None,
+        typer.Option(help="exactly_once (Kafka transactions) or at_least_once", show_default="exactly_once"),
+    ] = None,
+    at_least_once: Annotated[
+        bool, typer.Option(help="Lower latency; duplicates possible downstream (as vigil run and normalize).")
+    ] = False,
     batch_size: Annotated[
         int | None,
         typer.Option(
@@ -44,9 +48,13 @@ def detect(
     """Run detection over the canonical topics; alerts go to `alerts`, decisions to `decisions`."""
     from vigil.detect.app import DetectionService
 
-    if guarantee not in ("exactly_once", "at_least_once"):
+    if guarantee is not None and guarantee not in ("exactly_once", "at_least_once"):
         msg = f"--guarantee must be exactly_once or at_least_once; got {guarantee!r}"
         raise ConfigError(msg)
+    if at_least_once and guarantee == "exactly_once":
+        msg = "--at-least-once and --guarantee exactly_once say different things; give one"
+        raise ConfigError(msg)
+    guarantee = "at_least_once" if at_least_once else guarantee or "exactly_once"
     # The command's own inputs first: a missing rules directory was reported as an unreachable
     # broker when no broker ran, and as itself only once one did.
     ruleset = load_rules([rules])

@@ -27,6 +27,7 @@ it is kept as data (``payload.message``), never interpreted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import socket
@@ -39,6 +40,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from prometheus_client import Counter
+
 from vigil.config import Settings
 from vigil.errors import ContractError, SourceError
 from vigil.events.base import Entities, Event
@@ -46,9 +49,22 @@ from vigil.events.ids import stable_id
 from vigil.events.types import SecurityEvent, SecurityEventPayload
 from vigil.hub.raw import RawRecord
 from vigil.sources.addresses import client_ip
-from vigil.sources.base import Normalizer, RawSink, Source
+from vigil.sources.base import Normalizer, RawSink, Source, connector_metrics
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _dropped_counter() -> Counter:
+    """UDP datagrams refused by the full buffer, on the registry the commands that run
+    connectors serve (created on first use: importing this module registers nothing)."""
+    return Counter(
+        "vigil_syslog_dropped_datagrams",
+        "UDP datagrams dropped because the buffer waiting for Kafka was full",
+        ["source"],
+        registry=connector_metrics(),
+    )
+
 
 NAME = "syslog"
 Outcome = Literal["success", "failure", "unknown"]
@@ -519,6 +535,7 @@ class SyslogSource(Source):
                     return
                 # UDP has no back-pressure: count what the full buffer refused.
                 self.dropped += 1
+                _dropped_counter().labels(self.name).inc()
                 if self.dropped == 1 or self.dropped % 1000 == 0:
                     log.warning(
                         "syslog: dropped UDP datagrams (%d so far): the buffer is full "

@@ -55,7 +55,8 @@ collections paused the loop for 70-160 ms.
 
 Co-partitioned inputs.  With several input topics the group subscribes to the first and
 partition ``p`` of every other input follows partition ``p`` of the first (all inputs
-must have the same partition count).  Records of partition ``p`` of all inputs share the
+must have the same partition count when there is state; a stateless application with
+unequal counts reads each input on its own).  Records of partition ``p`` of all inputs share the
 state of partition ``p``: a customer's logins and withdrawals, both keyed by customer,
 meet in one store.  The assignor (cooperative-sticky) alone would not keep them
 together.  State lives in ``<home>/state/<name>/<store id>/<p>``.
@@ -1907,7 +1908,8 @@ class Application:
                 "max.poll.interval.ms "
                 f"({self._poll_interval_s:g} s): the group goes on without this member each time and "
                 "the record is processed again, without end; make the operator faster or raise "
-                "max.poll.interval.ms (consumer_overrides)"
+                "max.poll.interval.ms (consumer_overrides, or VIGIL_KAFKA_CLIENT_OPTIONS for the "
+                "vigil commands)"
             )
             raise PipelineError(msg)
 

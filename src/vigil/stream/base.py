@@ -3,9 +3,10 @@
 An application consumes micro-batches from Kafka, decodes them into typed events and
 hands each batch to its operators.  An operator is given a :class:`Context` per batch
 and *per input partition*: keyed state lives with the partition that owns the key, so
-a rebalance moves the state with it.  Everything an operator emits and every state
-write become durable together at the next checkpoint (in exactly-once mode, in one
-Kafka transaction with the input offsets).
+a rebalance moves the state with it.  Exactly-once, everything an operator emits and every
+state write become durable together at the next checkpoint, in one Kafka transaction with
+the input offsets; at-least-once, outputs go out at once (with deterministic ids) and state
+writes become durable with the offsets at the checkpoint.
 
 Implementations: the Kafka-backed runtime in :mod:`vigil.stream.app`, and the
 in-memory harness in :mod:`vigil.testing` for unit tests without a broker.
@@ -120,7 +121,8 @@ class Context(Protocol):
         ...
 
     def emit(self, topic: str, event: Event, key: str | None = None) -> None:
-        """Send an event downstream (key defaults to ``event.key()``).  Durable at checkpoint."""
+        """Send an event downstream (key defaults to ``event.key()``): exactly-once, visible at
+        the checkpoint's commit; at-least-once, sent at once."""
         ...
 
     def forward(self, topic: str, record: Record[Any], key: str) -> None:

@@ -3,7 +3,8 @@
 Each application gets its own :class:`~prometheus_client.CollectorRegistry` (several
 applications, or several tests, in one process must not collide on metric names);
 :class:`MetricsServer` exposes those of a process on an HTTP port (``vigil run``,
-``vigil normalize`` and ``vigil detect`` with ``--metrics-port`` or ``VIGIL_METRICS_PORT``).
+``vigil source``, ``vigil normalize`` and ``vigil detect`` with ``--metrics-port`` or
+``VIGIL_METRICS_PORT``).
 Consumer lag is the metric to alert on: a loop that silently stopped consuming shows as growing
 lag (faust#416).  The lag gauge is set by the loop itself, so a loop that stalls outright
 freezes it: alert too on ``time() - vigil_stream_loop_timestamp_seconds``.
@@ -167,6 +168,20 @@ class PrometheusMetrics:
             ["app", "store", "partition"],
             registry=r,
         )
+        # Every series of the application at 0 from the start: one first seen at 1 (the first
+        # dead letter) is invisible to increase() and rate(), so an alert on them missed it.
+        for family in (
+            self.processed,
+            self.dead_lettered,
+            self.skipped,
+            self.late,
+            self.restored,
+            self.batch_size,
+            self.processing,
+            self.checkpoint,
+            self.gc,
+        ):
+            family.labels(app)
 
 
 class _Merged(Collector):

@@ -18,6 +18,7 @@ from vigil.events.codec import decode_event, encode
 from vigil.events.ids import stable_id
 from vigil.events.types import SecurityEvent
 from vigil.hub.raw import RawRecord
+from vigil.sources.base import connector_metrics
 from vigil.sources.sink import MemorySink
 from vigil.sources.syslog import MAX_FRAME, SyslogNormalizer, SyslogSource, iter_frames, parse_rfc5424
 
@@ -502,6 +503,7 @@ def test_the_buffer_is_bounded_in_bytes_and_udp_past_it_is_dropped_and_counted()
     source = SyslogSource(
         udp_port=0, tcp_port=None, batch_size=1, flush_interval=0.05, max_buffered_bytes=bound
     )
+    served_before = _served_drops(source.name)
     thread = threading.Thread(target=source.run, args=(sink,))
     thread.start()
     try:
@@ -526,6 +528,14 @@ def test_the_buffer_is_bounded_in_bytes_and_udp_past_it_is_dropped_and_counted()
     assert not thread.is_alive()
     assert [r.value for r in sink.records] == [_sized(i, size) for i in (0, 1, 2, 3, 4, 11)]
     assert source.dropped == 6
+    # Served with `vigil source syslog --metrics-port` (a log line every 1,000 drops was all).
+    assert _served_drops(source.name) - served_before == 6
+
+
+def _served_drops(name: str) -> float:
+    """The dropped-datagram counter of source ``name`` as the connectors' metrics serve it."""
+    value = connector_metrics().get_sample_value("vigil_syslog_dropped_datagrams_total", {"source": name})
+    return value or 0.0
 
 
 def test_tcp_past_the_byte_bound_waits_for_room_then_resumes() -> None:

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from vigil.cli._common import serve_metrics_of
 from vigil.config import load_settings
@@ -130,3 +131,19 @@ def test_the_cli_serves_metrics_on_loopback_unless_vigil_metrics_host_says_other
             assert _refused(elsewhere, port)
         finally:
             server.stop()
+
+
+def test_every_series_of_an_application_is_there_at_zero_before_its_first_count() -> None:
+    # A series first seen at 1 is invisible to increase() and rate(): an alert on dead letters
+    # missed the first one, and any burst that came within one scrape (found in review).
+    text = generate_latest(PrometheusMetrics("detect").registry).decode()
+    for family in (
+        "vigil_stream_records_total",
+        "vigil_stream_dead_letters_total",
+        "vigil_stream_skipped_records_total",
+        "vigil_stream_late_events_total",
+        "vigil_stream_restored_records_total",
+        "vigil_stream_batch_size_count",
+        "vigil_stream_gc_seconds_count",
+    ):
+        assert f'{family}{{app="detect"}} 0.0' in text, family
