@@ -35,7 +35,11 @@ def detect(
         typer.Option(help="exactly_once (Kafka transactions) or at_least_once", show_default="exactly_once"),
     ] = None,
     at_least_once: Annotated[
-        bool, typer.Option(help="Lower latency; duplicates possible downstream (as vigil run and normalize).")
+        bool,
+        typer.Option(
+            help="Lower latency; after a crash, duplicates downstream, and a rule counting "
+            "sightings may count some twice (as vigil run and normalize take it)."
+        ),
     ] = False,
     batch_size: Annotated[
         int | None,

@@ -56,7 +56,11 @@ def run(
     ] = None,
     rules: Annotated[Path, typer.Option(help="Rule file or directory.")] = Path("rules"),
     at_least_once: Annotated[
-        bool, typer.Option(help="Lower latency; duplicates possible downstream.")
+        bool,
+        typer.Option(
+            help="Lower latency; after a crash, duplicates downstream, and a detection rule "
+            "counting sightings may count some twice."
+        ),
     ] = False,
     metrics_port: MetricsPortOpt = None,
 ) -> None:

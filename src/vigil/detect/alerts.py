@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from vigil.detect.kinds.base import Hit, to_evidence
+from vigil.detect.kinds.base import Hit, at_epoch, to_evidence
 from vigil.detect.rules.models import Rule
 from vigil.events.base import Entities
 from vigil.events.ids import stable_id
@@ -129,7 +129,7 @@ def explain(rule: Rule, hit: Hit) -> str:
 
 
 def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+    return at_epoch(epoch).isoformat().replace("+00:00", "Z")
 
 
 def _entities(ref: EntityRef) -> Entities:

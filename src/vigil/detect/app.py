@@ -2,7 +2,9 @@
 
 See :mod:`vigil.detect.engine` for why there are two stages.  ``DetectionService`` runs
 both applications (each a consumer group of its own; start more processes with the same
-names to scale out) and an :class:`IntelFeed` that reads the compacted
+names to scale out, once caught up: event-time alignment holds within one route process, and
+several catching up on a backlog mix ``detect.routed`` hours apart in event time, past what the
+rules take late, see the README's Detection section) and an :class:`IntelFeed` that reads the compacted
 ``intel.indicators`` topic from the beginning into the shared index and keeps following
 it, so a new list version applies without a restart.  Detection starts once the feed has
 caught up with the topic as it was at start, so no event is checked against half a list.

@@ -317,3 +317,33 @@ def test_a_hold_on_an_event_dated_at_the_end_of_time_lapses_there_instead_of_sto
     lapses = sorted(d.payload.expires_at for d in result.emitted("decisions"))  # type: ignore[attr-defined]
     end = datetime.max.replace(tzinfo=UTC)
     assert lapses == [datetime(2026, 1, 1, tzinfo=UTC) + ttl, end]
+
+
+def test_an_event_in_the_last_microseconds_of_time_is_evidence_not_a_stopped_stage() -> None:
+    # Its timestamp rounds up into the year 10000: turned back into a datetime for the alert's
+    # evidence it raised, and the route stage stopped on it at every start (found in review).
+    intel = IntelIndex()
+    intel.add(["0x8589427373d6d84e98730d7795d8f6f8731fda16"], indicator_type="eth_address",
+              category="sanctioned", feed="ofac", list_version="v1")  # fmt: skip
+    last = "9999-12-31T23:59:59.999999Z"
+    event = decode_event(
+        msgspec.json.encode(
+            {
+                "type": "deposit",
+                "event_id": "d-last",
+                "source": "bank",
+                "occurred_at": last,
+                "entities": {"customer": "c-last"},
+                "payload": {
+                    "deposit_id": "d-last",
+                    "asset": "ETH",
+                    "amount": 1.0,
+                    "from_address": "0x8589427373d6d84e98730d7795d8f6f8731fda16",
+                },
+            }
+        )
+    )
+    (rule,) = (r for r in load_rules([ROOT / "rules"]) if r.id == "sanctioned-counterparty")
+    (alert,) = run_operators([DetectOperator(RuleSet([rule], intel))], [event]).emitted(ALERTS_TOPIC)
+    (evidence,) = alert.payload.evidence  # type: ignore[attr-defined]
+    assert evidence.occurred_at == datetime.max.replace(tzinfo=UTC)

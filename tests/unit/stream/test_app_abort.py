@@ -11,7 +11,7 @@ from confluent_kafka import KafkaError, KafkaException
 from tests.unit.stream.offline import offline_app
 
 from vigil.errors import PipelineError
-from vigil.stream.app import Application, _boot_clock
+from vigil.stream.app import _ABORT_ATTEMPTS, Application, _boot_clock
 
 
 class Aborting:
@@ -26,6 +26,9 @@ class Aborting:
         self.calls += 1
         if self.failures:
             raise KafkaException(self.failures.pop(0))
+
+    def poll(self, timeout: float) -> int:
+        return 0
 
 
 def app_in_transaction(tmp_path: Path, producer: Aborting) -> Application:
@@ -48,7 +51,7 @@ def test_a_retriable_abort_failure_is_tried_again(tmp_path: Path) -> None:
     assert (app._in_txn, app._txn_began) == (False, None)
 
 
-@pytest.mark.parametrize("failures", [[NOT_VALID], [TIMED_OUT, TIMED_OUT, TIMED_OUT]])
+@pytest.mark.parametrize("failures", [[NOT_VALID], [TIMED_OUT] * _ABORT_ATTEMPTS])
 def test_a_failed_abort_stops_the_application_naming_it(tmp_path: Path, failures: list[KafkaError]) -> None:
     # Before, the failure was logged and the next begin_transaction failed inside whichever
     # operator sent the next output, which the error then blamed.

@@ -55,6 +55,9 @@ class Transactional:
     def list_topics(self, timeout: float) -> Any:
         return SimpleNamespace(topics=self.topics)
 
+    def poll(self, timeout: float) -> int:
+        return 0
+
 
 class Group:
     def consumer_group_metadata(self) -> object:
@@ -144,3 +147,29 @@ def test_a_failure_neither_retriable_nor_abortable_stops_the_application(tmp_pat
     with pytest.raises(PipelineError, match=r"checkpoint failed: .*not authorised"):
         app._commit_txn(OFFSETS, Group())  # type: ignore[arg-type]
     assert producer.calls == ["send_offsets"]
+
+
+def test_an_abort_clears_the_outputs_delivery_failures_of_the_transaction_aborted(tmp_path: Path) -> None:
+    # Records of the aborted transaction that had timed out in it were kept, and the first
+    # commit after the outage stopped the application on them (found in review).
+    producer = Transactional(commit=[ABORTABLE])
+    app = in_transaction(tmp_path, producer)
+    app._delivery_errors.append("out[0]: Local: Message timed out")
+    assert not app._commit_txn(OFFSETS, Group())  # type: ignore[arg-type]
+    assert app._delivery_errors == []
+
+
+def test_stopping_a_checkpoint_the_broker_cannot_take_is_given_up_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A SIGTERM during an outage waited a minute and ended with "checkpoint failed"; nothing is
+    # lost: the next start processes it again (its producer aborts the transaction left open).
+    producer = Transactional(commit=[TRANSPORT] * 100)
+    app = in_transaction(tmp_path, producer)
+    app.stop()
+    with caplog.at_level("WARNING", logger="vigil.stream.app"):
+        assert not app._commit_txn(OFFSETS, Group())  # type: ignore[arg-type]
+    assert producer.calls == ["send_offsets", "commit"]  # (tried once, no abort asked)
+    assert (app._lost, app._in_txn) == (True, False)
+    assert any("stopping with the last checkpoint not committed" in r.getMessage() for r in caplog.records)
+    # Not stopping, the same failure is tried again (test_retriable_failures_..._until_it_commits).

@@ -181,10 +181,19 @@ def to_evidence(stored: Sequence[StoredEvidence]) -> list[Evidence]:
     items = list(stored)
     if len(items) > MAX_EVIDENCE:
         items = [*items[: MAX_EVIDENCE - 1], items[-1]]
-    return [
-        Evidence(event_id=e[0], type=e[1], occurred_at=datetime.fromtimestamp(e[2], UTC), fields=dict(e[3]))
-        for e in items
-    ]
+    return [Evidence(event_id=e[0], type=e[1], occurred_at=at_epoch(e[2]), fields=dict(e[3])) for e in items]
+
+
+def at_epoch(seconds: float) -> datetime:
+    """The UTC time ``seconds`` after the epoch, held to what a datetime holds.  An event dated
+    in the last microseconds of the year 9999 (written to events.* directly, past the
+    normaliser's clock check) has a timestamp that rounds up into the year 10000: turned back
+    into a datetime it raised, and the route stage stopped on it at every start (found in
+    review)."""
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (ValueError, OverflowError, OSError):
+        return datetime.max.replace(tzinfo=UTC) if seconds > 0 else datetime.min.replace(tzinfo=UTC)
 
 
 def entity_ref(group_key: str) -> EntityRef:
