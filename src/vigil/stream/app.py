@@ -1233,6 +1233,9 @@ class Application:
         self._aborted_checkpoints = 0
         self._failed = False
         self._lost = False
+        #: Stopping with the broker out of reach, the last checkpoint given up: closing does not
+        #: wait for what the producers hold (see _abandoned_stopping).
+        self._abandoned = False
         self._partitions = 0
         self._co_partitioned = True
         self._producer: Producer | None = None
@@ -1483,7 +1486,9 @@ class Application:
             for producer in (self._producer, self._state_producer):
                 if producer is not None:
                     try:
-                        producer.flush(10)
+                        if self._abandoned:  # (processed again at the next start)
+                            producer.purge(in_queue=True, in_flight=True, blocking=False)
+                        producer.flush(1 if self._abandoned else 10)
                     except KafkaException as exc:  # fatal already (fenced): what stopped us says so
                         log.warning("application %s: flushing a producer: %s", self.name, exc)
         finally:
@@ -2607,24 +2612,20 @@ class Application:
                 waited = time.monotonic() - self._sealed[0][0]
                 if not sync and waited < ack_wait_s(self.checkpoint_interval_s):
                     return
-                remaining = producer.flush(_TIMEOUT)
+                remaining = producer.flush(self._txn_call_s())
                 if remaining:
                     missing = self._missing_outputs()
-                    msg = (
-                        f"application {self.name!r}: {remaining} records not acknowledged in "
-                        f"{_TIMEOUT:g}s{missing}"
-                    )
-                    if not missing and self._abandoned_stopping(msg.split(": ", 1)[1]):
+                    what = f"{remaining} records not acknowledged in {self._txn_call_s():g}s"
+                    if not missing and self._abandoned_stopping(what):
                         return
                     if sync or missing:
+                        msg = f"application {self.name!r}: {what}{missing}"
                         raise PipelineError(msg)
                     # A broker out of reach: the seal waits on (nothing is committed meanwhile),
                     # as exactly-once's commit does; records Kafka never takes fail at their
                     # message timeout (5 minutes), and that failure stops the application.
                     # (Raised here, an outage of 35 s stopped every at-least-once stage.)
-                    log.warning(
-                        "application %s: %s; waiting for the broker", self.name, msg.split(": ", 1)[1]
-                    )
+                    log.warning("application %s: %s; waiting for the broker", self.name, what)
                     return
         if self._delivery_errors:
             errors, self._delivery_errors = self._delivery_errors, []
@@ -2809,8 +2810,10 @@ class Application:
             self.name,
             why,
         )
-        self._in_txn = False
-        self._txn_began = None
+        self._abandoned = True
+        # One short try: a broker that answers (records timed out on one partition alone) lets
+        # the transaction go now, not at its timeout, which held up the partitions' next owner.
+        self._abort_txn(quiet=True)
         self._start_over()
         return True
 
@@ -2985,9 +2988,13 @@ class Application:
             if not self._renew_expired(exc, "aborting the transaction failed", txn_call=True):
                 self._in_txn = False
                 self._txn_began = None
-                if not quiet:
+                stopping = self._stop.is_set() and _out_of_reach(exc)
+                if not quiet and not stopping:
                     msg = f"application {self.name!r}: aborting the transaction failed: {exc.args[0]}"
                     raise PipelineError(msg) from exc
+                # (Stopping with the broker out of reach: the next start's producer aborts it.
+                # Raised, a SIGTERM during an outage's abort ended in an error; found in review.)
+                self._abandoned = self._abandoned or stopping
                 log.warning("application %s: abort_transaction: %s", self.name, exc)
         self._in_txn = False
         self._txn_began = None
@@ -3005,7 +3012,7 @@ class Application:
     def _try_abort(self, producer: Producer, attempts: int) -> None:
         for tried in range(1, attempts + 1):
             try:
-                producer.abort_transaction(_TIMEOUT)
+                producer.abort_transaction(self._txn_call_s())
                 return
             except KafkaException as exc:
                 err = kafka_error(exc)

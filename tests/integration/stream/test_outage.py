@@ -17,6 +17,7 @@ from tests.integration.throwaway_broker import PlainBroker
 
 from vigil.config import Settings, load_settings
 from vigil.events.codec import decode_event
+from vigil.events.types import Payment
 from vigil.hub.client import read_committed
 from vigil.stream.app import Application
 from vigil.stream.base import Guarantee
@@ -65,8 +66,18 @@ def failed_checkpoint(caplog: pytest.LogCaptureFixture) -> bool:
     return any(text in r.getMessage() for r in caplog.records for text in FAILED_CHECKPOINT)
 
 
-def outputs(settings: Settings) -> list[str]:
-    return [decode_event(m.value()).event_id for m in read_committed(settings, "outage.out", timeout_s=30)]
+def every_output(settings: Settings, running: Running, events: list[Payment]) -> list[str]:
+    """The output's ids, once every event has one (or the application failed)."""
+    got: list[str] = []
+
+    def complete() -> bool:
+        got[:] = [
+            decode_event(m.value()).event_id for m in read_committed(settings, "outage.out", timeout_s=30)
+        ]
+        return bool(running.errors) or set(got) >= expected_ids(events)
+
+    wait_for(complete, 180, "every output")
+    return got
 
 
 @pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
@@ -97,13 +108,7 @@ def test_an_application_rides_out_a_broker_outage(
         )
         assert not running.errors, running.errors
         broker.restart()
-        got: list[str] = []
-
-        def complete() -> bool:
-            got[:] = outputs(settings)
-            return bool(running.errors) or set(got) >= expected_ids(events)
-
-        wait_for(complete, 180, "every output after the outage")
+        got = every_output(settings, running, events)
         running.stop()
     assert not running.errors, running.errors
     assert set(got) == expected_ids(events)
@@ -111,11 +116,13 @@ def test_an_application_rides_out_a_broker_outage(
         assert [i for i, n in Counter(got).items() if n > 1] == []
 
 
+@pytest.mark.parametrize("when", ["a checkpoint failed", "aborting"])
 def test_stopped_during_an_outage_it_exits_cleanly_and_the_next_start_goes_on(
-    broker: PlainBroker, tmp_path: Path, run_app: Start, caplog: pytest.LogCaptureFixture
+    broker: PlainBroker, tmp_path: Path, run_app: Start, caplog: pytest.LogCaptureFixture, when: str
 ) -> None:
-    # A SIGTERM during an outage waited about a minute and ended with "checkpoint failed"
-    # (found in review); nothing is lost either way: the next start processes it again.
+    # A SIGTERM during an outage waited about a minute and ended with "checkpoint failed", and
+    # while the abort of a failed checkpoint waited, "aborting the transaction failed" (found in
+    # review); nothing is lost either way: the next start processes it again.
     settings = load_settings(kafka_bootstrap=broker.bootstrap, home=tmp_path / "home")
     make_topics(settings, "outage.in", "outage.out", partitions=2)
     events = payments(2000, 40)
@@ -125,19 +132,26 @@ def test_stopped_during_an_outage_it_exits_cleanly_and_the_next_start_goes_on(
         running = run_app(app)
         wait_for(lambda: bool(running.errors) or app.metrics.processed >= 300, 60, "300 records processed")
         broker.stop()
-        wait_for(lambda: bool(running.errors) or failed_checkpoint(caplog), 120, "a failed checkpoint")
+        if when == "aborting":
+            wait_for(
+                lambda: (
+                    bool(running.errors)
+                    or any("aborting the transaction, attempt" in r.getMessage() for r in caplog.records)
+                ),
+                240,
+                "an abort waiting for the broker",
+            )
+        else:
+            wait_for(lambda: bool(running.errors) or failed_checkpoint(caplog), 120, "a failed checkpoint")
         running.stop(timeout=90)
     assert not running.errors, running.errors
-    assert any("stopping with the last checkpoint not committed" in r.getMessage() for r in caplog.records)
+    if when != "aborting":
+        assert any(
+            "stopping with the last checkpoint not committed" in r.getMessage() for r in caplog.records
+        )
     broker.restart()
     again = run_app(counting(settings, "exactly_once"))
-    got: list[str] = []
-
-    def complete() -> bool:
-        got[:] = outputs(settings)
-        return bool(again.errors) or set(got) >= expected_ids(events)
-
-    wait_for(complete, 180, "every output after the restart")
+    got = every_output(settings, again, events)
     again.stop()
     assert not again.errors, again.errors
     assert set(got) == expected_ids(events)

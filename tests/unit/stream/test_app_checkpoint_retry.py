@@ -169,7 +169,24 @@ def test_stopping_a_checkpoint_the_broker_cannot_take_is_given_up_not_raised(
     app.stop()
     with caplog.at_level("WARNING", logger="vigil.stream.app"):
         assert not app._commit_txn(OFFSETS, Group())  # type: ignore[arg-type]
-    assert producer.calls == ["send_offsets", "commit"]  # (tried once, no abort asked)
+    assert producer.calls == ["send_offsets", "commit", "abort"]  # (tried once; one short abort)
     assert (app._lost, app._in_txn) == (True, False)
     assert any("stopping with the last checkpoint not committed" in r.getMessage() for r in caplog.records)
     # Not stopping, the same failure is tried again (test_retriable_failures_..._until_it_commits).
+
+
+def test_stopping_while_the_abort_of_a_failed_checkpoint_waits_for_the_broker_is_not_an_error(
+    tmp_path: Path,
+) -> None:
+    # A SIGTERM during an outage, while the abort waited, ended in "aborting the transaction
+    # failed" (found in review); the next start's producer aborts the transaction instead.
+    class StopDuringAbort(Transactional):
+        def abort_transaction(self, timeout: float) -> None:
+            app.stop()  # (arrives while the abort waits)
+            super().abort_transaction(timeout)
+
+    producer = StopDuringAbort(commit=[ABORTABLE], abort=[TRANSPORT] * 10)
+    app = in_transaction(tmp_path, producer)
+    assert not app._commit_txn(OFFSETS, Group())  # type: ignore[arg-type]
+    assert producer.calls.count("abort") == 1
+    assert (app._lost, app._in_txn, app._abandoned) == (True, False, True)
