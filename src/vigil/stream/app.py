@@ -2980,8 +2980,10 @@ class Application:
         if producer is None or not self._in_txn:
             self._in_txn = False
             return
+        aborted = False
         try:
             self._try_abort(producer, 1 if quiet else _ABORT_ATTEMPTS)
+            aborted = True
         except KafkaException as exc:
             # A lost assignment after a stall past the transaction's timeout: the broker aborted
             # it and fenced the producer (the caller drops the state and rewinds, as it does).
@@ -3000,12 +3002,14 @@ class Application:
         self._txn_began = None
         self._state_delivery_errors.clear()  # (its records': the transaction is gone)
         current = self._producer
-        if self._eos and current is not None and current is producer:
+        if aborted and self._eos and current is not None and current is producer:
             # The outputs' too, exactly-once: they were in the transaction aborted, and are sent
             # again with what is processed again.  Kept, the first commit after an outage
             # stopped the application on records that had timed out in it (found in review).
             # (Not after a renewal: the old producer's reports are never served, its fatal
-            # error among them, and served here it stopped the new one.)
+            # error among them, and served here it stopped the new one.  Not after a failed
+            # abort either: a fenced producer's poll raises its fatal error, in place of the
+            # error the application stops with.)
             current.poll(0)
             self._delivery_errors.clear()
 

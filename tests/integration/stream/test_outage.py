@@ -25,13 +25,16 @@ from vigil.stream.base import Guarantee
 Start = Callable[[Application], Running]
 
 #: What the application logs once a checkpoint's call failed for want of the broker: tried again,
-#: waited for (at-least-once), aborted and processed again, or (the outage past the transaction's
-#: timeout) renewed.
+#: waited for (at-least-once), aborted and processed again, (the outage past the transaction's
+#: timeout) renewed, or an abort tried again.
 FAILED_CHECKPOINT = (
     "trying again",
     "waiting for the broker",
     "aborted, processing again",
     "past its timeout",
+    # (A lost assignment's abort waiting for the broker: under load the session's timeout can
+    # come first, and its abort then holds the loop until the broker is back.)
+    "aborting the transaction, attempt",
 )
 
 
