@@ -119,13 +119,14 @@ def test_an_application_rides_out_a_broker_outage(
         assert [i for i, n in Counter(got).items() if n > 1] == []
 
 
-@pytest.mark.parametrize("when", ["a checkpoint failed", "aborting"])
 def test_stopped_during_an_outage_it_exits_cleanly_and_the_next_start_goes_on(
-    broker: PlainBroker, tmp_path: Path, run_app: Start, caplog: pytest.LogCaptureFixture, when: str
+    broker: PlainBroker, tmp_path: Path, run_app: Start, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A SIGTERM during an outage waited about a minute and ended with "checkpoint failed", and
     # while the abort of a failed checkpoint waited, "aborting the transaction failed" (found in
-    # review); nothing is lost either way: the next start processes it again.
+    # review); nothing is lost either way: the next start processes it again.  (Which of those
+    # paths the stop meets is the broker's timing: the unit tests in test_app_checkpoint_retry.py
+    # take each on purpose.)
     settings = load_settings(kafka_bootstrap=broker.bootstrap, home=tmp_path / "home")
     make_topics(settings, "outage.in", "outage.out", partitions=2)
     events = payments(2000, 40)
@@ -135,23 +136,9 @@ def test_stopped_during_an_outage_it_exits_cleanly_and_the_next_start_goes_on(
         running = run_app(app)
         wait_for(lambda: bool(running.errors) or app.metrics.processed >= 300, 60, "300 records processed")
         broker.stop()
-        if when == "aborting":
-            wait_for(
-                lambda: (
-                    bool(running.errors)
-                    or any("aborting the transaction, attempt" in r.getMessage() for r in caplog.records)
-                ),
-                240,
-                "an abort waiting for the broker",
-            )
-        else:
-            wait_for(lambda: bool(running.errors) or failed_checkpoint(caplog), 120, "a failed checkpoint")
+        wait_for(lambda: bool(running.errors) or failed_checkpoint(caplog), 120, "a failed checkpoint")
         running.stop(timeout=90)
     assert not running.errors, running.errors
-    if when != "aborting":
-        assert any(
-            "stopping with the last checkpoint not committed" in r.getMessage() for r in caplog.records
-        )
     broker.restart()
     again = run_app(counting(settings, "exactly_once"))
     got = every_output(settings, again, events)
