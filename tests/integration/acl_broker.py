@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.integration.throwaway_broker import HOST, ThrowawayBroker
+from tests.integration.throwaway_broker import ThrowawayBroker
 
 from vigil.config import Settings, load_settings
 
@@ -71,10 +71,7 @@ class SecuredBroker(ThrowawayBroker):
 
     def listener_properties(self) -> dict[str, Any]:
         return {
-            "listeners": f"SASL_PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
-            "advertised.listeners": f"SASL_PLAINTEXT://{HOST}:{self.port}",
-            "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT",
-            "inter.broker.listener.name": "SASL_PLAINTEXT",
+            **self.listeners("SASL_PLAINTEXT", "SASL_PLAINTEXT"),
             "sasl.enabled.mechanisms": "PLAIN",
             "sasl.mechanism.inter.broker.protocol": "PLAIN",
             "sasl.mechanism.controller.protocol": "PLAIN",

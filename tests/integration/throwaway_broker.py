@@ -48,6 +48,15 @@ class ThrowawayBroker:
         """The listeners and their security (the rest is common to every throwaway broker)."""
         raise NotImplementedError
 
+    def listeners(self, protocol: str, controller: str) -> dict[str, Any]:
+        """Clients on ``protocol`` at :attr:`port`, the controller on ``controller`` beside it."""
+        return {
+            "listeners": f"{protocol}://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
+            "advertised.listeners": f"{protocol}://{HOST}:{self.port}",
+            "listener.security.protocol.map": f"{protocol}:{protocol},CONTROLLER:{controller}",
+            "inter.broker.listener.name": protocol,
+        }
+
     def ready_config(self) -> dict[str, Any]:
         """librdkafka settings of a client allowed to ask for metadata (readiness)."""
         raise NotImplementedError
@@ -154,12 +163,7 @@ class PlainBroker(ThrowawayBroker):
     kind = "plain"
 
     def listener_properties(self) -> dict[str, Any]:
-        return {
-            "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name": "PLAINTEXT",
-        }
+        return self.listeners("PLAINTEXT", "PLAINTEXT")
 
     def ready_config(self) -> dict[str, Any]:
         return {"bootstrap.servers": self.bootstrap}

@@ -24,7 +24,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.integration.throwaway_broker import HOST, ThrowawayBroker
+from tests.integration.throwaway_broker import ThrowawayBroker
 
 from vigil.config import Settings, load_settings
 
@@ -133,10 +133,7 @@ class TlsBroker(ThrowawayBroker):
     def listener_properties(self) -> dict[str, Any]:
         certs = self.certs
         return {
-            "listeners": f"SSL://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
-            "advertised.listeners": f"SSL://{HOST}:{self.port}",
-            "listener.security.protocol.map": "SSL:SSL,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name": "SSL",
+            **self.listeners("SSL", "PLAINTEXT"),
             "ssl.client.auth": "required",
             "ssl.keystore.type": "PEM",
             "ssl.keystore.location": certs.keystore,
