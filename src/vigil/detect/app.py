@@ -277,6 +277,13 @@ class DetectionService:
     #: (``Application.alignment_idle_s``; on a replay, one with records left still does, up to
     #: ten times this: waiting its turn for a fetch).
     alignment_idle_s: float = 1.0
+    #: Event-time alignment across the route stage's processes (``Application.peer_skew_s``,
+    #: :mod:`vigil.stream.peers`): none releases records more than this many seconds of event
+    #: time ahead of the slowest of the others, so several processes catching up on a backlog
+    #: write ``detect.routed`` at most this far apart, well within the hour the rules take late
+    #: (unaligned, hours apart: 133 and 156 alerts where one process gives 139).  Live, it holds
+    #: nothing.  ``None``: each process aligns alone (needs ``event_time_skew_s``).
+    peer_skew_s: float | None = 300.0
 
     def __post_init__(self) -> None:
         self.index = IntelIndex()
@@ -331,6 +338,7 @@ class DetectionService:
             internal_topics=[routed_topic_spec(t.routed, t.routed_partitions)],
             max_event_time_skew_s=self.event_time_skew_s,
             alignment_idle_s=self.alignment_idle_s,
+            peer_skew_s=self.peer_skew_s if self.event_time_skew_s is not None else None,
             consumer_overrides={
                 **linger,
                 "max.partition.fetch.bytes": self.route_fetch_bytes,

@@ -156,6 +156,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -210,6 +211,7 @@ from vigil.stream.instance import InstanceSlot, slot_directory
 from vigil.stream.instance import instance_id as default_instance_id
 from vigil.stream.metrics import AppMetrics, PrometheusMetrics
 from vigil.stream.pace import Pace
+from vigil.stream.peers import PeerChannel, PeerFloors, peers_topic_spec
 from vigil.stream.state import RocksState, StoreLocked
 
 log = logging.getLogger(__name__)
@@ -964,6 +966,7 @@ class Application:
         alignment_max_buffered: int = ALIGNMENT_MAX_BUFFERED,
         skip_types: Sequence[str] = (),
         store_lock_wait_s: float = STORE_LOCK_WAIT_S,
+        peer_skew_s: float | None = None,
     ) -> None:
         if not inputs:
             msg = f"application {name!r}: expected at least one input topic, got none"
@@ -1025,6 +1028,14 @@ class Application:
             msg = (
                 f"application {name!r}: max_event_time_skew_s must be >= 0 seconds (or None: off); "
                 f"got {max_event_time_skew_s}"
+            )
+            raise ConfigError(msg)
+        if peer_skew_s is not None and (max_event_time_skew_s is None or not 0 <= peer_skew_s < float("inf")):
+            msg = (
+                f"application {name!r}: peer_skew_s (event-time alignment across its processes) must be "
+                ">= 0 seconds, and needs its inputs aligned in event time (max_event_time_skew_s, or an "
+                f"operator's event_time_skew_s); got {peer_skew_s}, with max_event_time_skew_s "
+                f"{max_event_time_skew_s}"
             )
             raise ConfigError(msg)
         if skip_types and decode is not None:
@@ -1102,6 +1113,10 @@ class Application:
         #: before the application gives up (see _open_stores).
         self.store_lock_wait_s = store_lock_wait_s
         self.alignment: Alignment | None = None
+        #: Event-time alignment with the application's other processes (:mod:`vigil.stream.peers`);
+        #: ``None``: each aligns alone.
+        self.peer_skew_s = peer_skew_s
+        self._peers: PeerChannel | None = None
         self._consumer_overrides = dict(consumer_overrides or {})
         self._producer_overrides = dict(producer_overrides or {})
         self.stores: dict[str, StoreSpec] = {}
@@ -1370,6 +1385,7 @@ class Application:
         owned = [
             *self.internal_topics,
             *(changelog_spec(self.name, sid, self._partitions) for sid in self.stores),
+            *([peers_topic_spec(self.name)] if self.peer_skew_s is not None else []),
         ]
         if owned:
             ensure_topics(self.settings, owned, owned=True)
@@ -1453,6 +1469,25 @@ class Application:
             self._committer = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-commit")
         consumer_settings = self.consumer_settings()
         self._from_the_end = reads_from_the_end(consumer_settings)
+        if self.peer_skew_s is not None:
+            # Its instance id, stable across restarts in its home when it has one of its own (a
+            # transactional producer): a restart after a crash replaces its predecessor's word.
+            member = (
+                self.instance_id
+                if transactional or self._slot is None
+                else f"{self.instance_id}-{uuid.uuid4().hex[:8]}"
+            )
+            self._peers = PeerChannel(
+                PeerFloors(member, self.peer_skew_s),
+                peers_topic_spec(self.name).name,
+                producer_config(self.settings, **{"linger.ms": 0, "socket.nagle.disable": True}),
+                consumer_config(
+                    self.settings,
+                    f"{self.name}.peers",
+                    **{"fetch.wait.max.ms": 10, "socket.nagle.disable": True},
+                ),
+            )
+            self._peers.catch_up(_TIMEOUT)
         self._consumer = Consumer(consumer_settings)
         # Co-partitioned: the group assigns the first input; the others follow (see the module docstring).
         # Otherwise (stateless, unequal partition counts) every input is assigned on its own.
@@ -1496,6 +1531,9 @@ class Application:
             if self._committer is not None:
                 self._committer.shutdown()
                 self._committer = None
+            if self._peers is not None:
+                self._peers.close()  # (withdraws its floor: the others stop waiting for it)
+                self._peers = None
             # Also after a fatal producer error (a refused transactional id): the slot is free again.
             self._producer = self._state_producer = None
             if self._slot is not None:
@@ -2067,14 +2105,26 @@ class Application:
             left = memo[tp] = lag_now(tp)
             return left
 
-        limit = alignment.limit(now, lag)
+        limit = local = alignment.limit(now, lag)
+        peers = self._peers
+        if peers is not None:
+            limit = peers.cap(local, now)
         if self._start_lag_failed:
             # Asked again last (see _start_lag): first in order, it took every turn.
             alignment.last(self._start_lag_failed)
             self._start_lag_failed.clear()
         self._release(limit)
-        # (What is left after the release decides: see Alignment.plan.)
         buffers = self._buffers
+        if peers is not None and peers.due(now):
+            # What it has yet to hand its operators starts at its floor, or at the earliest record
+            # waiting (the floor counts what was consumed, and a release may stop short of it:
+            # records past the others' cap, or more than slow operators take at once).
+            owned = self._owned
+            waiting = min((buf[0][0] for tp, buf in buffers.items() if buf and tp in owned), default=math.inf)
+            lowest = min(waiting, local)
+            peers.publish(None if lowest == math.inf else lowest, now)
+            peers.note(limit < waiting <= local, now)
+        # (What is left after the release decides: see Alignment.plan.)
         pause, resume = alignment.plan(limit, lambda tp: len(buffers.get(tp, ())))
         if pause:
             consumer.pause([TopicPartition(t, p) for t, p in pause])
