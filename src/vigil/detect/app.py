@@ -2,10 +2,10 @@
 
 See :mod:`vigil.detect.engine` for why there are two stages.  ``DetectionService`` runs
 both applications (each a consumer group of its own; start more processes with the same
-names to scale out, once caught up: event-time alignment holds within one route process, and
-several catching up on a backlog mix ``detect.routed`` hours apart in event time, past what the
-rules take late, see the README's Detection section) and an :class:`IntelFeed` that reads the compacted
-``intel.indicators`` topic from the beginning into the shared index and keeps following
+names to scale out: the route stage's processes keep within ``peer_skew_s`` of event time of each
+other, :mod:`vigil.stream.peers`, so several catching up on a backlog write ``detect.routed`` in
+an order the rules take, see the README's Detection section) and an :class:`IntelFeed` that
+reads the compacted ``intel.indicators`` topic from the beginning into the shared index and keeps following
 it, so a new list version applies without a restart.  Detection starts once the feed has
 caught up with the topic as it was at start, so no event is checked against half a list.
 """

@@ -147,8 +147,8 @@ def _offsets() -> Rights:
 def _application(app: str) -> Rights:
     """What the stream runtime itself needs for application ``app``: its consumer group (and
     its changelog restorer's, ``<app>.restore``), its transactional ids (``<app>-<instance>``)
-    and the topics named after it (``<app>.changelog.<store>``, ``<app>.late``), which it
-    creates at start: no ``vigil topics apply`` declares them."""
+    and the topics named after it (``<app>.changelog.<store>``, ``<app>.late``, ``<app>.peers``),
+    which it creates at start: no ``vigil topics apply`` declares them."""
     rights = _allow(GROUP, app, LITERAL, Op.READ, Op.DESCRIBE)
     rights += _allow(GROUP, f"{app}.", PREFIXED, Op.READ)
     rights += _allow(TXN, f"{app}-", PREFIXED, Op.WRITE, Op.DESCRIBE)

@@ -91,7 +91,9 @@ of it): live traffic waits for it then.  The application's own repartition topic
 back: their records come from records already released.  Only released records
 count as processed and only their offsets are committed (buffered ones are read again after a
 restart or rebalance), so both guarantees hold as before.  Decoded records must have
-``occurred_at``.
+``occurred_at``.  Alignment is each process's own; with ``peer_skew_s`` the processes of one
+application also keep within that much event time of each other, catching up on a backlog
+(:mod:`vigil.stream.peers`: each publishes its floor to ``<app>.peers``).
 
 Skipped types.  An application whose operators read only some event types (detection reads
 20 of the canonical types; orders and logouts, a third of an exchange's events, no rule reads)
@@ -2123,7 +2125,10 @@ class Application:
             waiting = min((buf[0][0] for tp, buf in buffers.items() if buf and tp in owned), default=math.inf)
             lowest = min(waiting, local)
             peers.publish(None if lowest == math.inf else lowest, now)
+            waits = peers.waits
             peers.note(limit < waiting <= local, now)
+            if peers.waits > waits:
+                self.prometheus.peer_waits.labels(self.name).inc()
         # (What is left after the release decides: see Alignment.plan.)
         pause, resume = alignment.plan(limit, lambda tp: len(buffers.get(tp, ())))
         if pause:

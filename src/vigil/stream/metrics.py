@@ -83,6 +83,13 @@ class PrometheusMetrics:
             ["app"],
             registry=r,
         )
+        self.peer_waits = Counter(
+            "vigil_stream_peer_waits",
+            "Times the application began holding records back for a slower process of its own "
+            "(peer_skew_s: catching up on a backlog in step with it; live, none)",
+            ["app"],
+            registry=r,
+        )
         self.late = Counter(
             "vigil_stream_late_events",
             "Events too late for their window (again, too, after a rewind)",
@@ -175,6 +182,7 @@ class PrometheusMetrics:
             self.dead_lettered,
             self.skipped,
             self.late,
+            self.peer_waits,
             self.restored,
             self.batch_size,
             self.processing,

@@ -53,6 +53,8 @@ TTL_S = 15.0
 #: often while it stands (a heartbeat).
 PUBLISH_EVERY_S = 0.05
 HEARTBEAT_S = 1.0
+#: Waiting for another member is logged at most this often (seconds).
+_LOG_EVERY_S = 10.0
 #: A floor below any event time (a partition that has delivered nothing yet holds the others as
 #: if at the beginning of time): JSON has no infinity.
 _BEGINNING = -1e18
@@ -160,6 +162,7 @@ class PeerChannel:
         #: began to (for the log and tests).
         self.held_by: str | None = None
         self.waits = 0
+        self._logged_at = -math.inf
 
     def _on_error(self, err: Any) -> None:
         self._warn(f"{err}")
@@ -243,23 +246,27 @@ class PeerChannel:
         return min(local, self.floors.cap(now))
 
     def note(self, held: bool, now: float) -> None:
-        """Whether the cap held records back on this pass: logged when that changes."""
+        """Whether the cap held records back on this pass: counted when it begins, and logged
+        (at most every ``_LOG_EVERY_S``: in step with a slower member, it begins and ends many
+        times a second)."""
         slowest = self.floors.slowest(now) if held else None
         by = None if slowest is None else slowest[0]
         if by == self.held_by:
             return
-        if slowest is not None:
-            self.waits += 1
+        self.held_by = by
+        if slowest is None:
+            return
+        self.waits += 1
+        if now - self._logged_at >= _LOG_EVERY_S:
+            self._logged_at = now
             log.info(
-                "peer alignment: %s waits for %s (its floor %s, skew %g s)",
+                "peer alignment: %s waits for %s (its floor %s, skew %g s; %d wait(s) so far)",
                 self.floors.member,
                 slowest[0][:80],
                 _when(slowest[1]),
                 self.floors.skew_s,
+                self.waits,
             )
-        else:
-            log.info("peer alignment: %s no longer waits for another member", self.floors.member)
-        self.held_by = by
 
     def close(self) -> None:
         """Withdraw this member's word (a tombstone) and close the clients."""

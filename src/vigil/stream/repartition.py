@@ -34,8 +34,10 @@ unless given ``max_event_time_skew_s`` of its own.  Unaligned, a replayed backlo
 fetch of one input partition after another, and a window over three partitions' events saw 414
 of 600 late.  Alignment is each process's own: with several processes re-keying into one
 topic, their records interleave in each of its partitions out of order by up to a checkpoint
-interval and the processes' skew, so a window over them needs an allowed lateness that covers
-it.  (A join of a re-keyed side with a side read directly: see :mod:`vigil.stream.join`.)
+interval and the processes' skew (hours, on a catch-up), so a window over them needs an allowed
+lateness that covers it, or the application ``peer_skew_s`` (:mod:`vigil.stream.peers`), which
+keeps its processes within that much event time of each other.
+(A join of a re-keyed side with a side read directly: see :mod:`vigil.stream.join`.)
 
 Partitioning is librdkafka's default partitioner on the key, the same as every Vigil
 producer's, so a repartition topic with the same partition count is co-partitioned with
