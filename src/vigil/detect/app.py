@@ -278,11 +278,12 @@ class DetectionService:
     #: ten times this: waiting its turn for a fetch).
     alignment_idle_s: float = 1.0
     #: Event-time alignment across the route stage's processes (``Application.peer_skew_s``,
-    #: :mod:`vigil.stream.peers`): none releases records more than this many seconds of event
-    #: time ahead of the slowest of the others, so several processes catching up on a backlog
-    #: write ``detect.routed`` at most this far apart, well within the hour the rules take late
-    #: (unaligned, hours apart: 133 and 156 alerts where one process gives 139).  Live, it holds
-    #: nothing.  ``None``: each process aligns alone (needs ``event_time_skew_s``).
+    #: :mod:`vigil.stream.peers`): one catching up releases nothing more than this many seconds
+    #: of event time ahead of the slowest input partition the others own, so several processes
+    #: catching up on a backlog write ``detect.routed`` at most this far apart, well within the
+    #: hour the rules take late (unaligned, hours apart: 133 and 156 alerts where one process
+    #: gives 139).  Live, nothing waits.  ``None``: each process aligns alone (needs
+    #: ``event_time_skew_s``).
     peer_skew_s: float | None = 300.0
 
     def __post_init__(self) -> None:

@@ -127,6 +127,8 @@ class Alignment:
         self._oldest_delivered: float | None = None
         self._oldest_backlog: float | None = None
         self._started_none = True
+        #: The partitions that held the others back as of the last :meth:`floor`.
+        self.holding: set[TP] = set()
 
     def add(self, tps: Iterable[TP], now: float, *, restoring: bool = False) -> None:
         for tp in tps:
@@ -222,11 +224,13 @@ class Alignment:
         self._oldest_delivered = oldest
         self._oldest_backlog = backlog
         self._started_none = oldest is None
-        times = [
-            -math.inf if lane.event_time is None else lane.event_time
-            for tp, lane in self.lanes.items()
-            if self.holds(tp, lane, now, lag)
-        ]
+        holding = self.holding
+        holding.clear()
+        times: list[float] = []
+        for tp, lane in self.lanes.items():
+            if self.holds(tp, lane, now, lag):
+                holding.add(tp)
+                times.append(-math.inf if lane.event_time is None else lane.event_time)
         return min(times) if times else None
 
     def limit(self, now: float, lag: Callable[[TP], int | None]) -> float:

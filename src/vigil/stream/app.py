@@ -1480,7 +1480,12 @@ class Application:
                 else f"{self.instance_id}-{uuid.uuid4().hex[:8]}"
             )
             self._peers = PeerChannel(
-                PeerFloors(member, self.peer_skew_s),
+                PeerFloors(
+                    member,
+                    self.peer_skew_s,
+                    [(topic, p) for topic, count in counts.items() for p in range(count)],
+                    time.monotonic(),
+                ),
                 peers_topic_spec(self.name).name,
                 producer_config(self.settings, **{"linger.ms": 0, "socket.nagle.disable": True}),
                 consumer_config(
@@ -2110,7 +2115,9 @@ class Application:
         limit = local = alignment.limit(now, lag)
         peers = self._peers
         if peers is not None:
-            limit = peers.cap(local, now)
+            words = self._peer_words()
+            pending = min((at for at in words.values() if at is not None), default=None)
+            limit = peers.cap(local, pending, self._owned, now)
         if self._start_lag_failed:
             # Asked again last (see _start_lag): first in order, it took every turn.
             alignment.last(self._start_lag_failed)
@@ -2118,17 +2125,7 @@ class Application:
         self._release(limit)
         buffers = self._buffers
         if peers is not None and peers.due(now):
-            # What it has yet to hand its operators starts at its floor, or at the earliest record
-            # waiting (the floor counts what was consumed, and a release may stop short of it:
-            # records past the others' cap, or more than slow operators take at once).
-            owned = self._owned
-            waiting = min((buf[0][0] for tp, buf in buffers.items() if buf and tp in owned), default=math.inf)
-            lowest = min(waiting, local)
-            peers.publish(None if lowest == math.inf else lowest, now)
-            waits = peers.waits
-            peers.note(limit < waiting <= local, now)
-            if peers.waits > waits:
-                self.prometheus.peer_waits.labels(self.name).inc()
+            self._publish_words(peers, limit if limit < local else math.inf, now)
         # (What is left after the release decides: see Alignment.plan.)
         pause, resume = alignment.plan(limit, lambda tp: len(buffers.get(tp, ())))
         if pause:
@@ -2139,6 +2136,38 @@ class Application:
             alignment.resumed(resume, now)
         self.metrics.paused = sorted(tp for tp, lane in alignment.lanes.items() if lane.paused)
         self.metrics.alignment_pauses = alignment.pauses
+
+    def _peer_words(self) -> dict[TP, float | None]:
+        """Where each partition owned stands (:mod:`vigil.stream.peers`): the event time of its
+        earliest record waiting, or of the latest read while it holds the others back (more to
+        read); ``None``: neither.  A partition being restored, or not read from yet, has no word
+        of its own (its last owner's stands)."""
+        alignment = self.alignment
+        words: dict[TP, float | None] = {}
+        if alignment is None:
+            return words
+        lanes, holding, buffers = alignment.lanes, alignment.holding, self._buffers
+        for tp in self._owned:
+            lane = lanes.get(tp)
+            buf = buffers.get(tp)
+            if lane is None or lane.restoring or (lane.event_time is None and not buf):
+                continue
+            head = buf[0][0] if buf else math.inf
+            at = lane.event_time if tp in holding and lane.event_time is not None else math.inf
+            first = min(head, at)
+            words[tp] = None if first == math.inf else first
+        return words
+
+    def _publish_words(self, peers: PeerChannel, capped: float, now: float) -> None:
+        """Publish the partitions' words as they are after the release, and note whether the
+        others' cap (``capped``; ``inf``: it did not bind) held records back."""
+        peers.publish(self._peer_words(), now)
+        buffers, owned = self._buffers, self._owned
+        waiting = min((buf[0][0] for tp, buf in buffers.items() if buf and tp in owned), default=math.inf)
+        waits = peers.waits
+        peers.note(capped < waiting < math.inf, owned, now)
+        if peers.waits > waits:
+            self.prometheus.peer_waits.labels(self.name).inc()
 
     def _start_lag(self, consumer: Consumer, tp: TP, now: float, *, again: bool = False) -> int | None:
         """Records left in a partition nothing was consumed from since its assignment: from its

@@ -8,26 +8,31 @@ on a 200,000-event backlog, two detection processes routed hours apart, and the 
 the slower one's events for late (133 and 156 alerts where one process gives 139, 27 withdrawal
 holds where it gives 8).
 
-So each member publishes its *floor* (the latest event time of its slowest partition that holds
-the others back; none when no partition does) to the application's compacted topic
-``<app>.peers``, keyed by its instance id, and reads the others'.  It releases records to its
-operators only up to the lowest floor of the others plus ``peer_skew_s`` (Flink's watermark
-alignment across a source's readers, with Kafka as the coordinator); what waits past that point
-fills the partition's buffer, which pauses it as alignment does within a process.  Then whatever
-a member writes is at most ``peer_skew_s`` ahead of what the slowest will still write: the slowest
-releases everything up to its own floor, and the others nothing past that floor plus the skew.
-The slowest member is never held (its cap is above its own floor), so members cannot wait on each
-other for ever; each round trip lets the others on by up to the skew of event time.
+So each process publishes, for every input partition it owns, where that partition stands: the
+event time from which it has records still to hand its operators (the earliest one waiting, or
+the latest one read while the partition has more to read; none when it is at its end), to the
+application's compacted topic ``<app>.peers``, keyed by the partition (a *word*; at most every
+``PUBLISH_EVERY_S`` when it moved, every ``HEARTBEAT_S`` otherwise).  A process catching up
+releases records to its operators only up to the lowest word of the partitions it does not own
+plus ``peer_skew_s`` (Flink's watermark alignment across a source's readers, with Kafka as the
+coordinator); what waits past that fills its partitions' buffers, which pauses them as alignment
+does within a process.  Then whatever a process writes is at most ``peer_skew_s`` ahead of what
+the others will still write.  The partition with the lowest word is never held back by the
+others (its owner's cap lies above it), so they cannot wait on each other for ever.
 
-Live, every floor is near the wall clock and the cap lies ``peer_skew_s`` in the future: it holds
-nothing and adds no latency.  A member's word counts for ``TTL_S`` after it was heard (and one
-published longer ago than that, by the wall clock, is not taken at all: left by a process that
-was killed); one that closes withdraws it (a tombstone).  A member killed mid-backlog stops holding
-the others ``TTL_S`` after its last word, before the group gives its partitions to the others (the
-session timeout): those partitions are then behind what the others released, as a partition taken
-over is within one process.  A member whose operators hold its loop longer than ``TTL_S`` (one
-batch) is taken for gone meanwhile.  The topic being out of reach holds nobody: the others' words
-go stale, and each member aligns its own partitions alone.
+Words are the partitions', not the processes': when a partition moves (a process joins, leaves or
+is killed), its last owner's word stands until the new owner has read from it (a partition being
+restored, or not yet read from, publishes nothing), so the others do not run ahead while nobody
+owns it.  A word not renewed for ``TTL_S`` (longer than a killed member's session timeout and the
+rebalance after it) stops counting, and so does the whole topic out of reach: each process then
+aligns its own partitions alone, as without this.  A partition never heard of counts as not yet
+read for the first ``TTL_S`` after a process starts (a fresh start on a backlog: the first to
+read must not run ahead of the others' first fetch).
+
+Only a process that is itself catching up waits: one whose earliest record still to hand over is
+more than ``REPLAY_BEHIND_S`` behind the wall clock.  Live, nothing waits for anyone (a process
+restoring a large store, or catching up a partition it took over, never holds live traffic of
+the others; the records it then writes late are late as they would be without this).
 """
 
 from __future__ import annotations
@@ -35,28 +40,37 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import msgspec
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from vigil.hub.topics import TopicSpec
+from vigil.stream.alignment import REPLAY_BEHIND_S, TP
 
 log = logging.getLogger(__name__)
 
-#: A member's word counts this long after it was heard (seconds; see the module docstring).
-TTL_S = 15.0
-#: A member publishes its floor at most this often while it moves (seconds), and at least this
-#: often while it stands (a heartbeat).
+#: A word counts this long after it was heard (seconds; see the module docstring): longer than
+#: Kafka's default session timeout (45 s) and the rebalance that gives a killed member's
+#: partitions to another.
+TTL_S = 60.0
+#: A partition's word is published at most this often while it moves (seconds), and at least
+#: this often while it stands (a heartbeat).
 PUBLISH_EVERY_S = 0.05
 HEARTBEAT_S = 1.0
-#: Waiting for another member is logged at most this often (seconds).
+#: Waiting for another process is logged at most this often (seconds).
 _LOG_EVERY_S = 10.0
-#: A floor below any event time (a partition that has delivered nothing yet holds the others as
-#: if at the beginning of time): JSON has no infinity.
+#: A word below any event time (not read yet): JSON has no infinity.
 _BEGINNING = -1e18
 
 
@@ -67,77 +81,100 @@ def peers_topic(app: str) -> str:
 def peers_topic_spec(app: str) -> TopicSpec:
     return TopicSpec(
         name=peers_topic(app),
-        key="instance id",
+        key="input topic:partition",
         value="raw",
-        description=f"Event-time floors of the processes of application {app!r} (vigil.stream.peers)",
+        description=f"Where each input partition of application {app!r} stands in event time "
+        "(vigil.stream.peers)",
         partitions=1,
         retention=None,
         cleanup="compact",
-        delete_retention=timedelta(hours=1),
     )
 
 
 class Word(msgspec.Struct, frozen=True):
-    """What a member publishes: its floor (``None``: no partition holds the others back) and
-    when, by its wall clock (epoch seconds)."""
+    """What a partition's owner publishes: the event time from which it has records still to
+    hand over (``None``: none, at its end), and who it is (for the log)."""
 
-    floor: float | None
-    at: float
+    at: float | None
+    by: str
 
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Word).decode
 
 
+def word_key(tp: TP) -> str:
+    return f"{tp[0]}:{tp[1]}"  # (topic names have no colon)
+
+
 @dataclass
 class _Heard:
-    floor: float | None
+    word: Word
     #: Monotonic time it was heard.
     heard_at: float
 
 
 class PeerFloors:
-    """The others' floors as heard, and the cap they put on this member (no Kafka here)."""
+    """The partitions' words as heard, and the cap they put on this process (no Kafka here)."""
 
-    def __init__(self, member: str, skew_s: float, ttl_s: float = TTL_S) -> None:
+    def __init__(
+        self, member: str, skew_s: float, partitions: Iterable[TP], now: float, ttl_s: float = TTL_S
+    ) -> None:
         if not (skew_s >= 0 and math.isfinite(skew_s)) or not ttl_s > 0:
             msg = f"peer alignment: skew_s >= 0 (finite) and ttl_s > 0 expected; got {skew_s}, {ttl_s}"
             raise ValueError(msg)
         self.member = member
         self.skew_s = skew_s
         self.ttl_s = ttl_s
+        #: The application's input partitions, by word key.
+        self.partitions = {word_key(tp): tp for tp in partitions}
+        self.started_at = now
         self.wall: Callable[[], float] = time.time
-        self.peers: dict[str, _Heard] = {}
+        self.words: dict[TP, _Heard] = {}
 
-    def heard(self, member: str, word: Word | None, now: float) -> None:
-        """``member`` published ``word`` (``None``: it withdrew), heard at monotonic ``now``."""
-        if member == self.member:
-            return  # (its own floor is the local one; an earlier run's word is stale)
-        if word is None or word.at < self.wall() - self.ttl_s:
-            self.peers.pop(member, None)
-            return
-        self.peers[member] = _Heard(word.floor, now)
+    def heard(self, key: str, word: Word | None, now: float) -> None:
+        tp = self.partitions.get(key)
+        if tp is None:
+            return  # (an input no longer read, or another layout's)
+        if word is None:
+            self.words.pop(tp, None)
+        else:
+            self.words[tp] = _Heard(word, now)
 
-    def slowest(self, now: float) -> tuple[str, float] | None:
-        """The member with the lowest floor among those heard within ``ttl_s`` that hold."""
-        found: tuple[str, float] | None = None
-        for member, heard in list(self.peers.items()):
-            if now - heard.heard_at >= self.ttl_s:
-                del self.peers[member]
+    def slowest(self, owned: Iterable[TP], now: float) -> tuple[TP, float, str] | None:
+        """The partition owned by another process with the lowest word (``_BEGINNING``: not read
+        yet, or never heard of early on), with who said it; ``None``: none holds."""
+        mine = set(owned)
+        early = now - self.started_at < self.ttl_s
+        found: tuple[TP, float, str] | None = None
+        for tp in self.partitions.values():
+            if tp in mine:
                 continue
-            if heard.floor is not None and (found is None or heard.floor < found[1]):
-                found = (member, heard.floor)
+            heard = self.words.get(tp)
+            if heard is None or now - heard.heard_at >= self.ttl_s:
+                if not early:
+                    continue  # (gone quiet: the topic out of reach, or a partition never read)
+                at, by = _BEGINNING, "nobody yet"
+            elif heard.word.at is None:
+                continue
+            else:
+                at, by = heard.word.at, heard.word.by
+            if found is None or at < found[1]:
+                found = (tp, at, by)
         return found
 
-    def cap(self, now: float) -> float:
-        """The event time up to which this member may release records (``inf``: no limit)."""
-        slowest = self.slowest(now)
-        return math.inf if slowest is None else slowest[1] + self.skew_s
+    def cap(self, pending: float | None, owned: Iterable[TP], now: float) -> float:
+        """The event time up to which this process may release records (``inf``: no limit),
+        given ``pending``, the earliest event time it has still to hand over (``None``: none)."""
+        if pending is None or pending >= self.wall() - REPLAY_BEHIND_S:
+            return math.inf  # live (or nothing to hand over): it waits for nobody
+        slowest = self.slowest(owned, now)
+        return math.inf if slowest is None else max(slowest[1], _BEGINNING) + self.skew_s
 
 
 class PeerChannel:
-    """Publishes this member's floor to ``<app>.peers`` and reads the others' into a
-    :class:`PeerFloors`.  Failures are logged, never raised: without the topic each member
+    """Publishes this process's partitions' words to ``<app>.peers`` and reads everyone's into
+    a :class:`PeerFloors`.  Failures are logged, never raised: without the topic each process
     aligns alone (see the module docstring)."""
 
     def __init__(
@@ -149,23 +186,29 @@ class PeerChannel:
     ) -> None:
         self.floors = floors
         self.topic = topic
-        self._producer = Producer({**producer_conf, "error_cb": self._on_error})
+        self._producer = Producer(
+            {**producer_conf, "error_cb": self._on_error, "on_delivery": self._on_delivery}
+        )
         self._consumer = Consumer({**consumer_conf, "enable.auto.commit": False, "error_cb": self._on_error})
         self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
         #: The offset after the last word read.
         self._read_to = 0
-        self._sent: float | None = None
-        self._sent_at = -math.inf
-        self._sent_nothing = True
+        #: Per partition owned: the word last sent and when (monotonic).
+        self._sent: dict[TP, tuple[float | None, float]] = {}
+        self._published_at = -math.inf
         self._warned_at = -math.inf
-        #: The member holding this one back as of the last :meth:`note`, and how many times one
-        #: began to (for the log and tests).
-        self.held_by: str | None = None
-        self.waits = 0
         self._logged_at = -math.inf
+        #: The partition holding this process back as of the last :meth:`note`, and how many
+        #: times one began to (for the log and the metric).
+        self.held_by: TP | None = None
+        self.waits = 0
 
     def _on_error(self, err: Any) -> None:
         self._warn(f"{err}")
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._warn(f"publishing: {err.str()}")
 
     def _warn(self, what: str) -> None:
         now = time.monotonic()
@@ -175,25 +218,35 @@ class PeerChannel:
 
     def due(self, now: float) -> bool:
         """Whether :meth:`publish` may send now (at most every ``PUBLISH_EVERY_S``)."""
-        return now - self._sent_at >= PUBLISH_EVERY_S
+        return now - self._published_at >= PUBLISH_EVERY_S
 
-    def publish(self, floor: float | None, now: float) -> None:
-        """Publish ``floor`` if it moved, or a heartbeat is due (call when :meth:`due`)."""
-        if floor is not None and not floor > _BEGINNING:
-            floor = _BEGINNING
-        if not (self._sent_nothing or floor != self._sent or now - self._sent_at >= HEARTBEAT_S):
-            return
+    def publish(self, words: Mapping[TP, float | None], now: float) -> None:
+        """Publish the words of the partitions owned (those left out: nothing known yet, their
+        last owner's word stands) that moved, or whose heartbeat is due."""
+        self._published_at = now
+        member = self.floors.member
+        for tp, at in words.items():
+            if at is not None and not at > _BEGINNING:
+                at = _BEGINNING
+            sent = self._sent.get(tp)
+            if sent is not None and sent[0] == at and now - sent[1] < HEARTBEAT_S:
+                continue
+            try:
+                self._producer.produce(self.topic, _encode(Word(at, member)), word_key(tp))
+            except (KafkaException, BufferError) as exc:
+                self._warn(f"publishing: {exc}")
+                break
+            self._sent[tp] = (at, now)
+        for tp in [tp for tp in self._sent if tp not in words]:
+            del self._sent[tp]  # (given up, or nothing known of it now)
         try:
-            self._producer.produce(self.topic, _encode(Word(floor, self.floors.wall())), self.floors.member)
             self._producer.poll(0)
-        except (KafkaException, BufferError) as exc:
+        except KafkaException as exc:
             self._warn(f"publishing: {exc}")
-            return
-        self._sent, self._sent_at, self._sent_nothing = floor, now, False
 
     def catch_up(self, timeout_s: float) -> None:
         """Read the words already published (up to the topic's end as of now, for at most
-        ``timeout_s``): a member that started knowing nobody ran ahead of the others until its
+        ``timeout_s``): a process that started knowing nothing ran ahead of the others until its
         first fetch of the topic came back."""
         deadline = time.monotonic() + timeout_s
         try:
@@ -214,7 +267,7 @@ class PeerChannel:
             self._take(msgs, time.monotonic())
 
     def poll(self, now: float) -> None:
-        """Take in what the others published since the last call (never waits)."""
+        """Take in what was published since the last call (never waits)."""
         try:
             msgs = self._consumer.consume(1000, 0)
         except KafkaException as exc:
@@ -222,69 +275,74 @@ class PeerChannel:
             return
         self._take(msgs, now)
 
-    def _take(self, msgs: list[Any], now: float) -> None:
+    def _take(self, msgs: list[Message], now: float) -> None:
         for msg in msgs:
-            if msg.error() is not None:
-                self._warn(f"reading: {msg.error()}")
+            error = msg.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    self._warn(f"reading: {error.str()}")
                 continue
-            self._read_to = max(self._read_to, msg.offset() + 1)
+            self._read_to = max(self._read_to, (msg.offset() or 0) + 1)
             key, value = msg.key(), msg.value()
             if key is None:
                 continue
-            member = key.decode("utf-8", "replace")
+            name = key.decode("utf-8", "replace")
             try:
                 word = None if value is None else _decode(value)
             except msgspec.DecodeError as exc:
-                self._warn(f"an unreadable word at offset {msg.offset()} (key {member[:80]!r}): {exc}")
+                self._warn(f"an unreadable word at offset {msg.offset()} (key {name[:80]!r}): {exc}")
                 continue
-            self.floors.heard(member, word, now)
+            self.floors.heard(name, word, now)
 
-    def cap(self, local: float, now: float) -> float:
-        """Take in the others' words and return the release limit: ``local`` (this member's
-        alignment's) capped by the slowest other member's floor plus the skew."""
+    def cap(self, local: float, pending: float | None, owned: Iterable[TP], now: float) -> float:
+        """Take in the others' words and return the release limit: ``local`` (this process's
+        alignment's), capped while it catches up (``pending``: the earliest event time it has
+        still to hand over) by the lowest word of the partitions it does not own plus the skew."""
         self.poll(now)
-        return min(local, self.floors.cap(now))
+        return min(local, self.floors.cap(pending, owned, now))
 
-    def note(self, held: bool, now: float) -> None:
-        """Whether the cap held records back on this pass: counted when it begins, and logged
-        (at most every ``_LOG_EVERY_S``: in step with a slower member, it begins and ends many
-        times a second)."""
-        slowest = self.floors.slowest(now) if held else None
-        by = None if slowest is None else slowest[0]
-        if by == self.held_by:
+    def note(self, held: bool, owned: Iterable[TP], now: float) -> None:
+        """Whether the cap held records back on this pass: counted when it begins, and logged (at
+        most every ``_LOG_EVERY_S``: in step with a slower process, it begins and ends many times
+        a second)."""
+        slowest = self.floors.slowest(owned, now) if held else None
+        tp = None if slowest is None else slowest[0]
+        if tp == self.held_by:
             return
-        self.held_by = by
+        self.held_by = tp
         if slowest is None:
             return
         self.waits += 1
         if now - self._logged_at >= _LOG_EVERY_S:
             self._logged_at = now
             log.info(
-                "peer alignment: %s waits for %s (its floor %s, skew %g s; %d wait(s) so far)",
+                "peer alignment: %s waits for %s partition %d (at %s, by %s; skew %g s; %d wait(s) so far)",
                 self.floors.member,
-                slowest[0][:80],
+                slowest[0][0],
+                slowest[0][1],
                 _when(slowest[1]),
+                slowest[2][:80],
                 self.floors.skew_s,
                 self.waits,
             )
 
     def close(self) -> None:
-        """Withdraw this member's word (a tombstone) and close the clients."""
+        """Send what is queued and close the clients (the words stay: the partitions' next
+        owners take over from them)."""
         try:
-            self._producer.produce(self.topic, None, self.floors.member)
             self._producer.flush(2.0)
-        except (KafkaException, BufferError) as exc:
-            self._warn(f"withdrawing: {exc}")
+        except KafkaException as exc:
+            self._warn(f"publishing: {exc}")
         try:
             self._consumer.close()
         except (KafkaException, RuntimeError) as exc:
             self._warn(f"closing: {exc}")
 
 
-def _when(floor: float) -> str:
-    if floor <= _BEGINNING:
+def _when(at: float) -> str:
+    if at <= _BEGINNING:
         return "before its first record"
     try:
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(floor))
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
     except (OverflowError, OSError, ValueError):
-        return f"{floor:.0f}"
+        return f"{at:.0f}"

@@ -1,93 +1,135 @@
-"""Event-time alignment across an application's processes: the others' floors and the cap they
-put on a member (no broker; the broker test is tests/integration/stream/test_peers.py)."""
+"""Event-time alignment across an application's processes: the partitions' words and the cap they
+put on a process (no broker; the broker test is tests/integration/stream/test_peers.py)."""
 
 from __future__ import annotations
 
 import math
+import time
+from collections import deque
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import msgspec
 import pytest
+from tests.unit.stream.offline import offline_app
+from tests.unit.stream.test_app_align import Reading, Seen
 
 from vigil.config import load_settings
 from vigil.errors import ConfigError
-from vigil.stream.app import Application
-from vigil.stream.peers import TTL_S, PeerFloors, Word, peers_topic_spec
+from vigil.stream.alignment import REPLAY_BEHIND_S, TP, Alignment
+from vigil.stream.app import Application, _KafkaContext, _PartitionTask
+from vigil.stream.base import Record
+from vigil.stream.peers import _BEGINNING, TTL_S, PeerChannel, PeerFloors, Word, peers_topic_spec, word_key
 
 WALL = 1_000_000.0
+#: Event times of a backlog (long before the wall clock) and of live traffic.
+OLD = WALL - 10 * REPLAY_BEHIND_S
+LIVE = WALL - 1.0
+P0: TP = ("in", 0)
+P1: TP = ("in", 1)
+P2: TP = ("in", 2)
 
 
-def floors(skew: float = 60.0) -> PeerFloors:
-    f = PeerFloors("me", skew)
+def floors(skew: float = 60.0, started_at: float = -TTL_S) -> PeerFloors:
+    """Started long enough ago that partitions never heard of no longer count (see below)."""
+    f = PeerFloors("me", skew, [P0, P1, P2], started_at)
     f.wall = lambda: WALL
     return f
 
 
-def test_the_cap_is_the_slowest_other_members_floor_plus_the_skew() -> None:
-    f = floors()
-    assert f.cap(0.0) == math.inf  # alone: no limit
-    f.heard("b", Word(500.0, WALL), 0.0)
-    f.heard("c", Word(200.0, WALL), 0.0)
-    f.heard("d", Word(None, WALL), 0.0)  # holds nothing (caught up): no limit from it
-    assert f.cap(1.0) == 260.0
-    assert f.slowest(1.0) == ("c", 200.0)
-    f.heard("c", Word(450.0, WALL), 2.0)  # its latest word counts
-    assert f.cap(2.0) == 510.0
+def say(f: PeerFloors, tp: TP, at: float | None, now: float = 0.0, by: str = "other") -> None:
+    f.heard(word_key(tp), Word(at, by), now)
 
 
-def test_its_own_word_is_not_a_peers() -> None:
+def test_catching_up_the_cap_is_the_lowest_word_of_partitions_owned_by_others_plus_the_skew() -> None:
     f = floors()
-    f.heard("me", Word(10.0, WALL), 0.0)  # (an earlier run's, read back from the topic)
-    assert f.cap(0.0) == math.inf
+    assert f.cap(OLD, [P0], 0.0) == math.inf  # no word from the others: no limit
+    say(f, P1, OLD + 500)
+    say(f, P2, OLD + 200)
+    assert f.cap(OLD, [P0], 1.0) == OLD + 260
+    assert f.slowest([P0], 1.0) == (P2, OLD + 200, "other")
+    say(f, P2, None)  # at its end: no limit from it
+    assert f.cap(OLD, [P0], 1.0) == OLD + 560
+    # Its own partitions' words (its own, or their last owner's) are its alignment's business.
+    assert f.cap(OLD, [P0, P1], 1.0) == math.inf
+
+
+def test_live_it_waits_for_nobody() -> None:
+    # A process whose earliest record still to hand over is recent is live: a partition being
+    # caught up elsewhere (taken over, or its owner restoring a store) never holds it back.
+    f = floors()
+    say(f, P1, _BEGINNING)
+    say(f, P2, OLD)
+    assert f.cap(LIVE, [P0], 0.0) == math.inf
+    assert f.cap(None, [P0], 0.0) == math.inf  # nothing to hand over
+    assert f.cap(OLD, [P0], 0.0) == _BEGINNING + 60.0  # catching up, it waits
 
 
 def test_a_word_not_renewed_within_the_ttl_stops_counting() -> None:
     f = floors()
-    f.heard("b", Word(100.0, WALL), 0.0)
-    assert f.cap(TTL_S - 0.1) == 160.0
-    assert f.cap(TTL_S) == math.inf  # (a member killed mid-backlog)
-    assert "b" not in f.peers
+    say(f, P1, OLD + 100, now=0.0)
+    assert f.cap(OLD, [P0], TTL_S - 0.1) == OLD + 160
+    assert f.cap(OLD, [P0], TTL_S) == math.inf  # (the topic out of reach: aligning alone)
 
 
-def test_a_word_published_longer_ago_than_the_ttl_is_not_taken() -> None:
+def test_a_partition_never_heard_of_counts_as_not_read_yet_early_on() -> None:
+    # A fresh start on a backlog: the first process to read must not run ahead of the others'
+    # first fetch; after TTL_S without a word it no longer counts.
+    f = floors(started_at=0.0)
+    say(f, P1, OLD + 100)
+    assert f.cap(OLD, [P0], 1.0) == _BEGINNING + 60.0  # P2: nobody has said a word yet
+    assert f.slowest([P0], 1.0) == (P2, _BEGINNING, "nobody yet")
+    assert f.cap(OLD, [P0], TTL_S + 1.0) == math.inf  # (P1's word heard at 0 expired too)
+
+
+def test_a_partitions_last_word_stands_until_its_new_owner_says_one() -> None:
+    # A partition moving between processes: nobody owns it for a rebalance round, then its new
+    # owner has read nothing yet.  Its last owner's word holds the others meanwhile.
     f = floors()
-    f.heard("b", Word(100.0, WALL - TTL_S - 1), 0.0)  # left by a process killed before this start
-    assert f.cap(0.0) == math.inf
+    say(f, P1, OLD + 100, by="old owner")
+    assert f.cap(OLD + 50, [P0], 5.0) == OLD + 160
+    say(f, P1, OLD + 400, now=6.0, by="new owner")
+    assert f.cap(OLD + 50, [P0], 6.0) == OLD + 460
 
 
-def test_a_withdrawn_word_stops_counting_at_once() -> None:
+def test_words_of_partitions_not_read_are_ignored_and_a_tombstone_withdraws() -> None:
     f = floors()
-    f.heard("b", Word(100.0, WALL), 0.0)
-    f.heard("b", None, 1.0)  # the tombstone a member leaves when it closes
-    assert f.cap(1.0) == math.inf
+    f.heard("other:0", Word(OLD, "x"), 0.0)
+    f.heard("in:9", Word(OLD, "x"), 0.0)
+    assert f.words == {}
+    say(f, P1, OLD)
+    f.heard(word_key(P1), None, 1.0)
+    assert f.words == {}
 
 
-def test_the_slowest_member_is_never_held_by_the_others() -> None:
-    # Each member's cap is the others' lowest floor plus the skew: the one with the lowest floor
-    # gets a cap above its own, so members cannot all wait on each other.
-    members = {"a": 100.0, "b": 400.0, "c": 1_000.0}
+def test_the_lowest_partitions_owner_is_never_held_by_the_others() -> None:
+    # Each process's cap is the others' lowest word plus the skew: the owner of the lowest word
+    # gets a cap above it, so they cannot all wait on each other.
+    words = {P0: OLD + 100, P1: OLD + 400, P2: OLD + 1_000}
     caps = {}
-    for me in members:
-        f = PeerFloors(me, 60.0)
-        f.wall = lambda: WALL
-        for other, floor in members.items():
-            f.heard(other, Word(floor, WALL), 0.0)
-        caps[me] = f.cap(0.0)
-    assert caps == {"a": 460.0, "b": 160.0, "c": 160.0}
-    assert caps["a"] > members["a"]
+    for mine in words:
+        f = floors()
+        for tp, at in words.items():
+            say(f, tp, at)
+        caps[mine] = f.cap(words[mine], [mine], 0.0)
+    assert caps == {P0: OLD + 460, P1: OLD + 160, P2: OLD + 160}
+    assert caps[P0] > words[P0]
 
 
 def test_the_topic_is_compacted_with_one_partition_and_words_round_trip() -> None:
     spec = peers_topic_spec("app")
     assert (spec.name, spec.partitions, spec.cleanup) == ("app.peers", 1, "compact")
-    word = Word(-1e18, WALL)
+    word = Word(_BEGINNING, "me")
     assert msgspec.json.decode(msgspec.json.encode(word), type=Word) == word
 
 
 @pytest.mark.parametrize("skew", [-1.0, math.inf, math.nan])
 def test_a_bad_skew_is_refused(skew: float) -> None:
     with pytest.raises(ValueError, match="skew_s >= 0"):
-        PeerFloors("me", skew)
+        PeerFloors("me", skew, [P0], 0.0)
 
 
 def test_the_application_refuses_peer_alignment_without_alignment_or_with_a_bad_skew(tmp_path: Path) -> None:
@@ -102,3 +144,77 @@ def test_the_application_refuses_peer_alignment_without_alignment_or_with_a_bad_
         settings, name="a", inputs=["t"], operators=[], max_event_time_skew_s=10.0, peer_skew_s=60.0
     )
     assert app.peer_skew_s == 60.0
+
+
+# One alignment pass of the runtime with the others' words (a stand-in channel, no broker).
+
+
+class Words(PeerChannel):
+    """A channel that reads nothing and keeps what it would publish."""
+
+    def __init__(self, floors: PeerFloors) -> None:  # (no clients)
+        self.floors = floors
+        self.topic = "a.peers"
+        self.published: list[dict[TP, float | None]] = []
+        self.held_by = None
+        self.waits = 0
+        self._published_at = -math.inf
+        self._logged_at = -math.inf
+
+    def poll(self, now: float) -> None:
+        pass
+
+    def publish(self, words: Mapping[TP, float | None], now: float) -> None:
+        self._published_at = now
+        self.published.append(dict(words))
+
+
+def _record(tp: TP, offset: int, at: float) -> tuple[float, Record[Any]]:
+    event = SimpleNamespace(occurred_at=datetime.fromtimestamp(at, UTC))
+    return at, Record(event, tp[0], tp[1], offset, None, 0)
+
+
+def test_catching_up_the_runtime_releases_nothing_past_the_others_word_plus_the_skew(tmp_path: Path) -> None:
+    op = Seen()
+    app = offline_app(tmp_path, operators=[op], max_event_time_skew_s=10.0, peer_skew_s=60.0)
+    app.alignment = alignment = Alignment(10.0, 60.0, max_buffered=10)
+    app._consumer = Reading()
+    f = floors()
+    now = time.monotonic()
+    say(f, P1, OLD + 100, now)  # the slower process's partition
+    app._peers = channel = Words(f)
+    alignment.add([P0], now)
+    task = _PartitionTask(0)
+    task.contexts = [(op, _KafkaContext(app, task, op))]
+    app._tasks[0] = task
+    app._owned.add(P0)
+    app._buffers[P0] = deque(_record(P0, i, OLD + 50 * i) for i in range(8))  # up to OLD + 350
+    app._consumed[P0] = 8
+    alignment.observe(P0, OLD + 350, now)
+    app._align()
+    assert op.offsets == [(0, 0), (0, 1), (0, 2), (0, 3)]  # up to OLD + 150 (the cap OLD + 160)
+    # What it published: where P0 stands after the release (its earliest record waiting).
+    assert channel.published == [{P0: OLD + 200}]
+    assert channel.waits == 1
+    # The slower partition moves on: so does it.
+    say(f, P1, OLD + 300, time.monotonic())
+    channel._published_at = -math.inf
+    app._align()
+    assert [o for _, o in op.offsets] == list(range(8))
+    assert channel.published[-1] == {P0: OLD + 350}  # (more to read: its latest read)
+
+
+def test_a_partition_restored_or_not_read_yet_has_no_word_of_its_own(tmp_path: Path) -> None:
+    app = offline_app(tmp_path, max_event_time_skew_s=10.0, peer_skew_s=60.0)
+    app.alignment = alignment = Alignment(10.0, 60.0)
+    app._consumer = Reading()
+    now = time.monotonic()
+    alignment.add([P0], now, restoring=True)
+    alignment.add([P1, P2], now)
+    app._owned.update([P0, P1, P2])
+    alignment.observe(P2, LIVE, now)
+    alignment.limit(now, lambda tp: 0)  # (no records left anywhere: nobody holds)
+    # P0 restoring and P1 not read from: their last owners' words stand; P2 at its end: None.
+    assert app._peer_words() == {P2: None}
+    app._buffers[P1] = deque([_record(P1, 0, OLD)])
+    assert app._peer_words() == {P1: OLD, P2: None}
