@@ -2140,8 +2140,9 @@ class Application:
     def _peer_words(self) -> dict[TP, float | None]:
         """Where each partition owned stands (:mod:`vigil.stream.peers`): the event time of its
         earliest record waiting, or of the latest read while it holds the others back (more to
-        read); ``None``: neither.  A partition being restored, or not read from yet, has no word
-        of its own (its last owner's stands)."""
+        read); ``None``: neither (at its end, empty included).  A partition being restored, or
+        with records to read and none read yet, has no word of its own (its last owner's stands).
+        (An empty partition had none either, and held the others a minute at every start.)"""
         alignment = self.alignment
         words: dict[TP, float | None] = {}
         if alignment is None:
@@ -2150,7 +2151,7 @@ class Application:
         for tp in self._owned:
             lane = lanes.get(tp)
             buf = buffers.get(tp)
-            if lane is None or lane.restoring or (lane.event_time is None and not buf):
+            if lane is None or lane.restoring or (lane.event_time is None and not buf and tp in holding):
                 continue
             head = buf[0][0] if buf else math.inf
             at = lane.event_time if tp in holding and lane.event_time is not None else math.inf

@@ -213,8 +213,13 @@ def test_a_partition_restored_or_not_read_yet_has_no_word_of_its_own(tmp_path: P
     alignment.add([P1, P2], now)
     app._owned.update([P0, P1, P2])
     alignment.observe(P2, LIVE, now)
-    alignment.limit(now, lambda tp: 0)  # (no records left anywhere: nobody holds)
-    # P0 restoring and P1 not read from: their last owners' words stand; P2 at its end: None.
+    alignment.limit(now, lambda tp: 5 if tp == P1 else 0)  # (records left in P1 alone)
+    # P0 restoring and P1 not read from yet: their last owners' words stand; P2 at its end: None.
     assert app._peer_words() == {P2: None}
     app._buffers[P1] = deque([_record(P1, 0, OLD)])
     assert app._peer_words() == {P1: OLD, P2: None}
+    # A partition with nothing to read says so, read from or not (an empty one had no word, and
+    # held the others back a minute at every start).
+    alignment.limit(now, lambda tp: 0)
+    app._buffers.clear()
+    assert app._peer_words() == {P1: None, P2: None}
