@@ -93,7 +93,8 @@ count as processed and only their offsets are committed (buffered ones are read 
 restart or rebalance), so both guarantees hold as before.  Decoded records must have
 ``occurred_at``.  Alignment is each process's own; with ``peer_skew_s`` the processes of one
 application also keep within that much event time of each other, catching up on a backlog
-(:mod:`vigil.stream.peers`: each publishes its floor to ``<app>.peers``).
+(:mod:`vigil.stream.peers`: each publishes where its input partitions stand to
+``<app>.peers``; live, nothing waits).
 
 Skipped types.  An application whose operators read only some event types (detection reads
 20 of the canonical types; orders and logouts, a third of an exchange's events, no rule reads)
