@@ -196,7 +196,7 @@ from vigil.hub.client import (
     read_headers,
 )
 from vigil.hub.topics import TOPICS, TopicSpec
-from vigil.stream.alignment import TP, Alignment
+from vigil.stream.alignment import REPLAY_BEHIND_S, TP, Alignment
 from vigil.stream.attempt import Attempt, attempt
 from vigil.stream.base import Guarantee, Operator, Record, State, StoreSpec, shared_stores
 from vigil.stream.changelog import (
@@ -1495,7 +1495,6 @@ class Application:
                     **{"fetch.wait.max.ms": 10, "socket.nagle.disable": True},
                 ),
             )
-            self._peers.catch_up(_TIMEOUT)
         self._consumer = Consumer(consumer_settings)
         # Co-partitioned: the group assigns the first input; the others follow (see the module docstring).
         # Otherwise (stateless, unequal partition counts) every input is assigned on its own.
@@ -1540,7 +1539,7 @@ class Application:
                 self._committer.shutdown()
                 self._committer = None
             if self._peers is not None:
-                self._peers.close()  # (withdraws its floor: the others stop waiting for it)
+                self._peers.close()  # (its words stay: the partitions' next owners say them again)
                 self._peers = None
             # Also after a fatal producer error (a refused transactional id): the slot is free again.
             self._producer = self._state_producer = None
@@ -2116,9 +2115,9 @@ class Application:
         limit = local = alignment.limit(now, lag)
         peers = self._peers
         if peers is not None:
-            words = self._peer_words()
-            pending = min((at for at in words.values() if at is not None), default=None)
-            limit = peers.cap(local, pending, self._owned, now)
+            peers.poll(now)
+            if self._catching_up():
+                limit = peers.cap(local, self._owned, now)
         if self._start_lag_failed:
             # Asked again last (see _start_lag): first in order, it took every turn.
             alignment.last(self._start_lag_failed)
@@ -2138,32 +2137,57 @@ class Application:
         self.metrics.paused = sorted(tp for tp, lane in alignment.lanes.items() if lane.paused)
         self.metrics.alignment_pauses = alignment.pauses
 
-    def _peer_words(self) -> dict[TP, float | None]:
+    def _catching_up(self) -> bool:
+        """Whether a partition owned with records to hand over (more to read, or waiting in its
+        buffer) has read nothing newer than ``REPLAY_BEHIND_S`` before the wall clock: then the
+        others' words cap what it releases (:mod:`vigil.stream.peers`).  A partition whose latest
+        record read is recent is live, a late record waiting in it or not."""
+        alignment = self.alignment
+        if alignment is None:
+            return False
+        recent = time.time() - REPLAY_BEHIND_S
+        lanes, holding, buffers = alignment.lanes, alignment.holding, self._buffers
+        for tp in self._owned:
+            lane = lanes.get(tp)
+            if lane is None or lane.event_time is None or lane.event_time >= recent:
+                continue
+            if tp in holding or buffers.get(tp):
+                return True
+        return False
+
+    def _peer_words(self, peers: PeerChannel) -> dict[TP, float | None]:
         """Where each partition owned stands (:mod:`vigil.stream.peers`): the event time of its
         earliest record waiting, or of the latest read while it holds the others back (more to
-        read); ``None``: neither (at its end, empty included).  A partition being restored, or
-        with records to read and none read yet, has no word of its own (its last owner's stands).
-        (An empty partition had none either, and held the others a minute at every start.)"""
+        read); ``None``: neither (nothing to read, an empty partition included).  One being
+        restored, or with records to read and none read yet, says its last owner's word again
+        (a restore longer than the words' expiry let the others run ahead of it)."""
         alignment = self.alignment
         words: dict[TP, float | None] = {}
         if alignment is None:
             return words
-        lanes, holding, buffers = alignment.lanes, alignment.holding, self._buffers
+        lanes, holding, buffers, said = alignment.lanes, alignment.holding, self._buffers, peers.floors.said
         for tp in self._owned:
             lane = lanes.get(tp)
+            if lane is None:
+                continue
             buf = buffers.get(tp)
-            if lane is None or lane.restoring or (lane.event_time is None and not buf and tp in holding):
+            if lane.restoring or (lane.event_time is None and not buf and tp in holding):
+                words[tp] = said(tp)
                 continue
             head = buf[0][0] if buf else math.inf
             at = lane.event_time if tp in holding and lane.event_time is not None else math.inf
             first = min(head, at)
             words[tp] = None if first == math.inf else first
+        for task in self._restoring.values():
+            for tp in task.partitions:
+                key = (tp.topic, tp.partition)
+                words[key] = said(key)
         return words
 
     def _publish_words(self, peers: PeerChannel, capped: float, now: float) -> None:
         """Publish the partitions' words as they are after the release, and note whether the
         others' cap (``capped``; ``inf``: it did not bind) held records back."""
-        peers.publish(self._peer_words(), now)
+        peers.publish(self._peer_words(peers), now)
         buffers, owned = self._buffers, self._owned
         waiting = min((buf[0][0] for tp, buf in buffers.items() if buf and tp in owned), default=math.inf)
         waits = peers.waits

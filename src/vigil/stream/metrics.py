@@ -85,8 +85,8 @@ class PrometheusMetrics:
         )
         self.peer_waits = Counter(
             "vigil_stream_peer_waits",
-            "Times the application began holding records back for a slower process of its own "
-            "(peer_skew_s: catching up on a backlog in step with it; live, none)",
+            "Times the application, catching up on a backlog, began holding records back for a "
+            "partition its other processes read or have yet to read (peer_skew_s; live, none)",
             ["app"],
             registry=r,
         )

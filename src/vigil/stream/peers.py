@@ -10,29 +10,33 @@ beside a slow member wrote 3,650 s out of order).
 
 So each process publishes, for every input partition it owns, where that partition stands: the
 event time from which it has records still to hand its operators (the earliest one waiting, or
-the latest one read while the partition has more to read; none when it is at its end), to the
-application's compacted topic ``<app>.peers``, keyed by the partition (a *word*; at most every
-``PUBLISH_EVERY_S`` when it moved, every ``HEARTBEAT_S`` otherwise).  A process catching up
-releases records to its operators only up to the lowest word of the partitions it does not own
-plus ``peer_skew_s`` (Flink's watermark alignment across a source's readers, with Kafka as the
-coordinator); what waits past that fills its partitions' buffers, which pauses them as alignment
-does within a process.  Then whatever a process writes is at most ``peer_skew_s`` ahead of what
-the others will still write.  The partition with the lowest word is never held back by the
-others (its owner's cap lies above it), so they cannot wait on each other for ever.
+the latest one read while the partition has more to read; none when it has nothing to read), to
+the application's compacted topic ``<app>.peers``, keyed by the partition (a *word*; at most every
+``PUBLISH_EVERY_S`` when it moved, and again every ``HEARTBEAT_S``, ``QUIET_HEARTBEAT_S`` for a
+partition with nothing to read).  A process catching up (one of its partitions with records to
+hand over has read nothing newer than ``REPLAY_BEHIND_S`` before the wall clock) releases
+records to its operators only up to the lowest word of the partitions it does not own plus
+``peer_skew_s`` (Flink's watermark alignment across a source's readers, with Kafka as the
+coordinator); what waits fills its partitions' buffers, which pauses them as alignment does
+within a process.  Then whatever a process writes of a backlog is at most ``peer_skew_s`` ahead of
+what the others will still write (plus what the others released and still have on their way to
+Kafka: the producer's linger, or exactly-once its transaction).  The partition with the lowest
+word is never held back by the others (its owner's cap lies above it), so they cannot wait on
+each other for ever.  A live process never waits: not for a partition caught up elsewhere, a
+process restoring a store, or a late record of its own (a partition whose latest record read is
+recent is live, whatever came before it; judged by its earliest record waiting, one late record
+made every live record of the process wait for the slowest other: found in review).
 
 Words are the partitions', not the processes': when a partition moves (a process joins, leaves or
-is killed), its last owner's word stands until the new owner has read from it (a partition being
-restored, or not yet read from, publishes nothing), so the others do not run ahead while nobody
-owns it.  A word not renewed for ``TTL_S`` (longer than a killed member's session timeout and the
-rebalance after it) stops counting, and so does the whole topic out of reach: each process then
-aligns its own partitions alone, as without this.  A partition never heard of counts as not yet
-read for the first ``TTL_S`` after a process starts (a fresh start on a backlog: the first to
-read must not run ahead of the others' first fetch).
-
-Only a process that is itself catching up waits: one whose earliest record still to hand over is
-more than ``REPLAY_BEHIND_S`` behind the wall clock.  Live, nothing waits for anyone (a process
-restoring a large store, or catching up a partition it took over, never holds live traffic of
-the others; the records it then writes late are late as they would be without this).
+is killed), its new owner says its last owner's word again (the last heard since it started; the
+beginning of time if none) while it restores the partition's stores or waits for its first
+records, so the others do not run ahead of it meanwhile, however long the restore.  A word not
+renewed for ``TTL_S`` (longer than a killed member's session timeout and the rebalance after it)
+stops counting, and so does the whole topic out of reach: each process then aligns its own
+partitions alone, as without this.  A process reads the topic from its end at its start (what an
+earlier run left there is not where the partitions stand now: after a replay from the start, it
+let a process run ahead), and a partition not heard of counts as not read yet for the first
+``TTL_S`` after it starts (every owner says its word within ``QUIET_HEARTBEAT_S``).
 """
 
 from __future__ import annotations
@@ -40,13 +44,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from confluent_kafka import (
-    OFFSET_BEGINNING,
+    OFFSET_END,
     Consumer,
     KafkaError,
     KafkaException,
@@ -56,18 +60,20 @@ from confluent_kafka import (
 )
 
 from vigil.hub.topics import TopicSpec
-from vigil.stream.alignment import REPLAY_BEHIND_S, TP
+from vigil.stream.alignment import TP
 
 log = logging.getLogger(__name__)
 
 #: A word counts this long after it was heard (seconds; see the module docstring): longer than
-#: Kafka's default session timeout (45 s) and the rebalance that gives a killed member's
-#: partitions to another.
+#: the runtime's session timeout (10 s; Kafka's default 45 s) and the rebalance that gives a
+#: killed member's partitions to another.
 TTL_S = 60.0
 #: A partition's word is published at most this often while it moves (seconds), and at least
-#: this often while it stands (a heartbeat).
+#: this often while it stands (a heartbeat); the word of one with nothing to read less often (a
+#: live application's words say so, and need not fill the topic).
 PUBLISH_EVERY_S = 0.05
 HEARTBEAT_S = 1.0
+QUIET_HEARTBEAT_S = 5.0
 #: Waiting for another process is logged at most this often (seconds).
 _LOG_EVERY_S = 10.0
 #: A word below any event time (not read yet): JSON has no infinity.
@@ -129,7 +135,6 @@ class PeerFloors:
         #: The application's input partitions, by word key.
         self.partitions = {word_key(tp): tp for tp in partitions}
         self.started_at = now
-        self.wall: Callable[[], float] = time.time
         self.words: dict[TP, _Heard] = {}
 
     def heard(self, key: str, word: Word | None, now: float) -> None:
@@ -163,13 +168,18 @@ class PeerFloors:
                 found = (tp, at, by)
         return found
 
-    def cap(self, pending: float | None, owned: Iterable[TP], now: float) -> float:
-        """The event time up to which this process may release records (``inf``: no limit),
-        given ``pending``, the earliest event time it has still to hand over (``None``: none)."""
-        if pending is None or pending >= self.wall() - REPLAY_BEHIND_S:
-            return math.inf  # live (or nothing to hand over): it waits for nobody
+    def cap(self, owned: Iterable[TP], now: float) -> float:
+        """The event time up to which this process may release records while it catches up
+        (``inf``: no limit): the lowest word of the partitions it does not own plus the skew."""
         slowest = self.slowest(owned, now)
         return math.inf if slowest is None else max(slowest[1], _BEGINNING) + self.skew_s
+
+    def said(self, tp: TP) -> float | None:
+        """The word to say for a partition this process owns but has not read yet (restoring its
+        stores, or waiting for its first records): its last owner's, as last heard (expired or
+        not), or the beginning of time if none was heard since the start."""
+        heard = self.words.get(tp)
+        return _BEGINNING if heard is None else heard.word.at
 
 
 class PeerChannel:
@@ -190,9 +200,8 @@ class PeerChannel:
             {**producer_conf, "error_cb": self._on_error, "on_delivery": self._on_delivery}
         )
         self._consumer = Consumer({**consumer_conf, "enable.auto.commit": False, "error_cb": self._on_error})
-        self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-        #: The offset after the last word read.
-        self._read_to = 0
+        # From its end: see the module docstring.
+        self._consumer.assign([TopicPartition(topic, 0, OFFSET_END)])
         #: Per partition owned: the word last sent and when (monotonic).
         self._sent: dict[TP, tuple[float | None, float]] = {}
         self._published_at = -math.inf
@@ -229,7 +238,11 @@ class PeerChannel:
             if at is not None and not at > _BEGINNING:
                 at = _BEGINNING
             sent = self._sent.get(tp)
-            if sent is not None and sent[0] == at and now - sent[1] < HEARTBEAT_S:
+            if (
+                sent is not None
+                and sent[0] == at
+                and now - sent[1] < (QUIET_HEARTBEAT_S if at is None else HEARTBEAT_S)
+            ):
                 continue
             try:
                 self._producer.produce(self.topic, _encode(Word(at, member)), word_key(tp))
@@ -243,28 +256,6 @@ class PeerChannel:
             self._producer.poll(0)
         except KafkaException as exc:
             self._warn(f"publishing: {exc}")
-
-    def catch_up(self, timeout_s: float) -> None:
-        """Read the words already published (up to the topic's end as of now, for at most
-        ``timeout_s``): a process that started knowing nothing ran ahead of the others until its
-        first fetch of the topic came back."""
-        deadline = time.monotonic() + timeout_s
-        try:
-            _, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, 0), timeout=timeout_s)
-        except KafkaException as exc:
-            self._warn(f"reading: {exc}")
-            return
-        while self._read_to < high:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self._warn(f"read {self._read_to:,} of its {high:,} words in {timeout_s:g} s")
-                return
-            try:
-                msgs = self._consumer.consume(1000, min(left, 0.1))
-            except KafkaException as exc:
-                self._warn(f"reading: {exc}")
-                return
-            self._take(msgs, time.monotonic())
 
     def poll(self, now: float) -> None:
         """Take in what was published since the last call (never waits)."""
@@ -282,7 +273,6 @@ class PeerChannel:
                 if error.code() != KafkaError._PARTITION_EOF:
                     self._warn(f"reading: {error.str()}")
                 continue
-            self._read_to = max(self._read_to, (msg.offset() or 0) + 1)
             key, value = msg.key(), msg.value()
             if key is None:
                 continue
@@ -294,25 +284,26 @@ class PeerChannel:
                 continue
             self.floors.heard(name, word, now)
 
-    def cap(self, local: float, pending: float | None, owned: Iterable[TP], now: float) -> float:
-        """Take in the others' words and return the release limit: ``local`` (this process's
-        alignment's), capped while it catches up (``pending``: the earliest event time it has
-        still to hand over) by the lowest word of the partitions it does not own plus the skew."""
-        self.poll(now)
-        return min(local, self.floors.cap(pending, owned, now))
+    def cap(self, local: float, owned: Iterable[TP], now: float) -> float:
+        """The release limit of a process catching up: ``local`` (its alignment's), capped by the
+        lowest word of the partitions it does not own plus the skew (:meth:`PeerFloors.cap`;
+        :meth:`poll` first)."""
+        return min(local, self.floors.cap(owned, now))
 
     def note(self, held: bool, owned: Iterable[TP], now: float) -> None:
-        """Whether the cap held records back on this pass: counted when it begins, and logged (at
-        most every ``_LOG_EVERY_S``: in step with a slower process, it begins and ends many times
-        a second)."""
+        """Whether the cap held records back on this pass: counted when a wait begins, and logged
+        (at most every ``_LOG_EVERY_S``: in step with a slower process, waits begin and end many
+        times a second)."""
         slowest = self.floors.slowest(owned, now) if held else None
         tp = None if slowest is None else slowest[0]
         if tp == self.held_by:
             return
+        began = self.held_by is None
         self.held_by = tp
         if slowest is None:
             return
-        self.waits += 1
+        if began:
+            self.waits += 1
         if now - self._logged_at >= _LOG_EVERY_S:
             self._logged_at = now
             log.info(
