@@ -2179,8 +2179,8 @@ class Application:
             first = min(head, at)
             words[tp] = None if first == math.inf else first
         for task in self._restoring.values():
-            for tp in task.partitions:
-                key = (tp.topic, tp.partition)
+            for restoring in task.partitions:
+                key = (restoring.topic, restoring.partition)
                 words[key] = said(key)
         return words
 
