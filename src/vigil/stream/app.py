@@ -1120,6 +1120,10 @@ class Application:
         #: ``None``: each aligns alone.
         self.peer_skew_s = peer_skew_s
         self._peers: PeerChannel | None = None
+        #: Exactly-once with peer alignment: per partition, the event time of the first record
+        #: released since the last commit (its outputs are not final until then: an aborted
+        #: transaction's are processed again, after what the others wrote meanwhile).
+        self._unfinal: dict[TP, float] = {}
         self._consumer_overrides = dict(consumer_overrides or {})
         self._producer_overrides = dict(producer_overrides or {})
         self.stores: dict[str, StoreSpec] = {}
@@ -1998,12 +2002,15 @@ class Application:
                 capped = dict(zip(mine, counts, strict=True))
         runs: dict[int, list[list[Record[Any]]]] = {}
         count = skipped = 0
+        uncommitted = self._unfinal if self._eos and self._peers is not None else None
         for tp, buf in self._buffers.items():
             if not buf or tp not in owned or buf[0][0] > limit:
                 continue
             take = len(buf) if capped is None else capped[tp]
             if not take:
                 continue
+            if uncommitted is not None and tp not in uncommitted:
+                uncommitted[tp] = buf[0][0]
             out: list[Record[Any]] = []
             last = -1
             while take and buf and buf[0][0] <= limit:
@@ -2158,7 +2165,8 @@ class Application:
     def _peer_words(self, peers: PeerChannel) -> dict[TP, float | None]:
         """Where each partition owned stands (:mod:`vigil.stream.peers`): the event time of its
         earliest record waiting, or of the latest read while it holds the others back (more to
-        read); ``None``: neither (nothing to read, an empty partition included).  One being
+        read), or exactly-once of the first released since the last commit (not final until then);
+        ``None``: none of these (nothing to read, an empty partition included).  One being
         restored, or with records to read and none read yet, says its last owner's word again
         (a restore longer than the words' expiry let the others run ahead of it)."""
         alignment = self.alignment
@@ -2166,6 +2174,7 @@ class Application:
         if alignment is None:
             return words
         lanes, holding, buffers, said = alignment.lanes, alignment.holding, self._buffers, peers.floors.said
+        uncommitted = self._unfinal
         for tp in self._owned:
             lane = lanes.get(tp)
             if lane is None:
@@ -2176,7 +2185,7 @@ class Application:
                 continue
             head = buf[0][0] if buf else math.inf
             at = lane.event_time if tp in holding and lane.event_time is not None else math.inf
-            first = min(head, at)
+            first = min(head, at, uncommitted.get(tp, math.inf))
             words[tp] = None if first == math.inf else first
         for task in self._restoring.values():
             for restoring in task.partitions:
@@ -2867,6 +2876,7 @@ class Application:
             self._retrying(lambda: producer.commit_transaction(self._txn_call_s()))
             self._in_txn = False
             self._txn_began = None
+            self._unfinal.clear()
             self._renewals = 0
             self._aborted_checkpoints = 0
             if offsets:  # (the group's metadata checked: still this member's partitions)
