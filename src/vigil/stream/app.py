@@ -497,6 +497,12 @@ ALIGNMENT_MAX_BUFFERED = 5_000
 #: nothing arrives (idle partitions stop holding the others back after ``idle_s``, or on a
 #: replay ten times that).
 _ALIGN_IDLE_EVERY_S = 0.01
+#: Peer alignment (see _release): how long a process starting to catch up holds its backlog for
+#: the others' fresh words (their words come every PUBLISH_EVERY_S, read within a fetch wait),
+#: and how far ahead of the wall clock a record may be dated and still count as where its
+#: partition has reached.
+PEER_GRACE_S = 0.25
+_FUTURE_TOLERANCE_S = 60.0
 #: Guarantee-bearing client settings an application's own overrides may still change (refused in
 #: ``kafka_client_options``, which apply to every client): each application bounds its own sends
 #: and transactions (a slow takeover, a test's short timeout; the runtime keeps message.timeout.ms
@@ -1124,6 +1130,12 @@ class Application:
         #: released since the last commit (its outputs are not final until then: an aborted
         #: transaction's are processed again, after what the others wrote meanwhile).
         self._unfinal: dict[TP, float] = {}
+        #: With peer alignment: per partition, the latest event time released (see _release);
+        #: since when a partition has had a backlog's records waiting; whether the others' cap
+        #: held records back in the last release.
+        self._released_at: dict[TP, float] = {}
+        self._catching_up_since: float | None = None
+        self._peer_held = False
         self._consumer_overrides = dict(consumer_overrides or {})
         self._producer_overrides = dict(producer_overrides or {})
         self.stores: dict[str, StoreSpec] = {}
@@ -1974,8 +1986,9 @@ class Application:
             )
             raise PipelineError(msg)
 
-    def _release(self, limit: float) -> None:
-        """Aligned: hand the buffered records up to event time ``limit`` to the operators.
+    def _release(self, limit: float, peer_cap: float | None = None) -> None:
+        """Aligned: hand the buffered records up to event time ``limit`` to the operators (and
+        with peer alignment, a partition's records of a backlog up to ``peer_cap``: see below).
 
         Each partition's records go in offset order (a partition stops at its first record past
         the limit), so the offsets to commit are always those of a released prefix.  The released
@@ -2002,20 +2015,55 @@ class Application:
                 capped = dict(zip(mine, counts, strict=True))
         runs: dict[int, list[list[Record[Any]]]] = {}
         count = skipped = 0
-        uncommitted = self._unfinal if self._eos and self._peers is not None else None
+        uncommitted = self._unfinal if self._eos and peer_cap is not None else None
+        # Peer alignment (vigil.stream.peers): a partition whose next record belongs to a backlog
+        # (older than REPLAY_BEHIND_S, and not older than what the partition released before: a
+        # late record is late already) releases only up to the others' cap; the first time it
+        # catches up, nothing of its backlog for PEER_GRACE_S (the others' words are of before:
+        # "nothing to read", and the first to read its share of a new backlog released it all).
+        backlog_before = released_at = None
+        if peer_cap is not None:
+            backlog_before = time.time() - REPLAY_BEHIND_S
+            released_at = self._released_at
+            if not self._caught_up_pending(backlog_before):
+                self._catching_up_since = None
+            elif self._catching_up_since is None:
+                self._catching_up_since = time.monotonic()
+            if time.monotonic() - (self._catching_up_since or -math.inf) < PEER_GRACE_S:
+                peer_cap = -math.inf
+        self._peer_held = False
+        # (Judged record by record: a record dated ahead of the wall clock in a backlog, or the
+        # backlog's tail read up to the present, let the rest of the partition go uncapped.)
+        capping = peer_cap is not None and backlog_before is not None and peer_cap < limit
+        cap_at = peer_cap if peer_cap is not None else math.inf
+        before = backlog_before if backlog_before is not None else -math.inf
+        # (A record dated ahead of the wall clock is not where its partition has reached: taken
+        # for it, every record after it looked late, and went uncapped.)
+        ahead_of = before + REPLAY_BEHIND_S + _FUTURE_TOLERANCE_S
         for tp, buf in self._buffers.items():
             if not buf or tp not in owned or buf[0][0] > limit:
                 continue
             take = len(buf) if capped is None else capped[tp]
             if not take:
                 continue
-            if uncommitted is not None and tp not in uncommitted:
-                uncommitted[tp] = buf[0][0]
+            reached = -math.inf if released_at is None else released_at.get(tp, -math.inf)
             out: list[Record[Any]] = []
             last = -1
-            while take and buf and buf[0][0] <= limit:
+            popped = 0
+            while take and buf:
+                at = buf[0][0]
+                if at > limit:
+                    break
+                if capping and cap_at < at and reached <= at < before:
+                    self._peer_held = True  # (a backlog's record, in order, past the others' cap)
+                    break
                 take -= 1
+                popped += 1
                 _, item = buf.popleft()
+                if uncommitted is not None and tp not in uncommitted:
+                    uncommitted[tp] = at
+                if reached < at <= ahead_of:
+                    reached = at
                 if isinstance(item, Record):
                     out.append(item)
                     last = item.offset
@@ -2026,7 +2074,11 @@ class Application:
                     self._dead_letter(*item)
                     last = item[2]
                 count += 1
+            if not popped:
+                continue
             offsets[tp] = last + 1
+            if released_at is not None:
+                released_at[tp] = reached
             if out:
                 runs.setdefault(tp[1], []).append(out)
         if not count:
@@ -2119,20 +2171,20 @@ class Application:
             left = memo[tp] = lag_now(tp)
             return left
 
-        limit = local = alignment.limit(now, lag)
+        limit = alignment.limit(now, lag)
         peers = self._peers
+        peer_cap = math.inf
         if peers is not None:
             peers.poll(now)
-            if self._catching_up():
-                limit = peers.cap(local, self._owned, now)
+            peer_cap = peers.floors.cap(self._owned, now)
         if self._start_lag_failed:
             # Asked again last (see _start_lag): first in order, it took every turn.
             alignment.last(self._start_lag_failed)
             self._start_lag_failed.clear()
-        self._release(limit)
+        self._release(limit, peer_cap if peers is not None else None)
         buffers = self._buffers
         if peers is not None and peers.due(now):
-            self._publish_words(peers, limit if limit < local else math.inf, now)
+            self._publish_words(peers, now)
         # (What is left after the release decides: see Alignment.plan.)
         pause, resume = alignment.plan(limit, lambda tp: len(buffers.get(tp, ())))
         if pause:
@@ -2144,21 +2196,13 @@ class Application:
         self.metrics.paused = sorted(tp for tp, lane in alignment.lanes.items() if lane.paused)
         self.metrics.alignment_pauses = alignment.pauses
 
-    def _catching_up(self) -> bool:
-        """Whether a partition owned with records to hand over (more to read, or waiting in its
-        buffer) has read nothing newer than ``REPLAY_BEHIND_S`` before the wall clock: then the
-        others' words cap what it releases (:mod:`vigil.stream.peers`).  A partition whose latest
-        record read is recent is live, a late record waiting in it or not."""
-        alignment = self.alignment
-        if alignment is None:
-            return False
-        recent = time.time() - REPLAY_BEHIND_S
-        lanes, holding, buffers = alignment.lanes, alignment.holding, self._buffers
-        for tp in self._owned:
-            lane = lanes.get(tp)
-            if lane is None or lane.event_time is None or lane.event_time >= recent:
-                continue
-            if tp in holding or buffers.get(tp):
+    def _caught_up_pending(self, backlog_before: float) -> bool:
+        """Whether a partition owned has a record of a backlog waiting in order (older than
+        ``backlog_before``, and not older than what the partition released before)."""
+        released_at = self._released_at
+        owned = self._owned
+        for tp, buf in self._buffers.items():
+            if buf and tp in owned and released_at.get(tp, -math.inf) <= buf[0][0] < backlog_before:
                 return True
         return False
 
@@ -2181,7 +2225,8 @@ class Application:
                 continue
             buf = buffers.get(tp)
             if lane.restoring or (lane.event_time is None and not buf and tp in holding):
-                words[tp] = said(tp)
+                known = self._start_lags.get(tp)
+                words[tp] = None if known is not None and known[1] == 0 else said(tp)
                 continue
             head = buf[0][0] if buf else math.inf
             at = lane.event_time if tp in holding and lane.event_time is not None else math.inf
@@ -2190,17 +2235,18 @@ class Application:
         for task in self._restoring.values():
             for restoring in task.partitions:
                 key = (restoring.topic, restoring.partition)
-                words[key] = said(key)
+                known = self._start_lags.get(key)
+                # (Nothing to read: it holds nobody, as in its own alignment.  Said as not read
+                # yet, it held every process catching up for the whole restore: found in review.)
+                words[key] = None if known is not None and known[1] == 0 else said(key)
         return words
 
-    def _publish_words(self, peers: PeerChannel, capped: float, now: float) -> None:
+    def _publish_words(self, peers: PeerChannel, now: float) -> None:
         """Publish the partitions' words as they are after the release, and note whether the
-        others' cap (``capped``; ``inf``: it did not bind) held records back."""
+        others' cap held records back in it."""
         peers.publish(self._peer_words(peers), now)
-        buffers, owned = self._buffers, self._owned
-        waiting = min((buf[0][0] for tp, buf in buffers.items() if buf and tp in owned), default=math.inf)
         waits = peers.waits
-        peers.note(capped < waiting < math.inf, owned, now)
+        peers.note(self._peer_held, self._owned, now)
         if peers.waits > waits:
             self.prometheus.peer_waits.labels(self.name).inc()
 

@@ -13,30 +13,39 @@ event time from which it has records still to hand its operators (the earliest o
 the latest one read while the partition has more to read; none when it has nothing to read), to
 the application's compacted topic ``<app>.peers``, keyed by the partition (a *word*; at most every
 ``PUBLISH_EVERY_S`` when it moved, and again every ``HEARTBEAT_S``, ``QUIET_HEARTBEAT_S`` for a
-partition with nothing to read).  A process catching up (one of its partitions with records to
-hand over has read nothing newer than ``REPLAY_BEHIND_S`` before the wall clock) releases
-records to its operators only up to the lowest word of the partitions it does not own plus
+partition with nothing to read).  A partition catching up (its next record older than
+``REPLAY_BEHIND_S``, and in order: not older than what it released before) releases records to its
+operators only up to the lowest word of the partitions the process does not own plus
 ``peer_skew_s`` (Flink's watermark alignment across a source's readers, with Kafka as the
-coordinator); what waits fills its partitions' buffers, which pauses them as alignment does
-within a process.  Then whatever a process writes of a backlog is at most ``peer_skew_s`` ahead of
-what the others will still write (plus what the others released and still have on their way to
-Kafka: the producer's linger, or exactly-once its transaction).  The partition with the lowest
-word is never held back by the others (its owner's cap lies above it), so they cannot wait on
-each other for ever.  A live process never waits: not for a partition caught up elsewhere, a
-process restoring a store, or a late record of its own (a partition whose latest record read is
-recent is live, whatever came before it; judged by its earliest record waiting, one late record
-made every live record of the process wait for the slowest other: found in review).
+coordinator); what waits fills its buffer, which pauses it as alignment does within a process.
+Then whatever a process writes of a backlog is at most ``peer_skew_s`` ahead of what the others
+will still write (plus what the others released and still have on their way to Kafka: the
+producer's linger; exactly-once, a word is no later than the first record released since the
+last commit, whose outputs an abort would send again).  The partition with the lowest word is
+never held back by the others (its owner's cap lies above it), so they cannot wait on each other
+for ever.  A process that starts catching up holds its backlog ``PEER_GRACE_S`` for the others'
+fresh words (a backlog arriving while all were live: their words said "nothing to read", and the
+first to read its share released it all).  Live records never wait: a partition whose next record
+is recent, or late (older than what it released: late already), is released as alignment says,
+whatever the others do (judged by the latest record read, the tail of every catch-up and a record
+dated in the future switched peer alignment off; judged by the process's earliest record waiting,
+one late record made every live record wait for the slowest other: found in review).
 
 Words are the partitions', not the processes': when a partition moves (a process joins, leaves or
 is killed), its new owner says its last owner's word again (the last heard since it started; the
 beginning of time if none) while it restores the partition's stores or waits for its first
-records, so the others do not run ahead of it meanwhile, however long the restore.  A word not
-renewed for ``TTL_S`` (longer than a killed member's session timeout and the rebalance after it)
-stops counting, and so does the whole topic out of reach: each process then aligns its own
-partitions alone, as without this.  A process reads the topic from its end at its start (what an
-earlier run left there is not where the partitions stand now: after a replay from the start, it
-let a process run ahead), and a partition not heard of counts as not read yet for the first
-``TTL_S`` after it starts (every owner says its word within ``QUIET_HEARTBEAT_S``).
+records, so the others do not run ahead of it meanwhile, however long the restore (one with
+nothing to read says so: it holds nobody).  A word not renewed for ``TTL_S`` (longer than a killed
+member's session timeout and the rebalance after it) stops counting, and so does the whole topic
+out of reach: each process then aligns its own partitions alone, as without this.  A process reads
+the topic from its end at its start (what an earlier run left there is not where the partitions
+stand now: after a replay from the start, it let a process run ahead), and a partition not heard
+of counts as not read yet for the first ``TTL_S`` after it starts (every owner says its word within
+``QUIET_HEARTBEAT_S``).
+
+Limits: words are renewed between batches, so a process whose operators take longer than
+``TTL_S`` over one release is taken for gone meanwhile, and the others run ahead of it; partitions
+added to an input while the processes run are left out of the others' view until they restart.
 """
 
 from __future__ import annotations
@@ -283,12 +292,6 @@ class PeerChannel:
                 self._warn(f"an unreadable word at offset {msg.offset()} (key {name[:80]!r}): {exc}")
                 continue
             self.floors.heard(name, word, now)
-
-    def cap(self, local: float, owned: Iterable[TP], now: float) -> float:
-        """The release limit of a process catching up: ``local`` (its alignment's), capped by the
-        lowest word of the partitions it does not own plus the skew (:meth:`PeerFloors.cap`;
-        :meth:`poll` first)."""
-        return min(local, self.floors.cap(owned, now))
 
     def note(self, held: bool, owned: Iterable[TP], now: float) -> None:
         """Whether the cap held records back on this pass: counted when a wait begins, and logged

@@ -21,7 +21,7 @@ from tests.unit.stream.test_app_align import Reading, Seen
 from vigil.config import load_settings
 from vigil.errors import ConfigError
 from vigil.stream.alignment import REPLAY_BEHIND_S, TP, Alignment
-from vigil.stream.app import Application, _KafkaContext, _PartitionTask
+from vigil.stream.app import PEER_GRACE_S, Application, _KafkaContext, _PartitionTask
 from vigil.stream.base import Guarantee, Record
 from vigil.stream.peers import _BEGINNING, TTL_S, PeerChannel, PeerFloors, Word, peers_topic_spec, word_key
 
@@ -187,12 +187,17 @@ def test_catching_up_the_runtime_releases_nothing_past_the_others_word_plus_the_
     app._consumed[P0] = 8
     alignment.observe(P0, OLD + 350, now)
     app._align()
+    # Starting to catch up, it holds its backlog a moment for the others' fresh words.
+    assert op.offsets == []
+    app._catching_up_since = time.monotonic() - PEER_GRACE_S
+    channel._published_at = -math.inf
+    app._align()
     assert op.offsets == [(0, 0), (0, 1), (0, 2), (0, 3)]  # up to OLD + 150 (the cap OLD + 160)
     # What it published: where P0 stands after the release: its earliest record waiting, or
     # exactly-once the first released since the last commit (an aborted transaction's outputs
     # are processed again after what the others wrote meanwhile: 490 s out of order in the
     # broker test with a 60 s skew).
-    assert channel.published == [{P0: OLD if guarantee == "exactly_once" else OLD + 200}]
+    assert channel.published[-1] == {P0: OLD if guarantee == "exactly_once" else OLD + 200}
     assert channel.waits == 1
     # The slower partition moves on: so does it.
     say(f, P1, OLD + 300, time.monotonic())
@@ -224,11 +229,49 @@ def test_a_live_partition_with_a_late_record_waits_for_nobody(tmp_path: Path) ->
     app._tasks[0] = task
     app._owned.add(P0)
     app._buffers[P0] = deque([_record(P0, 0, OLD + 3_000), _record(P0, 1, LIVE)])
+    app._released_at[P0] = LIVE - 10.0  # (it released live records before)
     app._consumed[P0] = 2
     alignment.observe(P0, LIVE, now)
     app._align()
     assert op.offsets == [(0, 0), (0, 1)]
     assert channel.waits == 0
+
+
+def test_the_tail_of_a_backlog_and_a_record_dated_ahead_stay_capped(tmp_path: Path) -> None:
+    # Judged by the latest record read, a process whose reading had reached the present (the
+    # tail of every catch-up), or had read one record dated a day ahead, counted as live and
+    # released its whole backlog at once (hours out of order: found in review).
+    op = Seen()
+    app = offline_app(tmp_path, operators=[op], max_event_time_skew_s=10.0, peer_skew_s=60.0)
+    app.alignment = alignment = Alignment(10.0, 60.0, max_buffered=10)
+    app._consumer = Reading()
+    f = floors()
+    now = time.monotonic()
+    say(f, P1, OLD + 100, now)
+    app._peers = Words(f)
+    app._catching_up_since = now - PEER_GRACE_S
+    alignment.add([P0], now)
+    task = _PartitionTask(0)
+    task.contexts = [(op, _KafkaContext(app, task, op))]
+    app._tasks[0] = task
+    app._owned.add(P0)
+    ahead = time.time() + 86_400.0
+    app._buffers[P0] = deque(
+        [
+            _record(P0, 0, OLD),
+            _record(P0, 1, ahead),
+            *(_record(P0, 2 + i, OLD + 50 * (i + 1)) for i in range(4)),
+            _record(P0, 6, LIVE),
+        ]
+    )
+    app._consumed[P0] = 7
+    alignment.observe(P0, ahead, now)
+    app._align()
+    # The record dated ahead is not a backlog's (released as alignment says), and does not
+    # count as where P0 has reached: what follows it is capped (OLD + 160).
+    assert [o for _, o in op.offsets] == [0, 1, 2, 3, 4]
+    assert next(at for at, _ in app._buffers[P0]) == OLD + 200
+    assert app._released_at[P0] == OLD + 150
 
 
 def test_a_partition_restored_or_not_read_yet_says_its_last_owners_word(tmp_path: Path) -> None:
@@ -244,12 +287,16 @@ def test_a_partition_restored_or_not_read_yet_says_its_last_owners_word(tmp_path
     restoring = _PartitionTask(0)
     restoring.partitions = [TopicPartition(*P0)]
     app._restoring[0] = restoring
+    other = _PartitionTask(3)
+    other.partitions = [TopicPartition("in", 3)]
+    app._restoring[3] = other
+    app._start_lags[("in", 3)] = (now, 0)  # (nothing to read: it holds nobody, as in its alignment)
     alignment.observe(P2, LIVE, now)
     alignment.limit(now, lambda tp: 5 if tp == P1 else 0)  # (records left in P1 alone)
     # P0 being restored: no word heard of it, the beginning of time; P1 not read from yet: its
     # last owner's word again (a restore longer than the expiry let the others run ahead: found
     # in review); P2 at its end: None.
-    assert app._peer_words(channel) == {P0: _BEGINNING, P1: OLD + 100, P2: None}
+    assert app._peer_words(channel) == {P0: _BEGINNING, P1: OLD + 100, P2: None, ("in", 3): None}
     app._buffers[P1] = deque([_record(P1, 0, OLD + 200)])
     assert app._peer_words(channel)[P1] == OLD + 200
     # A partition with nothing to read says so, read from or not (an empty one had no word, and
