@@ -502,6 +502,8 @@ _ALIGN_IDLE_EVERY_S = 0.01
 #: and how far ahead of the wall clock a record may be dated and still count as where its
 #: partition has reached.
 PEER_GRACE_S = 0.25
+#: ...once after nothing of a backlog waited for this long (seconds).
+PEER_LULL_S = 1.0
 _FUTURE_TOLERANCE_S = 60.0
 #: Guarantee-bearing client settings an application's own overrides may still change (refused in
 #: ``kafka_client_options``, which apply to every client): each application bounds its own sends
@@ -1134,7 +1136,8 @@ class Application:
         #: since when a partition has had a backlog's records waiting; whether the others' cap
         #: held records back in the last release.
         self._released_at: dict[TP, float] = {}
-        self._catching_up_since: float | None = None
+        self._catching_up_since = -math.inf
+        self._backlog_seen_at = -math.inf
         self._peer_held = False
         self._consumer_overrides = dict(consumer_overrides or {})
         self._producer_overrides = dict(producer_overrides or {})
@@ -2025,11 +2028,13 @@ class Application:
         if peer_cap is not None:
             backlog_before = time.time() - REPLAY_BEHIND_S
             released_at = self._released_at
-            if not self._caught_up_pending(backlog_before):
-                self._catching_up_since = None
-            elif self._catching_up_since is None:
-                self._catching_up_since = time.monotonic()
-            if time.monotonic() - (self._catching_up_since or -math.inf) < PEER_GRACE_S:
+            now = time.monotonic()
+            if self._caught_up_pending(backlog_before):
+                # (A lull between bursts of one catch-up is no new start: the grace once.)
+                if now - self._backlog_seen_at > PEER_LULL_S:
+                    self._catching_up_since = now
+                self._backlog_seen_at = now
+            if now - self._catching_up_since < PEER_GRACE_S and self._shares_inputs():
                 peer_cap = -math.inf
         self._peer_held = False
         # (Judged record by record: a record dated ahead of the wall clock in a backlog, or the
@@ -2046,7 +2051,7 @@ class Application:
             take = len(buf) if capped is None else capped[tp]
             if not take:
                 continue
-            reached = -math.inf if released_at is None else released_at.get(tp, -math.inf)
+            reached = -math.inf if released_at is None else self._reached(tp, before)
             out: list[Record[Any]] = []
             last = -1
             popped = 0
@@ -2196,13 +2201,37 @@ class Application:
         self.metrics.paused = sorted(tp for tp, lane in alignment.lanes.items() if lane.paused)
         self.metrics.alignment_pauses = alignment.pauses
 
+    def _reached(self, tp: TP, backlog_before: float) -> float:
+        """The event time ``tp`` has released up to, as far as peer alignment is concerned: a
+        record older is late.  A partition that released nothing yet has reached the present if
+        its latest record read is recent (a late record at its head, after a restart, held its
+        live records behind the slowest other process: found in review); else nothing."""
+        reached = self._released_at.get(tp)
+        if reached is not None:
+            return reached
+        alignment = self.alignment
+        lane = None if alignment is None else alignment.lanes.get(tp)
+        latest = None if lane is None else lane.event_time
+        # (Not one dated ahead of the wall clock: it says nothing of where the partition is.)
+        if (
+            latest is not None
+            and backlog_before <= latest <= backlog_before + REPLAY_BEHIND_S + _FUTURE_TOLERANCE_S
+        ):
+            return backlog_before
+        return -math.inf
+
+    def _shares_inputs(self) -> bool:
+        """Whether another process may own some of the input partitions (this one does not own
+        them all): alone, it waits for no one's words."""
+        peers = self._peers
+        return peers is not None and any(tp not in self._owned for tp in peers.floors.partitions.values())
+
     def _caught_up_pending(self, backlog_before: float) -> bool:
         """Whether a partition owned has a record of a backlog waiting in order (older than
-        ``backlog_before``, and not older than what the partition released before)."""
-        released_at = self._released_at
+        ``backlog_before``, and not older than what the partition has reached)."""
         owned = self._owned
         for tp, buf in self._buffers.items():
-            if buf and tp in owned and released_at.get(tp, -math.inf) <= buf[0][0] < backlog_before:
+            if buf and tp in owned and self._reached(tp, backlog_before) <= buf[0][0] < backlog_before:
                 return True
         return False
 
@@ -3759,6 +3788,10 @@ class Application:
         for tp in tps:
             # Not released, so not committed: the next owner (or the rewind) reads them again.
             self._buffers.pop(tp, None)
+            # (Read again from the committed offset, its records are not late for having been
+            # released before: taken for late, they went past the others' cap.)
+            self._released_at.pop(tp, None)
+            self._unfinal.pop(tp, None)  # (its word would say it for ever, idle: found in review)
             self._start_lags.pop(tp, None)
             if tp in self._start_lag_unanswered:
                 self._start_lag_settled(tp)

@@ -228,8 +228,8 @@ def test_a_live_partition_with_a_late_record_waits_for_nobody(tmp_path: Path) ->
     task.contexts = [(op, _KafkaContext(app, task, op))]
     app._tasks[0] = task
     app._owned.add(P0)
+    # (Nothing released yet since the start: its latest record read is what says it is live.)
     app._buffers[P0] = deque([_record(P0, 0, OLD + 3_000), _record(P0, 1, LIVE)])
-    app._released_at[P0] = LIVE - 10.0  # (it released live records before)
     app._consumed[P0] = 2
     alignment.observe(P0, LIVE, now)
     app._align()
@@ -249,7 +249,7 @@ def test_the_tail_of_a_backlog_and_a_record_dated_ahead_stay_capped(tmp_path: Pa
     now = time.monotonic()
     say(f, P1, OLD + 100, now)
     app._peers = Words(f)
-    app._catching_up_since = now - PEER_GRACE_S
+    app._catching_up_since = app._backlog_seen_at = now - PEER_GRACE_S
     alignment.add([P0], now)
     task = _PartitionTask(0)
     task.contexts = [(op, _KafkaContext(app, task, op))]
@@ -305,3 +305,56 @@ def test_a_partition_restored_or_not_read_yet_says_its_last_owners_word(tmp_path
     app._buffers.clear()
     app._restoring.clear()
     assert app._peer_words(channel) == {P1: None, P2: None}
+
+
+def test_a_partition_given_up_or_rewound_forgets_what_it_released(tmp_path: Path) -> None:
+    # Read again from its committed offset (a rewind, or assigned back), its records are not late
+    # for having been released before: taken for late, they went past the others' cap.
+    app = offline_app(tmp_path, max_event_time_skew_s=10.0, peer_skew_s=60.0)
+    app.alignment = alignment = Alignment(10.0, 60.0)
+    alignment.add([P0, P1], time.monotonic())
+    app._released_at.update({P0: OLD + 500, P1: OLD + 400})
+    app._unfinal.update({P0: OLD, P1: OLD})  # (exactly-once: left by a transaction aborted)
+    app._forget_alignment(Reading(), [P0])  # type: ignore[arg-type]
+    assert app._released_at == {P1: OLD + 400}
+    assert app._unfinal == {P1: OLD}
+
+
+def test_the_grace_is_taken_once_a_catch_up_not_after_every_lull(tmp_path: Path) -> None:
+    # Reset on every pass with nothing of a backlog waiting, each burst of one catch-up waited
+    # the grace again (found in review); alone (owning every partition), it waits for nobody.
+    op = Seen()
+    app = offline_app(tmp_path, "at_least_once", operators=[op], max_event_time_skew_s=10.0, peer_skew_s=60.0)
+    app.alignment = alignment = Alignment(10.0, 60.0, max_buffered=10)
+    app._consumer = Reading()
+    f = floors()
+    now = time.monotonic()
+    say(f, P1, None, now)
+    app._peers = Words(f)
+    alignment.add([P0], now)
+    task = _PartitionTask(0)
+    task.contexts = [(op, _KafkaContext(app, task, op))]
+    app._tasks[0] = task
+    app._owned.add(P0)
+    app._buffers[P0] = deque(_record(P0, i, OLD + i) for i in range(3))
+    app._consumed[P0] = 3
+    alignment.observe(P0, OLD + 2, now)
+    app._align()
+    assert op.offsets == []  # the grace: a catch-up begins
+    app._catching_up_since -= PEER_GRACE_S
+    app._align()
+    assert len(op.offsets) == 3
+    app._align()  # (a pass with nothing waiting: a lull)
+    app._buffers[P0] = deque(_record(P0, 3 + i, OLD + 3 + i) for i in range(3))
+    app._consumed[P0] = 6
+    alignment.observe(P0, OLD + 5, time.monotonic())
+    app._align()
+    assert len(op.offsets) == 6  # the same catch-up: no grace again
+    # Owning every input partition, it waits for no one's words: no grace at all.
+    app._owned.update([P1, P2])
+    app._catching_up_since = time.monotonic()
+    app._buffers[P0] = deque([_record(P0, 6, OLD + 6)])
+    app._consumed[P0] = 7
+    alignment.observe(P0, OLD + 6, time.monotonic())
+    app._align()
+    assert len(op.offsets) == 7
