@@ -8,28 +8,31 @@ on a 200,000-event backlog, two detection processes routed hours apart, and the 
 the slower one's events for late (a true alert lost in 3 runs of 3; a broker test's newcomer
 beside a slow member wrote 3,650 s out of order).
 
-So each process publishes, for every input partition it owns, where that partition stands: the
-event time from which it has records still to hand its operators (the earliest one waiting, or
-the latest one read while the partition has more to read; none when it has nothing to read), to
-the application's compacted topic ``<app>.peers``, keyed by the partition (a *word*; at most every
+So each process publishes, for every input partition it owns, where that partition stands: the event
+time from which it has records still to hand its operators (the earliest one waiting, or the latest
+one read while the partition has more to read; none when it has nothing to read), to the
+application's compacted topic ``<app>.peers``, keyed by the partition (a *word*; at most every
 ``PUBLISH_EVERY_S`` when it moved, and again every ``HEARTBEAT_S``, ``QUIET_HEARTBEAT_S`` for a
 partition with nothing to read).  A partition catching up (its next record older than
 ``REPLAY_BEHIND_S``, and in order: not older than what it released before) releases records to its
-operators only up to the lowest word of the partitions the process does not own plus
-``peer_skew_s`` (Flink's watermark alignment across a source's readers, with Kafka as the
-coordinator); what waits fills its buffer, which pauses it as alignment does within a process.
-Then whatever a process writes of a backlog is at most ``peer_skew_s`` ahead of what the others
-will still write (plus what the others released and still have on their way to Kafka: the
-producer's linger; exactly-once, a word is no later than the first record released since the
-last commit, whose outputs an abort would send again).  The partition with the lowest word is
-never held back by the others (its owner's cap lies above it), so they cannot wait on each other
-for ever.  A process that starts catching up holds its backlog ``PEER_GRACE_S`` for the others'
-fresh words (a backlog arriving while all were live: their words said "nothing to read", and the
-first to read its share released it all).  Live records never wait: a partition whose next record
-is recent, or late (older than what it released: late already), is released as alignment says,
-whatever the others do (judged by the latest record read, the tail of every catch-up and a record
-dated in the future switched peer alignment off; judged by the process's earliest record waiting,
-one late record made every live record wait for the slowest other: found in review).
+operators only up to the lowest word of the partitions the process does not own plus ``peer_skew_s``
+(Flink's watermark alignment across a source's readers, with Kafka as the coordinator); what waits
+fills its buffer, which pauses it as alignment does within a process.  Then whatever a process
+writes of a backlog is at most ``peer_skew_s`` ahead of what the others will still write (plus what
+the others released and still have on their way to Kafka: the producer's linger; exactly-once, a
+word is no later than the first record released since the last commit, whose outputs an abort would
+send again).  The partition with the lowest word is never held back by the others for longer than a
+checkpoint interval (its owner's cap lies above its word, exactly-once from its next commit on), so
+they cannot wait on each other for ever.  A process that starts catching up holds its backlog
+``PEER_GRACE_S`` for the others' fresh words (a backlog arriving while all were live: their words
+said "nothing to read", and the first to read its share released it all).  Live records never wait:
+a partition whose next record is recent, or late (older than what it released: late already), is
+released as alignment says, whatever the others do (judged by the latest record read, the tail of
+every catch-up and a record dated in the future switched peer alignment off; judged by the process's
+earliest record waiting, one late record made every live record wait for the slowest other: found in
+review).  A partition that released nothing yet (after a start, or taken over) has reached the
+present if its latest record read is recent: so a backlog read whole in its first fetch up to the
+present goes as live.
 
 Words are the partitions', not the processes': when a partition moves (a process joins, leaves or
 is killed), its new owner says its last owner's word again (the last heard since it started; the
