@@ -1128,10 +1128,6 @@ class Application:
         #: ``None``: each aligns alone.
         self.peer_skew_s = peer_skew_s
         self._peers: PeerChannel | None = None
-        #: Exactly-once with peer alignment: per partition, the event time of the first record
-        #: released since the last commit (its outputs are not final until then: an aborted
-        #: transaction's are processed again, after what the others wrote meanwhile).
-        self._unfinal: dict[TP, float] = {}
         #: With peer alignment: per partition, the latest event time released (see _release);
         #: since when a partition has had a backlog's records waiting; whether the others' cap
         #: held records back in the last release.
@@ -2018,7 +2014,6 @@ class Application:
                 capped = dict(zip(mine, counts, strict=True))
         runs: dict[int, list[list[Record[Any]]]] = {}
         count = skipped = 0
-        uncommitted = self._unfinal if self._eos and peer_cap is not None else None
         # Peer alignment (vigil.stream.peers): a partition whose next record belongs to a backlog
         # (older than REPLAY_BEHIND_S, and not older than what the partition released before: a
         # late record is late already) releases only up to the others' cap; the first time it
@@ -2065,8 +2060,6 @@ class Application:
                 take -= 1
                 popped += 1
                 _, item = buf.popleft()
-                if uncommitted is not None and tp not in uncommitted:
-                    uncommitted[tp] = at
                 if reached < at <= ahead_of:
                     reached = at
                 if isinstance(item, Record):
@@ -2238,8 +2231,7 @@ class Application:
     def _peer_words(self, peers: PeerChannel) -> dict[TP, float | None]:
         """Where each partition owned stands (:mod:`vigil.stream.peers`): the event time of its
         earliest record waiting, or of the latest read while it holds the others back (more to
-        read), or exactly-once of the first released since the last commit (not final until then);
-        ``None``: none of these (nothing to read, an empty partition included).  One being
+        read); ``None``: neither (nothing to read, an empty partition included).  One being
         restored, or with records to read and none read yet, says its last owner's word again
         (a restore longer than the words' expiry let the others run ahead of it)."""
         alignment = self.alignment
@@ -2247,7 +2239,6 @@ class Application:
         if alignment is None:
             return words
         lanes, holding, buffers, said = alignment.lanes, alignment.holding, self._buffers, peers.floors.said
-        uncommitted = self._unfinal
         for tp in self._owned:
             lane = lanes.get(tp)
             if lane is None:
@@ -2259,7 +2250,7 @@ class Application:
                 continue
             head = buf[0][0] if buf else math.inf
             at = lane.event_time if tp in holding and lane.event_time is not None else math.inf
-            first = min(head, at, uncommitted.get(tp, math.inf))
+            first = min(head, at)
             words[tp] = None if first == math.inf else first
         for task in self._restoring.values():
             for restoring in task.partitions:
@@ -2951,7 +2942,6 @@ class Application:
             self._retrying(lambda: producer.commit_transaction(self._txn_call_s()))
             self._in_txn = False
             self._txn_began = None
-            self._unfinal.clear()
             self._renewals = 0
             self._aborted_checkpoints = 0
             if offsets:  # (the group's metadata checked: still this member's partitions)
@@ -3791,7 +3781,6 @@ class Application:
             # (Read again from the committed offset, its records are not late for having been
             # released before: taken for late, they went past the others' cap.)
             self._released_at.pop(tp, None)
-            self._unfinal.pop(tp, None)  # (its word would say it for ever, idle: found in review)
             self._start_lags.pop(tp, None)
             if tp in self._start_lag_unanswered:
                 self._start_lag_settled(tp)
