@@ -19,20 +19,20 @@ operators only up to the lowest word of the partitions the process does not own 
 (Flink's watermark alignment across a source's readers, with Kafka as the coordinator); what waits
 fills its buffer, which pauses it as alignment does within a process.  Then whatever a process
 writes of a backlog is at most ``peer_skew_s`` ahead of what the others will still write (plus what
-the others released and still have on their way to Kafka: the producer's linger; exactly-once, a
-word is no later than the first record released since the last commit, whose outputs an abort would
-send again).  The partition with the lowest word is never held back by the others for longer than a
-checkpoint interval (its owner's cap lies above its word, exactly-once from its next commit on), so
-they cannot wait on each other for ever.  A process that starts catching up holds its backlog
-``PEER_GRACE_S`` for the others' fresh words (a backlog arriving while all were live: their words
-said "nothing to read", and the first to read its share released it all).  Live records never wait:
-a partition whose next record is recent, or late (older than what it released: late already), is
-released as alignment says, whatever the others do (judged by the latest record read, the tail of
-every catch-up and a record dated in the future switched peer alignment off; judged by the process's
-earliest record waiting, one late record made every live record wait for the slowest other: found in
-review).  A partition that released nothing yet (after a start, or taken over) has reached the
-present if its latest record read is recent: so a backlog read whole in its first fetch up to the
-present goes as live.
+the others released and still have on their way to Kafka, the producer's linger; and exactly-once,
+what a transaction aborted at a rebalance sends again after what the others wrote meanwhile: a word
+waiting for the commit made every lock-step round a checkpoint interval, and detection's catch-up
+three times slower).  The partition with the lowest word is never held back by the others (its
+owner's cap lies above its word), so they cannot wait on each other for ever.  A process that starts
+catching up holds its backlog ``PEER_GRACE_S`` for the others' fresh words (a backlog arriving while
+all were live: their words said "nothing to read", and the first to read its share released it all).
+Live records never wait: a partition whose next record is recent, or late (older than what it
+released: late already), is released as alignment says, whatever the others do (judged by the latest
+record read, the tail of every catch-up and a record dated in the future switched peer alignment
+off; judged by the process's earliest record waiting, one late record made every live record wait
+for the slowest other: found in review).  A partition that released nothing yet (after a start, or
+taken over) has reached the present if its latest record read is recent: so a backlog read whole in
+its first fetch up to the present goes as live.
 
 Words are the partitions', not the processes': when a partition moves (a process joins, leaves or
 is killed), its new owner says its last owner's word again (the last heard since it started; the
