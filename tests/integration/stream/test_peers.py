@@ -79,6 +79,19 @@ def member(
     )
 
 
+#: Events of the backlog, in two partitions.
+N = 600
+
+
+def backlog_of(settings: Settings, names: Callable[[str], str], n: int) -> tuple[str, str, str]:
+    """The backlog in a topic of two partitions, an output topic of one, and an application name."""
+    source, output = names("in"), names("out")
+    make_topics(settings, source, partitions=2)
+    make_topics(settings, output, partitions=1)
+    produce(settings, source, backlog(n))
+    return source, output, names("app")
+
+
 def backlog(n: int) -> list[Payment]:
     return [
         Payment(
@@ -126,18 +139,13 @@ def test_a_member_writes_no_further_ahead_of_the_slowest_than_the_peer_skew(
     run_app: Callable[[Application], Running],
     peer_skew_s: float | None,
 ) -> None:
-    source, output = names("in"), names("out")
-    make_topics(settings, source, partitions=2)
-    make_topics(settings, output, partitions=1)
-    n = 600
-    produce(settings, source, backlog(n))
-    name = names("app")
+    source, output, name = backlog_of(settings, names, N)
     slow, fast = Forward(output, per_record_s=0.004), Forward(output)
     first = run_app(member(settings, name, source, slow, "slow", peer_skew_s))
     wait_for(lambda: bool(first.errors) or slow.handed >= 40, 60, "the slow member under way")
     second = run_app(member(settings, name, source, fast, "fast", peer_skew_s))
     wait_for(
-        lambda: bool(first.errors or second.errors) or written(settings, output) >= n,
+        lambda: bool(first.errors or second.errors) or written(settings, output) >= N,
         180,
         "the whole backlog written",
     )
@@ -147,7 +155,7 @@ def test_a_member_writes_no_further_ahead_of_the_slowest_than_the_peer_skew(
     assert not first.errors
     assert not second.errors
     assert fast.handed > 0  # (it took a partition over: the test below can fail)
-    worst = lateness(settings, output, n)
+    worst = lateness(settings, output, N)
     if peer_skew_s is None:
         # The newcomer ran through its partition while the slow member was still far behind.
         assert worst > 10 * PEER_SKEW_S
@@ -188,12 +196,7 @@ def test_exactly_once_a_newcomer_restoring_a_store_says_where_its_partition_stan
     # newcomer restores, it says the partition's last owner's word again (else the slow member
     # ran ahead of it), and its words are made in the restoring partitions' loop (compiled, that
     # loop raised TypeError: found by the unit test).
-    source, output = names("in"), names("out")
-    make_topics(settings, source, partitions=2)
-    make_topics(settings, output, partitions=1)
-    n = 600
-    produce(settings, source, backlog(n))
-    name = names("app")
+    source, output, name = backlog_of(settings, names, N)
     ensure_topics(settings, [changelog_spec(name, COUNTS.id, 2)], owned=True)
     junk = Producer(producer_config(settings, **{"linger.ms": 50}))
     for i in range(200_000):  # (keys no customer has: the counts stay right)
@@ -228,7 +231,7 @@ def test_exactly_once_a_newcomer_restoring_a_store_says_where_its_partition_stan
         )
     )
     wait_for(
-        lambda: bool(first.errors or second.errors) or written(settings, output) >= n,
+        lambda: bool(first.errors or second.errors) or written(settings, output) >= N,
         180,
         "the whole backlog written",
     )
@@ -238,7 +241,7 @@ def test_exactly_once_a_newcomer_restoring_a_store_says_where_its_partition_stan
     assert not second.errors
     assert fast.handed > 0
     assert second.app.metrics.restored_records > 0  # (it restored before it read)
-    worst = lateness(settings, output, n)
+    worst = lateness(settings, output, N)
     if peer_skew_s is None:
         assert worst > 10 * PEER_SKEW_S
     else:

@@ -166,23 +166,32 @@ def _record(tp: TP, offset: int, at: float) -> tuple[float, Record[Any]]:
     return at, Record(event, tp[0], tp[1], offset, None, 0)
 
 
-@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
-def test_catching_up_the_runtime_releases_nothing_past_the_others_word_plus_the_skew(
-    tmp_path: Path, guarantee: Guarantee
-) -> None:
+def running(
+    tmp_path: Path, guarantee: Guarantee = "exactly_once"
+) -> tuple[Application, Seen, Alignment, PeerFloors, Words]:
+    """An application owning P0, aligned and with peer alignment, the others' words in ``f`` as
+    ``channel`` (a stand-in) hears them."""
     op = Seen()
     app = offline_app(tmp_path, guarantee, operators=[op], max_event_time_skew_s=10.0, peer_skew_s=60.0)
     app.alignment = alignment = Alignment(10.0, 60.0, max_buffered=10)
     app._consumer = Reading()
     f = floors()
-    now = time.monotonic()
-    say(f, P1, OLD + 100, now)  # the slower process's partition
     app._peers = channel = Words(f)
-    alignment.add([P0], now)
+    alignment.add([P0], time.monotonic())
     task = _PartitionTask(0)
     task.contexts = [(op, _KafkaContext(app, task, op))]
     app._tasks[0] = task
     app._owned.add(P0)
+    return app, op, alignment, f, channel
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_catching_up_the_runtime_releases_nothing_past_the_others_word_plus_the_skew(
+    tmp_path: Path, guarantee: Guarantee
+) -> None:
+    app, op, alignment, f, channel = running(tmp_path, guarantee)
+    now = time.monotonic()
+    say(f, P1, OLD + 100, now)  # the slower process's partition
     app._buffers[P0] = deque(_record(P0, i, OLD + 50 * i) for i in range(8))  # up to OLD + 350
     app._consumed[P0] = 8
     alignment.observe(P0, OLD + 350, now)
@@ -208,19 +217,9 @@ def test_a_live_partition_with_a_late_record_waits_for_nobody(tmp_path: Path) ->
     # A late record (an hour old, a device's sync) in a partition whose latest record read is
     # recent: the process is live, and the slow process beside it holds nothing back (judged by
     # the earliest record waiting, the whole process waited for the slowest: found in review).
-    op = Seen()
-    app = offline_app(tmp_path, operators=[op], max_event_time_skew_s=10.0, peer_skew_s=60.0)
-    app.alignment = alignment = Alignment(10.0, 60.0, max_buffered=10)
-    app._consumer = Reading()
-    f = floors()
+    app, op, alignment, f, channel = running(tmp_path)
     now = time.monotonic()
     say(f, P1, OLD, now)  # another process hours behind
-    app._peers = channel = Words(f)
-    alignment.add([P0], now)
-    task = _PartitionTask(0)
-    task.contexts = [(op, _KafkaContext(app, task, op))]
-    app._tasks[0] = task
-    app._owned.add(P0)
     # (Nothing released yet since the start: its latest record read is what says it is live.)
     app._buffers[P0] = deque([_record(P0, 0, OLD + 3_000), _record(P0, 1, LIVE)])
     app._consumed[P0] = 2
@@ -234,20 +233,10 @@ def test_the_tail_of_a_backlog_and_a_record_dated_ahead_stay_capped(tmp_path: Pa
     # Judged by the latest record read, a process whose reading had reached the present (the
     # tail of every catch-up), or had read one record dated a day ahead, counted as live and
     # released its whole backlog at once (hours out of order: found in review).
-    op = Seen()
-    app = offline_app(tmp_path, operators=[op], max_event_time_skew_s=10.0, peer_skew_s=60.0)
-    app.alignment = alignment = Alignment(10.0, 60.0, max_buffered=10)
-    app._consumer = Reading()
-    f = floors()
+    app, op, alignment, f, _channel = running(tmp_path)
     now = time.monotonic()
     say(f, P1, OLD + 100, now)
-    app._peers = Words(f)
     app._catching_up_since = app._backlog_seen_at = now - PEER_GRACE_S
-    alignment.add([P0], now)
-    task = _PartitionTask(0)
-    task.contexts = [(op, _KafkaContext(app, task, op))]
-    app._tasks[0] = task
-    app._owned.add(P0)
     ahead = time.time() + 86_400.0
     app._buffers[P0] = deque(
         [
@@ -314,19 +303,9 @@ def test_a_partition_given_up_or_rewound_forgets_what_it_released(tmp_path: Path
 def test_the_grace_is_taken_once_a_catch_up_not_after_every_lull(tmp_path: Path) -> None:
     # Reset on every pass with nothing of a backlog waiting, each burst of one catch-up waited
     # the grace again (found in review); alone (owning every partition), it waits for nobody.
-    op = Seen()
-    app = offline_app(tmp_path, "at_least_once", operators=[op], max_event_time_skew_s=10.0, peer_skew_s=60.0)
-    app.alignment = alignment = Alignment(10.0, 60.0, max_buffered=10)
-    app._consumer = Reading()
-    f = floors()
+    app, op, alignment, f, _channel = running(tmp_path, "at_least_once")
     now = time.monotonic()
     say(f, P1, None, now)
-    app._peers = Words(f)
-    alignment.add([P0], now)
-    task = _PartitionTask(0)
-    task.contexts = [(op, _KafkaContext(app, task, op))]
-    app._tasks[0] = task
-    app._owned.add(P0)
     app._buffers[P0] = deque(_record(P0, i, OLD + i) for i in range(3))
     app._consumed[P0] = 3
     alignment.observe(P0, OLD + 2, now)
