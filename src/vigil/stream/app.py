@@ -2792,26 +2792,39 @@ class Application:
         for producer in (self._running_clients()[0], self._state_producer):
             if producer is None:
                 continue
-            producer.poll(0)  # serve failure reports
-            if len(producer):
-                waited = time.monotonic() - self._sealed[0][0]
-                if not sync and waited < ack_wait_s(self.checkpoint_interval_s):
-                    return
-                remaining = producer.flush(self._txn_call_s())
-                if remaining:
-                    missing = self._missing_outputs()
-                    what = f"{remaining} records not acknowledged in {self._txn_call_s():g}s"
-                    if not missing and self._abandoned_stopping(what):
+            try:
+                producer.poll(0)  # serve failure reports
+                if len(producer):
+                    waited = time.monotonic() - self._sealed[0][0]
+                    if not sync and waited < ack_wait_s(self.checkpoint_interval_s):
                         return
-                    if sync or missing:
-                        msg = f"application {self.name!r}: {what}{missing}"
-                        raise PipelineError(msg)
-                    # A broker out of reach: the seal waits on (nothing is committed meanwhile),
-                    # as exactly-once's commit does; records Kafka never takes fail at their
-                    # message timeout (5 minutes), and that failure stops the application.
-                    # (Raised here, an outage of 35 s stopped every at-least-once stage.)
-                    log.warning("application %s: %s; waiting for the broker", self.name, what)
-                    return
+                    remaining = producer.flush(self._txn_call_s())
+                    if remaining:
+                        missing = self._missing_outputs()
+                        what = f"{remaining} records not acknowledged in {self._txn_call_s():g}s"
+                        if not missing and self._abandoned_stopping(what):
+                            return
+                        if sync or missing:
+                            msg = f"application {self.name!r}: {what}{missing}"
+                            raise PipelineError(msg)
+                        # A broker out of reach: the seal waits on (nothing is committed meanwhile),
+                        # as exactly-once's commit does; records Kafka never takes fail at their
+                        # message timeout (5 minutes), and that failure stops the application.
+                        # (Raised here, an outage of 35 s stopped every at-least-once stage.)
+                        log.warning("application %s: %s; waiting for the broker", self.name, what)
+                        return
+            except KafkaException as exc:
+                # The state producer's fatal error (fenced after a stall past its transaction's
+                # timeout) comes out of its poll too: told apart as the state producer's, it is
+                # renewed (_expired), not raised as the producer of outputs' error (under load, a
+                # stall while a seal's changelog records were on their way stopped the
+                # application here; found in CI, 2026-12-05).
+                if producer is not self._state_producer:
+                    raise
+                wrapped = self._state_call_failed(exc)
+                if wrapped is exc:
+                    raise
+                raise wrapped from exc
         if self._delivery_errors:
             errors, self._delivery_errors = self._delivery_errors, []
             msg = (

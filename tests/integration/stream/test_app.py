@@ -55,8 +55,16 @@ _COORDINATOR_NOT_YET = frozenset(
 )
 
 
-def wait_committed(settings: Settings, group: str, topic: str, count: int, partitions: int = 3) -> None:
-    """Wait until ``group`` has committed offsets past ``count`` records of ``topic``."""
+def wait_committed(
+    settings: Settings,
+    group: str,
+    topic: str,
+    count: int,
+    partitions: int = 3,
+    running: Running | None = None,
+) -> None:
+    """Wait until ``group`` has committed offsets past ``count`` records of ``topic`` (or, given
+    ``running``, until its application failed: its error is raised, not a timeout)."""
     reader = make_consumer(settings, group)
     try:
 
@@ -71,7 +79,12 @@ def wait_committed(settings: Settings, group: str, topic: str, count: int, parti
                 return -1
             return sum(max(tp.offset, 0) for tp in tps)
 
-        wait_for(lambda: committed() == count, 60, f"{group} to commit {count} records of {topic}")
+        def done() -> bool:
+            if running is not None and running.errors:
+                raise running.errors[0]
+            return committed() == count
+
+        wait_for(done, 60, f"{group} to commit {count} records of {topic}")
     finally:
         reader.close()
 
@@ -1314,7 +1327,7 @@ def run_through_the_stall(
     """Run ``app`` until it has committed all 600 records; it went on, renewing its producer."""
     with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
         running = run_app(app)
-        wait_committed(settings, app.name, src, 600)
+        wait_committed(settings, app.name, src, 600, running=running)
         running.stop()
     assert not running.errors
     assert any("past its timeout" in r.getMessage() for r in caplog.records)
