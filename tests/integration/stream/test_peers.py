@@ -139,9 +139,11 @@ def lateness(settings: Settings, topic: str, n: int, again: Collection[str] = ()
     In the order the records were produced, by their create times (one clock: both members run
     here), not the order they reached the log.  What peer alignment orders is what each process
     hands its producer: a member's outputs (``linger.ms`` 5) and its word (``linger.ms`` 0) go
-    through two producers, and under load the other member's records, released on the word,
-    reached the log before outputs produced ahead of them (seen once in 6 loaded runs: 160 s,
-    with nothing processed again)."""
+    through two producers, so the other member's records, released on the word, may reach the
+    log before outputs produced ahead of them (the bound's "on its way to Kafka").  Under load
+    (two busy processes beside), judged in log order the exactly-once test measured 160 s in one
+    run of six and 260 s in one of 18, with nothing processed again; the latter run measured 60 s
+    in produce order."""
     records = [
         (msg.timestamp()[1], msg.offset(), msg.value() or b"") for msg in read_committed(settings, topic)
     ]
@@ -273,9 +275,8 @@ def test_exactly_once_a_newcomer_restoring_a_store_says_where_its_partition_stan
         assert lateness(settings, output, N) > 10 * PEER_SKEW_S
     else:
         # What a checkpoint refused at the rebalance held comes again late (seen in CI: 260 s,
-        # the skew and the slow member's aborted transaction); everything else is judged.  At
-        # most a checkpoint or two of work is processed again (the slow member's, about 25
-        # records an interval; the newcomer waits on it).
+        # ILLEGAL_GENERATION logged); everything else is judged.  At most a checkpoint or two of
+        # work is processed again (a release holds at most 20 records a partition; 34 seen).
         again = processed_again(slow, fast)
-        assert len(again) <= N // 10
+        assert len(again) <= N // 5
         assert lateness(settings, output, N, again) <= PEER_SKEW_S
