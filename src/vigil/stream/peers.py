@@ -19,7 +19,9 @@ operators only up to the lowest word of the partitions the process does not own 
 (Flink's watermark alignment across a source's readers, with Kafka as the coordinator); what waits
 fills its buffer, which pauses it as alignment does within a process.  Then whatever a process
 writes of a backlog is at most ``peer_skew_s`` ahead of what the others will still write (plus what
-the others released and still have on their way to Kafka, the producer's linger; and exactly-once,
+the others released and still have on their way to Kafka: a process's outputs and its words go
+through two producers, and under load the others' records released on a word reached the log before
+outputs produced ahead of them, by up to a release's span, 200 s in the broker test; and exactly-once,
 what a transaction aborted at a rebalance sends again after what the others wrote meanwhile: a word
 waiting for the commit made every lock-step round a checkpoint interval, and detection's catch-up
 three times slower).  The partition with the lowest word is never held back by the others (its
