@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import TIMESTAMP_CREATE_TIME, Producer
 from tests.integration.stream.apps import T0
 from tests.integration.stream.conftest import Running, home_at, make_topics, produce, wait_for
 
@@ -132,21 +132,25 @@ def written(settings: Settings, topic: str) -> int:
     )
 
 
-def lateness(settings: Settings, topic: str, n: int, again: Collection[str] = ()) -> float:
+def lateness(
+    settings: Settings, topic: str, n: int, again: Collection[str] = (), *, produced: bool = True
+) -> float:
     """How far, at most, an output's event time lay behind one handed to Kafka before it (first
     copies; those of ``again``, processed again, are not judged: see :func:`processed_again`).
 
-    In the order the records were produced, by their create times (one clock: both members run
-    here), not the order they reached the log.  What peer alignment orders is what each process
-    hands its producer: a member's outputs (``linger.ms`` 5) and its word (``linger.ms`` 0) go
-    through two producers, so the other member's records, released on the word, may reach the
-    log before outputs produced ahead of them (the bound's "on its way to Kafka").  Under load
-    (two busy processes beside), judged in log order the exactly-once test measured 160 s in one
-    run of six and 260 s in one of 18, with nothing processed again; the latter run measured 60 s
-    in produce order."""
-    records = [
-        (msg.timestamp()[1], msg.offset(), msg.value() or b"") for msg in read_committed(settings, topic)
-    ]
+    ``produced``: in the order the records were produced, by their create times (one clock: both
+    members run here); else in the order they reached the log, as a consumer reads them.  What
+    peer alignment orders is what each process hands its producer: a member's outputs
+    (``linger.ms`` 5) and its word (``linger.ms`` 0) go through two producers, so the other
+    member's records, released on the word, may reach the log before outputs produced ahead of
+    them (the bound's "on its way to Kafka").  Under load (two busy processes beside), in log
+    order the exactly-once test measured 160 s in one run of six and 260 s in one of 18, with
+    nothing processed again; the latter run measured 60 s in produce order."""
+    records: list[tuple[int, int, bytes]] = []
+    for msg in read_committed(settings, topic):
+        kind, ms = msg.timestamp()
+        assert kind == TIMESTAMP_CREATE_TIME  # (a log-append time would judge the log's order)
+        records.append((ms if produced else 0, msg.offset(), msg.value() or b""))
     seen: set[str] = set()
     latest, worst = float("-inf"), 0.0
     for _, _, value in sorted(records):
@@ -192,6 +196,9 @@ def test_a_member_writes_no_further_ahead_of_the_slowest_than_the_peer_skew(
         assert waits == 0
     else:
         assert worst <= PEER_SKEW_S
+        # What a consumer reads: the skew and what was on its way to Kafka (a release's span
+        # here), an order of magnitude under the case alone.
+        assert lateness(settings, output, N, produced=False) < 10 * PEER_SKEW_S
         assert waits is not None
         assert waits > 0  # the newcomer waited for the slow member
 
@@ -280,3 +287,4 @@ def test_exactly_once_a_newcomer_restoring_a_store_says_where_its_partition_stan
         again = processed_again(slow, fast)
         assert len(again) <= N // 5
         assert lateness(settings, output, N, again) <= PEER_SKEW_S
+        assert lateness(settings, output, N, again, produced=False) < 10 * PEER_SKEW_S  # (as above)

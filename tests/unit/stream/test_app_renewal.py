@@ -209,10 +209,16 @@ def test_at_least_once_fenced_changelog_records_do_not_stop_the_renewal(tmp_path
 
 class PollRaises(Made):
     """A fenced producer whose poll raises its fatal error, as the client's does once it has
-    learned of the fence (records still on their way, nothing acknowledged)."""
+    learned of the fence (records still on their way, nothing acknowledged); ``at_flush``: its
+    poll serves nothing and the flush that waits for its records raises instead."""
+
+    def __init__(self, at_flush: bool = False) -> None:
+        self.at_flush = at_flush
 
     def poll(self, timeout: float) -> int:
-        raise FENCED
+        if not self.at_flush:
+            raise FENCED
+        return 0
 
     def __len__(self) -> int:
         return 1
@@ -221,7 +227,7 @@ class PollRaises(Made):
         raise FENCED
 
 
-@pytest.mark.parametrize("whose", ["state", "outputs"])
+@pytest.mark.parametrize("whose", ["state", "state-flush", "outputs"])
 def test_at_least_once_a_fatal_error_out_of_the_complete_steps_poll(tmp_path: Path, whose: str) -> None:
     # The state producer's fatal error after a stall past its transaction's timeout came out of
     # the poll in the checkpoint's "complete" step as the client's plain error, so the loop took
@@ -229,21 +235,28 @@ def test_at_least_once_a_fatal_error_out_of_the_complete_steps_poll(tmp_path: Pa
     # CI, 2026-12-05: 2 of 5 loaded runs of the broker test's mid-encode stall).  The producer
     # of outputs' own fatal error is still not the state transaction's to renew.
     app, made = expired_app(tmp_path, "at_least_once")
-    app._producer = PollRaises() if whose == "outputs" else Outputs()  # type: ignore[assignment]
-    app._state_producer = PollRaises() if whose == "state" else Outputs()  # type: ignore[assignment]
+    state = whose.startswith("state")
+    app._producer = Outputs() if state else PollRaises()  # type: ignore[assignment]
+    app._state_producer = PollRaises(whose == "state-flush") if state else Outputs()  # type: ignore[assignment]
     app._consumer = object()  # type: ignore[assignment]
-    app._sealed.append((0.0, [], []))
+    app._sealed.append((0.0, [], []))  # (sealed long ago: the step waits for its records)
+    app._state_delivery_errors.append("a.changelog.counts[0]: fenced")
     with pytest.raises(KafkaException) as raised:
         app._complete_epochs()
     # (What the loop does with an error out of an iteration: Application._loop.)
     renewed = app._renewed_after_timeout(raised.value)
-    if whose == "state":
+    if state:
         assert isinstance(raised.value, StateProducerFailed)
         assert renewed
         assert len(made) == 1
         assert app._state_producer is made[0]
+        # Back to the last checkpoint: nothing sealed since stands, the transaction is gone.
         assert app._lost
+        assert not app._sealed
+        assert (app._in_txn, app._txn_began) == (False, None)
+        assert app._state_delivery_errors == []
     else:
         assert not isinstance(raised.value, StateProducerFailed)
         assert not renewed
         assert made == []
+        assert app._sealed
