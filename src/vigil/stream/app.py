@@ -2019,24 +2019,22 @@ class Application:
         # late record is late already) releases only up to the others' cap; the first time it
         # catches up, nothing of its backlog for PEER_GRACE_S (the others' words are of before:
         # "nothing to read", and the first to read its share of a new backlog released it all).
-        backlog_before = released_at = None
+        peers_on = peer_cap is not None
+        # (Judged record by record: a record dated ahead of the wall clock in a backlog, or the
+        # backlog's tail read up to the present, let the rest of the partition go uncapped.)
+        capping, cap_at, before = False, math.inf, -math.inf
         if peer_cap is not None:
-            backlog_before = time.time() - REPLAY_BEHIND_S
-            released_at = self._released_at
+            before = time.time() - REPLAY_BEHIND_S
             now = time.monotonic()
-            if self._caught_up_pending(backlog_before):
+            if self._caught_up_pending(before):
                 # (A lull between bursts of one catch-up is no new start: the grace once.)
                 if now - self._backlog_seen_at > PEER_LULL_S:
                     self._catching_up_since = now
                 self._backlog_seen_at = now
             if now - self._catching_up_since < PEER_GRACE_S and self._shares_inputs():
                 peer_cap = -math.inf
+            capping, cap_at = peer_cap < limit, peer_cap
         self._peer_held = False
-        # (Judged record by record: a record dated ahead of the wall clock in a backlog, or the
-        # backlog's tail read up to the present, let the rest of the partition go uncapped.)
-        capping = peer_cap is not None and backlog_before is not None and peer_cap < limit
-        cap_at = peer_cap if peer_cap is not None else math.inf
-        before = backlog_before if backlog_before is not None else -math.inf
         # (A record dated ahead of the wall clock is not where its partition has reached: taken
         # for it, every record after it looked late, and went uncapped.)
         ahead_of = before + REPLAY_BEHIND_S + _FUTURE_TOLERANCE_S
@@ -2046,7 +2044,7 @@ class Application:
             take = len(buf) if capped is None else capped[tp]
             if not take:
                 continue
-            reached = -math.inf if released_at is None else self._reached(tp, before)
+            reached = self._reached(tp, before) if peers_on else -math.inf
             out: list[Record[Any]] = []
             last = -1
             popped = 0
@@ -2075,8 +2073,8 @@ class Application:
             if not popped:
                 continue
             offsets[tp] = last + 1
-            if released_at is not None:
-                released_at[tp] = reached
+            if peers_on:
+                self._released_at[tp] = reached
             if out:
                 runs.setdefault(tp[1], []).append(out)
         if not count:
@@ -2171,7 +2169,7 @@ class Application:
 
         limit = alignment.limit(now, lag)
         peers = self._peers
-        peer_cap = math.inf
+        peer_cap: float | None = None
         if peers is not None:
             peers.poll(now)
             peer_cap = peers.floors.cap(self._owned, now)
@@ -2179,7 +2177,7 @@ class Application:
             # Asked again last (see _start_lag): first in order, it took every turn.
             alignment.last(self._start_lag_failed)
             self._start_lag_failed.clear()
-        self._release(limit, peer_cap if peers is not None else None)
+        self._release(limit, peer_cap)
         buffers = self._buffers
         if peers is not None and peers.due(now):
             self._publish_words(peers, now)
@@ -2238,15 +2236,14 @@ class Application:
         words: dict[TP, float | None] = {}
         if alignment is None:
             return words
-        lanes, holding, buffers, said = alignment.lanes, alignment.holding, self._buffers, peers.floors.said
+        lanes, holding, buffers = alignment.lanes, alignment.holding, self._buffers
         for tp in self._owned:
             lane = lanes.get(tp)
             if lane is None:
                 continue
             buf = buffers.get(tp)
             if lane.restoring or (lane.event_time is None and not buf and tp in holding):
-                known = self._start_lags.get(tp)
-                words[tp] = None if known is not None and known[1] == 0 else said(tp)
+                words[tp] = self._said_again(peers, tp)
                 continue
             head = buf[0][0] if buf else math.inf
             at = lane.event_time if tp in holding and lane.event_time is not None else math.inf
@@ -2255,11 +2252,16 @@ class Application:
         for task in self._restoring.values():
             for restoring in task.partitions:
                 key = (restoring.topic, restoring.partition)
-                known = self._start_lags.get(key)
-                # (Nothing to read: it holds nobody, as in its own alignment.  Said as not read
-                # yet, it held every process catching up for the whole restore: found in review.)
-                words[key] = None if known is not None and known[1] == 0 else said(key)
+                words[key] = self._said_again(peers, key)
         return words
+
+    def _said_again(self, peers: PeerChannel, tp: TP) -> float | None:
+        """The word of a partition not read yet (being restored, or waiting for its first records):
+        its last owner's (:meth:`PeerFloors.said`), or ``None`` if it has nothing to read (it
+        holds nobody, as in its own alignment; said as not read yet, a restoring partition held
+        every process catching up for the whole restore: found in review)."""
+        known = self._start_lags.get(tp)
+        return None if known is not None and known[1] == 0 else peers.floors.said(tp)
 
     def _publish_words(self, peers: PeerChannel, now: float) -> None:
         """Publish the partitions' words as they are after the release, and note whether the
