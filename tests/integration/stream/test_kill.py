@@ -91,6 +91,10 @@ class Workers:
     def log(self, instance: str) -> str:
         return (self.tmp / f"{instance}.log").read_text()[-3000:]
 
+    def said(self, text: str) -> bool:
+        """Whether any worker started by this test wrote ``text`` to its log."""
+        return any(text in path.read_text() for path in self.tmp.glob("*.log"))
+
 
 @pytest.fixture
 def workers_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, object]], Workers]]:
@@ -133,17 +137,39 @@ def made_input(
     return src, out, name, events
 
 
-def finish_each_output_once(settings: Settings, workers: Workers, out: str, events: list[Payment]) -> None:
-    """Once every output is committed, the workers stop and each output is there once."""
-    wait_for(lambda: len(committed_ids(settings, out)) >= len(events), 90, f"{len(events)} committed outputs")
+#: What a worker says when the group refused a checkpoint's commit (it raced a rebalance: the
+#: group's generation moved on under it) and it processes again from the last checkpoint.
+REFUSED = "checkpoint refused"
+
+
+def finish_each_output_once(
+    settings: Settings, workers: Workers, out: str, events: list[Payment], *, refused_repeats: bool = False
+) -> None:
+    """Once every output is committed, the workers stop and each output is there once.
+
+    ``refused_repeats`` (at-least-once): a checkpoint the group refused sends the outputs since
+    the last one again, under the same ids (as Kafka Streams does after a commit that lost the
+    race with a rebalance); they may come twice only when a worker said so, and nothing else
+    may differ: no output missing, none unexpected."""
+
+    def finished() -> bool:
+        # Counted distinct when outputs may repeat: 3,083 outputs once held 617 not sent yet.
+        ids = committed_ids(settings, out)
+        return len(set(ids) if refused_repeats else ids) >= len(events)
+
+    wait_for(finished, 90, f"{len(events)} committed outputs")
     workers.stop_all()
-    assert_each_output_once(settings, out, events)
+    repeats = refused_repeats and workers.said(REFUSED)
+    assert_each_output_once(settings, out, events, repeats=repeats)
 
 
-def assert_each_output_once(settings: Settings, out: str, events: list[Payment]) -> None:
-    """Every expected output committed, none twice."""
+def assert_each_output_once(
+    settings: Settings, out: str, events: list[Payment], *, repeats: bool = False
+) -> None:
+    """Every expected output committed, none twice (unless ``repeats``), none unexpected."""
     ids = committed_ids(settings, out)
-    assert len(ids) == len(set(ids)), "duplicate outputs"
+    if not repeats:
+        assert len(ids) == len(set(ids)), f"duplicate outputs, and no worker said {REFUSED!r}"
     assert set(ids) == expected_ids(events)
 
 
@@ -207,7 +233,9 @@ def test_a_worker_joining_mid_stream_takes_partitions_without_loss_or_duplicates
     # revocation) while it keeps processing the rest; the newcomer restores their state from
     # the changelog and carries on.  Every running count must come out once, at-least-once too:
     # a revocation's checkpoint waits for the open seal and its acknowledgements (the interval is
-    # short, so one is open at most times), and nothing is processed twice without a failure.
+    # short, so one is open at most times), and nothing is processed twice without a failure or
+    # a checkpoint refused by the group (its commit raced the join; at-least-once, the outputs
+    # since the last checkpoint go out again, the same ids: seen once in 2026-12, 700 of 3,000).
     src, out, name, events = made_input(settings, names, produced=2500)
     # Most first, the rest once the newcomer owns partitions: at 250 records a second the first
     # worker needs 7 s for what is left after 600, and the last 500 come after the join anyway.
@@ -230,7 +258,7 @@ def test_a_worker_joining_mid_stream_takes_partitions_without_loss_or_duplicates
         60,
         "the three partitions split between the two workers",
     )
-    finish_each_output_once(settings, workers, out, events)
+    finish_each_output_once(settings, workers, out, events, refused_repeats=guarantee == "at_least_once")
 
 
 def test_kill_9_at_least_once_replays_from_state_that_matches_the_offsets(

@@ -25,9 +25,17 @@ from vigil.stream.app import PEER_GRACE_S, Application, _KafkaContext, _Partitio
 from vigil.stream.base import Guarantee, Record
 from vigil.stream.peers import _BEGINNING, TTL_S, PeerChannel, PeerFloors, Word, peers_topic_spec, word_key
 
-#: Event times of a backlog (long before the wall clock) and of live traffic.
+#: Event time of a backlog: long before the wall clock (and still so when a test runs).
 OLD = time.time() - 10 * REPLAY_BEHIND_S
-LIVE = time.time() + 60.0
+
+
+def live() -> float:
+    """Event time of live traffic: a minute ahead of the clock when asked.  (A constant taken at
+    import was more than REPLAY_BEHIND_S old when the suite reached the file 12 minutes after
+    collecting it: a live record judged a backlog's.)"""
+    return time.time() + 60.0
+
+
 P0: TP = ("in", 0)
 P1: TP = ("in", 1)
 P2: TP = ("in", 2)
@@ -221,9 +229,10 @@ def test_a_live_partition_with_a_late_record_waits_for_nobody(tmp_path: Path) ->
     now = time.monotonic()
     say(f, P1, OLD, now)  # another process hours behind
     # (Nothing released yet since the start: its latest record read is what says it is live.)
-    app._buffers[P0] = deque([_record(P0, 0, OLD + 3_000), _record(P0, 1, LIVE)])
+    latest = live()
+    app._buffers[P0] = deque([_record(P0, 0, OLD + 3_000), _record(P0, 1, latest)])
     app._consumed[P0] = 2
-    alignment.observe(P0, LIVE, now)
+    alignment.observe(P0, latest, now)
     app._align()
     assert op.offsets == [(0, 0), (0, 1)]
     assert channel.waits == 0
@@ -243,7 +252,7 @@ def test_the_tail_of_a_backlog_and_a_record_dated_ahead_stay_capped(tmp_path: Pa
             _record(P0, 0, OLD),
             _record(P0, 1, ahead),
             *(_record(P0, 2 + i, OLD + 50 * (i + 1)) for i in range(4)),
-            _record(P0, 6, LIVE),
+            _record(P0, 6, live()),
         ]
     )
     app._consumed[P0] = 7
@@ -273,7 +282,7 @@ def test_a_partition_restored_or_not_read_yet_says_its_last_owners_word(tmp_path
     other.partitions = [TopicPartition("in", 3)]
     app._restoring[3] = other
     app._start_lags[("in", 3)] = (now, 0)  # (nothing to read: it holds nobody, as in its alignment)
-    alignment.observe(P2, LIVE, now)
+    alignment.observe(P2, live(), now)
     alignment.limit(now, lambda tp: 5 if tp == P1 else 0)  # (records left in P1 alone)
     # P0 being restored: no word heard of it, the beginning of time; P1 not read from yet: its
     # last owner's word again (a restore longer than the expiry let the others run ahead: found
