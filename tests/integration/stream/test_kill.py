@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -91,9 +92,9 @@ class Workers:
     def log(self, instance: str) -> str:
         return (self.tmp / f"{instance}.log").read_text()[-3000:]
 
-    def said(self, text: str) -> bool:
-        """Whether any worker started by this test wrote ``text`` to its log."""
-        return any(text in path.read_text() for path in self.tmp.glob("*.log"))
+    def lines_saying(self, text: str) -> int:
+        """How many lines of the logs of the workers this test started hold ``text``."""
+        return sum(text in line for path in self.tmp.glob("*.log") for line in path.read_text().splitlines())
 
 
 @pytest.fixture
@@ -148,28 +149,28 @@ def finish_each_output_once(
     """Once every output is committed, the workers stop and each output is there once.
 
     ``refused_repeats`` (at-least-once): a checkpoint the group refused sends the outputs since
-    the last one again, under the same ids (as Kafka Streams does after a commit that lost the
-    race with a rebalance); they may come twice only when a worker said so, and nothing else
-    may differ: no output missing, none unexpected."""
+    the last committed one again, under the same ids (as Kafka Streams does after a commit that
+    lost the race with a rebalance); an output may come once more for each refusal a worker
+    logged, and nothing else may differ: no output missing, none unexpected."""
 
     def finished() -> bool:
-        # Counted distinct when outputs may repeat: 3,083 outputs once held 617 not sent yet.
+        # Counted distinct when outputs may repeat: in a run under load, 3,083 outputs (700 of
+        # them twice) still had 617 to come.
         ids = committed_ids(settings, out)
         return len(set(ids) if refused_repeats else ids) >= len(events)
 
     wait_for(finished, 90, f"{len(events)} committed outputs")
     workers.stop_all()
-    repeats = refused_repeats and workers.said(REFUSED)
+    repeats = workers.lines_saying(REFUSED) if refused_repeats else 0
     assert_each_output_once(settings, out, events, repeats=repeats)
 
 
-def assert_each_output_once(
-    settings: Settings, out: str, events: list[Payment], *, repeats: bool = False
-) -> None:
-    """Every expected output committed, none twice (unless ``repeats``), none unexpected."""
+def assert_each_output_once(settings: Settings, out: str, events: list[Payment], *, repeats: int = 0) -> None:
+    """Every expected output committed, none unexpected, none more than once, or more than
+    1 + ``repeats`` times (the refusals logged)."""
     ids = committed_ids(settings, out)
-    if not repeats:
-        assert len(ids) == len(set(ids)), f"duplicate outputs, and no worker said {REFUSED!r}"
+    most = max(Counter(ids).values(), default=0)
+    assert most <= 1 + repeats, f"an output came {most} times; {repeats} checkpoint(s) refused ({REFUSED!r})"
     assert set(ids) == expected_ids(events)
 
 
