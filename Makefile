@@ -35,15 +35,16 @@ $(STAMP): pyproject.toml
 
 compile: $(COMPILED_STAMP)
 
-# mypyc reads the project's mypy settings; its C files go to src/build/ (ignored by git).
+# mypyc reads the project's mypy settings; its C files (one per module, compiled on every CPU:
+# see src/vigil/compiled.py) go to src/build/ (ignored by git).
 $(COMPILED_STAMP): $(STAMP) $(COMPILED) $(NATIVE)
 	rm -f $(VENV)/.compiled-*
 	@if [ "$(VIGIL_COMPILE)" = 0 ]; then \
 		echo "VIGIL_COMPILE=0: the sources run uncompiled"; \
 		find src -name '*.so' -delete; rm -rf src/build; \
 	else \
-		echo "compiling $(words $(COMPILED)) modules with mypyc (about a minute)"; \
-		( cd src && ../$(BIN)/mypyc $(patsubst src/%,%,$(COMPILED)) ) > $(VENV)/mypyc.log 2>&1 \
+		echo "compiling $(words $(COMPILED)) modules with mypyc (about two minutes on two cores)"; \
+		( cd src && ../$(BIN)/python -m vigil.compiled $(patsubst src/%,%,$(COMPILED)) ) > $(VENV)/mypyc.log 2>&1 \
 			|| { tail -40 $(VENV)/mypyc.log; exit 1; }; \
 		for c in $(NATIVE); do \
 			$(BIN)/python -m vigil.compiled "$$c" >> $(VENV)/mypyc.log 2>&1 || { tail -40 $(VENV)/mypyc.log; exit 1; }; \

@@ -1,9 +1,13 @@
-"""Compiled modules: an extension older than its source is reported (its edits would not run)."""
+"""Compiled modules: built by ``python -m vigil.compiled`` (one C file per module, on every CPU), and
+an extension older than its source is reported (its edits would not run)."""
 
 from __future__ import annotations
 
 import importlib.machinery
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 from vigil.compiled import extensions, stale
@@ -34,3 +38,48 @@ def test_an_extension_older_than_its_source_is_stale(tmp_path: Path) -> None:
 def test_the_installed_package_has_no_stale_extension() -> None:
     # What the suite checks before it starts (tests/conftest.py), as a test of its own.
     assert stale() == []
+
+
+def _compile(root: Path, *modules: str) -> subprocess.CompletedProcess[str]:
+    """``python -m vigil.compiled`` as ``make compile`` runs it, in ``root``."""
+    return subprocess.run(
+        [sys.executable, "-m", "vigil.compiled", *modules],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=240,
+    )
+
+
+def test_python_modules_compile_into_one_c_file_each_and_run_compiled(tmp_path: Path) -> None:
+    (tmp_path / "twice.py").write_text("def double(x: int) -> int:\n    return 2 * x\n")
+    (tmp_path / "four.py").write_text(
+        "from twice import double\n\n\ndef quadruple(x: int) -> int:\n    return double(double(x))\n"
+    )
+    done = _compile(tmp_path, "twice.py", "four.py")
+    assert done.returncode == 0, done.stdout + done.stderr
+    # One C file per module (mypyc's command line writes one for all), each compiled on its own.
+    for name in ("twice", "four"):
+        assert (tmp_path / "build" / f"__native_{name}.c").is_file(), sorted(os.listdir(tmp_path / "build"))
+        assert re.search(rf"-c build/__native_{name}\.c ", done.stdout), done.stdout
+    assert set(extensions(tmp_path)) == {tmp_path / "twice.py", tmp_path / "four.py"}
+    # Imported compiled (an extension before its source), calling across the two modules.
+    ran = subprocess.run(
+        [sys.executable, "-c", "import four; print(four.quadruple(3), four.__file__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    value, path = ran.stdout.split()
+    assert value == "12"
+    assert path.endswith(importlib.machinery.EXTENSION_SUFFIXES[0])
+
+
+def test_a_module_mypyc_rejects_fails_the_build_with_its_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "wrong.py").write_text('def count() -> int:\n    return "three"\n')
+    done = _compile(tmp_path, "wrong.py")
+    assert done.returncode != 0
+    assert "wrong.py:2: error: Incompatible return value type" in done.stdout + done.stderr
+    assert extensions(tmp_path) == {}
