@@ -37,7 +37,7 @@ compile: $(COMPILED_STAMP)
 
 # mypyc reads the project's mypy settings; its C files (one per module, compiled on every CPU:
 # see src/vigil/compiled.py) go to src/build/ (ignored by git).
-$(COMPILED_STAMP): $(STAMP) $(COMPILED) $(NATIVE)
+$(COMPILED_STAMP): $(STAMP) $(COMPILED) $(NATIVE) src/vigil/compiled.py
 	rm -f $(VENV)/.compiled-*
 	@if [ "$(VIGIL_COMPILE)" = 0 ]; then \
 		echo "VIGIL_COMPILE=0: the sources run uncompiled"; \

@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, str] = {
     "feeds": "benchmarks.feeds",
     "detect": "benchmarks.detect",
     "windows": "benchmarks.windows",
+    "build": "benchmarks.build",
 }
 
 ROOT = Path(__file__).resolve().parents[1]

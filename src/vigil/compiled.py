@@ -10,11 +10,12 @@ stale one, and the command line warns.  ``make uncompiled`` removes them, and
 ``VIGIL_COMPILE=0 make ...`` builds without them (the sources run as they are).
 
 ``python -m vigil.compiled MODULE.py ...`` (run in ``src``; ``make compile`` does) compiles the
-Python modules with mypyc, one C file for each, on every CPU at once: mypyc's own command line
-writes them all into one C file (22 MB) that one compiler process takes over four minutes to
-build; one file per module built in under two on this 2-core machine, with a quarter less CPU in
-all, and ran no slower (the runtime benchmark's engines and the in-memory detection, window and
-simulator benchmarks, side by side: issue 3's note of 2026-12-05).
+Python modules with mypyc in one group, as mypyc's own command line does, but with a C file for
+each module (and for mypyc's runtime) compiled on every CPU at once: the command line writes
+them all into one C file (22 MB), which one compiler process builds while the other CPUs idle
+(253-274 s in all on this 2-core VM, the machine of docs/benchmarks.md); a file per module on two
+compilers took 99-114 s, with 0.66-0.73 of the CPU, and the code ran no slower (``make bench``:
+docs/benchmarks.md, "Compiled build").
 
 A few modules are written in C (``NATIVE`` in the Makefile, each with a Python twin that runs
 when it is not built): ``python -m vigil.compiled SOURCE.c`` builds one beside its source with
@@ -29,7 +30,8 @@ import shlex
 import subprocess
 import sys
 import sysconfig
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -77,36 +79,65 @@ def build(source: Path) -> Path:
     return target
 
 
+def compile_in_parallel(
+    compile_one: Callable[[str], list[str]], sources: list[str], workers: int
+) -> list[str]:
+    """``compile_one`` over ``sources`` in ``workers`` threads; the objects in the sources' order.
+
+    The largest source starts first (a 3 MB module started last would leave the other compilers
+    idle at the end); threads suffice, the work is in the compiler processes they wait for.  At
+    the first failure the sources still queued are cancelled, and it is raised once the ones
+    already running end (not after every source queued before it).
+    """
+    largest_first = sorted(sources, key=os.path.getsize, reverse=True)
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(compile_one, one): one for one in largest_first}
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((f for f in done if f.exception() is not None), None)
+        if failed is not None:
+            for future in futures:
+                future.cancel()
+            failed.result()  # raises it
+        objects = {futures[f]: f.result() for f in futures}
+    return [obj for one in sources for obj in objects[one]]
+
+
 def build_python(sources: list[str], jobs: int | None = None) -> None:
     """Compile Python modules (paths relative to the working directory, the package's root) with
-    mypyc into extensions beside them: one C file per module, ``jobs`` compiler processes at once
-    (default: one per CPU this process may use).  The C files go to ``build/``."""
+    mypyc into extensions beside them, as mypyc's own command line does (its ``MYPYC_OPT_LEVEL``,
+    ``MYPYC_DEBUG_LEVEL`` variables too), but one C file per module and ``jobs`` compiler processes
+    at once (default: one per CPU this process may use).  The C files go to ``build/``.
+
+    Run it as ``python -m vigil.compiled`` from the package's root (the directory holding ``vigil``).
+    """
     # Imported here: the command line imports this module at every start, and needs neither.
     from mypyc.build import mypycify
     from setuptools import setup
     from setuptools.command.build_ext import build_ext
 
     workers = jobs or len(os.sched_getaffinity(0))
+    # mypy takes its package path from ``sys.path`` less the first entry (with ``-m``, the working
+    # directory), and an editable install of another checkout there then supplied the modules not
+    # named here: compiling a copy of ``src`` (as benchmarks/build.py does), mypy failed ("Cannot
+    # determine type").  mypyc's command line puts the working directory on ``PYTHONPATH`` alike.
+    here = os.getcwd()
+    if here not in sys.path[1:]:
+        sys.path.insert(1, here)
 
     class ParallelBuild(build_ext):  # type: ignore[misc]  # setuptools' command classes are untyped
-        """setuptools compiles an extension's C files one after another; mypyc's modules all go
-        into one extension, so its files are handed out to ``workers`` compiler processes here."""
+        """setuptools compiles an extension's C files one after another; mypyc puts all its
+        modules' files (and its runtime's) into one extension, so they go to several compilers."""
 
         def build_extension(self, ext: Any) -> None:
             compiler = self.compiler
             serial = compiler.compile
 
             def compile_all(sources: list[str], output_dir: str | None = None, **kw: Any) -> list[str]:
-                if len(sources) < 2:
-                    return list(serial(sources, output_dir, **kw))
-                # One call per file, through setuptools' own compile (its flags, its errors),
-                # the largest first so that it does not start last; threads suffice, the work
-                # is in the compiler processes they wait for.
-                largest_first = sorted(sources, key=os.path.getsize, reverse=True)
-                with ThreadPoolExecutor(workers) as pool:
-                    objects = pool.map(lambda one: serial([one], output_dir, **kw), largest_first)
-                    parts = dict(zip(largest_first, objects, strict=True))
-                return [obj for one in sources for obj in parts[one]]
+                # Each file through setuptools' own compile (its flags, its errors).
+                def one(source: str) -> list[str]:
+                    return list(serial([source], output_dir, **kw))
+
+                return compile_in_parallel(one, sources, workers) if len(sources) > 1 else one(sources[0])
 
             compiler.compile = compile_all
             try:
@@ -114,22 +145,36 @@ def build_python(sources: list[str], jobs: int | None = None) -> None:
             finally:
                 compiler.compile = serial
 
-    # As mypyc's own command line does: the working directory first on the path mypy asks this
-    # Python for, so that the modules analysed are these, wherever the virtualenv's install points.
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
     setup(
         name="vigil_compiled",
-        ext_modules=mypycify(sources, opt_level="3", debug_level="1", multi_file=True),
+        ext_modules=mypycify(
+            sources,
+            opt_level=os.getenv("MYPYC_OPT_LEVEL", "3"),
+            debug_level=os.getenv("MYPYC_DEBUG_LEVEL", "1"),
+            # (mypyc's one-file-per-module mode fails with one module in a package: nothing to split.)
+            multi_file=len(sources) > 1,
+        ),
         cmdclass={"build_ext": ParallelBuild},
         script_args=["build_ext", "--inplace"],
     )
 
 
-if __name__ == "__main__":
-    args = sys.argv[1:]
+def main(args: list[str]) -> int:
     python = [a for a in args if a.endswith(".py")]
+    native = [a for a in args if a.endswith(".c")]
+    other = [a for a in args if a not in python and a not in native]
+    if other or not args:
+        print(
+            f"expected Python modules (.py) and C modules (.c) to build, got: {' '.join(other) or 'nothing'}",
+            file=sys.stderr,
+        )
+        return 2
     if python:
         build_python(python)
-    for arg in args:
-        if not arg.endswith(".py"):
-            print(f"built {build(Path(arg))}")
+    for source in native:
+        print(f"built {build(Path(source))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

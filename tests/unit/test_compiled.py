@@ -8,9 +8,16 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
-from vigil.compiled import extensions, stale
+import pytest
+
+from vigil.compiled import compile_in_parallel, extensions, stale
+
+
+class CompileError(Exception):
+    """Stands in for setuptools' (a compiler's failure)."""
 
 
 def _module(root: Path, name: str, *, source_age: float, ext_age: float, suffix: str = ".py") -> Path:
@@ -41,10 +48,12 @@ def test_the_installed_package_has_no_stale_extension() -> None:
 
 
 def _compile(root: Path, *modules: str) -> subprocess.CompletedProcess[str]:
-    """``python -m vigil.compiled`` as ``make compile`` runs it, in ``root``."""
+    """``python -m vigil.compiled`` as ``make compile`` runs it, in ``root``; unoptimised, as
+    mypyc's ``MYPYC_OPT_LEVEL`` allows (the suite's other workers share the CPUs)."""
     return subprocess.run(
         [sys.executable, "-m", "vigil.compiled", *modules],
         cwd=root,
+        env={**os.environ, "MYPYC_OPT_LEVEL": "0"},
         capture_output=True,
         text=True,
         check=False,
@@ -62,7 +71,7 @@ def test_python_modules_compile_into_one_c_file_each_and_run_compiled(tmp_path: 
     # One C file per module (mypyc's command line writes one for all), each compiled on its own.
     for name in ("twice", "four"):
         assert (tmp_path / "build" / f"__native_{name}.c").is_file(), sorted(os.listdir(tmp_path / "build"))
-        assert re.search(rf"-c build/__native_{name}\.c ", done.stdout), done.stdout
+        assert re.search(rf"-c build/__native_{name}\.c .* -O0 ", done.stdout), done.stdout
     assert set(extensions(tmp_path)) == {tmp_path / "twice.py", tmp_path / "four.py"}
     # Imported compiled (an extension before its source), calling across the two modules.
     ran = subprocess.run(
@@ -71,6 +80,7 @@ def test_python_modules_compile_into_one_c_file_each_and_run_compiled(tmp_path: 
         capture_output=True,
         text=True,
         check=True,
+        timeout=60,
     )
     value, path = ran.stdout.split()
     assert value == "12"
@@ -83,3 +93,57 @@ def test_a_module_mypyc_rejects_fails_the_build_with_its_file_and_line(tmp_path:
     assert done.returncode != 0
     assert "wrong.py:2: error: Incompatible return value type" in done.stdout + done.stderr
     assert extensions(tmp_path) == {}
+
+
+def _sized(root: Path, sizes: dict[str, int]) -> list[str]:
+    for name, size in sizes.items():
+        (root / name).write_bytes(b"x" * size)
+    return [str(root / name) for name in sizes]
+
+
+def test_files_compile_on_several_workers_largest_first_objects_in_source_order(tmp_path: Path) -> None:
+    sources = _sized(tmp_path, {"small.c": 10, "large.c": 1000, "medium.c": 100, "tiny.c": 1})
+    lock = threading.Lock()
+    started: list[str] = []
+    running, most = 0, 0
+    both = threading.Barrier(2, timeout=10)
+
+    def compile_one(source: str) -> list[str]:
+        nonlocal running, most
+        with lock:
+            started.append(Path(source).name)
+            running += 1
+            most = max(most, running)
+        if len(started) <= 2:
+            both.wait()  # the first two only go on together: both workers busy at once
+        with lock:
+            running -= 1
+        return [source.replace(".c", ".o")]
+
+    objects = compile_in_parallel(compile_one, sources, workers=2)
+    assert objects == [s.replace(".c", ".o") for s in sources]
+    assert most == 2
+    assert started[:2] == ["large.c", "medium.c"] or started[:2] == ["medium.c", "large.c"]
+    assert sorted(started) == ["large.c", "medium.c", "small.c", "tiny.c"]
+
+
+def test_a_failed_file_fails_the_build_with_the_compilers_error(tmp_path: Path) -> None:
+    sources = _sized(tmp_path, {"a.c": 1, "b.c": 3, "c.c": 2})
+    compiled: list[str] = []
+
+    def compile_one(source: str) -> list[str]:
+        if source.endswith("a.c"):
+            raise CompileError(f"error: {source}: expected ';'")
+        compiled.append(Path(source).name)
+        return [source]
+
+    with pytest.raises(CompileError, match=r"a\.c: expected ';'"):
+        compile_in_parallel(compile_one, sources, workers=2)
+    # The smallest failed last, after the others (the largest first): their success hides nothing.
+    assert sorted(compiled) == ["b.c", "c.c"]
+
+
+def test_the_command_line_names_what_it_cannot_build(tmp_path: Path) -> None:
+    done = _compile(tmp_path, "notes.txt")
+    assert done.returncode == 2
+    assert "expected Python modules (.py) and C modules (.c) to build, got: notes.txt" in done.stderr
