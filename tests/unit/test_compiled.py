@@ -139,7 +139,7 @@ def test_a_failed_file_fails_the_build_with_the_compilers_error(tmp_path: Path) 
 
     with pytest.raises(CompileError, match=r"a\.c: expected ';'"):
         compile_in_parallel(compile_one, sources, workers=2)
-    # The smallest failed last, after the others (the largest first): their success hides nothing.
+    # a.c, the smallest, started last: the files compiled before it did not hide its failure.
     assert sorted(compiled) == ["b.c", "c.c"]
 
 
