@@ -44,11 +44,8 @@ $(COMPILED_STAMP): $(STAMP) $(COMPILED) $(NATIVE) src/vigil/compiled.py
 		find src -name '*.so' -delete; rm -rf src/build; \
 	else \
 		echo "compiling $(words $(COMPILED)) modules with mypyc (about two minutes on two cores)"; \
-		( cd src && ../$(BIN)/python -m vigil.compiled $(patsubst src/%,%,$(COMPILED)) ) > $(VENV)/mypyc.log 2>&1 \
+		( cd src && ../$(BIN)/python -m vigil.compiled $(patsubst src/%,%,$(COMPILED) $(NATIVE)) ) > $(VENV)/mypyc.log 2>&1 \
 			|| { tail -40 $(VENV)/mypyc.log; exit 1; }; \
-		for c in $(NATIVE); do \
-			$(BIN)/python -m vigil.compiled "$$c" >> $(VENV)/mypyc.log 2>&1 || { tail -40 $(VENV)/mypyc.log; exit 1; }; \
-		done; \
 		: "A module's own extension is a thin shim that is not rebuilt when only its code (in the"; \
 		: "shared library beside it) changed: mark them all as built now, for the staleness check."; \
 		find src/vigil -name '*.so' -exec touch {} +; \

@@ -31,7 +31,6 @@ import subprocess
 import sys
 import sysconfig
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +88,9 @@ def compile_in_parallel(
     the first failure the sources still queued are cancelled, and it is raised once the ones
     already running end (not after every source queued before it).
     """
+    # Imported here, as the build's other imports: the command line imports this module at start.
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
     largest_first = sorted(sources, key=os.path.getsize, reverse=True)
     with ThreadPoolExecutor(workers) as pool:
         futures = {pool.submit(compile_one, one): one for one in largest_first}
@@ -137,7 +139,7 @@ def build_python(sources: list[str], jobs: int | None = None) -> None:
                 def one(source: str) -> list[str]:
                     return list(serial([source], output_dir, **kw))
 
-                return compile_in_parallel(one, sources, workers) if len(sources) > 1 else one(sources[0])
+                return compile_in_parallel(one, sources, workers)
 
             compiler.compile = compile_all
             try:
@@ -162,7 +164,7 @@ def build_python(sources: list[str], jobs: int | None = None) -> None:
 def main(args: list[str]) -> int:
     python = [a for a in args if a.endswith(".py")]
     native = [a for a in args if a.endswith(".c")]
-    other = [a for a in args if a not in python and a not in native]
+    other = [a for a in args if not a.endswith((".py", ".c"))]
     if other or not args:
         print(
             f"expected Python modules (.py) and C modules (.c) to build, got: {' '.join(other) or 'nothing'}",
