@@ -65,6 +65,15 @@ OWN_CLIENT_OPTIONS: dict[str, str] = {
     "ssl.key.location": "kafka_ssl_key_location",
     "ssl.key.password": "kafka_ssl_key_password",
     "client.id": "kafka_client_id",
+    "group.protocol": "kafka_group_protocol",
+}
+#: librdkafka settings of the classic group protocol that its ``consumer`` protocol (KIP-848)
+#: refuses: the broker holds them.  With ``kafka_group_protocol = "consumer"`` they are refused in
+#: ``kafka_client_options`` too, each with the broker's setting that takes its place.
+CLASSIC_GROUP_OPTIONS: dict[str, str] = {
+    "session.timeout.ms": "the broker's group.consumer.session.timeout.ms",
+    "heartbeat.interval.ms": "the broker's group.consumer.heartbeat.interval.ms",
+    "group.protocol.type": "nothing (the consumer protocol has no protocol type)",
 }
 
 _ACKS_ALL = "producers write with acks=all (with idempotence: nothing lost or written twice)"
@@ -166,6 +175,15 @@ class Settings(BaseSettings):
         default=None, description="Password of the client's private key, if it is encrypted"
     )
     kafka_client_id: str = "vigil"
+    # KIP-848 (Kafka 4.0+): the broker assigns partitions, and a member's epoch moves only when its
+    # own partitions change, so its checkpoints are not refused while others join or leave.
+    kafka_group_protocol: Literal["classic", "consumer"] = Field(
+        default="classic",
+        description=(
+            "Consumer group protocol: classic (cooperative-sticky, assigned by a member) or "
+            "consumer (KIP-848, Kafka 4.0 and later: assigned by the broker)"
+        ),
+    )
     # Every other librdkafka setting (OIDC's sasl.oauthbearer.*, timeouts, ssl.endpoint.* ...),
     # handed to every client.  A Secret as a whole: an OIDC client secret is one of them, and a
     # value's key does not always say so.  NoDecode: bad JSON in the variable is our one-line
@@ -415,6 +433,16 @@ class Settings(BaseSettings):
         if self.kafka_ssl_key_password is not None and key is None:
             msg = "kafka_ssl_key_password set without kafka_ssl_key_location, the key it opens"
             raise ValueError(msg)
+        if self.kafka_group_protocol == "consumer" and self.kafka_client_options is not None:
+            # (librdkafka refuses them only when a consumer is made: a stage's first start.)
+            for option in self.kafka_client_options.get_secret_value():
+                instead = CLASSIC_GROUP_OPTIONS.get(client_option_name(option))
+                if instead is not None:
+                    msg = (
+                        f"kafka_client_options {option!r} is a classic group protocol setting, and "
+                        f'kafka_group_protocol is "consumer"; set {instead} instead'
+                    )
+                    raise ValueError(msg)
         return self
 
     def _oauthbearer_agrees(self, given: list[str]) -> None:

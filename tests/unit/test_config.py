@@ -695,6 +695,7 @@ OWN_CLIENT_OPTIONS = {
     "ssl.key.location": "kafka_ssl_key_location",
     "ssl.key.password": "kafka_ssl_key_password",
     "client.id": "kafka_client_id",
+    "group.protocol": "kafka_group_protocol",
 }
 
 
@@ -802,3 +803,63 @@ def test_tuning_client_options_win_over_what_each_client_would_set(
     # Unset, each client keeps its own.
     no_vigil_variables.delenv("VIGIL_KAFKA_CLIENT_OPTIONS")
     assert producer_config(load_settings(home=tmp_path), **{"linger.ms": 1})["linger.ms"] == 1
+
+
+def test_the_consumer_group_protocol_is_a_setting_and_each_client_is_made_for_it(
+    no_vigil_variables: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from confluent_kafka import Consumer, KafkaException
+
+    from vigil.hub.client import consumer_config
+    from vigil.stream.app import Application
+
+    classic = load_settings(home=tmp_path, kafka_bootstrap="127.0.0.1:1")
+    assert classic.kafka_group_protocol == "classic"
+    app = Application(classic, name="p", inputs=["events.payments"], operators=[])
+    conf = app.consumer_settings()
+    assert conf["partition.assignment.strategy"] == "cooperative-sticky"
+    assert (conf["session.timeout.ms"], conf["heartbeat.interval.ms"]) == (10_000, 1_000)
+    assert "group.protocol" not in conf
+
+    no_vigil_variables.setenv("VIGIL_KAFKA_GROUP_PROTOCOL", "consumer")
+    kip848 = load_settings(home=tmp_path, kafka_bootstrap="127.0.0.1:1")
+    app = Application(kip848, name="p", inputs=["events.payments"], operators=[])
+    conf = app.consumer_settings()
+    assert conf["group.protocol"] == "consumer"
+    # librdkafka refuses a consumer of this protocol given any of these (the broker's to set):
+    # "`session.timeout.ms` is not supported for `group.protocol=consumer`".
+    assert not {"partition.assignment.strategy", *config.CLASSIC_GROUP_OPTIONS} & set(conf)
+    assert conf["isolation.level"] == "read_committed"
+    assert conf["fetch.min.bytes"] == 64 * 1024  # (the runtime's other settings stay)
+    # Made by librdkafka as the runtime makes it (no broker needed to make one).
+    Consumer(conf).close()
+    Consumer(consumer_config(kip848, "g", **{"session.timeout.ms": 10_000})).close()
+    with pytest.raises(KafkaException, match=r"`session\.timeout\.ms` is not supported"):
+        Consumer({**conf, "session.timeout.ms": 10_000})
+
+
+@pytest.mark.parametrize("key", sorted(config.CLASSIC_GROUP_OPTIONS))
+def test_classic_group_options_are_refused_with_the_consumer_protocol_naming_the_brokers_setting(
+    no_vigil_variables: pytest.MonkeyPatch, key: str
+) -> None:
+    no_vigil_variables.setenv("VIGIL_KAFKA_CLIENT_OPTIONS", json.dumps({key: "hunter2"}))
+    assert load_settings().kafka_client_options is not None  # (classic: tuning, taken)
+    no_vigil_variables.setenv("VIGIL_KAFKA_GROUP_PROTOCOL", "consumer")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    said = str(caught.value)
+    # (The loader names the setting by the variable that gave it.)
+    assert (
+        f"VIGIL_KAFKA_CLIENT_OPTIONS {key!r} is a classic group protocol setting, and "
+        'VIGIL_KAFKA_GROUP_PROTOCOL is "consumer"'
+    ) in said
+    assert f"set {config.CLASSIC_GROUP_OPTIONS[key]} instead" in said
+    assert "hunter2" not in said
+
+
+def test_an_unknown_group_protocol_is_refused_naming_the_choices(
+    no_vigil_variables: pytest.MonkeyPatch,
+) -> None:
+    no_vigil_variables.setenv("VIGIL_KAFKA_GROUP_PROTOCOL", "stream")
+    with pytest.raises(ConfigError, match=r"VIGIL_KAFKA_GROUP_PROTOCOL.*'classic' or 'consumer'"):
+        load_settings()

@@ -440,6 +440,12 @@ class LocalBroker:
             "min.insync.replicas": min_insync_replicas(rf),
             # A developer broker: no 3 s wait before the first consumer group balances.
             "group.initial.rebalance.delay.ms": 0,
+            # Groups of the consumer protocol (KIP-848) as the runtime sets the classic ones up
+            # (vigil.stream.app): a member gone for 10 s loses its partitions, not after 45 s.
+            "group.consumer.min.session.timeout.ms": 6000,
+            "group.consumer.session.timeout.ms": 10000,
+            "group.consumer.min.heartbeat.interval.ms": 1000,
+            "group.consumer.heartbeat.interval.ms": 1000,
             "auto.create.topics.enable": "false",
             "log.retention.check.interval.ms": 60000,
             "share.coordinator.state.topic.replication.factor": rf,

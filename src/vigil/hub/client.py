@@ -27,7 +27,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from vigil.config import Settings
+from vigil.config import CLASSIC_GROUP_OPTIONS, Settings
 from vigil.errors import BrokerError, ConfigError, ContractError, chained
 from vigil.events.base import Event
 from vigil.events.codec import encode
@@ -68,9 +68,15 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
-            "partition.assignment.strategy": "cooperative-sticky",
         }
     )
+    if settings.kafka_group_protocol == "consumer":
+        # (The broker's assignors are all incremental and sticky; session and heartbeat are its
+        # settings too, so the classic ones a caller passes are not the client's to set.)
+        conf["group.protocol"] = "consumer"
+        overrides = {k: v for k, v in overrides.items() if k not in CLASSIC_GROUP_OPTIONS}
+    else:
+        conf["partition.assignment.strategy"] = "cooperative-sticky"
     conf.update(overrides)
     return _with_options(settings, conf)
 

@@ -358,6 +358,9 @@ _GROUP_MOVED_ON = frozenset(
         KafkaError.ILLEGAL_GENERATION,
         KafkaError.REBALANCE_IN_PROGRESS,
         KafkaError.FENCED_INSTANCE_ID,
+        # The consumer protocol's (KIP-848): the member's epoch moved on, or the group fenced it.
+        KafkaError.STALE_MEMBER_EPOCH,
+        KafkaError.FENCED_MEMBER_EPOCH,
     }
 )
 _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})

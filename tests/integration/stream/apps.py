@@ -93,7 +93,8 @@ def read_all(settings: Settings, topic: str, partitions: int) -> list[tuple[byte
 def worker(config: dict[str, Any]) -> None:
     from vigil.stream.app import Application
 
-    settings = load_settings(kafka_bootstrap=config["bootstrap"], home=Path(config["home"]))
+    protocol = {"kafka_group_protocol": config["group_protocol"]} if "group_protocol" in config else {}
+    settings = load_settings(kafka_bootstrap=config["bootstrap"], home=Path(config["home"]), **protocol)
     go = config.get("go")
     if go is not None:
         # Started ahead and held here, imports done, until the test says: a join then costs the

@@ -20,7 +20,7 @@ from tests.integration.stream.conftest import make_topics, produce, wait_for
 from vigil.config import Settings
 from vigil.events.codec import decode_event
 from vigil.events.types import Payment
-from vigil.hub.client import consumer_config
+from vigil.hub.client import consumer_config, make_admin
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -201,11 +201,28 @@ def test_kill_9_mid_stream_then_restart_is_exactly_once(
     finish_each_output_once(settings, workers, out, events)
 
 
+#: Both consumer group protocols: the classic one (cooperative-sticky) and KIP-848's, where the
+#: broker assigns and a member's session is the broker's (10 s on the test broker, as the
+#: runtime's classic one).
+PROTOCOLS = ["classic", "consumer"]
+
+
+def group_type(settings: Settings, group: str) -> str:
+    """Which protocol the broker runs ``group`` under (``CLASSIC`` or ``CONSUMER``)."""
+    admin = make_admin(settings)
+    described = admin.describe_consumer_groups([group], request_timeout=30)[group].result(timeout=30)
+    return str(described.type.name)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_two_workers_one_killed_survivor_completes_without_duplicates(
-    settings: Settings, names: Callable[[str], str], workers_factory: Callable[[dict[str, object]], Workers]
+    settings: Settings,
+    names: Callable[[str], str],
+    workers_factory: Callable[[dict[str, object]], Workers],
+    protocol: str,
 ) -> None:
     src, out, name, events = made_input(settings, names, produced=0)
-    workers = workers_factory(slow_worker(settings, name, src, out))
+    workers = workers_factory(slow_worker(settings, name, src, out) | {"group_protocol": protocol})
     workers.start("w1")
     workers.start("w2")
     wait_for(
@@ -213,6 +230,7 @@ def test_two_workers_one_killed_survivor_completes_without_duplicates(
         60,
         "both workers own partitions",
     )
+    assert group_type(settings, name) == protocol.upper()
     produce(settings, src, events)
     wait_for(lambda: len(committed_ids(settings, out)) >= 600, 60, "600 committed outputs")
     assert workers.assigned("w1")
@@ -222,12 +240,14 @@ def test_two_workers_one_killed_survivor_completes_without_duplicates(
     finish_each_output_once(settings, workers, out, events)
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
 def test_a_worker_joining_mid_stream_takes_partitions_without_loss_or_duplicates(
     settings: Settings,
     names: Callable[[str], str],
     workers_factory: Callable[[dict[str, object]], Workers],
     guarantee: str,
+    protocol: str,
 ) -> None:
     # Cooperative rebalancing: the first worker hands partitions over (checkpointing them on
     # revocation) while it keeps processing the rest; the newcomer restores their state from
@@ -239,7 +259,7 @@ def test_a_worker_joining_mid_stream_takes_partitions_without_loss_or_duplicates
     src, out, name, events = made_input(settings, names, produced=2500)
     # Most first, the rest once the newcomer owns partitions: at 250 records a second the first
     # worker needs 7 s for what is left after 600, and the last 500 come after the join anyway.
-    config = {"pause_s": 0.2, "guarantee": guarantee}
+    config = {"pause_s": 0.2, "guarantee": guarantee, "group_protocol": protocol}
     workers = workers_factory(slow_worker(settings, name, src, out) | config)
     workers.start("w1")
     # The newcomer's process starts now and waits, imports done, for the word to join.
@@ -249,6 +269,7 @@ def test_a_worker_joining_mid_stream_takes_partitions_without_loss_or_duplicates
     go.touch()
     wait_for(lambda: bool(workers.assigned("w2")), 60, "the newcomer owns partitions")
     handed_over_at = workers.processed("w1")
+    assert group_type(settings, name) == protocol.upper()
     produce(settings, src, events[2500:])
     assert handed_over_at < 2500, (
         "the first worker finished what was there before the second joined; the test proves less"
