@@ -68,12 +68,21 @@ OWN_CLIENT_OPTIONS: dict[str, str] = {
     "group.protocol": "kafka_group_protocol",
 }
 #: librdkafka settings of the classic group protocol that its ``consumer`` protocol (KIP-848)
-#: refuses: the broker holds them.  With ``kafka_group_protocol = "consumer"`` they are refused in
-#: ``kafka_client_options`` too, each with the broker's setting that takes its place.
+#: refuses ("not supported for group.protocol=consumer", when a consumer is made): the broker holds
+#: them.  With ``kafka_group_protocol = "consumer"`` they are refused wherever Vigil takes client
+#: settings, each with what to do instead.
 CLASSIC_GROUP_OPTIONS: dict[str, str] = {
-    "session.timeout.ms": "the broker's group.consumer.session.timeout.ms",
-    "heartbeat.interval.ms": "the broker's group.consumer.heartbeat.interval.ms",
-    "group.protocol.type": "nothing (the consumer protocol has no protocol type)",
+    "session.timeout.ms": (
+        "the session is the broker's: its group.consumer.session.timeout.ms (below 45 s, lower "
+        "group.consumer.min.session.timeout.ms too), or the group's own consumer.session.timeout.ms "
+        "(kafka-configs --entity-type groups)"
+    ),
+    "heartbeat.interval.ms": (
+        "the heartbeat is the broker's: its group.consumer.heartbeat.interval.ms (below 5 s, lower "
+        "group.consumer.min.heartbeat.interval.ms too), or the group's own "
+        "consumer.heartbeat.interval.ms (kafka-configs --entity-type groups)"
+    ),
+    "group.protocol.type": "the consumer protocol has none: leave it out",
 }
 
 _ACKS_ALL = "producers write with acks=all (with idempotence: nothing lost or written twice)"
@@ -175,8 +184,8 @@ class Settings(BaseSettings):
         default=None, description="Password of the client's private key, if it is encrypted"
     )
     kafka_client_id: str = "vigil"
-    # KIP-848 (Kafka 4.0+): the broker assigns partitions, and a member's epoch moves only when its
-    # own partitions change, so its checkpoints are not refused while others join or leave.
+    # KIP-848 (Kafka 4.0+): the broker assigns partitions, with no group-wide barrier at each
+    # rebalance (classic: every member rejoins, the partitions each keeps included).
     kafka_group_protocol: Literal["classic", "consumer"] = Field(
         default="classic",
         description=(
@@ -440,7 +449,7 @@ class Settings(BaseSettings):
                 if instead is not None:
                     msg = (
                         f"kafka_client_options {option!r} is a classic group protocol setting, and "
-                        f'kafka_group_protocol is "consumer"; set {instead} instead'
+                        f'kafka_group_protocol is "consumer": {instead}'
                     )
                     raise ValueError(msg)
         return self

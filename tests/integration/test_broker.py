@@ -60,6 +60,18 @@ def test_cli_start_is_idempotent_and_stop_is_clean(tmp_path: Path) -> None:
     down = _vigil(tmp_path, port, "broker", "status")
     assert down.returncode == 3
     assert "down" in down.stdout
+    # A broker formatted by an earlier Vigil starts with this one's settings: its properties are
+    # written at every start (the consumer group protocol's 10 s session was missing from them).
+    props = tmp_path / "kafka" / "node-1" / "server.properties"
+    stale = [line for line in props.read_text().splitlines() if not line.startswith("group.consumer.")]
+    props.write_text("\n".join(stale) + "\n")
+    again = _vigil(tmp_path, port, "broker", "start")
+    try:
+        assert again.returncode == 0, again.stderr
+        assert "started in" in again.stdout
+        assert "group.consumer.session.timeout.ms=10000" in props.read_text().splitlines()
+    finally:
+        assert _vigil(tmp_path, port, "broker", "stop").returncode == 0
 
 
 def test_external_cluster_setting_starts_nothing(tmp_path: Path, kafka_bootstrap: str) -> None:

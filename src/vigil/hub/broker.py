@@ -456,10 +456,11 @@ class LocalBroker:
         return path
 
     def _launch(self, info: ClusterInfo, node: int, dist: Path) -> None:
+        # Written at every start, not only when the storage is formatted: a broker formatted by
+        # an earlier Vigil takes the settings this one's code and tests expect (the consumer
+        # protocol's session, say).
+        props = self._write_properties(info, node)
         ndir = self.node_dir(node)
-        props = ndir / "server.properties"
-        if not props.exists():
-            self._write_properties(info, node)
         log4j = self.data_root / "log4j2.properties"
         if not log4j.exists():
             log4j.write_text(_LOG4J2)

@@ -27,7 +27,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from vigil.config import CLASSIC_GROUP_OPTIONS, Settings
+from vigil.config import CLASSIC_GROUP_OPTIONS, Settings, client_option_name
 from vigil.errors import BrokerError, ConfigError, ContractError, chained
 from vigil.events.base import Event
 from vigil.events.codec import encode
@@ -71,10 +71,18 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         }
     )
     if settings.kafka_group_protocol == "consumer":
-        # (The broker's assignors are all incremental and sticky; session and heartbeat are its
-        # settings too, so the classic ones a caller passes are not the client's to set.)
+        # The broker's assignors are all incremental and sticky; session and heartbeat are its
+        # settings too.  Refused here by name: librdkafka's own refusal came at the consumer's
+        # making, a stage's first start, without saying what to do.
+        for key in overrides:
+            instead = CLASSIC_GROUP_OPTIONS.get(client_option_name(key))
+            if instead is not None:
+                msg = (
+                    f"consumer of group {group_id!r}: {key!r} is a classic group protocol setting, "
+                    f'and kafka_group_protocol is "consumer": {instead}'
+                )
+                raise ConfigError(msg)
         conf["group.protocol"] = "consumer"
-        overrides = {k: v for k, v in overrides.items() if k not in CLASSIC_GROUP_OPTIONS}
     else:
         conf["partition.assignment.strategy"] = "cooperative-sticky"
     conf.update(overrides)

@@ -58,8 +58,9 @@ partition ``p`` of every other input follows partition ``p`` of the first (all i
 must have the same partition count when there is state; a stateless application with
 unequal counts reads each input on its own).  Records of partition ``p`` of all inputs share the
 state of partition ``p``: a customer's logins and withdrawals, both keyed by customer,
-meet in one store.  The assignor (cooperative-sticky) alone would not keep them
-together.  State lives in ``<home>/state/<name>/<store id>/<p>``.
+meet in one store.  The assignor (cooperative-sticky, or the broker's under the consumer
+group protocol) alone would not keep them together.  State lives in
+``<home>/state/<name>/<store id>/<p>``.
 
 Event-time alignment.  With ``max_event_time_skew_s`` (off by default) a replayed backlog
 reaches the operators in event-time order, as live traffic would (Kafka Streams' rule of
@@ -104,7 +105,8 @@ committed past without being decoded or handed to an operator (nor validated: a 
 record is the business of the applications that read it).  Bytes laid out otherwise (another
 JSON writer's) are decoded as usual, and then handed over whatever their type.
 
-Rebalancing.  Cooperative-sticky: only moved partitions stop.  On revocation the
+Rebalancing.  Cooperative-sticky (or, with ``kafka_group_protocol = "consumer"``, KIP-848's
+assignment by the broker, incremental too): only moved partitions stop.  On revocation the
 application checkpoints, then closes the stores; on assignment it checkpoints what it has
 processed (the operators' ``on_assign`` may take longer than the transaction timeout, and Kafka
 would abort the open transaction meanwhile), opens the new partitions' stores and pauses the
@@ -179,7 +181,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from vigil.config import OWN_CLIENT_OPTIONS, Settings, client_option_name, guarantee_of
+from vigil.config import CLASSIC_GROUP_OPTIONS, OWN_CLIENT_OPTIONS, Settings, client_option_name, guarantee_of
 from vigil.errors import ConfigError, ContractError, PipelineError, TopicError, described
 from vigil.events.base import Event, utcnow
 from vigil.events.codec import EventCodec, encode, escaped, inert, too_deep
@@ -358,7 +360,8 @@ _GROUP_MOVED_ON = frozenset(
         KafkaError.ILLEGAL_GENERATION,
         KafkaError.REBALANCE_IN_PROGRESS,
         KafkaError.FENCED_INSTANCE_ID,
-        # The consumer protocol's (KIP-848): the member's epoch moved on, or the group fenced it.
+        # The consumer protocol's (KIP-848): a commit with the member's epoch behind the group's
+        # (STALE); FENCED comes from heartbeats, taken the same way should a call raise it.
         KafkaError.STALE_MEMBER_EPOCH,
         KafkaError.FENCED_MEMBER_EPOCH,
     }
@@ -1071,6 +1074,13 @@ class Application:
         for which, overrides in clients:
             for option in overrides or {}:
                 why = refused_override(option, which)
+                if why is None and which == "consumer" and settings.kafka_group_protocol == "consumer":
+                    instead = CLASSIC_GROUP_OPTIONS.get(client_option_name(option))
+                    if instead is not None:
+                        why = (
+                            'a classic group protocol setting, and kafka_group_protocol is "consumer": '
+                            f"{instead}"
+                        )
                 if why is not None:
                     msg = f"application {name!r}: {which}_overrides may not set {option!r}: {why}"
                     raise ConfigError(msg)
@@ -1291,15 +1301,16 @@ class Application:
     def consumer_settings(self) -> dict[str, Any]:
         """The librdkafka configuration of this application's consumer: the cluster's client
         settings, the runtime's fetch defaults (:data:`FETCH_DEFAULTS`), then the overrides."""
+        # A member gone for 10 s loses its partitions (librdkafka's default is 45 s).  The classic
+        # protocol's settings: under the consumer protocol the broker holds them (the local broker
+        # sets the same, vigil.hub.broker).
+        session = (
+            {"session.timeout.ms": 10_000, "heartbeat.interval.ms": 1_000}
+            if self.settings.kafka_group_protocol == "classic"
+            else {}
+        )
         return consumer_config(
-            self.settings,
-            self.name,
-            **{
-                "session.timeout.ms": 10_000,
-                "heartbeat.interval.ms": 1_000,
-                **FETCH_DEFAULTS,
-                **self._consumer_overrides,
-            },
+            self.settings, self.name, **{**session, **FETCH_DEFAULTS, **self._consumer_overrides}
         )
 
     def stop(self) -> None:

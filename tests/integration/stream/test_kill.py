@@ -202,8 +202,8 @@ def test_kill_9_mid_stream_then_restart_is_exactly_once(
 
 
 #: Both consumer group protocols: the classic one (cooperative-sticky) and KIP-848's, where the
-#: broker assigns and a member's session is the broker's (10 s on the test broker, as the
-#: runtime's classic one).
+#: broker assigns and a member's session is the broker's (10 s on the test broker, the runtime's
+#: classic default; the classic workers here set 6 s).
 PROTOCOLS = ["classic", "consumer"]
 
 
