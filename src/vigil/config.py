@@ -133,6 +133,15 @@ def client_option_name(key: str) -> str:
     return key.lower().removeprefix("topic.")
 
 
+def classic_group_refusal(key: str) -> str | None:
+    """Why a client option ``key`` may not be given with ``kafka_group_protocol = "consumer"``,
+    and what to set instead (None: it may)."""
+    instead = CLASSIC_GROUP_OPTIONS.get(client_option_name(key))
+    if instead is None:
+        return None
+    return f'a classic group protocol setting, and kafka_group_protocol is "consumer": {instead}'
+
+
 def guarantee_of(name: str) -> str | None:
     """Why Vigil's clients depend on the setting ``name`` (see :func:`client_option_name`),
     or None when they do not."""
@@ -445,12 +454,9 @@ class Settings(BaseSettings):
         if self.kafka_group_protocol == "consumer" and self.kafka_client_options is not None:
             # (librdkafka refuses them only when a consumer is made: a stage's first start.)
             for option in self.kafka_client_options.get_secret_value():
-                instead = CLASSIC_GROUP_OPTIONS.get(client_option_name(option))
-                if instead is not None:
-                    msg = (
-                        f"kafka_client_options {option!r} is a classic group protocol setting, and "
-                        f'kafka_group_protocol is "consumer": {instead}'
-                    )
+                why = classic_group_refusal(option)
+                if why is not None:
+                    msg = f"kafka_client_options {option!r} is {why}"
                     raise ValueError(msg)
         return self
 

@@ -27,7 +27,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from vigil.config import CLASSIC_GROUP_OPTIONS, Settings, client_option_name
+from vigil.config import Settings, classic_group_refusal
 from vigil.errors import BrokerError, ConfigError, ContractError, chained
 from vigil.events.base import Event
 from vigil.events.codec import encode
@@ -75,12 +75,9 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         # settings too.  Refused here by name: librdkafka's own refusal came at the consumer's
         # making, a stage's first start, without saying what to do.
         for key in overrides:
-            instead = CLASSIC_GROUP_OPTIONS.get(client_option_name(key))
-            if instead is not None:
-                msg = (
-                    f"consumer of group {group_id!r}: {key!r} is a classic group protocol setting, "
-                    f'and kafka_group_protocol is "consumer": {instead}'
-                )
+            why = classic_group_refusal(key)
+            if why is not None:
+                msg = f"consumer of group {group_id!r}: {key!r} is {why}"
                 raise ConfigError(msg)
         conf["group.protocol"] = "consumer"
     else:

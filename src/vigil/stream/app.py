@@ -181,7 +181,13 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from vigil.config import CLASSIC_GROUP_OPTIONS, OWN_CLIENT_OPTIONS, Settings, client_option_name, guarantee_of
+from vigil.config import (
+    OWN_CLIENT_OPTIONS,
+    Settings,
+    classic_group_refusal,
+    client_option_name,
+    guarantee_of,
+)
 from vigil.errors import ConfigError, ContractError, PipelineError, TopicError, described
 from vigil.events.base import Event, utcnow
 from vigil.events.codec import EventCodec, encode, escaped, inert, too_deep
@@ -1075,12 +1081,7 @@ class Application:
             for option in overrides or {}:
                 why = refused_override(option, which)
                 if why is None and which == "consumer" and settings.kafka_group_protocol == "consumer":
-                    instead = CLASSIC_GROUP_OPTIONS.get(client_option_name(option))
-                    if instead is not None:
-                        why = (
-                            'a classic group protocol setting, and kafka_group_protocol is "consumer": '
-                            f"{instead}"
-                        )
+                    why = classic_group_refusal(option)
                 if why is not None:
                     msg = f"application {name!r}: {which}_overrides may not set {option!r}: {why}"
                     raise ConfigError(msg)
