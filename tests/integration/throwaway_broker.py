@@ -157,6 +157,22 @@ def _cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
+class ClassicGroupsBroker(ThrowawayBroker):
+    """PLAINTEXT, no authorizer, and consumer groups of the classic protocol only: as a cluster
+    before Kafka 4.0 is, as far as groups go."""
+
+    kind = "classic-groups"
+
+    def listener_properties(self) -> dict[str, Any]:
+        return {
+            **self.listeners("PLAINTEXT", "PLAINTEXT"),
+            "group.coordinator.rebalance.protocols": "classic",
+        }
+
+    def ready_config(self) -> dict[str, Any]:
+        return {"bootstrap.servers": self.bootstrap}
+
+
 class PlainBroker(ThrowawayBroker):
     """PLAINTEXT, no authorizer: the session's broker, but one a test may stop and restart."""
 

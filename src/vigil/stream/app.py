@@ -1764,8 +1764,17 @@ class Application:
     def _consumer_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._PARTITION_EOF:
             return
-        if err.fatal():
+        # (_FATAL as a record's error: the client's fatal error, its fatal() false there.  Logged
+        # as a warning, a cluster without the consumer group protocol left the application
+        # running, never assigned anything.)
+        if err.fatal() or err.code() == KafkaError._FATAL:
             text = f"application {self.name!r}: fatal consumer error: {err.str()}"
+            if self.settings.kafka_group_protocol == "consumer" and "ConsumerGroupHeartbeat" in err.str():
+                text += (
+                    '; kafka_group_protocol is "consumer", which needs Kafka 4.0 or later with '
+                    "the consumer group protocol on (the broker's group.coordinator.rebalance."
+                    'protocols); set it to "classic" for this cluster'
+                )
             raise PipelineError(text)
         log.warning("application %s: consumer error: %s", self.name, err.str())
 

@@ -15,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from tests.integration.stream.conftest import for_protocol
+
 from vigil.config import Settings, load_settings
 from vigil.events.base import Entities
 from vigil.events.types import Payment, PaymentPayload
@@ -95,7 +97,6 @@ def worker(config: dict[str, Any]) -> None:
 
     protocol = {"kafka_group_protocol": config["group_protocol"]} if "group_protocol" in config else {}
     settings = load_settings(kafka_bootstrap=config["bootstrap"], home=Path(config["home"]), **protocol)
-    protocol_name = settings.kafka_group_protocol
     go = config.get("go")
     if go is not None:
         # Started ahead and held here, imports done, until the test says: a join then costs the
@@ -111,15 +112,9 @@ def worker(config: dict[str, Any]) -> None:
         instance_id=config.get("instance"),
         batch_size=config.get("batch_size", 200),
         checkpoint_interval_s=config.get("checkpoint_interval_s", 0.1),
-        consumer_overrides={
-            # (Classic only: under the consumer protocol the broker's 10 s and 1 s apply.)
-            **(
-                {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
-                if protocol_name == "classic"
-                else {}
-            ),
-            **config.get("consumer", {}),
-        },
+        consumer_overrides=for_protocol(
+            settings, {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500, **config.get("consumer", {})}
+        ),
         producer_overrides={"transaction.timeout.ms": config.get("transaction_timeout_ms", 8000)},
     )
     status = Path(config["status"])

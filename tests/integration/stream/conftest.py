@@ -8,11 +8,12 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Producer
 
-from vigil.config import Settings, load_settings
+from vigil.config import CLASSIC_GROUP_OPTIONS, Settings, load_settings
 from vigil.events.base import Event
 from vigil.events.codec import encode
 from vigil.hub.admin import ensure_topics
@@ -103,3 +104,12 @@ def run_app() -> Iterator[Callable[[Application], Running]]:
 def names() -> Callable[[str], str]:
     suffix = uuid.uuid4().hex[:8]
     return lambda base: f"test.stream.{base}.{suffix}"
+
+
+def for_protocol(settings: Settings, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A test's consumer ``overrides`` for the group protocol ``settings`` use: under the consumer
+    protocol (``VIGIL_KAFKA_GROUP_PROTOCOL=consumer``) its classic session and heartbeat go, as the
+    runtime refuses them there; the broker's (10 s and 1 s on the test broker) apply instead."""
+    if settings.kafka_group_protocol == "classic":
+        return overrides
+    return {key: value for key, value in overrides.items() if key not in CLASSIC_GROUP_OPTIONS}

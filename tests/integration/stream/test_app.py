@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import NewPartitions
 from tests.integration.raw_headers import produce_with_raw_headers
 from tests.integration.stream.apps import COUNTS, T0, RunningCount, expected_ids, payments, read_all
-from tests.integration.stream.conftest import Running, home_at, make_topics, produce, wait_for
+from tests.integration.stream.conftest import Running, for_protocol, home_at, make_topics, produce, wait_for
 
 from vigil.config import Settings
 from vigil.errors import ConfigError, PipelineError
@@ -844,7 +844,9 @@ def test_a_lost_assignment_is_processed_again_from_the_last_checkpoint(
             checkpoint_interval_s=interval_s,
             batch_size=50,
             instance_id=None if expire else f"t{run}",
-            consumer_overrides={"max.poll.interval.ms": 6000, "session.timeout.ms": 6000},
+            consumer_overrides=for_protocol(
+                settings, {"max.poll.interval.ms": 6000, "session.timeout.ms": 6000}
+            ),
             producer_overrides={"transaction.timeout.ms": 2000 if expire else 60_000},
         )
         with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
@@ -1004,7 +1006,7 @@ def test_a_takeover_slower_than_the_transaction_timeout_commits_first(
             checkpoint_interval_s=6.0,
             batch_size=20,
             instance_id=instance,
-            consumer_overrides={"heartbeat.interval.ms": 300},
+            consumer_overrides=for_protocol(settings, {"heartbeat.interval.ms": 300}),
             producer_overrides={"transaction.timeout.ms": timeout_ms},
         )
 
@@ -1097,7 +1099,7 @@ def test_a_takeover_restores_while_the_partitions_a_member_has_go_on(
             src,
             out,
             instance_id=instance,
-            consumer_overrides={"heartbeat.interval.ms": 300},
+            consumer_overrides=for_protocol(settings, {"heartbeat.interval.ms": 300}),
         )
 
     a = run_app(member("a", "a"))
@@ -1449,7 +1451,7 @@ def short_poll_app(
         inputs=inputs,
         operators=[op],
         guarantee=guarantee,
-        consumer_overrides=SHORT_POLL,
+        consumer_overrides=for_protocol(settings, SHORT_POLL),
         **kw,
     )
 
@@ -1663,11 +1665,14 @@ def test_a_partition_lost_before_its_first_commit_is_read_again_from_where_it_be
         checkpoint_interval_s=12.0,  # nothing committed before the stall
         batch_size=50,
         instance_id="t1",
-        consumer_overrides={
-            "auto.offset.reset": "latest",
-            "max.poll.interval.ms": 6000,
-            "session.timeout.ms": 6000,
-        },
+        consumer_overrides=for_protocol(
+            settings,
+            {
+                "auto.offset.reset": "latest",
+                "max.poll.interval.ms": 6000,
+                "session.timeout.ms": 6000,
+            },
+        ),
         producer_overrides={"transaction.timeout.ms": 60_000},
     )
     running = run_app(app)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from tests.integration.stream.apps import RunningCount, expected_ids, payments
-from tests.integration.stream.conftest import Running, make_topics, produce, wait_for
+from tests.integration.stream.conftest import Running, for_protocol, make_topics, produce, wait_for
 from tests.integration.throwaway_broker import PlainBroker
 
 from vigil.config import Settings, load_settings
@@ -59,7 +59,7 @@ def counting(settings: Settings, guarantee: Guarantee) -> Application:
         guarantee=guarantee,
         checkpoint_interval_s=0.2,
         batch_size=20,
-        consumer_overrides={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
+        consumer_overrides=for_protocol(settings, {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}),
         # Outputs not taken within 10 s make the transaction abortable: a shorter outage does.
         producer_overrides={"transaction.timeout.ms": 10_000},
     )

@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import NewPartitions
 from tests.integration.stream.apps import RunningCount, payments, read_all
-from tests.integration.stream.conftest import Running, home_at, make_topics, produce, wait_for
+from tests.integration.stream.conftest import Running, for_protocol, home_at, make_topics, produce, wait_for
 
 from vigil.config import Settings
 from vigil.errors import ConfigError, PipelineError, TopicError
@@ -540,7 +540,7 @@ def test_gauges_of_partitions_given_up_go_with_them(
             inputs=[src],
             operators=[RunningCount(out)],
             guarantee="at_least_once",
-            consumer_overrides={"heartbeat.interval.ms": 300},
+            consumer_overrides=for_protocol(settings, {"heartbeat.interval.ms": 300}),
         )
 
     a = run_app(member("a"))
