@@ -18,8 +18,10 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka.admin import AdminClient
 
@@ -142,6 +144,20 @@ class ThrowawayBroker:
             return
         os.killpg(proc.pid, signal.SIGKILL)  # a throwaway broker: nothing to shut down cleanly
         proc.wait(30)
+
+
+B = TypeVar("B", bound=ThrowawayBroker)
+
+
+@contextmanager
+def running(broker: B) -> Iterator[B]:
+    """``broker`` started in a directory of its own (made here), stopped on the way out."""
+    broker.root.mkdir()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 def _accepts(port: int) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tests.integration.stream.apps import RunningCount
 from tests.integration.stream.conftest import Running, make_topics, wait_for
-from tests.integration.throwaway_broker import ClassicGroupsBroker
+from tests.integration.throwaway_broker import ClassicGroupsBroker, running
 
 from vigil.config import load_settings
 from vigil.errors import PipelineError
@@ -17,13 +17,8 @@ from vigil.stream.app import Application
 
 @pytest.fixture
 def classic_broker(tmp_path: Path) -> Iterator[ClassicGroupsBroker]:
-    made = ClassicGroupsBroker(tmp_path / "broker")
-    made.root.mkdir()
-    made.start()
-    try:
+    with running(ClassicGroupsBroker(tmp_path / "broker")) as made:
         yield made
-    finally:
-        made.stop()
 
 
 def test_the_consumer_protocol_on_a_cluster_without_it_stops_the_application_saying_so(

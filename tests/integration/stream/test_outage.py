@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from tests.integration.stream.apps import RunningCount, expected_ids, payments
 from tests.integration.stream.conftest import Running, for_protocol, make_topics, produce, wait_for
-from tests.integration.throwaway_broker import PlainBroker
+from tests.integration.throwaway_broker import PlainBroker, running
 
 from vigil.config import Settings, load_settings
 from vigil.events.codec import decode_event
@@ -40,13 +40,8 @@ FAILED_CHECKPOINT = (
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[PlainBroker]:
-    made = PlainBroker(tmp_path / "broker")
-    made.root.mkdir()
-    made.start()
-    try:
+    with running(PlainBroker(tmp_path / "broker")) as made:
         yield made
-    finally:
-        made.stop()
 
 
 def counting(settings: Settings, guarantee: Guarantee) -> Application:
