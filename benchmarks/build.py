@@ -51,19 +51,22 @@ ENGINES = {
 }
 
 
+def _makefile_list(name: str) -> list[str]:
+    """The Makefile's list ``name`` (its continued lines too), relative to ``src``: one list,
+    where ``make`` reads it."""
+    found = re.search(rf"^{name} := ((?:.*\\\n)*.*)$", (REPO / "Makefile").read_text(), re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"no `{name} :=` list in the Makefile")
+    return [p.removeprefix("src/") for p in found.group(1).replace("\\", " ").split()]
+
+
 def compiled_modules() -> list[str]:
-    """The Makefile's ``COMPILED`` list, relative to ``src`` (one list, where ``make`` reads it)."""
-    text = (REPO / "Makefile").read_text()
-    block = re.search(r"^COMPILED := \\\n((?:\t.*\\\n)*\t.*\n)", text, re.MULTILINE)
-    if block is None:
-        raise RuntimeError("no `COMPILED :=` list in the Makefile")
-    return [p.removeprefix("src/") for p in block.group(1).replace("\\", " ").split()]
+    """The Python modules ``make compile`` compiles."""
+    return _makefile_list("COMPILED")
 
 
 def _native_modules() -> list[str]:
-    text = (REPO / "Makefile").read_text()
-    found = re.search(r"^NATIVE := (.*)$", text, re.MULTILINE)
-    return [p.removeprefix("src/") for p in found.group(1).split()] if found else []
+    return _makefile_list("NATIVE")
 
 
 def _children_cpu_s() -> float:

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from confluent_kafka.admin import AdminClient
 
@@ -36,6 +36,8 @@ class ThrowawayBroker:
 
     #: What the broker is called in errors ("the TLS broker did not answer ...").
     kind = "test"
+    #: Broker settings of a subclass's own, beside its listeners and the common ones.
+    extra: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, root: Path, start_timeout_s: float = 90.0) -> None:
         self.root = root
@@ -79,6 +81,7 @@ class ThrowawayBroker:
             "transaction.state.log.min.isr": 1,
             "group.initial.rebalance.delay.ms": 0,
             "auto.create.topics.enable": "false",
+            **self.extra,
         }
         path = self.root / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
@@ -173,22 +176,6 @@ def _cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-class ClassicGroupsBroker(ThrowawayBroker):
-    """PLAINTEXT, no authorizer, and consumer groups of the classic protocol only: as a cluster
-    before Kafka 4.0 is, as far as groups go."""
-
-    kind = "classic-groups"
-
-    def listener_properties(self) -> dict[str, Any]:
-        return {
-            **self.listeners("PLAINTEXT", "PLAINTEXT"),
-            "group.coordinator.rebalance.protocols": "classic",
-        }
-
-    def ready_config(self) -> dict[str, Any]:
-        return {"bootstrap.servers": self.bootstrap}
-
-
 class PlainBroker(ThrowawayBroker):
     """PLAINTEXT, no authorizer: the session's broker, but one a test may stop and restart."""
 
@@ -199,3 +186,11 @@ class PlainBroker(ThrowawayBroker):
 
     def ready_config(self) -> dict[str, Any]:
         return {"bootstrap.servers": self.bootstrap}
+
+
+class ClassicGroupsBroker(PlainBroker):
+    """A plain broker whose consumer groups are of the classic protocol only: as a cluster
+    before Kafka 4.0 is, as far as groups go."""
+
+    kind = "classic-groups"
+    extra = {"group.coordinator.rebalance.protocols": "classic"}
