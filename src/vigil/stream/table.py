@@ -43,6 +43,7 @@ its topic with the table's reader, :class:`TopicFollower`, and applies each reco
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -75,6 +76,16 @@ DELETED_AFTER_S = 30.0
 #: What a follower hands over per record: its key (``None``: a record without one), its value
 #: (``None``: a tombstone) and where it was read (``topic[partition]@offset``, for messages).
 Apply = Callable[[str | None, bytes | None, str], None]
+#: The least a start gives its questions to the broker (the topic's metadata, its ends), whatever
+#: its timeout: on a broker that answers they take milliseconds.
+SETUP_AT_LEAST_S = 5.0
+#: What :meth:`TopicFollower._metadata` returns when asked to stop.
+_ABORTED = object()
+
+
+def _left(deadline: float, cap: float) -> float:
+    """Seconds to ``deadline`` (monotonic), at most ``cap``, at least 0."""
+    return max(0.0, min(cap, deadline - time.monotonic()))
 
 
 def _decode_event(value: bytes) -> Any:
@@ -134,6 +145,7 @@ class TopicFollower:
         calling again waits again for the same reader), or as soon as ``abort()`` is true (the
         process asked to stop while loading: it should not wait a minute for a list it will not
         use, or a supervisor's grace period runs out and it is killed mid-way)."""
+        deadline = time.monotonic() + timeout_s
         if self._thread is None and not self._ready.is_set():
             # Started again after a stop: from the beginning of the topic as it is now (it may
             # have been created again meanwhile), the last run's failure gone with it.
@@ -142,8 +154,10 @@ class TopicFollower:
             self._unknown_since = None
             self._topic_id = None
             self._waiting = False
-            self._begin()
-        deadline = time.monotonic() + timeout_s
+            # (At least a few seconds for its questions: a start that waits for nothing,
+            # timeout 0, still starts its reader.)
+            if not self._begin(max(deadline, time.monotonic() + SETUP_AT_LEAST_S), abort):
+                return  # asked to stop before the reader started
         while not self._ready.is_set():
             self.check()
             if abort is not None and abort():
@@ -217,13 +231,20 @@ class TopicFollower:
             self._thread = None
         self._ready.clear()
 
-    def _begin(self) -> None:
+    def _begin(self, deadline: float, abort: Callable[[], bool] | None) -> bool:
+        """Look the topic up and start the reader; False if ``abort()`` said to stop first.
+        Within ``deadline`` (``start``'s, or :data:`SETUP_AT_LEAST_S` from now): its questions to
+        the broker were 30 s each, so a start with the broker out of reach took 30 s whatever
+        its timeout, never asked ``abort``, and raised the client's error naming no topic."""
         # Partitions are assigned, never committed: every process reads the whole topic.
         consumer = make_consumer(
             self.settings, self.group, **BACKLOG_READER, **{"enable.partition.eof": True}
         )
         try:
-            meta = consumer.list_topics(self.topic, timeout=30).topics.get(self.topic)
+            meta = self._metadata(consumer, deadline, abort)
+            if meta is _ABORTED:
+                consumer.close()
+                return False
             error = None if meta is None else meta.error
             # (A topic just created may have no leader yet: retriable, so taken as not there yet.)
             if (
@@ -244,10 +265,10 @@ class TopicFollower:
                     target=self._run, args=(consumer, set(), {}), name=self.name, daemon=True
                 )
                 self._thread.start()
-                return
+                return True
             self._admin = make_admin(self.settings)
             try:
-                self._topic_id = self._describe()[0]
+                self._topic_id = self._describe(max(1.0, _left(deadline, 10.0)))[0]
             except KafkaException as exc:  # a broker too old to give topic ids: recreation goes unseen
                 log.warning("%s: could not read the topic id of %r: %s", self.name, self.topic, exc)
             # Caught up means: past the high watermark each partition has now (not the last
@@ -256,7 +277,9 @@ class TopicFollower:
             # partition written more often than a fetch waits (500 ms): every fetch brought
             # records, none came back empty; a record past the end tells it there (see _run).
             marks = partition_offsets(
-                self.settings, [(self.topic, p) for p in meta.partitions], time.monotonic() + 30
+                self.settings,
+                [(self.topic, p) for p in meta.partitions],
+                min(deadline, time.monotonic() + 30),
             )
             ends = {p: marks[self.topic, p][1] for p in meta.partitions}
             self._ends = dict(ends)
@@ -268,6 +291,21 @@ class TopicFollower:
             target=self._run, args=(consumer, set(meta.partitions), ends), name=self.name, daemon=True
         )
         self._thread.start()
+        return True
+
+    def _metadata(self, consumer: Consumer, deadline: float, abort: Callable[[], bool] | None) -> Any:
+        """The topic's metadata (None: the broker does not list it), asked a second at a time
+        until ``deadline``, ``abort()`` asked between (``_ABORTED`` when it says stop).  A
+        broker that cannot be reached is a :class:`TopicError` naming the topic."""
+        while True:
+            try:
+                return consumer.list_topics(self.topic, timeout=_left(deadline, 1.0)).topics.get(self.topic)
+            except KafkaException as exc:
+                if abort is not None and abort():
+                    return _ABORTED
+                if time.monotonic() >= deadline:
+                    msg = f"{self.name}: cannot read the metadata of topic {self.topic!r}: {message_of(exc)}"
+                    raise TopicError(msg) from exc
 
     def _run(self, consumer: Consumer, partitions: set[int], ends: dict[int, int]) -> None:
         behind = {p for p in partitions if ends.get(p, 1) > 0}
@@ -297,11 +335,18 @@ class TopicFollower:
                         log.warning("%s: %s", self.name, err.str())
                         continue
                     key = msg.key()
-                    apply(
-                        None if key is None else key.decode("utf-8", "surrogateescape"),
-                        msg.value(),
-                        f"{topic}[{msg.partition()}]@{msg.offset()}",
-                    )
+                    where = f"{topic}[{msg.partition()}]@{msg.offset()}"
+                    try:
+                        apply(
+                            None if key is None else key.decode("utf-8", "surrogateescape"),
+                            msg.value(),
+                            where,
+                        )
+                    except Exception as exc:
+                        # Named by where it is: the topic keeps the record, and every start
+                        # fails on it again (the message named the table alone).
+                        why = f"the record at {where}: {message_of(exc)}"
+                        raise PipelineError(why) from exc
                     if behind and msg.offset() >= ends.get(msg.partition(), 0):
                         # A record past the end as it was: read_committed, everything committed
                         # before it came first, so the partition is caught up.  (Not the
@@ -316,11 +361,11 @@ class TopicFollower:
         finally:
             consumer.close()
 
-    def _describe(self) -> tuple[str, set[int]]:
+    def _describe(self, timeout_s: float = 10.0) -> tuple[str, set[int]]:
         """The followed topic's id and partitions, as the broker has them now."""
         if self._admin is None:
             self._admin = make_admin(self.settings)
-        futures = self._admin.describe_topics(TopicCollection([self.topic]), request_timeout=10)
+        futures = self._admin.describe_topics(TopicCollection([self.topic]), request_timeout=timeout_s)
         found = futures[self.topic].result()
         return str(found.topic_id), {part.id for part in found.partitions}
 
@@ -381,12 +426,23 @@ class TopicFollower:
 
 
 #: What a decode raises on a record it cannot read (skipped, counted, logged): the codec's
-#: errors, and the lookup and type errors a caller's decode meets in malformed input (a
-#: missing field: before, such a KeyError stopped the reader and every later update was lost;
-#: an AttributeError, a null where a caller's decode reads a string; a RecursionError, JSON
-#: nested 100,000 deep, which stopped it at every restart too while the topic kept the record).
-#: Anything else is taken for a bug in the decode, and fails the table loudly.
-_BAD_RECORD = (VigilError, ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError)
+#: errors, and the lookup, type and arithmetic errors a caller's decode meets in malformed
+#: input (a missing field: before, such a KeyError stopped the reader and every later update
+#: was lost; an AttributeError, a null where a caller's decode reads a string; a
+#: RecursionError, JSON nested 100,000 deep, which stopped it at every restart too while the
+#: topic kept the record; an OverflowError, ``int()`` of JSON's ``1e999``; a ``struct.error``,
+#: a value too short to unpack).  Anything else is taken for a bug in the decode, and fails
+#: the table loudly.
+_BAD_RECORD = (
+    VigilError,
+    ValueError,
+    TypeError,
+    LookupError,
+    AttributeError,
+    ArithmeticError,
+    RecursionError,
+    struct.error,
+)
 _ABSENT = object()
 
 
