@@ -12,8 +12,12 @@ As the Kafka runtime does: every input is encoded as a producer sends it and dec
 runtime reads it (what the runtime would dead-letter is dead-lettered, with its reason;
 operators see the decoded event, ``5`` as ``5.0``); every operator is told of every partition
 (``on_assign``) before the first batch; outputs are encoded and refused over the runtime's size
-limit; a dead letter's reason names the operator, and is cut as the runtime cuts it; state keys
-are text, and a key's state over a changelog record's limit fails the checkpoint; a restart
+limit, their keys refused unless text as the runtime's context refuses them, and collected as
+their readers decode them (one no reader can decode, such as an event with a naive time,
+raises here, naming the operator: on Kafka it is sent, and every stage reading it
+dead-letters it); a dead letter's reason names the operator, and is cut as the runtime cuts
+it; state keys are text, and a key's state over a changelog record's limit fails the
+checkpoint; a restart
 (``result=``) reads state back as RocksDB would and carries the offsets on, and after a run
 that raised it starts from the last checkpoint.  Topics named in ``read_back`` (an
 application's repartition topics, listed among its inputs) are read again, as the runtime reads
@@ -32,7 +36,9 @@ keys a store partition, and its ``items()`` decodes those it does not hold: an o
 expect a set or a tuple it stored back as a list, as after a restart); an application's
 ``skip_types`` (every record reaches the operators here); an operator's exception is raised as
 it is (the runtime raises a ``PipelineError`` naming the operator and the batch's offsets, the
-exception chained).
+exception chained); the late-events topic is called ``late`` (the runtime's is ``<app>.late``); a
+dead letter over the runtime's record limit keeps its reason alone here (the runtime leaves the
+record's bytes out of the letter and says so in its reason).
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from confluent_kafka import KafkaException
 from vigil.errors import PipelineError
 from vigil.events.base import Event
 from vigil.events.codec import EventCodec, encode
+from vigil.events.types import EVENT_TYPES
 from vigil.stream.app import (
     DECODE_ERRORS,
     Decoder,
@@ -238,15 +245,60 @@ class HarnessResult:
         return [e.event for e in self.emits if topic is None or e.topic == topic]
 
 
+def _check_output_key(operator_id: str, method: str, key: object, *, optional: bool) -> None:
+    """Refuse an output's key the runtime's context refuses (its compiled signature takes text
+    alone: a ``bytes`` key, ``Record.key`` as read, passed here and stopped the application, or
+    dead-lettered every record, on Kafka)."""
+    if isinstance(key, str) or (optional and key is None):
+        return
+    wanted = "text (str) or None" if optional else "text (str)"
+    msg = (
+        f"operator {operator_id!r}: ctx.{method}'s key must be {wanted}; got {type(key).__name__} {key!r:.80}"
+    )
+    raise TypeError(msg)
+
+
+_canonical_decode = EventCodec()._decoder.decode
+
+
+def _as_read(operator_id: str, topic: str, event: Event, value: bytes) -> Event:
+    """``event`` as a reader of ``topic`` decodes the bytes it was sent as: a canonical event by
+    the canonical codec, any other by its own type.  An operator's output that no reader can
+    decode (a naive time, a value its type's constraints refuse: a msgspec Struct checks
+    nothing when made) raises, naming the operator: on Kafka it is sent, and every stage
+    reading it dead-letters it."""
+    if not isinstance(event, msgspec.Struct):
+        return event  # (nothing to decode it to)
+    try:
+        if EVENT_TYPES.get(event.__struct_config__.tag) is type(event):  # type: ignore[arg-type]
+            decoded: Event = _canonical_decode(value)
+        else:
+            decoded = msgspec.json.decode(value, type=type(event))
+    except DECODE_ERRORS as exc:
+        msg = (
+            f"operator {operator_id!r} emitted to {topic!r} a {type(event).__name__} its readers cannot "
+            f"decode: {clipped_reason(undecodable_reason(exc))}"
+        )
+        raise ValueError(msg) from exc
+    return decoded
+
+
 class _MemoryContext:
     def __init__(
-        self, partition: int, result: HarnessResult, operator: Operator[Any], *, forwards_read_bytes: bool
+        self,
+        partition: int,
+        result: HarnessResult,
+        operator: Operator[Any],
+        *,
+        forwards_read_bytes: bool,
+        read_back: Collection[str] = (),
     ) -> None:
         self._partition = partition
         self._forwards_read_bytes = forwards_read_bytes
         self._result = result
         self._declared = {spec.id for spec in operator.stores}
         self._operator_id = operator.id
+        self._read_back = read_back
 
     @property
     def partition(self) -> int:
@@ -274,6 +326,19 @@ class _MemoryContext:
     def dead_letter(
         self, record: Record[Any], reason: str, headers: list[tuple[str, bytes | None]] | None = None
     ) -> None:
+        # (As the runtime's compiled signature refuses them.)
+        if not isinstance(reason, str):
+            msg = (
+                f"operator {self._operator_id!r}: ctx.dead_letter's reason must be text (str); got "
+                f"{type(reason).__name__}"
+            )
+            raise TypeError(msg)
+        if headers is not None and not isinstance(headers, list):
+            msg = (
+                f"operator {self._operator_id!r}: ctx.dead_letter's headers must be a list of (name, "
+                f"value) pairs or None; got {type(headers).__name__}"
+            )
+            raise TypeError(msg)
         self._result.dead_letters.append((record, clipped_reason(reason)))
 
     def late(self, record: Record[Any]) -> None:
@@ -287,16 +352,25 @@ class _MemoryContext:
     def prepare_emit(
         self, topic: str, event: Event, key: str | None = None, value: bytes | None = None
     ) -> Callable[[], None]:
-        key = key if key is not None else event.key()
-        value = _checked(topic, event, value, key)
-        emitted = Emitted(topic, key, event, value)
-        return lambda: self._result.emits.append(emitted)
+        _check_output_key(self._operator_id, "emit", key, optional=True)
+        return self._prepared(topic, event, key, value)
 
     def prepare_forward(self, topic: str, record: Record[Any], key: str) -> Callable[[], None]:
+        _check_output_key(self._operator_id, "forward", key, optional=False)
         # The bytes as read, as the runtime forwards them (re-encoded only for a record that has
         # none: one an operator made).
         value = record.value if self._forwards_read_bytes else None
-        return self.prepare_emit(topic, record.event, key, value=value)
+        return self._prepared(topic, record.event, key, value)
+
+    def _prepared(self, topic: str, event: Event, key: str | None, value: bytes | None) -> Callable[[], None]:
+        key = key if key is not None else event.key()
+        value = _checked(topic, event, value, key)
+        # Collected as its readers will see it; a topic read back is decoded when it is read
+        # (what cannot be is dead-lettered there, as the reading stage does).
+        if topic not in self._read_back:
+            event = _as_read(self._operator_id, topic, event, value)
+        emitted = Emitted(topic, key, event, value)
+        return lambda: self._result.emits.append(emitted)
 
     def prepare_late(self, record: Record[Any]) -> Callable[[], None]:
         _checked("late", record.event, key=record.key)
@@ -401,7 +475,7 @@ def run_operators(
         # order, before any batch of it.
         for op in operators:
             ctx = contexts[(op.id, part)] = _MemoryContext(
-                part, result, op, forwards_read_bytes=decode is None
+                part, result, op, forwards_read_bytes=decode is None, read_back=read_back
             )
             op.on_assign(ctx)
 

@@ -3,6 +3,7 @@ does: a rule that passes on it does not stop the stage in production on the same
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -363,3 +364,66 @@ def test_undecodable_records_are_given_the_reasons_the_codec_gives(raw: bytes, e
     assert reason.startswith(expected)
     assert reason == str(slow.value)
     assert reason.isprintable()
+
+
+class Outputs(Operator[Payment]):
+    """Sends every payment on in one way (``how``), to topic ``out``."""
+
+    id = "outputs"
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        for rec in batch:
+            if self.how == "forward-bytes":
+                ctx.forward("out", rec, rec.key)  # type: ignore[arg-type]  (as read: bytes)
+            elif self.how == "emit-bytes":
+                ctx.emit("out", rec.event, key=b"c1")  # type: ignore[arg-type]
+            elif self.how == "letter-tuple":
+                ctx.dead_letter(rec, "refused", (("h", b"v"),))  # type: ignore[arg-type]
+            elif self.how == "naive-time":
+                naive = rec.event.occurred_at.replace(tzinfo=None)
+                ctx.emit("out", msgspec.structs.replace(rec.event, occurred_at=naive))
+            else:
+                whole = PaymentPayload(payment_id="x", amount=5, currency="USD")  # type: ignore[arg-type]
+                ctx.emit("out", msgspec.structs.replace(rec.event, payload=whole))
+
+
+@pytest.mark.parametrize(
+    ("how", "refusal"),
+    [
+        ("forward-bytes", r"operator 'outputs': ctx\.forward's key must be text \(str\); got bytes b'c1'"),
+        ("emit-bytes", r"operator 'outputs': ctx\.emit's key must be text \(str\) or None; got bytes b'c1'"),
+        ("letter-tuple", r"operator 'outputs': ctx\.dead_letter's headers must be a list .* got tuple"),
+    ],
+)
+def test_outputs_of_types_the_runtimes_context_refuses_are_refused(how: str, refusal: str) -> None:
+    # Passed here, collected with a bytes key; on Kafka the compiled context raised TypeError
+    # ("str object expected; got bytes"): the stage stopped, or dead-lettered every record.
+    with pytest.raises(TypeError, match=refusal):
+        run_operators([Outputs(how)], [payment(1)])
+    # Under the dead-letter policy, as the runtime does: every record a letter naming why.
+    lenient = Outputs(how)
+    lenient.dead_letter_errors = True
+    result = run_operators([lenient], [payment(1), payment(2)])
+    assert result.emitted() == []
+    assert [(rec.event.event_id, reason.split(":")[0]) for rec, reason in result.dead_letters] == [
+        ("p1", "operator 'outputs'"),
+        ("p2", "operator 'outputs'"),
+    ]
+    assert all(re.search(refusal.split(": ", 1)[1], reason) for _, reason in result.dead_letters)
+
+
+def test_outputs_are_collected_as_their_readers_decode_them() -> None:
+    # An output no reader can decode (a naive time: a Struct checks nothing when made) passed
+    # here; on Kafka it was sent, and every stage reading it dead-lettered it.
+    with pytest.raises(
+        ValueError,
+        match=r"operator 'outputs' emitted to 'out' a Payment its readers cannot decode: "
+        r"Expected `datetime` with a timezone component - at `\$\.occurred_at`",
+    ):
+        run_operators([Outputs("naive-time")], [payment(1)])
+    # What a test reads back is what a reader gets: the integer amount as 5.0.
+    (out,) = run_operators([Outputs("int-amount")], [payment(1)]).emitted("out")
+    assert (out.payload.amount, type(out.payload.amount)) == (5.0, float)
