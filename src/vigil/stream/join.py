@@ -118,7 +118,9 @@ def _tag(cls: type[Event]) -> object:
 
 
 class IntervalJoin(Operator[Event]):
-    """``on_match(left, right, ctx)`` for each same-key pair with ``|t_left - t_right| <= within``."""
+    """``on_match(left, right, ctx)`` for each same-key pair with ``|t_left - t_right| <= within``,
+    times in whole milliseconds (as windows take them: two events less than a millisecond over
+    ``within`` apart may pair)."""
 
     def __init__(
         self,
@@ -254,8 +256,12 @@ class IntervalJoin(Operator[Event]):
                 self.quiet.step(state, partial(_expired, horizon=horizon))
             raw = encode(rec.event)
             if len(mine) >= self.max_waiting or size + len(raw) > self.max_waiting_bytes:
-                self._refuse(rec, ctx, k, side, len(mine), size, len(raw))
-                continue
+                # At a limit, expired events behind a later one (which the front cut leaves)
+                # go first: counted, they refused a live event, whose pairs were then lost.
+                size, mine = self._purged(state, side + k, size, mine, horizon)
+                if len(mine) >= self.max_waiting or size + len(raw) > self.max_waiting_bytes:
+                    self._refuse(rec, ctx, k, side, len(mine), size, len(raw))
+                    continue
             mine.append([t, raw])
             state.set(side + k, [size + len(raw), mine])
 
@@ -293,6 +299,21 @@ class IntervalJoin(Operator[Event]):
             else:
                 state.delete(skey)
         return size, entries
+
+    def _purged(
+        self, state: Any, skey: str, size: int, entries: list[list[Any]], horizon: int
+    ) -> tuple[int, list[list[Any]]]:
+        """A key's waiting events of one side without any expired one, wherever it stands
+        (written back if any was): the whole list's copy, made only at a limit."""
+        kept = [entry for entry in entries if entry[0] >= horizon]
+        if len(kept) == len(entries):
+            return size, entries
+        size = sum(len(entry[1]) for entry in kept)
+        if kept:
+            state.set(skey, [size, kept])
+        else:
+            state.delete(skey)
+        return size, kept
 
     def _not_partitioned_by(self, rec: Record[Event], k: str) -> str:
         def shown(text: str) -> str:

@@ -330,6 +330,25 @@ def test_a_key_waits_at_most_max_waiting_bytes_and_room_comes_back_as_events_exp
     assert size <= 1000
 
 
+def test_expired_events_behind_a_later_one_do_not_count_against_the_limit() -> None:
+    # An event out of order (within lateness) that expired behind a later one stayed in the
+    # key's list (the cut takes the front only) and counted: l4 was refused with one live event
+    # waiting, and its pair with w5 was lost.
+    s = 1 / 60  # a second, in minutes
+    events = [
+        login(1, "c", 10 * s),  # waits
+        login(2, "c", 0.5 * s),  # 9.5 s out of order, within the lateness: waits, behind l1
+        withdrawal(3, "x", 13 * s),  # another customer's: the right side's watermark moves
+        login(4, "c", 12 * s),  # the joint watermark reaches 2 s: l2 expired, l1 still live
+        withdrawal(5, "c", 12.5 * s),
+    ]
+    pairs, late, join, result = pairs_of(events, within="1s", lateness="10s", max_skew="1h", max_waiting=2)
+    assert pairs == [("l4", "w5")]
+    assert (late, result.dead_letters, join.refused) == ([], [], 0)
+    _, waiting = result.states[join.store.id, 0].get("L:customer:c")
+    assert [entry[0] for entry in waiting] == [to_ms(T0 + timedelta(seconds=t)) for t in (10, 12)]
+
+
 def test_waiting_events_stored_before_the_limits_still_join() -> None:
     # A store written before the limits holds a side's events as a bare list.
     pairs: list[tuple[str, str]] = []
