@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric, start_http_server
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector, RestrictedRegistry
 
 
 @dataclass
@@ -100,7 +100,9 @@ class PrometheusMetrics:
             "vigil_stream_batch_size",
             "Records per batch handed to the operators (inputs aligned in event time: per release)",
             ["app"],
-            buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 50000),
+            # Up to the largest batch the runtime takes (MAX_BATCH_SIZE): past the top bucket,
+            # histogram_quantile answered 50,000 however large the batches were.
+            buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10_000, 50_000, 100_000, 250_000, 500_000, 1_000_000),
             registry=r,
         )
         self.processing = Histogram(
@@ -108,6 +110,9 @@ class PrometheusMetrics:
             "Decode + operators time per batch (inputs aligned in event time: the operators' alone, "
             "records are decoded as consumed)",
             ["app"],
+            # Up to the runtime's own bound (a quarter of max.poll.interval.ms, 75 s by default, and
+            # more when it is raised): the default buckets stopped at 10 s.
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
             registry=r,
         )
         self.checkpoint = Histogram(
@@ -212,13 +217,41 @@ class _Merged(Collector):
         yield from families.values()
 
 
+class _MergedRegistry(CollectorRegistry):
+    """A registry of one :class:`_Merged` collector that a scrape may filter by name
+    (``/metrics?name[]=vigil_stream_consumer_lag``, a scrape config's ``params``): the client's
+    own filter looks for collectors registered under those names, found none of the merged
+    families, and answered every filtered scrape with an empty page (200): no lag series, and
+    no lag alert."""
+
+    def restricted_registry(self, names: Iterable[str]) -> RestrictedRegistry:
+        return _Filtered(list(names), self)
+
+
+class _Filtered(RestrictedRegistry):
+    """The samples of the merged families whose names are asked for."""
+
+    def __init__(self, names: list[str], registry: CollectorRegistry) -> None:
+        super().__init__(names, registry)
+        self._wanted = frozenset(names)
+        self._merged = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._merged.collect():
+            samples = [sample for sample in family.samples if sample.name in self._wanted]
+            if samples:
+                kept = Metric(family.name, family.documentation, family.type, family.unit)
+                kept.samples = samples
+                yield kept
+
+
 class MetricsServer:
     """``/metrics`` over HTTP for the applications of one process, until :meth:`stop`.
 
     ``registries`` is asked at each scrape, so applications started later are included."""
 
     def __init__(self, registries: Callable[[], Iterable[CollectorRegistry]]) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = _MergedRegistry()
         self.registry.register(_Merged(registries))
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -15,6 +16,7 @@ from vigil.cli._common import serve_metrics_of
 from vigil.config import load_settings
 from vigil.errors import ConfigError
 from vigil.hub.broker import free_port_block
+from vigil.stream.app import MAX_BATCH_SIZE
 from vigil.stream.metrics import MetricsServer, PrometheusMetrics
 
 
@@ -147,3 +149,43 @@ def test_every_series_of_an_application_is_there_at_zero_before_its_first_count(
         "vigil_stream_gc_seconds_count",
     ):
         assert f'{family}{{app="detect"}} 0.0' in text, family
+
+
+def test_a_scrape_filtered_by_name_gets_those_series_of_every_application() -> None:
+    # ``name[]`` (a scrape config's params) found none of the merged families and answered an
+    # empty page: no lag series, so no lag alert could fire.
+    route, detect = PrometheusMetrics("route"), PrometheusMetrics("detect")
+    route.lag.labels("route", "events.payment", "0").set(1234)
+    detect.lag.labels("detect", "detect.routed", "1").set(7)
+    detect.processed.labels("detect").inc(5)
+    server = MetricsServer(lambda: [route.registry, detect.registry]).start(0)
+    try:
+        url = f"http://127.0.0.1:{server.port}/metrics?name[]=vigil_stream_consumer_lag&name[]=vigil_stream_records_total"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+    finally:
+        server.stop()
+    samples = sorted(line for line in text.splitlines() if not line.startswith("#"))
+    assert samples == [
+        'vigil_stream_consumer_lag{app="detect",partition="1",topic="detect.routed"} 7.0',
+        'vigil_stream_consumer_lag{app="route",partition="0",topic="events.payment"} 1234.0',
+        'vigil_stream_records_total{app="detect"} 5.0',
+        'vigil_stream_records_total{app="route"} 0.0',
+    ]
+    assert text.count("# TYPE vigil_stream_consumer_lag gauge") == 1
+
+
+def test_the_batch_histograms_reach_what_the_runtime_allows() -> None:
+    # Past the top bucket, histogram_quantile answers the top bucket: 50,000 records and 10 s,
+    # where the runtime takes batches of up to MAX_BATCH_SIZE and lets one run to a quarter of
+    # max.poll.interval.ms (75 s by default).
+    metrics = PrometheusMetrics("detect")
+    text = generate_latest(metrics.registry).decode()
+    tops = {
+        family: max(
+            float(le) for le in re.findall(rf'{family}_bucket{{app="detect",le="([0-9.e+]+)"}}', text)
+        )
+        for family in ("vigil_stream_batch_size", "vigil_stream_batch_processing_seconds")
+    }
+    assert tops["vigil_stream_batch_size"] >= MAX_BATCH_SIZE
+    assert tops["vigil_stream_batch_processing_seconds"] >= 300_000 / 1000 / 4
