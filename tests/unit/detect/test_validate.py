@@ -406,3 +406,112 @@ def test_a_decision_may_stand_until_released_and_the_sanctions_holds_do(tmp_path
     write(tmp_path, "bad.yaml", bad)
     with pytest.raises(RuleError, match="'until_released' for a decision that stands until released"):
         load_rules([tmp_path])
+
+
+SEQUENCE = """\
+rules:
+  - id: regular-then-withdraw
+    version: 1
+    type: sequence
+    typology: account_takeover
+    severity: high
+    score: 70
+    explanation: "{entity}"
+    group_by: customer
+    within: 1h
+    steps:
+      - {type: login, first_seen: device, min_seen: 2}
+      - {type: withdrawal_request}
+"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        # An empty list where a value is needed dropped the rule with "ok", or loaded one that
+        # stopped detection when its rules were built (a sequence grouped by nothing).
+        (
+            "group_by: customer",
+            "group_by: []",
+            r"ok\.yaml:10:15: error: rule 'fatigue'\.group_by must list at least one value$",
+        ),
+        (
+            "type: mfa_challenge, where",
+            "type: [], where",
+            r"ok\.yaml:9:19: error: rule 'fatigue'\.match\.type must list at least one value$",
+        ),
+        # Ignored, the rule counted: "sum of amount >= 2" fired on two small ones.
+        (
+            "group_by: customer",
+            "group_by: customer\n    field: payload.result",
+            r"ok\.yaml:11:12: error: rule 'fatigue'\.field is used by aggregate 'sum' or 'distinct' only",
+        ),
+        # Never true of a count, accepted.
+        (
+            "condition: {gte: 3}",
+            "condition: {lt: 1}",
+            r"ok\.yaml:12:16: error: rule 'fatigue'\.condition: a count is a whole number of at least 1 "
+            r"when it is asked, so lt 1 never holds",
+        ),
+        ("condition: {gte: 3}", "condition: {eq: 2.5}", r"never holds"),
+        # A group path one of the types lacks: that type's events were never counted.
+        (
+            "type: mfa_challenge, where: {payload.result: denied}",
+            "type: [mfa_challenge, login]",
+            r"rule 'fatigue'\.group_by: no field 'payload\.result' on event type\(s\) login "
+            r"\(their events would never be grouped",
+        ),
+    ],
+)
+def test_rule_settings_that_would_be_ignored_or_never_fire_are_errors(
+    tmp_path: Path, old: str, new: str, expected: str
+) -> None:
+    text = GOOD.replace(old, new)
+    if "login]" in new:
+        text = text.replace("group_by: customer", "group_by: payload.result")
+    write(tmp_path, "ok.yaml", text)
+    v = validate_paths([tmp_path])
+    assert v.rules == []
+    assert any(re.search(expected, str(e)) for e in v.errors), [str(e) for e in v.errors]
+
+
+def test_an_empty_attack_list_is_still_fine(tmp_path: Path) -> None:
+    write(tmp_path, "ok.yaml", GOOD.replace("group_by: customer", "group_by: customer\n    attack: []"))
+    assert validate_paths([tmp_path]).errors == []
+
+
+def test_min_seen_without_first_seen_is_an_error(tmp_path: Path) -> None:
+    write(tmp_path, "seq.yaml", SEQUENCE.replace("first_seen: device, ", ""))
+    v = validate_paths([tmp_path])
+    assert [str(e).split(": error: ")[1] for e in v.errors] == [
+        "rule 'regular-then-withdraw'.steps[0].min_seen needs first_seen (the history it counts)"
+    ]
+    write(tmp_path, "seq.yaml", SEQUENCE)
+    assert validate_paths([tmp_path]).errors == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # A control character: PyYAML's reader raised before parsing, a traceback naming no file.
+        (
+            'rules:\n  - id: a\n    title: "x\x07"\n',
+            r"x\.yaml:3:14: error: not valid YAML: special characters are not allowed #x07 \(a control",
+        ),
+        # 200 levels deep: PyYAML's recursion raised out of validation.
+        ("rules: " + "[" * 400 + "]" * 400 + "\n", r"x\.yaml:1:1: error: not valid here: nested too deeply"),
+        # Ten aliases of ten aliases: a 1 KB file made a billion values and ran out of memory.
+        (
+            "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
+            + "rules: *a8\n",
+            r"x\.yaml:1:1: error: its aliases \(\*name\) make its 30 values 2,345,679,021 once "
+            r"expanded: refused",
+        ),
+    ],
+)
+def test_hostile_yaml_is_a_located_error_not_a_traceback(tmp_path: Path, text: str, expected: str) -> None:
+    write(tmp_path, "x.yaml", text)
+    errors = [str(e) for e in validate_paths([tmp_path]).errors]
+    assert len(errors) == 1
+    assert re.search(expected, errors[0]), errors

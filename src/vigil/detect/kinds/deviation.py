@@ -131,7 +131,7 @@ def parse(d: LocDict, p: Parser, what: str) -> DeviationParams | None:
     groups = p.strings(d, "group_by", what) or []
     if not groups:
         p.error(d.mark("group_by"), f"{what} needs 'group_by' (whose history: an entity kind or path)")
-    gpaths = [p.path(g, d.mark("group_by"), f"{what}.group_by", types) for g in groups]
+    gpaths = [p.path(g, d.mark("group_by"), f"{what}.group_by", types, every=True) for g in groups]
     min_history = p.integer(d, "min_history", what, default=1, minimum=0)
     condition = p.comparison(d, "condition", what)
     min_value = p.number(d, "min_value", what)

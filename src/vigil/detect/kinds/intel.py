@@ -66,10 +66,10 @@ def parse(d: LocDict, p: Parser, what: str) -> IntelParams | None:
         )
     if not cats and "categories" not in d:
         p.error(d.loc, f"{what} is missing required key 'categories' (e.g. [sanctioned])")
-    group = p.strings(d, "group_by", what)
+    group = p.strings(d, "group_by", what, required=True)
     if group is None:
         p.error(d.mark("group_by"), f"{what} needs 'group_by' (the entity the alert is about)")
-    gpaths = [p.path(g, d.mark("group_by"), f"{what}.group_by", types) for g in group or []]
+    gpaths = [p.path(g, d.mark("group_by"), f"{what}.group_by", types, every=True) for g in group or []]
     if match is None or not paths or None in paths or bad or not cats or not gpaths or None in gpaths:
         return None
     return IntelParams(match, tuple(x for x in paths if x), frozenset(cats), tuple(x for x in gpaths if x))

@@ -216,6 +216,10 @@ def _step(s: LocDict, p: Parser, sw: str, i: int, earlier: list[Step], names: se
             if here_path is None or target is None:
                 return None
             found.append((here_path, *target))
+    if "min_seen" in s and first_seen is None:
+        # Ignored, the step matched a customer's first login as if seen before.
+        p.error(s.mark("min_seen"), f"{sw}.min_seen needs first_seen (the history it counts)")
+        return None
     min_seen = p.integer(s, "min_seen", sw, default=0, minimum=0) or 0
     also: list[FieldEntry] = []
     if "seen_also" in s:

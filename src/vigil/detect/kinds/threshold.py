@@ -74,6 +74,13 @@ def parse(d: LocDict, p: Parser, what: str) -> ThresholdParams | None:
     timespan = p.duration(d, "timespan", what)
     aggregate = p.choice(d, "aggregate", what, ("count", "sum", "distinct"), default="count")
     field_path = None
+    if aggregate == "count" and "field" in d:
+        # Ignored, the rule counted events: "sum of amount_usd >= 2" fired on two $0.50 ones.
+        p.error(
+            d.mark("field"),
+            f"{what}.field is used by aggregate 'sum' or 'distinct' only; the aggregate is 'count' "
+            "(say `aggregate: sum` or `aggregate: distinct`, or leave `field` out)",
+        )
     if aggregate in ("sum", "distinct"):
         if "field" not in d:
             p.error(
@@ -84,6 +91,14 @@ def parse(d: LocDict, p: Parser, what: str) -> ThresholdParams | None:
     condition = p.comparison(d, "condition", what)
     related = _paths(p, d, "related", what, types, required=False)
     cooldown = p.duration(d, "cooldown", what, default=timedelta(0)) if "cooldown" in d else None
+    if condition is not None and aggregate in ("count", "distinct") and _never(*condition):
+        # A window holding the event it is asked at counts 1 at least, in whole numbers.
+        p.error(
+            d.mark("condition"),
+            f"{what}.condition: a {aggregate} is a whole number of at least 1 when it is asked, so "
+            f"{condition[0]} {condition[1]:g} never holds",
+        )
+        return None
     if condition is not None and aggregate in ("count", "distinct") and _needs_more(*condition):
         # A window keeps MAX_WINDOW events: a count above it was accepted and never fired.
         p.error(
@@ -104,6 +119,15 @@ def parse(d: LocDict, p: Parser, what: str) -> ThresholdParams | None:
     return ThresholdParams(match, group_by, timespan, aggregate, field_path, condition, related, cooldown)
 
 
+def _never(op: str, bound: float) -> bool:
+    """Whether ``{op: bound}`` holds of no whole number from 1 up."""
+    return (
+        (op == "lt" and bound <= 1)
+        or (op == "lte" and bound < 1)
+        or (op == "eq" and (bound < 1 or not float(bound).is_integer()))
+    )
+
+
 def _needs_more(op: str, bound: float) -> bool:
     """Whether ``{op: bound}`` holds of no count a window can reach (at most MAX_WINDOW)."""
     return (op in ("gte", "eq") and bound > MAX_WINDOW) or (op == "gt" and bound >= MAX_WINDOW)
@@ -112,7 +136,7 @@ def _needs_more(op: str, bound: float) -> bool:
 def _paths(
     p: Parser, d: LocDict, key: str, what: str, types: frozenset[str] | None, *, required: bool
 ) -> tuple[str, ...] | None:
-    names = p.strings(d, key, what)
+    names = p.strings(d, key, what, required=required)
     if names is None:
         if key in d:
             return None
@@ -122,7 +146,7 @@ def _paths(
             )
             return None
         return ()
-    out = [p.path(n, d.mark(key), f"{what}.{key}", types) for n in names]
+    out = [p.path(n, d.mark(key), f"{what}.{key}", types, every=required) for n in names]
     return None if None in out else tuple(o for o in out if o)
 
 

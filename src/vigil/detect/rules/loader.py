@@ -108,21 +108,94 @@ _Loader.yaml_implicit_resolvers = {
 }
 
 
+#: How many values a file's aliases may make of it, over its own (``*a`` repeats what ``&a``
+#: names): ten aliases of ten aliases, nine deep, in a 1 KB file, made a billion, and validation
+#: ran out of memory (a rule file is loaded by ``vigil detect`` too).
+ALIAS_GROWTH = 10
+#: ... and how many values any file may reach that way, whatever its size.
+ALIASED_VALUES_FREE = 100_000
+
+
 def load_text(text: str, path: Path) -> LoadedFile:
     """Parse one rule file's text; a YAML syntax error becomes a located problem, not an exception."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # (it refuses a control character here, before any parsing)
+    except yaml.reader.ReaderError as exc:
+        return LoadedFile(
+            path, None, [(_text_loc(text, exc.position), f"not valid YAML: {_reader_problem(exc)}")]
+        )
     loader.problems = []
     try:
-        data = loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return LoadedFile(path, None, [])
+        values, own = _expanded_size(node)
+        if values > max(ALIASED_VALUES_FREE, ALIAS_GROWTH * own):
+            why = (
+                f"its aliases (*name) make its {own:,} values {values:,} once expanded: refused (at "
+                f"most {ALIAS_GROWTH} times a file's own, or {ALIASED_VALUES_FREE:,})"
+            )
+            return LoadedFile(path, None, [(_pos(node), why)])
+        data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         return LoadedFile(path, None, [(loc, f"not valid YAML: {exc.problem or exc}")])
+    except yaml.reader.ReaderError as exc:
+        return LoadedFile(
+            path, None, [(_text_loc(text, exc.position), f"not valid YAML: {_reader_problem(exc)}")]
+        )
     except yaml.YAMLError as exc:
         return LoadedFile(path, None, [((1, 1), f"not valid YAML: {exc}")])
+    except RecursionError:
+        # PyYAML composes and constructs recursively: 200 levels of [[[...]]] raised out of
+        # validation with a traceback.
+        return LoadedFile(path, None, [((1, 1), "not valid here: nested too deeply")])
     finally:
         loader.dispose()
     return LoadedFile(path, data, list(loader.problems))
+
+
+def _text_loc(text: str, position: int) -> Loc:
+    """The line and column (1-based) of character ``position`` of ``text``."""
+    before = text[:position]
+    return before.count("\n") + 1, position - (before.rfind("\n") + 1) + 1
+
+
+def _reader_problem(exc: yaml.reader.ReaderError) -> str:
+    """What PyYAML's reader refused, without its "<unicode string>, position N" (the location
+    is given as the file's line and column instead)."""
+    char = exc.character
+    shown = f"#x{ord(char):04x}" if isinstance(char, str) else f"#x{char:02x}"
+    return f"{exc.reason} {shown} (a control character; write it escaped in a double-quoted string)"
+
+
+def _expanded_size(root: yaml.Node) -> tuple[int, int]:
+    """How many values the document makes once its aliases are expanded, and how many nodes
+    it has of its own (each counted once), each node walked once, children before parents (not
+    recursively: the depth is the file's).  A node inside itself (``&a [*a]``, which the
+    construction refuses, located) counts once there."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if children_done:
+            sizes[id(node)] = 1 + sum(max(1, sizes[id(child)]) for child in _children(node))
+            continue
+        if id(node) in sizes:
+            continue
+        sizes[id(node)] = 0  # (under way)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+    return sizes[id(root)], len(sizes)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def load_file(path: Path) -> LoadedFile:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -171,13 +172,29 @@ class Parser:
         self.error(d.mark(key), f"{what}.{key} must be one of: {', '.join(opts)}; got {_show(value)}")
         return default
 
-    def strings(self, d: LocDict, key: str, what: str, *, allow_single: bool = True) -> list[str] | None:
-        """A list of strings (or, with ``allow_single``, one string standing for a list of one)."""
+    def strings(
+        self,
+        d: LocDict,
+        key: str,
+        what: str,
+        *,
+        allow_single: bool = True,
+        allow_empty: bool = False,
+        required: bool = False,
+    ) -> list[str] | None:
+        """A list of strings (or, with ``allow_single``, one string standing for a list of one).
+        An empty list is refused unless ``allow_empty``: given for a key whose absence means a
+        default (``group_by``, ``categories``, ``type``), ``[]`` dropped the rule without a word,
+        made it match nothing, or stopped detection when its rules were built."""
         if key not in d:
             return None
         value = d[key]
         if allow_single and isinstance(value, str):
             return [value]
+        if isinstance(value, LocList) and not value and not allow_empty:
+            hint = "" if required else "; leave the key out for its default"
+            self.error(d.mark(key), f"{what}.{key} must list at least one value{hint}")
+            return None
         if isinstance(value, LocList) and all(isinstance(v, str) for v in value):
             return list(value)
         self.error(d.mark(key), f"{what}.{key} must be a list of strings; got {_show(value)}")
@@ -185,7 +202,7 @@ class Parser:
 
     # ------------------------------------------------------------------ the rule language
     def event_types(self, d: LocDict, key: str, what: str) -> frozenset[str] | None:
-        names = self.strings(d, key, what)
+        names = self.strings(d, key, what, required=True)
         if names is None:
             if key not in d:
                 self.error(d.loc, f"{what} is missing required key {key!r} (an event type or a list of them)")
@@ -206,13 +223,27 @@ class Parser:
             return None
         return frozenset(names)
 
-    def path(self, value: Any, loc: Loc, what: str, types: frozenset[str] | None) -> str | None:
+    def path(
+        self, value: Any, loc: Loc, what: str, types: frozenset[str] | None, *, every: bool = False
+    ) -> str | None:
+        """``value`` as a field path of (one of) ``types``; ``every``: of each of them (a group's
+        path: an event type without it never gets a group, so its events never count)."""
         if not isinstance(value, str) or not value:
             self.error(
                 loc, f"{what} must be a field path like 'payload.amount_usd' or 'ip'; got {_show(value)}"
             )
             return None
         path = normalise_path(value)
+        if every and types and any(path_exists(t, path) for t in types):
+            missing = sorted(t for t in types if not path_exists(t, path))
+            if missing:
+                self.error(
+                    loc,
+                    f"{what}: no field {value!r} on event type(s) {', '.join(missing)} (their events "
+                    "would never be grouped, so never counted); group by a path every type has, or "
+                    "match those types in a rule of their own",
+                )
+                return None
         if types and not any(path_exists(t, path) for t in types):
             self.error(
                 loc,
@@ -410,6 +441,25 @@ def _fits(value: Any, kinds: set[type]) -> bool:
     return type(value) in kinds
 
 
+#: Shows a value in a message without building its whole text (a value YAML aliases made huge).
+class _Shown(reprlib.Repr):
+    """``reprlib`` showing the loader's mappings and lists as the dicts and lists they are (it
+    knows types by name, and gave their whole ``repr`` before cutting it)."""
+
+    def repr1(self, x: Any, level: int) -> str:
+        if isinstance(x, dict) and type(x) is not dict:
+            return self.repr_dict(x, level)
+        if isinstance(x, list) and type(x) is not list:
+            return self.repr_list(x, level)
+        return super().repr1(x, level)
+
+
+_SHOWN = _Shown()
+_SHOWN.maxlevel, _SHOWN.maxdict, _SHOWN.maxlist = 3, 6, 6
+_SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = 40, 40, 40
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    # (A scalar is as long as the file made it: shown as before, cut below.)
+    text = _SHOWN.repr(value) if isinstance(value, (dict, list)) else repr(value)
     return text if len(text) <= 80 else text[:77] + "..."

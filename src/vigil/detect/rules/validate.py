@@ -234,7 +234,7 @@ def parse_rule(d: LocDict, p: Parser, file: str) -> Rule | None:
     score = p.number(d, "score", what, minimum=0)
     if score is not None and score > 100:
         p.error(d.mark("score"), f"{what}.score must be between 0 and 100; got {score:g}")
-    attack = p.strings(d, "attack", what) or []
+    attack = p.strings(d, "attack", what, allow_empty=True) or []
     for tech in attack:
         if not ATTACK_ID.fullmatch(tech):
             p.error(
@@ -268,6 +268,11 @@ def parse_rule(d: LocDict, p: Parser, file: str) -> Rule | None:
             explanation, d.mark("explanation"), p, what, COMMON_CONTEXT | spec.context | FIELD_NAMES
         )
     errors_now = sum(i.severity == "error" for i in p.issues)
+    if params is None and spec is not None and errors_now == before:
+        # A backstop: a kind that gave nothing says why at its place; one that did not dropped
+        # the rule without a word (``validate`` said ok, and detection ran without it).
+        p.error(d.loc, f"{what}: its {kind_name} settings cannot be used as given")
+        return None
     if errors_now > before or params is None:
         return None
     if not (rid and version and kind_name and typology and severity and score is not None and explanation):
