@@ -96,11 +96,41 @@ def _with_options(settings: Settings, conf: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_producer(settings: Settings, **overrides: Any) -> Producer:
-    return Producer(producer_config(settings, **overrides))
+    return new_producer(producer_config(settings, **overrides))
 
 
 def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:
-    return Consumer(consumer_config(settings, group_id, **overrides))
+    return new_consumer(consumer_config(settings, group_id, **overrides))
+
+
+def new_producer(conf: dict[str, Any]) -> Producer:
+    """A producer of ``conf``; one librdkafka refuses to make is a :class:`ConfigError`."""
+    try:
+        return Producer(conf)
+    except KafkaException as exc:
+        raise client_refused(exc, "producer") from None
+
+
+def new_consumer(conf: dict[str, Any]) -> Consumer:
+    """A consumer of ``conf``; one librdkafka refuses to make is a :class:`ConfigError`."""
+    try:
+        return Consumer(conf)
+    except KafkaException as exc:
+        raise client_refused(exc, "consumer") from None
+
+
+def client_refused(exc: KafkaException, what: str) -> ConfigError:
+    """librdkafka's refusal to make a client (a value, or two values together, it does not
+    take), its quoted values hidden (the options may hold secrets).  Making a client asks no
+    broker, so this is the configuration's: ``max.poll.interval.ms`` below the runtime's session
+    timeout, given in ``kafka_client_options``, ended ``vigil normalize`` with a traceback."""
+    refused = kafka_error(exc)
+    text = _INVALID_VALUE.sub("Invalid value <hidden>", refused.str() if refused is not None else str(exc))
+    msg = (
+        f"the Kafka client settings were refused making a {what}: {text} (Vigil's own settings for it "
+        "with kafka_client_options, VIGIL_KAFKA_CLIENT_OPTIONS, on top)"
+    )
+    return ConfigError(msg)
 
 
 def make_admin(settings: Settings) -> AdminClient:

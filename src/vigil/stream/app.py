@@ -157,6 +157,7 @@ import heapq
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import threading
@@ -200,6 +201,8 @@ from vigil.hub.client import (
     consumer_config,
     kafka_error,
     make_admin,
+    new_consumer,
+    new_producer,
     producer_config,
     read_headers,
 )
@@ -328,6 +331,56 @@ def _forget(gauge: Any, *labels: str) -> None:
     """Remove a gauge's labelled value (prometheus-client before 0.22 raises for one never set)."""
     with contextlib.suppress(KeyError):
         gauge.remove(*labels)
+
+
+#: What Kafka takes in a topic name, and how long one may be.
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_TOPIC_NAME_MAX = 249
+
+
+def _check_names(
+    name: str,
+    inputs: Sequence[str],
+    dlq_topic: str | None,
+    late_topic: str | None,
+    operators: Sequence[Operator[Any]],
+) -> None:
+    """Refuse, when an application is made, names Kafka would refuse for the topics made of
+    them (the broker said so at ``run()``, naming a topic, not the argument; an empty name made
+    the consumer's group id empty, and the process aborted inside the client), and dead-letter
+    or late topics among the inputs (each letter read back, undecodable again, and dead-lettered
+    again without end)."""
+    if not isinstance(name, str) or not _TOPIC_NAME.fullmatch(name) or name in (".", ".."):
+        msg = (
+            f"application name {name!r}: expected letters, digits, '.', '_' and '-' (the names of its "
+            "topics and its consumer group are made of it)"
+        )
+        raise ConfigError(msg)
+    dlq = dlq_topic or f"dlq.{name}"
+    late = late_topic or f"{name}.late"
+    made = {"dlq_topic": dlq, "late_topic": late, "its peers topic": f"{name}.peers"}
+    for op in operators:
+        for spec in op.stores:
+            made[f"store {spec.id!r}'s changelog"] = changelog_topic(name, spec.id)
+    for what, topic in made.items():
+        if not _TOPIC_NAME.fullmatch(topic) or len(topic) > _TOPIC_NAME_MAX:
+            msg = (
+                f"application {name!r}: {what} would be {topic[:300]!r}, which Kafka refuses as a topic "
+                f"name (letters, digits, '.', '_' and '-', at most {_TOPIC_NAME_MAX} characters)"
+            )
+            raise ConfigError(msg)
+    for what, topic in (("dlq_topic", dlq), ("late_topic", late)):
+        if topic in inputs:
+            msg = (
+                f"application {name!r}: {what} {topic!r} is one of its inputs: what it sends there would "
+                "be read back and sent there again without end"
+            )
+            raise ConfigError(msg)
+    if dlq == late:
+        msg = (
+            f"application {name!r}: dlq_topic and late_topic are both {dlq!r}; give them topics of their own"
+        )
+        raise ConfigError(msg)
 
 
 def transaction_timeout_s(checkpoint_interval_s: float) -> float:
@@ -994,6 +1047,11 @@ class Application:
         if not inputs:
             msg = f"application {name!r}: expected at least one input topic, got none"
             raise ConfigError(msg)
+        if isinstance(inputs, str):
+            # (It read as one topic a letter: "input topic 'e' does not exist", at run().)
+            msg = f"application {name!r}: inputs must be a list of topic names; got the string {inputs!r}"
+            raise ConfigError(msg)
+        _check_names(name, inputs, dlq_topic, late_topic, operators)
         if guarantee not in ("exactly_once", "at_least_once"):
             msg = f"application {name!r}: guarantee must be exactly_once or at_least_once, got {guarantee!r}"
             raise ConfigError(msg)
@@ -1070,8 +1128,28 @@ class Application:
         if not 0 <= store_lock_wait_s < float("inf"):
             msg = f"application {name!r}: store_lock_wait_s must be >= 0 seconds; got {store_lock_wait_s}"
             raise ConfigError(msg)
-        if not alignment_idle_s > 0:
-            msg = f"application {name!r}: alignment_idle_s must be > 0 seconds; got {alignment_idle_s}"
+        if not 0 < alignment_idle_s < float("inf"):
+            msg = (
+                f"application {name!r}: alignment_idle_s must be > 0 seconds (finite); got {alignment_idle_s}"
+            )
+            raise ConfigError(msg)
+        if alignment_max_buffered < 1:
+            msg = (
+                f"application {name!r}: alignment_max_buffered must be at least 1; got "
+                f"{alignment_max_buffered}"
+            )
+            raise ConfigError(msg)
+        txn_ms = (producer_overrides or {}).get("transaction.timeout.ms")
+        transactional = guarantee == "exactly_once" or any(op.stores for op in operators)
+        if txn_ms is not None and transactional and float(txn_ms) < 2000 * checkpoint_interval_s:
+            # A checkpoint's transaction is open an interval and more: Kafka aborted every one,
+            # and the application processed everything twice, with a warning each time.
+            msg = (
+                f"application {name!r}: producer_overrides' transaction.timeout.ms ({txn_ms} ms) must "
+                f"be at least twice checkpoint_interval_s ({checkpoint_interval_s:g} s): a checkpoint's "
+                "transaction is open an interval and more, and Kafka aborts it at its timeout (leave it "
+                "out: the runtime sets three intervals, at least 30 s)"
+            )
             raise ConfigError(msg)
         clients: tuple[tuple[Literal["consumer", "producer"], dict[str, Any] | None], ...] = (
             ("consumer", consumer_overrides),
@@ -1476,7 +1554,7 @@ class Application:
                     "transaction.timeout.ms", conf["transaction.timeout.ms"]
                 )
                 conf["message.timeout.ms"] = min(int(message_timeout_s * 1000), int(txn_ms))
-            made = Producer(producer_config(self.settings, **{**conf, **self._producer_overrides}))
+            made = new_producer(producer_config(self.settings, **{**conf, **self._producer_overrides}))
             if timeout_s is not None:
                 made.init_transactions(_TIMEOUT)
             return made
@@ -1525,7 +1603,7 @@ class Application:
                     **{"fetch.wait.max.ms": 10, "socket.nagle.disable": True},
                 ),
             )
-        self._consumer = Consumer(consumer_settings)
+        self._consumer = new_consumer(consumer_settings)
         # Co-partitioned: the group assigns the first input; the others follow (see the module docstring).
         # Otherwise (stateless, unequal partition counts) every input is assigned on its own.
         self._consumer.subscribe(

@@ -65,14 +65,13 @@ from typing import Any
 import msgspec
 from confluent_kafka import (
     OFFSET_END,
-    Consumer,
     KafkaError,
     KafkaException,
     Message,
-    Producer,
     TopicPartition,
 )
 
+from vigil.hub.client import new_consumer, new_producer
 from vigil.hub.topics import TopicSpec
 from vigil.stream.alignment import TP
 
@@ -210,10 +209,12 @@ class PeerChannel:
     ) -> None:
         self.floors = floors
         self.topic = topic
-        self._producer = Producer(
+        self._producer = new_producer(
             {**producer_conf, "error_cb": self._on_error, "on_delivery": self._on_delivery}
         )
-        self._consumer = Consumer({**consumer_conf, "enable.auto.commit": False, "error_cb": self._on_error})
+        self._consumer = new_consumer(
+            {**consumer_conf, "enable.auto.commit": False, "error_cb": self._on_error}
+        )
         # From its end: see the module docstring.
         self._consumer.assign([TopicPartition(topic, 0, OFFSET_END)])
         #: Per partition owned: the word last sent and when (monotonic).

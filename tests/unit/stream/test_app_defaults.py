@@ -123,3 +123,47 @@ def test_a_long_checkpoints_state_transaction_outlasts_it(interval: float) -> No
     longest_open = _SPREAD * interval + ack_wait_s(interval) + 2 * _TIMEOUT
     assert longest_open < state_transaction_timeout_s(interval) <= 900.0
     assert _SPREAD * 5.0 + ack_wait_s(5.0) < state_transaction_timeout_s(5.0)
+
+
+@pytest.mark.parametrize(
+    ("options", "refusal"),
+    [
+        # Empty: the consumer's group id was "", and the process aborted inside the client.
+        ({"name": ""}, r"application name '': expected letters, digits"),
+        ({"name": "rv app"}, r"application name 'rv app': expected letters, digits"),
+        ({"name": "a" * 250}, r"dlq_topic would be 'dlq\.a+', which Kafka refuses as a topic name"),
+        ({"operators": [_Stateful()], "name": "a" * 230}, r"store 'counts\.v1''s changelog would be"),
+        # Read back, undecodable again, and dead-lettered again without end.
+        ({"dlq_topic": "in"}, r"dlq_topic 'in' is one of its inputs"),
+        ({"late_topic": "in"}, r"late_topic 'in' is one of its inputs"),
+        ({"dlq_topic": "x", "late_topic": "x"}, r"dlq_topic and late_topic are both 'x'"),
+        ({"inputs": "events.payments"}, r"inputs must be a list of topic names; got the string"),
+        ({"alignment_max_buffered": 0}, r"alignment_max_buffered must be at least 1; got 0"),
+        ({"alignment_idle_s": float("inf")}, r"alignment_idle_s must be > 0 seconds \(finite\); got inf"),
+        # Kafka aborted every checkpoint's transaction: everything processed twice, a warning each.
+        (
+            {"checkpoint_interval_s": 20, "producer_overrides": {"transaction.timeout.ms": 5000}},
+            r"transaction\.timeout\.ms \(5000 ms\) must be at least twice checkpoint_interval_s \(20 s\)",
+        ),
+    ],
+)
+def test_names_and_settings_kafka_or_the_loop_would_refuse_later_are_refused_when_made(
+    tmp_path: Path, options: dict[str, Any], refusal: str
+) -> None:
+    settings = load_settings(kafka_bootstrap="127.0.0.1:1", home=tmp_path)
+    given: dict[str, Any] = {"name": "a", "inputs": ["in"], "operators": [], **options}
+    with pytest.raises(ConfigError, match=refusal):
+        Application(settings, **given)
+
+
+def test_a_transaction_timeout_override_is_checked_only_where_a_transaction_is() -> None:
+    # At-least-once without state has no transaction: its override is the client's business.
+    settings = load_settings(kafka_bootstrap="127.0.0.1:1")
+    Application(
+        settings,
+        name="a",
+        inputs=["in"],
+        operators=[],
+        guarantee="at_least_once",
+        producer_overrides={"transaction.timeout.ms": 5000},
+    )
