@@ -91,7 +91,7 @@ def parse(d: LocDict, p: Parser, what: str) -> ThresholdParams | None:
     condition = p.comparison(d, "condition", what)
     related = _paths(p, d, "related", what, types, required=False)
     cooldown = p.duration(d, "cooldown", what, default=timedelta(0)) if "cooldown" in d else None
-    if condition is not None and aggregate in ("count", "distinct") and _never(*condition):
+    if condition is not None and aggregate == "count" and _never(*condition):
         # A window holding the event it is asked at counts 1 at least, in whole numbers.
         p.error(
             d.mark("condition"),

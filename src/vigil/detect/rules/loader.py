@@ -121,9 +121,7 @@ def load_text(text: str, path: Path) -> LoadedFile:
     try:
         loader = _Loader(text)  # (it refuses a control character here, before any parsing)
     except yaml.reader.ReaderError as exc:
-        return LoadedFile(
-            path, None, [(_text_loc(text, exc.position), f"not valid YAML: {_reader_problem(exc)}")]
-        )
+        return LoadedFile(path, None, [_unreadable(text, exc)])
     loader.problems = []
     try:
         node = loader.get_single_node()
@@ -141,10 +139,6 @@ def load_text(text: str, path: Path) -> LoadedFile:
         mark = exc.problem_mark or exc.context_mark
         loc = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         return LoadedFile(path, None, [(loc, f"not valid YAML: {exc.problem or exc}")])
-    except yaml.reader.ReaderError as exc:
-        return LoadedFile(
-            path, None, [(_text_loc(text, exc.position), f"not valid YAML: {_reader_problem(exc)}")]
-        )
     except yaml.YAMLError as exc:
         return LoadedFile(path, None, [((1, 1), f"not valid YAML: {exc}")])
     except RecursionError:
@@ -156,18 +150,18 @@ def load_text(text: str, path: Path) -> LoadedFile:
     return LoadedFile(path, data, list(loader.problems))
 
 
-def _text_loc(text: str, position: int) -> Loc:
-    """The line and column (1-based) of character ``position`` of ``text``."""
-    before = text[:position]
-    return before.count("\n") + 1, position - (before.rfind("\n") + 1) + 1
-
-
-def _reader_problem(exc: yaml.reader.ReaderError) -> str:
-    """What PyYAML's reader refused, without its "<unicode string>, position N" (the location
-    is given as the file's line and column instead)."""
+def _unreadable(text: str, exc: yaml.reader.ReaderError) -> tuple[Loc, str]:
+    """What PyYAML's reader refused, at the file's line and column (it says "<unicode string>,
+    position N"; raised before parsing, it was a traceback naming no file)."""
+    before = text[: exc.position]
+    loc = (before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1)
     char = exc.character
     shown = f"#x{ord(char):04x}" if isinstance(char, str) else f"#x{char:02x}"
-    return f"{exc.reason} {shown} (a control character; write it escaped in a double-quoted string)"
+    return (
+        loc,
+        f"not valid YAML: {exc.reason} {shown} (a control character; write it escaped in a "
+        "double-quoted string)",
+    )
 
 
 def _expanded_size(root: yaml.Node) -> tuple[int, int]:
