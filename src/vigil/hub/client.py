@@ -127,8 +127,8 @@ def client_refused(exc: KafkaException, what: str) -> ConfigError:
     refused = kafka_error(exc)
     text = _INVALID_VALUE.sub("Invalid value <hidden>", refused.str() if refused is not None else str(exc))
     msg = (
-        f"the Kafka client settings were refused making a {what}: {text} (Vigil's own settings for it "
-        "with kafka_client_options, VIGIL_KAFKA_CLIENT_OPTIONS, on top)"
+        f"the Kafka client settings were refused making a {what}: {text} (Vigil's own for it, the "
+        "connection's TLS and SASL settings, and kafka_client_options, VIGIL_KAFKA_CLIENT_OPTIONS, on top)"
     )
     return ConfigError(msg)
 
