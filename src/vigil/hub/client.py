@@ -86,12 +86,32 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
     return _with_options(settings, conf)
 
 
+#: librdkafka's names for one setting (an alias and the name it stands for): given either way
+#: in ``kafka_client_options``, it replaces what Vigil set the other way.  (Left beside it,
+#: Vigil's won: librdkafka applies the name an alias stands for last, and an operator's
+#: ``queue.buffering.max.ms`` of 100 ran at 5.)  Aliases of settings Vigil depends on are
+#: refused when the settings load.
+_SAME_SETTING: tuple[frozenset[str], ...] = (
+    frozenset({"linger.ms", "queue.buffering.max.ms"}),
+    frozenset({"compression.type", "compression.codec"}),
+    frozenset({"max.in.flight.requests.per.connection", "max.in.flight"}),
+    frozenset({"retries", "message.send.max.retries"}),
+    frozenset({"max.partition.fetch.bytes", "fetch.message.max.bytes"}),
+)
+
+
 def _with_options(settings: Settings, conf: dict[str, Any]) -> dict[str, Any]:
     """``conf`` with the operator's ``kafka_client_options`` on top: they know their cluster (a
     longer ``linger.ms`` across a WAN, a larger fetch).  Those Vigil depends on are refused when
     the settings load (config.GUARANTEE_CLIENT_OPTIONS), so none of these undoes a guarantee."""
     if settings.kafka_client_options:
-        conf.update(settings.kafka_client_options.get_secret_value())
+        options = settings.kafka_client_options.get_secret_value()
+        for key in options:
+            for names in _SAME_SETTING:
+                if key.lower() in names:
+                    for other in names - {key.lower()}:
+                        conf.pop(other, None)
+        conf.update(options)
     return conf
 
 
