@@ -144,10 +144,8 @@ def client_refused(exc: KafkaException, what: str) -> ConfigError:
     take), its quoted values hidden (the options may hold secrets).  Making a client asks no
     broker, so this is the configuration's: ``max.poll.interval.ms`` below the runtime's session
     timeout, given in ``kafka_client_options``, ended ``vigil normalize`` with a traceback."""
-    refused = kafka_error(exc)
-    text = _INVALID_VALUE.sub("Invalid value <hidden>", refused.str() if refused is not None else str(exc))
     msg = (
-        f"the Kafka client settings were refused making a {what}: {text} (Vigil's own for it, the "
+        f"the Kafka client settings were refused making a {what}: {_hidden(exc)} (Vigil's own for it, the "
         "connection's TLS and SASL settings, and kafka_client_options, VIGIL_KAFKA_CLIENT_OPTIONS, on top)"
     )
     return ConfigError(msg)
@@ -169,6 +167,12 @@ _QUIET.propagate = False
 _INVALID_VALUE = re.compile(r'Invalid value "[^"]*"')
 
 
+def _hidden(exc: KafkaException) -> str:
+    """librdkafka's refusal of a client's settings, the values it quotes hidden."""
+    refused = kafka_error(exc)
+    return _INVALID_VALUE.sub("Invalid value <hidden>", refused.str() if refused is not None else str(exc))
+
+
 def check_reachable(settings: Settings, timeout: float = 10.0) -> int:
     """Ask the cluster for metadata; returns the broker count or raises BrokerError saying where
     and why (``Connection refused``, ``Failed to resolve``, an authentication failure)."""
@@ -179,13 +183,9 @@ def check_reachable(settings: Settings, timeout: float = 10.0) -> int:
     except KafkaException as exc:
         # A property librdkafka does not know, or a value it refuses, in kafka_client_options:
         # it was a traceback, quoting the value (the options may hold secrets).
-        refused = kafka_error(exc)
-        text = _INVALID_VALUE.sub(
-            "Invalid value <hidden>", refused.str() if refused is not None else str(exc)
-        )
         msg = (
             "the Kafka client settings (kafka_client_options, VIGIL_KAFKA_CLIENT_OPTIONS) were "
-            f"refused: {text}"
+            f"refused: {_hidden(exc)}"
         )
         raise ConfigError(msg) from None
     bootstrap = config["bootstrap.servers"]

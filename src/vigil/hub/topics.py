@@ -10,6 +10,7 @@ runtime from the application and store ids.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
@@ -18,6 +19,10 @@ from vigil.errors import TopicError
 from vigil.events.base import Event
 from vigil.events.records import DeadLetter, EpisodeLabel
 from vigil.events.types import Alert, Decision, IntelIndicator, types_in_domain
+
+#: What Kafka takes in a topic name, and how long one may be.
+TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]+")
+TOPIC_NAME_MAX = 249
 
 Cleanup = Literal["delete", "compact"]
 

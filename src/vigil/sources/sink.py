@@ -34,7 +34,7 @@ from vigil.hub.client import (
     read_committed,
 )
 from vigil.hub.raw import RawRecord
-from vigil.hub.topics import RAW_RECORD_MAX_BYTES, TopicSpec
+from vigil.hub.topics import RAW_RECORD_MAX_BYTES, TOPIC_NAME, TOPIC_NAME_MAX, TopicSpec
 
 #: Each source's cursors go to a compacted topic of its own, ``vigil.cursors.<source id>``:
 #: Kafka ACLs cannot scope a write by key, so with one shared topic any connector's principal
@@ -45,9 +45,7 @@ CURSOR_TOPIC_PREFIX = "vigil.cursors."
 LEGACY_CURSOR_TOPIC = "vigil.cursors"
 
 #: What Kafka takes in a topic name, and how long one may be.
-_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _NOT_IN_TOPIC_NAME = re.compile(r"[^A-Za-z0-9._-]+")
-_TOPIC_NAME_MAX = 249
 #: Hex digits of the SHA-256 of a source id that is no topic name as it is (64 bits: two ids
 #: would need to be chosen to collide).
 _ID_HASH_CHARS = 16
@@ -67,11 +65,11 @@ def cursor_topic(source_id: str) -> str:
     clash in its metric names): ids that fit and differ only so (``eth.a``, ``eth_a``) are not
     renamed (that would move existing topics), so the second to start is refused, naming the
     clash (:meth:`KafkaRawSink._ensure_cursor_topic`)."""
-    if _TOPIC_NAME.fullmatch(source_id) and len(CURSOR_TOPIC_PREFIX) + len(source_id) <= _TOPIC_NAME_MAX:
+    if TOPIC_NAME.fullmatch(source_id) and len(CURSOR_TOPIC_PREFIX) + len(source_id) <= TOPIC_NAME_MAX:
         return CURSOR_TOPIC_PREFIX + source_id
     # surrogatepass: an id is any str (a lone surrogate from a decoded option included).
     digest = hashlib.sha256(source_id.encode("utf-8", "surrogatepass")).hexdigest()[:_ID_HASH_CHARS]
-    room = _TOPIC_NAME_MAX - len(CURSOR_TOPIC_PREFIX) - 1 - _ID_HASH_CHARS
+    room = TOPIC_NAME_MAX - len(CURSOR_TOPIC_PREFIX) - 1 - _ID_HASH_CHARS
     readable = _NOT_IN_TOPIC_NAME.sub("_", source_id)[:room]
     return f"{CURSOR_TOPIC_PREFIX}{readable}-{digest}"
 

@@ -157,7 +157,6 @@ import heapq
 import logging
 import math
 import os
-import re
 import signal
 import socket
 import threading
@@ -206,7 +205,7 @@ from vigil.hub.client import (
     producer_config,
     read_headers,
 )
-from vigil.hub.topics import TOPICS, TopicSpec
+from vigil.hub.topics import TOPIC_NAME, TOPIC_NAME_MAX, TOPICS, TopicSpec
 from vigil.stream.alignment import REPLAY_BEHIND_S, TP, Alignment
 from vigil.stream.attempt import Attempt, attempt
 from vigil.stream.base import Guarantee, Operator, Record, State, StoreSpec, shared_stores
@@ -333,11 +332,6 @@ def _forget(gauge: Any, *labels: str) -> None:
         gauge.remove(*labels)
 
 
-#: What Kafka takes in a topic name, and how long one may be.
-_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]+")
-_TOPIC_NAME_MAX = 249
-
-
 def _check_names(
     name: str,
     inputs: Sequence[str],
@@ -350,7 +344,7 @@ def _check_names(
     the consumer's group id empty, and the process aborted inside the client), and dead-letter
     or late topics among the inputs (each letter read back, undecodable again, and dead-lettered
     again without end)."""
-    if not isinstance(name, str) or not _TOPIC_NAME.fullmatch(name) or name in (".", ".."):
+    if not isinstance(name, str) or not TOPIC_NAME.fullmatch(name) or name in (".", ".."):
         msg = (
             f"application name {name!r}: expected letters, digits, '.', '_' and '-' (the names of its "
             "topics and its consumer group are made of it)"
@@ -363,10 +357,10 @@ def _check_names(
         for spec in op.stores:
             made[f"store {spec.id!r}'s changelog"] = changelog_topic(name, spec.id)
     for what, topic in made.items():
-        if not _TOPIC_NAME.fullmatch(topic) or len(topic) > _TOPIC_NAME_MAX:
+        if not TOPIC_NAME.fullmatch(topic) or len(topic) > TOPIC_NAME_MAX:
             msg = (
                 f"application {name!r}: {what} would be {topic[:300]!r}, which Kafka refuses as a topic "
-                f"name (letters, digits, '.', '_' and '-', at most {_TOPIC_NAME_MAX} characters)"
+                f"name (letters, digits, '.', '_' and '-', at most {TOPIC_NAME_MAX} characters)"
             )
             raise ConfigError(msg)
     for what, topic in (("dlq_topic", dlq), ("late_topic", late)):
