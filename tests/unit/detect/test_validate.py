@@ -275,6 +275,36 @@ def test_unreadable_files_and_absurd_durations_are_reported_not_raised(tmp_path:
     ]
 
 
+def test_a_directory_is_searched_with_its_subdirectories_and_any_case_of_suffix(tmp_path: Path) -> None:
+    # Rules filed by domain (rules/chain/...) or named .YAML were skipped with nothing said:
+    # the set loaded "ok" without them.
+    def rule(name: str) -> str:
+        return GOOD.replace("id: fatigue", f"id: {name}").replace("rule: fatigue", f"rule: {name}")
+
+    (tmp_path / "chain" / "mixers").mkdir(parents=True)
+    write(tmp_path, "top.yaml", rule("top"))
+    write(tmp_path, "chain/mixers/deep.yml", rule("deep"))
+    write(tmp_path, "chain/UPPER.YAML", rule("upper"))
+    (tmp_path / ".git").mkdir()
+    write(tmp_path, ".git/hidden.yaml", rule("hidden"))
+    write(tmp_path, ".#editor.yaml", "not: [a rule")
+    write(tmp_path, "notes.txt", "not a rule")
+    (tmp_path / "chain" / "loop").symlink_to(tmp_path, target_is_directory=True)
+    v = validate_paths([tmp_path])
+    assert v.errors == []
+    assert sorted(r.id for r in v.rules) == ["deep", "top", "upper"]
+    assert [Path(f.path).relative_to(tmp_path).as_posix() for f in v.files] == [
+        "chain/UPPER.YAML",
+        "chain/mixers/deep.yml",
+        "top.yaml",
+    ]
+    empty = tmp_path / "chain" / "mixers"
+    (empty / "deep.yml").unlink()
+    assert [i.message for i in validate_paths([empty]).errors] == [
+        "no rule files (*.yaml, *.yml) found in it or its subdirectories"
+    ]
+
+
 def test_a_missing_rules_directory_is_named_relative_to_where_the_command_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

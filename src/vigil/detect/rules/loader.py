@@ -8,6 +8,7 @@ keys, which plain YAML silently collapses, are recorded as problems too.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,12 +205,31 @@ def load_file(path: Path) -> LoadedFile:
     return load_text(text, path)
 
 
+RULE_SUFFIXES = (".yaml", ".yml")
+
+
 def rule_files(paths: list[Path]) -> list[Path]:
-    """Expand directories into their ``*.yaml``/``*.yml`` files, sorted (a stable load order)."""
+    """Expand directories into their rule files, sorted (a stable load order).
+
+    A directory is searched with its subdirectories, and a suffix in any case counts
+    (``*.yaml``, ``*.yml``, ``*.YAML``): a team that files its rules by domain
+    (``rules/chain/mixers.yaml``) or on a system that upper-cases names got a set missing
+    those rules, with nothing said.  Hidden files and directories (``.git``, an editor's
+    ``.#ato.yaml``) are not rules.  Symbolic links to directories are not followed, so a
+    link back up cannot loop.
+    """
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            out += sorted([*p.glob("*.yaml"), *p.glob("*.yml")])
+            found: list[Path] = []
+            for root, dirs, names in os.walk(p):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                found += [
+                    Path(root, n)
+                    for n in names
+                    if not n.startswith(".") and n.lower().endswith(RULE_SUFFIXES)
+                ]
+            out += sorted(found)
         else:
             out.append(p)
     return out

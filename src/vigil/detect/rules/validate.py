@@ -114,7 +114,14 @@ def validate_paths(paths: list[Path]) -> Validation:
             out.issues.append(Issue(str(path), 0, 0, _missing(path)))
     files = rule_files(there)
     if not files and there:
-        out.issues.append(Issue(",".join(map(str, there)), 0, 0, "no rule files (*.yaml) found"))
+        out.issues.append(
+            Issue(
+                ",".join(map(str, there)),
+                0,
+                0,
+                "no rule files (*.yaml, *.yml) found in it or its subdirectories",
+            )
+        )
     for path in files:
         rf, issues = validate_file(path)
         out.files.append(rf)
