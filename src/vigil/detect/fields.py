@@ -221,6 +221,17 @@ def value_kinds(event_type: str, path: str) -> frozenset[type] | None:
     return None if kinds is None else frozenset(kinds)
 
 
+def struct_fields(event_type: str, path: str) -> tuple[str, ...] | None:
+    """The names of the fields of the struct at ``path`` on ``event_type`` (``payload.geo``:
+    its country, city...); None when the field there is not a struct (or not there)."""
+    tp = _annotation(event_type, normalise_path(path))
+    cls = None if tp is None else _struct_of(tp)
+    if cls is None:
+        return None
+    names: tuple[str, ...] = cls.__struct_fields__  # type: ignore[attr-defined]
+    return names
+
+
 def compile_getter(path: str) -> Getter:
     """A function returning the value at ``path`` of an event, or ``None`` when absent."""
     path = normalise_path(path)

@@ -545,3 +545,94 @@ def test_hostile_yaml_is_a_located_error_not_a_traceback(tmp_path: Path, text: s
     errors = [str(e) for e in validate_paths([tmp_path]).errors]
     assert len(errors) == 1
     assert re.search(expected, errors[0]), errors
+
+
+HEAD_OF = """\
+rules:
+  - id: {id}
+    version: 1
+    typology: t
+    severity: low
+    score: 1
+    explanation: "{{entity}}"
+"""
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        # A sum over text: nothing to add up, the rule never fired.
+        (
+            "    type: threshold\n    match: {type: withdrawal_request}\n    group_by: customer\n"
+            "    timespan: 1h\n    aggregate: sum\n    field: payload.to_address\n    condition: {gte: 5}\n",
+            "field: payload.to_address holds text, not a number, so it never gives one",
+        ),
+        # gt on text compared nothing (a float of text is no number).
+        (
+            "    type: threshold\n    match: {type: withdrawal_request, where: {payload.asset: {gt: 5}}}\n"
+            "    group_by: customer\n    timespan: 1h\n    condition: {gte: 1}\n",
+            "payload.asset.gt: payload.asset holds text, not a number",
+        ),
+        # gt on a time: the seconds since it is what was meant.
+        (
+            "    type: threshold\n    match: {type: order_cancel, where: {payload.placed_at: {lte: 10}}}\n"
+            "    group_by: account\n    timespan: 1h\n    condition: {gte: 1}\n",
+            "(the seconds since it: elapsed:payload.placed_at)",
+        ),
+        # elapsed: on something that is not a time gave no seconds.
+        (
+            "    type: threshold\n"
+            "    match: {type: order_cancel, where: {elapsed:payload.price: {lte: 10}}}\n"
+            "    group_by: account\n    timespan: 1h\n    condition: {gte: 1}\n",
+            "elapsed: takes a time field; payload.price holds a number",
+        ),
+        # Equality with a group of fields never holds.
+        (
+            "    type: threshold\n    match: {type: login, where: {payload.geo: US}}\n"
+            "    group_by: customer\n    timespan: 1h\n    condition: {gte: 1}\n",
+            "payload.geo is a group of fields, not one value, so it never matches; name one of them "
+            "(payload.geo.city, payload.geo.connection, payload.geo.country",
+        ),
+        # A ratio of text, a deviation of an amount that is text.
+        (
+            "    type: sequence\n    group_by: customer\n    within: 2h\n    steps:\n"
+            "      - {name: deposit, type: deposit}\n"
+            "      - name: out\n        type: withdrawal_request\n"
+            "        ratio_to:\n"
+            "          {step: deposit, field: payload.to_address, of: payload.amount_usd, gte: 0.9}\n",
+            "ratio_to.field: payload.to_address holds text, not a number",
+        ),
+        (
+            "    type: deviation\n    match: {type: withdrawal_request}\n    group_by: customer\n"
+            "    measure: amount\n    field: payload.asset\n    condition: {gte: 10}\n",
+            "field: payload.asset holds text, not a number",
+        ),
+    ],
+)
+def test_a_field_of_the_wrong_kind_is_refused(tmp_path: Path, body: str, says: str) -> None:
+    # Each validated "ok" and never fired: a sum over text, gt on text or a time, elapsed: on a
+    # number, equality with a struct, a ratio or deviation of text.
+    path = write(tmp_path, "kind.yaml", HEAD_OF.format(id="kind") + body)
+    got = messages(tmp_path)
+    assert len(got) == 1, got
+    assert got[0].startswith(f"{path}:"), got
+    assert says in got[0], got
+
+
+def test_fields_of_the_right_kind_stay_valid(tmp_path: Path) -> None:
+    # A product of numbers, elapsed: on a time, a sum over an optional number, a field of a
+    # struct.
+    body = (
+        "    type: threshold\n    match:\n      type: order_cancel\n      where:\n"
+        "        elapsed:payload.placed_at: {lte: 10}\n"
+        "        payload.price*payload.remaining_quantity: {gte: 100000}\n"
+        "    group_by: account\n    timespan: 1h\n    aggregate: sum\n    field: payload.price\n"
+        "    condition: {gte: 1}\n"
+    )
+    write(tmp_path, "ok.yaml", HEAD_OF.format(id="ok") + body)
+    geo = (
+        "    type: threshold\n    match: {type: login, where: {payload.geo.country: US}}\n"
+        "    group_by: customer\n    timespan: 1h\n    condition: {gte: 1}\n"
+    )
+    write(tmp_path, "geo.yaml", HEAD_OF.format(id="geo") + geo)
+    assert messages(tmp_path) == []

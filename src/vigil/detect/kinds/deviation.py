@@ -127,7 +127,8 @@ def parse(d: LocDict, p: Parser, what: str) -> DeviationParams | None:
         if "field" not in d:
             p.error(d.loc, f"{what}: measure {measure!r} needs 'field' (the path it measures)")
         else:
-            field_path = p.path(d["field"], d.mark("field"), f"{what}.field", types)
+            numeric = measure in ("amount", "passthrough")
+            field_path = p.path(d["field"], d.mark("field"), f"{what}.field", types, number=numeric)
     groups = p.strings(d, "group_by", what) or []
     if not groups:
         p.error(d.mark("group_by"), f"{what} needs 'group_by' (whose history: an entity kind or path)")
@@ -146,7 +147,13 @@ def parse(d: LocDict, p: Parser, what: str) -> DeviationParams | None:
                 optional=("where", "source", "new_sources_only"),
             )
             hm = p.match(h, f"{what}.history")
-            hf = p.path(h.get("field"), h.mark("field"), f"{what}.history.field", hm.types if hm else None)
+            hf = p.path(
+                h.get("field"),
+                h.mark("field"),
+                f"{what}.history.field",
+                hm.types if hm else None,
+                number=True,
+            )
             hs = (
                 p.path(h["source"], h.mark("source"), f"{what}.history.source", hm.types if hm else None)
                 if "source" in h

@@ -243,8 +243,8 @@ def _step(s: LocDict, p: Parser, sw: str, i: int, earlier: list[Step], names: se
                 f"{rw}.step must name an earlier step ({', '.join(by_name)}); got {step_name!r}",
             )
             return None
-        f_here = p.path(r.get("field"), r.mark("field"), f"{rw}.field", match.types)
-        f_of = p.path(r.get("of"), r.mark("of"), f"{rw}.of", by_name[step_name].match.types)
+        f_here = p.path(r.get("field"), r.mark("field"), f"{rw}.field", match.types, number=True)
+        f_of = p.path(r.get("of"), r.mark("of"), f"{rw}.of", by_name[step_name].match.types, number=True)
         ops = [k for k in r if k in ("gt", "gte", "lt", "lte")]
         if len(ops) != 1:
             p.error(r.loc, f"{rw} needs exactly one of gt/gte/lt/lte with a number (e.g. gte: 0.8)")

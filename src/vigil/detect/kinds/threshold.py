@@ -87,7 +87,9 @@ def parse(d: LocDict, p: Parser, what: str) -> ThresholdParams | None:
                 d.loc, f"{what}: aggregate {aggregate!r} needs 'field' (the path to sum or count distinct)"
             )
         else:
-            field_path = p.path(d["field"], d.mark("field"), f"{what}.field", types)
+            field_path = p.path(
+                d["field"], d.mark("field"), f"{what}.field", types, number=aggregate == "sum"
+            )
     condition = p.comparison(d, "condition", what)
     related = _paths(p, d, "related", what, types, required=False)
     cooldown = p.duration(d, "cooldown", what, default=timedelta(0)) if "cooldown" in d else None

@@ -21,6 +21,7 @@ from vigil.detect.fields import (
     Match,
     normalise_path,
     path_exists,
+    struct_fields,
     value_choices,
     value_kinds,
 )
@@ -224,10 +225,20 @@ class Parser:
         return frozenset(names)
 
     def path(
-        self, value: Any, loc: Loc, what: str, types: frozenset[str] | None, *, every: bool = False
+        self,
+        value: Any,
+        loc: Loc,
+        what: str,
+        types: frozenset[str] | None,
+        *,
+        every: bool = False,
+        number: bool = False,
     ) -> str | None:
         """``value`` as a field path of (one of) ``types``; ``every``: of each of them (a group's
-        path: an event type without it never gets a group, so its events never count)."""
+        path: an event type without it never gets a group, so its events never count);
+        ``number``: a path whose values are numbers (a sum's, a ratio's), which a text or time
+        field never gives, so a rule reading one never fired.  ``elapsed:<path>`` must name a
+        time field wherever it is used."""
         if not isinstance(value, str) or not value:
             self.error(
                 loc, f"{what} must be a field path like 'payload.amount_usd' or 'ip'; got {_show(value)}"
@@ -251,6 +262,11 @@ class Parser:
                 f"expected a path like 'payload.<field>' or an entity kind ({', '.join(Entities.KINDS)})",
             )
             return None
+        if types:
+            problem = _number_problem(path, types) if number else _elapsed_problem(path, types)
+            if problem is not None:
+                self.error(loc, f"{what}: {problem}")
+                return None
         return path
 
     def match(self, d: LocDict, what: str) -> Match | None:
@@ -380,18 +396,21 @@ def _kind_problem(path: str, op: str, operand: Any, types: frozenset[str] | None
 
     YAML reads unquoted ``NO``, ``yes``, ``off`` as booleans and ``0x1f`` or ``007`` as numbers:
     ``country: [NO, RU]`` quietly never matched Norway, and ``contains: 1234`` on a text field
-    raised on every event.  Judged from the contract, for the rule's event types."""
-    if not types or op in ("gt", "gte", "lt", "lte", "exists"):
+    raised on every event.  Judged from the contract, for the rule's event types that have the
+    field.  An ordering (``gt``...) compares numbers: on text or a time it never held; equality
+    with a group of fields (``payload.geo: US``) never held either."""
+    if not types or op == "exists":
         return None
-    kinds: set[type] = set()
-    for event_type in types:
-        found = value_kinds(event_type, path)
-        if found is None:
-            return None  # not a plain field everywhere: nothing to judge by
-        kinds |= found
-    if datetime in kinds or (list in kinds and op != "contains"):
+    if op in _ORDERING:
+        return _number_problem(path, types)
+    kinds = _present_kinds(path, types)
+    if kinds is None:
+        return None  # not a plain field everywhere: nothing to judge by
+    if kinds == {_Group}:
+        return _group_problem(path, types)
+    if _Group in kinds or datetime in kinds or (list in kinds and op != "contains"):
         return None
-    holds = " or ".join(sorted(_KIND_NAMES.get(k, k.__name__) for k in kinds))
+    holds = _holds(kinds)
     if op == "contains":
         if list in kinds:
             return None
@@ -411,6 +430,69 @@ def _kind_problem(path: str, op: str, operand: Any, types: frozenset[str] | None
             return "in [] never matches"
         return _choice_problem(path, values, types)
     return None
+
+
+class _Group:
+    """The kind of a field that is a struct: a group of fields, never one value."""
+
+
+_KIND_NAMES[_Group] = "a group of fields"
+
+
+def _present_kinds(path: str, types: frozenset[str]) -> set[type] | None:
+    """The kinds ``path`` holds on those of ``types`` that have it (a struct as ``_Group``);
+    None when one of them holds something not plain (a mapping), or none has it."""
+    kinds: set[type] = set()
+    for event_type in types:
+        if not path_exists(event_type, path):
+            continue
+        found = value_kinds(event_type, path)
+        if found is not None:
+            kinds |= found
+        elif struct_fields(event_type, path) is not None:
+            kinds.add(_Group)
+        else:
+            return None
+    return kinds or None
+
+
+def _holds(kinds: set[type]) -> str:
+    return " or ".join(sorted(_KIND_NAMES.get(k, k.__name__) for k in kinds))
+
+
+def _number_problem(path: str, types: frozenset[str]) -> str | None:
+    """Why ``path`` never gives a number (for a sum, a ratio, ``gt``...), if so: each factor
+    of a product must be a number, and ``elapsed:`` must name a time (it gives seconds)."""
+    if path.startswith("elapsed:"):
+        return _elapsed_problem(path, types)
+    for part in path.split("*"):
+        kinds = _present_kinds(part, types)
+        if kinds is None or kinds & {int, float}:
+            continue
+        if kinds == {_Group}:
+            return _group_problem(part, types)
+        hint = f" (the seconds since it: elapsed:{part})" if datetime in kinds else ""
+        return f"{part} holds {_holds(kinds)}, not a number, so it never gives one{hint}"
+    return None
+
+
+def _elapsed_problem(path: str, types: frozenset[str]) -> str | None:
+    """Why ``elapsed:<path>`` never gives seconds (its field is not a time), if so."""
+    if not path.startswith("elapsed:"):
+        return None
+    inner = path.removeprefix("elapsed:")
+    kinds = _present_kinds(inner, types)
+    if kinds is None or datetime in kinds:
+        return None
+    return f"elapsed: takes a time field; {inner} holds {_holds(kinds)}, so it never gives seconds"
+
+
+def _group_problem(path: str, types: frozenset[str]) -> str:
+    names: set[str] = set()
+    for event_type in types:
+        names |= set(struct_fields(event_type, path) or ())
+    listed = ", ".join(f"{path}.{n}" for n in sorted(names))
+    return f"{path} is a group of fields, not one value, so it never matches; name one of them ({listed})"
 
 
 def _choice_problem(path: str, values: list[Any], types: frozenset[str]) -> str | None:
