@@ -767,6 +767,22 @@ class BackendIngestSource(Source):
 # --------------------------------------------------------------------------- normaliser
 
 
+def _in_utc(event: Event) -> Event:
+    """``event`` with its times in UTC, as every other normaliser gives them: a service's
+    ``+05:00`` went on to the canonical topic as it was."""
+    times: dict[str, datetime] = {}
+    for name in ("occurred_at", "ingested_at"):
+        when: datetime | None = getattr(event, name)
+        if when is None or not when.utcoffset():
+            continue
+        try:
+            times[name] = when.astimezone(UTC)
+        except OverflowError:  # "0001-01-01T00:30:00+01:00" decodes, but is before year 1 in UTC
+            msg = f"raw.backend: $.{name} {when.isoformat()!r} is outside the years 1-9999 in UTC"
+            raise ContractError(msg) from None
+    return msgspec.structs.replace(event, **times)
+
+
 class BackendNormalizer(Normalizer):
     """``canonical`` records are already canonical: validate again (the topic is the contract's
     edge, and a record may have been produced by something else) and pass through, filling
@@ -781,6 +797,8 @@ class BackendNormalizer(Normalizer):
         event = _codec.decode(record.value, where="raw.backend")
         if event.ingested_at is None:
             event = msgspec.structs.replace(event, ingested_at=record.received_at)
+        if event.occurred_at.utcoffset() or (event.ingested_at and event.ingested_at.utcoffset()):
+            event = _in_utc(event)
         ip = event.entities.ip
         if ip is not None:
             canonical = client_ip(ip)

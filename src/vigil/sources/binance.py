@@ -188,7 +188,10 @@ def market_of(url: object) -> str:
     ``testnet-usdm``/``testnet-coinm`` (f/dstream.binancefuture.com) or ``spot``
     (stream.binance.com, data-stream.binance.vision, and any other host, such as a local replay
     of a spot recording)."""
-    host = (urlsplit(url).hostname or "") if isinstance(url, str) else ""
+    try:
+        host = (urlsplit(url).hostname or "") if isinstance(url, str) else ""
+    except ValueError:  # (an unclosed IPv6 bracket): none of the hosts below, so spot
+        host = ""
     # Testnets number their trades apart from the real markets and from each other.
     # (data-stream.binance.vision is production spot data, not a testnet.)
     if host == "testnet.binance.vision" or host.endswith(".testnet.binance.vision"):

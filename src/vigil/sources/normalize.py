@@ -47,7 +47,7 @@ import functools
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -100,6 +100,15 @@ def decode_raw(topic: str, value: bytes, key: bytes | None, headers: Any) -> Raw
     if record.received_at.tzinfo is None:
         msg = f"header {RECEIVED_AT!r} must be an RFC 3339 time with a zone; got {_shown(headers)}"
         raise DecodeError(msg, where=topic)
+    if record.received_at.utcoffset():
+        # Canonical times are UTC: an offset went on into every event's ingested_at (and one of
+        # seconds, "+05:00:30", was written as "+05:00", 30 s off).
+        try:
+            received_at = record.received_at.astimezone(UTC)
+        except OverflowError:
+            msg = f"header {RECEIVED_AT!r} is outside the years 1-9999 in UTC; got {_shown(headers)}"
+            raise DecodeError(msg, where=topic) from None
+        record = dataclasses.replace(record, received_at=received_at)
     seen: Counter[str] = Counter(name for name, _ in headers or [] if name in (KIND, RECEIVED_AT, META))
     repeated = sorted(n for n, times in seen.items() if times > 1)
     if repeated:

@@ -6,7 +6,7 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +122,27 @@ def test_normalizer_passes_canonical_events_through_and_fills_ingested_at() -> N
     original = decode_event(good)
     assert event.event_id == original.event_id
     assert event.ingested_at == (original.ingested_at or received)
+
+
+def test_normalizer_gives_times_in_utc() -> None:
+    # A service's "+05:00" went on to the canonical topic as it was (every other normaliser
+    # converts), and a time before year 1 in UTC went on too.
+    (good,) = examples(1)
+    sent = decode_event(good)
+    local = timezone(timedelta(hours=5))
+    shifted = msgspec.structs.replace(
+        sent,
+        occurred_at=sent.occurred_at.astimezone(local),
+        ingested_at=datetime(2026, 11, 29, 13, tzinfo=local),
+    )
+    received = datetime(2026, 11, 29, 8, 1, tzinfo=UTC)
+    (event,) = BackendNormalizer().normalize(RawRecord("backend", "canonical", encode(shifted), received))
+    assert (event.occurred_at, event.occurred_at.utcoffset()) == (sent.occurred_at, timedelta(0))
+    assert encode(event).count(b"+05:00") == 0
+    assert event.ingested_at == datetime(2026, 11, 29, 8, tzinfo=UTC)
+    early = encode(shifted).replace(shifted.occurred_at.isoformat().encode(), b"0001-01-01T00:30:00+01:00")
+    with pytest.raises(ContractError, match=r"\$\.occurred_at '0001-01-01T00:30:00\+01:00' is outside"):
+        BackendNormalizer().normalize(RawRecord("backend", "canonical", early, received))
 
 
 @pytest.mark.parametrize(

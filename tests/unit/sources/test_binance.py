@@ -213,3 +213,6 @@ def test_testnet_trades_are_not_taken_for_the_real_markets() -> None:
     assert market_of("wss://data-stream.binance.vision/ws") == "spot"  # production data
     assert market_of("wss://fstream-mm.binance.com/ws") == "usdm"
     assert market_of("ws://127.0.0.1:9000/stream") == "spot"
+    # An unclosed IPv6 bracket: urlsplit's ValueError dead-lettered every record of the
+    # connection as the normaliser's own bug ("unexpected ValueError"), subscribe replies too.
+    assert market_of("wss://[stream.binance.com:9443") == "spot"

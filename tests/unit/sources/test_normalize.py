@@ -122,6 +122,16 @@ def test_decode_raw_without_a_receipt_time_names_the_header() -> None:
         decode_raw("raw.bitcoin", b"{}", None, [*stamped, ("vigil.kind", b"a"), ("vigil.kind", b"b")])
 
 
+def test_a_receipt_time_with_an_offset_is_taken_in_utc() -> None:
+    # The offset went on into every event's ingested_at; one of seconds was written "+05:00",
+    # 30 s off.  Before year 1 in UTC, it is refused by name.
+    got = decode_raw("raw.bitcoin", b"{}", None, [("vigil.received_at", b"2026-11-29T17:00:00+05:00:30")])
+    assert got.received_at == datetime(2026, 11, 29, 11, 59, 30, tzinfo=UTC)
+    assert got.received_at.tzinfo is UTC
+    with pytest.raises(DecodeError, match=r"'vigil\.received_at' is outside the years 1-9999 in UTC"):
+        decode_raw("raw.bitcoin", b"{}", None, [("vigil.received_at", b"0001-01-01T00:30:00+01:00")])
+
+
 @pytest.mark.parametrize(
     ("headers", "match"),
     [
