@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
+from vigil.errors import ContractError
 from vigil.events.base import Event
 from vigil.hub.raw import RawRecord
 
@@ -76,9 +77,22 @@ class Source(ABC):
     def run(self, sink: RawSink) -> None: ...
 
 
+class PartlyRefused(ContractError):
+    """A record some of whose entries a normaliser cannot take, the others good (a STIX bundle
+    with one malformed indicator among a thousand): ``taken`` go on, and the record is
+    dead-lettered with the reason naming what was left out.  Logged alone, the left-out entries
+    were lost once the raw topic's retention passed (and a revocation left out left its address
+    listed for good); redriving the letter sends the taken ones again under the same ids."""
+
+    def __init__(self, reason: str, taken: list[Event]) -> None:
+        super().__init__(reason)
+        self.taken = taken
+
+
 class Normalizer(ABC):
     """Raw record -> canonical events.  Raises :class:`~vigil.errors.ContractError` (or
     ``DecodeError``) with a reason naming what was wrong and where; never returns partial junk.
+    A record of many entries, some unusable, raises :class:`PartlyRefused` with the others.
 
     A record may yield zero events (a heartbeat) or many (a block's transfers).  Event ids
     must be stable: the same raw record always yields the same ids.

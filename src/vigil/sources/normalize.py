@@ -58,7 +58,7 @@ from vigil.events.base import Event
 from vigil.events.codec import EventCodec, encode
 from vigil.hub.raw import KIND, META, NO_RECEIVED_AT, RECEIVED_AT, RawRecord
 from vigil.hub.topics import DOMAINS, TOPICS, TopicSpec
-from vigil.sources.base import Normalizer
+from vigil.sources.base import Normalizer, PartlyRefused
 from vigil.sources.registry import NORMALIZERS, normalizer_for
 from vigil.stream.base import Context, Guarantee, Operator, Record
 
@@ -165,9 +165,13 @@ class NormalizeOperator(Operator[Any]):
         for rec in batch:
             raw: RawRecord = rec.event
             sends = None
+            partly = None
             try:
                 normalizer = normalizers.get(raw.source) or self._normalizer(raw.source)
-                events = normalizer.normalize(raw)
+                try:
+                    events = normalizer.normalize(raw)
+                except PartlyRefused as part:
+                    events, partly = part.taken, str(part)
                 allowed = normalizer.max_ahead
                 checked = []
                 for event in events:
@@ -195,12 +199,7 @@ class NormalizeOperator(Operator[Any]):
                         raw.kind,
                         reason[:500],
                     )
-                # The dead letter keeps the bytes as received: msgspec.Raw encodes to itself.
-                as_received: Record[Any] = msgspec.structs.replace(rec, event=msgspec.Raw(raw.value))
-                # With its headers as read, the letter is the record whole (see DeadLetter.headers).
-                given = raw.received_headers
-                headers: list[tuple[str, bytes | None]] = list(raw.headers() if given is None else given)
-                ctx.dead_letter(as_received, f"{raw.source}/{raw.kind}: {reason}", headers)
+                _dead_letter(rec, raw, reason, ctx)
                 continue
             if sends is not None:
                 for send in sends:
@@ -208,6 +207,8 @@ class NormalizeOperator(Operator[Any]):
             else:
                 for topic, event, _ in checked:
                     emit(topic, event)
+            if partly is not None:
+                _dead_letter(rec, raw, partly, ctx)
 
     def _checked(self, event: Event) -> bytes:
         """``event`` encoded, once the canonical contract has read it back: a normaliser can build
@@ -228,6 +229,15 @@ class NormalizeOperator(Operator[Any]):
             )
             raise ContractError(msg) from None
         return value
+
+
+def _dead_letter(rec: Record[Any], raw: RawRecord, reason: str, ctx: Context) -> None:
+    # The dead letter keeps the bytes as received: msgspec.Raw encodes to itself.
+    as_received: Record[Any] = msgspec.structs.replace(rec, event=msgspec.Raw(raw.value))
+    # With its headers as read, the letter is the record whole (see DeadLetter.headers).
+    given = raw.received_headers
+    headers: list[tuple[str, bytes | None]] = list(raw.headers() if given is None else given)
+    ctx.dead_letter(as_received, f"{raw.source}/{raw.kind}: {reason}", headers)
 
 
 def ahead_reason(event: Event, received_at: datetime, source: str, allowed: timedelta) -> str:

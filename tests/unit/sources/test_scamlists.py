@@ -13,6 +13,7 @@ from vigil.config import shared_data_dir
 from vigil.errors import ContractError, SourceError
 from vigil.events.types import IntelIndicator
 from vigil.hub.raw import RawRecord
+from vigil.sources.base import PartlyRefused
 from vigil.sources.intel import scamlists
 from vigil.sources.intel.lists import IntelListSource, ListSpec, content_version, shipped_lists
 from vigil.sources.intel.normalize import IntelNormalizer
@@ -119,19 +120,22 @@ def test_a_removal_record_without_a_feed_is_refused_by_field() -> None:
         )
 
 
-def test_a_removal_entry_the_contract_refuses_is_left_out_and_the_others_revoked(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def test_a_removal_entry_the_contract_refuses_is_left_out_and_the_others_revoked() -> None:
     # A cursor from before the "." fix holds the key "domain:": its removal became a revocation
     # the contract refuses downstream; refusing the record whole would keep every other entry.
+    # Only logged, the entries left out were lost: the record is dead-lettered naming them.
     entries = [
         ["domain", "", "phishing"],
         ["domain", "gone.example", "phishing"],
         ["domain", "x.example", "spam"],
     ]
-    events = IntelNormalizer().normalize(removal({"feed": "scamsniffer", "removed": entries}))
+    with pytest.raises(PartlyRefused) as refused:
+        IntelNormalizer().normalize(removal({"feed": "scamsniffer", "removed": entries}))
+    events = refused.value.taken
     assert [(e.payload.value, e.payload.revoked) for e in events] == [("gone.example", True)]  # type: ignore[attr-defined]
-    assert "left out 2 entries the contract refuses" in caplog.text
+    reason = str(refused.value)
+    assert reason.startswith("raw.intel removals of list 'scam' version 'v2': left out 2 of 3 entries")
+    assert "('domain', '', 'phishing'), ('domain', 'x.example', 'spam'); the other 1 revoked" in reason
 
 
 def test_a_domain_of_dots_is_no_indicator() -> None:

@@ -9,14 +9,19 @@ from typing import Any
 
 import pytest
 from stix2patterns.v21.pattern import Pattern  # type: ignore[import-untyped]
+from tests.unit.sources.test_normalize import ListContext
 
 from vigil.config import shared_data_dir
 from vigil.errors import ContractError
 from vigil.events.codec import decode_event, encode
 from vigil.events.types import IntelIndicator
 from vigil.hub.raw import RawRecord
+from vigil.sources.base import PartlyRefused
 from vigil.sources.intel.normalize import IntelNormalizer
 from vigil.sources.intel.stix import parse_objects, pattern_values
+from vigil.sources.normalize import NormalizeOperator
+from vigil.stream.app import clipped_reason
+from vigil.stream.base import Record
 
 STIX = shared_data_dir() / "intel" / "stix"
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
@@ -29,6 +34,15 @@ def normalize(doc: dict[str, Any] | bytes, kind: str = "stix_bundle") -> list[In
         assert isinstance(e, IntelIndicator)
         assert decode_event(encode(e)) == e
     return events  # type: ignore[return-value]
+
+
+def partly(doc: dict[str, Any] | bytes) -> tuple[list[IntelIndicator], str]:
+    """The indicators taken from a bundle some of whose objects are left out, and the reason
+    its record is dead-lettered with."""
+    value = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    with pytest.raises(PartlyRefused) as refused:
+        IntelNormalizer().normalize(RawRecord("intel", "stix_bundle", value, NOW, meta={"feed": "oasis"}))
+    return refused.value.taken, str(refused.value)  # type: ignore[return-value]
 
 
 def indicator(pattern: str, **extra: Any) -> dict[str, Any]:
@@ -193,16 +207,18 @@ def test_bad_bundles_raise_contract_error(doc: bytes, reason: str) -> None:
         normalize(doc)
 
 
-def test_one_bad_indicator_leaves_out_only_itself(caplog: pytest.LogCaptureFixture) -> None:
+def test_one_bad_indicator_leaves_out_only_itself() -> None:
     # One bad indicator dead-lettered its whole bundle (or TAXII page, whose cursor had moved
-    # past it): the good ones were lost with it.
+    # past it): the good ones were lost with it.  Then it was only logged, and lost once the
+    # raw topic's retention passed: the record is dead-lettered naming it, the others taken.
     doc = json.loads((STIX / "poisonivy.json").read_bytes())
     good = len(normalize((STIX / "poisonivy.json").read_bytes()))
     bad = indicator("[domain-name:value = 'evil.example' OR ]")
     doc["objects"].append(bad)
-    events = normalize(json.dumps(doc).encode())
+    events, reason = partly(json.dumps(doc).encode())
     assert len(events) == good > 0
-    assert f"left out: intel stix bundle: {bad['id']}: " in caplog.text
+    assert reason.startswith(f"left out 1 of {len(doc['objects'])} objects: intel stix bundle: {bad['id']}: ")
+    assert reason.endswith(f"; the other {good} indicators taken")
 
 
 @pytest.mark.parametrize(
@@ -215,9 +231,7 @@ def test_one_bad_indicator_leaves_out_only_itself(caplog: pytest.LogCaptureFixtu
         ({"confidence": 40.5}, "2.0"),
     ],
 )
-def test_a_confidence_out_of_range_leaves_out_its_indicator_only(
-    extra: dict[str, Any], spec: str, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_confidence_out_of_range_leaves_out_its_indicator_only(extra: dict[str, Any], spec: str) -> None:
     # stix2 leaves a 2.0 custom confidence (and a 2.1 one past 100) as given: "sure" raised a
     # ValueError that dead-lettered the whole bundle, 150 made an event the contract refuses.
     good = indicator("[ipv4-addr:value = '192.0.2.7']", confidence="40" if spec == "2.0" else 40)
@@ -230,9 +244,9 @@ def test_a_confidence_out_of_range_leaves_out_its_indicator_only(
             obj.pop("spec_version")
             obj.pop("pattern_type")
             obj["labels"] = ["malicious-activity"]
-    events = normalize(bundle(good, {**bad, **extra}))
+    events, reason = partly(bundle(good, {**bad, **extra}))
     assert [(e.payload.value, e.payload.confidence) for e in events] == [("192.0.2.7", 40)]
-    assert f"{bad['id']}: confidence must be an integer from 0 to 100" in caplog.text
+    assert f"{bad['id']}: confidence must be an integer from 0 to 100" in reason
 
 
 def test_a_confidence_in_words_of_the_stix_scale_is_its_number() -> None:
@@ -247,17 +261,16 @@ def test_a_confidence_in_words_of_the_stix_scale_is_its_number() -> None:
 
 
 @pytest.mark.parametrize("value", [40.5, True])
-def test_a_stix_2_1_confidence_is_read_as_given_not_as_stix2_cut_it(
-    value: object, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_stix_2_1_confidence_is_read_as_given_not_as_stix2_cut_it(value: object) -> None:
     # stix2 turns a 2.1 confidence of 40.5 into 40 and true into 1 before Vigil reads it.
     good = indicator("[ipv4-addr:value = '192.0.2.7']")
     bad = {
         **indicator("[ipv4-addr:value = '192.0.2.8']", confidence=value),
         "id": "indicator--0c9b2f2e-0000-4000-8000-000000000003",
     }
-    assert [e.payload.value for e in normalize(bundle(good, bad))] == ["192.0.2.7"]
-    assert "confidence must be an integer" in caplog.text
+    events, reason = partly(bundle(good, bad))
+    assert [e.payload.value for e in events] == ["192.0.2.7"]
+    assert "confidence must be an integer" in reason
 
 
 def test_an_indicator_of_another_pattern_language_is_skipped_whatever_its_pattern() -> None:
@@ -267,15 +280,27 @@ def test_an_indicator_of_another_pattern_language_is_skipped_whatever_its_patter
     assert (result.skipped, result.rejected, result.indicators) == ([sigma["id"]], [], [])
 
 
-def test_a_rejected_indicators_id_is_logged_inert(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_rejected_indicators_id_is_dead_lettered_inert() -> None:
     forged = {**indicator("[ipv4-addr:value = "), "id": "indicator--x\nCRITICAL all clear"}
     good = {
         **indicator("[ipv4-addr:value = '192.0.2.7']"),
         "id": "indicator--0c9b2f2e-0000-4000-8000-000000000005",
     }
-    assert len(normalize(bundle(forged, good))) == 1
-    assert "left out" in caplog.text
-    assert "\nCRITICAL" not in caplog.text
+    # Through the normalise stage: the good one emitted, the record dead-lettered naming the
+    # other, its reason made inert as the runtime writes every letter's.
+    value = json.dumps(bundle(forged, good)).encode()
+    raw = RawRecord("intel", "stix_bundle", value, NOW, meta={"feed": "oasis"})
+    ctx = ListContext()
+    rec = Record(event=raw, topic="raw.intel", partition=0, offset=7, key=None, timestamp_ms=0, value=value)
+    NormalizeOperator({"intel": IntelNormalizer()}).process([rec], ctx)  # type: ignore[arg-type]
+    assert [(t, e.payload.value) for t, e in ctx.emitted] == [("intel.indicators", "192.0.2.7")]  # type: ignore[attr-defined]
+    ((letter, reason),) = ctx.dead
+    assert (letter.offset, bytes(letter.event)) == (7, value)
+    assert reason.startswith(
+        "intel/stix_bundle: left out 1 of 2 objects: intel stix bundle: indicator--x\\nCRITICAL"
+    )
+    assert "indicator--x\\nCRITICAL" in clipped_reason(reason)
+    assert "\n" not in clipped_reason(reason)
 
 
 def test_a_value_that_normalises_to_nothing_is_skipped() -> None:

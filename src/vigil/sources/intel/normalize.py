@@ -16,7 +16,6 @@ version yields the same ids (exact deduplication downstream).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,14 +25,11 @@ import msgspec
 
 from vigil.errors import ContractError
 from vigil.events.base import Entities, Event, Id
-from vigil.events.codec import inert
 from vigil.events.ids import stable_id
 from vigil.events.types import IndicatorCategory, IndicatorType, IntelIndicator, IntelIndicatorPayload
 from vigil.hub.raw import RawRecord
-from vigil.sources.base import Normalizer
+from vigil.sources.base import Normalizer, PartlyRefused
 from vigil.sources.intel import ofac, scamlists, stix
-
-log = logging.getLogger(__name__)
 
 NAME = "intel"
 STIX_FORMAT = "stix_bundle"
@@ -190,23 +186,15 @@ class IntelNormalizer(Normalizer):
             raise ContractError(msg) from None
         # An entry the contract would refuse (an empty value, an unknown type or category: a list
         # source's cursor from before a fix may hold one) is left out, not the whole record: that
-        # would leave every other entry of the version listed.
+        # would leave every other entry of the version listed.  The record is dead-lettered too,
+        # naming them (PartlyRefused).
         # (An entry of another shape refuses the record whole, above: only the list source
         # writes these.)
         kept: list[tuple[str, str, str]] = []
         bad: list[tuple[str, str, str]] = []
         for entry in doc.removed:
             (kept if _admissible(entry) else bad).append(entry)
-        if bad:
-            log.warning(
-                "raw.intel removals of list %.80r version %.80r: left out %d entries the contract "
-                "refuses, e.g. %.200r",
-                doc.list_name,
-                doc.version,
-                len(bad),
-                bad[0],
-            )
-        return [
+        revoked: list[Event] = [
             self._indicator(
                 feed=doc.feed,
                 indicator_type=t,
@@ -220,24 +208,25 @@ class IntelNormalizer(Normalizer):
             )
             for t, v, c in kept
         ]
+        if bad:
+            shown = ", ".join(repr(e) for e in bad[:3]) + (
+                f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+            )
+            msg = (
+                f"raw.intel removals of list {doc.list_name!r} version {doc.version!r}: left out "
+                f"{len(bad)} of {len(doc.removed)} entries the contract refuses (expected a type of "
+                f"{', '.join(sorted(_TYPES))}, a value and a category of {', '.join(sorted(_CATEGORIES))}): "
+                f"{shown}; the other {len(kept)} revoked"
+            )
+            raise PartlyRefused(msg, revoked)
+        return revoked
 
     def _objects(self, record: RawRecord, objects: Any, feed: str, where: str) -> list[Event]:
         if not isinstance(objects, list):
             msg = f"{where}: 'objects' must be an array, got {type(objects).__name__}"
             raise ContractError(msg)
         result = stix.parse_objects(objects, where=where)
-        if result.rejected:
-            if not result.indicators and not result.skipped:
-                # Nothing usable in it: the record is dead-lettered, naming what was wrong.
-                shown = "; ".join(result.rejected[:3])
-                more = f" (and {len(result.rejected) - 3} more)" if len(result.rejected) > 3 else ""
-                raise ContractError(shown + more)
-            # The others are taken; the raw record keeps the bad ones as received.
-            for reason in result.rejected[:20]:
-                log.warning("%s: left out: %s", where, inert(reason))  # (the feed's strings, inert)
-            if len(result.rejected) > 20:
-                log.warning("%s: left out %d more objects", where, len(result.rejected) - 20)
-        return [
+        indicators: list[Event] = [
             self._indicator(
                 feed=feed,
                 indicator_type=ind.indicator_type,
@@ -255,6 +244,18 @@ class IntelNormalizer(Normalizer):
             )
             for ind in result.indicators
         ]
+        if result.rejected:
+            # Dead-lettered, naming what was wrong; with anything usable in it, the others go on.
+            shown = "; ".join(result.rejected[:3])
+            more = f" (and {len(result.rejected) - 3} more)" if len(result.rejected) > 3 else ""
+            if not result.indicators and not result.skipped:
+                raise ContractError(shown + more)
+            msg = (
+                f"left out {len(result.rejected)} of {len(objects)} objects: {shown}{more}; "
+                f"the other {len(indicators)} indicators taken"
+            )
+            raise PartlyRefused(msg, indicators)
+        return indicators
 
     @staticmethod
     def _json(record: RawRecord, where: str) -> dict[str, Any]:
