@@ -27,6 +27,7 @@ from pathlib import Path
 
 from vigil.events.addresses import canonical_address
 from vigil.events.base import Entities
+from vigil.events.domains import domain_to_ascii
 from vigil.events.ids import stable_id
 from vigil.events.types import IntelIndicator, IntelIndicatorPayload
 
@@ -58,7 +59,8 @@ def normalise(value: str) -> str:
     """The spelling values are indexed and looked up in: addresses as
     :func:`~vigil.events.addresses.canonical_address` spells them (EVM and bech32 lower-case),
     other ``0x`` values and domains lower-case (case-insensitive; a domain without the root's
-    trailing dot, ``evil.example.`` is ``evil.example``, as the list parsers keep it), IPs and
+    trailing dot, ``evil.example.`` is ``evil.example``, as the list parsers keep it; one in
+    Unicode in its ASCII form, ``xn--...``), IPs and
     networks as :mod:`ipaddress` spells them (IPv6 compressed and lower-case: ``2001:DB8:0::1``
     is ``2001:db8::1``; an IPv4-mapped IPv6 address, ``::ffff:1.2.3.4``, is the IPv4 address; a
     network by its first address, ``10.1.2.3/8`` is ``10.0.0.0/8``), the rest as given."""
@@ -68,6 +70,12 @@ def normalise(value: str) -> str:
     if value.startswith(("0x", "0X")):
         return value.lower()
     if "." in value and not value.replace(".", "").isdigit():
+        if not value.isascii():
+            # A domain in Unicode is keyed in the ASCII form clicks carry (xn--...), as the
+            # intel normalisers store it: a homograph listed one way matched no click the other.
+            ascii_form = domain_to_ascii(value)
+            if ascii_form is not None:
+                return ascii_form
         return (value[:-1] if value.endswith(".") and len(value) > 1 else value).lower()
     return value
 

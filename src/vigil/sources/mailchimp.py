@@ -42,13 +42,12 @@ import math
 import re
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, unquote_to_bytes, urlsplit
-
-import idna
+from urllib.parse import parse_qsl, urlsplit
 
 from vigil.config import Settings
 from vigil.errors import DecodeError
 from vigil.events.base import Entities, Event
+from vigil.events.domains import C0_OR_SPACE, domain_to_ascii
 from vigil.events.ids import stable_id
 from vigil.events.types import (
     EmailCampaignSent,
@@ -223,8 +222,7 @@ def _fired_at(value: str | None, where: str) -> datetime:
 #: browser reads a backslash as ``/`` and skips any run of slashes after ``scheme:``.
 _SPECIAL_SCHEMES = frozenset({"http", "https", "ws", "wss", "ftp"})
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):[/\\]*")
-#: What a browser strips from both ends of a URL (C0 controls and space), and removes anywhere.
-_C0_OR_SPACE = "".join(map(chr, range(0x21)))
+#: What a browser removes anywhere in a URL (it strips C0 controls and space from both ends).
 _TAB_OR_NEWLINE = str.maketrans("", "", "\t\n\r")
 
 
@@ -235,7 +233,7 @@ def _domain(url: str, where: str, path: str) -> str:
     was read as paypal.com while the click went to evil.example, ``evil.example.`` matched no
     listed ``evil.example``, and ``%65vil.example``, ``evil%2Eexample`` or full-width
     ``\uff25\uff36\uff29\uff2c.example`` (each evil.example to a browser) matched nothing either."""
-    text = url.strip(_C0_OR_SPACE).translate(_TAB_OR_NEWLINE)
+    text = url.strip(C0_OR_SPACE).translate(_TAB_OR_NEWLINE)
     m = _SCHEME.match(text)
     if m is not None and m.group(1).lower() in _SPECIAL_SCHEMES:
         rest = text[m.end() :].replace("\\", "/")
@@ -249,7 +247,7 @@ def _domain(url: str, where: str, path: str) -> str:
         raise DecodeError(msg, where=where, path=path)
     if ":" in host:  # an IPv6 literal (urlsplit took it from its brackets): no labels to map
         return host.lower()
-    ascii_host = _host_to_ascii(host)
+    ascii_host = domain_to_ascii(host)
     if ascii_host is None:
         msg = (
             f"expected a URL whose host a browser can open, got {url[:80]!r} (its host "
@@ -257,34 +255,6 @@ def _domain(url: str, where: str, path: str) -> str:
         )
         raise DecodeError(msg, where=where, path=path)
     return ascii_host
-
-
-#: What no domain may hold once mapped (the WHATWG URL standard's forbidden domain code points):
-#: a browser refuses such a host, so it names no place a click went.
-_FORBIDDEN_IN_DOMAIN = frozenset(_C0_OR_SPACE[:0x20] + " #/:<>?@[\\]^|%\x7f")
-
-
-def _host_to_ascii(host: str) -> str | None:
-    """``host`` as the WHATWG URL standard's host parser makes it (percent-decoded as UTF-8,
-    then UTS-46 mapped, non-transitional, without STD3 rules, as browsers do), in its ASCII
-    (punycode) form without a trailing dot; None where a browser refuses it.  UTS-46 comes from
-    the ``idna`` package (its mapping table of the Unicode version it ships)."""
-    try:
-        decoded = unquote_to_bytes(host).decode("utf-8")
-        mapped = idna.uts46_remap(decoded, std3_rules=False, transitional=False)
-    except (UnicodeDecodeError, idna.IDNAError):
-        return None
-    mapped = mapped.rstrip(".")
-    if not mapped or any(c in _FORBIDDEN_IN_DOMAIN for c in mapped):
-        return None
-    try:
-        labels = [
-            label if label.isascii() else "xn--" + label.encode("punycode").decode("ascii")
-            for label in mapped.split(".")
-        ]
-    except UnicodeError:
-        return None
-    return ".".join(labels)
 
 
 def _click_time(ts: float, where: str, path: str) -> datetime:

@@ -229,7 +229,7 @@ def test_an_ipv4_address_written_as_ipv6_matches_its_listing_and_networks() -> N
     assert index.lookup("::1.2.3.4") is None  # IPv4-compatible (deprecated) is another address
 
 
-def test_a_domain_is_the_same_with_the_roots_trailing_dot() -> None:
+def test_a_domain_is_the_same_with_the_roots_trailing_dot_and_in_unicode() -> None:
     # "evil.example.com." (fully qualified, as DNS logs write it) missed a listing of
     # "evil.example.com", which the list parsers keep without the dot.
     index = IntelIndex()
@@ -239,6 +239,18 @@ def test_a_domain_is_the_same_with_the_roots_trailing_dot() -> None:
     assert index.lookup("evil.example.com") is not None
     assert index.lookup("Evil.Example.Com.") is not None
     assert index.lookup("example.com") is None
+    # A homograph listed in Unicode ("unisw\u0430p.org", its a Cyrillic) matched no click,
+    # whose host the Mailchimp normaliser gives in punycode, and the other way round.
+    index.add(
+        ["unisw\u0430p.org"], indicator_type="domain", category="phishing", feed="stix", list_version="v"
+    )
+    assert index.lookup("xn--uniswp-7nf.org") is not None
+    assert index.lookup("UNISW\u0410P.org.") is not None
+    assert index.lookup("uniswap.org") is None
+    index.add(
+        ["xn--bcher-kva.example"], indicator_type="domain", category="phishing", feed="l", list_version="v"
+    )
+    assert index.lookup("b\u00fccher.example") is not None
 
 
 def test_a_lookup_s_listings_are_never_changed_under_it() -> None:

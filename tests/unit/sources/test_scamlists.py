@@ -138,6 +138,26 @@ def test_a_removal_entry_the_contract_refuses_is_left_out_and_the_others_revoked
     assert "('domain', '', 'phishing'), ('domain', 'x.example', 'spam'); the other 1 revoked" in reason
 
 
+def test_a_domain_in_unicode_is_listed_in_the_ascii_form_clicks_carry() -> None:
+    # Stored as given, a homograph ("unisw\u0430p.org") never met a click's punycode host.
+    entries = scamlists.parse_domain_map(
+        '{"Unisw\u0430p.org.": [], "b\u00fccher.example": []}'.encode(), where="t"
+    )
+    assert entries == [
+        ("domain", "xn--uniswp-7nf.org", "phishing"),
+        ("domain", "xn--bcher-kva.example", "phishing"),
+    ]
+    with pytest.raises(ContractError, match=r"t: 'evil example' is not a domain name"):
+        scamlists.parse_domain_map(b'{"evil example": []}', where="t")
+
+
+def test_a_list_nested_too_deeply_is_refused_by_name() -> None:
+    # msgspec's RecursionError went through the list source's ContractError handler and
+    # stopped it for good: no list after it read, OFAC no longer polled.
+    with pytest.raises(ContractError, match=r"t: not a list: JSON nested too deeply"):
+        scamlists.parse_addresses(b"[" * 100_000 + b"]" * 100_000, where="t")
+
+
 def test_a_domain_of_dots_is_no_indicator() -> None:
     entries = scamlists.parse_domain_map(b'{".": [], "..": [], "Evil.Example.": []}', where="t")
     assert entries == [("domain", "evil.example", "phishing")]

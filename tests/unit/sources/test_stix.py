@@ -65,7 +65,9 @@ def bundle(*objects: dict[str, Any]) -> dict[str, Any]:
 
 def expected_values(path: Path) -> set[tuple[str, str]]:
     """Independently of the connector: every `ipv4-addr`/`domain-name` value of every simple
-    (OR-only) indicator pattern in the file, via the reference pattern parser."""
+    (OR-only) indicator pattern in the file, via the reference pattern parser; but a domain
+    with a blank in it (poisonivy.json's 'domain autuo.xicp.net'), which names no host a
+    click could go to, so is left out of its pattern's alternatives."""
     names = {"ipv4-addr": "ipv4", "domain-name": "domain"}
     out = set()
     for obj in json.loads(path.read_text())["objects"]:
@@ -74,7 +76,8 @@ def expected_values(path: Path) -> set[tuple[str, str]]:
         comparisons = Pattern(obj["pattern"]).inspect().comparisons
         if set(comparisons) <= set(names):
             for kind, items in comparisons.items():
-                out |= {(names[kind], v.strip("'").lower()) for _, _, v in items}
+                values = (v.strip("'").lower() for _, _, v in items)
+                out |= {(names[kind], v) for v in values if not (kind == "domain-name" and " " in v)}
     return out
 
 
@@ -301,6 +304,13 @@ def test_a_rejected_indicators_id_is_dead_lettered_inert() -> None:
     )
     assert "indicator--x\\nCRITICAL" in clipped_reason(reason)
     assert "\n" not in clipped_reason(reason)
+
+
+def test_a_domain_in_unicode_is_listed_in_the_ascii_form_clicks_carry() -> None:
+    # STIX allows a domain-name's value in Unicode; the click's host comes in punycode.
+    events = normalize(bundle(indicator("[domain-name:value = 'Unisw\u0430p.org']")))
+    assert [e.payload.value for e in events] == ["xn--uniswp-7nf.org"]
+    assert events[0].entities.domain == "xn--uniswp-7nf.org"
 
 
 def test_a_value_that_normalises_to_nothing_is_skipped() -> None:

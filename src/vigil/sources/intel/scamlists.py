@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from vigil.errors import ContractError
+from vigil.events.domains import domain_to_ascii
 from vigil.sources.intel.stix import classify_address
 
 FEED = "scamsniffer"
@@ -22,6 +23,9 @@ def _decode(data: bytes, where: str) -> Any:
         return msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         msg = f"{where}: not valid JSON: {exc}"
+        raise ContractError(msg) from None
+    except RecursionError:  # (arrays nested 100,000 deep: it stopped the list source for good)
+        msg = f"{where}: not a list: JSON nested too deeply"
         raise ContractError(msg) from None
 
 
@@ -48,13 +52,15 @@ def parse_domain_map(data: bytes, *, where: str) -> list[tuple[str, str, str]]:
         raise ContractError(msg)
     out: dict[tuple[str, str], str] = {}
     for domain, addresses in doc.items():
-        if " " in domain.strip():
-            msg = f"{where}: {domain[:60]!r} is not a domain name"
-            raise ContractError(msg)
         # The upstream file has an "" key: drainer addresses seen without a known domain.  ("."
         # is one too, once the root's dot goes: an indicator of nothing the contract refuses.)
-        name = domain.strip().lower().rstrip(".")
-        if name:
+        stripped = domain.strip()
+        if stripped.rstrip("."):
+            # In the ASCII form clicks carry: a Unicode spelling (a homograph's) matched none.
+            name = domain_to_ascii(stripped)
+            if name is None:
+                msg = f"{where}: {domain[:60]!r} is not a domain name (no browser could open it)"
+                raise ContractError(msg)
             out[("domain", name)] = "phishing"
         # The list's own text, quoted: a newline or an ESC sequence in a key forged log lines.
         here = f"{where}[{domain[:60]!r}]"

@@ -32,6 +32,7 @@ from stix2patterns.v21.pattern import Pattern  # type: ignore[import-untyped]
 from vigil.errors import ContractError
 from vigil.events.addresses import canonical_address, is_bech32
 from vigil.events.codec import inert
+from vigil.events.domains import domain_to_ascii
 
 #: (object type, property) -> our indicator type (crypto types refined by address shape)
 OBSERVABLES: dict[tuple[str, str], str] = {
@@ -86,7 +87,11 @@ def normalise_value(indicator_type: str, value: str) -> tuple[str, str]:
     value = value.strip()
     if indicator_type == "crypto_address":
         return classify_address(value)
-    if indicator_type in ("domain", "email"):
+    if indicator_type == "domain":
+        # In the ASCII form clicks carry (a Unicode spelling, a homograph's, matched no click);
+        # "" when no browser could open it (as '.' is: a name of nothing), so it is left out.
+        return indicator_type, domain_to_ascii(value) or ""
+    if indicator_type == "email":
         return indicator_type, value.lower().rstrip(".")
     if indicator_type in ("ipv4", "ipv6"):
         return indicator_type, canonical_ip(value)
