@@ -8,12 +8,20 @@ they received, unchanged.
 Failures are split the way a poller needs them:
 
 - transient (connection refused or reset, timeout, any other transport failure such as an
-  egress proxy refusing the tunnel or a body cut short, HTTP 429/502/503/504, a node's
+  egress proxy refusing the tunnel or a body cut short, a response not complete within the
+  call's deadline, HTTP 429/502/503/504, a node's
   "busy / rate limited" error codes) raise :class:`~vigil.errors.Retry` with a delay,
   honouring ``Retry-After`` (seconds or an HTTP date) when the server sends one, capped at
   :data:`~vigil.sources.chain.MAX_RETRY_AFTER_S`;
 - everything else raises :class:`JsonRpcError` (a :class:`~vigil.errors.SourceError`)
   naming the method, the endpoint and what the node answered.
+
+Two limits keep a node, or a proxy in front of it, from holding the connector: httpx's
+``timeout_s`` bounds each read, not the call, so a body sent a byte at a time never ran into
+it; ``deadline_s`` bounds the whole call, checked as the body arrives (a call ends at most one
+read timeout past it; the status line and headers are bounded by the read timeout and httpcore's
+100 KiB header limit only).  ``max_response_bytes`` bounds the body held in memory, which had
+no limit: past it, a :class:`JsonRpcError`.
 
 A URL that is not ``http://`` or ``https://`` is refused when the client is built, with a
 :class:`~vigil.errors.ConfigError` naming the setting (it failed at the first call, as a
@@ -30,6 +38,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -39,6 +48,7 @@ import msgspec
 
 from vigil.errors import ConfigError, Retry, SourceError
 from vigil.events.codec import inert
+from vigil.hub.topics import RAW_RECORD_MAX_BYTES
 from vigil.sources.chain import MAX_RETRY_AFTER_S
 
 log = logging.getLogger(__name__)
@@ -49,6 +59,16 @@ TRANSIENT_STATUS = frozenset({408, 425, 429, 502, 503, 504})
 #: JSON-RPC error codes nodes use for overload or warm-up, not for bad requests:
 #: -32005 limit exceeded (geth/infura), -28 Bitcoin Core still warming up (RPC_IN_WARMUP).
 TRANSIENT_CODES = frozenset({-32005, -28})
+
+#: The largest response body read by default.  A block is published as one raw record, the
+#: ``result`` unchanged, so a larger one could not be published anyway; the margin is the
+#: JSON-RPC envelope around it.
+MAX_RESPONSE_BYTES = RAW_RECORD_MAX_BYTES + (64 << 10)
+
+#: ``deadline_s`` by default, in multiples of ``timeout_s`` (60 s at the default 10 s): time for
+#: a node to build a large block (Bitcoin Core's ``getblock`` at verbosity 3 takes seconds) and
+#: send up to MAX_RESPONSE_BYTES at about 1 MB/s.
+DEADLINE_PER_TIMEOUT = 6
 
 #: ``Retry-After`` in seconds (ASCII digits only: ``"²".isdigit()`` is true and int() refuses it).
 _SECONDS = re.compile(r"[0-9]+")
@@ -124,22 +144,30 @@ class JsonRpcClient:
         *,
         auth: tuple[str, str] | None = None,
         timeout_s: float = 10.0,
+        deadline_s: float | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
         retry_after: timedelta = timedelta(seconds=1),
         headers: dict[str, str] | None = None,
         setting: str = "the JSON-RPC URL",
     ) -> None:
-        """``setting`` names where ``url`` came from, for the error when it is not usable."""
+        """``timeout_s`` bounds each connect, write and read; ``deadline_s`` the whole call
+        (default ``DEADLINE_PER_TIMEOUT * timeout_s``); ``max_response_bytes`` the body (decoded,
+        so a small compressed body does not get past it).  ``setting`` names where ``url`` came
+        from, for the error when it is not usable."""
         self.endpoint = _checked_endpoint(url, setting)
         # Posted to exactly as configured: as a base URL with post(""), httpx added a "/" to the
         # path (``/v3/<key>/``, Bitcoin Core's ``/wallet/hot/``).
         self._url = url
         self._retry_after = retry_after
+        self._deadline_s = deadline_s if deadline_s is not None else DEADLINE_PER_TIMEOUT * timeout_s
+        self._max_response_bytes = max_response_bytes
         self._capped_logged = False
         self._ids = itertools.count(1)
         logging.getLogger("httpx").addFilter(_REDACT_REQUEST_URLS)  # (added once: same object)
         self._http = httpx.Client(
             auth=httpx.BasicAuth(*auth) if auth else None,
-            timeout=timeout_s,
+            # No single read may wait past the whole call's deadline either.
+            timeout=min(timeout_s, self._deadline_s),
             headers={"content-type": "application/json", **(headers or {})},
         )
 
@@ -164,8 +192,17 @@ class JsonRpcClient:
             {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or []}
         )
         where = f"{method} for {about} at {self.endpoint}" if about else f"{method} at {self.endpoint}"
+        deadline = time.monotonic() + self._deadline_s
         try:
-            response = self._http.post(self._url, content=body)
+            # Streamed, so that the body is read against a deadline and a size limit: read whole
+            # by post(), it had neither (httpx's timeout is per read, not per call).
+            with self._http.stream("POST", self._url, content=body) as response:
+                if response.status_code in TRANSIENT_STATUS:
+                    raise Retry(self._delay(response), f"{where}: HTTP {response.status_code}")
+                if response.status_code in (401, 403):
+                    msg = f"{where}: HTTP {response.status_code}, the node refused the credentials"
+                    raise JsonRpcError(msg, method=method)
+                content = self._read(response, where, deadline, method)
         except httpx.UnsupportedProtocol as exc:
             # The configuration's, not the network's: waiting would not change it.
             msg = f"{where}: the URL cannot be requested: {exc}"
@@ -185,17 +222,15 @@ class JsonRpcClient:
             # compressed body cut short (DecodingError).  Only the first three were retried; the
             # others escaped as httpx tracebacks and stopped the connector.
             raise Retry(self._retry_after, f"{where}: {type(exc).__name__}: {exc}") from None
-        if response.status_code in TRANSIENT_STATUS:
-            raise Retry(self._delay(response), f"{where}: HTTP {response.status_code}")
-        if response.status_code in (401, 403):
-            msg = f"{where}: HTTP {response.status_code}, the node refused the credentials"
-            raise JsonRpcError(msg, method=method)
         # Bitcoin Core answers JSON-RPC errors with HTTP 500 (or 404 for unknown methods)
         # and a JSON body, so the body is read before judging the status.
         try:
-            envelope = _decoder.decode(response.content)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            snippet = response.content[:120].decode("utf-8", "replace")
+            envelope = _decoder.decode(content)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+            # RecursionError: JSON nested deeper than msgspec decodes (Python's recursion limit,
+            # near a thousand levels; no node sends that).  It escaped as a traceback and stopped
+            # the connector.
+            snippet = content[:120].decode("utf-8", "replace")
             if response.status_code >= 500:
                 # A server error that is not the node's (a proxy's HTML page, Cloudflare's 520-524):
                 # a brief fault in front of the node, retried, not the end of the connector.
@@ -226,6 +261,28 @@ class JsonRpcClient:
             msg = f"{where}: the response has neither `result` nor `error`"
             raise JsonRpcError(msg, method=method)
         return bytes(envelope.result)
+
+    def _read(self, response: httpx.Response, where: str, deadline: float, method: str) -> bytes:
+        """The body of ``response``; Retry once it passes ``deadline`` (a ``time.monotonic()``):
+        a slow node, or a proxy, may be faster at the next attempt; JsonRpcError past
+        ``max_response_bytes``: a block that large could not be published as one raw record
+        either (the sink names it and stops, as here: retried, it would fail for ever)."""
+        limit = self._max_response_bytes
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > limit:
+                msg = f"{where}: the response is larger than {limit:,} bytes (max_response_bytes)"
+                raise JsonRpcError(msg, method=method)
+            if time.monotonic() > deadline:
+                reason = (
+                    f"no complete response within {self._deadline_s:g}s (deadline_s; "
+                    f"{size:,} bytes received, HTTP {response.status_code})"
+                )
+                raise Retry(self._retry_after, f"{where}: {reason}")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def _delay(self, response: httpx.Response) -> timedelta:
         """The wait the response asks for with ``Retry-After`` (delay-seconds or an HTTP date),

@@ -6,9 +6,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from gzip import compress as gzip_compress
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,16 @@ from tests.paced import PacedRun
 
 from vigil.config import Settings
 from vigil.errors import ConfigError, Retry
+from vigil.hub.topics import RAW_RECORD_MAX_BYTES
 from vigil.sources.bitcoin import BitcoinSource
 from vigil.sources.chain import MAX_RETRY_AFTER_S, backoff_s
 from vigil.sources.ethereum import EthereumSource
-from vigil.sources.jsonrpc import JsonRpcClient, JsonRpcError
+from vigil.sources.jsonrpc import (
+    DEADLINE_PER_TIMEOUT,
+    MAX_RESPONSE_BYTES,
+    JsonRpcClient,
+    JsonRpcError,
+)
 from vigil.sources.sink import MemorySink
 
 
@@ -278,3 +286,161 @@ def test_backoff_caps_what_was_asked() -> None:
     assert backoff_s(float("nan"), 1) == MAX_RETRY_AFTER_S
     assert backoff_s(45.0, 1) == 45.0  # a reasonable ask is still honoured in full
     assert backoff_s(MAX_RETRY_AFTER_S + 1, 1) == MAX_RETRY_AFTER_S
+
+
+# ---------------------------------------------------------------------- deadline, size, depth
+
+
+class _Body(LoopbackHttp):
+    """Answers every call with ``status`` and ``body(request id)``: at once with its
+    content-length (``pieces=None``), or in ``pieces`` writes ``pace`` seconds apart without one
+    (the body ends with the connection); gzip-compressed when ``gzip``.  The answer ends when the
+    client hangs up, or when the server is left."""
+
+    def __init__(
+        self,
+        body: Callable[[int], bytes],
+        *,
+        status: int = 200,
+        pieces: int | None = None,
+        pace: float = 0.0,
+        gzip: bool = False,
+    ) -> None:
+        self._left = threading.Event()
+        left = self._left
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+            def do_POST(self) -> None:
+                request = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))))
+                data = body(request["id"])
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                if gzip:
+                    data = gzip_compress(data)
+                    self.send_header("content-encoding", "gzip")
+                if pieces is None:
+                    self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                step = -(-len(data) // (pieces or 1))
+                try:
+                    for start in range(0, len(data), step):
+                        if start and left.wait(pace):
+                            return
+                        self.wfile.write(data[start : start + step])
+                except OSError:
+                    return  # the client hung up (past its deadline or its limit)
+
+        super().__init__(Handler, "body")
+
+    def __exit__(self, *exc: object) -> None:
+        self._left.set()
+        super().__exit__(*exc)
+
+
+def _answer(request_id: int, result_bytes: int = 6, padding: int = 0) -> bytes:
+    """A JSON-RPC answer: ``padding`` spaces, then a result of ``result_bytes`` bytes (at least 4:
+    ``"0x"``; ``"0x11"`` by default)."""
+    result = b'"0x' + b"1" * (result_bytes - 4) + b'"'
+    return b" " * padding + b'{"jsonrpc":"2.0","id":%d,"result":%s}' % (request_id, result)
+
+
+def test_a_body_sent_a_byte_at_a_time_is_retried_at_the_deadline() -> None:
+    # httpx's timeout is per read: one byte every 20 ms never ran into timeout_s, and a node
+    # (or a proxy) dripping its body held the connector, stop() included, as long as it liked.
+    # Here the whole answer would take 2 s.
+    with _Body(lambda i: _answer(i, padding=60), pieces=100, pace=0.02) as node:
+        url = node.url.replace("http://", "http://user:pw-SECRET-1@") + "/v3/key-SECRET-2"
+        with (
+            JsonRpcClient(url, timeout_s=5.0, deadline_s=0.3) as rpc,
+            pytest.raises(
+                Retry, match=f"eth_blockNumber at {node.url}: no complete response within 0.3s"
+            ) as info,
+        ):
+            rpc.call("eth_blockNumber")
+    assert info.value.after == timedelta(seconds=1)
+    assert "SECRET" not in str(info.value)
+
+
+def test_the_connector_backs_off_from_a_node_dripping_its_answers() -> None:
+    with _Body(lambda i: _answer(i, padding=60), pieces=100, pace=0.02) as node:
+        rpc = JsonRpcClient(node.url, deadline_s=0.2)
+        source = _PacedEthereum(node.url, polls=3, confirmations=0, rpc=rpc)
+        source.run(MemorySink())  # returns when stopped: no traceback
+    assert source.waits == [1.0, 2.0, 4.0]
+
+
+def test_the_deadline_defaults_to_a_multiple_of_the_read_timeout() -> None:
+    # Long enough for the largest block a node may send; a node answering in time is unaffected.
+    with (
+        _Body(lambda i: _answer(i, padding=5), pieces=10, pace=0.001) as node,
+        JsonRpcClient(node.url, timeout_s=0.5) as rpc,
+    ):
+        assert rpc.call("eth_blockNumber") == "0x11"
+        assert rpc._deadline_s == DEADLINE_PER_TIMEOUT * 0.5
+    assert DEADLINE_PER_TIMEOUT * 10.0 >= 60.0
+
+
+@pytest.mark.parametrize(
+    "node",
+    [
+        pytest.param({"pieces": None}, id="with-content-length"),
+        pytest.param({"pieces": 64}, id="until-the-connection-ends"),
+        pytest.param({"gzip": True}, id="gzip-small-on-the-wire"),
+    ],
+)
+def test_a_body_past_the_size_limit_is_not_read_whole(node: dict[str, Any]) -> None:
+    # The whole body went to memory, whatever its size (a proxy's endless answer, a gzip bomb).
+    limit = 64 << 10
+    with (
+        _Body(lambda i: _answer(i, result_bytes=1 << 20), **node) as server,
+        JsonRpcClient(server.url, max_response_bytes=limit) as rpc,
+        pytest.raises(
+            JsonRpcError, match=f"eth_blockNumber at {server.url}: the response is larger than 65,536 bytes"
+        ),
+    ):
+        rpc.call_raw("eth_blockNumber")
+
+
+def test_an_endless_body_is_cut_at_the_size_limit() -> None:
+    with (
+        _Body(lambda i: b" " * (16 << 20), pieces=256) as server,  # (ended by the test, not the node)
+        JsonRpcClient(server.url, max_response_bytes=64 << 10) as rpc,
+        pytest.raises(JsonRpcError, match="larger than 65,536 bytes"),
+    ):
+        rpc.call("eth_blockNumber")
+
+
+def test_a_body_of_exactly_the_size_limit_is_read() -> None:
+    limit = 64 << 10
+    size = limit - (len(_answer(1)) - 6)  # (the first call's id is 1)
+    with _Body(lambda i: _answer(i, result_bytes=size), pieces=8) as server:
+        with JsonRpcClient(server.url, max_response_bytes=limit) as rpc:
+            assert len(rpc.call_raw("eth_blockNumber")) == size
+        assert len(_answer(1, result_bytes=size)) == limit
+
+
+def test_the_default_size_limit_admits_the_largest_raw_record() -> None:
+    # A raw block is published as one record: the limit is the raw topics', plus the envelope.
+    assert RAW_RECORD_MAX_BYTES < MAX_RESPONSE_BYTES <= RAW_RECORD_MAX_BYTES + (1 << 20)
+
+
+def _deep(request_id: int) -> bytes:
+    nested = b"[" * 20000 + b"]" * 20000
+    return b'{"jsonrpc":"2.0","id":%d,"error":{"code":-1,"message":"x","data":%s}}' % (request_id, nested)
+
+
+@pytest.mark.parametrize(("status", "raised"), [(200, JsonRpcError), (500, Retry)])
+def test_deeply_nested_json_is_an_unreadable_answer(status: int, raised: type[Exception]) -> None:
+    # RecursionError escaped (neither a JsonRpcError nor a Retry) and stopped the connector with
+    # a traceback; it is now what any other unreadable answer is: an error naming the method, or
+    # retried from a server error.
+    with (
+        _Body(_deep, status=status) as server,
+        JsonRpcClient(server.url) as rpc,
+        pytest.raises(raised, match=f"eth_blockNumber at {server.url}: HTTP {status}") as info,
+    ):
+        rpc.call("eth_blockNumber")
+    assert isinstance(info.value, JsonRpcError) == (raised is JsonRpcError)
