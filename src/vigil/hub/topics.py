@@ -140,12 +140,14 @@ DOMAINS: dict[str, tuple[str, str]] = {
 }
 
 
-#: The largest raw record a source may publish, and the limit of the raw topics whose records
-#: can be that large.  A chain connector publishes a block as one record, as the node sent it: a
-#: 1.5 MB Bitcoin block is about 11 MB as ``getblock`` JSON (verbosity 2, more at 3), and past
-#: the broker's default 1 MB every block stopped the connector, again after each restart.
+#: The largest raw record a source may publish, and the limit of every raw topic.  A chain
+#: connector publishes a block as one record, as the node sent it: a 1.5 MB Bitcoin block is
+#: about 11 MB as ``getblock`` JSON (verbosity 2, more at 3), and past the broker's default 1 MB
+#: every block stopped the connector, again after each restart.  So did a Coinbase order-book
+#: snapshot of 2.7 MB (a websocket frame may be 8 MiB; the snapshot comes again at every
+#: subscribe) and a 7.5 MB STIX bundle (still in its folder at the next start): every raw topic
+#: takes what the sink lets through.
 RAW_RECORD_MAX_BYTES = 64 << 20
-_LARGE_RAW = frozenset({"bitcoin", "ethereum"})
 
 
 def _declared() -> tuple[TopicSpec, ...]:
@@ -156,7 +158,7 @@ def _declared() -> tuple[TopicSpec, ...]:
             value="raw",
             description=desc,
             retention=3 * DAY,
-            max_message_bytes=RAW_RECORD_MAX_BYTES if src in _LARGE_RAW else None,
+            max_message_bytes=RAW_RECORD_MAX_BYTES,
         )
         for src, desc in RAW_SOURCES.items()
     ]

@@ -64,7 +64,7 @@ from vigil.events.records import DeadLetter
 from vigil.events.types import EVENT_CLASSES, types_in_domain
 from vigil.hub.raw import RawRecord
 from vigil.sources.addresses import client_ip
-from vigil.sources.base import Normalizer, RawSink, Source
+from vigil.sources.base import Normalizer, RawSink, Source, check_options
 from vigil.sources.http_server import HEADER_TIMEOUT_S, KEEP_ALIVE_S, MAX_CONNECTIONS, listen, serving
 from vigil.sources.registry import NORMALIZERS, SOURCES
 from vigil.sources.webhooks import BODY_TIMEOUT_S, RECORD_MAX_BYTES, Rejected, closing, read_body
@@ -628,6 +628,24 @@ def create_app(
     return app
 
 
+#: The options ``vigil source backend`` takes.
+BACKEND_OPTIONS = frozenset(
+    {
+        "host",
+        "port",
+        "keys_file",
+        "max_buffered_records",
+        "max_buffered_bytes",
+        "ack_timeout",
+        "body_timeout_s",
+        "max_connections",
+        "keep_alive_s",
+        "header_timeout_s",
+        "source_id",
+    }
+)
+
+
 class BackendIngestSource(Source):
     """Serves the ingest API on ``host:port`` (0 = a free port; see ``port`` once ``ready``).
 
@@ -684,8 +702,10 @@ class BackendIngestSource(Source):
         JSON in ``VIGIL_BACKEND_KEYS`` or a ``[backend_keys]`` table in vigil.toml),
         ``max_buffered_records`` (10000), ``max_buffered_bytes`` (256 MiB), ``ack_timeout``
         (s, 5), ``body_timeout_s`` (30), ``max_connections`` (256), ``keep_alive_s`` (5),
-        ``header_timeout_s`` (10).
+        ``header_timeout_s`` (10), ``source_id`` (``backend``; each of several instances needs
+        its own: their Kafka transactions are named after it, and fence each other).
         What each service may send is the setting ``backend_scopes`` (see :class:`Scopes`)."""
+        check_options(NAME, options, BACKEND_OPTIONS)
         if "keys_file" in options:
             where = f"keys_file {options['keys_file']}"
             with open(options["keys_file"], encoding="utf-8") as fh:
@@ -722,6 +742,7 @@ class BackendIngestSource(Source):
             max_connections=int(options.get("max_connections", str(MAX_CONNECTIONS))),
             keep_alive_s=int(options.get("keep_alive_s", str(KEEP_ALIVE_S))),
             header_timeout_s=float(options.get("header_timeout_s", str(HEADER_TIMEOUT_S))),
+            source_id=options.get("source_id"),
         )
 
     def run(self, sink: RawSink) -> None:

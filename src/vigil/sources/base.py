@@ -15,15 +15,16 @@ off-by-one: resuming from "last seen" re-publishes it).
 from __future__ import annotations
 
 import functools
+import math
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
-from vigil.errors import ContractError
+from vigil.errors import ContractError, SourceError
 from vigil.events.base import Event
 from vigil.hub.raw import RawRecord
 
@@ -75,6 +76,32 @@ class Source(ABC):
 
     @abstractmethod
     def run(self, sink: RawSink) -> None: ...
+
+
+def check_options(source: str, options: Mapping[str, str], known: Collection[str]) -> None:
+    """Refuse options ``source`` does not take, naming them: a mistyped one was dropped without
+    a word (``skip_bad_file`` for ``skip_bad_files``, and the source stopped at the first bad
+    file it was told to skip)."""
+    unknown = set(options) - set(known)
+    if unknown:
+        msg = f"{source}: unknown option(s) {sorted(unknown)}; known: {', '.join(sorted(known))}"
+        raise SourceError(msg)
+
+
+def seconds_option(source: str, options: Mapping[str, str], name: str, default: float) -> float:
+    """Option ``name`` as a number of seconds above 0 (``default`` when not given), or a
+    SourceError naming it: a poll interval of 0 or less polled in a busy loop."""
+    text = options.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (0 < value < math.inf):
+        msg = f"{source}: option {name} must be a number of seconds above 0; got {text[:40]!r}"
+        raise SourceError(msg)
+    return value
 
 
 class PartlyRefused(ContractError):

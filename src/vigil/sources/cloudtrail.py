@@ -60,7 +60,7 @@ from vigil.events.ids import stable_id
 from vigil.events.types import SecurityEvent, SecurityEventPayload
 from vigil.hub.raw import RawRecord
 from vigil.sources.addresses import client_ip
-from vigil.sources.base import Normalizer, RawSink, Source
+from vigil.sources.base import Normalizer, RawSink, Source, check_options, seconds_option
 
 log = logging.getLogger(__name__)
 
@@ -326,12 +326,13 @@ class CloudTrailSource(Source):
         """Options: ``dir`` (required; the bucket copy or mount), ``poll_interval`` (s, 30),
         ``skip_bad_files`` (``true``/``false``), ``lateness_s`` (7200), ``source_id``."""
         del settings
+        check_options(NAME, options, {"dir", "poll_interval", "skip_bad_files", "lateness_s", "source_id"})
         if "dir" not in options:
             msg = "cloudtrail: option 'dir' (the directory CloudTrail files are delivered to) is required"
             raise SourceError(msg)
         return cls(
             Path(options["dir"]),
-            poll_interval=float(options.get("poll_interval", "30")),
+            poll_interval=seconds_option(NAME, options, "poll_interval", 30.0),
             skip_bad_files=options.get("skip_bad_files", "false").lower() == "true",
             lateness=timedelta(seconds=float(options.get("lateness_s", str(LATENESS.total_seconds())))),
             source_id=options.get("source_id"),

@@ -66,14 +66,13 @@ from vigil.events.types import (
 )
 from vigil.hub.raw import RawRecord
 from vigil.sources.addresses import client_ip
-from vigil.sources.base import Normalizer
+from vigil.sources.base import Normalizer, check_options
 from vigil.sources.webhooks import (
     LISTEN_OPTIONS,
     Delivery,
     Rejected,
     WebhookPlatform,
     WebhookSource,
-    check_options,
     listen_options,
     secret_option,
     verify_path_token,

@@ -108,6 +108,8 @@ def raw_topic(record: RawRecord) -> str:
 #: Room kept under the raw topics' limit for the record batch's own framing (the limit is on
 #: the batch, key, headers and framing included).
 _BATCH_OVERHEAD = 16 << 10
+#: The largest raw record (value, key and headers) the sink publishes.
+RAW_PUBLISH_MAX_BYTES = RAW_RECORD_MAX_BYTES - _BATCH_OVERHEAD
 
 
 class KafkaRawSink:
@@ -186,11 +188,11 @@ class KafkaRawSink:
                 for rec in records:
                     headers = rec.headers()
                     size = rec.size(headers)
-                    if size > RAW_RECORD_MAX_BYTES - _BATCH_OVERHEAD:
+                    if size > RAW_PUBLISH_MAX_BYTES:
                         # Named, not retried: the same record would fail again after a restart.
                         msg = (
                             f"record {rec.key!r} of {size:,} bytes (value, key and headers) is larger "
-                            f"than a raw record may be ({RAW_RECORD_MAX_BYTES - _BATCH_OVERHEAD:,})"
+                            f"than a raw record may be ({RAW_PUBLISH_MAX_BYTES:,})"
                         )
                         raise KafkaException(msg)
                     _produce(producer, self._topic_for(rec), value=rec.value, key=rec.key, headers=headers)

@@ -49,7 +49,7 @@ from vigil.events.ids import stable_id
 from vigil.events.types import SecurityEvent, SecurityEventPayload
 from vigil.hub.raw import RawRecord
 from vigil.sources.addresses import client_ip
-from vigil.sources.base import Normalizer, RawSink, Source, connector_metrics
+from vigil.sources.base import Normalizer, RawSink, Source, check_options, connector_metrics
 
 log = logging.getLogger(__name__)
 
@@ -340,6 +340,22 @@ def iter_frames(stream: Any) -> Any:
             return
 
 
+#: The options ``vigil source syslog`` takes.
+SYSLOG_OPTIONS = frozenset(
+    {
+        "host",
+        "udp_port",
+        "tcp_port",
+        "max_tcp_connections",
+        "tcp_idle_timeout",
+        "max_buffered",
+        "max_buffered_bytes",
+        "drain_timeout",
+        "source_id",
+    }
+)
+
+
 class SyslogSource(Source):
     """Receives syslog on ``host``: UDP on ``udp_port`` and TCP on ``tcp_port`` (0 = any free port).
 
@@ -422,8 +438,11 @@ class SyslogSource(Source):
     def from_settings(cls, settings: Settings, **options: str) -> SyslogSource:
         """Options: ``host`` (127.0.0.1), ``udp_port`` / ``tcp_port`` (5514; ``off`` disables one),
         ``max_tcp_connections`` (256), ``tcp_idle_timeout`` (s, 0: off), ``max_buffered``
-        (messages, 100000), ``max_buffered_bytes`` (256 MiB), ``drain_timeout`` (s, 20)."""
+        (messages, 100000), ``max_buffered_bytes`` (256 MiB), ``drain_timeout`` (s, 20),
+        ``source_id`` (``syslog``; each of several instances needs its own: their Kafka
+        transactions are named after it, and fence each other)."""
         del settings  # nothing from the shared settings is needed
+        check_options(NAME, options, SYSLOG_OPTIONS)
 
         def port(name: str) -> int | None:
             value = options.get(name, "5514")
@@ -438,6 +457,7 @@ class SyslogSource(Source):
             drain_timeout=float(options.get("drain_timeout", str(DRAIN_TIMEOUT_S))),
             max_tcp_connections=int(options.get("max_tcp_connections", str(MAX_TCP_CONNECTIONS))),
             tcp_idle_timeout=float(options.get("tcp_idle_timeout", str(TCP_IDLE_TIMEOUT_S))),
+            source_id=options.get("source_id"),
         )
 
     def stop(self) -> None:

@@ -366,13 +366,6 @@ class WebhookSource(Source):
             self._stop.wait()
 
 
-def check_options(source: str, options: Mapping[str, str], known: set[str]) -> None:
-    unknown = set(options) - known
-    if unknown:
-        msg = f"{source}: unknown option(s) {sorted(unknown)}; known: {', '.join(sorted(known))}"
-        raise SourceError(msg)
-
-
 def secret_option(options: Mapping[str, str], name: str, settings: Settings, setting: str) -> str:
     """The secret given as option ``name`` or, by default, as the setting ``setting`` (a
     :class:`~pydantic.SecretStr` field of ``settings``); never echoed in errors."""
@@ -387,9 +380,11 @@ def secret_option(options: Mapping[str, str], name: str, settings: Settings, set
     return value
 
 
-#: The options every webhook source takes (:func:`listen_options`).
+#: The options every webhook source takes (:func:`listen_options`).  ``source_id``: each of
+#: several receivers of one platform (behind a load balancer) needs its own, or their Kafka
+#: transactions, named after it, fence each other.
 LISTEN_OPTIONS = frozenset(
-    {"host", "port", "body_timeout_s", "max_connections", "keep_alive_s", "header_timeout_s"}
+    {"host", "port", "body_timeout_s", "max_connections", "keep_alive_s", "header_timeout_s", "source_id"}
 )
 
 
@@ -402,6 +397,7 @@ def listen_options(options: Mapping[str, str], default_port: int) -> dict[str, A
         "max_connections": int(options.get("max_connections", str(MAX_CONNECTIONS))),
         "keep_alive_s": int(options.get("keep_alive_s", str(KEEP_ALIVE_S))),
         "header_timeout_s": float(options.get("header_timeout_s", str(HEADER_TIMEOUT_S))),
+        "source_id": options.get("source_id"),
     }
 
 

@@ -74,12 +74,15 @@ def test_failed_publish_commits_nothing(settings: Settings, topic: str) -> None:
     sink.close()
 
 
-def test_a_chain_block_larger_than_the_brokers_default_limit_is_published(
-    settings: Settings, unique_topic: str
+@pytest.mark.parametrize("raw", ["raw.bitcoin", "raw.coinbase", "raw.intel"])
+def test_a_record_larger_than_the_brokers_default_limit_is_published(
+    settings: Settings, unique_topic: str, raw: str
 ) -> None:
     # A Bitcoin block is one raw record of several MB (getblock JSON, about 7x the block): at
     # the broker's default 1 MB every block stopped the connector, again after each restart.
-    spec = replace(TOPICS.get("raw.bitcoin"), name=unique_topic, partitions=1)
+    # So did a Coinbase order-book snapshot of 2.7 MB (sent again at every subscribe) and a
+    # 7.5 MB STIX bundle (still in its folder at the next start): every raw topic takes them.
+    spec = replace(TOPICS.get(raw), name=unique_topic, partitions=1)
     assert spec.max_message_bytes == RAW_RECORD_MAX_BYTES
     ensure_topics(settings, [spec])
     source_id = f"sink-block-{uuid.uuid4().hex[:8]}"

@@ -340,3 +340,65 @@ def test_a_poll_stopped_inside_one_upload_resumes_at_its_time_without_loss_or_re
         # Caught up: the cursor is a time again, and the next poll finds nothing new.
         assert isinstance(again.cursors["t"]["collections"][url], str)
         assert source.poll_once(again, cursor) == 0
+
+
+TOKEN = "tok-%2B/key=1"  # noqa: S105 - a test query token, which medallion ignores
+
+
+def test_a_collection_url_with_a_query_is_polled_with_it_and_named_without_it(medallion: str) -> None:
+    # The slash taxii2client wants went after the query (".../?apikey=<token>/"), so it asked
+    # ".../?apikey=<token>/objects/", the collection's information, and found no objects; the
+    # feed was named after the URL's last segment, "?apikey=<token>".
+    from vigil.sources.sink import MemorySink
+
+    named = f"{medallion}/trustgroup1/collections/{HIGH_VALUE}/"
+    source = TaxiiSource(f"{named}?apikey={TOKEN}", user=USER, password=PASSWORD, page_size=2)
+    sink, cursor = MemorySink(), {}  # type: ignore[var-annotated]
+    assert source.poll_once(sink, cursor) == 5
+    assert TOKEN not in json.dumps(cursor)
+    assert list(cursor["collections"]) == [named]
+    for record in sink.records:
+        assert record.key == f"taxii:{HIGH_VALUE}".encode()
+        assert record.meta["collection"] == named
+        assert TOKEN not in json.dumps(record.meta)
+    events = [e for r in sink.records for e in IntelNormalizer().normalize(r)]
+    assert events
+    assert {e.payload.feed for e in events} == {f"taxii:{HIGH_VALUE}"}  # type: ignore[attr-defined]
+
+
+def test_a_url_user_info_authenticates_and_is_in_no_record_or_cursor(medallion: str) -> None:
+    from vigil.sources.sink import MemorySink
+
+    named = f"{medallion}/trustgroup1/collections/{HIGH_VALUE}/"
+    source = TaxiiSource(named.replace("http://", f"http://{USER}:{PASSWORD}@"), page_size=2)
+    sink, cursor = MemorySink(), {}  # type: ignore[var-annotated]
+    assert source.poll_once(sink, cursor) == 5
+    assert list(cursor["collections"]) == [named]
+    assert all(r.meta["collection"] == named for r in sink.records)
+
+
+def test_a_cursor_kept_under_a_url_with_user_info_is_taken_over_without_it(medallion: str) -> None:
+    # The cursor named a collection by its URL as given, user-info (a password) and all; it is
+    # now named without: an old cursor is resumed from, and rewritten under the new name.
+    from vigil.sources.sink import MemorySink
+
+    named = f"{medallion}/trustgroup1/collections/{HIGH_VALUE}/"
+    with_user_info = named.replace("http://", f"http://{USER}:{PASSWORD}@")
+    caught_up: dict[str, dict[str, str]] = {}
+    assert TaxiiSource(named, user=USER, password=PASSWORD).poll_once(MemorySink(), caught_up) == 5
+    cursor = {"collections": {with_user_info: caught_up["collections"][named]}}
+    assert TaxiiSource(with_user_info).poll_once(MemorySink(), cursor) == 0  # resumed: nothing new
+    assert cursor == caught_up
+
+
+def test_an_api_root_query_goes_with_its_collections_and_is_named_nowhere(medallion: str) -> None:
+    from vigil.sources.sink import MemorySink
+
+    source = TaxiiSource(api_root=f"{medallion}/trustgroup1/?apikey={TOKEN}", user=USER, password=PASSWORD)
+    urls = source.collections()
+    assert urls
+    assert all(u.endswith(f"/?apikey={TOKEN}") for u in urls)  # the token, for their requests
+    sink, cursor = MemorySink(), {}  # type: ignore[var-annotated]
+    assert source.poll_once(sink, cursor) >= 5
+    assert f"{medallion}/trustgroup1/collections/{HIGH_VALUE}/" in cursor["collections"]
+    assert TOKEN not in json.dumps(cursor) + json.dumps([r.meta for r in sink.records])

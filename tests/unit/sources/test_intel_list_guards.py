@@ -130,6 +130,22 @@ def test_the_list_directory_is_followed_lists_added_and_deleted(tmp_path: Path) 
     assert set(state) == {"ofac.ARB"}
 
 
+def test_a_list_too_large_for_a_raw_record_is_not_published_and_the_others_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Refused by Kafka, a 7.5 MB STIX bundle stopped the source, again at every start while the
+    # file stayed, and the lists after it were never read.  (The limit lowered for the test.)
+    monkeypatch.setattr("vigil.sources.intel.lists.RAW_PUBLISH_MAX_BYTES", 4_000)
+    _, big = scam_list(tmp_path, addresses(200), name="big")
+    _, small = scam_list(tmp_path, addresses(3), name="small")
+    source, sink, state = IntelListSource([big, small]), MemorySink(), {}  # type: ignore[var-annotated]
+    assert source.poll_once(sink, state) == 1
+    assert [r.meta["list"] for r in sink.records] == ["small"]
+    assert set(state) == {"small"}
+    assert source.errors["big"].startswith("intel list 'big': version ")
+    assert "more than a raw record may be (4,000); split it" in source.errors["big"]
+
+
 def test_max_drop_must_be_a_share() -> None:
     with pytest.raises(SourceError, match="max_drop must be a share"):
         IntelListSource([], max_drop=0)

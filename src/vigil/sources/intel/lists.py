@@ -18,7 +18,14 @@ normaliser turns it into ``revoked`` indicators.  To know the previous entries a
 restart, the cursor keeps, per list, its version and the keys of its entries.  That keeps
 the cursor proportional to the lists (about 350 kB for all the shipped lists), well
 below Kafka's 1 MB message limit; much larger lists would need their own source ids.
-STIX bundles carry their own revocations (``revoked: true``), so no diff is kept for them.
+STIX bundles carry their own revocations (``revoked: true``), so no diff is kept for them,
+and deleting a bundle's file revokes none of its indicators: a feed withdraws one by
+publishing it again revoked (a bundle's indicators are keyed by their STIX ids, which a
+revocation of a list entry does not reach).
+
+A list larger than a raw record may be (:data:`~vigil.sources.sink.RAW_PUBLISH_MAX_BYTES`,
+64 MiB) is not published, named in :attr:`IntelListSource.errors` and the log, and the others
+go on.
 
 A download that is no list is not published (the previous version stays in force): one that does
 not parse, and an empty one where the previous version had entries (an HTTP 200 with an empty
@@ -43,9 +50,10 @@ import msgspec
 from vigil.config import Settings
 from vigil.errors import ContractError, SourceError
 from vigil.hub.raw import RawRecord
-from vigil.sources.base import RawSink, Source
+from vigil.sources.base import RawSink, Source, check_options, seconds_option
 from vigil.sources.intel import ofac, scamlists
 from vigil.sources.intel.normalize import LIST_FORMATS, STIX_FORMAT, parse_list
+from vigil.sources.sink import RAW_PUBLISH_MAX_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +155,14 @@ class IntelListSource(Source):
         """Options: ``data_dir`` (a directory laid out like shared/data/intel: ofac/, scamsniffer/),
         ``poll_interval`` (s, 300), ``max_drop`` (0.5, see the module docstring), ``source_id``."""
         del settings
+        check_options(NAME, options, {"data_dir", "poll_interval", "max_drop", "source_id"})
         if "data_dir" not in options:
             msg = "intel lists: option 'data_dir' is required (a directory with ofac/ and scamsniffer/)"
             raise SourceError(msg)
         data_dir = Path(options["data_dir"])
         return cls(
             shipped_lists(data_dir),
-            poll_interval=float(options.get("poll_interval", "300")),
+            poll_interval=seconds_option(NAME, options, "poll_interval", 300.0),
             source_id=options.get("source_id"),
             data_dir=data_dir,
             max_drop=float(options.get("max_drop", "0.5")),
@@ -303,24 +312,32 @@ class IntelListSource(Source):
         now = datetime.now(UTC)
         meta = _meta(spec, version)
         key = spec.feed.encode()
-        if spec.format == STIX_FORMAT:
-            record = RawRecord(self.name, KIND_STIX, data, now, key=key, meta=meta)
+        stix = spec.format == STIX_FORMAT
+        record = RawRecord(self.name, KIND_STIX if stix else KIND_LIST, data, now, key=key, meta=meta)
+        if record.size() > RAW_PUBLISH_MAX_BYTES:
+            # Refused by Kafka, it stopped the source, again at every start while the file stayed
+            # (and the lists after it were never read).
+            msg = (
+                f"intel list {spec.name!r}: version {version} is {record.size():,} bytes, more than a "
+                f"raw record may be ({RAW_PUBLISH_MAX_BYTES:,}); split it into files of its own"
+            )
+            self._not_published(spec, msg)
+            return None, previous
+        if stix:
             return [record], {"version": version, "keys": [], **_spec_of(spec)}
         try:
             entries = parse_list(spec.format, data, where=f"intel list {spec.name}", meta=meta)
         except ContractError as exc:
             # A broken download is not published as the new version: that would revoke every
             # entry.  The previous version stays in force; the error is kept for status.
-            self.errors[spec.name] = str(exc)
-            log.warning("%s: not published; the previous version stays in force", exc)
+            self._not_published(spec, str(exc))
             return None, previous
         keys = sorted(f"{t}:{v}" for t, v, _ in entries)
         before = previous.get("keys", [])
         dropped = set(before) - set(keys)
         if before and not keys:
             msg = f"intel list {spec.name!r}: version {version} has no entries, the previous {len(before):,}"
-            self.errors[spec.name] = msg
-            log.warning("%s: not published; the previous version stays in force", msg)
+            self._not_published(spec, msg)
             return None, previous
         if len(before) >= DROP_CHECK_MIN and len(dropped) > self.max_drop * len(before):
             if self._held.get(spec.name) != version:
@@ -334,11 +351,16 @@ class IntelListSource(Source):
                 return None, previous
             log.warning("intel list %r: version %s fetched again: its drop is published", spec.name, version)
         self._held.pop(spec.name, None)
-        records = [RawRecord(self.name, KIND_LIST, data, now, key=key, meta=meta)]
+        records = [record]
         removed = sorted(dropped - elsewhere)
         if removed:
             records.append(self._removal(spec, version, previous, removed, now))
         return records, {"version": version, "keys": keys, **_spec_of(spec)}
+
+    def _not_published(self, spec: ListSpec, msg: str) -> None:
+        """Keep ``msg`` for status and log it: ``spec``'s new version is not published."""
+        self.errors[spec.name] = msg
+        log.warning("%s: not published; the previous version stays in force", msg)
 
     def run(self, sink: RawSink) -> None:
         cursor = sink.last_cursor(self.source_id) or {}
