@@ -1084,6 +1084,16 @@ class Application:
                 f"aborts one open longer than 15 minutes); got {checkpoint_interval_s}"
             )
             raise ConfigError(msg)
+        for op in operators:
+            missing = [topic for topic in getattr(op, "reads", ()) if topic not in inputs]
+            if missing:
+                # A join side not read was never read: the join paired nothing, with no word.
+                msg = (
+                    f"application {name!r}: operator {op.id!r} reads {', '.join(map(repr, missing))}, "
+                    f"which is not among its inputs {list(inputs)}; add it (a repartition topic of its "
+                    "own too: the application reads only what it is given)"
+                )
+                raise ConfigError(msg)
         asked = {op.id: skew for op in operators if (skew := op.event_time_skew_s) is not None}
         for op_id, skew in asked.items():
             if not 0 <= skew < float("inf"):

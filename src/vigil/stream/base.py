@@ -167,6 +167,10 @@ class Operator(ABC, Generic[E]):
     #: backlog reaches operators a fetch at a time per partition, hours of one topic before the
     #: other.
     event_time_skew_s: float | None = None
+    #: The input topics this operator reads by name, when it reads particular ones (a join's two
+    #: sides); the application refuses to be made without each among its inputs (a side missing
+    #: was never read, and the join paired nothing, with no word).  Empty: whatever it is given.
+    reads: tuple[str, ...] = ()
 
     @abstractmethod
     def process(self, batch: Sequence[Record[E]], ctx: Context) -> None: ...

@@ -148,6 +148,7 @@ class IntervalJoin(Operator[Event]):
         self.store = store
         self.stores = (store,)
         self.left, self.right = left, right
+        self.reads = (left, right)
         self.within = duration_ms(within)
         self.lateness = duration_ms(lateness)
         self.max_skew = duration_ms(max_skew)

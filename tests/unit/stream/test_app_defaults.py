@@ -21,6 +21,7 @@ from vigil.stream.app import (
     state_transaction_timeout_s,
 )
 from vigil.stream.base import Context, Guarantee, Operator, Record, StoreSpec
+from vigil.stream.join import IntervalJoin
 
 
 @pytest.mark.parametrize(
@@ -125,6 +126,12 @@ def test_a_long_checkpoints_state_transaction_outlasts_it(interval: float) -> No
     assert _SPREAD * 5.0 + ack_wait_s(5.0) < state_transaction_timeout_s(5.0)
 
 
+def _join(left: str, right: str) -> IntervalJoin:
+    return IntervalJoin(
+        "pairs", StoreSpec("pairs", 1), left=left, right=right, within="1m", on_match=lambda *_: None
+    )
+
+
 @pytest.mark.parametrize(
     ("options", "refusal"),
     [
@@ -138,6 +145,11 @@ def test_a_long_checkpoints_state_transaction_outlasts_it(interval: float) -> No
         ({"late_topic": "in"}, r"late_topic 'in' is one of its inputs"),
         ({"dlq_topic": "x", "late_topic": "x"}, r"dlq_topic and late_topic are both 'x'"),
         ({"inputs": "events.payments"}, r"inputs must be a list of topic names; got the string"),
+        # A join side the application does not read was never read: it paired nothing, silently.
+        (
+            {"operators": [_join("in", "withdrawals")]},
+            r"operator 'pairs' reads 'withdrawals', which is not among its inputs \['in'\]",
+        ),
         ({"alignment_max_buffered": 0}, r"alignment_max_buffered must be at least 1; got 0"),
         ({"alignment_idle_s": float("inf")}, r"alignment_idle_s must be > 0 seconds \(finite\); got inf"),
         # Kafka aborted every checkpoint's transaction: everything processed twice, a warning each.
@@ -154,6 +166,14 @@ def test_names_and_settings_kafka_or_the_loop_would_refuse_later_are_refused_whe
     given: dict[str, Any] = {"name": "a", "inputs": ["in"], "operators": [], **options}
     with pytest.raises(ConfigError, match=refusal):
         Application(settings, **given)
+
+
+def test_a_join_of_two_inputs_is_made() -> None:
+    settings = load_settings(kafka_bootstrap="127.0.0.1:1")
+    app = Application(
+        settings, name="a", inputs=["in", "withdrawals"], operators=[_join("in", "withdrawals")]
+    )
+    assert [op.id for op in app.operators] == ["pairs"]
 
 
 def test_a_transaction_timeout_override_is_checked_only_where_a_transaction_is() -> None:
