@@ -242,6 +242,14 @@ class Settings(BaseSettings):
     hubspot_client_secret: SecretStr | None = Field(
         default=None, description="HubSpot app's client secret: checks its webhooks' v3 signatures"
     )
+    # No option of the same meaning: a token on the command line is there for other users to read.
+    hubspot_access_token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "HubSpot private app's access token (scope account-info.security.read): the hubspot_audit "
+            "source reads the account's audit log (logins, exports) with it"
+        ),
+    )
     salesforce_webhook_token: SecretStr | None = Field(
         default=None, description="Secret token in the path of the Salesforce outbound-message URL"
     )

@@ -228,6 +228,7 @@ def test_sasl_over_tls_with_its_credentials_is_accepted(monkeypatch: pytest.Monk
 #: Every connector credential that is a secret, with its variable.
 CONNECTOR_SECRETS = [
     "hubspot_client_secret",
+    "hubspot_access_token",
     "salesforce_webhook_token",
     "mailchimp_webhook_secret",
     "mandrill_webhook_key",

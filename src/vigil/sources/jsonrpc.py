@@ -37,10 +37,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-import re
 import time
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -50,6 +48,7 @@ from vigil.errors import ConfigError, Retry, SourceError
 from vigil.events.codec import inert
 from vigil.hub.topics import RAW_RECORD_MAX_BYTES
 from vigil.sources.chain import MAX_RETRY_AFTER_S
+from vigil.sources.http_limits import BodyTooLarge, PastDeadline, RetryAfter, read_bounded
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +68,6 @@ MAX_RESPONSE_BYTES = RAW_RECORD_MAX_BYTES + (64 << 10)
 #: a node to build a large block (Bitcoin Core's ``getblock`` at verbosity 3 takes seconds) and
 #: send up to MAX_RESPONSE_BYTES at about 1 MB/s.
 DEADLINE_PER_TIMEOUT = 6
-
-#: ``Retry-After`` in seconds (ASCII digits only: ``"²".isdigit()`` is true and int() refuses it).
-_SECONDS = re.compile(r"[0-9]+")
 
 
 class JsonRpcError(SourceError):
@@ -161,7 +157,7 @@ class JsonRpcClient:
         self._retry_after = retry_after
         self._deadline_s = deadline_s if deadline_s is not None else DEADLINE_PER_TIMEOUT * timeout_s
         self._max_response_bytes = max_response_bytes
-        self._capped_logged = False
+        self._asked = RetryAfter(self.endpoint, MAX_RETRY_AFTER_S)
         self._ids = itertools.count(1)
         logging.getLogger("httpx").addFilter(_REDACT_REQUEST_URLS)  # (added once: same object)
         self._http = httpx.Client(
@@ -267,55 +263,25 @@ class JsonRpcClient:
         a slow node, or a proxy, may be faster at the next attempt; JsonRpcError past
         ``max_response_bytes``: a block that large could not be published as one raw record
         either (the sink names it and stops, as here: retried, it would fail for ever)."""
-        limit = self._max_response_bytes
-        chunks: list[bytes] = []
-        size = 0
-        for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > limit:
-                msg = f"{where}: the response is larger than {limit:,} bytes (max_response_bytes)"
-                raise JsonRpcError(msg, method=method)
-            if time.monotonic() > deadline:
-                reason = (
-                    f"no complete response within {self._deadline_s:g}s (deadline_s; "
-                    f"{size:,} bytes received, HTTP {response.status_code})"
-                )
-                raise Retry(self._retry_after, f"{where}: {reason}")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        try:
+            return read_bounded(response, deadline=deadline, limit=self._max_response_bytes)
+        except BodyTooLarge as exc:
+            msg = f"{where}: the response is larger than {exc.limit:,} bytes (max_response_bytes)"
+            raise JsonRpcError(msg, method=method) from None
+        except PastDeadline as exc:
+            reason = (
+                f"no complete response within {self._deadline_s:g}s (deadline_s; "
+                f"{exc.received:,} bytes received, HTTP {response.status_code})"
+            )
+            raise Retry(self._retry_after, f"{where}: {reason}") from None
 
     def _delay(self, response: httpx.Response) -> timedelta:
         """The wait the response asks for with ``Retry-After`` (delay-seconds or an HTTP date),
         capped at MAX_RETRY_AFTER_S; the client's default when it asks for none it can read.
         Uncapped, ``86400000`` stalled the connector for 1,000 days after one warning and
         ``10**15`` stopped it with OverflowError."""
-        header = response.headers.get("retry-after", "").strip()
-        if not header:
-            return self._retry_after
-        seconds: float
-        if _SECONDS.fullmatch(header):
-            seconds = float(header)  # (int() refuses more than 4,300 digits; float() gives inf)
-        else:
-            try:
-                when = parsedate_to_datetime(header)
-            except (TypeError, ValueError, IndexError, OverflowError):
-                return self._retry_after
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=UTC)
-            seconds = max((when - datetime.now(UTC)).total_seconds(), 0.0)
-        if seconds > MAX_RETRY_AFTER_S:
-            if not self._capped_logged:
-                self._capped_logged = True
-                log.warning(
-                    "%s asked to wait %.3gs (Retry-After: %r); waiting at most %gs, for this and "
-                    "any later answer asking for more (logged once)",
-                    self.endpoint,
-                    seconds,
-                    inert(header[:60]),
-                    MAX_RETRY_AFTER_S,
-                )
-            seconds = MAX_RETRY_AFTER_S
-        return timedelta(seconds=seconds)
+        seconds = self._asked.seconds(response)
+        return self._retry_after if seconds is None else timedelta(seconds=seconds)
 
 
 def _checked_endpoint(url: str, setting: str) -> str:

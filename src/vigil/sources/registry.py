@@ -17,6 +17,9 @@ SOURCES: dict[str, str] = {
     "coinbase": "vigil.sources.coinbase:CoinbaseSource",
     "binance": "vigil.sources.binance:BinanceSource",
     "hubspot": "vigil.sources.hubspot:HubSpotSource",
+    # HubSpot's audit log (logins, exports) publishes to raw.hubspot too (its name is "hubspot");
+    # the HubSpot normaliser reads both.
+    "hubspot_audit": "vigil.sources.hubspot_audit:HubSpotAuditSource",
     "salesforce": "vigil.sources.salesforce:SalesforceSource",
     "mailchimp": "vigil.sources.mailchimp:MailchimpSource",
     "backend": "vigil.sources.backend:BackendIngestSource",

@@ -247,7 +247,7 @@ def test_a_huge_retry_after_is_capped_and_said_once(
     retry_after: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     with (
-        caplog.at_level(logging.WARNING, logger="vigil.sources.jsonrpc"),
+        caplog.at_level(logging.WARNING, logger="vigil.sources.http_limits"),
         _RateLimited(retry_after) as node,
         JsonRpcClient(node.url) as rpc,
     ):
@@ -255,9 +255,9 @@ def test_a_huge_retry_after_is_capped_and_said_once(
             with pytest.raises(Retry, match="HTTP 429") as info:
                 rpc.call("eth_blockNumber")
             assert info.value.after == timedelta(seconds=MAX_RETRY_AFTER_S)
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "vigil.sources.jsonrpc"]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "vigil.sources.http_limits"]
     assert f"{node.url} asked to wait " in line
-    assert f"waiting at most {MAX_RETRY_AFTER_S:g}s" in line
+    assert f"waiting at most {MAX_RETRY_AFTER_S:g} s" in line
 
 
 def test_an_http_date_retry_after_is_honoured_as_a_delay() -> None:

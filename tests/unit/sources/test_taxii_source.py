@@ -5,14 +5,13 @@ a real medallion server (tests/integration/sources/test_taxii_medallion.py)."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.server
 import logging
 import threading
-from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import pytest
+from tests.unit.sources.local_http import serving
 
 from vigil.config import Settings
 from vigil.errors import SourceError
@@ -22,30 +21,6 @@ from vigil.sources.sink import MemorySink
 # A test token, with a percent-escape and a slash: it must reach the server as written.
 TOKEN = "tok-%2B/key=1"  # noqa: S105 - a test value
 WRONG = "p@ss:word"  # a test password, with characters user-info must escape
-
-
-@contextlib.contextmanager
-def serving(answer: Callable[[http.server.BaseHTTPRequestHandler], None]) -> Iterator[str]:
-    """An HTTP server on a free loopback port whose every GET is answered by ``answer``."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            answer(self)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    # (A short poll interval: shutdown() waits for the server to look at it, 0.5 s by default.)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 class Failing:
