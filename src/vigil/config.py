@@ -738,6 +738,11 @@ class _Origins:
         self.env = {key.upper() for key, value in os.environ.items() if value != ""}
 
     def of(self, name: str, *, with_name: bool = True) -> str:
+        head, dot, rest = name.partition(".")
+        if dot and head in Settings.model_fields:
+            # A value inside a table setting (backend_scopes.svc): where the setting came from,
+            # then the path in it ("VIGIL_BACKEND_SCOPES.SVC" named no variable there is).
+            return f"{self.of(head, with_name=with_name)}: at {rest}"
         variable = f"VIGIL_{name.upper()}"
         if name in self.overrides:
             return name

@@ -45,6 +45,16 @@ def _vigil(
             ("source", "coinbase", "-o", "products=BTC-USD", "-o", "heartbeat_timeout=soon"),
             "source coinbase: option heartbeat_timeout='soon': expected a number",
         ),
+        # Refused before anything is made: `redrive alerts` made the topic alerts.redriven and a
+        # consumer group, and said "redrove 0 records".
+        (("dlq", "redrive", "alerts"), "'alerts' is not named as a dead-letter topic (dlq.<stage>"),
+        (("dlq", "summary", "events.identity"), "pass --any-topic for one named otherwise"),
+        # Found only once every record was produced ("Is a directory"), hours in when paced.
+        (("simulate", "--events", "100", "--labels-file", "/tmp"), "--labels-file '/tmp': cannot write it"),
+        # Ignored, the run was in memory: a replay's result taken for one on the broker.
+        (("eval", "--backlog", "--events", "10"), "--backlog is for a run on the broker: pass --kafka"),
+        # "Out of date" with every file's name, and advice that made the mistyped directory.
+        (("schemas", "check", "/nonexistent/schemas"), "no schema directory /nonexistent/schemas"),
     ],
 )
 def test_bad_connector_options_are_named(tmp_path: Path, args: tuple[str, ...], says: str) -> None:
@@ -214,3 +224,22 @@ def test_a_secret_option_is_never_repeated_in_an_error(tmp_path: Path) -> None:
     assert "options given" in out.stderr
     assert "TOPSECRETVALUE" not in out.stderr + out.stdout
     assert "client_secret=<hidden>" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("tail", "alerts", "-n", "-3"), ("broker", "logs", "-n", "-3"), ("broker", "logs", "--node", "0")],
+)
+def test_counts_below_one_are_refused_as_usage(tmp_path: Path, args: tuple[str, ...]) -> None:
+    # Each exited 0 printing nothing (or a log path of node "-1").
+    out = _vigil(tmp_path, *args)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Input should be greater than or equal" in out.stderr
+
+
+def test_the_scenario_list_gives_each_first_paragraph_whole(tmp_path: Path) -> None:
+    # Its first line alone stopped mid-sentence ("... or the victim's own through a").
+    out = _vigil(tmp_path, "simulate", "--list")
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert "or the victim's own through a stolen session cookie), credential change" in text

@@ -89,6 +89,25 @@ def test_values_from_the_settings_file_are_named_as_its_keys(
     )
 
 
+def test_a_value_inside_a_table_setting_is_named_where_the_setting_was_given(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # "VIGIL_BACKEND_SCOPES.SVC" named a variable nobody set, for a file's table too.
+    cfg = tmp_path / "vigil.toml"
+    cfg.write_text("[backend_scopes]\nsvc = 5\n")
+    monkeypatch.setenv("VIGIL_CONFIG", str(cfg))
+    with pytest.raises(
+        ConfigError, match=rf"\n  backend_scopes in {cfg}: at svc: Input should be a valid list; got 5$"
+    ):
+        load_settings()
+    cfg.write_text("")
+    monkeypatch.setenv("VIGIL_BACKEND_SCOPES", '{"svc": 5}')
+    with pytest.raises(
+        ConfigError, match=r"\n  VIGIL_BACKEND_SCOPES \(backend_scopes\): at svc: Input should be"
+    ):
+        load_settings()
+
+
 def test_a_settings_file_that_is_not_toml_is_located(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # tomllib's exception came out of pydantic as a traceback.
     cfg = tmp_path / "vigil.toml"

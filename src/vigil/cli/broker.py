@@ -95,8 +95,8 @@ def status() -> None:
 
 @app.command("logs")
 def logs(
-    node: Annotated[int, typer.Option(help="Which node's log.")] = 1,
-    lines: Annotated[int, typer.Option("-n", "--lines", help="How many last lines.")] = 50,
+    node: Annotated[int, typer.Option(min=1, help="Which node's log.")] = 1,
+    lines: Annotated[int, typer.Option("-n", "--lines", min=1, help="How many last lines.")] = 50,
     path_only: Annotated[bool, typer.Option("--path", help="Print the log file's path only.")] = False,
 ) -> None:
     """The last lines of a node's server log."""

@@ -139,8 +139,14 @@ def eval_(
     runs (one partition, so no re-keying stage is needed); with --kafka it runs the route
     and detect applications on the broker.  See `vigil.detect.eval` for the definitions.
     """
+    if backlog and not kafka:
+        # Ignored, the run was in memory: a replay's result taken for one on the broker.
+        msg = "--backlog is for a run on the broker: pass --kafka with it"
+        raise ConfigError(msg)
     ruleset = load_rules([rules])
     started = time.perf_counter()
+    # Minutes at the defaults with nothing said (the broker's catch-up waits up to 10 minutes).
+    working = f"simulating {events:,} events and detecting" + (" on the broker" if kafka else "") + " ..."
     if kafka:
         from vigil.detect.eval import evaluate_kafka
         from vigil.hub.broker import from_settings
@@ -151,17 +157,19 @@ def eval_(
                 started_broker = from_settings(cfg).start()
             cfg = cfg.model_copy(update={"kafka_bootstrap": started_broker.bootstrap})
         check_reachable(cfg)
-        result = evaluate_kafka(
-            cfg,
-            ruleset,
-            seed=seed,
-            events=events,
-            customers=customers,
-            attack_rate=attack_rate,
-            backlog=backlog,
-        )
+        with console.status(working):
+            result = evaluate_kafka(
+                cfg,
+                ruleset,
+                seed=seed,
+                events=events,
+                customers=customers,
+                attack_rate=attack_rate,
+                backlog=backlog,
+            )
     else:
-        result = evaluate(ruleset, seed=seed, events=events, customers=customers, attack_rate=attack_rate)
+        with console.status(working):
+            result = evaluate(ruleset, seed=seed, events=events, customers=customers, attack_rate=attack_rate)
     render(result, time.perf_counter() - started)
     if json_file is not None:
         json_file.write_text(json.dumps(result.as_json(), indent=2) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import typer
@@ -9,6 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from vigil.cli._common import console, settings
+from vigil.errors import ConfigError
 from vigil.events.codec import inert
 from vigil.hub import dlq, redrive
 from vigil.hub.client import check_reachable
@@ -19,6 +21,29 @@ app = typer.Typer(no_args_is_help=True)
 SHOWN_GROUPS = 50
 
 TopicArg = Annotated[str, typer.Argument(help="Dead-letter topic: dlq.normalize, dlq.detect or dlq.ingest")]
+AnyTopicOpt = Annotated[
+    bool,
+    typer.Option(
+        "--any-topic",
+        help="Read TOPIC though its name is not dlq.<stage> (an application's own dlq_topic)",
+    ),
+]
+
+#: A dead-letter topic's name: ``dlq.<stage>``, under a prefix ending in "." too, or any name
+#: with ``dlq`` as one of its dot-separated parts (``payments.dlq``).
+_DLQ_NAME = re.compile(r"(?:^|\.)dlq(?:\.|$)")
+
+
+def _checked_topic(topic: str, any_topic: bool) -> None:
+    """Refuse a topic that is not named as a dead-letter topic, unless told: `redrive alerts`
+    made the topics ``alerts.redriven`` and a consumer group, and said "redrove 0 records"."""
+    if not any_topic and not _DLQ_NAME.search(topic):
+        msg = (
+            f"{inert(topic[:80])!r} is not named as a dead-letter topic (dlq.<stage>, such as "
+            "dlq.normalize, dlq.detect or dlq.ingest, under a prefix too, or a name with a 'dlq' "
+            "part); pass --any-topic for one named otherwise"
+        )
+        raise ConfigError(msg)
 
 
 def _shown(text: str, limit: int = 160) -> str:
@@ -38,8 +63,9 @@ def _listed(what: str, lines: list[str], shown: int, total: int | None = None) -
 
 
 @app.command("summary")
-def summary_cmd(topic: TopicArg) -> None:
+def summary_cmd(topic: TopicArg, any_topic: AnyTopicOpt = False) -> None:
     """Letters grouped by stage, source topic and reason (numbers and quoted values blanked)."""
+    _checked_topic(topic, any_topic)
     cfg = settings()
     check_reachable(cfg)
     found = dlq.summarize(cfg, topic)
@@ -66,6 +92,8 @@ def summary_cmd(topic: TopicArg) -> None:
         + (f" (past {dlq.MAX_GROUPS:,} groups, the smaller ones' letters in one)" if folded else "")
     )
     _listed("not a dead letter", found.undecodable, 5, found.undecodable_count)
+    if not found.letters:
+        raise typer.Exit(1)  # records, none of them a letter: not a dead-letter topic
 
 
 @app.command("redrive")
@@ -115,11 +143,13 @@ def redrive_cmd(
             ),
         ),
     ] = None,
+    any_topic: AnyTopicOpt = False,
 ) -> None:
     """Append each dead-lettered record again to the topic it came from, for its stage to read
     once the cause is fixed.  Each letter is sent at most once, whatever the filter and flags of
     the runs: a letter held back (filtered out, its topic not allowed, failed again) is kept for
     a later run that admits it, and one sent is never sent again."""
+    _checked_topic(topic, any_topic)
     cfg = settings()
     check_reachable(cfg)
     with Progress(

@@ -85,7 +85,8 @@ def run(
     # (Decided before the local broker's address is filled in, which makes it "external".)
     local = not cfg.uses_external_cluster
     if local:
-        started = from_settings(cfg).start()
+        with console.status("starting the local Apache Kafka broker (KRaft) ..."):  # (17 s, silent)
+            started = from_settings(cfg).start()
         cfg = cfg.model_copy(update={"kafka_bootstrap": started.bootstrap})
         console.print(f"[green]broker[/] Kafka {started.info.version} at {started.bootstrap}")
     check_reachable(cfg)

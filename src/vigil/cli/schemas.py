@@ -23,6 +23,13 @@ def export(directory: Annotated[Path, typer.Argument()] = Path("schemas")) -> No
 @app.command("check")
 def check(directory: Annotated[Path, typer.Argument()] = Path("schemas")) -> None:
     """Fail if the committed schema files differ from the models."""
+    if not directory.is_dir():
+        # "Out of date" with every file's name, and advice that would make the mistyped directory.
+        err_console.print(
+            f"[red]no schema directory {shown(str(directory))}[/] (relative to {shown(str(Path.cwd()))}); "
+            "expected the directory of the committed schema files (schemas, by default)"
+        )
+        raise typer.Exit(code=1)
     drift = schema.drift(directory)
     if drift:
         err_console.print(f"[red]schemas out of date (run `vigil schemas export`):[/] {', '.join(drift)}")

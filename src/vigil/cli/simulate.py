@@ -70,6 +70,21 @@ def parse_start(text: str | None, *, paced: bool) -> datetime | None:
     return value.astimezone(UTC)
 
 
+def _check_writable(path: Path) -> None:
+    """Refuse a labels file that cannot be written, before anything is produced: it was found
+    only once every record was in Kafka ("Is a directory"), hours in on a paced run."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab"):
+            pass
+    except OSError as exc:
+        msg = (
+            f"--labels-file {str(path)!r}: cannot write it ({exc.strerror or exc}); expected a file "
+            "path whose directory exists or can be made"
+        )
+        raise ConfigError(msg) from None
+
+
 def simulate(
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same stream")] = 7,
     customers: Annotated[int, typer.Option(min=10, help="Number of customers")] = 2000,
@@ -117,10 +132,9 @@ def simulate(
     """Simulate an exchange with injected, labelled attacks and produce it to Kafka."""
     if list_scenarios:
         for name, cls in SCENARIOS.items():
-            doc = (cls.__doc__ or "").strip().splitlines()
-            console.print(
-                f"{name:<26} alerts on {cls.entity_kind:<9} {doc[0] if doc else ''}", highlight=False
-            )
+            # The first paragraph whole (its first line alone stopped mid-sentence).
+            summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+            console.print(f"{name:<26} alerts on {cls.entity_kind:<9} {summary}", highlight=False)
             knobs = ", ".join(f"{k}={v:g}" for k, v in cls.parameters().items())
             console.print(f"{'':<26} parameters: {knobs}", highlight=False)
         return
@@ -149,6 +163,7 @@ def simulate(
             "exchange would go into its live topics; pass --topic-prefix NAME. (or --into-live-topics)"
         )
         raise ConfigError(msg)
+    _check_writable(labels_path)
     check_reachable(cfg)
     publisher = SimPublisher(cfg, topic_prefix=topic_prefix)
     publisher.ensure_topics(canonical=canonical)

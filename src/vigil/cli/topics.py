@@ -201,8 +201,10 @@ def tail(
     from_beginning: Annotated[
         bool, typer.Option("--from-beginning", help="Start at the earliest offset")
     ] = False,
-    n: Annotated[int | None, typer.Option("-n", help="Stop after N records")] = None,
-    timeout: Annotated[float, typer.Option(help="Stop after this many idle seconds (0: never)")] = 0.0,
+    n: Annotated[int | None, typer.Option("-n", min=1, help="Stop after N records")] = None,
+    timeout: Annotated[
+        float, typer.Option(min=0.0, help="Stop after this many idle seconds (0: never)")
+    ] = 0.0,
 ) -> None:
     """Print records decoded, with partition/offset/key.  Ctrl-C stops."""
     cfg = settings()

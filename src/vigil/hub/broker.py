@@ -116,7 +116,7 @@ def _port_free(host: str, port: int) -> bool:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
-        except OSError:
+        except (OSError, OverflowError):  # (OverflowError: past 65535)
             return False
     return True
 
@@ -300,6 +300,14 @@ class LocalBroker:
         info = self.read_info()
         if nodes is None:
             nodes = info.nodes if info is not None else 1
+        if self.port + 2 * nodes - 1 > 65535:
+            # Two ports a node from VIGIL_BROKER_PORT up: past 65535, bind() raised OverflowError,
+            # a traceback.
+            msg = (
+                f"{nodes} node(s) need ports {self.port}-{self.port + 2 * nodes - 1} (two a node from "
+                "VIGIL_BROKER_PORT), past 65535; set VIGIL_BROKER_PORT lower or ask fewer --nodes"
+            )
+            raise BrokerError(msg)
         if nodes < 1:
             msg = f"--nodes must be at least 1; got {nodes}"
             raise BrokerError(msg)

@@ -123,10 +123,57 @@ def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consum
     return new_consumer(consumer_config(settings, group_id, **overrides))
 
 
+class _LibrdkafkaLines(logging.Filter):
+    """What of librdkafka's own log lines reaches Vigil's log (``vigil.kafka``).
+
+    Printed by librdkafka itself to stderr, they came outside the command's format and its inert
+    text, and a broker down gave 12-27 ``FAIL`` lines in 35 s.  Here the same line (its numbers
+    aside) is let through once a minute; a ``CONFWARN`` that an option does not apply to a
+    client of this kind is dropped: ``kafka_client_options`` go to every client, so a consumer's
+    ``fetch.wait.max.ms`` warned once per producer."""
+
+    REPEAT_AFTER_S = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not (isinstance(args, tuple) and len(args) == 3):
+            return True
+        facility, text = str(args[0]), str(args[2])
+        if facility == "CONFWARN" and "will be ignored by this" in text:
+            return False
+        key = facility + _DIGITS.sub("#", text)
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.REPEAT_AFTER_S:
+            return False
+        if len(self._last) >= 1000:  # (bounded: lines that differ in more than numbers)
+            self._last.clear()
+        self._last[key] = now
+        return True
+
+
+_DIGITS = re.compile(r"\d+")
+_LIBRDKAFKA_LINES = _LibrdkafkaLines()
+
+
+def _logged(conf: dict[str, Any]) -> dict[str, Any]:
+    """``conf`` with librdkafka's log lines sent to the ``vigil.kafka`` logger (formatted and made
+    inert as Vigil's own lines are; see :class:`_LibrdkafkaLines`), unless it names a logger."""
+    if "logger" in conf:
+        return conf
+    log = logging.getLogger("vigil.kafka")
+    log.addFilter(_LIBRDKAFKA_LINES)  # (once: the same object)
+    return {**conf, "logger": log}
+
+
 def new_producer(conf: dict[str, Any]) -> Producer:
     """A producer of ``conf``; one librdkafka refuses to make is a :class:`ConfigError`."""
     try:
-        return Producer(conf)
+        return Producer(_logged(conf))
     except KafkaException as exc:
         raise client_refused(exc, "producer") from None
 
@@ -134,7 +181,7 @@ def new_producer(conf: dict[str, Any]) -> Producer:
 def new_consumer(conf: dict[str, Any]) -> Consumer:
     """A consumer of ``conf``; one librdkafka refuses to make is a :class:`ConfigError`."""
     try:
-        return Consumer(conf)
+        return Consumer(_logged(conf))
     except KafkaException as exc:
         raise client_refused(exc, "consumer") from None
 
@@ -152,7 +199,7 @@ def client_refused(exc: KafkaException, what: str) -> ConfigError:
 
 
 def make_admin(settings: Settings) -> AdminClient:
-    return AdminClient(settings.kafka_client_config())
+    return AdminClient(_logged(settings.kafka_client_config()))
 
 
 #: Where a reachability check's client logs: nowhere.  librdkafka printed its own ``%3|...|FAIL|``
@@ -163,14 +210,15 @@ _QUIET.addHandler(logging.NullHandler())
 _QUIET.propagate = False
 
 
-#: librdkafka's refusal of a configuration value quotes it: hidden in what Vigil says.
-_INVALID_VALUE = re.compile(r'Invalid value "[^"]*"')
+#: librdkafka's refusal of a configuration value quotes it: hidden in what Vigil says, up to the
+#: last ``" for configuration property`` (a value holding a quote showed what followed it).
+_INVALID_VALUE = re.compile(r'Invalid value ".*" (?=for configuration property)', re.DOTALL)
 
 
 def _hidden(exc: KafkaException) -> str:
     """librdkafka's refusal of a client's settings, the values it quotes hidden."""
     refused = kafka_error(exc)
-    return _INVALID_VALUE.sub("Invalid value <hidden>", refused.str() if refused is not None else str(exc))
+    return _INVALID_VALUE.sub("Invalid value <hidden> ", refused.str() if refused is not None else str(exc))
 
 
 def check_reachable(settings: Settings, timeout: float = 10.0) -> int:

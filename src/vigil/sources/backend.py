@@ -724,7 +724,21 @@ class BackendIngestSource(Source):
                 '{"service": "<sha256 hex of its key>"}'
             )
             raise SourceError(msg) from None
-        if not isinstance(keys, dict) or not keys or not all(isinstance(v, str) for v in keys.values()):
+        if keys is not None and (
+            not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values())
+        ):
+            # (Not "no API keys configured": a list of keys was given, in the wrong shape.)
+            got = (
+                type(keys).__name__
+                if not isinstance(keys, dict)
+                else "an object with values that are not text"
+            )
+            msg = (
+                f"backend ingest: {where} is JSON of the wrong shape ({got}; the values not shown); expected "
+                'an object {"service": "<sha256 hex of its key>"}'
+            )
+            raise SourceError(msg)
+        if not keys:
             msg = (
                 "backend ingest: no API keys configured; give keys_file=<path>, or set VIGIL_BACKEND_KEYS "
                 '(or backend_keys in vigil.toml), a JSON object {"service": "<sha256 hex of its key>"}'

@@ -125,3 +125,14 @@ def test_reformat_of_a_stopped_cluster_in_the_same_shape_deletes_its_data(tmp_pa
     assert broker.read_info() == info
     # Unasked, the same shape is launched as it is.
     assert broker._formatted(info, info.nodes, reformat=False) is info
+
+
+@pytest.mark.parametrize(("port", "nodes"), [(65535, 1), (65530, 5)])
+def test_ports_past_65535_are_refused_naming_the_setting_and_the_nodes(
+    tmp_path: Path, port: int, nodes: int
+) -> None:
+    # Two ports a node from VIGIL_BROKER_PORT: bind() of 65536 raised OverflowError, a traceback.
+    with pytest.raises(
+        BrokerError, match=rf"{nodes} node\(s\) need ports {port}-\d+ .* past 65535; set VIGIL_BROKER_PORT"
+    ):
+        LocalBroker(tmp_path, port=port).start(nodes)

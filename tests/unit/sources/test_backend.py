@@ -312,7 +312,7 @@ def test_from_settings_reads_keys_from_a_file(tmp_path: Path) -> None:
     assert (source.port, source.ack_timeout) == (0, 2.0)
     assert source.auth.service(f"Bearer {KEY}") == "wallet"
     keys.write_text("[]")
-    with pytest.raises(SourceError, match="no API keys configured"):
+    with pytest.raises(SourceError, match=r"is JSON of the wrong shape \(list"):
         BackendIngestSource.from_settings(Settings(), keys_file=str(keys))
 
 
@@ -340,6 +340,17 @@ def test_from_settings_reads_keys_from_the_settings(tmp_path: Path) -> None:
     assert (source.auth.service(f"Bearer {OTHER_KEY}"), source.auth.service(f"Bearer {KEY}")) == ("kyc", None)
     with pytest.raises(SourceError, match=r"set VIGIL_BACKEND_KEYS \(or backend_keys in vigil.toml\)"):
         BackendIngestSource.from_settings(Settings(backend_keys=None))
+    # A list of keys was "no API keys configured"; its values are not shown.
+    secret = hash_key(KEY)
+    for wrong, shape in (
+        (f'["{secret}"]', "list"),
+        (f'{{"wallet": ["{secret}"]}}', "an object with values that are not text"),
+    ):
+        with pytest.raises(
+            SourceError, match=rf"is JSON of the wrong shape \({shape}.*expected an object"
+        ) as info:
+            BackendIngestSource.from_settings(Settings(backend_keys=wrong))
+        assert secret not in str(info.value)
 
 
 def test_rejected_records_in_raw_backend_are_refused_by_the_normalizer() -> None:
