@@ -243,3 +243,31 @@ def test_the_scenario_list_gives_each_first_paragraph_whole(tmp_path: Path) -> N
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.split())
     assert "or the victim's own through a stolen session cookie), credential change" in text
+
+
+def test_the_labels_file_is_checked_without_making_anything(tmp_path: Path) -> None:
+    closed = f"127.0.0.1:{free_port_block(1)}"
+    wanted = tmp_path / "new" / "labels.jsonl"
+    out = _vigil(
+        tmp_path,
+        "simulate",
+        "--events",
+        "100",
+        "--topic-prefix",
+        "t.",
+        "--labels-file",
+        str(wanted),
+        VIGIL_KAFKA_BOOTSTRAP=closed,
+    )
+    assert out.returncode == 1
+    assert "did not answer a metadata request" in out.stderr + out.stdout
+    assert not (tmp_path / "new").exists()  # nothing made for a run that produced nothing
+    # The default path, under a VIGIL_HOME that is a file, named as such.
+    home = tmp_path / "home-file"
+    home.write_text("")
+    out = _vigil(home, "simulate", "--events", "100")
+    assert out.returncode == 1
+    assert (
+        f"the labels file {str(home / 'sim' / 'labels-seed7.jsonl')!r} (under VIGIL_HOME)"
+        in out.stderr + out.stdout
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -70,19 +71,28 @@ def parse_start(text: str | None, *, paced: bool) -> datetime | None:
     return value.astimezone(UTC)
 
 
-def _check_writable(path: Path) -> None:
+def _check_writable(path: Path, given: bool) -> None:
     """Refuse a labels file that cannot be written, before anything is produced: it was found
-    only once every record was in Kafka ("Is a directory"), hours in on a paced run."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("ab"):
-            pass
-    except OSError as exc:
-        msg = (
-            f"--labels-file {str(path)!r}: cannot write it ({exc.strerror or exc}); expected a file "
-            "path whose directory exists or can be made"
+    only once every record was in Kafka ("Is a directory"), hours in on a paced run.  Asked of
+    the file system, nothing made (a run that then finds no broker leaves nothing behind)."""
+    why = None
+    if path.is_dir():
+        why = "it is a directory"
+    elif path.exists():
+        why = None if os.access(path, os.W_OK) else "it is not writable"
+    else:
+        # The nearest directory there is must let the rest be made in it.
+        there = next((p for p in path.parents if p.exists()), Path("/"))
+        if not there.is_dir():
+            why = f"{str(there)!r} is not a directory"
+        elif not os.access(there, os.W_OK | os.X_OK):
+            why = f"{str(there)!r} is not writable"
+    if why is not None:
+        named = (
+            f"--labels-file {str(path)!r}" if given else f"the labels file {str(path)!r} (under VIGIL_HOME)"
         )
-        raise ConfigError(msg) from None
+        msg = f"{named}: cannot write it ({why}); expected a file path whose directory exists or can be made"
+        raise ConfigError(msg)
 
 
 def simulate(
@@ -163,7 +173,7 @@ def simulate(
             "exchange would go into its live topics; pass --topic-prefix NAME. (or --into-live-topics)"
         )
         raise ConfigError(msg)
-    _check_writable(labels_path)
+    _check_writable(labels_path, given=labels_file is not None)
     check_reachable(cfg)
     publisher = SimPublisher(cfg, topic_prefix=topic_prefix)
     publisher.ensure_topics(canonical=canonical)

@@ -124,7 +124,8 @@ def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consum
 
 
 class _LibrdkafkaLines(logging.Filter):
-    """What of librdkafka's own log lines reaches Vigil's log (``vigil.kafka``).
+    """What of librdkafka's own log lines reaches Vigil's log (``vigil.kafka``): those of
+    producers and consumers, which are polled (an admin client's are printed by librdkafka).
 
     Printed by librdkafka itself to stderr, they came outside the command's format and its inert
     text, and a broker down gave 12-27 ``FAIL`` lines in 35 s.  Here the same line (its numbers
@@ -199,7 +200,9 @@ def client_refused(exc: KafkaException, what: str) -> ConfigError:
 
 
 def make_admin(settings: Settings) -> AdminClient:
-    return AdminClient(_logged(settings.kafka_client_config()))
+    # No logger: a client given one holds its lines until it is polled, and admin clients are
+    # not (their lines were lost); librdkafka prints an admin client's lines itself.
+    return AdminClient(settings.kafka_client_config())
 
 
 #: Where a reachability check's client logs: nowhere.  librdkafka printed its own ``%3|...|FAIL|``

@@ -48,7 +48,7 @@ from vigil.events.base import Event, Id
 from vigil.events.ids import stable_id
 from vigil.events.types import Side, Trade, TradePayload
 from vigil.hub.raw import RawRecord
-from vigil.sources.base import Normalizer
+from vigil.sources.base import Normalizer, check_options
 from vigil.sources.trade_normalize import message_where, positive_decimal
 from vigil.sources.websocket import Gap, Inspected, WebsocketFeed, heartbeat_option, str_list
 
@@ -76,11 +76,7 @@ class BinanceSource(WebsocketFeed):
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: str) -> BinanceSource:
-        unknown = set(options) - {"url", "streams", "heartbeat_timeout", "source_id"}
-        if unknown:
-            known = "url, streams, heartbeat_timeout, source_id"
-            msg = f"binance: unknown option(s) {sorted(unknown)}; known: {known}"
-            raise ValueError(msg)
+        check_options("binance", options, {"url", "streams", "heartbeat_timeout", "source_id"})
         return cls(
             str_list(options.get("streams", "")),
             base_url=options.get("url", DEFAULT_BASE_URL),

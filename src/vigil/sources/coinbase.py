@@ -49,7 +49,7 @@ from vigil.events.base import Event, Id
 from vigil.events.ids import stable_id
 from vigil.events.types import Trade, TradePayload
 from vigil.hub.raw import RawRecord
-from vigil.sources.base import Normalizer
+from vigil.sources.base import Normalizer, check_options
 from vigil.sources.trade_normalize import message_where, positive_decimal
 from vigil.sources.websocket import Gap, Inspected, WebsocketFeed, heartbeat_option, str_list
 
@@ -112,11 +112,7 @@ class CoinbaseSource(WebsocketFeed):
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: str) -> CoinbaseSource:
-        unknown = set(options) - {"url", "products", "channels", "heartbeat_timeout", "source_id"}
-        if unknown:
-            known = "url, products, channels, heartbeat_timeout, source_id"
-            msg = f"coinbase: unknown option(s) {sorted(unknown)}; known: {known}"
-            raise ValueError(msg)
+        check_options("coinbase", options, {"url", "products", "channels", "heartbeat_timeout", "source_id"})
         return cls(
             str_list(options.get("products", "")),
             url=options.get("url", DEFAULT_URL),

@@ -214,7 +214,7 @@ class HubSpotAuditSource(Source):
             base_url=options.get("base_url", DEFAULT_BASE_URL),
             poll_interval=seconds_option(SOURCE, options, "poll_interval", 60.0),
             page_size=_page_size(options),
-            lookback=timedelta(seconds=seconds_option(SOURCE, options, "lookback", 86_400.0)),
+            lookback=_lookback(options),
             timeout=seconds_option(SOURCE, options, "timeout", 30.0),
             source_id=options.get("source_id"),
         )
@@ -442,6 +442,19 @@ _SETTING_HELP = (
     f"give a HubSpot private app's access token with the scope {SCOPE} as VIGIL_HUBSPOT_ACCESS_TOKEN "
     f"or {SETTING} in vigil.toml"
 )
+
+
+def _lookback(options: dict[str, str]) -> timedelta:
+    """The option ``lookback``, refused past MAX_LOOKBACK before a timedelta is made of it
+    (1e14 s raised OverflowError, a traceback)."""
+    seconds = seconds_option(SOURCE, options, "lookback", 86_400.0)
+    if seconds > MAX_LOOKBACK.total_seconds():
+        msg = (
+            f"{SOURCE}: option lookback must be above 0 and at most {MAX_LOOKBACK.days} days "
+            f"(HubSpot keeps no more); got {seconds:g} s"
+        )
+        raise SourceError(msg)
+    return timedelta(seconds=seconds)
 
 
 def _checked_base_url(url: str) -> str:

@@ -577,7 +577,8 @@ rules:
         (
             "    type: threshold\n    match: {type: order_cancel, where: {payload.placed_at: {lte: 10}}}\n"
             "    group_by: account\n    timespan: 1h\n    condition: {gte: 1}\n",
-            "(the seconds since it: elapsed:payload.placed_at)",
+            "payload.placed_at holds a time, not a number, so it never gives one (the seconds since it: "
+            "elapsed:payload.placed_at)",
         ),
         # elapsed: on something that is not a time gave no seconds.
         (

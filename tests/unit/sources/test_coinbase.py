@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from vigil.config import shared_data_dir
-from vigil.errors import ContractError, DecodeError
+from vigil.errors import ContractError, DecodeError, SourceError
 from vigil.events.ids import stable_id
 from vigil.events.types import Trade
 from vigil.hub.raw import RawRecord
@@ -177,7 +177,7 @@ def test_from_settings_reads_options_and_rejects_unknown_ones() -> None:
 
     feed = CoinbaseSource.from_settings(Settings(), products="BTC-USD, ETH-USD", channels="matches")
     assert (feed.product_ids, feed.channels) == (["BTC-USD", "ETH-USD"], ["matches"])
-    with pytest.raises(ValueError, match="unknown option"):
+    with pytest.raises(SourceError, match="unknown option"):
         CoinbaseSource.from_settings(Settings(), products="BTC-USD", colour="x")
     with pytest.raises(ValueError, match="at least one product"):
         CoinbaseSource.from_settings(Settings())

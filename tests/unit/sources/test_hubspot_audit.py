@@ -512,6 +512,7 @@ def test_run_waits_what_retry_after_asks_before_the_next_poll() -> None:
         ({"page_size": "many"}, "option page_size must be a whole number"),
         ({"lookback": "0"}, "option lookback must be a number of seconds above 0"),
         ({"lookback": str(91 * 86_400)}, "option lookback must be above 0 and at most 90 days"),
+        ({"lookback": "1e14"}, r"option lookback must be above 0 and at most 90 days .*got 1e\+14 s"),
         ({"poll_interval": "-1"}, "option poll_interval must be a number of seconds above 0"),
         ({"timeout": "nan"}, "option timeout must be a number of seconds above 0"),
         ({"pol_interval": "5"}, r"unknown option\(s\) \['pol_interval'\]"),

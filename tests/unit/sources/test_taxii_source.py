@@ -143,6 +143,10 @@ def test_an_answer_without_a_content_type_is_a_failed_poll_not_the_end_of_the_so
         source = TaxiiSource(f"{base}/api/collections/abc/")
         with pytest.raises(SourceError, match="abc/ failed: an answer without a Content-Type header"):
             source.poll_once(MemorySink(), {})
+        # Listing an API root's collections, too.
+        root = TaxiiSource(api_root=f"{base}/api/")
+        with pytest.raises(SourceError, match=r"API root .*/api/ failed: an answer without a Content-Type"):
+            root.poll_once(MemorySink(), {})
 
 
 def test_unknown_options_and_a_poll_interval_of_zero_are_refused() -> None:

@@ -388,7 +388,14 @@ def _operand_ok(op: str, operand: Any) -> bool:
     return not isinstance(operand, dict | list)
 
 
-_KIND_NAMES = {str: "text", int: "a whole number", float: "a number", bool: "true/false", list: "a list"}
+_KIND_NAMES = {
+    str: "text",
+    int: "a whole number",
+    float: "a number",
+    bool: "true/false",
+    list: "a list",
+    datetime: "a time",
+}
 
 
 def _kind_problem(path: str, op: str, operand: Any, types: frozenset[str] | None) -> str | None:

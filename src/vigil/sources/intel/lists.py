@@ -23,9 +23,9 @@ and deleting a bundle's file revokes none of its indicators: a feed withdraws on
 publishing it again revoked (a bundle's indicators are keyed by their STIX ids, which a
 revocation of a list entry does not reach).
 
-A list larger than a raw record may be (:data:`~vigil.sources.sink.RAW_PUBLISH_MAX_BYTES`,
-64 MiB) is not published, named in :attr:`IntelListSource.errors` and the log, and the others
-go on.
+A list larger than a raw record may be (:data:`~vigil.sources.sink.RAW_PUBLISH_MAX_BYTES`, the
+raw topics' 64 MiB less a record batch's framing) is not published, named in
+:attr:`IntelListSource.errors` and the log, and the others go on.
 
 A download that is no list is not published (the previous version stays in force): one that does
 not parse, and an empty one where the previous version had entries (an HTTP 200 with an empty

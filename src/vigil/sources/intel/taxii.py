@@ -35,10 +35,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import requests
@@ -110,6 +110,25 @@ def _named(url: str) -> str:
     collection (or API root).  Its user-info and query, a password or a token, are left out."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{_slash_path(parts.path)}"
+
+
+T = TypeVar("T")
+
+
+class _NoContentType(Exception):
+    """taxii2client reads an answer's Content-Type with ``[]``: a server (or a proxy) that sent
+    none raised KeyError, which ended the source."""
+
+    WHY = "an answer without a Content-Type header"
+
+
+def _answered(ask: Callable[..., T], **kwargs: Any) -> T:
+    """``ask()`` (one taxii2client request), its KeyError for a missing Content-Type named; only
+    around the request, so that a KeyError of Vigil's own (publishing, the cursor) is no such."""
+    try:
+        return ask(**kwargs)
+    except KeyError:
+        raise _NoContentType from None
 
 
 def _failure(exc: Exception, timeout: float) -> str:
@@ -277,10 +296,14 @@ class TaxiiSource(Source):
             name = _named(self.api_root)
             root = ApiRoot(name, conn=self._connection(self.api_root))
             try:
-                paths = [urlsplit(c.url).path for c in root.collections if c.can_read]
+                found = _answered(lambda: root.collections)
+                paths = [urlsplit(c.url).path for c in found if c.can_read]
             except (requests.RequestException, TAXIIServiceException) as exc:
                 why = _failure(exc, self.timeout)
                 msg = f"taxii: listing the collections of API root {name} failed: {why}"
+                raise SourceError(msg) from None
+            except _NoContentType:
+                msg = f"taxii: listing the collections of API root {name} failed: {_NoContentType.WHY}"
                 raise SourceError(msg) from None
             finally:
                 root.close()
@@ -367,7 +390,7 @@ class TaxiiSource(Source):
                     kwargs["added_after"] = start
                 if token:
                     kwargs["next"] = token
-                envelope = collection.get_objects(**kwargs)
+                envelope = _answered(collection.get_objects, **kwargs)
                 objects = envelope.get("objects", []) if isinstance(envelope, dict) else []
                 added_last = last.headers.get("x-taxii-date-added-last")
                 if not objects:
@@ -431,10 +454,8 @@ class TaxiiSource(Source):
             # Named, not quoted: the URL may carry a token in its query (see _failure).
             msg = f"taxii: polling collection {name} failed: {_failure(exc, self.timeout)}"
             raise SourceError(msg) from None
-        except KeyError:
-            # taxii2client reads the answer's Content-Type with []: a server (or a proxy) that
-            # sent none raised KeyError, which ended the source.
-            msg = f"taxii: polling collection {name} failed: an answer without a Content-Type header"
+        except _NoContentType:
+            msg = f"taxii: polling collection {name} failed: {_NoContentType.WHY}"
             raise SourceError(msg) from None
         finally:
             collection.close()  # its connections, one timed out among them, closed now, not at GC
