@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
-from vigil.errors import ContractError, SourceError
+from vigil.errors import ContractError, SourceError, VigilError
 from vigil.events.base import Event
 from vigil.hub.raw import RawRecord
 
@@ -78,14 +78,19 @@ class Source(ABC):
     def run(self, sink: RawSink) -> None: ...
 
 
-def check_options(source: str, options: Mapping[str, str], known: Collection[str]) -> None:
+def check_options(
+    source: str,
+    options: Mapping[str, str],
+    known: Collection[str],
+    error: type[VigilError] = SourceError,
+) -> None:
     """Refuse options ``source`` does not take, naming them: a mistyped one was dropped without
     a word (``skip_bad_file`` for ``skip_bad_files``, and the source stopped at the first bad
-    file it was told to skip)."""
+    file it was told to skip).  ``error``: the chain sources raise ConfigError for every option."""
     unknown = set(options) - set(known)
     if unknown:
         msg = f"{source}: unknown option(s) {sorted(unknown)}; known: {', '.join(sorted(known))}"
-        raise SourceError(msg)
+        raise error(msg)
 
 
 def seconds_option(source: str, options: Mapping[str, str], name: str, default: float) -> float:

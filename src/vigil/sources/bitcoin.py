@@ -31,7 +31,8 @@ import msgspec
 from vigil.config import Settings
 from vigil.errors import ConfigError, Retry, SourceError
 from vigil.hub.raw import RawRecord
-from vigil.sources.chain import Block, ChainFollower, NodeLagging, check_known, number_option
+from vigil.sources.base import check_options
+from vigil.sources.chain import Block, ChainFollower, NodeLagging, number_option
 from vigil.sources.jsonrpc import JsonRpcClient, JsonRpcError
 
 #: Bitcoin Core's RPC_INVALID_PARAMETER: "Block height out of range".
@@ -95,7 +96,7 @@ class BitcoinSource(ChainFollower):
             "poll_interval",
             "source_id",
         }
-        check_known("bitcoin", options, known)
+        check_options("bitcoin source", options, known, ConfigError)
         configured = settings.bitcoin_rpc_password
         user = options.get("rpc_user") or settings.bitcoin_rpc_user or None
         password = (

@@ -110,13 +110,6 @@ def number_option(
         raise ConfigError(msg) from None
 
 
-def check_known(source: str, options: Mapping[str, str], known: set[str]) -> None:
-    unknown = set(options) - known
-    if unknown:
-        msg = f"{source} source: unknown option(s) {sorted(unknown)}; expected some of {sorted(known)}"
-        raise ConfigError(msg)
-
-
 def backoff_s(asked_s: float, failures: int, floor_s: float = MIN_BACKOFF_S) -> float:
     """How long to wait after ``failures`` failed polls in a row: what the node asked but at least
     ``floor_s``, doubling per failure up to MAX_BACKOFF_S, never less than asked up to

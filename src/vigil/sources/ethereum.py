@@ -39,9 +39,10 @@ from typing import Any
 import msgspec
 
 from vigil.config import Settings
-from vigil.errors import Retry, SourceError
+from vigil.errors import ConfigError, Retry, SourceError
 from vigil.hub.raw import RawRecord
-from vigil.sources.chain import Block, ChainFollower, NodeLagging, check_known, number_option
+from vigil.sources.base import check_options
+from vigil.sources.chain import Block, ChainFollower, NodeLagging, number_option
 from vigil.sources.jsonrpc import JsonRpcClient, JsonRpcError
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ class EthereumSource(ChainFollower):
     def from_settings(cls, settings: Settings, **options: str) -> EthereumSource:
         """Build from CLI options (all strings); see the module docstring for the list."""
         known = {"url", "confirmations", "start_block", "poll_interval", "source_id"}
-        check_known("ethereum", options, known)
+        check_options("ethereum source", options, known, ConfigError)
         configured = settings.ethereum_rpc_url
         return cls(
             options.get("url")

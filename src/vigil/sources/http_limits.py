@@ -102,3 +102,29 @@ class RetryAfter:
                 )
             seconds = self.cap_s
         return seconds
+
+
+class NotHttpUrl(ValueError):
+    """Why a URL is no ``http://`` or ``https://`` URL with a host, without quoting it (its
+    path, query or user-info may hold a key); ``unparsable`` when httpx cannot read it at all."""
+
+    def __init__(self, why: str, *, unparsable: bool = False) -> None:
+        super().__init__(why)
+        self.unparsable = unparsable
+
+
+def http_url(url: str) -> httpx.URL:
+    """``url`` parsed, or NotHttpUrl.  Not httpx's words for one it cannot read: they quote the
+    part it could not read, and with a "/" in a password ("Invalid port: '<the password's
+    start>'") that part is the key."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        msg = "it does not parse"
+        raise NotHttpUrl(msg, unparsable=True) from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        scheme = f"scheme {inert(parsed.scheme[:20])!r}" if parsed.scheme else "no scheme"
+        host = f"host {inert(parsed.host[:80])!r}" if parsed.host else "no host"
+        msg = f"got {scheme} and {host}"
+        raise NotHttpUrl(msg)
+    return parsed

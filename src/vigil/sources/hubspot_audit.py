@@ -67,7 +67,14 @@ from vigil.hub.raw import RawRecord
 from vigil.hub.topics import RAW_RECORD_MAX_BYTES
 from vigil.sources.base import RawSink, Source, check_options, seconds_option
 from vigil.sources.chain import MAX_RETRY_AFTER_S
-from vigil.sources.http_limits import BodyTooLarge, PastDeadline, RetryAfter, read_bounded
+from vigil.sources.http_limits import (
+    BodyTooLarge,
+    NotHttpUrl,
+    PastDeadline,
+    RetryAfter,
+    http_url,
+    read_bounded,
+)
 from vigil.sources.hubspot import AUDIT_LOG, NAME
 from vigil.sources.jsonrpc import DEADLINE_PER_TIMEOUT, redact_url
 
@@ -463,14 +470,10 @@ def _checked_base_url(url: str) -> str:
     quoted: a query or user-info may hold a key."""
     problem = f"{SOURCE}: option base_url must be an http:// or https:// URL with a host"
     try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        msg = f"{problem}; it does not parse (the URL is not shown)"
+        parsed = http_url(url)
+    except NotHttpUrl as exc:
+        msg = f"{problem}; {exc} (the rest of the URL is not shown)"
         raise SourceError(msg) from None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        got = f"scheme {inert(parsed.scheme[:20])!r}" if parsed.scheme else "no scheme"
-        msg = f"{problem}; got {got}{'' if parsed.host else ' and no host'} (the URL is not shown)"
-        raise SourceError(msg)
     if parsed.userinfo or parsed.query or parsed.fragment:
         msg = f"{problem} and no user-info, query or fragment (the URL is not shown)"
         raise SourceError(msg)

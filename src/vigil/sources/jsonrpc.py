@@ -48,7 +48,14 @@ from vigil.errors import ConfigError, Retry, SourceError
 from vigil.events.codec import inert
 from vigil.hub.topics import RAW_RECORD_MAX_BYTES
 from vigil.sources.chain import MAX_RETRY_AFTER_S
-from vigil.sources.http_limits import BodyTooLarge, PastDeadline, RetryAfter, read_bounded
+from vigil.sources.http_limits import (
+    BodyTooLarge,
+    NotHttpUrl,
+    PastDeadline,
+    RetryAfter,
+    http_url,
+    read_bounded,
+)
 
 log = logging.getLogger(__name__)
 
@@ -289,15 +296,11 @@ def _checked_endpoint(url: str, setting: str) -> str:
     ``http://`` or ``https://`` URL with a host.  The message never shows the path, the query
     or the user-info, where hosted nodes put their keys."""
     try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        # Not httpx's words: they quote the part it could not read, and with a "/" in a
-        # password ("Invalid port: '<the password's start>'") that part is the key.
-        msg = f"{setting} is not a valid URL; {UNPARSABLE_URL_HINT}"
+        parsed = http_url(url)
+    except NotHttpUrl as exc:
+        if exc.unparsable:
+            msg = f"{setting} is not a valid URL; {UNPARSABLE_URL_HINT}"
+        else:
+            msg = f"{setting} must be an http:// or https:// URL with a host; {exc}"
         raise ConfigError(msg) from None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        scheme = f"scheme {inert(parsed.scheme[:20])!r}" if parsed.scheme else "no scheme"
-        host = f"host {inert(parsed.host[:80])!r}" if parsed.host else "no host"
-        msg = f"{setting} must be an http:// or https:// URL with a host; got {scheme} and {host}"
-        raise ConfigError(msg)
     return redact_url(parsed)

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from tests.unit.detect.test_kinds import HEAD
 
 from vigil.detect.cases import run_cases
 from vigil.detect.engine import DetectOperator, RuleSet
@@ -547,17 +548,6 @@ def test_hostile_yaml_is_a_located_error_not_a_traceback(tmp_path: Path, text: s
     assert re.search(expected, errors[0]), errors
 
 
-HEAD_OF = """\
-rules:
-  - id: {id}
-    version: 1
-    typology: t
-    severity: low
-    score: 1
-    explanation: "{{entity}}"
-"""
-
-
 @pytest.mark.parametrize(
     ("body", "says"),
     [
@@ -613,7 +603,7 @@ rules:
 def test_a_field_of_the_wrong_kind_is_refused(tmp_path: Path, body: str, says: str) -> None:
     # Each validated "ok" and never fired: a sum over text, gt on text or a time, elapsed: on a
     # number, equality with a struct, a ratio or deviation of text.
-    path = write(tmp_path, "kind.yaml", HEAD_OF.format(id="kind") + body)
+    path = write(tmp_path, "kind.yaml", HEAD + body)
     got = messages(tmp_path)
     assert len(got) == 1, got
     assert got[0].startswith(f"{path}:"), got
@@ -630,10 +620,10 @@ def test_fields_of_the_right_kind_stay_valid(tmp_path: Path) -> None:
         "    group_by: account\n    timespan: 1h\n    aggregate: sum\n    field: payload.price\n"
         "    condition: {gte: 1}\n"
     )
-    write(tmp_path, "ok.yaml", HEAD_OF.format(id="ok") + body)
+    write(tmp_path, "ok.yaml", HEAD + body)
     geo = (
         "    type: threshold\n    match: {type: login, where: {payload.geo.country: US}}\n"
         "    group_by: customer\n    timespan: 1h\n    condition: {gte: 1}\n"
     )
-    write(tmp_path, "geo.yaml", HEAD_OF.format(id="geo") + geo)
+    write(tmp_path, "geo.yaml", HEAD.replace("rule-under-test", "geo") + geo)
     assert messages(tmp_path) == []
