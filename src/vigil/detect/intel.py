@@ -27,7 +27,7 @@ from pathlib import Path
 
 from vigil.events.addresses import canonical_address
 from vigil.events.base import Entities
-from vigil.events.domains import domain_to_ascii
+from vigil.events.domains import domain_to_ascii, email_to_ascii
 from vigil.events.ids import stable_id
 from vigil.events.types import IntelIndicator, IntelIndicatorPayload
 
@@ -60,7 +60,7 @@ def normalise(value: str) -> str:
     :func:`~vigil.events.addresses.canonical_address` spells them (EVM and bech32 lower-case),
     other ``0x`` values and domains lower-case (case-insensitive; a domain without the root's
     trailing dot, ``evil.example.`` is ``evil.example``, as the list parsers keep it; one in
-    Unicode in its ASCII form, ``xn--...``), IPs and
+    Unicode in its ASCII form, ``xn--...``, an e-mail address's too), IPs and
     networks as :mod:`ipaddress` spells them (IPv6 compressed and lower-case: ``2001:DB8:0::1``
     is ``2001:db8::1``; an IPv4-mapped IPv6 address, ``::ffff:1.2.3.4``, is the IPv4 address; a
     network by its first address, ``10.1.2.3/8`` is ``10.0.0.0/8``), the rest as given."""
@@ -69,6 +69,9 @@ def normalise(value: str) -> str:
         return _canonical_ip(value)
     if value.startswith(("0x", "0X")):
         return value.lower()
+    if "@" in value and not value.isascii():
+        # An e-mail address with a domain in Unicode: its domain in the ASCII form, as listed.
+        return email_to_ascii(value) or value
     if "." in value and not value.replace(".", "").isdigit():
         if not value.isascii():
             # A domain in Unicode is keyed in the ASCII form clicks carry (xn--...), as the

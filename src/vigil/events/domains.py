@@ -47,3 +47,18 @@ def domain_to_ascii(host: str) -> str | None:
     except UnicodeError:
         return None
     return ".".join(labels)
+
+
+def email_to_ascii(address: str) -> str | None:
+    """``address`` with its domain (after the last ``@``) in the ASCII form of
+    :func:`domain_to_ascii`, the whole lower-cased (mailbox names are matched case-insensitively,
+    as every mail provider does); None where the domain is one no browser or mail server could
+    resolve.  A STIX feed may list ``support@unisw\u0430p.org`` for the punycode sender a phishing
+    mail carries."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return None
+    ascii_domain = domain_to_ascii(domain)
+    if ascii_domain is None:
+        return None
+    return f"{local.lower()}@{ascii_domain}"

@@ -229,6 +229,21 @@ def test_an_ipv4_address_written_as_ipv6_matches_its_listing_and_networks() -> N
     assert index.lookup("::1.2.3.4") is None  # IPv4-compatible (deprecated) is another address
 
 
+def test_an_email_address_with_a_unicode_domain_matches_its_ascii_form() -> None:
+    # A homograph sender listed in Unicode missed the punycode address a mail carries.
+    index = IntelIndex()
+    index.add(
+        ["Support@unisw\u0430p.org"],
+        indicator_type="email",
+        category="phishing",
+        feed="stix",
+        list_version="v",
+    )
+    assert index.lookup("support@xn--uniswp-7nf.org") is not None
+    assert index.lookup("SUPPORT@UNISW\u0410P.ORG") is not None
+    assert index.lookup("support@uniswap.org") is None
+
+
 def test_a_domain_is_the_same_with_the_roots_trailing_dot_and_in_unicode() -> None:
     # "evil.example.com." (fully qualified, as DNS logs write it) missed a listing of
     # "evil.example.com", which the list parsers keep without the dot.

@@ -313,6 +313,11 @@ def test_a_domain_in_unicode_is_listed_in_the_ascii_form_clicks_carry() -> None:
     assert events[0].entities.domain == "xn--uniswp-7nf.org"
 
 
+def test_an_email_address_in_unicode_is_listed_with_its_domain_in_ascii() -> None:
+    events = normalize(bundle(indicator("[email-addr:value = 'Support@Unisw\u0430p.org.']")))
+    assert [e.payload.value for e in events] == ["support@xn--uniswp-7nf.org"]
+
+
 def test_a_value_that_normalises_to_nothing_is_skipped() -> None:
     # '.' is a domain name of nothing once its trailing dot goes: no event the contract refuses.
     events = normalize(

@@ -32,7 +32,7 @@ from stix2patterns.v21.pattern import Pattern  # type: ignore[import-untyped]
 from vigil.errors import ContractError
 from vigil.events.addresses import canonical_address, is_bech32
 from vigil.events.codec import inert
-from vigil.events.domains import domain_to_ascii
+from vigil.events.domains import domain_to_ascii, email_to_ascii
 
 #: (object type, property) -> our indicator type (crypto types refined by address shape)
 OBSERVABLES: dict[tuple[str, str], str] = {
@@ -92,7 +92,8 @@ def normalise_value(indicator_type: str, value: str) -> tuple[str, str]:
         # "" when no browser could open it (as '.' is: a name of nothing), so it is left out.
         return indicator_type, domain_to_ascii(value) or ""
     if indicator_type == "email":
-        return indicator_type, value.lower().rstrip(".")
+        # Its domain in the ASCII form too (a homograph sender's), "" (left out) when none.
+        return indicator_type, email_to_ascii(value) or ""
     if indicator_type in ("ipv4", "ipv6"):
         return indicator_type, canonical_ip(value)
     return indicator_type, value
