@@ -23,9 +23,13 @@ earlier step), ``ratio_to: {step: <name>, field: <path>, of: <path>, gte: 0.8}``
 step's field over the earlier step's field).
 
 Matching keeps, per step, the most recent partial chain that reached it (greedy, latest
-start); an event is tried against the later steps first, so one event never advances two
-steps.  Seen-value histories are updated after the event is evaluated, and remember when
-(in event time) each value was first seen.
+start) for each set of values later steps compare against (``same_as``, ``differs``,
+``ratio_to``): an address added and then a second one are two chains, and a withdrawal to the
+first still completes its own (with one chain per step, a decoy address added after the real
+one hid the withdrawal to it).  At most :data:`MAX_CHAINS` such chains a step.  An event is
+tried against the later steps first, so one event never advances two steps.  Seen-value
+histories are updated after the event is evaluated, and remember when (in event time) each
+value was first seen.
 
 Steps are judged in event time, not arrival order: events reach detection through several
 topics and partitions, so a withdrawal can arrive before the address it goes to was added.
@@ -72,6 +76,9 @@ MAX_LATENESS_S = 3600.0
 #: replay after a burst of step events (32 logins after a password reset) still knows the chain
 #: begun before the burst.
 MAX_BUFFERED = 32
+#: Partial chains kept a step, each for other values later steps compare against (the
+#: addresses added after a password reset); past it the least recently advanced goes.
+MAX_CHAINS = 32
 
 
 @dataclass(frozen=True)
@@ -343,6 +350,18 @@ class SequenceDetector(GroupedDetector):
                 self._captures[name].append((path, compile_getter(path)))
             if s.ratio_to:
                 self._captures[s.ratio_to.step].append((s.ratio_to.of, compile_getter(s.ratio_to.of)))
+        # Per step, the (earlier step, path) values steps after it compare against: chains
+        # reaching the step with other such values are kept apart (see _advance).
+        index = {s.name: i for i, s in enumerate(params.steps)}
+        self._links: list[list[tuple[str, str]]] = [[] for _ in params.steps]
+        for k, s in enumerate(params.steps):
+            refs = [(name, path) for _, name, path in (*s.same_as, *s.differs)]
+            if s.ratio_to:
+                refs.append((s.ratio_to.step, s.ratio_to.of))
+            for name, path in refs:
+                for i in range(index[name], k):
+                    if (name, path) not in self._links[i]:
+                        self._links[i].append((name, path))
         # Evidence shows what each step was judged on: its conditions, its first_seen field, and
         # the fields it was compared by (same_as, differs, ratio_to), both sides.  Without the
         # compared ones, api-key-new-ip's alert named the key's creation IP as the one it was
@@ -431,7 +450,7 @@ class SequenceDetector(GroupedDetector):
         if not (steps or absent or also or plan.seen or self._uses_last):
             return
         skey = f"s:{key}"
-        st: dict[str, Any] = state.get(skey) or {"p": [None] * len(self._steps), "seen": {}, "last": None}
+        st: dict[str, Any] = state.get(skey) or {"p": [[] for _ in self._steps], "seen": {}, "last": None}
         now = ts(event)
         matched = [
             [i, {path: kept(get(event)) for path, get in values}]
@@ -450,7 +469,8 @@ class SequenceDetector(GroupedDetector):
             newest = buf[-1][0] if buf else now
             if now > newest or (now == newest and not (buf and _step_before(entry, buf[-1]))):
                 buf.append(entry)
-                found = self._advance(st["p"], entry)
+                st["p"] = progress = _chains(st["p"])
+                found = self._advance(progress, entry)
                 if found is not None:
                     self._fire(key, found, hits, done, st)
             else:
@@ -466,8 +486,8 @@ class SequenceDetector(GroupedDetector):
                 buf.insert(at, entry)
                 # From the chains as they stood before the oldest buffered event (a copy:
                 # _advance replaces a chain, never changes one).
-                base = st.get("b") or [None] * len(self._steps)
-                progress: list[Any] = list(base)
+                # (_advance replaces a step's list of chains, never changes one: a shallow copy.)
+                progress = list(_chains(st.get("b")) or [[] for _ in self._steps])
                 for e in buf:
                     found = self._advance(progress, e)
                     if found is not None:
@@ -480,13 +500,14 @@ class SequenceDetector(GroupedDetector):
             if start:
                 # Falling out of the buffer: folded into the base the next replay starts from
                 # (their chains were judged when they came; only what they began is kept).
-                base = st.get("b") or [None] * len(self._steps)
+                base = _chains(st.get("b")) or [[] for _ in self._steps]
                 for e in buf[:start]:
                     self._advance(base, e)
                 # A chain begun before the horizon less the span can only be taken on by events
                 # later than the lateness allows: dropped.
-                base = [c if c is not None and c[0] >= horizon - self._within else None for c in base]
-                if any(c is not None for c in base):
+                oldest = horizon - self._within
+                base = [[c for c in chains if c[0] >= oldest] for chains in base]
+                if any(base):
                     st["b"] = base
                 else:
                     st.pop("b", None)
@@ -511,64 +532,124 @@ class SequenceDetector(GroupedDetector):
         if changed:
             state.set(skey, st)
 
-    def _advance(self, progress: list[Any], entry: list[Any]) -> list[Any] | None:
-        """Apply one buffered event to the partial chains (in place); the completed chain, if any.
+    def _advance(self, progress: list[list[Any]], entry: list[Any]) -> list[Any] | None:
+        """Apply one buffered event to the partial chains; the completed chain, if any.
 
-        Later steps are tried first, so one event never advances two steps."""
+        ``progress`` holds, per step, the chains that reached it (``[start, evidence,
+        captured values]``); a step's list is replaced, never changed, so a shallow copy of
+        ``progress`` is a snapshot.  Later steps are tried first, so one event never advances
+        two steps."""
         now, absent, matched, evidence = entry
         # Applied in event-time order this is the whole of it.  A late event folded into the
         # replay base after later ones (see process) must act as it would have at its time: it
         # clears only chains begun by then (so does a completion), starts a chain only if none
-        # began later, neither takes on nor replaces a chain whose last step is later than it,
-        # and a chain it replaces takes with it those built on that one by steps later than it
-        # (in event time they would have built on it).  The base keeps one chain per step, so a
-        # chain the late event would have made them build on instead is not made: such a late
-        # event can miss an alert, not add one.
+        # with its values began later, neither takes on nor replaces a chain whose last step is
+        # later than it, and a chain it replaces takes with it those built on that one by steps
+        # later than it (in event time they would have built on it).  The base keeps one chain
+        # per step and values, so a chain the late event would have made them build on instead
+        # is not made: such a late event can miss an alert, not add one.
         if absent:
-            progress[:] = [p if p is not None and p[0] > now else None for p in progress]
+            progress[:] = [[c for c in chains if c[0] > now] for chains in progress]
         last_step = len(self._steps) - 1
         completed = None
         for i, values in reversed(matched):
             cs = self._steps[i]
             if i == 0:
-                if progress[0] is None or progress[0][0] <= now:
-                    progress[0] = [now, [evidence], {cs.step.name: values}]
-                    _drop_built_after(progress, 0, now)
+                chain = [now, [evidence], {cs.step.name: values}]
+                key = self._key(0, chain[2])
+                same = self._same(progress[0], 0, key)
+                if same is None or same[0] <= now:
+                    self._put(progress, 0, chain, same)
+                    self._drop_built_after(progress, 0, chain)
                 continue
-            prev = progress[i - 1]
-            if (
-                prev is None
-                or now - prev[0] > self._within
-                or prev[1][-1][2] > now
-                or (progress[i] is not None and progress[i][1][-1][2] > now)
-                or not self._linked(cs, values, prev[2])
-            ):
+            # Every chain at the step before that this event takes on is taken on, each to a
+            # chain with the values later steps compare against (a reset after two addresses
+            # were added is a step of both); of those with the same values, the latest begun
+            # (the greedy choice one chain a step made).
+            found: dict[tuple[str, ...], tuple[tuple[float, float], list[Any]]] = {}
+            for prev in progress[i - 1]:
+                at = (float(prev[0]), _last_time(prev))
+                if now - at[0] > self._within or at[1] > now or not self._linked(cs, values, prev[2]):
+                    continue
+                caps = {**prev[2], cs.step.name: values}
+                key = self._key(i, caps) if i < last_step else ()
+                if key not in found or found[key][0] < at:
+                    found[key] = (at, [prev[0], [*prev[1], evidence], caps])
+            if not found:
                 continue
-            progress[i] = [prev[0], [*prev[1], evidence], {**prev[2], cs.step.name: values}]
             if i == last_step:
-                completed = progress[i]
-                # A completion uses up the chains begun by then; with ``repeat`` the chain up to
-                # the last step stays, for the next event taking that step (a second withdrawal
-                # to the attacker's address).
-                keep = prev if self.p.repeat else None
-                progress[:] = [p if p is not None and (p[0] > now or p is keep) else None for p in progress]
-                progress[i] = None
+                completed = found[()][1]
+                # A completion uses up the chains begun by then; with ``repeat`` the chains up
+                # to the last step stay, for the next event taking that step (a second withdrawal
+                # to the attacker's address, or to the other address added).
+                progress[:] = [
+                    [c for c in chains if c[0] > now or (self.p.repeat and j == i - 1)]
+                    for j, chains in enumerate(progress)
+                ]
                 break
-            _drop_built_after(progress, i, now)
+            for key, (_, chain) in found.items():
+                same = self._same(progress[i], i, key)
+                if same is not None and _last_time(same) > now:
+                    continue
+                self._put(progress, i, chain, same)
+                self._drop_built_after(progress, i, chain)
         # Forget chains that can no longer complete.
-        progress[:] = [p if p is not None and now - p[0] <= self._within else None for p in progress]
+        progress[:] = [[c for c in chains if now - c[0] <= self._within] for chains in progress]
         return completed
+
+    def _key(self, step: int, caps: dict[str, Any]) -> tuple[str, ...]:
+        """The values of a chain at ``step`` that steps after it compare against, as compared
+        (``_linked`` compares text, case-insensitively)."""
+        return tuple(str(caps.get(name, {}).get(path)).lower() for name, path in self._links[step])
+
+    def _same(self, chains: list[list[Any]], step: int, key: tuple[str, ...]) -> list[Any] | None:
+        """The chain of ``chains`` (at ``step``) with these values, if any."""
+        for c in chains:
+            if self._key(step, c[2]) == key:
+                return c
+        return None
+
+    def _put(
+        self, progress: list[list[Any]], step: int, chain: list[Any], replaced: list[Any] | None
+    ) -> None:
+        """Put ``chain`` in step ``step``'s list, in place of ``replaced`` (same values)."""
+        chains = [c for c in progress[step] if c is not replaced]
+        chains.append(chain)
+        if len(chains) > MAX_CHAINS:
+            # The least recently advanced goes (by the time of its last step).
+            chains.remove(min(chains, key=_last_time))
+        progress[step] = chains
+
+    def _drop_built_after(self, progress: list[list[Any]], step: int, chain: list[Any]) -> None:
+        """``chain`` just reached step ``step`` at its last event's time (``now``), in place of
+        the chain with its values if there was one: chains of later steps built on that one,
+        whose next step came after ``now``, are dropped (in event time that step would have
+        taken on ``chain`` instead).  In event-time order there are none."""
+        now = _last_time(chain)
+        key = self._key(step, chain[2])
+        for j in range(step + 1, len(progress)):
+            chains = progress[j]
+            if any(c[1][step][2] < now < c[1][step + 1][2] for c in chains):
+                progress[j] = [
+                    c
+                    for c in chains
+                    if not (c[1][step][2] < now < c[1][step + 1][2] and self._key(step, c[2]) == key)
+                ]
 
     def _fire(self, key: str, chain: list[Any], hits: list[Hit], done: list[Any], st: dict[str, Any]) -> None:
         evidence: list[Any] = chain[1]
         # A chain is identified by the event that completed it: a replay that completes it
         # again (perhaps from another start) found what was already reported.
         last_id = evidence[-1][0]
-        if any(d[1] == last_id for d in done):
+        # Without ``repeat``, a chain's first event begins one alert: a late event replayed can
+        # complete the chain again with another last event (the withdrawal before the one
+        # reported), which was the same attack.
+        first_id = evidence[0][0] if not self.p.repeat else None
+        if any(d[1] == last_id or (first_id is not None and d[2:] == [first_id]) for d in done):
             return
         if not self._still_qualified(chain, st):
             return
-        done.append([evidence[-1][2], last_id])
+        done.append([evidence[-1][2], last_id] if first_id is None else [evidence[-1][2], last_id, first_id])
         hits.append(
             Hit(
                 entity=entity_ref(key),
@@ -747,11 +828,15 @@ def _observed(st: dict[str, Any], path: str, at: float) -> int:
     return sum(1 for first in first_seen_times(st.get("seen", {}).get(path)).values() if first < at)
 
 
-def _drop_built_after(progress: list[Any], step: int, now: float) -> None:
-    """Step ``step``'s chain was just replaced by one ending at ``now``: chains of later steps
-    built on an earlier one, that took step ``step + 1`` after ``now``, are dropped (in event
-    time that step would have taken on the new one).  In event-time order there are none."""
-    for j in range(step + 1, len(progress)):
-        p = progress[j]
-        if p is not None and p[1][step][2] < now < p[1][step + 1][2]:
-            progress[j] = None
+def _last_time(chain: list[Any]) -> float:
+    return float(chain[1][-1][2])
+
+
+def _chains(progress: list[Any] | None) -> list[list[Any]]:
+    """Per step, its list of chains; state kept before chains were kept apart by their values
+    held one chain (or None) a step."""
+    if not progress:
+        return []
+    if all(isinstance(c, list) and (not c or isinstance(c[0], list)) for c in progress):
+        return progress
+    return [[] if c is None else [c] if c and not isinstance(c[0], list) else c for c in progress]
