@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from vigil.events.addresses import canonical_address, is_bech32, is_evm
 from vigil.events.base import Entities, Event
 from vigil.events.types import EVENT_CLASSES, EVENT_TYPES
 
@@ -302,6 +303,22 @@ def to_float(value: int | float) -> float:
         return math.inf if value > 0 else -math.inf
 
 
+_EQUALITY = frozenset({"eq", "ne", "in", "not_in"})
+
+
+def _is_address(value: Any) -> bool:
+    return type(value) is str and (is_evm(value) or is_bech32(value))
+
+
+def _canonical(value: Any) -> Any:
+    """A text as :func:`canonical_address` spells it; any other value as it is."""
+    return canonical_address(value) if type(value) is str else value
+
+
+def _canonically(get: Getter) -> Getter:
+    return lambda e: _canonical(get(e))
+
+
 @dataclass(frozen=True)
 class Condition:
     """``<path> <op> <value>``; a missing field satisfies only ``exists: false`` and ``ne``/``not_in``."""
@@ -313,6 +330,13 @@ class Condition:
     def compile(self) -> Callable[[Event], bool]:
         get = compile_getter(self.path)
         op, want = self.op, self.value
+        listed = op in ("in", "not_in")
+        if op in _EQUALITY and any(_is_address(v) for v in (want if listed else (want,))):
+            # An EVM address written in its EIP-55 checksum case (or a segwit one in upper case)
+            # never equalled an event's, which sources publish as canonical_address spells it:
+            # both sides are compared in that spelling.
+            get = _canonically(get)
+            want = tuple(_canonical(v) for v in want) if listed else _canonical(want)
         if op == "eq":
             return lambda e: get(e) == want
         if op == "ne":

@@ -24,6 +24,11 @@ _BECH32 = re.compile(r"^(?:bc|tb|bcrt)1[02-9ac-hj-np-z]{6,87}$", re.IGNORECASE)
 _BECH32_HEADS = frozenset({"bc", "BC", "bC", "Bc", "tb", "TB", "tB", "Tb"})
 
 
+def is_evm(value: str) -> bool:
+    """An EVM address (``0x`` and 40 hex digits), in any case."""
+    return len(value) == 42 and _EVM.match(value) is not None
+
+
 def is_bech32(value: str) -> bool:
     """A Bitcoin segwit address (main, test or regtest network), in any case."""
     return _BECH32.match(value) is not None

@@ -12,14 +12,21 @@
          where: {payload.amount_usd: {lt: 1}}}          # inbound dust / zero-value
       - {type: withdrawal_request, field: payload.to_address, group_by: customer}
 
-A checked address that shares its first and last ``chars`` characters (after ``0x``, case
-folded) with a known address but differs in between imitates it: the rule fires and
-remembers the imitation, so a later withdrawal to it fires even after the dust is gone.
-Check entries with ``alert: false`` only remember.  With ``remember: true`` (for inbound
-dust) the sender is remembered even when no original is known yet: it never becomes a
-"known" address itself (so the real counterparty seen later is not mistaken for its
-imitation), it is matched against originals as they become known, and sending funds to it
-fires (an address whose only history is dusting customers).  Known addresses are indexed by
+A checked address that shares its first and last ``chars`` characters with a known address
+but differs in between imitates it: the rule fires and remembers the imitation, so a later
+withdrawal to it fires even after the dust is gone.  The head is counted after what every
+address of its kind starts with (:func:`body`: ``0x``, a segwit address's ``bc1q``, a
+base58check address's version character), case-folded; alerts and what the rule keeps spell an
+address as :func:`canonical_address` does (base58 is case-sensitive).  An address that is a
+known address itself imitates only one known before it: the first known is the original, but
+a poisoner's address that became known (funded) after it still imitates it.  Check entries with
+``alert: false`` only remember.  With ``remember: true`` (for inbound dust) the sender is
+remembered even when no original is known yet, unless it is known itself (a counterparty's
+test transfer): it never becomes a "known" address itself (so the real counterparty seen later
+is not mistaken for its imitation) until it sends what that check does not take for dust (seen
+by a ``known`` entry reading the same field of the same events), it is matched against
+originals as they become known, and sending funds to it fires (an address whose only history
+is dusting customers).  Known addresses are indexed by
 (head, tail), so each check is one dict lookup.  The index is shared by all customers (a
 poisoner imitates the counterparties it sees on chain), but everything the rule keeps about an
 address (the references with its head and tail, the dust senders waiting for one, whether it is
@@ -38,7 +45,9 @@ arrived late, or an original's time moved earlier), the held check alerts then. 
 became known only through sends after its own dust (the sends arrived first) is no
 reference once the dust arrives.  A flag keeps no time of when it began to hold: a check
 made before its address was found an imitation, arriving after, alerts (in event-time order
-it would have passed), so disorder can add such an alert but not lose one.
+it would have passed), so disorder can add such an alert but not lose one.  So can a dust
+sender's send of more than dust that arrives before its dust (or its being known before the
+dust, arriving after it): the dust flags it all the same.
 
 What the rule knows is let go once unused for ``IDLE_S`` (180 days of event time): a reference
 not seen again, a flag on an address that has not sent dust or been checked again, a dust
@@ -47,10 +56,14 @@ sends a transfer becomes known and every sender of dust is flagged: kept forever
 would hold every address ever seen.  A sighting renews what it touches at most once a day, so
 the renewals cost a write per address a day, not per event.  Entries kept by earlier versions
 have no time: they stay (their loss could miss an alert), until an event renews them.
+Earlier versions keyed segwit and base58 addresses with their prefix: what they kept under those
+keys is no longer read (and goes once idle), and a flag they kept on an address for an original
+with another key now, or for dust sent by a known address, is dropped when the address is checked.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +71,7 @@ from vigil.detect.kinds.base import Detector, EvidenceMaker, Expiry, Hit, entity
 from vigil.detect.kinds.common import CompiledEntry, FieldEntry, parse_entries, set_or_delete
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
+from vigil.events.addresses import canonical_address
 from vigil.events.base import Event
 from vigil.events.types import EVENT_TYPES, EntityRef
 from vigil.stream.base import State, StoreSpec
@@ -95,9 +109,30 @@ def parse(d: LocDict, p: Parser, what: str) -> LookalikeParams | None:
     return LookalikeParams(chars, tuple(known), tuple(check))
 
 
+#: A segwit (bech32) address as the key folds it: human-readable part, separator, data.  Its
+#: case is all one (mixed is invalid), which tells it from a base58 address that happens to fit.
+_BECH32 = re.compile(r"[a-z]+1[02-9ac-hj-np-z]{6,}")
+#: A base58check address (version byte, 20-byte hash, checksum: legacy Bitcoin, Tron) of 25 to 35
+#: characters, case-folded, so the lower-cased ones earlier versions kept get the same key.
+#: Solana's keys (32 bytes, 43 or 44 characters) have no version character.
+_BASE58_CHECK = re.compile(r"[1-9a-z]{25,35}")
+
+
 def body(address: str) -> str:
-    a = address.strip().lower()
-    return a[2:] if a.startswith("0x") else a
+    """``address`` case-folded, without what every address of its kind starts with: ``0x``
+    (EVM), the network, separator and witness version of a segwit address (``bc1q``, ``bc1p``,
+    ``tb1q``, ``bcrt1q``), the version character of a base58check one (``1``/``3`` Bitcoin,
+    ``T`` Tron).  Counted in the head, that prefix made any two segwit addresses with the same
+    last characters look-alikes: 9% of withdrawals to fresh ones, with 100,000 known."""
+    a = address.strip()
+    folded = a.lower()
+    if folded.startswith("0x"):
+        return folded[2:]
+    if (a == folded or a == a.upper()) and _BECH32.fullmatch(folded):
+        return folded[folded.rindex("1") + 2 :]
+    if _BASE58_CHECK.fullmatch(folded):
+        return folded[1:]
+    return folded
 
 
 def imitation_key(address: str, chars: int) -> str | None:
@@ -126,6 +161,16 @@ class LookalikeDetector(Detector):
         #: Per event class, the checks and the known entries that may match it (in rule order).
         self._checks_of = {EVENT_TYPES[t]: [c for c in self._checks if t in c.types] for t in self._types}
         self._known_of = {EVENT_TYPES[t]: [k for k in self._known if t in k.types] for t in self._types}
+        #: Known entries that read what a ``remember`` check reads (the sender of a chain transfer)
+        #: past that check's ``where``: a dust sender seen there has sent more than dust.
+        self._sends = frozenset(
+            k
+            for k in self._known
+            if any(
+                c.entry.remember and c.entry.field == k.entry.field and c.types & k.types
+                for c in self._checks
+            )
+        )
 
     @property
     def types(self) -> frozenset[str]:
@@ -157,9 +202,10 @@ class LookalikeDetector(Detector):
 
     def _addresses(self, event: Event) -> list[tuple[CompiledEntry, str, str, str | None]]:
         """The entries ``event`` gives an address to act on, in the order :meth:`process` takes
-        them (checks first), each with the address, its (head, tail) and, for a check, its group.
-        An address too short for a (head, tail) can imitate nothing and be imitated by nothing:
-        no entry acts on it (nor does a check without its group)."""
+        them (checks first), each with the address (as :func:`canonical_address` spells it), its
+        (head, tail) and, for a check, its group.  An address too short for a (head, tail) can
+        imitate nothing and be imitated by nothing: no entry acts on it (nor does a check
+        without its group)."""
         out: list[tuple[CompiledEntry, str, str, str | None]] = []
         cls = type(event)
         chars = self.p.chars
@@ -168,7 +214,7 @@ class LookalikeDetector(Detector):
                 value = check.value(event)
                 group = check.group_key(event)
                 if isinstance(value, str) and group is not None:
-                    address = value.strip().lower()  # (" 0xab..cd" is no look-alike of "0xab..cd")
+                    address = canonical_address(value)  # (" 0xab..cd" is no look-alike of "0xab..cd")
                     key = imitation_key(address, chars)
                     if key is not None:
                         out.append((check, address, key, group))
@@ -176,7 +222,7 @@ class LookalikeDetector(Detector):
             if known.match(event):
                 value = known.value(event)
                 if isinstance(value, str):
-                    address = value.strip().lower()  # (" 0xab..cd" is no look-alike of "0xab..cd")
+                    address = canonical_address(value)  # (" 0xab..cd" is no look-alike of "0xab..cd")
                     key = imitation_key(address, chars)
                     if key is not None:
                         out.append((known, address, key, None))
@@ -199,7 +245,7 @@ class LookalikeDetector(Detector):
             if group is not None:
                 self._check(entry, event, address, key, group, state, hits)
             else:
-                self._learn(address, key, state, ts(event), hits)
+                self._learn(address, key, state, ts(event), hits, sends=entry in self._sends)
 
     def _check(
         self,
@@ -212,38 +258,60 @@ class LookalikeDetector(Detector):
         hits: list[Hit],
     ) -> None:
         now = ts(event)
-        entry = state.get(f"f:{address}")
+        me = address.lower()  # what state is keyed and compared by (base58 keeps its case elsewhere)
+        entry = state.get(f"f:{me}")
         flagged = _flag_of(entry)
+        if flagged and imitation_key(flagged, self.p.chars) != key:
+            # Kept by earlier versions, which took a segwit address's "bc1q" (a base58 one's
+            # version character) for its head: it imitates nothing by that.
+            state.delete(f"f:{me}")
+            entry = flagged = None
         used = max(now, _used_at(entry))
         if entry is not None and (not isinstance(entry, list) or now - entry[1] >= _RENEW_S):
-            state.set(f"f:{address}", [flagged, used])  # checked again: still in use
+            state.set(f"f:{me}", [flagged, used])  # checked again: still in use
             if flagged == DUST_ONLY:  # and still waiting for its original
                 _renew_duster(state, key, address, used)
         remember = check.entry.remember
-        if flagged is None or (flagged == DUST_ONLY and remember):
+        if flagged is None or flagged == DUST_ONLY:
             known = _known(state, key)
-            # References known by this check's time (one known later was learned from an event
-            # that arrived first).
-            others = [k[0] for k in known if k[0] != address and k[1] <= now]
-            if others:
-                was = flagged
-                flagged = others[0]
-                state.set(f"f:{address}", [flagged, used])
-                if was is None:
-                    self._flagged(address, key, flagged, now, known, state, hits)
-            elif remember:
-                if flagged is None:
-                    state.set(f"f:{address}", [DUST_ONLY, now])
-                    dusters: list[Any] = state.get(f"r:{key}") or []
-                    state.set(f"r:{key}", [*dusters[-MAX_PER_KEY + 1 :], [address, now]])
-                    self._flagged(address, key, DUST_ONLY, now, known, state, hits)
-                if check.entry.alert:  # the original it imitates may yet arrive
-                    self._hold(address, key, group, event, now, state)
-                return
-            elif flagged is None:
-                if check.entry.alert:
-                    self._hold(address, key, group, event, now, state)
-                return
+            # Since when the address is a reference itself, if it was one by this check's time.
+            mine = next((float(k[1]) for k in known if k[0].lower() == me and k[1] <= now), None)
+            if flagged == DUST_ONLY and mine is not None:
+                # Kept by earlier versions, which took a known address's own small transfer for
+                # dusting: it is a reference.
+                state.delete(f"f:{me}")
+                _drop_duster(state, key, me)
+                flagged = None
+            if flagged is None or remember:
+                # References known by this check's time (one known later was learned from an
+                # event that arrived first) and, for a reference, known before it: the one known
+                # first is the original, not an imitation of one seen after it.
+                others = [
+                    k[0]
+                    for k in known
+                    if k[0].lower() != me and k[1] <= now and (mine is None or k[1] < mine)
+                ]
+                if others:
+                    was = flagged
+                    flagged = str(others[0])
+                    state.set(f"f:{me}", [flagged, used])
+                    if was is None:
+                        self._flagged(address, key, flagged, now, known, state, hits)
+                elif remember:
+                    # A reference's own small transfer (a test transfer, or a zero-value
+                    # transferFrom naming it) is no dusting.
+                    if flagged is None and mine is None:
+                        state.set(f"f:{me}", [DUST_ONLY, now])
+                        dusters: list[Any] = state.get(f"r:{key}") or []
+                        state.set(f"r:{key}", [*dusters[-MAX_PER_KEY + 1 :], [address, now]])
+                        self._flagged(address, key, DUST_ONLY, now, known, state, hits)
+                    if check.entry.alert:  # the original it imitates may yet arrive
+                        self._hold(address, key, group, event, now, state)
+                    return
+                else:
+                    if check.entry.alert:
+                        self._hold(address, key, group, event, now, state)
+                    return
         if check.entry.alert:
             hits.append(self._hit(group, [self._evidence(event)], address, flagged))
 
@@ -272,30 +340,36 @@ class LookalikeDetector(Detector):
     ) -> None:
         """``address`` was just found to imitate ``imitates`` as of ``since``: alert the held
         checks on it from then on, and unlearn it if it became a reference only later."""
-        if any(k[0] == address and k[1] >= since for k in known):
-            state.set(f"k:{key}", [k for k in known if k[0] != address])
+        me = address.lower()
+        if any(k[0].lower() == me and k[1] >= since for k in known):
+            state.set(f"k:{key}", [k for k in known if k[0].lower() != me])
         held = state.get(f"h:{key}")
         if not held:
             return
-        late = [h for h in held if h[0] == address and h[3] >= since]
+        late = [h for h in held if h[0].lower() == me and h[3] >= since]
         if not late:
             return
         for h in late:
             hits.append(self._hit(h[1], [h[2]], address, imitates))
-        set_or_delete(state, f"h:{key}", [h for h in held if not (h[0] == address and h[3] >= since)])
+        set_or_delete(state, f"h:{key}", [h for h in held if not (h[0].lower() == me and h[3] >= since)])
 
-    def _learn(self, address: str, key: str, state: State, now: float, hits: list[Hit]) -> None:
+    def _learn(
+        self, address: str, key: str, state: State, now: float, hits: list[Hit], *, sends: bool
+    ) -> None:
+        """``address`` is seen in use at ``now``; ``sends``: sending what the dust checks do not
+        take for dust."""
         # A reference already known (a customer's usual counterparty) changes nothing but its
         # last-seen time, once a day: asked first, it spares the flag lookup, which misses for
         # almost every address.
+        me = address.lower()
         current: list[Any] = state.get(f"k:{key}") or []
         for i, known in enumerate(current):
             if type(known) is not list:
-                if known == address:  # known since before references kept a time: renewed
+                if known.lower() == me:  # known since before references kept a time: renewed
                     current[i] = [address, 0.0, now]
                     state.set(f"k:{key}", current)
                     return
-            elif known[0] == address:
+            elif known[0].lower() == me:
                 earlier = known[1] > now  # learned first from a later event that arrived first
                 seen = max(now, known[1])
                 if earlier:
@@ -311,30 +385,44 @@ class LookalikeDetector(Detector):
                 if earlier:
                     self._late_checks(address, key, now, state, hits)
                 return
-        if state.get(f"f:{address}") is not None:
-            return  # an imitation never becomes a reference
+        flag = state.get(f"f:{me}")
+        if flag is not None:
+            if not (sends and _flag_of(flag) == DUST_ONLY):
+                return  # an imitation never becomes a reference
+            # A dust sender that now sends more than dust (a counterparty whose test transfer
+            # came first) has not only sent dust: it is a reference like any other.
+            state.delete(f"f:{me}")
+            _drop_duster(state, key, me)
         state.set(f"k:{key}", [*current[-MAX_PER_KEY + 1 :], [address, now, now]])
         # Dust senders waiting for an original: this is the one they imitate.
         for waiting in state.get(f"r:{key}") or ():
-            duster = waiting if isinstance(waiting, str) else waiting[0]
+            duster = _duster(waiting).lower()
             flag = state.get(f"f:{duster}")
-            if duster != address and _flag_of(flag) == DUST_ONLY:
+            if duster != me and _flag_of(flag) == DUST_ONLY:
                 state.set(f"f:{duster}", [address, max(now, _used_at(flag))])
         self._late_checks(address, key, now, state, hits)
 
     def _late_checks(self, address: str, key: str, since: float, state: State, hits: list[Hit]) -> None:
         """``address`` is known as of ``since``, and that arrived late: the held checks made
         since on other addresses with its head and tail find an imitation of it (as of the
-        first of them), whatever has flagged their address in between."""
+        first of them), whatever has flagged their address in between, unless their address
+        was a reference already when ``address`` became one."""
+        me = address.lower()
         firsts: dict[str, float] = {}
+        spelled: dict[str, str] = {}
         for h in state.get(f"h:{key}") or ():
-            if h[0] != address and h[3] >= since:
-                firsts[h[0]] = min(firsts.get(h[0], h[3]), h[3])
+            other = str(h[0]).lower()
+            if other != me and h[3] >= since:
+                firsts[other] = min(firsts.get(other, h[3]), h[3])
+                spelled.setdefault(other, str(h[0]))
         for imitation, first in firsts.items():
+            known = _known(state, key)
+            if any(k[0].lower() == imitation and k[1] <= since for k in known):
+                continue  # the original, not an imitation of one known after it
             flag = state.get(f"f:{imitation}")
             if _flag_of(flag) in (None, DUST_ONLY):
                 state.set(f"f:{imitation}", [address, max(first, _used_at(flag))])
-            self._flagged(imitation, key, address, first, _known(state, key), state, hits)
+            self._flagged(spelled[imitation], key, address, first, known, state, hits)
 
 
 def _known(state: State, key: str) -> list[list[Any]]:
@@ -356,12 +444,26 @@ def _used_at(entry: Any) -> float:
     return float(entry[1]) if isinstance(entry, list) else 0.0
 
 
+def _duster(entry: Any) -> str:
+    """The address of an ``r:`` entry: [address, last used], or the bare address of earlier versions."""
+    return str(entry if isinstance(entry, str) else entry[0])
+
+
 def _renew_duster(state: State, key: str, address: str, at: float) -> None:
     """A dust sender still waiting for its original, seen again: its place in ``r:`` renewed."""
+    me = address.lower()
     dusters: list[Any] = state.get(f"r:{key}") or []
-    renewed = [[address, at] if (d if isinstance(d, str) else d[0]) == address else d for d in dusters]
+    renewed = [[address, at] if _duster(d).lower() == me else d for d in dusters]
     if renewed != dusters:
         state.set(f"r:{key}", renewed)
+
+
+def _drop_duster(state: State, key: str, me: str) -> None:
+    """``me`` (case-folded) is no dust sender after all: no longer waiting for an original."""
+    dusters: list[Any] = state.get(f"r:{key}") or []
+    left = [d for d in dusters if _duster(d).lower() != me]
+    if len(left) != len(dusters):
+        set_or_delete(state, f"r:{key}", left)
 
 
 def _refs_over(refs: Any, now: float) -> bool:
