@@ -15,10 +15,11 @@ what is set).
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from mypy_extensions import mypyc_attr
@@ -99,12 +100,43 @@ def as_text(value: Any) -> str:
     if isinstance(value, Geo):
         text = geo_text(value)
     elif isinstance(value, float):
-        text = "%.2f" % value  # noqa: UP031  (see geo_text)
+        text = decimal_text(value)
     elif isinstance(value, (list, tuple)):
         text = ",".join(str(v) for v in value)
     else:
         text = str(value)
     return text if len(text) <= _MAX_FIELD else text[: _MAX_FIELD - 1] + "…"
+
+
+#: Decimal places :func:`decimal_text` writes at most (past them, a number in e-notation).
+_MAX_PLACES = 30
+
+
+def decimal_text(value: float, grouped: bool = False) -> str:
+    """A number with a fraction as an analyst reads it: from 1 up to the cent (``3000.50``,
+    ``3,000.50`` if ``grouped``); below 1 to 8 significant digits, trailing zeros past the cent
+    dropped (``0.00012345``, ``0.50``).  To the cent, a Bitcoin amount of 0.00012345 read
+    ``0.00`` in evidence and explanations."""
+    magnitude = abs(value)
+    if not magnitude < 1.0 or magnitude == 0.0:  # (nan and inf too: "nan", "inf")
+        return format(value, ",.2f") if grouped else "%.2f" % value  # noqa: UP031  (see geo_text)
+    places = 7 - math.floor(math.log10(magnitude))
+    if places > _MAX_PLACES:
+        return "%.8g" % value  # noqa: UP031
+    whole, _, fraction = format(value, f".{places}f").partition(".")
+    return f"{whole}.{fraction.rstrip('0'):0<2}"
+
+
+def span_text(span: timedelta) -> str:
+    """A duration as a rule would write it: ``10m``, ``2h``, ``90s`` (in minutes, 30s read ``0m``)."""
+    total = span.total_seconds()
+    seconds = int(total)
+    if seconds != total:
+        return f"{total:g}s"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0 and seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def geo_text(geo: Geo) -> str:

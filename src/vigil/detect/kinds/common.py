@@ -106,9 +106,25 @@ class FieldEntry:
     remember: bool = False
 
 
+#: Why an entry of these lists takes no ``group_by`` of its own (see :func:`parse_entries`).
+_UNGROUPED = {
+    "seen_also": "its value joins the history of the group the rule's own group_by gives the event",
+    "known": "a known address is known to every group",
+}
+
+
 def parse_entries(
-    d: LocDict, key: str, p: Parser, what: str, *, group_required: bool = False, extra: tuple[str, ...] = ()
+    d: LocDict,
+    key: str,
+    p: Parser,
+    what: str,
+    *,
+    group_required: bool = False,
+    extra: tuple[str, ...] = (),
 ) -> list[FieldEntry] | None:
+    """The entries under ``key``.  Each takes ``group_by`` only if its kind groups by it
+    (``group_required``): elsewhere it was accepted and changed nothing (a ``seen_also`` entry
+    grouped by wallet still fed the customer's history), so it is refused by name."""
     raw = d.get(key)
     if not isinstance(raw, LocList) or not raw:
         p.error(d.mark(key), f"{what}.{key} must be a non-empty list of {{type, where, field}}; got {raw!r}")
@@ -121,23 +137,30 @@ def parse_entries(
         if e is None:
             ok = False
             continue
+        # (group_by stays a known key where refused: the refusal below says why, not "unknown".)
         p.keys(
             e,
             ew,
             required=("type", "field", *(("group_by",) if group_required else ())),
             optional=("where", "group_by", *extra),
         )
+        ungrouped = "group_by" in e and not group_required
+        if ungrouped:
+            why = _UNGROUPED.get(key, "the entries here are not grouped")
+            p.error(
+                e.key_marks.get("group_by", e.loc), f"{ew}.group_by is not taken here ({why}); leave it out"
+            )
         m = p.match(e, ew)
         f = (
             p.path(e.get("field"), e.mark("field"), f"{ew}.field", m.types if m else None)
             if "field" in e
             else None
         )
-        groups = p.strings(e, "group_by", ew) or []
+        groups = [] if ungrouped else p.strings(e, "group_by", ew) or []
         gp = [p.path(g, e.mark("group_by"), f"{ew}.group_by", m.types if m else None) for g in groups]
         alert = p.boolean(e, "alert", ew, default=True) if "alert" in extra else True
         remember = p.boolean(e, "remember", ew, default=False) if "remember" in extra else False
-        if m is None or f is None or None in gp:
+        if m is None or f is None or None in gp or ungrouped:
             ok = False
             continue
         out.append(FieldEntry(m, f, tuple(g for g in gp if g), alert, remember))

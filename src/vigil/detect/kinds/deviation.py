@@ -13,8 +13,12 @@
 
 Measures (the score the condition is applied to):
 
-- ``amount``: the value over the largest value seen before for the group;
-- ``new_value``: 1 when the value was never seen for the group (else 0);
+- ``amount``: the value over the largest value seen before for the group (``min_history``
+  counts the events that carried a number there: three withdrawals without ``amount_usd`` and
+  one of $100 are a history of one amount, not four);
+- ``new_value``: 1 when the value was never seen for the group at or before the event's time
+  (else 0), case-folded and remembered as ``first_seen`` remembers values (in event time, the
+  last 256, a value in regular use kept);
 - ``travel``: km/h needed to get from the previous event's place (``field`` is a Geo with
   lat/lon) to this one: impossible travel;
 - ``hour``: the share of the group's past events in this UTC hour (low = unusual);
@@ -58,9 +62,8 @@ from vigil.detect.fields import (
     short_name,
     to_float,
 )
-from vigil.detect.kinds.base import EvidenceMaker, Expiry, Hit, entity_ref, ts
+from vigil.detect.kinds.base import EvidenceMaker, Expiry, Hit, decimal_text, entity_ref, ts
 from vigil.detect.kinds.common import (
-    MAX_SEEN,
     CompiledEntry,
     FieldEntry,
     GroupedDetector,
@@ -387,9 +390,11 @@ class DeviationDetector(GroupedDetector):
             ratio = to_float(value) / total
             return (
                 ratio,
-                {"ratio": f"{ratio:.2f}", "baseline": f"{total:.2f}", "history_count": str(len(flows))},
+                {"ratio": f"{ratio:.2f}", "baseline": decimal_text(total), "history_count": str(len(flows))},
                 [f[3] for f in flows],
             )
+        if measure == "amount":
+            n = _amounts_counted(h)
         if n < p.min_history:
             return None
         if measure == "amount":
@@ -404,11 +409,12 @@ class DeviationDetector(GroupedDetector):
             )
             if base <= 0:
                 return None
-            return to_float(value) / base, {"baseline": f"{base:.2f}", "history_count": str(n)}, []
+            return to_float(value) / base, {"baseline": decimal_text(base), "history_count": str(n)}, []
         if measure == "new_value":
             if value is None:
                 return None
-            return (0.0 if bounded(str(value)) in h.get("seen", ()) else 1.0), {"history_count": str(n)}, []
+            first = _values_seen(h.get("seen")).get(seen_text(value))
+            return (0.0 if first is not None and first <= now else 1.0), {"history_count": str(n)}, []
         if measure == "travel":
             point = _point(value)
             places = _places(h)
@@ -445,8 +451,13 @@ class DeviationDetector(GroupedDetector):
     ) -> None:
         """Adds the event to the group's history; an ``outlier`` (it alerted) stays out of a peer
         mean, which never decays: one whale made every later amount of its peers look small."""
-        h["n"] = int(h["n"]) + 1
+        before = int(h["n"])
+        h["n"] = before + 1
         measure = self.p.measure
+        if measure == "amount":
+            # The amounts counted (``a``) for min_history; a history kept before they were
+            # counted apart starts from its count of events.
+            h["a"] = int(h.get("a", before)) + (1 if isinstance(value, (int, float)) else 0)
         if measure == "amount" and isinstance(value, (int, float)):
             if self.p.peers:
                 total = float(h.get("sum", 0.0)) + to_float(value)
@@ -458,11 +469,11 @@ class DeviationDetector(GroupedDetector):
             else:
                 h["max"] = max(float(h.get("max", 0.0)), to_float(value))
         elif measure == "new_value" and value is not None:
-            seen = h.setdefault("seen", [])
-            text = bounded(str(value))
-            if text not in seen:
-                seen.append(text)
-                del seen[:-MAX_SEEN]
+            # In event time, and a value in regular use renewed, as first_seen keeps values: kept
+            # in arrival order, the next 256 values pushed out a home IP used every week.
+            seen = _values_seen(h.get("seen"))
+            see(seen, seen_text(value), now)
+            h["seen"] = seen
         elif measure == "travel":
             point = _point(value)
             if point is not None:
@@ -479,6 +490,21 @@ class DeviationDetector(GroupedDetector):
         else:
             last = h.get("last")
             h["last"] = now if last is None else max(last, now)  # a late event does not move it back
+
+
+def _amounts_counted(h: dict[str, Any]) -> int:
+    """How many events of a group's history carried an amount (``a``; a history kept before
+    those were counted apart has only its count of events)."""
+    return int(h.get("a", h["n"]))
+
+
+def _values_seen(stored: Any) -> dict[str, float]:
+    """A group's new_value history, each value with the earliest event time it was seen at.  A
+    list (kept before those times were, in arrival order and not case-folded) counts as seen
+    long ago, each value lower-cased as :func:`seen_text` now keeps it."""
+    if isinstance(stored, list):
+        return first_seen_times([str(text).lower() for text in stored])
+    return first_seen_times(stored)
 
 
 def _places(h: dict[str, Any]) -> list[list[Any]]:

@@ -127,6 +127,15 @@ def parse(d: LocDict, p: Parser, what: str) -> ExposureParams | None:
     if hops is not None and hops > 2:
         p.error(d.mark("hops"), f"{what}.hops must be 1 or 2 (state grows with every hop); got {hops}")
         hops = None
+    if hops is not None and min_hops is not None and min_hops > hops:
+        # Taint is followed no further than ``hops``: nothing is ever that far, and the rule
+        # validated and never fired.
+        p.error(
+            d.mark("min_hops"),
+            f"{what}.min_hops ({min_hops}) is more than hops ({hops}), so no address is ever within "
+            f"{min_hops}..{hops} hops and the rule never fires; make min_hops at most hops",
+        )
+        min_hops = None
     check = parse_entries(d, "check", p, what, group_required=True)
     if edges is None or bad or not cats or hops is None or min_hops is None or check is None:
         return None

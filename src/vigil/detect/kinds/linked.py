@@ -46,7 +46,7 @@ from datetime import timedelta
 from typing import Any
 
 from vigil.detect.fields import Match, bounded, compare, compile_getter, short_name
-from vigil.detect.kinds.base import EvidenceMaker, Expiry, Hit, ts
+from vigil.detect.kinds.base import EvidenceMaker, Expiry, Hit, span_text, ts
 from vigil.detect.kinds.common import SingleRouteDetector, set_or_delete
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
@@ -302,7 +302,7 @@ class LinkedDetector(SingleRouteDetector):
                         related=related,
                         context={
                             "count": str(len(inside)),
-                            "span": f"{self._span / 60:.0f}m",
+                            "span": span_text(self.p.timespan),
                             "other": second,
                             "shared": ", ".join(shared),
                             "group": first,

@@ -13,6 +13,9 @@
       type: [password_reset, mfa_change, withdrawal_address_added, email_link_clicked]
       group_by: customer
 
+``target_kind`` names the kind of the ids in ``targets``: marks and triggers meet under the
+entity ``trigger.group_by`` names, so it must be that one (left out, it is).
+
 A vendor whose API token exported customer records, or whose campaign went to a list of
 customers, raises the risk of every customer it names: the next risky action of a marked
 customer within the period alerts, with the marking event as first evidence and the
@@ -112,6 +115,17 @@ def parse(d: LocDict, p: Parser, what: str) -> PropagationParams | None:
         p.path(g, t.mark("group_by"), f"{what}.trigger.group_by", trigger.types if trigger else None)
         for g in group
     ]
+    grouped_by = short_name(gpaths[0]) if gpaths and gpaths[0] else None
+    if "target_kind" in m and kind and grouped_by in Entities.KINDS and grouped_by != kind:
+        # Marks are kept under the entity the triggers are grouped by, so the ids were taken as
+        # that entity's whatever target_kind said: device ids marked the customers of that name.
+        p.error(
+            m.mark("target_kind"),
+            f"{what}.mark.target_kind is {kind!r} but trigger.group_by is {grouped_by!r}: a mark "
+            f"meets the triggers of the entity they are grouped by, so group the trigger by {kind} "
+            f"if the targets are {kind} ids, or say target_kind: {grouped_by}",
+        )
+        kind = None
     first_seen = (
         p.path(
             t["first_seen"],

@@ -33,7 +33,7 @@ from datetime import timedelta
 from typing import Any
 
 from vigil.detect.fields import Match, bounded, compare, compile_getter, kept, short_name
-from vigil.detect.kinds.base import EvidenceMaker, Expiry, Hit, entity_ref, ts
+from vigil.detect.kinds.base import EvidenceMaker, Expiry, Hit, decimal_text, entity_ref, span_text, ts
 from vigil.detect.kinds.common import GroupedDetector
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
@@ -93,11 +93,13 @@ def parse(d: LocDict, p: Parser, what: str) -> ThresholdParams | None:
     condition = p.comparison(d, "condition", what)
     related = _paths(p, d, "related", what, types, required=False)
     cooldown = p.duration(d, "cooldown", what, default=timedelta(0)) if "cooldown" in d else None
-    if condition is not None and aggregate == "count" and _never(*condition):
-        # A window holding the event it is asked at counts 1 at least, in whole numbers.
+    if condition is not None and aggregate in ("count", "distinct") and _never(*condition):
+        # A window holding the event it is asked at counts 1 at least, in whole numbers (an
+        # event without the distinct field is not counted, so it asks nothing).
+        counted = "count" if aggregate == "count" else "distinct count"
         p.error(
             d.mark("condition"),
-            f"{what}.condition: a {aggregate} is a whole number of at least 1 when it is asked, so "
+            f"{what}.condition: a {counted} is a whole number of at least 1 when it is asked, so "
             f"{condition[0]} {condition[1]:g} never holds",
         )
         return None
@@ -375,7 +377,7 @@ class ThresholdDetector(GroupedDetector):
             context={
                 "count": str(len(items)),
                 "value": _number_text(agg),
-                "span": _span_text(self.p.timespan),
+                "span": span_text(self.p.timespan),
                 "group": key,
             },
         )
@@ -385,19 +387,11 @@ def _time(item: list[Any]) -> float:
     return float(item[0])
 
 
-def _span_text(span: timedelta) -> str:
-    seconds = int(span.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0 and seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
 def _number_text(value: float) -> str:
     """A count or sum as an analyst reads it: whole numbers in full (``1,234,567``; ``:g`` gave
-    ``1.23457e+06``), others to the cent."""
+    ``1.23457e+06``), others as :func:`decimal_text` writes them (``3,000.50``, ``0.00037035``)."""
     if value != value or value in (float("inf"), float("-inf")):
         return str(value)
     if value.is_integer():
         return f"{int(value):,}"
-    return f"{value:,.2f}"
+    return decimal_text(value, grouped=True)
