@@ -33,7 +33,7 @@ from vigil.detect.engine import (
 )
 from vigil.detect.intel import IntelIndex
 from vigil.detect.rules.models import Rule
-from vigil.errors import DecodeError, PipelineError
+from vigil.errors import DecodeError, PipelineError, VigilError
 from vigil.events.base import Event
 from vigil.events.codec import EventCodec
 from vigil.events.types import EVENT_CLASSES, EVENT_TYPES, IntelIndicator
@@ -300,7 +300,13 @@ class DetectionService:
         if interval is None and self.guarantee == "exactly_once":
             interval = EXACTLY_ONCE_INTERVAL_S
         t = self.topology
-        self.router = RouteOperator(self.ruleset, topic=t.routed, remote_only=self.local_stage)
+        # Aligned, the route stage's records come in event-time order across its inputs; the
+        # routed topic's, in its log's order (one partition a key): processed as they come, a
+        # replay or a restart makes the same alerts under the same ids, however batches are cut.
+        aligned = self.event_time_skew_s is not None
+        self.router = RouteOperator(
+            self.ruleset, topic=t.routed, remote_only=self.local_stage, order_batches=not aligned
+        )
         # Rules whose events are already keyed by the entity they group by run in stage 1,
         # where the canonical topics are consumed; the others run on the re-keyed stream.
         self.local_detector = DetectOperator(
@@ -310,6 +316,7 @@ class DetectionService:
             op_id="detect.local.v1",
             alerts_topic=t.alerts,
             decisions_topic=t.decisions,
+            order_batches=not aligned,
         )
         self.detector = DetectOperator(
             self.ruleset,
@@ -317,6 +324,7 @@ class DetectionService:
             detectors="remote" if self.local_stage else "all",
             alerts_topic=t.alerts,
             decisions_topic=t.decisions,
+            order_batches=False,
         )
         linger: dict[str, int] = (
             {"fetch.wait.max.ms": self.fetch_linger_ms, "fetch.min.bytes": self.fetch_min_bytes}
@@ -412,7 +420,12 @@ class DetectionService:
         try:
             app.run()
         except BaseException as exc:  # surfaced by `check()`: a dead stage must not go unnoticed
-            log.exception("detection application %s failed", app.name)
+            if isinstance(exc, VigilError):
+                # Says what is wrong itself (a topic missing before `vigil topics apply`), and
+                # check() raises it to the command, which prints it once: no traceback here.
+                log.debug("detection application %s failed", app.name, exc_info=True)
+            else:
+                log.exception("detection application %s failed", app.name)
             self.failures.append(exc)
 
     def check(self) -> None:

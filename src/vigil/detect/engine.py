@@ -49,13 +49,16 @@ Partitioning (why there are two stages on Kafka)
 
 Event-time order
     Windows and sequences assume each key's events arrive roughly in event-time order.
-    Each stage sorts its batch by ``occurred_at``, and the route stage fetches in small
-    chunks so the input topics interleave finely.  Replaying a large backlog (a Kappa
-    replay) would still deliver a sparse topic hours of event time ahead of a busy one, so
-    the route application runs with the runtime's event-time alignment
-    (``max_event_time_skew_s``): records are held until the slowest partition with data to
-    read has caught up, and partitions far ahead are paused.  ``vigil eval --kafka
-    --backlog`` measures exactly that case against the in-memory scores.
+    The route stage fetches in small chunks so the input topics interleave finely.
+    Replaying a large backlog (a Kappa replay) would still deliver a sparse topic hours of
+    event time ahead of a busy one, so the route application runs with the runtime's
+    event-time alignment (``max_event_time_skew_s``): records are held until the slowest
+    partition with data to read has caught up, and partitions far ahead are paused.
+    ``vigil eval --kafka --backlog`` measures exactly that case against the in-memory scores.
+    Aligned, the stages process records in the order they come (the routed topic's is its
+    log's, one partition a key), so a replay or a restart makes the same alerts under the same
+    ids however batches are cut; unaligned (and in memory, ``detect_events``), each sorts its
+    batch by ``occurred_at`` (``order_batches``).
 """
 
 from __future__ import annotations
@@ -296,8 +299,11 @@ class DetectOperator(Operator[Event]):
         decisions_topic: str = DECISIONS_TOPIC,
         detectors: str = "all",
         dedup: bool = False,
+        order_batches: bool = True,
     ) -> None:
         self.id = op_id
+        #: Whether each batch is put in event-time order first (see process).
+        self.order_batches = order_batches
         self.subset = ruleset.subset(detectors)
         self._dispatch = _dispatch(self.subset)
         self.alerts_topic = alerts_topic
@@ -326,8 +332,12 @@ class DetectOperator(Operator[Event]):
         dispatch = self._dispatch
         routed = self.routed
         # Windows and sequences run on event time: put a batch back in event-time order
-        # (records of one key from different input topics may interleave out of order).
-        ordered = sorted(batch, key=_event_time)
+        # (records of one key from different input topics may interleave out of order).  Not
+        # where the input comes in an order of its own (the route stage's alignment, or the
+        # routed topic's log, one partition a key): sorted a batch at a time, the order, and
+        # with it a threshold's evidence and an alert's id, hung on where batches were cut,
+        # and a restart or replay sent the same alert under another id.
+        ordered = sorted(batch, key=_event_time) if self.order_batches else batch
         hits: list[Hit] = []
         dedup = self._dedup
         for rec in ordered:
@@ -440,8 +450,11 @@ class RouteOperator(Operator[Event]):
         topic: str = ROUTED_TOPIC,
         op_id: str = "detect.route.v1",
         remote_only: bool = False,
+        order_batches: bool = True,
     ) -> None:
         self.id = op_id
+        #: Whether each batch is routed in event-time order (see process; DetectOperator's).
+        self.order_batches = order_batches
         self.ruleset = ruleset
         self.topic = topic
         self.remote_only = remote_only
@@ -466,7 +479,7 @@ class RouteOperator(Operator[Event]):
         forward, topic = ctx.forward, self.topic
         routed = 0
         try:
-            for rec in sorted(batch, key=_event_time) if len(batch) > 1 else batch:
+            for rec in sorted(batch, key=_event_time) if self.order_batches and len(batch) > 1 else batch:
                 event = rec.event
                 narrow = type(event) in narrows
                 refused: list[str] = []

@@ -58,6 +58,26 @@ def test_exposure_min_hops_past_hops_is_refused(tmp_path: Path) -> None:
     assert errors_of(tmp_path, EXPOSURE.replace("hops: 1\n", "hops: 2\n")) == []
 
 
+LINKED_SELF = """\
+    type: linked
+    links: {type: login, party: account, attributes: [device]}
+    match: {type: trade}
+    parties: [payload.maker_account, payload.maker_account]
+    timespan: 1h
+    condition: {gte: 2}
+"""
+
+
+def test_linked_parties_naming_one_field_twice_is_refused(tmp_path: Path) -> None:
+    # Every match would pair a party with itself, which never counts.
+    refused(
+        tmp_path,
+        LINKED_SELF,
+        "[payload.maker_account, payload.maker_account]",
+        r"names 'payload\.maker_account' twice",
+    )
+
+
 PROPAGATION = """\
     type: propagation
     mark: {type: crm_record_export, targets: payload.customer_ids, target_kind: device, for: 1d}

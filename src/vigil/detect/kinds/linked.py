@@ -95,6 +95,14 @@ def parse(d: LocDict, p: Parser, what: str) -> LinkedParams | None:
             d.mark("parties"), f"{what}.parties must name exactly two fields (the two sides); got {names}"
         )
     parties = [p.path(n, d.mark("parties"), f"{what}.parties", match.types if match else None) for n in names]
+    if len(parties) == 2 and parties[0] is not None and parties[0] == parties[1]:
+        # Both sides the same field: every match is a party with itself, which never counts.
+        p.error(
+            d.mark("parties"),
+            f"{what}.parties names {parties[0]!r} twice: a match between a party and itself never "
+            "counts, so the rule never fires; name the two sides (e.g. maker and taker account)",
+        )
+        parties = [None]
     span = p.duration(d, "timespan", what)
     condition = p.comparison(d, "condition", what)
     if (
