@@ -53,6 +53,7 @@ def _hot(size: int, measured: int, running: bool) -> float:
     fill = WindowedAggregate(STORE, window, HOT_AGGS)
     for t in range(size):
         fill.update(state, "hot", t, values[t])
+    del fill  # (a store is one window's at a time: let go, it lets go of the state)
     update = agg.update
     started = time.perf_counter()
     for t in range(size, size + measured):
@@ -75,6 +76,7 @@ def _turns(keys: int, per_key: int, measured: int, running: bool) -> float:
     for i in range(keys * per_key):
         t += 1
         fill.update(state, f"k{i % keys}", t, float(rng.randrange(1_000)))
+    del fill  # (a store is one window's at a time: let go, it lets go of the state)
     update = agg.update
     started = time.perf_counter()
     for i in range(measured):

@@ -43,7 +43,10 @@ How it is held
 
 Sums add each window's values up left to right for windows of up to ``_ADD_UP_AT_MOST``
 events (``Sum()`` in a sliding ``WindowedAggregate`` rounds the exact sum once, so the two can
-differ in the last bit).  Longer windows (a busy key, where adding up would cost the
+differ: in the last bit for amounts of one sign, by far more where a refund cancels a large amount,
+999,999,999.99 + 0.01 - 999,999,999.99 adding up to 0.009999990463256836; and as a restart
+rebuilds the totals from the chunks, a sum after one may differ from the sum without it in the
+last bit).  Longer windows (a busy key, where adding up would cost the
 window's length per event) are differences of running totals kept per key, each total with
 what rounding lost from it (compensated): they round about as adding the window up would, not
 relative to everything the key held before (a plain running total did: once an
@@ -72,12 +75,13 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, SupportsIndex
 
 import numpy as np
 import numpy.typing as npt
 
 from vigil.stream.base import State, StoreSpec
+from vigil.stream.owners import StoreUser, claim_store
 from vigil.stream.windows import MAX_TIME_MS, duration_ms, lone_surrogate
 
 try:  # built by `make compile`; without a C compiler (VIGIL_COMPILE=0) the Python twin runs
@@ -200,11 +204,14 @@ class SlidingCountSum:
     """Per-key count and sum over a sliding event-time window, a batch at a time (see the module)."""
 
     def __init__(
-        self, store: StoreSpec, size: timedelta | str | int, lateness: timedelta | str | int = 0
+        self,
+        store: StoreSpec,
+        size: timedelta | str | SupportsIndex,
+        lateness: timedelta | str | SupportsIndex = 0,
     ) -> None:
         self.store = store
-        self.size_ms = duration_ms(size)
-        self.lateness_ms = duration_ms(lateness)
+        self.size_ms = duration_ms(size, f"sliding window on store {store.id!r}: size")
+        self.lateness_ms = duration_ms(lateness, f"sliding window on store {store.id!r}: lateness")
         if self.size_ms <= 0:
             msg = f"sliding window on store {store.id!r}: size must be positive, got {size!r}"
             raise ValueError(msg)
@@ -219,6 +226,10 @@ class SlidingCountSum:
             raise ValueError(msg)
         #: In-memory logs by the identity of the partition's state object (see _log).
         self._logs: dict[int, _Log] = {}
+        #: Its hold on the store partitions it updates (a store is one window's: see claim_store).
+        self._user = StoreUser(
+            f"a SlidingCountSum (size {self.size_ms:,} ms, lateness {self.lateness_ms:,} ms)"
+        )
 
     def watermark(self, state: State) -> int | None:
         """The partition's watermark in ms (None before the first event)."""
@@ -376,6 +387,7 @@ class SlidingCountSum:
             return log
         # A state object not seen before (a partition assigned, or restarted) or one whose
         # pending writes were thrown away: rebuild from its chunks.  Logs of closed states go.
+        claim_store(state, self._user, self.store)  # (raises if another window updates it)
         for sid, other in list(self._logs.items()):
             if getattr(other.state, "closed", False):
                 self._logs.pop(sid, None)

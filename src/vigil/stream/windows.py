@@ -36,9 +36,12 @@ Semantics (the property tests check them against a brute-force reference):
   accepted event of the key so far; a sliding window's sum is the exact sum rounded once
   (``math.fsum``), the same in whatever order its events came;
 - a sliding window keeps at most ``max_events`` of a key's events (default ``MAX_EVENTS``,
-  100,000): past that, the oldest make room and are counted in ``evicted``, so a flooded
-  key's answers are over its newest events, and its store entry stays within what a
-  changelog record carries;
+  100,000) and ``MAX_ENTRY_BYTES`` of them (12 MiB, estimated: 18 bytes an event, and the
+  encoded length of each value that is not a number): past either, the oldest make room and
+  are counted in ``evicted``, so a flooded key's answers are over its newest events, and its
+  store entry stays within what a changelog record carries.  A sliding window whose
+  aggregations only count and compare values (``Count``, ``DistinctCount``) stores a value
+  longer than ``DISTINCT_BYTES`` as a digest, as below, so it reaches ``max_events`` first;
 - likewise, a tumbling or hopping window's ``DistinctCount`` keeps at most its share of
   ``max_events`` distinct values: ``max_events`` divided by the windows a key can have open
   at once (``(size + lateness) / step``, rounded up) and by the aggregate's distinct counts
@@ -49,6 +52,11 @@ Semantics (the property tests check them against a brute-force reference):
   share under ``DISTINCT_SHARE_LOW`` is warned of when the aggregate is made.  A value whose
   encoding is longer than ``DISTINCT_BYTES`` is held as a digest (distinct values stay
   distinct), so the key's entry stays within a changelog record too;
+- values are kept as a restart reads them back: a ``Decimal`` as a float, a UUID as its text
+  (see :func:`_plain`); a value an aggregation cannot take (text to a sliding ``Sum``, ``None`` to
+  ``Min``) is refused, naming the key and the aggregation, before the update changes anything;
+- a store is one window's (its keys and the watermark): a second window updating a store
+  partition is refused at that update, naming both (see :func:`claim_store`);
 - a key may have at most ``MAX_OPEN_WINDOWS`` tumbling or hopping windows open at once
   (``Window`` refuses more: each event updates ``size / step`` of them);
 - state past the window and the lateness is deleted when its key is next touched, and for
@@ -57,9 +65,16 @@ Semantics (the property tests check them against a brute-force reference):
   stays bounded), or all at once by :meth:`WindowedAggregate.expire`.
 
 The watermark is kept in the same store (one entry per partition), so it survives restarts
-and moves with the partition.
+and moves with the partition.  It never moves back: one event dated far ahead (a producer's
+clock a day fast) makes every later event of the partition late until event time catches up,
+and that persists across restarts.  The normalise stage refuses events dated more than its
+``max_ahead`` (5 minutes) after they were received; an application reading other topics has no
+such guard of its own.
 
-Cost: a tumbling or hopping update is O(1) per window.  A sliding update recomputes over the
+Cost: a tumbling or hopping update is O(1) per window open for the key, and it rebuilds the
+key's entry of open windows: with a lateness much longer than the window, that is every window
+within the lateness (a minute's tumbling window with two hours' lateness: 7,201 windows, about
+1.6 ms an update, against 8 µs without lateness).  A sliding update recomputes over the
 key's window (in C), which is cheapest for the few events a key usually holds; once a key
 holds ``RUNNING_FROM`` events, its in-order events are answered by running aggregates kept
 in memory beside the stored list (``_Running``): O(log n) instead of O(n), so one flooded
@@ -74,22 +89,24 @@ import logging
 import math
 import operator
 import re
-import weakref
 from abc import ABC, abstractmethod
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, NamedTuple, SupportsIndex
+from decimal import Decimal
+from typing import Any, Literal, NamedTuple, NoReturn, SupportsIndex
 
 import msgspec
 from mypy_extensions import mypyc_attr
 
 from vigil.stream.base import State, StoreSpec
+from vigil.stream.owners import StoreUser, claim_store, state_ref
 
 log = logging.getLogger(__name__)
 
 WindowKind = Literal["tumbling", "hopping", "sliding"]
+_KINDS_OF_WINDOW = ("tumbling", "hopping", "sliding")
 
 _UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
@@ -116,28 +133,52 @@ MAX_OPEN_WINDOWS = 10_000
 DISTINCT_SHARE_LOW = 1_000
 
 
-def duration_ms(value: timedelta | str | int) -> int:
-    """Milliseconds of a ``timedelta``, an int (ms) or a string like ``"10m"``, ``"30s"``, ``"500ms"``."""
-    if isinstance(value, timedelta):
+# (``SupportsIndex``, not ``int``: compiled, the annotation is checked before the code runs, and a
+# float or a numpy integer got "str object expected; got float", naming neither the parameter nor
+# what to pass.  A protocol is not checked: these reach the code, which names them.)
+def duration_ms(value: timedelta | str | SupportsIndex, what: str = "duration") -> int:
+    """Milliseconds of a ``timedelta``, an integer (ms; numpy's too) or a string like ``"10m"``,
+    ``"30s"``, ``"500ms"``; ``what`` (``"sliding window size"``) is what errors name."""
+    # (As an object: narrowed by mypy, what is left after the checks was taken for a bool, which
+    # compiled code then checked the float against.)
+    given: object = value
+    if isinstance(given, timedelta):
         # Integer division, not total_seconds() * 1000: the float product truncated 1.001 s to 1000 ms.
-        return value // _MS
-    if isinstance(value, int):
-        return value
-    match = _DURATION.match(value)
-    if not match:
-        msg = f"expected a duration like '10m', '30s', '500ms', '2h' or '1d'; got {value!r}"
-        raise ValueError(msg)
-    return int(match.group(1)) * _UNITS[match.group(2)]
+        return given // _MS
+    if type(given) is int:
+        return given
+    if isinstance(given, str):
+        match = _DURATION.match(given)
+        if not match:
+            msg = f"{what}: expected a duration like '10m', '30s', '500ms', '2h' or '1d'; got {given!r}"
+            raise ValueError(msg)
+        return int(match.group(1)) * _UNITS[match.group(2)]
+    if type(given) is not bool and isinstance(given, SupportsIndex):
+        return operator.index(given)  # (a numpy integer)
+    # A float is refused, not rounded: 1.5 may mean seconds or minutes as well as ms.
+    msg = (
+        f"{what}: expected a timedelta, a string like '10m' or '500ms', or an integer of "
+        f"milliseconds; got {type(given).__name__} {given!r}"
+    )
+    raise TypeError(msg)
 
 
 #: Values state keeps as they are; others are tried with the state's encoder when they come.
 _KEPT = (int, float, str, bool, type(None))
 _state_encode = msgspec.msgpack.Encoder().encode
+_state_decode = msgspec.msgpack.Decoder().decode
 
 
 def _plain(key: str, value: Any) -> Any:
-    """A numpy scalar (an amount computed with numpy) as the Python number it is, in a tuple too:
-    MessagePack cannot encode numpy's, and every checkpoint (and the restart) would fail."""
+    """``value`` as state gives it back after a restart, so that a window answers the same
+    before and after one.
+
+    A numpy scalar (an amount computed with numpy) is the Python number it is, and a ``Decimal``
+    a float (MessagePack cannot encode numpy's, and every checkpoint failed; it encodes a Decimal
+    as text, which came back a string: a Sum of Decimals raised after a restart).  Any other
+    value MessagePack encodes but reads back as another type (a UUID or a naive datetime as its
+    text, a set as a list) is what it reads back (the same UUID counted distinct twice across a
+    restart).  Tuples (whose items are made plain too) and values that come back equal are kept."""
     if type(value).__module__ == "numpy":
         try:
             return value.item()
@@ -148,9 +189,15 @@ def _plain(key: str, value: Any) -> Any:
         return tuple(_plain(key, v) for v in value)
     if type(value) is str:
         return _utf8(key, value)
+    if isinstance(value, Decimal):
+        try:
+            return float(value)
+        except ValueError:  # a signalling NaN
+            msg = f"window value for key {key!r}: Decimal {value} is not a number; expected an amount"
+            raise ValueError(msg) from None
     if not isinstance(value, _KEPT):
         try:
-            _state_encode(value)
+            back = _state_decode(_state_encode(value))
         except (TypeError, ValueError, OverflowError) as exc:
             # Kept, it failed every checkpoint (MessagePack), and the restart's again.
             msg = (
@@ -158,7 +205,25 @@ def _plain(key: str, value: Any) -> Any:
                 f"({exc}); pass a number, a string, or a tuple, list or dict of them"
             )
             raise ValueError(msg) from None
+        if type(back) is not type(value) or back != value:
+            return back
     return value
+
+
+def _beyond_64_bits(key: str, value: int) -> NoReturn:
+    # State is MessagePack, which stops at 64 bits: refused here, in the operator, not at the
+    # checkpoint (where it failed every checkpoint, and the restart again).
+    msg = (
+        f"window value {value} for key {key!r} is an integer beyond 64 bits; pass it as a "
+        "float (to sum it) or a string (to count it distinct)"
+    )
+    raise ValueError(msg)
+
+
+def _shown(value: Any) -> str:
+    """``value`` as errors show it: its repr, cut short (a value may be a long attacker's string)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def lone_surrogate(text: str) -> str | None:
@@ -188,6 +253,9 @@ def to_ms(when: object) -> int:
     numpy's too, are taken as milliseconds already)."""
     if type(when) is int:
         return when
+    if type(when) is bool:
+        msg = f"event time: expected a UTC-aware datetime or epoch milliseconds (an integer); got {when!r}"
+        raise TypeError(msg)
     if isinstance(when, datetime):
         if when.tzinfo is None:
             msg = f"event times must be timezone-aware (UTC); got naive {when.isoformat()}"
@@ -210,6 +278,10 @@ class Window:
     lateness_ms: int = 0
 
     def __post_init__(self) -> None:
+        if self.kind not in _KINDS_OF_WINDOW:
+            # ("Sliding" made a tumbling window, without a word.)
+            msg = f"window kind: expected 'tumbling', 'hopping' or 'sliding'; got {self.kind!r}"
+            raise ValueError(msg)
         if self.size_ms <= 0 or self.step_ms <= 0 or self.lateness_ms < 0:
             msg = f"{self.kind} window: size and step must be > 0 and lateness >= 0; got {self}"
             raise ValueError(msg)
@@ -243,21 +315,34 @@ class Window:
         rounded up."""
         return -(-(self.size_ms + self.lateness_ms) // self.step_ms)
 
+    # (Durations as ``duration_ms`` takes them: see there for SupportsIndex.)
     @classmethod
-    def tumbling(cls, size: timedelta | str | int, lateness: timedelta | str | int = 0) -> Window:
-        ms = duration_ms(size)
-        return cls("tumbling", ms, ms, duration_ms(lateness))
+    def tumbling(
+        cls, size: timedelta | str | SupportsIndex, lateness: timedelta | str | SupportsIndex = 0
+    ) -> Window:
+        ms = duration_ms(size, "tumbling window size")
+        return cls("tumbling", ms, ms, duration_ms(lateness, "tumbling window lateness"))
 
     @classmethod
     def hopping(
-        cls, size: timedelta | str | int, step: timedelta | str | int, lateness: timedelta | str | int = 0
+        cls,
+        size: timedelta | str | SupportsIndex,
+        step: timedelta | str | SupportsIndex,
+        lateness: timedelta | str | SupportsIndex = 0,
     ) -> Window:
-        return cls("hopping", duration_ms(size), duration_ms(step), duration_ms(lateness))
+        return cls(
+            "hopping",
+            duration_ms(size, "hopping window size"),
+            duration_ms(step, "hopping window step"),
+            duration_ms(lateness, "hopping window lateness"),
+        )
 
     @classmethod
-    def sliding(cls, size: timedelta | str | int, lateness: timedelta | str | int = 0) -> Window:
-        ms = duration_ms(size)
-        return cls("sliding", ms, ms, duration_ms(lateness))
+    def sliding(
+        cls, size: timedelta | str | SupportsIndex, lateness: timedelta | str | SupportsIndex = 0
+    ) -> Window:
+        ms = duration_ms(size, "sliding window size")
+        return cls("sliding", ms, ms, duration_ms(lateness, "sliding window lateness"))
 
     def starts(self, t: int) -> list[int]:
         """Starts of the tumbling/hopping windows containing ``t``, oldest first."""
@@ -574,15 +659,41 @@ def _results_of(over: Sequence[tuple[str, _Over]]) -> Callable[[list[Any]], dict
 #: Events a key's sliding window keeps: past that, its oldest make room.  All of a key's
 #: events are one store entry, which goes to the changelog whole at a checkpoint; unbounded, a
 #: flooded key's entry outgrew the changelog's 16 MB record, and every checkpoint failed, the
-#: restart's too.  100,000 events of numbers are under 2 MB; values of long strings need less.
-#: The same bound holds a key's distinct values in tumbling and hopping windows, a dict per
-#: window and ``DistinctCount`` in the same entry (each its share, see the module docstring).
+#: restart's too.  100,000 events of numbers are under 2 MB; of other values, ``MAX_ENTRY_BYTES``
+#: bounds them too.  The same bound holds a key's distinct values in tumbling and hopping
+#: windows, a dict per window and ``DistinctCount`` in the same entry (each its share, see the
+#: module docstring).
 MAX_EVENTS = 100_000
-#: A tumbling or hopping window's distinct value longer than this, encoded, is held as a digest:
-#: ``MAX_EVENTS`` of them then take under 10 MB.  A 66-character transaction hash, an e-mail
-#: address or a user agent of up to 96 bytes is kept as it is.
+#: A distinct value longer than this, encoded, is held as a digest by a tumbling or hopping
+#: window's distinct count, and stored as one by a sliding window whose aggregations only count
+#: or compare values (``Count``, ``DistinctCount``): ``MAX_EVENTS`` of them then take under 12 MB.
+#: A 66-character transaction hash, an e-mail address or a user agent of up to 96 bytes is kept
+#: as it is.
 DISTINCT_BYTES = 96
 _DIGEST_MARK = "\x00#"
+#: A key's sliding window, one store entry, is kept within this many bytes, estimated as
+#: ``_EVENT_BYTES`` an event and the encoded length of each value that is not a number: past
+#: that, its oldest events make room, as past ``max_events`` (a window summing numbers reaches
+#: ``max_events`` first, one counting distinct strings too: long ones are digests).  Under the
+#: changelog's record (16 MB, ``changelog.STATE_RECORD_MAX_BYTES``), with room for the key: 180-byte
+#: user names sent from one IP, stored as they came, made a 20 MB entry, and every checkpoint
+#: failed, the restart's too (found in review).
+MAX_ENTRY_BYTES = 12 << 20
+#: An event's bytes in a sliding window's entry at most: its time and a number, 9 bytes each in
+#: MessagePack (a string's header, up to 5, is within the 9 of the number it replaces).
+_EVENT_BYTES = 18
+
+
+def _value_bytes(value: Any) -> int:
+    """What a sliding window's value takes in its entry beyond ``_EVENT_BYTES``: nothing for a
+    number, its encoded length for anything else (the same after a restart: text stays text, a
+    tuple comes back a list, which encodes alike)."""
+    kind = type(value)
+    if kind is float or kind is int or kind is bool or value is None:
+        return 0
+    if kind is str:
+        return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+    return len(_state_encode(value))
 
 
 def _distinct_key(value: Any) -> Any:
@@ -668,17 +779,15 @@ class _Running:
         self,
         names: list[tuple[str, int]],
         state: State,
-        stored: list[list[Any]],
+        stored: list[Any],
         generation: int,
         size: int,
     ) -> None:
         self.names = names
         #: The state the list is in, weakly: a closed or dropped partition's entry is let go.
-        self.owner: Callable[[], State | None]
-        try:
-            self.owner = weakref.ref(state)
-        except TypeError:  # a State that takes no weak references: held, and let go when idle
-            self.owner = lambda: state
+        # (Weakly only where that is safe: a weak reference to a compiled RocksState dangles
+        # once it goes, see vigil.stream.owners; held, it is let go when idle or closed.)
+        self.owner: Callable[[], State | None] = state_ref(state)
         self.stored = stored
         self.generation = generation
         self.size = size
@@ -696,7 +805,11 @@ class _Running:
         self.distinct: dict[Any, int] = {}
         self.bad = 0
         self.used = 0
-        times, values = stored
+        times: list[Any] = stored[0]
+        values: list[Any] = stored[1]
+        #: The stored list's times and values (changed in place, never replaced).
+        self.times = times
+        self.values = values
         self.lo = bisect_right(times, times[-1] - size)
         inside = values[self.lo :]
         if self.has_distinct:
@@ -733,7 +846,7 @@ class _Running:
         # twice the window's events, the heaps are built again from it (amortised O(1)).
         limit = 2 * self.live() + 32
         if len(self.mins) > limit or len(self.maxs) > limit:
-            self._heaps([v for v in self.stored[1][self.lo :] if _orderable(v)])
+            self._heaps([v for v in self.values[self.lo :] if _orderable(v)])
 
     def _heaps(self, good: list[Any]) -> None:
         """The min and max heaps built afresh from the window's orderable values."""
@@ -748,7 +861,7 @@ class _Running:
 
     def live(self) -> int:
         """Events in the key's newest window (the aggregates' values)."""
-        return len(self.stored[0]) - self.lo
+        return len(self.times) - self.lo
 
     def _remove(self, value: Any) -> None:
         if self.has_distinct:
@@ -773,7 +886,7 @@ class _Running:
     def drop_front(self, k: int) -> None:
         """The stored list's first ``k`` events are about to go (expired, or evicted)."""
         if k > self.lo:
-            values = self.stored[1]
+            values = self.values
             for i in range(self.lo, k):
                 self._remove(values[i])
             self.lo = k
@@ -781,7 +894,8 @@ class _Running:
 
     def advance(self, end: int) -> None:
         """Take out the events at or before ``end`` (the window moves to ``(end, end + size]``)."""
-        times, values = self.stored
+        times = self.times
+        values = self.values
         lo = self.lo
         n = len(times)
         while lo < n and times[lo] <= end:
@@ -889,8 +1003,27 @@ class WindowedAggregate:
         self._running_keys = running_keys
         self._running_idle = 4 * running_keys
         self._max_events = max_events
-        #: Events let go from flooded keys' sliding windows to keep them within ``max_events``.
+        #: A sliding window's events at most: ``max_events``, or fewer when that many would not
+        #: fit ``MAX_ENTRY_BYTES`` even as numbers.
+        self._max_stored = min(max_events, MAX_ENTRY_BYTES // _EVENT_BYTES)
+        #: Events let go from flooded keys' sliding windows to keep them within ``max_events``
+        #: and ``MAX_ENTRY_BYTES``.
         self.evicted = 0
+        #: Aggregations that take numbers only (the rest: any value), and those written elsewhere
+        #: (tried on a value before it changes anything, see ``_checked``).
+        self._numeric = [(name, agg) for name, agg in self._aggs if type(agg) in (Sum, Min, Max)]
+        self._others = [(name, agg) for name, agg in self._aggs if type(agg) not in _KINDS]
+        #: A sliding window that only counts and compares values stores a long one as a digest
+        #: (as a tumbling window's distinct count holds it, see DISTINCT_BYTES).
+        self._digest = self._sliding and all(type(agg) in (Count, DistinctCount) for _, agg in self._aggs)
+        #: This aggregate's hold on the store partitions it updates (see ``_claim``), and the
+        #: identity of the last one it was checked for.
+        steps = f", step {window.step_ms:,} ms" if window.kind == "hopping" else ""
+        self._user = StoreUser(
+            f"a windowed aggregate ({window.kind}, size {window.size_ms:,} ms{steps}, lateness "
+            f"{window.lateness_ms:,} ms: {', '.join(self.aggregations)})"
+        )
+        self._claimed = 0
         #: The built-in distinct counts, by position, and how many distinct values each keeps
         #: per tumbling or hopping window: its share of ``max_events`` (see the module docstring).
         self._distinct = [i for i, (_, agg) in enumerate(self._aggs) if type(agg) is DistinctCount]
@@ -958,19 +1091,18 @@ class WindowedAggregate:
                     "146 million years) from the epoch"
                 )
                 raise ValueError(msg)
+        # Every check of the value comes before anything changes: an update that raised had moved
+        # the watermark, and a sliding window had stored the event, so that every later event of
+        # the key raised too (found in review).  A number every built-in aggregation takes.
         vtype = type(value)
-        if vtype is not int and vtype is not float and vtype is not str:
-            value = _plain(key, value)
-        elif vtype is str and not value.isascii():
-            _utf8(key, value)
-        if type(value) is int and not _INT_MIN <= value <= _UINT_MAX:
-            # State is MessagePack, which stops at 64 bits: refused here, in the operator, not at
-            # the checkpoint (where it failed every checkpoint, and the restart again).
-            msg = (
-                f"window value {value} for key {key!r} is an integer beyond 64 bits; pass it as a "
-                "float (to sum it) or a string (to count it distinct)"
-            )
-            raise ValueError(msg)
+        weight = 0  # (a sliding window's value: its bytes beyond a number's, see MAX_ENTRY_BYTES)
+        if vtype is not float:
+            if vtype is not int:
+                value, weight = self._entered(key, value)
+            elif not _INT_MIN <= value <= _UINT_MAX:
+                _beyond_64_bits(key, value)
+        if id(state) != self._claimed:
+            self._claim(state)
         get = state.get
         wm: int | None = get(_WATERMARK_KEY)
         if wm is None or t - self._lateness > wm:
@@ -984,29 +1116,34 @@ class WindowedAggregate:
             return self._update_fixed(state, _KEY_PREFIX + key, t, value, wm)
         # Sliding (inline: a call per event costs as much as a line of it).  Stored as
         # [times, values], sorted by time, and changed in place: expiry and the window are a
-        # bisect and a slice each; in-order events (the usual case) append.
+        # bisect and a slice each; in-order events (the usual case) append.  A key holding values
+        # other than numbers has a third item, their bytes (see MAX_ENTRY_BYTES).
         size = self._size
         skey = _KEY_PREFIX + key
-        stored: list[list[Any]] | None = get(skey)
+        stored: list[Any] | None = get(skey)
         if self.quiet.counted(stored is None):
             self._walk_step(state, wm)
         if stored is None:
             values: list[Any] = [value]
-            state.set(skey, [[t], values])
+            state.set(skey, [[t], values, weight] if weight else [[t], values])
             return [_window_value(WindowValue, (t - size, t, self._results(values)))]
-        times, values = stored
+        times: list[Any] = stored[0]
+        values = stored[1]
         if len(times) >= self._running_keep and self._running_names is not None:
-            out = self._update_long(self._running_names, state, skey, stored, t, value, wm)
+            out = self._update_long(self._running_names, state, skey, stored, t, value, wm, weight)
             return [_window_value(WindowValue, (t - size, t, out))]
-        if times and times[0] <= wm - size:  # at or before: never in an accepted event's window
-            cut = bisect_right(times, wm - size)
-            del times[:cut]
-            del values[:cut]
-        if len(times) >= self._max_events:  # (aggregations without running ones only)
-            over = len(times) + 1 - self._max_events
-            del times[:over]
-            del values[:over]
-            self.evicted += over
+        if weight or len(stored) > 2:
+            self._make_room(stored, wm, weight)  # (bounded by bytes too)
+        else:
+            if times and times[0] <= wm - size:  # at or before: never in an accepted event's window
+                cut = bisect_right(times, wm - size)
+                del times[:cut]
+                del values[:cut]
+            if len(times) >= self._max_stored:  # (aggregations without running ones only)
+                over = len(times) + 1 - self._max_stored
+                del times[:over]
+                del values[:over]
+                self.evicted += over
         if not times or t >= times[-1]:
             times.append(t)
             values.append(value)
@@ -1020,21 +1157,140 @@ class WindowedAggregate:
         inside = values[bisect_right(times, t - size) : end] if times[0] <= t - size else values[:end]
         return [_window_value(WindowValue, (t - size, t, self._results(inside)))]
 
+    def _entered(self, key: str, value: Any) -> tuple[Any, int]:
+        """A value other than an int or a float as the window keeps it (see :func:`_plain`),
+        refused if an aggregation cannot take it; and for a sliding window, its bytes beyond a
+        number's (:func:`_value_bytes`), a long one stored as a digest when the aggregations only
+        count and compare values."""
+        if type(value) is str:
+            if not value.isascii():
+                _utf8(key, value)
+        else:
+            value = _plain(key, value)
+            if type(value) is int and not _INT_MIN <= value <= _UINT_MAX:
+                _beyond_64_bits(key, value)
+        self._checked(key, value)
+        if not self._sliding:
+            return value, 0
+        if self._digest:
+            value = _distinct_key(value)
+        weight = _value_bytes(value)
+        if weight > MAX_ENTRY_BYTES - _EVENT_BYTES:
+            msg = (
+                f"window value for key {key!r} is {weight:,} bytes encoded; a key's sliding window is "
+                f"one store entry of at most {MAX_ENTRY_BYTES:,} bytes (a changelog record)"
+            )
+            raise ValueError(msg)
+        return value, weight
+
+    def _checked(self, key: str, value: Any) -> None:
+        """Refuse ``value`` if an aggregation cannot take it, naming the key and the aggregation:
+        before the update changes anything (see ``update``)."""
+        kind = type(value)
+        number = kind is float or kind is int or kind is bool
+        for name, agg in [] if number else self._numeric:
+            if not self._sliding and type(agg) is Sum:
+                # (A tumbling or hopping sum adds float(value): numeric text is summed.)
+                try:
+                    float(value)
+                except (TypeError, ValueError) as exc:
+                    msg = f"window value for key {key!r}: aggregation {name!r} (Sum) takes numbers; {exc}"
+                    raise type(exc)(msg) from None
+                continue
+            msg = (
+                f"window value for key {key!r}: aggregation {name!r} ({type(agg).__name__}) takes "
+                f"numbers; got {kind.__name__} {_shown(value)}"
+            )
+            raise TypeError(msg)
+        if self._distinct and not number and kind is not str and value is not None:
+            try:
+                hash(_distinct_key(value))
+            except TypeError as exc:
+                name = self._aggs[self._distinct[0]][0]
+                msg = (
+                    f"window value for key {key!r}: aggregation {name!r} (DistinctCount) cannot "
+                    f"count {_shown(value)} ({exc}); pass a number, a string, or a tuple of them"
+                )
+                raise TypeError(msg) from None
+        for name, agg in self._others:
+            try:
+                if self._sliding:
+                    agg.over([value])
+                else:
+                    agg.add(agg.initial(), value)
+            except Exception as exc:
+                exc.add_note(f"(window value for key {key!r}, aggregation {name!r})")
+                raise
+
+    def _claim(self, state: State) -> None:
+        """Refuse to update ``state`` if another window uses it (see :func:`claim_store`)."""
+        claim_store(state, self._user, self.store)
+        self._claimed = id(state)
+
+    def _make_room(self, stored: list[Any], wm: int, weight: int) -> None:
+        """``update``'s cuts before it adds an event of ``weight`` to a short key holding values
+        other than numbers: the expired events, those past ``max_events``, and those past
+        ``MAX_ENTRY_BYTES``, oldest first."""
+        times: list[Any] = stored[0]
+        values: list[Any] = stored[1]
+        limit = wm - self._size
+        cut = bisect_right(times, limit) if times and times[0] <= limit else 0
+        over = len(times) - cut + 1 - self._max_stored
+        if over > 0:
+            cut += over
+            self.evicted += over
+        cut = self._fitted(stored, cut, weight, cut)
+        if cut:
+            del times[:cut]
+            del values[:cut]
+
+    def _fitted(self, stored: list[Any], cut: int, weight: int, free: int) -> int:
+        """How many of a key's oldest events go so that its entry, with one more event of
+        ``weight`` bytes beyond a number's, stays within ``MAX_ENTRY_BYTES``: at least ``cut``.
+        Updates the entry's third item (its bytes beyond numbers') for the events going and the
+        one coming; those going past ``free`` (the expired) and ``cut`` are counted evicted."""
+        values: list[Any] = stored[1]
+        n = len(values)
+        if len(stored) > 2:
+            extra: int = stored[2]
+            for i in range(cut):
+                extra -= _value_bytes(values[i])
+        else:  # (first such value: the key's other values are numbers, or stored before it was counted)
+            extra = 0
+            for i in range(cut, n):
+                extra += _value_bytes(values[i])
+        going = cut
+        while going < n and (n - going + 1) * _EVENT_BYTES + extra + weight > MAX_ENTRY_BYTES:
+            extra -= _value_bytes(values[going])
+            going += 1
+        self.evicted += max(0, going - max(cut, free))
+        extra += weight
+        if len(stored) > 2:
+            if extra:
+                stored[2] = extra
+            else:
+                del stored[2:]  # (numbers only again: the plain path)
+        elif extra:
+            stored.append(extra)
+        return going
+
     def _update_long(
         self,
         names: list[tuple[str, int]],
         state: State,
         skey: str,
-        stored: list[list[Any]],
+        stored: list[Any],
         t: int,
         value: Any,
         wm: int,
+        weight: int,
     ) -> dict[str, Any]:
         """A sliding update of a key with many events: the same changes to the stored list as
         ``update`` makes (but for expired events, cut a quarter of the list at a time), and the
         answer from the key's :class:`_Running` aggregates when the event is the newest (the
         usual case), or over the event's own window when it is not."""
-        times, values = stored
+        times: list[Any] = stored[0]
+        values: list[Any] = stored[1]
         size = self._size
         runs = self._runs
         rkey = (id(state), skey)
@@ -1043,8 +1299,8 @@ class WindowedAggregate:
         if run is not None and (run.stored is not stored or run.generation != state.generation()):
             run = None
         last = times[-1]
-        cut = bisect_right(times, wm - size) if times[0] <= wm - size else 0
-        over = len(times) - cut + 1 - self._max_events
+        cut = expired = bisect_right(times, wm - size) if times[0] <= wm - size else 0
+        over = len(times) - cut + 1 - self._max_stored
         if over > 0:
             cut += over  # the oldest make room (see max_events)
             self.evicted += over
@@ -1053,6 +1309,8 @@ class WindowedAggregate:
             # moves the rest of the list (a hot key's every update moved 20,000 pointers).
             # Kept a while, they are in no answer: windows start after the watermark's.
             cut = 0
+        if weight or len(stored) > 2:
+            cut = self._fitted(stored, cut, weight, expired)
         in_order = t >= last
         if run is not None and in_order:
             run.advance(t - size)
@@ -1095,7 +1353,7 @@ class WindowedAggregate:
         start = bisect_right(times, t - size) if times[0] <= t - size else 0
         return self._results(values[start:end])
 
-    def _admit(self, names: list[tuple[str, int]], state: State, stored: list[list[Any]]) -> _Running | None:
+    def _admit(self, names: list[tuple[str, int]], state: State, stored: list[Any]) -> _Running | None:
         """Running aggregates for a key now holding many events, if there is room.  When every
         slot is taken, at most once per idle span (more hot keys than slots taking turns were
         otherwise each built again at every turn, slower than recomputing over their windows):
@@ -1130,7 +1388,7 @@ class WindowedAggregate:
             if (
                 owner is None
                 or getattr(owner, "closed", False)
-                or (rkey[0] == sid and run.stored[0][-1] <= limit)
+                or (rkey[0] == sid and run.times[-1] <= limit)
             ):
                 del self._runs[rkey]
 

@@ -314,9 +314,10 @@ def test_numpy_numbers_are_kept_as_the_python_numbers_they_are(window: Window) -
     assert got.values == {"total": 8.0, "d": 2}
     assert type(got.values["total"]) is float
     distinct = WindowedAggregate(STORE, window, {"d": DistinctCount()})
-    distinct.update(state, "t", 5, (np.int64(1), "a"))
-    state.reload()
-    (got,) = distinct.update(state, "t", 6, (1, "a")) or []
+    own = MemoryState()  # (a store is one window's)
+    distinct.update(own, "t", 5, (np.int64(1), "a"))
+    own.reload()
+    (got,) = distinct.update(own, "t", 6, (1, "a")) or []
     assert got.values == {"d": 1}
     with pytest.raises(ValueError, match=r"window value for key 'k' is a numpy array of shape \(2,\)"):
         agg.update(state, "k", 4, np.array([1.0, 2.0]))
@@ -501,25 +502,30 @@ def test_distinct_counts_run_over_any_value() -> None:
 @pytest.mark.parametrize("running_from", [4, 10**9])
 @pytest.mark.parametrize(
     ("aggregation", "poison"),
-    [(Sum(), "12.50"), (DistinctCount(), (1, [2]))],
-    ids=["sum-str", "distinct-unhashable"],
+    [(Sum(), "12.50"), (Min(), None), (DistinctCount(), (1, [2]))],
+    ids=["sum-str", "min-none", "distinct-unhashable"],
 )
-def test_a_value_that_cannot_be_aggregated_is_saved_as_it_is_kept(
+def test_a_value_that_cannot_be_aggregated_is_refused_before_anything_changes(
     running_from: int, aggregation: Aggregation, poison: Any
 ) -> None:
-    # The event is stored, then its aggregation raises: the stored list is marked written
-    # first, so the checkpoint saves what the running process holds (a restart reads the same).
-    agg = WindowedAggregate(STORE, Window.sliding(1_000), {"x": aggregation}, running_from=running_from)
+    # It was stored, then its aggregation raised: every later event of the key raised too, for
+    # the window's length, and the watermark had moved (found in review).
+    agg = WindowedAggregate(
+        STORE, Window.sliding(1_000), {"n": Count(), "x": aggregation}, running_from=running_from
+    )
     state = MemoryState()
     for t in range(6):
         agg.update(state, "k", t, 1.0)
     state.checkpoint()
-    with pytest.raises(TypeError):
-        agg.update(state, "k", 6, poison)
-    held = [list(part) for part in state.get("w:k")]
-    assert len(held[1]) == 7
+    before = msgspec.msgpack.encode(state.data)
+    kind = type(aggregation).__name__
+    with pytest.raises(TypeError, match=rf"window value for key 'k': aggregation 'x' \({kind}\)"):
+        agg.update(state, "k", 600, poison)
+    assert msgspec.msgpack.encode(state.data) == before  # the watermark too
+    (got,) = agg.update(state, "k", 6, 1.0) or []
+    assert got.values["n"] == 7
     state.reload()
-    assert len(state.get("w:k")[1]) == 7  # (a tuple comes back a list)
+    assert len(state.get("w:k")[1]) == 7
 
 
 @pytest.mark.parametrize("value", [1j, object(), [1, object()]], ids=["complex", "object", "nested"])
