@@ -86,6 +86,29 @@ def test_canonical_simulation_and_labels_reach_kafka(settings: Settings, tmp_pat
     assert all(eid in by_id for lb in decoded for eid in lb.event_ids)
 
 
+def test_a_run_stopped_on_the_way_has_its_labels_in_kafka_and_the_file(
+    settings: Settings, tmp_path: Path, prefix: str
+) -> None:
+    # Written after every event, a run stopped with Ctrl-C (a paced run's usual end) left its
+    # attacks in Kafka with no ground truth: no labels file, nothing on the labels topic.
+    sim = Simulation(SimConfig(seed=23, customers=100, events=3_000, scenarios=["account_takeover"]))
+    publisher = SimPublisher(settings, topic_prefix=prefix)
+    publisher.ensure_topics(canonical=True)
+    labels_file = tmp_path / "labels.jsonl"
+
+    def stop(count: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        publisher.publish(sim, canonical=True, rate=100_000, labels_file=labels_file, progress=stop)
+    expected = sorted(lb.episode_id for lb in sim.labels + sim.lookalikes)
+    assert expected
+    in_file = [msgspec.json.decode(line, type=EpisodeLabel) for line in labels_file.read_bytes().splitlines()]
+    assert sorted(lb.episode_id for lb in in_file) == expected
+    back = _read(settings, [f"{prefix}labels"])
+    assert sorted(msgspec.json.decode(m.value(), type=EpisodeLabel).episode_id for m in back) == expected
+
+
 def test_native_simulation_goes_to_raw_topics_with_headers(settings: Settings, prefix: str) -> None:
     config = SimConfig(seed=22, customers=100, events=3_000, scenarios=["drainer_approval"], lookalikes=False)
     sim = Simulation(config)

@@ -53,6 +53,8 @@ def _vigil(
         (("simulate", "--events", "100", "--labels-file", "/tmp"), "--labels-file '/tmp': cannot write it"),
         # Ignored, the run was in memory: a replay's result taken for one on the broker.
         (("eval", "--backlog", "--events", "10"), "--backlog is for a run on the broker: pass --kafka"),
+        # Found only after the whole evaluation (minutes with --kafka).
+        (("eval", "--events", "10", "--json", "/tmp"), "--json '/tmp': cannot write it (it is a directory)"),
         # "Out of date" with every file's name, and advice that made the mistyped directory.
         (("schemas", "check", "/nonexistent/schemas"), "no schema directory /nonexistent/schemas"),
     ],

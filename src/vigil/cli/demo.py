@@ -29,7 +29,7 @@ from rich.table import Table
 from vigil.cli._common import console, settings, shown
 from vigil.config import Settings
 from vigil.detect.app import DetectionService, DetectTopology
-from vigil.detect.eval import HOLD_SCENARIOS, EvalResult, intel_for, score
+from vigil.detect.eval import EvalResult, intel_for, score
 from vigil.detect.rules.validate import load_rules
 from vigil.events.codec import EventCodec
 from vigil.events.types import Alert, Decision
@@ -272,7 +272,7 @@ def _summary(result: EvalResult, decisions: int) -> None:
         table.add_row(
             name, str(s.episodes), str(s.alerts), f"[{recall_style}]{s.recall:.0%}[/]", pct(s.precision),
             secs(s.ttd_p50_s), secs(s.ttd_p95_s),
-            pct(s.hold_before_funds_leave) if name in HOLD_SCENARIOS else "",
+            pct(s.hold_before_funds_leave) if s.hold_before_funds_leave is not None else "",
         )  # fmt: skip
     console.print()
     console.print(table)

@@ -143,6 +143,10 @@ def eval_(
         # Ignored, the run was in memory: a replay's result taken for one on the broker.
         msg = "--backlog is for a run on the broker: pass --kafka with it"
         raise ConfigError(msg)
+    if json_file is not None:
+        from vigil.cli.simulate import check_writable
+
+        check_writable(json_file, f"--json {str(json_file)!r}")  # (not after minutes of work)
     ruleset = load_rules([rules])
     started = time.perf_counter()
     # Minutes at the defaults with nothing said (the broker's catch-up waits up to 10 minutes).
@@ -172,6 +176,7 @@ def eval_(
             result = evaluate(ruleset, seed=seed, events=events, customers=customers, attack_rate=attack_rate)
     render(result, time.perf_counter() - started)
     if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
         json_file.write_text(json.dumps(result.as_json(), indent=2) + "\n")
         console.print(f"wrote {shown(str(json_file))}")
 

@@ -71,10 +71,12 @@ def parse_start(text: str | None, *, paced: bool) -> datetime | None:
     return value.astimezone(UTC)
 
 
-def _check_writable(path: Path, given: bool) -> None:
-    """Refuse a labels file that cannot be written, before anything is produced: it was found
-    only once every record was in Kafka ("Is a directory"), hours in on a paced run.  Asked of
-    the file system, nothing made (a run that then finds no broker leaves nothing behind)."""
+def check_writable(path: Path, named: str) -> None:
+    """Refuse a file (``named`` as the error names it) that cannot be written, before the work
+    that ends in writing it: a labels file was found unwritable only once every record was in
+    Kafka ("Is a directory"), hours in on a paced run, and `eval --json` after the evaluation.
+    Asked of the file system, nothing made (a run that then finds no broker leaves nothing
+    behind)."""
     why = None
     if path.is_dir():
         why = "it is a directory"
@@ -88,9 +90,6 @@ def _check_writable(path: Path, given: bool) -> None:
         elif not os.access(there, os.W_OK | os.X_OK):
             why = f"{str(there)!r} is not writable"
     if why is not None:
-        named = (
-            f"--labels-file {str(path)!r}" if given else f"the labels file {str(path)!r} (under VIGIL_HOME)"
-        )
         msg = f"{named}: cannot write it ({why}); expected a file path whose directory exists or can be made"
         raise ConfigError(msg)
 
@@ -101,12 +100,15 @@ def simulate(
     events: Annotated[
         int | None, typer.Option(min=0, help="Total events (default 100000, or derived from --duration)")
     ] = None,
-    duration: Annotated[str | None, typer.Option(help="Simulated span, e.g. 6h or 1d (default 1d)")] = None,
+    duration: Annotated[str | None, typer.Option(help="Simulated span, e.g. 12h or 2d (default 1d)")] = None,
     start: Annotated[
         str | None, typer.Option(help="Simulated start (ISO 8601 UTC or 'now'; paced runs default to now)")
     ] = None,
     rate: Annotated[
-        float | None, typer.Option(min=0.001, help="At most this many events per wall second")
+        float | None,
+        typer.Option(
+            min=0.001, help="At most this many records per wall second (raw records; events with --canonical)"
+        ),
     ] = None,
     speed: Annotated[
         float | None,
@@ -173,7 +175,12 @@ def simulate(
             "exchange would go into its live topics; pass --topic-prefix NAME. (or --into-live-topics)"
         )
         raise ConfigError(msg)
-    _check_writable(labels_path, given=labels_file is not None)
+    check_writable(
+        labels_path,
+        f"--labels-file {str(labels_path)!r}"
+        if labels_file is not None
+        else f"the labels file {str(labels_path)!r} (under VIGIL_HOME)",
+    )
     check_reachable(cfg)
     publisher = SimPublisher(cfg, topic_prefix=topic_prefix)
     publisher.ensure_topics(canonical=canonical)

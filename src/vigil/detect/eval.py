@@ -26,11 +26,13 @@ Definitions (the numbers ``vigil eval`` prints):
   the scenarios its false positives are charged to.
 - **ttd** (time to detect): from the episode start to the last evidence time of its first
   matching alert, in event time (seconds); p50 and p95 over detected episodes.
-- **hold_before_funds_leave** (account takeover, address poisoning): the share of episodes
-  with a ``funds_leave_at`` that got a ``hold_withdrawal`` or ``block`` decision on a matching
-  entity whose time (the alert's last evidence) is before it.  Not applicable (``None``) to a
-  drainer approval: the tokens leave the victim's own wallet on chain, where no exchange hold
-  reaches them (a hold on the exchange account only keeps further funds from following).
+- **hold_before_funds_leave**: the share of episodes with a ``funds_leave_at`` that got a
+  ``hold_withdrawal`` or ``block`` decision on a matching entity whose time (the alert's last
+  evidence) is before it; for every scenario a rule that holds answers for (its typology's, and
+  those its alerts matched), expected of account takeover and address poisoning
+  (``HOLD_SCENARIOS``).  Not applicable (``None``) to a drainer approval: the tokens leave the
+  victim's own wallet on chain, where no exchange hold reaches them (a hold on the exchange
+  account only keeps further funds from following).
 - **benign_events**: events that belong to no attack episode (look-alikes included);
   **false_positives_per_10k**: alerts matching no attack episode per 10,000 benign events.
 """
@@ -59,6 +61,8 @@ if TYPE_CHECKING:
 #: Scenarios where a hold can stop the money: a drainer pulls the approved wallet's tokens on
 #: chain, out of the exchange's reach, so its hold share is not applicable.
 HOLD_SCENARIOS = ("account_takeover", "address_poisoning")
+#: Scenarios whose money leaves out of any exchange hold's reach (see the module docstring).
+NO_HOLD_SCENARIOS = ("drainer_approval",)
 #: Rule typologies that are no scenario's name, and the scenarios whose signals they are: their
 #: false positives are charged to these scenarios' precision.
 TYPOLOGY_SCENARIOS: dict[str, tuple[str, ...]] = {
@@ -291,6 +295,14 @@ def score(
         for i in alert_matches.get(d.payload.alert_id, ()):
             if i not in holds or d.occurred_at < holds[i]:
                 holds[i] = d.occurred_at
+    # Where a hold can be judged: every scenario a rule that holds answers for (shown for
+    # sanctioned exposure, an API key's abuse, a mule, not only for the two it is expected of).
+    holdable = set(HOLD_SCENARIOS)
+    for rule in rules:
+        if rule.decision is not None and rule.decision.action in HOLD_ACTIONS:
+            kind = rule.typology
+            holdable |= {kind, *TYPOLOGY_SCENARIOS.get(kind, ()), *answers.get(rule.id, ())}
+    holdable -= set(NO_HOLD_SCENARIOS)
     missed: dict[str, list[str]] = {}
     for name in names:
         idx = [i for i, label in enumerate(labels) if label.scenario == name]
@@ -304,7 +316,7 @@ def score(
         s.ttd_p95_s = _quantile(ttd, 0.95)
         s.alerts = len(attributed[name])
         s.precision = sum(attributed[name]) / len(attributed[name]) if attributed[name] else 1.0
-        if name in HOLD_SCENARIOS:
+        if name in holdable:
             leaving = [i for i in idx if labels[i].funds_leave_at is not None]
             held = [i for i in leaving if i in holds and holds[i] < labels[i].funds_leave_at]  # type: ignore[operator]
             s.hold_before_funds_leave = len(held) / len(leaving) if leaving else None

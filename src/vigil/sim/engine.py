@@ -33,7 +33,10 @@ def resolve_scenarios(names: list[str] | None) -> list[type[Scenario]]:
     if unknown:
         msg = f"unknown scenario(s) {', '.join(map(repr, unknown))}; known: {', '.join(SCENARIOS)}"
         raise ConfigError(msg)
-    return [SCENARIOS[n] for n in dict.fromkeys(names)]
+    # In the registry's order, whatever order they were named in: the scenarios pick their
+    # victims in turn, and `--scenario a --scenario b` made another stream than `b` then `a`.
+    chosen = set(names)
+    return [cls for name, cls in SCENARIOS.items() if name in chosen]
 
 
 class Simulation:

@@ -1,8 +1,9 @@
 """The simulated stream in each source's native shape, for the ``raw.<source>`` topics.
 
 Every canonical event becomes what its source would have delivered; the record's
-``vigil.meta`` header carries ``sim_event_ids`` (the canonical ids it stands for), so an
-evaluation on the native path can map the normalised events back to the labels.
+``vigil.meta`` header carries ``sim_event_ids`` (the canonical ids it stands for).  The
+normalisers give chain, SaaS and CloudTrail events ids of their own and do not pass that header
+on, so on the native path labels match normalised events by entity and time, not by id.
 
 ===================  =====================  ==================================================
 source (topic)       ``vigil.kind``         value

@@ -244,11 +244,24 @@ class SimPublisher:
         progress: Callable[[int], None] | None = None,
         flush_timeout: float = 120.0,
     ) -> PublishStats:
-        """Produce the whole simulation, then its labels; returns when all are acknowledged."""
+        """Produce the simulation's labels, then every event; returns when all are acknowledged.
+
+        The labels (and the labels file) go first: every episode is known once the simulation is
+        built, and written after the events, a run stopped on the way (Ctrl-C in a paced run, a
+        delivery failure) left its attacks in Kafka with no ground truth.  An episode of a run
+        stopped early may not have been injected (its ``start`` is after the last event sent)."""
         stats = PublishStats()
         started = time.perf_counter()
         producer = self._producer
         count = 0
+        labels = sim.labels + sim.lookalikes
+        if labels_file is not None:
+            write_labels(labels_file, labels)
+        for label in labels:
+            self._produce(self.prefix + LABELS_TOPIC, label.episode_id, encode(label))
+        if labels and producer.flush(flush_timeout):
+            msg = f"the simulation's labels not delivered within {flush_timeout:g}s"
+            raise DeliveryFailed(msg)
 
         def idle() -> None:
             # Waiting for a record's time: serve delivery reports, show how far the run is.
@@ -283,9 +296,6 @@ class SimPublisher:
                         progress(count)
         if progress:
             progress(count)
-        labels = sim.labels + sim.lookalikes
-        for label in labels:
-            self._produce(self.prefix + LABELS_TOPIC, label.episode_id, encode(label))
         remaining = producer.flush(flush_timeout)
         if remaining:
             msg = f"{remaining} simulated records not delivered within {flush_timeout:g}s"
@@ -293,8 +303,6 @@ class SimPublisher:
         if self._errors:
             msg = f"{len(self._errors)}+ simulated records failed delivery; first: {self._errors[0]}"
             raise DeliveryFailed(msg)
-        if labels_file is not None:
-            write_labels(labels_file, labels)
         stats.events = count
         stats.labels = len(labels)
         stats.topics = sorted(native_topics | set(self._topic_of.values()))

@@ -250,3 +250,24 @@ def test_without_the_saas_rules_no_vendor_breach_is_detected(tmp_path: Path) -> 
     assert without.scenarios["account_takeover"].recall > 0.9
     with_saas = evaluate(load_rules([ROOT / "rules"]), **args)  # type: ignore[arg-type]
     assert with_saas.scenarios["supply_chain_compromise"].recall == 1.0
+
+
+def test_a_hold_is_judged_for_every_scenario_a_holding_rule_answers_for() -> None:
+    # Shown for account takeover and address poisoning alone, though sanctions, an API key's abuse
+    # and mules are held too: the column was blank for them.
+    label = EpisodeLabel(
+        episode_id="ep-s",
+        scenario="sanctioned_exposure",
+        entity=VICTIM,
+        event_ids=["e-dep", "e-out"],
+        start=T0,
+        end=T0 + timedelta(hours=1),
+        funds_leave_at=T0 + timedelta(minutes=30),
+    )
+    rules = load_rules([ROOT / "rules"])
+    assert any(r.typology == "sanctioned_exposure" and r.decision is not None for r in rules)
+    result = score([label], [], [], rules=rules, events=100, benign_events=98)
+    assert result.scenarios["sanctioned_exposure"].hold_before_funds_leave == 0.0
+    # Without a rule that holds for it, there is nothing to judge.
+    result = score([label], [], [], rules=[], events=100, benign_events=98)
+    assert result.scenarios["sanctioned_exposure"].hold_before_funds_leave is None
