@@ -139,12 +139,15 @@ def test_native_simulation_goes_to_raw_topics_with_headers(settings: Settings, p
 def test_failed_deliveries_are_reported(settings: Settings, prefix: str) -> None:
     sim = Simulation(SimConfig(seed=23, customers=50, events=500, scenarios=["spoofing"], lookalikes=False))
     # The topics were never created and this producer may not create them: no record can be
-    # delivered, and publish() must say so (only failures call back into Python).
+    # delivered, and publish() must say so (only failures call back into Python), at the labels,
+    # which go first, before any event is sent.
     publisher = SimPublisher(
         settings, topic_prefix=prefix, **{"allow.auto.create.topics": False, "message.timeout.ms": 3000}
     )
-    with pytest.raises(DeliveryFailed, match=rf"records failed delivery; first: {prefix}events\.\w+: "):
-        publisher.publish(sim, canonical=True, flush_timeout=30)
+    counted: list[int] = []
+    with pytest.raises(DeliveryFailed, match=rf"records failed delivery; first: {prefix}labels: "):
+        publisher.publish(sim, canonical=True, flush_timeout=30, progress=counted.append)
+    assert counted == []  # no event produced
 
 
 @pytest.mark.parametrize("canonical", [True, False], ids=["canonical", "native"])

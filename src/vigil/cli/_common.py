@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -72,6 +74,29 @@ def serve_metrics_of(
 #: inert() bounds what it is given (it was made for error messages); texts are escaped in pieces
 #: this long so that a whole record or log line is shown, never cut.
 _PIECE = 400
+
+
+def check_writable(path: Path, named: str) -> None:
+    """Refuse a file (``named`` as the error names it) that cannot be written, before the work
+    that ends in writing it: a labels file was found unwritable only once every record was in
+    Kafka ("Is a directory"), hours in on a paced run, and `eval --json` after the evaluation.
+    Asked of the file system, nothing made (a run that then finds no broker leaves nothing
+    behind)."""
+    why = None
+    if path.is_dir():
+        why = "it is a directory"
+    elif path.exists():
+        why = None if os.access(path, os.W_OK) else "it is not writable"
+    else:
+        # The nearest directory there is must let the rest be made in it.
+        there = next((p for p in path.parents if p.exists()), Path("/"))
+        if not there.is_dir():
+            why = f"{str(there)!r} is not a directory"
+        elif not os.access(there, os.W_OK | os.X_OK):
+            why = f"{str(there)!r} is not writable"
+    if why is not None:
+        msg = f"{named}: cannot write it ({why}); expected a file path whose directory exists or can be made"
+        raise ConfigError(msg)
 
 
 def plain(text: str, *, lines: bool = False) -> str:

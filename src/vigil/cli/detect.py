@@ -19,7 +19,15 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from vigil.cli._common import MetricsPortOpt, console, err_console, serve_metrics_of, settings, shown
+from vigil.cli._common import (
+    MetricsPortOpt,
+    check_writable,
+    console,
+    err_console,
+    serve_metrics_of,
+    settings,
+    shown,
+)
 from vigil.detect.eval import HOLD_SCENARIOS, EvalResult, evaluate
 from vigil.detect.rules.validate import load_rules
 from vigil.errors import ConfigError
@@ -144,8 +152,6 @@ def eval_(
         msg = "--backlog is for a run on the broker: pass --kafka with it"
         raise ConfigError(msg)
     if json_file is not None:
-        from vigil.cli.simulate import check_writable
-
         check_writable(json_file, f"--json {str(json_file)!r}")  # (not after minutes of work)
     ruleset = load_rules([rules])
     started = time.perf_counter()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -12,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vigil.cli._common import console, settings, shown
+from vigil.cli._common import check_writable, console, settings, shown
 from vigil.errors import ConfigError
 from vigil.hub.client import check_reachable
 from vigil.sim import SCENARIOS, SimConfig, Simulation
@@ -69,29 +68,6 @@ def parse_start(text: str | None, *, paced: bool) -> datetime | None:
         msg = f"--start must carry a time zone (UTC), e.g. {text}+00:00; got {text!r}"
         raise ConfigError(msg)
     return value.astimezone(UTC)
-
-
-def check_writable(path: Path, named: str) -> None:
-    """Refuse a file (``named`` as the error names it) that cannot be written, before the work
-    that ends in writing it: a labels file was found unwritable only once every record was in
-    Kafka ("Is a directory"), hours in on a paced run, and `eval --json` after the evaluation.
-    Asked of the file system, nothing made (a run that then finds no broker leaves nothing
-    behind)."""
-    why = None
-    if path.is_dir():
-        why = "it is a directory"
-    elif path.exists():
-        why = None if os.access(path, os.W_OK) else "it is not writable"
-    else:
-        # The nearest directory there is must let the rest be made in it.
-        there = next((p for p in path.parents if p.exists()), Path("/"))
-        if not there.is_dir():
-            why = f"{str(there)!r} is not a directory"
-        elif not os.access(there, os.W_OK | os.X_OK):
-            why = f"{str(there)!r} is not writable"
-    if why is not None:
-        msg = f"{named}: cannot write it ({why}); expected a file path whose directory exists or can be made"
-        raise ConfigError(msg)
 
 
 def simulate(

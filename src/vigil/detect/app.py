@@ -421,8 +421,9 @@ class DetectionService:
             app.run()
         except BaseException as exc:  # surfaced by `check()`: a dead stage must not go unnoticed
             if isinstance(exc, VigilError):
-                # Says what is wrong itself (a topic missing before `vigil topics apply`), and
-                # check() raises it to the command, which prints it once: no traceback here.
+                # Says what is wrong itself (a topic missing before `vigil topics apply`): one
+                # line, its traceback at DEBUG (check() raises only the first stage's failure).
+                log.error("detection application %s failed: %s", app.name, exc)
                 log.debug("detection application %s failed", app.name, exc_info=True)
             else:
                 log.exception("detection application %s failed", app.name)

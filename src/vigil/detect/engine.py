@@ -55,10 +55,10 @@ Event-time order
     event-time alignment (``max_event_time_skew_s``): records are held until the slowest
     partition with data to read has caught up, and partitions far ahead are paused.
     ``vigil eval --kafka --backlog`` measures exactly that case against the in-memory scores.
-    Aligned, the stages process records in the order they come (the routed topic's is its
-    log's, one partition a key), so a replay or a restart makes the same alerts under the same
-    ids however batches are cut; unaligned (and in memory, ``detect_events``), each sorts its
-    batch by ``occurred_at`` (``order_batches``).
+    The detect stage processes records in the order they come, its routed topic's log order (one
+    partition a key), and so does the route stage when aligned: a replay or a restart makes the
+    same alerts under the same ids however batches are cut.  Unaligned, the route stage sorts
+    each batch by ``occurred_at``, as does ``detect_events`` in memory (``order_batches``).
 """
 
 from __future__ import annotations

@@ -70,8 +70,9 @@ def normalise(value: str) -> str:
     if value.startswith(("0x", "0X")):
         return value.lower()
     if "@" in value and not value.isascii():
-        # An e-mail address with a domain in Unicode: its domain in the ASCII form, as listed.
-        return email_to_ascii(value) or value
+        # An e-mail address with a domain in Unicode: its domain in the ASCII form, as listed
+        # (one no browser could open: lower-cased, as before).
+        return email_to_ascii(value) or value.lower()
     if "." in value and not value.replace(".", "").isdigit():
         if not value.isascii():
             # A domain in Unicode is keyed in the ASCII form clicks carry (xn--...), as the

@@ -233,6 +233,15 @@ class SimPublisher:
                 gc.enable()
         return count
 
+    def _check_delivered(self, remaining: int, flush_timeout: float) -> None:
+        """Raise if records are still queued after a flush, or failed delivery."""
+        if remaining:
+            msg = f"{remaining} simulated records not delivered within {flush_timeout:g}s"
+            raise DeliveryFailed(msg)
+        if self._errors:
+            msg = f"{len(self._errors)}+ simulated records failed delivery; first: {self._errors[0]}"
+            raise DeliveryFailed(msg)
+
     def publish(
         self,
         sim: Simulation,
@@ -259,9 +268,9 @@ class SimPublisher:
             write_labels(labels_file, labels)
         for label in labels:
             self._produce(self.prefix + LABELS_TOPIC, label.episode_id, encode(label))
-        if labels and producer.flush(flush_timeout):
-            msg = f"the simulation's labels not delivered within {flush_timeout:g}s"
-            raise DeliveryFailed(msg)
+        if labels:
+            # Delivered before any event: what cannot take the labels will not take the events.
+            self._check_delivered(producer.flush(flush_timeout), flush_timeout)
 
         def idle() -> None:
             # Waiting for a record's time: serve delivery reports, show how far the run is.
@@ -296,13 +305,7 @@ class SimPublisher:
                         progress(count)
         if progress:
             progress(count)
-        remaining = producer.flush(flush_timeout)
-        if remaining:
-            msg = f"{remaining} simulated records not delivered within {flush_timeout:g}s"
-            raise DeliveryFailed(msg)
-        if self._errors:
-            msg = f"{len(self._errors)}+ simulated records failed delivery; first: {self._errors[0]}"
-            raise DeliveryFailed(msg)
+        self._check_delivered(producer.flush(flush_timeout), flush_timeout)
         stats.events = count
         stats.labels = len(labels)
         stats.topics = sorted(native_topics | set(self._topic_of.values()))

@@ -17,6 +17,7 @@ once closed, at the next partition claimed; any other state is held weakly.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Callable
 
@@ -43,8 +44,18 @@ def state_ref(state: State) -> Callable[[], State | None]:
     return weakref.ref(state)
 
 
+#: Applications in several threads of one process (detection's two stages) claim stores, and a
+#: window going lets go of its entry from any thread (``_let_go``).
+_LOCK = threading.RLock()
+
+
 def claim_store(state: State, user: StoreUser, store: StoreSpec) -> None:
     """Refuse ``state`` to ``user`` when another window (still held) updates it."""
+    with _LOCK:
+        _claim(state, user, store)
+
+
+def _claim(state: State, user: StoreUser, store: StoreSpec) -> None:
     sid = id(state)
     held = _STORE_USERS.get(sid)
     if held is not None and held[0]() is state:
@@ -60,7 +71,7 @@ def claim_store(state: State, user: StoreUser, store: StoreSpec) -> None:
             raise ValueError(msg)
     # A new partition (an assignment): forget those closed, or let go, or whose window was.
     gone = []
-    for k, (was, hold) in _STORE_USERS.items():
+    for k, (was, hold) in list(_STORE_USERS.items()):
         then = was()
         if then is None or hold() is None or getattr(then, "closed", False):
             gone.append(k)
@@ -71,6 +82,7 @@ def claim_store(state: State, user: StoreUser, store: StoreSpec) -> None:
 
 def _let_go(sid: int, hold: weakref.ref[StoreUser]) -> None:
     """A window went: its entry goes, and the state with it (unless claimed again since)."""
-    held = _STORE_USERS.get(sid)
-    if held is not None and held[1] is hold:
-        del _STORE_USERS[sid]
+    with _LOCK:
+        held = _STORE_USERS.get(sid)
+        if held is not None and held[1] is hold:
+            del _STORE_USERS[sid]

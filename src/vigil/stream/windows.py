@@ -1194,7 +1194,11 @@ class WindowedAggregate:
                 try:
                     float(value)
                 except (TypeError, ValueError) as exc:
-                    msg = f"window value for key {key!r}: aggregation {name!r} (Sum) takes numbers; {exc}"
+                    # (Not float()'s own message: it repeats the whole value, an attacker's text.)
+                    msg = (
+                        f"window value for key {key!r}: aggregation {name!r} (Sum) takes numbers; got "
+                        f"{kind.__name__} {_shown(value)}"
+                    )
                     raise type(exc)(msg) from None
                 continue
             msg = (

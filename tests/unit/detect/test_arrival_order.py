@@ -273,15 +273,8 @@ def test_a_late_step_event_after_a_burst_keeps_the_chain_begun_before_it(tmp_pat
     assert _both(rules, [*(_reset(20 + i) for i in range(33)), _added(15, x), _out(16, x)]) == ([], [])
 
 
-def test_a_late_step_acts_as_at_its_own_time_on_the_chains_it_meets(tmp_path: Path) -> None:
-    # Folded into the replay base after later steps, a late event used to extend, replace or
-    # clear chains as if it were the newest: a chain it could not have begun or taken on in
-    # event time, and a lost one (a late completion clearing a chain begun after it).  A second
-    # address added late is a chain of its own: the reset takes on both, and the withdrawal to
-    # the first completes its chain in either order (one chain a step, the second address hid
-    # the first: a decoy let a drain through).
-    x, y, z = "0x" + "1" * 40, "0x" + "2" * 40, "0x" + "3" * 40
-    address_first = """\
+#: An address added, a password reset, a withdrawal to that address.
+ADDRESS_FIRST = """\
     type: sequence
     group_by: customer
     within: 2h
@@ -292,6 +285,17 @@ def test_a_late_step_acts_as_at_its_own_time_on_the_chains_it_meets(tmp_path: Pa
         type: withdrawal_request
         same_as: {payload.to_address: new_address.payload.address}
 """
+
+
+def test_a_late_step_acts_as_at_its_own_time_on_the_chains_it_meets(tmp_path: Path) -> None:
+    # Folded into the replay base after later steps, a late event used to extend, replace or
+    # clear chains as if it were the newest: a chain it could not have begun or taken on in
+    # event time, and a lost one (a late completion clearing a chain begun after it).  A second
+    # address added late is a chain of its own: the reset takes on both, and the withdrawal to
+    # the first completes its chain in either order (one chain a step, the second address hid
+    # the first: a decoy let a drain through).
+    x, y, z = "0x" + "1" * 40, "0x" + "2" * 40, "0x" + "3" * 40
+    address_first = ADDRESS_FIRST
     arrival = [_added(1, x), _reset(4), *(_out(5 + i, z) for i in range(33)), _added(2, y), _out(40, x)]
     first = [["a1", "r4", "w40"]]
     assert _both(_rules(tmp_path, address_first), arrival) == (first, first)

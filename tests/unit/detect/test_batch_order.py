@@ -69,7 +69,7 @@ def test_records_processed_as_they_come_make_the_same_alerts_however_batches_are
     assert _alert_ids(True, 500) != _alert_ids(True, 50)
 
 
-def test_the_stages_sort_batches_only_when_not_aligned(tmp_path: Path) -> None:
+def test_only_an_unaligned_route_stage_sorts_its_batches(tmp_path: Path) -> None:
     # Built, not started: nothing to connect to.
     settings = load_settings(kafka_bootstrap="127.0.0.1:1", home=tmp_path)
     aligned = DetectionService(settings, [])
@@ -99,7 +99,11 @@ def test_a_stage_refusing_with_a_reason_of_its_own_logs_no_traceback(
             raise self.error
 
     service._run(Stage("detect-route", TopicError("topic 'events.identity' does not exist")))  # type: ignore[arg-type]
-    assert [r.levelno for r in caplog.records] == [logging.DEBUG]
+    assert [(r.levelno, r.exc_info is not None) for r in caplog.records] == [
+        (logging.ERROR, False),
+        (logging.DEBUG, True),
+    ]
+    assert "topic 'events.identity' does not exist" in caplog.records[0].getMessage()
     service._run(Stage("detect", RuntimeError("a bug")))  # type: ignore[arg-type]
     assert caplog.records[-1].levelno == logging.ERROR
     assert caplog.records[-1].exc_info is not None

@@ -205,3 +205,21 @@ def test_an_address_condition_matches_whatever_case_either_side_spells_it() -> N
     # Other text keeps its case; a missing field is no address.
     assert not Condition("payload.to_address", "eq", TRON.lower()).compile()(withdraw(3, "c1", TRON, 0))
     assert Condition("payload.to_address", "ne", CHECKSUMMED).compile()(sent(4, "c1", None, 0))
+
+
+def test_a_known_entry_reading_the_dust_event_itself_does_not_clear_its_flag(tmp_path: Path) -> None:
+    # A rule whose known entry reads every transfer's sender (no where of its own) saw the dust
+    # event twice: flagged by the remember check, then taken for a send of more than dust and
+    # learned as a reference, so the withdrawal to the poisoner passed.
+    rule = (ROOT / "rules" / "chain.yaml").read_text()
+    start = rule.index("  - id: poisoning-withdrawal")
+    text = rule[start : rule.index("\n  - id: ", start + 10)].replace(
+        "{type: chain_transfer, field: payload.from_address, where: {payload.amount_usd: {gte: 1}}}",
+        "{type: chain_transfer, field: payload.from_address}",
+    )
+    assert "field: payload.from_address}" in text
+    (tmp_path / "r.yaml").write_text("rules:\n" + text + "\n")
+    rules = load_rules([tmp_path])
+    events = [transfer(1, FAKE, WALLET, at(0), 0.0), deposit(2, "c1", REAL, 1), withdraw(3, "c1", FAKE, 2)]
+    found, _ = detect_events(RuleSet(rules, IntelIndex()), events)
+    assert [a.payload.entity.id for a in found] == ["c1"]

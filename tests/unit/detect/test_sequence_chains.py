@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.unit.detect.test_arrival_order import _added, _alerted, _both, _out, _reset
-from tests.unit.detect.test_kinds import run, validated
+from tests.unit.detect.test_arrival_order import ADDRESS_FIRST, _added, _alerted, _both, _out, _reset
+from tests.unit.detect.test_kinds import added, out, run, validated
 
 from vigil.detect.engine import RuleSet, detect_events
 from vigil.detect.intel import IntelIndex
@@ -33,46 +33,32 @@ RESET_ADD_WITHDRAW = """\
 """
 
 
-def _yaml_added(at: str, address: str) -> str:
-    return (
-        f"      - {{type: withdrawal_address_added, at: {at}, customer: c1,"
-        f" payload: {{address: '{address}', asset: ETH, chain: ethereum}}}}\n"
-    )
-
-
-def _yaml_out(at: str, address: str) -> str:
-    return (
-        f"      - {{type: withdrawal_request, at: {at}, customer: c1, payload: {{withdrawal_id: w{at},"
-        f" asset: ETH, amount: 1, amount_usd: 3000, to_address: '{address}'}}}}\n"
-    )
-
-
 RESET = "      - {type: password_reset, at: 0, customer: c1}\n"
 
 
 def test_a_decoy_address_added_after_the_real_one_does_not_hide_the_withdrawal(tmp_path: Path) -> None:
-    events = RESET + _yaml_added("5m", X) + _yaml_added("10m", Y) + _yaml_out("15m", X)
+    events = RESET + added("5m", X) + added("10m", Y) + out("15m", X)
     assert run(tmp_path, RESET_ADD_WITHDRAW, events) == ["c1"]
     assert run(tmp_path, RESET_ADD_WITHDRAW, events, arrival=True) == ["c1"]
     # To the decoy too; to neither, nothing.
     assert run(
         tmp_path,
         RESET_ADD_WITHDRAW,
-        RESET + _yaml_added("5m", X) + _yaml_added("10m", Y) + _yaml_out("15m", Y),
+        RESET + added("5m", X) + added("10m", Y) + out("15m", Y),
     ) == ["c1"]
     other = "0x" + "c" * 40
     assert (
         run(
             tmp_path,
             RESET_ADD_WITHDRAW,
-            RESET + _yaml_added("5m", X) + _yaml_added("10m", Y) + _yaml_out("15m", other),
+            RESET + added("5m", X) + added("10m", Y) + out("15m", other),
         )
         == []
     )
 
 
 def test_one_attack_is_one_alert_and_repeat_holds_each_withdrawal_to_either_address(tmp_path: Path) -> None:
-    events = RESET + _yaml_added("5m", X) + _yaml_added("10m", Y) + _yaml_out("15m", X) + _yaml_out("20m", Y)
+    events = RESET + added("5m", X) + added("10m", Y) + out("15m", X) + out("20m", Y)
     # Without repeat, the completion uses up the chains begun by then: one alert.
     assert run(tmp_path, RESET_ADD_WITHDRAW, events) == ["c1"]
     # With it, the second withdrawal (to the other address added) is held too.
@@ -81,17 +67,7 @@ def test_one_attack_is_one_alert_and_repeat_holds_each_withdrawal_to_either_addr
 
 def test_a_step_without_links_takes_on_every_chain_before_it(tmp_path: Path) -> None:
     # Address, address, reset, withdrawal to the first: the reset is a step of both chains.
-    rule = """\
-    type: sequence
-    group_by: customer
-    within: 2h
-    steps:
-      - {name: new_address, type: withdrawal_address_added}
-      - {name: reset, type: password_reset}
-      - name: withdrawal
-        type: withdrawal_request
-        same_as: {payload.to_address: new_address.payload.address}
-"""
+    rule = ADDRESS_FIRST
     rules = validated(tmp_path, rule, RESET).rules
     arrival = [_added(1, X), _added(2, Y), _reset(4), _out(40, X)]
     assert _both(rules, arrival) == ([["a1", "r4", "w40"]], [["a1", "r4", "w40"]])
@@ -131,23 +107,25 @@ def test_a_late_withdrawal_does_not_report_a_chain_begun_by_the_same_event_twice
 
 def test_chains_kept_in_state_before_they_were_kept_apart_still_complete(tmp_path: Path) -> None:
     # State written before held one chain (or None) a step, not a list of them.
-    v = validated(tmp_path, RESET_ADD_WITHDRAW, RESET + _yaml_added("5m", X) + _yaml_out("15m", X))
+    v = validated(tmp_path, RESET_ADD_WITHDRAW, RESET + added("5m", X) + out("15m", X))
     (det,) = RuleSet(v.rules, IntelIndex()).detectors
     state, hits = MemoryState(), []
-    reset, added, out = v.cases[0].events
+    reset, address, withdrawal = v.cases[0].events
     det.process(reset, state, hits)
-    det.process(added, state, hits)
+    det.process(address, state, hits)
     ((key, st),) = state.items()
     st["p"] = [chains[-1] if chains else None for chains in st["p"]]
     assert isinstance(st["p"][0][0], float)  # one chain a step, as kept then
     state.set(key, st)
-    det.process(out, state, hits)
-    assert [[e[0] for e in h.evidence] for h in hits] == [[reset.event_id, added.event_id, out.event_id]]
+    det.process(withdrawal, state, hits)
+    assert [[e[0] for e in h.evidence] for h in hits] == [
+        [reset.event_id, address.event_id, withdrawal.event_id]
+    ]
 
 
 def test_a_step_keeps_at_most_max_chains(tmp_path: Path) -> None:
     addresses = [f"0x{n:040x}" for n in range(sequence.MAX_CHAINS + 3)]
-    events = RESET + "".join(_yaml_added(f"{n + 1}s", a) for n, a in enumerate(addresses))
+    events = RESET + "".join(added(f"{n + 1}s", a) for n, a in enumerate(addresses))
     v = validated(tmp_path, RESET_ADD_WITHDRAW, events)
     (det,) = RuleSet(v.rules, IntelIndex()).detectors
     state, hits = MemoryState(), []

@@ -123,8 +123,8 @@ def parse_entries(
     extra: tuple[str, ...] = (),
 ) -> list[FieldEntry] | None:
     """The entries under ``key``.  Each takes ``group_by`` only if its kind groups by it
-    (``group_required``): elsewhere it was accepted and changed nothing (a ``seen_also`` entry
-    grouped by wallet still fed the customer's history), so it is refused by name."""
+    (``group_required``): elsewhere it changed nothing (a ``seen_also`` entry grouped by wallet
+    still fed the customer's history), and is warned of by name."""
     raw = d.get(key)
     if not isinstance(raw, LocList) or not raw:
         p.error(d.mark(key), f"{what}.{key} must be a non-empty list of {{type, where, field}}; got {raw!r}")
@@ -146,10 +146,9 @@ def parse_entries(
         )
         ungrouped = "group_by" in e and not group_required
         if ungrouped:
+            # A warning, not an error: earlier versions documented it, and it never did anything.
             why = _UNGROUPED.get(key, "the entries here are not grouped")
-            p.error(
-                e.key_marks.get("group_by", e.loc), f"{ew}.group_by is not taken here ({why}); leave it out"
-            )
+            p.warn(e.key_marks.get("group_by", e.loc), f"{ew}.group_by is ignored here ({why}); leave it out")
         m = p.match(e, ew)
         f = (
             p.path(e.get("field"), e.mark("field"), f"{ew}.field", m.types if m else None)
@@ -160,7 +159,7 @@ def parse_entries(
         gp = [p.path(g, e.mark("group_by"), f"{ew}.group_by", m.types if m else None) for g in groups]
         alert = p.boolean(e, "alert", ew, default=True) if "alert" in extra else True
         remember = p.boolean(e, "remember", ew, default=False) if "remember" in extra else False
-        if m is None or f is None or None in gp or ungrouped:
+        if m is None or f is None or None in gp:
             ok = False
             continue
         out.append(FieldEntry(m, f, tuple(g for g in gp if g), alert, remember))

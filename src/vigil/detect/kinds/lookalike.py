@@ -239,13 +239,19 @@ class LookalikeDetector(Detector):
     def process(self, event: Event, state: State, hits: list[Hit], route: str | None = None) -> None:
         # On Kafka, only the addresses with this record's (head, tail): the others are the
         # business of the records routed under theirs.
+        # An address a remember check took from this event sent dust in it: the same event read
+        # by a known entry (one without a where of its own) is no send of more than dust.
+        dusted: set[str] = set()
         for entry, address, key, group in self._addresses(event):
             if route is not None and self._route_key(key) != route:
                 continue
             if group is not None:
+                if entry.entry.remember:
+                    dusted.add(address)
                 self._check(entry, event, address, key, group, state, hits)
             else:
-                self._learn(address, key, state, ts(event), hits, sends=entry in self._sends)
+                sends = entry in self._sends and address not in dusted
+                self._learn(address, key, state, ts(event), hits, sends=sends)
 
     def _check(
         self,
