@@ -1165,11 +1165,15 @@ class WindowedAggregate:
         if type(value) is str:
             if not value.isascii():
                 _utf8(key, value)
+            # (Text every built-in count takes: checked only where a number or an aggregation
+            # written elsewhere is asked of it, the distinct user names per IP path kept short.)
+            if self._numeric or self._others:
+                self._checked(key, value)
         else:
             value = _plain(key, value)
             if type(value) is int and not _INT_MIN <= value <= _UINT_MAX:
                 _beyond_64_bits(key, value)
-        self._checked(key, value)
+            self._checked(key, value)
         if not self._sliding:
             return value, 0
         if self._digest:
