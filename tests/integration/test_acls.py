@@ -67,12 +67,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Cluster]:
 
 def _acls_command(cluster: _Cluster, user: str, *args: str) -> Result:
     """``vigil topics acls ARGS`` run as ``user`` (its credential in VIGIL_* variables)."""
+    return _vigil_as(cluster, user, "topics", "acls", *args)
+
+
+def _vigil_as(cluster: _Cluster, user: str, *args: str) -> Result:
+    """``vigil ARGS`` run as ``user`` (its credential in VIGIL_* variables)."""
     with pytest.MonkeyPatch.context() as env:
         for name in [n for n in os.environ if n.startswith("VIGIL_")]:
             env.delenv(name)
         for name, value in cluster.broker.env(user).items():
             env.setenv(name, value)
-        return CliRunner().invoke(app, ["topics", "acls", *args], terminal_width=200)
+        return CliRunner().invoke(app, list(args), terminal_width=200)
 
 
 @pytest.fixture(scope="module")
@@ -319,3 +324,25 @@ def test_the_admin_component_manages_topics_and_acls(applied: _Cluster) -> None:
     assert (live.partitions, live.config["retention.ms"]) == (2, str(2 * 86_400_000))
     result = _acls_command(applied, "vigil-admin", "--apply")
     assert result.exit_code == 0, result.output or repr(result.exception)
+
+
+def test_a_component_sees_topics_it_cannot_read_the_settings_of_as_not_compared(applied: _Cluster) -> None:
+    """`vigil topics list` with detect's credential: topics it may describe but not read the
+    settings of (raw.coinbase's, say) ended the command in a traceback naming no topic."""
+    settings = applied.settings(DETECT)
+    live = topic_admin.describe_live(make_admin(settings))
+    unreadable = sorted(name for name, topic in live.items() if not topic.readable)
+    assert unreadable, "detect reads every topic's settings: nothing tested"
+    assert all(not live[name].config for name in unreadable)
+    diffs = {d.spec.name: d for d in topic_admin.plan(TOPICS, live, settings)}
+    shown = [diffs[name] for name in unreadable if name in diffs]
+    assert shown, unreadable
+    for diff in shown:
+        assert diff.in_sync
+        assert not diff.config_changes
+        assert not diff.partitions_to_add
+        assert "cannot be read with this credential (DescribeConfigs refused)" in diff.describe()
+    result = _vigil_as(applied, DETECT, "topics", "list", "--all")
+    # (The note is in the status column: folded there at the runner's width, so not matched.)
+    assert result.exit_code == 0, result.output or repr(result.exception)
+    assert result.exception is None

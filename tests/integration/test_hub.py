@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -13,7 +14,14 @@ from pathlib import Path
 import msgspec
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import ConfigResource, ConfigSource, NewPartitions, ResourceType
+from confluent_kafka.admin import (
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ConfigSource,
+    NewPartitions,
+    ResourceType,
+)
 
 from vigil.config import Settings
 from vigil.errors import BrokerError
@@ -118,6 +126,48 @@ def test_applications_create_missing_topics_and_leave_live_settings_alone(settin
         topic_admin.apply(admin, [replace(larger, retention=None)], settings)
         topic_admin.apply(admin, [larger], settings)
         assert topic_admin.describe_live(admin, [name])[name].config["retention.ms"] == three_days
+    finally:
+        admin.delete_topics([name])
+
+
+def test_settings_that_lose_data_are_compared_and_warned_of_at_start(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Retention was declared by time only: retention.bytes set on `alerts` (or the cluster's
+    # log.retention.bytes) deleted a year's alerts while `topics list` said ok; a stage starting
+    # on a topic set to lose data said so at INFO, which the command line does not show.
+    name = f"test.lose.{uuid.uuid4().hex[:8]}"
+    declared = TopicSpec(name=name, key="k", value="raw", description="d", partitions=1, retention=None)
+    admin = make_admin(settings)
+    try:
+        topic_admin.ensure_topics(settings, [declared])
+        assert topic_admin.describe_live(admin, [name])[name].config["retention.bytes"] == "-1"
+        assert topic_admin.plan([declared], topic_admin.describe_live(admin, [name]), settings)[0].in_sync
+        op = AlterConfigOpType.SET
+        resource = ConfigResource(
+            ResourceType.TOPIC,
+            name,
+            incremental_configs=[ConfigEntry("retention.bytes", "1024", incremental_operation=op)],
+        )
+        for future in admin.incremental_alter_configs([resource]).values():
+            future.result(timeout=30)
+        (diff,) = topic_admin.plan([declared], topic_admin.describe_live(admin, [name]), settings)
+        assert diff.config_changes == {"retention.bytes": ("1024", "-1")}
+        with caplog.at_level(logging.INFO, logger="vigil.hub.admin"):
+            topic_admin.ensure_topics(settings, [declared])
+        (warned,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert (
+            f"topic {name}: settings left as they are: retention.bytes 1024 (declared -1)"
+            in warned.getMessage()
+        )
+        # A longer retention than declared is an operator's choice: said, not warned of.
+        caplog.clear()
+        topic_admin.apply(admin, [declared], settings)  # `vigil topics apply` sets it back
+        shorter = replace(declared, retention=timedelta(days=3))
+        with caplog.at_level(logging.INFO, logger="vigil.hub.admin"):
+            topic_admin.ensure_topics(settings, [shorter])
+        assert "settings left as they are: retention.ms -1" in caplog.text
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     finally:
         admin.delete_topics([name])
 

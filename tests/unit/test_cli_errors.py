@@ -79,6 +79,29 @@ def test_no_broker_answering_is_a_clear_error(tmp_path: Path) -> None:
         assert "|FAIL|" not in out.stderr + out.stdout
 
 
+def test_a_source_id_the_acls_would_refuse_is_warned_of_before_the_broker(tmp_path: Path) -> None:
+    # The ACLs grant source-<name> the transactional ids and cursor topics prefixed with its
+    # raw topic's name: "dmz" ran locally and was refused by a secured cluster at start.
+    from vigil.cli.source import acl_mismatch, build_connector
+    from vigil.config import load_settings
+    from vigil.hub.acls import components
+
+    cfg = load_settings(home=tmp_path)
+    granted = {name for _, _, name, _ in components()["source-syslog"]}
+    assert {"vigil.source.syslog", "vigil.cursors.syslog"} <= granted
+    assert acl_mismatch(build_connector("syslog", cfg, {"source_id": "syslog-dmz"})) is None
+    assert acl_mismatch(build_connector("syslog", cfg, {})) is None
+    assert acl_mismatch(build_connector("taxii", cfg, {"url": "http://127.0.0.1:1/taxii2/"})) is None
+    closed = f"127.0.0.1:{free_port_block(1)}"
+    out = _vigil(tmp_path, "source", "syslog", "-o", "source_id=dmz", VIGIL_KAFKA_BOOTSTRAP=closed)
+    said = " ".join((out.stdout + out.stderr).split())
+    assert "source id 'dmz' does not start with 'syslog'" in said
+    assert "vigil.source.syslog*" in said
+    assert "vigil.cursors.syslog*" in said
+    ok = _vigil(tmp_path, "source", "syslog", "-o", "source_id=syslog-b", VIGIL_KAFKA_BOOTSTRAP=closed)
+    assert "does not start with" not in ok.stdout + ok.stderr
+
+
 def test_run_refuses_a_bad_connector_option_before_starting_anything(tmp_path: Path) -> None:
     # Built after normalise and detection had started, a bad option raised with those running
     # in daemon threads: the exit killed them mid-transaction.  (A closed port: nothing would

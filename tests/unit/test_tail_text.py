@@ -9,10 +9,11 @@ from datetime import UTC, datetime
 import msgspec
 from rich.console import Console
 
-from vigil.cli.topics import record_text
+from vigil.cli.topics import declared_as, record_text
 from vigil.events.codec import EventCodec, encode
 from vigil.events.examples import example_events
 from vigil.events.types import Login
+from vigil.hub.topics import TOPICS
 
 #: Clears the screen, opens a hyperlink to evil.example (OSC 8), and hides what follows.
 SEQUENCES = "\x1b[2J\x1b]8;;https://evil.example/\x1b\\click\x1b]8;;\x1b\\\x1b[8m"
@@ -60,3 +61,32 @@ def test_a_long_decoded_record_is_shown_whole() -> None:
     )
     _, body = record_text(b"k", encode(hostile), decoder=EventCodec([Login]))
     assert "x" * 3000 + "\\u202e" in _printed(body)
+
+
+def test_a_prefixed_copy_of_a_declared_topic_is_decoded_as_it() -> None:
+    # `vigil demo --keep-topics` leaves demo-<run>.alerts and the like: the README's
+    # `vigil tail demo-<run>.alerts` printed their bytes cut at 2,000, one alert in six mid-JSON.
+    assert declared_as("alerts") is TOPICS.get("alerts")
+    assert declared_as("demo-045fac.alerts") is TOPICS.get("alerts")
+    assert declared_as("demo-045fac.events.identity") is TOPICS.get("events.identity")
+    assert declared_as("sim.a.b.intel.indicators") is TOPICS.get("intel.indicators")
+    assert declared_as("demo-045fac.detect-route.changelog.x") is None
+    assert declared_as("nothing") is None
+
+
+def test_a_record_cut_for_printing_says_so() -> None:
+    _, body = record_text(b"k", b"y" * 5000, decoder=None)
+    printed = _printed(body)
+    assert "y" * 2000 in printed
+    assert "y" * 2001 not in printed
+    assert "(the first 2,000 of 5,000 bytes)" in printed
+    _, whole = record_text(b"k", b"y" * 2000, decoder=None)
+    assert "bytes)" not in _printed(whole)
+
+
+def test_a_tombstone_is_shown_as_a_deletion_not_as_a_bad_record() -> None:
+    key, body = record_text(b"eth_address:0xabc@ofac", None, decoder=EventCodec([Login]))
+    printed = _printed(body)
+    assert "tombstone" in printed
+    assert "undecodable" not in printed
+    assert key == "eth_address:0xabc@ofac"

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vigil.cli._common import MetricsPortOpt, console, serve_metrics_of, settings
+from vigil.cli._common import MetricsPortOpt, console, serve_metrics_of, settings, shown
 from vigil.config import Settings
 from vigil.errors import ConfigError, VigilError
 from vigil.hub.client import check_reachable
@@ -54,7 +54,7 @@ def build_connector(name: str, cfg: Settings, options: dict[str, str]) -> Any:
     keys file that is not there): those are the user's mistakes, not Vigil's, so they become a
     ConfigError naming the source and the option instead of a traceback."""
     try:
-        return source_class(name).from_settings(cfg, **options)
+        connector = source_class(name).from_settings(cfg, **options)
     except VigilError:
         raise
     except OSError as exc:
@@ -70,6 +70,29 @@ def build_connector(name: str, cfg: Settings, options: dict[str, str]) -> Any:
         raise ConfigError(msg) from None
     except ValueError as exc:
         raise ConfigError(_option_problem(name, options, str(exc))) from None
+    hint = acl_mismatch(connector)
+    if hint is not None:
+        console.print(f"[yellow]warning:[/] {shown(hint)}")
+    return connector
+
+
+def acl_mismatch(connector: Any) -> str | None:
+    """Why a secured cluster would refuse ``connector``'s source id, if it would.
+
+    Vigil's ACLs (``vigil topics acls``) let a raw topic's connectors use the transactional ids
+    and cursor topics named after it (prefixed: ``backend-orders`` is one of ``backend``'s),
+    so an id of another name (``orders``) runs on a local broker and is refused by the broker
+    at start under the ACLs: said before, with the name that would work."""
+    component = str(connector.default_topic).removeprefix("raw.")
+    source_id = str(connector.source_id)
+    if source_id.startswith(component):
+        return None
+    return (
+        f"source id {source_id!r} does not start with {component!r}: under Vigil's ACLs "
+        f"(vigil topics acls) source-{component} may use only the transactional ids "
+        f"vigil.source.{component}* and the cursor topics vigil.cursors.{component}*, so a "
+        f"secured cluster refuses this one; name it {component}-<something> there"
+    )
 
 
 def _option_problem(name: str, options: dict[str, str], text: str) -> str:

@@ -40,7 +40,9 @@ from vigil.events.ids import stable_id
 from vigil.events.types import Alert, AlertPayload, Decision, DecisionPayload, EntityRef
 
 _MAX_VALUE = 120
-_PLAIN = re.compile(r"[0-9][0-9.,]*\s?[a-z]{0,3}")
+#: A count, span or score as the kinds write it ("12", "3.5 km", "2h"): shown bare.  One space,
+#: not \s, before a unit: \s took a line break, U+2028 or U+0085 into the prose unquoted.
+_PLAIN = re.compile(r"[0-9][0-9.,]*[ ]?[a-z]{0,3}")
 _NUMERIC_CONTEXT = frozenset(
     {
         "count",

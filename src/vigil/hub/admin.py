@@ -43,6 +43,9 @@ class LiveTopic:
     config: dict[str, str]
     #: The settings made on the topic itself (not the broker's or Kafka's defaults).
     set_on_topic: frozenset[str] = frozenset()
+    #: False when the credential may see the topic but not its settings (no DescribeConfigs):
+    #: ``config`` is empty then, and nothing is compared.
+    readable: bool = True
 
 
 @dataclass
@@ -55,6 +58,9 @@ class TopicDiff:
     replication: int
     config_changes: dict[str, tuple[str | None, str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: The notes about settings left as they are that lose data the declaration keeps (another
+    #: cleanup policy, a shorter retention): a stage starting on such a topic says so loudly.
+    alarms: list[str] = field(default_factory=list)
 
     @property
     def missing(self) -> bool:
@@ -103,6 +109,7 @@ def describe_live(admin: AdminClient, names: Iterable[str] | None = None) -> dic
     resources = [ConfigResource(ResourceType.TOPIC, name) for name in topics]
     configs: dict[str, dict[str, str]] = {}
     own: dict[str, frozenset[str]] = {}
+    unreadable: set[str] = set()
     for resource, future in admin.describe_configs(resources).items():
         try:
             entries = future.result(timeout=_TIMEOUT)
@@ -110,6 +117,11 @@ def describe_live(admin: AdminClient, names: Iterable[str] | None = None) -> dic
             from vigil.hub.client import kafka_error
 
             err = kafka_error(exc)
+            if err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                # A component's credential sees topics it may not describe the settings of
+                # (`vigil topics list` as detect): a traceback naming no topic, before.
+                unreadable.add(resource.name)
+                continue
             if err is None or err.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
                 raise
             # Listed by the broker that gave the metadata, not yet known to the one describing
@@ -134,6 +146,7 @@ def describe_live(admin: AdminClient, names: Iterable[str] | None = None) -> dic
             replication=len(next(iter(t.partitions.values())).replicas) if t.partitions else 0,
             config=configs.get(name, {}),
             set_on_topic=own.get(name, frozenset()),
+            readable=name not in unreadable,
         )
         for name, t in topics.items()
     }
@@ -157,7 +170,13 @@ def plan(
         replication = spec.replication or settings.default_replication or -1
         current = live.get(spec.name)
         diff = TopicDiff(spec=spec, live=current, partitions=partitions, replication=replication)
-        if current is not None:
+        if current is not None and not current.readable:
+            diff.partitions = current.partitions  # (nothing is changed on what cannot be read)
+            diff.notes.append(
+                "its settings cannot be read with this credential (DescribeConfigs refused): not "
+                "compared; the admin component's credential reads them"
+            )
+        elif current is not None:
             # min.insync.replicas for the replicas the topic has, not those declared: a live
             # topic's replication is not changed here, and 2 on a topic left with 1 replica
             # would refuse every write to it.
@@ -223,7 +242,10 @@ def apply(
                 left = {k: v for k, v in d.config_changes.items() if k not in kept}
                 if left:
                     changes = ", ".join(f"{k} {was} (declared {new})" for k, (was, new) in left.items())
-                    d.notes.append(f"settings left as they are: {changes}; `vigil topics apply` sets them")
+                    note = f"settings left as they are: {changes}; `vigil topics apply` sets them"
+                    d.notes.append(note)
+                    if any(_loses_data(k, was, new) for k, (was, new) in left.items()):
+                        d.alarms.append(note)
                 d.config_changes = kept
     elif keep_lowered_insync:
         keep_lowered_insync_replicas(diffs)
@@ -327,6 +349,21 @@ def _insync_for_replicas(
         for name, d in created.items()
         if name in live and live[name].replication > 0
     }
+
+
+def _loses_data(key: str, was: str | None, declared: str) -> bool:
+    """Whether a live setting deletes records the declaration keeps: another cleanup policy (a
+    compacted intel topic set to ``delete`` expires the sanctions lists), a retention by time or
+    size shorter than declared (-1: for good)."""
+    if key == "cleanup.policy":
+        return was != declared
+    if key not in ("retention.ms", "retention.bytes") or was is None:
+        return False
+    try:
+        live, wanted = int(was), int(declared)
+    except ValueError:
+        return True
+    return live >= 0 and (wanted < 0 or live < wanted)
 
 
 def _stricter_kept(key: str, was: str | None, new: str) -> bool:
@@ -498,4 +535,7 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec], *, owned: bool
         raise
     for diff in diffs:
         for note in diff.notes:
-            log.info("topic %s: %s", diff.spec.name, note)
+            # At WARNING what loses data (the CLI shows warnings only): a stage starting on
+            # intel.indicators set to delete after a minute said nothing.
+            level = logging.WARNING if note in diff.alarms else logging.INFO
+            log.log(level, "topic %s: %s", diff.spec.name, note)

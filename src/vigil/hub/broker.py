@@ -13,6 +13,7 @@ The running cluster is described by ``<home>/kafka/cluster.json`` so any later p
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,6 +288,17 @@ class LocalBroker:
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _lifecycle(self) -> Iterator[None]:
+        """One start or stop of this home's cluster at a time, across processes.  Two starts on
+        a fresh home both found no cluster, both deleted the data directory and formatted it:
+        the second failed in Kafka's StorageTool on the first's cluster id (found in review).
+        The lock file sits beside the data (formatting deletes the data directory)."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        with (self.home / "kafka.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            yield
+
     def start(self, nodes: int | None = None, *, reformat: bool = False) -> StartResult:
         """Start the cluster, or find it running.  Returns once it answers a metadata request.
 
@@ -295,8 +308,12 @@ class LocalBroker:
         ``VIGIL_BROKER_PORT`` did, and under nodes still running).  ``reformat`` deletes a
         stopped cluster's data and makes it anew in the shape asked for (the same shape too);
         asked of a cluster with nodes running, the start is refused.  A start that fails
-        stops the nodes it launched.
+        stops the nodes it launched.  Starts and stops of one home wait for each other.
         """
+        with self._lifecycle():
+            return self._start(nodes, reformat=reformat)
+
+    def _start(self, nodes: int | None, *, reformat: bool) -> StartResult:
         info = self.read_info()
         if nodes is None:
             nodes = info.nodes if info is not None else 1
@@ -351,7 +368,9 @@ class LocalBroker:
         # Checked at every launch, not only when formatting: another broker on our port would
         # answer wait_ready in our node's place (and ours would die on the clash).
         self._check_ports_free(
-            info.host, [p for n in launching for p in (info.client_port(n), info.controller_port(n))]
+            info.host,
+            [p for n in launching for p in (info.client_port(n), info.controller_port(n))],
+            made_here=self.data_root,
         )
         launched: list[int] = []
         try:
@@ -383,7 +402,9 @@ class LocalBroker:
         return info
 
     @staticmethod
-    def _check_ports_free(host: str, ports: list[int], grace_s: float = 2.0) -> None:
+    def _check_ports_free(
+        host: str, ports: list[int], grace_s: float = 2.0, *, made_here: Path | None = None
+    ) -> None:
         # A broker stopped a moment ago may hold its ports a little longer: the kernel closes
         # a killed process's sockets after its command line already reads empty.
         deadline = time.monotonic() + grace_s
@@ -391,10 +412,19 @@ class LocalBroker:
             while not _port_free(host, port) and time.monotonic() < deadline:
                 time.sleep(0.05)  # poll interval; the port's state is what is waited for
             if not _port_free(host, port):
-                msg = (
-                    f"port {host}:{port} is in use by another program; set VIGIL_BROKER_PORT "
-                    "to a base port with free ports after it (two per node)"
-                )
+                if made_here is not None:
+                    # A cluster's ports are part of it: another VIGIL_BROKER_PORT is refused as
+                    # another shape, and --reformat (deleting every topic) was the advice's end.
+                    msg = (
+                        f"port {host}:{port} of the local cluster in {made_here} is in use by "
+                        "another program (another Vigil home's broker? `vigil broker status` with "
+                        "its VIGIL_HOME; `ss -ltnp` names it): free it and start again"
+                    )
+                else:
+                    msg = (
+                        f"port {host}:{port} is in use by another program; set VIGIL_BROKER_PORT "
+                        "to a base port with free ports after it (two per node)"
+                    )
                 raise BrokerError(msg)
 
     def _format(self, nodes: int) -> ClusterInfo:
@@ -534,6 +564,10 @@ class LocalBroker:
 
     def stop(self, timeout: float = 60.0) -> list[int]:
         """Controlled shutdown of every node (SIGTERM), SIGKILL after ``timeout``.  Returns stopped nodes."""
+        with self._lifecycle():
+            return self._stop(timeout)
+
+    def _stop(self, timeout: float) -> list[int]:
         info = self.read_info()
         if info is None:
             return []

@@ -45,8 +45,10 @@ def min_insync_replicas(replication: int) -> int:
     With 2 replicas: 1, by choice.  2 would refuse every write to a partition while either of
     its brokers is down, each restart included: sources would be refused (webhook senders
     retry, maybe not for long) and decisions would not reach the back end, fraud let through
-    meanwhile.  So a 2-replica cluster stays writable and, while a replica is out of sync,
-    acknowledges records with one copy; a deployment that needs both runs 3.  With 1: 1."""
+    meanwhile.  So a 2-replica topic stays writable and, while a replica is out of sync,
+    acknowledges records with one copy, on a cluster whose controllers keep their quorum (the
+    local `vigil broker start --nodes 2` has two KRaft voters, and one down stops the cluster:
+    its shapes are one node or three); a deployment that needs both runs 3.  With 1: 1."""
     return max(1, min(2, replication - 1))
 
 
@@ -104,6 +106,9 @@ class TopicSpec:
         conf["retention.ms"] = (
             "-1" if self.retention is None else str(int(self.retention.total_seconds() * 1000))
         )
+        # Retention is by time only: a size limit on the topic (or the cluster's
+        # log.retention.bytes) deleted alerts declared for a year while `topics list` said ok.
+        conf["retention.bytes"] = "-1"
         if self.cleanup == "compact":
             # Compacted topics keep the latest value per key; let the cleaner run promptly.
             conf["min.cleanable.dirty.ratio"] = "0.1"

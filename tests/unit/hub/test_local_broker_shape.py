@@ -136,3 +136,38 @@ def test_ports_past_65535_are_refused_naming_the_setting_and_the_nodes(
         BrokerError, match=rf"{nodes} node\(s\) need ports {port}-\d+ .* past 65535; set VIGIL_BROKER_PORT"
     ):
         LocalBroker(tmp_path, port=port).start(nodes)
+
+
+def test_a_made_clusters_port_in_use_is_not_answered_with_another_port(tmp_path: Path) -> None:
+    # The advice to set VIGIL_BROKER_PORT was refused as another shape by the next start, whose
+    # own way on was --reformat: every topic deleted.
+    import socket
+
+    port = free_port_block(1)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", port))
+        held.listen()
+        with pytest.raises(BrokerError) as made:
+            LocalBroker._check_ports_free("127.0.0.1", [port], 0.0, made_here=tmp_path / "kafka")
+        with pytest.raises(BrokerError) as fresh:
+            LocalBroker._check_ports_free("127.0.0.1", [port], 0.0)
+    assert f"port 127.0.0.1:{port} of the local cluster in {tmp_path / 'kafka'} is in use" in str(made.value)
+    assert "VIGIL_BROKER_PORT" not in str(made.value)
+    assert "free it" in str(made.value)
+    assert "set VIGIL_BROKER_PORT" in str(fresh.value)  # a cluster not made yet may move
+
+
+def test_starts_and_stops_of_one_home_wait_for_each_other(tmp_path: Path) -> None:
+    # Two starts on a fresh home both formatted it; the second failed in Kafka's StorageTool.
+    import fcntl
+    import threading
+
+    broker = LocalBroker(tmp_path, port=free_port_block(2))
+    stopped = threading.Event()
+    waiter = threading.Thread(target=lambda: (broker.stop(), stopped.set()), daemon=True)
+    with (tmp_path / "kafka.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process's start, holding the home
+        waiter.start()
+        assert not stopped.wait(1.0), "a stop went on while another start held the home"
+    waiter.join(30)
+    assert stopped.is_set()

@@ -171,3 +171,31 @@ def test_plan_keeps_a_higher_min_insync_replicas() -> None:
     (kept,) = plan([spec], {spec.name: higher}, Settings())
     assert raised.config_changes == {"min.insync.replicas": ("1", "2")}
     assert kept.in_sync
+
+
+def test_retention_is_by_time_only_on_every_declared_topic() -> None:
+    # A size limit (the topic's, or the cluster's log.retention.bytes) deleted alerts declared
+    # for a year, and `vigil topics list` compared nothing it did not declare.
+    for spec in TOPICS:
+        assert spec.config()["retention.bytes"] == "-1", spec.name
+
+
+@pytest.mark.parametrize(
+    ("key", "live", "declared", "loses"),
+    [
+        ("cleanup.policy", "delete", "compact", True),
+        ("cleanup.policy", "compact", "compact", False),
+        ("retention.ms", "60000", "-1", True),
+        ("retention.ms", "60000", "259200000", True),
+        ("retention.ms", "-1", "259200000", False),
+        ("retention.ms", "604800000", "259200000", False),
+        ("retention.bytes", "1024", "-1", True),
+        ("max.message.bytes", "1048588", "67108864", False),
+    ],
+)
+def test_settings_that_delete_what_the_declaration_keeps_are_told_apart(
+    key: str, live: str, declared: str, loses: bool
+) -> None:
+    from vigil.hub.admin import _loses_data
+
+    assert _loses_data(key, live, declared) is loses

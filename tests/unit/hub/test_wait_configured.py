@@ -187,5 +187,9 @@ def test_a_topic_listed_but_not_yet_known_to_the_describing_broker_is_not_live_y
 
     assert describe_live(Scripted(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)), ["t"]) == {}  # type: ignore[arg-type]
     assert set(describe_live(Scripted({"retention.ms": "1"}), ["t"])) == {"t"}  # type: ignore[arg-type]
+    # A credential that may see the topic but not its settings: live, and not readable (it
+    # ended `vigil topics list` as a component in a traceback); other errors are raised.
+    (refused,) = describe_live(Scripted(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)), ["t"]).values()  # type: ignore[arg-type]
+    assert (refused.readable, refused.config) == (False, {})
     with pytest.raises(KafkaException):
-        describe_live(Scripted(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)), ["t"])  # type: ignore[arg-type]
+        describe_live(Scripted(KafkaError(KafkaError.CLUSTER_AUTHORIZATION_FAILED)), ["t"])  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ what is set).
 from __future__ import annotations
 
 import math
+import string
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from mypy_extensions import mypyc_attr
 from vigil.detect.fields import TAGS, Getter, compile_getter, normalise_path, path_exists, short_name
 from vigil.detect.intel import IntelIndex
 from vigil.detect.rules.models import Rule
-from vigil.events.base import Event
+from vigil.events.base import Entities, Event
 from vigil.events.types import EntityRef, Evidence, Geo
 from vigil.stream.base import State, StoreSpec
 
@@ -167,11 +168,40 @@ def ts(event: Event) -> float:
     return value
 
 
-class EvidenceMaker:
-    """Builds the stored evidence of an event: its key fields plus those the rule looks at."""
+def placeholder_names(explanation: str) -> tuple[str, ...]:
+    """The ``{name}`` placeholders of an explanation, in order, each once (none if it does not
+    parse: the validator reports that)."""
+    try:
+        parsed = [name for _, name, _, _ in string.Formatter().parse(explanation) if name]
+    except ValueError:
+        return ()
+    return tuple(dict.fromkeys(parsed))
 
-    def __init__(self, extra_paths: Sequence[str] = ()) -> None:
+
+def _placeholder_paths(tag: str, names: Sequence[str], taken: set[str]) -> list[tuple[str, str, Getter]]:
+    """The fields of an event of type ``tag`` an explanation's placeholders name and evidence
+    does not store yet: an entity kind's ``entities.<name>``, else ``payload.<name>``, else
+    ``payload.geo.<name>`` (``{country}``), the first the type has."""
+    found: list[tuple[str, str, Getter]] = []
+    for name in names:
+        if name in taken:
+            continue
+        for path in (f"entities.{name}", f"payload.{name}", f"payload.geo.{name}"):
+            if (not path.startswith("entities.") or name in Entities.KINDS) and path_exists(tag, path):
+                found.append(_field(path))
+                break
+    return found
+
+
+class EvidenceMaker:
+    """Builds the stored evidence of an event: its key fields, those the rule looks at, and
+    those its explanation quotes."""
+
+    def __init__(self, extra_paths: Sequence[str] = (), explanation: str = "") -> None:
         self._extra = tuple(_field(p) for p in dict.fromkeys(extra_paths))
+        # An explanation's {channel} read "(unknown)" in every alert when neither a key field
+        # nor the rule's conditions named it, though validation took it (found in review).
+        self._names = placeholder_names(explanation)
         #: Per event class: its tag, then its key fields' getters and the rule's (built on first use).
         self._getters: dict[type, tuple[str, tuple[tuple[str, Getter], ...]]] = {}
 
@@ -180,6 +210,7 @@ class EvidenceMaker:
         # A rule's paths name fields of all its types; one this type lacks would read None (not
         # stored) at the price of an AttributeError raised and caught inside getattr, per event.
         every = tuple(f for f in (*_key_fields.get(tag, ()), *self._extra) if path_exists(tag, f[1]))
+        every += tuple(_placeholder_paths(tag, self._names, {f[0] for f in every}))
         paths: dict[str, set[str]] = {}
         for name, path, _ in every:
             paths.setdefault(name, set()).add(path)

@@ -250,7 +250,7 @@ class DeviationDetector(GroupedDetector):
         self._hist_group = self._group
         self._window = hist.window.total_seconds() if hist else 0.0
         extra = [*params.match.paths, *([params.field] if params.field else [])]
-        self._evidence = EvidenceMaker([*extra, *([hist.field] if hist else [])])
+        self._evidence = EvidenceMaker([*extra, *([hist.field] if hist else [])], rule.explanation)
 
     @property
     def types(self) -> frozenset[str]:

@@ -154,7 +154,7 @@ class ExposureDetector(SingleRouteDetector):
         self._to = compile_getter("payload.to_address")
         self._checks = [CompiledEntry(c) for c in params.check]
         self._types = params.edges.types.union(*(c.types for c in self._checks))
-        self._evidence = EvidenceMaker([c.field for c in params.check])
+        self._evidence = EvidenceMaker([c.field for c in params.check], rule.explanation)
         #: Per event type, the checks that may match it.
         self._checks_of = {t: [c for c in self._checks if t in c.types] for t in self._types}
 

@@ -89,7 +89,7 @@ class IntelDetector(GroupedDetector):
             EVENT_TYPES[t]: tuple((name, get) for f, name, get in fields if path_exists(t, f))
             for t in params.match.types
         }
-        self._evidence = EvidenceMaker([*params.match.paths, *params.fields])
+        self._evidence = EvidenceMaker([*params.match.paths, *params.fields], rule.explanation)
 
     @property
     def types(self) -> frozenset[str]:

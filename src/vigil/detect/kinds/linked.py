@@ -136,7 +136,7 @@ class LinkedDetector(SingleRouteDetector):
         self._a, self._b = compile_getter(params.parties[0]), compile_getter(params.parties[1])
         self._kind = short_name(params.party)
         self._span = params.timespan.total_seconds()
-        self._evidence = EvidenceMaker([*params.match.paths, *params.parties])
+        self._evidence = EvidenceMaker([*params.match.paths, *params.parties], rule.explanation)
         self._types = params.links.types | params.match.types
         if len({EVENT_TYPES[t].key_entity for t in params.links.types}) == 1:
             self.dedup_store = StoreSpec(f"detect.{rule.id}.links-routed", rule.version)

@@ -157,7 +157,7 @@ class LookalikeDetector(Detector):
         self._known = [CompiledEntry(k) for k in params.known]
         self._checks = [CompiledEntry(c) for c in params.check]
         self._types = frozenset().union(*(k.types for k in self._known), *(c.types for c in self._checks))
-        self._evidence = EvidenceMaker([c.field for c in params.check])
+        self._evidence = EvidenceMaker([c.field for c in params.check], rule.explanation)
         #: Per event class, the checks and the known entries that may match it (in rule order).
         self._checks_of = {EVENT_TYPES[t]: [c for c in self._checks if t in c.types] for t in self._types}
         self._known_of = {EVENT_TYPES[t]: [k for k in self._known if t in k.types] for t in self._types}

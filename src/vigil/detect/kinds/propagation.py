@@ -174,7 +174,7 @@ class PropagationDetector(Detector):
         self._source = tuple((short_name(s), compile_getter(s)) for s in params.source)
         self._group = tuple((short_name(g), compile_getter(g)) for g in params.group_by)
         self._period = params.period.total_seconds()
-        self._evidence = EvidenceMaker([*params.mark.paths, *params.trigger.paths])
+        self._evidence = EvidenceMaker([*params.mark.paths, *params.trigger.paths], rule.explanation)
         self._types = params.mark.types | params.trigger.types
         self._first_seen = compile_getter(params.first_seen) if params.first_seen else None
         # The trigger's group key names the same entity kind, so both meet under one key.

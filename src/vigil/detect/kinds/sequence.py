@@ -376,7 +376,7 @@ class SequenceDetector(GroupedDetector):
                 *((s.ratio_to.field, s.ratio_to.of) if s.ratio_to else ()),
             )
         ]
-        self._evidence = EvidenceMaker(extra)
+        self._evidence = EvidenceMaker(extra, rule.explanation)
         # Per step, the field values an event matching it keeps: what later steps compare
         # against, and what its own link checks need.
         self._values = [

@@ -168,7 +168,8 @@ class ThresholdDetector(GroupedDetector):
         self._cooldown = (params.cooldown or params.timespan).total_seconds()
         self._late = LATE_S
         self._evidence = EvidenceMaker(
-            [*params.match.paths, *params.group_by, *([params.field] if params.field else [])]
+            [*params.match.paths, *params.group_by, *([params.field] if params.field else [])],
+            rule.explanation,
         )
 
     @property

@@ -1,0 +1,101 @@
+"""An explanation quotes every field validation lets it name, not only those evidence kept.
+
+Validation takes ``{name}`` for any field of the rule's event types (rules/README.md), but
+evidence stored only each type's key fields and the paths the rule's conditions read: a
+``{channel}`` in a withdrawal rule passed ``vigil rules validate`` and ``vigil rules test`` and
+then read "(unknown)" in every alert an analyst opened (found in review).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from vigil.detect.alerts import explain
+from vigil.detect.cases import run_cases
+from vigil.detect.kinds.base import Hit
+from vigil.detect.rules.validate import validate_paths
+from vigil.events.types import Alert, EntityRef
+
+RULES = """\
+rules:
+  - id: big-withdrawal
+    version: 1
+    title: Big withdrawal
+    type: threshold
+    typology: test
+    severity: high
+    score: 50
+    explanation: "{entity} asked for {amount_usd} USD via {channel} on {chain} from device {device}."
+    match: {type: withdrawal_request, where: {payload.amount_usd: {gt: 1000}}}
+    group_by: customer
+    timespan: 5m
+    aggregate: count
+    condition: {gte: 1}
+
+  - id: login-then-withdrawal
+    version: 1
+    title: Login then withdrawal
+    type: sequence
+    typology: test
+    severity: high
+    score: 50
+    explanation: "{entity} logged in from {city} with {user_agent}, then withdrew over {channel}."
+    group_by: customer
+    within: 1h
+    steps:
+      - {name: login, type: login}
+      - {name: out, type: withdrawal_request}
+cases:
+  - name: a login, then a big withdrawal
+    events:
+      - {type: login, id: l1, at: "2026-11-01T00:00:00Z", customer: c1, device: d1,
+         payload: {user_agent: "Firefox/140", geo: {country: FR, city: Lyon}}}
+      - {type: withdrawal_request, id: w1, at: "2026-11-01T00:01:00Z", customer: c1, device: d1,
+         payload: {withdrawal_id: wd1, asset: ETH, amount: 1, amount_usd: 5000, chain: ethereum,
+                   channel: api, to_address: "0x00000000000000000000000000000000000000aa"}}
+    expect:
+      - {rule: big-withdrawal}
+      - {rule: login-then-withdrawal}
+"""
+
+
+def alerts(tmp_path: Path) -> dict[str, Alert]:
+    (tmp_path / "r.yaml").write_text(RULES)
+    v = validate_paths([tmp_path])
+    assert not v.errors, v.errors
+    (result,) = run_cases(v.cases, v.rules)
+    assert result.ok, result.problems
+    return {a.payload.rule_id: a for a in result.alerts}
+
+
+def test_fields_only_the_explanation_names_are_quoted(tmp_path: Path) -> None:
+    got = alerts(tmp_path)
+    threshold = got["big-withdrawal"].payload.explanation
+    # channel and chain are payload fields no condition reads; device an entity no key field is.
+    assert threshold == '"c1" asked for "5000.00" USD via "api" on "ethereum" from device "d1".'
+    sequence = got["login-then-withdrawal"].payload.explanation
+    # city is read under the location (payload.geo.city), user_agent from the login step.
+    assert sequence == '"c1" logged in from "Lyon" with "Firefox/140", then withdrew over "api".'
+    assert "(unknown)" not in threshold + sequence
+
+
+def test_the_evidence_keeps_what_the_explanation_quotes(tmp_path: Path) -> None:
+    (withdrawal,) = alerts(tmp_path)["big-withdrawal"].payload.evidence
+    assert withdrawal.fields["channel"] == "api"
+    assert withdrawal.fields["chain"] == "ethereum"
+    assert withdrawal.fields["device"] == "d1"
+
+
+def test_a_numeric_context_value_with_a_line_break_is_quoted(tmp_path: Path) -> None:
+    # A value under a numeric context name (the intel kind's matched {value}) went in bare when
+    # it looked like a number with a unit: its \\s let a line break (or U+2028) into the prose.
+    (tmp_path / "r.yaml").write_text(RULES)
+    rule = dataclasses.replace(validate_paths([tmp_path]).rules[0], explanation="{value}")
+    entity = EntityRef(kind="customer", id="c1")
+    for value, bare in (("12 ms", True), ("1\nabc", False), ("9\u2028rm", False), ("9\x85rm", False)):
+        text = explain(rule, Hit(entity=entity, evidence=[], context={"value": value}))
+        assert (text == value) is bare, (value, text)
+        assert "\n" not in text
+        assert "\u2028" not in text
+        assert "\x85" not in text
