@@ -4,8 +4,9 @@ Indicators arrive as :class:`~vigil.events.types.IntelIndicator` records (the co
 ``intel.indicators`` topic, read whole by every detection process as a global table; or,
 in memory, inline in the event stream).  Each record replaces the previous version of
 that indicator *from its feed*, a revoked one removes that feed's listing (for a STIX feed,
-that indicator's: two indicators may list one value): the index is always the latest lists,
-without a restart.  A value several feeds list stays indexed
+that indicator's: two indicators may list one value; a STIX withdrawal marker withdraws what
+that indicator's older versions listed, and is never matched itself): the index is always the
+latest lists, without a restart.  A value several feeds list stays indexed
 until every one of them has withdrawn it.  Every match reports the ``feed@list_version``
 it was made against, which the alert records as ``intel_version``.
 
@@ -29,7 +30,7 @@ from vigil.events.addresses import canonical_address
 from vigil.events.base import Entities
 from vigil.events.domains import domain_to_ascii, email_to_ascii
 from vigil.events.ids import stable_id
-from vigil.events.types import IntelIndicator, IntelIndicatorPayload
+from vigil.events.types import STIX_WITHDRAWAL, IntelIndicator, IntelIndicatorPayload
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,8 @@ class IndicatorEntry:
     valid_until: datetime | None = None
     #: The STIX indicator that listed it (a newer version listing other values withdraws it).
     stix_id: str | None = None
+    #: The indicator's start (STIX ``valid_from``): no event before it matches (see lookup).
+    valid_from: datetime | None = None
 
     @property
     def version(self) -> str:
@@ -53,21 +56,24 @@ class IndicatorEntry:
 #: parsed as IPs (a lookup of every other value pays one regular expression, not an exception).
 _IPV6_SHAPED = re.compile(r"[0-9A-Fa-f]*:[0-9A-Fa-f:.]*(?:/[0-9]{1,3})?")
 _IPV4_SHAPED = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?:/[0-9]{1,2})?")
+#: ``0x`` and hex digits (an address, a hash, a token id); ``0xmons.art`` is a domain.
+_HEX = re.compile(r"0[xX][0-9A-Fa-f]*")
 
 
 def normalise(value: str) -> str:
     """The spelling values are indexed and looked up in: addresses as
-    :func:`~vigil.events.addresses.canonical_address` spells them (EVM and bech32 lower-case),
-    other ``0x`` values and domains lower-case (case-insensitive; a domain without the root's
-    trailing dot, ``evil.example.`` is ``evil.example``, as the list parsers keep it; one in
-    Unicode in its ASCII form, ``xn--...``, an e-mail address's too), IPs and
+    :func:`~vigil.events.addresses.canonical_address` spells them (EVM and bech32 lower-case,
+    CashAddr lower-case without its prefix), other values of ``0x`` and hex digits and domains
+    lower-case (case-insensitive; a domain without the root's trailing dot, ``evil.example.`` is
+    ``evil.example``, as the list parsers keep it, ``0xmons.art.`` too: a domain, not a hex
+    value; one in Unicode in its ASCII form, ``xn--...``, an e-mail address's too), IPs and
     networks as :mod:`ipaddress` spells them (IPv6 compressed and lower-case: ``2001:DB8:0::1``
     is ``2001:db8::1``; an IPv4-mapped IPv6 address, ``::ffff:1.2.3.4``, is the IPv4 address; a
     network by its first address, ``10.1.2.3/8`` is ``10.0.0.0/8``), the rest as given."""
     value = canonical_address(value)
     if (":" in value and _IPV6_SHAPED.fullmatch(value)) or ("/" in value and _IPV4_SHAPED.fullmatch(value)):
         return _canonical_ip(value)
-    if value.startswith(("0x", "0X")):
+    if value.startswith(("0x", "0X")) and _HEX.fullmatch(value):
         return value.lower()
     if "@" in value and not value.isascii():
         # An e-mail address with a domain in Unicode: its domain in the ASCII form, as listed
@@ -136,8 +142,9 @@ class IntelIndex:
         self._entries: dict[str, dict[str, IndicatorEntry]] = {}
         self._feeds: dict[str, str] = {}
         #: Per (feed, STIX id): the newest version applied (its ``modified``) and the values it
-        #: lists (see _stix_version).
-        self._stix: dict[tuple[str, str], tuple[datetime, set[str]]] = {}
+        #: lists, None for none (see _stix_version: a feed may have a million file-hash
+        #: indicators, each a withdrawal marker, and an empty set is 200 bytes).
+        self._stix: dict[tuple[str, str], tuple[datetime, set[str] | None]] = {}
         #: (IP version, prefix length, first address) -> the network's key, for the networks
         #: listed (a /15 from a STIX bundle holds 131,072 addresses): an IP is looked up at each
         #: prefix length listed, most specific first (``_sizes``), by masking its integer.
@@ -209,13 +216,17 @@ class IntelIndex:
 
     def apply(self, indicator: IntelIndicator, now: datetime | None = None) -> None:
         """Take one indicator record: add or replace its feed's listing, or remove that listing
-        when revoked or expired."""
+        when revoked or expired.  A STIX withdrawal marker only withdraws its indicator's older
+        versions (see _stix_version): it lists nothing, whatever it says."""
         p = indicator.payload
+        marker = p.indicator_type == STIX_WITHDRAWAL
         key = normalise(p.value)
         self.updates += 1
-        if p.stix_id and not self._stix_version(p.feed, p.stix_id, p.list_version, key):
+        if p.stix_id and not self._stix_version(p.feed, p.stix_id, p.list_version, None if marker else key):
             return  # an older version of an indicator already applied
         self._feeds[p.feed] = p.list_version
+        if marker:
+            return
         expired = now is not None and p.valid_until is not None and p.valid_until <= now
         if p.revoked or expired:
             self._drop(key, _listing(p.feed, p.stix_id))
@@ -223,17 +234,28 @@ class IntelIndex:
         self._put(
             key,
             IndicatorEntry(
-                p.indicator_type, p.category, p.feed, p.list_version, p.description, p.valid_until, p.stix_id
+                p.indicator_type,
+                p.category,
+                p.feed,
+                p.list_version,
+                p.description,
+                p.valid_until,
+                p.stix_id,
+                p.valid_from,
             ),
         )
 
-    def _stix_version(self, feed: str, stix_id: str, version: str, key: str) -> bool:
+    def _stix_version(self, feed: str, stix_id: str, version: str, key: str | None) -> bool:
         """Whether a STIX indicator's record at ``version`` (its ``modified``) is current.
 
         A newer version replaces the old one whole: values the old one listed and the new one
         does not (a corrected pattern) are withdrawn; before, they stayed listed for ever, on the
         compacted topic too (they are keyed by value).  An older version arriving after a newer
-        one (replaying the topic: its partitions interleave in any order) is not applied."""
+        one (replaying the topic: its partitions interleave in any order) is not applied.
+        ``key`` None: a withdrawal marker, a version that lists no value (its pattern became a
+        file hash ...): the older versions' values go, and nothing takes their place.  Read
+        before them (a restart on the compacted topic, where their records outlive it under
+        keys of their own), it is held as the newer version, and they are not applied."""
         try:
             modified = datetime.fromisoformat(version)
         except ValueError:
@@ -245,13 +267,18 @@ class IntelIndex:
         if held is not None and modified < held[0]:
             return False
         if held is None or modified > held[0]:
-            listing = _listing(feed, stix_id)
-            for old in held[1] if held is not None else ():
-                if old != key:
-                    self._drop(old, listing)
-            self._stix[ident] = (modified, {key})
-        else:
-            held[1].add(key)  # the same version's other values (a pattern with OR)
+            if held is not None and held[1] is not None:
+                listing = _listing(feed, stix_id)
+                for old in held[1]:
+                    if old != key:
+                        self._drop(old, listing)
+            self._stix[ident] = (modified, None if key is None else {key})
+        elif key is not None:
+            # The same version's other values (a pattern with OR).
+            if held[1] is None:
+                self._stix[ident] = (modified, {key})
+            else:
+                held[1].add(key)
         return True
 
     @classmethod
@@ -305,9 +332,10 @@ class IntelIndex:
 
         ``at``: the event's time; a listing whose ``valid_until`` is not after it does not match
         (an expired indicator went on raising alerts for ever; judged in event time, a replay
-        matches what matched then).  ``categories``: only listings in these count (a rule's
-        own: an address both sanctioned and a drainer is a drainer to a drainer rule, where the
-        sanctions listing, the more severe, hid it)."""
+        matches what matched then), nor one whose ``valid_from`` is after it (an indicator
+        announced ahead, or a backfill of events from before it took effect).  ``categories``:
+        only listings in these count (a rule's own: an address both sanctioned and a drainer is
+        a drainer to a drainer rule, where the sanctions listing, the more severe, hid it)."""
         if not value:
             return None
         key = normalise(value)
@@ -322,7 +350,7 @@ class IntelIndex:
     ) -> IndicatorEntry | None:
         if len(listings) == 1:
             entry = next(iter(listings.values()))
-            if at is not None and entry.valid_until is not None and entry.valid_until <= at:
+            if at is not None and not _in_force(entry, at):
                 return None
             if categories is not None and entry.category not in categories:
                 return None
@@ -330,8 +358,7 @@ class IntelIndex:
         valid = [
             e
             for e in listings.values()
-            if (at is None or e.valid_until is None or e.valid_until > at)
-            and (categories is None or e.category in categories)
+            if (at is None or _in_force(e, at)) and (categories is None or e.category in categories)
         ]
         if not valid:
             return None
@@ -366,6 +393,14 @@ class IntelIndex:
             entry = self.lookup(key)
             if entry is not None and listings:
                 yield key, entry
+
+
+def _in_force(entry: IndicatorEntry, at: datetime) -> bool:
+    """Whether ``entry`` is valid at ``at``: from its ``valid_from`` on, until its ``valid_until``
+    (STIX's bounds: "valid_until ... no longer considered valid", so not at that instant)."""
+    return (entry.valid_from is None or entry.valid_from <= at) and (
+        entry.valid_until is None or entry.valid_until > at
+    )
 
 
 def _listing(feed: str, stix_id: str | None) -> str:

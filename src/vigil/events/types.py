@@ -428,8 +428,23 @@ class SecurityEvent(Event, tag="security_event", frozen=True):
 # --------------------------------------------------------------------------- intelligence
 
 IndicatorType = Literal[
-    "eth_address", "btc_address", "crypto_address", "ipv4", "ipv6", "domain", "url", "email", "vendor_token"
+    "eth_address",
+    "btc_address",
+    "crypto_address",
+    "ipv4",
+    "ipv6",
+    "domain",
+    "url",
+    "email",
+    "vendor_token",
+    "stix_withdrawal",
 ]
+#: The indicator type of a STIX indicator's version that lists no value Vigil matches (its
+#: pattern became a file hash, an ``AND``, another pattern language): a record carrying only its
+#: STIX id (as value too) and ``modified``, always revoked, so that the values its older versions
+#: listed are withdrawn (they are on the compacted topic under keys of their own, which this
+#: version writes nothing to).  Never matched as an indicator.
+STIX_WITHDRAWAL = "stix_withdrawal"
 IndicatorCategory = Literal[
     "sanctioned", "scam", "drainer", "phishing", "mixer", "c2", "malware", "compromised_vendor", "other"
 ]

@@ -23,7 +23,7 @@ from taxii2client.v21 import Collection
 from tests.integration.kafka_read import START_S, watermarks
 
 from vigil.config import Settings, shared_data_dir
-from vigil.events.types import IntelIndicator
+from vigil.events.types import STIX_WITHDRAWAL, IntelIndicator
 from vigil.hub.admin import ensure_topics
 from vigil.hub.broker import free_port_block
 from vigil.hub.raw import RawRecord
@@ -155,9 +155,15 @@ def test_poll_publishes_pages_and_resumes_from_cursor(medallion: str, settings: 
     assert PASSWORD.encode() not in b"".join(r.value + json.dumps(r.meta).encode() for r in records)
     events = [e for r in records for e in IntelNormalizer().normalize(r) if isinstance(e, IntelIndicator)]
     assert len(events) == sum(len(IntelNormalizer().normalize(r)) for r in records)
-    # The collection's only IP/domain/URL indicator, at its latest version; the file-hash one is skipped.
-    assert [(e.key().rpartition("@")[0], e.payload.list_version) for e in events] == [
+    # The collection's only IP/domain/URL indicator, at its latest version; the file-hash one is
+    # skipped, sent only as a withdrawal marker (it lists nothing).
+    listed = [e for e in events if e.payload.indicator_type != STIX_WITHDRAWAL]
+    assert [(e.key().rpartition("@")[0], e.payload.list_version) for e in listed] == [
         ("url:http://x4z9arb.cn/4712", "2017-01-27T13:49:53.935000+00:00")
+    ]
+    markers = [e for e in events if e.payload.indicator_type == STIX_WITHDRAWAL]
+    assert [(e.payload.stix_id, e.payload.revoked) for e in markers] == [
+        ("indicator--cd981c25-8042-4166-8945-51178443bdac", True)
     ]
 
     # A restarted connector (new sink, new source) resumes after the last page: nothing new.

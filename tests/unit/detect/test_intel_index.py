@@ -6,7 +6,9 @@ import sys
 import threading
 from datetime import UTC, datetime
 
-from vigil.detect.intel import IntelIndex
+import msgspec
+
+from vigil.detect.intel import IntelIndex, normalise
 from vigil.events.base import Entities
 from vigil.events.types import IntelIndicator, IntelIndicatorPayload
 
@@ -319,3 +321,63 @@ def test_lookups_while_another_thread_lists_and_withdraws_the_value_do_not_fail(
         follower.join()
         sys.setswitchinterval(interval)
     assert failures == []
+
+
+def test_an_indicator_matches_no_event_before_its_valid_from() -> None:
+    # valid_from was carried but never read: an indicator announced ahead (or a backfill of
+    # events from before it took effect) matched events it says nothing of.
+    start, until = AT.replace(month=6), AT.replace(month=7)
+    ofac = _ind("ofac", "sanctioned")
+    index = IntelIndex()
+    index.apply(
+        msgspec.structs.replace(
+            ofac, payload=msgspec.structs.replace(ofac.payload, valid_from=start, valid_until=until)
+        )
+    )
+    assert index.lookup(ADDR, start.replace(month=1)) is None
+    assert index.lookup(ADDR, start) is not None  # from valid_from on
+    assert index.lookup(ADDR, until) is None
+    assert index.lookup(ADDR) is not None  # no time given: as listed
+    # Beside another listing: only the one in force at the event's time.
+    index.apply(_ind("scamsniffer", "drainer"))
+    assert index.lookup(ADDR, start.replace(month=1)).category == "drainer"  # type: ignore[union-attr]
+    assert index.lookup(ADDR, start).category == "sanctioned"  # type: ignore[union-attr]
+
+
+def test_a_domain_starting_with_0x_is_a_domain() -> None:
+    # Any value starting with "0x" was taken for a hex one: '0xmons.art.' kept its trailing dot.
+    assert normalise("0xmons.art.") == "0xmons.art"
+    assert normalise("0XMons.Art") == "0xmons.art"
+    assert normalise("0xABCDEF") == "0xabcdef"  # a hex value (a hash, a token id) as before
+    index = IntelIndex()
+    index.add(["0xmons.art"], indicator_type="domain", category="phishing", feed="f", list_version="v1")
+    assert index.lookup("0xmons.art.") is not None
+    assert index.lookup("0XMONS.ART") is not None
+
+
+def _marker(modified: str) -> IntelIndicator:
+    """What the normaliser sends for a version of indicator--1 whose pattern lists no value."""
+    return IntelIndicator(
+        event_id=f"marker-{modified}",
+        source="taxii",
+        occurred_at=AT,
+        payload=IntelIndicatorPayload(
+            indicator_type="stix_withdrawal", value="indicator--1", category="sanctioned",
+            feed="taxii", list_version=modified, revoked=True, stix_id="indicator--1",
+        ),
+    )  # fmt: skip
+
+
+def test_a_withdrawal_marker_withdraws_older_versions_in_either_order() -> None:
+    for records in ([_stix(A, V1), _marker(V2)], [_marker(V2), _stix(A, V1)]):
+        index = IntelIndex.from_events(records)
+        assert A not in index
+        assert "indicator--1" not in index
+        assert len(index) == 0
+    # A newer version listing a value again is listed whatever the order.
+    for records in ([_marker(V1), _stix(B, V2)], [_stix(B, V2), _marker(V1)]):
+        assert B in IntelIndex.from_events(records)
+    # A marker and a value of one version: the value stays listed (ties as before).
+    assert A in IntelIndex.from_events([_marker(V1), _stix(A, V1), _stix(C, V1)])
+    # ... and a newer version withdraws them all.
+    assert C not in IntelIndex.from_events([_marker(V1), _stix(A, V1), _stix(C, V1), _stix(B, V2)])

@@ -223,3 +223,23 @@ def test_a_known_entry_reading_the_dust_event_itself_does_not_clear_its_flag(tmp
     events = [transfer(1, FAKE, WALLET, at(0), 0.0), deposit(2, "c1", REAL, 1), withdraw(3, "c1", FAKE, 2)]
     found, _ = detect_events(RuleSet(rules, IntelIndex()), events)
     assert [a.payload.entity.id for a in found] == ["c1"]
+
+
+BCH = "qpf2cphc5dkuclkqur7lhj2yuqq9pk3hmukle77vhq"  # CashAddr, as OFAC lists it
+OTHER_BCH = "qr" + "z" * 36 + BCH[-4:]  # unrelated, same last 4
+
+
+def test_cashaddr_addresses_are_compared_without_their_prefix() -> None:
+    # With "bitcoincash:" counted in the head, any two prefixed addresses with the same last 4
+    # characters were look-alikes (the detector keys an address as canonical_address spells it).
+    assert (
+        held([sent(1, "c1", f"bitcoincash:{BCH}", 0), withdraw(2, "c2", f"bitcoincash:{OTHER_BCH}", 1)]) == []
+    )
+    # The same address in another spelling is no imitation of itself.
+    assert held([sent(1, "c1", BCH, 0), withdraw(2, "c2", f"BITCOINCASH:{BCH.upper()}", 1)]) == []
+    # The head is read after the type character (q: every P2PKH address has it), as base58's
+    # version character is.
+    imitation = BCH[:5] + "x" * 33 + BCH[-4:]
+    assert held([sent(1, "c1", BCH, 0), withdraw(2, "c2", BCH[:4] + "y" * 34 + BCH[-4:], 1)]) == []
+    (alert,) = alerts([sent(1, "c1", f"bitcoincash:{BCH}", 0), withdraw(2, "c2", imitation.upper(), 1)])
+    assert [r.id for r in alert.payload.related] == [imitation, BCH]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vigil.events.addresses import canonical_address, is_bech32
+from vigil.events.addresses import canonical_address, is_bech32, is_cashaddr
 from vigil.sources.intel import ofac
 from vigil.sources.intel.stix import classify_address
 
@@ -46,3 +46,48 @@ def test_lists_classify_upper_case_segwit_as_the_address_nodes_print() -> None:
     assert sorted(ofac.parse(data, where="t")) == sorted(
         [("btc_address", SEGWIT, "sanctioned"), ("btc_address", LEGACY, "sanctioned")]
     )
+
+
+CASHADDR = "qpf2cphc5dkuclkqur7lhj2yuqq9pk3hmukle77vhq"  # as OFAC lists it
+P2SH_CASHADDR = "pqq3728yw0y47sqn6l2na30mcw6zm78dzq5ucqzc37"
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        CASHADDR,
+        f"bitcoincash:{CASHADDR}",
+        f"BITCOINCASH:{CASHADDR.upper()}",  # all upper case, as QR codes carry it
+        CASHADDR.upper(),
+        f" bitcoincash:{CASHADDR}\n",
+        f"bchtest:{CASHADDR}",
+        f"bchreg:{CASHADDR}",
+    ],
+)
+def test_a_cashaddr_address_is_spelt_as_ofac_lists_it(given: str) -> None:
+    # A withdrawal to the prefixed or upper-case spelling of a sanctioned address was not held.
+    assert canonical_address(given) == CASHADDR
+    assert is_cashaddr(given.strip())
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        f"bitcoincash:{CASHADDR.upper()}",  # mixed case: invalid CashAddr
+        CASHADDR[:20] + CASHADDR[20:].upper(),
+        CASHADDR[:-1],  # too short
+        CASHADDR + "q",  # too long
+        CASHADDR[:-1] + "b",  # "b" is not in the CashAddr alphabet
+        "z" + CASHADDR[1:],  # neither P2PKH (q) nor P2SH (p)
+        f"bitcoin:{CASHADDR}",  # another prefix
+        f"BitcoinCash:{CASHADDR}",
+    ],
+)
+def test_other_values_are_kept_as_written(given: str) -> None:
+    assert canonical_address(given) == given
+    assert not is_cashaddr(given)
+
+
+def test_a_p2sh_cashaddr_is_canonical_too() -> None:
+    assert canonical_address(f"BITCOINCASH:{P2SH_CASHADDR.upper()}") == P2SH_CASHADDR
+    assert classify_address(f"bitcoincash:{P2SH_CASHADDR}") == ("crypto_address", P2SH_CASHADDR)

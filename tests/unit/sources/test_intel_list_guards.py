@@ -40,7 +40,38 @@ def test_an_empty_download_of_a_list_that_had_entries_is_not_published(tmp_path:
     path.write_text("[]")
     assert source.poll_once(sink, state) == 0
     assert len(sink.records) == 1
-    assert "has no entries, the previous 3" in source.errors["scam"]
+    assert (
+        "has no entries, the previous 3; held until the next poll fetches it again" in source.errors["scam"]
+    )
+
+
+@pytest.mark.parametrize("entries", [1, 30])
+def test_an_emptied_list_is_published_once_fetched_again(tmp_path: Path, entries: int) -> None:
+    # Refused at every poll: 7 of OFAC's 17 lists hold one address, whose delisting could never
+    # be published.  Now held, as a large drop is, and published when read so twice in a row.
+    path, spec = scam_list(tmp_path, addresses(entries))
+    source, sink, state = IntelListSource([spec]), MemorySink(), {}  # type: ignore[var-annotated]
+    source.poll_once(sink, state)
+    path.write_text("[]")
+    assert source.poll_once(sink, state) == 0
+    assert source.poll_once(sink, state) == 1
+    assert revoked(sink.records[1:]) == set(addresses(entries))
+    assert "scam" not in source.errors
+    assert state["scam"]["keys"] == []
+    # Listed again later: published at once, as any version growing a list.
+    path.write_text(json.dumps(addresses(1)))
+    assert source.poll_once(sink, state) == 1
+
+
+def test_an_emptied_list_read_once_between_full_reads_revokes_nothing(tmp_path: Path) -> None:
+    path, spec = scam_list(tmp_path, addresses(1))
+    source, sink, state = IntelListSource([spec]), MemorySink(), {}  # type: ignore[var-annotated]
+    source.poll_once(sink, state)
+    full = path.read_text()
+    for text in ("[]", full, "[]"):
+        path.write_text(text)
+        assert source.poll_once(sink, state) == 0
+    assert revoked(sink.records) == set()
 
 
 def test_a_large_drop_is_published_only_once_fetched_again(tmp_path: Path) -> None:

@@ -71,7 +71,7 @@ from vigil.detect.kinds.base import Detector, EvidenceMaker, Expiry, Hit, entity
 from vigil.detect.kinds.common import CompiledEntry, FieldEntry, parse_entries, set_or_delete
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
-from vigil.events.addresses import canonical_address
+from vigil.events.addresses import canonical_address, is_cashaddr
 from vigil.events.base import Event
 from vigil.events.types import EVENT_TYPES, EntityRef
 from vigil.stream.base import State, StoreSpec
@@ -122,12 +122,15 @@ def body(address: str) -> str:
     """``address`` case-folded, without what every address of its kind starts with: ``0x``
     (EVM), the network, separator and witness version of a segwit address (``bc1q``, ``bc1p``,
     ``tb1q``, ``bcrt1q``), the version character of a base58check one (``1``/``3`` Bitcoin,
-    ``T`` Tron).  Counted in the head, that prefix made any two segwit addresses with the same
-    last characters look-alikes: 9% of withdrawals to fresh ones, with 100,000 known."""
+    ``T`` Tron), the prefix and type character of a CashAddr one (``bitcoincash:q``).  Counted
+    in the head, that prefix made any two segwit addresses with the same last characters
+    look-alikes: 9% of withdrawals to fresh ones, with 100,000 known."""
     a = address.strip()
     folded = a.lower()
     if folded.startswith("0x"):
         return folded[2:]
+    if is_cashaddr(a):
+        return canonical_address(a)[1:]
     if (a == folded or a == a.upper()) and _BECH32.fullmatch(folded):
         return folded[folded.rindex("1") + 2 :]
     if _BASE58_CHECK.fullmatch(folded):

@@ -28,11 +28,12 @@ raw topics' 64 MiB less a record batch's framing) is not published, named in
 :attr:`IntelListSource.errors` and the log, and the others go on.
 
 A download that is no list is not published (the previous version stays in force): one that does
-not parse, and an empty one where the previous version had entries (an HTTP 200 with an empty
-body, a file caught mid-rewrite).  A version that drops more than ``max_drop`` (half) of a list
-of at least ``DROP_CHECK_MIN`` entries is held until the next poll fetches the same version again:
-a truncated download revoked what it cut off, sanctions screening lost with it until the next
-good read.
+not parse.  A version that drops more than ``max_drop`` (half) of a list of at least
+``DROP_CHECK_MIN`` entries, and an empty one where the previous version had entries (an HTTP 200
+with an empty body, a file caught mid-rewrite), is held until the next poll fetches the same
+version again: a truncated download revoked what it cut off, sanctions screening lost with it
+until the next good read.  (An emptied list was once never published: 7 of OFAC's 17 lists hold
+one address, and the delisting of that address could never take effect.)
 """
 
 from __future__ import annotations
@@ -335,16 +336,18 @@ class IntelListSource(Source):
         keys = sorted(f"{t}:{v}" for t, v, _ in entries)
         before = previous.get("keys", [])
         dropped = set(before) - set(keys)
-        if before and not keys:
-            msg = f"intel list {spec.name!r}: version {version} has no entries, the previous {len(before):,}"
-            self._not_published(spec, msg)
-            return None, previous
-        if len(before) >= DROP_CHECK_MIN and len(dropped) > self.max_drop * len(before):
+        emptied = bool(before) and not keys
+        if emptied or (len(before) >= DROP_CHECK_MIN and len(dropped) > self.max_drop * len(before)):
             if self._held.get(spec.name) != version:
                 self._held[spec.name] = version
+                drop = (
+                    f"has no entries, the previous {len(before):,}"
+                    if emptied
+                    else f"drops {len(dropped):,} of {len(before):,} entries"
+                )
                 msg = (
-                    f"intel list {spec.name!r}: version {version} drops {len(dropped):,} of "
-                    f"{len(before):,} entries; held until the next poll fetches it again"
+                    f"intel list {spec.name!r}: version {version} {drop}; "
+                    "held until the next poll fetches it again"
                 )
                 self.errors[spec.name] = msg
                 log.warning("%s (a truncated download would revoke what it cut off)", msg)

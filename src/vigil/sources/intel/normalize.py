@@ -8,7 +8,9 @@ Kinds handled:
 - ``address_list_removed``: entries that left a list; each becomes a ``revoked`` indicator
   (the compacted topic then keeps the revocation as the latest value for that key).
 - ``stix_bundle``: a STIX 2.x bundle; ``taxii_objects``: a TAXII 2.1 envelope.  Indicators
-  carry their STIX id, ``modified`` as version, validity and ``revoked``.
+  carry their STIX id, ``modified`` as version, validity and ``revoked``; only the newest
+  version of each STIX id in the record is sent, and an indicator whose pattern holds no value
+  to match is sent as a withdrawal marker (see :mod:`vigil.sources.intel.stix`), its id logged.
 
 Event ids hash feed, type, value, version and revocation, so re-publishing the same list
 version yields the same ids (exact deduplication downstream).
@@ -16,6 +18,7 @@ version yields the same ids (exact deduplication downstream).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,14 +28,25 @@ import msgspec
 
 from vigil.errors import ContractError
 from vigil.events.base import Entities, Event, Id
+from vigil.events.codec import escaped, inert
 from vigil.events.ids import stable_id
-from vigil.events.types import IndicatorCategory, IndicatorType, IntelIndicator, IntelIndicatorPayload
+from vigil.events.types import (
+    STIX_WITHDRAWAL,
+    IndicatorCategory,
+    IndicatorType,
+    IntelIndicator,
+    IntelIndicatorPayload,
+)
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import Normalizer, PartlyRefused
 from vigil.sources.intel import ofac, scamlists, stix
 
+log = logging.getLogger(__name__)
+
 NAME = "intel"
 STIX_FORMAT = "stix_bundle"
+#: Skipped indicators' ids named in one log line at most (a bundle of file hashes has thousands).
+SKIPPED_LOGGED = 20
 
 
 @dataclass(frozen=True)
@@ -98,7 +112,8 @@ class _Removed(msgspec.Struct):
     previous_version: str | None = None
 
 
-_TYPES: frozenset[str] = frozenset(get_args(IndicatorType))
+#: (A STIX withdrawal marker is no list entry.)
+_TYPES: frozenset[str] = frozenset(get_args(IndicatorType)) - {STIX_WITHDRAWAL}
 _CATEGORIES: frozenset[str] = frozenset(get_args(IndicatorCategory))
 
 
@@ -110,6 +125,10 @@ def _admissible(entry: tuple[str, str, str]) -> bool:
 
 class IntelNormalizer(Normalizer):
     source = NAME
+
+    def __init__(self) -> None:
+        #: STIX indicators skipped since start: no value Vigil matches in their patterns.
+        self.skipped = 0
 
     def normalize(self, record: RawRecord) -> list[Event]:
         handler = {
@@ -226,6 +245,8 @@ class IntelNormalizer(Normalizer):
             msg = f"{where}: 'objects' must be an array, got {type(objects).__name__}"
             raise ContractError(msg)
         result = stix.parse_objects(objects, where=where)
+        if result.skipped:
+            self._log_skipped(result.skipped, len(objects), where)
         indicators: list[Event] = [
             self._indicator(
                 feed=feed,
@@ -242,7 +263,7 @@ class IntelNormalizer(Normalizer):
                 description=ind.description,
                 stix_id=ind.stix_id,
             )
-            for ind in result.indicators
+            for ind in (*result.indicators, *result.withdrawals)
         ]
         if result.rejected:
             # Dead-lettered, naming what was wrong; with anything usable in it, the others go on.
@@ -256,6 +277,22 @@ class IntelNormalizer(Normalizer):
             )
             raise PartlyRefused(msg, indicators)
         return indicators
+
+    def _log_skipped(self, skipped: list[str], objects: int, where: str) -> None:
+        # Not dead-lettered: a feed's file hashes and behaviour patterns are no error, and come
+        # again in every bundle.  Logged, so an indicator that was expected to match can be found
+        # (the ids escaped and bounded: stix2 checked their shape, but they are the feed's text).
+        self.skipped += len(skipped)
+        more = len(skipped) - SKIPPED_LOGGED
+        log.info(
+            "%s: skipped %d STIX indicators of %d objects (no IP, domain, URL, e-mail or crypto address "
+            "to match in their patterns; any values their earlier versions listed are withdrawn): %s%s",
+            inert(where),
+            len(skipped),
+            objects,
+            ", ".join(escaped(stix_id[:100]) for stix_id in skipped[:SKIPPED_LOGGED]),
+            f" (and {more} more)" if more > 0 else "",
+        )
 
     @staticmethod
     def _json(record: RawRecord, where: str) -> dict[str, Any]:

@@ -2,9 +2,23 @@
 
 Objects are parsed with :mod:`stix2` (which validates them, patterns included) and
 each ``indicator`` whose pattern is a simple IOC -- one or more ``=`` comparisons joined
-by ``OR`` on a supported observable -- yields one :class:`ParsedIndicator` per value.
+by ``OR`` on a supported observable, or an ``IN`` list of values (STIX 2.1 section 9.5: the
+same as equalities joined by ``OR``) -- yields one :class:`ParsedIndicator` per value.
 Patterns that need several observations together (``AND``, ``FOLLOWEDBY``) describe a
-behaviour, not a value to match, and are skipped on purpose (counted in ``skipped``).
+behaviour, not a value to match, and are skipped on purpose (named in ``skipped``), as are
+patterns with no supported observable (a file hash) and other pattern languages.
+
+A skipped indicator still yields a withdrawal marker (:data:`~vigil.events.types.STIX_WITHDRAWAL`,
+revoked, carrying its STIX id and ``modified``): the values an older version of it listed are on
+the compacted topic under keys of their own, which this version writes nothing to, and without
+the marker an indicator corrected to a file hash went on matching its old IP for ever.  The
+index orders a STIX id's records by ``modified``, so the marker withdraws them whatever order
+they are read in.
+
+Of the versions of one STIX id in one list of objects (a bundle, a TAXII page), only the newest
+is taken (several of that version all are): written after a newer one under the same key, an
+older version was what the compacted topic kept, and a restarted detector matched an indicator
+its feed had revoked.
 
 Alternatives joined by ``OR`` that are not such comparisons (a file hash beside an IP) are
 left out, the supported ones kept.  IPs are spelt as events spell them (IPv6 compressed), and
@@ -33,6 +47,7 @@ from vigil.errors import ContractError
 from vigil.events.addresses import canonical_address, is_bech32
 from vigil.events.codec import inert
 from vigil.events.domains import domain_to_ascii, email_to_ascii
+from vigil.events.types import STIX_WITHDRAWAL
 
 #: (object type, property) -> our indicator type (crypto types refined by address shape)
 OBSERVABLES: dict[tuple[str, str], str] = {
@@ -131,6 +146,10 @@ class StixResult:
     indicators: list[ParsedIndicator] = field(default_factory=list)
     #: indicator ids whose pattern carried no supported simple IOC (file hashes, AND ...)
     skipped: list[str] = field(default_factory=list)
+    #: a withdrawal marker (see the module) per skipped indicator that has a version
+    withdrawals: list[ParsedIndicator] = field(default_factory=list)
+    #: older versions of a STIX id left out for a newer one among the same objects
+    superseded: int = 0
     #: objects that are not valid indicators, each with why (the others are still taken: one
     #: bad indicator lost its whole bundle or TAXII page, whose cursor had moved past it)
     rejected: list[str] = field(default_factory=list)
@@ -180,6 +199,9 @@ def pattern_values(pattern: str, *, where: str) -> list[tuple[str, str]] | None:
                 continue
             if op == "=" or (op == "ISSUBSET" and kind in ("ipv4", "ipv6")):
                 out.append(normalise_value(kind, _unquote(literal)))
+            elif op == "IN":
+                # "('a','b')": each quoted item is a value (a number in the list is none).
+                out.extend(normalise_value(kind, _unquote(item)) for item in _QUOTED.findall(literal))
     return out or None
 
 
@@ -219,7 +241,60 @@ def parse_objects(objects: list[dict[str, Any]], *, where: str) -> StixResult:
             _parse_object(n, raw, where, result)
         except ContractError as exc:
             result.rejected.append(str(exc))
+    _newest_only(result)
     return result
+
+
+def _modified(parsed: ParsedIndicator) -> datetime | None:
+    return datetime.fromisoformat(parsed.version) if parsed.version else None
+
+
+def _newest_only(result: StixResult) -> None:
+    """Leave out of ``result`` every version of a STIX id older than its newest one there (see
+    the module).  Records with no version are all kept: there is nothing to order them by."""
+    newest: dict[str, datetime] = {}
+    for parsed in (*result.indicators, *result.withdrawals):
+        modified = _modified(parsed)
+        if modified is not None and (parsed.stix_id not in newest or modified > newest[parsed.stix_id]):
+            newest[parsed.stix_id] = modified
+    before = len(result.indicators) + len(result.withdrawals)
+
+    def current(parsed: ParsedIndicator) -> bool:
+        modified = _modified(parsed)
+        return modified is None or modified == newest[parsed.stix_id]
+
+    result.indicators = [p for p in result.indicators if current(p)]
+    result.withdrawals = [p for p in result.withdrawals if current(p)]
+    result.superseded = before - len(result.indicators) - len(result.withdrawals)
+
+
+def _version(ind: Any) -> str:
+    """A parsed indicator's version: its ``modified``, in UTC ("" if it has none)."""
+    modified = _utc(ind.get("modified"))
+    return modified.isoformat() if modified is not None else ""
+
+
+def _skip(ind: Any, result: StixResult) -> None:
+    """Name ``ind`` as skipped, and add its withdrawal marker (see the module)."""
+    stix_id = str(ind.id)
+    result.skipped.append(stix_id)
+    version = _version(ind)
+    if not version:
+        return  # (stix2 requires ``modified``: a marker without it could withdraw nothing)
+    result.withdrawals.append(
+        ParsedIndicator(
+            indicator_type=STIX_WITHDRAWAL,
+            value=stix_id,
+            category=_category(ind),
+            stix_id=stix_id,
+            version=version,
+            valid_from=None,
+            valid_until=None,
+            revoked=True,
+            confidence=100,
+            description="this version lists no value Vigil matches; earlier versions' values withdrawn",
+        )
+    )
 
 
 def _parse_object(n: int, raw: Any, where: str, result: StixResult) -> None:
@@ -246,16 +321,17 @@ def _parse_object(n: int, raw: Any, where: str, result: StixResult) -> None:
         msg = f"{here}: not a STIX 2.0/2.1 indicator (spec_version {raw.get('spec_version')!r:.20})"
         raise ContractError(msg)
     if ind.get("pattern_type", "stix") != "stix":
-        result.skipped.append(str(ind.id))
+        _skip(ind, result)
         return
     # A value that normalises to nothing ('.', blanks) indicates nothing, and would match nothing.
     values = [(t, v) for t, v in pattern_values(str(ind.pattern), where=here) or () if v]
     if not values:
-        result.skipped.append(str(ind.id))
+        _skip(ind, result)
         return
     category = _category(ind)
     # As given: stix2 has already cut a 2.1 value to an int (40.5 -> 40, true -> 1).
     confidence = _confidence(raw.get("confidence"), here)
+    version = _version(ind)
     for indicator_type, value in dict.fromkeys(values):
         result.indicators.append(
             ParsedIndicator(
@@ -263,7 +339,7 @@ def _parse_object(n: int, raw: Any, where: str, result: StixResult) -> None:
                 value=value,
                 category=category,
                 stix_id=str(ind.id),
-                version=_utc(ind.modified).isoformat() if ind.get("modified") else "",  # type: ignore[union-attr]
+                version=version,
                 valid_from=_utc(ind.get("valid_from")),
                 valid_until=_utc(ind.get("valid_until")),
                 revoked=bool(ind.get("revoked", False)),
