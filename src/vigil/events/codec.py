@@ -59,6 +59,13 @@ def escaped(text: str) -> str:
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
+class _NoEvent(msgspec.Struct, tag_field="type", tag="\x00no-event", frozen=True):
+    """A type no record names (its tag is not text a producer writes): decoding one event type
+    in a union with it, msgspec requires the ``type`` tag.  Decoded into its struct alone, a
+    record without the tag was taken (the single-type topics: ``events.security``,
+    ``intel.indicators``, ``alerts``), which the schemas and the runtime's codec refuse."""
+
+
 class EventCodec:
     """Decodes bytes into one of a fixed set of event types (a topic's contract)."""
 
@@ -68,13 +75,20 @@ class EventCodec:
             # (It took every type, as ``None`` does: a topic's contract left open by accident.)
             msg = "EventCodec: an empty list of event types; pass None for every canonical type"
             raise ValueError(msg)
-        target: Any = AnyEvent if not classes else reduce(or_, classes) if len(classes) > 1 else classes[0]
+        # One type alone goes in a union with _NoEvent, so that its tag is required (see there).
+        target: Any = (
+            AnyEvent if not classes else reduce(or_, (*classes, _NoEvent) if len(classes) == 1 else classes)
+        )
         self.types = classes
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(target)
 
     def decode(self, data: bytes | str, *, where: str | None = None) -> Event:
         try:
-            event: Event = self._decoder.decode(data)
+            event: Event | _NoEvent = self._decoder.decode(data)
+            if isinstance(event, _NoEvent):
+                # (Only a record written with the NUL-led tag itself: it names no event type.)
+                msg = f"Invalid value {_NoEvent.__struct_config__.tag!r} - at `$.type`"
+                raise msgspec.ValidationError(msg)
         except msgspec.ValidationError as exc:
             text = inert(str(exc))
             raise DecodeError(text, where=where, path=_path_of(text)) from None

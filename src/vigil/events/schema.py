@@ -32,8 +32,9 @@ SCHEMA_BASE_URI = "https://vigil.dev/schemas/"
 #: reads "1" as 1, for producers that can write an integer anyway.)
 DECODER_ONLY = (
     "Vigil's decoder is the authority; beyond this schema it refuses an integer written with a "
-    "fraction or an exponent (1.0, 1e2: write 1, 100), an integer of more than 4300 digits, and a "
-    "date-time whose fraction rounds up past 9999-12-31T23:59:59.999999."
+    "fraction or an exponent (1.0, 1e2: write 1, 100), an integer of more than 4300 digits, a "
+    "date-time whose fraction rounds up past 9999-12-31T23:59:59.999999, and a key given twice "
+    "unless every copy is valid (a validator reads the last one only: send each key once)."
 )
 #: Well-formed text: no lone UTF-16 surrogate ("\\ud800" is a JSON string the decoder refuses, and
 #: Python's and JavaScript's JSON parsers keep).  A pair is allowed as two code units too, for

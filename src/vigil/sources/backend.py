@@ -38,12 +38,14 @@ which is what the 202 (rather than 200) tells the caller.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
 import logging
 import threading
 import time
+import typing
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future
@@ -802,20 +804,59 @@ class BackendIngestSource(Source):
 # --------------------------------------------------------------------------- normaliser
 
 
-def _in_utc(event: Event) -> Event:
+@functools.cache
+def _payload_times(cls: type) -> tuple[str, ...]:
+    """The payload fields of events of ``cls`` that hold a time (``order_cancel.placed_at``)."""
+    payload = typing.get_type_hints(cls).get("payload")
+    if not (isinstance(payload, type) and issubclass(payload, msgspec.Struct)):
+        return ()
+    hints = typing.get_type_hints(payload)
+    return tuple(name for name, tp in hints.items() if datetime in (tp, *typing.get_args(tp)))
+
+
+def _utc(when: datetime, where: str, path: str) -> datetime:
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:  # "0001-01-01T00:30:00+01:00" decodes, but is before year 1 in UTC
+        msg = f"{where}: $.{path} {when.isoformat()!r} is outside the years 1-9999 in UTC"
+        raise ContractError(msg) from None
+
+
+def _in_utc(event: Event, where: str) -> Event:
     """``event`` with its times in UTC, as every other normaliser gives them: a service's
-    ``+05:00`` went on to the canonical topic as it was."""
+    ``+05:00`` went on to the canonical topic as it was, a payload's (``placed_at``) too."""
     times: dict[str, datetime] = {}
     for name in ("occurred_at", "ingested_at"):
         when: datetime | None = getattr(event, name)
-        if when is None or not when.utcoffset():
-            continue
-        try:
-            times[name] = when.astimezone(UTC)
-        except OverflowError:  # "0001-01-01T00:30:00+01:00" decodes, but is before year 1 in UTC
-            msg = f"raw.backend: $.{name} {when.isoformat()!r} is outside the years 1-9999 in UTC"
-            raise ContractError(msg) from None
-    return msgspec.structs.replace(event, **times)
+        if when is not None and when.utcoffset():
+            times[name] = _utc(when, where, name)
+    payload_times: dict[str, datetime] = {}
+    for name in _payload_times(type(event)):
+        when = getattr(event.payload, name)  # type: ignore[attr-defined]
+        if when is not None and when.utcoffset():
+            payload_times[name] = _utc(when, where, f"payload.{name}")
+    if payload_times:
+        times["payload"] = msgspec.structs.replace(event.payload, **payload_times)  # type: ignore[attr-defined]
+    return msgspec.structs.replace(event, **times) if times else event
+
+
+def canonical_event(event: Event, *, where: str) -> Event:
+    """``event`` in the one spelling canonical topics hold, as the normalise stage passes a
+    back-end event on (and ``vigil produce`` writes one straight to its topic): its times in UTC,
+    its IP as :func:`~vigil.sources.addresses.client_ip` spells it (refused when it is none:
+    ``"unknown"``), its addresses canonical.  ``vigil produce`` did only the addresses: an
+    ``2001:DB8::7`` and a ``2001:db8::7`` counted as two IPs for credential stuffing."""
+    event = _in_utc(event, where)
+    ip = event.entities.ip
+    if ip is not None:
+        canonical = client_ip(ip)
+        if canonical is None:
+            msg = f"{where}: {ip_refusal(event)}"
+            raise ContractError(msg)
+        if canonical != ip:  # one address, one spelling: intel and per-IP history key on it
+            entities = msgspec.structs.replace(event.entities, ip=canonical)
+            event = msgspec.structs.replace(event, entities=entities)
+    return canonical_addresses(event)
 
 
 class BackendNormalizer(Normalizer):
@@ -832,15 +873,4 @@ class BackendNormalizer(Normalizer):
         event = _codec.decode(record.value, where="raw.backend")
         if event.ingested_at is None:
             event = msgspec.structs.replace(event, ingested_at=record.received_at)
-        if event.occurred_at.utcoffset() or (event.ingested_at and event.ingested_at.utcoffset()):
-            event = _in_utc(event)
-        ip = event.entities.ip
-        if ip is not None:
-            canonical = client_ip(ip)
-            if canonical is None:
-                msg = f"raw.backend: {ip_refusal(event)}"
-                raise ContractError(msg)
-            if canonical != ip:  # one address, one spelling: intel and per-IP history key on it
-                entities = msgspec.structs.replace(event.entities, ip=canonical)
-                event = msgspec.structs.replace(event, entities=entities)
-        return [canonical_addresses(event)]
+        return [canonical_event(event, where="raw.backend")]
