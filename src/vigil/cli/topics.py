@@ -16,6 +16,7 @@ from rich.table import Table
 
 from vigil.cli._common import console, err_console, settings, shown
 from vigil.errors import ConfigError, ContractError, DecodeError, TopicError
+from vigil.events.addresses import canonical_addresses
 from vigil.events.base import Event
 from vigil.events.codec import EventCodec
 from vigil.hub import acls
@@ -183,12 +184,13 @@ def produce(
 
 def _as_normalised(event: Event, received_at: datetime, *, where: str) -> Event:
     """``event`` as the normalise stage would have passed it to its canonical topic, for events
-    written straight there (:func:`~vigil.sources.backend.canonical_event`): times in UTC, the
-    IP and addresses in their one spelling (a checksum-case wallet was a second key, on another
-    partition, with a state of its own), ``ingested_at`` filled in, and refused when dated
-    further ahead than a back-end service may be (an event dated 2099 moved its partition's
-    watermark, and every later event of the partition was late)."""
-    from vigil.sources.backend import BackendNormalizer, canonical_event
+    written straight there: a back-end event's times in UTC and its IP and addresses in their one
+    spelling (:func:`~vigil.sources.backend.canonical_event`), another's addresses (a
+    checksum-case wallet was a second key, on another partition, with a state of its own);
+    ``ingested_at`` filled in, and refused when dated further ahead than a back-end service may be
+    (an event dated 2099 moved its partition's watermark, and every later event of the partition
+    was late)."""
+    from vigil.sources.backend import INGEST_DOMAINS, BackendNormalizer, canonical_event
     from vigil.sources.normalize import ahead_reason
 
     allowed = BackendNormalizer.max_ahead
@@ -197,6 +199,10 @@ def _as_normalised(event: Event, received_at: datetime, *, where: str) -> Event:
         raise ContractError(msg)
     if event.ingested_at is None:
         event = msgspec.structs.replace(event, ingested_at=received_at)
+    if type(event).domain not in INGEST_DOMAINS:
+        # Intel indicators, alerts, decisions: not a back-end service's events, nor checked as
+        # one (the intel normaliser writes a network, 203.0.113.0/24, where the IP goes).
+        return canonical_addresses(event)
     return canonical_event(event, where=where)
 
 

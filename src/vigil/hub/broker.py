@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -30,6 +31,8 @@ from typing import Any
 
 from vigil.errors import BrokerError
 from vigil.hub.topics import min_insync_replicas
+
+log = logging.getLogger(__name__)
 
 #: The Maven file that pins the broker version (kept in the repo, not in the package).
 POM = Path(__file__).resolve().parents[3] / "infra" / "kafka" / "pom.xml"
@@ -296,8 +299,14 @@ class LocalBroker:
         The lock file sits beside the data (formatting deletes the data directory)."""
         self.home.mkdir(parents=True, exist_ok=True)
         with (self.home / "kafka.lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-            yield
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                # Said, not waited out in silence: the other may be fetching the jars (minutes,
+                # the first time) or waiting for its nodes (up to start_timeout_s).
+                log.warning("waiting for another start or stop of the local broker in %s", self.home)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            yield  # (released when the file closes)
 
     def start(self, nodes: int | None = None, *, reformat: bool = False) -> StartResult:
         """Start the cluster, or find it running.  Returns once it answers a metadata request.
@@ -564,6 +573,8 @@ class LocalBroker:
 
     def stop(self, timeout: float = 60.0) -> list[int]:
         """Controlled shutdown of every node (SIGTERM), SIGKILL after ``timeout``.  Returns stopped nodes."""
+        if not self.cluster_file.exists():
+            return []  # nothing made here, nothing to stop (and no home made to say so)
         with self._lifecycle():
             return self._stop(timeout)
 

@@ -99,3 +99,14 @@ def test_a_numeric_context_value_with_a_line_break_is_quoted(tmp_path: Path) -> 
         assert "\n" not in text
         assert "\u2028" not in text
         assert "\x85" not in text
+
+
+def test_a_location_part_is_refused_in_a_rule_whose_events_have_no_location(tmp_path: Path) -> None:
+    # {country} validated for every type, and read "(unknown)" in every withdrawal rule's alert.
+    (tmp_path / "r.yaml").write_text(RULES.replace("from device {device}.", "from {country}."))
+    errors = [str(i) for i in validate_paths([tmp_path]).errors]
+    assert any(
+        "{country} is a field of none of the rule's event types (withdrawal_request)" in e for e in errors
+    )
+    # A login rule quotes it (payload.geo.country), as the sequence above does {city}.
+    assert not [e for e in errors if "{city}" in e]

@@ -157,17 +157,27 @@ def test_a_made_clusters_port_in_use_is_not_answered_with_another_port(tmp_path:
     assert "set VIGIL_BROKER_PORT" in str(fresh.value)  # a cluster not made yet may move
 
 
-def test_starts_and_stops_of_one_home_wait_for_each_other(tmp_path: Path) -> None:
+def test_starts_and_stops_of_one_home_wait_for_each_other(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # Two starts on a fresh home both formatted it; the second failed in Kafka's StorageTool.
     import fcntl
     import threading
 
-    broker = LocalBroker(tmp_path, port=free_port_block(2))
+    broker = _made(tmp_path, port=free_port_block(2))  # (a stopped cluster: its stop stops nothing)
     stopped = threading.Event()
     waiter = threading.Thread(target=lambda: (broker.stop(), stopped.set()), daemon=True)
-    with (tmp_path / "kafka.lock").open("a") as lock:
+    with caplog.at_level("WARNING", logger="vigil.hub.broker"), (tmp_path / "kafka.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process's start, holding the home
         waiter.start()
         assert not stopped.wait(1.0), "a stop went on while another start held the home"
+        # Said, not waited out in silence (the other may be fetching the jars for minutes).
+        assert f"waiting for another start or stop of the local broker in {tmp_path}" in caplog.text
     waiter.join(30)
     assert stopped.is_set()
+
+
+def test_a_stop_where_nothing_was_made_makes_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "never-used"
+    assert LocalBroker(home).stop() == []
+    assert not home.exists()

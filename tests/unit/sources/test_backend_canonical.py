@@ -12,7 +12,14 @@ from vigil.cli.topics import _as_normalised
 from vigil.errors import ContractError
 from vigil.events.base import Entities, Event
 from vigil.events.codec import encode
-from vigil.events.types import FailedLogin, FailedLoginPayload, OrderCancel, OrderCancelPayload
+from vigil.events.types import (
+    FailedLogin,
+    FailedLoginPayload,
+    IntelIndicator,
+    IntelIndicatorPayload,
+    OrderCancel,
+    OrderCancelPayload,
+)
 from vigil.hub.raw import RawRecord
 from vigil.sources.backend import BackendNormalizer
 
@@ -91,3 +98,18 @@ def test_an_event_already_canonical_is_passed_on_as_it_is() -> None:
     event = msgspec.structs.replace(failed_login("198.51.100.20", RECEIVED), ingested_at=RECEIVED)
     assert normalised(event) is not None
     assert _as_normalised(event, RECEIVED, where="line 1") == event
+
+
+def test_produce_leaves_an_intel_networks_ip_as_the_intel_normaliser_writes_it() -> None:
+    # The intel normaliser writes a STIX network into entities.ip: checked as a back-end event's
+    # IP, `vigil produce` of a `vigil tail` dump of intel.indicators was refused.
+    network = IntelIndicator(
+        event_id="i1",
+        source="stix",
+        occurred_at=RECEIVED,
+        entities=Entities(ip="203.0.113.0/24"),
+        payload=IntelIndicatorPayload(
+            indicator_type="ipv4", value="203.0.113.0/24", category="c2", feed="stix:f", list_version="v1"
+        ),
+    )
+    assert _as_normalised(network, RECEIVED, where="line 1").entities.ip == "203.0.113.0/24"

@@ -23,6 +23,7 @@ from vigil.hub.raw import RawRecord
 from vigil.sources.backend import (
     ERRORS_ITEMIZED,
     MAX_REQUEST_ITEMS,
+    PARSES_AT_ONCE,
     Authenticator,
     BatchTooLarge,
     IngestBuffer,
@@ -196,6 +197,53 @@ def test_health_answers_while_a_request_is_being_validated() -> None:
     assert released == [True]
     assert (health.status_code, health.json()["status"]) == (200, "ok")
     assert ingest.status_code == 200, ingest.text
+    assert buffer.close(15)
+
+
+def test_bodies_are_validated_at_most_two_at_a_time() -> None:
+    # A JSON array is decoded whole before its items are counted (some 280 MB for a 10 MB body
+    # of tiny items): six at once in asyncio's pool took 1.3 GB.
+    inside, most, lock = [0], [0], threading.Lock()
+    full, over, release = threading.Event(), threading.Event(), threading.Event()
+    waits: list[bool] = []
+
+    class Slow(Scopes):
+        def refusal(self, service: str, event: Event) -> str | None:
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+                if inside[0] == PARSES_AT_ONCE:
+                    full.set()
+                if inside[0] > PARSES_AT_ONCE:
+                    over.set()
+            waits.append(release.wait(10))  # bounded: a test that fails does not hang
+            with lock:
+                inside[0] -= 1
+            return super().refusal(service, event)
+
+    sink = MemorySink()
+    buffer = started(sink)
+    app = app_over(buffer, Slow({}, ["wallet"]))
+
+    async def three() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            posts = [
+                asyncio.create_task(http.post("/v1/events", content=good(), headers=NDJSON)) for _ in range(3)
+            ]
+            assert await asyncio.to_thread(full.wait, 10)
+            # The third would be in within this second if nothing held it back (an absence
+            # checked, not a wait for something to happen).
+            third_in = await asyncio.to_thread(over.wait, 1.0)
+            release.set()
+            answers = await asyncio.gather(*posts)
+            assert not third_in
+            return answers
+
+    answers = asyncio.run(three())
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert most[0] == PARSES_AT_ONCE
+    assert waits
+    assert all(waits)
     assert buffer.close(15)
 
 

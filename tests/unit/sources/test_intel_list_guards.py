@@ -12,7 +12,7 @@ from vigil.config import Settings
 from vigil.errors import SourceError
 from vigil.events.types import IntelIndicator
 from vigil.sources.intel import scamlists
-from vigil.sources.intel.lists import IntelListSource, ListSpec
+from vigil.sources.intel.lists import DROP_CHECK_MIN, IntelListSource, ListSpec
 from vigil.sources.intel.normalize import IntelNormalizer
 from vigil.sources.sink import MemorySink
 
@@ -45,7 +45,21 @@ def test_an_empty_download_of_a_list_that_had_entries_is_not_published(tmp_path:
     )
 
 
-@pytest.mark.parametrize("entries", [1, 30])
+def test_an_empty_download_of_a_long_list_is_never_published(tmp_path: Path) -> None:
+    # An empty body hashes the same at every poll: held once and then published, it revoked a
+    # whole sanctions list five minutes after an HTTP 200 without a body.
+    path, spec = scam_list(tmp_path, addresses(DROP_CHECK_MIN))
+    source, sink, state = IntelListSource([spec]), MemorySink(), {}  # type: ignore[var-annotated]
+    source.poll_once(sink, state)
+    path.write_text("[]")
+    for _ in range(3):
+        assert source.poll_once(sink, state) == 0
+    assert revoked(sink.records) == set()
+    assert f"has no entries, the previous {DROP_CHECK_MIN}; not published" in source.errors["scam"]
+    assert len(state["scam"]["keys"]) == DROP_CHECK_MIN
+
+
+@pytest.mark.parametrize("entries", [1, DROP_CHECK_MIN - 1])
 def test_an_emptied_list_is_published_once_fetched_again(tmp_path: Path, entries: int) -> None:
     # Refused at every poll: 7 of OFAC's 17 lists hold one address, whose delisting could never
     # be published.  Now held, as a large drop is, and published when read so twice in a row.

@@ -103,7 +103,8 @@ def test_a_later_version_listing_values_again_matches_them_whatever_the_order_re
 
 
 def test_a_marker_is_never_matched_as_an_indicator() -> None:
-    (marker,) = topic(record(indicator("[file:hashes.MD5 = 'd41d8cd98f00b204e9800998ecf8427e']", V1)))
+    assert topic(record(indicator("[file:hashes.MD5 = 'd41d8cd98f00b204e9800998ecf8427e']", V1))) == []
+    (marker,) = topic(record(indicator("[file:hashes.MD5 = 'd41d8cd98f00b204e9800998ecf8427e']", V2)))
     # Even one that says it is not revoked (no normaliser writes it; a rule case could).
     unrevoked = msgspec.structs.replace(
         marker, payload=msgspec.structs.replace(marker.payload, revoked=False)
@@ -193,17 +194,22 @@ def test_skipped_indicators_are_counted_and_logged_by_id_made_inert(caplog: pyte
         {**indicator(file_hash, V1), "id": f"indicator--{n:08x}-0000-4000-8000-000000000000"}
         for n in range(25)
     ]
-    raw = record(indicator(f"[ipv4-addr:value = '{IP}']", V1), *skipped)
+    later = {**skipped[24], "modified": V2}  # the only later version: the only marker
+    raw = record(indicator(f"[ipv4-addr:value = '{IP}']", V1), *skipped[:24], later)
     raw = RawRecord(
         raw.source, raw.kind, raw.value, NOW, meta={"feed": "stix:f", "list": "stix.evil\nCRITICAL all clear"}
     )
     with caplog.at_level(logging.INFO, logger="vigil.sources.intel.normalize"):
         events = normalizer.normalize(raw)
     assert normalizer.skipped == 25
-    assert len(events) == 26  # the IP, and a marker for each
+    # The IP, and a marker for the later version alone: a first version has nothing to withdraw
+    # (a marker for each of a feed's million file hashes grew the topic and every index).
+    assert [e.payload.indicator_type for e in events] == ["ipv4", STIX_WITHDRAWAL]
     (message,) = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert message.startswith(
-        "intel stix.evil\\nCRITICAL all clear: skipped 25 STIX indicators of 26 objects"
+        "intel stix.evil\\nCRITICAL all clear: skipped 25 STIX indicators of 26 objects (no IP, domain, "
+        "URL, e-mail or crypto address to match in their patterns); 1 later versions among them sent as "
+        "withdrawal markers, 0 older versions left out for a newer one: "
     )
     assert "\n" not in message
     assert skipped[0]["id"] in message

@@ -79,7 +79,10 @@ def _field_names(types: frozenset[str] | None = None) -> frozenset[str]:
         payload = typing.get_type_hints(cls).get("payload")
         if isinstance(payload, type) and issubclass(payload, msgspec.Struct):
             names |= set(payload.__struct_fields__)
-    names |= {"country", "city"}
+            if "geo" in payload.__struct_fields__:
+                # A location's parts (payload.geo.country): only of the types that have one (a
+                # {country} in a withdrawal rule validated, and read "(unknown)" in every alert).
+                names |= {"country", "city"}
     return frozenset(names)
 
 

@@ -29,11 +29,14 @@ raw topics' 64 MiB less a record batch's framing) is not published, named in
 
 A download that is no list is not published (the previous version stays in force): one that does
 not parse.  A version that drops more than ``max_drop`` (half) of a list of at least
-``DROP_CHECK_MIN`` entries, and an empty one where the previous version had entries (an HTTP 200
-with an empty body, a file caught mid-rewrite), is held until the next poll fetches the same
-version again: a truncated download revoked what it cut off, sanctions screening lost with it
-until the next good read.  (An emptied list was once never published: 7 of OFAC's 17 lists hold
-one address, and the delisting of that address could never take effect.)
+``DROP_CHECK_MIN`` entries, and an empty one where the previous version had fewer entries than
+that, is held until the next poll fetches the same version again: a truncated download revoked
+what it cut off, sanctions screening lost with it until the next good read.  (An emptied list
+was once never published: 7 of OFAC's 17 lists hold one address, and the delisting of that
+address could never take effect.)  An empty version of a list of ``DROP_CHECK_MIN`` entries or
+more is never published: an empty body (an HTTP 200 without one, a file caught at 0 bytes)
+hashes the same at every poll, and would pass the two-poll guard; such a list is retired by
+removing it.
 """
 
 from __future__ import annotations
@@ -337,6 +340,17 @@ class IntelListSource(Source):
         before = previous.get("keys", [])
         dropped = set(before) - set(keys)
         emptied = bool(before) and not keys
+        if emptied and len(before) >= DROP_CHECK_MIN:
+            # An empty body (an HTTP 200 without one, a file caught at 0 bytes) hashes the same on
+            # every poll, so the two-poll guard below would publish it: a whole sanctions list
+            # revoked.  A list that long is retired by removing it (its file, its URL), not emptied.
+            msg = (
+                f"intel list {spec.name!r}: version {version} has no entries, the previous "
+                f"{len(before):,}; not published (an empty download would revoke them all): to retire "
+                "the list, remove it from the source's lists"
+            )
+            self._not_published(spec, msg)
+            return None, previous
         if emptied or (len(before) >= DROP_CHECK_MIN and len(dropped) > self.max_drop * len(before)):
             if self._held.get(spec.name) != version:
                 self._held[spec.name] = version

@@ -246,7 +246,7 @@ class IntelNormalizer(Normalizer):
             raise ContractError(msg)
         result = stix.parse_objects(objects, where=where)
         if result.skipped:
-            self._log_skipped(result.skipped, len(objects), where)
+            self._log_skipped(result, len(objects), where)
         indicators: list[Event] = [
             self._indicator(
                 feed=feed,
@@ -278,18 +278,22 @@ class IntelNormalizer(Normalizer):
             raise PartlyRefused(msg, indicators)
         return indicators
 
-    def _log_skipped(self, skipped: list[str], objects: int, where: str) -> None:
+    def _log_skipped(self, result: stix.StixResult, objects: int, where: str) -> None:
         # Not dead-lettered: a feed's file hashes and behaviour patterns are no error, and come
         # again in every bundle.  Logged, so an indicator that was expected to match can be found
         # (the ids escaped and bounded: stix2 checked their shape, but they are the feed's text).
+        skipped = result.skipped
         self.skipped += len(skipped)
         more = len(skipped) - SKIPPED_LOGGED
         log.info(
             "%s: skipped %d STIX indicators of %d objects (no IP, domain, URL, e-mail or crypto address "
-            "to match in their patterns; any values their earlier versions listed are withdrawn): %s%s",
+            "to match in their patterns); %d later versions among them sent as withdrawal markers, "
+            "%d older versions left out for a newer one: %s%s",
             inert(where),
             len(skipped),
             objects,
+            len(result.withdrawals),
+            result.superseded,
             ", ".join(escaped(stix_id[:100]) for stix_id in skipped[:SKIPPED_LOGGED]),
             f" (and {more} more)" if more > 0 else "",
         )

@@ -275,12 +275,19 @@ def _version(ind: Any) -> str:
 
 
 def _skip(ind: Any, result: StixResult) -> None:
-    """Name ``ind`` as skipped, and add its withdrawal marker (see the module)."""
+    """Name ``ind`` as skipped, and add its withdrawal marker if it is a later version (see the
+    module)."""
     stix_id = str(ind.id)
     result.skipped.append(stix_id)
     version = _version(ind)
     if not version:
         return  # (stix2 requires ``modified``: a marker without it could withdraw nothing)
+    created = _utc(ind.get("created"))
+    if created is not None and _utc(ind.get("modified")) == created:
+        # A first version has no older one to withdraw: a marker for each would add a record
+        # to the compacted topic, and an entry to every detector's index, for every file hash
+        # of a feed (a million in some), to withdraw nothing.
+        return
     result.withdrawals.append(
         ParsedIndicator(
             indicator_type=STIX_WITHDRAWAL,
