@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -343,6 +344,32 @@ def test_every_declared_topic_round_trips_its_contract(applied: Settings, spec: 
         record = RawRecord.from_headers("test", mine[0][1], mine[0][0], mine[0][2])
         assert record.kind == "ws_message"
         assert record.value == values[0]
+
+
+def test_a_partition_unlisted_while_the_cluster_is_out_of_reach_is_asked_again(applied: Settings) -> None:
+    # A broker restarting as a stage started: the restore's offsets failed at once ("Unknown
+    # partition" from a client that had reached nothing, or "All broker connections are down"),
+    # and the stage stopped, where the README promises two minutes.
+    from confluent_kafka import KafkaError, KafkaException
+
+    from vigil.hub.broker import free_port_block
+    from vigil.hub.client import _may_be_listed, is_transient
+
+    assert is_transient(KafkaException(KafkaError(KafkaError._ALL_BROKERS_DOWN)))
+    nowhere = Consumer({"bootstrap.servers": f"127.0.0.1:{free_port_block(1)}", "group.id": "t"})
+    try:
+        assert _may_be_listed(nowhere, TopicPartition("alerts", 0), time.monotonic() + 1)
+    finally:
+        nowhere.close()
+    here = Consumer({**applied.kafka_client_config(), "group.id": f"t-{uuid.uuid4().hex}"})
+    try:
+        deadline = time.monotonic() + 10
+        assert _may_be_listed(here, TopicPartition("alerts", 0), deadline)
+        # The cluster answers without it: it does not exist, said at once.
+        assert not _may_be_listed(here, TopicPartition("alerts", 999), deadline)
+        assert not _may_be_listed(here, TopicPartition(f"test.none.{uuid.uuid4().hex[:8]}", 0), deadline)
+    finally:
+        here.close()
 
 
 def test_event_producer_routes_by_type_and_keys_by_entity(applied: Settings) -> None:

@@ -7,6 +7,7 @@ The lead registers them: ``app.command("detect")(detect.detect)`` and
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import threading
 import time
@@ -32,6 +33,8 @@ from vigil.detect.eval import HOLD_SCENARIOS, EvalResult, evaluate
 from vigil.detect.rules.validate import load_rules
 from vigil.errors import ConfigError
 from vigil.hub.client import check_reachable
+
+log = logging.getLogger(__name__)
 
 RulesOpt = Annotated[Path, typer.Option("--rules", help="Rule file or directory")]
 
@@ -86,6 +89,7 @@ def detect(
         f"detection: {len(ruleset)} rules from {shown(str(rules))}; loading intel, then consuming "
         "(Ctrl-C stops)"
     )
+    failing = True  # (until the loop ends without an error)
     try:
         service.start(abort=stop.is_set)
         if not stop.is_set():  # (asked to stop while the list loaded: it is not loaded)
@@ -104,9 +108,17 @@ def detect(
                     f"{service.decisions} decisions"
                 )
         service.check()
+        failing = False
     finally:
         try:
             service.stop()  # raises a stage's failure (a last checkpoint's too): the exit code shows it
+        except BaseException:
+            # The failure already on its way out is the one to tell: stopping the intel feed
+            # cleared its "loaded" flag, and its failure after loading was replaced by one worded
+            # "failed while loading", pointing at the start (found in review).
+            if not failing:
+                raise
+            log.debug("stopping detection after its failure", exc_info=True)
         finally:
             if metrics is not None:
                 metrics.stop()

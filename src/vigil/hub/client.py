@@ -263,6 +263,8 @@ TRANSIENT_OFFSET_ERRORS = frozenset(
         KafkaError.UNKNOWN_TOPIC_OR_PART,
         KafkaError._TIMED_OUT,
         KafkaError._TRANSPORT,
+        # A broker restarting as a stage starts: the restore's offsets stopped it at once.
+        KafkaError._ALL_BROKERS_DOWN,
     }
 )
 
@@ -327,15 +329,32 @@ def watermarks(
             return int(low), int(high)
         except KafkaException as exc:
             err = kafka_error(exc)
-            unlisted = new and err is not None and err.code() in _UNLISTED
+            unlisted = err is not None and err.code() in _UNLISTED
+            if unlisted and not new:
+                # Unlisted by a client that has not reached the cluster (a broker restarting as a
+                # stage starts) is no answer: a restore stopped the stage at once with "Unknown
+                # partition".  Unlisted by a cluster that answers, it does not exist.
+                unlisted = _may_be_listed(consumer, tp, deadline)
             if not (unlisted or is_transient(exc)) or time.monotonic() > deadline:
                 reason = err.str() if err is not None else str(exc)
                 msg = f"offsets of {tp.topic}[{tp.partition}]: {reason}"
                 raise BrokerError(msg) from None
-            if unlisted:
+            if unlisted and new:
                 with contextlib.suppress(KafkaException):  # (asked again below either way)
                     consumer.list_topics(tp.topic, timeout=max(0.1, min(5.0, deadline - time.monotonic())))
             time.sleep(0.1)  # leader election in progress; the loop asks again
+
+
+def _may_be_listed(consumer: Consumer, tp: TopicPartition, deadline: float) -> bool:
+    """Whether ``tp`` may yet be listed: the cluster does not answer a metadata request for its
+    topic, or answers listing it (the answer refreshes the client's metadata, so it is found
+    when asked again).  False: the cluster answers without it."""
+    try:
+        meta = consumer.list_topics(tp.topic, timeout=max(0.1, min(5.0, deadline - time.monotonic())))
+    except KafkaException:
+        return True
+    topic = meta.topics.get(tp.topic)
+    return topic is not None and topic.error is None and tp.partition in topic.partitions
 
 
 def partition_offsets(

@@ -1362,6 +1362,9 @@ class Application:
         self._aborted_checkpoints = 0
         self._failed = False
         self._lost = False
+        #: What the assignment callback raised, raised again once ``consume`` has returned (see
+        #: _assign_callback).
+        self._callback_error: BaseException | None = None
         #: Stopping with the broker out of reach, the last checkpoint given up: closing does not
         #: wait for what the producers hold (see _abandoned_stopping).
         self._abandoned = False
@@ -1612,7 +1615,7 @@ class Application:
         # Otherwise (stateless, unequal partition counts) every input is assigned on its own.
         self._consumer.subscribe(
             [self.inputs[0]] if self._co_partitioned else self.inputs,
-            on_assign=self._on_assign,
+            on_assign=self._assign_callback,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
@@ -1698,6 +1701,8 @@ class Application:
             msgs = consumer.consume(1, min(self.batch_timeout_s, max(due, 0.001)))
             if msgs and cap > 1:
                 msgs += consumer.consume(cap - 1, 0)
+        if self._callback_error is not None:
+            self._raise_callback_error()
         if self._lost:
             msgs = self._after_rewind(msgs)
         if self._starts:
@@ -3554,6 +3559,21 @@ class Application:
         if not self._co_partitioned:
             return []
         return [TopicPartition(topic, n) for topic in self.inputs[1:] for n in sorted(numbers)]
+
+    def _assign_callback(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """librdkafka's assignment callback: what it raises is kept and raised again by the loop
+        once ``consume`` returns.  Raised through librdkafka (which logs through Python's logging
+        meanwhile), it came out of ``consume`` as a chain of hundreds of ``SystemError`` lines,
+        the cause at the bottom (a broker restarting as a stage started, found in review)."""
+        try:
+            self._on_assign(consumer, partitions)
+        except BaseException as exc:
+            self._callback_error = exc
+
+    def _raise_callback_error(self) -> None:
+        exc, self._callback_error = self._callback_error, None
+        if exc is not None:
+            raise exc
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self.stores:

@@ -357,7 +357,13 @@ class TopicFollower:
                             self._ready.set()
         except BaseException as exc:
             self._failure = exc
-            log.exception("%s stopped", self.name)
+            if isinstance(exc, VigilError):
+                # Expected (its topic deleted, the broker out of reach): one line, as the command
+                # says it again; the traceback at DEBUG (it came whole before the command's line).
+                log.error("%s stopped: %s", self.name, exc)
+                log.debug("%s stopped", self.name, exc_info=True)
+            else:
+                log.exception("%s stopped", self.name)
         finally:
             consumer.close()
 

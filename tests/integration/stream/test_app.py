@@ -470,6 +470,13 @@ def test_an_operator_failing_when_assigned_stops_the_application_naming_it(
     with pytest.raises(PipelineError, match=failed) as info:
         app.run()
     assert "Kafka client failed" not in str(info.value)
+    # Raised through librdkafka's callback, it came with a chain of SystemErrors of librdkafka's
+    # logging (hundreds of lines; found in review): kept, and raised once consume returned.
+    chained, seen = [], info.value.__context__
+    while seen is not None:
+        chained.append(seen)
+        seen = seen.__context__
+    assert not [e for e in chained if isinstance(e, SystemError)], chained
 
 
 def as_read(event: Payment) -> bytes:
