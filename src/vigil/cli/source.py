@@ -11,7 +11,7 @@ import typer
 
 from vigil.cli._common import MetricsPortOpt, console, serve_metrics_of, settings, shown
 from vigil.config import Settings
-from vigil.errors import ConfigError, VigilError
+from vigil.errors import ConfigError, SourceError, VigilError
 from vigil.hub.client import check_reachable
 from vigil.sources.registry import NORMALIZERS, SOURCES, source_class
 from vigil.sources.sink import KafkaRawSink, raw_topic
@@ -165,6 +165,11 @@ def source(
         sink.close()
         if metrics is not None:
             metrics.stop()
+    if getattr(connector, "drained", None) is False:
+        # A receiver stopped with what it had accepted still unpublished (the broker out of
+        # reach): said in its log line, and now in the exit code too (it was 0).
+        msg = f"source {name}: stopped with accepted records not published to Kafka (see the log above)"
+        raise SourceError(msg)
 
 
 def normalize(
