@@ -330,18 +330,16 @@ def watermarks(
         except KafkaException as exc:
             err = kafka_error(exc)
             unlisted = err is not None and err.code() in _UNLISTED
-            if unlisted and not new:
-                # Unlisted by a client that has not reached the cluster (a broker restarting as a
-                # stage starts) is no answer: a restore stopped the stage at once with "Unknown
-                # partition".  Unlisted by a cluster that answers, it does not exist.
-                unlisted = _may_be_listed(consumer, tp, deadline)
+            if unlisted:
+                # (The metadata asked here is refreshed for the next try.)  Unlisted by a client
+                # that has not reached the cluster (a broker restarting as a stage starts) is no
+                # answer: a restore stopped the stage at once with "Unknown partition".  Unlisted
+                # by a cluster that answers, it does not exist, unless it was just created.
+                unlisted = _may_be_listed(consumer, tp, deadline) or new
             if not (unlisted or is_transient(exc)) or time.monotonic() > deadline:
                 reason = err.str() if err is not None else str(exc)
                 msg = f"offsets of {tp.topic}[{tp.partition}]: {reason}"
                 raise BrokerError(msg) from None
-            if unlisted and new:
-                with contextlib.suppress(KafkaException):  # (asked again below either way)
-                    consumer.list_topics(tp.topic, timeout=max(0.1, min(5.0, deadline - time.monotonic())))
             time.sleep(0.1)  # leader election in progress; the loop asks again
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from vigil.detect.intel import IntelIndex
-from vigil.detect.kinds.base import Env
+from vigil.detect.kinds.base import Env, placeholder_names
 from vigil.detect.rules import registry
 from vigil.detect.rules.loader import LocDict, LocList, load_file, rule_files
 from vigil.detect.rules.models import (
@@ -314,7 +314,7 @@ def parse_rule(d: LocDict, p: Parser, file: str) -> Rule | None:
         p.error(d.loc, f"{what} cannot be built: {exc}")
         return None
     mine = _field_names(frozenset(types)) | COMMON_CONTEXT | spec.context
-    for name in _placeholders(explanation):
+    for name in placeholder_names(explanation):
         if name in FIELD_NAMES and name not in mine:
             p.error(
                 d.mark("explanation"),
@@ -324,13 +324,6 @@ def parse_rule(d: LocDict, p: Parser, file: str) -> Rule | None:
     if sum(i.severity == "error" for i in p.issues) > before:
         return None
     return rule
-
-
-def _placeholders(text: str) -> list[str]:
-    try:
-        return [name for _, name, _, _ in string.Formatter().parse(text) if name]
-    except ValueError:
-        return []  # (reported by _check_template)
 
 
 def _check_template(text: str, loc: tuple[int, int], p: Parser, what: str, context: frozenset[str]) -> None:
