@@ -39,9 +39,17 @@ def connector_metrics() -> CollectorRegistry:
 
 class RawSink(Protocol):
     """Where sources publish.  ``publish`` returns once the records (and the cursor, if
-    given) are durably in Kafka; it raises if they are not."""
+    given) are durably in Kafka; it raises if they are not.  ``timeout``: at most this many
+    seconds for the whole publish, as a connector draining its buffer on the way out has (the
+    sink's own timeouts when None); a publish out of time raises like any other failure."""
 
-    def publish(self, records: Sequence[RawRecord], cursor: dict[str, Any] | None = None) -> None: ...
+    def publish(
+        self,
+        records: Sequence[RawRecord],
+        cursor: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> None: ...
 
     def last_cursor(self, source_id: str) -> dict[str, Any] | None:
         """The cursor last published with records for ``source_id``, or None on first run."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -96,6 +97,10 @@ def cursor_spec(source_id: str) -> TopicSpec:
 CURSOR_DELETIONS_KEPT = timedelta(days=36_500)
 
 
+#: The least a call to Kafka is given when a publish's deadline has passed: the abort that
+#: follows a commit out of time is still asked for (librdkafka reads 0 as "do not wait").
+_LEAST_STEP_S = 0.5
+
 #: A source's transaction timeout (librdkafka's default, said here because readers of the
 #: cursors wait out a dead source's open transaction: see last_cursor).
 SOURCE_TXN_TIMEOUT_S = 60.0
@@ -131,7 +136,7 @@ class KafkaRawSink:
         self._producer: Any = None
         self._cursor_topics_ready: set[str] = set()
 
-    def _ensure_producer(self, source_id: str) -> Any:
+    def _ensure_producer(self, source_id: str, deadline: float | None = None) -> Any:
         if self._producer is None:
             self._source_id = self._source_id or source_id
             producer = make_producer(
@@ -145,7 +150,7 @@ class KafkaRawSink:
                 },
             )
             try:
-                producer.init_transactions(self._timeout)
+                producer.init_transactions(self._step(deadline))
             except KafkaException as exc:
                 msg = f"source {self._source_id!r}: cannot start a Kafka transaction: {exc.args[0]}"
                 # Not kept by the error: its traceback holds this frame, and a caller that keeps
@@ -174,13 +179,31 @@ class KafkaRawSink:
             self._cursor_topics_ready.add(topic)
         return topic
 
-    def publish(self, records: Sequence[RawRecord], cursor: dict[str, Any] | None = None) -> None:
-        """Durably publish ``records`` (and ``cursor``) or raise :class:`BrokerError`."""
+    def _step(self, deadline: float | None) -> float:
+        """How long one call to Kafka may wait: the sink's timeout, or less to keep a deadline
+        (a little at least, so that an abort is still asked for once the time is up)."""
+        if deadline is None:
+            return self._timeout
+        return min(self._timeout, max(_LEAST_STEP_S, deadline - time.monotonic()))
+
+    def publish(
+        self,
+        records: Sequence[RawRecord],
+        cursor: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        """Durably publish ``records`` (and ``cursor``) or raise :class:`BrokerError`; within
+        ``timeout`` seconds if given (each of the transaction's steps waits at most
+        ``timeout_s`` otherwise: with the broker down, a start, three tries of the commit and an
+        abort came to 150 s, and a syslog receiver told to drain for 20 s on its way out took
+        that long)."""
         if not records and cursor is None:
             return
+        deadline = None if timeout is None else time.monotonic() + timeout
         source_id = self._source_id or (records[0].source if records else "unknown")
         with self._lock:
-            producer = self._ensure_producer(source_id)
+            producer = self._ensure_producer(source_id, deadline)
             if cursor is not None:
                 cursors = self._ensure_cursor_topic(self._source_id or source_id)
             try:
@@ -195,14 +218,22 @@ class KafkaRawSink:
                             f"than a raw record may be ({RAW_PUBLISH_MAX_BYTES:,})"
                         )
                         raise KafkaException(msg)
-                    _produce(producer, self._topic_for(rec), value=rec.value, key=rec.key, headers=headers)
+                    _produce(
+                        producer,
+                        self._topic_for(rec),
+                        deadline,
+                        value=rec.value,
+                        key=rec.key,
+                        headers=headers,
+                    )
                     producer.poll(0)
                 if cursor is not None:
-                    _produce(producer, cursors, key=self._source_id, value=msgspec.json.encode(cursor))
-                _commit_transaction(producer, self._timeout)
+                    value = msgspec.json.encode(cursor)
+                    _produce(producer, cursors, deadline, key=self._source_id, value=value)
+                _commit_transaction(producer, self._timeout, deadline)
             except (KafkaException, BufferError) as exc:
                 detail = exc.args[0] if exc.args else exc
-                aborted = _abort(producer, self._timeout)
+                aborted = _abort(producer, self._step(deadline))
                 # Dropped either way: the next publish re-initialises, and Kafka aborts whatever
                 # was left open.  After a record the broker refused (too large for its topic) the
                 # aborted producer's sequence numbers no longer lined up, and every later publish
@@ -264,7 +295,7 @@ class KafkaRawSink:
             producer = self._ensure_producer(self._source_id or "")
             try:
                 producer.begin_transaction()
-                _produce(producer, topic, key=self._source_id, value=value)
+                _produce(producer, topic, None, key=self._source_id, value=value)
                 _commit_transaction(producer, self._timeout)
             except (KafkaException, BufferError) as exc:
                 detail = exc.args[0] if exc.args else exc
@@ -306,27 +337,33 @@ class KafkaRawSink:
                 self._producer = None
 
 
-def _produce(producer: Any, topic: str, **record: Any) -> None:
+def _produce(producer: Any, topic: str, deadline: float | None, **record: Any) -> None:
     """``producer.produce``, waiting while librdkafka's queue is full (a batch of chain blocks
-    can fill it) instead of failing the whole transaction with BufferError."""
+    can fill it) instead of failing the whole transaction with BufferError; until ``deadline``
+    (``time.monotonic``) if given, then the BufferError is raised."""
     while True:
         try:
             producer.produce(topic, **record)
             return
         except BufferError:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
             producer.poll(1)  # delivery reports free the queue
 
 
-def _commit_transaction(producer: Any, timeout_s: float) -> None:
+def _commit_transaction(producer: Any, timeout_s: float, deadline: float | None = None) -> None:
     """Commit, asking again while the error is retriable: a commit that timed out is finished
-    by calling commit again, and aborting it instead threw away a batch that may commit."""
+    by calling commit again, and aborting it instead threw away a batch that may commit.  Each
+    try waits at most ``timeout_s``, and none starts past ``deadline`` if given."""
     for attempt in range(3):
+        wait = timeout_s if deadline is None else min(timeout_s, deadline - time.monotonic())
         try:
-            producer.commit_transaction(timeout_s)
+            producer.commit_transaction(max(_LEAST_STEP_S, wait))
             return
         except KafkaException as exc:
             err = kafka_error(exc)
-            if err is None or not err.retriable() or attempt == 2:
+            out_of_time = deadline is not None and time.monotonic() >= deadline
+            if err is None or not err.retriable() or attempt == 2 or out_of_time:
                 raise
 
 
@@ -348,7 +385,13 @@ class MemorySink:
         self.cursors: dict[str, dict[str, Any]] = {}
         self.source_id: str | None = None
 
-    def publish(self, records: Sequence[RawRecord], cursor: dict[str, Any] | None = None) -> None:
+    def publish(
+        self,
+        records: Sequence[RawRecord],
+        cursor: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> None:
         self.records.extend(records)
         if cursor is not None:
             key = self.source_id or (records[0].source if records else "unknown")

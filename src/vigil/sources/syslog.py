@@ -518,7 +518,9 @@ class SyslogSource(Source):
         """Publish what was buffered when the source stopped, retrying until ``drain_timeout``."""
         deadline = time.monotonic() + self.drain_timeout
         while self._pending or self._queue.qsize():
-            published = self._publish_batch(sink, drain=True)
+            # The time left goes to the sink too: with the broker down, a publish's own waits
+            # (start, commit, abort) kept a 20 s drain going for minutes.
+            published = self._publish_batch(sink, drain=True, timeout=max(0.0, deadline - time.monotonic()))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -576,16 +578,17 @@ class SyslogSource(Source):
             meta={"transport": item.transport, "peer": item.peer},
         )
 
-    def _publish_batch(self, sink: RawSink, *, drain: bool = False) -> bool:
-        """Publish what is pending, or the next batch from the buffer.  False if nothing was
-        published (buffer empty, or the sink failed and the batch is kept for a retry)."""
+    def _publish_batch(self, sink: RawSink, *, drain: bool = False, timeout: float | None = None) -> bool:
+        """Publish what is pending, or the next batch from the buffer (within ``timeout`` s if
+        given).  False if nothing was published (buffer empty, or the sink failed and the batch
+        is kept for a retry)."""
         if not self._pending:
             items = self._queue.take(self.batch_size, 0 if drain else self.flush_interval)
             if not items:
                 return False
             self._pending = [self._record(item) for item in items]
         try:
-            sink.publish(self._pending)
+            sink.publish(self._pending, timeout=timeout)
         except Exception as exc:  # not durable: keep the batch, retry after a pause
             self.publish_failures += 1
             self.last_error = f"{type(exc).__name__}: {exc}"

@@ -4,6 +4,7 @@ say what they left committed."""
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +43,31 @@ def test_a_failed_start_keeps_no_producer_alive_in_its_error() -> None:
     with pytest.raises(BrokerError, match="cannot start a Kafka transaction") as info:
         sink.publish([record])
     assert held_producers(info.value) == []
+    sink.close()
+
+
+def test_a_publish_given_a_timeout_fails_within_it_with_the_broker_down() -> None:
+    # A syslog receiver draining for 20 s on its way out waited for the sink's own timeouts: a
+    # start of 30 s here (and with a broker that went away mid-transaction, three commits and an
+    # abort of 30 s each).  The sink's timeout is a minute; the publish is given 1 s.
+    settings = load_settings(kafka_bootstrap=f"127.0.0.1:{free_port_block(1)}")
+    sink = KafkaRawSink(settings, source_id="nobody-home", topic_for=lambda _r: "t", timeout_s=60)
+    record = RawRecord(source="test", kind="item", value=b"v", received_at=datetime.now(UTC), key=b"k")
+    raised: list[BaseException] = []
+
+    def publish() -> None:
+        try:
+            sink.publish([record], timeout=1.0)
+        except BaseException as exc:  # asserted below
+            raised.append(exc)
+
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.start()
+    thread.join(20)  # a third of the sink's own timeout
+    assert not thread.is_alive(), "the publish outlived its timeout"
+    assert len(raised) == 1
+    assert isinstance(raised[0], BrokerError)
+    assert "cannot start a Kafka transaction" in str(raised[0])
     sink.close()
 
 

@@ -415,9 +415,18 @@ class _Sink(MemorySink):
             self.down.set()
         self.latency = latency
         self.attempts = 0
+        #: The ``timeout`` of every publish, in order.
+        self.timeouts: list[float | None] = []
         self.cond = threading.Condition()
 
-    def publish(self, records: Sequence[RawRecord], cursor: dict[str, Any] | None = None) -> None:
+    def publish(
+        self,
+        records: Sequence[RawRecord],
+        cursor: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        self.timeouts.append(timeout)
         if self.latency:
             time.sleep(self.latency)  # the work a transaction takes; nothing waits on it
         with self.cond:
@@ -622,6 +631,12 @@ def test_what_the_drain_deadline_leaves_is_logged(caplog: pytest.LogCaptureFixtu
         thread.join(30)
     assert source.drained is False
     assert sink.records == []
+    # Publishing while running had the sink's own timeouts; the drain's, what was left of its 0.3 s.
+    drain = [t for t in sink.timeouts if t is not None]
+    assert None in sink.timeouts
+    assert drain
+    assert all(0 <= t <= 0.3 for t in drain)
+    assert drain == sorted(drain, reverse=True)
     (message,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert "3 messages (600 bytes" in message
     assert "drain_timeout (0.3 s)" in message
