@@ -25,12 +25,15 @@ them: what operators emit there is handed to every operator, partitioned by the 
 emitted with, after the batch that emitted it.  Every other input is partitioned by its
 event's key.
 
-Records reach operators in the order given (a batch at a time, each partition's in turn, or,
-aligned, as an application aligned in event time hands them over: see ``aligned``), so give
-events in event-time order to see what the runtime gives; the runtime aligns its inputs when
-an operator asks (a join, a ``GroupBy``: unaligned, a replayed backlog reaches operators a fetch
-of one partition at a time).  Not modelled: the runtime's unaligned order (fetch-sized runs of
-each partition); broker timestamps (``Record.timestamp_ms`` is 0);
+Records reach operators in the order given, a batch at a time, each partition's in turn, or,
+aligned, as an application aligned in event time hands them over (see ``aligned``): a batch's
+records of each partition merged by event time, each topic's kept in the order given (so two
+topics given one after the other in one batch are interleaved, as the runtime interleaves
+them; a side that arrives late is given in a later batch).  Give events in event-time order
+to see what the runtime gives; the runtime aligns its inputs when an operator asks (a join, a
+``GroupBy``: unaligned, a replayed backlog reaches operators a fetch of one partition at a
+time).  Not modelled: the runtime's unaligned order (fetch-sized runs of each partition); broker
+timestamps (``Record.timestamp_ms`` is 0);
 values given back decoded before any restart (the runtime's cache lets values go past 200,000
 keys a store partition, and its ``items()`` decodes those it does not hold: an operator must
 expect a set or a tuple it stored back as a list, as after a restart); an application's
@@ -44,6 +47,7 @@ record's bytes out of the letter and says so in its reason).
 from __future__ import annotations
 
 import heapq
+import warnings
 import zlib
 from bisect import bisect_right
 from collections import defaultdict
@@ -75,6 +79,12 @@ _encoder = msgspec.msgpack.Encoder()
 #: Read-backs of one batch's outputs before the harness calls it a loop (each one a round trip
 #: through the repartition topics; a real application needs one or two).
 _MAX_READ_BACK_ROUNDS = 100
+
+
+class HarnessWarning(UserWarning):
+    """What the Kafka runtime logs at its start about how an operator reads its inputs
+    (:meth:`Operator.input_warnings`): a join of a side the application re-keys itself pairs
+    here what it may lose in production.  Expect it in a test with ``pytest.warns``."""
 
 
 class MemoryState(State):
@@ -258,6 +268,20 @@ def _check_output_key(operator_id: str, method: str, key: object, *, optional: b
     raise TypeError(msg)
 
 
+def _check_record(operator_id: str, method: str, record: object) -> None:
+    """Refuse a record that is not a :class:`Record` (the event in its place, ``rec.event``):
+    passed here, and collected; on Kafka the runtime's context reads the record's ``topic``,
+    ``value`` or ``event``, and the AttributeError stopped the stage (or, under the dead-letter
+    policy, dead-lettered every record)."""
+    if isinstance(record, Record):
+        return
+    msg = (
+        f"operator {operator_id!r}: ctx.{method}'s record must be the Record it was given (rec), "
+        f"got {type(record).__name__}"
+    )
+    raise TypeError(msg)
+
+
 _canonical_decode = EventCodec()._decoder.decode
 
 
@@ -326,6 +350,7 @@ class _MemoryContext:
     def dead_letter(
         self, record: Record[Any], reason: str, headers: list[tuple[str, bytes | None]] | None = None
     ) -> None:
+        _check_record(self._operator_id, "dead_letter", record)
         # (As the runtime's compiled signature refuses them.)
         if not isinstance(reason, str):
             msg = (
@@ -356,6 +381,7 @@ class _MemoryContext:
         return self._prepared(topic, event, key, value)
 
     def prepare_forward(self, topic: str, record: Record[Any], key: str) -> Callable[[], None]:
+        _check_record(self._operator_id, "forward", record)
         _check_output_key(self._operator_id, "forward", key, optional=False)
         # The bytes as read, as the runtime forwards them (re-encoded only for a record that has
         # none: one an operator made).
@@ -373,6 +399,7 @@ class _MemoryContext:
         return lambda: self._result.emits.append(emitted)
 
     def prepare_late(self, record: Record[Any]) -> Callable[[], None]:
+        _check_record(self._operator_id, "late", record)
         _checked("late", record.event, key=record.key)
         return lambda: self._result.late.append(record)
 
@@ -388,6 +415,18 @@ def _checked(topic: str, event: Event, value: bytes | None = None, key: str | by
 
 def _event_time(record: Record[Any]) -> Any:
     return record.event.occurred_at
+
+
+def _merged_by_topic(records: list[Record[Any]]) -> list[Record[Any]]:
+    """One partition's records, a run per topic (in the order given: offset order), merged by
+    event time as the aligned runtime merges a partition's runs (``_merged``: ties to the
+    earlier run; the topics in the order first given)."""
+    runs: dict[str, list[Record[Any]]] = {}
+    for rec in records:
+        runs.setdefault(rec.topic, []).append(rec)
+    if len(runs) == 1:
+        return records
+    return list(heapq.merge(*runs.values(), key=_event_time))
 
 
 def partition_for(key: str | bytes | None, partitions: int) -> int:
@@ -424,6 +463,12 @@ def run_operators(
     partition number share state whatever their topic.
     ``read_back``: topics whose emitted events come back as input (see the module), such as
     ``group_by``'s: ``run_operators([by_wallet, per_wallet], events, read_back=[spec.name])``.
+    Their records come back one batch later, after the batch that emitted them: ``batch_size``
+    stands for how far the sides read directly run ahead of those re-keyed (the runtime's
+    re-keyed records come back a checkpoint later at best, a whole release later on a
+    catch-up: model a catch-up with a large ``batch_size``).  An operator that warns of such a
+    side (a join's :meth:`~vigil.stream.join.IntervalJoin.input_warnings`, which the runtime
+    logs at its start) is warned of here with a :class:`HarnessWarning`.
     ``checkpoints``: a checkpoint after every batch, as :class:`MemoryState` describes (so a
     restart loses a change made in place without a ``set``, as the runtime's does).  False
     for runs that are not restarted and want speed (encoding the state written in every batch
@@ -434,10 +479,13 @@ def run_operators(
     without one, records are decoded as canonical events, as the runtime's are, so an
     application's own event types need it here as they do there.
     ``aligned``: operators are handed each batch as an application aligned in event time hands
-    them its released records (``Application(max_event_time_skew_s=...)``): those with state a
-    call per partition, first, then those without one call for every partition's records,
-    merged by event time.  None (the default): aligned when an operator asks for it
-    (``Operator.event_time_skew_s``: a join, a ``GroupBy``), as the application does.
+    them its released records (``Application(max_event_time_skew_s=...)``): each partition's
+    records of every topic merged by event time (a merge, not a sort: each topic's records keep
+    the order given, and ties go to the topic first given), those with state a call per
+    partition, first, then those without one call for every partition's records, merged again
+    (with one partition, every operator a call with its records merged).  None (the default):
+    aligned when an operator asks for it (``Operator.event_time_skew_s``: a join, a
+    ``GroupBy``), as the application does.
     """
     if isinstance(read_back, str):  # ``in`` would match any part of the name
         msg = f"read_back: expected a collection of topic names, got the string {read_back!r}"
@@ -453,6 +501,24 @@ def run_operators(
     if batch_size < 1 or partitions < 1:
         msg = f"batch_size and partitions must be at least 1; got {batch_size} and {partitions}"
         raise ValueError(msg)
+    if topic_of is None:
+        # Every event is read from ``topic``: a join side named otherwise was never read, and the
+        # join paired nothing, with no word (the runtime refuses such an application when made).
+        # With topic_of a test may give one side only.
+        inputs = [topic, *read_back]
+        for op in operators:
+            missing = [name for name in getattr(op, "reads", ()) if name not in inputs]
+            if missing:
+                msg = (
+                    f"operator {op.id!r} reads {', '.join(map(repr, missing))}, which is not among its "
+                    f"inputs {inputs}; pass topic_of (each event's input topic: with none, every "
+                    f"event is read from {topic!r})"
+                )
+                raise ValueError(msg)
+    # What the runtime logs at its start (Application._setup): the author of a test sees it.
+    for op in operators:
+        for warning in op.input_warnings(frozenset(read_back)):
+            warnings.warn(warning, category=HarnessWarning, stacklevel=2)
     if aligned is None:
         aligned = any(op.event_time_skew_s is not None for op in operators)
     stateful = [op for op in operators if op.stores]
@@ -494,15 +560,24 @@ def run_operators(
 
     def flush() -> None:
         parts = sorted(batch)
-        if aligned and len(parts) > 1:
-            # As Application._release hands an aligned release over.
-            for part in parts:
-                for op in stateful:
-                    call(op, part, batch[part])
-            if stateless:
-                every = list(heapq.merge(*(batch[part] for part in parts), key=_event_time))
-                for op in stateless:
-                    call(op, parts[0], every)
+        if aligned:
+            # As Application._release hands an aligned release over: each partition's records a
+            # run per topic (in offset order: as given), merged by event time (ties to the earlier
+            # run, as heapq.merge keeps them); with several partitions, operators with state a
+            # call per partition, then those without one call for all of them, merged again.
+            merged = {part: _merged_by_topic(batch[part]) for part in parts}
+            if len(parts) <= 1:
+                for part in parts:
+                    for op in operators:
+                        call(op, part, merged[part])
+            else:
+                for part in parts:
+                    for op in stateful:
+                        call(op, part, merged[part])
+                if stateless:
+                    every = list(heapq.merge(*(merged[part] for part in parts), key=_event_time))
+                    for op in stateless:
+                        call(op, parts[0], every)
         else:
             for part in parts:
                 for op in operators:

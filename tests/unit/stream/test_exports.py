@@ -37,7 +37,7 @@ SURFACE = {
     "vigil.stream.changelog": ["changelog_topic", "changelog_spec", "restore", "RestoreTask"],
     "vigil.stream.state": ["RocksState"],
     "vigil.stream.metrics": ["AppMetrics", "PrometheusMetrics", "serve_metrics"],
-    "vigil.testing": ["run_operators", "HarnessResult", "MemoryState", "partition_for"],
+    "vigil.testing": ["run_operators", "HarnessResult", "HarnessWarning", "MemoryState", "partition_for"],
 }
 
 

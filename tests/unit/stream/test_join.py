@@ -18,7 +18,7 @@ from vigil.stream.base import Context, StoreSpec
 from vigil.stream.join import IntervalJoin
 from vigil.stream.repartition import GroupBy, entity_key, repartition_topic
 from vigil.stream.windows import QuietKeys, to_ms
-from vigil.testing import HarnessResult, MemoryState, run_operators
+from vigil.testing import HarnessResult, HarnessWarning, MemoryState, run_operators
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -148,11 +148,15 @@ def test_walking_for_quiet_keys_at_every_update_changes_no_pair(stream: list[tup
     assert walking == pairs_with(QuietKeys("L:", "R:", step_keys=10**9, every=10**9))
 
 
-def pairs_of(events: list[Event], **kw: Any) -> tuple[list[tuple[str, str]], list[str], IntervalJoin, Any]:
-    """Pairs joined (sorted), late event ids, the join and the harness result."""
+def pairs_of(
+    events: list[Event], batch_size: int = 10, **kw: Any
+) -> tuple[list[tuple[str, str]], list[str], IntervalJoin, Any]:
+    """Pairs joined (sorted), late event ids, the join and the harness result.  (Aligned, each
+    batch's two sides are merged by event time, as the runtime merges them: a side that arrives
+    after the other is given in a later batch.)"""
     pairs: list[tuple[str, str]] = []
     join = login_withdrawal_join(lambda left, right, ctx: pairs.append((left.event_id, right.event_id)), **kw)
-    result = run_operators([join], events, partitions=1, batch_size=10, topic_of=topic_of)
+    result = run_operators([join], events, partitions=1, batch_size=batch_size, topic_of=topic_of)
     return sorted(pairs), [r.event.event_id for r in result.late], join, result
 
 
@@ -194,7 +198,8 @@ def test_a_side_more_than_max_skew_behind_is_late() -> None:
         withdrawal(3, "c150", 150),
         withdrawal(4, "c172", 173),
     ]
-    pairs, late, _, _ = pairs_of([*logins, *withdrawals], within="5m", max_skew="1h")
+    # (The withdrawals in a batch after the logins': in one batch they would be merged among them.)
+    pairs, late, _, _ = pairs_of([*logins, *withdrawals], batch_size=len(logins), within="5m", max_skew="1h")
     assert pairs == [("l170", "w2"), ("l172", "w4")]
     assert late == ["w1", "w3"]
 
@@ -339,10 +344,13 @@ def test_expired_events_behind_a_later_one_do_not_count_against_the_limit() -> N
         login(1, "c", 10 * s),  # waits
         login(2, "c", 0.5 * s),  # 9.5 s out of order, within the lateness: waits, behind l1
         withdrawal(3, "x", 13 * s),  # another customer's: the right side's watermark moves
+        # (A batch of its own from here: merged with w3 by event time, l4 came before it.)
         login(4, "c", 12 * s),  # the joint watermark reaches 2 s: l2 expired, l1 still live
         withdrawal(5, "c", 12.5 * s),
     ]
-    pairs, late, join, result = pairs_of(events, within="1s", lateness="10s", max_skew="1h", max_waiting=2)
+    pairs, late, join, result = pairs_of(
+        events, batch_size=3, within="1s", lateness="10s", max_skew="1h", max_waiting=2
+    )
     assert pairs == [("l4", "w5")]
     assert (late, result.dead_letters, join.refused) == ([], [], 0)
     _, waiting = result.states[join.store.id, 0].get("L:customer:c")
@@ -445,7 +453,9 @@ def test_inputs_re_keyed_by_the_join_key_pair_across_partitions() -> None:
     customers = [f"c{i}" for i in range(8)]
     events: list[Event] = [from_ip(login(i, c, i), f"10.0.0.{i % 2}") for i, c in enumerate(customers)]
     events += [from_ip(withdrawal(i, c, i + 1), f"10.0.0.{i % 2}") for i, c in enumerate(reversed(customers))]
-    result = run_operators(ops, events, partitions=4, topic_of=topic_of, read_back=[lefts, rights])
+    # (Warned of, as the runtime logs at its start: re-keyed sides come back after their sources.)
+    with pytest.warns(HarnessWarning, match="re-keyed by this application"):
+        result = run_operators(ops, events, partitions=4, topic_of=topic_of, read_back=[lefts, rights])
     assert result.late == []
     # Login i (minute i, address i % 2) and withdrawal j (minute j + 1, address j % 2) pair when
     # the addresses agree and they are at most 10 minutes apart: all of them here.
