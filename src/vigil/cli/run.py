@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from vigil.cli._common import MetricsPortOpt, console, serve_metrics_of, settings, shown
-from vigil.cli.source import _options, build_connector, option_shown
+from vigil.cli.source import _options, build_connector, option_shown, run_connector
 from vigil.errors import ConfigError, VigilError
 from vigil.hub import admin as topic_admin
 from vigil.hub.broker import from_settings
@@ -138,7 +138,7 @@ def run(
                     cfg, source_id=connector.source_id, topic_for=getattr(connector, "topic_for", raw_topic)
                 )
                 stoppers.append(connector.stop)
-                spawn(f"source-{name}", lambda c=connector, s=sink: c.run(s))
+                spawn(f"source-{name}", lambda c=connector, s=sink: run_connector(c, s))
             console.print(
                 f"running: {', '.join(names) or 'no connectors'} -> normalise -> detection "
                 f"({len(service.rules)} rules, {guarantee}); Ctrl-C stops"

@@ -13,6 +13,7 @@ from vigil.cli._common import MetricsPortOpt, console, serve_metrics_of, setting
 from vigil.config import Settings
 from vigil.errors import ConfigError, SourceError, VigilError
 from vigil.hub.client import check_reachable
+from vigil.sources.base import Source
 from vigil.sources.registry import NORMALIZERS, SOURCES, source_class
 from vigil.sources.sink import KafkaRawSink, raw_topic
 
@@ -134,6 +135,12 @@ def _stop_on_signals(stop: Any) -> None:
             signal.signal(sig, lambda *_: stop())
 
 
+def run_connector(connector: Source, sink: KafkaRawSink) -> None:
+    """``connector.run(sink)``, the sink's producer started first (:meth:`KafkaRawSink.prepare`)."""
+    sink.prepare()
+    connector.run(sink)
+
+
 def source(
     name: Annotated[str, typer.Argument(help="Connector name, e.g. ethereum, coinbase, hubspot, intel.")],
     option: Annotated[
@@ -160,7 +167,7 @@ def source(
         f"[green]{name}[/] -> {connector.default_topic} (source id {connector.source_id}); Ctrl-C stops"
     )
     try:
-        connector.run(sink)
+        run_connector(connector, sink)
     finally:
         sink.close()
         if metrics is not None:

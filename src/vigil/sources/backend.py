@@ -19,9 +19,9 @@ them (NDJSON lines, or a JSON array): every refused item is in a letter, and pos
 letter's ``raw`` again sends its items again.  The body is validated, and its records built,
 in a worker thread: the event loop, health checks included, goes on meanwhile.
 
-Authentication: ``Authorization: Bearer <key>``, one key per calling service.  Only the
-SHA-256 of each key is configured (``service -> hex digest``); the presented key is hashed
-and compared with every configured digest in constant time.  Keys are never logged, put
+Authentication: ``Authorization: Bearer <key>`` (the scheme in any case), one key per calling
+service.  Only the SHA-256 of each key is configured (``service -> hex digest``); the presented
+key is hashed and compared with every configured digest in constant time.  Keys are never logged, put
 in records or echoed; a failed attempt gets 401, is counted per reason and logged.
 
 Authorisation: each service may send only the event types of its scope (``backend_scopes``:
@@ -653,11 +653,14 @@ class Authenticator:
     def service(self, authorization: str | None, client: str | None = None) -> str | None:
         """The service whose key ``authorization`` carries; None (counted and logged, never the
         key) when it carries none or an unknown one.  ``client`` names the caller in the log."""
-        if not authorization or not authorization.startswith("Bearer "):
+        # The scheme in any case: RFC 9110 (11.1) makes it case-insensitive, and a client sending
+        # "bearer <key>" was refused as sending no key.
+        scheme, _, key = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
             self.failures["missing"] += 1
             log.warning("backend ingest: request from %s without an API key", client or "an unknown client")
             return None
-        presented = hashlib.sha256(authorization[7:].strip().encode()).digest()
+        presented = hashlib.sha256(key.strip().encode()).digest()
         found = None
         for svc, digest in self._keys.items():
             # Compare against every key, whatever matched, so timing says nothing about which.

@@ -140,11 +140,17 @@ def serving(
     during start-up is a :class:`~vigil.errors.SourceError`.
     """
     port = sock.getsockname()[1]
-    # access_log off: request lines carry secrets (webhook path tokens).
+    # access_log off: request lines carry secrets (webhook path tokens).  proxy_headers off:
+    # uvicorn's default takes X-Forwarded-For and X-Forwarded-Proto from 127.0.0.1 as the truth,
+    # so behind a local proxy that passes the client's own header on, the client chose the
+    # address the ingest API logs for its failed keys (and the scheme of the URL a webhook
+    # signature is checked against).  The peer's address is logged; a proxy's logs name the
+    # client.
     config = uvicorn.Config(
         app,
         log_level="warning",
         access_log=False,
+        proxy_headers=False,
         lifespan="off",
         limit_concurrency=max_connections,
         timeout_keep_alive=keep_alive_s,

@@ -118,7 +118,13 @@ class HubSpotWebhook(WebhookPlatform):
             return delivery.url
         return self.public_url + delivery.path + (f"?{delivery.query}" if delivery.query else "")
 
-    def verify(self, delivery: Delivery) -> None:
+    def precheck(self, head: Delivery) -> None:
+        """The signature headers there, the timestamp well-formed and fresh: a request without
+        them is refused before its body is read."""
+        self._signed_headers(head)
+
+    def _signed_headers(self, delivery: Delivery) -> tuple[str, str, datetime]:
+        """The signature, the timestamp and when it says the request was sent; or Rejected."""
         signature = delivery.headers.get(SIGNATURE)
         stamp = delivery.headers.get(TIMESTAMP)
         if not signature or not stamp:
@@ -130,6 +136,11 @@ class HubSpotWebhook(WebhookPlatform):
         sent = datetime.fromtimestamp(int(stamp) / 1000, UTC)
         if abs(delivery.received_at - sent) > self.max_age:
             raise Rejected(reason="stale", detail=f"request timestamp is more than {self.max_age} from now")
+        return signature, stamp, sent
+
+    def verify(self, delivery: Delivery) -> None:
+        # The headers again (precheck saw them before the body came): verify stands alone.
+        signature, stamp, sent = self._signed_headers(delivery)
         expected = sign_v3(self._secret, delivery.method, self.uri(delivery), delivery.body, stamp)
         if not hmac.compare_digest(signature.encode(), expected.encode()):
             raise Rejected(reason="bad_signature", detail="signature does not match")

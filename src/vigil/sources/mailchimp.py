@@ -65,7 +65,8 @@ from vigil.sources.webhooks import (
     WebhookPlatform,
     WebhookSource,
     listen_options,
-    secret_option,
+    path_token_option,
+    path_token_problem,
     verify_path_token,
     webhook_where,
 )
@@ -114,13 +115,18 @@ class MailchimpWebhook(WebhookPlatform):
         mandrill_key: str | None = None,
         public_url: str | None = None,
     ) -> None:
-        if len(secret) < 16:
-            msg = "mailchimp: the webhook path secret must be at least 16 characters"
+        problem = path_token_problem(secret)
+        if problem is not None:
+            msg = f"mailchimp: the webhook path secret {problem}"
             raise ValueError(msg)
         self._secret = secret
         self.sender_domain = sender_domain
         self._mandrill_key = mandrill_key or None
         self.public_url = public_url.rstrip("/") if public_url else None
+
+    def precheck(self, head: Delivery) -> None:
+        """The path secret, before the body is read."""
+        verify_path_token(head, self._secret, "webhook")
 
     def verify(self, delivery: Delivery) -> None:
         verify_path_token(delivery, self._secret, "webhook")
@@ -187,7 +193,7 @@ class MailchimpSource(WebhookSource):
         check_options(
             NAME, options, {*LISTEN_OPTIONS, "sender_domain", "secret", "mandrill_key", "public_url"}
         )
-        secret = secret_option(options, "secret", settings, "mailchimp_webhook_secret")
+        secret = path_token_option(options, "secret", settings, "mailchimp_webhook_secret", NAME)
         configured = settings.mandrill_webhook_key
         mandrill_key = options.get("mandrill_key") or (
             configured.get_secret_value() if configured is not None else None

@@ -11,6 +11,14 @@ Two kinds of delivery reach ``/webhooks/salesforce/<token>``:
   ``attributes.type`` (``LoginEvent``, ``ReportEvent``, ``ApiEvent`` ...) or, for
   event-log-file rows, in ``EVENT_TYPE`` (``Login``, ``ReportExport``, ``API`` ...).
 
+Session ids: an outbound message whose "Send Session ID" box is ticked carries ``SessionId``, a
+live API session of the org (the user the message is sent as) for a listener that calls back.
+Vigil never calls back, and a raw record is kept for days (its dead letter too): the element's
+text is removed before publishing (the rest of the body byte for byte as received), the record's
+meta says so (``"redacted": "SessionId"``), and a warning, once per process, says to untick the
+box.  The JSON records carry no session credential: their ``SessionKey``/``SESSION_KEY`` and
+``LoginKey`` only name a session, to tie its events together, and are kept.
+
 Verification, and why: outbound messages cannot carry custom headers or an HMAC, so
 Vigil checks (1) a **secret token in the endpoint path**, compared in constant time,
 which the admin puts in the outbound message's endpoint URL, and (2) for XML, that
@@ -42,7 +50,10 @@ once.
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import xml.etree.ElementTree as ET
+import xml.parsers.expat
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -74,16 +85,21 @@ from vigil.sources.webhooks import (
     WebhookPlatform,
     WebhookSource,
     listen_options,
-    secret_option,
+    path_token_option,
+    path_token_problem,
     verify_path_token,
     webhook_where,
 )
 from vigil.sources.wellformed import may_hold_surrogates, refuse_lone_surrogates
 
+log = logging.getLogger(__name__)
+
 NAME = "salesforce"
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 OUTBOUND_NS = "http://soap.sforce.com/2005/09/outbound"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
+#: The element of an outbound message holding the session id, as the outbound WSDL names it.
+SESSION_ID = "SessionId"
 
 ACK = (
     '<?xml version="1.0" encoding="UTF-8"?>'
@@ -145,6 +161,93 @@ def parse_outbound(body: bytes, where: str) -> OutboundMessage:
     return OutboundMessage(org, parsed)
 
 
+def _session_id_spans(body: bytes) -> list[tuple[int, int]]:
+    """Byte ranges of the content of each non-empty ``SessionId`` of the outbound namespace, at
+    any depth and under any prefix (a bare ``notifications`` as inside a SOAP envelope); none
+    when ``body`` is not XML.  A verified body parses; a DTD is refused here too (this reads it
+    with expat alone, which would expand entities)."""
+    if not is_xml(body) or SESSION_ID.encode() not in body:  # (most bodies: no parse)
+        return []
+    parser = xml.parsers.expat.ParserCreate(namespace_separator="}")
+    target = f"{OUTBOUND_NS}}}{SESSION_ID}"
+    spans: list[tuple[int, int]] = []
+    opened: list[int | None] = []  # per SessionId open: where its content starts, once known
+
+    def content_starts(*_: object) -> None:
+        # Expat has no "end of start tag" event: the next event of any kind starts there.
+        if opened and opened[-1] is None:
+            opened[-1] = parser.CurrentByteIndex
+
+    def start(name: str, _attrs: object) -> None:
+        content_starts()
+        if name == target:
+            opened.append(None)
+
+    def end(name: str) -> None:
+        content_starts()
+        if name == target:
+            begin, closing_tag = opened.pop(), parser.CurrentByteIndex
+            if begin is not None and body[begin:closing_tag].strip():
+                spans.append((begin, closing_tag))
+
+    def refuse_dtd(*_: object) -> None:
+        msg = "a DTD in an outbound message"
+        raise ValueError(msg)
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = content_starts
+    parser.CommentHandler = content_starts
+    parser.ProcessingInstructionHandler = content_starts
+    parser.StartCdataSectionHandler = content_starts
+    parser.StartDoctypeDeclHandler = refuse_dtd
+    parser.Parse(body, True)
+    return sorted(spans)
+
+
+def redact_session_id(body: bytes) -> bytes:
+    """``body`` with the content of its ``SessionId`` elements removed (``<SessionId></SessionId>``,
+    well-formed), every other byte as it was; ``body`` itself when there is none to remove (or it
+    is not XML).  Checked: what comes out parses, and holds no session id."""
+    spans = _session_id_spans(body)
+    if not spans:
+        return body
+    out = bytearray()
+    at = 0
+    for begin, end in spans:
+        if begin < at:
+            continue  # within one removed already (a SessionId inside a SessionId)
+        out += body[at:begin]
+        at = end
+    out += body[at:]
+    redacted = bytes(out)
+    if _session_id_spans(redacted):  # (cannot happen: a parse that disagreed with the first)
+        msg = "the session id is still there after removing it"
+        raise ValueError(msg)
+    return redacted
+
+
+def holds_session_id(body: bytes) -> bool:
+    """Whether the outbound message carries a session id with content (see the module)."""
+    return bool(_session_id_spans(body))
+
+
+#: Set once a session id was warned about: once per process, as every message of such an
+#: outbound message carries one.
+_session_id_warned = threading.Event()
+
+
+def _warn_session_id() -> None:
+    if _session_id_warned.is_set():
+        return
+    _session_id_warned.set()
+    log.warning(
+        'salesforce: an outbound message carried a session id (its "Send Session ID" box is '
+        'ticked); it was removed before publishing. Untick "Send Session ID" on the outbound '
+        "message in Salesforce: Vigil never calls back, and the id is a live API session of the org"
+    )
+
+
 def _org15(org_id: str) -> str:
     return org_id.strip()[:15]
 
@@ -153,14 +256,19 @@ class SalesforceWebhook(WebhookPlatform):
     name = NAME
 
     def __init__(self, token: str, organization_ids: Iterable[str]) -> None:
-        if len(token) < 16:
-            msg = "salesforce: the endpoint path token must be at least 16 characters"
+        problem = path_token_problem(token)
+        if problem is not None:
+            msg = f"salesforce: the endpoint path token {problem}"
             raise ValueError(msg)
         self._token = token
         self.organization_ids = frozenset(_org15(o) for o in organization_ids if o.strip())
         if not self.organization_ids:
             msg = "salesforce: at least one allowed organization id is needed"
             raise ValueError(msg)
+
+    def precheck(self, head: Delivery) -> None:
+        """The path token, before the body is read."""
+        verify_path_token(head, self._token, "endpoint")
 
     def verify(self, delivery: Delivery) -> None:
         verify_path_token(delivery, self._token, "endpoint")
@@ -178,7 +286,18 @@ class SalesforceWebhook(WebhookPlatform):
         return None
 
     def meta(self, delivery: Delivery) -> dict[str, Any]:
-        return {"format": "soap" if is_xml(delivery.body) else "json"}
+        if not is_xml(delivery.body):
+            return {"format": "json"}
+        if holds_session_id(delivery.body):
+            return {"format": "soap", "redacted": SESSION_ID}
+        return {"format": "soap"}
+
+    def published_body(self, delivery: Delivery) -> bytes:
+        """The body without the session id an outbound message may carry (see the module)."""
+        published = redact_session_id(delivery.body)
+        if published is not delivery.body:
+            _warn_session_id()
+        return published
 
     def acknowledge(self, delivery: Delivery) -> Response:
         if is_xml(delivery.body):
@@ -199,7 +318,7 @@ class SalesforceSource(WebhookSource):
     @classmethod
     def from_settings(cls, settings: Settings, **options: str) -> SalesforceSource:
         check_options(NAME, options, {*LISTEN_OPTIONS, "org_ids", "token"})
-        token = secret_option(options, "token", settings, "salesforce_webhook_token")
+        token = path_token_option(options, "token", settings, "salesforce_webhook_token", NAME)
         orgs = [o for o in options.get("org_ids", "").split(",") if o.strip()]
         if not orgs:
             msg = "salesforce: org_ids (the allowed Salesforce organization ids, comma-separated) is required"

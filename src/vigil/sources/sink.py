@@ -179,6 +179,14 @@ class KafkaRawSink:
             self._cursor_topics_ready.add(topic)
         return topic
 
+    def prepare(self) -> None:
+        """Start the transactional producer now, not at the first publish: it fences an older
+        instance of the source at once, and a receiver's first delivery does not wait for it (on
+        a fresh broker, a start took longer than a webhook's ``publish_timeout_s``, and that
+        delivery was answered 503).  Raises :class:`BrokerError` as a publish would."""
+        with self._lock:
+            self._ensure_producer(self._source_id or "")
+
     def _step(self, deadline: float | None) -> float:
         """How long one call to Kafka may wait: the sink's timeout, or less to keep a deadline
         (a little at least, so that an abort is still asked for once the time is up)."""

@@ -3,19 +3,33 @@
 :func:`create_app` builds a FastAPI app with one route per platform,
 ``POST /webhooks/<platform>[/<path token>]``.  For every request it:
 
-1. reads the body, bounded in size (larger than ``max_body_bytes``, by default what one raw
+1. asks the platform's :class:`WebhookPlatform` to **precheck** what needs no body (the path
+   token; the signature headers' presence, form and age): a request that fails is refused, and
+   counted under its reason, before its body is read, so a client with a wrong token holds no
+   connection while it sends one;
+2. reads the body, bounded in size (larger than ``max_body_bytes``, by default what one raw
    record may carry, is **413**) and in time (not all received within ``body_timeout_s`` is
    **408**);
-2. asks the platform's :class:`WebhookPlatform` to **verify** it; a forged signature, a
-   stale timestamp, an unknown organisation or a wrong token is **401** and counted in
+3. asks the platform to **verify** it; a forged signature, a stale timestamp, an unknown
+   organisation or a wrong token is **401** and counted in
    ``vigil_webhook_rejected_total{platform, reason}``; a malformed body (including XML
    with a DTD or entities) is 400, also counted, and so is any other error a verifier
    raises (reason ``verify_error``: the request is the caller's, never a 500);
-3. **publishes** the body unchanged to ``raw.<platform>`` (kind ``webhook``) and waits
+4. **publishes** the body to ``raw.<platform>`` (kind ``webhook``), unchanged but for what the
+   platform removes (:meth:`WebhookPlatform.published_body`: a Salesforce session id), and waits
    until :meth:`RawSink.publish` returns, i.e. until Kafka has it (a verified delivery that
-   carries nothing, such as Mandrill's empty test POST, is acknowledged unpublished);
-4. only then **acknowledges** (2xx; Salesforce gets its SOAP ``Ack``).  If the broker
-   fails the answer is **503** with ``Retry-After``, and every platform retries later.
+   carries nothing, such as Mandrill's empty test POST, is acknowledged unpublished).  It waits
+   at most ``publish_timeout_s`` in all (3 s by default), the wait behind other deliveries'
+   publishes included: one publish at a time goes to the sink;
+5. only then **acknowledges** (2xx; Salesforce gets its SOAP ``Ack``).  If the broker
+   fails, or has not taken the delivery within ``publish_timeout_s``, the answer is **503**
+   with ``Retry-After`` (counted in ``vigil_webhook_unavailable_total``), and every platform
+   retries later.  Without that bound a delivery with the broker down was answered after some
+   90 s (the sink's own waits) and each one queued behind it 30 s more, while the platforms
+   give up on an answer after seconds and count the delivery failed.
+
+A request under ``/webhooks/<platform>/`` with more path segments than the route's (a path
+token holding ``/``, raw or as ``%2F``) is 401 ``bad_token``, counted, not an uncounted 404.
 
 Nothing about a request is logged except the platform, the reason and sizes: bodies,
 signatures and path tokens are attacker-controlled or secret.  The ``path`` kept in the
@@ -30,9 +44,13 @@ that send them (Mailchimp and Mandrill), answered 200 when the token is right.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
+import math
+import re
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +84,21 @@ MAX_BODY_BYTES = RECORD_MAX_BYTES
 #: How long a request's body may take to arrive once its headers have.  A client sending a
 #: byte now and then held its connection (and a file descriptor) for ever.
 BODY_TIMEOUT_S = 30.0
+#: How long a delivery may wait for Kafka in all, queued behind other deliveries' publishes
+#: included, before it is answered 503.  The platforms wait for an answer about 5 s (HubSpot),
+#: about 10 s (Mailchimp and Mandrill) and 60 s (Salesforce); past that they count the delivery
+#: failed whatever we answer.  3 s leaves HubSpot's 5 s room for the rest: the body, the
+#: verification, the network, and the sink's own floor (each Kafka call, the last commit try and
+#: the abort after it included, waits at least 0.5 s, so a publish out of time can run about
+#: 1 s past it).  A healthy broker commits in tens of milliseconds.
+PUBLISH_TIMEOUT_S = 3.0
+#: A publish is not started with less time left than this, the least KafkaRawSink gives any call.
+LEAST_PUBLISH_S = 0.5
+#: What a path token may hold: RFC 3986's unreserved characters.  Any other is percent-encoded
+#: by some clients and not by others, and a "/" (in about 40% of `openssl rand -base64 24`
+#: secrets) splits the path, which then never matches the token route.
+PATH_TOKEN = re.compile(r"[A-Za-z0-9._~-]+")
+PATH_TOKEN_RULE = "letters, digits and - . _ ~ only (RFC 3986's unreserved characters)"  # noqa: S105 - a rule
 
 
 @dataclass(frozen=True)
@@ -102,6 +135,12 @@ class WebhookPlatform(ABC):
     #: Source name: the route is ``/webhooks/<name>`` and records go to ``raw.<name>``.
     name: str
 
+    def precheck(self, head: Delivery) -> None:
+        """Raise :class:`Rejected` for what is wrong before the body is read: ``head`` is the
+        request with an empty ``body`` (its method, URL, headers and path token).  Run before
+        :meth:`verify`, which still sees the whole request.  By default, nothing."""
+        return None
+
     @abstractmethod
     def verify(self, delivery: Delivery) -> None:
         """Raise :class:`Rejected` unless the request is authentic and fresh."""
@@ -127,11 +166,25 @@ class WebhookPlatform(ABC):
         """Whether a verified delivery is published (False: acknowledged, nothing to keep)."""
         return True
 
+    def published_body(self, delivery: Delivery) -> bytes:
+        """The bytes published for a verified delivery: its body, less what must not be kept
+        (a credential the platform sends along).  By default, the body as received."""
+        return delivery.body
+
 
 def constant_time_equal(given: str | bytes, expected: str | bytes) -> bool:
     a = given.encode() if isinstance(given, str) else given
     b = expected.encode() if isinstance(expected, str) else expected
     return hmac.compare_digest(a, b)
+
+
+def path_token_problem(token: str) -> str | None:
+    """Why ``token`` cannot be a path token, or None (the rule, never the value)."""
+    if len(token) < 16:
+        return "must be at least 16 characters"
+    if PATH_TOKEN.fullmatch(token) is None:
+        return f"must hold {PATH_TOKEN_RULE}"
+    return None
 
 
 def verify_path_token(delivery: Delivery, secret: str, url: str) -> None:
@@ -197,10 +250,12 @@ def create_app(
     metrics: WebhookMetrics | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     body_timeout_s: float = BODY_TIMEOUT_S,
+    publish_timeout_s: float = PUBLISH_TIMEOUT_S,
     retry_after_s: int = 30,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> FastAPI:
-    """The receiver app.  ``clock`` is the time used for timestamps and freshness checks."""
+    """The receiver app.  ``clock`` is the time used for timestamps and freshness checks;
+    ``publish_timeout_s`` bounds a delivery's wait for Kafka (see the module)."""
     by_name = {p.name: p for p in platforms}
     if len(by_name) != len(platforms):
         msg = f"webhook platforms must have distinct names; got {[p.name for p in platforms]}"
@@ -208,6 +263,27 @@ def create_app(
     stats = metrics or WebhookMetrics()
     app = FastAPI(title="Vigil webhooks", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.metrics = stats
+    # One publish at a time, taken with the delivery's deadline: waiting on the sink's own lock
+    # had no bound, and with the broker down each delivery queued behind the others' 30 s waits.
+    # Held in the worker thread for as long as the sink is in use, so a request that stopped
+    # waiting cannot start a second publish beside one still running.
+    publishing = threading.Lock()
+
+    def publish(record: RawRecord, deadline: float) -> None:
+        """``record`` into Kafka by ``deadline`` (``time.monotonic``), or BrokerError."""
+        if not publishing.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            msg = f"other deliveries' publishes took all of publish_timeout_s ({publish_timeout_s:g} s)"
+            raise BrokerError(msg)
+        try:
+            left = deadline - time.monotonic()
+            # Less than the sink gives any Kafka call (it would run that long past the deadline):
+            # the deliveries ahead took the time, so the broker is slow or away.
+            if left < LEAST_PUBLISH_S:
+                msg = f"under {LEAST_PUBLISH_S:g} s of publish_timeout_s ({publish_timeout_s:g} s) was left"
+                raise BrokerError(msg)
+            sink.publish([record], timeout=left)
+        finally:
+            publishing.release()
 
     def reject(platform: str, exc: Rejected) -> Response:
         stats.rejected.labels(platform, exc.reason).inc()
@@ -216,32 +292,40 @@ def create_app(
             exc.detail + "\n", status_code=exc.status, headers=closing(exc.status), media_type="text/plain"
         )
 
+    def checked(name: str, what: str, check: Callable[[], None]) -> None:
+        """``check()``, any error but :class:`Rejected` a counted 400 (``verify_error``): a
+        verifier's bug on a hostile input (a header int() refused) was an unauthenticated 500
+        with a traceback; the request is the caller's fault."""
+        try:
+            check()
+        except Rejected:
+            raise
+        except Exception as exc:
+            log.warning("webhook %s: %s raised %s", name, what, type(exc).__name__)
+            raise Rejected(reason="verify_error", detail="malformed request", status=400) from None
+
     async def handle(request: Request, name: str, token: str | None) -> Response:
         platform = by_name.get(name)
         if platform is None:
             return Response("unknown webhook platform\n", status_code=404, media_type="text/plain")
         try:
-            body = await read_body(request, max_body_bytes, body_timeout_s)
-            delivery = Delivery(
+            head = Delivery(
                 platform=name,
                 method=request.method,
                 url=str(request.url),
                 path=request.url.path,
                 query=request.url.query,
                 headers={k.lower(): v for k, v in request.headers.items()},
-                body=body,
+                body=b"",
                 received_at=clock(),
                 token=token,
             )
-            try:
-                platform.verify(delivery)
-            except Rejected:
-                raise
-            except Exception as exc:
-                # A verifier's bug on a hostile input (a header int() refused) was an
-                # unauthenticated 500 with a traceback; the request is the caller's fault.
-                log.warning("webhook %s: verifying raised %s", name, type(exc).__name__)
-                raise Rejected(reason="verify_error", detail="malformed request", status=400) from None
+            # Before the body: a client with a wrong token held a connection for up to
+            # body_timeout_s sending one, and was counted as slow_body, not bad_token.
+            checked(name, "prechecking", lambda: platform.precheck(head))
+            body = await read_body(request, max_body_bytes, body_timeout_s)
+            delivery = dataclasses.replace(head, body=body, received_at=clock())
+            checked(name, "verifying", lambda: platform.verify(delivery))
         except Rejected as exc:
             return reject(name, exc)
         if request.method in ("GET", "HEAD"):
@@ -259,10 +343,17 @@ def create_app(
         meta = {"path": safe_path, "content_type": delivery.headers.get("content-type", "")}
         nothing: dict[str, Any] = {}
         meta.update(_guarded(name, "meta", lambda: platform.meta(delivery), nothing))
+        try:
+            published = platform.published_body(delivery)
+        except Exception as exc:
+            # Not published as received (what _guarded does for a key or meta): what this
+            # removes is a credential, and Kafka keeps it for days.  Refused, counted, logged.
+            log.warning("webhook %s: preparing the body to publish raised %s", name, type(exc).__name__)
+            return reject(name, Rejected(reason="unpublishable", detail="malformed request", status=400))
         record = RawRecord(
             source=name,
             kind=WEBHOOK,
-            value=body,
+            value=published,
             received_at=delivery.received_at,
             key=_guarded(name, "key", lambda: platform.key(delivery), None),
             meta=meta,
@@ -271,8 +362,10 @@ def create_app(
         if size > RECORD_MAX_BYTES:  # the body fitted, but not with its key and headers
             detail = f"delivery is {size:,} bytes with its key and headers; at most {RECORD_MAX_BYTES:,}"
             return reject(name, Rejected(reason="too_large", detail=detail, status=413))
+        # The deadline is set here, not in the worker thread: a wait for a free thread counts.
+        deadline = time.monotonic() + publish_timeout_s
         try:
-            await run_in_threadpool(sink.publish, [record])
+            await run_in_threadpool(publish, record, deadline)
         except BrokerError as exc:
             stats.unavailable.labels(name).inc()
             log.error("webhook %s: Kafka did not take the delivery, answering 503: %s", name, exc)
@@ -301,6 +394,15 @@ def create_app(
             return Response("method not allowed\n", status_code=405, media_type="text/plain")
         return await handle(request, name, token)
 
+    # More segments than a token route has: a token holding "/" (raw or as %2F, which the path
+    # is decoded from), or a guess.  An uncounted 404 before: a receiver configured with such a
+    # token refused every delivery and nothing counted or logged it.
+    @app.api_route("/webhooks/{name}/{token}/{rest:path}", methods=["POST", "GET", "HEAD"])
+    async def too_deep(request: Request, name: str, token: str, rest: str) -> Response:
+        if name not in by_name:
+            return Response("unknown webhook platform\n", status_code=404, media_type="text/plain")
+        return reject(name, Rejected(reason="bad_token", detail="unknown webhook URL"))
+
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
         return Response(generate_latest(stats.registry), media_type=CONTENT_TYPE_LATEST)
@@ -319,7 +421,9 @@ class WebhookSource(Source):
     8089 HubSpot, 8090 Salesforce, 8091 Mailchimp, so the three run side by side; 0 picks a
     free one, read from :attr:`port` once :attr:`ready` is set); ``body_timeout_s``,
     ``max_connections``, ``keep_alive_s`` and ``header_timeout_s`` bound slow and idle clients
-    (:func:`read_body`, :func:`~vigil.sources.http_server.serving`).
+    (:func:`read_body`, :func:`~vigil.sources.http_server.serving`); ``publish_timeout_s``
+    (default 3) bounds how long a delivery waits for Kafka in all, behind other deliveries'
+    publishes included, before it is answered 503 (:data:`PUBLISH_TIMEOUT_S` says why 3).
     """
 
     def __init__(
@@ -334,7 +438,14 @@ class WebhookSource(Source):
         max_connections: int = MAX_CONNECTIONS,
         keep_alive_s: int = KEEP_ALIVE_S,
         header_timeout_s: float = HEADER_TIMEOUT_S,
+        publish_timeout_s: float = PUBLISH_TIMEOUT_S,
     ) -> None:
+        if not 0 < publish_timeout_s < math.inf:
+            msg = (
+                f"{platform.name}: publish_timeout_s must be a number of seconds above 0; got "
+                f"{publish_timeout_s}"
+            )
+            raise ValueError(msg)
         self.name = platform.name
         super().__init__(source_id)
         self.platform = platform
@@ -345,10 +456,17 @@ class WebhookSource(Source):
         self.max_connections = max_connections
         self.keep_alive_s = keep_alive_s
         self.header_timeout_s = header_timeout_s
+        self.publish_timeout_s = publish_timeout_s
         self.ready = threading.Event()
 
     def run(self, sink: RawSink) -> None:
-        app = create_app(sink, [self.platform], metrics=self.metrics, body_timeout_s=self.body_timeout_s)
+        app = create_app(
+            sink,
+            [self.platform],
+            metrics=self.metrics,
+            body_timeout_s=self.body_timeout_s,
+            publish_timeout_s=self.publish_timeout_s,
+        )
         label = f"{self.name} webhooks"
         sock = listen(self.host, self.port, label)
         self.port = sock.getsockname()[1]
@@ -364,6 +482,28 @@ class WebhookSource(Source):
         ):
             self.ready.set()
             self._stop.wait()
+
+
+def path_token_option(
+    options: Mapping[str, str], name: str, settings: Settings, setting: str, source: str
+) -> str:
+    """:func:`secret_option`, checked to be usable as the last segment of a URL path
+    (:func:`path_token_problem`): a :class:`SourceError` at start naming where it came from and
+    the rule, never the value, rather than a receiver that answers every delivery 404."""
+    value = secret_option(options, name, settings, setting)
+    problem = path_token_problem(value)
+    if problem is not None:
+        given = (
+            f"the option {name}"
+            if options.get(name)
+            else f"VIGIL_{setting.upper()} (or {setting} in vigil.toml)"
+        )
+        msg = (
+            f"{source}: the path token in {given} {problem}; make one with "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+        raise SourceError(msg)
+    return value
 
 
 def secret_option(options: Mapping[str, str], name: str, settings: Settings, setting: str) -> str:
@@ -384,7 +524,16 @@ def secret_option(options: Mapping[str, str], name: str, settings: Settings, set
 #: several receivers of one platform (behind a load balancer) needs its own, or their Kafka
 #: transactions, named after it, fence each other.
 LISTEN_OPTIONS = frozenset(
-    {"host", "port", "body_timeout_s", "max_connections", "keep_alive_s", "header_timeout_s", "source_id"}
+    {
+        "host",
+        "port",
+        "body_timeout_s",
+        "max_connections",
+        "keep_alive_s",
+        "header_timeout_s",
+        "publish_timeout_s",
+        "source_id",
+    }
 )
 
 
@@ -397,6 +546,7 @@ def listen_options(options: Mapping[str, str], default_port: int) -> dict[str, A
         "max_connections": int(options.get("max_connections", str(MAX_CONNECTIONS))),
         "keep_alive_s": int(options.get("keep_alive_s", str(KEEP_ALIVE_S))),
         "header_timeout_s": float(options.get("header_timeout_s", str(HEADER_TIMEOUT_S))),
+        "publish_timeout_s": float(options.get("publish_timeout_s", str(PUBLISH_TIMEOUT_S))),
         "source_id": options.get("source_id"),
     }
 

@@ -136,3 +136,23 @@ def test_a_full_producer_queue_is_waited_out_not_a_failed_batch(
     finally:
         sink.close()
     assert _read_committed(settings, topic) == [str(i).encode() for i in range(5)]
+
+
+def test_prepare_starts_the_producer_and_fences_an_older_instance_at_once(
+    settings: Settings, topic: str
+) -> None:
+    # Prepared at a source's start (`vigil source`, `vigil run`): the older instance of the same
+    # source id is fenced then, not at the new one's first publish, and that publish finds its
+    # producer started (a receiver's first delivery waited for the start and was answered 503
+    # past its publish_timeout_s on a fresh broker).
+    source_id = f"sink-prepare-{uuid.uuid4().hex[:8]}"
+    older = KafkaRawSink(settings, source_id=source_id, topic_for=lambda _r: topic)
+    older.publish([_record(0)])
+    newer = KafkaRawSink(settings, source_id=source_id, topic_for=lambda _r: topic)
+    newer.prepare()
+    with pytest.raises(BrokerError, match="publishing 1 record"):
+        older.publish([_record(1)])  # fenced by the newer's start, before it published anything
+    newer.publish([_record(2)], timeout=5.0)
+    assert _read_committed(settings, topic) == [b"0", b"2"]
+    older.close()
+    newer.close()

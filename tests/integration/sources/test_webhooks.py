@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,10 @@ HS_SECRET = "hubspot-app-secret-" + uuid.uuid4().hex
 SF_TOKEN = "sf-" + uuid.uuid4().hex
 MC_SECRET = "mc-" + uuid.uuid4().hex
 ORG = "00D5e000000AbCdEAK"
+#: What the receivers below may wait for Kafka: a fresh broker makes its transaction coordinator
+#: for the first transactional producer, which takes longer than the default publish_timeout_s
+#: (3 s), and these tests are not about that bound (the last one is).
+COLD_START_S = 30.0
 
 HUBSPOT_EVENTS = json.dumps(
     [
@@ -121,7 +126,7 @@ def hubspot_headers(
 def test_hubspot_signed_delivery_is_in_kafka_when_acknowledged_and_forgeries_are_401(
     settings: Settings, topic: str, sink: KafkaRawSink
 ) -> None:
-    source = HubSpotSource(HubSpotWebhook(HS_SECRET), port=0)
+    source = HubSpotSource(HubSpotWebhook(HS_SECRET), port=0, publish_timeout_s=COLD_START_S)
     with serving(source, sink) as base:
         url = f"{base}/webhooks/hubspot"
         signed = hubspot_headers(url, HUBSPOT_EVENTS)
@@ -160,7 +165,7 @@ def test_hubspot_signed_delivery_is_in_kafka_when_acknowledged_and_forgeries_are
 def test_salesforce_outbound_message_gets_its_soap_ack_and_hostile_xml_is_refused(
     settings: Settings, topic: str, sink: KafkaRawSink
 ) -> None:
-    source = SalesforceSource(SalesforceWebhook(SF_TOKEN, [ORG]), port=0)
+    source = SalesforceSource(SalesforceWebhook(SF_TOKEN, [ORG]), port=0, publish_timeout_s=COLD_START_S)
     with serving(source, sink) as base:
         url = f"{base}/webhooks/salesforce/{SF_TOKEN}"
         xml = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'}
@@ -201,7 +206,9 @@ def test_salesforce_outbound_message_gets_its_soap_ack_and_hostile_xml_is_refuse
 def test_mailchimp_url_check_campaign_and_wrong_secret(
     settings: Settings, topic: str, sink: KafkaRawSink
 ) -> None:
-    source = MailchimpSource(MailchimpWebhook(MC_SECRET, sender_domain="news.acme.example"), port=0)
+    source = MailchimpSource(
+        MailchimpWebhook(MC_SECRET, sender_domain="news.acme.example"), port=0, publish_timeout_s=COLD_START_S
+    )
     with serving(source, sink) as base:
         url = f"{base}/webhooks/mailchimp/{MC_SECRET}"
         assert httpx.get(url, timeout=10).status_code == 200  # Mailchimp's check of a new webhook URL
@@ -240,3 +247,31 @@ def test_broker_failure_answers_503_with_retry_after(tmp_path: Path) -> None:
         metrics = httpx.get(f"{base}/metrics", timeout=5).text
         assert 'vigil_webhook_unavailable_total{platform="mailchimp"} 1.0' in metrics
         assert 'vigil_webhook_accepted_total{platform="mailchimp"}' not in metrics
+
+
+def test_with_the_broker_down_deliveries_are_answered_within_publish_timeout_s(tmp_path: Path) -> None:
+    # The sink's own waits (30 s for its start, each commit try, the abort) made the 503 come
+    # after some 90 s, and each delivery queued behind it 30 s later: HubSpot waits about 5 s.
+    dead = load_settings(kafka_bootstrap=f"127.0.0.1:{_dead_port()}", home=tmp_path)
+    sink = KafkaRawSink(dead, source_id=f"test-dead-{uuid.uuid4().hex[:8]}")  # its own 30 s waits
+    source = MailchimpSource(MailchimpWebhook(MC_SECRET), port=0)  # publish_timeout_s: 3 s
+    answers: list[tuple[int | str, float]] = []
+
+    def deliver() -> None:
+        started = time.monotonic()
+        try:
+            status: int | str = httpx.post(
+                f"{base}/webhooks/mailchimp/{MC_SECRET}", content=CAMPAIGN, timeout=10
+            ).status_code
+        except httpx.TimeoutException:
+            status = "no answer within 10 s"
+        answers.append((status, time.monotonic() - started))
+
+    with serving(source, sink) as base:
+        clients = [threading.Thread(target=deliver) for _ in range(3)]
+        for client in clients:
+            client.start()
+        for client in clients:
+            client.join(30)
+    assert [status for status, _ in answers] == [503, 503, 503], answers
+    assert max(elapsed for _, elapsed in answers) < 5.0, answers

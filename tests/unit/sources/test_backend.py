@@ -104,6 +104,16 @@ def test_authenticator_maps_keys_to_services_and_counts_failures() -> None:
     assert dict(auth.failures) == {"invalid": 1, "missing": 2}
 
 
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "BeArEr"])
+def test_the_bearer_scheme_is_matched_in_any_case(scheme: str) -> None:
+    # RFC 9110 makes the scheme case-insensitive: "bearer <key>" was refused as sending no key.
+    auth = Authenticator({"wallet": hash_key(KEY)})
+    assert auth.service(f"{scheme} {KEY}") == "wallet"
+    assert auth.service(f"{scheme} wrong") is None
+    assert auth.service(f"Basic {KEY}") is None
+    assert dict(auth.failures) == {"invalid": 1, "missing": 1}
+
+
 def test_keys_must_be_sha256_digests() -> None:
     with pytest.raises(SourceError, match=r"keys of \['wallet'\] are not SHA-256"):
         Authenticator({"wallet": KEY})

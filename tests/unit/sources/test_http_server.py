@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -213,3 +214,36 @@ def test_the_rest_of_a_body_answered_before_it_came_has_a_deadline(path: bytes) 
                 if closed:
                     break
             assert closed, "a body trickling in after the answer kept its connection open"
+
+
+def test_an_address_in_x_forwarded_for_is_not_taken_for_the_clients(caplog: pytest.LogCaptureFixture) -> None:
+    # Uvicorn trusts X-Forwarded-For (and -Proto) from 127.0.0.1 by default: behind a local proxy
+    # that passes the client's own header on, the address logged for a wrong key was the
+    # client's choice.
+    source = BackendIngestSource(keys={"wallet": hash_key(KEY)}, port=0)
+    with running(source) as port:
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/events",
+            content=b"{}",
+            headers={"Authorization": "Bearer wrong", "X-Forwarded-For": "203.0.113.7"},
+            timeout=PATIENCE_S,
+        )
+        assert answer.status_code == 401
+    lines = [r.getMessage() for r in caplog.records if "unknown API key" in r.getMessage()]
+    assert lines == ["backend ingest: request from 127.0.0.1 with an unknown API key"]
+
+
+@pytest.mark.parametrize("path", [b"/webhooks/mailchimp/wrong-token-0123456789", b"/webhooks/mailchimp/a/b"])
+def test_a_wrong_token_is_answered_at_once_not_after_the_body(path: bytes) -> None:
+    # The body was read first: a client with a wrong token held its connection for body_timeout_s
+    # dripping one, and was counted as slow_body (408), not as bad_token.
+    source = WebhookSource(MailchimpWebhook(SECRET), port=0, body_timeout_s=3)
+    with running(source) as port:
+        started = time.monotonic()
+        answer = answer_to_a_stalled_body(port, b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+        # Answered at once; the connection then closed by header_timeout_s (10 s), never read.
+        assert time.monotonic() - started < PATIENCE_S
+    rejected = source.metrics.registry.get_sample_value
+    assert rejected("vigil_webhook_rejected_total", {"platform": "mailchimp", "reason": "bad_token"}) == 1
+    assert rejected("vigil_webhook_rejected_total", {"platform": "mailchimp", "reason": "slow_body"}) is None

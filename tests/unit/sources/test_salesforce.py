@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
 
 from vigil.errors import ContractError, DecodeError
@@ -13,8 +16,10 @@ from vigil.events.codec import decode_event, encode
 from vigil.events.ids import stable_id
 from vigil.events.types import CrmApiTokenUsed, CrmLogin, CrmRecordExport
 from vigil.hub.raw import RawRecord
+from vigil.sources import salesforce
 from vigil.sources.salesforce import ACK, SalesforceNormalizer, SalesforceWebhook
-from vigil.sources.webhooks import Delivery, Rejected
+from vigil.sources.sink import MemorySink
+from vigil.sources.webhooks import Delivery, Rejected, create_app
 
 TOKEN = "sf-path-token-0123456789abcdef"  # noqa: S105 - a test token
 ORG = "00D5e000000AbCdEAK"
@@ -456,3 +461,71 @@ def test_a_field_holding_an_object_or_a_list_names_nobody() -> None:
 def test_a_body_nested_too_deep_is_a_decode_error() -> None:
     with pytest.raises(DecodeError, match="neither XML nor JSON"):
         SalesforceNormalizer().normalize(record(b"[" * 5000))
+
+
+SESSION = "00D5e000000AbCd!AQ4AQFakeSessionIdOfTheTests.0123456789abcdefABCDEF"
+#: The same message another way: the SOAP envelope prefixed ``soap:`` with a header, the
+#: outbound namespace prefixed ``out:``.
+PREFIXED = f"""<?xml version="1.0" encoding="UTF-8"?>
+<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Header/><soap:Body>
+<out:notifications xmlns:out="http://soap.sforce.com/2005/09/outbound">
+<out:OrganizationId>{ORG}</out:OrganizationId><out:ActionId>04k5e000000AAAAAA2</out:ActionId>
+<out:SessionId>{SESSION}</out:SessionId>
+<out:Notification><out:Id>04l5e00000AAAAA1</out:Id>
+<out:sObject xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:type="sf:ReportEvent"
+ xmlns:sf="urn:sobject.enterprise.soap.sforce.com"><sf:EventIdentifier>8a1c-report-1</sf:EventIdentifier>
+<sf:EventDate>2026-03-01T11:58:00.000+0000</sf:EventDate><sf:Username>mallory@acme.example</sf:Username>
+<sf:Operation>ReportExported</sf:Operation></out:sObject></out:Notification>
+</out:notifications></soap:Body></soap:Envelope>""".encode()
+
+
+def posted(bodies: list[bytes]) -> tuple[list[httpx.Response], MemorySink]:
+    """Each body posted in turn to a receiver app over a memory sink."""
+    sink = MemorySink()
+    app = create_app(sink, [webhook()], clock=lambda: NOW)
+
+    async def send() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            return [await http.post(f"/webhooks/salesforce/{TOKEN}", content=body) for body in bodies]
+
+    return asyncio.run(send()), sink
+
+
+WITH_SESSION = outbound(sobjects=REPORT).replace(
+    b'<SessionId xsi:nil="true"/>', f"<SessionId>{SESSION}</SessionId>".encode()
+)
+
+
+@pytest.mark.parametrize("body", [WITH_SESSION, PREFIXED], ids=["salesforce-layout", "prefixed"])
+def test_a_session_id_is_removed_before_publishing_and_the_admin_told_once(
+    body: bytes, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "Send Session ID" ticked: a live API session of the org went byte for byte to
+    # raw.salesforce (and its dead letters), kept for days, read by nothing.
+    monkeypatch.setattr(salesforce, "_session_id_warned", threading.Event(), raising=False)
+    answers, sink = posted([body, body])
+    assert [a.status_code for a in answers] == [200, 200]
+    assert all(a.content == ACK.encode() for a in answers)
+    first, second = sink.records
+    # Only the element's text is gone: every other byte as received, the XML well-formed.
+    assert first.value == second.value == body.replace(SESSION.encode(), b"")
+    assert SESSION not in repr(sink.records)
+    assert first.meta["redacted"] == "SessionId"
+    assert first.key == ORG[:15].encode()
+    # The normaliser reads it as it read the message with its session id.
+    assert SalesforceNormalizer().normalize(first) == SalesforceNormalizer().normalize(record(body))
+    warnings = [r.getMessage() for r in caplog.records if "Send Session ID" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once per process, not per delivery
+    assert "Untick" in warnings[0]
+    assert SESSION not in caplog.text
+
+
+def test_a_message_without_a_session_id_and_json_records_are_published_as_received() -> None:
+    # (The JSON records' SessionKey names a session, to tie its events together; no credential.)
+    relayed = json.dumps({**API_EVENT, "SessionKey": "vMASKIU6AxEr+Op5"}).encode()
+    nil = outbound(sobjects=REPORT)
+    answers, sink = posted([nil, relayed])
+    assert [a.status_code for a in answers] == [200, 204]
+    assert [r.value for r in sink.records] == [nil, relayed]
+    assert ["redacted" in r.meta for r in sink.records] == [False, False]
