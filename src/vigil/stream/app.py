@@ -314,6 +314,13 @@ def _out_of_reach(exc: KafkaException) -> bool:
     return err is not None and not err.fatal() and (err.retriable() or err.txn_requires_abort())
 
 
+def _requires_abort(exc: KafkaException) -> bool:
+    """Whether a call failed because the open transaction is one only an abort clears (a record
+    the broker refused: see Application._refused), the client not failed."""
+    err = kafka_error(exc)
+    return err is not None and not err.fatal() and err.txn_requires_abort()
+
+
 def _is_fatal(exc: KafkaException) -> bool:
     """Whether a client call raised the client's fatal error (it is unusable from then on)."""
     err = kafka_error(exc)
@@ -422,6 +429,10 @@ _GROUP_MOVED_ON = frozenset(
 _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 #: How long to wait for a client's fatal error reason once a call has failed with "fatal".
 _FATAL_REASON_WAIT_S = 2.0
+#: How long a produce refused for the transaction's abortable state waits for the delivery report
+#: of the record the broker refused (see Application._refused): the client marks the transaction
+#: and queues the report in the same moment, in either order.
+_REFUSAL_REASON_WAIT_S = 1.0
 #: Default checkpoint intervals.  Exactly-once outputs become visible when a checkpoint commits,
 #: so the interval is their latency: short.  At-least-once outputs go out at once; the interval
 #: only bounds what is processed again after a crash, and every checkpoint writes each key changed
@@ -1685,8 +1696,9 @@ class Application:
                 self._iterate(consumer, collector)
             except KafkaException as exc:
                 # After a stall past the transaction's timeout: the fenced producer fails at
-                # whichever call comes next (an output, a changelog record, the commit).
-                if not self._renewed_after_timeout(exc):
+                # whichever call comes next (an output, a changelog record, the commit); after a
+                # record the broker refused, the next output or changelog record (_refused).
+                if not self._renewed_after_timeout(exc) and not self._retried_after_refusal(exc):
                     raise
 
     def _iterate(self, consumer: Consumer, collector: Collector) -> None:
@@ -1995,6 +2007,8 @@ class Application:
                 try:
                     op.process(records, ctx)
                 except Exception as exc:
+                    if isinstance(exc, KafkaException) and _requires_abort(exc):
+                        raise  # a record the broker refused, not the operator's (see _refused)
                     if isinstance(exc, KafkaException) and _is_fatal(exc):
                         if self._expired(exc):
                             raise  # (the loop renews the producer and starts over: _loop)
@@ -2506,8 +2520,8 @@ class Application:
 
     def _checkpoint_failed(self, exc: KafkaException) -> PipelineError:
         msg = f"application {self.name!r}: checkpoint failed: {exc.args[0]}{self._missing_outputs()}"
-        if self._state_delivery_errors:
-            refused = self._state_delivery_errors
+        refused = self._state_delivery_errors
+        if refused and refused[0] not in msg:  # (named already by a refusal's error: _refused)
             msg += f"; {len(refused)} changelog records refused, the first: {refused[0]}"
         return PipelineError(msg)
 
@@ -2570,6 +2584,51 @@ class Application:
                 return
             except BufferError:
                 producer.poll(0.01)  # local queue full: serve deliveries until there is room
+            except KafkaException as exc:
+                refused = self._refused(producer, exc)
+                if refused is None:
+                    raise
+                raise refused from exc
+
+    def _refused(self, producer: Producer, exc: KafkaException) -> KafkaException | None:
+        """What to raise for ``exc``, raised by a produce of the transactional producer (None:
+        ``exc`` itself).  A record the broker refused (too large for its topic, not authorised,
+        timed out while it was out of reach) leaves the transaction one only an abort clears,
+        within milliseconds, and the next produce fails saying only "Erroneous state": raised as
+        that, it blamed whichever operator emitted next, or stopped the stage as a client failure
+        at the checkpoint's changelog records, before the commit could abort and process again.
+        So the delivery reports are served, and the error raised says the transaction is to be
+        aborted (handled as a commit that failed so: _retried_after_refusal) and names the first
+        record refused."""
+        err, txn = kafka_error(exc), self._txn_producer()
+        if (
+            err is None
+            or err.fatal()
+            or (err.code() != KafkaError._STATE and not err.txn_requires_abort())
+            or txn is None
+            or txn is not producer
+        ):
+            return None
+        refused = self._delivery_errors if self._eos else self._state_delivery_errors
+        deadline = time.monotonic() + _REFUSAL_REASON_WAIT_S
+        wait = 0.0
+        while True:
+            try:
+                txn.poll(wait)  # serves the delivery reports (_on_delivery_error)
+            except KafkaException as raised:  # the client failed meanwhile: that is the error
+                return raised
+            if refused or time.monotonic() >= deadline:
+                break
+            wait = 0.05
+        if refused:
+            count = f"{len(refused)} records refused, the first" if len(refused) > 1 else "a record refused"
+            why = f"{count}: {refused[0]}"
+        else:
+            why = f"{err.str()} (the client reported no record refused)"
+        text = f"the transaction is to be aborted, {why}"
+        return KafkaException(
+            KafkaError(err.code(), text, fatal=False, retriable=False, txn_requires_abort=True)
+        )
 
     def _dead_letter(
         self,
@@ -2661,6 +2720,12 @@ class Application:
                         break
                     except BufferError:
                         producer.poll(0.01)  # local queue full: serve deliveries until there is room
+                    except KafkaException as exc:
+                        # (Not named `refused`: mypyc typed that name str from the line above.)
+                        to_abort = self._refused(producer, exc)
+                        if to_abort is None:
+                            raise
+                        raise to_abort from exc
         except KafkaException as exc:
             wrapped = self._state_call_failed(exc)
             if wrapped is exc:
@@ -2696,7 +2761,7 @@ class Application:
                 self._complete_epochs(sync)
             except KafkaException as exc:
                 # (As exactly-once below: an expired state transaction's error is never raised.)
-                if self._renewed_after_timeout(exc):
+                if self._renewed_after_timeout(exc) or self._retried_after_refusal(exc):
                     return
                 raise
             if sync:
@@ -2719,8 +2784,9 @@ class Application:
                         writes.append((state, pending, topic, task.number))
             except KafkaException as exc:
                 # (As at the commit: a checkpoint never raises an expired transaction's error, so
-                # the rebalance callbacks and the restore step that checkpoint finish their work.)
-                if self._renewed_after_timeout(exc):
+                # the rebalance callbacks and the restore step that checkpoint finish their work;
+                # nor a refused record's, raised here by the changelog records sent after it.)
+                if self._renewed_after_timeout(exc) or self._retried_after_refusal(exc):
                     return
                 raise
             offsets = self._offsets_to_commit()
@@ -3135,8 +3201,9 @@ class Application:
 
     def _aborted_to_retry(self, exc: KafkaException) -> bool:
         """Whether a checkpoint's transaction failed in a way that only its abort clears (an
-        output or changelog record the broker did not take in time: a broker out of reach), and
-        was aborted: then, as when the group moved on, the state goes back to the last
+        output or changelog record the broker did not take in time: a broker out of reach; or
+        refused, seen at its commit or at the next produce: _retried_after_refusal), and was
+        aborted: then, as when the group moved on, the state goes back to the last
         checkpoint and the input is read again from there (the rewind waits for the broker).
         Not when an output topic is missing (said at once: _checkpoint_failed), nor after
         ``_MAX_ABORTED_CHECKPOINTS`` in a row with no commit between (the same failure each
@@ -3158,6 +3225,19 @@ class Application:
         self._abort_txn()
         self._start_over()
         return True
+
+    def _retried_after_refusal(self, exc: KafkaException) -> bool:
+        """Whether ``exc`` is an output's or a changelog record's failure that only an abort of
+        the transaction clears (a record the broker refused, raised at the next produce:
+        _refused), handled as the commit handles it: aborted and processed again from the last
+        checkpoint (_aborted_to_retry), or, stopping, given up (_abandoned_stopping).  After
+        ``_MAX_ABORTED_CHECKPOINTS`` in a row, or with an output topic missing, the checkpoint's
+        failure is raised, naming the record refused."""
+        if not _requires_abort(exc):
+            return False
+        if self._aborted_to_retry(exc) or self._abandoned_stopping(str(kafka_error(exc))):
+            return True
+        raise self._checkpoint_failed(exc) from exc
 
     def _group_moved_on(self, exc: KafkaException) -> bool:
         """Whether a commit failed because the group moved on while this process was away (a

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
+from confluent_kafka import KafkaError, KafkaException
 
 from vigil.errors import described
 from vigil.events.base import Event
@@ -178,12 +179,24 @@ def attempt(
     that prepares outputs (``prepare_emit``, ``prepare_forward``, ``prepare_late``: the Kafka
     runtime's) encodes and checks each when it is emitted, so a failing one fails the record
     before any is sent.  With a context that does not, outputs sent before the failing one stay
-    sent (at least once); the state is put back either way."""
+    sent (at least once); the state is put back either way.
+
+    An output the Kafka runtime could not send because the broker refused an earlier record (the
+    transaction is to be aborted: ``txn_requires_abort``) is not the record's failure: it is
+    raised, after the rollback, for the runtime to abort and process again (dead-lettered, the
+    record was lost with the transaction, or its letter failed the same way)."""
     trial.begin()
     try:
         process((rec,), trial)
         trial.commit()
     except Exception as exc:
         trial.rollback()
+        if isinstance(exc, KafkaException) and _requires_abort(exc):
+            raise
         return described(exc)
     return None
+
+
+def _requires_abort(exc: KafkaException) -> bool:
+    err = exc.args[0] if exc.args else None
+    return isinstance(err, KafkaError) and not err.fatal() and err.txn_requires_abort()

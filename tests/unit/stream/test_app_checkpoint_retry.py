@@ -11,11 +11,14 @@ from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
-from tests.unit.stream.offline import offline_app
+from tests.unit.stream.offline import Nothing, offline_app
 
 import vigil.stream.app as app_module
 from vigil.errors import PipelineError
-from vigil.stream.app import Application, _boot_clock
+from vigil.events.base import utcnow
+from vigil.events.types import Login
+from vigil.stream.app import Application, _boot_clock, _KafkaContext, _PartitionTask
+from vigil.stream.base import Context, Record
 
 TRANSPORT = KafkaError(KafkaError._TRANSPORT, "Broker transport failure", retriable=True)
 ABORTABLE = KafkaError(
@@ -190,3 +193,120 @@ def test_stopping_while_the_abort_of_a_failed_checkpoint_waits_for_the_broker_is
     assert not app._commit_txn(OFFSETS, Group())  # type: ignore[arg-type]
     assert producer.calls.count("abort") == 1
     assert (app._lost, app._in_txn, app._abandoned) == (True, False, True)
+
+
+STATE = KafkaError(KafkaError._STATE, "Unable to produce message: Local: Erroneous state")
+
+
+class Refusing(Transactional):
+    """A transactional producer whose broker has refused a record: ``produce`` fails as the
+    client's abortable state makes it ("Erroneous state"), and ``poll`` serves the refused
+    record's delivery report once ``reported`` (then not again)."""
+
+    def __init__(self, app: Application, reported: bool = True) -> None:
+        super().__init__()
+        self.app = app
+        self.reported = reported
+
+    def produce(self, *args: Any) -> None:
+        self._call("produce")
+        raise KafkaException(STATE)
+
+    def poll(self, timeout: float) -> int:
+        if self.reported:
+            self.reported = False
+            refused = SimpleNamespace(topic=lambda: "small", partition=lambda: 2)
+            err = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large")
+            self.app._on_delivery_error(err, refused)  # type: ignore[arg-type]
+        return 0
+
+
+def refusing(tmp_path: Path, reported: bool = True, **kw: Any) -> tuple[Application, Refusing]:
+    app = offline_app(tmp_path, **kw)
+    producer = Refusing(app, reported)
+    app._producer = producer  # type: ignore[assignment]
+    app._output_topics.add("out")
+    app._in_txn = True
+    app._txn_began = _boot_clock()
+    return app, producer
+
+
+def test_a_produce_after_a_refused_record_says_the_transaction_is_to_be_aborted_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client says only "Erroneous state", and that blamed the operator whose output came
+    # next, or stopped the stage as a client failure (found in review).
+    app, _ = refusing(tmp_path / "1")
+    with pytest.raises(KafkaException) as raised:
+        app._produce("out", b"v", "k")
+    err = raised.value.args[0]
+    assert err.txn_requires_abort()
+    assert not err.fatal()
+    assert err.str() == (
+        "the transaction is to be aborted, a record refused: small[2]: Broker: Message size too large"
+    )
+    # No report served in time: said so, still to be aborted.
+    monkeypatch.setattr(app_module, "_REFUSAL_REASON_WAIT_S", 0.0)
+    app, _ = refusing(tmp_path / "2", reported=False)
+    with pytest.raises(KafkaException) as raised:
+        app._produce("out", b"v", "k")
+    err = raised.value.args[0]
+    assert err.txn_requires_abort()
+    assert "Erroneous state (the client reported no record refused)" in err.str()
+
+
+def test_a_refused_record_is_aborted_and_processed_again_then_stops_the_application_naming_it(
+    tmp_path: Path,
+) -> None:
+    app, producer = refusing(tmp_path)
+    for n in range(1, app_module._MAX_ABORTED_CHECKPOINTS + 1):
+        producer.reported = True
+        with pytest.raises(KafkaException) as raised:
+            app._produce("out", b"v", "k")
+        assert app._retried_after_refusal(raised.value)
+        assert (app._lost, app._in_txn, app._aborted_checkpoints) == (True, False, n)
+        assert app._delivery_errors == []  # (the aborted transaction's: forgotten)
+        app._lost = False
+        app._in_txn = True
+    producer.reported = True
+    with pytest.raises(KafkaException) as raised:
+        app._produce("out", b"v", "k")
+    with pytest.raises(
+        PipelineError, match=r"checkpoint failed: .*small\[2\]: Broker: Message size too large"
+    ):
+        app._retried_after_refusal(raised.value)
+    assert producer.calls.count("abort") == app_module._MAX_ABORTED_CHECKPOINTS
+    # Not a refusal: not this path's.
+    assert not app._retried_after_refusal(KafkaException(REFUSED))
+
+
+class Emitting(Nothing):
+    id = "emitting"
+
+    def process(self, batch: Any, ctx: Context) -> None:
+        ctx.emit("out", batch[0].event)
+
+
+class EmittingLettered(Emitting):
+    id = "emitting-lettered"
+    dead_letter_errors = True
+
+
+@pytest.mark.parametrize("operator", [Emitting, EmittingLettered])
+def test_an_operator_is_not_blamed_for_a_refused_record_nor_its_record_dead_lettered(
+    tmp_path: Path, operator: type[Emitting]
+) -> None:
+    # Blamed, the stage stopped with "operator 'x' failed ... Erroneous state"; an operator that
+    # dead-letters its errors took it for the record's failure, and its letter failed the same
+    # way (a client failure).  Raised as it is, the loop aborts and processes again.
+    op = operator()
+    app, producer = refusing(tmp_path, operators=[op])
+    task = _PartitionTask(0)
+    task.contexts = [(op, _KafkaContext(app, task, op))]
+    app._tasks[0] = task
+    event = Login(event_id="e1", source="t", occurred_at=utcnow())
+    with pytest.raises(KafkaException) as raised:
+        app._call_operators({0: [Record(event, "in", 0, 0, None, 0)]})
+    assert raised.value.args[0].txn_requires_abort()
+    assert producer.calls == ["produce"]  # (no dead letter tried)
+    assert app.metrics.dead_lettered == 0

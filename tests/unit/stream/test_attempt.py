@@ -6,6 +6,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
 from vigil.events.base import Event
 from vigil.events.types import Login
 from vigil.stream.attempt import Attempt, attempt
@@ -60,6 +63,32 @@ def test_a_send_that_fails_fails_the_record_and_puts_its_state_back() -> None:
     assert error == "ValueError: message too large"
     assert sink.state_.get("n") == 0
     assert sink.sent == ["a"]  # sent before the failure: at least once, as when sent at once
+
+
+def test_a_send_refused_for_the_transaction_is_raised_not_the_records_failure() -> None:
+    # An earlier record the broker refused leaves the transaction to be aborted: the runtime
+    # aborts and processes again; dead-lettered, the record was lost with the transaction.
+    sink = Sink()
+    sink.state_.set("n", 0)
+    refused = KafkaException(KafkaError(KafkaError._STATE, "to be aborted", txn_requires_abort=True))
+
+    def process(batch: Sequence[Record[Any]], ctx: Context) -> None:
+        state = ctx.state(STORE)
+        state.set("n", state.get("n") + 1)
+        raise refused
+
+    rec: Record[Any] = Record(Login(event_id="e1", source="t", occurred_at=T0), "in", 0, 0, None, 0)
+    with pytest.raises(KafkaException) as raised:
+        attempt(process, rec, Attempt(sink))
+    assert raised.value is refused
+    assert sink.state_.get("n") == 0  # (put back first)
+    # Any other Kafka error is the record's.
+    other = KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large"))
+
+    def fails(batch: Sequence[Record[Any]], ctx: Context) -> None:
+        raise other
+
+    assert attempt(fails, rec, Attempt(sink)) == f"KafkaException: {other}"
 
 
 def test_a_value_changed_in_place_in_a_way_equality_misses_is_put_back() -> None:
