@@ -14,6 +14,7 @@ of connector parsing that need no broker.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 import time
@@ -36,6 +37,8 @@ from vigil.hub.client import (
 )
 from vigil.hub.raw import RawRecord
 from vigil.hub.topics import RAW_RECORD_MAX_BYTES, TOPIC_NAME, TOPIC_NAME_MAX, TopicSpec
+
+log = logging.getLogger(__name__)
 
 #: Each source's cursors go to a compacted topic of its own, ``vigil.cursors.<source id>``:
 #: Kafka ACLs cannot scope a write by key, so with one shared topic any connector's principal
@@ -179,13 +182,21 @@ class KafkaRawSink:
             self._cursor_topics_ready.add(topic)
         return topic
 
-    def prepare(self) -> None:
+    def prepare(self) -> bool:
         """Start the transactional producer now, not at the first publish: it fences an older
         instance of the source at once, and a receiver's first delivery does not wait for it (on
         a fresh broker, a start took longer than a webhook's ``publish_timeout_s``, and that
-        delivery was answered 503).  Raises :class:`BrokerError` as a publish would."""
-        with self._lock:
-            self._ensure_producer(self._source_id or "")
+        delivery was answered 503).  Best effort: a broker that cannot start a transaction yet
+        is said (a warning) and the first publish tries again, as before, so a connector still
+        starts without Kafka (syslog buffers, a webhook answers 503 for a retry).  Whether the
+        producer started."""
+        try:
+            with self._lock:
+                self._ensure_producer(self._source_id or "")
+        except BrokerError as exc:
+            log.warning("%s; the first publish tries again", exc)
+            return False
+        return True
 
     def _step(self, deadline: float | None) -> float:
         """How long one call to Kafka may wait: the sink's timeout, or less to keep a deadline

@@ -2519,7 +2519,10 @@ class Application:
         _note_fatal(self._state_fatal_errors, err)
 
     def _checkpoint_failed(self, exc: KafkaException) -> PipelineError:
-        msg = f"application {self.name!r}: checkpoint failed: {exc.args[0]}{self._missing_outputs()}"
+        err = kafka_error(exc)
+        # A refusal's own text (_refused), not the KafkaError's repr around it: it names the record.
+        detail = err.str() if err is not None and _requires_abort(exc) else exc.args[0]
+        msg = f"application {self.name!r}: checkpoint failed: {detail}{self._missing_outputs()}"
         refused = self._state_delivery_errors
         if refused and refused[0] not in msg:  # (named already by a refusal's error: _refused)
             msg += f"; {len(refused)} changelog records refused, the first: {refused[0]}"

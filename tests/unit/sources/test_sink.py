@@ -207,3 +207,36 @@ def test_a_mapped_cursor_topic_starts_with_the_ids_readable_part() -> None:
     # keeps that prefix.
     assert cursor_topic("ethereum node 2").startswith("vigil.cursors.ethereum_node_2-")
     assert cursor_topic("ethereum " + "z" * 400).startswith("vigil.cursors.ethereum_zzz")
+
+
+def test_prepare_with_the_broker_down_says_so_and_the_connector_still_starts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Prepared at a source's start: raised, it stopped the connector before it listened (syslog
+    # buffers while Kafka is away, a webhook answers 503 for a retry), and `vigil run` with it.
+    from vigil.cli.source import run_connector
+    from vigil.sources.syslog import SyslogSource
+
+    settings = load_settings(kafka_bootstrap=f"127.0.0.1:{free_port_block(1)}")
+    sink = KafkaRawSink(settings, source_id="syslog-nobody-home", timeout_s=1)
+    source = SyslogSource(udp_port=0, tcp_port=None, flush_interval=0.05, drain_timeout=0)
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_connector(source, sink)
+        except BaseException as exc:  # asserted below
+            raised.append(exc)
+
+    with caplog.at_level("WARNING", logger="vigil.sources.sink"):
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        try:
+            assert source.ready.wait(20), f"the connector did not start: {raised}"
+        finally:
+            source.stop()
+            thread.join(30)
+    assert not thread.is_alive()
+    assert raised == []
+    assert any("cannot start a Kafka transaction" in r.getMessage() for r in caplog.records)
+    sink.close()
