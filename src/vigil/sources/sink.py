@@ -153,7 +153,7 @@ class KafkaRawSink:
                 },
             )
             try:
-                producer.init_transactions(self._step(deadline))
+                producer.init_transactions(_wait_s(self._timeout, deadline))
             except KafkaException as exc:
                 msg = f"source {self._source_id!r}: cannot start a Kafka transaction: {exc.args[0]}"
                 # Not kept by the error: its traceback holds this frame, and a caller that keeps
@@ -197,13 +197,6 @@ class KafkaRawSink:
             log.warning("%s; the first publish tries again", exc)
             return False
         return True
-
-    def _step(self, deadline: float | None) -> float:
-        """How long one call to Kafka may wait: the sink's timeout, or less to keep a deadline
-        (a little at least, so that an abort is still asked for once the time is up)."""
-        if deadline is None:
-            return self._timeout
-        return min(self._timeout, max(_LEAST_STEP_S, deadline - time.monotonic()))
 
     def publish(
         self,
@@ -252,7 +245,7 @@ class KafkaRawSink:
                 _commit_transaction(producer, self._timeout, deadline)
             except (KafkaException, BufferError) as exc:
                 detail = exc.args[0] if exc.args else exc
-                aborted = _abort(producer, self._step(deadline))
+                aborted = _abort(producer, _wait_s(self._timeout, deadline))
                 # Dropped either way: the next publish re-initialises, and Kafka aborts whatever
                 # was left open.  After a record the broker refused (too large for its topic) the
                 # aborted producer's sequence numbers no longer lined up, and every later publish
@@ -370,14 +363,22 @@ def _produce(producer: Any, topic: str, deadline: float | None, **record: Any) -
             producer.poll(1)  # delivery reports free the queue
 
 
+def _wait_s(timeout_s: float, deadline: float | None) -> float:
+    """How long one call to Kafka may wait: ``timeout_s``, or less to keep ``deadline``
+    (``time.monotonic``; a little at least, so that an abort is still asked for once the time is
+    up)."""
+    if deadline is None:
+        return timeout_s
+    return min(timeout_s, max(_LEAST_STEP_S, deadline - time.monotonic()))
+
+
 def _commit_transaction(producer: Any, timeout_s: float, deadline: float | None = None) -> None:
     """Commit, asking again while the error is retriable: a commit that timed out is finished
     by calling commit again, and aborting it instead threw away a batch that may commit.  Each
     try waits at most ``timeout_s``, and none starts past ``deadline`` if given."""
     for attempt in range(3):
-        wait = timeout_s if deadline is None else min(timeout_s, deadline - time.monotonic())
         try:
-            producer.commit_transaction(max(_LEAST_STEP_S, wait))
+            producer.commit_transaction(_wait_s(timeout_s, deadline))
             return
         except KafkaException as exc:
             err = kafka_error(exc)
