@@ -164,7 +164,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
@@ -209,6 +209,7 @@ from vigil.hub.topics import TOPIC_NAME, TOPIC_NAME_MAX, TOPICS, TopicSpec
 from vigil.stream.alignment import REPLAY_BEHIND_S, TP, Alignment
 from vigil.stream.attempt import Attempt, attempt
 from vigil.stream.base import Guarantee, Operator, Record, State, StoreSpec, shared_stores
+from vigil.stream.calls import CallThread
 from vigil.stream.changelog import (
     CHANGELOG_MAX_BYTES,
     STATE_RECORD_MAX_BYTES,
@@ -312,6 +313,11 @@ def _out_of_reach(exc: KafkaException) -> bool:
     transaction only an abort clears (records not taken in time), and not fatal."""
     err = kafka_error(exc)
     return err is not None and not err.fatal() and (err.retriable() or err.txn_requires_abort())
+
+
+def _not_returned(text: str) -> KafkaException:
+    """A transactional call's wait given up (see Application._waited), as a timeout: retriable."""
+    return KafkaException(KafkaError(KafkaError._TIMED_OUT, text, fatal=False, retriable=True))
 
 
 def _requires_abort(exc: KafkaException) -> bool:
@@ -552,6 +558,15 @@ _RETRY_TXN_CALL_S = 300.0
 _RETRY_TXN_PAUSE_S = 0.5
 #: How long such a call waits once the application is stopping.
 _STOPPING_CALL_S = 10.0
+#: A transactional call made on the committer thread (see vigil.stream.calls) is waited for in
+#: slices this long; past its own timeout and this margin it is said to wait for the broker,
+#: once every so often.
+_CALL_SLICE_S = 0.5
+_OVERDUE_MARGIN_S = 5.0
+_OVERDUE_SAY_EVERY_S = 60.0
+#: At-least-once: a seal's commit on the committer thread, two calls (offsets, then the commit),
+#: each of which may wait ``_TIMEOUT``.
+_COMMIT_S = 2 * _TIMEOUT
 #: Checkpoints aborted in a row (their transaction failed, abortable, see
 #: Application._aborted_to_retry), with no commit between, before the application stops.
 _MAX_ABORTED_CHECKPOINTS = 3
@@ -784,7 +799,8 @@ class _Seal:
 
 
 class _Committing:
-    """At-least-once with state: a seal's transaction committing on the committer thread."""
+    """At-least-once with state: a seal's transaction committing on the committer thread
+    (``began``: wall time, before the commit; ``asked_at``: monotonic, when it was submitted)."""
 
     def __init__(
         self, future: Future[None], offsets: list[TopicPartition], writes: _Writes, began: float
@@ -793,6 +809,7 @@ class _Committing:
         self.offsets = offsets
         self.writes = writes
         self.began = began
+        self.asked_at = time.monotonic()
 
 
 class _PendingWrite:
@@ -1332,10 +1349,14 @@ class Application:
         self._sealed: deque[tuple[float, list[TopicPartition], _Writes]] = deque()
         #: At-least-once: the checkpoint whose writes are being encoded and sent (see _seal).
         self._sealing: _Seal | None = None
-        #: At-least-once with state: the seal whose transaction is committing, and the thread
-        #: that commits it (see _start_commit).
+        #: At-least-once with state: the seal whose transaction is committing (see _start_commit).
         self._committing: _Committing | None = None
-        self._committer: ThreadPoolExecutor | None = None
+        #: The thread of the transactional producer's blocking calls (see vigil.stream.calls);
+        #: a call given up on it while stopping, maybe still waiting for the broker; when the
+        #: wait for one was last said (_say_overdue).
+        self._committer: CallThread | None = None
+        self._given_up: Future[None] | None = None
+        self._overdue_said_at = -_OVERDUE_SAY_EVERY_S
         #: State writes Kafka has, waiting for RocksDB (see _write_step).
         self._writes: deque[_PendingWrite] = deque()
         #: Wall time as of which the owned stores are known current with their changelogs: the
@@ -1552,6 +1573,9 @@ class Application:
         transactional = self.exactly_once or bool(self.stores)
         if transactional and self._slot is not None:
             self.instance_id = default_instance_id(self.settings.home, self._slot.acquire())
+        if transactional:
+            self._committer = CallThread(f"{self.name}-commit")
+            self._given_up = None
 
         def producer(
             timeout_s: float | None = None, message_timeout_s: float | None = None, of_state: bool = False
@@ -1595,7 +1619,6 @@ class Application:
             self._state_producer = self._new_producer()
             overridden = self._producer_overrides.get("transaction.timeout.ms")
             self._txn_timeout_s = state_timeout if overridden is None else float(overridden) / 1000
-            self._committer = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-commit")
         consumer_settings = self.consumer_settings()
         self._from_the_end = reads_from_the_end(consumer_settings)
         if self.peer_skew_s is not None:
@@ -1662,7 +1685,7 @@ class Application:
         finally:
             self._settle_quietly()  # (a revocation while closing may have started one)
             if self._committer is not None:
-                self._committer.shutdown()
+                self._committer.close()  # (not waited for: a call given up may wait for the broker)
                 self._committer = None
             if self._peers is not None:
                 self._peers.close()  # (its words stay: the partitions' next owners say them again)
@@ -2961,8 +2984,12 @@ class Application:
         may not be for long: then, once the oldest sealed checkpoint is older than
         ``max(1 s, 5 checkpoint intervals)`` (:func:`ack_wait_s`), or when ``sync``, the loop waits
         for a flush."""
-        if self._committing is not None:
-            if not sync and not self._committing.future.done():
+        committing = self._committing
+        if committing is not None:
+            if not sync and not committing.future.done():
+                waited = time.monotonic() - committing.asked_at
+                if waited >= _COMMIT_S + _OVERDUE_MARGIN_S:
+                    self._say_overdue("the checkpoint's commit", waited, _COMMIT_S)
                 return
             if not self._settle_commit():
                 return  # refused: what was processed since is processed again (see _rewind)
@@ -3083,7 +3110,7 @@ class Application:
         if committing is None:
             return True
         try:
-            committing.future.result()
+            self._waited(committing.future, "the checkpoint's commit", _COMMIT_S, committing.asked_at)
         except KafkaException as exc:
             if (
                 self._group_moved_on(exc)
@@ -3109,7 +3136,11 @@ class Application:
         if committing is None:
             return
         self._committing = None
-        error = committing.future.exception()
+        error: BaseException | None = None
+        try:
+            self._waited(committing.future, "the checkpoint's commit", _COMMIT_S, committing.asked_at)
+        except Exception as exc:  # (said below)
+            error = exc
         if error is None:
             self._in_txn = False
             self._queue_writes(committing.writes)
@@ -3132,9 +3163,12 @@ class Application:
             if offsets:
                 metadata = consumer.consumer_group_metadata()
                 self._retrying(
-                    lambda: producer.send_offsets_to_transaction(offsets, metadata, self._txn_call_s())
+                    lambda: self._txn_call(
+                        "send_offsets_to_transaction",
+                        lambda timeout: producer.send_offsets_to_transaction(offsets, metadata, timeout),
+                    )
                 )
-            self._retrying(lambda: producer.commit_transaction(self._txn_call_s()))
+            self._retrying(lambda: self._txn_call("commit_transaction", producer.commit_transaction))
             self._in_txn = False
             self._txn_began = None
             self._renewals = 0
@@ -3175,6 +3209,57 @@ class Application:
                     raise
                 log.warning("application %s: checkpoint: %s; trying again", self.name, err)
                 time.sleep(_RETRY_TXN_PAUSE_S)  # (a failure at once, "after 0ms", is not tried in a spin)
+
+    def _txn_call(self, what: str, call: Callable[[float], None]) -> None:
+        """Make one blocking call of the transactional producer, ``call`` given its timeout, on
+        the committer thread (see vigil.stream.calls) and wait for it (:meth:`_waited`); here,
+        with no such thread (not running).  While a call given up is still waiting for the
+        broker, the next fails at once, as one the broker did not answer in time."""
+        timeout_s = self._txn_call_s()
+        committer = self._committer
+        if committer is None:
+            call(timeout_s)
+            return
+        given_up = self._given_up
+        if given_up is not None and not given_up.done():
+            msg = f"{what}: an earlier call given up still waits for the broker"
+            raise _not_returned(msg)
+        self._waited(committer.submit(lambda: call(timeout_s)), what, timeout_s, time.monotonic())
+
+    def _waited(self, future: Future[None], what: str, timeout_s: float, began: float) -> None:
+        """Wait for ``future``, of a call made on the committer thread at ``began`` (monotonic),
+        and raise what the call raised.  Past its timeout, ``timeout_s``, and a margin, the
+        client waits for the broker whatever the timeout said (see vigil.stream.calls): said
+        once a minute, and waited for (the outage ridden out), unless the application is
+        stopping: then the call is given up ``_STOPPING_CALL_S`` after it began, raised as a
+        retriable timeout, so the checkpoint is left to the next start (_abandoned_stopping)."""
+        while True:
+            try:
+                future.result(timeout=_CALL_SLICE_S)
+                return
+            except TimeoutError:
+                pass
+            waited = time.monotonic() - began
+            if self._stop.is_set() and waited >= _STOPPING_CALL_S:
+                self._given_up = future
+                msg = f"{what} has not returned in {waited:.0f} s; given up, stopping"
+                raise _not_returned(msg)
+            if waited >= timeout_s + _OVERDUE_MARGIN_S:
+                self._say_overdue(what, waited, timeout_s)
+
+    def _say_overdue(self, what: str, waited: float, timeout_s: float) -> None:
+        now = time.monotonic()
+        if now - self._overdue_said_at < _OVERDUE_SAY_EVERY_S:
+            return
+        self._overdue_said_at = now
+        log.warning(
+            "application %s: checkpoint: %s has not returned in %.0f s, past its %g s timeout: "
+            "the client waits for the broker to answer (out of reach?); waiting for the broker",
+            self.name,
+            what,
+            waited,
+            timeout_s,
+        )
 
     def _abandoned_stopping(self, why: str) -> bool:
         """Whether the application is stopping, so a checkpoint the broker could not take (out of
@@ -3410,7 +3495,7 @@ class Application:
     def _try_abort(self, producer: Producer, attempts: int) -> None:
         for tried in range(1, attempts + 1):
             try:
-                producer.abort_transaction(self._txn_call_s())
+                self._txn_call("abort_transaction", producer.abort_transaction)
                 return
             except KafkaException as exc:
                 err = kafka_error(exc)

@@ -1,0 +1,192 @@
+"""A transactional call that does not keep its timeout (librdkafka's commit, its request on its
+way when the broker went, waits until the broker is back): made on the committer thread, the
+loop says what it waits for and, stopping, gives it up (with stand-ins for the clients; a real
+outage: tests/integration/stream/test_outage.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaException
+from tests.unit.stream.offline import offline_app
+from tests.unit.stream.test_app_checkpoint_retry import OFFSETS, Group, Transactional, in_transaction
+
+import vigil.stream.app as app_module
+from vigil.stream.app import Application, _Committing
+from vigil.stream.calls import CallThread
+
+OVERDUE = "waiting for the broker"
+
+
+class Held(Transactional):
+    """A transactional producer whose commit waits until ``released``, whatever its timeout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = threading.Event()
+        self.holding = threading.Event()
+        self.thread: str | None = None
+
+    def commit_transaction(self, timeout: float) -> None:
+        self.thread = threading.current_thread().name
+        self.holding.set()
+        self.released.wait(30)  # (bounded: a failing test must not hang the run)
+        super().commit_transaction(timeout)
+
+
+@pytest.fixture(autouse=True)
+def _short(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(app_module, "_TIMEOUT", 0.2)  # (what each call is given)
+    monkeypatch.setattr(app_module, "_OVERDUE_MARGIN_S", 0.1)
+    monkeypatch.setattr(app_module, "_CALL_SLICE_S", 0.02)
+    monkeypatch.setattr(app_module, "_STOPPING_CALL_S", 0.5)
+
+
+@pytest.fixture
+def held(tmp_path: Path) -> Iterator[tuple[Application, Held]]:
+    producer = Held()
+    app = in_transaction(tmp_path, producer)
+    app._committer = CallThread("a-commit")
+    yield app, producer
+    producer.released.set()
+    app._committer.close()
+
+
+def in_thread(target: object) -> tuple[threading.Thread, list[object]]:
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(target())  # type: ignore[operator]
+        except BaseException as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def said(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+def test_a_commit_past_its_timeout_is_said_and_waited_for_until_it_returns(
+    held: tuple[Application, Held], caplog: pytest.LogCaptureFixture
+) -> None:
+    app, producer = held
+    with caplog.at_level("WARNING", logger="vigil.stream.app"):
+        thread, out = in_thread(lambda: app._commit_txn(OFFSETS, Group()))  # type: ignore[arg-type]
+        assert producer.holding.wait(10)
+        deadline = time.monotonic() + 10
+        while not said(caplog, OVERDUE) and time.monotonic() < deadline:
+            time.sleep(0.02)  # poll interval; the log line is what is waited for
+        assert thread.is_alive()  # (still waiting for the call: an outage is ridden out)
+        producer.released.set()
+        thread.join(10)
+    assert out == [True]
+    assert producer.thread == "a-commit"  # (made on the committer thread, not the loop's)
+    assert producer.calls == ["send_offsets", "commit"]
+    (line,) = said(caplog, OVERDUE)  # (once a minute at most)
+    assert "commit_transaction has not returned in" in line
+    assert "past its 0.2 s timeout" in line
+    assert not app._in_txn
+
+
+def test_stopping_while_a_commit_waits_past_its_timeout_gives_it_up(
+    held: tuple[Application, Held], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Made on the loop's thread, the commit held a stop until the broker was back (found in CI:
+    # an exactly-once stage silent for the whole outage and not stopped 30 s after it was asked).
+    app, producer = held
+    with caplog.at_level("WARNING", logger="vigil.stream.app"):
+        thread, out = in_thread(lambda: app._commit_txn(OFFSETS, Group()))  # type: ignore[arg-type]
+        assert producer.holding.wait(10)
+        app.stop()
+        thread.join(10)
+        assert not thread.is_alive()
+    assert out == [False]  # given up, not raised: the next start processes it again
+    assert (app._lost, app._in_txn, app._abandoned) == (True, False, True)
+    # The abort was not queued behind the commit given up (still held): it failed at once, said.
+    assert producer.calls == ["send_offsets"]
+    assert said(caplog, "stopping with the last checkpoint not committed")
+    assert said(caplog, "an earlier call given up still waits for the broker")
+    # The commit returns once the broker answers; the thread is free for the next call.
+    producer.released.set()
+    assert app._given_up is not None
+    app._given_up.result(10)
+    app._txn_call("abort_transaction", producer.abort_transaction)
+    assert producer.calls == ["send_offsets", "commit", "abort"]
+
+
+def test_at_least_once_a_seal_commit_on_its_way_is_given_up_when_stopping(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = offline_app(tmp_path, "at_least_once", stateful=True)
+    release = threading.Event()
+    committer = CallThread("a-commit")
+    app._committer = committer
+    try:
+
+        def held() -> None:
+            release.wait(30)  # (bounded: a failing test must not hang the run)
+
+        future = committer.submit(held)
+        app._committing = _Committing(future, OFFSETS, [], time.time())
+        app.stop()
+        began = time.monotonic()
+        with caplog.at_level("WARNING", logger="vigil.stream.app"):
+            app._settle_quietly()
+        assert time.monotonic() - began < 5
+        assert app._committing is None
+        assert said(caplog, "the checkpoint being committed failed too")
+    finally:
+        release.set()
+        committer.close()
+
+
+def test_the_call_thread_gives_each_call_its_outcome_in_order() -> None:
+    calls = CallThread("t")
+    seen: list[int] = []
+    try:
+        first = calls.submit(lambda: seen.append(1))
+
+        def fail() -> None:
+            raise KafkaException("refused")
+
+        second = calls.submit(fail)
+        third = calls.submit(lambda: seen.append(3))
+        assert first.result(10) is None
+        with pytest.raises(KafkaException, match="refused"):
+            second.result(10)
+        assert third.result(10) is None
+        assert seen == [1, 3]
+    finally:
+        calls.close()
+    closed: Future[None] = calls.submit(lambda: None)  # (after close: never made)
+    calls._thread.join(10)
+    assert not calls._thread.is_alive()
+    assert not closed.done()
+
+
+def test_at_least_once_a_seal_commit_past_its_time_is_said_while_the_loop_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The loop does not wait for a seal's commit (it goes on processing); one the client holds
+    # past its time was silent for the whole outage.
+    app = offline_app(tmp_path, "at_least_once", stateful=True)
+    pending: Future[None] = Future()
+    app._committing = _Committing(pending, OFFSETS, [], time.time())
+    with caplog.at_level("WARNING", logger="vigil.stream.app"):
+        app._complete_epochs()
+        assert not said(caplog, OVERDUE)  # (just submitted)
+        app._committing.asked_at -= app_module._COMMIT_S + 1.0
+        app._complete_epochs()
+        app._complete_epochs()
+    (line,) = said(caplog, OVERDUE)  # (once a minute at most)
+    assert "the checkpoint's commit has not returned in" in line
+    assert app._committing is not None  # (still on its way: settled once it returns)
