@@ -320,6 +320,12 @@ def _not_returned(text: str) -> KafkaException:
     return KafkaException(KafkaError(KafkaError._TIMED_OUT, text, fatal=False, retriable=True))
 
 
+def _text(exc: KafkaException) -> str:
+    """A client error's own text, not the KafkaError's repr around it."""
+    err = kafka_error(exc)
+    return err.str() if err is not None else str(exc)
+
+
 def _requires_abort(exc: KafkaException) -> bool:
     """Whether a call failed because the open transaction is one only an abort clears (a record
     the broker refused: see Application._refused), the client not failed."""
@@ -564,6 +570,8 @@ _STOPPING_CALL_S = 10.0
 _CALL_SLICE_S = 0.5
 _OVERDUE_MARGIN_S = 5.0
 _OVERDUE_SAY_EVERY_S = 60.0
+#: The one short abort of a checkpoint given up when stopping (see _abandoned_stopping).
+_ABANDON_ABORT_S = 2.0
 #: At-least-once: a seal's commit on the committer thread, two calls (offsets, then the commit),
 #: each of which may wait ``_TIMEOUT``.
 _COMMIT_S = 2 * _TIMEOUT
@@ -1444,7 +1452,21 @@ class Application:
         try:
             # (See vigil.stream.collector: process-wide, put back on return.)
             with collecting_young(self.gc_young) as collector:
-                self._setup()
+                try:
+                    self._setup()
+                except KafkaException as exc:
+                    # (Its calls ask the broker: out of reach, a raw client error came out of run().)
+                    if self._stop.is_set():
+                        log.warning("application %s: stopped while starting: %s", self.name, _text(exc))
+                        return
+                    where = self.settings.kafka_bootstrap or (
+                        f"{self.settings.broker_host}:{self.settings.broker_port}"
+                    )
+                    msg = (
+                        f"application {self.name!r}: starting: {_text(exc)} (is the Kafka cluster "
+                        f"at {where} up and reachable?)"
+                    )
+                    raise PipelineError(msg) from exc
                 try:
                     self._loop(collector)
                     # Inside: a final checkpoint that fails (deliveries refused) must not be
@@ -3007,10 +3029,10 @@ class Application:
                     waited = time.monotonic() - self._sealed[0][0]
                     if not sync and waited < ack_wait_s(self.checkpoint_interval_s):
                         return
-                    remaining = producer.flush(self._txn_call_s())
+                    remaining, waited = self._flushed(producer, self._txn_call_s())
                     if remaining:
                         missing = self._missing_outputs()
-                        what = f"{remaining} records not acknowledged in {self._txn_call_s():g}s"
+                        what = f"{remaining} records not acknowledged in {waited:.0f} s"
                         if not missing and self._abandoned_stopping(what):
                             return
                         if sync or missing:
@@ -3070,6 +3092,20 @@ class Application:
                         msg = f"application {self.name!r}: committing offsets failed: {exc.args[0]}"
                         raise PipelineError(msg) from exc
             self._queue_writes(writes)
+
+    def _flushed(self, producer: Producer, timeout_s: float) -> tuple[int, float]:
+        """``producer.flush(timeout_s)`` in slices, ended ``_STOPPING_CALL_S`` after it began
+        once the application is stopping (in one call, a stop during an outage waited for the
+        whole timeout, found in review); the records still unacknowledged, and the seconds it
+        waited."""
+        began = time.monotonic()
+        while True:
+            limit = _STOPPING_CALL_S if self._stop.is_set() else timeout_s
+            left = limit - (time.monotonic() - began)
+            remaining = int(producer.flush(max(0.0, min(_CALL_SLICE_S, left))))
+            waited = time.monotonic() - began
+            if not remaining or waited >= (_STOPPING_CALL_S if self._stop.is_set() else timeout_s):
+                return remaining, waited
 
     def _start_commit(self, offsets: list[TopicPartition], writes: _Writes, consumer: Consumer) -> None:
         """Commit a seal's transaction (its changelog records and input ``offsets``) on the
@@ -3210,12 +3246,13 @@ class Application:
                 log.warning("application %s: checkpoint: %s; trying again", self.name, err)
                 time.sleep(_RETRY_TXN_PAUSE_S)  # (a failure at once, "after 0ms", is not tried in a spin)
 
-    def _txn_call(self, what: str, call: Callable[[float], None]) -> None:
-        """Make one blocking call of the transactional producer, ``call`` given its timeout, on
-        the committer thread (see vigil.stream.calls) and wait for it (:meth:`_waited`); here,
-        with no such thread (not running).  While a call given up is still waiting for the
-        broker, the next fails at once, as one the broker did not answer in time."""
-        timeout_s = self._txn_call_s()
+    def _txn_call(self, what: str, call: Callable[[float], None], timeout_s: float | None = None) -> None:
+        """Make one blocking call of the transactional producer, ``call`` given its timeout
+        (``timeout_s``, else :meth:`_txn_call_s`), on the committer thread (see
+        vigil.stream.calls) and wait for it (:meth:`_waited`); here, with no such thread (not
+        running).  While a call given up is still waiting for the broker, the next fails at
+        once, as one the broker did not answer in time."""
+        timeout_s = self._txn_call_s() if timeout_s is None else timeout_s
         committer = self._committer
         if committer is None:
             call(timeout_s)
@@ -3278,7 +3315,9 @@ class Application:
         self._abandoned = True
         # One short try: a broker that answers (records timed out on one partition alone) lets
         # the transaction go now, not at its timeout, which held up the partitions' next owner.
-        self._abort_txn(quiet=True)
+        # (Short: the broker has just not answered; given _STOPPING_CALL_S, a stop during an
+        # outage waited that much longer, found in review.)
+        self._abort_txn(quiet=True, timeout_s=_ABANDON_ABORT_S)
         self._start_over()
         return True
 
@@ -3424,15 +3463,18 @@ class Application:
             raise PipelineError(msg) from again
         self._in_txn = False
         self._txn_began = None
-        # (The old producer's reports are never served: its records were in the aborted
-        # transaction.  At-least-once, the producer of outputs stays, and its reports with it.)
+        self._forget_reports()
+        return True
+
+    def _forget_reports(self) -> None:
+        """A renewed producer's predecessor's reports are never served: its records were in the
+        aborted transaction.  (At-least-once, the producer of outputs stays, and its reports.)"""
         if self._eos:
             self._delivery_errors.clear()
             self._fatal_errors.clear()
         else:
             self._state_delivery_errors.clear()
             self._state_fatal_errors.clear()
-        return True
 
     def _set_txn_producer(self, producer: Producer | None) -> None:
         if self._eos:
@@ -3449,7 +3491,7 @@ class Application:
         self._discard_pending()
         self._lost = True
 
-    def _abort_txn(self, *, quiet: bool = False) -> None:
+    def _abort_txn(self, *, quiet: bool = False, timeout_s: float | None = None) -> None:
         """Abort the open transaction, trying again while the client calls the failure retriable
         (the broker slow to answer), as librdkafka asks.  Another failure stops the application
         naming it (``quiet``: on the way out after another error, it is logged instead): the
@@ -3461,7 +3503,7 @@ class Application:
             return
         aborted = False
         try:
-            self._try_abort(producer, 1 if quiet else _ABORT_ATTEMPTS)
+            self._try_abort(producer, 1 if quiet else _ABORT_ATTEMPTS, timeout_s)
             aborted = True
         except KafkaException as exc:
             # A lost assignment after a stall past the transaction's timeout: the broker aborted
@@ -3492,10 +3534,10 @@ class Application:
             current.poll(0)
             self._delivery_errors.clear()
 
-    def _try_abort(self, producer: Producer, attempts: int) -> None:
+    def _try_abort(self, producer: Producer, attempts: int, timeout_s: float | None = None) -> None:
         for tried in range(1, attempts + 1):
             try:
-                self._txn_call("abort_transaction", producer.abort_transaction)
+                self._txn_call("abort_transaction", producer.abort_transaction, timeout_s)
                 return
             except KafkaException as exc:
                 err = kafka_error(exc)
@@ -3508,6 +3550,46 @@ class Application:
                     attempts,
                     err,
                 )
+                if self._abort_renewed(producer):
+                    return
+
+    def _abort_renewed(self, producer: Producer) -> bool:
+        """Whether, an abort of ``producer`` having failed for want of the broker with the
+        transaction open past its timeout (so the broker has aborted it itself), a new producer
+        of the same transactional id has taken over: its start ends whatever the old one left
+        open.  The old one may never send the abort again: in review, after a 120 s freeze of
+        the broker, every later try said "Timed out waiting for operation to finish" with the
+        broker back (its coordinator never found again), and the application stopped when
+        they ran out.  Not with an ``instance_id`` given (another process's, maybe: the same
+        rule as _expired); a new producer that cannot start yet leaves the old one to try
+        again."""
+        began, renew, current = self._txn_began, self._new_producer, self._txn_producer()
+        if (
+            renew is None
+            or self._slot is None
+            or began is None
+            or current is not producer  # (already renewed: nothing of the old one to end)
+            or self._committing is not None  # (at-least-once: still using it; settled first)
+            or _boot_clock() - began <= self._txn_timeout_s
+        ):
+            return False
+        try:
+            made = renew()
+        except KafkaException as exc:
+            log.warning("application %s: a new producer could not start either: %s", self.name, _text(exc))
+            return False
+        self._set_txn_producer(made)
+        with contextlib.suppress(KafkaException, RuntimeError):
+            current.purge(in_queue=True, in_flight=True, blocking=False)
+        log.warning(
+            "application %s: the transaction was open %.0f s, past its timeout (%.0f s): a new "
+            "producer has taken over, which ends it",
+            self.name,
+            _boot_clock() - began,
+            self._txn_timeout_s,
+        )
+        self._forget_reports()
+        return True
 
     def _update_gauges(self) -> None:
         now = time.monotonic()

@@ -260,3 +260,83 @@ def test_at_least_once_a_fatal_error_out_of_the_complete_steps_poll(tmp_path: Pa
         assert not renewed
         assert made == []
         assert app._sealed
+
+
+#: An abort the broker did not answer in time (librdkafka: try the call again to resume it).
+ABORT_TIMED_OUT = KafkaError(
+    KafkaError._TIMED_OUT, "Timed out waiting for operation to finish, retry call to resume", retriable=True
+)
+
+
+class Unanswered:
+    """A transactional producer whose aborts time out ``times`` times, then succeed."""
+
+    def __init__(self, times: int) -> None:
+        self.times = times
+        self.aborts = 0
+        self.purged = False
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.aborts += 1
+        if self.aborts <= self.times:
+            raise KafkaException(ABORT_TIMED_OUT)
+
+    def purge(self, **kw: object) -> None:
+        self.purged = True
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+
+def test_an_abort_unanswered_past_the_timeout_is_ended_by_a_new_producer(tmp_path: Path) -> None:
+    # After a 120 s freeze of the broker, the old producer's aborts timed out with the broker
+    # back, ten of them, and the application stopped (found in review).  The broker has aborted
+    # the transaction itself by then: a new producer of the same id takes over.
+    app, made = expired_app(tmp_path)
+    old = Unanswered(times=100)
+    app._producer = old  # type: ignore[assignment]
+    app._abort_txn()
+    assert old.aborts == 1
+    assert old.purged
+    assert app._producer is made[0]
+    assert (app._in_txn, app._txn_began) == (False, None)
+
+
+def test_an_abort_unanswered_within_the_timeout_is_tried_again_on_the_same_producer(tmp_path: Path) -> None:
+    app, made = expired_app(tmp_path)
+    app._txn_began = _boot_clock() - 1  # (open 1 s of its 30: the broker has not aborted it)
+    old = Unanswered(times=2)
+    app._producer = old  # type: ignore[assignment]
+    app._abort_txn()
+    assert (old.aborts, made) == (3, [])
+    assert app._producer is old
+
+
+def test_a_new_producer_that_cannot_start_yet_leaves_the_abort_to_the_old_one(tmp_path: Path) -> None:
+    app, made = expired_app(tmp_path)
+    starts: list[str] = []
+
+    def renew() -> Made:
+        starts.append("start")
+        if len(starts) == 1:  # (the broker still away)
+            raise KafkaException(
+                KafkaError(KafkaError._TIMED_OUT, "init_transactions timed out", retriable=True)
+            )
+        made.append(Made())
+        return made[-1]
+
+    app._new_producer = renew  # type: ignore[assignment]
+    old = Unanswered(times=100)
+    app._producer = old  # type: ignore[assignment]
+    app._abort_txn()
+    assert (old.aborts, len(starts)) == (2, 2)
+    assert app._producer is made[0]
+
+
+def test_with_an_instance_id_given_an_unanswered_abort_renews_nothing(tmp_path: Path) -> None:
+    # (The id may be a newer twin's: the same rule as for an expired transaction.)
+    app, made = expired_app(tmp_path, instance_id="t1")
+    old = Unanswered(times=3)
+    app._producer = old  # type: ignore[assignment]
+    app._abort_txn()
+    assert (old.aborts, made) == (4, [])

@@ -17,6 +17,7 @@ from tests.unit.stream.offline import offline_app
 from tests.unit.stream.test_app_checkpoint_retry import OFFSETS, Group, Transactional, in_transaction
 
 import vigil.stream.app as app_module
+from vigil.errors import PipelineError
 from vigil.stream.app import Application, _Committing
 from vigil.stream.calls import CallThread
 
@@ -190,3 +191,61 @@ def test_at_least_once_a_seal_commit_past_its_time_is_said_while_the_loop_goes_o
     (line,) = said(caplog, OVERDUE)  # (once a minute at most)
     assert "the checkpoint's commit has not returned in" in line
     assert app._committing is not None  # (still on its way: settled once it returns)
+
+
+class Unacknowledged:
+    """A producer whose records the broker never acknowledges."""
+
+    def __init__(self) -> None:
+        self.flushes: list[float] = []
+
+    def flush(self, timeout: float) -> int:
+        self.flushes.append(timeout)
+        time.sleep(timeout)  # (as the client waits for the broker)
+        return 7
+
+
+@pytest.mark.parametrize("stopping", [False, True])
+def test_a_flush_the_broker_does_not_answer_is_waited_in_slices(tmp_path: Path, stopping: bool) -> None:
+    # In one call, a stop during an outage waited for the whole flush (30 s; found in review).
+    app = offline_app(tmp_path, "at_least_once", stateful=True)
+    if stopping:
+        app.stop()
+    producer = Unacknowledged()
+    began = time.monotonic()
+    remaining, waited = app._flushed(producer, 1.5)  # type: ignore[arg-type]
+    took = time.monotonic() - began
+    assert remaining == 7
+    limit = 0.5 if stopping else 1.5  # (_STOPPING_CALL_S as patched, or the flush's own)
+    assert limit <= waited <= took < limit + 1.0
+    assert max(producer.flushes) <= 0.02 + 1e-9  # (slices of _CALL_SLICE_S as patched)
+
+
+def test_a_checkpoint_given_up_when_stopping_tries_its_abort_briefly(tmp_path: Path) -> None:
+    # Given _STOPPING_CALL_S, the abort waited 10 s more for the broker that had just not
+    # answered (found in review).
+    timeouts: list[float] = []
+
+    class Recording(Transactional):
+        def abort_transaction(self, timeout: float) -> None:
+            timeouts.append(timeout)
+            super().abort_transaction(timeout)
+
+    app = in_transaction(tmp_path, Recording())
+    app.stop()
+    assert app._abandoned_stopping("records not acknowledged")
+    assert timeouts == [app_module._ABANDON_ABORT_S]
+
+
+def test_a_start_the_broker_does_not_answer_fails_naming_where_it_looked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A raw KafkaException came out of run() (found in review).
+    app = offline_app(tmp_path)  # (its broker: 127.0.0.1:1, where nothing listens)
+    with pytest.raises(PipelineError, match=r"application 'a': starting: .*127\.0\.0\.1:1 up and reachable"):
+        app.run()
+    stopped = offline_app(tmp_path / "other")
+    stopped.stop()  # (as a SIGTERM while it waits for the broker)
+    with caplog.at_level("WARNING", logger="vigil.stream.app"):
+        stopped.run()
+    assert said(caplog, "stopped while starting")
