@@ -74,6 +74,9 @@ _HORIZON_MARGIN_S = 3600.0
 #: back from a restart is up to that old.  (An hour before: a store away for less was never
 #: checked, and on a changelog keeping deletions ten minutes kept keys deleted meanwhile.)
 _ASK_RETENTION_AWAY_S = 60.0
+#: How long a restore's start asks for its changelogs' leaders, all together (see
+#: Restorer._know_leaders: only a saving; a local broker answers in milliseconds).
+_LEADERS_ASK_S = 2.0
 #: The longest a transaction can stay open (Kafka's transaction.max.timeout.ms default, 15 min,
 #: and a minute for the coordinator to abort it): a restore waits that long for one to end.
 MAX_OPEN_TXN_S = 960.0
@@ -284,9 +287,16 @@ class Restorer:
         consumer = self._consumer
         if consumer is None:
             return
+        # One short budget for them all, and none asked after one had no answer: asked inside
+        # the assignment callback, a frozen broker held `consume` 10 s a topic, past the
+        # session's timeout, and the partitions were lost (found in review, 2026-12-06).
+        deadline = time.monotonic() + _LEADERS_ASK_S
         for topic in topics:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
             try:
-                consumer.list_topics(topic, timeout=10)
+                consumer.list_topics(topic, timeout=left)
             except KafkaException as exc:
                 log.info(
                     "restoring %s: no metadata for %s yet (%s); librdkafka looks it up itself",
@@ -294,6 +304,7 @@ class Restorer:
                     topic,
                     exc,
                 )
+                return
 
     @staticmethod
     def _too_old(task: RestoreTask, age: float | None, horizon: float) -> None:

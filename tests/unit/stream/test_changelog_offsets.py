@@ -15,6 +15,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from vigil.config import Settings
 from vigil.errors import PipelineError
 from vigil.hub import client
+from vigil.stream import changelog
 from vigil.stream.changelog import end_offsets
 
 
@@ -85,3 +86,36 @@ def test_other_errors_and_the_deadline_fail_naming_the_partition(consumers: Cons
         end_offsets(Settings(), [("app.changelog.s", 0)], time.monotonic() + 2.0)
     assert 2 < len(never.requests) < 100
     assert all(c.closed for c in consumers.made)
+
+
+class Silent:
+    """A consumer whose metadata requests wait out their timeout (a frozen broker), or answer."""
+
+    def __init__(self, answers: bool) -> None:
+        self.answers = answers
+        self.asked: list[tuple[str, float]] = []
+
+    def list_topics(self, topic: str, timeout: float) -> object:
+        self.asked.append((topic, timeout))
+        if self.answers:
+            return object()
+        time.sleep(timeout)
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT, "Broker transport failure"))
+
+
+@pytest.mark.parametrize("answers", [True, False])
+def test_the_leaders_are_asked_in_one_short_budget(monkeypatch: pytest.MonkeyPatch, answers: bool) -> None:
+    # Asked inside the assignment callback, 10 s a topic: a frozen broker held `consume` past
+    # the session's timeout and the partitions were lost (found in review).
+    monkeypatch.setattr(changelog, "_LEADERS_ASK_S", 0.3)
+    restorer = changelog.Restorer(Settings(), "a")
+    consumer = Silent(answers)
+    restorer._consumer = consumer  # type: ignore[assignment]
+    began = time.monotonic()
+    restorer._know_leaders(["t1", "t2", "t3"])
+    assert time.monotonic() - began < 1.0
+    if answers:
+        assert [topic for topic, _ in consumer.asked] == ["t1", "t2", "t3"]
+    else:
+        assert [topic for topic, _ in consumer.asked] == ["t1"]  # (none asked after no answer)
+    assert all(0 < timeout <= 0.3 for _, timeout in consumer.asked)
