@@ -3010,8 +3010,7 @@ class Application:
         if committing is not None:
             if not sync and not committing.future.done():
                 waited = time.monotonic() - committing.asked_at
-                if waited >= _COMMIT_S + _OVERDUE_MARGIN_S:
-                    self._say_overdue("the checkpoint's commit", waited, _COMMIT_S)
+                self._say_overdue("the checkpoint's commit", waited, _COMMIT_S)
                 return
             if not self._settle_commit():
                 return  # refused: what was processed since is processed again (see _rewind)
@@ -3146,7 +3145,7 @@ class Application:
         if committing is None:
             return True
         try:
-            self._waited(committing.future, "the checkpoint's commit", _COMMIT_S, committing.asked_at)
+            self._settled(committing)
         except KafkaException as exc:
             if (
                 self._group_moved_on(exc)
@@ -3165,6 +3164,10 @@ class Application:
         self._queue_writes(committing.writes)
         return True
 
+    def _settled(self, committing: _Committing) -> None:
+        """Wait for a seal's commit on the committer thread (:meth:`_waited`)."""
+        self._waited(committing.future, "the checkpoint's commit", _COMMIT_S, committing.asked_at)
+
     def _settle_quietly(self) -> None:
         """After a failure or when closing: wait for the commit on its way, if any; committed,
         its writes go to RocksDB, otherwise the transaction is left to be aborted."""
@@ -3174,7 +3177,7 @@ class Application:
         self._committing = None
         error: BaseException | None = None
         try:
-            self._waited(committing.future, "the checkpoint's commit", _COMMIT_S, committing.asked_at)
+            self._settled(committing)
         except Exception as exc:  # (said below)
             error = exc
         if error is None:
@@ -3281,12 +3284,12 @@ class Application:
                 self._given_up = future
                 msg = f"{what} has not returned in {waited:.0f} s; given up, stopping"
                 raise _not_returned(msg)
-            if waited >= timeout_s + _OVERDUE_MARGIN_S:
-                self._say_overdue(what, waited, timeout_s)
+            self._say_overdue(what, waited, timeout_s)
 
     def _say_overdue(self, what: str, waited: float, timeout_s: float) -> None:
+        """Say a call has waited past its timeout and a margin (``waited`` seconds), once a minute."""
         now = time.monotonic()
-        if now - self._overdue_said_at < _OVERDUE_SAY_EVERY_S:
+        if waited < timeout_s + _OVERDUE_MARGIN_S or now - self._overdue_said_at < _OVERDUE_SAY_EVERY_S:
             return
         self._overdue_said_at = now
         log.warning(
