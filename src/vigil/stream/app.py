@@ -167,7 +167,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 from confluent_kafka import (
@@ -209,7 +209,7 @@ from vigil.hub.topics import TOPIC_NAME, TOPIC_NAME_MAX, TOPICS, TopicSpec
 from vigil.stream.alignment import REPLAY_BEHIND_S, TP, Alignment
 from vigil.stream.attempt import Attempt, attempt
 from vigil.stream.base import Guarantee, Operator, Record, State, StoreSpec, shared_stores
-from vigil.stream.calls import CallThread
+from vigil.stream.calls import CallThread, call_aside
 from vigil.stream.changelog import (
     CHANGELOG_MAX_BYTES,
     STATE_RECORD_MAX_BYTES,
@@ -233,6 +233,7 @@ log = logging.getLogger(__name__)
 Decoder = Callable[[str, bytes, bytes | None, Any], Any]
 
 _TIMEOUT = 30.0
+_T = TypeVar("_T")
 #: How long a rewind waits for the committed offsets before trying again on the next pass (see
 #: Application._rewind).
 _REWIND_ASK_S = 5.0
@@ -1531,7 +1532,7 @@ class Application:
             )
         self._poll_interval_s = float(self.consumer_settings().get("max.poll.interval.ms", 300_000)) / 1000
         admin = make_admin(self.settings)
-        topics = admin.list_topics(timeout=_TIMEOUT).topics
+        topics = self._asked("list_topics", lambda: admin.list_topics(timeout=_TIMEOUT).topics)
         internal = {spec.name: spec for spec in self.internal_topics}
         counts: dict[str, int] = {}
         for topic in self.inputs:
@@ -1560,7 +1561,7 @@ class Application:
             *([peers_topic_spec(self.name)] if self.peer_skew_s is not None else []),
         ]
         if owned:
-            ensure_topics(self.settings, owned, owned=True)
+            self._asked("creating its own topics", lambda: ensure_topics(self.settings, owned, owned=True))
         specs: list[TopicSpec] = list(self.output_topics)
         # Declared topics (dlq.<stage>) are created as declared; others with one partition.
         kinds: tuple[tuple[str, Literal["dead_letter", "raw"], str], ...] = (
@@ -1577,7 +1578,7 @@ class Application:
                     )
                 )
         if specs:
-            ensure_topics(self.settings, specs)
+            self._asked("creating its output topics", lambda: ensure_topics(self.settings, specs))
 
         # Delivery reports only for failures, to one callback: a Python call per record would cost
         # as much as the record itself.  Changelog offsets are counted instead (see _queue_writes).
@@ -1620,7 +1621,7 @@ class Application:
                 conf["message.timeout.ms"] = min(int(message_timeout_s * 1000), int(txn_ms))
             made = new_producer(producer_config(self.settings, **{**conf, **self._producer_overrides}))
             if timeout_s is not None:
-                made.init_transactions(_TIMEOUT)
+                self._asked("init_transactions", lambda: made.init_transactions(_TIMEOUT))
             return made
 
         if self.exactly_once:
@@ -3286,20 +3287,47 @@ class Application:
                 raise _not_returned(msg)
             self._say_overdue(what, waited, timeout_s)
 
-    def _say_overdue(self, what: str, waited: float, timeout_s: float) -> None:
+    def _say_overdue(self, what: str, waited: float, timeout_s: float, doing: str = "checkpoint") -> None:
         """Say a call has waited past its timeout and a margin (``waited`` seconds), once a minute."""
         now = time.monotonic()
         if waited < timeout_s + _OVERDUE_MARGIN_S or now - self._overdue_said_at < _OVERDUE_SAY_EVERY_S:
             return
         self._overdue_said_at = now
         log.warning(
-            "application %s: checkpoint: %s has not returned in %.0f s, past its %g s timeout: "
+            "application %s: %s: %s has not returned in %.0f s, past its %g s timeout: "
             "the client waits for the broker to answer (out of reach?); waiting for the broker",
             self.name,
+            doing,
             what,
             waited,
             timeout_s,
         )
+
+    def _asked(self, what: str, call: Callable[[], _T]) -> _T:
+        """Make ``call``, a blocking call that asks the broker outside a checkpoint (at the start:
+        the topics, a transactional producer's ``init_transactions``; a producer renewed), on a
+        thread of its own (:func:`vigil.stream.calls.call_aside`), and wait for it in slices.  A
+        stop is taken at once, the call given up and raised as a retriable timeout (nothing is
+        lost: what it was for is not needed once stopping); made on the loop's thread, each of
+        these held a stop up to its 30 s with the broker frozen, one after the other (found in
+        review, 2026-12-06).  Waiting past 30 s and a margin is said once a minute, as at a
+        checkpoint (the topics' creation makes several calls: maybe each its 30 s)."""
+        if self._stop.is_set():
+            msg = f"{what}: not asked, stopping"
+            raise _not_returned(msg)
+        doing = "starting" if self._consumer is None else "renewing the producer"
+        future = call_aside(call, f"{self.name}-ask")
+        began = time.monotonic()
+        while True:
+            try:
+                return future.result(timeout=_CALL_SLICE_S)
+            except TimeoutError:
+                pass
+            waited = time.monotonic() - began
+            if self._stop.is_set():
+                msg = f"{what} has not returned in {waited:.1f} s; given up, stopping"
+                raise _not_returned(msg)
+            self._say_overdue(what, waited, _TIMEOUT, doing)
 
     def _abandoned_stopping(self, why: str) -> bool:
         """Whether the application is stopping, so a checkpoint the broker could not take (out of

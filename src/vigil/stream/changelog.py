@@ -77,6 +77,10 @@ _ASK_RETENTION_AWAY_S = 60.0
 #: How long a restore's start asks for its changelogs' leaders, all together (see
 #: Restorer._know_leaders: only a saving; a local broker answers in milliseconds).
 _LEADERS_ASK_S = 2.0
+#: How long a restore's start asks for what it can do without (the changelogs' ids, their
+#: retention), both questions together: see Restorer.add.
+_DESCRIBE_ASK_S = 10.0
+_LEAST_ASK_S = 0.1
 #: The longest a transaction can stay open (Kafka's transaction.max.timeout.ms default, 15 min,
 #: and a minute for the coordinator to abort it): a restore waits that long for one to end.
 MAX_OPEN_TXN_S = 960.0
@@ -193,8 +197,12 @@ class Restorer:
             for task, start, written in recorded
             if start is not None and now - (written or 0.0) > _ASK_RETENTION_AWAY_S
         }
-        horizons = _horizons(self._admin, sorted(away)) if away else {}
-        ids = _topic_ids(self._admin, sorted({t.topic for t in tasks}))
+        # One budget for both, short: asked inside the assignment callback, 30 s each held
+        # `consume` with the broker frozen, past the session's timeout (found in review,
+        # 2026-12-06); unanswered, each has its fallback.
+        asked_until = time.monotonic() + _DESCRIBE_ASK_S
+        horizons = _horizons(self._admin, sorted(away), asked_until) if away else {}
+        ids = _topic_ids(self._admin, sorted({t.topic for t in tasks}), asked_until)
         for task, start, written in recorded:
             low, high = offsets[task.topic, task.partition]
             if start is None and task.state.holds_data():
@@ -487,16 +495,24 @@ class Restorer:
             self._consumer.incremental_unassign([TopicPartition(t, p) for t, p in tps])
 
 
-def _topic_ids(admin: AdminClient, topics: Sequence[str]) -> dict[str, str]:
-    """Each changelog topic's id (one request; a topic that cannot be described is left out:
-    its stores are then judged by offsets alone, as before ids were recorded)."""
+def _left(deadline: float) -> float:
+    """What is left until ``deadline`` (monotonic) for a request, at least a little."""
+    return max(deadline - time.monotonic(), _LEAST_ASK_S)
+
+
+def _topic_ids(admin: AdminClient, topics: Sequence[str], deadline: float) -> dict[str, str]:
+    """Each changelog topic's id (one request, answered by ``deadline``, monotonic; a topic
+    that cannot be described is left out: its stores are then judged by offsets alone, as
+    before ids were recorded)."""
     out: dict[str, str] = {}
     try:
-        futures = admin.describe_topics(TopicCollection(list(topics)), request_timeout=30)
+        futures = admin.describe_topics(TopicCollection(list(topics)), request_timeout=_left(deadline))
         for topic, future in futures.items():
-            out[topic] = str(future.result(timeout=30).topic_id)
-    except KafkaException as exc:
-        log.warning("restoring %s: could not read the topics' ids (%s)", topics, exc)
+            out[topic] = str(future.result(timeout=_left(deadline)).topic_id)
+    except (KafkaException, TimeoutError) as exc:
+        log.warning(
+            "restoring %s: could not read the topics' ids (%s)", topics, str(exc) or "no answer in time"
+        )
     return out
 
 
@@ -504,24 +520,26 @@ def _horizon(retention_s: float) -> float:
     return retention_s - min(_HORIZON_MARGIN_S, retention_s / 4)
 
 
-def _horizons(admin: AdminClient, topics: Sequence[str]) -> dict[str, float]:
+def _horizons(admin: AdminClient, topics: Sequence[str], deadline: float) -> dict[str, float]:
     """Per changelog topic, how long a store may be away and still catch up: the topic's
     ``delete.retention.ms`` less an hour, or less a quarter of it if shorter (a store's time is
     when it applied its writes, a little after Kafka had them).  Kafka's default where the
     configuration cannot be read (an application allowed to read its topics but not to describe
-    them)."""
+    them), or not in time (answered by ``deadline``, monotonic)."""
     out = dict.fromkeys(topics, _horizon(DEFAULT_DELETE_RETENTION_S))
     try:
         futures = admin.describe_configs(
-            [ConfigResource(ResourceType.TOPIC, t) for t in topics], request_timeout=30
+            [ConfigResource(ResourceType.TOPIC, t) for t in topics], request_timeout=_left(deadline)
         )
         for resource, future in futures.items():
-            entry = future.result(timeout=30).get("delete.retention.ms")
+            entry = future.result(timeout=_left(deadline)).get("delete.retention.ms")
             if entry is not None and entry.value is not None:
                 out[resource.name] = _horizon(int(entry.value) / 1000)
-    except KafkaException as exc:
+    except (KafkaException, TimeoutError) as exc:
         log.warning(
-            "restoring %s: could not read delete.retention.ms (%s); taking Kafka's default", topics, exc
+            "restoring %s: could not read delete.retention.ms (%s); taking Kafka's default",
+            topics,
+            str(exc) or "no answer in time",
         )
     return out
 

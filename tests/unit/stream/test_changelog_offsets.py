@@ -7,10 +7,12 @@ The broker's transient answer can't be produced on demand, so a stand-in consume
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicCollection, TopicPartition
+from confluent_kafka.admin import ConfigResource
 
 from vigil.config import Settings
 from vigil.errors import PipelineError
@@ -119,3 +121,47 @@ def test_the_leaders_are_asked_in_one_short_budget(monkeypatch: pytest.MonkeyPat
     else:
         assert [topic for topic, _ in consumer.asked] == ["t1"]  # (none asked after no answer)
     assert all(0 < timeout <= 0.3 for _, timeout in consumer.asked)
+
+
+class Unanswered:
+    """An admin client whose requests are never answered (a frozen broker)."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[float] = []
+
+    def _never(self, names: list[str], request_timeout: float) -> dict[object, Future[object]]:
+        self.timeouts.append(request_timeout)
+        return {name: Future() for name in names}
+
+    def describe_topics(
+        self, topics: TopicCollection, request_timeout: float
+    ) -> dict[object, Future[object]]:
+        return self._never(list(topics.topic_names), request_timeout)
+
+    def describe_configs(
+        self, resources: list[ConfigResource], request_timeout: float
+    ) -> dict[object, Future[object]]:
+        futures = self._never([r.name for r in resources], request_timeout)
+        return {r: futures[r.name] for r in resources}
+
+
+def test_the_topics_ids_and_retention_are_asked_in_one_short_budget(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Asked inside the assignment callback, 30 s each: a frozen broker held `consume` past the
+    # session's timeout (found in review).  Unanswered, each has its fallback.
+    monkeypatch.setattr(changelog, "_DESCRIBE_ASK_S", 0.4)
+    admin = Unanswered()
+    began = time.monotonic()
+    deadline = began + changelog._DESCRIBE_ASK_S
+    with caplog.at_level("WARNING", logger="vigil.stream.changelog"):
+        horizons = changelog._horizons(admin, ["t1", "t2"], deadline)  # type: ignore[arg-type]
+        ids = changelog._topic_ids(admin, ["t1", "t2"], deadline)  # type: ignore[arg-type]
+    assert time.monotonic() - began < 1.0
+    assert ids == {}  # (judged by offsets alone)
+    default = changelog._horizon(changelog.DEFAULT_DELETE_RETENTION_S)
+    assert horizons == {"t1": default, "t2": default}  # (Kafka's default)
+    assert all(0 < timeout <= 0.4 for timeout in admin.timeouts)
+    said = [r.getMessage() for r in caplog.records]
+    assert any("could not read delete.retention.ms (no answer in time)" in m for m in said)
+    assert any("could not read the topics' ids (no answer in time)" in m for m in said)

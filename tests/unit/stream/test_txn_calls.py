@@ -5,6 +5,8 @@ outage: tests/integration/stream/test_outage.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,10 +15,11 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaException
-from tests.unit.stream.offline import offline_app
+from tests.unit.stream.offline import Nothing, offline_app
 from tests.unit.stream.test_app_checkpoint_retry import OFFSETS, Group, Transactional, in_transaction
 
 import vigil.stream.app as app_module
+from vigil.config import load_settings
 from vigil.errors import PipelineError
 from vigil.stream.app import Application, _Committing
 from vigil.stream.calls import CallThread
@@ -249,3 +252,100 @@ def test_a_start_the_broker_does_not_answer_fails_naming_where_it_looked(
     with caplog.at_level("WARNING", logger="vigil.stream.app"):
         stopped.run()
     assert said(caplog, "stopped while starting")
+
+
+class Silent:
+    """A listener that takes connections and never answers: a frozen broker (``kill -STOP``),
+    as a client sees it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connected = threading.Event()
+        self.held: list[socket.socket] = []
+        self._taking = threading.Thread(target=self._take, daemon=True)
+        self._taking.start()
+
+    def _take(self) -> None:
+        with contextlib.suppress(OSError):  # (shut down: close)
+            while True:
+                conn, _ = self.sock.accept()
+                self.held.append(conn)
+                self.connected.set()
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)  # (wakes the accept)
+        self._taking.join(10)
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_a_stop_while_the_start_waits_for_a_frozen_broker_is_taken_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, guarantee: str
+) -> None:
+    # Each of the start's calls (the topics, then each producer's init_transactions) held a
+    # stop up to its 30 s, one after the other, with the broker frozen (found in review).
+    monkeypatch.setattr(app_module, "_TIMEOUT", 30.0)
+    silent = Silent()
+    try:
+        app = Application(
+            load_settings(kafka_bootstrap=f"127.0.0.1:{silent.port}", home=tmp_path),
+            name="a",
+            inputs=["in"],
+            operators=[Nothing()],
+            guarantee=guarantee,  # type: ignore[arg-type]
+        )
+        with caplog.at_level("WARNING", logger="vigil.stream.app"):
+            thread, out = in_thread(app.run)
+            assert silent.connected.wait(10)  # (it asks the broker)
+            stopped_at = time.monotonic()
+            app.stop()
+            thread.join(10)
+            took = time.monotonic() - stopped_at
+        assert not thread.is_alive()
+        assert out == [None]
+        assert took < 5  # (the call's own timeout is 30 s)
+        assert said(caplog, "stopped while starting: list_topics has not returned")
+    finally:
+        silent.close()
+
+
+def test_a_call_of_the_start_is_made_aside_said_when_overdue_and_given_up_when_stopping(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = offline_app(tmp_path)
+    released, threads = threading.Event(), []
+
+    def init_transactions() -> str:
+        threads.append(threading.current_thread().name)
+        released.wait(30)  # (bounded: a failing test must not hang the run)
+        return "ready"
+
+    with caplog.at_level("WARNING", logger="vigil.stream.app"):
+        thread, out = in_thread(lambda: app._asked("init_transactions", init_transactions))
+        deadline = time.monotonic() + 10
+        while not said(caplog, OVERDUE) and time.monotonic() < deadline:
+            thread.join(0.05)
+        released.set()
+        thread.join(10)
+    assert out == ["ready"]  # (the call's outcome, once it returned)
+    assert threads == ["a-ask"]  # (not the caller's thread)
+    assert said(caplog, "starting: init_transactions has not returned in")
+
+    released.clear()
+    thread, out = in_thread(lambda: app._asked("init_transactions", init_transactions))
+    while len(threads) < 2:  # (the call made)
+        thread.join(0.01)
+    app.stop()
+    thread.join(10)
+    released.set()
+    assert len(out) == 1
+    assert isinstance(out[0], KafkaException)
+    err = out[0].args[0]
+    assert err.retriable()
+    assert "init_transactions has not returned in" in err.str()
+    assert "given up, stopping" in err.str()
+    with pytest.raises(KafkaException, match="not asked, stopping"):
+        app._asked("list_topics", lambda: None)  # (stopped: not made at all)
