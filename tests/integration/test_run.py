@@ -184,3 +184,26 @@ def _scrape(port: int) -> str:
             return str(response.read().decode())
     except OSError:
         return ""
+
+
+_A_PART_THAT_FAILS = """
+import sys
+from vigil.errors import SourceError
+from vigil.sources.intel.lists import IntelListSource
+def run(self, sink):
+    raise SourceError("the feed went away (a test's)")
+IntelListSource.run = run
+from vigil.cli import main
+sys.argv = ["vigil", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_part_that_fails_stops_the_command_said_once(kafka_bootstrap: str, tmp_path: Path) -> None:
+    # Its failure was printed as it happened, then again as the command's "error:" line.
+    proc = _run_intel_with(_A_PART_THAT_FAILS, kafka_bootstrap, tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    said = proc.stdout + proc.stderr
+    assert "source-intel failed: the feed went away (a test's)" in said
+    assert said.count("the feed went away") == 1, said[-3000:]
+    assert "stopped\n" not in proc.stdout

@@ -97,6 +97,7 @@ def run(
 
     stop = threading.Event()
     failures: list[BaseException] = []
+    said: list[BaseException] = []  # (printed as their part failed: not printed again at the end)
     stoppers: list[Any] = []
     threads: list[threading.Thread] = []
 
@@ -109,6 +110,7 @@ def run(
                 # The message may quote what a node or a feed sent: printed as text (its markup
                 # made links, or raised here and left the process running without the part).
                 console.print(f"[red]{name} failed:[/] {shown(str(exc))}", highlight=False, soft_wrap=True)
+                said.append(exc)
             finally:
                 stop.set()
 
@@ -162,7 +164,12 @@ def run(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if failures:
-        raise failures[0]
+        first = failures[0]
+        if isinstance(first, VigilError) and any(first is exc for exc in said):
+            # Said already, with the part's name: raised, it was printed a second time as the
+            # command's "error:" line.  (Anything else, a bug, keeps its traceback.)
+            raise typer.Exit(1)
+        raise first
     stuck = [thread.name for thread in threads if thread.is_alive()]
     if stuck:
         # Said, not "stopped": the process ends with them running (daemon threads), so what
