@@ -20,7 +20,10 @@ The price: a file appearing more than ``lateness`` behind newer files of its pre
 for published; set ``lateness`` above the lag of whatever copies the bucket into the directory.
 Files whose names carry no time are kept by name (and dropped once gone from the directory).
 Digest files (log file validation: ``AWSLogs/<account>/CloudTrail-Digest/...``, named
-``..._CloudTrail-Digest_...``) are no log files and are left out of the scan altogether.
+``..._CloudTrail-Digest_...``) are no log files and are left out of the scan altogether, as are
+Insights files (``AWSLogs/<account>/CloudTrail-Insight/...``, named ``..._CloudTrail-Insight_...``):
+their records are AWS's own findings about call rates (``AwsCloudTrailInsight``: no caller, no
+address), not calls; the calls they count are in the log files.  Each kind is logged once a run.
 Each file is published with the cursor that includes it, in one transaction, so a kill at
 any point neither skips nor repeats a file.  A cursor of an earlier version (``{"files":
 [...]}``, every file published) is read and folded into floors.
@@ -31,8 +34,16 @@ access-key creation, MFA device changes, S3 reads and exports ...) into
 ``sourceIPAddress``.  Every other event is still kept, with ``action`` = the event name.
 For an assumed role the employee is ``<role>/<session>``: the session name is chosen by
 whoever calls AssumeRole (a CI role can call its session ``alice``), so it says who only
-together with the role.  The exception is IAM Identity Center (``AWSReservedSSO_*`` roles),
+together with the role.  The exception is IAM Identity Center (``AWSReservedSSO_*`` roles whose
+issuer, ``sessionContext.sessionIssuer.arn``, lies under ``role/aws-reserved/sso.amazonaws.com/``),
 where AWS sets the session name to the signed-in user's name: that name alone is the employee.
+The access key a call was signed with (``userIdentity.accessKeyId``, long-term ``AKIA...`` or
+temporary ``ASIA...``) is attribute ``access_key`` and, unless the call made a new key, the
+``api_key`` entity; a call that made one (CreateAccessKey, or STS credentials: AssumeRole,
+GetSessionToken ...) has the new key's id as ``api_key`` instead, so that its later use joins
+the event that made it.  Secret keys and session tokens are never read.  Whether the caller's
+session was MFA-authenticated (``sessionContext.attributes.mfaAuthenticated``) is attribute
+``mfa_authenticated`` (``true``/``false``) on any call that says.
 Each account's root user is ``root@<account>``; the name CloudTrail hides on a failed sign-in
 (:data:`HIDDEN_USER`) is nobody.  Identity and top-level fields of the wrong type refuse the
 record by name (they never become an employee's ``repr``), as does an empty ``eventID``.
@@ -132,6 +143,21 @@ LATENESS = timedelta(hours=2)
 #: A digest holds hashes of the log files, not ``{"Records": [...]}``.
 DIGEST_DIR = "CloudTrail-Digest"
 DIGEST_MARK = "_CloudTrail-Digest_"
+
+#: The directory CloudTrail delivers Insights files to when CloudTrail Insights is on for the
+#: trail (``AWSLogs/<account>/CloudTrail-Insight/<region>/YYYY/MM/DD/``), and the part of their
+#: names that says so (``<account>_CloudTrail-Insight_<region>_<YYYYMMDDTHHmmZ>_<random>.json.gz``).
+#: They hold ``{"Records": [...]}``, but each record (``eventType`` ``AwsCloudTrailInsight``) is
+#: AWS's finding that a call's rate or error rate left its baseline, with no caller, address or
+#: ``eventName`` of its own: no security event (read, every one was dead-lettered).
+INSIGHT_DIR = "CloudTrail-Insight"
+INSIGHT_MARK = "_CloudTrail-Insight_"
+
+#: The files left out of the scan: (directory, name mark, what they are, for the log line).
+_LEFT_OUT = (
+    (DIGEST_DIR, DIGEST_MARK, "digest files (log file validation)"),
+    (INSIGHT_DIR, INSIGHT_MARK, "Insights files (findings about call rates, not calls)"),
+)
 
 _DATED = re.compile(r"((?:.*/)?)([0-9]{4}/[0-9]{2}/[0-9]{2}/[^/]+)")
 _STAMP = re.compile(r"_([0-9]{8}T[0-9]{4})Z_")
@@ -284,7 +310,8 @@ class CloudTrailSource(Source):
     """Publishes every record of every CloudTrail file under ``directory``, once.
 
     ``poll_interval`` is how often the directory is rescanned.  Digest files (log file
-    validation, :data:`DIGEST_DIR`, :data:`DIGEST_MARK`) are left out.  A file that is not a
+    validation, :data:`DIGEST_DIR`, :data:`DIGEST_MARK`) and Insights files (:data:`INSIGHT_DIR`,
+    :data:`INSIGHT_MARK`) are left out, each kind logged once.  A file that is not a
     CloudTrail log (bad gzip, not ``{"Records": [...]}``) stops the source with a
     :class:`SourceError` naming it (loudly, rather than skipping it for good) unless
     ``skip_bad_files`` is set, in which case it is recorded in ``bad_files`` (while it is in the
@@ -317,7 +344,9 @@ class CloudTrailSource(Source):
         #: Digest files left out by the last scan (named as digests, or under a ``CloudTrail-Digest``
         #: directory, which is not walked: those count one each).
         self.skipped_digests = 0
-        self._digests_logged: set[str] = set()
+        #: Insights files left out by the last scan (counted as digests are).
+        self.skipped_insights = 0
+        self._left_out_logged: set[str] = set()
         #: (size, mtime) of each bad file when its read failed: unchanged, it is not read again.
         self._bad_stat: dict[str, tuple[int, int]] = {}
 
@@ -343,32 +372,35 @@ class CloudTrailSource(Source):
         return sorted(p for p in self._scan() if not checkpoint.is_done(p))
 
     def _scan(self) -> Iterator[str]:
-        """Relative paths of the log files under the directory: not digest files, whose
-        directories (``CloudTrail-Digest``) are not walked."""
+        """Relative paths of the log files under the directory: not digest or Insights files,
+        whose directories (``CloudTrail-Digest``, ``CloudTrail-Insight``) are not walked."""
         if not self.directory.is_dir():
             msg = f"cloudtrail: {self.directory} is not a directory"
             raise SourceError(msg)
-        skipped: list[str] = []
+        skipped: list[tuple[str, str, str]] = []  # (path, name mark, what), as in _LEFT_OUT
         for top, dirs, files in os.walk(self.directory):  # symlinked directories not followed
             parent = Path(top)
             here = parent.relative_to(self.directory).as_posix()
             here = "" if here == "." else here + "/"
-            if DIGEST_DIR in dirs:
-                dirs.remove(DIGEST_DIR)
-                skipped.append(here + DIGEST_DIR + "/")
+            for folder, mark, what in _LEFT_OUT:
+                if folder in dirs:
+                    dirs.remove(folder)
+                    skipped.append((here + folder + "/", mark, what))
             for name in files:
                 if not name.endswith(SUFFIXES):
                     continue
-                if DIGEST_MARK in name:
-                    skipped.append(here + name)
+                left_out = next((entry for entry in _LEFT_OUT if entry[1] in name), None)
+                if left_out is not None:
+                    skipped.append((here + name, left_out[1], left_out[2]))
                 elif (parent / name).is_file():
                     yield here + name
-        self.skipped_digests = len(skipped)
-        for rel in skipped:  # each digest directory logged once, digest files outside them once
-            seen = rel if rel.endswith("/") else DIGEST_MARK
-            if seen not in self._digests_logged:
-                self._digests_logged.add(seen)
-                log.info("cloudtrail: leaving out digest files (log file validation): %s", rel)
+        self.skipped_digests = sum(1 for _, mark, _ in skipped if mark == DIGEST_MARK)
+        self.skipped_insights = sum(1 for _, mark, _ in skipped if mark == INSIGHT_MARK)
+        for rel, mark, what in skipped:  # each directory logged once, files outside them once a kind
+            seen = rel if rel.endswith("/") else mark
+            if seen not in self._left_out_logged:
+                self._left_out_logged.add(seen)
+                log.info("cloudtrail: leaving out %s: %s", what, rel)
 
     def run(self, sink: RawSink) -> None:
         checkpoint = Checkpoint.from_cursor(sink.last_cursor(self.source_id), self.lateness)
@@ -530,6 +562,12 @@ ACTIONS: dict[str, str] = {
 #: the user's name in the identity store, set by AWS, not by the caller.
 _SSO_ROLE_PREFIX = "AWSReservedSSO_"
 
+#: The IAM path AWS creates those roles under (``arn:aws:iam::<account>:role/aws-reserved/
+#: sso.amazonaws.com/[<region>/]AWSReservedSSO_...``), reserved to AWS.  The role name alone is
+#: weaker proof: a name is whatever the role's creator typed, and who can create roles in an
+#: account is the account's own policy, not AWS's.
+_SSO_ROLE_PATH = ":role/aws-reserved/sso.amazonaws.com/"
+
 
 #: The user name CloudTrail writes for a failed console sign-in whose name is no user of the
 #: account (people type their password there): it names nobody, and every such record carries it.
@@ -555,12 +593,20 @@ def _principal(identity: _Identity) -> str | None:
         # signed-in user's name, on the roles it creates (AWSReservedSSO_<permission set>_<hash>).
         role, _, session = (identity.arn or "").partition(":assumed-role/")[2].partition("/")
         if role and session:  # (an arn ending in "/" names none: the fallbacks below name someone)
-            return session if role.startswith(_SSO_ROLE_PREFIX) else f"{role}/{session}"
+            return session if _is_sso_role(role, identity) else f"{role}/{session}"
     if identity.type == "IdentityCenterUser" and identity.onBehalfOf and identity.onBehalfOf.userId:
         # (Since 2025 its sign-ins and portal calls name the user by identity-store id alone: no
         # userName, arn or principalId, so they had no employee at all.)
         return f"identity-center:{identity.onBehalfOf.userId}"
     return identity.userName or identity.arn or identity.principalId or None
+
+
+def _is_sso_role(role: str, identity: _Identity) -> bool:
+    """Whether ``role`` (of an assumed-role ARN) is one IAM Identity Center made: its name, and
+    its issuer's ARN under the path only AWS creates roles in, naming that same role."""
+    context = identity.sessionContext
+    issuer = (context.sessionIssuer.arn if context and context.sessionIssuer else None) or ""
+    return role.startswith(_SSO_ROLE_PREFIX) and _SSO_ROLE_PATH in issuer and issuer.endswith("/" + role)
 
 
 def _is_number(value: object) -> bool:
@@ -588,9 +634,34 @@ def _resource(name: str, params: dict[str, Any], response: dict[str, Any]) -> st
     return None
 
 
+#: The STS calls that issue temporary credentials (``responseElements.credentials``, an ``ASIA...``
+#: key with its secret and session token, of which only the key's id is read).
+_ISSUE_CREDENTIALS = frozenset(
+    {
+        "AssumeRole",
+        "AssumeRoleWithSAML",
+        "AssumeRoleWithWebIdentity",
+        "GetSessionToken",
+        "GetFederationToken",
+        "AssumeRoot",
+    }
+)
+
+
 def _access_key_id(response: dict[str, Any]) -> str | None:
     key = response.get("accessKey")
     return _param(key, "accessKeyId") if isinstance(key, dict) else None
+
+
+def _new_access_key(name: str, response: dict[str, Any]) -> str | None:
+    """The id of the access key the call made: CreateAccessKey's, or the temporary one an STS
+    call issued; None for any other call.  (Only the id: never the secret or the session token.)"""
+    if name == "CreateAccessKey":
+        return _access_key_id(response)
+    credentials = response.get("credentials")
+    if name in _ISSUE_CREDENTIALS and isinstance(credentials, dict):
+        return _param(credentials, "accessKeyId")
+    return None
 
 
 def _get(record: dict[str, Any], field: str) -> dict[str, Any]:
@@ -615,16 +686,49 @@ class _OnBehalfOf(msgspec.Struct):
     userId: str | None = None
 
 
+class _Issuer(msgspec.Struct):
+    """Who issued a temporary session (``userIdentity.sessionContext.sessionIssuer``): for an
+    assumed role, the role's IAM ARN, path included."""
+
+    arn: str | None = None
+
+
+class _SessionAttributes(msgspec.Struct):
+    """``userIdentity.sessionContext.attributes``.  ``mfaAuthenticated`` is the string ``"true"``
+    or ``"false"`` as AWS writes it; a relay that made it a JSON boolean is read all the same."""
+
+    mfaAuthenticated: str | bool | None = None
+
+
+class _SessionContext(msgspec.Struct):
+    sessionIssuer: _Issuer | None = None
+    attributes: _SessionAttributes | None = None
+
+
 class _Identity(msgspec.Struct):
-    """The ``userIdentity`` fields the employee is made of (strings; null taken for absent: a
-    relay may write null for a field AWS leaves out)."""
+    """The ``userIdentity`` fields the employee is made of, and the access key the call was
+    signed with (strings; null taken for absent: a relay may write null for a field AWS leaves
+    out; ``""`` for a call signed with no key, such as a console sign-in)."""
 
     type: str | None = None
     userName: str | None = None
     arn: str | None = None
     principalId: str | None = None
     accountId: str | None = None
+    accessKeyId: str | None = None
     onBehalfOf: _OnBehalfOf | None = None
+    sessionContext: _SessionContext | None = None
+
+
+def _mfa_authenticated(identity: _Identity) -> str | None:
+    """``"true"``/``"false"``: whether the caller's session was MFA-authenticated, if it says."""
+    attributes = identity.sessionContext.attributes if identity.sessionContext else None
+    said = attributes.mfaAuthenticated if attributes else None
+    if said is True or (isinstance(said, str) and said.lower() == "true"):
+        return "true"
+    if said is False or (isinstance(said, str) and said.lower() == "false"):
+        return "false"
+    return None
 
 
 class _Required(msgspec.Struct):
@@ -662,6 +766,17 @@ class CloudTrailNormalizer(Normalizer):
         except (msgspec.DecodeError, RecursionError) as exc:
             msg = f"CloudTrail record: {exc}"
             raise ContractError(msg) from None
+        if body.get("eventType") == "AwsCloudTrailInsight":
+            # (Its eventName and eventSource are under insightDetails: without this, it was
+            # refused for a missing eventName, which says nothing of what it is.)
+            named = body.get("eventID")
+            which = f" {named!r}" if isinstance(named, str) and named else ""
+            msg = (
+                f"CloudTrail record{which}: a CloudTrail Insights record (eventType "
+                "'AwsCloudTrailInsight', a finding about a call rate), not a call; expected the "
+                "records of a log file (the source leaves Insights files out)"
+            )
+            raise ContractError(msg)
         try:
             head = _required.decode(record.value)
         except msgspec.ValidationError as exc:
@@ -713,12 +828,21 @@ class CloudTrailNormalizer(Normalizer):
             attributes["user_hidden"] = "true"
         if "MFAUsed" in extra:
             attributes["mfa_used"] = "true" if extra["MFAUsed"] == "Yes" else "false"
+        if (mfa := _mfa_authenticated(identity)) is not None:
+            attributes["mfa_authenticated"] = mfa
+        # The key the call was signed with: which key did it, when one leaked.  ("" on calls
+        # signed with none: a console sign-in, a failed one with a hidden user name.)
+        calling_key = identity.accessKeyId or None
+        if calling_key is not None:
+            attributes["access_key"] = calling_key
         if name == "CreateAccessKey" and (target := _param(params, "userName")):
             attributes["target_user"] = target
         bytes_out = extra.get("bytesTransferredOut")
         if name in ("GetObject", "CopyObject") and _is_number(bytes_out):
             attributes["bytes_out"] = str(bytes_out)
-        access_key = _access_key_id(response) if name == "CreateAccessKey" else None
+        # The api_key entity is the key the event is about: a key the call made (its later uses
+        # join this event on it), else the one that made the call (attribute access_key either way).
+        new_key = _new_access_key(name, response)
         principal = _principal(identity)
         return [
             SecurityEvent(
@@ -731,7 +855,7 @@ class CloudTrailNormalizer(Normalizer):
                     # (an IP for calls from outside AWS, a service name, s3.amazonaws.com, for
                     # calls AWS makes on someone's behalf)
                     ip=client_ip(head.sourceIPAddress),
-                    api_key=access_key,
+                    api_key=new_key or calling_key,
                 ),
                 payload=SecurityEventPayload(
                     provider="aws",

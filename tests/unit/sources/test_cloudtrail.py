@@ -346,12 +346,45 @@ def test_a_role_session_named_after_a_person_is_not_that_person() -> None:
     assert e.entities.employee != normalize(CONSOLE_LOGIN_OK).entities.employee  # alice, the IAM user
 
 
-def test_an_identity_center_role_session_is_the_signed_in_user() -> None:
+SSO_ROLE = "AWSReservedSSO_AdministratorAccess_0123456789abcdef"
+
+
+def sso_session(issuer: str | None) -> dict[str, Any]:
+    """An IAM Identity Center role session of carol's, as AWS records it, with the issuer ARN given
+    (None: no sessionContext at all)."""
+    identity = {
+        **ASSUMED_ROLE_BUCKET_POLICY["userIdentity"],
+        "principalId": "AROAEXAMPLEID:carol",
+        "arn": f"arn:aws:sts::111122223333:assumed-role/{SSO_ROLE}/carol",
+        "sessionContext": {"sessionIssuer": {"type": "Role", "arn": issuer, "userName": SSO_ROLE}},
+    }
+    if issuer is None:
+        del identity["sessionContext"]
+    return {**ASSUMED_ROLE_BUCKET_POLICY, "userIdentity": identity}
+
+
+@pytest.mark.parametrize("region", ["", "eu-west-1/"])
+def test_an_identity_center_role_session_is_the_signed_in_user(region: str) -> None:
     # IAM Identity Center sets the session name to the user's name itself; the caller cannot.
-    arn = "arn:aws:sts::111122223333:assumed-role/AWSReservedSSO_AdministratorAccess_0123456789abcdef/carol"
-    identity = {**ASSUMED_ROLE_BUCKET_POLICY["userIdentity"], "arn": arn}
-    e = normalize({**ASSUMED_ROLE_BUCKET_POLICY, "userIdentity": identity})
-    assert e.entities.employee == "carol"
+    # (Its roles are under aws-reserved/sso.amazonaws.com/, with the region when it is not us-east-1.)
+    issuer = f"arn:aws:iam::111122223333:role/aws-reserved/sso.amazonaws.com/{region}{SSO_ROLE}"
+    assert normalize(sso_session(issuer)).entities.employee == "carol"
+
+
+@pytest.mark.parametrize(
+    "issuer",
+    [
+        None,
+        f"arn:aws:iam::111122223333:role/{SSO_ROLE}",  # anyone may name a role so, on another path
+        f"arn:aws:iam::111122223333:role/ci/sso.amazonaws.com/{SSO_ROLE}",
+        "arn:aws:iam::111122223333:role/aws-reserved/sso.amazonaws.com/AWSReservedSSO_ReadOnly_99",
+    ],
+)
+def test_an_sso_named_role_not_issued_by_identity_center_is_not_its_session_name(issuer: str | None) -> None:
+    # The role name alone is no proof: a role called AWSReservedSSO_... made by anyone with
+    # iam:CreateRole let its callers pick any session name, and be that employee.
+    e = normalize(sso_session(issuer))
+    assert e.entities.employee == f"{SSO_ROLE}/carol"
 
 
 def test_an_assumed_role_arn_without_a_session_name_names_the_arn() -> None:
@@ -430,6 +463,8 @@ def test_a_null_identity_field_is_taken_for_absent() -> None:
         ("userName", ["alice"], "$.userIdentity.userName"),
         ("arn", {"a": 1}, "$.userIdentity.arn"),
         ("type", 7, "$.userIdentity.type"),
+        ("accessKeyId", ["AKIAIOSFODNN7EXAMPLE"], "$.userIdentity.accessKeyId"),
+        ("sessionContext", {"sessionIssuer": "x"}, "$.userIdentity.sessionContext.sessionIssuer"),
     ],
 )
 def test_an_identity_field_of_the_wrong_type_is_refused_by_name(field: str, value: Any, where: str) -> None:
@@ -470,6 +505,112 @@ def test_unknown_event_kept_with_its_name_and_service_source_is_not_an_ip() -> N
     assert e.payload.outcome == "failure"
     assert e.entities.ip is None
     assert e.payload.attributes["error_code"] == "Client.UnauthorizedOperation"
+
+
+LEAKED_KEY_USE = _base(
+    "3fcfb586-5d2b-4d4e-a9b7-0c1f5b1c0010",
+    "GetSecretValue",
+    "secretsmanager.amazonaws.com",
+    "2026-11-28T09:40:00Z",
+    "203.0.113.99",
+    userIdentity={
+        **ALICE,
+        "accessKeyId": "AKIAI44QH8DHBEXAMPLE",
+        "sessionContext": {
+            "attributes": {"creationDate": "2026-11-28T09:40:00Z", "mfaAuthenticated": "false"}
+        },
+    },
+    requestParameters={"secretId": "hot-wallet-signer"},
+)
+
+
+def test_the_key_a_call_was_signed_with_is_its_api_key() -> None:
+    # A leaked key in use: without its id nothing downstream could tell which key it was.
+    e = normalize(LEAKED_KEY_USE)
+    assert e.entities.api_key == "AKIAI44QH8DHBEXAMPLE"
+    assert e.payload.attributes["access_key"] == "AKIAI44QH8DHBEXAMPLE"
+    assert e.entities.employee == "alice"
+    # A role session's temporary key is as much a key (and what a stolen session token signs with).
+    identity = {**ASSUMED_ROLE_BUCKET_POLICY["userIdentity"], "accessKeyId": "ASIAIOSFODNN7EXAMPLE"}
+    e = normalize({**ASSUMED_ROLE_BUCKET_POLICY, "userIdentity": identity})
+    assert (e.entities.api_key, e.payload.attributes["access_key"]) == ("ASIAIOSFODNN7EXAMPLE",) * 2
+
+
+def test_a_call_signed_with_no_key_has_none() -> None:
+    # A console sign-in: accessKeyId is "" (an empty api_key the contract refuses).
+    e = normalize({**CONSOLE_LOGIN_FAIL, "userIdentity": {**ALICE, "accessKeyId": ""}})
+    assert e.entities.api_key is None
+    assert "access_key" not in e.payload.attributes
+
+
+@pytest.mark.parametrize(
+    ("record", "made"),
+    [
+        (CREATE_ACCESS_KEY, "AKIAIOSFODNN7EXAMPLE"),
+        (
+            _base(
+                "3fcfb586-5d2b-4d4e-a9b7-0c1f5b1c0011",
+                "AssumeRole",
+                "sts.amazonaws.com",
+                "2026-11-28T09:41:00Z",
+                "203.0.113.99",
+                requestParameters={"roleArn": "arn:aws:iam::111122223333:role/Admin", "roleSessionName": "a"},
+                responseElements={
+                    "credentials": {
+                        "accessKeyId": "ASIAJEXAMPLEXEG2JICEA",
+                        "sessionToken": "IQoJb3JpZ2luX2VjEXAMPLESESSIONTOKEN",
+                        "expiration": "Nov 28, 2026, 10:41:00 AM",
+                    },
+                    "assumedRoleUser": {"assumedRoleId": "AROAEXAMPLEID:a", "arn": "arn:aws:sts::1:x"},
+                },
+            ),
+            "ASIAJEXAMPLEXEG2JICEA",
+        ),
+    ],
+)
+def test_a_call_that_made_a_key_is_about_the_new_key_and_names_the_one_it_was_signed_with(
+    record: dict[str, Any], made: str
+) -> None:
+    # The made key is the api_key (its later uses join this event on it); the calling one is kept.
+    signed = {**record, "userIdentity": {**ALICE, "accessKeyId": "AKIAI44QH8DHBEXAMPLE"}}
+    e = normalize(signed)
+    assert e.entities.api_key == made
+    assert e.payload.attributes["access_key"] == "AKIAI44QH8DHBEXAMPLE"
+    # Only key ids: never a secret or a session token, anywhere in the event.
+    assert "SESSIONTOKEN" not in encode(e).decode()
+
+
+@pytest.mark.parametrize(("said", "recorded"), [("true", "true"), ("false", "false"), (True, "true")])
+def test_whether_the_session_was_mfa_authenticated_is_kept_for_any_call(said: Any, recorded: str) -> None:
+    # Not only console sign-ins (MFAUsed): an API call of a session made without MFA is worth knowing.
+    identity = {**ALICE, "sessionContext": {"attributes": {"mfaAuthenticated": said}}}
+    e = normalize({**LEAKED_KEY_USE, "userIdentity": identity})
+    assert e.payload.attributes["mfa_authenticated"] == recorded
+    assert "mfa_authenticated" not in normalize(CREATE_ACCESS_KEY).payload.attributes  # said nothing
+
+
+def test_an_insights_record_is_refused_as_what_it_is() -> None:
+    # An Insights record carries its eventName under insightDetails: refused for a missing
+    # eventName, nothing said what it was.
+    insight = {
+        "eventVersion": "1.07",
+        "eventTime": "2026-11-28T09:00:00Z",
+        "awsRegion": "us-east-1",
+        "eventID": "a9edc959-9488-4790-be0f-05d60e56b547",
+        "eventType": "AwsCloudTrailInsight",
+        "recipientAccountId": "111122223333",
+        "sharedEventID": "c2806063-d85d-42c3-9027-d2c56a477314",
+        "insightDetails": {
+            "state": "Start",
+            "eventSource": "iam.amazonaws.com",
+            "eventName": "DeleteAccessKey",
+            "insightType": "ApiCallRateInsight",
+        },
+        "eventCategory": "Insight",
+    }
+    raw = RawRecord("cloudtrail", "cloudtrail_record", json.dumps(insight).encode(), datetime.now(UTC))
+    with pytest.raises(ContractError, match=r"'a9edc959-.*': a CloudTrail Insights record .* not a call"):
+        CloudTrailNormalizer().normalize(raw)
 
 
 def test_event_id_is_stable_per_cloudtrail_event_id() -> None:

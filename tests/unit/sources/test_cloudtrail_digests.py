@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import time
 from collections import Counter
@@ -89,6 +90,54 @@ def new_sink() -> MemorySink:
     sink = MemorySink()
     sink.source_id = "cloudtrail"
     return sink
+
+
+def insights(acct: Path) -> None:
+    """Insights files next to the logs, as CloudTrail delivers them with CloudTrail Insights on
+    (``CloudTrail-Insight/``), and one copied among the log files."""
+    for region in REGIONS:
+        folder = acct / f"CloudTrail-Insight/{region}/2026/11/28"
+        folder.mkdir(parents=True)
+        record = {
+            "eventVersion": "1.07",
+            "eventTime": "2026-11-28T09:10:00Z",
+            "awsRegion": region,
+            "eventID": f"insight-{region}",
+            "eventType": "AwsCloudTrailInsight",
+            "recipientAccountId": ACCOUNT,
+            "insightDetails": {
+                "state": "Start",
+                "eventName": "DeleteAccessKey",
+                "insightType": "ApiCallRateInsight",
+            },
+            "eventCategory": "Insight",
+        }
+        name = f"{ACCOUNT}_CloudTrail-Insight_{region}_20261128T0915Z_a1b2c3d4e5f6a7b8.json.gz"
+        (folder / name).write_bytes(gzip.compress(json.dumps({"Records": [record]}).encode()))
+    stray = next((acct / "CloudTrail-Insight/us-east-1/2026/11/28").iterdir())
+    (acct / "CloudTrail/us-east-1/2026/11/28" / stray.name).write_bytes(stray.read_bytes())
+
+
+def test_insights_files_are_left_out_and_said_once(
+    tmp_path: Path, reads: Counter[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # They are {"Records": [...]}, so they were published, and every record (a finding about a
+    # call rate, with no eventName of its own) was dead-lettered by the normaliser.
+    acct, ids = account(tmp_path)
+    insights(acct)
+    caplog.set_level(logging.INFO, logger="vigil.sources.cloudtrail")
+    sink = new_sink()
+    source = Scans(acct, scans=3)
+    source.run(sink)
+    assert published(sink) == Counter(ids)
+    assert not any("Insight" in name for name in reads)
+    assert source.skipped_insights == 2  # the directory (not walked) and the stray copy
+    said = [r.getMessage() for r in caplog.records if "Insights" in r.getMessage()]
+    assert said == [
+        "cloudtrail: leaving out Insights files (findings about call rates, not calls): CloudTrail-Insight/",
+        "cloudtrail: leaving out Insights files (findings about call rates, not calls): "
+        f"CloudTrail/us-east-1/2026/11/28/{ACCOUNT}_CloudTrail-Insight_us-east-1_20261128T0915Z_a1b2c3d4e5f6a7b8.json.gz",
+    ]
 
 
 @pytest.mark.parametrize("level", ["account", "bucket"])

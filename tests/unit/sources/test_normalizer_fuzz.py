@@ -46,7 +46,16 @@ SYSLOG = (
 )
 CLOUDTRAIL: dict[str, Any] = {
     "eventVersion": "1.08",
-    "userIdentity": {"type": "IAMUser", "userName": "alice", "arn": "arn:aws:iam::111122223333:user/alice"},
+    "userIdentity": {
+        "type": "IAMUser",
+        "userName": "alice",
+        "arn": "arn:aws:iam::111122223333:user/alice",
+        "accessKeyId": "AKIAI44QH8DHBEXAMPLE",
+        "sessionContext": {
+            "sessionIssuer": {"arn": "arn:aws:iam::111122223333:role/aws-reserved/sso.amazonaws.com/x"},
+            "attributes": {"mfaAuthenticated": "true"},
+        },
+    },
     "eventTime": "2026-11-28T09:20:11Z",
     "eventSource": "iam.amazonaws.com",
     "eventName": "CreateAccessKey",
