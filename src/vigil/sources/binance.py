@@ -5,7 +5,10 @@ combined streams are named in the URL, ``/stream?streams=btcusdt@trade/ethusdt@a
 and every message arrives wrapped as ``{"stream": name, "data": payload}``.  Nothing
 needs to be sent after connecting.  The server sends a websocket ping every 20 s and
 drops clients that do not answer with a pong (the websockets library answers them);
-it also closes every connection after 24 h, which the reconnect loop absorbs.
+it also closes every connection after 24 h, which the reconnect loop absorbs.  Before it shuts a
+server down it sends ``serverShutdown`` (``{"e": "serverShutdown", "E": <ms>}``) and asks clients
+to connect again at once: the feed does, rather than waiting for the drop (see
+:class:`~vigil.sources.websocket.WebsocketFeed`).
 
 Liveness is websocket ping/pong only: Binance sends no heartbeat message, and a stream of an
 illiquid symbol can carry no trade for minutes (the recorded spot session has streams with
@@ -27,8 +30,9 @@ Normaliser: ``trade`` and ``aggTrade`` become canonical ``trade`` events (``m`` 
 means the buyer was the maker, so the taker sold).  Aggregate trades get trade ids
 ``agg-<a>`` so they can never collide with individual trade ids; subscribe to one of
 the two per symbol, not both, or volumes count twice.  Book, ticker and kline updates
-yield nothing, array streams of them (``!ticker@arr``) too; a subscription reply yields
-nothing; an error or unknown event is rejected.
+yield nothing, array streams of them (``!ticker@arr``) too; a subscription reply and a
+``serverShutdown`` yield nothing; an error (``{"code", "msg"}``, or nested,
+``{"error": {"code", "msg"}, "id"}``) or an unknown event is rejected.
 The market comes from the connection's URL (:func:`market_of`): each market numbers its trades
 itself, so a futures or Binance.US trade's id and venue name its market; spot keeps ``binance``.
 """
@@ -92,6 +96,8 @@ class BinanceSource(WebsocketFeed):
     def inspect(self, message: Any) -> Inspected:
         if not isinstance(message, dict):
             return Inspected()
+        if _is_shutdown(message):
+            return Inspected(channel=SERVER_SHUTDOWN, data=False, shutdown=True)
         stream = message.get("stream")
         data = message.get("data", message)
         if not isinstance(data, dict):
@@ -126,21 +132,42 @@ class BinanceSource(WebsocketFeed):
         return Inspected(key=symbol.encode(), channel=channel, gaps=(gap,) if gap else ())
 
 
+#: The event Binance sends before shutting a server down; a new connection is wanted at once.
+SERVER_SHUTDOWN = "serverShutdown"
+
+
+def _is_shutdown(message: dict[str, Any]) -> bool:
+    """Whether ``message`` is a ``serverShutdown``: bare, as a combined stream's ``data``, or as
+    the WebSocket API's ``event`` (the one shape Binance documents it in)."""
+    for where in (message, message.get("data"), message.get("event")):
+        if isinstance(where, dict) and where.get("e") == SERVER_SHUTDOWN:
+            return True
+    return False
+
+
 # ---------------------------------------------------------------------------- normaliser
+
+
+class _Error(msgspec.Struct):
+    code: int | None = None
+    msg: str | None = None
+
+
+class _Event(msgspec.Struct):
+    e: str | None = None
 
 
 class _Envelope(msgspec.Struct):
     stream: str | None = None
     data: msgspec.Raw = msgspec.Raw(b"")  # empty when absent (msgspec cannot make Raw optional)
-    # A subscription reply ({"result": null, "id": 1}) or an error ({"code": ..., "msg": ...}).
+    # A subscription reply ({"result": null, "id": 1}) or an error: {"code": ..., "msg": ...}, or
+    # nested, {"error": {"code": ..., "msg": ...}, "id": 1}.
     id: int | str | None = None
     code: int | None = None
     msg: str | None = None
+    error: _Error | None = None
     e: str | None = None
-
-
-class _Event(msgspec.Struct):
-    e: str | None = None
+    event: _Event | None = None  # (the WebSocket API's wrapping of serverShutdown)
 
 
 class _Trade(msgspec.Struct):
@@ -217,13 +244,19 @@ class BinanceNormalizer(Normalizer):
         except msgspec.DecodeError as exc:
             msg_0 = f"not a Binance stream message: {exc}"
             raise DecodeError(msg_0, where=where) from None
-        if envelope.code is not None:
-            msg = f"{where}: Binance sent an error: code {envelope.code}: {(envelope.msg or '')[:200]!r}"
+        # (A nested error carries the request's id and no top-level code: it read as the reply to
+        # a SUBSCRIBE that succeeded, and a refused stream went unsaid.)
+        error = envelope.error
+        code, said = (error.code, error.msg) if error is not None else (envelope.code, envelope.msg)
+        if error is not None or code is not None:
+            msg = f"{where}: Binance sent an error: code {code}: {(said or '')[:200]!r}"
             raise ContractError(msg)
         market = market_of(record.meta.get("url"))
         if not envelope.data:
             if envelope.e is not None:  # a raw (not combined) stream: the payload is the message
                 return self._payload(record.value, where, record.received_at, None, market)
+            if envelope.event is not None and envelope.event.e == SERVER_SHUTDOWN:
+                return []  # control: the connector reconnects
             if envelope.id is not None:
                 return []  # reply to a SUBSCRIBE/UNSUBSCRIBE request
             msg = f"{where}: expected a combined-stream message with 'data', got neither 'data' nor 'e'"
@@ -262,7 +295,7 @@ class BinanceNormalizer(Normalizer):
                 return []
             msg = f"{where}: expected an event type 'e' (or a bookTicker/depth stream), got neither"
             raise ContractError(msg)
-        if event in _NO_EVENT:
+        if event in _NO_EVENT or event == SERVER_SHUTDOWN:  # (a shutdown: control, not data)
             return []
         try:
             if event == "trade":

@@ -17,8 +17,14 @@ subscribed a connection silent for ``heartbeat_timeout`` (30 s) is dead and is r
 Without it a quiet product's ``matches`` can be silent for long, so then (as on Binance) only
 websocket ping/pong tells a dead connection, unless ``heartbeat_timeout`` is set.
 
-Resync: the product is unsubscribed and subscribed again, which makes Coinbase send a
-fresh ``last_match`` (and ``snapshot`` on level2), and its counters start again from it.
+Resync: only a channel that sends a snapshot when subscribed (``level2``, ``level2_batch``:
+the whole book) has state a resubscribe recovers.  After a gap on a product, those channels
+(and only those) are unsubscribed and subscribed again for it, so its book starts again from a
+snapshot; ``matches`` stays subscribed (its ``last_match`` on subscribing is one trade, not the
+ones missed, and trades made between the two messages would be lost too), as do ``full`` and
+``heartbeat``, which have no snapshot.  Without a snapshot channel a gap is noted, not resynced.
+Nor is a gap revealed by a product's first counter on a new connection (the trades missed while
+away): that connection has only just subscribed, its snapshots are on their way.
 
 Normaliser: ``match`` and ``last_match`` become canonical ``trade`` events.  Coinbase's
 ``side`` is the *maker* order's side, so the taker side is its opposite.  The event id
@@ -77,6 +83,10 @@ _CHANNEL_OF = {
 #: A product is re-subscribed after a gap at most this often (see CoinbaseSource.resync).
 RESYNC_EVERY_S = 30.0
 
+#: The channels that send a snapshot of the product's state when subscribed (the order book):
+#: the ones a resubscribe recovers.  (``full`` has none: its book comes from the REST API.)
+SNAPSHOT_CHANNELS = ("level2", "level2_batch")
+
 #: The default silence timeout with the ``heartbeat`` channel subscribed (it sends every second).
 HEARTBEAT_TIMEOUT_S = 30.0
 
@@ -109,6 +119,12 @@ class CoinbaseSource(WebsocketFeed):
         self.channels = list(channels)
         #: When (monotonic) each product was last re-subscribed (see resync).
         self._resynced: dict[str, float] = {}
+        #: The tracker keys checked on connection ``_connection`` (see _first_here): a key's first check
+        #: on a connection measures the time away.
+        self._connection = 0
+        self._checked: set[str] = set()
+        #: Gaps of the batch being inspected that a resubscribe cannot recover (see resync).
+        self._while_away: set[Gap] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: str) -> CoinbaseSource:
@@ -121,8 +137,31 @@ class CoinbaseSource(WebsocketFeed):
             **heartbeat_option(options),
         )
 
-    def _subscription(self, kind: Literal["subscribe", "unsubscribe"], products: Sequence[str]) -> str:
-        return json.dumps({"type": kind, "product_ids": list(products), "channels": self.channels})
+    def _subscription(
+        self,
+        kind: Literal["subscribe", "unsubscribe"],
+        products: Sequence[str],
+        channels: Sequence[str] | None = None,
+    ) -> str:
+        return json.dumps(
+            {"type": kind, "product_ids": list(products), "channels": list(channels or self.channels)}
+        )
+
+    def _first_here(self, key: str) -> bool:
+        """Whether this is ``key``'s first check on the current connection (a gap it reveals is
+        the time away, see resync); from now on it is not."""
+        if self._connection != self.stats.connections:
+            self._connection = self.stats.connections
+            self._checked.clear()
+        first = key not in self._checked
+        self._checked.add(key)
+        return first
+
+    def _found(self, gap: Gap | None, first_here: bool, gaps: list[Gap]) -> None:
+        if gap is not None:
+            gaps.append(gap)
+            if first_here:
+                self._while_away.add(gap)
 
     def subscribe_messages(self) -> list[str]:
         # Counters survive a reconnect on purpose: the first trade after it (Coinbase re-sends the
@@ -139,47 +178,53 @@ class CoinbaseSource(WebsocketFeed):
             return Inspected(channel=channel)
         gaps: list[Gap] = []
         trade_id = message.get("trade_id")
-        if kind in ("match", "last_match") and isinstance(trade_id, int):
-            gap = self.tracker.check(f"{product}:trade_id", trade_id)
-            if gap:
-                gaps.append(gap)
-        last_trade = message.get("last_trade_id")
         key = f"{product}:trade_id"
+        if kind in ("match", "last_match") and isinstance(trade_id, int):
+            self._found(self.tracker.check(key, trade_id), self._first_here(key), gaps)
+        last_trade = message.get("last_trade_id")
         seen = self.tracker.last(key)
-        if kind == "heartbeat" and isinstance(last_trade, int) and seen is not None and last_trade > seen:
-            # The heartbeat names the last trade, which was not received: the missing ones are
-            # seen+1 ..= last_trade (one alone too: taken as a received trade, it was no gap).
-            gaps.append(Gap(key, seen + 1, last_trade + 1))
-            self.tracker.check(key, last_trade)
+        if kind == "heartbeat" and isinstance(last_trade, int) and seen is not None:
+            first_here = self._first_here(key)
+            if last_trade > seen:
+                # The heartbeat names the last trade, which was not received: the missing ones are
+                # seen+1 ..= last_trade (one alone too: taken as a received trade, it was no gap).
+                self._found(Gap(key, seen + 1, last_trade + 1), first_here, gaps)
+                self.tracker.check(key, last_trade)
         sequence = message.get("sequence")
         # Sequences are contiguous per product only across the full channel (matches are part
         # of it); a last_match repeats an old trade and would read as going backwards.
         full = "full" in self.channels and channel in ("full", "matches") and kind != "last_match"
         if full and isinstance(sequence, int):
-            gap = self.tracker.check(f"{product}:sequence", sequence)
-            if gap:
-                gaps.append(gap)
+            key = f"{product}:sequence"
+            self._found(self.tracker.check(key, sequence), self._first_here(key), gaps)
         return Inspected(key=product.encode(), channel=channel, gaps=tuple(gaps))
 
     async def resync(self, ws: ClientConnection, gaps: Sequence[Gap]) -> bool:
-        """Re-subscribe the products with gaps, once per ``RESYNC_EVERY_S`` each.
+        """Re-subscribe the snapshot channels (:data:`SNAPSHOT_CHANNELS`) of the products with
+        gaps, once per ``RESYNC_EVERY_S`` each; whether it did.
 
-        The counters are kept: what is lost while unsubscribed shows as a gap at the next
-        message (before, they were forgotten, so that loss was never noted), and the last
-        trade Coinbase re-sends on subscribing is a replay.  The spacing keeps that gap from
-        re-subscribing again at once, which on a busy product repeated for as long as it traded."""
+        Nothing is sent for a gap of the time away (a product's first counter on a connection,
+        which has only just subscribed: before, that reconnect's gap unsubscribed and subscribed
+        again at once, and trades made between the two were lost for nothing), nor when no
+        snapshot channel is subscribed (nothing a resubscribe would recover: ``matches`` sends
+        one trade, not the ones missed).  Other channels stay subscribed, and the counters are
+        kept: the spacing keeps a product whose gaps go on from being re-subscribed at each."""
+        away, self._while_away = self._while_away, set()
+        channels = [c for c in self.channels if c in SNAPSHOT_CHANNELS]
+        if not channels:
+            return False
         now = time.monotonic()
         products = sorted(
             p
-            for p in {gap.key.partition(":")[0] for gap in gaps}
+            for p in {gap.key.partition(":")[0] for gap in gaps if gap not in away}
             if now - self._resynced.get(p, -RESYNC_EVERY_S) >= RESYNC_EVERY_S
         )
         if not products:
             return False
         for product in products:
             self._resynced[product] = now
-        await ws.send(self._subscription("unsubscribe", products))
-        await ws.send(self._subscription("subscribe", products))
+        await ws.send(self._subscription("unsubscribe", products, channels))
+        await ws.send(self._subscription("subscribe", products, channels))
         return True
 
 

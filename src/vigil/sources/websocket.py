@@ -21,7 +21,11 @@ publishes every message exactly as received (the frame's bytes) to ``raw.<name>`
   (Coinbase trade ids and sequences per product, Binance trade/aggregate/depth ids per
   symbol) to a :class:`SequenceTracker`.  A gap is counted, published as a ``ws_gap``
   note right after the message that revealed it (so the raw topic says where data is
-  missing), and handed to the subclass's :meth:`WebsocketFeed.resync` hook.
+  missing), and handed to the subclass's :meth:`WebsocketFeed.resync` hook;
+- **announced shutdowns**: a message the subclass reads as the exchange saying it will close
+  the connection soon (Binance's ``serverShutdown``) closes it once the batch is published, and
+  a new one is opened at once (no backoff when the connection had worked), rather than losing
+  the trades made between the server's drop and the reconnect.
 
 A live feed has no cursor to resume from: what the exchange sent while the connector
 was away is gone, and the gap notes say so.  Publishing is synchronous
@@ -165,12 +169,18 @@ class FeedStats:
     gaps: int = 0
     resyncs: int = 0
     heartbeat_timeouts: int = 0
+    #: Connections replaced because the exchange announced it would close them.
+    shutdowns_announced: int = 0
     #: Connections found quiet for ``quiet_warning_s`` with no silence timeout (see the feed).
     quiet_warnings: int = 0
 
 
 class HeartbeatTimeout(Exception):
     """No message within the heartbeat timeout: treat the connection as dead."""
+
+
+class ShutdownAnnounced(Exception):
+    """The exchange said it is about to close the connection: replace it now."""
 
 
 def shown_url(url: str) -> str:
@@ -216,6 +226,9 @@ class Inspected:
     #: message with a key is data, one without is not (replies, errors).  A feed whose data
     #: carries no key (Binance's ``!ticker@arr``, every symbol in one message) says True.
     data: bool | None = None
+    #: The exchange announced it will close this connection (Binance's ``serverShutdown``): a new
+    #: one is opened at once.
+    shutdown: bool = False
 
 
 class _Receiver:
@@ -329,7 +342,8 @@ class WebsocketFeed(Source):
     async def resync(self, ws: ClientConnection, gaps: Sequence[Gap]) -> bool:
         """Called after a batch revealed ``gaps``; whether it resynchronised (counted as a
         resync).  The default only re-baselines (the tracker already accepted the new counter).
-        Coinbase re-subscribes the affected products, at most so often."""
+        Coinbase re-subscribes the affected products' book channels (which send a snapshot), at
+        most so often."""
         return True
 
     # ------------------------------------------------------------------ loop
@@ -347,8 +361,17 @@ class WebsocketFeed(Source):
         while self.running:
             delivered_before = self.stats.data_messages
             self._pong_seen = False
+            announced = False
             try:
                 await self._session(sink)
+            except ShutdownAnnounced:
+                announced = True
+                self.stats.shutdowns_announced += 1
+                log.warning(
+                    "%s: %s announced it is closing the connection; reconnecting at once",
+                    self.name,
+                    self.shown_url,
+                )
             except HeartbeatTimeout:
                 self.stats.heartbeat_timeouts += 1
                 log.warning(
@@ -380,17 +403,23 @@ class WebsocketFeed(Source):
                 )
             if not self.running:
                 break
-            if self.stats.data_messages > delivered_before or self._pong_seen:
+            worked = self.stats.data_messages > delivered_before or self._pong_seen
+            if worked:
                 # The last connection worked: it delivered market data, or it answered a
                 # websocket ping (a quiet stream, even one closed for silence, is no reason to wait
                 # longer and longer: trades made during the wait are lost).  The backoff starts
                 # again from the bottom.  (Any message reset it, an exchange's "subscription
                 # refused" error too: a mistyped product reconnected every 0.3 s for ever.)
                 attempt = 0
-            delay = self.backoff_delay(attempt)
-            attempt += 1
             self.stats.reconnects += 1
             _counters()["reconnects"].labels(self.name).inc()
+            if announced and worked:
+                # Asked to move by a connection that worked: no wait, every second of it is trades
+                # lost.  (One that never worked backs off as after any failure: an exchange that
+                # announced a shutdown at every connect would be reconnected to in a tight loop.)
+                continue
+            delay = self.backoff_delay(attempt)
+            attempt += 1
             await self._sleep(delay)
 
     async def _sleep(self, seconds: float) -> None:
@@ -415,6 +444,11 @@ class WebsocketFeed(Source):
             recv = _Receiver(ws)
             try:
                 await self._receive(ws, recv, sink)
+            except ShutdownAnnounced:
+                # Leaving as asked is a normal closure (1000), not the internal error (1011) the
+                # library closes with when an exception leaves the block.
+                await ws.close()
+                raise
             finally:
                 recv.close()
                 # The library measures latency on each pong that answers a ping: 0.0 until one
@@ -460,15 +494,19 @@ class WebsocketFeed(Source):
                 await self._publish(ws, sink, frames, resync=False)
                 raise
             last_message = time.monotonic()
-            await self._publish(ws, sink, frames)
+            if await self._publish(ws, sink, frames):
+                raise ShutdownAnnounced
 
     async def _publish(
         self, ws: ClientConnection, sink: RawSink, frames: list[bytes], *, resync: bool = True
-    ) -> None:
+    ) -> bool:
+        """Publishes ``frames`` (and a note per gap), then resyncs if asked; whether one of them
+        announced that the exchange is closing the connection."""
         now = datetime.now(UTC)
         records: list[RawRecord] = []
         gaps: list[Gap] = []
         data_messages = 0
+        shutdown = False
         for frame in frames:
             try:
                 found = self.inspect(msgspec.json.decode(frame))
@@ -478,6 +516,7 @@ class WebsocketFeed(Source):
                 # the connector and lost the frames before it in the batch.)
                 found = Inspected()
             data_messages += found.data if found.data is not None else bool(found.key)
+            shutdown = shutdown or found.shutdown
             meta: dict[str, Any] = {"url": self.shown_url, "conn": self.stats.connections}
             if found.channel:
                 meta["channel"] = found.channel
@@ -517,6 +556,7 @@ class WebsocketFeed(Source):
             if resync and await self.resync(ws, gaps):
                 self.stats.resyncs += 1
                 counters["resyncs"].labels(self.name).inc()
+        return shutdown
 
 
 def str_list(value: str | Sequence[str]) -> list[str]:

@@ -234,7 +234,7 @@ def test_silent_feed_times_out_on_heartbeat_and_reconnects(
     assert by_key(read_raw(settings, topic, "binance")) == expected_by_key(binance, binance_key)
 
 
-def test_skipped_trade_is_a_gap_noted_counted_and_resubscribed(
+def test_skipped_trade_is_a_gap_noted_counted_and_its_book_resubscribed(
     settings: Settings, topic: str, coinbase: Recording, run_feed: Callable[[WebsocketFeed], Running]
 ) -> None:
     # Drop the first match that has a later match of the same product: its trade id goes missing.
@@ -244,17 +244,19 @@ def test_skipped_trade_is_a_gap_noted_counted_and_resubscribed(
         (i, m) for i, m in matches if any(j > i and n["product_id"] == m["product_id"] for j, n in matches)
     )
     product = lost["product_id"]
+    channels = ["level2", "ticker", "matches"]
     with ReplayServer(coinbase, speed=None, skip=[skipped]) as server:
-        source = CoinbaseSource(coinbase_products(coinbase), url=server.url, channels=["ticker", "matches"])
+        source = CoinbaseSource(coinbase_products(coinbase), url=server.url, channels=channels)
         feed = run_feed(source)
         feed.wait_for(lambda: source.stats.messages == len(coinbase.messages) - 1)
         feed.wait_for(lambda: any('"unsubscribe"' in m for m in server.stats.client_messages))
         feed.stop()
         resync = [json.loads(m) for m in server.stats.client_messages[1:]]
     assert source.stats.gaps == 1
+    # Only the channel with a snapshot to recover from (the book): matches and ticker stay on.
     assert resync[:2] == [
-        {"type": "unsubscribe", "product_ids": [product], "channels": ["ticker", "matches"]},
-        {"type": "subscribe", "product_ids": [product], "channels": ["ticker", "matches"]},
+        {"type": "unsubscribe", "product_ids": [product], "channels": ["level2"]},
+        {"type": "subscribe", "product_ids": [product], "channels": ["level2"]},
     ]
     notes = [r for r in read_raw(settings, topic, "coinbase") if r.kind == WS_GAP]
     assert [json.loads(n.value) for n in notes] == [

@@ -113,6 +113,37 @@ def test_bad_messages_are_rejected_with_the_reason(
         BinanceNormalizer().normalize(record(value))
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"e": "serverShutdown", "E": 1770123456789},
+        {"stream": "!serverShutdown", "data": {"e": "serverShutdown", "E": 1770123456789}},
+        {"event": {"e": "serverShutdown", "E": 1770123456789}},
+    ],
+)
+def test_a_server_shutdown_is_control_not_a_dead_letter(value: dict[str, object]) -> None:
+    # Binance says it before it drops the connection: it was dead-lettered as an unknown event.
+    assert BinanceNormalizer().normalize(record(value)) == []
+    found = feed().inspect(value)
+    assert (found.shutdown, found.data, found.key) == (True, False, None)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"code": 2, "msg": "Invalid request: invalid stream\\nCRITICAL forged", "id": 2}',
+        b'{"error": {"code": 2, "msg": "Invalid request: invalid stream\\nCRITICAL forged"}, "id": 2}',
+    ],
+)
+def test_an_error_flat_or_nested_is_rejected_with_its_code_and_message_as_data(value: bytes) -> None:
+    # The nested one has an id and no top-level code: it read as a successful SUBSCRIBE's reply.
+    with pytest.raises(ContractError) as err:
+        BinanceNormalizer().normalize(record(value))
+    said = str(err.value)
+    assert said.endswith("Binance sent an error: code 2: 'Invalid request: invalid stream\\nCRITICAL forged'")
+    assert "\n" not in said
+
+
 def test_trade_and_aggregate_id_gaps_per_symbol() -> None:
     source = feed()
     assert source.inspect({"stream": "s", "data": TRADE}).gaps == ()

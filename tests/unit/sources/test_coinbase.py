@@ -223,20 +223,60 @@ class _Sent:
         self.texts.append(text)
 
 
-def test_trades_lost_while_resubscribing_are_noted_and_resubscribing_is_spaced() -> None:
-    # Resync forgot the counters: trades lost while unsubscribed showed as no gap at all.  Kept,
-    # that loss is a gap, which must not resubscribe again at once (on a busy product, for ever).
-    feed = source()
+def test_a_gap_resubscribes_the_snapshot_channels_alone_and_resubscribing_is_spaced() -> None:
+    # level2 sends the whole book when subscribed: that is what a resubscribe recovers.  matches
+    # stays subscribed: resubscribed, it sent one trade back, and lost those between the messages.
+    feed = source(("matches", "level2", "heartbeat"))
     ws = _Sent()
     feed.inspect(MATCH)
     gaps = feed.inspect(MATCH | {"trade_id": 1568270}).gaps
     assert asyncio.run(feed.resync(ws, gaps))  # type: ignore[arg-type]
-    assert [json.loads(t)["type"] for t in ws.texts] == ["unsubscribe", "subscribe"]
-    # Trades 71 and 72 went by while unsubscribed: Coinbase re-sends only the newest, 73.
-    [lost] = feed.inspect(MATCH | {"type": "last_match", "trade_id": 1568273}).gaps
-    assert (lost.expected, lost.received) == (1568271, 1568273)
-    assert not asyncio.run(feed.resync(ws, [lost]))  # type: ignore[arg-type]
+    assert [json.loads(t) for t in ws.texts] == [
+        {"type": "unsubscribe", "product_ids": ["SKL-USD"], "channels": ["level2"]},
+        {"type": "subscribe", "product_ids": ["SKL-USD"], "channels": ["level2"]},
+    ]
+    # The product's gaps go on: noted, not re-subscribed at each (on a busy product, for ever).
+    [again] = feed.inspect(MATCH | {"trade_id": 1568273}).gaps
+    assert (again.expected, again.received) == (1568271, 1568273)
+    assert not asyncio.run(feed.resync(ws, [again]))  # type: ignore[arg-type]
     assert len(ws.texts) == 2
+
+
+def test_a_gap_with_no_snapshot_channel_is_noted_not_resynced() -> None:
+    # Nothing on matches, ticker or heartbeat is recovered by subscribing again.
+    feed = source(("matches", "ticker", "heartbeat"))
+    ws = _Sent()
+    feed.inspect(MATCH)
+    [gap] = feed.inspect(MATCH | {"trade_id": 1568275}).gaps
+    assert not asyncio.run(feed.resync(ws, [gap]))  # type: ignore[arg-type]
+    assert ws.texts == []
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        MATCH | {"type": "last_match", "trade_id": 1568275},
+        {"type": "heartbeat", "product_id": "SKL-USD", "sequence": 9, "last_trade_id": 1568274},
+    ],
+)
+def test_the_gap_of_the_time_away_does_not_resubscribe_the_connection_that_just_subscribed(
+    first: dict[str, object],
+) -> None:
+    # Counters survive a reconnect, so the first counter after it shows the trades missed while
+    # away: noted, but resubscribing a connection that has just subscribed recovers nothing.
+    feed = source(("matches", "level2"))
+    ws = _Sent()
+    feed.stats.connections = 1
+    feed.inspect(MATCH)
+    feed.stats.connections = 2  # reconnected: subscribed, the level2 snapshot on its way
+    [away] = feed.inspect(first).gaps
+    assert (away.expected, away.received) == (1568269, 1568275)
+    assert not asyncio.run(feed.resync(ws, [away]))  # type: ignore[arg-type]
+    assert ws.texts == []
+    # A gap later on the same connection is data lost under a live subscription: resynced.
+    [later] = feed.inspect(MATCH | {"trade_id": 1568280}).gaps
+    assert asyncio.run(feed.resync(ws, [later]))  # type: ignore[arg-type]
+    assert [json.loads(t)["type"] for t in ws.texts] == ["unsubscribe", "subscribe"]
 
 
 @pytest.mark.parametrize("size", ["1_000", " 5", "5 ", "infinity", "0x10"])

@@ -24,7 +24,7 @@ from vigil.config import Settings, load_settings
 from vigil.sources.binance import BinanceNormalizer, BinanceSource
 from vigil.sources.coinbase import CoinbaseSource
 from vigil.sources.sink import MemorySink
-from vigil.sources.websocket import WS_MESSAGE, WebsocketFeed, shown_url
+from vigil.sources.websocket import CONTROL_KEY, WS_MESSAGE, WebsocketFeed, shown_url
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
 
@@ -142,16 +142,18 @@ def test_a_refused_subscription_backs_off_instead_of_reconnecting_at_once() -> N
     assert feed.stats.data_messages == 0
 
 
-def test_a_resync_held_back_is_not_counted_as_one() -> None:
-    def match(trade_id: int) -> str:
-        return json.dumps(
-            {
-                "type": "match", "trade_id": trade_id, "maker_order_id": "m", "taker_order_id": "t",
-                "side": "buy", "size": "1", "price": "1", "product_id": "BTC-USD", "sequence": trade_id,
-                "time": "2026-01-01T00:00:00Z",
-            }
-        )  # fmt: skip
+def match(trade_id: int, kind: str = "match") -> str:
+    """A Coinbase BTC-USD trade."""
+    return json.dumps(
+        {
+            "type": kind, "trade_id": trade_id, "maker_order_id": "m", "taker_order_id": "t",
+            "side": "buy", "size": "1", "price": "1", "product_id": "BTC-USD", "sequence": trade_id,
+            "time": "2026-01-01T00:00:00Z",
+        }
+    )  # fmt: skip
 
+
+def test_a_resync_held_back_is_not_counted_as_one() -> None:
     async def handler(ws: ServerConnection) -> None:
         await ws.recv()  # the subscribe
         await ws.send(match(100))
@@ -179,7 +181,7 @@ def test_a_resync_held_back_is_not_counted_as_one() -> None:
 
     before = served()  # (the counters are the process's: other tests' feeds count too)
     with server(handler) as url:
-        feed = CoinbaseSource(["BTC-USD"], url=url, channels=["matches"], batch_linger=0.0)
+        feed = CoinbaseSource(["BTC-USD"], url=url, channels=["matches", "level2"], batch_linger=0.0)
         sink = MemorySink()
         thread, errors = running(feed, sink)
         wait_for(lambda: feed.stats.gaps >= 2 or bool(errors), "the two gaps")
@@ -190,6 +192,45 @@ def test_a_resync_held_back_is_not_counted_as_one() -> None:
     # Served: on prometheus-client's global registry, which no command serves, they were not.
     after = served()
     assert (after[0] - before[0], after[1] - before[1]) == (2, 1)
+
+
+def test_trades_missed_while_away_are_a_gap_but_no_resubscribe_of_the_new_connection() -> None:
+    # Counters survive a reconnect, so the new connection's last_match shows the trades missed
+    # while away.  That gap unsubscribed and subscribed again at once: nothing recovered (the
+    # connection had just subscribed, its book snapshot on its way), and trades lost between the two.
+    sent: list[list[str]] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        texts: list[str] = []
+        sent.append(texts)
+        texts.append(json.loads(await ws.recv())["type"])  # the subscribe
+        if len(sent) == 1:
+            await ws.send(match(100, "last_match"))
+            await ws.send(match(101))
+            await ws.close()  # dropped; trades 102-109 go by meanwhile
+            return
+        await ws.send(match(110, "last_match"))
+        await ws.send(match(111))
+        async for text in ws:
+            texts.append(json.loads(text)["type"])
+
+    with server(handler) as url:
+        feed = CoinbaseSource(["BTC-USD"], url=url, channels=["matches", "level2"], batch_linger=0.0)
+        feed.backoff_delay = lambda attempt: 0.01  # type: ignore[method-assign]
+        sink = MemorySink()
+        thread, errors = running(feed, sink)
+        wait_for(lambda: b'"trade_id": 111' in sink.records[-1].value if sink.records else False, "trade 111")
+        feed.stop()
+        thread.join(10)
+    # (The server read everything the feed sent before its close, the server stopped since.)
+    assert errors == []
+    assert sent == [["subscribe"], ["subscribe"]]
+    assert (feed.stats.connections, feed.stats.gaps, feed.stats.resyncs) == (2, 1, 0)
+    [note] = [r for r in sink.records if r.kind == "ws_gap"]
+    assert (json.loads(note.value), note.meta["conn"]) == (
+        {"key": "BTC-USD:trade_id", "expected": 102, "received": 110, "missing": 8},
+        2,
+    )
 
 
 def test_a_keyless_array_stream_is_data_and_restarts_the_backoff() -> None:
@@ -454,3 +495,69 @@ def test_a_refused_handshake_is_logged_with_its_status_and_body(caplog: pytest.L
     assert "restricted location\\nLOG forged line\\x1b[2J" in line
     assert "\n" not in line
     assert "\x1b" not in line
+
+
+# ---------------------------------------------------------------------------- announced shutdowns
+
+SERVER_SHUTDOWN = json.dumps({"e": "serverShutdown", "E": 1770123456789})
+
+
+def test_a_binance_server_shutdown_is_answered_with_a_new_connection_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Binance announces a server's shutdown before it drops the connection, and asks for a new one
+    # at once.  The announcement was dead-lettered and the connection kept until the drop: the
+    # trades made while it then reconnected (after a backoff) were lost.
+    served: list[ServerConnection] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        served.append(ws)
+        if len(served) == 1:
+            await ws.send(agg_trade(1000))
+            await ws.send(SERVER_SHUTDOWN)  # and the server keeps it open, for minutes
+        else:
+            await ws.send(agg_trade(1001))
+        await ws.wait_closed()
+
+    delays: list[int] = []
+
+    def spy(attempt: int) -> float:
+        delays.append(attempt)
+        return 0.01
+
+    caplog.set_level(logging.WARNING, logger="vigil.sources.websocket")
+    with server(handler) as url:
+        feed = BinanceSource(["blzeth@aggTrade"], base_url=url, batch_linger=0.0)
+        feed.backoff_delay = spy  # type: ignore[method-assign]
+        sink = MemorySink()
+        thread, errors = running(feed, sink)
+        wait_for(lambda: len(sink.records) >= 3 or bool(errors), "the trade on the new connection")
+        feed.stop()
+        thread.join(10)
+    assert errors == []
+    assert [(r.meta["conn"], r.value) for r in sink.records] == [
+        (1, agg_trade(1000).encode()),
+        (1, SERVER_SHUTDOWN.encode()),  # kept on the raw topic, as control
+        (2, agg_trade(1001).encode()),
+    ]
+    assert sink.records[1].key == CONTROL_KEY
+    assert (feed.stats.connections, feed.stats.reconnects, feed.stats.shutdowns_announced) == (2, 1, 1)
+    assert delays == []  # no backoff: at once
+    assert served[0].close_code == 1000  # the feed closed the old connection itself
+    assert [r.getMessage() for r in caplog.records] == [
+        f"binance: {url} announced it is closing the connection; reconnecting at once"
+    ]
+
+
+def test_a_shutdown_announced_by_connections_that_never_worked_backs_off() -> None:
+    # Reconnecting at once is for a connection that worked: announced at every connect, before any
+    # data, it would otherwise reconnect in a tight loop.
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(SERVER_SHUTDOWN)
+        await ws.wait_closed()
+
+    with server(handler) as url:
+        feed = BinanceSource(["blzeth@aggTrade"], base_url=url)
+        attempts, _sink = backoff_attempts(feed, 3)
+    assert attempts[:3] == [0, 1, 2]
+    assert feed.stats.shutdowns_announced >= 3
