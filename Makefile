@@ -35,25 +35,37 @@ $(STAMP): pyproject.toml
 
 compile: $(COMPILED_STAMP)
 
+# An extension not built from what its source holds now (src/vigil/compiled.py `stale`: by
+# contents, not times; a source put back with an older time passed as built) is rebuilt.
+ifneq ($(VIGIL_COMPILE),0)
+ifneq ($(wildcard $(COMPILED_STAMP)),)
+ifneq ($(shell cd src && ../$(BIN)/python -m vigil.compiled --stale 2>/dev/null),)
+.PHONY: $(COMPILED_STAMP)
+endif
+endif
+endif
+
 # mypyc reads the project's mypy settings; its C files (one per module, compiled on every CPU:
 # see src/vigil/compiled.py) go to src/build/ (ignored by git).
 $(COMPILED_STAMP): $(STAMP) $(COMPILED) $(NATIVE) src/vigil/compiled.py
 	rm -f $(VENV)/.compiled-*
 	@if [ "$(VIGIL_COMPILE)" = 0 ]; then \
 		echo "VIGIL_COMPILE=0: the sources run uncompiled"; \
-		find src -name '*.so' -delete; rm -rf src/build; \
+		find src -name '*.so' -delete; find src -name '.*.built' -delete; rm -rf src/build; \
 	else \
 		echo "compiling $(words $(COMPILED)) modules with mypyc (about two minutes on two cores)"; \
+		: "Every extension made afresh: one of a module no longer in COMPILED would still run."; \
+		find src -name '*.so' -delete; find src -name '.*.built' -delete; \
+		touch $(VENV)/.compile-began; \
 		( cd src && ../$(BIN)/python -m vigil.compiled $(patsubst src/%,%,$(COMPILED) $(NATIVE)) ) > $(VENV)/mypyc.log 2>&1 \
 			|| { tail -40 $(VENV)/mypyc.log; exit 1; }; \
-		: "A module's own extension is a thin shim that is not rebuilt when only its code (in the"; \
-		: "shared library beside it) changed: mark them all as built now, for the staleness check."; \
-		find src/vigil -name '*.so' -exec touch {} +; \
 	fi
-	touch $@
+	@: "Dated when the build began: a source edited while it ran is newer, and rebuilt next time."
+	@if [ -e $(VENV)/.compile-began ]; then touch -r $(VENV)/.compile-began $@; else touch $@; fi
+	@rm -f $(VENV)/.compile-began
 
 uncompiled:
-	find src -name '*.so' -delete
+	find src -name '*.so' -delete; find src -name '.*.built' -delete
 	rm -rf src/build $(VENV)/.compiled-*
 
 demo: install

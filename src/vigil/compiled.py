@@ -1,4 +1,4 @@
-"""Which modules run compiled, and whether a compiled one is older than its source.
+"""Which modules run compiled, and whether a compiled one was not built from its source as it is now.
 
 The per-event paths (detectors, the runtime's loop, state and windows, the simulator's
 factories; the list is ``COMPILED`` in the Makefile) are compiled by mypyc into C extensions
@@ -6,8 +6,12 @@ beside their sources: the same typed Python, checked by the same mypy, at less C
 (docs/benchmarks.md: detection on Kafka 28.9 -> 21 µs).  Python imports an extension before
 a source of the same name, so an edited source whose extension was not rebuilt would silently
 not run: ``make`` rebuilds them when a source changes, the test suite refuses to start with a
-stale one, and the command line warns.  ``make uncompiled`` removes them, and
-``VIGIL_COMPILE=0 make ...`` builds without them (the sources run as they are).
+stale one, and the command line warns.  Stale is judged by contents, not files' times: the build
+records each source's digest as it read it (``.NAME.py.built`` beside it), so a source edited
+while the build ran, or put back with an older time (``cp -p``, ``tar x``, rsync), is stale
+too; compared by times, both passed as built (found in review, 2026-12-06).  ``make
+uncompiled`` removes them, and ``VIGIL_COMPILE=0 make ...`` builds without them (the sources
+run as they are).
 
 ``python -m vigil.compiled MODULE.py ...`` (run in ``src``; ``make compile`` does) compiles the
 Python modules with mypyc in one group, as mypyc's own command line does, but with a C file for
@@ -24,6 +28,7 @@ the compiler and flags this Python was built with, and the staleness check cover
 
 from __future__ import annotations
 
+import hashlib
 import importlib.machinery
 import os
 import shlex
@@ -55,9 +60,27 @@ def extensions(root: Path = _PACKAGE) -> dict[Path, Path]:
     return out
 
 
+def digest(source: Path) -> str:
+    return hashlib.sha256(source.read_bytes()).hexdigest()
+
+
+def built_record(source: Path) -> Path:
+    """Where the build records the digest of ``source`` it compiled."""
+    return source.with_name(f".{source.name}.built")
+
+
 def stale(root: Path = _PACKAGE) -> list[Path]:
-    """Sources changed since their extension was built (their edits would not run)."""
-    return sorted(src for src, ext in extensions(root).items() if src.stat().st_mtime > ext.stat().st_mtime)
+    """Sources whose extension was not built from what they hold now (their edits would not
+    run), or not by this module's build (no digest recorded)."""
+    out: list[Path] = []
+    for source in extensions(root):
+        try:
+            recorded = built_record(source).read_text().strip()
+        except OSError:
+            recorded = ""
+        if recorded != digest(source):
+            out.append(source)
+    return sorted(out)
 
 
 def stale_message(paths: list[Path]) -> str:
@@ -162,6 +185,9 @@ def build_python(sources: list[str], jobs: int | None = None) -> None:
 
 
 def main(args: list[str]) -> int:
+    if args == ["--stale"]:  # (the Makefile's check: a stale extension is rebuilt whatever the times)
+        print("\n".join(str(p) for p in stale()))
+        return 0
     python = [a for a in args if a.endswith(".py")]
     native = [a for a in args if a.endswith(".c")]
     other = [a for a in args if not a.endswith((".py", ".c"))]
@@ -171,10 +197,14 @@ def main(args: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    # Read before the build: a source edited while it runs is then stale, not taken as built.
+    digests = {source: digest(Path(source)) for source in python + native}
     if python:
         build_python(python)
     for source in native:
         print(f"built {build(Path(source))}")
+    for source, value in digests.items():
+        built_record(Path(source)).write_text(value + "\n")
     return 0
 
 

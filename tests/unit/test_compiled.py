@@ -1,5 +1,5 @@
 """Compiled modules: built by ``python -m vigil.compiled`` (one C file per module, on every CPU), and
-an extension older than its source is reported (its edits would not run)."""
+an extension not built from what its source holds now is reported (its edits would not run)."""
 
 from __future__ import annotations
 
@@ -13,33 +13,38 @@ from pathlib import Path
 
 import pytest
 
-from vigil.compiled import compile_in_parallel, extensions, stale
+from vigil.compiled import built_record, compile_in_parallel, digest, extensions, stale
 
 
 class CompileError(Exception):
     """Stands in for setuptools' (a compiler's failure)."""
 
 
-def _module(root: Path, name: str, *, source_age: float, ext_age: float, suffix: str = ".py") -> Path:
+def _module(root: Path, name: str, *, built_from: str | None, suffix: str = ".py") -> Path:
+    """A module whose extension was built from ``built_from`` (None: no digest recorded)."""
     source = root / f"{name}{suffix}"
+    (root / f"{name}{importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"")
+    if built_from is not None:
+        source.write_text(built_from)
+        built_record(source).write_text(digest(source) + "\n")
     source.write_text("x = 1\n")
-    ext = root / f"{name}{importlib.machinery.EXTENSION_SUFFIXES[0]}"
-    ext.write_bytes(b"")
-    now = 1_800_000_000.0
-    os.utime(source, (now - source_age, now - source_age))
-    os.utime(ext, (now - ext_age, now - ext_age))
     return source
 
 
-def test_an_extension_older_than_its_source_is_stale(tmp_path: Path) -> None:
+def test_an_extension_not_built_from_its_source_as_it_is_now_is_stale(tmp_path: Path) -> None:
     (tmp_path / "pkg").mkdir()
-    fresh = _module(tmp_path / "pkg", "fresh", source_age=100, ext_age=10)
-    edited = _module(tmp_path / "pkg", "edited", source_age=10, ext_age=100)
+    fresh = _module(tmp_path / "pkg", "fresh", built_from="x = 1\n")
+    edited = _module(tmp_path / "pkg", "edited", built_from="x = 0\n")
+    unrecorded = _module(tmp_path / "pkg", "unrecorded", built_from=None)  # (not built by vigil.compiled)
     # A module written in C: its .c source counts as a .py one does.
-    native = _module(tmp_path / "pkg", "_native", source_age=10, ext_age=100, suffix=".c")
+    native = _module(tmp_path / "pkg", "_native", built_from="int x;\n", suffix=".c")
     (tmp_path / "pkg" / "plain.py").write_text("y = 2\n")  # never compiled: not reported
-    assert set(extensions(tmp_path)) == {fresh, edited, native}
-    assert stale(tmp_path) == [native, edited]
+    assert set(extensions(tmp_path)) == {fresh, edited, unrecorded, native}
+    # Whatever the files' times say: an edit the build did not see is stale though older.
+    now = 1_800_000_000.0
+    for path in (tmp_path / "pkg").iterdir():
+        os.utime(path, (now if path.suffix in (".py", ".c") else now + 100,) * 2)
+    assert stale(tmp_path) == [native, edited, unrecorded]
 
 
 def test_the_installed_package_has_no_stale_extension() -> None:
@@ -73,6 +78,13 @@ def test_python_modules_compile_into_one_c_file_each_and_run_compiled(tmp_path: 
         assert (tmp_path / "build" / f"__native_{name}.c").is_file(), sorted(os.listdir(tmp_path / "build"))
         assert re.search(rf"-c build/__native_{name}\.c .* -O0 ", done.stdout), done.stdout
     assert set(extensions(tmp_path)) == {tmp_path / "twice.py", tmp_path / "four.py"}
+    assert stale(tmp_path) == []  # (the build recorded what it compiled)
+    # Put back with its old time, an edit is stale still (compared by times, it passed as built).
+    twice, times = tmp_path / "twice.py", (tmp_path / "twice.py").stat()
+    twice.write_text("def double(x: int) -> int:\n    return x + x\n")
+    os.utime(twice, (times.st_atime, times.st_mtime))
+    assert stale(tmp_path) == [twice]
+    twice.write_text("def double(x: int) -> int:\n    return 2 * x\n")
     # Imported compiled (an extension before its source), calling across the two modules.
     ran = subprocess.run(
         [sys.executable, "-c", "import four; print(four.quadruple(3), four.__file__)"],
