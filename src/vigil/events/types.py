@@ -367,6 +367,15 @@ class ChainTransferPayload(Struct, kw_only=True, frozen=True):
     decimals: Count
     amount: Amount
     amount_usd: Amount | None = None
+    #: The block the transfer was read from (0x-hex for Ethereum, hex for Bitcoin): after a reorg
+    #: the same height holds another block, and a consumer tells the orphaned block's events by it.
+    block_hash: Id | None = None
+    #: ``decimals`` is assumed (18), not known: the token is not among the known ones and did not
+    #: say; ``amount`` may be off by powers of ten (``value_raw`` is exact).
+    decimals_assumed: bool = False
+    #: Whether the transaction succeeded is unknown (the block was read without its receipts): a
+    #: native transfer of a reverted transaction moved nothing.
+    success_unknown: bool = False
 
 
 class ChainTransfer(Event, tag="chain_transfer", frozen=True):
@@ -392,6 +401,8 @@ class TokenApprovalPayload(Struct, kw_only=True, frozen=True):
     kind: Literal["approve", "permit", "set_approval_for_all", "approve_nft"] = "approve"
     #: The one token an ``approve_nft`` lets the spender move.
     token_id: ChainInt | None = None
+    #: The block the approval was read from (see ``ChainTransferPayload.block_hash``).
+    block_hash: Id | None = None
 
 
 class TokenApproval(Event, tag="token_approval", frozen=True):

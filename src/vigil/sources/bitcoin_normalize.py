@@ -21,7 +21,8 @@ Not turned into events: outputs without an address (``OP_RETURN`` data, bare mul
 non-standard scripts, and pay-to-pubkey outputs on Core 22+ which report no address)
 and zero-value outputs.  Change outputs are transfers like any other.
 
-Event ids derive from ``bitcoin`` + txid + output index.  Bad input (not JSON, missing
+Each event names its block (``block_hash``), so the events of a block a reorg replaced can be
+told apart.  Event ids derive from ``bitcoin`` + txid + output index.  Bad input (not JSON, missing
 fields, a malformed txid or hash, verbosity-1 blocks) raises
 :class:`~vigil.errors.ContractError` naming the record and the JSON path.
 """
@@ -156,6 +157,7 @@ class BitcoinNormalizer(Normalizer):
                         asset="BTC",
                         value_raw=satoshi,
                         decimals=BTC_DECIMALS,
+                        block_hash=block.hash,
                     )
                 )
         return events

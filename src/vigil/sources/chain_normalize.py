@@ -99,6 +99,9 @@ def chain_transfer(
     decimals: int,
     log_index: int | None = None,
     token_contract: str | None = None,
+    block_hash: str | None = None,
+    decimals_assumed: bool = False,
+    success_unknown: bool = False,
 ) -> ChainTransfer:
     """A transfer seen in ``record``.  ``wallet`` is the sender as an entity: ``None`` where
     ``from_address`` is a placeholder (a coinbase or an unresolved sender), not a wallet."""
@@ -125,5 +128,8 @@ def chain_transfer(
             value_raw=value_raw,
             decimals=decimals,
             amount=value_raw / scale(decimals),
+            block_hash=block_hash,
+            decimals_assumed=decimals_assumed,
+            success_unknown=success_unknown,
         ),
     )

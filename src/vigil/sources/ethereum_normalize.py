@@ -2,11 +2,13 @@
 
 - ``eth_block`` (``eth_getBlockByNumber(n, true)``): one ``chain_transfer`` per transaction
   that moves ether (``value > 0``) to an address, except the failed ones the connector
-  listed in ``meta["failed_txs"]`` (from the receipts).  A record without that list (a node
-  without ``eth_getBlockReceipts``) is read as if every transaction succeeded.  Not
-  covered, because the block does not say: ether moved by contracts (internal transfers,
-  needs traces) and value sent with a contract creation (``to`` is null; the new address
-  is in the receipt).
+  listed in ``meta["failed_txs"]`` (from the receipts).  A record without that list (read
+  without receipts, or by an older connector after one "no such method" answer) cannot say
+  which transactions failed: its transfers are kept, marked ``success_unknown`` (read as
+  successful, a reverted send of 5 ETH was a transfer of 5 ETH; dropped, every real one of
+  the block would be lost).  Not covered, because the block does not say: ether moved by
+  contracts (internal transfers, needs traces) and value sent with a contract creation
+  (``to`` is null; the new address is in the receipt).
 - ``eth_logs`` (``eth_getLogs``): ERC-20 ``Transfer`` -> ``chain_transfer`` with its
   ``log_index``; ``Approval`` -> ``token_approval``, ``unlimited`` when the amount is at
   least 2**255 (wallets approve ``2**256 - 1``; some tokens store the allowance minus a
@@ -27,11 +29,12 @@
   ``unlimited`` when granted, 0 when revoked.  Other layouts are skipped too, not rejected.
 
 Amounts: ``value_raw`` is the exact integer; ``amount`` divides by the token's decimals,
-known for the tokens in :data:`KNOWN_TOKENS` (mainnet USDT, USDC, DAI, WETH) or passed to
-the normaliser, and **assumed 18 otherwise** (a token's ``decimals()`` is a contract call
-the raw record does not carry).  Unknown tokens are named by their contract address in
-``asset``.  ``amount_usd`` is left unset: the normaliser has no price feed.  (Stablecoins at
-their peg would be easy, but the chain rules on ``amount_usd``, hot-wallet outflow and dust,
+known for the tokens in :data:`KNOWN_TOKENS` or passed to the normaliser, else as the contract's
+``decimals()`` answered the connector (``meta["token_decimals"]``), else **assumed 18**, and then
+the event says so (``decimals_assumed``): mainnet WBTC (8 decimals) read 3.88e-10 for 3.88.
+Tokens not in :data:`KNOWN_TOKENS` are named by their contract address in ``asset``.
+``amount_usd`` is left unset: the normaliser has no price feed.  (Stablecoins at their peg
+would be easy, but the chain rules on ``amount_usd``, hot-wallet outflow and dust,
 are not yet scoped to the exchange's and its customers' wallets: on mainnet traffic they would
 fire for every market maker and every poisoning campaign.)
 
@@ -43,7 +46,9 @@ so a reorg that kept a transaction but moved it within the block gave its token 
 ids, and they were counted twice.  A re-published block (a restart, or a reorg that kept the
 transaction, wherever in the block) yields the same ids, as long as the transaction emits the
 same logs; re-executed differently in its new place, its logs are other events.  A transaction
-that a reorg dropped is not retracted: its events stay published.
+that a reorg dropped is not retracted: its events stay published, and each event names its
+block (``block_hash``: the log's ``blockHash``, else the record's ``meta["hash"]``), by which a
+consumer tells the events of a replaced block.
 
 Bad input (not JSON, a missing field, malformed hex, hashes-only transactions) raises
 :class:`~vigil.errors.ContractError` naming the record and the JSON path.
@@ -82,12 +87,20 @@ class Token:
 
 
 #: Mainnet ERC-20s whose decimals are not 18 or that detection names; addresses lower-case.
+#: Only tokens whose address and decimals are certain: any other is asked (the connector's
+#: ``decimals()`` call) or assumed, and then marked so.
 KNOWN_TOKENS: dict[str, Token] = {
     "0xdac17f958d2ee523a2206206994597c13d831ec7": Token("USDT", 6),
     "0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48": Token("USDC", 6),
     "0x6b175474e89094c44da98b954eedeac495271d0f": Token("DAI", 18),
     "0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2": Token("WETH", 18),
+    "0x2260fac5e5542a773aa44fbcfedf7c193bc2c599": Token("WBTC", 8),
+    "0x6c3ea9036406852006290770bedfcaba0e23a0e8": Token("PYUSD", 6),
+    "0x1abaea1f7c830bd89acc67ec4af516284b1bc33c": Token("EURC", 6),
+    "0x056fd409e1d7a124bd7017459dfea2f387b6d5cd": Token("GUSD", 2),
 }
+#: The most decimals a token may state (``decimals()`` returns a uint8).
+MAX_TOKEN_DECIMALS = 255
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _HASH = re.compile(r"0x[0-9a-fA-F]{64}")
@@ -119,6 +132,7 @@ class _Log(msgspec.Struct, gc=False):
     #: (null from some providers: taken as false, the log stands.)
     removed: bool | None = False
     blockTimestamp: str | None = None
+    blockHash: str | None = None
 
 
 _block_decoder = msgspec.json.Decoder(_Block)
@@ -173,6 +187,28 @@ _NONE_FAILED: frozenset[str] = frozenset()
 
 #: The signatures the log filter compares with, checked already: seeds each record's hash cache.
 _SIGNATURES = {t: t for t in LOG_TOPICS}
+
+
+def _token_decimals(record: RawRecord) -> dict[str, int]:
+    """``meta["token_decimals"]`` (contract -> what its ``decimals()`` answered the connector),
+    keys lower-cased; ContractError naming it when it is not such a mapping."""
+    given = record.meta.get("token_decimals")
+    if given is None:
+        return {}
+    if isinstance(given, dict) and all(
+        isinstance(k, str)
+        and _ADDRESS.fullmatch(k)
+        and isinstance(v, int)
+        and not isinstance(v, bool)
+        and 0 <= v <= MAX_TOKEN_DECIMALS
+        for k, v in given.items()
+    ):
+        return {k.lower(): v for k, v in given.items()}
+    msg = (
+        f"{_where(record)}: meta.token_decimals must map token contract addresses to decimals "
+        f"from 0 to {MAX_TOKEN_DECIMALS}; got {str(given)[:80]!r}"
+    )
+    raise ContractError(msg)
 
 
 def _topics(raw: list[str], hashes: dict[str, str], record: RawRecord, i: int) -> list[str]:
@@ -241,8 +277,10 @@ class EthereumNormalizer(Normalizer):
         )
         if not valid:
             _check(_HASH, block.hash, "hash", record, "$.hash")
+        block_hash = block.hash.lower()
         failed_txs = record.meta.get("failed_txs", _ABSENT)
-        if failed_txs is _ABSENT:
+        unknown = failed_txs is _ABSENT
+        if unknown:
             failed: Collection[str] = _NONE_FAILED
         elif not isinstance(failed_txs, list) or not all(isinstance(h, str) for h in failed_txs):
             msg = (
@@ -283,6 +321,8 @@ class EthereumNormalizer(Normalizer):
                     asset="ETH",
                     value_raw=value,
                     decimals=NATIVE_DECIMALS,
+                    block_hash=block_hash,
+                    success_unknown=unknown,
                 )
             )
         return events
@@ -292,7 +332,13 @@ class EthereumNormalizer(Normalizer):
     def _logs(self, record: RawRecord) -> list[Event]:
         logs = _decode(_logs_decoder, record)
         fallback_ts: Any = record.meta.get("block_timestamp")
+        fallback_hash: Any = record.meta.get("hash")
+        if not (isinstance(fallback_hash, str) and _HASH.fullmatch(fallback_hash)):
+            fallback_hash = None
+        else:
+            fallback_hash = fallback_hash.lower()
         tokens = self.tokens
+        asked = _token_decimals(record)
         # Checked values of this record, as given -> as used (lower-case hex, or the quantity).
         hashes = dict(_SIGNATURES)
         addresses: dict[str, str] = {}
@@ -365,6 +411,13 @@ class EthereumNormalizer(Normalizer):
             occurred_at = times.get(ts)
             if occurred_at is None:
                 occurred_at = times[ts] = block_time(ts, _where(record), f"$[{i}].blockTimestamp")
+            block_hash = fallback_hash
+            if log.blockHash is not None:
+                block_hash = hashes.get(log.blockHash)
+                if block_hash is None:
+                    block_hash = hashes[log.blockHash] = _check(
+                        _HASH, log.blockHash, "blockHash", record, f"$[{i}].blockHash"
+                    )
             first, second = "0x" + first[-40:], "0x" + second[-40:]
             amount = int(word, 16)
             token = tokens.get(contract)
@@ -379,6 +432,7 @@ class EthereumNormalizer(Normalizer):
                     continue
             asset = token.symbol if token else contract
             if signature == TRANSFER_TOPIC:
+                decimals = token.decimals if token else asked.get(contract)
                 events.append(
                     chain_transfer(
                         record,
@@ -392,9 +446,11 @@ class EthereumNormalizer(Normalizer):
                         to_address=second,
                         asset=asset,
                         value_raw=amount,
-                        decimals=token.decimals if token else DEFAULT_TOKEN_DECIMALS,
+                        decimals=DEFAULT_TOKEN_DECIMALS if decimals is None else decimals,
                         log_index=log_index,
                         token_contract=contract,
+                        block_hash=block_hash,
+                        decimals_assumed=decimals is None,
                     )
                 )
             else:
@@ -427,6 +483,7 @@ class EthereumNormalizer(Normalizer):
                             unlimited=amount == 1 if for_all else (not nft and amount >= UNLIMITED),
                             kind="set_approval_for_all" if for_all else ("approve_nft" if nft else "approve"),
                             token_id=token_id,
+                            block_hash=block_hash,
                         ),
                     )
                 )

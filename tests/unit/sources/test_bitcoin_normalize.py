@@ -186,3 +186,10 @@ def test_attacker_string_as_address_is_rejected_as_data() -> None:
 def test_unknown_kind_is_a_contract_error() -> None:
     with pytest.raises(ContractError, match="unknown record kind 'btc_tx'"):
         _transfers(_record(_raw(GENESIS), kind="btc_tx"))
+
+
+def test_each_transfer_names_its_block() -> None:
+    # Without it, the events of a block a reorg replaced could not be told from the new block's.
+    events = _transfers(_record(_raw(BLOCK_50001)))
+    assert {e.payload.block_hash for e in events} == {BLOCK_50001}
+    assert all(decode_event(encode(e)) == e for e in events)

@@ -183,6 +183,53 @@ def test_known_tokens_get_their_decimals_and_symbol() -> None:
     assert usdc[0].payload.amount == pytest.approx(usdc[0].payload.value_raw / 1e6)
 
 
+def test_wbtc_has_its_8_decimals_and_unknown_tokens_say_theirs_are_assumed() -> None:
+    # WBTC was not known: 3.88 WBTC read 3.88e-10, its 18 decimals stated as fact.
+    logs = [_rpc_log(log) for log in _lines("17173049_expected_logs.json") if log["block_number"] == 17173049]
+    events = EthereumNormalizer().normalize(_record("eth_logs", logs, block_timestamp=1683029999))
+    transfers = [e.payload for e in events if isinstance(e, ChainTransfer)]
+    wbtc = [p for p in transfers if p.token_contract == "0x2260fac5e5542a773aa44fbcfedf7c193bc2c599"]  # noqa: S105
+    assert [(p.asset, p.value_raw, p.decimals, p.amount, p.decimals_assumed) for p in wbtc] == [
+        ("WBTC", 388_000_000, 8, 3.88, False)
+    ] * 2
+    known = {t.token_contract for t in transfers if t.asset in {"WETH", "USDC", "USDT", "WBTC", "DAI"}}
+    assert all(p.decimals_assumed is (p.token_contract not in known) for p in transfers)
+    assert any(p.decimals_assumed for p in transfers)
+
+
+def test_decimals_the_connector_learned_are_used_and_not_assumed() -> None:
+    log = _approval_log(0)
+    log["topics"] = [TRANSFER_TOPIC, *log["topics"][1:]]
+    log["data"] = "0x" + format(388_000_000, "064x")
+    log["address"] = "0x" + "3C" * 20
+    learned = {"0x" + "3c" * 20: 8}
+    (ev,) = EthereumNormalizer().normalize(_record("eth_logs", [log], token_decimals=learned))
+    assert isinstance(ev, ChainTransfer)
+    assert (ev.payload.asset, ev.payload.decimals, ev.payload.amount) == ("0x" + "3c" * 20, 8, 3.88)
+    assert ev.payload.decimals_assumed is False
+    (assumed,) = EthereumNormalizer().normalize(_record("eth_logs", [log]))
+    assert isinstance(assumed, ChainTransfer)
+    assert (assumed.payload.decimals, assumed.payload.decimals_assumed) == (18, True)
+    with pytest.raises(ContractError, match=r"meta\.token_decimals must map token contract addresses"):
+        EthereumNormalizer().normalize(_record("eth_logs", [log], token_decimals={"0x" + "3c" * 20: 300}))
+
+
+def test_events_name_the_block_of_the_record(mainnet_block: dict[str, Any]) -> None:
+    (native,) = EthereumNormalizer().normalize(_record("eth_block", mainnet_block))
+    assert isinstance(native, ChainTransfer)
+    assert native.payload.block_hash == mainnet_block["hash"].lower()
+    logs = [_rpc_log(log) for log in _lines("17173049_expected_logs.json") if log["block_number"] == 17173049]
+    events = EthereumNormalizer().normalize(_record("eth_logs", logs, block_timestamp=1683029999))
+    assert {e.payload.block_hash for e in events} == {logs[0]["blockHash"].lower()}
+    # A log without blockHash (some providers) takes the record's, which the connector sets.
+    log = _approval_log(5)
+    meta_hash = "0x" + "cd" * 32
+    (approval,) = EthereumNormalizer().normalize(_record("eth_logs", [log], hash=meta_hash))
+    assert isinstance(approval, TokenApproval)
+    assert approval.payload.block_hash == meta_hash
+    assert decode_event(encode(approval)) == approval
+
+
 def test_native_transfers_of_block_17173049_match_the_transactions_with_value() -> None:
     txs = _lines("17173049_expected_transactions.json")
     block = next(b for b in _lines("17173049_expected_blocks.json") if b["number"] == 17173049)
@@ -209,6 +256,19 @@ def test_failed_transactions_listed_by_the_connector_move_no_ether(mainnet_block
         EthereumNormalizer().normalize(_record("eth_block", mainnet_block, failed_txs=[failed.upper()])) == []
     )
     assert len(EthereumNormalizer().normalize(_record("eth_block", mainnet_block, failed_txs=[]))) == 1
+
+
+def test_without_the_failed_list_the_native_transfers_are_not_stated_as_successful(
+    mainnet_block: dict[str, Any],
+) -> None:
+    # Read as "every transaction succeeded", a reverted 5 ETH send became a transfer of 5 ETH.
+    (unknown,) = EthereumNormalizer().normalize(_record("eth_block", mainnet_block))
+    (known,) = EthereumNormalizer().normalize(_record("eth_block", mainnet_block, failed_txs=[]))
+    assert isinstance(unknown, ChainTransfer)
+    assert isinstance(known, ChainTransfer)
+    assert (unknown.payload.success_unknown, known.payload.success_unknown) == (True, False)
+    assert unknown.event_id == known.event_id  # the same transfer, said with less certainty
+    assert decode_event(encode(unknown)) == unknown
 
 
 def test_malformed_failed_list_is_rejected(mainnet_block: dict[str, Any]) -> None:
