@@ -11,13 +11,18 @@ Verbosity 2 gives inputs as ``txid:vout`` references; Bitcoin Core adds the spen
 (``prevout``, with its address and value) only from version 25 at verbosity 3.  Pass
 ``verbosity=3`` to a node that supports it and the normaliser resolves input addresses.
 
+The node must serve the network ``network`` (``getblockchaininfo``'s ``chain``: ``main``,
+``test``, ``testnet4``, ``signet`` or ``regtest``; checked at the first poll and kept in the
+cursor): a testnet node's blocks were published as ``bitcoin``, testnet addresses and all.
+
 Options for ``vigil source bitcoin`` (:meth:`BitcoinSource.from_settings`): ``url``
 (default ``http://127.0.0.1:8332``), ``rpc_user`` and ``rpc_password`` (HTTP basic auth; by
 default the settings ``bitcoin_rpc_user`` and ``bitcoin_rpc_password``, from
 ``VIGIL_BITCOIN_RPC_USER`` and ``VIGIL_BITCOIN_RPC_PASSWORD`` or vigil.toml: a password on a
 command line shows in the process list and the shell's history), ``confirmations`` (default
 6), ``start_height`` (default: the confirmed head), ``verbosity`` (2 or 3, default 2),
-``poll_interval`` seconds (default 10), ``source_id``.
+``poll_interval`` seconds (default 10, at most 3600), ``network`` (default ``main``),
+``source_id``.
 """
 
 from __future__ import annotations
@@ -32,7 +37,15 @@ from vigil.config import Settings
 from vigil.errors import ConfigError, Retry, SourceError
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import check_options
-from vigil.sources.chain import Block, ChainFollower, NodeLagging, number_option
+from vigil.sources.chain import (
+    MAX_CONFIRMATIONS,
+    MAX_HEIGHT,
+    MAX_POLL_INTERVAL_S,
+    Block,
+    ChainFollower,
+    NodeLagging,
+    number_option,
+)
 from vigil.sources.jsonrpc import JsonRpcClient, JsonRpcError
 
 #: Bitcoin Core's RPC_INVALID_PARAMETER: "Block height out of range".
@@ -40,21 +53,31 @@ _OUT_OF_RANGE = -8
 #: Bitcoin Core's RPC_INVALID_ADDRESS_OR_KEY, which ``getblock`` answers as "Block not found".
 _NOT_FOUND = -5
 _BLOCK_HASH = re.compile(r"[0-9a-f]{64}")
+#: The networks Bitcoin Core names in ``getblockchaininfo``'s ``chain``.
+NETWORKS = ("main", "test", "testnet4", "signet", "regtest")
 
 
 class _Header(msgspec.Struct):
     hash: str
     height: int
-    previousblockhash: str = ""  # absent on the genesis block
+    previousblockhash: str | None = None  # absent on the genesis block only
 
 
 _header = msgspec.json.Decoder(_Header)
+
+
+class _ChainInfo(msgspec.Struct):
+    chain: str
+
+
+_chain_info = msgspec.json.Decoder(_ChainInfo)
 
 
 class BitcoinSource(ChainFollower):
     name = "bitcoin"
     cursor_field = "next_height"
     start_option = "start_height"
+    network_option = "network"
 
     def __init__(
         self,
@@ -68,6 +91,7 @@ class BitcoinSource(ChainFollower):
         poll_interval: timedelta = timedelta(seconds=10),
         window: int = 64,
         batch_blocks: int = 20,
+        network: str = "main",
     ) -> None:
         super().__init__(
             source_id=source_id,
@@ -80,7 +104,11 @@ class BitcoinSource(ChainFollower):
         if verbosity not in (2, 3):
             msg = f"bitcoin source: verbosity must be 2 or 3 (transactions with details); got {verbosity}"
             raise ValueError(msg)
+        if network not in NETWORKS:
+            msg = f"bitcoin source: option network must be one of {', '.join(NETWORKS)}; got {network[:40]!r}"
+            raise ConfigError(msg)
         self.verbosity = verbosity
+        self.expected_network = network
         self.rpc = JsonRpcClient(url, auth=auth, setting="bitcoin source: option url")
 
     @classmethod
@@ -94,6 +122,7 @@ class BitcoinSource(ChainFollower):
             "start_height",
             "verbosity",
             "poll_interval",
+            "network",
             "source_id",
         }
         check_options("bitcoin source", options, known, ConfigError)
@@ -110,18 +139,33 @@ class BitcoinSource(ChainFollower):
                 "VIGIL_BITCOIN_RPC_USER and VIGIL_BITCOIN_RPC_PASSWORD); got only one of them"
             )
             raise ConfigError(msg)
+        seconds = number_option("bitcoin", options, "poll_interval", "10", float, high=MAX_POLL_INTERVAL_S)
         return cls(
             options.get("url", "http://127.0.0.1:8332"),
             auth=(user, password) if user is not None and password is not None else None,
             source_id=options.get("source_id"),
-            confirmations=number_option("bitcoin", options, "confirmations", "6", int),
-            start_height=number_option("bitcoin", options, "start_height", None, int),
-            verbosity=number_option("bitcoin", options, "verbosity", "2", int),
-            poll_interval=timedelta(seconds=number_option("bitcoin", options, "poll_interval", "10", float)),
+            confirmations=number_option(
+                "bitcoin", options, "confirmations", "6", int, high=MAX_CONFIRMATIONS
+            ),
+            start_height=number_option("bitcoin", options, "start_height", None, int, high=MAX_HEIGHT),
+            verbosity=number_option("bitcoin", options, "verbosity", "2", int, low=2, high=3),
+            poll_interval=timedelta(seconds=seconds),
+            network=options.get("network", "main"),
         )
 
     def close(self) -> None:
         self.rpc.close()
+
+    def where(self) -> str:
+        return self.rpc.endpoint
+
+    def network(self) -> str:
+        raw = self.rpc.call_raw("getblockchaininfo")
+        try:
+            return _chain_info.decode(raw).chain
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            msg = f"getblockchaininfo at {self.rpc.endpoint}: expected an object with a `chain` string: {exc}"
+            raise SourceError(msg) from None
 
     def head(self) -> int:
         count = self.rpc.call("getblockcount")
@@ -179,8 +223,17 @@ class BitcoinSource(ChainFollower):
                 f"got height {header.height} hash {header.hash}"
             )
             raise SourceError(msg)
+        parent = header.previousblockhash
+        if height > 0 and (parent is None or not _BLOCK_HASH.fullmatch(parent)):
+            # Taken as "", it disagreed with the block below: a fork, then "nodes out of step",
+            # retried for ever.
+            msg = (
+                f"getblock({block_hash}) at {self.rpc.endpoint}: block {height} must name its parent "
+                f"in previousblockhash (a 64-hex hash; only the genesis block has none); got {parent!r}"
+            )
+            raise SourceError(msg)
         meta: dict[str, Any] = {"height": height, "hash": block_hash}
         if reorg:
             meta["reorg"] = True
         record = RawRecord(self.name, "btc_block", raw, received_at, key=str(height).encode(), meta=meta)
-        return Block(height=height, hash=block_hash, parent_hash=header.previousblockhash, records=[record])
+        return Block(height=height, hash=block_hash, parent_hash=parent or "", records=[record])

@@ -23,13 +23,23 @@ Reorg safety has two layers:
 Behind a provider's load balancer one call may reach a node that lags the node that answered
 the one before: a confirmed height it has no block for, or a block hash it does not know yet
 (:class:`NodeLagging`).  Both are waited out like an unavailable node, after publishing the
-blocks fetched before; a node lagging for the same block ``max_lag_attempts`` polls in a row
-stops the connector with an error naming the block and the node.
+blocks fetched before.  So are the other answers about one block that a later poll may see
+otherwise (:class:`BlockUnavailable`: a block that disagrees with the hashes below it, a block
+gone while a reorg is repaired); but whatever the kind, a block that stays unavailable for
+``max_lag_attempts`` polls in a row stops the connector with an error naming the block, the node's
+answer and what was expected (retried every 30 s, a node that never serves it held the connector
+for ever, in one warning a poll).
+
+Network: a follower is built for one network (an Ethereum chain id, a Bitcoin network) and
+checks, at its first poll, that the node serves it: anvil's chain 31337 was published as
+``ethereum`` and a testnet node as ``bitcoin``.  The cursor keeps the network too, so a
+position saved for one network is refused by a follower configured for another.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -52,12 +62,47 @@ MIN_BACKOFF_S = 1.0
 #: unbounded, ``86400000`` stalled the connector for 1,000 days after one log line, and larger
 #: values stopped it with OverflowError (in ``timedelta`` or in the wait itself).
 MAX_RETRY_AFTER_S = 300.0
-#: Polls in a row a node may lag for one block it cannot serve by hash (see :class:`NodeLagging`)
-#: before the connector stops, naming the block and the node; with the backoff, some minutes.
+#: Polls in a row a block may stay unavailable (a node lagging for it, see :class:`NodeLagging`,
+#: or any other :class:`BlockUnavailable`) before the connector stops, naming the block and the
+#: node; with the backoff, some minutes.
 MAX_LAG_ATTEMPTS = 12
+#: The largest ``poll_interval`` option, in seconds: an hour between polls leaves a follower an
+#: hour behind its chain; larger values (``1e300``, ``inf``) raised OverflowError in ``timedelta``.
+MAX_POLL_INTERVAL_S = 3600.0
+#: The deepest ``confirmations`` option: far past any chain's finality (a day of Ethereum blocks).
+MAX_CONFIRMATIONS = 10_000
+#: The highest ``start_*`` height option (the largest integer a JSON cursor holds exactly in any
+#: reader is 2**53; no chain is near it).
+MAX_HEIGHT = 2**53
 
 
-class NodeLagging(Retry):
+class BlockUnavailable(Retry):
+    """The node answered for a block, but not with the block as expected: none at a height
+    under its head, a block whose parent disagrees with the hash the node gives for the height
+    below (nodes behind a load balancer out of step), a block gone while a reorg is repaired.
+    Usually a later poll sees it right, so it is waited out; the follower counts the polls in a
+    row it stays so and, after ``max_lag_attempts``, stops with :meth:`final`, naming the block,
+    the node's answer and what was expected."""
+
+    def __init__(
+        self, after: timedelta, reason: str, *, height: int, where: str, answer: str, expected: str
+    ) -> None:
+        self.height = height
+        #: The node (``<method> at <node URL without secrets>``), what it answered, what was expected.
+        self.where = where
+        self.answer = answer
+        self.expected = expected
+        super().__init__(after, reason)
+
+    def final(self, source: str, attempts: int) -> str:
+        """The message of the error that stops ``source`` after ``attempts`` polls in a row."""
+        return (
+            f"{source}: block {self.height} is still unavailable after {attempts} polls in a row: "
+            f"{self.where} answered {self.answer}; expected {self.expected}"
+        )
+
+
+class NodeLagging(BlockUnavailable):
     """A node cannot serve a block by its hash although the chain still names that hash at the
     block's height: behind a load balancer, the node that answered lags the one that named the
     block (``eth_getLogs`` "unknown block", ``eth_getBlockReceipts`` null, Bitcoin Core's
@@ -67,13 +112,23 @@ class NodeLagging(Retry):
     :class:`~vigil.errors.SourceError` naming the block and the node."""
 
     def __init__(self, after: timedelta, *, height: int, block_hash: str, where: str, answer: str) -> None:
-        self.height = height
         self.block_hash = block_hash
-        #: ``<method> at <node URL without secrets>``, and what the node answered.
-        self.where = where
-        self.answer = answer
         reason = f"node lagging: {where} has no block {height} ({block_hash}) yet: {answer}"
-        super().__init__(after, reason)
+        super().__init__(
+            after,
+            reason,
+            height=height,
+            where=where,
+            answer=answer,
+            expected=f"the block {block_hash} the chain names at that height",
+        )
+
+    def final(self, source: str, attempts: int) -> str:
+        return (
+            f"{source}: {self.where} still has no block {self.height} ({self.block_hash}) after "
+            f"{attempts} polls in a row, although the chain names that block at that height: the node "
+            f"lags too far behind or cannot serve it ({self.answer})"
+        )
 
 
 @dataclass(frozen=True)
@@ -95,19 +150,40 @@ class FollowState:
 
 
 def number_option(
-    source: str, options: Mapping[str, str], name: str, default: str | None, kind: type[int] | type[float]
+    source: str,
+    options: Mapping[str, str],
+    name: str,
+    default: str | None,
+    kind: type[int] | type[float],
+    *,
+    high: float,
+    low: float | None = None,
 ) -> Any:
-    """A numeric connector option (None if absent without a default), or ConfigError naming it
-    (``int("x")`` was a traceback)."""
+    """A numeric connector option, finite, at most ``high`` and at least ``low`` (when given: the
+    connectors check the lower bounds of theirs, naming what the value is), None if absent
+    without a default; else ConfigError naming it and the range.  (``int("x")`` was a
+    traceback; ``inf`` and ``1e300`` as a poll interval raised OverflowError in ``timedelta``,
+    which nothing caught.)"""
     text = options.get(name, default)
     if text is None:
         return None
+    what = "a whole number" if kind is int else "a number"
     try:
-        return kind(text)
+        value = kind(text)
     except ValueError:
-        what = "a whole number" if kind is int else "a number"
         msg = f"{source} source: option {name} must be {what}; got {text[:40]!r}"
         raise ConfigError(msg) from None
+    # (NaN fails every comparison; -inf and inf fail isfinite.)
+    finite = isinstance(value, int) or math.isfinite(value)  # (isfinite(10**400) overflows)
+    if not (finite and value <= high and (low is None or value >= low)):
+        within = f"at most {_number(high)}" if low is None else f"from {_number(low)} to {_number(high)}"
+        msg = f"{source} source: option {name} must be {what} {within}; got {text[:40]!r}"
+        raise ConfigError(msg)
+    return value
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def backoff_s(asked_s: float, failures: int, floor_s: float = MIN_BACKOFF_S) -> float:
@@ -137,8 +213,12 @@ class ChainFollower(Source):
     start_option: str = "start"
     #: Shortest wait after a failed poll (see :func:`backoff_s`; tests lower it).
     min_backoff_s: float = MIN_BACKOFF_S
-    #: Polls in a row a node may lag for one block before the connector stops (:class:`NodeLagging`).
+    #: Polls in a row a block may stay unavailable before the connector stops (:class:`BlockUnavailable`).
     max_lag_attempts: int = MAX_LAG_ATTEMPTS
+    #: Name of the option (and of the cursor field) that says which network the follower serves.
+    network_option: str = "network"
+    #: The network, in :meth:`network`'s terms, this follower is built for (set by the subclass).
+    expected_network: int | str
 
     def __init__(
         self,
@@ -176,11 +256,21 @@ class ChainFollower(Source):
         #: Blocks published / re-published because of a reorg, since start (for status and tests).
         self.published = 0
         self.replaced = 0
-        #: (height, hash) of the block a node lagged for, and in how many polls in a row.
-        self._lag: tuple[int, str] | None = None
+        #: The height of the block that stayed unavailable, and in how many polls in a row.
+        self._lag: int | None = None
         self._lag_attempts = 0
+        #: Whether the node was found to serve ``expected_network`` (asked at the first poll).
+        self._network_checked = False
 
     # ------------------------------------------------------------------ what a chain provides
+
+    @abstractmethod
+    def network(self) -> int | str:
+        """The network the node serves (compared with ``expected_network``)."""
+
+    @abstractmethod
+    def where(self) -> str:
+        """The node, for messages (its URL without secrets)."""
 
     @abstractmethod
     def head(self) -> int:
@@ -208,10 +298,22 @@ class ChainFollower(Source):
             self.cursor_field: state.next_height,
             "hash": hash_below,
             "recent": [[height, block_hash] for height, block_hash in recent],
+            self.network_option: self.expected_network,
         }
 
     def restore(self, cursor: dict[str, Any]) -> FollowState:
-        """The state saved in ``cursor``; a malformed cursor stops the connector by name."""
+        """The state saved in ``cursor``; a malformed cursor stops the connector by name, and one
+        saved for another network (heights and hashes of another chain) by both networks.  A
+        cursor without a network (saved before it was kept) is taken as this one's."""
+        saved = cursor.get(self.network_option, self.expected_network)
+        if saved != self.expected_network:
+            msg = (
+                f"{self.name} source {self.source_id!r}: the stored cursor is for {self.network_option} "
+                f"{saved!r}, but the source is configured for {self.network_option} "
+                f"{self.expected_network!r}: its heights and hashes are another chain's; give a source "
+                "of another network a source_id of its own"
+            )
+            raise ConfigError(msg)
         try:
             next_height = cursor[self.cursor_field]
             recent = {int(h): str(x) for h, x in cursor.get("recent", [])}
@@ -262,6 +364,8 @@ class ChainFollower(Source):
         (a :class:`Retry` from the node, a broker error) the next poll starts again from
         the last published block, so nothing fetched-but-unpublished is skipped.
         """
+        if not self._network_checked:
+            self._check_network()
         head = self.head()
         target = head - self.confirmations
         if self.state is None:
@@ -273,19 +377,25 @@ class ChainFollower(Source):
         while work.next_height <= target and self.running:
             try:
                 block = self.fetch(work.next_height, reorg=False)
-            except NodeLagging as lagging:
+            except BlockUnavailable as unavailable:
                 # As for a block missing by number (below): publish what was fetched before it,
                 # then wait; re-raising the node's "unknown block" stopped the connector.
                 self._flush(sink, pending, blocks_pending, work)
-                raise self._lagging(lagging) from None
+                raise self._unavailable(unavailable) from None
             if block is None:
                 # A confirmed height the node does not have: behind a load balancer, a node that
                 # lags the one that answered the head.  Waited out like any unavailable node;
                 # breaking off here polled again at once, thousands of calls a second, unlogged.
                 self._flush(sink, pending, blocks_pending, work)
-                reason = f"node has no block {work.next_height} although its head is {head}"
-                raise Retry(self.poll_interval, reason)
-            self._lag = None  # (served: a node that lagged for it caught up)
+                missing = BlockUnavailable(
+                    self.poll_interval,
+                    f"node has no block {work.next_height} although its head is {head}",
+                    height=work.next_height,
+                    where=self.where(),
+                    answer=f"no block at that height, with its head at {head}",
+                    expected=f"a block at every height up to the confirmed head {target}",
+                )
+                raise self._unavailable(missing)
             remembered = work.recent.get(block.height - 1)
             if remembered is not None and remembered != block.parent_hash:
                 # Publish what precedes the fork first: the walk-back starts from durable state.
@@ -294,6 +404,7 @@ class ChainFollower(Source):
                 self._repair(sink)
                 work = self._copy(self.state)
                 continue
+            self._lag = None  # (taken: a node that lagged for it caught up)
             pending.extend(block.records)
             self._advance(work, block)
             blocks_pending += 1
@@ -303,21 +414,29 @@ class ChainFollower(Source):
         self._flush(sink, pending, blocks_pending, work)
         return self.state.next_height > target
 
-    def _lagging(self, lagging: NodeLagging) -> Retry | SourceError:
-        """``lagging`` to wait out, or, after ``max_lag_attempts`` polls in a row lagging for the
-        same block, an error naming it and the node (a node that never catches up, or one that
-        answers "unknown block" for blocks it has, is not waited for for ever)."""
-        key = (lagging.height, lagging.block_hash)
-        self._lag_attempts = self._lag_attempts + 1 if self._lag == key else 1
-        self._lag = key
+    def _check_network(self) -> None:
+        """ConfigError unless the node serves ``expected_network`` (once, at the first poll)."""
+        found = self.network()
+        if found != self.expected_network:
+            msg = (
+                f"{self.name} source {self.source_id!r}: the node at {self.where()} serves "
+                f"{self.network_option} {found!r}, expected {self.expected_network!r} (option "
+                f"{self.network_option}): point url at a node of that network, or set "
+                f"{self.network_option} to the node's"
+            )
+            raise ConfigError(msg)
+        self._network_checked = True
+
+    def _unavailable(self, unavailable: BlockUnavailable) -> Retry | SourceError:
+        """``unavailable`` to wait out, or, after ``max_lag_attempts`` polls in a row with the block
+        at the same height unavailable, an error naming it and the node (a node that never
+        catches up, that answers "unknown block" for blocks it has, or that keeps disagreeing
+        with itself, is not waited for for ever)."""
+        self._lag_attempts = self._lag_attempts + 1 if self._lag == unavailable.height else 1
+        self._lag = unavailable.height
         if self._lag_attempts < self.max_lag_attempts:
-            return lagging
-        msg = (
-            f"{self.name} source {self.source_id!r}: {lagging.where} still has no block {lagging.height} "
-            f"({lagging.block_hash}) after {self._lag_attempts} polls in a row, although the chain "
-            f"names that block at that height: the node lags too far behind or cannot serve it "
-            f"({lagging.answer})"
-        )
+            return unavailable
+        msg = unavailable.final(f"{self.name} source {self.source_id!r}", self._lag_attempts)
         self._lag, self._lag_attempts = None, 0
         return SourceError(msg)
 
@@ -349,7 +468,15 @@ class ChainFollower(Source):
             if canonical is None:
                 # A lagging node (see poll), not a fork: walking on would blame every remembered
                 # block and stop the connector as a reorg deeper than the window.
-                raise Retry(self.poll_interval, f"node has no block {height} during reorg repair")
+                missing = BlockUnavailable(
+                    self.poll_interval,
+                    f"node has no block {height} during reorg repair",
+                    height=height,
+                    where=self.where(),
+                    answer="no block at that height",
+                    expected=f"the block published there ({state.recent[height]}) or its replacement",
+                )
+                raise self._unavailable(missing)
             if canonical == state.recent[height]:
                 break
             height -= 1
@@ -366,8 +493,18 @@ class ChainFollower(Source):
             # Nothing published differs from the node's chain: the block that disagreed came from
             # a node behind a load balancer other than the one that answered the hashes.  Wait
             # for them to agree; fetching again at once spun without pause.
+            # Counted: a node whose block keeps naming a parent the chain does not have is broken,
+            # not out of step, and was retried for ever.
             reason = f"the node's block {fork + 1} and its hash of block {fork} disagree (nodes out of step)"
-            raise Retry(self.poll_interval, reason)
+            out_of_step = BlockUnavailable(
+                self.poll_interval,
+                reason,
+                height=fork + 1,
+                where=self.where(),
+                answer=f"a block {fork + 1} whose parent is not its block {fork} ({state.recent[fork]})",
+                expected=f"block {fork + 1} to name block {fork}'s hash as its parent",
+            )
+            raise self._unavailable(out_of_step)
         log.warning(
             "%s: reorg detected; re-publishing heights %d..%d",
             self.source_id,
@@ -377,12 +514,19 @@ class ChainFollower(Source):
         for replaced in range(fork + 1, state.next_height):
             try:
                 block = self.fetch(replaced, reorg=True)
-            except NodeLagging as lagging:
-                raise self._lagging(lagging) from None
+            except BlockUnavailable as unavailable:
+                raise self._unavailable(unavailable) from None
             if block is None or block.parent_hash != state.recent.get(replaced - 1, block.parent_hash):
                 # The chain moved again (or shrank) while we walked: start over on the next poll.
-                reason = f"chain changed again at height {replaced} during reorg repair"
-                raise Retry(self.poll_interval, reason)
+                changed = BlockUnavailable(
+                    self.poll_interval,
+                    f"chain changed again at height {replaced} during reorg repair",
+                    height=replaced,
+                    where=self.where(),
+                    answer="no block" if block is None else f"a block whose parent is {block.parent_hash}",
+                    expected=f"the block following {state.recent.get(replaced - 1)} at that height",
+                )
+                raise self._unavailable(changed)
             self._lag = None
             work = self._copy(state)
             work.recent[replaced] = block.hash

@@ -14,7 +14,10 @@ Failures are split the way a poller needs them:
   honouring ``Retry-After`` (seconds or an HTTP date) when the server sends one, capped at
   :data:`~vigil.sources.chain.MAX_RETRY_AFTER_S`;
 - everything else raises :class:`JsonRpcError` (a :class:`~vigil.errors.SourceError`)
-  naming the method, the endpoint and what the node answered.
+  naming the method, the endpoint and what the node answered.  So does a "limit exceeded"
+  code whose words say the *answer* is too large (:func:`answer_too_large`: Infura's -32005
+  "query returned more than 10000 results"): asked again, the same query gets the same answer,
+  and it was retried every 30 s for ever; the caller may ask for less.
 
 Two limits keep a node, or a proxy in front of it, from holding the connector: httpx's
 ``timeout_s`` bounds each read, not the call, so a body sent a byte at a time never ran into
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import time
 from datetime import timedelta
 from typing import Any
@@ -66,6 +70,11 @@ TRANSIENT_STATUS = frozenset({408, 425, 429, 502, 503, 504})
 #: -32005 limit exceeded (geth/infura), -28 Bitcoin Core still warming up (RPC_IN_WARMUP).
 TRANSIENT_CODES = frozenset({-32005, -28})
 
+#: How providers say, with a "limit exceeded" code, that a query's answer is too large rather than
+#: that they are busy: Infura "query returned more than 10000 results" (-32005), others "too many
+#: results" or "response size exceeded".  Deterministic for that query: not retried.
+_TOO_LARGE = re.compile(r"more than [\d,]+ results|too many results|response size", re.IGNORECASE)
+
 #: The largest response body read by default.  A block is published as one raw record, the
 #: ``result`` unchanged, so a larger one could not be published anyway; the margin is the
 #: JSON-RPC envelope around it.
@@ -86,6 +95,11 @@ class JsonRpcError(SourceError):
         #: The node's own error message (inert), or "" when the node sent none.
         self.detail = detail
         super().__init__(message)
+
+
+def answer_too_large(exc: JsonRpcError) -> bool:
+    """Whether ``exc`` says the answer to the query would be too large (ask for less)."""
+    return _TOO_LARGE.search(exc.detail) is not None
 
 
 class _Envelope(msgspec.Struct):
@@ -250,7 +264,7 @@ class JsonRpcClient:
             # The node's words, inert: they reach the log (a Retry) and the terminal (the error),
             # where a newline forged a line and an ESC sequence drove the terminal.
             text = inert(str(envelope.error.get("message", ""))[:300])
-            if code in TRANSIENT_CODES:
+            if code in TRANSIENT_CODES and not _TOO_LARGE.search(text):
                 raise Retry(self._retry_after, f"{where}: node busy ({code}: {text})")
             msg = f"{where}: the node returned error {code!r}: {text}"
             raise JsonRpcError(msg, method=method, code=code if isinstance(code, int) else None, detail=text)

@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from vigil.hub.broker import free_port_block
 REPO = Path(__file__).resolve().parents[3]
 TOOLS = REPO / ".vigil" / "tools"
 ANVIL_PACKAGE = "@foundry-rs/anvil@1.7.1"
+
+#: The chain id anvil serves by default (a connector following it is built for it, not mainnet's 1).
+ANVIL_CHAIN_ID = 31337
 
 #: anvil's first default dev account (unlocked: accepts eth_sendTransaction)
 DEV_ACCOUNTS = [
@@ -162,12 +166,22 @@ class Anvil:
 
 class RpcProxy(LoopbackHttp):
     """A real HTTP JSON-RPC endpoint in front of anvil that answers some methods itself
-    (to play an older or different node), forwarding everything else unchanged."""
+    (to play an older or different node), forwarding everything else unchanged.
 
-    def __init__(self, upstream: str, errors: dict[str, tuple[int, str]]) -> None:
+    ``errors`` answers every call of a method with that error; ``refuse``, given each request,
+    returns the error to answer it with, or None to forward it.  ``calls`` lists the methods
+    called, in order."""
+
+    def __init__(
+        self,
+        upstream: str,
+        errors: dict[str, tuple[int, str]] | None = None,
+        refuse: Callable[[dict[str, Any]], tuple[int, str] | None] | None = None,
+    ) -> None:
         self.upstream = upstream
-        self.errors = errors
+        self.errors = errors or {}
         self.refused: list[str] = []
+        self.calls: list[str] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -177,9 +191,11 @@ class RpcProxy(LoopbackHttp):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 request = json.loads(body)
-                if request["method"] in proxy.errors:
+                proxy.calls.append(request["method"])
+                refusal = proxy.errors.get(request["method"]) or (refuse(request) if refuse else None)
+                if refusal is not None:
                     proxy.refused.append(request["method"])
-                    code, message = proxy.errors[request["method"]]
+                    code, message = refusal
                     error = {"code": code, "message": message}
                     out = json.dumps({"jsonrpc": "2.0", "id": request["id"], "error": error}).encode()
                 else:

@@ -6,7 +6,8 @@ A real HTTP server on 127.0.0.1 (a free port) that answers ``getblockcount``,
 errors with HTTP 500 (``-8`` height out of range, ``-5`` block not found) and 404 for
 unknown methods.  ``head`` limits the chain the server admits to, so a test can make
 blocks "appear"; ``missing`` heights are "out of range" although under the head (a node
-behind a load balancer lagging the one that answered ``getblockcount``); ``fail_next`` answers
+behind a load balancer lagging the one that answered ``getblockcount``); ``chain`` is the network
+``getblockchaininfo`` names (the recorded blocks are mainnet's); ``fail_next`` answers
 that many requests with 503 (a node restarting), ``fail_nth`` answers only the n-th request
 (1-based, counted from start) with 503.
 """
@@ -50,6 +51,7 @@ class BitcoinRpcServer(LoopbackHttp):
         self.heights = {json.loads(raw)["height"]: h for h, raw in self.blocks.items()}
         self.head = max(self.heights) if head is None else head
         self.missing: set[int] = set()
+        self.chain = "main"
         self.fail_next = 0
         #: The status and body those failures answer with (a proxy in front of a node answers
         #: with its own HTML page).
@@ -65,6 +67,8 @@ class BitcoinRpcServer(LoopbackHttp):
         """(HTTP status, raw JSON result or None, error or None) for one call."""
         if method == "getblockcount":
             return 200, str(self.head).encode(), None
+        if method == "getblockchaininfo":
+            return 200, json.dumps({"chain": self.chain, "blocks": self.head}).encode(), None
         if method == "getblockhash":
             height = params[0] if params else None
             if (

@@ -18,6 +18,9 @@ from vigil.sources.chain import ChainFollower
 from vigil.sources.ethereum import EthereumSource
 from vigil.sources.sink import KafkaRawSink
 
+#: anvil's chain id (run as a script, this file cannot import tests.integration.sources.anvil).
+ANVIL_CHAIN_ID = 31337
+
 
 def main() -> None:
     kind, url, topic, source_id, bootstrap, home = sys.argv[1:7]
@@ -26,7 +29,13 @@ def main() -> None:
     source: ChainFollower
     if kind == "ethereum":
         source = EthereumSource(
-            url, source_id=source_id, confirmations=0, start_block=0, poll_interval=fast, batch_blocks=3
+            url,
+            chain_id=ANVIL_CHAIN_ID,
+            source_id=source_id,
+            confirmations=0,
+            start_block=0,
+            poll_interval=fast,
+            batch_blocks=3,
         )
     else:
         auth = ("vigil", os.environ["BTC_RPC_PASSWORD"])

@@ -57,6 +57,7 @@ def test_blocks_land_unchanged_in_kafka_and_normalise(node: BitcoinRpcServer, se
         "next_height": 50002,
         "hash": node.heights[50001],
         "recent": [[50000, node.heights[50000]], [50001, node.heights[50001]]],
+        "network": "main",
     }
     events = [e for r in records for e in BitcoinNormalizer().normalize(r)]
     transfers = [e for e in events if isinstance(e, ChainTransfer)]

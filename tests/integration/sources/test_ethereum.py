@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.integration.sources.anvil import DEV_ACCOUNTS, Anvil, RpcProxy
+from tests.integration.sources.anvil import ANVIL_CHAIN_ID, DEV_ACCOUNTS, Anvil, RpcProxy
 from tests.integration.sources.chain_kafka import START_S, make_raw_topic, read_raw, stored_cursor, wait_for
 
 from vigil.config import Settings
@@ -89,7 +89,14 @@ def test_blocks_transfers_and_approvals_flow_through_kafka(node: Anvil, settings
 
     topic = make_raw_topic(settings, "ethereum")
     sink, source_id = _sink(settings, topic)
-    source = EthereumSource(node.url, source_id=source_id, confirmations=2, start_block=0, poll_interval=FAST)
+    source = EthereumSource(
+        node.url,
+        chain_id=ANVIL_CHAIN_ID,
+        source_id=source_id,
+        confirmations=2,
+        start_block=0,
+        poll_interval=FAST,
+    )
     try:
         assert source.poll(sink) is True
     finally:
@@ -144,7 +151,14 @@ def test_reorg_replaces_the_published_blocks(node: Anvil, settings: Settings) ->
 
     topic = make_raw_topic(settings, "ethereum-reorg")
     sink, source_id = _sink(settings, topic)
-    source = EthereumSource(node.url, source_id=source_id, confirmations=0, start_block=0, poll_interval=FAST)
+    source = EthereumSource(
+        node.url,
+        chain_id=ANVIL_CHAIN_ID,
+        source_id=source_id,
+        confirmations=0,
+        start_block=0,
+        poll_interval=FAST,
+    )
     try:
         source.poll(sink)
         old_hashes = {h: source.state.recent[h] for h in (fork + 1, fork + 2)}  # type: ignore[union-attr]
@@ -258,7 +272,13 @@ def test_reorg_deeper_than_the_remembered_window_stops_the_connector(node: Anvil
     topic = make_raw_topic(settings, "ethereum-deep")
     sink, source_id = _sink(settings, topic)
     source = EthereumSource(
-        node.url, source_id=source_id, confirmations=0, start_block=0, poll_interval=FAST, window=2
+        node.url,
+        chain_id=ANVIL_CHAIN_ID,
+        source_id=source_id,
+        confirmations=0,
+        start_block=0,
+        poll_interval=FAST,
+        window=2,
     )
     try:
         source.poll(sink)
@@ -274,36 +294,12 @@ def test_reorg_deeper_than_the_remembered_window_stops_the_connector(node: Anvil
     assert not [r for r in read_raw(settings, topic, "ethereum") if r.meta.get("reorg")]
 
 
-def test_node_without_block_receipts_is_followed_without_failure_marks(
-    node: Anvil, settings: Settings
-) -> None:
-    token = deploy_token(node, 10**6)
-    failed_tx = node.send(ALICE, token, value=10**18, gas=100_000)
-    assert node.receipt(failed_tx)["status"] == "0x0"
-    topic = make_raw_topic(settings, "ethereum-noreceipts")
-    sink, source_id = _sink(settings, topic)
-    with RpcProxy(node.url, {"eth_getBlockReceipts": (-32601, "the method does not exist")}) as proxy:
-        source = EthereumSource(proxy.url, source_id=source_id, confirmations=0, start_block=0)
-        try:
-            assert source.poll(sink) is True
-        finally:
-            source.close()
-            sink.close()
-    assert proxy.refused == ["eth_getBlockReceipts"]  # asked once, then remembered
-    assert source.receipts is False
-    records = read_raw(settings, topic, "ethereum")
-    assert len([r for r in records if r.kind == "eth_block"]) == node.block_number() + 1
-    assert not [r for r in records if "failed_txs" in r.meta]
-    # As documented: without receipts the reverted transaction reads as a transfer.
-    assert [e.payload.tx_hash for e in _normalise(records, token) if e.payload.asset == "ETH"] == [failed_tx]
-
-
 def test_a_block_the_node_cannot_serve_is_named_in_the_error(node: Anvil) -> None:
     # A node that pruned old history answered "eth_getLogs at <host>: ..." without saying which block.
     node.mine(2)
     block = node.rpc("eth_getBlockByNumber", "0x1", False)
     with RpcProxy(node.url, {"eth_getLogs": (-32000, "history has been pruned")}) as proxy:
-        source = EthereumSource(proxy.url, confirmations=0, start_block=1)
+        source = EthereumSource(proxy.url, chain_id=ANVIL_CHAIN_ID, confirmations=0, start_block=1)
         try:
             with pytest.raises(JsonRpcError, match="history has been pruned") as info:
                 source.poll(MemorySink())

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from tests.integration.sources.anvil import Anvil
+from tests.integration.sources.anvil import ANVIL_CHAIN_ID, Anvil
 from tests.integration.sources.split_rpc import SplitRpc
 from tests.loopback import ErrorNode
 from tests.paced import PacedRun
@@ -62,7 +62,9 @@ def test_a_node_lagging_for_a_block_by_hash_is_waited_for_not_fatal(
     first, second = nodes
     sink = MemorySink()
     with SplitRpc(first.url, second.url, {method}) as balancer:
-        source = EthereumSource(balancer.url, confirmations=0, start_block=1, poll_interval=FAST)
+        source = EthereumSource(
+            balancer.url, chain_id=ANVIL_CHAIN_ID, confirmations=0, start_block=1, poll_interval=FAST
+        )
         try:
             with pytest.raises(
                 Retry, match=f"node lagging: {method} at {balancer.url} has no block 4 "
@@ -96,7 +98,12 @@ def test_a_node_lagging_for_ever_stops_the_connector_naming_the_block_and_the_no
     with SplitRpc(first.url, second.url, {method}) as balancer:
         # A hosted node's key sits in the path: never shown.
         source = _Paced(
-            balancer.url + "/v3/key-SECRET-42", polls=10, confirmations=0, start_block=1, poll_interval=FAST
+            balancer.url + "/v3/key-SECRET-42",
+            chain_id=ANVIL_CHAIN_ID,
+            polls=10,
+            confirmations=0,
+            start_block=1,
+            poll_interval=FAST,
         )
         source.max_lag_attempts = 3
         with pytest.raises(SourceError) as info:
@@ -119,18 +126,22 @@ def test_a_node_without_block_receipts_is_told_by_its_words_whatever_the_code(
 ) -> None:
     # Some providers answer a method they lack with -32000, not JSON-RPC's -32601: "method not
     # found" read as a node lagging ("not found"), waited out for 12 polls and then the node
-    # blamed; other words stopped the connector at once.  Either way: no receipts, and on it goes.
+    # blamed; other words stopped the connector at once.  Either way: the block's receipts are
+    # not to be had, failures are read from each transaction's receipt, and on it goes.
     first, _ = nodes
     sink = MemorySink()
     with (
         ErrorNode({"code": -32000, "message": said}) as lacking,
         SplitRpc(first.url, lacking.url, {"eth_getBlockReceipts"}) as balancer,
     ):
-        source = EthereumSource(balancer.url, confirmations=0, start_block=1, poll_interval=FAST)
+        source = EthereumSource(
+            balancer.url, chain_id=ANVIL_CHAIN_ID, confirmations=0, start_block=1, poll_interval=FAST
+        )
         try:
             assert source.poll(sink) is True
         finally:
             source.close()
-    assert source.receipts is False
     assert _heights(sink)[:2] == [("eth_block", 1), ("eth_logs", 1)]
-    assert [m for m, _ in balancer.served].count("eth_getBlockReceipts") == 1  # asked once, then not
+    assert all(r.meta["failed_txs"] == [] for r in sink.records if r.kind == "eth_block")
+    # Asked until RECEIPTS_MISSES answers in a row said so, then not (for RECEIPTS_RETRY_BLOCKS).
+    assert [m for m, _ in balancer.served].count("eth_getBlockReceipts") == source.receipts_misses

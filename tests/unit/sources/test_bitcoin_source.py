@@ -427,3 +427,82 @@ def test_nodes_out_of_step_are_waited_for_not_spun_on(node: BitcoinRpcServer) ->
     node.blocks[node.heights[50001]] = raw_50001  # they agree again: it goes on
     source.poll(sink)
     assert [r.key for r in sink.records] == [b"50000", b"50001"]
+
+
+# ---------------------------------------------------------------------------- the network served
+
+
+def test_a_node_of_another_network_is_refused_at_the_first_poll(node: BitcoinRpcServer) -> None:
+    # A testnet node's blocks were published as chain=bitcoin, testnet addresses and all.
+    node.chain = "test"
+    sink = MemorySink()
+    with pytest.raises(ConfigError, match=r"serves network 'test', expected 'main' \(option network\)"):
+        _source(node).poll(sink)
+    assert sink.records == []
+    assert _source(node, network="test").poll(sink) is True  # built for testnet, it follows
+
+
+def test_a_cursor_kept_for_another_network_is_refused(node: BitcoinRpcServer) -> None:
+    sink = MemorySink()
+    _source(node, network="main").poll(sink)
+    cursor = sink.cursors["bitcoin"]
+    assert cursor["network"] == "main"
+    with pytest.raises(
+        ConfigError, match="stored cursor is for network 'main', but the source is configured"
+    ):
+        _source(node, network="signet").restore(cursor)
+
+
+def test_an_unknown_network_option_is_refused_by_name(tmp_path: object) -> None:
+    settings = Settings(home=tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(
+        ConfigError, match="option network must be one of main, test, testnet4, signet, regtest"
+    ):
+        BitcoinSource.from_settings(settings, network="mainnet")
+
+
+# ---------------------------------------------------------------------------- what stays wrong
+
+
+def test_a_block_without_its_parents_hash_is_refused_by_name(node: BitcoinRpcServer) -> None:
+    # Read as "", it disagreed with block 50000: a fork, then "nodes out of step", retried for ever.
+    block = json.loads(node.blocks[node.heights[50001]])
+    del block["previousblockhash"]
+    node.blocks[node.heights[50001]] = json.dumps(block).encode()
+    sink = MemorySink()
+    with pytest.raises(
+        SourceError, match=r"block 50001 must name its parent in previousblockhash .*; got None"
+    ) as info:
+        _source(node).poll(sink)
+    assert not isinstance(info.value, Retry)  # stopped, not waited for
+    # The genesis block alone has none.
+    genesis = MemorySink()
+    _source(node, start_height=0, confirmations=50002).poll(genesis)
+    assert [r.key for r in genesis.records] == [b"0"]
+
+
+def test_a_block_that_stays_missing_stops_the_connector_naming_it(node: BitcoinRpcServer) -> None:
+    # Waited out every 30 s for ever, one warning a poll.
+    node.missing = {50001}
+    source = _paced(node, polls=10)
+    source.max_lag_attempts = 3
+    with pytest.raises(SourceError) as info:
+        source.run(MemorySink())
+    assert not isinstance(info.value, Retry)
+    assert str(info.value) == (
+        f"bitcoin source 'bitcoin': block 50001 is still unavailable after 3 polls in a row: {node.url} "
+        "answered no block at that height, with its head at 50002; expected a block at every height "
+        "up to the confirmed head 50002"
+    )
+    assert source.waits == [10.0, 20.0]
+
+
+def test_nodes_out_of_step_for_ever_stop_the_connector_naming_the_block(node: BitcoinRpcServer) -> None:
+    sink = MemorySink()
+    source = _paced(node, polls=10)
+    source.max_lag_attempts = 3
+    _out_of_step(node, source, sink)
+    with pytest.raises(SourceError, match="block 50001 is still unavailable after 3 polls in a row") as info:
+        source.run(sink)
+    assert f"a block 50001 whose parent is not its block 50000 ({node.heights[50000]})" in str(info.value)
+    assert [r.key for r in sink.records] == [b"50000"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from vigil.cli.source import build_connector
 from vigil.config import Settings
 from vigil.errors import ConfigError, Retry, SourceError
 from vigil.sources.ethereum import EthereumSource
@@ -47,6 +48,7 @@ def test_cursor_round_trips_and_a_malformed_one_is_refused() -> None:
             "next_block": 11,
             "hash": "0xab",
             "recent": [[9, "0xaa"], [10, "0xab"]],
+            "chain_id": 1,
         }
         with pytest.raises(SourceError, match=r"eth-x.*stored cursor is malformed"):
             source.restore({"next_height": 11})
@@ -89,3 +91,43 @@ def test_the_node_url_comes_from_the_settings_and_is_never_shown(tmp_path: Path)
             source.head()
     finally:
         source.close()
+
+
+@pytest.mark.parametrize("source", ["ethereum", "bitcoin"])
+@pytest.mark.parametrize("given", ["inf", "-inf", "1e300", "nan", "3601"])
+def test_a_poll_interval_out_of_range_is_refused_by_name(tmp_path: Path, source: str, given: str) -> None:
+    # inf and 1e300 raised OverflowError in timedelta, which build_connector did not catch: a
+    # traceback instead of the option's name.
+    with pytest.raises(
+        ConfigError,
+        match=rf"{source} source: option poll_interval must be a number at most 3600; got '{given}'",
+    ):
+        build_connector(source, Settings(home=tmp_path), {"poll_interval": given})
+
+
+@pytest.mark.parametrize(
+    ("name", "given", "expected"),
+    [
+        ("confirmations", "1" + "0" * 400, "a whole number at most 10000"),
+        ("start_block", str(2**64), "a whole number at most 9007199254740992"),
+        ("chain_id", "0", "a whole number from 1 to 9223372036854775807"),
+    ],
+)
+def test_absurd_whole_numbers_are_refused_by_name(
+    tmp_path: Path, name: str, given: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"ethereum source: option {name} must be {expected}; got "):
+        EthereumSource.from_settings(Settings(home=tmp_path), **{name: given})
+
+
+def test_the_chain_id_option_names_the_chain_expected(tmp_path: Path) -> None:
+    source = EthereumSource.from_settings(Settings(home=tmp_path), chain_id="11155111")  # sepolia
+    try:
+        assert source.expected_network == 11155111
+    finally:
+        source.close()
+    mainnet = EthereumSource.from_settings(Settings(home=tmp_path))
+    try:
+        assert mainnet.expected_network == 1
+    finally:
+        mainnet.close()

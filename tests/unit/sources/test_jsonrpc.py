@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.loopback import LoopbackHttp, answer_json
+from tests.loopback import ErrorNode, LoopbackHttp, answer_json
 from tests.paced import PacedRun
 
 from vigil.config import Settings
@@ -30,6 +30,7 @@ from vigil.sources.jsonrpc import (
     MAX_RESPONSE_BYTES,
     JsonRpcClient,
     JsonRpcError,
+    answer_too_large,
 )
 from vigil.sources.sink import MemorySink
 
@@ -444,3 +445,32 @@ def test_deeply_nested_json_is_an_unreadable_answer(status: int, raised: type[Ex
     ):
         rpc.call("eth_blockNumber")
     assert isinstance(info.value, JsonRpcError) == (raised is JsonRpcError)
+
+
+# ---------------------------------------------------------------------- -32005
+
+
+@pytest.mark.parametrize(
+    "said", ["query returned more than 10000 results", "Log response size exceeded. You can make ..."]
+)
+def test_an_answer_capped_for_its_size_is_an_error_not_a_busy_node(said: str) -> None:
+    # Infura's -32005 for a block with too many logs is the same answer at every attempt: as
+    # "node busy" it was retried every 30 s for ever.
+    with (
+        ErrorNode({"code": -32005, "message": said}) as node,
+        JsonRpcClient(node.url) as rpc,
+        pytest.raises(JsonRpcError) as info,
+    ):
+        rpc.call("eth_getLogs", [{"blockHash": "0x" + "ab" * 32}], about="block 7")
+    assert (info.value.code, info.value.detail) == (-32005, said)
+    assert answer_too_large(info.value)
+    assert f"eth_getLogs for block 7 at {node.url}: the node returned error -32005: {said}" in str(info.value)
+
+
+def test_a_rate_limit_with_the_same_code_is_still_waited_out() -> None:
+    with (
+        ErrorNode({"code": -32005, "message": "project ID request rate exceeded"}) as node,
+        JsonRpcClient(node.url) as rpc,
+        pytest.raises(Retry, match=r"node busy \(-32005: project ID request rate exceeded\)"),
+    ):
+        rpc.call("eth_blockNumber")

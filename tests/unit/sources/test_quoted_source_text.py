@@ -68,7 +68,8 @@ def test_the_followers_retry_log_line_is_one_inert_line(
         runner.join(10)
     (line, *_) = [r.getMessage() for r in caplog.records if r.name == "vigil.sources.chain"]
     assert _one_inert_line(line), repr(line)
-    assert line.startswith("eth-hostile: retry after 1s: eth_blockNumber at ")
+    # (The first call asks which chain the node serves.)
+    assert line.startswith("eth-hostile: retry after 1s: eth_chainId at ")
 
 
 @pytest.mark.parametrize(
