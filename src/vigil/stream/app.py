@@ -3281,7 +3281,7 @@ class Application:
             except TimeoutError:
                 pass
             waited = time.monotonic() - began
-            if self._stop.is_set() and waited >= _STOPPING_CALL_S:
+            if self._stopping() and waited >= _STOPPING_CALL_S:
                 self._given_up = future
                 msg = f"{what} has not returned in {waited:.0f} s; given up, stopping"
                 raise _not_returned(msg)
@@ -3355,7 +3355,13 @@ class Application:
     def _txn_call_s(self) -> float:
         """How long one transactional call of a checkpoint waits: briefly once stopping (a
         commit takes milliseconds when the broker answers)."""
-        return _STOPPING_CALL_S if self._stop.is_set() else _TIMEOUT
+        return _STOPPING_CALL_S if self._stopping() else _TIMEOUT
+
+    def _stopping(self) -> bool:
+        """Whether the application is on its way out: asked to stop, or failed (a failure while
+        a seal's commit waited for a broker out of reach waited for it on the way out, found in
+        review, 2026-12-06)."""
+        return self._stop.is_set() or self._failed
 
     def _aborted_to_retry(self, exc: KafkaException) -> bool:
         """Whether a checkpoint's transaction failed in a way that only its abort clears (an
