@@ -3,7 +3,9 @@
 Values come from, in order of precedence: keyword arguments, ``VIGIL_*`` environment
 variables, then the optional TOML file (``vigil.toml`` in the working directory, or the
 file named by ``VIGIL_CONFIG``).  An empty environment variable counts as unset (as templated
-env files leave them): the TOML file's value, else the default, applies.  Environment
+env files leave them): the TOML file's value, else the default, applies.  So does an empty
+secret in the file; an empty ``home``, ``kafka_bootstrap`` or ``kafka_client_id`` there, which
+would mean something else in silence, is refused.  Environment
 variables are read only here, and only when the entry point calls :func:`load_settings`,
 which warns about a ``VIGIL_*`` variable that is no setting (a misspelt one was ignored).
 Connectors' credentials are settings too, handed to each connector with the rest.
@@ -192,7 +194,7 @@ class Settings(BaseSettings):
     kafka_ssl_key_password: SecretStr | None = Field(
         default=None, description="Password of the client's private key, if it is encrypted"
     )
-    kafka_client_id: str = "vigil"
+    kafka_client_id: str = Field(default="vigil", description="client.id of every Kafka client")
     # KIP-848 (Kafka 4.0+): the broker assigns partitions, with no group-wide barrier at each
     # rebalance (classic: every member rejoins, the partitions each keeps included).
     kafka_group_protocol: Literal["classic", "consumer"] = Field(
@@ -219,8 +221,12 @@ class Settings(BaseSettings):
     broker_port: int = Field(default=19092, ge=1024, le=65535, description="First broker's client port")
     # Every topic partition costs broker heap; stream apps add a changelog per store, so a
     # development broker gathers thousands of topics (512 MB ran out at about 3,900).
-    broker_heap_mb: int = Field(default=1024, ge=128)
-    broker_start_timeout_s: float = Field(default=90.0, gt=0)
+    # (The upper bounds of these three are far beyond any real deployment: what passes them is a
+    # typo, 99999999 handed to the JVM as its heap, or "inf", a start that waited forever.)
+    broker_heap_mb: int = Field(default=1024, ge=128, le=32768, description="Local broker's heap (MB)")
+    broker_start_timeout_s: float = Field(
+        default=90.0, gt=0, le=3600, description="How long to wait for the local broker to answer at start"
+    )
 
     # --- operations: Prometheus metrics of the stream applications a command runs
     metrics_port: int | None = Field(
@@ -229,7 +235,9 @@ class Settings(BaseSettings):
     metrics_host: str = Field(default="127.0.0.1", description="Address /metrics listens on")
 
     # --- topics
-    default_partitions: int = Field(default=6, ge=1)
+    default_partitions: int = Field(
+        default=6, ge=1, le=10_000, description="Partitions of each topic that does not set its own"
+    )
     # Unset: the cluster's own default.replication.factor (1 on the local broker).  A fixed 1
     # overrode a production cluster's 3: one broker lost, and its partitions with it.
     default_replication: int | None = Field(
@@ -287,22 +295,55 @@ class Settings(BaseSettings):
     bitcoin_rpc_user: str | None = Field(default=None, description="Bitcoin Core RPC user (HTTP basic auth)")
     bitcoin_rpc_password: SecretStr | None = Field(default=None, description="Bitcoin Core RPC password")
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
+        # As an empty variable is (env_ignore_empty): an empty password in vigil.toml was
+        # SecretStr(""), which is not "", so "needs kafka_sasl_password" never fired; the client
+        # was then made without one and its error blamed kafka_client_options.
+        if value == "" and info.field_name is not None and _is_secret_str(info.field_name):
+            return None
+        return value
+
+    @field_validator("home", "kafka_bootstrap", "kafka_client_id", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any, info: ValidationInfo) -> Any:
+        # An empty variable is unset and never gets here; an empty value in vigil.toml did, and
+        # meant something else in silence: home the working directory, kafka_bootstrap the local
+        # broker, kafka_client_id clients the brokers' logs and quotas could not tell apart.
+        if isinstance(value, str) and not value.strip():
+            msg = f"empty; expected {_NOT_EMPTY[str(info.field_name)]}"
+            raise ValueError(msg)
+        return value
+
     @field_validator("kafka_bootstrap")
     @classmethod
     def _bootstrap_has_ports(cls, value: str | None) -> str | None:
-        if value is None or value == "":
+        if value is None:
             return None
         for part in value.split(","):
             host, sep, port = part.strip().rpartition(":")
+            # (The whole value is shown after this, by load_settings: the part is named here.)
+            where = "" if part == value else f"{part.strip()!r} of it "
             if not sep or not host or not port.isdigit():
-                # (The whole value is shown after this, by load_settings: the part is named here.)
-                where = "" if part == value else f"{part.strip()!r} of it "
                 msg = f"{where}has no port; expected host:port[,host:port...]"
                 raise ValueError(msg)
             if not 1 <= int(port) <= 65535:
                 # (librdkafka wraps it: 99999 connected to 34463.)
                 msg = f"port {port} of {part.strip()!r} is out of range; expected 1-65535"
                 raise ValueError(msg)
+            # "::1" passed as host ":" and port 1: an IPv6 address goes in brackets, as librdkafka
+            # takes it.
+            bracketed = host.startswith("[") and host.endswith("]")
+            if ":" in host and not bracketed:
+                msg = f"{where}is an IPv6 address without brackets; expected [address]:port, e.g. [::1]:9092"
+                raise ValueError(msg)
+            if bracketed:
+                try:
+                    ipaddress.IPv6Address(host[1:-1])
+                except ValueError:
+                    msg = f"{where}has no IPv6 address in brackets; expected [address]:port, e.g. [::1]:9092"
+                    raise ValueError(msg) from None
         return value
 
     @field_validator("home")
@@ -326,6 +367,22 @@ class Settings(BaseSettings):
         if not loopback:
             msg = f"{value!r} is not a loopback address; expected 127.0.0.1 (another 127.x.y.z, or localhost)"
             raise ValueError(msg)
+        return value
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _metrics_host_is_an_address(cls, value: str) -> str:
+        # Checked here: a mistyped one ("127.0.0.1:9100", a space) was found only when /metrics
+        # was started, and reported as a problem with the port.
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if len(value) > 253 or not _HOST_NAME.fullmatch(value):
+                msg = (
+                    "neither an IP address nor a host name; expected an address of this machine "
+                    "(127.0.0.1, or 0.0.0.0 for every interface) or a host name"
+                )
+                raise ValueError(msg) from None
         return value
 
     @field_validator("kafka_ssl_ca_location", "kafka_ssl_certificate_location", "kafka_ssl_key_location")
@@ -459,6 +516,7 @@ class Settings(BaseSettings):
         if self.kafka_ssl_key_password is not None and key is None:
             msg = "kafka_ssl_key_password set without kafka_ssl_key_location, the key it opens"
             raise ValueError(msg)
+        self._client_options_agree()
         if self.kafka_group_protocol == "consumer" and self.kafka_client_options is not None:
             # (librdkafka refuses them only when a consumer is made: a stage's first start.)
             for option in self.kafka_client_options.get_secret_value():
@@ -466,7 +524,43 @@ class Settings(BaseSettings):
                 if why is not None:
                     msg = f"kafka_client_options {option!r} is {why}"
                     raise ValueError(msg)
+        if self.kafka_bootstrap is None:
+            # Without a cluster Vigil starts its own broker, which has no TLS or SASL listener:
+            # every client then failed some 10 s later with a TLS or SASL error that never said
+            # kafka_bootstrap was missing.
+            given = [
+                name for name in _SECURITY_SETTINGS if getattr(self, name) not in (None, "", "PLAINTEXT")
+            ]
+            if given:
+                msg = (
+                    f"{', '.join(given)} set without kafka_bootstrap, so Vigil would use its local "
+                    "broker, which speaks PLAINTEXT only; expected kafka_bootstrap (or kafka_bootstrap "
+                    "in the settings file) naming the cluster these settings are for"
+                )
+                raise ValueError(msg)
         return self
+
+    def _client_options_agree(self) -> None:
+        """An ``ssl.*`` client option with a protocol without TLS, or ``sasl.*`` with one without
+        SASL, as the settings of the same meaning are refused: librdkafka ignores it in silence,
+        and a client meant to verify or authenticate connects without."""
+        protocol = self.kafka_security_protocol
+        options = self.kafka_client_options.get_secret_value() if self.kafka_client_options else {}
+        for option in options:
+            # (enable.ssl.* and enable.sasl.* switch parts of TLS and SASL on or off.)
+            name = client_option_name(option).removeprefix("enable.")
+            if name.startswith("ssl.") and not protocol.endswith("SSL"):
+                msg = (
+                    f"kafka_client_options {option!r} set with kafka_security_protocol {protocol}, "
+                    "which does not use TLS; expected SSL or SASL_SSL"
+                )
+                raise ValueError(msg)
+            if name.startswith("sasl.") and not protocol.startswith("SASL_"):
+                msg = (
+                    f"kafka_client_options {option!r} set with kafka_security_protocol {protocol}, "
+                    "which sends no credentials; expected SASL_SSL (or SASL_PLAINTEXT)"
+                )
+                raise ValueError(msg)
 
     def _oauthbearer_agrees(self, given: list[str]) -> None:
         """OAUTHBEARER takes a token, not a user and password; the token comes from an OIDC
@@ -540,6 +634,35 @@ class Settings(BaseSettings):
         if self.kafka_ssl_key_password:
             conf["ssl.key.password"] = self.kafka_ssl_key_password.get_secret_value()
         return conf
+
+
+#: The settings of TLS and SASL, which the local broker (PLAINTEXT only) does not speak.
+_SECURITY_SETTINGS = (
+    "kafka_security_protocol",
+    "kafka_sasl_mechanism",
+    "kafka_sasl_username",
+    "kafka_sasl_password",
+    "kafka_ssl_ca_location",
+    "kafka_ssl_certificate_location",
+    "kafka_ssl_key_location",
+    "kafka_ssl_key_password",
+)
+
+#: What each setting refused empty in the settings file expects instead.
+_NOT_EMPTY = {
+    "home": "the directory for Vigil's local files (leave home out for the default, .vigil)",
+    "kafka_bootstrap": "host:port[,host:port...] (leave kafka_bootstrap out to use the local broker)",
+    "kafka_client_id": "the name the brokers know Vigil's clients by (leave kafka_client_id out for vigil)",
+}
+
+#: A host name as RFC 1123 spells one: dot-separated labels of letters, digits and inner hyphens.
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def _is_secret_str(name: str) -> bool:
+    """Whether setting ``name`` is a :class:`~pydantic.SecretStr` (one text secret)."""
+    field = Settings.model_fields.get(name)
+    return field is not None and "SecretStr" in str(field.annotation)
 
 
 #: What each file setting names, for the message saying it is not there.
@@ -616,10 +739,10 @@ def load_settings(**overrides: Any) -> Settings:
     # Before the settings are built: a misspelt variable may be why they fail (a SASL password
     # under the wrong name is "kafka_sasl_password missing").
     _warn_unknown_variables()
+    origin = _Origins(overrides, in_file, toml_path)
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
-        origin = _Origins(overrides, in_file, toml_path)
         problems = []
         for err in exc.errors():
             # A check of several settings together (no loc) names them in its message.
@@ -636,6 +759,8 @@ def load_settings(**overrides: Any) -> Settings:
             problems.append(f"{origin.of(name)}: {_reason(err)}; got {got}")
         msg = "invalid settings:\n  " + "\n  ".join(problems)
         raise ConfigError(msg) from None
+    _warn_unverified_tls(settings, origin)
+    return settings
 
 
 _SECRET_WORDS = ("password", "secret", "token", "key", "pass", "credential")
@@ -699,6 +824,36 @@ def _warn_unknown_variables() -> None:
     )
 
 
+#: kafka_client_options that turn off the check of the brokers' TLS certificates, each with the
+#: values (as librdkafka reads them, in any case) that do.
+UNVERIFIED_TLS_OPTIONS: dict[str, tuple[str, ...]] = {
+    "enable.ssl.certificate.verification": ("false", "f", "0"),
+    "ssl.endpoint.identification.algorithm": ("none",),
+}
+
+
+def _warn_unverified_tls(settings: Settings, origin: _Origins) -> None:
+    """A warning naming each client option that turns off the check of the brokers' TLS
+    certificates (once a process): allowed, as some test clusters need it, but then anyone
+    between Vigil and the cluster can pose as a broker, and security teams look for it."""
+    options = settings.kafka_client_options.get_secret_value() if settings.kafka_client_options else {}
+    where = origin.of("kafka_client_options")
+    for key, value in options.items():
+        said = f"{where}: {key!r}"
+        if (
+            str(value).lower() not in UNVERIFIED_TLS_OPTIONS.get(client_option_name(key), ())
+            or said in _warned
+        ):
+            continue
+        _warned.add(said)
+        # (The option's name only: these values are secrets, and its name says what it does.)
+        log.warning(
+            "%s turns off the check of the brokers' TLS certificates: anyone on the way to the cluster "
+            "can pose as a broker and read or change what Vigil sends and receives (for a test cluster only)",
+            said,
+        )
+
+
 def _reason(err: Any) -> str:
     # pydantic words a validator's own ValueError as "Value error, <message>": the message is ours.
     text = str(err["msg"])
@@ -755,7 +910,8 @@ class _Origins:
     def rename(self, text: str) -> str:
         """``text`` with each setting's name replaced by where it came from."""
         names = sorted(Settings.model_fields, key=len, reverse=True)
-        pattern = r"\b(" + "|".join(map(re.escape, names)) + r")\b"
+        # (A name said as the file's key, "<name> in the settings file", stays one.)
+        pattern = r"\b(" + "|".join(map(re.escape, names)) + r")\b(?! in the settings file)"
         return re.sub(pattern, lambda m: self.of(m[1], with_name=False), text)
 
 

@@ -127,6 +127,7 @@ def test_a_ca_file_that_is_not_there_is_named_by_its_variable(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # librdkafka refused it only when the first client was made, with a traceback.
+    monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", "kafka-1:9092")  # (TLS and SASL are for a cluster)
     monkeypatch.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SSL")
     monkeypatch.setenv("VIGIL_KAFKA_SSL_CA_LOCATION", str(tmp_path / "ca.pem"))
     with pytest.raises(
@@ -148,6 +149,7 @@ def test_a_ca_file_that_is_not_there_is_named_by_its_variable(
 
 
 def test_secrets_are_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", "kafka-1:9092")  # (TLS and SASL are for a cluster)
     monkeypatch.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
     monkeypatch.setenv("VIGIL_KAFKA_SASL_MECHANISM", "PLAIN")
     monkeypatch.setenv("VIGIL_KAFKA_SASL_USERNAME", "vigil")
@@ -234,6 +236,7 @@ def test_a_ca_file_without_tls_and_empty_credentials(monkeypatch: pytest.MonkeyP
 
 
 def test_sasl_over_tls_with_its_credentials_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", "kafka-1:9092")  # (TLS and SASL are for a cluster)
     monkeypatch.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
     monkeypatch.setenv("VIGIL_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
     monkeypatch.setenv("VIGIL_KAFKA_SASL_USERNAME", "vigil")
@@ -448,6 +451,7 @@ def test_a_ca_file_under_home_is_given_to_kafka_expanded(
     # The check expanded "~" but the client was given it as written, which librdkafka refused.
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", "kafka-1:9092")  # (TLS and SASL are for a cluster)
     monkeypatch.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SSL")
     monkeypatch.setenv("VIGIL_KAFKA_SSL_CA_LOCATION", "~/ca.pem")
     assert load_settings().kafka_client_config()["ssl.ca.location"] == str(tmp_path / "ca.pem")
@@ -466,6 +470,7 @@ def test_a_client_certificate_and_key_reach_every_client(
     no_vigil_variables: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # They were no settings: VIGIL_KAFKA_SSL_CERTIFICATE_LOCATION was "ignored" with a warning.
+    no_vigil_variables.setenv("VIGIL_KAFKA_BOOTSTRAP", "kafka-1:9092")  # (TLS and SASL are for a cluster)
     no_vigil_variables.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SSL")
     no_vigil_variables.setenv("VIGIL_KAFKA_SSL_CA_LOCATION", str(_pem(tmp_path, "ca.pem")))
     no_vigil_variables.setenv("VIGIL_KAFKA_SSL_CERTIFICATE_LOCATION", str(_pem(tmp_path, "client.pem")))
@@ -572,6 +577,7 @@ OIDC = {
 
 def test_oauthbearer_with_oidc_needs_no_user_or_password(no_vigil_variables: pytest.MonkeyPatch) -> None:
     # The validator asked for a username and password with any SASL mechanism.
+    no_vigil_variables.setenv("VIGIL_KAFKA_BOOTSTRAP", "kafka-1:9092")  # (TLS and SASL are for a cluster)
     no_vigil_variables.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
     no_vigil_variables.setenv("VIGIL_KAFKA_SASL_MECHANISM", "OAUTHBEARER")
     no_vigil_variables.setenv("VIGIL_KAFKA_CLIENT_OPTIONS", json.dumps(OIDC))
@@ -633,20 +639,29 @@ def test_client_options_are_json_in_the_variable_or_a_table_in_the_file(
     assert load_settings().kafka_client_options is None
     assert "socket.timeout.ms" not in load_settings().kafka_client_config()
     # In the file, a dotted key goes quoted or not (unquoted, TOML makes it a table in a table).
+    # (sasl.* and ssl.* options with a protocol that uses SASL and TLS, on a cluster.)
     (tmp_path / "vigil.toml").write_text(
+        'kafka_bootstrap = "kafka-1:9093"\n'
+        'kafka_security_protocol = "SASL_SSL"\n'
+        'kafka_sasl_mechanism = "OAUTHBEARER"\n'
         "[kafka_client_options]\n"
         '"sasl.oauthbearer.client.secret" = "hunter2-file"\n'
+        'sasl.oauthbearer.method = "oidc"\n'
         "socket.timeout.ms = 30000\n"
         "socket.keepalive.enable = true\n"
-        'ssl.endpoint.identification.algorithm = "none"\n'
+        'ssl.endpoint.identification.algorithm = "https"\n'
     )
     conf = load_settings().kafka_client_config()
     assert conf["sasl.oauthbearer.client.secret"] == "hunter2-file"
+    assert conf["sasl.oauthbearer.method"] == "oidc"
     assert conf["socket.timeout.ms"] == 30000
     assert conf["socket.keepalive.enable"] is True
-    assert conf["ssl.endpoint.identification.algorithm"] == "none"
-    assert conf["bootstrap.servers"] == "127.0.0.1:19092"  # Vigil's own settings, as before
-    no_vigil_variables.setenv("VIGIL_KAFKA_CLIENT_OPTIONS", json.dumps({"socket.timeout.ms": 5000}))
+    assert conf["ssl.endpoint.identification.algorithm"] == "https"
+    assert conf["bootstrap.servers"] == "kafka-1:9093"  # Vigil's own settings, as before
+    no_vigil_variables.setenv(
+        "VIGIL_KAFKA_CLIENT_OPTIONS",
+        json.dumps({"socket.timeout.ms": 5000, "sasl.oauthbearer.method": "oidc"}),
+    )
     conf = load_settings().kafka_client_config()  # the variable wins, whole
     assert conf["socket.timeout.ms"] == 5000
     assert "sasl.oauthbearer.client.secret" not in conf
@@ -658,6 +673,8 @@ def test_client_options_are_json_in_the_variable_or_a_table_in_the_file(
 def test_client_options_are_secret_everywhere(
     no_vigil_variables: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
+    no_vigil_variables.setenv("VIGIL_KAFKA_BOOTSTRAP", "kafka-1:9092")  # (TLS and SASL are for a cluster)
+    no_vigil_variables.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SSL")
     no_vigil_variables.setenv("VIGIL_KAFKA_CLIENT_OPTIONS", json.dumps({"ssl.key.pem": "hunter2-key"}))
     with caplog.at_level(logging.DEBUG):
         loaded = load_settings()
@@ -743,6 +760,7 @@ def test_the_new_settings_are_not_warned_about_as_unknown(
     no_vigil_variables: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     # VIGIL_KAFKA_SSL_CERTIFICATE_LOCATION was "ignoring environment variable ...: not a Vigil setting".
+    no_vigil_variables.setenv("VIGIL_KAFKA_BOOTSTRAP", "kafka-1:9092")  # (TLS and SASL are for a cluster)
     no_vigil_variables.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SSL")
     no_vigil_variables.setenv("VIGIL_KAFKA_SSL_CERTIFICATE_LOCATION", str(_pem(tmp_path, "client.pem")))
     no_vigil_variables.setenv("VIGIL_KAFKA_SSL_KEY_LOCATION", str(_pem(tmp_path, "client.key")))
@@ -907,3 +925,221 @@ def test_an_unknown_group_protocol_is_refused_naming_the_choices(
     no_vigil_variables.setenv("VIGIL_KAFKA_GROUP_PROTOCOL", "stream")
     with pytest.raises(ConfigError, match=r"VIGIL_KAFKA_GROUP_PROTOCOL.*'classic' or 'consumer'"):
         load_settings()
+
+
+# ------------------------------------------------ settings that make no sense, refused at load
+
+
+def test_tls_and_sasl_settings_without_a_cluster_are_refused_naming_the_bootstrap(
+    no_vigil_variables: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The local broker Vigil starts speaks PLAINTEXT only: these were accepted, and every client
+    # failed some 10 s later with a TLS or SASL error that never named the missing bootstrap.
+    for name, value in {"SECURITY_PROTOCOL": "SASL_SSL", "SASL_MECHANISM": "SCRAM-SHA-512"}.items():
+        no_vigil_variables.setenv(f"VIGIL_KAFKA_{name}", value)
+    no_vigil_variables.setenv("VIGIL_KAFKA_SASL_USERNAME", "vigil")
+    no_vigil_variables.setenv("VIGIL_KAFKA_SASL_PASSWORD", "hunter2")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        "invalid settings:\n  settings that disagree: VIGIL_KAFKA_SECURITY_PROTOCOL, "
+        "VIGIL_KAFKA_SASL_MECHANISM, VIGIL_KAFKA_SASL_USERNAME, VIGIL_KAFKA_SASL_PASSWORD set without "
+        "VIGIL_KAFKA_BOOTSTRAP, so Vigil would use its local broker, which speaks PLAINTEXT only; "
+        "expected VIGIL_KAFKA_BOOTSTRAP (or kafka_bootstrap in the settings file) naming the cluster "
+        "these settings are for"
+    )
+    no_vigil_variables.setenv("VIGIL_KAFKA_BOOTSTRAP", "kafka-1:9093")
+    assert load_settings().kafka_client_config()["bootstrap.servers"] == "kafka-1:9093"
+    # TLS alone, from the file, named as its keys.
+    for key in list(os.environ):
+        if key.startswith("VIGIL_KAFKA_"):
+            no_vigil_variables.delenv(key)
+    _pem(tmp_path, "ca.pem")
+    (tmp_path / "vigil.toml").write_text(
+        'kafka_security_protocol = "SSL"\nkafka_ssl_ca_location = "ca.pem"\n'
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"kafka_security_protocol in vigil.toml, kafka_ssl_ca_location in vigil.toml set without "
+        r"VIGIL_KAFKA_BOOTSTRAP, so Vigil would use its local broker, which speaks PLAINTEXT only",
+    ):
+        load_settings()
+
+
+def test_an_empty_secret_in_the_settings_file_is_unset_as_an_empty_variable_is(
+    no_vigil_variables: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # kafka_sasl_password = "" was SecretStr(""), which is not "": accepted, then left out of the
+    # client settings, and librdkafka's refusal was blamed on kafka_client_options.
+    (tmp_path / "vigil.toml").write_text(
+        'kafka_bootstrap = "kafka-1:9093"\nkafka_security_protocol = "SASL_SSL"\n'
+        'kafka_sasl_mechanism = "SCRAM-SHA-512"\nkafka_sasl_username = "vigil-detect"\n'
+        'kafka_sasl_password = ""\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        "invalid settings:\n  settings that disagree: kafka_security_protocol in vigil.toml SASL_SSL "
+        "needs kafka_sasl_password in vigil.toml"
+    )
+    # Every text secret alike (an empty RPC URL was "expected the node's http:// URL", an empty
+    # key password "set without kafka_ssl_key_location").
+    secrets = [name for name, field in Settings.model_fields.items() if "SecretStr" in str(field.annotation)]
+    assert {"kafka_sasl_password", "kafka_ssl_key_password", *CONNECTOR_SECRETS} <= set(secrets)
+    (tmp_path / "vigil.toml").write_text("".join(f'{name} = ""\n' for name in secrets))
+    loaded = load_settings()
+    assert {name: getattr(loaded, name) for name in secrets} == dict.fromkeys(secrets)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "bound"),
+    [
+        ("VIGIL_BROKER_START_TIMEOUT_S", "inf", "3600"),
+        ("VIGIL_BROKER_HEAP_MB", "99999999", "32768"),
+        ("VIGIL_DEFAULT_PARTITIONS", "1000000", "10000"),
+    ],
+)
+def test_values_beyond_any_deployment_are_refused_stating_the_bound(
+    no_vigil_variables: pytest.MonkeyPatch, variable: str, value: str, bound: str
+) -> None:
+    # inf waited forever for a broker that never answered; the heap went to the JVM as it was.
+    no_vigil_variables.setenv(variable, value)
+    name = variable.removeprefix("VIGIL_").lower()
+    with pytest.raises(
+        ConfigError,
+        match=rf"{variable} \({name}\): Input should be less than or equal to {bound}; got '{value}'",
+    ):
+        load_settings()
+    no_vigil_variables.setenv(variable, bound)
+    assert getattr(load_settings(), name) == float(bound)
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("home", r"the directory for Vigil's local files \(leave home out for the default, \.vigil\)"),
+        (
+            "kafka_bootstrap",
+            r"host:port\[,host:port\.\.\.\] \(leave kafka_bootstrap out to use the local broker\)",
+        ),
+        (
+            "kafka_client_id",
+            r"the name the brokers know Vigil's clients by \(leave kafka_client_id out for vigil\)",
+        ),
+    ],
+)
+def test_an_empty_value_in_the_settings_file_is_refused_and_an_empty_variable_is_unset(
+    no_vigil_variables: pytest.MonkeyPatch, tmp_path: Path, key: str, expected: str
+) -> None:
+    # home = "" was the working directory, kafka_bootstrap = "" the local broker, in silence.
+    (tmp_path / "vigil.toml").write_text(f'{key} = ""\n')
+    with pytest.raises(ConfigError, match=rf"\n  {key} in vigil.toml: empty; expected {expected}; got ''$"):
+        load_settings()
+    # An empty variable, as templated env files leave them, is still unset: the default.
+    (tmp_path / "vigil.toml").unlink()
+    no_vigil_variables.setenv(f"VIGIL_{key.upper()}", "")
+    assert getattr(load_settings(), key) == getattr(Settings(), key)
+
+
+@pytest.mark.parametrize(
+    ("bootstrap", "message"),
+    [
+        ("::1", "is an IPv6 address without brackets; expected [address]:port, e.g. [::1]:9092"),
+        ("::1:9092", "is an IPv6 address without brackets"),
+        ("kafka-1:9092,2001:db8::7:9093", "'2001:db8::7:9093' of it is an IPv6 address without brackets"),
+        ("[kafka-1]:9092", "has no IPv6 address in brackets; expected [address]:port"),
+    ],
+)
+def test_an_ipv6_bootstrap_needs_its_brackets(
+    no_vigil_variables: pytest.MonkeyPatch, bootstrap: str, message: str
+) -> None:
+    # "::1" passed the port check as host ":" and port 1.
+    no_vigil_variables.setenv("VIGIL_KAFKA_BOOTSTRAP", bootstrap)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert f"VIGIL_KAFKA_BOOTSTRAP (kafka_bootstrap): {message}" in str(caught.value)
+
+
+def test_an_ipv6_bootstrap_in_brackets_is_taken(no_vigil_variables: pytest.MonkeyPatch) -> None:
+    no_vigil_variables.setenv("VIGIL_KAFKA_BOOTSTRAP", "[::1]:9092,[2001:db8::7]:9093")
+    assert load_settings().kafka_client_config()["bootstrap.servers"] == "[::1]:9092,[2001:db8::7]:9093"
+
+
+@pytest.mark.parametrize("host", ["not a host!", "127.0.0.1:9100", "-metrics.example", "[::1]", "a" * 64])
+def test_a_metrics_host_that_is_no_address_nor_host_name_is_refused(
+    no_vigil_variables: pytest.MonkeyPatch, host: str
+) -> None:
+    # It was found only when /metrics was started, and reported as a problem with the port.
+    no_vigil_variables.setenv("VIGIL_METRICS_HOST", host)
+    with pytest.raises(
+        ConfigError,
+        match=r"VIGIL_METRICS_HOST \(metrics_host\): neither an IP address nor a host name; expected",
+    ):
+        load_settings()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "127.0.0.2", "::1", "localhost", "metrics.internal.example."])
+def test_a_metrics_host_that_is_an_address_or_a_host_name_is_taken(
+    no_vigil_variables: pytest.MonkeyPatch, host: str
+) -> None:
+    no_vigil_variables.setenv("VIGIL_METRICS_HOST", host)
+    assert load_settings().metrics_host == host
+
+
+def test_client_options_that_turn_off_certificate_checks_are_warned_about_once(
+    no_vigil_variables: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Allowed (some test clusters need them), but they were taken in silence: anyone on the way
+    # to the cluster could pose as a broker, and nothing told the security team.
+    no_vigil_variables.setenv("VIGIL_KAFKA_BOOTSTRAP", "kafka-1:9093")
+    no_vigil_variables.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SSL")
+    checked = {"enable.ssl.certificate.verification": True, "ssl.endpoint.identification.algorithm": "https"}
+    no_vigil_variables.setenv("VIGIL_KAFKA_CLIENT_OPTIONS", json.dumps(checked))
+    with caplog.at_level(logging.WARNING, logger="vigil.config"):
+        load_settings()
+    assert not [r.getMessage() for r in caplog.records if r.name == "vigil.config"]
+    unchecked = {
+        "enable.ssl.certificate.verification": False,
+        "ssl.endpoint.identification.algorithm": "NONE",
+    }
+    no_vigil_variables.setenv("VIGIL_KAFKA_CLIENT_OPTIONS", json.dumps({**unchecked, "linger.ms": 5}))
+    with caplog.at_level(logging.WARNING, logger="vigil.config"):
+        load_settings()
+        load_settings()  # (a command may load them more than once: one warning each)
+    warnings = [r for r in caplog.records if r.name == "vigil.config"]
+    assert [r.levelno for r in warnings] == [logging.WARNING] * 2
+    for record, option in zip(warnings, unchecked, strict=True):
+        assert record.getMessage().startswith(
+            f"VIGIL_KAFKA_CLIENT_OPTIONS (kafka_client_options): {option!r} turns off the check of the "
+            "brokers' TLS certificates"
+        )
+
+
+@pytest.mark.parametrize(
+    ("protocol", "option", "why"),
+    [
+        ("PLAINTEXT", "ssl.key.pem", "which does not use TLS; expected SSL or SASL_SSL"),
+        ("PLAINTEXT", "enable.ssl.certificate.verification", "which does not use TLS"),
+        ("PLAINTEXT", "sasl.oauthbearer.client.secret", "which sends no credentials; expected SASL_SSL"),
+        ("SSL", "sasl.kerberos.keytab", "which sends no credentials"),
+        ("SASL_PLAINTEXT", "ssl.ca.pem", "which does not use TLS"),
+    ],
+)
+def test_tls_and_sasl_client_options_need_a_protocol_that_uses_them(
+    no_vigil_variables: pytest.MonkeyPatch, protocol: str, option: str, why: str
+) -> None:
+    # librdkafka ignored them in silence: a client meant to verify or authenticate did not.
+    no_vigil_variables.setenv("VIGIL_KAFKA_BOOTSTRAP", "kafka-1:9093")
+    no_vigil_variables.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", protocol)
+    if protocol.startswith("SASL_"):
+        for name, value in {"MECHANISM": "PLAIN", "USERNAME": "u", "PASSWORD": "hunter2"}.items():
+            no_vigil_variables.setenv(f"VIGIL_KAFKA_SASL_{name}", value)
+    no_vigil_variables.setenv("VIGIL_KAFKA_CLIENT_OPTIONS", json.dumps({option: "hunter2"}))
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    said = str(caught.value)
+    assert (
+        f"VIGIL_KAFKA_CLIENT_OPTIONS {option!r} set with VIGIL_KAFKA_SECURITY_PROTOCOL {protocol}, {why}"
+        in said
+    )
+    assert "hunter2" not in said

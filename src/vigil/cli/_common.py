@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -52,20 +54,40 @@ def serve_metrics_of(
 ) -> MetricsServer | None:
     """Start ``/metrics`` for the running applications (and, with ``connectors``, what the
     connectors count) when a port is given (option, then setting); None when metrics are not
-    served.  A port in use fails naming it."""
+    served.  Failing to listen names what failed: the host (the metrics_host setting) or the port
+    (--metrics-port, or the metrics_port setting, as it was given)."""
     from vigil.sources.base import connector_metrics
     from vigil.stream.metrics import MetricsServer
 
-    given = "--metrics-port" if port is not None else "the metrics_port setting"
+    given = "--metrics-port" if port is not None else "the metrics_port setting (VIGIL_METRICS_PORT)"
     port = port if port is not None else cfg.metrics_port
     if port is None:
         return None
     extra = [connector_metrics()] if connectors else []
     server = MetricsServer(lambda: [*(app.prometheus.registry for app in apps()), *extra])
+    host = cfg.metrics_host
     try:
-        server.start(port, cfg.metrics_host)
+        server.start(port, host)
     except OSError as exc:
-        msg = f"{given} {port}: cannot listen on {cfg.metrics_host}:{port} ({exc.strerror or exc})"
+        why = exc.strerror or str(exc)
+        # A name that does not resolve, or an address not this machine's, is the host's fault; it
+        # was reported as the port's.
+        if isinstance(exc, socket.gaierror) or exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+            msg = (
+                f"the metrics_host setting (VIGIL_METRICS_HOST) {host!r}: cannot listen on it ({why}); "
+                "expected an address of this machine (127.0.0.1, or 0.0.0.0 for every interface) or a "
+                "host name that resolves to one"
+            )
+        elif exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            msg = (
+                f"{given} {port}: cannot listen on {host}:{port} ({why}); expected a free port "
+                "(1024 or above, without privileges)"
+            )
+        else:
+            msg = (
+                f"cannot listen on {host}:{port} ({why}), the metrics_host setting (VIGIL_METRICS_HOST) "
+                f"and {given}; expected an address of this machine and a free port"
+            )
         raise ConfigError(msg) from None
     console.print(f"metrics: http://{cfg.metrics_host}:{port}/metrics")
     return server

@@ -531,8 +531,11 @@ def test_the_token_setting_missing_or_malformed_is_refused_by_name(monkeypatch: 
         SourceError, match=r"the setting hubspot_access_token is not set.*VIGIL_HUBSPOT_ACCESS_TOKEN"
     ):
         HubSpotAuditSource.from_settings(Settings())
-    with pytest.raises(SourceError, match="hubspot_access_token is empty"):
+    # An empty one is unset, in vigil.toml as in the variable (vigil.config).
+    with pytest.raises(SourceError, match="the setting hubspot_access_token is not set"):
         HubSpotAuditSource.from_settings(Settings(hubspot_access_token=""))
+    with pytest.raises(SourceError, match="hubspot_access_token is empty"):
+        HubSpotAuditSource("")
     with pytest.raises(SourceError, match="hubspot_access_token holds a character") as info:
         HubSpotAuditSource.from_settings(Settings(hubspot_access_token="pat-na1\nSECRETKEY"))  # noqa: S106 - a test value
     assert "SECRETKEY" not in str(info.value)

@@ -61,7 +61,7 @@ def test_metrics_are_served_only_when_a_port_is_given_and_a_busy_port_is_named()
         with pytest.raises(ConfigError, match=f"--metrics-port {port}: cannot listen on 127.0.0.1:{port}"):
             serve_metrics_of(load_settings(), port, lambda: [app])
         # Named as it was given: the setting (a VIGIL_METRICS_PORT for every process), not the option.
-        setting = rf"the metrics_port setting {port}: cannot listen"
+        setting = rf"the metrics_port setting \(VIGIL_METRICS_PORT\) {port}: cannot listen"
         with pytest.raises(ConfigError, match=setting):
             serve_metrics_of(load_settings(metrics_port=port), None, lambda: [app])
     port = _free_port()
@@ -113,6 +113,32 @@ def test_metrics_listen_on_the_host_given_and_nowhere_else() -> None:
         assert _refused("127.0.0.1", port)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [
+        ("192.0.2.1", "Cannot assign requested address"),  # (TEST-NET-1: no machine's own)
+        ("metrics.invalid", ""),  # (.invalid never resolves: RFC 6761)
+    ],
+)
+def test_a_metrics_host_that_cannot_be_listened_on_is_named_not_the_port(
+    monkeypatch: pytest.MonkeyPatch, host: str, why: str
+) -> None:
+    # Both were "--metrics-port N: cannot listen on ...", or "the metrics_port setting N": the
+    # port blamed for the host.
+    app: Any = SimpleNamespace(prometheus=PrometheusMetrics("normalize"))
+    monkeypatch.setenv("VIGIL_METRICS_HOST", host)
+    for flag, setting in ((_free_port(), None), (None, _free_port())):
+        with pytest.raises(ConfigError) as caught:
+            serve_metrics_of(load_settings(metrics_port=setting), flag, lambda: [app])
+        said = str(caught.value)
+        assert said.startswith(
+            f"the metrics_host setting (VIGIL_METRICS_HOST) {host!r}: cannot listen on it ({why}"
+        ), said
+        assert "expected an address of this machine" in said
+        assert "metrics_port" not in said
+        assert "--metrics-port" not in said
 
 
 def test_the_cli_serves_metrics_on_loopback_unless_vigil_metrics_host_says_otherwise(
