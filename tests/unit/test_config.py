@@ -1143,3 +1143,15 @@ def test_tls_and_sasl_client_options_need_a_protocol_that_uses_them(
         in said
     )
     assert "hunter2" not in said
+
+
+def test_every_setting_is_in_the_readme() -> None:
+    # kafka_client_id, broker_start_timeout_s, default_partitions and default_replication were
+    # read but in no documentation: a new setting cannot go undocumented.
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    missing = [
+        name
+        for name in Settings.model_fields
+        if f"`{name}`" not in readme and not re.search(rf"`VIGIL_{name.upper()}[`=]", readme)
+    ]
+    assert not missing, f"settings not named in README.md: {missing}"
