@@ -760,6 +760,7 @@ def load_settings(**overrides: Any) -> Settings:
         msg = "invalid settings:\n  " + "\n  ".join(problems)
         raise ConfigError(msg) from None
     _warn_unverified_tls(settings, origin)
+    _warn_clear_password(settings, origin)
     return settings
 
 
@@ -852,6 +853,25 @@ def _warn_unverified_tls(settings: Settings, origin: _Origins) -> None:
             "can pose as a broker and read or change what Vigil sends and receives (for a test cluster only)",
             said,
         )
+
+
+def _warn_clear_password(settings: Settings, origin: _Origins) -> None:
+    """A warning (once a process for a cluster) when the SASL password goes over the network as
+    it is: PLAIN sends it in every connection's first request, and SASL_PLAINTEXT does not
+    encrypt it (SCRAM sends a proof, not the password).  Allowed (a private network may be
+    trusted); said, as nothing else would tell the security team."""
+    if settings.kafka_security_protocol != "SASL_PLAINTEXT" or settings.kafka_sasl_mechanism != "PLAIN":
+        return
+    said = f"clear password: {settings.kafka_bootstrap}"
+    if said in _warned:
+        return
+    _warned.add(said)
+    log.warning(
+        "%s PLAIN with %s SASL_PLAINTEXT: the SASL password goes to the cluster unencrypted, and "
+        "anyone on the way can read it; expected SASL_SSL (or SCRAM, which sends no password)",
+        origin.of("kafka_sasl_mechanism"),
+        origin.of("kafka_security_protocol"),
+    )
 
 
 def _reason(err: Any) -> str:

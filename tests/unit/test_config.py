@@ -1155,3 +1155,30 @@ def test_every_setting_is_in_the_readme() -> None:
         if f"`{name}`" not in readme and not re.search(rf"`VIGIL_{name.upper()}[`=]", readme)
     ]
     assert not missing, f"settings not named in README.md: {missing}"
+
+
+def test_a_password_sent_unencrypted_is_warned_about_once(
+    no_vigil_variables: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # PLAIN over SASL_PLAINTEXT was taken in silence: the password crosses the network as it is.
+    no_vigil_variables.setenv("VIGIL_KAFKA_BOOTSTRAP", "kafka-plain.example:9092")
+    no_vigil_variables.setenv("VIGIL_KAFKA_SASL_USERNAME", "vigil")
+    no_vigil_variables.setenv("VIGIL_KAFKA_SASL_PASSWORD", "hunter2-not-shown")
+    for protocol, mechanism in (("SASL_SSL", "PLAIN"), ("SASL_PLAINTEXT", "SCRAM-SHA-512")):
+        no_vigil_variables.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", protocol)
+        no_vigil_variables.setenv("VIGIL_KAFKA_SASL_MECHANISM", mechanism)
+        with caplog.at_level(logging.WARNING, logger="vigil.config"):
+            load_settings()
+        assert not [r.getMessage() for r in caplog.records if r.name == "vigil.config"], protocol
+    no_vigil_variables.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    no_vigil_variables.setenv("VIGIL_KAFKA_SASL_MECHANISM", "PLAIN")
+    with caplog.at_level(logging.WARNING, logger="vigil.config"):
+        load_settings()
+        load_settings()  # (once a process)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "vigil.config"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(
+        "VIGIL_KAFKA_SASL_MECHANISM (kafka_sasl_mechanism) PLAIN with VIGIL_KAFKA_SECURITY_PROTOCOL "
+        "(kafka_security_protocol) SASL_PLAINTEXT: the SASL password goes to the cluster unencrypted"
+    )
+    assert "hunter2" not in warnings[0]
