@@ -1366,6 +1366,9 @@ class Application:
         self._committer: CallThread | None = None
         self._given_up: Future[None] | None = None
         self._overdue_said_at = -_OVERDUE_SAY_EVERY_S
+        #: A transactional producer's start given up when stopping (see _asked), maybe still
+        #: asking the broker for its transactional id.
+        self._start_given_up: Future[Any] | None = None
         #: State writes Kafka has, waiting for RocksDB (see _write_step).
         self._writes: deque[_PendingWrite] = deque()
         #: Wall time as of which the owned stores are known current with their changelogs: the
@@ -1621,7 +1624,7 @@ class Application:
                 conf["message.timeout.ms"] = min(int(message_timeout_s * 1000), int(txn_ms))
             made = new_producer(producer_config(self.settings, **{**conf, **self._producer_overrides}))
             if timeout_s is not None:
-                self._asked("init_transactions", lambda: made.init_transactions(_TIMEOUT))
+                self._asked("init_transactions", lambda: made.init_transactions(_TIMEOUT), holds_id=True)
             return made
 
         if self.exactly_once:
@@ -1716,7 +1719,21 @@ class Application:
             # Also after a fatal producer error (a refused transactional id): the slot is free again.
             self._producer = self._state_producer = None
             if self._slot is not None:
-                self._slot.release()
+                self._release_slot(self._slot)
+
+    def _release_slot(self, slot: InstanceSlot) -> None:
+        """Free the instance slot, or, while a producer's start given up when stopping still asks
+        the broker for the slot's transactional id (see _asked), once it has returned: taken
+        before, the id's next producer could be fenced by the one given up, as it got its
+        answer (found in review, 2026-12-06).  A restart of this application meanwhile takes
+        another slot."""
+        pending = self._start_given_up
+        self._start_given_up = None
+        if pending is None or pending.done():
+            slot.release()
+            return
+        pending.add_done_callback(lambda _: slot.release())
+        self._slot = InstanceSlot(slot.directory, slot.name)
 
     def _fail(self) -> None:
         """After an error: commit nothing of the current checkpoint."""
@@ -3303,7 +3320,7 @@ class Application:
             timeout_s,
         )
 
-    def _asked(self, what: str, call: Callable[[], _T]) -> _T:
+    def _asked(self, what: str, call: Callable[[], _T], *, holds_id: bool = False) -> _T:
         """Make ``call``, a blocking call that asks the broker outside a checkpoint (at the start:
         the topics, a transactional producer's ``init_transactions``; a producer renewed), on a
         thread of its own (:func:`vigil.stream.calls.call_aside`), and wait for it in slices.  A
@@ -3311,7 +3328,9 @@ class Application:
         lost: what it was for is not needed once stopping); made on the loop's thread, each of
         these held a stop up to its 30 s with the broker frozen, one after the other (found in
         review, 2026-12-06).  Waiting past 30 s and a margin is said once a minute, as at a
-        checkpoint (the topics' creation makes several calls: maybe each its 30 s)."""
+        checkpoint (the topics' creation makes several calls: maybe each its 30 s).  ``holds_id``:
+        a transactional producer's start, given up, keeps the instance slot until it returns
+        (:meth:`_release_slot`)."""
         if self._stop.is_set():
             msg = f"{what}: not asked, stopping"
             raise _not_returned(msg)
@@ -3325,6 +3344,8 @@ class Application:
                 pass
             waited = time.monotonic() - began
             if self._stop.is_set():
+                if holds_id:
+                    self._start_given_up = future
                 msg = f"{what} has not returned in {waited:.1f} s; given up, stopping"
                 raise _not_returned(msg)
             self._say_overdue(what, waited, _TIMEOUT, doing)

@@ -32,8 +32,8 @@ def call_aside(call: Callable[[], T], name: str) -> Future[T]:
     For a call that asks the broker outside the checkpoints (a start's topics and producers,
     a producer renewed), waited for in slices so that a stop is taken at once: made on the
     loop's thread, each held a stop up to its 30 s timeout with the broker frozen (found in
-    review, 2026-12-06).  A call given up is left to end on its own; it holds nothing the
-    application still uses."""
+    review, 2026-12-06).  A call given up is left to end on its own (a producer's start keeps
+    its transactional id's instance slot until then: Application._release_slot)."""
     future: Future[T] = Future()
 
     def make() -> None:

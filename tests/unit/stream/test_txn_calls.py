@@ -23,6 +23,7 @@ from vigil.config import load_settings
 from vigil.errors import PipelineError
 from vigil.stream.app import Application, _Committing
 from vigil.stream.calls import CallThread
+from vigil.stream.instance import InstanceSlot
 
 OVERDUE = "waiting for the broker"
 
@@ -354,3 +355,54 @@ def test_a_call_of_the_start_is_made_aside_said_when_overdue_and_given_up_when_s
     assert "given up, stopping" in err.str()
     with pytest.raises(KafkaException, match="not asked, stopping"):
         app._asked("list_topics", lambda: None)  # (stopped: not made at all)
+
+
+def test_a_producer_start_given_up_keeps_its_slot_until_it_returns(tmp_path: Path) -> None:
+    # Released at once, the slot's transactional id could go to the next producer while the one
+    # given up still asked for it, and its answer fenced the new one (found in review).
+    app = offline_app(tmp_path)
+    slot = app._slot
+    assert slot is not None
+    assert slot.acquire() == 0
+    released, started = threading.Event(), threading.Event()
+
+    def init_transactions() -> None:
+        started.set()
+        released.wait(30)  # (bounded: a failing test must not hang the run)
+
+    thread, out = in_thread(lambda: app._asked("init_transactions", init_transactions, holds_id=True))
+    assert started.wait(10)
+    app.stop()
+    thread.join(10)
+    assert len(out) == 1
+    assert isinstance(out[0], KafkaException)
+    app._release_slot(slot)
+    other = InstanceSlot(slot.directory, slot.name)
+    try:
+        assert other.acquire() == 1  # (slot 0 still held: its id may still be asked for)
+        assert app._slot is not slot  # (a restart of this application takes another)
+        released.set()
+        deadline = time.monotonic() + 10
+        while True:  # (freed by the call's callback, on its thread, once it returned)
+            probe = InstanceSlot(slot.directory, slot.name)
+            number = probe.acquire()
+            probe.release()
+            if number == 0:
+                break
+            assert time.monotonic() < deadline, "slot 0 not freed once the call returned"
+            released.wait(0.01)
+    finally:
+        released.set()
+        other.release()
+
+
+def test_a_slot_with_no_start_given_up_is_freed_at_once(tmp_path: Path) -> None:
+    app = offline_app(tmp_path)
+    slot = app._slot
+    assert slot is not None
+    assert slot.acquire() == 0
+    app._release_slot(slot)
+    probe = InstanceSlot(slot.directory, slot.name)
+    assert probe.acquire() == 0
+    probe.release()
+    assert app._slot is slot
