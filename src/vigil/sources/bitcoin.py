@@ -227,9 +227,10 @@ class BitcoinSource(ChainFollower):
         if height > 0 and (parent is None or not _BLOCK_HASH.fullmatch(parent)):
             # Taken as "", it disagreed with the block below: a fork, then "nodes out of step",
             # retried for ever.
+            got = parent if parent is None else parent[:80]  # (the node's, of any length)
             msg = (
                 f"getblock({block_hash}) at {self.rpc.endpoint}: block {height} must name its parent "
-                f"in previousblockhash (a 64-hex hash; only the genesis block has none); got {parent!r}"
+                f"in previousblockhash (a 64-hex hash; only the genesis block has none); got {got!r}"
             )
             raise SourceError(msg)
         meta: dict[str, Any] = {"height": height, "hash": block_hash}

@@ -60,6 +60,7 @@ import msgspec
 
 from vigil.config import Settings
 from vigil.errors import ConfigError, Retry, SourceError
+from vigil.events.codec import inert
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import check_options
 from vigil.sources.chain import (
@@ -103,6 +104,19 @@ DECIMALS_SELECTOR = "0x313ce567"
 #: Token contracts whose ``decimals()`` answer the connector remembers (the least recently seen
 #: forgotten first): mainnet blocks bring some dozens each, mostly the same ones.
 DECIMALS_CACHE = 4096
+#: Contracts whose ``decimals()`` is asked in one block at most (the others' amounts are read
+#: with 18 assumed and said so, and asked in a later block): anyone can deploy contracts that
+#: emit Transfer events, and each question is a call to the node (found in review, 2026-12-06).
+DECIMALS_ASKS_PER_BLOCK = 32
+#: The gas one ``decimals()`` call may use: a token's returns a constant (a few hundred gas);
+#: a contract made to run until the node's call timeout is cut short.
+DECIMALS_GAS = 100_000
+#: How a node says the call itself failed, for good (reverted, out of gas, no such function):
+#: remembered as no decimals.  Any other error (the node lagging, a proxy's refusal, a rate
+#: limit) is not remembered: the contract is asked again at its next block.
+_CALL_FAILED = re.compile(
+    r"revert|out of gas|gas required exceeds|invalid opcode|invalid jump", re.IGNORECASE
+)
 
 
 class _Header(msgspec.Struct):
@@ -400,7 +414,11 @@ class EthereumSource(ChainFollower):
             if receipt is None or (receipt.blockHash or block_hash).lower() != block_hash:
                 # Not (or no longer) in this block for the node that answered: a node lagging the
                 # one that named the block, or the block replaced meanwhile (fetch tells which).
-                answer = "null" if receipt is None else f"a receipt in block {receipt.blockHash}"
+                # (The node's text, of any length: shown inert and cut, as the client shows a
+                # node's error messages.)
+                answer = (
+                    "null" if receipt is None else f"a receipt in block {inert(receipt.blockHash or '')[:80]}"
+                )
                 msg = f"eth_getTransactionReceipt for {tx_about} at {self.rpc.endpoint}: {answer}"
                 raise _BlockUnknown(msg, method="eth_getTransactionReceipt", detail=answer)
             if receipt.status == "0x0":
@@ -416,6 +434,7 @@ class EthereumSource(ChainFollower):
         except (msgspec.DecodeError, msgspec.ValidationError):
             return {}
         found: dict[str, int] = {}
+        asked = 0
         for head in heads:
             # Three topics or fewer: an ERC-20 Transfer (ERC-721 indexes its token id, a fourth).
             if not head.topics or head.topics[0].lower() != TRANSFER_TOPIC or len(head.topics) > 3:
@@ -428,29 +447,37 @@ class EthereumSource(ChainFollower):
             if contract in self._decimals:
                 self._decimals.move_to_end(contract)
                 decimals = self._decimals[contract]
+            elif asked >= DECIMALS_ASKS_PER_BLOCK:
+                continue  # (asked at a later block of the contract's)
             else:
-                decimals = self._ask_decimals(contract)
-                self._decimals[contract] = decimals
-                if len(self._decimals) > DECIMALS_CACHE:
-                    self._decimals.popitem(last=False)
+                asked += 1
+                decimals, settled = self._ask_decimals(contract)
+                if settled:
+                    self._decimals[contract] = decimals
+                    if len(self._decimals) > DECIMALS_CACHE:
+                        self._decimals.popitem(last=False)
             if decimals is not None:
                 found[contract] = decimals
         return found
 
-    def _ask_decimals(self, contract: str) -> int | None:
+    def _ask_decimals(self, contract: str) -> tuple[int | None, bool]:
         """The contract's ``decimals()`` at the latest block (not at the block of the log: a node
         that is not an archive has no old state, and a token's decimals do not change), or None
-        when it has no such function or answers anything but a uint8."""
-        call = {"to": contract, "data": DECIMALS_SELECTOR}
+        when it has no such function or answers anything but a uint8; and whether that answer
+        is the contract's own, to remember (not an error of the node's or on the way: a
+        6-decimal token taken once for one without decimals was read at 18 for the process's
+        life, found in review)."""
+        call = {"to": contract, "data": DECIMALS_SELECTOR, "gas": hex(DECIMALS_GAS)}
         try:
             raw = self.rpc.call_raw("eth_call", [call, "latest"], about=f"decimals() of {contract}")
         except JsonRpcError as exc:
-            log.debug("%s: %s has no decimals(): %s", self.source_id, contract, exc)
-            return None
+            settled = exc.code == 3 or _CALL_FAILED.search(exc.detail) is not None
+            log.debug("%s: decimals() of %s: %s", self.source_id, contract, exc)
+            return None, settled
         if _WORD.fullmatch(raw.decode("ascii", "replace")) is None:
-            return None
+            return None, True
         value = int(raw[3:-1], 16)
-        return value if value <= 255 else None
+        return (value if value <= 255 else None), True
 
     def _header(self, raw: bytes, height: int) -> _Header | None:
         try:

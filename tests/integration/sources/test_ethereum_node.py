@@ -20,7 +20,8 @@ from vigil.errors import ConfigError
 from vigil.events.base import Event
 from vigil.events.types import ChainTransfer
 from vigil.hub.raw import RawRecord
-from vigil.sources.ethereum import TRANSFER_TOPIC, EthereumSource
+from vigil.sources import ethereum
+from vigil.sources.ethereum import DECIMALS_GAS, TRANSFER_TOPIC, EthereumSource
 from vigil.sources.ethereum_normalize import EthereumNormalizer
 from vigil.sources.jsonrpc import JsonRpcError
 from vigil.sources.sink import MemorySink
@@ -263,6 +264,61 @@ def test_token_decimals_are_asked_of_the_contract_once(node: Anvil) -> None:
     assert vtt == sorted([(ALICE, 1_000_000.0, 6, False), (BOB, 2.5, 6, False), (CAROL, 1.0, 6, False)])
     (unknown,) = [p for p in transfers if p.asset == emitter]
     assert (unknown.value_raw, unknown.decimals, unknown.decimals_assumed) == (7, 18, True)
+
+
+def test_a_node_error_on_decimals_is_not_remembered_and_the_call_is_capped(node: Anvil) -> None:
+    # Any error was remembered as "no decimals" (a load balancer's "header not found" once, and a
+    # 6-decimal token read at 18 for the process's life); the call had no gas limit (found in review).
+    token = _deploy_token(node)  # block 1
+    _transfer(node, token, BOB, 2_500_000)  # block 2
+    _transfer(node, token, CAROL, 1_000_000)  # block 3
+    asked: list[dict[str, Any]] = []
+
+    def lagging_once(request: dict[str, Any]) -> tuple[int, str] | None:
+        if request["method"] != "eth_call":
+            return None
+        asked.append(request["params"][0])
+        return (-32000, "header not found") if len(asked) == 1 else None
+
+    with RpcProxy(node.url, refuse=lagging_once) as proxy:
+        sink = _poll(_source(proxy.url))
+    assert len(asked) == 2  # (asked again at its next block; then remembered)
+    assert all(call["gas"] == hex(DECIMALS_GAS) for call in asked)
+    logs = {r.meta["number"]: r for r in sink.records if r.kind == "eth_logs"}
+    assert [logs[n].meta.get("token_decimals") for n in (1, 2, 3)] == [None, {token: 6}, {token: 6}]
+
+
+def test_contracts_asked_for_decimals_in_one_block_are_capped(
+    node: Anvil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Anyone can deploy contracts that emit Transfer events: each new one was a call to the node,
+    # however many a block brought (found in review).
+    monkeypatch.setattr(ethereum, "DECIMALS_ASKS_PER_BLOCK", 1)
+    emitters = ["0x000000000000000000000000000000000000beef", "0x000000000000000000000000000000000000bee0"]
+    for emitter in emitters:
+        _transfer_log_emitter(node, emitter)
+    node.rpc("evm_setAutomine", False)
+    try:
+        sent = [node.send(ALICE, emitter, gas=100_000) for emitter in emitters]
+        node.rpc("evm_mine")  # block 1: both
+    finally:
+        node.rpc("evm_setAutomine", True)
+    assert {node.receipt(tx)["blockNumber"] for tx in sent} == {"0x1"}
+    for emitter in emitters:
+        node.send(ALICE, emitter, gas=100_000)  # blocks 2 and 3
+    with RpcProxy(node.url) as proxy:
+        sink = _poll(_source(proxy.url))
+    logs = {r.meta["number"]: r for r in sink.records if r.kind == "eth_logs"}
+    assert sorted(logs) == [1, 2, 3]
+    # One asked in block 1, the other at its next block (3), then each remembered (no decimals).
+    per_block: list[list[str]] = []
+    for method in proxy.calls:
+        if method == "eth_getBlockByNumber":
+            per_block.append([])
+        elif per_block:
+            per_block[-1].append(method)
+    assert [calls.count("eth_call") for calls in per_block] == [1, 0, 1]
+    assert all(logs[n].meta.get("token_decimals") is None for n in (1, 2, 3))
 
 
 # ---------------------------------------------------------------------------- block hashes
