@@ -153,6 +153,10 @@ def guarantee_of(name: str) -> str | None:
     return next((why for prefix, why in GUARANTEE_CLIENT_PREFIXES.items() if name.startswith(prefix)), None)
 
 
+#: A listener's protocol before a bootstrap address (``SASL_SSL://b1:9093``), as librdkafka takes it.
+_PROTOCOL_PREFIX = re.compile(r"^[A-Za-z_]+://")
+
+
 class Settings(BaseSettings):
     """Every setting Vigil reads, validated at start.
 
@@ -322,7 +326,8 @@ class Settings(BaseSettings):
         if value is None:
             return None
         for part in value.split(","):
-            host, sep, port = part.strip().rpartition(":")
+            # (librdkafka takes a listener's protocol before an address, SASL_SSL://b1:9093.)
+            host, sep, port = _PROTOCOL_PREFIX.sub("", part.strip(), count=1).rpartition(":")
             # (The whole value is shown after this, by load_settings: the part is named here.)
             where = "" if part == value else f"{part.strip()!r} of it "
             if not sep or not host or not port.isdigit():
