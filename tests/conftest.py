@@ -1,6 +1,6 @@
 """Suite-wide conventions: tests under ``tests/integration`` are marked ``integration``, the
-suite does not start when a compiled module is older than its source (``vigil.compiled``), and
-property tests have no per-example deadline."""
+suite does not start when a compiled module was not built from its source as it is now
+(``vigil.compiled``), and property tests have no per-example deadline."""
 
 from __future__ import annotations
 

@@ -86,8 +86,8 @@ def stale(root: Path = _PACKAGE) -> list[Path]:
 def stale_message(paths: list[Path]) -> str:
     names = ", ".join(str(p.relative_to(_PACKAGE.parent)) for p in paths)
     return (
-        f"compiled modules older than their sources: {names}; the old compiled code would run. "
-        "Rebuild with `make compile` (or `make uncompiled` to run the sources)."
+        f"compiled modules not built from their sources as they are now: {names}; the old compiled "
+        "code would run. Rebuild with `make compile` (or `make uncompiled` to run the sources)."
     )
 
 
