@@ -660,8 +660,9 @@ _NOT_EMPTY = {
     "kafka_client_id": "the name the brokers know Vigil's clients by (leave kafka_client_id out for vigil)",
 }
 
-#: A host name as RFC 1123 spells one: dot-separated labels of letters, digits and inner hyphens.
-_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+#: A host name: dot-separated labels of letters, digits and inner hyphens (RFC 1123), or
+#: underscores, which resolvers take and container names use (``metrics_exporter``).
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
 
 
 def _is_secret_str(name: str) -> bool:

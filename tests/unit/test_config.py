@@ -1085,7 +1085,9 @@ def test_a_metrics_host_that_is_no_address_nor_host_name_is_refused(
         load_settings()
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "127.0.0.2", "::1", "localhost", "metrics.internal.example."])
+@pytest.mark.parametrize(
+    "host", ["0.0.0.0", "127.0.0.2", "::1", "localhost", "metrics.internal.example.", "metrics_exporter"]
+)
 def test_a_metrics_host_that_is_an_address_or_a_host_name_is_taken(
     no_vigil_variables: pytest.MonkeyPatch, host: str
 ) -> None:
