@@ -1,8 +1,9 @@
-"""The compiled modules compute what their sources do: the simulator's events (both paths) and
-detection's alerts and decisions over them, run once on the extensions and once on a copy of the
-sources with none, compared byte for byte.  (mypyc compiles the same typed Python, but not
-always to the same behaviour: CI runs the compiled build only, and ``VIGIL_COMPILE=0`` runs the
-sources; found in review, 2026-12-06.)"""
+"""The compiled modules compute what their sources do: the simulator's events (both paths),
+detection's alerts and decisions over them, and the runtime benchmark's rule record by record
+(the windows and state) and a batch at a time (the C sliding index and its Python twin), run
+once on the extensions and once on a copy of the sources with none, compared byte for byte.
+(mypyc compiles the same typed Python, but not always to the same behaviour: CI runs the
+compiled build only, and ``VIGIL_COMPILE=0`` runs the sources; found in review, 2026-12-06.)"""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ REPO = SRC.parent
 _RUN = """
 import hashlib, json, pathlib, sys
 import vigil.detect.engine as engine, vigil.sim.factory as factory
+from benchmarks.runtime import BatchVelocityRule, VelocityRule, make_event
 from vigil.detect.eval import _Run
 from vigil.detect.engine import DetectOperator, RuleSet
 from vigil.detect.intel import IntelIndex
@@ -46,12 +48,17 @@ done = run_operators([detect], [*run.intel(), *run.stream], batch_size=2000, che
 for topic in ("alerts", "decisions"):
     emitted = done.emitted(topic)
     out[topic] = [len(emitted), hashlib.sha256(b"".join(encode(a) for a in emitted)).hexdigest()]
+payments = [make_event(i) for i in range(30_000)]
+for rule in (VelocityRule("velocity", len(payments)), BatchVelocityRule("velocity", len(payments))):
+    emitted = run_operators([rule], payments, batch_size=500).emitted("velocity")
+    out[rule.id] = [len(emitted), hashlib.sha256(b"".join(encode(a) for a in emitted)).hexdigest()]
 print(json.dumps(out))
 """
 
 
 def _run(src: Path) -> dict[str, object]:
-    env = {**os.environ, "PYTHONPATH": str(src)}
+    # (The repository's root after the sources: the benchmark's rule, benchmarks.runtime.)
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{REPO}"}
     done = subprocess.run(
         [sys.executable, "-c", _RUN, str(REPO / "rules")],
         env=env,
@@ -79,5 +86,6 @@ def test_the_compiled_modules_compute_what_their_sources_do(tmp_path: Path) -> N
     assert str(compiled.pop("factory")).endswith(suffix)
     assert str(sources.pop("engine")).endswith("engine.py")
     assert str(sources.pop("factory")).endswith("factory.py")
-    assert compiled["alerts"][0] > 0  # type: ignore[index]  # (something to compare)
+    for what in ("alerts", "velocity.v1", "velocity-batch.v1"):
+        assert compiled[what][0] > 0, what  # type: ignore[index]  # (something to compare)
     assert compiled == sources
