@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from tests.unit.stream.offline import Nothing, offline_app
 from tests.unit.stream.test_app_checkpoint_retry import OFFSETS, Group, Transactional, in_transaction
 
@@ -405,3 +405,37 @@ def test_a_slot_with_no_start_given_up_is_freed_at_once(tmp_path: Path) -> None:
     assert probe.acquire() == 0
     probe.release()
     assert app._slot is slot
+
+
+class Unanswered(Unacknowledged):
+    """Outputs the broker never acknowledges, from a producer that records what it is asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[float] = []
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def __len__(self) -> int:
+        return 7
+
+    def list_topics(self, timeout: float) -> object:
+        self.asked.append(timeout)
+        time.sleep(timeout)  # (as the client waits for the broker)
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT, "Broker transport failure"))
+
+
+def test_a_stop_during_an_outage_does_not_ask_which_outputs_are_missing(tmp_path: Path) -> None:
+    # At-least-once, a seal's outputs not acknowledged when stopping: the checkpoint is given
+    # up whatever the answer, and the question cost the stop 5 s more (found in review).
+    app = offline_app(tmp_path, "at_least_once", stateful=True)
+    producer = Unanswered()
+    app._producer = producer  # type: ignore[assignment]
+    app._consumer = object()  # type: ignore[assignment]
+    app._sealed.append((time.monotonic() - 100, [], []))
+    app.stop()
+    app._complete_epochs(True)
+    assert producer.flushes  # (waited for them, in slices)
+    assert producer.asked == []
+    assert app._abandoned
