@@ -3517,11 +3517,22 @@ class Application:
         try:
             self._set_txn_producer(renew())
         except KafkaException as again:
-            msg = (
-                f"application {self.name!r}: {failed}: {exc.args[0]}; "
-                f"a new producer failed too: {again.args[0]}"
+            if not self._stop.is_set():
+                msg = (
+                    f"application {self.name!r}: {failed}: {exc.args[0]}; "
+                    f"a new producer failed too: {again.args[0]}"
+                )
+                raise PipelineError(msg) from again
+            # Stopped while it started (the broker slow to answer: see _asked): nothing of the
+            # expired transaction stands, and the next start's producer takes the id over.
+            # (Raised, a SIGTERM then ended the stage with an error.)
+            log.warning(
+                "application %s: stopping before a new producer could start (%s); the next start's "
+                "takes over",
+                self.name,
+                _text(again),
             )
-            raise PipelineError(msg) from again
+            self._abandoned = True
         self._in_txn = False
         self._txn_began = None
         self._forget_reports()

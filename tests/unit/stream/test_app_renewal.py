@@ -340,3 +340,23 @@ def test_with_an_instance_id_given_an_unanswered_abort_renews_nothing(tmp_path: 
     app._producer = old  # type: ignore[assignment]
     app._abort_txn()
     assert (old.aborts, made) == (4, [])
+
+
+def test_a_stop_while_the_new_producer_starts_ends_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A stop given while the renewal's producer waited for a broker slow to answer gave up its
+    # start (Application._asked), and the stage ended with "a new producer failed too".
+    app, _ = expired_app(tmp_path)
+
+    def stopped_while_starting() -> Made:
+        app.stop()
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "init_transactions given up, stopping"))
+
+    app._new_producer = stopped_while_starting  # type: ignore[assignment]
+    with caplog.at_level("WARNING", logger="vigil.stream.app"):
+        assert app._renewed_after_timeout(FENCED)
+    assert app._producer is None
+    assert (app._in_txn, app._txn_began, app._lost, app._abandoned) == (False, None, True, True)
+    assert any("stopping before a new producer could start" in r.getMessage() for r in caplog.records)
+    app._checkpoint(sync=True)  # (as run() does next: nothing to commit, nothing raised)
