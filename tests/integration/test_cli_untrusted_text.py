@@ -190,7 +190,13 @@ def test_demo_prints_alerts_and_decisions_entity_ids_as_text(
         source="test",
         occurred_at=now,
         payload=DecisionPayload(
-            action="hold_withdrawal", entity=entity, rule_id="drainer-approval", alert_id="a", reason="r"
+            action="hold_withdrawal",
+            entity=entity,
+            rule_id="drainer-approval",
+            alert_id=alert.event_id,
+            reason="r",
+            withdrawal_id="wd-1",
+            expires_at=now + timedelta(hours=24),
         ),
     )
     producer = EventProducer(settings)
@@ -209,6 +215,14 @@ def test_demo_prints_alerts_and_decisions_entity_ids_as_text(
     assert out.count("wallet:0xabc\\x1b[2J\\x1b]8;;https://evil.example/") == 2
     assert "approved a drainer named \\x1b[2J" in out
     assert "[link=https://evil.example/]x[/link]" in out
+    # What an analyst acts on: when (UTC, the year too), which alert, what is held until when.
+    assert f"{now:%Y-%m-%d %H:%M:%S}Z drainer-approval wallet:0xabc" in out
+    assert f"alert {alert.event_id[:12]}, latency" in out
+    expires = now + timedelta(hours=24)
+    assert (
+        f"withdrawal wd-1 expires {expires:%Y-%m-%d %H:%M}Z; alert {alert.event_id[:12]} (drainer-approval)"
+        in out
+    )
 
 
 # ---------------------------------------------------------------------------- a node's words

@@ -87,14 +87,27 @@ class _AlertWatcher:
                     self._show_alert(event)
                 elif isinstance(event, Decision) and event.event_id not in self.decisions:
                     self.decisions[event.event_id] = event
-                    if not self._quiet:
-                        p = event.payload
-                        console.print(
-                            f"  [bold magenta]{p.action}[/] {shown(p.entity.kind)}:{shown(p.entity.id)} "
-                            f"({shown(p.rule_id)})",
-                            highlight=False,
-                            emoji=False,
-                        )
+                    self._show_decision(event)
+
+    def _show_decision(self, decision: Decision) -> None:
+        """One line an analyst can act on: what is held (the withdrawal, when the decision names
+        one), until when, and the alert it comes from (a bare "hold_withdrawal customer:..."
+        said neither, found in review)."""
+        if self._quiet:
+            return
+        p = decision.payload
+        held = f" withdrawal {shown(p.withdrawal_id)}" if p.withdrawal_id is not None else ""
+        until = (
+            f"expires {p.expires_at:%Y-%m-%d %H:%MZ}"
+            if p.expires_at is not None
+            else ("until released" if p.action == "hold_withdrawal" else "")
+        )
+        console.print(
+            f"  [bold magenta]{p.action}[/] {shown(p.entity.kind)}:{shown(p.entity.id)}{held} "
+            f"[dim]{until}{'; ' if until else ''}alert {shown(p.alert_id[:12])} ({shown(p.rule_id)})[/]",
+            highlight=False,
+            emoji=False,
+        )
 
     def _show_alert(self, alert: Alert) -> None:
         if self._quiet:
@@ -104,10 +117,14 @@ class _AlertWatcher:
         latency = f"{p.detection_latency_ms:.0f} ms" if p.detection_latency_ms is not None else "n/a"
         # Entity ids and explanations quote attacker-controlled strings: printed as text, with no
         # markup and no terminal control in them.
+        # The time is the last evidence's, in UTC (said: "11-01 05:27" said neither); the id finds
+        # the alert in its topic; the explanation whole (cut at 200 characters, it lost the
+        # amount and the action taken, found in review), wrapped by the terminal.
         console.print(
-            f"[{colour}]{p.severity:>8}[/] {alert.occurred_at:%m-%d %H:%M} [bold]{shown(p.rule_id)}[/] "
-            f"{shown(p.entity.kind)}:{shown(p.entity.id)} [dim]latency {latency}[/]\n"
-            f"         {shown(p.explanation[:200])}",
+            f"[{colour}]{p.severity:>8}[/] {alert.occurred_at:%Y-%m-%d %H:%M:%SZ} "
+            f"[bold]{shown(p.rule_id)}[/] {shown(p.entity.kind)}:{shown(p.entity.id)} "
+            f"[dim]alert {shown(alert.event_id[:12])}, latency {latency}[/]\n"
+            f"         {shown(p.explanation)}",
             highlight=False,
             emoji=False,
         )
