@@ -62,6 +62,11 @@ _SYSTEM_CONTEXT = frozenset(
     {"field", "category", "feed", "list_version", "direction", "measure", "mark_type"}
 )
 _WORD = re.compile(r"[\w.@:+ -]{1,60}")
+#: Event fields that are quantities: shown as numbers (grouped, unquoted) when their value is
+#: plainly one.  Quoted like text, "15643.58" USD next to a context's 100,000 USD read as two
+#: kinds of thing (found in review).  Ids that are digits (a withdrawal's) stay quoted.
+_QUANTITIES = frozenset({"amount", "amount_usd", "points", "record_count", "quantity", "price"})
+_NUMBER = re.compile(r"(-?)([0-9]{1,30})(\.[0-9]{1,30})?")
 
 
 def alert_id(rule: Rule, entity: EntityRef, evidence_ids: Sequence[str]) -> str:
@@ -110,7 +115,8 @@ def explain(rule: Rule, hit: Hit) -> str:
     ctx = _Context()
     for item in hit.evidence:
         for name, value in item[3].items():
-            ctx[name] = as_data(value)
+            number = _NUMBER.fullmatch(value) if name in _QUANTITIES else None
+            ctx[name] = as_data(value) if number is None else _grouped(number)
     for name, value in hit.context.items():
         # Counts, spans and scores read better bare; anything that is not plainly one is quoted.
         plain = (name in _NUMERIC_CONTEXT and _PLAIN.fullmatch(value) is not None) or (
@@ -128,6 +134,12 @@ def explain(rule: Rule, hit: Hit) -> str:
         ctx["last_at"] = _iso(hit.evidence[-1][2])
     # format_map over a plain-name template (validated at load) cannot reach attributes.
     return rule.explanation.strip().format_map(ctx)
+
+
+def _grouped(number: re.Match[str]) -> str:
+    """A plain number with its thousands grouped: ``15643.58`` -> ``15,643.58``."""
+    sign, whole, fraction = number.groups()
+    return f"{sign}{int(whole):,}{fraction or ''}"
 
 
 def _iso(epoch: float) -> str:

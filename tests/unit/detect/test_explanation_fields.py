@@ -73,7 +73,7 @@ def test_fields_only_the_explanation_names_are_quoted(tmp_path: Path) -> None:
     got = alerts(tmp_path)
     threshold = got["big-withdrawal"].payload.explanation
     # channel and chain are payload fields no condition reads; device an entity no key field is.
-    assert threshold == '"c1" asked for "5000.00" USD via "api" on "ethereum" from device "d1".'
+    assert threshold == '"c1" asked for 5,000.00 USD via "api" on "ethereum" from device "d1".'
     sequence = got["login-then-withdrawal"].payload.explanation
     # city is read under the location (payload.geo.city), user_agent from the login step.
     assert sequence == '"c1" logged in from "Lyon" with "Firefox/140", then withdrew over "api".'
@@ -99,6 +99,29 @@ def test_a_numeric_context_value_with_a_line_break_is_quoted(tmp_path: Path) -> 
         assert "\n" not in text
         assert "\u2028" not in text
         assert "\x85" not in text
+
+
+def test_a_quantity_that_is_plainly_a_number_reads_as_one(tmp_path: Path) -> None:
+    # Quoted like text ("15643.58" USD), amounts read as another kind of thing than a context's
+    # 100,000 USD (found in review); anything else in those fields stays quoted, and so do ids.
+    (tmp_path / "r.yaml").write_text(RULES)
+    rule = dataclasses.replace(
+        validate_paths([tmp_path]).rules[0], explanation="{amount_usd} USD, {points} points, {withdrawal_id}"
+    )
+    entity = EntityRef(kind="customer", id="c1")
+    for fields, said in (
+        (
+            {"amount_usd": "15643.58", "points": "3349", "withdrawal_id": "12345"},
+            '15,643.58 USD, 3,349 points, "12345"',
+        ),
+        ({"amount_usd": "-0.5", "points": "1e9", "withdrawal_id": "w"}, '-0.5 USD, "1e9" points, "w"'),
+        (
+            {"amount_usd": "12 345", "points": "7\n8", "withdrawal_id": "w"},
+            '"12 345" USD, "7\\x0a8" points, "w"',
+        ),
+    ):
+        text = explain(rule, Hit(entity=entity, evidence=[["e1", "withdrawal_request", 1.0, fields]]))
+        assert text == said, fields
 
 
 def test_a_location_part_is_refused_in_a_rule_whose_events_have_no_location(tmp_path: Path) -> None:
