@@ -331,7 +331,11 @@ class Settings(BaseSettings):
             # (The whole value is shown after this, by load_settings: the part is named here.)
             where = "" if part == value else f"{part.strip()!r} of it "
             if not sep or not host or not port.isdigit():
-                msg = f"{where}has no port; expected host:port[,host:port...]"
+                # (foo:bar has a port, not a number: "has no port" sent the reader looking for it.)
+                what = (
+                    f"has a port that is not a number ({port!r})" if sep and host and port else "has no port"
+                )
+                msg = f"{where}{what}; expected host:port[,host:port...]"
                 raise ValueError(msg)
             if not 1 <= int(port) <= 65535:
                 # (librdkafka wraps it: 99999 connected to 34463.)

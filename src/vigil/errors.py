@@ -80,6 +80,7 @@ class Retry(SourceError):
 
     def __init__(self, after: timedelta, reason: str = "") -> None:
         self.after = after
+        self.reason = reason
         super().__init__(f"retry after {after.total_seconds():g}s" + (f": {reason}" if reason else ""))
 
 

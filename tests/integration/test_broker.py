@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -236,6 +237,38 @@ def test_three_node_cluster_replicates(tmp_path: Path) -> None:
     # Every node launched here (node 2 by its kill, the others by the stop) is reaped: none is
     # left for Python to warn of, as still running, when it exits.
     assert not [child.pid for child in _CHILDREN.values() if str(tmp_path) in str(child.args)]
+
+
+def test_a_sigterm_while_the_broker_starts_stops_it_as_ctrl_c_does(tmp_path: Path) -> None:
+    # SIGTERM's default (systemd, a CI's timeout) ended the command with the broker's JVM left
+    # running; Ctrl-C stopped it (found in review).
+    port = free_port_block(2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    env |= {"VIGIL_HOME": str(tmp_path), "VIGIL_BROKER_PORT": str(port)}
+    (tmp_path / "kafka-dist").symlink_to(DIST, target_is_directory=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vigil.cli", "broker", "start"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pid_file = tmp_path / "kafka" / "node-1" / "pid"
+    try:
+        wait_for(lambda: pid_file.is_file() and pid_file.read_text().strip() != "", 60, "the JVM launched")
+        jvm = int(pid_file.read_text().strip())
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    try:
+        assert proc.returncode != 0, err[-2000:]
+        wait_for(lambda: not Path(f"/proc/{jvm}").exists(), 30, "the JVM gone")
+        assert _vigil(tmp_path, port, "broker", "status").returncode == 3  # (down)
+    finally:
+        _vigil(tmp_path, port, "broker", "stop")  # (a failing run leaves no broker behind)
 
 
 def test_a_failed_start_stops_what_it_launched_and_keeps_the_clusters_shape(tmp_path: Path) -> None:

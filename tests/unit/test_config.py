@@ -47,6 +47,10 @@ def test_bad_bootstrap_says_expected_form(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", "kafka-1:9092,kafka-2")
     with pytest.raises(ConfigError, match=r"'kafka-2' of it has no port; .*got 'kafka-1:9092,kafka-2'"):
         load_settings()
+    # (A port that is not a number was said to be missing: found in review.)
+    monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", "foo:bar")
+    with pytest.raises(ConfigError, match=r"has a port that is not a number \('bar'\); expected host:port"):
+        load_settings()
 
 
 def test_toml_file_is_read_and_env_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import signal
 import socket
 import sys
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -200,3 +203,22 @@ def run_guarded(app: typer.Typer) -> None:
             f"[bold red]error:[/] {shown(f'{exc.strerror or exc}{where}')}", highlight=False, soft_wrap=True
         )
         sys.exit(1)
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM taken as Ctrl-C while the block runs (on the main thread): a local broker being
+    started is then stopped as on Ctrl-C, not left running (SIGTERM's default ended the command
+    with the broker's JVM alive, found in review, 2026-12-06)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from vigil.cli._common import console, err_console, plain, settings
+from vigil.cli._common import console, err_console, plain, settings, sigterm_interrupts
 from vigil.config import Settings
 from vigil.errors import BrokerError
 from vigil.hub.broker import LocalBroker, from_settings
@@ -47,7 +47,7 @@ def start(
     broker = _local(cfg, "start")
     if broker is None:
         return
-    with console.status("starting Apache Kafka (KRaft) ..."):
+    with sigterm_interrupts(), console.status("starting Apache Kafka (KRaft) ..."):
         result = broker.start(nodes=nodes, reformat=reformat)
     verb = "already running" if result.already_running else f"started in {result.seconds:.1f}s"
     console.print(

@@ -32,7 +32,7 @@ from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from vigil.cli._common import console, settings, shown
+from vigil.cli._common import console, settings, shown, sigterm_interrupts
 from vigil.config import Settings
 from vigil.detect.app import DetectionService, DetectTopology
 from vigil.detect.eval import EvalResult, intel_for, score
@@ -167,7 +167,7 @@ def demo(
     if not local:
         console.print(f"using the cluster at [bold]{cfg.kafka_bootstrap}[/]")
     else:
-        with console.status("starting the local Apache Kafka broker (KRaft) ..."):
+        with sigterm_interrupts(), console.status("starting the local Apache Kafka broker (KRaft) ..."):
             started = from_settings(cfg).start()
         state = "already running" if started.already_running else f"started in {started.seconds:.1f}s"
         console.print(

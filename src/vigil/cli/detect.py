@@ -28,6 +28,7 @@ from vigil.cli._common import (
     serve_metrics_of,
     settings,
     shown,
+    sigterm_interrupts,
 )
 from vigil.detect.eval import HOLD_SCENARIOS, EvalResult, evaluate
 from vigil.detect.rules.validate import load_rules
@@ -175,7 +176,7 @@ def eval_(
 
         cfg = settings()
         if not cfg.uses_external_cluster:
-            with console.status("starting the local Apache Kafka broker ..."):
+            with sigterm_interrupts(), console.status("starting the local Apache Kafka broker ..."):
                 started_broker = from_settings(cfg).start()
             cfg = cfg.model_copy(update={"kafka_bootstrap": started_broker.bootstrap})
         check_reachable(cfg)

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vigil.cli._common import MetricsPortOpt, console, serve_metrics_of, settings, shown
+from vigil.cli._common import MetricsPortOpt, console, serve_metrics_of, settings, shown, sigterm_interrupts
 from vigil.cli.source import _options, build_connector, option_shown, run_connector
 from vigil.errors import ConfigError, VigilError
 from vigil.hub import admin as topic_admin
@@ -85,7 +85,10 @@ def run(
     # (Decided before the local broker's address is filled in, which makes it "external".)
     local = not cfg.uses_external_cluster
     if local:
-        with console.status("starting the local Apache Kafka broker (KRaft) ..."):  # (17 s, silent)
+        with (
+            sigterm_interrupts(),
+            console.status("starting the local Apache Kafka broker (KRaft) ..."),
+        ):  # (17 s, silent)
             started = from_settings(cfg).start()
         cfg = cfg.model_copy(update={"kafka_bootstrap": started.bootstrap})
         console.print(f"[green]broker[/] Kafka {started.info.version} at {started.bootstrap}")
@@ -176,4 +179,6 @@ def run(
         # they had not committed is not (Kafka aborts an open transaction; records are read again).
         msg = f"{', '.join(stuck)} did not stop within {STOP_WAIT_S:g}s; exiting with it running"
         raise VigilError(msg)
-    console.print("stopped")
+    # (The local broker is not this command's to stop: another command may be using it; said, as
+    # its JVM runs on after the command ends, found in review.)
+    console.print("stopped" + ("; the local broker runs on (`vigil broker stop` stops it)" if local else ""))

@@ -420,8 +420,9 @@ class DetectionService:
         try:
             app.run()
         except BaseException as exc:  # surfaced by `check()`: a dead stage must not go unnoticed
-            if isinstance(exc, VigilError):
-                # Says what is wrong itself (a topic missing before `vigil topics apply`): one
+            if isinstance(exc, VigilError | OSError):
+                # Says what is wrong itself (a topic missing before `vigil topics apply`; a home
+                # that is not a directory, which the command line says as one line too): one
                 # line, its traceback at DEBUG (check() raises only the first stage's failure).
                 log.error("detection application %s failed: %s", app.name, exc)
                 log.debug("detection application %s failed", app.name, exc_info=True)

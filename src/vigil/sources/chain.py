@@ -346,7 +346,9 @@ class ChainFollower(Source):
                     # log flood, and no Retry-After stalls the connector for days.
                     failures += 1
                     delay = backoff_s(retry.after.total_seconds(), failures, self.min_backoff_s)
-                    reason = inert(str(retry))  # (quotes the node: one line, no terminal control)
+                    # (Its reason alone: "retry after 1s: ..., next in 4.0s" said two delays. It
+                    # quotes the node: one line, no terminal control.)
+                    reason = inert(retry.reason or str(retry))
                     log.warning("%s: %s (attempt %d, next in %.1fs)", self.source_id, reason, failures, delay)
                     self.wait(delay)
                     continue

@@ -55,17 +55,33 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
     ConnectionClosed,
     InvalidHandshake,
+    InvalidMessage,
     InvalidStatus,
     InvalidURI,
     WebSocketException,
 )
 from websockets.uri import parse_uri
 
+from vigil.events.codec import inert
 from vigil.hub.raw import RawRecord
 from vigil.sources.base import RawSink, Source, connector_metrics
 from vigil.sources.jsonrpc import UNPARSABLE_URL_HINT, redact_url
 
 log = logging.getLogger(__name__)
+
+
+def _failure(exc: BaseException) -> str:
+    """What a failed connection says: its type, and for a socket's error or an answer that is no
+    HTTP response (a server that is not the feed's) why, in their own words (the type alone,
+    "InvalidMessage", said neither; found in review).  Not other exceptions' text: an invalid
+    URI's names the URL, user-info and all."""
+    said = ""
+    if isinstance(exc, OSError) and exc.strerror:
+        said = exc.strerror
+    elif isinstance(exc, InvalidMessage):
+        said = str(exc) + (f": {exc.__cause__}" if exc.__cause__ is not None else "")
+    return f"{type(exc).__name__} ({inert(said)[:200]})" if said else type(exc).__name__
+
 
 WS_MESSAGE = "ws_message"
 WS_GAP = "ws_gap"
@@ -399,7 +415,7 @@ class WebsocketFeed(Source):
                     "%s: connection to %s failed or dropped: %s",
                     self.name,
                     self.shown_url,
-                    type(exc).__name__,
+                    _failure(exc),
                 )
             if not self.running:
                 break

@@ -104,7 +104,17 @@ def test_a_stage_refusing_with_a_reason_of_its_own_logs_no_traceback(
         (logging.DEBUG, True),
     ]
     assert "topic 'events.identity' does not exist" in caplog.records[0].getMessage()
+    # A home that cannot be used (a path under a file) says so itself too: two tracebacks, one a
+    # stage, were printed before the command's one line (found in review).
+    caplog.clear()
+    home = NotADirectoryError(20, "Not a directory", str(tmp_path / "a-file" / "home"))
+    service._run(Stage("detect", home))  # type: ignore[arg-type]
+    assert [(r.levelno, r.exc_info is not None) for r in caplog.records] == [
+        (logging.ERROR, False),
+        (logging.DEBUG, True),
+    ]
+    assert "Not a directory" in caplog.records[0].getMessage()
     service._run(Stage("detect", RuntimeError("a bug")))  # type: ignore[arg-type]
     assert caplog.records[-1].levelno == logging.ERROR
     assert caplog.records[-1].exc_info is not None
-    assert [type(f) for f in service.failures] == [TopicError, RuntimeError]
+    assert [type(f) for f in service.failures] == [TopicError, NotADirectoryError, RuntimeError]

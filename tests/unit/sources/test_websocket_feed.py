@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
+import socket
 import threading
 import time
 import urllib.request
@@ -561,3 +563,32 @@ def test_a_shutdown_announced_by_connections_that_never_worked_backs_off() -> No
         attempts, _sink = backoff_attempts(feed, 3)
     assert attempts[:3] == [0, 1, 2]
     assert feed.stats.shutdowns_announced >= 3
+
+
+def test_a_server_that_is_not_the_feed_is_logged_with_why(caplog: pytest.LogCaptureFixture) -> None:
+    # Logged as "InvalidMessage" alone, nothing said the server answered something else than
+    # HTTP (found in review).  Its words are the server's: quoted inert.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer() -> None:
+        with contextlib.suppress(OSError):  # (closed: the test is over)
+            while True:
+                conn, _ = listener.accept()
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n\x1b[2J\r\n\r\n")
+
+    taking = threading.Thread(target=answer, daemon=True)
+    taking.start()
+    caplog.set_level(logging.WARNING, logger="vigil.sources.websocket")
+    try:
+        feed = BinanceSource(["btcusdt@trade"], base_url=f"ws://127.0.0.1:{port}")
+        backoff_attempts(feed, 2)
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        taking.join(10)
+    line = caplog.records[0].getMessage()
+    assert "failed or dropped: InvalidMessage (did not receive a valid HTTP response" in line
+    assert "\x1b" not in line
