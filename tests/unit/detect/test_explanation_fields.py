@@ -133,3 +133,20 @@ def test_a_location_part_is_refused_in_a_rule_whose_events_have_no_location(tmp_
     )
     # A login rule quotes it (payload.geo.country), as the sequence above does {city}.
     assert not [e for e in errors if "{city}" in e]
+
+
+def test_chain_evidence_names_the_transaction_and_the_token() -> None:
+    # Two approvals a minute apart, of USDT and of USDC, read the same: the evidence left out the
+    # token and the transaction an investigator looks up (found in review).
+    rules_dir = Path(__file__).resolve().parents[3] / "rules"
+    v = validate_paths([rules_dir / "chain.yaml"])
+    assert not v.errors, v.errors
+    cases = [c for c in v.cases if c.name == "an unlimited approval to a listed drainer"]
+    (result,) = run_cases(cases, v.rules)
+    assert result.ok, result.problems
+    (alert,) = [a for a in result.alerts if a.payload.rule_id == "drainer-approval"]
+    (approval,) = [e for e in alert.payload.evidence if e.type == "token_approval"]
+    assert approval.fields["asset"] == "USDT"
+    usdt = "0xdac17f958d2ee523a2206206994597c13d831ec7"
+    assert approval.fields["token_contract"] == usdt
+    assert approval.fields["tx_hash"] == "ta"
