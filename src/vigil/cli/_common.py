@@ -82,10 +82,10 @@ def serve_metrics_of(
                 "host name that resolves to one"
             )
         elif exc.errno in (errno.EADDRINUSE, errno.EACCES):
-            msg = (
-                f"{given} {port}: cannot listen on {host}:{port} ({why}); expected a free port "
-                "(1024 or above, without privileges)"
-            )
+            # (The privileges' hint for a port that needs them: said of port 43210 in use, it
+            # misled; found in review.)
+            hint = " (1024 or above, without privileges)" if port < 1024 else ""
+            msg = f"{given} {port}: cannot listen on {host}:{port} ({why}); expected a free port{hint}"
         else:
             msg = (
                 f"cannot listen on {host}:{port} ({why}), the metrics_host setting (VIGIL_METRICS_HOST) "

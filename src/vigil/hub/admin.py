@@ -77,7 +77,7 @@ class TopicDiff:
     def describe(self) -> str:
         if self.missing:
             rf = self.replication if self.replication > 0 else "of the cluster's default"
-            return f"create ({self.partitions} partitions, rf {rf})"
+            return f"create ({self.partitions} partition{'s' if self.partitions != 1 else ''}, rf {rf})"
         parts = []
         if self.partitions_to_add:
             parts.append(f"partitions {self.live.partitions if self.live else 0} -> {self.partitions}")

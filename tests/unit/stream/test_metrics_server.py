@@ -58,8 +58,12 @@ def test_metrics_are_served_only_when_a_port_is_given_and_a_busy_port_is_named()
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        with pytest.raises(ConfigError, match=f"--metrics-port {port}: cannot listen on 127.0.0.1:{port}"):
+        with pytest.raises(
+            ConfigError, match=f"--metrics-port {port}: cannot listen on 127.0.0.1:{port}"
+        ) as busy_port:
             serve_metrics_of(load_settings(), port, lambda: [app])
+        # (No privileges' hint for a port that needs none: found in review.)
+        assert str(busy_port.value).endswith("expected a free port")
         # Named as it was given: the setting (a VIGIL_METRICS_PORT for every process), not the option.
         setting = rf"the metrics_port setting \(VIGIL_METRICS_PORT\) {port}: cannot listen"
         with pytest.raises(ConfigError, match=setting):
