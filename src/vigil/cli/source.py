@@ -207,3 +207,6 @@ def normalize(
     finally:
         if metrics is not None:
             metrics.stop()
+        # (As vigil detect says its totals: a stop said nothing of what was done; found in review.)
+        m = app.metrics
+        console.print(f"processed {m.processed} records; {m.dead_lettered} dead-lettered to {app.dlq_topic}")
