@@ -217,11 +217,10 @@ def test_demo_prints_alerts_and_decisions_entity_ids_as_text(
     assert "[link=https://evil.example/]x[/link]" in out
     # What an analyst acts on: when (UTC, the year too), which alert, what is held until when.
     assert f"{now:%Y-%m-%d %H:%M:%S}Z drainer-approval wallet:0xabc" in out
-    assert f"alert {alert.event_id[:12]}, latency" in out
+    assert f"{alert.event_id[:18]}, latency" in out
     expires = now + timedelta(hours=24)
     assert (
-        f"withdrawal wd-1 expires {expires:%Y-%m-%d %H:%M}Z; alert {alert.event_id[:12]} (drainer-approval)"
-        in out
+        f"withdrawal wd-1 expires {expires:%Y-%m-%d %H:%M}Z; {alert.event_id[:18]} (drainer-approval)" in out
     )
 
 

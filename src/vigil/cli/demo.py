@@ -104,7 +104,7 @@ class _AlertWatcher:
         )
         console.print(
             f"  [bold magenta]{p.action}[/] {shown(p.entity.kind)}:{shown(p.entity.id)}{held} "
-            f"[dim]{until}{'; ' if until else ''}alert {shown(p.alert_id[:12])} ({shown(p.rule_id)})[/]",
+            f"[dim]{until}{'; ' if until else ''}{shown(p.alert_id[:_ID_SHOWN])} ({shown(p.rule_id)})[/]",
             highlight=False,
             emoji=False,
         )
@@ -123,11 +123,15 @@ class _AlertWatcher:
         console.print(
             f"[{colour}]{p.severity:>8}[/] {alert.occurred_at:%Y-%m-%d %H:%M:%SZ} "
             f"[bold]{shown(p.rule_id)}[/] {shown(p.entity.kind)}:{shown(p.entity.id)} "
-            f"[dim]alert {shown(alert.event_id[:12])}, latency {latency}[/]\n"
+            f"[dim]{shown(alert.event_id[:_ID_SHOWN])}, latency {latency}[/]\n"
             f"         {shown(p.explanation)}",
             highlight=False,
             emoji=False,
         )
+
+
+#: An alert's id as a line shows it: "alert-" and 12 hex digits, enough to find it in its topic.
+_ID_SHOWN = 18
 
 
 def _prefixed(prefix: str, names: list[str]) -> list[TopicSpec]:
