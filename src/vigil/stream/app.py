@@ -3294,18 +3294,38 @@ class Application:
         once a minute, and waited for (the outage ridden out), unless the application is
         stopping: then the call is given up ``_STOPPING_CALL_S`` after it began, raised as a
         retriable timeout, so the checkpoint is left to the next start (_abandoned_stopping)."""
+
+        def given_up() -> None:
+            self._given_up = future
+
+        self._sliced(future, what, timeout_s, began, _STOPPING_CALL_S, "checkpoint", given_up)
+
+    def _sliced(
+        self,
+        future: Future[_T],
+        what: str,
+        timeout_s: float,
+        began: float,
+        give_up_s: float,
+        doing: str,
+        given_up: Callable[[], None],
+    ) -> _T:
+        """``future``'s outcome, of a call made on another thread at ``began`` (monotonic),
+        waited for in slices of ``_CALL_SLICE_S``: past ``timeout_s`` and a margin said once a
+        minute (:meth:`_say_overdue`, as ``doing``); once the application is stopping, given up
+        ``give_up_s`` after ``began`` (``given_up`` told first) and raised as a retriable
+        timeout."""
         while True:
             try:
-                future.result(timeout=_CALL_SLICE_S)
-                return
+                return future.result(timeout=_CALL_SLICE_S)
             except TimeoutError:
                 pass
             waited = time.monotonic() - began
-            if self._stopping() and waited >= _STOPPING_CALL_S:
-                self._given_up = future
-                msg = f"{what} has not returned in {waited:.0f} s; given up, stopping"
+            if self._stopping() and waited >= give_up_s:
+                given_up()
+                msg = f"{what} has not returned in {waited:.1f} s; given up, stopping"
                 raise _not_returned(msg)
-            self._say_overdue(what, waited, timeout_s)
+            self._say_overdue(what, waited, timeout_s, doing)
 
     def _say_overdue(self, what: str, waited: float, timeout_s: float, doing: str = "checkpoint") -> None:
         """Say a call has waited past its timeout and a margin (``waited`` seconds), once a minute."""
@@ -3334,24 +3354,17 @@ class Application:
         checkpoint (the topics' creation makes several calls: maybe each its 30 s).  ``holds_id``:
         a transactional producer's start, given up, keeps the instance slot until it returns
         (:meth:`_release_slot`)."""
-        if self._stop.is_set():
+        if self._stopping():
             msg = f"{what}: not asked, stopping"
             raise _not_returned(msg)
         doing = "starting" if self._consumer is None else "renewing the producer"
         future = call_aside(call, f"{self.name}-ask")
-        began = time.monotonic()
-        while True:
-            try:
-                return future.result(timeout=_CALL_SLICE_S)
-            except TimeoutError:
-                pass
-            waited = time.monotonic() - began
-            if self._stop.is_set():
-                if holds_id:
-                    self._start_given_up = future
-                msg = f"{what} has not returned in {waited:.1f} s; given up, stopping"
-                raise _not_returned(msg)
-            self._say_overdue(what, waited, _TIMEOUT, doing)
+
+        def given_up() -> None:
+            if holds_id:
+                self._start_given_up = future
+
+        return self._sliced(future, what, _TIMEOUT, time.monotonic(), 0.0, doing, given_up)
 
     def _abandoned_stopping(self, why: str) -> bool:
         """Whether the application is stopping, so a checkpoint the broker could not take (out of

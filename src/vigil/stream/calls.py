@@ -35,18 +35,20 @@ def call_aside(call: Callable[[], T], name: str) -> Future[T]:
     review, 2026-12-06).  A call given up is left to end on its own (a producer's start keeps
     its transactional id's instance slot until then: Application._release_slot)."""
     future: Future[T] = Future()
-
-    def make() -> None:
-        future.set_running_or_notify_cancel()
-        try:
-            result = call()
-        except BaseException as exc:  # the caller's to see, whatever it is
-            future.set_exception(exc)
-        else:
-            future.set_result(result)
-
-    threading.Thread(target=make, name=name, daemon=True).start()
+    threading.Thread(target=_make, args=(call, future), name=name, daemon=True).start()
     return future
+
+
+def _make(call: Callable[[], T], future: Future[T]) -> None:
+    """Make ``call``, its outcome into ``future`` (unless the future was cancelled)."""
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = call()
+    except BaseException as exc:  # the caller's to see, whatever it is
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 class CallThread:
@@ -73,12 +75,4 @@ class CallThread:
             item = self._calls.get()
             if item is None:
                 return
-            call, future = item
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                call()
-            except BaseException as exc:  # the caller's to see, whatever it is
-                future.set_exception(exc)
-            else:
-                future.set_result(None)
+            _make(*item)
