@@ -9,6 +9,7 @@ the whole family in one place.  The tree::
     │   └── DecodeError        bytes/JSON that cannot be decoded into the declared type
     ├── TopicError             a topic is not declared, or the live topic differs
     ├── BrokerError            the broker could not be started, reached or stopped
+    │   └── BrokerUnanswered   a request got no answer in time (it may yet: ask again)
     ├── RuleError              a rule file is invalid (carries file:line:column)
     ├── SourceError            a connector failed talking to its counterpart
     │   └── Retry              a poller asks to be called again after a delay
@@ -57,6 +58,11 @@ class TopicError(VigilError):
 
 class BrokerError(VigilError):
     """The Kafka broker could not be started, reached or stopped."""
+
+
+class BrokerUnanswered(BrokerError):
+    """A request got no answer in time, or only "not now" answers (a broker out of reach, a
+    leader being elected): unlike a refusal, it may be answered if asked again later."""
 
 
 class RuleError(VigilError):

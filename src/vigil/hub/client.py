@@ -28,7 +28,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from vigil.config import Settings, classic_group_refusal
-from vigil.errors import BrokerError, ConfigError, ContractError, chained
+from vigil.errors import BrokerError, BrokerUnanswered, ConfigError, ContractError, chained
 from vigil.events.base import Event
 from vigil.events.codec import encode
 from vigil.hub.topics import TOPICS, TopicRegistry
@@ -308,6 +308,9 @@ def is_transient(exc: KafkaException) -> bool:
     return err is not None and (err.code() in TRANSIENT_OFFSET_ERRORS or err.retriable())
 
 
+#: The longest one watermarks request waits for its answer, and the least it is given.
+_WATERMARKS_ASK_S = 5.0
+_LEAST_WATERMARKS_ASK_S = 0.1
 #: What a client says of a partition its metadata does not list.
 _UNLISTED = frozenset({KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC})
 
@@ -321,11 +324,16 @@ def watermarks(
     asked again, after the client asks the cluster for the topic's metadata once more.  Each
     broker of a cluster learns of a new partition on its own: the one a client asked may not
     know it yet (a 3-node cluster's test, once).  Otherwise a partition not listed is an error
-    at once: it does not exist."""
+    at once: it does not exist.
+
+    Raises :class:`BrokerUnanswered` when ``timeout_s`` passes with no answer but "not now"
+    (asked again later, it may be answered), :class:`BrokerError` on any other answer."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            low, high = consumer.get_watermark_offsets(tp, timeout=5)
+            # (Each request within what is left: a caller's short budget held 5 s a request.)
+            left = min(_WATERMARKS_ASK_S, max(deadline - time.monotonic(), _LEAST_WATERMARKS_ASK_S))
+            low, high = consumer.get_watermark_offsets(tp, timeout=left)
             return int(low), int(high)
         except KafkaException as exc:
             err = kafka_error(exc)
@@ -336,10 +344,12 @@ def watermarks(
                 # answer: a restore stopped the stage at once with "Unknown partition".  Unlisted
                 # by a cluster that answers, it does not exist, unless it was just created.
                 unlisted = _may_be_listed(consumer, tp, deadline) or new
-            if not (unlisted or is_transient(exc)) or time.monotonic() > deadline:
-                reason = err.str() if err is not None else str(exc)
-                msg = f"offsets of {tp.topic}[{tp.partition}]: {reason}"
+            reason = err.str() if err is not None else str(exc)
+            msg = f"offsets of {tp.topic}[{tp.partition}]: {reason}"
+            if not (unlisted or is_transient(exc)):
                 raise BrokerError(msg) from None
+            if time.monotonic() > deadline:
+                raise BrokerUnanswered(msg) from None
             time.sleep(0.1)  # leader election in progress; the loop asks again
 
 
@@ -353,6 +363,16 @@ def _may_be_listed(consumer: Consumer, tp: TopicPartition, deadline: float) -> b
         return True
     topic = meta.topics.get(tp.topic)
     return topic is not None and topic.error is None and tp.partition in topic.partitions
+
+
+def offsets_consumer(settings: Settings, *, committed: bool = False) -> Consumer:
+    """A consumer to ask partitions' offsets with (see :func:`partition_offsets`), which never
+    joins its group: the high watermark it is told, or with ``committed`` the last stable offset."""
+    return make_consumer(
+        settings,
+        group_id=f"vigil.offsets.{uuid.uuid4().hex[:8]}",  # granted as vigil.hub.acls.OFFSETS_GROUP_PREFIX
+        **{"isolation.level": "read_committed" if committed else "read_uncommitted"},
+    )
 
 
 def partition_offsets(
@@ -388,11 +408,7 @@ def partition_offsets(
     leader) are asked again (see :func:`watermarks`) until ``deadline`` (monotonic); anything
     else raises :class:`BrokerError` naming the partition.  ``new``: the partitions were just
     created (see :func:`watermarks`)."""
-    consumer = make_consumer(
-        settings,
-        group_id=f"vigil.offsets.{uuid.uuid4().hex[:8]}",  # granted as vigil.hub.acls.OFFSETS_GROUP_PREFIX
-        **{"isolation.level": "read_committed" if committed else "read_uncommitted"},
-    )
+    consumer = offsets_consumer(settings, committed=committed)
     try:
         return {
             (topic, partition): watermarks(

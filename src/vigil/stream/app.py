@@ -3874,8 +3874,8 @@ class Application:
         return True
 
     def _start_restore(self, tasks: Sequence[_PartitionTask]) -> None:
-        """Start restoring the stores of ``tasks`` (all open); counts in each task the stores
-        with changelog records to catch up on."""
+        """Start restoring the stores of ``tasks`` (all open); counts in each task its stores,
+        each counted off as a restore step finds it restored (_restore_step)."""
         restore_tasks = [
             RestoreTask(state, changelog_topic(self.name, sid), task.number)
             for task in tasks

@@ -31,9 +31,16 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from vigil.config import Settings
-from vigil.errors import BrokerError, PipelineError
+from vigil.errors import BrokerError, BrokerUnanswered, PipelineError
 from vigil.events.codec import inert
-from vigil.hub.client import BACKLOG_READER, make_admin, make_consumer, partition_offsets
+from vigil.hub.client import (
+    BACKLOG_READER,
+    make_admin,
+    make_consumer,
+    offsets_consumer,
+    partition_offsets,
+    watermarks,
+)
 from vigil.hub.topics import TopicSpec
 from vigil.stream.collector import collecting_young
 from vigil.stream.state import RocksState
@@ -77,6 +84,11 @@ _ASK_RETENTION_AWAY_S = 60.0
 #: How long a restore's start asks for its changelogs' leaders, all together (see
 #: Restorer._know_leaders: only a saving; a local broker answers in milliseconds).
 _LEADERS_ASK_S = 2.0
+#: How long one try at a restore's start asks for its changelogs' end offsets, and how long
+#: after a try left unanswered the next is made (see Restorer._begin): the runtime's loop makes
+#: them, its other partitions processed in between, a stop waiting for one try at most.
+_OFFSETS_ASK_S = 2.0
+_OFFSETS_RETRY_S = 1.0
 #: How long a restore's start asks for what it can do without (the changelogs' ids, their
 #: retention), both questions together: see Restorer.add.
 _DESCRIBE_ASK_S = 10.0
@@ -134,9 +146,11 @@ class Restorer:
     The stream runtime restores newly assigned partitions between batches of the partitions it
     already processes (Kafka Streams does the same), not inside the rebalance callback: a large
     store then neither stops the member's other partitions nor has to finish within
-    ``max.poll.interval.ms``.  :meth:`add` starts stores off (those with nothing to read are
-    done at once), :meth:`step` reads what has arrived and returns the stores that reached the
-    end, :meth:`remove` gives up on stores (a partition revoked mid-restore keeps what it has
+    ``max.poll.interval.ms``.  :meth:`add` takes stores to restore, asking the broker nothing
+    (it is called inside the callback); :meth:`step` starts them off once their changelogs' end
+    offsets are answered (asked again while they are not), reads what has arrived, and returns
+    the stores that reached the end (those with nothing to read at once);
+    :meth:`remove` gives up on stores (a partition revoked mid-restore keeps what it has
     applied so far, with the changelog offset it reaches).  One consumer, outside any group,
     reads the changelog partitions of every store being restored, committed records only."""
 
@@ -164,25 +178,101 @@ class Restorer:
         #: Wall clock (epoch seconds), compared with when a store was last written.
         self.clock: Callable[[], float] = time.time
         self._progress_at = time.monotonic()
+        #: Stores added and not started yet (their changelogs' end offsets not all answered),
+        #: the answers had so far, what asks them, when to ask again, and since when none came.
+        self._unbegun: list[RestoreTask] = []
+        self._answered: dict[tuple[str, int], tuple[int, int]] = {}
+        self._offsets: Consumer | None = None
+        self._next_begin = 0.0
+        self._unanswered_since: float | None = None
 
     @property
     def busy(self) -> bool:
         """Whether any store is still being restored."""
-        return bool(self._tasks)
+        return bool(self._tasks or self._unbegun)
 
     def restoring(self) -> list[RestoreTask]:
-        return list(self._tasks.values())
+        return [*self._tasks.values(), *self._unbegun]
 
     def add(self, tasks: Sequence[RestoreTask]) -> list[RestoreTask]:
-        """Start restoring ``tasks``; returns those with changelog records to read (the others
-        are restored already)."""
-        if not tasks:
+        """Take ``tasks`` to restore; returns them, every one to be returned by a :meth:`step` once
+        restored.  Asks the broker nothing: called inside the assignment callback, the end
+        offsets' question held `consume` 30 s with the broker frozen, past the session's
+        timeout (the partitions lost), then failed the stage; the steps ask, and ask again."""
+        self._unbegun.extend(tasks)
+        return list(tasks)
+
+    def _begin(self) -> list[RestoreTask]:
+        """Start off the stores added whose changelogs' end offsets the broker answers within a
+        try (``_OFFSETS_ASK_S``); returns those with nothing to read (restored already).  The
+        others are asked again ``_OFFSETS_RETRY_S`` after, and fail the restore once none has
+        been answered for ``stall_s``, as a restore that reads nothing does."""
+        now = time.monotonic()
+        deadline = now + _OFFSETS_ASK_S
+        if self._offsets is None:
+            self._offsets = offsets_consumer(self.settings)
+        # Every partition's offsets, asked one partition after another (see partition_offsets:
+        # about 1 ms a partition from a local broker, a round trip or two from a remote one);
+        # the answers kept, so a long list is not asked from its start at every try.
+        try:
+            for task in self._unbegun:
+                tp = (task.topic, task.partition)
+                if tp not in self._answered:
+                    self._answered[tp] = watermarks(
+                        self._offsets, TopicPartition(*tp), max(deadline - time.monotonic(), 0.0)
+                    )
+                    self._unanswered_since = None
+        except BrokerUnanswered as exc:
+            self._unanswered(now, exc)
+        except BrokerError as exc:
+            msg = f"restoring changelogs: could not read their end offsets: {exc}"
+            raise PipelineError(msg) from exc
+        ready = [t for t in self._unbegun if (t.topic, t.partition) in self._answered]
+        if not ready:
             return []
+        self._unbegun = [t for t in self._unbegun if (t.topic, t.partition) not in self._answered]
+        offsets = {(t.topic, t.partition): self._answered.pop((t.topic, t.partition)) for t in ready}
+        if not self._unbegun:
+            self._close_offsets()
+        reading = {id(t) for t in self._start(ready, offsets)}
+        return [t for t in ready if id(t) not in reading]
+
+    def _unanswered(self, now: float, exc: BrokerUnanswered) -> None:
+        """A try at the end offsets left unanswered: said once, asked again, failed past ``stall_s``."""
+        left = sorted(
+            (t.topic, t.partition) for t in self._unbegun if (t.topic, t.partition) not in self._answered
+        )
+        if self._unanswered_since is None:
+            self._unanswered_since = now
+            log.warning(
+                "restoring %s: no answer yet for the end offsets of %s (%s); asking again every "
+                "%gs, for up to %gs",
+                self.app,
+                left,
+                exc,
+                _OFFSETS_RETRY_S,
+                self.stall_s,
+            )
+        elif now - self._unanswered_since > self.stall_s:
+            msg = (
+                f"restoring {left}: no answer for their changelogs' end offsets for "
+                f"{self.stall_s:g}s ({exc}; is the broker reachable?)"
+            )
+            raise PipelineError(msg) from exc
+        self._next_begin = time.monotonic() + _OFFSETS_RETRY_S
+
+    def _close_offsets(self) -> None:
+        offsets, self._offsets = self._offsets, None
+        if offsets is not None:
+            offsets.close()
+
+    def _start(
+        self, tasks: Sequence[RestoreTask], offsets: dict[tuple[str, int], tuple[int, int]]
+    ) -> list[RestoreTask]:
+        """Start reading the changelogs of ``tasks``, whose (low, high) offsets are ``offsets``;
+        returns those with records to read."""
         if self._admin is None:
             self._admin = make_admin(self.settings)
-        # Every partition's offsets, asked one partition after another (see partition_offsets:
-        # about 1 ms a partition from a local broker, a round trip or two from a remote one).
-        offsets = end_offsets(self.settings, [(t.topic, t.partition) for t in tasks], time.monotonic() + 30)
         reading: list[RestoreTask] = []
         assign: list[TopicPartition] = []
         now = self.clock()
@@ -197,9 +287,10 @@ class Restorer:
             for task, start, written in recorded
             if start is not None and now - (written or 0.0) > _ASK_RETENTION_AWAY_S
         }
-        # One budget for both, short: asked inside the assignment callback, 30 s each held
-        # `consume` with the broker frozen, past the session's timeout (found in review,
-        # 2026-12-06); unanswered, each has its fallback.
+        # One budget for both, short: asked inside the assignment callback (as they were), 30 s
+        # each held `consume` with the broker frozen, past the session's timeout (found in
+        # review, 2026-12-06); in the loop now, still what it waits for.  Unanswered, each has
+        # its fallback.
         asked_until = time.monotonic() + _DESCRIBE_ASK_S
         horizons = _horizons(self._admin, sorted(away), asked_until) if away else {}
         ids = _topic_ids(self._admin, sorted({t.topic for t in tasks}), asked_until)
@@ -342,10 +433,13 @@ class Restorer:
         ``budget_s``: stop once a chunk applied brings the step past this much time (large
         values make a few records a long write); records read and not applied yet are the next
         step's, which reads nothing new until they are done."""
+        started = time.monotonic()
+        begun = self._begin() if self._unbegun and started >= self._next_begin else []
         consumer = self._consumer
         if consumer is None or not self._tasks:
-            return []
-        started = time.monotonic()
+            if self._unbegun and not begun:  # (the wait a read would have waited, not a spin)
+                time.sleep(max(0.0, min(timeout_s, self._next_begin - time.monotonic())))
+            return begun
         if self._carried:
             msgs, self._carried = self._carried, []
         else:
@@ -407,7 +501,7 @@ class Restorer:
             self._waiting_since = None
         elif now - self._progress_at > self.stall_s:
             self._stalled(now)
-        finished = [self._tasks[tp] for tp in sorted(ended)]
+        finished = begun + [self._tasks[tp] for tp in sorted(ended)]
         self._forget(sorted(ended))
         return finished
 
@@ -454,6 +548,13 @@ class Restorer:
 
     def remove(self, states: Sequence[RocksState]) -> None:
         """Stop restoring these stores (their partition was revoked); what was read is applied."""
+        unbegun = [t for t in self._unbegun if any(t.state is s for s in states)]
+        self._unbegun = [t for t in self._unbegun if all(t.state is not s for s in states)]
+        for t in unbegun:
+            self._answered.pop((t.topic, t.partition), None)
+        if not self._unbegun:
+            self._unanswered_since = None
+            self._close_offsets()
         gone = [tp for tp, task in self._tasks.items() if any(task.state is s for s in states)]
         for tp in gone:
             self._apply(tp)
@@ -465,6 +566,9 @@ class Restorer:
 
     def close(self) -> None:
         consumer, self._consumer = self._consumer, None
+        self._unbegun.clear()
+        self._answered.clear()
+        self._close_offsets()
         self._tasks.clear()
         self._pending.clear()
         self._pending_bytes.clear()
@@ -564,16 +668,3 @@ def restore(settings: Settings, app: str, tasks: Sequence[RestoreTask], timeout_
             return restorer.applied
         finally:
             restorer.close()
-
-
-def end_offsets(
-    settings: Settings, partitions: Sequence[tuple[str, int]], deadline: float
-) -> dict[tuple[str, int], tuple[int, int]]:
-    """Low and high watermark of changelog partitions (see
-    :func:`vigil.hub.client.partition_offsets`: the high watermark, not the last stable
-    offset, which leaves out a checkpoint committed a moment ago)."""
-    try:
-        return partition_offsets(settings, partitions, deadline)
-    except BrokerError as exc:
-        msg = f"restoring changelogs: could not read their end offsets: {exc}"
-        raise PipelineError(msg) from exc

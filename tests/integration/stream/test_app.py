@@ -26,9 +26,11 @@ from vigil.events.base import Entities, Event
 from vigil.events.codec import decode_event, encode
 from vigil.events.records import DeadLetter
 from vigil.events.types import Logout, Payment
+from vigil.hub import client
 from vigil.hub.admin import describe_live, ensure_topics
 from vigil.hub.client import EventProducer, is_transient, make_admin, make_consumer
 from vigil.hub.topics import TopicSpec
+from vigil.stream import changelog
 from vigil.stream.app import Application, state_path
 from vigil.stream.base import Context, Guarantee, Operator, Record, StoreSpec
 from vigil.stream.changelog import RestoreTask, changelog_spec, changelog_topic, restore
@@ -208,6 +210,73 @@ def test_outputs_and_state_survive_restart_and_restore(
     assert not moved.errors
     assert moved.app.metrics.restored_records >= 37  # at least one record per customer
     assert set(output_ids(settings, out)) == expected_ids(first + second + third)
+
+
+class Unanswering:
+    """A consumer asking partitions' offsets whose first ``left`` questions wait out their
+    timeout and fail as a frozen broker's do; the real consumer answers the others."""
+
+    def __init__(self, consumer: Consumer, left: list[int]) -> None:
+        self.consumer = consumer
+        self.left = left
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+        if self.left[0] > 0:
+            self.left[0] -= 1
+            time.sleep(timeout)  # (what a frozen broker makes the caller wait)
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "Failed to get watermark offsets"))
+        return self.consumer.get_watermark_offsets(tp, timeout=timeout)  # type: ignore[no-any-return]
+
+    def list_topics(self, *args: Any, **kwargs: Any) -> Any:
+        return self.consumer.list_topics(*args, **kwargs)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def test_a_restore_whose_end_offsets_go_unanswered_goes_on_once_they_are(
+    settings: Settings,
+    tmp_path: Path,
+    names: Callable[[str], str],
+    run_app: Start,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Asked inside the assignment callback, the changelogs' end offsets held `consume` for 30 s
+    # with the broker frozen (past the session's timeout: the partitions lost), then failed the
+    # stage.  Now the loop asks, in short tries, and asks again.
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out)
+    first, second = payments(200, 37, "a"), payments(100, 37, "b")
+    running = run_app(counting_app(settings, name, src, out))
+    produce(settings, src, first)
+    wait_committed(settings, name, src, 200)
+    running.stop()
+    assert not running.errors
+
+    monkeypatch.setattr(changelog, "_OFFSETS_ASK_S", 0.3)
+    monkeypatch.setattr(changelog, "_OFFSETS_RETRY_S", 0.2)
+    real = client.make_consumer
+    left = [3]
+
+    def make(settings: Settings, group_id: str, **overrides: Any) -> Any:
+        made = real(settings, group_id, **overrides)
+        return Unanswering(made, left) if group_id.startswith("vigil.offsets.") else made
+
+    monkeypatch.setattr(client, "make_consumer", make)
+    produce(settings, src, second)
+    fresh = home_at(settings, tmp_path / "fresh")  # (a new machine: the stores come from the changelog)
+    with caplog.at_level("WARNING", logger="vigil.stream.changelog"):
+        moved = run_app(counting_app(fresh, name, src, out))
+        wait_for(lambda: bool(moved.errors) or moved.app.metrics.processed >= 100, 60, "100 more processed")
+        moved.stop()
+    assert not moved.errors
+    assert left == [0]  # (the unanswered questions were asked, and then again)
+    assert any("no answer yet for the end offsets" in r.getMessage() for r in caplog.records)
+    assert moved.app.metrics.restored_records >= 37  # at least one record per customer
+    ids = output_ids(settings, out)
+    assert len(ids) == len(set(ids)) == 300
+    assert set(ids) == expected_ids(first + second)
 
 
 @pytest.mark.parametrize(

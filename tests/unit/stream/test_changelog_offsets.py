@@ -1,5 +1,7 @@
 """Restore asks for every changelog partition's end offsets, asks again for those whose
-just-created topic is still electing its leader, and fails with the partition named on anything else.
+just-created topic is still electing its leader, and fails with the partition named on anything
+else; it asks from its steps, not when stores are added (inside the assignment callback), and
+asks again while the broker does not answer.
 
 The broker's transient answer can't be produced on demand, so a stand-in consumer injects it
 (the real one is used by every integration test that reads a topic to its end)."""
@@ -7,7 +9,9 @@ The broker's transient answer can't be produced on demand, so a stand-in consume
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,10 +19,13 @@ from confluent_kafka import KafkaError, KafkaException, TopicCollection, TopicPa
 from confluent_kafka.admin import ConfigResource
 
 from vigil.config import Settings
-from vigil.errors import PipelineError
+from vigil.errors import BrokerError, BrokerUnanswered, PipelineError
 from vigil.hub import client
+from vigil.hub.client import partition_offsets
 from vigil.stream import changelog
-from vigil.stream.changelog import end_offsets
+from vigil.stream.base import StoreSpec
+from vigil.stream.changelog import Restorer, RestoreTask
+from vigil.stream.state import RocksState
 
 
 class Answers:
@@ -69,7 +76,7 @@ def test_each_partition_once_and_those_without_a_leader_again(consumers: Consume
         Answers({2: [KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE]})
     )
     parts = [("app.changelog.s", p) for p in range(4)]
-    got = end_offsets(Settings(), parts, time.monotonic() + 30)
+    got = partition_offsets(Settings(), parts, time.monotonic() + 30)
     assert got == {tp: (3, 42 + tp[1]) for tp in parts}
     (consumer,) = consumers.made
     assert consumer.requests == [0, 1, 2, 2, 2, 3]
@@ -80,12 +87,13 @@ def test_each_partition_once_and_those_without_a_leader_again(consumers: Consume
 
 def test_other_errors_and_the_deadline_fail_naming_the_partition(consumers: Consumers) -> None:
     consumers.queued.append(Answers({1: [KafkaError.TOPIC_AUTHORIZATION_FAILED]}))
-    with pytest.raises(PipelineError, match=r"app\.changelog\.s\[1\].*[Aa]uthoriz"):
-        end_offsets(Settings(), [("app.changelog.s", 0), ("app.changelog.s", 1)], time.monotonic() + 30)
+    with pytest.raises(BrokerError, match=r"app\.changelog\.s\[1\].*[Aa]uthoriz") as refused:
+        partition_offsets(Settings(), [("app.changelog.s", 0), ("app.changelog.s", 1)], time.monotonic() + 30)
+    assert not isinstance(refused.value, BrokerUnanswered)  # (a refusal: not asked again)
     never = Answers({0: [KafkaError.NOT_LEADER_FOR_PARTITION] * 100})
     consumers.queued.append(never)
-    with pytest.raises(PipelineError, match="could not read their end offsets"):
-        end_offsets(Settings(), [("app.changelog.s", 0)], time.monotonic() + 2.0)
+    with pytest.raises(BrokerUnanswered, match=r"app\.changelog\.s\[0\]"):
+        partition_offsets(Settings(), [("app.changelog.s", 0)], time.monotonic() + 2.0)
     assert 2 < len(never.requests) < 100
     assert all(c.closed for c in consumers.made)
 
@@ -165,3 +173,93 @@ def test_the_topics_ids_and_retention_are_asked_in_one_short_budget(
     said = [r.getMessage() for r in caplog.records]
     assert any("could not read delete.retention.ms (no answer in time)" in m for m in said)
     assert any("could not read the topics' ids (no answer in time)" in m for m in said)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[RocksState]:
+    state = RocksState(tmp_path / "store", StoreSpec("s", 1))
+    yield state
+    state.close()
+
+
+def test_stores_added_are_asked_for_by_the_steps_and_again_while_unanswered(
+    consumers: Consumers,
+    store: RocksState,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Asked inside the assignment callback, the end offsets held `consume` 30 s with the broker
+    # frozen (the partitions lost), then failed the stage.
+    monkeypatch.setattr(changelog, "_OFFSETS_ASK_S", 0.2)
+    monkeypatch.setattr(changelog, "_OFFSETS_RETRY_S", 0.3)
+    never = Answers({0: [KafkaError._TIMED_OUT] * 1000})
+    consumers.queued.append(never)
+    restorer = Restorer(Settings(), "a", stall_s=1.5)
+    task = RestoreTask(store, "a.changelog.s", 0)
+    assert restorer.add([task]) == [task]
+    assert consumers.made == []  # (nothing asked when added)
+    assert restorer.busy
+    assert restorer.restoring() == [task]
+    with caplog.at_level("WARNING", logger="vigil.stream.changelog"):
+        began = time.monotonic()
+        assert restorer.step(100, 0.0) == []
+        assert 0.15 < time.monotonic() - began < 1.0  # (one try's budget)
+        asked = len(never.requests)
+        assert asked >= 1
+        # Before the retry is due: not asked, and the step waits what it was given, no more.
+        began = time.monotonic()
+        assert restorer.step(100, 0.05) == []
+        assert len(never.requests) == asked
+        assert 0.04 < time.monotonic() - began < 0.25
+        failed = _failed_step(restorer)
+        waited = time.monotonic() - began
+    assert len(never.requests) > asked  # (asked again)
+    assert 1.0 < waited < 5.0  # (failed past stall_s, 1.5 s after the first unanswered try)
+    text = str(failed)
+    assert "a.changelog.s" in text
+    assert "end offsets" in text
+    assert "is the broker reachable?" in text
+    said = [r.getMessage() for r in caplog.records if "no answer yet" in r.getMessage()]
+    assert len(said) == 1  # (said once)
+    assert "a.changelog.s" in said[0]
+    restorer.close()
+    assert never.closed
+
+
+def _failed_step(restorer: Restorer) -> PipelineError:
+    """Step ``restorer`` until a step fails; returns the error."""
+    while True:
+        try:
+            restorer.step(100, 0.05)
+        except PipelineError as exc:
+            return exc
+
+
+def test_a_refusal_fails_the_restore_at_once(consumers: Consumers, store: RocksState) -> None:
+    consumers.queued.append(Answers({0: [KafkaError.TOPIC_AUTHORIZATION_FAILED]}))
+    restorer = Restorer(Settings(), "a")
+    restorer.add([RestoreTask(store, "a.changelog.s", 0)])
+    with pytest.raises(PipelineError, match=r"end offsets.*a\.changelog\.s\[0\].*[Aa]uthoriz"):
+        restorer.step(100, 0.0)
+    restorer.close()
+
+
+def test_a_store_removed_before_its_start_is_forgotten(
+    consumers: Consumers, store: RocksState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(changelog, "_OFFSETS_ASK_S", 0.1)
+    consumers.queued.append(Answers({0: [KafkaError._TIMED_OUT] * 1000}))
+    other = RocksState(tmp_path / "other", StoreSpec("s", 1))
+    try:
+        restorer = Restorer(Settings(), "a")
+        kept = RestoreTask(other, "a.changelog.s", 1)
+        restorer.add([RestoreTask(store, "a.changelog.s", 0), kept])
+        assert restorer.step(100, 0.0) == []
+        restorer.remove([store])
+        assert restorer.restoring() == [kept]
+        restorer.remove([other])
+        assert not restorer.busy
+        assert all(c.closed for c in consumers.made)  # (the question's consumer closed with them)
+        restorer.close()
+    finally:
+        other.close()
