@@ -12,7 +12,7 @@ from rich.console import Console
 from vigil.cli.topics import declared_as, record_text
 from vigil.events.codec import EventCodec, encode
 from vigil.events.examples import example_events
-from vigil.events.types import Login
+from vigil.events.types import Alert, AlertPayload, Decision, DecisionPayload, EntityRef, Login
 from vigil.hub.topics import TOPICS
 
 #: Clears the screen, opens a hyperlink to evil.example (OSC 8), and hides what follows.
@@ -90,3 +90,64 @@ def test_a_tombstone_is_shown_as_a_deletion_not_as_a_bad_record() -> None:
     assert "tombstone" in printed
     assert "undecodable" not in printed
     assert key == "eth_address:0xabc@ofac"
+
+
+def _alert_and_decision() -> tuple[Alert, Decision]:
+    """An alert and its hold, on an entity and with an explanation an attacker chose."""
+    at = datetime(2026, 11, 29, 5, 27, 3, tzinfo=UTC)
+    entity = EntityRef(kind="wallet", id=f"0xabc{SEQUENCES}")
+    alert = Alert(
+        event_id="alert-2a228e4f5b6c9d0e",
+        source="test",
+        occurred_at=at,
+        payload=AlertPayload(
+            rule_id="drainer-approval",
+            rule_version=1,
+            severity="high",
+            score=90,
+            entity=entity,
+            explanation=f"approved a drainer named {SEQUENCES} [link=https://evil.example/]x[/link]",
+            typology="drainer",
+            first_evidence_at=at,
+            last_evidence_at=at,
+            detection_latency_ms=412.0,
+        ),
+    )
+    decision = Decision(
+        event_id="decision-1",
+        source="test",
+        occurred_at=at,
+        payload=DecisionPayload(
+            action="hold_withdrawal",
+            entity=entity,
+            rule_id="drainer-approval",
+            alert_id=alert.event_id,
+            reason="r",
+            withdrawal_id="wd-1",
+            expires_at=None,
+        ),
+    )
+    return alert, decision
+
+
+def test_alerts_and_decisions_print_as_an_analyst_reads_them_unless_json_is_asked() -> None:
+    # `vigil tail alerts` printed raw JSON only (an analyst's-view review): now the line
+    # `vigil demo` prints, and `--json` for a script.
+    alert, decision = _alert_and_decision()
+    codec = EventCodec([Alert, Decision])
+    _, body = record_text(b"k", encode(alert), decoder=codec, lines=True)
+    printed = _printed(body)
+    assert _terminal_safe(printed), repr(printed)
+    assert "    high 2026-11-29 05:27:03Z drainer-approval wallet:0xabc\\x1b[2J" in printed
+    assert "alert-2a228e4f5b6c, latency 412 ms" in printed
+    assert "approved a drainer named \\x1b[2J" in printed
+    assert "[link=https://evil.example/]x[/link]" in printed  # markup as written, not applied
+    _, held = record_text(b"k", encode(decision), decoder=codec, lines=True)
+    printed = _printed(held)
+    assert _terminal_safe(printed), repr(printed)
+    assert "hold_withdrawal wallet:0xabc\\x1b[2J" in printed
+    assert "withdrawal wd-1 until released; alert-2a228e4f5b6c (drainer-approval)" in printed
+    # As JSON, whole.
+    _, raw = record_text(b"k", encode(alert), decoder=codec)
+    assert _printed(raw).startswith('{"type":"alert","payload":{"rule_id":"drainer-approval"')
+    assert msgspec.json.decode(_printed(raw)) == msgspec.json.decode(encode(alert))

@@ -32,7 +32,8 @@ from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from vigil.cli._common import console, settings, shown, sigterm_interrupts
+from vigil.cli._common import console, settings, sigterm_interrupts
+from vigil.cli._lines import alert_line, decision_line
 from vigil.config import Settings
 from vigil.detect.app import DetectionService, DetectTopology
 from vigil.detect.eval import EvalResult, intel_for, score
@@ -90,48 +91,12 @@ class _AlertWatcher:
                     self._show_decision(event)
 
     def _show_decision(self, decision: Decision) -> None:
-        """One line an analyst can act on: what is held (the withdrawal, when the decision names
-        one), until when, and the alert it comes from (a bare "hold_withdrawal customer:..."
-        said neither, found in review)."""
-        if self._quiet:
-            return
-        p = decision.payload
-        held = f" withdrawal {shown(p.withdrawal_id)}" if p.withdrawal_id is not None else ""
-        until = (
-            f"expires {p.expires_at:%Y-%m-%d %H:%MZ}"
-            if p.expires_at is not None
-            else ("until released" if p.action == "hold_withdrawal" else "")
-        )
-        console.print(
-            f"  [bold magenta]{p.action}[/] {shown(p.entity.kind)}:{shown(p.entity.id)}{held} "
-            f"[dim]{until}{'; ' if until else ''}{shown(p.alert_id[:_ID_SHOWN])} ({shown(p.rule_id)})[/]",
-            highlight=False,
-            emoji=False,
-        )
+        if not self._quiet:
+            console.print(decision_line(decision), highlight=False, emoji=False)
 
     def _show_alert(self, alert: Alert) -> None:
-        if self._quiet:
-            return
-        p = alert.payload
-        colour = {"critical": "bold red", "high": "red", "medium": "yellow"}.get(p.severity, "cyan")
-        latency = f"{p.detection_latency_ms:.0f} ms" if p.detection_latency_ms is not None else "n/a"
-        # Entity ids and explanations quote attacker-controlled strings: printed as text, with no
-        # markup and no terminal control in them.
-        # The time is the last evidence's, in UTC (said: "11-01 05:27" said neither); the id finds
-        # the alert in its topic; the explanation whole (cut at 200 characters, it lost the
-        # amount and the action taken, found in review), wrapped by the terminal.
-        console.print(
-            f"[{colour}]{p.severity:>8}[/] {alert.occurred_at:%Y-%m-%d %H:%M:%SZ} "
-            f"[bold]{shown(p.rule_id)}[/] {shown(p.entity.kind)}:{shown(p.entity.id)} "
-            f"[dim]{shown(alert.event_id[:_ID_SHOWN])}, latency {latency}[/]\n"
-            f"         {shown(p.explanation)}",
-            highlight=False,
-            emoji=False,
-        )
-
-
-#: An alert's id as a line shows it: "alert-" and 12 hex digits, enough to find it in its topic.
-_ID_SHOWN = 18
+        if not self._quiet:
+            console.print(alert_line(alert), highlight=False, emoji=False)
 
 
 def _prefixed(prefix: str, names: list[str]) -> list[TopicSpec]:

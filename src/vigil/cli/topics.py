@@ -15,10 +15,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from vigil.cli._common import console, err_console, settings, shown
+from vigil.cli._lines import alert_line, decision_line
 from vigil.errors import ConfigError, ContractError, DecodeError, TopicError
 from vigil.events.addresses import canonical_addresses
 from vigil.events.base import Event
 from vigil.events.codec import EventCodec
+from vigil.events.types import Alert, Decision
 from vigil.hub import acls
 from vigil.hub import admin as topic_admin
 from vigil.hub.client import EventProducer, check_reachable, make_admin, make_consumer
@@ -215,8 +217,13 @@ def tail(
     timeout: Annotated[
         float, typer.Option(min=0.0, help="Stop after this many idle seconds (0: never)")
     ] = 0.0,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Alerts and decisions as their JSON too (else as an analyst reads them)"),
+    ] = False,
 ) -> None:
-    """Print records decoded, with partition/offset/key.  Ctrl-C stops."""
+    """Print records decoded, with partition/offset/key: alerts and decisions as lines an
+    analyst reads (as ``vigil demo`` shows them), other records as JSON.  Ctrl-C stops."""
     cfg = settings()
     spec = declared_as(topic)
     decoder = _value_decoder(spec) if spec else None
@@ -252,7 +259,7 @@ def tail(
                     err_console.print(f"[red]{shown(str(msg.error()))}[/]")
                 continue
             seen += 1
-            key, body = record_text(msg.key(), msg.value(), decoder)
+            key, body = record_text(msg.key(), msg.value(), decoder, lines=not as_json)
             head = f"[dim]{msg.topic()}[{msg.partition()}]@{msg.offset()}[/] key=[cyan]{key}[/]"
             console.print(f"{head} {body}", highlight=False, soft_wrap=True, emoji=False)
     finally:
@@ -279,11 +286,14 @@ def declared_as(topic: str) -> TopicSpec | None:
 SHOWN_BYTES = 2000
 
 
-def record_text(key: bytes | None, value: bytes | None, decoder: Any) -> tuple[str, str]:
+def record_text(
+    key: bytes | None, value: bytes | None, decoder: Any, *, lines: bool = False
+) -> tuple[str, str]:
     """A record's key and value as markup that prints them as text, decoded when ``decoder``
-    is given.  Keys of canonical topics are entity ids and raw topics hold what a source sent
-    (syslog lines, webhook bodies): both are the sender's, so no ESC/OSC sequence, C1 control
-    or bidi override in them reaches the terminal.  (JSON escapes the C0 controls of a
+    is given (with ``lines``, an alert or a decision as :mod:`vigil.cli._lines` shows it).
+    Keys of canonical topics are entity ids and raw topics hold what a source sent (syslog
+    lines, webhook bodies): both are the sender's, so no ESC/OSC sequence, C1 control or bidi
+    override in them reaches the terminal.  (JSON escapes the C0 controls of a
     decoded record, not U+009B or U+202E.)"""
     shown_key = shown((key or b"").decode(errors="replace"))
     if value is None:
@@ -300,4 +310,8 @@ def record_text(key: bytes | None, value: bytes | None, decoder: Any) -> tuple[s
         record = decoder.decode(raw)
     except (DecodeError, msgspec.ValidationError, msgspec.DecodeError) as exc:
         return shown_key, f"[red]undecodable: {shown(str(exc))}[/]"
+    if lines and isinstance(record, Alert):
+        return shown_key, alert_line(record)
+    if lines and isinstance(record, Decision):
+        return shown_key, decision_line(record)
     return shown_key, shown(msgspec.json.encode(record).decode())
