@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from vigil.cli._common import MetricsPortOpt, console, serve_metrics_of, settings, shown, sigterm_interrupts
-from vigil.cli.source import _options, build_connector, option_shown, run_connector
+from vigil.cli.source import _options, build_connector, option_shown, run_connector, say_where_it_listens
 from vigil.errors import ConfigError, VigilError
 from vigil.hub import admin as topic_admin
 from vigil.hub.broker import from_settings
@@ -144,6 +144,7 @@ def run(
                 )
                 stoppers.append(connector.stop)
                 spawn(f"source-{name}", lambda c=connector, s=sink: run_connector(c, s))
+                say_where_it_listens(name, connector)
             console.print(
                 f"running: {', '.join(names) or 'no connectors'} -> normalise -> detection "
                 f"({len(service.rules)} rules, {guarantee}); Ctrl-C stops"

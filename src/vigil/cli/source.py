@@ -135,6 +135,22 @@ def _stop_on_signals(stop: Any) -> None:
             signal.signal(sig, lambda *_: stop())
 
 
+def say_where_it_listens(name: str, connector: Source) -> None:
+    """Say where a receiver (syslog, webhooks, the ingest API) listens once it does, from a
+    thread of its own: its port may be any free one (0), known to no one before."""
+    if type(connector).listening is Source.listening:  # (not a receiver)
+        return
+
+    def say() -> None:
+        while connector.running:
+            where = connector.listening(0.5)
+            if where is not None:
+                console.print(f"[green]{name}[/] listening on {shown(where)}", highlight=False)
+                return
+
+    threading.Thread(target=say, name=f"{name}-listening", daemon=True).start()
+
+
 def run_connector(connector: Source, sink: KafkaRawSink) -> None:
     """``connector.run(sink)``, the sink's producer started first (:meth:`KafkaRawSink.prepare`)."""
     sink.prepare()
@@ -166,6 +182,7 @@ def source(
     console.print(
         f"[green]{name}[/] -> {connector.default_topic} (source id {connector.source_id}); Ctrl-C stops"
     )
+    say_where_it_listens(name, connector)
     try:
         run_connector(connector, sink)
     finally:

@@ -909,6 +909,9 @@ class BackendIngestSource(Source):
         self.buffer: IngestBuffer | None = None
         self.drained: bool | None = None
 
+    def listening(self, timeout: float) -> str | None:
+        return f"http://{self.host}:{self.port}/v1/events" if self.ready.wait(timeout) else None
+
     @classmethod
     def from_settings(cls, settings: Settings, **options: str) -> BackendIngestSource:
         """Options: ``host`` (127.0.0.1), ``port`` (8088), ``keys_file`` (a JSON object

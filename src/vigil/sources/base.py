@@ -85,6 +85,13 @@ class Source(ABC):
     @abstractmethod
     def run(self, sink: RawSink) -> None: ...
 
+    def listening(self, timeout: float) -> str | None:
+        """Where a receiver listens (``http://127.0.0.1:8080``), once it does, waiting up to
+        ``timeout`` seconds for it; None for a source that does not listen (a poller, a feed),
+        or one not listening yet.  The command line says it: a port of 0 (any free port) was
+        otherwise known to no one."""
+        return None
+
 
 def check_options(
     source: str,

@@ -465,6 +465,12 @@ class SyslogSource(Source):
         super().stop()
         self._queue.close()
 
+    def listening(self, timeout: float) -> str | None:
+        if not self.ready.wait(timeout):
+            return None
+        bound = sorted(self.bound.items(), reverse=True)  # (udp, then tcp)
+        return ", ".join(f"{proto} {self.host}:{port}" for proto, port in bound)
+
     def run(self, sink: RawSink) -> None:
         udp_thread: threading.Thread | None = None
         threads: list[threading.Thread] = []

@@ -464,6 +464,12 @@ class WebhookSource(Source):
         self.publish_timeout_s = publish_timeout_s
         self.ready = threading.Event()
 
+    def listening(self, timeout: float) -> str | None:
+        if not self.ready.wait(timeout):
+            return None
+        # (A platform's path token, a secret, is not said: it is the operator's.)
+        return f"http://{self.host}:{self.port}/webhooks/{self.name}"
+
     def run(self, sink: RawSink) -> None:
         app = create_app(
             sink,

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import queue
+import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -85,3 +92,29 @@ def test_udp_and_tcp_messages_land_unchanged_and_normalise(settings: Settings, u
     assert "not RFC 5424 syslog" in rejected[0][1]
     outcomes = sorted((e.payload.action, e.payload.outcome) for e in events)
     assert outcomes == [("AUTH_FAIL", "failure"), ("AUTH_OK", "success"), ("POLICY_CHANGE", "unknown")]
+
+
+def test_vigil_source_says_where_a_receiver_listens(kafka_bootstrap: str, tmp_path: Path) -> None:
+    # Ports of 0 (any free ones) were known to no one: the banner named only the topic.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    env |= {"VIGIL_KAFKA_BOOTSTRAP": kafka_bootstrap, "VIGIL_HOME": str(tmp_path), "COLUMNS": "200"}
+    command = [sys.executable, "-m", "vigil.cli", "source", "syslog", "-o", "udp_port=0", "-o", "tcp_port=0"]
+    command += ["-o", f"source_id=listening-{uuid.uuid4().hex[:8]}"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    threading.Thread(target=lambda out=proc.stdout: [lines.put(line) for line in out], daemon=True).start()
+    try:
+        said = ""
+        while "listening on" not in said:
+            said = lines.get(timeout=60)
+        found = re.search(r"syslog listening on udp 127\.0\.0\.1:(\d+), tcp 127\.0\.0\.1:(\d+)", said)
+        assert found, said
+        udp, tcp = int(found[1]), int(found[2])
+        assert 0 not in (udp, tcp)
+        with socket.create_connection(("127.0.0.1", tcp), timeout=10):
+            pass  # (it listens where it said)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err

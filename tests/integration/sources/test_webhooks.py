@@ -97,7 +97,12 @@ def serving(source: WebhookSource, sink: RawSink) -> Iterator[str]:
     if errors:
         raise errors[0]
     try:
-        yield f"http://127.0.0.1:{source.port}"
+        # Where the command line says it listens: the tests' requests go there.
+        where = source.listening(0)
+        assert where is not None
+        assert where.startswith("http://127.0.0.1:")
+        assert where.endswith(f"/webhooks/{source.name}")
+        yield where.removesuffix(f"/webhooks/{source.name}")
     finally:
         source.stop()
         thread.join(15)

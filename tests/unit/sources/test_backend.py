@@ -303,9 +303,11 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read_whole() -> None:
     source = BackendIngestSource(keys={"wallet": hash_key(KEY)}, port=0, max_body_bytes=1024)
     thread = threading.Thread(target=source.run, args=(sink,))
     thread.start()
-    assert source.ready.wait(15)
     try:
-        url = f"http://127.0.0.1:{source.port}/v1/events"
+        url = source.listening(15)  # (where the command line says it listens: port 0, any free one)
+        assert url is not None
+        assert url.startswith("http://127.0.0.1:")
+        assert url.endswith("/v1/events")
         auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
         assert httpx.post(url, content=b"x" * 2048, headers=auth).status_code == 413
         assert httpx.post(url, content=iter([b"x" * 700, b"x" * 700]), headers=auth).status_code == 413

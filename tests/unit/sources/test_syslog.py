@@ -301,10 +301,15 @@ def test_receiver_publishes_udp_and_tcp_messages_unchanged() -> None:
     thread = threading.Thread(target=source.run, args=(sink,))
     thread.start()
     try:
-        assert source.ready.wait(10)
+        # Where it listens, as the command line says it (ports of 0: any free ones).
+        where = source.listening(10)
+        assert where is not None
+        ports = {proto: int(port) for proto, port in re.findall(r"(udp|tcp) 127\.0\.0\.1:(\d+)", where)}
+        assert set(ports) == {"udp", "tcp"}
+        assert 0 not in ports.values()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.sendto(RFC_EX1, ("127.0.0.1", source.bound["udp"]))
-        with socket.create_connection(("127.0.0.1", source.bound["tcp"])) as tcp:
+            udp.sendto(RFC_EX1, ("127.0.0.1", ports["udp"]))
+        with socket.create_connection(("127.0.0.1", ports["tcp"])) as tcp:
             tcp.sendall(b"%d %s" % (len(RFC_EX3), RFC_EX3) + SSHD_FAIL + b"\n")
         _wait_for(lambda: len(sink.records) == 3)
     finally:
