@@ -107,11 +107,14 @@ JSON writer's) are decoded as usual, and then handed over whatever their type.
 
 Rebalancing.  Cooperative-sticky (or, with ``kafka_group_protocol = "consumer"``, KIP-848's
 assignment by the broker, incremental too): only moved partitions stop.  On revocation the
-application checkpoints, then closes the stores; on assignment it checkpoints what it has
-processed (the operators' ``on_assign`` may take longer than the transaction timeout, and Kafka
-would abort the open transaction meanwhile), opens the new partitions' stores and pauses the
-partitions whose stores are still open in another process of the home (a member that has not
-noticed it lost them) or have changelog records to catch up on.  Between batches, the loop
+application checkpoints, then closes the stores; on assignment a stateless application
+checkpoints what it has processed (the operators' ``on_assign`` may take longer than the
+transaction timeout, and Kafka would abort the open transaction meanwhile) and starts the new
+partitions at once, and a stateful one opens the new partitions' stores, asking the broker
+nothing, and pauses those partitions: their restores start between batches, where the changelogs'
+end offsets are asked (a frozen broker held the callback, and the consumer past its session's
+timeout, when they were asked in it), and a store still open in another process of the home (a
+member that has not noticed it lost it) is waited for.  Between batches, the loop
 tries those stores again (with a back-off, for up to ``store_lock_wait_s``) and restores them,
 at most ``_RESTORE_STEP_RECORDS`` changelog records and about ``_RESTORE_STEP_S`` per iteration
 (:class:`~vigil.stream.changelog.Restorer`), while the partitions the member already had go on
@@ -3914,11 +3917,12 @@ class Application:
         if self.stores:
             self._check_partition_counts(partitions)
         numbers = sorted({tp.partition for tp in partitions} - set(self._tasks) - set(self._restoring))
-        if numbers and not self._failed and not self._lost:
-            # The operators' on_assign (of partitions with nothing to restore, called here) may
-            # take longer than the transaction timeout: Kafka would abort the open transaction
+        if numbers and not self.stores and not self._failed and not self._lost:
+            # The operators' on_assign (of partitions with no stores, called here) may take
+            # longer than the transaction timeout: Kafka would abort the open transaction
             # meanwhile and the next checkpoint would fail.  What was processed so far becomes
-            # durable first.
+            # durable first.  (Partitions with stores start from the restore step, which does
+            # the same: a checkpoint here would only hold the callback on the broker.)
             self._checkpoint(sync=True)
         now = time.monotonic()
         tasks: dict[int, _PartitionTask] = {}

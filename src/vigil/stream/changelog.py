@@ -167,7 +167,8 @@ class Restorer:
         self._pending: dict[tuple[str, int], list[tuple[bytes, bytes | None]]] = {}
         self._pending_bytes: dict[tuple[str, int], int] = {}
         self._last: dict[tuple[str, int], int] = {}
-        #: Where each changelog partition being read ends: its high watermark at add().
+        #: Where each changelog partition being read ends: its high watermark when its store was
+        #: started off (_begin).
         self._ends: dict[tuple[str, int], int] = {}
         #: The time recorded with each store's restored writes (see _apply).
         self._as_of: dict[tuple[str, int], float] = {}
@@ -204,58 +205,74 @@ class Restorer:
 
     def _begin(self) -> list[RestoreTask]:
         """Start off the stores added whose changelogs' end offsets the broker answers within a
-        try (``_OFFSETS_ASK_S``); returns those with nothing to read (restored already).  The
-        others are asked again ``_OFFSETS_RETRY_S`` after, and fail the restore once none has
-        been answered for ``stall_s``, as a restore that reads nothing does."""
+        try (``_OFFSETS_ASK_S``); returns those with nothing to read (restored already).  While
+        answers come, the rest are asked at the next step; a try with none is tried again
+        ``_OFFSETS_RETRY_S`` after, and none for ``stall_s`` fails the restore, as a restore
+        that reads nothing does."""
         now = time.monotonic()
         deadline = now + _OFFSETS_ASK_S
         if self._offsets is None:
             self._offsets = offsets_consumer(self.settings)
         # Every partition's offsets, asked one partition after another (see partition_offsets:
-        # about 1 ms a partition from a local broker, a round trip or two from a remote one);
-        # the answers kept, so a long list is not asked from its start at every try.
-        try:
-            for task in self._unbegun:
-                tp = (task.topic, task.partition)
-                if tp not in self._answered:
-                    self._answered[tp] = watermarks(
-                        self._offsets, TopicPartition(*tp), max(deadline - time.monotonic(), 0.0)
-                    )
-                    self._unanswered_since = None
-        except BrokerUnanswered as exc:
-            self._unanswered(now, exc)
-        except BrokerError as exc:
-            msg = f"restoring changelogs: could not read their end offsets: {exc}"
-            raise PipelineError(msg) from exc
+        # about 1 ms a partition from a local broker, a round trip or two from a remote one)
+        # within the try's budget, the answers kept, so a long list is not asked from its start
+        # at every try.  One left unanswered goes to the back of the line: a partition whose
+        # leader is away kept the others from being asked (found in review).
+        answered = 0
+        unanswered: list[tuple[RestoreTask, BrokerUnanswered]] = []
+        for task in self._unbegun:
+            tp = (task.topic, task.partition)
+            left = deadline - time.monotonic()
+            if tp in self._answered:
+                continue
+            if left <= 0:
+                break
+            try:
+                self._answered[tp] = watermarks(self._offsets, TopicPartition(*tp), left)
+                answered += 1
+            except BrokerUnanswered as exc:
+                unanswered.append((task, exc))
+            except BrokerError as exc:
+                msg = f"restoring changelogs: could not read their end offsets: {exc}"
+                raise PipelineError(msg) from exc
+        if unanswered:
+            back = {id(t) for t, _ in unanswered}
+            self._unbegun = [t for t in self._unbegun if id(t) not in back] + [t for t, _ in unanswered]
+        if answered:
+            self._unanswered_since = None
+            self._next_begin = 0.0  # (the rest, if any, at the next step)
+        elif unanswered:
+            self._unanswered(now, [(t.topic, t.partition) for t, _ in unanswered], unanswered[-1][1])
         ready = [t for t in self._unbegun if (t.topic, t.partition) in self._answered]
         if not ready:
             return []
-        self._unbegun = [t for t in self._unbegun if (t.topic, t.partition) not in self._answered]
-        offsets = {(t.topic, t.partition): self._answered.pop((t.topic, t.partition)) for t in ready}
+        offsets = {(t.topic, t.partition): self._answered[t.topic, t.partition] for t in ready}
+        reading = {id(t) for t in self._start(ready, offsets)}
+        # Out of the line once started (a failure in _start leaves them in it).
+        self._unbegun = [t for t in self._unbegun if (t.topic, t.partition) not in offsets]
+        for tp in offsets:
+            del self._answered[tp]
         if not self._unbegun:
             self._close_offsets()
-        reading = {id(t) for t in self._start(ready, offsets)}
         return [t for t in ready if id(t) not in reading]
 
-    def _unanswered(self, now: float, exc: BrokerUnanswered) -> None:
-        """A try at the end offsets left unanswered: said once, asked again, failed past ``stall_s``."""
-        left = sorted(
-            (t.topic, t.partition) for t in self._unbegun if (t.topic, t.partition) not in self._answered
-        )
+    def _unanswered(self, now: float, asked: list[tuple[str, int]], exc: BrokerUnanswered) -> None:
+        """A try at the end offsets with no answer (``asked`` unanswered): said once, tried
+        again, failed past ``stall_s``."""
         if self._unanswered_since is None:
             self._unanswered_since = now
             log.warning(
                 "restoring %s: no answer yet for the end offsets of %s (%s); asking again every "
                 "%gs, for up to %gs",
                 self.app,
-                left,
+                sorted(asked),
                 exc,
                 _OFFSETS_RETRY_S,
                 self.stall_s,
             )
         elif now - self._unanswered_since > self.stall_s:
             msg = (
-                f"restoring {left}: no answer for their changelogs' end offsets for "
+                f"restoring {sorted(asked)}: no answer for their changelogs' end offsets for "
                 f"{self.stall_s:g}s ({exc}; is the broker reachable?)"
             )
             raise PipelineError(msg) from exc
@@ -487,7 +504,7 @@ class Restorer:
                     break
         for tp in touched:
             self._apply(tp)
-        # A store is restored once its changelog was read to the high watermark it had at add():
+        # A store is restored once its changelog was read to the high watermark it had at _begin:
         # told by an end of partition there or past it, or by a record past it.  Not by the
         # consumer's position: read_committed, it stands at the high watermark as soon as a fetch
         # stops at the last stable offset, while a transaction is still open, before its records

@@ -216,13 +216,15 @@ class Unanswering:
     """A consumer asking partitions' offsets whose first ``left`` questions wait out their
     timeout and fail as a frozen broker's do; the real consumer answers the others."""
 
-    def __init__(self, consumer: Consumer, left: list[int]) -> None:
+    def __init__(self, consumer: Consumer, left: list[int], probe: Callable[[], None]) -> None:
         self.consumer = consumer
         self.left = left
+        self.probe = probe
 
     def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
         if self.left[0] > 0:
             self.left[0] -= 1
+            self.probe()
             time.sleep(timeout)  # (what a frozen broker makes the caller wait)
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "Failed to get watermark offsets"))
         return self.consumer.get_watermark_offsets(tp, timeout=timeout)  # type: ignore[no-any-return]
@@ -258,20 +260,28 @@ def test_a_restore_whose_end_offsets_go_unanswered_goes_on_once_they_are(
     monkeypatch.setattr(changelog, "_OFFSETS_RETRY_S", 0.2)
     real = client.make_consumer
     left = [3]
+    fresh = home_at(settings, tmp_path / "fresh")  # (a new machine: the stores come from the changelog)
+    app = counting_app(fresh, name, src, out)
+    # What the application says is being restored, each time a question goes unanswered: set
+    # once the assignment callback has returned, so empty if the callback asked.
+    restoring: list[list[int]] = []
 
     def make(settings: Settings, group_id: str, **overrides: Any) -> Any:
         made = real(settings, group_id, **overrides)
-        return Unanswering(made, left) if group_id.startswith("vigil.offsets.") else made
+        if not group_id.startswith("vigil.offsets."):
+            return made
+        return Unanswering(made, left, lambda: restoring.append(list(app.metrics.restoring)))
 
     monkeypatch.setattr(client, "make_consumer", make)
     produce(settings, src, second)
-    fresh = home_at(settings, tmp_path / "fresh")  # (a new machine: the stores come from the changelog)
     with caplog.at_level("WARNING", logger="vigil.stream.changelog"):
-        moved = run_app(counting_app(fresh, name, src, out))
+        moved = run_app(app)
         wait_for(lambda: bool(moved.errors) or moved.app.metrics.processed >= 100, 60, "100 more processed")
         moved.stop()
     assert not moved.errors
     assert left == [0]  # (the unanswered questions were asked, and then again)
+    assert len(restoring) == 3
+    assert all(restoring), restoring  # (asked from the loop, the callback returned, not in it)
     assert any("no answer yet for the end offsets" in r.getMessage() for r in caplog.records)
     assert moved.app.metrics.restored_records >= 37  # at least one record per customer
     ids = output_ids(settings, out)
