@@ -309,6 +309,49 @@ def create_app(
             log.warning("webhook %s: %s raised %s", name, what, type(exc).__name__)
             raise Rejected(reason="verify_error", detail="malformed request", status=400) from None
 
+    def prepare(
+        platform: WebhookPlatform, delivery: Delivery, method: str, token: str | None
+    ) -> RawRecord | Response:
+        """The record to publish of a delivery, or the answer it gets instead; raises
+        :class:`Rejected`.  Run in a worker thread (see handle)."""
+        name = platform.name
+        checked(name, "verifying", lambda: platform.verify(delivery))
+        if method in ("GET", "HEAD"):
+            return Response("ok\n", media_type="text/plain")  # verified ping; nothing to publish
+        # Verified: whatever the body holds is published (its normaliser dead-letters what is bad,
+        # with the reason).  What a platform reads of it here to decide, key or label it is
+        # guarded as verify is: a hostile body (JSON nested a thousand deep) was a 500, the
+        # delivery neither published nor dead-lettered, and retried by the platform for ever.
+        if not _guarded(name, "publishes", lambda: platform.publishes(delivery), True):
+            stats.accepted.labels(name).inc()
+            return Response("ok\n", media_type="text/plain")
+        # Built from the route, not by replacing the token in the path: the path Starlette gives
+        # back re-encodes characters (?, #, \) and then no longer contains the token as sent.
+        safe_path = f"/webhooks/{name}" if token is None else f"/webhooks/{name}/{REDACTED}"
+        meta = {"path": safe_path, "content_type": delivery.headers.get("content-type", "")}
+        nothing: dict[str, Any] = {}
+        meta.update(_guarded(name, "meta", lambda: platform.meta(delivery), nothing))
+        try:
+            published = platform.published_body(delivery)
+        except Exception as exc:
+            # Not published as received (what _guarded does for a key or meta): what this
+            # removes is a credential, and Kafka keeps it for days.  Refused, counted, logged.
+            log.warning("webhook %s: preparing the body to publish raised %s", name, type(exc).__name__)
+            raise Rejected(reason="unpublishable", detail="malformed request", status=400) from None
+        record = RawRecord(
+            source=name,
+            kind=WEBHOOK,
+            value=published,
+            received_at=delivery.received_at,
+            key=_guarded(name, "key", lambda: platform.key(delivery), None),
+            meta=meta,
+        )
+        size = record.size()
+        if size > RECORD_MAX_BYTES:  # the body fitted, but not with its key and headers
+            detail = f"delivery is {size:,} bytes with its key and headers; at most {RECORD_MAX_BYTES:,}"
+            raise Rejected(reason="too_large", detail=detail, status=413)
+        return record
+
     async def handle(request: Request, name: str, token: str | None) -> Response:
         platform = by_name.get(name)
         if platform is None:
@@ -330,43 +373,15 @@ def create_app(
             checked(name, "prechecking", lambda: platform.precheck(head))
             body = await read_body(request, max_body_bytes, body_timeout_s)
             delivery = dataclasses.replace(head, body=body, received_at=clock())
-            checked(name, "verifying", lambda: platform.verify(delivery))
+            # What the platform does with the body (verify, key, label, redact it: Salesforce's
+            # parse a SOAP body of up to the body limit, four times) in a worker thread: on the
+            # event loop it held every other request of every platform meanwhile (found in review).
+            prepared = await run_in_threadpool(prepare, platform, delivery, request.method, token)
         except Rejected as exc:
             return reject(name, exc)
-        if request.method in ("GET", "HEAD"):
-            return Response("ok\n", media_type="text/plain")  # verified ping; nothing to publish
-        # Verified: whatever the body holds is published (its normaliser dead-letters what is bad,
-        # with the reason).  What a platform reads of it here to decide, key or label it is
-        # guarded as verify is: a hostile body (JSON nested a thousand deep) was a 500, the
-        # delivery neither published nor dead-lettered, and retried by the platform for ever.
-        if not _guarded(name, "publishes", lambda: platform.publishes(delivery), True):
-            stats.accepted.labels(name).inc()
-            return Response("ok\n", media_type="text/plain")
-        # Built from the route, not by replacing the token in the path: the path Starlette gives
-        # back re-encodes characters (?, #, \) and then no longer contains the token as sent.
-        safe_path = f"/webhooks/{name}" if token is None else f"/webhooks/{name}/{REDACTED}"
-        meta = {"path": safe_path, "content_type": delivery.headers.get("content-type", "")}
-        nothing: dict[str, Any] = {}
-        meta.update(_guarded(name, "meta", lambda: platform.meta(delivery), nothing))
-        try:
-            published = platform.published_body(delivery)
-        except Exception as exc:
-            # Not published as received (what _guarded does for a key or meta): what this
-            # removes is a credential, and Kafka keeps it for days.  Refused, counted, logged.
-            log.warning("webhook %s: preparing the body to publish raised %s", name, type(exc).__name__)
-            return reject(name, Rejected(reason="unpublishable", detail="malformed request", status=400))
-        record = RawRecord(
-            source=name,
-            kind=WEBHOOK,
-            value=published,
-            received_at=delivery.received_at,
-            key=_guarded(name, "key", lambda: platform.key(delivery), None),
-            meta=meta,
-        )
-        size = record.size()
-        if size > RECORD_MAX_BYTES:  # the body fitted, but not with its key and headers
-            detail = f"delivery is {size:,} bytes with its key and headers; at most {RECORD_MAX_BYTES:,}"
-            return reject(name, Rejected(reason="too_large", detail=detail, status=413))
+        if isinstance(prepared, Response):
+            return prepared
+        record = prepared
         # The deadline is set here, not in the worker thread: a wait for a free thread counts.
         deadline = time.monotonic() + publish_timeout_s
         try:
@@ -381,7 +396,7 @@ def create_app(
                 media_type="text/plain",
             )
         stats.accepted.labels(name).inc()
-        return platform.acknowledge(delivery)
+        return await run_in_threadpool(platform.acknowledge, delivery)
 
     @app.post("/webhooks/{name}")
     async def post(request: Request, name: str) -> Response:

@@ -567,3 +567,43 @@ def test_what_needs_no_body_is_refused_before_the_body_is_read() -> None:
         assert count(metrics, "vigil_webhook_rejected_total", platform=platform, reason=reason) == 1
     assert count(metrics, "vigil_webhook_rejected_total", platform="mailchimp", reason="slow_body") == 0
     assert sink.records == []
+
+
+class WaitingPlatform(MailchimpWebhook):
+    """A verifier that takes its time (Salesforce's parses a SOAP body of up to the body limit,
+    four times a delivery): says when it has begun, and waits to be let go."""
+
+    name = "waiting"
+
+    def __init__(self, secret: str, begun: threading.Event, released: threading.Event) -> None:
+        super().__init__(secret)
+        self.begun, self.released = begun, released
+
+    def verify(self, delivery: Delivery) -> None:
+        super().verify(delivery)
+        self.begun.set()
+        if not self.released.wait(10):
+            raise Rejected(reason="held", detail="no other request was answered meanwhile", status=400)
+
+
+def test_a_platform_busy_with_a_body_holds_no_other_request() -> None:
+    # Run on the event loop, what a platform did with a body held every other request of
+    # every platform meanwhile (found in review).
+    begun, released = threading.Event(), threading.Event()
+    sink = MemorySink()
+    platforms = [WaitingPlatform(SECRET, begun, released), MailchimpWebhook(SECRET)]
+    app = create_app(sink, platforms, clock=lambda: NOW)
+
+    async def both() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            slow = asyncio.create_task(http.post(f"/webhooks/waiting/{SECRET}", content=FORM))
+            assert await asyncio.to_thread(begun.wait, 10)
+            quick = await http.post(f"/webhooks/mailchimp/{SECRET}", content=FORM)
+            released.set()
+            return quick, await slow
+
+    quick, slow = asyncio.run(both())
+    assert quick.status_code == 204
+    assert slow.status_code == 204, slow.text
+    assert [r.source for r in sink.records] == ["mailchimp", "waiting"]
