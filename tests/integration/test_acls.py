@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from tests.integration.throwaway_broker import REPO
 from typer.testing import CliRunner, Result
 
 from vigil.cli import app
-from vigil.config import Settings
+from vigil.config import Settings, load_settings
 from vigil.detect.app import DetectionService
 from vigil.detect.rules.validate import load_rules
 from vigil.errors import BrokerError
@@ -346,3 +347,22 @@ def test_a_component_sees_topics_it_cannot_read_the_settings_of_as_not_compared(
     # (The note is in the status column: folded there at the runner's width, so not matched.)
     assert result.exit_code == 0, result.output or repr(result.exception)
     assert result.exception is None
+
+
+def test_a_wrong_password_is_said_at_once_without_showing_it(cluster: _Cluster, tmp_path: Path) -> None:
+    # A SASL failure was said only after the check's whole 10 s (an operator's-view review);
+    # no waiting cures it, so it is said as soon as the client reports it.
+    wrong = load_settings(
+        kafka_bootstrap=cluster.broker.bootstrap,
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism="PLAIN",
+        kafka_sasl_username=SOURCE,
+        kafka_sasl_password="wrong-hunter2",  # noqa: S106 - a test value
+        home=tmp_path,
+    )
+    with pytest.raises(BrokerError) as refused:
+        client.check_reachable(wrong)
+    said = str(refused.value)
+    assert "waiting would not help" in said  # (not "within 10s")
+    assert "uthentication" in said
+    assert "hunter2" not in said

@@ -73,6 +73,8 @@ def test_no_broker_answering_is_a_clear_error(tmp_path: Path) -> None:
         out = _vigil(tmp_path, *args, VIGIL_KAFKA_BOOTSTRAP=closed)
         assert out.returncode == 1, out.stderr
         assert "did not answer a metadata request" in out.stderr + out.stdout
+        # Said once the connection was refused, not after the check's whole 10 s.
+        assert "every broker refused the connection" in " ".join((out.stderr + out.stdout).split())
         assert "Traceback" not in out.stderr
         # The cause is in Vigil's one line, not only in librdkafka's own log lines before it.
         assert "Connection refused" in out.stderr + out.stdout

@@ -12,9 +12,12 @@ import inspect
 import logging
 import operator
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from confluent_kafka import (
@@ -226,7 +229,12 @@ def _hidden(exc: KafkaException) -> str:
 
 def check_reachable(settings: Settings, timeout: float = 10.0) -> int:
     """Ask the cluster for metadata; returns the broker count or raises BrokerError saying where
-    and why (``Connection refused``, ``Failed to resolve``, an authentication failure)."""
+    and why (``Connection refused``, ``Failed to resolve``, an authentication failure).
+
+    Given up before ``timeout`` once no waiting can help: at an authentication or TLS failure,
+    and ``_REFUSED_GRACE_S`` after every broker failed the connection (refused, not resolved;
+    a broker starting up gets that long).  A command run with no broker waited the whole 10 s
+    to say "Connection refused" (an operator's-view review)."""
     errors: list[KafkaError] = []
     config = settings.kafka_client_config()
     try:
@@ -240,17 +248,58 @@ def check_reachable(settings: Settings, timeout: float = 10.0) -> int:
         )
         raise ConfigError(msg) from None
     bootstrap = config["bootstrap.servers"]
-    try:
-        meta = admin.list_topics(timeout=timeout)
-    except KafkaException as exc:
-        hint = "" if settings.uses_external_cluster else " (start it with `vigil broker start`)"
-        admin.poll(0)  # (error callbacks run only when the client is polled)
-        first = kafka_error(exc)
-        cause = next((e.str() for e in reversed(errors) if e.code() != KafkaError._ALL_BROKERS_DOWN), None)
-        why = cause or (first.str() if first is not None else str(exc))
-        msg = f"Kafka at {bootstrap} did not answer a metadata request within {timeout:g}s{hint}: {why}"
-        raise BrokerError(msg) from None
-    return len(meta.brokers)
+    # The request waits on a thread of its own, this one polling the client for its errors
+    # meanwhile (they reach error_cb only when it is polled).  Left running when given up: the
+    # command is about to stop, and a client cannot be closed under a call.
+    answer: Future[Any] = Future()
+
+    def ask() -> None:
+        try:
+            answer.set_result(admin.list_topics(timeout=timeout))
+        except BaseException as exc:  # (handed to the caller)
+            answer.set_exception(exc)
+
+    threading.Thread(target=ask, name="vigil-reachable", daemon=True).start()
+    began = time.monotonic()
+    failure: KafkaException | None = None
+    while True:
+        try:
+            meta = answer.result(timeout=_REACH_POLL_S)
+        except FutureTimeout:
+            pass
+        except KafkaException as exc:
+            failure = exc
+            break
+        else:
+            return len(meta.brokers)
+        admin.poll(0)
+        codes = {e.code() for e in errors}
+        if codes & _HOPELESS or (
+            KafkaError._ALL_BROKERS_DOWN in codes and time.monotonic() - began >= _REFUSED_GRACE_S
+        ):
+            break
+    admin.poll(0)
+    hint = "" if settings.uses_external_cluster else " (start it with `vigil broker start`)"
+    first = kafka_error(failure) if failure is not None else None
+    cause = next((e.str() for e in reversed(errors) if e.code() != KafkaError._ALL_BROKERS_DOWN), None)
+    why = cause or (first.str() if first is not None else str(failure or "no answer"))
+    waited = f"given up after {time.monotonic() - began:.1f}s"
+    if failure is not None:
+        when = f"within {timeout:g}s"
+    elif {e.code() for e in errors} & _HOPELESS:
+        when = f"({waited}: waiting would not help)"
+    else:
+        when = f"(every broker refused the connection or could not be found: {waited})"
+    msg = f"Kafka at {bootstrap} did not answer a metadata request {when}{hint}: {why}"
+    raise BrokerError(msg) from None
+
+
+#: How often check_reachable polls the client for errors while its request waits.
+_REACH_POLL_S = 0.1
+#: How long check_reachable waits on once every broker failed the connection (see there).
+_REFUSED_GRACE_S = 2.0
+#: Errors no waiting cures: check_reachable gives up at once.
+_HOPELESS = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL})
 
 
 #: Errors a just-created (or just-moved) partition answers offset requests with until its leader
