@@ -123,7 +123,11 @@ def worker(config: dict[str, Any]) -> None:
         # The test reads which partitions this worker owns (tmp file + rename: never half-written).
         while True:
             tmp = status.with_suffix(".tmp")
-            progress = {"assigned": app.metrics.assigned, "processed": app.metrics.processed}
+            progress = {
+                "assigned": app.metrics.assigned,
+                "restoring": app.metrics.restoring,
+                "processed": app.metrics.processed,
+            }
             tmp.write_text(json.dumps({**progress, "instance_id": app.instance_id}))
             tmp.replace(status)
             time.sleep(0.1)

@@ -58,6 +58,13 @@ class Workers:
         except (OSError, ValueError):
             return []
 
+    def restoring(self, instance: str) -> list[object]:
+        """Partition numbers the worker has been given and is restoring the stores of."""
+        try:
+            return list(json.loads(self.status(instance).read_text())["restoring"])
+        except (OSError, ValueError, KeyError):
+            return []
+
     def instance_id(self, instance: str) -> str | None:
         try:
             value = json.loads(self.status(instance).read_text()).get("instance_id")
@@ -279,6 +286,31 @@ def test_a_worker_joining_mid_stream_takes_partitions_without_loss_or_duplicates
         60,
         "the three partitions split between the two workers",
     )
+    finish_each_output_once(settings, workers, out, events)
+
+
+def test_a_worker_killed_as_another_joins_loses_nothing_and_repeats_nothing(
+    settings: Settings, names: Callable[[str], str], workers_factory: Callable[[dict[str, object]], Workers]
+) -> None:
+    # A kill during a rebalance (not run by the frozen-broker review, session 63): the newcomer is
+    # given partitions, and the worker handing them over dies with its other partitions' work in
+    # an open transaction.  Once the group gives the newcomer every partition, it restores their
+    # stores (waiting out the dead worker's open transaction) and carries on: each output once.
+    src, out, name, events = made_input(settings, names, produced=2500)
+    workers = workers_factory(slow_worker(settings, name, src, out) | {"pause_s": 0.2})
+    workers.start("w1")
+    go = workers.tmp / "w2.go"
+    workers.start("w2", extra={"go": str(go)})
+    wait_for(lambda: workers.processed("w1") >= 600, 60, "600 records processed by the first worker")
+    go.touch()
+    wait_for(
+        lambda: bool(workers.restoring("w2") or workers.assigned("w2")), 60, "the newcomer given partitions"
+    )
+    workers.kill("w1")
+    killed_at = len(committed_ids(settings, out))
+    assert killed_at < 2500, "the first worker finished before the kill; the test proves less"
+    produce(settings, src, events[2500:])
+    wait_for(lambda: len(workers.assigned("w2")) == 3, 60, "the newcomer owns every partition")
     finish_each_output_once(settings, workers, out, events)
 
 
