@@ -9,16 +9,23 @@ page's ``paging.next.after``) until a page has no ``paging.next``.  Each page is
 of its results were published already (see below), ``{"results": [...]}`` holding the others,
 each result's bytes as received.  A page all of whose results were published publishes nothing.
 
-The cursor (``{"v": 1, "at", "seen", "pending"}``, written with every page in one Kafka
-transaction) does not rely on the order HubSpot returns results in, which is not documented:
+The cursor (``{"v": 2, "at", "seen", "pending", "recent", "since"}``, written with every page in one
+Kafka transaction) does not rely on the order HubSpot returns results in, which is not
+documented:
 
 - ``at`` is the newest ``occurredAt`` published (RFC 3339, UTC), and ``seen`` the ids of the
   results published at ``at`` (or later: see the clock below), at most :data:`SEEN_AT_MOST`;
-- a poll asks the window from just before ``at`` (``occurredAfter`` = ``at`` less a
+- ``recent`` holds the ids and times of the results published dated from ``settle`` (10
+  minutes) before ``at`` up to it (from ``since``, when that is later: a first start's, whose
+  window began at ``at``), at most :data:`RECENT_AT_MOST`: HubSpot may write a result after
+  newer ones (how late is not documented), and a poll asked only from ``at`` never asked for it
+  again;
+- a poll asks the window from just before ``at`` less ``settle``, or ``since`` if later
+  (``occurredAfter`` that less a
   millisecond: whether HubSpot's "after" is strict is not documented either, and a result at
-  ``at`` written after the last poll must not be missed) to the poll's start
+  the window's start written after the last poll must not be missed) to the poll's start
   (``occurredBefore``, so that results arriving while the poll pages do not shift its pages);
-  it leaves out results older than ``at`` and those whose id is in ``seen``;
+  it leaves out results older than its start and those whose id is in ``seen`` or ``recent``;
 - ``pending`` lists the ids published by the poll so far: it is written with each page, and a
   poll left in the middle (a crash, a failed page, ``stop()``) is resumed by asking the same
   window's start again and leaving those out too.  ``at`` and ``seen`` advance only with the
@@ -28,8 +35,10 @@ So a restart neither repeats nor skips a result, in any order of results, as lon
 has published at most :data:`PENDING_AT_MOST` results before a crash: past that, the oldest
 of its ids are forgotten and a crash re-publishes those results.  Such duplicates carry the
 same audit ids, hence the same event ids (the normaliser's ``stable_id`` of the audit id),
-which downstream deduplication removes.  What no cursor can give: a result HubSpot writes
-later than newer ones, dated before ``at``, is never asked for again.  A result dated after
+which downstream deduplication removes; so do results of the settle window past
+``RECENT_AT_MOST`` of them.  What no cursor can give: a result HubSpot writes later than
+``settle`` after its time, dated before ``at`` less ``settle``, is never asked for again (a
+larger ``settle`` costs each poll the pages of that window again).  A result dated after
 the poll's ``occurredBefore`` (which HubSpot should not return; a clock far ahead) is published
 but moves ``at`` no further than that bound.  A first start (no cursor) begins ``lookback``
 ago (1 day; HubSpot keeps 90 days at most).
@@ -87,7 +96,7 @@ DEFAULT_BASE_URL = "https://api.hubapi.com"
 PATH = "/account-info/v3/activity/audit-logs"
 SCOPE = "account-info.security.read"
 SETTING = "hubspot_access_token"
-OPTIONS = frozenset({"base_url", "poll_interval", "page_size", "lookback", "timeout", "source_id"})
+OPTIONS = frozenset({"base_url", "poll_interval", "page_size", "lookback", "settle", "timeout", "source_id"})
 MAX_PAGE_SIZE = 200
 #: HubSpot keeps the audit log this long.
 MAX_LOOKBACK = timedelta(days=90)
@@ -95,6 +104,12 @@ MAX_LOOKBACK = timedelta(days=90)
 #: each id at most :data:`_ID_CHARS_KEPT` characters, the cursor stays well under Kafka's 1 MB.
 SEEN_AT_MOST = 1_000
 PENDING_AT_MOST = 5_000
+#: Ids (with their times) the cursor keeps of the results published within ``settle`` before
+#: ``at`` (see the module): at most about 150 KB of cursor.
+RECENT_AT_MOST = 2_000
+#: How late after its time HubSpot may write a result and still have it published (``settle``).
+DEFAULT_SETTLE = timedelta(minutes=10)
+MAX_SETTLE = timedelta(days=1)
 #: The largest answer read: a page is published as one raw record (room kept for its headers).
 MAX_RESPONSE_BYTES = RAW_RECORD_MAX_BYTES - (64 << 10)
 #: A paging token longer than this is named in a record's meta by its length only.
@@ -146,6 +161,7 @@ class HubSpotAuditSource(Source):
         poll_interval: float = 60.0,
         page_size: int = 100,
         lookback: timedelta = timedelta(days=1),
+        settle: timedelta = DEFAULT_SETTLE,
         timeout: float = 30.0,
         source_id: str | None = None,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
@@ -173,6 +189,9 @@ class HubSpotAuditSource(Source):
                 f"(HubSpot keeps no more); got {lookback.total_seconds():g} s"
             )
             raise SourceError(msg)
+        if not timedelta(0) <= settle <= MAX_SETTLE:
+            msg = f"{SOURCE}: option settle must be from 0 to a day; got {settle.total_seconds():g} s"
+            raise SourceError(msg)
         self.endpoint = _checked_base_url(base_url)
         self._url = base_url.rstrip("/") + PATH
         # A SecretStr, not the header: shown as "**********" by a traceback's locals or a debugger.
@@ -180,6 +199,7 @@ class HubSpotAuditSource(Source):
         self.poll_interval = poll_interval
         self.page_size = page_size
         self.lookback = lookback
+        self.settle = settle
         self.timeout = timeout
         self.deadline_s = DEADLINE_PER_TIMEOUT * timeout
         self.max_response_bytes = max_response_bytes
@@ -200,7 +220,8 @@ class HubSpotAuditSource(Source):
     def from_settings(cls, settings: Settings, **options: str) -> HubSpotAuditSource:
         """Options: ``base_url`` (``https://api.hubapi.com``), ``poll_interval`` (s, 60),
         ``page_size`` (100, at most 200), ``lookback`` (s, a day: where a first start begins;
-        at most 90 days), ``timeout`` (s, 30: to connect and between bytes of an answer; each
+        at most 90 days), ``settle`` (s, 600: how late HubSpot may write a result and still have
+        it published; at most a day), ``timeout`` (s, 30: to connect and between bytes of an answer; each
         answer has 6 times that in all) and ``source_id`` (``hubspot.audit``).  The access token
         is the setting ``hubspot_access_token`` (``VIGIL_HUBSPOT_ACCESS_TOKEN`` or vigil.toml),
         never an option: a command line is there for other users of the machine to read."""
@@ -222,6 +243,7 @@ class HubSpotAuditSource(Source):
             poll_interval=seconds_option(SOURCE, options, "poll_interval", 60.0),
             page_size=_page_size(options),
             lookback=_lookback(options),
+            settle=_settle(options),
             timeout=seconds_option(SOURCE, options, "timeout", 30.0),
             source_id=options.get("source_id"),
         )
@@ -262,12 +284,17 @@ class HubSpotAuditSource(Source):
     def _poll(self, sink: RawSink) -> int:
         if self._cursor is None:
             self._cursor = dict(sink.last_cursor(self.source_id) or {})
-        at, seen, pending = self._resume(self._cursor)
+        at, seen, pending, recent, covered = self._resume(self._cursor)
         # The window ends at the poll's start, whole milliseconds as asked (never before ``at``:
-        # a clock set back).
+        # a clock set back), and begins ``settle`` before ``at``.
         before = max(_floor_ms(datetime.now(UTC)), at)
-        window = {"occurredAfter": _iso_ms(_floor_ms(at) - _MS), "occurredBefore": _iso_ms(before)}
-        done = set(seen) | set(pending)
+        # (Not before what ``recent`` holds every result of: a first start, or a cursor of
+        # version 1, holds none before ``at``, and would publish them again.)
+        since = max(at - self.settle, covered)
+        window = {"occurredAfter": _iso_ms(_floor_ms(since) - _MS), "occurredBefore": _iso_ms(before)}
+        done = set(seen) | set(pending) | set(recent)
+        # The time of every result of the window, published now or before (for ``recent``).
+        times: dict[str, datetime] = {}
         published_ids = list(pending)
         # The newest time among the poll's results (no later than ``before``) and the ids at it.
         newest: datetime | None = None
@@ -296,11 +323,14 @@ class HubSpotAuditSource(Source):
                 fresh: list[bytes] = []
                 older = 0
                 for raw, key, when in results:
-                    if when < at:
+                    if when < since:
                         older += 1
                         continue
                     when = min(when, before)
-                    if newest is None or when > newest:
+                    times[key] = when
+                    if when < at:
+                        pass  # (written late, or published already: ``at`` does not move back)
+                    elif newest is None or when > newest:
                         newest, at_newest = when, [key]
                     elif when == newest:
                         at_newest.append(key)
@@ -330,11 +360,21 @@ class HubSpotAuditSource(Source):
                 if next_after is None:
                     # The poll's end: ``at`` and ``seen`` move (written even without records, as
                     # ``pending`` goes; nothing at all when the cursor stays as it was).
-                    cursor = _cursor(at, seen, newest, at_newest)
+                    covers = max(since, (newest or at) - self.settle)
+                    kept = _recent({**recent, **times}, covers)
+                    cursor = _cursor(at, seen, newest, at_newest, recent=kept, covered=covers)
                     if records or cursor != self._cursor:
                         self._publish(sink, records, cursor)
                 elif records:
-                    cursor = _cursor(at, seen, None, [], pending=published_ids[-PENDING_AT_MOST:])
+                    cursor = _cursor(
+                        at,
+                        seen,
+                        None,
+                        [],
+                        pending=published_ids[-PENDING_AT_MOST:],
+                        recent=recent,
+                        covered=covered,
+                    )
                     self._publish(sink, records, cursor)
                 if records:
                     published += len(fresh)
@@ -366,19 +406,28 @@ class HubSpotAuditSource(Source):
             raise
         self._cursor = cursor
 
-    def _resume(self, cursor: dict[str, Any]) -> tuple[datetime, list[str], list[str]]:
-        """``at``, ``seen`` and ``pending`` of the cursor; a first start's ``at`` is ``lookback``
-        ago."""
+    def _resume(
+        self, cursor: dict[str, Any]
+    ) -> tuple[datetime, list[str], list[str], dict[str, datetime], datetime]:
+        """``at``, ``seen``, ``pending``, ``recent`` and the time from which ``recent`` holds
+        every result published (``since``) of the cursor; a first start's ``at`` is ``lookback``
+        ago.  One of version 1 has no ``recent``: its ``seen`` covers ``at`` alone."""
         if not cursor:
-            return datetime.now(UTC) - self.lookback, [], []
+            start = datetime.now(UTC) - self.lookback
+            return start, [], [], {}, start
         text = cursor.get("at")
         at = _time(text) if isinstance(text, str) else None
         seen, pending = cursor.get("seen", []), cursor.get("pending", [])
         lists = isinstance(seen, list) and isinstance(pending, list)
+        recent = _recent_read(cursor.get("recent", []))
+        text = cursor.get("since")
+        covered = _time(text) if isinstance(text, str) else at
         if (
             at is None
-            or cursor.get("v") != 1
+            or cursor.get("v") not in (1, 2)
             or not lists
+            or recent is None
+            or covered is None
             or not all(isinstance(k, str) for k in seen + pending)
         ):
             msg = (
@@ -386,7 +435,7 @@ class HubSpotAuditSource(Source):
                 f"({inert(repr(cursor)[:200])}); reset it to start again (README, Sources)"
             )
             raise SourceError(msg)
-        return at, seen, pending
+        return at, seen, pending, recent, min(covered, at)
 
     # ------------------------------------------------------------------ HTTP
 
@@ -460,6 +509,22 @@ def _lookback(options: dict[str, str]) -> timedelta:
             f"{SOURCE}: option lookback must be above 0 and at most {MAX_LOOKBACK.days} days "
             f"(HubSpot keeps no more); got {seconds:g} s"
         )
+        raise SourceError(msg)
+    return timedelta(seconds=seconds)
+
+
+def _settle(options: dict[str, str]) -> timedelta:
+    """The option ``settle``: seconds from 0 to a day (0: results written late are not asked
+    for again)."""
+    text = options.get("settle")
+    if text is None:
+        return DEFAULT_SETTLE
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= MAX_SETTLE.total_seconds():
+        msg = f"{SOURCE}: option settle must be a number of seconds from 0 to 86400; got {text[:40]!r}"
         raise SourceError(msg)
     return timedelta(seconds=seconds)
 
@@ -582,16 +647,46 @@ def _cursor(
     newest: datetime | None,
     at_newest: list[str],
     pending: list[str] | None = None,
+    *,
+    recent: dict[str, datetime],
+    covered: datetime,
 ) -> dict[str, Any]:
     """The cursor in the middle of a poll (``pending`` given: ``at`` and ``seen`` unmoved), or
-    at its end (``newest``, the newest time among its results, and the ids at it: the new ``at``
-    and ``seen``; ``seen`` kept and added to when that is ``at`` still)."""
+    at its end (``newest``, the newest time among its results at or after ``at``, and the ids
+    at it: the new ``at`` and ``seen``; ``seen`` kept and added to when that is ``at`` still).
+    ``recent`` as :func:`_recent` keeps it, written oldest first, with ``since``: the time from
+    which it holds every result published (``covered``)."""
+    written = [[key, _iso(when)] for key, when in sorted(recent.items(), key=lambda kv: (kv[1], kv[0]))]
+    tail = {"recent": written, "since": _iso(covered)}
     if pending is not None:
-        return {"v": 1, "at": _iso(at), "seen": seen, "pending": pending}
+        return {"v": 2, "at": _iso(at), "seen": seen, "pending": pending, **tail}
     if newest is None:
-        return {"v": 1, "at": _iso(at), "seen": seen}
+        return {"v": 2, "at": _iso(at), "seen": seen, **tail}
     keys = [*seen, *at_newest] if newest == at else at_newest
-    return {"v": 1, "at": _iso(newest), "seen": list(dict.fromkeys(keys))[-SEEN_AT_MOST:]}
+    return {"v": 2, "at": _iso(newest), "seen": list(dict.fromkeys(keys))[-SEEN_AT_MOST:], **tail}
+
+
+def _recent(times: dict[str, datetime], since: datetime) -> dict[str, datetime]:
+    """The ids (and times) of ``times`` dated ``since`` or later, the newest
+    :data:`RECENT_AT_MOST` of them (past that, the oldest are forgotten: published again if
+    HubSpot still returns them, under the same event ids)."""
+    kept = sorted(((when, key) for key, when in times.items() if when >= since), reverse=True)
+    return {key: when for when, key in kept[:RECENT_AT_MOST]}
+
+
+def _recent_read(value: object) -> dict[str, datetime] | None:
+    """A cursor's ``recent`` (``[[id, time], ...]``), or None when it is not one."""
+    if not isinstance(value, list):
+        return None
+    out: dict[str, datetime] = {}
+    for item in value:
+        if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+            return None
+        when = _time(item[1])
+        if when is None:
+            return None
+        out[item[0]] = when
+    return out
 
 
 def _meta_window(window: dict[str, str]) -> dict[str, str]:

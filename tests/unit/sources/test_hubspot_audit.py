@@ -243,10 +243,14 @@ def test_pages_are_followed_and_each_published_as_received() -> None:
     assert sink.records[1].meta["after"] == "2"
     assert sink.records[0].meta["endpoint"] == base
     newest = max(results(5), key=lambda r: r["occurredAt"])
+    written = sorted(results(5), key=lambda r: r["occurredAt"])  # (28 s apart: all within settle)
     assert sink.cursors[SOURCE_ID] == {
-        "v": 1,
+        "v": 2,
         "at": newest["occurredAt"].replace("Z", "000Z"),
         "seen": [newest["id"]],
+        "recent": [[r["id"], r["occurredAt"].replace("Z", "000Z")] for r in written],
+        # (What recent holds every result of: settle before at; a first start asked from a day ago.)
+        "since": iso(parse_time(newest["occurredAt"]) - timedelta(minutes=10)).replace("Z", "000Z"),
     }
     assert (hub.pages, hub.objects, hub.last_error) == (3, 5, None)
     no_token_in(sink)
@@ -286,24 +290,65 @@ def test_a_restart_publishes_nothing_twice_and_misses_nothing_added_meanwhile(or
         source(base, page_size="2").poll_once(sink)
         assert sorted(ids_in(sink.records)) == sorted(r["id"] for r in old)
         # Meanwhile: one more at the very time of the newest published (the cursor's), one in
-        # between the published ones (HubSpot writing late: not asked for again, see the
-        # module), and newer ones.
+        # between the published ones (HubSpot writing late, within settle: asked for again, see
+        # the module), newer ones, and one written later than settle allows (never asked for).
         last = parse_time(old[-1]["occurredAt"])
         added = [
             audit(100, last),
             audit(101, last + timedelta(seconds=1), "EXPORT"),
             audit(102, last + timedelta(minutes=1)),
+            audit(103, last - timedelta(seconds=3)),
         ]
-        api.results += [*added, audit(103, last - timedelta(seconds=3))]
+        api.results += [*added, audit(104, last - timedelta(minutes=11))]
         before = len(sink.records)
         restarted = source(base, page_size="2")  # a new process: the cursor comes from the sink
-        assert restarted.poll_once(sink) == 3
+        assert restarted.poll_once(sink) == 4
         assert sorted(ids_in(sink.records[before:])) == sorted(r["id"] for r in added)
         # Nothing new: a poll whose pages are all published already publishes nothing.
         publishes = len(sink.records), dict(sink.cursors)
         assert source(base, page_size="2").poll_once(sink) == 0
         assert (len(sink.records), sink.cursors) == publishes
     assert Counter(ids_in(sink.records)).most_common(1)[0][1] == 1
+
+
+def test_a_result_written_late_is_published_within_settle_and_not_past_it() -> None:
+    # HubSpot may write a result after newer ones (how late is not documented): asked only from
+    # the cursor's time, it was never asked for again.  Each poll asks settle before it.
+    old = results(3)
+    api = FakeHubSpot(old)
+    with serving(api.answer) as base:
+        sink = memory_sink()
+        source(base, settle="120").poll_once(sink)
+        last = parse_time(old[-1]["occurredAt"])
+        late = [audit(200, last - timedelta(seconds=100)), audit(201, last - timedelta(seconds=130))]
+        api.results += late
+        assert source(base, settle="120").poll_once(sink) == 1
+        assert ids_in(sink.records[-1:]) == [late[0]["id"]]  # (130 s late: past the 120 of settle)
+        # With settle 0, as before: a result dated before the cursor is not asked for again (nor
+        # after it: the cursor then holds nothing before its time).
+        api.results.append(audit(202, last - timedelta(seconds=5)))
+        assert source(base, settle="0").poll_once(sink) == 0
+    assert Counter(ids_in(sink.records)).most_common(1)[0][1] == 1
+
+
+def test_a_cursor_written_before_settle_resumes_without_publishing_again() -> None:
+    # Version 1 of the cursor has no ``recent``: what it published before ``at`` is not asked
+    # again (it would all come twice), and the cursor written after is version 2.
+    old = results(3)
+    api = FakeHubSpot(old)
+    with serving(api.answer) as base:
+        sink = memory_sink()
+        newest = old[-1]
+        sink.cursors[SOURCE_ID] = {"v": 1, "at": newest["occurredAt"], "seen": [newest["id"]]}
+        assert source(base).poll_once(sink) == 0
+        assert api.asked[-1]["occurredAfter"] == iso(
+            parse_time(newest["occurredAt"]) - timedelta(milliseconds=1)
+        )
+        api.results.append(audit(300, parse_time(newest["occurredAt"]) + timedelta(seconds=1)))
+        assert source(base).poll_once(sink) == 1
+    cursor = sink.cursors[SOURCE_ID]
+    assert cursor["v"] == 2
+    assert cursor["since"] == newest["occurredAt"].replace("Z", "000Z")  # (what it holds from)
 
 
 class CrashingSink(MemorySink):
@@ -376,7 +421,7 @@ def test_a_page_with_some_results_published_already_carries_the_others_as_receiv
         source(base).poll_once(sink)
     again = sink.records[-1]
     assert json.loads(again.value) == {"results": [audit(60, newest)]}
-    assert again.meta["left_out"] == 1
+    assert again.meta["left_out"] == 4  # (the settle window's, published by the first poll)
     sent = json.dumps(audit(60, newest), indent=1).replace("\n", "\n  ")  # as json.dumps nested it
     assert sent.encode() in again.value  # the result's own bytes, unchanged
 
@@ -514,6 +559,9 @@ def test_run_waits_what_retry_after_asks_before_the_next_poll() -> None:
         ({"lookback": str(91 * 86_400)}, "option lookback must be above 0 and at most 90 days"),
         ({"lookback": "1e14"}, r"option lookback must be above 0 and at most 90 days .*got 1e\+14 s"),
         ({"poll_interval": "-1"}, "option poll_interval must be a number of seconds above 0"),
+        ({"settle": "-1"}, "option settle must be a number of seconds from 0 to 86400; got '-1'"),
+        ({"settle": "86401"}, "option settle must be a number of seconds from 0 to 86400"),
+        ({"settle": "soon"}, "option settle must be a number of seconds from 0 to 86400"),
         ({"timeout": "nan"}, "option timeout must be a number of seconds above 0"),
         ({"pol_interval": "5"}, r"unknown option\(s\) \['pol_interval'\]"),
         ({"access_token": "SECRETKEY"}, "option access_token is not taken .* setting hubspot_access_token"),
