@@ -149,7 +149,7 @@ def phase_one() -> list[Sent]:
             _headers("btc_block"),
         ),
         bad("bitcoin", "expected 'btc_block'", btc[0], _headers("eth_block")),
-        bad("bitcoin", "header 'vigil.received_at' is missing", btc[0], []),
+        bad("bitcoin", "header `vigil.received_at` is missing", btc[0], []),
         bad(
             "bitcoin",
             "unknown record kind 'unknown'",

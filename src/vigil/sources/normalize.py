@@ -94,11 +94,13 @@ def decode_raw(topic: str, value: bytes, key: bytes | None, headers: Any) -> Raw
         # (RecursionError: a meta header nested 100,000 deep, which stopped the stage.)
         msg = f"unreadable raw-record headers {_shown(headers)}: {type(exc).__name__}: {exc}"
         raise DecodeError(msg, where=topic) from None
+    # (Header names in backquotes: `vigil dlq summary` blanks quoted text, as a record's values
+    # vary, and grouped these reasons as "header … is missing".)
     if type(record.meta) is not dict:
-        msg = f"header {META!r} must be a JSON object; got {_shown(headers)}"
+        msg = f"header `{META}` must be a JSON object; got {_shown(headers)}"
         raise DecodeError(msg, where=topic)
     if record.received_at.tzinfo is None:
-        msg = f"header {RECEIVED_AT!r} must be an RFC 3339 time with a zone; got {_shown(headers)}"
+        msg = f"header `{RECEIVED_AT}` must be an RFC 3339 time with a zone; got {_shown(headers)}"
         raise DecodeError(msg, where=topic)
     if record.received_at.utcoffset():
         # Canonical times are UTC: an offset went on into every event's ingested_at (and one of
@@ -106,7 +108,7 @@ def decode_raw(topic: str, value: bytes, key: bytes | None, headers: Any) -> Raw
         try:
             received_at = record.received_at.astimezone(UTC)
         except OverflowError:
-            msg = f"header {RECEIVED_AT!r} is outside the years 1-9999 in UTC; got {_shown(headers)}"
+            msg = f"header `{RECEIVED_AT}` is outside the years 1-9999 in UTC; got {_shown(headers)}"
             raise DecodeError(msg, where=topic) from None
         record = dataclasses.replace(record, received_at=received_at)
     seen: Counter[str] = Counter(name for name, _ in headers or [] if name in (KIND, RECEIVED_AT, META))
@@ -114,11 +116,12 @@ def decode_raw(topic: str, value: bytes, key: bytes | None, headers: Any) -> Raw
     if repeated:
         # Only one copy is read (the last): which kind or time the record has would be a guess,
         # and an empty last copy of the time was 1970 ("forged time" for every event).
-        msg = f"header(s) {', '.join(map(repr, repeated))} given more than once; got {_shown(headers)}"
+        named = ", ".join(f"`{n}`" for n in repeated)
+        msg = f"header(s) {named} given more than once; got {_shown(headers)}"
         raise DecodeError(msg, where=topic)
     if record.received_at == NO_RECEIVED_AT:
         # Taken as 1970, every event of the record was dead-lettered as "forged time".
-        msg = f"header {RECEIVED_AT!r} is missing; got {_shown(headers)}"
+        msg = f"header `{RECEIVED_AT}` is missing; got {_shown(headers)}"
         raise DecodeError(msg, where=topic)
     return record
 

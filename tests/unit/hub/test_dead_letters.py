@@ -24,6 +24,11 @@ from vigil.hub.redrive import INPUT_TOPIC
             "binance/ws_message: Invalid UTF-8 encoded string",
         ),
         ('ingest: item 12 "x" at offset 4096', "ingest: item # … at offset #"),
+        # A header's name is the cause's, not a value: it was quoted, and blanked.
+        (
+            "raw.bitcoin: header `vigil.received_at` is missing; got [('vigil.kind', 'x')]",
+            "raw.bitcoin: header `vigil.received_at` is missing; got [(…, …)]",
+        ),
     ],
 )
 def test_reason_shape(reason: str, shape: str) -> None:

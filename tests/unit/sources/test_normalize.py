@@ -111,14 +111,14 @@ def test_decode_raw_reads_kind_time_and_meta_from_the_headers() -> None:
 
 def test_decode_raw_without_a_receipt_time_names_the_header() -> None:
     # Taken as 1970, every event of the record was dead-lettered as a "forged time".
-    with pytest.raises(DecodeError, match=r"header 'vigil\.received_at' is missing"):
+    with pytest.raises(DecodeError, match=r"header `vigil\.received_at` is missing"):
         decode_raw("raw.bitcoin", b"{}", None, None)
     stamped = [("vigil.received_at", RECEIVED.isoformat().encode())]
     assert decode_raw("raw.bitcoin", b"{}", None, stamped).kind == "unknown"
     # Twice, the last copy empty: it was read as 1970, past the check for a missing one.
-    with pytest.raises(DecodeError, match=r"'vigil\.received_at' given more than once"):
+    with pytest.raises(DecodeError, match=r"`vigil\.received_at` given more than once"):
         decode_raw("raw.bitcoin", b"{}", None, [*stamped, ("vigil.received_at", b"")])
-    with pytest.raises(DecodeError, match=r"'vigil\.kind' given more than once"):
+    with pytest.raises(DecodeError, match=r"`vigil\.kind` given more than once"):
         decode_raw("raw.bitcoin", b"{}", None, [*stamped, ("vigil.kind", b"a"), ("vigil.kind", b"b")])
 
 
@@ -128,7 +128,7 @@ def test_a_receipt_time_with_an_offset_is_taken_in_utc() -> None:
     got = decode_raw("raw.bitcoin", b"{}", None, [("vigil.received_at", b"2026-11-29T17:00:00+05:00:30")])
     assert got.received_at == datetime(2026, 11, 29, 11, 59, 30, tzinfo=UTC)
     assert got.received_at.tzinfo is UTC
-    with pytest.raises(DecodeError, match=r"'vigil\.received_at' is outside the years 1-9999 in UTC"):
+    with pytest.raises(DecodeError, match=r"`vigil\.received_at` is outside the years 1-9999 in UTC"):
         decode_raw("raw.bitcoin", b"{}", None, [("vigil.received_at", b"0001-01-01T00:30:00+01:00")])
 
 
@@ -141,7 +141,7 @@ def test_a_receipt_time_with_an_offset_is_taken_in_utc() -> None:
         ),
         ([("vigil.kind", b"x"), ("vigil.received_at", b"2026-01-01T00:00:00")], "with a zone"),
         ([("vigil.kind", b"x"), ("vigil.meta", b"{not json")], "JSONDecodeError"),
-        ([("vigil.kind", b"x"), ("vigil.meta", b"[1]")], "'vigil.meta' must be a JSON object"),
+        ([("vigil.kind", b"x"), ("vigil.meta", b"[1]")], "`vigil.meta` must be a JSON object"),
         ([("vigil.kind", b"\xff")], "UnicodeDecodeError"),
         # Nested past the fast path, 100,000 deep: a RecursionError stopped the stage.
         ([("vigil.kind", b"x"), ("vigil.meta", b"[" * 100_000)], "RecursionError"),
