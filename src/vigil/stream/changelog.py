@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 
 from confluent_kafka import (
@@ -42,6 +43,7 @@ from vigil.hub.client import (
     watermarks,
 )
 from vigil.hub.topics import TopicSpec
+from vigil.stream.calls import call_aside
 from vigil.stream.collector import collecting_young
 from vigil.stream.state import RocksState
 
@@ -84,10 +86,10 @@ _ASK_RETENTION_AWAY_S = 60.0
 #: How long a restore's start asks for its changelogs' leaders, all together (see
 #: Restorer._know_leaders: only a saving; a local broker answers in milliseconds).
 _LEADERS_ASK_S = 2.0
-#: How long one try at a restore's start asks for its changelogs' end offsets, and how long
-#: after a try left unanswered the next is made (see Restorer._begin): the runtime's loop makes
-#: them, its other partitions processed in between, a stop waiting for one try at most.
-_OFFSETS_ASK_S = 2.0
+#: How long a restore's start waits for each changelog partition's end offsets, and how long
+#: after a round with no answer the next is made (see Restorer._begin: asked on a thread of
+#: their own, the runtime's loop going on meanwhile).
+_OFFSETS_ASK_S = 5.0
 _OFFSETS_RETRY_S = 1.0
 #: How long a restore's start asks for what it can do without (the changelogs' ids, their
 #: retention), both questions together: see Restorer.add.
@@ -179,11 +181,13 @@ class Restorer:
         #: Wall clock (epoch seconds), compared with when a store was last written.
         self.clock: Callable[[], float] = time.time
         self._progress_at = time.monotonic()
-        #: Stores added and not started yet (their changelogs' end offsets not all answered),
-        #: the answers had so far, what asks them, when to ask again, and since when none came.
+        #: Stores added and not started yet (their changelogs' end offsets not answered), the
+        #: round of questions under way (see _begin), when to ask again, and since when no
+        #: round has had an answer.
         self._unbegun: list[RestoreTask] = []
-        self._answered: dict[tuple[str, int], tuple[int, int]] = {}
-        self._offsets: Consumer | None = None
+        self._asking: Future[_Asked] | None = None
+        #: The stores the round under way is for (held: their ids are compared).
+        self._asked: list[RestoreTask] = []
         self._next_begin = 0.0
         self._unanswered_since: float | None = None
 
@@ -204,84 +208,72 @@ class Restorer:
         return list(tasks)
 
     def _begin(self) -> list[RestoreTask]:
-        """Start off the stores added whose changelogs' end offsets the broker answers within a
-        try (``_OFFSETS_ASK_S``); returns those with nothing to read (restored already).  While
-        answers come, the rest are asked at the next step; a try with none is tried again
-        ``_OFFSETS_RETRY_S`` after, and none for ``stall_s`` fails the restore, as a restore
-        that reads nothing does."""
+        """Start off the stores added whose changelogs' end offsets have been answered; returns
+        those with nothing to read (restored already).
+
+        The offsets are asked in rounds, on a thread of their own (:func:`_ask`), each
+        partition waited for up to ``_OFFSETS_ASK_S``: asked on the loop's thread, one partition
+        whose leader was away held the loop, and the partitions the member has, 2 s a try
+        (found in review).  A round that has an answer is followed by the next at once, for the
+        partitions left; a round with none by the next ``_OFFSETS_RETRY_S`` later, the first
+        such round said, and none answered for ``stall_s`` fails the restore, as a restore that
+        reads nothing does."""
         now = time.monotonic()
-        deadline = now + _OFFSETS_ASK_S
-        if self._offsets is None:
-            self._offsets = offsets_consumer(self.settings)
-        # Every partition's offsets, asked one partition after another (see partition_offsets:
-        # about 1 ms a partition from a local broker, a round trip or two from a remote one)
-        # within the try's budget, the answers kept, so a long list is not asked from its start
-        # at every try.  One left unanswered goes to the back of the line: a partition whose
-        # leader is away kept the others from being asked (found in review).
-        answered = 0
-        unanswered: list[tuple[RestoreTask, BrokerUnanswered]] = []
-        for task in self._unbegun:
-            tp = (task.topic, task.partition)
-            left = deadline - time.monotonic()
-            if tp in self._answered:
-                continue
-            if left <= 0:
-                break
-            try:
-                self._answered[tp] = watermarks(self._offsets, TopicPartition(*tp), left)
-                answered += 1
-            except BrokerUnanswered as exc:
-                unanswered.append((task, exc))
-            except BrokerError as exc:
-                msg = f"restoring changelogs: could not read their end offsets: {exc}"
-                raise PipelineError(msg) from exc
-        if unanswered:
-            back = {id(t) for t, _ in unanswered}
-            self._unbegun = [t for t in self._unbegun if id(t) not in back] + [t for t, _ in unanswered]
+        asking = self._asking
+        if asking is None:
+            if now >= self._next_begin:
+                self._asked = list(self._unbegun)
+                tps = list(dict.fromkeys((t.topic, t.partition) for t in self._asked))
+                self._asking = call_aside(lambda: _ask(self.settings, tps), f"{self.app}-restore-offsets")
+            return []
+        if not asking.done():
+            return []
+        self._asking = None
+        try:
+            answered, unanswered = asking.result()
+        except BrokerError as exc:
+            msg = f"restoring changelogs: could not read their end offsets: {exc}"
+            raise PipelineError(msg) from exc
         if answered:
             self._unanswered_since = None
-            self._next_begin = 0.0  # (the rest, if any, at the next step)
+            self._next_begin = 0.0
         elif unanswered:
-            self._unanswered(now, [(t.topic, t.partition) for t, _ in unanswered], unanswered[-1][1])
-        ready = [t for t in self._unbegun if (t.topic, t.partition) in self._answered]
+            self._unanswered(now, sorted(unanswered), unanswered[sorted(unanswered)[0]])
+        # Only the stores the round was for: one revoked and assigned again meanwhile was
+        # another owner's for a while, and its changelog may have grown since it was asked.
+        asked = {id(t) for t in self._asked}
+        self._asked = []
+        ready = [t for t in self._unbegun if id(t) in asked and (t.topic, t.partition) in answered]
         if not ready:
             return []
-        offsets = {(t.topic, t.partition): self._answered[t.topic, t.partition] for t in ready}
+        offsets = {(t.topic, t.partition): answered[t.topic, t.partition] for t in ready}
         reading = {id(t) for t in self._start(ready, offsets)}
         # Out of the line once started (a failure in _start leaves them in it).
-        self._unbegun = [t for t in self._unbegun if (t.topic, t.partition) not in offsets]
-        for tp in offsets:
-            del self._answered[tp]
-        if not self._unbegun:
-            self._close_offsets()
+        started = {id(t) for t in ready}
+        self._unbegun = [t for t in self._unbegun if id(t) not in started]
         return [t for t in ready if id(t) not in reading]
 
     def _unanswered(self, now: float, asked: list[tuple[str, int]], exc: BrokerUnanswered) -> None:
-        """A try at the end offsets with no answer (``asked`` unanswered): said once, tried
-        again, failed past ``stall_s``."""
+        """A round of the end offsets' questions with no answer (``asked`` unanswered): said
+        once, asked again, failed past ``stall_s``."""
         if self._unanswered_since is None:
             self._unanswered_since = now
             log.warning(
                 "restoring %s: no answer yet for the end offsets of %s (%s); asking again every "
                 "%gs, for up to %gs",
                 self.app,
-                sorted(asked),
+                asked,
                 exc,
                 _OFFSETS_RETRY_S,
                 self.stall_s,
             )
         elif now - self._unanswered_since > self.stall_s:
             msg = (
-                f"restoring {sorted(asked)}: no answer for their changelogs' end offsets for "
+                f"restoring {asked}: no answer for their changelogs' end offsets for "
                 f"{self.stall_s:g}s ({exc}; is the broker reachable?)"
             )
             raise PipelineError(msg) from exc
         self._next_begin = time.monotonic() + _OFFSETS_RETRY_S
-
-    def _close_offsets(self) -> None:
-        offsets, self._offsets = self._offsets, None
-        if offsets is not None:
-            offsets.close()
 
     def _start(
         self, tasks: Sequence[RestoreTask], offsets: dict[tuple[str, int], tuple[int, int]]
@@ -451,16 +443,22 @@ class Restorer:
         values make a few records a long write); records read and not applied yet are the next
         step's, which reads nothing new until they are done."""
         started = time.monotonic()
-        begun = self._begin() if self._unbegun and started >= self._next_begin else []
+        begun = self._begin() if self._unbegun else []
+        if self._asking is not None and not self._tasks and timeout_s > 0:
+            # Nothing to read yet: the wait a read would have waited is for the round of
+            # questions under way, whose stores are then started (and read) in this step.
+            wait([self._asking], timeout=timeout_s)
+            begun += self._begin()
         consumer = self._consumer
         if consumer is None or not self._tasks:
-            if self._unbegun and not begun:  # (the wait a read would have waited, not a spin)
+            if self._unbegun and not begun and self._asking is None and timeout_s > 0:
+                # (Until the next round is due, not a spin.)
                 time.sleep(max(0.0, min(timeout_s, self._next_begin - time.monotonic())))
             return begun
         if self._carried:
             msgs, self._carried = self._carried, []
         else:
-            msgs = consumer.consume(max_records, timeout_s)
+            msgs = consumer.consume(max_records, max(0.0, timeout_s - (time.monotonic() - started)))
         #: Changelog partitions read to their end of partition (a set: it can be reported twice).
         ended: set[tuple[str, int]] = set()
         touched: set[tuple[str, int]] = set()
@@ -565,13 +563,10 @@ class Restorer:
 
     def remove(self, states: Sequence[RocksState]) -> None:
         """Stop restoring these stores (their partition was revoked); what was read is applied."""
-        unbegun = [t for t in self._unbegun if any(t.state is s for s in states)]
         self._unbegun = [t for t in self._unbegun if all(t.state is not s for s in states)]
-        for t in unbegun:
-            self._answered.pop((t.topic, t.partition), None)
         if not self._unbegun:
             self._unanswered_since = None
-            self._close_offsets()
+            self._asking, self._asked = None, []  # (a round under way ends on its own; unused)
         gone = [tp for tp, task in self._tasks.items() if any(task.state is s for s in states)]
         for tp in gone:
             self._apply(tp)
@@ -584,8 +579,7 @@ class Restorer:
     def close(self) -> None:
         consumer, self._consumer = self._consumer, None
         self._unbegun.clear()
-        self._answered.clear()
-        self._close_offsets()
+        self._asking, self._asked = None, []  # (a round under way ends on its own, closing its consumer)
         self._tasks.clear()
         self._pending.clear()
         self._pending_bytes.clear()
@@ -614,6 +608,29 @@ class Restorer:
             self._as_of.pop(tp, None)
         if tps and self._consumer is not None:
             self._consumer.incremental_unassign([TopicPartition(t, p) for t, p in tps])
+
+
+#: A round's answers: (low, high) by partition, and why each unanswered one is.
+_Asked = tuple[dict[tuple[str, int], tuple[int, int]], dict[tuple[str, int], BrokerUnanswered]]
+
+
+def _ask(settings: Settings, tps: Sequence[tuple[str, int]]) -> _Asked:
+    """One round of the end offsets' questions (see Restorer._begin), on a consumer of its own,
+    closed after (so a round left running by a closed Restorer ends on its own): every
+    partition asked, up to ``_OFFSETS_ASK_S`` each, however the others fare.  Raises the
+    :class:`BrokerError` of a refusal (not authorised, no such partition)."""
+    consumer = offsets_consumer(settings)
+    answered: dict[tuple[str, int], tuple[int, int]] = {}
+    unanswered: dict[tuple[str, int], BrokerUnanswered] = {}
+    try:
+        for tp in tps:
+            try:
+                answered[tp] = watermarks(consumer, TopicPartition(*tp), _OFFSETS_ASK_S)
+            except BrokerUnanswered as exc:
+                unanswered[tp] = exc
+    finally:
+        consumer.close()
+    return answered, unanswered
 
 
 def _left(deadline: float) -> float:
