@@ -231,14 +231,19 @@ def check_reachable(settings: Settings, timeout: float = 10.0) -> int:
     """Ask the cluster for metadata; returns the broker count or raises BrokerError saying where
     and why (``Connection refused``, ``Failed to resolve``, an authentication failure).
 
-    Given up before ``timeout`` once no waiting can help: at an authentication or TLS failure,
-    and ``_REFUSED_GRACE_S`` after every broker failed the connection (refused, not resolved;
-    a broker starting up gets that long).  A command run with no broker waited the whole 10 s
-    to say "Connection refused" (an operator's-view review)."""
-    errors: list[KafkaError] = []
+    Given up before ``timeout`` once no waiting can help: while every broker has failed the
+    connection (refused, not resolved) since ``_REFUSED_GRACE_S`` ago (a broker starting up
+    gets that long), and at an authentication or TLS failure (with several brokers named, once
+    every broker has failed after it: another may take the client).  A command run with no
+    broker waited the whole 10 s to say "Connection refused" (an operator's-view review)."""
+    errors: list[tuple[float, KafkaError]] = []
     config = settings.kafka_client_config()
+
+    def said(err: KafkaError) -> None:
+        errors.append((time.monotonic(), err))
+
     try:
-        admin = AdminClient({**config, "error_cb": errors.append, "logger": _QUIET})
+        admin = AdminClient({**config, "error_cb": said, "logger": _QUIET})
     except KafkaException as exc:
         # A property librdkafka does not know, or a value it refuses, in kafka_client_options:
         # it was a traceback, quoting the value (the options may hold secrets).
@@ -273,20 +278,17 @@ def check_reachable(settings: Settings, timeout: float = 10.0) -> int:
         else:
             return len(meta.brokers)
         admin.poll(0)
-        codes = {e.code() for e in errors}
-        if codes & _HOPELESS or (
-            KafkaError._ALL_BROKERS_DOWN in codes and time.monotonic() - began >= _REFUSED_GRACE_S
-        ):
+        if _hopeless(errors, time.monotonic(), several=_several(bootstrap)):
             break
     admin.poll(0)
     hint = "" if settings.uses_external_cluster else " (start it with `vigil broker start`)"
     first = kafka_error(failure) if failure is not None else None
-    cause = next((e.str() for e in reversed(errors) if e.code() != KafkaError._ALL_BROKERS_DOWN), None)
+    cause = next((e.str() for _, e in reversed(errors) if e.code() != KafkaError._ALL_BROKERS_DOWN), None)
     why = cause or (first.str() if first is not None else str(failure or "no answer"))
     waited = f"given up after {time.monotonic() - began:.1f}s"
     if failure is not None:
         when = f"within {timeout:g}s"
-    elif {e.code() for e in errors} & _HOPELESS:
+    elif any(e.code() in _HOPELESS for _, e in errors):
         when = f"({waited}: waiting would not help)"
     else:
         when = f"(every broker refused the connection or could not be found: {waited})"
@@ -294,11 +296,32 @@ def check_reachable(settings: Settings, timeout: float = 10.0) -> int:
     raise BrokerError(msg) from None
 
 
+def _hopeless(errors: list[tuple[float, KafkaError]], now: float, *, several: bool) -> bool:
+    """Whether the client's ``errors`` so far (when each was said, and what) leave nothing to
+    wait for (see :func:`check_reachable`).  librdkafka says "all brokers are down" again and
+    again while they are, and has nothing to say when one comes back: every broker is down now
+    if it said so a moment ago, and has been since the grace if it said so then too.  (Judged by
+    its first saying alone, a broker up 0.3 s after a refusal was given up at 2 s: found in
+    review.)"""
+    down = [at for at, err in errors if err.code() == KafkaError._ALL_BROKERS_DOWN]
+    fatal = [at for at, err in errors if err.code() in _HOPELESS]
+    if fatal and (not several or any(at >= fatal[0] for at in down)):
+        return True
+    return bool(down) and down[-1] >= now - _STILL_DOWN_S and down[0] <= now - _REFUSED_GRACE_S
+
+
+def _several(bootstrap: str) -> bool:
+    """Whether a bootstrap list names more than one broker."""
+    return len([b for b in bootstrap.split(",") if b.strip()]) > 1
+
+
 #: How often check_reachable polls the client for errors while its request waits.
 _REACH_POLL_S = 0.1
-#: How long check_reachable waits on once every broker failed the connection (see there).
+#: How long check_reachable waits on once every broker failed the connection (see there), and
+#: how recent librdkafka's last "all brokers are down" must be for them to be down still.
 _REFUSED_GRACE_S = 2.0
-#: Errors no waiting cures: check_reachable gives up at once.
+_STILL_DOWN_S = 0.5
+#: Errors no waiting cures (one broker's: with several named, see _hopeless).
 _HOPELESS = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL})
 
 
