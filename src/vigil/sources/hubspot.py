@@ -37,6 +37,7 @@ import base64
 import hashlib
 import hmac
 import re
+import threading
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -110,8 +111,11 @@ class HubSpotWebhook(WebhookPlatform):
         self.public_url = public_url.rstrip("/") if public_url else None
         self.max_age = max_age
         self.max_remembered = 100_000
-        #: signature -> when it may be forgotten
+        #: signature -> when it may be forgotten; the lock: verify runs on the receiver's worker
+        #: threads, several at once (unlocked, the trimming raised "mutated during iteration",
+        #: a 400 for a genuine delivery, and a replay at the same moment passed: found in review).
         self._seen: OrderedDict[str, datetime] = OrderedDict()
+        self._seen_lock = threading.Lock()
 
     def uri(self, delivery: Delivery) -> str:
         if self.public_url is None:
@@ -156,13 +160,14 @@ class HubSpotWebhook(WebhookPlatform):
         bounded; across processes, stable event ids deduplicate downstream."""
         # Entries are in arrival order, their expiries nearly so: one expiring later at the front
         # only keeps those behind it a little longer (max_remembered bounds them all).
-        seen = self._seen
-        while seen and (next(iter(seen.values())) < now or len(seen) >= self.max_remembered):
-            seen.popitem(last=False)
-        if signature in seen:
-            return True
-        seen[signature] = max(now, sent) + self.max_age
-        return False
+        with self._seen_lock:
+            seen = self._seen
+            while seen and (next(iter(seen.values())) < now or len(seen) >= self.max_remembered):
+                seen.popitem(last=False)
+            if signature in seen:
+                return True
+            seen[signature] = max(now, sent) + self.max_age
+            return False
 
     def key(self, delivery: Delivery) -> bytes | None:
         try:

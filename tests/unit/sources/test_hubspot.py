@@ -6,6 +6,9 @@ import base64
 import hashlib
 import hmac
 import json
+import sys
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -314,3 +317,48 @@ def test_an_audit_record_without_an_ip_names_none_and_blank_object_ids_are_left_
     assert event.entities.ip is None
     assert (event.payload.customer_ids, event.payload.record_count) == (["901", "902"], 2)
     assert decode_event(encode(event)) == event
+
+
+def test_the_replay_memory_takes_verifications_from_many_threads_at_once() -> None:
+    # The receiver verifies on worker threads, several at once: unlocked, the trimming raised
+    # "mutated during iteration" (a 400 for a genuine delivery) and a replay sent at the same
+    # moment passed (found in review).
+    now = datetime.now(UTC)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # (threads switched as often as can be: the race shows at once)
+    try:
+        _race_the_replay_memory(now)
+    finally:
+        sys.setswitchinterval(switch)
+
+
+def _race_the_replay_memory(now: datetime) -> None:
+    def race(hook: HubSpotWebhook, signatures: Callable[[int], list[str]]) -> list[str]:
+        """Each of 8 threads verifies its ``signatures(i)`` at once; the ones taken as new."""
+        firsts: list[str] = []
+        errors: list[BaseException] = []
+        start = threading.Barrier(8)
+
+        def verify_all(i: int) -> None:
+            start.wait()
+            try:
+                firsts.extend(s for s in signatures(i) if not hook._replayed(s, now, now))
+            except BaseException as exc:  # (the test's to see)
+                errors.append(exc)
+
+        threads = [threading.Thread(target=verify_all, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        return firsts
+
+    # The same 2,000 signatures from every thread: each taken as new once, the rest replays.
+    same = race(HubSpotWebhook(SECRET), lambda _: [f"sig-{n}" for n in range(2000)])
+    assert sorted(same) == sorted(f"sig-{n}" for n in range(2000))
+    # Trimmed all along (a bound of 500): no error, every signature new.
+    trimmed = HubSpotWebhook(SECRET)
+    trimmed.max_remembered = 500
+    own = race(trimmed, lambda i: [f"sig-{i}-{n}" for n in range(5000)])
+    assert len(own) == 40_000
