@@ -910,7 +910,9 @@ class BackendIngestSource(Source):
         self.drained: bool | None = None
 
     def listening(self, timeout: float) -> str | None:
-        return f"http://{self.host}:{self.port}/v1/events" if self.ready.wait(timeout) else None
+        # (Not while stopping: its start-up ends early then, and ``ready`` is set anyway.)
+        ready = self.ready.wait(timeout) and self.running
+        return f"http://{self.host}:{self.port}/v1/events" if ready else None
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: str) -> BackendIngestSource:

@@ -466,8 +466,8 @@ class SyslogSource(Source):
         self._queue.close()
 
     def listening(self, timeout: float) -> str | None:
-        if not self.ready.wait(timeout):
-            return None
+        if not self.ready.wait(timeout) or not self.bound or not self.running:
+            return None  # (not yet, nothing bound with both ports off, or stopping)
         bound = sorted(self.bound.items(), reverse=True)  # (udp, then tcp)
         return ", ".join(f"{proto} {self.host}:{port}" for proto, port in bound)
 
