@@ -105,7 +105,8 @@ MAX_LOOKBACK = timedelta(days=90)
 SEEN_AT_MOST = 1_000
 PENDING_AT_MOST = 5_000
 #: Ids (with their times) the cursor keeps of the results published within ``settle`` before
-#: ``at`` (see the module): at most about 150 KB of cursor.
+#: ``at`` (see the module): about 200 KB of cursor with ids of 64 characters (HubSpot's are
+#: digits; one of other characters is kept as a hash, see _id_key).
 RECENT_AT_MOST = 2_000
 #: How late after its time HubSpot may write a result and still have it published (``settle``).
 DEFAULT_SETTLE = timedelta(minutes=10)
@@ -360,8 +361,7 @@ class HubSpotAuditSource(Source):
                 if next_after is None:
                     # The poll's end: ``at`` and ``seen`` move (written even without records, as
                     # ``pending`` goes; nothing at all when the cursor stays as it was).
-                    covers = max(since, (newest or at) - self.settle)
-                    kept = _recent({**recent, **times}, covers)
+                    kept, covers = _recent({**recent, **times}, max(since, (newest or at) - self.settle))
                     cursor = _cursor(at, seen, newest, at_newest, recent=kept, covered=covers)
                     if records or cursor != self._cursor:
                         self._publish(sink, records, cursor)
@@ -611,9 +611,11 @@ def _parse(body: bytes, where: str) -> tuple[list[tuple[bytes, str, datetime]], 
 
 def _id_key(value: str | int) -> str:
     """The id as the cursor keeps it: bounded, so a long id cannot grow the cursor past Kafka's
-    limit (a hash of it then: the same id gives the same key)."""
+    limit (a hash of it then: the same id gives the same key).  Printable ASCII alone is kept
+    as it is: 64 characters of another kind took up to 12 bytes each in the cursor's JSON
+    (escaped), past the 1 MB of a record (found in review)."""
     text = str(value)
-    if len(text) <= _ID_CHARS_KEPT:
+    if len(text) <= _ID_CHARS_KEPT and text.isascii() and text.isprintable():
         return text
     return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -666,12 +668,27 @@ def _cursor(
     return {"v": 2, "at": _iso(newest), "seen": list(dict.fromkeys(keys))[-SEEN_AT_MOST:], **tail}
 
 
-def _recent(times: dict[str, datetime], since: datetime) -> dict[str, datetime]:
-    """The ids (and times) of ``times`` dated ``since`` or later, the newest
-    :data:`RECENT_AT_MOST` of them (past that, the oldest are forgotten: published again if
-    HubSpot still returns them, under the same event ids)."""
+def _recent(times: dict[str, datetime], since: datetime) -> tuple[dict[str, datetime], datetime]:
+    """The ids (and times) of ``times`` dated ``since`` or later, and the time from which they
+    are all there.  Past :data:`RECENT_AT_MOST` of them, the newest are kept (and every one at
+    the oldest time kept), and that time is where the next poll's window begins: the ids
+    forgotten were asked for and published again at every poll until ``at`` moved past them,
+    on a quiet account after a burst never (found in review); a result HubSpot writes that late
+    and dated before it is then not asked for again (warned of)."""
     kept = sorted(((when, key) for key, when in times.items() if when >= since), reverse=True)
-    return {key: when for when, key in kept[:RECENT_AT_MOST]}
+    if len(kept) > RECENT_AT_MOST:
+        oldest = kept[RECENT_AT_MOST - 1][0]
+        log.warning(
+            "%s: %d results within settle of the newest, over the %d the cursor keeps: results "
+            "written late are asked for from %s only",
+            SOURCE,
+            len(kept),
+            RECENT_AT_MOST,
+            _iso(oldest),
+        )
+        kept = [(when, key) for when, key in kept if when >= oldest]
+        since = max(since, oldest)
+    return {key: when for when, key in kept}, since
 
 
 def _recent_read(value: object) -> dict[str, datetime] | None:

@@ -331,6 +331,38 @@ def test_a_result_written_late_is_published_within_settle_and_not_past_it() -> N
     assert Counter(ids_in(sink.records)).most_common(1)[0][1] == 1
 
 
+def test_past_the_ids_the_cursor_keeps_the_window_shrinks_rather_than_publish_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Past RECENT_AT_MOST results within settle (a burst of failed logins), the ids forgotten
+    # were asked for and published again at every poll while ``at`` did not move (found in
+    # review): the next window begins at the oldest id kept instead, and that is said.
+    monkeypatch.setattr(hubspot_audit, "RECENT_AT_MOST", 20)
+    burst = results(50, step=timedelta(seconds=2))
+    api = FakeHubSpot(burst)
+    with serving(api.answer) as base:
+        sink = memory_sink()
+        assert source(base).poll_once(sink) == 50
+        with caplog.at_level("WARNING", logger="vigil.sources.hubspot_audit"):
+            for _ in range(3):
+                assert source(base).poll_once(sink) == 0
+    assert sorted(ids_in(sink.records)) == sorted(r["id"] for r in burst)  # each once
+    cursor = sink.cursors[SOURCE_ID]
+    assert len(cursor["recent"]) == 20
+    assert cursor["since"] == cursor["recent"][0][1]  # (from the oldest kept)
+    assert any("over the 20 the cursor keeps" in r.getMessage() for r in caplog.records)
+
+
+def test_an_id_of_other_characters_than_printable_ascii_is_kept_as_a_hash() -> None:
+    # 64 characters of another kind took up to 12 bytes each in the cursor's JSON (found in review).
+    assert hubspot_audit._id_key(123456789) == "123456789"
+    assert hubspot_audit._id_key("a" * 64) == "a" * 64
+    for odd in ("\U0001f600" * 64, "\x01" * 10, "a" * 65):
+        key = hubspot_audit._id_key(odd)
+        assert key.startswith("sha256:")
+        assert key == hubspot_audit._id_key(odd)  # (the same id, the same key)
+
+
 def test_a_cursor_written_before_settle_resumes_without_publishing_again() -> None:
     # Version 1 of the cursor has no ``recent``: what it published before ``at`` is not asked
     # again (it would all come twice), and the cursor written after is version 2.
