@@ -298,8 +298,8 @@ class Restorer:
         }
         # One budget for both, short: asked inside the assignment callback (as they were), 30 s
         # each held `consume` with the broker frozen, past the session's timeout (found in
-        # review, 2026-12-06); in the loop now, still what it waits for.  Unanswered, each has
-        # its fallback.
+        # review, 2026-12-06).  Asked by the loop now, just after the end offsets were answered,
+        # and unanswered, each has its fallback.
         asked_until = time.monotonic() + _DESCRIBE_ASK_S
         horizons = _horizons(self._admin, sorted(away), asked_until) if away else {}
         ids = _topic_ids(self._admin, sorted({t.topic for t in tasks}), asked_until)
