@@ -92,7 +92,7 @@ _LEADERS_ASK_S = 2.0
 _OFFSETS_ASK_S = 5.0
 _OFFSETS_RETRY_S = 1.0
 #: How long a restore's start asks for what it can do without (the changelogs' ids, their
-#: retention), both questions together: see Restorer.add.
+#: retention), both questions together: see _ask.
 _DESCRIBE_ASK_S = 10.0
 _LEAST_ASK_S = 0.1
 #: The longest a transaction can stay open (Kafka's transaction.max.timeout.ms default, 15 min,
@@ -164,7 +164,6 @@ class Restorer:
         self.stall_s = stall_s
         self.applied = 0
         self._consumer: Consumer | None = None
-        self._admin: AdminClient | None = None
         self._tasks: dict[tuple[str, int], RestoreTask] = {}
         self._pending: dict[tuple[str, int], list[tuple[bytes, bytes | None]]] = {}
         self._pending_bytes: dict[tuple[str, int], int] = {}
@@ -222,15 +221,20 @@ class Restorer:
         asking = self._asking
         if asking is None:
             if now >= self._next_begin:
-                self._asked = list(self._unbegun)
-                tps = list(dict.fromkeys((t.topic, t.partition) for t in self._asked))
-                self._asking = call_aside(lambda: _ask(self.settings, tps), f"{self.app}-restore-offsets")
+                self._asked = asked = list(self._unbegun)
+                tps = list(dict.fromkeys((t.topic, t.partition) for t in asked))
+                # Stores back after a long time away (see _too_old): their topics' retention is
+                # asked only then (one request), not on every restart.
+                away = sorted({t.topic for t in asked if _away(t, self.clock())})
+                self._asking = call_aside(
+                    lambda: _ask(self.settings, tps, away), f"{self.app}-restore-offsets"
+                )
             return []
         if not asking.done():
             return []
         self._asking = None
         try:
-            answered, unanswered = asking.result()
+            answered, unanswered, ids, horizons = asking.result()
         except BrokerError as exc:
             msg = f"restoring changelogs: could not read their end offsets: {exc}"
             raise PipelineError(msg) from exc
@@ -241,13 +245,13 @@ class Restorer:
             self._unanswered(now, sorted(unanswered), unanswered[sorted(unanswered)[0]])
         # Only the stores the round was for: one revoked and assigned again meanwhile was
         # another owner's for a while, and its changelog may have grown since it was asked.
-        asked = {id(t) for t in self._asked}
+        for_them = {id(t) for t in self._asked}
         self._asked = []
-        ready = [t for t in self._unbegun if id(t) in asked and (t.topic, t.partition) in answered]
+        ready = [t for t in self._unbegun if id(t) in for_them and (t.topic, t.partition) in answered]
         if not ready:
             return []
         offsets = {(t.topic, t.partition): answered[t.topic, t.partition] for t in ready}
-        reading = {id(t) for t in self._start(ready, offsets)}
+        reading = {id(t) for t in self._start(ready, offsets, ids, horizons)}
         # Out of the line once started (a failure in _start leaves them in it).
         started = {id(t) for t in ready}
         self._unbegun = [t for t in self._unbegun if id(t) not in started]
@@ -276,12 +280,15 @@ class Restorer:
         self._next_begin = time.monotonic() + _OFFSETS_RETRY_S
 
     def _start(
-        self, tasks: Sequence[RestoreTask], offsets: dict[tuple[str, int], tuple[int, int]]
+        self,
+        tasks: Sequence[RestoreTask],
+        offsets: dict[tuple[str, int], tuple[int, int]],
+        ids: dict[str, str],
+        horizons: dict[str, float],
     ) -> list[RestoreTask]:
-        """Start reading the changelogs of ``tasks``, whose (low, high) offsets are ``offsets``;
-        returns those with records to read."""
-        if self._admin is None:
-            self._admin = make_admin(self.settings)
+        """Start reading the changelogs of ``tasks``, whose (low, high) offsets are ``offsets``,
+        their topics' ids ``ids`` and how long a store may be away from them ``horizons`` (those
+        answered: see _ask); returns those with records to read."""
         reading: list[RestoreTask] = []
         assign: list[TopicPartition] = []
         now = self.clock()
@@ -289,20 +296,6 @@ class Restorer:
         recorded = [
             (task, task.state.changelog_offset(), task.state.changelog_written_at()) for task in tasks
         ]
-        # Stores back after a long time away (see _too_old): the topics' retention is asked only
-        # then (one request), not on every restart.
-        away = {
-            task.topic
-            for task, start, written in recorded
-            if start is not None and now - (written or 0.0) > _ASK_RETENTION_AWAY_S
-        }
-        # One budget for both, short: asked inside the assignment callback (as they were), 30 s
-        # each held `consume` with the broker frozen, past the session's timeout (found in
-        # review, 2026-12-06).  Asked by the loop now, just after the end offsets were answered,
-        # and unanswered, each has its fallback.
-        asked_until = time.monotonic() + _DESCRIBE_ASK_S
-        horizons = _horizons(self._admin, sorted(away), asked_until) if away else {}
-        ids = _topic_ids(self._admin, sorted({t.topic for t in tasks}), asked_until)
         for task, start, written in recorded:
             low, high = offsets[task.topic, task.partition]
             if start is None and task.state.holds_data():
@@ -610,15 +603,33 @@ class Restorer:
             self._consumer.incremental_unassign([TopicPartition(t, p) for t, p in tps])
 
 
-#: A round's answers: (low, high) by partition, and why each unanswered one is.
-_Asked = tuple[dict[tuple[str, int], tuple[int, int]], dict[tuple[str, int], BrokerUnanswered]]
+#: A round's answers: (low, high) by partition, why each unanswered one is, the answered
+#: partitions' topics' ids, and how long a store may be away from those of ``away`` (see _ask).
+_Asked = tuple[
+    dict[tuple[str, int], tuple[int, int]],
+    dict[tuple[str, int], BrokerUnanswered],
+    dict[str, str],
+    dict[str, float],
+]
 
 
-def _ask(settings: Settings, tps: Sequence[tuple[str, int]]) -> _Asked:
-    """One round of the end offsets' questions (see Restorer._begin), on a consumer of its own,
-    closed after (so a round left running by a closed Restorer ends on its own): every
-    partition asked, up to ``_OFFSETS_ASK_S`` each, however the others fare.  Raises the
-    :class:`BrokerError` of a refusal (not authorised, no such partition)."""
+def _away(task: RestoreTask, now: float) -> bool:
+    """Whether ``task``'s store was last current longer ago than ``_ASK_RETENTION_AWAY_S``
+    (``now``: the wall clock), so that its changelog's retention is to be asked."""
+    if task.state.changelog_offset() is None:
+        return False
+    return now - (task.state.changelog_written_at() or 0.0) > _ASK_RETENTION_AWAY_S
+
+
+def _ask(settings: Settings, tps: Sequence[tuple[str, int]], away: Sequence[str]) -> _Asked:
+    """One round of a restore's questions (see Restorer._begin), with clients of its own, the
+    consumer closed after (so a round left running by a closed Restorer ends on its own): every
+    partition's end offsets, up to ``_OFFSETS_ASK_S`` each, however the others fare; then, of
+    the partitions answered, their topics' ids and, for the topics in ``away``, their retention,
+    in one ``_DESCRIBE_ASK_S`` budget (unanswered, each has its fallback: see _topic_ids,
+    _horizons).  Raises the :class:`BrokerError` of a refusal (not authorised, no such
+    partition).  (Made on the loop's thread, one frozen partition held the loop 2 s a try, and
+    the optional questions up to 10 s more: found in review.)"""
     consumer = offsets_consumer(settings)
     answered: dict[tuple[str, int], tuple[int, int]] = {}
     unanswered: dict[tuple[str, int], BrokerUnanswered] = {}
@@ -630,7 +641,14 @@ def _ask(settings: Settings, tps: Sequence[tuple[str, int]]) -> _Asked:
                 unanswered[tp] = exc
     finally:
         consumer.close()
-    return answered, unanswered
+    if not answered:
+        return answered, unanswered, {}, {}
+    topics = sorted({topic for topic, _ in answered})
+    admin = make_admin(settings)
+    asked_until = time.monotonic() + _DESCRIBE_ASK_S
+    horizons = _horizons(admin, [t for t in away if t in topics], asked_until) if away else {}
+    ids = _topic_ids(admin, topics, asked_until)
+    return answered, unanswered, ids, horizons
 
 
 def _left(deadline: float) -> float:

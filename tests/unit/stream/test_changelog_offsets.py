@@ -27,9 +27,8 @@ from vigil.stream.base import StoreSpec
 from vigil.stream.changelog import Restorer, RestoreTask
 from vigil.stream.state import RocksState
 
-#: A changelog partition: topic and number; its low and high offsets.
+#: A changelog partition: topic and number.
 TP = tuple[str, int]
-Offsets = tuple[int, int]
 
 
 class Answers:
@@ -283,11 +282,12 @@ def test_a_partition_left_unanswered_does_not_keep_the_others_from_being_asked(
     # after it were never asked, and the error named them as unanswered (found in review).
     monkeypatch.setattr(changelog, "_OFFSETS_ASK_S", 0.3)
     monkeypatch.setattr(changelog, "_OFFSETS_RETRY_S", 0.05)
+    monkeypatch.setattr(changelog, "_DESCRIBE_ASK_S", 0.2)  # (the topics' ids: no broker here)
     consumers.fresh = lambda: Answers({0: [KafkaError._TIMED_OUT] * 1000})
-    started: list[dict[TP, Offsets]] = []
+    started: list[dict[TP, tuple[int, int]]] = []
 
     def start(
-        self: Restorer, tasks: list[RestoreTask], offsets: dict[TP, tuple[int, int]]
+        self: Restorer, tasks: list[RestoreTask], offsets: dict[TP, tuple[int, int]], *_: object
     ) -> list[RestoreTask]:
         # (Reading the changelogs is the real broker's tests'.)  Nothing to read: all restored.
         assert [(t.topic, t.partition) for t in tasks] == list(offsets)
