@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from tests.hostile_outputs import SEQUENCES, drainer_alert_and_hold
 from tests.integration.kafka_read import START_S, wait_for
 from tests.loopback import ErrorNode
 from typer.testing import CliRunner
@@ -28,15 +29,13 @@ from vigil.cli.demo import _AlertWatcher
 from vigil.config import Settings
 from vigil.events.codec import EventCodec, encode
 from vigil.events.examples import example_events
-from vigil.events.types import Alert, AlertPayload, ChainTransfer, Decision, DecisionPayload, EntityRef
+from vigil.events.types import ChainTransfer
 from vigil.hub.admin import ensure_topics
 from vigil.hub.client import EventProducer, make_admin, make_producer, watermarks
 from vigil.hub.topics import TOPICS, TopicSpec
 
 REPO = Path(__file__).resolve().parents[2]
 
-#: Clears the screen, opens a hyperlink to evil.example (OSC 8), and hides what follows.
-SEQUENCES = "\x1b[2J\x1b]8;;https://evil.example/\x1b\\click\x1b]8;;\x1b\\\x1b[8m"
 #: C1 CSI (a terminal reads it as ESC [) and a right-to-left override.
 C1_AND_BIDI = "\x9b2J\u202eexe.txt"
 
@@ -168,36 +167,12 @@ def test_demo_prints_alerts_and_decisions_entity_ids_as_text(
         settings, [TopicSpec(name=t, key="k", value="raw", description="d") for t in (alerts, decisions)]
     )
     now = datetime.now(UTC)
-    entity = EntityRef(kind="wallet", id=f"0xabc{SEQUENCES}{C1_AND_BIDI}")
-    alert = Alert(
-        event_id=f"al-{uuid.uuid4().hex}",
-        source="test",
-        occurred_at=now,
-        payload=AlertPayload(
-            rule_id="drainer-approval",
-            rule_version=1,
-            severity="high",
-            score=90,
-            entity=entity,
-            explanation=f"approved a drainer named {SEQUENCES} [link=https://evil.example/]x[/link]",
-            typology="drainer",
-            first_evidence_at=now,
-            last_evidence_at=now,
-        ),
-    )
-    decision = Decision(
-        event_id=f"de-{uuid.uuid4().hex}",
-        source="test",
-        occurred_at=now,
-        payload=DecisionPayload(
-            action="hold_withdrawal",
-            entity=entity,
-            rule_id="drainer-approval",
-            alert_id=alert.event_id,
-            reason="r",
-            withdrawal_id="wd-1",
-            expires_at=now + timedelta(hours=24),
-        ),
+    alert, decision = drainer_alert_and_hold(
+        now,
+        entity_id=f"0xabc{SEQUENCES}{C1_AND_BIDI}",
+        alert_id=f"al-{uuid.uuid4().hex}",
+        decision_id=f"de-{uuid.uuid4().hex}",
+        expires_at=now + timedelta(hours=24),
     )
     producer = EventProducer(settings)
     producer.produce(alert, topic=alerts)

@@ -8,15 +8,13 @@ from datetime import UTC, datetime
 
 import msgspec
 from rich.console import Console
+from tests.hostile_outputs import SEQUENCES, drainer_alert_and_hold
 
 from vigil.cli.topics import declared_as, record_text
 from vigil.events.codec import EventCodec, encode
 from vigil.events.examples import example_events
-from vigil.events.types import Alert, AlertPayload, Decision, DecisionPayload, EntityRef, Login
+from vigil.events.types import Alert, Decision, Login
 from vigil.hub.topics import TOPICS
-
-#: Clears the screen, opens a hyperlink to evil.example (OSC 8), and hides what follows.
-SEQUENCES = "\x1b[2J\x1b]8;;https://evil.example/\x1b\\click\x1b]8;;\x1b\\\x1b[8m"
 
 
 def _printed(markup: str) -> str:
@@ -94,40 +92,13 @@ def test_a_tombstone_is_shown_as_a_deletion_not_as_a_bad_record() -> None:
 
 def _alert_and_decision() -> tuple[Alert, Decision]:
     """An alert and its hold, on an entity and with an explanation an attacker chose."""
-    at = datetime(2026, 11, 29, 5, 27, 3, tzinfo=UTC)
-    entity = EntityRef(kind="wallet", id=f"0xabc{SEQUENCES}")
-    alert = Alert(
-        event_id="alert-2a228e4f5b6c9d0e",
-        source="test",
-        occurred_at=at,
-        payload=AlertPayload(
-            rule_id="drainer-approval",
-            rule_version=1,
-            severity="high",
-            score=90,
-            entity=entity,
-            explanation=f"approved a drainer named {SEQUENCES} [link=https://evil.example/]x[/link]",
-            typology="drainer",
-            first_evidence_at=at,
-            last_evidence_at=at,
-            detection_latency_ms=412.0,
-        ),
+    return drainer_alert_and_hold(
+        datetime(2026, 11, 29, 5, 27, 3, tzinfo=UTC),
+        entity_id=f"0xabc{SEQUENCES}",
+        alert_id="alert-2a228e4f5b6c9d0e",
+        decision_id="decision-1",
+        latency_ms=412.0,
     )
-    decision = Decision(
-        event_id="decision-1",
-        source="test",
-        occurred_at=at,
-        payload=DecisionPayload(
-            action="hold_withdrawal",
-            entity=entity,
-            rule_id="drainer-approval",
-            alert_id=alert.event_id,
-            reason="r",
-            withdrawal_id="wd-1",
-            expires_at=None,
-        ),
-    )
-    return alert, decision
 
 
 def test_alerts_and_decisions_print_as_an_analyst_reads_them_unless_json_is_asked() -> None:

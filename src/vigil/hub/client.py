@@ -12,11 +12,9 @@ import inspect
 import logging
 import operator
 import re
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -34,6 +32,7 @@ from vigil.config import Settings, classic_group_refusal
 from vigil.errors import BrokerError, BrokerUnanswered, ConfigError, ContractError, chained
 from vigil.events.base import Event
 from vigil.events.codec import encode
+from vigil.hub.aside import call_aside
 from vigil.hub.topics import TOPICS, TopicRegistry
 
 #: For a consumer that reads a backlog to its end as fast as it can take it (restoring a
@@ -256,15 +255,7 @@ def check_reachable(settings: Settings, timeout: float = 10.0) -> int:
     # The request waits on a thread of its own, this one polling the client for its errors
     # meanwhile (they reach error_cb only when it is polled).  Left running when given up: the
     # command is about to stop, and a client cannot be closed under a call.
-    answer: Future[Any] = Future()
-
-    def ask() -> None:
-        try:
-            answer.set_result(admin.list_topics(timeout=timeout))
-        except BaseException as exc:  # (handed to the caller)
-            answer.set_exception(exc)
-
-    threading.Thread(target=ask, name="vigil-reachable", daemon=True).start()
+    answer = call_aside(lambda: admin.list_topics(timeout=timeout), "vigil-reachable")
     began = time.monotonic()
     failure: KafkaException | None = None
     while True:

@@ -282,7 +282,8 @@ def create_app(
 
     async def publish(record: RawRecord, deadline: float) -> None:
         """``record`` into Kafka by ``deadline`` (``time.monotonic``), or BrokerError."""
-        lock = publishing.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+        loop = asyncio.get_running_loop()
+        lock = publishing.get(loop) or publishing.setdefault(loop, asyncio.Lock())
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await lock.acquire()

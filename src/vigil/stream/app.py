@@ -197,6 +197,7 @@ from vigil.events.codec import EventCodec, encode, escaped, inert, too_deep
 from vigil.events.ids import stable_hash
 from vigil.events.records import DeadLetter
 from vigil.hub.admin import ensure_topics
+from vigil.hub.aside import call_aside
 from vigil.hub.client import (
     BACKLOG_READER,
     UnreadableHeaders,
@@ -212,7 +213,7 @@ from vigil.hub.topics import TOPIC_NAME, TOPIC_NAME_MAX, TOPICS, TopicSpec
 from vigil.stream.alignment import REPLAY_BEHIND_S, TP, Alignment
 from vigil.stream.attempt import Attempt, attempt
 from vigil.stream.base import Guarantee, Operator, Record, State, StoreSpec, shared_stores
-from vigil.stream.calls import CallThread, call_aside
+from vigil.stream.calls import CallThread
 from vigil.stream.changelog import (
     CHANGELOG_MAX_BYTES,
     STATE_RECORD_MAX_BYTES,
@@ -3349,7 +3350,7 @@ class Application:
     def _asked(self, what: str, call: Callable[[], _T], *, holds_id: bool = False) -> _T:
         """Make ``call``, a blocking call that asks the broker outside a checkpoint (at the start:
         the topics, a transactional producer's ``init_transactions``; a producer renewed), on a
-        thread of its own (:func:`vigil.stream.calls.call_aside`), and wait for it in slices.  A
+        thread of its own (:func:`vigil.hub.aside.call_aside`), and wait for it in slices.  A
         stop is taken at once, the call given up and raised as a retriable timeout (nothing is
         lost: what it was for is not needed once stopping); made on the loop's thread, each of
         these held a stop up to its 30 s with the broker frozen, one after the other (found in

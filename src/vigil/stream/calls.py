@@ -21,34 +21,10 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TypeVar
+
+from vigil.hub.aside import make_into
 
 _Call = tuple[Callable[[], None], "Future[None]"]
-T = TypeVar("T")
-
-
-def call_aside(call: Callable[[], T], name: str) -> Future[T]:
-    """``call`` made on a daemon thread of its own, started now; its future has its outcome.
-    For a call that asks the broker outside the checkpoints (a start's topics and producers,
-    a producer renewed), waited for in slices so that a stop is taken at once: made on the
-    loop's thread, each held a stop up to its 30 s timeout with the broker frozen (found in
-    review, 2026-12-06).  A call given up is left to end on its own (a producer's start keeps
-    its transactional id's instance slot until then: Application._release_slot)."""
-    future: Future[T] = Future()
-    threading.Thread(target=_make, args=(call, future), name=name, daemon=True).start()
-    return future
-
-
-def _make(call: Callable[[], T], future: Future[T]) -> None:
-    """Make ``call``, its outcome into ``future`` (unless the future was cancelled)."""
-    if not future.set_running_or_notify_cancel():
-        return
-    try:
-        result = call()
-    except BaseException as exc:  # the caller's to see, whatever it is
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
 
 
 class CallThread:
@@ -75,4 +51,4 @@ class CallThread:
             item = self._calls.get()
             if item is None:
                 return
-            _make(*item)
+            make_into(*item)

@@ -34,6 +34,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 from vigil.config import Settings
 from vigil.errors import BrokerError, BrokerUnanswered, PipelineError
 from vigil.events.codec import inert
+from vigil.hub.aside import call_aside
 from vigil.hub.client import (
     BACKLOG_READER,
     make_admin,
@@ -43,7 +44,6 @@ from vigil.hub.client import (
     watermarks,
 )
 from vigil.hub.topics import TopicSpec
-from vigil.stream.calls import call_aside
 from vigil.stream.collector import collecting_young
 from vigil.stream.state import RocksState
 
