@@ -23,6 +23,7 @@ from confluent_kafka.admin import (
     NewPartitions,
     ResourceType,
 )
+from tests.integration.kafka_read import wait_for
 
 from vigil.config import Settings
 from vigil.errors import BrokerError
@@ -152,6 +153,13 @@ def test_settings_that_lose_data_are_compared_and_warned_of_at_start(
         )
         for future in admin.incremental_alter_configs([resource]).values():
             future.result(timeout=30)
+        # (The broker applies a change once its metadata record reaches it: described at once,
+        # the topic still said -1 once in CI.)
+        wait_for(
+            lambda: topic_admin.describe_live(admin, [name])[name].config["retention.bytes"] == "1024",
+            30,
+            "the broker to apply retention.bytes 1024",
+        )
         (diff,) = topic_admin.plan([declared], topic_admin.describe_live(admin, [name]), settings)
         assert diff.config_changes == {"retention.bytes": ("1024", "-1")}
         with caplog.at_level(logging.INFO, logger="vigil.hub.admin"):
