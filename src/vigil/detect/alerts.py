@@ -133,7 +133,11 @@ def explain(rule: Rule, hit: Hit) -> str:
         ctx["first_at"] = _iso(hit.evidence[0][2])
         ctx["last_at"] = _iso(hit.evidence[-1][2])
     # format_map over a plain-name template (validated at load) cannot reach attributes.
-    return rule.explanation.strip().format_map(ctx)
+    text = rule.explanation.strip().format_map(ctx)
+    if hit.note is not None:
+        template, value = hit.note
+        text += " " + template.format(as_data(value))
+    return text
 
 
 def _grouped(number: re.Match[str]) -> str:

@@ -12,11 +12,14 @@ it was made against, which the alert records as ``intel_version``.
 
 Values are normalised the way events carry them: EVM and bech32 addresses and domains
 lower-case, other values (base58 addresses, IPs) as given.  Millions of indicators are one
-dict each (a few hundred bytes per entry).
+dict each (a few hundred bytes per entry).  A Bitcoin Cash address matches in either spelling,
+CashAddr or legacy, whichever the list gives (:func:`~vigil.events.addresses.other_spelling`):
+the OFAC list gives most as CashAddr, a customer's wallet may show the legacy one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import json
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from vigil.events.addresses import canonical_address
+from vigil.events.addresses import canonical_address, other_spelling
 from vigil.events.base import Entities
 from vigil.events.domains import domain_to_ascii, email_to_ascii
 from vigil.events.ids import stable_id
@@ -46,6 +49,10 @@ class IndicatorEntry:
     stix_id: str | None = None
     #: The indicator's start (STIX ``valid_from``): no event before it matches (see lookup).
     valid_from: datetime | None = None
+    #: Set on a match made through another spelling of the value looked up: the spelling the
+    #: list gives (a Bitcoin Cash address listed as CashAddr, looked up in its legacy spelling,
+    #: or the other way round; see lookup).
+    listed_as: str | None = None
 
     @property
     def version(self) -> str:
@@ -152,6 +159,8 @@ class IntelIndex:
         #: How many networks of each (version, prefix length) are listed, and those sizes in order.
         self._size_counts: dict[tuple[int, int], int] = {}
         self._sizes: list[tuple[int, int]] = []
+        #: A listed Bitcoin Cash address's other spelling -> the listed key (see lookup).
+        self._spellings: dict[str, str] = {}
         self.updates = 0
 
     def clear(self) -> None:
@@ -162,12 +171,14 @@ class IntelIndex:
         self._networks.clear()
         self._size_counts.clear()
         self._sizes = []
+        self._spellings.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def __contains__(self, value: str) -> bool:
-        return normalise(value) in self._entries
+        key = normalise(value)
+        return key in self._entries or key in self._spellings
 
     @property
     def version(self) -> str:
@@ -182,6 +193,9 @@ class IntelIndex:
             if network is not None:
                 self._networks[network] = key
                 self._count_size(network[:2], 1)
+            other = other_spelling(key)
+            if other is not None:
+                self._spellings[other] = key
             return
         # A copy (see the class).
         self._entries[key] = {**listings, _listing(entry.feed, entry.stix_id): entry}
@@ -212,6 +226,9 @@ class IntelIndex:
         network = _network(key)
         if network is not None and self._networks.pop(network, None) is not None:
             self._count_size(network[:2], -1)
+        other = other_spelling(key) if self._spellings else None
+        if other is not None and self._spellings.get(other) == key:
+            del self._spellings[other]
         return True
 
     def apply(self, indicator: IntelIndicator, now: datetime | None = None) -> None:
@@ -335,12 +352,22 @@ class IntelIndex:
         matches what matched then), nor one whose ``valid_from`` is after it (an indicator
         announced ahead, or a backfill of events from before it took effect).  ``categories``:
         only listings in these count (a rule's own: an address both sanctioned and a drainer is
-        a drainer to a drainer rule, where the sanctions listing, the more severe, hid it)."""
+        a drainer to a drainer rule, where the sanctions listing, the more severe, hid it).
+
+        A Bitcoin Cash address listed in one spelling (CashAddr or legacy) matches in the other,
+        the entry's ``listed_as`` naming the list's; listed in both, the more severe listing
+        wins as among feeds."""
         if not value:
             return None
         key = normalise(value)
         listings = self._entries.get(key)
         entry = self._pick(listings, at, categories) if listings else None
+        if self._spellings:
+            listed = self._spellings.get(key)
+            others = self._entries.get(listed) if listed is not None else None
+            other = self._pick(others, at, categories) if others else None
+            if other is not None and (entry is None or _rank(other) < _rank(entry)):
+                entry = dataclasses.replace(other, listed_as=listed)
         if entry is None and self._networks:
             entry = self._in_network(key, at, categories)
         return entry
@@ -362,7 +389,7 @@ class IntelIndex:
         ]
         if not valid:
             return None
-        return min(valid, key=lambda e: (_SEVERITY.get(e.category, 9), e.feed, e.stix_id or ""))
+        return min(valid, key=_rank)
 
     def _in_network(
         self, key: str, at: datetime | None, categories: Collection[str] | None
@@ -401,6 +428,12 @@ def _in_force(entry: IndicatorEntry, at: datetime) -> bool:
     return (entry.valid_from is None or entry.valid_from <= at) and (
         entry.valid_until is None or entry.valid_until > at
     )
+
+
+def _rank(entry: IndicatorEntry) -> tuple[int, str, str]:
+    """Which of several listings of a value a lookup gives: the most severe category, then the
+    feed name and the STIX id, for determinism."""
+    return (_SEVERITY.get(entry.category, 9), entry.feed, entry.stix_id or "")
 
 
 def _listing(feed: str, stix_id: str | None) -> str:

@@ -12,13 +12,17 @@
   kept as written.  Only the usual P2PKH/P2SH shape is taken (``q`` or ``p``, then 41 characters
   of the CashAddr alphabet: 42 in all) and the checksum is not verified (without the prefix, which
   it covers, the network is unknown).  A legacy (base58) Bitcoin Cash address is not converted to
-  its CashAddr spelling: the two spellings of one address stay two values.
+  its CashAddr spelling, nor back: the two spellings of one address stay two values in events
+  (a legacy ``1...`` spelling is a Bitcoin address's too, and an analyst sees what the customer
+  typed), and :func:`other_spelling` names one's other spelling, for lists to match both (the
+  OFAC Bitcoin Cash list spells most addresses as CashAddr and one as legacy).
 - Everything else as written: base58 (legacy Bitcoin ``1...``/``3...``, Tron, Solana) is
   case-sensitive, so lower-casing it would name another address, or none.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any, TypeVar
 
@@ -106,3 +110,134 @@ def canonical_addresses(event: E) -> E:
         if fixed:
             changes["payload"] = msgspec.structs.replace(payload, **fixed)
     return msgspec.structs.replace(event, **changes) if changes else event
+
+
+# --------------------------------------------------------------------------- Bitcoin Cash spellings
+
+#: Base58 (Bitcoin's alphabet: no 0, O, I, l).
+_BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+_BASE58_DIGIT = {c: i for i, c in enumerate(_BASE58)}
+#: CashAddr's base32 alphabet, in its order.
+_CASHADDR_ALPHABET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+_CASHADDR_DIGIT = {c: i for i, c in enumerate(_CASHADDR_ALPHABET)}
+#: A CashAddr network's prefix -> the legacy version bytes of its P2PKH and P2SH addresses
+#: (regtest's legacy addresses are testnet's, so a legacy testnet address is spelled ``bchtest``).
+_NETWORKS = {"bitcoincash": (0x00, 0x05), "bchtest": (0x6F, 0xC4), "bchreg": (0x6F, 0xC4)}
+#: A legacy version byte -> (its network's CashAddr prefix, 0 P2PKH or 1 P2SH).
+_LEGACY_NETWORK = {
+    0x00: ("bitcoincash", 0),
+    0x05: ("bitcoincash", 1),
+    0x6F: ("bchtest", 0),
+    0xC4: ("bchtest", 1),
+}
+
+
+def other_spelling(key: str) -> str | None:
+    """The other spelling of a Bitcoin Cash address spelled as :func:`canonical_address` spells
+    it: a CashAddr P2PKH/P2SH address's legacy (base58) spelling, a legacy P2PKH/P2SH address's
+    CashAddr one (lower-case, without its prefix); ``None`` for anything else, a CashAddr
+    spelling whose checksum fits no network, or a legacy one whose checksum is wrong.
+
+    Both spellings name one script, so one key pair: a list that names an address one way
+    names it the other way too.  A legacy ``1...``/``3...`` spelling is a Bitcoin address's
+    as well (the same key pair's on both chains), so a listed Bitcoin address also matches
+    its CashAddr spelling."""
+    if len(key) == 42 and key[0] in "qp" and is_cashaddr(key) and key.islower():
+        decoded = _cashaddr_decode(key)
+        if decoded is None:
+            return None
+        network, kind, digest = decoded
+        return _base58check(bytes([_NETWORKS[network][kind]]) + digest)
+    if 26 <= len(key) <= 35 and key[0] in "13mn2":
+        payload = _base58check_decode(key)
+        if payload is None or len(payload) != 21 or payload[0] not in _LEGACY_NETWORK:
+            return None
+        network, kind = _LEGACY_NETWORK[payload[0]]
+        return _cashaddr_encode(network, kind, payload[1:])
+    return None
+
+
+def _polymod(values: list[int]) -> int:
+    """CashAddr's BCH checksum over 5-bit ``values`` (its specification's generator)."""
+    c = 1
+    for d in values:
+        c0 = c >> 35
+        c = ((c & 0x07FFFFFFFF) << 5) ^ d
+        if c0 & 1:
+            c ^= 0x98F2BC8E61
+        if c0 & 2:
+            c ^= 0x79B76D99E2
+        if c0 & 4:
+            c ^= 0xF33E5FB3C4
+        if c0 & 8:
+            c ^= 0xAE2EABE2A8
+        if c0 & 16:
+            c ^= 0x1E4F43E470
+    return c ^ 1
+
+
+def _prefix_values(network: str) -> list[int]:
+    """The checksum's input for a prefix: each character's low five bits, then a zero."""
+    return [ord(c) & 31 for c in network] + [0]
+
+
+def _cashaddr_decode(body: str) -> tuple[str, int, bytes] | None:
+    """(network, 0 P2PKH or 1 P2SH, the 20-byte hash) of a lower-case CashAddr spelling
+    without its prefix; the network is the one whose prefix its checksum fits (none: None)."""
+    values = [_CASHADDR_DIGIT[c] for c in body]
+    network = next((n for n in _NETWORKS if _polymod(_prefix_values(n) + values) == 0), None)
+    if network is None:
+        return None
+    acc = 0
+    for v in values[:-8]:
+        acc = (acc << 5) | v
+    # 34 five-bit groups: 21 bytes and two bits of padding, which must be zero.
+    if acc & 0b11:
+        return None
+    payload = (acc >> 2).to_bytes(21, "big")
+    version = payload[0]
+    if version not in (0x00, 0x08):  # (type P2PKH or P2SH, hash size code 0: 160 bits)
+        return None
+    return network, version >> 3, payload[1:]
+
+
+def _cashaddr_encode(network: str, kind: int, digest: bytes) -> str:
+    """The CashAddr spelling, without its prefix, of a 20-byte ``digest`` (``kind`` 0 P2PKH,
+    1 P2SH) on ``network``."""
+    acc = int.from_bytes(bytes([kind << 3]) + digest, "big") << 2
+    values = [(acc >> (5 * i)) & 31 for i in range(33, -1, -1)]
+    checksum = _polymod(_prefix_values(network) + values + [0] * 8)
+    values += [(checksum >> (5 * i)) & 31 for i in range(7, -1, -1)]
+    return "".join(_CASHADDR_ALPHABET[v] for v in values)
+
+
+def _base58check(payload: bytes) -> str:
+    """``payload`` with its 4-byte double-SHA-256 checksum, in base58 (a zero byte leading it is
+    a ``1``)."""
+    data = payload + hashlib.sha256(hashlib.sha256(payload).digest()).digest()[:4]
+    number = int.from_bytes(data, "big")
+    digits: list[str] = []
+    while number:
+        number, digit = divmod(number, 58)
+        digits.append(_BASE58[digit])
+    zeros = len(data) - len(data.lstrip(b"\0"))
+    return "1" * zeros + "".join(reversed(digits))
+
+
+def _base58check_decode(value: str) -> bytes | None:
+    """The payload of a base58check spelling; None when it is not base58 or its checksum is wrong."""
+    number = 0
+    for c in value:
+        digit = _BASE58_DIGIT.get(c)
+        if digit is None:
+            return None
+        number = number * 58 + digit
+    zeros = len(value) - len(value.lstrip("1"))
+    body = number.to_bytes((number.bit_length() + 7) // 8, "big") if number else b""
+    data = b"\0" * zeros + body
+    if len(data) < 5:
+        return None
+    payload, checksum = data[:-4], data[-4:]
+    if hashlib.sha256(hashlib.sha256(payload).digest()).digest()[:4] != checksum:
+        return None
+    return payload

@@ -381,3 +381,83 @@ def test_a_withdrawal_marker_withdraws_older_versions_in_either_order() -> None:
     assert A in IntelIndex.from_events([_marker(V1), _stix(A, V1), _stix(C, V1)])
     # ... and a newer version withdraws them all.
     assert C not in IntelIndex.from_events([_marker(V1), _stix(A, V1), _stix(C, V1), _stix(B, V2)])
+
+
+#: A Bitcoin Cash address in its two spellings (the CashAddr specification's example).
+BCH_LEGACY = "1BpEi6DfDAUFd7GtittLSdBeYJvcoaVggu"
+BCH_CASHADDR = "qpm2qsznhks23z7629mms6s4cwef74vcwvy22gdx6a"
+
+
+def _listing(feed: str, category: str) -> dict[str, str]:
+    return {"indicator_type": "crypto_address", "category": category, "feed": feed, "list_version": "v1"}
+
+
+def test_a_bitcoin_cash_address_listed_in_one_spelling_matches_in_the_other() -> None:
+    index = IntelIndex()
+    index.add([BCH_CASHADDR], **_listing("ofac", "sanctioned"))
+    entry = index.lookup(BCH_LEGACY)
+    assert entry is not None
+    assert entry.category == "sanctioned"
+    assert entry.listed_as == BCH_CASHADDR
+    assert BCH_LEGACY in index
+    direct = index.lookup(f"BITCOINCASH:{BCH_CASHADDR.upper()}")
+    assert direct is not None
+    assert direct.listed_as is None
+    assert index.lookup("1BpEi6DfDAUFd7GtittLSdBeYJvcoaVggv") is None  # (not an address: no spelling)
+    assert len(index) == 1  # the other spelling is not an indicator of its own
+    # Withdrawn, neither spelling matches any more.
+    assert index.withdraw(BCH_CASHADDR, "ofac")
+    assert index.lookup(BCH_LEGACY) is None
+    assert BCH_LEGACY not in index
+
+
+def test_a_legacy_listing_matches_its_cashaddr_spelling() -> None:
+    index = IntelIndex()
+    index.add([BCH_LEGACY], **_listing("ofac", "sanctioned"))
+    entry = index.lookup(f"bitcoincash:{BCH_CASHADDR}")
+    assert entry is not None
+    assert entry.listed_as == BCH_LEGACY
+    index.clear()
+    assert index.lookup(BCH_CASHADDR) is None
+
+
+def test_listed_in_both_spellings_the_more_severe_listing_wins_and_categories_still_count() -> None:
+    index = IntelIndex()
+    index.add([BCH_LEGACY], **_listing("scamsniffer", "scam"))
+    index.add([BCH_CASHADDR], **_listing("ofac", "sanctioned"))
+    entry = index.lookup(BCH_LEGACY)
+    assert entry is not None
+    assert (entry.category, entry.listed_as) == ("sanctioned", BCH_CASHADDR)
+    # A scam rule asks for its own categories: the legacy spelling's own listing, as given.
+    scam = index.lookup(BCH_LEGACY, categories=["scam"])
+    assert scam is not None
+    assert (scam.feed, scam.listed_as) == ("scamsniffer", None)
+    scam = index.lookup(BCH_CASHADDR, categories=["scam"])
+    assert scam is not None
+    assert scam.listed_as == BCH_LEGACY
+    # The CashAddr listing withdrawn: the legacy one stays, in both spellings.
+    assert index.withdraw(BCH_CASHADDR, "ofac")
+    left = index.lookup(BCH_CASHADDR)
+    assert left is not None
+    assert (left.category, left.listed_as) == ("scam", BCH_LEGACY)
+
+
+def test_a_revoked_indicator_record_withdraws_its_other_spelling_too() -> None:
+    def record(revoked: bool) -> IntelIndicator:
+        return IntelIndicator(
+            event_id=f"bch-{revoked}",
+            source="ofac",
+            occurred_at=AT,
+            ingested_at=AT,
+            entities=Entities(wallet=BCH_CASHADDR),
+            payload=IntelIndicatorPayload(
+                indicator_type="crypto_address", value=f"bitcoincash:{BCH_CASHADDR}",
+                category="sanctioned", feed="ofac", list_version="v1", revoked=revoked,
+            ),
+        )  # fmt: skip
+
+    index = IntelIndex()
+    index.apply(record(False))
+    assert index.lookup(BCH_LEGACY) is not None
+    index.apply(record(True))
+    assert index.lookup(BCH_LEGACY) is None

@@ -17,6 +17,7 @@ from vigil.detect.intel import IntelIndex, indicators_from_files
 from vigil.detect.kinds.lookalike import imitation_key
 from vigil.detect.rules.models import Rule
 from vigil.detect.rules.validate import load_rules
+from vigil.events.addresses import other_spelling
 from vigil.events.base import Entities, Event
 from vigil.events.codec import decode_event, encode
 from vigil.events.types import (
@@ -203,6 +204,45 @@ def test_exposure_and_direct_hits_on_real_sanctioned_bitcoin_addresses_in_any_sp
     ]
     one = next(a for a in alerts if a.payload.entity.id == "one-hop")
     assert legacy in one.payload.explanation  # named as listed, not lower-cased
+
+
+def test_a_sanctioned_bitcoin_cash_address_is_held_in_either_spelling() -> None:
+    # OFAC lists Bitcoin Cash addresses as CashAddr (one as legacy); a customer's wallet may show
+    # the legacy spelling of the same address, and a withdrawal there went unmatched.
+    listed = [
+        line.strip()
+        for line in (INTEL / "ofac" / "sanctioned_addresses_BCH.txt").read_text().splitlines()
+        if line.strip()
+    ]
+    cashaddr = next(a for a in listed if a.startswith("q"))
+    legacy = next(a for a in listed if a.startswith("1"))
+    as_legacy, as_cashaddr = other_spelling(cashaddr), other_spelling(legacy)
+    assert as_legacy is not None
+    assert as_cashaddr is not None
+    intel = IntelIndex()
+    for ind in indicators_from_files(INTEL, T0):
+        intel.apply(ind)
+    events: list[Event] = [
+        withdrawal(1, "legacy-of-listed-cashaddr", as_legacy, T0 + timedelta(minutes=1)),
+        withdrawal(2, "cashaddr-of-listed-legacy", f"bitcoincash:{as_cashaddr}", T0 + timedelta(minutes=2)),
+        withdrawal(3, "as-listed", cashaddr, T0 + timedelta(minutes=3)),
+        withdrawal(4, "unlisted", other_spelling("qpm2qsznhks23z7629mms6s4cwef74vcwvy22gdx6a") or "", T0),
+    ]
+    alerts, decisions = detect_events(RuleSet(shipped("sanctioned-counterparty"), intel), events)
+    by_customer = {a.payload.entity.id: a for a in alerts}
+    assert sorted(by_customer) == ["as-listed", "cashaddr-of-listed-legacy", "legacy-of-listed-cashaddr"]
+    # The explanation names the address as the customer gave it, and as the list spells it.
+    for customer, given, spelled in [
+        ("legacy-of-listed-cashaddr", as_legacy, cashaddr),
+        ("cashaddr-of-listed-legacy", f"bitcoincash:{as_cashaddr}", legacy),
+    ]:
+        payload = by_customer[customer].payload
+        assert f'"{given}" is on the ofac list' in payload.explanation
+        assert payload.explanation.endswith(f'The list spells it "{spelled}", the same address.')
+        assert [r.id for r in payload.related] == [given, spelled]
+    assert "spells" not in by_customer["as-listed"].payload.explanation
+    assert len(by_customer["as-listed"].payload.related) == 1
+    assert {(d.payload.action, d.payload.withdrawal_id) for d in decisions} >= {("hold_withdrawal", "w1")}
 
 
 def test_exposure_stops_tainting_from_a_listing_past_its_valid_until() -> None:

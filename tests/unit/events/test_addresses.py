@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vigil.events.addresses import canonical_address, is_bech32, is_cashaddr
+from vigil.config import shared_data_dir
+from vigil.events.addresses import canonical_address, is_bech32, is_cashaddr, other_spelling
 from vigil.sources.intel import ofac
 from vigil.sources.intel.stix import classify_address
 
@@ -91,3 +92,58 @@ def test_other_values_are_kept_as_written(given: str) -> None:
 def test_a_p2sh_cashaddr_is_canonical_too() -> None:
     assert canonical_address(f"BITCOINCASH:{P2SH_CASHADDR.upper()}") == P2SH_CASHADDR
     assert classify_address(f"bitcoincash:{P2SH_CASHADDR}") == ("crypto_address", P2SH_CASHADDR)
+
+
+#: The CashAddr specification's examples: one hash (76a04053...) as P2PKH and P2SH, and two more.
+SPEC_PAIRS = [
+    ("1BpEi6DfDAUFd7GtittLSdBeYJvcoaVggu", "bitcoincash:qpm2qsznhks23z7629mms6s4cwef74vcwvy22gdx6a"),
+    ("1KXrWXciRDZUpQwQmuM1DbwsKDLYAYsVLR", "bitcoincash:qr95sy3j9xwd2ap32xkykttr4cvcu7as4y0qverfuy"),
+    ("3CWFddi6m4ndiGyKqzYvsFYagqDLPVMTzC", "bitcoincash:ppm2qsznhks23z7629mms6s4cwef74vcwvn0h829pq"),
+    ("31nwvkZwyPdgzjBJZXfDmSWsC4ZLKpYyUw", "bitcoincash:pqq3728yw0y47sqn6l2na30mcw6zm78dzq5ucqzc37"),
+]
+
+
+@pytest.mark.parametrize(("legacy", "cashaddr"), SPEC_PAIRS)
+def test_a_bitcoin_cash_address_has_its_other_spelling(legacy: str, cashaddr: str) -> None:
+    body = canonical_address(cashaddr)
+    assert other_spelling(legacy) == body
+    assert other_spelling(body) == legacy
+    assert other_spelling(canonical_address(cashaddr.upper())) == legacy  # (a QR code's spelling)
+
+
+def test_the_other_spelling_of_a_testnet_address_keeps_its_network() -> None:
+    # 0x6f is testnet's P2PKH version: its CashAddr spelling's checksum is bchtest's.
+    testnet = "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn"
+    body = other_spelling(testnet)
+    assert body is not None
+    assert body != other_spelling(SPEC_PAIRS[0][0])
+    assert other_spelling(body) == testnet
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1BpEi6DfDAUFd7GtittLSdBeYJvcoaVggv",  # one character off: the checksum is wrong
+        "qpm2qsznhks23z7629mms6s4cwef74vcwvy22gdx6q",  # likewise
+        "LUWPbpM43E2p7ZSh8cyTBEkvpHmr3cB8Ez",  # Litecoin: another version byte
+        "TXYZopYRdj2D9XRtbG411XZZ3kM5VkAeBf",  # Tron
+        SEGWIT,
+        EVM.lower(),
+        "1",
+        "",
+    ],
+)
+def test_other_values_have_no_other_spelling(value: str) -> None:
+    assert other_spelling(value) is None
+
+
+def test_every_address_of_the_ofac_bitcoin_cash_list_has_its_other_spelling() -> None:
+    # The real list: six CashAddr spellings and one legacy; each checksum fits, each way back.
+    path = shared_data_dir() / "intel" / "ofac" / "sanctioned_addresses_BCH.txt"
+    listed = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    assert len(listed) >= 7
+    for value in listed:
+        key = canonical_address(value)
+        other = other_spelling(key)
+        assert other is not None, value
+        assert other_spelling(other) == key

@@ -305,6 +305,10 @@ class Hit:
     #: that depends on arrival order (which tainting transfer was known when) would give one
     #: detection another id on a replay, and downstream a second alert and hold.
     identity: list[str] | None = None
+    #: A sentence the alert's explanation ends with, whatever the rule's template says: its
+    #: text, with ``{}`` where the value goes, and the value (quoted as data, as the template's
+    #: are).  For what every rule of a kind must say (a listed value matched in another spelling).
+    note: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,7 @@ class IntelDetector(GroupedDetector):
             key = key_of(self._group, event)
             if key is None:
                 return
+            listed = entry.listed_as
             hits.append(
                 Hit(
                     entity=entity_ref(key),
@@ -119,7 +120,8 @@ class IntelDetector(GroupedDetector):
                     related=[
                         EntityRef(
                             kind="address" if str(value).startswith("0x") else "indicator", id=str(value)
-                        )
+                        ),
+                        *([EntityRef(kind="indicator", id=listed)] if listed is not None else []),
                     ],
                     context={
                         "value": str(value),
@@ -129,6 +131,9 @@ class IntelDetector(GroupedDetector):
                         "field": name,
                         "group": key,
                     },
+                    # Matched through the value's other spelling (a Bitcoin Cash address listed
+                    # as CashAddr, say): the explanation says how the list spells it.
+                    note=None if listed is None else ("The list spells it {}, the same address.", listed),
                     intel_version=entry.version,
                     withdrawal_id=_withdrawal_id(event),
                 )
