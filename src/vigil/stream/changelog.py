@@ -84,8 +84,10 @@ _HORIZON_MARGIN_S = 3600.0
 #: checked, and on a changelog keeping deletions ten minutes kept keys deleted meanwhile.)
 _ASK_RETENTION_AWAY_S = 60.0
 #: How long a restore's start asks for its changelogs' leaders, all together (see
-#: Restorer._know_leaders: only a saving; a local broker answers in milliseconds).
-_LEADERS_ASK_S = 2.0
+#: Restorer._know_leaders: only a saving; a local broker answers in milliseconds).  No longer
+#: than the saving (librdkafka looks a partition's leader up again 500 ms after it found none):
+#: asked on the loop's thread, a broker frozen just then held the loop 2 s for it.
+_LEADERS_ASK_S = 0.5
 #: How long a restore's start waits for each changelog partition's end offsets, and how long
 #: after a round with no answer the next is made (see Restorer._begin: asked on a thread of
 #: their own, the runtime's loop going on meanwhile).

@@ -119,10 +119,11 @@ class Silent:
 
 
 @pytest.mark.parametrize("answers", [True, False])
-def test_the_leaders_are_asked_in_one_short_budget(monkeypatch: pytest.MonkeyPatch, answers: bool) -> None:
+def test_the_leaders_are_asked_in_one_short_budget(answers: bool) -> None:
     # Asked inside the assignment callback, 10 s a topic: a frozen broker held `consume` past
-    # the session's timeout and the partitions were lost (found in review).
-    monkeypatch.setattr(changelog, "_LEADERS_ASK_S", 0.3)
+    # the session's timeout and the partitions were lost (found in review).  Asked on the loop's
+    # thread now, for no longer than the 500 ms it saves (2 s before: a frozen broker held the
+    # loop that long).
     restorer = changelog.Restorer(Settings(), "a")
     consumer = Silent(answers)
     restorer._consumer = consumer  # type: ignore[assignment]
@@ -133,7 +134,7 @@ def test_the_leaders_are_asked_in_one_short_budget(monkeypatch: pytest.MonkeyPat
         assert [topic for topic, _ in consumer.asked] == ["t1", "t2", "t3"]
     else:
         assert [topic for topic, _ in consumer.asked] == ["t1"]  # (none asked after no answer)
-    assert all(0 < timeout <= 0.3 for _, timeout in consumer.asked)
+    assert all(0 < timeout <= 0.5 for _, timeout in consumer.asked)
 
 
 class Unanswered:
