@@ -55,11 +55,12 @@ _NUMERIC_CONTEXT = frozenset(
         "ratio",
         "history_count",
         "chars",
+        "baseline",
     }
 )
 #: Context the rule or the intel list supplies (not the event): bare when it is a plain word.
 _SYSTEM_CONTEXT = frozenset(
-    {"field", "category", "feed", "list_version", "direction", "measure", "mark_type"}
+    {"field", "category", "feed", "list_version", "direction", "measure", "mark_type", "other_at"}
 )
 _WORD = re.compile(r"[\w.@:+ -]{1,60}")
 #: Event fields that are quantities: shown as numbers (grouped, unquoted) when their value is

@@ -150,3 +150,30 @@ def test_chain_evidence_names_the_transaction_and_the_token() -> None:
     usdt = "0xdac17f958d2ee523a2206206994597c13d831ec7"
     assert approval.fields["token_contract"] == usdt
     assert approval.fields["tx_hash"] == "ta"
+
+
+def _shipped_alerts(rule_id: str) -> list[Alert]:
+    """The alerts the shipped rule ``rule_id`` raises on its own example cases."""
+    result = validate_paths([Path(__file__).resolve().parents[3] / "rules"])
+    cases = [c for c in result.cases if any(x.rule == rule_id for x in c.expect)]
+    return [a for res in run_cases(cases, result.rules) for a in res.alerts if a.payload.rule_id == rule_id]
+
+
+def test_impossible_travel_names_both_logins_and_groups_its_numbers() -> None:
+    # "from SG; reaching it from the previous login needed 11879 km/h" left the analyst to find
+    # where the account had been, and when (found in review).
+    alert = _shipped_alerts("impossible-travel")[0]
+    assert '"SG", 11,879 km from its login from "PT" at 2026-' in alert.payload.explanation
+    assert alert.payload.explanation.endswith(": 11,879 km/h.")
+
+
+def test_an_amount_the_rule_measured_reads_as_a_number() -> None:
+    (alert, *_) = _shipped_alerts("rapid-in-out")
+    assert "received 4,500.00 USD from 3 deposits" in alert.payload.explanation  # (was "4500.00", quoted)
+
+
+def test_related_entities_go_by_kinds_not_field_names() -> None:
+    # A pump's takers were "taker_account" and a mixer's senders "from_address".
+    for rule_id, kind in [("pump-and-dump", "account"), ("mixer-denominations", "address")]:
+        alert = _shipped_alerts(rule_id)[0]
+        assert {r.kind for r in alert.payload.related} == {kind}, rule_id

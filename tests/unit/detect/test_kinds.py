@@ -1430,5 +1430,5 @@ def test_travel_reads_the_one_place_kept_before_several_were(tmp_path: Path) -> 
     (place,) = history.pop("places")
     state.set(key, {**history, "geo": place})  # as an earlier version kept it
     det.process(v.cases[0].events[1], state, hits)
-    assert [h.context["speed_kmh"] for h in hits] == ["5571"]  # London to New York in an hour
+    assert [h.context["speed_kmh"] for h in hits] == ["5,571"]  # London to New York in an hour
     assert "geo" not in state.get(key)

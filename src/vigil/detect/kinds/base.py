@@ -280,6 +280,18 @@ def at_epoch(seconds: float) -> datetime:
         return datetime.max.replace(tzinfo=UTC) if seconds > 0 else datetime.min.replace(tzinfo=UTC)
 
 
+def related_kind(name: str) -> str:
+    """The kind a related entity named by the field ``name`` goes by: an entity's own
+    (``ip``), ``account`` for a field of an account (``taker_account``) and ``address`` for
+    one of an address (``from_address``): an analyst read the internal field names as kinds
+    (found in review)."""
+    if name.endswith("_account"):
+        return "account"
+    if name.endswith("_address"):
+        return "address"
+    return name
+
+
 def entity_ref(group_key: str) -> EntityRef:
     """``customer:c1`` (or the first part of ``a:x|b:y``) as an entity reference."""
     first = group_key.split("|", 1)[0]

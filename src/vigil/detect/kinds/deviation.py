@@ -62,7 +62,7 @@ from vigil.detect.fields import (
     short_name,
     to_float,
 )
-from vigil.detect.kinds.base import EvidenceMaker, Expiry, Hit, decimal_text, entity_ref, ts
+from vigil.detect.kinds.base import EvidenceMaker, Expiry, Hit, at_epoch, decimal_text, entity_ref, ts
 from vigil.detect.kinds.common import (
     CompiledEntry,
     FieldEntry,
@@ -78,7 +78,20 @@ from vigil.detect.rules.parse import Parser
 from vigil.events.base import Event
 from vigil.stream.base import State
 
-CONTEXT = frozenset({"measure", "score", "baseline", "history_count", "group", "speed_kmh", "ratio", "peers"})
+CONTEXT = frozenset(
+    {
+        "measure",
+        "score",
+        "baseline",
+        "history_count",
+        "group",
+        "speed_kmh",
+        "ratio",
+        "peers",
+        "other_country",
+        "other_at",
+    }
+)
 #: Measures that can read a peer group's history (see the module docstring).
 PEER_MEASURES = ("amount", "hour")
 MEASURES = ("amount", "new_value", "travel", "hour", "gap", "passthrough")
@@ -390,7 +403,11 @@ class DeviationDetector(GroupedDetector):
             ratio = to_float(value) / total
             return (
                 ratio,
-                {"ratio": f"{ratio:.2f}", "baseline": decimal_text(total), "history_count": str(len(flows))},
+                {
+                    "ratio": f"{ratio:.2f}",
+                    "baseline": decimal_text(total, grouped=True),
+                    "history_count": str(len(flows)),
+                },
                 [f[3] for f in flows],
             )
         if measure == "amount":
@@ -409,7 +426,11 @@ class DeviationDetector(GroupedDetector):
             )
             if base <= 0:
                 return None
-            return to_float(value) / base, {"baseline": decimal_text(base), "history_count": str(n)}, []
+            return (
+                to_float(value) / base,
+                {"baseline": decimal_text(base, grouped=True), "history_count": str(n)},
+                [],
+            )
         if measure == "new_value":
             if value is None:
                 return None
@@ -430,9 +451,17 @@ class DeviationDetector(GroupedDetector):
                 km = _km((q[0], q[1]), point)
                 legs.append((km / max(abs(now - q[2]) / 3600.0, 1 / 60), km, q))
             speed, km, q = max(legs, key=_first_item)
+            # The other login's place and time too: "from SG" alone left the analyst to find
+            # where the account had been (found in review).
+            other = _stored_country(q[3])
             return (
                 speed,
-                {"speed_kmh": f"{speed:.0f}", "baseline": f"{km:.0f} km"},
+                {
+                    "speed_kmh": f"{speed:,.0f}",
+                    "baseline": f"{km:,.0f} km",
+                    "other_at": at_epoch(float(q[2])).strftime("%Y-%m-%d %H:%MZ"),
+                    **({"other_country": other} if other is not None else {}),
+                },
                 [q[3]] if q[3] else [],
             )
         if measure == "hour":
@@ -514,6 +543,13 @@ def _places(h: dict[str, Any]) -> list[list[Any]]:
     if places is not None:
         return list(places)
     return [h["geo"]] if h.get("geo") else []
+
+
+def _stored_country(evidence: Any) -> str | None:
+    """The country in a login's stored evidence (``[id, type, time, fields]``), if it has one."""
+    fields = evidence[3] if isinstance(evidence, (list, tuple)) and len(evidence) > 3 else None
+    country = fields.get("country") if isinstance(fields, dict) else None
+    return country if isinstance(country, str) else None
 
 
 def _place_time(place: list[Any]) -> float:

@@ -33,7 +33,16 @@ from datetime import timedelta
 from typing import Any
 
 from vigil.detect.fields import Match, bounded, compare, compile_getter, kept, short_name
-from vigil.detect.kinds.base import EvidenceMaker, Expiry, Hit, decimal_text, entity_ref, span_text, ts
+from vigil.detect.kinds.base import (
+    EvidenceMaker,
+    Expiry,
+    Hit,
+    decimal_text,
+    entity_ref,
+    related_kind,
+    span_text,
+    ts,
+)
 from vigil.detect.kinds.common import GroupedDetector
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
@@ -163,7 +172,7 @@ class ThresholdDetector(GroupedDetector):
         self.p = params
         self._match = params.match.compile()
         self._value = compile_getter(params.field) if params.field else None
-        self._related = tuple((short_name(r), compile_getter(r)) for r in params.related)
+        self._related = tuple((related_kind(short_name(r)), compile_getter(r)) for r in params.related)
         self._span = params.timespan.total_seconds()
         self._cooldown = (params.cooldown or params.timespan).total_seconds()
         self._late = LATE_S
