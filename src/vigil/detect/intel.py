@@ -12,9 +12,10 @@ it was made against, which the alert records as ``intel_version``.
 
 Values are normalised the way events carry them: EVM and bech32 addresses and domains
 lower-case, other values (base58 addresses, IPs) as given.  Millions of indicators are one
-dict each (a few hundred bytes per entry).  A Bitcoin Cash address matches in either spelling,
-CashAddr or legacy, whichever the list gives (:func:`~vigil.events.addresses.other_spelling`):
-the OFAC list gives most as CashAddr, a customer's wallet may show the legacy one.
+dict each (a few hundred bytes per entry).  A Bitcoin Cash address matches in any of its
+spellings, CashAddr (with token support or without) or legacy, whichever the list gives
+(:func:`~vigil.events.addresses.other_spellings`): the OFAC list gives most as CashAddr, a
+customer's wallet may show the legacy one.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from vigil.events.addresses import canonical_address, other_spelling
+from vigil.events.addresses import canonical_address, other_spellings
 from vigil.events.base import Entities
 from vigil.events.domains import domain_to_ascii, email_to_ascii
 from vigil.events.ids import stable_id
@@ -159,8 +160,10 @@ class IntelIndex:
         #: How many networks of each (version, prefix length) are listed, and those sizes in order.
         self._size_counts: dict[tuple[int, int], int] = {}
         self._sizes: list[tuple[int, int]] = []
-        #: A listed Bitcoin Cash address's other spelling -> the listed key (see lookup).
-        self._spellings: dict[str, str] = {}
+        #: Another spelling of a listed Bitcoin Cash address -> the listed keys it spells (see
+        #: lookup; a testnet legacy address is two networks' CashAddr ones).  Tuples, replaced
+        #: and never changed, as the listings are (see the class).
+        self._spellings: dict[str, tuple[str, ...]] = {}
         self.updates = 0
 
     def clear(self) -> None:
@@ -193,9 +196,8 @@ class IntelIndex:
             if network is not None:
                 self._networks[network] = key
                 self._count_size(network[:2], 1)
-            other = other_spelling(key)
-            if other is not None:
-                self._spellings[other] = key
+            for other in other_spellings(key):
+                self._spellings[other] = (*self._spellings.get(other, ()), key)
             return
         # A copy (see the class).
         self._entries[key] = {**listings, _listing(entry.feed, entry.stix_id): entry}
@@ -226,9 +228,14 @@ class IntelIndex:
         network = _network(key)
         if network is not None and self._networks.pop(network, None) is not None:
             self._count_size(network[:2], -1)
-        other = other_spelling(key) if self._spellings else None
-        if other is not None and self._spellings.get(other) == key:
-            del self._spellings[other]
+        for other in other_spellings(key) if self._spellings else ():
+            keys = self._spellings.get(other, ())
+            if key in keys:
+                rest = tuple(k for k in keys if k != key)
+                if rest:
+                    self._spellings[other] = rest
+                else:
+                    del self._spellings[other]
         return True
 
     def apply(self, indicator: IntelIndicator, now: datetime | None = None) -> None:
@@ -354,17 +361,16 @@ class IntelIndex:
         only listings in these count (a rule's own: an address both sanctioned and a drainer is
         a drainer to a drainer rule, where the sanctions listing, the more severe, hid it).
 
-        A Bitcoin Cash address listed in one spelling (CashAddr or legacy) matches in the other,
-        the entry's ``listed_as`` naming the list's; listed in both, the more severe listing
+        A Bitcoin Cash address listed in one spelling (CashAddr or legacy) matches in the others,
+        the entry's ``listed_as`` naming the list's; listed in several, the more severe listing
         wins as among feeds."""
         if not value:
             return None
         key = normalise(value)
         listings = self._entries.get(key)
         entry = self._pick(listings, at, categories) if listings else None
-        if self._spellings:
-            listed = self._spellings.get(key)
-            others = self._entries.get(listed) if listed is not None else None
+        for listed in self._spellings.get(key, ()) if self._spellings else ():
+            others = self._entries.get(listed)
             other = self._pick(others, at, categories) if others else None
             if other is not None and (entry is None or _rank(other) < _rank(entry)):
                 entry = dataclasses.replace(other, listed_as=listed)
@@ -416,9 +422,10 @@ class IntelIndex:
 
     def items(self) -> Iterator[tuple[str, IndicatorEntry]]:
         # Over a copy: values come and go meanwhile (see the class).
+        # Each key's own listings (a lookup would give another spelling's, more severe, listing).
         for key, listings in list(self._entries.items()):
-            entry = self.lookup(key)
-            if entry is not None and listings:
+            entry = self._pick(listings, None, None) if listings else None
+            if entry is not None:
                 yield key, entry
 
 

@@ -9,13 +9,14 @@
 - Bitcoin Cash CashAddr addresses (``bitcoincash:qpf2...``; testnet ``bchtest:``, regtest
   ``bchreg:``): lower-case, without the prefix, as OFAC lists them.  Wallets show the prefix or
   leave it out, and upper case is as valid (QR codes).  Mixed case is invalid CashAddr and is
-  kept as written.  Only the usual P2PKH/P2SH shape is taken (``q`` or ``p``, then 41 characters
-  of the CashAddr alphabet: 42 in all) and the checksum is not verified (without the prefix, which
+  kept as written.  Only the usual P2PKH/P2SH shape is taken (``q`` or ``p``, or ``z`` or ``r``
+  with token support, then 41 characters of the CashAddr alphabet: 42 in all) and the checksum
+  is not verified (without the prefix, which
   it covers, the network is unknown).  A legacy (base58) Bitcoin Cash address is not converted to
   its CashAddr spelling, nor back: the two spellings of one address stay two values in events
   (a legacy ``1...`` spelling is a Bitcoin address's too, and an analyst sees what the customer
-  typed), and :func:`other_spelling` names one's other spelling, for lists to match both (the
-  OFAC Bitcoin Cash list spells most addresses as CashAddr and one as legacy).
+  typed), and :func:`other_spellings` names one's other spellings, for lists to match them all
+  (the OFAC Bitcoin Cash list spells most addresses as CashAddr and one as legacy).
 - Everything else as written: base58 (legacy Bitcoin ``1...``/``3...``, Tron, Solana) is
   case-sensitive, so lower-casing it would name another address, or none.
 """
@@ -33,13 +34,13 @@ _EVM = re.compile(r"^0x[0-9a-f]{40}$", re.IGNORECASE)
 #: characters in all) from the bech32 alphabet.
 _BECH32 = re.compile(r"^(?:bc|tb|bcrt)1[02-9ac-hj-np-z]{6,87}$", re.IGNORECASE)
 _BECH32_HEADS = frozenset({"bc", "BC", "bC", "Bc", "tb", "TB", "tB", "Tb"})
-#: A CashAddr P2PKH (``q``) or P2SH (``p``) address, its prefix optional, in one case (the
-#: alphabet is bech32's, in CashAddr's order).
-_CASHADDR = re.compile(r"(?:(?:bitcoincash|bchtest|bchreg):)?[qp][qpzry9x8gf2tvdw0s3jn54khce6mua7l]{41}")
+#: A CashAddr P2PKH (``q``) or P2SH (``p``) address, or either with token support (``z``,
+#: ``r``), its prefix optional, in one case (the alphabet is bech32's, in CashAddr's order).
+_CASHADDR = re.compile(r"(?:(?:bitcoincash|bchtest|bchreg):)?[qpzr][qpzry9x8gf2tvdw0s3jn54khce6mua7l]{41}")
 _CASHADDR_UPPER = re.compile(_CASHADDR.pattern.upper())
 #: Their lengths: without a prefix, with ``bchreg:``, ``bchtest:``, ``bitcoincash:``.
 _CASHADDR_LENGTHS = frozenset({42, 49, 50, 54})
-_CASHADDR_HEADS = frozenset("qpbQPB")
+_CASHADDR_HEADS = frozenset("qpzrbQPZRB")
 
 
 def is_evm(value: str) -> bool:
@@ -53,8 +54,8 @@ def is_bech32(value: str) -> bool:
 
 
 def is_cashaddr(value: str) -> bool:
-    """A Bitcoin Cash CashAddr P2PKH/P2SH address, with or without its prefix, all lower or all
-    upper case (see the module)."""
+    """A Bitcoin Cash CashAddr P2PKH/P2SH address (or either with token support), with or without
+    its prefix, all lower or all upper case (see the module)."""
     return len(value) in _CASHADDR_LENGTHS and (
         _CASHADDR.fullmatch(value) is not None or _CASHADDR_UPPER.fullmatch(value) is not None
     )
@@ -120,41 +121,46 @@ _BASE58_DIGIT = {c: i for i, c in enumerate(_BASE58)}
 #: CashAddr's base32 alphabet, in its order.
 _CASHADDR_ALPHABET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 _CASHADDR_DIGIT = {c: i for i, c in enumerate(_CASHADDR_ALPHABET)}
-#: A CashAddr network's prefix -> the legacy version bytes of its P2PKH and P2SH addresses
-#: (regtest's legacy addresses are testnet's, so a legacy testnet address is spelled ``bchtest``).
+#: A CashAddr network's prefix -> the legacy version bytes of its P2PKH and P2SH addresses.
 _NETWORKS = {"bitcoincash": (0x00, 0x05), "bchtest": (0x6F, 0xC4), "bchreg": (0x6F, 0xC4)}
-#: A legacy version byte -> (its network's CashAddr prefix, 0 P2PKH or 1 P2SH).
-_LEGACY_NETWORK = {
-    0x00: ("bitcoincash", 0),
-    0x05: ("bitcoincash", 1),
-    0x6F: ("bchtest", 0),
-    0xC4: ("bchtest", 1),
+#: A legacy version byte -> (the CashAddr networks it is spelled on, 0 P2PKH or 1 P2SH): a
+#: legacy testnet address is regtest's too.
+_LEGACY_NETWORKS = {
+    0x00: (("bitcoincash",), 0),
+    0x05: (("bitcoincash",), 1),
+    0x6F: (("bchtest", "bchreg"), 0),
+    0xC4: (("bchtest", "bchreg"), 1),
 }
 
 
-def other_spelling(key: str) -> str | None:
-    """The other spelling of a Bitcoin Cash address spelled as :func:`canonical_address` spells
-    it: a CashAddr P2PKH/P2SH address's legacy (base58) spelling, a legacy P2PKH/P2SH address's
-    CashAddr one (lower-case, without its prefix); ``None`` for anything else, a CashAddr
-    spelling whose checksum fits no network, or a legacy one whose checksum is wrong.
+def other_spellings(key: str) -> tuple[str, ...]:
+    """The other spellings of a Bitcoin Cash address spelled as :func:`canonical_address` spells
+    it: a CashAddr address's legacy (base58) spelling and its CashAddr spelling with or without
+    token support (CashTokens: ``z`` and ``r`` for the ``q`` and ``p`` forms' script); a legacy
+    P2PKH/P2SH address's two CashAddr spellings (lower-case, without the prefix; a testnet one's
+    on testnet and regtest).  Empty for anything else, a CashAddr spelling whose checksum fits
+    no network, or a legacy one whose checksum is wrong.
 
-    Both spellings name one script, so one key pair: a list that names an address one way
-    names it the other way too.  A legacy ``1...``/``3...`` spelling is a Bitcoin address's
-    as well (the same key pair's on both chains), so a listed Bitcoin address also matches
-    its CashAddr spelling."""
-    if len(key) == 42 and key[0] in "qp" and is_cashaddr(key) and key.islower():
+    Every spelling names one script, so one key pair: a list that names an address one way
+    names it the others too.  A legacy ``1...``/``3...`` spelling is a Bitcoin address's as
+    well (the same key pair's on both chains), so a listed Bitcoin address also matches its
+    CashAddr spellings.  Pure Python, about 30 µs: for lists as they load, not for each event."""
+    if len(key) == 42 and key[0] in "qpzr" and key.islower() and is_cashaddr(key):
         decoded = _cashaddr_decode(key)
         if decoded is None:
-            return None
+            return ()
         network, kind, digest = decoded
-        return _base58check(bytes([_NETWORKS[network][kind]]) + digest)
+        legacy = _base58check(bytes([_NETWORKS[network][kind & 1]]) + digest)
+        return legacy, _cashaddr_encode(network, kind ^ 2, digest)
     if 26 <= len(key) <= 35 and key[0] in "13mn2":
         payload = _base58check_decode(key)
-        if payload is None or len(payload) != 21 or payload[0] not in _LEGACY_NETWORK:
-            return None
-        network, kind = _LEGACY_NETWORK[payload[0]]
-        return _cashaddr_encode(network, kind, payload[1:])
-    return None
+        if payload is None or len(payload) != 21 or payload[0] not in _LEGACY_NETWORKS:
+            return ()
+        networks, kind = _LEGACY_NETWORKS[payload[0]]
+        return tuple(
+            _cashaddr_encode(network, kind | tokens, payload[1:]) for network in networks for tokens in (0, 2)
+        )
+    return ()
 
 
 def _polymod(values: list[int]) -> int:
@@ -182,8 +188,9 @@ def _prefix_values(network: str) -> list[int]:
 
 
 def _cashaddr_decode(body: str) -> tuple[str, int, bytes] | None:
-    """(network, 0 P2PKH or 1 P2SH, the 20-byte hash) of a lower-case CashAddr spelling
-    without its prefix; the network is the one whose prefix its checksum fits (none: None)."""
+    """(network, type, the 20-byte hash) of a lower-case CashAddr spelling without its prefix;
+    the network is the one whose prefix its checksum fits (none: None).  Type 0 P2PKH, 1 P2SH,
+    2 and 3 the same with token support."""
     values = [_CASHADDR_DIGIT[c] for c in body]
     network = next((n for n in _NETWORKS if _polymod(_prefix_values(n) + values) == 0), None)
     if network is None:
@@ -196,14 +203,14 @@ def _cashaddr_decode(body: str) -> tuple[str, int, bytes] | None:
         return None
     payload = (acc >> 2).to_bytes(21, "big")
     version = payload[0]
-    if version not in (0x00, 0x08):  # (type P2PKH or P2SH, hash size code 0: 160 bits)
+    if version & 0x87:  # (the reserved bit, and hash size code 0: 160 bits)
         return None
     return network, version >> 3, payload[1:]
 
 
 def _cashaddr_encode(network: str, kind: int, digest: bytes) -> str:
-    """The CashAddr spelling, without its prefix, of a 20-byte ``digest`` (``kind`` 0 P2PKH,
-    1 P2SH) on ``network``."""
+    """The CashAddr spelling, without its prefix, of a 20-byte ``digest`` of type ``kind`` (see
+    _cashaddr_decode) on ``network``."""
     acc = int.from_bytes(bytes([kind << 3]) + digest, "big") << 2
     values = [(acc >> (5 * i)) & 31 for i in range(33, -1, -1)]
     checksum = _polymod(_prefix_values(network) + values + [0] * 8)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from vigil.detect.intel import IntelIndex, normalise
+from vigil.events.addresses import other_spellings
 from vigil.events.base import Entities
 from vigil.events.types import IntelIndicator, IntelIndicatorPayload
 
@@ -461,3 +462,37 @@ def test_a_revoked_indicator_record_withdraws_its_other_spelling_too() -> None:
     assert index.lookup(BCH_LEGACY) is not None
     index.apply(record(True))
     assert index.lookup(BCH_LEGACY) is None
+
+
+def test_a_listing_matches_the_token_aware_spelling_of_its_script() -> None:
+    # CashTokens wallets show a z (or r) address for the q (or p) one's script.
+    tokens = other_spellings(BCH_CASHADDR)[1]
+    assert tokens.startswith("z")
+    index = IntelIndex()
+    index.add([BCH_LEGACY], **_listing("ofac", "sanctioned"))
+    entry = index.lookup(f"bitcoincash:{tokens}")
+    assert entry is not None
+    assert entry.listed_as == BCH_LEGACY
+
+
+def test_testnet_and_regtest_spellings_of_one_address_are_kept_apart() -> None:
+    # Both spell the same legacy testnet address: one withdrawn left the other unmatched (review).
+    testnet = "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn"
+    on_test, _, on_reg, _ = other_spellings(testnet)
+    index = IntelIndex()
+    index.add([on_test], **_listing("test-a", "sanctioned"))
+    index.add([on_reg], **_listing("test-b", "scam"))
+    assert index.withdraw(on_reg, "test-b")
+    entry = index.lookup(testnet)
+    assert entry is not None
+    assert (entry.feed, entry.listed_as) == ("test-a", on_test)
+
+
+def test_items_give_each_key_its_own_listing() -> None:
+    index = IntelIndex()
+    index.add([BCH_LEGACY], **_listing("scamsniffer", "scam"))
+    index.add([BCH_CASHADDR], **_listing("ofac", "sanctioned"))
+    assert {key: (e.feed, e.listed_as) for key, e in index.items()} == {
+        BCH_LEGACY: ("scamsniffer", None),
+        BCH_CASHADDR: ("ofac", None),
+    }

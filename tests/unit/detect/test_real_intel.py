@@ -17,7 +17,7 @@ from vigil.detect.intel import IntelIndex, indicators_from_files
 from vigil.detect.kinds.lookalike import imitation_key
 from vigil.detect.rules.models import Rule
 from vigil.detect.rules.validate import load_rules
-from vigil.events.addresses import other_spelling
+from vigil.events.addresses import other_spellings
 from vigil.events.base import Entities, Event
 from vigil.events.codec import decode_event, encode
 from vigil.events.types import (
@@ -216,9 +216,8 @@ def test_a_sanctioned_bitcoin_cash_address_is_held_in_either_spelling() -> None:
     ]
     cashaddr = next(a for a in listed if a.startswith("q"))
     legacy = next(a for a in listed if a.startswith("1"))
-    as_legacy, as_cashaddr = other_spelling(cashaddr), other_spelling(legacy)
-    assert as_legacy is not None
-    assert as_cashaddr is not None
+    as_legacy, as_cashaddr = other_spellings(cashaddr)[0], other_spellings(legacy)[0]
+    unlisted = other_spellings("qpm2qsznhks23z7629mms6s4cwef74vcwvy22gdx6a")[0]
     intel = IntelIndex()
     for ind in indicators_from_files(INTEL, T0):
         intel.apply(ind)
@@ -226,7 +225,7 @@ def test_a_sanctioned_bitcoin_cash_address_is_held_in_either_spelling() -> None:
         withdrawal(1, "legacy-of-listed-cashaddr", as_legacy, T0 + timedelta(minutes=1)),
         withdrawal(2, "cashaddr-of-listed-legacy", f"bitcoincash:{as_cashaddr}", T0 + timedelta(minutes=2)),
         withdrawal(3, "as-listed", cashaddr, T0 + timedelta(minutes=3)),
-        withdrawal(4, "unlisted", other_spelling("qpm2qsznhks23z7629mms6s4cwef74vcwvy22gdx6a") or "", T0),
+        withdrawal(4, "unlisted", unlisted, T0),
     ]
     alerts, decisions = detect_events(RuleSet(shipped("sanctioned-counterparty"), intel), events)
     by_customer = {a.payload.entity.id: a for a in alerts}
@@ -243,6 +242,30 @@ def test_a_sanctioned_bitcoin_cash_address_is_held_in_either_spelling() -> None:
     assert "spells" not in by_customer["as-listed"].payload.explanation
     assert len(by_customer["as-listed"].payload.related) == 1
     assert {(d.payload.action, d.payload.withdrawal_id) for d in decisions} >= {("hold_withdrawal", "w1")}
+
+
+def test_exposure_names_a_sanctioned_origin_as_the_list_spells_it() -> None:
+    # A Bitcoin Cash address OFAC lists as CashAddr, seen on the Bitcoin chain in its legacy
+    # spelling (one key pair on both chains): the alert named the legacy spelling, which an
+    # analyst searching the list would not find (found in review).
+    listed = next(
+        line.strip()
+        for line in (INTEL / "ofac" / "sanctioned_addresses_BCH.txt").read_text().splitlines()
+        if line.strip().startswith("q")
+    )
+    legacy = other_spellings(listed)[0]
+    hop = "1BoatSLRHtKNngkdXEeobR76b53LETtpyT"
+    intel = IntelIndex()
+    for ind in indicators_from_files(INTEL, T0):
+        intel.apply(ind)
+    events: list[Event] = [
+        btc_transfer(1, legacy, hop, T0 + timedelta(minutes=1)),
+        deposit(1, "one-hop", hop, T0 + timedelta(minutes=10)),
+    ]
+    alerts, _ = detect_events(RuleSet(shipped("sanctioned-exposure"), intel), events)
+    (alert,) = alerts
+    assert f'the sanctioned address "{listed}" within 1 hop(s)' in alert.payload.explanation
+    assert [r.id for r in alert.payload.related] == [hop, listed]
 
 
 def test_exposure_stops_tainting_from_a_listing_past_its_valid_until() -> None:

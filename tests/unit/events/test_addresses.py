@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vigil.config import shared_data_dir
-from vigil.events.addresses import canonical_address, is_bech32, is_cashaddr, other_spelling
+from vigil.events.addresses import canonical_address, is_bech32, is_cashaddr, other_spellings
 from vigil.sources.intel import ofac
 from vigil.sources.intel.stix import classify_address
 
@@ -79,7 +79,7 @@ def test_a_cashaddr_address_is_spelt_as_ofac_lists_it(given: str) -> None:
         CASHADDR[:-1],  # too short
         CASHADDR + "q",  # too long
         CASHADDR[:-1] + "b",  # "b" is not in the CashAddr alphabet
-        "z" + CASHADDR[1:],  # neither P2PKH (q) nor P2SH (p)
+        "x" + CASHADDR[1:],  # neither P2PKH (q) nor P2SH (p), nor either with tokens (z, r)
         f"bitcoin:{CASHADDR}",  # another prefix
         f"BitcoinCash:{CASHADDR}",
     ],
@@ -104,20 +104,37 @@ SPEC_PAIRS = [
 
 
 @pytest.mark.parametrize(("legacy", "cashaddr"), SPEC_PAIRS)
-def test_a_bitcoin_cash_address_has_its_other_spelling(legacy: str, cashaddr: str) -> None:
+def test_a_bitcoin_cash_address_has_its_other_spellings(legacy: str, cashaddr: str) -> None:
     body = canonical_address(cashaddr)
-    assert other_spelling(legacy) == body
-    assert other_spelling(body) == legacy
-    assert other_spelling(canonical_address(cashaddr.upper())) == legacy  # (a QR code's spelling)
+    legacy_has = other_spellings(legacy)
+    assert len(legacy_has) == 2
+    assert legacy_has[0] == body
+    # With token support (CashTokens): the same script, a z or r where the q or p was.
+    tokens = legacy_has[1]
+    assert tokens[0] == {"q": "z", "p": "r"}[body[0]]
+    assert tokens[1:34] == body[1:34]  # (the hash; the checksum differs)
+    assert is_cashaddr(tokens)
+    assert canonical_address(f"BITCOINCASH:{tokens.upper()}") == tokens
+    assert other_spellings(body) == (legacy, tokens)
+    assert other_spellings(tokens) == (legacy, body)
+    assert other_spellings(canonical_address(cashaddr.upper())) == (legacy, tokens)  # (a QR code's)
 
 
-def test_the_other_spelling_of_a_testnet_address_keeps_its_network() -> None:
-    # 0x6f is testnet's P2PKH version: its CashAddr spelling's checksum is bchtest's.
+def test_a_testnet_address_is_spelled_on_testnet_and_regtest() -> None:
+    # 0x6f is testnet's P2PKH version, regtest's too; the CashAddr checksum covers the prefix.
     testnet = "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn"
-    body = other_spelling(testnet)
-    assert body is not None
-    assert body != other_spelling(SPEC_PAIRS[0][0])
-    assert other_spelling(body) == testnet
+    spelled = other_spellings(testnet)
+    assert len(set(spelled)) == 4
+    assert not set(spelled) & set(other_spellings(SPEC_PAIRS[0][0]))
+    for body in spelled:
+        assert other_spellings(body)[0] == testnet
+
+
+def test_a_hash_with_leading_zero_bytes_keeps_its_leading_ones() -> None:
+    # A base58check payload's leading zero bytes are its leading "1"s (the version byte is one).
+    body = other_spellings("1111111111111111111114oLvT2")  # the all-zero P2PKH hash
+    assert body
+    assert other_spellings(body[0])[0] == "1111111111111111111114oLvT2"
 
 
 @pytest.mark.parametrize(
@@ -127,6 +144,7 @@ def test_the_other_spelling_of_a_testnet_address_keeps_its_network() -> None:
         "qpm2qsznhks23z7629mms6s4cwef74vcwvy22gdx6q",  # likewise
         "LUWPbpM43E2p7ZSh8cyTBEkvpHmr3cB8Ez",  # Litecoin: another version byte
         "TXYZopYRdj2D9XRtbG411XZZ3kM5VkAeBf",  # Tron
+        "1BpEi6DfDAUFd7GtittLSdBeYJvcoaVgg0",  # not base58
         SEGWIT,
         EVM.lower(),
         "1",
@@ -134,16 +152,17 @@ def test_the_other_spelling_of_a_testnet_address_keeps_its_network() -> None:
     ],
 )
 def test_other_values_have_no_other_spelling(value: str) -> None:
-    assert other_spelling(value) is None
+    assert other_spellings(value) == ()
 
 
-def test_every_address_of_the_ofac_bitcoin_cash_list_has_its_other_spelling() -> None:
+def test_every_address_of_the_ofac_bitcoin_cash_list_has_its_other_spellings() -> None:
     # The real list: six CashAddr spellings and one legacy; each checksum fits, each way back.
     path = shared_data_dir() / "intel" / "ofac" / "sanctioned_addresses_BCH.txt"
     listed = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     assert len(listed) >= 7
     for value in listed:
         key = canonical_address(value)
-        other = other_spelling(key)
-        assert other is not None, value
-        assert other_spelling(other) == key
+        others = other_spellings(key)
+        assert len(others) == 2, value
+        for other in others:
+            assert key in other_spellings(other)

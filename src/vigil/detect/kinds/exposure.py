@@ -170,18 +170,22 @@ class ExposureDetector(SingleRouteDetector):
             Expiry("e:", _senders_over),
         )
 
-    def _listed(self, address: str, at: datetime) -> str | None:
+    def _listed(self, address: str, at: datetime) -> tuple[str, str] | None:
         """The listed category of ``address`` at event time ``at`` (a listing past its
-        ``valid_until`` no longer counts), if it is one this rule watches."""
+        ``valid_until`` no longer counts), if it is one this rule watches, and the address as
+        the list spells it (a Bitcoin Cash address listed as CashAddr, seen in its legacy
+        spelling on a chain: an origin named otherwise was not to be found in the list)."""
         entry = self.env.intel.lookup(address, at, self.p.categories)
-        return None if entry is None else str(entry.category)
+        if entry is None:
+            return None
+        return str(entry.category), entry.listed_as or address
 
     def _taint(self, state: State, address: str, direction: str, at: datetime) -> list[Any] | None:
         """[hops, origin, category, since] for ``address`` in ``direction`` ('in' or 'out'): 0
         hops if listed; ``since``, the event time from which it holds."""
-        category = self._listed(address, at)
-        if category is not None:
-            return [0, address, category, 0.0]
+        listed = self._listed(address, at)
+        if listed is not None:
+            return [0, listed[1], listed[0], 0.0]
         got = state.get(f"t:{direction}:{address}")
         if got is None:
             return None
