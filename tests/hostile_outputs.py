@@ -49,7 +49,7 @@ def drainer_alert_and_hold(
             entity=entity,
             rule_id="drainer-approval",
             alert_id=alert.event_id,
-            reason="r",
+            reason="Token approval to a known drainer (drainer-approval v2, severity critical)",
             withdrawal_id="wd-1",
             expires_at=expires_at,
         ),

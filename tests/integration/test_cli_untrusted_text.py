@@ -195,8 +195,57 @@ def test_demo_prints_alerts_and_decisions_entity_ids_as_text(
     assert f"{alert.event_id[:18]}, latency" in out
     expires = now + timedelta(hours=24)
     assert (
-        f"withdrawal wd-1 expires {expires:%Y-%m-%d %H:%M}Z; {alert.event_id[:18]} (drainer-approval)" in out
+        f"withdrawal wd-1 expires {expires:%Y-%m-%d %H:%M}Z; {alert.event_id[:18]}: Token approval to a "
+        "known drainer (drainer-approval v2, severity critical)"
+    ) in out
+
+
+@pytest.mark.usefixtures("cli_env")
+def test_demo_prints_a_decision_under_its_alert_whichever_comes_first(
+    settings: Settings, unique_topic: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Printed as read, a hold could be many lines from its alert (an analyst's-view review); the
+    # two topics are read side by side, so a decision may be read before its alert.
+    monkeypatch.setattr(console, "width", 400)
+    alerts, decisions = f"{unique_topic}.alerts", f"{unique_topic}.decisions"
+    ensure_topics(
+        settings, [TopicSpec(name=t, key="k", value="raw", description="d") for t in (alerts, decisions)]
     )
+    now = datetime.now(UTC)
+    first, held = drainer_alert_and_hold(
+        now, entity_id="0xfirst", alert_id=f"al-1-{uuid.uuid4().hex}", decision_id="de-1", expires_at=None
+    )
+    second, _ = drainer_alert_and_hold(
+        now, entity_id="0xsecond", alert_id=f"al-2-{uuid.uuid4().hex}", decision_id="de-2", expires_at=None
+    )
+    _, orphan = drainer_alert_and_hold(
+        now, entity_id="0xorphan", alert_id=f"al-3-{uuid.uuid4().hex}", decision_id="de-3", expires_at=None
+    )
+    producer = EventProducer(settings)
+    producer.produce(held, topic=decisions)  # the hold, read first
+    producer.produce(orphan, topic=decisions)  # a hold whose alert never comes
+    producer.flush()
+    watcher = _AlertWatcher(settings, alerts, decisions, quiet=False)
+    watcher.start()
+    try:
+        wait_for(lambda: len(watcher.decisions) == 2, 60, "the watcher to read both holds")
+        producer.produce(second, topic=alerts)
+        producer.produce(first, topic=alerts)
+        producer.flush()
+        wait_for(lambda: len(watcher.alerts) == 2, 60, "the watcher to read both alerts")
+    finally:
+        watcher.stop()
+        make_admin(settings).delete_topics([alerts, decisions])
+    lines = capsys.readouterr().out.splitlines()
+    heads = [n for n, line in enumerate(lines) if "drainer-approval wallet:" in line]
+    holds = {
+        line.split()[1]: n for n, line in enumerate(lines) if line.lstrip().startswith("hold_withdrawal")
+    }
+    assert [lines[n].split()[4] for n in heads] == ["wallet:0xsecond", "wallet:0xfirst"]
+    # The first alert's hold right under it (its header, its explanation, then the hold).
+    assert holds["wallet:0xfirst"] == heads[1] + 2
+    # The orphan's printed alone, once, none lost.
+    assert sorted(holds) == ["wallet:0xfirst", "wallet:0xorphan"]
 
 
 # ---------------------------------------------------------------------------- a node's words

@@ -30,8 +30,9 @@ def alert_line(alert: Alert) -> str:
 
 
 def decision_line(decision: Decision) -> str:
-    """What is done (held: the withdrawal, when the decision names one), until when, and the
-    alert it comes from (a bare "hold_withdrawal customer:..." said neither, found in review)."""
+    """What is done (held: the withdrawal, when the decision names one), until when, the alert
+    it comes from and why (a bare "hold_withdrawal customer:..." said neither, found in review;
+    the rule's id alone left the analyst to look up what it detects)."""
     p = decision.payload
     held = f" withdrawal {shown(p.withdrawal_id)}" if p.withdrawal_id is not None else ""
     until = (
@@ -41,5 +42,5 @@ def decision_line(decision: Decision) -> str:
     )
     return (
         f"  [bold magenta]{p.action}[/] {shown(p.entity.kind)}:{shown(p.entity.id)}{held} "
-        f"[dim]{until}{'; ' if until else ''}{shown(p.alert_id[:ID_SHOWN])} ({shown(p.rule_id)})[/]"
+        f"[dim]{until}{'; ' if until else ''}{shown(p.alert_id[:ID_SHOWN])}: {shown(p.reason)}[/]"
     )

@@ -52,14 +52,23 @@ log = logging.getLogger(__name__)
 REPO_RULES = Path("rules")
 
 
+#: How long a decision read before its alert waits to be printed under it (the two topics are
+#: read side by side, so a decision may come first); past that it is printed alone.
+DECISION_WAITS_S = 2.0
+
+
 class _AlertWatcher:
-    """Reads alerts and decisions from Kafka as detection commits them, printing each once."""
+    """Reads alerts and decisions from Kafka as detection commits them, printing each once, a
+    decision under its alert (printed as they came, a hold could be many lines from the alert
+    it belongs to: an analyst's-view review)."""
 
     def __init__(
         self, cfg: Settings, alerts: str, decisions: str, quiet: bool, group: str | None = None
     ) -> None:
         self.alerts: dict[str, Alert] = {}
         self.decisions: dict[str, Decision] = {}
+        #: Decisions read before their alert, by alert id: (when read, decision).
+        self._waiting: dict[str, list[tuple[float, Decision]]] = {}
         self.last_seen = time.monotonic()
         self._quiet = quiet
         self._stop = threading.Event()
@@ -75,6 +84,7 @@ class _AlertWatcher:
         self._stop.set()
         self._thread.join(timeout=10)
         self._consumer.close()
+        self._show_waiting(float("inf"))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -86,9 +96,22 @@ class _AlertWatcher:
                 if isinstance(event, Alert) and event.event_id not in self.alerts:
                     self.alerts[event.event_id] = event
                     self._show_alert(event)
+                    for _, decision in self._waiting.pop(event.event_id, []):
+                        self._show_decision(decision)
                 elif isinstance(event, Decision) and event.event_id not in self.decisions:
                     self.decisions[event.event_id] = event
-                    self._show_decision(event)
+                    if event.payload.alert_id in self.alerts:
+                        self._show_decision(event)
+                    else:
+                        self._waiting.setdefault(event.payload.alert_id, []).append((time.monotonic(), event))
+            self._show_waiting(time.monotonic() - DECISION_WAITS_S)
+
+    def _show_waiting(self, read_before: float) -> None:
+        """Print the decisions read before ``read_before`` (monotonic) whose alert has not come:
+        alone, as they are (their line names their alert)."""
+        for alert_id in [a for a, waiting in self._waiting.items() if waiting[0][0] <= read_before]:
+            for _, decision in self._waiting.pop(alert_id):
+                self._show_decision(decision)
 
     def _show_decision(self, decision: Decision) -> None:
         if not self._quiet:
