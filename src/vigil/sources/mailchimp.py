@@ -106,6 +106,7 @@ def _is_test(form: dict[str, str]) -> bool:
 
 class MailchimpWebhook(WebhookPlatform):
     name = NAME
+    path_token = True
 
     def __init__(
         self,

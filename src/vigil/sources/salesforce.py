@@ -254,6 +254,7 @@ def _org15(org_id: str) -> str:
 
 class SalesforceWebhook(WebhookPlatform):
     name = NAME
+    path_token = True
 
     def __init__(self, token: str, organization_ids: Iterable[str]) -> None:
         problem = path_token_problem(token)

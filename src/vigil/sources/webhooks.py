@@ -56,7 +56,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -140,6 +140,9 @@ class WebhookPlatform(ABC):
 
     #: Source name: the route is ``/webhooks/<name>`` and records go to ``raw.<name>``.
     name: str
+    #: Whether deliveries come to ``/webhooks/<name>/<path token>`` (the token a secret of the
+    #: platform's, checked by :func:`verify_path_token`): said where the receiver listens.
+    path_token: ClassVar[bool] = False
 
     def precheck(self, head: Delivery) -> None:
         """Raise :class:`Rejected` for what is wrong before the body is read: ``head`` is the
@@ -495,8 +498,10 @@ class WebhookSource(Source):
         # (Not while stopping: its start-up ends early then, and ``ready`` is set anyway.)
         if not self.ready.wait(timeout) or not self.running:
             return None
-        # (A platform's path token, a secret, is not said: it is the operator's.)
-        return f"http://{self.host}:{self.port}/webhooks/{self.name}"
+        # A platform's path token, a secret, is not said, only where it goes: its URL without
+        # one was refused by every delivery, and the line did not say so (found in review).
+        where = f"http://{self.host}:{self.port}/webhooks/{self.name}"
+        return f"{where}/{REDACTED}" if self.platform.path_token else where
 
     def run(self, sink: RawSink) -> None:
         app = create_app(

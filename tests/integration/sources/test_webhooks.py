@@ -101,8 +101,10 @@ def serving(source: WebhookSource, sink: RawSink) -> Iterator[str]:
         where = source.listening(0)
         assert where is not None
         assert where.startswith("http://127.0.0.1:")
-        assert where.endswith(f"/webhooks/{source.name}")
-        yield where.removesuffix(f"/webhooks/{source.name}")
+        # Where the path token goes, for the platforms that need one (not the token itself).
+        route = f"/webhooks/{source.name}" + ("/<token>" if source.platform.path_token else "")
+        assert where.endswith(route)
+        yield where.removesuffix(route)
     finally:
         source.stop()
         thread.join(15)
