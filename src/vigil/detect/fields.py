@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from vigil.events.addresses import canonical_address, is_bech32, is_evm
+from vigil.events.addresses import canonical_address, is_bech32, is_cashaddr, is_evm
 from vigil.events.base import Entities, Event
 from vigil.events.types import EVENT_CLASSES, EVENT_TYPES
 
@@ -307,7 +307,9 @@ _EQUALITY = frozenset({"eq", "ne", "in", "not_in"})
 
 
 def _is_address(value: Any) -> bool:
-    return type(value) is str and (is_evm(value) or is_bech32(value))
+    # CashAddr too: a rule naming ``bitcoincash:q...`` (or upper case) compared it as written
+    # with events that carry the canonical spelling, and never matched (found in review).
+    return type(value) is str and (is_evm(value) or is_bech32(value) or is_cashaddr(value))
 
 
 def _canonical(value: Any) -> Any:

@@ -85,8 +85,9 @@ _HORIZON_MARGIN_S = 3600.0
 _ASK_RETENTION_AWAY_S = 60.0
 #: How long a restore's start asks for its changelogs' leaders, all together (see
 #: Restorer._know_leaders: only a saving; a local broker answers in milliseconds).  No longer
-#: than the saving (librdkafka looks a partition's leader up again 500 ms after it found none):
-#: asked on the loop's thread, a broker frozen just then held the loop 2 s for it.
+#: than the saving (librdkafka asks where a partition read from its beginning starts again
+#: 500 ms after it found no leader): asked on the loop's thread, a broker frozen just then held
+#: the loop 2 s for it.
 _LEADERS_ASK_S = 0.5
 #: How long a restore's start waits for each changelog partition's end offsets, and how long
 #: after a round with no answer the next is made (see Restorer._begin: asked on a thread of
@@ -375,7 +376,9 @@ class Restorer:
                 self._consumer = make_consumer(
                     self.settings, f"{self.app}.restore", **BACKLOG_READER, **{"enable.partition.eof": True}
                 )
-            self._know_leaders(sorted({tp.topic for tp in assign}))
+            # (Only for changelogs read from their beginning: one resumed at a store's offset
+            # is fetched at once, and librdkafka's own metadata finds its leader.)
+            self._know_leaders(sorted({tp.topic for tp in assign if tp.offset == OFFSET_BEGINNING}))
             self._consumer.incremental_assign(assign)
             self._progress_at = time.monotonic()
         return reading
@@ -385,7 +388,8 @@ class Restorer:
         they are assigned: librdkafka looks up where an assigned partition starts only once it
         knows the leader, and a consumer that did not know it yet tried again 500 ms later.
         Every restore by a new consumer waited that long for its first record (0.56-0.62 s
-        against 0.08-0.10 s, 2026-12-03).  Only a saving: if the broker does not answer here,
+        against 0.08-0.10 s, 2026-12-03; a changelog read from its beginning: one resumed at a
+        store's offset is fetched at once).  Only a saving: if the broker does not answer here,
         librdkafka finds the leaders by itself."""
         consumer = self._consumer
         if consumer is None:

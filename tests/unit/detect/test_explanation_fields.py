@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import msgspec
+
 from vigil.detect.alerts import explain
 from vigil.detect.cases import run_cases
 from vigil.detect.kinds.base import Hit
@@ -177,3 +179,45 @@ def test_related_entities_go_by_kinds_not_field_names() -> None:
     for rule_id, kind in [("pump-and-dump", "account"), ("mixer-denominations", "address")]:
         alert = _shipped_alerts(rule_id)[0]
         assert {r.kind for r in alert.payload.related} == {kind}, rule_id
+
+
+def test_impossible_travel_from_a_login_located_without_a_country_names_no_other(tmp_path: Path) -> None:
+    # From the evidence, {country} fell back to the other login's: "from "PT", 11,879 km from
+    # its login from "PT"" (found in review).
+    shipped = (Path(__file__).resolve().parents[3] / "rules" / "identity.yaml").read_text()
+    start = shipped.index("  - id: impossible-travel")
+    rule = shipped[start : shipped.index("\n  - id: ", start + 10)]
+    case = """
+cases:
+  - name: the second login located by coordinates alone
+    events:
+      - {type: login, at: 0, customer: c1, ip: 198.51.100.50,
+         payload: {geo: {country: PT, lat: 38.72, lon: -9.14}}}
+      - {type: login, at: 1h, customer: c1, ip: 203.0.113.50, payload: {geo: {lat: 1.35, lon: 103.82}}}
+    expect:
+      - {rule: impossible-travel}
+"""
+    (tmp_path / "r.yaml").write_text("rules:\n" + rule + "\n" + case)
+    v = validate_paths([tmp_path])
+    assert not v.errors, v.errors
+    (result,) = run_cases(v.cases, v.rules)
+    assert result.ok, result.problems
+    (alert,) = result.alerts
+    assert 'from "(unknown)", 11,879 km from its login from "PT"' in alert.payload.explanation
+
+
+def test_a_pumps_organiser_buying_his_own_listing_is_not_among_its_related_entities() -> None:
+    # Named account:org beside the alert's own entity (maker_account:org, an account): in review.
+    result = validate_paths([Path(__file__).resolve().parents[3] / "rules"])
+    (rule,) = [r for r in result.rules if r.id == "pump-and-dump"]
+    case = next(c for c in result.cases if any(x.rule == "pump-and-dump" for x in c.expect))
+    buys = [e for e in case.events if getattr(e.payload, "taker_account", None)]
+    own = msgspec.structs.replace(
+        buys[0],
+        event_id="own-buy",
+        payload=msgspec.structs.replace(buys[0].payload, taker_account="org", trade_id="own"),
+    )
+    (res,) = run_cases([dataclasses.replace(case, events=(*case.events, own))], [rule])
+    (alert,) = res.alerts
+    assert alert.payload.entity == EntityRef(kind="account", id="org")
+    assert ("account", "org") not in {(r.kind, r.id) for r in alert.payload.related}

@@ -202,6 +202,14 @@ def test_an_address_condition_matches_whatever_case_either_side_spells_it() -> N
         assert not Condition("payload.to_address", "ne", CHECKSUMMED).compile()(event)
         assert not Condition("payload.to_address", "not_in", (CHECKSUMMED,)).compile()(event)
         assert Condition("payload.to_address", "eq", SEGWIT.upper()).compile()(withdraw(2, "c1", SEGWIT, 0))
+    # A CashAddr one with its prefix or in upper case (events carry it lower-case, without the
+    # prefix), the token-aware form too: compared as written, it never matched (found in review).
+    for listed in (f"bitcoincash:{BCH}", f"BITCOINCASH:{BCH.upper()}", BCH.upper()):
+        assert Condition("payload.to_address", "eq", listed).compile()(withdraw(5, "c1", BCH, 0))
+        assert Condition("payload.to_address", "in", ("x", listed)).compile()(withdraw(5, "c1", BCH, 0))
+    tokens = "z" + BCH[1:]  # (not a real address: a rule compares spellings, not checksums)
+    condition = Condition("payload.to_address", "eq", f"bitcoincash:{tokens}").compile()
+    assert condition(withdraw(6, "c1", tokens, 0))
     # Other text keeps its case; a missing field is no address.
     assert not Condition("payload.to_address", "eq", TRON.lower()).compile()(withdraw(3, "c1", TRON, 0))
     assert Condition("payload.to_address", "ne", CHECKSUMMED).compile()(sent(4, "c1", None, 0))

@@ -454,13 +454,17 @@ class DeviationDetector(GroupedDetector):
             # The other login's place and time too: "from SG" alone left the analyst to find
             # where the account had been (found in review).
             other = _stored_country(q[3])
+            # This login's country said here: from the evidence, a login located without one
+            # took the other login's, and the explanation named one country twice (in review).
+            country = getattr(value, "country", None)
             return (
                 speed,
                 {
                     "speed_kmh": f"{speed:,.0f}",
                     "baseline": f"{km:,.0f} km",
                     "other_at": at_epoch(float(q[2])).strftime("%Y-%m-%d %H:%MZ"),
-                    **({"other_country": other} if other is not None else {}),
+                    "other_country": other if other is not None else "(unknown)",
+                    "country": country if isinstance(country, str) else "(unknown)",
                 },
                 [q[3]] if q[3] else [],
             )

@@ -56,8 +56,9 @@ sends a transfer becomes known and every sender of dust is flagged: kept forever
 would hold every address ever seen.  A sighting renews what it touches at most once a day, so
 the renewals cost a write per address a day, not per event.  Entries kept by earlier versions
 have no time: they stay (their loss could miss an alert), until an event renews them.
-Earlier versions keyed segwit and base58 addresses with their prefix: what they kept under those
-keys is no longer read (and goes once idle), and a flag they kept on an address for an original
+Earlier versions keyed segwit and base58 addresses with their prefix (and CashAddr ones with
+token support, ``z``/``r``, taken for CashAddr only since: their key held ``bitcoincash:``):
+what they kept under those keys is no longer read (and goes once idle), and a flag they kept on an address for an original
 with another key now, or for dust sent by a known address, is dropped when the address is checked.
 """
 
@@ -122,7 +123,8 @@ def body(address: str) -> str:
     """``address`` case-folded, without what every address of its kind starts with: ``0x``
     (EVM), the network, separator and witness version of a segwit address (``bc1q``, ``bc1p``,
     ``tb1q``, ``bcrt1q``), the version character of a base58check one (``1``/``3`` Bitcoin,
-    ``T`` Tron), the prefix and type character of a CashAddr one (``bitcoincash:q``).  Counted
+    ``T`` Tron), the prefix and type character of a CashAddr one (``bitcoincash:q``, ``z`` with
+    token support).  Counted
     in the head, that prefix made any two segwit addresses with the same last characters
     look-alikes: 9% of withdrawals to fresh ones, with 100,000 known."""
     a = address.strip()

@@ -377,9 +377,13 @@ class ThresholdDetector(GroupedDetector):
         related: dict[tuple[str, str], None] = {}
         for item in items:
             for name, value in item[3]:
-                related[(name, value)] = None
+                # (Items kept before related entities went by kinds hold the field's name.)
+                related[(related_kind(name), value)] = None
         entity = entity_ref(key)
-        refs = [EntityRef(kind=k, id=v) for k, v in related if (k, v) != (entity.kind, entity.id)]
+        # Not the alert's own entity, by the kind it goes by (a pump's organiser buying his own
+        # listing was among its takers, as account:org beside the alert's maker_account:org).
+        own = (related_kind(self.rule.entity or entity.kind), entity.id)
+        refs = [EntityRef(kind=k, id=v) for k, v in related if (k, v) != own]
         return Hit(
             entity=entity,
             evidence=[i[2] for i in items],
