@@ -126,6 +126,21 @@ def test_an_explanation_quotes_only_fields_the_rules_events_have(tmp_path: Path)
     assert "{amount_usd} is a field of none of the rule's event types (mfa_challenge)" in error
 
 
+def test_an_explanation_names_only_what_the_rules_measure_sets(tmp_path: Path) -> None:
+    # {speed_kmh} and {other_country} in an amount rule passed, and always read "(unknown)".
+    shipped = (Path(__file__).resolve().parents[3] / "rules" / "payments.yaml").read_text()
+    start = shipped.index("  - id: rapid-in-out")
+    rule = shipped[start : shipped.index("\n  - id: ", start + 10)]
+    assert "{ratio}" in rule
+    write(tmp_path, "m.yaml", "rules:\n" + rule.replace("{ratio}", "{ratio} at {speed_kmh}"))
+    (error,) = messages(tmp_path)
+    assert ":" in error.split(" error: ")[0]  # (file:line:column)
+    assert "{speed_kmh} is not set by a deviation rule with these settings" in error
+    assert "(it sets baseline, group, history_count, measure, ratio, score)" in error
+    write(tmp_path, "m.yaml", "rules:\n" + rule)
+    assert messages(tmp_path) == []
+
+
 def test_yaml_syntax_error_is_located(tmp_path: Path) -> None:
     path = write(tmp_path, "syntax.yaml", "rules:\n  - id: x\n    version: [1\n")
     errors = messages(tmp_path)

@@ -92,6 +92,24 @@ CONTEXT = frozenset(
         "other_at",
     }
 )
+#: The context names each measure sets (besides measure, score and group; peers with peers):
+#: a template naming another measure's always read "(unknown)" (found in review).
+_MEASURE_CONTEXT = {
+    "amount": frozenset({"baseline", "history_count"}),
+    "new_value": frozenset({"history_count"}),
+    "travel": frozenset({"speed_kmh", "baseline", "other_country", "other_at"}),
+    "hour": frozenset({"history_count"}),
+    "gap": frozenset({"history_count"}),
+    "passthrough": frozenset({"ratio", "baseline", "history_count"}),
+}
+
+
+def context_of(params: DeviationParams) -> frozenset[str]:
+    """The context names a rule with these settings sets (see :data:`CONTEXT`)."""
+    common = {"measure", "score", "group", *(("peers",) if params.peers else ())}
+    return frozenset(common) | _MEASURE_CONTEXT.get(params.measure, frozenset())
+
+
 #: Measures that can read a peer group's history (see the module docstring).
 PEER_MEASURES = ("amount", "hour")
 MEASURES = ("amount", "new_value", "travel", "hour", "gap", "passthrough")

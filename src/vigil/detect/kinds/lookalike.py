@@ -58,8 +58,9 @@ the renewals cost a write per address a day, not per event.  Entries kept by ear
 have no time: they stay (their loss could miss an alert), until an event renews them.
 Earlier versions keyed segwit and base58 addresses with their prefix (and CashAddr ones with
 token support, ``z``/``r``, taken for CashAddr only since: their key held ``bitcoincash:``):
-what they kept under those keys is no longer read (and goes once idle), and a flag they kept on an address for an original
-with another key now, or for dust sent by a known address, is dropped when the address is checked.
+what they kept under those keys is no longer read (and goes once idle), and a flag they kept on
+an address for an original with another key now, or for dust sent by a known address, is
+dropped when the address is checked.
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ class KindSpec:
     context: frozenset[str]
     #: The rule keys this kind reads (besides the common ones); any other key is an error.
     keys: tuple[str, ...]
+    #: Of :attr:`context`, the names a rule with these (parsed) settings sets; None: all of them.
+    context_of: Callable[[Any], frozenset[str]] | None = None
 
 
 KINDS: dict[str, KindSpec] = {
@@ -62,7 +64,8 @@ KINDS: dict[str, KindSpec] = {
         deviation.parse,
         deviation.DeviationDetector,
         deviation.CONTEXT,
-        (
+        context_of=deviation.context_of,
+        keys=(
             "match",
             "group_by",
             "measure",

@@ -314,7 +314,15 @@ def parse_rule(d: LocDict, p: Parser, file: str) -> Rule | None:
         p.error(d.loc, f"{what} cannot be built: {exc}")
         return None
     mine = _field_names(frozenset(types)) | COMMON_CONTEXT | spec.context
+    # A context name the kind sets only with other settings: {speed_kmh} in an amount rule.
+    offered = spec.context_of(params) if spec.context_of is not None else spec.context
     for name in placeholder_names(explanation):
+        if name in spec.context and name not in offered and name not in COMMON_CONTEXT | FIELD_NAMES:
+            p.error(
+                d.mark("explanation"),
+                f"{what}.explanation: {{{name}}} is not set by a {kind_name} rule with these settings "
+                f"(it sets {', '.join(sorted(offered))}): it would always read (unknown)",
+            )
         if name in FIELD_NAMES and name not in mine:
             p.error(
                 d.mark("explanation"),
