@@ -11,12 +11,12 @@
   leave it out, and upper case is as valid (QR codes).  Mixed case is invalid CashAddr and is
   kept as written.  Only the usual P2PKH/P2SH shape is taken (``q`` or ``p``, or ``z`` or ``r``
   with token support, then 41 characters of the CashAddr alphabet: 42 in all) and the checksum
-  is not verified (without the prefix, which
-  it covers, the network is unknown).  A legacy (base58) Bitcoin Cash address is not converted to
-  its CashAddr spelling, nor back: the two spellings of one address stay two values in events
-  (a legacy ``1...`` spelling is a Bitcoin address's too, and an analyst sees what the customer
-  typed), and :func:`other_spellings` names one's other spellings, for lists to match them all
-  (the OFAC Bitcoin Cash list spells most addresses as CashAddr and one as legacy).
+  is not verified (without the prefix, which it covers, the network is unknown).  A legacy
+  (base58) Bitcoin Cash address is not converted to its CashAddr spelling, nor back: the
+  spellings of one address stay several values in events (a legacy ``1...`` spelling is a
+  Bitcoin address's too, and an analyst sees what the customer typed), and
+  :func:`other_spellings` names an address's other spellings, for lists to match them all (the
+  OFAC Bitcoin Cash list spells most addresses as CashAddr and one as legacy).
 - Everything else as written: base58 (legacy Bitcoin ``1...``/``3...``, Tron, Solana) is
   case-sensitive, so lower-casing it would name another address, or none.
 """

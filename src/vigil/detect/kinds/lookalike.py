@@ -125,9 +125,8 @@ def body(address: str) -> str:
     (EVM), the network, separator and witness version of a segwit address (``bc1q``, ``bc1p``,
     ``tb1q``, ``bcrt1q``), the version character of a base58check one (``1``/``3`` Bitcoin,
     ``T`` Tron), the prefix and type character of a CashAddr one (``bitcoincash:q``, ``z`` with
-    token support).  Counted
-    in the head, that prefix made any two segwit addresses with the same last characters
-    look-alikes: 9% of withdrawals to fresh ones, with 100,000 known."""
+    token support).  Counted in the head, that prefix made any two segwit addresses with the
+    same last characters look-alikes: 9% of withdrawals to fresh ones, with 100,000 known."""
     a = address.strip()
     folded = a.lower()
     if folded.startswith("0x"):
