@@ -21,7 +21,8 @@ def drainer_alert_and_hold(
     expires_at: datetime | None = None,
 ) -> tuple[Alert, Decision]:
     """A drainer-approval alert at ``at`` on wallet ``entity_id``, its explanation holding
-    terminal sequences and Rich markup, and the hold of withdrawal ``wd-1`` it decided."""
+    terminal sequences and Rich markup, and the hold of withdrawal ``wd-1`` it decided, its
+    reason holding terminal sequences too."""
     entity = EntityRef(kind="wallet", id=entity_id)
     alert = Alert(
         event_id=alert_id,
@@ -49,7 +50,8 @@ def drainer_alert_and_hold(
             entity=entity,
             rule_id="drainer-approval",
             alert_id=alert.event_id,
-            reason="Token approval to a known drainer (drainer-approval v2, severity critical)",
+            # (Detection writes the rule's title here; another producer of decisions, anything.)
+            reason=f"Token approval to a known drainer {SEQUENCES} (drainer-approval v1, severity high)",
             withdrawal_id="wd-1",
             expires_at=expires_at,
         ),

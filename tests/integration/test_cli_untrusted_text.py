@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,13 +24,13 @@ from tests.integration.kafka_read import START_S, wait_for
 from tests.loopback import ErrorNode
 from typer.testing import CliRunner
 
-from vigil.cli import app
+from vigil.cli import app, demo
 from vigil.cli._common import console
 from vigil.cli.demo import _AlertWatcher
 from vigil.config import Settings
 from vigil.events.codec import EventCodec, encode
 from vigil.events.examples import example_events
-from vigil.events.types import ChainTransfer
+from vigil.events.types import Alert, ChainTransfer, Decision
 from vigil.hub.admin import ensure_topics
 from vigil.hub.client import EventProducer, make_admin, make_producer, watermarks
 from vigil.hub.topics import TOPICS, TopicSpec
@@ -196,7 +197,7 @@ def test_demo_prints_alerts_and_decisions_entity_ids_as_text(
     expires = now + timedelta(hours=24)
     assert (
         f"withdrawal wd-1 expires {expires:%Y-%m-%d %H:%M}Z; {alert.event_id[:18]}: Token approval to a "
-        "known drainer (drainer-approval v2, severity critical)"
+        "known drainer \\x1b[2J"
     ) in out
 
 
@@ -204,49 +205,62 @@ def test_demo_prints_alerts_and_decisions_entity_ids_as_text(
 def test_demo_prints_a_decision_under_its_alert_whichever_comes_first(
     settings: Settings, unique_topic: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Printed as read, a hold could be many lines from its alert (an analyst's-view review); the
-    # two topics are read side by side, so a decision may be read before its alert.
+    # Printed as read, a hold could be many lines from its alert (an analyst's-view review): the
+    # two topics are read side by side, so a decision may be read before its alert, or after it
+    # with other alerts between (a batch holds one partition's records after another's).
     monkeypatch.setattr(console, "width", 400)
+    monkeypatch.setattr(demo, "DECISION_WAITS_S", 600.0)  # (the wait's end: at the stop, below)
     alerts, decisions = f"{unique_topic}.alerts", f"{unique_topic}.decisions"
     ensure_topics(
         settings, [TopicSpec(name=t, key="k", value="raw", description="d") for t in (alerts, decisions)]
     )
     now = datetime.now(UTC)
-    first, held = drainer_alert_and_hold(
-        now, entity_id="0xfirst", alert_id=f"al-1-{uuid.uuid4().hex}", decision_id="de-1", expires_at=None
-    )
-    second, _ = drainer_alert_and_hold(
-        now, entity_id="0xsecond", alert_id=f"al-2-{uuid.uuid4().hex}", decision_id="de-2", expires_at=None
-    )
-    _, orphan = drainer_alert_and_hold(
-        now, entity_id="0xorphan", alert_id=f"al-3-{uuid.uuid4().hex}", decision_id="de-3", expires_at=None
+
+    def made(name: str) -> tuple[Alert, Decision]:
+        return drainer_alert_and_hold(
+            now, entity_id=f"0x{name}", alert_id=f"al-{name}-{uuid.uuid4().hex}", decision_id=f"de-{name}"
+        )
+
+    (first, first_held), (second, _), (third, third_held), (fourth, fourth_held), (_, orphan) = map(
+        made, ["first", "second", "third", "fourth", "orphan"]
     )
     producer = EventProducer(settings)
-    producer.produce(held, topic=decisions)  # the hold, read first
-    producer.produce(orphan, topic=decisions)  # a hold whose alert never comes
+    # The third's and fourth's alerts and holds there before it reads (two alerts, then two
+    # holds, in one batch when the alerts' topic is read first), the first's hold before its alert.
+    producer.produce(third, topic=alerts)
+    producer.produce(fourth, topic=alerts)
+    for held in (first_held, third_held, fourth_held, orphan):
+        producer.produce(held, topic=decisions)
     producer.flush()
     watcher = _AlertWatcher(settings, alerts, decisions, quiet=False)
     watcher.start()
     try:
-        wait_for(lambda: len(watcher.decisions) == 2, 60, "the watcher to read both holds")
+        wait_for(lambda: len(watcher.decisions) == 4, 60, "the watcher to read the holds")
         producer.produce(second, topic=alerts)
         producer.produce(first, topic=alerts)
         producer.flush()
-        wait_for(lambda: len(watcher.alerts) == 2, 60, "the watcher to read both alerts")
+        wait_for(lambda: len(watcher.alerts) == 4, 60, "the watcher to read the alerts")
     finally:
-        watcher.stop()
+        watcher.stop()  # (a hold whose alert never came: printed alone now)
         make_admin(settings).delete_topics([alerts, decisions])
     lines = capsys.readouterr().out.splitlines()
     heads = {line.split()[4]: n for n, line in enumerate(lines) if "drainer-approval wallet:" in line}
-    holds = {
-        line.split()[1]: n for n, line in enumerate(lines) if line.lstrip().startswith("hold_withdrawal")
+    holds = [
+        (line.split()[1], n) for n, line in enumerate(lines) if line.lstrip().startswith("hold_withdrawal")
+    ]
+    assert sorted(heads) == ["wallet:0xfirst", "wallet:0xfourth", "wallet:0xsecond", "wallet:0xthird"]
+    # Each hold once, none lost: the orphan's too.
+    assert Counter(who for who, _ in holds) == {
+        "wallet:0xfirst": 1,
+        "wallet:0xthird": 1,
+        "wallet:0xfourth": 1,
+        "wallet:0xorphan": 1,
     }
-    assert sorted(heads) == ["wallet:0xfirst", "wallet:0xsecond"]
-    # The first alert's hold right under it (its header, its explanation, then the hold), in
-    # whichever order the alerts came (their partitions are read side by side).
-    assert holds["wallet:0xfirst"] == heads["wallet:0xfirst"] + 2
-    # The orphan's printed alone, once, none lost.
-    assert sorted(holds) == ["wallet:0xfirst", "wallet:0xorphan"]
+    # Right under its alert (its header, its explanation, then the hold), whichever came first.
+    at = dict(holds)
+    assert at["wallet:0xfirst"] == heads["wallet:0xfirst"] + 2
+    assert at["wallet:0xthird"] == heads["wallet:0xthird"] + 2
+    assert at["wallet:0xfourth"] == heads["wallet:0xfourth"] + 2
 
 
 # ---------------------------------------------------------------------------- a node's words

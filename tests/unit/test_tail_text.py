@@ -118,9 +118,9 @@ def test_alerts_and_decisions_print_as_an_analyst_reads_them_unless_json_is_aske
     assert _terminal_safe(printed), repr(printed)
     assert "hold_withdrawal wallet:0xabc\\x1b[2J" in printed
     assert (
-        "withdrawal wd-1 until released; alert-2a228e4f5b6c: Token approval to a known drainer "
-        "(drainer-approval v2, severity critical)"
+        "withdrawal wd-1 until released; alert-2a228e4f5b6c: Token approval to a known drainer \\x1b[2J"
     ) in printed
+    assert "(drainer-approval v1, severity high)" in printed
     # As JSON, whole.
     _, raw = record_text(b"k", encode(alert), decoder=codec)
     assert _printed(raw).startswith('{"type":"alert","payload":{"rule_id":"drainer-approval"')

@@ -27,7 +27,7 @@ from types import FrameType
 from typing import Annotated
 
 import typer
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, Message
 from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -84,33 +84,46 @@ class _AlertWatcher:
         self._stop.set()
         self._thread.join(timeout=10)
         self._consumer.close()
-        self._show_waiting(float("inf"))
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            for msg in self._consumer.consume(500, timeout=0.2):
-                if msg.error() or msg.value() is None:
-                    continue
-                event = self._codec.decode(msg.value(), where=f"{msg.topic()}@{msg.offset()}")
-                self.last_seen = time.monotonic()
-                if isinstance(event, Alert) and event.event_id not in self.alerts:
-                    self.alerts[event.event_id] = event
-                    self._show_alert(event)
-                    for _, decision in self._waiting.pop(event.event_id, []):
-                        self._show_decision(decision)
-                elif isinstance(event, Decision) and event.event_id not in self.decisions:
-                    self.decisions[event.event_id] = event
-                    if event.payload.alert_id in self.alerts:
-                        self._show_decision(event)
-                    else:
-                        self._waiting.setdefault(event.payload.alert_id, []).append((time.monotonic(), event))
-            self._show_waiting(time.monotonic() - DECISION_WAITS_S)
+        try:
+            while not self._stop.is_set():
+                self._take(self._consumer.consume(500, timeout=0.2))
+        finally:
+            # (Here, not in stop(): only this thread touches what waits.)
+            self._show_waiting(float("inf"))
+
+    def _take(self, msgs: list[Message]) -> None:
+        """Print a batch: each new alert with the decisions that name it under it, whichever
+        was read first (detection sends the alert first, and a batch holds one partition's
+        records after another's: several alerts, then their holds)."""
+        fresh: list[Alert] = []
+        for msg in msgs:
+            if msg.error() or msg.value() is None:
+                continue
+            event = self._codec.decode(msg.value(), where=f"{msg.topic()}@{msg.offset()}")
+            self.last_seen = time.monotonic()
+            if isinstance(event, Alert) and event.event_id not in self.alerts:
+                self.alerts[event.event_id] = event
+                fresh.append(event)
+            elif isinstance(event, Decision) and event.event_id not in self.decisions:
+                self.decisions[event.event_id] = event
+                self._waiting.setdefault(event.payload.alert_id, []).append((time.monotonic(), event))
+        for alert in fresh:
+            self._show_alert(alert)
+            for _, decision in self._waiting.pop(alert.event_id, []):
+                self._show_decision(decision)
+        # A decision whose alert was printed in an earlier batch: at once, as it names its alert.
+        for alert_id in [a for a in self._waiting if a in self.alerts]:
+            for _, decision in self._waiting.pop(alert_id, []):
+                self._show_decision(decision)
+        self._show_waiting(time.monotonic() - DECISION_WAITS_S)
 
     def _show_waiting(self, read_before: float) -> None:
         """Print the decisions read before ``read_before`` (monotonic) whose alert has not come:
         alone, as they are (their line names their alert)."""
         for alert_id in [a for a, waiting in self._waiting.items() if waiting[0][0] <= read_before]:
-            for _, decision in self._waiting.pop(alert_id):
+            for _, decision in self._waiting.pop(alert_id, []):
                 self._show_decision(decision)
 
     def _show_decision(self, decision: Decision) -> None:
