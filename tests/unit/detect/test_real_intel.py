@@ -50,6 +50,20 @@ def ofac_eth() -> list[str]:
     )
 
 
+def ofac_bch() -> list[str]:
+    """OFAC's Bitcoin Cash addresses, as listed (CashAddr, and one legacy)."""
+    lines = (INTEL / "ofac" / "sanctioned_addresses_BCH.txt").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip()]
+
+
+def real_intel() -> IntelIndex:
+    """An index of every real list under ../shared/data/intel, as of T0."""
+    intel = IntelIndex()
+    for ind in indicators_from_files(INTEL, T0):
+        intel.apply(ind)
+    return intel
+
+
 def scam() -> list[str]:
     return sorted({a.lower() for a in json.loads((INTEL / "scamsniffer" / "address.json").read_text())})
 
@@ -121,9 +135,7 @@ def test_real_addresses_flag_each_other_only_where_they_truly_share_head_and_tai
 def test_exposure_one_and_two_hops_from_a_real_sanctioned_address() -> None:
     sdn = ofac_eth()[7]
     hop1, hop2, hop3 = (f"0x{n:040x}" for n in (0xA1, 0xA2, 0xA3))
-    intel = IntelIndex()
-    for ind in indicators_from_files(INTEL, T0):
-        intel.apply(ind)
+    intel = real_intel()
     assert sdn in intel
     events: list[Event] = [
         transfer(1, sdn, hop1, T0 + timedelta(minutes=1)),
@@ -185,9 +197,7 @@ def test_exposure_and_direct_hits_on_real_sanctioned_bitcoin_addresses_in_any_sp
     legacy = next(a for a in ofac_btc() if a[0] in "13" and a != a.lower())
     segwit = next(a for a in ofac_btc() if a.startswith("bc1"))
     hop = "1BoatSLRHtKNngkdXEeobR76b53LETtpyT"
-    intel = IntelIndex()
-    for ind in indicators_from_files(INTEL, T0):
-        intel.apply(ind)
+    intel = real_intel()
     events: list[Event] = [
         btc_transfer(1, legacy, hop, T0 + timedelta(minutes=1)),
         deposit(1, "one-hop", hop, T0 + timedelta(minutes=10)),
@@ -209,18 +219,12 @@ def test_exposure_and_direct_hits_on_real_sanctioned_bitcoin_addresses_in_any_sp
 def test_a_sanctioned_bitcoin_cash_address_is_held_in_either_spelling() -> None:
     # OFAC lists Bitcoin Cash addresses as CashAddr (one as legacy); a customer's wallet may show
     # the legacy spelling of the same address, and a withdrawal there went unmatched.
-    listed = [
-        line.strip()
-        for line in (INTEL / "ofac" / "sanctioned_addresses_BCH.txt").read_text().splitlines()
-        if line.strip()
-    ]
+    listed = ofac_bch()
     cashaddr = next(a for a in listed if a.startswith("q"))
     legacy = next(a for a in listed if a.startswith("1"))
     as_legacy, as_cashaddr = other_spellings(cashaddr)[0], other_spellings(legacy)[0]
     unlisted = other_spellings("qpm2qsznhks23z7629mms6s4cwef74vcwvy22gdx6a")[0]
-    intel = IntelIndex()
-    for ind in indicators_from_files(INTEL, T0):
-        intel.apply(ind)
+    intel = real_intel()
     events: list[Event] = [
         withdrawal(1, "legacy-of-listed-cashaddr", as_legacy, T0 + timedelta(minutes=1)),
         withdrawal(2, "cashaddr-of-listed-legacy", f"bitcoincash:{as_cashaddr}", T0 + timedelta(minutes=2)),
@@ -248,16 +252,10 @@ def test_exposure_names_a_sanctioned_origin_as_the_list_spells_it() -> None:
     # A Bitcoin Cash address OFAC lists as CashAddr, seen on the Bitcoin chain in its legacy
     # spelling (one key pair on both chains): the alert named the legacy spelling, which an
     # analyst searching the list would not find (found in review).
-    listed = next(
-        line.strip()
-        for line in (INTEL / "ofac" / "sanctioned_addresses_BCH.txt").read_text().splitlines()
-        if line.strip().startswith("q")
-    )
+    listed = next(a for a in ofac_bch() if a.startswith("q"))
     legacy = other_spellings(listed)[0]
     hop = "1BoatSLRHtKNngkdXEeobR76b53LETtpyT"
-    intel = IntelIndex()
-    for ind in indicators_from_files(INTEL, T0):
-        intel.apply(ind)
+    intel = real_intel()
     events: list[Event] = [
         btc_transfer(1, legacy, hop, T0 + timedelta(minutes=1)),
         deposit(1, "one-hop", hop, T0 + timedelta(minutes=10)),
