@@ -145,6 +145,10 @@ def test_a_known_address_s_own_small_transfer_is_no_dusting() -> None:
 def test_a_dust_sender_that_sends_more_than_dust_is_a_dust_sender_no_longer() -> None:
     dust = transfer(1, REAL, WALLET, at(0), 0.5)
     assert held([dust, withdraw(2, "c4", REAL, 3)]) == ["c4"]  # has only ever sent dust
+    # No original known: the alert names the dust sender alone (an empty counterparty linked
+    # every such alert to every other).
+    (alert,) = alerts([dust, withdraw(2, "c4", REAL, 3)])
+    assert [(r.kind, r.id) for r in alert.payload.related] == [("wallet", REAL)]
     assert held([dust, transfer(2, REAL, WALLET, at(1), 50.0), withdraw(3, "c4", REAL, 3)]) == []
     # Being paid is no sending: a poisoner funded after its dust is still one.
     assert held([dust, transfer(2, WALLET, REAL, at(1), 50.0), withdraw(3, "c4", REAL, 3)]) == ["c4"]

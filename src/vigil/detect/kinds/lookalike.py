@@ -332,10 +332,13 @@ class LookalikeDetector(Detector):
         state.set(f"h:{key}", [*held[-MAX_HELD + 1 :], [address, group, self._evidence(event), now]])
 
     def _hit(self, group: str, evidence: list[Any], address: str, flagged: str) -> Hit:
+        # A dust sender with no original known names no counterparty: an empty one linked every
+        # such alert to every other (found in review).
+        imitated = [EntityRef(kind="counterparty", id=flagged)] if flagged != DUST_ONLY else []
         return Hit(
             entity=entity_ref(group),
             evidence=evidence,
-            related=[EntityRef(kind="wallet", id=address), EntityRef(kind="counterparty", id=flagged)],
+            related=[EntityRef(kind="wallet", id=address), *imitated],
             context={"address": address, "imitates": flagged, "chars": str(self.p.chars), "group": group},
         )
 
