@@ -115,6 +115,7 @@ def test_alerts_and_decisions_print_as_an_analyst_reads_them_unless_json_is_aske
     assert "[link=https://evil.example/]x[/link]" in printed  # markup as written, not applied
     _, held = record_text(b"k", encode(decision), decoder=codec, lines=True)
     printed = _printed(held)
+    assert printed.startswith("hold_withdrawal ")  # (not indented as under its alert in the demo)
     assert _terminal_safe(printed), repr(printed)
     assert "hold_withdrawal wallet:0xabc\\x1b[2J" in printed
     assert (
