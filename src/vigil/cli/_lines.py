@@ -41,6 +41,6 @@ def decision_line(decision: Decision) -> str:
         else ("until released" if p.action == "hold_withdrawal" else "")
     )
     return (
-        f"  [bold magenta]{p.action}[/] {shown(p.entity.kind)}:{shown(p.entity.id)}{held} "
+        f"[bold magenta]{p.action}[/] {shown(p.entity.kind)}:{shown(p.entity.id)}{held} "
         f"[dim]{until}{'; ' if until else ''}{shown(p.alert_id[:ID_SHOWN])}: {shown(p.reason)}[/]"
     )

@@ -128,7 +128,8 @@ class _AlertWatcher:
 
     def _show_decision(self, decision: Decision) -> None:
         if not self._quiet:
-            console.print(decision_line(decision), highlight=False, emoji=False)
+            # Indented: under its alert (see _take).
+            console.print("  " + decision_line(decision), highlight=False, emoji=False)
 
     def _show_alert(self, alert: Alert) -> None:
         if not self._quiet:

@@ -313,6 +313,5 @@ def record_text(
     if lines and isinstance(record, Alert):
         return shown_key, alert_line(record)
     if lines and isinstance(record, Decision):
-        # (Without the indent it has under its alert in `vigil demo`: alone here.)
-        return shown_key, decision_line(record).lstrip()
+        return shown_key, decision_line(record)
     return shown_key, shown(msgspec.json.encode(record).decode())
