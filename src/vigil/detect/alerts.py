@@ -134,7 +134,7 @@ def explain(rule: Rule, hit: Hit) -> str:
         ctx["first_at"] = _iso(hit.evidence[0][2])
         ctx["last_at"] = _iso(hit.evidence[-1][2])
     # format_map over a plain-name template (validated at load) cannot reach attributes.
-    text = rule.explanation.strip().format_map(ctx)
+    text = (hit.template or rule.explanation).strip().format_map(ctx)
     if hit.note is not None:
         template, value = hit.note
         text += " " + template.format(as_data(value))

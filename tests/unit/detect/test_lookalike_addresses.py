@@ -149,6 +149,9 @@ def test_a_dust_sender_that_sends_more_than_dust_is_a_dust_sender_no_longer() ->
     # every such alert to every other).
     (alert,) = alerts([dust, withdraw(2, "c4", REAL, 3)])
     assert [(r.kind, r.id) for r in alert.payload.related] == [("wallet", REAL)]
+    # And says so (its explanation read: imitates the known counterparty "" ...).
+    assert "has only ever sent dust or zero-value transfers" in alert.payload.explanation
+    assert "imitates" not in alert.payload.explanation
     assert held([dust, transfer(2, REAL, WALLET, at(1), 50.0), withdraw(3, "c4", REAL, 3)]) == []
     # Being paid is no sending: a poisoner funded after its dust is still one.
     assert held([dust, transfer(2, WALLET, REAL, at(1), 50.0), withdraw(3, "c4", REAL, 3)]) == ["c4"]
@@ -255,3 +258,12 @@ def test_cashaddr_addresses_are_compared_without_their_prefix() -> None:
     assert held([sent(1, "c1", BCH, 0), withdraw(2, "c2", BCH[:4] + "y" * 34 + BCH[-4:], 1)]) == []
     (alert,) = alerts([sent(1, "c1", f"bitcoincash:{BCH}", 0), withdraw(2, "c2", imitation.upper(), 1)])
     assert [r.id for r in alert.payload.related] == [imitation, BCH]
+
+
+def test_an_imitation_of_a_known_counterparty_names_it() -> None:
+    (alert,) = alerts(
+        [deposit(1, "c4", REAL, 0), transfer(2, FAKE, WALLET, at(1), 0.5), withdraw(3, "c4", FAKE, 3)]
+    )
+    explanation = alert.payload.explanation
+    assert f'imitates the known counterparty "{REAL}"' in explanation
+    assert "only ever sent dust" not in explanation  # (the other case, said once either way)

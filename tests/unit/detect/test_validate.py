@@ -141,6 +141,39 @@ def test_an_explanation_names_only_what_the_rules_measure_sets(tmp_path: Path) -
     assert messages(tmp_path) == []
 
 
+def test_a_kinds_other_explanation_is_checked_as_the_explanation_is(tmp_path: Path) -> None:
+    # A look-alike rule's explanation for a dust sender with no original known.
+    shipped = (Path(__file__).resolve().parents[3] / "rules" / "chain.yaml").read_text()
+    start = shipped.index("  - id: poisoning-withdrawal")
+    rule = shipped[start : shipped.index("\n  - id: ", start + 10)]
+    assert "dust_only_explanation: >-\n      Customer {entity}" in rule
+    write(tmp_path, "d.yaml", "rules:\n" + rule.replace("only ever sent dust", "only ever sent {nope} dust"))
+    (error,) = messages(tmp_path)
+    line = 2 + rule[: rule.index("dust_only_explanation")].count("\n")
+    assert f"d.yaml:{line}:" in error
+    assert "rule 'poisoning-withdrawal'.dust_only_explanation: unknown placeholder {nope}" in error
+    written = rule.replace(
+        "dust_only_explanation: >-\n      Customer {entity}", "dust_only_explanation: >-\n      {decline_reason}"
+    )
+    write(tmp_path, "d.yaml", "rules:\n" + written)
+    (error,) = messages(tmp_path)
+    assert (
+        "rule 'poisoning-withdrawal'.dust_only_explanation: {decline_reason} is a field of none of the rule's event types"
+        in error
+    )
+    write(
+        tmp_path,
+        "d.yaml",
+        "rules:\n" + rule.replace("dust_only_explanation: >-", "dust_only_explanation: [1]\n    x: >-"),
+    )
+    assert any(
+        "rule 'poisoning-withdrawal'.dust_only_explanation must be a non-empty string" in m
+        for m in messages(tmp_path)
+    )
+    write(tmp_path, "d.yaml", "rules:\n" + rule)
+    assert messages(tmp_path) == []
+
+
 def test_yaml_syntax_error_is_located(tmp_path: Path) -> None:
     path = write(tmp_path, "syntax.yaml", "rules:\n  - id: x\n    version: [1\n")
     errors = messages(tmp_path)

@@ -321,6 +321,9 @@ class Hit:
     #: text, with ``{}`` where the value goes, and the value (quoted as data, as the template's
     #: are).  For what every rule of a kind must say (a listed value matched in another spelling).
     note: tuple[str, str] | None = None
+    #: The explanation this hit reads by, when not the rule's ``explanation``: another of the
+    #: rule's templates (a kind's ``KindSpec.templates``), for a case the first does not fit.
+    template: str | None = None
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,9 @@ class LookalikeParams:
     chars: int
     known: tuple[FieldEntry, ...]
     check: tuple[FieldEntry, ...]
+    #: The explanation of an alert on a dust sender no known counterparty resembles (None: the
+    #: rule's ``explanation``, ``{imitates}`` reading "").
+    dust_only_explanation: str | None = None
 
 
 def parse(d: LocDict, p: Parser, what: str) -> LookalikeParams | None:
@@ -106,9 +109,11 @@ def parse(d: LocDict, p: Parser, what: str) -> LookalikeParams | None:
         chars = None
     known = parse_entries(d, "known", p, what)
     check = parse_entries(d, "check", p, what, group_required=True, extra=("alert", "remember"))
+    # (Its placeholders are checked with the explanation's, by the rules' validation.)
+    dust_only = p.string(d, "dust_only_explanation", what)
     if chars is None or known is None or check is None:
         return None
-    return LookalikeParams(chars, tuple(known), tuple(check))
+    return LookalikeParams(chars, tuple(known), tuple(check), dust_only)
 
 
 #: A segwit (bech32) address as the key folds it: human-readable part, separator, data.  Its
@@ -162,7 +167,8 @@ class LookalikeDetector(Detector):
         self._known = [CompiledEntry(k) for k in params.known]
         self._checks = [CompiledEntry(c) for c in params.check]
         self._types = frozenset().union(*(k.types for k in self._known), *(c.types for c in self._checks))
-        self._evidence = EvidenceMaker([c.field for c in params.check], rule.explanation)
+        explanations = f"{rule.explanation} {params.dust_only_explanation or ''}"
+        self._evidence = EvidenceMaker([c.field for c in params.check], explanations)
         #: Per event class, the checks and the known entries that may match it (in rule order).
         self._checks_of = {EVENT_TYPES[t]: [c for c in self._checks if t in c.types] for t in self._types}
         self._known_of = {EVENT_TYPES[t]: [k for k in self._known if t in k.types] for t in self._types}
@@ -340,6 +346,7 @@ class LookalikeDetector(Detector):
             evidence=evidence,
             related=[EntityRef(kind="wallet", id=address), *imitated],
             context={"address": address, "imitates": flagged, "chars": str(self.p.chars), "group": group},
+            template=self.p.dust_only_explanation if flagged == DUST_ONLY else None,
         )
 
     def _flagged(

@@ -26,6 +26,9 @@ class KindSpec:
     keys: tuple[str, ...]
     #: Of :attr:`context`, the names a rule with these (parsed) settings sets; None: all of them.
     context_of: Callable[[Any], frozenset[str]] | None = None
+    #: Of :attr:`keys`, those that are explanations too (for a case the rule's ``explanation``
+    #: does not fit), validated as it is.
+    templates: tuple[str, ...] = ()
 
 
 KINDS: dict[str, KindSpec] = {
@@ -58,7 +61,8 @@ KINDS: dict[str, KindSpec] = {
         lookalike.parse,
         lookalike.LookalikeDetector,
         lookalike.CONTEXT,
-        ("known", "check", "chars"),
+        ("known", "check", "chars", "dust_only_explanation"),
+        templates=("dust_only_explanation",),
     ),
     "deviation": KindSpec(
         deviation.parse,

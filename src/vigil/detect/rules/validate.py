@@ -273,10 +273,16 @@ def parse_rule(d: LocDict, p: Parser, file: str) -> Rule | None:
         p.error(d.loc, f"{what} cannot be read: {exc}")
         params = None
     explanation = p.string(d, "explanation", what)
-    if explanation is not None and spec is not None:
-        _check_template(
-            explanation, d.mark("explanation"), p, what, COMMON_CONTEXT | spec.context | FIELD_NAMES
-        )
+    #: Every explanation the rule has, by key: ``explanation``, and its kind's others.
+    templates = {"explanation": explanation} if explanation is not None else {}
+    if spec is not None:
+        for key in spec.templates:
+            other = d.get(key)
+            if isinstance(other, str) and other.strip():  # (else refused by the kind's parse)
+                templates[key] = other
+        names = COMMON_CONTEXT | spec.context | FIELD_NAMES
+        for key, text in templates.items():
+            _check_template(text, d.mark(key), p, f"{what}.{key}", names)
     errors_now = sum(i.severity == "error" for i in p.issues)
     if params is None and spec is not None and errors_now == before:
         # A backstop: a kind that gave nothing says why at its place; one that did not dropped
@@ -316,33 +322,35 @@ def parse_rule(d: LocDict, p: Parser, file: str) -> Rule | None:
     mine = _field_names(frozenset(types)) | COMMON_CONTEXT | spec.context
     # A context name the kind sets only with other settings: {speed_kmh} in an amount rule.
     offered = spec.context_of(params) if spec.context_of is not None else spec.context
-    for name in placeholder_names(explanation):
-        if name in spec.context and name not in offered and name not in COMMON_CONTEXT | FIELD_NAMES:
-            p.error(
-                d.mark("explanation"),
-                f"{what}.explanation: {{{name}}} is not set by a {kind_name} rule with these settings "
-                f"(it sets {', '.join(sorted(offered))}): it would always read (unknown)",
-            )
-        if name in FIELD_NAMES and name not in mine:
-            p.error(
-                d.mark("explanation"),
-                f"{what}.explanation: {{{name}}} is a field of none of the rule's event types "
-                f"({', '.join(sorted(types))}): it would always read (unknown)",
-            )
+    for key, text in templates.items():
+        for name in placeholder_names(text):
+            if name in spec.context and name not in offered and name not in COMMON_CONTEXT | FIELD_NAMES:
+                p.error(
+                    d.mark(key),
+                    f"{what}.{key}: {{{name}}} is not set by a {kind_name} rule with these settings "
+                    f"(it sets {', '.join(sorted(offered))}): it would always read (unknown)",
+                )
+            if name in FIELD_NAMES and name not in mine:
+                p.error(
+                    d.mark(key),
+                    f"{what}.{key}: {{{name}}} is a field of none of the rule's event types "
+                    f"({', '.join(sorted(types))}): it would always read (unknown)",
+                )
     if sum(i.severity == "error" for i in p.issues) > before:
         return None
     return rule
 
 
 def _check_template(text: str, loc: tuple[int, int], p: Parser, what: str, context: frozenset[str]) -> None:
+    """Refuse a template ``text`` (at ``loc``; ``what``: its rule and key, as errors name it) that
+    does not format, or names anything but ``context`` and event field names."""
     allowed = context | FIELD_NAMES
     try:
         parts = list(string.Formatter().parse(text))
     except ValueError as exc:
         p.error(
             loc,
-            f"{what}.explanation is not a valid template ({exc}); "
-            "use {name} placeholders, '{{' for a brace",
+            f"{what} is not a valid template ({exc}); use {{name}} placeholders, '{{{{' for a brace",
         )
         return
     for _, name, spec, conv in parts:
@@ -351,13 +359,13 @@ def _check_template(text: str, loc: tuple[int, int], p: Parser, what: str, conte
         if not name.isidentifier() or spec or conv:
             p.error(
                 loc,
-                f"{what}.explanation: placeholder {{{name}}} must be a plain name like {{entity}} "
+                f"{what}: placeholder {{{name}}} must be a plain name like {{entity}} "
                 "(no attribute access, index, format spec or conversion)",
             )
         elif name not in allowed:
             p.error(
                 loc,
-                f"{what}.explanation: unknown placeholder {{{name}}}; expected one of the rule's "
+                f"{what}: unknown placeholder {{{name}}}; expected one of the rule's "
                 f"context names ({', '.join(sorted(context))}) or an event field name",
             )
 
