@@ -27,7 +27,7 @@ from vigil.config import Settings
 from vigil.errors import PipelineError
 from vigil.events.codec import decode_event
 from vigil.events.types import Payment
-from vigil.hub.admin import ensure_topics
+from vigil.hub.admin import describe_live, ensure_topics
 from vigil.hub.client import make_admin
 from vigil.hub.topics import TopicSpec
 from vigil.stream.app import _MAX_ABORTED_CHECKPOINTS, Application
@@ -213,7 +213,12 @@ def test_at_least_once_a_refused_changelog_record_is_aborted_and_processed_again
         admin = make_admin(settings)
         for future in admin.incremental_alter_configs([change]).values():
             future.result(30)
-        time.sleep(1)  # (the broker applies it a moment later)
+        # The broker applies it once its metadata record arrives: described so, it is in force.
+        wait_for(
+            lambda: describe_live(admin, [changelog])[changelog].config.get("max.message.bytes") == "300",
+            30,
+            f"{changelog}'s new record limit in force",
+        )
         produce(settings, src, payments(6000, 500))
         error = _stopped(running)
     text = str(error)
