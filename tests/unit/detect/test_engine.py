@@ -1061,7 +1061,7 @@ rules:
     typology: supply_chain_compromise
     severity: high
     score: 80
-    explanation: "{entity}"
+    explanation: "{entity} after an export through {marked_by}"
     mark:
       type: crm_record_export
       where: {payload.customer_ids: {contains: c-honey}}
@@ -1092,6 +1092,12 @@ rules:
     ]
     single = run_operators([DetectOperator(RuleSet(rules))], [export, *logins]).emitted(ALERTS_TOPIC)
     assert sorted(a.payload.entity.id for a in single) == ["c-honey", "c1", "c2"]
+    through = {a.payload.explanation.split(" after ")[1] for a in single}
+    assert through == {'an export through "vendor hubspot"'}
+    # An export naming none of the mark's sources: unknown, not a vendor called "unknown".
+    unnamed = msgspec.structs.replace(export, entities=Entities())
+    alerts = run_operators([DetectOperator(RuleSet(rules))], [unnamed, *logins]).emitted(ALERTS_TOPIC)
+    assert {a.payload.explanation.split(" after ")[1] for a in alerts} == {"an export through (unknown)"}
     ruleset = RuleSet(rules)
     routed: list[Any] = []
     RouteOperator(ruleset).process(

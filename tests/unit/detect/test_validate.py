@@ -146,30 +146,19 @@ def test_a_kinds_other_explanation_is_checked_as_the_explanation_is(tmp_path: Pa
     shipped = (Path(__file__).resolve().parents[3] / "rules" / "chain.yaml").read_text()
     start = shipped.index("  - id: poisoning-withdrawal")
     rule = shipped[start : shipped.index("\n  - id: ", start + 10)]
-    assert "dust_only_explanation: >-\n      Customer {entity}" in rule
+    key = "dust_only_explanation: >-\n      "
+    what = "rule 'poisoning-withdrawal'.dust_only_explanation"
+    assert key + "Customer {entity}" in rule
     write(tmp_path, "d.yaml", "rules:\n" + rule.replace("only ever sent dust", "only ever sent {nope} dust"))
     (error,) = messages(tmp_path)
-    line = 2 + rule[: rule.index("dust_only_explanation")].count("\n")
+    line = 2 + rule[: rule.index(key)].count("\n")
     assert f"d.yaml:{line}:" in error
-    assert "rule 'poisoning-withdrawal'.dust_only_explanation: unknown placeholder {nope}" in error
-    written = rule.replace(
-        "dust_only_explanation: >-\n      Customer {entity}", "dust_only_explanation: >-\n      {decline_reason}"
-    )
-    write(tmp_path, "d.yaml", "rules:\n" + written)
+    assert f"{what}: unknown placeholder {{nope}}" in error
+    write(tmp_path, "d.yaml", "rules:\n" + rule.replace(key + "Customer", key + "{decline_reason}"))
     (error,) = messages(tmp_path)
-    assert (
-        "rule 'poisoning-withdrawal'.dust_only_explanation: {decline_reason} is a field of none of the rule's event types"
-        in error
-    )
-    write(
-        tmp_path,
-        "d.yaml",
-        "rules:\n" + rule.replace("dust_only_explanation: >-", "dust_only_explanation: [1]\n    x: >-"),
-    )
-    assert any(
-        "rule 'poisoning-withdrawal'.dust_only_explanation must be a non-empty string" in m
-        for m in messages(tmp_path)
-    )
+    assert f"{what}: {{decline_reason}} is a field of none of the rule's event types" in error
+    write(tmp_path, "d.yaml", "rules:\n" + rule.replace(key, "dust_only_explanation: [1]\n    x: >-\n      "))
+    assert any(f"{what} must be a non-empty string" in m for m in messages(tmp_path))
     write(tmp_path, "d.yaml", "rules:\n" + rule)
     assert messages(tmp_path) == []
 

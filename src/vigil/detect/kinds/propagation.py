@@ -354,8 +354,10 @@ class PropagationDetector(Detector):
             entity=entity_ref(key),
             evidence=[mark["ev"], trigger],
             related=[EntityRef(kind=k, id=v) for k, v in mark["src"]],
+            # A mark whose event named none of its sources leaves {marked_by} out: it reads
+            # (unknown) then, as anything not known does ("unknown" was quoted, like a name).
             context={
-                "marked_by": ", ".join(f"{k} {v}" for k, v in mark["src"]) or "unknown",
+                **({"marked_by": ", ".join(f"{k} {v}" for k, v in mark["src"])} if mark["src"] else {}),
                 "mark_type": str(mark["ev"][1]),
                 "group": key,
             },
