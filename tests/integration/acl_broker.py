@@ -31,6 +31,7 @@ USERS: dict[str, str] = {
     "vigil-detect": "detect-secret",
     "vigil-admin": "vigil-admin-secret",
     "vigil-redrive": "redrive-secret",
+    "vigil-release": "release-secret",
 }
 
 

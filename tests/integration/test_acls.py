@@ -21,13 +21,16 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, Message
 from tests.integration.acl_broker import ADMIN, SecuredBroker
 from tests.integration.throwaway_broker import REPO
+from tests.unit.detect.test_release import ALERT, decided
 from typer.testing import CliRunner, Result
 
 from vigil.cli import app
 from vigil.config import Settings, load_settings
 from vigil.detect.app import DetectionService
+from vigil.detect.release import release_id
 from vigil.detect.rules.validate import load_rules
 from vigil.errors import BrokerError
+from vigil.events.codec import decode_event
 from vigil.hub import acls, client
 from vigil.hub import admin as topic_admin
 from vigil.hub.client import make_admin, make_consumer, make_producer, read_committed
@@ -42,6 +45,7 @@ SOURCE = "vigil-source-coinbase"
 NORMALIZE = "vigil-normalize"
 DETECT = "vigil-detect"
 REDRIVE = "vigil-redrive"
+RELEASE = "vigil-release"
 REFUSED = KafkaError.TOPIC_AUTHORIZATION_FAILED
 
 
@@ -298,6 +302,26 @@ def test_detect_writes_alerts(applied: _Cluster) -> None:
 @pytest.mark.parametrize("topic", ["raw.coinbase", "events.payments", "vigil.cursors.coinbase"])
 def test_detect_cannot_write_upstream_topics(applied: _Cluster, topic: str) -> None:
     assert _produce(applied.settings(DETECT), topic) == REFUSED
+
+
+def test_an_analyst_releases_a_hold_under_the_release_principal(applied: _Cluster) -> None:
+    # Detection's hold (written as detect), released with `vigil release` as the analyst.
+    hold = decided("hold_withdrawal", expires=datetime.now(UTC) + timedelta(days=1))
+    producer = client.EventProducer(applied.settings(DETECT))
+    producer.produce(hold, topic="decisions")
+    producer.flush()
+    result = _vigil_as(applied, RELEASE, "release", ALERT, "--by", "alice", "--reason", "checked")
+    assert result.exit_code == 0, result.output or repr(result.exception)
+    assert f"released 1 decision(s) of alert {ALERT}" in result.output
+    released = [
+        m for m in read_committed(applied.settings(ADMIN), "decisions") if m.key() == hold.key().encode()
+    ]
+    assert [decode_event(m.value() or b"").event_id for m in released] == [hold.event_id, release_id(hold)]
+
+
+@pytest.mark.parametrize("topic", ["alerts", "events.payments", "raw.coinbase", "detect.routed"])
+def test_the_release_principal_writes_nothing_but_decisions(applied: _Cluster, topic: str) -> None:
+    assert _produce(applied.settings(RELEASE), topic) == REFUSED
 
 
 def test_only_the_admin_may_apply_acls(applied: _Cluster) -> None:

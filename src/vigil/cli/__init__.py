@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from vigil import __version__
-from vigil.cli import broker, demo, detect, dlq, rules, run, schemas, source, topics
+from vigil.cli import broker, demo, detect, dlq, release, rules, run, schemas, source, topics
 from vigil.cli._common import console, err_console, run_guarded
 from vigil.cli.simulate import simulate
 from vigil.compiled import stale, stale_message
@@ -42,6 +42,9 @@ app.command("simulate", help="Simulate an exchange with injected, labelled attac
 app.add_typer(rules.app, name="rules", help="Check rule files and run their example cases.")
 app.command("detect", help="Run detection: canonical topics -> alerts and decisions.")(detect.detect)
 app.command("eval", help="Detection quality per scenario against the simulator's ground truth.")(detect.eval_)
+app.command("release", help="Release an alert's holds, blocks and step-ups, saying who and why.")(
+    release.release
+)
 app.command("run", help="Connectors, normalise and detection together in one process.")(run.run)
 app.command("source", help="Run one connector: publish what it receives to raw.<source>.")(source.source)
 app.command("normalize", help="Run the normalise application: raw.<source> -> events.<domain>.")(

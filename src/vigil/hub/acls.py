@@ -70,6 +70,7 @@ NORMALIZE_APP = "normalize"  # vigil.sources.normalize.build's default name
 NORMALIZE_DLQ = "dlq.normalize"
 DETECT_APPS = ("detect-route", "detect")  # DetectTopology().route_app, .detect_app
 DETECT_DLQ = "dlq.detect"
+DECISIONS_TOPIC = "decisions"  # vigil.detect.engine.DECISIONS_TOPIC: detection's, and releases
 ROUTED_TOPIC = "detect.routed"
 INTEL_TOPIC = "intel.indicators"
 INTEL_FEED_GROUP_PREFIX = "vigil-intel-"  # IntelFeed: a group per process, commits nothing
@@ -178,7 +179,7 @@ def _detect() -> Rights:
     rights += _allow(TOPIC, INTEL_TOPIC, LITERAL, Op.READ, Op.DESCRIBE)
     rights += _allow(GROUP, INTEL_FEED_GROUP_PREFIX, PREFIXED, Op.READ)
     # detect.routed is under the detect application's own "detect." prefix (created at start).
-    for topic in ("alerts", "decisions", DETECT_DLQ):
+    for topic in ("alerts", DECISIONS_TOPIC, DETECT_DLQ):
         rights += _allow(TOPIC, topic, LITERAL, Op.WRITE, Op.DESCRIBE)
     for app in DETECT_APPS:
         rights += _application(app)
@@ -206,6 +207,15 @@ def _redrive(registry: TopicRegistry) -> Rights:
     return rights
 
 
+def _release() -> Rights:
+    """An analyst's credential for ``vigil release``: reads the decisions (its readers' groups
+    commit nothing) and writes releases beside them.  Nothing else: an analyst's laptop holds
+    this one, and it must not write alerts, canonical events or another stage's topics."""
+    rights = _allow(TOPIC, DECISIONS_TOPIC, LITERAL, Op.READ, Op.WRITE, Op.DESCRIBE)
+    rights += _allow(GROUP, READER_GROUP_PREFIX, PREFIXED, Op.READ)
+    return rights
+
+
 def _admin() -> Rights:
     """``vigil topics apply`` (create, add partitions = Alter, set configs) and
     ``vigil topics acls --apply`` (CreateAcls needs Alter on the cluster).  The first ACLs
@@ -220,8 +230,8 @@ def _admin() -> Rights:
 def components(registry: TopicRegistry = TOPICS) -> dict[str, Rights]:
     """The explicit registry of components and what each may do: ``source-<name>`` for every
     raw topic's connector(s) (``source-intel`` covers the intel lists and TAXII feed, both
-    writing ``raw.intel``), ``normalize``, ``detect`` (both of its applications), ``redrive``
-    and ``admin``."""
+    writing ``raw.intel``), ``normalize``, ``detect`` (both of its applications), ``redrive``,
+    ``release`` (an analyst's ``vigil release``) and ``admin``."""
     out: dict[str, Rights] = {}
     for spec in registry:
         if spec.name.startswith("raw."):
@@ -230,6 +240,7 @@ def components(registry: TopicRegistry = TOPICS) -> dict[str, Rights]:
     out["normalize"] = _normalize() + _offsets()
     out["detect"] = _detect() + _offsets()
     out["redrive"] = _redrive(registry) + _offsets()
+    out["release"] = _release() + _offsets()
     out["admin"] = _admin()
     return out
 

@@ -6,6 +6,7 @@ import pytest
 from confluent_kafka.admin import AclOperation, AclPermissionType, ResourcePatternType, ResourceType
 
 from vigil.detect.app import DetectTopology
+from vigil.detect.engine import DECISIONS_TOPIC
 from vigil.errors import ConfigError
 from vigil.hub import acls
 from vigil.hub.redrive import ledger_topic, redrive_group
@@ -47,7 +48,7 @@ def writers(topic: str) -> set[str]:
 
 
 def test_one_component_per_raw_source_and_each_stage() -> None:
-    expected = {f"source-{s}" for s in RAW_SOURCES} | {"normalize", "detect", "redrive", "admin"}
+    expected = {f"source-{s}" for s in RAW_SOURCES} | {"normalize", "detect", "redrive", "release", "admin"}
     assert set(acls.components()) == expected
 
 
@@ -92,9 +93,19 @@ def test_the_intel_connectors_source_ids_are_covered_by_source_intel() -> None:
         assert allowed("source-intel", Op.WRITE, TXN, f"vigil.source.{source_id}")
 
 
-def test_decisions_and_alerts_are_written_by_detection_alone() -> None:
-    assert writers("decisions") == {"detect"}
+def test_decisions_are_written_by_detection_and_releases_alerts_by_detection_alone() -> None:
+    assert writers("decisions") == {"detect", "release"}
     assert writers("alerts") == {"detect"}
+
+
+def test_release_reads_and_writes_the_decisions_and_nothing_else() -> None:
+    # An analyst's credential: `vigil release` reads the decisions to their end (a reader group
+    # of its own, committing nothing) and writes releases beside them.
+    assert allowed("release", Op.READ, TOPIC, "decisions")
+    assert allowed("release", Op.READ, GROUP, f"{acls.READER_GROUP_PREFIX}0a1b2c3d")
+    topics = {g.name for g in GRANTS if g.component == "release" and g.resource_type == TOPIC}
+    assert topics == {"decisions"}
+    assert not any(g.component == "release" and g.resource_type == TXN for g in GRANTS)
 
 
 def test_raw_topics_are_written_by_their_source_and_the_redrive_operator_alone() -> None:
@@ -194,6 +205,7 @@ def test_the_names_match_the_code() -> None:
     assert (t.route_app, t.detect_app) == acls.DETECT_APPS
     assert (t.routed, t.dlq, t.intel) == (acls.ROUTED_TOPIC, acls.DETECT_DLQ, acls.INTEL_TOPIC)
     assert redrive_group("dlq.detect").startswith(acls.REDRIVE_PREFIX)
+    assert acls.DECISIONS_TOPIC == DECISIONS_TOPIC
     assert ledger_topic("dlq.detect") == "dlq.detect" + acls.LEDGER_SUFFIX
 
 
