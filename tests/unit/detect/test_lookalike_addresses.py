@@ -3,6 +3,7 @@ literals in rule conditions."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -150,7 +151,7 @@ def test_a_dust_sender_that_sends_more_than_dust_is_a_dust_sender_no_longer() ->
     (alert,) = alerts([dust, withdraw(2, "c4", REAL, 3)])
     assert [(r.kind, r.id) for r in alert.payload.related] == [("wallet", REAL)]
     # And says so (its explanation read: imitates the known counterparty "" ...).
-    assert "has only ever sent dust or zero-value transfers" in alert.payload.explanation
+    assert "has sent nothing but dust or zero-value transfers" in alert.payload.explanation
     assert "imitates" not in alert.payload.explanation
     assert held([dust, transfer(2, REAL, WALLET, at(1), 50.0), withdraw(3, "c4", REAL, 3)]) == []
     # Being paid is no sending: a poisoner funded after its dust is still one.
@@ -267,3 +268,21 @@ def test_an_imitation_of_a_known_counterparty_names_it() -> None:
     explanation = alert.payload.explanation
     assert f'imitates the known counterparty "{REAL}"' in explanation
     assert "only ever sent dust" not in explanation  # (the other case, said once either way)
+
+
+def test_a_withdrawal_held_before_the_dust_that_flags_its_address_arrives_says_dust_only() -> None:
+    # The withdrawal's check is kept; the dust sent before it (in event time) arrives after it.
+    (alert,) = alerts([withdraw(2, "c4", REAL, 3), transfer(1, REAL, WALLET, at(1), 0.5)], arrival=True)
+    assert "has sent nothing but dust or zero-value transfers" in alert.payload.explanation
+
+
+def test_without_a_dust_only_explanation_the_original_reads_unknown() -> None:
+    plain = [
+        dataclasses.replace(r, params=dataclasses.replace(r.params, dust_only_explanation=None))
+        for r in POISONING
+    ]
+    found, _ = detect_events(
+        RuleSet(plain, IntelIndex()), [transfer(1, REAL, WALLET, at(0), 0.5), withdraw(2, "c4", REAL, 3)]
+    )
+    (alert,) = found
+    assert "imitates the known counterparty (unknown)" in alert.payload.explanation

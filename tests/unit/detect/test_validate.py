@@ -149,7 +149,7 @@ def test_a_kinds_other_explanation_is_checked_as_the_explanation_is(tmp_path: Pa
     key = "dust_only_explanation: >-\n      "
     what = "rule 'poisoning-withdrawal'.dust_only_explanation"
     assert key + "Customer {entity}" in rule
-    write(tmp_path, "d.yaml", "rules:\n" + rule.replace("only ever sent dust", "only ever sent {nope} dust"))
+    write(tmp_path, "d.yaml", "rules:\n" + rule.replace("nothing but dust", "nothing but {nope} dust"))
     (error,) = messages(tmp_path)
     line = 2 + rule[: rule.index(key)].count("\n")
     assert f"d.yaml:{line}:" in error
@@ -159,6 +159,19 @@ def test_a_kinds_other_explanation_is_checked_as_the_explanation_is(tmp_path: Pa
     assert f"{what}: {{decline_reason}} is a field of none of the rule's event types" in error
     write(tmp_path, "d.yaml", "rules:\n" + rule.replace(key, "dust_only_explanation: [1]\n    x: >-\n      "))
     assert any(f"{what} must be a non-empty string" in m for m in messages(tmp_path))
+    # No original is known there: {imitates} would always read (unknown).
+    write(tmp_path, "d.yaml", "rules:\n" + rule.replace(key + "Customer", key + "{imitates}"))
+    (error,) = messages(tmp_path)
+    assert f"{what}: {{imitates}} is not set by a lookalike rule in its dust_only_explanation" in error
+    # Without one, a rule whose check remembers dust senders is warned that it reads so there.
+    start = rule.index("    dust_only_explanation:")
+    write(tmp_path, "d.yaml", "rules:\n" + rule[:start] + rule[rule.index("    decision:", start) :])
+    v = validate_paths([tmp_path])
+    assert v.errors == []
+    said = [str(i) for i in v.issues if "dust_only_explanation" in str(i)]
+    assert len(said) == 1
+    assert f"d.yaml:{2 + rule[: rule.index('    explanation:')].count(chr(10))}:18: warning: " in said[0]
+    assert "reads {imitates} as (unknown): say what it is in a dust_only_explanation" in said[0]
     write(tmp_path, "d.yaml", "rules:\n" + rule)
     assert messages(tmp_path) == []
 

@@ -79,6 +79,8 @@ from vigil.events.types import EVENT_TYPES, EntityRef
 from vigil.stream.base import State, StoreSpec
 
 CONTEXT = frozenset({"address", "imitates", "chars", "group"})
+#: What an alert on a dust sender no known address resembles sets: no ``imitates``.
+DUST_ONLY_CONTEXT = CONTEXT - {"imitates"}
 #: Stands in for the original when a flagged address is a dust sender with no known original.
 DUST_ONLY = ""
 MAX_PER_KEY = 8
@@ -113,6 +115,14 @@ def parse(d: LocDict, p: Parser, what: str) -> LookalikeParams | None:
     dust_only = p.string(d, "dust_only_explanation", what)
     if chars is None or known is None or check is None:
         return None
+    names_original = "{imitates}" in str(d.get("explanation"))
+    if any(c.remember for c in check) and "dust_only_explanation" not in d and names_original:
+        # (Not an error: the alert is right, its sentence reads "(unknown)" where the original goes.)
+        p.warn(
+            d.mark("explanation"),
+            f"{what}: with a `remember` check, an alert on a dust sender no known address resembles "
+            "reads {imitates} as (unknown): say what it is in a dust_only_explanation",
+        )
     return LookalikeParams(chars, tuple(known), tuple(check), dust_only)
 
 
@@ -340,13 +350,17 @@ class LookalikeDetector(Detector):
     def _hit(self, group: str, evidence: list[Any], address: str, flagged: str) -> Hit:
         # A dust sender with no original known names no counterparty: an empty one linked every
         # such alert to every other (found in review).
-        imitated = [EntityRef(kind="counterparty", id=flagged)] if flagged != DUST_ONLY else []
+        # Nor sets {imitates}: the rule's explanation read `imitates the known counterparty ""`
+        # without a dust_only_explanation; "(unknown)" now, as anything not known reads.
+        dust_only = flagged == DUST_ONLY
+        context = {"address": address, "chars": str(self.p.chars), "group": group}
         return Hit(
             entity=entity_ref(group),
             evidence=evidence,
-            related=[EntityRef(kind="wallet", id=address), *imitated],
-            context={"address": address, "imitates": flagged, "chars": str(self.p.chars), "group": group},
-            template=self.p.dust_only_explanation if flagged == DUST_ONLY else None,
+            related=[EntityRef(kind="wallet", id=address)]
+            + ([] if dust_only else [EntityRef(kind="counterparty", id=flagged)]),
+            context=context if dust_only else {**context, "imitates": flagged},
+            template=self.p.dust_only_explanation if dust_only else None,
         )
 
     def _flagged(

@@ -6,8 +6,8 @@ name with the list of known kinds.  Nothing is discovered by scanning modules.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from vigil.detect.kinds import deviation, exposure, intel, linked, lookalike, propagation, sequence, threshold
@@ -27,8 +27,8 @@ class KindSpec:
     #: Of :attr:`context`, the names a rule with these (parsed) settings sets; None: all of them.
     context_of: Callable[[Any], frozenset[str]] | None = None
     #: Of :attr:`keys`, those that are explanations too (for a case the rule's ``explanation``
-    #: does not fit), validated as it is.
-    templates: tuple[str, ...] = ()
+    #: does not fit), validated as it is, each with the context names it is given.
+    templates: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 KINDS: dict[str, KindSpec] = {
@@ -62,7 +62,7 @@ KINDS: dict[str, KindSpec] = {
         lookalike.LookalikeDetector,
         lookalike.CONTEXT,
         ("known", "check", "chars", "dust_only_explanation"),
-        templates=("dust_only_explanation",),
+        templates={"dust_only_explanation": lookalike.DUST_ONLY_CONTEXT},
     ),
     "deviation": KindSpec(
         deviation.parse,

@@ -321,14 +321,17 @@ def parse_rule(d: LocDict, p: Parser, file: str) -> Rule | None:
         return None
     mine = _field_names(frozenset(types)) | COMMON_CONTEXT | spec.context
     # A context name the kind sets only with other settings: {speed_kmh} in an amount rule.
+    # And one another of its explanations is not given: {imitates} where no counterparty is known.
     offered = spec.context_of(params) if spec.context_of is not None else spec.context
     for key, text in templates.items():
+        given = offered if key == "explanation" else offered & spec.templates[key]
+        setting = "with these settings" if key == "explanation" else f"in its {key}"
         for name in placeholder_names(text):
-            if name in spec.context and name not in offered and name not in COMMON_CONTEXT | FIELD_NAMES:
+            if name in spec.context and name not in given and name not in COMMON_CONTEXT | FIELD_NAMES:
                 p.error(
                     d.mark(key),
-                    f"{what}.{key}: {{{name}}} is not set by a {kind_name} rule with these settings "
-                    f"(it sets {', '.join(sorted(offered))}): it would always read (unknown)",
+                    f"{what}.{key}: {{{name}}} is not set by a {kind_name} rule {setting} "
+                    f"(it sets {', '.join(sorted(given))}): it would always read (unknown)",
                 )
             if name in FIELD_NAMES and name not in mine:
                 p.error(
