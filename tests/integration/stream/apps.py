@@ -36,10 +36,15 @@ class RunningCount(Operator[Payment]):
     id = "running-count"
     stores = (COUNTS,)
 
-    def __init__(self, output: str, pause_s: float = 0.0) -> None:
+    def __init__(self, output: str, pause_s: float = 0.0, hold: tuple[int, str] | None = None) -> None:
         self.output = output
         # Simulated per-batch work, so a kill lands while a transaction is open.
         self.pause_s = pause_s
+        #: (n, path): once n records are processed and their outputs emitted, the worker writes
+        #: ``path`` and stops in the middle of its batch, its checkpoint's transaction open, until
+        #: it is killed (the test's kill then lands in an open transaction for certain).
+        self.hold = hold
+        self.seen = 0
 
     def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
         if self.pause_s:
@@ -57,6 +62,11 @@ class RunningCount(Operator[Payment]):
                 payload=rec.event.payload,
             )
             ctx.emit(self.output, out)
+        self.seen += len(batch)
+        if self.hold is not None and self.seen >= self.hold[0]:
+            Path(self.hold[1]).touch()
+            while True:
+                time.sleep(1)  # the stall under test (killed here), not a synchronisation
 
 
 def payments(n: int, customers: int, prefix: str = "p") -> list[Payment]:
@@ -107,7 +117,13 @@ def worker(config: dict[str, Any]) -> None:
         settings,
         name=config["name"],
         inputs=[config["input"]],
-        operators=[RunningCount(config["output"], config.get("pause_s", 0.0))],
+        operators=[
+            RunningCount(
+                config["output"],
+                config.get("pause_s", 0.0),
+                (config["hold_at"], config["hold_file"]) if "hold_at" in config else None,
+            )
+        ],
         guarantee=config.get("guarantee", "exactly_once"),
         instance_id=config.get("instance"),
         batch_size=config.get("batch_size", 200),

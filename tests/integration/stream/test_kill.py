@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, IsolationLevel, TopicPartition
-from confluent_kafka.admin import OffsetSpec
+from confluent_kafka.admin import AdminClient, OffsetSpec
 from tests.integration.stream.apps import expected_ids, payments, read_all
 from tests.integration.stream.conftest import make_topics, produce, wait_for
 
@@ -187,45 +187,45 @@ def committed_ids(settings: Settings, topic: str) -> list[str]:
     return [decode_event(v).event_id for _, v in read_all(settings, topic, 3)]
 
 
-def _ends(settings: Settings, topic: str, isolation: IsolationLevel) -> dict[int, int]:
+def _ends(admin: AdminClient, topic: str, isolation: IsolationLevel) -> dict[int, int]:
     """Each partition's end as a reader of ``isolation`` sees it: read committed, the last stable
     offset (the start of the first transaction still open), else the high watermark."""
-    admin = make_admin(settings)
     partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
     asked = {TopicPartition(topic, p): OffsetSpec.latest() for p in partitions}
     answers = admin.list_offsets(asked, isolation_level=isolation, request_timeout=10)
     return {tp.partition: future.result(10).offset for tp, future in answers.items()}
 
 
-def open_records(settings: Settings, topic: str) -> int:
-    """Offsets of ``topic`` past its partitions' last stable offsets: the records of transactions
-    still open (their end markers not written yet), 0 when none is open."""
-    stable = _ends(settings, topic, IsolationLevel.READ_COMMITTED)
-    high = _ends(settings, topic, IsolationLevel.READ_UNCOMMITTED)
-    return sum(high[p] - stable[p] for p in high)
+def open_ranges(admin: AdminClient, topic: str) -> dict[int, tuple[int, int]]:
+    """The offsets of ``topic`` transactions still open hold, by partition: from the last stable
+    offset to the high watermark (the records of a transaction whose end marker is not written
+    yet; one producer writes the topic, so nothing else lies between).  Empty: none open."""
+    stable = _ends(admin, topic, IsolationLevel.READ_COMMITTED)
+    high = _ends(admin, topic, IsolationLevel.READ_UNCOMMITTED)
+    return {p: (stable[p], high[p]) for p in high if high[p] > stable[p]}
 
 
-def read_uncommitted(settings: Settings, topic: str) -> list[bytes]:
-    """Every record in the log of ``topic``, committed, aborted or open, up to its high
-    watermarks (transaction markers take offsets and are never delivered)."""
-    high = _ends(settings, topic, IsolationLevel.READ_UNCOMMITTED)
+def logged_offsets(settings: Settings, topic: str, isolation: str) -> list[tuple[int, int]]:
+    """(partition, offset) of every record of ``topic`` a reader of ``isolation`` gets, up to the
+    high watermarks (transaction markers take offsets and are never delivered)."""
+    high = _ends(make_admin(settings), topic, IsolationLevel.READ_UNCOMMITTED)
     consumer = Consumer(
         consumer_config(
             settings,
             group_id=f"vigil.reader.{uuid.uuid4().hex[:8]}",
-            **{"isolation.level": "read_uncommitted", "enable.auto.commit": False},
+            **{"isolation.level": isolation, "enable.auto.commit": False},
         )
     )
     try:
         consumer.assign([TopicPartition(topic, p, 0) for p, end in high.items() if end > 0])
         left = {p for p, end in high.items() if end > 0}
-        out: list[bytes] = []
+        out: list[tuple[int, int]] = []
         deadline = time.monotonic() + 60
         while left:
             assert time.monotonic() < deadline, f"reading {topic} to its high watermarks took over 60 s"
             for message in consumer.consume(1000, 0.2):
                 if message.error() is None:
-                    out.append(message.value() or b"")
+                    out.append((message.partition(), message.offset()))
             for tp in consumer.position([TopicPartition(topic, p) for p in left]):
                 if tp.offset >= high[tp.partition]:
                     left.discard(tp.partition)
@@ -235,39 +235,52 @@ def read_uncommitted(settings: Settings, topic: str) -> list[bytes]:
 
 
 def test_kill_9_mid_stream_then_restart_is_exactly_once(
-    settings: Settings, names: Callable[[str], str], workers_factory: Callable[[dict[str, object]], Workers]
+    settings: Settings,
+    names: Callable[[str], str],
+    workers_factory: Callable[[dict[str, object]], Workers],
+    tmp_path: Path,
 ) -> None:
     src, out, name, events = made_input(settings, names)
     workers = workers_factory(slow_worker(settings, name, src, out))
-    # No instance id given: the runtime's default must name the restart as the dead process,
-    # so that it fences the dead one's open transaction at once.
-    workers.start("w1", fixed_id=False)
-    # Killed by its own progress (the status file), not after a read of the output: a read takes
-    # over a second, long enough on a fast run for the worker to finish first.  And killed while
-    # a checkpoint's transaction is open with outputs in the log (what exactly-once must throw
-    # away): seen open just before the kill, and still open after it (a checkpoint can commit
-    # between the two; then the worker is started and killed again).
-    first_id: str | None = None
-    left_open = 0
-    for _ in range(5):
-        wait_for(lambda: workers.processed("w1") >= 300, 60, "300 records processed")
-        wait_for(lambda: open_records(settings, out) > 0, 30, "a checkpoint's transaction open")
-        first_id = first_id or workers.instance_id("w1")
-        workers.kill("w1")
-        left_open = open_records(settings, out)
-        if left_open:
-            break
-        workers.start("w1", fixed_id=False)
-    assert left_open, "no kill of 5 left a transaction open with outputs; the test proves less"
+    # Killed while a checkpoint's transaction is open with outputs in the log (what exactly-once
+    # must throw away): the first run stops in the middle of a batch once 600 records' outputs
+    # are emitted, its transaction open, and is killed there.  Its transaction's timeout is long
+    # (120 s), so that only the restart's fencing can abort it in the time the test gives.  No
+    # instance id given: the runtime's default must name the restart as the dead process.
+    held = tmp_path / "w1.held"
+    first = {"hold_at": 600, "hold_file": str(held), "transaction_timeout_ms": 120_000}
+    workers.start("w1", fixed_id=False, extra=first)
+    wait_for(held.exists, 60, "600 records' outputs emitted, the transaction held open")
+    admin = make_admin(settings)
+    wait_for(lambda: bool(open_ranges(admin, out)), 30, "the open transaction's outputs in the log")
+    first_id = workers.instance_id("w1")
     assert first_id is not None
+    workers.kill("w1")
+    left_open = open_ranges(admin, out)
+    assert left_open, "the kill left no transaction open with outputs; the test proves less"
 
     workers.start("w1", fixed_id=False)
     # Partitions are assigned after the producer is made: the id in the status is the one in use.
     wait_for(lambda: bool(workers.assigned("w1")), 60, "the restarted worker owns partitions")
     assert workers.instance_id("w1") == first_id
+    # Its producer fenced the dead one: the open transaction aborted now, not at its timeout.
+    wait_for(
+        lambda: all(
+            _ends(admin, out, IsolationLevel.READ_COMMITTED)[p] > high for p, (_, high) in left_open.items()
+        ),
+        30,
+        "the dead worker's transaction aborted by the restart (its own timeout: 120 s)",
+    )
     finish_each_output_once(settings, workers, out, events)
+
     # The outputs the dead worker left open are in the log, aborted: read by no committed reader.
-    assert len(read_uncommitted(settings, out)) - len(committed_ids(settings, out)) >= left_open
+    def inside(offsets: list[tuple[int, int]]) -> int:
+        return sum(1 for p, o in offsets if p in left_open and left_open[p][0] <= o < left_open[p][1])
+
+    assert inside(logged_offsets(settings, out, "read_uncommitted")) == sum(
+        h - s for s, h in left_open.values()
+    )
+    assert inside(logged_offsets(settings, out, "read_committed")) == 0
 
 
 #: Both consumer group protocols: the classic one (cooperative-sticky) and KIP-848's, where the
