@@ -79,6 +79,10 @@ def sink(settings: Settings, topic: str) -> Iterator[KafkaRawSink]:
     raw.close()
 
 
+#: The platforms whose deliveries carry a secret in the URL's path, not a signature.
+PATH_TOKEN_PLATFORMS = frozenset({"salesforce", "mailchimp"})
+
+
 @contextmanager
 def serving(source: WebhookSource, sink: RawSink) -> Iterator[str]:
     """Run the source (uvicorn on a free port) in a thread; yields its base URL."""
@@ -101,8 +105,11 @@ def serving(source: WebhookSource, sink: RawSink) -> Iterator[str]:
         where = source.listening(0)
         assert where is not None
         assert where.startswith("http://127.0.0.1:")
-        # Where the path token goes, for the platforms that need one (not the token itself).
-        route = f"/webhooks/{source.name}" + ("/<token>" if source.platform.path_token else "")
+        # Where the path token goes, for the platforms that need one (not the token itself):
+        # known here, not taken from the platform's own flag (one that forgot it would pass).
+        token = source.name in PATH_TOKEN_PLATFORMS
+        assert source.platform.path_token == token
+        route = f"/webhooks/{source.name}" + ("/<token>" if token else "")
         assert where.endswith(route)
         yield where.removesuffix(route)
     finally:
