@@ -31,6 +31,7 @@ from vigil.detect.release import release_id
 from vigil.detect.rules.validate import load_rules
 from vigil.errors import BrokerError
 from vigil.events.codec import decode_event
+from vigil.events.types import Release
 from vigil.hub import acls, client
 from vigil.hub import admin as topic_admin
 from vigil.hub.client import make_admin, make_consumer, make_producer, read_committed
@@ -313,15 +314,21 @@ def test_an_analyst_releases_a_hold_under_the_release_principal(applied: _Cluste
     result = _vigil_as(applied, RELEASE, "release", ALERT, "--by", "alice", "--reason", "checked")
     assert result.exit_code == 0, result.output or repr(result.exception)
     assert f"released 1 decision(s) of alert {ALERT}" in result.output
-    released = [
-        m for m in read_committed(applied.settings(ADMIN), "decisions") if m.key() == hold.key().encode()
-    ]
-    assert [decode_event(m.value() or b"").event_id for m in released] == [hold.event_id, release_id(hold)]
+    (sent,) = [decode_event(m.value() or b"") for m in read_committed(applied.settings(ADMIN), "releases")]
+    assert isinstance(sent, Release)
+    assert (sent.event_id, sent.payload.decision_id) == (release_id(hold), hold.event_id)
 
 
-@pytest.mark.parametrize("topic", ["alerts", "events.payments", "raw.coinbase", "detect.routed"])
-def test_the_release_principal_writes_nothing_but_decisions(applied: _Cluster, topic: str) -> None:
+@pytest.mark.parametrize("topic", ["decisions", "alerts", "events.payments", "raw.coinbase", "detect.routed"])
+def test_the_release_principal_writes_nothing_but_releases(applied: _Cluster, topic: str) -> None:
+    # (A hold or block forged on an analyst's laptop: refused.)
     assert _produce(applied.settings(RELEASE), topic) == REFUSED
+
+
+def test_only_detection_and_the_release_principal_read_releases_written_by_it_alone(
+    applied: _Cluster,
+) -> None:
+    assert _produce(applied.settings(DETECT), "releases") == REFUSED
 
 
 def test_only_the_admin_may_apply_acls(applied: _Cluster) -> None:

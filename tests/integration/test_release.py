@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,85 +15,123 @@ from typer.testing import CliRunner
 from vigil.cli import app
 from vigil.config import Settings
 from vigil.detect.release import MIN_ID_PREFIX, release_id
-from vigil.errors import ConfigError
+from vigil.errors import ConfigError, ContractError
 from vigil.events.codec import decode_event
-from vigil.events.types import Decision
+from vigil.events.ids import stable_id
+from vigil.events.types import Decision, Release
 from vigil.hub.admin import ensure_topics
-from vigil.hub.client import EventProducer, make_admin, read_committed
+from vigil.hub.client import EventProducer, make_admin, make_producer, read_committed
 from vigil.hub.topics import TOPICS
+
+STANDING = datetime.now(UTC) + timedelta(days=1)
+#: ALERT's hold, and OTHER's hold of the same withdrawal.
+HOLD = decided("hold_withdrawal", expires=STANDING)
+ALSO = decided("hold_withdrawal", OTHER, expires=STANDING)
 
 
 @pytest.fixture
-def decisions(settings: Settings, unique_topic: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """A decisions topic of this test's own, holding a hold and a step-up of ALERT and a hold of
-    OTHER; deleted after."""
+def prefix(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Decisions and releases topics of this test's own (under a prefix), the decisions holding
+    HOLD and ALSO and a record that is no decision; deleted after."""
     monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
     monkeypatch.setenv("VIGIL_HOME", str(settings.home))
-    ensure_topics(settings, [dataclasses.replace(TOPICS.get("decisions"), name=unique_topic)])
-    standing = datetime.now(UTC) + timedelta(days=1)
+    prefix = f"test.release.{uuid.uuid4().hex[:8]}."
+    ensure_topics(
+        settings, [dataclasses.replace(TOPICS.get(n), name=prefix + n) for n in ("decisions", "releases")]
+    )
     producer = EventProducer(settings)
-    for decision in (
-        decided("hold_withdrawal", expires=standing),
-        decided("require_step_up", withdrawal=None, expires=standing),
-        decided("hold_withdrawal", OTHER, customer="c2"),
-    ):
-        producer.produce(decision, topic=unique_topic)
+    for decision in (HOLD, ALSO):
+        producer.produce(decision, topic=prefix + "decisions")
     producer.flush()
-    yield unique_topic
-    make_admin(settings).delete_topics([unique_topic])
+    raw = make_producer(settings)
+    raw.produce(prefix + "decisions", key=b"x", value=b"not a decision")
+    assert raw.flush(30) == 0
+    yield prefix
+    make_admin(settings).delete_topics([prefix + "decisions", prefix + "releases"])
 
 
-def read(settings: Settings, topic: str) -> list[tuple[int, Decision]]:
+def read(settings: Settings, topic: str) -> list[tuple[int, Release]]:
     out = []
     for message in read_committed(settings, topic):
         event = decode_event(message.value() or b"")
-        assert isinstance(event, Decision)
+        assert isinstance(event, Release)
         out.append((message.partition(), event))
     return out
+
+
+def read_decisions(settings: Settings, prefix: str) -> list[tuple[int, Decision]]:
+    """The decisions topic's decisions (the record that is none left out)."""
+    messages = read_committed(settings, prefix + "decisions")
+    return [(m.partition(), d) for m in messages if isinstance(d := decode_or_none(m.value()), Decision)]
+
+
+def decode_or_none(value: bytes | None) -> object:
+    try:
+        return decode_event(value or b"")
+    except ContractError:
+        return None
 
 
 def release(*args: str) -> Any:
     return CliRunner().invoke(app, ["release", *args], terminal_width=400)
 
 
-def test_an_alerts_decisions_are_released_beside_them_once(settings: Settings, decisions: str) -> None:
-    prefix = ALERT[:MIN_ID_PREFIX]
-    tried = release(
-        prefix, "--by", "alice", "--reason", "called the customer", "--topic", decisions, "--dry-run"
-    )
+def test_an_alerts_hold_is_released_once_and_the_other_alerts_hold_said_to_stand(
+    settings: Settings, prefix: str
+) -> None:
+    short = ALERT[:MIN_ID_PREFIX]
+    asked = ["--by", "alice", "--reason", "called the customer", "--topic-prefix", prefix]
+    tried = release(short, *asked, "--dry-run")
     assert tried.exit_code == 0, tried.output
-    assert "would release 2 decision(s)" in tried.output
-    assert len(read(settings, decisions)) == 3  # a dry run sends nothing
+    assert "would release 1 decision(s)" in tried.output
+    assert "1 record(s) of " + prefix + "decisions are no decisions; left out" in tried.output
+    assert read(settings, prefix + "releases") == []  # a dry run sends nothing
 
-    done = release(prefix, "--by", "alice", "--reason", "called the customer", "--topic", decisions)
+    done = release(short, *asked)
     assert done.exit_code == 0, done.output
-    assert f"released 2 decision(s) of alert {ALERT}" in done.output
-    line = f"sent: release customer:c1 withdrawal w1 {prefix}: released by alice: called the customer"
-    assert line in done.output
-    records = read(settings, decisions)
-    held = {d.event_id: (partition, d) for partition, d in records if d.payload.action != "release"}
-    releases = [(partition, d) for partition, d in records if d.payload.action == "release"]
-    assert len(releases) == 2
-    for partition, r in releases:
-        (released,) = [(p, d) for p, d in held.values() if release_id(d) == r.event_id]
-        assert partition == released[0]  # beside it: the same key, the same partition
-        assert r.payload.alert_id == ALERT
-        assert r.payload.withdrawal_id == released[1].payload.withdrawal_id
-        assert r.payload.reason == "released by alice: called the customer"
-        assert r.source == "vigil.release"
+    assert f"released 1 decision(s) of alert {ALERT}; 1 other alert(s)' hold(s) stand" in done.output
+    line = f"sent: release hold_withdrawal customer:c1 withdrawal w1 {short}: released by alice: "
+    assert line + "called the customer" in done.output
+    assert "still held by another alert: hold_withdrawal customer:c1 withdrawal w1" in done.output
+    ((_, sent),) = read(settings, prefix + "releases")
+    assert sent.event_id == release_id(HOLD)
+    assert (sent.payload.decision_id, sent.payload.released_by) == (HOLD.event_id, "alice")
+    assert sent.key() == HOLD.key()
+    assert [d.event_id for _, d in read_decisions(settings, prefix)] == [HOLD.event_id, ALSO.event_id]
 
-    again = release(ALERT, "--by", "bob", "--reason", "again", "--topic", decisions)
+    again = release(ALERT, "--by", "bob", "--reason", "again", "--topic-prefix", prefix)
     assert again.exit_code == 0, again.output
-    assert again.output.count("already released") == 2
+    assert "already released" in again.output
+    assert "by alice: called the customer" in again.output
     assert "released 0 decision(s)" in again.output
-    assert len(read(settings, decisions)) == 5  # nothing sent twice
+    assert len(read(settings, prefix + "releases")) == 1  # nothing sent twice
 
 
-def test_an_alert_without_decisions_or_a_topic_missing_is_named(decisions: str) -> None:
+def test_a_lapsed_hold_is_said_and_left(settings: Settings, prefix: str) -> None:
+    lapsed = decided(
+        "block",
+        stable_id("lapsed", prefix="alert-"),
+        withdrawal=None,
+        expires=datetime.now(UTC) - timedelta(1),
+    )
+    producer = EventProducer(settings)
+    producer.produce(lapsed, topic=prefix + "decisions")
+    producer.flush()
+    result = release(lapsed.payload.alert_id, "--by", "alice", "--reason", "x", "--topic-prefix", prefix)
+    assert result.exit_code == 0, result.output
+    assert "lapsed, nothing to release: block customer:c1" in result.output
+    assert "released 0 decision(s)" in result.output
+    assert read(settings, prefix + "releases") == []
+
+
+def test_an_alert_without_decisions_a_topic_missing_or_a_bad_request_is_named(prefix: str) -> None:
     unknown = "alert-" + "0" * 32
-    result = release(unknown, "--by", "alice", "--reason", "x", "--topic", decisions)
+    result = release(unknown, "--by", "alice", "--reason", "x", "--topic-prefix", prefix)
     assert isinstance(result.exception, ConfigError)
     assert f"no decision names alert {unknown!r}" in str(result.exception)
-    result = release(ALERT, "--by", "alice", "--reason", "x", "--topic", decisions + ".missing")
+    result = release(ALERT, "--by", "alice", "--reason", "x", "--topic-prefix", prefix + "missing.")
     assert isinstance(result.exception, ConfigError)
-    assert f"no topic '{decisions}.missing'" in str(result.exception)
+    assert f"no topic '{prefix}missing.decisions'" in str(result.exception)
+    result = release(ALERT, "--by", "", "--reason", "x", "--topic-prefix", prefix)
+    assert isinstance(result.exception, ConfigError)
+    assert "a release needs --by" in str(result.exception)

@@ -5,7 +5,7 @@ from outside (entity ids, explanations: attacker-controlled) made inert with ``s
 from __future__ import annotations
 
 from vigil.cli._common import shown
-from vigil.events.types import Alert, Decision
+from vigil.events.types import Alert, Decision, Release
 
 #: An alert's id as a line shows it: "alert-" and 12 hex digits, enough to find it in its topic.
 ID_SHOWN = 18
@@ -43,4 +43,14 @@ def decision_line(decision: Decision) -> str:
     return (
         f"[bold magenta]{p.action}[/] {shown(p.entity.kind)}:{shown(p.entity.id)}{held} "
         f"[dim]{until}{'; ' if until else ''}{shown(p.alert_id[:ID_SHOWN])}: {shown(p.reason)}[/]"
+    )
+
+
+def release_line(release: Release) -> str:
+    """What was let go (the decision's action, entity and withdrawal), the alert, who and why."""
+    p = release.payload
+    held = f" withdrawal {shown(p.withdrawal_id)}" if p.withdrawal_id is not None else ""
+    return (
+        f"[bold green]release[/] {shown(p.action)} {shown(p.entity.kind)}:{shown(p.entity.id)}{held} "
+        f"[dim]{shown(p.alert_id[:ID_SHOWN])}: released by {shown(p.released_by)}: {shown(p.reason)}[/]"
     )

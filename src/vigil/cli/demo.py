@@ -199,6 +199,7 @@ def demo(
         "intel.indicators",
         "alerts",
         "decisions",
+        "releases",
         "labels",
         "dlq.detect",
     ]

@@ -1,28 +1,33 @@
 """`vigil release ALERT --by NAME --reason TEXT`: an analyst releases what detection held.
 
-Reads the ``decisions`` topic (committed records, to its end as it is now), finds the decisions
-of the alert, and sends a ``release`` decision for each one standing (see
-:mod:`vigil.detect.release`).  A decision released before, or lapsed, is said and left.
+Reads the ``decisions`` and ``releases`` topics (committed records, to their ends as they are
+now, a record at a time), finds the decisions of the alert, and sends a ``release`` for each one
+standing to ``releases`` (see :mod:`vigil.detect.release`).  A decision released before, or
+lapsed, is said and left; so is a withdrawal another alert still holds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
 from vigil.cli._common import console, err_console, settings, shown
-from vigil.cli._lines import decision_line
-from vigil.detect.engine import DECISIONS_TOPIC
-from vigil.detect.release import MIN_ID_PREFIX, plan
+from vigil.cli._lines import decision_line, release_line
+from vigil.config import Settings
+from vigil.detect.release import MIN_ID_PREFIX, Finder, checked, plan
 from vigil.errors import ConfigError, ContractError
+from vigil.events.base import Event
 from vigil.events.codec import EventCodec
-from vigil.events.types import Decision
-from vigil.hub.client import EventProducer, check_reachable, make_admin, read_committed
+from vigil.events.types import Decision, Release
+from vigil.hub.client import EventProducer, check_reachable, iter_committed, make_admin
 
-#: How long reading the decisions to their end may take.
-READ_TIMEOUT_S = 120.0
+E = TypeVar("E", bound=Event)
+#: How long reading a topic to its end may take.
+READ_TIMEOUT_S = 300.0
+DECISIONS, RELEASES = "decisions", "releases"
 
 
 def release(
@@ -38,61 +43,84 @@ def release(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Say what would be released, and send nothing")
     ] = False,
-    topic: Annotated[
+    topic_prefix: Annotated[
         str,
-        typer.Option("--topic", help="The decisions topic (a demo run's: demo-<run>.decisions)"),
-    ] = DECISIONS_TOPIC,
+        typer.Option(
+            "--topic-prefix", help="Before the topics' names (a demo run's: demo-<run>.); default none"
+        ),
+    ] = "",
 ) -> None:
-    """Release an alert's holds, blocks and step-ups: a `release` decision for each, naming who
-    released it and why, on the decisions topic beside it (`ttl: until_released` holds stand
-    until then)."""
+    """Release an alert's holds, blocks and step-ups: a `release` for each on the releases topic,
+    naming who released it and why (`ttl: until_released` holds stand until then)."""
+    request = checked(alert, by, reason)  # (refused before anything is read)
     cfg = settings()
     check_reachable(cfg)
-    found = make_admin(cfg).list_topics(topic, timeout=10).topics.get(topic)
-    if found is None or found.error is not None:
-        where = cfg.kafka_client_config()["bootstrap.servers"]
-        msg = f"no topic {topic!r} on {where}" + (f" ({found.error})" if found else "")
-        raise ConfigError(msg)
-    codec = EventCodec([Decision])
-    decisions: list[Decision] = []
-    unreadable = 0
-    with console.status(f"reading {topic} to its end"):
-        for message in read_committed(cfg, topic, timeout_s=READ_TIMEOUT_S):
-            value = message.value()
-            try:
-                event = codec.decode(value or b"", where=f"{topic}[{message.partition()}]")
-            except ContractError:
-                unreadable += 1  # (not a decision: said below, and left out)
-                continue
-            if isinstance(event, Decision):  # (the codec's one type)
-                decisions.append(event)
-    if unreadable:
-        err_console.print(f"[yellow]{unreadable} record(s) of {topic} are no decisions; left out[/]")
-    planned = plan(decisions, alert, by=by, reason=reason, now=datetime.now(UTC))
+    decisions, releases = topic_prefix + DECISIONS, topic_prefix + RELEASES
+    _exists(cfg, decisions, releases)
+    found = Finder(request.alert)
+    for decision in _read(cfg, decisions, Decision):
+        found.decision(decision)
+    for earlier in _read(cfg, releases, Release):
+        found.release(earlier)
+    planned = plan(found, request, datetime.now(UTC))
     for decision, earlier in planned.released:
-        console.print(
-            f"already released {earlier.occurred_at:%Y-%m-%d %H:%MZ} ({shown(earlier.payload.reason)}): "
-            + decision_line(decision),
-            highlight=False,
-            soft_wrap=True,
-        )
+        who = f"by {shown(earlier.payload.released_by or '?')}: {shown(earlier.payload.reason)}"
+        _say(f"already released {earlier.occurred_at:%Y-%m-%d %H:%MZ} {who}: " + decision_line(decision))
     for decision in planned.expired:
-        console.print(
-            "lapsed, nothing to release: " + decision_line(decision), highlight=False, soft_wrap=True
-        )
+        _say("lapsed, nothing to release: " + decision_line(decision))
     if planned.releases and not dry_run:
         producer = EventProducer(cfg)
         for out in planned.releases:
-            producer.produce(out, topic=topic)
+            producer.produce(out, topic=releases)
         producer.flush()  # (raises, saying what was not delivered)
     for out in planned.releases:
-        head = "would send: " if dry_run else "sent: "
-        console.print(head + decision_line(out), highlight=False, soft_wrap=True)
-    count = len(planned.releases)
+        _say(("would send: " if dry_run else "sent: ") + release_line(out))
+    for other in planned.still_held:
+        _say("[yellow]still held by another alert:[/] " + decision_line(other))
     done = "would release" if dry_run else "released"
-    console.print(
-        f"[green]{done} {count} decision(s) of alert {shown(planned.alert_id)}[/]"
-        + (f"; {len(planned.released)} released before" if planned.released else "")
-        + (f"; {len(planned.expired)} lapsed" if planned.expired else ""),
-        highlight=False,
-    )
+    parts = [f"[green]{done} {len(planned.releases)} decision(s) of alert {shown(planned.alert_id)}[/]"]
+    if planned.released:
+        parts.append(f"{len(planned.released)} released before")
+    if planned.expired:
+        parts.append(f"{len(planned.expired)} lapsed")
+    if planned.still_held:
+        parts.append(f"[yellow]{len(planned.still_held)} other alert(s)' hold(s) stand[/]")
+    console.print("; ".join(parts), highlight=False, soft_wrap=True)
+
+
+def _say(line: str) -> None:
+    console.print(line, highlight=False, soft_wrap=True)
+
+
+def _exists(cfg: Settings, *topics: str) -> None:
+    """Refuse a topic missing (or not this credential's to see), naming it and where."""
+    listed = make_admin(cfg).list_topics(timeout=10).topics
+    for topic in topics:
+        found = listed.get(topic)
+        if found is None or found.error is not None:
+            where = cfg.kafka_client_config()["bootstrap.servers"]
+            why = f" ({found.error.str()})" if found is not None and found.error is not None else ""
+            msg = (
+                f"no topic {topic!r} on {where}{why}: `vigil topics apply` makes it, and the "
+                "release principal may see only decisions and releases"
+            )
+            raise ConfigError(msg)
+
+
+def _read(cfg: Settings, topic: str, kind: type[E]) -> Iterator[E]:
+    """Every committed record of ``topic``, decoded as ``kind``, as read; records that are none
+    are counted and said."""
+    codec = EventCodec([kind])
+    unreadable = 0
+    with console.status(f"reading {topic} to its end"):
+        for message in iter_committed(cfg, topic, timeout_s=READ_TIMEOUT_S):
+            try:
+                event = codec.decode(message.value() or b"", where=f"{topic}[{message.partition()}]")
+            except ContractError:
+                unreadable += 1
+                continue
+            if isinstance(event, kind):  # (the codec's one type)
+                yield event
+    if unreadable:
+        what = f"no {kind.__name__.lower()}s"
+        err_console.print(f"[yellow]{unreadable} record(s) of {topic} are {what}; left out[/]")

@@ -15,12 +15,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from vigil.cli._common import console, err_console, settings, shown
-from vigil.cli._lines import alert_line, decision_line
+from vigil.cli._lines import alert_line, decision_line, release_line
 from vigil.errors import ConfigError, ContractError, DecodeError, TopicError
 from vigil.events.addresses import canonical_addresses
 from vigil.events.base import Event
 from vigil.events.codec import EventCodec
-from vigil.events.types import Alert, Decision
+from vigil.events.types import Alert, Decision, Release
 from vigil.hub import acls
 from vigil.hub import admin as topic_admin
 from vigil.hub.client import EventProducer, check_reachable, make_admin, make_consumer
@@ -314,4 +314,6 @@ def record_text(
         return shown_key, alert_line(record)
     if lines and isinstance(record, Decision):
         return shown_key, decision_line(record)
+    if lines and isinstance(record, Release):
+        return shown_key, release_line(record)
     return shown_key, shown(msgspec.json.encode(record).decode())

@@ -52,7 +52,9 @@ _STIX_SUFFIX = re.compile(r"#(?P<id>[a-z][a-z0-9-]*--[0-9a-fA-F-]{36})$")
 CANONICAL_INPUTS = tuple(f"events.{d}" for d in DOMAINS)
 #: Exactly-once checkpoint interval of both stages (see ``DetectionService.checkpoint_interval_s``).
 EXACTLY_ONCE_INTERVAL_S = 0.5
-_ROUTED_TYPES = tuple(c for c in EVENT_CLASSES if c.domain not in ("intel", "alerts", "decisions"))
+_ROUTED_TYPES = tuple(
+    c for c in EVENT_CLASSES if c.domain not in ("intel", "alerts", "decisions", "releases")
+)
 
 
 def routed_topic_spec(name: str, partitions: int | None) -> TopicSpec:

@@ -1,31 +1,103 @@
 """Releasing a decision: an analyst's word that what detection held may go.
 
 Detection's holds, blocks and step-ups stand until they expire, and the sanctions rules' holds
-(``ttl: until_released``) until someone releases them.  A release is a decision too, action
-``release``, on the ``decisions`` topic beside the one it releases: the same entity (so the
-same key and partition, read after it), alert, rule and withdrawal, and a reason that says who
-released it and why.  Its id follows from the id of the decision it releases, so releasing
-twice (two analysts, or a command run again) is one release downstream.
+(``ttl: until_released``) until someone releases them.  A :class:`~vigil.events.types.Release`
+names the decision it lets go (its id and action), who released it and why, with the decision's
+entity (its key), alert, rule and withdrawal.  Releases go to a topic of their own, ``releases``,
+which only the release principal writes: the analysts' credential cannot write holds or blocks
+(``decisions`` is detection's alone), and the back end knows a release by where it read it.
 
-:func:`plan` decides from the decisions read what to release; ``vigil release`` reads the topic,
-prints the plan and sends the releases.
+A release lets one decision go: a withdrawal another alert holds too stays held by that one
+(:attr:`ReleasePlan.still_held` says so).  Its id follows from the released decision's, so a
+second release of it (two analysts at once, a command run again) has the same id: downstream
+keeps the first, and so does :class:`Finder`.
+
+``vigil release`` checks the request (:func:`checked`), reads both topics into a
+:class:`Finder` record by record, and sends what :func:`plan` makes of it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from vigil.errors import ConfigError
 from vigil.events.ids import stable_id
-from vigil.events.types import Decision, DecisionPayload
+from vigil.events.types import Decision, Release, ReleasePayload
 
 #: The shortest start of an alert id taken for the whole: what an alert's or a decision's line
 #: shows (``vigil demo``, ``vigil tail``), so that an analyst can paste it.
 MIN_ID_PREFIX = 18
 #: The ``source`` of a release decision.
 SOURCE = "vigil.release"
+MAX_BY = 100
+MAX_REASON = 1000
+
+
+@dataclass(frozen=True)
+class Request:
+    """What an analyst asked: the alert (its id or a start of it), who, why."""
+
+    alert: str
+    by: str
+    reason: str
+
+
+def checked(alert: str, by: str, reason: str) -> Request:
+    """The request, its text stripped; a :class:`ConfigError` naming what is wrong (before anything
+    is read): an alert id too short to name one alert, no ``by`` or ``reason``, either too long or
+    holding control characters (they go to the back end's logs and audit exports as typed)."""
+    alert, by, reason = alert.strip(), by.strip(), reason.strip()
+    if len(alert) < MIN_ID_PREFIX:
+        msg = (
+            f"alert id {alert!r} is too short: give the whole id, or at least its first "
+            f"{MIN_ID_PREFIX} characters (as alert and decision lines show it)"
+        )
+        raise ConfigError(msg)
+    for name, value, most, what in (
+        ("--by", by, MAX_BY, "who releases it: the back end and an audit read it"),
+        ("--reason", reason, MAX_REASON, "why what detection held may go"),
+    ):
+        if not value:
+            msg = f"a release needs {name}: {what}"
+            raise ConfigError(msg)
+        if len(value) > most:
+            msg = f"{name} is {len(value):,} characters long; at most {most:,}"
+            raise ConfigError(msg)
+        bad = next((i for i, ch in enumerate(value) if not ch.isprintable()), None)
+        if bad is not None:
+            msg = f"{name} holds a control character ({value[bad]!r} at {bad}): give plain text on one line"
+            raise ConfigError(msg)
+    return Request(alert, by, reason)
+
+
+class Finder:
+    """What a release needs from the topics, taken a record at a time (not the topics whole):
+    the decisions of the alert asked for, the other decisions naming a withdrawal (to say which
+    stay held), and who released what before."""
+
+    def __init__(self, alert: str) -> None:
+        self.alert = alert
+        self.standing: list[Decision] = []
+        self._seen: set[str] = set()
+        #: Other alerts' decisions naming a withdrawal, by withdrawal id.
+        self.others: defaultdict[str, list[Decision]] = defaultdict(list)
+        #: The first release of each decision id read (later ones, the same id, are repeats).
+        self.released: dict[str, Release] = {}
+
+    def decision(self, decision: Decision) -> None:
+        p = decision.payload
+        if p.action == "release" or decision.event_id in self._seen:
+            return  # (a release decision of earlier versions; a repeat, a replay's)
+        self._seen.add(decision.event_id)
+        if p.alert_id.startswith(self.alert):
+            self.standing.append(decision)
+        elif p.withdrawal_id is not None:
+            self.others[p.withdrawal_id].append(decision)
+
+    def release(self, release: Release) -> None:
+        self.released.setdefault(release.payload.decision_id, release)
 
 
 @dataclass
@@ -33,12 +105,14 @@ class ReleasePlan:
     """What releasing an alert's decisions comes to, decision by decision."""
 
     alert_id: str
-    #: Release decisions to send, one per standing decision.
-    releases: list[Decision] = field(default_factory=list)
-    #: Decisions released before (each with the release that did it).
-    released: list[tuple[Decision, Decision]] = field(default_factory=list)
+    #: Releases to send, one per standing decision.
+    releases: list[Release] = field(default_factory=list)
+    #: Decisions released before (each with the first release of it).
+    released: list[tuple[Decision, Release]] = field(default_factory=list)
     #: Decisions lapsed by now (their ``expires_at`` past): nothing to release.
     expired: list[Decision] = field(default_factory=list)
+    #: Other alerts' decisions, standing, on the withdrawals released: they stay held.
+    still_held: list[Decision] = field(default_factory=list)
 
 
 def release_id(decision: Decision) -> str:
@@ -46,73 +120,57 @@ def release_id(decision: Decision) -> str:
     return stable_id(decision.event_id, "release", prefix="release-")
 
 
-def plan(decisions: Iterable[Decision], alert: str, *, by: str, reason: str, now: datetime) -> ReleasePlan:
-    """The releases of the decisions of alert ``alert`` (its id, or a start of it at least
-    ``MIN_ID_PREFIX`` characters long naming one alert), made at ``now`` by ``by`` for ``reason``.
-
-    Raises :class:`ConfigError` naming what was wrong: an empty ``by`` or ``reason``, a start
-    too short or naming several alerts, an alert no decision names (a wrong id, or an alert
-    whose rule decides nothing)."""
-    by, reason, alert = by.strip(), reason.strip(), alert.strip()
-    if not by:
-        msg = "a release needs who releases it (--by): it is what the back end and an audit read"
-        raise ConfigError(msg)
-    if not reason:
-        msg = "a release needs a reason (--reason): why what detection held may go"
-        raise ConfigError(msg)
+def plan(found: Finder, request: Request, now: datetime) -> ReleasePlan:
+    """The releases of the decisions ``found`` for ``request``, made at ``now``.  A
+    :class:`ConfigError` names an alert no decision names, or a start naming several."""
     if now.tzinfo is None:
         msg = f"a release's time must be UTC-aware; got {now.isoformat()}"
         raise ValueError(msg)
-    if len(alert) < MIN_ID_PREFIX:
-        msg = (
-            f"alert id {alert!r} is too short: give the whole id, or at least its first "
-            f"{MIN_ID_PREFIX} characters (as alert and decision lines show it)"
-        )
-        raise ConfigError(msg)
-    standing: list[Decision] = []
-    releases: dict[str, Decision] = {}
-    for decision in decisions:
-        if decision.payload.action == "release":
-            releases[decision.event_id] = decision
-        elif decision.payload.alert_id.startswith(alert):
-            standing.append(decision)
-    alerts = sorted({d.payload.alert_id for d in standing})
+    alerts = sorted({d.payload.alert_id for d in found.standing})
     if not alerts:
         msg = (
-            f"no decision names alert {alert!r}: check the id (`vigil tail alerts`), or its rule "
-            "decides nothing (only alerts with a hold, block or step-up have something to release)"
+            f"no decision names alert {request.alert!r}: check the id against the alert's line, or "
+            "its rule decides nothing (only alerts with a hold, block or step-up have one)"
         )
         raise ConfigError(msg)
     if len(alerts) > 1:
-        msg = f"{alert!r} starts {len(alerts)} alert ids ({', '.join(alerts[:5])}): give more of it"
+        msg = f"{request.alert!r} starts {len(alerts)} alert ids ({', '.join(alerts[:5])}): give more of it"
         raise ConfigError(msg)
     out = ReleasePlan(alerts[0])
-    seen: set[str] = set()
-    for decision in standing:
-        if decision.event_id in seen:  # (the same decision sent again: a replay)
-            continue
-        seen.add(decision.event_id)
-        earlier = releases.get(release_id(decision))
+    withdrawals: set[str] = set()
+    for decision in found.standing:
         p = decision.payload
+        earlier = found.released.get(decision.event_id)
         if earlier is not None:
             out.released.append((decision, earlier))
         elif p.expires_at is not None and p.expires_at <= now:
             out.expired.append(decision)
         else:
+            if p.withdrawal_id is not None:
+                withdrawals.add(p.withdrawal_id)
             out.releases.append(
-                Decision(
+                Release(
                     event_id=release_id(decision),
                     source=SOURCE,
                     occurred_at=now,
                     entities=decision.entities,
-                    payload=DecisionPayload(
-                        action="release",
+                    payload=ReleasePayload(
+                        decision_id=decision.event_id,
+                        action=p.action,
                         entity=p.entity,
                         rule_id=p.rule_id,
                         alert_id=p.alert_id,
-                        reason=f"released by {by}: {reason}",
                         withdrawal_id=p.withdrawal_id,
+                        released_by=request.by,
+                        reason=request.reason,
                     ),
                 )
             )
+    for withdrawal in sorted(withdrawals):
+        out.still_held.extend(
+            other
+            for other in found.others.get(withdrawal, ())
+            if other.event_id not in found.released
+            and (other.payload.expires_at is None or other.payload.expires_at > now)
+        )
     return out

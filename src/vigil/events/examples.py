@@ -349,4 +349,23 @@ def example_events(at: datetime) -> list[Event]:
             ),
         )
     )
+    held = out[-1]
+    out.append(
+        t.Release(
+            event_id=stable_id(held.event_id, "release", prefix="release-"),
+            source="vigil.release",
+            occurred_at=ts(600),
+            entities=Entities(customer=_CUST),
+            payload=t.ReleasePayload(
+                decision_id=held.event_id,
+                action="hold_withdrawal",
+                entity=t.EntityRef(kind="customer", id=_CUST),
+                rule_id="ato-sequence",
+                alert_id=alert_id,
+                withdrawal_id="wd-1",
+                released_by="alice",
+                reason="the customer confirmed the withdrawal by phone",
+            ),
+        )
+    )
     return out

@@ -559,6 +559,30 @@ class Decision(Event, tag="decision", frozen=True):
         return f"{self.payload.entity.kind}:{self.payload.entity.id}"
 
 
+class ReleasePayload(Struct, kw_only=True, frozen=True):
+    #: The decision let go (its ``event_id``), and what it was.
+    decision_id: Id
+    action: DecisionAction
+    entity: EntityRef
+    rule_id: str
+    alert_id: str
+    withdrawal_id: Id | None = None
+    #: Who released it (the analyst's word; the broker knows the credential), and why.
+    released_by: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
+
+
+class Release(Event, tag="release", frozen=True):
+    """An analyst's release of a decision (``vigil release``): the back end lets go what it
+    held for that decision.  One decision, not the withdrawal: another alert's hold on it stands."""
+
+    domain: ClassVar[str] = "releases"
+    payload: ReleasePayload
+
+    def key(self) -> str:
+        return f"{self.payload.entity.kind}:{self.payload.entity.id}"
+
+
 # --------------------------------------------------------------------------- registry
 
 #: Every canonical event type, by its ``type`` tag.  Explicit: adding a type means adding it here.
@@ -591,6 +615,7 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     IntelIndicator,
     Alert,
     Decision,
+    Release,
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.__struct_config__.tag: cls for cls in EVENT_CLASSES}  # type: ignore[misc]
@@ -624,6 +649,7 @@ AnyEvent = (
     | IntelIndicator
     | Alert
     | Decision
+    | Release
 )
 
 

@@ -3,7 +3,8 @@
 Every Vigil process is one component and should connect with that component's own
 credential (``VIGIL_KAFKA_SASL_USERNAME`` / ``_PASSWORD`` per process), so that a
 compromised webhook receiver can write its ``raw.<source>`` topic and nothing else: not
-``decisions`` (which would release held withdrawals), not another source's raw topic.
+``decisions`` or ``releases`` (which would hold or release withdrawals), not another source's
+raw topic.
 
 :data:`COMPONENTS` is the explicit registry of components; :func:`bindings` turns it,
 with the topic registry, into Kafka ACL bindings (:class:`~confluent_kafka.admin.AclBinding`),
@@ -70,7 +71,8 @@ NORMALIZE_APP = "normalize"  # vigil.sources.normalize.build's default name
 NORMALIZE_DLQ = "dlq.normalize"
 DETECT_APPS = ("detect-route", "detect")  # DetectTopology().route_app, .detect_app
 DETECT_DLQ = "dlq.detect"
-DECISIONS_TOPIC = "decisions"  # vigil.detect.engine.DECISIONS_TOPIC: detection's, and releases
+DECISIONS_TOPIC = "decisions"  # vigil.detect.engine.DECISIONS_TOPIC
+RELEASES_TOPIC = "releases"  # vigil.cli.release.RELEASES: analysts' releases of decisions
 ROUTED_TOPIC = "detect.routed"
 INTEL_TOPIC = "intel.indicators"
 INTEL_FEED_GROUP_PREFIX = "vigil-intel-"  # IntelFeed: a group per process, commits nothing
@@ -208,10 +210,12 @@ def _redrive(registry: TopicRegistry) -> Rights:
 
 
 def _release() -> Rights:
-    """An analyst's credential for ``vigil release``: reads the decisions (its readers' groups
-    commit nothing) and writes releases beside them.  Nothing else: an analyst's laptop holds
-    this one, and it must not write alerts, canonical events or another stage's topics."""
-    rights = _allow(TOPIC, DECISIONS_TOPIC, LITERAL, Op.READ, Op.WRITE, Op.DESCRIBE)
+    """An analyst's credential for ``vigil release``: reads the decisions and the releases (its
+    readers' groups commit nothing) and writes releases.  Nothing else: an analyst's laptop holds
+    this one, and it must write no hold or block (``decisions`` is detection's alone), alerts,
+    canonical events or another stage's topics."""
+    rights = _allow(TOPIC, DECISIONS_TOPIC, LITERAL, Op.READ, Op.DESCRIBE)
+    rights += _allow(TOPIC, RELEASES_TOPIC, LITERAL, Op.READ, Op.WRITE, Op.DESCRIBE)
     rights += _allow(GROUP, READER_GROUP_PREFIX, PREFIXED, Op.READ)
     return rights
 

@@ -14,7 +14,7 @@ import operator
 import re
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -507,7 +507,13 @@ _SUSPENDABLE = (
 
 
 def read_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> list[Message]:
-    """Every committed record of ``topic`` as it is now, partition by partition in offset order.
+    """Every committed record of ``topic`` as it is now, partition by partition in offset order
+    (see :func:`iter_committed`, which gives them as read, without holding them)."""
+    return sorted(iter_committed(settings, topic, timeout_s), key=lambda m: (m.partition(), m.offset()))
+
+
+def iter_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> Iterator[Message]:
+    """Every committed record of ``topic`` as it is now, as read (each partition's in offset order).
 
     Read under ``read_committed`` up to each partition's high watermark at the time of the call
     (see :func:`partition_offsets`): what a finished run wrote, its last commit included,
@@ -535,7 +541,6 @@ def read_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> l
             if high > low:
                 ends[p] = high
                 starts.append(TopicPartition(topic, p, low))
-        out: list[Message] = []
         if starts:
             consumer.assign(starts)
         deadline = time.monotonic() + timeout_s
@@ -558,7 +563,7 @@ def read_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> l
             for message in consumer.consume(1000, 0.2):
                 err = message.error()
                 if err is None:
-                    out.append(message)
+                    yield message
                 elif err.code() != KafkaError._PARTITION_EOF:
                     if err.fatal() or err.code() in READ_FATAL:
                         msg = f"reading {topic!r} failed: {err.str()}"
@@ -567,8 +572,6 @@ def read_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> l
             for tp in consumer.position([TopicPartition(topic, p) for p in ends]):
                 if tp.offset >= ends[tp.partition]:
                     del ends[tp.partition]
-        out.sort(key=lambda m: (m.partition(), m.offset()))
-        return out
     except BaseException as exc:
         drop_frame_locals(exc)  # the admin client asked for the ends (see drop_frame_locals)
         raise

@@ -1,7 +1,7 @@
 """Topics as code: the one declared registry of every topic Vigil uses.
 
 Naming: ``raw.<source>`` (bytes exactly as the source sent them), ``events.<domain>``
-(canonical events), ``intel.indicators`` (compacted), ``alerts``, ``decisions``,
+(canonical events), ``intel.indicators`` (compacted), ``alerts``, ``decisions``, ``releases``,
 ``labels`` and ``dlq.<stage>``.  A connector's checkpoints go to ``vigil.cursors.<source id>``,
 which the connector makes (see vigil.sources.sink.cursor_spec).
 Internal topics of stream applications (changelogs, repartitions) are named by the
@@ -18,7 +18,7 @@ from typing import Literal
 from vigil.errors import TopicError
 from vigil.events.base import Event
 from vigil.events.records import DeadLetter, EpisodeLabel
-from vigil.events.types import Alert, Decision, IntelIndicator, types_in_domain
+from vigil.events.types import Alert, Decision, IntelIndicator, Release, types_in_domain
 
 #: What Kafka takes in a topic name, and how long one may be.
 TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -190,12 +190,22 @@ def _declared() -> tuple[TopicSpec, ...]:
             description="Detections",
             retention=365 * DAY,
         ),
+        # Kept for good, both: a hold of a `ttl: until_released` rule stands until it is released,
+        # and `vigil release` finds it here (at a year's retention it was gone, the hold not);
+        # releases are the audit trail of who let what go.  Both are a few records a day.
         TopicSpec(
             name="decisions",
             key="<entity kind>:<id>",
             value=(Decision,),
-            description="Hold / step-up / block decisions for the back end",
-            retention=365 * DAY,
+            description="Hold / step-up / block decisions for the back end (detection's alone)",
+            retention=None,
+        ),
+        TopicSpec(
+            name="releases",
+            key="<entity kind>:<id>",
+            value=(Release,),
+            description="Analysts' releases of decisions, `vigil release` (the release principal's alone)",
+            retention=None,
         ),
         TopicSpec(
             name="labels",

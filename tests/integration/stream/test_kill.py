@@ -249,6 +249,7 @@ def test_kill_9_mid_stream_then_restart_is_exactly_once(
     # instance id given: the runtime's default must name the restart as the dead process.
     held = tmp_path / "w1.held"
     first = {"hold_at": 600, "hold_file": str(held), "transaction_timeout_ms": 120_000}
+    began = time.monotonic()  # (the transaction began after this: younger than its timeout)
     workers.start("w1", fixed_id=False, extra=first)
     wait_for(held.exists, 60, "600 records' outputs emitted, the transaction held open")
     admin = make_admin(settings)
@@ -271,6 +272,7 @@ def test_kill_9_mid_stream_then_restart_is_exactly_once(
         30,
         "the dead worker's transaction aborted by the restart (its own timeout: 120 s)",
     )
+    assert time.monotonic() - began < 110, "aborted so late its own timeout may have; the test proves less"
     finish_each_output_once(settings, workers, out, events)
 
     # The outputs the dead worker left open are in the log, aborted: read by no committed reader.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from confluent_kafka.admin import AclOperation, AclPermissionType, ResourcePatternType, ResourceType
 
+from vigil.cli import release
 from vigil.detect.app import DetectTopology
 from vigil.detect.engine import DECISIONS_TOPIC
 from vigil.errors import ConfigError
@@ -93,18 +94,20 @@ def test_the_intel_connectors_source_ids_are_covered_by_source_intel() -> None:
         assert allowed("source-intel", Op.WRITE, TXN, f"vigil.source.{source_id}")
 
 
-def test_decisions_are_written_by_detection_and_releases_alerts_by_detection_alone() -> None:
-    assert writers("decisions") == {"detect", "release"}
+def test_decisions_and_alerts_are_written_by_detection_alone() -> None:
+    assert writers("decisions") == {"detect"}
     assert writers("alerts") == {"detect"}
 
 
-def test_release_reads_and_writes_the_decisions_and_nothing_else() -> None:
-    # An analyst's credential: `vigil release` reads the decisions to their end (a reader group
-    # of its own, committing nothing) and writes releases beside them.
+def test_release_reads_the_decisions_and_writes_releases_and_nothing_else() -> None:
+    # An analyst's credential: `vigil release` reads both to their ends (a reader group of its
+    # own, committing nothing) and writes releases, which nothing else writes.
+    assert writers("releases") == {"release"}
     assert allowed("release", Op.READ, TOPIC, "decisions")
+    assert allowed("release", Op.READ, TOPIC, "releases")
     assert allowed("release", Op.READ, GROUP, f"{acls.READER_GROUP_PREFIX}0a1b2c3d")
     topics = {g.name for g in GRANTS if g.component == "release" and g.resource_type == TOPIC}
-    assert topics == {"decisions"}
+    assert topics == {"decisions", "releases"}
     assert not any(g.component == "release" and g.resource_type == TXN for g in GRANTS)
 
 
@@ -206,6 +209,7 @@ def test_the_names_match_the_code() -> None:
     assert (t.routed, t.dlq, t.intel) == (acls.ROUTED_TOPIC, acls.DETECT_DLQ, acls.INTEL_TOPIC)
     assert redrive_group("dlq.detect").startswith(acls.REDRIVE_PREFIX)
     assert acls.DECISIONS_TOPIC == DECISIONS_TOPIC
+    assert (acls.DECISIONS_TOPIC, acls.RELEASES_TOPIC) == (release.DECISIONS, release.RELEASES)
     assert ledger_topic("dlq.detect") == "dlq.detect" + acls.LEDGER_SUFFIX
 
 

@@ -11,7 +11,7 @@ from vigil.events import EVENT_TYPES
 from vigil.hub.topics import TOPICS, TopicRegistry, TopicSpec
 
 NAMING = re.compile(
-    r"^(raw\.[a-z0-9]+|events\.[a-z]+|intel\.indicators|alerts|decisions|labels|dlq\.[a-z]+)$"
+    r"^(raw\.[a-z0-9]+|events\.[a-z]+|intel\.indicators|alerts|decisions|releases|labels|dlq\.[a-z]+)$"
 )
 
 

@@ -267,14 +267,14 @@ def test_server_status_codes_for_bad_bodies(server: tuple[BackendIngestSource, M
 
 
 def test_vigils_own_outputs_and_lists_cannot_be_ingested() -> None:
-    # An ingest key could release a held withdrawal with a decision, or withdraw an OFAC listing
+    # An ingest key could release a held withdrawal with a release, or withdraw an OFAC listing
     # (an indicator under the same compacted key): only business events are taken.
     own = [
         e
         for e in example_events(datetime(2026, 11, 29, 9, tzinfo=UTC))
-        if type(e).domain in ("alerts", "decisions", "intel")
+        if type(e).domain in ("alerts", "decisions", "releases", "intel")
     ]
-    assert {type(e).domain for e in own} == {"alerts", "decisions", "intel"}
+    assert {type(e).domain for e in own} == {"alerts", "decisions", "releases", "intel"}
     parsed = parse_body(b"\n".join(encode(e) for e in own), "application/x-ndjson")
     assert parsed.accepted == []
     assert len(parsed.errors) == len(own)

@@ -15,7 +15,7 @@ from vigil.config import load_settings, shared_data_dir
 from vigil.errors import ConfigError, DecodeError
 from vigil.events.base import Event
 from vigil.events.codec import encode
-from vigil.events.types import EVENT_CLASSES, Alert, Decision, IntelIndicator
+from vigil.events.types import EVENT_CLASSES, Alert, Decision, IntelIndicator, Release
 from vigil.hub.raw import RawRecord
 from vigil.hub.topics import TOPICS
 from vigil.sources.base import Normalizer
@@ -373,7 +373,7 @@ def test_build_refuses_a_source_without_normaliser(tmp_path: Path) -> None:
 
 
 def test_outputs_cover_every_canonical_topic_and_the_indicator_topic() -> None:
-    canonical = {cls for cls in EVENT_CLASSES if cls not in (Alert, Decision)}
+    canonical = {cls for cls in EVENT_CLASSES if cls not in (Alert, Decision, Release)}
     assert {TOPICS.for_event(cls).name for cls in canonical} == set(OUTPUTS)
     assert [s.name for s in output_specs("p.")] == [f"p.{name}" for name in OUTPUTS]
     assert TOPICS.for_event(IntelIndicator).name == "intel.indicators"

@@ -100,7 +100,7 @@ class LookalikeParams:
     known: tuple[FieldEntry, ...]
     check: tuple[FieldEntry, ...]
     #: The explanation of an alert on a dust sender no known counterparty resembles (None: the
-    #: rule's ``explanation``, ``{imitates}`` reading "").
+    #: rule's ``explanation``, ``{imitates}`` reading "(unknown)").
     dust_only_explanation: str | None = None
 
 

@@ -38,9 +38,11 @@ DURATION_FORM = "a duration like '30s', '10m', '2h' or '14d' (at most 36500d)"
 #: the intel index (rules read them through ``intel`` conditions).  A rule matching one
 #: validated and never fired; in memory it took indicators from the index.
 NOT_MATCHABLE = {
-    tag: "detection's own output" if cls.domain in ("alerts", "decisions") else "read into the intel index"
+    tag: "detection's own output"
+    if cls.domain in ("alerts", "decisions")
+    else ("an analyst's release" if cls.domain == "releases" else "read into the intel index")
     for tag, cls in EVENT_TYPES.items()
-    if cls.domain in ("alerts", "decisions", "intel")
+    if cls.domain in ("alerts", "decisions", "releases", "intel")
 }
 #: Event types a rule may match: the canonical catalogue without those.
 MATCHABLE = frozenset(EVENT_TYPES) - set(NOT_MATCHABLE)
