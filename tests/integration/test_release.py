@@ -89,10 +89,10 @@ def test_an_alerts_hold_is_released_once_and_the_other_alerts_hold_said_to_stand
 
     done = release(short, *asked)
     assert done.exit_code == 0, done.output
-    assert f"released 1 decision(s) of alert {ALERT}; 1 other alert(s)' hold(s) stand" in done.output
+    assert f"released 1 decision(s) of alert {ALERT}; 1 other decision(s) stopping it stand" in done.output
     line = f"sent: release hold_withdrawal customer:c1 withdrawal w1 {short}: released by alice: "
     assert line + "called the customer" in done.output
-    assert "still held by another alert: hold_withdrawal customer:c1 withdrawal w1" in done.output
+    assert "still stopped by another alert's: hold_withdrawal customer:c1 withdrawal w1" in done.output
     ((_, sent),) = read(settings, prefix + "releases")
     assert sent.event_id == release_id(HOLD)
     assert (sent.payload.decision_id, sent.payload.released_by) == (HOLD.event_id, "alice")
@@ -132,6 +132,7 @@ def test_an_alert_without_decisions_a_topic_missing_or_a_bad_request_is_named(pr
     result = release(ALERT, "--by", "alice", "--reason", "x", "--topic-prefix", prefix + "missing.")
     assert isinstance(result.exception, ConfigError)
     assert f"no topic '{prefix}missing.decisions'" in str(result.exception)
-    result = release(ALERT, "--by", "", "--reason", "x", "--topic-prefix", prefix)
+    # A bad request is said before anything is read (here, where nothing could be).
+    result = release(ALERT, "--by", "", "--reason", "x", "--topic-prefix", prefix + "missing.")
     assert isinstance(result.exception, ConfigError)
     assert "a release needs --by" in str(result.exception)

@@ -60,11 +60,14 @@ def release(
     found = Finder(request.alert)
     for decision in _read(cfg, decisions, Decision):
         found.decision(decision)
+    if found.withdrawals:  # (a second reading: which other alerts' decisions stop them too)
+        for decision in _read(cfg, decisions, Decision, quiet=True):
+            found.other(decision)
     for earlier in _read(cfg, releases, Release):
         found.release(earlier)
     planned = plan(found, request, datetime.now(UTC))
     for decision, earlier in planned.released:
-        who = f"by {shown(earlier.payload.released_by or '?')}: {shown(earlier.payload.reason)}"
+        who = f"by {shown(earlier.payload.released_by)}: {shown(earlier.payload.reason)}"
         _say(f"already released {earlier.occurred_at:%Y-%m-%d %H:%MZ} {who}: " + decision_line(decision))
     for decision in planned.expired:
         _say("lapsed, nothing to release: " + decision_line(decision))
@@ -76,7 +79,7 @@ def release(
     for out in planned.releases:
         _say(("would send: " if dry_run else "sent: ") + release_line(out))
     for other in planned.still_held:
-        _say("[yellow]still held by another alert:[/] " + decision_line(other))
+        _say("[yellow]still stopped by another alert's:[/] " + decision_line(other))
     done = "would release" if dry_run else "released"
     parts = [f"[green]{done} {len(planned.releases)} decision(s) of alert {shown(planned.alert_id)}[/]"]
     if planned.released:
@@ -84,7 +87,7 @@ def release(
     if planned.expired:
         parts.append(f"{len(planned.expired)} lapsed")
     if planned.still_held:
-        parts.append(f"[yellow]{len(planned.still_held)} other alert(s)' hold(s) stand[/]")
+        parts.append(f"[yellow]{len(planned.still_held)} other decision(s) stopping it stand[/]")
     console.print("; ".join(parts), highlight=False, soft_wrap=True)
 
 
@@ -107,9 +110,9 @@ def _exists(cfg: Settings, *topics: str) -> None:
             raise ConfigError(msg)
 
 
-def _read(cfg: Settings, topic: str, kind: type[E]) -> Iterator[E]:
+def _read(cfg: Settings, topic: str, kind: type[E], *, quiet: bool = False) -> Iterator[E]:
     """Every committed record of ``topic``, decoded as ``kind``, as read; records that are none
-    are counted and said."""
+    are counted and said (unless ``quiet``: said at the first reading)."""
     codec = EventCodec([kind])
     unreadable = 0
     with console.status(f"reading {topic} to its end"):
@@ -121,6 +124,6 @@ def _read(cfg: Settings, topic: str, kind: type[E]) -> Iterator[E]:
                 continue
             if isinstance(event, kind):  # (the codec's one type)
                 yield event
-    if unreadable:
+    if unreadable and not quiet:
         what = f"no {kind.__name__.lower()}s"
         err_console.print(f"[yellow]{unreadable} record(s) of {topic} are {what}; left out[/]")

@@ -117,9 +117,24 @@ def acls_cmd(
     apply: Annotated[
         bool, typer.Option("--apply", help="Create the ACLs on the cluster (as the admin principal)")
     ] = False,
+    component: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--component",
+            help="Only this component's grants, repeatable (an analyst's own principal: "
+            "--component release --principal release=User:alice)",
+        ),
+    ] = None,
 ) -> None:
     """Least-privilege ACLs: what each component's principal may do; --apply creates them."""
     granted = acls.grants(acls.parse_principals(principal or []))
+    if component:
+        known = {g.component for g in granted}
+        unknown = sorted(set(component) - known)
+        if unknown:
+            msg = f"unknown component(s) {unknown}; known: {', '.join(sorted(known))}"
+            raise ConfigError(msg)
+        granted = [g for g in granted if g.component in component]
     table = Table()
     for column in ("component", "principal", "operation", "resource", "pattern"):
         # Folded, never cut short: a principal or resource name shown in part would mislead.
@@ -219,7 +234,9 @@ def tail(
     ] = 0.0,
     as_json: Annotated[
         bool,
-        typer.Option("--json", help="Alerts and decisions as their JSON too (else as an analyst reads them)"),
+        typer.Option(
+            "--json", help="Alerts, decisions and releases as their JSON too (else as an analyst reads them)"
+        ),
     ] = False,
 ) -> None:
     """Print records decoded, with partition/offset/key: alerts and decisions as lines an

@@ -18,21 +18,25 @@ keeps the first, and so does :class:`Finder`.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from vigil.errors import ConfigError
 from vigil.events.ids import stable_id
-from vigil.events.types import Decision, Release, ReleasePayload
+from vigil.events.types import Decision, ReleasableAction, Release, ReleasePayload
 
 #: The shortest start of an alert id taken for the whole: what an alert's or a decision's line
 #: shows (``vigil demo``, ``vigil tail``), so that an analyst can paste it.
 MIN_ID_PREFIX = 18
-#: The ``source`` of a release decision.
+#: The ``source`` of a release.
 SOURCE = "vigil.release"
 MAX_BY = 100
 MAX_REASON = 1000
+_RELEASABLE: dict[str, ReleasableAction] = {
+    "hold_withdrawal": "hold_withdrawal",
+    "require_step_up": "require_step_up",
+    "block": "block",
+}
 
 
 @dataclass(frozen=True)
@@ -74,30 +78,48 @@ def checked(alert: str, by: str, reason: str) -> Request:
 
 class Finder:
     """What a release needs from the topics, taken a record at a time (not the topics whole):
-    the decisions of the alert asked for, the other decisions naming a withdrawal (to say which
-    stay held), and who released what before."""
+    the decisions of the alert asked for (:meth:`decision`); in a second reading of the
+    decisions, the other alerts' decisions that stop the same withdrawals (:meth:`other`: a hold
+    of one, a block of its customer), to say which stand; and the releases of any of those
+    (:meth:`release`)."""
 
     def __init__(self, alert: str) -> None:
         self.alert = alert
         self.standing: list[Decision] = []
         self._seen: set[str] = set()
-        #: Other alerts' decisions naming a withdrawal, by withdrawal id.
-        self.others: defaultdict[str, list[Decision]] = defaultdict(list)
-        #: The first release of each decision id read (later ones, the same id, are repeats).
+        #: Other alerts' decisions stopping a withdrawal of :attr:`standing`.
+        self.others: list[Decision] = []
+        #: The first release of each of those decisions read (later ones, the same id, repeats).
         self.released: dict[str, Release] = {}
 
     def decision(self, decision: Decision) -> None:
         p = decision.payload
         if p.action == "release" or decision.event_id in self._seen:
             return  # (a release decision of earlier versions; a repeat, a replay's)
-        self._seen.add(decision.event_id)
         if p.alert_id.startswith(self.alert):
+            self._seen.add(decision.event_id)
             self.standing.append(decision)
-        elif p.withdrawal_id is not None:
-            self.others[p.withdrawal_id].append(decision)
+
+    @property
+    def withdrawals(self) -> frozenset[str]:
+        """The withdrawals the alert's decisions hold (what the second reading looks for)."""
+        return frozenset(d.payload.withdrawal_id for d in self.standing if d.payload.withdrawal_id)
+
+    def other(self, decision: Decision) -> None:
+        p = decision.payload
+        if decision.event_id in self._seen or p.alert_id.startswith(self.alert):
+            return
+        holds = p.action == "hold_withdrawal" and p.withdrawal_id in self.withdrawals
+        blocks = p.action == "block" and any(
+            d.payload.withdrawal_id and d.payload.entity == p.entity for d in self.standing
+        )
+        if holds or blocks:
+            self._seen.add(decision.event_id)
+            self.others.append(decision)
 
     def release(self, release: Release) -> None:
-        self.released.setdefault(release.payload.decision_id, release)
+        if release.payload.decision_id in self._seen:
+            self.released.setdefault(release.payload.decision_id, release)
 
 
 @dataclass
@@ -111,7 +133,8 @@ class ReleasePlan:
     released: list[tuple[Decision, Release]] = field(default_factory=list)
     #: Decisions lapsed by now (their ``expires_at`` past): nothing to release.
     expired: list[Decision] = field(default_factory=list)
-    #: Other alerts' decisions, standing, on the withdrawals released: they stay held.
+    #: Other alerts' decisions, standing, that stop a withdrawal released too (a hold of it, a
+    #: block of its customer): it stays stopped.
     still_held: list[Decision] = field(default_factory=list)
 
 
@@ -137,17 +160,15 @@ def plan(found: Finder, request: Request, now: datetime) -> ReleasePlan:
         msg = f"{request.alert!r} starts {len(alerts)} alert ids ({', '.join(alerts[:5])}): give more of it"
         raise ConfigError(msg)
     out = ReleasePlan(alerts[0])
-    withdrawals: set[str] = set()
     for decision in found.standing:
         p = decision.payload
+        action = _RELEASABLE[p.action]  # (a release decision is never standing: Finder)
         earlier = found.released.get(decision.event_id)
         if earlier is not None:
             out.released.append((decision, earlier))
         elif p.expires_at is not None and p.expires_at <= now:
             out.expired.append(decision)
         else:
-            if p.withdrawal_id is not None:
-                withdrawals.add(p.withdrawal_id)
             out.releases.append(
                 Release(
                     event_id=release_id(decision),
@@ -156,7 +177,7 @@ def plan(found: Finder, request: Request, now: datetime) -> ReleasePlan:
                     entities=decision.entities,
                     payload=ReleasePayload(
                         decision_id=decision.event_id,
-                        action=p.action,
+                        action=action,
                         entity=p.entity,
                         rule_id=p.rule_id,
                         alert_id=p.alert_id,
@@ -166,11 +187,11 @@ def plan(found: Finder, request: Request, now: datetime) -> ReleasePlan:
                     ),
                 )
             )
-    for withdrawal in sorted(withdrawals):
-        out.still_held.extend(
+    if any(r.payload.withdrawal_id for r in out.releases):
+        out.still_held = [
             other
-            for other in found.others.get(withdrawal, ())
+            for other in found.others
             if other.event_id not in found.released
             and (other.payload.expires_at is None or other.payload.expires_at > now)
-        )
+        ]
     return out

@@ -537,6 +537,8 @@ class Alert(Event, tag="alert", frozen=True):
 
 
 DecisionAction = Literal["hold_withdrawal", "require_step_up", "block", "release"]
+#: What detection's decisions do (``release`` is no longer one: releases are records of their own).
+ReleasableAction = Literal["hold_withdrawal", "require_step_up", "block"]
 
 
 class DecisionPayload(Struct, kw_only=True, frozen=True):
@@ -562,7 +564,7 @@ class Decision(Event, tag="decision", frozen=True):
 class ReleasePayload(Struct, kw_only=True, frozen=True):
     #: The decision let go (its ``event_id``), and what it was.
     decision_id: Id
-    action: DecisionAction
+    action: ReleasableAction
     entity: EntityRef
     rule_id: str
     alert_id: str

@@ -519,7 +519,9 @@ def iter_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> I
     (see :func:`partition_offsets`): what a finished run wrote, its last commit included,
     without guessing when it is done by waiting for silence.  Transaction markers take offsets
     and are never delivered, so the end is judged by the consumer's position, never by
-    counting messages.  A transaction still open holds the reader back until it ends."""
+    counting messages.  A transaction still open holds the reader back until it ends.
+    ``timeout_s`` counts the caller's time between records too (a generator reads on as it is
+    asked for more)."""
     # All partitions at once (one at a time, each new assignment waited out a fetch round), and
     # short fetch waits: the reader stops at known ends, so an idle partition need not be held.
     consumer = make_consumer(
@@ -556,7 +558,8 @@ def iter_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> I
                 why = (
                     f"the consumer's last error: {last_error.str()}"
                     if last_error is not None
-                    else "a transaction still open there holds committed readers back until it ends"
+                    else "a transaction still open there holds committed readers back until it ends, "
+                    "or the records were taken slower than that"
                 )
                 msg = f"reading did not reach the end of {behind} within {timeout_s:g}s ({why})"
                 raise BrokerError(msg)

@@ -245,10 +245,10 @@ def test_kill_9_mid_stream_then_restart_is_exactly_once(
     # Killed while a checkpoint's transaction is open with outputs in the log (what exactly-once
     # must throw away): the first run stops in the middle of a batch once 600 records' outputs
     # are emitted, its transaction open, and is killed there.  Its transaction's timeout is long
-    # (120 s), so that only the restart's fencing can abort it in the time the test gives.  No
+    # (300 s, past every wait below), so that only the restart's fencing can abort it.  No
     # instance id given: the runtime's default must name the restart as the dead process.
     held = tmp_path / "w1.held"
-    first = {"hold_at": 600, "hold_file": str(held), "transaction_timeout_ms": 120_000}
+    first = {"hold_at": 600, "hold_file": str(held), "transaction_timeout_ms": 300_000}
     began = time.monotonic()  # (the transaction began after this: younger than its timeout)
     workers.start("w1", fixed_id=False, extra=first)
     wait_for(held.exists, 60, "600 records' outputs emitted, the transaction held open")
@@ -270,9 +270,9 @@ def test_kill_9_mid_stream_then_restart_is_exactly_once(
             _ends(admin, out, IsolationLevel.READ_COMMITTED)[p] > high for p, (_, high) in left_open.items()
         ),
         30,
-        "the dead worker's transaction aborted by the restart (its own timeout: 120 s)",
+        "the dead worker's transaction aborted by the restart (its own timeout: 300 s)",
     )
-    assert time.monotonic() - began < 110, "aborted so late its own timeout may have; the test proves less"
+    assert time.monotonic() - began < 290, "aborted so late its own timeout may have; the test proves less"
     finish_each_output_once(settings, workers, out, events)
 
     # The outputs the dead worker left open are in the log, aborted: read by no committed reader.

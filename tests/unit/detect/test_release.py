@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,7 +11,7 @@ from vigil.detect.release import MIN_ID_PREFIX, Finder, Request, checked, plan, 
 from vigil.errors import ConfigError
 from vigil.events.base import Entities
 from vigil.events.ids import stable_id
-from vigil.events.types import Decision, DecisionAction, DecisionPayload, EntityRef
+from vigil.events.types import Decision, DecisionAction, DecisionPayload, EntityRef, Release
 
 NOW = datetime(2026, 3, 2, 12, tzinfo=UTC)
 ALERT = stable_id("sanctioned-exposure", "c1", prefix="alert-")
@@ -44,10 +44,12 @@ def decided(
     )
 
 
-def found(alert: str, decisions: Iterable[Decision], releases: Iterable[Decision] = ()) -> Finder:
+def found(alert: str, decisions: Sequence[Decision], releases: Iterable[Release] = ()) -> Finder:
     out = Finder(alert)
     for d in decisions:
         out.decision(d)
+    for d in decisions:  # (the second reading, as vigil release makes it)
+        out.other(d)
     for r in releases:
         out.release(r)
     return out
@@ -128,6 +130,15 @@ def test_another_alerts_standing_hold_on_the_withdrawal_is_said_to_stand() -> No
     assert got.still_held == [also]
     (released_also,) = plan(found(OTHER, [also]), ask(OTHER), NOW).releases
     assert plan(found(ALERT, [hold, also], [released_also]), ask(), NOW).still_held == []
+
+
+def test_another_alerts_block_of_the_customer_stands_too_and_a_step_up_stops_nothing() -> None:
+    hold = decided("hold_withdrawal")
+    block = decided("block", stable_id("b", prefix="alert-"), withdrawal=None)
+    step_up = decided("require_step_up", stable_id("s", prefix="alert-"), withdrawal=None)
+    elsewhere = decided("block", stable_id("e", prefix="alert-"), withdrawal=None, customer="c2")
+    got = plan(found(ALERT, [hold, block, step_up, elsewhere]), ask(), NOW)
+    assert got.still_held == [block]
 
 
 def test_a_release_decision_of_earlier_versions_is_no_decision_to_release() -> None:

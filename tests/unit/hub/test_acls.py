@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 from confluent_kafka.admin import AclOperation, AclPermissionType, ResourcePatternType, ResourceType
+from typer.testing import CliRunner
 
+from vigil.cli import app as cli
 from vigil.cli import release
 from vigil.detect.app import DetectTopology
 from vigil.detect.engine import DECISIONS_TOPIC
@@ -219,3 +221,19 @@ def test_every_component_may_ask_partition_ends(component: str) -> None:
     # coordinator, refused (and logged by the broker) on every call without the grant.
     assert allowed(component, Op.READ, GROUP, f"{acls.OFFSETS_GROUP_PREFIX}0a1b2c3d")
     assert not allowed(component, Op.READ, GROUP, "vigil.offsetsX")
+
+
+def test_one_components_grants_alone_for_an_analysts_own_principal() -> None:
+    # Without --component, mapping the release component to an analyst's principal listed (and
+    # --apply created) every component's grants, the others under their usual principals.
+    runner = CliRunner()
+    only = ["topics", "acls", "--component", "release", "--principal", "release=User:alice"]
+    result = runner.invoke(cli, only, terminal_width=300)
+    assert result.exit_code == 0, result.output
+    mine = [g for g in GRANTS if g.component == "release"]
+    assert f"{len(mine)} bindings; --apply creates them" in result.output
+    assert "User:alice" in result.output
+    assert "vigil-" not in result.output
+    result = runner.invoke(cli, ["topics", "acls", "--component", "releaser"])
+    assert isinstance(result.exception, ConfigError)
+    assert "unknown component(s) ['releaser']; known: " in str(result.exception)

@@ -26,6 +26,13 @@ def test_every_event_type_has_exactly_one_topic() -> None:
         assert len(carriers) == 1, (cls.__name__, carriers)
 
 
+def test_decisions_and_releases_are_kept_forever() -> None:
+    # A `ttl: until_released` hold stands until released: at a year's retention it was gone
+    # from the topic, the hold not, and `vigil release` could not find it.
+    for name in ("decisions", "releases"):
+        assert TOPICS.get(name).config()["retention.ms"] == "-1"
+
+
 def test_intel_is_compacted_and_kept_forever() -> None:
     spec = TOPICS.get("intel.indicators")
     assert spec.config()["cleanup.policy"] == "compact"
