@@ -60,7 +60,8 @@ def release(
     found = Finder(request.alert)
     for decision in _read(cfg, decisions, Decision):
         found.decision(decision)
-    if found.withdrawals:  # (a second reading: which other alerts' decisions stop them too)
+    found.alert_id()  # (refused here, naming no alert or several, before reading again)
+    if found.stops:  # (a second reading: which other alerts' decisions stop the same)
         for decision in _read(cfg, decisions, Decision, quiet=True):
             found.other(decision)
     for earlier in _read(cfg, releases, Release):

@@ -134,6 +134,13 @@ def acls_cmd(
         if unknown:
             msg = f"unknown component(s) {unknown}; known: {', '.join(sorted(known))}"
             raise ConfigError(msg)
+        mapped = sorted(set(acls.parse_principals(principal or [])) - set(component))
+        if mapped:
+            msg = (
+                f"--principal {mapped[0]}=... names a component not among --component "
+                f"({', '.join(component)}): its principal would be granted nothing"
+            )
+            raise ConfigError(msg)
         granted = [g for g in granted if g.component in component]
     table = Table()
     for column in ("component", "principal", "operation", "resource", "pattern"):

@@ -32,6 +32,8 @@ MIN_ID_PREFIX = 18
 SOURCE = "vigil.release"
 MAX_BY = 100
 MAX_REASON = 1000
+#: An entity as (kind, id).
+_Entity = tuple[str, str]
 _RELEASABLE: dict[str, ReleasableAction] = {
     "hold_withdrawal": "hold_withdrawal",
     "require_step_up": "require_step_up",
@@ -79,41 +81,82 @@ def checked(alert: str, by: str, reason: str) -> Request:
 class Finder:
     """What a release needs from the topics, taken a record at a time (not the topics whole):
     the decisions of the alert asked for (:meth:`decision`); in a second reading of the
-    decisions, the other alerts' decisions that stop the same withdrawals (:meth:`other`: a hold
-    of one, a block of its customer), to say which stand; and the releases of any of those
-    (:meth:`release`)."""
+    decisions, the other alerts' decisions that stop what those stop (:meth:`other`), to say
+    which stand; and the releases of any of them (:meth:`release`).
+
+    What stops a withdrawal: a ``hold_withdrawal`` of it, a ``hold_withdrawal`` naming no
+    withdrawal (every withdrawal of its entity: a sanctions hold on a deposit), a ``block`` of its
+    entity.  A ``require_step_up`` stops nothing."""
 
     def __init__(self, alert: str) -> None:
         self.alert = alert
         self.standing: list[Decision] = []
         self._seen: set[str] = set()
-        #: Other alerts' decisions stopping a withdrawal of :attr:`standing`.
+        #: Other alerts' decisions stopping what :attr:`standing` stops.
         self.others: list[Decision] = []
         #: The first release of each of those decisions read (later ones, the same id, repeats).
         self.released: dict[str, Release] = {}
+        #: What the alert's decisions stop (made at the second reading's first record): the
+        #: withdrawals they hold, the entities whose withdrawals they stop, and of those the
+        #: entities they hold or block whole.
+        self._stopped: (
+            tuple[frozenset[str], frozenset[tuple[str, str]], frozenset[tuple[str, str]]] | None
+        ) = None
 
     def decision(self, decision: Decision) -> None:
         p = decision.payload
-        if p.action == "release" or decision.event_id in self._seen:
+        if p.action not in _RELEASABLE or decision.event_id in self._seen:
             return  # (a release decision of earlier versions; a repeat, a replay's)
         if p.alert_id.startswith(self.alert):
             self._seen.add(decision.event_id)
             self.standing.append(decision)
 
+    def alert_id(self) -> str:
+        """The one alert the decisions read name; a :class:`ConfigError` naming an alert no
+        decision names, or a start naming several (asked before a second reading)."""
+        alerts = sorted({d.payload.alert_id for d in self.standing})
+        if not alerts:
+            msg = (
+                f"no decision names alert {self.alert!r}: check the id against the alert's line, or "
+                "its rule decides nothing (only alerts with a hold, block or step-up have one)"
+            )
+            raise ConfigError(msg)
+        if len(alerts) > 1:
+            msg = f"{self.alert!r} starts {len(alerts)} alert ids ({', '.join(alerts[:5])}): give more of it"
+            raise ConfigError(msg)
+        return alerts[0]
+
     @property
-    def withdrawals(self) -> frozenset[str]:
-        """The withdrawals the alert's decisions hold (what the second reading looks for)."""
-        return frozenset(d.payload.withdrawal_id for d in self.standing if d.payload.withdrawal_id)
+    def stops(self) -> bool:
+        """Whether the alert's decisions stop a withdrawal (else a second reading finds nothing)."""
+        return any(d.payload.action != "require_step_up" for d in self.standing)
 
     def other(self, decision: Decision) -> None:
         p = decision.payload
         if decision.event_id in self._seen or p.alert_id.startswith(self.alert):
             return
-        holds = p.action == "hold_withdrawal" and p.withdrawal_id in self.withdrawals
-        blocks = p.action == "block" and any(
-            d.payload.withdrawal_id and d.payload.entity == p.entity for d in self.standing
-        )
-        if holds or blocks:
+        if self._stopped is None:
+            stopping = [d.payload for d in self.standing if d.payload.action != "require_step_up"]
+            self._stopped = (
+                frozenset(s.withdrawal_id for s in stopping if s.withdrawal_id is not None),
+                frozenset((s.entity.kind, s.entity.id) for s in stopping),
+                frozenset(
+                    (s.entity.kind, s.entity.id)
+                    for s in stopping
+                    if s.action == "block" or s.withdrawal_id is None
+                ),
+            )
+        withdrawals, entities, whole = self._stopped
+        entity = (p.entity.kind, p.entity.id)
+        if p.action == "hold_withdrawal" and p.withdrawal_id is not None:
+            # A hold of one withdrawal: of one released, or of an entity released whole.
+            stops = p.withdrawal_id in withdrawals or entity in whole
+        elif p.action in ("hold_withdrawal", "block"):
+            # A hold of every withdrawal of its entity, or a block of it: any of the entity's.
+            stops = entity in entities
+        else:
+            stops = False
+        if stops:
             self._seen.add(decision.event_id)
             self.others.append(decision)
 
@@ -133,8 +176,8 @@ class ReleasePlan:
     released: list[tuple[Decision, Release]] = field(default_factory=list)
     #: Decisions lapsed by now (their ``expires_at`` past): nothing to release.
     expired: list[Decision] = field(default_factory=list)
-    #: Other alerts' decisions, standing, that stop a withdrawal released too (a hold of it, a
-    #: block of its customer): it stays stopped.
+    #: Other alerts' decisions, standing, that stop what is released too (see :class:`Finder`):
+    #: that stays stopped.
     still_held: list[Decision] = field(default_factory=list)
 
 
@@ -149,20 +192,10 @@ def plan(found: Finder, request: Request, now: datetime) -> ReleasePlan:
     if now.tzinfo is None:
         msg = f"a release's time must be UTC-aware; got {now.isoformat()}"
         raise ValueError(msg)
-    alerts = sorted({d.payload.alert_id for d in found.standing})
-    if not alerts:
-        msg = (
-            f"no decision names alert {request.alert!r}: check the id against the alert's line, or "
-            "its rule decides nothing (only alerts with a hold, block or step-up have one)"
-        )
-        raise ConfigError(msg)
-    if len(alerts) > 1:
-        msg = f"{request.alert!r} starts {len(alerts)} alert ids ({', '.join(alerts[:5])}): give more of it"
-        raise ConfigError(msg)
-    out = ReleasePlan(alerts[0])
+    out = ReleasePlan(found.alert_id())
     for decision in found.standing:
         p = decision.payload
-        action = _RELEASABLE[p.action]  # (a release decision is never standing: Finder)
+        action = _RELEASABLE[p.action]  # (Finder takes no other)
         earlier = found.released.get(decision.event_id)
         if earlier is not None:
             out.released.append((decision, earlier))
@@ -187,7 +220,7 @@ def plan(found: Finder, request: Request, now: datetime) -> ReleasePlan:
                     ),
                 )
             )
-    if any(r.payload.withdrawal_id for r in out.releases):
+    if any(r.payload.action != "require_step_up" for r in out.releases):
         out.still_held = [
             other
             for other in found.others

@@ -569,7 +569,7 @@ class ReleasePayload(Struct, kw_only=True, frozen=True):
     rule_id: str
     alert_id: str
     withdrawal_id: Id | None = None
-    #: Who released it (the analyst's word; the broker knows the credential), and why.
+    #: Who released it (the analyst's word, as given), and why.
     released_by: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
 

@@ -141,6 +141,23 @@ def test_another_alerts_block_of_the_customer_stands_too_and_a_step_up_stops_not
     assert got.still_held == [block]
 
 
+def test_holds_of_every_withdrawal_of_the_customer_stand_too() -> None:
+    # A hold naming no withdrawal (a sanctions hold on a deposit) stops every withdrawal of its
+    # entity, as a block does: said whichever of them is released (found in review: missed).
+    hold = decided("hold_withdrawal")
+    whole = decided("hold_withdrawal", stable_id("w", prefix="alert-"), withdrawal=None)
+    assert plan(found(ALERT, [hold, whole]), ask(), NOW).still_held == [whole]
+    block = decided("block", withdrawal=None)
+    other_block = decided("block", stable_id("b", prefix="alert-"), withdrawal=None)
+    assert plan(found(ALERT, [block, other_block]), ask(), NOW).still_held == [other_block]
+    own_whole = decided("hold_withdrawal", withdrawal=None)
+    other_one = decided("hold_withdrawal", stable_id("o", prefix="alert-"), withdrawal="w7")
+    assert plan(found(ALERT, [own_whole, other_one]), ask(), NOW).still_held == [other_one]
+    # A step-up stops nothing, nor is anything said to stand when only one is released.
+    step_up = decided("require_step_up", withdrawal=None)
+    assert plan(found(ALERT, [step_up, other_block]), ask(), NOW).still_held == []
+
+
 def test_a_release_decision_of_earlier_versions_is_no_decision_to_release() -> None:
     # (The `release` action of a decision, written by nothing today: not a hold to let go.)
     earlier = decided("release")

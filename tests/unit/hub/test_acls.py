@@ -237,3 +237,7 @@ def test_one_components_grants_alone_for_an_analysts_own_principal() -> None:
     result = runner.invoke(cli, ["topics", "acls", "--component", "releaser"])
     assert isinstance(result.exception, ConfigError)
     assert "unknown component(s) ['releaser']; known: " in str(result.exception)
+    # A mapping for a component not chosen would grant nothing to its principal, silently.
+    result = runner.invoke(cli, ["topics", "acls", "--component", "release", "--principal", "detect=User:x"])
+    assert isinstance(result.exception, ConfigError)
+    assert "--principal detect=... names a component not among --component (release)" in str(result.exception)
