@@ -576,7 +576,8 @@ class ReleasePayload(Struct, kw_only=True, frozen=True):
 
 class Release(Event, tag="release", frozen=True):
     """An analyst's release of a decision (``vigil release``): the back end lets go what it
-    held for that decision.  One decision, not the withdrawal: another alert's hold on it stands."""
+    held for that decision.  One decision, not the withdrawal: another alert's decision stopping
+    it stands."""
 
     domain: ClassVar[str] = "releases"
     payload: ReleasePayload
