@@ -44,7 +44,8 @@ class RunningCount(Operator[Payment]):
         #: ``path`` and stops in the middle of its batch, its checkpoint's transaction open, until
         #: it is killed (the test's kill then lands in an open transaction for certain).
         self.hold = hold
-        self.seen = 0
+        #: Records processed by this process (for ``hold``; named apart from subclasses' counts).
+        self.held_after = 0
 
     def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
         if self.pause_s:
@@ -62,8 +63,8 @@ class RunningCount(Operator[Payment]):
                 payload=rec.event.payload,
             )
             ctx.emit(self.output, out)
-        self.seen += len(batch)
-        if self.hold is not None and self.seen >= self.hold[0]:
+        self.held_after += len(batch)
+        if self.hold is not None and self.held_after >= self.hold[0]:
             Path(self.hold[1]).touch()
             while True:
                 time.sleep(1)  # the stall under test (killed here), not a synchronisation
