@@ -18,11 +18,11 @@ from vigil.cli._common import console, err_console, settings, shown
 from vigil.cli._lines import decision_line, release_line
 from vigil.config import Settings
 from vigil.detect.release import MIN_ID_PREFIX, Finder, checked, plan
-from vigil.errors import ConfigError, ContractError
+from vigil.errors import ContractError
 from vigil.events.base import Event
 from vigil.events.codec import EventCodec
 from vigil.events.types import Decision, Release
-from vigil.hub.client import EventProducer, check_reachable, iter_committed, make_admin
+from vigil.hub.client import EventProducer, check_reachable, iter_committed, listed_topic, make_admin
 
 E = TypeVar("E", bound=Event)
 #: How long reading a topic to its end may take.
@@ -98,17 +98,10 @@ def _say(line: str) -> None:
 
 def _exists(cfg: Settings, *topics: str) -> None:
     """Refuse a topic missing (or not this credential's to see), naming it and where."""
-    listed = make_admin(cfg).list_topics(timeout=10).topics
+    admin = make_admin(cfg)
+    hint = ": `vigil topics apply` makes it, and the release principal may see only decisions and releases"
     for topic in topics:
-        found = listed.get(topic)
-        if found is None or found.error is not None:
-            where = cfg.kafka_client_config()["bootstrap.servers"]
-            why = f" ({found.error.str()})" if found is not None and found.error is not None else ""
-            msg = (
-                f"no topic {topic!r} on {where}{why}: `vigil topics apply` makes it, and the "
-                "release principal may see only decisions and releases"
-            )
-            raise ConfigError(msg)
+        listed_topic(cfg, admin, topic, hint)
 
 
 def _read(cfg: Settings, topic: str, kind: type[E], *, quiet: bool = False) -> Iterator[E]:

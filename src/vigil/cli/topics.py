@@ -23,7 +23,7 @@ from vigil.events.codec import EventCodec
 from vigil.events.types import Alert, Decision, Release
 from vigil.hub import acls
 from vigil.hub import admin as topic_admin
-from vigil.hub.client import EventProducer, check_reachable, make_admin, make_consumer
+from vigil.hub.client import EventProducer, check_reachable, listed_topic, make_admin, make_consumer
 from vigil.hub.topics import RECORD_TYPES, TOPICS, TopicSpec
 
 app = typer.Typer(no_args_is_help=True)
@@ -257,12 +257,11 @@ def tail(
     # assign() under the cooperative assignor failed at the first assignment.
     consumer = make_consumer(cfg, f"vigil-tail-{uuid.uuid4().hex[:12]}", **{"enable.partition.eof": False})
     start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-    found = consumer.list_topics(topic, timeout=10).topics.get(topic)
-    if found is None or found.error is not None:
+    try:
+        found = listed_topic(cfg, consumer, topic)
+    except ConfigError:
         consumer.close()
-        where = cfg.kafka_client_config()["bootstrap.servers"]
-        msg = f"no topic {topic!r} on {where}" + (f" ({found.error})" if found else "")
-        raise ConfigError(msg)
+        raise
     consumer.assign([TopicPartition(topic, p, start) for p in sorted(found.partitions)])
     stop = {"now": False}
     # (Put back after: a caller running tail in its own process, a test, keeps its Ctrl-C.)

@@ -20,10 +20,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 
 from vigil.errors import ConfigError
 from vigil.events.ids import stable_id
-from vigil.events.types import Decision, ReleasableAction, Release, ReleasePayload
+from vigil.events.types import (
+    Decision,
+    DecisionPayload,
+    EntityRef,
+    ReleasableAction,
+    Release,
+    ReleasePayload,
+)
 
 #: The shortest start of an alert id taken for the whole: what an alert's or a decision's line
 #: shows (``vigil demo``, ``vigil tail``), so that an analyst can paste it.
@@ -32,8 +40,6 @@ MIN_ID_PREFIX = 18
 SOURCE = "vigil.release"
 MAX_BY = 100
 MAX_REASON = 1000
-#: An entity as (kind, id).
-_Entity = tuple[str, str]
 _RELEASABLE: dict[str, ReleasableAction] = {
     "hold_withdrawal": "hold_withdrawal",
     "require_step_up": "require_step_up",
@@ -96,12 +102,6 @@ class Finder:
         self.others: list[Decision] = []
         #: The first release of each of those decisions read (later ones, the same id, repeats).
         self.released: dict[str, Release] = {}
-        #: What the alert's decisions stop (made at the second reading's first record): the
-        #: withdrawals they hold, the entities whose withdrawals they stop, and of those the
-        #: entities they hold or block whole.
-        self._stopped: (
-            tuple[frozenset[str], frozenset[tuple[str, str]], frozenset[tuple[str, str]]] | None
-        ) = None
 
     def decision(self, decision: Decision) -> None:
         p = decision.payload
@@ -129,31 +129,35 @@ class Finder:
     @property
     def stops(self) -> bool:
         """Whether the alert's decisions stop a withdrawal (else a second reading finds nothing)."""
-        return any(d.payload.action != "require_step_up" for d in self.standing)
+        return bool(self._stopping)
+
+    @property
+    def _stopping(self) -> list[DecisionPayload]:
+        return [d.payload for d in self.standing if d.payload.action != "require_step_up"]
+
+    @cached_property
+    def _stopped(self) -> tuple[frozenset[str], frozenset[EntityRef], frozenset[EntityRef]]:
+        """What the alert's decisions stop (asked once the first reading is done): the
+        withdrawals they hold, the entities whose withdrawals they stop, and of those the
+        entities they hold or block whole."""
+        stopping = self._stopping
+        return (
+            frozenset(s.withdrawal_id for s in stopping if s.withdrawal_id is not None),
+            frozenset(s.entity for s in stopping),
+            frozenset(s.entity for s in stopping if s.action == "block" or s.withdrawal_id is None),
+        )
 
     def other(self, decision: Decision) -> None:
         p = decision.payload
         if decision.event_id in self._seen or p.alert_id.startswith(self.alert):
             return
-        if self._stopped is None:
-            stopping = [d.payload for d in self.standing if d.payload.action != "require_step_up"]
-            self._stopped = (
-                frozenset(s.withdrawal_id for s in stopping if s.withdrawal_id is not None),
-                frozenset((s.entity.kind, s.entity.id) for s in stopping),
-                frozenset(
-                    (s.entity.kind, s.entity.id)
-                    for s in stopping
-                    if s.action == "block" or s.withdrawal_id is None
-                ),
-            )
         withdrawals, entities, whole = self._stopped
-        entity = (p.entity.kind, p.entity.id)
         if p.action == "hold_withdrawal" and p.withdrawal_id is not None:
             # A hold of one withdrawal: of one released, or of an entity released whole.
-            stops = p.withdrawal_id in withdrawals or entity in whole
+            stops = p.withdrawal_id in withdrawals or p.entity in whole
         elif p.action in ("hold_withdrawal", "block"):
             # A hold of every withdrawal of its entity, or a block of it: any of the entity's.
-            stops = entity in entities
+            stops = p.entity in entities
         else:
             stops = False
         if stops:

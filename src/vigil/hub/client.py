@@ -226,6 +226,19 @@ def _hidden(exc: KafkaException) -> str:
     return _INVALID_VALUE.sub("Invalid value <hidden> ", refused.str() if refused is not None else str(exc))
 
 
+def listed_topic(settings: Settings, client: Any, topic: str, hint: str = "") -> Any:
+    """``topic``'s metadata as ``client`` (a consumer or an admin client) lists it; a
+    :class:`ConfigError` naming it, where and the broker's reason when it is missing or not the
+    credential's to see (``hint``: what to do, after it)."""
+    found = client.list_topics(topic, timeout=10).topics.get(topic)
+    if found is None or found.error is not None:
+        where = settings.kafka_client_config()["bootstrap.servers"]
+        why = f" ({found.error.str()})" if found is not None else ""
+        msg = f"no topic {topic!r} on {where}{why}{hint}"
+        raise ConfigError(msg)
+    return found
+
+
 def check_reachable(settings: Settings, timeout: float = 10.0) -> int:
     """Ask the cluster for metadata; returns the broker count or raises BrokerError saying where
     and why (``Connection refused``, ``Failed to resolve``, an authentication failure).

@@ -21,7 +21,7 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from vigil.config import Settings
-from vigil.errors import BrokerError, ConfigError
+from vigil.errors import BrokerError
 from vigil.events.records import DeadLetter
 from vigil.hub.acls import DLQ_SUMMARY_GROUP_PREFIX
 from vigil.hub.client import (
@@ -29,6 +29,7 @@ from vigil.hub.client import (
     READ_FATAL,
     is_transient,
     kafka_error,
+    listed_topic,
     make_consumer,
     partition_offsets,
 )
@@ -123,11 +124,7 @@ def open_letters(
     when none, or ``from_beginning``), and each partition's end now."""
     consumer = make_consumer(settings, group, **BACKLOG_READER, **{"fetch.wait.max.ms": 20})
     try:
-        found = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if found is None or found.error is not None:
-            where = settings.kafka_client_config()["bootstrap.servers"]
-            msg = f"no topic {topic!r} on {where}" + (f" ({found.error})" if found else "")
-            raise ConfigError(msg)
+        found = listed_topic(settings, consumer, topic)
         partitions = sorted(found.partitions)
         marks = partition_offsets(settings, [(topic, p) for p in partitions], time.monotonic() + 30)
         # (From the beginning, a group's positions mean nothing: not asked, which a principal

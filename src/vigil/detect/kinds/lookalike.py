@@ -69,7 +69,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from vigil.detect.kinds.base import Detector, EvidenceMaker, Expiry, Hit, entity_ref, ts
+from vigil.detect.kinds.base import Detector, EvidenceMaker, Expiry, Hit, entity_ref, placeholder_names, ts
 from vigil.detect.kinds.common import CompiledEntry, FieldEntry, parse_entries, set_or_delete
 from vigil.detect.rules.loader import LocDict
 from vigil.detect.rules.parse import Parser
@@ -115,7 +115,7 @@ def parse(d: LocDict, p: Parser, what: str) -> LookalikeParams | None:
     dust_only = p.string(d, "dust_only_explanation", what)
     if chars is None or known is None or check is None:
         return None
-    names_original = "{imitates}" in str(d.get("explanation"))
+    names_original = "imitates" in placeholder_names(str(d.get("explanation", "")))
     if any(c.remember for c in check) and "dust_only_explanation" not in d and names_original:
         # (Not an error: the alert is right, its sentence reads "(unknown)" where the original goes.)
         p.warn(
