@@ -23,7 +23,8 @@ that raised it starts from the last checkpoint.  Topics named in ``read_back`` (
 application's repartition topics, listed among its inputs) are read again, as the runtime reads
 them: what operators emit there is handed to every operator, partitioned by the key it was
 emitted with, after the batch that emitted it.  Every other input is partitioned by its
-event's key.
+event's key (or the key ``key_of`` gives it).  An operator that reads a global table is given a
+:class:`MemoryTable` holding the records its topic would.
 
 Records reach operators in the order given, a batch at a time, each partition's in turn, or,
 aligned, as an application aligned in event time hands them over (see ``aligned``): a batch's
@@ -53,14 +54,14 @@ from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from confluent_kafka import KafkaException
 
 from vigil.errors import PipelineError
 from vigil.events.base import Event
-from vigil.events.codec import EventCodec, encode
+from vigil.events.codec import EventCodec, decode_event, encode
 from vigil.events.types import EVENT_TYPES
 from vigil.stream.app import (
     DECODE_ERRORS,
@@ -74,6 +75,7 @@ from vigil.stream.attempt import Attempt, attempt
 from vigil.stream.base import Operator, Record, State, StoreSpec, shared_stores
 from vigil.stream.changelog import STATE_RECORD_MAX_BYTES, state_too_large
 from vigil.stream.collector import collecting_young
+from vigil.stream.table import LookupTable
 
 _encoder = msgspec.msgpack.Encoder()
 #: Read-backs of one batch's outputs before the harness calls it a loop (each one a round trip
@@ -438,6 +440,71 @@ def partition_for(key: str | bytes | None, partitions: int) -> int:
     return zlib.crc32(key.encode() if isinstance(key, str) else key) % partitions
 
 
+V = TypeVar("V")
+
+
+def _canonical(value: bytes) -> Any:
+    """A canonical event, as :class:`GlobalTable` decodes by default."""
+    return decode_event(value)
+
+
+class MemoryTable(LookupTable[V]):
+    """A global table in memory, for operators that read one (a :class:`LookupTable`) under
+    :func:`run_operators`: give it the records its compacted topic would hold, in the order
+    written, and the operator the table, as it would be given a :class:`GlobalTable` on Kafka.
+
+    Records are ``(key, value)``: an event is encoded as a producer sends it, bytes are taken as
+    the topic holds them, ``None`` is a tombstone; each is applied as a :class:`GlobalTable`
+    applies what it reads (``decode`` as its own: by default canonical events), so a value the
+    decode cannot read is skipped, counted in ``errors``, and its key has no value, as on Kafka.
+    :meth:`put` writes one more between runs (an indicator published while a process runs).
+    It is always ``ready``: the harness has no start to wait for."""
+
+    def __init__(
+        self,
+        records: Iterable[tuple[str | None, Event | bytes | None]] = (),
+        decode: Callable[[bytes], V] = _canonical,
+        *,
+        name: str = "memory",
+    ) -> None:
+        super().__init__(name, decode)
+        self._written = 0
+        for key, value in records:
+            self.put(key, value)
+
+    def put(self, key: str | None, value: Event | bytes | None) -> None:
+        """Write one record to the table's topic (see the class): applied at once."""
+        if key is not None and not isinstance(key, str):
+            msg = (
+                f"table {self.name!r}: a record's key must be text (str) or None; got "
+                f"{type(key).__name__} {key!r:.80}"
+            )
+            raise TypeError(msg)
+        if isinstance(value, Event):
+            data: bytes | None = encode(value)
+        elif value is None or isinstance(value, bytes):
+            data = value
+        else:
+            msg = (
+                f"table {self.name!r}: a record's value must be an event, bytes or None (a "
+                f"tombstone); got {type(value).__name__}"
+            )
+            raise TypeError(msg)
+        self._written += 1
+        self.apply(key, data, f"{self.name}@{self._written - 1}")
+
+    def delete(self, key: str) -> None:
+        """Write a tombstone for ``key``."""
+        self.put(key, None)
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    def check(self) -> None:
+        """Nothing to check: no reader to fail."""
+
+
 def run_operators(
     operators: Sequence[Operator[Any]],
     events: Iterable[Event],
@@ -447,6 +514,7 @@ def run_operators(
     batch_size: int = 500,
     result: HarnessResult | None = None,
     topic_of: Callable[[Event], str] | None = None,
+    key_of: Callable[[Event], str | None] | None = None,
     read_back: Collection[str] = (),
     checkpoints: bool = True,
     decode: Decoder | None = None,
@@ -461,6 +529,9 @@ def run_operators(
     ``topic_of`` names each event's input topic (default: ``topic`` for all), for operators
     that read several co-partitioned inputs (joins): like the Kafka runtime, records of one
     partition number share state whatever their topic.
+    ``key_of`` gives each event's record key (default: its entity's, ``event.key()``, as
+    Vigil's canonical topics are keyed), for an input its producer keys otherwise (a topic of
+    transfers keyed by wallet): records are partitioned by it and carry it as ``Record.key``.
     ``read_back``: topics whose emitted events come back as input (see the module), such as
     ``group_by``'s: ``run_operators([by_wallet, per_wallet], events, read_back=[spec.name])``.
     Their records come back one batch later, after the batch that emitted them: ``batch_size``
@@ -691,7 +762,14 @@ def run_operators(
                 except (TypeError, ValueError) as exc:
                     msg = f"input event {count} ({type(event).__name__}) cannot be encoded: {exc}"
                     raise ValueError(msg) from exc
-                part, offset, key_bytes = place(source, event.key())
+                key = event.key() if key_of is None else key_of(event)
+                if key is not None and not isinstance(key, str):
+                    msg = (
+                        f"input event {count} ({type(event).__name__}): key_of must give text (str) "
+                        f"or None; got {type(key).__name__} {key!r:.80}"
+                    )
+                    raise TypeError(msg)
+                part, offset, key_bytes = place(source, key)
                 decoded(event, source, value, part, offset, key_bytes)
                 if count % batch_size == 0:
                     flush_and_read_back()

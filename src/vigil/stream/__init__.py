@@ -8,8 +8,9 @@
 - :mod:`vigil.stream.windows`: event-time windows and aggregations over state;
 - :mod:`vigil.stream.vectorised`: a sliding-window count and sum over whole batches in numpy;
 - :mod:`vigil.stream.repartition`: ``group_by`` through a repartition topic;
-- :mod:`vigil.stream.table`: ``GlobalTable``, a compacted topic as a local lookup table (its reader,
-  ``TopicFollower``, also feeds lookups kept in a shape of their own, like the intel index);
+- :mod:`vigil.stream.table`: ``GlobalTable``, a compacted topic as a local lookup table, read by
+  operators as a ``LookupTable`` (its reader, ``TopicFollower``, also feeds lookups kept in a
+  shape of their own, like the intel index);
 - :mod:`vigil.stream.metrics`: counters for tests, Prometheus metrics for operations.
 
 Nothing is imported here: importing the package has no side effects and pulls in no client library.

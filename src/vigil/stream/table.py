@@ -38,6 +38,10 @@ Vigil's own codecs refuse them).
 
 Data kept in a shape of its own (the intel index: by indicator value, across feeds) reads
 its topic with the table's reader, :class:`TopicFollower`, and applies each record itself.
+
+Operators read a table through :class:`LookupTable`, which :class:`GlobalTable` is, and so is
+the harness's in-memory table (:class:`vigil.testing.MemoryTable`): the same operator runs on
+Kafka and in a unit test with no broker, the records applied alike.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import logging
 import struct
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -452,33 +457,18 @@ _BAD_RECORD = (
 _ABSENT = object()
 
 
-class GlobalTable(Generic[V]):
-    """Read-only view of a compacted topic; ``get`` is a dict lookup (thread-safe under the GIL)."""
+class LookupTable(ABC, Generic[V]):
+    """What an operator reads a lookup table through: a compacted topic's latest value per key.
 
-    def __init__(
-        self,
-        settings: Settings,
-        topic: str,
-        decode: Callable[[bytes], V] = _decode_event,
-        *,
-        name: str | None = None,
-        metadata_every_s: float = METADATA_EVERY_S,
-        deleted_after_s: float = DELETED_AFTER_S,
-    ) -> None:
-        self.settings = settings
-        self.topic = topic
-        self.name = name or f"table.{topic}"
+    :class:`GlobalTable` follows the topic on Kafka; :class:`vigil.testing.MemoryTable` holds
+    records given in memory, for operators under :func:`vigil.testing.run_operators`.  Both apply
+    a record alike (:meth:`apply`): a tombstone deletes its key; a value ``decode`` cannot read
+    is skipped, counted in ``errors``, and its key has no value from then on."""
+
+    def __init__(self, name: str, decode: Callable[[bytes], V]) -> None:
+        self.name = name
         self._decode = decode
         self._data: dict[str, V] = {}
-        self._reader = TopicFollower(
-            settings,
-            topic,
-            self._apply,
-            name=f"global table {self.name!r}",
-            group=self.name,
-            metadata_every_s=metadata_every_s,
-            deleted_after_s=deleted_after_s,
-        )
         #: Updates applied (records and tombstones); a cheap "version" to report with a match.
         self.version = 0
         self.errors = 0
@@ -496,6 +486,69 @@ class GlobalTable(Generic[V]):
 
     def items(self) -> Iterator[tuple[str, V]]:
         return iter(list(self._data.items()))
+
+    @property
+    @abstractmethod
+    def ready(self) -> bool:
+        """Caught up with the topic, and still following it."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise if the table has stopped following its topic (it would go stale silently)."""
+
+    # ------------------------------------------------------------------ writing
+
+    def apply(self, key: str | None, value: bytes | None, where: str) -> None:
+        """One record of the topic, read at ``where`` (for messages): ``value`` ``None`` is a
+        tombstone.  A record without a key, or whose value ``decode`` cannot read, is skipped,
+        counted in ``errors`` and logged; anything else ``decode`` raises is raised (a bug in it)."""
+        if key is None:
+            self.errors += 1
+            log.warning("global table %s: record without key at %s", self.name, where)
+            return
+        if value is None:
+            self._data.pop(key, None)
+        else:
+            try:
+                self._data[key] = self._decode(value)
+            except _BAD_RECORD as exc:
+                self.errors += 1
+                log.warning(
+                    "global table %s: skipped %s (its key now has no value): %s", self.name, where, exc
+                )
+                # The key's value goes: the topic's latest record for it is this one, and a process
+                # reading the topic afresh (once compaction dropped the older record) has none, so
+                # every process answers alike.
+                if self._data.pop(key, _ABSENT) is _ABSENT:
+                    return
+        self.version += 1
+
+
+class GlobalTable(LookupTable[V]):
+    """Read-only view of a compacted topic; ``get`` is a dict lookup (thread-safe under the GIL)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        decode: Callable[[bytes], V] = _decode_event,
+        *,
+        name: str | None = None,
+        metadata_every_s: float = METADATA_EVERY_S,
+        deleted_after_s: float = DELETED_AFTER_S,
+    ) -> None:
+        super().__init__(name or f"table.{topic}", decode)
+        self.settings = settings
+        self.topic = topic
+        self._reader = TopicFollower(
+            settings,
+            topic,
+            self.apply,
+            name=f"global table {self.name!r}",
+            group=self.name,
+            metadata_every_s=metadata_every_s,
+            deleted_after_s=deleted_after_s,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -522,25 +575,3 @@ class GlobalTable(Generic[V]):
     def ready(self) -> bool:
         """Caught up, and still reading (False once the reader has failed: see :meth:`check`)."""
         return self._reader.ready
-
-    def _apply(self, key: str | None, value: bytes | None, where: str) -> None:
-        if key is None:
-            self.errors += 1
-            log.warning("global table %s: record without key at %s", self.name, where)
-            return
-        if value is None:
-            self._data.pop(key, None)
-        else:
-            try:
-                self._data[key] = self._decode(value)
-            except _BAD_RECORD as exc:
-                self.errors += 1
-                log.warning(
-                    "global table %s: skipped %s (its key now has no value): %s", self.name, where, exc
-                )
-                # The key's value goes: the topic's latest record for it is this one, and a process
-                # reading the topic afresh (once compaction dropped the older record) has none, so
-                # every process answers alike.
-                if self._data.pop(key, _ABSENT) is _ABSENT:
-                    return
-        self.version += 1

@@ -23,7 +23,7 @@ from tests.integration.stream.conftest import Running, for_protocol, home_at, ma
 from vigil.config import Settings
 from vigil.errors import ConfigError, PipelineError, TopicError
 from vigil.events.base import Entities, Event
-from vigil.events.codec import decode_event
+from vigil.events.codec import decode_event, encode
 from vigil.events.types import IntelIndicator, IntelIndicatorPayload, Login, Payment
 from vigil.hub.admin import ensure_topics
 from vigil.hub.broker import free_port_block
@@ -36,6 +36,7 @@ from vigil.stream.metrics import serve_metrics
 from vigil.stream.repartition import group_by
 from vigil.stream.table import GlobalTable, TopicFollower
 from vigil.stream.windows import Count, Window, WindowedAggregate
+from vigil.testing import MemoryTable
 
 Start = Callable[[Application], Running]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -99,6 +100,36 @@ def test_global_table_loads_compacted_topic_and_follows_updates(
             return isinstance(current, IntelIndicator) and current.payload.list_version == "v2"
 
         wait_for(updated, 30, "the table to see the new version")
+    finally:
+        table.stop()
+
+
+def test_the_harness_memory_table_answers_as_a_global_table_over_the_same_records(
+    settings: Settings, names: Callable[[str], str]
+) -> None:
+    # vigil.testing.MemoryTable stands in for a GlobalTable in unit tests: given the records the
+    # topic holds, it must answer as the table reading them from Kafka does.
+    topic = names("memory-vs-kafka")
+    ensure_topics(settings, [TopicSpec(topic, "indicator", "raw", "test", partitions=1, cleanup="compact")])
+    # (A record without a key has no place here: a compacted topic refuses it.)
+    records: list[tuple[str | None, Event | bytes | None]] = [
+        (indicator("0xa1").key(), indicator("0xa1")),
+        (indicator("0xb2").key(), indicator("0xb2")),
+        (indicator("0xb2").key(), None),  # withdrawn
+        (indicator("0xc3").key(), indicator("0xc3")),
+        (indicator("0xc3").key(), b"{not an indicator"),  # its key now has no value
+        (indicator("0xa1").key(), indicator("0xa1", "mixer", "v2")),
+    ]
+    producer = EventProducer(settings)
+    for key, value in records:
+        producer.produce_raw(topic, key, encode(value) if isinstance(value, Event) else value)  # type: ignore[arg-type]
+    producer.flush()
+    table: GlobalTable[object] = GlobalTable(settings, topic).start(timeout_s=30)
+    try:
+        memory: MemoryTable[object] = MemoryTable(records)
+        assert dict(memory.items()) == dict(table.items())
+        assert list(dict(memory.items())) == [indicator("0xa1").key()]
+        assert (memory.errors, memory.version) == (table.errors, table.version) == (1, 6)
     finally:
         table.stop()
 

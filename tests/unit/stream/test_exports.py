@@ -25,7 +25,7 @@ SURFACE = {
         "to_ms",
     ],
     "vigil.stream.vectorised": ["SlidingCountSum", "WindowColumns"],
-    "vigil.stream.table": ["GlobalTable", "TopicFollower"],
+    "vigil.stream.table": ["GlobalTable", "LookupTable", "TopicFollower"],
     "vigil.stream.join": ["IntervalJoin"],
     "vigil.stream.repartition": [
         "GroupBy",
@@ -37,7 +37,14 @@ SURFACE = {
     "vigil.stream.changelog": ["changelog_topic", "changelog_spec", "restore", "RestoreTask"],
     "vigil.stream.state": ["RocksState"],
     "vigil.stream.metrics": ["AppMetrics", "PrometheusMetrics", "serve_metrics"],
-    "vigil.testing": ["run_operators", "HarnessResult", "HarnessWarning", "MemoryState", "partition_for"],
+    "vigil.testing": [
+        "run_operators",
+        "HarnessResult",
+        "HarnessWarning",
+        "MemoryState",
+        "MemoryTable",
+        "partition_for",
+    ],
 }
 
 

@@ -21,7 +21,15 @@ from vigil.stream.app import clipped_reason, undecodable_reason
 from vigil.stream.base import Context, Operator, Record, StoreSpec
 from vigil.stream.join import IntervalJoin
 from vigil.stream.state import RocksState
-from vigil.testing import HarnessResult, HarnessWarning, MemoryState, partition_for, run_operators
+from vigil.stream.table import LookupTable
+from vigil.testing import (
+    HarnessResult,
+    HarnessWarning,
+    MemoryState,
+    MemoryTable,
+    partition_for,
+    run_operators,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 COUNTS = StoreSpec("counts", 1)
@@ -519,3 +527,77 @@ def test_aligned_a_partitions_topics_are_merged_by_event_time_as_the_runtime_mer
     pa, pb = partition_for(a, 3), partition_for(b, 3)
     assert stateful.calls == sorted([(pa, ["p3", "p1"]), (pb, ["p2"])])
     assert stateless.calls == [(min(pa, pb), ["p2", "p3", "p1"])]
+
+
+def test_an_input_keyed_otherwise_is_partitioned_and_keyed_by_key_of() -> None:
+    # A topic of payments keyed by wallet, as a producer other than Vigil's may key it: without
+    # key_of the harness could only key them by customer, and put them where the broker doesn't.
+    seen = Seen()
+    events = [payment(i, customer="c1", wallet=f"0xw{i % 7}") for i in range(40)]
+    run_operators([seen], events, partitions=4, key_of=lambda e: e.entities.wallet)
+    assert len(seen.records) == 40
+    for rec in seen.records:
+        wallet = rec.event.entities.wallet
+        assert wallet is not None
+        assert rec.key == wallet.encode()
+        assert rec.partition == partition_for(wallet, 4)
+    assert len({rec.partition for rec in seen.records}) > 1  # one customer, spread by wallet
+    refused = r"input event 1 \(Payment\): key_of must give text \(str\) or None; got bytes"
+    with pytest.raises(TypeError, match=refused):
+        run_operators([Seen()], events[:1], key_of=lambda e: b"0xw0")  # type: ignore[arg-type,return-value]
+
+
+class OverLimit(Operator[Payment]):
+    """Keeps the payments over their customer's limit, read from a lookup table."""
+
+    id = "over-limit"
+
+    def __init__(self, limits: LookupTable[float]) -> None:
+        self.limits = limits
+        self.over: list[str] = []
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        for rec in batch:
+            limit = self.limits.get(rec.event.entities.customer or "")
+            if limit is not None and rec.event.payload.amount > limit:
+                self.over.append(rec.event.event_id)
+
+
+def test_an_operator_reads_a_memory_table_applied_as_a_global_table_applies_its_topic() -> None:
+    def limit(value: bytes) -> float:
+        return msgspec.json.decode(value, type=float)
+
+    table: MemoryTable[float] = MemoryTable(
+        [("c1", b"100"), ("c2", b"5"), ("c3", b"oops"), ("c2", None), (None, b"7")], limit, name="limits"
+    )
+    # c2's limit deleted by its tombstone, c3's unreadable and skipped, the keyless record
+    # skipped: two errors, three updates (c1, c2, c2's deletion).
+    assert dict(table.items()) == {"c1": 100.0}
+    assert (table.errors, table.version, table.ready) == (2, 3, True)
+    table.check()
+    rule = OverLimit(table)
+    pays = [payment(1, "c1", 150.0), payment(2, "c1", 50.0), payment(3, "c2", 50.0), payment(4, "c3", 9.0)]
+    result = run_operators([rule], pays)
+    assert rule.over == ["p1"]
+    # A record written between runs is seen by the next, as the table follows its topic; an
+    # unreadable value for a key that had one leaves it none, as on Kafka.
+    table.put("c2", b"10")
+    table.put("c1", b"{")
+    run_operators([rule], [payment(5, "c2", 50.0), payment(6, "c1", 500.0)], result=result)
+    assert rule.over == ["p1", "p5"]
+    assert "c1" not in table
+    assert table.errors == 3
+    table.delete("c2")
+    assert len(table) == 0
+    assert table.version == 6
+
+
+def test_a_memory_tables_events_are_encoded_and_decoded_as_on_kafka() -> None:
+    table: MemoryTable[object] = MemoryTable([("p1", payment(1, amount=5))])  # type: ignore[arg-type]
+    got = table.get("p1")
+    assert isinstance(got, Payment)
+    assert (got.payload.amount, type(got.payload.amount)) == (5.0, float)  # as decoded from bytes
+    with pytest.raises(TypeError, match=r"table 'memory': a record's value must be an event, bytes or None"):
+        table.put("p2", "text")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"a record's key must be text \(str\) or None; got bytes"):
+        table.put(b"p2", b"{}")  # type: ignore[arg-type]
