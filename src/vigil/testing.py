@@ -23,7 +23,7 @@ that raised it starts from the last checkpoint.  Topics named in ``read_back`` (
 application's repartition topics, listed among its inputs) are read again, as the runtime reads
 them: what operators emit there is handed to every operator, partitioned by the key it was
 emitted with, after the batch that emitted it.  Every other input is partitioned by its
-event's key (or the key ``key_of`` gives it).  An operator that reads a global table is given a
+event's key (or the key ``key_of`` gives it).  Give an operator that reads a global table a
 :class:`MemoryTable` holding the records its topic would.
 
 Records reach operators in the order given, a batch at a time, each partition's in turn, or,
@@ -61,7 +61,7 @@ from confluent_kafka import KafkaException
 
 from vigil.errors import PipelineError
 from vigil.events.base import Event
-from vigil.events.codec import EventCodec, decode_event, encode
+from vigil.events.codec import EventCodec, encode
 from vigil.events.types import EVENT_TYPES
 from vigil.stream.app import (
     DECODE_ERRORS,
@@ -75,7 +75,7 @@ from vigil.stream.attempt import Attempt, attempt
 from vigil.stream.base import Operator, Record, State, StoreSpec, shared_stores
 from vigil.stream.changelog import STATE_RECORD_MAX_BYTES, state_too_large
 from vigil.stream.collector import collecting_young
-from vigil.stream.table import LookupTable
+from vigil.stream.table import LookupTable, decode_canonical
 
 _encoder = msgspec.msgpack.Encoder()
 #: Read-backs of one batch's outputs before the harness calls it a loop (each one a round trip
@@ -440,30 +440,29 @@ def partition_for(key: str | bytes | None, partitions: int) -> int:
     return zlib.crc32(key.encode() if isinstance(key, str) else key) % partitions
 
 
-V = TypeVar("V")
-
-
-def _canonical(value: bytes) -> Any:
-    """A canonical event, as :class:`GlobalTable` decodes by default."""
-    return decode_event(value)
+V = TypeVar("V", covariant=True)
 
 
 class MemoryTable(LookupTable[V]):
     """A global table in memory, for operators that read one (a :class:`LookupTable`) under
     :func:`run_operators`: give it the records its compacted topic would hold, in the order
-    written, and the operator the table, as it would be given a :class:`GlobalTable` on Kafka.
+    written, and give the operator the table, as it would be given a :class:`GlobalTable` on
+    Kafka.
 
-    Records are ``(key, value)``: an event is encoded as a producer sends it, bytes are taken as
-    the topic holds them, ``None`` is a tombstone; each is applied as a :class:`GlobalTable`
-    applies what it reads (``decode`` as its own: by default canonical events), so a value the
-    decode cannot read is skipped, counted in ``errors``, and its key has no value, as on Kafka.
-    :meth:`put` writes one more between runs (an indicator published while a process runs).
-    It is always ``ready``: the harness has no start to wait for."""
+    Records are ``(key, value)``.  A key is text, or bytes as a producer may write them (read as
+    a :class:`GlobalTable` reads them: UTF-8, bytes that are not kept apart); a compacted topic
+    refuses a record without one, and so does this table.  An event is encoded as a producer
+    sends it, bytes are taken as the topic holds them, ``None`` is a tombstone; each is applied
+    as a :class:`GlobalTable` applies what it reads (``decode`` as its own: by default canonical
+    events), so a value the decode cannot read is skipped, counted in ``errors``, and its key
+    has no value, as on Kafka.  :meth:`put` writes one more between runs (an indicator
+    published while a process runs).  It is always ``ready``: the harness has no start to wait
+    for."""
 
     def __init__(
         self,
-        records: Iterable[tuple[str | None, Event | bytes | None]] = (),
-        decode: Callable[[bytes], V] = _canonical,
+        records: Iterable[tuple[str | bytes, Event | bytes | None]] = (),
+        decode: Callable[[bytes], V] = decode_canonical,
         *,
         name: str = "memory",
     ) -> None:
@@ -472,12 +471,14 @@ class MemoryTable(LookupTable[V]):
         for key, value in records:
             self.put(key, value)
 
-    def put(self, key: str | None, value: Event | bytes | None) -> None:
+    def put(self, key: str | bytes, value: Event | bytes | None) -> None:
         """Write one record to the table's topic (see the class): applied at once."""
-        if key is not None and not isinstance(key, str):
+        if isinstance(key, bytes):
+            key = key.decode("utf-8", "surrogateescape")  # as TopicFollower reads a key
+        elif not isinstance(key, str):
             msg = (
-                f"table {self.name!r}: a record's key must be text (str) or None; got "
-                f"{type(key).__name__} {key!r:.80}"
+                f"table {self.name!r}: a record's key must be text or bytes (a compacted topic "
+                f"refuses a record without one); got {type(key).__name__} {key!r:.80}"
             )
             raise TypeError(msg)
         if isinstance(value, Event):
@@ -491,9 +492,9 @@ class MemoryTable(LookupTable[V]):
             )
             raise TypeError(msg)
         self._written += 1
-        self.apply(key, data, f"{self.name}@{self._written - 1}")
+        self._apply(key, data, f"{self.name}@{self._written - 1}")
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str | bytes) -> None:
         """Write a tombstone for ``key``."""
         self.put(key, None)
 
@@ -505,6 +506,27 @@ class MemoryTable(LookupTable[V]):
         """Nothing to check: no reader to fail."""
 
 
+def _input_key(
+    event: Event, count: int, key_of: Callable[[Event], str | bytes | None] | None
+) -> str | bytes | None:
+    """Input event number ``count``'s record key (see run_operators' ``key_of``); what is wrong
+    with it named with the event."""
+    if key_of is None:
+        return event.key()
+    try:
+        key = key_of(event)
+    except Exception as exc:
+        msg = f"input event {count} ({type(event).__name__}): key_of raised {type(exc).__name__}: {exc}"
+        raise ValueError(msg) from exc
+    if key is not None and not isinstance(key, str | bytes):
+        msg = (
+            f"input event {count} ({type(event).__name__}): key_of must give text, bytes or None; "
+            f"got {type(key).__name__} {key!r:.80}"
+        )
+        raise TypeError(msg)
+    return key
+
+
 def run_operators(
     operators: Sequence[Operator[Any]],
     events: Iterable[Event],
@@ -514,7 +536,7 @@ def run_operators(
     batch_size: int = 500,
     result: HarnessResult | None = None,
     topic_of: Callable[[Event], str] | None = None,
-    key_of: Callable[[Event], str | None] | None = None,
+    key_of: Callable[[Event], str | bytes | None] | None = None,
     read_back: Collection[str] = (),
     checkpoints: bool = True,
     decode: Decoder | None = None,
@@ -531,7 +553,8 @@ def run_operators(
     partition number share state whatever their topic.
     ``key_of`` gives each event's record key (default: its entity's, ``event.key()``, as
     Vigil's canonical topics are keyed), for an input its producer keys otherwise (a topic of
-    transfers keyed by wallet): records are partitioned by it and carry it as ``Record.key``.
+    transfers keyed by wallet): records are partitioned by it and carry it as ``Record.key``
+    (text as UTF-8; ``None``, no key: partition 0 here, where Kafka picks one at random).
     ``read_back``: topics whose emitted events come back as input (see the module), such as
     ``group_by``'s: ``run_operators([by_wallet, per_wallet], events, read_back=[spec.name])``.
     Their records come back one batch later, after the batch that emitted them: ``batch_size``
@@ -663,12 +686,12 @@ def run_operators(
                 state._commit(writes)
             mark()
 
-    def place(source: str, key: str | None) -> tuple[int, int, bytes | None]:
+    def place(source: str, key: str | bytes | None) -> tuple[int, int, bytes | None]:
         """The partition, offset and key bytes of the next record of ``source`` under ``key``."""
         part = partition_for(key, partitions)
         offset = offsets.get((source, part), 0)
         offsets[(source, part)] = offset + 1
-        return part, offset, key.encode() if key is not None else None  # ("": b"", as Kafka's)
+        return part, offset, key.encode() if isinstance(key, str) else key  # ("": b"", as Kafka's)
 
     #: How far into the emits the read-back topics have been read (by an earlier run too).
     read_to = result.read_to
@@ -762,14 +785,7 @@ def run_operators(
                 except (TypeError, ValueError) as exc:
                     msg = f"input event {count} ({type(event).__name__}) cannot be encoded: {exc}"
                     raise ValueError(msg) from exc
-                key = event.key() if key_of is None else key_of(event)
-                if key is not None and not isinstance(key, str):
-                    msg = (
-                        f"input event {count} ({type(event).__name__}): key_of must give text (str) "
-                        f"or None; got {type(key).__name__} {key!r:.80}"
-                    )
-                    raise TypeError(msg)
-                part, offset, key_bytes = place(source, key)
+                part, offset, key_bytes = place(source, _input_key(event, count, key_of))
                 decoded(event, source, value, part, offset, key_bytes)
                 if count % batch_size == 0:
                     flush_and_read_back()

@@ -52,7 +52,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -71,7 +71,10 @@ from vigil.hub.client import BACKLOG_READER, kafka_error, make_admin, make_consu
 
 log = logging.getLogger(__name__)
 
-V = TypeVar("V")
+#: A table's values: covariant, so an operator taking a ``LookupTable[Event]`` takes a table of
+#: indicators.
+V = TypeVar("V", covariant=True)
+T = TypeVar("T")
 
 #: How often a follower looks its topic's partitions up again (see the module docstring).
 METADATA_EVERY_S = 10.0
@@ -93,7 +96,8 @@ def _left(deadline: float, cap: float) -> float:
     return max(0.0, min(cap, deadline - time.monotonic()))
 
 
-def _decode_event(value: bytes) -> Any:
+def decode_canonical(value: bytes) -> Any:
+    """A canonical event: what a table's values are unless given a ``decode`` of its own."""
     return decode_event(value)
 
 
@@ -462,7 +466,7 @@ class LookupTable(ABC, Generic[V]):
 
     :class:`GlobalTable` follows the topic on Kafka; :class:`vigil.testing.MemoryTable` holds
     records given in memory, for operators under :func:`vigil.testing.run_operators`.  Both apply
-    a record alike (:meth:`apply`): a tombstone deletes its key; a value ``decode`` cannot read
+    a record alike: a tombstone deletes its key; a value ``decode`` cannot read
     is skipped, counted in ``errors``, and its key has no value from then on."""
 
     def __init__(self, name: str, decode: Callable[[bytes], V]) -> None:
@@ -475,7 +479,11 @@ class LookupTable(ABC, Generic[V]):
 
     # ------------------------------------------------------------------ reading
 
-    def get(self, key: str, default: V | None = None) -> V | None:
+    @overload
+    def get(self, key: str) -> V | None: ...
+    @overload
+    def get(self, key: str, default: T) -> V | T: ...
+    def get(self, key: str, default: object = None) -> object:
         return self._data.get(key, default)
 
     def __contains__(self, key: object) -> bool:
@@ -498,10 +506,11 @@ class LookupTable(ABC, Generic[V]):
 
     # ------------------------------------------------------------------ writing
 
-    def apply(self, key: str | None, value: bytes | None, where: str) -> None:
+    def _apply(self, key: str | None, value: bytes | None, where: str) -> None:
         """One record of the topic, read at ``where`` (for messages): ``value`` ``None`` is a
         tombstone.  A record without a key, or whose value ``decode`` cannot read, is skipped,
-        counted in ``errors`` and logged; anything else ``decode`` raises is raised (a bug in it)."""
+        counted in ``errors`` and logged; anything else ``decode`` raises is raised (a bug in
+        it).  The table's own to call (its reader's, the harness's): operators only read."""
         if key is None:
             self.errors += 1
             log.warning("global table %s: record without key at %s", self.name, where)
@@ -531,7 +540,7 @@ class GlobalTable(LookupTable[V]):
         self,
         settings: Settings,
         topic: str,
-        decode: Callable[[bytes], V] = _decode_event,
+        decode: Callable[[bytes], V] = decode_canonical,
         *,
         name: str | None = None,
         metadata_every_s: float = METADATA_EVERY_S,
@@ -543,7 +552,7 @@ class GlobalTable(LookupTable[V]):
         self._reader = TopicFollower(
             settings,
             topic,
-            self.apply,
+            self._apply,
             name=f"global table {self.name!r}",
             group=self.name,
             metadata_every_s=metadata_every_s,

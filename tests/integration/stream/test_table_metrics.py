@@ -112,7 +112,7 @@ def test_the_harness_memory_table_answers_as_a_global_table_over_the_same_record
     topic = names("memory-vs-kafka")
     ensure_topics(settings, [TopicSpec(topic, "indicator", "raw", "test", partitions=1, cleanup="compact")])
     # (A record without a key has no place here: a compacted topic refuses it.)
-    records: list[tuple[str | None, Event | bytes | None]] = [
+    records: list[tuple[str | bytes, Event | bytes | None]] = [
         (indicator("0xa1").key(), indicator("0xa1")),
         (indicator("0xb2").key(), indicator("0xb2")),
         (indicator("0xb2").key(), None),  # withdrawn

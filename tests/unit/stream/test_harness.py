@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from vigil.errors import DecodeError, PipelineError
-from vigil.events.base import Entities
+from vigil.events.base import Entities, Event
 from vigil.events.codec import EventCodec, encode
 from vigil.events.records import DeadLetter
 from vigil.events.types import Payment, PaymentPayload
@@ -542,9 +542,29 @@ def test_an_input_keyed_otherwise_is_partitioned_and_keyed_by_key_of() -> None:
         assert rec.key == wallet.encode()
         assert rec.partition == partition_for(wallet, 4)
     assert len({rec.partition for rec in seen.records}) > 1  # one customer, spread by wallet
-    refused = r"input event 1 \(Payment\): key_of must give text \(str\) or None; got bytes"
+
+
+def test_key_of_may_give_bytes_as_a_producer_writes_them() -> None:
+    seen = Seen()
+    raw = b"\xffwallet"  # not UTF-8: a producer's key may be any bytes
+    run_operators([seen], [payment(1)], partitions=4, key_of=lambda e: raw)
+    ((rec,),) = [seen.records]
+    assert (rec.key, rec.partition) == (raw, partition_for(raw, 4))
+
+
+def _wallet_or_fail(event: Event) -> str:
+    if event.entities.wallet is None:
+        raise KeyError("no wallet")
+    return event.entities.wallet
+
+
+def test_a_key_of_that_fails_or_gives_no_key_is_refused_naming_the_event() -> None:
+    events = [payment(1, wallet="0xw1"), payment(2)]
+    with pytest.raises(ValueError, match=r"input event 2 \(Payment\): key_of raised KeyError: 'no wallet'"):
+        run_operators([Seen()], events, key_of=_wallet_or_fail)
+    refused = r"input event 1 \(Payment\): key_of must give text, bytes or None; got int 7"
     with pytest.raises(TypeError, match=refused):
-        run_operators([Seen()], events[:1], key_of=lambda e: b"0xw0")  # type: ignore[arg-type,return-value]
+        run_operators([Seen()], events, key_of=lambda e: 7)  # type: ignore[arg-type,return-value]
 
 
 class OverLimit(Operator[Payment]):
@@ -563,17 +583,18 @@ class OverLimit(Operator[Payment]):
                 self.over.append(rec.event.event_id)
 
 
-def test_an_operator_reads_a_memory_table_applied_as_a_global_table_applies_its_topic() -> None:
-    def limit(value: bytes) -> float:
-        return msgspec.json.decode(value, type=float)
+def limit(value: bytes) -> float:
+    return msgspec.json.decode(value, type=float)
 
+
+def test_an_operator_reads_a_memory_table_applied_as_a_global_table_applies_its_topic() -> None:
     table: MemoryTable[float] = MemoryTable(
-        [("c1", b"100"), ("c2", b"5"), ("c3", b"oops"), ("c2", None), (None, b"7")], limit, name="limits"
+        [("c1", b"100"), ("c2", b"5"), ("c3", b"oops"), ("c2", None)], limit, name="limits"
     )
-    # c2's limit deleted by its tombstone, c3's unreadable and skipped, the keyless record
-    # skipped: two errors, three updates (c1, c2, c2's deletion).
+    # c2's limit deleted by its tombstone, c3's unreadable and skipped: an error, three
+    # updates (c1, c2, c2's deletion).
     assert dict(table.items()) == {"c1": 100.0}
-    assert (table.errors, table.version, table.ready) == (2, 3, True)
+    assert (table.errors, table.version, table.ready) == (1, 3, True)
     table.check()
     rule = OverLimit(table)
     pays = [payment(1, "c1", 150.0), payment(2, "c1", 50.0), payment(3, "c2", 50.0), payment(4, "c3", 9.0)]
@@ -586,18 +607,37 @@ def test_an_operator_reads_a_memory_table_applied_as_a_global_table_applies_its_
     run_operators([rule], [payment(5, "c2", 50.0), payment(6, "c1", 500.0)], result=result)
     assert rule.over == ["p1", "p5"]
     assert "c1" not in table
-    assert table.errors == 3
+    assert table.errors == 2
     table.delete("c2")
     assert len(table) == 0
     assert table.version == 6
 
 
 def test_a_memory_tables_events_are_encoded_and_decoded_as_on_kafka() -> None:
-    table: MemoryTable[object] = MemoryTable([("p1", payment(1, amount=5))])  # type: ignore[arg-type]
+    table: MemoryTable[Event] = MemoryTable([("p1", payment(1, amount=5))])
     got = table.get("p1")
     assert isinstance(got, Payment)
     assert (got.payload.amount, type(got.payload.amount)) == (5.0, float)  # as decoded from bytes
+    wider: LookupTable[Event] = MemoryTable[Payment]()  # a table of payments is a table of events
+    assert wider.get("p1", "none") == "none"
+
+
+def test_a_memory_tables_keys_are_read_as_a_global_table_reads_them() -> None:
+    # Bytes that are not UTF-8 stay apart (surrogateescape), as TopicFollower keeps them.
+    table: MemoryTable[float] = MemoryTable([(b"c\xff", b"1"), (b"c\xfe", b"2"), (b"c1", b"3")], limit)
+
+    def as_written() -> dict[bytes, float]:
+        return {key.encode("utf-8", "surrogateescape"): value for key, value in table.items()}
+
+    assert as_written() == {b"c\xff": 1.0, b"c\xfe": 2.0, b"c1": 3.0}
+    table.delete(b"c\xff")
+    assert as_written() == {b"c\xfe": 2.0, b"c1": 3.0}
+
+
+def test_a_memory_table_refuses_what_no_topic_holds() -> None:
+    table: MemoryTable[float] = MemoryTable((), limit)
     with pytest.raises(TypeError, match=r"table 'memory': a record's value must be an event, bytes or None"):
         table.put("p2", "text")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"a record's key must be text \(str\) or None; got bytes"):
-        table.put(b"p2", b"{}")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"a record's key must be text or bytes \(a compacted topic refuses"):
+        table.put(None, b"1")  # type: ignore[arg-type]
+    assert (len(table), table.version, table.errors) == (0, 0, 0)
