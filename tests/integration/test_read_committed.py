@@ -12,12 +12,20 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 
 from vigil.config import Settings
 from vigil.errors import BrokerError
+from vigil.hub import client
 from vigil.hub.admin import ensure_topics
-from vigil.hub.client import make_admin, partition_offsets, producer_config, read_committed
+from vigil.hub.client import (
+    iter_committed,
+    make_admin,
+    make_consumer,
+    partition_offsets,
+    producer_config,
+    read_committed,
+)
 from vigil.hub.topics import TopicSpec
 
 PARTITIONS = 3
@@ -111,3 +119,38 @@ def test_partition_ends_are_the_high_watermark_or_the_last_stable_offset(
         open_one.abort_transaction(30)
     with pytest.raises(BrokerError, match=r"offsets of test\.committed\.nothing\[0\]"):
         partition_offsets(settings, [("test.committed.nothing", 0)], time.monotonic() + 2)
+
+
+def test_a_reader_stopped_early_gives_records_as_read_and_closes_its_consumer(
+    settings: Settings, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # vigil release stops reading once it has found what it looks for: the generator's consumer
+    # must close then (left open, it holds its connections until the process ends).
+    plain = Producer(producer_config(settings))
+    for p in range(PARTITIONS):
+        for i in range(100):
+            plain.produce(topic, b"%d-%03d" % (p, i), partition=p)
+    assert plain.flush(30) == 0
+    made: list[Consumer] = []
+
+    def kept(settings: Settings, group_id: str, **overrides: object) -> Consumer:
+        consumer = make_consumer(settings, group_id, **overrides)
+        if group_id.startswith("vigil.reader."):  # the reader's own (not the one asking the ends)
+            made.append(consumer)
+        return consumer
+
+    monkeypatch.setattr(client, "make_consumer", kept)
+    every = [(m.partition(), m.value()) for m in iter_committed(settings, topic)]
+    # As read: each partition's records in offset order, whichever partition came first.
+    for p in range(PARTITIONS):
+        assert [v for q, v in every if q == p] == [b"%d-%03d" % (p, i) for i in range(100)]
+    reader = iter_committed(settings, topic)
+    first = [next(reader) for _ in range(5)]
+    assert len({(m.partition(), m.offset()) for m in first}) == 5
+    (whole, stopped) = made
+    with pytest.raises(RuntimeError, match="closed"):
+        whole.assignment()  # read to its end: closed
+    assert stopped.assignment()  # still reading
+    reader.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        stopped.assignment()
