@@ -561,6 +561,20 @@ class Decision(Event, tag="decision", frozen=True):
         return f"{self.payload.entity.kind}:{self.payload.entity.id}"
 
 
+#: What an analyst typed for logs and audit exports to show: no control characters, line or
+#: paragraph separators, or bidirectional controls (which reorder what a reader of the export
+#: sees).  ``vigil release`` refuses more (every character Python does not print) and says which;
+#: this holds another client with the release credential to the same plain text.
+#: (A look-ahead for any such character, not ``^[^...]*$``: a ``$`` matches before a last
+#: newline in Python's ``re``, which msgspec and the JSON Schema validator search with.  Then
+#: :data:`vigil.events.schema.TEXT_PATTERN`, which a string with a pattern of its own is not
+#: given: no lone surrogate.)
+TypedText = (
+    "^(?![\\s\\S]*[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069])"
+    "([^\\ud800-\\udfff]|[\\ud800-\\udbff][\\udc00-\\udfff])*$"
+)
+
+
 class ReleasePayload(Struct, kw_only=True, frozen=True):
     #: The decision let go (its ``event_id``), and what it was.
     decision_id: Id
@@ -570,8 +584,8 @@ class ReleasePayload(Struct, kw_only=True, frozen=True):
     alert_id: str
     withdrawal_id: Id | None = None
     #: Who released it (the analyst's word, as given), and why.
-    released_by: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
+    released_by: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=TypedText)]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=1000, pattern=TypedText)]
 
 
 class Release(Event, tag="release", frozen=True):

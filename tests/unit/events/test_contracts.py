@@ -192,6 +192,14 @@ OUT_OF_BOUNDS = [
     ("intel_indicator", "payload.confidence", 101, r"<= 100 - at `\$\.payload\.confidence`"),
     ("intel_indicator", "payload.value", "", r"at `\$\.payload\.value`"),
     ("login", "schema_version", 0, r">= 1 - at `\$\.schema_version`"),
+    # What an analyst typed for a release goes to logs and audit exports as it is: no control
+    # characters (a last newline too), separators or bidirectional controls, whoever wrote it.
+    ("release", "payload.reason", "called\nFAKE: approved", r"matching regex .* - at `\$\.payload\.reason`"),
+    ("release", "payload.reason", "called the customer\n", r"at `\$\.payload\.reason`"),
+    ("release", "payload.released_by", "alice\u202eeciLA", r"at `\$\.payload\.released_by`"),
+    ("release", "payload.released_by", "al\x1b[2Jice", r"at `\$\.payload\.released_by`"),
+    ("release", "payload.reason", "\x85", r"at `\$\.payload\.reason`"),
+    ("release", "payload.reason", "x" * 1001, r"length <= 1000 - at `\$\.payload\.reason`"),
 ]
 
 
@@ -222,6 +230,8 @@ AT_BOUNDS = [
     ("login", "payload.geo.lon", 180.0),
     ("intel_indicator", "payload.confidence", 0),
     ("payment", "entities.customer", "c"),
+    ("release", "payload.reason", "Called the customer (+44 20 7946 0000): it was her; é 漢 😀"),
+    ("release", "payload.released_by", "x" * 100),
 ]
 
 
