@@ -192,6 +192,9 @@ class Restorer:
         self._asked: list[RestoreTask] = []
         self._next_begin = 0.0
         self._unanswered_since: float | None = None
+        #: Since when each partition asked in such rounds has gone without an answer (named
+        #: when the restore fails: those asked for all that time, not a partition added since).
+        self._unanswered_from: dict[tuple[str, int], float] = {}
 
     @property
     def busy(self) -> bool:
@@ -243,6 +246,7 @@ class Restorer:
             raise PipelineError(msg) from exc
         if answered:
             self._unanswered_since = None
+            self._unanswered_from.clear()
             self._next_begin = 0.0
         elif unanswered:
             self._unanswered(now, sorted(unanswered), unanswered[sorted(unanswered)[0]])
@@ -263,6 +267,8 @@ class Restorer:
     def _unanswered(self, now: float, asked: list[tuple[str, int]], exc: BrokerUnanswered) -> None:
         """A round of the end offsets' questions with no answer (``asked`` unanswered): said
         once, asked again, failed past ``stall_s``."""
+        for tp in asked:
+            self._unanswered_from.setdefault(tp, now)
         if self._unanswered_since is None:
             self._unanswered_since = now
             log.warning(
@@ -275,8 +281,12 @@ class Restorer:
                 self.stall_s,
             )
         elif now - self._unanswered_since > self.stall_s:
+            # Those asked since the first round without an answer (a store assigned meanwhile
+            # has waited less: said apart).
+            longest = [tp for tp in asked if now - self._unanswered_from[tp] > self.stall_s] or asked
+            since = f" (and {len(asked) - len(longest)} asked since)" if len(longest) < len(asked) else ""
             msg = (
-                f"restoring {asked}: no answer for their changelogs' end offsets for "
+                f"restoring {longest}{since}: no answer for their changelogs' end offsets for "
                 f"{self.stall_s:g}s ({exc}; is the broker reachable?)"
             )
             raise PipelineError(msg) from exc
@@ -562,9 +572,13 @@ class Restorer:
 
     def remove(self, states: Sequence[RocksState]) -> None:
         """Stop restoring these stores (their partition was revoked); what was read is applied."""
+        unbegun = [t for t in self._unbegun if any(t.state is s for s in states)]
         self._unbegun = [t for t in self._unbegun if all(t.state is not s for s in states)]
+        for task in unbegun:  # (assigned again, it waits afresh)
+            self._unanswered_from.pop((task.topic, task.partition), None)
         if not self._unbegun:
             self._unanswered_since = None
+            self._unanswered_from.clear()
             self._asking, self._asked = None, []  # (a round under way ends on its own; unused)
         gone = [tp for tp, task in self._tasks.items() if any(task.state is s for s in states)]
         for tp in gone:

@@ -232,6 +232,39 @@ def test_stores_added_are_asked_for_by_the_steps_and_again_while_unanswered(
     restorer.close()
 
 
+def test_a_stalled_restore_names_the_partitions_unanswered_all_that_time(
+    consumers: Consumers, store: RocksState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It named the last round's partitions: a store assigned a moment before the failure was
+    # said to have gone unanswered for the whole stall too.
+    monkeypatch.setattr(changelog, "_OFFSETS_ASK_S", 0.1)
+    monkeypatch.setattr(changelog, "_OFFSETS_RETRY_S", 0.05)
+    consumers.fresh = lambda: Answers({0: [KafkaError._TIMED_OUT] * 1000, 1: [KafkaError._TIMED_OUT] * 1000})
+    later = RocksState(tmp_path / "later", StoreSpec("s", 1))
+    try:
+        restorer = Restorer(Settings(), "a", stall_s=2.0)
+        restorer.add([RestoreTask(store, "a.changelog.s", 0)])
+        added = False
+        deadline = time.monotonic() + 20
+        failed: PipelineError | None = None
+        while failed is None and time.monotonic() < deadline:
+            since = restorer._unanswered_since
+            if not added and since is not None and time.monotonic() - since > 1.0:  # half-way
+                restorer.add([RestoreTask(later, "a.changelog.s", 1)])
+                added = True
+            try:
+                restorer.step(100, 0.0)
+            except PipelineError as exc:
+                failed = exc
+            time.sleep(0.01)  # (the loop's other work between steps)
+        assert added
+        text = str(failed)
+        assert text.startswith("restoring [('a.changelog.s', 0)] (and 1 asked since): no answer")
+        restorer.close()
+    finally:
+        later.close()
+
+
 def _stepped_until(restorer: Restorer, done: Callable[[list[RestoreTask]], bool]) -> list[RestoreTask]:
     """Step ``restorer`` (waiting up to 0.05 s a step, as the loop's restore step may) until
     ``done`` says yes to what the steps returned in all; returns that."""
