@@ -450,7 +450,8 @@ class MemoryTable(LookupTable[V]):
     Kafka.
 
     Records are ``(key, value)``.  A key is text, or bytes as a producer may write them (read as
-    a :class:`GlobalTable` reads them: UTF-8, bytes that are not kept apart); a compacted topic
+    a :class:`GlobalTable` reads them: UTF-8, bytes that are not UTF-8 kept apart with
+    ``surrogateescape``); a compacted topic
     refuses a record without one, and so does this table.  An event is encoded as a producer
     sends it, bytes are taken as the topic holds them, ``None`` is a tombstone; each is applied
     as a :class:`GlobalTable` applies what it reads (``decode`` as its own: by default canonical

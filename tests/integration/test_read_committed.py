@@ -124,8 +124,9 @@ def test_partition_ends_are_the_high_watermark_or_the_last_stable_offset(
 def test_a_reader_stopped_early_gives_records_as_read_and_closes_its_consumer(
     settings: Settings, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # vigil release stops reading once it has found what it looks for: the generator's consumer
-    # must close then (left open, it holds its connections until the process ends).
+    # A caller may stop reading before the end (vigil release on an error, or at Ctrl-C): the
+    # generator's consumer must close then (left open, it holds its connections until the
+    # process ends).
     plain = Producer(producer_config(settings))
     for p in range(PARTITIONS):
         for i in range(100):

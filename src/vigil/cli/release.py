@@ -119,5 +119,5 @@ def _read(cfg: Settings, topic: str, kind: type[E], *, quiet: bool = False) -> I
             if isinstance(event, kind):  # (the codec's one type)
                 yield event
     if unreadable and not quiet:
-        what = f"no {kind.__name__.lower()}s"
+        what = f"not {kind.__name__.lower()}s Vigil can read (another type, or refused by its contract)"
         err_console.print(f"[yellow]{unreadable} record(s) of {topic} are {what}; left out[/]")

@@ -562,15 +562,19 @@ class Decision(Event, tag="decision", frozen=True):
 
 
 #: What an analyst typed for logs and audit exports to show: no control characters, line or
-#: paragraph separators, or bidirectional controls (which reorder what a reader of the export
-#: sees).  ``vigil release`` refuses more (every character Python does not print) and says which;
-#: this holds another client with the release credential to the same plain text.
-#: (A look-ahead for any such character, not ``^[^...]*$``: a ``$`` matches before a last
-#: newline in Python's ``re``, which msgspec and the JSON Schema validator search with.  Then
-#: :data:`vigil.events.schema.TEXT_PATTERN`, which a string with a pattern of its own is not
-#: given: no lone surrogate.)
+#: paragraph separators, bidirectional controls (which reorder what a reader of the export
+#: sees: Unicode's Bidi_Control, U+061C, U+200E-U+200F, U+202A-U+202E, U+2066-U+2069) or
+#: invisible ones (U+200B, U+2060-U+2064, U+FEFF: "alice" and "alice" followed by U+200B look
+#: alike); the joiners U+200C and U+200D stay (scripts and emoji need them).  ``vigil release``
+#: refuses more (every character Python does not print) and says which; this holds another
+#: client with the release credential to the same plain text.  (A look-ahead for any such character, not
+#: ``^[^...]*$``: a ``$`` matches before a last newline in Python's ``re``, which msgspec and
+#: the JSON Schema validators search with.  Then :data:`vigil.events.schema.TEXT_PATTERN`,
+#: which a string with a pattern of its own is not given: no lone surrogate.  Written as regex
+#: escapes, so the schema file holds no such character itself.)
 TypedText = (
-    "^(?![\\s\\S]*[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069])"
+    "^(?![\\s\\S]*[\\x00-\\x1f\\x7f-\\x9f\\u061c\\u200b\\u200e\\u200f\\u2028-\\u202e"
+    "\\u2060-\\u2064\\u2066-\\u2069\\ufeff])"
     "([^\\ud800-\\udfff]|[\\ud800-\\udbff][\\udc00-\\udfff])*$"
 )
 

@@ -14,7 +14,7 @@ import operator
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -525,7 +525,7 @@ def read_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> l
     return sorted(iter_committed(settings, topic, timeout_s), key=lambda m: (m.partition(), m.offset()))
 
 
-def iter_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> Iterator[Message]:
+def iter_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> Generator[Message, None, None]:
     """Every committed record of ``topic`` as it is now, as read (each partition's in offset order).
 
     Read under ``read_committed`` up to each partition's high watermark at the time of the call
@@ -534,7 +534,8 @@ def iter_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> I
     and are never delivered, so the end is judged by the consumer's position, never by
     counting messages.  A transaction still open holds the reader back until it ends.
     ``timeout_s`` counts the caller's time between records too (a generator reads on as it is
-    asked for more)."""
+    asked for more).  A caller that stops early closes the generator (``close()``, or leaving a
+    ``for`` loop that held the last reference), which closes its consumer."""
     # All partitions at once (one at a time, each new assignment waited out a fetch round), and
     # short fetch waits: the reader stops at known ends, so an idle partition need not be held.
     consumer = make_consumer(

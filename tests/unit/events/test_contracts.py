@@ -199,6 +199,13 @@ OUT_OF_BOUNDS = [
     ("release", "payload.released_by", "alice\u202eeciLA", r"at `\$\.payload\.released_by`"),
     ("release", "payload.released_by", "al\x1b[2Jice", r"at `\$\.payload\.released_by`"),
     ("release", "payload.reason", "\x85", r"at `\$\.payload\.reason`"),
+    ("release", "payload.reason", "a\u2028b", r"at `\$\.payload\.reason`"),
+    ("release", "payload.reason", "x\u2067y", r"at `\$\.payload\.reason`"),
+    ("release", "payload.reason", "\u200f", r"at `\$\.payload\.reason`"),
+    ("release", "payload.reason", "\u061c", r"at `\$\.payload\.reason`"),
+    ("release", "payload.released_by", "alice\u200b", r"at `\$\.payload\.released_by`"),
+    ("release", "payload.released_by", "\ufeffalice", r"at `\$\.payload\.released_by`"),
+    ("release", "payload.released_by", "al\u2063ice", r"at `\$\.payload\.released_by`"),
     ("release", "payload.reason", "x" * 1001, r"length <= 1000 - at `\$\.payload\.reason`"),
 ]
 

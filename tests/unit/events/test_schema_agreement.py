@@ -197,6 +197,10 @@ TEXT = [
     ("login", "event_id", '" "', TAKEN),
     ("login", "entities.customer", '"\\t"', TAKEN),
     ("login", "event_id", '""', REFUSED),
+    # A release's typed text has a pattern of its own, which keeps refusing lone surrogates.
+    ("release", "payload.reason", '"a\\ud800b"', REFUSED),
+    ("release", "payload.released_by", '"\\udc00"', REFUSED),
+    ("release", "payload.reason", '"\\ud83d\\ude00 \\u00e9 \\u200d"', TAKEN),
 ]
 
 

@@ -558,7 +558,7 @@ def _wallet_or_fail(event: Event) -> str:
     return event.entities.wallet
 
 
-def test_a_key_of_that_fails_or_gives_no_key_is_refused_naming_the_event() -> None:
+def test_a_key_of_that_fails_or_gives_neither_text_nor_bytes_is_refused_naming_the_event() -> None:
     events = [payment(1, wallet="0xw1"), payment(2)]
     with pytest.raises(ValueError, match=r"input event 2 \(Payment\): key_of raised KeyError: 'no wallet'"):
         run_operators([Seen()], events, key_of=_wallet_or_fail)
@@ -618,8 +618,7 @@ def test_a_memory_tables_events_are_encoded_and_decoded_as_on_kafka() -> None:
     got = table.get("p1")
     assert isinstance(got, Payment)
     assert (got.payload.amount, type(got.payload.amount)) == (5.0, float)  # as decoded from bytes
-    wider: LookupTable[Event] = MemoryTable[Payment]()  # a table of payments is a table of events
-    assert wider.get("p1", "none") == "none"
+    assert table.get("p2", "none") == "none"
 
 
 def test_a_memory_tables_keys_are_read_as_a_global_table_reads_them() -> None:
