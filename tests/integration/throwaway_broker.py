@@ -141,6 +141,16 @@ class ThrowawayBroker:
         )
         raise RuntimeError(msg)
 
+    def freeze(self) -> None:
+        """Stop the broker's process where it stands (SIGSTOP): its connections stay open and
+        nothing answers, as a broker in a long pause or behind a dead link; :meth:`thaw` ends it."""
+        assert self._proc is not None, "not running"
+        os.killpg(self._proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self._proc is not None, "not running"
+        os.killpg(self._proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:

@@ -6,8 +6,9 @@ start."""
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from vigil.events.codec import decode_event
 from vigil.events.types import Payment
 from vigil.hub.client import read_committed
 from vigil.stream.app import Application
-from vigil.stream.base import Guarantee
+from vigil.stream.base import Context, Guarantee, Operator, Record
 
 Start = Callable[[Application], Running]
 
@@ -141,3 +142,69 @@ def test_stopped_during_an_outage_it_exits_cleanly_and_the_next_start_goes_on(
     assert not again.errors, again.errors
     assert set(got) == expected_ids(events)
     assert [i for i, n in Counter(got).items() if n > 1] == []
+
+
+class Forward(Operator[Payment]):
+    """Stateless: each payment on to ``output`` (its offsets committed by the consumer)."""
+
+    id = "forward"
+
+    def __init__(self, output: str) -> None:
+        self.output = output
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        time.sleep(0.002 * len(batch))  # (work: records still flow when the broker freezes)
+        for rec in batch:
+            ctx.forward(self.output, rec, rec.event.key())
+
+
+def test_stopped_while_its_broker_is_frozen_it_exits_within_its_bounds(
+    broker: PlainBroker, tmp_path: Path, run_app: Start
+) -> None:
+    # A frozen broker (its process stopped: connections open, nothing answers) is not a broker
+    # down: every call waits for an answer that never comes, until the client's own timeouts.
+    # Stateless at-least-once commits its offsets through the consumer, synchronously at the
+    # last checkpoint: a stop must still end within the stop's bounds (10 s for what waits for
+    # the broker; the group's session, 10 s), losing nothing.
+    settings = load_settings(kafka_bootstrap=broker.bootstrap, home=tmp_path / "home")
+    make_topics(settings, "frozen.in", "frozen.out", partitions=2)
+    events = payments(3000, 40)
+    produce(settings, "frozen.in", events)
+
+    def forwarding() -> Application:
+        return Application(
+            settings,
+            name="frozen",
+            inputs=["frozen.in"],
+            operators=[Forward("frozen.out")],
+            guarantee="at_least_once",
+            checkpoint_interval_s=0.2,
+            batch_size=20,
+            consumer_overrides=for_protocol(settings, {"session.timeout.ms": 10000}),
+        )
+
+    app = forwarding()
+    running = run_app(app)
+    wait_for(lambda: bool(running.errors) or app.metrics.processed >= 300, 60, "300 records processed")
+    broker.freeze()
+    try:
+        began = time.monotonic()
+        running.stop(timeout=60)
+        took = time.monotonic() - began
+    finally:
+        broker.thaw()
+    assert not running.errors, running.errors
+    assert took < 40, f"the stop took {took:.1f} s with the broker frozen"
+    again = run_app(forwarding())
+    got: list[str] = []
+
+    def complete() -> bool:
+        got[:] = [
+            decode_event(m.value()).event_id for m in read_committed(settings, "frozen.out", timeout_s=30)
+        ]
+        return bool(again.errors) or set(got) >= {e.event_id for e in events}
+
+    wait_for(complete, 180, "every payment forwarded")
+    again.stop()
+    assert not again.errors, again.errors
+    assert set(got) == {e.event_id for e in events}
