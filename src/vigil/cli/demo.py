@@ -340,8 +340,9 @@ def _summary(result: EvalResult, decisions: int) -> None:
         f"{result.alerts} alerts, {decisions} decisions; precision over all alerts {result.precision:.0%} "
         f"({result.unattributed} attributed to no scenario); false positives: "
         f"{result.false_positives_per_10k:.2f} per 10k benign events\n"
-        "eps: attack episodes; recall: episodes alerted on the right entity, in time, with the attack's own "
-        "events as evidence; prec: of the alerts of the scenario's rules and those matching its episodes, "
-        "the share matching an episode; ttd: time to detect from the episode's first event; held: a hold "
-        "decision came before the funds left"
+        "eps: attack episodes; alerts: those charged to the scenario, matching its episodes or false alarms "
+        "of its rules (an alert can count under two, so the column may add to more than the total); recall: "
+        "episodes alerted on the right entity, in time, with the attack's own events as evidence; prec: the "
+        "share of its alerts matching an episode; ttd: time to detect from the episode's first event; held: "
+        "a hold decision came before the funds left"
     )
