@@ -1369,6 +1369,9 @@ class Application:
         #: wait for one was last said (_say_overdue).
         self._committer: CallThread | None = None
         self._given_up: Future[None] | None = None
+        #: The consumer's synchronous offset commit given up when stopping (see _commit_offsets),
+        #: maybe still waiting for the broker: the consumer is not closed under it.
+        self._commit_given_up: Future[Any] | None = None
         self._overdue_said_at = -_OVERDUE_SAY_EVERY_S
         #: A transactional producer's start given up when stopping (see _asked), maybe still
         #: asking the broker for its transactional id.
@@ -1690,7 +1693,16 @@ class Application:
         try:
             self._settle_quietly()
             consumer, self._consumer = self._consumer, None
-            if consumer is not None:
+            pending, self._commit_given_up = self._commit_given_up, None
+            if consumer is not None and pending is not None and not pending.done():
+                # A commit given up still waits for the broker in the consumer: closed under it,
+                # the close waits for it too.  Left to go with its last reference, once the
+                # commit returns (the group's session ends its membership meanwhile).
+                log.warning(
+                    "application %s: the consumer is left to close once the broker answers its last commit",
+                    self.name,
+                )
+            elif consumer is not None:
                 try:
                     consumer.close()  # cooperative: revokes (and so checkpoints) what is left
                 except (KafkaException, RuntimeError) as exc:
@@ -2536,6 +2548,29 @@ class Application:
         if not self._start_lag_unanswered:
             self._start_lag_quiet_s = _START_LAG_QUIET_S
 
+    def _commit_offsets(self, consumer: Consumer, offsets: list[TopicPartition], what: str) -> None:
+        """The consumer's synchronous offset commit (stateless at-least-once's at a revocation and
+        at the stop, and where new partitions start), made on a thread of its own and waited for in
+        slices (:meth:`_sliced`).  librdkafka's commit waits for the broker's answer however long
+        it takes: made on the loop's thread, with the broker frozen, it held a stop until the
+        broker answered (over two minutes; found in review, 2026-12-07).  Once stopping, it is
+        given up ``_STOPPING_CALL_S`` after it began and raised as a retriable timeout (the
+        checkpoint is then left to the next start, :meth:`_abandoned_stopping`), and the consumer
+        is not closed under it (:meth:`_close`).  While one given up still waits, the next fails
+        at once."""
+        pending = self._commit_given_up
+        if pending is not None and not pending.done():
+            msg = f"{what}: an earlier commit given up still waits for the broker"
+            raise _not_returned(msg)
+        future = call_aside(
+            lambda: consumer.commit(offsets=offsets, asynchronous=False), f"{self.name}-commit-offsets"
+        )
+
+        def given_up() -> None:
+            self._commit_given_up = future
+
+        self._sliced(future, what, _TIMEOUT, time.monotonic(), _STOPPING_CALL_S, "checkpoint", given_up)
+
     def _commit_new_starts(self) -> None:
         """Commit where partitions assigned with nothing committed start (see _resumed), before
         anything read of them is processed.  Tried once: the broker refuses a plain commit while
@@ -2548,7 +2583,7 @@ class Application:
         if not starts:
             return
         try:
-            self._running_clients()[1].commit(offsets=starts, asynchronous=False)
+            self._commit_offsets(self._running_clients()[1], starts, "committing where new partitions start")
         except KafkaException as exc:
             log.warning(
                 "application %s: committing the start of %s failed; uncommitted until the first "
@@ -3099,9 +3134,18 @@ class Application:
                     return
             elif offsets:
                 try:
-                    consumer.commit(offsets=offsets, asynchronous=not (sync and not sealed))
+                    if sync and not sealed:
+                        self._commit_offsets(consumer, offsets, "committing offsets")
+                    else:
+                        consumer.commit(offsets=offsets, asynchronous=True)
                 except KafkaException as exc:
                     err = kafka_error(exc)
+                    if (
+                        err is not None
+                        and err.retriable()
+                        and self._abandoned_stopping(f"the offsets' commit: {err.str()}")
+                    ):
+                        return
                     if err is not None and err.code() in _GROUP_MOVED_ON and not err.fatal():
                         # (At-least-once, stateless: the partitions' next owner processes these
                         # records again, as at-least-once allows.  A stop after a long stall
