@@ -248,8 +248,12 @@ class Restorer:
             self._unanswered_since = None
             self._unanswered_from.clear()
             self._next_begin = 0.0
-        elif unanswered:
-            self._unanswered(now, sorted(unanswered), unanswered[sorted(unanswered)[0]])
+        else:
+            # (Of the stores still waiting: one revoked while the round was on its way is not.)
+            waiting = {(t.topic, t.partition) for t in self._unbegun}
+            left = sorted(tp for tp in unanswered if tp in waiting)
+            if left:
+                self._unanswered(now, left, unanswered[left[0]])
         # Only the stores the round was for: one revoked and assigned again meanwhile was
         # another owner's for a while, and its changelog may have grown since it was asked.
         for_them = {id(t) for t in self._asked}
@@ -266,9 +270,19 @@ class Restorer:
 
     def _unanswered(self, now: float, asked: list[tuple[str, int]], exc: BrokerUnanswered) -> None:
         """A round of the end offsets' questions with no answer (``asked`` unanswered): said
-        once, asked again, failed past ``stall_s``."""
+        once, asked again, failed once one has gone without an answer past ``stall_s`` (each
+        partition timed from its own first round without one: a store assigned during a stall,
+        or left after the others were revoked, has its own ``stall_s``)."""
         for tp in asked:
             self._unanswered_from.setdefault(tp, now)
+        longest = [tp for tp in asked if now - self._unanswered_from[tp] > self.stall_s]
+        if longest:
+            since = f" (and {len(asked) - len(longest)} asked since)" if len(longest) < len(asked) else ""
+            msg = (
+                f"restoring {longest}{since}: no answer for their changelogs' end offsets for "
+                f"{self.stall_s:g}s ({exc}; is the broker reachable?)"
+            )
+            raise PipelineError(msg) from exc
         if self._unanswered_since is None:
             self._unanswered_since = now
             log.warning(
@@ -280,16 +294,6 @@ class Restorer:
                 _OFFSETS_RETRY_S,
                 self.stall_s,
             )
-        elif now - self._unanswered_since > self.stall_s:
-            # Those asked since the first round without an answer (a store assigned meanwhile
-            # has waited less: said apart).
-            longest = [tp for tp in asked if now - self._unanswered_from[tp] > self.stall_s] or asked
-            since = f" (and {len(asked) - len(longest)} asked since)" if len(longest) < len(asked) else ""
-            msg = (
-                f"restoring {longest}{since}: no answer for their changelogs' end offsets for "
-                f"{self.stall_s:g}s ({exc}; is the broker reachable?)"
-            )
-            raise PipelineError(msg) from exc
         self._next_begin = time.monotonic() + _OFFSETS_RETRY_S
 
     def _start(
@@ -593,6 +597,8 @@ class Restorer:
         consumer, self._consumer = self._consumer, None
         self._unbegun.clear()
         self._asking, self._asked = None, []  # (a round under way ends on its own, closing its consumer)
+        self._unanswered_since = None
+        self._unanswered_from.clear()
         self._tasks.clear()
         self._pending.clear()
         self._pending_bytes.clear()

@@ -241,8 +241,8 @@ def test_a_stalled_restore_names_the_partitions_unanswered_all_that_time(
     monkeypatch.setattr(changelog, "_OFFSETS_RETRY_S", 0.05)
     consumers.fresh = lambda: Answers({0: [KafkaError._TIMED_OUT] * 1000, 1: [KafkaError._TIMED_OUT] * 1000})
     later = RocksState(tmp_path / "later", StoreSpec("s", 1))
+    restorer = Restorer(Settings(), "a", stall_s=2.0)
     try:
-        restorer = Restorer(Settings(), "a", stall_s=2.0)
         restorer.add([RestoreTask(store, "a.changelog.s", 0)])
         added = False
         deadline = time.monotonic() + 20
@@ -260,8 +260,43 @@ def test_a_stalled_restore_names_the_partitions_unanswered_all_that_time(
         assert added
         text = str(failed)
         assert text.startswith("restoring [('a.changelog.s', 0)] (and 1 asked since): no answer")
-        restorer.close()
     finally:
+        restorer.close()
+        later.close()
+
+
+def test_a_store_left_after_the_others_were_revoked_has_a_stall_of_its_own(
+    consumers: Consumers, store: RocksState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Timed from the first store's first round without an answer, the one left failed before
+    # its own stall, named as if it had waited it all (found in review).
+    monkeypatch.setattr(changelog, "_OFFSETS_ASK_S", 0.1)
+    monkeypatch.setattr(changelog, "_OFFSETS_RETRY_S", 0.05)
+    consumers.fresh = lambda: Answers({0: [KafkaError._TIMED_OUT] * 1000, 1: [KafkaError._TIMED_OUT] * 1000})
+    later = RocksState(tmp_path / "later", StoreSpec("s", 1))
+    restorer = Restorer(Settings(), "a", stall_s=2.0)
+    try:
+        restorer.add([RestoreTask(store, "a.changelog.s", 0)])
+        added_at: float | None = None
+        deadline = time.monotonic() + 20
+        failed: PipelineError | None = None
+        while failed is None and time.monotonic() < deadline:
+            since = restorer._unanswered_since
+            if added_at is None and since is not None and time.monotonic() - since > 1.0:  # half-way
+                restorer.add([RestoreTask(later, "a.changelog.s", 1)])
+                added_at = time.monotonic()
+                restorer.remove([store])  # (revoked: its round may still be on its way)
+            try:
+                restorer.step(100, 0.0)
+            except PipelineError as exc:
+                failed = exc
+            time.sleep(0.01)  # (the loop's other work between steps)
+        assert added_at is not None
+        assert failed is not None
+        assert time.monotonic() - added_at > 2.0  # (its own stall, not what was left of the first's)
+        assert str(failed).startswith("restoring [('a.changelog.s', 1)]: no answer")
+    finally:
+        restorer.close()
         later.close()
 
 
