@@ -1372,6 +1372,8 @@ class Application:
         #: The consumer's synchronous offset commit given up when stopping (see _commit_offsets),
         #: maybe still waiting for the broker: the consumer is not closed under it.
         self._commit_given_up: Future[Any] | None = None
+        #: Inside a rebalance callback, so inside the consumer's own call (consume, close).
+        self._in_callback = False
         self._overdue_said_at = -_OVERDUE_SAY_EVERY_S
         #: A transactional producer's start given up when stopping (see _asked), maybe still
         #: asking the broker for its transactional id.
@@ -2557,11 +2559,16 @@ class Application:
         given up ``_STOPPING_CALL_S`` after it began and raised as a retriable timeout (the
         checkpoint is then left to the next start, :meth:`_abandoned_stopping`), and the consumer
         is not closed under it (:meth:`_close`).  While one given up still waits, the next fails
-        at once."""
+        at once.  Inside a rebalance callback it is made there, as before: the callback runs in
+        the consumer's own call, and a client that serialises its calls (confluent-kafka's
+        free-threaded builds) would hold a call from another thread until that one returned."""
         pending = self._commit_given_up
         if pending is not None and not pending.done():
             msg = f"{what}: an earlier commit given up still waits for the broker"
             raise _not_returned(msg)
+        if self._in_callback:
+            consumer.commit(offsets=offsets, asynchronous=False)
+            return
         future = call_aside(
             lambda: consumer.commit(offsets=offsets, asynchronous=False), f"{self.name}-commit-offsets"
         )
@@ -3948,10 +3955,13 @@ class Application:
         once ``consume`` returns.  Raised through librdkafka (which logs through Python's logging
         meanwhile), it came out of ``consume`` as a chain of hundreds of ``SystemError`` lines,
         the cause at the bottom (a broker restarting as a stage started, found in review)."""
+        self._in_callback = True
         try:
             self._on_assign(consumer, partitions)
         except BaseException as exc:
             self._callback_error = exc
+        finally:
+            self._in_callback = False
 
     def _raise_callback_error(self) -> None:
         exc, self._callback_error = self._callback_error, None
@@ -4233,10 +4243,14 @@ class Application:
         )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if not self._failed and not self._lost:
-            self._checkpoint(sync=True)  # what was processed for these partitions becomes durable first
-        self._settle_quietly()  # (none is on its way by now; whatever happens, none outlives its stores)
-        self._drop(consumer, partitions)
+        self._in_callback = True
+        try:
+            if not self._failed and not self._lost:
+                self._checkpoint(sync=True)  # what was processed for these partitions becomes durable first
+            self._settle_quietly()  # (none is on its way by now; whatever happens, none outlives its stores)
+            self._drop(consumer, partitions)
+        finally:
+            self._in_callback = False
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning(
