@@ -1704,6 +1704,10 @@ class Application:
                     "application %s: the consumer is left to close once the broker answers its last commit",
                     self.name,
                 )
+                for topic, part in self._owned:  # (as a revocation would: the next owner's now)
+                    _forget(self.prometheus.lag, self.name, topic, str(part))
+                    _forget(self.prometheus.paused, self.name, topic, str(part))
+                self._owned.clear()
             elif consumer is not None:
                 try:
                     consumer.close()  # cooperative: revokes (and so checkpoints) what is left
@@ -1800,6 +1804,8 @@ class Application:
             msgs = self._after_rewind(msgs)
         if self._starts:
             self._commit_new_starts()
+            if self._commit_given_up is not None:
+                return  # (stopping, its commit still in the consumer: nothing more asks it)
         # (Each step below is timed and the longest of each kind kept, AppMetrics.longest_step_s:
         # the records that arrive meanwhile wait for it, so it bounds what it adds to latency.)
         longest = self.metrics.longest_step_s
@@ -3147,13 +3153,15 @@ class Application:
                         consumer.commit(offsets=offsets, asynchronous=True)
                 except KafkaException as exc:
                     err = kafka_error(exc)
+                    moved_on = err is not None and err.code() in _GROUP_MOVED_ON and not err.fatal()
                     if (
                         err is not None
-                        and err.retriable()
+                        and not moved_on
+                        and not err.fatal()
                         and self._abandoned_stopping(f"the offsets' commit: {err.str()}")
                     ):
-                        return
-                    if err is not None and err.code() in _GROUP_MOVED_ON and not err.fatal():
+                        return  # (a broker out of reach or frozen: processed again at the next start)
+                    if moved_on:
                         # (At-least-once, stateless: the partitions' next owner processes these
                         # records again, as at-least-once allows.  A stop after a long stall
                         # exited with an error here.)

@@ -246,7 +246,8 @@ class Restorer:
             raise PipelineError(msg) from exc
         if answered:
             self._unanswered_since = None
-            self._unanswered_from.clear()
+            for tp in answered:  # (those still unanswered keep their own stall)
+                self._unanswered_from.pop(tp, None)
             self._next_begin = 0.0
         else:
             # (Of the stores still waiting: one revoked while the round was on its way is not.)

@@ -6,6 +6,7 @@ start."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -146,19 +147,29 @@ def test_stopped_during_an_outage_it_exits_cleanly_and_the_next_start_goes_on(
 
 class Forward(Operator[Payment]):
     """Stateless: each payment on to ``output`` unless ``silent`` (its offsets committed by the
-    consumer); the ids it was handed kept."""
+    consumer); the ids it was handed kept.  ``freeze``, called once ``freeze_at`` payments are
+    in, before it forwards them: what it sends then is surely on its way when the broker stops."""
 
     id = "forward"
 
-    def __init__(self, output: str, silent: bool) -> None:
+    def __init__(
+        self, output: str, silent: bool, freeze: Callable[[], None] | None = None, freeze_at: int = 300
+    ) -> None:
         self.output = output
         self.silent = silent
+        self.freeze = freeze
+        self.freeze_at = freeze_at
+        self.frozen = threading.Event()
         self.seen: set[str] = set()
 
     def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
         time.sleep(0.002 * len(batch))  # (work: records still flow when the broker freezes)
         for rec in batch:
             self.seen.add(rec.event.event_id)
+        if self.freeze is not None and not self.frozen.is_set() and len(self.seen) >= self.freeze_at:
+            self.freeze()
+            self.frozen.set()
+        for rec in batch:
             if not self.silent:
                 ctx.forward(self.output, rec, rec.event.key())
 
@@ -203,18 +214,17 @@ def test_stopped_while_its_broker_is_frozen_it_exits_within_its_bounds(
             consumer_overrides=for_protocol(settings, {"session.timeout.ms": 10000}),
         )
 
-    first = Forward("frozen.out", silent)
+    first = Forward("frozen.out", silent, freeze=broker.freeze)
     app = forwarding(first)
-    running = run_app(app)
-    wait_for(lambda: bool(running.errors) or app.metrics.processed >= 300, 60, "300 records processed")
-    with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
-        broker.freeze()
-        try:
+    try:
+        with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
+            running = run_app(app)
+            wait_for(lambda: bool(running.errors) or first.frozen.is_set(), 60, "the broker frozen")
             began = time.monotonic()
             running.stop(timeout=60)
             took = time.monotonic() - began
-        finally:
-            broker.thaw()
+    finally:
+        broker.thaw()
     assert not running.errors, running.errors
     assert took < 40, f"the stop took {took:.1f} s with the broker frozen"
     said = [r.getMessage() for r in caplog.records]
