@@ -451,14 +451,13 @@ class MemoryTable(LookupTable[V]):
 
     Records are ``(key, value)``.  A key is text, or bytes as a producer may write them (read as
     a :class:`GlobalTable` reads them: UTF-8, bytes that are not UTF-8 kept apart with
-    ``surrogateescape``); a compacted topic
-    refuses a record without one, and so does this table.  An event is encoded as a producer
-    sends it, bytes are taken as the topic holds them, ``None`` is a tombstone; each is applied
-    as a :class:`GlobalTable` applies what it reads (``decode`` as its own: by default canonical
-    events), so a value the decode cannot read is skipped, counted in ``errors``, and its key
-    has no value, as on Kafka.  :meth:`put` writes one more between runs (an indicator
-    published while a process runs).  It is always ``ready``: the harness has no start to wait
-    for."""
+    ``surrogateescape``); a compacted topic refuses a record without one, and so does this
+    table.  An event is encoded as a producer sends it, bytes are taken as the topic holds them,
+    ``None`` is a tombstone; each is applied as a :class:`GlobalTable` applies what it reads
+    (``decode`` as its own: by default canonical events), so a value the decode cannot read is
+    skipped, counted in ``errors``, and its key has no value, as on Kafka.  :meth:`put` writes
+    one more between runs (an indicator published while a process runs).  It is always
+    ``ready``: the harness has no start to wait for."""
 
     def __init__(
         self,

@@ -567,11 +567,12 @@ class Decision(Event, tag="decision", frozen=True):
 #: invisible ones (U+200B, U+2060-U+2064, U+FEFF: "alice" and "alice" followed by U+200B look
 #: alike); the joiners U+200C and U+200D stay (scripts and emoji need them).  ``vigil release``
 #: refuses more (every character Python does not print) and says which; this holds another
-#: client with the release credential to the same plain text.  (A look-ahead for any such character, not
-#: ``^[^...]*$``: a ``$`` matches before a last newline in Python's ``re``, which msgspec and
-#: the JSON Schema validators search with.  Then :data:`vigil.events.schema.TEXT_PATTERN`,
-#: which a string with a pattern of its own is not given: no lone surrogate.  Written as regex
-#: escapes, so the schema file holds no such character itself.)
+#: client with the release credential to the same plain text.  (A look-ahead for any such
+#: character, not ``^[^...]*$``: a ``$`` matches before a last newline in Python's ``re``,
+#: which msgspec and the JSON Schema validators search with.  Then
+#: :data:`vigil.events.schema.TEXT_PATTERN`, which a string with a pattern of its own is not
+#: given: no lone surrogate.  Written as regex escapes, so the schema file holds no such
+#: character itself.)
 TypedText = (
     "^(?![\\s\\S]*[\\x00-\\x1f\\x7f-\\x9f\\u061c\\u200b\\u200e\\u200f\\u2028-\\u202e"
     "\\u2060-\\u2064\\u2066-\\u2069\\ufeff])"

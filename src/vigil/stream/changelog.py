@@ -192,8 +192,8 @@ class Restorer:
         self._asked: list[RestoreTask] = []
         self._next_begin = 0.0
         self._unanswered_since: float | None = None
-        #: Since when each partition asked in such rounds has gone without an answer (named
-        #: when the restore fails: those asked for all that time, not a partition added since).
+        #: Since when each partition still waiting has gone without an answer: its own stall
+        #: (see _unanswered; ``_unanswered_since`` says when the first was said).
         self._unanswered_from: dict[tuple[str, int], float] = {}
 
     @property

@@ -466,8 +466,8 @@ class LookupTable(ABC, Generic[V]):
 
     :class:`GlobalTable` follows the topic on Kafka; :class:`vigil.testing.MemoryTable` holds
     records given in memory, for operators under :func:`vigil.testing.run_operators`.  Both apply
-    a record alike: a tombstone deletes its key; a value ``decode`` cannot read
-    is skipped, counted in ``errors``, and its key has no value from then on."""
+    a record alike: a tombstone deletes its key; a value ``decode`` cannot read is skipped,
+    counted in ``errors``, and its key has no value from then on."""
 
     def __init__(self, name: str, decode: Callable[[bytes], V]) -> None:
         self.name = name
