@@ -232,37 +232,55 @@ def test_stores_added_are_asked_for_by_the_steps_and_again_while_unanswered(
     restorer.close()
 
 
-def test_a_stalled_restore_names_the_partitions_unanswered_all_that_time(
-    consumers: Consumers, store: RocksState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # It named the last round's partitions: a store assigned a moment before the failure was
-    # said to have gone unanswered for the whole stall too.
+def _stalled_with_a_second_store(
+    consumers: Consumers,
+    first: RocksState,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    revoke_first: bool,
+) -> tuple[PipelineError, float]:
+    """Two partitions that never answer: the first's store added at once, the second's half-way
+    through the first's 2 s stall (the first's revoked then, if ``revoke_first``); the restore's
+    failure, and when the second was added (monotonic)."""
     monkeypatch.setattr(changelog, "_OFFSETS_ASK_S", 0.1)
     monkeypatch.setattr(changelog, "_OFFSETS_RETRY_S", 0.05)
     consumers.fresh = lambda: Answers({0: [KafkaError._TIMED_OUT] * 1000, 1: [KafkaError._TIMED_OUT] * 1000})
     later = RocksState(tmp_path / "later", StoreSpec("s", 1))
     restorer = Restorer(Settings(), "a", stall_s=2.0)
     try:
-        restorer.add([RestoreTask(store, "a.changelog.s", 0)])
-        added = False
+        restorer.add([RestoreTask(first, "a.changelog.s", 0)])
+        added_at: float | None = None
         deadline = time.monotonic() + 20
-        failed: PipelineError | None = None
-        while failed is None and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             since = restorer._unanswered_since
-            if not added and since is not None and time.monotonic() - since > 1.0:  # half-way
+            if added_at is None and since is not None and time.monotonic() - since > 1.0:  # half-way
                 restorer.add([RestoreTask(later, "a.changelog.s", 1)])
-                added = True
+                added_at = time.monotonic()
+                if revoke_first:
+                    restorer.remove([first])  # (its round may still be on its way)
             try:
                 restorer.step(100, 0.0)
             except PipelineError as exc:
-                failed = exc
+                failed: PipelineError = exc
+                break
             time.sleep(0.01)  # (the loop's other work between steps)
-        assert added
-        text = str(failed)
-        assert text.startswith("restoring [('a.changelog.s', 0)] (and 1 asked since): no answer")
+        else:
+            raise AssertionError("the restore did not fail in 20 s")
+        assert added_at is not None, f"failed before the second store was added: {failed}"
+        return failed, added_at
     finally:
         restorer.close()
         later.close()
+
+
+def test_a_stalled_restore_names_the_partitions_unanswered_all_that_time(
+    consumers: Consumers, store: RocksState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It named the last round's partitions: a store assigned a moment before the failure was
+    # said to have gone unanswered for the whole stall too.
+    failed, _ = _stalled_with_a_second_store(consumers, store, tmp_path, monkeypatch, revoke_first=False)
+    assert str(failed).startswith("restoring [('a.changelog.s', 0)] (and 1 asked since): no answer")
 
 
 def test_a_store_left_after_the_others_were_revoked_has_a_stall_of_its_own(
@@ -270,34 +288,11 @@ def test_a_store_left_after_the_others_were_revoked_has_a_stall_of_its_own(
 ) -> None:
     # Timed from the first store's first round without an answer, the one left failed before
     # its own stall, named as if it had waited it all (found in review).
-    monkeypatch.setattr(changelog, "_OFFSETS_ASK_S", 0.1)
-    monkeypatch.setattr(changelog, "_OFFSETS_RETRY_S", 0.05)
-    consumers.fresh = lambda: Answers({0: [KafkaError._TIMED_OUT] * 1000, 1: [KafkaError._TIMED_OUT] * 1000})
-    later = RocksState(tmp_path / "later", StoreSpec("s", 1))
-    restorer = Restorer(Settings(), "a", stall_s=2.0)
-    try:
-        restorer.add([RestoreTask(store, "a.changelog.s", 0)])
-        added_at: float | None = None
-        deadline = time.monotonic() + 20
-        failed: PipelineError | None = None
-        while failed is None and time.monotonic() < deadline:
-            since = restorer._unanswered_since
-            if added_at is None and since is not None and time.monotonic() - since > 1.0:  # half-way
-                restorer.add([RestoreTask(later, "a.changelog.s", 1)])
-                added_at = time.monotonic()
-                restorer.remove([store])  # (revoked: its round may still be on its way)
-            try:
-                restorer.step(100, 0.0)
-            except PipelineError as exc:
-                failed = exc
-            time.sleep(0.01)  # (the loop's other work between steps)
-        assert added_at is not None
-        assert failed is not None
-        assert time.monotonic() - added_at > 2.0  # (its own stall, not what was left of the first's)
-        assert str(failed).startswith("restoring [('a.changelog.s', 1)]: no answer")
-    finally:
-        restorer.close()
-        later.close()
+    failed, added_at = _stalled_with_a_second_store(
+        consumers, store, tmp_path, monkeypatch, revoke_first=True
+    )
+    assert time.monotonic() - added_at > 2.0  # (its own stall, not what was left of the first's)
+    assert str(failed).startswith("restoring [('a.changelog.s', 1)]: no answer")
 
 
 def _stepped_until(restorer: Restorer, done: Callable[[list[RestoreTask]], bool]) -> list[RestoreTask]:
