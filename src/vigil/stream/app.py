@@ -156,6 +156,7 @@ are undone and its outputs dropped (:mod:`vigil.stream.attempt`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import logging
 import math
@@ -444,6 +445,24 @@ _GROUP_MOVED_ON = frozenset(
     }
 )
 _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+#: A consumer's offset commit that failed for want of the broker (out of reach, frozen, its
+#: coordinator moving), or was given up waiting for it: at a stop, its checkpoint is left to the
+#: next start.  Any other refusal (not authorised, an unknown topic, offsets refused) still
+#: stops the application saying so: commits are asynchronous until the stop, and no one
+#: reports theirs.
+_COMMIT_OUT_OF_REACH = frozenset(
+    {
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._WAIT_COORD,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NETWORK_EXCEPTION,
+    }
+)
 #: How long to wait for a client's fatal error reason once a call has failed with "fatal".
 _FATAL_REASON_WAIT_S = 2.0
 #: How long a produce refused for the transaction's abortable state waits for the delivery report
@@ -2575,9 +2594,10 @@ class Application:
         if self._in_callback:
             consumer.commit(offsets=offsets, asynchronous=False)
             return
-        future = call_aside(
-            lambda: consumer.commit(offsets=offsets, asynchronous=False), f"{self.name}-commit-offsets"
-        )
+        # (A partial, not a lambda: a lambda's frame, in the traceback of a commit refused after
+        # it was given up, held the consumer past its last reference, uncompiled.)
+        commit = functools.partial(consumer.commit, offsets=offsets, asynchronous=False)
+        future = call_aside(commit, f"{self.name}-commit-offsets")
 
         def given_up() -> None:
             self._commit_given_up = future
@@ -2865,6 +2885,12 @@ class Application:
         producer, consumer = self._producer, self._consumer
         if producer is None or consumer is None or self._failed or self._lost:
             return  # lost: nothing since the last checkpoint is this member's to commit (_rewind)
+        given_up = self._commit_given_up
+        if given_up is not None and not given_up.done():
+            # Stopping, a commit still in the consumer: nothing more is asked of either client
+            # (a flush would wait its 10 s again; the commit would fail at once).
+            self._abandoned_stopping("an earlier offset commit still waits for the broker")
+            return
         started = time.perf_counter()
         if started - self._touched_at >= self.touch_every_s and self._current_at is not None:
             # Stores not written for a while are as current as the last commit: said so, or a
@@ -3156,8 +3182,7 @@ class Application:
                     moved_on = err is not None and err.code() in _GROUP_MOVED_ON and not err.fatal()
                     if (
                         err is not None
-                        and not moved_on
-                        and not err.fatal()
+                        and err.code() in _COMMIT_OUT_OF_REACH
                         and self._abandoned_stopping(f"the offsets' commit: {err.str()}")
                     ):
                         return  # (a broker out of reach or frozen: processed again at the next start)

@@ -73,6 +73,7 @@ def test_stopping_a_commit_the_broker_does_not_answer_is_given_up_and_the_consum
     err = given_up.value.args[0]
     assert (err.code(), err.retriable()) == (KafkaError._TIMED_OUT, True)
     assert "committing offsets has not returned" in err.str()
+    del given_up, err  # (their traceback holds the frames that held the consumer)
     # While it still waits in the consumer, the next commit is not made: it would wait behind it.
     with pytest.raises(KafkaException, match="an earlier commit given up still waits for the broker"):
         app._commit_offsets(consumer, OFFSETS, "committing offsets")  # type: ignore[arg-type]
@@ -89,6 +90,9 @@ def test_stopping_a_commit_the_broker_does_not_answer_is_given_up_and_the_consum
     consumer.refusal = KafkaException(KafkaError(KafkaError.UNKNOWN_MEMBER_ID))
     consumer.answer.set()
     assert isinstance(pending.exception(timeout=10), KafkaException)
+    for thread in threading.enumerate():  # (its arguments are let go once it has returned)
+        if thread.name == "a-commit-offsets":
+            thread.join(10)
     gc.disable()
     try:
         del consumer
