@@ -23,7 +23,6 @@ from datetime import datetime
 from functools import cached_property
 
 from vigil.errors import ConfigError
-from vigil.events.ids import stable_id
 from vigil.events.types import (
     Decision,
     DecisionPayload,
@@ -187,7 +186,7 @@ class ReleasePlan:
 
 def release_id(decision: Decision) -> str:
     """The id of the release of ``decision`` (the same for every release of it)."""
-    return stable_id(decision.event_id, "release", prefix="release-")
+    return Release.id_for(decision.event_id)
 
 
 def plan(found: Finder, request: Request, now: datetime) -> ReleasePlan:

@@ -352,7 +352,7 @@ def example_events(at: datetime) -> list[Event]:
     held = out[-1]
     out.append(
         t.Release(
-            event_id=stable_id(held.event_id, "release", prefix="release-"),
+            event_id=t.Release.id_for(held.event_id),
             source="vigil.release",
             occurred_at=ts(600),
             entities=Entities(customer=_CUST),

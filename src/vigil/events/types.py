@@ -13,6 +13,7 @@ from typing import Annotated, ClassVar, Literal
 import msgspec
 
 from vigil.events.base import Amount, ChainInt, Count, Event, Id, Int, Struct, UtcDateTime
+from vigil.events.ids import stable_id
 
 # --------------------------------------------------------------------------- identity
 
@@ -603,6 +604,12 @@ class Release(Event, tag="release", frozen=True):
 
     def key(self) -> str:
         return f"{self.payload.entity.kind}:{self.payload.entity.id}"
+
+    @staticmethod
+    def id_for(decision_id: str) -> str:
+        """The ``event_id`` of a release of the decision ``decision_id``: the same for every
+        release of it, so the back end, keeping the first of an id, keeps one."""
+        return stable_id(decision_id, "release", prefix="release-")
 
 
 # --------------------------------------------------------------------------- registry
