@@ -58,7 +58,7 @@ from vigil.hub.admin import ensure_topics
 from vigil.hub.broker import LocalBroker
 from vigil.hub.client import consumer_config, make_admin, producer_config
 from vigil.hub.topics import TopicSpec
-from vigil.stream.base import Context, Operator, Record, StoreSpec
+from vigil.stream.base import Context, Operator, Record, StoreSpec, events_of
 from vigil.stream.vectorised import SlidingCountSum
 from vigil.stream.windows import Count, Sum, Window, WindowedAggregate, to_ms
 
@@ -230,7 +230,7 @@ class BatchVelocityRule(VelocityRule):
 
     def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
         self._begin()
-        events = [rec.event for rec in batch]
+        events = events_of(batch)
         keys = [event.entities.account or event.key() or "" for event in events]
         cols = VELOCITY_BATCH.update(
             ctx.state(VELOCITY_BATCH.store),

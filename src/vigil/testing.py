@@ -47,6 +47,7 @@ record's bytes out of the letter and says so in its reason).
 
 from __future__ import annotations
 
+import functools
 import heapq
 import warnings
 import zlib
@@ -72,7 +73,7 @@ from vigil.stream.app import (
     undecodable_reason,
 )
 from vigil.stream.attempt import Attempt, attempt
-from vigil.stream.base import Operator, Record, State, StoreSpec, shared_stores
+from vigil.stream.base import Operator, Record, RecordBatch, State, StoreSpec, shared_stores
 from vigil.stream.changelog import STATE_RECORD_MAX_BYTES, state_too_large
 from vigil.stream.collector import collecting_young
 from vigil.stream.table import LookupTable, decode_canonical
@@ -639,7 +640,7 @@ def run_operators(
             )
             op.on_assign(ctx)
 
-    def call(op: Operator[Any], part: int, records: list[Record[Any]]) -> None:
+    def call(op: Operator[Any], part: int, records: Sequence[Record[Any]]) -> None:
         ctx = contexts[(op.id, part)]
         if op.dead_letter_errors:
             trial = trials.get((op.id, part))
@@ -674,8 +675,12 @@ def run_operators(
                         call(op, parts[0], every)
         else:
             for part in parts:
+                # As the runtime hands an unaligned batch over: a RecordBatch (events_of reads
+                # its events without its records).
+                records = batch[part]
+                given = RecordBatch([r.event for r in records], functools.partial(list, records))
                 for op in operators:
-                    call(op, part, batch[part])
+                    call(op, part, given)
         batch.clear()
         if checkpoints:
             # After every batch (the runtime's come after some batches): what a later restart

@@ -167,7 +167,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from types import FrameType
@@ -213,7 +213,7 @@ from vigil.hub.client import (
 from vigil.hub.topics import TOPIC_NAME, TOPIC_NAME_MAX, TOPICS, TopicSpec
 from vigil.stream.alignment import REPLAY_BEHIND_S, TP, Alignment
 from vigil.stream.attempt import Attempt, attempt
-from vigil.stream.base import Guarantee, Operator, Record, State, StoreSpec, shared_stores
+from vigil.stream.base import Guarantee, Operator, Record, RecordBatch, State, StoreSpec, shared_stores
 from vigil.stream.calls import CallThread
 from vigil.stream.changelog import (
     CHANGELOG_MAX_BYTES,
@@ -673,6 +673,27 @@ def refused_override(name: str, client: Literal["consumer", "producer"]) -> str 
 #: RecursionError: JSON nested too deep for msgspec (a field before the type tag skipped over,
 #: nested 100,000 deep); uncaught, it stopped the stage at that record, and every restart too.
 DECODE_ERRORS = (ContractError, msgspec.ValidationError, msgspec.DecodeError, RecursionError)
+
+
+def _records_of(
+    topic: str | None, partition: int, msgs: list[Message], events: list[Any]
+) -> list[Record[Any]]:
+    """The records of ``events``, each decoded from the message beside it (``topic``: the
+    one topic they were all read from, else each message's own): a RecordBatch's records."""
+    return [
+        Record(
+            event,
+            msg.topic() if topic is None else topic,
+            partition,
+            msg.offset(),
+            msg.key(),
+            msg.timestamp()[1],
+            msg.value(),
+        )
+        for msg, event in zip(msgs, events, strict=True)
+    ]
+
+
 #: How every canonical record begins (see _skip_prefixes).
 _TAG_HEAD = b'{"type":"'
 
@@ -1877,7 +1898,9 @@ class Application:
             self._buffer(msgs, self.alignment)
             return
         started = time.perf_counter()
-        groups: dict[int, list[Record[Any]]] = {}
+        #: Per partition, its events and their messages (the records are built from them only
+        #: if an operator asks: see RecordBatch).
+        groups: dict[int, tuple[list[Any], list[Message]]] = {}
         offsets = self._next_offsets
         owned = self._owned
         decode = self._decode
@@ -1894,8 +1917,10 @@ class Application:
         run_topic: str | None = None
         run_part = -1
         run_owned = False
-        offset = -1
-        group: list[Record[Any]] = []
+        #: The run's last message (None: nothing of it owned): its offset is the run's last.
+        last: Message | None = None
+        events: list[Any] = []
+        kept: list[Message] = []
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -1904,18 +1929,18 @@ class Application:
             topic = msg.topic() if only_topic is None else only_topic
             part = msg.partition()
             if part != run_part or topic != run_topic:
-                if run_owned and offset >= 0:
-                    offsets[run_topic, run_part] = offset + 1  # type: ignore[index]
+                if last is not None:
+                    offsets[run_topic, run_part] = last.offset() + 1  # type: ignore[index]
                 run_topic, run_part = topic, part
                 # Not owned: fetched before a revocation; the new owner reads it from the committed offset.
                 run_owned = (topic, part) in owned
-                group = groups.setdefault(part, [])
-                offset = -1
+                events, kept = groups.setdefault(part, ([], []))
+                last = None
                 if run_owned and (topic, part) not in first_read:
                     first_read[topic, part] = msg.offset()
             if not run_owned:
                 continue
-            offset = msg.offset()
+            last = msg
             value = msg.value()
             if skip and value is not None and value.startswith(skip):
                 skipped += 1
@@ -1930,17 +1955,22 @@ class Application:
             except DECODE_ERRORS as exc:
                 letters.append(_undecodable(msg, exc))
                 continue
-            group.append(Record(event, topic, part, offset, msg.key(), msg.timestamp()[1], value))
-        if run_owned and offset >= 0:
-            offsets[run_topic, run_part] = offset + 1  # type: ignore[index]
+            events.append(event)
+            kept.append(msg)
+        if last is not None:
+            offsets[run_topic, run_part] = last.offset() + 1  # type: ignore[index]
         if skipped:
             self._count_skipped(skipped)
         for letter in letters:
             self._dead_letter(*letter)
-        count = len(letters) + skipped + sum(len(g) for g in groups.values())
+        batches: dict[int, Sequence[Record[Any]]] = {
+            part: RecordBatch(events, functools.partial(_records_of, only_topic, part, kept, events))
+            for part, (events, kept) in groups.items()
+        }
+        count = len(letters) + skipped + sum(len(b) for b in batches.values())
         self._batch = msgs  # (for the headers of a record an operator dead-letters: _headers_of)
         try:
-            self._run_operators(groups, count, len(msgs), started)
+            self._run_operators(batches, count, len(msgs), started)
         finally:
             self._batch = None
             self._batch_headers.clear()
@@ -2085,13 +2115,13 @@ class Application:
             alignment.observe(tp, latest, now)
 
     def _run_operators(
-        self, groups: dict[int, list[Record[Any]]], count: int, batch: int, started: float
+        self, groups: Mapping[int, Sequence[Record[Any]]], count: int, batch: int, started: float
     ) -> None:
         self._call_operators(groups)
         self._count_batch(count, batch, started)
 
     def _call_operators(
-        self, groups: dict[int, list[Record[Any]]], only: frozenset[str] | None = None
+        self, groups: Mapping[int, Sequence[Record[Any]]], only: frozenset[str] | None = None
     ) -> None:
         """Hand each partition's records to its operators (``only``: those with these ids)."""
         for part, records in groups.items():

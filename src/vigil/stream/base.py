@@ -15,9 +15,9 @@ in-memory harness in :mod:`vigil.testing` for unit tests without a broker.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, SupportsIndex, TypeVar, overload
 
 import msgspec
 
@@ -44,6 +44,63 @@ class Record(msgspec.Struct, Generic[E], frozen=True):
     #: The bytes the record was read as (``None`` in memory): dead letters carry them as they
     #: came, and ``Context.forward`` sends them on without encoding the event again.
     value: bytes | None = None
+
+
+class RecordBatch(Sequence[Record[E]]):
+    """One input partition's records of a batch, as the runtime hands them to an operator.
+
+    A sequence of :class:`Record` (not a list: a slice is one), its :attr:`events` there at
+    once, the records themselves built the first time one is asked for.  So an operator that
+    works on the events alone (vectorised, see :func:`events_of`) never has the records built:
+    built with each message read, they cost the runtime about a quarter of what the bare
+    consume and decode cost an event (0.24 µs against 1.03 on the runtime benchmark's input,
+    2026-12-07)."""
+
+    __slots__ = ("_build", "_records", "events")
+
+    def __init__(self, events: Sequence[E], build: Callable[[], list[Record[E]]]) -> None:
+        #: The decoded events, in offset order (one per record; a tuple: the records are built
+        #: beside the events they were given, so these cannot be reordered under them).
+        self.events: tuple[E, ...] = tuple(events)
+        self._build = build
+        self._records: list[Record[E]] | None = None
+
+    def records(self) -> list[Record[E]]:
+        """The records, built on the first call."""
+        records = self._records
+        if records is None:
+            records = self._records = self._build()
+            self._build = _built  # (lets go of what they were built from: the messages)
+        return records
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> Record[E]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Record[E]]: ...
+    def __getitem__(self, index: SupportsIndex | slice) -> Record[E] | list[Record[E]]:
+        return self.records()[index]
+
+    def __iter__(self) -> Iterator[Record[E]]:
+        return iter(self.records())
+
+    def __repr__(self) -> str:
+        return f"RecordBatch({len(self.events)} records)"
+
+
+def _built() -> list[Any]:
+    """A built RecordBatch's builder: its records are kept."""
+    return []
+
+
+def events_of(batch: Sequence[Record[E]]) -> Sequence[E]:
+    """The events of ``batch``, in order: a :class:`RecordBatch`'s own (its records not built),
+    or a list made from the records of any other sequence."""
+    if isinstance(batch, RecordBatch):
+        return batch.events
+    return [record.event for record in batch]
 
 
 @dataclass(frozen=True)
@@ -151,7 +208,9 @@ class Operator(ABC, Generic[E]):
     alignment, ``Application(max_event_time_skew_s=...)`` or asked for by an operator
     (``event_time_skew_s``: a join, a ``GroupBy``), the inputs interleaved by event time;
     an operator that declares no stores then gets the released records of every partition in
-    one call, merged by event time, with the context of the lowest partition number).
+    one call, merged by event time, with the context of the lowest partition number).  The
+    records are a sequence, not a list (unaligned, a :class:`RecordBatch`: read its events with
+    :func:`events_of`).
     An exception stops the application loudly with topic/partition/offset, unless
     ``dead_letter_errors`` is set, in which case the failing record is dead-lettered and
     what the operator did for it undone (state put back, outputs dropped).

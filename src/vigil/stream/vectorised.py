@@ -3,7 +3,7 @@
     velocity = SlidingCountSum(StoreSpec("velocity-batch", 1), "5m", lateness="1m")
 
     def process(self, batch, ctx):
-        events = [rec.event for rec in batch]
+        events = events_of(batch)  # (vigil.stream.base: the runtime builds no records for it)
         cols = velocity.update(
             ctx.state(velocity.store),
             [e.entities.account or "" for e in events],
@@ -11,9 +11,9 @@
             [e.payload.amount for e in events],
         )
         for i in np.flatnonzero(~cols.accepted):
-            ctx.late(batch[i])
+            ctx.late(batch[i])  # (a record: the batch's are built when one is asked for)
         for i in np.flatnonzero((cols.count >= 10) | (cols.total >= 10_000)):
-            ...  # alert on batch[i]
+            ...  # alert on events[i]
 
 The answers are :class:`vigil.stream.windows.WindowedAggregate`'s with
 ``Window.sliding(size, lateness)`` and ``{"n": Count(), "total": Sum()}``, event by event:
