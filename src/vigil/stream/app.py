@@ -1748,6 +1748,7 @@ class Application:
                     _forget(self.prometheus.lag, self.name, topic, str(part))
                     _forget(self.prometheus.paused, self.name, topic, str(part))
                 self._owned.clear()
+                self.metrics.assigned = []
             elif consumer is not None:
                 try:
                     consumer.close()  # cooperative: revokes (and so checkpoints) what is left

@@ -67,6 +67,8 @@ def test_stopping_a_commit_the_broker_does_not_answer_is_given_up_and_the_consum
 ) -> None:
     consumer = FrozenCommit()
     app._consumer = consumer  # type: ignore[assignment]
+    app._owned.add(("in", 0))
+    app.metrics.assigned = [("in", 0)]
     app.stop()
     with pytest.raises(KafkaException) as given_up:
         app._commit_offsets(consumer, OFFSETS, "committing offsets")  # type: ignore[arg-type]
@@ -83,6 +85,7 @@ def test_stopping_a_commit_the_broker_does_not_answer_is_given_up_and_the_consum
     with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
         app._close()
     assert not consumer.closed  # (closed under the commit, the close waits for it too)
+    assert app.metrics.assigned == []  # (its partitions are the next owner's now, not shown as ours)
     assert any("left to close once the broker answers" in r.getMessage() for r in caplog.records)
     # Once the broker answers (refused: the member expired meanwhile), nothing holds the
     # consumer: it goes with its last reference, not at a full collection minutes later.
