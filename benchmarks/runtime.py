@@ -1441,10 +1441,25 @@ def _lat(one: dict[str, Any], cores: int) -> str:
     return text
 
 
+def _rule_budget(runs: dict[str, Any]) -> str:
+    """What 0.5x the floor leaves a rule, in CPU an event: twice the floor's less the runtime's
+    own (without a rule), in words."""
+    floor = runs.get("floor", {}).get("cpu_us_per_event")
+    bare = runs.get("vigil_pass_alo", {}).get("cpu_us_per_event")
+    if not floor or not bare:
+        return "what the runtime's own cost leaves of twice the floor's"
+    left = 2 * floor - bare
+    return f"{left:.2f} µs of CPU an event ({left / floor:.2f}x the floor's own cost)"
+
+
 def _cores_taken(one: dict[str, Any]) -> float | None:
     """Cores the engine's live CPU per event takes at the rate sent (None: not measured)."""
     us, sent = one.get("engine_us_per_event"), one.get("achieved")
     return us * sent / 1e6 if us and sent else None
+
+
+#: A latency run's median this high in its first half is a backlog (see unsustainable).
+BACKLOG_MEDIAN_MS = 200.0
 
 
 def unsustainable(one: dict[str, Any]) -> list[str]:
@@ -1453,7 +1468,10 @@ def unsustainable(one: dict[str, Any]) -> list[str]:
     Either its CPU per event, live, times the rate sent is more than a core, or the median of
     the second half of the run is well above the first's: a backlog that grows.  (The halves
     of runs that kept up were within 10% of each other, 16.1/16.5 to 25.2/27.2 ms in run 10;
-    1.5x and 20 ms keep that jitter out.)"""
+    1.5x and 20 ms keep that jitter out.)  Or the first half's median is already
+    :data:`BACKLOG_MEDIAN_MS` or more: a backlog from the start, grown less than 1.5x by the
+    second half (run 15's vectorised 80% point: 635.8 then 917.0 ms).  Runs that kept up had
+    medians of 15-26 ms (runs 10, 14 and 15, at 10% and 50% load)."""
     reasons: list[str] = []
     cores = _cores_taken(one)
     if cores is not None and cores > 1.0:
@@ -1467,6 +1485,11 @@ def unsustainable(one: dict[str, Any]) -> list[str]:
         if second >= 1.5 * first and second - first >= 20:
             reasons.append(
                 f"its median rose from {first} ms in the first half of the run to {second} in the second"
+            )
+        elif first >= BACKLOG_MEDIAN_MS:
+            reasons.append(
+                f"its median was {first} ms in the first half of the run already, and {second} in "
+                "the second (an engine that keeps up: 15-26 ms here)"
             )
     return reasons
 
@@ -1813,26 +1836,26 @@ def markdown(result: dict[str, Any]) -> str:
         "the floor "
         f"({runs.get('vigil_pass_alo', {}).get('cpu_us_per_event')} µs against "
         f"{runs.get('floor', {}).get('cpu_us_per_event')}: batching, offsets, checkpoints; no records "
-        "are built for an operator that reads the events alone, `events_of`: building them cost "
-        "about 0.25 µs an event, measured side by side on 2026-12-07), so 0.5x leaves the rule "
-        "about the floor's own cost. The vectorised rule's share, from a profile of the runtime "
-        "(perf at 2,999 Hz, its steady state; 2026-12-07, on an AMD EPYC host of this VM, where the "
-        "rule took 2.43 µs of CPU an event, the runtime without it 1.27 and the floor 1.09): the "
-        "window's C index 0.17 µs (a hash-table lookup per event, its bucket fetched a few events "
-        "ahead, and a binary search among the account's few entries; in numpy it was 2.2-3.7 µs), "
-        "numpy 0.07, the rule's own Python 0.13 (reading the three fields, building the alerts), "
-        "0.19 more in the kernel than without the rule (memory faulted in as the process grows, "
-        "sends); and the alerts: 7.4% of these events alert, each about 5.3 µs in-process (building "
-        "it 2.0, its deterministic id, a BLAKE2b hash, 0.8 of those; encoding it 0.6; producing it, "
-        "compressed, 2.6 of the process's CPU), about 0.39 µs an event. Record by record, the "
-        "window update alone costs about 3 µs "
+        "are built for an operator that reads the events alone, `events_of`: building them, with an "
+        "offset read a message, cost about 0.24 µs an event, measured side by side on 2026-12-07), so "
+        f"0.5x leaves the rule {_rule_budget(runs)}. The vectorised rule's share, by ablation "
+        "in the runtime (2026-12-07, one quiet round on an AMD EPYC host of this VM: without a rule "
+        "1.19 µs of CPU an event; the window and its chunks, no alerts, 1.65; the alerts built but "
+        "not sent 1.96; sent 2.30): the window about 0.46 µs an event (in a profile, its C index "
+        "0.17: a hash-table lookup per event, its bucket fetched a few events ahead, and a binary "
+        "search among the account's few entries; in numpy it was 2.2-3.7 µs; numpy's conversions "
+        "0.07; the rest reading the three fields and keeping the chunks for the changelog), building "
+        "the alerts about 0.31 and producing them about 0.34: 7.4% of these events alert, each about "
+        "5.3 µs in-process (building it 2.0, its deterministic id, a BLAKE2b hash, 0.8 of those; "
+        "encoding it 0.6; producing it, compressed, 2.6 of the process's CPU) and more in the "
+        "runtime. Record by record, the window update alone costs about 3 µs "
         "an event. The C index against the numpy one it replaced, side by side in the runtime (same "
         "broker and topic, 1M events, three interleaved rounds, 2026-12-03): 3.5-5.1 µs of CPU an "
         "event against 6.0-6.9, at best 283k events/s against 164k, and 0.42-0.57x the floor per "
         "round against 0.29-0.36x. The rule's cost in the runtime (vectorised less pass-through) "
-        "varies between runs of the same code far more than in-process (0.75-2.8 µs an event "
-        "against 0.75): the index is memory-bound, and the broker and other tenants share this "
-        "machine's caches.",
+        "varies between runs of the same code far more than in-process (0.75-2.8 µs an event in "
+        "the runs of 2026-12-03): the index is memory-bound, and the broker and other tenants share "
+        "this machine's caches.",
         f"- Record by record at-least-once / floor: {_ratio(va, r.get('floor_eps'))}; against the "
         f"floor with librdkafka's default back-off, as measured before: "
         f"{_ratio(va, r.get('floor_default_backoff_eps'))}. Target >= 100,000 events/s per core "

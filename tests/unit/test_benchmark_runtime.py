@@ -162,6 +162,16 @@ def test_a_latency_point_is_not_sustainable_when_its_engine_needs_more_than_a_co
     assert len(runtime.unsustainable({"p50_ms_halves": [40.0, 90.0]})) == 1
 
 
+def test_a_latency_point_behind_from_its_start_is_not_sustainable() -> None:
+    # Run 15's vectorised 80% point: 0.96 of a core, its median 635.8 ms in the first half and
+    # 917.0 in the second (under 1.5x: grown, but from a backlog it already had).
+    point = {"engine_us_per_event": 2.76, "achieved": 346_864, "p50_ms_halves": [635.8, 917.0]}
+    (reason,) = runtime.unsustainable(point)
+    assert "635.8 ms in the first half of the run already" in reason
+    # Run 14's record-by-record 80% point: its halves say it (57.3 then 115.4 ms), once.
+    assert len(runtime.unsustainable({"p50_ms_halves": [57.3, 115.4]})) == 1
+
+
 def test_a_latency_point_that_kept_up_is_not_flagged() -> None:
     # Run 10's 50% point: 0.73 of a core, halves 19.4 and 20.8 ms.
     point = {"engine_us_per_event": 7.69, "achieved": 95_066, "p50_ms_halves": [19.4, 20.8]}

@@ -1744,11 +1744,16 @@ class Application:
                     "application %s: the consumer is left to close once the broker answers its last commit",
                     self.name,
                 )
-                for topic, part in self._owned:  # (as a revocation would: the next owner's now)
+                # As a revocation would: the partitions are the next owner's now, those still
+                # being restored too (their lag is shown as well).
+                restoring = {
+                    (tp.topic, tp.partition) for task in self._restoring.values() for tp in task.partitions
+                }
+                for topic, part in self._owned | restoring:
                     _forget(self.prometheus.lag, self.name, topic, str(part))
                     _forget(self.prometheus.paused, self.name, topic, str(part))
                 self._owned.clear()
-                self.metrics.assigned = []
+                self.metrics.paused = []
             elif consumer is not None:
                 try:
                     consumer.close()  # cooperative: revokes (and so checkpoints) what is left
@@ -1758,6 +1763,7 @@ class Application:
                 self._close_task(number)
             for number in list(self._restoring):
                 self._stop_restoring(number, None)  # (the consumer is closed)
+            self._assignment_changed()
             if self._restorer is not None:
                 self._restorer.close()
                 self._restorer = None

@@ -52,9 +52,9 @@ class RecordBatch(Sequence[Record[E]]):
     A sequence of :class:`Record` (not a list: a slice is one), its :attr:`events` there at
     once, the records themselves built the first time one is asked for.  So an operator that
     works on the events alone (vectorised, see :func:`events_of`) never has the records built:
-    built with each message read, they cost the runtime about a quarter of what the bare
-    consume and decode cost an event (0.24 µs against 1.03 on the runtime benchmark's input,
-    2026-12-07)."""
+    built with each message read (and an offset read a message), they cost the runtime about a
+    quarter of what the bare consume and decode cost an event (0.24 µs against 1.03 on the
+    runtime benchmark's input, 2026-12-07)."""
 
     __slots__ = ("_build", "_records", "events")
 
@@ -209,8 +209,8 @@ class Operator(ABC, Generic[E]):
     (``event_time_skew_s``: a join, a ``GroupBy``), the inputs interleaved by event time;
     an operator that declares no stores then gets the released records of every partition in
     one call, merged by event time, with the context of the lowest partition number).  The
-    records are a sequence, not a list (unaligned, a :class:`RecordBatch`: read its events with
-    :func:`events_of`).
+    records are a sequence, not a list: unaligned, a :class:`RecordBatch` (read its events with
+    :func:`events_of`); aligned, a list; to a dead-letter operator's attempt, a one-record tuple.
     An exception stops the application loudly with topic/partition/offset, unless
     ``dead_letter_errors`` is set, in which case the failing record is dead-lettered and
     what the operator did for it undone (state put back, outputs dropped).

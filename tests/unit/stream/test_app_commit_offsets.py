@@ -19,7 +19,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 import vigil.stream.app as runtime
 from vigil.config import load_settings
-from vigil.stream.app import Application
+from vigil.stream.app import Application, _PartitionTask
 from vigil.stream.base import Context, Operator, Record
 
 OFFSETS = [TopicPartition("in", 0, 42)]
@@ -67,8 +67,13 @@ def test_stopping_a_commit_the_broker_does_not_answer_is_given_up_and_the_consum
 ) -> None:
     consumer = FrozenCommit()
     app._consumer = consumer  # type: ignore[assignment]
+    # Partition 0 processed (and paused by alignment), partition 1 still being restored.
     app._owned.add(("in", 0))
-    app.metrics.assigned = [("in", 0)]
+    restoring = app._restoring[1] = _PartitionTask(1)
+    restoring.partitions = [TopicPartition("in", 1)]
+    app.metrics.assigned, app.metrics.restoring, app.metrics.paused = [("in", 0)], [1], [("in", 0)]
+    for part in ("0", "1"):
+        app.prometheus.lag.labels("a", "in", part).set(5)
     app.stop()
     with pytest.raises(KafkaException) as given_up:
         app._commit_offsets(consumer, OFFSETS, "committing offsets")  # type: ignore[arg-type]
@@ -85,7 +90,11 @@ def test_stopping_a_commit_the_broker_does_not_answer_is_given_up_and_the_consum
     with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
         app._close()
     assert not consumer.closed  # (closed under the commit, the close waits for it too)
-    assert app.metrics.assigned == []  # (its partitions are the next owner's now, not shown as ours)
+    # Its partitions are the next owner's now: none is shown as this one's, nor its lag.
+    assert (app.metrics.assigned, app.metrics.restoring, app.metrics.paused) == ([], [], [])
+    for part in ("0", "1"):
+        labels = {"app": "a", "topic": "in", "partition": part}
+        assert app.prometheus.registry.get_sample_value("vigil_stream_consumer_lag", labels) is None
     assert any("left to close once the broker answers" in r.getMessage() for r in caplog.records)
     # Once the broker answers (refused: the member expired meanwhile), nothing holds the
     # consumer: it goes with its last reference, not at a full collection minutes later.

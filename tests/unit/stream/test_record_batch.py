@@ -30,7 +30,7 @@ def test_a_record_batch_builds_its_records_once_and_only_when_asked() -> None:
 
     batch = RecordBatch(list(events), build)
     assert len(batch) == 3
-    assert events_of(batch) is batch.events  # (its own list: nothing built, nothing copied)
+    assert events_of(batch) is batch.events  # (its own: no record built)
     assert repr(batch) == "RecordBatch(3 records)"
     assert built == []
     assert [r.offset for r in batch] == [0, 1, 2]
