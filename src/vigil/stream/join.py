@@ -4,7 +4,9 @@ An application with two inputs keyed by the same entity (``events.identity`` and
 ``events.payments``, both keyed by customer) sees partition ``p`` of both in one place
 with one state (see :mod:`vigil.stream.app`).  :class:`IntervalJoin` pairs every left
 event with every right event of the same key whose event times are at most ``within``
-apart, whichever arrives first, and hands each pair to ``on_match`` once.
+apart, whichever arrives first, and hands each pair to ``on_match`` once per record: a record
+read twice (at least once, or re-keyed twice) pairs again, and waits twice, so ``on_match``
+should emit under ids made from the pair's events, which downstream deduplication then drops.
 
 Each side has its own watermark (its latest event time minus the allowed lateness) and the
 join's is the lower of the two, as in Flink: a watermark shared by both would make the side
@@ -54,8 +56,9 @@ whose keys differ is sent to the dead-letter topic naming both (joined by IP whi
 were keyed by customer, pairs were found only when two customers happened to share a
 partition, and the rest were missed without a word; a record keyed otherwise by a producer
 outside Vigil is one letter, not a stopped application).  To join by another entity, re-key
-both inputs by it first (:func:`vigil.stream.repartition.group_by`) and pass
-``key=entity_key(kind)``.  A join key finer than the partitioning key (``customer|device``)
+each input by it first into a topic of its own (:func:`vigil.stream.repartition.group_by` with
+``topics=`` the input and a ``name``: one re-keying of both inputs puts both sides in one
+topic) and pass ``key=entity_key(kind)``.  A join key finer than the partitioning key (``customer|device``)
 pairs correctly too, since equal join keys share a partition: ``partitioned_by_key=False``
 turns the check off for it.  With the default key, events pair by the entity they are keyed by
 *and its kind*: a vendor ``acme`` and a customer ``acme`` share a key on ``events.saas``, not
@@ -117,6 +120,12 @@ def _tag(cls: type[Event]) -> object:
     return msgspec.inspect.type_info(cls).tag  # type: ignore[attr-defined]
 
 
+def _shown(text: str) -> str:
+    """A key as a reason quotes it: inert, and its first 80 characters (a long one left the
+    reason's own words past where reasons are cut)."""
+    return inert(text[:80]) + ("..." if len(text) > 80 else "")
+
+
 class IntervalJoin(Operator[Event]):
     """``on_match(left, right, ctx)`` for each same-key pair with ``|t_left - t_right| <= within``,
     times in whole milliseconds (as windows take them: two events less than a millisecond over
@@ -149,9 +158,9 @@ class IntervalJoin(Operator[Event]):
         self.stores = (store,)
         self.left, self.right = left, right
         self.reads = (left, right)
-        self.within = duration_ms(within)
-        self.lateness = duration_ms(lateness)
-        self.max_skew = duration_ms(max_skew)
+        self.within = duration_ms(within, f"join {id!r}: within")
+        self.lateness = duration_ms(lateness, f"join {id!r}: lateness")
+        self.max_skew = duration_ms(max_skew, f"join {id!r}: max_skew")
         #: Its application aligns its inputs in event time (see the module docstring); not with
         #: ``aligned=False`` (an input whose records have no ``occurred_at``, say).
         self.event_time_skew_s = self.max_skew / 1000 if aligned else None
@@ -317,12 +326,9 @@ class IntervalJoin(Operator[Event]):
         return size, kept
 
     def _not_partitioned_by(self, rec: Record[Event], k: str) -> str:
-        def shown(text: str) -> str:
-            return inert(text[:80]) + ("..." if len(text) > 80 else "")
-
-        kafka_key = "none" if rec.key is None else f"'{shown(rec.key.decode('utf-8', 'replace'))}'"
+        kafka_key = "none" if rec.key is None else f"'{_shown(rec.key.decode('utf-8', 'replace'))}'"
         return (
-            f"join {self.id!r}: the join key '{shown(k)}' of {rec.topic}[{rec.partition}]@{rec.offset} "
+            f"join {self.id!r}: the join key '{_shown(k)}' of {rec.topic}[{rec.partition}]@{rec.offset} "
             f"is not the key it is partitioned by ({kafka_key}): events pair only within one "
             "partition, so both inputs must be keyed by the join key (re-key them with group_by; "
             "a join key finer than the partitioning key: partitioned_by_key=False)"
@@ -336,7 +342,7 @@ class IntervalJoin(Operator[Event]):
         which, other = ("left", "right") if side == "L:" else ("right", "left")
         ctx.dead_letter(
             rec,
-            f"join {self.id!r}: key {k!r} already has {n:,} {which} events ({size:,} bytes) "
+            f"join {self.id!r}: key '{_shown(k)}' already has {n:,} {which} events ({size:,} bytes) "
             f"waiting, at most {self.max_waiting:,} events and {self.max_waiting_bytes:,} bytes "
             f"with this one's {more:,}: it was paired with the waiting {other} events, and does "
             "not wait for later ones",

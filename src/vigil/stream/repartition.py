@@ -90,7 +90,9 @@ class GroupBy(Operator[Event]):
     """Re-publishes each event to ``topic`` keyed by ``key(event)``; keyless events are skipped,
     and so are records already re-keyed: those of ``topic`` itself and of every topic whose name
     begins with ``internal_prefix`` (the application's repartition topics; see the module
-    docstring).  An event too large to re-key is dead-lettered (``refused`` counts them)."""
+    docstring).  ``topics``: only the records of these inputs are re-keyed (and the application
+    refuses to be made without each among its inputs); none, every input's.  An event too large
+    to re-key is dead-lettered (``refused`` counts them)."""
 
     def __init__(
         self,
@@ -100,8 +102,11 @@ class GroupBy(Operator[Event]):
         *,
         internal_prefix: str | None = None,
         event_time_skew_s: float | None = REKEY_SKEW_S,
+        topics: Sequence[str] = (),
     ) -> None:
         self.id = id
+        #: The inputs it re-keys (empty: all); read by name, so the application checks them.
+        self.reads = tuple(topics)
         #: Its application aligns its inputs in event time (see the module docstring).
         self.event_time_skew_s = event_time_skew_s
         self.topic = topic
@@ -111,9 +116,11 @@ class GroupBy(Operator[Event]):
         self.refused = 0
 
     def process(self, batch: Sequence[Record[Any]], ctx: Context) -> None:
-        topic, key, prefix = self.topic, self.key, self.internal_prefix
+        topic, key, prefix, only = self.topic, self.key, self.internal_prefix, self.reads
         for rec in batch:
             if rec.topic == topic or (prefix is not None and rec.topic.startswith(prefix)):
+                continue
+            if only and rec.topic not in only:
                 continue
             k = key(rec.event)
             if not k:  # None, or "": an empty key would land on a random partition
@@ -132,16 +139,30 @@ class GroupBy(Operator[Event]):
 
 
 def group_by(
-    app: str, kind: str, partitions: int, *, event_time_skew_s: float | None = REKEY_SKEW_S
+    app: str,
+    kind: str,
+    partitions: int,
+    *,
+    event_time_skew_s: float | None = REKEY_SKEW_S,
+    topics: Sequence[str] = (),
+    name: str | None = None,
 ) -> tuple[GroupBy, TopicSpec]:
     """``group_by(entity)``: the operator and the topic spec for re-keying events by ``kind``
-    (``event_time_skew_s``: see the module docstring)."""
-    spec = repartition_spec(app, f"by-{kind}", partitions)
+    into ``<app>.repartition.<name>`` (``by-<kind>`` by default; the operator is
+    ``group-<name>``).  ``topics``: only these inputs' events (a join's sides each re-keyed into a
+    topic of its own, each ``group_by`` with its own ``name``: one re-keying of both puts both
+    sides in one topic).  ``event_time_skew_s``: see the module docstring."""
+    group = name if name is not None else f"by-{kind}"
+    if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+        msg = f"group_by {group!r}: partitions must be a whole number, at least 1; got {partitions!r}"
+        raise ValueError(msg)
+    spec = repartition_spec(app, group, partitions)
     op = GroupBy(
-        f"group-by-{kind}",
+        f"group-{group}",
         spec.name,
         entity_key(kind),
         internal_prefix=repartition_topic(app, ""),
         event_time_skew_s=event_time_skew_s,
+        topics=topics,
     )
     return op, spec

@@ -16,7 +16,7 @@ from vigil.events.codec import EventCodec, encode
 from vigil.events.types import CrmLogin, CrmLoginPayload, Login, WithdrawalRequest, WithdrawalRequestPayload
 from vigil.stream.base import Context, StoreSpec
 from vigil.stream.join import IntervalJoin
-from vigil.stream.repartition import GroupBy, entity_key, repartition_topic
+from vigil.stream.repartition import GroupBy, entity_key, group_by, repartition_topic
 from vigil.stream.windows import QuietKeys, to_ms
 from vigil.testing import HarnessResult, HarnessWarning, MemoryState, run_operators
 
@@ -298,11 +298,22 @@ def test_a_flooded_key_waits_at_most_max_waiting_events_and_the_rest_are_dead_le
     assert "join 'login-withdrawal': key 'customer:victim' already has 20 left events" in reason
     assert "at most 20 events" in reason
     assert join.refused == 30
+
     size, entries = result.states[join.store.id, 0].get("L:customer:victim")
     assert len(entries) == 20
     assert size == sum(len(raw) for _, raw in entries)
     # Another customer is not held back by the flooded one.
     assert result.states[join.store.id, 0].get("L:customer:other") is not None
+
+
+def test_a_full_key_s_reason_keeps_its_own_words_however_long_the_key() -> None:
+    # Quoted whole, a key of 5,000 characters filled the reason up to where reasons are cut.
+    name = "v" * 5_000
+    flood = [login(i, name, i / 600) for i in range(3)]
+    _, _, _, result = pairs_of(flood, within="10m", max_waiting=2)
+    ((_, reason),) = result.dead_letters
+    assert f"key 'customer:{'v' * 71}...' already has 2 left events" in reason
+    assert "does not wait for later ones" in reason
 
 
 def test_a_key_waits_at_most_max_waiting_bytes_and_room_comes_back_as_events_expire() -> None:
@@ -460,6 +471,58 @@ def test_inputs_re_keyed_by_the_join_key_pair_across_partitions() -> None:
     # Login i (minute i, address i % 2) and withdrawal j (minute j + 1, address j % 2) pair when
     # the addresses agree and they are at most 10 minutes apart: all of them here.
     assert sorted(pairs) == sorted((f"l{i}", f"w{j}") for i in range(8) for j in range(8) if i % 2 == j % 2)
+
+
+def test_each_input_re_keyed_by_an_entity_into_a_topic_of_its_own_pairs_by_it() -> None:
+    # The recipe the docs give: group_by each side (topics=, name=), then join by the entity.
+    # Re-keying every input into one topic (group_by's default) put both sides in one topic; two
+    # re-keyings of every input paired each event with itself too (found in review, 2026-12-07).
+    app = "fraud"
+    logins, logins_topic = group_by(app, "ip", 4, topics=["events.identity"], name="logins-by-ip")
+    payouts, payouts_topic = group_by(app, "ip", 4, topics=["events.payments"], name="payouts-by-ip")
+    assert (logins.id, logins_topic.name) == ("group-logins-by-ip", repartition_topic(app, "logins-by-ip"))
+    assert logins.reads == ("events.identity",)
+    pairs: list[tuple[str, str]] = []
+    join = IntervalJoin(
+        "same-ip",
+        StoreSpec("same-ip"),
+        left=logins_topic.name,
+        right=payouts_topic.name,
+        within="10m",
+        lateness="10m",
+        key=entity_key("ip"),
+        on_match=lambda left, right, ctx: pairs.append((left.event_id, right.event_id)),
+    )
+    events: list[Event] = [
+        from_ip(login(1, "c1", 0), "10.0.0.1"),
+        from_ip(withdrawal(2, "c2", 1), "10.0.0.1"),
+    ]
+    with pytest.warns(HarnessWarning, match="re-keyed by this application"):
+        run_operators(
+            [logins, payouts, join],
+            events,
+            partitions=4,
+            topic_of=topic_of,
+            read_back=[logins_topic.name, payouts_topic.name],
+        )
+    assert pairs == [("l1", "w2")]
+
+
+def test_group_by_refuses_a_partition_count_below_one() -> None:
+    for partitions in (0, -3):
+        with pytest.raises(
+            ValueError, match="group_by 'by-ip': partitions must be a whole number, at least 1"
+        ):
+            group_by("fraud", "ip", partitions)
+
+
+def test_a_join_s_durations_are_named_when_wrong() -> None:
+    with pytest.raises(ValueError, match="join 'j': within"):
+        IntervalJoin("j", StoreSpec("j"), left="a", right="b", within="10 minutes", on_match=lambda *_: None)
+    with pytest.raises((ValueError, TypeError), match="join 'j': max_skew"):
+        IntervalJoin(
+            "j", StoreSpec("j"), left="a", right="b", within="1m", max_skew=3600.0, on_match=lambda *_: None
+        )
 
 
 def test_by_default_events_pair_by_the_kind_of_entity_they_are_keyed_by_too() -> None:
