@@ -53,16 +53,16 @@ and are not stored.
 Pairs are found only within one partition, so the join key must be the key the inputs are
 partitioned by: each event's join key is checked against its record's Kafka key, and an event
 whose keys differ is sent to the dead-letter topic naming both (joined by IP while both topics
-were keyed by customer, pairs were found only when two customers happened to share a
-partition, and the rest were missed without a word; a record keyed otherwise by a producer
-outside Vigil is one letter, not a stopped application).  To join by another entity, re-key
-each input by it first into a topic of its own (:func:`vigil.stream.repartition.group_by` with
-``topics=`` the input and a ``name``: one re-keying of both inputs puts both sides in one
-topic) and pass ``key=entity_key(kind)``.  A join key finer than the partitioning key (``customer|device``)
-pairs correctly too, since equal join keys share a partition: ``partitioned_by_key=False``
-turns the check off for it.  With the default key, events pair by the entity they are keyed by
-*and its kind*: a vendor ``acme`` and a customer ``acme`` share a key on ``events.saas``, not
-an identity.  (Its waiting events are kept under ``<side>:<kind>:<value>``; versions before
+were keyed by customer, pairs were found only when two customers happened to share a partition,
+and the rest were missed without a word; a record keyed otherwise by a producer outside Vigil is
+one letter, not a stopped application).  To join by another entity, re-key each input by it
+first into a topic of its own (:func:`vigil.stream.repartition.group_by` with ``topics=`` the
+input and a ``name``: one re-keying of both inputs puts both sides in one topic) and pass
+``key=entity_key(kind)``.  A join key finer than the partitioning key (``customer|device``)
+pairs correctly too, since equal join keys share a partition: ``partitioned_by_key=False`` turns
+the check off for it.  With the default key, events pair by the entity they are keyed by *and
+its kind*: a vendor ``acme`` and a customer ``acme`` share a key on ``events.saas``, not an
+identity.  (Its waiting events are kept under ``<side>:<kind>:<value>``; versions before
 December 2026 kept them under ``<side>:<value>``, and events waiting across that upgrade pair
 with nothing, and expire.)
 
