@@ -69,7 +69,7 @@ def repartition_spec(app: str, group_id: str, partitions: int) -> TopicSpec:
     """The topic to pass in ``Application(internal_topics=...)`` so the application creates it."""
     return TopicSpec(
         name=repartition_topic(app, group_id),
-        key=f"re-keyed by {group_id}",
+        key=f"the entity its events are re-keyed by ({group_id})",
         value="raw",
         description=f"Events of application {app!r} re-keyed by {group_id!r}",
         partitions=partitions,
@@ -127,7 +127,7 @@ class GroupBy(Operator[Event]):
                 self.skipped += 1
                 continue
             try:
-                ctx.emit(topic, rec.event, k)
+                ctx.forward(topic, rec, k)  # (the bytes as read: not encoded again)
             except KafkaException as exc:
                 err = kafka_error(exc)
                 if err is None or err.code() != KafkaError.MSG_SIZE_TOO_LARGE:
