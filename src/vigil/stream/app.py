@@ -1746,10 +1746,7 @@ class Application:
                 )
                 # As a revocation would: the partitions are the next owner's now, those still
                 # being restored too (their lag is shown as well).
-                restoring = {
-                    (tp.topic, tp.partition) for task in self._restoring.values() for tp in task.partitions
-                }
-                for topic, part in self._owned | restoring:
+                for topic, part in self._owned | self._restoring_partitions():
                     _forget(self.prometheus.lag, self.name, topic, str(part))
                     _forget(self.prometheus.paused, self.name, topic, str(part))
                 self._owned.clear()
@@ -3811,7 +3808,7 @@ class Application:
             self.prometheus.longest_step.labels(self.name, kind).set(seconds)
         consumer = self._consumer
         # Partitions being restored too: assigned, so behind by what they hold unread.
-        restoring = {(tp.topic, tp.partition) for task in self._restoring.values() for tp in task.partitions}
+        restoring = self._restoring_partitions()
         assigned = self._owned | restoring
         tps = [TopicPartition(t, p) for t, p in sorted(assigned)]
         try:
@@ -4175,6 +4172,10 @@ class Application:
         self._owned.update(keys)
         if self.alignment is not None:
             self.alignment.add(keys, time.monotonic())
+
+    def _restoring_partitions(self) -> set[TP]:
+        """The input partitions whose stores are still being restored (assigned, not yet owned)."""
+        return {(tp.topic, tp.partition) for task in self._restoring.values() for tp in task.partitions}
 
     def _assignment_changed(self) -> None:
         self.metrics.assigned = sorted(self._owned)
