@@ -73,7 +73,15 @@ from vigil.stream.app import (
     undecodable_reason,
 )
 from vigil.stream.attempt import Attempt, attempt
-from vigil.stream.base import Operator, Record, RecordBatch, State, StoreSpec, shared_stores
+from vigil.stream.base import (
+    Operator,
+    Record,
+    RecordBatch,
+    State,
+    StoreSpec,
+    refuse_unencodable_key,
+    shared_stores,
+)
 from vigil.stream.changelog import STATE_RECORD_MAX_BYTES, state_too_large
 from vigil.stream.collector import collecting_young
 from vigil.stream.table import LookupTable, decode_canonical
@@ -230,7 +238,7 @@ def _check_key(key: object) -> None:
     if not isinstance(key, str):
         msg = f"state keys are text (str); got {type(key).__name__} {key!r:.80}"
         raise TypeError(msg)
-    key.encode()  # raises UnicodeEncodeError for a lone surrogate, as RocksState does
+    refuse_unencodable_key(key)  # (a lone surrogate), as RocksState does
 
 
 @dataclass

@@ -72,13 +72,13 @@ class UndoableState(State):
 
     def set(self, key: str, value: Any) -> None:
         self._remember(key)
-        self._written.add(key)
         self._state.set(key, value)
+        self._written.add(key)  # (after: a key the store refused was not written, nor put back)
 
     def delete(self, key: str) -> None:
         self._remember(key)
-        self._written.add(key)
         self._state.delete(key)
+        self._written.add(key)  # (after: a key the store refused was not written, nor put back)
 
     def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         return self._state.items(prefix)

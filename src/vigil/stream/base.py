@@ -118,6 +118,30 @@ class StoreSpec:
         return f"{self.name}.v{self.version}"
 
 
+def lone_surrogate(text: str) -> str | None:
+    """Where ``text`` has a lone surrogate (``json.loads`` makes one of ``"\\ud800"``), said, or
+    None.  Such text is not UTF-8: state cannot encode it, and kept, it failed every checkpoint,
+    and the restart's again."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"a lone surrogate at character {exc.start} ({text[exc.start]!r})"
+    return None
+
+
+def refuse_unencodable_key(key: str) -> None:
+    """Refuse a state key that is not UTF-8 text, when it is written: RocksDB-backed state kept
+    it until the checkpoint, whose changelog record could not be made, and the application
+    stopped there, far from the operator that wrote it (a custom join key, say)."""
+    problem = lone_surrogate(key)
+    if problem is not None:
+        shown = repr(key) if len(key) <= 80 else repr(key[:77]) + "..."
+        msg = f"state key {shown} has {problem}; state keys are UTF-8 text"
+        raise ValueError(msg)
+
+
 class State(ABC):
     """Keyed state of one store for one input partition.
 

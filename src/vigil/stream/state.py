@@ -33,7 +33,7 @@ import msgspec
 from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
 
 from vigil.errors import PipelineError
-from vigil.stream.base import State, StoreSpec
+from vigil.stream.base import State, StoreSpec, refuse_unencodable_key
 
 #: Reserved key holding the next changelog offset.  It starts with 0xff, which no UTF-8 text
 #: contains, so no key of an operator's (text, often an attacker's entity id) can be it: one
@@ -165,6 +165,8 @@ class RocksState(State):
         # keys never written (first sightings).
         value = self._cache.get(key, _MISSING)
         if value is _MISSING:
+            if not key.isascii():
+                refuse_unencodable_key(key)  # (what a write of it says: never stored)
             raw = self._db.get(key.encode())
             cache = self._cache
             if len(cache) >= CACHE_LIMIT and self._droppable() >= CACHE_LIMIT // 2:
@@ -185,12 +187,16 @@ class RocksState(State):
         return default if value is _DELETED else value
 
     def set(self, key: str, value: Any) -> None:
+        if not key.isascii():
+            refuse_unencodable_key(key)  # (here, not at the checkpoint: see its docstring)
         if self._sealed and key in self._sealed:
             self._encode_early(key)
         self._cache[key] = value
         self._dirty.add(key)
 
     def delete(self, key: str) -> None:
+        if not key.isascii():
+            refuse_unencodable_key(key)
         if self._sealed and key in self._sealed:
             self._encode_early(key)
         self._cache[key] = _DELETED

@@ -80,9 +80,9 @@ from typing import Any, SupportsIndex
 import numpy as np
 import numpy.typing as npt
 
-from vigil.stream.base import State, StoreSpec
+from vigil.stream.base import State, StoreSpec, lone_surrogate
 from vigil.stream.owners import StoreUser, claim_store
-from vigil.stream.windows import MAX_TIME_MS, duration_ms, lone_surrogate
+from vigil.stream.windows import MAX_TIME_MS, duration_ms
 
 try:  # built by `make compile`; without a C compiler (VIGIL_COMPILE=0) the Python twin runs
     from vigil.stream._slide import Slide, datetimes_ms

@@ -100,7 +100,7 @@ from typing import Any, Literal, NamedTuple, NoReturn, SupportsIndex
 import msgspec
 from mypy_extensions import mypyc_attr
 
-from vigil.stream.base import State, StoreSpec
+from vigil.stream.base import State, StoreSpec, lone_surrogate
 from vigil.stream.owners import StoreUser, claim_store, state_ref
 
 log = logging.getLogger(__name__)
@@ -224,19 +224,6 @@ def _shown(value: Any) -> str:
     """``value`` as errors show it: its repr, cut short (a value may be a long attacker's string)."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def lone_surrogate(text: str) -> str | None:
-    """Where ``text`` has a lone surrogate (``json.loads`` makes one of ``"\\ud800"``), said, or
-    None.  Such text is not UTF-8: state cannot encode it, and kept, it failed every checkpoint,
-    and the restart's again."""
-    if text.isascii():
-        return None
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return f"a lone surrogate at character {exc.start} ({text[exc.start]!r})"
-    return None
 
 
 def _utf8(key: str, value: str) -> str:

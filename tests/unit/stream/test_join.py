@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -434,6 +435,26 @@ def test_a_join_key_finer_than_the_partitioning_key_pairs_when_the_check_is_off(
     result = run_operators([join], events, partitions=4, topic_of=topic_of)
     assert pairs == [("l1", "w1")]
     assert result.dead_letters == []
+
+
+def test_a_custom_join_key_that_is_not_utf8_fails_at_its_event_or_is_dead_lettered() -> None:
+    # (A key function may make one: json.loads turns "\\ud800" into a lone surrogate.)  The
+    # runtime's state took the key and failed at the checkpoint, away from the event.
+    def key(event: Event) -> str:
+        return f"{event.entities.customer}\ud800"
+
+    events = [login(1, "c1", 0), withdrawal(1, "c1", 1)]
+    join = login_withdrawal_join(lambda left, right, ctx: None, key=key, partitioned_by_key=False)
+    with pytest.raises(
+        ValueError, match=re.escape(r"state key 'L:c1\ud800' has a lone surrogate at character 4")
+    ):
+        run_operators([join], events, topic_of=topic_of)
+    join.dead_letter_errors = True
+    result = run_operators([join], events, topic_of=topic_of)
+    assert [(rec.event.event_id, "lone surrogate" in why) for rec, why in result.dead_letters] == [
+        ("l1", True),
+        ("w1", True),
+    ]
 
 
 def test_inputs_re_keyed_by_the_join_key_pair_across_partitions() -> None:

@@ -18,6 +18,7 @@ from rocksdict import Options, Rdict
 from vigil.errors import PipelineError
 from vigil.stream.base import StoreSpec
 from vigil.stream.state import RocksState, StoreLocked
+from vigil.testing import MemoryState
 
 SPEC = StoreSpec("s", 1)
 
@@ -488,6 +489,29 @@ def test_operator_keys_cannot_overwrite_the_runtimes_own(tmp_path: Path) -> None
     assert state.changelog_written_at() is not None
     assert dict(state.items()) == {"a": 1, names[0]: 5, names[1]: 5}
     state.close()
+
+
+def test_a_key_that_is_not_utf8_is_refused_when_written_naming_it_as_in_memory_state_does(
+    tmp_path: Path,
+) -> None:
+    # Taken, it was kept until the checkpoint, whose changelog record could not be made: the
+    # application stopped there, away from the operator that wrote it (a join's custom key).
+    state = RocksState(tmp_path / "db", SPEC)
+    memory = MemoryState()
+    try:
+        said = re.escape(r"state key 'c\ud800' has a lone surrogate at character 1 ('\ud800')")
+        for store in (state, memory):
+            with pytest.raises(ValueError, match=said):
+                store.set("c\ud800", 1)
+            with pytest.raises(ValueError, match=said):
+                store.delete("c\ud800")
+            store.set("c\u00e9\U0001f600", 2)  # (beyond ASCII, and beyond 16 bits: UTF-8 text)
+        with pytest.raises(ValueError, match=said):  # (in memory, only its type is checked)
+            state.get("c\ud800")
+        assert state.take_pending() == [("c\u00e9\U0001f600".encode(), msgspec.msgpack.encode(2))]
+        assert memory.data == {"c\u00e9\U0001f600": 2}
+    finally:
+        state.close()
 
 
 def test_a_store_written_by_an_earlier_version_keeps_its_changelog_offset(tmp_path: Path) -> None:
