@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from confluent_kafka import (
@@ -94,6 +94,8 @@ _LEADERS_ASK_S = 0.5
 #: their own, the runtime's loop going on meanwhile).
 _OFFSETS_ASK_S = 5.0
 _OFFSETS_RETRY_S = 1.0
+#: How many partitions' end offsets a round asks at once (see _ask).
+_OFFSETS_ASKED_AT_ONCE = 16
 #: How long a restore's start asks for what it can do without (the changelogs' ids, their
 #: retention), both questions together: see _ask.
 _DESCRIBE_ASK_S = 10.0
@@ -651,21 +653,29 @@ def _away(task: RestoreTask, now: float) -> bool:
 def _ask(settings: Settings, tps: Sequence[tuple[str, int]], away: Sequence[str]) -> _Asked:
     """One round of a restore's questions (see Restorer._begin), with clients of its own, the
     consumer closed after (so a round left running by a closed Restorer ends on its own): every
-    partition's end offsets, up to ``_OFFSETS_ASK_S`` each, however the others fare; then, of
-    the partitions answered, their topics' ids and, for the topics in ``away``, their retention,
-    in one ``_DESCRIBE_ASK_S`` budget (unanswered, each has its fallback: see _topic_ids,
-    _horizons).  Raises the :class:`BrokerError` of a refusal (not authorised, no such
-    partition).  (Made on the loop's thread, one frozen partition held the loop 2 s a try, and
-    the optional questions up to 10 s more: found in review.)"""
+    partition's end offsets, ``_OFFSETS_ASKED_AT_ONCE`` asked together, up to ``_OFFSETS_ASK_S``
+    each, however the others fare; then, of the partitions answered, their topics' ids and, for
+    the topics in ``away``, their retention, in one ``_DESCRIBE_ASK_S`` budget (unanswered,
+    each has its fallback: see _topic_ids, _horizons).  Raises the :class:`BrokerError` of a
+    refusal (not authorised, no such partition), once the round's other asks have ended.  (Made
+    on the loop's thread, one frozen partition held the loop 2 s a try, and the optional
+    questions up to 10 s more: found in review.)"""
     consumer = offsets_consumer(settings)
     answered: dict[tuple[str, int], tuple[int, int]] = {}
     unanswered: dict[tuple[str, int], BrokerUnanswered] = {}
     try:
-        for tp in tps:
-            try:
-                answered[tp] = watermarks(consumer, TopicPartition(*tp), _OFFSETS_ASK_S)
-            except BrokerUnanswered as exc:
-                unanswered[tp] = exc
+        # Asked together (the client's calls wait without the GIL): one after another, a round
+        # with its broker frozen or its leaders away took ``_OFFSETS_ASK_S`` a partition, and
+        # with many partitions the restore failed minutes past its ``stall_s``.
+        with ThreadPoolExecutor(min(len(tps), _OFFSETS_ASKED_AT_ONCE) or 1, "restore-offsets") as pool:
+            asks = [
+                (tp, pool.submit(watermarks, consumer, TopicPartition(*tp), _OFFSETS_ASK_S)) for tp in tps
+            ]
+            for tp, ask in asks:
+                try:
+                    answered[tp] = ask.result()
+                except BrokerUnanswered as exc:
+                    unanswered[tp] = exc
     finally:
         consumer.close()
     if not answered:

@@ -8,6 +8,7 @@ The broker's transient answer can't be produced on demand, so a stand-in consume
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -377,3 +378,37 @@ def test_a_partition_left_unanswered_does_not_keep_the_others_from_being_asked(
     assert "('a.changelog.s', 0)" in said[0]
     assert "('a.changelog.s', 1)" not in said[0]  # (answered: not named)
     restorer.close()
+
+
+class Frozen(Answers):
+    """A consumer whose broker is frozen for the partitions of ``together``: each of their asks
+    waits for all of them to be asked (a frozen broker's wait is a timeout's; the barrier only
+    tells asks made together from asks made one after another), then times out."""
+
+    def __init__(self, together: int) -> None:
+        super().__init__({})
+        self.barrier = threading.Barrier(together)
+        self.together: list[bool] = []
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+        self.requests.append(tp.partition)
+        try:
+            self.barrier.wait(timeout)
+            self.together.append(True)
+        except threading.BrokenBarrierError:
+            self.together.append(False)
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+
+
+def test_a_round_asks_its_partitions_together(consumers: Consumers, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One after another, each waited its 5 s with the broker frozen: a round of n partitions took
+    # 5n s, and the restore failed that long past its stall_s.
+    monkeypatch.setattr(changelog, "_OFFSETS_ASK_S", 2.0)
+    frozen = Frozen(8)
+    consumers.queued.append(frozen)
+    tps = [("a.changelog.s", p) for p in range(8)]
+    answered, unanswered, ids, horizons = changelog._ask(Settings(), tps, [])
+    assert (answered, ids, horizons) == ({}, {}, {})
+    assert sorted(unanswered) == tps
+    assert frozen.together[:8] == [True] * 8  # (the first try of each: all eight asked at once)
+    assert frozen.closed
