@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, Producer
 
 from vigil.config import CLASSIC_GROUP_OPTIONS, Settings, load_settings
 from vigil.events.base import Event
 from vigil.events.codec import encode
 from vigil.hub.admin import ensure_topics
-from vigil.hub.client import EventProducer, producer_config
+from vigil.hub.client import EventProducer, make_admin, producer_config
 from vigil.hub.topics import TopicSpec
 from vigil.stream.app import Application
 
@@ -56,12 +56,36 @@ def produce_in_transactions(settings: Settings, topic: str, events: Sequence[Eve
         producer.commit_transaction(30)
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(
+    condition: Callable[[], bool], timeout: float, what: str, said: Callable[[], str] | None = None
+) -> None:
+    """Wait up to ``timeout`` seconds for ``condition``; at the timeout, fail naming ``what``, and
+    with what ``said`` then tells (the state of what was waited for, for a failure seen once)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+            told = "" if said is None else f"; {said()}"
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{told}")
         time.sleep(0.05)  # poll interval; the condition is what synchronises
+
+
+def group_said(settings: Settings, group: str) -> str:
+    """Consumer group ``group`` as the broker describes it: its state, members and their
+    partitions, and its committed offsets (or why it could not be described)."""
+    admin = make_admin(settings)
+    try:
+        found = admin.describe_consumer_groups([group], request_timeout=10)[group].result(timeout=10)
+        members = [
+            f"{m.member_id} {sorted((tp.topic, tp.partition) for tp in m.assignment.topic_partitions)}"
+            for m in found.members
+        ]
+        offsets = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
+        committed = sorted(
+            (tp.topic, tp.partition, tp.offset) for tp in offsets.result(timeout=10).topic_partitions
+        )
+    except (KafkaException, TimeoutError) as exc:
+        return f"group {group!r} not described: {exc}"
+    return f"group {group!r}: {found.state.name}, members {members}, committed {committed}"
 
 
 @dataclass

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 from tests.integration.stream.apps import RunningCount, expected_ids, payments
-from tests.integration.stream.conftest import Running, for_protocol, make_topics, produce, wait_for
+from tests.integration.stream.conftest import (
+    Running,
+    for_protocol,
+    group_said,
+    make_topics,
+    produce,
+    wait_for,
+)
 from tests.integration.throwaway_broker import PlainBroker, running
 
 from vigil.config import Settings, load_settings
@@ -230,10 +237,27 @@ def test_stopped_while_its_broker_is_frozen_it_exits_within_its_bounds(
     said = [r.getMessage() for r in caplog.records]
     assert any("stopping with the last checkpoint not committed" in m and given_up in m for m in said), said
     second = Forward("frozen.out", silent)
-    again = run_app(forwarding(second))
-    wait_for(
-        lambda: bool(again.errors) or first.seen | second.seen >= every, 180, "every payment handed over"
-    )
+    with caplog.at_level(logging.INFO, logger="vigil"):
+        began_again = len(caplog.records)
+        again = run_app(forwarding(second))
+
+        def told() -> str:
+            # (Once, in a fresh-clone CI, the second run had not been handed every payment in
+            # 180 s, with nothing to tell why: what the group and the run say then.)
+            lines = [f"{r.name}: {r.getMessage()}" for r in caplog.records[began_again:]][-40:]
+            metrics = again.app.metrics
+            return (
+                f"{len(first.seen | second.seen)} of {len(every)} handed over; the second run "
+                f"assigned {metrics.assigned}, {metrics.batches} batches; {group_said(settings, 'frozen')}; "
+                f"it said: {lines}"
+            )
+
+        wait_for(
+            lambda: bool(again.errors) or first.seen | second.seen >= every,
+            180,
+            "every payment handed over",
+            told,
+        )
     got: list[str] = []
     if not silent:
 
