@@ -1566,34 +1566,15 @@ class Application:
         log.info("application %s: signal %d, stopping", self.name, signum)
         self.stop()
 
-    def start_warnings(self) -> list[str]:
-        """What the application warns of when it starts: how its operators read their inputs
-        (:meth:`Operator.input_warnings`), and each operator that asks for its inputs aligned
-        more closely than the application's own ``max_event_time_skew_s`` aligns them."""
-        out = [warning for op in self.operators for warning in op.input_warnings(self._rekeyed_inputs)]
-        skew = self.max_event_time_skew_s
-        for op in self.operators:
-            asked = op.event_time_skew_s
-            if skew is not None and asked is not None and skew > asked:
-                # (The smallest asked is taken when the application is given none: an explicit
-                # one above it silently made a join's lagging side late, pairing with nothing.)
-                out.append(
-                    f"operator {op.id!r} asks for its inputs aligned within {asked:g} s, and "
-                    f"max_event_time_skew_s is {skew:g} s: its inputs may reach it that far apart "
-                    "in event time, and what comes behind by more than it allows is late to it (a "
-                    "join: a side more than max_skew behind the other pairs with nothing); give the "
-                    f"application a skew of at most {asked:g} s, or the operator a larger one"
-                )
-        return out
-
     def _setup(self) -> None:
         self.alignment = (
             None
             if self.max_event_time_skew_s is None
             else Alignment(self.max_event_time_skew_s, self.alignment_idle_s, self.alignment_max_buffered)
         )
-        for warning in self.start_warnings():
-            log.warning("application %s: %s", self.name, warning)
+        for op in self.operators:
+            for warning in op.input_warnings(self._rekeyed_inputs):
+                log.warning("application %s: %s", self.name, warning)
         if self.aligned_for:
             log.info(
                 "application %s: inputs aligned in event time (skew %g s), as %s asks",

@@ -26,7 +26,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from vigil.errors import described
 from vigil.events.base import Event
-from vigil.stream.base import Context, Record, State, StoreSpec
+from vigil.stream.base import Context, Record, State, StoreSpec, refuse_unencodable_key
 
 _ABSENT = object()
 _encode = msgspec.msgpack.Encoder().encode
@@ -71,14 +71,18 @@ class UndoableState(State):
         return self._state.get(key, default)
 
     def set(self, key: str, value: Any) -> None:
+        if type(key) is str and not key.isascii():
+            refuse_unencodable_key(key)  # (as the store would: then neither remembered nor put back)
         self._remember(key)
+        self._written.add(key)
         self._state.set(key, value)
-        self._written.add(key)  # (after: a key the store refused was not written, nor put back)
 
     def delete(self, key: str) -> None:
+        if type(key) is str and not key.isascii():
+            refuse_unencodable_key(key)  # (see set)
         self._remember(key)
+        self._written.add(key)
         self._state.delete(key)
-        self._written.add(key)  # (after: a key the store refused was not written, nor put back)
 
     def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         return self._state.items(prefix)

@@ -145,8 +145,10 @@ def refuse_unencodable_key(key: str) -> None:
 class State(ABC):
     """Keyed state of one store for one input partition.
 
-    Values are msgspec-encodable (structs, dicts, lists, numbers, strings, datetimes).
-    Writes are visible to later reads at once; they become durable at checkpoint.
+    Keys are strings that encode as UTF-8: one with a lone surrogate is refused with a
+    ``ValueError`` where it is written (:func:`refuse_unencodable_key`).  Values are
+    msgspec-encodable (structs, dicts, lists, numbers, strings, datetimes).  Writes are visible
+    to later reads at once; they become durable at checkpoint.
     """
 
     @abstractmethod

@@ -15,10 +15,12 @@ changelog keeps its deletions (``delete.retention.ms``), is wiped and restored f
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
+from functools import partial
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -657,27 +659,46 @@ def _ask(settings: Settings, tps: Sequence[tuple[str, int]], away: Sequence[str]
     each, however the others fare; then, of the partitions answered, their topics' ids and, for
     the topics in ``away``, their retention, in one ``_DESCRIBE_ASK_S`` budget (unanswered,
     each has its fallback: see _topic_ids, _horizons).  Raises the :class:`BrokerError` of a
-    refusal (not authorised, no such partition), once the round's other asks have ended.  (Made
+    refusal (not authorised, no such partition), once the asks under way have ended.  (Made
     on the loop's thread, one frozen partition held the loop 2 s a try, and the optional
     questions up to 10 s more: found in review.)"""
     consumer = offsets_consumer(settings)
-    answered: dict[tuple[str, int], tuple[int, int]] = {}
-    unanswered: dict[tuple[str, int], BrokerUnanswered] = {}
+    told: dict[tuple[str, int], tuple[int, int] | BrokerUnanswered] = {}
+    refused = threading.Event()
+
+    def ask(mine: Sequence[tuple[str, int]]) -> None:
+        for tp in mine:
+            if refused.is_set():
+                return  # (the round fails: the rest need not wait for their answers)
+            try:
+                told[tp] = watermarks(consumer, TopicPartition(*tp), _OFFSETS_ASK_S)
+            except BrokerUnanswered as exc:
+                told[tp] = exc
+            except BaseException:
+                refused.set()
+                raise
+
     try:
-        # Asked together (the client's calls wait without the GIL): one after another, a round
-        # with its broker frozen or its leaders away took ``_OFFSETS_ASK_S`` a partition, and
-        # with many partitions the restore failed minutes past its ``stall_s``.
-        with ThreadPoolExecutor(min(len(tps), _OFFSETS_ASKED_AT_ONCE) or 1, "restore-offsets") as pool:
-            asks = [
-                (tp, pool.submit(watermarks, consumer, TopicPartition(*tp), _OFFSETS_ASK_S)) for tp in tps
-            ]
-            for tp, ask in asks:
-                try:
-                    answered[tp] = ask.result()
-                except BrokerUnanswered as exc:
-                    unanswered[tp] = exc
+        # Asked together, by up to _OFFSETS_ASKED_AT_ONCE threads (the client's calls wait
+        # without the GIL): one after another, a round with its broker frozen or its leaders away
+        # took _OFFSETS_ASK_S a partition, and with many partitions the restore failed minutes
+        # past its stall_s.  Daemon threads (see vigil.hub.aside): a pool's workers held the
+        # process's exit for every partition still to be asked.
+        n = min(len(tps), _OFFSETS_ASKED_AT_ONCE)
+        asks = [call_aside(partial(ask, tps[i::n]), "restore-offsets") for i in range(n)]
+        wait(asks)
+        for done in asks:
+            done.result()  # (a refusal: raised, once the asks under way have ended)
     finally:
         consumer.close()
+    answered: dict[tuple[str, int], tuple[int, int]] = {}
+    unanswered: dict[tuple[str, int], BrokerUnanswered] = {}
+    for tp in tps:  # (in the order asked)
+        answer = told[tp]
+        if isinstance(answer, BrokerUnanswered):
+            unanswered[tp] = answer
+        else:
+            answered[tp] = answer
     if not answered:
         return answered, unanswered, {}, {}
     topics = sorted({topic for topic, _ in answered})

@@ -23,9 +23,7 @@ the logins' time less ``max_skew`` was late and paired with nothing (2 pairs of 
 of two days' backlog).  A join therefore asks its application to align its inputs in event time
 (``event_time_skew_s``, its ``max_skew``; :mod:`vigil.stream.alignment`), which the application
 does unless given ``max_event_time_skew_s`` of its own: records of both topics then reach the
-join in event-time order, as live traffic does, when the application reads both directly.  An
-application's own skew above the join's ``max_skew`` lets the sides drift that far apart again,
-and it warns of it at its start (:meth:`~vigil.stream.app.Application.start_warnings`).
+join in event-time order, as live traffic does, when the application reads both directly.
 
 A side re-keyed by the application itself (a ``group_by`` into its own repartition topic) is
 not aligned so, and loses pairs unless the join's ``max_skew`` and ``lateness`` allow for it

@@ -64,7 +64,12 @@ def wait_for(
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            told = "" if said is None else f"; {said()}"
+            told = ""
+            if said is not None:
+                try:
+                    told = f"; {said()}"
+                except Exception as exc:  # (what it tells is extra: the timeout is the failure)
+                    told = f"; (what it would tell failed: {exc!r})"
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{told}")
         time.sleep(0.05)  # poll interval; the condition is what synchronises
 
@@ -85,7 +90,8 @@ def group_said(settings: Settings, group: str) -> str:
         )
     except (KafkaException, TimeoutError) as exc:
         return f"group {group!r} not described: {exc}"
-    return f"group {group!r}: {found.state.name}, members {members}, committed {committed}"
+    state = getattr(found.state, "name", found.state)  # (None when the broker gave none)
+    return f"group {group!r}: {state}, members {members}, committed {committed}"
 
 
 @dataclass

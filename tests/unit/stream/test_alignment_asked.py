@@ -62,25 +62,6 @@ def test_an_application_s_own_skew_is_kept(tmp_path: Path) -> None:
     app = _app(tmp_path, [_join()], max_event_time_skew_s=5)
     assert app.max_event_time_skew_s == 5
     assert app.aligned_for == []
-    assert app.start_warnings() == []
-
-
-def test_an_application_s_own_skew_above_what_an_operator_asks_is_warned_of(tmp_path: Path) -> None:
-    # Inputs released up to 2 h apart reach a join that takes a side 10 min behind as late.
-    by_ip = GroupBy("by-ip", REKEYED, entity_key("ip"))
-    app = _app(tmp_path, [_join(max_skew="10m"), by_ip], max_event_time_skew_s=7200)
-    assert app.start_warnings() == [
-        "operator 'j' asks for its inputs aligned within 600 s, and max_event_time_skew_s is 7200 s: "
-        "its inputs may reach it that far apart in event time, and what comes behind by more than it "
-        "allows is late to it (a join: a side more than max_skew behind the other pairs with "
-        "nothing); give the application a skew of at most 600 s, or the operator a larger one",
-        f"operator 'by-ip' asks for its inputs aligned within {REKEY_SKEW_S:g} s, and "
-        "max_event_time_skew_s is 7200 s: its inputs may reach it that far apart in event time, "
-        "and what comes behind by more than it allows is late to it (a join: a side more than "
-        "max_skew behind the other pairs with nothing); give the application a skew of at most "
-        f"{REKEY_SKEW_S:g} s, or the operator a larger one",
-    ]
-    assert _app(tmp_path, [_join(max_skew="10m")], max_event_time_skew_s=600).start_warnings() == []
 
 
 def test_operators_that_ask_nothing_leave_alignment_off(tmp_path: Path) -> None:

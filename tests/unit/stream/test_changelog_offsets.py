@@ -389,9 +389,11 @@ class Frozen(Answers):
         super().__init__({})
         self.barrier = threading.Barrier(together)
         self.together: list[bool] = []
+        self.daemons: list[bool] = []
 
     def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
         self.requests.append(tp.partition)
+        self.daemons.append(threading.current_thread().daemon)
         try:
             self.barrier.wait(timeout)
             self.together.append(True)
@@ -411,4 +413,33 @@ def test_a_round_asks_its_partitions_together(consumers: Consumers, monkeypatch:
     assert (answered, ids, horizons) == ({}, {}, {})
     assert sorted(unanswered) == tps
     assert frozen.together[:8] == [True] * 8  # (the first try of each: all eight asked at once)
+    # (A pool's workers held the process's exit until every partition had been asked: a stop
+    # during an outage waited 5 s for every 16 partitions, found in review.)
+    assert all(frozen.daemons)
     assert frozen.closed
+
+
+class RefusedFirst(Answers):
+    """Partition 0 refused at once; every other one waits its whole budget with no answer."""
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+        self.requests.append(tp.partition)
+        if tp.partition == 0:
+            raise KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+        threading.Event().wait(timeout)  # (a frozen broker's wait, its timeout's length)
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+
+
+def test_a_refusal_fails_the_round_without_asking_the_partitions_left(
+    consumers: Consumers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pool asked every partition queued behind the refusal, each waiting its budget.
+    monkeypatch.setattr(changelog, "_OFFSETS_ASK_S", 0.3)
+    refusing = RefusedFirst({})
+    consumers.queued.append(refusing)
+    tps = [("a.changelog.s", p) for p in range(40)]
+    with pytest.raises(BrokerError, match=r"a\.changelog\.s\[0\].*[Aa]uthoriz"):
+        changelog._ask(Settings(), tps, [])
+    assert 0 in refusing.requests
+    assert max(refusing.requests) < changelog._OFFSETS_ASKED_AT_ONCE  # (only those asked with it)
+    assert refusing.closed
