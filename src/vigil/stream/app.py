@@ -575,6 +575,10 @@ _UNREAD_RETRY_S = 30.0
 #: Application._check_inputs), and the timeout of each lookup.
 _INPUTS_EVERY_S = 10.0
 _INPUTS_ASK_S = 1.0
+#: How long a member of a classic group may go with no assignment at all (not even an empty one,
+#: which every member is given when a rebalance ends) before the application says so (see
+#: Application._joining_too_long).
+_JOINING_SAY_S = 60.0
 #: Expired transactions renewed in a row, with no commit between, before the application stops
 #: (see Application._renew_expired).
 _MAX_RENEWALS = 3
@@ -1458,6 +1462,11 @@ class Application:
         #: What the assignment callback raised, raised again once ``consume`` has returned (see
         #: _assign_callback).
         self._callback_error: BaseException | None = None
+        #: Since when the consumer has been joining its group (classic protocol: from its
+        #: subscription, or the loss of its partitions, to the next assignment), and whether that
+        #: has been said (see _joining_too_long).
+        self._joining_since: float | None = None
+        self._joining_said = False
         #: Stopping with the broker out of reach, the last checkpoint given up: closing does not
         #: wait for what the producers hold (see _abandoned_stopping).
         self._abandoned = False
@@ -1728,6 +1737,7 @@ class Application:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
+        self._joining()
 
     def _close(self) -> None:
         # One try for all of it: closing the consumer revokes (a checkpoint, the stores closed),
@@ -1884,6 +1894,8 @@ class Application:
             # (Checkpoints update them too: with a long interval, "when the loop last went
             # round" aged between them, and an alert on it fired on a healthy loop.)
             self._update_gauges()
+        if self._joining_since is not None:
+            self._joining_too_long(now)
         if self._co_partitioned and len(self.inputs) > 1 and now - self._inputs_checked >= _INPUTS_EVERY_S:
             self._check_inputs(consumer)
             self._inputs_checked = time.monotonic()  # (after: a broker that does not answer costs a second)
@@ -4024,11 +4036,46 @@ class Application:
         the cause at the bottom (a broker restarting as a stage started, found in review)."""
         self._in_callback = True
         try:
+            self._joined()
             self._on_assign(consumer, partitions)
         except BaseException as exc:
             self._callback_error = exc
         finally:
             self._in_callback = False
+
+    def _joining(self) -> None:
+        """The consumer has begun to join its group (subscribed, or its partitions lost): timed
+        until its next assignment under the classic protocol, where every member is given one
+        when a rebalance ends, empty or not.  (Under KIP-848's a member given nothing hears
+        nothing.)"""
+        if self.settings.kafka_group_protocol == "classic":
+            self._joining_since = time.monotonic()
+            self._joining_said = False
+
+    def _joined(self) -> None:
+        since, self._joining_since = self._joining_since, None
+        if since is not None and self._joining_said:
+            log.info("application %s: in its group again, after %.0f s", self.name, time.monotonic() - since)
+
+    def _joining_too_long(self, now: float) -> None:
+        """Say once that the consumer has gone ``_JOINING_SAY_S`` without an assignment: it
+        processes nothing meanwhile, and nothing else tells (it has no partitions, so no lag).
+        Once, in a test, a consumer stayed out of its group for minutes after its broker had
+        been frozen (not understood: see the test's notes in test_outage.py)."""
+        since = self._joining_since
+        if since is None or self._joining_said or now - since < _JOINING_SAY_S:
+            return
+        self._joining_said = True
+        log.warning(
+            "application %s: not in its group for %.0f s (no assignment since it subscribed or "
+            "lost its partitions; a member is given one, if empty, when a rebalance ends), so it "
+            "processes nothing: a member slow to rejoin holds a rebalance for up to its "
+            "max.poll.interval.ms (%g s), or the group's coordinator does not answer (is the "
+            "broker reachable?)",
+            self.name,
+            now - since,
+            self._poll_interval_s,
+        )
 
     def _raise_callback_error(self) -> None:
         exc, self._callback_error = self._callback_error, None
@@ -4330,6 +4377,7 @@ class Application:
             self.name,
             len(partitions),
         )
+        self._joining()  # (it rejoins)
         try:
             # A commit on its way first: committed before the loss, its writes belong in RocksDB.
             self._settle_commit()

@@ -28,6 +28,7 @@ from vigil.config import Settings, load_settings
 from vigil.events.codec import decode_event
 from vigil.events.types import Payment
 from vigil.hub.client import read_committed
+from vigil.stream import app as app_module
 from vigil.stream.app import Application
 from vigil.stream.base import Context, Guarantee, Operator, Record
 
@@ -274,3 +275,52 @@ def test_stopped_while_its_broker_is_frozen_it_exits_within_its_bounds(
     assert first.seen | second.seen == every
     if not silent:
         assert set(got) == every
+
+
+def test_a_member_out_of_its_group_is_said_and_so_is_its_return(
+    broker: PlainBroker,
+    tmp_path: Path,
+    run_app: Start,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A member with no assignment processes nothing, and nothing else tells (no partitions, so
+    # no lag): once, in this file's frozen-broker test, a run stayed out of its group for
+    # minutes without a word.  Here its broker is frozen past its session, so it loses its
+    # partitions and cannot join again until the thaw.
+    settings = load_settings(kafka_bootstrap=broker.bootstrap, home=tmp_path / "home")
+    if settings.kafka_group_protocol != "classic":
+        pytest.skip("the classic protocol's: under KIP-848's a member given nothing hears nothing")
+    make_topics(settings, "joining.in", partitions=2)
+    produce(settings, "joining.in", payments(100, 10))
+    forward = Forward("joining.out", silent=True)
+    app = Application(
+        settings,
+        name="joining",
+        inputs=["joining.in"],
+        operators=[forward],
+        guarantee="at_least_once",
+        checkpoint_interval_s=0.2,
+        consumer_overrides={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
+    )
+
+    def said(text: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+    try:
+        with caplog.at_level(logging.INFO, logger="vigil.stream.app"):
+            running = run_app(app)
+            wait_for(lambda: bool(running.errors) or len(forward.seen) == 100, 60, "every payment")
+            # (From now on: its start is not under test.)
+            monkeypatch.setattr(app_module, "_JOINING_SAY_S", 1.0)
+            broker.freeze()
+            wait_for(lambda: bool(running.errors) or bool(said("not in its group for")), 60, "it to say so")
+            assert said("lost 2 partitions")  # (its session timed out: out of its group)
+    finally:
+        broker.thaw()
+    with caplog.at_level(logging.INFO, logger="vigil.stream.app"):
+        wait_for(lambda: bool(running.errors) or bool(said("in its group again")), 120, "it to say so again")
+        running.stop()
+    assert not running.errors, running.errors
+    (out,) = said("not in its group for")  # (once)
+    assert "max.poll.interval.ms (300 s)" in out

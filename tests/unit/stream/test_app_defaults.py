@@ -187,3 +187,35 @@ def test_a_transaction_timeout_override_is_checked_only_where_a_transaction_is()
         guarantee="at_least_once",
         producer_overrides={"transaction.timeout.ms": 5000},
     )
+
+
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_a_member_with_no_assignment_for_a_minute_is_said_once_under_the_classic_protocol(
+    tmp_path: Path, protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # (On a broker, frozen past the member's session: tests/integration/stream/test_outage.py.)
+    settings = load_settings(kafka_bootstrap="127.0.0.1:1", home=tmp_path, kafka_group_protocol=protocol)
+    app = Application(settings, name="a", inputs=["in"], operators=[])
+    with caplog.at_level("INFO", logger="vigil.stream.app"):
+        app._joining()  # (subscribed, or its partitions lost)
+        began = app._joining_since
+        if protocol == "consumer":
+            # Under KIP-848 a member given nothing hears nothing: no wait is timed.
+            assert began is None
+            return
+        assert began is not None
+        app._joining_too_long(began + 59)
+        app._joining_too_long(began + 61)
+        app._joining_too_long(began + 120)
+        app._joined()  # (any assignment, even an empty one: back in its group)
+        app._joining_too_long(began + 180)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said[0][0] == "WARNING"
+    assert said[0][1].startswith(
+        "application a: not in its group for 61 s (no assignment since it subscribed"
+    )
+    assert "max.poll.interval.ms (300 s)" in said[0][1]
+    assert said[1][0] == "INFO"
+    assert said[1][1].startswith("application a: in its group again, after ")
+    assert len(said) == 2
+    assert app._joining_since is None
