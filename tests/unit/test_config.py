@@ -827,7 +827,12 @@ def test_tuning_client_options_win_over_what_each_client_would_set(
     from vigil.hub.client import consumer_config, producer_config
     from vigil.stream.app import FETCH_DEFAULTS, Application
 
-    tuned = {"linger.ms": 50, "compression.type": "zstd", "fetch.wait.max.ms": 100}
+    tuned = {
+        "linger.ms": 50,
+        "compression.type": "zstd",
+        "fetch.wait.max.ms": 100,
+        "topic.metadata.refresh.interval.ms": 60_000,
+    }
     no_vigil_variables.setenv("VIGIL_KAFKA_CLIENT_OPTIONS", json.dumps(tuned))
     settings = load_settings(home=tmp_path)
     # Each of these is a value the client sets itself (producer defaults, the runtime's fetch
@@ -839,12 +844,15 @@ def test_tuning_client_options_win_over_what_each_client_would_set(
     assert produced["enable.idempotence"] is True
     consumed = consumer_config(settings, "g", **{"fetch.wait.max.ms": 1})
     assert consumed["fetch.wait.max.ms"] == 100
+    assert consumed["topic.metadata.refresh.interval.ms"] == 60_000
     assert consumed["isolation.level"] == "read_committed"
     app = Application(settings, name="tuned", inputs=["events.payments"], operators=[])
     assert app.consumer_settings()["fetch.wait.max.ms"] == 100
     # Unset, each client keeps its own.
     no_vigil_variables.delenv("VIGIL_KAFKA_CLIENT_OPTIONS")
     assert producer_config(load_settings(home=tmp_path), **{"linger.ms": 1})["linger.ms"] == 1
+    # (A consumer's topics' metadata every 10 s, not librdkafka's 5 min: see consumer_config.)
+    assert consumer_config(load_settings(home=tmp_path), "g")["topic.metadata.refresh.interval.ms"] == 10_000
 
 
 def test_the_consumer_group_protocol_is_a_setting_and_each_client_is_made_for_it(

@@ -62,6 +62,10 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     return _with_options(settings, conf)
 
 
+#: How often a consumer refreshes its topics' metadata (see consumer_config).
+METADATA_REFRESH_MS = 10_000
+
+
 def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
     conf = settings.kafka_client_config()
     conf.update(
@@ -70,6 +74,12 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
+            # (librdkafka's default, 5 min: a consumer whose first look at its topics came while
+            # the broker was recovering (partitions without a leader) put off joining its group
+            # until the next refresh: seen once, a stage out of its group for over 3 minutes
+            # after its broker was thawed, its last line "postponing join until up-to-date
+            # metadata is available".)
+            "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
         }
     )
     if settings.kafka_group_protocol == "consumer":
