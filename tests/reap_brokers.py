@@ -10,20 +10,50 @@ then every broker with a home under ``root`` that still runs is stopped.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
 from vigil.hub.broker import LocalBroker
 
+#: The file in a throwaway broker's root (tests/integration/throwaway_broker.py) naming its
+#: process, its process group's leader, and its properties file, which its command line holds.
+THROWAWAY_PID = "broker.pid"
+
 
 def reap(root: Path) -> list[Path]:
-    """Stop every local broker whose home is under ``root``; the homes that had nodes running."""
+    """Stop every local broker whose home is under ``root``, and every throwaway broker (see
+    tests/integration/throwaway_broker.py) whose root is; the homes that had nodes running."""
     stopped = []
     for cluster_file in sorted(root.glob("**/kafka/cluster.json")):
         home = cluster_file.parent.parent
         if LocalBroker(home=home).stop():
             stopped.append(home)
+    for pid_file in sorted(root.glob(f"**/{THROWAWAY_PID}")):
+        if _kill_throwaway(pid_file):
+            stopped.append(pid_file.parent)
     return stopped
+
+
+def _kill_throwaway(pid_file: Path) -> bool:
+    """Kill the throwaway broker ``pid_file`` names, if it still runs (its process's command line
+    names its properties file: a pid used again since is another process's).  Its process group
+    is continued first: a broker frozen by a test (SIGSTOP) holds a signal until then."""
+    try:
+        pid_text, props = pid_file.read_text().split("\n")[:2]
+        pid = int(pid_text)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except (OSError, ValueError):
+        return False  # (gone, or never written whole)
+    if props not in cmdline:
+        return False
+    for sig in (signal.SIGCONT, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return False
+    return True
 
 
 def main() -> None:

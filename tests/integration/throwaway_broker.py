@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from confluent_kafka.admin import AdminClient
+from tests.reap_brokers import THROWAWAY_PID
 
 from vigil.hub.broker import LocalBroker, free_port_block
 
@@ -114,6 +115,8 @@ class ThrowawayBroker:
             self._proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
             )
+        # For tests/reap_brokers.py: a test process killed (no finalizer runs) left it running.
+        (self.root / THROWAWAY_PID).write_text(f"{self._proc.pid}\n{props}\n")
         self._wait_ready()
 
     def _wait_ready(self) -> None:
