@@ -38,21 +38,21 @@ def reap(root: Path) -> list[Path]:
 
 def _kill_throwaway(pid_file: Path) -> bool:
     """Kill the throwaway broker ``pid_file`` names, if it still runs (its process's command line
-    names its properties file: a pid used again since is another process's).  Its process group
-    is continued first: a broker frozen by a test (SIGSTOP) holds a signal until then."""
+    names its properties file: a pid used again since is another process's).  Killed outright,
+    which a broker frozen by a test (SIGSTOP) takes too: a stop by SIGTERM would wait for it to
+    be continued."""
     try:
         pid_text, props = pid_file.read_text().split("\n")[:2]
         pid = int(pid_text)
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except (OSError, ValueError):
         return False  # (gone, or never written whole)
-    if props not in cmdline:
+    if not props or props not in cmdline:
+        return False  # (a file cut short names no properties file: every command line holds "")
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
         return False
-    for sig in (signal.SIGCONT, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return False
     return True
 
 

@@ -48,6 +48,10 @@ def test_a_throwaway_broker_left_running_is_killed_even_frozen(
     os.killpg(frozen.pid, signal.SIGSTOP)  # (as test_outage.py's freeze: a SIGTERM would wait)
     # A pid file whose process is another's now (its command line does not name the file).
     other = stand_in(tmp_path / "b" / "broker", str(tmp_path / "elsewhere.properties"), started)
+    # A pid file cut short, naming no properties file.
+    cut = stand_in(tmp_path / "c" / "broker", "", started)
+    (tmp_path / "c" / "broker" / THROWAWAY_PID).write_text(f"{cut.pid}\n")
     assert reap(tmp_path) == [tmp_path / "a" / "broker"]
     assert frozen.wait(10) == -signal.SIGKILL
     assert other.poll() is None
+    assert cut.poll() is None

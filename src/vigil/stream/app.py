@@ -2028,6 +2028,10 @@ class Application:
                 )
             raise PipelineError(text)
         log.warning("application %s: consumer error: %s", self.name, err.str())
+        if err.code() == KafkaError._MAX_POLL_EXCEEDED:
+            # The member left its group and rejoins: a member with no partitions hears of it only
+            # here (no partitions to lose, so no on_lost).
+            self._joining()
 
     def _buffer(self, msgs: list[Message], alignment: Alignment) -> None:
         """Aligned: decode into the per-partition buffers that :meth:`_align` releases from."""
@@ -4058,20 +4062,23 @@ class Application:
             log.info("application %s: in its group again, after %.0f s", self.name, time.monotonic() - since)
 
     def _joining_too_long(self, now: float) -> None:
-        """Say once that the consumer has gone ``_JOINING_SAY_S`` without an assignment: it
-        processes nothing meanwhile, and nothing else tells (it has no partitions, so no lag).
-        Once, in a test, a consumer stayed out of its group for minutes after its broker had
-        been frozen (not understood: see the test's notes in test_outage.py)."""
+        """Say once (each time it joins) that the consumer has gone ``_JOINING_SAY_S`` without an
+        assignment: it processes nothing meanwhile, and nothing else tells (it has no partitions,
+        so no lag).  Once, in a test, a consumer stayed out of its group for over three minutes
+        after its broker had been frozen: librdkafka had put off joining until its topics'
+        metadata was usable, which it asks again only at its refresh (see
+        vigil.hub.client.consumer_config)."""
         since = self._joining_since
         if since is None or self._joining_said or now - since < _JOINING_SAY_S:
             return
         self._joining_said = True
         log.warning(
             "application %s: not in its group for %.0f s (no assignment since it subscribed or "
-            "lost its partitions; a member is given one, if empty, when a rebalance ends), so it "
-            "processes nothing: a member slow to rejoin holds a rebalance for up to its "
-            "max.poll.interval.ms (%g s), or the group's coordinator does not answer (is the "
-            "broker reachable?)",
+            "left the group; a member is given one, if empty, when a rebalance ends), so it "
+            "processes nothing: a member slow to rejoin holds a rebalance for up to the members' "
+            "max.poll.interval.ms (this one's %g s), the group's coordinator does not answer (is "
+            "the broker reachable?), or its topics' metadata was not usable when it looked (it "
+            "looks again at each refresh)",
             self.name,
             now - since,
             self._poll_interval_s,

@@ -322,5 +322,7 @@ def test_a_member_out_of_its_group_is_said_and_so_is_its_return(
         wait_for(lambda: bool(running.errors) or bool(said("in its group again")), 120, "it to say so again")
         running.stop()
     assert not running.errors, running.errors
-    (out,) = said("not in its group for")  # (once)
-    assert "max.poll.interval.ms (300 s)" in out
+    # (Once each time it joins: the unit test counts; here, under load, the thawed broker could
+    # time its session out once more.)
+    out = said("not in its group for")[0]
+    assert "max.poll.interval.ms (this one's 300 s)" in out

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError
 
 from vigil.config import load_settings
 from vigil.errors import ConfigError
@@ -214,8 +215,19 @@ def test_a_member_with_no_assignment_for_a_minute_is_said_once_under_the_classic
     assert said[0][1].startswith(
         "application a: not in its group for 61 s (no assignment since it subscribed"
     )
-    assert "max.poll.interval.ms (300 s)" in said[0][1]
+    assert "max.poll.interval.ms (this one's 300 s)" in said[0][1]
     assert said[1][0] == "INFO"
     assert said[1][1].startswith("application a: in its group again, after ")
     assert len(said) == 2
     assert app._joining_since is None
+
+
+def test_a_member_that_left_its_group_for_a_long_batch_is_timed_from_then(tmp_path: Path) -> None:
+    # A member with no partitions that overran max.poll.interval.ms left its group with only
+    # this error (no partitions to lose: no on_lost), and was never timed (found in review).
+    app = Application(
+        load_settings(kafka_bootstrap="127.0.0.1:1", home=tmp_path), name="a", inputs=["in"], operators=[]
+    )
+    assert app._joining_since is None
+    app._consumer_error(KafkaError(KafkaError._MAX_POLL_EXCEEDED))
+    assert app._joining_since is not None
