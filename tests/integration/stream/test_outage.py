@@ -169,6 +169,9 @@ class Forward(Operator[Payment]):
         self.freeze_at = freeze_at
         self.frozen = threading.Event()
         self.seen: set[str] = set()
+        #: Payments forwarded once the broker was frozen (said when the stop gives up on
+        #: something else than their acknowledgement: once in 120 runs, not understood).
+        self.after_freeze = 0
 
     def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
         time.sleep(0.002 * len(batch))  # (work: records still flow when the broker freezes)
@@ -180,6 +183,7 @@ class Forward(Operator[Payment]):
         for rec in batch:
             if not self.silent:
                 ctx.forward(self.output, rec, rec.event.key())
+                self.after_freeze += self.frozen.is_set()
 
 
 @pytest.mark.parametrize(
@@ -236,7 +240,9 @@ def test_stopped_while_its_broker_is_frozen_it_exits_within_its_bounds(
     assert not running.errors, running.errors
     assert took < 40, f"the stop took {took:.1f} s with the broker frozen"
     said = [r.getMessage() for r in caplog.records]
-    assert any("stopping with the last checkpoint not committed" in m and given_up in m for m in said), said
+    assert any("stopping with the last checkpoint not committed" in m and given_up in m for m in said), (
+        f"{said}; forwarded after the freeze: {first.after_freeze}"
+    )
     second = Forward("frozen.out", silent)
     with caplog.at_level(logging.INFO, logger="vigil"), caplog.at_level(logging.DEBUG, logger="vigil.kafka"):
         began_again = len(caplog.records)
