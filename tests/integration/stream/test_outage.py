@@ -186,6 +186,21 @@ class Forward(Operator[Payment]):
                 self.after_freeze += self.frozen.is_set()
 
 
+def forwarding(settings: Settings, name: str, operator: Forward, **consumer: object) -> Application:
+    """Application ``name``: ``operator`` over ``<name>.in``, stateless, at least once, with
+    short checkpoints and small batches (so records still flow when its broker freezes)."""
+    return Application(
+        settings,
+        name=name,
+        inputs=[f"{name}.in"],
+        operators=[operator],
+        guarantee="at_least_once",
+        checkpoint_interval_s=0.2,
+        batch_size=20,
+        consumer_overrides=for_protocol(settings, dict(consumer)),
+    )
+
+
 @pytest.mark.parametrize(
     ("silent", "given_up"),
     [
@@ -214,20 +229,8 @@ def test_stopped_while_its_broker_is_frozen_it_exits_within_its_bounds(
     produce(settings, "frozen.in", events)
     every = {e.event_id for e in events}
 
-    def forwarding(operator: Forward, **client: str) -> Application:
-        return Application(
-            settings,
-            name="frozen",
-            inputs=["frozen.in"],
-            operators=[operator],
-            guarantee="at_least_once",
-            checkpoint_interval_s=0.2,
-            batch_size=20,
-            consumer_overrides=for_protocol(settings, {"session.timeout.ms": 10000, **client}),
-        )
-
     first = Forward("frozen.out", silent, freeze=broker.freeze)
-    app = forwarding(first)
+    app = forwarding(settings, "frozen", first, **{"session.timeout.ms": 10000})
     try:
         with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
             running = run_app(app)
@@ -248,7 +251,9 @@ def test_stopped_while_its_broker_is_frozen_it_exits_within_its_bounds(
         began_again = len(caplog.records)
         # (Its consumer's group lines too: in the one failure seen with the group described, the
         # group had no member, and the run was consuming.)
-        again = run_app(forwarding(second, debug="cgrp"))
+        again = run_app(
+            forwarding(settings, "frozen", second, **{"session.timeout.ms": 10000, "debug": "cgrp"})
+        )
 
         def told() -> str:
             # (Once, in a fresh-clone CI, the second run had not been handed every payment in
@@ -300,14 +305,8 @@ def test_a_member_out_of_its_group_is_said_and_so_is_its_return(
     make_topics(settings, "joining.in", partitions=2)
     produce(settings, "joining.in", payments(100, 10))
     forward = Forward("joining.out", silent=True)
-    app = Application(
-        settings,
-        name="joining",
-        inputs=["joining.in"],
-        operators=[forward],
-        guarantee="at_least_once",
-        checkpoint_interval_s=0.2,
-        consumer_overrides={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
+    app = forwarding(
+        settings, "joining", forward, **{"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
     )
 
     def said(text: str) -> list[str]:
