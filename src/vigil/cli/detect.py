@@ -114,9 +114,9 @@ def detect(
         try:
             service.stop()  # raises a stage's failure (a last checkpoint's too): the exit code shows it
         except BaseException:
-            # The failure already on its way out is the one to tell: stopping the intel feed
-            # cleared its "loaded" flag, and its failure after loading was replaced by one worded
-            # "failed while loading", pointing at the start (found in review).
+            # The failure already on its way out is the one to tell, not the stop's account of
+            # it again (the intel feed's was worded "failed while loading" once stopped, pointing
+            # at the start, until the table kept when it failed: found in review).
             if not failing:
                 raise
             log.debug("stopping detection after its failure", exc_info=True)

@@ -148,6 +148,12 @@ class TopicFollower:
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
+        #: Whether the table had caught up when it failed (``check`` words the failure by it: a
+        #: stop clears ``_ready``, and a failure after loading was told as one while loading).
+        self._failed_loaded = False
+        #: The failure a stop that timed out left (cleared by a later stop that finds the reader
+        #: gone); None: none.
+        self._stop_failure: PipelineError | None = None
 
     def start(self, timeout_s: float = 60.0, abort: Callable[[], bool] | None = None) -> None:
         """Start the background reader; return once caught up (raises if not within ``timeout_s``;
@@ -155,11 +161,16 @@ class TopicFollower:
         process asked to stop while loading: it should not wait a minute for a list it will not
         use, or a supervisor's grace period runs out and it is killed mid-way)."""
         deadline = time.monotonic() + timeout_s
-        if self._thread is None and not self._ready.is_set():
+        thread = self._thread
+        if thread is not None and self._stop.is_set() and not thread.is_alive():
+            # (Its reader started as a stop came, from another thread, and ended at once.)
+            thread = self._thread = None
+            self._ready.clear()
+        if thread is None and not self._ready.is_set():
             # Started again after a stop: from the beginning of the topic as it is now (it may
             # have been created again meanwhile), the last run's failure gone with it.
             self._stop.clear()
-            self._failure = None
+            self._failure = self._stop_failure = None
             self._unknown_since = None
             self._topic_id = None
             self._waiting = False
@@ -171,6 +182,11 @@ class TopicFollower:
             self.check()
             if abort is not None and abort():
                 return
+            if self._stop.is_set():
+                # Stopped from another thread: waiting on, the start took its whole timeout and
+                # then blamed the topic (found in review).
+                msg = f"{self.name} was stopped before it caught up with {self.topic!r}"
+                raise PipelineError(msg)
             if time.monotonic() >= deadline:
                 msg = f"{self.name} did not catch up with {self.topic!r} in {timeout_s:g}s{self._held_back()}"
                 raise PipelineError(msg)
@@ -207,7 +223,7 @@ class TopicFollower:
         """Raise if the background reader has stopped on an error: what it feeds would go stale
         silently otherwise (call it where the application checks its other parts)."""
         if self._failure is not None:
-            state = "while loading" if not self._ready.is_set() else "after loading; the table is stale"
+            state = "after loading; the table is stale" if self._failed_loaded else "while loading"
             msg = f"{self.name} failed {state}: {message_of(self._failure)}"
             raise PipelineError(msg) from self._failure
 
@@ -234,10 +250,14 @@ class TopicFollower:
                 # ready, and failed: what it feeds is no longer followed (it said ready, and a
                 # start after waited for a reader on its way out, and said ready again).
                 msg = f"{self.name}: its reader did not stop within {timeout_s:g} s"
+                if self._failure is None:
+                    self._failed_loaded = self._ready.is_set()
+                    self._failure = self._stop_failure = PipelineError(msg)
                 self._ready.clear()
-                self._failure = PipelineError(msg)
                 raise PipelineError(msg)
             self._thread = None
+            if self._failure is not None and self._failure is self._stop_failure:
+                self._failure = self._stop_failure = None  # (the reader is gone now)
         self._ready.clear()
 
     def _begin(self, deadline: float, abort: Callable[[], bool] | None) -> bool:
@@ -365,6 +385,7 @@ class TopicFollower:
                         if not behind:
                             self._ready.set()
         except BaseException as exc:
+            self._failed_loaded = self._ready.is_set()
             self._failure = exc
             if isinstance(exc, VigilError):
                 # Expected (its topic deleted, the broker out of reach): one line, as the command

@@ -264,6 +264,11 @@ def test_a_global_table_that_fails_after_loading_says_so_and_a_timed_out_start_c
         stale = rf"the table is stale: the record at {re.escape(topic)}\[[01]\]@\d+: decoder bug"
         with pytest.raises(PipelineError, match=stale):
             table.check()
+        # Stopped, it still says when it failed (a stop clears "caught up": it said "failed
+        # while loading", pointing at the start).
+        table.stop()
+        with pytest.raises(PipelineError, match=f"failed after loading; {stale}"):
+            table.check()
     finally:
         table.stop()
 
@@ -337,7 +342,9 @@ def test_a_follower_whose_reader_does_not_stop_is_failed_until_it_does(
         with pytest.raises(PipelineError, match=r"did not stop within 0\.2 s"):
             follower.start(timeout_s=5)  # refused, not "ready" on a reader on its way out
         release.set()
-        follower.stop()  # the reader is gone now
+        follower.stop()  # the reader is gone now, and so is its failure
+        follower.check()
+        assert not follower.ready
         seen.clear()
         follower.start(timeout_s=30)  # afresh: from the beginning of the topic
         assert follower.ready
@@ -346,6 +353,49 @@ def test_a_follower_whose_reader_does_not_stop_is_failed_until_it_does(
     finally:
         release.set()
         follower.stop()
+
+
+def test_a_follower_stopped_while_it_loads_says_so_at_once(
+    settings: Settings, names: Callable[[str], str]
+) -> None:
+    # A stop from another thread (a supervisor's) left the start waiting its whole timeout, and
+    # then it blamed the topic: "did not catch up".
+    topic = names("loading")
+    ensure_topics(settings, [TopicSpec(topic, "k", "raw", "test", partitions=1)])
+    producer = EventProducer(settings)
+    producer.produce_raw(topic, "k1", b"v1")
+    producer.flush()
+    applying, release = threading.Event(), threading.Event()
+
+    def apply(key: str | None, value: bytes | None, where: str) -> None:
+        applying.set()
+        release.wait(60)  # the reader is stuck in here until released: never caught up
+
+    follower = TopicFollower(settings, topic, apply, name="f")
+    stopped: list[BaseException] = []
+
+    def stop() -> None:
+        applying.wait(60)
+        try:
+            follower.stop(timeout_s=60)
+        except BaseException as exc:  # (said by the assertion below)
+            stopped.append(exc)
+
+    stopper = threading.Thread(target=stop, daemon=True)
+    stopper.start()
+    try:
+        with pytest.raises(
+            PipelineError, match=rf"f was stopped before it caught up with {re.escape(repr(topic))}"
+        ):
+            follower.start(timeout_s=600)
+    finally:
+        release.set()
+        stopper.join(60)
+    assert not stopper.is_alive()
+    assert stopped == []
+    assert not follower.ready
+    assert not follower.running
+    follower.check()
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from vigil.cli._common import serve_metrics_of
 from vigil.config import load_settings
 from vigil.errors import ConfigError
 from vigil.hub.broker import free_port_block
+from vigil.stream import app as app_module
 from vigil.stream.app import MAX_BATCH_SIZE
 from vigil.stream.metrics import MetricsServer, PrometheusMetrics
 
@@ -205,17 +206,23 @@ def test_a_scrape_filtered_by_name_gets_those_series_of_every_application() -> N
     assert text.count("# TYPE vigil_stream_consumer_lag gauge") == 1
 
 
-def test_the_batch_histograms_reach_what_the_runtime_allows() -> None:
+def test_the_batch_and_checkpoint_histograms_reach_what_the_runtime_allows() -> None:
     # Past the top bucket, histogram_quantile answers the top bucket: 50,000 records and 10 s,
     # where the runtime takes batches of up to MAX_BATCH_SIZE and lets one run to a quarter of
-    # max.poll.interval.ms (75 s by default).
+    # max.poll.interval.ms (75 s by default); and 10 s for a checkpoint whose transactional calls
+    # were tried for minutes with the broker out of reach.
     metrics = PrometheusMetrics("detect")
     text = generate_latest(metrics.registry).decode()
     tops = {
         family: max(
             float(le) for le in re.findall(rf'{family}_bucket{{app="detect",le="([0-9.e+]+)"}}', text)
         )
-        for family in ("vigil_stream_batch_size", "vigil_stream_batch_processing_seconds")
+        for family in (
+            "vigil_stream_batch_size",
+            "vigil_stream_batch_processing_seconds",
+            "vigil_stream_checkpoint_seconds",
+        )
     }
     assert tops["vigil_stream_batch_size"] >= MAX_BATCH_SIZE
     assert tops["vigil_stream_batch_processing_seconds"] >= 300_000 / 1000 / 4
+    assert tops["vigil_stream_checkpoint_seconds"] >= app_module._RETRY_TXN_CALL_S
