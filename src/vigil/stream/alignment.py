@@ -12,16 +12,18 @@ slowest one has caught up.  Consumed records wait in the application until the f
 (the slowest holding partition's latest event time) has reached them, so records of
 different partitions reach the operators in event-time order (Kafka Streams' rule); the
 skew says how far ahead in event time a partition may read before it *may* be paused; it is
-paused only once it also buffers ``max_buffered`` records (and resumed when it is no longer
-ahead, or its buffer has drained to half).  Pausing exists to bound memory, and each pause
-costs a refetch (the consumer drops what it prefetched): bounding by records, not by event
-time alone, keeps a fast replay (event time racing ahead of the wall clock) from pausing and
-resuming partitions every few milliseconds.  A partition within the skew buffers what it reads
-past the floor too: a dense topic replayed beside a slow one buffered its whole skew's worth
-of events (60 s of them, at detection's skew).  So a partition is also paused, ahead or not,
-once it buffers ``BUFFER_CAP_FACTOR`` times ``max_buffered`` records, and resumed once it has
-drained to half of that: what waits is bounded by records.  (The partition that sets the floor
-is never one of them: its records are all at or before the floor, and released.)
+paused only once it also buffers ``max_buffered`` records (and resumed when its buffer has
+drained to half, or, no longer ahead, to half of the cap below).  Pausing exists to bound
+memory, and each pause costs a refetch (the consumer drops what it prefetched): bounding by
+records, not by event time alone, keeps a fast replay (event time racing ahead of the wall
+clock) from pausing and resuming partitions every few milliseconds.  A partition within the
+skew buffers what it reads past the floor too: a dense topic replayed beside a slow one
+buffered its whole skew's worth of events (60 s of them, at detection's skew).  So a partition
+is also paused, ahead or not, once it buffers ``BUFFER_CAP_FACTOR`` times ``max_buffered``
+records, and resumed once it has drained to half of that: what waits is bounded by records.
+(The partition that sets the floor is never one of them, its records all at or before the
+floor, and released; unless the other processes of the application hold them back,
+``peer_skew_s``: then it is paused at that cap too, see :meth:`Alignment.plan`.)
 
 A partition holds the others back while it is owned, has records left to read (its consumed
 position is below its high watermark), or none known (the broker did not answer), and has
@@ -66,7 +68,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 TP = tuple[str, int]
@@ -240,13 +242,18 @@ class Alignment:
         floor = self.floor(now, lag)
         return math.inf if floor is None else floor
 
-    def plan(self, release: float, buffered: Callable[[TP], int] | None = None) -> tuple[list[TP], list[TP]]:
+    def plan(
+        self, release: float, buffered: Callable[[TP], int] | None = None, held: Collection[TP] = ()
+    ) -> tuple[list[TP], list[TP]]:
         """Partitions to pause and to resume now, once the records up to ``release`` (from
         :meth:`limit`) have been released: ``buffered(tp)``, its records still waiting then
         (``None``: every partition ahead counts as full).  Counted before the release, a partition
         whose buffer was mostly at or before the floor was paused, and resumed on the next pass:
-        a refetch for nothing.  The caller applies the plan and reports it with
-        :meth:`paused`/:meth:`resumed`."""
+        a refetch for nothing.  ``held``: partitions whose records the other processes' cap held
+        back in that release (``peer_skew_s``, :mod:`vigil.stream.peers`), paused once they buffer
+        the cap as if past the floor: the partition that sets the floor never is, and held by the
+        others it read its whole backlog into memory (found in review).  The caller applies the
+        plan and reports it with :meth:`paused`/:meth:`resumed`."""
         limit = release + self.skew_s
         pause: list[TP] = []
         resume: list[TP] = []
@@ -264,7 +271,7 @@ class Alignment:
             if lane.paused:
                 if waiting * 2 <= full or (not ahead and waiting * 2 <= cap):
                     resume.append(tp)
-            elif (ahead and waiting >= full) or (waiting >= cap and _past(lane, release)):
+            elif (ahead and waiting >= full) or (waiting >= cap and (_past(lane, release) or tp in held)):
                 pause.append(tp)
         return pause, resume
 

@@ -71,10 +71,11 @@ released records are merged by event time and handed over once per release: to o
 with state one call per partition number, to those without one call for all partitions
 (see ``Application._release``).  A partition more than
 the skew ahead of the floor that also buffers ``alignment_max_buffered`` records is paused
-(``consumer.pause``) and resumed once the floor is close enough or its buffer has drained to
-half: memory stays bounded without pausing a partition for every few records it reads ahead.
-A partition past the floor that buffers four times ``alignment_max_buffered`` is paused even
-within the skew (a dense partition replayed beside a slow one).
+(``consumer.pause``) and resumed once its buffer has drained to half, or, the floor close
+enough, to half of four times ``alignment_max_buffered``: memory stays bounded without pausing
+a partition for every few records it reads ahead.  A partition past the floor that buffers four
+times ``alignment_max_buffered`` is paused even within the skew (a dense partition replayed
+beside a slow one), and so is one whose records the other processes hold back (``peer_skew_s``).
 A partition at its end (consumer position at its high watermark, or, before it delivered
 anything, its committed offset), or that delivered nothing for ``alignment_idle_s``, holds
 nobody back, so live traffic is not delayed, but for two cases: while another producer's
@@ -1311,11 +1312,13 @@ class Application:
         self._peers: PeerChannel | None = None
         #: With peer alignment: per partition, the latest event time released (see _release);
         #: since when a partition has had a backlog's records waiting; whether the others' cap
-        #: held records back in the last release.
+        #: held records back in the last release, and which partitions' (Alignment.plan pauses
+        #: them once they buffer its cap).
         self._released_at: dict[TP, float] = {}
         self._catching_up_since = -math.inf
         self._backlog_seen_at = -math.inf
         self._peer_held = False
+        self._peer_held_tps: set[TP] = set()
         self._consumer_overrides = dict(consumer_overrides or {})
         self._producer_overrides = dict(producer_overrides or {})
         self.stores: dict[str, StoreSpec] = {}
@@ -2316,6 +2319,7 @@ class Application:
                 peer_cap = -math.inf
             capping, cap_at = peer_cap < limit, peer_cap
         self._peer_held = False
+        self._peer_held_tps.clear()
         # (A record dated ahead of the wall clock is not where its partition has reached: taken
         # for it, every record after it looked late, and went uncapped.)
         ahead_of = before + REPLAY_BEHIND_S + _FUTURE_TOLERANCE_S
@@ -2335,6 +2339,7 @@ class Application:
                     break
                 if capping and cap_at < at and reached <= at < before:
                     self._peer_held = True  # (a backlog's record, in order, past the others' cap)
+                    self._peer_held_tps.add(tp)
                     break
                 take -= 1
                 popped += 1
@@ -2462,8 +2467,10 @@ class Application:
         buffers = self._buffers
         if peers is not None and peers.due(now):
             self._publish_words(peers, now)
-        # (What is left after the release decides: see Alignment.plan.)
-        pause, resume = alignment.plan(limit, lambda tp: len(buffers.get(tp, ())))
+        # (What is left after the release decides: see Alignment.plan.  Held by the other
+        # processes, the partition that sets this one's floor buffered its whole backlog: it is
+        # never ahead of its own floor, found in review.)
+        pause, resume = alignment.plan(limit, lambda tp: len(buffers.get(tp, ())), self._peer_held_tps)
         if pause:
             consumer.pause([TopicPartition(t, p) for t, p in pause])
             alignment.paused(pause, now)

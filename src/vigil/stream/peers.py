@@ -17,7 +17,9 @@ partition with nothing to read).  A partition catching up (its next record older
 ``REPLAY_BEHIND_S``, and in order: not older than what it released before) releases records to its
 operators only up to the lowest word of the partitions the process does not own plus ``peer_skew_s``
 (Flink's watermark alignment across a source's readers, with Kafka as the coordinator); what waits
-fills its buffer, which pauses it as alignment does within a process.  Then whatever a process
+fills its buffer, which pauses it once it holds ``BUFFER_CAP_FACTOR`` times ``max_buffered``
+records (:meth:`~vigil.stream.alignment.Alignment.plan`; the partition that set its process's
+floor was never paused, and read its whole backlog into memory: found in review).  Then whatever a process
 writes of a backlog is at most ``peer_skew_s`` ahead of what the others will still write (plus what
 the others released and still have on their way to Kafka: a process's outputs and its words go
 through two producers, and under load the others' records released on a word reached the log before

@@ -337,3 +337,32 @@ def test_the_grace_is_taken_once_a_catch_up_not_after_every_lull(tmp_path: Path)
     alignment.observe(P0, OLD + 6, time.monotonic())
     app._align()
     assert len(op.offsets) == 7
+
+
+def test_a_partition_the_others_hold_back_is_paused_once_it_buffers_the_cap(tmp_path: Path) -> None:
+    # It sets its own process's floor, so it was never ahead of it, and never paused: held back by
+    # a slower process, it read its whole backlog into memory (found in review: 5,000 records
+    # buffered with max_buffered 10; on a broker, a member's whole partition).
+    app, op, alignment, f, _ = running(tmp_path)  # max_buffered 10: its cap 40
+    consumer = app._consumer
+    assert isinstance(consumer, Reading)
+    now = time.monotonic()
+    app._backlog_seen_at, app._catching_up_since = now, now - PEER_GRACE_S  # (its grace over)
+    say(f, P1, OLD, now)  # the slower process: its cap OLD + 60
+    read = 0
+    while not consumer.paused and read < 1_000:
+        app._buffers.setdefault(P0, deque()).extend(
+            _record(P0, read + i, OLD + 100 + (read + i) * 0.01) for i in range(10)
+        )
+        read += 10
+        app._consumed[P0] = read
+        alignment.observe(P0, OLD + 100 + (read - 1) * 0.01, time.monotonic())
+        app._align()
+    assert consumer.paused == [P0]
+    assert 40 <= len(app._buffers[P0]) < 50  # (paused at the cap, not past it)
+    assert op.offsets == []  # (all of it past the others' cap)
+    # The slower process moves on: the records go, and the partition is read again.
+    say(f, P1, OLD + 1_000, time.monotonic())
+    app._align()
+    assert len(op.offsets) == read
+    assert consumer.resumed == [P0]
