@@ -46,12 +46,24 @@ def home_id(home: Path) -> str:
     path = directory / "id"
     try:
         return _read_id(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, _EmptyId):
         pass
-    except _EmptyId:
-        # Left empty by a crash while it was created exclusively (the fallback below): made anew.
-        path.unlink(missing_ok=True)
     directory.mkdir(parents=True, exist_ok=True)
+    # Made by one process at a time: two that found a file left empty both deleted it, and the
+    # second could delete the id the first had just made (found in review).
+    with (directory / "id.lock").open("ab") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _read_id(path)
+        except FileNotFoundError:
+            pass
+        except _EmptyId:
+            # Left empty by a crash while it was created exclusively (the fallback below): made anew.
+            path.unlink(missing_ok=True)
+        return _make_id(directory, path)
+
+
+def _make_id(directory: Path, path: Path) -> str:
     # Written whole under a name of its own, synced, then linked into place: link fails if
     # another process got there first, and then its id is the home's.
     made = directory / f"id.{os.getpid()}.{secrets.token_hex(4)}"

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from vigil.stream.instance import InstanceSlot
 
 HOLD = """
@@ -82,7 +84,7 @@ def test_processes_starting_at_once_in_a_new_home_agree_on_its_id(tmp_path: Path
     ids = {proc.communicate(timeout=60)[0].strip() for proc in procs}
     assert len(ids) == 1
     assert ids == {(tmp_path / "state" / ".instances" / "id").read_text().strip()}
-    assert sorted(p.name for p in (tmp_path / "state" / ".instances").iterdir()) == ["id"]
+    assert sorted(p.name for p in (tmp_path / "state" / ".instances").iterdir()) == ["id", "id.lock"]
 
 
 def test_a_damaged_id_file_is_named(tmp_path: Path) -> None:
@@ -106,3 +108,38 @@ def test_an_id_file_left_empty_by_a_crash_is_made_anew(tmp_path: Path) -> None:
     made = home_id(tmp_path)
     assert len(made) == 12
     assert home_id(tmp_path) == made == path.read_text().strip()
+
+
+def test_an_id_file_left_empty_is_made_anew_by_one_process_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two processes that found it empty both deleted it, and the second could delete the id the
+    # first had just made: the two went on with different ids (found in review).
+    import fcntl
+    import threading
+
+    from vigil.stream import instance
+
+    path = tmp_path / "state" / ".instances" / "id"
+    path.parent.mkdir(parents=True)
+    path.write_text("")
+    read, found_empty = instance._read_id, threading.Event()
+
+    def reading(at: Path) -> str:
+        try:
+            return read(at)
+        except instance._EmptyId:
+            found_empty.set()
+            raise
+
+    monkeypatch.setattr(instance, "_read_id", reading)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(instance.home_id(tmp_path)), daemon=True)
+    with (path.parent / "id.lock").open("ab") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process making it now
+        reader.start()
+        assert found_empty.wait(30)
+        path.write_text("0123456789ab\n")  # what that process made
+    reader.join(30)
+    assert got == ["0123456789ab"]
+    assert path.read_text() == "0123456789ab\n"
