@@ -23,7 +23,8 @@ is also paused, ahead or not, once it buffers ``BUFFER_CAP_FACTOR`` times ``max_
 records, and resumed once it has drained to half of that: what waits is bounded by records.
 (The partition that sets the floor is never one of them, its records all at or before the
 floor, and released; unless the other processes of the application hold them back,
-``peer_skew_s``: then it is paused at that cap too, see :meth:`Alignment.plan`.)
+``peer_skew_s``: then it is paused at that cap too, see :meth:`Alignment.plan`, and paused so
+it holds nobody back, what it waits for being the other processes'.)
 
 A partition holds the others back while it is owned, has records left to read (its consumed
 position is below its high watermark), or none known (the broker did not answer), and has
@@ -97,6 +98,9 @@ class Lane:
     #: Assigned when the application had no partition running yet, and its stores still being
     #: restored (or waited for): it holds the others, however long (see :meth:`Alignment.holds`).
     restoring: bool = False
+    #: Paused while the other processes' cap held its records back (``peer_skew_s``): it holds
+    #: nobody (see :meth:`Alignment.holds`).
+    peer_held: bool = False
 
 
 def _past(lane: Lane, release: float) -> bool:
@@ -169,8 +173,13 @@ class Alignment:
             return left is None or left > 0
         if lane.paused:
             # Paused for being ahead, or for its buffer: either way it has records past the floor
-            # waiting, and its time (above the floor) counts.
-            return True
+            # waiting, and its time (above the floor) counts.  Not one paused while the other
+            # processes' cap held its records: its time may be far below the floor, read to its
+            # end or not, and what it waits for is theirs to move (holding, it made this process's
+            # live records wait for a slower process, found in review, where live records never
+            # wait for the others).  What it holds back is past that cap, and so after whatever
+            # the cap lets the others release.
+            return not lane.peer_held
         idle = now - lane.active_at
         if idle >= self.idle_s:
             # (Live: a partition with nothing to give, or another producer's transaction open on
@@ -275,17 +284,20 @@ class Alignment:
                 pause.append(tp)
         return pause, resume
 
-    def paused(self, tps: Iterable[TP], now: float) -> None:
+    def paused(self, tps: Iterable[TP], now: float, held: Collection[TP] = ()) -> None:
+        """``tps`` paused at ``now``; ``held``: partitions the other processes' cap held back
+        (as given to :meth:`plan`)."""
         for tp in tps:
             lane = self.lanes[tp]
             lane.paused = True
+            lane.peer_held = tp in held
             lane.active_at = now
             self.pauses += 1
 
     def resumed(self, tps: Iterable[TP], now: float) -> None:
         for tp in tps:
             lane = self.lanes[tp]
-            lane.paused = False
+            lane.paused = lane.peer_held = False
             lane.active_at = now
 
     def last(self, tps: Iterable[TP]) -> None:

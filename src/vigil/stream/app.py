@@ -2470,10 +2470,11 @@ class Application:
         # (What is left after the release decides: see Alignment.plan.  Held by the other
         # processes, the partition that sets this one's floor buffered its whole backlog: it is
         # never ahead of its own floor, found in review.)
-        pause, resume = alignment.plan(limit, lambda tp: len(buffers.get(tp, ())), self._peer_held_tps)
+        held = self._peer_held_tps
+        pause, resume = alignment.plan(limit, lambda tp: len(buffers.get(tp, ())), held)
         if pause:
             consumer.pause([TopicPartition(t, p) for t, p in pause])
-            alignment.paused(pause, now)
+            alignment.paused(pause, now, held)
         if resume:
             consumer.resume([TopicPartition(t, p) for t, p in resume])
             alignment.resumed(resume, now)

@@ -366,3 +366,53 @@ def test_a_partition_the_others_hold_back_is_paused_once_it_buffers_the_cap(tmp_
     app._align()
     assert len(op.offsets) == read
     assert consumer.resumed == [P0]
+
+
+class _AtEnd(Reading):
+    """Every partition read to its end: its high watermark is what was consumed."""
+
+    def __init__(self, app: Application) -> None:
+        super().__init__()
+        self.app = app
+
+    def get_watermark_offsets(self, tp: TopicPartition, **_: Any) -> tuple[int, int]:
+        return (0, self.app._consumed.get((tp.topic, tp.partition), 0))
+
+
+@pytest.mark.parametrize("at_end", [True, False], ids=["read-to-its-end", "records-left"])
+def test_live_records_do_not_wait_for_a_partition_paused_for_the_others_cap(
+    tmp_path: Path, at_end: bool
+) -> None:
+    # A paused partition holds the others back at its time: paused for the others' cap, its
+    # time is far below this process's floor, and this process's live records waited for the
+    # slower process (found in review), where live records never wait for the others.
+    app, op, alignment, f, _ = running(tmp_path)  # max_buffered 10: its cap 40
+    if at_end:
+        app._consumer = _AtEnd(app)
+    consumer = app._consumer
+    assert isinstance(consumer, Reading)
+    now = time.monotonic()
+    alignment.add([P2], now)
+    task = _PartitionTask(2)
+    task.contexts = [(op, _KafkaContext(app, task, op))]
+    app._tasks[2] = task
+    app._owned.add(P2)
+    app._backlog_seen_at, app._catching_up_since = now, now - PEER_GRACE_S  # (its grace over)
+    say(f, P1, OLD, now)  # the slower process: its cap OLD + 60
+    # P0: a backlog past the cap, buffered to the cap; P2: live traffic.
+    app._buffers[P0] = deque(_record(P0, i, OLD + 100 + i) for i in range(50))
+    app._consumed[P0] = 50
+    alignment.observe(P0, OLD + 149, now)
+    for i in range(4):
+        app._buffers.setdefault(P2, deque()).append(_record(P2, i, live()))
+        app._consumed[P2] = i + 1
+        alignment.observe(P2, live(), time.monotonic())
+        app._align()
+        assert consumer.paused == [P0]
+    assert [o for p, o in op.offsets if p == 2] == [0, 1, 2, 3]
+    assert [o for p, o in op.offsets if p == 0] == []
+    # The slower process moves on: P0's records go, and it is read again.
+    say(f, P1, OLD + 1_000, time.monotonic())
+    app._align()
+    assert [o for p, o in op.offsets if p == 0] == list(range(50))
+    assert consumer.resumed == [P0]
