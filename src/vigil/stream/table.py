@@ -177,6 +177,8 @@ class TopicFollower:
             # (At least a few seconds for its questions: a start that waits for nothing,
             # timeout 0, still starts its reader.)
             if not self._begin(max(deadline, time.monotonic() + SETUP_AT_LEAST_S), abort):
+                if self._stop.is_set() and not (abort is not None and abort()):
+                    raise self._stopped()
                 return  # asked to stop before the reader started
         while not self._ready.is_set():
             self.check()
@@ -185,13 +187,17 @@ class TopicFollower:
             if self._stop.is_set():
                 # Stopped from another thread: waiting on, the start took its whole timeout and
                 # then blamed the topic (found in review).
-                msg = f"{self.name} was stopped before it caught up with {self.topic!r}"
-                raise PipelineError(msg)
+                raise self._stopped()
             if time.monotonic() >= deadline:
                 msg = f"{self.name} did not catch up with {self.topic!r} in {timeout_s:g}s{self._held_back()}"
                 raise PipelineError(msg)
             self._ready.wait(min(0.05, max(0.0, deadline - time.monotonic())))
         self.check()
+        if self._stop.is_set():
+            raise self._stopped()  # (caught up as it was stopped: it no longer follows the topic)
+
+    def _stopped(self) -> PipelineError:
+        return PipelineError(f"{self.name} was stopped before it caught up with {self.topic!r}")
 
     def _held_back(self) -> str:
         """Why a start timed out, when it can tell: the partitions whose end a transaction left
@@ -235,7 +241,11 @@ class TopicFollower:
     @property
     def running(self) -> bool:
         """Started and not stopped since (the reader may have failed: see :meth:`check`)."""
-        return self._thread is not None
+        thread = self._thread
+        # (A reader that ended once asked to stop, after a stop that timed out or one that came
+        # as it started, has stopped: said running, a table started again kept what it had read,
+        # found in review.)
+        return thread is not None and (thread.is_alive() or not self._stop.is_set())
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop reading: no longer ready (what was read stays readable); ``start`` reads the
@@ -261,7 +271,8 @@ class TopicFollower:
         self._ready.clear()
 
     def _begin(self, deadline: float, abort: Callable[[], bool] | None) -> bool:
-        """Look the topic up and start the reader; False if ``abort()`` said to stop first.
+        """Look the topic up and start the reader; False if ``abort()`` said to stop first, or
+        :meth:`stop` was called meanwhile (from another thread).
         Within ``deadline`` (``start``'s, or :data:`SETUP_AT_LEAST_S` from now): its questions to
         the broker were 30 s each, so a start with the broker out of reach took 30 s whatever
         its timeout, never asked ``abort``, and raised the client's error naming no topic."""
@@ -287,6 +298,9 @@ class TopicFollower:
                 if not self._missing_ok:
                     msg = f"{self.name}: topic {self.topic!r} does not exist"
                     raise TopicError(msg)
+                if self._stop.is_set():
+                    consumer.close()
+                    return False  # (stopped from another thread meanwhile)
                 # Empty, and ready; the reader looks for the topic (_follow_partitions).
                 self._waiting = True
                 self._ready.set()
@@ -312,6 +326,9 @@ class TopicFollower:
             )
             ends = {p: marks[self.topic, p][1] for p in meta.partitions}
             self._ends = dict(ends)
+            if self._stop.is_set():
+                consumer.close()
+                return False  # (stopped from another thread meanwhile)
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in meta.partitions])
         except BaseException:
             consumer.close()
@@ -324,13 +341,14 @@ class TopicFollower:
 
     def _metadata(self, consumer: Consumer, deadline: float, abort: Callable[[], bool] | None) -> Any:
         """The topic's metadata (None: the broker does not list it), asked a second at a time
-        until ``deadline``, ``abort()`` asked between (``_ABORTED`` when it says stop).  A
-        broker that cannot be reached is a :class:`TopicError` naming the topic."""
+        until ``deadline``, ``abort()`` asked between (``_ABORTED`` when it says stop, or
+        :meth:`stop` was called).  A broker that cannot be reached is a :class:`TopicError`
+        naming the topic."""
         while True:
             try:
                 return consumer.list_topics(self.topic, timeout=_left(deadline, 1.0)).topics.get(self.topic)
             except KafkaException as exc:
-                if abort is not None and abort():
+                if (abort is not None and abort()) or self._stop.is_set():
                     return _ABORTED
                 if time.monotonic() >= deadline:
                     msg = f"{self.name}: cannot read the metadata of topic {self.topic!r}: {message_of(exc)}"
@@ -338,7 +356,7 @@ class TopicFollower:
 
     def _run(self, consumer: Consumer, partitions: set[int], ends: dict[int, int]) -> None:
         behind = {p for p in partitions if ends.get(p, 1) > 0}
-        if not behind:
+        if not behind and not self._stop.is_set():
             self._ready.set()
         apply, topic = self._apply, self.topic
         looked_up = time.monotonic()
