@@ -899,7 +899,7 @@ def _offset_ranges(records: Sequence[Record[Any]]) -> str:
     return ", ".join(f"{t}[{p}] offsets {lo}..{hi}" for (t, p), (lo, hi) in sorted(ranges.items()))
 
 
-def _capped_counts(buffers: list[deque[tuple[float, Any]]], limit: float, cap: int) -> list[int]:
+def _capped_counts(buffers: list[deque[tuple[Any, ...]]], limit: float, cap: int) -> list[int]:
     """How many of each buffer's first records to release so that at most ``cap`` go in all,
     the earliest in event time across the buffers, each buffer a prefix up to ``limit`` (its
     first record past it stops it).  Counted, not turned into an earlier limit: records with
@@ -1359,7 +1359,11 @@ class Application:
         self._next_offsets: dict[tuple[str, int], int] = {}
         #: Aligned: decoded records (or dead letters, at -inf, or the offsets of skipped records)
         #: not yet released, by partition.
-        self._buffers: dict[TP, deque[tuple[float, Any]]] = {}
+        #: Aligned: each partition's records waiting for the floor, in offset order, as
+        #: ``(event time, Record, its Message)`` (the message for its headers, should an operator
+        #: dead-letter it), a skipped record's offset or an undecodable one's letter as
+        #: ``(time, item)``.
+        self._buffers: dict[TP, deque[tuple[Any, ...]]] = {}
         #: Aligned: records left in partitions nothing was consumed from yet (see _start_lag).
         self._start_lags: dict[TP, tuple[float, int | None]] = {}
         #: Until when (monotonic) no such question is asked, after one had no answer, and how long
@@ -1443,8 +1447,11 @@ class Application:
         #: Checkpoint work spread over time (see _SPREAD): encoding a seal, writing to RocksDB.
         self._encode_pace = Pace()
         self._write_pace = Pace()
-        #: The messages of the batch the operators are processing (not aligned: see _headers_of).
+        #: The messages of the batch (or the aligned release) the operators are processing (see
+        #: _headers_of).
         self._batch: list[Message] | None = None
+        #: The batch's messages by position, made the first time a letter asks (_headers_of).
+        self._batch_index: dict[tuple[str, int, int], Message] | None = None
         #: When the loop last checkpointed and planned alignment (monotonic; see _iterate).
         self._last_checkpoint = 0.0
         self._last_align = 0.0
@@ -1993,25 +2000,33 @@ class Application:
         finally:
             self._batch = None
             self._batch_headers.clear()
+            self._batch_index = None
 
     def _headers_of(self, record: Record[Any]) -> list[tuple[str, bytes | None]] | None:
         """The headers of ``record``, an input of the batch being processed, for its dead letter:
         a letter without them cannot be sent again once its record has left the topic (``redrive
         --rebuild`` needs them; raw records are read by theirs).  ``None`` when they are not at
-        hand: a record released by event-time alignment (its message is gone), one an operator
-        made, or headers the client cannot read."""
+        hand: a record an operator made, or headers the client cannot read.  (Aligned, a
+        record's message waits with it, for its headers: the letters had none, found in review.)"""
+        batch = self._batch
+        if batch is None:
+            return None  # (not cached: nothing clears the cache outside a batch)
         at = (record.topic, record.partition, record.offset)
         if at in self._batch_headers:  # (asked again after a failure, the client crashes)
             return self._batch_headers[at]
+        index = self._batch_index
+        if index is None:
+            # Once a batch: a scan a letter took a release's whole length each (an operator that
+            # dead-letters every record of a release of thousands).
+            index = self._batch_index = {(m.topic(), m.partition(), m.offset()): m for m in batch}
         found: list[tuple[str, bytes | None]] | None = None
-        for msg in self._batch or ():
-            if (msg.topic(), msg.partition(), msg.offset()) == at:
-                # (A record a custom decoder had could be read, or it was dead-lettered then.)
-                try:
-                    found = read_headers(msg) or []
-                except UnreadableHeaders:
-                    found = None
-                break
+        msg = index.get(at)
+        if msg is not None:
+            # (A record a custom decoder had could be read, or it was dead-lettered then.)
+            try:
+                found = read_headers(msg) or []
+            except UnreadableHeaders:
+                found = None
         self._batch_headers[at] = found
         return found
 
@@ -2047,7 +2062,7 @@ class Application:
         offsets = self._next_offsets
         skip = self._skip
         done = 0
-        buf: deque[tuple[float, Any]] = deque()
+        buf: deque[tuple[Any, ...]] = deque()
         #: Per partition touched, the latest event time this call buffered (-inf: dead letters only).
         newest: dict[TP, float] = {}
         # As in _process, bookkeeping is per run of messages of one partition, not per message.
@@ -2126,7 +2141,8 @@ class Application:
                 raise PipelineError(text) from None
             if occurred > run_newest:
                 run_newest = occurred
-            buf.append((occurred, Record(event, topic, part, offset, msg.key(), msg.timestamp()[1], value)))
+            record = Record(event, topic, part, offset, msg.key(), msg.timestamp()[1], value)
+            buf.append((occurred, record, msg))
         end_run()
         if done:
             # Skipped records with nothing buffered before them are processed now.
@@ -2297,6 +2313,8 @@ class Application:
                 counts = _capped_counts([self._buffers[tp] for tp in mine], limit, cap)
                 capped = dict(zip(mine, counts, strict=True))
         runs: dict[int, list[list[Record[Any]]]] = {}
+        #: The released records' messages (their headers, for an operator's dead letter).
+        messages: list[Message] = []
         count = skipped = 0
         # Peer alignment (vigil.stream.peers): a partition whose next record belongs to a backlog
         # (older than REPLAY_BEHIND_S, and not older than what the partition released before: a
@@ -2343,12 +2361,15 @@ class Application:
                     break
                 take -= 1
                 popped += 1
-                _, item = buf.popleft()
+                entry = buf.popleft()
+                item = entry[1]
                 if reached < at <= ahead_of:
                     reached = at
                 if isinstance(item, Record):
                     out.append(item)
                     last = item.offset
+                    if len(entry) > 2:
+                        messages.append(entry[2])
                 elif isinstance(item, int):  # a skipped record (see _buffer)
                     last = item
                     skipped += 1
@@ -2368,14 +2389,20 @@ class Application:
         if skipped:
             self._count_skipped(skipped)
         merged = {part: _merged(rs) for part, rs in runs.items()}
-        if len(merged) <= 1:
-            self._call_operators(merged)
-        else:
-            if self._stateful:
-                self._call_operators(merged, self._stateful)
-            if self._stateless:
-                every = _merged(list(merged.values()))
-                self._call_operators({min(merged): every}, self._stateless)
+        self._batch = messages  # (for the headers of a record an operator dead-letters: _headers_of)
+        try:
+            if len(merged) <= 1:
+                self._call_operators(merged)
+            else:
+                if self._stateful:
+                    self._call_operators(merged, self._stateful)
+                if self._stateless:
+                    every = _merged(list(merged.values()))
+                    self._call_operators({min(merged): every}, self._stateless)
+        finally:
+            self._batch = None
+            self._batch_headers.clear()
+            self._batch_index = None
         self._count_batch(count, count, started)
 
     def _align(self) -> None:

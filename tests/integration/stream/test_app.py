@@ -508,6 +508,41 @@ class Exploding(Operator[Payment]):
         self.explode = explode
 
 
+@pytest.mark.parametrize("aligned", [False, True], ids=["unaligned", "aligned"])
+def test_an_operators_dead_letters_keep_their_records_headers(
+    settings: Settings, names: Callable[[str], str], run_app: Start, aligned: bool
+) -> None:
+    # Aligned in event time (joins, group_by, detection's route stage), the records' messages were
+    # gone when the operators ran: their letters had no headers (so `redrive --rebuild` could not
+    # send them again), and each letter left an entry in a cache nothing cleared (found in review).
+    src, out, name, dlq = names("in"), names("out"), names("app"), names("dlq")
+    make_topics(settings, src, out, partitions=1)
+    events = payments(50, 3)
+    produce_with_raw_headers(
+        settings, src, [(e.key().encode(), encode(e), [(b"trace", e.event_id.encode())]) for e in events]
+    )
+    operator = Exploding(out, dead_letter=True, explode=frozenset(e.event_id for e in events))
+    app = Application(
+        settings,
+        name=name,
+        inputs=[src],
+        operators=[operator],
+        dlq_topic=dlq,
+        instance_id="t1",
+        max_event_time_skew_s=60.0 if aligned else None,
+    )
+    running = run_app(app)
+    wait_for(lambda: bool(running.errors) or app.metrics.dead_lettered >= 50, 60, "50 records dead-lettered")
+    cached = len(app._batch_headers)
+    running.stop()
+    assert not running.errors
+    assert cached == 0
+    letters = [msgspec.json.decode(v, type=DeadLetter) for _, v in read_all(settings, dlq, 1)]
+    assert sorted((letter.offset, letter.headers) for letter in letters) == [
+        (i, [("trace", e.event_id.encode())]) for i, e in enumerate(events)
+    ]
+
+
 def test_operator_error_stops_loudly_with_topic_partition_offset(
     settings: Settings, names: Callable[[str], str], run_app: Start
 ) -> None:
