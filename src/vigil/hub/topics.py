@@ -27,6 +27,9 @@ TOPIC_NAME_MAX = 249
 Cleanup = Literal["delete", "compact"]
 
 DAY = timedelta(days=1)
+#: How long dead letters are kept: a month to fix what failed and send them again (``vigil dlq
+#: redrive``), the declared ``dlq.<stage>`` topics and every application's own alike.
+DEAD_LETTER_RETENTION = 30 * DAY
 
 
 #: The topic config that sets how many replicas acknowledge an ``acks=all`` write.
@@ -221,7 +224,7 @@ def _declared() -> tuple[TopicSpec, ...]:
             value="dead_letter",
             partitions=1,
             description="Raw records the normalisers could not parse, with the reason",
-            retention=30 * DAY,
+            retention=DEAD_LETTER_RETENTION,
         ),
         TopicSpec(
             name="dlq.detect",
@@ -229,7 +232,7 @@ def _declared() -> tuple[TopicSpec, ...]:
             value="dead_letter",
             partitions=1,
             description="Canonical records detection could not decode or process",
-            retention=30 * DAY,
+            retention=DEAD_LETTER_RETENTION,
         ),
         TopicSpec(
             name="dlq.ingest",
@@ -237,7 +240,7 @@ def _declared() -> tuple[TopicSpec, ...]:
             value="dead_letter",
             partitions=1,
             description="Records rejected at the ingest edge (HTTP, produce)",
-            retention=30 * DAY,
+            retention=DEAD_LETTER_RETENTION,
         ),
     ]
     return tuple(specs)

@@ -157,6 +157,7 @@ are undone and its outputs dropped (:mod:`vigil.stream.attempt`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import heapq
 import logging
@@ -211,7 +212,7 @@ from vigil.hub.client import (
     producer_config,
     read_headers,
 )
-from vigil.hub.topics import TOPIC_NAME, TOPIC_NAME_MAX, TOPICS, TopicSpec
+from vigil.hub.topics import DEAD_LETTER_RETENTION, TOPIC_NAME, TOPIC_NAME_MAX, TOPICS, TopicSpec
 from vigil.stream.alignment import REPLAY_BEHIND_S, TP, Alignment
 from vigil.stream.attempt import Attempt, attempt
 from vigil.stream.base import Guarantee, Operator, Record, RecordBatch, State, StoreSpec, shared_stores
@@ -1640,14 +1641,18 @@ class Application:
             (self.late_topic, "raw", f"Events too late for the windows of application {self.name!r}"),
         )
         for name, value, description in kinds:
-            if name not in topics:
-                specs.append(
-                    TOPICS.get(name)
-                    if name in TOPICS
-                    else TopicSpec(
-                        name=name, key="original key", value=value, description=description, partitions=1
-                    )
+            if name in topics:
+                continue
+            spec = TOPICS.get(name) if name in TOPICS else None
+            if spec is None:
+                spec = TopicSpec(
+                    name=name, key="original key", value=value, description=description, partitions=1
                 )
+                if value == "dead_letter":
+                    # (A month, as the declared dlq.<stage> topics: the default 7 days, where the
+                    # README says 30, found in review.)
+                    spec = dataclasses.replace(spec, retention=DEAD_LETTER_RETENTION)
+            specs.append(spec)
         if specs:
             self._asked("creating its output topics", lambda: ensure_topics(self.settings, specs))
 

@@ -541,6 +541,10 @@ def test_an_operators_dead_letters_keep_their_records_headers(
     assert sorted((letter.offset, letter.headers) for letter in letters) == [
         (i, [("trace", e.event_id.encode())]) for i, e in enumerate(events)
     ]
+    # Its own dead-letter topic keeps them a month, as the declared ones do (it was made with the
+    # default 7 days, where the README says 30).
+    retention = describe_live(make_admin(settings), [dlq])[dlq].config["retention.ms"]
+    assert retention == str(30 * 24 * 3600 * 1000)
 
 
 def test_operator_error_stops_loudly_with_topic_partition_offset(
