@@ -501,6 +501,37 @@ def test_a_letter_sent_under_one_filter_is_not_sent_again_without_it(
     assert len(copies(settings, src)) == 3
 
 
+def test_a_record_two_letters_name_is_sent_once_in_a_run_or_across_runs(
+    settings: Settings, topics: tuple[str, str, list[RawRecord]]
+) -> None:
+    # Two operators with the dead-letter policy failing on one record write a letter each (and
+    # an at-least-once stage processing it again, another): each letter's record was sent, so
+    # every stage reading the topic processed it twice (found in review).
+    src, dead, records = topics
+    post(
+        settings,
+        dead,
+        [
+            letter(src, 0, 0, "operator 'a' failed: boom", key=b"k0", raw=records[0].value),
+            letter(src, 0, 0, "operator 'b' failed: boom", key=b"k0", raw=records[0].value),
+            letter(src, 1, 0, "operator 'a' failed: boom"),
+        ],
+    )
+    dry = redrive.redrive(settings, dead, allow_topics=[src], dry_run=True)
+    assert (dry.redriven, dry.sent_before) == (2, 1)
+    done = redrive.redrive(settings, dead, allow_topics=[src])
+    assert (done.redriven, done.sent_before) == (2, 1)
+    assert sent_from(settings, src) == [f"{dead}[0]@0".encode(), f"{dead}[0]@2".encode()]
+    # A later letter of the same record (the stage processed it again): not sent either.
+    post(settings, dead, [letter(src, 0, 0, "operator 'a' failed: boom", key=b"k0", raw=records[0].value)])
+    later = redrive.redrive(settings, dead, allow_topics=[src])
+    assert (later.redriven, later.sent_before) == (0, 1)
+    # Every letter is settled, named in the ledger: nothing is sent reading them all again.
+    again = redrive.redrive(settings, dead, allow_topics=[src], from_beginning=True)
+    assert (again.redriven, again.sent_before) == (0, 4)
+    assert len(copies(settings, src)) == 2
+
+
 def test_a_letter_that_failed_again_is_sent_by_a_run_with_again_and_nothing_else_is(
     settings: Settings, topics: tuple[str, str, list[RawRecord]]
 ) -> None:

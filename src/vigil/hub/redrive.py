@@ -20,9 +20,13 @@ written by whoever may write the dead-letter topic, and an old record appended a
 does harm: to ``vigil.cursors.<source id>`` it rewinds a connector, to ``intel.indicators`` it brings back a
 withdrawn indicator, to ``decisions`` it repeats an action.
 
-Each letter is sent at most once, whatever the filters and flags of the runs.  The letters sent
-are named in a compacted topic beside the dead-letter topic, ``<dead-letter topic>.redriven``
-(key ``<partition>@<offset>``, value a digest of the letter), written in the same Kafka
+Each letter is sent at most once, whatever the filters and flags of the runs, and so is each
+record, whatever letters name it (two operators with a dead-letter policy failing on one record
+write a letter each, and an at-least-once stage processing it again writes another: each letter's
+record was sent, found in review).  The letters sent are named in a compacted topic beside the
+dead-letter topic, ``<dead-letter topic>.redriven`` (key ``<partition>@<offset>``, value a digest
+of the letter and the place of the record sent, ``<topic>[<partition>]@<offset>``; a letter
+whose record was sent for another letter is named there too, without sending), written in the same Kafka
 transaction as the records they sent: a redrive stopped half-way, or killed between sending and
 committing, sent a whole batch and named it, or neither.  A run reads it first, after fencing
 any other redrive of the same dead-letter topic (one transactional id per dead-letter topic:
@@ -104,7 +108,8 @@ _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 class Redriven:
     group: str
     redriven: int = 0
-    #: Letters sent by an earlier run (under any filter), not sent again.
+    #: Letters sent by an earlier run (under any filter), or whose record was sent for another
+    #: letter (of this run or an earlier one), not sent again.
     sent_before: int = 0
     #: Letters a filter passed over (kept for a run whose filter they match, or one without).
     passed: int = 0
@@ -280,6 +285,10 @@ class Fetched:
     def headers(self) -> list[tuple[str, bytes | None]]:
         return list(self._headers or [])
 
+    def where(self) -> str:
+        """``<topic>[<partition>]@<offset>`` of the record (what the ledger names)."""
+        return f"{self.topic()}[{self.partition()}]@{self._message.offset()}"
+
 
 class Rebuilt:
     """A record its topic no longer holds (retention: raw topics keep 3 days, dead-letter topics
@@ -303,6 +312,10 @@ class Rebuilt:
 
     def headers(self) -> list[tuple[str, bytes | None]]:
         return list(self._letter.headers or [])
+
+    def where(self) -> str:
+        """``<topic>[<partition>]@<offset>`` of the record (what the ledger names)."""
+        return f"{self._letter.topic}[{self._letter.partition}]@{self._letter.offset}"
 
 
 class Rebuildable(str):
@@ -410,7 +423,7 @@ def redrive(
         try:
             if producer is not None:
                 ensure_topics(settings, [ledger_spec(topic)], owned=True)
-            sent, stale = _read_ledger(settings, topic, idle_s)
+            sent, records, stale = _read_ledger(settings, topic, idle_s)
             batch = _Batch(stale)
             #: Partitions of ``topic`` with a letter held back in this run: their position stays.
             held: set[int] = set()
@@ -419,10 +432,13 @@ def redrive(
                 read += 1
                 batch.letters += 1
                 partition, offset = message.partition(), message.offset()
-                fate = _take(message, originals, needle, again, sent, out)
+                fate = _take(message, originals, needle, again, sent, records, out)
                 if isinstance(fate, (Fetched, Rebuilt)):
                     batch.sends.append((message, fate))
                     batch.size += len(fate.value() or b"") + len(fate.key() or b"")
+                    records.add(fate.where())
+                elif isinstance(fate, _SentFor):
+                    batch.settled.append((message, fate))
                 elif not fate:
                     held.add(partition)
                 if partition not in held:
@@ -450,11 +466,13 @@ def redrive(
 
 def _read_ledger(
     settings: Settings, topic: str, idle_s: float
-) -> tuple[dict[tuple[int, int], bytes], list[bytes]]:
-    """The letters of ``topic`` sent, ``(partition, offset)`` -> the letter's digest; and the keys
-    of entries naming letters the topic no longer holds (retention, or the topic made again
-    since), to delete."""
+) -> tuple[dict[tuple[int, int], bytes], set[str], list[bytes]]:
+    """The letters of ``topic`` sent, ``(partition, offset)`` -> the letter's digest; the records
+    they sent, ``<topic>[<partition>]@<offset>`` (entries of earlier versions name none); and
+    the keys of entries naming letters the topic no longer holds (retention, or the topic made
+    again since), to delete."""
     sent: dict[tuple[int, int], bytes] = {}
+    places: dict[tuple[int, int], str] = {}
     # (Its writer fenced and settled first: read up to the high watermark, nothing is pending.)
     for message in read_committed(settings, ledger_topic(topic), timeout_s=max(idle_s, 30.0)):
         where = _letter_at(message.key() or b"")
@@ -463,8 +481,15 @@ def _read_ledger(
         value = message.value()
         if value is None:
             sent.pop(where, None)
+            places.pop(where, None)
         else:
-            sent[where] = value.split(b" ", 1)[0]
+            digest, _, record = value.partition(b" ")
+            sent[where] = digest
+            named = record.decode(errors="replace")
+            if _RECORD_PLACE.fullmatch(named) is not None:
+                places[where] = named
+            else:
+                places.pop(where, None)
     stale: list[bytes] = []
     if sent:
         admin = make_admin(settings)
@@ -482,8 +507,13 @@ def _read_ledger(
             low, high = marks.get((topic, p), (0, 0))
             if not low <= o < high:
                 del sent[p, o]
+                places.pop((p, o), None)
                 stale.append(_entry_key(p, o))
-    return sent, stale
+    return sent, set(places.values()), stale
+
+
+#: A record's place in a ledger entry: ``<topic>[<partition>]@<offset>``.
+_RECORD_PLACE = re.compile(r".+\[\d+\]@\d+")
 
 
 def _entry_key(partition: int, offset: int) -> bytes:
@@ -503,18 +533,27 @@ def _digest(letter: Message) -> bytes:
     return hashlib.blake2b(letter.value() or b"", digest_size=12).hexdigest().encode()
 
 
+class _SentFor(str):
+    """A letter whose record was sent for another letter: named in the ledger, not sent again
+    (its value: the record's place)."""
+
+    __slots__ = ()
+
+
 def _take(
     message: Message,
     originals: _Originals,
     needle: str,
     again: bool,
     sent: dict[tuple[int, int], bytes],
+    records: set[str],
     out: Redriven,
-) -> Fetched | Rebuilt | bool:
+) -> Fetched | Rebuilt | _SentFor | bool:
     """The record to send again for the letter ``message``; when none, whether the letter is
-    settled (True: sent before, or never to be sent; the position may move past it) or held
-    back for a later run that admits it (False: filtered out, its topic not allowed, failed
-    again).  Why, in ``out``."""
+    settled (True: sent before, or never to be sent; the position may move past it; a
+    :class:`_SentFor` when its record was sent for another letter, ``records``) or held back for
+    a later run that admits it (False: filtered out, its topic not allowed, failed again).  Why,
+    in ``out``."""
     before = sent.get((message.partition(), message.offset()))
     if before is not None and before == _digest(message):
         out.sent_before += 1
@@ -547,6 +586,9 @@ def _take(
             f"{place(message)}: sent again from {earlier} before, failed again: kept for a run with --again"
         )
         return False
+    if original.where() in records:
+        out.sent_before += 1
+        return _SentFor(original.where())
     if isinstance(original, Fetched) and original.left_out is not None:
         out.without_headers.append(f"{place(message)}: {original.left_out}: sent without them")
     return original
@@ -567,6 +609,8 @@ class _Batch:
     stale: list[bytes] = field(default_factory=list)
     letters: int = 0
     sends: list[tuple[Message, Fetched | Rebuilt]] = field(default_factory=list)
+    #: Letters whose record was sent for another letter: named in the ledger, nothing sent.
+    settled: list[tuple[Message, _SentFor]] = field(default_factory=list)
     #: Bytes of the records to send.
     size: int = 0
     #: Partition of the dead-letter topic -> the offset past its letters settled since the last
@@ -583,9 +627,9 @@ def _commit(
     only moves the position, which waits for the next batch that sends, or the ``last``: a
     transaction costs 20-60 ms, and a run over letters sent before would pay it every batch
     for nothing (read again after a crash, they are skipped again)."""
-    if not (batch.sends or batch.stale or last):
+    if not (batch.sends or batch.settled or batch.stale or last):
         return _Batch(past=batch.past)
-    if producer is not None and (batch.sends or batch.past or batch.stale):
+    if producer is not None and (batch.sends or batch.settled or batch.past or batch.stale):
         at = [TopicPartition(topic, p, o) for p, o in sorted(batch.past.items())]
         out.appended += _send(producer, topic, at, batch, group)
     out.redriven += len(batch.sends)
@@ -631,12 +675,20 @@ def _send(
                 headers=[*headers, (REDRIVEN_FROM, place(letter).encode())],
                 on_delivery=partial(delivered, place(letter)),
             )
-            # The destination in the entry is for whoever reads the ledger: only the digest is read.
+            # The record's place: no other letter naming it sends it again.
             _produce(
                 producer,
                 ledger,
                 key=_entry_key(letter.partition(), letter.offset()),
-                value=_digest(letter) + f" {original.topic()}[{original.partition()}]".encode(),
+                value=_digest(letter) + f" {original.where()}".encode(),
+                on_delivery=entry_refused,
+            )
+        for letter, record in batch.settled:
+            _produce(
+                producer,
+                ledger,
+                key=_entry_key(letter.partition(), letter.offset()),
+                value=_digest(letter) + f" {record}".encode(),
                 on_delivery=entry_refused,
             )
         for key in batch.stale:
