@@ -15,7 +15,8 @@ the topic no longer holds (a topic made again) and a letter not from Kafka (the 
 rejected lines, which the calling service resends) are reported, not sent.
 
 Only stages' inputs are written: ``raw.<source>``, ``events.<domain>`` and ``detect.routed``
-(under any topic prefix), and topics named with ``allow_topics``.  A letter's topic is data,
+(under any topic prefix, but none of Vigil's own topics a prefix makes look like one: see
+:data:`INPUT_TOPIC`), and topics named with ``allow_topics``.  A letter's topic is data,
 written by whoever may write the dead-letter topic, and an old record appended again elsewhere
 does harm: to ``vigil.cursors.<source id>`` it rewinds a connector, to ``intel.indicators`` it brings back a
 withdrawn indicator, to ``decisions`` it repeats an action.
@@ -84,8 +85,14 @@ REDRIVEN_FROM = "vigil.redriven_from"
 #: queues at most 1 GiB.
 BATCH = 200
 BATCH_BYTES = 128 << 20
-#: Stages' inputs, under any topic prefix (one ending in "." as ``topic_prefix`` makes them).
+#: Stages' inputs, under any topic prefix (one ending in "." as ``topic_prefix`` makes them), but
+#: none of Vigil's own topics that a prefix and a name could make look like one (found in
+#: review): a connector's cursors (``vigil.cursors.<source id>``, an id being free text), an
+#: application's changelogs and repartition topics (``<app>.changelog.<store>``,
+#: ``<app>.repartition.<id>``), its peers' words and late events (``<app>.peers``,
+#: ``<app>.late``: an application named ``x.raw``) and a redrive's ledger.
 INPUT_TOPIC = re.compile(
+    r"(?!(?:.*\.)?(?:vigil\.cursors|changelog|repartition)\.)(?!.*\.(?:peers|late|redriven)\Z)"
     r"(?:[A-Za-z0-9._-]*\.)?(?:raw\.[a-z0-9_-]+|events\.(?:"
     + "|".join(sorted(DOMAINS))
     + r")|detect\.routed)"
