@@ -668,6 +668,17 @@ def _send(
         if err is not None and err.code() not in _PURGED:
             refused.append(f"{ledger} entry {(message.key() or b'').decode(errors='replace')}: {err.str()}")
 
+    def named(letter: Message, record: str) -> None:
+        """The ledger's entry for ``letter``, naming the record sent for it (no other letter
+        naming that record sends it again)."""
+        _produce(
+            producer,
+            ledger,
+            key=_entry_key(letter.partition(), letter.offset()),
+            value=_digest(letter) + f" {record}".encode(),
+            on_delivery=entry_refused,
+        )
+
     try:
         producer.begin_transaction()
         for letter, original in batch.sends:
@@ -682,22 +693,9 @@ def _send(
                 headers=[*headers, (REDRIVEN_FROM, place(letter).encode())],
                 on_delivery=partial(delivered, place(letter)),
             )
-            # The record's place: no other letter naming it sends it again.
-            _produce(
-                producer,
-                ledger,
-                key=_entry_key(letter.partition(), letter.offset()),
-                value=_digest(letter) + f" {original.where()}".encode(),
-                on_delivery=entry_refused,
-            )
+            named(letter, original.where())
         for letter, record in batch.settled:
-            _produce(
-                producer,
-                ledger,
-                key=_entry_key(letter.partition(), letter.offset()),
-                value=_digest(letter) + f" {record}".encode(),
-                on_delivery=entry_refused,
-            )
+            named(letter, record)
         for key in batch.stale:
             _produce(producer, ledger, key=key, value=None, on_delivery=entry_refused)
         if at:
