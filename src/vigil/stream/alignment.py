@@ -99,7 +99,7 @@ class Lane:
     #: restored (or waited for): it holds the others, however long (see :meth:`Alignment.holds`).
     restoring: bool = False
     #: Paused while the other processes' cap held its records back (``peer_skew_s``): it holds
-    #: nobody (see :meth:`Alignment.holds`).
+    #: back a backlog's records, not live ones (see :attr:`Alignment.live_floor`).
     peer_held: bool = False
 
 
@@ -125,6 +125,14 @@ class Alignment:
         #: The wall clock (epoch seconds), to tell a replay from live traffic (see ``holds``).
         self.clock: Callable[[], float] = time.time
         self.lanes: dict[TP, Lane] = {}
+        #: The floor without the partitions paused while the other processes' cap held their
+        #: records (``peer_skew_s``; see :meth:`floor`): what live records wait for.  Such a
+        #: partition's time may be far below the floor, and what it waits for is the other
+        #: processes' to move: holding every record back, it made this process's live records
+        #: wait for a slower process (found in review), where live records never wait for the
+        #: others; holding none, a backlog's records of another partition came out ahead of its
+        #: own earlier ones once the cap moved on (found in review too).
+        self.live_floor: float | None = None
         #: Times a partition was paused (for metrics and tests).
         self.pauses = 0
         #: As of the last :meth:`floor`: the oldest latest event time of the partitions that
@@ -173,13 +181,10 @@ class Alignment:
             return left is None or left > 0
         if lane.paused:
             # Paused for being ahead, or for its buffer: either way it has records past the floor
-            # waiting, and its time (above the floor) counts.  Not one paused while the other
-            # processes' cap held its records: its time may be far below the floor, read to its
-            # end or not, and what it waits for is theirs to move (holding, it made this process's
-            # live records wait for a slower process, found in review, where live records never
-            # wait for the others).  What it holds back is past that cap, and so after whatever
-            # the cap lets the others release.
-            return not lane.peer_held
+            # waiting, and its time (above the floor) counts.  (One paused while the other
+            # processes' cap held its records holds back a backlog's records only: see
+            # live_floor.)
+            return True
         idle = now - lane.active_at
         if idle >= self.idle_s:
             # (Live: a partition with nothing to give, or another producer's transaction open on
@@ -238,10 +243,15 @@ class Alignment:
         holding = self.holding
         holding.clear()
         times: list[float] = []
+        live: list[float] = []
         for tp, lane in self.lanes.items():
             if self.holds(tp, lane, now, lag):
                 holding.add(tp)
-                times.append(-math.inf if lane.event_time is None else lane.event_time)
+                at = -math.inf if lane.event_time is None else lane.event_time
+                times.append(at)
+                if not (lane.paused and lane.peer_held):
+                    live.append(at)
+        self.live_floor = min(live) if live else None
         return min(times) if times else None
 
     def limit(self, now: float, lag: Callable[[TP], int | None]) -> float:
@@ -250,6 +260,10 @@ class Alignment:
         unknown)."""
         floor = self.floor(now, lag)
         return math.inf if floor is None else floor
+
+    def live_limit(self) -> float:
+        """What :meth:`limit` last found for live records (see :attr:`live_floor`)."""
+        return math.inf if self.live_floor is None else self.live_floor
 
     def plan(
         self, release: float, buffered: Callable[[TP], int] | None = None, held: Collection[TP] = ()

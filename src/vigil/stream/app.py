@@ -2290,7 +2290,7 @@ class Application:
             )
             raise PipelineError(msg)
 
-    def _release(self, limit: float, peer_cap: float | None = None) -> None:
+    def _release(self, limit: float, peer_cap: float | None = None, live_limit: float | None = None) -> None:
         """Aligned: hand the buffered records up to event time ``limit`` to the operators (and
         with peer alignment, a partition's records of a backlog up to ``peer_cap``: see below).
 
@@ -2303,8 +2303,11 @@ class Application:
         emit for one key from several partitions (an IP's logins by many customers) goes on in
         event-time order.  Calls are per release, not per slice of event time: a slice holds only
         a record or two when a backlog is replayed (event time racing ahead of the wall clock),
-        so per-call costs would dominate."""
+        so per-call costs would dominate.  ``live_limit``: how far live records may go (with peer
+        alignment, past ``limit``: see :attr:`~vigil.stream.alignment.Alignment.live_floor`)."""
         started = time.perf_counter()
+        if live_limit is None or live_limit < limit:
+            live_limit = limit
         owned = self._owned
         offsets = self._next_offsets
         # The operators slow (see _pace_batches), at most _cap records: a release holds what
@@ -2315,7 +2318,7 @@ class Application:
         if cap < _NO_CAP:
             mine = [tp for tp in self._buffers if tp in owned]
             if sum(len(self._buffers[tp]) for tp in mine) > cap:
-                counts = _capped_counts([self._buffers[tp] for tp in mine], limit, cap)
+                counts = _capped_counts([self._buffers[tp] for tp in mine], live_limit, cap)
                 capped = dict(zip(mine, counts, strict=True))
         runs: dict[int, list[list[Record[Any]]]] = {}
         #: The released records' messages (their headers, for an operator's dead letter).
@@ -2346,8 +2349,14 @@ class Application:
         # (A record dated ahead of the wall clock is not where its partition has reached: taken
         # for it, every record after it looked late, and went uncapped.)
         ahead_of = before + REPLAY_BEHIND_S + _FUTURE_TOLERANCE_S
+        # Live records (not of a backlog) go up to live_limit: a partition the others' cap holds
+        # back holds back a backlog's records alone (see Alignment.live_floor).
+        live_from = before if peers_on and live_limit > limit else math.inf
         for tp, buf in self._buffers.items():
-            if not buf or tp not in owned or buf[0][0] > limit:
+            if not buf or tp not in owned:
+                continue
+            head = buf[0][0]
+            if head > limit and not live_from <= head <= live_limit:
                 continue
             take = len(buf) if capped is None else capped[tp]
             if not take:
@@ -2358,7 +2367,7 @@ class Application:
             popped = 0
             while take and buf:
                 at = buf[0][0]
-                if at > limit:
+                if at > limit and not live_from <= at <= live_limit:
                     break
                 if capping and cap_at < at and reached <= at < before:
                     self._peer_held = True  # (a backlog's record, in order, past the others' cap)
@@ -2495,7 +2504,7 @@ class Application:
             # Asked again last (see _start_lag): first in order, it took every turn.
             alignment.last(self._start_lag_failed)
             self._start_lag_failed.clear()
-        self._release(limit, peer_cap)
+        self._release(limit, peer_cap, alignment.live_limit())
         buffers = self._buffers
         if peers is not None and peers.due(now):
             self._publish_words(peers, now)

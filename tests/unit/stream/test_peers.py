@@ -416,3 +416,44 @@ def test_live_records_do_not_wait_for_a_partition_paused_for_the_others_cap(
     app._align()
     assert [o for p, o in op.offsets if p == 0] == list(range(50))
     assert consumer.resumed == [P0]
+
+
+def test_a_backlog_stays_in_event_time_order_beside_a_partition_paused_for_the_others_cap(
+    tmp_path: Path,
+) -> None:
+    # Holding nobody back once paused for the others' cap, a partition let another partition's
+    # backlog run past its own records not read yet as soon as the cap moved on: out of
+    # event-time order within one process (found in review).  It holds a backlog's records back
+    # (and live ones not: the test above).
+    app, op, alignment, f, _ = running(tmp_path)  # max_buffered 10: its cap 40
+    consumer = app._consumer
+    assert isinstance(consumer, Reading)
+    now = time.monotonic()
+    alignment.add([P2], now)
+    task = _PartitionTask(2)
+    task.contexts = [(op, _KafkaContext(app, task, op))]
+    app._tasks[2] = task
+    app._owned.add(P2)
+    app._backlog_seen_at, app._catching_up_since = now, now - PEER_GRACE_S  # (its grace over)
+    say(f, P1, OLD, now)  # the slower process: its cap OLD + 60
+    at: dict[tuple[int, int], float] = {}
+
+    def read(tp: TP, times: list[float]) -> None:
+        first = app._consumed.get(tp, 0)
+        app._buffers.setdefault(tp, deque()).extend(_record(tp, first + i, t) for i, t in enumerate(times))
+        at.update({(tp[1], first + i): t for i, t in enumerate(times)})
+        app._consumed[tp] = first + len(times)
+        alignment.observe(tp, max(times), time.monotonic())
+
+    read(P0, [OLD + 100 + i * 0.01 for i in range(50)])  # dense, more to read after
+    read(P2, [OLD + 100 + i for i in range(10)])  # sparse
+    app._align()
+    assert consumer.paused == [P0]
+    assert op.offsets == []
+    say(f, P1, OLD + 1_000, time.monotonic())  # the slower process moves on
+    app._align()
+    read(P0, [OLD + 100.5 + i * 0.1 for i in range(10)])  # P0's next records come
+    app._align()
+    released = [at[o] for o in op.offsets]
+    assert len(released) > 50
+    assert released == sorted(released)
