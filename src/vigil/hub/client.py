@@ -99,10 +99,12 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
 
 
 #: librdkafka's names for one setting (an alias and the name it stands for): given either way
-#: in ``kafka_client_options``, it replaces what Vigil set the other way.  (Left beside it,
-#: Vigil's won: librdkafka applies the name an alias stands for last, and an operator's
-#: ``queue.buffering.max.ms`` of 100 ran at 5.)  Aliases of settings Vigil depends on are
-#: refused when the settings load.
+#: in ``kafka_client_options``, it replaces what Vigil set the other way, under that name too.
+#: (Left beside it, Vigil's won: librdkafka applies the name an alias stands for last, and an
+#: operator's ``queue.buffering.max.ms`` of 100 ran at 5.  Taken out instead, what reads the
+#: setting by Vigil's name found none: ``vigil simulate`` stopped on a KeyError given
+#: ``compression.codec``, found in review.)  Aliases of settings Vigil depends on are refused
+#: when the settings load.
 _SAME_SETTING: tuple[frozenset[str], ...] = (
     frozenset({"linger.ms", "queue.buffering.max.ms"}),
     frozenset({"compression.type", "compression.codec"}),
@@ -118,11 +120,12 @@ def _with_options(settings: Settings, conf: dict[str, Any]) -> dict[str, Any]:
     the settings load (config.GUARANTEE_CLIENT_OPTIONS), so none of these undoes a guarantee."""
     if settings.kafka_client_options:
         options = settings.kafka_client_options.get_secret_value()
-        for key in options:
+        for key, value in options.items():
             for names in _SAME_SETTING:
                 if key.lower() in names:
                     for other in names - {key.lower()}:
-                        conf.pop(other, None)
+                        if other in conf:
+                            conf[other] = value
         conf.update(options)
     return conf
 
@@ -188,7 +191,7 @@ def new_producer(conf: dict[str, Any]) -> Producer:
     try:
         return Producer(_logged(conf))
     except KafkaException as exc:
-        raise client_refused(exc, "producer") from None
+        raise client_refused(exc, "a producer") from None
 
 
 def new_consumer(conf: dict[str, Any]) -> Consumer:
@@ -196,7 +199,7 @@ def new_consumer(conf: dict[str, Any]) -> Consumer:
     try:
         return Consumer(_logged(conf))
     except KafkaException as exc:
-        raise client_refused(exc, "consumer") from None
+        raise client_refused(exc, "a consumer") from None
 
 
 def client_refused(exc: KafkaException, what: str) -> ConfigError:
@@ -205,16 +208,21 @@ def client_refused(exc: KafkaException, what: str) -> ConfigError:
     broker, so this is the configuration's: ``max.poll.interval.ms`` below the runtime's session
     timeout, given in ``kafka_client_options``, ended ``vigil normalize`` with a traceback."""
     msg = (
-        f"the Kafka client settings were refused making a {what}: {_hidden(exc)} (Vigil's own for it, the "
+        f"the Kafka client settings were refused making {what}: {_hidden(exc)} (Vigil's own for it, the "
         "connection's TLS and SASL settings, and kafka_client_options, VIGIL_KAFKA_CLIENT_OPTIONS, on top)"
     )
     return ConfigError(msg)
 
 
 def make_admin(settings: Settings) -> AdminClient:
+    """An admin client; one librdkafka refuses to make is a :class:`ConfigError` (its raw error
+    quoted the value refused, found in review)."""
     # No logger: a client given one holds its lines until it is polled, and admin clients are
     # not (their lines were lost); librdkafka prints an admin client's lines itself.
-    return AdminClient(settings.kafka_client_config())
+    try:
+        return AdminClient(settings.kafka_client_config())
+    except KafkaException as exc:
+        raise client_refused(exc, "an admin client") from None
 
 
 #: Where a reachability check's client logs: nowhere.  librdkafka printed its own ``%3|...|FAIL|``
@@ -228,12 +236,19 @@ _QUIET.propagate = False
 #: librdkafka's refusal of a configuration value quotes it: hidden in what Vigil says, up to the
 #: last ``" for configuration property`` (a value holding a quote showed what followed it).
 _INVALID_VALUE = re.compile(r'Invalid value ".*" (?=for configuration property)', re.DOTALL)
+#: Its other wording, of a number out of range (found in review): ``Configuration property "x"
+#: value 123 is outside allowed range 10..300000``.
+_OUT_OF_RANGE = re.compile(
+    r'(Configuration property "[^"]*" value ).*?(?= is outside allowed range)', re.DOTALL
+)
 
 
 def _hidden(exc: KafkaException) -> str:
     """librdkafka's refusal of a client's settings, the values it quotes hidden."""
     refused = kafka_error(exc)
-    return _INVALID_VALUE.sub("Invalid value <hidden> ", refused.str() if refused is not None else str(exc))
+    text = refused.str() if refused is not None else str(exc)
+    text = _INVALID_VALUE.sub("Invalid value <hidden> ", text)
+    return _OUT_OF_RANGE.sub(r"\1<hidden>", text).strip()
 
 
 def listed_topic(settings: Settings, client: Any, topic: str, hint: str = "") -> Any:

@@ -45,6 +45,10 @@ def test_options_given_by_an_alias_win_over_what_vigil_sets_by_the_other_name(tm
     )
     got = _effective(producer_config(settings), ("queue.buffering.max.ms", "compression.codec"))
     assert got == {"queue.buffering.max.ms": "100", "compression.codec": "zstd"}
+    # Under Vigil's name too: what reads it there (the simulator's codec) found none, and `vigil
+    # simulate` stopped on a KeyError (found in review).
+    conf = producer_config(settings)
+    assert (conf["linger.ms"], conf["compression.type"]) == (100, "zstd")
     # Vigil's own, with no option given.
     plain = load_settings(kafka_bootstrap="127.0.0.1:1", home=tmp_path)
     got = _effective(producer_config(plain), ("queue.buffering.max.ms", "compression.codec"))

@@ -9,7 +9,7 @@ import pytest
 
 from vigil.config import load_settings
 from vigil.errors import ConfigError
-from vigil.hub.client import make_consumer, make_producer
+from vigil.hub.client import make_admin, make_consumer, make_producer
 
 
 def test_client_options_librdkafka_refuses_together_are_a_config_error_naming_the_setting(
@@ -37,3 +37,24 @@ def test_a_refused_value_is_not_shown(tmp_path: Path, value: str) -> None:
     assert "LEAKED" not in str(caught.value)
     assert caught.value.__cause__ is None
     assert caught.value.__suppress_context__
+
+
+def test_a_value_out_of_range_is_not_shown_and_an_admin_client_refused_is_a_config_error(
+    tmp_path: Path,
+) -> None:
+    # librdkafka's other wording showed the value ('Configuration property "..." value 123456789
+    # is outside allowed range'), and an admin client's refusal came raw, the value quoted
+    # (found in review).
+    out_of_range = load_settings(
+        kafka_bootstrap="127.0.0.1:1", home=tmp_path, kafka_client_options={"socket.timeout.ms": 123456789}
+    )
+    with pytest.raises(ConfigError, match=r'"socket\.timeout\.ms" value <hidden> is outside') as caught:
+        make_producer(out_of_range)
+    assert "123456789" not in str(caught.value)
+    assert "\n" not in str(caught.value)
+    invalid = load_settings(
+        kafka_bootstrap="127.0.0.1:1", home=tmp_path, kafka_client_options={"compression.codec": "s3cr3t"}
+    )
+    with pytest.raises(ConfigError, match=r"refused making an admin client") as caught:
+        make_admin(invalid)
+    assert "s3cr3t" not in str(caught.value)
