@@ -45,6 +45,17 @@ def test_a_line_repeats_once_a_minute_and_other_kinds_options_are_not_warned_of(
     assert lines.filter(_line("FAIL", fail.format(3)))  # a minute on
 
 
+def test_a_brokers_line_is_not_taken_for_a_repeat_of_anothers() -> None:
+    # Names and addresses that differ in digits alone (kafka-1, kafka-2) made one line of every
+    # broker's failure: one broker seemed down where three were (found in review).
+    lines = _LibrdkafkaLines()
+    fail = "sasl_ssl://kafka-{0}:9093/{0}: Connect to ipv4#10.0.0.{0}:9093 failed: refused (after {1}ms)"
+    assert [lines.filter(_line("FAIL", fail.format(n, 0))) for n in (1, 2, 3)] == [True, True, True]
+    assert not lines.filter(_line("FAIL", fail.format(2, 5)))  # broker 2's again, but for its numbers
+    assert lines.filter(_line("FAIL", "10.0.0.4:9092/bootstrap: Connect to ipv4#10.0.0.4:9092 failed"))
+    assert lines.filter(_line("FAIL", "10.0.0.5:9092/bootstrap: Connect to ipv4#10.0.0.5:9092 failed"))
+
+
 def test_a_clients_lines_reach_vigils_log(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
