@@ -10,14 +10,16 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from vigil.config import Settings
+from vigil.config import Settings, load_settings
 from vigil.errors import BrokerError
 from vigil.hub import client
 from vigil.hub.admin import ensure_topics
+from vigil.hub.broker import free_port_block
 from vigil.hub.client import (
     iter_committed,
     make_admin,
@@ -155,3 +157,14 @@ def test_a_reader_stopped_early_gives_records_as_read_and_closes_its_consumer(
     reader.close()
     with pytest.raises(RuntimeError, match="closed"):
         stopped.assignment()
+
+
+def test_a_topic_not_there_reads_as_empty_and_a_broker_out_of_reach_is_said_naming_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    assert read_committed(settings, f"absent-{uuid.uuid4().hex[:8]}", timeout_s=5) == []
+    # Out of reach: a bare KafkaException after 10 s whatever the timeout, naming no topic (found
+    # in review).
+    gone = load_settings(kafka_bootstrap=f"127.0.0.1:{free_port_block(1)}", home=tmp_path)
+    with pytest.raises(BrokerError, match=r"reading 'cursors': .*transport"):
+        read_committed(gone, "cursors", timeout_s=2)

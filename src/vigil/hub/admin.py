@@ -1,9 +1,11 @@
 """Apply the declared topics to a cluster and compare declared with live.
 
 ``apply`` is idempotent: it creates missing topics, raises partition counts that are
-below the declaration (Kafka cannot lower them; that is reported, not attempted) and
-sets configs that differ (``min.insync.replicas`` only when lower than declared for the
-replicas the topic has).  A second run finds nothing to do and says so.
+below the declaration only when asked (``add_partitions``, never for a compacted topic unless
+its declaration allows it: a key's records would be left behind in its old partition; otherwise
+a note says why not, as for a count above it, which Kafka cannot lower) and sets configs that
+differ (``min.insync.replicas`` only when lower than declared for the replicas the topic
+has).  A second run finds nothing to do and says so.
 """
 
 from __future__ import annotations

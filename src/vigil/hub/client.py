@@ -29,7 +29,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from vigil.config import Settings, classic_group_refusal
-from vigil.errors import BrokerError, BrokerUnanswered, ConfigError, ContractError, chained
+from vigil.errors import BrokerError, BrokerUnanswered, ConfigError, ContractError, chained, message_of
 from vigil.events.base import Event
 from vigil.events.codec import encode
 from vigil.hub.aside import call_aside
@@ -577,7 +577,20 @@ def iter_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> G
         **{"fetch.wait.max.ms": 20},
     )
     try:
-        partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        try:
+            found = consumer.list_topics(topic, timeout=max(1.0, min(timeout_s, 30.0))).topics.get(topic)
+        except KafkaException as exc:
+            # (Raw, it named no topic, and took 10 s whatever the timeout: found in review.)
+            err = kafka_error(exc)
+            msg = f"reading {topic!r}: {err.str() if err is not None else message_of(exc)}"
+            raise BrokerError(msg) from None
+        error = found.error if found is not None else None
+        if error is not None and error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+            # Not the credential's to see, say: read as empty, a cursor or a redrive's ledger
+            # would start over (found in review).  A topic not there holds nothing.
+            msg = f"reading {topic!r}: {error.str()}"
+            raise BrokerError(msg)
+        partitions = sorted(found.partitions) if found is not None and error is None else []
         # (The ends asked with the broker's usual patience: ``timeout_s`` is for reading to them.)
         marks = partition_offsets(
             settings, [(topic, p) for p in partitions], time.monotonic() + max(timeout_s, 30.0)
@@ -690,7 +703,13 @@ class EventProducer:
     def flush(self, timeout: float = 60.0) -> None:
         remaining = self._producer.flush(timeout)
         if remaining:
-            msg = f"{remaining} messages not delivered within {timeout:g}s"
+            # (Still on their way, not refused: "not delivered" invited a rerun that could write
+            # them twice, found in review.)
+            failed = f"; {len(self._errors)} refused, first: {self._errors[0]}" if self._errors else ""
+            msg = (
+                f"{remaining} records not acknowledged within {timeout:g}s: whether they were written "
+                f"is not known{failed}"
+            )
             raise DeliveryFailed(msg)
         if self._errors:
             errors, self._errors = self._errors, []
