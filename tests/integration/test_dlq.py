@@ -522,14 +522,21 @@ def test_a_record_two_letters_name_is_sent_once_in_a_run_or_across_runs(
     done = redrive.redrive(settings, dead, allow_topics=[src])
     assert (done.redriven, done.sent_before) == (2, 1)
     assert sent_from(settings, src) == [f"{dead}[0]@0".encode(), f"{dead}[0]@2".encode()]
-    # A later letter of the same record (the stage processed it again): not sent either.
-    post(settings, dead, [letter(src, 0, 0, "operator 'a' failed: boom", key=b"k0", raw=records[0].value)])
-    later = redrive.redrive(settings, dead, allow_topics=[src])
-    assert (later.redriven, later.sent_before) == (0, 1)
+    # A later letter of the same record written before it was sent (a stage that processed it
+    # again, its letter late): settled by that send too, whatever the run's filter.
+    late = letter(src, 0, 0, "operator 'a' failed: boom", key=b"k0", raw=records[0].value)
+    post(settings, dead, [late])
+    later = redrive.redrive(settings, dead, allow_topics=[src], reason_contains="operator 'b'")
+    assert (later.redriven, later.sent_before, later.passed) == (0, 1, 0)
+    # One written after it was sent is a failure of its own (the record replayed and failing
+    # again once the cause was back): sent.
+    post(settings, dead, [msgspec.structs.replace(late, failed_at=datetime.now(UTC))])
+    anew = redrive.redrive(settings, dead, allow_topics=[src])
+    assert (anew.redriven, anew.sent_before) == (1, 0)
     # Every letter is settled, named in the ledger: nothing is sent reading them all again.
     again = redrive.redrive(settings, dead, allow_topics=[src], from_beginning=True)
-    assert (again.redriven, again.sent_before) == (0, 4)
-    assert len(copies(settings, src)) == 2
+    assert (again.redriven, again.sent_before) == (0, 5)
+    assert sent_from(settings, src) == [f"{dead}[0]@{i}".encode() for i in (0, 2, 4)]
 
 
 def test_a_letter_that_failed_again_is_sent_by_a_run_with_again_and_nothing_else_is(
@@ -600,7 +607,16 @@ def test_a_dead_letter_topic_made_again_has_its_new_letters_sent_once_each(
             break
         except TopicError:
             time.sleep(0.2)
-    post(settings, dead, [letter(src, 1, 0, "binance: after"), letter(src, 0, 1, "coinbase: after")])
+    # (Failures since: their records were sent before, for the letters before.)
+    since = datetime.now(UTC)
+    post(
+        settings,
+        dead,
+        [
+            msgspec.structs.replace(letter(src, 1, 0, "binance: after"), failed_at=since),
+            msgspec.structs.replace(letter(src, 0, 1, "coinbase: after"), failed_at=since),
+        ],
+    )
     assert redrive.redrive(settings, dead, allow_topics=[src], reason_contains="coinbase").redriven == 1
     assert redrive.redrive(settings, dead, allow_topics=[src]).redriven == 1
     # Two copies name each of dead[0]@0 and @1: the letter before, and the other one there since.

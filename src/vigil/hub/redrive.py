@@ -21,13 +21,15 @@ written by whoever may write the dead-letter topic, and an old record appended a
 does harm: to ``vigil.cursors.<source id>`` it rewinds a connector, to ``intel.indicators`` it brings back a
 withdrawn indicator, to ``decisions`` it repeats an action.
 
-Each letter is sent at most once, whatever the filters and flags of the runs, and so is each
-record, whatever letters name it (two operators with a dead-letter policy failing on one record
-write a letter each, and an at-least-once stage processing it again writes another: each letter's
-record was sent, found in review).  The letters sent are named in a compacted topic beside the
-dead-letter topic, ``<dead-letter topic>.redriven`` (key ``<partition>@<offset>``, value a digest
-of the letter and the place of the record sent, ``<topic>[<partition>]@<offset>``; a letter
-whose record was sent for another letter is named there too, without sending), written in the same Kafka
+Each letter is sent at most once, whatever the filters and flags of the runs, and a letter
+written before its record was sent for another letter is settled by that send (two operators
+with a dead-letter policy failing on one record write a letter each, and an at-least-once stage
+processing it again writes another: each letter's record was sent, found in review); one written
+after is a failure of its own, and sent.  The letters sent are named in a compacted topic beside
+the dead-letter topic, ``<dead-letter topic>.redriven`` (key ``<partition>@<offset>``, value a
+digest of the letter, the place of the record sent, ``<topic>[<partition>]@<offset>``, and
+when, in epoch milliseconds; a letter settled by another's send is named there too, without
+sending), written in the same Kafka
 transaction as the records they sent: a redrive stopped half-way, or killed between sending and
 committing, sent a whole batch and named it, or neither.  A run reads it first, after fencing
 any other redrive of the same dead-letter topic (one transactional id per dead-letter topic:
@@ -50,6 +52,7 @@ redelivery.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import time
 import uuid
@@ -115,8 +118,8 @@ _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 class Redriven:
     group: str
     redriven: int = 0
-    #: Letters sent by an earlier run (under any filter), or whose record was sent for another
-    #: letter (of this run or an earlier one), not sent again.
+    #: Letters sent by an earlier run (under any filter), or written before their record was
+    #: sent for another letter (of this run or an earlier one), not sent again.
     sent_before: int = 0
     #: Letters a filter passed over (kept for a run whose filter they match, or one without).
     passed: int = 0
@@ -443,9 +446,10 @@ def redrive(
                 if isinstance(fate, (Fetched, Rebuilt)):
                     batch.sends.append((message, fate))
                     batch.size += len(fate.value() or b"") + len(fate.key() or b"")
-                    records.add(fate.where())
+                    records[fate.where()] = math.inf  # (every letter read was written before)
                 elif isinstance(fate, _SentFor):
-                    batch.settled.append((message, fate))
+                    # (Named as sent when its record was: a later failure is compared with that.)
+                    batch.settled.append((message, fate, records[fate]))
                 elif not fate:
                     held.add(partition)
                 if partition not in held:
@@ -473,13 +477,13 @@ def redrive(
 
 def _read_ledger(
     settings: Settings, topic: str, idle_s: float
-) -> tuple[dict[tuple[int, int], bytes], set[str], list[bytes]]:
+) -> tuple[dict[tuple[int, int], bytes], dict[str, float], list[bytes]]:
     """The letters of ``topic`` sent, ``(partition, offset)`` -> the letter's digest; the records
-    they sent, ``<topic>[<partition>]@<offset>`` (entries of earlier versions name none); and
-    the keys of entries naming letters the topic no longer holds (retention, or the topic made
-    again since), to delete."""
+    sent, ``<topic>[<partition>]@<offset>`` -> when (epoch seconds; entries of earlier versions
+    name none); and the keys of entries naming letters the topic no longer holds (retention, or
+    the topic made again since), to delete."""
     sent: dict[tuple[int, int], bytes] = {}
-    places: dict[tuple[int, int], str] = {}
+    places: dict[tuple[int, int], tuple[str, float]] = {}
     # (Its writer fenced and settled first: read up to the high watermark, nothing is pending.)
     for message in read_committed(settings, ledger_topic(topic), timeout_s=max(idle_s, 30.0)):
         where = _letter_at(message.key() or b"")
@@ -490,11 +494,11 @@ def _read_ledger(
             sent.pop(where, None)
             places.pop(where, None)
         else:
-            digest, _, record = value.partition(b" ")
+            digest, *named = value.split(b" ")
             sent[where] = digest
-            named = record.decode(errors="replace")
-            if _RECORD_PLACE.fullmatch(named) is not None:
-                places[where] = named
+            record = named[0].decode(errors="replace") if len(named) == 2 else ""
+            if _RECORD_PLACE.fullmatch(record) is not None and named[1].isdigit():
+                places[where] = (record, int(named[1]) / 1000)
             else:
                 places.pop(where, None)
     stale: list[bytes] = []
@@ -516,7 +520,10 @@ def _read_ledger(
                 del sent[p, o]
                 places.pop((p, o), None)
                 stale.append(_entry_key(p, o))
-    return sent, set(places.values()), stale
+    records: dict[str, float] = {}
+    for record, at in places.values():
+        records[record] = max(at, records.get(record, at))
+    return sent, records, stale
 
 
 #: A record's place in a ledger entry: ``<topic>[<partition>]@<offset>``.
@@ -553,12 +560,13 @@ def _take(
     needle: str,
     again: bool,
     sent: dict[tuple[int, int], bytes],
-    records: set[str],
+    records: dict[str, float],
     out: Redriven,
 ) -> Fetched | Rebuilt | _SentFor | bool:
     """The record to send again for the letter ``message``; when none, whether the letter is
     settled (True: sent before, or never to be sent; the position may move past it; a
-    :class:`_SentFor` when its record was sent for another letter, ``records``) or held back for
+    :class:`_SentFor` when it was written before its record was sent for another letter,
+    ``records``: when each was) or held back for
     a later run that admits it (False: filtered out, its topic not allowed, failed again).  Why,
     in ``out``."""
     before = sent.get((message.partition(), message.offset()))
@@ -570,6 +578,14 @@ def _take(
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         out.undecodable.append(f"{place(message)}: {exc}")
         return True
+    if letter.partition >= 0 and letter.offset >= 0:
+        # Settled whatever the filters (its record sent, nothing is left to do), and before its
+        # record is looked for: gone since, with retention, it was held back for a run with
+        # --rebuild that would then send nothing (found in review).
+        record = f"{letter.topic}[{letter.partition}]@{letter.offset}"
+        if letter.failed_at.timestamp() <= records.get(record, -math.inf):
+            out.sent_before += 1
+            return _SentFor(record)
     if needle and needle not in letter.reason.lower():
         out.passed += 1
         return False
@@ -593,9 +609,6 @@ def _take(
             f"{place(message)}: sent again from {earlier} before, failed again: kept for a run with --again"
         )
         return False
-    if original.where() in records:
-        out.sent_before += 1
-        return _SentFor(original.where())
     if isinstance(original, Fetched) and original.left_out is not None:
         out.without_headers.append(f"{place(message)}: {original.left_out}: sent without them")
     return original
@@ -616,8 +629,9 @@ class _Batch:
     stale: list[bytes] = field(default_factory=list)
     letters: int = 0
     sends: list[tuple[Message, Fetched | Rebuilt]] = field(default_factory=list)
-    #: Letters whose record was sent for another letter: named in the ledger, nothing sent.
-    settled: list[tuple[Message, _SentFor]] = field(default_factory=list)
+    #: Letters whose record was sent for another letter, and when (epoch seconds; inf: in this
+    #: run): named in the ledger, nothing sent.
+    settled: list[tuple[Message, _SentFor, float]] = field(default_factory=list)
     #: Bytes of the records to send.
     size: int = 0
     #: Partition of the dead-letter topic -> the offset past its letters settled since the last
@@ -668,14 +682,16 @@ def _send(
         if err is not None and err.code() not in _PURGED:
             refused.append(f"{ledger} entry {(message.key() or b'').decode(errors='replace')}: {err.str()}")
 
-    def named(letter: Message, record: str) -> None:
-        """The ledger's entry for ``letter``, naming the record sent for it (no other letter
-        naming that record sends it again)."""
+    now = time.time()
+
+    def named(letter: Message, record: str, when: float = math.inf) -> None:
+        """The ledger's entry for ``letter``, naming the record sent for it and when (epoch
+        seconds; inf: now), so that no letter of that record written before is sent again."""
         _produce(
             producer,
             ledger,
             key=_entry_key(letter.partition(), letter.offset()),
-            value=_digest(letter) + f" {record}".encode(),
+            value=_digest(letter) + f" {record} {int((now if math.isinf(when) else when) * 1000)}".encode(),
             on_delivery=entry_refused,
         )
 
@@ -694,8 +710,8 @@ def _send(
                 on_delivery=partial(delivered, place(letter)),
             )
             named(letter, original.where())
-        for letter, record in batch.settled:
-            named(letter, record)
+        for letter, record, when in batch.settled:
+            named(letter, record, when)
         for key in batch.stale:
             _produce(producer, ledger, key=key, value=None, on_delivery=entry_refused)
         if at:

@@ -235,8 +235,10 @@ class TopicFollower:
 
     @property
     def ready(self) -> bool:
-        """Caught up, and still reading (False once the reader has failed: see :meth:`check`)."""
-        return self._ready.is_set() and self._failure is None
+        """Caught up, and still reading (False once the reader has failed, see :meth:`check`, or
+        once asked to stop: a stop from another thread as the start set "caught up" left it said
+        ready with no reader, found in review)."""
+        return self._ready.is_set() and self._failure is None and not self._stop.is_set()
 
     @property
     def running(self) -> bool:
@@ -304,10 +306,11 @@ class TopicFollower:
                 # Empty, and ready; the reader looks for the topic (_follow_partitions).
                 self._waiting = True
                 self._ready.set()
-                self._thread = threading.Thread(
-                    target=self._run, args=(consumer, set(), {}), name=self.name, daemon=True
+                self._started(
+                    threading.Thread(
+                        target=self._run, args=(consumer, set(), {}), name=self.name, daemon=True
+                    )
                 )
-                self._thread.start()
                 return True
             self._admin = make_admin(self.settings)
             try:
@@ -333,11 +336,18 @@ class TopicFollower:
         except BaseException:
             consumer.close()
             raise
-        self._thread = threading.Thread(
-            target=self._run, args=(consumer, set(meta.partitions), ends), name=self.name, daemon=True
+        self._started(
+            threading.Thread(
+                target=self._run, args=(consumer, set(meta.partitions), ends), name=self.name, daemon=True
+            )
         )
-        self._thread.start()
         return True
+
+    def _started(self, thread: threading.Thread) -> None:
+        """``thread`` started, then known as the reader (known first, a stop from another thread
+        in between joined a thread not started yet, and raised: found in review)."""
+        thread.start()
+        self._thread = thread
 
     def _metadata(self, consumer: Consumer, deadline: float, abort: Callable[[], bool] | None) -> Any:
         """The topic's metadata (None: the broker does not list it), asked a second at a time
