@@ -30,7 +30,7 @@ from confluent_kafka.admin import (
 from vigil.config import Settings
 from vigil.errors import BrokerError, TopicError
 from vigil.hub.client import partition_offsets
-from vigil.hub.topics import MIN_INSYNC, TopicSpec
+from vigil.hub.topics import MIN_INSYNC, TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,15 @@ def apply(
                 left = {k: v for k, v in d.config_changes.items() if k not in kept}
                 if left:
                     changes = ", ".join(f"{k} {was} (declared {new})" for k, (was, new) in left.items())
-                    note = f"settings left as they are: {changes}; `vigil topics apply` sets them"
+                    # (`vigil topics apply` knows the declared topics alone: an application's own
+                    # dead-letter topic is not one, found in review.)
+                    how = (
+                        "`vigil topics apply` sets them"
+                        if d.spec.name in TOPICS
+                        else f"set them on the topic (kafka-configs.sh --alter --entity-type topics "
+                        f"--entity-name {d.spec.name} --add-config ...)"
+                    )
+                    note = f"settings left as they are: {changes}; {how}"
                     d.notes.append(note)
                     if any(_loses_data(k, was, new) for k, (was, new) in left.items()):
                         d.alarms.append(note)

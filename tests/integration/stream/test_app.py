@@ -547,6 +547,30 @@ def test_an_operators_dead_letters_keep_their_records_headers(
     assert retention == str(30 * 24 * 3600 * 1000)
 
 
+def test_a_dead_letter_topic_an_earlier_version_made_is_said_to_keep_letters_too_short(
+    settings: Settings, names: Callable[[str], str], run_app: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Made with the default 7 days, it was left as it was, and nothing said so (found in review).
+    src, out, name, dlq = names("in"), names("out"), names("app"), names("dlq")
+    make_topics(settings, src, out, partitions=1)
+    ensure_topics(settings, [TopicSpec(dlq, "original key", "dead_letter", "made before", partitions=1)])
+    with caplog.at_level(logging.WARNING, logger="vigil.hub.admin"):
+        running = run_app(
+            Application(settings, name=name, inputs=[src], operators=[Exploding(out)], dlq_topic=dlq)
+        )
+        wait_for(
+            lambda: bool(running.errors) or bool(running.app.metrics.assigned), 60, "the application running"
+        )
+        running.stop()
+    assert not running.errors
+    said = [r.getMessage() for r in caplog.records if dlq in r.getMessage()]
+    assert any(
+        "retention.ms 604800000 (declared 2592000000)" in m and "kafka-configs.sh --alter" in m for m in said
+    ), said
+    retention = describe_live(make_admin(settings), [dlq])[dlq].config["retention.ms"]
+    assert retention == "604800000"  # (left as it is: an operator's choice, or not, is theirs to change)
+
+
 def test_operator_error_stops_loudly_with_topic_partition_offset(
     settings: Settings, names: Callable[[str], str], run_app: Start
 ) -> None:
