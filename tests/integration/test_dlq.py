@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import time
@@ -537,6 +538,29 @@ def test_a_record_two_letters_name_is_sent_once_in_a_run_or_across_runs(
     again = redrive.redrive(settings, dead, allow_topics=[src], from_beginning=True)
     assert (again.redriven, again.sent_before) == (0, 5)
     assert sent_from(settings, src) == [f"{dead}[0]@{i}".encode() for i in (0, 2, 4)]
+
+
+def test_a_ledger_entry_naming_its_record_but_not_when_settles_every_letter_of_that_record(
+    settings: Settings, topics: tuple[str, str, list[RawRecord]]
+) -> None:
+    # Entries of the version between named a record without a time: read as sent at an unknown
+    # time, their records' other letters were sent again (found in review).
+    src, dead, records = topics
+    first = letter(src, 0, 0, "operator 'a' failed: boom", key=b"k0", raw=records[0].value)
+    post(settings, dead, [first])
+    ensure_topics(settings, [redrive.ledger_spec(dead)], owned=True)
+    producer = make_producer(settings)
+    digest = hashlib.blake2b(encode(first), digest_size=12).hexdigest()
+    producer.produce(redrive.ledger_topic(dead), key=b"0@0", value=f"{digest} {src}[0]@0".encode())
+    assert producer.flush(30) == 0
+    post(
+        settings,
+        dead,
+        [msgspec.structs.replace(first, reason="operator 'b' failed", failed_at=datetime.now(UTC))],
+    )
+    done = redrive.redrive(settings, dead, allow_topics=[src])
+    assert (done.redriven, done.sent_before) == (0, 2)
+    assert copies(settings, src) == []
 
 
 def test_a_letter_that_failed_again_is_sent_by_a_run_with_again_and_nothing_else_is(

@@ -455,11 +455,11 @@ def redrive(
                 if partition not in held:
                     batch.past[partition] = offset + 1
                 if batch.letters >= BATCH or batch.size >= BATCH_BYTES:
-                    batch = _commit(producer, topic, batch, consumer.consumer_group_metadata(), out)
+                    batch = _commit(producer, topic, batch, consumer.consumer_group_metadata(), out, records)
                     if progress is not None:
                         progress(read)
             if batch.letters or batch.stale or batch.past:
-                _commit(producer, topic, batch, consumer.consumer_group_metadata(), out, last=True)
+                _commit(producer, topic, batch, consumer.consumer_group_metadata(), out, records, last=True)
                 if progress is not None and batch.letters:
                     progress(read)
         finally:
@@ -496,9 +496,12 @@ def _read_ledger(
         else:
             digest, *named = value.split(b" ")
             sent[where] = digest
-            record = named[0].decode(errors="replace") if len(named) == 2 else ""
-            if _RECORD_PLACE.fullmatch(record) is not None and named[1].isdigit():
-                places[where] = (record, int(named[1]) / 1000)
+            record = named[0].decode(errors="replace") if named else ""
+            if _RECORD_PLACE.fullmatch(record) is not None:
+                # (An entry naming its record but not when, of a version between: as sent now,
+                # so that no letter of that record is sent again.)
+                at = int(named[1]) / 1000 if len(named) == 2 and named[1].isdigit() else math.inf
+                places[where] = (record, at)
             else:
                 places.pop(where, None)
     stale: list[bytes] = []
@@ -641,10 +644,18 @@ class _Batch:
 
 
 def _commit(
-    producer: Producer | None, topic: str, batch: _Batch, group: object, out: Redriven, *, last: bool = False
+    producer: Producer | None,
+    topic: str,
+    batch: _Batch,
+    group: object,
+    out: Redriven,
+    records: dict[str, float],
+    *,
+    last: bool = False,
 ) -> _Batch:
     """Send a batch's records, name their letters in the ledger and move the position, in one
-    transaction (a dry run only counts); the batch to fill next.  A batch with nothing to send
+    transaction (a dry run only counts), ``records`` told when each was sent; the batch to fill
+    next.  A batch with nothing to send
     only moves the position, which waits for the next batch that sends, or the ``last``: a
     transaction costs 20-60 ms, and a run over letters sent before would pay it every batch
     for nothing (read again after a crash, they are skipped again)."""
@@ -652,7 +663,13 @@ def _commit(
         return _Batch(past=batch.past)
     if producer is not None and (batch.sends or batch.settled or batch.past or batch.stale):
         at = [TopicPartition(topic, p, o) for p, o in sorted(batch.past.items())]
-        out.appended += _send(producer, topic, at, batch, group)
+        now = time.time()
+        out.appended += _send(producer, topic, at, batch, group, now)
+        for _, original in batch.sends:
+            # (A letter of one of these settled in a later batch is named as sent then, not
+            # at that batch's time: a letter written between would be taken as settled, found in
+            # review.)
+            records[original.where()] = now
     out.redriven += len(batch.sends)
     return _Batch()
 
@@ -663,11 +680,12 @@ def _send(
     at: list[TopicPartition],
     batch: _Batch,
     group: object,
+    now: float,
 ) -> list[str]:
-    """One transaction: the records again, an entry naming each one's letter in the ledger, the
-    stale entries deleted, and the redrive's position ``at`` in ``topic``; where each record
-    went.  On failure the transaction is aborted (when Kafka lets it be) and the error says
-    whether anything of the batch may have been committed."""
+    """One transaction (at ``now``, epoch seconds): the records again, an entry naming each
+    one's letter in the ledger, the stale entries deleted, and the redrive's position ``at`` in
+    ``topic``; where each record went.  On failure the transaction is aborted (when Kafka lets
+    it be) and the error says whether anything of the batch may have been committed."""
     placed: list[str] = []
     refused: list[str] = []
     ledger = ledger_topic(topic)
@@ -681,8 +699,6 @@ def _send(
     def entry_refused(err: KafkaError | None, message: Message) -> None:
         if err is not None and err.code() not in _PURGED:
             refused.append(f"{ledger} entry {(message.key() or b'').decode(errors='replace')}: {err.str()}")
-
-    now = time.time()
 
     def named(letter: Message, record: str, when: float = math.inf) -> None:
         """The ledger's entry for ``letter``, naming the record sent for it and when (epoch

@@ -24,7 +24,8 @@ records, and resumed once it has drained to half of that: what waits is bounded 
 (The partition that sets the floor is never one of them, its records all at or before the
 floor, and released; unless the other processes of the application hold them back,
 ``peer_skew_s``: then it is paused at that cap too, see :meth:`Alignment.plan`, and paused so
-it holds nobody back, what it waits for being the other processes'.)
+it holds back a backlog's records of the other partitions, not live ones: see
+:attr:`Alignment.live_floor`.)
 
 A partition holds the others back while it is owned, has records left to read (its consumed
 position is below its high watermark), or none known (the broker did not answer), and has

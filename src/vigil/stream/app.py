@@ -900,14 +900,14 @@ def _offset_ranges(records: Sequence[Record[Any]]) -> str:
     return ", ".join(f"{t}[{p}] offsets {lo}..{hi}" for (t, p), (lo, hi) in sorted(ranges.items()))
 
 
-def _capped_counts(buffers: list[deque[tuple[Any, ...]]], limit: float, cap: int) -> list[int]:
+def _capped_counts(buffers: list[deque[tuple[Any, ...]]], ends: list[int], cap: int) -> list[int]:
     """How many of each buffer's first records to release so that at most ``cap`` go in all,
-    the earliest in event time across the buffers, each buffer a prefix up to ``limit`` (its
-    first record past it stops it).  Counted, not turned into an earlier limit: records with
-    equal times, or many behind one ahead in time, all went at once under a limit (6,001 at a
-    cap of 37)."""
+    the earliest in event time across the buffers, each buffer a prefix of at most ``ends[i]``
+    records (what the release may take of it: see _releasable).  Counted, not turned into an
+    earlier limit: records with equal times, or many behind one ahead in time, all went at once
+    under a limit (6,001 at a cap of 37)."""
     counts = [0] * len(buffers)
-    heads = [(buf[0][0], i) for i, buf in enumerate(buffers) if buf and buf[0][0] <= limit]
+    heads = [(buf[0][0], i) for i, buf in enumerate(buffers) if ends[i] > 0]
     heapq.heapify(heads)
     for _ in range(cap):
         if not heads:
@@ -916,11 +916,40 @@ def _capped_counts(buffers: list[deque[tuple[Any, ...]]], limit: float, cap: int
         counts[i] += 1
         buf = buffers[i]
         j = counts[i]
-        if j < len(buf) and buf[j][0] <= limit:
+        if j < ends[i]:
             # (One earlier in time behind a later one is next in its partition's order: it goes
             # at the later one's time.)
             heapq.heappush(heads, (max(buf[j][0], at), i))
     return counts
+
+
+def _releasable(
+    buf: deque[tuple[Any, ...]],
+    limit: float,
+    live: tuple[float, float],
+    peers: tuple[bool, float, float, float],
+    reached: float,
+) -> tuple[int, bool]:
+    """How many of ``buf``'s first records a release may take, as its loop judges them: up to
+    ``limit``, live ones (``live``: from, to) further; with the others' cap (``peers``:
+    capping, the cap, the backlog's bound and the future's), none of a backlog past the cap
+    (then True: the others' cap holds the partition back).
+    (Counted for the cap on a release, it counted records the release could not take, older
+    than any live one, so live records got none of it and waited for the slower process again:
+    found in review.)"""
+    live_from, live_limit = live
+    capping, cap_at, before, ahead_of = peers
+    n = 0
+    for entry in buf:
+        at = entry[0]
+        if at > limit and not live_from <= at <= live_limit:
+            break
+        if capping and cap_at < at and reached <= at < before:
+            return n, True
+        if reached < at <= ahead_of:
+            reached = at
+        n += 1
+    return n, False
 
 
 def _merged(runs: list[list[Record[Any]]]) -> list[Record[Any]]:
@@ -2312,16 +2341,6 @@ class Application:
             live_limit = limit
         owned = self._owned
         offsets = self._next_offsets
-        # The operators slow (see _pace_batches), at most _cap records: a release holds what
-        # the buffers have up to the limit, many times a consume's, and outlasted
-        # max.poll.interval.ms again and again, as a full batch did unaligned.
-        capped: dict[TP, int] | None = None
-        cap = self._cap
-        if cap < _NO_CAP:
-            mine = [tp for tp in self._buffers if tp in owned]
-            if sum(len(self._buffers[tp]) for tp in mine) > cap:
-                counts = _capped_counts([self._buffers[tp] for tp in mine], live_limit, cap)
-                capped = dict(zip(mine, counts, strict=True))
         runs: dict[int, list[list[Record[Any]]]] = {}
         #: The released records' messages (their headers, for an operator's dead letter).
         messages: list[Message] = []
@@ -2354,6 +2373,27 @@ class Application:
         # Live records (not of a backlog) go up to live_limit: a partition the others' cap holds
         # back holds back a backlog's records alone (see Alignment.live_floor).
         live_from = before if peers_on and live_limit > limit else math.inf
+        # The operators slow (see _pace_batches), at most _cap records: a release holds what
+        # the buffers have up to the limit, many times a consume's, and outlasted
+        # max.poll.interval.ms again and again, as a full batch did unaligned.
+        capped: dict[TP, int] | None = None
+        cap = self._cap
+        if cap < _NO_CAP:
+            mine = [tp for tp in self._buffers if tp in owned]
+            if sum(len(self._buffers[tp]) for tp in mine) > cap:
+                bounds = (capping, cap_at, before, ahead_of)
+                ends: list[int] = []
+                for tp in mine:
+                    reached = self._reached(tp, before) if peers_on else -math.inf
+                    end, held = _releasable(
+                        self._buffers[tp], limit, (live_from, live_limit), bounds, reached
+                    )
+                    ends.append(end)
+                    if held:  # (its records may take none of the cap: said held here, not below)
+                        self._peer_held = True
+                        self._peer_held_tps.add(tp)
+                counts = _capped_counts([self._buffers[tp] for tp in mine], ends, cap)
+                capped = dict(zip(mine, counts, strict=True))
         for tp, buf in self._buffers.items():
             if not buf or tp not in owned:
                 continue

@@ -4,6 +4,7 @@ tests/integration/stream/test_app.py, test_batches_too_slow_for_the_poll_interva
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from tests.unit.stream.offline import offline_app
 
 from vigil.errors import ConfigError, PipelineError
-from vigil.stream.app import _capped_counts
+from vigil.stream.app import _capped_counts, _releasable
 
 
 def test_a_batch_too_slow_for_the_poll_interval_shrinks_the_next_at_once_and_they_grow_back_slowly(
@@ -53,18 +54,23 @@ def test_a_release_takes_the_earliest_records_across_partitions_up_to_the_cap() 
     # and again however small the batches (found in review, 2026-12-05).
     a = deque([(1.0, "a1"), (2.0, "a2"), (5.0, "a5"), (6.0, "a6")])
     b = deque([(3.0, "b3"), (4.0, "b4"), (9.0, "b9")])
-    assert _capped_counts([a, b], 8.0, 3) == [2, 1]
-    assert _capped_counts([a, b], 8.0, 5) == [3, 2]
-    assert _capped_counts([a, b], 8.0, 100) == [4, 2]  # (b9 is past the limit)
+    ends = [4, 2]  # (b9 is past the limit: see _releasable)
+    assert _capped_counts([a, b], ends, 3) == [2, 1]
+    assert _capped_counts([a, b], ends, 5) == [3, 2]
+    assert _capped_counts([a, b], ends, 100) == [4, 2]
+    assert _releasable(b, 8.0, (math.inf, math.inf), (False, math.inf, -math.inf, math.inf), -math.inf) == (
+        2,
+        False,
+    )
 
 
 def test_records_with_equal_times_or_behind_one_ahead_are_split_across_releases() -> None:
     # Turned into an earlier limit, the cap let all of them go at once: 2,000 records of one
     # second, or 6,000 behind one record a minute ahead, at a cap of 37.
     ties = [deque((100.0, i) for i in range(2000)) for _ in range(4)]
-    assert sum(_capped_counts(ties, 1e9, 37)) == 37
+    assert sum(_capped_counts(ties, [2000] * 4, 37)) == 37
     ahead = deque([(160.0, "ahead"), *((100.0 + i / 100, i) for i in range(6000))])
-    assert _capped_counts([ahead], 1e9, 37) == [37]
+    assert _capped_counts([ahead], [6001], 37) == [37]
 
 
 def test_a_cost_per_batch_above_half_the_interval_stops_shrinking_once_smaller_is_no_faster(
