@@ -147,6 +147,8 @@ class TopicFollower:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Held while a reader is started and known, and while a stop is asked (see _started).
+        self._lock = threading.Lock()
         self._failure: BaseException | None = None
         #: Whether the table had caught up when it failed (``check`` words the failure by it: a
         #: stop clears ``_ready``, and a failure after loading was told as one while loading).
@@ -254,7 +256,8 @@ class TopicFollower:
         topic again from its beginning.  Raises if the reader does not stop within
         ``timeout_s``; the follower is failed then (see :meth:`check`) until a later ``stop``
         finds the reader gone."""
-        self._stop.set()
+        with self._lock:  # (see _started)
+            self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
             if self._thread.is_alive():
@@ -300,18 +303,15 @@ class TopicFollower:
                 if not self._missing_ok:
                     msg = f"{self.name}: topic {self.topic!r} does not exist"
                     raise TopicError(msg)
-                if self._stop.is_set():
-                    consumer.close()
-                    return False  # (stopped from another thread meanwhile)
                 # Empty, and ready; the reader looks for the topic (_follow_partitions).
                 self._waiting = True
-                self._ready.set()
-                self._started(
+                return self._started(
                     threading.Thread(
                         target=self._run, args=(consumer, set(), {}), name=self.name, daemon=True
-                    )
+                    ),
+                    consumer,
+                    ready=True,
                 )
-                return True
             self._admin = make_admin(self.settings)
             try:
                 self._topic_id = self._describe(max(1.0, _left(deadline, 10.0)))[0]
@@ -329,25 +329,31 @@ class TopicFollower:
             )
             ends = {p: marks[self.topic, p][1] for p in meta.partitions}
             self._ends = dict(ends)
-            if self._stop.is_set():
-                consumer.close()
-                return False  # (stopped from another thread meanwhile)
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in meta.partitions])
         except BaseException:
             consumer.close()
             raise
-        self._started(
+        return self._started(
             threading.Thread(
                 target=self._run, args=(consumer, set(meta.partitions), ends), name=self.name, daemon=True
-            )
+            ),
+            consumer,
         )
-        return True
 
-    def _started(self, thread: threading.Thread) -> None:
-        """``thread`` started, then known as the reader (known first, a stop from another thread
-        in between joined a thread not started yet, and raised: found in review)."""
-        thread.start()
-        self._thread = thread
+    def _started(self, thread: threading.Thread, consumer: Consumer, ready: bool = False) -> bool:
+        """``thread`` started as the reader (``ready``: said caught up first), unless a stop came
+        from another thread meanwhile (False, ``consumer`` closed).  Under the lock a stop takes:
+        a stop between starting a reader and knowing it missed it, and one before it was started
+        joined a thread not started and raised (found in review)."""
+        with self._lock:
+            if self._stop.is_set():
+                consumer.close()
+                return False
+            if ready:
+                self._ready.set()
+            thread.start()
+            self._thread = thread
+            return True
 
     def _metadata(self, consumer: Consumer, deadline: float, abort: Callable[[], bool] | None) -> Any:
         """The topic's metadata (None: the broker does not list it), asked a second at a time
