@@ -368,6 +368,20 @@ def test_a_partition_the_others_hold_back_is_paused_once_it_buffers_the_cap(tmp_
     assert consumer.resumed == [P0]
 
 
+def held_beside_p2(app: Application, op: Seen, alignment: Alignment, f: PeerFloors) -> float:
+    """``app`` (from :func:`running`) owning P2 too, its catch-up's grace over, the slower
+    process's word at OLD (its cap OLD + 60); returns the monotonic time taken for now."""
+    now = time.monotonic()
+    alignment.add([P2], now)
+    task = _PartitionTask(2)
+    task.contexts = [(op, _KafkaContext(app, task, op))]
+    app._tasks[2] = task
+    app._owned.add(P2)
+    app._backlog_seen_at, app._catching_up_since = now, now - PEER_GRACE_S
+    say(f, P1, OLD, now)
+    return now
+
+
 class _AtEnd(Reading):
     """Every partition read to its end: its high watermark is what was consumed."""
 
@@ -399,14 +413,7 @@ def test_live_records_do_not_wait_for_a_partition_paused_for_the_others_cap(
         app._cap = cap
     consumer = app._consumer
     assert isinstance(consumer, Reading)
-    now = time.monotonic()
-    alignment.add([P2], now)
-    task = _PartitionTask(2)
-    task.contexts = [(op, _KafkaContext(app, task, op))]
-    app._tasks[2] = task
-    app._owned.add(P2)
-    app._backlog_seen_at, app._catching_up_since = now, now - PEER_GRACE_S  # (its grace over)
-    say(f, P1, OLD, now)  # the slower process: its cap OLD + 60
+    now = held_beside_p2(app, op, alignment, f)
     # P0: a backlog past the cap, buffered to the cap; P2: live traffic.
     app._buffers[P0] = deque(_record(P0, i, OLD + 100 + i) for i in range(50))
     app._consumed[P0] = 50
@@ -436,14 +443,7 @@ def test_a_backlog_stays_in_event_time_order_beside_a_partition_paused_for_the_o
     app, op, alignment, f, _ = running(tmp_path)  # max_buffered 10: its cap 40
     consumer = app._consumer
     assert isinstance(consumer, Reading)
-    now = time.monotonic()
-    alignment.add([P2], now)
-    task = _PartitionTask(2)
-    task.contexts = [(op, _KafkaContext(app, task, op))]
-    app._tasks[2] = task
-    app._owned.add(P2)
-    app._backlog_seen_at, app._catching_up_since = now, now - PEER_GRACE_S  # (its grace over)
-    say(f, P1, OLD, now)  # the slower process: its cap OLD + 60
+    held_beside_p2(app, op, alignment, f)
     at: dict[tuple[int, int], float] = {}
 
     def read(tp: TP, times: list[float]) -> None:
