@@ -349,9 +349,13 @@ class TopicFollower:
             if self._stop.is_set():
                 consumer.close()
                 return False
+            try:
+                thread.start()
+            except BaseException:
+                consumer.close()  # (no thread to be had: neither ready nor its consumer left open)
+                raise
             if ready:
                 self._ready.set()
-            thread.start()
             self._thread = thread
             return True
 

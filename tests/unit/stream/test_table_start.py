@@ -115,3 +115,23 @@ def test_a_table_started_again_once_its_reader_ended_on_a_stop_is_read_afresh(
     monkeypatch.setattr(reader, "start", lambda timeout_s, abort: None)  # (its reading: not the point)
     table.start()
     assert table._data == {}
+
+
+def test_a_reader_that_cannot_be_started_leaves_the_follower_not_ready(
+    unreachable: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Said caught up before its reader was started, a follower whose reader could not be (no
+    # thread to be had) was left ready with no reader (found in review).
+    class NoThread(threading.Thread):
+        def start(self) -> None:
+            raise RuntimeError("can't start new thread")
+
+    follower = TopicFollower(
+        unreachable, "intel", lambda key, value, where: None, name="intel", missing_ok=True
+    )
+    monkeypatch.setattr(follower, "_metadata", lambda consumer, deadline, abort: None)  # not there yet
+    monkeypatch.setattr(table_module.threading, "Thread", NoThread)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        follower.start(timeout_s=30)
+    assert not follower.ready
+    assert not follower.running
