@@ -1387,12 +1387,10 @@ class Application:
         self._restorer: Restorer | None = None
         self._owned: set[tuple[str, int]] = set()
         self._next_offsets: dict[tuple[str, int], int] = {}
-        #: Aligned: decoded records (or dead letters, at -inf, or the offsets of skipped records)
-        #: not yet released, by partition.
         #: Aligned: each partition's records waiting for the floor, in offset order, as
         #: ``(event time, Record, its Message)`` (the message for its headers, should an operator
-        #: dead-letter it), a skipped record's offset or an undecodable one's letter as
-        #: ``(time, item)``.
+        #: dead-letter it), a skipped record's offset as ``(its predecessor's time, offset)`` and
+        #: an undecodable one's letter as ``(-inf, letter)``.
         self._buffers: dict[TP, deque[tuple[Any, ...]]] = {}
         #: Aligned: records left in partitions nothing was consumed from yet (see _start_lag).
         self._start_lags: dict[TP, tuple[float, int | None]] = {}
