@@ -410,6 +410,12 @@ def kafka_error(exc: KafkaException) -> KafkaError | None:
     return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
 
 
+def error_text(exc: KafkaException) -> str:
+    """A client error's own text, not the KafkaError's repr around it."""
+    err = kafka_error(exc)
+    return err.str() if err is not None else message_of(exc)
+
+
 def is_transient(exc: KafkaException) -> bool:
     """Whether an offsets request failed only for now (see ``TRANSIENT_OFFSET_ERRORS``)."""
     err = kafka_error(exc)
@@ -581,8 +587,7 @@ def iter_committed(settings: Settings, topic: str, timeout_s: float = 30.0) -> G
             found = consumer.list_topics(topic, timeout=max(1.0, min(timeout_s, 30.0))).topics.get(topic)
         except KafkaException as exc:
             # (Raw, it named no topic, and took 10 s whatever the timeout: found in review.)
-            err = kafka_error(exc)
-            msg = f"reading {topic!r}: {err.str() if err is not None else message_of(exc)}"
+            msg = f"reading {topic!r}: {error_text(exc)}"
             raise BrokerError(msg) from None
         error = found.error if found is not None else None
         if error is not None and error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:

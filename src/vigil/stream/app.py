@@ -205,6 +205,7 @@ from vigil.hub.client import (
     BACKLOG_READER,
     UnreadableHeaders,
     consumer_config,
+    error_text,
     kafka_error,
     make_admin,
     new_consumer,
@@ -326,12 +327,6 @@ def _out_of_reach(exc: KafkaException) -> bool:
 def _not_returned(text: str) -> KafkaException:
     """A transactional call's wait given up (see Application._waited), as a timeout: retriable."""
     return KafkaException(KafkaError(KafkaError._TIMED_OUT, text, fatal=False, retriable=True))
-
-
-def _text(exc: KafkaException) -> str:
-    """A client error's own text, not the KafkaError's repr around it."""
-    err = kafka_error(exc)
-    return err.str() if err is not None else str(exc)
 
 
 def _requires_abort(exc: KafkaException) -> bool:
@@ -1557,13 +1552,13 @@ class Application:
                 except KafkaException as exc:
                     # (Its calls ask the broker: out of reach, a raw client error came out of run().)
                     if self._stop.is_set():
-                        log.warning("application %s: stopped while starting: %s", self.name, _text(exc))
+                        log.warning("application %s: stopped while starting: %s", self.name, error_text(exc))
                         return
                     where = self.settings.kafka_bootstrap or (
                         f"{self.settings.broker_host}:{self.settings.broker_port}"
                     )
                     msg = (
-                        f"application {self.name!r}: starting: {_text(exc)} (is the Kafka cluster "
+                        f"application {self.name!r}: starting: {error_text(exc)} (is the Kafka cluster "
                         f"at {where} up and reachable?)"
                     )
                     raise PipelineError(msg) from exc
@@ -3770,7 +3765,7 @@ class Application:
                 "application %s: stopping before a new producer could start (%s); the next start's "
                 "takes over",
                 self.name,
-                _text(again),
+                error_text(again),
             )
             self._abandoned = True
         self._in_txn = False
@@ -3888,7 +3883,9 @@ class Application:
         try:
             made = renew()
         except KafkaException as exc:
-            log.warning("application %s: a new producer could not start either: %s", self.name, _text(exc))
+            log.warning(
+                "application %s: a new producer could not start either: %s", self.name, error_text(exc)
+            )
             return False
         self._set_txn_producer(made)
         with contextlib.suppress(KafkaException, RuntimeError):

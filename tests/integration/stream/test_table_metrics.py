@@ -309,16 +309,22 @@ def test_a_follower_of_a_topic_not_created_yet_is_empty_if_allowed_and_fails_oth
         TopicFollower(settings, absent, lambda key, value, where: None, name="f").start(timeout_s=30)
 
 
+def holding_k1(settings: Settings, topic: str) -> EventProducer:
+    """``topic`` made with one partition holding one record (key ``k1``); the producer that wrote it."""
+    ensure_topics(settings, [TopicSpec(topic, "k", "raw", "test", partitions=1)])
+    producer = EventProducer(settings)
+    producer.produce_raw(topic, "k1", b"v1")
+    producer.flush()
+    return producer
+
+
 def test_a_follower_whose_reader_does_not_stop_is_failed_until_it_does(
     settings: Settings, names: Callable[[str], str]
 ) -> None:
     # Its stop timed out, it said ready still, and a start after waited for the reader on its
     # way out and said ready again: a table no longer followed, and nothing to say so.
     topic = names("stuck")
-    ensure_topics(settings, [TopicSpec(topic, "k", "raw", "test", partitions=1)])
-    producer = EventProducer(settings)
-    producer.produce_raw(topic, "k1", b"v1")
-    producer.flush()
+    producer = holding_k1(settings, topic)
     applying, release = threading.Event(), threading.Event()
     seen: list[str | None] = []
 
@@ -361,10 +367,7 @@ def test_a_follower_stopped_while_it_loads_says_so_at_once(
     # A stop from another thread (a supervisor's) left the start waiting its whole timeout, and
     # then it blamed the topic: "did not catch up".
     topic = names("loading")
-    ensure_topics(settings, [TopicSpec(topic, "k", "raw", "test", partitions=1)])
-    producer = EventProducer(settings)
-    producer.produce_raw(topic, "k1", b"v1")
-    producer.flush()
+    holding_k1(settings, topic)
     applying, release = threading.Event(), threading.Event()
 
     def apply(key: str | None, value: bytes | None, where: str) -> None:
