@@ -186,7 +186,8 @@ class PrometheusMetrics:
         )
         self.state_keys = Gauge(
             "vigil_stream_state_keys",
-            "Estimated keys per store and partition (RocksDB's estimate-num-keys: a key written "
+            "Estimated operators' keys per store and partition (RocksDB's estimate-num-keys, "
+            "less the store's own records of its changelog: a key written "
             "again, or deleted, counts again until RocksDB compacts it, so between compactions "
             "this reads high, by up to the keys written per checkpoint at every checkpoint)",
             ["app", "store", "partition"],

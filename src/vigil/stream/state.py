@@ -202,6 +202,14 @@ class RocksState(State):
         self._cache[key] = _DELETED
         self._dirty.add(key)
 
+    def _handing_out(self, key: str) -> None:
+        """Before a value is handed out by :meth:`items` or :meth:`walk`, as :meth:`get` does: a
+        sealed key is encoded now, as it was at the seal, since its holder may change the value in
+        place and set it (encoded later, the change went into the sealed checkpoint, with that
+        checkpoint's input offsets, and was counted again by the replay after a crash)."""
+        if self._sealed and key in self._sealed:
+            self._encode_early(key)
+
     def _encode_early(self, key: str) -> None:
         self._sealed.discard(key)
         value = self._cache[key]
@@ -217,6 +225,7 @@ class RocksState(State):
         for key in sorted(merged):
             value = merged[key]
             if value is not _DELETED:
+                self._handing_out(key)
                 yield key, value
 
     def walk(self, prefix: str, after: str | None, limit: int) -> list[tuple[str, Any]]:
@@ -226,6 +235,7 @@ class RocksState(State):
         for key, value in self._stored(prefix, prefix if after is None or after < prefix else after):
             if value is _DELETED or (after is not None and key <= after):
                 continue
+            self._handing_out(key)
             out.append((key, value))
             if len(out) >= limit:
                 break
@@ -428,8 +438,12 @@ class RocksState(State):
         self._inflight_keys = 0
 
     def key_count_estimate(self) -> int:
-        value = self._db.property_int_value("rocksdb.estimate-num-keys")
-        return int(value or 0)
+        """RocksDB's estimate of the operators' keys: its own count, less the store's records
+        of its changelog (up to three, whatever the operators hold)."""
+        value = int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0)
+        get = self._db.get
+        own = sum(1 for key in (OFFSET_KEY, WRITTEN_AT_KEY, TOPIC_ID_KEY) if get(key) is not None)
+        return max(0, value - own)
 
     def close(self) -> None:
         if not self.closed:

@@ -217,6 +217,48 @@ def test_a_seal_encodes_values_as_they_were_when_sealed_however_late(tmp_path: P
     state.close()
 
 
+def test_a_seal_encodes_values_handed_out_by_items_and_walk_as_they_were_when_sealed(tmp_path: Path) -> None:
+    # An operator may change a value it walked over in place and set it, as after a get: the
+    # change is the next checkpoint's, not the sealed one's (whose input offsets a replay after a
+    # crash starts from, which would count it twice).
+    state = RocksState(tmp_path / "db", StoreSpec("s"))
+    for key in ("a", "b", "c"):
+        state.set(key, [1])
+    state.write_committed(state.take_pending(), 1)  # b and c in RocksDB: walk reads them there
+    state.set("a", [1])
+    state.set("b", [1])
+    state.set("c", [1])
+    state.set("d", [1])  # only in the cache, and sealed
+    state.seal()
+    for key, value in state.items():
+        if key in ("a", "d"):
+            value.append(2)
+            state.set(key, value)
+    for key, value in state.walk("", None, 10):
+        if key in ("b", "c"):
+            value.append(3)
+            state.set(key, value)
+    decode = msgspec.msgpack.decode
+    sealed = {key: None if raw is None else decode(raw) for key, raw in state.encode_sealed()}
+    assert sealed == {b"a": [1], b"b": [1], b"c": [1], b"d": [1]}
+    pending = {key: None if raw is None else decode(raw) for key, raw in state.take_pending()}
+    assert pending == {b"a": [1, 2], b"b": [1, 3], b"c": [1, 3], b"d": [1, 2]}
+    state.close()
+
+
+def test_the_key_count_leaves_out_the_store_s_own_records(tmp_path: Path) -> None:
+    state = RocksState(tmp_path / "db", StoreSpec("s"))
+    state.write_committed([], 0)
+    state.record_topic_id("abc")
+    assert state.key_count_estimate() == 0  # the offset, its time and the topic's id are the store's own
+    state.set("a", 1)
+    state.write_committed(state.take_pending(), 1)
+    state.close()
+    again = RocksState(tmp_path / "db", StoreSpec("s"))
+    assert again.key_count_estimate() == 1
+    again.close()
+
+
 def test_a_seal_waits_for_the_previous_one_and_discard_forgets_it(tmp_path: Path) -> None:
     state = RocksState(tmp_path / "db", StoreSpec("s"))
     state.set("a", 1)
