@@ -498,7 +498,9 @@ MAX_BATCH_SIZE = 1_000_000
 #: record: a batch longer than the interval gets the member put out of the group, its work is
 #: undone and the same records read again; with batches of the same size, without end (an
 #: operator at 25 ms a record, 500-record batches, a 10 s interval: the first batch processed
-#: again and again, nothing committed).
+#: again and again, nothing committed).  Transactional, to this share of the transaction's
+#: timeout too, when that is shorter: a transaction is open from a batch's first output to the
+#: checkpoint after it, and one open past its timeout is aborted by the broker (see _pace_limit).
 _BATCH_SHARE_OF_POLL = 0.25
 #: Batches of one record that took longer than ``max.poll.interval.ms``, each within three
 #: intervals of the one before, before the application stops: one record alone outlasts it, and
@@ -2243,24 +2245,30 @@ class Application:
         if count:
             self._pace_batches(count, took)
 
+    def _pace_limit(self) -> tuple[float, str]:
+        """The time a batch must stay well inside, and its setting's name: ``max.poll.interval.ms``,
+        or the transaction's timeout when shorter (exactly-once, or at-least-once with state)."""
+        if self._txn_timeout_s < self._poll_interval_s:
+            return self._txn_timeout_s, "transaction.timeout.ms"
+        return self._poll_interval_s, "max.poll.interval.ms"
+
     def _pace_batches(self, count: int, took: float) -> None:
         """Keep batches (and, aligned, releases, which may hold many times ``batch_size``) to a
-        share of ``max.poll.interval.ms`` at the operators' recent cost per record
-        (``_BATCH_SHARE_OF_POLL``), once one took more than half the interval; stop when one
-        record alone outlasts the interval ``_MAX_OVERRUNS`` times, none more than three
+        share of ``max.poll.interval.ms``, or of the transaction's timeout when shorter
+        (:meth:`_pace_limit`), at the operators' recent cost per record
+        (``_BATCH_SHARE_OF_POLL``), once one took more than half of it; stop when one
+        record alone outlasts the poll interval ``_MAX_OVERRUNS`` times, none more than three
         intervals after the one before (processed again after each, without end)."""
         cost = took / count
         # At once when slower (the next batch must fit), slowly when faster (one quick batch is
         # no sign the next will be).
         self._record_cost = cost if cost > self._record_cost else 0.9 * self._record_cost + 0.1 * cost
-        fits = (
-            int(_BATCH_SHARE_OF_POLL * self._poll_interval_s / self._record_cost) if self._record_cost else 0
-        )
+        limit, setting = self._pace_limit()
+        fits = int(_BATCH_SHARE_OF_POLL * limit / self._record_cost) if self._record_cost else 0
         proposed = max(1, fits) if self._record_cost else _NO_CAP
         before_count, before_took = self._before_shrink
         if proposed < self._cap and (
-            took <= self._poll_interval_s / 2
-            or (took <= self._poll_interval_s and before_count > count and before_took <= 1.25 * took)
+            took <= limit / 2 or (took <= limit and before_count > count and before_took <= 1.25 * took)
         ):
             # Well inside the interval, or smaller batches take about as long as the larger ones
             # before the last shrink did (the cost is per batch, not per record): shrinking would
@@ -2269,12 +2277,12 @@ class Application:
         if proposed < self._cap:
             self._before_shrink = (count, took)
             log.warning(
-                "application %s: batches of at most %d records (operators at %.3g s a record; "
-                "max.poll.interval.ms is %g s)",
+                "application %s: batches of at most %d records (operators at %.3g s a record; %s is %g s)",
                 self.name,
                 proposed,
                 self._record_cost,
-                self._poll_interval_s,
+                setting,
+                limit,
             )
         elif proposed >= self.batch_size:
             self._before_shrink = (0, 0.0)  # (a batch long ago must not keep a later one large)
@@ -3771,7 +3779,32 @@ class Application:
         self._in_txn = False
         self._txn_began = None
         self._forget_reports()
+        self._pace_after_expiry(open_s)
         return True
+
+    def _pace_after_expiry(self, open_s: float) -> None:
+        """Make batches smaller after a transaction expired: the batch that kept it open failed
+        part way, so it never reached :meth:`_pace_batches`, and processed again at its size it
+        expired again, until the stage stopped (500 records at 80 ms each, the default 30 s
+        timeout).  Its records are taken to have cost ``open_s`` together: more were asked for
+        than processed, so the cost is understated, and a batch still too slow expires again
+        and shrinks again, by at least ``_BATCH_SHARE_OF_POLL`` each time."""
+        self._record_cost = max(self._record_cost, open_s / max(1, self._batch_cap))
+        limit, setting = self._pace_limit()
+        fits = max(1, int(_BATCH_SHARE_OF_POLL * limit / self._record_cost))
+        if fits >= self._cap:
+            return
+        self._cap = fits
+        self._batch_cap = min(self.batch_size, fits)
+        self._before_shrink = (0, 0.0)
+        log.warning(
+            "application %s: batches of at most %d records (a transaction open %.0f s; %s is %g s)",
+            self.name,
+            fits,
+            open_s,
+            setting,
+            limit,
+        )
 
     def _forget_reports(self) -> None:
         """A renewed producer's predecessor's reports are never served: its records were in the

@@ -1650,6 +1650,60 @@ def test_batches_too_slow_for_the_poll_interval_shrink_until_they_fit(
     assert_outputs_exactly(settings, out, expected_ids(events))
 
 
+class SlowEachOutput(Operator[Payment]):
+    """Forwards each record after ``per_s`` of work on it (a model called per record, say): a
+    transaction is open from its first output on; notes each call's size."""
+
+    id = "slow-each-output"
+
+    def __init__(self, output: str, per_s: float) -> None:
+        self.output, self.per_s = output, per_s
+        self.calls: list[int] = []
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        self.calls.append(len(batch))
+        for rec in batch:
+            time.sleep(self.per_s)  # the operator's cost under test, not a synchronisation
+            ctx.emit(self.output, rec.event)
+
+
+def test_batches_too_slow_for_the_transaction_timeout_shrink_until_they_fit(
+    settings: Settings, names: Callable[[str], str], run_app: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Exactly-once, 480 records at 30 ms kept a transaction open 14 s against its 2 s timeout
+    # (and the broker's 10 s sweep of expired ones): the broker aborted it, the batch was
+    # processed again as large, and after four expiries the stage stopped; batches were kept to
+    # the poll interval alone (found in review, 2026-12-07).
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out, partitions=1)
+    events = payments(480, 7)
+    produce(settings, src, events)
+    op = SlowEachOutput(out, per_s=0.03)
+    app = Application(
+        settings,
+        name=name,
+        inputs=[src],
+        operators=[op],
+        guarantee="exactly_once",
+        batch_size=480,
+        checkpoint_interval_s=0.1,
+        producer_overrides={"transaction.timeout.ms": 2000},
+    )
+    with caplog.at_level(logging.WARNING, logger="vigil.stream.app"):
+        running = run_app(app)
+        wait_committed(settings, name, src, 480, partitions=1, running=running)
+        running.stop()
+    assert not running.errors
+    assert op.calls[0] == 480
+    # Smaller by at least four at the expiry (its cost understated: fewer records were processed
+    # than asked for), then, at the 30 ms measured, each well within the timeout (a batch over
+    # half of it makes the next a quarter of it).
+    assert op.calls[1] <= 480 / 4
+    assert max(op.calls[2:]) * 0.03 < 2 * 0.75
+    assert any("transaction.timeout.ms is 2 s" in r.getMessage() for r in caplog.records)
+    assert_outputs_exactly(settings, out, {e.event_id for e in events})
+
+
 class SlowForward(Operator[Payment]):
     """Forwards its records at ``per_s`` a record, without state; notes each call's size."""
 

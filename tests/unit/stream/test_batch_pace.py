@@ -32,6 +32,34 @@ def test_a_batch_too_slow_for_the_poll_interval_shrinks_the_next_at_once_and_the
     assert caps[-1] == 500  # never past batch_size
 
 
+def test_transactional_batches_are_kept_to_the_transaction_s_timeout_when_shorter(tmp_path: Path) -> None:
+    # A transaction is open from a batch's first output to the checkpoint: 500 records at 10 ms
+    # kept it open past an 8 s timeout, well inside the 300 s poll interval, and the broker
+    # aborted it again and again (found in review, 2026-12-07).
+    app = offline_app(tmp_path)
+    app._poll_interval_s, app._txn_timeout_s = 300.0, 8.0
+    app._pace_batches(500, 5.0)
+    assert app._batch_cap == 200  # a quarter of the timeout, 2 s, at 10 ms a record
+    fresh = offline_app(tmp_path / "other", "at_least_once")  # stateless: no transaction
+    fresh._poll_interval_s = 300.0
+    fresh._pace_batches(500, 5.0)
+    assert fresh._batch_cap == 500
+
+
+def test_an_expired_transaction_makes_batches_smaller_at_once(tmp_path: Path) -> None:
+    # The batch that kept the transaction open failed part way (its next output fenced), so it
+    # never measured its cost; processed again as large, it expired again, until the stage
+    # stopped after four expiries.
+    app = offline_app(tmp_path)
+    app._poll_interval_s, app._txn_timeout_s = 300.0, 2.0
+    app._pace_after_expiry(12.0)  # 500 records asked for, open 12 s: at least 24 ms a record
+    assert app._batch_cap == 20
+    app._pace_after_expiry(3.0)  # still too slow: smaller again, by at least a quarter
+    assert app._batch_cap <= 5
+    app._pace_after_expiry(0.001)  # an expiry that says nothing new makes nothing larger
+    assert app._batch_cap <= 5
+
+
 def test_fast_operators_keep_full_batches(tmp_path: Path) -> None:
     app = offline_app(tmp_path)
     for _ in range(100):
