@@ -47,12 +47,26 @@ def state_ref(state: State) -> Callable[[], State | None]:
 #: Applications in several threads of one process (detection's two stages) claim stores, and a
 #: window going lets go of its entry from any thread (``_let_go``).
 _LOCK = threading.RLock()
+#: Whether a claim is under way, and the entries let go meanwhile.  A window in a reference
+#: cycle goes in a garbage collection, which any allocation may start, in the claiming thread
+#: itself (the lock is re-entrant): its entry, taken out while the claim went through the
+#: registry, raised "dictionary changed size during iteration" or a KeyError at a partition's
+#: first update.  Those are taken out once the claim is done.
+_claiming = False
+_let_go_meanwhile: list[tuple[int, weakref.ref[StoreUser]]] = []
 
 
 def claim_store(state: State, user: StoreUser, store: StoreSpec) -> None:
     """Refuse ``state`` to ``user`` when another window (still held) updates it."""
+    global _claiming
     with _LOCK:
-        _claim(state, user, store)
+        _claiming = True
+        try:
+            _claim(state, user, store)
+        finally:
+            _claiming = False
+            while _let_go_meanwhile:
+                _forget(*_let_go_meanwhile.pop())
 
 
 def _claim(state: State, user: StoreUser, store: StoreSpec) -> None:
@@ -76,13 +90,20 @@ def _claim(state: State, user: StoreUser, store: StoreSpec) -> None:
         if then is None or hold() is None or getattr(then, "closed", False):
             gone.append(k)
     for k in gone:
-        del _STORE_USERS[k]
+        _STORE_USERS.pop(k, None)
     _STORE_USERS[sid] = (state_ref(state), weakref.ref(user, lambda hold: _let_go(sid, hold)))
 
 
 def _let_go(sid: int, hold: weakref.ref[StoreUser]) -> None:
     """A window went: its entry goes, and the state with it (unless claimed again since)."""
     with _LOCK:
-        held = _STORE_USERS.get(sid)
-        if held is not None and held[1] is hold:
-            del _STORE_USERS[sid]
+        if _claiming:  # (this thread's claim: see _claiming)
+            _let_go_meanwhile.append((sid, hold))
+        else:
+            _forget(sid, hold)
+
+
+def _forget(sid: int, hold: weakref.ref[StoreUser]) -> None:
+    held = _STORE_USERS.get(sid)
+    if held is not None and held[1] is hold:
+        _STORE_USERS.pop(sid, None)

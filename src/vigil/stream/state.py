@@ -450,3 +450,6 @@ class RocksState(State):
             self._db.flush()  # without a WAL, the memtable is only durable once flushed
             self._db.close()
             self.closed = True
+            # Its cache goes now (up to CACHE_LIMIT values): a closed store may still be held a
+            # while, by a window until it next claims a partition, say (see windows._claim).
+            self.discard_pending()

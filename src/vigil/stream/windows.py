@@ -1004,13 +1004,13 @@ class WindowedAggregate:
         #: (as a tumbling window's distinct count holds it, see DISTINCT_BYTES).
         self._digest = self._sliding and all(type(agg) in (Count, DistinctCount) for _, agg in self._aggs)
         #: This aggregate's hold on the store partitions it updates (see ``_claim``), and the
-        #: identity of the last one it was checked for.
+        #: last one it was checked for (held: see ``_claim``).
         steps = f", step {window.step_ms:,} ms" if window.kind == "hopping" else ""
         self._user = StoreUser(
             f"a windowed aggregate ({window.kind}, size {window.size_ms:,} ms{steps}, lateness "
             f"{window.lateness_ms:,} ms: {', '.join(self.aggregations)})"
         )
-        self._claimed = 0
+        self._claimed: State | None = None
         #: The built-in distinct counts, by position, and how many distinct values each keeps
         #: per tumbling or hopping window: its share of ``max_events`` (see the module docstring).
         self._distinct = [i for i, (_, agg) in enumerate(self._aggs) if type(agg) is DistinctCount]
@@ -1088,7 +1088,7 @@ class WindowedAggregate:
                 value, weight = self._entered(key, value)
             elif not _INT_MIN <= value <= _UINT_MAX:
                 _beyond_64_bits(key, value)
-        if id(state) != self._claimed:
+        if state is not self._claimed:
             self._claim(state)
         get = state.get
         wm: int | None = get(_WATERMARK_KEY)
@@ -1220,7 +1220,9 @@ class WindowedAggregate:
     def _claim(self, state: State) -> None:
         """Refuse to update ``state`` if another window uses it (see :func:`claim_store`)."""
         claim_store(state, self._user, self.store)
-        self._claimed = id(state)
+        # The state itself, not its identity: a partition's state freed (revoked), the next one
+        # made may take its address, and was updated unclaimed, beside another window.
+        self._claimed = state
 
     def _make_room(self, stored: list[Any], wm: int, weight: int) -> None:
         """``update``'s cuts before it adds an event of ``weight`` to a short key holding values

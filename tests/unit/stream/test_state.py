@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
@@ -244,6 +245,24 @@ def test_a_seal_encodes_values_handed_out_by_items_and_walk_as_they_were_when_se
     pending = {key: None if raw is None else decode(raw) for key, raw in state.take_pending()}
     assert pending == {b"a": [1, 2], b"b": [1, 3], b"c": [1, 3], b"d": [1, 2]}
     state.close()
+
+
+class Held(msgspec.Struct, weakref=True):
+    n: int
+
+
+def test_a_closed_store_lets_go_of_its_cached_values(tmp_path: Path) -> None:
+    # A closed store may still be held a while (by a window, until it next claims a partition):
+    # its cache, up to CACHE_LIMIT values, went with it only once it was let go.
+    state = RocksState(tmp_path / "db", StoreSpec("s"))
+    value = Held(1)
+    held = weakref.ref(value)
+    state.set("a", value)
+    state.write_committed(state.take_pending(), 1)
+    del value
+    assert held() is not None  # (cached)
+    state.close()
+    assert held() is None
 
 
 def test_the_key_count_leaves_out_the_store_s_own_records(tmp_path: Path) -> None:

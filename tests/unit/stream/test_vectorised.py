@@ -475,6 +475,12 @@ def test_datetimes_give_what_milliseconds_give_and_bad_input_is_named() -> None:
     agg = SlidingCountSum(STORE, "1m")
     with pytest.raises(ValueError, match="2 keys, 1 times and 2 values; expected one of each per event"):
         agg.update(MemoryState(), ["a", "b"], [1], [1.0, 2.0])
+    # A column as an array of one column per row: the C index read it flat, the Python twin
+    # raised a bare TypeError (found in review, 2026-12-07).
+    with pytest.raises(ValueError, match=r"times is an array of shape \(2, 1\); expected one dimension"):
+        agg.update(MemoryState(), ["a", "b"], np.array([[1], [2]]), [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"values is an array of shape \(2, 1\); expected one dimension"):
+        agg.update(MemoryState(), ["a", "b"], [1, 2], np.array([[1.0], [2.0]]))
     store = "sliding window on store 'v.v1'"
     with pytest.raises(
         ValueError, match=f"{store}: time 1 is naive \\(2026-01-01T00:00:00\\); event times must be UTC-aware"
