@@ -1298,6 +1298,9 @@ class Application:
         self._record_cost = 0.0
         #: The records and seconds of the batch that last made batches smaller (_pace_batches).
         self._before_shrink = (0, 0.0)
+        #: The records handed to the operators whose batch has not finished (0: none; see
+        #: _pace_after_expiry).
+        self._handed = 0
         #: max.poll.interval.ms, in seconds (read when run() starts), and the batches of one
         #: record that outlasted it, each within three intervals of the one before, the last when.
         self._poll_interval_s = 300.0
@@ -2187,6 +2190,7 @@ class Application:
     def _run_operators(
         self, groups: Mapping[int, Sequence[Record[Any]]], count: int, batch: int, started: float
     ) -> None:
+        self._handed = count
         self._call_operators(groups)
         self._count_batch(count, batch, started)
 
@@ -2236,6 +2240,7 @@ class Application:
         self.prometheus.processed.labels(self.name).inc(count)
 
     def _count_batch(self, count: int, batch: int, started: float) -> None:
+        self._handed = 0
         self._count_processed(count)
         self.metrics.batches += 1
         took = time.perf_counter() - started
@@ -2447,6 +2452,7 @@ class Application:
             self._count_skipped(skipped)
         merged = {part: _merged(rs) for part, rs in runs.items()}
         self._batch = messages  # (for the headers of a record an operator dead-letters: _headers_of)
+        self._handed = count
         try:
             if len(merged) <= 1:
                 self._call_operators(merged)
@@ -3732,7 +3738,9 @@ class Application:
         if renew is None or began is None or not self._expired(exc, txn_call):
             return False
         open_s = _boot_clock() - began
-        self._renewals += 1
+        if not self._pace_after_expiry(open_s):
+            # (Batches made smaller, the work is not the same: counted once they cannot be.)
+            self._renewals += 1
         if self._renewals > _MAX_RENEWALS:
             # The same work past the timeout each time (a batch, a checkpoint too slow for it):
             # renewed for ever, nothing would ever be committed.
@@ -3779,21 +3787,26 @@ class Application:
         self._in_txn = False
         self._txn_began = None
         self._forget_reports()
-        self._pace_after_expiry(open_s)
         return True
 
-    def _pace_after_expiry(self, open_s: float) -> None:
-        """Make batches smaller after a transaction expired: the batch that kept it open failed
-        part way, so it never reached :meth:`_pace_batches`, and processed again at its size it
-        expired again, until the stage stopped (500 records at 80 ms each, the default 30 s
-        timeout).  Its records are taken to have cost ``open_s`` together: more were asked for
-        than processed, so the cost is understated, and a batch still too slow expires again
-        and shrinks again, by at least ``_BATCH_SHARE_OF_POLL`` each time."""
-        self._record_cost = max(self._record_cost, open_s / max(1, self._batch_cap))
+    def _pace_after_expiry(self, open_s: float) -> bool:
+        """Whether batches were made smaller after a transaction expired in a batch: one that
+        failed part way (its next output fenced) never reached :meth:`_pace_batches`, and
+        processed again at its size it expired again, until the stage stopped (500 records at
+        80 ms each, the default 30 s timeout).  The records handed over are taken to have cost
+        ``open_s`` together: some were not processed yet, so the cost is understated, and a
+        batch still too slow expires again and shrinks again, by at least
+        ``_BATCH_SHARE_OF_POLL`` each time.  None when no batch was under way (the expiry came
+        at a checkpoint, after a batch measured, or an outage): counted again, a batch's cost
+        made them far smaller than they need be."""
+        handed, self._handed = self._handed, 0
+        if not handed:
+            return False
+        self._record_cost = max(self._record_cost, open_s / handed)
         limit, setting = self._pace_limit()
         fits = max(1, int(_BATCH_SHARE_OF_POLL * limit / self._record_cost))
         if fits >= self._cap:
-            return
+            return False
         self._cap = fits
         self._batch_cap = min(self.batch_size, fits)
         self._before_shrink = (0, 0.0)
@@ -3805,6 +3818,7 @@ class Application:
             setting,
             limit,
         )
+        return True
 
     def _forget_reports(self) -> None:
         """A renewed producer's predecessor's reports are never served: its records were in the

@@ -256,15 +256,6 @@ class SlidingCountSum:
                 f"{len(values)} values; expected one of each per event"
             )
             raise ValueError(msg)
-        for what, column in (("times", times), ("values", values)):
-            if isinstance(column, np.ndarray) and column.ndim != 1:
-                # (len() counted its rows; the C index read it flat, its Python twin refused it
-                # with a bare TypeError)
-                msg = (
-                    f"sliding window on store {self.store.id!r}: {what} is an array of shape "
-                    f"{column.shape}; expected one dimension, one per event"
-                )
-                raise ValueError(msg)
         log = self._log(state)
         if n == 0:
             return WindowColumns(np.ones(0, np.bool_), np.zeros(0, np.int64), np.zeros(0))
@@ -272,6 +263,15 @@ class SlidingCountSum:
         listed = keys if type(keys) is list else list(keys)
         self._check_text(listed)
         v = self._values(values)
+        for what, column in (("times", t), ("values", v)):
+            if column.ndim != 1:
+                # (len() counted rows of a column per row; the C index read them flat, its Python
+                # twin refused them with a bare TypeError)
+                msg = (
+                    f"sliding window on store {self.store.id!r}: {what} have shape {column.shape}; "
+                    "expected one dimension, one per event"
+                )
+                raise ValueError(msg)
         accepted = np.empty(n, np.bool_)
         count = np.empty(n, np.int64)
         total = np.empty(n)

@@ -5,6 +5,7 @@ tests/integration/stream/test_app.py, test_batches_too_slow_for_the_poll_interva
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from pathlib import Path
 
@@ -52,12 +53,29 @@ def test_an_expired_transaction_makes_batches_smaller_at_once(tmp_path: Path) ->
     # stopped after four expiries.
     app = offline_app(tmp_path)
     app._poll_interval_s, app._txn_timeout_s = 300.0, 2.0
-    app._pace_after_expiry(12.0)  # 500 records asked for, open 12 s: at least 24 ms a record
+    app._handed = 500
+    assert app._pace_after_expiry(12.0)  # 500 records handed over, open 12 s: >= 24 ms a record
     assert app._batch_cap == 20
-    app._pace_after_expiry(3.0)  # still too slow: smaller again, by at least a quarter
+    app._handed = 20
+    assert app._pace_after_expiry(3.0)  # still too slow: smaller again, by at least a quarter
     assert app._batch_cap <= 5
-    app._pace_after_expiry(0.001)  # an expiry that says nothing new makes nothing larger
+    app._handed = 5
+    assert not app._pace_after_expiry(0.001)  # an expiry that says nothing new makes nothing larger
     assert app._batch_cap <= 5
+
+
+def test_an_expired_transaction_after_a_measured_batch_leaves_batches_to_its_measure(tmp_path: Path) -> None:
+    # At-least-once with state, or exactly-once with outputs early in a batch alone: the batch
+    # finished and measured its cost, and the expiry came at the checkpoint; counted again, its
+    # cost made batches five times smaller than they need be (found in review, 2026-12-07).
+    app = offline_app(tmp_path)
+    app._poll_interval_s, app._txn_timeout_s = 300.0, 30.0
+    app._handed = 500
+    app._count_batch(500, 500, time.perf_counter() - 40.0)  # the batch ends, measured: 80 ms a record
+    measured = app._batch_cap
+    assert measured == 93  # a quarter of 30 s at 80 ms a record
+    assert not app._pace_after_expiry(40.5)
+    assert app._batch_cap == measured
 
 
 def test_fast_operators_keep_full_batches(tmp_path: Path) -> None:

@@ -477,10 +477,11 @@ def test_datetimes_give_what_milliseconds_give_and_bad_input_is_named() -> None:
         agg.update(MemoryState(), ["a", "b"], [1], [1.0, 2.0])
     # A column as an array of one column per row: the C index read it flat, the Python twin
     # raised a bare TypeError (found in review, 2026-12-07).
-    with pytest.raises(ValueError, match=r"times is an array of shape \(2, 1\); expected one dimension"):
+    with pytest.raises(ValueError, match=r"times have shape \(2, 1\); expected one dimension"):
         agg.update(MemoryState(), ["a", "b"], np.array([[1], [2]]), [1.0, 2.0])
-    with pytest.raises(ValueError, match=r"values is an array of shape \(2, 1\); expected one dimension"):
-        agg.update(MemoryState(), ["a", "b"], [1, 2], np.array([[1.0], [2.0]]))
+    for values in (np.array([[1.0], [2.0]]), [[1.0], [2.0]], [[1.0, 5.0], [2.0, 6.0]]):
+        with pytest.raises(ValueError, match=r"values have shape \(2, [12]\); expected one dimension"):
+            agg.update(MemoryState(), ["a", "b"], [1, 2], values)
     store = "sliding window on store 'v.v1'"
     with pytest.raises(
         ValueError, match=f"{store}: time 1 is naive \\(2026-01-01T00:00:00\\); event times must be UTC-aware"
