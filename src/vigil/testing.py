@@ -411,7 +411,7 @@ class _MemoryContext:
 
     def prepare_late(self, record: Record[Any]) -> Callable[[], None]:
         _check_record(self._operator_id, "late", record)
-        _checked("late", record.event, key=record.key)
+        _checked("late", record.event, record.value, key=record.key)  # (the record as read, as sent)
         return lambda: self._result.late.append(record)
 
 

@@ -494,6 +494,11 @@ MAX_AT_LEAST_ONCE_STATE_CHECKPOINT_S = 1000.0
 DEFAULT_BATCH_SIZE = 500
 #: The most records a batch may ask for (librdkafka's limit for one consume call).
 MAX_BATCH_SIZE = 1_000_000
+#: The headers a record's copy on the late-events topic carries beside its own: the topic,
+#: partition and offset it was read at, and the operator that found it late (see
+#: Application._late_headers).
+LATE_HEADERS = ("vigil.late.topic", "vigil.late.partition", "vigil.late.offset", "vigil.late.operator")
+_LATE = "vigil.late."
 #: A batch is kept to this share of ``max.poll.interval.ms``, at the operators' recent cost per
 #: record: a batch longer than the interval gets the member put out of the group, its work is
 #: undone and the same records read again; with batches of the same size, without end (an
@@ -1081,9 +1086,14 @@ class _KafkaContext:
         return self._prepared(topic, self._forwarded(record), key)
 
     def prepare_late(self, record: Record[Any]) -> Callable[[], None]:
-        value = encode(record.event)
+        # The record as read (the late-events topic holds raw records, as its declaration says),
+        # with its headers, where it was read and which operator found it late: the event encoded
+        # again said none of it (after a group_by not even its original key), and one a custom
+        # decoder made that does not encode stopped the stage at it, at every restart.
+        value = record.value if record.value is not None else encode(record.event)
         check_output(self._app.late_topic, value, record.key)
-        return lambda: self._send_late(value, record.key)
+        headers = self._app._late_headers(record, self._operator_id)
+        return lambda: self._send_late(value, record.key, headers)
 
     def _prepared(self, topic: str, value: bytes, key: str | bytes | None) -> Callable[[], None]:
         check_output(topic, value, key)
@@ -1093,10 +1103,9 @@ class _KafkaContext:
         self._app._produce(topic, value, key)
         self._app.metrics.emitted += 1
 
-    def _send_late(self, value: bytes, key: bytes | None) -> None:
-        self._app.metrics.late += 1
-        self._app.prometheus.late.labels(self._app.name).inc()
-        self._app._produce(self._app.late_topic, value, key)
+    def _send_late(self, value: bytes, key: bytes | None, headers: list[tuple[str, bytes | None]]) -> None:
+        self._app._count_late()
+        self._app._produce(self._app.late_topic, value, key, headers)
 
     def dead_letter(
         self, record: Record[Any], reason: str, headers: list[tuple[str, bytes | None]] | None = None
@@ -1116,6 +1125,7 @@ class _KafkaContext:
         try:
             send = self.prepare_late(record)
         except KafkaException as exc:  # too large for the late-events topic
+            self._app._count_late()  # (late all the same)
             self.dead_letter(record, late_refused(self._app.late_topic, exc))
             return
         send()
@@ -2036,6 +2046,24 @@ class Application:
             self._batch_headers.clear()
             self._batch_index = None
 
+    def _count_late(self) -> None:
+        self.metrics.late += 1
+        self.prometheus.late.labels(self.name).inc()
+
+    def _late_headers(self, record: Record[Any], operator_id: str) -> list[tuple[str, bytes | None]]:
+        """The headers of ``record``'s copy on the late-events topic: its own (those at hand),
+        and ``LATE_HEADERS``: where it was read and which operator found it late (two windows
+        may each find one record late: a copy each)."""
+        own = [(name, value) for name, value in self._headers_of(record) or () if not name.startswith(_LATE)]
+        topic, partition, offset, operator = LATE_HEADERS
+        return [
+            *own,
+            (topic, record.topic.encode()),
+            (partition, str(record.partition).encode()),
+            (offset, str(record.offset).encode()),
+            (operator, operator_id.encode()),
+        ]
+
     def _headers_of(self, record: Record[Any]) -> list[tuple[str, bytes | None]] | None:
         """The headers of ``record``, an input of the batch being processed, for its dead letter:
         a letter without them cannot be sent again once its record has left the topic (``redrive
@@ -2855,7 +2883,13 @@ class Application:
             return ""
         return f" (output topic(s) {', '.join(map(repr, missing))} do not exist: create them first)"
 
-    def _produce(self, topic: str, value: bytes | None, key: str | bytes | None) -> None:
+    def _produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: str | bytes | None,
+        headers: list[tuple[str, bytes | None]] | None = None,
+    ) -> None:
         producer = self._producer
         if producer is None:
             producer = self._running_clients()[0]  # raises: not running
@@ -2866,7 +2900,10 @@ class Application:
         self._output_topics.add(topic)
         while True:
             try:
-                producer.produce(topic, value, key)
+                if headers is None:
+                    producer.produce(topic, value, key)
+                else:
+                    producer.produce(topic, value, key, headers=headers)
                 return
             except BufferError:
                 producer.poll(0.01)  # local queue full: serve deliveries until there is room

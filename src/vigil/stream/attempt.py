@@ -153,9 +153,15 @@ class Attempt:
     def late(self, record: Record[Any]) -> None:
         prepare = getattr(self._ctx, "prepare_late", None)
         if prepare is not None:
-            self._held.append(prepare(record))
-        else:
-            self._held.append(lambda: self._ctx.late(record))
+            try:
+                self._held.append(prepare(record))
+                return
+            except KafkaException:
+                # Too large for the late-events topic: dead-lettered as late once the record has
+                # succeeded (the context's own ``late`` says so), not a failure of the record,
+                # which undid its other effects and named no lateness.
+                pass
+        self._held.append(lambda: self._ctx.late(record))
 
     def begin(self) -> None:
         self._held.clear()

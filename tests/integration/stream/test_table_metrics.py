@@ -24,10 +24,11 @@ from vigil.config import Settings
 from vigil.errors import ConfigError, PipelineError, TopicError
 from vigil.events.base import Entities, Event
 from vigil.events.codec import decode_event, encode
+from vigil.events.records import DeadLetter
 from vigil.events.types import IntelIndicator, IntelIndicatorPayload, Login, Payment
 from vigil.hub.admin import ensure_topics
 from vigil.hub.broker import free_port_block
-from vigil.hub.client import EventProducer, make_admin, producer_config
+from vigil.hub.client import EventProducer, make_admin, producer_config, read_committed
 from vigil.hub.topics import TopicSpec
 from vigil.stream.app import Application
 from vigil.stream.base import Context, Operator, Record, StoreSpec
@@ -727,15 +728,58 @@ def test_late_events_are_counted_and_sent_to_the_late_topic(
     # 14 s behind the newest event (T0 + 9 s) with 10 s allowed: late.
     stale = msgspec.structs.replace(events[0], event_id="stale")
     stale = msgspec.structs.replace(stale, occurred_at=events[0].occurred_at - timedelta(seconds=5))
-    produce(settings, src, [*events, stale])
+    produce(settings, src, events)
+    # As some producer other than Vigil's wrote it: its own spelling of the JSON, its own headers.
+    raw = json.dumps(json.loads(encode(stale)), indent=1, sort_keys=True).encode()
+    producer = Producer(producer_config(settings))
+    producer.produce(src, raw, stale.key(), headers=[("trace-id", b"abc123")])
+    assert producer.flush(30) == 0
     app = Application(settings, name=name, inputs=[src], operators=[Velocity(out)], late_topic=late)
     running = run_app(app)
     wait_for(lambda: running.app.metrics.processed >= 11, 60, "11 records processed")
     running.stop()
     assert not running.errors
     assert running.app.metrics.late == 1
-    assert [decode_event(v).event_id for _, v in read_all(settings, late, 1)] == ["stale"]
+    (copy,) = read_committed(settings, late)
+    # The record as read, with its headers, where it was read and which operator found it late:
+    # the event encoded again said none of it (found in review, 2026-12-07).
+    assert copy.value() == raw
+    assert decode_event(copy.value()).event_id == "stale"
+    assert copy.headers() == [
+        ("trace-id", b"abc123"),
+        ("vigil.late.topic", src.encode()),
+        ("vigil.late.partition", b"0"),
+        ("vigil.late.offset", b"10"),
+        ("vigil.late.operator", b"velocity"),
+    ]
     assert len(read_all(settings, out, 1)) == 10
+
+
+def test_a_late_event_too_large_for_the_late_topic_is_counted_late_and_dead_lettered(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    # Its dead letter said "late", but the late-events count missed it (found in review,
+    # 2026-12-07).
+    src, out, late, dlq, name = names("in"), names("out"), names("late"), names("dlq"), names("app")
+    make_topics(settings, src, out, dlq, partitions=1)
+    events = payments(10, 1)
+    stale = msgspec.structs.replace(events[0], event_id="stale" + "x" * 999_900)
+    stale = msgspec.structs.replace(stale, occurred_at=events[0].occurred_at - timedelta(seconds=5))
+    produce(settings, src, events)
+    producer = Producer(producer_config(settings, **{"message.max.bytes": 2_000_000}))
+    producer.produce(src, encode(stale), stale.key())
+    assert producer.flush(30) == 0
+    app = Application(
+        settings, name=name, inputs=[src], operators=[Velocity(out)], late_topic=late, dlq_topic=dlq
+    )
+    running = run_app(app)
+    wait_for(lambda: running.app.metrics.processed >= 11, 60, "11 records processed")
+    running.stop()
+    assert not running.errors
+    assert (running.app.metrics.late, running.app.metrics.dead_lettered) == (1, 1)
+    (letter,) = [msgspec.json.decode(m.value(), type=DeadLetter) for m in read_committed(settings, dlq)]
+    assert letter.reason.startswith(f"late, and too large for the late-events topic '{late}'")
+    assert letter.offset == 10
 
 
 def test_interval_join_pairs_co_partitioned_topics_on_kafka(

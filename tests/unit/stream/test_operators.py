@@ -579,3 +579,30 @@ def test_a_late_event_too_large_for_the_late_topic_is_dead_lettered_and_the_rest
     assert record.event.event_id == big.event_id
     assert reason.startswith("late, and too large for the late-events topic 'late': a record of ")
     assert [hit[0] for hit in op.hits] == ["p1"]
+
+
+class CarefulVelocity(Velocity):
+    """Velocity under the dead-letter policy, emitting a small mark of each record it is given."""
+
+    id = "careful-velocity"
+    dead_letter_errors = True
+
+    def process(self, batch: Sequence[Record[Payment]], ctx: Context) -> None:
+        for rec in batch:
+            ctx.emit("seen", payment(0, "c0", timedelta(0)), key=f"seen-{rec.offset}")
+        super().process(batch, ctx)
+
+
+def test_a_late_event_too_large_under_the_dead_letter_policy_is_dead_lettered_as_late() -> None:
+    # Under the policy the refusal failed the record's attempt: its letter named the client's
+    # error, not lateness, and its other effects (its emit) were undone (found in review,
+    # 2026-12-07).
+    op = CarefulVelocity()
+    big = msgspec.structs.replace(payment(2, "c1", timedelta(minutes=0)), event_id="p2" + "x" * 1_000_000)
+    events = [payment(1, "c1", timedelta(minutes=6)), big, payment(3, "c1", timedelta(minutes=4))]
+    result = run_operators([op], events, batch_size=1)
+    ((record, reason),) = result.dead_letters
+    assert record.event.event_id == big.event_id
+    assert reason.startswith("late, and too large for the late-events topic 'late': a record of ")
+    assert [r.event.event_id for r in result.late] == ["p3"]
+    assert len(result.emitted("seen")) == 3  # the big record's mark kept
