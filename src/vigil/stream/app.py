@@ -1501,8 +1501,10 @@ class Application:
         self._txn_began: float | None = None
         self._txn_timeout_s = math.inf
         self._new_producer: Callable[[], Producer] | None = None
-        #: Producers renewed since the last commit (see _renew_expired).
+        #: Producers renewed since the last commit once batches could be made no smaller, and
+        #: all of them (see _renew_expired).
         self._renewals = 0
+        self._expiries = 0
         #: Checkpoints aborted in a row after an abortable failure (see _aborted_to_retry).
         self._aborted_checkpoints = 0
         self._failed = False
@@ -3451,7 +3453,7 @@ class Application:
             raise self._checkpoint_failed(exc) from exc
         self._in_txn = False
         self._txn_began = None
-        self._renewals = 0
+        self._renewals = self._expiries = 0
         self._aborted_checkpoints = 0
         if committing.offsets:  # (the group's metadata checked: still this member's partitions)
             self._current_at = committing.began
@@ -3504,7 +3506,7 @@ class Application:
             self._retrying(lambda: self._txn_call("commit_transaction", producer.commit_transaction))
             self._in_txn = False
             self._txn_began = None
-            self._renewals = 0
+            self._renewals = self._expiries = 0
             self._aborted_checkpoints = 0
             if offsets:  # (the group's metadata checked: still this member's partitions)
                 self._current_at = began
@@ -3775,6 +3777,7 @@ class Application:
         if renew is None or began is None or not self._expired(exc, txn_call):
             return False
         open_s = _boot_clock() - began
+        self._expiries += 1
         if not self._pace_after_expiry(open_s):
             # (Batches made smaller, the work is not the same: counted once they cannot be.)
             self._renewals += 1
@@ -3783,9 +3786,10 @@ class Application:
             # renewed for ever, nothing would ever be committed.
             msg = (
                 f"application {self.name!r}: {failed}: {exc.args[0]}; the transaction expired "
-                f"{self._renewals} times in a row without a checkpoint between (open {open_s:.0f} s, "
-                f"timeout {self._txn_timeout_s:.0f} s): a batch or a checkpoint takes longer than "
-                "transaction.timeout.ms"
+                f"{self._expiries} times in a row without a checkpoint between, the last "
+                f"{self._renewals} with batches as small as expiries make them ({self._batch_cap} "
+                f"records; open {open_s:.0f} s, timeout {self._txn_timeout_s:.0f} s): a batch or a "
+                "checkpoint takes longer than transaction.timeout.ms"
             )
             raise PipelineError(msg)
         log.warning(

@@ -187,10 +187,10 @@ class PrometheusMetrics:
         self.state_keys = Gauge(
             "vigil_stream_state_keys",
             "Estimated operators' keys per store and partition (RocksDB's estimate-num-keys, "
-            "less the store's own records of its changelog: every write counts until RocksDB "
-            "flushes or compacts it, a key written again or deleted and the store's changelog "
-            "offset, written at every checkpoint, so between flushes this reads high, by up to "
-            "the keys written per checkpoint and two at every checkpoint)",
+            "less the store's own records of its changelog: a key written again, or deleted, "
+            "counts again until RocksDB compacts it, as the store's changelog offset written at "
+            "every checkpoint does, so between compactions this reads high, by up to the keys "
+            "written per checkpoint and two at every checkpoint)",
             ["app", "store", "partition"],
             registry=r,
         )

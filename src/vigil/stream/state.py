@@ -440,7 +440,7 @@ class RocksState(State):
     def key_count_estimate(self) -> int:
         """RocksDB's estimate of the operators' keys: its own count, less the store's records
         of its changelog (three keys; rewritten at every checkpoint, each write counts until a
-        flush or compaction, as an operator's key written again does: see the gauge's help)."""
+        compaction, as an operator's key written again does: see the gauge's help)."""
         value = int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0)
         get = self._db.get
         own = sum(1 for key in (OFFSET_KEY, WRITTEN_AT_KEY, TOPIC_ID_KEY) if get(key) is not None)

@@ -75,7 +75,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, SupportsIndex
+from typing import Any, NoReturn, SupportsIndex
 
 import numpy as np
 import numpy.typing as npt
@@ -259,19 +259,14 @@ class SlidingCountSum:
         log = self._log(state)
         if n == 0:
             return WindowColumns(np.ones(0, np.bool_), np.zeros(0, np.int64), np.zeros(0))
+        if isinstance(times, np.ndarray) and times.ndim != 1:
+            self._not_a_column("times", times.shape)
         t = _as_ms(times, n, f"sliding window on store {self.store.id!r}")
         listed = keys if type(keys) is list else list(keys)
         self._check_text(listed)
         v = self._values(values)
-        for what, column in (("times", t), ("values", v)):
-            if column.ndim != 1:
-                # (len() counted rows of a column per row; the C index read them flat, its Python
-                # twin refused them with a bare TypeError)
-                msg = (
-                    f"sliding window on store {self.store.id!r}: {what} have shape {column.shape}; "
-                    "expected one dimension, one per event"
-                )
-                raise ValueError(msg)
+        if v.ndim != 1:
+            self._not_a_column("values", v.shape)
         accepted = np.empty(n, np.bool_)
         count = np.empty(n, np.int64)
         total = np.empty(n)
@@ -305,6 +300,15 @@ class SlidingCountSum:
         return WindowColumns(accepted, count, total)
 
     # ------------------------------------------------------------------ helpers
+
+    def _not_a_column(self, what: str, shape: tuple[int, ...]) -> NoReturn:
+        # (len() counted rows of a column per row; the C index read them flat, its Python twin
+        # refused them with a bare TypeError)
+        msg = (
+            f"sliding window on store {self.store.id!r}: {what} have shape {shape}; expected one "
+            "dimension, one per event"
+        )
+        raise ValueError(msg)
 
     def _values(self, values: Sequence[float] | npt.NDArray[Any]) -> Floats:
         try:

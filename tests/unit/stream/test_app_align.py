@@ -206,3 +206,35 @@ def test_the_quiet_is_a_second_again_once_the_partition_without_an_answer_delive
             app._consumed[("in", 0)] = 1  # it delivers
             app._align()
         assert app._start_lag_quiet_s == 1.0
+
+
+class Handed(Seen):
+    """Notes what its application counts as handed over and unfinished while it runs."""
+
+    id = "handed"
+    app: Any = None
+
+    def process(self, batch: Sequence[Record[Any]], ctx: Context) -> None:
+        self.offsets.append((-1, self.app._handed))
+        super().process(batch, ctx)
+
+
+def test_a_release_counts_its_records_as_handed_over_until_it_is_measured(tmp_path: Path) -> None:
+    # An expired transaction in a release makes batches smaller by the records handed over (see
+    # Application._pace_after_expiry); a release that finished has measured its cost itself.
+    op = Handed()
+    app = op.app = offline_app(tmp_path, operators=[op])
+    app.alignment = alignment = Alignment(10.0, 60.0, max_buffered=10)
+    app._consumer = Reading()
+    now = time.monotonic()
+    alignment.add([A], now)
+    task = _PartitionTask(0)
+    task.contexts = [(op, _KafkaContext(app, task, op))]
+    app._tasks[0] = task
+    app._owned.add(A)
+    app._buffers[A] = deque([_record(A, i, 70.0 + i) for i in range(5)])
+    app._consumed[A] = 5
+    alignment.observe(A, 74.0, now)
+    app._align()
+    assert op.offsets[0] == (-1, 5)
+    assert app._handed == 0

@@ -64,6 +64,26 @@ def test_renewing_again_and_again_without_a_commit_stops_the_application(tmp_pat
     assert len(made) == 3
 
 
+def test_expiries_in_batches_make_them_smaller_and_count_once_they_can_be_no_smaller(tmp_path: Path) -> None:
+    # An expiry in a batch makes batches smaller, at least four times: not the same work again,
+    # so not counted towards the stop; once they are one record, the stop still comes.
+    app, made = expired_app(tmp_path)
+    caps = []
+    for _ in range(6):
+        app._txn_began, app._handed = _boot_clock() - 100, app._batch_cap
+        assert app._renewed_after_timeout(FENCED)
+        caps.append(app._batch_cap)
+    assert caps == [37, 2, 1, 1, 1, 1]
+    app._txn_began, app._handed = _boot_clock() - 100, app._batch_cap
+    with pytest.raises(
+        PipelineError,
+        match=r"expired 7 times in a row without a checkpoint between, the last 4 with batches as small "
+        r"as expiries make them \(1 records",
+    ):
+        app._renewed_after_timeout(FENCED)
+    assert len(made) == 6
+
+
 @pytest.mark.parametrize("case", ["young", "given id", "not fatal", "failed", "stopping"])
 def test_what_is_not_an_expired_transaction_is_not_renewed(tmp_path: Path, case: str) -> None:
     # A producer fenced sooner than its timeout is another process's doing; a given instance_id

@@ -73,7 +73,7 @@ def test_an_expired_transaction_after_a_measured_batch_leaves_batches_to_its_mea
     app._handed = 500
     app._count_batch(500, 500, time.perf_counter() - 40.0)  # the batch ends, measured: 80 ms a record
     measured = app._batch_cap
-    assert measured == 93  # a quarter of 30 s at 80 ms a record
+    assert 90 <= measured <= 93  # a quarter of 30 s at 80 ms a record (and the call's own time)
     assert not app._pace_after_expiry(40.5)
     assert app._batch_cap == measured
 

@@ -477,8 +477,13 @@ def test_datetimes_give_what_milliseconds_give_and_bad_input_is_named() -> None:
         agg.update(MemoryState(), ["a", "b"], [1], [1.0, 2.0])
     # A column as an array of one column per row: the C index read it flat, the Python twin
     # raised a bare TypeError (found in review, 2026-12-07).
-    with pytest.raises(ValueError, match=r"times have shape \(2, 1\); expected one dimension"):
-        agg.update(MemoryState(), ["a", "b"], np.array([[1], [2]]), [1.0, 2.0])
+    for times in (
+        np.array([[1], [2]]),
+        np.array([[1, 2**62], [2, 3]]),
+        np.array([[1, 2**63]], dtype=np.uint64),
+    ):
+        with pytest.raises(ValueError, match=r"times have shape \([12], [12]\); expected one dimension"):
+            agg.update(MemoryState(), ["a", "b"][: len(times)], times, [1.0, 2.0][: len(times)])
     for values in (np.array([[1.0], [2.0]]), [[1.0], [2.0]], [[1.0, 5.0], [2.0, 6.0]]):
         with pytest.raises(ValueError, match=r"values have shape \(2, [12]\); expected one dimension"):
             agg.update(MemoryState(), ["a", "b"], [1, 2], values)
