@@ -254,7 +254,9 @@ class Emitted:
 class HarnessResult:
     emits: list[Emitted] = field(default_factory=list)
     dead_letters: list[tuple[Record[Any], str]] = field(default_factory=list)
-    #: Records operators reported as too late for their window (``ctx.late``).
+    #: Records operators reported as too late for their window (``ctx.late``) and sent to the
+    #: late-events topic (one too large for it is in ``dead_letters``; the runtime's late count,
+    #: ``metrics.late``, counts it too).
     late: list[Record[Any]] = field(default_factory=list)
     states: dict[tuple[str, int], MemoryState] = field(default_factory=dict)
     #: The next offset per (topic, partition): a restart carries on from them, as Kafka's do.

@@ -499,6 +499,9 @@ MAX_BATCH_SIZE = 1_000_000
 #: Application._late_headers).
 LATE_HEADERS = ("vigil.late.topic", "vigil.late.partition", "vigil.late.offset", "vigil.late.operator")
 _LATE = "vigil.late."
+#: On a late record's copy whose own headers would take it over ``OUTPUT_MAX_BYTES``: how many
+#: were left out (they stay where it was read).
+LATE_HEADERS_LEFT_OUT = "vigil.late.headers-left-out"
 #: A batch is kept to this share of ``max.poll.interval.ms``, at the operators' recent cost per
 #: record: a batch longer than the interval gets the member put out of the group, its work is
 #: undone and the same records read again; with batches of the same size, without end (an
@@ -722,6 +725,11 @@ def check_output(topic: str, value: bytes, key: str | bytes | None = None) -> No
         parts = f" ({size - len(value):,} of them its key)" if size != len(value) else ""
         text = f"a record of {size:,} bytes for {topic!r}{parts}; at most {OUTPUT_MAX_BYTES:,}"
         raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, text))
+
+
+def _headers_bytes(headers: list[tuple[str, bytes | None]]) -> int:
+    """About what ``headers`` add to a record (each name and value, and a few bytes of lengths)."""
+    return sum(len(name.encode("utf-8", "surrogatepass")) + len(value or b"") + 8 for name, value in headers)
 
 
 def late_refused(topic: str, exc: KafkaException) -> str:
@@ -1093,6 +1101,11 @@ class _KafkaContext:
         value = record.value if record.value is not None else encode(record.event)
         check_output(self._app.late_topic, value, record.key)
         headers = self._app._late_headers(record, self._operator_id)
+        if len(value) + _length(record.key) + _headers_bytes(headers) > OUTPUT_MAX_BYTES:
+            # Its own headers over the limit with it (a raw topic's records may be 64 MB): the
+            # broker refused the copy, and the stage stopped at it at every restart.  Left out,
+            # as a dead letter leaves them, and said; they stay where it was read.
+            headers = self._app._late_headers(record, self._operator_id, own=False)
         return lambda: self._send_late(value, record.key, headers)
 
     def _prepared(self, topic: str, value: bytes, key: str | bytes | None) -> Callable[[], None]:
@@ -1501,8 +1514,8 @@ class Application:
         self._txn_began: float | None = None
         self._txn_timeout_s = math.inf
         self._new_producer: Callable[[], Producer] | None = None
-        #: Producers renewed since the last commit once batches could be made no smaller, and
-        #: all of them (see _renew_expired).
+        #: Producers renewed since the last commit once batches could be made no smaller
+        #: (counted towards the stop), and every one (see _renew_expired).
         self._renewals = 0
         self._expiries = 0
         #: Checkpoints aborted in a row after an abortable failure (see _aborted_to_retry).
@@ -2052,19 +2065,24 @@ class Application:
         self.metrics.late += 1
         self.prometheus.late.labels(self.name).inc()
 
-    def _late_headers(self, record: Record[Any], operator_id: str) -> list[tuple[str, bytes | None]]:
-        """The headers of ``record``'s copy on the late-events topic: its own (those at hand),
-        and ``LATE_HEADERS``: where it was read and which operator found it late (two windows
-        may each find one record late: a copy each)."""
-        own = [(name, value) for name, value in self._headers_of(record) or () if not name.startswith(_LATE)]
+    def _late_headers(
+        self, record: Record[Any], operator_id: str, own: bool = True
+    ) -> list[tuple[str, bytes | None]]:
+        """The headers of ``record``'s copy on the late-events topic: its own (those at hand;
+        ``own`` False: left out, and how many said in ``vigil.late.headers-left-out``), and
+        ``LATE_HEADERS``: where it was read and which operator found it late (two windows may
+        each find one record late: a copy each)."""
+        kept = [(name, value) for name, value in self._headers_of(record) or () if not name.startswith(_LATE)]
         topic, partition, offset, operator = LATE_HEADERS
-        return [
-            *own,
+        where = [
             (topic, record.topic.encode()),
             (partition, str(record.partition).encode()),
             (offset, str(record.offset).encode()),
             (operator, operator_id.encode()),
         ]
+        if own:
+            return [*kept, *where]
+        return [*where, (LATE_HEADERS_LEFT_OUT, str(len(kept)).encode())]
 
     def _headers_of(self, record: Record[Any]) -> list[tuple[str, bytes | None]] | None:
         """The headers of ``record``, an input of the batch being processed, for its dead letter:
@@ -3786,10 +3804,10 @@ class Application:
             # renewed for ever, nothing would ever be committed.
             msg = (
                 f"application {self.name!r}: {failed}: {exc.args[0]}; the transaction expired "
-                f"{self._expiries} times in a row without a checkpoint between, the last "
-                f"{self._renewals} with batches as small as expiries make them ({self._batch_cap} "
-                f"records; open {open_s:.0f} s, timeout {self._txn_timeout_s:.0f} s): a batch or a "
-                "checkpoint takes longer than transaction.timeout.ms"
+                f"{self._expiries} times in a row without a checkpoint between, {self._renewals} of "
+                f"them with no batch under way or batches as small as expiries make them (now "
+                f"{self._batch_cap} records; open {open_s:.0f} s, timeout {self._txn_timeout_s:.0f} "
+                "s): a batch or a checkpoint takes longer than transaction.timeout.ms"
             )
             raise PipelineError(msg)
         log.warning(
@@ -3837,9 +3855,9 @@ class Application:
         80 ms each, the default 30 s timeout).  The records handed over are taken to have cost
         ``open_s`` together: some were not processed yet, so the cost is understated, and a
         batch still too slow expires again and shrinks again, by at least
-        ``_BATCH_SHARE_OF_POLL`` each time.  None when no batch was under way (the expiry came
-        at a checkpoint, after a batch measured, or an outage): counted again, a batch's cost
-        made them far smaller than they need be."""
+        ``_BATCH_SHARE_OF_POLL`` each time.  Not when no batch was under way (the expiry came
+        at a checkpoint, after a batch that measured its cost, or in an outage): counted again,
+        a batch's cost made them far smaller than they need be."""
         handed, self._handed = self._handed, 0
         if not handed:
             return False

@@ -77,8 +77,8 @@ def test_expiries_in_batches_make_them_smaller_and_count_once_they_can_be_no_sma
     app._txn_began, app._handed = _boot_clock() - 100, app._batch_cap
     with pytest.raises(
         PipelineError,
-        match=r"expired 7 times in a row without a checkpoint between, the last 4 with batches as small "
-        r"as expiries make them \(1 records",
+        match=r"expired 7 times in a row without a checkpoint between, 4 of them with no batch under way "
+        r"or batches as small as expiries make them \(now 1 records",
     ):
         app._renewed_after_timeout(FENCED)
     assert len(made) == 6
