@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -720,31 +721,53 @@ class Velocity(Operator[Payment]):
                 ctx.emit(self.output, rec.event)
 
 
+def produce_with_a_stale_one(
+    settings: Settings,
+    src: str,
+    stale_id: str,
+    value_of: Callable[[Payment], bytes] = encode,
+    headers: list[tuple[str, str | bytes | None]] | None = None,
+    max_bytes: int = 2_000_000,
+) -> Payment:
+    """Ten payments of one customer a second apart, then one 14 s behind the newest (T0 + 9 s;
+    ``Velocity`` allows 10 s: late), at offset 10, as some producer other than Vigil's wrote it
+    (its bytes ``value_of(event)``, its ``headers``).  Returns that one."""
+    events = payments(10, 1)
+    stale = msgspec.structs.replace(events[0], event_id=stale_id)
+    stale = msgspec.structs.replace(stale, occurred_at=events[0].occurred_at - timedelta(seconds=5))
+    produce(settings, src, events)
+    producer = Producer(producer_config(settings, **{"message.max.bytes": max_bytes}))
+    producer.produce(src, value_of(stale), stale.key(), headers=headers)
+    assert producer.flush(30) == 0
+    return stale
+
+
+def run_velocity(settings: Settings, run_app: Start, name: str, src: str, out: str, **kw: Any) -> Running:
+    """``Velocity`` over the eleven records of :func:`produce_with_a_stale_one`, then stopped."""
+    running = run_app(Application(settings, name=name, inputs=[src], operators=[Velocity(out)], **kw))
+    wait_for(lambda: running.app.metrics.processed >= 11, 60, "11 records processed")
+    running.stop()
+    assert not running.errors
+    return running
+
+
+def spelled_apart(event: Payment) -> bytes:
+    """``event`` in JSON of another producer's spelling (indented, keys sorted)."""
+    return json.dumps(json.loads(encode(event)), indent=1, sort_keys=True).encode()
+
+
 def test_late_events_are_counted_and_sent_to_the_late_topic(
     settings: Settings, names: Callable[[str], str], run_app: Start
 ) -> None:
     src, out, late, name = names("in"), names("out"), names("late"), names("app")
     make_topics(settings, src, out, partitions=1)
-    events = payments(10, 1)  # one customer, one second apart
-    # 14 s behind the newest event (T0 + 9 s) with 10 s allowed: late.
-    stale = msgspec.structs.replace(events[0], event_id="stale")
-    stale = msgspec.structs.replace(stale, occurred_at=events[0].occurred_at - timedelta(seconds=5))
-    produce(settings, src, events)
-    # As some producer other than Vigil's wrote it: its own spelling of the JSON, its own headers.
-    raw = json.dumps(json.loads(encode(stale)), indent=1, sort_keys=True).encode()
-    producer = Producer(producer_config(settings))
-    producer.produce(src, raw, stale.key(), headers=[("trace-id", b"abc123")])
-    assert producer.flush(30) == 0
-    app = Application(settings, name=name, inputs=[src], operators=[Velocity(out)], late_topic=late)
-    running = run_app(app)
-    wait_for(lambda: running.app.metrics.processed >= 11, 60, "11 records processed")
-    running.stop()
-    assert not running.errors
+    stale = produce_with_a_stale_one(settings, src, "stale", spelled_apart, [("trace-id", b"abc123")])
+    running = run_velocity(settings, run_app, name, src, out, late_topic=late)
     assert running.app.metrics.late == 1
     (copy,) = read_committed(settings, late)
     # The record as read, with its headers, where it was read and which operator found it late:
     # the event encoded again said none of it (found in review, 2026-12-07).
-    assert copy.value() == raw
+    assert copy.value() == spelled_apart(stale)
     assert decode_event(copy.value()).event_id == "stale"
     assert copy.headers() == [
         ("trace-id", b"abc123"),
@@ -763,20 +786,8 @@ def test_a_late_event_too_large_for_the_late_topic_is_counted_late_and_dead_lett
     # 2026-12-07).
     src, out, late, dlq, name = names("in"), names("out"), names("late"), names("dlq"), names("app")
     make_topics(settings, src, out, dlq, partitions=1)
-    events = payments(10, 1)
-    stale = msgspec.structs.replace(events[0], event_id="stale" + "x" * 999_900)
-    stale = msgspec.structs.replace(stale, occurred_at=events[0].occurred_at - timedelta(seconds=5))
-    produce(settings, src, events)
-    producer = Producer(producer_config(settings, **{"message.max.bytes": 2_000_000}))
-    producer.produce(src, encode(stale), stale.key())
-    assert producer.flush(30) == 0
-    app = Application(
-        settings, name=name, inputs=[src], operators=[Velocity(out)], late_topic=late, dlq_topic=dlq
-    )
-    running = run_app(app)
-    wait_for(lambda: running.app.metrics.processed >= 11, 60, "11 records processed")
-    running.stop()
-    assert not running.errors
+    produce_with_a_stale_one(settings, src, "stale" + "x" * 999_900)
+    running = run_velocity(settings, run_app, name, src, out, late_topic=late, dlq_topic=dlq)
     assert (running.app.metrics.late, running.app.metrics.dead_lettered) == (1, 1)
     (letter,) = [msgspec.json.decode(m.value(), type=DeadLetter) for m in read_committed(settings, dlq)]
     assert letter.reason.startswith(f"late, and too large for the late-events topic '{late}'")
@@ -792,18 +803,10 @@ def test_a_late_record_whose_headers_take_its_copy_over_the_limit_goes_without_t
     src, out, late, name = names("in"), names("out"), names("late"), names("app")
     ensure_topics(settings, [TopicSpec(src, "test", "raw", "test", partitions=1, max_message_bytes=4 << 20)])
     make_topics(settings, out, partitions=1)
-    events = payments(10, 1)
-    stale = msgspec.structs.replace(events[0], event_id="stale" + os.urandom(450_000).hex())
-    stale = msgspec.structs.replace(stale, occurred_at=events[0].occurred_at - timedelta(seconds=5))
-    produce(settings, src, events)
-    producer = Producer(producer_config(settings, **{"message.max.bytes": 4_000_000}))
-    producer.produce(src, encode(stale), stale.key(), headers=[("trace", os.urandom(400_000))])
-    assert producer.flush(30) == 0
-    app = Application(settings, name=name, inputs=[src], operators=[Velocity(out)], late_topic=late)
-    running = run_app(app)
-    wait_for(lambda: running.app.metrics.processed >= 11, 60, "11 records processed")
-    running.stop()
-    assert not running.errors
+    big = "stale" + os.urandom(450_000).hex()  # (random: the broker's limit is on compressed bytes)
+    headers: list[tuple[str, str | bytes | None]] = [("trace", os.urandom(400_000))]
+    stale = produce_with_a_stale_one(settings, src, big, headers=headers, max_bytes=4_000_000)
+    run_velocity(settings, run_app, name, src, out, late_topic=late)
     (copy,) = read_committed(settings, late)
     assert copy.value() == encode(stale)
     assert copy.headers() == [
