@@ -499,9 +499,10 @@ MAX_BATCH_SIZE = 1_000_000
 #: Application._late_headers).
 LATE_HEADERS = ("vigil.late.topic", "vigil.late.partition", "vigil.late.offset", "vigil.late.operator")
 _LATE = "vigil.late."
-#: On a late record's copy whose own headers would take it over ``OUTPUT_MAX_BYTES``: how many
-#: were left out (they stay where it was read).
+#: On a late record's copy whose own headers would take it over ``OUTPUT_MAX_BYTES``: the names
+#: of those left out (they stay where it was read), and the room that note is given.
 LATE_HEADERS_LEFT_OUT = "vigil.late.headers-left-out"
+_LEFT_OUT_NOTE_BYTES = 512
 #: A batch is kept to this share of ``max.poll.interval.ms``, at the operators' recent cost per
 #: record: a batch longer than the interval gets the member put out of the group, its work is
 #: undone and the same records read again; with batches of the same size, without end (an
@@ -730,6 +731,43 @@ def check_output(topic: str, value: bytes, key: str | bytes | None = None) -> No
 def _headers_bytes(headers: list[tuple[str, bytes | None]]) -> int:
     """About what ``headers`` add to a record (each name and value, and a few bytes of lengths)."""
     return sum(len(name.encode("utf-8", "surrogatepass")) + len(value or b"") + 8 for name, value in headers)
+
+
+def late_headers(
+    headers: list[tuple[str, bytes | None]], record: Record[Any], operator_id: str, room: int
+) -> list[tuple[str, bytes | None]]:
+    """The headers of ``record``'s copy on the late-events topic: its own, ``headers`` (those at
+    hand), and ``LATE_HEADERS``: where it was read and which operator found it late (two windows
+    may each find one record late: a copy each).  Its own that would take it past ``room`` bytes
+    are left out, the largest first, and named in ``LATE_HEADERS_LEFT_OUT``: a raw topic's
+    records may be 64 MB, and the broker refused such a copy, stopping the stage at it at every
+    restart (they stay where it was read)."""
+    own = [(name, value) for name, value in headers if not name.startswith(_LATE)]
+    topic, partition, offset, operator = LATE_HEADERS
+    where: list[tuple[str, bytes | None]] = [
+        (topic, record.topic.encode()),
+        (partition, str(record.partition).encode()),
+        (offset, str(record.offset).encode()),
+        (operator, operator_id.encode()),
+    ]
+    size = _headers_bytes(own) + _headers_bytes(where)
+    if size <= room:
+        return [*own, *where]
+    # (The note's own size allowed for: _LEFT_OUT_NOTE_BYTES at most.)
+    left: set[int] = set()
+    for i in sorted(range(len(own)), key=lambda i: -_headers_bytes(own[i : i + 1])):
+        left.add(i)
+        size -= _headers_bytes(own[i : i + 1])
+        if size + _LEFT_OUT_NOTE_BYTES <= room:
+            break
+    if not left:
+        return [*own, *where]  # (none of its own: nothing to leave out; the limit's margin holds it)
+    names = ", ".join(name for i, (name, _) in enumerate(own) if i in left).encode("utf-8", "surrogatepass")
+    if len(names) > _LEFT_OUT_NOTE_BYTES // 2:
+        cut = names[: _LEFT_OUT_NOTE_BYTES // 2].decode("utf-8", "ignore").encode()
+        names = cut + f"... ({len(left)} in all)".encode()
+    kept = [header for i, header in enumerate(own) if i not in left]
+    return [*kept, *where, (LATE_HEADERS_LEFT_OUT, names)]
 
 
 def late_refused(topic: str, exc: KafkaException) -> str:
@@ -1100,12 +1138,8 @@ class _KafkaContext:
         # decoder made that does not encode stopped the stage at it, at every restart.
         value = record.value if record.value is not None else encode(record.event)
         check_output(self._app.late_topic, value, record.key)
-        headers = self._app._late_headers(record, self._operator_id)
-        if len(value) + _length(record.key) + _headers_bytes(headers) > OUTPUT_MAX_BYTES:
-            # Its own headers over the limit with it (a raw topic's records may be 64 MB): the
-            # broker refused the copy, and the stage stopped at it at every restart.  Left out,
-            # as a dead letter leaves them, and said; they stay where it was read.
-            headers = self._app._late_headers(record, self._operator_id, own=False)
+        room = OUTPUT_MAX_BYTES - len(value) - _length(record.key)
+        headers = self._app._late_headers(record, self._operator_id, room)
         return lambda: self._send_late(value, record.key, headers)
 
     def _prepared(self, topic: str, value: bytes, key: str | bytes | None) -> Callable[[], None]:
@@ -2066,23 +2100,10 @@ class Application:
         self.prometheus.late.labels(self.name).inc()
 
     def _late_headers(
-        self, record: Record[Any], operator_id: str, own: bool = True
+        self, record: Record[Any], operator_id: str, room: int
     ) -> list[tuple[str, bytes | None]]:
-        """The headers of ``record``'s copy on the late-events topic: its own (those at hand;
-        ``own`` False: left out, and how many said in ``vigil.late.headers-left-out``), and
-        ``LATE_HEADERS``: where it was read and which operator found it late (two windows may
-        each find one record late: a copy each)."""
-        kept = [(name, value) for name, value in self._headers_of(record) or () if not name.startswith(_LATE)]
-        topic, partition, offset, operator = LATE_HEADERS
-        where = [
-            (topic, record.topic.encode()),
-            (partition, str(record.partition).encode()),
-            (offset, str(record.offset).encode()),
-            (operator, operator_id.encode()),
-        ]
-        if own:
-            return [*kept, *where]
-        return [*where, (LATE_HEADERS_LEFT_OUT, str(len(kept)).encode())]
+        """The headers of ``record``'s copy on the late-events topic (see :func:`late_headers`)."""
+        return late_headers(self._headers_of(record) or [], record, operator_id, room)
 
     def _headers_of(self, record: Record[Any]) -> list[tuple[str, bytes | None]] | None:
         """The headers of ``record``, an input of the batch being processed, for its dead letter:
