@@ -859,7 +859,13 @@ def test_interval_join_pairs_co_partitioned_topics_on_kafka(
     ]
     produce(settings, withdrawals, wds)
     running = run_app(Application(settings, name=name, inputs=[logins, withdrawals], operators=[join]))
-    wait_for(lambda: running.app.metrics.processed >= 24, 60, "24 records processed")
+    # (Timed out once in CI, loaded, with nothing said: what the application had done, and any error.)
+    wait_for(
+        lambda: running.app.metrics.processed >= 24,
+        60,
+        "24 records processed",
+        said=lambda: f"{running.app.metrics}; alive {running.thread.is_alive()}; errors {running.errors}",
+    )
     running.stop()
     assert not running.errors
     got = sorted(decode_event(v).event_id for _, v in read_all(settings, out, 3))
