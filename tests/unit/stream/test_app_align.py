@@ -70,6 +70,16 @@ def _record(tp: tuple[str, int], offset: int, at: float) -> tuple[float, Record[
     return at, Record(event, tp[0], tp[1], offset, None, 0)
 
 
+def owning(app: Any, op: Seen, tps: list[tuple[str, int]], now: float) -> None:
+    """``app`` owning ``tps`` (aligned from ``now``), ``op`` its operator on each."""
+    app.alignment.add(tps, now)
+    for _, part in tps:
+        task = _PartitionTask(part)
+        task.contexts = [(op, _KafkaContext(app, task, op))]
+        app._tasks[part] = task
+    app._owned.update(tps)
+
+
 def test_a_partition_is_paused_for_what_it_buffers_after_the_release_not_before(tmp_path: Path) -> None:
     # B is ahead of A by more than the skew, and buffers 30 records against a bound of 10; but
     # 29 of them are at or before A's time, released in this very pass.  Counted before the
@@ -79,12 +89,7 @@ def test_a_partition_is_paused_for_what_it_buffers_after_the_release_not_before(
     app.alignment = alignment = Alignment(10.0, 60.0, max_buffered=10)
     app._consumer = consumer = Reading()
     now = time.monotonic()
-    alignment.add([A, B], now)
-    for part in (0, 1):
-        task = _PartitionTask(part)
-        task.contexts = [(op, _KafkaContext(app, task, op))]
-        app._tasks[part] = task
-    app._owned.update([A, B])
+    owning(app, op, [A, B], now)
     app._buffers[A] = deque([_record(A, 0, 100.0)])
     app._buffers[B] = deque([_record(B, i, 70.0 + i) for i in range(29)] + [_record(B, 29, 200.0)])
     app._consumed.update({A: 1, B: 30})
@@ -227,11 +232,7 @@ def test_a_release_counts_its_records_as_handed_over_until_it_is_measured(tmp_pa
     app.alignment = alignment = Alignment(10.0, 60.0, max_buffered=10)
     app._consumer = Reading()
     now = time.monotonic()
-    alignment.add([A], now)
-    task = _PartitionTask(0)
-    task.contexts = [(op, _KafkaContext(app, task, op))]
-    app._tasks[0] = task
-    app._owned.add(A)
+    owning(app, op, [A], now)
     app._buffers[A] = deque([_record(A, i, 70.0 + i) for i in range(5)])
     app._consumed[A] = 5
     alignment.observe(A, 74.0, now)
