@@ -207,3 +207,13 @@ class ClassicGroupsBroker(PlainBroker):
 
     kind = "classic-groups"
     extra = {"group.coordinator.rebalance.protocols": "classic"}
+
+
+class LapsingBroker(PlainBroker):
+    """A plain broker whose heartbeats lapse: sent every 20 s to a controller that fences it
+    after 6 s without one, and unfences it at the next; for about 14 s of every 20, metadata
+    names no controller (-1), as a cluster's does for a moment after a pause (a broker frozen
+    past its session, its controller resuming first)."""
+
+    kind = "lapsing"
+    extra = {"broker.heartbeat.interval.ms": 20_000, "broker.session.timeout.ms": 6_000}

@@ -41,6 +41,7 @@ from vigil.detect.rules.validate import load_rules
 from vigil.events.codec import EventCodec
 from vigil.events.types import Alert, Decision
 from vigil.hub import admin as topic_admin
+from vigil.hub.answers import wait_answered
 from vigil.hub.broker import from_settings
 from vigil.hub.client import EventProducer, check_reachable, make_admin, make_consumer
 from vigil.hub.topics import DOMAINS, TOPICS, TopicSpec
@@ -293,8 +294,10 @@ def _delete_prefixed(cfg: Settings, prefix: str) -> None:
     admin = make_admin(cfg)
     names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
     if names:
-        for future in admin.delete_topics(names, operation_timeout=30).values():
-            future.result()
+        futures = admin.delete_topics(names, operation_timeout=30)
+        wait_answered(admin, futures.values(), 60)
+        for future in futures.values():
+            future.result()  # (answered, or failed at the request's timeout)
     listed = admin.list_consumer_groups(request_timeout=10).result()
     groups = [g.group_id for g in listed.valid if g.group_id.startswith(prefix)]
     if groups:

@@ -38,6 +38,7 @@ from vigil.events.base import Event
 from vigil.events.codec import EventCodec
 from vigil.events.types import EVENT_CLASSES, EVENT_TYPES, IntelIndicator
 from vigil.hub.admin import ensure_topics
+from vigil.hub.answers import wait_answered
 from vigil.hub.client import EventProducer, make_admin
 from vigil.hub.topics import DOMAINS, TOPICS, TopicSpec
 from vigil.stream.app import DEFAULT_BATCH_SIZE, Application
@@ -141,9 +142,11 @@ def delete_scoped_topics(settings: Settings, prefix: str) -> int:
         log.warning("listing topics to delete under %r: %s", prefix, exc)
         return 0
     deleted = 0
-    for name, future in (admin.delete_topics(names, operation_timeout=30) if names else {}).items():
+    futures = admin.delete_topics(names, operation_timeout=30) if names else {}
+    wait_answered(admin, futures.values(), 60)
+    for name, future in futures.items():
         try:
-            future.result()
+            future.result()  # (answered, or failed at the request's timeout)
             deleted += 1
         except KafkaException as exc:
             log.warning("deleting topic %r: %s", name, exc)

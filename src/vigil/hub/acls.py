@@ -42,6 +42,7 @@ from confluent_kafka.admin import (
 )
 
 from vigil.errors import BrokerError, ConfigError
+from vigil.hub.answers import wait_answered
 from vigil.hub.topics import TOPICS, TopicRegistry
 
 log = logging.getLogger(__name__)
@@ -314,7 +315,9 @@ def create(admin: Any, wanted: Iterable[AclBinding], timeout_s: float = 30.0) ->
     if not wanted:
         return 0
     failed: list[str] = []
-    for binding, future in admin.create_acls(wanted, request_timeout=timeout_s).items():
+    futures = admin.create_acls(wanted, request_timeout=timeout_s)
+    wait_answered(admin, futures.values(), timeout_s)
+    for binding, future in futures.items():
         try:
             future.result(timeout=timeout_s)
         except Exception as exc:  # KafkaException, or the future's own timeout
@@ -338,7 +341,9 @@ def _wait_in_force(admin: Any, wanted: list[AclBinding], timeout_s: float) -> No
     missing = len(wanted)
     while time.monotonic() < deadline:
         try:
-            listed = set(admin.describe_acls(everything, request_timeout=timeout_s).result(timeout_s))
+            asked = admin.describe_acls(everything, request_timeout=timeout_s)
+            wait_answered(admin, [asked], max(deadline - time.monotonic(), 0.0))
+            listed = set(asked.result(timeout=0))
         except Exception as exc:  # KafkaException, or the future's timeout: asked again
             log.debug("describing ACLs: %s", exc)
         else:

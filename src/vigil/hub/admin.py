@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
@@ -29,12 +31,14 @@ from confluent_kafka.admin import (
 
 from vigil.config import Settings
 from vigil.errors import BrokerError, TopicError
+from vigil.hub.answers import wait_answered
 from vigil.hub.client import partition_offsets
 from vigil.hub.topics import MIN_INSYNC, TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
 
 _TIMEOUT = 30.0
+_K = TypeVar("_K")
 
 
 @dataclass(frozen=True)
@@ -112,9 +116,11 @@ def describe_live(admin: AdminClient, names: Iterable[str] | None = None) -> dic
     configs: dict[str, dict[str, str]] = {}
     own: dict[str, frozenset[str]] = {}
     unreadable: set[str] = set()
-    for resource, future in admin.describe_configs(resources).items():
+    futures = admin.describe_configs(resources)
+    wait_answered(admin, futures.values(), _TIMEOUT)
+    for resource, future in futures.items():
         try:
-            entries = future.result(timeout=_TIMEOUT)
+            entries = future.result(timeout=0)  # (done, or not answered in time)
         except KafkaException as exc:
             from vigil.hub.client import kafka_error
 
@@ -280,14 +286,14 @@ def apply(
     errors: list[str] = []
     created: set[str] = set()
     if create:
-        for name, fut in admin.create_topics(create, request_timeout=_TIMEOUT).items():
+        for name, fut in _answers(admin, admin.create_topics(create, request_timeout=_TIMEOUT)):
             if _collect(errors, f"create {name}", fut, ignore="TOPIC_ALREADY_EXISTS"):
                 created.add(name)
     if grow:
-        for name, fut in admin.create_partitions(grow, request_timeout=_TIMEOUT).items():
+        for name, fut in _answers(admin, admin.create_partitions(grow, request_timeout=_TIMEOUT)):
             _collect(errors, f"add partitions to {name}", fut)
     if alter:
-        for res, fut in admin.incremental_alter_configs(alter).items():
+        for res, fut in _answers(admin, admin.incremental_alter_configs(alter)):
             _collect(errors, f"alter configs of {res.name}", fut)
     # Created with the cluster's replication factor: how many replicas that is shows only now.
     # Set even with alter_configs=False (these topics were made by this call), and before any
@@ -297,7 +303,7 @@ def apply(
     if chosen:
         insync = _insync_for_replicas(admin, {d.spec.name: d for d in chosen}, errors)
         if insync:
-            for res, fut in admin.incremental_alter_configs(_set_configs(insync)).items():
+            for res, fut in _answers(admin, admin.incremental_alter_configs(_set_configs(insync))):
                 _collect(errors, f"set {MIN_INSYNC} of {res.name}", fut)
             changed |= insync
     if errors:
@@ -510,10 +516,18 @@ def _spelled(value: str | None) -> str | None:
     return None if value is None else ",".join(part.strip() for part in value.split(","))
 
 
-def _collect(errors: list[str], what: str, future: object, ignore: str | None = None) -> bool:
-    """Whether ``future`` succeeded; a failure other than ``ignore`` is added to ``errors``."""
+def _answers(admin: AdminClient, futures: dict[_K, Future[Any]]) -> list[tuple[_K, Future[Any]]]:
+    """``futures`` (of a request made with ``admin``) once answered, or :data:`_TIMEOUT` has
+    passed (:func:`~vigil.hub.answers.wait_answered`: the controller looked up meanwhile)."""
+    wait_answered(admin, futures.values(), _TIMEOUT)
+    return list(futures.items())
+
+
+def _collect(errors: list[str], what: str, future: Future[Any], ignore: str | None = None) -> bool:
+    """Whether ``future`` (answered: :func:`_answers`) succeeded; a failure other than
+    ``ignore`` is added to ``errors``."""
     try:
-        future.result(timeout=_TIMEOUT)  # type: ignore[attr-defined]
+        future.result(timeout=0)
     except KafkaException as exc:
         err = exc.args[0]
         if ignore and getattr(err, "name", lambda: "")() == ignore:

@@ -36,6 +36,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 from vigil.config import Settings
 from vigil.errors import BrokerError, BrokerUnanswered, PipelineError
 from vigil.events.codec import inert
+from vigil.hub.answers import wait_answered
 from vigil.hub.aside import call_aside
 from vigil.hub.client import (
     BACKLOG_READER,
@@ -721,6 +722,7 @@ def _topic_ids(admin: AdminClient, topics: Sequence[str], deadline: float) -> di
     out: dict[str, str] = {}
     try:
         futures = admin.describe_topics(TopicCollection(list(topics)), request_timeout=_left(deadline))
+        wait_answered(admin, futures.values(), _left(deadline))
         for topic, future in futures.items():
             out[topic] = str(future.result(timeout=_left(deadline)).topic_id)
     except (KafkaException, TimeoutError) as exc:
@@ -745,6 +747,7 @@ def _horizons(admin: AdminClient, topics: Sequence[str], deadline: float) -> dic
         futures = admin.describe_configs(
             [ConfigResource(ResourceType.TOPIC, t) for t in topics], request_timeout=_left(deadline)
         )
+        wait_answered(admin, futures.values(), _left(deadline))
         for resource, future in futures.items():
             entry = future.result(timeout=_left(deadline)).get("delete.retention.ms")
             if entry is not None and entry.value is not None:

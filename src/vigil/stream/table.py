@@ -67,6 +67,7 @@ from confluent_kafka.admin import AdminClient
 from vigil.config import Settings
 from vigil.errors import PipelineError, TopicError, VigilError, message_of
 from vigil.events.codec import decode_event
+from vigil.hub.answers import wait_answered
 from vigil.hub.client import BACKLOG_READER, kafka_error, make_admin, make_consumer, partition_offsets
 
 log = logging.getLogger(__name__)
@@ -440,7 +441,8 @@ class TopicFollower:
         if self._admin is None:
             self._admin = make_admin(self.settings)
         futures = self._admin.describe_topics(TopicCollection([self.topic]), request_timeout=timeout_s)
-        found = futures[self.topic].result()
+        wait_answered(self._admin, futures.values(), timeout_s)
+        found = futures[self.topic].result()  # (answered, or failed at the request's timeout)
         return str(found.topic_id), {part.id for part in found.partitions}
 
     def _follow_partitions(self, consumer: Consumer, partitions: set[int]) -> set[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,14 +13,14 @@ from confluent_kafka import KafkaError, KafkaException
 from vigil.hub.admin import _wait_configured
 
 
-class Done:
-    def __init__(self, value: Any = None, error: KafkaError | None = None) -> None:
-        self.value, self.error = value, error
-
-    def result(self, timeout: float | None = None) -> Any:
-        if self.error is not None:
-            raise KafkaException(self.error)
-        return self.value
+def answered(value: Any = None, error: KafkaError | None = None) -> Future[Any]:
+    """An answered request, as confluent-kafka's admin client gives it (a ``Future``)."""
+    future: Future[Any] = Future()
+    if error is not None:
+        future.set_exception(KafkaException(error))
+    else:
+        future.set_result(value)
+    return future
 
 
 class Scripted:
@@ -37,13 +38,13 @@ class Scripted:
         topics = {} if self._now() is None else {"t": SimpleNamespace(error=None, partitions={0: part})}
         return SimpleNamespace(topics=topics)
 
-    def describe_configs(self, resources: list[Any]) -> dict[Any, Done]:
+    def describe_configs(self, resources: list[Any]) -> dict[Any, Future[Any]]:
         now = self._now()
         self.asked += 1
         if isinstance(now, KafkaError):
-            return {r: Done(error=now) for r in resources}
+            return {r: answered(error=now) for r in resources}
         entries = {k: SimpleNamespace(value=v, source=1) for k, v in (now or {}).items()}
-        return {r: Done(entries) for r in resources}
+        return {r: answered(entries) for r in resources}
 
 
 def test_waits_until_the_new_value_shows() -> None:
@@ -128,8 +129,8 @@ class Lagging:
         topics = {} if self.listed == 2 else {"t": SimpleNamespace(error=None, partitions={0: part})}
         return SimpleNamespace(topics=topics)
 
-    def describe_configs(self, resources: list[Any]) -> dict[Any, Done]:
-        return {r: Done({}) for r in resources}
+    def describe_configs(self, resources: list[Any]) -> dict[Any, Future[Any]]:
+        return {r: answered({}) for r in resources}
 
 
 def test_a_created_topic_a_lagging_broker_does_not_list_still_gets_its_min_insync() -> None:
