@@ -1,13 +1,19 @@
 """Waiting for an admin request's answers, the cluster's controller looked up again meanwhile.
 
-librdkafka sends most admin requests (topics made, described, changed or deleted; ACLs) to the
-broker its last metadata named as the controller.  Metadata taken while a cluster had no broker
-unfenced names none (-1): a single broker paused past its session, fenced by its controller when
-it resumed and unfenced 36 ms later, did that once in CI.  The request then waits for a
-controller the client does not look up again, and fails at its timeout, however soon the broker
-is back: a stage started then stopped 30 s later ("did not describe topic ...'s settings within
-30s"), every describe and create on that client hung alike (measured, 2026-12-07).  Metadata
-asked for meanwhile, on the same client, has it learn the controller, and the request goes.
+librdkafka sends most admin requests (topics made, described, changed or deleted; ACLs; consumer
+groups listed or deleted) to the broker its last metadata named as the controller, or to one it
+knew of.  Metadata taken while a cluster had no broker unfenced names none (-1): a single broker
+paused past its session, fenced by its controller when it resumed and unfenced 36 ms later, did
+that once in CI.  The request then waits for a controller the client does not look up again,
+and fails at its timeout, however soon the broker is back: a stage started then stopped 30 s
+later ("did not describe topic ...'s settings within 30s"); every such request on that client
+hung alike (measured, 2026-12-07).  Metadata asked for meanwhile, on the same client, has it
+learn the controller, and the request goes.
+
+Not covered: a client made at the very moment the cluster lost its last unfenced broker can be
+left knowing no broker at all (its metadata requests fail, "Broker transport failure", for
+minutes: seen in review); and ``describe_cluster``, which Vigil does not use, aborted the
+process when asked while the broker was fenced (a librdkafka assertion).
 """
 
 from __future__ import annotations
