@@ -496,7 +496,7 @@ DEFAULT_BATCH_SIZE = 500
 MAX_BATCH_SIZE = 1_000_000
 #: The headers a record's copy on the late-events topic carries beside its own: the topic,
 #: partition and offset it was read at, and the operator that found it late (see
-#: Application._late_headers).
+#: :func:`late_headers`).
 LATE_HEADERS = ("vigil.late.topic", "vigil.late.partition", "vigil.late.offset", "vigil.late.operator")
 _LATE = "vigil.late."
 #: On a late record's copy whose own headers would take it over ``OUTPUT_MAX_BYTES``: the names
@@ -754,10 +754,11 @@ def late_headers(
     if size <= room:
         return [*own, *where]
     # (The note's own size allowed for: _LEFT_OUT_NOTE_BYTES at most.)
+    sizes = [_headers_bytes([header]) for header in own]
     left: set[int] = set()
-    for i in sorted(range(len(own)), key=lambda i: -_headers_bytes(own[i : i + 1])):
+    for i in sorted(range(len(own)), key=sizes.__getitem__, reverse=True):  # (stable: ties in order)
         left.add(i)
-        size -= _headers_bytes(own[i : i + 1])
+        size -= sizes[i]
         if size + _LEFT_OUT_NOTE_BYTES <= room:
             break
     if not left:
@@ -1139,7 +1140,7 @@ class _KafkaContext:
         value = record.value if record.value is not None else encode(record.event)
         check_output(self._app.late_topic, value, record.key)
         room = OUTPUT_MAX_BYTES - len(value) - _length(record.key)
-        headers = self._app._late_headers(record, self._operator_id, room)
+        headers = late_headers(self._app._headers_of(record) or [], record, self._operator_id, room)
         return lambda: self._send_late(value, record.key, headers)
 
     def _prepared(self, topic: str, value: bytes, key: str | bytes | None) -> Callable[[], None]:
@@ -2098,12 +2099,6 @@ class Application:
     def _count_late(self) -> None:
         self.metrics.late += 1
         self.prometheus.late.labels(self.name).inc()
-
-    def _late_headers(
-        self, record: Record[Any], operator_id: str, room: int
-    ) -> list[tuple[str, bytes | None]]:
-        """The headers of ``record``'s copy on the late-events topic (see :func:`late_headers`)."""
-        return late_headers(self._headers_of(record) or [], record, operator_id, room)
 
     def _headers_of(self, record: Record[Any]) -> list[tuple[str, bytes | None]] | None:
         """The headers of ``record``, an input of the batch being processed, for its dead letter:

@@ -751,6 +751,17 @@ def run_velocity(settings: Settings, run_app: Start, name: str, src: str, out: s
     return running
 
 
+def read_at(src: str) -> list[tuple[str, bytes]]:
+    """The headers a late copy gets of where it was read (the stale record: ``src``, 0, offset
+    10) and of the operator that found it late (``run_velocity``'s)."""
+    return [
+        ("vigil.late.topic", src.encode()),
+        ("vigil.late.partition", b"0"),
+        ("vigil.late.offset", b"10"),
+        ("vigil.late.operator", b"velocity"),
+    ]
+
+
 def spelled_apart(event: Payment) -> bytes:
     """``event`` in JSON of another producer's spelling (indented, keys sorted)."""
     return json.dumps(json.loads(encode(event)), indent=1, sort_keys=True).encode()
@@ -769,13 +780,7 @@ def test_late_events_are_counted_and_sent_to_the_late_topic(
     # the event encoded again said none of it (found in review, 2026-12-07).
     assert copy.value() == spelled_apart(stale)
     assert decode_event(copy.value()).event_id == "stale"
-    assert copy.headers() == [
-        ("trace-id", b"abc123"),
-        ("vigil.late.topic", src.encode()),
-        ("vigil.late.partition", b"0"),
-        ("vigil.late.offset", b"10"),
-        ("vigil.late.operator", b"velocity"),
-    ]
+    assert copy.headers() == [("trace-id", b"abc123"), *read_at(src)]
     assert len(read_all(settings, out, 1)) == 10
 
 
@@ -810,14 +815,7 @@ def test_a_late_record_whose_headers_take_its_copy_over_the_limit_goes_without_t
     (copy,) = read_committed(settings, late)
     assert copy.value() == encode(stale)
     # The large one left out and named; the small one kept (all of them went, in review).
-    assert copy.headers() == [
-        ("source", b"svc-x"),
-        ("vigil.late.topic", src.encode()),
-        ("vigil.late.partition", b"0"),
-        ("vigil.late.offset", b"10"),
-        ("vigil.late.operator", b"velocity"),
-        ("vigil.late.headers-left-out", b"trace"),
-    ]
+    assert copy.headers() == [("source", b"svc-x"), *read_at(src), ("vigil.late.headers-left-out", b"trace")]
 
 
 def test_interval_join_pairs_co_partitioned_topics_on_kafka(
