@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.integration.throwaway_broker import TEST_BROKER_LOG_LEVELS
 
 from vigil.config import Settings, load_settings
 from vigil.hub.broker import LocalBroker, free_port_block
@@ -55,6 +56,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         port=free_port_block(2),
         dist_root=REPO / ".vigil" / "kafka-dist",
         heap_mb=768,
+        log_levels=TEST_BROKER_LOG_LEVELS,
     )
     info = broker.start(nodes=1)
     try:

@@ -74,3 +74,8 @@ def test_requests_made_while_the_cluster_named_no_controller_are_answered_once_i
         assert wait_answered(describing, described.values(), 10)
         assert ids.result() == {"lapse.a": str(described["lapse.a"].result(timeout=0).topic_id)}
         assert horizons.result() == {"lapse.a": changelog._horizon(7200)}
+    # Its log says what its controller did (what a failure's leftovers are read for): Kafka's
+    # own loggers are at WARN in Vigil's configuration, and a test's broker wrote no log at all.
+    said = broker.log.read_text()
+    assert "Fencing broker 1 " in said
+    assert "to unfence has been granted" in said

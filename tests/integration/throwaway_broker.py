@@ -26,10 +26,21 @@ from typing import Any, ClassVar, TypeVar
 from confluent_kafka.admin import AdminClient
 from tests.reap_brokers import THROWAWAY_PID
 
-from vigil.hub.broker import LocalBroker, free_port_block
+from vigil.hub.broker import LocalBroker, free_port_block, log4j2_config
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
+#: What a test's broker logs beyond Vigil's configuration (WARN for Kafka's own loggers): its
+#: controller's fencing and unfencing of brokers and the group coordinator's joins, what a
+#: failure left in a CI run's temporary directory is read for (a throwaway broker wrote nothing
+#: at all, and the session broker's log said nothing of a join that stalled).
+TEST_BROKER_LOG_LEVELS = {
+    # Fencing, unfencing and registration (and topics made and deleted); not every config record.
+    "org.apache.kafka.controller.ReplicationControlManager": "INFO",
+    "org.apache.kafka.controller.BrokerHeartbeatManager": "INFO",
+    "org.apache.kafka.controller.ClusterControlManager": "INFO",
+    "org.apache.kafka.coordinator.group": "INFO",
+}
 
 
 class ThrowawayBroker:
@@ -110,7 +121,12 @@ class ThrowawayBroker:
     def _launch(self) -> None:
         dist = LocalBroker(self.root, dist_root=REPO / ".vigil" / "kafka-dist").ensure_jars()
         props = self.root / "server.properties"
-        cmd = ["java", "-Xmx512m", "-XX:+UseG1GC", "-cp", f"{dist}/*", "kafka.Kafka", str(props)]
+        log4j = self.root / "log4j2.properties"
+        log4j.write_text(log4j2_config(TEST_BROKER_LOG_LEVELS))
+        cmd = [
+            "java", "-Xmx512m", "-XX:+UseG1GC", f"-Dlog4j2.configurationFile={log4j}",
+            "-cp", f"{dist}/*", "kafka.Kafka", str(props),
+        ]  # fmt: skip
         with open(self.log, "ab") as log:
             self._proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True

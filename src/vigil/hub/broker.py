@@ -24,7 +24,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,17 @@ logger.kafkacore.level = WARN
 logger.started.name = kafka.server.KafkaRaftServer
 logger.started.level = INFO
 """
+
+
+def log4j2_config(levels: Mapping[str, str] | None = None) -> str:
+    """The brokers' log4j2 configuration: Vigil's, and ``levels`` (a logger's name: its level)
+    over it, for a log that says more of one part (the tests' brokers log their controller's
+    fencing and the group coordinator's joins: a stalled join was otherwise left unexplained)."""
+    extra = "".join(
+        f"logger.extra{i}.name = {name}\nlogger.extra{i}.level = {level}\n"
+        for i, (name, level) in enumerate((levels or {}).items())
+    )
+    return _LOG4J2 + extra
 
 
 def pom_version(pom: Path = POM) -> str:
@@ -180,6 +191,7 @@ class LocalBroker:
         start_timeout_s: float = 90.0,
         dist_root: Path | None = None,
         pom: Path = POM,
+        log_levels: Mapping[str, str] | None = None,
     ) -> None:
         # Absolute: relative, Maven read it against the pom's directory (see ensure_jars), and the
         # broker's own processes against theirs.
@@ -191,6 +203,8 @@ class LocalBroker:
         self.pom = pom
         self.dist_root = Path(dist_root).absolute() if dist_root else self.home / "kafka-dist"
         self.data_root = self.home / "kafka"
+        #: Loggers to log at another level than Vigil's configuration has (see log4j2_config).
+        self.log_levels = dict(log_levels or {})
 
     # -- jars -----------------------------------------------------------------------------
 
@@ -446,7 +460,7 @@ class LocalBroker:
         info = ClusterInfo(
             version=self.version, host=self.host, port=self.port, nodes=nodes, cluster_id=cluster_id
         )
-        (self.data_root / "log4j2.properties").write_text(_LOG4J2)
+        self._log_config(fresh=True)
         for node in range(1, nodes + 1):
             props = self._write_properties(info, node)
             cmd = [
@@ -502,15 +516,21 @@ class LocalBroker:
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         return path
 
+    def _log_config(self, *, fresh: bool) -> Path:
+        """The brokers' log4j2 file: written when ``fresh`` (a new cluster), when missing, or when
+        this broker was given log levels of its own; else kept (edited by hand, say)."""
+        path = self.data_root / "log4j2.properties"
+        if fresh or self.log_levels or not path.exists():
+            path.write_text(log4j2_config(self.log_levels))
+        return path
+
     def _launch(self, info: ClusterInfo, node: int, dist: Path) -> None:
         # Written at every start, not only when the storage is formatted: a broker formatted by
         # an earlier Vigil takes the settings this one's code and tests expect (the consumer
         # protocol's session, say).
         props = self._write_properties(info, node)
         ndir = self.node_dir(node)
-        log4j = self.data_root / "log4j2.properties"
-        if not log4j.exists():
-            log4j.write_text(_LOG4J2)
+        log4j = self._log_config(fresh=False)
         cmd = [
             "java", f"-Xmx{self.heap_mb}m", f"-Xms{min(self.heap_mb, 256)}m",
             "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
