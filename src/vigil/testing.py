@@ -84,6 +84,7 @@ from vigil.stream.base import (
 )
 from vigil.stream.changelog import STATE_RECORD_MAX_BYTES, state_too_large
 from vigil.stream.collector import collecting_young
+from vigil.stream.state import undecodable
 from vigil.stream.table import LookupTable, decode_canonical
 
 _encoder = msgspec.msgpack.Encoder()
@@ -95,7 +96,9 @@ _MAX_READ_BACK_ROUNDS = 100
 class HarnessWarning(UserWarning):
     """What the Kafka runtime logs at its start about how an operator reads its inputs
     (:meth:`Operator.input_warnings`): a join of a side the application re-keys itself pairs
-    here what it may lose in production.  Expect it in a test with ``pytest.warns``."""
+    here what it may lose in production.  And, at a restart, a state value changed in place
+    with no ``set`` since its checkpoint (:meth:`MemoryState.changed_in_place`): lost on Kafka.
+    Expect it in a test with ``pytest.warns``."""
 
 
 class MemoryState(State):
@@ -105,11 +108,22 @@ class MemoryState(State):
     MessagePack, decoded as ``value_type`` (a ``set`` comes back a list, a tuple a list, a
     struct as the declared type or a dict).  As with RocksDB-backed state, a value changed in
     place after the checkpoint that saved it, without a ``set`` since, is not saved again: a
-    restart loses the change."""
+    restart loses the change (and on Kafka, after a restore, ``items()`` and ``walk()`` hand out
+    values decoded afresh, so such a change may be lost before any restart): a restart of the
+    harness warns of it (:meth:`changed_in_place`).  A restart (``run_operators(result=...)``)
+    opens each store afresh, as a restarted process does (:meth:`reopened`)."""
 
-    def __init__(self, value_type: Any = Any) -> None:
+    def __init__(self, value_type: Any = Any, name: str = "in-memory state") -> None:
         self._data: dict[str, Any] = {}
+        self.value_type = value_type
+        #: What errors call it (its store and partition, when an operator's context made it).
+        self.name = name
         self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(value_type)
+        #: Keys whose value is the one read back at the last reload, not set since.
+        self._loaded: set[str] = set()
+        #: Set when a restart opened the store afresh: what still holds this object holds a
+        #: closed store, as a restarted process's operators would (windows let go of it then).
+        self.closed = False
         #: What checkpoints made durable, encoded; and the keys written or deleted since.
         self._saved: dict[str, bytes] = {}
         self._dirty: set[str] = set()
@@ -171,9 +185,47 @@ class MemoryState(State):
         operators built from the state is stale then, as in a restarted process:
         :meth:`generation` changes."""
         self.checkpoint()
-        self._data = {key: self._decoder.decode(raw) for key, raw in self._saved.items()}
+        self._data = {key: self._decoded(key, raw) for key, raw in self._saved.items()}
+        self._loaded = set(self._data)
         self._walks = {}
         self._generation += 1
+
+    def _decoded(self, key: str, raw: bytes) -> Any:
+        # Named as the runtime names it (which finds it at the key's first read after a restart;
+        # here every value is read back at once).
+        try:
+            return self._decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise undecodable(self.name, key, self.value_type, exc) from exc
+
+    def reopened(self, value_type: Any) -> MemoryState:
+        """The store as a restarted process opens it: after a checkpoint, a new object (this one
+        closed) holding what checkpoints saved, read back as ``value_type``, the type its
+        operators declare now (a store kept its first type across restarts here, so a type
+        changed without a new ``StoreSpec`` version passed where the runtime stops at the
+        first value that no longer decodes)."""
+        self.checkpoint()
+        fresh = MemoryState(value_type, self.name)
+        fresh._saved = dict(self._saved)
+        fresh._generation = self._generation
+        fresh.reload()
+        self.closed = True
+        return fresh
+
+    def changed_in_place(self) -> list[str]:
+        """Keys whose value was changed in place since the checkpoint that saved it, with no
+        ``set`` since: a checkpoint does not save such a change, on Kafka as here."""
+        dirty, loaded, saved, decode = self._dirty, self._loaded, self._saved, self._decoder.decode
+        changed = []
+        for key, value in self._data.items():
+            if key in dirty or key not in saved:
+                continue
+            # A value read back is compared with what reading back gives (a struct's defaults
+            # filled in, say), one set with the bytes it was saved as.
+            was = _encoder.encode(decode(saved[key])) if key in loaded else saved[key]
+            if _encoder.encode(value) != was:
+                changed.append(key)
+        return changed
 
     def generation(self) -> int:
         return self._generation
@@ -191,12 +243,14 @@ class MemoryState(State):
             _check_key(key)
         self._data[key] = value
         self._dirty.add(key)
+        self._loaded.discard(key)
 
     def delete(self, key: str) -> None:
         if type(key) is not str or not key.isascii():
             _check_key(key)
         self._data.pop(key, None)
         self._dirty.add(key)
+        self._loaded.discard(key)
 
     def discard(self) -> None:
         """Forget what was written since the last checkpoint, as a failed run's restart does: the
@@ -348,7 +402,9 @@ class _MemoryContext:
         states = self._result.states
         found = states.get((store.id, self._partition))
         if found is None:
-            found = states[(store.id, self._partition)] = MemoryState(store.value_type)
+            found = states[(store.id, self._partition)] = MemoryState(
+                store.value_type, f"store {store.id!r}, partition {self._partition}"
+            )
         return found
 
     # Outputs are encoded and size-checked as the Kafka runtime's are (an output it would refuse
@@ -538,6 +594,29 @@ def _input_key(
     return key
 
 
+def _restart(result: HarnessResult, operators: Sequence[Operator[Any]]) -> None:
+    """Each store of ``result`` opened afresh, as a restarted process opens it: a new object
+    (windows and operators keyed by the old one let go of it), read back as the store's
+    operators declare it now; a value changed in place without a ``set`` is warned of."""
+    declared = {spec.id: spec for op in operators for spec in op.stores}
+    for (store_id, part), state in list(result.states.items()):
+        changed = state.changed_in_place()
+        if changed:
+            keys = ", ".join(map(repr, changed[:3])) + (
+                f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            )
+            warnings.warn(
+                f"store {store_id!r}, partition {part}: the value of {keys} was changed in place "
+                "after the checkpoint that saved it, with no `set` since: the Kafka runtime does "
+                "not save such a change (a restart reads back the value saved, and after a "
+                "restore `items()` and `walk()` hand out copies); `set` a value after changing it",
+                category=HarnessWarning,
+                stacklevel=3,
+            )
+        spec = declared.get(store_id)
+        result.states[store_id, part] = state.reopened(state.value_type if spec is None else spec.value_type)
+
+
 def run_operators(
     operators: Sequence[Operator[Any]],
     events: Iterable[Event],
@@ -555,10 +634,12 @@ def run_operators(
 ) -> HarnessResult:
     """Feed ``events`` through each operator in turn (each sees the same input), in batches.
 
-    Pass the ``result`` of an earlier call to continue with its state (a "restart"): its
-    values are first read back as a restarted process would read them from RocksDB
-    (:meth:`MemoryState.reload`), so an operator that keeps, say, a ``set`` in state and
-    expects a ``set`` back fails here as it would on Kafka.
+    Pass the ``result`` of an earlier call to continue with its state (a "restart"): each
+    store is opened afresh, its values read back as a restarted process reads them from RocksDB
+    (:meth:`MemoryState.reopened`), as the operators given now declare them, so an operator
+    that keeps, say, a ``set`` in state and expects a ``set`` back fails here as it would on
+    Kafka, and so does a value type changed without a new ``StoreSpec`` version; a value changed
+    in place with no ``set`` since its checkpoint is warned of (:class:`HarnessWarning`).
     ``topic_of`` names each event's input topic (default: ``topic`` for all), for operators
     that read several co-partitioned inputs (joins): like the Kafka runtime, records of one
     partition number share state whatever their topic.
@@ -631,8 +712,7 @@ def run_operators(
     if result is None:
         result = HarnessResult()
     else:
-        for state in result.states.values():
-            state.reload()
+        _restart(result, operators)
     offsets = result.offsets
     batch: dict[int, list[Record[Any]]] = defaultdict(list)
 

@@ -22,6 +22,7 @@ from typing import Any, Generic, Literal, Protocol, SupportsIndex, TypeVar, over
 import msgspec
 
 from vigil.events.base import Event
+from vigil.hub.topics import TOPIC_NAME, TOPIC_NAME_MAX
 
 E = TypeVar("E", bound=Event)
 Guarantee = Literal["exactly_once", "at_least_once"]
@@ -112,6 +113,28 @@ class StoreSpec:
     version: int = 1
     #: Type values decode to after a checkpoint (``Any``: msgspec builtins, Structs as dicts).
     value_type: Any = field(default=Any, compare=False)
+
+    def __post_init__(self) -> None:
+        # Its changelog topic is named after its id (``<app>.changelog.<id>``): a name Kafka
+        # refuses there was taken everywhere else (the in-memory harness ran it) until an
+        # application was made of it.
+        version = self.version
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            msg = f"store {self.name!r}: version must be a whole number, 0 or more; got {version!r}"
+            raise ValueError(msg)
+        if not isinstance(self.name, str) or not TOPIC_NAME.fullmatch(self.name):
+            msg = (
+                f"store name {self.name!r}: expected letters, digits, '.', '_' and '-' (its changelog "
+                "topic is named after it)"
+            )
+            raise ValueError(msg)
+        most = TOPIC_NAME_MAX - len("a.changelog.")  # (its application's name one letter at least)
+        if len(self.id) > most:
+            msg = (
+                f"store {self.id[:80]!r}...: its id has {len(self.id)} characters; at most {most}, "
+                "its changelog topic's name being made of it"
+            )
+            raise ValueError(msg)
 
     @property
     def id(self) -> str:

@@ -79,6 +79,18 @@ def _options() -> Options:
     return opts
 
 
+def undecodable(where: str, key: str, value_type: Any, exc: Exception) -> PipelineError:
+    """The error for a stored value of ``key`` (in ``where``) that no longer decodes to the
+    store's ``value_type`` (also the in-memory harness's, at a restart)."""
+    msg = (
+        f"{where}: the stored value of key {key!r} does not decode to "
+        f"{getattr(value_type, '__name__', value_type)!r}: {exc}; a type "
+        "changed without a new version: give the new fields defaults, or bump StoreSpec.version "
+        "(the store then starts empty)"
+    )
+    return PipelineError(msg)
+
+
 class RocksState(State):
     """State of one store for one partition (see the module docstring for durability)."""
 
@@ -266,13 +278,7 @@ class RocksState(State):
             raise self._undecodable(key, exc) from exc
 
     def _undecodable(self, key: str, exc: Exception) -> PipelineError:
-        msg = (
-            f"state {self.path}: the stored value of key {key!r} does not decode to "
-            f"{getattr(self.spec.value_type, '__name__', self.spec.value_type)!r}: {exc}; a type "
-            "changed without a new version: give the new fields defaults, or bump StoreSpec.version "
-            "(the store then starts empty)"
-        )
-        return PipelineError(msg)
+        return undecodable(f"state {self.path}", key, self.spec.value_type, exc)
 
     # ------------------------------------------------------------------ checkpoint side
 

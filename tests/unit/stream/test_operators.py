@@ -16,7 +16,7 @@ from vigil.stream.app import Application, check_output
 from vigil.stream.base import Context, Operator, Record, StoreSpec
 from vigil.stream.repartition import GroupBy, entity_key, group_by
 from vigil.stream.windows import Count, Sum, Window, WindowedAggregate
-from vigil.testing import run_operators
+from vigil.testing import HarnessWarning, run_operators
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 STORE = StoreSpec("velocity", 1)
@@ -390,8 +390,17 @@ def test_a_harness_restart_loses_what_was_changed_in_place_without_a_set() -> No
     # kept them, so a test passed where production lost state.
     result = run_operators([InPlace()], payments, batch_size=1)
     assert result.states[("in-place.v1", 0)].get("c1") == ["p0", "p1", "p2"]  # until the restart
-    result = run_operators([InPlace()], [], result=result)
+    # The restart says so (the test's author learns of it here, not from production).
+    with pytest.warns(
+        HarnessWarning, match=r"store 'in-place\.v1', partition 0: the value of 'c1' was changed in place"
+    ):
+        result = run_operators([InPlace()], [], result=result)
     assert result.states[("in-place.v1", 0)].get("c1") == ["p0"]
+    # Read back, then changed in place again: said again (a value read back is compared with
+    # what reading back gives, not with its bytes).
+    result = run_operators([InPlace()], payments[1:], result=result, batch_size=1)
+    with pytest.warns(HarnessWarning, match="'c1' was changed in place"):
+        run_operators([InPlace()], [], result=result)
 
 
 class Fragile(Operator[Payment]):
