@@ -583,6 +583,9 @@ _UNREAD_RETRY_S = 30.0
 #: Application._check_inputs), and the timeout of each lookup.
 _INPUTS_EVERY_S = 10.0
 _INPUTS_ASK_S = 1.0
+#: How often the stores' keys are counted for their gauge (RocksState.key_count: a small store
+#: is counted key by key, a third of a millisecond each, and detection holds dozens of stores).
+_KEYS_EVERY_S = 10.0
 #: How long a member of a classic group may go with no assignment at all (not even an empty one,
 #: which every member is given when a rebalance ends) before the application says so (see
 #: Application._joining_too_long).
@@ -1576,6 +1579,8 @@ class Application:
         self._state_producer: Producer | None = None
         self._consumer: Consumer | None = None
         self._last_gauges = 0.0
+        #: When the stores' keys were last counted (see _KEYS_EVERY_S).
+        self._keys_counted_at = -math.inf
         self._inputs_checked = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -4068,11 +4073,13 @@ class Application:
             lags.update(self._unread_lags(consumer, unread, now))
         for (topic, partition), lag in lags.items():
             self.prometheus.lag.labels(self.name, topic, str(partition)).set(lag)
-        for task in self._tasks.values():
-            for store_id, state in task.stores.items():
-                self.prometheus.state_keys.labels(self.name, store_id, str(task.number)).set(
-                    state.key_count_estimate()
-                )
+        if now - self._keys_counted_at >= _KEYS_EVERY_S:
+            self._keys_counted_at = now
+            for task in self._tasks.values():
+                for store_id, state in task.stores.items():
+                    self.prometheus.state_keys.labels(self.name, store_id, str(task.number)).set(
+                        state.key_count()
+                    )
 
     def _unread_lags(self, consumer: Consumer, marks: dict[TP, tuple[int, int]], now: float) -> dict[TP, int]:
         """The lag of partitions the consumer knows no position for (nothing delivered since
@@ -4414,6 +4421,7 @@ class Application:
         """Start processing a task's partitions (its stores open and restored)."""
         # Owned from here on, so closing the application closes them whatever happens next.
         self._tasks[task.number] = task
+        self._keys_counted_at = -math.inf  # (its stores' keys said at the next gauges)
         self._own([(tp.topic, tp.partition) for tp in task.partitions])
         for op in self.operators:
             ctx = _KafkaContext(self, task, op)

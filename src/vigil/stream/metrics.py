@@ -186,11 +186,11 @@ class PrometheusMetrics:
         )
         self.state_keys = Gauge(
             "vigil_stream_state_keys",
-            "Estimated operators' keys per store and partition (RocksDB's estimate-num-keys, "
-            "less the store's own records of its changelog: a key written again, or deleted, "
-            "counts again until RocksDB compacts it, as the store's changelog offset written at "
-            "every checkpoint does, so between compactions this reads high, by up to the keys "
-            "written per checkpoint and two at every checkpoint)",
+            "Operators' keys per store and partition, every 10 s: counted in a store of about "
+            "1,000 keys or fewer; in a larger one, RocksDB's estimate-num-keys less the store's "
+            "own records, which counts a key written again until its files are compacted (a "
+            "store rewriting its keys reads up to a few times high; one whose memtable holds "
+            "four times more writes than its files hold keys is flushed)",
             ["app", "store", "partition"],
             registry=r,
         )
