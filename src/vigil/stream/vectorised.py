@@ -63,12 +63,17 @@ seen, and a key's room follows what its window holds, not its busiest moment (a 
 that then went quiet was held until as many keys again came: with a steady set of keys, for
 good; found in review).
 
-Limits (each a clear error): keys of at most 131,066 characters (an event fits one chunk);
-times, window size and lateness within 2**62 ms (about 146 million years) of zero.
+A key longer than ``MAX_KEY_CHARS`` (131,066 characters: an event must fit one chunk) is held
+as a digest of itself, as is a key that begins as a digest does (so none can pass for another):
+its events are counted together as any key's.  (Refused, one such event, its key an entity id
+whoever sent it chose, failed the whole batch, and the application stopped at it at every
+restart.)  Limits (each a clear error): times, window size and lateness within 2**62 ms (about
+146 million years) of zero.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import operator
 from collections import deque
@@ -102,8 +107,11 @@ _ADD_UP_AT_MOST = 64
 #: takes at most 4 bytes a key character (UTF-8), 16 for its time and value, and some framing.
 _CHUNK_BYTES = 512 * 1024
 _EVENT_BYTES = 24
-#: So a key may be this long at most (one event must fit a chunk).
+#: So a key may be this long at most (one event must fit a chunk): a longer one is held as a
+#: digest (see the module).
 MAX_KEY_CHARS = (_CHUNK_BYTES - _EVENT_BYTES) // 4
+#: How a key held as a digest begins (NUL: few keys have one, and one that begins so is digested too).
+_DIGEST_MARK = "\x00#"
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 #: Before any event: at or below every time accepted (times are within MAX_TIME_MS of 0, as
 #: for every window: then no time arithmetic in the index can leave 64 bits).
@@ -200,6 +208,19 @@ def _in_range(t: npt.NDArray[Any], where: str) -> Int64s:
     return t
 
 
+def _held(keys: list[str]) -> list[str]:
+    """``keys`` as the index holds them: one longer than ``MAX_KEY_CHARS``, or beginning as a
+    digest does, as a digest of itself (the same key, the same digest)."""
+    out = keys
+    for i, key in enumerate(keys):
+        if len(key) > MAX_KEY_CHARS or key.startswith(_DIGEST_MARK):
+            if out is keys:
+                out = list(keys)
+            raw = key.encode("utf-8", "surrogatepass")
+            out[i] = _DIGEST_MARK + hashlib.blake2b(raw, digest_size=16).hexdigest()
+    return out
+
+
 class SlidingCountSum:
     """Per-key count and sum over a sliding event-time window, a batch at a time (see the module)."""
 
@@ -263,7 +284,8 @@ class SlidingCountSum:
             self._not_a_column("times", times.shape)
         t = _as_ms(times, n, f"sliding window on store {self.store.id!r}")
         listed = keys if type(keys) is list else list(keys)
-        self._check_text(listed)
+        if self._check_text(listed):
+            listed = _held(listed)
         v = self._values(values)
         if v.ndim != 1:
             self._not_a_column("values", v.shape)
@@ -317,20 +339,25 @@ class SlidingCountSum:
             msg = f"sliding window on store {self.store.id!r}: values must be numbers ({exc})"
             raise TypeError(msg) from None
 
-    def _check_text(self, keys: list[str]) -> None:
+    def _check_text(self, keys: list[str]) -> bool:
         """Refuse a key that is not UTF-8 text (``json.loads`` makes a lone surrogate of
         ``"\\ud800"``): in a chunk, it failed every checkpoint, and the restart's again.  One
-        ``isascii`` over the batch's keys joined; each key only when that finds other text."""
+        ``isascii`` over the batch's keys joined; each key only when that finds other text.
+        True when a key may begin as a digest does (it has a NUL: see :func:`_held`)."""
         try:
-            if "".join(keys).isascii():
-                return
+            joined = "".join(keys)
         except TypeError:
-            return  # (not all strings: the index names the first that is not)
-        for i, key in enumerate(keys):
-            problem = lone_surrogate(key)
-            if problem is not None:
-                msg = f"sliding window on store {self.store.id!r}: key {i} has {problem}; expected UTF-8 text"
-                raise ValueError(msg)
+            return False  # (not all strings: the index names the first that is not)
+        if not joined.isascii():
+            for i, key in enumerate(keys):
+                problem = lone_surrogate(key)
+                if problem is not None:
+                    msg = (
+                        f"sliding window on store {self.store.id!r}: key {i} has {problem}; "
+                        "expected UTF-8 text"
+                    )
+                    raise ValueError(msg)
+        return "\x00" in joined
 
     def _checked(
         self, keys: Sequence[str], values: Sequence[float] | npt.NDArray[Any], v: Floats
@@ -342,13 +369,6 @@ class SlidingCountSum:
             i, key = found
             msg = f"sliding window on store {self.store.id!r}: key {i} is {key!r}; expected a string"
             raise TypeError(msg)
-        if max(map(len, keys)) > MAX_KEY_CHARS:
-            i = next(i for i, k in enumerate(keys) if len(k) > MAX_KEY_CHARS)
-            msg = (
-                f"sliding window on store {self.store.id!r}: key {i} has {len(keys[i]):,} characters; "
-                f"at most {MAX_KEY_CHARS:,}"
-            )
-            raise ValueError(msg)
         finite = np.isfinite(v)
         if not finite.all():
             i = int(np.argmin(finite))
@@ -357,7 +377,7 @@ class SlidingCountSum:
                 f"{values[i]!r}; expected a finite number"
             )
             raise ValueError(msg)
-        return [str.__str__(k) for k in keys]
+        return _held([str.__str__(k) for k in keys])
 
     def _write_chunks(
         self, log: _Log, state: State, keys: list[str], t: Int64s, v: Floats, chars: int
