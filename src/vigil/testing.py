@@ -143,6 +143,7 @@ class MemoryState(State):
             _check_key(key)
         self._dirty.update(self._data, values)
         self._data = values
+        self._loaded = set()
 
     def checkpoint(self) -> None:
         """Make the writes since the last checkpoint durable, encoded as they are now (raises as
@@ -234,23 +235,31 @@ class MemoryState(State):
     # evaluation a tenth of its rate.  Text that is not UTF-8 is refused when written.)
 
     def get(self, key: str, default: Any = None) -> Any:
-        if type(key) is not str:
-            _check_key(key)
+        if type(key) is not str or self.closed:
+            self._check_open(key)
         return self._data.get(key, default)
 
     def set(self, key: str, value: Any) -> None:
-        if type(key) is not str or not key.isascii():
-            _check_key(key)
+        if type(key) is not str or not key.isascii() or self.closed:
+            self._check_open(key)
         self._data[key] = value
         self._dirty.add(key)
         self._loaded.discard(key)
 
     def delete(self, key: str) -> None:
-        if type(key) is not str or not key.isascii():
-            _check_key(key)
+        if type(key) is not str or not key.isascii() or self.closed:
+            self._check_open(key)
         self._data.pop(key, None)
         self._dirty.add(key)
         self._loaded.discard(key)
+
+    def _check_open(self, key: object) -> None:
+        # A store a restart opened afresh is closed: read or written, as RocksDB-backed state is
+        # (which raises), rather than giving what it held before the restart (found in review).
+        if self.closed:
+            msg = f"{self.name} is closed: a restart opened it afresh (read HarnessResult.states again)"
+            raise PipelineError(msg)
+        _check_key(key)
 
     def discard(self) -> None:
         """Forget what was written since the last checkpoint, as a failed run's restart does: the
@@ -614,6 +623,7 @@ def _restart(result: HarnessResult, operators: Sequence[Operator[Any]]) -> None:
                 stacklevel=3,
             )
         spec = declared.get(store_id)
+        state.name = f"store {store_id!r}, partition {part}"  # (one a test made itself, too)
         result.states[store_id, part] = state.reopened(state.value_type if spec is None else spec.value_type)
 
 

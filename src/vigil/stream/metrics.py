@@ -186,11 +186,10 @@ class PrometheusMetrics:
         )
         self.state_keys = Gauge(
             "vigil_stream_state_keys",
-            "Operators' keys per store and partition, every 10 s: counted in a store of about "
-            "1,000 keys or fewer; in a larger one, RocksDB's estimate-num-keys less the store's "
-            "own records, which counts a key written again until its files are compacted (a "
-            "store rewriting its keys reads up to a few times high; one whose memtable holds "
-            "four times more writes than its files hold keys is flushed)",
+            "Operators' keys per store and partition in RocksDB, counted in passes (every 10 s "
+            "up to 20,000 keys are read, shared among the stores, at least 1,000 each: a small "
+            "store's count is at most 10 s old, a large one's as of its last pass); writes not "
+            "checkpointed yet are not in it",
             ["app", "store", "partition"],
             registry=r,
         )

@@ -208,6 +208,12 @@ def _in_range(t: npt.NDArray[Any], where: str) -> Int64s:
     return t
 
 
+def _shown(key: str) -> str:
+    """``key`` as an error shows it: a long one cut (whoever sent the event chose it: a 200,000
+    character key was shown whole)."""
+    return repr(key) if len(key) <= 80 else f"{key[:80]!r}... ({len(key):,} characters)"
+
+
 def _held(keys: list[str]) -> list[str]:
     """``keys`` as the index holds them: one longer than ``MAX_KEY_CHARS``, or beginning as a
     digest does, as a digest of itself (the same key, the same digest)."""
@@ -373,7 +379,7 @@ class SlidingCountSum:
         if not finite.all():
             i = int(np.argmin(finite))
             msg = (
-                f"sliding window on store {self.store.id!r}: value {i} (key {keys[i]!r}) is "
+                f"sliding window on store {self.store.id!r}: value {i} (key {_shown(keys[i])}) is "
                 f"{values[i]!r}; expected a finite number"
             )
             raise ValueError(msg)
@@ -439,7 +445,7 @@ class SlidingCountSum:
             chunk_v = np.frombuffer(raw_v, dtype="<f8").astype(np.float64)
             log.chunks.append((name, int(chunk_t.max())))
             log.next_chunk = int(name[len(_CHUNK_PREFIX) :]) + 1
-            keys = list(chunk_keys)
+            keys = list(chunk_keys)  # (as held: a digest read back is not digested again)
             if keep_after is not None:
                 live = chunk_t > keep_after
                 if not live.all():

@@ -326,6 +326,14 @@ def test_a_key_that_begins_as_a_digest_does_is_held_as_one_too() -> None:
     assert [n for _, n, _ in update(agg, state, [("\x00 not a mark", 5, 1.0)])] == [1]
 
 
+def test_a_long_key_is_shown_cut_in_errors() -> None:
+    # (Whoever sent the event chose it: a 200,000-character key was put in the error whole.)
+    agg = SlidingCountSum(STORE, 100, 10)
+    with pytest.raises(ValueError, match=r"\(key 'aaa+'\.\.\. \(200,000 characters\)\) is nan") as raised:
+        agg.update(MemoryState(), ["a" * 200_000], [1], [float("nan")])
+    assert len(str(raised.value)) < 300
+
+
 def test_keys_from_a_numpy_column_are_stored_as_plain_strings() -> None:
     # numpy's strings subclass str, and MessagePack encodes none of them: chunks holding them
     # failed every checkpoint (reload encodes as a checkpoint does) and the restart.
