@@ -583,11 +583,10 @@ _UNREAD_RETRY_S = 30.0
 #: Application._check_inputs), and the timeout of each lookup.
 _INPUTS_EVERY_S = 10.0
 _INPUTS_ASK_S = 1.0
-#: How often the stores' keys are counted on for their gauge (RocksState.count_keys), how many
-#: keys a round reads (about 0.4 µs each) shared among the stores, and a store's least share.
-_KEYS_EVERY_S = 10.0
-_KEYS_A_ROUND = 20_000
-_KEYS_SHARE_AT_LEAST = 1_000
+#: How many of the stores' keys are counted (RocksState.count_keys: about 0.4 µs each) at each
+#: update of the gauges (about once a second), and how many of one store's in a turn.
+_KEYS_A_TURN = 2_000
+_KEYS_SHARE = 1_000
 #: How long a member of a classic group may go with no assignment at all (not even an empty one,
 #: which every member is given when a rebalance ends) before the application says so (see
 #: Application._joining_too_long).
@@ -1581,8 +1580,8 @@ class Application:
         self._state_producer: Producer | None = None
         self._consumer: Consumer | None = None
         self._last_gauges = 0.0
-        #: When the stores' keys were last counted (see _KEYS_EVERY_S).
-        self._keys_counted_at = -math.inf
+        #: Which store's keys _count_keys counts on next (in turn, modulo the stores).
+        self._keys_next = 0
         self._inputs_checked = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -4075,20 +4074,24 @@ class Application:
             lags.update(self._unread_lags(consumer, unread, now))
         for (topic, partition), lag in lags.items():
             self.prometheus.lag.labels(self.name, topic, str(partition)).set(lag)
-        if now - self._keys_counted_at >= _KEYS_EVERY_S:
-            self._keys_counted_at = now
-            stores = [
-                (task.number, sid, state)
-                for task in self._tasks.values()
-                for sid, state in task.stores.items()
-            ]
-            # Each store counted on by its share (a small one whole every time, a large one over
-            # several rounds): a few milliseconds a round however many keys.
-            share = max(_KEYS_SHARE_AT_LEAST, _KEYS_A_ROUND // max(1, len(stores)))
-            for number, store_id, state in stores:
-                state.count_keys(share)
-                if state.key_count is not None:
-                    self.prometheus.state_keys.labels(self.name, store_id, str(number)).set(state.key_count)
+        self._count_keys()
+
+    def _count_keys(self) -> None:
+        """Count on the stores' keys for their gauge, a few stores a turn in turn (each by its
+        share, a large one over many turns): under a millisecond a turn however many stores and
+        keys (RocksState.count_keys)."""
+        stores = [
+            (task.number, sid, state) for task in self._tasks.values() for sid, state in task.stores.items()
+        ]
+        budget = _KEYS_A_TURN
+        for _ in range(len(stores)):
+            number, store_id, state = stores[self._keys_next % len(stores)]
+            self._keys_next += 1
+            budget -= state.count_keys(min(budget, _KEYS_SHARE))
+            if state.key_count is not None:
+                self.prometheus.state_keys.labels(self.name, store_id, str(number)).set(state.key_count)
+            if budget <= 0:
+                return
 
     def _unread_lags(self, consumer: Consumer, marks: dict[TP, tuple[int, int]], now: float) -> dict[TP, int]:
         """The lag of partitions the consumer knows no position for (nothing delivered since
@@ -4430,7 +4433,6 @@ class Application:
         """Start processing a task's partitions (its stores open and restored)."""
         # Owned from here on, so closing the application closes them whatever happens next.
         self._tasks[task.number] = task
-        self._keys_counted_at = -math.inf  # (its stores' keys said at the next gauges)
         self._own([(tp.topic, tp.partition) for tp in task.partitions])
         for op in self.operators:
             ctx = _KafkaContext(self, task, op)

@@ -186,10 +186,9 @@ class PrometheusMetrics:
         )
         self.state_keys = Gauge(
             "vigil_stream_state_keys",
-            "Operators' keys per store and partition in RocksDB, counted in passes (every 10 s "
-            "up to 20,000 keys are read, shared among the stores, at least 1,000 each: a small "
-            "store's count is at most 10 s old, a large one's as of its last pass); writes not "
-            "checkpointed yet are not in it",
+            "Operators' keys per store and partition in RocksDB, counted in passes (about once "
+            "a second up to 2,000 keys are read, 1,000 at most of a store, the stores in turn: a "
+            "count is as of its store's last pass); writes not checkpointed yet are not in it",
             ["app", "store", "partition"],
             registry=r,
         )

@@ -647,6 +647,33 @@ def _gauge_partitions(app: Application, metric: str) -> set[int]:
     }
 
 
+def test_the_state_keys_gauge_counts_the_keys_held_however_often_they_are_written(
+    settings: Settings, names: Callable[[str], str], run_app: Start
+) -> None:
+    """17 customers' counts, written again in each of five checkpoints: the gauge says 17 in all.
+    RocksDB's estimate, which it read before, counted each write still in the memtable."""
+    src, out, name = names("in"), names("out"), names("app")
+    make_topics(settings, src, out)
+    running = run_app(Application(settings, name=name, inputs=[src], operators=[RunningCount(out)]))
+    for round_ in range(5):
+        done, total = running.app.metrics.checkpoints, 34 * (round_ + 1)
+        produce(settings, src, payments(34, 17, f"r{round_}-"))
+        wait_for(lambda: running.app.metrics.processed >= total, 60, "the round processed")  # noqa: B023
+        # (A checkpoint with its writes: the next round writes the same keys again.)
+        wait_for(lambda: running.app.metrics.checkpoints > done, 30, "a checkpoint of it")  # noqa: B023
+    key = "vigil_stream_state_keys"
+
+    def counted() -> float:
+        return sum(
+            sample.value
+            for family in running.app.prometheus.registry.collect()
+            if family.name == key
+            for sample in family.samples
+        )
+
+    wait_for(lambda: counted() == 17, 30, "the gauges to say 17 keys in all (counted about once a second)")
+
+
 def test_gauges_of_partitions_given_up_go_with_them(
     settings: Settings, names: Callable[[str], str], run_app: Start, tmp_path: Path
 ) -> None:
