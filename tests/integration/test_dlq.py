@@ -696,6 +696,45 @@ def test_a_redrive_killed_between_sending_and_committing_is_fenced_and_each_lett
     zombies.clear()
 
 
+class _TakenOverAt:
+    """A redrive's producer whose offsets' send waits for another redrive to run whole first:
+    that one fences it (the same transactional id), as a second `vigil dlq redrive` would."""
+
+    def __init__(self, producer: Producer, other: object) -> None:
+        self._producer = producer
+        self._other = other
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._producer, name)
+
+    def send_offsets_to_transaction(self, *args: object) -> None:
+        self._other()  # type: ignore[operator]
+        self._producer.send_offsets_to_transaction(*args)
+
+
+def test_a_redrive_another_took_over_from_says_so_and_each_letter_is_sent_once(
+    settings: Settings, topics: tuple[str, str, list[RawRecord]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its fenced producer's flush, on the way out, raised again: a traceback took the place of
+    # the error that says what happened (2 of 7 pairs of runs at once, found in review).
+    src, dead, _ = topics
+    post(settings, dead, [letter(src, 0, 0, "coinbase: a")])
+    real_make_producer = redrive.make_producer
+    others: list[redrive.Redriven] = []
+
+    def other() -> None:
+        monkeypatch.setattr(redrive, "make_producer", real_make_producer)
+        others.append(redrive.redrive(settings, dead, allow_topics=[src]))
+
+    monkeypatch.setattr(
+        redrive, "make_producer", lambda *a, **k: _TakenOverAt(real_make_producer(*a, **k), other)
+    )
+    with pytest.raises(BrokerError, match="another redrive of this topic took over"):
+        redrive.redrive(settings, dead, allow_topics=[src])
+    assert [r.redriven for r in others] == [1]
+    assert sent_from(settings, src) == [f"{dead}[0]@0".encode()]
+
+
 def test_summary_groups_letters_by_the_shape_of_their_reason(
     settings: Settings, topics: tuple[str, str, list[RawRecord]]
 ) -> None:
