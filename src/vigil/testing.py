@@ -135,10 +135,13 @@ class MemoryState(State):
     def data(self) -> dict[str, Any]:
         """The values as operators see them (a test may read them, or replace them all: that
         counts as writing every one)."""
+        if self.closed:
+            self._refuse_closed()
         return self._data
 
     @data.setter
     def data(self, values: dict[str, Any]) -> None:
+        self._refuse_closed()
         for key in values:
             _check_key(key)
         self._dirty.update(self._data, values)
@@ -254,12 +257,15 @@ class MemoryState(State):
         self._loaded.discard(key)
 
     def _check_open(self, key: object) -> None:
-        # A store a restart opened afresh is closed: read or written, as RocksDB-backed state is
-        # (which raises), rather than giving what it held before the restart (found in review).
+        self._refuse_closed()
+        _check_key(key)
+
+    def _refuse_closed(self) -> None:
+        # A store a restart opened afresh is closed: read or written, it raises, as RocksDB-backed
+        # state does, rather than giving what it held before the restart (found in review).
         if self.closed:
             msg = f"{self.name} is closed: a restart opened it afresh (read HarnessResult.states again)"
             raise PipelineError(msg)
-        _check_key(key)
 
     def discard(self) -> None:
         """Forget what was written since the last checkpoint, as a failed run's restart does: the
@@ -270,12 +276,14 @@ class MemoryState(State):
     def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         # Taken whole before the first is yielded, as RocksState does: a caller may delete keys
         # while it iterates.
+        self._refuse_closed()
         found = [(key, self.data[key]) for key in sorted(self.data) if key.startswith(prefix)]
         yield from found
 
     def walk(self, prefix: str, after: str | None, limit: int) -> list[tuple[str, Any]]:
         # Keys are sorted once per walk, when it begins (items() sorts them on every call, and a
         # walk is many calls): keys first written since are left out, as State.walk allows.
+        self._refuse_closed()
         keys = self._walks.get(prefix)
         if after is None or keys is None:
             keys = self._walks[prefix] = sorted(k for k in self.data if k.startswith(prefix))

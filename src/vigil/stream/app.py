@@ -231,6 +231,7 @@ from vigil.stream.changelog import (
 from vigil.stream.collector import YOUNG_OBJECTS, Collector, collecting_young
 from vigil.stream.instance import InstanceSlot, slot_directory
 from vigil.stream.instance import instance_id as default_instance_id
+from vigil.stream.keycount import KeyCounter
 from vigil.stream.metrics import AppMetrics, PrometheusMetrics
 from vigil.stream.pace import Pace
 from vigil.stream.peers import PeerChannel, PeerFloors, peers_topic_spec
@@ -583,10 +584,6 @@ _UNREAD_RETRY_S = 30.0
 #: Application._check_inputs), and the timeout of each lookup.
 _INPUTS_EVERY_S = 10.0
 _INPUTS_ASK_S = 1.0
-#: How many of the stores' keys are counted (RocksState.count_keys: about 0.4 µs each) at each
-#: update of the gauges (about once a second), and how many of one store's in a turn.
-_KEYS_A_TURN = 2_000
-_KEYS_SHARE = 1_000
 #: How long a member of a classic group may go with no assignment at all (not even an empty one,
 #: which every member is given when a rebalance ends) before the application says so (see
 #: Application._joining_too_long).
@@ -1580,8 +1577,8 @@ class Application:
         self._state_producer: Producer | None = None
         self._consumer: Consumer | None = None
         self._last_gauges = 0.0
-        #: Which store's keys _count_keys counts on next (in turn, modulo the stores).
-        self._keys_next = 0
+        #: The stores' keys counted for their gauge, a few a turn (see vigil.stream.keycount).
+        self._key_counter = KeyCounter()
         self._inputs_checked = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -4077,21 +4074,15 @@ class Application:
         self._count_keys()
 
     def _count_keys(self) -> None:
-        """Count on the stores' keys for their gauge, a few stores a turn in turn (each by its
-        share, a large one over many turns): under a millisecond a turn however many stores and
-        keys (RocksState.count_keys)."""
-        stores = [
-            (task.number, sid, state) for task in self._tasks.values() for sid, state in task.stores.items()
-        ]
-        budget = _KEYS_A_TURN
-        for _ in range(len(stores)):
-            number, store_id, state = stores[self._keys_next % len(stores)]
-            self._keys_next += 1
-            budget -= state.count_keys(min(budget, _KEYS_SHARE))
-            if state.key_count is not None:
-                self.prometheus.state_keys.labels(self.name, store_id, str(number)).set(state.key_count)
-            if budget <= 0:
-                return
+        """Count on the stores' keys for their gauge (see vigil.stream.keycount)."""
+        gauge, name = self.prometheus.state_keys, self.name
+        self._key_counter.turn(
+            [
+                (state, gauge.labels(name, store_id, str(task.number)).set)
+                for task in self._tasks.values()
+                for store_id, state in task.stores.items()
+            ]
+        )
 
     def _unread_lags(self, consumer: Consumer, marks: dict[TP, tuple[int, int]], now: float) -> dict[TP, int]:
         """The lag of partitions the consumer knows no position for (nothing delivered since

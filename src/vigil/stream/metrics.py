@@ -187,8 +187,9 @@ class PrometheusMetrics:
         self.state_keys = Gauge(
             "vigil_stream_state_keys",
             "Operators' keys per store and partition in RocksDB, counted in passes (about once "
-            "a second up to 2,000 keys are read, 1,000 at most of a store, the stores in turn: a "
-            "count is as of its store's last pass); writes not checkpointed yet are not in it",
+            "a second up to 2,000 keys are read, 1,000 at most of a store, the stores in turn, "
+            "at most 1% of the loop's time: a count is as of its store's last pass); writes not "
+            "checkpointed yet are not in it",
             ["app", "store", "partition"],
             registry=r,
         )

@@ -177,7 +177,15 @@ def test_a_store_held_from_before_a_restart_is_closed() -> None:
     kept = result.states["tally.v1", 0]
     run_operators([Tally()], [payment(2), payment(3)], result=result)
     assert result.states["tally.v1", 0].get("c0") == 4
-    for use in (lambda: kept.get("c0"), lambda: kept.set("c0", 100), lambda: kept.delete("c0")):
+    uses = (
+        lambda: kept.get("c0"),
+        lambda: kept.set("c0", 100),
+        lambda: kept.delete("c0"),
+        lambda: list(kept.items()),
+        lambda: kept.walk("", None, 10),
+        lambda: kept.data,
+    )
+    for use in uses:
         with pytest.raises(
             PipelineError, match=r"store 'tally\.v1', partition 0 is closed: a restart opened it afresh"
         ):
