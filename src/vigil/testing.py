@@ -135,8 +135,7 @@ class MemoryState(State):
     def data(self) -> dict[str, Any]:
         """The values as operators see them (a test may read them, or replace them all: that
         counts as writing every one)."""
-        if self.closed:
-            self._refuse_closed()
+        self._refuse_closed()
         return self._data
 
     @data.setter
@@ -277,7 +276,8 @@ class MemoryState(State):
         # Taken whole before the first is yielded, as RocksState does: a caller may delete keys
         # while it iterates.
         self._refuse_closed()
-        found = [(key, self.data[key]) for key in sorted(self.data) if key.startswith(prefix)]
+        data = self._data
+        found = [(key, data[key]) for key in sorted(data) if key.startswith(prefix)]
         yield from found
 
     def walk(self, prefix: str, after: str | None, limit: int) -> list[tuple[str, Any]]:
@@ -286,9 +286,9 @@ class MemoryState(State):
         self._refuse_closed()
         keys = self._walks.get(prefix)
         if after is None or keys is None:
-            keys = self._walks[prefix] = sorted(k for k in self.data if k.startswith(prefix))
+            keys = self._walks[prefix] = sorted(k for k in self._data if k.startswith(prefix))
         out: list[tuple[str, Any]] = []
-        data = self.data
+        data = self._data
         for i in range(0 if after is None else bisect_right(keys, after), len(keys)):
             key = keys[i]
             value = data.get(key, _GONE)
@@ -420,7 +420,7 @@ class _MemoryContext:
         found = states.get((store.id, self._partition))
         if found is None:
             found = states[(store.id, self._partition)] = MemoryState(
-                store.value_type, f"store {store.id!r}, partition {self._partition}"
+                store.value_type, _store_name(store.id, self._partition)
             )
         return found
 
@@ -611,6 +611,11 @@ def _input_key(
     return key
 
 
+def _store_name(store_id: str, partition: int) -> str:
+    """What errors and warnings call a store of an operator's (its partition's)."""
+    return f"store {store_id!r}, partition {partition}"
+
+
 def _restart(result: HarnessResult, operators: Sequence[Operator[Any]]) -> None:
     """Each store of ``result`` opened afresh, as a restarted process opens it: a new object
     (windows and operators keyed by the old one let go of it), read back as the store's
@@ -623,7 +628,7 @@ def _restart(result: HarnessResult, operators: Sequence[Operator[Any]]) -> None:
                 f" and {len(changed) - 3} more" if len(changed) > 3 else ""
             )
             warnings.warn(
-                f"store {store_id!r}, partition {part}: the value of {keys} was changed in place "
+                f"{_store_name(store_id, part)}: the value of {keys} was changed in place "
                 "after the checkpoint that saved it, with no `set` since: the Kafka runtime does "
                 "not save such a change (a restart reads back the value saved, and after a "
                 "restore `items()` and `walk()` hand out copies); `set` a value after changing it",
@@ -631,7 +636,7 @@ def _restart(result: HarnessResult, operators: Sequence[Operator[Any]]) -> None:
                 stacklevel=3,
             )
         spec = declared.get(store_id)
-        state.name = f"store {store_id!r}, partition {part}"  # (one a test made itself, too)
+        state.name = _store_name(store_id, part)  # (one a test made itself, too)
         result.states[store_id, part] = state.reopened(state.value_type if spec is None else spec.value_type)
 
 

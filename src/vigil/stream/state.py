@@ -452,13 +452,9 @@ class RocksState(State):
     def count_keys(self, budget: int) -> int:
         """Go on counting the operators' keys in RocksDB, reading at most ``budget`` of them, from
         where the last call stopped; returns how many it read.  :attr:`key_count` is the count
-        of the last pass over the whole store (None before the first ends).
-
-        RocksDB's own estimate was no count: it counts every write still in the memtable (5 keys
-        written at every checkpoint read 1,700 within a minute) and takes two off for every
-        deletion, of a key it never had too (a join's short-lived keys: 300,000 keys read 4).
-        Counted in passes, a store's count is as of its last pass (and writes not checkpointed
-        yet are not in RocksDB); a pass costs about 0.4 µs a key."""
+        of the last pass over the whole store (None before the first ends); writes not
+        checkpointed yet are not in RocksDB.  About 0.4 µs a key (why not RocksDB's estimate,
+        and how the application takes turns: :mod:`vigil.stream.keycount`)."""
         it = self._db.iter()
         after = self._count_after
         if after is None:
@@ -469,9 +465,7 @@ class RocksState(State):
                 it.next()
         read = 0
         last = after
-        while True:
-            if not it.valid():
-                break
+        while it.valid():
             key = it.key()
             if key.startswith(_RESERVED):
                 break  # (the store's own records sort last: UTF-8 text has no 0xff byte)
